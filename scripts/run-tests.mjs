@@ -1,0 +1,26 @@
+#!/usr/bin/env node
+// Runs every compiled *.test.js under dist/ with Node's test runner.
+// Files run in parallel processes; each test cleans up what it creates.
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+
+function walk(dir, out = []) {
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) walk(p, out);
+    else if (name.endsWith('.test.js')) out.push(p);
+  }
+  return out;
+}
+
+const filter = process.argv.slice(2);
+let files = ['dist/src', 'dist/test'].flatMap((d) => { try { return walk(d); } catch { return []; } });
+if (filter.length) files = files.filter((f) => filter.some((x) => f.includes(x)));
+if (!files.length) {
+  console.error('run-tests: no test files found (did the build run?)');
+  process.exit(1);
+}
+const concurrency = process.env.NIMBUS_TEST_CONCURRENCY ?? '3';
+const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', `--test-concurrency=${concurrency}`, ...files], { stdio: 'inherit' });
+process.exit(r.status ?? 1);

@@ -1,0 +1,95 @@
+/**
+ * The agent protocol: everything the control plane asks of a host. In the
+ * embedded default it is a direct in-process object (LocalAgent); across hosts
+ * the same interface is carried over an authenticated channel.
+ */
+import type { ImageConfigDoc, LayerRecord } from '../store/records.js';
+import type {
+  ExecRequest,
+  ExecSession,
+  InstanceStats,
+  LogRecord,
+  ProcessSpec,
+  ResourceLimits,
+  RuntimeState,
+} from './drivers/instance-driver.js';
+
+export interface AgentImage {
+  /** Normalised reference it was pulled or imported as, when known. */
+  reference?: string;
+  manifestDigest: string;
+  indexDigest?: string;
+  configDigest: string;
+  config: ImageConfigDoc;
+  layers: LayerRecord[];
+  chainId: string;
+  size: number;
+}
+
+export interface PullProgress {
+  layers: { digest: string; status: string; bytesDone: number; bytesTotal: number }[];
+  bytesDone: number;
+  bytesTotal: number;
+  phase: 'resolving' | 'downloading' | 'unpacking' | 'done';
+}
+
+export interface PullOptions {
+  insecureRegistries?: string[];
+  credentials?: { username: string; password: string };
+  signal?: AbortSignal;
+}
+
+export interface ContainerCreateRequest {
+  id: string;
+  name: string;
+  /** Snapshot chain id of the image's top layer. */
+  imageChainId: string;
+  process: ProcessSpec;
+  resources: ResourceLimits;
+  hostname?: string;
+  runtime?: string;
+  labels?: Record<string, string>;
+}
+
+export interface AgentInfo {
+  name: string;
+  hostname: string;
+  cgroupLayout: string;
+  snapshotter: string;
+  runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[];
+  snapshotters: { name: string; usable: boolean; reason?: string }[];
+  kernel: string;
+  cpus: number;
+  memoryBytes: number;
+}
+
+export interface GcResult {
+  blobsRemoved: number;
+  snapshotsRemoved: number;
+  bytesFreed: number;
+}
+
+export interface Agent {
+  info(): Promise<AgentInfo>;
+  pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage>;
+  importImages(archivePath: string): Promise<AgentImage[]>;
+  /** Remove every blob and snapshot not reachable from the given images. */
+  garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[] }): Promise<GcResult>;
+
+  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[] }>;
+  /** Start a created container; a stopped one is first re-created on the same writable layer (Docker semantics). */
+  startContainer(id: string): Promise<RuntimeState>;
+  stopContainer(id: string, timeoutSec: number, signal?: string): Promise<RuntimeState>;
+  killContainer(id: string, signal: string): Promise<void>;
+  pauseContainer(id: string): Promise<void>;
+  unpauseContainer(id: string): Promise<void>;
+  containerState(id: string): Promise<RuntimeState>;
+  execInContainer(id: string, req: ExecRequest): Promise<ExecSession>;
+  containerLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
+  containerStats(id: string): Promise<InstanceStats>;
+  /** Start a created container; a stopped one is first re-created on the same writable layer (Docker semantics). */
+  removeContainer(id: string): Promise<void>;
+  listContainers(): Promise<string[]>;
+  onContainerExit(listener: (id: string) => void): void;
+  close(): Promise<void>;
+}

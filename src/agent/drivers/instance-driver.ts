@@ -1,0 +1,101 @@
+/**
+ * InstanceDriver: the narrow contract every kind of instance implements
+ * (container today; vm and secure later). Modelled on Incus' instance drivers
+ * and Nova's virt drivers. The agent calls it; the control plane never does.
+ */
+import type { Readable, Writable } from 'node:stream';
+import type { MountSpec } from '../snapshots/snapshotter.js';
+
+export interface ProcessSpec {
+  args: string[];
+  env: string[]; // "K=V"
+  cwd: string;
+  user: string; // "uid[:gid]" or a name resolved against the rootfs' /etc/passwd
+  terminal?: boolean;
+}
+
+export interface ResourceLimits {
+  memoryBytes?: number;
+  /** Fractional CPUs, e.g. 0.5 → quota 50000 per 100000 period. */
+  cpus?: number;
+  pidsLimit?: number;
+}
+
+export interface InstanceSpec {
+  id: string;
+  name: string;
+  /** The writable root filesystem (from the snapshotter). */
+  rootfs: MountSpec[];
+  process: ProcessSpec;
+  resources: ResourceLimits;
+  hostname?: string;
+  /** "runc" | "crun" for containers. */
+  runtime?: string;
+  /** Network namespace path to join; undefined = a new empty one. */
+  netnsPath?: string;
+  labels?: Record<string, string>;
+}
+
+export type RuntimeStatus = 'created' | 'running' | 'paused' | 'stopped' | 'unknown';
+
+export interface RuntimeState {
+  status: RuntimeStatus;
+  pid?: number;
+  exitCode?: number;
+  oomKilled?: boolean;
+  startedAt?: string;
+  finishedAt?: string;
+}
+
+export interface LogRecord {
+  time: string;
+  stream: 'stdout' | 'stderr';
+  /** One line without its trailing newline, or a partial line. */
+  line: string;
+  partial?: boolean;
+}
+
+export interface ExecRequest {
+  args: string[];
+  env?: string[];
+  cwd?: string;
+  user?: string;
+}
+
+export interface ExecSession {
+  stdout: Readable;
+  stderr: Readable;
+  stdin?: Writable;
+  exit: Promise<number>;
+}
+
+export interface InstanceStats {
+  cpuUsageNs: number;
+  memoryBytes: number;
+  memoryLimitBytes?: number;
+  pids: number;
+  pidsLimit?: number;
+  time: string;
+}
+
+export interface InstanceDriver {
+  readonly type: 'container' | 'vm';
+  /** Prepare everything so start() is as cheap as possible. */
+  create(spec: InstanceSpec): Promise<RuntimeState>;
+  start(id: string): Promise<RuntimeState>;
+  kill(id: string, signal: string): Promise<void>;
+  /** Signal, wait up to timeoutSec, then SIGKILL. Resolves when stopped. */
+  stop(id: string, timeoutSec: number): Promise<RuntimeState>;
+  pause(id: string): Promise<void>;
+  unpause(id: string): Promise<void>;
+  state(id: string): Promise<RuntimeState>;
+  exec(id: string, req: ExecRequest): Promise<ExecSession>;
+  logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
+  stats(id: string): Promise<InstanceStats>;
+  /** Remove the runtime state, monitor, bundle. The rootfs belongs to the caller. */
+  delete(id: string): Promise<void>;
+  /** Ids this driver has state for on this host (for reconciliation). */
+  list(): Promise<string[]>;
+  /** Called with the id whenever an instance's process exits. */
+  onExit(listener: (id: string) => void): void;
+}

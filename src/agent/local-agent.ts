@@ -1,0 +1,412 @@
+/**
+ * LocalAgent: the agent side of one host, used in-process by the embedded
+ * daemon. It owns the content store, the snapshotter and the instance drivers,
+ * and turns control-plane requests into calls on them.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
+import { join } from 'node:path';
+import { DataLoss, InvalidArgument, NotFound, hasCode } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import { logger } from '../core/log.js';
+import type { CompiledOptions } from '../core/config.js';
+import type { LayerRecord } from '../store/records.js';
+import type { Agent, AgentImage, AgentInfo, ContainerCreateRequest, GcResult, PullOptions, PullProgress } from './agent.js';
+import type { ContentStore } from './content/content-store.js';
+import { LocalContentStore } from './content/local-content-store.js';
+import type { InstanceDriver, InstanceSpec, RuntimeState } from './drivers/instance-driver.js';
+import { ContainerDriver, containerDriverImplementation } from './drivers/container/container-driver.js';
+import { detectCgroupLayout } from './cgroups/cgroups.js';
+import { pullImage } from './images/pull.js';
+import { importImageArchive } from './images/import.js';
+import { applyLayer } from './layers/apply-layer.js';
+import type { MountSpec, Snapshotter } from './snapshots/snapshotter.js';
+import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js';
+import { NativeSnapshotter } from './snapshots/native.js';
+
+const log = logger('agent');
+
+/** chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)) — OCI image-spec. */
+export function chainIds(diffIds: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const d of diffIds) {
+    const prev = out[out.length - 1];
+    out.push(prev === undefined ? d : `sha256:${createHash('sha256').update(`${prev} ${d}`).digest('hex')}`);
+  }
+  return out;
+}
+
+interface ImageContent {
+  manifestDigest: string;
+  indexDigest?: string;
+  configDigest: string;
+  config: AgentImage['config'];
+  layers: { digest: string; mediaType: string; size: number }[];
+  reference?: string;
+}
+
+export class LocalAgent implements Agent {
+  private readonly exitListeners: ((id: string) => void)[] = [];
+  /** Serialises unpacking of one chain id so concurrent pulls share the work. */
+  private readonly chainLocks = new Map<string, Promise<void>>();
+  private activePulls = 0;
+
+  private constructor(
+    private readonly options: CompiledOptions,
+    private readonly content: ContentStore,
+    private readonly snapshotter: Snapshotter,
+    private readonly snapshotterName: 'overlayfs' | 'native',
+    private readonly containers: ContainerDriver,
+    private readonly probes: { runtimes: AgentInfo['runtimes']; snapshotters: AgentInfo['snapshotters'] },
+  ) {
+    containers.onExit((id) => {
+      for (const l of this.exitListeners) l(id);
+    });
+  }
+
+  static async create(options: CompiledOptions): Promise<LocalAgent> {
+    const overlayReason = await overlayfsSupported(options.tmpDir);
+    let snapshotterName: 'overlayfs' | 'native';
+    if (options.snapshotter === 'overlayfs' && overlayReason) {
+      throw new InvalidArgument(`snapshotter overlayfs is not usable here: ${overlayReason}`);
+    }
+    snapshotterName = options.snapshotter === 'native' || overlayReason ? 'native' : 'overlayfs';
+    if (overlayReason && options.snapshotter === 'auto') log.warn('overlayfs unusable, using native snapshotter', { reason: overlayReason });
+    const root = join(options.snapshotsDir, snapshotterName);
+    const snapshotter: Snapshotter = snapshotterName === 'overlayfs' ? new OverlaySnapshotter(root) : new NativeSnapshotter(root);
+    const content = new LocalContentStore(options.contentDir);
+    const containers = await ContainerDriver.open({ stateDir: options.containersDir, runtime: options.runtime });
+    const runtimes = await containers.runtimeProbes();
+    return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
+      runtimes,
+      snapshotters: [
+        overlayReason ? { name: 'overlayfs', usable: false, reason: overlayReason } : { name: 'overlayfs', usable: true },
+        { name: 'native', usable: true },
+      ],
+    });
+  }
+
+  async info(): Promise<AgentInfo> {
+    return {
+      name: this.options.agentName,
+      hostname: hostname(),
+      cgroupLayout: await detectCgroupLayout(),
+      snapshotter: this.snapshotterName,
+      runtimes: this.probes.runtimes,
+      snapshotters: this.probes.snapshotters,
+      kernel: release(),
+      cpus: hostCpus().length,
+      memoryBytes: totalmem(),
+    };
+  }
+
+  // ---------------------------------------------------------------- images
+
+  async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
+    this.activePulls++;
+    try {
+      const layerState = new Map<string, PullProgress['layers'][number]>();
+      const report = (phase: PullProgress['phase']) => {
+        const layers = [...layerState.values()];
+        progress({
+          phase,
+          layers,
+          bytesDone: layers.reduce((a, l) => a + l.bytesDone, 0),
+          bytesTotal: layers.reduce((a, l) => a + l.bytesTotal, 0),
+        });
+      };
+      report('resolving');
+      const pulled = await pullImage(ref, {
+        store: this.content,
+        insecureRegistries: opts.insecureRegistries ?? [],
+        ...(opts.credentials ? { credentials: opts.credentials } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        onProgress: (ev) => {
+          layerState.set(ev.digest, { digest: ev.digest, status: ev.status, bytesDone: ev.bytesDone, bytesTotal: ev.bytesTotal });
+          report('downloading');
+        },
+      });
+      report('unpacking');
+      const img = await this.unpack({
+        manifestDigest: pulled.manifestDigest,
+        ...(pulled.indexDigest ? { indexDigest: pulled.indexDigest } : {}),
+        configDigest: pulled.configDigest,
+        config: pulled.config as AgentImage['config'],
+        layers: pulled.layers.map((l) => ({ digest: l.digest, mediaType: l.mediaType, size: l.size })),
+        reference: pulled.reference,
+      });
+      report('done');
+      return img;
+    } finally {
+      this.activePulls--;
+    }
+  }
+
+  async importImages(archivePath: string): Promise<AgentImage[]> {
+    this.activePulls++;
+    try {
+      const found = await importImageArchive(archivePath, this.content);
+      const out: AgentImage[] = [];
+      for (const f of found) {
+        out.push(
+          await this.unpack({
+            manifestDigest: f.manifestDigest,
+            configDigest: f.configDigest,
+            config: f.config as AgentImage['config'],
+            layers: f.layers.map((l) => ({ digest: l.digest, mediaType: l.mediaType, size: l.size })),
+            ...(f.name ? { reference: f.name } : {}),
+          }),
+        );
+      }
+      return out;
+    } finally {
+      this.activePulls--;
+    }
+  }
+
+  /** Unpack every layer into a committed snapshot named by its chain id. */
+  private async unpack(c: ImageContent): Promise<AgentImage> {
+    const diffIds = c.config.rootfs?.diff_ids ?? [];
+    if (diffIds.length !== c.layers.length) {
+      throw new DataLoss(`image config lists ${diffIds.length} diff ids for ${c.layers.length} layers`);
+    }
+    if (c.layers.length === 0) throw new InvalidArgument('image has no layers');
+    const chains = chainIds(diffIds);
+    for (let i = 0; i < c.layers.length; i++) {
+      await this.unpackLayer(c.layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined);
+    }
+    const layers: LayerRecord[] = c.layers.map((l, i) => ({ ...l, diffId: diffIds[i]! }));
+    return {
+      ...(c.reference ? { reference: c.reference } : {}),
+      manifestDigest: c.manifestDigest,
+      ...(c.indexDigest ? { indexDigest: c.indexDigest } : {}),
+      configDigest: c.configDigest,
+      config: c.config,
+      layers,
+      chainId: chains[chains.length - 1]!,
+      size: c.layers.reduce((a, l) => a + l.size, 0),
+    };
+  }
+
+  private async unpackLayer(layer: ImageContent['layers'][number], diffId: string, chainId: string, parent: string | undefined) {
+    const prev = this.chainLocks.get(chainId);
+    if (prev) await prev.catch(() => undefined);
+    const work = (async () => {
+      if (await this.snapshotExists(chainId)) return;
+      const key = `extract-${newId().slice(0, 16)}-${chainId}`;
+      const mounts = await this.snapshotter.prepare(key, parent);
+      try {
+        const target = upperDir(mounts);
+        const applied = await applyLayer(target, this.content.openRead(layer.digest), {
+          mediaType: layer.mediaType,
+          mode: this.snapshotterName === 'overlayfs' ? 'overlay' : 'native',
+        });
+        if (applied.diffId !== diffId) {
+          throw new DataLoss(`layer ${layer.digest}: uncompressed digest ${applied.diffId} does not match the config's diff id ${diffId}`);
+        }
+        await this.snapshotter.commit(chainId, key);
+      } catch (e) {
+        await this.snapshotter.remove(key).catch(() => undefined);
+        if (hasCode(e, 'AlreadyExists')) return;
+        throw e;
+      }
+    })();
+    this.chainLocks.set(chainId, work);
+    try {
+      await work;
+    } finally {
+      if (this.chainLocks.get(chainId) === work) this.chainLocks.delete(chainId);
+    }
+  }
+
+  private async snapshotExists(key: string): Promise<boolean> {
+    try {
+      await this.snapshotter.stat(key);
+      return true;
+    } catch (e) {
+      if (hasCode(e, 'NotFound')) return false;
+      throw e;
+    }
+  }
+
+  async garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[] }): Promise<GcResult> {
+    const result: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
+    // A pull in flight holds blobs and snapshots no image references yet.
+    if (this.activePulls > 0) return result;
+
+    // Snapshots: keep image chains and their ancestors, and every container's writable layer.
+    const snaps = await this.snapshotter.list();
+    const byKey = new Map(snaps.map((s) => [s.key, s]));
+    const live = new Set<string>();
+    const markChain = (key: string | undefined) => {
+      while (key && !live.has(key)) {
+        live.add(key);
+        key = byKey.get(key)?.parent;
+      }
+    };
+    for (const c of keep.chainIds) markChain(c);
+    for (const s of snaps) if (s.kind !== 'committed' && !s.key.startsWith('extract-')) markChain(s.key);
+    // Remove children before parents: repeat until nothing more can go.
+    let removedSome = true;
+    while (removedSome) {
+      removedSome = false;
+      for (const s of await this.snapshotter.list()) {
+        if (live.has(s.key)) continue;
+        try {
+          const usage = await this.snapshotter.usage(s.key).catch(() => ({ size: 0, inodes: 0 }));
+          await this.snapshotter.remove(s.key);
+          result.snapshotsRemoved++;
+          result.bytesFreed += usage.size;
+          removedSome = true;
+        } catch (e) {
+          if (!hasCode(e, 'Conflict') && !hasCode(e, 'NotFound')) throw e;
+        }
+      }
+    }
+
+    // Blobs: keep manifests, indexes, and what the manifests reference.
+    const liveBlobs = new Set<string>([...keep.manifestDigests, ...keep.indexDigests]);
+    for (const m of keep.manifestDigests) {
+      try {
+        const manifest = JSON.parse((await this.content.readBlob(m)).toString('utf8')) as {
+          config?: { digest: string };
+          layers?: { digest: string }[];
+        };
+        if (manifest.config) liveBlobs.add(manifest.config.digest);
+        for (const l of manifest.layers ?? []) liveBlobs.add(l.digest);
+      } catch (e) {
+        log.warn('gc: cannot read manifest; keeping everything', { digest: m, error: String(e) });
+        return result;
+      }
+    }
+    for (const b of await this.content.list()) {
+      if (liveBlobs.has(b.digest)) continue;
+      await this.content.delete(b.digest);
+      result.blobsRemoved++;
+      result.bytesFreed += b.size;
+    }
+    return result;
+  }
+
+  // ------------------------------------------------------------ containers
+
+  private requestFile(id: string) {
+    return join(this.options.containersDir, 'requests', `${id}.json`);
+  }
+
+  private async specFor(req: ContainerCreateRequest, rootfs: MountSpec[]): Promise<InstanceSpec> {
+    return {
+      id: req.id,
+      name: req.name,
+      rootfs,
+      process: req.process,
+      resources: req.resources,
+      ...(req.hostname ? { hostname: req.hostname } : {}),
+      ...(req.runtime ? { runtime: req.runtime } : {}),
+      ...(req.labels ? { labels: req.labels } : {}),
+    };
+  }
+
+  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime?: string }> {
+    if (!(await this.snapshotExists(req.imageChainId))) {
+      throw new NotFound(`image layers ${req.imageChainId} are not on this host; pull the image again`);
+    }
+    const file = this.requestFile(req.id);
+    await mkdir(join(this.options.containersDir, 'requests'), { recursive: true });
+    await writeFile(`${file}.tmp`, JSON.stringify(req));
+    await rename(`${file}.tmp`, file);
+    let mounts: MountSpec[];
+    try {
+      mounts = await this.snapshotter.prepare(req.id, req.imageChainId);
+    } catch (e) {
+      if (!hasCode(e, 'AlreadyExists')) throw e;
+      mounts = await this.snapshotter.mounts(req.id);
+    }
+    const state = await this.containers.create(await this.specFor(req, mounts));
+    const extra = state as RuntimeState & { warnings?: string[]; runtime?: string };
+    return { ...state, warnings: extra.warnings ?? [], ...(extra.runtime ? { runtime: extra.runtime } : {}) };
+  }
+
+  async startContainer(id: string): Promise<RuntimeState> {
+    const st = await this.containers.state(id).catch((e: unknown) => {
+      if (hasCode(e, 'NotFound')) return { status: 'unknown' } as RuntimeState;
+      throw e;
+    });
+    if (st.status === 'stopped' || st.status === 'unknown') {
+      // Start again after exit: a fresh runtime container on the same writable layer.
+      const req = JSON.parse(await readFile(this.requestFile(id), 'utf8').catch(() => {
+        throw new NotFound(`no saved configuration for container ${id}`);
+      })) as ContainerCreateRequest;
+      await this.containers.delete(id);
+      await this.containers.create(await this.specFor(req, await this.snapshotter.mounts(id)));
+    }
+    return this.containers.start(id);
+  }
+
+  stopContainer(id: string, timeoutSec: number, signal?: string) {
+    return this.containers.stop(id, timeoutSec, signal);
+  }
+  killContainer(id: string, signal: string) {
+    return this.containers.kill(id, signal);
+  }
+  pauseContainer(id: string) {
+    return this.containers.pause(id);
+  }
+  unpauseContainer(id: string) {
+    return this.containers.unpause(id);
+  }
+  containerState(id: string) {
+    return this.containers.state(id);
+  }
+  execInContainer(id: string, req: Parameters<InstanceDriver['exec']>[1]) {
+    return this.containers.exec(id, req);
+  }
+  containerLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
+    return this.containers.logs(id, opts);
+  }
+  containerStats(id: string) {
+    return this.containers.stats(id);
+  }
+
+  async removeContainer(id: string): Promise<void> {
+    await this.containers.delete(id);
+    try {
+      await this.snapshotter.remove(id);
+    } catch (e) {
+      if (!hasCode(e, 'NotFound')) throw e;
+    }
+    await rm(this.requestFile(id), { force: true });
+  }
+
+  async listContainers(): Promise<string[]> {
+    const ids = new Set(await this.containers.list());
+    // A writable snapshot without runtime state is also a container's leftover.
+    for (const s of await this.snapshotter.list()) {
+      if (s.kind === 'active' && !s.key.startsWith('extract-')) ids.add(s.key);
+    }
+    return [...ids];
+  }
+
+  onContainerExit(listener: (id: string) => void): void {
+    this.exitListeners.push(listener);
+  }
+
+  async close(): Promise<void> {
+    await this.containers.close?.();
+  }
+}
+
+/** Where a layer is written: the upper dir of an overlay, or the bind source. */
+function upperDir(mounts: MountSpec[]): string {
+  const m = mounts[0];
+  if (!m) throw new InvalidArgument('snapshotter returned no mounts');
+  if (m.type === 'overlay') {
+    const upper = m.options.find((o) => o.startsWith('upperdir='));
+    if (!upper) throw new InvalidArgument('overlay mount without upperdir');
+    return upper.slice('upperdir='.length);
+  }
+  return m.source;
+}
+
+void containerDriverImplementation;

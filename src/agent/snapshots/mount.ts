@@ -1,0 +1,223 @@
+/**
+ * The thin executor for snapshotter MountSpecs: mounts and unmounts with the
+ * util-linux `mount`/`umount` binaries, and reads /proc/self/mountinfo to know
+ * what is mounted. Snapshotters never mount; this file is the only place that does.
+ */
+import { readFile, realpath } from 'node:fs/promises';
+import path from 'node:path';
+import { run } from '../../core/exec.js';
+import { Internal, InvalidArgument } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import type { MountSpec } from './snapshotter.js';
+
+const log = logger('agent.snapshots.mount');
+
+/** mount(2) copies its data argument into one page: options longer than this fail. */
+export const MOUNT_OPTIONS_MAX = 4095;
+
+/** Options that only make sense on the bind step or the remount step, never passed to `-t`. */
+const BIND_FLAGS = new Set(['bind', 'rbind']);
+
+export interface MountInfoEntry {
+  mountId: number;
+  parentId: number;
+  root: string;
+  mountPoint: string;
+  options: string;
+  fsType: string;
+  source: string;
+  superOptions: string;
+}
+
+/** Decode the octal escapes (\040 space, \011 tab, \012 newline, \134 backslash) used in mountinfo. */
+function unescapeMountInfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** Parse /proc/self/mountinfo (see proc(5)). */
+export async function readMountInfo(): Promise<MountInfoEntry[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const out: MountInfoEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const left = line.slice(0, sep).split(' ');
+    const right = line.slice(sep + 3).split(' ');
+    out.push({
+      mountId: Number(left[0]),
+      parentId: Number(left[1]),
+      root: unescapeMountInfo(left[3] ?? ''),
+      mountPoint: unescapeMountInfo(left[4] ?? ''),
+      options: left[5] ?? '',
+      fsType: right[0] ?? '',
+      source: unescapeMountInfo(right[1] ?? ''),
+      superOptions: right[2] ?? '',
+    });
+  }
+  return out;
+}
+
+async function canonical(target: string): Promise<string | undefined> {
+  try {
+    return await realpath(target);
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when something is mounted exactly at target (symlinks in target are resolved). */
+export async function isMounted(target: string): Promise<boolean> {
+  const t = await canonical(target);
+  if (t === undefined) return false;
+  return (await readMountInfo()).some((m) => m.mountPoint === t);
+}
+
+/** Every mount point at or below dir (deepest first), e.g. for test teardown checks. */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const d = (await canonical(dir)) ?? path.resolve(dir);
+  const prefix = d.endsWith('/') ? d : d + '/';
+  const found = (await readMountInfo())
+    .map((m) => m.mountPoint)
+    .filter((p) => p === d || p.startsWith(prefix));
+  return [...new Set(found)].sort((a, b) => b.length - a.length);
+}
+
+function commonDirPrefix(paths: string[]): string {
+  if (paths.length === 0) return '';
+  let parts = (paths[0] ?? '').split('/');
+  for (const p of paths.slice(1)) {
+    const q = p.split('/');
+    let i = 0;
+    while (i < parts.length && i < q.length - 1 && parts[i] === q[i]) i++;
+    parts = parts.slice(0, i);
+  }
+  // never take the whole of a path: each entry must keep a relative remainder
+  const prefix = parts.join('/');
+  return prefix;
+}
+
+/**
+ * containerd's `compactLowerdirOption` trick: when the overlay options do not fit
+ * in a page, run mount from the lowerdirs' common parent with relative lowerdirs.
+ * Only absolute lowerdirs sharing a common parent can be compacted.
+ */
+export function compactOverlayOptions(options: string[]): { options: string[]; cwd?: string } {
+  const joined = options.join(',');
+  if (joined.length <= MOUNT_OPTIONS_MAX) return { options };
+  const idx = options.findIndex((o) => o.startsWith('lowerdir='));
+  const lower = idx >= 0 ? options[idx] : undefined;
+  if (lower === undefined) return { options };
+  const dirs = lower.slice('lowerdir='.length).split(':');
+  if (dirs.length < 2 || !dirs.every((d) => d.startsWith('/'))) return { options };
+  const prefix = commonDirPrefix(dirs);
+  if (prefix.length <= 1) return { options };
+  const rel = dirs.map((d) => d.slice(prefix.length + 1));
+  const next = [...options];
+  next[idx] = 'lowerdir=' + rel.join(':');
+  // upperdir/workdir stay absolute: they are resolved from the same cwd but absolute wins
+  return { options: next, cwd: prefix };
+}
+
+async function mountCmd(args: string[], cwd?: string): Promise<void> {
+  const r = await run('mount', args, cwd ? { cwd } : {});
+  if (r.code !== 0) {
+    throw new Internal(`mount ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`, {
+      args,
+      cwd,
+    });
+  }
+}
+
+/** Mount one spec at target. */
+export async function mountOne(spec: MountSpec, target: string): Promise<void> {
+  const isBind = spec.type === 'bind' || spec.options.some((o) => BIND_FLAGS.has(o));
+  if (isBind) {
+    const recursive = spec.options.includes('rbind');
+    await mountCmd([recursive ? '--rbind' : '--bind', '--', spec.source, target]);
+    // Per-mount flags (ro, nosuid, nodev, noexec...) on a bind only take effect through a
+    // remount of the new mount point; `mount -o bind,ro` does it implicitly on new util-linux,
+    // doing it explicitly keeps it version-independent.
+    const flags = spec.options.filter((o) => !BIND_FLAGS.has(o) && o !== 'rw');
+    if (flags.length > 0) {
+      try {
+        await mountCmd(['-o', ['remount', 'bind', ...flags].join(','), '--', target]);
+      } catch (e) {
+        await unmount(target).catch(() => undefined);
+        throw e;
+      }
+    }
+    return;
+  }
+  let options = spec.options;
+  let cwd: string | undefined;
+  if (spec.type === 'overlay') {
+    const c = compactOverlayOptions(options);
+    options = c.options;
+    cwd = c.cwd;
+  }
+  const joined = options.join(',');
+  if (joined.length > MOUNT_OPTIONS_MAX) {
+    throw new InvalidArgument(
+      `mount options for ${spec.type} are ${joined.length} bytes, more than the ${MOUNT_OPTIONS_MAX}-byte page limit of mount(2)`,
+      { type: spec.type, length: joined.length },
+    );
+  }
+  const args = ['-t', spec.type];
+  if (joined) args.push('-o', joined);
+  args.push('--', spec.source, target);
+  await mountCmd(args, cwd);
+}
+
+/**
+ * Mount every spec at target, in order (later ones stack on earlier ones, as in
+ * containerd's mount.All). On failure the ones already mounted are undone.
+ */
+export async function mountAll(mounts: MountSpec[], target: string): Promise<void> {
+  let done = 0;
+  try {
+    for (const m of mounts) {
+      await mountOne(m, target);
+      done++;
+    }
+  } catch (e) {
+    for (let i = 0; i < done; i++) await unmount(target).catch(() => undefined);
+    throw e;
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Unmount the topmost mount at target. Idempotent: nothing mounted is success.
+ * Retries on EBUSY, and only as a last resort detaches lazily (umount -l).
+ */
+export async function unmount(target: string, opts: { retries?: number } = {}): Promise<void> {
+  const retries = opts.retries ?? 5;
+  let last = '';
+  for (let attempt = 0; attempt <= retries; attempt++) {
+    if (!(await isMounted(target))) return;
+    const r = await run('umount', ['--', target]);
+    if (r.code === 0) return;
+    last = r.stderr.trim() || r.stdout.trim();
+    if (!(await isMounted(target))) return; // raced with another unmount
+    await sleep(20 * 2 ** attempt);
+  }
+  if (!(await isMounted(target))) return;
+  log.warn('unmount busy; detaching lazily', { target, error: last });
+  const r = await run('umount', ['-l', '--', target]);
+  if (r.code !== 0 && (await isMounted(target))) {
+    throw new Internal(`umount ${target} failed: ${r.stderr.trim() || last}`, { target });
+  }
+}
+
+/** Unmount everything stacked at target (and below it, deepest first). Idempotent. */
+export async function unmountAll(target: string): Promise<void> {
+  for (let i = 0; i < 128; i++) {
+    const under = await mountsUnder(target);
+    const next = under[0];
+    if (next === undefined) return;
+    await unmount(next);
+  }
+  throw new Internal(`could not unmount everything at ${target}`, { target });
+}

@@ -1,0 +1,71 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { hasCode } from '../../core/errors.js';
+import { MAX_LAYERS, OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
+import { mountsUnder } from './mount.js';
+import { snapshotterConformance } from './snapshotter-conformance.js';
+
+snapshotterConformance('overlayfs', async (root) => new OverlaySnapshotter(root));
+
+describe('overlayfs specifics', () => {
+  it('overlayfsSupported really mounts and cleans up', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-probe-'));
+    try {
+      assert.equal(await overlayfsSupported(dir), undefined);
+      assert.deepEqual(await readdir(dir), []);
+      assert.deepEqual(await mountsUnder(dir), []);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('mount specs: bind for a base, overlay with top-first lowerdirs for a chain', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-spec-'));
+    try {
+      const sn = new OverlaySnapshotter(dir);
+      const [b] = await sn.prepare('a');
+      assert.equal(b?.type, 'bind');
+      assert.deepEqual(b?.options, ['bind', 'rw']);
+      await sn.commit('A', 'a');
+      await sn.prepare('b', 'A');
+      await sn.commit('B', 'b');
+      const [v1] = await sn.view('v1', 'A');
+      assert.equal(v1?.type, 'bind');
+      assert.ok(v1?.options.includes('ro'));
+      const [v2] = await sn.view('v2', 'B');
+      assert.equal(v2?.type, 'overlay');
+      assert.ok(!v2?.options.some((o) => o.startsWith('upperdir=')));
+      const [p] = await sn.prepare('p', 'B');
+      const lower = p?.options.find((o) => o.startsWith('lowerdir='));
+      assert.equal(lower, `lowerdir=${dir}/snapshots/2/fs:${dir}/snapshots/1/fs`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it(`refuses chains longer than ${MAX_LAYERS} layers clearly`, async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-long-'));
+    try {
+      const sn = new OverlaySnapshotter(dir);
+      let parent: string | undefined;
+      for (let i = 0; i < MAX_LAYERS; i++) {
+        await sn.prepare(`k${i}`, parent);
+        await sn.commit(`L${i}`, `k${i}`);
+        parent = `L${i}`;
+      }
+      await sn.prepare('ok', parent); // exactly MAX_LAYERS lowers
+      await sn.prepare('one-more', parent);
+      await sn.commit(`L${MAX_LAYERS}`, 'one-more');
+      await assert.rejects(sn.prepare('too-long', `L${MAX_LAYERS}`), (e: unknown) => {
+        assert.ok(hasCode(e, 'InvalidArgument'));
+        assert.match(String(e), /exceeds/);
+        return true;
+      });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

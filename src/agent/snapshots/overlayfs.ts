@@ -1,0 +1,431 @@
+/**
+ * overlayfs snapshotter, modelled on containerd's overlay snapshotter:
+ *
+ *   <root>/metadata.json        all snapshot records, replaced atomically (write+fsync+rename)
+ *   <root>/snapshots/<n>/fs     the snapshot's own layer (upperdir when active)
+ *   <root>/snapshots/<n>/work   overlay workdir
+ *
+ * Snapshots are stored under short numeric ids so lowerdir option strings stay
+ * short. mount(2) takes its options in one page (4096 bytes); with a root of
+ * ~40 characters each layer costs ~55 bytes, so about 70 layers fit directly.
+ * mount.ts then applies containerd's trick (relative lowerdirs from their common
+ * parent, ~12 bytes per layer) which fits up to the kernel's limit; beyond
+ * MAX_LAYERS (or if even the compact form cannot fit) prepare/view refuse with
+ * InvalidArgument instead of failing later at mount time.
+ *
+ * The shared machinery (metadata, locking, key rules) lives in DirSnapshotter,
+ * which the native snapshotter reuses.
+ */
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, mkdtemp, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import { run } from '../../core/exec.js';
+import { MOUNT_OPTIONS_MAX, compactOverlayOptions } from './mount.js';
+import type { MountSpec, SnapshotInfo, SnapshotKind, Snapshotter } from './snapshotter.js';
+
+const log = logger('agent.snapshots');
+
+/** overlayfs refuses more than 500 lower layers (OVL_MAX_STACK); stay below it. */
+export const MAX_LAYERS = 120;
+
+export interface SnapshotRecord {
+  id: number;
+  kind: SnapshotKind;
+  parent?: string;
+  createdAt: string;
+}
+
+interface MetadataFile {
+  version: 1;
+  nextId: number;
+  snapshots: Record<string, SnapshotRecord>;
+}
+
+/** Keys are free-form (containerd uses chain ids and "extract-..." keys) but bounded. */
+function checkKey(key: unknown, what = 'key'): asserts key is string {
+  if (typeof key !== 'string' || key.length === 0 || key.length > 1024 || key.includes('\0')) {
+    throw new InvalidArgument(`invalid snapshot ${what}: must be 1..1024 characters without NUL`, { [what]: key });
+  }
+}
+
+/** A mutex as a promise chain: one operation at a time within this process. */
+class Lock {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
+/** Disk usage of a tree like `du`: allocated blocks, hard links counted once, never following symlinks. */
+export async function diskUsage(dir: string): Promise<{ size: number; inodes: number }> {
+  const seen = new Set<string>();
+  let size = 0;
+  let inodes = 0;
+  const walk = async (p: string): Promise<void> => {
+    const st = await lstat(p, { bigint: true });
+    const id = `${st.dev}:${st.ino}`;
+    if (!seen.has(id)) {
+      seen.add(id);
+      inodes++;
+      size += Number(st.blocks) * 512;
+    }
+    if (st.isDirectory()) {
+      for (const name of await readdir(p)) await walk(path.join(p, name));
+    }
+  };
+  try {
+    await walk(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { size: 0, inodes: 0 };
+    throw e;
+  }
+  return { size, inodes };
+}
+
+/**
+ * Common base: metadata kept by the snapshotter itself in one JSON file that is
+ * replaced atomically, every operation serialised by an in-process lock, and
+ * snapshot directories created before / removed after the metadata changes so a
+ * crash leaves at most orphan directories, which the next start removes.
+ */
+export abstract class DirSnapshotter implements Snapshotter {
+  abstract readonly name: string;
+  readonly root: string;
+  protected readonly lock = new Lock();
+  private meta: MetadataFile | undefined;
+
+  constructor(root: string) {
+    const abs = path.resolve(root);
+    // ',' and ':' would break overlay option strings; keep the rule for every implementation.
+    if (/[,:\n\\]/.test(abs)) throw new InvalidArgument(`snapshotter root must not contain , : \\ or newlines: ${abs}`);
+    this.root = abs;
+  }
+
+  /** Fill a new snapshot's fs dir (overlay: nothing; native: copy of the parent). */
+  protected abstract populate(fsDir: string, parentFs: string | undefined, kind: SnapshotKind): Promise<void>;
+  /** The mounts of an active or view snapshot. */
+  protected abstract mountsOf(key: string, rec: SnapshotRecord, chain: SnapshotRecord[]): MountSpec[];
+  /** Checked before a snapshot is created with this chain of parents (top first). */
+  protected checkChain(_chain: SnapshotRecord[], _kind: SnapshotKind): void {}
+
+  protected snapshotDir(id: number): string {
+    return path.join(this.root, 'snapshots', String(id));
+  }
+  protected fsDir(id: number): string {
+    return path.join(this.snapshotDir(id), 'fs');
+  }
+  protected workDir(id: number): string {
+    return path.join(this.snapshotDir(id), 'work');
+  }
+  private get metaPath(): string {
+    return path.join(this.root, 'metadata.json');
+  }
+
+  private async load(): Promise<MetadataFile> {
+    if (this.meta) return this.meta;
+    await mkdir(path.join(this.root, 'snapshots'), { recursive: true });
+    let meta: MetadataFile;
+    try {
+      const parsed = JSON.parse(await readFile(this.metaPath, 'utf8')) as MetadataFile;
+      if (parsed.version !== 1 || typeof parsed.nextId !== 'number' || typeof parsed.snapshots !== 'object') {
+        throw new Internal(`unrecognised snapshot metadata in ${this.metaPath}`);
+      }
+      meta = parsed;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      meta = { version: 1, nextId: 1, snapshots: {} };
+    }
+    this.meta = meta;
+    await this.removeOrphans(meta);
+    return meta;
+  }
+
+  /** Directories without a record are leftovers of a crash between the two steps. */
+  private async removeOrphans(meta: MetadataFile): Promise<void> {
+    const known = new Set(Object.values(meta.snapshots).map((r) => String(r.id)));
+    for (const name of await readdir(path.join(this.root, 'snapshots'))) {
+      if (known.has(name)) continue;
+      const dir = path.join(this.root, 'snapshots', name);
+      try {
+        await rm(dir, { recursive: true, force: true });
+        log.info('removed orphan snapshot directory', { dir });
+      } catch (e) {
+        log.warn('could not remove orphan snapshot directory', { dir, error: e });
+      }
+    }
+  }
+
+  private async save(meta: MetadataFile): Promise<void> {
+    const tmp = `${this.metaPath}.${randomBytes(6).toString('hex')}.tmp`;
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(meta));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, this.metaPath);
+    const dirFh = await open(this.root, 'r');
+    try {
+      await dirFh.sync();
+    } finally {
+      await dirFh.close();
+    }
+  }
+
+  /** Apply a change to a copy of the metadata and persist it; memory follows only on success. */
+  private async mutate(meta: MetadataFile, change: (m: MetadataFile) => void): Promise<void> {
+    const copy: MetadataFile = structuredClone(meta);
+    change(copy);
+    await this.save(copy);
+    this.meta = copy;
+  }
+
+  private get(meta: MetadataFile, key: string): SnapshotRecord {
+    const rec = Object.prototype.hasOwnProperty.call(meta.snapshots, key) ? meta.snapshots[key] : undefined;
+    if (!rec) throw new NotFound(`snapshot ${JSON.stringify(key)} not found`, { key, snapshotter: this.name });
+    return rec;
+  }
+
+  private has(meta: MetadataFile, key: string): boolean {
+    return Object.prototype.hasOwnProperty.call(meta.snapshots, key);
+  }
+
+  /** The record's ancestors, nearest first. */
+  private chain(meta: MetadataFile, rec: SnapshotRecord): SnapshotRecord[] {
+    const out: SnapshotRecord[] = [];
+    let p = rec.parent;
+    while (p !== undefined) {
+      const r = this.get(meta, p);
+      out.push(r);
+      p = r.parent;
+      if (out.length > 10_000) throw new Internal('snapshot parent cycle');
+    }
+    return out;
+  }
+
+  private info(key: string, rec: SnapshotRecord): SnapshotInfo {
+    const i: SnapshotInfo = { key, kind: rec.kind, createdAt: rec.createdAt };
+    if (rec.parent !== undefined) i.parent = rec.parent;
+    return i;
+  }
+
+  private async create(kind: 'active' | 'view', key: string, parent: string | undefined): Promise<MountSpec[]> {
+    checkKey(key);
+    if (parent !== undefined) checkKey(parent, 'parent');
+    return this.lock.run(async () => {
+      const meta = await this.load();
+      if (this.has(meta, key)) throw new AlreadyExists(`snapshot ${JSON.stringify(key)} already exists`, { key });
+      let chain: SnapshotRecord[] = [];
+      if (parent !== undefined) {
+        const p = this.get(meta, parent);
+        if (p.kind !== 'committed') {
+          throw new InvalidArgument(`parent ${JSON.stringify(parent)} is not a committed snapshot (${p.kind})`, {
+            parent,
+          });
+        }
+        chain = [p, ...this.chain(meta, p)];
+      }
+      const rec: SnapshotRecord = { id: meta.nextId, kind, createdAt: new Date().toISOString() };
+      if (parent !== undefined) rec.parent = parent;
+      this.checkChain(chain, kind);
+      const mounts = this.mountsOf(key, rec, chain);
+      const dir = this.snapshotDir(rec.id);
+      try {
+        await rm(dir, { recursive: true, force: true });
+        await mkdir(this.fsDir(rec.id), { recursive: true, mode: 0o755 });
+        await mkdir(this.workDir(rec.id), { mode: 0o700 });
+        await this.populate(this.fsDir(rec.id), chain[0] ? this.fsDir(chain[0].id) : undefined, kind);
+        await this.mutate(meta, (m) => {
+          m.snapshots[key] = rec;
+          m.nextId = rec.id + 1;
+        });
+      } catch (e) {
+        await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+        throw e;
+      }
+      return mounts;
+    });
+  }
+
+  prepare(key: string, parent?: string): Promise<MountSpec[]> {
+    return this.create('active', key, parent);
+  }
+
+  view(key: string, parent?: string): Promise<MountSpec[]> {
+    return this.create('view', key, parent);
+  }
+
+  async mounts(key: string): Promise<MountSpec[]> {
+    checkKey(key);
+    return this.lock.run(async () => {
+      const meta = await this.load();
+      const rec = this.get(meta, key);
+      if (rec.kind === 'committed') {
+        throw new Conflict(`snapshot ${JSON.stringify(key)} is committed and has no mounts; create a view of it`, {
+          key,
+        });
+      }
+      return this.mountsOf(key, rec, this.chain(meta, rec));
+    });
+  }
+
+  async commit(name: string, key: string): Promise<void> {
+    checkKey(name, 'name');
+    checkKey(key);
+    return this.lock.run(async () => {
+      const meta = await this.load();
+      const rec = this.get(meta, key);
+      if (rec.kind !== 'active') {
+        throw new Conflict(`snapshot ${JSON.stringify(key)} is ${rec.kind}; only active snapshots can be committed`, {
+          key,
+        });
+      }
+      if (this.has(meta, name)) throw new AlreadyExists(`snapshot ${JSON.stringify(name)} already exists`, { name });
+      await this.mutate(meta, (m) => {
+        delete m.snapshots[key];
+        m.snapshots[name] = { ...rec, kind: 'committed', createdAt: new Date().toISOString() };
+      });
+      // the overlay workdir is only scratch space for the kernel; empty it
+      await rm(this.workDir(rec.id), { recursive: true, force: true }).catch(() => undefined);
+      await mkdir(this.workDir(rec.id), { mode: 0o700 }).catch(() => undefined);
+    });
+  }
+
+  async remove(key: string): Promise<void> {
+    checkKey(key);
+    return this.lock.run(async () => {
+      const meta = await this.load();
+      const rec = this.get(meta, key);
+      const children = Object.entries(meta.snapshots)
+        .filter(([, r]) => r.parent === key)
+        .map(([k]) => k);
+      if (children.length > 0) {
+        throw new Conflict(`snapshot ${JSON.stringify(key)} has children: ${children.slice(0, 5).join(', ')}`, {
+          key,
+          children,
+        });
+      }
+      await this.mutate(meta, (m) => {
+        delete m.snapshots[key];
+      });
+      // rename first so a half-removed tree never looks like a live snapshot
+      const dir = this.snapshotDir(rec.id);
+      const trash = path.join(this.root, 'snapshots', `rm-${rec.id}-${randomBytes(4).toString('hex')}`);
+      try {
+        await rename(dir, trash);
+        await rm(trash, { recursive: true, force: true });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+          log.warn('snapshot directory left behind; removed at next start', { key, dir, error: e });
+        }
+      }
+    });
+  }
+
+  async stat(key: string): Promise<SnapshotInfo> {
+    checkKey(key);
+    return this.lock.run(async () => this.info(key, this.get(await this.load(), key)));
+  }
+
+  list(): Promise<SnapshotInfo[]> {
+    return this.lock.run(async () => {
+      const meta = await this.load();
+      return Object.entries(meta.snapshots).map(([k, r]) => this.info(k, r));
+    });
+  }
+
+  async usage(key: string): Promise<{ size: number; inodes: number }> {
+    checkKey(key);
+    return this.lock.run(async () => {
+      const rec = this.get(await this.load(), key);
+      return diskUsage(this.fsDir(rec.id));
+    });
+  }
+}
+
+export class OverlaySnapshotter extends DirSnapshotter {
+  readonly name = 'overlayfs';
+
+  protected populate(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  protected override checkChain(chain: SnapshotRecord[], kind: SnapshotKind): void {
+    // a view over one parent is a bind mount; anything else is an overlay with `chain` lowers
+    if (chain.length > MAX_LAYERS) {
+      throw new InvalidArgument(
+        `snapshot chain of ${chain.length} layers exceeds the overlayfs snapshotter limit of ${MAX_LAYERS}`,
+        { layers: chain.length, max: MAX_LAYERS, kind },
+      );
+    }
+  }
+
+  protected mountsOf(_key: string, rec: SnapshotRecord, chain: SnapshotRecord[]): MountSpec[] {
+    const fs = this.fsDir(rec.id);
+    if (rec.kind === 'view') {
+      if (chain.length === 0) return [{ type: 'bind', source: fs, options: ['bind', 'ro'] }];
+      if (chain.length === 1) return [{ type: 'bind', source: this.fsDir(chain[0]!.id), options: ['bind', 'ro'] }];
+      return [this.overlay(['ro', `lowerdir=${chain.map((r) => this.fsDir(r.id)).join(':')}`])];
+    }
+    if (chain.length === 0) return [{ type: 'bind', source: fs, options: ['bind', 'rw'] }];
+    return [
+      this.overlay([
+        `workdir=${this.workDir(rec.id)}`,
+        `upperdir=${fs}`,
+        `lowerdir=${chain.map((r) => this.fsDir(r.id)).join(':')}`,
+      ]),
+    ];
+  }
+
+  private overlay(options: string[]): MountSpec {
+    const compact = compactOverlayOptions(options).options.join(',');
+    if (compact.length > MOUNT_OPTIONS_MAX) {
+      throw new InvalidArgument(
+        `overlay mount options would be ${compact.length} bytes, over the ${MOUNT_OPTIONS_MAX}-byte limit of mount(2); use a shorter snapshotter root or fewer layers`,
+        { length: compact.length },
+      );
+    }
+    return { type: 'overlay', source: 'overlay', options };
+  }
+}
+
+/**
+ * Really try an overlay mount (two lowers, an upper, a write, an unmount) in a
+ * temporary directory under dir. undefined = overlayfs works there; otherwise the reason.
+ */
+export async function overlayfsSupported(dir: string): Promise<string | undefined> {
+  let tmp: string | undefined;
+  let mounted = false;
+  const merged = () => path.join(tmp!, 'merged');
+  try {
+    await mkdir(dir, { recursive: true });
+    tmp = await mkdtemp(path.join(dir, '.overlay-probe-'));
+    for (const d of ['l1', 'l2', 'upper', 'work', 'merged']) await mkdir(path.join(tmp, d));
+    await writeFile(path.join(tmp, 'l1', 'a'), 'a');
+    await writeFile(path.join(tmp, 'l2', 'b'), 'b');
+    const opts = `lowerdir=${tmp}/l2:${tmp}/l1,upperdir=${tmp}/upper,workdir=${tmp}/work`;
+    const r = await run('mount', ['-t', 'overlay', 'overlay', '-o', opts, '--', merged()]);
+    if (r.code !== 0) return `overlay mount failed: ${r.stderr.trim() || `exit ${r.code}`}`;
+    mounted = true;
+    const names = (await readdir(merged())).sort().join(',');
+    if (names !== 'a,b') return `overlay mount shows ${names || 'nothing'} instead of a,b`;
+    await writeFile(path.join(merged(), 'c'), 'c');
+    await rm(path.join(merged(), 'a'));
+    return undefined;
+  } catch (e) {
+    return `overlay probe failed: ${(e as Error).message}`;
+  } finally {
+    if (tmp !== undefined) {
+      if (mounted) {
+        const u = await run('umount', ['--', merged()]);
+        if (u.code !== 0) await run('umount', ['-l', '--', merged()]);
+      }
+      await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * Snapshotter contract, modelled on containerd core/snapshots: it returns mount
+ * specifications and never mounts anything itself (see mount.ts for that).
+ */
+export interface MountSpec {
+  type: string; // "overlay" | "bind"
+  source: string;
+  options: string[];
+}
+
+export type SnapshotKind = 'committed' | 'active' | 'view';
+
+export interface SnapshotInfo {
+  key: string;
+  parent?: string;
+  kind: SnapshotKind;
+  createdAt: string;
+}
+
+export interface Snapshotter {
+  readonly name: string;
+  /** A writable snapshot on top of parent (a committed snapshot), or empty. */
+  prepare(key: string, parent?: string): Promise<MountSpec[]>;
+  /** A read-only snapshot of parent. */
+  view(key: string, parent?: string): Promise<MountSpec[]>;
+  mounts(key: string): Promise<MountSpec[]>;
+  /** Turn the active snapshot `key` into the committed snapshot `name`. */
+  commit(name: string, key: string): Promise<void>;
+  /** Refused with Conflict while other snapshots have it as parent. */
+  remove(key: string): Promise<void>;
+  stat(key: string): Promise<SnapshotInfo>;
+  list(): Promise<SnapshotInfo[]>;
+  /** Bytes used by this snapshot's own layer. */
+  usage(key: string): Promise<{ size: number; inodes: number }>;
+}

@@ -1,0 +1,20 @@
+import type { ErrorCode } from '../core/errors.js';
+
+/** The one place typed errors become HTTP statuses (Incus SmartError). */
+export const HTTP_STATUS: Record<ErrorCode, number> = {
+  InvalidArgument: 400,
+  Unauthenticated: 401,
+  PermissionDenied: 403,
+  NotFound: 404,
+  AlreadyExists: 409,
+  Conflict: 409,
+  QuotaExceeded: 429,
+  Internal: 500,
+  DataLoss: 500,
+  Unavailable: 503,
+};
+
+export function codeForStatus(status: number): ErrorCode {
+  const found = (Object.entries(HTTP_STATUS) as [ErrorCode, number][]).find(([, s]) => s === status);
+  return found ? found[0] : status >= 500 ? 'Internal' : 'InvalidArgument';
+}

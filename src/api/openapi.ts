@@ -1,0 +1,56 @@
+/** /openapi.json generated from the route table's own schemas. */
+import type { TSchema } from '@sinclair/typebox';
+import type { Route } from './route.js';
+import { HTTP_STATUS } from './http-errors.js';
+import { ErrorBody } from './schemas.js';
+
+function strip(schema: TSchema): Record<string, unknown> {
+  // TypeBox schemas are JSON Schema plus symbol-keyed metadata, which JSON drops.
+  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
+}
+
+function parameters(schema: TSchema | undefined, where: 'path' | 'query') {
+  if (!schema) return [];
+  const s = strip(schema) as { properties?: Record<string, Record<string, unknown>>; required?: string[] };
+  return Object.entries(s.properties ?? {}).map(([name, prop]) => ({
+    name,
+    in: where,
+    required: where === 'path' || (s.required ?? []).includes(name),
+    schema: prop,
+    ...(typeof prop.description === 'string' ? { description: prop.description } : {}),
+  }));
+}
+
+export function buildOpenApi(routes: Route[], version: string): Record<string, unknown> {
+  const paths: Record<string, Record<string, unknown>> = {};
+  const errorStatuses = [...new Set(Object.values(HTTP_STATUS))].sort();
+  for (const r of routes) {
+    const status = String(r.status ?? 200);
+    const content = r.streams
+      ? { [r.streams === 'sse' ? 'text/event-stream' : 'application/x-ndjson']: { schema: strip(r.response) } }
+      : { 'application/json': { schema: strip(r.response) } };
+    const responses: Record<string, unknown> = {
+      [status]: status === '204' ? { description: 'No content' } : { description: r.summary, content },
+    };
+    for (const s of errorStatuses) {
+      responses[String(s)] = { description: 'Error', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };
+    }
+    const op: Record<string, unknown> = {
+      operationId: r.operationId,
+      summary: r.summary,
+      tags: [r.tag],
+      'x-nimbus-access': r.access,
+      parameters: [...parameters(r.params, 'path'), ...parameters(r.query, 'query')],
+      responses,
+    };
+    if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: strip(r.body) } } };
+    if (r.rawBody) op.requestBody = { required: true, content: { [r.rawBody]: { schema: { type: 'string', format: 'binary' } } } };
+    (paths[r.path] ??= {})[r.method.toLowerCase()] = op;
+  }
+  return {
+    openapi: '3.0.3',
+    info: { title: 'Nimbus API', version, description: 'Containers, images and operations on a Nimbus host.' },
+    paths,
+    components: { schemas: { Error: strip(ErrorBody) } },
+  };
+}

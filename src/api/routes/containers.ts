@@ -1,0 +1,137 @@
+import { Type } from '@sinclair/typebox';
+import { route, stream } from '../route.js';
+import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Stats } from '../schemas.js';
+import type { CreateContainerInput } from '../../control/compute/container-service.js';
+
+const Signal = Type.Object({ signal: Type.String({ default: 'SIGKILL' }) });
+const Timeout = Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds before SIGKILL' })) });
+
+export const containerRoutes = [
+  route({
+    method: 'GET', path: '/containers', operationId: 'listContainers', tag: 'containers', access: 'read',
+    summary: 'List containers (running ones unless all=true)',
+    query: Type.Object({ all: Type.Boolean({ default: false }) }),
+    response: Type.Array(Container),
+    handler: ({ query, services }) => services.containers.list({ all: query.all }),
+  }),
+  route({
+    method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
+    summary: 'Create a container from a pulled image', status: 201,
+    body: ContainerCreate, response: Container,
+    handler: ({ body, services }) =>
+      services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, services.defaultProjectId),
+  }),
+  route({
+    method: 'GET', path: '/containers/{id}', operationId: 'inspectContainer', tag: 'containers', access: 'read',
+    summary: 'Inspect a container', params: IdParam, response: Container,
+    handler: ({ params, services }) => services.containers.get(params.id),
+  }),
+  route({
+    method: 'DELETE', path: '/containers/{id}', operationId: 'removeContainer', tag: 'containers', access: 'write',
+    summary: 'Remove a container (force kills a running one)', params: IdParam,
+    query: Type.Object({ force: Type.Boolean({ default: false }) }), response: Empty,
+    handler: async ({ params, query, services }) => {
+      await services.containers.remove(params.id, query.force);
+      return { status: 204 };
+    },
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/start', operationId: 'startContainer', tag: 'containers', access: 'write',
+    summary: 'Start a container', params: IdParam, response: Container,
+    handler: ({ params, services }) => services.containers.start(params.id),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/stop', operationId: 'stopContainer', tag: 'containers', access: 'write',
+    summary: 'Stop a container: its stop signal, then SIGKILL after the timeout', params: IdParam, body: Timeout, response: Container,
+    handler: ({ params, body, services }) => services.containers.stop(params.id, body.timeout),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/restart', operationId: 'restartContainer', tag: 'containers', access: 'write',
+    summary: 'Stop then start a container', params: IdParam, body: Timeout, response: Container,
+    handler: ({ params, body, services }) => services.containers.restart(params.id, body.timeout),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/kill', operationId: 'killContainer', tag: 'containers', access: 'write',
+    summary: 'Send a signal to a container', params: IdParam, body: Signal, response: Container,
+    handler: ({ params, body, services }) => services.containers.kill(params.id, body.signal),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/pause', operationId: 'pauseContainer', tag: 'containers', access: 'write',
+    summary: 'Freeze every process of a container (cgroup freezer)', params: IdParam, response: Container,
+    handler: ({ params, services }) => services.containers.pause(params.id),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/unpause', operationId: 'unpauseContainer', tag: 'containers', access: 'write',
+    summary: 'Thaw a paused container', params: IdParam, response: Container,
+    handler: ({ params, services }) => services.containers.unpause(params.id),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/wait', operationId: 'waitContainer', tag: 'containers', access: 'read',
+    summary: 'Block until the container is not running; returns its exit code', params: IdParam,
+    response: Type.Object({ exitCode: Type.Integer(), oomKilled: Type.Boolean() }),
+    handler: ({ params, services, signal }) => services.containers.wait(params.id, signal),
+  }),
+  route({
+    method: 'GET', path: '/containers/{id}/logs', operationId: 'containerLogs', tag: 'containers', access: 'read',
+    summary: 'Container output as newline-delimited JSON records; follow=true streams until it exits', params: IdParam,
+    query: Type.Object({ follow: Type.Boolean({ default: false }), tail: Type.Optional(Type.Integer({ minimum: 0 })) }),
+    response: LogLine, streams: 'ndjson',
+    handler: ({ params, query, services, signal }) =>
+      stream('ndjson', services.containers.logs(params.id, { follow: query.follow, ...(query.tail !== undefined ? { tail: query.tail } : {}), signal })),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/exec', operationId: 'execInContainer', tag: 'containers', access: 'write',
+    summary: 'Run a command in a running container; streams output frames, the last one carries exitCode', params: IdParam,
+    body: Type.Object({
+      args: Type.Array(Type.String(), { minItems: 1 }),
+      env: Type.Optional(Type.Array(Type.String())),
+      workdir: Type.Optional(Type.String()),
+      user: Type.Optional(Type.String()),
+    }),
+    response: ExecFrame, streams: 'ndjson',
+    handler: async ({ params, body, services }) => {
+      const session = await services.containers.exec(params.id, {
+        args: body.args, ...(body.env ? { env: body.env } : {}), ...(body.workdir ? { cwd: body.workdir } : {}), ...(body.user ? { user: body.user } : {}),
+      });
+      return stream('ndjson', execFrames(session));
+    },
+  }),
+  route({
+    method: 'GET', path: '/containers/{id}/stats', operationId: 'containerStats', tag: 'containers', access: 'read',
+    summary: 'CPU, memory and pids from the container cgroup', params: IdParam, response: Stats,
+    handler: ({ params, services }) => services.containers.stats(params.id),
+  }),
+];
+
+/** Interleave stdout/stderr chunks as frames, then a final exit frame. */
+async function* execFrames(session: import('../../agent/drivers/instance-driver.js').ExecSession): AsyncGenerator<unknown> {
+  const queue: unknown[] = [];
+  let wake: (() => void) | undefined;
+  let open = 2;
+  const pump = (name: 'stdout' | 'stderr', s: NodeJS.ReadableStream) => {
+    s.on('data', (b: Buffer) => {
+      queue.push({ stream: name, data: b.toString('base64') });
+      wake?.();
+    });
+    s.on('end', () => {
+      open--;
+      wake?.();
+    });
+    s.on('error', () => {
+      open--;
+      wake?.();
+    });
+  };
+  pump('stdout', session.stdout);
+  pump('stderr', session.stderr);
+  while (open > 0 || queue.length) {
+    const next = queue.shift();
+    if (next) {
+      yield next;
+      continue;
+    }
+    await new Promise<void>((r) => (wake = r));
+    wake = undefined;
+  }
+  yield { exitCode: await session.exit };
+}

@@ -1,0 +1,70 @@
+import { createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Type } from '@sinclair/typebox';
+import { newId } from '../../core/ids.js';
+import { route } from '../route.js';
+import { Image, Operation } from '../schemas.js';
+
+const Ref = Type.Object({ ref: Type.String({ minLength: 1, description: 'Reference, digest or id (URL-encoded)' }) });
+
+export const imageRoutes = [
+  route({
+    method: 'GET', path: '/images', operationId: 'listImages', tag: 'images', access: 'read',
+    summary: 'List images', response: Type.Array(Image),
+    handler: ({ services }) => services.images.list(),
+  }),
+  route({
+    method: 'POST', path: '/images/pull', operationId: 'pullImage', tag: 'images', access: 'write',
+    summary: 'Pull an image from an OCI registry; returns an Operation (202)', status: 202,
+    body: Type.Object({
+      reference: Type.String({ minLength: 1, description: 'name[:tag] or name@sha256:digest' }),
+      username: Type.Optional(Type.String()),
+      password: Type.Optional(Type.String()),
+    }, { additionalProperties: false }),
+    response: Operation,
+    handler: ({ body, services }) => ({
+      status: 202,
+      body: services.images.pull(
+        body.reference,
+        services.defaultProjectId,
+        body.username !== undefined ? { username: body.username, password: body.password ?? '' } : undefined,
+      ),
+    }),
+  }),
+  route({
+    method: 'POST', path: '/images/import', operationId: 'importImage', tag: 'images', access: 'write',
+    summary: 'Import an OCI image-layout tar or a `docker save` tar (request body is the tar)',
+    rawBody: 'application/x-tar', response: Type.Array(Image), status: 201,
+    handler: async ({ services, req }) => {
+      await mkdir(services.options.tmpDir, { recursive: true });
+      const file = join(services.options.tmpDir, `import-${newId().slice(0, 16)}.tar`);
+      try {
+        await pipeline(req, createWriteStream(file, { mode: 0o600 }));
+        return { status: 201, body: await services.images.importArchive(file, services.defaultProjectId) };
+      } finally {
+        await rm(file, { force: true });
+      }
+    },
+  }),
+  route({
+    method: 'POST', path: '/images/prune', operationId: 'pruneImages', tag: 'images', access: 'write',
+    summary: 'Remove dangling images (all=true: every image no container uses) and collect garbage',
+    body: Type.Object({ all: Type.Boolean({ default: false }) }),
+    response: Type.Object({ deleted: Type.Array(Type.String()), bytesFreed: Type.Integer() }),
+    handler: ({ body, services }) => services.images.prune(body.all),
+  }),
+  route({
+    method: 'GET', path: '/images/{ref}', operationId: 'inspectImage', tag: 'images', access: 'read',
+    summary: 'Inspect an image', params: Ref, response: Image,
+    handler: ({ params, services }) => services.images.inspect(params.ref),
+  }),
+  route({
+    method: 'DELETE', path: '/images/{ref}', operationId: 'removeImage', tag: 'images', access: 'write',
+    summary: 'Untag an image; delete it when no tag and no container is left', params: Ref,
+    query: Type.Object({ force: Type.Boolean({ default: false }) }),
+    response: Type.Object({ untagged: Type.Array(Type.String()), deleted: Type.Array(Type.String()) }),
+    handler: ({ params, query, services }) => services.images.remove(params.ref, query.force),
+  }),
+];

@@ -1,0 +1,78 @@
+import { Type } from '@sinclair/typebox';
+import { route, stream } from '../route.js';
+import { Event, Operation } from '../schemas.js';
+import { buildOpenApi } from '../openapi.js';
+import { allRoutes } from './index.js';
+
+export const systemRoutes = [
+  route({
+    method: 'GET', path: '/_ping', operationId: 'ping', tag: 'system', access: 'public',
+    summary: 'Liveness check', response: Type.Object({ ok: Type.Boolean() }),
+    handler: () => ({ ok: true }),
+  }),
+  route({
+    method: 'GET', path: '/version', operationId: 'version', tag: 'system', access: 'public',
+    summary: 'Daemon version', response: Type.Object({ version: Type.String(), apiVersion: Type.String(), node: Type.String() }),
+    handler: ({ services }) => ({ version: services.version, apiVersion: '1', node: process.version }),
+  }),
+  route({
+    method: 'GET', path: '/info', operationId: 'info', tag: 'system', access: 'read',
+    summary: 'Host and daemon facts: runtimes, snapshotter, cgroup layout, counts',
+    response: Type.Record(Type.String(), Type.Unknown()),
+    handler: async ({ services }) => {
+      const all = services.containers.list({ all: true });
+      return {
+        version: services.version,
+        startedAt: services.startedAt,
+        home: services.options.home,
+        agent: await services.agent.info(),
+        containers: {
+          total: all.length,
+          running: all.filter((c) => c.status === 'running').length,
+          paused: all.filter((c) => c.status === 'paused').length,
+          exited: all.filter((c) => c.status === 'exited').length,
+        },
+        images: services.images.list().length,
+      };
+    },
+  }),
+  route({
+    method: 'GET', path: '/openapi.json', operationId: 'openapi', tag: 'system', access: 'public',
+    summary: 'This API as an OpenAPI 3 document, generated from the route table', response: Type.Record(Type.String(), Type.Unknown()),
+    handler: ({ services }) => buildOpenApi(allRoutes(), services.version),
+  }),
+  route({
+    method: 'GET', path: '/events', operationId: 'events', tag: 'system', access: 'read',
+    summary: 'Server-sent events of every state change', streams: 'sse',
+    query: Type.Object({
+      type: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
+      id: Type.Optional(Type.String()),
+      since: Type.Optional(Type.Integer({ minimum: 0, description: 'Replay buffered events after this sequence number' })),
+    }),
+    response: Event,
+    handler: ({ query, services, signal }) =>
+      stream('sse', services.events.subscribe({
+        ...(query.type ? { types: Array.isArray(query.type) ? query.type : [query.type] } : {}),
+        ...(query.id ? { id: query.id } : {}),
+        ...(query.since !== undefined ? { since: query.since } : {}),
+      }, signal)),
+  }),
+  route({
+    method: 'GET', path: '/operations', operationId: 'listOperations', tag: 'operations', access: 'read',
+    summary: 'Recent operations', response: Type.Array(Operation),
+    handler: ({ services }) => services.operations.list(),
+  }),
+  route({
+    method: 'GET', path: '/operations/{id}', operationId: 'getOperation', tag: 'operations', access: 'read',
+    summary: 'An operation and its progress', params: Type.Object({ id: Type.String() }), response: Operation,
+    handler: ({ params, services }) => services.operations.get(params.id),
+  }),
+  route({
+    method: 'GET', path: '/operations/{id}/wait', operationId: 'waitOperation', tag: 'operations', access: 'read',
+    summary: 'Block until the operation ends or the timeout (seconds) passes',
+    params: Type.Object({ id: Type.String() }),
+    query: Type.Object({ timeout: Type.Number({ default: 60, minimum: 0, maximum: 3600 }) }),
+    response: Operation,
+    handler: ({ params, query, services, signal }) => services.operations.wait(params.id, query.timeout * 1000, signal),
+  }),
+];

@@ -1,0 +1,380 @@
+/**
+ * Containers as the control plane sees them: the record in the store, the
+ * state machine, restart supervision, and calls to the host's agent.
+ */
+import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
+import { isValidName, newId } from '../../core/ids.js';
+import { logger } from '../../core/log.js';
+import type { Agent } from '../../agent/agent.js';
+import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
+import type { Store } from '../../store/store.js';
+import type { ContainerConfig, ContainerRecord, ContainerStatus } from '../../store/records.js';
+import type { EventBus } from '../events/event-bus.js';
+import type { ImageService } from '../images/image-service.js';
+import { assertTransition } from './container-state.js';
+import { generateName } from './names.js';
+import { processSpecFor } from './process-spec.js';
+
+const log = logger('compute');
+const RESTART_BACKOFF_MS = [100, 200, 400, 800, 1600, 3200, 6400, 10_000];
+
+export interface CreateContainerInput extends ContainerConfig {
+  name?: string;
+}
+
+export class ContainerService {
+  private readonly restartTimers = new Map<string, NodeJS.Timeout>();
+  /** Serialises lifecycle calls per container so concurrent requests cannot interleave. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly agent: Agent,
+    private readonly images: ImageService,
+    private readonly events: EventBus,
+  ) {
+    agent.onContainerExit((id) => void this.handleExit(id));
+  }
+
+  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.locks.set(id, tail);
+    void tail.then(() => {
+      if (this.locks.get(id) === tail) this.locks.delete(id);
+    });
+    return next;
+  }
+
+  private publish(c: ContainerRecord, action: string, attributes: Record<string, unknown> = {}) {
+    this.events.publish({ type: 'container', action, id: c.id, projectId: c.projectId, attributes: { name: c.name, ...attributes } });
+  }
+
+  get(idOrName: string): ContainerRecord {
+    return this.store.containers.resolve(idOrName);
+  }
+
+  list(opts: { all?: boolean; projectId?: string } = {}): ContainerRecord[] {
+    return this.store.containers.list({
+      ...(opts.projectId ? { projectId: opts.projectId } : {}),
+      ...(opts.all ? {} : { status: ['running', 'paused', 'restarting'] as ContainerStatus[] }),
+    });
+  }
+
+  async create(input: CreateContainerInput, projectId: string): Promise<ContainerRecord> {
+    const image = this.images.resolve(input.image);
+    if (input.name !== undefined && !isValidName(input.name)) {
+      throw new InvalidArgument(`invalid container name "${input.name}": use letters, digits, '_', '.', '-' (max 128)`);
+    }
+    if (input.name && this.store.containers.byName(input.name)) {
+      throw new Conflict(`the container name "${input.name}" is already in use`);
+    }
+    if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
+      throw new InvalidArgument('memory limit must be at least 6 MiB');
+    }
+    const { name: requestedName, ...config } = input;
+    const process = processSpecFor(image.config, config);
+    const id = newId();
+    const name = requestedName ?? generateName((n) => this.store.containers.byName(n) !== undefined);
+    const now = new Date().toISOString();
+    const rec: ContainerRecord = {
+      id, name, projectId, imageDigest: image.digest, config: { ...config, image: input.image },
+      status: 'created', runtime: config.runtime ?? 'auto', pid: null, exitCode: null, oomKilled: false,
+      restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
+    };
+    this.store.containers.insert(rec);
+    try {
+      const created = await this.agent.createContainer({
+        id, name, imageChainId: image.chainId, process,
+        resources: {
+          ...(config.memoryBytes !== undefined ? { memoryBytes: config.memoryBytes } : {}),
+          ...(config.cpus !== undefined ? { cpus: config.cpus } : {}),
+          ...(config.pidsLimit !== undefined ? { pidsLimit: config.pidsLimit } : {}),
+        },
+        hostname: config.hostname ?? id.slice(0, 12),
+        ...(config.runtime ? { runtime: config.runtime } : {}),
+        labels: config.labels,
+      });
+      const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: (created as { runtime?: string }).runtime ?? rec.runtime });
+      this.publish(updated, 'create', { image: input.image });
+      return updated;
+    } catch (e) {
+      // A failed create leaves nothing behind: not the record, not the agent's state.
+      await this.agent.removeContainer(id).catch(() => undefined);
+      this.store.containers.delete(id);
+      throw e;
+    }
+  }
+
+  start(idOrName: string): Promise<ContainerRecord> {
+    const c = this.get(idOrName);
+    return this.locked(c.id, () => this.startLocked(c.id, false));
+  }
+
+  private async startLocked(id: string, byRestartPolicy: boolean): Promise<ContainerRecord> {
+    let c = this.store.containers.get(id);
+    if (!c) throw new NotFound(`no such container: ${id}`);
+    if (c.status === 'running' || c.status === 'paused') return c;
+    assertTransition(c.name, c.status, 'running', 'start');
+    const state = await this.agent.startContainer(id);
+    c = this.store.containers.update(id, {
+      status: state.status === 'stopped' ? 'exited' : 'running',
+      pid: state.pid ?? null,
+      startedAt: new Date().toISOString(),
+      finishedAt: null,
+      exitCode: null,
+      oomKilled: false,
+      stoppedByUser: false,
+      ...(byRestartPolicy ? { restartCount: c.restartCount + 1 } : {}),
+    });
+    this.publish(c, 'start', { pid: c.pid });
+    if (state.status === 'stopped') void this.handleExit(id);
+    return c;
+  }
+
+  stop(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
+    const c = this.get(idOrName);
+    this.cancelRestart(c.id);
+    return this.locked(c.id, async () => {
+      let cur = this.store.containers.get(c.id)!;
+      if (cur.status !== 'running' && cur.status !== 'paused' && cur.status !== 'restarting') return cur;
+      cur = this.store.containers.update(c.id, { stoppedByUser: true });
+      const t = timeoutSec ?? cur.config.stopTimeout ?? 10;
+      await this.agent.stopContainer(c.id, t, cur.config.stopSignal);
+      return this.recordExit(c.id, await this.agent.containerState(c.id));
+    });
+  }
+
+  kill(idOrName: string, signal = 'SIGKILL'): Promise<ContainerRecord> {
+    const c = this.get(idOrName);
+    return this.locked(c.id, async () => {
+      const cur = this.store.containers.get(c.id)!;
+      if (cur.status !== 'running' && cur.status !== 'paused') {
+        throw new Conflict(`cannot kill container ${cur.name}: it is ${cur.status}`);
+      }
+      await this.agent.killContainer(c.id, signal);
+      this.publish(cur, 'kill', { signal });
+      return cur;
+    });
+  }
+
+  async restart(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
+    const c = await this.stop(idOrName, timeoutSec);
+    return this.start(c.id);
+  }
+
+  pause(idOrName: string): Promise<ContainerRecord> {
+    const c = this.get(idOrName);
+    return this.locked(c.id, async () => {
+      const cur = this.store.containers.get(c.id)!;
+      assertTransition(cur.name, cur.status, 'paused', 'pause');
+      if (cur.status === 'paused') return cur;
+      await this.agent.pauseContainer(c.id);
+      const next = this.store.containers.update(c.id, { status: 'paused' });
+      this.publish(next, 'pause');
+      return next;
+    });
+  }
+
+  unpause(idOrName: string): Promise<ContainerRecord> {
+    const c = this.get(idOrName);
+    return this.locked(c.id, async () => {
+      const cur = this.store.containers.get(c.id)!;
+      if (cur.status !== 'paused') throw new Conflict(`cannot unpause container ${cur.name}: it is ${cur.status}`);
+      await this.agent.unpauseContainer(c.id);
+      const next = this.store.containers.update(c.id, { status: 'running' });
+      this.publish(next, 'unpause');
+      return next;
+    });
+  }
+
+  remove(idOrName: string, force: boolean): Promise<void> {
+    const c = this.get(idOrName);
+    this.cancelRestart(c.id);
+    return this.locked(c.id, async () => {
+      const cur = this.store.containers.get(c.id);
+      if (!cur) return;
+      if ((cur.status === 'running' || cur.status === 'paused' || cur.status === 'restarting') && !force) {
+        throw new Conflict(`container ${cur.name} is ${cur.status}: stop it first or use --force`);
+      }
+      this.store.containers.update(c.id, { status: 'removing' });
+      if (cur.status === 'running' || cur.status === 'paused') {
+        await this.agent.killContainer(c.id, 'SIGKILL').catch(() => undefined);
+      }
+      await this.agent.removeContainer(c.id);
+      this.store.containers.delete(c.id);
+      this.publish(cur, 'destroy');
+    });
+  }
+
+  /** Resolves once the container is not running (Docker's "not-running" wait condition). */
+  async wait(idOrName: string, signal?: AbortSignal): Promise<{ exitCode: number; oomKilled: boolean }> {
+    const c = this.get(idOrName);
+    const done = (r: ContainerRecord | undefined) =>
+      !r || r.status === 'exited' || r.status === 'dead' || (r.status === 'created' && r.exitCode !== null);
+    const settled = (r: ContainerRecord | undefined) => ({ exitCode: r?.exitCode ?? -1, oomKilled: r?.oomKilled ?? false });
+    const current = this.store.containers.get(c.id);
+    if (done(current) && current?.status !== 'created') return settled(current);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const r = this.store.containers.get(c.id);
+        if (!r || r.status === 'exited' || r.status === 'dead') {
+          off();
+          resolve(settled(r));
+        }
+      };
+      const off = this.events.on((e) => {
+        if (e.type === 'container' && e.id === c.id && (e.action === 'die' || e.action === 'destroy')) check();
+      });
+      signal?.addEventListener('abort', () => {
+        off();
+        reject(new Error('aborted'));
+      });
+      check();
+    });
+  }
+
+  logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    const c = this.get(idOrName);
+    return this.agent.containerLogs(c.id, opts);
+  }
+
+  async exec(idOrName: string, req: ExecRequest): Promise<ExecSession> {
+    const c = this.get(idOrName);
+    if (c.status !== 'running') throw new Conflict(`container ${c.name} is ${c.status}; exec needs it running`);
+    if (!req.args.length) throw new InvalidArgument('exec needs a command');
+    this.publish(c, 'exec', { args: req.args });
+    return this.agent.execInContainer(c.id, req);
+  }
+
+  async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {
+    const c = this.get(idOrName);
+    if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is ${c.status}; no stats`);
+    return { id: c.id, name: c.name, ...(await this.agent.containerStats(c.id)) };
+  }
+
+  private recordExit(id: string, state: RuntimeState): ContainerRecord {
+    const cur = this.store.containers.get(id);
+    if (!cur) throw new NotFound(`no such container: ${id}`);
+    if (cur.status === 'exited' && cur.exitCode !== null) return cur;
+    const next = this.store.containers.update(id, {
+      status: 'exited',
+      pid: null,
+      exitCode: state.exitCode ?? cur.exitCode ?? 255,
+      oomKilled: state.oomKilled ?? false,
+      finishedAt: state.finishedAt ?? new Date().toISOString(),
+    });
+    this.publish(next, 'die', { exitCode: next.exitCode, oomKilled: next.oomKilled });
+    return next;
+  }
+
+  /** The agent saw the process exit: record it, then apply the restart policy. */
+  async handleExit(id: string): Promise<void> {
+    const cur = this.store.containers.get(id);
+    if (!cur || cur.status === 'removing') return;
+    let state: RuntimeState;
+    try {
+      state = await this.agent.containerState(id);
+    } catch (e) {
+      if (hasCode(e, 'NotFound')) return;
+      throw e;
+    }
+    if (state.status !== 'stopped') return;
+    const rec = await this.locked(id, async () => {
+      const now = this.store.containers.get(id);
+      if (!now || now.status === 'removing') return undefined;
+      return this.recordExit(id, state);
+    });
+    if (!rec) return;
+    if (rec.config.autoRemove) {
+      await this.remove(id, true).catch((e: unknown) => log.warn('auto-remove failed', { id, error: String(e) }));
+      return;
+    }
+    this.maybeRestart(rec);
+  }
+
+  private maybeRestart(c: ContainerRecord): void {
+    const p = c.config.restart;
+    if (c.stoppedByUser || p.name === 'no') return;
+    if (p.name === 'on-failure') {
+      if (c.exitCode === 0) return;
+      if (p.maxRetries !== undefined && p.maxRetries > 0 && c.restartCount >= p.maxRetries) return;
+    }
+    const delay = RESTART_BACKOFF_MS[Math.min(c.restartCount, RESTART_BACKOFF_MS.length - 1)]!;
+    this.store.containers.update(c.id, { status: 'restarting' });
+    this.publish(c, 'restarting', { delayMs: delay });
+    const timer = setTimeout(() => {
+      this.restartTimers.delete(c.id);
+      void this.locked(c.id, async () => {
+        const now = this.store.containers.get(c.id);
+        if (!now || now.status !== 'restarting') return;
+        await this.startLocked(c.id, true);
+      }).catch((e: unknown) => {
+        log.warn('restart failed', { id: c.id, error: String(e) });
+        const now = this.store.containers.get(c.id);
+        if (now?.status === 'restarting') this.store.containers.update(c.id, { status: 'exited' });
+      });
+    }, delay);
+    timer.unref();
+    this.restartTimers.set(c.id, timer);
+  }
+
+  private cancelRestart(id: string): void {
+    const t = this.restartTimers.get(id);
+    if (t) {
+      clearTimeout(t);
+      this.restartTimers.delete(id);
+      const c = this.store.containers.get(id);
+      if (c?.status === 'restarting') this.store.containers.update(id, { status: 'exited' });
+    }
+  }
+
+  /**
+   * Daemon start: bring the store and the host into agreement. Containers the
+   * agent still runs stay running; those that exited meanwhile get their exit
+   * code; state the store does not know is removed.
+   */
+  async reconcile(): Promise<{ running: number; exited: number; orphansRemoved: number; lost: number }> {
+    const onHost = new Set(await this.agent.listContainers());
+    let running = 0, exited = 0, lost = 0, orphansRemoved = 0;
+    for (const c of this.store.containers.list()) {
+      if (c.status === 'removing') {
+        await this.agent.removeContainer(c.id).catch(() => undefined);
+        this.store.containers.delete(c.id);
+        continue;
+      }
+      if (!onHost.has(c.id)) {
+        if (c.status !== 'exited' && c.status !== 'created') {
+          this.store.containers.update(c.id, { status: 'exited', exitCode: c.exitCode ?? 255, pid: null, finishedAt: c.finishedAt ?? new Date().toISOString() });
+          lost++;
+        }
+        continue;
+      }
+      onHost.delete(c.id);
+      const state = await this.agent.containerState(c.id).catch(() => ({ status: 'unknown' }) as RuntimeState);
+      if (state.status === 'running' || state.status === 'paused') {
+        this.store.containers.update(c.id, { status: state.status, pid: state.pid ?? c.pid });
+        running++;
+      } else if (state.status === 'stopped' && c.status !== 'exited') {
+        const rec = this.recordExit(c.id, state);
+        exited++;
+        if (rec.config.autoRemove) await this.remove(c.id, true).catch(() => undefined);
+        else this.maybeRestart(rec);
+      } else if (state.status === 'stopped' && c.status === 'exited' && c.config.restart.name === 'always' && !c.stoppedByUser) {
+        this.maybeRestart(c);
+      }
+    }
+    for (const orphan of onHost) {
+      log.warn('removing orphaned container state', { id: orphan });
+      await this.agent.removeContainer(orphan).catch((e: unknown) => log.warn('orphan removal failed', { id: orphan, error: String(e) }));
+      orphansRemoved++;
+    }
+    return { running, exited, orphansRemoved, lost };
+  }
+
+  shutdown(): void {
+    for (const t of this.restartTimers.values()) clearTimeout(t);
+    this.restartTimers.clear();
+  }
+}

@@ -1,0 +1,22 @@
+/** The control plane's services, as the API edge sees them. */
+import type { Agent } from '../agent/agent.js';
+import type { CompiledOptions } from '../core/config.js';
+import type { Store } from '../store/store.js';
+import type { ContainerService } from './compute/container-service.js';
+import type { EventBus } from './events/event-bus.js';
+import type { ImageService } from './images/image-service.js';
+import type { OperationService } from './operations/operations.js';
+
+export interface Services {
+  options: CompiledOptions;
+  store: Store;
+  agent: Agent;
+  events: EventBus;
+  operations: OperationService;
+  images: ImageService;
+  containers: ContainerService;
+  /** The project used when a request names none (tenancy will resolve this from the caller). */
+  defaultProjectId: string;
+  startedAt: string;
+  version: string;
+}

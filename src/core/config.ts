@@ -1,0 +1,63 @@
+/**
+ * Daemon options, documented field by field with defaults and compiled once
+ * into a validated object (Temporal WorkerOptions style). Environment
+ * variables override defaults; flags override the environment.
+ */
+import { InvalidArgument } from './errors.js';
+
+export interface NimbusOptions {
+  /** State directory (store, content, snapshots, containers). Env NIMBUS_HOME. Default /var/lib/nimbus. */
+  home: string;
+  /** API unix socket. Env NIMBUS_SOCKET. Default /run/nimbus/nimbus.sock. */
+  socket: string;
+  /** Optional TCP listener "host:port" (loopback recommended until authn lands). Env NIMBUS_TCP. */
+  tcp?: string;
+  /** Plain-HTTP registries other than loopback ones (which always work). Env NIMBUS_INSECURE_REGISTRIES, comma-separated. */
+  insecureRegistries: string[];
+  /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
+  snapshotter: 'auto' | 'overlayfs' | 'native';
+  /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (crun where its probe passes, else runc). */
+  runtime: 'auto' | 'runc' | 'crun';
+  /** Name of the embedded agent. Default "local". */
+  agentName: string;
+}
+
+export interface CompiledOptions extends Readonly<NimbusOptions> {
+  readonly storeFile: string;
+  readonly contentDir: string;
+  readonly snapshotsDir: string;
+  readonly containersDir: string;
+  readonly tmpDir: string;
+}
+
+const oneOf = <T extends string>(name: string, v: string, allowed: readonly T[]): T => {
+  if (!(allowed as readonly string[]).includes(v)) throw new InvalidArgument(`${name} must be one of ${allowed.join(', ')}, got "${v}"`);
+  return v as T;
+};
+
+export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: NodeJS.ProcessEnv = process.env): CompiledOptions {
+  const home = overrides.home ?? env.NIMBUS_HOME ?? '/var/lib/nimbus';
+  const opts: NimbusOptions = {
+    home,
+    socket: overrides.socket ?? env.NIMBUS_SOCKET ?? '/run/nimbus/nimbus.sock',
+    insecureRegistries:
+      overrides.insecureRegistries ?? (env.NIMBUS_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+    snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
+    runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
+    agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
+  };
+  const tcp = overrides.tcp ?? env.NIMBUS_TCP;
+  if (tcp !== undefined && tcp !== '') {
+    if (!/^[^:]+:\d+$/.test(tcp) && !/^\[[0-9a-f:]+\]:\d+$/i.test(tcp)) throw new InvalidArgument(`tcp must be host:port, got "${tcp}"`);
+    opts.tcp = tcp;
+  }
+  if (!home.startsWith('/')) throw new InvalidArgument(`home must be an absolute path, got "${home}"`);
+  return Object.freeze({
+    ...opts,
+    storeFile: `${home}/nimbus.db`,
+    contentDir: `${home}/content`,
+    snapshotsDir: `${home}/snapshots`,
+    containersDir: `${home}/containers`,
+    tmpDir: `${home}/tmp`,
+  });
+}

@@ -1,0 +1,123 @@
+/**
+ * nimbusd: the embedded default runs the control plane and one local agent in
+ * one process; they talk only through the Agent interface.
+ *
+ * Daemon states: starting → reconciling → serving → stopping → stopped.
+ */
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { compileOptions, type CompiledOptions, type NimbusOptions } from '../core/config.js';
+import { newId } from '../core/ids.js';
+import { logger } from '../core/log.js';
+import { Unavailable } from '../core/errors.js';
+import { SqliteStore } from '../store/sqlite.js';
+import type { Store } from '../store/store.js';
+import { LocalAgent } from '../agent/local-agent.js';
+import { EventBus } from '../control/events/event-bus.js';
+import { OperationService } from '../control/operations/operations.js';
+import { ImageService } from '../control/images/image-service.js';
+import { ContainerService } from '../control/compute/container-service.js';
+import type { Services } from '../control/services.js';
+import { ApiServer } from '../api/server.js';
+import { allRoutes } from '../api/routes/index.js';
+
+const log = logger('nimbusd');
+export const VERSION = '0.1.0';
+export const DEFAULT_PROJECT = 'default';
+
+export type DaemonState = 'starting' | 'reconciling' | 'serving' | 'stopping' | 'stopped';
+
+export interface RunningDaemon {
+  readonly options: CompiledOptions;
+  readonly services: Services;
+  state(): DaemonState;
+  tcpPort?: number;
+  stop(): Promise<void>;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** One nimbusd per home: a second one would fight over the store and the runtime state. */
+function takePidLock(home: string): () => void {
+  const file = `${home}/nimbusd.pid`;
+  try {
+    const other = Number(readFileSync(file, 'utf8').trim());
+    if (other && other !== process.pid && processAlive(other)) {
+      throw new Unavailable(`another nimbusd (pid ${other}) is using ${home}`);
+    }
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  writeFileSync(file, `${process.pid}\n`);
+  return () => rmSync(file, { force: true });
+}
+
+function ensureDefaultProject(store: Store): string {
+  const found = store.projects.byName(DEFAULT_PROJECT);
+  if (found) return found.id;
+  const id = newId().slice(0, 32);
+  store.projects.insert({ id, name: DEFAULT_PROJECT, parentId: null, createdAt: new Date().toISOString() });
+  return id;
+}
+
+export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promise<RunningDaemon> {
+  let state: DaemonState = 'starting';
+  const options = compileOptions(overrides);
+  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.tmpDir]) {
+    mkdirSync(d, { recursive: true, mode: 0o711 });
+  }
+  const releaseLock = takePidLock(options.home);
+  const store = new SqliteStore(options.storeFile);
+  const defaultProjectId = ensureDefaultProject(store);
+  const events = new EventBus();
+  const operations = new OperationService(store, events);
+  const agent = await LocalAgent.create(options);
+  const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
+  const containers = new ContainerService(store, agent, images, events);
+  const services: Services = {
+    options, store, agent, events, operations, images, containers, defaultProjectId,
+    startedAt: new Date().toISOString(), version: VERSION,
+  };
+
+  state = 'reconciling';
+  const interrupted = operations.failInterrupted();
+  const rec = await containers.reconcile();
+  const gc = await images.collectGarbage();
+  log.info('reconciled store with host', { ...rec, interruptedOperations: interrupted, ...gc });
+
+  const api = new ApiServer(allRoutes(), services);
+  await api.listenUnix(options.socket);
+  let tcpPort: number | undefined;
+  if (options.tcp) {
+    const i = options.tcp.lastIndexOf(':');
+    tcpPort = await api.listenTcp(options.tcp.slice(0, i).replace(/^\[|\]$/g, ''), Number(options.tcp.slice(i + 1)));
+  }
+  state = 'serving';
+  log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, home: options.home, version: VERSION });
+
+  return {
+    options,
+    services,
+    state: () => state,
+    ...(tcpPort !== undefined ? { tcpPort } : {}),
+    async stop() {
+      if (state === 'stopping' || state === 'stopped') return;
+      state = 'stopping';
+      // Containers are not stopped: their monitors keep them (and their logs) alive without us.
+      containers.shutdown();
+      await api.close();
+      await agent.close();
+      store.close();
+      rmSync(options.socket, { force: true });
+      releaseLock();
+      state = 'stopped';
+      log.info('nimbusd stopped');
+    },
+  };
+}

@@ -1,0 +1,114 @@
+/** Rows of the system of record, as the control plane sees them (backend-neutral). */
+
+export interface ProjectRecord {
+  id: string;
+  name: string;
+  parentId: string | null;
+  createdAt: string;
+}
+
+export interface ImageRecord {
+  /** Manifest digest (the platform manifest, not the index). */
+  digest: string;
+  projectId: string;
+  indexDigest: string | null;
+  configDigest: string;
+  /** Image config (OCI image-spec "config" object) as stored. */
+  config: ImageConfigDoc;
+  layers: LayerRecord[];
+  /** Snapshot chain id of the top layer: the parent of every container of this image. */
+  chainId: string;
+  size: number;
+  createdAt: string;
+}
+
+export interface LayerRecord {
+  digest: string;
+  mediaType: string;
+  size: number;
+  diffId: string;
+}
+
+export interface ImageConfigDoc {
+  architecture?: string;
+  os?: string;
+  created?: string;
+  config?: {
+    User?: string;
+    Env?: string[];
+    Entrypoint?: string[] | null;
+    Cmd?: string[] | null;
+    WorkingDir?: string;
+    Labels?: Record<string, string> | null;
+    StopSignal?: string;
+    ExposedPorts?: Record<string, unknown>;
+  };
+  rootfs?: { type: string; diff_ids: string[] };
+  history?: unknown[];
+}
+
+export interface ImageTagRecord {
+  /** Fully normalised reference, e.g. "127.0.0.1:5000/nimbus-test/busybox:latest". */
+  name: string;
+  digest: string;
+  projectId: string;
+  updatedAt: string;
+}
+
+export type RestartPolicyName = 'no' | 'on-failure' | 'always' | 'unless-stopped';
+
+export interface ContainerConfig {
+  image: string;
+  cmd?: string[];
+  entrypoint?: string[];
+  env: string[];
+  workdir?: string;
+  user?: string;
+  hostname?: string;
+  memoryBytes?: number;
+  cpus?: number;
+  pidsLimit?: number;
+  restart: { name: RestartPolicyName; maxRetries?: number };
+  autoRemove: boolean;
+  runtime?: string;
+  labels: Record<string, string>;
+  stopSignal?: string;
+  stopTimeout?: number;
+}
+
+export type ContainerStatus = 'created' | 'running' | 'paused' | 'restarting' | 'exited' | 'removing' | 'dead';
+
+export interface ContainerRecord {
+  id: string;
+  name: string;
+  projectId: string;
+  imageDigest: string;
+  config: ContainerConfig;
+  status: ContainerStatus;
+  runtime: string;
+  pid: number | null;
+  exitCode: number | null;
+  oomKilled: boolean;
+  restartCount: number;
+  /** Set when a user stopped it: restart policies must not bring it back. */
+  stoppedByUser: boolean;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  warnings: string[];
+}
+
+export type OperationStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface OperationRecord {
+  id: string;
+  kind: string;
+  projectId: string;
+  status: OperationStatus;
+  target: string;
+  progress: Record<string, unknown>;
+  result: unknown;
+  error: { code: string; message: string } | null;
+  createdAt: string;
+  updatedAt: string;
+}

@@ -1,0 +1,383 @@
+import Database from 'better-sqlite3';
+import { AlreadyExists, InvalidArgument, NotFound } from '../core/errors.js';
+import type {
+  ContainerRecord,
+  ContainerStatus,
+  ImageRecord,
+  ImageTagRecord,
+  OperationRecord,
+  ProjectRecord,
+} from './records.js';
+import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, Store } from './store.js';
+
+/** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. */
+const MIGRATIONS: string[] = [
+  `
+  CREATE TABLE projects (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    parent_id TEXT REFERENCES projects(id),
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE images (
+    digest TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    index_digest TEXT,
+    config_digest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    layers TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE image_tags (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL REFERENCES images(digest) ON DELETE CASCADE,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    updated_at TEXT NOT NULL
+  );
+  CREATE INDEX image_tags_digest ON image_tags(digest);
+  CREATE TABLE containers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    image_digest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    pid INTEGER,
+    exit_code INTEGER,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    stopped_by_user INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]'
+  );
+  CREATE INDEX containers_image ON containers(image_digest);
+  CREATE TABLE operations (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    target TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  `,
+];
+
+type Row = Record<string, unknown>;
+const str = (v: unknown): string => String(v);
+const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
+function isUniqueViolation(e: unknown): boolean {
+  return e instanceof Error && 'code' in e && String((e as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
+}
+
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+  readonly projects: ProjectRepo;
+  readonly images: ImageRepo;
+  readonly containers: ContainerRepo;
+  readonly operations: OperationRepo;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+    this.projects = new SqliteProjects(this.db);
+    this.images = new SqliteImages(this.db);
+    this.containers = new SqliteContainers(this.db);
+    this.operations = new SqliteOperations(this.db);
+  }
+
+  private migrate(): void {
+    const current = Number(this.db.pragma('user_version', { simple: true }));
+    if (current > MIGRATIONS.length) {
+      throw new Error(`store schema version ${current} is newer than this nimbusd (${MIGRATIONS.length}); refusing to start`);
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+class SqliteProjects implements ProjectRepo {
+  constructor(private readonly db: Database.Database) {}
+  private row(r: Row | undefined): ProjectRecord | undefined {
+    if (!r) return undefined;
+    return { id: str(r.id), name: str(r.name), parentId: strOrNull(r.parent_id), createdAt: str(r.created_at) };
+  }
+  get(id: string) {
+    return this.row(this.db.prepare('SELECT * FROM projects WHERE id = ?').get(id) as Row | undefined);
+  }
+  byName(name: string) {
+    return this.row(this.db.prepare('SELECT * FROM projects WHERE name = ?').get(name) as Row | undefined);
+  }
+  list() {
+    return (this.db.prepare('SELECT * FROM projects ORDER BY name').all() as Row[]).map((r) => this.row(r)!);
+  }
+  insert(p: ProjectRecord) {
+    try {
+      this.db
+        .prepare('INSERT INTO projects (id, name, parent_id, created_at) VALUES (?, ?, ?, ?)')
+        .run(p.id, p.name, p.parentId, p.createdAt);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`project "${p.name}" already exists`);
+      throw e;
+    }
+  }
+}
+
+class SqliteImages implements ImageRepo {
+  constructor(private readonly db: Database.Database) {}
+  private row(r: Row | undefined): ImageRecord | undefined {
+    if (!r) return undefined;
+    return {
+      digest: str(r.digest),
+      projectId: str(r.project_id),
+      indexDigest: strOrNull(r.index_digest),
+      configDigest: str(r.config_digest),
+      config: JSON.parse(str(r.config)) as ImageRecord['config'],
+      layers: JSON.parse(str(r.layers)) as ImageRecord['layers'],
+      chainId: str(r.chain_id),
+      size: Number(r.size),
+      createdAt: str(r.created_at),
+    };
+  }
+  private tagRow(r: Row): ImageTagRecord {
+    return { name: str(r.name), digest: str(r.digest), projectId: str(r.project_id), updatedAt: str(r.updated_at) };
+  }
+  get(digest: string) {
+    return this.row(this.db.prepare('SELECT * FROM images WHERE digest = ?').get(digest) as Row | undefined);
+  }
+  list(projectId?: string) {
+    const rows = projectId
+      ? this.db.prepare('SELECT * FROM images WHERE project_id = ? ORDER BY created_at').all(projectId)
+      : this.db.prepare('SELECT * FROM images ORDER BY created_at').all();
+    return (rows as Row[]).map((r) => this.row(r)!);
+  }
+  upsert(img: ImageRecord) {
+    this.db
+      .prepare(
+        `INSERT INTO images (digest, project_id, index_digest, config_digest, config, layers, chain_id, size, created_at)
+         VALUES (@digest, @projectId, @indexDigest, @configDigest, @config, @layers, @chainId, @size, @createdAt)
+         ON CONFLICT(digest) DO UPDATE SET index_digest = COALESCE(excluded.index_digest, images.index_digest)`,
+      )
+      .run({ ...img, config: JSON.stringify(img.config), layers: JSON.stringify(img.layers) });
+  }
+  delete(digest: string) {
+    this.db.prepare('DELETE FROM images WHERE digest = ?').run(digest);
+  }
+  tags(digest?: string) {
+    const rows = digest
+      ? this.db.prepare('SELECT * FROM image_tags WHERE digest = ? ORDER BY name').all(digest)
+      : this.db.prepare('SELECT * FROM image_tags ORDER BY name').all();
+    return (rows as Row[]).map((r) => this.tagRow(r));
+  }
+  tag(name: string) {
+    const r = this.db.prepare('SELECT * FROM image_tags WHERE name = ?').get(name) as Row | undefined;
+    return r ? this.tagRow(r) : undefined;
+  }
+  setTag(t: ImageTagRecord) {
+    this.db
+      .prepare(
+        `INSERT INTO image_tags (name, digest, project_id, updated_at) VALUES (@name, @digest, @projectId, @updatedAt)
+         ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
+      )
+      .run(t);
+  }
+  deleteTag(name: string) {
+    this.db.prepare('DELETE FROM image_tags WHERE name = ?').run(name);
+  }
+}
+
+const CONTAINER_COLUMNS: Record<string, string> = {
+  name: 'name',
+  projectId: 'project_id',
+  imageDigest: 'image_digest',
+  config: 'config',
+  status: 'status',
+  runtime: 'runtime',
+  pid: 'pid',
+  exitCode: 'exit_code',
+  oomKilled: 'oom_killed',
+  restartCount: 'restart_count',
+  stoppedByUser: 'stopped_by_user',
+  createdAt: 'created_at',
+  startedAt: 'started_at',
+  finishedAt: 'finished_at',
+  warnings: 'warnings',
+};
+
+function containerValue(key: string, v: unknown): unknown {
+  if (key === 'config' || key === 'warnings') return JSON.stringify(v);
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  return v ?? null;
+}
+
+class SqliteContainers implements ContainerRepo {
+  constructor(private readonly db: Database.Database) {}
+  private row(r: Row | undefined): ContainerRecord | undefined {
+    if (!r) return undefined;
+    return {
+      id: str(r.id),
+      name: str(r.name),
+      projectId: str(r.project_id),
+      imageDigest: str(r.image_digest),
+      config: JSON.parse(str(r.config)) as ContainerRecord['config'],
+      status: str(r.status) as ContainerStatus,
+      runtime: str(r.runtime),
+      pid: numOrNull(r.pid),
+      exitCode: numOrNull(r.exit_code),
+      oomKilled: Boolean(r.oom_killed),
+      restartCount: Number(r.restart_count),
+      stoppedByUser: Boolean(r.stopped_by_user),
+      createdAt: str(r.created_at),
+      startedAt: strOrNull(r.started_at),
+      finishedAt: strOrNull(r.finished_at),
+      warnings: JSON.parse(str(r.warnings)) as string[],
+    };
+  }
+  get(id: string) {
+    return this.row(this.db.prepare('SELECT * FROM containers WHERE id = ?').get(id) as Row | undefined);
+  }
+  byName(name: string) {
+    return this.row(this.db.prepare('SELECT * FROM containers WHERE name = ?').get(name) as Row | undefined);
+  }
+  resolve(idOrName: string): ContainerRecord {
+    if (!idOrName) throw new InvalidArgument('a container id or name is required');
+    const exact = this.get(idOrName) ?? this.byName(idOrName);
+    if (exact) return exact;
+    if (/^[0-9a-f]{1,64}$/.test(idOrName)) {
+      const rows = this.db.prepare('SELECT * FROM containers WHERE id LIKE ? LIMIT 2').all(`${idOrName}%`) as Row[];
+      if (rows.length > 1) throw new InvalidArgument(`container id prefix "${idOrName}" is ambiguous`);
+      if (rows.length === 1) return this.row(rows[0])!;
+    }
+    throw new NotFound(`no such container: ${idOrName}`);
+  }
+  list(filter: { projectId?: string; status?: ContainerStatus[] } = {}) {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.projectId) {
+      where.push('project_id = ?');
+      args.push(filter.projectId);
+    }
+    if (filter.status?.length) {
+      where.push(`status IN (${filter.status.map(() => '?').join(',')})`);
+      args.push(...filter.status);
+    }
+    const sql = `SELECT * FROM containers ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC`;
+    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => this.row(r)!);
+  }
+  insert(c: ContainerRecord) {
+    const cols = ['id', ...Object.values(CONTAINER_COLUMNS)];
+    const vals = [c.id, ...Object.keys(CONTAINER_COLUMNS).map((k) => containerValue(k, c[k as keyof ContainerRecord]))];
+    try {
+      this.db.prepare(`INSERT INTO containers (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`a container named "${c.name}" already exists`);
+      throw e;
+    }
+  }
+  update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord {
+    const keys = Object.keys(patch).filter((k) => k in CONTAINER_COLUMNS);
+    if (keys.length) {
+      const sets = keys.map((k) => `${CONTAINER_COLUMNS[k]} = ?`).join(', ');
+      const vals = keys.map((k) => containerValue(k, patch[k as keyof typeof patch]));
+      const r = this.db.prepare(`UPDATE containers SET ${sets} WHERE id = ?`).run(...vals, id);
+      if (r.changes === 0) throw new NotFound(`no such container: ${id}`);
+    }
+    const row = this.get(id);
+    if (!row) throw new NotFound(`no such container: ${id}`);
+    return row;
+  }
+  delete(id: string) {
+    this.db.prepare('DELETE FROM containers WHERE id = ?').run(id);
+  }
+  countByImage(digest: string) {
+    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM containers WHERE image_digest = ?').get(digest) as Row).n);
+  }
+}
+
+class SqliteOperations implements OperationRepo {
+  constructor(private readonly db: Database.Database) {}
+  private row(r: Row | undefined): OperationRecord | undefined {
+    if (!r) return undefined;
+    return {
+      id: str(r.id),
+      kind: str(r.kind),
+      projectId: str(r.project_id),
+      status: str(r.status) as OperationRecord['status'],
+      target: str(r.target),
+      progress: JSON.parse(str(r.progress)) as Record<string, unknown>,
+      result: r.result === null ? null : (JSON.parse(str(r.result)) as unknown),
+      error: r.error === null ? null : (JSON.parse(str(r.error)) as OperationRecord['error']),
+      createdAt: str(r.created_at),
+      updatedAt: str(r.updated_at),
+    };
+  }
+  get(id: string) {
+    return this.row(this.db.prepare('SELECT * FROM operations WHERE id = ?').get(id) as Row | undefined);
+  }
+  list(limit = 100) {
+    return (this.db.prepare('SELECT * FROM operations ORDER BY created_at DESC LIMIT ?').all(limit) as Row[]).map(
+      (r) => this.row(r)!,
+    );
+  }
+  insert(op: OperationRecord) {
+    this.db
+      .prepare(
+        `INSERT INTO operations (id, kind, project_id, status, target, progress, result, error, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(
+        op.id,
+        op.kind,
+        op.projectId,
+        op.status,
+        op.target,
+        JSON.stringify(op.progress),
+        op.result === null || op.result === undefined ? null : JSON.stringify(op.result),
+        op.error ? JSON.stringify(op.error) : null,
+        op.createdAt,
+        op.updatedAt,
+      );
+  }
+  update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): OperationRecord {
+    const cur = this.get(id);
+    if (!cur) throw new NotFound(`no such operation: ${id}`);
+    const next = { ...cur, ...patch };
+    this.db
+      .prepare('UPDATE operations SET status = ?, progress = ?, result = ?, error = ?, updated_at = ? WHERE id = ?')
+      .run(
+        next.status,
+        JSON.stringify(next.progress),
+        next.result === null || next.result === undefined ? null : JSON.stringify(next.result),
+        next.error ? JSON.stringify(next.error) : null,
+        next.updatedAt,
+        id,
+      );
+    return next;
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * The Store seam: the system of record behind narrow repositories. SQLite is the
+ * embedded default; PostgreSQL (multi-host) will implement the same interface.
+ */
+import type {
+  ContainerRecord,
+  ContainerStatus,
+  ImageRecord,
+  ImageTagRecord,
+  OperationRecord,
+  ProjectRecord,
+} from './records.js';
+
+export interface ProjectRepo {
+  get(id: string): ProjectRecord | undefined;
+  byName(name: string): ProjectRecord | undefined;
+  list(): ProjectRecord[];
+  insert(p: ProjectRecord): void;
+}
+
+export interface ImageRepo {
+  get(digest: string): ImageRecord | undefined;
+  list(projectId?: string): ImageRecord[];
+  upsert(img: ImageRecord): void;
+  delete(digest: string): void;
+  tags(digest?: string): ImageTagRecord[];
+  tag(name: string): ImageTagRecord | undefined;
+  setTag(t: ImageTagRecord): void;
+  deleteTag(name: string): void;
+}
+
+export interface ContainerRepo {
+  get(id: string): ContainerRecord | undefined;
+  byName(name: string): ContainerRecord | undefined;
+  /** By full id, unique id prefix, or name; throws NotFound / InvalidArgument (ambiguous). */
+  resolve(idOrName: string): ContainerRecord;
+  list(filter?: { projectId?: string; status?: ContainerStatus[] }): ContainerRecord[];
+  insert(c: ContainerRecord): void;
+  update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord;
+  delete(id: string): void;
+  countByImage(digest: string): number;
+}
+
+export interface OperationRepo {
+  get(id: string): OperationRecord | undefined;
+  list(limit?: number): OperationRecord[];
+  insert(op: OperationRecord): void;
+  update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): OperationRecord;
+}
+
+export interface Store {
+  readonly projects: ProjectRepo;
+  readonly images: ImageRepo;
+  readonly containers: ContainerRepo;
+  readonly operations: OperationRepo;
+  /** Runs fn atomically; nested calls join the outer transaction. */
+  transaction<T>(fn: () => T): T;
+  close(): void;
+}
