@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { hasCode } from '../../core/errors.js';
 import { MAX_LAYERS, OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
-import { mountsUnder } from './mount.js';
+import { mountAll, mountsUnder, unmountAll } from './mount.js';
 import { snapshotterConformance } from './snapshotter-conformance.js';
 
 snapshotterConformance('overlayfs', async (root) => new OverlaySnapshotter(root));
@@ -52,11 +52,24 @@ describe('overlayfs specifics', () => {
       const sn = new OverlaySnapshotter(dir);
       let parent: string | undefined;
       for (let i = 0; i < MAX_LAYERS; i++) {
-        await sn.prepare(`k${i}`, parent);
+        const [m] = await sn.prepare(`k${i}`, parent);
+        // write straight into the snapshot's own dir: the bind source or the overlay upperdir
+        const own = m!.options.find((o) => o.startsWith('upperdir='))?.slice('upperdir='.length) ?? m!.source;
+        if (i === 0 || i === MAX_LAYERS - 1) await writeFile(path.join(own, `f${i}`), `${i}`);
         await sn.commit(`L${i}`, `k${i}`);
         parent = `L${i}`;
       }
-      await sn.prepare('ok', parent); // exactly MAX_LAYERS lowers
+      // exactly MAX_LAYERS lowers: the options exceed a page, mount.ts compacts them
+      const mounts = await sn.prepare('ok', parent);
+      assert.ok(mounts[0]!.options.join(',').length > 4096);
+      const target = path.join(dir, 'mnt');
+      await mkdir(target);
+      await mountAll(mounts, target);
+      try {
+        assert.deepEqual((await readdir(target)).sort(), ['f0', `f${MAX_LAYERS - 1}`]);
+      } finally {
+        await unmountAll(target);
+      }
       await sn.prepare('one-more', parent);
       await sn.commit(`L${MAX_LAYERS}`, 'one-more');
       await assert.rejects(sn.prepare('too-long', `L${MAX_LAYERS}`), (e: unknown) => {
@@ -65,6 +78,7 @@ describe('overlayfs specifics', () => {
         return true;
       });
     } finally {
+      await unmountAll(path.join(dir, 'mnt'));
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -341,10 +341,9 @@ export abstract class DirSnapshotter implements Snapshotter {
 
   async usage(key: string): Promise<{ size: number; inodes: number }> {
     checkKey(key);
-    return this.lock.run(async () => {
-      const rec = this.get(await this.load(), key);
-      return diskUsage(this.fsDir(rec.id));
-    });
+    // walk outside the lock: a big tree must not stall other snapshot operations
+    const rec = await this.lock.run(async () => this.get(await this.load(), key));
+    return diskUsage(this.fsDir(rec.id));
   }
 }
 

@@ -1,0 +1,402 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import { hasCode } from '../../core/errors.js';
+import { mountsUnder, unmountAll } from '../snapshots/mount.js';
+import { applyLayer, normaliseEntryPath, type ApplyLayerOptions } from './apply-layer.js';
+
+const TAR = 'application/vnd.oci.image.layer.v1.tar';
+const TGZ = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const TZST = 'application/vnd.oci.image.layer.v1.tar+zstd';
+
+interface E {
+  name: string;
+  type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'block-device' | 'fifo';
+  content?: string | Buffer;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  linkname?: string;
+  mtime?: Date;
+  pax?: Record<string, string>;
+  devmajor?: number;
+  devminor?: number;
+}
+
+async function makeTar(entries: E[]): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const done = (async () => {
+    for await (const c of pack) chunks.push(c as Buffer);
+  })();
+  for (const e of entries) {
+    const { content, ...header } = e;
+    const h = { mtime: new Date(1_700_000_000_000), ...header };
+    await new Promise<void>((resolve, reject) => {
+      const cb = (err?: Error | null) => (err ? reject(err) : resolve());
+      if (content === undefined) pack.entry(h, cb);
+      else pack.entry(h, Buffer.from(content), cb);
+    });
+  }
+  pack.finalize();
+  await done;
+  return Buffer.concat(chunks);
+}
+
+const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const exists = (p: string) =>
+  lstat(p).then(
+    () => true,
+    () => false,
+  );
+
+let base: string;
+let n = 0;
+before(async () => {
+  base = await mkdtemp(path.join(tmpdir(), 'nimbus-apply-'));
+});
+after(async () => {
+  await unmountAll(base).catch(() => undefined);
+  const left = await mountsUnder(base);
+  await rm(base, { recursive: true, force: true });
+  assert.deepEqual(left, [], 'mounts left behind');
+});
+
+async function freshDir(): Promise<string> {
+  const d = path.join(base, `t${n++}`);
+  await mkdir(d);
+  return d;
+}
+
+async function apply(dir: string, entries: E[], opts: Partial<ApplyLayerOptions> = {}) {
+  const buf = await makeTar(entries);
+  const r = await applyLayer(dir, Readable.from([buf]), { mediaType: TAR, mode: 'native', ...opts });
+  return { ...r, buf };
+}
+
+async function refused(entries: E[], match: RegExp, opts: Partial<ApplyLayerOptions> = {}, prepare?: (d: string) => Promise<void>) {
+  const outer = await freshDir();
+  const dir = path.join(outer, 'root');
+  const outside = path.join(outer, 'outside');
+  await mkdir(dir);
+  await mkdir(outside);
+  await writeFile(path.join(outside, 'file'), 'original');
+  if (prepare) await prepare(dir);
+  await assert.rejects(apply(dir, entries, opts), (e: unknown) => {
+    assert.ok(hasCode(e, 'InvalidArgument'), `expected InvalidArgument, got ${String(e)}`);
+    assert.match((e as Error).message, match);
+    return true;
+  });
+  assert.deepEqual((await readdir(outer)).sort(), ['outside', 'root'], 'nothing created next to the root');
+  assert.deepEqual(await readdir(outside), ['file'], 'nothing created outside');
+  assert.equal(await readFile(path.join(outside, 'file'), 'utf8'), 'original');
+  return { dir, outside };
+}
+
+describe('applyLayer: content', () => {
+  it('writes files, dirs, symlinks, hard links with modes, owners and mtimes; diffId is the tar sha256', async () => {
+    const dir = await freshDir();
+    const mtime = new Date('2020-01-02T03:04:05Z');
+    const r = await apply(dir, [
+      { name: 'etc/', type: 'directory', mode: 0o750, uid: 10, gid: 20, mtime },
+      { name: 'etc/conf', content: 'hello', mode: 0o640, uid: 1000, gid: 1001, mtime },
+      { name: 'bin/tool', content: '#!/bin/sh\n', mode: 0o755 },
+      { name: 'bin/alias', type: 'link', linkname: 'bin/tool' },
+      { name: 'lib', type: 'symlink', linkname: '/usr/lib' },
+      { name: './rel', type: 'symlink', linkname: '../etc/conf' },
+      { name: '/abs/file', content: 'abs' },
+    ]);
+    assert.equal(r.diffId, sha(r.buf));
+    assert.equal(r.size, r.buf.length);
+    assert.equal(r.entries, 7);
+    const st = await stat(path.join(dir, 'etc/conf'));
+    assert.equal(st.mode & 0o7777, 0o640);
+    assert.equal(st.uid, 1000);
+    assert.equal(st.gid, 1001);
+    assert.equal(st.mtimeMs, mtime.getTime());
+    const d = await stat(path.join(dir, 'etc'));
+    assert.equal(d.mode & 0o7777, 0o750);
+    assert.equal(d.uid, 10);
+    assert.equal(d.mtimeMs, mtime.getTime(), 'directory mtime set after its children');
+    assert.equal(await readFile(path.join(dir, 'etc/conf'), 'utf8'), 'hello');
+    assert.equal((await stat(path.join(dir, 'bin/alias'))).ino, (await stat(path.join(dir, 'bin/tool'))).ino);
+    assert.equal(await readlink(path.join(dir, 'lib')), '/usr/lib');
+    assert.equal(await readlink(path.join(dir, 'rel')), '../etc/conf');
+    assert.equal(await readFile(path.join(dir, 'abs/file'), 'utf8'), 'abs', 'absolute paths are made relative');
+  });
+
+  it('gzip input gives the same diffId as the uncompressed tar', async () => {
+    const buf = await makeTar([{ name: 'a', content: 'x'.repeat(100_000) }, { name: 'b/c', content: 'c' }]);
+    const dir = await freshDir();
+    const gz = gzipSync(buf);
+    // feed it in small chunks through an async iterable
+    async function* chunks() {
+      for (let i = 0; i < gz.length; i += 1000) yield gz.subarray(i, i + 1000);
+    }
+    const r = await applyLayer(dir, chunks(), { mediaType: TGZ, mode: 'native' });
+    assert.equal(r.diffId, sha(buf));
+    assert.equal(r.size, buf.length);
+    assert.equal(await readFile(path.join(dir, 'b/c'), 'utf8'), 'c');
+    assert.equal((await readFile(path.join(dir, 'a'), 'utf8')).length, 100_000);
+  });
+
+  it('zstd input works through the zstd program', async (t) => {
+    if (spawnSync('zstd', ['--version']).status !== 0) {
+      t.diagnostic('zstd not installed: checking the refusal instead');
+      await assert.rejects(
+        applyLayer(await freshDir(), Readable.from([Buffer.alloc(10)]), { mediaType: TZST, mode: 'native' }),
+        /zstd layers need the zstd program/,
+      );
+      return;
+    }
+    const buf = await makeTar([{ name: 'z', content: 'zstd!' }]);
+    const zst = spawnSync('zstd', ['-c', '-q'], { input: buf }).stdout;
+    const dir = await freshDir();
+    const r = await applyLayer(dir, Readable.from([zst]), { mediaType: TZST, mode: 'native' });
+    assert.equal(r.diffId, sha(buf));
+    assert.equal(await readFile(path.join(dir, 'z'), 'utf8'), 'zstd!');
+    await assert.rejects(
+      applyLayer(await freshDir(), Readable.from([Buffer.from('not zstd at all')]), { mediaType: TZST, mode: 'native' }),
+      (e: unknown) => hasCode(e, 'InvalidArgument'),
+    );
+  });
+
+  it('refuses unknown media types, garbage and truncated streams', async () => {
+    const dir = await freshDir();
+    await assert.rejects(
+      applyLayer(dir, Readable.from([Buffer.alloc(1)]), { mediaType: 'text/plain', mode: 'native' }),
+      (e: unknown) => hasCode(e, 'InvalidArgument'),
+    );
+    await assert.rejects(
+      applyLayer(dir, Readable.from([Buffer.from('x'.repeat(2000))]), { mediaType: TAR, mode: 'native' }),
+      (e: unknown) => hasCode(e, 'InvalidArgument'),
+    );
+    const gz = gzipSync(await makeTar([{ name: 'a', content: 'y'.repeat(50_000) }]));
+    await assert.rejects(
+      applyLayer(dir, Readable.from([gz.subarray(0, gz.length / 2)]), { mediaType: TGZ, mode: 'native' }),
+      (e: unknown) => hasCode(e, 'InvalidArgument'),
+    );
+  });
+
+  it('replaces existing entries without following them', async () => {
+    const outer = await freshDir();
+    const dir = path.join(outer, 'root');
+    const outside = path.join(outer, 'outside');
+    await mkdir(dir);
+    await mkdir(outside);
+    await writeFile(path.join(outside, 'file'), 'original');
+    await apply(dir, [{ name: 'x', type: 'symlink', linkname: path.join(outside, 'file') }]);
+    await apply(dir, [{ name: 'x', content: 'new content' }]);
+    assert.equal(await readFile(path.join(outside, 'file'), 'utf8'), 'original');
+    assert.ok((await lstat(path.join(dir, 'x'))).isFile());
+    // a directory replaced by a file, and a file by a directory
+    await apply(dir, [{ name: 'd/f', content: '1' }]);
+    await apply(dir, [{ name: 'd', content: 'now a file' }, { name: 'x', type: 'directory' }]);
+    assert.ok((await lstat(path.join(dir, 'd'))).isFile());
+    assert.ok((await lstat(path.join(dir, 'x'))).isDirectory());
+  });
+});
+
+describe('applyLayer: whiteouts', () => {
+  const lowerLayer: E[] = [
+    { name: 'gone', content: 'g' },
+    { name: 'keep', content: 'k' },
+    { name: 'dir/', type: 'directory' },
+    { name: 'dir/sub/deep', content: 'd' },
+    { name: 'opq/', type: 'directory', mode: 0o755 },
+    { name: 'opq/old1', content: '1' },
+    { name: 'opq/old2/x', content: '2' },
+  ];
+  const upperLayer: E[] = [
+    { name: '.wh.gone', content: '' },
+    { name: 'dir/.wh.sub', content: '' },
+    { name: 'opq/', type: 'directory', mode: 0o755 },
+    { name: 'opq/.wh..wh..opq', content: '' },
+    { name: 'opq/new', content: 'n' },
+    { name: 'fresh/.wh.nothing-there', content: '' },
+  ];
+
+  it('native mode deletes whited-out paths and empties opaque directories', async () => {
+    const dir = await freshDir();
+    await apply(dir, lowerLayer);
+    await apply(dir, upperLayer);
+    // a whiteout under a directory that does not exist has nothing to delete and creates nothing
+    assert.deepEqual((await readdir(dir)).sort(), ['dir', 'keep', 'opq']);
+    assert.deepEqual(await readdir(path.join(dir, 'dir')), []);
+    assert.deepEqual(await readdir(path.join(dir, 'opq')), ['new']);
+  });
+
+  it('a whiteout does not hide an entry of its own layer', async () => {
+    const dir = await freshDir();
+    await apply(dir, [{ name: 'same', content: 's' }, { name: '.wh.same', content: '' }]);
+    assert.equal(await readFile(path.join(dir, 'same'), 'utf8'), 's');
+  });
+
+  it('overlay mode makes 0:0 char devices and opaque xattrs that a real overlay mount honours', async () => {
+    const outer = await freshDir();
+    const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => path.join(outer, d)) as [
+      string,
+      string,
+      string,
+      string,
+    ];
+    for (const d of [lower, upper, work, merged]) await mkdir(d);
+    await apply(lower, lowerLayer, { mode: 'overlay' });
+    await apply(upper, upperLayer, { mode: 'overlay' });
+    const wh = await lstat(path.join(upper, 'gone'));
+    assert.ok(wh.isCharacterDevice());
+    assert.equal(wh.rdev, 0);
+    assert.equal(wh.uid, 0);
+    assert.ok((await lstat(path.join(upper, 'dir/sub'))).isCharacterDevice());
+    const m = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged]);
+    assert.equal(m.status, 0, m.stderr.toString());
+    try {
+      assert.deepEqual((await readdir(merged)).sort(), ['dir', 'fresh', 'keep', 'opq']);
+      assert.deepEqual(await readdir(path.join(merged, 'dir')), []);
+      assert.deepEqual(await readdir(path.join(merged, 'opq')), ['new'], 'opaque dir hides lower content');
+      assert.equal(await readFile(path.join(merged, 'keep'), 'utf8'), 'k');
+      assert.equal(await exists(path.join(merged, 'gone')), false);
+    } finally {
+      await unmountAll(merged);
+    }
+    assert.deepEqual(await mountsUnder(outer), []);
+  });
+});
+
+describe('applyLayer: hostile layers', () => {
+  it('refuses paths escaping the root', async () => {
+    await refused([{ name: '../evil', content: 'x' }], /"\.\.\/evil".*escapes/);
+    await refused([{ name: 'a/../../evil', content: 'x' }], /"a\/\.\.\/\.\.\/evil"/);
+    await refused([{ name: 'ok', content: 'x' }, { name: '../outside/file', content: 'pwned' }], /escapes/);
+  });
+
+  it('never follows a symlink already in the tree', async () => {
+    await refused(
+      [
+        { name: 'a', type: 'symlink', linkname: '/will-be-replaced' },
+        { name: 'a/passwd', content: 'pwned' },
+      ],
+      /"a\/passwd".*symlink/,
+      {},
+    );
+    // a symlink to the real outside dir, via a relative target
+    await refused(
+      [
+        { name: 'esc', type: 'symlink', linkname: '../outside' },
+        { name: 'esc/file', content: 'pwned' },
+      ],
+      /"esc\/file".*symlink/,
+    );
+    // a symlink planted by a previous layer
+    await refused([{ name: 'p/x', content: 'pwned' }], /"p\/x".*symlink/, {}, async (d) => {
+      await apply(d, [{ name: 'p', type: 'symlink', linkname: path.join(d, '..', 'outside') }]);
+    });
+  });
+
+  it('refuses hard links that leave the root or go through symlinks', async () => {
+    await refused([{ name: 'h', type: 'link', linkname: '../outside/file' }], /"h".*escapes/);
+    await refused([{ name: 'h', type: 'link', linkname: '/etc/passwd' }], /"h".*does not exist/);
+    await refused(
+      [
+        { name: 's', type: 'symlink', linkname: '../outside' },
+        { name: 'h', type: 'link', linkname: 's/file' },
+      ],
+      /"h".*symlink/,
+    );
+    await refused([{ name: 'd/', type: 'directory' }, { name: 'h', type: 'link', linkname: 'd' }], /"h".*directory/);
+  });
+
+  it('refuses devices by default, allows fifos, honours the options', async () => {
+    await refused([{ name: 'dev/sda', type: 'block-device', devmajor: 8, devminor: 0 }], /"dev\/sda".*block-device/);
+    await refused([{ name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3 }], /"dev\/null"/);
+    await refused([{ name: 'wh', type: 'character-device', devmajor: 0, devminor: 0 }], /"wh"/, { mode: 'overlay' });
+    await refused([{ name: 'p', type: 'fifo' }], /"p".*fifo/, { fifos: 'refuse' });
+    const dir = await freshDir();
+    await apply(dir, [{ name: 'dev/mem', type: 'character-device', devmajor: 1, devminor: 1 }, { name: 'pipe', type: 'fifo', mode: 0o620, uid: 7 }], {
+      devices: 'skip',
+    });
+    assert.equal(await exists(path.join(dir, 'dev/mem')), false);
+    const f = await lstat(path.join(dir, 'pipe'));
+    assert.ok(f.isFIFO());
+    assert.equal(f.mode & 0o777, 0o620);
+    assert.equal(f.uid, 7);
+  });
+
+  it('strips setuid/setgid unless allowed', async () => {
+    const dir = await freshDir();
+    await apply(dir, [
+      { name: 'su', content: 'x', mode: 0o4755 },
+      { name: 'sg', content: 'x', mode: 0o2755 },
+      { name: 'shared/', type: 'directory', mode: 0o2775 },
+    ]);
+    assert.equal((await stat(path.join(dir, 'su'))).mode & 0o7777, 0o755);
+    assert.equal((await stat(path.join(dir, 'sg'))).mode & 0o7777, 0o755);
+    assert.equal((await stat(path.join(dir, 'shared'))).mode & 0o7777, 0o2775, 'setgid directories are kept');
+    const dir2 = await freshDir();
+    await apply(dir2, [{ name: 'su', content: 'x', mode: 0o4755 }], { allowSetuid: true });
+    assert.equal((await stat(path.join(dir2, 'su'))).mode & 0o7777, 0o4755);
+  });
+
+  it('enforces entry size, total size and entry count limits', async () => {
+    await refused([{ name: 'big', content: 'x'.repeat(2000) }], /"big".*entry limit/, { limits: { maxEntryBytes: 1000 } });
+    await assert.rejects(
+      apply(await freshDir(), [{ name: 'a', content: 'x'.repeat(5000) }, { name: 'b', content: 'y'.repeat(5000) }], {
+        limits: { maxTotalBytes: 8000 },
+      }),
+      /larger than the 8000-byte limit/,
+    );
+    await refused(
+      Array.from({ length: 5 }, (_, i) => ({ name: `f${i}`, content: '' })),
+      /"f3".*more than 3 entries/,
+      { limits: { maxEntries: 3 } },
+    );
+  });
+
+  it('a gzip bomb is stopped by the total size limit', async () => {
+    const buf = await makeTar([{ name: 'zeros', content: Buffer.alloc(20 << 20) }]);
+    const gz = gzipSync(buf);
+    assert.ok(gz.length < 100_000);
+    await assert.rejects(
+      applyLayer(await freshDir(), Readable.from([gz]), { mediaType: TGZ, mode: 'native', limits: { maxTotalBytes: 1 << 20 } }),
+      (e: unknown) => hasCode(e, 'InvalidArgument') && /limit/.test(String(e)),
+    );
+  });
+
+  it('refuses NUL in names, overlong paths and components', async () => {
+    await refused([{ name: 'x', content: 'x', pax: { path: 'nul\0name' } }], /NUL/);
+    await refused([{ name: `${'d/'.repeat(2100)}f`, content: 'x' }], /longer than 4095/);
+    await refused([{ name: `${'c'.repeat(256)}`, content: 'x' }], /longer than 255/);
+    await refused([{ name: 's', type: 'symlink', linkname: '' }], /"s".*empty/);
+    assert.deepEqual(normaliseEntryPath('/a/./b//c/../d'), ['a', 'b', 'd']);
+    assert.throws(() => normaliseEntryPath('a/../..'), /escapes/);
+  });
+
+  it('drops trusted.* xattrs from layers (overlay metadata cannot be injected)', async () => {
+    const dir = await freshDir();
+    await apply(
+      dir,
+      [
+        { name: 'f', content: 'x', pax: { 'SCHILY.xattr.trusted.overlay.redirect': '/etc', 'SCHILY.xattr.user.note': 'hi' } },
+      ],
+      { mode: 'overlay' },
+    );
+    const py = spawnSync('python3', [
+      '-c',
+      'import os,sys; print(" ".join(sorted(os.listxattr(sys.argv[1], follow_symlinks=False))))',
+      path.join(dir, 'f'),
+    ]);
+    if (py.status === 0) assert.equal(py.stdout.toString().trim(), 'user.note');
+    const g = spawnSync('getfattr', ['-d', '-m', '-', path.join(dir, 'f')]);
+    if (g.status === 0) {
+      assert.doesNotMatch(g.stdout.toString(), /trusted\.overlay/);
+      assert.match(g.stdout.toString(), /user\.note="hi"/);
+    }
+  });
+});

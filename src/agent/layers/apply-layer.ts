@@ -1,0 +1,646 @@
+/**
+ * Apply one OCI image layer (a possibly compressed tar stream) to a directory,
+ * streaming: decompress → hash (diffId) → parse → write.
+ *
+ * mode 'overlay': targetDir is an empty upper dir of an active overlay snapshot;
+ *   OCI whiteouts become overlayfs whiteouts (0:0 char devices) and opaque markers
+ *   become the `trusted.overlay.opaque=y` xattr.
+ * mode 'native': targetDir is a full copy of the parent tree; whiteouts delete.
+ *
+ * Layers are hostile input. Every entry path is normalised lexically and must stay
+ * inside targetDir; parent components are checked with lstat so an existing symlink
+ * is never followed; files are opened O_NOFOLLOW|O_EXCL; hard link targets must be
+ * inside the tree; devices are refused by default; setuid/setgid bits are stripped
+ * by default; sizes, entry counts and path lengths are bounded.
+ *
+ * Node has neither mknod(2) nor setxattr(2). Whiteouts, fifos and xattrs are
+ * collected and applied at the end in one batch by a tiny perl helper calling the
+ * syscalls directly (perl-base is Essential in Debian); without perl it falls back
+ * to one `mknod`/`mkfifo`/`setfattr` process per node.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { constants as FS } from 'node:fs';
+import { chmod, chown, lchown, link, lstat, lutimes, mkdir, open, readdir, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import path from 'node:path';
+import { Duplex, Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { InvalidArgument, NimbusError, Unavailable } from '../../core/errors.js';
+import { run } from '../../core/exec.js';
+import { logger } from '../../core/log.js';
+
+const log = logger('agent.layers.apply');
+
+export interface ApplyLayerLimits {
+  /** Total uncompressed tar bytes (guards against decompression bombs). Default 8 GiB. */
+  maxTotalBytes?: number;
+  /** Largest single file. Default 8 GiB. */
+  maxEntryBytes?: number;
+  /** Most tar entries. Default 1,000,000. */
+  maxEntries?: number;
+  /** Longest normalised path, in bytes. Default 4095 (PATH_MAX - 1); components are limited to 255. */
+  maxPathLength?: number;
+}
+
+export interface ApplyLayerOptions {
+  mediaType: string;
+  mode: 'overlay' | 'native';
+  limits?: ApplyLayerLimits;
+  /** Keep setuid (and setgid on files) bits. Default false: stripped. setgid on directories is kept. */
+  allowSetuid?: boolean;
+  /** Character and block devices: refuse the layer (default) or skip the entry. */
+  devices?: 'refuse' | 'skip';
+  /** FIFOs: create them (default), skip them or refuse the layer. */
+  fifos?: 'allow' | 'skip' | 'refuse';
+  /** Apply `user.*` and `security.capability` xattrs from PAX headers (default true); others are always dropped. */
+  xattrs?: boolean;
+}
+
+export interface ApplyLayerResult {
+  /** sha256 of the uncompressed tar, "sha256:<hex>". */
+  diffId: string;
+  /** Uncompressed tar size in bytes. */
+  size: number;
+  /** Number of tar entries. */
+  entries: number;
+}
+
+export const DEFAULT_LIMITS: Required<ApplyLayerLimits> = {
+  maxTotalBytes: 8 * 1024 ** 3,
+  maxEntryBytes: 8 * 1024 ** 3,
+  maxEntries: 1_000_000,
+  maxPathLength: 4095,
+};
+
+export type LayerCompression = 'none' | 'gzip' | 'zstd';
+
+/** Compression of an OCI / Docker layer media type; InvalidArgument for anything else. */
+export function layerCompression(mediaType: string): LayerCompression {
+  const mt = mediaType.trim().toLowerCase();
+  if (/^application\/vnd\.oci\.image\.layer\.(nondistributable\.)?v1\.tar$/.test(mt)) return 'none';
+  if (/^application\/vnd\.oci\.image\.layer\.(nondistributable\.)?v1\.tar\+gzip$/.test(mt)) return 'gzip';
+  if (/^application\/vnd\.oci\.image\.layer\.(nondistributable\.)?v1\.tar\+zstd$/.test(mt)) return 'zstd';
+  if (/^application\/vnd\.docker\.image\.rootfs\.(foreign\.)?diff\.tar\.gzip$/.test(mt)) return 'gzip';
+  if (mt === 'application/vnd.docker.image.rootfs.diff.tar' || mt === 'application/x-tar') return 'none';
+  throw new InvalidArgument(`unsupported layer media type ${JSON.stringify(mediaType)}`, { mediaType });
+}
+
+const WH_PREFIX = '.wh.';
+const WH_OPAQUE = '.wh..wh..opq';
+const S_IFCHR = 0o020000;
+const S_IFIFO = 0o010000;
+
+function refuse(entry: string, reason: string): never {
+  throw new InvalidArgument(`layer entry ${JSON.stringify(entry)}: ${reason}`, { entry, reason });
+}
+
+/** Lexically normalise a tar path to components under the root; absolute paths become relative. */
+export function normaliseEntryPath(name: string, maxPathLength = DEFAULT_LIMITS.maxPathLength): string[] {
+  if (name.includes('\0')) refuse(name, 'name contains NUL');
+  const out: string[] = [];
+  for (const c of name.split('/')) {
+    if (c === '' || c === '.') continue;
+    if (c === '..') {
+      if (out.length === 0) refuse(name, 'path escapes the layer root');
+      out.pop();
+      continue;
+    }
+    if (Buffer.byteLength(c) > 255) refuse(name, 'path component longer than 255 bytes');
+    out.push(c);
+  }
+  if (Buffer.byteLength(out.join('/')) > maxPathLength) refuse(name, `path longer than ${maxPathLength} bytes`);
+  return out;
+}
+
+async function drain(body: AsyncIterable<unknown>): Promise<void> {
+  for await (const _ of body) {
+    // discard
+  }
+}
+
+async function lstatOrUndefined(p: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mknod / setxattr helper
+
+interface NodeOp {
+  kind: 'whiteout' | 'fifo';
+  abs: string;
+  rel: string;
+  mode: number;
+}
+interface XattrOp {
+  abs: string;
+  rel: string;
+  name: string;
+  value: Buffer;
+}
+
+/** perl calls mknodat(2)/lsetxattr(2) directly; one process per layer. */
+const PERL_HELPER = String.raw`
+use strict; use warnings;
+my ($mknodat, $lsetxattr) = @ARGV;
+while (my $line = <STDIN>) {
+  chomp $line;
+  my @f = split / /, $line, -1;
+  my $op = shift @f;
+  my $r;
+  if ($op eq 'N') {
+    my $p = pack('H*', $f[0]);
+    $r = syscall($mknodat + 0, -100, $p, $f[1] + 0, 0);
+  } elsif ($op eq 'X') {
+    my ($p, $n, $v) = map { pack('H*', $_) } @f;
+    $r = syscall($lsetxattr + 0, $p, $n, $v, length($v) + 0, 0);
+  } else { die "bad op $op\n" }
+  if ($r != 0) { print STDERR "$line: $!\n"; exit 3; }
+}
+`;
+
+const SYSCALLS: Partial<Record<string, { mknodat: number; lsetxattr: number }>> = {
+  x64: { mknodat: 259, lsetxattr: 189 },
+  arm64: { mknodat: 33, lsetxattr: 6 },
+  riscv64: { mknodat: 33, lsetxattr: 6 },
+};
+
+let perlOk: Promise<boolean> | undefined;
+function havePerl(): Promise<boolean> {
+  perlOk ??= run('perl', ['-e', 'exit 0']).then(
+    (r) => r.code === 0 && SYSCALLS[process.arch] !== undefined,
+    () => false,
+  );
+  return perlOk;
+}
+
+async function programExists(file: string, args: string[]): Promise<boolean> {
+  try {
+    await run(file, args);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function applySpecialOps(nodes: NodeOp[], xattrs: XattrOp[]): Promise<void> {
+  if (nodes.length === 0 && xattrs.length === 0) return;
+  const hex = (s: string | Buffer) => Buffer.from(s).toString('hex');
+  if (await havePerl()) {
+    const sc = SYSCALLS[process.arch]!;
+    const lines = [
+      ...nodes.map((n) => `N ${hex(n.abs)} ${n.kind === 'whiteout' ? S_IFCHR : S_IFIFO | (n.mode & 0o777)}`),
+      ...xattrs.map((x) => `X ${hex(x.abs)} ${hex(x.name)} ${hex(x.value)}`),
+    ];
+    const r = await run('perl', ['-e', PERL_HELPER, String(sc.mknodat), String(sc.lsetxattr)], {
+      input: lines.join('\n') + '\n',
+    });
+    if (r.code !== 0) {
+      const bad = r.stderr.trim().split(' ')[1];
+      const which = [...nodes, ...xattrs].find((o) => bad !== undefined && hex(o.abs) === bad);
+      throw new InvalidArgument(
+        `layer entry ${JSON.stringify(which?.rel ?? '?')}: could not create node or xattr: ${r.stderr.trim()}`,
+        { entry: which?.rel },
+      );
+    }
+    return;
+  }
+  for (const n of nodes) {
+    const r =
+      n.kind === 'whiteout'
+        ? await run('mknod', ['-m', '0', '--', n.abs, 'c', '0', '0'])
+        : await run('mkfifo', ['-m', (n.mode & 0o777).toString(8), '--', n.abs]);
+    if (r.code !== 0) refuse(n.rel, `could not create ${n.kind}: ${r.stderr.trim()}`);
+  }
+  if (xattrs.length > 0 && !(await programExists('setfattr', ['--version']))) {
+    throw new Unavailable('applying xattrs (overlay opaque directories) needs perl or setfattr (Debian package attr)');
+  }
+  for (const x of xattrs) {
+    const r = await run('setfattr', ['-h', '-n', x.name, '-v', `0x${x.value.toString('hex')}`, '--', x.abs]);
+    if (r.code !== 0) refuse(x.rel, `could not set xattr ${x.name}: ${r.stderr.trim()}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// decompression
+
+let zstdOk: Promise<boolean> | undefined;
+function haveZstd(): Promise<boolean> {
+  zstdOk ??= run('zstd', ['--version']).then(
+    (r) => r.code === 0,
+    () => false,
+  );
+  return zstdOk;
+}
+
+function zstdDecompressor(): { stream: Duplex; kill: () => void } {
+  const child = spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const err: Buffer[] = [];
+  child.stderr.on('data', (b: Buffer) => err.push(b));
+  child.stdin.on('error', () => undefined); // EPIPE when zstd dies: its exit status tells why
+  // the readable side ends only once zstd has exited, carrying its verdict
+  const reader = new Readable({
+    read() {
+      child.stdout.resume();
+    },
+  });
+  child.stdout.on('data', (b: Buffer) => {
+    if (!reader.push(b)) child.stdout.pause();
+  });
+  child.on('error', (e) => reader.destroy(e));
+  child.on('close', (code) => {
+    if (code === 0) reader.push(null);
+    else reader.destroy(new InvalidArgument(`zstd -dc failed (exit ${code}): ${Buffer.concat(err).toString().trim()}`));
+  });
+  return {
+    stream: Duplex.from({ writable: child.stdin, readable: reader }),
+    kill: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// extraction
+
+interface Header {
+  name: string;
+  type?: string | null;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  mtime?: Date;
+  linkname?: string | null;
+  pax?: Record<string, string> | null;
+}
+
+class Extractor {
+  private readonly verifiedDirs = new Set<string>();
+  /** Paths (relative) this layer has written: whiteouts only hide lower content. */
+  private readonly written = new Set<string>();
+  readonly nodes: NodeOp[] = [];
+  readonly xattrs: XattrOp[] = [];
+  private readonly dirFixups: { abs: string; mode: number; mtime: Date | undefined }[] = [];
+  private readonly fifoFixups: { abs: string; mode: number; uid: number; gid: number; mtime: Date | undefined }[] =
+    [];
+  private readonly isRoot = process.getuid?.() === 0;
+
+  constructor(
+    private readonly root: string,
+    private readonly opts: ApplyLayerOptions,
+    private readonly limits: Required<ApplyLayerLimits>,
+  ) {}
+
+  private abs(comps: string[]): string {
+    return comps.length === 0 ? this.root : path.join(this.root, ...comps);
+  }
+
+  /**
+   * Make sure every parent of comps is a real directory inside the root (never a
+   * symlink), creating missing ones when create is set. Returns false when a
+   * parent is missing and create is false.
+   */
+  private async parents(entry: string, comps: string[], create: boolean): Promise<boolean> {
+    for (let i = 1; i < comps.length; i++) {
+      const rel = comps.slice(0, i).join('/');
+      if (this.verifiedDirs.has(rel)) continue;
+      const p = this.abs(comps.slice(0, i));
+      const st = await lstatOrUndefined(p);
+      if (st === undefined) {
+        if (!create) return false;
+        await mkdir(p, { mode: 0o755 });
+      } else if (st.isSymbolicLink()) {
+        refuse(entry, `parent ${JSON.stringify(rel)} is a symlink; refusing to follow it`);
+      } else if (!st.isDirectory()) {
+        refuse(entry, `parent ${JSON.stringify(rel)} is not a directory`);
+      }
+      this.verifiedDirs.add(rel);
+    }
+    return true;
+  }
+
+  /** Remove whatever is at p (never following it) unless it is a directory and keepDir is set. */
+  private async clear(p: string, rel: string, keepDir: boolean): Promise<Stats | undefined> {
+    const st = await lstatOrUndefined(p);
+    if (st === undefined) return undefined;
+    if (st.isDirectory()) {
+      if (keepDir) return st;
+      await rm(p, { recursive: true, force: true });
+      this.forgetDirs(rel);
+      return undefined;
+    }
+    await unlink(p);
+    return undefined;
+  }
+
+  private forgetDirs(rel: string): void {
+    for (const d of this.verifiedDirs) if (d === rel || d.startsWith(rel + '/')) this.verifiedDirs.delete(d);
+  }
+
+  private mode(h: Header, isDir: boolean): number {
+    let m = (h.mode ?? (isDir ? 0o755 : 0o644)) & 0o7777;
+    if (!this.opts.allowSetuid) m &= isDir ? ~0o4000 : ~0o6000;
+    return m;
+  }
+
+  private async owner(p: string, h: Header): Promise<void> {
+    if (this.isRoot) await lchown(p, h.uid ?? 0, h.gid ?? 0);
+  }
+
+  private collectXattrs(abs: string, rel: string, h: Header): void {
+    if (this.opts.xattrs === false || !h.pax) return;
+    for (const [k, v] of Object.entries(h.pax)) {
+      if (!k.startsWith('SCHILY.xattr.')) continue;
+      const name = k.slice('SCHILY.xattr.'.length);
+      if (!(name.startsWith('user.') || name === 'security.capability')) {
+        log.debug('dropping xattr', { entry: rel, name });
+        continue;
+      }
+      if (v.includes('\uFFFD')) {
+        // tar-stream decodes PAX values as UTF-8; binary values do not survive that
+        log.warn('dropping xattr with a binary value', { entry: rel, name });
+        continue;
+      }
+      this.xattrs.push({ abs, rel, name, value: Buffer.from(v, 'utf8') });
+    }
+  }
+
+  async entry(h: Header, body: Readable): Promise<void> {
+    const type = h.type ?? 'file';
+    const comps = normaliseEntryPath(h.name, this.limits.maxPathLength);
+    const rel = comps.join('/');
+    const base = comps[comps.length - 1];
+
+    // ---- whiteouts
+    if (base !== undefined && base.startsWith(WH_PREFIX)) {
+      await drain(body);
+      const dirComps = comps.slice(0, -1);
+      if (base === WH_OPAQUE) return this.opaque(h.name, dirComps);
+      if (base.startsWith(WH_PREFIX + WH_PREFIX)) return; // other AUFS metadata (.wh..wh.plnk ...)
+      const victim = base.slice(WH_PREFIX.length);
+      if (victim === '' || victim === '.' || victim === '..') refuse(h.name, 'invalid whiteout name');
+      return this.whiteout(h.name, [...dirComps, victim]);
+    }
+
+    if (type !== 'file' && type !== 'contiguous-file') await drain(body);
+    switch (type) {
+      case 'directory':
+        return this.directory(h, comps, rel);
+      case 'file':
+      case 'contiguous-file':
+        return this.file(h, comps, rel, body);
+      case 'symlink':
+        return this.symlink(h, comps, rel);
+      case 'link':
+        return this.hardlink(h, comps, rel);
+      case 'character-device':
+      case 'block-device':
+        if ((this.opts.devices ?? 'refuse') === 'refuse') refuse(h.name, `${type} entries are not allowed`);
+        return;
+      case 'fifo': {
+        const policy = this.opts.fifos ?? 'allow';
+        if (policy === 'refuse') refuse(h.name, 'fifo entries are not allowed');
+        if (policy === 'skip') return;
+        return this.fifo(h, comps, rel);
+      }
+      default:
+        log.debug('skipping tar entry of unsupported type', { entry: h.name, type });
+        return;
+    }
+  }
+
+  private async directory(h: Header, comps: string[], rel: string): Promise<void> {
+    const p = this.abs(comps);
+    if (comps.length > 0) {
+      await this.parents(h.name, comps, true);
+      const kept = await this.clear(p, rel, true);
+      if (!kept) await mkdir(p, { mode: 0o700 });
+      this.verifiedDirs.add(rel);
+      this.written.add(rel);
+    }
+    await this.owner(p, h);
+    this.dirFixups.push({ abs: p, mode: this.mode(h, true), mtime: h.mtime });
+    this.collectXattrs(p, rel, h);
+  }
+
+  private async file(h: Header, comps: string[], rel: string, body: Readable): Promise<void> {
+    if (comps.length === 0) refuse(h.name, 'a file cannot replace the layer root');
+    const size = h.size ?? 0;
+    if (size > this.limits.maxEntryBytes) refuse(h.name, `file of ${size} bytes exceeds the ${this.limits.maxEntryBytes}-byte entry limit`);
+    const p = this.abs(comps);
+    await this.parents(h.name, comps, true);
+    await this.clear(p, rel, false);
+    const fh = await open(p, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600);
+    try {
+      let written = 0;
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        written += chunk.length;
+        if (written > this.limits.maxEntryBytes) refuse(h.name, `file exceeds the ${this.limits.maxEntryBytes}-byte entry limit`);
+        let off = 0;
+        while (off < chunk.length) off += (await fh.write(chunk, off)).bytesWritten;
+      }
+      if (this.isRoot) await fh.chown(h.uid ?? 0, h.gid ?? 0);
+      await fh.chmod(this.mode(h, false));
+      if (h.mtime) await fh.utimes(h.mtime, h.mtime);
+    } finally {
+      await fh.close();
+    }
+    this.written.add(rel);
+    this.collectXattrs(p, rel, h);
+  }
+
+  private async symlink(h: Header, comps: string[], rel: string): Promise<void> {
+    if (comps.length === 0) refuse(h.name, 'a symlink cannot replace the layer root');
+    const target = h.linkname ?? '';
+    if (target === '' || target.includes('\0')) refuse(h.name, 'symlink with an empty or NUL-containing target');
+    if (Buffer.byteLength(target) > this.limits.maxPathLength) refuse(h.name, 'symlink target too long');
+    const p = this.abs(comps);
+    await this.parents(h.name, comps, true);
+    await this.clear(p, rel, false);
+    // the target is content (resolved inside the container at run time); it is never followed here
+    await symlink(target, p);
+    await this.owner(p, h);
+    if (h.mtime) await lutimes(p, h.mtime, h.mtime);
+    this.written.add(rel);
+  }
+
+  private async hardlink(h: Header, comps: string[], rel: string): Promise<void> {
+    if (comps.length === 0) refuse(h.name, 'a hard link cannot replace the layer root');
+    const linkname = h.linkname ?? '';
+    if (linkname === '') refuse(h.name, 'hard link without a target');
+    let tcomps: string[];
+    try {
+      tcomps = normaliseEntryPath(linkname, this.limits.maxPathLength);
+    } catch (e) {
+      refuse(h.name, `hard link target ${JSON.stringify(linkname)} ${e instanceof NimbusError ? String(e.details?.reason) : 'invalid'}`);
+    }
+    if (tcomps.length === 0) refuse(h.name, 'hard link to the layer root');
+    if (!(await this.parents(h.name, tcomps, false))) refuse(h.name, `hard link target ${JSON.stringify(linkname)} does not exist`);
+    const target = this.abs(tcomps);
+    const tst = await lstatOrUndefined(target);
+    if (tst === undefined) refuse(h.name, `hard link target ${JSON.stringify(linkname)} does not exist in this layer`);
+    if (tst.isDirectory()) refuse(h.name, `hard link target ${JSON.stringify(linkname)} is a directory`);
+    const p = this.abs(comps);
+    await this.parents(h.name, comps, true);
+    const existing = await lstatOrUndefined(p);
+    if (existing && existing.ino === tst.ino && existing.dev === tst.dev) return;
+    await this.clear(p, rel, false);
+    await link(target, p);
+    this.written.add(rel);
+  }
+
+  private async fifo(h: Header, comps: string[], rel: string): Promise<void> {
+    if (comps.length === 0) refuse(h.name, 'a fifo cannot replace the layer root');
+    const p = this.abs(comps);
+    await this.parents(h.name, comps, true);
+    await this.clear(p, rel, false);
+    const mode = this.mode(h, false);
+    this.nodes.push({ kind: 'fifo', abs: p, rel, mode });
+    this.fifoFixups.push({ abs: p, mode, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: h.mtime });
+    this.written.add(rel);
+  }
+
+  private async whiteout(entry: string, comps: string[]): Promise<void> {
+    const rel = comps.join('/');
+    if (this.written.has(rel)) return; // whiteouts hide lower layers only
+    const p = this.abs(comps);
+    if (this.opts.mode === 'native') {
+      if (!(await this.parents(entry, comps, false))) return;
+      await this.clear(p, rel, false);
+      return;
+    }
+    await this.parents(entry, comps, true);
+    await this.clear(p, rel, false);
+    this.nodes.push({ kind: 'whiteout', abs: p, rel: entry, mode: 0 });
+  }
+
+  private async opaque(entry: string, dirComps: string[]): Promise<void> {
+    const dirRel = dirComps.join('/');
+    const p = this.abs(dirComps);
+    if (dirComps.length > 0) {
+      await this.parents(entry, [...dirComps, WH_OPAQUE], true);
+      const st = await lstatOrUndefined(p);
+      if (st === undefined) await mkdir(p, { mode: 0o755 });
+      else if (!st.isDirectory()) refuse(entry, `opaque marker in ${JSON.stringify(dirRel)}, which is not a directory`);
+      this.verifiedDirs.add(dirRel);
+    }
+    if (this.opts.mode === 'native') {
+      for (const name of await readdir(p)) {
+        const rel = dirRel ? `${dirRel}/${name}` : name;
+        if (this.written.has(rel)) continue;
+        await rm(path.join(p, name), { recursive: true, force: true });
+        this.forgetDirs(rel);
+      }
+      return;
+    }
+    this.xattrs.push({ abs: p, rel: entry, name: 'trusted.overlay.opaque', value: Buffer.from('y') });
+  }
+
+  /** Deferred work: device nodes and xattrs in one batch, then fifo and directory metadata. */
+  async finish(): Promise<void> {
+    await applySpecialOps(this.nodes, this.xattrs);
+    for (const f of this.fifoFixups) {
+      if (this.isRoot) await chown(f.abs, f.uid, f.gid);
+      await chmod(f.abs, f.mode);
+      if (f.mtime) await utimes(f.abs, f.mtime, f.mtime);
+    }
+    // directories last: creating their children changed their mtimes
+    for (const d of this.dirFixups.reverse()) {
+      await chmod(d.abs, d.mode);
+      if (d.mtime) await utimes(d.abs, d.mtime, d.mtime);
+    }
+  }
+}
+
+/**
+ * Apply one layer to targetDir (see the file comment). On failure the error is
+ * thrown and partial content may remain inside targetDir (the caller removes the
+ * snapshot); nothing is ever written outside it.
+ */
+export async function applyLayer(
+  targetDir: string,
+  source: AsyncIterable<Uint8Array> | Readable,
+  opts: ApplyLayerOptions,
+): Promise<ApplyLayerResult> {
+  const compression = layerCompression(opts.mediaType);
+  if (opts.mode !== 'overlay' && opts.mode !== 'native') {
+    throw new InvalidArgument(`unknown apply mode ${JSON.stringify(opts.mode)}`);
+  }
+  const limits: Required<ApplyLayerLimits> = { ...DEFAULT_LIMITS, ...(opts.limits ?? {}) };
+  if (compression === 'zstd' && !(await haveZstd())) {
+    throw new InvalidArgument('zstd layers need the zstd program (Debian package zstd)', { mediaType: opts.mediaType });
+  }
+  const root = await realpath(targetDir);
+  const rootSt = await lstat(root);
+  if (!rootSt.isDirectory()) throw new InvalidArgument(`apply target ${targetDir} is not a directory`);
+
+  const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
+  let zstd: ReturnType<typeof zstdDecompressor> | undefined;
+  const decompress: Duplex[] = [];
+  if (compression === 'gzip') decompress.push(createGunzip());
+  if (compression === 'zstd') {
+    zstd = zstdDecompressor();
+    decompress.push(zstd.stream);
+  }
+
+  const hash = createHash('sha256');
+  let size = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      size += chunk.length;
+      if (size > limits.maxTotalBytes) {
+        cb(new InvalidArgument(`layer is larger than the ${limits.maxTotalBytes}-byte limit (uncompressed)`));
+        return;
+      }
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  const extract = tar.extract();
+  const streams = [input, ...decompress, counter, extract] as unknown as NodeJS.ReadWriteStream[];
+  const feeding = pipeline(streams);
+  let feedError: unknown;
+  feeding.catch((e: unknown) => {
+    feedError = e;
+  });
+
+  const ex = new Extractor(root, opts, limits);
+  let entries = 0;
+  try {
+    try {
+      for await (const item of extract) {
+        const entry = item as unknown as Readable & { header: Header };
+        entries++;
+        const h = entry.header as Header;
+        if (entries > limits.maxEntries) refuse(h.name, `more than ${limits.maxEntries} entries in the layer`);
+        await ex.entry(h, entry);
+      }
+    } catch (e) {
+      // a decompression or size-limit error surfaces as the iteration error or as feedError
+      if (feedError instanceof NimbusError) throw feedError;
+      if (e instanceof NimbusError) throw e;
+      throw new InvalidArgument(`layer is not a valid ${compression === 'none' ? '' : compression + ' '}tar stream: ${(e as Error).message}`, undefined, {
+        cause: e,
+      });
+    }
+    try {
+      await feeding;
+    } catch (e) {
+      if (e instanceof NimbusError) throw e;
+      throw new InvalidArgument(`layer stream failed: ${(e as Error).message}`, undefined, { cause: e });
+    }
+    await ex.finish();
+  } finally {
+    zstd?.kill();
+    if (!input.destroyed) input.destroy();
+  }
+  return { diffId: `sha256:${hash.digest('hex')}`, size, entries };
+}

@@ -1,0 +1,117 @@
+/**
+ * Runs a real nimbusd as a child process on a private home and socket, the way
+ * a user would, so tests can also kill -9 it and start it again.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { request } from 'node:http';
+import { run } from '../../src/core/exec.js';
+
+const ROOT = resolve(import.meta.dirname, '../../..'); // dist/test/helpers → repo root
+export const DAEMON_MAIN = join(ROOT, 'dist/src/daemon/main.js');
+export const CLI_MAIN = join(ROOT, 'dist/src/cli/main.js');
+
+export interface DaemonProcess {
+  home: string;
+  socket: string;
+  child: ChildProcess;
+  output(): string;
+  /** Start it again on the same home (after kill or stop). */
+  restart(): Promise<void>;
+  kill(signal: NodeJS.Signals): Promise<void>;
+  api<T = unknown>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }>;
+  cli(args: string[], opts?: { input?: string; env?: NodeJS.ProcessEnv }): Promise<{ code: number; stdout: string; stderr: string }>;
+  /** Force-remove every container, stop the daemon, check for leftover mounts, delete the home. */
+  destroy(): Promise<void>;
+}
+
+export async function startDaemonProcess(extraArgs: string[] = []): Promise<DaemonProcess> {
+  const home = mkdtempSync(join(tmpdir(), 'nimbus-e2e-'));
+  const socket = join(home, 'nimbus.sock');
+  let log = '';
+  let child!: ChildProcess;
+
+  const launch = async () => {
+    child = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn' },
+    });
+    child.stderr!.on('data', (b: Buffer) => (log += b.toString()));
+    await new Promise<void>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`nimbusd did not become ready:\n${log}`)), 30_000);
+      child.stdout!.on('data', (b: Buffer) => {
+        log += b.toString();
+        if (log.includes('ready:')) {
+          clearTimeout(timer);
+          ok();
+        }
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        fail(new Error(`nimbusd exited with ${code} before ready:\n${log}`));
+      });
+    });
+  };
+
+  const api = <T>(method: string, path: string, body?: unknown) =>
+    new Promise<{ status: number; body: T }>((ok, fail) => {
+      const payload = body === undefined ? undefined : JSON.stringify(body);
+      const req = request(
+        { socketPath: socket, path, method, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {} },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString();
+            ok({ status: res.statusCode ?? 0, body: (text ? JSON.parse(text) : undefined) as T });
+          });
+        },
+      );
+      req.on('error', fail);
+      req.end(payload);
+    });
+
+  await launch();
+  const self: DaemonProcess = {
+    home,
+    socket,
+    get child() {
+      return child;
+    },
+    output: () => log,
+    restart: launch,
+    async kill(signal) {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill(signal);
+      await exited;
+    },
+    api,
+    async cli(args, opts = {}) {
+      const r = await run(process.execPath, [CLI_MAIN, ...args], {
+        env: { ...process.env, NIMBUS_SOCKET: socket, ...opts.env },
+        ...(opts.input !== undefined ? { input: opts.input } : {}),
+        timeoutMs: 120_000,
+      });
+      return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+    },
+    async destroy() {
+      try {
+        if (child.exitCode === null && child.signalCode === null) {
+          const list = await api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
+          for (const c of list.body ?? []) await api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+          await self.kill('SIGTERM');
+        }
+      } finally {
+        // Whatever the daemon left (it should be nothing), do not leave it on the host.
+        const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(home));
+        for (const m of mounts.reverse()) await run('umount', ['-l', m]);
+        rmSync(home, { recursive: true, force: true });
+        if (mounts.length) throw new Error(`nimbusd left ${mounts.length} mount(s) under ${home}: ${mounts.join(', ')}`);
+      }
+    },
+  };
+  return self;
+}
