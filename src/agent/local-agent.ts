@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
-import { DataLoss, InvalidArgument, NotFound, hasCode } from '../core/errors.js';
+import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
@@ -16,7 +16,8 @@ import type { Agent, AgentImage, AgentInfo, ContainerCreateRequest, GcResult, Pu
 import type { ContentStore } from './content/content-store.js';
 import { LocalContentStore } from './content/local-content-store.js';
 import type { InstanceDriver, InstanceSpec, RuntimeState } from './drivers/instance-driver.js';
-import { ContainerDriver, containerDriverImplementation } from './drivers/container/container-driver.js';
+import { ContainerDriver } from './drivers/container/container-driver.js';
+import { probeRuntime } from './drivers/container/oci-runtime.js';
 import { detectCgroupLayout } from './cgroups/cgroups.js';
 import { pullImage } from './images/pull.js';
 import { importImageArchive } from './images/import.js';
@@ -76,8 +77,19 @@ export class LocalAgent implements Agent {
     const root = join(options.snapshotsDir, snapshotterName);
     const snapshotter: Snapshotter = snapshotterName === 'overlayfs' ? new OverlaySnapshotter(root) : new NativeSnapshotter(root);
     const content = new LocalContentStore(options.contentDir);
-    const containers = await ContainerDriver.open({ stateDir: options.containersDir, runtime: options.runtime });
-    const runtimes = await containers.runtimeProbes();
+    const containers = new ContainerDriver({ stateDir: options.containersDir, runtime: options.runtime });
+    const probes = await Promise.all((['crun', 'runc'] as const).map(async (name) => ({ name, reason: await probeRuntime(name) })));
+    const usable = probes.filter((p) => p.reason === undefined).map((p) => p.name);
+    const chosen = options.runtime === 'auto' ? usable[0] : options.runtime;
+    if (!chosen || !usable.includes(chosen)) {
+      throw new Unavailable(`no usable OCI runtime (${probes.map((p) => `${p.name}: ${p.reason ?? 'ok'}`).join('; ')})`);
+    }
+    const runtimes = probes.map((p) => ({
+      name: p.name,
+      usable: p.reason === undefined,
+      ...(p.reason ? { reason: p.reason } : {}),
+      ...(p.name === chosen ? { default: true } : {}),
+    }));
     return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
       runtimes,
       snapshotters: [
@@ -91,7 +103,7 @@ export class LocalAgent implements Agent {
     return {
       name: this.options.agentName,
       hostname: hostname(),
-      cgroupLayout: await detectCgroupLayout(),
+      cgroupLayout: (await detectCgroupLayout()).mode,
       snapshotter: this.snapshotterName,
       runtimes: this.probes.runtimes,
       snapshotters: this.probes.snapshotters,
@@ -324,8 +336,7 @@ export class LocalAgent implements Agent {
       mounts = await this.snapshotter.mounts(req.id);
     }
     const state = await this.containers.create(await this.specFor(req, mounts));
-    const extra = state as RuntimeState & { warnings?: string[]; runtime?: string };
-    return { ...state, warnings: extra.warnings ?? [], ...(extra.runtime ? { runtime: extra.runtime } : {}) };
+    return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
   }
 
   async startContainer(id: string): Promise<RuntimeState> {
@@ -344,8 +355,8 @@ export class LocalAgent implements Agent {
     return this.containers.start(id);
   }
 
-  stopContainer(id: string, timeoutSec: number, signal?: string) {
-    return this.containers.stop(id, timeoutSec, signal);
+  stopContainer(id: string, timeoutSec: number) {
+    return this.containers.stop(id, timeoutSec);
   }
   killContainer(id: string, signal: string) {
     return this.containers.kill(id, signal);
@@ -393,7 +404,7 @@ export class LocalAgent implements Agent {
   }
 
   async close(): Promise<void> {
-    await this.containers.close?.();
+    this.containers.close();
   }
 }
 
@@ -409,4 +420,3 @@ function upperDir(mounts: MountSpec[]): string {
   return m.source;
 }
 
-void containerDriverImplementation;

@@ -65,7 +65,9 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString();
-            ok({ status: res.statusCode ?? 0, body: (text ? JSON.parse(text) : undefined) as T });
+            const ndjson = res.headers['content-type'] === 'application/x-ndjson';
+            const parsed = !text ? undefined : ndjson ? text.trim().split('\n').map((l) => JSON.parse(l) as unknown) : JSON.parse(text);
+            ok({ status: res.statusCode ?? 0, body: parsed as T });
           });
         },
       );

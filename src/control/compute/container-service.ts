@@ -118,8 +118,9 @@ export class ContainerService {
     if (c.status === 'running' || c.status === 'paused') return c;
     assertTransition(c.name, c.status, 'running', 'start');
     const state = await this.agent.startContainer(id);
+    // Even if it already finished, record it as started: handleExit records the exit.
     c = this.store.containers.update(id, {
-      status: state.status === 'stopped' ? 'exited' : 'running',
+      status: 'running',
       pid: state.pid ?? null,
       startedAt: new Date().toISOString(),
       finishedAt: null,

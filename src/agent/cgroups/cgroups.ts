@@ -1,0 +1,327 @@
+/**
+ * Cgroups, read side: which layout this host has (v1, v2 or hybrid), where a
+ * container's cgroup directories are, its resource usage, OOM kills, and removal
+ * of its directories. The OCI runtime creates and writes the cgroups; Nimbus only
+ * reads them and cleans up what the runtime leaves behind after `delete`.
+ *
+ * Parsers are pure (unit-tested with sample contents); the I/O wrappers are thin.
+ */
+import { readdir, readFile, rmdir } from 'node:fs/promises';
+import path from 'node:path';
+
+export type CgroupMode = 'v1' | 'v2' | 'hybrid';
+
+export interface CgroupLayout {
+  mode: CgroupMode;
+  /** v1 controller (or "name=systemd") → its hierarchy's mount point. Co-mounted controllers share one. */
+  v1: Record<string, string>;
+  /** The hierarchy root inside each v1 mount (mountinfo field 4; "/" unless we are nested). */
+  v1Roots: Record<string, string>;
+  /** Mount point of the cgroup2 hierarchy (`/sys/fs/cgroup` on v2, `/sys/fs/cgroup/unified` on hybrid). */
+  unified?: string;
+}
+
+export interface CgroupPaths {
+  /** controller → absolute directory of the container's cgroup in that controller's hierarchy. */
+  v1: Record<string, string>;
+  /** The container's directory in the cgroup2 hierarchy, if there is one. */
+  unified?: string;
+  /** Every distinct directory (for removal). */
+  all: string[];
+}
+
+export interface CgroupStats {
+  cpuUsageNs: number;
+  memoryBytes: number;
+  memoryLimitBytes?: number;
+  pids: number;
+  pidsLimit?: number;
+}
+
+const V1_KNOWN = new Set([
+  'cpu', 'cpuacct', 'cpuset', 'memory', 'devices', 'freezer', 'blkio', 'pids', 'net_cls', 'net_prio',
+  'perf_event', 'hugetlb', 'rdma', 'misc',
+]);
+
+function unescape(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** Layout from the text of /proc/self/mountinfo. */
+export function parseCgroupLayout(mountinfo: string): CgroupLayout {
+  const v1: Record<string, string> = {};
+  const v1Roots: Record<string, string> = {};
+  let unified: string | undefined;
+  for (const line of mountinfo.split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const left = line.slice(0, sep).split(' ');
+    const right = line.slice(sep + 3).split(' ');
+    const fsType = right[0];
+    const root = unescape(left[3] ?? '/');
+    const mountPoint = unescape(left[4] ?? '');
+    if (fsType === 'cgroup2') {
+      // prefer the canonical locations if several cgroup2 mounts exist
+      if (unified === undefined || mountPoint === '/sys/fs/cgroup' || mountPoint === '/sys/fs/cgroup/unified') {
+        unified = mountPoint;
+      }
+    } else if (fsType === 'cgroup') {
+      const superOpts = (right[2] ?? '').split(',');
+      for (const o of superOpts) {
+        if (V1_KNOWN.has(o) || o.startsWith('name=')) {
+          if (v1[o] === undefined) {
+            v1[o] = mountPoint;
+            v1Roots[o] = root;
+          }
+        }
+      }
+    }
+  }
+  const hasV1 = Object.keys(v1).length > 0;
+  const mode: CgroupMode = hasV1 ? (unified !== undefined ? 'hybrid' : 'v1') : 'v2';
+  const layout: CgroupLayout = { mode, v1, v1Roots };
+  if (unified !== undefined) layout.unified = unified;
+  return layout;
+}
+
+export async function detectCgroupLayout(mountinfoPath = '/proc/self/mountinfo'): Promise<CgroupLayout> {
+  return parseCgroupLayout(await readFile(mountinfoPath, 'utf8'));
+}
+
+/**
+ * Directories of a cgroup given as the OCI `cgroupsPath` (cgroupfs style, e.g.
+ * `/nimbus/<id>`), the way runc joins it: relative to each hierarchy's mount point
+ * (minus the hierarchy root we see, when nested).
+ */
+export function cgroupPaths(layout: CgroupLayout, cgroupsPath: string): CgroupPaths {
+  const rel = path.posix.normalize('/' + cgroupsPath).replace(/^\/+/, '');
+  if (rel === '' || rel === '.' || cgroupsPath.split('/').includes('..')) {
+    throw new Error(`invalid cgroupsPath ${JSON.stringify(cgroupsPath)}`);
+  }
+  const v1: Record<string, string> = {};
+  for (const [ctl, mp] of Object.entries(layout.v1)) v1[ctl] = path.join(mp, rel);
+  const out: CgroupPaths = { v1, all: [] };
+  if (layout.unified !== undefined) out.unified = path.join(layout.unified, rel);
+  out.all = [...new Set([...Object.values(v1), ...(out.unified ? [out.unified] : [])])].sort();
+  return out;
+}
+
+// ---------------------------------------------------------------- parsers
+
+/** Values at or above this are "no limit" (v1 writes PAGE_COUNTER_MAX * PAGE_SIZE ≈ 2^63). */
+const UNLIMITED_THRESHOLD = 2 ** 62;
+
+/** "123\n" → 123; "max" or a v1 "unlimited" sentinel → undefined. */
+export function parseLimit(text: string): number | undefined {
+  const t = text.trim();
+  if (t === '' || t === 'max' || t === '-1') return undefined;
+  const n = Number(t);
+  if (!Number.isFinite(n) || n >= UNLIMITED_THRESHOLD) return undefined;
+  return n;
+}
+
+export function parseInteger(text: string): number {
+  const n = Number(text.trim());
+  if (!Number.isFinite(n)) throw new Error(`not a number: ${JSON.stringify(text)}`);
+  return n;
+}
+
+/** "key value" lines (cpu.stat, memory.stat, memory.events, memory.oom_control). */
+export function parseKeyValues(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const [k, v] = line.trim().split(/\s+/);
+    if (k && v !== undefined && v !== '') {
+      const n = Number(v);
+      if (Number.isFinite(n)) out[k] = n;
+    }
+  }
+  return out;
+}
+
+/** v1 memory.oom_control: the `oom_kill` counter exists since Linux 4.13. */
+export function parseV1OomControl(text: string): { oomKill?: number; underOom: boolean; oomKillDisable: boolean } {
+  const kv = parseKeyValues(text);
+  const out: { oomKill?: number; underOom: boolean; oomKillDisable: boolean } = {
+    underOom: kv['under_oom'] === 1,
+    oomKillDisable: kv['oom_kill_disable'] === 1,
+  };
+  if (kv['oom_kill'] !== undefined) out.oomKill = kv['oom_kill'];
+  return out;
+}
+
+/** v2 memory.events: `oom_kill N`. */
+export function parseV2MemoryEvents(text: string): { oom: number; oomKill: number } {
+  const kv = parseKeyValues(text);
+  return { oom: kv['oom'] ?? 0, oomKill: kv['oom_kill'] ?? 0 };
+}
+
+/** v2 cpu.stat: usage_usec → ns. */
+export function parseV2CpuUsageNs(text: string): number {
+  return (parseKeyValues(text)['usage_usec'] ?? 0) * 1000;
+}
+
+// ---------------------------------------------------------------- I/O
+
+async function readOpt(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+async function unifiedHas(paths: CgroupPaths, controller: string): Promise<boolean> {
+  if (!paths.unified) return false;
+  const c = await readOpt(path.join(paths.unified, 'cgroup.controllers'));
+  return c !== undefined && c.trim().split(/\s+/).includes(controller);
+}
+
+/**
+ * Usage of the cgroup. Each controller is read from the v1 hierarchy when it is
+ * mounted there, else from the cgroup2 hierarchy (which is how hybrid hosts split them).
+ */
+export async function readCgroupStats(paths: CgroupPaths): Promise<CgroupStats> {
+  const stats: CgroupStats = { cpuUsageNs: 0, memoryBytes: 0, pids: 0 };
+
+  const cpuacct = paths.v1['cpuacct'];
+  if (cpuacct !== undefined) {
+    const t = await readOpt(path.join(cpuacct, 'cpuacct.usage'));
+    if (t !== undefined) stats.cpuUsageNs = parseInteger(t);
+  } else if (paths.unified) {
+    const t = await readOpt(path.join(paths.unified, 'cpu.stat'));
+    if (t !== undefined) stats.cpuUsageNs = parseV2CpuUsageNs(t);
+  }
+
+  const mem = paths.v1['memory'];
+  if (mem !== undefined) {
+    const u = await readOpt(path.join(mem, 'memory.usage_in_bytes'));
+    if (u !== undefined) stats.memoryBytes = parseInteger(u);
+    const l = await readOpt(path.join(mem, 'memory.limit_in_bytes'));
+    const lim = l === undefined ? undefined : parseLimit(l);
+    if (lim !== undefined) stats.memoryLimitBytes = lim;
+  } else if (await unifiedHas(paths, 'memory')) {
+    const u = await readOpt(path.join(paths.unified!, 'memory.current'));
+    if (u !== undefined) stats.memoryBytes = parseInteger(u);
+    const l = await readOpt(path.join(paths.unified!, 'memory.max'));
+    const lim = l === undefined ? undefined : parseLimit(l);
+    if (lim !== undefined) stats.memoryLimitBytes = lim;
+  }
+
+  const pidsDir = paths.v1['pids'] ?? ((await unifiedHas(paths, 'pids')) ? paths.unified : undefined);
+  if (pidsDir !== undefined) {
+    const c = await readOpt(path.join(pidsDir, 'pids.current'));
+    if (c !== undefined) stats.pids = parseInteger(c);
+    const m = await readOpt(path.join(pidsDir, 'pids.max'));
+    const lim = m === undefined ? undefined : parseLimit(m);
+    if (lim !== undefined) stats.pidsLimit = lim;
+  }
+  return stats;
+}
+
+/**
+ * How many processes the OOM killer has killed in this cgroup. v1 reads the
+ * `oom_kill` counter of memory.oom_control (Linux ≥ 4.13), falling back to
+ * memory.failcnt (> 0 means the limit was hit: a weaker signal); v2 reads
+ * memory.events. undefined when the cgroup is gone.
+ */
+export async function readOomKills(paths: CgroupPaths): Promise<number | undefined> {
+  const mem = paths.v1['memory'];
+  if (mem !== undefined) {
+    const t = await readOpt(path.join(mem, 'memory.oom_control'));
+    if (t === undefined) return undefined;
+    const oc = parseV1OomControl(t);
+    if (oc.oomKill !== undefined) return oc.oomKill;
+    const f = await readOpt(path.join(mem, 'memory.failcnt'));
+    return f === undefined ? undefined : parseInteger(f) > 0 ? 1 : 0;
+  }
+  if (paths.unified) {
+    const t = await readOpt(path.join(paths.unified, 'memory.events'));
+    if (t === undefined) return undefined;
+    return parseV2MemoryEvents(t).oomKill;
+  }
+  return undefined;
+}
+
+/** The freezer state, v1 `freezer.state` (THAWED|FREEZING|FROZEN) or v2 `cgroup.freeze`. */
+export async function readFrozen(paths: CgroupPaths): Promise<boolean | undefined> {
+  const fr = paths.v1['freezer'];
+  if (fr !== undefined) {
+    const t = await readOpt(path.join(fr, 'freezer.state'));
+    return t === undefined ? undefined : t.trim() === 'FROZEN';
+  }
+  if (paths.unified) {
+    const t = await readOpt(path.join(paths.unified, 'cgroup.freeze'));
+    return t === undefined ? undefined : t.trim() === '1';
+  }
+  return undefined;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function rmdirTree(dir: string): Promise<void> {
+  let entries: import('node:fs').Dirent[];
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  for (const e of entries) if (e.isDirectory()) await rmdirTree(path.join(dir, e.name));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await rmdir(dir);
+      return;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      // EBUSY: processes are still leaving the cgroup (just killed); give them a moment
+      if ((code === 'EBUSY' || code === 'ENOTEMPTY') && attempt < 20) {
+        await sleep(25);
+        continue;
+      }
+      throw e;
+    }
+  }
+}
+
+/** Remove the container's cgroup directories (children first). Tolerant of absence. */
+export async function removeCgroup(paths: CgroupPaths): Promise<void> {
+  const errors: string[] = [];
+  for (const d of paths.all) {
+    try {
+      await rmdirTree(d);
+    } catch (e) {
+      errors.push(`${d}: ${(e as Error).message}`);
+    }
+  }
+  if (errors.length) throw new Error(`could not remove cgroup: ${errors.join('; ')}`);
+}
+
+/**
+ * Remove a parent cgroup (e.g. `/nimbus`) in every hierarchy if it is empty.
+ * Never fails: a parent still holding children stays.
+ */
+export async function removeCgroupParentIfEmpty(layout: CgroupLayout, parent: string): Promise<void> {
+  const p = cgroupPaths(layout, parent);
+  for (const d of p.all) {
+    try {
+      await rmdir(d);
+    } catch {
+      /* absent or still has children */
+    }
+  }
+}
+
+/** True when any directory of the cgroup still exists. */
+export async function cgroupExists(paths: CgroupPaths): Promise<boolean> {
+  for (const d of paths.all) {
+    try {
+      await readdir(d);
+      return true;
+    } catch {
+      /* absent */
+    }
+  }
+  return false;
+}

@@ -1,0 +1,117 @@
+/**
+ * Content-addressed blobs on local disk (containerd core/content):
+ *   <root>/blobs/sha256/<hex>   committed, immutable
+ *   <root>/ingest/<random>      in flight; renamed into place only after the digest matched
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { DataLoss, InvalidArgument, NotFound } from '../../core/errors.js';
+import type { ContentInfo, ContentStore, Digest } from './content-store.js';
+
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+
+export function assertDigest(d: string): void {
+  if (!DIGEST_RE.test(d)) throw new InvalidArgument(`invalid digest "${d}": expected sha256:<64 lowercase hex>`);
+}
+
+export class LocalContentStore implements ContentStore {
+  constructor(private readonly root: string) {}
+
+  blobPath(digest: Digest): string {
+    assertDigest(digest);
+    return join(this.root, 'blobs', 'sha256', digest.slice(7));
+  }
+
+  async info(digest: Digest): Promise<ContentInfo | undefined> {
+    try {
+      const st = await stat(this.blobPath(digest));
+      return { digest, size: st.size };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
+
+  async readBlob(digest: Digest): Promise<Buffer> {
+    try {
+      return await readFile(this.blobPath(digest));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound(`blob ${digest} not in the content store`);
+      throw e;
+    }
+  }
+
+  openRead(digest: Digest): Readable {
+    return createReadStream(this.blobPath(digest));
+  }
+
+  async ingest(expected: { digest: Digest; size?: number }, source: AsyncIterable<Uint8Array>): Promise<ContentInfo> {
+    assertDigest(expected.digest);
+    const existing = await this.info(expected.digest);
+    if (existing) {
+      // Already committed: drain the source so the caller's stream completes.
+      for await (const _ of source) void _;
+      return existing;
+    }
+    const ingestDir = join(this.root, 'ingest');
+    await mkdir(ingestDir, { recursive: true });
+    await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
+    const tmp = join(ingestDir, randomBytes(12).toString('hex'));
+    const fh = await open(tmp, 'wx', 0o644);
+    const hash = createHash('sha256');
+    let size = 0;
+    try {
+      for await (const chunk of source) {
+        size += chunk.length;
+        if (expected.size !== undefined && size > expected.size) {
+          throw new DataLoss(`blob ${expected.digest}: more than the expected ${expected.size} bytes`);
+        }
+        hash.update(chunk);
+        await fh.write(chunk);
+      }
+      const actual = `sha256:${hash.digest('hex')}`;
+      if (actual !== expected.digest) throw new DataLoss(`digest mismatch: expected ${expected.digest}, got ${actual}`);
+      if (expected.size !== undefined && size !== expected.size) {
+        throw new DataLoss(`blob ${expected.digest}: size mismatch: expected ${expected.size}, got ${size}`);
+      }
+      await fh.sync();
+      await fh.close();
+      await rename(tmp, this.blobPath(expected.digest));
+      return { digest: expected.digest, size };
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    await rm(this.blobPath(digest), { force: true });
+  }
+
+  async list(): Promise<ContentInfo[]> {
+    const dir = join(this.root, 'blobs', 'sha256');
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    const out: ContentInfo[] = [];
+    for (const n of names) {
+      if (!/^[0-9a-f]{64}$/.test(n)) continue;
+      const st = await stat(join(dir, n)).catch(() => undefined);
+      if (st) out.push({ digest: `sha256:${n}`, size: st.size });
+    }
+    return out;
+  }
+
+  /** Remove ingests left by a crash (called on start). */
+  async cleanIngest(): Promise<void> {
+    await rm(join(this.root, 'ingest'), { recursive: true, force: true });
+  }
+}

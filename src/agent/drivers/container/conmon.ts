@@ -1,0 +1,331 @@
+/**
+ * conmon (containers/conmon 2.x) as the per-container monitor: it runs
+ * `<runtime> create`, holds the container's stdio, writes the k8s-file log,
+ * reaps the container and writes its exit code to `<exit-dir>/<id>`. It
+ * double-forks, so it outlives the Nimbus process (daemon restarts are safe).
+ *
+ * Protocol (as podman's libpod/oci_conmon_linux.go uses it): fd 3 is the sync
+ * pipe (`_OCI_SYNCPIPE`), fd 4 the start pipe (`_OCI_STARTPIPE`). conmon waits
+ * for one byte on the start pipe, runs `runtime create`, then writes
+ * `{"data": <pid>}` (or a negative data + "message" on failure) to the sync pipe.
+ */
+import { spawn } from 'node:child_process';
+import { watch } from 'node:fs';
+import { open, readFile, stat } from 'node:fs/promises';
+import { Internal } from '../../../core/errors.js';
+import type { LogRecord } from '../instance-driver.js';
+
+export interface ConmonOptions {
+  conmonPath: string;
+  id: string;
+  name: string;
+  runtimePath: string;
+  /** e.g. ['--root=/var/lib/nimbus/runtime/runc'] */
+  runtimeArgs: string[];
+  bundle: string;
+  containerPidFile: string;
+  conmonPidFile: string;
+  logPath: string;
+  exitDir: string;
+  socketDir: string;
+  /** Directory (must exist) where conmon also writes `exit` and `oom` files. */
+  persistDir?: string;
+  logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** conmon's own stderr goes here (appended). */
+  stderrPath?: string;
+  timeoutMs?: number;
+}
+
+/** conmon's command line (without the binary). */
+export function conmonArgs(o: ConmonOptions): string[] {
+  const args = [
+    '--api-version', '1',
+    '-c', o.id,
+    '-u', o.id,
+    '-n', o.name,
+    '-r', o.runtimePath,
+    '-b', o.bundle,
+    '-p', o.containerPidFile,
+    '-P', o.conmonPidFile,
+    '-l', `k8s-file:${o.logPath}`,
+    '--exit-dir', o.exitDir,
+    '--socket-dir-path', o.socketDir,
+    '--log-level', o.logLevel ?? 'error',
+  ];
+  if (o.persistDir) args.push('--persist-dir', o.persistDir);
+  for (const a of o.runtimeArgs) args.push('--runtime-arg', a);
+  return args;
+}
+
+export interface ConmonLaunched {
+  /** The container's init pid (container is in `created` state). */
+  pid: number;
+  /** The monitor's pid (from the conmon pidfile). */
+  conmonPid: number;
+}
+
+/** Parse one sync-pipe message. */
+export function parseSyncMessage(text: string): { data: number; message?: string } {
+  const obj = JSON.parse(text) as { data?: unknown; message?: unknown };
+  if (typeof obj.data !== 'number') throw new Error(`bad conmon sync message ${JSON.stringify(text)}`);
+  const out: { data: number; message?: string } = { data: obj.data };
+  if (typeof obj.message === 'string') out.message = obj.message;
+  return out;
+}
+
+/** Launch conmon, let it run `runtime create`, and wait for the container pid. */
+export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
+  const errFd = o.stderrPath ? await open(o.stderrPath, 'a') : undefined;
+  try {
+    const child = spawn(o.conmonPath, conmonArgs(o), {
+      stdio: ['ignore', 'ignore', errFd ? errFd.fd : 'ignore', 'pipe', 'pipe'],
+      detached: true,
+      env: { ...process.env, _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
+    });
+    const sync = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
+    const start = child.stdio[4] as NodeJS.WritableStream & { destroy(): void };
+    const result = await new Promise<{ data: number; message?: string }>((resolve, reject) => {
+      let buf = '';
+      let exited: number | null | undefined;
+      const timer = setTimeout(() => {
+        done();
+        reject(new Internal(`conmon for ${o.id} did not report a pid within ${o.timeoutMs ?? 30000} ms`));
+      }, o.timeoutMs ?? 30_000);
+      const done = () => {
+        clearTimeout(timer);
+        sync.removeAllListeners('data');
+        sync.removeAllListeners('end');
+      };
+      sync.on('data', (b: Buffer) => {
+        buf += b.toString();
+        const nl = buf.indexOf('\n');
+        if (nl < 0) return;
+        done();
+        try {
+          resolve(parseSyncMessage(buf.slice(0, nl)));
+        } catch (e) {
+          reject(e);
+        }
+      });
+      sync.on('end', () => {
+        done();
+        reject(new Internal(`conmon for ${o.id} closed the sync pipe without a pid (exit ${String(exited)})`));
+      });
+      sync.on('error', () => undefined);
+      start.on('error', () => undefined);
+      child.on('exit', (code) => {
+        exited = code;
+      });
+      child.on('error', (e) => {
+        done();
+        reject(new Internal(`cannot run conmon: ${e.message}`, undefined, { cause: e }));
+      });
+      start.write(Buffer.from([0]));
+    });
+    // Close our ends: conmon ignores SIGPIPE, so later writes (the exit status) fail harmlessly.
+    sync.destroy();
+    start.destroy();
+    child.unref();
+    if (result.data < 0) {
+      throw new Internal(`${o.runtimePath} create ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
+        id: o.id,
+      });
+    }
+    const conmonPid = await readPidFile(o.conmonPidFile);
+    return { pid: result.data, conmonPid: conmonPid ?? -1 };
+  } finally {
+    await errFd?.close();
+  }
+}
+
+export async function readPidFile(file: string): Promise<number | undefined> {
+  try {
+    const n = Number((await readFile(file, 'utf8')).trim());
+    return Number.isInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Exit code written by conmon (`<exit-dir>/<id>`), undefined while none. */
+export async function readExitFile(file: string): Promise<{ code: number; time: string } | undefined> {
+  try {
+    const [text, st] = await Promise.all([readFile(file, 'utf8'), stat(file)]);
+    const t = text.trim();
+    if (t === '') return undefined;
+    const code = Number(t);
+    if (!Number.isInteger(code)) return undefined;
+    return { code, time: st.mtime.toISOString() };
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when pid is alive and not a zombie. */
+export async function processAlive(pid: number): Promise<boolean> {
+  try {
+    const s = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const state = s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+/** True when pid runs conmon for container id (guards against pid reuse). */
+export async function isConmonFor(pid: number, id: string): Promise<boolean> {
+  try {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    return (argv[0] ?? '').endsWith('conmon') && argv.includes(id);
+  } catch {
+    return false;
+  }
+}
+
+// ------------------------------------------------------------------ k8s-file logs
+
+/** `<RFC3339Nano> stdout|stderr F|P <text>` → record, or undefined for junk. */
+export function parseK8sLogLine(line: string): LogRecord | undefined {
+  const a = line.indexOf(' ');
+  if (a < 0) return undefined;
+  const b = line.indexOf(' ', a + 1);
+  if (b < 0) return undefined;
+  const stream = line.slice(a + 1, b);
+  if (stream !== 'stdout' && stream !== 'stderr') return undefined;
+  const c = line.indexOf(' ', b + 1);
+  const tag = c < 0 ? line.slice(b + 1) : line.slice(b + 1, c);
+  const flags = tag.split(':');
+  if (!flags.includes('F') && !flags.includes('P')) return undefined;
+  const rec: LogRecord = { time: line.slice(0, a), stream, line: c < 0 ? '' : line.slice(c + 1) };
+  if (flags.includes('P')) rec.partial = true;
+  return rec;
+}
+
+/** Parse many lines (a trailing incomplete line is ignored). */
+export function parseK8sLog(text: string): LogRecord[] {
+  const out: LogRecord[] = [];
+  const lines = text.split('\n');
+  lines.pop(); // the part after the last newline is not complete yet
+  for (const l of lines) {
+    const r = parseK8sLogLine(l);
+    if (r) out.push(r);
+  }
+  return out;
+}
+
+/**
+ * Byte offset from which the last `tail` records start (reading backwards in
+ * chunks, so a long log is not read whole).
+ */
+export async function tailOffset(file: string, tail: number): Promise<number> {
+  const fh = await open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    if (tail <= 0) return size;
+    let pos = size;
+    let newlines = 0;
+    const chunk = Buffer.alloc(64 * 1024);
+    // the final byte is normally the newline ending the last record
+    let skipFirst = true;
+    while (pos > 0) {
+      const n = Math.min(chunk.length, pos);
+      pos -= n;
+      await fh.read(chunk, 0, n, pos);
+      for (let i = n - 1; i >= 0; i--) {
+        if (chunk[i] !== 0x0a) continue;
+        if (skipFirst && pos + i === size - 1) continue;
+        newlines++;
+        if (newlines === tail) return pos + i + 1;
+      }
+      skipFirst = false;
+    }
+    return 0;
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface FollowOptions {
+  tail?: number;
+  follow?: boolean;
+  signal?: AbortSignal;
+  /** Resolves true once the container has exited (then the log is drained and following stops). */
+  isExited?: () => Promise<boolean>;
+  pollMs?: number;
+}
+
+/** Records of a k8s-file log; with follow, keeps yielding until aborted or exited-and-drained. */
+export async function* readK8sLog(file: string, opts: FollowOptions = {}): AsyncGenerator<LogRecord> {
+  let offset = 0;
+  try {
+    offset = opts.tail !== undefined ? await tailOffset(file, opts.tail) : 0;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !opts.follow) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
+  }
+  let pending = '';
+  const readMore = async (): Promise<LogRecord[]> => {
+    let fh;
+    try {
+      fh = await open(file, 'r');
+    } catch {
+      return [];
+    }
+    try {
+      const size = (await fh.stat()).size;
+      if (size < offset) offset = 0; // truncated/rotated
+      if (size === offset) return [];
+      const buf = Buffer.alloc(size - offset);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
+      offset += bytesRead;
+      const text = pending + buf.subarray(0, bytesRead).toString('utf8');
+      const nl = text.lastIndexOf('\n');
+      pending = nl < 0 ? text : text.slice(nl + 1);
+      return nl < 0 ? [] : parseK8sLog(text.slice(0, nl + 1));
+    } finally {
+      await fh.close();
+    }
+  };
+
+  for (const r of await readMore()) yield r;
+  if (!opts.follow) return;
+
+  const signal = opts.signal;
+  let wake: (() => void) | undefined;
+  const poke = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  let watcher: import('node:fs').FSWatcher | undefined;
+  try {
+    watcher = watch(file, { persistent: false }, poke);
+    watcher.on('error', () => undefined);
+  } catch {
+    watcher = undefined; // polling only
+  }
+  signal?.addEventListener('abort', poke);
+  try {
+    while (!signal?.aborted) {
+      const recs = await readMore();
+      for (const r of recs) yield r;
+      if (signal?.aborted) return;
+      if (recs.length === 0) {
+        if (opts.isExited && (await opts.isExited())) {
+          // conmon has written everything once the exit file exists: drain and stop
+          for (const r of await readMore()) yield r;
+          return;
+        }
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(poke, opts.pollMs ?? 250);
+        });
+      }
+    }
+  } finally {
+    signal?.removeEventListener('abort', poke);
+    watcher?.close();
+  }
+}

@@ -1,0 +1,311 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile, access } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { run } from '../../../core/exec.js';
+import { cgroupPaths, detectCgroupLayout, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { mountsUnder } from '../../snapshots/mount.js';
+import type { InstanceSpec } from '../instance-driver.js';
+import {
+  collectLogs,
+  freshId,
+  instanceDriverConformance,
+  readAll,
+  waitForLog,
+  waitStopped,
+  sleep,
+} from '../instance-driver-conformance.js';
+import { ContainerDriver, containerDriverImplementation } from './container-driver.js';
+import { probeRuntime } from './oci-runtime.js';
+
+const APPLETS = ['sh', 'true', 'false', 'sleep', 'echo', 'cat', 'id', 'head', 'tr', 'ls', 'ps', 'kill', 'dd', 'seq', 'yes'];
+
+/** A rootfs directory with a static busybox, applet symlinks and a tiny user database. */
+export async function makeBusyboxRootfs(dir: string): Promise<void> {
+  await mkdir(path.join(dir, 'bin'), { recursive: true });
+  await mkdir(path.join(dir, 'etc'), { recursive: true });
+  await mkdir(path.join(dir, 'tmp'), { recursive: true });
+  await copyFile('/bin/busybox', path.join(dir, 'bin/busybox'));
+  for (const a of APPLETS) await symlink('busybox', path.join(dir, 'bin', a));
+  await writeFile(
+    path.join(dir, 'etc/passwd'),
+    'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
+  );
+  await writeFile(path.join(dir, 'etc/group'), 'root:x:0:\napp:x:1000:\nwheel:x:10:app\nnogroup:x:65534:\n');
+}
+
+async function conmonPidsFor(stateDir: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const argv = (await readFile(`/proc/${p}/cmdline`, 'utf8')).split('\0');
+      if ((argv[0] ?? '').endsWith('conmon') && argv.some((a) => a.startsWith(stateDir))) {
+        const st = await readFile(`/proc/${p}/stat`, 'utf8');
+        if (st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z') out.push(Number(p));
+      }
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+interface Env {
+  base: string;
+  stateDir: string;
+  rootfsDir: string;
+  cgroupParent: string;
+  driver: ContainerDriver;
+  make(id: string, args: string[], over?: Partial<InstanceSpec>): Promise<InstanceSpec>;
+  newDriver(): ContainerDriver;
+  teardown(): Promise<void>;
+}
+
+async function makeEnv(label: string): Promise<Env> {
+  const base = await mkdtemp(path.join(tmpdir(), `nimbus-ctr-${label}-`));
+  const stateDir = path.join(base, 'state');
+  const rootfsDir = path.join(base, 'rootfs');
+  await makeBusyboxRootfs(rootfsDir);
+  const cgroupParent = `/nimbus-test-${process.pid}-${label}`;
+  const drivers: ContainerDriver[] = [];
+  const newDriver = () => {
+    const d = new ContainerDriver({ stateDir, runtime: 'runc', cgroupParent });
+    drivers.push(d);
+    return d;
+  };
+  const driver = newDriver();
+  return {
+    base,
+    stateDir,
+    rootfsDir,
+    cgroupParent,
+    driver,
+    newDriver,
+    async make(id, args, over = {}) {
+      return {
+        id,
+        name: id,
+        rootfs: [{ type: 'bind', source: rootfsDir, options: ['rbind', 'rw'] }],
+        process: { args, env: [], cwd: '/', user: '0:0' },
+        resources: {},
+        ...over,
+      };
+    },
+    async teardown() {
+      const d = newDriver();
+      for (const id of await d.list()) await d.delete(id).catch((e: unknown) => console.error('teardown delete', id, e));
+      for (const x of drivers) x.close();
+      // leftover runtime state (should be none)
+      await run('runc', ['--root', path.join(stateDir, 'runtime', 'runc'), 'list', '-q']).then(async (r) => {
+        for (const id of r.stdout.split('\n').filter(Boolean)) {
+          await run('runc', ['--root', path.join(stateDir, 'runtime', 'runc'), 'delete', '-f', id]);
+        }
+      });
+      const layout = await detectCgroupLayout();
+      await removeCgroupParentIfEmpty(layout, cgroupParent);
+      const mounts = await mountsUnder(base);
+      const conmons = await conmonPidsFor(stateDir);
+      for (const p of conmons) process.kill(p, 'SIGKILL');
+      const leftCgroups: string[] = [];
+      for (const d2 of cgroupPaths(layout, cgroupParent).all) {
+        try {
+          await access(d2);
+          leftCgroups.push(d2);
+        } catch {
+          /* good */
+        }
+      }
+      if (mounts.length === 0) await rm(base, { recursive: true, force: true });
+      assert.deepEqual(mounts, [], 'no mounts left under the temp dir');
+      assert.deepEqual(conmons, [], 'no conmon left running');
+      assert.deepEqual(leftCgroups, [], 'no nimbus cgroup dirs left');
+    },
+  };
+}
+
+const runcReason = await probeRuntime('runc');
+
+if (runcReason) {
+  test('container driver (runc unusable here)', (t) => t.skip(runcReason));
+} else {
+  let shared: Env | undefined;
+  instanceDriverConformance('container/runc', async () => {
+    const env = await makeEnv('conf');
+    shared = env;
+    return {
+      driver: env.driver,
+      makeSpec: env.make,
+      reopen: async () => env.newDriver(),
+      teardown: env.teardown,
+    };
+  });
+  void shared;
+
+  describe('container driver specifics (runc)', () => {
+    let env: Env;
+    let d: ContainerDriver;
+    before(async () => {
+      env = await makeEnv('spec');
+      d = env.driver;
+    });
+    after(async () => {
+      await env?.teardown();
+    });
+
+    test('probes: runc usable; crun reported with the real reason when unusable; registry probe', async () => {
+      assert.equal(await probeRuntime('runc'), undefined);
+      const crun = await probeRuntime('crun');
+      const layout = await detectCgroupLayout();
+      if (layout.mode === 'hybrid') {
+        assert.ok(crun, 'crun must be unusable on a hybrid host');
+        assert.match(crun, /hybrid/);
+      }
+      assert.equal(await containerDriverImplementation.probe({ stateDir: env.stateDir }), undefined);
+    });
+
+    test('memory limit: a process allocating past it is OOM-killed (137, oomKilled)', async () => {
+      const id = freshId('oom');
+      await d.create(
+        await env.make(id, ['sh', '-c', 'x=$(head -c 64000000 /dev/zero | tr "\\000" a); echo ${#x}'], {
+          resources: { memoryBytes: 16 << 20 },
+        }),
+      );
+      try {
+        await d.start(id);
+        const st = await waitStopped(d, id, 30_000);
+        assert.equal(st.exitCode, 137);
+        assert.equal(st.oomKilled, true);
+        // recorded: a new driver (after the exit was observed) agrees
+        assert.equal((await env.newDriver().state(id)).oomKilled, true);
+      } finally {
+        await d.delete(id);
+      }
+    });
+
+    test('a normal SIGKILL is not reported as OOM', async () => {
+      const id = freshId('nooom');
+      await d.create(await env.make(id, ['sleep', '60'], { resources: { memoryBytes: 64 << 20 } }));
+      try {
+        await d.start(id);
+        await d.kill(id, 'SIGKILL');
+        const st = await waitStopped(d, id);
+        assert.equal(st.exitCode, 137);
+        assert.equal(st.oomKilled, false);
+      } finally {
+        await d.delete(id);
+      }
+    });
+
+    test('pids limit is honoured; cpu quota is written to the cgroup', async () => {
+      const id = freshId('pids');
+      await d.create(
+        await env.make(id, ['sh', '-c', '(for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done); echo spawned; exec sleep 60'], {
+          resources: { pidsLimit: 5, cpus: 0.5 },
+        }),
+      );
+      try {
+        await d.start(id);
+        const recs = await waitForLog(d, id, /spawned/);
+        assert.ok(recs.some((r) => r.stream === 'stderr' && /fork|resource|try again/i.test(r.line)), 'fork refused');
+        const st = await d.stats(id);
+        assert.equal(st.pidsLimit, 5);
+        assert.ok(st.pids <= 5, `pids ${st.pids}`);
+        const p = await d.cgroupPathsOf(id);
+        if (p.v1['cpu']) {
+          assert.equal((await readFile(path.join(p.v1['cpu'], 'cpu.cfs_quota_us'), 'utf8')).trim(), '50000');
+          assert.equal((await readFile(path.join(p.v1['cpu'], 'cpu.cfs_period_us'), 'utf8')).trim(), '100000');
+        } else {
+          assert.equal((await readFile(path.join(p.unified!, 'cpu.max'), 'utf8')).trim(), '50000 100000');
+        }
+      } finally {
+        await d.delete(id);
+      }
+      // delete removed the cgroup
+      const layout = await detectCgroupLayout();
+      for (const dir of cgroupPaths(layout, `${env.cgroupParent}/${id}`).all) await assert.rejects(access(dir));
+    });
+
+    test('users: nobody and 1000:1000 resolved; exec as another user', async () => {
+      const id = freshId('user');
+      await d.create(await env.make(id, ['sh', '-c', 'id; sleep 60'], { process: { args: ['sh', '-c', 'id; sleep 60'], env: [], cwd: '/', user: 'nobody' } }));
+      try {
+        await d.start(id);
+        await waitForLog(d, id, /uid=65534.*gid=65534/);
+        const x = await d.exec(id, { args: ['id'], user: '1000:1000' });
+        assert.match(await readAll(x.stdout), /uid=1000.*gid=1000/);
+        assert.equal(await x.exit, 0);
+        const y = await d.exec(id, { args: ['id', '-u'], user: 'app' });
+        assert.equal((await readAll(y.stdout)).trim(), '1000');
+      } finally {
+        await d.delete(id);
+      }
+      const id2 = freshId('user');
+      await d.create(await env.make(id2, ['id'], { process: { args: ['id'], env: [], cwd: '/', user: '1000:1000' } }));
+      try {
+        await d.start(id2);
+        await waitStopped(d, id2);
+        assert.ok((await collectLogs(d, id2)).some((r) => /uid=1000.*gid=1000/.test(r.line)));
+      } finally {
+        await d.delete(id2);
+      }
+      await assert.rejects(
+        env.make('ghost', ['id'], { process: { args: ['id'], env: [], cwd: '/', user: 'ghost' } }).then((s) => d.create(s)),
+        /ghost/,
+      );
+      assert.ok(!(await d.list()).includes('ghost'), 'failed create leaves nothing');
+    });
+
+    test('restart survival: new driver sees running containers, logs, and exits that happened while down', async () => {
+      const a = freshId('surv');
+      const b = freshId('surv');
+      await d.create(await env.make(a, ['sh', '-c', 'echo alive; sleep 60']));
+      await d.create(await env.make(b, ['sh', '-c', 'echo bye; sleep 1; exit 9']));
+      try {
+        await d.start(a);
+        await d.start(b);
+        // "daemon down": nobody calls state() on b while it exits
+        d.close();
+        await sleep(2500);
+        const d2 = env.newDriver();
+        assert.deepEqual((await d2.list()).filter((x) => x === a || x === b).sort(), [a, b].sort());
+        assert.equal((await d2.state(a)).status, 'running');
+        assert.ok((await collectLogs(d2, a)).some((r) => r.line === 'alive'));
+        const sb = await d2.state(b);
+        assert.equal(sb.status, 'stopped');
+        assert.equal(sb.exitCode, 9);
+        assert.ok((await collectLogs(d2, b)).some((r) => r.line === 'bye'));
+        await d2.delete(a);
+        await d2.delete(b);
+      } finally {
+        await d.delete(a);
+        await d.delete(b);
+      }
+    });
+
+    test('rlimits are clamped to the hard limits this process holds, with warnings', async () => {
+      // Lower this process' own NPROC hard limit below the 4096 we ask for (root is exempt
+      // from RLIMIT_NPROC, so this is harmless for the rest of the run).
+      const lim = (await readFile('/proc/self/limits', 'utf8')).match(/Max processes\s+\S+\s+(\S+)/)?.[1];
+      if (lim === 'unlimited' || Number(lim) > 4000) {
+        const r = await run('prlimit', [`--pid=${process.pid}`, '--nproc=4000:4000']);
+        assert.equal(r.code, 0, r.stderr);
+      }
+      const id = freshId('rlim');
+      await d.create(await env.make(id, ['sh', '-c', 'ulimit -u; ulimit -n']));
+      try {
+        const w = await d.warnings(id);
+        assert.ok(w.some((x) => /RLIMIT_NPROC 4096:4096 clamped to/.test(x)), JSON.stringify(w));
+        await d.start(id);
+        const st = await waitStopped(d, id);
+        assert.equal(st.exitCode, 0);
+        const lines = (await collectLogs(d, id)).map((r) => r.line);
+        assert.ok(Number(lines[0]) <= 4000, JSON.stringify(lines));
+        assert.equal(lines[1], '1024');
+      } finally {
+        await d.delete(id);
+      }
+    });
+  });
+}

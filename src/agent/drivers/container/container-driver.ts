@@ -1,0 +1,556 @@
+/**
+ * The container InstanceDriver: an OCI bundle per container, run by runc or crun
+ * under conmon, which monitors it independently of this process. All state lives
+ * in files, so a new driver on the same stateDir (a restarted daemon) picks up
+ * where the old one stopped:
+ *
+ *   <stateDir>/containers/<id>/meta.json          what we decided at create
+ *   <stateDir>/containers/<id>/bundle/config.json the OCI spec; bundle/rootfs is the mount point
+ *   <stateDir>/containers/<id>/{container,conmon}.pid, ctr.log (k8s-file), conmon.err
+ *   <stateDir>/containers/<id>/persist/           conmon's persist dir (exit, oom)
+ *   <stateDir>/containers/<id>/exit.json          exit code + OOM verdict, once observed
+ *   <stateDir>/exits/<id>                          conmon's exit file
+ *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
+ */
+import { randomBytes } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
+import { access, mkdir, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, hasCode } from '../../../core/errors.js';
+import { logger } from '../../../core/log.js';
+import type { Implementation } from '../../../core/registry.js';
+import {
+  cgroupPaths,
+  detectCgroupLayout,
+  readCgroupStats,
+  readOomKills,
+  removeCgroup,
+  type CgroupLayout,
+  type CgroupPaths,
+} from '../../cgroups/cgroups.js';
+import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
+import type {
+  ExecRequest,
+  ExecSession,
+  InstanceDriver,
+  InstanceSpec,
+  InstanceStats,
+  LogRecord,
+  RuntimeState,
+} from '../instance-driver.js';
+import {
+  isConmonFor,
+  launchConmon,
+  processAlive,
+  readExitFile,
+  readK8sLog,
+  readPidFile,
+} from './conmon.js';
+import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciSpec } from './oci-spec.js';
+import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
+
+const log = logger('agent.drivers.container');
+
+export interface ContainerDriverOptions {
+  /** Root of all of this driver's state (e.g. /var/lib/nimbus). */
+  stateDir: string;
+  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (crun where it works, else runc). */
+  runtime?: RuntimeName | 'auto';
+  /** Parent cgroup (cgroupfs) for all containers. Default '/nimbus'. */
+  cgroupParent?: string;
+  /** conmon binary. Default: found in PATH. */
+  conmonPath?: string;
+}
+
+interface ContainerMeta {
+  id: string;
+  name: string;
+  runtime: RuntimeName;
+  runtimePath: string;
+  cgroupsPath: string;
+  createdAt: string;
+  startedAt?: string;
+  pid?: number;
+  warnings: string[];
+}
+
+interface ExitRecord {
+  exitCode: number;
+  finishedAt: string;
+  oomKilled: boolean;
+}
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, JSON.stringify(value, null, 1));
+  await rename(tmp, file);
+}
+
+export class ContainerDriver implements InstanceDriver {
+  readonly type = 'container' as const;
+  readonly stateDir: string;
+  private readonly defaultRuntime: RuntimeName | 'auto';
+  private readonly cgroupParent: string;
+  private readonly conmonPathOpt: string | undefined;
+  private layoutP: Promise<CgroupLayout> | undefined;
+  private readonly listeners: ((id: string) => void)[] = [];
+  private watcher: FSWatcher | undefined;
+  private readonly notified = new Set<string>();
+
+  constructor(opts: ContainerDriverOptions) {
+    this.stateDir = path.resolve(opts.stateDir);
+    this.defaultRuntime = opts.runtime ?? 'auto';
+    this.cgroupParent = '/' + (opts.cgroupParent ?? '/nimbus').replace(/^\/+|\/+$/g, '');
+    this.conmonPathOpt = opts.conmonPath;
+  }
+
+  // ------------------------------------------------------------ paths and helpers
+
+  private get containersDir(): string {
+    return path.join(this.stateDir, 'containers');
+  }
+  private get exitsDir(): string {
+    return path.join(this.stateDir, 'exits');
+  }
+  private dir(id: string): string {
+    if (!ID_RE.test(id)) throw new InvalidArgument(`invalid container id ${JSON.stringify(id)}`);
+    return path.join(this.containersDir, id);
+  }
+  private bundle(id: string): string {
+    return path.join(this.dir(id), 'bundle');
+  }
+  private rootfs(id: string): string {
+    return path.join(this.bundle(id), 'rootfs');
+  }
+  private exitFile(id: string): string {
+    return path.join(this.exitsDir, id);
+  }
+  private logPath(id: string): string {
+    return path.join(this.dir(id), 'ctr.log');
+  }
+  private runtime(name: RuntimeName, binary: string): OciRuntime {
+    return new OciRuntime(name, binary, path.join(this.stateDir, 'runtime', name));
+  }
+  private layout(): Promise<CgroupLayout> {
+    this.layoutP ??= detectCgroupLayout();
+    return this.layoutP;
+  }
+  private async cgroups(meta: ContainerMeta): Promise<CgroupPaths> {
+    return cgroupPaths(await this.layout(), meta.cgroupsPath);
+  }
+
+  private async meta(id: string): Promise<ContainerMeta> {
+    const dir = this.dir(id);
+    try {
+      return JSON.parse(await readFile(path.join(dir, 'meta.json'), 'utf8')) as ContainerMeta;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound(`container ${id} not found`, { id });
+      throw e;
+    }
+  }
+  private async saveMeta(meta: ContainerMeta): Promise<void> {
+    await writeJsonAtomic(path.join(this.dir(meta.id), 'meta.json'), meta);
+  }
+
+  /** Warnings recorded at create (e.g. clamped rlimits). */
+  async warnings(id: string): Promise<string[]> {
+    return (await this.meta(id)).warnings;
+  }
+
+  /** Which runtime a container uses. */
+  async runtimeOf(id: string): Promise<RuntimeName> {
+    return (await this.meta(id)).runtime;
+  }
+
+  /** The container's cgroup directories (for tests and diagnostics). */
+  async cgroupPathsOf(id: string): Promise<CgroupPaths> {
+    return this.cgroups(await this.meta(id));
+  }
+
+  private async conmonPath(): Promise<string> {
+    const p = this.conmonPathOpt ?? (await findBinary('conmon'));
+    if (!p) throw new Internal('conmon is not installed');
+    return p;
+  }
+
+  // ------------------------------------------------------------ lifecycle
+
+  async create(spec: InstanceSpec): Promise<RuntimeState> {
+    const id = spec.id;
+    const dir = this.dir(id);
+    if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
+    await mkdir(this.containersDir, { recursive: true, mode: 0o700 });
+    try {
+      await mkdir(dir, { mode: 0o700 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new AlreadyExists(`container ${id} already exists`, { id });
+      throw e;
+    }
+    try {
+      const runtimeName = await chooseRuntime((spec.runtime as RuntimeName | undefined) ?? this.defaultRuntime);
+      const runtimePath = await findBinary(runtimeName);
+      if (!runtimePath) throw new Internal(`${runtimeName} disappeared`);
+      const rootfs = this.rootfs(id);
+      await mkdir(rootfs, { recursive: true });
+      await mkdir(path.join(dir, 'persist'));
+      await mkdir(path.join(dir, 'sock'));
+      await mkdir(this.exitsDir, { recursive: true });
+      await rm(this.exitFile(id), { force: true });
+      await mountAll(spec.rootfs, rootfs);
+
+      const cgroupsPath = `${this.cgroupParent}/${id}`;
+      const { config, warnings } = buildOciSpec(spec, {
+        hardLimits: await readHardLimits(),
+        cgroupsPath,
+        userDb: await readUserDb(rootfs),
+      });
+      for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
+      await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
+      const meta: ContainerMeta = {
+        id,
+        name: spec.name,
+        runtime: runtimeName,
+        runtimePath,
+        cgroupsPath,
+        createdAt: new Date().toISOString(),
+        warnings,
+      };
+      await this.saveMeta(meta);
+      const rt = this.runtime(runtimeName, runtimePath);
+      await mkdir(rt.root, { recursive: true, mode: 0o700 });
+      const launched = await launchConmon({
+        conmonPath: await this.conmonPath(),
+        id,
+        name: spec.name || id,
+        runtimePath,
+        runtimeArgs: [`--root=${rt.root}`],
+        bundle: this.bundle(id),
+        containerPidFile: path.join(dir, 'container.pid'),
+        conmonPidFile: path.join(dir, 'conmon.pid'),
+        logPath: this.logPath(id),
+        exitDir: this.exitsDir,
+        socketDir: path.join(dir, 'sock'),
+        persistDir: path.join(dir, 'persist'),
+        stderrPath: path.join(dir, 'conmon.err'),
+      });
+      meta.pid = launched.pid;
+      await this.saveMeta(meta);
+      return { status: 'created', pid: launched.pid };
+    } catch (e) {
+      await this.delete(id).catch((err: unknown) => log.error('cleanup after failed create', { id, error: err }));
+      throw e;
+    }
+  }
+
+  async start(id: string): Promise<RuntimeState> {
+    const meta = await this.meta(id);
+    await this.runtime(meta.runtime, meta.runtimePath).start(id);
+    meta.startedAt = new Date().toISOString();
+    await this.saveMeta(meta);
+    return this.state(id);
+  }
+
+  async kill(id: string, signal: string): Promise<void> {
+    const meta = await this.meta(id);
+    if (await this.exitRecord(id, meta)) throw new Conflict(`container ${id} is not running`, { id });
+    await this.runtime(meta.runtime, meta.runtimePath).kill(id, signal);
+  }
+
+  async stop(id: string, timeoutSec: number): Promise<RuntimeState> {
+    const meta = await this.meta(id);
+    const rt = this.runtime(meta.runtime, meta.runtimePath);
+    let st = await this.state(id);
+    if (st.status === 'stopped' || st.status === 'unknown') return st;
+    const tolerate = (e: unknown) => {
+      if (!hasCode(e, 'Conflict') && !hasCode(e, 'NotFound')) throw e;
+    };
+    await rt.kill(id, 'SIGTERM').catch(tolerate);
+    if (st.status === 'paused') await rt.resume(id).catch(tolerate);
+    if (!(await this.waitExit(id, timeoutSec * 1000))) {
+      await rt.kill(id, 'SIGKILL').catch(tolerate);
+      if (!(await this.waitExit(id, 15_000))) throw new Internal(`container ${id} did not stop after SIGKILL`, { id });
+    }
+    st = await this.state(id);
+    return st;
+  }
+
+  /** Resolves true once the exit is recorded (or the monitor is gone), false on timeout. */
+  private async waitExit(id: string, ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    let n = 0;
+    for (;;) {
+      if (await exists(this.exitFile(id))) return true;
+      if (++n % 10 === 0 && !(await this.conmonAlive(id))) return true;
+      if (Date.now() >= deadline) return false;
+      await sleep(Math.min(50, Math.max(1, deadline - Date.now())));
+    }
+  }
+
+  private async conmonAlive(id: string): Promise<boolean> {
+    const pid = await readPidFile(path.join(this.dir(id), 'conmon.pid'));
+    return pid !== undefined && (await processAlive(pid)) && (await isConmonFor(pid, id));
+  }
+
+  async pause(id: string): Promise<void> {
+    const meta = await this.meta(id);
+    await this.runtime(meta.runtime, meta.runtimePath).pause(id);
+  }
+
+  async unpause(id: string): Promise<void> {
+    const meta = await this.meta(id);
+    await this.runtime(meta.runtime, meta.runtimePath).resume(id);
+  }
+
+  /**
+   * The exit, once conmon has recorded one. The OOM verdict is read from the
+   * cgroup (still there until delete) the first time and kept in exit.json.
+   */
+  private async exitRecord(id: string, meta: ContainerMeta): Promise<ExitRecord | undefined> {
+    const recFile = path.join(this.dir(id), 'exit.json');
+    try {
+      return JSON.parse(await readFile(recFile, 'utf8')) as ExitRecord;
+    } catch {
+      /* not yet recorded */
+    }
+    const ex = await readExitFile(this.exitFile(id));
+    if (!ex) return undefined;
+    let oomKilled = false;
+    if (ex.code === 137) {
+      const kills = await readOomKills(await this.cgroups(meta)).catch(() => undefined);
+      oomKilled = (kills ?? 0) > 0 || (await exists(path.join(this.dir(id), 'persist', 'oom')));
+    }
+    const rec: ExitRecord = { exitCode: ex.code, finishedAt: ex.time, oomKilled };
+    await writeJsonAtomic(recFile, rec).catch(() => undefined);
+    return rec;
+  }
+
+  async state(id: string): Promise<RuntimeState> {
+    const meta = await this.meta(id);
+    const base: RuntimeState = { status: 'unknown' };
+    if (meta.startedAt) base.startedAt = meta.startedAt;
+    const stopped = (rec: ExitRecord): RuntimeState => ({
+      ...base,
+      status: 'stopped',
+      exitCode: rec.exitCode,
+      oomKilled: rec.oomKilled,
+      finishedAt: rec.finishedAt,
+    });
+    const rec = await this.exitRecord(id, meta);
+    if (rec) return stopped(rec);
+    const rt = this.runtime(meta.runtime, meta.runtimePath);
+    let s;
+    try {
+      s = await rt.state(id);
+    } catch (e) {
+      if (!hasCode(e, 'NotFound')) throw e;
+      return base;
+    }
+    if (s.status === 'stopped') {
+      // the process is gone; conmon writes the exit file a moment later
+      if (await this.waitExit(id, 2000)) {
+        const r2 = await this.exitRecord(id, meta);
+        if (r2) return stopped(r2);
+      }
+      return { ...base, status: 'stopped' };
+    }
+    const out: RuntimeState = { ...base, status: s.status === 'creating' ? 'created' : s.status };
+    if (s.pid > 0) out.pid = s.pid;
+    return out;
+  }
+
+  async exec(id: string, req: ExecRequest): Promise<ExecSession> {
+    if (req.args.length === 0) throw new InvalidArgument('exec needs args', { id });
+    const meta = await this.meta(id);
+    const st = await this.state(id);
+    if (st.status !== 'running') throw new Conflict(`container ${id} is ${st.status}, not running`, { id });
+    const config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
+    const proc = {
+      ...config.process,
+      terminal: false,
+      args: req.args,
+      env: mergeEnv(config.process.env, req.env ?? []),
+      cwd: req.cwd ?? config.process.cwd,
+      user: req.user ? resolveUser(req.user, await readUserDb(this.rootfs(id))).user : config.process.user,
+    };
+    const processFile = path.join(this.dir(id), `exec-${randomBytes(6).toString('hex')}.json`);
+    await writeFile(processFile, JSON.stringify(proc));
+    const child = this.runtime(meta.runtime, meta.runtimePath).exec(id, { processFile });
+    const exit = new Promise<number>((resolve, reject) => {
+      child.on('error', (e) => {
+        void unlink(processFile).catch(() => undefined);
+        reject(new Internal(`exec in ${id}: ${e.message}`, { id }, { cause: e }));
+      });
+      child.on('close', (code, signal) => {
+        void unlink(processFile).catch(() => undefined);
+        if (code !== null) resolve(code);
+        else resolve(128 + (signal ? (osSignals[signal] ?? 0) : 0));
+      });
+    });
+    return { stdout: child.stdout!, stderr: child.stderr!, stdin: child.stdin!, exit };
+  }
+
+  logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    const self = this;
+    return (async function* () {
+      const dir = self.dir(id);
+      if (!(await exists(dir))) throw new NotFound(`container ${id} not found`, { id });
+      yield* readK8sLog(self.logPath(id), {
+        ...opts,
+        isExited: async () => (await exists(self.exitFile(id))) || !(await exists(dir)),
+      });
+    })();
+  }
+
+  async stats(id: string): Promise<InstanceStats> {
+    const meta = await this.meta(id);
+    const s = await readCgroupStats(await this.cgroups(meta));
+    const out: InstanceStats = { cpuUsageNs: s.cpuUsageNs, memoryBytes: s.memoryBytes, pids: s.pids, time: new Date().toISOString() };
+    if (s.memoryLimitBytes !== undefined) out.memoryLimitBytes = s.memoryLimitBytes;
+    if (s.pidsLimit !== undefined) out.pidsLimit = s.pidsLimit;
+    return out;
+  }
+
+  async delete(id: string): Promise<void> {
+    const dir = this.dir(id);
+    if (!(await exists(dir))) return;
+    let meta: ContainerMeta | undefined;
+    try {
+      meta = await this.meta(id);
+    } catch {
+      meta = undefined; // a create that failed early: only files and maybe a mount
+    }
+    if (meta) {
+      const rt = this.runtime(meta.runtime, meta.runtimePath);
+      try {
+        await rt.delete(id, true);
+      } catch (e) {
+        if (!hasCode(e, 'NotFound')) {
+          // e.g. a frozen container: thaw and retry once
+          await rt.resume(id).catch(() => undefined);
+          await rt.delete(id, true).catch((e2: unknown) => {
+            if (!hasCode(e2, 'NotFound')) throw e2;
+          });
+        }
+      }
+    }
+    // conmon sees the container go, writes the exit file and leaves; help it if it lingers
+    const conmonPid = await readPidFile(path.join(dir, 'conmon.pid'));
+    if (conmonPid !== undefined && (await isConmonFor(conmonPid, id))) {
+      for (let i = 0; i < 60 && (await processAlive(conmonPid)); i++) await sleep(50);
+      if (await processAlive(conmonPid)) {
+        try {
+          process.kill(conmonPid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+        for (let i = 0; i < 40 && (await processAlive(conmonPid)); i++) await sleep(25);
+      }
+    }
+    await unmountAll(this.rootfs(id));
+    if (meta) await removeCgroup(await this.cgroups(meta));
+    await rm(this.exitFile(id), { force: true });
+    const left = await mountsUnder(dir);
+    if (left.length) throw new Internal(`refusing to remove ${dir}: still mounted: ${left.join(', ')}`, { id });
+    await rm(dir, { recursive: true, force: true });
+    this.notified.delete(id);
+  }
+
+  async list(): Promise<string[]> {
+    try {
+      return (await readdir(this.containersDir, { withFileTypes: true }))
+        .filter((d) => d.isDirectory() && ID_RE.test(d.name))
+        .map((d) => d.name)
+        .sort();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+  }
+
+  onExit(listener: (id: string) => void): void {
+    this.listeners.push(listener);
+    this.ensureWatcher();
+  }
+
+  private ensureWatcher(): void {
+    if (this.watcher) return;
+    // mkdir synchronously-ish: fs.watch needs the directory to exist
+    void (async () => {
+      await mkdir(this.exitsDir, { recursive: true });
+      if (this.watcher) return;
+      this.watcher = watch(this.exitsDir, { persistent: false }, (_event, filename) => {
+        if (typeof filename === 'string' && ID_RE.test(filename)) void this.maybeNotify(filename);
+      });
+      this.watcher.on('error', (e) => log.warn('exit watcher failed', { error: e }));
+      // exits that landed before the watcher was up
+      for (const f of await readdir(this.exitsDir)) if (ID_RE.test(f)) void this.maybeNotify(f);
+    })().catch((e: unknown) => log.error('cannot watch exits', { error: e }));
+  }
+
+  private async maybeNotify(id: string): Promise<void> {
+    if (this.notified.has(id)) return;
+    if (!(await readExitFile(this.exitFile(id)))) return;
+    if (!(await exists(this.dir(id)))) return;
+    if (this.notified.has(id)) return;
+    this.notified.add(id);
+    for (const l of this.listeners) {
+      try {
+        l(id);
+      } catch (e) {
+        log.error('exit listener threw', { id, error: e });
+      }
+    }
+  }
+
+  /** Stop watching (containers keep running: they belong to conmon). */
+  close(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+}
+
+const osSignals: Record<string, number> = {
+  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9,
+  SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
+};
+
+// ------------------------------------------------------------------ registry entry
+
+export interface ContainerDriverContext {
+  stateDir: string;
+  runtime?: RuntimeName | 'auto';
+  cgroupParent?: string;
+}
+
+export const containerDriverImplementation: Implementation<InstanceDriver, ContainerDriverContext> = {
+  name: 'container',
+  async probe(ctx) {
+    if (!(await findBinary('conmon'))) return 'conmon is not installed';
+    if (ctx.runtime && ctx.runtime !== 'auto') return probeRuntime(ctx.runtime);
+    const reasons: string[] = [];
+    for (const n of ['crun', 'runc'] as const) {
+      const r = await probeRuntime(n);
+      if (r === undefined) return undefined;
+      reasons.push(r);
+    }
+    return `no usable OCI runtime: ${reasons.join('; ')}`;
+  },
+  create(ctx) {
+    const opts: ContainerDriverOptions = { stateDir: ctx.stateDir };
+    if (ctx.runtime) opts.runtime = ctx.runtime;
+    if (ctx.cgroupParent) opts.cgroupParent = ctx.cgroupParent;
+    return new ContainerDriver(opts);
+  },
+};

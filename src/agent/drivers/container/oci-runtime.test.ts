@@ -1,0 +1,91 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { hasCode } from '../../../core/errors.js';
+import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { buildOciSpec, readHardLimits } from './oci-spec.js';
+import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, runtimeMessage } from './oci-runtime.js';
+
+test('runtime messages and error mapping', () => {
+  assert.equal(runtimeMessage('time="2026-11-22T09:06:57Z" level=error msg="container does not exist"\n'), 'container does not exist');
+  assert.equal(runtimeMessage('crun: cgroups in hybrid mode not supported\n'), 'cgroups in hybrid mode not supported');
+  const m = (s: string) => mapRuntimeError('runc', 'op', 'x', `time="t" level=error msg="${s}"`, 1).code;
+  assert.equal(m('container does not exist'), 'NotFound');
+  assert.equal(m('container not running'), 'Conflict');
+  assert.equal(m('container not paused'), 'Conflict');
+  assert.equal(m('cannot start a container that has stopped'), 'Conflict');
+  assert.equal(m('container with id exists: x'), 'AlreadyExists');
+  assert.equal(m('something odd'), 'Internal');
+  assert.equal(mapRuntimeError('crun', 'state', 'x', 'crun: error opening file `/r/x/status`: No such file or directory', 1).code, 'NotFound');
+});
+
+test('probes: runc works here; crun reports its real reason; auto choice', async () => {
+  const runc = await probeRuntime('runc');
+  assert.equal(runc, undefined, runc);
+  const crun = await probeRuntime('crun');
+  const layout = await detectCgroupLayout();
+  if (layout.mode === 'hybrid' && (await findBinary('crun'))) {
+    assert.match(crun ?? '', /crun cannot run a container here: .*hybrid/);
+    assert.equal(await chooseRuntime('auto'), 'runc');
+    await assert.rejects(chooseRuntime('crun'), (e) => hasCode(e, 'Unavailable'));
+  } else {
+    assert.equal(await chooseRuntime('auto'), crun === undefined ? 'crun' : 'runc');
+  }
+});
+
+test('runc lifecycle through the wrapper (no conmon)', async () => {
+  const bin = await findBinary('runc');
+  assert.ok(bin);
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ocirt-'));
+  const id = `ocirt-${process.pid}`;
+  const parent = `/nimbus-ocirt-${process.pid}`;
+  const layout = await detectCgroupLayout();
+  const rt = new OciRuntime('runc', bin, path.join(dir, 'state'));
+  try {
+    const rootfs = path.join(dir, 'rootfs');
+    await mkdir(path.join(rootfs, 'bin'), { recursive: true });
+    await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
+    for (const a of ['sh', 'sleep', 'echo']) await symlink('busybox', path.join(rootfs, 'bin', a));
+    const { config } = buildOciSpec(
+      { id, name: id, rootfs: [], process: { args: ['sleep', '60'], env: [], cwd: '/', user: '' }, resources: {} },
+      { hardLimits: await readHardLimits(), cgroupsPath: `${parent}/${id}`, userDb: { passwd: [], group: [] } },
+    );
+    await writeFile(path.join(dir, 'config.json'), JSON.stringify(config));
+    await assert.rejects(rt.state(id), (e) => hasCode(e, 'NotFound'));
+    assert.deepEqual(await rt.list(), []);
+    await rt.create(id, dir, path.join(dir, 'pid'));
+    await assert.rejects(rt.create(id, dir, path.join(dir, 'pid')), (e) => hasCode(e, 'AlreadyExists'));
+    assert.equal((await rt.state(id)).status, 'created');
+    await rt.start(id);
+    const st = await rt.state(id);
+    assert.equal(st.status, 'running');
+    assert.equal(String(st.pid), (await readFile(path.join(dir, 'pid'), 'utf8')).trim());
+    assert.deepEqual((await rt.list()).map((s) => s.id), [id]);
+    await rt.pause(id);
+    assert.equal((await rt.state(id)).status, 'paused');
+    await assert.rejects(rt.pause(id), (e) => hasCode(e, 'Conflict'));
+    await rt.resume(id);
+    await assert.rejects(rt.resume(id), (e) => hasCode(e, 'Conflict'));
+    await writeFile(path.join(dir, 'proc.json'), JSON.stringify({ ...config.process, args: ['sh', '-c', 'echo in; exit 3'] }));
+    const child = rt.exec(id, { processFile: path.join(dir, 'proc.json') });
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    const code = await new Promise((r) => child.on('close', r));
+    assert.equal(code, 3);
+    assert.equal(out.trim(), 'in');
+    await assert.rejects(rt.delete(id), (e) => hasCode(e, 'Conflict'));
+    await rt.kill(id, 'SIGKILL');
+    for (let i = 0; i < 100 && (await rt.state(id)).status !== 'stopped'; i++) await new Promise((r) => setTimeout(r, 20));
+    await assert.rejects(rt.kill(id, 'SIGKILL'), (e) => hasCode(e, 'Conflict'));
+    await assert.rejects(rt.start(id), (e) => hasCode(e, 'Conflict'));
+    await rt.delete(id);
+    await assert.rejects(rt.delete(id), (e) => hasCode(e, 'NotFound'));
+  } finally {
+    await rt.delete(id, true).catch(() => undefined);
+    await removeCgroup(cgroupPaths(layout, `${parent}/${id}`)).catch(() => undefined);
+    await removeCgroupParentIfEmpty(layout, parent);
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,216 @@
+/**
+ * A thin wrapper over the runc/crun command lines. Each runtime gets its own
+ * `--root` under Nimbus' state dir, so Nimbus' containers are separate from any
+ * other user of runc on the host. Errors are mapped to typed errors once, here.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { access, constants, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { run } from '../../../core/exec.js';
+import { AlreadyExists, Conflict, Internal, NotFound, Unavailable, type NimbusError } from '../../../core/errors.js';
+import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { buildOciSpec, readHardLimits } from './oci-spec.js';
+
+export type RuntimeName = 'runc' | 'crun';
+export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
+
+export type OciStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
+
+export interface OciState {
+  ociVersion?: string;
+  id: string;
+  status: OciStatus;
+  pid: number;
+  bundle: string;
+  created?: string;
+}
+
+const SEARCH_PATH = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+
+/** Absolute path of an executable found in PATH plus the sbin dirs, or undefined. */
+export async function findBinary(name: string): Promise<string | undefined> {
+  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...SEARCH_PATH];
+  for (const d of dirs) {
+    const p = path.join(d, name);
+    try {
+      await access(p, constants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
+  }
+  return undefined;
+}
+
+/** Extract the human message from runc's logrus line or crun's "crun: ..." line. */
+export function runtimeMessage(stderr: string): string {
+  const lines = stderr.trim().split('\n').filter(Boolean);
+  const msgs = lines.map((l) => {
+    const m = /msg="((?:[^"\\]|\\.)*)"/.exec(l);
+    if (m?.[1] !== undefined) return m[1].replace(/\\"/g, '"');
+    return l.replace(/^(crun|runc): /, '');
+  });
+  return msgs.join('; ') || stderr.trim();
+}
+
+/** Map a runtime failure to a typed error. */
+export function mapRuntimeError(runtime: string, op: string, id: string, stderr: string, code: number): NimbusError {
+  const msg = runtimeMessage(stderr);
+  const details = { runtime, op, id, exitCode: code };
+  const text = `${runtime} ${op} ${id}: ${msg}`;
+  if (/does not exist|not found|no such file or directory/i.test(msg) && !/exec:|executable file/i.test(msg)) {
+    return new NotFound(text, details);
+  }
+  if (/already exists|with id exists|exists already/i.test(msg)) return new AlreadyExists(text, details);
+  if (/not running|not paused|that has stopped|is not stopped|not stopped|cannot (start|pause|resume|kill|delete)|in state|is paused|already running|container is running|is already/i.test(msg)) {
+    return new Conflict(text, details);
+  }
+  return new Internal(text, details);
+}
+
+export interface ExecOptions {
+  /** Path of a process.json (OCI process) for `exec --process`. */
+  processFile: string;
+  /** Pid file for the exec'd process. */
+  pidFile?: string;
+}
+
+export class OciRuntime {
+  constructor(
+    readonly name: RuntimeName,
+    readonly binary: string,
+    /** Passed as --root: where this runtime keeps Nimbus' container state. */
+    readonly root: string,
+  ) {}
+
+  /** The global arguments every invocation starts with. */
+  globalArgs(): string[] {
+    return ['--root', this.root];
+  }
+
+  private async call(op: string, id: string, args: string[], timeoutMs = 30_000): Promise<string> {
+    const r = await run(this.binary, [...this.globalArgs(), ...args], { timeoutMs });
+    if (r.code !== 0) throw mapRuntimeError(this.name, op, id, r.stderr || r.stdout, r.code);
+    return r.stdout;
+  }
+
+  async create(id: string, bundle: string, pidFile: string): Promise<void> {
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
+    await this.call('create', id, ['create', '--bundle', bundle, '--pid-file', pidFile, id]);
+  }
+  async start(id: string): Promise<void> {
+    await this.call('start', id, ['start', id]);
+  }
+  async state(id: string): Promise<OciState> {
+    const out = await this.call('state', id, ['state', id]);
+    try {
+      return JSON.parse(out) as OciState;
+    } catch (e) {
+      throw new Internal(`${this.name} state ${id}: unparsable output`, { out }, { cause: e });
+    }
+  }
+  async kill(id: string, signal: string, all = false): Promise<void> {
+    await this.call('kill', id, ['kill', ...(all ? ['--all'] : []), id, signal]);
+  }
+  async pause(id: string): Promise<void> {
+    await this.call('pause', id, ['pause', id]);
+  }
+  async resume(id: string): Promise<void> {
+    await this.call('resume', id, ['resume', id]);
+  }
+  async delete(id: string, force = false): Promise<void> {
+    await this.call('delete', id, ['delete', ...(force ? ['--force'] : []), id]);
+  }
+  async list(): Promise<OciState[]> {
+    try {
+      await access(this.root);
+    } catch {
+      return [];
+    }
+    const out = await this.call('list', '-', ['list', '--format', 'json']);
+    const parsed = JSON.parse(out.trim() || 'null') as OciState[] | null;
+    return parsed ?? [];
+  }
+  /** Start `exec --process` with pipes; the caller owns the child. */
+  exec(id: string, opts: ExecOptions): ChildProcess {
+    const args = [...this.globalArgs(), 'exec', '--process', opts.processFile];
+    if (opts.pidFile) args.push('--pid-file', opts.pidFile);
+    args.push(id);
+    return spawn(this.binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  }
+}
+
+// ------------------------------------------------------------------ probes
+
+export interface ProbeOptions {
+  /** A static busybox to build the probe rootfs from. */
+  busybox?: string;
+}
+
+const probeCache = new Map<string, Promise<string | undefined>>();
+
+/**
+ * Whether a runtime is usable here: undefined, or the reason why not. Actually
+ * runs `true` in a throw-away busybox container (e.g. crun 1.8.1 refuses this
+ * host's hybrid cgroup layout only when it runs one). Cached per process.
+ */
+export function probeRuntime(name: RuntimeName, opts: ProbeOptions = {}): Promise<string | undefined> {
+  const key = `${name}:${opts.busybox ?? ''}`;
+  let p = probeCache.get(key);
+  if (!p) {
+    p = probeUncached(name, opts);
+    probeCache.set(key, p);
+  }
+  return p;
+}
+
+async function probeUncached(name: RuntimeName, opts: ProbeOptions): Promise<string | undefined> {
+  const binary = await findBinary(name);
+  if (!binary) return `${name} is not installed`;
+  if (process.getuid?.() !== 0) return `${name}: Nimbus runs containers as root only (rootless is not supported)`;
+  const busybox = opts.busybox ?? (await findBinary('busybox'));
+  if (!busybox) return `${name}: cannot probe without a busybox binary (install busybox-static)`;
+  const dir = await mkdtemp(path.join(tmpdir(), `nimbus-probe-${name}-`));
+  const id = `nimbus-probe-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  const parent = `/${id}`;
+  const layout = await detectCgroupLayout();
+  const rt = new OciRuntime(name, binary, path.join(dir, 'state'));
+  try {
+    const rootfs = path.join(dir, 'rootfs');
+    await mkdir(path.join(rootfs, 'bin'), { recursive: true });
+    await copyFile(busybox, path.join(rootfs, 'bin/busybox'));
+    await symlink('busybox', path.join(rootfs, 'bin/true'));
+    const { config } = buildOciSpec(
+      { id, name: id, rootfs: [], process: { args: ['/bin/true'], env: [], cwd: '/', user: '0:0' }, resources: {} },
+      { hardLimits: await readHardLimits(), cgroupsPath: `${parent}/c`, userDb: { passwd: [], group: [] } },
+    );
+    await writeFile(path.join(dir, 'config.json'), JSON.stringify(config));
+    const r = await run(binary, [...rt.globalArgs(), 'run', '--bundle', dir, id], { timeoutMs: 20_000 });
+    if (r.code !== 0) return `${name} cannot run a container here: ${runtimeMessage(r.stderr || r.stdout)}`;
+    return undefined;
+  } catch (e) {
+    return `${name} probe failed: ${(e as Error).message}`;
+  } finally {
+    await run(binary, [...rt.globalArgs(), 'delete', '--force', id]).catch(() => undefined);
+    await removeCgroup(cgroupPaths(layout, `${parent}/c`)).catch(() => undefined);
+    await removeCgroupParentIfEmpty(layout, parent);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** The runtime to use: `preferred` if given (must be usable), else crun where it works, else runc. */
+export async function chooseRuntime(preferred?: RuntimeName | 'auto', opts: ProbeOptions = {}): Promise<RuntimeName> {
+  if (preferred && preferred !== 'auto') {
+    const reason = await probeRuntime(preferred, opts);
+    if (reason) throw new Unavailable(reason, { runtime: preferred });
+    return preferred;
+  }
+  const reasons: string[] = [];
+  for (const n of RUNTIME_NAMES) {
+    const reason = await probeRuntime(n, opts);
+    if (reason === undefined) return n;
+    reasons.push(reason);
+  }
+  throw new Unavailable(`no usable OCI runtime: ${reasons.join('; ')}`);
+}

@@ -1,0 +1,172 @@
+/**
+ * End to end through a real nimbusd process and the nimbus CLI, against a real
+ * docker-registry on loopback and real runc + conmon.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+
+let registry: TestRegistry;
+let d: DaemonProcess;
+let IMAGE: string;
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+interface C { id: string; name: string; status: string; exitCode: number | null; oomKilled: boolean; restartCount: number; pid: number | null }
+
+describe('container engine end to end', { concurrency: false }, () => {
+  before(async () => {
+    registry = await startTestRegistryWithImages();
+    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
+    d = await startDaemonProcess();
+  });
+  after(async () => {
+    await d?.destroy();
+    await registry?.stop();
+  });
+
+  test('pull through the index, list, inspect', async () => {
+    const r = await d.cli(['image', 'pull', IMAGE]);
+    assert.equal(r.code, 0, r.stderr);
+    const ls = await d.cli(['image', 'ls', '--output', 'json']);
+    const images = JSON.parse(ls.stdout) as { digest: string; tags: string[]; layers: unknown[] }[];
+    const img = images.find((i) => i.tags.includes(IMAGE));
+    assert.ok(img, `image list has ${IMAGE}: ${ls.stdout}`);
+    assert.ok(img.layers.length >= 3, 'several layers');
+    const inspect = await d.api<{ indexDigest: string | null }>('GET', `/images/${encodeURIComponent(IMAGE)}`);
+    assert.equal(inspect.status, 200);
+    assert.ok(inspect.body.indexDigest, 'pulled through an image index');
+  });
+
+  test('run streams output and returns the exit code; whiteouts and opaque dirs applied', async () => {
+    let r = await d.cli(['run', '--rm', IMAGE, 'echo', 'hello from nimbus']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'hello from nimbus\n');
+    r = await d.cli(['run', '--rm', IMAGE, 'sh', '-c', 'echo to-stderr >&2; exit 3']);
+    assert.equal(r.code, 3);
+    assert.match(r.stderr, /to-stderr/);
+    r = await d.cli(['run', '--rm', IMAGE, 'sh', '-c', 'test ! -e /data/removed.txt && ls /data/opaque && cat /etc/nimbus-release']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.doesNotMatch(r.stdout, /old/, 'opaque dir hides lower content');
+    const all = await d.api<C[]>('GET', '/containers?all=true');
+    assert.equal(all.body.length, 0, '--rm removed every container');
+  });
+
+  test('detached lifecycle: ps, exec, logs, stats, pause, unpause, stop, start, rm', async () => {
+    let r = await d.cli(['run', '-d', '--name', 'life', '--memory', '64m', '--cpus', '0.5', '--pids-limit', '50', IMAGE, 'sh', '-c', 'echo started; exec sleep 600']);
+    assert.equal(r.code, 0, r.stderr);
+    const id = r.stdout.trim();
+    assert.match(id, /^[0-9a-f]{64}$/);
+    r = await d.cli(['ps', '-q']);
+    assert.ok(r.stdout.includes(id.slice(0, 12)));
+    r = await d.cli(['exec', 'life', 'sh', '-c', 'echo in-container; exit 5']);
+    assert.equal(r.code, 5);
+    assert.equal(r.stdout, 'in-container\n');
+    await waitFor('log line', async () => ((await d.cli(['logs', 'life'])).stdout.includes('started') ? true : undefined));
+    const stats = await d.api<{ memoryBytes: number; memoryLimitBytes?: number; pids: number }>('GET', '/containers/life/stats');
+    assert.equal(stats.status, 200);
+    assert.ok(stats.body.memoryBytes > 0);
+    assert.equal(stats.body.memoryLimitBytes, 64 * 1024 * 1024);
+    assert.ok(stats.body.pids >= 1);
+    assert.equal((await d.cli(['pause', 'life'])).code, 0);
+    assert.equal((await d.api<C>('GET', '/containers/life')).body.status, 'paused');
+    assert.equal((await d.cli(['unpause', 'life'])).code, 0);
+    assert.equal((await d.api<C>('GET', '/containers/life')).body.status, 'running');
+    r = await d.cli(['rm', 'life']);
+    assert.notEqual(r.code, 0, 'rm of a running container is refused');
+    assert.match(r.stderr, /stop it first|--force/);
+    r = await d.cli(['stop', '-t', '1', 'life']);
+    assert.equal(r.code, 0, r.stderr);
+    const stopped = (await d.api<C>('GET', '/containers/life')).body;
+    assert.equal(stopped.status, 'exited');
+    assert.equal(stopped.exitCode, 137, 'sleep ignores SIGTERM as pid 1, so SIGKILL after the grace period');
+    assert.equal((await d.cli(['start', 'life'])).code, 0);
+    assert.equal((await d.api<C>('GET', '/containers/life')).body.status, 'running');
+    assert.equal((await d.cli(['rm', '-f', 'life'])).code, 0);
+    assert.equal((await d.api('GET', '/containers/life')).status, 404);
+  });
+
+  test('memory limit: the OOM killer ends the process, inspect says OOMKilled and 137', async () => {
+    const r = await d.cli(['run', '--name', 'oom', '--memory', '16m', IMAGE, 'sh', '-c', 'x=a; while true; do x="$x$x"; done']);
+    assert.equal(r.code, 137, r.stderr);
+    const c = (await d.api<C>('GET', '/containers/oom')).body;
+    assert.equal(c.exitCode, 137);
+    assert.equal(c.oomKilled, true);
+    await d.cli(['rm', 'oom']);
+  });
+
+  test('restart policy on-failure:2 restarts twice then leaves it exited', async () => {
+    const r = await d.cli(['run', '-d', '--name', 'flaky', '--restart', 'on-failure:2', IMAGE, 'sh', '-c', 'exit 4']);
+    assert.equal(r.code, 0, r.stderr);
+    const c = await waitFor('two restarts', async () => {
+      const x = (await d.api<C>('GET', '/containers/flaky')).body;
+      return x.restartCount === 2 && x.status === 'exited' ? x : undefined;
+    });
+    assert.equal(c.exitCode, 4);
+    await d.cli(['rm', 'flaky']);
+  });
+
+  test('errors are typed and clear', async () => {
+    let r = await d.api<{ error: { code: string; message: string } }>('GET', '/containers/does-not-exist');
+    assert.equal(r.status, 404);
+    assert.equal(r.body.error.code, 'NotFound');
+    r = await d.api('POST', '/containers', { image: IMAGE, memoryBytes: 'lots' });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error.code, 'InvalidArgument');
+    const run = await d.cli(['run', '--rm', `${registry.host}/nimbus-test/nope:latest`, 'true']);
+    assert.notEqual(run.code, 0);
+    assert.match(run.stderr, /not ?found|unknown/i);
+    const img = await d.cli(['run', '-d', '--name', 'holder', IMAGE, 'sleep', '600']);
+    assert.equal(img.code, 0);
+    r = await d.api('DELETE', `/images/${encodeURIComponent(IMAGE)}`);
+    assert.equal(r.status, 409, 'an image in use is not removed');
+    await d.cli(['rm', '-f', 'holder']);
+  });
+
+  test('openapi and events', async () => {
+    const doc = await d.api<{ openapi: string; paths: Record<string, unknown> }>('GET', '/openapi.json');
+    assert.equal(doc.body.openapi, '3.0.3');
+    assert.ok(doc.body.paths['/containers/{id}/exec']);
+    const ops = await d.api<{ kind: string; status: string }[]>('GET', '/operations');
+    assert.ok(ops.body.some((o) => o.kind === 'image.pull' && o.status === 'succeeded'));
+  });
+
+  test('containers survive kill -9 of nimbusd: still running, logs and exit codes kept; orphans reconciled', async () => {
+    let r = await d.cli(['run', '-d', '--name', 'survivor', IMAGE, 'sh', '-c', 'echo before; sleep 600']);
+    assert.equal(r.code, 0, r.stderr);
+    r = await d.cli(['run', '-d', '--name', 'quitter', IMAGE, 'sh', '-c', 'echo going; sleep 2; echo gone; exit 7']);
+    assert.equal(r.code, 0, r.stderr);
+    const before = (await d.api<C>('GET', '/containers/survivor')).body;
+    await waitFor('survivor log', async () => ((await d.cli(['logs', 'survivor'])).stdout.includes('before') ? true : undefined));
+
+    await d.kill('SIGKILL');
+    await new Promise((res) => setTimeout(res, 3000)); // quitter exits while nobody watches
+    assert.ok(before.pid && existsSync(`/proc/${before.pid}`), 'the container process outlived the daemon');
+    await d.restart();
+
+    const survivor = (await d.api<C>('GET', '/containers/survivor')).body;
+    assert.equal(survivor.status, 'running');
+    assert.equal((await d.cli(['logs', 'survivor'])).stdout, 'before\n');
+    const quitter = await waitFor('quitter exit recorded', async () => {
+      const q = (await d.api<C>('GET', '/containers/quitter')).body;
+      return q.status === 'exited' ? q : undefined;
+    });
+    assert.equal(quitter.exitCode, 7);
+    assert.equal((await d.cli(['logs', 'quitter'])).stdout, 'going\ngone\n');
+    assert.equal((await d.cli(['rm', '-f', 'survivor', 'quitter'])).code, 0);
+    const left = readdirSync(join(d.home, 'containers')).filter((n) => /^[0-9a-f]{64}$/.test(n));
+    assert.deepEqual(left, [], 'no container state left on the host');
+  });
+});
+
