@@ -67,9 +67,10 @@ export const containerRoutes = [
   }),
   route({
     method: 'POST', path: '/containers/{id}/wait', operationId: 'waitContainer', tag: 'containers', access: 'read',
-    summary: 'Block until the container is not running; returns its exit code', params: IdParam,
+    summary: 'Block until the container is not running (or removed); returns its exit code', params: IdParam,
+    query: Type.Object({ condition: Type.Union([Type.Literal('not-running'), Type.Literal('removed')], { default: 'not-running' }) }),
     response: Type.Object({ exitCode: Type.Integer(), oomKilled: Type.Boolean() }),
-    handler: ({ params, services, signal }) => services.containers.wait(params.id, signal),
+    handler: ({ params, query, services, signal }) => services.containers.wait(params.id, query.condition, signal),
   }),
   route({
     method: 'GET', path: '/containers/{id}/logs', operationId: 'containerLogs', tag: 'containers', access: 'read',

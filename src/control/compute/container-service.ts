@@ -209,20 +209,22 @@ export class ContainerService {
     });
   }
 
-  /** Resolves once the container is not running (Docker's "not-running" wait condition). */
-  async wait(idOrName: string, signal?: AbortSignal): Promise<{ exitCode: number; oomKilled: boolean }> {
+  /**
+   * Docker's wait conditions: "not-running" resolves once the container has
+   * exited; "removed" once it is also gone (what `run --rm` waits for).
+   */
+  async wait(idOrName: string, condition: 'not-running' | 'removed' = 'not-running', signal?: AbortSignal): Promise<{ exitCode: number; oomKilled: boolean }> {
     const c = this.get(idOrName);
-    const done = (r: ContainerRecord | undefined) =>
-      !r || r.status === 'exited' || r.status === 'dead' || (r.status === 'created' && r.exitCode !== null);
-    const settled = (r: ContainerRecord | undefined) => ({ exitCode: r?.exitCode ?? -1, oomKilled: r?.oomKilled ?? false });
-    const current = this.store.containers.get(c.id);
-    if (done(current) && current?.status !== 'created') return settled(current);
+    let last: { exitCode: number; oomKilled: boolean } | undefined;
+    const settled = (r: ContainerRecord) => ({ exitCode: r.exitCode ?? -1, oomKilled: r.oomKilled });
     return new Promise((resolve, reject) => {
       const check = () => {
         const r = this.store.containers.get(c.id);
-        if (!r || r.status === 'exited' || r.status === 'dead') {
+        if (r && (r.status === 'exited' || r.status === 'dead')) last = settled(r);
+        const done = condition === 'removed' ? !r : !r || r.status === 'exited' || r.status === 'dead';
+        if (done) {
           off();
-          resolve(settled(r));
+          resolve(last ?? (r ? settled(r) : { exitCode: -1, oomKilled: false }));
         }
       };
       const off = this.events.on((e) => {
