@@ -141,6 +141,10 @@ export function instanceDriverConformance(name: string, setupFn: () => Promise<C
       assert.equal((await d.state(id)).status, 'running');
       // pausing twice / unpausing a running one is a state conflict
       await assert.rejects(d.unpause(id), (e) => hasCode(e, 'Conflict'));
+      // a paused instance can be deleted outright
+      await d.pause(id);
+      await d.delete(id);
+      assert.ok(!(await d.list()).includes(id));
     });
 
     test('exec propagates output and exit code', async () => {

@@ -130,10 +130,8 @@ const runcReason = await probeRuntime('runc');
 if (runcReason) {
   test('container driver (runc unusable here)', (t) => t.skip(runcReason));
 } else {
-  let shared: Env | undefined;
   instanceDriverConformance('container/runc', async () => {
     const env = await makeEnv('conf');
-    shared = env;
     return {
       driver: env.driver,
       makeSpec: env.make,
@@ -141,7 +139,6 @@ if (runcReason) {
       teardown: env.teardown,
     };
   });
-  void shared;
 
   describe('container driver specifics (runc)', () => {
     let env: Env;

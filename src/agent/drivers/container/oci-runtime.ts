@@ -4,7 +4,7 @@
  * other user of runc on the host. Errors are mapped to typed errors once, here.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, constants, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { access, constants, copyFile, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
@@ -95,9 +95,29 @@ export class OciRuntime {
     return r.stdout;
   }
 
+  /**
+   * `create` without a monitor. The container inherits the runtime's stdio, so
+   * (unlike the other verbs) its stdout/stderr cannot be pipes we wait on: stdin
+   * and stdout are /dev/null and stderr is a file we read the runtime's error from
+   * (the container keeps it as its stderr). The driver uses conmon instead.
+   */
   async create(id: string, bundle: string, pidFile: string): Promise<void> {
     await mkdir(this.root, { recursive: true, mode: 0o700 });
-    await this.call('create', id, ['create', '--bundle', bundle, '--pid-file', pidFile, id]);
+    const errFile = path.join(this.root, `.create-${id}-${process.pid}.err`);
+    const fh = await open(errFile, 'w+');
+    try {
+      const child = spawn(this.binary, [...this.globalArgs(), 'create', '--bundle', bundle, '--pid-file', pidFile, id], {
+        stdio: ['ignore', 'ignore', fh.fd],
+      });
+      const code = await new Promise<number>((resolve, reject) => {
+        child.on('error', reject);
+        child.on('exit', (c, sig) => resolve(c ?? 128 + (sig ? 9 : 0)));
+      });
+      if (code !== 0) throw mapRuntimeError(this.name, 'create', id, await readFile(errFile, 'utf8'), code);
+    } finally {
+      await fh.close();
+      await rm(errFile, { force: true });
+    }
   }
   async start(id: string): Promise<void> {
     await this.call('start', id, ['start', id]);
