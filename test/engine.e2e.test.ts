@@ -7,7 +7,10 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { imageArchives, pushTamperedImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { mkdtempSync, rmSync, readFileSync as readFile } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 
 let registry: TestRegistry;
 let d: DaemonProcess;
@@ -134,6 +137,45 @@ describe('container engine end to end', { concurrency: false }, () => {
     await d.cli(['rm', '-f', 'holder']);
   });
 
+
+  test('a tampered layer is refused with DataLoss and nothing is half-stored', async () => {
+    await pushTamperedImage(registry);
+    const blobsBefore = readdirSync(join(d.home, 'content/blobs/sha256')).length;
+    const r = await d.cli(['image', 'pull', `${registry.host}/nimbus-test/tampered:latest`]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /DataLoss: .*digest mismatch/);
+    const after = readdirSync(join(d.home, 'content/blobs/sha256')).length;
+    assert.ok(after - blobsBefore <= 2, 'only the manifest and config were stored, never the bad layer');
+    assert.deepEqual(readdirSync(join(d.home, 'content/ingest')), [], 'no partial download left');
+    const ls = JSON.parse((await d.cli(['image', 'ls', '-o', 'json'])).stdout) as { tags: string[] }[];
+    assert.ok(!ls.some((i) => i.tags.some((t) => t.includes('tampered'))), 'no image recorded');
+  });
+
+  test('import an OCI layout tar and a docker save tar, run from them, then rm and prune collect the garbage', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'nimbus-archives-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const { ociLayout, dockerSave } = await imageArchives(registry.image, dir);
+    let r = await d.cli(['image', 'import', ociLayout]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /docker\.io\/imported\/busybox:oci/);
+    r = await d.cli(['image', 'import', dockerSave]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /imported\/saved:v1/);
+    r = await d.cli(['run', '--rm', 'imported/saved:v1', 'cat', '/etc/nimbus-release']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'nimbus test image 1\n');
+    r = await d.cli(['run', '--rm', 'imported/busybox:oci', 'true']);
+    assert.equal(r.code, 0, r.stderr);
+
+    const blobs = () => readdirSync(join(d.home, 'content/blobs/sha256')).length;
+    const before = blobs();
+    assert.equal((await d.cli(['image', 'rm', 'imported/saved:v1'])).code, 0);
+    assert.ok(blobs() < before, 'removing the last reference collects its unshared blobs');
+    assert.equal((await d.cli(['image', 'rm', 'imported/busybox:oci'])).code, 0);
+    r = await d.cli(['image', 'prune', '-a']);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
   test('openapi and events', async () => {
     const doc = await d.api<{ openapi: string; paths: Record<string, unknown> }>('GET', '/openapi.json');
     assert.equal(doc.body.openapi, '3.0.3');
@@ -165,8 +207,20 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.equal(quitter.exitCode, 7);
     assert.equal((await d.cli(['logs', 'quitter'])).stdout, 'going\ngone\n');
     assert.equal((await d.cli(['rm', '-f', 'survivor', 'quitter'])).code, 0);
-    const left = readdirSync(join(d.home, 'containers')).filter((n) => /^[0-9a-f]{64}$/.test(n));
+    const left = readdirSync(join(d.home, 'containers/containers')).filter((n) => /^[0-9a-f]{64}$/.test(n));
     assert.deepEqual(left, [], 'no container state left on the host');
   });
-});
 
+  test('reconciliation on start removes container state the store does not know', async () => {
+    const r = await d.cli(['run', '-d', '--name', 'orphan', IMAGE, 'sleep', '600']);
+    assert.equal(r.code, 0, r.stderr);
+    const id = r.stdout.trim();
+    await d.kill('SIGKILL');
+    execFileSync('sqlite3', [join(d.home, 'nimbus.db'), `DELETE FROM containers WHERE id = '${id}'`]);
+    await d.restart();
+    await waitFor('orphan removed', async () => (readdirSync(join(d.home, 'containers/containers')).includes(id) ? undefined : true));
+    const mounts = readFile('/proc/self/mountinfo', 'utf8');
+    assert.ok(!mounts.includes(id), 'its rootfs is unmounted');
+    assert.equal((await d.api('GET', '/containers/orphan')).status, 404);
+  });
+});

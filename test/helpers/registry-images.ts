@@ -210,3 +210,56 @@ export async function startTestRegistryWithImages(): Promise<TestRegistry> {
     throw e;
   }
 }
+
+/** A one-layer image whose layer is corrupted in the registry's storage after the push (same size, one byte flipped). */
+export async function pushTamperedImage(reg: TestRegistry, repo = 'nimbus-test/tampered'): Promise<void> {
+  const { randomBytes } = await import('node:crypto');
+  const raw = await makeTar([{ name: 'payload.bin', type: 'file', content: randomBytes(4096) }]);
+  const layer = blob(gzipSync(raw), 'application/vnd.oci.image.layer.v1.tar+gzip');
+  const config = blob(Buffer.from(JSON.stringify({
+    architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] },
+    rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(raw).digest('hex')}`] },
+  })), 'application/vnd.oci.image.config.v1+json');
+  const manifest = blob(Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
+    layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
+  })), 'application/vnd.oci.image.manifest.v1+json');
+  await pushBlob(reg.host, repo, config);
+  await pushBlob(reg.host, repo, layer);
+  await pushManifest(reg.host, repo, 'latest', manifest);
+  const hex = layer.digest.slice(7);
+  const file = join(reg.dataDir, 'data/docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+  const bytes = readFileSync(file);
+  bytes[bytes.length - 10] = bytes[bytes.length - 10]! ^ 0xff;
+  writeFileSync(file, bytes);
+}
+
+/** The test image as an OCI image-layout tar and as a `docker save` tar (uncompressed layers). */
+export async function imageArchives(img: TestImage, dir: string): Promise<{ ociLayout: string; dockerSave: string }> {
+  const { gunzipSync } = await import('node:zlib');
+  const blobEntry = (b: Blob): Entry => ({ name: `blobs/sha256/${b.digest.slice(7)}`, type: 'file', content: b.data });
+  const index = {
+    schemaVersion: 2,
+    manifests: [{
+      mediaType: img.manifest.mediaType, digest: img.manifest.digest, size: img.manifest.size,
+      annotations: { 'io.containerd.image.name': 'docker.io/imported/busybox:oci', 'org.opencontainers.image.ref.name': 'oci' },
+    }],
+  };
+  const oci = await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: JSON.stringify(index) },
+    ...[img.config, img.manifest, ...img.layers].map(blobEntry),
+  ]);
+  const raw = img.layers.map((l) => gunzipSync(l.data));
+  const save = await makeTar([
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: 'config.json', RepoTags: ['imported/saved:v1'], Layers: raw.map((_, i) => `l${i}/layer.tar`) }]) },
+    { name: 'config.json', type: 'file', content: img.config.data },
+    ...raw.map((r, i): Entry => ({ name: `l${i}/layer.tar`, type: 'file', content: r })),
+  ]);
+  const ociLayout = join(dir, 'oci-layout.tar');
+  const dockerSave = join(dir, 'docker-save.tar');
+  writeFileSync(ociLayout, oci);
+  writeFileSync(dockerSave, save);
+  return { ociLayout, dockerSave };
+}

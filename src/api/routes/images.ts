@@ -36,7 +36,7 @@ export const imageRoutes = [
   route({
     method: 'POST', path: '/images/import', operationId: 'importImage', tag: 'images', access: 'write',
     summary: 'Import an OCI image-layout tar or a `docker save` tar (request body is the tar)',
-    rawBody: 'application/x-tar', response: Type.Array(Image), status: 201,
+    rawBody: 'application/x-tar', response: Type.Array(Type.Object({ name: Type.Union([Type.String(), Type.Null()]), image: Image })), status: 201,
     handler: async ({ services, req }) => {
       await mkdir(services.options.tmpDir, { recursive: true });
       const file = join(services.options.tmpDir, `import-${newId().slice(0, 16)}.tar`);

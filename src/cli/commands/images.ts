@@ -126,9 +126,9 @@ export const imageCommands: CommandSpec[] = [
       } catch {
         throw new UsageError(`cannot read ${file}`);
       }
-      const imgs = await clientOf(global).upload<Image[]>('/images/import', createReadStream(file), 'application/x-tar');
+      const imgs = await clientOf(global).upload<{ name: string | null; image: Image }[]>('/images/import', createReadStream(file), 'application/x-tar');
       if (global.output === 'json') return printJson(imgs), 0;
-      for (const i of imgs) process.stdout.write(`Loaded image: ${i.tags[0] ?? i.id}\n`);
+      for (const i of imgs) process.stdout.write(i.name ? `Loaded image: ${i.name}\n` : `Loaded image ID: ${i.image.id}\n`);
       return 0;
     },
   },

@@ -107,11 +107,12 @@ export class ImageService {
     });
   }
 
-  async importArchive(path: string, projectId: string): Promise<ImageView[]> {
+  /** Each image found in the archive, with the name it was tagged as (null when the archive names none). */
+  async importArchive(path: string, projectId: string): Promise<{ name: string | null; image: ImageView }[]> {
     const imgs = await this.agent.importImages(path);
     return imgs.map((img) => {
       const tagName = img.reference ? this.normalize(img.reference) : undefined;
-      return this.view(this.record(img, projectId, tagName));
+      return { name: tagName ?? null, image: this.view(this.record(img, projectId, tagName)) };
     });
   }
 
