@@ -61,7 +61,7 @@ test('sizes and restart policies', () => {
 });
 
 test('tables align and statuses read like docker', () => {
-  assert.equal(table(['A', 'LONGER'], [['xx', 'y'], ['z', 'w']]), 'A     LONGER\nxx    y\nz     w\n');
+  assert.equal(table(['A', 'LONGER'], [['xx', 'y'], ['z', 'w']]), 'A    LONGER\nxx   y\nz    w\n', 'three spaces between columns');
   assert.equal(humanSize(1053221), '1.05MB');
   const now = Date.parse('2026-01-01T00:10:00Z');
   assert.equal(statusText({ status: 'running', exitCode: null, startedAt: '2026-01-01T00:08:00Z', finishedAt: null, createdAt: '' }, now), 'Up 2 minutes');
