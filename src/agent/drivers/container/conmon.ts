@@ -251,6 +251,8 @@ export interface FollowOptions {
   signal?: AbortSignal;
   /** Resolves true once the container has exited (then the log is drained and following stops). */
   isExited?: () => Promise<boolean>;
+  /** Subscribe to the container's exit so following stops at once, not at the next poll; returns an unsubscribe. */
+  onExit?: (wake: () => void) => () => void;
   pollMs?: number;
 }
 
@@ -307,6 +309,7 @@ export async function* readK8sLog(file: string, opts: FollowOptions = {}): Async
     watcher = undefined; // polling only
   }
   signal?.addEventListener('abort', poke);
+  const offExit = opts.onExit?.(poke);
   try {
     while (!signal?.aborted) {
       const recs = await readMore();
@@ -325,6 +328,7 @@ export async function* readK8sLog(file: string, opts: FollowOptions = {}): Async
       }
     }
   } finally {
+    offExit?.();
     signal?.removeEventListener('abort', poke);
     watcher?.close();
   }

@@ -409,6 +409,16 @@ export class ContainerDriver implements InstanceDriver {
       yield* readK8sLog(self.logPath(id), {
         ...opts,
         isExited: async () => (await exists(self.exitFile(id))) || !(await exists(dir)),
+        onExit: (wake) => {
+          const listener = (exited: string) => {
+            if (exited === id) wake();
+          };
+          self.listeners.push(listener);
+          return () => {
+            const i = self.listeners.indexOf(listener);
+            if (i !== -1) self.listeners.splice(i, 1);
+          };
+        },
       });
     })();
   }
