@@ -52,6 +52,8 @@ export class LocalAgent implements Agent {
   /** Serialises unpacking of one chain id so concurrent pulls share the work. */
   private readonly chainLocks = new Map<string, Promise<void>>();
   private activePulls = 0;
+  /** Created here and not started yet: start() can skip asking the runtime for its state. */
+  private readonly neverStarted = new Set<string>();
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -336,10 +338,13 @@ export class LocalAgent implements Agent {
       mounts = await this.snapshotter.mounts(req.id);
     }
     const state = await this.containers.create(await this.specFor(req, mounts));
+    this.neverStarted.add(req.id);
     return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
   }
 
   async startContainer(id: string): Promise<RuntimeState> {
+    // A container created by this agent and never started needs no state check: start it.
+    if (this.neverStarted.delete(id)) return this.containers.start(id);
     const st = await this.containers.state(id).catch((e: unknown) => {
       if (hasCode(e, 'NotFound')) return { status: 'unknown' } as RuntimeState;
       throw e;
@@ -381,6 +386,7 @@ export class LocalAgent implements Agent {
   }
 
   async removeContainer(id: string): Promise<void> {
+    this.neverStarted.delete(id);
     await this.containers.delete(id);
     try {
       await this.snapshotter.remove(id);

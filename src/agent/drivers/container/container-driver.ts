@@ -259,7 +259,10 @@ export class ContainerDriver implements InstanceDriver {
     await this.runtime(meta.runtime, meta.runtimePath).start(id);
     meta.startedAt = new Date().toISOString();
     await this.saveMeta(meta);
-    return this.state(id);
+    // `runc start` succeeded, so the process is running (or already exited): no second runtime call.
+    const rec = await this.exitRecord(id, meta);
+    if (rec) return { status: 'stopped', exitCode: rec.exitCode, oomKilled: rec.oomKilled, finishedAt: rec.finishedAt, startedAt: meta.startedAt };
+    return { status: 'running', startedAt: meta.startedAt, ...(meta.pid ? { pid: meta.pid } : {}) };
   }
 
   async kill(id: string, signal: string): Promise<void> {
