@@ -131,6 +131,10 @@ export class LocalAgent implements Agent {
         });
       };
       report('resolving');
+      // Unpack while downloading: layer i is applied as soon as its blob is in and layer i-1 is done.
+      const ready: { promise: Promise<void>; resolve: () => void }[] = [];
+      let unpacking: Promise<void> | undefined;
+      let pullFailed = false;
       const pulled = await pullImage(ref, {
         store: this.content,
         insecureRegistries: opts.insecureRegistries ?? [],
@@ -140,8 +144,32 @@ export class LocalAgent implements Agent {
           layerState.set(ev.digest, { digest: ev.digest, status: ev.status, bytesDone: ev.bytesDone, bytesTotal: ev.bytesTotal });
           report('downloading');
         },
+        onConfig: (config, layers) => {
+          const diffIds = config.rootfs?.diff_ids ?? [];
+          if (diffIds.length !== layers.length) return; // unpack() below reports it
+          for (let i = 0; i < layers.length; i++) {
+            let resolve!: () => void;
+            ready.push({ promise: new Promise<void>((r) => (resolve = r)), resolve });
+          }
+          const chains = chainIds(diffIds);
+          unpacking = (async () => {
+            for (let i = 0; i < layers.length; i++) {
+              await ready[i]!.promise;
+              if (pullFailed) return;
+              await this.unpackLayer(layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined);
+            }
+          })();
+          unpacking.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+        },
+        onLayerReady: (index) => ready[index]?.resolve(),
+      }).catch(async (e: unknown) => {
+        pullFailed = true;
+        for (const r of ready) r.resolve();
+        await unpacking?.catch(() => undefined);
+        throw e;
       });
       report('unpacking');
+      await unpacking;
       const img = await this.unpack({
         manifestDigest: pulled.manifestDigest,
         ...(pulled.indexDigest ? { indexDigest: pulled.indexDigest } : {}),

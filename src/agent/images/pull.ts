@@ -24,6 +24,10 @@ export interface PullOptions extends RegistryClientOptions {
   platform?: { os: string; architecture: string };
   concurrency?: number;
   onProgress?: (p: LayerProgress) => void;
+  /** Called once the config is known, before any layer is fetched (lets the caller start unpacking early). */
+  onConfig?: (config: PulledImage['config'], layers: Descriptor[]) => void;
+  /** Called as each layer blob is complete in the content store (in completion order). */
+  onLayerReady?: (index: number, layer: Descriptor) => void;
 }
 
 export interface PulledImage {
@@ -116,10 +120,14 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   const configBuf = await opts.store.readBlob(manifest.config.digest);
   const config = JSON.parse(configBuf.toString('utf8')) as PulledImage['config'];
 
+  opts.onConfig?.(config, manifest.layers);
   for (const l of manifest.layers) opts.onProgress?.({ digest: l.digest, bytesDone: 0, bytesTotal: l.size, status: 'waiting' });
-  const queue = [...manifest.layers];
+  const queue = manifest.layers.map((layer, index) => ({ layer, index }));
   const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, queue.length) }, async () => {
-    for (let next = queue.shift(); next; next = queue.shift()) await download(next, true);
+    for (let next = queue.shift(); next; next = queue.shift()) {
+      await download(next.layer, true);
+      opts.onLayerReady?.(next.index, next.layer);
+    }
   });
   await Promise.all(workers);
 
