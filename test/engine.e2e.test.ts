@@ -100,6 +100,17 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.equal((await d.api('GET', '/containers/life')).status, 404);
   });
 
+  test('stop sends the configured stop signal first', async () => {
+    const r = await d.cli(['run', '-d', '--name', 'trapper', '--stop-signal', 'SIGUSR1', IMAGE, 'sh', '-c', 'trap "echo got usr1; exit 0" USR1; echo ready; while true; do sleep 0.1; done']);
+    assert.equal(r.code, 0, r.stderr);
+    await waitFor('ready', async () => ((await d.cli(['logs', 'trapper'])).stdout.includes('ready') ? true : undefined));
+    assert.equal((await d.cli(['stop', '-t', '10', 'trapper'])).code, 0);
+    const c = (await d.api<C>('GET', '/containers/trapper')).body;
+    assert.equal(c.exitCode, 0, 'the trap ran: it exited by itself, not by SIGKILL');
+    assert.match((await d.cli(['logs', 'trapper'])).stdout, /got usr1/);
+    await d.cli(['rm', 'trapper']);
+  });
+
   test('memory limit: the OOM killer ends the process, inspect says OOMKilled and 137', async () => {
     const r = await d.cli(['run', '--name', 'oom', '--memory', '16m', IMAGE, 'sh', '-c', 'x=a; while true; do x="$x$x"; done']);
     assert.equal(r.code, 137, r.stderr);

@@ -388,8 +388,8 @@ export class LocalAgent implements Agent {
     return this.containers.start(id);
   }
 
-  stopContainer(id: string, timeoutSec: number) {
-    return this.containers.stop(id, timeoutSec);
+  stopContainer(id: string, timeoutSec: number, signal?: string) {
+    return this.containers.stop(id, timeoutSec, signal);
   }
   killContainer(id: string, signal: string) {
     return this.containers.kill(id, signal);

@@ -84,8 +84,8 @@ export interface InstanceDriver {
   create(spec: InstanceSpec): Promise<RuntimeState>;
   start(id: string): Promise<RuntimeState>;
   kill(id: string, signal: string): Promise<void>;
-  /** Signal, wait up to timeoutSec, then SIGKILL. Resolves when stopped. */
-  stop(id: string, timeoutSec: number): Promise<RuntimeState>;
+  /** The stop signal (default SIGTERM), wait up to timeoutSec, then SIGKILL. Resolves when stopped. */
+  stop(id: string, timeoutSec: number, signal?: string): Promise<RuntimeState>;
   pause(id: string): Promise<void>;
   unpause(id: string): Promise<void>;
   state(id: string): Promise<RuntimeState>;

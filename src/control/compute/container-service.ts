@@ -142,7 +142,8 @@ export class ContainerService {
       if (cur.status !== 'running' && cur.status !== 'paused' && cur.status !== 'restarting') return cur;
       cur = this.store.containers.update(c.id, { stoppedByUser: true });
       const t = timeoutSec ?? cur.config.stopTimeout ?? 10;
-      await this.agent.stopContainer(c.id, t, cur.config.stopSignal);
+      const imageSignal = this.store.images.get(cur.imageDigest)?.config.config?.StopSignal;
+      await this.agent.stopContainer(c.id, t, cur.config.stopSignal ?? imageSignal);
       return this.recordExit(c.id, await this.agent.containerState(c.id));
     });
   }

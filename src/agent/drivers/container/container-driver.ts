@@ -271,7 +271,7 @@ export class ContainerDriver implements InstanceDriver {
     await this.runtime(meta.runtime, meta.runtimePath).kill(id, signal);
   }
 
-  async stop(id: string, timeoutSec: number): Promise<RuntimeState> {
+  async stop(id: string, timeoutSec: number, signal = 'SIGTERM'): Promise<RuntimeState> {
     const meta = await this.meta(id);
     const rt = this.runtime(meta.runtime, meta.runtimePath);
     let st = await this.state(id);
@@ -279,7 +279,7 @@ export class ContainerDriver implements InstanceDriver {
     const tolerate = (e: unknown) => {
       if (!hasCode(e, 'Conflict') && !hasCode(e, 'NotFound')) throw e;
     };
-    await rt.kill(id, 'SIGTERM').catch(tolerate);
+    await rt.kill(id, signal).catch(tolerate);
     if (st.status === 'paused') await rt.resume(id).catch(tolerate);
     if (!(await this.waitExit(id, timeoutSec * 1000))) {
       await rt.kill(id, 'SIGKILL').catch(tolerate);
