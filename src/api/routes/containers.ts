@@ -2,6 +2,8 @@ import { Type } from '@sinclair/typebox';
 import { route, stream } from '../route.js';
 import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Stats } from '../schemas.js';
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
+import type { ExecSession } from '../../agent/drivers/instance-driver.js';
+import { AsyncQueue } from '../../core/async-queue.js';
 
 const Signal = Type.Object({ signal: Type.String({ default: 'SIGKILL' }) });
 const Timeout = Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds before SIGKILL' })) });
@@ -105,34 +107,24 @@ export const containerRoutes = [
 ];
 
 /** Interleave stdout/stderr chunks as frames, then a final exit frame. */
-async function* execFrames(session: import('../../agent/drivers/instance-driver.js').ExecSession): AsyncGenerator<unknown> {
-  const queue: unknown[] = [];
-  let wake: (() => void) | undefined;
+function execFrames(session: ExecSession): AsyncIterable<unknown> {
+  const queue = new AsyncQueue<unknown>();
   let open = 2;
-  const pump = (name: 'stdout' | 'stderr', s: NodeJS.ReadableStream) => {
-    s.on('data', (b: Buffer) => {
-      queue.push({ stream: name, data: b.toString('base64') });
-      wake?.();
-    });
-    s.on('end', () => {
-      open--;
-      wake?.();
-    });
-    s.on('error', () => {
-      open--;
-      wake?.();
-    });
+  const closed = () => {
+    if (--open === 0) void session.exit.then((exitCode) => queue.push({ exitCode }), () => queue.push({ exitCode: -1 })).finally(() => queue.end());
   };
-  pump('stdout', session.stdout);
-  pump('stderr', session.stderr);
-  while (open > 0 || queue.length) {
-    const next = queue.shift();
-    if (next) {
-      yield next;
-      continue;
-    }
-    await new Promise<void>((r) => (wake = r));
-    wake = undefined;
+  for (const name of ['stdout', 'stderr'] as const) {
+    const s = session[name];
+    let finished = false;
+    const finish = () => {
+      if (!finished) {
+        finished = true;
+        closed();
+      }
+    };
+    s.on('data', (b: Buffer) => queue.push({ stream: name, data: b.toString('base64') }));
+    s.once('end', finish);
+    s.once('error', finish);
   }
-  yield { exitCode: await session.exit };
+  return queue;
 }

@@ -1,3 +1,5 @@
+import { AsyncQueue } from '../../core/async-queue.js';
+
 /**
  * Every state change is an event (Incus /events). Subscribers get a live async
  * iterator; a bounded ring keeps recent history for `since` replays.
@@ -44,34 +46,18 @@ export class EventBus {
   }
 
   /** Live stream, optionally replaying buffered events after `since`. Ends when signal aborts. */
-  async *subscribe(filter: EventFilter, signal: AbortSignal): AsyncGenerator<NimbusEvent> {
-    const queue: NimbusEvent[] = [];
-    let wake: (() => void) | undefined;
-    const off = this.on((e) => {
-      if (EventBus.matches(e, filter)) {
-        queue.push(e);
-        wake?.();
-      }
-    });
-    const onAbort = () => wake?.();
-    signal.addEventListener('abort', onAbort);
-    try {
-      if (filter.since !== undefined) {
-        for (const e of this.ring) if (e.seq > filter.since && EventBus.matches(e, filter)) queue.unshift(e);
-        queue.sort((a, b) => a.seq - b.seq);
-      }
-      while (!signal.aborted) {
-        const next = queue.shift();
-        if (next) {
-          yield next;
-          continue;
-        }
-        await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-      }
-    } finally {
-      off();
-      signal.removeEventListener('abort', onAbort);
+  subscribe(filter: EventFilter, signal: AbortSignal): AsyncIterable<NimbusEvent> {
+    const queue = new AsyncQueue<NimbusEvent>();
+    if (filter.since !== undefined) {
+      for (const e of this.ring) if (e.seq > filter.since && EventBus.matches(e, filter)) queue.push(e);
     }
+    const off = this.on((e) => {
+      if (EventBus.matches(e, filter)) queue.push(e);
+    });
+    signal.addEventListener('abort', () => {
+      off();
+      queue.end();
+    });
+    return queue.drain(signal);
   }
 }
