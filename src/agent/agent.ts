@@ -76,7 +76,8 @@ export interface Agent {
   /** Remove every blob and snapshot not reachable from the given images. */
   garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[] }): Promise<GcResult>;
 
-  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[] }>;
+  /** Returns the runtime chosen ("runc" | "crun") and any adjustments made to the request (e.g. clamped rlimits). */
+  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }>;
   /** Start a created container; a stopped one is first re-created on the same writable layer (Docker semantics). */
   startContainer(id: string): Promise<RuntimeState>;
   stopContainer(id: string, timeoutSec: number, signal?: string): Promise<RuntimeState>;

@@ -350,7 +350,7 @@ export class LocalAgent implements Agent {
     };
   }
 
-  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime?: string }> {
+  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
     if (!(await this.snapshotExists(req.imageChainId))) {
       throw new NotFound(`image layers ${req.imageChainId} are not on this host; pull the image again`);
     }

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { DataLoss, InvalidArgument, NotFound } from '../../core/errors.js';
 import type { ContentStore } from '../content/content-store.js';
 import { LAYER_TYPES, MANIFEST_ACCEPT, MT, isIndex, type Descriptor, type ImageIndex, type ImageManifest } from './media-types.js';
-import { parseReference } from './reference.js';
+import { parseReference } from '../../core/image-reference.js';
 import { RegistryClient, type RegistryClientOptions } from './registry-client.js';
 
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;

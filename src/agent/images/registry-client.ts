@@ -4,7 +4,7 @@
  * insecure registries.
  */
 import { InvalidArgument, NotFound, Unauthenticated, Unavailable, NimbusError } from '../../core/errors.js';
-import { isLoopbackRegistry } from './reference.js';
+import { isLoopbackRegistry } from '../../core/image-reference.js';
 
 export interface RegistryClientOptions {
   insecureRegistries?: readonly string[];

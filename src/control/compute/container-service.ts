@@ -96,7 +96,7 @@ export class ContainerService {
         ...(config.runtime ? { runtime: config.runtime } : {}),
         labels: config.labels,
       });
-      const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: (created as { runtime?: string }).runtime ?? rec.runtime });
+      const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: created.runtime });
       this.publish(updated, 'create', { image: input.image });
       return updated;
     } catch (e) {

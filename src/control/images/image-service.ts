@@ -3,7 +3,7 @@
  * manifests, owned by a project. Bytes and snapshots live on the agent.
  */
 import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
-import { parseReference } from '../../agent/images/reference.js';
+import { parseReference } from '../../core/image-reference.js';
 import type { Agent, AgentImage, PullProgress } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
 import type { ImageRecord } from '../../store/records.js';

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isLoopbackRegistry, parseReference } from './reference.js';
+import { isLoopbackRegistry, parseReference } from './image-reference.js';
 
 test('references normalise like Docker', () => {
   const cases: [string, string, string][] = [

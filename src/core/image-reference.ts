@@ -1,5 +1,5 @@
 /** Image references, normalised as Docker does (docker.io, library/, :latest). */
-import { InvalidArgument } from '../../core/errors.js';
+import { InvalidArgument } from './errors.js';
 
 export const DEFAULT_REGISTRY = 'docker.io';
 
