@@ -2,6 +2,25 @@
 import { request, type IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
 
+async function readText(res: IncomingMessage): Promise<string> {
+  let text = '';
+  for await (const c of res as AsyncIterable<Buffer>) text += c.toString();
+  return text;
+}
+
+/** The body cut at each separator (records of NDJSON, blocks of SSE). */
+async function* records(res: IncomingMessage, separator: string): AsyncGenerator<string> {
+  let buf = '';
+  for await (const c of res as AsyncIterable<Buffer>) {
+    buf += c.toString();
+    let at: number;
+    while ((at = buf.indexOf(separator)) !== -1) {
+      yield buf.slice(0, at);
+      buf = buf.slice(at + separator.length);
+    }
+  }
+}
+
 export class ApiError extends Error {
   constructor(readonly status: number, readonly code: string, message: string) {
     super(message);
@@ -45,8 +64,7 @@ export class ApiClient {
   }
 
   private async fail(res: IncomingMessage): Promise<never> {
-    let text = '';
-    for await (const c of res as AsyncIterable<Buffer>) text += c.toString();
+    const text = await readText(res);
     try {
       const e = (JSON.parse(text) as { error: { code: string; message: string } }).error;
       throw new ApiError(res.statusCode ?? 0, e.code, e.message);
@@ -59,35 +77,25 @@ export class ApiClient {
   async json<T>(method: string, path: string, body?: unknown): Promise<T> {
     const res = await this.send(method, path, body);
     if ((res.statusCode ?? 500) >= 400) return this.fail(res);
-    let text = '';
-    for await (const c of res as AsyncIterable<Buffer>) text += c.toString();
+    const text = await readText(res);
     return (text ? JSON.parse(text) : undefined) as T;
   }
 
   async upload<T>(path: string, stream: Readable, contentType: string): Promise<T> {
     const res = await this.send('POST', path, undefined, { stream, contentType });
     if ((res.statusCode ?? 500) >= 400) return this.fail(res);
-    let text = '';
-    for await (const c of res as AsyncIterable<Buffer>) text += c.toString();
-    return JSON.parse(text) as T;
+    return JSON.parse(await readText(res)) as T;
   }
 
   /** Newline-delimited JSON stream; an in-band {"error":…} line becomes an ApiError. */
   async *ndjson<T>(method: string, path: string, body?: unknown): AsyncGenerator<T> {
     const res = await this.send(method, path, body);
     if ((res.statusCode ?? 500) >= 400) await this.fail(res);
-    let buf = '';
-    for await (const c of res as AsyncIterable<Buffer>) {
-      buf += c.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) !== -1) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (!line.trim()) continue;
-        const v = JSON.parse(line) as T & { error?: { code: string; message: string } };
-        if (v && typeof v === 'object' && 'error' in v && v.error) throw new ApiError(500, v.error.code, v.error.message);
-        yield v as Awaited<T>;
-      }
+    for await (const line of records(res, '\n')) {
+      if (!line.trim()) continue;
+      const v = JSON.parse(line) as T & { error?: { code: string; message: string } };
+      if (v && typeof v === 'object' && 'error' in v && v.error) throw new ApiError(500, v.error.code, v.error.message);
+      yield v as Awaited<T>;
     }
   }
 
@@ -96,17 +104,10 @@ export class ApiClient {
     const res = await this.send('GET', path);
     if ((res.statusCode ?? 500) >= 400) await this.fail(res);
     signal?.addEventListener('abort', () => res.destroy());
-    let buf = '';
     try {
-      for await (const c of res as AsyncIterable<Buffer>) {
-        buf += c.toString();
-        let sep: number;
-        while ((sep = buf.indexOf('\n\n')) !== -1) {
-          const block = buf.slice(0, sep);
-          buf = buf.slice(sep + 2);
-          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
-          if (data) yield JSON.parse(data) as Awaited<T>;
-        }
+      for await (const block of records(res, '\n\n')) {
+        const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+        if (data) yield JSON.parse(data) as Awaited<T>;
       }
     } catch (e) {
       if (!signal?.aborted) throw e;
