@@ -222,6 +222,38 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.deepEqual(left, [], 'no container state left on the host');
   });
 
+  test('quota: container creates are admitted by the ledger, refused past the limit, released on rm, persisted across restarts', async () => {
+    assert.equal((await d.api<C[]>('GET', '/containers?all=true')).body.length, 0, 'starts with no containers');
+    let r = await d.cli(['quota', 'set', 'default', '--instances', '2', '--memory', '256m']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await d.cli(['run', '-d', '--name', 'q1', '--memory', '64m', IMAGE, 'sleep', '600'])).code, 0);
+    assert.equal((await d.cli(['run', '-d', '--name', 'q2', IMAGE, 'sleep', '600'])).code, 0);
+    r = await d.cli(['run', '-d', '--name', 'q3', IMAGE, 'sleep', '600']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /QuotaExceeded: .*instances/);
+    assert.equal((await d.api('GET', '/containers/q3')).status, 404, 'a refused create leaves nothing behind');
+    r = await d.cli(['quota', 'explain', '--instances', '1']);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /rejected/);
+    type View = { resources: Record<string, { hard: number; used: number; free: number }> };
+    let view = JSON.parse((await d.cli(['quota', 'show', '-o', 'json'])).stdout) as View;
+    assert.deepEqual([view.resources.instances!.hard, view.resources.instances!.used, view.resources.instances!.free], [2, 2, 0]);
+    assert.equal(view.resources.memory!.used, 64);
+
+    await d.kill('SIGKILL');
+    await d.restart();
+    view = JSON.parse((await d.cli(['quota', 'show', '-o', 'json'])).stdout) as View;
+    assert.equal(view.resources.instances!.used, 2, 'the ledger survived a kill -9');
+
+    assert.equal((await d.cli(['rm', '-f', 'q1'])).code, 0);
+    r = await d.cli(['run', '-d', '--name', 'q3', IMAGE, 'sleep', '600']);
+    assert.equal(r.code, 0, r.stderr);
+    const audit = JSON.parse((await d.cli(['quota', 'audit', '-o', 'json'])).stdout) as { kind: string }[];
+    for (const kind of ['admit', 'reject', 'release']) assert.ok(audit.some((e) => e.kind === kind), `audit has ${kind}`);
+    assert.equal((await d.cli(['rm', '-f', 'q2', 'q3'])).code, 0);
+    assert.equal((await d.cli(['quota', 'set', 'default', '--instances', '100000', '--memory', '1000000'])).code, 0);
+  });
+
   test('reconciliation on start removes container state the store does not know', async () => {
     const r = await d.cli(['run', '-d', '--name', 'orphan', IMAGE, 'sleep', '600']);
     assert.equal(r.code, 0, r.stderr);

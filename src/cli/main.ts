@@ -9,8 +9,9 @@ import { UsageError, helpText, parseArgs, type CommandSpec, type GlobalOptions }
 import { containerCommands } from './commands/containers.js';
 import { imageCommands } from './commands/images.js';
 import { systemCommands } from './commands/system.js';
+import { quotaCommands } from './commands/quota.js';
 
-export const COMMANDS: CommandSpec[] = [...containerCommands, ...imageCommands, ...systemCommands];
+export const COMMANDS: CommandSpec[] = [...containerCommands, ...imageCommands, ...quotaCommands, ...systemCommands];
 const ALIASES: Record<string, string> = { pull: 'image pull', images: 'image ls', rmi: 'image rm', 'image list': 'image ls', 'image remove': 'image rm', 'operation list': 'operation ls' };
 
 function topHelp(): string {

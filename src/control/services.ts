@@ -6,6 +6,7 @@ import type { ContainerService } from './compute/container-service.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
 import type { OperationService } from './operations/operations.js';
+import type { QuotaService } from './quota/quota-service.js';
 
 export interface Services {
   options: CompiledOptions;
@@ -15,6 +16,7 @@ export interface Services {
   operations: OperationService;
   images: ImageService;
   containers: ContainerService;
+  quota: QuotaService;
   /** The project used when a request names none (tenancy will resolve this from the caller). */
   defaultProjectId: string;
   startedAt: string;

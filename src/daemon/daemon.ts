@@ -16,6 +16,7 @@ import { EventBus } from '../control/events/event-bus.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
+import { QuotaService } from '../control/quota/quota-service.js';
 import type { Services } from '../control/services.js';
 import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
@@ -79,17 +80,20 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const operations = new OperationService(store, events);
   const agent = await LocalAgent.create(options);
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
-  const containers = new ContainerService(store, agent, images, events);
+  const quota = new QuotaService(store);
+  for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
+  const containers = new ContainerService(store, agent, images, events, quota);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, defaultProjectId,
+    options, store, agent, events, operations, images, containers, quota, defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
   state = 'reconciling';
   const interrupted = operations.failInterrupted();
   const rec = await containers.reconcile();
+  const quotaReleased = quota.reconcile(new Set(store.containers.list().map((c) => c.id)));
   const gc = await images.collectGarbage();
-  log.info('reconciled store with host', { ...rec, interruptedOperations: interrupted, ...gc });
+  log.info('reconciled store with host', { ...rec, interruptedOperations: interrupted, quotaReleased, ...gc });
 
   const api = new ApiServer(allRoutes(), services);
   await api.listenUnix(options.socket);

@@ -69,6 +69,13 @@ const MIGRATIONS: string[] = [
     updated_at TEXT NOT NULL
   );
   `,
+  `
+  CREATE TABLE quota_ledger (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  );
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -115,6 +122,18 @@ export class SqliteStore implements Store {
 
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
+  }
+
+  loadQuotaState(): string | undefined {
+    const r = this.db.prepare('SELECT state FROM quota_ledger WHERE id = 1').get() as Row | undefined;
+    return r ? str(r.state) : undefined;
+  }
+
+  saveQuotaState(json: string): void {
+    this.db
+      .prepare(`INSERT INTO quota_ledger (id, state, updated_at) VALUES (1, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at`)
+      .run(json, new Date().toISOString());
   }
 
   close(): void {

@@ -55,5 +55,8 @@ export interface Store {
   readonly operations: OperationRepo;
   /** Runs fn atomically; nested calls join the outer transaction. */
   transaction<T>(fn: () => T): T;
+  /** The quota ledger's state (JSON), kept whole for now; per-row tables come with PostgreSQL. */
+  loadQuotaState(): string | undefined;
+  saveQuotaState(json: string): void;
   close(): void;
 }

@@ -1,9 +1,10 @@
 import type { Route } from '../route.js';
 import { containerRoutes } from './containers.js';
 import { imageRoutes } from './images.js';
+import { quotaRoutes } from './quota.js';
 import { systemRoutes } from './system.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...quotaRoutes];
 }

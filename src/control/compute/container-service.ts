@@ -11,6 +11,7 @@ import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, ContainerStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
+import type { QuotaService } from '../quota/quota-service.js';
 import { assertTransition } from './container-state.js';
 import { generateName } from './names.js';
 import { processSpecFor } from './process-spec.js';
@@ -32,6 +33,7 @@ export class ContainerService {
     private readonly agent: Agent,
     private readonly images: ImageService,
     private readonly events: EventBus,
+    private readonly quota: QuotaService,
   ) {
     agent.onContainerExit((id) => void this.handleExit(id));
   }
@@ -83,7 +85,14 @@ export class ContainerService {
       status: 'created', runtime: config.runtime ?? 'auto', pid: null, exitCode: null, oomKilled: false,
       restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
     };
-    this.store.containers.insert(rec);
+    // Admission first: a refused request leaves nothing behind.
+    this.quota.admitContainer(id, projectId, rec.config);
+    try {
+      this.store.containers.insert(rec);
+    } catch (e) {
+      this.quota.release(id, 'create failed');
+      throw e;
+    }
     try {
       const created = await this.agent.createContainer({
         id, name, imageChainId: image.chainId, process,
@@ -103,6 +112,7 @@ export class ContainerService {
       // A failed create leaves nothing behind: not the record, not the agent's state.
       await this.agent.removeContainer(id).catch(() => undefined);
       this.store.containers.delete(id);
+      this.quota.release(id, 'create failed');
       throw e;
     }
   }
@@ -206,6 +216,7 @@ export class ContainerService {
       }
       await this.agent.removeContainer(c.id);
       this.store.containers.delete(c.id);
+      this.quota.release(c.id, 'container removed');
       this.publish(cur, 'destroy');
     });
   }
@@ -346,6 +357,7 @@ export class ContainerService {
       if (c.status === 'removing') {
         await this.agent.removeContainer(c.id).catch(() => undefined);
         this.store.containers.delete(c.id);
+        this.quota.release(c.id, 'container removed');
         continue;
       }
       if (!onHost.has(c.id)) {

@@ -1,0 +1,108 @@
+import { UsageError, parseSize, type CommandSpec } from '../args.js';
+import { printJson, table } from '../output.js';
+import { clientOf } from './shared.js';
+
+const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes'] as const;
+type Vector = Partial<Record<(typeof RESOURCES)[number], number>>;
+
+/** "cpus=2", "memory=512m" (memory in MiB; sizes accepted) → vector. */
+function vectorOf(pairs: string[], what: string): Vector | undefined {
+  if (!pairs.length) return undefined;
+  const v: Vector = {};
+  for (const p of pairs) {
+    const [k, raw] = p.split('=');
+    if (!k || raw === undefined || !(RESOURCES as readonly string[]).includes(k)) {
+      throw new UsageError(`${what} takes RESOURCE=AMOUNT with RESOURCE one of ${RESOURCES.join(', ')}, got "${p}"`);
+    }
+    v[k as keyof Vector] = k === 'memory' ? memoryMiB(raw) : wholeNumber(raw, k);
+  }
+  return v;
+}
+const memoryMiB = (s: string) => (/^\d+$/.test(s) ? Number(s) : Math.ceil(parseSize(s) / (1024 * 1024)));
+function wholeNumber(s: string, what: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`${what} must be a whole number, got "${s}"`);
+  return n;
+}
+
+interface Figures { hard: number; used: number; reserved: number; allocated: number; free: number; lent: number; borrowed: number; pool: number }
+const UNLIMITED = 2 ** 40;
+const fmt = (n: number, r: string) => (n >= UNLIMITED ? 'unlimited' : r === 'memory' ? `${n}MiB` : String(n));
+
+export const quotaCommands: CommandSpec[] = [
+  {
+    name: 'quota show', usage: '[PROJECT]', summary: "A project's ledger: hard, used, reserved, allocated, free, lent, borrowed", maxArgs: 1, options: [],
+    async run({ args, global }) {
+      const view = await clientOf(global).json<{ resources: Record<string, Figures> }>('GET', `/quota/${encodeURIComponent(args[0] ?? 'default')}`);
+      if (global.output === 'json') return printJson(view), 0;
+      const cols = ['hard', 'used', 'reserved', 'allocated', 'free', 'lent', 'borrowed', 'pool'] as const;
+      const rows = Object.entries(view.resources).map(([r, f]) => [r, ...cols.map((c) => fmt(f[c], r))]);
+      process.stdout.write(table(['RESOURCE', ...cols.map((c) => c.toUpperCase())], rows));
+      return 0;
+    },
+  },
+  {
+    name: 'quota set', usage: 'PROJECT', summary: "Change a project's limits", minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'instances', type: 'number', value: 'N', description: 'Hard limit on instances' },
+      { name: 'cpus', type: 'number', value: 'N', description: 'Hard limit on CPUs' },
+      { name: 'memory', type: 'string', value: 'SIZE', description: 'Hard limit on memory (e.g. 8g; plain numbers are MiB)' },
+      { name: 'networks', type: 'number', value: 'N', description: 'Hard limit on networks' },
+      { name: 'reserved', type: 'list', value: 'RES=N', description: 'Held for this project, never lent' },
+      { name: 'lendable', type: 'list', value: 'RES=N', description: 'How much idle capacity siblings may borrow' },
+      { name: 'borrow-limit', type: 'list', value: 'RES=N', description: 'How much this project may borrow from siblings' },
+      { name: 'grace', type: 'number', value: 'SECS', description: 'Grace period before reclaimed instances are evicted' },
+    ],
+    async run({ args, opts, global }) {
+      const hard: Vector = {};
+      for (const r of ['instances', 'cpus', 'networks'] as const) if (opts[r] !== undefined) hard[r] = wholeNumber(String(opts[r]), r);
+      if (opts.memory !== undefined) hard.memory = memoryMiB(String(opts.memory));
+      const body = {
+        ...(Object.keys(hard).length ? { hard } : {}),
+        ...(vectorOf(opts.reserved as string[], '--reserved') ? { reserved: vectorOf(opts.reserved as string[], '--reserved') } : {}),
+        ...(vectorOf(opts.lendable as string[], '--lendable') ? { lendingLimit: vectorOf(opts.lendable as string[], '--lendable') } : {}),
+        ...(vectorOf(opts['borrow-limit'] as string[], '--borrow-limit') ? { borrowingLimit: vectorOf(opts['borrow-limit'] as string[], '--borrow-limit') } : {}),
+        ...(opts.grace !== undefined ? { gracePeriodMs: wholeNumber(String(opts.grace), 'grace') * 1000 } : {}),
+      };
+      if (!Object.keys(body).length) throw new UsageError('nothing to change: give at least one limit');
+      const view = await clientOf(global).json('PUT', `/quota/${encodeURIComponent(args[0]!)}`, body);
+      if (global.output === 'json') printJson(view);
+      return 0;
+    },
+  },
+  {
+    name: 'quota explain', usage: '', summary: 'Would a request be admitted, and why? Changes nothing.', maxArgs: 0,
+    options: [
+      { name: 'project', type: 'string', value: 'P', description: 'Project', default: 'default' },
+      { name: 'instances', type: 'number', value: 'N', description: 'Instances', default: 1 },
+      { name: 'cpus', type: 'number', value: 'N', description: 'CPUs' },
+      { name: 'memory', type: 'string', value: 'SIZE', description: 'Memory (e.g. 8g)' },
+    ],
+    async run({ opts, global }) {
+      const body: Vector = { instances: wholeNumber(String(opts.instances), 'instances') };
+      if (opts.cpus !== undefined) body.cpus = Math.ceil(Number(opts.cpus));
+      if (opts.memory !== undefined) body.memory = memoryMiB(String(opts.memory));
+      const d = await clientOf(global).json<{ admitted: boolean; reason: string; decidedBy: { project: string; resource: string; line: string }; loans: unknown[] }>(
+        'POST', `/quota/${encodeURIComponent(String(opts.project))}/explain`, body,
+      );
+      if (global.output === 'json') return printJson(d), 0;
+      process.stdout.write(`${d.admitted ? 'admitted' : 'rejected'}: ${d.reason}\n`);
+      process.stdout.write(`decided by: ${d.decidedBy.line} of ${d.decidedBy.resource} on project ${d.decidedBy.project}\n`);
+      if (d.loans.length) process.stdout.write(`loans: ${JSON.stringify(d.loans)}\n`);
+      return d.admitted ? 0 : 1;
+    },
+  },
+  {
+    name: 'quota audit', usage: '', summary: 'Admits, rejects, loans, returns and reclaims with their reasons', maxArgs: 0,
+    options: [{ name: 'project', type: 'string', value: 'P', description: 'Only this project' }],
+    async run({ opts, global }) {
+      const q = opts.project ? `?project=${encodeURIComponent(String(opts.project))}` : '';
+      const entries = await clientOf(global).json<{ seq: number; at: number; kind: string; project: string; instance?: string; reason: string }[]>('GET', `/quota-audit${q}`);
+      if (global.output === 'json') return printJson(entries), 0;
+      process.stdout.write(table(['SEQ', 'TIME', 'KIND', 'PROJECT', 'INSTANCE', 'REASON'], entries.map((e) => [
+        String(e.seq), new Date(e.at).toISOString(), e.kind, e.project.slice(0, 12), (e.instance ?? '').slice(0, 12), e.reason,
+      ])));
+      return 0;
+    },
+  },
+];

@@ -1,0 +1,87 @@
+/**
+ * The quota ledger as a control-plane service: persisted in the store (every
+ * mutation and its snapshot commit in one transaction), enforced when an
+ * instance is created, released when it is removed.
+ */
+import type { Store } from '../../store/store.js';
+import type { ContainerRecord } from '../../store/records.js';
+import { Ledger, type Decision, type LimitsPatch, type ProjectView } from './ledger.js';
+import type { AuditEntry, LedgerState } from './state.js';
+import type { PartialVec } from './resources.js';
+
+/** Hard limit of a project nobody has limited: effectively unlimited, still an integer. */
+export const UNLIMITED = 2 ** 40;
+const MiB = 1024 * 1024;
+
+/** What a container is charged: one instance, whole CPUs rounded up, memory in MiB (0 when unlimited). */
+export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'memoryBytes'>): PartialVec {
+  return {
+    instances: 1,
+    cpus: c.cpus === undefined ? 0 : Math.ceil(c.cpus),
+    memory: c.memoryBytes === undefined ? 0 : Math.ceil(c.memoryBytes / MiB),
+  };
+}
+
+export class QuotaService {
+  readonly ledger: Ledger;
+
+  constructor(private readonly store: Store) {
+    const saved = store.loadQuotaState();
+    const state = saved ? (JSON.parse(saved) as LedgerState) : undefined;
+    let ledger: Ledger;
+    // The ledger's one mutation path runs inside a store transaction that also saves its state.
+    ledger = new Ledger(state, {
+      transaction: (fn) =>
+        store.transaction(() => {
+          const out = fn();
+          store.saveQuotaState(JSON.stringify(ledger.snapshot()));
+          return out;
+        }),
+    });
+    this.ledger = ledger;
+  }
+
+  /** Every store project exists in the ledger; a new one starts unlimited under its parent. */
+  ensureProject(id: string, parent: string | null): void {
+    if (this.ledger.hasProject(id)) return;
+    const hard = { instances: UNLIMITED, cpus: UNLIMITED, memory: UNLIMITED, networks: UNLIMITED, volumes: UNLIMITED };
+    this.ledger.createProject(id, parent, parent ? {} : { hard }, Date.now());
+  }
+
+  /** Admit a container or throw QuotaExceeded naming the deciding line. */
+  admitContainer(id: string, projectId: string, config: ContainerRecord['config']): Decision {
+    return this.ledger.admitOrThrow({ instanceId: id, project: projectId, resources: containerDemand(config), kind: 'container' }, Date.now());
+  }
+
+  release(id: string, reason: string): void {
+    if (this.ledger.instance(id)) this.ledger.release(id, Date.now(), reason);
+  }
+
+  explain(projectId: string, resources: PartialVec): Decision {
+    return this.ledger.explain({ instanceId: `explain-${Date.now()}`, project: projectId, resources }, Date.now());
+  }
+
+  show(projectId: string): ProjectView {
+    return this.ledger.show(projectId);
+  }
+
+  setLimits(projectId: string, patch: LimitsPatch): ProjectView {
+    return this.ledger.setLimits(projectId, patch, Date.now());
+  }
+
+  audit(filter: { project?: string; sinceSeq?: number }): AuditEntry[] {
+    return this.ledger.auditLog(filter);
+  }
+
+  /** Daemon start: instances the ledger holds for containers that no longer exist are released. */
+  reconcile(liveContainerIds: Set<string>): number {
+    let released = 0;
+    for (const id of Object.keys(this.ledger.snapshot().instances)) {
+      if (!liveContainerIds.has(id)) {
+        this.release(id, 'reconciled: the container no longer exists');
+        released++;
+      }
+    }
+    return released;
+  }
+}
