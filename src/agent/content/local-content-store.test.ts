@@ -34,3 +34,65 @@ test('content store: ingest verifies digest and size, is idempotent, lists and d
   assert.deepEqual(await cs.list(), []);
   await assert.rejects(cs.readBlob(d), { code: 'NotFound' });
 });
+
+test('content store: concurrent ingests of one digest all succeed and leave one blob, no temp files', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'nimbus-content-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const cs = new LocalContentStore(root);
+  const data = Buffer.alloc(300_000, 7);
+  for (let i = 0; i < data.length; i += 1000) data[i] = i % 251;
+  const d = digestOf(data);
+  const results = await Promise.all(Array.from({ length: 8 }, () => cs.ingest({ digest: d, size: data.length }, chunks(data, 4096))));
+  for (const r of results) assert.deepEqual(r, { digest: d, size: data.length });
+  assert.deepEqual(await cs.readBlob(d), data);
+  assert.deepEqual((await cs.list()).map((i) => i.digest), [d]);
+  assert.deepEqual(readdirSync(join(root, 'ingest')), []);
+});
+
+test('content store: a failing source, a short source and a wrong size on an existing blob leave nothing behind', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'nimbus-content-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const cs = new LocalContentStore(root);
+  const data = Buffer.from('0123456789'.repeat(100));
+  const d = digestOf(data);
+  async function* broken() {
+    yield data.subarray(0, 10);
+    throw new Error('connection reset');
+  }
+  await assert.rejects(cs.ingest({ digest: d }, broken()), /connection reset/);
+  await assert.rejects(cs.ingest({ digest: d, size: data.length }, chunks(data.subarray(0, 500))), { code: 'DataLoss' });
+  assert.equal(await cs.info(d), undefined);
+  assert.deepEqual(readdirSync(join(root, 'ingest')), []);
+
+  await cs.ingest({ digest: d }, chunks(data));
+  await assert.rejects(cs.ingest({ digest: d, size: 5 }, chunks(data)), { code: 'DataLoss', message: /size mismatch/ });
+  // An existing blob does not consume the source (it may be a network body).
+  let pulled = 0;
+  async function* counting() {
+    for await (const c of chunks(data)) {
+      pulled++;
+      yield c;
+    }
+  }
+  await cs.ingest({ digest: d }, counting());
+  assert.equal(pulled, 0);
+});
+
+test('content store: digests are validated everywhere; openRead streams; missing blobs are NotFound', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'nimbus-content-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const cs = new LocalContentStore(root);
+  for (const bad of ['sha256:' + 'A'.repeat(64), 'sha512:' + 'a'.repeat(64), 'sha256:../../etc/passwd', 'sha256:' + 'a'.repeat(63)]) {
+    assert.throws(() => cs.blobPath(bad), { code: 'InvalidArgument' }, bad);
+    await assert.rejects(cs.info(bad), { code: 'InvalidArgument' }, bad);
+    await assert.rejects(cs.ingest({ digest: bad }, chunks(Buffer.from('x'))), { code: 'InvalidArgument' }, bad);
+  }
+  const data = Buffer.from('stream me');
+  const d = digestOf(data);
+  assert.throws(() => cs.openRead(d), { code: 'NotFound' });
+  await cs.ingest({ digest: d }, chunks(data));
+  const got: Buffer[] = [];
+  for await (const c of cs.openRead(d)) got.push(c as Buffer);
+  assert.deepEqual(Buffer.concat(got), data);
+  assert.equal(cs.blobPath(d), join(root, 'blobs', 'sha256', d.slice(7)));
+});

@@ -2,9 +2,13 @@
  * Content-addressed blobs on local disk (containerd core/content):
  *   <root>/blobs/sha256/<hex>   committed, immutable
  *   <root>/ingest/<random>      in flight; renamed into place only after the digest matched
+ *
+ * Concurrent ingests of the same digest are safe: each writes its own temp
+ * file, and rename(2) atomically replaces one verified copy with another
+ * identical one, so readers never see a partial blob.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -15,6 +19,17 @@ const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
 export function assertDigest(d: string): void {
   if (!DIGEST_RE.test(d)) throw new InvalidArgument(`invalid digest "${d}": expected sha256:<64 lowercase hex>`);
+}
+
+/** fsync a directory so a rename into it survives a crash (best effort: some filesystems refuse). */
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r').catch(() => undefined);
+  if (!fh) return;
+  try {
+    await fh.sync().catch(() => undefined);
+  } finally {
+    await fh.close();
+  }
 }
 
 export class LocalContentStore implements ContentStore {
@@ -45,15 +60,20 @@ export class LocalContentStore implements ContentStore {
   }
 
   openRead(digest: Digest): Readable {
-    return createReadStream(this.blobPath(digest));
+    const p = this.blobPath(digest);
+    if (!existsSync(p)) throw new NotFound(`blob ${digest} not in the content store`);
+    return createReadStream(p);
   }
 
   async ingest(expected: { digest: Digest; size?: number }, source: AsyncIterable<Uint8Array>): Promise<ContentInfo> {
     assertDigest(expected.digest);
     const existing = await this.info(expected.digest);
     if (existing) {
-      // Already committed: drain the source so the caller's stream completes.
-      for await (const _ of source) void _;
+      if (expected.size !== undefined && existing.size !== expected.size) {
+        throw new DataLoss(`blob ${expected.digest}: size mismatch: expected ${expected.size}, stored ${existing.size}`);
+      }
+      // Already committed: stop the source instead of reading it to the end (it may be a network body).
+      await source[Symbol.asyncIterator]().return?.();
       return existing;
     }
     const ingestDir = join(this.root, 'ingest');
@@ -80,6 +100,7 @@ export class LocalContentStore implements ContentStore {
       await fh.sync();
       await fh.close();
       await rename(tmp, this.blobPath(expected.digest));
+      await syncDir(join(this.root, 'blobs', 'sha256'));
       return { digest: expected.digest, size };
     } catch (e) {
       await fh.close().catch(() => undefined);

@@ -1,7 +1,14 @@
 /**
- * Import images from an archive for offline hosts: an OCI image-layout tar
- * (oci-layout, index.json, blobs/sha256/…) or a `docker save` tar
- * (manifest.json, <config>.json, <layer>/layer.tar). Every blob is verified.
+ * Import images from an archive for offline hosts:
+ *  - an OCI image-layout tar (oci-layout, index.json, blobs/sha256/…), which
+ *    is also what `docker save` writes since Docker 25 (it adds manifest.json);
+ *  - an older `docker save` tar (manifest.json, <config>.json, <id>/layer.tar,
+ *    with symlinks for repeated layers): digests are computed, checked against
+ *    the config's diff_ids and the file names that carry digests, and an OCI
+ *    manifest is synthesised and stored.
+ * Every blob goes through ContentStore.ingest, so every digest is verified and
+ * nothing unverified becomes visible. Indexes are resolved to one platform
+ * (linux/amd64 unless told otherwise).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -11,116 +18,243 @@ import { tmpdir } from 'node:os';
 import tar from 'tar-stream';
 import { DataLoss, InvalidArgument } from '../../core/errors.js';
 import type { ContentStore } from '../content/content-store.js';
-import { MT, isIndex, type Descriptor, type ImageIndex, type ImageManifest } from './media-types.js';
+import {
+  MT,
+  isIndex,
+  ociLayerType,
+  platformMatches,
+  platformString,
+  sniffCompression,
+  type Descriptor,
+  type ImageConfig,
+  type ImageIndex,
+  type ImageManifest,
+} from './media-types.js';
 
 export interface ImportedImage {
+  /** From io.containerd.image.name / org.opencontainers.image.ref.name (OCI layout) or RepoTags (docker save). */
   name?: string;
   manifestDigest: string;
   manifest: ImageManifest;
   configDigest: string;
-  config: Record<string, unknown> & { rootfs?: { type: string; diff_ids: string[] } };
+  config: ImageConfig & { rootfs?: { type: string; diff_ids: string[] } };
   layers: Descriptor[];
 }
 
+export interface ImportOptions {
+  platform?: { os: string; architecture: string; variant?: string };
+}
+
 const MAX_MEMBER_JSON = 4 * 1024 * 1024;
+const MAX_LINK_HOPS = 16;
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 async function* once(b: Buffer) {
   yield b;
 }
 
-/** Extract tar members to a private temp dir by normalised name (never by the member's own path). */
-async function unpackMembers(tarPath: string, dir: string): Promise<Map<string, { file: string; size: number }>> {
-  const members = new Map<string, { file: string; size: number }>();
+interface Member {
+  file: string;
+  size: number;
+}
+
+const clean = (name: string) => posix.normalize(name).replace(/^(\.\/)+/, '').replace(/\/$/, '');
+
+/**
+ * Extract regular-file members into a private temp dir, each under a counter
+ * (never under the member's own path). Symlinks and hard links between
+ * members are resolved to the file they name, inside the archive only.
+ */
+async function unpackMembers(tarPath: string, dir: string): Promise<Map<string, Member>> {
+  const files = new Map<string, Member>();
+  const links = new Map<string, { target: string; hard: boolean }>();
   const extract = tar.extract();
   let n = 0;
   const done = new Promise<void>((resolve, reject) => {
     extract.on('entry', (header, stream, next) => {
-      const name = posix.normalize(header.name).replace(/^(\.\/)+/, '').replace(/\/$/, '');
-      if (header.type !== 'file' || name.startsWith('..') || name.startsWith('/')) {
+      const name = clean(header.name);
+      const skip = () => {
+        stream.on('end', () => next());
         stream.resume();
-        stream.on('end', next);
-        return;
+      };
+      if (name.startsWith('..') || name.startsWith('/')) return skip();
+      if ((header.type === 'symlink' || header.type === 'link') && header.linkname) {
+        links.set(name, { target: header.linkname, hard: header.type === 'link' });
+        return skip();
       }
+      if (header.type !== 'file' && header.type !== 'contiguous-file') return skip();
       const file = join(dir, String(n++));
       void (async () => {
         const fh = await open(file, 'w', 0o600);
+        let size = 0;
         try {
-          for await (const chunk of stream as AsyncIterable<Buffer>) await fh.write(chunk);
+          for await (const chunk of stream as AsyncIterable<Buffer>) {
+            size += chunk.length;
+            await fh.write(chunk);
+          }
         } finally {
           await fh.close();
         }
-        members.set(name, { file, size: header.size ?? 0 });
+        files.set(name, { file, size });
         next();
-      })().catch(reject);
+      })().catch((e: unknown) => {
+        extract.destroy(e as Error);
+        reject(e);
+      });
     });
     extract.on('finish', resolve);
     extract.on('error', reject);
   });
-  createReadStream(tarPath).on('error', (e) => extract.destroy(e)).pipe(extract as unknown as NodeJS.WritableStream);
-  await done;
-  return members;
+  const input = createReadStream(tarPath);
+  input.on('error', (e) => extract.destroy(e));
+  input.pipe(extract as unknown as NodeJS.WritableStream);
+  try {
+    await done;
+  } catch (e) {
+    throw new InvalidArgument(`cannot read image archive ${tarPath}: ${e instanceof Error ? e.message : String(e)}`, undefined, { cause: e });
+  }
+  for (const [name, link] of links) {
+    let target = name;
+    let l: { target: string; hard: boolean } | undefined = link;
+    for (let hop = 0; l && hop < MAX_LINK_HOPS; hop++) {
+      // Hard link names are archive paths; symlink targets are relative to the link's directory.
+      target = clean(l.hard ? l.target : posix.join(posix.dirname(target), l.target));
+      l = links.get(target);
+    }
+    const f = !target.startsWith('..') && !target.startsWith('/') ? files.get(target) : undefined;
+    if (f && !files.has(name)) files.set(name, f);
+  }
+  return files;
 }
 
-export async function importImageArchive(tarPath: string, store: ContentStore): Promise<ImportedImage[]> {
+function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
+  const x = d as Partial<Descriptor> | null;
+  if (!x || typeof x !== 'object' || typeof x.digest !== 'string' || !DIGEST_RE.test(x.digest)) {
+    throw new InvalidArgument(`${what}: malformed or unsupported digest ${JSON.stringify(x?.digest)}`);
+  }
+  if (typeof x.size !== 'number' || !Number.isSafeInteger(x.size) || x.size < 0) throw new DataLoss(`${what}: descriptor ${x.digest} has no valid size`);
+}
+
+export async function importImageArchive(tarPath: string, store: ContentStore, opts: ImportOptions = {}): Promise<ImportedImage[]> {
+  const want = opts.platform ?? { os: 'linux', architecture: 'amd64' };
   const dir = await mkdtemp(join(tmpdir(), 'nimbus-import-'));
   try {
     const members = await unpackMembers(tarPath, dir);
     const readJson = async <T>(name: string): Promise<T> => {
       const m = members.get(name);
-      if (!m) throw new InvalidArgument(`archive has no ${name}`);
-      if (m.size > MAX_MEMBER_JSON) throw new InvalidArgument(`${name} is larger than ${MAX_MEMBER_JSON} bytes`);
+      if (!m) throw new DataLoss(`image archive has no ${name}`);
+      if (m.size > MAX_MEMBER_JSON) throw new InvalidArgument(`${name} in the image archive is larger than ${MAX_MEMBER_JSON} bytes`);
       const fh = await open(m.file, 'r');
       try {
         return JSON.parse((await fh.readFile()).toString('utf8')) as T;
+      } catch (e) {
+        if (e instanceof SyntaxError) throw new DataLoss(`${name} in the image archive is not valid JSON`);
+        throw e;
       } finally {
         await fh.close();
       }
     };
-    const ingestFile = async (name: string, expectDigest?: string): Promise<{ digest: string; size: number }> => {
-      const m = members.get(name);
-      if (!m) throw new DataLoss(`archive is missing ${name}`);
-      let digest = expectDigest;
-      if (!digest) {
-        const h = createHash('sha256');
-        for await (const c of createReadStream(m.file) as AsyncIterable<Buffer>) h.update(c);
-        digest = `sha256:${h.digest('hex')}`;
+    const hashFile = async (m: Member): Promise<{ digest: string; head: Buffer }> => {
+      const h = createHash('sha256');
+      let head: Buffer | undefined;
+      for await (const c of createReadStream(m.file) as AsyncIterable<Buffer>) {
+        head ??= c.subarray(0, 8);
+        h.update(c);
       }
-      return store.ingest({ digest, size: m.size }, createReadStream(m.file) as AsyncIterable<Buffer>);
+      return { digest: `sha256:${h.digest('hex')}`, head: head ?? Buffer.alloc(0) };
+    };
+    /** Ingest a member; with an expected digest (and size) the store verifies it, otherwise the digest is computed. */
+    const ingestFile = async (name: string, expect?: { digest: string; size?: number }) => {
+      const m = members.get(name);
+      if (!m) throw new DataLoss(`image archive is missing ${name}${expect ? ` (${expect.digest})` : ''}`);
+      const digest = expect?.digest ?? (await hashFile(m)).digest;
+      try {
+        return await store.ingest({ digest, size: expect?.size ?? m.size }, createReadStream(m.file) as AsyncIterable<Buffer>);
+      } catch (e) {
+        if (e instanceof DataLoss) throw new DataLoss(`${name} in the image archive: ${e.message}`, undefined, { cause: e });
+        throw e;
+      }
     };
 
-    if (members.has('oci-layout') && members.has('index.json')) {
+    if (members.has('index.json') && (members.has('oci-layout') || !members.has('manifest.json'))) {
       const blobName = (d: string) => `blobs/${d.replace(':', '/')}`;
       const out: ImportedImage[] = [];
       const index = await readJson<ImageIndex>('index.json');
-      const visit = async (desc: Descriptor, name: string | undefined): Promise<void> => {
-        await ingestFile(blobName(desc.digest), desc.digest);
+      if (!Array.isArray(index.manifests)) throw new DataLoss('index.json in the image archive has no manifests list');
+      const visit = async (desc: Descriptor, name: string | undefined, depth: number): Promise<void> => {
+        await ingestFile(blobName(desc.digest), desc);
         const doc = await readJson<ImageIndex | ImageManifest>(blobName(desc.digest));
         if (isIndex(desc.mediaType, doc)) {
+          if (depth > 2) throw new InvalidArgument(`image archive: indexes nested too deep at ${desc.digest}`);
           const idx = doc as ImageIndex;
-          const amd64 = idx.manifests.find((m) => !m.platform || (m.platform.os === 'linux' && m.platform.architecture === 'amd64'));
-          if (!amd64) throw new InvalidArgument(`archive index ${desc.digest} has no linux/amd64 image`);
-          return visit(amd64, name);
+          const match = (idx.manifests ?? []).find((m) => platformMatches(m.platform, want));
+          if (!match) {
+            const avail = (idx.manifests ?? []).map((m) => platformString(m.platform)).join(', ');
+            throw new InvalidArgument(`image archive index ${desc.digest} has no ${platformString(want)} image (available: ${avail || 'none'})`);
+          }
+          checkDescriptor(match, `image archive index ${desc.digest}`);
+          return visit(match, name, depth + 1);
         }
         const manifest = doc as ImageManifest;
-        await ingestFile(blobName(manifest.config.digest), manifest.config.digest);
-        for (const l of manifest.layers) await ingestFile(blobName(l.digest), l.digest);
+        if (!manifest.config || !Array.isArray(manifest.layers)) throw new DataLoss(`image archive manifest ${desc.digest} has no config or layers`);
+        checkDescriptor(manifest.config, `image archive manifest ${desc.digest} config`);
+        manifest.layers.forEach((l, i) => checkDescriptor(l, `image archive manifest ${desc.digest} layer ${i}`));
+        await ingestFile(blobName(manifest.config.digest), manifest.config);
+        for (const l of manifest.layers) await ingestFile(blobName(l.digest), l);
         const config = await readJson<ImportedImage['config']>(blobName(manifest.config.digest));
+        const diffIds = config.rootfs?.diff_ids;
+        if (Array.isArray(diffIds) && diffIds.length !== manifest.layers.length) {
+          throw new DataLoss(`image archive manifest ${desc.digest}: config lists ${diffIds.length} diff_ids for ${manifest.layers.length} layers`);
+        }
         out.push({ ...(name ? { name } : {}), manifestDigest: desc.digest, manifest, configDigest: manifest.config.digest, config, layers: manifest.layers });
       };
-      for (const m of index.manifests) await visit(m, m.annotations?.['io.containerd.image.name'] ?? m.annotations?.['org.opencontainers.image.ref.name']);
+      for (const [i, m] of index.manifests.entries()) {
+        checkDescriptor(m, `index.json entry ${i}`);
+        // A top-level entry for another platform is not this host's image.
+        if (m.platform && !platformMatches(m.platform, want)) continue;
+        await visit(m, m.annotations?.['io.containerd.image.name'] ?? m.annotations?.['org.opencontainers.image.ref.name'], 0);
+      }
+      if (!out.length) throw new InvalidArgument(`image archive has no ${platformString(want)} image`);
       return out;
     }
 
     if (members.has('manifest.json')) {
-      const entries = await readJson<{ Config: string; RepoTags?: string[] | null; Layers: string[] }[]>('manifest.json');
+      type SaveEntry = { Config: string; RepoTags?: string[] | null; Layers: string[] };
+      const entries = await readJson<SaveEntry[]>('manifest.json');
+      if (!Array.isArray(entries) || !entries.length) throw new DataLoss('manifest.json in the image archive lists no images');
+      /** The digest a member's name promises: blobs/sha256/<hex> or <hex>.json (docker save's config naming). */
+      const digestFromName = (name: string): string | undefined => {
+        const m = /^(?:blobs\/sha256\/([0-9a-f]{64})|([0-9a-f]{64})\.json)$/.exec(name);
+        const hex = m?.[1] ?? m?.[2];
+        return hex ? `sha256:${hex}` : undefined;
+      };
       const out: ImportedImage[] = [];
       for (const e of entries) {
-        const cfg = await ingestFile(e.Config);
-        const config = await readJson<ImportedImage['config']>(e.Config);
+        if (typeof e?.Config !== 'string' || !Array.isArray(e.Layers)) throw new DataLoss('manifest.json entry has no Config or Layers');
+        const cfgMember = members.get(clean(e.Config));
+        if (!cfgMember) throw new DataLoss(`image archive is missing ${e.Config}`);
+        const named = digestFromName(clean(e.Config));
+        const cfg = await ingestFile(clean(e.Config), named ? { digest: named, size: cfgMember.size } : undefined);
+        const config = await readJson<ImportedImage['config']>(clean(e.Config));
+        const diffIds = config.rootfs?.diff_ids;
+        if (Array.isArray(diffIds) && diffIds.length !== e.Layers.length) {
+          throw new DataLoss(`image archive: config ${e.Config} lists ${diffIds.length} diff_ids for ${e.Layers.length} layers`);
+        }
         const layers: Descriptor[] = [];
-        for (const l of e.Layers) {
-          const info = await ingestFile(l);
-          layers.push({ mediaType: MT.ociLayer, digest: info.digest, size: info.size });
+        for (const [i, l] of e.Layers.entries()) {
+          const name = clean(l);
+          const m = members.get(name);
+          if (!m) throw new DataLoss(`image archive is missing layer ${l}`);
+          const { digest, head } = await hashFile(m);
+          const promised = digestFromName(name);
+          if (promised && promised !== digest) throw new DataLoss(`${l} in the image archive: digest mismatch: expected ${promised}, got ${digest}`);
+          const compression = sniffCompression(head);
+          const diffId = diffIds?.[i];
+          if (compression === 'none' && diffId !== undefined && diffId !== digest) {
+            throw new DataLoss(`${l} in the image archive: digest mismatch: config diff_id is ${diffId}, layer is ${digest}`);
+          }
+          const info = await ingestFile(name, { digest, size: m.size });
+          layers.push({ mediaType: ociLayerType(compression), digest: info.digest, size: info.size });
         }
         const manifest: ImageManifest = {
           schemaVersion: 2,

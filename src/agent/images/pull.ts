@@ -1,16 +1,36 @@
 /**
- * Pull an image into the content store: resolve the reference, pick
- * linux/amd64 from an index, verify every document and blob by digest, and
- * download layers in parallel.
+ * Pull an image into the content store: resolve the reference (tag or digest),
+ * pick the wanted platform (linux/amd64 by default) from an index, verify
+ * every document and blob by digest, and download layers in parallel.
+ *
+ * The index (if any), the manifest and the config are stored as blobs too, so
+ * the content store alone can describe the image afterwards. Layers already
+ * in the store are not fetched again. Decompression is not done here: layers
+ * are stored as sent (gzip, zstd or plain tar), see layerCompression().
  */
 import { createHash } from 'node:crypto';
-import { DataLoss, InvalidArgument, NotFound } from '../../core/errors.js';
-import type { ContentStore } from '../content/content-store.js';
-import { LAYER_TYPES, MANIFEST_ACCEPT, MT, isIndex, type Descriptor, type ImageIndex, type ImageManifest } from './media-types.js';
+import { DataLoss, InvalidArgument, NimbusError, NotFound } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
+import type { ContentStore } from '../content/content-store.js';
+import {
+  LAYER_TYPES,
+  MANIFEST_ACCEPT,
+  MT,
+  isIndex,
+  isSchema1,
+  platformMatches,
+  platformString,
+  type Descriptor,
+  type ImageConfig,
+  type ImageIndex,
+  type ImageManifest,
+} from './media-types.js';
 import { RegistryClient, type RegistryClientOptions } from './registry-client.js';
 
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+export const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
+const MAX_INDEX_DEPTH = 2;
+const PROGRESS_STEP = 256 * 1024;
 
 export interface LayerProgress {
   digest: string;
@@ -21,7 +41,8 @@ export interface LayerProgress {
 
 export interface PullOptions extends RegistryClientOptions {
   store: ContentStore;
-  platform?: { os: string; architecture: string };
+  platform?: { os: string; architecture: string; variant?: string };
+  /** Layers downloaded at once (default 4). */
   concurrency?: number;
   onProgress?: (p: LayerProgress) => void;
   /** Called once the config is known, before any layer is fetched (lets the caller start unpacking early). */
@@ -31,108 +52,150 @@ export interface PullOptions extends RegistryClientOptions {
 }
 
 export interface PulledImage {
+  /** Fully qualified reference as pulled (registry/repository[:tag][@digest]). */
   reference: string;
   indexDigest?: string;
   manifestDigest: string;
   manifest: ImageManifest;
   configDigest: string;
-  config: Record<string, unknown> & { rootfs?: { type: string; diff_ids: string[] } };
+  config: ImageConfig & { rootfs?: { type: string; diff_ids: string[] } };
   layers: Descriptor[];
 }
 
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 async function* once(b: Buffer) {
   yield b;
 }
 
+function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
+  const x = d as Partial<Descriptor> | null;
+  if (!x || typeof x !== 'object') throw new DataLoss(`${what}: descriptor is not an object`);
+  if (typeof x.digest !== 'string' || !DIGEST_RE.test(x.digest)) {
+    throw new InvalidArgument(`${what}: unsupported or malformed digest ${JSON.stringify(x.digest)} (only sha256 is accepted)`);
+  }
+  if (typeof x.size !== 'number' || !Number.isSafeInteger(x.size) || x.size < 0) throw new DataLoss(`${what}: descriptor ${x.digest} has no valid size`);
+  if (typeof x.mediaType !== 'string') throw new DataLoss(`${what}: descriptor ${x.digest} has no media type`);
+}
+
 export async function pullImage(ref: string, opts: PullOptions): Promise<PulledImage> {
   const parsed = parseReference(ref);
+  const name = parsed.toString();
   const client = new RegistryClient(parsed.registry, parsed.repository, opts);
   const want = opts.platform ?? { os: 'linux', architecture: 'amd64' };
+  const store = opts.store;
 
-  const fetchDoc = async (reference: string, expectDigest?: string) => {
+  /** Fetch a manifest or index, check it, and store it under its digest. */
+  const fetchDoc = async (reference: string, expect?: { digest: string; size?: number }) => {
     const m = await client.getManifest(reference, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES);
     const digest = sha256(m.body);
-    if (expectDigest && digest !== expectDigest) {
-      throw new DataLoss(`manifest ${reference} from ${parsed.registry}: content digest ${digest} does not match ${expectDigest}`);
+    if (expect && digest !== expect.digest) {
+      throw new DataLoss(`manifest ${parsed.registry}/${parsed.repository}@${expect.digest}: content digest is ${digest}; refusing it`);
+    }
+    if (expect?.size !== undefined && m.body.length !== expect.size) {
+      throw new DataLoss(`manifest ${parsed.registry}/${parsed.repository}@${expect.digest}: ${m.body.length} bytes, the index says ${expect.size}`);
     }
     if (m.mediaType === MT.dockerSchema1 || m.mediaType === MT.dockerSchema1Signed) {
-      throw new InvalidArgument(`${ref}: Docker schema 1 manifests are not supported; push the image again with a current client`);
+      throw new InvalidArgument(`${name}: Docker schema 1 manifests are not supported; push the image again with a current client`);
     }
     let doc: unknown;
     try {
       doc = JSON.parse(m.body.toString('utf8'));
     } catch {
-      throw new DataLoss(`manifest ${reference} is not valid JSON`);
+      throw new DataLoss(`manifest ${parsed.registry}/${parsed.repository} ${reference} is not valid JSON`);
     }
-    if ((doc as { schemaVersion?: number }).schemaVersion === 1) throw new InvalidArgument(`${ref}: schema 1 manifests are not supported`);
-    await opts.store.ingest({ digest, size: m.body.length }, once(m.body));
-    return { doc, digest, mediaType: m.mediaType || (doc as { mediaType?: string }).mediaType };
+    if (typeof doc !== 'object' || doc === null) throw new DataLoss(`manifest ${parsed.registry}/${parsed.repository} ${reference} is not a JSON object`);
+    if (isSchema1(m.mediaType, doc)) {
+      throw new InvalidArgument(`${name}: Docker schema 1 manifests are not supported; push the image again with a current client`);
+    }
+    const mediaType = (doc as { mediaType?: string }).mediaType ?? m.mediaType;
+    await store.ingest({ digest, size: m.body.length }, once(m.body));
+    return { doc, digest, mediaType };
   };
 
-  let top = await fetchDoc(parsed.digest ?? parsed.tag!, parsed.digest);
+  let top = await fetchDoc(parsed.digest ?? parsed.tag!, parsed.digest ? { digest: parsed.digest } : undefined);
   let indexDigest: string | undefined;
-  if (isIndex(top.mediaType, top.doc)) {
+  for (let depth = 0; isIndex(top.mediaType, top.doc); depth++) {
+    if (depth >= MAX_INDEX_DEPTH) throw new InvalidArgument(`${name}: image indexes nested too deep`);
     const index = top.doc as ImageIndex;
-    indexDigest = top.digest;
-    const match = index.manifests.find((m) => m.platform?.os === want.os && m.platform.architecture === want.architecture);
+    if (!Array.isArray(index.manifests)) throw new DataLoss(`${name}: index ${top.digest} has no manifests list`);
+    indexDigest ??= top.digest;
+    const match = index.manifests.find((m) => platformMatches(m.platform, want));
     if (!match) {
-      const avail = index.manifests.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}` : 'unknown')).join(', ');
-      throw new NotFound(`${ref} has no ${want.os}/${want.architecture} image (available: ${avail || 'none'})`);
+      const avail = index.manifests.map((m) => platformString(m.platform)).join(', ');
+      throw new NotFound(`${name} has no ${platformString(want)} image (available: ${avail || 'none'})`);
     }
-    top = await fetchDoc(match.digest, match.digest);
+    checkDescriptor(match, `${name}: index ${top.digest}`);
+    top = await fetchDoc(match.digest, { digest: match.digest, size: match.size });
   }
+
   const manifest = top.doc as ImageManifest;
-  if (!manifest.config?.digest || !Array.isArray(manifest.layers)) throw new DataLoss(`${ref}: manifest has no config or layers`);
+  if (!manifest.config || !Array.isArray(manifest.layers)) throw new DataLoss(`${name}: manifest ${top.digest} has no config or layers`);
+  checkDescriptor(manifest.config, `${name}: config`);
+  manifest.layers.forEach((l, i) => checkDescriptor(l, `${name}: layer ${i}`));
   for (const l of manifest.layers) {
-    if (!LAYER_TYPES.has(l.mediaType)) throw new InvalidArgument(`${ref}: unsupported layer media type ${l.mediaType}`);
+    if (!LAYER_TYPES.has(l.mediaType)) throw new InvalidArgument(`${name}: unsupported layer media type ${l.mediaType} (layer ${l.digest})`);
   }
+  if (manifest.config.size > MAX_CONFIG_BYTES) throw new InvalidArgument(`${name}: config is ${manifest.config.size} bytes; the limit is ${MAX_CONFIG_BYTES}`);
 
-  const download = async (d: Descriptor, report: boolean) => {
-    const progress = (p: Omit<LayerProgress, 'digest' | 'bytesTotal'>) => report && opts.onProgress?.({ digest: d.digest, bytesTotal: d.size, ...p });
-    if (await opts.store.info(d.digest)) {
-      progress({ bytesDone: d.size, status: 'exists' });
-      return;
-    }
-    progress({ bytesDone: 0, status: 'downloading' });
-    const res = await client.getBlob(d.digest);
-    if (!res.body) throw new DataLoss(`blob ${d.digest}: empty response`);
-    let done = 0;
-    let last = 0;
-    const body = res.body as unknown as AsyncIterable<Uint8Array>;
-    async function* counted() {
-      for await (const chunk of body) {
-        done += chunk.length;
-        if (done - last > 256 * 1024) {
-          last = done;
-          progress({ bytesDone: done, status: 'downloading' });
-        }
-        yield chunk;
-      }
-      progress({ bytesDone: done, status: 'verifying' });
-    }
-    await opts.store.ingest({ digest: d.digest, size: d.size }, counted());
-    progress({ bytesDone: d.size, status: 'done' });
-  };
-
-  await download(manifest.config, false);
-  const configBuf = await opts.store.readBlob(manifest.config.digest);
-  const config = JSON.parse(configBuf.toString('utf8')) as PulledImage['config'];
+  // Config: small, needed first (its diff_ids let the caller plan unpacking).
+  if (!(await store.info(manifest.config.digest))) await client.pullBlob(manifest.config, store);
+  let config: PulledImage['config'];
+  try {
+    config = JSON.parse((await store.readBlob(manifest.config.digest)).toString('utf8')) as PulledImage['config'];
+  } catch (e) {
+    if (e instanceof NimbusError) throw e;
+    throw new DataLoss(`${name}: config ${manifest.config.digest} is not valid JSON`);
+  }
+  if (typeof config !== 'object' || config === null) throw new DataLoss(`${name}: config ${manifest.config.digest} is not a JSON object`);
+  const diffIds = config.rootfs?.diff_ids;
+  if (Array.isArray(diffIds) && diffIds.length !== manifest.layers.length) {
+    throw new DataLoss(`${name}: config lists ${diffIds.length} layer diff_ids but the manifest has ${manifest.layers.length} layers`);
+  }
 
   opts.onConfig?.(config, manifest.layers);
   for (const l of manifest.layers) opts.onProgress?.({ digest: l.digest, bytesDone: 0, bytesTotal: l.size, status: 'waiting' });
-  const queue = manifest.layers.map((layer, index) => ({ layer, index }));
-  const workers = Array.from({ length: Math.min(opts.concurrency ?? 4, queue.length) }, async () => {
-    for (let next = queue.shift(); next; next = queue.shift()) {
-      await download(next.layer, true);
-      opts.onLayerReady?.(next.index, next.layer);
+
+  const download = async (d: Descriptor) => {
+    const progress = (bytesDone: number, status: LayerProgress['status']) =>
+      opts.onProgress?.({ digest: d.digest, bytesTotal: d.size, bytesDone, status });
+    if (await store.info(d.digest)) {
+      progress(d.size, 'exists');
+      return;
     }
-  });
-  await Promise.all(workers);
+    progress(0, 'downloading');
+    let last = 0;
+    await client.pullBlob(d, store, (done, finished) => {
+      if (finished) progress(done, 'verifying');
+      else if (done - last >= PROGRESS_STEP) {
+        last = done;
+        progress(done, 'downloading');
+      }
+    });
+    progress(d.size, 'done');
+  };
+
+  // Workers take layers in order; the first failure stops new downloads, and
+  // pullImage settles only after every download in flight has finished.
+  const queue = manifest.layers.map((layer, index) => ({ layer, index }));
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    for (let next = queue.shift(); next && !failure; next = queue.shift()) {
+      try {
+        await download(next.layer);
+        if (!failure) opts.onLayerReady?.(next.index, next.layer);
+      } catch (e) {
+        failure ??= { error: e };
+      }
+    }
+  };
+  const concurrency = Math.max(1, Math.min(opts.concurrency ?? 4, queue.length));
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  if (failure) throw failure.error;
 
   return {
-    reference: parsed.toString(),
+    reference: name,
     ...(indexDigest ? { indexDigest } : {}),
     manifestDigest: top.digest,
     manifest,

@@ -1,115 +1,423 @@
 /**
  * An OCI distribution-spec (registry v2) client over fetch: manifests and blobs,
- * Bearer-token and Basic challenges, plain HTTP only for loopback or named
- * insecure registries.
+ * Bearer-token and Basic challenges, redirects, plain HTTP only for loopback
+ * or explicitly insecure registries (as Docker does).
+ *
+ * Auth flow: a request goes out with whatever this client already holds (a
+ * cached Bearer token for its scope, or Basic once a Basic challenge was
+ * seen); a 401 carries a challenge which is answered once (twice when a
+ * Bearer challenge asks for a different scope), after which a 401 is
+ * Unauthenticated. Tokens are cached per realm/service/scope/credentials in a
+ * TokenCache (shared by default, so successive pulls reuse them until expiry).
+ *
+ * Every error names the registry and the repository + reference it was about.
  */
-import { InvalidArgument, NotFound, Unauthenticated, Unavailable, NimbusError } from '../../core/errors.js';
+import { createHash } from 'node:crypto';
+import {
+  DataLoss,
+  InvalidArgument,
+  NimbusError,
+  NotFound,
+  PermissionDenied,
+  Unauthenticated,
+  Unavailable,
+} from '../../core/errors.js';
 import { isLoopbackRegistry } from '../../core/image-reference.js';
+import type { ContentInfo, ContentStore } from '../content/content-store.js';
+import { MANIFEST_ACCEPT } from './media-types.js';
 
-export interface RegistryClientOptions {
-  insecureRegistries?: readonly string[];
-  credentials?: { username: string; password: string };
-  signal?: AbortSignal;
+export interface RegistryCredentials {
+  username: string;
+  password: string;
 }
 
-interface Challenge {
+export interface RegistryClientOptions {
+  /** Registries (host[:port]) reached over plain HTTP although not loopback. */
+  insecureRegistries?: readonly string[];
+  credentials?: RegistryCredentials;
+  signal?: AbortSignal;
+  /** Where Bearer tokens are kept; defaults to one process-wide cache. */
+  tokenCache?: TokenCache;
+  userAgent?: string;
+}
+
+export interface Challenge {
   scheme: string;
   params: Record<string, string>;
 }
 
+const MAX_REDIRECTS = 5;
+const DEFAULT_TOKEN_TTL_S = 60;
+
+/** Parse a WWW-Authenticate header into its challenges (RFC 7235: quoted or bare values, several challenges). */
+export function parseChallenges(header: string): Challenge[] {
+  const out: Challenge[] = [];
+  let i = 0;
+  const n = header.length;
+  const skipWs = () => {
+    while (i < n && /[\s,]/.test(header[i]!)) i++;
+  };
+  const token = () => {
+    const m = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+/.exec(header.slice(i));
+    if (!m) return '';
+    i += m[0].length;
+    return m[0];
+  };
+  let current: Challenge | undefined;
+  while (i < n) {
+    skipWs();
+    const start = i;
+    const name = token();
+    if (!name) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < n && header[j] === ' ') j++;
+    if (header[j] === '=' && current) {
+      i = j + 1;
+      while (i < n && header[i] === ' ') i++;
+      let value = '';
+      if (header[i] === '"') {
+        i++;
+        while (i < n && header[i] !== '"') {
+          if (header[i] === '\\' && i + 1 < n) i++;
+          value += header[i];
+          i++;
+        }
+        i++;
+      } else {
+        const m = /^[^,\s]*/.exec(header.slice(i))!;
+        value = m[0];
+        i += value.length;
+      }
+      current.params[name.toLowerCase()] = value;
+    } else if (header[j] === '=' && !current) {
+      i = j + 1; // parameter without a scheme: ignore
+    } else {
+      current = { scheme: name.toLowerCase(), params: {} };
+      out.push(current);
+      if (i === start) i++;
+    }
+  }
+  return out;
+}
+
+/** First challenge of a WWW-Authenticate header. */
 export function parseChallenge(header: string): Challenge | undefined {
-  const m = /^(\w+)\s*(.*)$/.exec(header.trim());
-  if (!m) return undefined;
-  const params: Record<string, string> = {};
-  for (const p of m[2]!.matchAll(/(\w+)="([^"]*)"/g)) params[p[1]!.toLowerCase()] = p[2]!;
-  return { scheme: m[1]!.toLowerCase(), params };
+  return parseChallenges(header)[0];
+}
+
+/** Bearer tokens by realm, service, scope and (a hash of) the credentials used to get them. */
+export class TokenCache {
+  private readonly tokens = new Map<string, { token: string; expires: number }>();
+  get(key: string): string | undefined {
+    const t = this.tokens.get(key);
+    if (!t) return undefined;
+    if (Date.now() >= t.expires) {
+      this.tokens.delete(key);
+      return undefined;
+    }
+    return t.token;
+  }
+  set(key: string, token: string, ttlSeconds: number): void {
+    // Renew a little early so a token does not expire between lookup and use.
+    this.tokens.set(key, { token, expires: Date.now() + Math.max(1, ttlSeconds - 5) * 1000 });
+  }
+  delete(key: string): void {
+    this.tokens.delete(key);
+  }
+  clear(): void {
+    this.tokens.clear();
+  }
+  get size(): number {
+    return this.tokens.size;
+  }
+}
+
+export const defaultTokenCache = new TokenCache();
+
+/** Does this registry get plain HTTP? Loopback always, others only when listed. */
+export function isPlainHttpRegistry(registry: string, insecure: readonly string[] = []): boolean {
+  return isLoopbackRegistry(registry) || insecure.includes(registry);
+}
+
+export interface ManifestResponse {
+  body: Buffer;
+  mediaType: string;
+  /** Docker-Content-Digest header, when the registry sent one. */
+  digest?: string;
+}
+
+export interface ManifestHead {
+  mediaType: string;
+  digest?: string;
+  size?: number;
 }
 
 export class RegistryClient {
-  private readonly base: string;
-  private token: string | undefined;
+  /** https://host/v2/<repository> (http for loopback and insecure registries). */
+  readonly base: string;
+  private readonly cache: TokenCache;
+  private bearerKey: string | undefined;
   private basic = false;
 
-  constructor(readonly registry: string, readonly repository: string, private readonly opts: RegistryClientOptions = {}) {
-    const plain = isLoopbackRegistry(registry) || (opts.insecureRegistries ?? []).includes(registry);
+  constructor(
+    readonly registry: string,
+    readonly repository: string,
+    private readonly opts: RegistryClientOptions = {},
+  ) {
+    const plain = isPlainHttpRegistry(registry, opts.insecureRegistries);
     const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
     this.base = `${plain ? 'http' : 'https'}://${host}/v2/${repository}`;
+    this.cache = opts.tokenCache ?? defaultTokenCache;
+  }
+
+  private where(what: string): string {
+    return `${this.registry}/${this.repository} ${what}`;
+  }
+
+  private basicHeader(): string | undefined {
+    const c = this.opts.credentials;
+    return c ? `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` : undefined;
   }
 
   private authHeader(): Record<string, string> {
-    if (this.token) return { authorization: `Bearer ${this.token}` };
-    if (this.basic && this.opts.credentials) {
-      const { username, password } = this.opts.credentials;
-      return { authorization: `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}` };
+    if (this.bearerKey) {
+      const t = this.cache.get(this.bearerKey);
+      if (t) return { authorization: `Bearer ${t}` };
+      this.bearerKey = undefined; // expired: the next 401 fetches a fresh one
     }
-    return {};
+    const basic = this.basic ? this.basicHeader() : undefined;
+    return basic ? { authorization: basic } : {};
   }
 
-  private async authenticate(res: Response): Promise<boolean> {
-    const ch = parseChallenge(res.headers.get('www-authenticate') ?? '');
-    if (!ch) return false;
-    if (ch.scheme === 'basic') {
-      if (!this.opts.credentials || this.basic) return false;
-      this.basic = true;
+  /** Answer a 401's challenge. Returns false when there is nothing (new) to try. */
+  private async authenticate(res: Response, what: string, tried: Set<string>): Promise<boolean> {
+    const challenges = parseChallenges(res.headers.get('www-authenticate') ?? '');
+    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
+    if (bearer) {
+      const realm = bearer.params.realm!;
+      const service = bearer.params.service;
+      const scope = bearer.params.scope ?? `repository:${this.repository}:pull`;
+      const cred = this.opts.credentials;
+      const credKey = cred ? createHash('sha256').update(`${cred.username}\0${cred.password}`).digest('hex') : 'anonymous';
+      const key = `${realm}|${service ?? ''}|${scope}|${credKey}`;
+      if (tried.has(key)) {
+        this.cache.delete(key);
+        return false;
+      }
+      tried.add(key);
+      if (this.cache.get(key) === undefined || this.bearerKey === key) await this.fetchToken(key, realm, service, scope, what);
+      this.bearerKey = key;
       return true;
     }
-    if (ch.scheme === 'bearer' && ch.params.realm && !this.token) {
-      const url = new URL(ch.params.realm);
-      if (ch.params.service) url.searchParams.set('service', ch.params.service);
-      url.searchParams.set('scope', ch.params.scope ?? `repository:${this.repository}:pull`);
-      const headers: Record<string, string> = {};
-      if (this.opts.credentials) {
-        const { username, password } = this.opts.credentials;
-        headers.authorization = `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+    if (challenges.some((c) => c.scheme === 'basic')) {
+      if (!this.opts.credentials) {
+        throw new Unauthenticated(`registry ${this.registry} requires credentials for ${this.where(what)}`);
       }
-      const tr = await this.fetchRaw(url.toString(), { headers });
-      if (!tr.ok) throw new Unauthenticated(`registry ${this.registry}: token endpoint answered ${tr.status}`);
-      const body = (await tr.json()) as { token?: string; access_token?: string };
-      this.token = body.token ?? body.access_token;
-      return this.token !== undefined;
+      if (tried.has('basic')) return false;
+      tried.add('basic');
+      this.basic = true;
+      return true;
     }
     return false;
   }
 
-  private async fetchRaw(url: string, init: RequestInit): Promise<Response> {
+  private async fetchToken(key: string, realm: string, service: string | undefined, scope: string, what: string): Promise<void> {
+    let url: URL;
     try {
-      return await fetch(url, { ...init, redirect: 'follow', ...(this.opts.signal ? { signal: this.opts.signal } : {}) });
-    } catch (e) {
-      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-      throw new Unavailable(`cannot reach registry ${this.registry}: ${cause?.code ?? cause?.message ?? String(e)}`, undefined, { cause: e });
+      url = new URL(realm);
+    } catch {
+      throw new Unauthenticated(`registry ${this.registry} sent an invalid token realm "${realm}" for ${this.where(what)}`);
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+      throw new Unauthenticated(`registry ${this.registry} sent a token realm with scheme ${url.protocol} for ${this.where(what)}`);
+    }
+    if (service) url.searchParams.set('service', service);
+    url.searchParams.set('scope', scope);
+    const basic = this.basicHeader();
+    const res = await this.send(url.toString(), 'GET', basic ? { authorization: basic } : {}, `token for ${this.where(what)}`);
+    if (!res.ok) {
+      const text = await res.text().catch(() => '');
+      if (res.status === 401 || res.status === 403) {
+        throw new Unauthenticated(
+          `registry ${this.registry}: token service ${url.origin} refused ${this.opts.credentials ? `the credentials of ${this.opts.credentials.username}` : 'anonymous access'} for ${this.where(what)} (${res.status})${text ? `: ${text.slice(0, 200)}` : ''}`,
+        );
+      }
+      throw new Unavailable(`registry ${this.registry}: token service ${url.origin} answered ${res.status} for ${this.where(what)}`);
+    }
+    let body: { token?: string; access_token?: string; expires_in?: number };
+    try {
+      body = (await res.json()) as typeof body;
+    } catch {
+      throw new Unauthenticated(`registry ${this.registry}: token service ${url.origin} answered with invalid JSON for ${this.where(what)}`);
+    }
+    const token = body.token ?? body.access_token;
+    if (!token) throw new Unauthenticated(`registry ${this.registry}: token service ${url.origin} gave no token for ${this.where(what)}`);
+    this.cache.set(key, token, typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_TTL_S);
+  }
+
+  /** One HTTP exchange with manual redirects: credentials never follow a redirect to another origin. */
+  private async send(url: string, method: 'GET' | 'HEAD', headers: Record<string, string>, what: string): Promise<Response> {
+    let current = url;
+    let hdrs: Record<string, string> = { ...headers, ...(this.opts.userAgent ? { 'user-agent': this.opts.userAgent } : {}) };
+    for (let hop = 0; ; hop++) {
+      let res: Response;
+      try {
+        res = await fetch(current, { method, headers: hdrs, redirect: 'manual', ...(this.opts.signal ? { signal: this.opts.signal } : {}) });
+      } catch (e) {
+        if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
+        const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+        throw new Unavailable(`cannot reach registry ${this.registry} (${new URL(current).host}) for ${what}: ${cause?.code ?? cause?.message ?? String(e)}`, undefined, { cause: e });
+      }
+      const loc = res.headers.get('location');
+      if (![301, 302, 303, 307, 308].includes(res.status) || !loc) return res;
+      await res.body?.cancel().catch(() => undefined);
+      if (hop >= MAX_REDIRECTS) throw new Unavailable(`registry ${this.registry}: too many redirects for ${what}`);
+      const next = new URL(loc, current);
+      if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new Unavailable(`registry ${this.registry} redirected ${what} to ${next.protocol}`);
+      if (next.origin !== new URL(current).origin) {
+        const { authorization: _dropped, ...rest } = hdrs;
+        void _dropped;
+        hdrs = rest;
+      }
+      current = next.toString();
     }
   }
 
-  /** GET/HEAD under /v2/<repo>/, answering auth challenges once. */
+  /** GET/HEAD under /v2/<repo>/, answering auth challenges. Non-2xx becomes a typed error. */
   async request(method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}, what = path): Promise<Response> {
-    for (let attempt = 0; ; attempt++) {
-      const res = await this.fetchRaw(`${this.base}/${path}`, { method, headers: { ...headers, ...this.authHeader() } });
-      if (res.status === 401 && attempt === 0 && (await this.authenticate(res))) {
-        await res.body?.cancel();
-        continue;
+    const tried = new Set<string>();
+    for (;;) {
+      const res = await this.send(`${this.base}/${path}`, method, { ...headers, ...this.authHeader() }, this.where(what));
+      if (res.status === 401 && tried.size < 3) {
+        const retry = await this.authenticate(res, what, tried);
+        if (retry) {
+          await res.body?.cancel().catch(() => undefined);
+          continue;
+        }
       }
       if (res.ok) return res;
-      const text = method === 'GET' ? await res.text().catch(() => '') : '';
-      const ref = `${this.registry}/${this.repository} ${what}`;
-      if (res.status === 401 || res.status === 403) throw new Unauthenticated(`registry refused access to ${ref} (${res.status})${text ? `: ${text.slice(0, 200)}` : ''}`);
-      if (res.status === 404) throw new NotFound(`${ref}: not found in registry${/MANIFEST_UNKNOWN|NAME_UNKNOWN/.test(text) ? ` (${/NAME_UNKNOWN/.test(text) ? 'unknown repository' : 'manifest unknown'})` : ''}`);
-      if (res.status >= 500) throw new Unavailable(`registry ${this.registry} answered ${res.status} for ${ref}`);
-      throw new NimbusError('InvalidArgument', `registry answered ${res.status} for ${ref}: ${text.slice(0, 200)}`);
+      throw await this.errorFor(res, method, what);
     }
   }
 
-  async getManifest(reference: string, accept: string, maxBytes: number): Promise<{ body: Buffer; mediaType: string; digest?: string }> {
-    const res = await this.request('GET', `manifests/${reference}`, { accept }, reference);
-    const len = Number(res.headers.get('content-length') ?? 0);
-    if (len > maxBytes) throw new InvalidArgument(`manifest ${reference} is ${len} bytes; the limit is ${maxBytes}`);
-    const body = Buffer.from(await res.arrayBuffer());
-    if (body.length > maxBytes) throw new InvalidArgument(`manifest ${reference} is larger than ${maxBytes} bytes`);
-    const mediaType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
-    const digest = res.headers.get('docker-content-digest') ?? undefined;
-    return { body, mediaType, ...(digest ? { digest } : {}) };
+  private async errorFor(res: Response, method: string, what: string): Promise<NimbusError> {
+    const text = method === 'GET' ? await res.text().catch(() => '') : (await res.body?.cancel().catch(() => undefined), '');
+    const ref = this.where(what);
+    const detail = text ? `: ${text.slice(0, 200).trim()}` : '';
+    if (res.status === 401) {
+      return new Unauthenticated(
+        `registry ${this.registry} refused access to ${ref} (401)${this.opts.credentials ? ` with the credentials of ${this.opts.credentials.username}` : ' without credentials'}${detail}`,
+      );
+    }
+    if (res.status === 403) return new PermissionDenied(`registry ${this.registry} denied access to ${ref} (403)${detail}`);
+    if (res.status === 404) {
+      const kind = /NAME_UNKNOWN/.test(text) ? ' (unknown repository)' : /MANIFEST_UNKNOWN/.test(text) ? ' (manifest unknown)' : /BLOB_UNKNOWN/.test(text) ? ' (blob unknown)' : '';
+      return new NotFound(`${ref}: not found in registry ${this.registry}${kind}`);
+    }
+    if (res.status === 429 || res.status >= 500) return new Unavailable(`registry ${this.registry} answered ${res.status} for ${ref}${detail}`);
+    return new InvalidArgument(`registry ${this.registry} answered ${res.status} for ${ref}${detail}`);
   }
 
+  /** GET a manifest or index; the body is read with a size limit (no unbounded buffering). */
+  async getManifest(reference: string, accept: string = MANIFEST_ACCEPT, maxBytes = 4 * 1024 * 1024): Promise<ManifestResponse> {
+    const res = await this.request('GET', `manifests/${reference}`, { accept }, reference);
+    const len = Number(res.headers.get('content-length') ?? NaN);
+    if (len > maxBytes) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new InvalidArgument(`manifest ${this.where(reference)} is ${len} bytes; the limit is ${maxBytes}`);
+    }
+    const parts: Buffer[] = [];
+    let total = 0;
+    try {
+      for await (const chunk of (res.body ?? []) as AsyncIterable<Uint8Array>) {
+        total += chunk.length;
+        if (total > maxBytes) throw new InvalidArgument(`manifest ${this.where(reference)} is larger than ${maxBytes} bytes`);
+        parts.push(Buffer.from(chunk));
+      }
+    } catch (e) {
+      if (e instanceof NimbusError) throw e;
+      throw this.streamError(e, reference);
+    }
+    const mediaType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
+    const digest = res.headers.get('docker-content-digest') ?? undefined;
+    return { body: Buffer.concat(parts), mediaType, ...(digest ? { digest } : {}) };
+  }
+
+  /** HEAD a manifest: its digest (Docker-Content-Digest), media type and size without the body. */
+  async headManifest(reference: string, accept: string = MANIFEST_ACCEPT): Promise<ManifestHead> {
+    const res = await this.request('HEAD', `manifests/${reference}`, { accept }, reference);
+    const mediaType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
+    const digest = res.headers.get('docker-content-digest') ?? undefined;
+    const size = Number(res.headers.get('content-length') ?? NaN);
+    return { mediaType, ...(digest ? { digest } : {}), ...(Number.isFinite(size) ? { size } : {}) };
+  }
+
+  /** GET a blob (redirects to blob storage are followed). The caller must consume or cancel the body. */
   async getBlob(digest: string): Promise<Response> {
     return this.request('GET', `blobs/${digest}`, {}, digest);
+  }
+
+  /** Does the registry have this blob? */
+  async hasBlob(digest: string): Promise<boolean> {
+    try {
+      await this.request('HEAD', `blobs/${digest}`, {}, digest);
+      return true;
+    } catch (e) {
+      if (e instanceof NimbusError && e.code === 'NotFound') return false;
+      throw e;
+    }
+  }
+
+  private streamError(e: unknown, what: string): NimbusError {
+    if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause?.code ?? cause?.message ?? (e instanceof Error ? e.message : String(e));
+    return new Unavailable(`registry ${this.registry}: connection lost while reading ${this.where(what)}: ${why}`, undefined, { cause: e });
+  }
+
+  /**
+   * Stream a blob into the content store; the store verifies digest and size
+   * before the blob becomes visible (DataLoss otherwise, nothing kept).
+   * onBytes is called with the running byte count.
+   */
+  async pullBlob(
+    desc: { digest: string; size?: number },
+    store: ContentStore,
+    onBytes?: (bytesDone: number, finished: boolean) => void,
+  ): Promise<ContentInfo> {
+    const res = await this.getBlob(desc.digest);
+    const len = Number(res.headers.get('content-length') ?? NaN);
+    if (desc.size !== undefined && Number.isFinite(len) && len !== desc.size) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new DataLoss(`blob ${this.where(desc.digest)}: registry sent ${len} bytes, the manifest says ${desc.size}`);
+    }
+    const body = (res.body ?? []) as AsyncIterable<Uint8Array>;
+    const self = this;
+    let done = 0;
+    async function* counted(): AsyncGenerator<Uint8Array> {
+      try {
+        for await (const chunk of body) {
+          done += chunk.length;
+          onBytes?.(done, false);
+          yield chunk;
+        }
+      } catch (e) {
+        throw self.streamError(e, desc.digest);
+      }
+      onBytes?.(done, true);
+    }
+    try {
+      return await store.ingest({ digest: desc.digest, ...(desc.size !== undefined ? { size: desc.size } : {}) }, counted());
+    } catch (e) {
+      if (e instanceof NimbusError && e.code === 'DataLoss' && !e.message.includes(this.registry)) {
+        throw new DataLoss(`${e.message} (blob ${this.where(desc.digest)})`, e.details, { cause: e });
+      }
+      throw e;
+    } finally {
+      await res.body?.cancel().catch(() => undefined);
+    }
   }
 }

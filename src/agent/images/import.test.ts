@@ -1,0 +1,108 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { LocalContentStore } from '../content/local-content-store.js';
+import { importImageArchive } from './import.js';
+import { MT } from './media-types.js';
+import { buildTestImages, makeTar, sha256Digest, writeDockerSaveTar, writeOciLayoutTar } from '../../../scripts/fixtures/images.js';
+
+function tmp(t: { after(fn: () => unknown): void }) {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-import-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('OCI image-layout tar: index resolved to linux/amd64, every blob stored, name from annotations', async (t) => {
+  const dir = tmp(t);
+  const images = await buildTestImages();
+  const tarPath = join(dir, 'oci.tar');
+  await writeOciLayoutTar(images, tarPath, 'docker.io/nimbus-test/busybox:imported');
+  const store = new LocalContentStore(join(dir, 'content'));
+  const out = await importImageArchive(tarPath, store);
+  assert.equal(out.length, 1);
+  const img = out[0]!;
+  assert.equal(img.name, 'docker.io/nimbus-test/busybox:imported');
+  assert.equal(img.manifestDigest, images.amd64.manifest.digest);
+  assert.equal(img.configDigest, images.amd64.config.digest);
+  assert.deepEqual(img.layers.map((l) => l.mediaType), [MT.ociLayerGzip, MT.ociLayer, MT.ociLayerGzip]);
+  assert.deepEqual(img.config.rootfs?.diff_ids, images.amd64.diffIds);
+  for (const b of [images.index, images.amd64.manifest, images.amd64.config, ...images.amd64.layers]) {
+    assert.deepEqual(await store.readBlob(b.digest), b.data, b.digest);
+  }
+  assert.equal(await store.info(images.arm64.layers[0]!.digest), undefined, 'arm64 layers not imported');
+  const arm = await importImageArchive(tarPath, new LocalContentStore(join(dir, 'content-arm')), { platform: { os: 'linux', architecture: 'arm64' } });
+  assert.equal(arm[0]!.manifestDigest, images.arm64.manifest.digest);
+  await assert.rejects(importImageArchive(tarPath, store, { platform: { os: 'linux', architecture: 'riscv64' } }), {
+    code: 'InvalidArgument', message: /available: linux\/arm64, linux\/amd64/,
+  });
+});
+
+test('docker save tar: digests computed and checked against diff_ids, symlinked layers followed, manifest synthesised', async (t) => {
+  const dir = tmp(t);
+  const images = await buildTestImages();
+  const tarPath = join(dir, 'save.tar');
+  await writeDockerSaveTar(images, tarPath, { repoTags: ['nimbus-test/busybox:saved', 'nimbus-test/busybox:also'], copyTags: ['nimbus-test/copy:v1'] });
+  const store = new LocalContentStore(join(dir, 'content'));
+  const out = await importImageArchive(tarPath, store);
+  assert.deepEqual(out.map((i) => i.name), ['nimbus-test/busybox:saved', 'nimbus-test/busybox:also', 'nimbus-test/copy:v1']);
+  const img = out[0]!;
+  assert.equal(img.configDigest, images.amd64.config.digest);
+  assert.deepEqual(img.layers.map((l) => l.digest), images.amd64.diffIds, 'uncompressed layers: digest = diff_id');
+  assert.deepEqual(img.layers.map((l) => l.mediaType), [MT.ociLayer, MT.ociLayer, MT.ociLayer]);
+  assert.deepEqual(out[2]!.layers, img.layers, 'symlinked layer.tar resolves to the same blob');
+  const manifestBody = await store.readBlob(img.manifestDigest);
+  assert.equal(sha256Digest(manifestBody), img.manifestDigest);
+  assert.deepEqual(JSON.parse(manifestBody.toString()), img.manifest);
+  for (const l of img.layers) assert.ok(await store.info(l.digest));
+});
+
+test('corrupt archives are refused: DataLoss, nothing of the bad blob stored; non-archives are InvalidArgument', async (t) => {
+  const dir = tmp(t);
+  const images = await buildTestImages();
+  // An OCI layout whose layer blob does not hash to its name.
+  const layer = images.amd64.layers[1]!;
+  const bad = Buffer.from(layer.data);
+  bad[100] = bad[100]! ^ 1;
+  const entries = [images.index, images.amd64.manifest, images.arm64.manifest, ...images.blobs].map((b) => ({
+    name: `blobs/sha256/${b.digest.slice(7)}`, type: 'file' as const, content: b.digest === layer.digest ? bad : b.data,
+  }));
+  const ociBad = join(dir, 'oci-bad.tar');
+  writeFileSync(ociBad, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MT.ociIndex, digest: images.index.digest, size: images.index.size }] }) },
+    ...entries,
+  ]));
+  const store = new LocalContentStore(join(dir, 'content'));
+  await assert.rejects(importImageArchive(ociBad, store), { code: 'DataLoss', message: /digest mismatch/ });
+  assert.equal(await store.info(layer.digest), undefined);
+  assert.deepEqual(readdirSync(join(dir, 'content', 'ingest')), []);
+
+  // A docker save whose layer.tar does not match the config's diff_id.
+  const cfg = images.amd64.config;
+  const saveBad = join(dir, 'save-bad.tar');
+  writeFileSync(saveBad, await makeTar([
+    { name: `${cfg.digest.slice(7)}.json`, type: 'file', content: cfg.data },
+    ...images.amd64.rawLayers.map((r, i) => ({ name: `l${i}/layer.tar`, type: 'file' as const, content: i === 2 ? Buffer.concat([r, Buffer.alloc(512)]) : r })),
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: `${cfg.digest.slice(7)}.json`, RepoTags: ['x:y'], Layers: ['l0/layer.tar', 'l1/layer.tar', 'l2/layer.tar'] }]) },
+  ]));
+  await assert.rejects(importImageArchive(saveBad, store), { code: 'DataLoss', message: /diff_id/ });
+
+  // A config whose content does not match its <hex>.json name.
+  const cfgBad = join(dir, 'cfg-bad.tar');
+  writeFileSync(cfgBad, await makeTar([
+    { name: `${'a'.repeat(64)}.json`, type: 'file', content: cfg.data },
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: `${'a'.repeat(64)}.json`, Layers: [] }]) },
+  ]));
+  await assert.rejects(importImageArchive(cfgBad, store), { code: 'DataLoss' });
+  assert.equal(await store.info(`sha256:${'a'.repeat(64)}`), undefined);
+
+  const junk = join(dir, 'junk.tar');
+  writeFileSync(junk, await makeTar([{ name: 'hello.txt', type: 'file', content: 'hi' }]));
+  await assert.rejects(importImageArchive(junk, store), { code: 'InvalidArgument', message: /not an image archive/ });
+  const notTar = join(dir, 'not.tar');
+  writeFileSync(notTar, gzipSync(Buffer.from('not a tar at all'.repeat(100))));
+  await assert.rejects(importImageArchive(notTar, store), { code: 'InvalidArgument' });
+});

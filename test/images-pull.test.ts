@@ -1,0 +1,183 @@
+/**
+ * Image pull against the real docker-registry (scripts/fixtures/registry.ts)
+ * holding the busybox test images (scripts/fixtures/images.ts): tag → index →
+ * linux/amd64, digest pulls, missing tags, tampered blobs (in the registry's
+ * storage and on the wire), htpasswd Basic auth, a Bearer token service, and
+ * import of the same image from OCI-layout and docker-save tars.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { LocalContentStore } from '../src/agent/content/local-content-store.js';
+import { importImageArchive } from '../src/agent/images/import.js';
+import { pullImage, type LayerProgress } from '../src/agent/images/pull.js';
+import { TokenCache } from '../src/agent/images/registry-client.js';
+import {
+  MEDIA, blobOf, buildTestImages, makeTar, pushImage, pushTestImages, writeDockerSaveTar, writeOciLayoutTar, type TestImages,
+} from '../scripts/fixtures/images.js';
+import { startRegistry, startTamperingProxy, startTokenAuthProxy, type RegistryFixture } from '../scripts/fixtures/registry.js';
+
+const REPO = 'nimbus-test/busybox';
+
+function tempStore(t: { after(fn: () => unknown): void }) {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-pull-it-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return { dir, store: new LocalContentStore(dir) };
+}
+
+describe('pull from a real registry', () => {
+  let reg: RegistryFixture | undefined;
+  let images: TestImages;
+  before(async () => {
+    images = await buildTestImages();
+    reg = await startRegistry();
+    await pushTestImages(reg.host, images);
+  });
+  after(async () => {
+    await reg?.stop();
+  });
+
+  test('by tag: the index resolves to linux/amd64; index, manifest, config and layers are stored', async (t) => {
+    const { store } = tempStore(t);
+    const events: LayerProgress[] = [];
+    const ready: number[] = [];
+    const img = await pullImage(`${reg!.host}/${REPO}:latest`, { store, onProgress: (e) => events.push(e), onLayerReady: (i) => ready.push(i) });
+    assert.equal(img.reference, `${reg!.host}/${REPO}:latest`);
+    assert.equal(img.indexDigest, images.index.digest);
+    assert.equal(img.manifestDigest, images.amd64.manifest.digest);
+    assert.equal(img.configDigest, images.amd64.config.digest);
+    assert.deepEqual(img.config.config?.Cmd, ['sh']);
+    assert.equal(img.config.config?.Entrypoint, undefined);
+    assert.deepEqual(img.layers.map((l) => l.mediaType), [MEDIA.layerGzip, MEDIA.layer, MEDIA.layerGzip]);
+    assert.deepEqual(ready.sort(), [0, 1, 2]);
+    for (const b of [images.index, images.amd64.manifest, images.amd64.config, ...images.amd64.layers]) {
+      assert.deepEqual(await store.readBlob(b.digest), b.data, `${b.digest} stored intact`);
+    }
+    for (const l of images.amd64.layers) assert.equal(events.filter((e) => e.digest === l.digest).at(-1)?.status, 'done');
+
+    const single = await pullImage(`${reg!.host}/${REPO}:single`, { store, onProgress: (e) => events.push(e) });
+    assert.equal(single.indexDigest, undefined);
+    assert.equal(single.manifestDigest, images.amd64.manifest.digest);
+    assert.equal(events.at(-1)?.status, 'exists');
+  });
+
+  test('by digest (manifest and index); arm64 by platform', async (t) => {
+    const { store } = tempStore(t);
+    const byManifest = await pullImage(`${reg!.host}/${REPO}@${images.amd64.manifest.digest}`, { store });
+    assert.equal(byManifest.manifestDigest, images.amd64.manifest.digest);
+    const byIndex = await pullImage(`${reg!.host}/${REPO}@${images.index.digest}`, { store });
+    assert.equal(byIndex.indexDigest, images.index.digest);
+    const arm = await pullImage(`${reg!.host}/${REPO}:latest`, { store, platform: { os: 'linux', architecture: 'arm64' } });
+    assert.equal(arm.manifestDigest, images.arm64.manifest.digest);
+  });
+
+  test('missing tag, repository and digest are NotFound naming registry and reference; unreachable is Unavailable', async (t) => {
+    const { store } = tempStore(t);
+    await assert.rejects(pullImage(`${reg!.host}/${REPO}:nope`, { store }), { code: 'NotFound', message: new RegExp(`${reg!.host}/${REPO} nope`) });
+    await assert.rejects(pullImage(`${reg!.host}/no/such-repo:latest`, { store }), { code: 'NotFound', message: /no\/such-repo latest/ });
+    await assert.rejects(pullImage(`${reg!.host}/${REPO}@sha256:${'0'.repeat(64)}`, { store }), { code: 'NotFound' });
+    await assert.rejects(pullImage(`${reg!.host}/${REPO}:latest`, { store, platform: { os: 'linux', architecture: 's390x' } }), {
+      code: 'NotFound', message: /available: linux\/arm64, linux\/amd64/,
+    });
+    await assert.rejects(pullImage('127.0.0.1:1/nothing/here:latest', { store }), { code: 'Unavailable', message: /127\.0\.0\.1:1/ });
+  });
+
+  test('a blob corrupted in the registry storage is refused with DataLoss and leaves nothing behind', async (t) => {
+    const { dir, store } = tempStore(t);
+    const raw = await makeTar([{ name: 'payload.bin', type: 'file', content: Buffer.alloc(8192, 0x5a) }]);
+    const layer = blobOf(gzipSync(raw), MEDIA.layerGzip);
+    const config = blobOf(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] }, rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(raw).digest('hex')}`] } })), MEDIA.config);
+    const manifest = blobOf(Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MEDIA.manifest,
+      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
+      layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
+    })), MEDIA.manifest);
+    await pushImage(reg!.host, 'nimbus-test/tampered', 'latest', { manifest, blobs: [config, layer] });
+    const file = reg!.blobDataPath(layer.digest);
+    const bytes = readFileSync(file);
+    bytes[bytes.length - 10] = bytes[bytes.length - 10]! ^ 0xff;
+    writeFileSync(file, bytes);
+
+    await assert.rejects(pullImage(`${reg!.host}/nimbus-test/tampered:latest`, { store }), { code: 'DataLoss', message: new RegExp(`digest mismatch.*${layer.digest}`) });
+    assert.equal(await store.info(layer.digest), undefined);
+    assert.deepEqual(readdirSync(join(dir, 'ingest')), []);
+  });
+
+  test('a blob altered on the wire (tampering proxy) is refused with DataLoss; the good layers stay verified', async (t) => {
+    const { dir, store } = tempStore(t);
+    const target = images.amd64.layers[2]!.digest;
+    const proxy = await startTamperingProxy(reg!.host, { digests: [target] });
+    t.after(() => proxy.stop());
+    await assert.rejects(pullImage(`${proxy.host}/${REPO}:latest`, { store }), { code: 'DataLoss', message: new RegExp(target) });
+    assert.deepEqual(proxy.tampered, [target]);
+    assert.equal(await store.info(target), undefined);
+    assert.deepEqual(readdirSync(join(dir, 'ingest')), []);
+    for (const b of (await store.list())) assert.equal(`sha256:${createHash('sha256').update(await store.readBlob(b.digest)).digest('hex')}`, b.digest);
+  });
+
+  test('import: OCI layout and docker save tars give the same image as the pull', async (t) => {
+    const { dir, store } = tempStore(t);
+    const oci = join(dir, 'oci.tar');
+    const save = join(dir, 'save.tar');
+    await writeOciLayoutTar(images, oci);
+    await writeDockerSaveTar(images, save);
+    const pulled = await pullImage(`${reg!.host}/${REPO}:latest`, { store: new LocalContentStore(join(dir, 'pulled')) });
+    const [fromOci] = await importImageArchive(oci, store);
+    assert.equal(fromOci!.manifestDigest, pulled.manifestDigest);
+    assert.equal(fromOci!.name, `docker.io/${REPO}:latest`);
+    const [fromSave] = await importImageArchive(save, store);
+    assert.equal(fromSave!.name, `${REPO}:saved`);
+    assert.equal(fromSave!.configDigest, pulled.configDigest, 'same config');
+    assert.deepEqual(fromSave!.config.rootfs?.diff_ids, pulled.config.rootfs?.diff_ids);
+  });
+});
+
+describe('registry authentication (real htpasswd registry, token service in front)', () => {
+  let reg: RegistryFixture | undefined;
+  before(async () => {
+    reg = await startRegistry({ auth: 'basic', username: 'alice' });
+    await pushTestImages(reg.host, await buildTestImages(), REPO, { credentials: reg.credentials! });
+  });
+  after(async () => {
+    await reg?.stop();
+  });
+
+  test('basic: refused without or with wrong credentials (Unauthenticated), pulled with the right ones', async (t) => {
+    const { store } = tempStore(t);
+    const ref = `${reg!.host}/${REPO}:latest`;
+    await assert.rejects(pullImage(ref, { store }), { code: 'Unauthenticated', message: new RegExp(reg!.host) });
+    await assert.rejects(pullImage(ref, { store, credentials: { username: 'alice', password: 'wrong' } }), { code: 'Unauthenticated', message: /alice/ });
+    const img = await pullImage(ref, { store, credentials: reg!.credentials! });
+    assert.equal(img.layers.length, 3);
+    for (const l of img.layers) assert.ok(await store.info(l.digest));
+  });
+
+  test('bearer: token asked for the pull scope with Basic credentials, cached and reused', async (t) => {
+    const { store } = tempStore(t);
+    const proxy = await startTokenAuthProxy(reg!, { users: { bob: 'hunter2' } });
+    t.after(() => proxy.stop());
+    const ref = `${proxy.host}/${REPO}:latest`;
+    const tokenCache = new TokenCache();
+    await assert.rejects(pullImage(ref, { store, tokenCache }), { code: 'Unauthenticated', message: /anonymous/ });
+    await assert.rejects(pullImage(ref, { store, tokenCache, credentials: { username: 'bob', password: 'nope' } }), { code: 'Unauthenticated' });
+    const img = await pullImage(ref, { store, tokenCache, credentials: { username: 'bob', password: 'hunter2' } });
+    assert.equal(img.layers.length, 3);
+    const granted = proxy.tokenRequests.filter((r) => r.granted);
+    assert.deepEqual(granted, [{ scope: `repository:${REPO}:pull`, user: 'bob', granted: true }]);
+    await pullImage(`${proxy.host}/${REPO}:single`, { store, tokenCache, credentials: { username: 'bob', password: 'hunter2' } });
+    assert.equal(proxy.tokenRequests.filter((r) => r.granted).length, 1, 'token reused from the cache');
+  });
+
+  test('bearer: anonymous tokens when the service allows them', async (t) => {
+    const { store } = tempStore(t);
+    const proxy = await startTokenAuthProxy(reg!, { allowAnonymous: true });
+    t.after(() => proxy.stop());
+    const img = await pullImage(`${proxy.host}/${REPO}:single`, { store, tokenCache: new TokenCache() });
+    assert.equal(img.layers.length, 3);
+    assert.deepEqual(proxy.tokenRequests, [{ scope: `repository:${REPO}:pull`, granted: true }]);
+  });
+});
