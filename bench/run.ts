@@ -1,31 +1,42 @@
 /**
- * npm run bench: every benchmark in turn, each printing its JSON line and
- * appending it to bench/results/<name>.jsonl. Names select a subset:
- *   node dist/bench/run.js engine quota-admission
+ * npm run bench: every benchmark in turn, each beside its peers, each printing
+ * its JSON record line and appending it to bench/results/<name>.jsonl; every
+ * benchmark gets fresh temp daemon homes started and stopped by the harness,
+ * and everything made (daemons, registry, podman storage, runc containers,
+ * temp dirs, mounts) is removed at the end, also on failure or Ctrl-C.
+ * Ends with a human summary table (figures, peers, ratios, goals met or not).
+ *   node dist/bench/run.js                          all
+ *   node dist/bench/run.js start-latency burst      a selection
+ * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
+ * BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
+ * BENCH_RESULTS_DIR (default bench/results).
  */
-import { spawnSync } from 'node:child_process';
-import { appendFileSync, mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { burst } from './burst.js';
+import { runBenchmarks, type BenchEntry } from './lib/env.js';
+import { summaryLines } from './lib/summary.js';
+import { pullUnpack } from './pull-unpack.js';
+import { quotaAdmission } from './lib/quota.js';
+import { startLatency } from './start-latency.js';
 
-const RESULTS = resolve(import.meta.dirname, '../../bench/results');
+const ALL: BenchEntry[] = [
+  { name: 'start-latency', fn: startLatency },
+  { name: 'burst', fn: burst },
+  { name: 'pull-unpack', fn: pullUnpack },
+  { name: 'quota-admission', fn: quotaAdmission, needsEnv: false },
+];
 
-const ALL = ['engine', 'quota-admission'];
-const chosen = process.argv.slice(2).filter((a) => ALL.includes(a));
-let failed = 0;
-for (const name of chosen.length ? chosen : ALL) {
-  console.log(`\n=== ${name}`);
-  const r = spawnSync(process.execPath, ['--enable-source-maps', join(import.meta.dirname, `${name}.js`)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  const out = r.stdout.toString();
-  process.stdout.write(out);
-  // The last {"bench": ...} line is the benchmark's result record.
-  const record = out.trim().split('\n').reverse().find((l) => l.startsWith('{"bench"'));
-  if (record) {
-    mkdirSync(RESULTS, { recursive: true });
-    appendFileSync(join(RESULTS, `${name}.jsonl`), record + '\n');
-  }
-  if (r.status !== 0 || !record) failed++;
+const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));
+const unknown = args.filter((a) => !ALL.some((b) => b.name === a));
+if (unknown.length || process.argv.includes('--help') || process.argv.includes('-h')) {
+  if (unknown.length) process.stderr.write(`unknown benchmark(s): ${unknown.join(', ')}\n`);
+  process.stderr.write(`usage: node dist/bench/run.js [${ALL.map((b) => b.name).join('] [')}]\n`);
+  process.exit(unknown.length ? 2 : 0);
 }
-process.exit(failed ? 1 : 0);
+const chosen = args.length ? ALL.filter((b) => args.includes(b.name)) : ALL;
+
+const t0 = Date.now();
+const { rows, failed } = await runBenchmarks(chosen);
+process.stdout.write(`\n=== summary (${((Date.now() - t0) / 1000).toFixed(0)} s; records appended to bench/results/<name>.jsonl)\n`);
+process.stdout.write(summaryLines(rows).join('\n') + '\n');
+if (failed.length) process.stdout.write(`\nfailed: ${failed.join(', ')}\n`);
+process.exitCode = failed.length ? 1 : 0;

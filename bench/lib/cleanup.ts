@@ -1,0 +1,120 @@
+/**
+ * Cleanup stack for benchmarks: everything a benchmark creates (processes,
+ * temp dirs, podman storage, runc containers, mounts) registers an undo step
+ * here; steps run last-in first-out at the end, on failure, and on SIGINT/SIGTERM.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { run } from '../../src/core/exec.js';
+
+type Step = { what: string; fn: () => unknown };
+
+export class Cleanup {
+  private steps: Step[] = [];
+  private ran = false;
+
+  add(what: string, fn: () => unknown): () => Promise<void> {
+    const step = { what, fn };
+    this.steps.push(step);
+    // Run one step early (and only once) when its owner is done with it.
+    return async () => {
+      const i = this.steps.indexOf(step);
+      if (i < 0) return;
+      this.steps.splice(i, 1);
+      await step.fn();
+    };
+  }
+
+  /** Run every step (LIFO); errors are collected and reported, never thrown. */
+  async runAll(): Promise<string[]> {
+    const errors: string[] = [];
+    while (this.steps.length) {
+      const step = this.steps.pop()!;
+      try {
+        await step.fn();
+      } catch (e) {
+        errors.push(`${step.what}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+    this.ran = true;
+    for (const e of errors) process.stderr.write(`bench cleanup: ${e}\n`);
+    return errors;
+  }
+
+  get done(): boolean {
+    return this.ran && this.steps.length === 0;
+  }
+}
+
+/** A process-wide cleanup stack that also runs on SIGINT/SIGTERM. */
+export const cleanup = new Cleanup();
+let hooked = false;
+export function hookSignals(): void {
+  if (hooked) return;
+  hooked = true;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`bench: ${sig}, cleaning up\n`);
+      void cleanup.runAll().finally(() => process.exit(130));
+    });
+  }
+}
+
+/** Mount points at or under `prefix`, deepest first. */
+export function mountsUnder(prefix: string): string[] {
+  const p = prefix.endsWith('/') ? prefix : prefix + '/';
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && (m === prefix || m.startsWith(p)))
+    .map((m) => m.replace(/\\040/g, ' '))
+    .sort((a, b) => b.length - a.length);
+}
+
+/** Lazily unmount everything under prefix; returns what was mounted. */
+export async function unmountUnder(prefix: string): Promise<string[]> {
+  const ms = mountsUnder(prefix);
+  for (const m of ms) await run('umount', ['-l', m]).catch(() => undefined);
+  return ms;
+}
+
+/** Pids of processes named `comm` whose command line contains `needle`. */
+export function pidsMatching(comm: string, needle: string): number[] {
+  const out: number[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const c = readFileSync(`/proc/${e}/comm`, 'utf8').trim();
+      if (c !== comm) continue;
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8');
+      if (cmd.includes(needle)) out.push(Number(e));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** VmRSS of a process in KiB (NaN when it is gone). */
+export function rssKiB(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,245 @@
+/**
+ * A real nimbusd for benchmarks: a child process on a fresh temp home and
+ * socket, plus a tiny in-process API client over the unix socket (keep-alive
+ * connections, as a long-lived client would hold them). stop() force-removes
+ * every container, stops the daemon and removes whatever it left.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { run } from '../../src/core/exec.js';
+import { cleanup, pidsMatching, rssKiB, unmountUnder } from './cleanup.js';
+import { repoRoot } from './result.js';
+
+export const DAEMON_MAIN = join(repoRoot(), 'dist/src/daemon/main.js');
+export const CLI_MAIN = join(repoRoot(), 'dist/src/cli/main.js');
+
+export interface ApiResponse<T> {
+  status: number;
+  body: T;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly method: string,
+    readonly path: string,
+    readonly status: number,
+    readonly body: unknown,
+  ) {
+    super(`${method} ${path} → ${status}: ${JSON.stringify(body)}`);
+  }
+}
+
+/** Minimal REST client over a unix socket. */
+export class UnixClient {
+  private agent = new Agent({ keepAlive: true, maxSockets: Infinity });
+  constructor(readonly socket: string) {}
+
+  request<T = unknown>(method: string, path: string, body?: unknown): Promise<ApiResponse<T>> {
+    return new Promise((ok, fail) => {
+      const payload = body === undefined ? undefined : JSON.stringify(body);
+      const req = request(
+        {
+          agent: this.agent,
+          socketPath: this.socket,
+          path,
+          method,
+          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : { 'content-length': 0 },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', fail);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString();
+            let parsed: unknown = undefined;
+            if (text) {
+              try {
+                parsed = res.headers['content-type']?.includes('ndjson')
+                  ? text.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as unknown)
+                  : JSON.parse(text);
+              } catch {
+                parsed = text;
+              }
+            }
+            ok({ status: res.statusCode ?? 0, body: parsed as T });
+          });
+        },
+      );
+      req.on('error', fail);
+      req.end(payload);
+    });
+  }
+
+  /** Like request() but any status outside 2xx is an ApiError. */
+  async json<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+    const r = await this.request<T>(method, path, body);
+    if (r.status < 200 || r.status > 299) throw new ApiError(method, path, r.status, r.body);
+    return r.body;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+export interface BenchDaemon {
+  home: string;
+  socket: string;
+  pid: number;
+  client: UnixClient;
+  output(): string;
+  rssKiB(): number;
+  /** Pull an image and wait for the operation; throws unless it succeeded. */
+  pull(reference: string): Promise<void>;
+  /** Force-remove every container, stop the daemon, remove leftovers and the home. Returns what was left behind (should be nothing). */
+  stop(): Promise<string[]>;
+}
+
+interface Operation {
+  id: string;
+  status: string;
+  error?: unknown;
+}
+
+export async function waitOperation(client: UnixClient, id: string, timeoutS = 300): Promise<Operation> {
+  const deadline = Date.now() + timeoutS * 1000;
+  for (;;) {
+    const op = await client.json<Operation>('GET', `/operations/${encodeURIComponent(id)}/wait?timeout=${Math.min(60, timeoutS)}`);
+    if (op.status !== 'running' && op.status !== 'pending' && op.status !== 'queued') return op;
+    if (Date.now() > deadline) throw new Error(`operation ${id} still ${op.status} after ${timeoutS} s`);
+  }
+}
+
+export async function pullImage(client: UnixClient, reference: string): Promise<void> {
+  const op = await client.json<Operation>('POST', '/images/pull', { reference });
+  const done = await waitOperation(client, op.id);
+  if (done.status !== 'succeeded') throw new Error(`pull ${reference}: ${done.status} ${JSON.stringify(done.error ?? done)}`);
+}
+
+/** One `run --rm IMAGE true` exactly as the CLI does it, without the node startup. */
+export async function nimbusRunRm(client: UnixClient, image: string): Promise<number> {
+  const c = await client.json<{ id: string }>('POST', '/containers', { image, cmd: ['true'], autoRemove: true });
+  const id = encodeURIComponent(c.id);
+  const exited = client.json<{ exitCode: number }>('POST', `/containers/${id}/wait?condition=removed`);
+  const output = client.request('GET', `/containers/${id}/logs?follow=true`).catch(() => undefined);
+  await client.json('POST', `/containers/${id}/start`);
+  const w = await exited;
+  await output;
+  if (w.exitCode !== 0) throw new Error(`container exited ${w.exitCode}`);
+  return w.exitCode;
+}
+
+/** Start nimbusd on a fresh temp home; it is registered with the cleanup stack. */
+export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchDaemon> {
+  if (!existsSync(DAEMON_MAIN)) throw new Error(`${DAEMON_MAIN} is missing: build first (npx tsc -p tsconfig.json)`);
+  const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-'));
+  const socket = join(home, 'nimbus.sock');
+  let log = '';
+  const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn' },
+  });
+  child.stderr!.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-64 * 1024)));
+  const client = new UnixClient(socket);
+  let stopped = false;
+  let lastLeftovers: string[] = [];
+
+  const stop = async (): Promise<string[]> => {
+    if (stopped) return [];
+    stopped = true;
+    const leftovers: string[] = [];
+    try {
+      if (child.exitCode === null && child.signalCode === null) {
+        const list = await client.json<{ id: string }[]>('GET', '/containers?all=true').catch(() => []);
+        await Promise.all(list.map((c) => client.request('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined)));
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        await exited;
+        clearTimeout(timer);
+      }
+    } finally {
+      client.close();
+      // Whatever the daemon left (it should be nothing), do not leave it on the host.
+      for (const pid of pidsMatching('conmon', home)) {
+        leftovers.push(`conmon pid ${pid}`);
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      for (const root of runtimeRoots(home)) {
+        const ids = (await run(root.runtime, ['--root', root.dir, 'list', '-q']).catch(() => ({ stdout: '' }))).stdout.split('\n').filter(Boolean);
+        for (const id of ids) {
+          leftovers.push(`${root.runtime} container ${id}`);
+          await run(root.runtime, ['--root', root.dir, 'delete', '-f', id]).catch(() => undefined);
+        }
+      }
+      for (const m of await unmountUnder(home)) leftovers.push(`mount ${m}`);
+      rmSync(home, { recursive: true, force: true });
+      lastLeftovers = leftovers;
+    }
+    return leftovers;
+  };
+  const unregister = cleanup.add(`nimbusd ${home}`, stop);
+
+  try {
+    await new Promise<void>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`nimbusd did not become ready in 60 s:\n${log}`)), 60_000);
+      child.stdout!.on('data', (b: Buffer) => {
+        log += b.toString();
+        if (log.includes('ready:')) {
+          clearTimeout(timer);
+          ok();
+        }
+      });
+      child.once('exit', (code, sig) => {
+        clearTimeout(timer);
+        fail(new Error(`nimbusd exited (${code ?? sig}) before ready:\n${log}`));
+      });
+    });
+  } catch (e) {
+    await unregister();
+    throw e;
+  }
+
+  return {
+    home,
+    socket,
+    pid: child.pid!,
+    client,
+    output: () => log,
+    rssKiB: () => rssKiB(child.pid!),
+    pull: (reference) => pullImage(client, reference),
+    stop: async () => {
+      await unregister();
+      return lastLeftovers;
+    },
+  };
+}
+
+/** OCI runtime state roots the daemon keeps under its home (…/runtime/runc, …/runtime/crun). */
+export function runtimeRoots(home: string): { runtime: string; dir: string }[] {
+  const out: { runtime: string; dir: string }[] = [];
+  const walk = (dir: string, depth: number) => {
+    if (depth > 4) return;
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const p = join(dir, n);
+      if ((n === 'runc' || n === 'crun') && dir.endsWith('/runtime')) out.push({ runtime: n, dir: p });
+      else if (!n.includes('.') && n !== 'snapshots' && n !== 'content' && n !== 'blobs') walk(p, depth + 1);
+    }
+  };
+  walk(home, 0);
+  return out;
+}
+
