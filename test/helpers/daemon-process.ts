@@ -75,7 +75,14 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
       req.end(payload);
     });
 
-  await launch();
+  try {
+    await launch();
+  } catch (e) {
+    // A daemon that never became ready must not leave its process or home behind.
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    rmSync(home, { recursive: true, force: true });
+    throw e;
+  }
   const self: DaemonProcess = {
     home,
     socket,
