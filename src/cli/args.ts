@@ -1,34 +1,50 @@
 /**
  * A small declarative option parser: each command declares its options once;
- * parsing, validation and --help come from the same declaration.
+ * parsing, validation and --help all come from the same declaration.
+ *
+ * Usage errors (unknown option, missing value, wrong argument count) throw
+ * UsageError; the CLI prints the message and the command's usage and exits 2.
  */
 export type OptionType = 'boolean' | 'string' | 'number' | 'list';
 
 export interface OptionSpec {
   name: string;
   short?: string;
+  /** Other long names accepted for the same option (e.g. "format" for "output"). */
+  aliases?: string[];
   type: OptionType;
-  value?: string; // value name shown in help
+  /** Value name shown in help ("SIZE", "K=V"). */
+  value?: string;
   description: string;
   default?: string | number | boolean;
+  /** number options: refuse fractions. */
+  integer?: boolean;
+  /** string options: the accepted values. */
+  choices?: string[];
 }
 
 export interface CommandSpec {
   /** "run", "image pull", ... */
   name: string;
-  usage: string; // positional part, e.g. "IMAGE [COMMAND] [ARG...]"
+  /** Positional part, e.g. "IMAGE [COMMAND] [ARG...]". */
+  usage: string;
+  /** One line, shown in `nimbus --help`. */
   summary: string;
   options: OptionSpec[];
-  /** Options end at the first positional (run, exec: the rest belongs to the container). */
+  /** Options end at the first positional (run, create, exec: the rest belongs to the container). */
   stopAtPositional?: boolean;
   minArgs?: number;
   maxArgs?: number;
   run(ctx: CommandContext): Promise<number>;
 }
 
+export type OptionValue = string | number | boolean | string[] | undefined;
+
 export interface ParsedArgs {
-  opts: Record<string, string | number | boolean | string[] | undefined>;
+  opts: Record<string, OptionValue>;
   args: string[];
+  /** --help or -h was given (before the first positional of a stopAtPositional command). */
+  help?: boolean;
 }
 
 export interface CommandContext extends ParsedArgs {
@@ -41,10 +57,23 @@ export interface GlobalOptions {
   output: 'table' | 'json';
 }
 
-export class UsageError extends Error {}
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
 
-export function parseArgs(spec: Pick<CommandSpec, 'options' | 'stopAtPositional' | 'minArgs' | 'maxArgs' | 'name'>, argv: string[]): ParsedArgs {
-  const byName = new Map(spec.options.map((o) => [o.name, o]));
+/** `-o/--output json|table` (also `--format`), declared by every listing and inspect command. */
+export const OUTPUT_OPTION: OptionSpec = {
+  name: 'output', short: 'o', aliases: ['format'], type: 'string', value: 'FORMAT', choices: ['table', 'json'],
+  description: 'Output format: table or json',
+};
+
+const HELP_OPTION: OptionSpec = { name: 'help', short: 'h', type: 'boolean', description: 'Show this help' };
+
+type Parsable = Pick<CommandSpec, 'options' | 'name'> & Partial<Pick<CommandSpec, 'stopAtPositional' | 'minArgs' | 'maxArgs'>>;
+
+export function parseArgs(spec: Parsable, argv: string[]): ParsedArgs {
+  const byName = new Map<string, OptionSpec>();
+  for (const o of spec.options) for (const n of [o.name, ...(o.aliases ?? [])]) byName.set(n, o);
   const byShort = new Map(spec.options.filter((o) => o.short).map((o) => [o.short!, o]));
   const opts: ParsedArgs['opts'] = {};
   for (const o of spec.options) {
@@ -55,18 +84,22 @@ export function parseArgs(spec: Pick<CommandSpec, 'options' | 'stopAtPositional'
   const args: string[] = [];
   const set = (o: OptionSpec, raw: string | undefined, flag: string) => {
     if (o.type === 'boolean') {
-      if (raw !== undefined && !['true', 'false'].includes(raw)) throw new UsageError(`option ${flag} takes no value (or true/false)`);
-      opts[o.name] = raw === undefined ? true : raw === 'true';
+      if (raw !== undefined && raw !== 'true' && raw !== 'false') throw new UsageError(`option ${flag} takes no value (or true/false), got "${raw}"`);
+      opts[o.name] = raw !== 'false';
       return;
     }
-    if (raw === undefined) throw new UsageError(`option ${flag} needs a value`);
+    if (raw === undefined) throw new UsageError(`option ${flag} needs a value${o.value ? ` (${o.value})` : ''}`);
     if (o.type === 'number') {
-      const n = Number(raw);
+      const n = raw.trim() === '' ? NaN : Number(raw);
       if (!Number.isFinite(n)) throw new UsageError(`option ${flag} needs a number, got "${raw}"`);
+      if (o.integer && !Number.isInteger(n)) throw new UsageError(`option ${flag} needs a whole number, got "${raw}"`);
       opts[o.name] = n;
     } else if (o.type === 'list') {
       (opts[o.name] as string[]).push(raw);
-    } else opts[o.name] = raw;
+    } else {
+      if (o.choices && !o.choices.includes(raw)) throw new UsageError(`option ${flag} must be one of ${o.choices.join(', ')}, got "${raw}"`);
+      opts[o.name] = raw;
+    }
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -74,26 +107,30 @@ export function parseArgs(spec: Pick<CommandSpec, 'options' | 'stopAtPositional'
       args.push(...argv.slice(i + 1));
       break;
     }
-    if (a.startsWith('--') && a.length > 2) {
+    if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       const name = a.slice(2, eq === -1 ? undefined : eq);
+      if (name === 'help') return { opts, args, help: true };
       const o = byName.get(name);
       if (!o) throw new UsageError(`unknown option --${name}`);
       const inline = eq === -1 ? undefined : a.slice(eq + 1);
       set(o, inline ?? (o.type === 'boolean' ? undefined : argv[++i]), `--${name}`);
       continue;
     }
+    // "-" alone is a positional (stdin by convention); "-5" is a number, not an option.
     if (a.startsWith('-') && a.length > 1 && !/^-\d/.test(a)) {
-      // Grouped shorts: -itd; the last may take a value (-n5 or -n 5).
+      // Grouped shorts: -itd; a value option ends the group (-n5 or -n 5).
       for (let j = 1; j < a.length; j++) {
-        const o = byShort.get(a[j]!);
-        if (!o) throw new UsageError(`unknown option -${a[j]}`);
+        const ch = a[j]!;
+        if (ch === 'h' && !byShort.has('h')) return { opts, args, help: true };
+        const o = byShort.get(ch);
+        if (!o) throw new UsageError(`unknown option -${ch}${a.length > 2 ? ` (in ${a})` : ''}`);
         if (o.type === 'boolean') {
-          set(o, undefined, `-${a[j]}`);
+          set(o, undefined, `-${ch}`);
           continue;
         }
-        const rest = a.slice(j + 1);
-        set(o, rest || argv[++i], `-${a[j]}`);
+        const rest = a.slice(j + 1).replace(/^=/, '');
+        set(o, rest || argv[++i], `-${ch}`);
         break;
       }
       continue;
@@ -104,19 +141,25 @@ export function parseArgs(spec: Pick<CommandSpec, 'options' | 'stopAtPositional'
       break;
     }
   }
-  if (spec.minArgs !== undefined && args.length < spec.minArgs) throw new UsageError(`"${spec.name}" needs at least ${spec.minArgs} argument${spec.minArgs === 1 ? '' : 's'}`);
-  if (spec.maxArgs !== undefined && args.length > spec.maxArgs) throw new UsageError(`"${spec.name}" takes at most ${spec.maxArgs} argument${spec.maxArgs === 1 ? '' : 's'}`);
+  const plural = (n: number) => `${n} argument${n === 1 ? '' : 's'}`;
+  if (spec.minArgs !== undefined && args.length < spec.minArgs) throw new UsageError(`"nimbus ${spec.name}" needs at least ${plural(spec.minArgs)}`);
+  if (spec.maxArgs !== undefined && args.length > spec.maxArgs) {
+    throw new UsageError(spec.maxArgs === 0 ? `"nimbus ${spec.name}" takes no arguments, got "${args[0]}"` : `"nimbus ${spec.name}" takes at most ${plural(spec.maxArgs)}`);
+  }
   return { opts, args };
 }
 
-export function helpText(spec: CommandSpec): string {
-  const lines = [`Usage: nimbus ${spec.name}${spec.options.length ? ' [OPTIONS]' : ''}${spec.usage ? ` ${spec.usage}` : ''}`, '', spec.summary];
-  const all = [...spec.options, { name: 'help', short: 'h', type: 'boolean' as const, description: 'Show this help' }];
-  lines.push('', 'Options:');
-  const rows = all.map((o) => {
-    const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${o.type === 'boolean' ? '' : ` ${o.value ?? (o.type === 'number' ? 'N' : 'VALUE')}`}`;
-    const def = 'default' in o && o.default !== undefined && o.default !== false ? ` (default ${String(o.default)})` : '';
+export function usageLine(spec: Pick<CommandSpec, 'name' | 'usage' | 'options'>): string {
+  return `Usage: nimbus ${spec.name} [OPTIONS]${spec.usage ? ` ${spec.usage}` : ''}`;
+}
+
+export function helpText(spec: Pick<CommandSpec, 'name' | 'usage' | 'options' | 'summary'>): string {
+  const lines = [usageLine(spec), '', spec.summary, '', 'Options:'];
+  const rows = [...spec.options, HELP_OPTION].map((o) => {
+    const value = o.type === 'boolean' ? '' : ` ${o.value ?? (o.type === 'number' ? 'N' : 'VALUE')}`;
+    const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${value}${(o.aliases ?? []).map((a) => `, --${a}${value}`).join('')}`;
     const rep = o.type === 'list' ? ' (repeatable)' : '';
+    const def = o.default !== undefined && o.default !== false ? ` (default ${String(o.default)})` : '';
     return [flag, `${o.description}${rep}${def}`] as const;
   });
   const w = Math.max(...rows.map((r) => r[0].length));
@@ -124,22 +167,57 @@ export function helpText(spec: CommandSpec): string {
   return lines.join('\n') + '\n';
 }
 
-/** "64m", "1.5g", "512k", "1024" → bytes. */
+/** "64m", "1.5g", "512k", "2MiB", "1024" → bytes (binary units, as docker). */
 export function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([bkmgt]?)(i?b)?$/i.exec(s.trim());
-  if (!m) throw new UsageError(`invalid size "${s}": use a number with an optional unit b, k, m, g (e.g. 64m)`);
-  const mult = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as 'k'];
+  const m = /^(\d+(?:\.\d+)?|\.\d+)\s*([bkmgt]?)(i?b)?$/i.exec(s.trim());
+  if (!m) throw new UsageError(`invalid size "${s}": use a number with an optional unit b, k, m, g or t (e.g. 64m, 1.5g)`);
+  const unit = m[2]!.toLowerCase() as '' | 'b' | 'k' | 'm' | 'g' | 't';
+  if (unit === 'b' && m[3]) throw new UsageError(`invalid size "${s}"`);
+  const mult = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[unit];
   return Math.round(Number(m[1]) * mult);
 }
 
-export function parseRestart(s: string): { name: 'no' | 'on-failure' | 'always' | 'unless-stopped'; maxRetries?: number } {
-  const [name, count] = s.split(':');
-  if (name === 'on-failure') {
+export type RestartPolicy = { name: 'no' | 'on-failure' | 'always' | 'unless-stopped'; maxRetries?: number };
+
+/** "no", "on-failure", "on-failure:3", "always", "unless-stopped". */
+export function parseRestart(s: string): RestartPolicy {
+  const [name, count, ...extra] = s.split(':');
+  if (name === 'on-failure' && !extra.length) {
     if (count === undefined) return { name };
-    const n = Number(count);
-    if (!Number.isInteger(n) || n < 0) throw new UsageError(`invalid restart count in "${s}"`);
-    return { name, maxRetries: n };
+    if (!/^\d+$/.test(count)) throw new UsageError(`invalid restart count in "${s}": on-failure:N takes a whole number`);
+    return { name, maxRetries: Number(count) };
   }
   if ((name === 'no' || name === 'always' || name === 'unless-stopped') && count === undefined) return { name };
   throw new UsageError(`invalid restart policy "${s}": use no, on-failure[:N], always or unless-stopped`);
+}
+
+/**
+ * `-e K=V` as given; `-e K` takes K's value from this process's environment
+ * and is dropped when K is not set there (docker's behaviour).
+ */
+export function resolveEnv(entries: string[], env: NodeJS.ProcessEnv = process.env): string[] {
+  const out: string[] = [];
+  for (const e of entries) {
+    if (e.startsWith('=') || e === '') throw new UsageError(`invalid environment variable "${e}"`);
+    if (e.includes('=')) out.push(e);
+    else if (env[e] !== undefined) out.push(`${e}=${env[e]}`);
+  }
+  return out;
+}
+
+/** Lines of an env file: K=V or K; blank lines and # comments skipped. */
+export function parseEnvFile(text: string): string[] {
+  return text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+}
+
+/** "K=V" (or "K", an empty value) → record. */
+export function parseLabels(entries: string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const l of entries) {
+    const eq = l.indexOf('=');
+    const k = eq === -1 ? l : l.slice(0, eq);
+    if (!k) throw new UsageError(`invalid label "${l}": use KEY=VALUE`);
+    labels[k] = eq === -1 ? '' : l.slice(eq + 1);
+  }
+  return labels;
 }

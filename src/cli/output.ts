@@ -1,22 +1,26 @@
 /** How the CLI prints: aligned tables like docker, or JSON with --output json. */
+import type { GlobalOptions } from './args.js';
+
+/** Columns padded to the widest cell, three spaces apart, like docker. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
 }
 
+/** Decimal units with three significant digits, as `docker images`: 512B, 4.26MB, 12.3MB, 123MB. */
 export function humanSize(bytes: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
-  let v = bytes;
+  const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
+  let v = Math.max(0, bytes);
   let i = 0;
-  while (v >= 1000 && i < units.length - 1) {
+  while (v >= 999.5 && i < units.length - 1) {
     v /= 1000;
     i++;
   }
-  return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)}${units[i]}`;
+  return `${i === 0 ? Math.round(v) : Number(v.toPrecision(3))}${units[i]}`;
 }
 
-/** Binary units for memory, as docker stats shows them. */
+/** Binary units for memory, as `docker stats`: 1.5MiB / 64MiB. */
 export function humanMemory(bytes: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let v = bytes;
@@ -25,23 +29,30 @@ export function humanMemory(bytes: number): string {
     v /= 1024;
     i++;
   }
-  return `${v.toFixed(i === 0 ? 0 : 2)}${units[i]}`;
+  return `${i === 0 ? v : v.toFixed(2)}${units[i]}`;
 }
 
+/** docker's units.HumanDuration: "Less than a second", "3 seconds", "About a minute", "2 hours", "3 days", ... */
 export function humanDuration(ms: number): string {
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 1) return 'Less than a second';
-  if (s < 60) return `${s} second${s === 1 ? '' : 's'}`;
-  const m = Math.round(s / 60);
-  if (m < 60) return `${m} minute${m === 1 ? '' : 's'}`;
-  const h = Math.round(m / 60);
-  if (h < 48) return `${h} hour${h === 1 ? '' : 's'}`;
-  const d = Math.round(h / 24);
-  return `${d} days`;
+  const seconds = Math.floor(Math.max(0, ms) / 1000);
+  const minutes = Math.floor(seconds / 60);
+  const hours = Math.round(Math.max(0, ms) / 3_600_000);
+  if (seconds < 1) return 'Less than a second';
+  if (seconds === 1) return '1 second';
+  if (seconds < 60) return `${seconds} seconds`;
+  if (minutes === 1) return 'About a minute';
+  if (minutes < 60) return `${minutes} minutes`;
+  if (hours === 1) return 'About an hour';
+  if (hours < 48) return `${hours} hours`;
+  if (hours < 24 * 7 * 2) return `${Math.floor(hours / 24)} days`;
+  if (hours < 24 * 30 * 2) return `${Math.floor(hours / 24 / 7)} weeks`;
+  if (hours < 24 * 365 * 2) return `${Math.floor(hours / 24 / 30)} months`;
+  return `${Math.floor(hours / 24 / 365)} years`;
 }
 
+/** "3 seconds ago"; empty for a missing or unparsable time. */
 export function ago(iso: string | null | undefined, now = Date.now()): string {
-  if (!iso) return '';
+  if (!iso || Number.isNaN(Date.parse(iso))) return '';
   return `${humanDuration(now - Date.parse(iso))} ago`;
 }
 
@@ -53,21 +64,24 @@ export interface StatusLike {
   createdAt: string;
 }
 
+/** The STATUS column of `ps`: "Up 2 minutes", "Up 5 seconds (Paused)", "Exited (137) 5 seconds ago", "Created". */
 export function statusText(c: StatusLike, now = Date.now()): string {
+  const up = () => humanDuration(now - Date.parse(c.startedAt ?? c.createdAt));
   switch (c.status) {
     case 'running':
-      return `Up ${humanDuration(now - Date.parse(c.startedAt ?? c.createdAt))}`;
+      return `Up ${up()}`;
     case 'paused':
-      return `Up ${humanDuration(now - Date.parse(c.startedAt ?? c.createdAt))} (Paused)`;
+      return `Up ${up()} (Paused)`;
     case 'exited':
-      return `Exited (${c.exitCode ?? '?'}) ${ago(c.finishedAt, now)}`;
+      return `Exited (${c.exitCode ?? '?'}) ${ago(c.finishedAt, now)}`.trimEnd();
     case 'restarting':
-      return `Restarting (${c.exitCode ?? '?'}) ${ago(c.finishedAt, now)}`;
+      return `Restarting (${c.exitCode ?? '?'}) ${ago(c.finishedAt, now)}`.trimEnd();
     default:
       return c.status.charAt(0).toUpperCase() + c.status.slice(1);
   }
 }
 
+/** The 12-character short form of an id or digest. */
 export function short(id: string): string {
   return id.replace(/^sha256:/, '').slice(0, 12);
 }
@@ -78,4 +92,10 @@ export function truncate(s: string, n: number): string {
 
 export function printJson(v: unknown): void {
   process.stdout.write(JSON.stringify(v, null, 2) + '\n');
+}
+
+/** Print `data` as JSON with --output json, else the table (or text) the command renders. Returns exit code 0. */
+export function render<T>(global: GlobalOptions, data: T, human: (d: T) => string): number {
+  process.stdout.write(global.output === 'json' ? JSON.stringify(data, null, 2) + '\n' : human(data));
+  return 0;
 }

@@ -1,7 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { ApiError, type ApiClient } from '../client.js';
-import { parseRestart, parseSize, type CommandContext, type CommandSpec, type OptionSpec } from '../args.js';
-import { ago, humanMemory, printJson, short, statusText, table, truncate } from '../output.js';
+import {
+  OUTPUT_OPTION, UsageError, parseEnvFile, parseLabels, parseRestart, parseSize, resolveEnv,
+  type CommandContext, type CommandSpec, type OptionSpec,
+} from '../args.js';
+import { ago, humanMemory, printJson, render, short, statusText, table, truncate } from '../output.js';
+import { errorText } from '../errors.js';
 import { pullWithProgress } from './images.js';
 import { clientOf } from './shared.js';
 
@@ -15,98 +19,199 @@ interface Container {
   startedAt: string | null;
   finishedAt: string | null;
   config: { image: string; cmd?: string[]; entrypoint?: string[] };
-  warnings: string[];
+  warnings?: string[];
 }
 
-const CREATE_OPTIONS: OptionSpec[] = [
+interface WaitResult {
+  exitCode: number;
+  oomKilled: boolean;
+}
+
+interface ContainerEvent {
+  action: string;
+  attributes?: { exitCode?: unknown };
+}
+
+const enc = encodeURIComponent;
+
+export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'name', type: 'string', value: 'NAME', description: 'Container name' },
-  { name: 'env', short: 'e', type: 'list', value: 'K=V', description: 'Environment variable (K alone copies it from this shell)' },
-  { name: 'env-file', type: 'list', value: 'FILE', description: 'Read environment variables from a file' },
+  { name: 'env', short: 'e', type: 'list', value: 'K=V', description: "Environment variable; K alone copies K's value from this shell" },
+  { name: 'env-file', type: 'list', value: 'FILE', description: 'Read environment variables (K=V per line) from a file' },
   { name: 'workdir', short: 'w', type: 'string', value: 'DIR', description: 'Working directory inside the container' },
   { name: 'user', short: 'u', type: 'string', value: 'USER', description: 'User name or uid[:gid]' },
-  { name: 'entrypoint', type: 'string', value: 'CMD', description: "Override the image's entrypoint" },
-  { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Memory limit (e.g. 64m, 1g); exceeding it OOM-kills' },
+  { name: 'entrypoint', type: 'string', value: 'CMD', description: "Override the image's entrypoint (\"\" clears it)" },
+  { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Memory limit (64m, 1g, 512k, bytes); exceeding it OOM-kills' },
   { name: 'cpus', type: 'number', value: 'N', description: 'CPU limit in CPUs (e.g. 0.5)' },
-  { name: 'pids-limit', type: 'number', value: 'N', description: 'Maximum number of processes' },
-  { name: 'restart', type: 'string', value: 'POLICY', description: 'no, on-failure[:N], always, unless-stopped', default: 'no' },
+  { name: 'pids-limit', type: 'number', integer: true, value: 'N', description: 'Maximum number of processes' },
+  { name: 'restart', type: 'string', value: 'POLICY', description: 'Restart policy: no, on-failure[:N], always, unless-stopped', default: 'no' },
   { name: 'rm', type: 'boolean', description: 'Remove the container when it exits' },
-  { name: 'runtime', type: 'string', value: 'NAME', description: 'OCI runtime: runc or crun (default: the host default)' },
+  { name: 'runtime', type: 'string', value: 'NAME', choices: ['runc', 'crun'], description: 'OCI runtime: runc or crun (default: the host default)' },
   { name: 'hostname', type: 'string', value: 'NAME', description: 'Container host name' },
   { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
-  { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal to stop the container' },
-  { name: 'stop-timeout', type: 'number', value: 'SECS', description: 'Seconds before SIGKILL on stop' },
+  { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal that stops the container (default SIGTERM)' },
+  { name: 'stop-timeout', type: 'number', integer: true, value: 'SECS', description: 'Seconds between the stop signal and SIGKILL' },
 ];
 
-function envList(ctx: CommandContext): string[] {
-  const out: string[] = [];
-  for (const f of ctx.opts['env-file'] as string[]) {
-    for (const line of readFileSync(f, 'utf8').split('\n')) {
-      const t = line.trim();
-      if (t && !t.startsWith('#')) out.push(t);
+/** The POST /containers body for `run`/`create` options and IMAGE [CMD...]. */
+export function createBody(opts: CommandContext['opts'], args: string[], env: NodeJS.ProcessEnv = process.env, readFile = (f: string) => readFileSync(f, 'utf8')): Record<string, unknown> {
+  const [image, ...cmd] = args;
+  const envEntries: string[] = [];
+  for (const f of opts['env-file'] as string[]) {
+    let text: string;
+    try {
+      text = readFile(f);
+    } catch (e) {
+      throw new UsageError(`cannot read env file ${f}: ${(e as Error).message}`);
     }
+    envEntries.push(...parseEnvFile(text));
   }
-  for (const e of ctx.opts.env as string[]) {
-    out.push(e.includes('=') ? e : process.env[e] !== undefined ? `${e}=${process.env[e]}` : e);
-  }
-  return out;
-}
-
-function createBody(ctx: CommandContext): Record<string, unknown> {
-  const [image, ...cmd] = ctx.args;
-  const o = ctx.opts;
-  const labels: Record<string, string> = {};
-  for (const l of o.label as string[]) {
-    const eq = l.indexOf('=');
-    labels[eq === -1 ? l : l.slice(0, eq)] = eq === -1 ? '' : l.slice(eq + 1);
+  envEntries.push(...(opts.env as string[]));
+  const cpus = opts.cpus as number | undefined;
+  if (cpus !== undefined && !(cpus > 0)) throw new UsageError(`--cpus must be more than 0, got ${cpus}`);
+  const memory = opts.memory === undefined ? undefined : parseSize(String(opts.memory));
+  if (memory !== undefined && memory < 1) throw new UsageError(`--memory must be more than 0`);
+  for (const k of ['pids-limit', 'stop-timeout'] as const) {
+    const v = opts[k] as number | undefined;
+    if (v !== undefined && v < (k === 'pids-limit' ? 1 : 0)) throw new UsageError(`--${k} must be ${k === 'pids-limit' ? 'at least 1' : 'zero or more'}, got ${v}`);
   }
   return {
     image,
     ...(cmd.length ? { cmd } : {}),
-    ...(o.name ? { name: o.name } : {}),
-    env: envList(ctx),
-    ...(o.workdir ? { workdir: o.workdir } : {}),
-    ...(o.user ? { user: o.user } : {}),
-    ...(o.entrypoint !== undefined ? { entrypoint: o.entrypoint === '' ? [] : [String(o.entrypoint)] } : {}),
-    ...(o.memory ? { memoryBytes: parseSize(String(o.memory)) } : {}),
-    ...(o.cpus !== undefined ? { cpus: o.cpus } : {}),
-    ...(o['pids-limit'] !== undefined ? { pidsLimit: o['pids-limit'] } : {}),
-    restart: parseRestart(String(o.restart)),
-    autoRemove: Boolean(o.rm),
-    ...(o.runtime ? { runtime: o.runtime } : {}),
-    ...(o.hostname ? { hostname: o.hostname } : {}),
-    labels,
-    ...(o['stop-signal'] ? { stopSignal: o['stop-signal'] } : {}),
-    ...(o['stop-timeout'] !== undefined ? { stopTimeout: o['stop-timeout'] } : {}),
+    ...(opts.name !== undefined ? { name: opts.name } : {}),
+    env: resolveEnv(envEntries, env),
+    ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}),
+    ...(opts.user !== undefined ? { user: opts.user } : {}),
+    ...(opts.entrypoint !== undefined ? { entrypoint: opts.entrypoint === '' ? [] : [String(opts.entrypoint)] } : {}),
+    ...(memory !== undefined ? { memoryBytes: memory } : {}),
+    ...(cpus !== undefined ? { cpus } : {}),
+    ...(opts['pids-limit'] !== undefined ? { pidsLimit: opts['pids-limit'] } : {}),
+    restart: parseRestart(String(opts.restart ?? 'no')),
+    autoRemove: Boolean(opts.rm),
+    ...(opts.runtime !== undefined ? { runtime: opts.runtime } : {}),
+    ...(opts.hostname !== undefined ? { hostname: opts.hostname } : {}),
+    labels: parseLabels(opts.label as string[]),
+    ...(opts['stop-signal'] !== undefined ? { stopSignal: opts['stop-signal'] } : {}),
+    ...(opts['stop-timeout'] !== undefined ? { stopTimeout: opts['stop-timeout'] } : {}),
   };
 }
 
-/** Create, pulling the image first when it is not here (as docker run does). */
+/** Tag an error with the exit code the CLI should end with. */
+function withExit<E>(e: E, exitCode: number): E {
+  return e instanceof Error ? Object.assign(e, { exitCode }) : (Object.assign(new Error(String(e)), { exitCode }) as E);
+}
+
+/** Create, pulling the image first when it is not here (as docker run does). Failures exit 125. */
 async function createContainer(client: ApiClient, body: Record<string, unknown>): Promise<Container> {
   try {
-    return await client.json<Container>('POST', '/containers', body);
+    try {
+      return await client.json<Container>('POST', '/containers', body);
+    } catch (e) {
+      if (!(e instanceof ApiError) || e.code !== 'NotFound' || !/image/i.test(e.message)) throw e;
+      process.stderr.write(`Unable to find image '${String(body.image)}' locally\n`);
+      await pullWithProgress(client, String(body.image));
+      return await client.json<Container>('POST', '/containers', body);
+    }
   } catch (e) {
-    if (!(e instanceof ApiError) || e.code !== 'NotFound' || !/no such image/.test(e.message)) throw e;
-    process.stderr.write(`Unable to find image '${String(body.image)}' locally\n`);
-    await pullWithProgress(client, String(body.image));
-    return client.json<Container>('POST', '/containers', body);
+    // The runtime may already refuse the command at create time (runc create).
+    throw e instanceof UsageError ? e : withExit(e, startFailureCode(e));
   }
 }
 
-function warn(c: Container) {
-  for (const w of c.warnings) process.stderr.write(`WARNING: ${w}\n`);
+function warn(c: Container): void {
+  for (const w of c.warnings ?? []) process.stderr.write(`WARNING: ${w}\n`);
 }
 
-/** Each id in turn; failures are reported and make the exit code 1. */
-function forEach(verb: string, path: (id: string, ctx: CommandContext) => string, body?: (ctx: CommandContext) => unknown, method = 'POST') {
+/** The exit code of a container that could not be started: 127 not found, 126 not executable, else 125 (docker). */
+function startFailureCode(e: unknown): number {
+  const msg = e instanceof Error ? e.message : String(e);
+  if (e instanceof ApiError && e.code === 'NotFound' && /container/i.test(msg)) return 125;
+  if (/executable file not found|no such file or directory|not found in \$?PATH/i.test(msg)) return 127;
+  if (/permission denied|not executable|exec format error/i.test(msg)) return 126;
+  return 125;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * Start a container with its output attached and resolve with its exit code.
+ * The event subscription, the log stream and the wait are all open BEFORE the
+ * start, so neither output nor the exit code is lost, even with --rm: the
+ * daemon has registered the log and event streams once their headers arrive,
+ * and the container's `die` event carries the exit code should the wait
+ * request lose the race with the removal.
+ */
+export async function attachAndRun(client: ApiClient, c: Container, autoRemove: boolean): Promise<number> {
+  const id = enc(c.id);
+  const ac = new AbortController();
+  let resolveDied!: (code: number) => void;
+  const died = new Promise<number>((r) => (resolveDied = r));
+  const events = await client.openSse<ContainerEvent>(`/events?type=container&id=${id}`, ac.signal);
+  const watching = (async () => {
+    for await (const e of events) if (e.action === 'die' && typeof e.attributes?.exitCode === 'number') resolveDied(e.attributes.exitCode);
+  })().catch(() => undefined);
+  const logs = await client.openNdjson<{ stream: string; line: string; partial?: boolean }>('GET', `/containers/${id}/logs?follow=true`, undefined, ac.signal);
+  const output = (async () => {
+    for await (const rec of logs) (rec.stream === 'stderr' ? process.stderr : process.stdout).write(rec.partial ? rec.line : `${rec.line}\n`);
+  })().catch(() => undefined);
+  const waited = client.json<WaitResult>('POST', `/containers/${id}/wait?condition=${autoRemove ? 'removed' : 'not-running'}`, undefined, ac.signal)
+    .then((r) => ({ ok: true as const, r }), (error: unknown) => ({ ok: false as const, error }));
+
+  // Ctrl-C and SIGTERM go to the container; the third Ctrl-C leaves it running and exits.
+  let interrupts = 0;
+  let detach!: () => void;
+  const detached = new Promise<'detached'>((r) => (detach = () => r('detached')));
+  const forward = (sig: NodeJS.Signals) => () => {
+    if (sig === 'SIGINT' && ++interrupts >= 3) return detach();
+    void client.json('POST', `/containers/${id}/kill`, { signal: sig }).catch(() => undefined);
+  };
+  const onInt = forward('SIGINT');
+  const onTerm = forward('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  try {
+    try {
+      await client.json('POST', `/containers/${id}/start`);
+    } catch (e) {
+      if (autoRemove) await client.json('DELETE', `/containers/${id}?force=true`).catch(() => undefined);
+      throw withExit(e, startFailureCode(e));
+    }
+    const outcome = await Promise.race([waited, detached]);
+    if (outcome === 'detached') {
+      process.stderr.write(`nimbus: detached; container ${short(c.id)} keeps running\n`);
+      return 130;
+    }
+    let code: number;
+    if (outcome.ok) code = outcome.r.exitCode;
+    else {
+      // The wait lost the race with --rm's removal: the die event has the code.
+      const fromEvent = await Promise.race([died, sleep(3000).then(() => undefined)]);
+      if (fromEvent === undefined) throw outcome.error;
+      code = fromEvent;
+    }
+    // Let the log stream drain (it ends when the container exits), but not forever (restart policies).
+    await Promise.race([output, sleep(5000)]);
+    return code;
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+    ac.abort();
+    await watching;
+  }
+}
+
+/** Run the request for each id in turn, print the id on success; any failure makes the exit code 1. */
+function forEach(path: (id: string, ctx: CommandContext) => string, body?: (ctx: CommandContext) => unknown, method = 'POST') {
   return async (ctx: CommandContext) => {
     const client = clientOf(ctx.global);
     let code = 0;
     for (const id of ctx.args) {
       try {
-        await client.json(method, path(encodeURIComponent(id), ctx), body?.(ctx));
+        await client.json(method, path(enc(id), ctx), body?.(ctx));
         process.stdout.write(`${id}\n`);
       } catch (e) {
-        process.stderr.write(`Error: cannot ${verb} ${id}: ${(e as Error).message}\n`);
+        if (e instanceof ApiError && e.status === 0) throw e; // daemon down: once is enough
+        process.stderr.write(`${errorText(e)}\n`);
         code = 1;
       }
     }
@@ -114,29 +219,27 @@ function forEach(verb: string, path: (id: string, ctx: CommandContext) => string
   };
 }
 
-async function attachAndRun(client: ApiClient, c: Container, autoRemove: boolean): Promise<number> {
-  const id = c.id;
-  // Open the output stream and the wait before starting, so nothing is missed even with --rm.
-  const exited = client.json<{ exitCode: number; oomKilled: boolean }>('POST', `/containers/${id}/wait?condition=${autoRemove ? 'removed' : 'not-running'}`);
-  const output = (async () => {
-    for await (const rec of client.ndjson<{ stream: string; line: string; partial?: boolean }>('GET', `/containers/${id}/logs?follow=true`)) {
-      (rec.stream === 'stderr' ? process.stderr : process.stdout).write(rec.partial ? rec.line : `${rec.line}\n`);
-    }
-  })();
-  const forward = (sig: NodeJS.Signals) => () => void client.json('POST', `/containers/${id}/kill`, { signal: sig }).catch(() => undefined);
-  const onInt = forward('SIGINT');
-  const onTerm = forward('SIGTERM');
-  process.on('SIGINT', onInt);
-  process.on('SIGTERM', onTerm);
-  try {
-    await client.json('POST', `/containers/${id}/start`);
-    const result = await exited;
-    await output.catch(() => undefined);
-    return result.exitCode;
-  } finally {
-    process.off('SIGINT', onInt);
-    process.off('SIGTERM', onTerm);
-  }
+const timeoutBody = (ctx: CommandContext) => (ctx.opts.time !== undefined ? { timeout: ctx.opts.time } : {});
+
+function commandOf(c: Container): string {
+  return [...(c.config.entrypoint ?? []), ...(c.config.cmd ?? [])].join(' ');
+}
+
+interface StatsSample {
+  id: string;
+  name: string;
+  cpuUsageNs: number;
+  memoryBytes: number;
+  memoryLimitBytes?: number;
+  pids: number;
+  pidsLimit?: number;
+  time: string;
+}
+
+/** CPU % between two samples: CPU time used over wall time elapsed (100% = one full CPU, as docker). */
+export function cpuPercent(a: Pick<StatsSample, 'cpuUsageNs' | 'time'>, b: Pick<StatsSample, 'cpuUsageNs' | 'time'>): number {
+  const wallNs = (Date.parse(b.time) - Date.parse(a.time)) * 1e6;
+  return wallNs > 0 ? Math.max(0, ((b.cpuUsageNs - a.cpuUsageNs) / wallNs) * 100) : 0;
 }
 
 export const containerCommands: CommandSpec[] = [
@@ -146,15 +249,15 @@ export const containerCommands: CommandSpec[] = [
     options: [{ name: 'detach', short: 'd', type: 'boolean', description: 'Run in the background and print the container id' }, ...CREATE_OPTIONS],
     async run(ctx) {
       const client = clientOf(ctx.global);
-      let c: Container;
-      try {
-        c = await createContainer(client, createBody(ctx));
-      } catch (e) {
-        throw Object.assign(e as Error, { exitCode: 125 });
-      }
+      const c = await createContainer(client, createBody(ctx.opts, ctx.args));
       warn(c);
       if (ctx.opts.detach) {
-        await client.json('POST', `/containers/${c.id}/start`);
+        try {
+          await client.json('POST', `/containers/${enc(c.id)}/start`);
+        } catch (e) {
+          if (ctx.opts.rm) await client.json('DELETE', `/containers/${enc(c.id)}?force=true`).catch(() => undefined);
+          throw withExit(e, startFailureCode(e));
+        }
         process.stdout.write(`${c.id}\n`);
         return 0;
       }
@@ -162,10 +265,10 @@ export const containerCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'create', usage: 'IMAGE [COMMAND] [ARG...]', summary: 'Create a container without starting it', minArgs: 1, stopAtPositional: true,
+    name: 'create', usage: 'IMAGE [COMMAND] [ARG...]', summary: 'Create a container without starting it (prints its id)', minArgs: 1, stopAtPositional: true,
     options: CREATE_OPTIONS,
     async run(ctx) {
-      const c = await createContainer(clientOf(ctx.global), createBody(ctx));
+      const c = await createContainer(clientOf(ctx.global), createBody(ctx.opts, ctx.args));
       warn(c);
       process.stdout.write(`${c.id}\n`);
       return 0;
@@ -176,83 +279,101 @@ export const containerCommands: CommandSpec[] = [
     options: [{ name: 'attach', short: 'a', type: 'boolean', description: 'Stream the output and exit with the exit code (one container)' }],
     async run(ctx) {
       if (ctx.opts.attach) {
+        if (ctx.args.length > 1) throw new UsageError('start -a takes one container');
         const client = clientOf(ctx.global);
-        return attachAndRun(client, await client.json<Container>('GET', `/containers/${encodeURIComponent(ctx.args[0]!)}`), false);
+        const c = await client.json<Container>('GET', `/containers/${enc(ctx.args[0]!)}`);
+        return attachAndRun(client, c, false);
       }
-      return forEach('start', (id) => `/containers/${id}/start`)(ctx);
+      return forEach((id) => `/containers/${id}/start`)(ctx);
     },
   },
   {
     name: 'stop', usage: 'CONTAINER [CONTAINER...]', summary: 'Stop containers: stop signal, then SIGKILL after the timeout', minArgs: 1,
-    options: [{ name: 'time', short: 't', type: 'number', value: 'SECS', description: 'Seconds to wait before SIGKILL (default: the container\'s, else 10)' }],
-    run: forEach('stop', (id) => `/containers/${id}/stop`, (ctx) => (ctx.opts.time !== undefined ? { timeout: ctx.opts.time } : {})),
+    options: [{ name: 'time', short: 't', type: 'number', integer: true, value: 'SECS', description: "Seconds to wait before SIGKILL (default: the container's, else 10)" }],
+    run: forEach((id) => `/containers/${id}/stop`, timeoutBody),
   },
   {
     name: 'restart', usage: 'CONTAINER [CONTAINER...]', summary: 'Stop and start containers', minArgs: 1,
-    options: [{ name: 'time', short: 't', type: 'number', value: 'SECS', description: 'Seconds to wait before SIGKILL' }],
-    run: forEach('restart', (id) => `/containers/${id}/restart`, (ctx) => (ctx.opts.time !== undefined ? { timeout: ctx.opts.time } : {})),
+    options: [{ name: 'time', short: 't', type: 'number', integer: true, value: 'SECS', description: 'Seconds to wait before SIGKILL' }],
+    run: forEach((id) => `/containers/${id}/restart`, timeoutBody),
   },
   {
     name: 'kill', usage: 'CONTAINER [CONTAINER...]', summary: 'Send a signal to containers', minArgs: 1,
-    options: [{ name: 'signal', short: 's', type: 'string', value: 'SIG', description: 'Signal to send', default: 'SIGKILL' }],
-    run: forEach('kill', (id) => `/containers/${id}/kill`, (ctx) => ({ signal: ctx.opts.signal })),
+    options: [{ name: 'signal', short: 's', type: 'string', value: 'SIG', description: 'Signal to send (name or number)', default: 'SIGKILL' }],
+    run: forEach((id) => `/containers/${id}/kill`, (ctx) => ({ signal: ctx.opts.signal })),
   },
-  { name: 'pause', usage: 'CONTAINER [CONTAINER...]', summary: 'Freeze all processes of containers', minArgs: 1, options: [], run: forEach('pause', (id) => `/containers/${id}/pause`) },
-  { name: 'unpause', usage: 'CONTAINER [CONTAINER...]', summary: 'Thaw paused containers', minArgs: 1, options: [], run: forEach('unpause', (id) => `/containers/${id}/unpause`) },
+  { name: 'pause', usage: 'CONTAINER [CONTAINER...]', summary: 'Freeze every process of containers', minArgs: 1, options: [], run: forEach((id) => `/containers/${id}/pause`) },
+  { name: 'unpause', usage: 'CONTAINER [CONTAINER...]', summary: 'Thaw paused containers', minArgs: 1, options: [], run: forEach((id) => `/containers/${id}/unpause`) },
   {
     name: 'rm', usage: 'CONTAINER [CONTAINER...]', summary: 'Remove containers', minArgs: 1,
     options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Kill a running container first' }],
-    run: forEach('remove', (id, ctx) => `/containers/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
+    run: forEach((id, ctx) => `/containers/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
   },
   {
-    name: 'ps', usage: '', summary: 'List containers', maxArgs: 0,
+    name: 'ps', usage: '', summary: 'List containers (running ones unless -a)', maxArgs: 0,
     options: [
       { name: 'all', short: 'a', type: 'boolean', description: 'Show all containers, not only running ones' },
-      { name: 'quiet', short: 'q', type: 'boolean', description: 'Only show ids' },
+      { name: 'quiet', short: 'q', type: 'boolean', description: 'Only print container ids' },
+      { name: 'no-trunc', type: 'boolean', description: 'Do not shorten ids and commands' },
+      OUTPUT_OPTION,
     ],
     async run({ opts, global }) {
       const list = await clientOf(global).json<Container[]>('GET', `/containers?all=${Boolean(opts.all)}`);
-      if (global.output === 'json') return printJson(list), 0;
-      if (opts.quiet) {
-        process.stdout.write(list.map((c) => `${short(c.id)}\n`).join(''));
+      const full = Boolean(opts['no-trunc']);
+      const id = (s: string) => (full ? s : short(s));
+      if (opts.quiet && global.output !== 'json') {
+        process.stdout.write(list.map((c) => `${id(c.id)}\n`).join(''));
         return 0;
       }
-      const rows = list.map((c) => [
-        short(c.id), truncate(c.config.image, 40), truncate(JSON.stringify([...(c.config.entrypoint ?? []), ...(c.config.cmd ?? [])].join(' ')), 24),
-        ago(c.createdAt), statusText(c), c.name,
-      ]);
-      process.stdout.write(table(['CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'NAMES'], rows));
-      return 0;
+      return render(global, list, (l) => table(
+        ['CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'NAMES'],
+        l.map((c) => [id(c.id), full ? c.config.image : truncate(c.config.image, 40), JSON.stringify(full ? commandOf(c) : truncate(commandOf(c), 20)), ago(c.createdAt), statusText(c), c.name]),
+      ));
     },
   },
   {
-    name: 'inspect', usage: 'NAME|ID [NAME|ID...]', summary: 'Show containers (or images) in detail (JSON)', minArgs: 1, options: [],
-    async run({ args, global }) {
+    name: 'inspect', usage: 'NAME|ID [NAME|ID...]', summary: 'Show containers (or, failing that, images) in detail', minArgs: 1,
+    options: [{ ...OUTPUT_OPTION, description: 'json (default) or table (a summary)' }],
+    async run({ args, opts, global }) {
       const client = clientOf(global);
-      const out: unknown[] = [];
+      const out: Record<string, unknown>[] = [];
+      let code = 0;
       for (const a of args) {
         try {
-          out.push(await client.json('GET', `/containers/${encodeURIComponent(a)}`));
+          try {
+            out.push(await client.json('GET', `/containers/${enc(a)}`));
+          } catch (e) {
+            if (!(e instanceof ApiError) || e.code !== 'NotFound') throw e;
+            out.push(await client.json('GET', `/images/${enc(a)}`));
+          }
         } catch (e) {
           if (!(e instanceof ApiError) || e.code !== 'NotFound') throw e;
-          out.push(await client.json('GET', `/images/${encodeURIComponent(a)}`));
+          process.stderr.write(`Error: NotFound: no such container or image: ${a}\n`);
+          code = 1;
         }
       }
-      printJson(out);
-      return 0;
+      if (opts.output !== 'table') printJson(out);
+      else process.stdout.write(inspectTable(out));
+      return code;
     },
   },
   {
-    name: 'logs', usage: 'CONTAINER', summary: "Print a container's output", minArgs: 1, maxArgs: 1,
+    name: 'logs', usage: 'CONTAINER', summary: "Print a container's output (stdout to stdout, stderr to stderr)", minArgs: 1, maxArgs: 1,
     options: [
       { name: 'follow', short: 'f', type: 'boolean', description: 'Keep streaming until the container exits' },
-      { name: 'tail', short: 'n', type: 'number', value: 'N', description: 'Only the last N lines' },
+      { name: 'tail', short: 'n', type: 'number', integer: true, value: 'N', description: 'Only the last N lines' },
       { name: 'timestamps', short: 't', type: 'boolean', description: 'Prefix each line with its time' },
     ],
     async run({ args, opts, global }) {
+      if (opts.tail !== undefined && (opts.tail as number) < 0) throw new UsageError('--tail must be zero or more');
       const q = `follow=${Boolean(opts.follow)}${opts.tail !== undefined ? `&tail=${opts.tail}` : ''}`;
-      for await (const r of clientOf(global).ndjson<{ time: string; stream: string; line: string; partial?: boolean }>('GET', `/containers/${encodeURIComponent(args[0]!)}/logs?${q}`)) {
-        (r.stream === 'stderr' ? process.stderr : process.stdout).write(`${opts.timestamps ? `${r.time} ` : ''}${r.line}${r.partial ? '' : '\n'}`);
+      const records = await clientOf(global).openNdjson<{ time: string; stream: string; line: string; partial?: boolean }>('GET', `/containers/${enc(args[0]!)}/logs?${q}`);
+      let atLineStart = { stdout: true, stderr: true };
+      for await (const r of records) {
+        const stream = r.stream === 'stderr' ? 'stderr' : 'stdout';
+        const prefix = opts.timestamps && atLineStart[stream] ? `${r.time} ` : '';
+        process[stream].write(`${prefix}${r.line}${r.partial ? '' : '\n'}`);
+        atLineStart = { ...atLineStart, [stream]: !r.partial };
       }
       return 0;
     },
@@ -260,43 +381,60 @@ export const containerCommands: CommandSpec[] = [
   {
     name: 'exec', usage: 'CONTAINER COMMAND [ARG...]', summary: 'Run a command in a running container; exits with its code', minArgs: 2, stopAtPositional: true,
     options: [
-      { name: 'env', short: 'e', type: 'list', value: 'K=V', description: 'Environment variable' },
+      { name: 'env', short: 'e', type: 'list', value: 'K=V', description: "Environment variable; K alone copies K's value from this shell" },
       { name: 'workdir', short: 'w', type: 'string', value: 'DIR', description: 'Working directory' },
       { name: 'user', short: 'u', type: 'string', value: 'USER', description: 'User name or uid[:gid]' },
     ],
     async run({ args, opts, global }) {
       const [id, ...cmd] = args;
-      let exitCode = 126;
-      const body = { args: cmd, ...((opts.env as string[]).length ? { env: opts.env } : {}), ...(opts.workdir ? { workdir: opts.workdir } : {}), ...(opts.user ? { user: opts.user } : {}) };
-      for await (const f of clientOf(global).ndjson<{ stream?: string; data?: string; exitCode?: number }>('POST', `/containers/${encodeURIComponent(id!)}/exec`, body)) {
+      const env = resolveEnv(opts.env as string[]);
+      const body = { args: cmd, ...(env.length ? { env } : {}), ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}), ...(opts.user !== undefined ? { user: opts.user } : {}) };
+      let exitCode: number | undefined;
+      for await (const f of await clientOf(global).openNdjson<{ stream?: string; data?: string; exitCode?: number }>('POST', `/containers/${enc(id!)}/exec`, body)) {
         if (f.data !== undefined) (f.stream === 'stderr' ? process.stderr : process.stdout).write(Buffer.from(f.data, 'base64'));
         if (f.exitCode !== undefined) exitCode = f.exitCode;
       }
-      return exitCode;
+      if (exitCode === undefined) {
+        process.stderr.write('Error: the exec stream ended without an exit code\n');
+        return 1;
+      }
+      return exitCode < 0 ? 126 : exitCode;
     },
   },
   {
-    name: 'stats', usage: '[CONTAINER...]', summary: 'CPU, memory and pids of running containers',
-    options: [{ name: 'no-stream', type: 'boolean', description: 'Print one sample and exit' }],
+    name: 'stats', usage: '[CONTAINER...]', summary: 'Live CPU %, memory and pids of running containers',
+    options: [{ name: 'no-stream', type: 'boolean', description: 'Print one sample and exit' }, OUTPUT_OPTION],
     async run({ args, opts, global }) {
       const client = clientOf(global);
       const ids = args.length ? args : (await client.json<Container[]>('GET', '/containers')).map((c) => c.id);
-      type S = { id: string; name: string; cpuUsageNs: number; memoryBytes: number; memoryLimitBytes?: number; pids: number; time: string };
-      const sample = async () => Promise.all(ids.map((i) => client.json<S>('GET', `/containers/${encodeURIComponent(i)}/stats`)));
+      const sample = async () => {
+        const settled = await Promise.allSettled(ids.map((i) => client.json<StatsSample>('GET', `/containers/${enc(i)}/stats`)));
+        return settled.map((s, i) => {
+          if (s.status === 'fulfilled') return s.value;
+          // Named explicitly and not there: that is an error; gone since the listing: skip it.
+          if (args.length) throw s.reason;
+          return { id: ids[i]!, gone: true as const };
+        });
+      };
+      let prev = await sample();
       for (;;) {
-        const a = await sample();
-        await new Promise((r) => setTimeout(r, 500));
-        const b = await sample();
-        if (global.output === 'json') printJson(b);
+        await sleep(opts['no-stream'] ? 500 : 1000);
+        const cur = await sample();
+        const rows = cur.flatMap((s, i) => {
+          const a = prev[i];
+          if ('gone' in s || !a || 'gone' in a) return [];
+          return [{ ...s, cpuPercent: Number(cpuPercent(a, s).toFixed(2)) }];
+        });
+        prev = cur;
+        if (global.output === 'json') process.stdout.write(JSON.stringify(rows) + '\n');
         else {
-          const rows = b.map((s, i) => {
-            const prev = a[i]!;
-            const dt = (Date.parse(s.time) - Date.parse(prev.time)) * 1e6;
-            const cpu = dt > 0 ? ((s.cpuUsageNs - prev.cpuUsageNs) / dt) * 100 : 0;
-            return [short(s.id), s.name, `${cpu.toFixed(2)}%`, `${humanMemory(s.memoryBytes)} / ${s.memoryLimitBytes ? humanMemory(s.memoryLimitBytes) : 'unlimited'}`, String(s.pids)];
-          });
           if (!opts['no-stream'] && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H');
-          process.stdout.write(table(['CONTAINER ID', 'NAME', 'CPU %', 'MEM USAGE / LIMIT', 'PIDS'], rows));
+          process.stdout.write(table(['CONTAINER ID', 'NAME', 'CPU %', 'MEM USAGE / LIMIT', 'MEM %', 'PIDS'], rows.map((s) => [
+            short(s.id), s.name, `${s.cpuPercent.toFixed(2)}%`,
+            `${humanMemory(s.memoryBytes)} / ${s.memoryLimitBytes ? humanMemory(s.memoryLimitBytes) : 'unlimited'}`,
+            s.memoryLimitBytes ? `${((100 * s.memoryBytes) / s.memoryLimitBytes).toFixed(2)}%` : '--',
+            String(s.pids),
+          ])));
         }
         if (opts['no-stream']) return 0;
       }
@@ -306,12 +444,25 @@ export const containerCommands: CommandSpec[] = [
     name: 'wait', usage: 'CONTAINER [CONTAINER...]', summary: 'Block until containers stop, then print their exit codes', minArgs: 1, options: [],
     async run({ args, global }) {
       const client = clientOf(global);
+      let code = 0;
       for (const id of args) {
-        const r = await client.json<{ exitCode: number }>('POST', `/containers/${encodeURIComponent(id)}/wait`);
-        process.stdout.write(`${r.exitCode}\n`);
+        try {
+          const r = await client.json<WaitResult>('POST', `/containers/${enc(id)}/wait`);
+          process.stdout.write(`${r.exitCode}\n`);
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 0) throw e;
+          process.stderr.write(`${errorText(e)}\n`);
+          code = 1;
+        }
       }
-      return 0;
+      return code;
     },
   },
 ];
 
+/** `inspect -o table`: the scalar fields of each object, one per line. */
+function inspectTable(objs: Record<string, unknown>[]): string {
+  return objs.map((o) => table(['FIELD', 'VALUE'], Object.entries(o)
+    .filter(([, v]) => v === null || typeof v !== 'object' || Array.isArray(v))
+    .map(([k, v]) => [k, Array.isArray(v) ? v.map((x) => (typeof x === 'object' ? JSON.stringify(x) : String(x))).join(', ') : String(v)]))).join('\n');
+}

@@ -1,16 +1,20 @@
 import { createReadStream, statSync } from 'node:fs';
 import type { ApiClient } from '../client.js';
-import { UsageError, type CommandSpec } from '../args.js';
-import { ago, humanSize, printJson, short, table } from '../output.js';
-import { PullProgress } from '../progress.js';
+import { ApiError } from '../client.js';
+import { OUTPUT_OPTION, UsageError, type CommandSpec } from '../args.js';
+import { errorText } from '../errors.js';
+import { ago, humanSize, printJson, render, short, table } from '../output.js';
+import { PullProgress, type PullProgressEvent } from '../progress.js';
 import { clientOf } from './shared.js';
 
 interface Operation {
   id: string;
   status: string;
+  progress?: PullProgressEvent;
   error: { code: string; message: string } | null;
-  result: { id?: string; digest?: string } | null;
+  result: { id?: string; digest?: string; reference?: string } | null;
 }
+
 interface Image {
   id: string;
   digest: string;
@@ -20,30 +24,50 @@ interface Image {
   config: { created?: string };
 }
 
-/** Start a pull and show its progress until the operation ends. */
+const enc = encodeURIComponent;
+
+/**
+ * Pull an image and show its progress on stderr until the operation ends.
+ * The event stream is open before the pull starts, so no progress is missed;
+ * the operation's end comes from /operations/{id}/wait. A failed pull throws
+ * ApiError with the operation's error code.
+ */
 export async function pullWithProgress(client: ApiClient, reference: string, creds?: { username: string; password: string }, quiet = false): Promise<Operation> {
-  const op = await client.json<Operation>('POST', '/images/pull', { reference, ...(creds ?? {}) });
   const ac = new AbortController();
-  const bar = new PullProgress();
+  const bar = new PullProgress(process.stderr);
+  let opId: string | undefined;
+  const early: { id: string; progress: PullProgressEvent }[] = [];
+  const events = quiet ? undefined : await client.openSse<{ id: string; action: string; attributes?: { progress?: PullProgressEvent } }>('/events?type=operation', ac.signal).catch(() => undefined);
   const watching = (async () => {
-    if (quiet) return;
-    for await (const ev of client.sse<{ action: string; attributes?: { progress?: { layers?: [] } } }>(`/events?type=operation&id=${op.id}`, ac.signal)) {
-      if (ev.action === 'progress' && ev.attributes?.progress?.layers) bar.update(ev.attributes.progress.layers);
+    if (!events) return;
+    for await (const ev of events) {
+      if (ev.action !== 'progress' || !ev.attributes?.progress) continue;
+      if (opId === undefined) early.push({ id: ev.id, progress: ev.attributes.progress });
+      else if (ev.id === opId) bar.update(ev.attributes.progress);
     }
   })().catch(() => undefined);
-  let done = op;
-  while (done.status === 'running' || done.status === 'pending') {
-    done = await client.json<Operation>('GET', `/operations/${op.id}/wait?timeout=30`);
+  let op: Operation;
+  try {
+    op = await client.json<Operation>('POST', '/images/pull', { reference, ...(creds ?? {}) });
+    opId = op.id;
+    for (const e of early.splice(0)) if (e.id === opId) bar.update(e.progress);
+    while (op.status === 'running' || op.status === 'pending') {
+      op = await client.json<Operation>('GET', `/operations/${enc(op.id)}/wait?timeout=30`);
+    }
+    // The operation's last progress: the final frame even if its event is still in flight.
+    if (!quiet && op.progress?.layers) bar.update(op.progress);
+  } finally {
+    ac.abort();
+    await watching;
+    bar.finish();
   }
-  ac.abort();
-  await watching;
-  if (done.status !== 'succeeded') {
-    throw Object.assign(new Error(`${done.error?.code ?? 'Failed'}: ${done.error?.message ?? 'pull failed'}`), { exitCode: 1 });
+  if (op.status !== 'succeeded') {
+    throw new ApiError(500, op.error?.code ?? 'Internal', op.error?.message ?? `pull ${op.status}`);
   }
-  return done;
+  return op;
 }
 
-async function readPasswordFromStdin(): Promise<string> {
+async function readStdin(): Promise<string> {
   let s = '';
   for await (const c of process.stdin as AsyncIterable<Buffer>) s += c.toString();
   return s.replace(/\r?\n$/, '');
@@ -55,62 +79,66 @@ export const imageCommands: CommandSpec[] = [
     options: [
       { name: 'username', short: 'u', type: 'string', value: 'USER', description: 'Registry user name' },
       { name: 'password-stdin', type: 'boolean', description: 'Read the registry password from standard input' },
-      { name: 'quiet', short: 'q', type: 'boolean', description: 'Print only the image id' },
+      { name: 'quiet', short: 'q', type: 'boolean', description: 'No progress; print only the image id' },
     ],
     async run({ args, opts, global }) {
-      const client = clientOf(global);
+      if (opts['password-stdin'] && !opts.username) throw new UsageError('--password-stdin needs --username');
       let creds: { username: string; password: string } | undefined;
-      if (opts.username) creds = { username: String(opts.username), password: opts['password-stdin'] ? await readPasswordFromStdin() : '' };
-      const op = await pullWithProgress(client, args[0]!, creds, Boolean(opts.quiet));
-      process.stdout.write(opts.quiet ? `${op.result?.id}\n` : `Pulled ${args[0]} (${op.result?.digest})\n`);
+      if (opts.username !== undefined) creds = { username: String(opts.username), password: opts['password-stdin'] ? await readStdin() : '' };
+      const op = await pullWithProgress(clientOf(global), args[0]!, creds, Boolean(opts.quiet));
+      if (opts.quiet) process.stdout.write(`${op.result?.id ?? ''}\n`);
+      else process.stdout.write(`Digest: ${op.result?.digest ?? '?'}\nStatus: Downloaded image for ${op.result?.reference ?? args[0]}\n`);
       return 0;
     },
   },
   {
     name: 'image ls', usage: '', summary: 'List images', maxArgs: 0,
-    options: [{ name: 'quiet', short: 'q', type: 'boolean', description: 'Only show image ids' }],
+    options: [{ name: 'quiet', short: 'q', type: 'boolean', description: 'Only print image ids' }, OUTPUT_OPTION],
     async run({ opts, global }) {
       const images = await clientOf(global).json<Image[]>('GET', '/images');
-      if (global.output === 'json') return printJson(images), 0;
-      if (opts.quiet) {
-        process.stdout.write(images.map((i) => short(i.id) + '\n').join(''));
+      if (opts.quiet && global.output !== 'json') {
+        process.stdout.write([...new Set(images.map((i) => short(i.id)))].map((i) => `${i}\n`).join(''));
         return 0;
       }
-      const rows: string[][] = [];
-      for (const i of images) {
-        const names = i.tags.length ? i.tags : ['<none>:<none>'];
-        for (const t of names) {
-          const at = t.lastIndexOf(':');
-          rows.push([t.slice(0, at), t.slice(at + 1), short(i.id), ago(i.config.created ?? i.createdAt), humanSize(i.size)]);
+      return render(global, images, (list) => {
+        const rows: string[][] = [];
+        for (const i of list) {
+          for (const t of i.tags.length ? i.tags : ['<none>:<none>']) {
+            // The tag is after the last ':' that follows the last '/' (a registry port is not a tag).
+            const at = t.lastIndexOf(':') > t.lastIndexOf('/') ? t.lastIndexOf(':') : -1;
+            rows.push([at === -1 ? t : t.slice(0, at), at === -1 ? '<none>' : t.slice(at + 1), short(i.id), ago(i.config.created ?? i.createdAt), humanSize(i.size)]);
+          }
         }
-      }
-      process.stdout.write(table(['REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE'], rows));
-      return 0;
+        return table(['REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE'], rows);
+      });
     },
   },
   {
-    name: 'image inspect', usage: 'IMAGE [IMAGE...]', summary: 'Show an image in detail (JSON)', minArgs: 1, options: [],
+    name: 'image inspect', usage: 'IMAGE [IMAGE...]', summary: 'Show images in detail (JSON)', minArgs: 1, options: [OUTPUT_OPTION],
     async run({ args, global }) {
       const client = clientOf(global);
-      const out = [];
-      for (const a of args) out.push(await client.json('GET', `/images/${encodeURIComponent(a)}`));
-      printJson(out);
+      const out: Image[] = [];
+      for (const a of args) out.push(await client.json<Image>('GET', `/images/${enc(a)}`));
+      if (global.output === 'table') {
+        process.stdout.write(table(['IMAGE ID', 'TAGS', 'DIGEST', 'SIZE', 'CREATED'], out.map((i) => [short(i.id), i.tags.join(', '), i.digest, humanSize(i.size), ago(i.config.created ?? i.createdAt)])));
+      } else printJson(out);
       return 0;
     },
   },
   {
-    name: 'image rm', usage: 'IMAGE [IMAGE...]', summary: 'Remove images (untag; delete when nothing uses them)', minArgs: 1,
+    name: 'image rm', usage: 'IMAGE [IMAGE...]', summary: 'Remove images (untag; delete when no tag and no container is left)', minArgs: 1,
     options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Remove every tag of the image' }],
     async run({ args, opts, global }) {
       const client = clientOf(global);
       let code = 0;
       for (const a of args) {
         try {
-          const r = await client.json<{ untagged: string[]; deleted: string[] }>('DELETE', `/images/${encodeURIComponent(a)}?force=${Boolean(opts.force)}`);
+          const r = await client.json<{ untagged: string[]; deleted: string[] }>('DELETE', `/images/${enc(a)}?force=${Boolean(opts.force)}`);
           for (const u of r.untagged) process.stdout.write(`Untagged: ${u}\n`);
           for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
         } catch (e) {
-          process.stderr.write(`Error: ${(e as Error).message}\n`);
+          if (e instanceof ApiError && e.status === 0) throw e;
+          process.stderr.write(`${errorText(e)}\n`);
           code = 1;
         }
       }
@@ -118,29 +146,24 @@ export const imageCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'image import', usage: 'FILE', summary: 'Import an OCI image-layout tar or a `docker save` tar', minArgs: 1, maxArgs: 1, options: [],
+    name: 'image import', usage: 'FILE', summary: 'Import an OCI image-layout tar or a `docker save` tar', minArgs: 1, maxArgs: 1, options: [OUTPUT_OPTION],
     async run({ args, global }) {
       const file = args[0]!;
       try {
-        statSync(file);
-      } catch {
-        throw new UsageError(`cannot read ${file}`);
+        if (!statSync(file).isFile()) throw new Error('not a file');
+      } catch (e) {
+        throw new UsageError(`cannot read ${file}: ${(e as Error).message}`);
       }
       const imgs = await clientOf(global).upload<{ name: string | null; image: Image }[]>('/images/import', createReadStream(file), 'application/x-tar');
-      if (global.output === 'json') return printJson(imgs), 0;
-      for (const i of imgs) process.stdout.write(i.name ? `Loaded image: ${i.name}\n` : `Loaded image ID: ${i.image.id}\n`);
-      return 0;
+      return render(global, imgs, (list) => list.map((i) => (i.name ? `Loaded image: ${i.name}\n` : `Loaded image ID: ${i.image.id}\n`)).join(''));
     },
   },
   {
-    name: 'image prune', usage: '', summary: 'Remove unused images and collect garbage', maxArgs: 0,
-    options: [{ name: 'all', short: 'a', type: 'boolean', description: 'Remove every image no container uses, not only untagged ones' }],
+    name: 'image prune', usage: '', summary: 'Remove dangling images (-a: every unused image) and collect garbage', maxArgs: 0,
+    options: [{ name: 'all', short: 'a', type: 'boolean', description: 'Remove every image no container uses, not only untagged ones' }, OUTPUT_OPTION],
     async run({ opts, global }) {
       const r = await clientOf(global).json<{ deleted: string[]; bytesFreed: number }>('POST', '/images/prune', { all: Boolean(opts.all) });
-      for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
-      process.stdout.write(`Total reclaimed space: ${humanSize(r.bytesFreed)}\n`);
-      return 0;
+      return render(global, r, (x) => `${x.deleted.map((d) => `Deleted: ${d}\n`).join('')}Total reclaimed space: ${humanSize(x.bytesFreed)}\n`);
     },
   },
 ];
-

@@ -1,10 +1,11 @@
-import type { CommandSpec } from '../args.js';
-import { printJson, table, ago } from '../output.js';
+import { OUTPUT_OPTION, type CommandSpec } from '../args.js';
+import { readFileSync } from 'node:fs';
+import { ago, printJson, render, table } from '../output.js';
 import { clientOf } from './shared.js';
 
 export const systemCommands: CommandSpec[] = [
   {
-    name: 'info', usage: '', summary: 'Show facts about the host and daemon', maxArgs: 0, options: [],
+    name: 'info', usage: '', summary: 'Show facts about the host and daemon', maxArgs: 0, options: [OUTPUT_OPTION],
     async run({ global }) {
       const info = await clientOf(global).json<Record<string, unknown> & { agent: Record<string, unknown>; containers: Record<string, number> }>('GET', '/info');
       if (global.output === 'json') return printJson(info), 0;
@@ -26,11 +27,11 @@ export const systemCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'version', usage: '', summary: 'Show client and daemon versions', maxArgs: 0, options: [],
+    name: 'version', usage: '', summary: 'Show client and daemon versions', maxArgs: 0, options: [OUTPUT_OPTION],
     async run({ global }) {
       const v = await clientOf(global).json<{ version: string; apiVersion: string; node: string }>('GET', '/version');
-      if (global.output === 'json') return printJson({ client: { version: '0.1.0' }, server: v }), 0;
-      process.stdout.write(`Client: 0.1.0\nServer: ${v.version} (API ${v.apiVersion}, Node ${v.node})\n`);
+      if (global.output === 'json') return printJson({ client: { version: clientVersion() }, server: v }), 0;
+      process.stdout.write(`Client: ${clientVersion()}\nServer: ${v.version} (API ${v.apiVersion}, Node ${v.node})\n`);
       return 0;
     },
   },
@@ -38,10 +39,12 @@ export const systemCommands: CommandSpec[] = [
     name: 'events', usage: '', summary: 'Stream state changes as they happen', maxArgs: 0,
     options: [
       { name: 'type', type: 'list', value: 'TYPE', description: 'Only events of this type (container, image, operation)' },
-      { name: 'since', type: 'number', value: 'SEQ', description: 'Replay buffered events after this sequence number' },
+      { name: 'id', type: 'string', value: 'ID', description: 'Only events about this object (container, image or operation id)' },
+      { name: 'since', type: 'number', integer: true, value: 'SEQ', description: 'Replay buffered events after this sequence number' },
+      OUTPUT_OPTION,
     ],
     async run({ opts, global }) {
-      const q = [...(opts.type as string[]).map((t) => `type=${encodeURIComponent(t)}`), ...(opts.since !== undefined ? [`since=${opts.since}`] : [])].join('&');
+      const q = [...(opts.type as string[]).map((t) => `type=${encodeURIComponent(t)}`), ...(opts.id !== undefined ? [`id=${encodeURIComponent(String(opts.id))}`] : []), ...(opts.since !== undefined ? [`since=${opts.since}`] : [])].join('&');
       for await (const e of clientOf(global).sse<{ time: string; type: string; action: string; id: string; attributes?: Record<string, unknown> }>(`/events${q ? `?${q}` : ''}`)) {
         if (global.output === 'json') process.stdout.write(JSON.stringify(e) + '\n');
         else process.stdout.write(`${e.time} ${e.type} ${e.action} ${e.id}${e.attributes?.name ? ` (name=${String(e.attributes.name)})` : ''}\n`);
@@ -50,7 +53,7 @@ export const systemCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'operation ls', usage: '', summary: 'List recent operations', maxArgs: 0, options: [],
+    name: 'operation ls', usage: '', summary: 'List recent operations', maxArgs: 0, options: [OUTPUT_OPTION],
     async run({ global }) {
       const ops = await clientOf(global).json<{ id: string; kind: string; status: string; target: string; createdAt: string }[]>('GET', '/operations');
       if (global.output === 'json') return printJson(ops), 0;
@@ -59,20 +62,62 @@ export const systemCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'operation show', usage: 'ID', summary: 'Show an operation (JSON)', minArgs: 1, maxArgs: 1, options: [],
+    name: 'operation show', usage: 'ID', summary: 'Show an operation and its progress', minArgs: 1, maxArgs: 1, options: [OUTPUT_OPTION],
     async run({ args, global }) {
-      printJson(await clientOf(global).json('GET', `/operations/${encodeURIComponent(args[0]!)}`));
-      return 0;
+      return render(global, await clientOf(global).json<OperationView>('GET', `/operations/${encodeURIComponent(args[0]!)}`), operationText);
     },
   },
   {
-    name: 'operation wait', usage: 'ID', summary: 'Wait for an operation to end; exit 1 if it failed', minArgs: 1, maxArgs: 1, options: [],
-    async run({ args, global }) {
-      let op: { status: string; error: { message: string } | null };
-      do op = await clientOf(global).json('GET', `/operations/${encodeURIComponent(args[0]!)}/wait?timeout=60`);
-      while (op.status === 'running' || op.status === 'pending');
-      printJson(op);
+    name: 'operation wait', usage: 'ID', summary: 'Wait for an operation to end; exit 1 if it failed', minArgs: 1, maxArgs: 1,
+    options: [{ name: 'timeout', short: 't', type: 'number', value: 'SECS', description: 'Give up after this many seconds (exit 1); default: wait for ever' }, OUTPUT_OPTION],
+    async run({ args, opts, global }) {
+      const client = clientOf(global);
+      const deadline = opts.timeout === undefined ? Infinity : Date.now() + (opts.timeout as number) * 1000;
+      let op: OperationView;
+      for (;;) {
+        const left = Math.max(0, Math.min(60, (deadline - Date.now()) / 1000));
+        op = await client.json<OperationView>('GET', `/operations/${encodeURIComponent(args[0]!)}/wait?timeout=${Number.isFinite(left) ? left.toFixed(1) : 60}`);
+        if ((op.status !== 'running' && op.status !== 'pending') || Date.now() >= deadline) break;
+      }
+      render(global, op, operationText);
       return op.status === 'succeeded' ? 0 : 1;
     },
   },
 ];
+
+interface OperationView {
+  id: string;
+  kind: string;
+  status: string;
+  target: string;
+  progress: Record<string, unknown>;
+  result: unknown;
+  error: { code: string; message: string } | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+function operationText(op: OperationView): string {
+  const rows = [
+    ['ID', op.id], ['KIND', op.kind], ['TARGET', op.target], ['STATUS', op.status],
+    ...(typeof op.progress.phase === 'string' ? [['PHASE', op.progress.phase]] : []),
+    ...(op.error ? [['ERROR', `${op.error.code}: ${op.error.message}`]] : []),
+    ...(op.result !== null && op.result !== undefined ? [['RESULT', JSON.stringify(op.result)]] : []),
+    ['CREATED', ago(op.createdAt)], ['UPDATED', ago(op.updatedAt)],
+  ];
+  const w = Math.max(...rows.map((r) => r[0]!.length));
+  return rows.map(([k, v]) => `${k!.padEnd(w)}   ${v}\n`).join('');
+}
+
+/** This client's version, from the package.json above this file (src/cli or dist/src/cli). */
+function clientVersion(): string {
+  for (const rel of ['../../../package.json', '../../../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'nimbus' && pkg.version) return pkg.version;
+    } catch {
+      // try the next candidate
+    }
+  }
+  return 'unknown';
+}
