@@ -8,7 +8,12 @@
  *   podman      podman run --rm --network none --runtime runc --ulimit … IMAGE true
  *               (private --root/--runroot/--tmpdir, image pulled from the loopback registry)
  *   runc        raw `runc run` on a prepared bundle, a new container id per run
- * N runs each (env BENCH_RUNS, default 30), after one untimed warm-up.
+ * N runs each (env BENCH_RUNS, default 30), after one untimed warm-up, in two modes:
+ *   isolated      an untimed pause (BENCH_GAP_MS, default 200 ms) before each run, so each
+ *                 request meets an idle host: the latency a user sees
+ *   back-to-back  no pause: latency under sustained load, where background work
+ *                 (nimbus' warm pool and removals) competes with the requests
+ * Nimbus runs with its default warm pool (NIMBUS_WARM_POOL=2 per image).
  * Run alone: node dist/bench/start-latency.js
  */
 import { run } from '../src/core/exec.js';
@@ -20,68 +25,68 @@ import { measure, ratio, summarize, type Summary } from './lib/stats.js';
 
 const NAME = 'start-latency';
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 30));
+const GAP_MS = Math.max(0, Number(process.env.BENCH_GAP_MS ?? 200));
+
+/** The same side measured in both modes. */
+interface Modes { isolated: Side; backToBack: Side }
+async function bothModes(label: string, fn: (i: number) => unknown): Promise<Modes> {
+  const one = async (gapMs: number): Promise<Side> => {
+    try {
+      note(NAME, `${label}: ${RUNS} runs${gapMs ? `, ${gapMs} ms apart` : ' back to back'}`);
+      return summarize(await measure(RUNS, fn, { warmup: 1, gapMs }));
+    } catch (e) {
+      return err(e);
+    }
+  };
+  return { isolated: await one(GAP_MS), backToBack: await one(0) };
+}
 
 type Side = Summary | { error: string };
 const err = (e: unknown) => ({ error: e instanceof Error ? e.message.slice(0, 500) : String(e) });
 const p = (s: Side | undefined, k: 'p50' | 'p95') => (s && 'p50' in s ? s[k] : null);
 
-async function sideNimbus(env: BenchEnv): Promise<{ api: Side; cli: Side }> {
+async function sideNimbus(env: BenchEnv): Promise<{ api: Modes; cli: Side; warmPool: unknown }> {
   let d: BenchDaemon | undefined;
-  let api: Side;
-  let cli: Side;
   try {
     d = await env.newDaemon();
     await d.pull(env.busybox);
     const client = d.client;
-    try {
-      note(NAME, `nimbus API: ${RUNS} runs`);
-      api = summarize(await measure(RUNS, () => nimbusRunRm(client, env.busybox), { warmup: 1 }));
-    } catch (e) {
-      api = err(e);
-    }
-    try {
-      note(NAME, `nimbus CLI: ${RUNS} runs`);
-      const cliEnv = { ...process.env, NIMBUS_SOCKET: d.socket };
-      cli = summarize(await measure(RUNS, async () => {
-        const r = await run(process.execPath, [CLI_MAIN, 'run', '--rm', env.busybox, 'true'], { env: cliEnv, timeoutMs: 60_000 });
-        if (r.code !== 0) throw new Error(`nimbus run exit ${r.code}: ${r.stderr.trim()}`);
-      }, { warmup: 1 }));
-    } catch (e) {
-      cli = err(e);
-    }
+    const api = await bothModes('nimbus API', () => nimbusRunRm(client, env.busybox));
+    const cliEnv = { ...process.env, NIMBUS_SOCKET: d.socket };
+    const cli = (await bothModes('nimbus CLI', async () => {
+      const r = await run(process.execPath, [CLI_MAIN, 'run', '--rm', env.busybox, 'true'], { env: cliEnv, timeoutMs: 60_000 });
+      if (r.code !== 0) throw new Error(`nimbus run exit ${r.code}: ${r.stderr.trim()}`);
+    })).isolated;
+    const warmPool = (await client.json<{ agent: { warmPool?: unknown } }>('GET', '/info')).agent.warmPool ?? null;
     const left = await d.stop();
     if (left.length) note(NAME, `nimbusd left behind: ${left.join(', ')}`);
+    return { api, cli, warmPool };
   } catch (e) {
-    api = err(e);
-    cli = err(e);
     await d?.stop().catch(() => undefined);
+    return { api: { isolated: err(e), backToBack: err(e) }, cli: err(e), warmPool: null };
   }
-  return { api, cli };
 }
 
-async function sideRunc(runtime: 'runc' | 'crun'): Promise<Side> {
+async function sideRunc(runtime: 'runc' | 'crun'): Promise<Modes> {
   const b = await prepareRuncBundle(['/bin/true'], runtime);
   try {
-    note(NAME, `${runtime} run: ${RUNS} runs`);
-    return summarize(await measure(RUNS, (i) => b.run(`bench-${process.pid}-${i < 0 ? `w${-i}` : i}`), { warmup: 1 }));
-  } catch (e) {
-    return err(e);
+    return await bothModes(`${runtime} run`, (i) => b.run(`bench-${process.pid}-${i < 0 ? `w${-i}` : i}-${Math.random().toString(36).slice(2, 8)}`));
   } finally {
     await b.remove();
   }
 }
 
-async function sidePodman(image: string): Promise<{ podman: Side; podmanVersion: string }> {
+async function sidePodman(image: string): Promise<{ podman: Modes; podmanVersion: string }> {
   const store = podmanStore();
   let version = '';
   try {
     version = (await store.podman(['version', '--format', '{{.Client.Version}}']).catch(() => '')).trim();
-    note(NAME, `podman ${version}: pull into private store, then ${RUNS} runs`);
+    note(NAME, `podman ${version}: pull into private store`);
     await store.podman(['pull', '-q', '--tls-verify=false', image]);
     const args = ['run', ...PODMAN_RUN_FLAGS, image, 'true'];
-    return { podman: summarize(await measure(RUNS, () => store.podman(args), { warmup: 1 })), podmanVersion: version };
+    return { podman: await bothModes('podman', () => store.podman(args)), podmanVersion: version };
   } catch (e) {
-    return { podman: err(e), podmanVersion: version };
+    return { podman: { isolated: err(e), backToBack: err(e) }, podmanVersion: version };
   } finally {
     await store.remove();
   }
@@ -94,14 +99,16 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
   note(NAME, `node startup floor: ${Math.min(RUNS, 10)} runs of node -e ''`);
   const nodeStartup = summarize(await measure(Math.min(RUNS, 10), () => run(process.execPath, ['-e', ''])));
   const ratios = {
-    nimbusApi_over_podman_p50: ratio(p(nimbus.api, 'p50'), p(podman, 'p50')),
-    nimbusApi_over_podman_p95: ratio(p(nimbus.api, 'p95'), p(podman, 'p95')),
-    nimbusApi_over_runc_p50: ratio(p(nimbus.api, 'p50'), p(runcS, 'p50')),
-    nimbusApi_over_runc_p95: ratio(p(nimbus.api, 'p95'), p(runcS, 'p95')),
-    nimbusCli_over_podman_p50: ratio(p(nimbus.cli, 'p50'), p(podman, 'p50')),
+    nimbusApi_over_podman_p50: ratio(p(nimbus.api.isolated, 'p50'), p(podman.isolated, 'p50')),
+    nimbusApi_over_podman_p95: ratio(p(nimbus.api.isolated, 'p95'), p(podman.isolated, 'p95')),
+    nimbusApi_over_runc_p50: ratio(p(nimbus.api.isolated, 'p50'), p(runcS.isolated, 'p50')),
+    nimbusApi_over_runc_p95: ratio(p(nimbus.api.isolated, 'p95'), p(runcS.isolated, 'p95')),
+    backToBack_nimbusApi_over_podman_p50: ratio(p(nimbus.api.backToBack, 'p50'), p(podman.backToBack, 'p50')),
+    backToBack_nimbusApi_over_runc_p50: ratio(p(nimbus.api.backToBack, 'p50'), p(runcS.backToBack, 'p50')),
+    nimbusCli_over_podman_p50: ratio(p(nimbus.cli, 'p50'), p(podman.isolated, 'p50')),
   };
   const record = makeRecord(NAME, {
-    results: { runs: RUNS, image: env.busybox, unit: 'ms', nimbusApi: nimbus.api, nimbusCli: nimbus.cli, nodeStartup },
+    results: { runs: RUNS, gapMs: GAP_MS, image: env.busybox, unit: 'ms', nimbusApi: nimbus.api, nimbusCli: nimbus.cli, nodeStartup, warmPool: nimbus.warmPool },
     peers: {
       podman,
       podmanCommand: `podman run ${PODMAN_RUN_FLAGS.join(' ')} IMAGE true`,
@@ -111,17 +118,18 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
     },
     ratios,
   });
-  const row = (figure: string, k: 'p50' | 'p95', side: Side, r1: number | null, r2: number | null, noteText?: string): SummaryRow => ({
+  const row = (figure: string, k: 'p50' | 'p95', mode: keyof Modes, side: Side, r1: number | null, r2: number | null, noteText?: string): SummaryRow => ({
     bench: NAME, figure, unit: 'ms', nimbus: p(side, k),
-    peers: { podman: p(podman, k), runc: p(runcS, k) },
+    peers: { podman: p(podman[mode], k), runc: p(runcS[mode], k) },
     ratio: r1, note: [r2 !== null ? `/runc ${r2}×` : '', 'error' in side ? side.error.slice(0, 60) : '', noteText ?? ''].filter(Boolean).join('; '),
   });
   return {
     record,
     summary: [
-      row('run --rm true p50 (API)', 'p50', nimbus.api, ratios.nimbusApi_over_podman_p50, ratios.nimbusApi_over_runc_p50),
-      row('run --rm true p95 (API)', 'p95', nimbus.api, ratios.nimbusApi_over_podman_p95, ratios.nimbusApi_over_runc_p95),
-      row('run --rm true p50 (CLI)', 'p50', nimbus.cli, ratios.nimbusCli_over_podman_p50, null, `node -e '' p50 ${nodeStartup.p50} ms`),
+      row('run --rm true p50 (API)', 'p50', 'isolated', nimbus.api.isolated, ratios.nimbusApi_over_podman_p50, ratios.nimbusApi_over_runc_p50, `${GAP_MS} ms apart`),
+      row('run --rm true p95 (API)', 'p95', 'isolated', nimbus.api.isolated, ratios.nimbusApi_over_podman_p95, ratios.nimbusApi_over_runc_p95, `${GAP_MS} ms apart`),
+      row('run --rm true p50 (API, back to back)', 'p50', 'backToBack', nimbus.api.backToBack, ratios.backToBack_nimbusApi_over_podman_p50, ratios.backToBack_nimbusApi_over_runc_p50),
+      row('run --rm true p50 (CLI)', 'p50', 'isolated', nimbus.cli, ratios.nimbusCli_over_podman_p50, null, `node -e '' p50 ${nodeStartup.p50} ms`),
     ],
   };
 }

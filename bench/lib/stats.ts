@@ -74,10 +74,16 @@ export async function timed(fn: () => unknown): Promise<number> {
  * Run fn n times in sequence (after `warmup` untimed calls) and return each
  * duration in milliseconds. fn gets the iteration index (warm-up calls get -1, -2, ...).
  */
-export async function measure(n: number, fn: (i: number) => unknown, opts: { warmup?: number } = {}): Promise<number[]> {
+/**
+ * Time n calls of fn one after another. gapMs: an untimed pause before each call, so
+ * each one arrives at an idle system (latency of isolated requests); without it the
+ * calls run back to back (what sustained load does to latency).
+ */
+export async function measure(n: number, fn: (i: number) => unknown, opts: { warmup?: number; gapMs?: number } = {}): Promise<number[]> {
   for (let w = 1; w <= (opts.warmup ?? 0); w++) await fn(-w);
   const out: number[] = [];
   for (let i = 0; i < n; i++) {
+    if (opts.gapMs) await new Promise((r) => setTimeout(r, opts.gapMs));
     const t0 = process.hrtime.bigint();
     await fn(i);
     out.push(msSince(t0));

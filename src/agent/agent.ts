@@ -3,6 +3,8 @@
  * embedded default it is a direct in-process object (LocalAgent); across hosts
  * the same interface is carried over an authenticated channel.
  */
+import type { WarmPoolStats } from './warm-pool.js';
+import type { ReaperStats } from './reaper.js';
 import type { ImageConfigDoc, LayerRecord } from '../store/records.js';
 import type {
   ExecRequest,
@@ -61,6 +63,10 @@ export interface AgentInfo {
   kernel: string;
   cpus: number;
   memoryBytes: number;
+  /** Containers created ahead of demand (absent where the agent has no pool). */
+  warmPool?: WarmPoolStats;
+  /** Removed containers whose host state is still being destroyed in the background. */
+  removals?: ReaperStats;
 }
 
 export interface GcResult {
@@ -76,6 +82,12 @@ export interface Agent {
   /** Remove every blob and snapshot not reachable from the given images. */
   garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[] }): Promise<GcResult>;
 
+  /**
+   * A container created ahead of demand that can serve this request, reserved for the
+   * caller, who must then use its id in createContainer (or removeContainer it). Undefined
+   * when none is ready; the agent then warms some for next time.
+   */
+  claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined;
   /** Returns the runtime chosen ("runc" | "crun") and any adjustments made to the request (e.g. clamped rlimits). */
   createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }>;
   /** Start a created container; a stopped one is first re-created on the same writable layer (Docker semantics). */
@@ -88,7 +100,11 @@ export interface Agent {
   execInContainer(id: string, req: ExecRequest): Promise<ExecSession>;
   containerLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
   containerStats(id: string): Promise<InstanceStats>;
-  /** Start a created container; a stopped one is first re-created on the same writable layer (Docker semantics). */
+  /**
+   * Forget a container: once this resolves the agent no longer serves it; its host
+   * state may still be being destroyed in the background (garbage collection and
+   * close wait for that).
+   */
   removeContainer(id: string): Promise<void>;
   listContainers(): Promise<string[]>;
   onContainerExit(listener: (id: string) => void): void;

@@ -25,6 +25,8 @@ import { applyLayer } from './layers/apply-layer.js';
 import type { MountSpec, Snapshotter } from './snapshots/snapshotter.js';
 import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js';
 import { NativeSnapshotter } from './snapshots/native.js';
+import { WarmPool, type WarmTemplate } from './warm-pool.js';
+import { Reaper } from './reaper.js';
 
 const log = logger('agent');
 
@@ -54,6 +56,12 @@ export class LocalAgent implements Agent {
   private activePulls = 0;
   /** Created here and not started yet: start() can skip asking the runtime for its state. */
   private readonly neverStarted = new Set<string>();
+  /** Containers created ahead of demand (warm-pool.ts). */
+  private readonly warm: WarmPool;
+  /** Warm containers handed out by claimWarmContainer and not yet given their request. */
+  private readonly claimed = new Set<string>();
+  /** Destroys removed containers' host state in the background (reaper.ts). */
+  private readonly reaper: Reaper;
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -63,7 +71,14 @@ export class LocalAgent implements Agent {
     private readonly containers: ContainerDriver,
     private readonly probes: { runtimes: AgentInfo['runtimes']; snapshotters: AgentInfo['snapshotters'] },
   ) {
+    this.warm = new WarmPool(
+      { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
+      { perImage: options.warmPerImage, maxImages: options.warmImages },
+    );
+    this.reaper = new Reaper((id) => this.destroyContainerState(id), (maxMs) => this.warm.quiet(maxMs));
     containers.onExit((id) => {
+      if (this.warm.has(id)) return this.warm.discard(id); // a warm stub died: not an instance
+      if (this.reaper.has(id)) return; // removed already; its exit is nobody's news
       for (const l of this.exitListeners) l(id);
     });
   }
@@ -112,6 +127,8 @@ export class LocalAgent implements Agent {
       kernel: release(),
       cpus: hostCpus().length,
       memoryBytes: totalmem(),
+      warmPool: this.warm.stats(),
+      removals: this.reaper.stats(),
     };
   }
 
@@ -276,6 +293,9 @@ export class LocalAgent implements Agent {
     const result: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
     // A pull in flight holds blobs and snapshots no image references yet.
     if (this.activePulls > 0) return result;
+    // Removed containers and warm ones hold their image's layers: let go of them first.
+    await this.reaper.idle();
+    await this.warm.retainOnly(new Set(keep.chainIds));
 
     // Snapshots: keep image chains and their ancestors, and every container's writable layer.
     const snaps = await this.snapshotter.list();
@@ -350,14 +370,59 @@ export class LocalAgent implements Agent {
     };
   }
 
-  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+  claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
+    // Only requests whose config can match a warm one: the default hostname (the id's prefix).
+    if (req.hostname !== undefined || req.process.terminal) return undefined;
+    const id = this.warm.take({ imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}) });
+    if (id) this.claimed.add(id);
+    return id;
+  }
+
+  private async createWarmContainer(t: WarmTemplate): Promise<string> {
+    const id = newId();
+    const rootfs = await this.snapshotter.prepare(id, t.imageChainId);
+    try {
+      await this.containers.createWarm({
+        id, name: `warm-${id.slice(0, 12)}`, rootfs, resources: {},
+        process: { args: ['true'], env: [], cwd: '/', user: t.user },
+        ...(t.runtime ? { runtime: t.runtime } : {}),
+      });
+    } catch (e) {
+      await this.snapshotter.remove(id).catch(() => undefined);
+      throw e;
+    }
+    return id;
+  }
+
+  /** Runtime state and writable layer of a container, gone. */
+  private async destroyContainerState(id: string): Promise<void> {
+    await this.containers.delete(id);
+    try {
+      await this.snapshotter.remove(id);
+    } catch (e) {
+      if (!hasCode(e, 'NotFound')) throw e;
+    }
+  }
+
+  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    return this.warm.busy(() => this.createContainerNow(req));
+  }
+
+  private async createContainerNow(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    if (this.claimed.delete(req.id)) {
+      await this.saveRequest(req);
+      const state = await this.containers.claimWarm(await this.specFor(req, await this.snapshotter.mounts(req.id)));
+      if (state) {
+        this.neverStarted.add(req.id);
+        return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
+      }
+      // Not usable for this request after all: make it cold, under the same id, on a fresh layer.
+      await this.destroyContainerState(req.id);
+    }
     if (!(await this.snapshotExists(req.imageChainId))) {
       throw new NotFound(`image layers ${req.imageChainId} are not on this host; pull the image again`);
     }
-    const file = this.requestFile(req.id);
-    await mkdir(join(this.options.containersDir, 'requests'), { recursive: true });
-    await writeFile(`${file}.tmp`, JSON.stringify(req));
-    await rename(`${file}.tmp`, file);
+    await this.saveRequest(req);
     let mounts: MountSpec[];
     try {
       mounts = await this.snapshotter.prepare(req.id, req.imageChainId);
@@ -370,7 +435,18 @@ export class LocalAgent implements Agent {
     return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
   }
 
-  async startContainer(id: string): Promise<RuntimeState> {
+  private async saveRequest(req: ContainerCreateRequest): Promise<void> {
+    const file = this.requestFile(req.id);
+    await mkdir(join(this.options.containersDir, 'requests'), { recursive: true });
+    await writeFile(`${file}.tmp`, JSON.stringify(req));
+    await rename(`${file}.tmp`, file);
+  }
+
+  startContainer(id: string): Promise<RuntimeState> {
+    return this.warm.busy(() => this.startContainerNow(id));
+  }
+
+  private async startContainerNow(id: string): Promise<RuntimeState> {
     // A container created by this agent and never started needs no state check: start it.
     if (this.neverStarted.delete(id)) return this.containers.start(id);
     const st = await this.containers.state(id).catch((e: unknown) => {
@@ -413,15 +489,15 @@ export class LocalAgent implements Agent {
     return this.containers.stats(id);
   }
 
-  async removeContainer(id: string): Promise<void> {
+  removeContainer(id: string): Promise<void> {
+    return this.warm.busy(() => this.removeContainerNow(id));
+  }
+
+  private async removeContainerNow(id: string): Promise<void> {
     this.neverStarted.delete(id);
-    await this.containers.delete(id);
-    try {
-      await this.snapshotter.remove(id);
-    } catch (e) {
-      if (!hasCode(e, 'NotFound')) throw e;
-    }
+    this.claimed.delete(id);
     await rm(this.requestFile(id), { force: true });
+    this.reaper.add(id);
   }
 
   async listContainers(): Promise<string[]> {
@@ -438,6 +514,8 @@ export class LocalAgent implements Agent {
   }
 
   async close(): Promise<void> {
+    await this.reaper.idle();
+    await this.warm.close();
     this.containers.close();
     // Leave no empty /nimbus cgroup behind when no container is left (checked at shutdown, not per
     // delete, so a concurrent runc create never loses its parent).

@@ -20,6 +20,13 @@ export interface NimbusOptions {
   runtime: 'auto' | 'runc' | 'crun';
   /** Name of the embedded agent. Default "local". */
   agentName: string;
+  /**
+   * Warm containers kept ready per recently used image (runc create ahead of demand;
+   * see docs/warm-start.md). 0 turns the pool off. Env NIMBUS_WARM_POOL. Default 2.
+   */
+  warmPerImage: number;
+  /** How many recently used images get warm containers. Env NIMBUS_WARM_IMAGES. Default 4. */
+  warmImages: number;
 }
 
 export interface CompiledOptions extends Readonly<NimbusOptions> {
@@ -35,6 +42,12 @@ const oneOf = <T extends string>(name: string, v: string, allowed: readonly T[])
   return v as T;
 };
 
+const count = (name: string, v: string | number): number => {
+  const n = typeof v === 'number' ? v : Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 1000) throw new InvalidArgument(`${name} must be an integer from 0 to 1000, got "${v}"`);
+  return n;
+};
+
 export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: NodeJS.ProcessEnv = process.env): CompiledOptions {
   const home = overrides.home ?? env.NIMBUS_HOME ?? '/var/lib/nimbus';
   const opts: NimbusOptions = {
@@ -45,6 +58,8 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
     agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
+    warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
+    warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),
   };
   const tcp = overrides.tcp ?? env.NIMBUS_TCP;
   if (tcp !== undefined && tcp !== '') {

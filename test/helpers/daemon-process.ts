@@ -3,7 +3,7 @@
  * a user would, so tests can also kill -9 it and start it again.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'node:http';
@@ -16,6 +16,8 @@ export const CLI_MAIN = join(ROOT, 'dist/src/cli/main.js');
 export interface DaemonProcess {
   home: string;
   socket: string;
+  /** The daemon's working directory: empty, so a test can prove nothing is dropped there. */
+  cwd: string;
   child: ChildProcess;
   output(): string;
   /** Start it again on the same home (after kill or stop). */
@@ -30,12 +32,15 @@ export interface DaemonProcess {
 export async function startDaemonProcess(extraArgs: string[] = []): Promise<DaemonProcess> {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-e2e-'));
   const socket = join(home, 'nimbus.sock');
+  const cwd = join(home, 'cwd');
+  mkdirSync(cwd);
   let log = '';
   let child!: ChildProcess;
 
   const launch = async () => {
     child = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      cwd,
       env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn' },
     });
     child.stderr!.on('data', (b: Buffer) => (log += b.toString()));
@@ -85,6 +90,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
   }
   const self: DaemonProcess = {
     home,
+    cwd,
     socket,
     get child() {
       return child;

@@ -9,7 +9,9 @@ export const systemCommands: CommandSpec[] = [
     async run({ global }) {
       const info = await clientOf(global).json<Record<string, unknown> & { agent: Record<string, unknown>; containers: Record<string, number> }>('GET', '/info');
       if (global.output === 'json') return printJson(info), 0;
-      const a = info.agent as { runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[]; snapshotter: string; cgroupLayout: string; kernel: string; cpus: number; memoryBytes: number };
+      const a = info.agent as { runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[]; snapshotter: string; cgroupLayout: string; kernel: string; cpus: number; memoryBytes: number;
+        warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; misses: number } };
+      const w = a.warmPool;
       const lines = [
         `Server version: ${String(info.version)}`,
         `Home: ${String(info.home)}`,
@@ -18,6 +20,7 @@ export const systemCommands: CommandSpec[] = [
         `Snapshotter: ${a.snapshotter}`,
         `Cgroups: ${a.cgroupLayout}`,
         `Runtimes: ${a.runtimes.map((r) => `${r.name}${r.default ? ' (default)' : ''}${r.usable ? '' : ` (unusable: ${r.reason})`}`).join(', ')}`,
+        `Warm pool: ${!w ? 'none' : w.perImage === 0 ? 'off' : `${w.ready} ready for ${w.hotImages} image(s), ${w.perImage} per image (hits ${w.hits}, misses ${w.misses})`}`,
         `Kernel: ${a.kernel}`,
         `CPUs: ${a.cpus}`,
         `Memory: ${(a.memoryBytes / 1024 ** 3).toFixed(1)} GiB`,

@@ -5,7 +5,7 @@
 import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
-import type { Agent } from '../../agent/agent.js';
+import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, ContainerStatus } from '../../store/records.js';
@@ -77,8 +77,23 @@ export class ContainerService {
     }
     const { name: requestedName, ...config } = input;
     const process = processSpecFor(image.config, config);
-    const id = newId();
+    const request: Omit<ContainerCreateRequest, 'id'> = {
+      name: '', imageChainId: image.chainId, process,
+      resources: {
+        ...(config.memoryBytes !== undefined ? { memoryBytes: config.memoryBytes } : {}),
+        ...(config.cpus !== undefined ? { cpus: config.cpus } : {}),
+        ...(config.pidsLimit !== undefined ? { pidsLimit: config.pidsLimit } : {}),
+      },
+      // unset = the id's first 12 characters, decided by the agent (so a warm container fits)
+      ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
+      ...(config.runtime ? { runtime: config.runtime } : {}),
+      ...(config.labels ? { labels: config.labels } : {}),
+    };
     const name = requestedName ?? generateName((n) => this.store.containers.byName(n) !== undefined);
+    request.name = name;
+    // A container the agent created ahead of demand becomes this one, id and all.
+    const warmId = this.agent.claimWarmContainer(request);
+    const id = warmId ?? newId();
     const now = new Date().toISOString();
     const rec: ContainerRecord = {
       id, name, projectId, imageDigest: image.digest, config: { ...config, image: input.image },
@@ -86,25 +101,21 @@ export class ContainerService {
       restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
     };
     // Admission first: a refused request leaves nothing behind.
-    this.quota.admitContainer(id, projectId, rec.config);
+    try {
+      this.quota.admitContainer(id, projectId, rec.config);
+    } catch (e) {
+      if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
+      throw e;
+    }
     try {
       this.store.containers.insert(rec);
     } catch (e) {
       this.quota.release(id, 'create failed');
+      if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
       throw e;
     }
     try {
-      const created = await this.agent.createContainer({
-        id, name, imageChainId: image.chainId, process,
-        resources: {
-          ...(config.memoryBytes !== undefined ? { memoryBytes: config.memoryBytes } : {}),
-          ...(config.cpus !== undefined ? { cpus: config.cpus } : {}),
-          ...(config.pidsLimit !== undefined ? { pidsLimit: config.pidsLimit } : {}),
-        },
-        hostname: config.hostname ?? id.slice(0, 12),
-        ...(config.runtime ? { runtime: config.runtime } : {}),
-        labels: config.labels,
-      });
+      const created = await this.agent.createContainer({ id, ...request });
       const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: created.runtime });
       this.publish(updated, 'create', { image: input.image });
       return updated;

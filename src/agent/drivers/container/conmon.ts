@@ -80,6 +80,9 @@ export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
     const child = spawn(o.conmonPath, conmonArgs(o), {
       stdio: ['ignore', 'ignore', errFd ? errFd.fd : 'ignore', 'pipe', 'pipe'],
       detached: true,
+      // conmon writes its `oom` marker into its working directory (as podman runs it, from the
+      // container's own directory); without this it lands in the daemon's cwd.
+      cwd: o.persistDir ?? o.bundle,
       env: { ...process.env, _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
     });
     const sync = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };

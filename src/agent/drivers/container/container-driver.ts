@@ -9,6 +9,7 @@
  *   <stateDir>/containers/<id>/{container,conmon}.pid, ctr.log (k8s-file), conmon.err
  *   <stateDir>/containers/<id>/persist/           conmon's persist dir (exit, oom)
  *   <stateDir>/containers/<id>/exit.json          exit code + OOM verdict, once observed
+ *   <stateDir>/containers/<id>/warm/entry         a warm container's start script (warm-start.ts)
  *   <stateDir>/exits/<id>                          conmon's exit file
  *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
  */
@@ -46,7 +47,9 @@ import {
   readK8sLog,
   readPidFile,
 } from './conmon.js';
-import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciSpec } from './oci-spec.js';
+import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec } from './oci-spec.js';
+import { WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
+import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
 
 const log = logger('agent.drivers.container');
@@ -72,6 +75,8 @@ interface ContainerMeta {
   startedAt?: string;
   pid?: number;
   warnings: string[];
+  /** Created ahead of demand with the start stub and not claimed yet (warm-start.ts). */
+  warm?: boolean;
 }
 
 interface ExitRecord {
@@ -188,6 +193,60 @@ export class ContainerDriver implements InstanceDriver {
   // ------------------------------------------------------------ lifecycle
 
   async create(spec: InstanceSpec): Promise<RuntimeState> {
+    return this.createWith(spec);
+  }
+
+  /**
+   * Create a warm container ahead of demand: everything `create` does, with the start
+   * stub as its process (warm-start.ts). spec.process supplies the user; its command
+   * is replaced. claimWarm() gives it a real command later.
+   */
+  async createWarm(spec: InstanceSpec): Promise<void> {
+    const busybox = await findStaticBusybox();
+    if (!busybox) throw new Internal('warm start needs a static busybox on the host (Debian busybox-static)');
+    await this.createWith(
+      { ...spec, process: { ...spec.process, args: WARM_STUB_ARGS, env: [], cwd: '/' } },
+      { mounts: warmMounts(busybox, this.warmDir(spec.id)), warm: true },
+    );
+  }
+
+  /**
+   * Give a warm container its real configuration: its state when it was taken (the
+   * script written, limits applied with `runc update`, config.json now the real one),
+   * undefined when the request's config differs from the warm one in more than the command,
+   * environment, working directory and limits (the caller then creates it cold).
+   */
+  async claimWarm(spec: InstanceSpec): Promise<RuntimeState | undefined> {
+    const id = spec.id;
+    const meta = await this.meta(id);
+    const busybox = await findStaticBusybox();
+    if (!meta.warm || !busybox) return undefined;
+    const configFile = path.join(this.bundle(id), 'config.json');
+    const warmConfig = JSON.parse(await readFile(configFile, 'utf8')) as OciSpec;
+    const { config, warnings } = buildOciSpec(
+      spec,
+      { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: await readUserDb(this.rootfs(id)) },
+      { mounts: warmMounts(busybox, this.warmDir(id)) },
+    );
+    const unsuitable = stubUnsuitable(config.process);
+    if (unsuitable || !warmCompatible(warmConfig, config)) {
+      log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });
+      return undefined;
+    }
+    await writeFile(path.join(this.warmDir(id), 'entry'), warmScript(config.process), { mode: 0o644 });
+    const limits = limitsOf(config);
+    if (limits) await this.runtime(meta.runtime, meta.runtimePath).update(id, limits);
+    await writeFile(configFile, JSON.stringify(config, null, 1));
+    delete meta.warm;
+    await this.saveMeta({ ...meta, name: spec.name, warnings });
+    return { status: 'created', ...(meta.pid ? { pid: meta.pid } : {}) };
+  }
+
+  private warmDir(id: string): string {
+    return path.join(this.dir(id), 'warm');
+  }
+
+  private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean } = {}): Promise<RuntimeState> {
     const id = spec.id;
     const dir = this.dir(id);
     if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
@@ -206,6 +265,7 @@ export class ContainerDriver implements InstanceDriver {
       await mkdir(rootfs, { recursive: true });
       await mkdir(path.join(dir, 'persist'));
       await mkdir(path.join(dir, 'sock'));
+      if (opts.warm) await mkdir(this.warmDir(id), { mode: 0o755 });
       await mkdir(this.exitsDir, { recursive: true });
       await rm(this.exitFile(id), { force: true });
       await mountAll(spec.rootfs, rootfs);
@@ -215,8 +275,8 @@ export class ContainerDriver implements InstanceDriver {
         hardLimits: await readHardLimits(),
         cgroupsPath,
         userDb: await readUserDb(rootfs),
-      });
-      for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
+      }, opts.mounts ? { mounts: opts.mounts } : {});
+      if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
       const meta: ContainerMeta = {
         id,
@@ -226,6 +286,7 @@ export class ContainerDriver implements InstanceDriver {
         cgroupsPath,
         createdAt: new Date().toISOString(),
         warnings,
+        ...(opts.warm ? { warm: true } : {}),
       };
       await this.saveMeta(meta);
       const rt = this.runtime(runtimeName, runtimePath);

@@ -120,6 +120,7 @@ export class OciRuntime {
     }
   }
   async start(id: string): Promise<void> {
+    if (this.name === 'runc' && (await releaseThroughExecFifo(path.join(this.root, id, EXEC_FIFO)))) return;
     await this.call('start', id, ['start', id]);
   }
   async state(id: string): Promise<OciState> {
@@ -138,6 +139,11 @@ export class OciRuntime {
   }
   async resume(id: string): Promise<void> {
     await this.call('resume', id, ['resume', id]);
+  }
+  /** Change a container's memory/cpu/pids limits (LinuxResources JSON on stdin). */
+  async update(id: string, resources: Record<string, unknown>): Promise<void> {
+    const r = await run(this.binary, [...this.globalArgs(), 'update', '--resources', '-', id], { input: JSON.stringify(resources), timeoutMs: 30_000 });
+    if (r.code !== 0) throw mapRuntimeError(this.name, 'update', id, r.stderr || r.stdout, r.code);
   }
   async delete(id: string, force = false): Promise<void> {
     await this.call('delete', id, ['delete', ...(force ? ['--force'] : []), id]);
@@ -158,6 +164,50 @@ export class OciRuntime {
     if (opts.pidFile) args.push('--pid-file', opts.pidFile);
     args.push(id);
     return spawn(this.binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  }
+}
+
+// ------------------------------------------------------------------ start without a runc process
+
+/** runc's "created" container waits in `runc init`, blocked opening this fifo for writing. */
+const EXEC_FIFO = 'exec.fifo';
+
+/**
+ * Do what `runc start` does (runc 1.1, libcontainer/container_linux.go `exec()` and
+ * `handleFifoResult()`): open the exec fifo for reading, which lets the waiting init write
+ * "0" and exec the container's process, check the "0", remove the fifo. Doing it in-process
+ * saves spawning runc (~10 ms) on every start. The fifo is opened non-blocking so a dead
+ * init cannot hang a thread; anything unexpected returns false before the container is
+ * touched, and the caller falls back to `runc start`, which reports the real error.
+ */
+export async function releaseThroughExecFifo(fifo: string, timeoutMs = 2000): Promise<boolean> {
+  let fh;
+  try {
+    fh = await open(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch {
+    return false; // no fifo: not a created runc container (or another runtime)
+  }
+  try {
+    const buf = Buffer.alloc(16);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      let n = 0;
+      try {
+        n = (await fh.read(buf, 0, buf.length, null)).bytesRead;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return false;
+      }
+      if (n > 0) {
+        if (buf.subarray(0, n).toString() !== '0') throw new Internal(`runc init reported "${buf.subarray(0, n).toString()}" through ${fifo}`);
+        await rm(fifo, { force: true });
+        return true;
+      }
+      // 0 bytes: the writer has not opened yet (or died); EAGAIN: opened, not written yet
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  } finally {
+    await fh.close();
   }
 }
 

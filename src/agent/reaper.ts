@@ -1,0 +1,70 @@
+/**
+ * Removal off the critical path: when a container is removed, the control plane's
+ * record goes at once and the host state (runtime state, conmon, mounts, cgroups,
+ * writable layer) is destroyed here, in the background, one container at a time,
+ * preferring moments when the agent is idle. Garbage collection and shutdown wait
+ * for it; a crash in between leaves directories the daemon's reconciliation on the
+ * next start removes as orphans.
+ */
+import { logger } from '../core/log.js';
+
+const log = logger('agent.reaper');
+
+export interface ReaperStats {
+  pending: number;
+  removed: number;
+  failed: number;
+}
+
+export class Reaper {
+  private readonly queue: string[] = [];
+  private readonly pending = new Set<string>();
+  private running: Promise<void> | undefined;
+  private removed = 0;
+  private failed = 0;
+
+  constructor(
+    private readonly destroy: (id: string) => Promise<void>,
+    /** Resolves when the agent is idle, or after maxMs at the latest. */
+    private readonly quiet: (maxMs: number) => Promise<void>,
+    private readonly maxDelayMs = 200,
+  ) {}
+
+  /** Queue a container's host state for destruction (idempotent). */
+  add(id: string): void {
+    if (this.pending.has(id)) return;
+    this.pending.add(id);
+    this.queue.push(id);
+    this.running ??= this.drain().finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  has(id: string): boolean {
+    return this.pending.has(id);
+  }
+
+  /** Resolves once everything queued so far (and since) is destroyed or has failed. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  stats(): ReaperStats {
+    return { pending: this.pending.size, removed: this.removed, failed: this.failed };
+  }
+
+  private async drain(): Promise<void> {
+    for (let id = this.queue.shift(); id !== undefined; id = this.queue.shift()) {
+      await this.quiet(this.maxDelayMs);
+      try {
+        await this.destroy(id);
+        this.removed++;
+      } catch (e) {
+        this.failed++;
+        log.error('cannot remove container state; the next daemon start will retry', { id, error: e instanceof Error ? e.message : String(e) });
+      } finally {
+        this.pending.delete(id);
+      }
+    }
+  }
+}

@@ -1,0 +1,105 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { WarmPool, type WarmTemplate } from './warm-pool.js';
+
+/** Slots that record what the pool asks for (the pool's policy, without containers). */
+function recordingSlots(opts: { failFor?: string } = {}) {
+  let n = 0;
+  const live = new Set<string>();
+  const created: WarmTemplate[] = [];
+  return {
+    live, created,
+    async create(t: WarmTemplate) {
+      await new Promise((r) => setTimeout(r, 1));
+      if (t.imageChainId === opts.failFor) throw new Error('cannot create');
+      const id = `w${n++}`;
+      live.add(id);
+      created.push(t);
+      return id;
+    },
+    async destroy(id: string) {
+      live.delete(id);
+    },
+  };
+}
+const settle = async (pool: WarmPool, ready: number) => {
+  for (let i = 0; i < 500 && pool.stats().ready < ready; i++) await new Promise((r) => setTimeout(r, 2));
+};
+const T = (image: string, user = '0'): WarmTemplate => ({ imageChainId: image, user });
+
+test('a miss makes the template hot; the pool fills to perImage; a hit hands out a ready one once', async () => {
+  const slots = recordingSlots();
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 0 });
+  assert.equal(pool.take(T('a')), undefined);
+  await settle(pool, 2);
+  assert.equal(pool.stats().ready, 2);
+  const id = pool.take(T('a'));
+  assert.ok(id && slots.live.has(id));
+  assert.equal(pool.has(id), false, 'reserved for the caller');
+  assert.equal(pool.take(T('a', '1000')), undefined, 'another user is another template');
+  const s = pool.stats();
+  assert.equal(s.hits, 1);
+  assert.equal(s.misses, 2);
+  await pool.close();
+  assert.deepEqual([...slots.live], [id], 'close destroys every warm container it still holds, not the one handed out');
+});
+
+test('least recently used templates are dropped beyond maxImages, with their containers', async () => {
+  const slots = recordingSlots();
+  const pool = new WarmPool(slots, { perImage: 1, maxImages: 2, quietMs: 0 });
+  pool.take(T('a'));
+  pool.take(T('b'));
+  await settle(pool, 2);
+  pool.take(T('c'));
+  await settle(pool, 2);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(pool.stats().hotImages, 2);
+  assert.equal(slots.live.size, 2, "a's container was destroyed");
+  assert.ok(!slots.created.slice(2).some((t) => t.imageChainId === 'a'));
+  await pool.close();
+  assert.equal(slots.live.size, 0);
+});
+
+test('retainOnly destroys the containers of images being removed', async () => {
+  const slots = recordingSlots();
+  const pool = new WarmPool(slots, { perImage: 1, maxImages: 4, quietMs: 0 });
+  pool.take(T('a'));
+  pool.take(T('b'));
+  await settle(pool, 2);
+  await pool.retainOnly(new Set(['b']));
+  assert.equal(pool.stats().ready, 1);
+  assert.equal(pool.stats().hotImages, 1);
+  await pool.close();
+  assert.equal(slots.live.size, 0);
+});
+
+test('a template that keeps failing is given up after three attempts', async () => {
+  const slots = recordingSlots({ failFor: 'bad' });
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 0 });
+  pool.take(T('bad'));
+  for (let i = 0; i < 100 && pool.stats().failed < 3; i++) await new Promise((r) => setTimeout(r, 2));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(pool.stats().failed, 3);
+  await pool.close();
+});
+
+test('nothing is warmed while the agent is busy', async () => {
+  const slots = recordingSlots();
+  const pool = new WarmPool(slots, { perImage: 1, maxImages: 4, quietMs: 10 });
+  let release!: () => void;
+  const op = pool.busy(() => new Promise<void>((r) => (release = r)));
+  pool.take(T('a'));
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(slots.created.length, 0, 'no warm container created during the operation');
+  release();
+  await op;
+  await settle(pool, 1);
+  assert.equal(pool.stats().ready, 1);
+  await pool.close();
+});
+
+test('perImage 0 turns the pool off', () => {
+  const pool = new WarmPool(recordingSlots(), { perImage: 0, maxImages: 4 });
+  assert.equal(pool.take(T('a')), undefined);
+  assert.equal(pool.stats().hotImages, 0);
+});

@@ -1,0 +1,229 @@
+/**
+ * The warm pool: containers created ahead of demand for the images in use, so a
+ * create that matches one only has to write a script and a config (RunD's
+ * "do the slow parts ahead of time"; the stub is in drivers/container/warm-start.ts).
+ *
+ * Policy: an image (with the user and runtime its containers ask for) becomes hot
+ * when a container is created from it; the pool keeps `perImage` warm containers
+ * for each of the `maxImages` most recently used, topped up one at a time in the
+ * background. Warm containers are not instances: the store does not know them, they
+ * are not charged to any quota, and the daemon destroys them when it stops (and its
+ * reconciliation on start removes any a crash left behind).
+ */
+import { logger } from '../core/log.js';
+
+const log = logger('agent.warm-pool');
+
+/** What a warm container is made for: it serves requests with the same three. */
+export interface WarmTemplate {
+  imageChainId: string;
+  /** The process user as requested ("uid[:gid]" or a name from the image). */
+  user: string;
+  runtime?: string;
+}
+
+export interface WarmPoolOptions {
+  /** Warm containers kept per hot template; 0 disables the pool. */
+  perImage: number;
+  /** How many templates are kept hot (least recently used ones are dropped). */
+  maxImages: number;
+  /**
+   * Top up only after the agent has been idle this long (no container operation in
+   * flight): refilling competes for the CPU with the requests it is meant to speed up.
+   * Default 30 ms.
+   */
+  quietMs?: number;
+  /** ...but never wait longer than this for quiet. Default 500 ms. */
+  maxWaitMs?: number;
+}
+
+/** How the pool makes and destroys its containers (the agent: snapshot + driver). */
+export interface WarmSlots {
+  create(t: WarmTemplate): Promise<string>;
+  destroy(id: string): Promise<void>;
+}
+
+export interface WarmPoolStats {
+  perImage: number;
+  maxImages: number;
+  ready: number;
+  hotImages: number;
+  hits: number;
+  misses: number;
+  created: number;
+  failed: number;
+}
+
+/** Give up on a template after this many failed creates in a row. */
+const MAX_FAILURES = 3;
+
+export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '']);
+
+export class WarmPool {
+  private readonly ready = new Map<string, string[]>();
+  /** Hot templates, least recently used first (Map order; touch = delete + set). */
+  private readonly hot = new Map<string, WarmTemplate>();
+  private readonly failures = new Map<string, number>();
+  private filling: Promise<void> | undefined;
+  private closed = false;
+  private readonly counters = { hits: 0, misses: 0, created: 0, failed: 0 };
+  private inFlight = 0;
+  private lastActivity = 0;
+
+  constructor(
+    private readonly slots: WarmSlots,
+    private readonly opts: WarmPoolOptions,
+  ) {}
+
+  /**
+   * A ready warm container for this template, now reserved for the caller, or
+   * undefined. Either way the template becomes hot and the pool is topped up.
+   */
+  take(t: WarmTemplate): string | undefined {
+    if (this.opts.perImage <= 0 || this.closed) return undefined;
+    const key = warmKey(t);
+    this.lastActivity = performance.now(); // the create that follows is the activity; don't top up under it
+    this.touch(key, t);
+    const id = this.ready.get(key)?.shift();
+    if (id) this.counters.hits++;
+    else this.counters.misses++;
+    this.kick();
+    return id;
+  }
+
+  /**
+   * Wrap a container operation so the pool tops up only when the agent is quiet.
+   * (Operations on warm containers themselves are not wrapped.)
+   */
+  async busy<T>(op: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    try {
+      return await op();
+    } finally {
+      this.inFlight--;
+      this.lastActivity = performance.now();
+    }
+  }
+
+  /** Resolves once no wrapped operation is in flight and none ended for quietMs (or after maxMs, or on close). */
+  async quiet(maxMs = Infinity): Promise<void> {
+    const quietMs = this.opts.quietMs ?? 30;
+    const until = performance.now() + maxMs;
+    for (;;) {
+      if (this.closed) return;
+      const now = performance.now();
+      const idleFor = now - this.lastActivity;
+      if ((this.inFlight === 0 && idleFor >= quietMs) || now >= until) return;
+      await new Promise((r) => setTimeout(r, Math.max(5, Math.min(quietMs - idleFor, until - now))));
+    }
+  }
+
+  /** Whether id is a warm container still waiting in the pool. */
+  has(id: string): boolean {
+    for (const ids of this.ready.values()) if (ids.includes(id)) return true;
+    return false;
+  }
+
+  /** A warm container died or was removed from outside: forget it and destroy what is left. */
+  discard(id: string): void {
+    for (const ids of this.ready.values()) {
+      const i = ids.indexOf(id);
+      if (i >= 0) {
+        ids.splice(i, 1);
+        void this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }));
+        this.kick();
+      }
+    }
+  }
+
+  /** Destroy warm containers of images not in keep (before garbage collection). */
+  async retainOnly(keepChainIds: ReadonlySet<string>): Promise<void> {
+    await this.filling;
+    const doomed: string[] = [];
+    for (const [key, t] of this.hot) {
+      if (keepChainIds.has(t.imageChainId)) continue;
+      this.hot.delete(key);
+      doomed.push(...(this.ready.get(key) ?? []));
+      this.ready.delete(key);
+    }
+    await this.destroyAll(doomed);
+  }
+
+  stats(): WarmPoolStats {
+    let ready = 0;
+    for (const ids of this.ready.values()) ready += ids.length;
+    return { ...this.opts, ready, hotImages: this.hot.size, ...this.counters };
+  }
+
+  /** Stop topping up and destroy every warm container. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.filling;
+    const all = [...this.ready.values()].flat();
+    this.ready.clear();
+    this.hot.clear();
+    await this.destroyAll(all);
+  }
+
+  private touch(key: string, t: WarmTemplate): void {
+    this.hot.delete(key);
+    this.hot.set(key, t);
+    while (this.hot.size > this.opts.maxImages) {
+      const [oldest] = this.hot.keys();
+      if (oldest === undefined) break;
+      this.hot.delete(oldest);
+      const ids = this.ready.get(oldest) ?? [];
+      this.ready.delete(oldest);
+      void this.destroyAll(ids);
+    }
+  }
+
+  private kick(): void {
+    if (this.filling || this.closed) return;
+    this.filling = this.fill().finally(() => {
+      this.filling = undefined;
+    });
+  }
+
+  /** One warm container at a time, for whichever hot template is furthest below its target. */
+  private async fill(): Promise<void> {
+    for (;;) {
+      // Prefer idle moments, but under sustained load top up anyway: a warm container
+      // takes the slow part off a later request's critical path even when built under load.
+      await this.quiet(this.opts.maxWaitMs ?? 500);
+      if (this.closed) return;
+      let next: [string, WarmTemplate] | undefined;
+      let fewest = this.opts.perImage;
+      for (const [key, t] of this.hot) {
+        const n = this.ready.get(key)?.length ?? 0;
+        if (n < fewest && (this.failures.get(key) ?? 0) < MAX_FAILURES) {
+          fewest = n;
+          next = [key, t];
+        }
+      }
+      if (!next) return;
+      const [key, t] = next;
+      try {
+        const id = await this.slots.create(t);
+        this.failures.delete(key);
+        this.counters.created++;
+        if (this.closed || !this.hot.has(key)) {
+          await this.slots.destroy(id);
+          continue;
+        }
+        const ids = this.ready.get(key) ?? [];
+        ids.push(id);
+        this.ready.set(key, ids);
+      } catch (e) {
+        this.counters.failed++;
+        const n = (this.failures.get(key) ?? 0) + 1;
+        this.failures.set(key, n);
+        log.warn('cannot create a warm container', { image: t.imageChainId, attempt: n, error: e instanceof Error ? e.message : String(e) });
+      }
+    }
+  }
+
+  private async destroyAll(ids: string[]): Promise<void> {
+    await Promise.all(ids.map((id) => this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }))));
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * Warm start end to end: containers created ahead of demand serve `run` with the
+ * requested command, environment, working directory and limits, through a real
+ * nimbusd, runc and conmon; anything they cannot serve goes the cold way; they
+ * go when their image goes and when the daemon stops.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+
+interface WarmStats { perImage: number; ready: number; hotImages: number; hits: number; misses: number }
+let registry: TestRegistry;
+let d: DaemonProcess;
+let IMAGE: string;
+
+const warm = async () => (await d.api<{ agent: { warmPool: WarmStats } }>('GET', '/info')).body.agent.warmPool;
+async function warmReady(n = 1): Promise<WarmStats> {
+  for (let i = 0; i < 300; i++) {
+    const w = await warm();
+    if (w.ready >= n) return w;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`no warm container became ready: ${JSON.stringify(await warm())}`);
+}
+
+describe('warm start', { concurrency: false }, () => {
+  before(async () => {
+    registry = await startTestRegistryWithImages();
+    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
+    d = await startDaemonProcess();
+    const r = await d.cli(['image', 'pull', IMAGE]);
+    assert.equal(r.code, 0, r.stderr);
+  });
+  after(async () => {
+    await d?.destroy();
+    await registry?.stop();
+  });
+
+  test('a warm container runs the requested command, env, workdir, limits and hostname', async () => {
+    assert.equal((await d.cli(['run', '--rm', IMAGE, 'true'])).code, 0, 'first run: cold, makes the image hot');
+    const before = await warmReady();
+    const r = await d.cli([
+      'run', '--name', 'warm1', '--env', 'GREETING=hello world', '--workdir', '/srv/app', '--memory', '32m', '--pids-limit', '20', IMAGE,
+      'sh', '-c', 'echo "$GREETING|$0|$1|$(pwd)|$(hostname)|$$"; cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max', "it's", 'a b',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const after = await warm();
+    assert.equal(after.hits, before.hits + 1, 'served by a warm container');
+    const c = (await d.api<{ id: string }>('GET', '/containers/warm1')).body;
+    const [line, mem, pids] = r.stdout.trim().split('\n');
+    assert.equal(line, `hello world|it's|a b|/srv/app|${c.id.slice(0, 12)}|1`, 'argv, env, new workdir, default hostname; the command is pid 1');
+    assert.equal(Number(mem), 32 * 1024 * 1024, 'memory limit applied');
+    assert.equal(pids, '20', 'pids limit applied');
+    assert.equal((await d.cli(['rm', 'warm1'])).code, 0);
+  });
+
+  test('a warm container over its memory limit is OOM-killed: 137 and OOMKilled', async () => {
+    await warmReady();
+    const hits = (await warm()).hits;
+    const r = await d.cli(['run', '--name', 'warm-oom', '--memory', '16m', IMAGE, 'sh', '-c', 'x=a; while true; do x="$x$x"; done']);
+    assert.equal(r.code, 137, r.stderr);
+    assert.equal((await warm()).hits, hits + 1);
+    const c = (await d.api<{ exitCode: number; oomKilled: boolean }>('GET', '/containers/warm-oom')).body;
+    assert.deepEqual([c.exitCode, c.oomKilled], [137, true]);
+    await d.cli(['rm', 'warm-oom']);
+  });
+
+  test('a missing command exits 127 with a message; started again it is created cold and fails as cold ones do', async () => {
+    await warmReady();
+    let r = await d.cli(['run', '--name', 'nocmd', IMAGE, 'no-such-command']);
+    assert.equal(r.code, 127);
+    assert.match(r.stdout + r.stderr, /no-such-command/);
+    r = await d.cli(['start', 'nocmd']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /no-such-command.*not found/);
+    assert.equal((await d.cli(['rm', '-f', 'nocmd'])).code, 0);
+  });
+
+  test('a request a warm container cannot serve (its own hostname) is created cold', async () => {
+    await warmReady();
+    const w = await warm();
+    const r = await d.cli(['run', '--rm', '--hostname', 'custom', IMAGE, 'hostname']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'custom');
+    const w2 = await warm();
+    assert.equal(w2.hits, w.hits, 'not served warm');
+  });
+
+  test('removing the image removes its warm containers; none are listed as containers', async () => {
+    await warmReady();
+    assert.equal((await d.api<unknown[]>('GET', '/containers?all=true')).body.length, 0, 'warm containers are not instances');
+    const r = await d.cli(['image', 'rm', IMAGE]);
+    assert.equal(r.code, 0, r.stderr);
+    const w = await warm();
+    assert.equal(w.ready, 0);
+    assert.equal(w.hotImages, 0);
+  });
+});
