@@ -4,18 +4,22 @@
  *   large   a bench-only image: busybox + data layers of deterministic random
  *           bytes (env BENCH_PULL_LAYERS × BENCH_PULL_LAYER_MIB, default 4 × 4 MiB)
  *           + a layer of 2000 small files
- * Nimbus: POST /images/pull + wait for the operation, on a fresh daemon home per
- * run (so every run is cold; daemon start is not timed). Peer: `skopeo copy
+ * Nimbus, two ways: POST /images/pull + wait for the operation (1) on a fresh daemon
+ * home per run (daemon start not timed, but the daemon's first pull pays one-off costs
+ * such as loading the HTTP client), and (2) on one running daemon, the image removed and
+ * its blobs and snapshots collected after each run (checked: no blob left), which is
+ * what a user of a running daemon sees. Both are cold for the content. Peer: `skopeo copy
  * docker://REF oci:DIR:tag --src-tls-verify=false` then `umoci unpack --image
  * DIR:tag BUNDLE`, a fresh DIR per run. Runs alternate between the two sides,
  * N each (env BENCH_PULL_RUNS, default 5) after one untimed warm-up each.
  * Run alone: node dist/bench/pull-unpack.js
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runOk } from '../src/core/exec.js';
 import { cleanup } from './lib/cleanup.js';
+import type { BenchDaemon } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { pullBenchImage, pushBenchImage } from './lib/images.js';
 import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
@@ -40,6 +44,18 @@ async function nimbusPull(env: BenchEnv, ref: string): Promise<number> {
   }
 }
 
+/** A pull on a running daemon: the image is removed (and its blobs and snapshots collected) after each run. */
+async function nimbusPullLive(d: BenchDaemon, ref: string): Promise<number> {
+  const t0 = now();
+  await d.pull(ref);
+  const t = msSince(t0);
+  await d.client.json('DELETE', `/images/${encodeURIComponent(ref)}`);
+  await d.client.json('POST', '/images/prune');
+  const blobs = readdirSync(join(d.home, 'content/blobs/sha256'));
+  if (blobs.length) throw new Error(`image removal left ${blobs.length} blob(s): the next pull would not be cold`);
+  return t;
+}
+
 async function skopeoUmoci(ref: string): Promise<{ total: number; copy: number; unpack: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-umoci-'));
   const remove = cleanup.add(`umoci dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
@@ -59,6 +75,9 @@ async function skopeoUmoci(ref: string): Promise<{ total: number; copy: number; 
 
 async function compare(env: BenchEnv, label: string, ref: string) {
   const nimbus: number[] = [];
+  const live: number[] = [];
+  let liveErr: string | undefined;
+  const liveDaemon = await env.newDaemon();
   const peer: number[] = [];
   const copy: number[] = [];
   const unpack: number[] = [];
@@ -74,6 +93,14 @@ async function compare(env: BenchEnv, label: string, ref: string) {
         nimbusErr = err(e).error;
       }
     }
+    if (!liveErr) {
+      try {
+        const t = await nimbusPullLive(liveDaemon, ref);
+        if (i >= 0) live.push(t);
+      } catch (e) {
+        liveErr = err(e).error;
+      }
+    }
     if (!peerErr) {
       try {
         const r = await skopeoUmoci(ref);
@@ -83,9 +110,15 @@ async function compare(env: BenchEnv, label: string, ref: string) {
       }
     }
   }
+  const left = await liveDaemon.stop();
+  if (left.length) note(NAME, `nimbusd left behind: ${left.join(', ')}`);
   const n: Side = nimbusErr ? { error: nimbusErr } : summarize(nimbus);
+  const l: Side = liveErr ? { error: liveErr } : summarize(live);
   const s: Side = peerErr ? { error: peerErr } : summarize(peer);
-  return { nimbus: n, peer: s, skopeoCopy: summarize(copy), umociUnpack: summarize(unpack), ratio_p50: ratio(p50(n), p50(s)) };
+  return {
+    nimbus: n, nimbusRunningDaemon: l, peer: s, skopeoCopy: summarize(copy), umociUnpack: summarize(unpack),
+    ratio_p50: ratio(p50(n), p50(s)), ratioRunningDaemon_p50: ratio(p50(l), p50(s)),
+  };
 }
 
 export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
@@ -100,6 +133,7 @@ export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
       unit: 'ms',
       images: { test: { ref: env.busybox }, large },
       nimbus: { test: test.nimbus, large: big.nimbus },
+      nimbusRunningDaemon: { test: test.nimbusRunningDaemon, large: big.nimbusRunningDaemon },
     },
     peers: {
       command: 'skopeo copy docker://REF oci:DIR:tag --src-tls-verify=false && umoci unpack --image DIR:tag BUNDLE',
@@ -107,17 +141,25 @@ export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
       skopeoCopy: { test: test.skopeoCopy, large: big.skopeoCopy },
       umociUnpack: { test: test.umociUnpack, large: big.umociUnpack },
     },
-    ratios: { test_nimbus_over_skopeoUmoci_p50: test.ratio_p50, large_nimbus_over_skopeoUmoci_p50: big.ratio_p50 },
+    ratios: {
+      test_nimbus_over_skopeoUmoci_p50: test.ratio_p50, large_nimbus_over_skopeoUmoci_p50: big.ratio_p50,
+      test_runningDaemon_over_skopeoUmoci_p50: test.ratioRunningDaemon_p50, large_runningDaemon_over_skopeoUmoci_p50: big.ratioRunningDaemon_p50,
+    },
   });
-  const row = (figure: string, c: typeof test, extra: string): SummaryRow => ({
-    bench: NAME, figure, unit: 'ms', nimbus: p50(c.nimbus), peers: { 'skopeo+umoci': p50(c.peer) }, ratio: c.ratio_p50,
-    note: ['error' in c.nimbus ? c.nimbus.error.slice(0, 60) : '', 'error' in c.peer ? `peer: ${c.peer.error.slice(0, 60)}` : '', extra].filter(Boolean).join('; '),
-  });
+  const row = (figure: string, c: typeof test, extra: string, running = false): SummaryRow => {
+    const side = running ? c.nimbusRunningDaemon : c.nimbus;
+    return {
+      bench: NAME, figure, unit: 'ms', nimbus: p50(side), peers: { 'skopeo+umoci': p50(c.peer) }, ratio: running ? c.ratioRunningDaemon_p50 : c.ratio_p50,
+      note: ['error' in side ? side.error.slice(0, 60) : '', 'error' in c.peer ? `peer: ${c.peer.error.slice(0, 60)}` : '', extra].filter(Boolean).join('; '),
+    };
+  };
   return {
     record,
     summary: [
-      row('cold pull+unpack, test image (median)', test, `copy ${test.skopeoCopy.p50} + unpack ${test.umociUnpack.p50}`),
+      row('cold pull+unpack, test image (median)', test, `fresh daemon per pull; copy ${test.skopeoCopy.p50} + unpack ${test.umociUnpack.p50}`),
+      row('cold pull+unpack, test image, running daemon', test, 'image removed and collected between pulls', true),
       row(`cold pull+unpack, ${large.compressedMiB} MiB image (median)`, big, `copy ${big.skopeoCopy.p50} + unpack ${big.umociUnpack.p50}; ${large.layers} layers, ${large.entries} entries`),
+      row(`cold pull+unpack, ${large.compressedMiB} MiB image, running daemon`, big, 'image removed and collected between pulls', true),
     ],
   };
 }

@@ -138,7 +138,9 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
   const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-'));
   const socket = join(home, 'nimbus.sock');
   let log = '';
-  const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
+  // BENCH_DAEMON_NODE_ARGS: extra node flags for the daemon, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile a run.
+  const nodeArgs = (process.env.BENCH_DAEMON_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn' },
   });

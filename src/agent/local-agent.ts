@@ -173,12 +173,16 @@ export class LocalAgent implements Agent {
             for (let i = 0; i < layers.length; i++) {
               await ready[i]!.promise;
               if (pullFailed) return;
+              log.debug('unpacking layer', { ref, index: i, digest: layers[i]!.digest });
               await this.unpackLayer(layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined);
             }
           })();
           unpacking.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
         },
-        onLayerReady: (index) => ready[index]?.resolve(),
+        onLayerReady: (index) => {
+          log.debug('layer downloaded', { ref, index });
+          ready[index]?.resolve();
+        },
       }).catch(async (e: unknown) => {
         pullFailed = true;
         for (const r of ready) r.resolve();
@@ -186,6 +190,7 @@ export class LocalAgent implements Agent {
         throw e;
       });
       report('unpacking');
+      log.debug('downloads done; waiting for unpacking', { ref });
       await unpacking;
       const img = await this.unpack({
         manifestDigest: pulled.manifestDigest,
@@ -261,10 +266,12 @@ export class LocalAgent implements Agent {
           mediaType: layer.mediaType,
           mode: this.snapshotterName === 'overlayfs' ? 'overlay' : 'native',
         });
+        log.debug('layer applied', { chainId, entries: applied.entries });
         if (applied.diffId !== diffId) {
           throw new DataLoss(`layer ${layer.digest}: uncompressed digest ${applied.diffId} does not match the config's diff id ${diffId}`);
         }
         await this.snapshotter.commit(chainId, key);
+        log.debug('layer committed', { chainId });
       } catch (e) {
         await this.snapshotter.remove(key).catch(() => undefined);
         if (hasCode(e, 'AlreadyExists')) return;

@@ -101,6 +101,28 @@ async function refused(entries: E[], match: RegExp, opts: Partial<ApplyLayerOpti
 }
 
 describe('applyLayer: content', () => {
+  it('overlay mode into an empty directory (no lstat before writes): one chunk, uncompressed, paths written twice replaced', async () => {
+    // Regression: an await between starting the tar pipeline and iterating its entries lost
+    // the first entries of a small uncompressed layer, and the layer never finished.
+    for (let i = 0; i < 20; i++) {
+      const dir = await freshDir();
+      const r = await apply(dir, [
+        { name: 'a/', type: 'directory', mode: 0o755 },
+        { name: 'a/f', content: 'first' },
+        { name: 'a/f', content: 'second', uid: 7, gid: 8 },
+        { name: 'a/l', type: 'symlink', linkname: 'f' },
+        { name: 'a/l', content: 'now a file' },
+        { name: 'b/c/d', content: 'deep', mode: 0o600 },
+      ], { mode: 'overlay' });
+      assert.equal(r.entries, 6);
+      assert.equal(await readFile(path.join(dir, 'a/f'), 'utf8'), 'second');
+      const st = await lstat(path.join(dir, 'a/f'));
+      assert.deepEqual([st.uid, st.gid], [7, 8]);
+      assert.equal(await readFile(path.join(dir, 'a/l'), 'utf8'), 'now a file');
+      assert.equal((await stat(path.join(dir, 'b/c/d'))).mode & 0o777, 0o600);
+    }
+  });
+
   it('writes files, dirs, symlinks, hard links with modes, owners and mtimes; diffId is the tar sha256', async () => {
     const dir = await freshDir();
     const mtime = new Date('2020-01-02T03:04:05Z');
