@@ -160,3 +160,33 @@ test('errors: 404 kinds, 5xx, 429, connection refused, oversized manifest; redir
   assert.equal(await res.text(), 'blob-bytes');
   assert.equal(res.headers.get('x-saw-auth'), 'no', 'Authorization not sent to another origin');
 });
+
+test('a registry that never answers, or stalls mid-blob, fails the request with Unavailable instead of hanging', async (t) => {
+  const held: ServerResponse[] = [];
+  const srv = await serve((req, res) => {
+    if (req.url?.includes('/manifests/')) return void held.push(res); // accept, never answer
+    res.writeHead(200, { 'content-length': '1000', 'content-type': 'application/octet-stream' });
+    res.write(Buffer.alloc(100)); // then nothing
+    held.push(res);
+  });
+  t.after(() => srv.close());
+  const c = new RegistryClient(srv.host, 'a/b', { responseTimeoutMs: 200, stallTimeoutMs: 200 });
+  await assert.rejects(c.getManifest('latest'), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'Unavailable');
+    assert.match(e.message, /did not answer .* within 200 ms/);
+    return true;
+  });
+  const ingested: number[] = [];
+  const store = {
+    async ingest(_d: unknown, data: AsyncIterable<Uint8Array>) {
+      for await (const chunk of data) ingested.push(chunk.length);
+      throw new Error('unreachable: the stream must fail');
+    },
+  } as unknown as Parameters<RegistryClient['pullBlob']>[1];
+  await assert.rejects(c.pullBlob({ digest: `sha256:${'0'.repeat(64)}`, size: 1000 }, store), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'Unavailable');
+    assert.match(e.message, /stalled/);
+    return true;
+  });
+  assert.deepEqual(ingested, [100], 'the bytes that came were passed on');
+});

@@ -39,6 +39,10 @@ export interface RegistryClientOptions {
   /** Where Bearer tokens are kept; defaults to one process-wide cache. */
   tokenCache?: TokenCache;
   userAgent?: string;
+  /** How long to wait for a response's headers. Default 30 s. */
+  responseTimeoutMs?: number;
+  /** How long a blob download may go without receiving a byte. Default 60 s. */
+  stallTimeoutMs?: number;
 }
 
 export interface Challenge {
@@ -264,12 +268,20 @@ export class RegistryClient {
     let hdrs: Record<string, string> = { ...headers, ...(this.opts.userAgent ? { 'user-agent': this.opts.userAgent } : {}) };
     for (let hop = 0; ; hop++) {
       let res: Response;
+      // A registry that accepts the connection and never answers must not hang a pull.
+      const timeoutMs = this.opts.responseTimeoutMs ?? 30_000;
+      const deadline = new AbortController();
+      const timer = setTimeout(() => deadline.abort(), timeoutMs);
       try {
-        res = await fetch(current, { method, headers: hdrs, redirect: 'manual', ...(this.opts.signal ? { signal: this.opts.signal } : {}) });
+        const signal = this.opts.signal ? AbortSignal.any([this.opts.signal, deadline.signal]) : deadline.signal;
+        res = await fetch(current, { method, headers: hdrs, redirect: 'manual', signal });
       } catch (e) {
         if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
+        if (deadline.signal.aborted) throw new Unavailable(`registry ${this.registry} did not answer ${what} within ${timeoutMs} ms`);
         const cause = (e as { cause?: { code?: string; message?: string } }).cause;
         throw new Unavailable(`cannot reach registry ${this.registry} (${new URL(current).host}) for ${what}: ${cause?.code ?? cause?.message ?? String(e)}`, undefined, { cause: e });
+      } finally {
+        clearTimeout(timer);
       }
       const loc = res.headers.get('location');
       if (![301, 302, 303, 307, 308].includes(res.status) || !loc) return res;
@@ -396,15 +408,27 @@ export class RegistryClient {
     }
     const body = (res.body ?? []) as AsyncIterable<Uint8Array>;
     const self = this;
+    const stallMs = this.opts.stallTimeoutMs ?? 60_000;
     let done = 0;
     async function* counted(): AsyncGenerator<Uint8Array> {
+      const it = body[Symbol.asyncIterator]();
       try {
-        for await (const chunk of body) {
-          done += chunk.length;
+        for (;;) {
+          // a stalled transfer fails the pull instead of hanging it
+          let timer: NodeJS.Timeout | undefined;
+          const stalled = new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Unavailable(`registry ${self.registry}: download of ${self.where(desc.digest)} stalled (no data for ${stallMs} ms)`)), stallMs);
+          });
+          const next = it.next();
+          next.catch(() => undefined); // may settle after a stall; nobody waits for it then
+          const r = await Promise.race([next, stalled]).finally(() => clearTimeout(timer));
+          if (r.done) break;
+          done += r.value.length;
           onBytes?.(done, false);
-          yield chunk;
+          yield r.value;
         }
       } catch (e) {
+        if (e instanceof NimbusError) throw e;
         throw self.streamError(e, desc.digest);
       }
       onBytes?.(done, true);
