@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { imageArchives, pushTamperedImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { imageArchives, pushTamperedImage, pushZstdImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 import { mkdtempSync, rmSync, readFileSync as readFile } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
@@ -175,10 +175,21 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.ok(!ls.some((i) => i.tags.some((t) => t.includes('tampered'))), 'no image recorded');
   });
 
+  test('zstd layers: pulled, verified against the diff ids, unpacked and run', async () => {
+    await pushZstdImage(registry);
+    const ref = `${registry.host}/nimbus-test/zstd:latest`;
+    let r = await d.cli(['image', 'pull', ref]);
+    assert.equal(r.code, 0, r.stderr);
+    r = await d.cli(['run', '--rm', ref, 'sh', '-c', 'cat /etc/nimbus-release; ls /data/opaque; test ! -e /data/removed.txt && echo whiteout-ok']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'nimbus test image 1\nnew.txt\nwhiteout-ok\n');
+    assert.equal((await d.cli(['image', 'rm', ref])).code, 0);
+  });
+
   test('import an OCI layout tar and a docker save tar, run from them, then rm and prune collect the garbage', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'nimbus-archives-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const { ociLayout, dockerSave } = await imageArchives(registry.image, dir);
+    const { ociLayout, dockerSave } = await imageArchives(registry.images, dir);
     let r = await d.cli(['image', 'import', ociLayout]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /docker\.io\/imported\/busybox:oci/);
