@@ -8,7 +8,7 @@ import type {
   OperationRecord,
   ProjectRecord,
 } from './records.js';
-import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, Store } from './store.js';
+import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, Store, QuotaAuditRow } from './store.js';
 
 /** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. */
 const MIGRATIONS: string[] = [
@@ -76,6 +76,16 @@ const MIGRATIONS: string[] = [
     updated_at TEXT NOT NULL
   );
   `,
+  // The ledger's audit log, one row per entry (append-only): kept out of the ledger's
+  // state so saving the state does not grow with history.
+  `
+  CREATE TABLE quota_audit (
+    seq INTEGER PRIMARY KEY,
+    project TEXT NOT NULL,
+    entry TEXT NOT NULL
+  );
+  CREATE INDEX quota_audit_by_project ON quota_audit (project, seq);
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -134,6 +144,26 @@ export class SqliteStore implements Store {
       .prepare(`INSERT INTO quota_ledger (id, state, updated_at) VALUES (1, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at`)
       .run(json, new Date().toISOString());
+  }
+
+  appendQuotaAudit(entries: readonly QuotaAuditRow[]): void {
+    if (entries.length === 0) return;
+    const ins = this.db.prepare('INSERT OR IGNORE INTO quota_audit (seq, project, entry) VALUES (?, ?, ?)');
+    for (const e of entries) ins.run(e.seq, e.project, e.json);
+  }
+
+  queryQuotaAudit(filter: { project?: string; sinceSeq?: number; limit: number }): string[] {
+    const where: string[] = ['seq > ?'];
+    const args: (string | number)[] = [filter.sinceSeq ?? 0];
+    if (filter.project !== undefined) {
+      where.push('project = ?');
+      args.push(filter.project);
+    }
+    // the newest `limit` entries, returned oldest first
+    const rows = this.db
+      .prepare(`SELECT entry FROM (SELECT seq, entry FROM quota_audit WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?) ORDER BY seq`)
+      .all(...args, filter.limit) as Row[];
+    return rows.map((r) => str(r.entry));
   }
 
   close(): void {

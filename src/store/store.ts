@@ -48,6 +48,13 @@ export interface OperationRepo {
   update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): OperationRecord;
 }
 
+/** One ledger audit entry as stored. */
+export interface QuotaAuditRow {
+  seq: number;
+  project: string;
+  json: string;
+}
+
 export interface Store {
   readonly projects: ProjectRepo;
   readonly images: ImageRepo;
@@ -58,5 +65,9 @@ export interface Store {
   /** The quota ledger's state (JSON), kept whole for now; per-row tables come with PostgreSQL. */
   loadQuotaState(): string | undefined;
   saveQuotaState(json: string): void;
+  /** Append audit entries of the ledger (idempotent by seq). */
+  appendQuotaAudit(entries: readonly QuotaAuditRow[]): void;
+  /** Audit entries (JSON) after sinceSeq, of one project or all, at most limit (the newest), oldest first. */
+  queryQuotaAudit(filter: { project?: string; sinceSeq?: number; limit: number }): string[];
   close(): void;
 }

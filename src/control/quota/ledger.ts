@@ -124,6 +124,14 @@ export class Ledger {
     return structuredClone(this.state);
   }
 
+  /**
+   * The state as JSON without the audit log (persisted entry by entry through onAudit),
+   * so saving it after each mutation costs what the live state costs, not its history.
+   */
+  persistentState(): string {
+    return JSON.stringify({ ...this.state, audit: [] });
+  }
+
   // ---------------------------------------------------------------- the one mutation path
 
   private mutate<T>(at: number, fn: (emit: Emit) => T): T {

@@ -22,21 +22,41 @@ export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'mem
   };
 }
 
+const auditRow = (e: AuditEntry) => ({ seq: e.seq, project: e.project, json: JSON.stringify(e) });
+
 export class QuotaService {
   readonly ledger: Ledger;
 
   constructor(private readonly store: Store) {
     const saved = store.loadQuotaState();
     const state = saved ? (JSON.parse(saved) as LedgerState) : undefined;
+    if (state && state.audit.length > 0) {
+      // a store written before the audit had its own table: move the entries there
+      store.transaction(() => {
+        store.appendQuotaAudit(state.audit.map(auditRow));
+        state.audit = [];
+        store.saveQuotaState(JSON.stringify(state));
+      });
+    }
+    const pending: AuditEntry[] = [];
     let ledger: Ledger;
-    // The ledger's one mutation path runs inside a store transaction that also saves its state.
+    // The ledger's one mutation path runs inside a store transaction that saves its state and
+    // appends its new audit entries; the in-memory log only keeps the latest ones.
     ledger = new Ledger(state, {
-      transaction: (fn) =>
-        store.transaction(() => {
-          const out = fn();
-          store.saveQuotaState(JSON.stringify(ledger.snapshot()));
-          return out;
-        }),
+      auditLimit: 1000,
+      onAudit: (e) => pending.push(e),
+      transaction: (fn) => {
+        try {
+          return store.transaction(() => {
+            const out = fn();
+            store.saveQuotaState(ledger.persistentState());
+            store.appendQuotaAudit(pending.map(auditRow));
+            return out;
+          });
+        } finally {
+          pending.length = 0;
+        }
+      },
     });
     this.ledger = ledger;
   }
@@ -69,8 +89,11 @@ export class QuotaService {
     return this.ledger.setLimits(projectId, patch, Date.now());
   }
 
-  audit(filter: { project?: string; sinceSeq?: number }): AuditEntry[] {
-    return this.ledger.auditLog(filter);
+  /** Audit entries from the store, oldest first: the newest `limit` (default 10,000) after sinceSeq. */
+  audit(filter: { project?: string; sinceSeq?: number; limit?: number }): AuditEntry[] {
+    return this.store
+      .queryQuotaAudit({ ...filter, limit: filter.limit ?? 10_000 })
+      .map((j) => JSON.parse(j) as AuditEntry);
   }
 
   /** Daemon start: instances the ledger holds for containers that no longer exist are released. */
