@@ -97,8 +97,27 @@ function isUniqueViolation(e: unknown): boolean {
   return e instanceof Error && 'code' in e && String((e as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
 }
 
+/** What the repositories use of the database: statements, prepared once and reused. */
+type Db = Pick<Database.Database, 'prepare'>;
+
+/** Preparing a statement costs more than running a small query: keep them (bounded; the SQL texts are few). */
+function withStatementCache(db: Database.Database, max = 512): Db {
+  const cache = new Map<string, Database.Statement>();
+  const prepare = (sql: string) => {
+    let st = cache.get(sql);
+    if (!st) {
+      if (cache.size >= max) cache.clear();
+      st = db.prepare(sql);
+      cache.set(sql, st);
+    }
+    return st;
+  };
+  return { prepare: prepare as Database.Database['prepare'] };
+}
+
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
+  private readonly stmts: Db;
   readonly projects: ProjectRepo;
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
@@ -111,10 +130,11 @@ export class SqliteStore implements Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
-    this.projects = new SqliteProjects(this.db);
-    this.images = new SqliteImages(this.db);
-    this.containers = new SqliteContainers(this.db);
-    this.operations = new SqliteOperations(this.db);
+    this.stmts = withStatementCache(this.db);
+    this.projects = new SqliteProjects(this.stmts);
+    this.images = new SqliteImages(this.stmts);
+    this.containers = new SqliteContainers(this.stmts);
+    this.operations = new SqliteOperations(this.stmts);
   }
 
   private migrate(): void {
@@ -135,12 +155,12 @@ export class SqliteStore implements Store {
   }
 
   loadQuotaState(): string | undefined {
-    const r = this.db.prepare('SELECT state FROM quota_ledger WHERE id = 1').get() as Row | undefined;
+    const r = this.stmts.prepare('SELECT state FROM quota_ledger WHERE id = 1').get() as Row | undefined;
     return r ? str(r.state) : undefined;
   }
 
   saveQuotaState(json: string): void {
-    this.db
+    this.stmts
       .prepare(`INSERT INTO quota_ledger (id, state, updated_at) VALUES (1, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at`)
       .run(json, new Date().toISOString());
@@ -148,7 +168,7 @@ export class SqliteStore implements Store {
 
   appendQuotaAudit(entries: readonly QuotaAuditRow[]): void {
     if (entries.length === 0) return;
-    const ins = this.db.prepare('INSERT OR IGNORE INTO quota_audit (seq, project, entry) VALUES (?, ?, ?)');
+    const ins = this.stmts.prepare('INSERT OR IGNORE INTO quota_audit (seq, project, entry) VALUES (?, ?, ?)');
     for (const e of entries) ins.run(e.seq, e.project, e.json);
   }
 
@@ -160,7 +180,7 @@ export class SqliteStore implements Store {
       args.push(filter.project);
     }
     // the newest `limit` entries, returned oldest first
-    const rows = this.db
+    const rows = this.stmts
       .prepare(`SELECT entry FROM (SELECT seq, entry FROM quota_audit WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?) ORDER BY seq`)
       .all(...args, filter.limit) as Row[];
     return rows.map((r) => str(r.entry));
@@ -172,7 +192,7 @@ export class SqliteStore implements Store {
 }
 
 class SqliteProjects implements ProjectRepo {
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Db) {}
   private row(r: Row | undefined): ProjectRecord | undefined {
     if (!r) return undefined;
     return { id: str(r.id), name: str(r.name), parentId: strOrNull(r.parent_id), createdAt: str(r.created_at) };
@@ -199,7 +219,7 @@ class SqliteProjects implements ProjectRepo {
 }
 
 class SqliteImages implements ImageRepo {
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Db) {}
   private row(r: Row | undefined): ImageRecord | undefined {
     if (!r) return undefined;
     return {
@@ -286,7 +306,7 @@ function containerValue(key: string, v: unknown): unknown {
 }
 
 class SqliteContainers implements ContainerRepo {
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Db) {}
   private row(r: Row | undefined): ContainerRecord | undefined {
     if (!r) return undefined;
     return {
@@ -370,7 +390,7 @@ class SqliteContainers implements ContainerRepo {
 }
 
 class SqliteOperations implements OperationRepo {
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Db) {}
   private row(r: Row | undefined): OperationRecord | undefined {
     if (!r) return undefined;
     return {

@@ -47,7 +47,7 @@ import {
   readK8sLog,
   readPidFile,
 } from './conmon.js';
-import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec } from './oci-spec.js';
+import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
 import { WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
@@ -113,6 +113,8 @@ export class ContainerDriver implements InstanceDriver {
   private readonly listeners: ((id: string) => void)[] = [];
   private watcher: FSWatcher | undefined;
   private readonly notified = new Set<string>();
+  /** What a warm container was built from, kept so a claim need not read it back (a restart forgets: warm ones are destroyed then). */
+  private readonly warmFacts = new Map<string, { config: OciSpec; userDb: UserDb }>();
 
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
@@ -222,10 +224,14 @@ export class ContainerDriver implements InstanceDriver {
     const busybox = await findStaticBusybox();
     if (!meta.warm || !busybox) return undefined;
     const configFile = path.join(this.bundle(id), 'config.json');
-    const warmConfig = JSON.parse(await readFile(configFile, 'utf8')) as OciSpec;
+    const facts = this.warmFacts.get(id) ?? {
+      config: JSON.parse(await readFile(configFile, 'utf8')) as OciSpec,
+      userDb: await readUserDb(this.rootfs(id)),
+    };
+    const warmConfig = facts.config;
     const { config, warnings } = buildOciSpec(
       spec,
-      { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: await readUserDb(this.rootfs(id)) },
+      { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: facts.userDb },
       { mounts: warmMounts(busybox, this.warmDir(id)) },
     );
     const unsuitable = stubUnsuitable(config.process);
@@ -238,6 +244,7 @@ export class ContainerDriver implements InstanceDriver {
     if (limits) await this.runtime(meta.runtime, meta.runtimePath).update(id, limits);
     await writeFile(configFile, JSON.stringify(config, null, 1));
     delete meta.warm;
+    this.warmFacts.delete(id);
     await this.saveMeta({ ...meta, name: spec.name, warnings });
     return { status: 'created', ...(meta.pid ? { pid: meta.pid } : {}) };
   }
@@ -271,11 +278,13 @@ export class ContainerDriver implements InstanceDriver {
       await mountAll(spec.rootfs, rootfs);
 
       const cgroupsPath = `${this.cgroupParent}/${id}`;
+      const userDb = await readUserDb(rootfs);
       const { config, warnings } = buildOciSpec(spec, {
         hardLimits: await readHardLimits(),
         cgroupsPath,
-        userDb: await readUserDb(rootfs),
+        userDb,
       }, opts.mounts ? { mounts: opts.mounts } : {});
+      if (opts.warm) this.warmFacts.set(id, { config, userDb });
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
       const meta: ContainerMeta = {
@@ -539,6 +548,7 @@ export class ContainerDriver implements InstanceDriver {
     if (left.length) throw new Internal(`refusing to remove ${dir}: still mounted: ${left.join(', ')}`, { id });
     await rm(dir, { recursive: true, force: true });
     this.notified.delete(id);
+    this.warmFacts.delete(id);
   }
 
   async list(): Promise<string[]> {
