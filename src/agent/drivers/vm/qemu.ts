@@ -78,7 +78,8 @@ export function qemuArgv(c: QemuConfig): string[] {
   if (c.append) a.push('-append', c.append);
   if (c.rootDisk) {
     a.push('-drive', `if=none,id=root,file=${q(c.rootDisk.path)},format=${c.rootDisk.format},cache=writeback`);
-    a.push('-device', 'virtio-blk-pci,drive=root,bootindex=0');
+    // with -kernel the kernel loader owns boot index 0; the disk boots only without one
+    a.push('-device', `virtio-blk-pci,drive=root${c.kernel ? '' : ',bootindex=0'}`);
   }
   c.nics.forEach((n, i) => {
     if (!MAC.test(n.mac)) throw new InvalidArgument(`bad MAC "${n.mac}"`);
