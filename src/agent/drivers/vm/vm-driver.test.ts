@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { runOk } from '../../../core/exec.js';
 import { hasCode } from '../../../core/errors.js';
 import { collectLogs, freshId, sleep, waitForLog, waitStopped } from '../instance-driver-conformance.js';
+import { READY_MARKER } from '../../../../scripts/fixtures/guest.js';
 import { makeVmEnv, type VmEnv } from './vm-test-env.js';
 
 let env: VmEnv;
@@ -70,6 +71,32 @@ test('save/restore: the guest continues where it was; vCPUs pinned before and af
     await d.delete(id);
   }
   assert.ok(!existsSync(path.join(env.stateDir, id)));
+});
+
+test('the idle guest signals readiness and answers requests on the serial console; exit CODE ends it with that code', async () => {
+  const d = env.driver;
+  const id = freshId('vm');
+  const spec = env.makeSpec(id, []);
+  spec.vm = { ...spec.vm, append: env.guest.append }; // no workload: the request loop
+  try {
+    await d.create(spec);
+    await d.start(id);
+    await waitForLog(d, id, new RegExp(`^${READY_MARKER}$`), 60_000);
+    const con = await d.openConsole(id);
+    try {
+      con.write('echo ping-42\n');
+      await waitForLog(d, id, /^ping-42$/, 30_000);
+      con.write('uptime\n');
+      await waitForLog(d, id, /^\d+\.\d+$/, 30_000);
+      con.write('exit 9\n');
+      const st = await waitStopped(d, id, 30_000);
+      assert.equal(st.exitCode, 9);
+    } finally {
+      con.destroy();
+    }
+  } finally {
+    await d.delete(id);
+  }
 });
 
 test('root disk: a qcow2 overlay backed by the image, gone with the VM; the image untouched', async () => {

@@ -17,6 +17,7 @@
  */
 import { mkdir, readFile, readdir, rename, rm, writeFile, stat, open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, NimbusError } from '../../../core/errors.js';
 import { runOk } from '../../../core/exec.js';
@@ -96,6 +97,7 @@ export interface VmDriverOptions {
 }
 
 const CLK_TCK = 100; // Linux USER_HZ on x86-64
+let recordWrites = 0;
 
 export class VmDriver implements InstanceDriver {
   readonly type = 'vm' as const;
@@ -147,7 +149,8 @@ export class VmDriver implements InstanceDriver {
 
   private async save(r: VmRecord): Promise<void> {
     const p = this.paths(r.id);
-    const tmp = `${p.record}.tmp`;
+    // unique name: an exit watcher and an operation (or two driver instances) may write at once
+    const tmp = `${p.record}.${process.pid}.${++recordWrites}.tmp`;
     await writeFile(tmp, JSON.stringify(r, null, 1));
     await rename(tmp, p.record);
   }
@@ -161,6 +164,7 @@ export class VmDriver implements InstanceDriver {
         await sleep(10);
         status = await readExitStatus(p);
       }
+      status ??= await readExitStatus(p); // the supervisor may have written it just before exiting
       r.lifecycle = 'stopped';
       r.finishedAt = new Date().toISOString();
       if (r.killedBy === 'SIGKILL') r.exitCode = 137;
@@ -487,6 +491,18 @@ export class VmDriver implements InstanceDriver {
   }
 
   // ---- VM-only operations ----
+
+  /** A connection to the serial console (input to the guest; its output also goes to the console log). One client at a time. */
+  async openConsole(id: string): Promise<net.Socket> {
+    const r = await this.load(id);
+    if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is not running`, { id });
+    const sock = net.createConnection(this.paths(id).consoleSocket);
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', resolve);
+      sock.once('error', (e) => reject(new NimbusError('Unavailable', `console of ${id}: ${e.message}`, { id })));
+    });
+    return sock;
+  }
 
   async inspect(id: string): Promise<VmInspect> {
     const r = await this.load(id);
