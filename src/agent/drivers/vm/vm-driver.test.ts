@@ -99,6 +99,38 @@ test('the idle guest signals readiness and answers requests on the serial consol
   }
 });
 
+test('templates: VMs made from a saved VM start by restore, each with its own console; the template cannot go while they exist', async () => {
+  const d = env.driver;
+  const tpl = freshId('tpl');
+  const kids: string[] = [];
+  const spec = env.makeSpec(tpl, []);
+  spec.vm = { ...spec.vm, append: env.guest.append };
+  try {
+    await d.create(spec);
+    await d.start(tpl);
+    await waitForLog(d, tpl, new RegExp(`^${READY_MARKER}$`), 60_000);
+    await d.saveState(tpl);
+    for (const n of [1, 2]) {
+      const id = `${tpl}-kid${n}`;
+      kids.push(id);
+      await d.createFromTemplate(tpl, id);
+      assert.equal((await d.inspect(id)).lifecycle, 'saved');
+      await d.restoreState(id);
+      // the clone never booted: it answers at once, where the template left off
+      const con = await d.openConsole(id);
+      con.write(`echo from-${id}\n`);
+      await waitForLog(d, id, new RegExp(`^from-${id}$`), 30_000);
+      con.destroy();
+      assert.ok(!(await collectLogs(d, id)).some((r) => r.line === READY_MARKER), 'no boot in the clone');
+    }
+    assert.equal((await d.inspect(tpl)).lifecycle, 'saved');
+    await assert.rejects(d.delete(tpl), (e) => hasCode(e, 'Conflict'));
+  } finally {
+    for (const k of kids) await d.delete(k);
+    await d.delete(tpl);
+  }
+});
+
 test('root disk: a qcow2 overlay backed by the image, gone with the VM; the image untouched', async () => {
   const d = env.driver;
   const image = path.join(env.base, 'base.raw');

@@ -65,6 +65,8 @@ interface VmRecord {
   killedBy?: string;
   pinning?: VcpuPinning[];
   savedAt?: string;
+  /** A VM made from a saved template: its state comes from the template's file, its disk is backed by the template's. */
+  template?: string;
 }
 
 export interface VmInspect {
@@ -471,6 +473,14 @@ export class VmDriver implements InstanceDriver {
         r = await this.hardKill(r);
         if (r.lifecycle === 'running' || r.lifecycle === 'paused') throw new Conflict(`VM ${id} did not die`, { id });
       }
+      // a template's saved state and disk back the VMs made from it
+      const children = [];
+      for (const other of await this.list()) {
+        if (other === id) continue;
+        const o = await readFile(this.paths(other).record, 'utf8').then((t) => JSON.parse(t) as VmRecord).catch(() => undefined);
+        if (o?.template === id) children.push(other);
+      }
+      if (children.length) throw new Conflict(`VM ${id} is the template of ${children.join(', ')}`, { id, children });
       this.unwatch(id);
       await rm(p.dir, { recursive: true, force: true });
     });
@@ -569,10 +579,47 @@ export class VmDriver implements InstanceDriver {
       if (r.lifecycle !== 'saved') throw new Conflict(`VM ${id} is ${r.lifecycle}, not saved`, { id });
       const p = this.paths(id);
       const t0 = Date.now();
-      await this.launch(r, `exec:cat '${p.savedState}'`);
-      await rm(p.savedState, { force: true }); // the disk overlay has moved on; the image is stale now
+      if (r.template) {
+        // first start of a VM made from a template: the template's state, the template stays saved
+        await this.launch(r, `exec:cat '${this.paths(r.template).savedState}'`);
+      } else {
+        await this.launch(r, `exec:cat '${p.savedState}'`);
+        await rm(p.savedState, { force: true }); // the disk overlay has moved on; the image is stale now
+      }
       return { ms: Date.now() - t0 };
     });
+  }
+
+  /**
+   * A new VM from a saved one used as a template (RunD's microVM templates):
+   * same devices and memory, its own sockets and console, a disk overlay backed
+   * by the template's frozen overlay. It is left saved; restoreState() starts it.
+   */
+  async createFromTemplate(templateId: string, id: string, name = id): Promise<RuntimeState> {
+    const t = await this.load(templateId);
+    if (t.lifecycle !== 'saved' || t.template) throw new Conflict(`VM ${templateId} is not a saved VM that can serve as a template`, { id: templateId });
+    const p = this.paths(id);
+    if (existsSync(p.record)) throw new AlreadyExists(`VM ${id} exists`, { id });
+    await mkdir(p.dir, { recursive: true });
+    try {
+      const config: VmRecord['config'] = {
+        ...t.config,
+        name,
+        paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile },
+      };
+      if (t.config.rootDisk) {
+        await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', this.paths(templateId).overlay, p.overlay]);
+        config.rootDisk = { path: p.overlay, format: 'qcow2' };
+      }
+      await writeFile(p.consoleLog, '');
+      const r: VmRecord = { id, name, createdAt: new Date().toISOString(), lifecycle: 'saved', config, template: templateId };
+      if (t.pin) r.pin = t.pin;
+      await this.save(r);
+      return this.toState(r);
+    } catch (e) {
+      await rm(p.dir, { recursive: true, force: true });
+      throw e;
+    }
   }
 }
 
