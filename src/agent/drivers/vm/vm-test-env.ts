@@ -6,12 +6,12 @@
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { buildTestGuest, READY_MARKER, workloadAppend, type TestGuest } from '../../../../scripts/fixtures/guest.js';
+import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, workloadAppend, type TestGuest } from '../../../../scripts/fixtures/guest.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './accel.js';
 import { VmDriver } from './vm-driver.js';
 
-export const GUEST_CACHE = path.join(tmpdir(), 'nimbus-guest-cache');
+export const GUEST_CACHE = GUEST_CACHE_DIR;
 
 export interface VmEnv {
   base: string;
