@@ -167,6 +167,9 @@ export class VmDriver implements InstanceDriver {
         status = await readExitStatus(p);
       }
       status ??= await readExitStatus(p); // the supervisor may have written it just before exiting
+      // someone else (saveState, another watcher) may have recorded the end already: theirs stands
+      const now = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      if (now.lifecycle !== r.lifecycle || now.qemuPid !== r.qemuPid) return now;
       r.lifecycle = 'stopped';
       r.finishedAt = new Date().toISOString();
       if (r.killedBy === 'SIGKILL') r.exitCode = 137;
@@ -548,22 +551,31 @@ export class VmDriver implements InstanceDriver {
       await rm(p.savedState, { force: true });
       await withQmp(p, async (c) => {
         await c.execute('stop');
-        await c.execute('migrate', { uri: `exec:cat > '${p.savedState}'` });
-        for (;;) {
-          const m = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-          if (m.status === 'completed') break;
-          if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `save of ${id} failed: ${m['error-desc'] ?? m.status}`);
-          await sleep(10);
+        try {
+          await c.execute('migrate', { uri: `exec:cat > '${p.savedState}'` });
+          for (;;) {
+            const m = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+            if (m.status === 'completed') break;
+            if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `save of ${id} failed: ${m['error-desc'] ?? m.status}`);
+            await sleep(10);
+          }
+        } catch (e) {
+          // the guest goes on as it was; no half-written state file stays
+          if (r.lifecycle === 'running') await c.execute('cont').catch(() => undefined);
+          await rm(p.savedState, { force: true });
+          throw e;
         }
+        // record the save before QEMU goes, so an exit watcher does not call it a stop
+        this.unwatch(id);
+        r.lifecycle = 'saved';
+        r.savedAt = new Date().toISOString();
+        await this.save(r);
         await c.execute('quit').catch(() => undefined); // the socket may close before the reply
       }, 60_000);
       // QEMU exits; fold it in without calling it a stop
       for (let i = 0; i < 500 && processAlive(r.qemuPid, p.qmpSocket); i++) await sleep(10);
       for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
       await removeRunFiles(p);
-      this.unwatch(id);
-      r.lifecycle = 'saved';
-      r.savedAt = new Date().toISOString();
       delete r.qemuPid;
       delete r.supervisorPid;
       delete r.pinning;
