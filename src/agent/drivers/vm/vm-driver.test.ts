@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runOk } from '../../../core/exec.js';
@@ -160,6 +160,28 @@ test('root disk: a qcow2 overlay backed by the image, gone with the VM; the imag
   badSpec.vm = { ...badSpec.vm, disk: path.join(env.base, 'missing.img') };
   await assert.rejects(d.create(badSpec));
   assert.ok(!existsSync(path.join(env.stateDir, bad)));
+});
+
+test('reconcile: an orphan QEMU (no record) is killed and its directory removed; recorded VMs are left alone', async () => {
+  const d = env.driver;
+  const keep = freshId('vm');
+  await d.create(env.makeSpec(keep, ['true']));
+  const orphanDir = path.join(env.stateDir, 'orphan-x');
+  await mkdir(orphanDir, { recursive: true });
+  const orphan = spawn('qemu-system-x86_64', ['-S', '-machine', 'pc,accel=tcg', '-m', '32', '-nodefaults', '-display', 'none',
+    '-qmp', `unix:${orphanDir}/qmp.sock,server=on,wait=off`, '-pidfile', `${orphanDir}/qemu.pid`], { stdio: 'ignore', detached: true });
+  orphan.unref();
+  try {
+    for (let i = 0; i < 200 && !existsSync(`${orphanDir}/qemu.pid`); i++) await sleep(20);
+    const r = await env.newDriver().reconcile();
+    assert.deepEqual(r.killed, [orphan.pid]);
+    assert.deepEqual(r.removed, ['orphan-x']);
+    assert.ok(!existsSync(orphanDir));
+    assert.equal((await d.state(keep)).status, 'created');
+  } finally {
+    if (orphan.exitCode === null) orphan.kill('SIGKILL');
+    await d.delete(keep);
+  }
 });
 
 test('a failed start leaves no QEMU and no socket; the VM stays created', async () => {

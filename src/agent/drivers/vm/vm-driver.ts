@@ -503,6 +503,45 @@ export class VmDriver implements InstanceDriver {
     this.exitListeners.push(listener);
   }
 
+  /**
+   * On daemon start: QEMU processes under stateDir that no record owns (a crash
+   * between launch and recording it) are killed, directories without a record
+   * are removed, and every recorded VM is observed (dead ones become stopped,
+   * their sockets go) and watched.
+   */
+  async reconcile(): Promise<{ killed: number[]; removed: string[] }> {
+    const killed: number[] = [];
+    const removed: string[] = [];
+    const owned = new Set<number>();
+    for (const id of await this.list()) {
+      const r = await this.load(id).catch(() => undefined);
+      if (r?.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
+        owned.add(r.qemuPid);
+        this.watch(id);
+      }
+    }
+    const root = `${path.resolve(this.o.stateDir)}/`;
+    for (const pid of await qemuPidsMentioning(root)) {
+      if (owned.has(pid)) continue;
+      process.kill(pid, 'SIGKILL');
+      killed.push(pid);
+    }
+    for (const pid of killed) for (let i = 0; i < 200 && processAlive(pid); i++) await sleep(10);
+    let dirs: string[] = [];
+    try {
+      dirs = await readdir(this.o.stateDir);
+    } catch {
+      /* no state yet */
+    }
+    for (const d of dirs) {
+      if (existsSync(path.join(this.o.stateDir, d, 'vm.json'))) continue;
+      await rm(path.join(this.o.stateDir, d), { recursive: true, force: true });
+      removed.push(d);
+    }
+    if (killed.length || removed.length) log.info('vm reconcile', { killed, removed });
+    return { killed, removed };
+  }
+
   // ---- VM-only operations ----
 
   /** A connection to the serial console (input to the guest; its output also goes to the console log). One client at a time. */
@@ -633,6 +672,21 @@ export class VmDriver implements InstanceDriver {
       throw e;
     }
   }
+}
+
+/** Pids of QEMU processes whose command line mentions `dir`. */
+export async function qemuPidsMentioning(dir: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const argv = (await readFile(`/proc/${p}/cmdline`, 'utf8')).split('\0');
+      if ((argv[0] ?? '').includes('qemu-system') && argv.some((a) => a.includes(dir)) && processAlive(Number(p))) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
 }
 
 /** Bind each vCPU thread (ids from QMP query-cpus-fast) to its host CPU. */
