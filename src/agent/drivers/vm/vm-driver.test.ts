@@ -60,6 +60,7 @@ test('save/restore: the guest continues where it was; vCPUs pinned before and af
     t.diagnostic(`save ${saved.ms} ms (${(saved.bytes / 2 ** 20).toFixed(1)} MiB), restore ${restored.ms} ms, accel ${env.accel.accel}`);
     assert.equal((await d.state(id)).status, 'running');
     const afterIns = await checkPinning();
+    await assert.rejects(d.kill(id, 'SIGNOPE'), (e) => hasCode(e, 'InvalidArgument'));
     assert.notEqual(afterIns.qemuPid, before.qemuPid);
     await waitForLog(d, id, new RegExp(`^tick ${last + 3}$`), 60_000);
     const all = ticks((await collectLogs(d, id)).map((r) => r.line));

@@ -18,6 +18,7 @@
 import { mkdir, readFile, readdir, rename, rm, writeFile, stat, open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
+import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, NimbusError } from '../../../core/errors.js';
 import { runOk } from '../../../core/exec.js';
@@ -330,6 +331,7 @@ export class VmDriver implements InstanceDriver {
       const r = await this.load(id);
       if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is not running`, { id });
       const sig = (signal.startsWith('SIG') ? signal : `SIG${signal}`) as NodeJS.Signals;
+      if (!(sig in osConstants.signals)) throw new InvalidArgument(`unknown signal "${signal}"`, { id });
       if (sig === 'SIGKILL') {
         await this.hardKill(r);
         return;
