@@ -21,6 +21,22 @@ export interface ResourceLimits {
   pidsLimit?: number;
 }
 
+/** What a VM needs beyond the common spec (the vm driver ignores rootfs and process). */
+export interface VmSpec {
+  /** Direct kernel boot: kernel image, initrd and command line. */
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  /** Base disk image (raw or qcow2); the VM's root disk is a qcow2 overlay backed by it. */
+  disk?: string;
+  /** Host CPUs for the vCPU threads: vCPU i runs on pin[i % pin.length]. */
+  pin?: number[];
+  /** virtio-net NICs on tap devices the network layer made (the seam for VM networking). */
+  nics?: Array<{ tap: string; mac: string }>;
+  /** The guest reports its exit status through isa-debug-exit (the test guest does). */
+  debugExit?: boolean;
+}
+
 export interface InstanceSpec {
   id: string;
   name: string;
@@ -34,6 +50,8 @@ export interface InstanceSpec {
   /** Network namespace path to join; undefined = a new empty one. */
   netnsPath?: string;
   labels?: Record<string, string>;
+  /** VM instances only. */
+  vm?: VmSpec;
 }
 
 export type RuntimeStatus = 'created' | 'running' | 'paused' | 'stopped' | 'unknown';

@@ -1,0 +1,152 @@
+/**
+ * QEMU as its own supervised process, independent of the daemon (the VM
+ * counterpart of conmon): a detached `sh` in its own session runs QEMU, waits
+ * for it and writes its exit status to a file. A daemon SIGKILL leaves both
+ * running; a new daemon finds QEMU by its pid file, talks to it over the QMP
+ * socket and reads the exit status once it has gone. (QEMU's -daemonize would
+ * survive too, but nobody would be left to collect its exit status.)
+ *
+ * The driver holds no QMP connection between operations: QEMU serves one QMP
+ * client at a time, and a short session per operation (≈ 2 ms) lets an old and
+ * a new driver instance, or a CLI tool, take turns.
+ */
+import { spawn } from 'node:child_process';
+import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Internal } from '../../../core/errors.js';
+import { QmpClient } from './qmp.js';
+
+export interface InstancePaths {
+  dir: string;
+  qmpSocket: string;
+  consoleSocket: string;
+  consoleLog: string;
+  pidFile: string;
+  supervisorPidFile: string;
+  exitStatusFile: string;
+  /** QEMU's own stderr (startup errors, warnings). */
+  qemuLog: string;
+  overlay: string;
+  savedState: string;
+  record: string;
+}
+
+export function instancePaths(dir: string): InstancePaths {
+  return {
+    dir,
+    qmpSocket: path.join(dir, 'qmp.sock'),
+    consoleSocket: path.join(dir, 'console.sock'),
+    consoleLog: path.join(dir, 'console.log'),
+    pidFile: path.join(dir, 'qemu.pid'),
+    supervisorPidFile: path.join(dir, 'supervisor.pid'),
+    exitStatusFile: path.join(dir, 'exit-status'),
+    qemuLog: path.join(dir, 'qemu.log'),
+    overlay: path.join(dir, 'root.qcow2'),
+    savedState: path.join(dir, 'saved.state'),
+    record: path.join(dir, 'vm.json'),
+  };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** True if `pid` is a live (non-zombie) process whose command line contains `marker` (guards against pid reuse). */
+export function processAlive(pid: number | undefined, marker?: string): boolean {
+  if (!pid || pid <= 0) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') return false;
+    if (marker !== undefined && !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker)) return false;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function readPid(file: string): Promise<number | undefined> {
+  try {
+    const n = Number((await readFile(file, 'utf8')).trim());
+    return Number.isInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** QEMU's raw exit status as the supervisor recorded it, if it has exited. */
+export async function readExitStatus(p: InstancePaths): Promise<number | undefined> {
+  try {
+    const n = Number((await readFile(p.exitStatusFile, 'utf8')).trim());
+    return Number.isInteger(n) ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Remove what one QEMU run leaves behind (sockets, pid and status files); keeps disk, console log and record. */
+export async function removeRunFiles(p: InstancePaths): Promise<void> {
+  for (const f of [p.qmpSocket, p.consoleSocket, p.pidFile, p.supervisorPidFile, p.exitStatusFile, `${p.exitStatusFile}.tmp`]) {
+    await rm(f, { force: true });
+  }
+}
+
+export interface Launched {
+  qemuPid: number;
+  supervisorPid: number;
+}
+
+const SUPERVISOR = '"$0" "$@"; s=$?; echo $s > exit-status.tmp && mv exit-status.tmp exit-status';
+
+/**
+ * Start QEMU under its supervisor and wait until its QMP socket answers.
+ * On failure nothing is left running and the error carries QEMU's stderr.
+ */
+export async function launchQemu(binary: string, argv: string[], p: InstancePaths, timeoutMs = 15_000): Promise<Launched> {
+  await removeRunFiles(p);
+  const logFd = openSync(p.qemuLog, 'w');
+  let supervisorPid: number;
+  try {
+    const child = spawn('/bin/sh', ['-c', SUPERVISOR, binary, ...argv], { cwd: p.dir, detached: true, stdio: ['ignore', logFd, logFd] });
+    child.unref();
+    if (!child.pid) throw new Internal(`cannot start ${binary}`);
+    supervisorPid = child.pid;
+  } finally {
+    closeSync(logFd);
+  }
+  const deadline = Date.now() + timeoutMs;
+  const fail = async (why: string): Promise<never> => {
+    const qemuPid = await readPid(p.pidFile);
+    if (processAlive(qemuPid, p.qmpSocket)) process.kill(qemuPid!, 'SIGKILL');
+    for (let i = 0; i < 100 && processAlive(supervisorPid); i++) await sleep(20);
+    const log = existsSync(p.qemuLog) ? (await readFile(p.qemuLog, 'utf8')).trim() : '';
+    await removeRunFiles(p);
+    throw new Internal(`QEMU did not start: ${why}${log ? `: ${log.split('\n').slice(-3).join(' | ')}` : ''}`, { argv });
+  };
+  for (;;) {
+    if ((await readExitStatus(p)) !== undefined || !processAlive(supervisorPid)) return fail('it exited');
+    if (existsSync(p.qmpSocket)) {
+      try {
+        const c = await QmpClient.connect(p.qmpSocket, { timeoutMs: 2000 });
+        c.close();
+        const qemuPid = await readPid(p.pidFile);
+        if (qemuPid) {
+          await writeFile(p.supervisorPidFile, `${supervisorPid}\n`);
+          return { qemuPid, supervisorPid };
+        }
+      } catch {
+        /* not listening yet */
+      }
+    }
+    if (Date.now() > deadline) return fail(`no QMP socket within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+/** One short QMP session. */
+export async function withQmp<T>(p: InstancePaths, fn: (c: QmpClient) => Promise<T>, timeoutMs = 5000): Promise<T> {
+  const c = await QmpClient.connect(p.qmpSocket, { timeoutMs });
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}

@@ -1,0 +1,91 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { hasCode } from '../../../core/errors.js';
+import { decodeExitStatus, parseCpuList, qemuArgv, type QemuConfig } from './qemu.js';
+
+const base: QemuConfig = {
+  name: 'vm1',
+  accel: 'tcg',
+  cpus: 2,
+  memoryMiB: 256,
+  kernel: '/boot/vmlinuz',
+  initrd: '/tmp/initrd.gz',
+  append: 'console=ttyS0',
+  nics: [],
+  paths: { qmpSocket: '/s/qmp.sock', consoleSocket: '/s/console.sock', consoleLog: '/s/console.log', pidFile: '/s/qemu.pid' },
+  startPaused: true,
+  debugExit: false,
+};
+
+const after = (argv: string[], flag: string) => argv.filter((_, i) => argv[i - 1] === flag);
+
+test('argv: machine, accelerator, cpu model, size, monitor, console, kernel boot', () => {
+  const a = qemuArgv(base);
+  assert.deepEqual(after(a, '-machine'), ['pc,accel=tcg']);
+  assert.deepEqual(after(a, '-cpu'), ['max']);
+  assert.deepEqual(after(a, '-smp'), ['2']);
+  assert.deepEqual(after(a, '-m'), ['256M']);
+  assert.deepEqual(after(a, '-chardev'), [
+    'socket,id=qmp,path=/s/qmp.sock,server=on,wait=off',
+    'socket,id=console,path=/s/console.sock,server=on,wait=off,logfile=/s/console.log,logappend=on',
+  ]);
+  assert.deepEqual(after(a, '-mon'), ['chardev=qmp,mode=control']);
+  assert.deepEqual(after(a, '-serial'), ['chardev:console']);
+  assert.deepEqual(after(a, '-kernel'), ['/boot/vmlinuz']);
+  assert.deepEqual(after(a, '-append'), ['console=ttyS0']);
+  assert.ok(a.includes('-S') && a.includes('-nodefaults') && a.includes('-no-reboot'));
+  assert.ok(!a.includes('-incoming') && !a.some((x) => x.startsWith('isa-debug-exit')));
+  assert.deepEqual(after(qemuArgv({ ...base, accel: 'kvm' }), '-cpu'), ['host']);
+  assert.ok(!qemuArgv({ ...base, startPaused: false }).includes('-S'));
+});
+
+test('argv: overlay disk, NICs on taps, incoming migration, debug exit, comma escaping', () => {
+  const a = qemuArgv({
+    ...base,
+    name: 'a,b',
+    rootDisk: { path: '/d/root.qcow2', format: 'qcow2' },
+    nics: [{ tap: 'vif3.0', mac: '52:54:00:00:00:01' }, { tap: 'vif3.1', mac: '52:54:00:00:00:02' }],
+    incoming: 'exec:cat /x',
+    debugExit: true,
+  });
+  assert.deepEqual(after(a, '-name'), ['guest=a,,b']);
+  assert.deepEqual(after(a, '-drive'), ['if=none,id=root,file=/d/root.qcow2,format=qcow2,cache=writeback']);
+  assert.deepEqual(after(a, '-netdev'), ['tap,id=net0,ifname=vif3.0,script=no,downscript=no', 'tap,id=net1,ifname=vif3.1,script=no,downscript=no']);
+  assert.deepEqual(after(a, '-device'), [
+    'isa-debug-exit,iobase=0xf4,iosize=0x01',
+    'virtio-blk-pci,drive=root',
+    'virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01',
+    'virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02',
+  ]);
+  assert.deepEqual(after(a, '-incoming'), ['exec:cat /x']);
+  const diskOnly = qemuArgv({ ...base, kernel: undefined, initrd: undefined, append: undefined, rootDisk: { path: '/d/r.qcow2', format: 'qcow2' } });
+  assert.deepEqual(after(diskOnly, '-device'), ['virtio-blk-pci,drive=root,bootindex=0']);
+});
+
+test('argv: invalid configurations are InvalidArgument', () => {
+  const bad: Array<Partial<QemuConfig>> = [
+    { cpus: 0 },
+    { memoryMiB: 8 },
+    { kernel: undefined, initrd: undefined, append: undefined },
+    { kernel: undefined },
+    { nics: [{ tap: 'a-very-long-tap-name', mac: '52:54:00:00:00:01' }] },
+    { nics: [{ tap: 'vif1.0', mac: 'nope' }] },
+  ];
+  for (const b of bad) assert.throws(() => qemuArgv({ ...base, ...b }), (e) => hasCode(e, 'InvalidArgument'), JSON.stringify(b));
+});
+
+test('exit status decoding: power-off, guest codes via isa-debug-exit, signals, QEMU failure', () => {
+  assert.equal(decodeExitStatus(0, true), 0);
+  assert.equal(decodeExitStatus(7, true), 3);
+  assert.equal(decodeExitStatus(127, true), 63);
+  assert.equal(decodeExitStatus(1, true), 1);
+  assert.equal(decodeExitStatus(137, true), 137);
+  assert.equal(decodeExitStatus(7, false), 7);
+});
+
+test('CPU lists', () => {
+  assert.deepEqual(parseCpuList('0-2,5'), [0, 1, 2, 5]);
+  assert.deepEqual(parseCpuList('1'), [1]);
+  assert.throws(() => parseCpuList('3-1'), (e) => hasCode(e, 'InvalidArgument'));
+  assert.throws(() => parseCpuList('x'), (e) => hasCode(e, 'InvalidArgument'));
+});

@@ -1,0 +1,119 @@
+/**
+ * The QEMU command line as a pure function of a VM's configuration: no I/O,
+ * so every flag is unit-tested and the bench can replay the exact argv bare.
+ */
+import { InvalidArgument } from '../../../core/errors.js';
+
+export type Accelerator = 'kvm' | 'tcg';
+
+/** One virtio-net NIC on a tap device. The networking layer creates the tap; this only attaches it. */
+export interface NicConfig {
+  /** Tap device name (≤ 15 chars), e.g. "vif3.0". */
+  tap: string;
+  /** Locally administered MAC, e.g. "52:54:00:12:34:56". */
+  mac: string;
+}
+
+export interface DiskConfig {
+  path: string;
+  format: 'qcow2' | 'raw';
+}
+
+export interface QemuPaths {
+  qmpSocket: string;
+  consoleSocket: string;
+  /** The serial console's output, appended by QEMU itself so it survives a daemon restart. */
+  consoleLog: string;
+  pidFile: string;
+}
+
+export interface QemuConfig {
+  name: string;
+  accel: Accelerator;
+  cpus: number;
+  memoryMiB: number;
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  rootDisk?: DiskConfig;
+  nics: NicConfig[];
+  paths: QemuPaths;
+  /** -S: vCPUs do not run until QMP cont (lets the driver pin vCPU threads first). */
+  startPaused: boolean;
+  /** Restore: a migration stream source, e.g. "exec:cat /path/state". */
+  incoming?: string;
+  /** isa-debug-exit at port 0xf4: the guest's way to report an exit status. */
+  debugExit: boolean;
+}
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+/** QEMU's -opt value syntax: a comma inside a value is written twice. */
+const q = (v: string) => v.replace(/,/g, ',,');
+
+export function qemuArgv(c: QemuConfig): string[] {
+  if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
+  if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 16) throw new InvalidArgument(`memory must be at least 16 MiB, got ${c.memoryMiB}`);
+  if (!c.kernel && !c.rootDisk) throw new InvalidArgument('a VM needs a kernel or a root disk');
+  if ((c.initrd || c.append) && !c.kernel) throw new InvalidArgument('initrd and append need a kernel');
+  const a: string[] = [
+    '-name', `guest=${q(c.name)}`,
+    // pc (i440fx): ACPI power button and an ISA bus for isa-debug-exit; boots faster than q35 under TCG.
+    '-machine', `pc,accel=${c.accel}`,
+    '-cpu', c.accel === 'kvm' ? 'host' : 'max',
+    '-smp', String(c.cpus),
+    '-m', `${c.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none',
+    // a guest reboot ends the instance (restart policy belongs to the caller)
+    '-no-reboot',
+    '-chardev', `socket,id=qmp,path=${q(c.paths.qmpSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,
+    '-serial', 'chardev:console',
+    '-pidfile', c.paths.pidFile,
+  ];
+  if (c.debugExit) a.push('-device', 'isa-debug-exit,iobase=0xf4,iosize=0x01');
+  if (c.kernel) a.push('-kernel', c.kernel);
+  if (c.initrd) a.push('-initrd', c.initrd);
+  if (c.append) a.push('-append', c.append);
+  if (c.rootDisk) {
+    a.push('-drive', `if=none,id=root,file=${q(c.rootDisk.path)},format=${c.rootDisk.format},cache=writeback`);
+    // with -kernel the kernel loader owns boot index 0; the disk boots only without one
+    a.push('-device', `virtio-blk-pci,drive=root${c.kernel ? '' : ',bootindex=0'}`);
+  }
+  c.nics.forEach((n, i) => {
+    if (!MAC.test(n.mac)) throw new InvalidArgument(`bad MAC "${n.mac}"`);
+    if (!n.tap || n.tap.length > 15 || /[\s,/]/.test(n.tap)) throw new InvalidArgument(`bad tap device name "${n.tap}"`);
+    a.push('-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`);
+    a.push('-device', `virtio-net-pci,netdev=net${i},mac=${n.mac}`);
+  });
+  if (c.startPaused) a.push('-S');
+  if (c.incoming) a.push('-incoming', c.incoming);
+  return a;
+}
+
+/**
+ * What the supervisor recorded as QEMU's exit status, in instance terms.
+ * isa-debug-exit makes QEMU exit with (code << 1) | 1; the test guest reports
+ * codes 1..63 that way (so the status stays below 128) and powers off for 0.
+ * 128+n is a signal; 1 is QEMU's own failure.
+ */
+export function decodeExitStatus(status: number, debugExit: boolean): number {
+  if (status === 0 || status === 1 || status >= 128) return status;
+  if (debugExit && status % 2 === 1) return (status - 1) / 2;
+  return status;
+}
+
+/** Parse a CPU list like "0-2,5" into [0,1,2,5]. */
+export function parseCpuList(list: string): number[] {
+  const out: number[] = [];
+  for (const part of list.split(',').map((s) => s.trim())) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new InvalidArgument(`bad CPU list "${list}"`);
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (hi < lo) throw new InvalidArgument(`bad CPU range "${part}"`);
+    for (let i = lo; i <= hi; i++) out.push(i);
+  }
+  return [...new Set(out)];
+}

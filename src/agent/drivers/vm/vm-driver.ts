@@ -1,0 +1,704 @@
+/**
+ * The VM InstanceDriver: QEMU driven over QMP, one directory per instance
+ * under stateDir holding its record (vm.json), root-disk overlay, sockets,
+ * console log and the supervisor's exit status. Everything needed to find a
+ * VM again lives there, so a new driver instance (a restarted daemon) picks
+ * running VMs up where the old one left them.
+ *
+ * Mapping of the instance contract onto a VM:
+ *   create   → overlay disk + record (no process yet)
+ *   start    → QEMU with -S, vCPUs pinned, then QMP cont
+ *   stop     → ACPI power button (system_powerdown), SIGKILL after the grace period
+ *   kill     → the signal to QEMU (SIGKILL: hard power-off; SIGTERM: QEMU quits cleanly)
+ *   pause    → QMP stop / cont
+ *   logs     → the serial console, written by QEMU to console.log (one stream: stdout)
+ *   exit code→ 0 on power-off, the guest's isa-debug-exit code, 128+n when killed
+ *   save     → QMP migrate to a file, then quit; restore → QEMU -incoming from it
+ */
+import { mkdir, readFile, readdir, rename, rm, writeFile, stat, open } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import { constants as osConstants } from 'node:os';
+import path from 'node:path';
+import { AlreadyExists, Conflict, InvalidArgument, NotFound, NimbusError } from '../../../core/errors.js';
+import { runOk } from '../../../core/exec.js';
+import { logger } from '../../../core/log.js';
+import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
+import { decodeExitStatus, qemuArgv, type Accelerator, type QemuConfig } from './qemu.js';
+import { instancePaths, launchQemu, processAlive, readExitStatus, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
+
+const log = logger('vm-driver');
+
+/** The VM lifecycle. `running`/`paused` become `stopped` when QEMU exits, whoever caused it. */
+export type VmLifecycle = 'created' | 'running' | 'paused' | 'stopped' | 'saved';
+
+const TRANSITIONS: Record<VmLifecycle, readonly VmLifecycle[]> = {
+  created: ['running'],
+  running: ['paused', 'stopped', 'saved'],
+  paused: ['running', 'stopped', 'saved'],
+  stopped: ['running'],
+  saved: ['running'],
+};
+
+export function assertTransition(id: string, from: VmLifecycle, to: VmLifecycle): void {
+  if (!TRANSITIONS[from].includes(to)) throw new Conflict(`VM ${id} is ${from}; cannot go to ${to}`, { id, from, to });
+}
+
+export interface VcpuPinning {
+  vcpu: number;
+  threadId: number;
+  hostCpus: number[];
+}
+
+interface VmRecord {
+  id: string;
+  name: string;
+  createdAt: string;
+  lifecycle: VmLifecycle;
+  config: Omit<QemuConfig, 'startPaused' | 'incoming'>;
+  pin?: number[];
+  qemuPid?: number;
+  supervisorPid?: number;
+  startedAt?: string;
+  finishedAt?: string;
+  exitCode?: number;
+  /** Set when the driver itself sent a signal, so the exit code says so. */
+  killedBy?: string;
+  pinning?: VcpuPinning[];
+  savedAt?: string;
+  /** A VM made from a saved template: its state comes from the template's file, its disk is backed by the template's. */
+  template?: string;
+}
+
+export interface VmInspect {
+  id: string;
+  lifecycle: VmLifecycle;
+  accel: Accelerator;
+  cpus: number;
+  memoryMiB: number;
+  qemuPid?: number;
+  qmpSocket: string;
+  consoleSocket: string;
+  consoleLog: string;
+  rootDisk?: string;
+  pinning: VcpuPinning[];
+  savedState?: string;
+  argv: string[];
+}
+
+export interface VmDriverOptions {
+  /** One directory per instance lives here. */
+  stateDir: string;
+  /** Accelerator for new launches (see accel.ts: chooseAccelerator). */
+  accel: Accelerator;
+  /** Default qemu-system-x86_64. */
+  qemuBinary?: string;
+  /** Guest memory when the spec sets none. Default 256 MiB. */
+  defaultMemoryMiB?: number;
+  /** How often exits are noticed without a QMP connection. Default 100 ms. */
+  exitPollMs?: number;
+}
+
+const CLK_TCK = 100; // Linux USER_HZ on x86-64
+let recordWrites = 0;
+
+export class VmDriver implements InstanceDriver {
+  readonly type = 'vm' as const;
+  private readonly qemu: string;
+  private readonly exitListeners: Array<(id: string) => void> = [];
+  private readonly watchers = new Map<string, NodeJS.Timeout>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly o: VmDriverOptions) {
+    this.qemu = o.qemuBinary ?? 'qemu-system-x86_64';
+    // A new driver over existing state: notice exits of VMs the old one started.
+    void this.list()
+      .then(async (ids) => {
+        for (const id of ids) {
+          const r = await this.load(id).catch(() => undefined);
+          if (r && (r.lifecycle === 'running' || r.lifecycle === 'paused')) this.watch(id);
+        }
+      })
+      .catch(() => undefined);
+  }
+
+  private paths(id: string): InstancePaths {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id)) throw new InvalidArgument(`bad instance id "${id}"`);
+    return instancePaths(path.join(this.o.stateDir, id));
+  }
+
+  /** Serialise operations on one instance. */
+  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.locks.set(id, next);
+    try {
+      return await next;
+    } finally {
+      if (this.locks.get(id) === next) this.locks.delete(id);
+    }
+  }
+
+  private async load(id: string): Promise<VmRecord> {
+    const p = this.paths(id);
+    let r: VmRecord;
+    try {
+      r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+    } catch {
+      throw new NotFound(`no VM ${id}`, { id });
+    }
+    return this.observe(r, p);
+  }
+
+  private async save(r: VmRecord): Promise<void> {
+    const p = this.paths(r.id);
+    // unique name: an exit watcher and an operation (or two driver instances) may write at once
+    const tmp = `${p.record}.${process.pid}.${++recordWrites}.tmp`;
+    await writeFile(tmp, JSON.stringify(r, null, 1));
+    await rename(tmp, p.record);
+  }
+
+  /** Fold what happened outside the driver (QEMU exited) into the record. */
+  private async observe(r: VmRecord, p: InstancePaths): Promise<VmRecord> {
+    if ((r.lifecycle === 'running' || r.lifecycle === 'paused') && !processAlive(r.qemuPid, p.qmpSocket)) {
+      // the supervisor writes the status right after QEMU exits; give it a moment
+      let status = await readExitStatus(p);
+      for (let i = 0; status === undefined && i < 50 && processAlive(r.supervisorPid); i++) {
+        await sleep(10);
+        status = await readExitStatus(p);
+      }
+      status ??= await readExitStatus(p); // the supervisor may have written it just before exiting
+      // someone else (saveState, another watcher) may have recorded the end already: theirs stands
+      const now = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      if (now.lifecycle !== r.lifecycle || now.qemuPid !== r.qemuPid) return now;
+      r.lifecycle = 'stopped';
+      r.finishedAt = new Date().toISOString();
+      if (r.killedBy === 'SIGKILL') r.exitCode = 137;
+      else if (status !== undefined) r.exitCode = decodeExitStatus(status, r.config.debugExit);
+      else r.exitCode = 255; // supervisor gone too: status unknown
+      delete r.qemuPid;
+      delete r.supervisorPid;
+      await removeRunFiles(p);
+      await this.save(r);
+    }
+    return r;
+  }
+
+  private toState(r: VmRecord): RuntimeState {
+    const status = r.lifecycle === 'saved' ? 'stopped' : r.lifecycle;
+    const s: RuntimeState = { status };
+    if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) s.pid = r.qemuPid;
+    if (r.startedAt) s.startedAt = r.startedAt;
+    if (r.lifecycle === 'stopped') {
+      s.exitCode = r.exitCode ?? 0;
+      s.oomKilled = false;
+      if (r.finishedAt) s.finishedAt = r.finishedAt;
+    }
+    return s;
+  }
+
+  async create(spec: InstanceSpec): Promise<RuntimeState> {
+    const vm = spec.vm ?? {};
+    const p = this.paths(spec.id);
+    if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} exists`, { id: spec.id });
+    const memoryMiB = spec.resources.memoryBytes ? Math.ceil(spec.resources.memoryBytes / (1 << 20)) : (this.o.defaultMemoryMiB ?? 256);
+    const cpus = Math.max(1, Math.ceil(spec.resources.cpus ?? 1));
+    if (vm.pin?.some((c) => !Number.isInteger(c) || c < 0)) throw new InvalidArgument(`bad pin list ${JSON.stringify(vm.pin)}`);
+    const config: VmRecord['config'] = {
+      name: spec.name,
+      accel: this.o.accel,
+      cpus,
+      memoryMiB,
+      nics: vm.nics ?? [],
+      debugExit: vm.debugExit ?? false,
+      paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile },
+    };
+    if (vm.kernel) config.kernel = vm.kernel;
+    if (vm.initrd) config.initrd = vm.initrd;
+    if (vm.append) config.append = vm.append;
+    if (vm.disk) config.rootDisk = { path: p.overlay, format: 'qcow2' };
+    qemuArgv({ ...config, startPaused: true }); // validate now, not at start
+    await mkdir(p.dir, { recursive: true });
+    try {
+      if (vm.disk) {
+        const info = JSON.parse(await runOk('qemu-img', ['info', '--output=json', vm.disk])) as { format?: string };
+        if (info.format !== 'raw' && info.format !== 'qcow2') throw new InvalidArgument(`disk ${vm.disk} is ${info.format}; raw or qcow2 expected`);
+        await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', info.format, '-b', path.resolve(vm.disk), p.overlay]);
+      }
+      await writeFile(p.consoleLog, '');
+      const r: VmRecord = { id: spec.id, name: spec.name, createdAt: new Date().toISOString(), lifecycle: 'created', config };
+      if (vm.pin?.length) r.pin = vm.pin;
+      await this.save(r);
+      return this.toState(r);
+    } catch (e) {
+      await rm(p.dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  start(id: string): Promise<RuntimeState> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      assertTransition(id, r.lifecycle, 'running');
+      if (r.lifecycle === 'saved') throw new Conflict(`VM ${id} is saved; restore it instead`, { id });
+      await this.launch(r);
+      return this.toState(r);
+    });
+  }
+
+  /** Launch QEMU paused, pin vCPUs, then let them run (after an incoming migration when restoring). */
+  private async launch(r: VmRecord, incoming?: string): Promise<void> {
+    const p = this.paths(r.id);
+    const cfg: QemuConfig = { ...r.config, startPaused: true };
+    if (incoming) cfg.incoming = incoming;
+    const argv = qemuArgv(cfg);
+    const t0 = Date.now();
+    const launched = await launchQemu(this.qemu, argv, p);
+    try {
+      await withQmp(p, async (c) => {
+        if (incoming) {
+          // the VM stays paused (-S) after the incoming stream is loaded
+          for (;;) {
+            const m = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+            if (m.status === 'completed') break;
+            if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('DataLoss', `restore of ${r.id} failed: ${m['error-desc'] ?? m.status}`);
+            const st = await c.execute<{ status: string }>('query-status');
+            if (st.status !== 'inmigrate' && st.status !== 'prelaunch' && m.status === undefined) break;
+            await sleep(20);
+          }
+        }
+        r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
+        await c.execute('cont');
+      }, 30_000);
+    } catch (e) {
+      if (processAlive(launched.qemuPid, p.qmpSocket)) process.kill(launched.qemuPid, 'SIGKILL');
+      for (let i = 0; i < 200 && processAlive(launched.supervisorPid); i++) await sleep(10);
+      await removeRunFiles(p);
+      throw e;
+    }
+    r.lifecycle = 'running';
+    r.qemuPid = launched.qemuPid;
+    r.supervisorPid = launched.supervisorPid;
+    r.startedAt = new Date().toISOString();
+    delete r.finishedAt;
+    delete r.exitCode;
+    delete r.killedBy;
+    await this.save(r);
+    this.watch(r.id);
+    log.debug('vm started', { id: r.id, ms: Date.now() - t0, accel: r.config.accel, incoming: !!incoming });
+  }
+
+  private watch(id: string): void {
+    if (this.watchers.has(id)) return;
+    const t = setInterval(() => {
+      void this.load(id)
+        .then((r) => {
+          if (r.lifecycle === 'running' || r.lifecycle === 'paused') return;
+          this.unwatch(id);
+          if (r.lifecycle === 'stopped') for (const l of this.exitListeners) l(id);
+        })
+        .catch(() => this.unwatch(id));
+    }, this.o.exitPollMs ?? 100);
+    t.unref();
+    this.watchers.set(id, t);
+  }
+
+  private unwatch(id: string): void {
+    const t = this.watchers.get(id);
+    if (t) clearInterval(t);
+    this.watchers.delete(id);
+  }
+
+  private async waitExit(id: string, ms: number): Promise<VmRecord> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const r = await this.load(id);
+      if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') return r;
+      if (Date.now() > deadline) return r;
+      await sleep(25);
+    }
+  }
+
+  private async hardKill(r: VmRecord): Promise<VmRecord> {
+    r.killedBy = 'SIGKILL';
+    await this.save(r);
+    if (processAlive(r.qemuPid, this.paths(r.id).qmpSocket)) process.kill(r.qemuPid!, 'SIGKILL');
+    return this.waitExit(r.id, 10_000);
+  }
+
+  kill(id: string, signal: string): Promise<void> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is not running`, { id });
+      const sig = (signal.startsWith('SIG') ? signal : `SIG${signal}`) as NodeJS.Signals;
+      if (!(sig in osConstants.signals)) throw new InvalidArgument(`unknown signal "${signal}"`, { id });
+      if (sig === 'SIGKILL') {
+        await this.hardKill(r);
+        return;
+      }
+      process.kill(r.qemuPid!, sig);
+    });
+  }
+
+  stop(id: string, timeoutSec: number): Promise<RuntimeState> {
+    return this.locked(id, async () => {
+      let r = await this.load(id);
+      if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') return this.toState(r);
+      const p = this.paths(id);
+      try {
+        await withQmp(p, async (c) => {
+          if (r.lifecycle === 'paused') await c.execute('cont'); // a paused guest cannot see the button
+          await c.execute('system_powerdown');
+        });
+        if (r.lifecycle === 'paused') {
+          r.lifecycle = 'running';
+          await this.save(r);
+        }
+        r = await this.waitExit(id, timeoutSec * 1000);
+      } catch (e) {
+        log.warn('graceful stop failed; killing', { id, error: e });
+      }
+      if (r.lifecycle === 'running' || r.lifecycle === 'paused') r = await this.hardKill(r);
+      return this.toState(r);
+    });
+  }
+
+  pause(id: string): Promise<void> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      assertTransition(id, r.lifecycle, 'paused');
+      await withQmp(this.paths(id), (c) => c.execute('stop'));
+      r.lifecycle = 'paused';
+      await this.save(r);
+    });
+  }
+
+  unpause(id: string): Promise<void> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      if (r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is ${r.lifecycle}, not paused`, { id });
+      await withQmp(this.paths(id), (c) => c.execute('cont'));
+      r.lifecycle = 'running';
+      await this.save(r);
+    });
+  }
+
+  async state(id: string): Promise<RuntimeState> {
+    return this.toState(await this.load(id));
+  }
+
+  async exec(id: string, _req: ExecRequest): Promise<ExecSession> {
+    await this.load(id);
+    throw new InvalidArgument(`exec is not available for VM ${id}: there is no guest agent yet; use the serial console`, { id });
+  }
+
+  async *logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    const p = this.paths(id);
+    await this.load(id);
+    const fh = await open(p.consoleLog, 'r');
+    try {
+      let offset = 0;
+      let partial = '';
+      const readNew = async (): Promise<string[]> => {
+        const { size } = await fh.stat();
+        if (size <= offset) return [];
+        const buf = Buffer.alloc(size - offset);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
+        offset += bytesRead;
+        const text = partial + buf.subarray(0, bytesRead).toString('utf8');
+        const lines = text.split('\n');
+        partial = lines.pop() ?? '';
+        return lines.map((l) => l.replace(/\r+$/, ''));
+      };
+      const rec = (line: string, isPartial = false): LogRecord => {
+        const r: LogRecord = { time: new Date().toISOString(), stream: 'stdout', line };
+        if (isPartial) r.partial = true;
+        return r;
+      };
+      let first = await readNew();
+      if (opts.tail !== undefined) first = opts.tail > 0 ? first.slice(-opts.tail) : [];
+      for (const l of first) yield rec(l);
+      if (!opts.follow) {
+        if (partial && opts.tail === undefined) yield rec(partial.replace(/\r+$/, ''), true);
+        return;
+      }
+      for (;;) {
+        if (opts.signal?.aborted) return;
+        const lines = await readNew();
+        for (const l of lines) yield rec(l);
+        if (lines.length) continue;
+        const r = await this.load(id).catch(() => undefined);
+        if (!r || (r.lifecycle !== 'running' && r.lifecycle !== 'paused')) {
+          for (const l of await readNew()) yield rec(l);
+          if (partial) yield rec(partial.replace(/\r+$/, ''), true);
+          return;
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(done, 100);
+          opts.signal?.addEventListener('abort', done, { once: true });
+          function done() {
+            clearTimeout(t);
+            opts.signal?.removeEventListener('abort', done);
+            resolve();
+          }
+        });
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
+  async stats(id: string): Promise<InstanceStats> {
+    const r = await this.load(id);
+    if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is not running`, { id });
+    const statLine = await readFile(`/proc/${r.qemuPid}/stat`, 'utf8');
+    const f = statLine.slice(statLine.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(f[11]) + Number(f[12]); // utime + stime (fields 14 and 15)
+    const status = await readFile(`/proc/${r.qemuPid}/status`, 'utf8');
+    const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    return {
+      cpuUsageNs: Math.round((ticks / CLK_TCK) * 1e9),
+      memoryBytes: rssKiB * 1024,
+      memoryLimitBytes: r.config.memoryMiB * (1 << 20),
+      pids: 1,
+      time: new Date().toISOString(),
+    };
+  }
+
+  delete(id: string): Promise<void> {
+    return this.locked(id, async () => {
+      const p = this.paths(id);
+      let r: VmRecord | undefined;
+      try {
+        r = await this.load(id);
+      } catch {
+        /* no record: remove whatever is there */
+      }
+      if (r && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
+        r = await this.hardKill(r);
+        if (r.lifecycle === 'running' || r.lifecycle === 'paused') throw new Conflict(`VM ${id} did not die`, { id });
+      }
+      // a template's saved state and disk back the VMs made from it
+      const children = [];
+      for (const other of await this.list()) {
+        if (other === id) continue;
+        const o = await readFile(this.paths(other).record, 'utf8').then((t) => JSON.parse(t) as VmRecord).catch(() => undefined);
+        if (o?.template === id) children.push(other);
+      }
+      if (children.length) throw new Conflict(`VM ${id} is the template of ${children.join(', ')}`, { id, children });
+      this.unwatch(id);
+      await rm(p.dir, { recursive: true, force: true });
+    });
+  }
+
+  async list(): Promise<string[]> {
+    try {
+      const out: string[] = [];
+      for (const d of await readdir(this.o.stateDir)) if (existsSync(path.join(this.o.stateDir, d, 'vm.json'))) out.push(d);
+      return out;
+    } catch {
+      return [];
+    }
+  }
+
+  onExit(listener: (id: string) => void): void {
+    this.exitListeners.push(listener);
+  }
+
+  /**
+   * On daemon start: QEMU processes under stateDir that no record owns (a crash
+   * between launch and recording it) are killed, directories without a record
+   * are removed, and every recorded VM is observed (dead ones become stopped,
+   * their sockets go) and watched.
+   */
+  async reconcile(): Promise<{ killed: number[]; removed: string[] }> {
+    const killed: number[] = [];
+    const removed: string[] = [];
+    const owned = new Set<number>();
+    for (const id of await this.list()) {
+      const r = await this.load(id).catch(() => undefined);
+      if (r?.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
+        owned.add(r.qemuPid);
+        this.watch(id);
+      }
+    }
+    const root = `${path.resolve(this.o.stateDir)}/`;
+    for (const pid of await qemuPidsMentioning(root)) {
+      if (owned.has(pid)) continue;
+      process.kill(pid, 'SIGKILL');
+      killed.push(pid);
+    }
+    for (const pid of killed) for (let i = 0; i < 200 && processAlive(pid); i++) await sleep(10);
+    let dirs: string[] = [];
+    try {
+      dirs = await readdir(this.o.stateDir);
+    } catch {
+      /* no state yet */
+    }
+    for (const d of dirs) {
+      if (existsSync(path.join(this.o.stateDir, d, 'vm.json'))) continue;
+      await rm(path.join(this.o.stateDir, d), { recursive: true, force: true });
+      removed.push(d);
+    }
+    if (killed.length || removed.length) log.info('vm reconcile', { killed, removed });
+    return { killed, removed };
+  }
+
+  // ---- VM-only operations ----
+
+  /** A connection to the serial console (input to the guest; its output also goes to the console log). One client at a time. */
+  async openConsole(id: string): Promise<net.Socket> {
+    const r = await this.load(id);
+    if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is not running`, { id });
+    const sock = net.createConnection(this.paths(id).consoleSocket);
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', resolve);
+      sock.once('error', (e) => reject(new NimbusError('Unavailable', `console of ${id}: ${e.message}`, { id })));
+    });
+    return sock;
+  }
+
+  async inspect(id: string): Promise<VmInspect> {
+    const r = await this.load(id);
+    const p = this.paths(id);
+    const out: VmInspect = {
+      id,
+      lifecycle: r.lifecycle,
+      accel: r.config.accel,
+      cpus: r.config.cpus,
+      memoryMiB: r.config.memoryMiB,
+      qmpSocket: p.qmpSocket,
+      consoleSocket: p.consoleSocket,
+      consoleLog: p.consoleLog,
+      pinning: r.lifecycle === 'running' || r.lifecycle === 'paused' ? (r.pinning ?? []) : [],
+      argv: [this.qemu, ...qemuArgv({ ...r.config, startPaused: true })],
+    };
+    if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.qemuPid = r.qemuPid;
+    if (r.config.rootDisk) out.rootDisk = r.config.rootDisk.path;
+    if (r.lifecycle === 'saved') out.savedState = p.savedState;
+    return out;
+  }
+
+  /**
+   * Save the whole VM (devices, RAM, vCPUs) to a file and end QEMU: the guest
+   * is paused, its state streamed out by QMP migrate, then QEMU quits.
+   */
+  saveState(id: string): Promise<{ file: string; bytes: number; ms: number }> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      assertTransition(id, r.lifecycle, 'saved');
+      const p = this.paths(id);
+      const t0 = Date.now();
+      await rm(p.savedState, { force: true });
+      await withQmp(p, async (c) => {
+        await c.execute('stop');
+        try {
+          await c.execute('migrate', { uri: `exec:cat > '${p.savedState}'` });
+          for (;;) {
+            const m = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+            if (m.status === 'completed') break;
+            if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `save of ${id} failed: ${m['error-desc'] ?? m.status}`);
+            await sleep(10);
+          }
+        } catch (e) {
+          // the guest goes on as it was; no half-written state file stays
+          if (r.lifecycle === 'running') await c.execute('cont').catch(() => undefined);
+          await rm(p.savedState, { force: true });
+          throw e;
+        }
+        // record the save before QEMU goes, so an exit watcher does not call it a stop
+        this.unwatch(id);
+        r.lifecycle = 'saved';
+        r.savedAt = new Date().toISOString();
+        await this.save(r);
+        await c.execute('quit').catch(() => undefined); // the socket may close before the reply
+      }, 60_000);
+      // QEMU exits; fold it in without calling it a stop
+      for (let i = 0; i < 500 && processAlive(r.qemuPid, p.qmpSocket); i++) await sleep(10);
+      for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
+      await removeRunFiles(p);
+      delete r.qemuPid;
+      delete r.supervisorPid;
+      delete r.pinning;
+      await this.save(r);
+      return { file: p.savedState, bytes: (await stat(p.savedState)).size, ms: Date.now() - t0 };
+    });
+  }
+
+  /** Bring a saved VM back: QEMU loads the saved state and the guest continues where it was. */
+  restoreState(id: string): Promise<{ ms: number }> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      if (r.lifecycle !== 'saved') throw new Conflict(`VM ${id} is ${r.lifecycle}, not saved`, { id });
+      const p = this.paths(id);
+      const t0 = Date.now();
+      if (r.template) {
+        // first start of a VM made from a template: the template's state, the template stays saved
+        await this.launch(r, `exec:cat '${this.paths(r.template).savedState}'`);
+      } else {
+        await this.launch(r, `exec:cat '${p.savedState}'`);
+        await rm(p.savedState, { force: true }); // the disk overlay has moved on; the image is stale now
+      }
+      return { ms: Date.now() - t0 };
+    });
+  }
+
+  /**
+   * A new VM from a saved one used as a template (RunD's microVM templates):
+   * same devices and memory, its own sockets and console, a disk overlay backed
+   * by the template's frozen overlay. It is left saved; restoreState() starts it.
+   */
+  async createFromTemplate(templateId: string, id: string, name = id): Promise<RuntimeState> {
+    const t = await this.load(templateId);
+    if (t.lifecycle !== 'saved' || t.template) throw new Conflict(`VM ${templateId} is not a saved VM that can serve as a template`, { id: templateId });
+    const p = this.paths(id);
+    if (existsSync(p.record)) throw new AlreadyExists(`VM ${id} exists`, { id });
+    await mkdir(p.dir, { recursive: true });
+    try {
+      const config: VmRecord['config'] = {
+        ...t.config,
+        name,
+        paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile },
+      };
+      if (t.config.rootDisk) {
+        await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', this.paths(templateId).overlay, p.overlay]);
+        config.rootDisk = { path: p.overlay, format: 'qcow2' };
+      }
+      await writeFile(p.consoleLog, '');
+      const r: VmRecord = { id, name, createdAt: new Date().toISOString(), lifecycle: 'saved', config, template: templateId };
+      if (t.pin) r.pin = t.pin;
+      await this.save(r);
+      return this.toState(r);
+    } catch (e) {
+      await rm(p.dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+}
+
+/** Pids of QEMU processes whose command line mentions `dir`. */
+export async function qemuPidsMentioning(dir: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const argv = (await readFile(`/proc/${p}/cmdline`, 'utf8')).split('\0');
+      if ((argv[0] ?? '').includes('qemu-system') && argv.some((a) => a.includes(dir)) && processAlive(Number(p))) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** Bind each vCPU thread (ids from QMP query-cpus-fast) to its host CPU. */
+export async function pinVcpus(c: { execute<T>(cmd: string): Promise<T> }, pin: number[]): Promise<VcpuPinning[]> {
+  const cpus = await c.execute<Array<{ 'cpu-index': number; 'thread-id': number }>>('query-cpus-fast');
+  const out: VcpuPinning[] = [];
+  for (const cpu of cpus) {
+    const host = pin[cpu['cpu-index'] % pin.length]!;
+    await runOk('taskset', ['-pc', String(host), String(cpu['thread-id'])]);
+    out.push({ vcpu: cpu['cpu-index'], threadId: cpu['thread-id'], hostCpus: [host] });
+  }
+  return out;
+}
