@@ -9,7 +9,7 @@
  *   node dist/bench/run.js start-latency burst      a selection
  * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
  * BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
- * BENCH_VM_RUNS (vm-boot, default 5), BENCH_RESULTS_DIR (default bench/results).
+ * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_RESULTS_DIR (default bench/results).
  */
 import { burst } from './burst.js';
 import { runBenchmarks, type BenchEntry } from './lib/env.js';
@@ -18,6 +18,7 @@ import { pullUnpack } from './pull-unpack.js';
 import { quotaAdmission } from './lib/quota.js';
 import { startLatency } from './start-latency.js';
 import { vmBoot } from './vm-boot.js';
+import { vmMigrate } from './vm-migrate.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
@@ -25,6 +26,7 @@ const ALL: BenchEntry[] = [
   { name: 'pull-unpack', fn: pullUnpack },
   { name: 'quota-admission', fn: quotaAdmission, needsEnv: false },
   { name: 'vm-boot', fn: vmBoot, needsEnv: false },
+  { name: 'vm-migrate', fn: vmMigrate, needsEnv: false },
 ];
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -25,7 +25,8 @@ import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
 import { decodeExitStatus, qemuArgv, type Accelerator, type QemuConfig } from './qemu.js';
-import { instancePaths, launchQemu, processAlive, readExitStatus, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
+import { instancePaths, launchQemu, processAlive, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
+import { QmpClient, type QmpEvent } from './qmp.js';
 
 const log = logger('vm-driver');
 
@@ -415,7 +416,10 @@ export class VmDriver implements InstanceDriver {
         if (isPartial) r.partial = true;
         return r;
       };
-      let first = await readNew();
+      // what the console printed on the hosts this VM migrated from, then here
+      const history = (await readFile(consoleHistory(p), 'utf8').catch(() => '')).split('\n').map((l) => l.replace(/\r+$/, ''));
+      if (history[history.length - 1] === '') history.pop();
+      let first = [...history, ...(await readNew())];
       if (opts.tail !== undefined) first = opts.tail > 0 ? first.slice(-opts.tail) : [];
       for (const l of first) yield rec(l);
       if (!opts.follow) {
@@ -674,6 +678,148 @@ export class VmDriver implements InstanceDriver {
       throw e;
     }
   }
+
+  // ------------------------------------------------------------ live migration
+
+  /**
+   * Live-migrate a running VM to another driver (another agent's state directory; on
+   * this host or, once agents talk over the network, another one): the destination
+   * starts QEMU listening for the stream, the source pre-copies RAM while the guest
+   * runs (QMP migrate, iterations until the remaining dirty memory fits in
+   * maxDowntimeMs), then stops it briefly for the last pass; the destination resumes
+   * it and the source QEMU quits. The VM keeps its id. Disks must be on storage both
+   * sides see (as for Xen's live migration): a VM with a local overlay is refused.
+   */
+  migrateTo(id: string, target: VmDriver, opts: { host?: string; maxDowntimeMs?: number; maxBandwidthBytes?: number } = {}): Promise<MigrationReport> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+      if (r.config.rootDisk) throw new Conflict(`VM ${id} has a local disk overlay; live migration needs shared storage`, { id });
+      if (target === this) throw new InvalidArgument('source and destination are the same driver');
+      const host = opts.host ?? '127.0.0.1';
+      const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
+      const p = this.paths(id);
+      const t0 = performance.now();
+      const incoming = await target.listenForMigration(r, host);
+      let stopAt: number | undefined;
+      let info: QmpMigrateInfo | undefined;
+      try {
+        await withQmp(p, async (c) => {
+          const off = c.onEvent((e) => {
+            if (e.event === 'STOP') stopAt = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+          });
+          try {
+            await c.execute('migrate-set-parameters', {
+              'downtime-limit': maxDowntimeMs,
+              'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3,
+            });
+            await c.execute('migrate', { uri: incoming.uri });
+            for (;;) {
+              const m = await c.execute<QmpMigrateInfo>('query-migrate');
+              if (m.status === 'completed') {
+                info = m;
+                break;
+              }
+              if (m.status === 'failed' || m.status === 'cancelled') {
+                throw new NimbusError('Internal', `migration of ${id} failed: ${m['error-desc'] ?? m.status}`);
+              }
+              await sleep(5);
+            }
+          } finally {
+            off();
+          }
+        }, 120_000);
+      } catch (e) {
+        // the guest goes on here; the destination's half-loaded QEMU goes
+        incoming.events.close();
+        await target.abandonIncoming(id);
+        await withQmp(p, async (c) => {
+          const st = await c.execute<{ status: string }>('query-status');
+          if (st.status !== 'running') await c.execute('cont');
+        }).catch(() => undefined);
+        throw e;
+      }
+      // the console's history travels with the VM (complete now: the source is stopped)
+      const none = () => Buffer.alloc(0);
+      await writeFile(consoleHistory(target.paths(id)), Buffer.concat([await readFile(consoleHistory(p)).catch(none), await readFile(p.consoleLog).catch(none)]));
+      const resumed = await target.finishIncoming(id, incoming);
+      // the source is left in 'postmigrate': end it, without calling it a stop
+      this.unwatch(id);
+      await withQmp(p, (c) => c.execute('quit')).catch(() => undefined);
+      for (let i = 0; i < 500 && processAlive(r.qemuPid, p.qmpSocket); i++) await sleep(10);
+      for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
+      await rm(p.dir, { recursive: true, force: true });
+      const report: MigrationReport = {
+        id,
+        totalMs: Math.round(performance.now() - t0),
+        downtimeMs: stopAt !== undefined ? Math.round((resumed.resumedAt - stopAt) * 10) / 10 : (info?.downtime ?? -1),
+        qemuDowntimeMs: info?.downtime ?? -1,
+        bytes: info?.ram?.transferred ?? 0,
+        iterations: info?.ram?.['dirty-sync-count'] ?? 0,
+        maxDowntimeMs,
+      };
+      log.info('vm migrated', { ...report });
+      return report;
+    });
+  }
+
+  /** Destination side, step 1: a QEMU with the VM's devices, waiting for the stream on host:port. */
+  private async listenForMigration(source: VmRecord, host: string): Promise<IncomingMigration> {
+    const p = this.paths(source.id);
+    if (existsSync(p.record)) throw new AlreadyExists(`VM ${source.id} already exists at the destination`, { id: source.id });
+    await mkdir(p.dir, { recursive: true });
+    const port = await freeTcpPort(host);
+    const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const r: VmRecord = {
+      id: source.id, name: source.name, createdAt: source.createdAt, lifecycle: 'created',
+      config: { ...source.config, accel: this.o.accel, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
+    };
+    if (source.pin) r.pin = source.pin;
+    try {
+      await writeFile(p.consoleLog, '');
+      // not started paused: QEMU resumes the guest itself the moment the last pass is in
+      const launched = await launchQemu(this.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: uri }), p);
+      r.qemuPid = launched.qemuPid;
+      r.supervisorPid = launched.supervisorPid;
+      await this.save(r);
+      const events = await QmpClient.connect(p.qmpSocket, { timeoutMs: 5000 });
+      // listen before the stream starts: the guest may resume before anyone asks
+      const resumed = events.waitForEvent('RESUME', 300_000);
+      resumed.catch(() => undefined);
+      return { uri, events, resumed };
+    } catch (e) {
+      await this.abandonIncoming(source.id);
+      throw e;
+    }
+  }
+
+  /** Destination side, step 2: the guest resumed here; record it running and pin its vCPUs. */
+  private async finishIncoming(id: string, incoming: IncomingMigration): Promise<{ resumedAt: number }> {
+    const p = this.paths(id);
+    const c = incoming.events;
+    try {
+      const ev = await incoming.resumed;
+      const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+      const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
+      r.lifecycle = 'running';
+      r.startedAt = new Date().toISOString();
+      await this.save(r);
+      this.watch(id);
+      return { resumedAt };
+    } finally {
+      c.close();
+    }
+  }
+
+  /** Destination side, on failure: nothing of the half-arrived VM stays. */
+  private async abandonIncoming(id: string): Promise<void> {
+    const p = this.paths(id);
+    const pid = await readPid(p.pidFile).catch(() => undefined);
+    if (processAlive(pid, p.qmpSocket)) process.kill(pid!, 'SIGKILL');
+    for (let i = 0; i < 200 && processAlive(pid, p.qmpSocket); i++) await sleep(10);
+    await rm(p.dir, { recursive: true, force: true });
+  }
 }
 
 /** Pids of QEMU processes whose command line mentions `dir`. */
@@ -702,3 +848,49 @@ export async function pinVcpus(c: { execute<T>(cmd: string): Promise<T> }, pin: 
   }
   return out;
 }
+
+/** What one live migration did. */
+export interface MigrationReport {
+  id: string;
+  /** From the request to the guest running at the destination. */
+  totalMs: number;
+  /** Guest-visible: the source's STOP event to the destination's RESUME event (QMP timestamps, one host clock). */
+  downtimeMs: number;
+  /** QEMU's own figure (source side: stop to end of the last pass). */
+  qemuDowntimeMs: number;
+  bytes: number;
+  /** RAM passes (dirty-sync-count). */
+  iterations: number;
+  maxDowntimeMs: number;
+}
+
+interface IncomingMigration {
+  uri: string;
+  /** A QMP session on the destination, open from before the stream starts. */
+  events: QmpClient;
+  resumed: Promise<QmpEvent>;
+}
+
+interface QmpMigrateInfo {
+  status?: string;
+  'error-desc'?: string;
+  downtime?: number;
+  'total-time'?: number;
+  ram?: { transferred?: number; 'dirty-sync-count'?: number };
+}
+
+/** A TCP port free on host right now (the destination QEMU binds it a moment later). */
+async function freeTcpPort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** The console output of the VM's previous hosts (written when it migrates in). */
+const consoleHistory = (p: InstancePaths) => path.join(p.dir, 'console.history');
