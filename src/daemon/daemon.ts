@@ -18,6 +18,9 @@ import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import type { Services } from '../control/services.js';
+import { AccessControl } from '../control/identity/access.js';
+import { IdentityService } from '../control/identity/identity-service.js';
+import { ProjectService } from '../control/identity/project-service.js';
 import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
 
@@ -83,8 +86,16 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
   const containers = new ContainerService(store, agent, images, events, quota);
+  const identity = new IdentityService(store);
+  const admin = await identity.ensureAdmin(process.env.NIMBUS_ADMIN_PASSWORD || undefined, defaultProjectId);
+  if (admin.generatedPassword) {
+    // Printed once, straight to stderr and never through the logger, so it lands in no log file.
+    process.stderr.write(`nimbusd: created user "admin" with password ${admin.generatedPassword}\n` +
+      'nimbusd: it is shown only this once; set NIMBUS_ADMIN_PASSWORD on first start to choose it\n');
+  }
+  const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, quota, defaultProjectId,
+    options, store, agent, events, operations, images, containers, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 

@@ -109,7 +109,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
     async destroy() {
       try {
         if (child.exitCode === null && child.signalCode === null) {
-          const list = await api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
+          const list = await api<{ id: string }[]>('GET', '/containers?all=true&project=*').catch(() => ({ status: 0, body: [] }));
           for (const c of list.body ?? []) await api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
           await self.kill('SIGTERM');
         }
