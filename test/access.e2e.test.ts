@@ -12,6 +12,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestImage, type TestImage } from './helpers/registry-images.js';
@@ -285,5 +288,51 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal((await call(tcp(), 'POST', '/auth/logout', { token: tokens.rita! })).status, 204);
     assert.equal((await call(tcp(), 'GET', '/containers', { token: tokens.rita! })).status, 401);
     assert.ok(!d.output().includes(PASSWORD) && !d.output().includes(secret), 'no secret in the daemon\'s output');
+  });
+
+  test('CLI: login stores a 0600 token, --project is honoured everywhere, projects and roles, logout', async (t) => {
+    const config = mkdtempSync(join(tmpdir(), 'nimbus-cli-config-'));
+    t.after(() => rmSync(config, { recursive: true, force: true }));
+    const env = { NIMBUS_CONFIG: config };
+    const host = ['--host', `tcp://127.0.0.1:${port}`];
+    let r = await d.cli([...host, 'ps', '-a'], { env });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Unauthenticated/, 'TCP without a login');
+    r = await d.cli([...host, 'login', 'alice', '--password-stdin'], { env, input: PASSWORD + '\n' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(statSync(join(config, 'token')).mode & 0o777, 0o600);
+    r = await d.cli([...host, 'ps', '-a'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /box-A/);
+    r = await d.cli([...host, '--project', 'B', 'ps', '-a'], { env });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /NotFound: no such project: B/);
+    r = await d.cli([...host, 'ps', '-a', '--project', 'B'], { env });
+    assert.match(r.stderr, /NotFound/, '--project after the command too');
+    r = await d.cli([...host, 'images', '--project', 'A', '-o', 'json'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(fx.A.image));
+    r = await d.cli([...host, 'whoami'], { env });
+    assert.match(r.stdout, /^alice via session; default project A/);
+
+    // the socket, without a login, is the local admin
+    r = await d.cli(['project', 'create', 'child', '--parent', 'A']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'A/child\n');
+    r = await d.cli(['--project', 'A/child', 'role', 'grant', 'rita', 'member']);
+    assert.equal(r.code, 0, r.stderr);
+    r = await d.cli(['role', 'ls', '--project', 'A/child']);
+    assert.match(r.stdout, /rita\s+member\s+A\/child/);
+    assert.match(r.stdout, /alice\s+member\s+A\s+yes/, 'inherited from A');
+    r = await d.cli([...host, 'project', 'ls'], { env });
+    assert.deepEqual(r.stdout.trim().split('\n').slice(1).map((l) => l.split(/\s{3,}/)[0]), ['A', '  child']);
+    r = await d.cli([...host, 'project', 'rm', 'A/child'], { env });
+    assert.match(r.stderr, /PermissionDenied/, "a member of A may not remove A's children");
+    r = await d.cli(['project', 'rm', 'A/child']);
+    assert.equal(r.code, 0, r.stderr);
+
+    r = await d.cli([...host, 'logout'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(existsSync(join(config, 'token')), false);
   });
 });

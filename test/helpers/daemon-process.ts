@@ -100,7 +100,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
     api,
     async cli(args, opts = {}) {
       const r = await run(process.execPath, [CLI_MAIN, ...args], {
-        env: { ...process.env, NIMBUS_SOCKET: socket, ...opts.env },
+        env: { ...process.env, NIMBUS_SOCKET: socket, NIMBUS_CONFIG: join(home, 'client-config'), ...opts.env }, // never a developer's stored login
         ...(opts.input !== undefined ? { input: opts.input } : {}),
         timeoutMs: 120_000,
       });

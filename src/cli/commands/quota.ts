@@ -1,6 +1,7 @@
 import { UsageError, parseSize, type CommandSpec } from '../args.js';
 import { printJson, table } from '../output.js';
 import { clientOf } from './shared.js';
+import { currentProject } from './identity.js';
 
 const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes'] as const;
 type Vector = Partial<Record<(typeof RESOURCES)[number], number>>;
@@ -33,7 +34,7 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota show', usage: '[PROJECT]', summary: "A project's ledger: hard, used, reserved, allocated, free, lent, borrowed", maxArgs: 1, options: [],
     async run({ args, global }) {
-      const view = await clientOf(global).json<{ resources: Record<string, Figures> }>('GET', `/quota/${encodeURIComponent(args[0] ?? 'default')}`);
+      const view = await clientOf(global).json<{ resources: Record<string, Figures> }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
       if (global.output === 'json') return printJson(view), 0;
       const cols = ['hard', 'used', 'reserved', 'allocated', 'free', 'lent', 'borrowed', 'pool'] as const;
       const rows = Object.entries(view.resources).map(([r, f]) => [r, ...cols.map((c) => fmt(f[c], r))]);
@@ -73,7 +74,7 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota explain', usage: '', summary: 'Would a request be admitted, and why? Changes nothing.', maxArgs: 0,
     options: [
-      { name: 'project', type: 'string', value: 'P', description: 'Project', default: 'default' },
+      { name: 'project', type: 'string', value: 'P', description: 'Project (default: --project before the command, else your default project)' },
       { name: 'instances', type: 'number', value: 'N', description: 'Instances', default: 1 },
       { name: 'cpus', type: 'number', value: 'N', description: 'CPUs' },
       { name: 'memory', type: 'string', value: 'SIZE', description: 'Memory (e.g. 8g)' },
@@ -83,7 +84,7 @@ export const quotaCommands: CommandSpec[] = [
       if (opts.cpus !== undefined) body.cpus = Math.ceil(Number(opts.cpus));
       if (opts.memory !== undefined) body.memory = memoryMiB(String(opts.memory));
       const d = await clientOf(global).json<{ admitted: boolean; reason: string; decidedBy: { project: string; resource: string; line: string }; loans: unknown[] }>(
-        'POST', `/quota/${encodeURIComponent(String(opts.project))}/explain`, body,
+        'POST', `/quota/${encodeURIComponent(typeof opts.project === 'string' ? opts.project : await currentProject(global))}/explain`, body,
       );
       if (global.output === 'json') return printJson(d), 0;
       process.stdout.write(`${d.admitted ? 'admitted' : 'rejected'}: ${d.reason}\n`);
