@@ -124,6 +124,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     const path = r.path.replace(/\{(\w+)\}/g, (_m, name: string) => {
       const segment = r.path.slice(0, r.path.indexOf(`{${name}}`)).split('/').filter(Boolean).pop();
       if (name === 'user') return 'alice';
+      if (name === 'pool') return 'shared';
       if (segment === 'containers') return f.container;
       if (segment === 'images') return encodeURIComponent(f.image);
       if (segment === 'operations') return f.operation;
@@ -264,6 +265,31 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal(r.status, 200, 'a granted reader of the child sees it');
     r = await call(tcp(), 'DELETE', `/containers/${teamBox}`, { token: tokens.alice! });
     assert.equal(r.status, 403, '...but cannot remove it');
+
+    // Loans between siblings and pools from the parent, all by the parent's admin, through the CLI.
+    const olgaCli = (args: string[]) => d.cli(['--host', `tcp://127.0.0.1:${port}`, ...args], { env: { NIMBUS_TOKEN: tokens.olga! } });
+    assert.equal((await olgaCli(['project', 'create', 'lender', '--parent', 'org'])).code, 0);
+    assert.equal((await olgaCli(['project', 'create', 'borrower', '--parent', 'org'])).code, 0);
+    let c = await olgaCli(['quota', 'set', 'org/lender', '--instances', '2', '--lendable', 'instances=1']);
+    assert.equal(c.code, 0, c.stderr);
+    c = await olgaCli(['quota', 'set', 'org/borrower', '--borrow-limit', 'instances=1']);
+    assert.equal(c.code, 0, c.stderr);
+    r = await call(tcp(), 'POST', '/containers?project=org/borrower', { ...olga, body: { image, name: 'on-loan', cmd: ['true'] } });
+    assert.equal(r.status, 201, `borrows the lender's idle instance: ${r.text}`);
+    const onLoan = (r.body as { id: string }).id;
+    c = await olgaCli(['quota', 'loans', 'org/lender', '-o', 'json']);
+    assert.equal(c.code, 0, c.stderr);
+    const loans = JSON.parse(c.stdout) as { lenderPath: string; borrowerPath: string; resource: string; amount: number; instance: string }[];
+    assert.deepEqual(loans.map((l) => [l.lenderPath, l.borrowerPath, l.resource, l.amount, l.instance]), [['org/lender', 'org/borrower', 'instances', 1, onLoan]]);
+    c = await olgaCli(['quota', 'pool', 'create', 'org', 'shared', '--capacity', 'instances=4', '--member', 'lender=1', '--member', 'borrower=3']);
+    assert.equal(c.code, 0, c.stderr);
+    c = await olgaCli(['quota', 'pool', 'ls', 'org', '-o', 'json']);
+    const pools = JSON.parse(c.stdout) as { capacity: { instances: number }; members: { weight: number; deserved: { instances: number } }[] }[];
+    assert.deepEqual(pools.map((p) => [p.capacity.instances, p.members.map((m) => [m.weight, m.deserved.instances])]), [[4, [[1, 1], [3, 3]]]]);
+    c = await d.cli(['--host', `tcp://127.0.0.1:${port}`, 'quota', 'pool', 'set', 'org', 'shared', '--capacity', 'instances=2'], { env: { NIMBUS_TOKEN: tokens.alice! } });
+    assert.match(c.stderr, /NotFound/, 'alice has no business with org');
+    assert.equal((await call(tcp(), 'DELETE', `/containers/${onLoan}?force=true`, { ...olga })).status, 204);
+    assert.deepEqual(JSON.parse((await olgaCli(['quota', 'loans', 'org/lender', '-o', 'json'])).stdout), [], 'returned on remove');
 
     r = await call(tcp(), 'DELETE', '/projects/org%2Fteam', { ...olga });
     assert.equal(r.status, 409, 'refused while it has children and resources');

@@ -73,7 +73,7 @@ export function topHelp(): string {
 
 /** Find the command named by the first one or two words (after aliases). */
 export function resolveCommand(words: string[]): { spec: CommandSpec; consumed: number } | undefined {
-  for (const n of [2, 1]) {
+  for (const n of [3, 2, 1]) {
     if (words.length < n) continue;
     const name = words.slice(0, n).join(' ');
     const spec = COMMANDS.find((c) => c.name === (ALIASES[name] ?? name));

@@ -1,5 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import { route } from '../route.js';
+import { InvalidArgument } from '../../core/errors.js';
+import type { Services } from '../../control/services.js';
 
 const Vector = Type.Object(
   {
@@ -16,6 +18,20 @@ const Figures = Type.Record(Type.String(), Type.Unknown());
 
 /** The project named in the path (id, path or name), resolved and checked by the edge. */
 const PROJECT = { param: 'project', kind: 'project' };
+
+const PoolParams = Type.Object({ project: ProjectParam.properties.project, pool: Type.String({ minLength: 1, description: 'Pool name (unique per owner project)' }) });
+const Weights = Type.Record(Type.String(), Type.Number({ exclusiveMinimum: 0 }), { description: 'Direct child (id, path or name) → weight' });
+
+/** Pool members are named by the caller; only the owner's direct children can be members (the ledger checks). */
+function memberIds(services: Services, owner: string, weights: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [ref, w] of Object.entries(weights)) {
+    const child = services.store.projects.get(ref) ?? services.store.projects.child(owner, ref.split('/').pop() ?? ref);
+    if (!child || child.parentId !== owner) throw new InvalidArgument(`pool member ${ref} is not a direct child of ${services.projects.path(owner)}`);
+    out[child.id] = w;
+  }
+  return out;
+}
 
 export const quotaRoutes = [
   route({
@@ -59,5 +75,38 @@ export const quotaRoutes = [
       services.quota
         .audit({ ...(auth.projectId ? { project: auth.projectId } : {}), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) })
         .filter((e) => auth.canRead(e.project)) as unknown as Record<string, unknown>[],
+  }),
+  route({
+    method: 'POST', path: '/quota/{project}/pools', operationId: 'createQuotaPool', tag: 'quota', access: 'write',
+    // Sharing a project's capacity among its children is that project's admins' business, like their hard limits.
+    auth: { role: 'admin', project: PROJECT },
+    summary: "Set part of a project's free capacity aside as a pool its chosen children share by weight", status: 201,
+    params: ProjectParam,
+    body: Type.Object({ name: Type.String({ minLength: 1 }), capacity: Vector, weights: Weights }, { additionalProperties: false }),
+    response: Figures,
+    handler: ({ body, services, auth }) => ({
+      status: 201,
+      body: services.quota.createPool(auth.project(), body.name, body.capacity, memberIds(services, auth.project(), body.weights)) as unknown as Record<string, unknown>,
+    }),
+  }),
+  route({
+    method: 'PUT', path: '/quota/{project}/pools/{pool}', operationId: 'updateQuotaPool', tag: 'quota', access: 'write',
+    auth: { role: 'admin', project: PROJECT },
+    summary: "Change a pool's capacity or its members' weights", params: PoolParams,
+    body: Type.Object({ capacity: Type.Optional(Vector), weights: Type.Optional(Weights) }, { additionalProperties: false }),
+    response: Figures,
+    handler: ({ params, body, services, auth }) =>
+      services.quota.updatePool(auth.project(), params.pool, {
+        ...(body.capacity ? { capacity: body.capacity } : {}),
+        ...(body.weights ? { weights: memberIds(services, auth.project(), body.weights) } : {}),
+      }) as unknown as Record<string, unknown>,
+  }),
+  route({
+    method: 'GET', path: '/quota/{project}/loans', operationId: 'listQuotaLoans', tag: 'quota', access: 'read',
+    auth: { role: 'reader', project: PROJECT },
+    summary: 'Active loans the project made to or took from its siblings (lender, borrower, resource, amount, instance, time)',
+    params: ProjectParam, response: Type.Array(Figures),
+    handler: ({ services, auth }) =>
+      services.quota.loans(auth.project()).map((l) => ({ ...l, lenderPath: services.projects.path(l.lender), borrowerPath: services.projects.path(l.borrower) })),
   }),
 ];

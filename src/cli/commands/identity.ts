@@ -156,10 +156,15 @@ export const identityCommands: CommandSpec[] = [
     name: 'project ls', usage: '', summary: 'The projects you can read, as a tree', maxArgs: 0, options: [],
     async run({ global }) {
       const ps = await clientOf(global).json<Project[]>('GET', '/projects');
-      return render(global, ps, (list) => table(['PROJECT', 'ID', 'CREATED'], list.map((p) => [
-        // Indent by depth; a project whose parent the caller cannot see shows its full path.
-        `${'  '.repeat(p.path.split('/').length - 1)}${list.some((q) => q.id === p.parentId) ? p.name : p.path}`, p.id.slice(0, 12), ago(p.createdAt),
-      ])));
+      // Sorted by path, so parents come first. Indent under visible parents; a project whose parent
+      // the caller cannot see starts a tree of its own, shown by its full path.
+      const depth = new Map<string, number>();
+      return render(global, ps, (list) => table(['PROJECT', 'ID', 'CREATED'], list.map((p) => {
+        const parentDepth = p.parentId === null ? undefined : depth.get(p.parentId);
+        depth.set(p.id, parentDepth === undefined ? 0 : parentDepth + 1);
+        const label = parentDepth === undefined ? p.path : `${'  '.repeat(parentDepth + 1)}${p.name}`;
+        return [label, p.id.slice(0, 12), ago(p.createdAt)];
+      })));
     },
   },
   {

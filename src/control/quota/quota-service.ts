@@ -5,7 +5,7 @@
  */
 import type { Store } from '../../store/store.js';
 import type { ContainerRecord } from '../../store/records.js';
-import { Ledger, type Decision, type LimitsPatch, type ProjectView } from './ledger.js';
+import { Ledger, type Decision, type LimitsPatch, type Loan, type PoolView, type ProjectView } from './ledger.js';
 import type { AuditEntry, LedgerState } from './state.js';
 import type { PartialVec } from './resources.js';
 
@@ -67,6 +67,20 @@ export class QuotaService {
 
   setLimits(projectId: string, patch: LimitsPatch): ProjectView {
     return this.ledger.setLimits(projectId, patch, Date.now());
+  }
+
+  /** Pools are named per owner: the ledger id is "<owner id>/<name>", so names never collide across tenants. */
+  createPool(owner: string, name: string, capacity: PartialVec, weights: Record<string, number>): PoolView {
+    return this.ledger.createPool(`${owner}/${name}`, owner, capacity, weights, Date.now());
+  }
+
+  updatePool(owner: string, name: string, patch: { capacity?: PartialVec; weights?: Record<string, number> }): PoolView {
+    return this.ledger.updatePool(`${owner}/${name}`, patch, Date.now());
+  }
+
+  /** Active loans the project made or took. */
+  loans(projectId: string): Loan[] {
+    return [...this.ledger.loans({ lender: projectId }), ...this.ledger.loans({ borrower: projectId })];
   }
 
   audit(filter: { project?: string; sinceSeq?: number }): AuditEntry[] {
