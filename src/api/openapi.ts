@@ -21,6 +21,23 @@ function parameters(schema: TSchema | undefined, where: 'path' | 'query') {
   }));
 }
 
+/** The route's auth declaration as JSON (owner functions dropped). */
+function authOf(r: Route): unknown {
+  return r.auth ? JSON.parse(JSON.stringify(r.auth)) : { global: 'admin', undeclared: true };
+}
+
+/** Routes that take their project from the query string accept ?project= (id, path or name). */
+function projectParameter(r: Route) {
+  const a = r.auth;
+  if (!a || !('project' in a) || (a.project !== 'query' && a.project !== 'query-or-all' && a.project !== 'query-list')) return [];
+  if (r.query && JSON.stringify(r.query).includes('"project"')) return [];
+  const description =
+    a.project === 'query' ? "Project id, path or name (default: the caller's default project)"
+    : a.project === 'query-list' ? "Project id, path or name (default: the caller's default project); * for every project the caller can read"
+    : 'Only this project (default: every project the caller can read)';
+  return [{ name: 'project', in: 'query', required: false, schema: { type: 'string' }, description }];
+}
+
 export function buildOpenApi(routes: Route[], version: string): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   const errorStatuses = [...new Set(Object.values(HTTP_STATUS))].sort();
@@ -40,7 +57,8 @@ export function buildOpenApi(routes: Route[], version: string): Record<string, u
       summary: r.summary,
       tags: [r.tag],
       'x-nimbus-access': r.access,
-      parameters: [...parameters(r.params, 'path'), ...parameters(r.query, 'query')],
+      'x-nimbus-auth': authOf(r),
+      parameters: [...parameters(r.params, 'path'), ...parameters(r.query, 'query'), ...projectParameter(r)],
       responses,
     };
     if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: strip(r.body) } } };

@@ -5,9 +5,49 @@
 import type { IncomingMessage } from 'node:http';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { Services } from '../control/services.js';
+import type { Principal } from '../control/identity/access.js';
+import type { Role } from '../store/records.js';
 
-/** What a route needs from the caller; enforced at the edge (tenancy adds roles). */
+/** Whether a route reads or writes; documented in OpenAPI. Who may call it is `auth`. */
 export type Access = 'public' | 'read' | 'write';
+
+/** Where the edge finds the project a request acts on. */
+export type ProjectSource =
+  /** `?project=` (id, path or name); absent → the caller's default project. */
+  | 'query'
+  /** Listings: like 'query', and `?project=*` lists every project the caller can read (the handler filters with `auth.canRead`). */
+  | 'query-list'
+  /** `?project=` narrows to one project; absent → all, and the handler filters with `auth.canRead`. */
+  | 'query-or-all'
+  /** A body field naming the project; absent → none (a root), which only a system administrator may act on. */
+  | { body: string }
+  /** A path parameter naming a resource; `owner` returns its project id (and throws NotFound if it does not exist). Without `owner` the parameter names a project. */
+  | { param: string; kind: string; owner?: (services: Services, value: string) => string };
+
+/**
+ * What a route needs from the caller, enforced by the edge before the handler
+ * runs. A route without one is refused to all but system administrators.
+ */
+export type RouteAuth =
+  /** Anyone, even unauthenticated TCP callers. */
+  | { public: true }
+  /** Any authenticated caller; the handler acts on the caller's own things or filters by what it can read. */
+  | { authenticated: true }
+  /** System-wide administration. */
+  | { global: 'admin' }
+  /** At least `role` on the project (or, with on: 'parent', on its parent; a root's parent is the system). */
+  | { role: Role; project: ProjectSource; on?: 'parent' };
+
+/** What the edge established about the caller, for handlers. */
+export interface RequestAuth {
+  principal: Principal | undefined;
+  /** The project the edge resolved and checked, for routes with `project`. */
+  projectId: string | undefined;
+  /** projectId, or an error for routes that have none. */
+  project(): string;
+  roleOn(projectId: string): Role | undefined;
+  canRead(projectId: string | null | undefined): boolean;
+}
 
 /** A streamed response: newline-delimited JSON or server-sent events. */
 export interface StreamBody {
@@ -26,6 +66,7 @@ export interface RouteContext<P, Q, B> {
   body: B;
   services: Services;
   req: IncomingMessage;
+  auth: RequestAuth;
   /** Aborted when the client goes away. */
   signal: AbortSignal;
 }
@@ -37,6 +78,8 @@ export interface Route<P extends TSchema = TSchema, Q extends TSchema = TSchema,
   summary: string;
   tag: string;
   access: Access;
+  /** Who may call it (see RouteAuth). Optional only so routes from parallel branches still compile; the access test demands it. */
+  auth?: RouteAuth;
   params?: P;
   query?: Q;
   body?: B;

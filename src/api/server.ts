@@ -9,6 +9,7 @@ import { logger } from '../core/log.js';
 import type { Services } from '../control/services.js';
 import { HTTP_STATUS } from './http-errors.js';
 import { isStreamBody, type Route, type RouteResult } from './route.js';
+import { authenticate, authorize, needsBody, type Transport } from './authz.js';
 
 const log = logger('api');
 const MAX_BODY = 4 * 1024 * 1024;
@@ -102,7 +103,12 @@ export class ApiServer {
     }));
   }
 
-  handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+  /** Requests from the unix socket (a caller without a token is the local administrator). */
+  handle = (req: IncomingMessage, res: ServerResponse): Promise<void> => this.serve(req, res, 'unix');
+  /** Requests from TCP: every route but the public ones needs a token. */
+  handleTcp = (req: IncomingMessage, res: ServerResponse): Promise<void> => this.serve(req, res, 'tcp');
+
+  private async serve(req: IncomingMessage, res: ServerResponse, transport: Transport): Promise<void> {
     const ac = new AbortController();
     res.on('close', () => ac.abort());
     try {
@@ -124,11 +130,21 @@ export class ApiServer {
         const all = url.searchParams.getAll(key);
         rawQuery[key] = all.length > 1 ? all : all[0]!;
       }
-      const rawBody = req.method === 'GET' || req.method === 'DELETE' || match.route.rawBody ? undefined : await readBody(req);
+      // Who is calling, then whether they may: before the body is read, unless the project is named in it.
+      let principal;
+      try {
+        principal = authenticate(req, transport, this.services);
+      } catch (e) {
+        if (!(match.route.auth && 'public' in match.route.auth)) throw e;
+      }
       const params = checkOrThrow(match.params, rawParams, 'path parameter');
       const query = checkOrThrow(match.query, rawQuery, 'query parameter');
+      const late = needsBody(match.route);
+      let auth = late ? undefined : authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body: undefined });
+      const rawBody = req.method === 'GET' || req.method === 'DELETE' || match.route.rawBody ? undefined : await readBody(req);
       const body = checkOrThrow(match.body, rawBody ?? (match.body ? {} : undefined), 'request body');
-      const out = await match.route.handler({ params, query, body, services: this.services, req, signal: ac.signal } as never);
+      auth ??= authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body });
+      const out = await match.route.handler({ params, query, body, services: this.services, req, auth, signal: ac.signal } as never);
       const result: RouteResult<unknown> =
         out !== null && typeof out === 'object' && ('body' in out || 'status' in out) && Object.keys(out).every((k) => k === 'body' || k === 'status')
           ? (out as RouteResult<unknown>)
@@ -149,7 +165,7 @@ export class ApiServer {
     } catch (e) {
       sendError(res, e);
     }
-  };
+  }
 
   async listenUnix(socketPath: string): Promise<void> {
     mkdirSync(dirname(socketPath), { recursive: true });
@@ -165,7 +181,7 @@ export class ApiServer {
   }
 
   async listenTcp(host: string, port: number): Promise<number> {
-    const server = createServer(this.handle);
+    const server = createServer(this.handleTcp);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => resolve());

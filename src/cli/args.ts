@@ -54,8 +54,15 @@ export interface CommandContext extends ParsedArgs {
 export interface GlobalOptions {
   socket?: string;
   host?: string;
+  /** --project P (before or after the command) or NIMBUS_PROJECT: the project every request acts on. */
+  project?: string;
   output: 'table' | 'json';
 }
+
+/** `--project P`, given to every command that does not declare its own. */
+export const PROJECT_OPTION: OptionSpec = {
+  name: 'project', type: 'string', value: 'P', description: "Project (id, path or name; env NIMBUS_PROJECT; default: your default project)",
+};
 
 export class UsageError extends Error {
   override readonly name = 'UsageError';

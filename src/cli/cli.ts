@@ -12,18 +12,24 @@
  *   N    run, exec and start -a: the container's (or exec'd process's) own exit code
  */
 import { errorText } from './errors.js';
-import { OUTPUT_OPTION, UsageError, helpText, parseArgs, usageLine, type CommandSpec, type GlobalOptions } from './args.js';
+import { OUTPUT_OPTION, PROJECT_OPTION, UsageError, helpText, parseArgs, usageLine, type CommandSpec, type GlobalOptions } from './args.js';
 import { containerCommands } from './commands/containers.js';
 import { imageCommands } from './commands/images.js';
 import { systemCommands } from './commands/system.js';
 import { quotaCommands } from './commands/quota.js';
+import { identityCommands } from './commands/identity.js';
 
 export { errorText };
 
 /** Quota commands read --output but predate OUTPUT_OPTION: give them the option. */
 const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'output') ? c : { ...c, options: [...c.options, OUTPUT_OPTION] });
 
-export const COMMANDS: CommandSpec[] = [...containerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands];
+/** Every command takes --project (global option, also accepted after the command) unless it declares its own. */
+const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
+
+export const COMMANDS: CommandSpec[] = [
+  ...containerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
+].map(withProject);
 
 /** Short forms, as docker has them. */
 export const ALIASES: Record<string, string> = {
@@ -41,7 +47,7 @@ export const ALIASES: Record<string, string> = {
 export function topHelp(): string {
   const w = Math.max(...COMMANDS.map((c) => c.name.length));
   return [
-    'Usage: nimbus [--socket PATH | --host tcp://HOST:PORT] [-o table|json] COMMAND [OPTIONS] [ARGS]',
+    'Usage: nimbus [--socket PATH | --host tcp://HOST:PORT] [--project P] [-o table|json] COMMAND [OPTIONS] [ARGS]',
     '',
     "The client of nimbusd. Run 'nimbus COMMAND --help' for a command's options.",
     '',
@@ -53,9 +59,12 @@ export function topHelp(): string {
     'Global options:',
     '  --socket PATH          nimbusd unix socket (env NIMBUS_SOCKET; default /run/nimbus/nimbus.sock)',
     '  -H, --host URL         nimbusd over TCP, tcp://HOST:PORT (env NIMBUS_HOST)',
+    '  --project P            the project to act on: id, path (org/team) or name (env NIMBUS_PROJECT;',
+    '                         default: your default project; * lists every project you can read)',
     '  -o, --output FORMAT    table or json, for listing and inspect commands (also --format)',
     '  -h, --help             Show this help',
-    'Environment: NIMBUS_TOKEN (bearer token sent with every request)',
+    'Credentials: the token stored by `nimbus login` ($NIMBUS_CONFIG/token or ~/.config/nimbus/token),',
+    '  overridden by NIMBUS_TOKEN (a session token or API key). Over the unix socket, no token = local admin.',
     '',
     'Exit codes: 0 ok, 1 error, 2 usage error, 125 run/create failed; run and exec exit with the container\'s code.',
     '',
@@ -64,7 +73,7 @@ export function topHelp(): string {
 
 /** Find the command named by the first one or two words (after aliases). */
 export function resolveCommand(words: string[]): { spec: CommandSpec; consumed: number } | undefined {
-  for (const n of [2, 1]) {
+  for (const n of [3, 2, 1]) {
     if (words.length < n) continue;
     const name = words.slice(0, n).join(' ');
     const spec = COMMANDS.find((c) => c.name === (ALIASES[name] ?? name));
@@ -94,6 +103,7 @@ export async function main(argv: string[]): Promise<number> {
       };
       if (flag === '--socket') global.socket = value();
       else if (flag === '--host' || flag === '-H') global.host = value();
+      else if (flag === '--project') global.project = value();
       else if (flag === '--output' || flag === '-o' || flag === '--format') global.output = parseOutput(value());
       else if (flag === '--help' || flag === '-h') {
         process.stdout.write(topHelp());
@@ -147,6 +157,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (typeof parsed.opts.output === 'string') global.output = parsed.opts.output as GlobalOptions['output'];
+  if (typeof parsed.opts.project === 'string' && spec.options.includes(PROJECT_OPTION)) global.project = parsed.opts.project;
   try {
     return await spec.run({ ...parsed, global });
   } catch (e) {

@@ -5,6 +5,7 @@
  */
 import { request, type IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
+import { readStoredToken } from './credentials.js';
 
 export const DEFAULT_SOCKET = '/run/nimbus/nimbus.sock';
 
@@ -55,16 +56,20 @@ type Target = { socketPath: string } | { host: string; port: number };
 export interface ClientOptions {
   socket?: string;
   host?: string;
+  /** Sent as ?project= with every request that names none (routes that take no project ignore it). */
+  project?: string;
   env?: NodeJS.ProcessEnv;
 }
 
 export class ApiClient {
   private readonly target: Target;
   private readonly token: string | undefined;
+  private readonly project: string | undefined;
 
   constructor(opts: ClientOptions = {}) {
     const env = opts.env ?? process.env;
-    this.token = env.NIMBUS_TOKEN;
+    this.token = env.NIMBUS_TOKEN || readStoredToken(env);
+    this.project = opts.project || env.NIMBUS_PROJECT || undefined;
     // Precedence: --socket, --host, NIMBUS_SOCKET, NIMBUS_HOST, the default socket.
     const host = opts.socket ? undefined : (opts.host ?? (env.NIMBUS_SOCKET ? undefined : env.NIMBUS_HOST));
     if (host && !host.startsWith('unix://')) {
@@ -93,6 +98,7 @@ export class ApiClient {
       if (payload) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
       if (raw) headers['content-type'] = raw.contentType;
       if (this.token) headers.authorization = `Bearer ${this.token}`;
+      if (this.project && !/[?&]project=/.test(path)) path += `${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(this.project)}`;
       const req = request({ ...this.target, method, path, headers, ...(signal ? { signal } : {}) }, resolve);
       req.on('error', (e: NodeJS.ErrnoException) => {
         if (['ENOENT', 'ECONNREFUSED', 'EACCES', 'ENOTSOCK', 'EHOSTUNREACH', 'ENOTFOUND', 'ETIMEDOUT'].includes(e.code ?? '')) {

@@ -7,6 +7,9 @@ import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
 import type { OperationService } from './operations/operations.js';
 import type { QuotaService } from './quota/quota-service.js';
+import type { AccessControl } from './identity/access.js';
+import type { IdentityService } from './identity/identity-service.js';
+import type { ProjectService } from './identity/project-service.js';
 
 export interface Services {
   options: CompiledOptions;
@@ -17,7 +20,10 @@ export interface Services {
   images: ImageService;
   containers: ContainerService;
   quota: QuotaService;
-  /** The project used when a request names none (tenancy will resolve this from the caller). */
+  identity: IdentityService;
+  projects: ProjectService;
+  access: AccessControl;
+  /** The project used when a request names none (callers without a default project of their own, and the local administrator). */
   defaultProjectId: string;
   startedAt: string;
   version: string;

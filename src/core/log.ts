@@ -4,7 +4,7 @@
  */
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-const SECRET_KEY = /pass(word)?|secret|token|authorization|credential/i;
+const SECRET_KEY = /pass(word)?|secret|token|authorization|credential|api_?key|^key$/i;
 
 let threshold: Level = (process.env.NIMBUS_LOG_LEVEL as Level | undefined) ?? 'info';
 export function setLogLevel(level: Level): void {

@@ -17,7 +17,11 @@ import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
 import { QuotaService } from '../control/quota/quota-service.js';
+import { Reclaimer } from '../control/quota/reclaimer.js';
 import type { Services } from '../control/services.js';
+import { AccessControl } from '../control/identity/access.js';
+import { IdentityService } from '../control/identity/identity-service.js';
+import { ProjectService } from '../control/identity/project-service.js';
 import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
 
@@ -83,8 +87,21 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
   const containers = new ContainerService(store, agent, images, events, quota);
+  // Reclaims evict borrowers' containers by stopping them (no restart policy brings them back).
+  const reclaimer = new Reclaimer(quota, async (id) => {
+    if (store.containers.get(id)) await containers.stop(id);
+  });
+  quota.onReclaimPlanned = () => reclaimer.kick();
+  const identity = new IdentityService(store);
+  const admin = await identity.ensureAdmin(process.env.NIMBUS_ADMIN_PASSWORD || undefined, defaultProjectId);
+  if (admin.generatedPassword) {
+    // Printed once, straight to stderr and never through the logger, so it lands in no log file.
+    process.stderr.write(`nimbusd: created user "admin" with password ${admin.generatedPassword}\n` +
+      'nimbusd: it is shown only this once; set NIMBUS_ADMIN_PASSWORD on first start to choose it\n');
+  }
+  const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, quota, defaultProjectId,
+    options, store, agent, events, operations, images, containers, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
@@ -102,6 +119,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
     const i = options.tcp.lastIndexOf(':');
     tcpPort = await api.listenTcp(options.tcp.slice(0, i).replace(/^\[|\]$/g, ''), Number(options.tcp.slice(i + 1)));
   }
+  reclaimer.kick(); // reclaims planned before a restart carry on
   state = 'serving';
   log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, home: options.home, version: VERSION });
 
@@ -114,6 +132,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
       if (state === 'stopping' || state === 'stopped') return;
       state = 'stopping';
       // Containers are not stopped: their monitors keep them (and their logs) alive without us.
+      reclaimer.stop();
       containers.shutdown();
       await api.close();
       await agent.close();

@@ -12,13 +12,17 @@ Runs the Nimbus control plane with an embedded SQLite store and one local agent.
 Options (environment variable in brackets):
   --home DIR               state directory [NIMBUS_HOME] (default /var/lib/nimbus)
   --socket PATH            API unix socket [NIMBUS_SOCKET] (default /run/nimbus/nimbus.sock)
-  --tcp HOST:PORT          also serve the API on TCP [NIMBUS_TCP] (no authentication yet: keep it on loopback)
+  --tcp HOST:PORT          also serve the API on TCP [NIMBUS_TCP] (every request needs a token or API key; use TLS in front)
   --insecure-registry H    allow plain HTTP to registry H (repeatable) [NIMBUS_INSECURE_REGISTRIES]
                            (loopback registries always work over plain HTTP)
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto)
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL] (default info)
   -h, --help               show this help
+
+First start creates the user "admin" with the password in NIMBUS_ADMIN_PASSWORD,
+or a generated one printed once on stderr. Unix-socket callers without a token
+act as that administrator.
 `;
 
 async function main(): Promise<void> {
@@ -51,7 +55,7 @@ async function main(): Promise<void> {
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
   });
-  process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp}` : ''} (home ${daemon.options.home})\n`);
+  process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home})\n`);
   const stop = (sig: string) => {
     process.stderr.write(`nimbusd: ${sig}, shutting down (containers keep running)\n`);
     daemon.stop().then(() => process.exit(0), (e: unknown) => {

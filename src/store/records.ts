@@ -7,6 +7,40 @@ export interface ProjectRecord {
   createdAt: string;
 }
 
+export type Role = 'reader' | 'member' | 'admin';
+
+export interface UserRecord {
+  id: string;
+  name: string;
+  /** "scrypt$N$r$p$salt$hash" (base64); never the password. */
+  passwordHash: string;
+  /** System-wide administrator (the bootstrap admin): every role on every project and the global routes. */
+  systemAdmin: boolean;
+  /** The project used when a request names none. */
+  defaultProjectId: string | null;
+  createdAt: string;
+}
+
+export interface TokenRecord {
+  id: string;
+  userId: string;
+  kind: 'session' | 'apikey';
+  /** API keys are named per user; sessions have no name. */
+  name: string | null;
+  /** sha256 of the secret, hex: the secret itself is never stored. */
+  hash: string;
+  createdAt: string;
+  /** Epoch ms; null = never (API keys by default). */
+  expiresAt: number | null;
+}
+
+export interface RoleGrantRecord {
+  userId: string;
+  projectId: string;
+  role: Role;
+  createdAt: string;
+}
+
 export interface ImageRecord {
   /** Manifest digest (the platform manifest, not the index). */
   digest: string;

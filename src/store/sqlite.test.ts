@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { SqliteStore } from './sqlite.js';
 import type { ContainerRecord } from './records.js';
 
@@ -50,4 +51,25 @@ test('sqlite store: transactions roll back on error', (t) => {
     }),
   );
   assert.equal(s.projects.get('x'), undefined);
+});
+
+test('sqlite store: a version-2 store upgrades in place (projects rebuilt, references kept, names unique among siblings)', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'nimbus.db');
+  const old = new Database(file);
+  old.exec(`CREATE TABLE projects (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, parent_id TEXT REFERENCES projects(id), created_at TEXT NOT NULL);
+    CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, project_id TEXT NOT NULL REFERENCES projects(id));
+    CREATE TABLE quota_ledger (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, updated_at TEXT NOT NULL);
+    INSERT INTO projects VALUES ('p1', 'default', NULL, 'then');
+    INSERT INTO containers VALUES ('c1', 'web', 'p1');
+    PRAGMA user_version = 2;`);
+  old.close();
+  const s = new SqliteStore(file);
+  t.after(() => s.close());
+  assert.equal(s.projects.byName('default')?.id, 'p1');
+  s.projects.insert({ id: 'p2', name: 'default', parentId: 'p1', createdAt: 'now' });
+  assert.throws(() => s.projects.insert({ id: 'p3', name: 'default', parentId: 'p1', createdAt: 'now' }), { code: 'AlreadyExists' });
+  assert.equal(s.projects.child('p1', 'default')?.id, 'p2');
+  assert.equal(s.projects.byName('default')?.id, 'p1', 'root first');
 });

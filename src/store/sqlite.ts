@@ -7,8 +7,11 @@ import type {
   ImageTagRecord,
   OperationRecord,
   ProjectRecord,
+  RoleGrantRecord,
+  TokenRecord,
+  UserRecord,
 } from './records.js';
-import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, Store, QuotaAuditRow } from './store.js';
+import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo } from './store.js';
 
 /** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. */
 const MIGRATIONS: string[] = [
@@ -86,6 +89,46 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX quota_audit_by_project ON quota_audit (project, seq);
   `,
+  // Identity: project names unique among siblings only (table rebuilt, the SQLite way), users, tokens, role grants.
+  `
+  CREATE TABLE projects_new (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    parent_id TEXT REFERENCES projects(id),
+    created_at TEXT NOT NULL
+  );
+  INSERT INTO projects_new (id, name, parent_id, created_at) SELECT id, name, parent_id, created_at FROM projects;
+  DROP TABLE projects;
+  ALTER TABLE projects_new RENAME TO projects;
+  CREATE UNIQUE INDEX projects_sibling_name ON projects(COALESCE(parent_id, ''), name);
+  CREATE INDEX projects_parent ON projects(parent_id);
+  CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    system_admin INTEGER NOT NULL DEFAULT 0,
+    default_project_id TEXT REFERENCES projects(id) ON DELETE SET NULL,
+    created_at TEXT NOT NULL
+  );
+  CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('session', 'apikey')),
+    name TEXT,
+    hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at INTEGER
+  );
+  CREATE UNIQUE INDEX tokens_apikey_name ON tokens(user_id, name) WHERE kind = 'apikey';
+  CREATE TABLE role_grants (
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    role TEXT NOT NULL CHECK (role IN ('reader', 'member', 'admin')),
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, project_id)
+  );
+  CREATE INDEX role_grants_project ON role_grants(project_id);
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -122,6 +165,9 @@ export class SqliteStore implements Store {
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
   readonly operations: OperationRepo;
+  readonly users: UserRepo;
+  readonly tokens: TokenRepo;
+  readonly roles: RoleRepo;
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -135,6 +181,9 @@ export class SqliteStore implements Store {
     this.images = new SqliteImages(this.stmts);
     this.containers = new SqliteContainers(this.stmts);
     this.operations = new SqliteOperations(this.stmts);
+    this.users = new SqliteUsers(this.stmts);
+    this.tokens = new SqliteTokens(this.stmts);
+    this.roles = new SqliteRoles(this.stmts);
   }
 
   private migrate(): void {
@@ -142,11 +191,20 @@ export class SqliteStore implements Store {
     if (current > MIGRATIONS.length) {
       throw new Error(`store schema version ${current} is newer than this nimbusd (${MIGRATIONS.length}); refusing to start`);
     }
-    for (let v = current; v < MIGRATIONS.length; v++) {
-      this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v]!);
-        this.db.pragma(`user_version = ${v + 1}`);
-      })();
+    if (current === MIGRATIONS.length) return;
+    // Table rebuilds need foreign keys off (they cannot change inside a transaction); checked before turning them back on.
+    this.db.pragma('foreign_keys = OFF');
+    try {
+      for (let v = current; v < MIGRATIONS.length; v++) {
+        this.db.transaction(() => {
+          this.db.exec(MIGRATIONS[v]!);
+          const broken = this.db.pragma('foreign_key_check') as unknown[];
+          if (broken.length) throw new Error(`migration ${v + 1} broke ${broken.length} foreign key(s)`);
+          this.db.pragma(`user_version = ${v + 1}`);
+        })();
+      }
+    } finally {
+      this.db.pragma('foreign_keys = ON');
     }
   }
 
@@ -201,7 +259,13 @@ class SqliteProjects implements ProjectRepo {
     return this.row(this.db.prepare('SELECT * FROM projects WHERE id = ?').get(id) as Row | undefined);
   }
   byName(name: string) {
-    return this.row(this.db.prepare('SELECT * FROM projects WHERE name = ?').get(name) as Row | undefined);
+    return this.row(this.db.prepare('SELECT * FROM projects WHERE name = ? ORDER BY parent_id IS NOT NULL, created_at LIMIT 1').get(name) as Row | undefined);
+  }
+  child(parentId: string | null, name: string) {
+    return this.row(this.db.prepare("SELECT * FROM projects WHERE COALESCE(parent_id, '') = ? AND name = ?").get(parentId ?? '', name) as Row | undefined);
+  }
+  children(parentId: string | null) {
+    return (this.db.prepare("SELECT * FROM projects WHERE COALESCE(parent_id, '') = ? ORDER BY name").all(parentId ?? '') as Row[]).map((r) => this.row(r)!);
   }
   list() {
     return (this.db.prepare('SELECT * FROM projects ORDER BY name').all() as Row[]).map((r) => this.row(r)!);
@@ -212,9 +276,105 @@ class SqliteProjects implements ProjectRepo {
         .prepare('INSERT INTO projects (id, name, parent_id, created_at) VALUES (?, ?, ?, ?)')
         .run(p.id, p.name, p.parentId, p.createdAt);
     } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExists(`project "${p.name}" already exists`);
+      if (isUniqueViolation(e)) throw new AlreadyExists(`project "${p.name}" already exists${p.parentId ? ' under that parent' : ''}`);
       throw e;
     }
+  }
+  delete(id: string) {
+    this.db.prepare('DELETE FROM projects WHERE id = ?').run(id);
+  }
+}
+
+class SqliteUsers implements UserRepo {
+  constructor(private readonly db: Db) {}
+  private row(r: Row | undefined): UserRecord | undefined {
+    if (!r) return undefined;
+    return {
+      id: str(r.id), name: str(r.name), passwordHash: str(r.password_hash), systemAdmin: Boolean(r.system_admin),
+      defaultProjectId: strOrNull(r.default_project_id), createdAt: str(r.created_at),
+    };
+  }
+  get(id: string) {
+    return this.row(this.db.prepare('SELECT * FROM users WHERE id = ?').get(id) as Row | undefined);
+  }
+  byName(name: string) {
+    return this.row(this.db.prepare('SELECT * FROM users WHERE name = ?').get(name) as Row | undefined);
+  }
+  list() {
+    return (this.db.prepare('SELECT * FROM users ORDER BY name').all() as Row[]).map((r) => this.row(r)!);
+  }
+  insert(u: UserRecord) {
+    try {
+      this.db
+        .prepare('INSERT INTO users (id, name, password_hash, system_admin, default_project_id, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(u.id, u.name, u.passwordHash, u.systemAdmin ? 1 : 0, u.defaultProjectId, u.createdAt);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`user "${u.name}" already exists`);
+      throw e;
+    }
+  }
+  update(id: string, patch: Partial<Omit<UserRecord, 'id'>>) {
+    const cur = this.get(id);
+    if (!cur) throw new NotFound(`no such user: ${id}`);
+    const n = { ...cur, ...patch };
+    this.db
+      .prepare('UPDATE users SET name = ?, password_hash = ?, system_admin = ?, default_project_id = ? WHERE id = ?')
+      .run(n.name, n.passwordHash, n.systemAdmin ? 1 : 0, n.defaultProjectId, id);
+  }
+  delete(id: string) {
+    this.db.prepare('DELETE FROM users WHERE id = ?').run(id);
+  }
+}
+
+class SqliteTokens implements TokenRepo {
+  constructor(private readonly db: Db) {}
+  private row(r: Row | undefined): TokenRecord | undefined {
+    if (!r) return undefined;
+    return {
+      id: str(r.id), userId: str(r.user_id), kind: str(r.kind) as TokenRecord['kind'], name: strOrNull(r.name),
+      hash: str(r.hash), createdAt: str(r.created_at), expiresAt: numOrNull(r.expires_at),
+    };
+  }
+  byHash(hash: string) {
+    return this.row(this.db.prepare('SELECT * FROM tokens WHERE hash = ?').get(hash) as Row | undefined);
+  }
+  list(userId: string, kind: TokenRecord['kind']) {
+    return (this.db.prepare('SELECT * FROM tokens WHERE user_id = ? AND kind = ? ORDER BY created_at').all(userId, kind) as Row[]).map((r) => this.row(r)!);
+  }
+  insert(t: TokenRecord) {
+    try {
+      this.db
+        .prepare('INSERT INTO tokens (id, user_id, kind, name, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(t.id, t.userId, t.kind, t.name, t.hash, t.createdAt, t.expiresAt);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`an API key named "${t.name ?? ''}" already exists`);
+      throw e;
+    }
+  }
+  delete(id: string) {
+    this.db.prepare('DELETE FROM tokens WHERE id = ?').run(id);
+  }
+  deleteExpired(now: number) {
+    return this.db.prepare('DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?').run(now).changes;
+  }
+}
+
+class SqliteRoles implements RoleRepo {
+  constructor(private readonly db: Db) {}
+  list(filter: { userId?: string; projectId?: string } = {}): RoleGrantRecord[] {
+    const rows = this.db
+      .prepare('SELECT * FROM role_grants WHERE (@u IS NULL OR user_id = @u) AND (@p IS NULL OR project_id = @p) ORDER BY created_at')
+      .all({ u: filter.userId ?? null, p: filter.projectId ?? null }) as Row[];
+    return rows.map((r) => ({ userId: str(r.user_id), projectId: str(r.project_id), role: str(r.role) as RoleGrantRecord['role'], createdAt: str(r.created_at) }));
+  }
+  grant(g: RoleGrantRecord) {
+    this.db
+      .prepare(`INSERT INTO role_grants (user_id, project_id, role, created_at) VALUES (?, ?, ?, ?)
+                ON CONFLICT(user_id, project_id) DO UPDATE SET role = excluded.role`)
+      .run(g.userId, g.projectId, g.role, g.createdAt);
+  }
+  revoke(userId: string, projectId: string) {
+    return this.db.prepare('DELETE FROM role_grants WHERE user_id = ? AND project_id = ?').run(userId, projectId).changes > 0;
   }
 }
 

@@ -9,13 +9,45 @@ import type {
   ImageTagRecord,
   OperationRecord,
   ProjectRecord,
+  RoleGrantRecord,
+  TokenRecord,
+  UserRecord,
 } from './records.js';
 
 export interface ProjectRepo {
   get(id: string): ProjectRecord | undefined;
+  /** A project by name, root projects first (names are unique only among siblings). */
   byName(name: string): ProjectRecord | undefined;
+  /** The child of parentId (null: a root project) with this name. */
+  child(parentId: string | null, name: string): ProjectRecord | undefined;
+  children(parentId: string | null): ProjectRecord[];
   list(): ProjectRecord[];
   insert(p: ProjectRecord): void;
+  delete(id: string): void;
+}
+
+export interface UserRepo {
+  get(id: string): UserRecord | undefined;
+  byName(name: string): UserRecord | undefined;
+  list(): UserRecord[];
+  insert(u: UserRecord): void;
+  update(id: string, patch: Partial<Omit<UserRecord, 'id'>>): void;
+  delete(id: string): void;
+}
+
+export interface TokenRepo {
+  byHash(hash: string): TokenRecord | undefined;
+  list(userId: string, kind: TokenRecord['kind']): TokenRecord[];
+  insert(t: TokenRecord): void;
+  delete(id: string): void;
+  deleteExpired(now: number): number;
+}
+
+export interface RoleRepo {
+  list(filter?: { userId?: string; projectId?: string }): RoleGrantRecord[];
+  /** Insert or replace the user's role on the project (one role per user and project). */
+  grant(g: RoleGrantRecord): void;
+  revoke(userId: string, projectId: string): boolean;
 }
 
 export interface ImageRepo {
@@ -60,6 +92,9 @@ export interface Store {
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
   readonly operations: OperationRepo;
+  readonly users: UserRepo;
+  readonly tokens: TokenRepo;
+  readonly roles: RoleRepo;
   /** Runs fn atomically; nested calls join the outer transaction. */
   transaction<T>(fn: () => T): T;
   /** The quota ledger's state (JSON), kept whole for now; per-row tables come with PostgreSQL. */

@@ -106,7 +106,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
     api,
     async cli(args, opts = {}) {
       const r = await run(process.execPath, [CLI_MAIN, ...args], {
-        env: { ...process.env, NIMBUS_SOCKET: socket, ...opts.env },
+        env: { ...process.env, NIMBUS_SOCKET: socket, NIMBUS_CONFIG: join(home, 'client-config'), ...opts.env }, // never a developer's stored login
         ...(opts.input !== undefined ? { input: opts.input } : {}),
         timeoutMs: 120_000,
       });
@@ -115,7 +115,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
     async destroy() {
       try {
         if (child.exitCode === null && child.signalCode === null) {
-          const list = await api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
+          const list = await api<{ id: string }[]>('GET', '/containers?all=true&project=*').catch(() => ({ status: 0, body: [] }));
           for (const c of list.body ?? []) await api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
           await self.kill('SIGTERM');
         }

@@ -4,6 +4,12 @@ import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Stats }
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
 import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
+import type { Services } from '../../control/services.js';
+import { NotFound } from '../../core/errors.js';
+
+/** Container routes act on the project of the container named in the path. */
+const CONTAINER = { param: 'id', kind: 'container', owner: (s: Services, id: string) => s.containers.get(id).projectId };
+
 
 const Signal = Type.Object({ signal: Type.String({ default: 'SIGKILL' }) });
 const Timeout = Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds before SIGKILL' })) });
@@ -11,25 +17,33 @@ const Timeout = Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, 
 export const containerRoutes = [
   route({
     method: 'GET', path: '/containers', operationId: 'listContainers', tag: 'containers', access: 'read',
+    auth: { role: 'reader', project: 'query-list' },
     summary: 'List containers (running ones unless all=true)',
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Container),
-    handler: ({ query, services }) => services.containers.list({ all: query.all }),
+    handler: ({ query, services, auth }) =>
+      services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) }).filter((c) => auth.canRead(c.projectId)),
   }),
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: 'query' },
     summary: 'Create a container from a pulled image', status: 201,
     body: ContainerCreate, response: Container,
-    handler: ({ body, services }) =>
-      services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, services.defaultProjectId),
+    handler: ({ body, services, auth }) => {
+      // The image must be one the caller can see: another project's images do not exist for it.
+      if (!auth.canRead(services.images.resolve(body.image).projectId)) throw new NotFound(`no such image: ${body.image}`);
+      return services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project());
+    },
   }),
   route({
     method: 'GET', path: '/containers/{id}', operationId: 'inspectContainer', tag: 'containers', access: 'read',
+    auth: { role: 'reader', project: CONTAINER },
     summary: 'Inspect a container', params: IdParam, response: Container,
     handler: ({ params, services }) => services.containers.get(params.id),
   }),
   route({
     method: 'DELETE', path: '/containers/{id}', operationId: 'removeContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Remove a container (force kills a running one)', params: IdParam,
     query: Type.Object({ force: Type.Boolean({ default: false }) }), response: Empty,
     handler: async ({ params, query, services }) => {
@@ -39,36 +53,43 @@ export const containerRoutes = [
   }),
   route({
     method: 'POST', path: '/containers/{id}/start', operationId: 'startContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Start a container', params: IdParam, response: Container,
     handler: ({ params, services }) => services.containers.start(params.id),
   }),
   route({
     method: 'POST', path: '/containers/{id}/stop', operationId: 'stopContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Stop a container: its stop signal, then SIGKILL after the timeout', params: IdParam, body: Timeout, response: Container,
     handler: ({ params, body, services }) => services.containers.stop(params.id, body.timeout),
   }),
   route({
     method: 'POST', path: '/containers/{id}/restart', operationId: 'restartContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Stop then start a container', params: IdParam, body: Timeout, response: Container,
     handler: ({ params, body, services }) => services.containers.restart(params.id, body.timeout),
   }),
   route({
     method: 'POST', path: '/containers/{id}/kill', operationId: 'killContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Send a signal to a container', params: IdParam, body: Signal, response: Container,
     handler: ({ params, body, services }) => services.containers.kill(params.id, body.signal),
   }),
   route({
     method: 'POST', path: '/containers/{id}/pause', operationId: 'pauseContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Freeze every process of a container (cgroup freezer)', params: IdParam, response: Container,
     handler: ({ params, services }) => services.containers.pause(params.id),
   }),
   route({
     method: 'POST', path: '/containers/{id}/unpause', operationId: 'unpauseContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Thaw a paused container', params: IdParam, response: Container,
     handler: ({ params, services }) => services.containers.unpause(params.id),
   }),
   route({
     method: 'POST', path: '/containers/{id}/wait', operationId: 'waitContainer', tag: 'containers', access: 'read',
+    auth: { role: 'reader', project: CONTAINER },
     summary: 'Block until the container is not running (or removed); returns its exit code', params: IdParam,
     query: Type.Object({ condition: Type.Union([Type.Literal('not-running'), Type.Literal('removed')], { default: 'not-running' }) }),
     response: Type.Object({ exitCode: Type.Integer(), oomKilled: Type.Boolean() }),
@@ -76,6 +97,7 @@ export const containerRoutes = [
   }),
   route({
     method: 'GET', path: '/containers/{id}/logs', operationId: 'containerLogs', tag: 'containers', access: 'read',
+    auth: { role: 'reader', project: CONTAINER },
     summary: 'Container output as newline-delimited JSON records; follow=true streams until it exits', params: IdParam,
     query: Type.Object({ follow: Type.Boolean({ default: false }), tail: Type.Optional(Type.Integer({ minimum: 0 })) }),
     response: LogLine, streams: 'ndjson',
@@ -84,6 +106,7 @@ export const containerRoutes = [
   }),
   route({
     method: 'POST', path: '/containers/{id}/exec', operationId: 'execInContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
     summary: 'Run a command in a running container; streams output frames, the last one carries exitCode', params: IdParam,
     body: Type.Object({
       args: Type.Array(Type.String(), { minItems: 1 }),
@@ -101,6 +124,7 @@ export const containerRoutes = [
   }),
   route({
     method: 'GET', path: '/containers/{id}/stats', operationId: 'containerStats', tag: 'containers', access: 'read',
+    auth: { role: 'reader', project: CONTAINER },
     summary: 'CPU, memory and pids from the container cgroup', params: IdParam, response: Stats,
     handler: ({ params, services }) => services.containers.stats(params.id),
   }),

@@ -6,17 +6,24 @@ import { Type } from '@sinclair/typebox';
 import { newId } from '../../core/ids.js';
 import { route } from '../route.js';
 import { Image, Operation } from '../schemas.js';
+import type { Services } from '../../control/services.js';
+
+/** Image routes with a reference in the path act on the image's project. */
+const IMAGE = { param: 'ref', kind: 'image', owner: (s: Services, ref: string) => s.images.resolve(ref).projectId };
+
 
 const Ref = Type.Object({ ref: Type.String({ minLength: 1, description: 'Reference, digest or id (URL-encoded)' }) });
 
 export const imageRoutes = [
   route({
     method: 'GET', path: '/images', operationId: 'listImages', tag: 'images', access: 'read',
+    auth: { role: 'reader', project: 'query-list' },
     summary: 'List images', response: Type.Array(Image),
-    handler: ({ services }) => services.images.list(),
+    handler: ({ services, auth }) => services.images.list(auth.projectId).filter((i) => auth.canRead(i.projectId)),
   }),
   route({
     method: 'POST', path: '/images/pull', operationId: 'pullImage', tag: 'images', access: 'write',
+    auth: { role: 'member', project: 'query' },
     summary: 'Pull an image from an OCI registry; returns an Operation (202)', status: 202,
     body: Type.Object({
       reference: Type.String({ minLength: 1, description: 'name[:tag] or name@sha256:digest' }),
@@ -24,25 +31,26 @@ export const imageRoutes = [
       password: Type.Optional(Type.String()),
     }, { additionalProperties: false }),
     response: Operation,
-    handler: ({ body, services }) => ({
+    handler: ({ body, services, auth }) => ({
       status: 202,
       body: services.images.pull(
         body.reference,
-        services.defaultProjectId,
+        auth.project(),
         body.username !== undefined ? { username: body.username, password: body.password ?? '' } : undefined,
       ),
     }),
   }),
   route({
     method: 'POST', path: '/images/import', operationId: 'importImage', tag: 'images', access: 'write',
+    auth: { role: 'member', project: 'query' },
     summary: 'Import an OCI image-layout tar or a `docker save` tar (request body is the tar)',
     rawBody: 'application/x-tar', response: Type.Array(Type.Object({ name: Type.Union([Type.String(), Type.Null()]), image: Image })), status: 201,
-    handler: async ({ services, req }) => {
+    handler: async ({ services, req, auth }) => {
       await mkdir(services.options.tmpDir, { recursive: true });
       const file = join(services.options.tmpDir, `import-${newId().slice(0, 16)}.tar`);
       try {
         await pipeline(req, createWriteStream(file, { mode: 0o600 }));
-        return { status: 201, body: await services.images.importArchive(file, services.defaultProjectId) };
+        return { status: 201, body: await services.images.importArchive(file, auth.project()) };
       } finally {
         await rm(file, { force: true });
       }
@@ -50,6 +58,7 @@ export const imageRoutes = [
   }),
   route({
     method: 'POST', path: '/images/prune', operationId: 'pruneImages', tag: 'images', access: 'write',
+    auth: { global: 'admin' },
     summary: 'Remove dangling images (all=true: every image no container uses) and collect garbage',
     body: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Object({ deleted: Type.Array(Type.String()), bytesFreed: Type.Integer() }),
@@ -57,11 +66,13 @@ export const imageRoutes = [
   }),
   route({
     method: 'GET', path: '/images/{ref}', operationId: 'inspectImage', tag: 'images', access: 'read',
+    auth: { role: 'reader', project: IMAGE },
     summary: 'Inspect an image', params: Ref, response: Image,
     handler: ({ params, services }) => services.images.inspect(params.ref),
   }),
   route({
     method: 'DELETE', path: '/images/{ref}', operationId: 'removeImage', tag: 'images', access: 'write',
+    auth: { role: 'member', project: IMAGE },
     summary: 'Untag an image; delete it when no tag and no container is left', params: Ref,
     query: Type.Object({ force: Type.Boolean({ default: false }) }),
     response: Type.Object({ untagged: Type.Array(Type.String()), deleted: Type.Array(Type.String()) }),

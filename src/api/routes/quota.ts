@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox';
-import { NotFound } from '../../core/errors.js';
-import type { Services } from '../../control/services.js';
 import { route } from '../route.js';
+import { InvalidArgument } from '../../core/errors.js';
+import type { Services } from '../../control/services.js';
 
 const Vector = Type.Object(
   {
@@ -16,20 +16,34 @@ const Vector = Type.Object(
 const ProjectParam = Type.Object({ project: Type.String({ minLength: 1, description: 'Project name or id' }) });
 const Figures = Type.Record(Type.String(), Type.Unknown());
 
-function projectId(services: Services, nameOrId: string): string {
-  const p = services.store.projects.get(nameOrId) ?? services.store.projects.byName(nameOrId);
-  if (!p) throw new NotFound(`no such project: ${nameOrId}`);
-  return p.id;
+/** The project named in the path (id, path or name), resolved and checked by the edge. */
+const PROJECT = { param: 'project', kind: 'project' };
+
+const PoolParams = Type.Object({ project: ProjectParam.properties.project, pool: Type.String({ minLength: 1, description: 'Pool name (unique per owner project)' }) });
+const Weights = Type.Record(Type.String(), Type.Number({ exclusiveMinimum: 0 }), { description: 'Direct child (id, path or name) → weight' });
+
+/** Pool members are named by the caller; only the owner's direct children can be members (the ledger checks). */
+function memberIds(services: Services, owner: string, weights: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [ref, w] of Object.entries(weights)) {
+    const child = services.store.projects.get(ref) ?? services.store.projects.child(owner, ref.split('/').pop() ?? ref);
+    if (!child || child.parentId !== owner) throw new InvalidArgument(`pool member ${ref} is not a direct child of ${services.projects.path(owner)}`);
+    out[child.id] = w;
+  }
+  return out;
 }
 
 export const quotaRoutes = [
   route({
     method: 'GET', path: '/quota/{project}', operationId: 'showQuota', tag: 'quota', access: 'read',
+    auth: { role: 'reader', project: PROJECT },
     summary: 'Per resource: hard, used, reserved, allocated, free, lent, borrowed, pool', params: ProjectParam, response: Figures,
-    handler: ({ params, services }) => services.quota.show(projectId(services, params.project)) as unknown as Record<string, unknown>,
+    handler: ({ services, auth }) => services.quota.show(auth.project()) as unknown as Record<string, unknown>,
   }),
   route({
     method: 'PUT', path: '/quota/{project}', operationId: 'setQuota', tag: 'quota', access: 'write',
+    // A project's limits are its parent's to set (a root's: the system's), never its own admins'.
+    auth: { role: 'admin', project: PROJECT, on: 'parent' },
     summary: "Change a project's limits (a child's hard limit only within its parent's free)", params: ProjectParam,
     body: Type.Object(
       {
@@ -42,23 +56,57 @@ export const quotaRoutes = [
       { additionalProperties: false },
     ),
     response: Figures,
-    handler: ({ params, body, services }) => services.quota.setLimits(projectId(services, params.project), body) as unknown as Record<string, unknown>,
+    handler: ({ body, services, auth }) => services.quota.setLimits(auth.project(), body) as unknown as Record<string, unknown>,
   }),
   route({
     method: 'POST', path: '/quota/{project}/explain', operationId: 'explainQuota', tag: 'quota', access: 'read',
+    auth: { role: 'reader', project: PROJECT },
     summary: 'Would this request be admitted? Which ledger line decides, which loans and reclaims it needs. Changes nothing.',
     params: ProjectParam, body: Vector, response: Figures,
-    handler: ({ params, body, services }) => services.quota.explain(projectId(services, params.project), body) as unknown as Record<string, unknown>,
+    handler: ({ body, services, auth }) => services.quota.explain(auth.project(), body) as unknown as Record<string, unknown>,
   }),
   route({
     method: 'GET', path: '/quota-audit', operationId: 'quotaAudit', tag: 'quota', access: 'read',
+    auth: { role: 'reader', project: 'query-or-all' },
     summary: 'Every admit, reject, loan, return and reclaim with its reason',
     query: Type.Object({ project: Type.Optional(Type.String()), since: Type.Optional(Type.Integer({ minimum: 0 })) }),
     response: Type.Array(Figures),
-    handler: ({ query, services }) =>
-      services.quota.audit({
-        ...(query.project ? { project: projectId(services, query.project) } : {}),
-        ...(query.since !== undefined ? { sinceSeq: query.since } : {}),
-      }) as unknown as Record<string, unknown>[],
+    handler: ({ query, services, auth }) =>
+      services.quota
+        .audit({ ...(auth.projectId ? { project: auth.projectId } : {}), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) })
+        .filter((e) => auth.canRead(e.project)) as unknown as Record<string, unknown>[],
+  }),
+  route({
+    method: 'POST', path: '/quota/{project}/pools', operationId: 'createQuotaPool', tag: 'quota', access: 'write',
+    // Sharing a project's capacity among its children is that project's admins' business, like their hard limits.
+    auth: { role: 'admin', project: PROJECT },
+    summary: "Set part of a project's free capacity aside as a pool its chosen children share by weight", status: 201,
+    params: ProjectParam,
+    body: Type.Object({ name: Type.String({ minLength: 1 }), capacity: Vector, weights: Weights }, { additionalProperties: false }),
+    response: Figures,
+    handler: ({ body, services, auth }) => ({
+      status: 201,
+      body: services.quota.createPool(auth.project(), body.name, body.capacity, memberIds(services, auth.project(), body.weights)) as unknown as Record<string, unknown>,
+    }),
+  }),
+  route({
+    method: 'PUT', path: '/quota/{project}/pools/{pool}', operationId: 'updateQuotaPool', tag: 'quota', access: 'write',
+    auth: { role: 'admin', project: PROJECT },
+    summary: "Change a pool's capacity or its members' weights", params: PoolParams,
+    body: Type.Object({ capacity: Type.Optional(Vector), weights: Type.Optional(Weights) }, { additionalProperties: false }),
+    response: Figures,
+    handler: ({ params, body, services, auth }) =>
+      services.quota.updatePool(auth.project(), params.pool, {
+        ...(body.capacity ? { capacity: body.capacity } : {}),
+        ...(body.weights ? { weights: memberIds(services, auth.project(), body.weights) } : {}),
+      }) as unknown as Record<string, unknown>,
+  }),
+  route({
+    method: 'GET', path: '/quota/{project}/loans', operationId: 'listQuotaLoans', tag: 'quota', access: 'read',
+    auth: { role: 'reader', project: PROJECT },
+    summary: 'Active loans the project made to or took from its siblings (lender, borrower, resource, amount, instance, time)',
+    params: ProjectParam, response: Type.Array(Figures),
+    handler: ({ services, auth }) =>
+      services.quota.loans(auth.project()).map((l) => ({ ...l, lenderPath: services.projects.path(l.lender), borrowerPath: services.projects.path(l.borrower) })),
   }),
 ];

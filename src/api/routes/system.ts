@@ -1,26 +1,43 @@
 import { Type } from '@sinclair/typebox';
-import { route, stream } from '../route.js';
+import { route, stream, type RequestAuth } from '../route.js';
 import { Event, Operation } from '../schemas.js';
 import { buildOpenApi } from '../openapi.js';
 import { allRoutes } from './index.js';
+import { NotFound } from '../../core/errors.js';
+import type { Services } from '../../control/services.js';
+
+/** Operation routes act on the operation's project. */
+const OPERATION = {
+  param: 'id', kind: 'operation',
+  owner: (s: Services, id: string) => {
+    const op = s.store.operations.get(id);
+    if (!op) throw new NotFound(`no such operation: ${id}`);
+    return op.projectId;
+  },
+};
+
 
 export const systemRoutes = [
   route({
     method: 'GET', path: '/_ping', operationId: 'ping', tag: 'system', access: 'public',
+    auth: { public: true },
     summary: 'Liveness check', response: Type.Object({ ok: Type.Boolean() }),
     handler: () => ({ ok: true }),
   }),
   route({
     method: 'GET', path: '/version', operationId: 'version', tag: 'system', access: 'public',
+    auth: { public: true },
     summary: 'Daemon version', response: Type.Object({ version: Type.String(), apiVersion: Type.String(), node: Type.String() }),
     handler: ({ services }) => ({ version: services.version, apiVersion: '1', node: process.version }),
   }),
   route({
     method: 'GET', path: '/info', operationId: 'info', tag: 'system', access: 'read',
+    auth: { authenticated: true },
     summary: 'Host and daemon facts: runtimes, snapshotter, cgroup layout, counts',
     response: Type.Record(Type.String(), Type.Unknown()),
-    handler: async ({ services }) => {
-      const all = services.containers.list({ all: true });
+    handler: async ({ services, auth }) => {
+      // Counts cover the projects the caller can read; host facts are the same for everyone.
+      const all = services.containers.list({ all: true }).filter((c) => auth.canRead(c.projectId));
       return {
         version: services.version,
         startedAt: services.startedAt,
@@ -32,17 +49,19 @@ export const systemRoutes = [
           paused: all.filter((c) => c.status === 'paused').length,
           exited: all.filter((c) => c.status === 'exited').length,
         },
-        images: services.images.list().length,
+        images: services.images.list().filter((i) => auth.canRead(i.projectId)).length,
       };
     },
   }),
   route({
     method: 'GET', path: '/openapi.json', operationId: 'openapi', tag: 'system', access: 'public',
+    auth: { public: true },
     summary: 'This API as an OpenAPI 3 document, generated from the route table', response: Type.Record(Type.String(), Type.Unknown()),
     handler: ({ services }) => buildOpenApi(allRoutes(), services.version),
   }),
   route({
     method: 'GET', path: '/events', operationId: 'events', tag: 'system', access: 'read',
+    auth: { authenticated: true },
     summary: 'Server-sent events of every state change', streams: 'sse',
     query: Type.Object({
       type: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
@@ -50,25 +69,28 @@ export const systemRoutes = [
       since: Type.Optional(Type.Integer({ minimum: 0, description: 'Replay buffered events after this sequence number' })),
     }),
     response: Event,
-    handler: ({ query, services, signal }) =>
-      stream('sse', services.events.subscribe({
+    handler: ({ query, services, signal, auth }) =>
+      stream('sse', readable(auth, services.events.subscribe({
         ...(query.type ? { types: Array.isArray(query.type) ? query.type : [query.type] } : {}),
         ...(query.id ? { id: query.id } : {}),
         ...(query.since !== undefined ? { since: query.since } : {}),
-      }, signal)),
+      }, signal))),
   }),
   route({
     method: 'GET', path: '/operations', operationId: 'listOperations', tag: 'operations', access: 'read',
+    auth: { authenticated: true },
     summary: 'Recent operations', response: Type.Array(Operation),
-    handler: ({ services }) => services.operations.list(),
+    handler: ({ services, auth }) => services.operations.list().filter((o) => auth.canRead(o.projectId)),
   }),
   route({
     method: 'GET', path: '/operations/{id}', operationId: 'getOperation', tag: 'operations', access: 'read',
+    auth: { role: 'reader', project: OPERATION },
     summary: 'An operation and its progress', params: Type.Object({ id: Type.String() }), response: Operation,
     handler: ({ params, services }) => services.operations.get(params.id),
   }),
   route({
     method: 'GET', path: '/operations/{id}/wait', operationId: 'waitOperation', tag: 'operations', access: 'read',
+    auth: { role: 'reader', project: OPERATION },
     summary: 'Block until the operation ends or the timeout (seconds) passes',
     params: Type.Object({ id: Type.String() }),
     query: Type.Object({ timeout: Type.Number({ default: 60, minimum: 0, maximum: 3600 }) }),
@@ -76,3 +98,8 @@ export const systemRoutes = [
     handler: ({ params, query, services, signal }) => services.operations.wait(params.id, query.timeout * 1000, signal),
   }),
 ];
+
+/** Only events of projects the caller can read (events without a project: system administrators only). */
+async function* readable(auth: RequestAuth, source: AsyncIterable<{ projectId?: string }>): AsyncIterable<unknown> {
+  for await (const e of source) if (auth.canRead(e.projectId)) yield e;
+}

@@ -1,6 +1,7 @@
 import { UsageError, parseSize, type CommandSpec } from '../args.js';
 import { printJson, table } from '../output.js';
 import { clientOf } from './shared.js';
+import { currentProject } from './identity.js';
 
 const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes'] as const;
 type Vector = Partial<Record<(typeof RESOURCES)[number], number>>;
@@ -33,7 +34,7 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota show', usage: '[PROJECT]', summary: "A project's ledger: hard, used, reserved, allocated, free, lent, borrowed", maxArgs: 1, options: [],
     async run({ args, global }) {
-      const view = await clientOf(global).json<{ resources: Record<string, Figures> }>('GET', `/quota/${encodeURIComponent(args[0] ?? 'default')}`);
+      const view = await clientOf(global).json<{ resources: Record<string, Figures> }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
       if (global.output === 'json') return printJson(view), 0;
       const cols = ['hard', 'used', 'reserved', 'allocated', 'free', 'lent', 'borrowed', 'pool'] as const;
       const rows = Object.entries(view.resources).map(([r, f]) => [r, ...cols.map((c) => fmt(f[c], r))]);
@@ -73,7 +74,7 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota explain', usage: '', summary: 'Would a request be admitted, and why? Changes nothing.', maxArgs: 0,
     options: [
-      { name: 'project', type: 'string', value: 'P', description: 'Project', default: 'default' },
+      { name: 'project', type: 'string', value: 'P', description: 'Project (default: --project before the command, else your default project)' },
       { name: 'instances', type: 'number', value: 'N', description: 'Instances', default: 1 },
       { name: 'cpus', type: 'number', value: 'N', description: 'CPUs' },
       { name: 'memory', type: 'string', value: 'SIZE', description: 'Memory (e.g. 8g)' },
@@ -83,7 +84,7 @@ export const quotaCommands: CommandSpec[] = [
       if (opts.cpus !== undefined) body.cpus = Math.ceil(Number(opts.cpus));
       if (opts.memory !== undefined) body.memory = memoryMiB(String(opts.memory));
       const d = await clientOf(global).json<{ admitted: boolean; reason: string; decidedBy: { project: string; resource: string; line: string }; loans: unknown[] }>(
-        'POST', `/quota/${encodeURIComponent(String(opts.project))}/explain`, body,
+        'POST', `/quota/${encodeURIComponent(typeof opts.project === 'string' ? opts.project : await currentProject(global))}/explain`, body,
       );
       if (global.output === 'json') return printJson(d), 0;
       process.stdout.write(`${d.admitted ? 'admitted' : 'rejected'}: ${d.reason}\n`);
@@ -105,4 +106,73 @@ export const quotaCommands: CommandSpec[] = [
       return 0;
     },
   },
+  {
+    name: 'quota pool create', usage: 'PROJECT NAME', summary: "Share part of PROJECT's free capacity among chosen children, by weight", minArgs: 2, maxArgs: 2,
+    options: [
+      { name: 'capacity', type: 'list', value: 'RES=N', description: 'Capacity set aside (memory accepts sizes)' },
+      { name: 'member', type: 'list', value: 'CHILD=WEIGHT', description: 'A direct child and its weight' },
+    ],
+    async run({ args, opts, global }) {
+      const capacity = vectorOf(opts.capacity as string[], '--capacity');
+      const weights = weightsOf(opts.member as string[]);
+      if (!capacity || !weights) throw new UsageError('a pool needs --capacity and at least one --member');
+      const pool = await clientOf(global).json('POST', `/quota/${encodeURIComponent(args[0]!)}/pools`, { name: args[1], capacity, weights });
+      if (global.output === 'json') printJson(pool);
+      return 0;
+    },
+  },
+  {
+    name: 'quota pool set', usage: 'PROJECT NAME', summary: "Change a pool's capacity or members", minArgs: 2, maxArgs: 2,
+    options: [
+      { name: 'capacity', type: 'list', value: 'RES=N', description: 'New capacity' },
+      { name: 'member', type: 'list', value: 'CHILD=WEIGHT', description: 'The new member list (replaces the old one)' },
+    ],
+    async run({ args, opts, global }) {
+      const capacity = vectorOf(opts.capacity as string[], '--capacity');
+      const weights = weightsOf(opts.member as string[]);
+      if (!capacity && !weights) throw new UsageError('nothing to change: give --capacity or --member');
+      const pool = await clientOf(global).json('PUT', `/quota/${encodeURIComponent(args[0]!)}/pools/${encodeURIComponent(args[1]!)}`, {
+        ...(capacity ? { capacity } : {}), ...(weights ? { weights } : {}),
+      });
+      if (global.output === 'json') printJson(pool);
+      return 0;
+    },
+  },
+  {
+    name: 'quota pool ls', usage: '[PROJECT]', summary: "The pools a project owns: capacity, use, members' weights and deserved shares", maxArgs: 1, options: [],
+    async run({ args, global }) {
+      const view = await clientOf(global).json<{ pools: { id: string; capacity: Vector; used: Vector; members: { project: string; weight: number; deserved: Vector; used: Vector }[] }[] }>(
+        'GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
+      if (global.output === 'json') return printJson(view.pools), 0;
+      const v = (x: Vector) => Object.entries(x).map(([k, n]) => `${k}=${n}`).join(',') || '-';
+      process.stdout.write(table(['POOL', 'CAPACITY', 'USED', 'MEMBER', 'WEIGHT', 'DESERVED', 'MEMBER USED'], view.pools.flatMap((p) =>
+        p.members.map((m, i) => [i === 0 ? p.id.split('/').pop()! : '', i === 0 ? v(p.capacity) : '', i === 0 ? v(p.used) : '', m.project.slice(0, 12), String(m.weight), v(m.deserved), v(m.used)]))));
+      return 0;
+    },
+  },
+  {
+    name: 'quota loans', usage: '[PROJECT]', summary: 'Active loans a project made to or took from its siblings', maxArgs: 1, options: [],
+    async run({ args, global }) {
+      const loans = await clientOf(global).json<{ lenderPath: string; borrowerPath: string; resource: string; amount: number; instance: string; at: number }[]>(
+        'GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}/loans`);
+      if (global.output === 'json') return printJson(loans), 0;
+      process.stdout.write(table(['LENDER', 'BORROWER', 'RESOURCE', 'AMOUNT', 'INSTANCE', 'SINCE'], loans.map((l) => [
+        l.lenderPath, l.borrowerPath, l.resource, String(l.amount), l.instance.slice(0, 12), new Date(l.at).toISOString(),
+      ])));
+      return 0;
+    },
+  },
 ];
+
+/** "team-a=2" → { "team-a": 2 }. */
+function weightsOf(pairs: string[]): Record<string, number> | undefined {
+  if (!pairs.length) return undefined;
+  const out: Record<string, number> = {};
+  for (const p of pairs) {
+    const eq = p.lastIndexOf('=');
+    const w = Number(p.slice(eq + 1));
+    if (eq <= 0 || !(w > 0)) throw new UsageError(`--member takes CHILD=WEIGHT with a positive weight, got "${p}"`);
+    out[p.slice(0, eq)] = w;
+  }
+  return out;
+}

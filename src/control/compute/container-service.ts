@@ -100,9 +100,9 @@ export class ContainerService {
       status: 'created', runtime: config.runtime ?? 'auto', pid: null, exitCode: null, oomKilled: false,
       restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
     };
-    // Admission first: a refused request leaves nothing behind.
+    // Admission first: a refused request leaves nothing behind. It may wait for a reclaim of lent capacity.
     try {
-      this.quota.admitContainer(id, projectId, rec.config);
+      await this.quota.admitContainerReclaiming(id, projectId, rec.config);
     } catch (e) {
       if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
       throw e;
@@ -138,6 +138,8 @@ export class ContainerService {
     if (!c) throw new NotFound(`no such container: ${id}`);
     if (c.status === 'running' || c.status === 'paused') return c;
     assertTransition(c.name, c.status, 'running', 'start');
+    // A container stopped by a quota reclaim gave its quota back: it runs again only if admitted again.
+    if (!this.quota.holds(id)) this.quota.admitContainer(id, c.projectId, c.config);
     const state = await this.agent.startContainer(id);
     // Even if it already finished, record it as started: handleExit records the exit.
     c = this.store.containers.update(id, {

@@ -5,9 +5,10 @@
  */
 import type { Store } from '../../store/store.js';
 import type { ContainerRecord } from '../../store/records.js';
-import { Ledger, type Decision, type LimitsPatch, type ProjectView } from './ledger.js';
+import { Ledger, type Decision, type LimitsPatch, type Loan, type PoolView, type ProjectView } from './ledger.js';
 import type { AuditEntry, LedgerState } from './state.js';
 import type { PartialVec } from './resources.js';
+import { QuotaExceeded } from '../../core/errors.js';
 
 /** Hard limit of a project nobody has limited: effectively unlimited, still an integer. */
 export const UNLIMITED = 2 ** 40;
@@ -26,6 +27,10 @@ const auditRow = (e: AuditEntry) => ({ seq: e.seq, project: e.project, json: JSO
 
 export class QuotaService {
   readonly ledger: Ledger;
+  /** Woken after every release: pending reclaims may have completed. */
+  private readonly released = new Set<() => void>();
+  /** Set by the daemon: re-arms the reclaimer when a reclaim is planned. */
+  onReclaimPlanned: (() => void) | undefined;
 
   constructor(private readonly store: Store) {
     const saved = store.loadQuotaState();
@@ -73,8 +78,38 @@ export class QuotaService {
     return this.ledger.admitOrThrow({ instanceId: id, project: projectId, resources: containerDemand(config), kind: 'container' }, Date.now());
   }
 
+  /**
+   * Admit a container; when its project lent the capacity to siblings (or its deserved pool share is
+   * in use), plan a reclaim and wait until the borrowers' instances are evicted after their grace
+   * period. Rejected (QuotaExceeded) when even a reclaim cannot make room.
+   */
+  async admitContainerReclaiming(id: string, projectId: string, config: ContainerRecord['config']): Promise<Decision> {
+    const { decision, operation } = this.ledger.admitOrReclaim({ instanceId: id, project: projectId, resources: containerDemand(config), kind: 'container' }, Date.now());
+    if (decision.admitted) return decision;
+    if (!operation) throw new QuotaExceeded(decision.reason, { ...decision.decidedBy, instance: id });
+    this.onReclaimPlanned?.();
+    await new Promise<void>((ok) => {
+      const check = () => {
+        if (this.ledger.operation(operation.id).status === 'pending') return;
+        this.released.delete(check);
+        ok();
+      };
+      this.released.add(check);
+      check();
+    });
+    const done = this.ledger.operation(operation.id);
+    if (done.status !== 'done') throw new QuotaExceeded(`reclaim ${done.id} ${done.status}: ${done.reason}`, { operation: done.id, instance: id });
+    return { ...decision, admitted: true, reason: done.reason };
+  }
+
+  /** Does the ledger hold this instance (a reclaimed container holds nothing until started again)? */
+  holds(id: string): boolean {
+    return this.ledger.instance(id) !== undefined;
+  }
+
   release(id: string, reason: string): void {
     if (this.ledger.instance(id)) this.ledger.release(id, Date.now(), reason);
+    for (const wake of [...this.released]) wake();
   }
 
   explain(projectId: string, resources: PartialVec): Decision {
@@ -87,6 +122,20 @@ export class QuotaService {
 
   setLimits(projectId: string, patch: LimitsPatch): ProjectView {
     return this.ledger.setLimits(projectId, patch, Date.now());
+  }
+
+  /** Pools are named per owner: the ledger id is "<owner id>/<name>", so names never collide across tenants. */
+  createPool(owner: string, name: string, capacity: PartialVec, weights: Record<string, number>): PoolView {
+    return this.ledger.createPool(`${owner}/${name}`, owner, capacity, weights, Date.now());
+  }
+
+  updatePool(owner: string, name: string, patch: { capacity?: PartialVec; weights?: Record<string, number> }): PoolView {
+    return this.ledger.updatePool(`${owner}/${name}`, patch, Date.now());
+  }
+
+  /** Active loans the project made or took. */
+  loans(projectId: string): Loan[] {
+    return [...this.ledger.loans({ lender: projectId }), ...this.ledger.loans({ borrower: projectId })];
   }
 
   /** Audit entries from the store, oldest first: the newest `limit` (default 10,000) after sinceSeq. */

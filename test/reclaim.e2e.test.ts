@@ -1,0 +1,76 @@
+/**
+ * Reclaim end to end: a container running on capacity borrowed from a sibling
+ * is stopped when the lender needs its capacity back, after the borrower's
+ * grace period, and the lender's create then goes through.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'node:http';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { imageArchives } from './helpers/registry-images.js';
+import { buildTestImages } from '../scripts/fixtures/images.js';
+
+let d: DaemonProcess;
+let dir: string;
+
+function upload(socketPath: string, path: string, body: Buffer): Promise<{ status: number; text: string }> {
+  return new Promise((ok, fail) => {
+    const req = request({ socketPath, method: 'POST', path, headers: { 'content-type': 'application/x-tar', 'content-length': body.length } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => ok({ status: res.statusCode ?? 0, text }));
+    });
+    req.on('error', fail);
+    req.end(body);
+  });
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'nimbus-reclaim-'));
+  d = await startDaemonProcess();
+});
+after(async () => {
+  await d?.destroy();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a lender reclaims: the borrower\'s container is stopped after its grace period, then the lender\'s create is admitted', async () => {
+  for (const [name, parent] of [['org', undefined], ['lender', 'org'], ['borrower', 'org']] as const) {
+    assert.equal((await d.api('POST', '/projects', { name, ...(parent ? { parent } : {}) })).status, 201);
+  }
+  assert.equal((await d.api('PUT', '/quota/org%2Flender', { hard: { instances: 1 }, lendingLimit: { instances: 1 } })).status, 200);
+  assert.equal((await d.api('PUT', '/quota/org%2Fborrower', { borrowingLimit: { instances: 1 }, gracePeriodMs: 300 })).status, 200);
+  const { dockerSave } = await imageArchives(await buildTestImages(), dir);
+  assert.equal((await upload(d.socket, '/images/import?project=org', readFileSync(dockerSave))).status, 201);
+  const image = 'imported/saved:v1';
+
+  let r = await d.api<{ id: string }>('POST', '/containers?project=org/borrower', { image, name: 'borrowed', cmd: ['sleep', '600'], stopSignal: 'SIGKILL' });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  const borrowed = r.body.id;
+  assert.equal((await d.api<{ status: string }>('POST', '/containers/borrowed/start')).body.status, 'running');
+  const loans = await d.api<{ borrower: string; instance: string }[]>('GET', '/quota/org%2Flender/loans');
+  assert.deepEqual(loans.body.map((l) => l.instance), [borrowed], 'running on the lender\'s instance');
+
+  const plan = await d.api<{ admitted: boolean; reclaim?: { victims: { instance: string; action: string }[] } }>('POST', '/quota/org%2Flender/explain', { instances: 1 });
+  assert.equal(plan.body.admitted, false);
+  assert.deepEqual(plan.body.reclaim?.victims.map((v) => [v.instance, v.action]), [[borrowed, 'stop']], 'the plan is visible beforehand');
+
+  // The lender's create waits for the reclaim, then succeeds.
+  r = await d.api<{ id: string }>('POST', '/containers?project=org/lender', { image, name: 'lenders-own', cmd: ['true'] });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+
+  const victim = await d.api<{ status: string; stoppedByUser: boolean }>('GET', `/containers/${borrowed}`);
+  assert.equal(victim.body.status, 'exited', 'the borrower\'s container was stopped');
+  assert.equal(victim.body.stoppedByUser, true, 'no restart policy brings it back');
+  assert.deepEqual((await d.api<unknown[]>('GET', '/quota/org%2Flender/loans')).body, [], 'the loan is returned');
+  const audit = await d.api<{ kind: string; instance?: string }[]>('GET', '/quota-audit');
+  assert.ok(audit.body.some((e) => e.kind === 'reclaim-evicted' && e.instance === borrowed), 'the eviction is audited');
+  assert.ok(audit.body.some((e) => e.kind === 'reclaim-done'));
+
+  // It gave its quota back: starting it again needs fresh admission, and there is no room.
+  const again = await d.api<{ error: { code: string } }>('POST', `/containers/${borrowed}/start`);
+  assert.equal(again.status, 429, JSON.stringify(again.body));
+});
