@@ -15,7 +15,6 @@ import { request } from 'node:http';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestImages, makeTar, type PlatformImage } from '../scripts/fixtures/images.js';
 import { allRoutes } from '../src/api/routes/index.js';
