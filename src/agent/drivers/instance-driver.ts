@@ -35,6 +35,8 @@ export interface VmSpec {
   nics?: Array<{ tap: string; mac: string }>;
   /** The guest reports its exit status through isa-debug-exit (the test guest does). */
   debugExit?: boolean;
+  /** Host directories shared over virtio-9p (a secure container's rootfs). */
+  shares?: Array<{ tag: string; path: string; readonly?: boolean }>;
 }
 
 export interface InstanceSpec {

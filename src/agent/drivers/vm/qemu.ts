@@ -44,6 +44,15 @@ export interface QemuConfig {
   incoming?: string;
   /** isa-debug-exit at port 0xf4: the guest's way to report an exit status. */
   debugExit: boolean;
+  /** Host directories shared into the guest over virtio-9p (mounted there by tag). */
+  shares?: ShareConfig[];
+}
+
+export interface ShareConfig {
+  /** The guest mounts it with `mount -t 9p -o trans=virtio TAG /dir`. */
+  tag: string;
+  path: string;
+  readonly?: boolean;
 }
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
@@ -86,6 +95,12 @@ export function qemuArgv(c: QemuConfig): string[] {
     if (!n.tap || n.tap.length > 15 || /[\s,/]/.test(n.tap)) throw new InvalidArgument(`bad tap device name "${n.tap}"`);
     a.push('-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`);
     a.push('-device', `virtio-net-pci,netdev=net${i},mac=${n.mac}`);
+  });
+  (c.shares ?? []).forEach((sh, i) => {
+    if (!/^[A-Za-z0-9_]{1,31}$/.test(sh.tag)) throw new InvalidArgument(`bad share tag "${sh.tag}"`);
+    // passthrough: files keep the guest's owners and modes (the share is a container's rootfs)
+    a.push('-fsdev', `local,id=fs${i},path=${q(sh.path)},security_model=passthrough${sh.readonly ? ',readonly=on' : ''}`);
+    a.push('-device', `virtio-9p-pci,fsdev=fs${i},mount_tag=${sh.tag}`);
   });
   if (c.startPaused) a.push('-S');
   if (c.incoming) a.push('-incoming', c.incoming);

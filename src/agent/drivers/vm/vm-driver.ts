@@ -217,6 +217,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.kernel) config.kernel = vm.kernel;
     if (vm.initrd) config.initrd = vm.initrd;
     if (vm.append) config.append = vm.append;
+    if (vm.shares?.length) config.shares = vm.shares;
     if (vm.disk) config.rootDisk = { path: p.overlay, format: 'qcow2' };
     qemuArgv({ ...config, startPaused: true }); // validate now, not at start
     await mkdir(p.dir, { recursive: true });

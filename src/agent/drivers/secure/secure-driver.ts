@@ -1,0 +1,157 @@
+/**
+ * Secure containers (the Kata/RunD idea): an OCI container's rootfs and process,
+ * run inside a microVM instead of a namespace on the host kernel. The driver
+ * composes the VM driver: the rootfs the snapshotter prepared is mounted on the
+ * host and shared into the guest over virtio-9p; the guest's nimbus-init
+ * (secure-guest.ts) chroots into it and runs the same start script a warm
+ * container runs (entrypoint, env, workdir honoured), output on the serial
+ * console (the container's logs), exit status written back through the share.
+ *
+ *   <stateDir>/<id>/rootfs/      the container's rootfs, mounted from the snapshot
+ *   <stateDir>/<id>/meta.json    the request's hostname and the VM's id
+ *   <stateDir>/vms/<id>/         the microVM (the VM driver's own directory)
+ *
+ * What differs from a runc container: one log stream (stdout and stderr merged on
+ * the console), the process runs as root in the guest (the VM is the boundary),
+ * no exec yet (no guest agent), pause/unpause stop the vCPUs.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Conflict, InvalidArgument, NotFound } from '../../../core/errors.js';
+import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
+import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
+import { buildOciSpec, readHardLimits, readUserDb } from '../container/oci-spec.js';
+import { stubUnsuitable, warmScript } from '../container/warm-start.js';
+import type { Accelerator } from '../vm/qemu.js';
+import { VmDriver } from '../vm/vm-driver.js';
+import { ROOTFS_TAG, buildSecureGuest } from './secure-guest.js';
+
+export interface SecureDriverOptions {
+  stateDir: string;
+  accel: Accelerator;
+  /** Where the guest image is built and cached. Default <stateDir>/guest. */
+  guestCacheDir?: string;
+  /** Guest memory when the container sets no limit. Default 256 MiB. */
+  defaultMemoryMiB?: number;
+}
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export class SecureDriver implements InstanceDriver {
+  readonly type = 'container' as const;
+  private readonly vms: VmDriver;
+
+  constructor(private readonly o: SecureDriverOptions) {
+    this.vms = new VmDriver({ stateDir: path.join(o.stateDir, 'vms'), accel: o.accel, ...(o.defaultMemoryMiB ? { defaultMemoryMiB: o.defaultMemoryMiB } : {}) });
+  }
+
+  private dir(id: string): string {
+    if (!ID_RE.test(id)) throw new InvalidArgument(`invalid container id ${JSON.stringify(id)}`);
+    return path.join(this.o.stateDir, id);
+  }
+  private rootfs(id: string): string {
+    return path.join(this.dir(id), 'rootfs');
+  }
+  private exitFile(id: string): string {
+    return path.join(this.rootfs(id), '.nimbus', 'exit');
+  }
+
+  async create(spec: InstanceSpec): Promise<RuntimeState> {
+    const id = spec.id;
+    if (existsSync(this.dir(id))) throw new Conflict(`secure container ${id} exists`, { id });
+    if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
+    const guest = await buildSecureGuest(this.o.guestCacheDir ?? path.join(this.o.stateDir, 'guest'));
+    const rootfs = this.rootfs(id);
+    await mkdir(rootfs, { recursive: true });
+    try {
+      await mountAll(spec.rootfs, rootfs);
+      // The same OCI process a runc container would get (env, cwd, user from the image), run by the start script.
+      const { config } = buildOciSpec(spec, { hardLimits: await readHardLimits(), cgroupsPath: `/nimbus/${id}`, userDb: await readUserDb(rootfs) });
+      const why = stubUnsuitable(config.process);
+      if (why) throw new InvalidArgument(`cannot run this command in a microVM: ${why}`, { id });
+      if (config.process.user.uid !== 0) throw new InvalidArgument('secure containers run their process as root inside the microVM for now; drop --user', { id });
+      const nimbus = path.join(rootfs, '.nimbus');
+      await rm(nimbus, { recursive: true, force: true }); // whatever the image had there is not ours
+      await mkdir(path.join(nimbus, 'start'), { recursive: true, mode: 0o755 });
+      await writeFile(path.join(nimbus, 'busybox'), ''); // the guest binds its own busybox here
+      await writeFile(path.join(nimbus, 'start', 'entry'), warmScript(config.process));
+      await writeFile(path.join(nimbus, 'start', 'hostname'), `${config.hostname}\n`);
+      await this.vms.create({
+        ...spec,
+        rootfs: [],
+        resources: { ...spec.resources, ...(spec.resources.memoryBytes === undefined ? {} : { memoryBytes: Math.max(spec.resources.memoryBytes, 128 << 20) }) },
+        vm: { kernel: guest.kernel, initrd: guest.initrd, append: guest.append, shares: [{ tag: ROOTFS_TAG, path: rootfs }] },
+      });
+      return { status: 'created' };
+    } catch (e) {
+      await this.delete(id).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  async start(id: string): Promise<RuntimeState> {
+    await rm(this.exitFile(id), { force: true });
+    return this.vms.start(id);
+  }
+
+  async state(id: string): Promise<RuntimeState> {
+    if (!existsSync(this.dir(id))) throw new NotFound(`secure container ${id} not found`, { id });
+    const s = await this.vms.state(id);
+    if (s.status !== 'stopped') return s;
+    // the workload's status came back through the share; without it the VM died under it
+    const text = await readFile(this.exitFile(id), 'utf8').catch(() => undefined);
+    const code = text === undefined ? NaN : Number(text.trim());
+    return { ...s, exitCode: Number.isInteger(code) ? code : s.exitCode ? s.exitCode : 255 };
+  }
+
+  async stop(id: string, timeoutSec: number, _signal?: string): Promise<RuntimeState> {
+    // ACPI power button: nimbus-init sends TERM to the workload, then the VM powers off
+    await this.vms.stop(id, timeoutSec);
+    return this.state(id);
+  }
+
+  kill(id: string, signal: string): Promise<void> {
+    return this.vms.kill(id, signal);
+  }
+  pause(id: string): Promise<void> {
+    return this.vms.pause(id);
+  }
+  unpause(id: string): Promise<void> {
+    return this.vms.unpause(id);
+  }
+  exec(id: string, _req: ExecRequest): Promise<ExecSession> {
+    throw new Conflict(`exec is not available in secure container ${id} yet (no guest agent)`, { id });
+  }
+  logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    return this.vms.logs(id, opts);
+  }
+  stats(id: string): Promise<InstanceStats> {
+    return this.vms.stats(id);
+  }
+
+  async delete(id: string): Promise<void> {
+    await this.vms.delete(id).catch((e: unknown) => {
+      if (!(e instanceof NotFound)) throw e;
+    });
+    const dir = this.dir(id);
+    if (!existsSync(dir)) return;
+    await rm(path.join(this.rootfs(id), '.nimbus'), { recursive: true, force: true }).catch(() => undefined);
+    await unmountAll(this.rootfs(id));
+    const left = await mountsUnder(dir);
+    if (left.length) throw new Conflict(`refusing to remove ${dir}: still mounted: ${left.join(', ')}`, { id });
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  async list(): Promise<string[]> {
+    try {
+      return (await readdir(this.o.stateDir, { withFileTypes: true })).filter((d) => d.isDirectory() && d.name !== 'vms' && d.name !== 'guest').map((d) => d.name);
+    } catch {
+      return [];
+    }
+  }
+
+  onExit(listener: (id: string) => void): void {
+    this.vms.onExit(listener);
+  }
+}
