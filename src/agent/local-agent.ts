@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
 import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
@@ -26,6 +27,8 @@ import type { MountSpec, Snapshotter } from './snapshots/snapshotter.js';
 import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js';
 import { NativeSnapshotter } from './snapshots/native.js';
 import { WarmPool, type WarmTemplate } from './warm-pool.js';
+import { SecureDriver } from './drivers/secure/secure-driver.js';
+import { buildSecureGuest, secureAccelerator } from './drivers/secure/secure-guest.js';
 import { Reaper } from './reaper.js';
 
 const log = logger('agent');
@@ -62,6 +65,8 @@ export class LocalAgent implements Agent {
   private readonly claimed = new Set<string>();
   /** Destroys removed containers' host state in the background (reaper.ts). */
   private readonly reaper: Reaper;
+  /** Secure containers (runtime "vm"): made on first use (building the guest and probing the accelerator cost seconds, once). */
+  private secureP: Promise<SecureDriver> | undefined;
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -75,6 +80,9 @@ export class LocalAgent implements Agent {
       { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
       { perImage: options.warmPerImage, maxImages: options.warmImages },
     );
+    if (existsSync(this.secureDir) && readdirSync(this.secureDir).some((n) => n !== 'vms' && n !== 'guest')) {
+      void this.secureDriver().catch((e: unknown) => log.error('secure containers unavailable', { error: String(e) }));
+    }
     this.reaper = new Reaper((id) => this.destroyContainerState(id), (maxMs) => this.warm.quiet(maxMs));
     containers.onExit((id) => {
       if (this.warm.has(id)) return this.warm.discard(id); // a warm stub died: not an instance
@@ -379,7 +387,7 @@ export class LocalAgent implements Agent {
 
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
     // Only requests whose config can match a warm one: the default hostname (the id's prefix).
-    if (req.hostname !== undefined || req.process.terminal) return undefined;
+    if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
     const id = this.warm.take({ imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}) });
     if (id) this.claimed.add(id);
     return id;
@@ -401,9 +409,40 @@ export class LocalAgent implements Agent {
     return id;
   }
 
+  private get secureDir(): string {
+    return join(this.options.containersDir, 'secure');
+  }
+
+  private secureDriver(): Promise<SecureDriver> {
+    this.secureP ??= (async () => {
+      const cacheDir = join(this.options.home, 'guest');
+      const guest = await buildSecureGuest(cacheDir);
+      const accel = await secureAccelerator(guest, cacheDir);
+      log.info('secure containers run in microVMs', { accel: accel.accel, reason: accel.reason });
+      const d = new SecureDriver({ stateDir: this.secureDir, accel: accel.accel, guestCacheDir: cacheDir });
+      d.onExit((id) => {
+        for (const l of this.exitListeners) l(id);
+      });
+      return d;
+    })();
+    this.secureP.catch(() => {
+      this.secureP = undefined; // try again next time (e.g. a kernel installed meanwhile)
+    });
+    return this.secureP;
+  }
+
+  private isSecure(id: string): boolean {
+    return /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id) && existsSync(join(this.secureDir, id));
+  }
+
+  /** The driver that runs this container: runc/crun, or a microVM for runtime "vm". */
+  private async driverOf(id: string): Promise<InstanceDriver> {
+    return this.isSecure(id) ? this.secureDriver() : this.containers;
+  }
+
   /** Runtime state and writable layer of a container, gone. */
   private async destroyContainerState(id: string): Promise<void> {
-    await this.containers.delete(id);
+    await (await this.driverOf(id)).delete(id);
     try {
       await this.snapshotter.remove(id);
     } catch (e) {
@@ -416,6 +455,7 @@ export class LocalAgent implements Agent {
   }
 
   private async createContainerNow(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    if (req.runtime === 'vm') return this.createSecureContainer(req);
     if (this.claimed.delete(req.id)) {
       await this.saveRequest(req);
       const state = await this.containers.claimWarm(await this.specFor(req, await this.snapshotter.mounts(req.id)));
@@ -442,6 +482,17 @@ export class LocalAgent implements Agent {
     return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
   }
 
+  private async createSecureContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    if (!(await this.snapshotExists(req.imageChainId))) {
+      throw new NotFound(`image layers ${req.imageChainId} are not on this host; pull the image again`);
+    }
+    const secure = await this.secureDriver();
+    await this.saveRequest(req);
+    const mounts = await this.snapshotter.prepare(req.id, req.imageChainId);
+    const state = await secure.create(await this.specFor(req, mounts));
+    return { ...state, warnings: [], runtime: 'vm' };
+  }
+
   private async saveRequest(req: ContainerCreateRequest): Promise<void> {
     const file = this.requestFile(req.id);
     await mkdir(join(this.options.containersDir, 'requests'), { recursive: true });
@@ -454,6 +505,7 @@ export class LocalAgent implements Agent {
   }
 
   private async startContainerNow(id: string): Promise<RuntimeState> {
+    if (this.isSecure(id)) return (await this.secureDriver()).start(id); // a microVM boots again from its rootfs
     // A container created by this agent and never started needs no state check: start it.
     if (this.neverStarted.delete(id)) return this.containers.start(id);
     const st = await this.containers.state(id).catch((e: unknown) => {
@@ -471,29 +523,29 @@ export class LocalAgent implements Agent {
     return this.containers.start(id);
   }
 
-  stopContainer(id: string, timeoutSec: number, signal?: string) {
-    return this.containers.stop(id, timeoutSec, signal);
+  async stopContainer(id: string, timeoutSec: number, signal?: string) {
+    return (await this.driverOf(id)).stop(id, timeoutSec, signal);
   }
-  killContainer(id: string, signal: string) {
-    return this.containers.kill(id, signal);
+  async killContainer(id: string, signal: string) {
+    return (await this.driverOf(id)).kill(id, signal);
   }
-  pauseContainer(id: string) {
-    return this.containers.pause(id);
+  async pauseContainer(id: string) {
+    return (await this.driverOf(id)).pause(id);
   }
-  unpauseContainer(id: string) {
-    return this.containers.unpause(id);
+  async unpauseContainer(id: string) {
+    return (await this.driverOf(id)).unpause(id);
   }
-  containerState(id: string) {
-    return this.containers.state(id);
+  async containerState(id: string) {
+    return (await this.driverOf(id)).state(id);
   }
-  execInContainer(id: string, req: Parameters<InstanceDriver['exec']>[1]) {
-    return this.containers.exec(id, req);
+  async execInContainer(id: string, req: Parameters<InstanceDriver['exec']>[1]) {
+    return (await this.driverOf(id)).exec(id, req);
   }
-  containerLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
-    return this.containers.logs(id, opts);
+  async *containerLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
+    yield* (await this.driverOf(id)).logs(id, opts);
   }
-  containerStats(id: string) {
-    return this.containers.stats(id);
+  async containerStats(id: string) {
+    return (await this.driverOf(id)).stats(id);
   }
 
   removeContainer(id: string): Promise<void> {
@@ -509,6 +561,13 @@ export class LocalAgent implements Agent {
 
   async listContainers(): Promise<string[]> {
     const ids = new Set(await this.containers.list());
+    if (this.secureP || existsSync(this.secureDir)) {
+      try {
+        for (const id of await (await this.secureDriver()).list()) ids.add(id);
+      } catch (e) {
+        log.warn('cannot list secure containers', { error: String(e) });
+      }
+    }
     // A writable snapshot without runtime state is also a container's leftover.
     for (const s of await this.snapshotter.list()) {
       if (s.kind === 'active' && !s.key.startsWith('extract-')) ids.add(s.key);

@@ -65,7 +65,7 @@ export const ContainerCreate = Type.Object(
     pidsLimit: Type.Optional(Type.Integer({ minimum: 1 })),
     restart: Type.Optional(RestartPolicy),
     autoRemove: Type.Boolean({ default: false }),
-    runtime: Type.Optional(Type.Union([Type.Literal('runc'), Type.Literal('crun')])),
+    runtime: Type.Optional(Type.Union([Type.Literal('runc'), Type.Literal('crun'), Type.Literal('vm')], { description: 'runc or crun; vm runs the container in a microVM (secure container)' })),
     labels: Type.Record(Type.String(), Type.String(), { default: {} }),
     stopSignal: Type.Optional(Type.String()),
     stopTimeout: Type.Optional(Type.Integer({ minimum: 0 })),

@@ -46,7 +46,7 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'pids-limit', type: 'number', integer: true, value: 'N', description: 'Maximum number of processes' },
   { name: 'restart', type: 'string', value: 'POLICY', description: 'Restart policy: no, on-failure[:N], always, unless-stopped', default: 'no' },
   { name: 'rm', type: 'boolean', description: 'Remove the container when it exits' },
-  { name: 'runtime', type: 'string', value: 'NAME', choices: ['runc', 'crun'], description: 'OCI runtime: runc or crun (default: the host default)' },
+  { name: 'runtime', type: 'string', value: 'NAME', choices: ['runc', 'crun', 'vm'], description: 'runc or crun (default: the host default), or vm: a secure container in its own microVM' },
   { name: 'hostname', type: 'string', value: 'NAME', description: 'Container host name' },
   { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
   { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal that stops the container (default SIGTERM)' },

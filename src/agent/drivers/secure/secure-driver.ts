@@ -53,6 +53,13 @@ export class SecureDriver implements InstanceDriver {
   private rootfs(id: string): string {
     return path.join(this.dir(id), 'rootfs');
   }
+  /**
+   * The microVM's id: the container id's first 16 characters, because QEMU's unix
+   * sockets live under the VM's directory and a socket path must stay under 108 bytes.
+   */
+  private vm(id: string): string {
+    return id.slice(0, 16);
+  }
   private exitFile(id: string): string {
     return path.join(this.rootfs(id), '.nimbus', 'exit');
   }
@@ -79,6 +86,7 @@ export class SecureDriver implements InstanceDriver {
       await writeFile(path.join(nimbus, 'start', 'hostname'), `${config.hostname}\n`);
       await this.vms.create({
         ...spec,
+        id: this.vm(id),
         rootfs: [],
         resources: { ...spec.resources, ...(spec.resources.memoryBytes === undefined ? {} : { memoryBytes: Math.max(spec.resources.memoryBytes, 128 << 20) }) },
         vm: { kernel: guest.kernel, initrd: guest.initrd, append: guest.append, shares: [{ tag: ROOTFS_TAG, path: rootfs }] },
@@ -92,12 +100,12 @@ export class SecureDriver implements InstanceDriver {
 
   async start(id: string): Promise<RuntimeState> {
     await rm(this.exitFile(id), { force: true });
-    return this.vms.start(id);
+    return this.vms.start(this.vm(id));
   }
 
   async state(id: string): Promise<RuntimeState> {
     if (!existsSync(this.dir(id))) throw new NotFound(`secure container ${id} not found`, { id });
-    const s = await this.vms.state(id);
+    const s = await this.vms.state(this.vm(id));
     if (s.status !== 'stopped') return s;
     // the workload's status came back through the share; without it the VM died under it
     const text = await readFile(this.exitFile(id), 'utf8').catch(() => undefined);
@@ -107,31 +115,31 @@ export class SecureDriver implements InstanceDriver {
 
   async stop(id: string, timeoutSec: number, _signal?: string): Promise<RuntimeState> {
     // ACPI power button: nimbus-init sends TERM to the workload, then the VM powers off
-    await this.vms.stop(id, timeoutSec);
+    await this.vms.stop(this.vm(id), timeoutSec);
     return this.state(id);
   }
 
   kill(id: string, signal: string): Promise<void> {
-    return this.vms.kill(id, signal);
+    return this.vms.kill(this.vm(id), signal);
   }
   pause(id: string): Promise<void> {
-    return this.vms.pause(id);
+    return this.vms.pause(this.vm(id));
   }
   unpause(id: string): Promise<void> {
-    return this.vms.unpause(id);
+    return this.vms.unpause(this.vm(id));
   }
   exec(id: string, _req: ExecRequest): Promise<ExecSession> {
     throw new Conflict(`exec is not available in secure container ${id} yet (no guest agent)`, { id });
   }
   logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
-    return this.vms.logs(id, opts);
+    return this.vms.logs(this.vm(id), opts);
   }
   stats(id: string): Promise<InstanceStats> {
-    return this.vms.stats(id);
+    return this.vms.stats(this.vm(id));
   }
 
   async delete(id: string): Promise<void> {
-    await this.vms.delete(id).catch((e: unknown) => {
+    await this.vms.delete(this.vm(id)).catch((e: unknown) => {
       if (!(e instanceof NotFound)) throw e;
     });
     const dir = this.dir(id);
@@ -152,6 +160,11 @@ export class SecureDriver implements InstanceDriver {
   }
 
   onExit(listener: (id: string) => void): void {
-    this.vms.onExit(listener);
+    this.vms.onExit((vmId) => {
+      void this.list().then((ids) => {
+        const id = ids.find((c) => this.vm(c) === vmId);
+        if (id) listener(id);
+      });
+    });
   }
 }

@@ -23,6 +23,7 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { Unavailable } from '../../../core/errors.js';
+import { chooseAccelerator, type AcceleratorChoice } from '../vm/accel.js';
 import { CPIO_DIR, CPIO_EXEC, CPIO_FILE, CPIO_LINK, makeCpio, type CpioEntry } from '../vm/cpio.js';
 
 export interface SecureGuest {
@@ -35,6 +36,8 @@ export interface SecureGuest {
 export const ROOTFS_TAG = 'rootfs';
 /** Printed by nimbus-init on the console when it cannot start the workload. */
 export const INIT_FAILURE = 'nimbus-init:';
+/** Printed when booted with `nimbus.probe`: the accelerator probe's readiness marker. */
+export const PROBE_MARKER = 'NIMBUS-PROBE-OK';
 
 const INIT = `#!/bin/sh
 export PATH=/bin:/sbin
@@ -43,6 +46,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
 fail() { echo "${INIT_FAILURE} $*"; poweroff -f; }
+# accelerator probe: the kernel reached init
+grep -q nimbus.probe /proc/cmdline && { echo ${PROBE_MARKER}; poweroff -f; }
 mkdir -p /mnt
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none ${ROOTFS_TAG} /mnt || fail "cannot mount the container's root filesystem"
 for d in proc sys dev; do [ -d /mnt/$d ] || mkdir -p /mnt/$d; done
@@ -126,4 +131,14 @@ export async function buildSecureGuest(cacheDir: string): Promise<SecureGuest> {
   await writeFile(tmp, gzipSync(makeCpio(entries), { level: 6 }));
   await rename(tmp, initrd); // atomic: concurrent builders agree on the content
   return guest;
+}
+
+/** Which accelerator microVMs use here: KVM only if this guest boots to init under it (cached per host boot). */
+export async function secureAccelerator(guest: SecureGuest, cacheDir: string): Promise<AcceleratorChoice> {
+  const force = process.env.NIMBUS_VM_ACCEL === 'kvm' || process.env.NIMBUS_VM_ACCEL === 'tcg' ? process.env.NIMBUS_VM_ACCEL : undefined;
+  return chooseAccelerator({
+    guest: { kernel: guest.kernel, initrd: guest.initrd, append: `${guest.append} nimbus.probe`, readyMarker: PROBE_MARKER },
+    cacheFile: path.join(cacheDir, 'accel.json'),
+    ...(force ? { force } : {}),
+  });
 }

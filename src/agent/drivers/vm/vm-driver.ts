@@ -433,7 +433,8 @@ export class VmDriver implements InstanceDriver {
         for (const l of lines) yield rec(l);
         if (lines.length) continue;
         const r = await this.load(id).catch(() => undefined);
-        if (!r || (r.lifecycle !== 'running' && r.lifecycle !== 'paused')) {
+        // a created VM has not started yet: follow waits for it (as `run` opens the logs before start)
+        if (!r || (r.lifecycle !== 'running' && r.lifecycle !== 'paused' && r.lifecycle !== 'created')) {
           for (const l of await readNew()) yield rec(l);
           if (partial) yield rec(partial.replace(/\r+$/, ''), true);
           return;
