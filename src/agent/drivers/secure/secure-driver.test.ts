@@ -57,7 +57,7 @@ async function specFor(id: string, args: string[], over: Partial<InstanceSpec['p
   };
 }
 
-test('an OCI rootfs runs in a microVM: env, workdir, output and exit code', async (t) => {
+test('an OCI rootfs runs in a microVM restored from a saved template: env, workdir, output and exit code; again after exit', async (t) => {
   const id = freshId('sec');
   try {
     await driver.create(await specFor(id, ['sh', '-c', 'echo "$GREETING in $(pwd)"; cat /etc/nimbus-release; ls /data/opaque; exit 7']));
@@ -68,6 +68,9 @@ test('an OCI rootfs runs in a microVM: env, workdir, output and exit code', asyn
     assert.equal(st.exitCode, 7);
     const lines = (await collectLogs(driver, id)).map((r) => r.line).filter(Boolean);
     assert.deepEqual(lines.slice(-3), ['hello from a microVM in /srv/app', 'nimbus test image 1', 'new.txt']);
+    // started again after its exit: a fresh microVM from the template, same rootfs
+    await driver.start(id);
+    assert.equal((await waitStopped(driver, id, 120_000)).exitCode, 7);
   } finally {
     await driver.delete(id);
   }

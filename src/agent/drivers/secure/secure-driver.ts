@@ -18,14 +18,19 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Conflict, InvalidArgument, NotFound } from '../../../core/errors.js';
+import { createHash } from 'node:crypto';
+import { Conflict, InvalidArgument, NotFound, Unavailable } from '../../../core/errors.js';
+import { logger } from '../../../core/log.js';
 import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
 import { buildOciSpec, readHardLimits, readUserDb } from '../container/oci-spec.js';
 import { stubUnsuitable, warmScript } from '../container/warm-start.js';
 import type { Accelerator } from '../vm/qemu.js';
 import { VmDriver } from '../vm/vm-driver.js';
-import { ROOTFS_TAG, buildSecureGuest } from './secure-guest.js';
+import { ROOTFS_TAG, TEMPLATE_MARKER, buildSecureGuest, type SecureGuest } from './secure-guest.js';
+
+const log = logger('agent.drivers.secure');
+const MiB = 1024 * 1024;
 
 export interface SecureDriverOptions {
   stateDir: string;
@@ -34,6 +39,11 @@ export interface SecureDriverOptions {
   guestCacheDir?: string;
   /** Guest memory when the container sets no limit. Default 256 MiB. */
   defaultMemoryMiB?: number;
+  /**
+   * Start microVMs by restoring a saved, booted guest instead of booting one (RunD's
+   * templates; the default). false: boot every time.
+   */
+  templates?: boolean;
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -41,6 +51,7 @@ const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 export class SecureDriver implements InstanceDriver {
   readonly type = 'container' as const;
   private readonly vms: VmDriver;
+  private readonly templates = new Map<string, Promise<string | undefined>>();
 
   constructor(private readonly o: SecureDriverOptions) {
     this.vms = new VmDriver({ stateDir: path.join(o.stateDir, 'vms'), accel: o.accel, ...(o.defaultMemoryMiB ? { defaultMemoryMiB: o.defaultMemoryMiB } : {}) });
@@ -84,13 +95,21 @@ export class SecureDriver implements InstanceDriver {
       await writeFile(path.join(nimbus, 'busybox'), ''); // the guest binds its own busybox here
       await writeFile(path.join(nimbus, 'start', 'entry'), warmScript(config.process));
       await writeFile(path.join(nimbus, 'start', 'hostname'), `${config.hostname}\n`);
-      await this.vms.create({
-        ...spec,
-        id: this.vm(id),
-        rootfs: [],
-        resources: { ...spec.resources, ...(spec.resources.memoryBytes === undefined ? {} : { memoryBytes: Math.max(spec.resources.memoryBytes, 128 << 20) }) },
-        vm: { kernel: guest.kernel, initrd: guest.initrd, append: guest.append, shares: [{ tag: ROOTFS_TAG, path: rootfs }] },
-      });
+      const memoryMiB = Math.max(128, Math.ceil((spec.resources.memoryBytes ?? (this.o.defaultMemoryMiB ?? 256) * MiB) / MiB));
+      const share = [{ tag: ROOTFS_TAG, path: rootfs }];
+      const template = this.o.templates === false ? undefined : await this.template(guest, memoryMiB, spec.resources.cpus);
+      if (template) {
+        await this.vms.createFromTemplate(template, this.vm(id), spec.name, { shares: share });
+        await writeFile(path.join(this.dir(id), 'template'), template);
+      } else {
+        await this.vms.create({
+          ...spec,
+          id: this.vm(id),
+          rootfs: [],
+          resources: { ...spec.resources, memoryBytes: memoryMiB * MiB },
+          vm: { kernel: guest.kernel, initrd: guest.initrd, append: guest.append, shares: share },
+        });
+      }
       return { status: 'created' };
     } catch (e) {
       await this.delete(id).catch(() => undefined);
@@ -100,7 +119,69 @@ export class SecureDriver implements InstanceDriver {
 
   async start(id: string): Promise<RuntimeState> {
     await rm(this.exitFile(id), { force: true });
-    return this.vms.start(this.vm(id));
+    const template = await readFile(path.join(this.dir(id), 'template'), 'utf8').catch(() => undefined);
+    if (!template) return this.vms.start(this.vm(id));
+    // From the template: restore the booted guest (its rootfs share pointing here), then let it go on.
+    const vmId = this.vm(id);
+    if ((await this.vms.inspect(vmId)).lifecycle !== 'saved') {
+      // started again after an exit: a fresh copy of the template
+      await this.vms.delete(vmId);
+      await this.vms.createFromTemplate(template, vmId, id, { shares: [{ tag: ROOTFS_TAG, path: this.rootfs(id) }] });
+    }
+    await this.vms.restoreState(vmId);
+    const console = await this.vms.openConsole(vmId);
+    await new Promise<void>((resolve) => console.end('go\n', resolve));
+    return this.vms.state(vmId);
+  }
+
+  /**
+   * The saved template for this guest, memory and CPU count: booted once to the point
+   * where nimbus-init waits for "go" (before it mounts the share), then saved. Undefined
+   * (boot instead) when it cannot be made.
+   */
+  private template(guest: SecureGuest, memoryMiB: number, cpus: number | undefined): Promise<string | undefined> {
+    const vcpus = Math.max(1, Math.ceil(cpus ?? 1));
+    const id = `tmpl-${createHash('sha256').update(JSON.stringify([guest, memoryMiB, vcpus, this.o.accel])).digest('hex').slice(0, 10)}`;
+    let p = this.templates.get(id);
+    if (!p) {
+      p = this.makeTemplate(id, guest, memoryMiB, vcpus).catch((e: unknown) => {
+        log.warn('cannot make a microVM template; booting instead', { error: e instanceof Error ? e.message : String(e) });
+        this.templates.delete(id);
+        return undefined;
+      });
+      this.templates.set(id, p);
+    }
+    return p;
+  }
+
+  private async makeTemplate(id: string, guest: SecureGuest, memoryMiB: number, cpus: number): Promise<string> {
+    const existing = await this.vms.inspect(id).catch(() => undefined);
+    if (existing?.lifecycle === 'saved') return id;
+    if (existing) await this.vms.delete(id);
+    const empty = path.join(this.o.stateDir, 'vms', `${id}.share`);
+    await mkdir(empty, { recursive: true });
+    await this.vms.create({
+      id, name: id, rootfs: [], process: { args: [], env: [], cwd: '/', user: '0' },
+      resources: { memoryBytes: memoryMiB * MiB, cpus },
+      vm: { kernel: guest.kernel, initrd: guest.initrd, append: `${guest.append} nimbus.template`, shares: [{ tag: ROOTFS_TAG, path: empty }] },
+    });
+    try {
+      await this.vms.start(id);
+      const deadline = Date.now() + 120_000;
+      for (;;) {
+        let seen = false;
+        for await (const r of this.vms.logs(id, {})) if (r.line.includes(TEMPLATE_MARKER)) seen = true;
+        if (seen) break;
+        if (Date.now() > deadline) throw new Unavailable(`the microVM template did not reach ${TEMPLATE_MARKER} within 120 s`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await this.vms.saveState(id);
+      log.info('microVM template saved', { id, memoryMiB, cpus });
+      return id;
+    } catch (e) {
+      await this.vms.delete(id).catch(() => undefined);
+      throw e;
+    }
   }
 
   async state(id: string): Promise<RuntimeState> {
@@ -131,8 +212,14 @@ export class SecureDriver implements InstanceDriver {
   exec(id: string, _req: ExecRequest): Promise<ExecSession> {
     throw new Conflict(`exec is not available in secure container ${id} yet (no guest agent)`, { id });
   }
-  logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
-    return this.vms.logs(this.vm(id), opts);
+  async *logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    const vmId = this.vm(id);
+    // A container made from a template is a saved VM until its first start: following its
+    // logs (as `run` does before start) waits for that start instead of ending at once.
+    while (opts.follow && !opts.signal?.aborted && existsSync(path.join(this.dir(id), 'template')) && (await this.vms.inspect(vmId)).lifecycle === 'saved') {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    yield* this.vms.logs(vmId, opts);
   }
   stats(id: string): Promise<InstanceStats> {
     return this.vms.stats(this.vm(id));
@@ -153,7 +240,7 @@ export class SecureDriver implements InstanceDriver {
 
   async list(): Promise<string[]> {
     try {
-      return (await readdir(this.o.stateDir, { withFileTypes: true })).filter((d) => d.isDirectory() && d.name !== 'vms' && d.name !== 'guest').map((d) => d.name);
+      return (await readdir(this.o.stateDir, { withFileTypes: true })).filter((d) => d.isDirectory() && ID_RE.test(d.name) && d.name !== 'vms' && d.name !== 'guest').map((d) => d.name);
     } catch {
       return [];
     }

@@ -36,6 +36,8 @@ export interface SecureGuest {
 export const ROOTFS_TAG = 'rootfs';
 /** Printed by nimbus-init on the console when it cannot start the workload. */
 export const INIT_FAILURE = 'nimbus-init:';
+/** Printed when booted with `nimbus.template`, before it waits for a line on the console (the moment it is saved). */
+export const TEMPLATE_MARKER = 'NIMBUS-TEMPLATE-READY';
 /** Printed when booted with `nimbus.probe`: the accelerator probe's readiness marker. */
 export const PROBE_MARKER = 'NIMBUS-PROBE-OK';
 
@@ -48,6 +50,12 @@ for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
 fail() { echo "${INIT_FAILURE} $*"; poweroff -f; }
 # accelerator probe: the kernel reached init
 grep -q nimbus.probe /proc/cmdline && { echo ${PROBE_MARKER}; poweroff -f; }
+# template: booted once and saved here; each container restores it, then says go on the console
+if grep -q nimbus.template /proc/cmdline; then
+  stty -echo 2>/dev/null
+  echo ${TEMPLATE_MARKER}
+  read -r go
+fi
 mkdir -p /mnt
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none ${ROOTFS_TAG} /mnt || fail "cannot mount the container's root filesystem"
 for d in proc sys dev; do [ -d /mnt/$d ] || mkdir -p /mnt/$d; done

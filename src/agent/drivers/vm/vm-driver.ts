@@ -654,7 +654,7 @@ export class VmDriver implements InstanceDriver {
    * same devices and memory, its own sockets and console, a disk overlay backed
    * by the template's frozen overlay. It is left saved; restoreState() starts it.
    */
-  async createFromTemplate(templateId: string, id: string, name = id): Promise<RuntimeState> {
+  async createFromTemplate(templateId: string, id: string, name = id, over: { shares?: QemuConfig['shares'] } = {}): Promise<RuntimeState> {
     const t = await this.load(templateId);
     if (t.lifecycle !== 'saved' || t.template) throw new Conflict(`VM ${templateId} is not a saved VM that can serve as a template`, { id: templateId });
     const p = this.paths(id);
@@ -663,6 +663,8 @@ export class VmDriver implements InstanceDriver {
     try {
       const config: VmRecord['config'] = {
         ...t.config,
+        // host-side paths of shared directories are not part of the saved state: each VM brings its own
+        ...(over.shares ? { shares: over.shares } : {}),
         name,
         paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile },
       };
