@@ -19,7 +19,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { Conflict, InvalidArgument, NotFound, Unavailable } from '../../../core/errors.js';
+import { AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
@@ -65,11 +65,11 @@ export class SecureDriver implements InstanceDriver {
     return path.join(this.dir(id), 'rootfs');
   }
   /**
-   * The microVM's id: the container id's first 16 characters, because QEMU's unix
+   * The microVM's id: 16 hex digits of the container id's hash, because QEMU's unix
    * sockets live under the VM's directory and a socket path must stay under 108 bytes.
    */
   private vm(id: string): string {
-    return id.slice(0, 16);
+    return `s${createHash('sha256').update(id).digest('hex').slice(0, 15)}`;
   }
   private exitFile(id: string): string {
     return path.join(this.rootfs(id), '.nimbus', 'exit');
@@ -77,7 +77,7 @@ export class SecureDriver implements InstanceDriver {
 
   async create(spec: InstanceSpec): Promise<RuntimeState> {
     const id = spec.id;
-    if (existsSync(this.dir(id))) throw new Conflict(`secure container ${id} exists`, { id });
+    if (existsSync(this.dir(id))) throw new AlreadyExists(`secure container ${id} exists`, { id });
     if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
     const guest = await buildSecureGuest(this.o.guestCacheDir ?? path.join(this.o.stateDir, 'guest'));
     const rootfs = this.rootfs(id);
@@ -188,6 +188,8 @@ export class SecureDriver implements InstanceDriver {
     if (!existsSync(this.dir(id))) throw new NotFound(`secure container ${id} not found`, { id });
     const s = await this.vms.state(this.vm(id));
     if (s.status !== 'stopped') return s;
+    // made from a template and not started yet: a saved VM, a created container
+    if (existsSync(path.join(this.dir(id), 'template')) && (await this.vms.inspect(this.vm(id))).lifecycle === 'saved') return { status: 'created' };
     // the workload's status came back through the share; without it the VM died under it
     const text = await readFile(this.exitFile(id), 'utf8').catch(() => undefined);
     const code = text === undefined ? NaN : Number(text.trim());
