@@ -19,6 +19,7 @@ import { quotaAdmission } from './lib/quota.js';
 import { startLatency } from './start-latency.js';
 import { vmBoot } from './vm-boot.js';
 import { vmMigrate } from './vm-migrate.js';
+import { secureStart } from './secure-start.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
@@ -27,6 +28,7 @@ const ALL: BenchEntry[] = [
   { name: 'quota-admission', fn: quotaAdmission, needsEnv: false },
   { name: 'vm-boot', fn: vmBoot, needsEnv: false },
   { name: 'vm-migrate', fn: vmMigrate, needsEnv: false },
+  { name: 'secure-start', fn: secureStart },
 ];
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));

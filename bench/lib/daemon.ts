@@ -120,8 +120,8 @@ export async function pullImage(client: UnixClient, reference: string): Promise<
 }
 
 /** One `run --rm IMAGE true` exactly as the CLI does it, without the node startup. */
-export async function nimbusRunRm(client: UnixClient, image: string): Promise<number> {
-  const c = await client.json<{ id: string }>('POST', '/containers', { image, cmd: ['true'], autoRemove: true });
+export async function nimbusRunRm(client: UnixClient, image: string, runtime?: string): Promise<number> {
+  const c = await client.json<{ id: string }>('POST', '/containers', { image, cmd: ['true'], autoRemove: true, ...(runtime ? { runtime } : {}) });
   const id = encodeURIComponent(c.id);
   const exited = client.json<{ exitCode: number }>('POST', `/containers/${id}/wait?condition=removed`);
   const output = client.request('GET', `/containers/${id}/logs?follow=true`).catch(() => undefined);
