@@ -27,6 +27,10 @@ import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js
 import { NativeSnapshotter } from './snapshots/native.js';
 import { WarmPool, type WarmTemplate } from './warm-pool.js';
 import { Reaper } from './reaper.js';
+import type { VmCreateRequest, VmHostState } from './agent.js';
+import { VmDriver } from './drivers/vm/vm-driver.js';
+import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
+import { hostProbeGuest } from './drivers/vm/probe-guest.js';
 
 const log = logger('agent');
 
@@ -62,6 +66,7 @@ export class LocalAgent implements Agent {
   private readonly claimed = new Set<string>();
   /** Destroys removed containers' host state in the background (reaper.ts). */
   private readonly reaper: Reaper;
+  private readonly vmExitListeners: ((id: string) => void)[] = [];
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -70,7 +75,12 @@ export class LocalAgent implements Agent {
     private readonly snapshotterName: 'overlayfs' | 'native',
     private readonly containers: ContainerDriver,
     private readonly probes: { runtimes: AgentInfo['runtimes']; snapshotters: AgentInfo['snapshotters'] },
+    private readonly vms: VmDriver,
+    private readonly accel: AcceleratorChoice,
   ) {
+    vms.onExit((id) => {
+      for (const l of this.vmExitListeners) l(id);
+    });
     this.warm = new WarmPool(
       { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
       { perImage: options.warmPerImage, maxImages: options.warmImages },
@@ -107,13 +117,16 @@ export class LocalAgent implements Agent {
       ...(p.reason ? { reason: p.reason } : {}),
       ...(p.name === chosen ? { default: true } : {}),
     }));
+    const accel = await chooseVmAccelerator(options);
+    if (accel.accel === 'tcg') log.info('VMs use TCG', { reason: accel.reason });
+    const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: accel.accel });
     return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
       runtimes,
       snapshotters: [
         overlayReason ? { name: 'overlayfs', usable: false, reason: overlayReason } : { name: 'overlayfs', usable: true },
         { name: 'native', usable: true },
       ],
-    });
+    }, vms, accel);
   }
 
   async info(): Promise<AgentInfo> {
@@ -129,6 +142,7 @@ export class LocalAgent implements Agent {
       memoryBytes: totalmem(),
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),
+      vm: { accelerator: this.accel.accel, reason: this.accel.reason, decidedAt: this.accel.decidedAt },
     };
   }
 
@@ -520,6 +534,79 @@ export class LocalAgent implements Agent {
     this.exitListeners.push(listener);
   }
 
+  // ---------------------------------------------------------------- VMs
+
+  private async vmHostState(id: string): Promise<VmHostState> {
+    const [state, inspect] = await Promise.all([this.vms.state(id), this.vms.inspect(id)]);
+    return { ...state, lifecycle: inspect.lifecycle };
+  }
+
+  async createVm(req: VmCreateRequest): Promise<VmHostState> {
+    await this.vms.create({
+      id: req.id,
+      name: req.name,
+      rootfs: [],
+      process: { args: [], env: [], cwd: '/', user: '0' },
+      resources: { cpus: req.cpus, memoryBytes: req.memoryMiB * 1024 * 1024 },
+      vm: {
+        ...(req.kernel ? { kernel: req.kernel } : {}),
+        ...(req.initrd ? { initrd: req.initrd } : {}),
+        ...(req.append ? { append: req.append } : {}),
+        ...(req.disk ? { disk: req.disk } : {}),
+        ...(req.pin?.length ? { pin: req.pin } : {}),
+      },
+    });
+    return this.vmHostState(req.id);
+  }
+  async createVmFromTemplate(templateId: string, id: string, name: string): Promise<VmHostState> {
+    await this.vms.createFromTemplate(templateId, id, name);
+    return this.vmHostState(id);
+  }
+  async startVm(id: string): Promise<VmHostState> {
+    await this.vms.start(id);
+    return this.vmHostState(id);
+  }
+  async stopVm(id: string, timeoutSec: number): Promise<VmHostState> {
+    await this.vms.stop(id, timeoutSec);
+    return this.vmHostState(id);
+  }
+  killVm(id: string, signal: string) {
+    return this.vms.kill(id, signal);
+  }
+  pauseVm(id: string) {
+    return this.vms.pause(id);
+  }
+  unpauseVm(id: string) {
+    return this.vms.unpause(id);
+  }
+  saveVm(id: string) {
+    return this.vms.saveState(id);
+  }
+  restoreVm(id: string) {
+    return this.vms.restoreState(id);
+  }
+  vmState(id: string) {
+    return this.vmHostState(id);
+  }
+  inspectVm(id: string) {
+    return this.vms.inspect(id);
+  }
+  vmLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
+    return this.vms.logs(id, opts);
+  }
+  removeVm(id: string) {
+    return this.vms.delete(id);
+  }
+  listVms() {
+    return this.vms.list();
+  }
+  reconcileVms() {
+    return this.vms.reconcile();
+  }
+  onVmExit(listener: (id: string) => void): void {
+    this.vmExitListeners.push(listener);
+  }
+
   async close(): Promise<void> {
     await this.reaper.idle();
     await this.warm.close();
@@ -530,6 +617,21 @@ export class LocalAgent implements Agent {
       await removeCgroupParentIfEmpty(await detectCgroupLayout(), '/nimbus').catch(() => undefined);
     }
   }
+}
+
+/**
+ * KVM only when a probe boot of the host kernel gets through under it, else TCG;
+ * cached per host boot in the VM directory (a hanging probe costs its whole bound).
+ */
+async function chooseVmAccelerator(options: CompiledOptions): Promise<AcceleratorChoice> {
+  const force = options.vmAccel === 'auto' ? undefined : options.vmAccel;
+  const guest = await hostProbeGuest(options.vmsDir);
+  if (!guest) {
+    const accel = force ?? 'tcg';
+    const reason = force ? `forced (NIMBUS_VM_ACCEL=${force})` : 'no host kernel in /boot to probe KVM with; using TCG';
+    return { accel, reason, bootId: '', decidedAt: new Date().toISOString() };
+  }
+  return chooseAccelerator({ guest, cacheFile: join(options.vmsDir, 'accel.json'), ...(force ? { force } : {}) });
 }
 
 /** Where a layer is written: the upper dir of an overlay, or the bind source. */

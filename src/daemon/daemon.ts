@@ -16,6 +16,7 @@ import { EventBus } from '../control/events/event-bus.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
+import { VmService } from '../control/compute/vm-service.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import type { Services } from '../control/services.js';
 import { ApiServer } from '../api/server.js';
@@ -70,7 +71,7 @@ function ensureDefaultProject(store: Store): string {
 export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promise<RunningDaemon> {
   let state: DaemonState = 'starting';
   const options = compileOptions(overrides);
-  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.tmpDir]) {
+  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir]) {
     mkdirSync(d, { recursive: true, mode: 0o711 });
   }
   const releaseLock = takePidLock(options.home);
@@ -83,17 +84,20 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
   const containers = new ContainerService(store, agent, images, events, quota);
+  const vms = new VmService(store, agent, events, quota, operations);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, quota, defaultProjectId,
+    options, store, agent, events, operations, images, containers, vms, quota, defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
   state = 'reconciling';
   const interrupted = operations.failInterrupted();
   const rec = await containers.reconcile();
-  const quotaReleased = quota.reconcile(new Set(store.containers.list().map((c) => c.id)));
+  const vmRec = await vms.reconcile();
+  const liveInstances = [...store.containers.list(), ...store.vms.list()].map((i) => i.id);
+  const quotaReleased = quota.reconcile(new Set(liveInstances));
   const gc = await images.collectGarbage();
-  log.info('reconciled store with host', { ...rec, interruptedOperations: interrupted, quotaReleased, ...gc });
+  log.info('reconciled store with host', { ...rec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, ...gc });
 
   const api = new ApiServer(allRoutes(), services);
   await api.listenUnix(options.socket);

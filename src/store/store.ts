@@ -9,6 +9,8 @@ import type {
   ImageTagRecord,
   OperationRecord,
   ProjectRecord,
+  VmRecord,
+  VmStatus,
 } from './records.js';
 
 export interface ProjectRepo {
@@ -41,6 +43,17 @@ export interface ContainerRepo {
   countByImage(digest: string): number;
 }
 
+export interface VmRepo {
+  get(id: string): VmRecord | undefined;
+  byName(name: string): VmRecord | undefined;
+  /** By full id, unique id prefix, or name; throws NotFound / InvalidArgument (ambiguous). */
+  resolve(idOrName: string): VmRecord;
+  list(filter?: { projectId?: string; status?: VmStatus[] }): VmRecord[];
+  insert(v: VmRecord): void;
+  update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): VmRecord;
+  delete(id: string): void;
+}
+
 export interface OperationRepo {
   get(id: string): OperationRecord | undefined;
   list(limit?: number): OperationRecord[];
@@ -59,6 +72,7 @@ export interface Store {
   readonly projects: ProjectRepo;
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
+  readonly vms: VmRepo;
   readonly operations: OperationRepo;
   /** Runs fn atomically; nested calls join the outer transaction. */
   transaction<T>(fn: () => T): T;
