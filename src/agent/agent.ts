@@ -3,6 +3,7 @@
  * embedded default it is a direct in-process object (LocalAgent); across hosts
  * the same interface is carried over an authenticated channel.
  */
+import type { Duplex } from 'node:stream';
 import type { WarmPoolStats } from './warm-pool.js';
 import type { ReaperStats } from './reaper.js';
 import type { ImageConfigDoc, LayerRecord } from '../store/records.js';
@@ -146,6 +147,11 @@ export interface Agent {
   restoreVm(id: string): Promise<{ ms: number }>;
   vmState(id: string): Promise<VmHostState>;
   inspectVm(id: string): Promise<VmInspect>;
+  /**
+   * The VM's serial line, both ways (one client at a time). In-process it is the
+   * QEMU chardev socket itself; a remote transport carries it as a stream.
+   */
+  openVmConsole(id: string): Promise<Duplex>;
   vmLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
   removeVm(id: string): Promise<void>;
   listVms(): Promise<string[]>;

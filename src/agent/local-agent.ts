@@ -591,6 +591,9 @@ export class LocalAgent implements Agent {
   inspectVm(id: string) {
     return this.vms.inspect(id);
   }
+  openVmConsole(id: string) {
+    return this.vms.openConsole(id);
+  }
   vmLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
     return this.vms.logs(id, opts);
   }

@@ -3,8 +3,9 @@ import { containerRoutes } from './containers.js';
 import { imageRoutes } from './images.js';
 import { quotaRoutes } from './quota.js';
 import { systemRoutes } from './system.js';
+import { vmRoutes } from './vms.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...quotaRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...vmRoutes, ...quotaRoutes];
 }

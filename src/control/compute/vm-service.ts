@@ -17,6 +17,8 @@ import type { OperationService } from '../operations/operations.js';
 import type { OperationRecord } from '../../store/records.js';
 import { assertVmTransition, isLive } from './vm-state.js';
 import { generateName } from './names.js';
+import { AsyncQueue } from '../../core/async-queue.js';
+import type { Readable } from 'node:stream';
 
 const log = logger('compute-vm');
 /** Guest memory when the request names none. */
@@ -314,6 +316,31 @@ export class VmService {
       this.quota.release(v.id, 'vm removed');
       this.publish(cur, 'destroy');
     });
+  }
+
+  /**
+   * The serial console: `input` goes to the guest, its output comes back as
+   * frames of base64 bytes until the VM ends or the caller goes (signal).
+   * The input ending does not close the line: a script may send and then read.
+   */
+  async console(idOrName: string, input: Readable, signal: AbortSignal): Promise<AsyncIterable<{ data: string }>> {
+    const v = this.get(idOrName);
+    if (!isLive(v.status)) throw new Conflict(`VM ${v.name} is ${v.status}; the console needs it running`);
+    const line = await this.agent.openVmConsole(v.id);
+    const out = new AsyncQueue<{ data: string }>();
+    line.on('data', (b: Buffer) => out.push({ data: b.toString('base64') }));
+    line.once('close', () => out.end());
+    line.once('error', () => out.end());
+    input.pipe(line, { end: false });
+    const hangUp = () => {
+      input.unpipe(line);
+      line.destroy();
+      out.end();
+    };
+    if (signal.aborted) hangUp();
+    else signal.addEventListener('abort', hangUp, { once: true });
+    this.publish(v, 'console');
+    return out;
   }
 
   logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
