@@ -17,13 +17,14 @@ import { containerCommands } from './commands/containers.js';
 import { imageCommands } from './commands/images.js';
 import { systemCommands } from './commands/system.js';
 import { quotaCommands } from './commands/quota.js';
+import { vmCommands } from './commands/vms.js';
 
 export { errorText };
 
 /** Quota commands read --output but predate OUTPUT_OPTION: give them the option. */
 const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'output') ? c : { ...c, options: [...c.options, OUTPUT_OPTION] });
 
-export const COMMANDS: CommandSpec[] = [...containerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands];
+export const COMMANDS: CommandSpec[] = [...containerCommands, ...vmCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands];
 
 /** Short forms, as docker has them. */
 export const ALIASES: Record<string, string> = {
@@ -36,6 +37,9 @@ export const ALIASES: Record<string, string> = {
   'container ls': 'ps',
   'container list': 'ps',
   'operation list': 'operation ls',
+  console: 'vm console',
+  'vm list': 'vm ls',
+  'vm remove': 'vm rm',
 };
 
 export function topHelp(): string {
