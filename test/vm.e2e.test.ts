@@ -76,6 +76,17 @@ describe('VMs end to end', { concurrency: false }, () => {
     assert.match(out, /^VM accelerator: (kvm|tcg) \(.+\)$/m);
   });
 
+  test('create is admitted by quota (vCPUs) and refused whole when over it; bad requests are usage errors', async () => {
+    await cliOk(['quota', 'set', 'default', '--cpus', '1']);
+    const r = await d.cli(['vm', 'create', '--cpus', '2', '--kernel', guest.kernel, 'too-big']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /QuotaExceeded/);
+    assert.deepEqual(JSON.parse(await cliOk(['vm', 'ls', '-a', '-o', 'json'])), [], 'nothing left by a refused create');
+    await cliOk(['quota', 'set', 'default', '--cpus', '64']);
+    assert.equal((await d.cli(['vm', 'create', 'no-boot-source'])).code, 2);
+    assert.equal((await d.cli(['vm', 'run', '--kernel', guest.kernel, '--pin', '1-0'])).code, 2);
+  });
+
   test('vm run boots the guest; ps lists it with type vm; logs show its readiness; console answers', async () => {
     await cliOk(['vm', 'run', '--name', NAME, '--cpus', '1', '--memory', '192m', '--pin', '0',
       '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', guest.append]);
@@ -106,6 +117,15 @@ describe('VMs end to end', { concurrency: false }, () => {
     assert.deepEqual(qemuUnder(d.home), [], 'no QEMU while saved');
     assert.match(await cliOk(['ps', '-a']), /Saved/);
     assert.equal((await d.cli(['start', NAME])).code, 1, 'a saved VM is restored, not started');
+    // the saved VM as a template: a clone starts by restore from its state, no boot
+    await cliOk(['vm', 'clone', NAME, '--name', 'e2e-clone']);
+    const refused = await d.cli(['vm', 'restore', NAME]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /Conflict: .*template of e2e-clone/);
+    await cliOk(['vm', 'restore', 'e2e-clone']);
+    assert.match(await cliOk(['console', 'e2e-clone'], 'echo from-the-clone\n'), /from-the-clone/);
+    assert.equal((await cliOk(['vm', 'logs', 'e2e-clone'])).includes(READY_MARKER), false, 'the clone never booted');
+    await cliOk(['rm', '-f', 'e2e-clone']);
     await cliOk(['vm', 'restore', NAME]);
     assert.equal((await inspect()).status, 'running');
     assert.match(await cliOk(['console', NAME], 'echo after-restore\n'), /after-restore/);

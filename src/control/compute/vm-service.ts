@@ -277,10 +277,20 @@ export class VmService {
   startRestore(idOrName: string): OperationRecord {
     const v = this.get(idOrName);
     if (v.status !== 'saved') throw new Conflict(`cannot restore VM ${v.name}: it is ${v.status}, not saved`);
+    this.assertNotTemplate(v, 'restore');
     return this.operations.start('vm.restore', v.id, v.projectId, async () => {
       const r = await this.restore(v.id);
       return { id: v.id, name: v.name, status: r.vm.status, ms: r.ms };
     });
+  }
+
+  /**
+   * A template's saved state and frozen disk back the VMs made from it: restoring
+   * it would move its disk on under them, removing it would pull it away.
+   */
+  private assertNotTemplate(v: VmRecord, verb: string): void {
+    const children = this.store.vms.list().filter((o) => o.config.template === v.id);
+    if (children.length) throw new Conflict(`cannot ${verb} VM ${v.name}: it is the template of ${children.map((c) => c.name).join(', ')}; remove those first`);
   }
 
   /** A saved VM back, its guest continuing where it was. */
@@ -289,6 +299,7 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (cur.status !== 'saved') throw new Conflict(`cannot restore VM ${cur.name}: it is ${cur.status}, not saved`);
+      this.assertNotTemplate(cur, 'restore');
       const r = await this.agent.restoreVm(v.id);
       const next = this.running(v.id, await this.agent.vmState(v.id), 'restore', { ms: r.ms });
       return { vm: next, ms: r.ms };
@@ -301,8 +312,7 @@ export class VmService {
       const cur = this.store.vms.get(v.id);
       if (!cur) return;
       if (isLive(cur.status) && !force) throw new Conflict(`VM ${cur.name} is ${cur.status}: stop it first or use --force`);
-      const children = this.store.vms.list().filter((o) => o.config.template === cur.id);
-      if (children.length) throw new Conflict(`VM ${cur.name} is the template of ${children.map((c) => c.name).join(', ')}; remove those first`);
+      this.assertNotTemplate(cur, 'remove');
       this.store.vms.update(v.id, { status: 'removing' });
       try {
         await this.agent.removeVm(v.id); // kills a live QEMU first

@@ -632,8 +632,9 @@ export class VmDriver implements InstanceDriver {
       if (r.lifecycle !== 'saved') throw new Conflict(`VM ${id} is ${r.lifecycle}, not saved`, { id });
       const p = this.paths(id);
       const t0 = Date.now();
-      if (r.template) {
+      if (r.template && !existsSync(p.savedState)) {
         // first start of a VM made from a template: the template's state, the template stays saved
+        // (once it has been saved on its own, its own state is the one to restore)
         await this.launch(r, `exec:cat '${this.paths(r.template).savedState}'`);
       } else {
         await this.launch(r, `exec:cat '${p.savedState}'`);
