@@ -4,7 +4,8 @@
  * and turns control-plane requests into calls on them.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
@@ -542,6 +543,14 @@ export class LocalAgent implements Agent {
   }
 
   async createVm(req: VmCreateRequest): Promise<VmHostState> {
+    // host paths: a missing file is the caller's mistake, not a QEMU failure at start
+    for (const [what, file] of [['kernel', req.kernel], ['initrd', req.initrd], ['disk', req.disk]] as const) {
+      if (file === undefined) continue;
+      if (!file.startsWith('/')) throw new InvalidArgument(`${what} must be an absolute path on the host, got "${file}"`);
+      await access(file, fsConstants.R_OK).catch(() => {
+        throw new InvalidArgument(`${what} ${file}: no such readable file on host ${this.options.agentName}`);
+      });
+    }
     await this.vms.create({
       id: req.id,
       name: req.name,

@@ -3,6 +3,7 @@
  * (ps, stop, kill, rm, pause, unpause, inspect, logs) also reach VMs: see
  * containers.ts, which falls back to /vms when a name is not a container's.
  */
+import { resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { ApiError, type ApiClient } from '../client.js';
 import { OUTPUT_OPTION, UsageError, parseSize, type CommandContext, type CommandSpec, type OptionSpec } from '../args.js';
@@ -75,10 +76,11 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(name !== undefined ? { name } : {}),
     ...(cpus !== undefined ? { cpus } : {}),
     ...(memoryMiB !== undefined ? { memoryMiB } : {}),
-    ...(opts.kernel !== undefined ? { kernel: opts.kernel } : {}),
-    ...(opts.initrd !== undefined ? { initrd: opts.initrd } : {}),
+    // files are opened by the daemon on its host: relative paths mean this shell's directory
+    ...(opts.kernel !== undefined ? { kernel: resolve(String(opts.kernel)) } : {}),
+    ...(opts.initrd !== undefined ? { initrd: resolve(String(opts.initrd)) } : {}),
     ...(opts.append !== undefined ? { append: opts.append } : {}),
-    ...(opts.disk !== undefined ? { disk: opts.disk } : {}),
+    ...(opts.disk !== undefined ? { disk: resolve(String(opts.disk)) } : {}),
     ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
   };
 }
