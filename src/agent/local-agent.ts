@@ -77,7 +77,6 @@ export class LocalAgent implements Agent {
     private readonly containers: ContainerDriver,
     private readonly probes: { runtimes: AgentInfo['runtimes']; snapshotters: AgentInfo['snapshotters'] },
     private readonly vms: VmDriver,
-    private readonly accel: AcceleratorChoice,
   ) {
     vms.onExit((id) => {
       for (const l of this.vmExitListeners) l(id);
@@ -118,16 +117,15 @@ export class LocalAgent implements Agent {
       ...(p.reason ? { reason: p.reason } : {}),
       ...(p.name === chosen ? { default: true } : {}),
     }));
-    const accel = await chooseVmAccelerator(options);
-    if (accel.accel === 'tcg') log.info('VMs use TCG', { reason: accel.reason });
-    const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: accel.accel });
+    // each create names its accelerator (vmAccelerator(), probed on first use); this default is never used
+    const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: 'tcg' });
     return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
       runtimes,
       snapshotters: [
         overlayReason ? { name: 'overlayfs', usable: false, reason: overlayReason } : { name: 'overlayfs', usable: true },
         { name: 'native', usable: true },
       ],
-    }, vms, accel);
+    }, vms);
   }
 
   async info(): Promise<AgentInfo> {
@@ -143,7 +141,7 @@ export class LocalAgent implements Agent {
       memoryBytes: totalmem(),
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),
-      vm: { accelerator: this.accel.accel, reason: this.accel.reason, decidedAt: this.accel.decidedAt },
+      vm: await this.vmAccelerator().then((a) => ({ accelerator: a.accel, reason: a.reason, decidedAt: a.decidedAt })),
     };
   }
 
@@ -537,6 +535,27 @@ export class LocalAgent implements Agent {
 
   // ---------------------------------------------------------------- VMs
 
+  private accelChoice: Promise<AcceleratorChoice> | undefined;
+
+  /**
+   * The accelerator for new VMs, decided on first use rather than at start: a
+   * daemon that runs no VM never boots a probe (which can take its whole bound
+   * where KVM hangs) and never delays its start for one.
+   */
+  private vmAccelerator(): Promise<AcceleratorChoice> {
+    this.accelChoice ??= chooseVmAccelerator(this.options).then(
+      (a) => {
+        log.info('VM accelerator chosen', { accel: a.accel, reason: a.reason });
+        return a;
+      },
+      (e: unknown) => {
+        this.accelChoice = undefined; // ask again next time
+        throw e;
+      },
+    );
+    return this.accelChoice;
+  }
+
   private async vmHostState(id: string): Promise<VmHostState> {
     const [state, inspect] = await Promise.all([this.vms.state(id), this.vms.inspect(id)]);
     return { ...state, lifecycle: inspect.lifecycle };
@@ -558,6 +577,7 @@ export class LocalAgent implements Agent {
       process: { args: [], env: [], cwd: '/', user: '0' },
       resources: { cpus: req.cpus, memoryBytes: req.memoryMiB * 1024 * 1024 },
       vm: {
+        accel: (await this.vmAccelerator()).accel,
         ...(req.kernel ? { kernel: req.kernel } : {}),
         ...(req.initrd ? { initrd: req.initrd } : {}),
         ...(req.append ? { append: req.append } : {}),

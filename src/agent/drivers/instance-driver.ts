@@ -35,6 +35,8 @@ export interface VmSpec {
   nics?: Array<{ tap: string; mac: string }>;
   /** The guest reports its exit status through isa-debug-exit (the test guest does). */
   debugExit?: boolean;
+  /** "kvm" | "tcg" for this VM; default: the driver's. */
+  accel?: 'kvm' | 'tcg';
 }
 
 export interface InstanceSpec {

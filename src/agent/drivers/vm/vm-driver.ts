@@ -206,7 +206,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.pin?.some((c) => !Number.isInteger(c) || c < 0)) throw new InvalidArgument(`bad pin list ${JSON.stringify(vm.pin)}`);
     const config: VmRecord['config'] = {
       name: spec.name,
-      accel: this.o.accel,
+      accel: vm.accel ?? this.o.accel,
       cpus,
       memoryMiB,
       nics: vm.nics ?? [],
