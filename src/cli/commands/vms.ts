@@ -210,6 +210,19 @@ async function consoleSession(client: ApiClient, id: string): Promise<number> {
   return 0;
 }
 
+type InspectedVm = Vm & { host: { accel: string; qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; rootDisk?: string } | null };
+
+/** `vm inspect -o table`: the facts a person looks for first. */
+function inspectSummary(v: InspectedVm): string {
+  return table(['FIELD', 'VALUE'], [
+    ['id', v.id], ['name', v.name], ['status', vmStatusText(v)],
+    ['cpus', String(v.config.cpus)], ['memory', `${v.config.memoryMiB} MiB`], ['image', vmImage(v)],
+    ['accelerator', v.host?.accel ?? '-'], ['qemu pid', v.host?.qemuPid !== undefined ? String(v.host.qemuPid) : '-'],
+    ['pinning', v.host?.pinning.map((p) => `vcpu${p.vcpu}→${p.hostCpus.join(',')}`).join(' ') || '-'],
+    ['root disk', v.host?.rootDisk ?? '-'],
+  ]);
+}
+
 function vmTable(list: Vm[], full: boolean): string {
   const id = (s: string) => (full ? s : short(s));
   return table(
@@ -271,8 +284,8 @@ export const vmCommands: CommandSpec[] = [
   },
   {
     name: 'vm inspect', usage: 'VM [VM...]', summary: 'Show VMs in detail: record, accelerator, QEMU argv, vCPU pinning', minArgs: 1,
-    options: [OUTPUT_OPTION],
-    async run({ args, global }) {
+    options: [{ ...OUTPUT_OPTION, description: 'json (default) or table (a summary)' }],
+    async run({ args, opts, global }) {
       const client = clientOf(global);
       const out: unknown[] = [];
       let code = 0;
@@ -285,7 +298,8 @@ export const vmCommands: CommandSpec[] = [
           code = 1;
         }
       }
-      printJson(out);
+      if (opts.output === 'table') process.stdout.write((out as InspectedVm[]).map(inspectSummary).join('\n'));
+      else printJson(out);
       return code;
     },
   },

@@ -407,7 +407,14 @@ export class VmService {
         continue;
       }
       onHost.delete(v.id);
-      const state = await this.agent.vmState(v.id);
+      let state: VmHostState;
+      try {
+        state = await this.agent.vmState(v.id);
+      } catch (e) {
+        // one unreadable VM must not keep the daemon from serving the others
+        log.warn('cannot read a VM\'s host state; leaving its record as it was', { id: v.id, error: String(e) });
+        continue;
+      }
       if (state.lifecycle === 'running' || state.lifecycle === 'paused') {
         this.store.vms.update(v.id, { status: state.lifecycle, pid: state.pid ?? v.pid });
         running++;
