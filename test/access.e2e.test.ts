@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestImages, makeTar, type PlatformImage } from '../scripts/fixtures/images.js';
+import { hostKernel } from '../scripts/fixtures/guest.js';
 import { allRoutes } from '../src/api/routes/index.js';
 import type { Route } from '../src/api/route.js';
 
@@ -66,7 +67,7 @@ async function labelledImage(img: PlatformImage, label: string): Promise<Buffer>
   ]);
 }
 
-interface Fixture { project: string; projectId: string; container: string; image: string; operation: string }
+interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string }
 
 describe('tenancy: every route enforces its declared access', { concurrency: false }, () => {
   let d: DaemonProcess;
@@ -103,7 +104,10 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       const operation = (pull.body as { id: string }).id;
       await call(sock(), 'GET', `/operations/${operation}/wait?timeout=30`);
       const project = (await call(sock(), 'GET', `/projects/${p}`)).body as { project: { id: string } };
-      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation };
+      // a VM record (created, never started: nothing boots in this test)
+      const vm = await call(sock(), 'POST', `/vms?project=${p}`, { body: { name: `vm-${p}`, kernel: hostKernel().kernel } });
+      assert.equal(vm.status, 201, vm.text);
+      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id };
     }
     for (const user of ['alice', 'rita', 'olga']) {
       const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password: PASSWORD } });
@@ -124,6 +128,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (name === 'user') return 'alice';
       if (name === 'pool') return 'shared';
       if (segment === 'containers') return f.container;
+      if (segment === 'vms') return f.vm;
       if (segment === 'images') return encodeURIComponent(f.image);
       if (segment === 'operations') return f.operation;
       if (segment === 'projects' || segment === 'quota') return f.project;

@@ -3,6 +3,7 @@
  * embedded default it is a direct in-process object (LocalAgent); across hosts
  * the same interface is carried over an authenticated channel.
  */
+import type { Duplex } from 'node:stream';
 import type { WarmPoolStats } from './warm-pool.js';
 import type { ReaperStats } from './reaper.js';
 import type { ImageConfigDoc, LayerRecord } from '../store/records.js';
@@ -15,6 +16,8 @@ import type {
   ResourceLimits,
   RuntimeState,
 } from './drivers/instance-driver.js';
+import type { VmInspect, VmLifecycle } from './drivers/vm/vm-driver.js';
+import type { AcceleratorChoice } from './drivers/vm/accel.js';
 
 export interface AgentImage {
   /** Normalised reference it was pulled or imported as, when known. */
@@ -53,6 +56,23 @@ export interface ContainerCreateRequest {
   labels?: Record<string, string>;
 }
 
+export interface VmCreateRequest {
+  id: string;
+  name: string;
+  cpus: number;
+  memoryMiB: number;
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  disk?: string;
+  pin?: number[];
+}
+
+/** A VM as its host sees it: the driver's lifecycle plus the runtime facts. */
+export interface VmHostState extends RuntimeState {
+  lifecycle: VmLifecycle;
+}
+
 export interface AgentInfo {
   name: string;
   hostname: string;
@@ -67,6 +87,8 @@ export interface AgentInfo {
   warmPool?: WarmPoolStats;
   /** Removed containers whose host state is still being destroyed in the background. */
   removals?: ReaperStats;
+  /** The accelerator new VMs get, and why (absent where the agent runs no VMs). */
+  vm?: { accelerator: AcceleratorChoice['accel']; reason: string; decidedAt: string };
 }
 
 export interface GcResult {
@@ -108,5 +130,34 @@ export interface Agent {
   removeContainer(id: string): Promise<void>;
   listContainers(): Promise<string[]>;
   onContainerExit(listener: (id: string) => void): void;
+
+  // ---- VMs (the QEMU driver on this host)
+  createVm(req: VmCreateRequest): Promise<VmHostState>;
+  /** A new VM from a saved one (same devices, disk backed by the template's); left saved, restoreVm starts it. */
+  createVmFromTemplate(templateId: string, id: string, name: string): Promise<VmHostState>;
+  startVm(id: string): Promise<VmHostState>;
+  /** ACPI power button, then SIGKILL after timeoutSec. */
+  stopVm(id: string, timeoutSec: number): Promise<VmHostState>;
+  killVm(id: string, signal: string): Promise<void>;
+  pauseVm(id: string): Promise<void>;
+  unpauseVm(id: string): Promise<void>;
+  /** The whole VM state to disk; QEMU then ends and the VM is saved. */
+  saveVm(id: string): Promise<{ file: string; bytes: number; ms: number }>;
+  /** A saved VM back, the guest continuing where it was. */
+  restoreVm(id: string): Promise<{ ms: number }>;
+  vmState(id: string): Promise<VmHostState>;
+  inspectVm(id: string): Promise<VmInspect>;
+  /**
+   * The VM's serial line, both ways (one client at a time). In-process it is the
+   * QEMU chardev socket itself; a remote transport carries it as a stream.
+   */
+  openVmConsole(id: string): Promise<Duplex>;
+  vmLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
+  removeVm(id: string): Promise<void>;
+  listVms(): Promise<string[]>;
+  /** Daemon start, before any other VM call: orphan QEMU killed, record-less state removed, exits watched. */
+  reconcileVms(): Promise<{ killed: number[]; removed: string[] }>;
+  onVmExit(listener: (id: string) => void): void;
+
   close(): Promise<void>;
 }

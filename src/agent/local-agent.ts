@@ -4,7 +4,8 @@
  * and turns control-plane requests into calls on them.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { existsSync, readdirSync } from 'node:fs';
@@ -30,6 +31,10 @@ import { WarmPool, type WarmTemplate } from './warm-pool.js';
 import { SecureDriver } from './drivers/secure/secure-driver.js';
 import { buildSecureGuest, secureAccelerator } from './drivers/secure/secure-guest.js';
 import { Reaper } from './reaper.js';
+import type { VmCreateRequest, VmHostState } from './agent.js';
+import { VmDriver } from './drivers/vm/vm-driver.js';
+import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
+import { hostProbeGuest } from './drivers/vm/probe-guest.js';
 
 const log = logger('agent');
 
@@ -67,6 +72,7 @@ export class LocalAgent implements Agent {
   private readonly reaper: Reaper;
   /** Secure containers (runtime "vm"): made on first use (building the guest and probing the accelerator cost seconds, once). */
   private secureP: Promise<SecureDriver> | undefined;
+  private readonly vmExitListeners: ((id: string) => void)[] = [];
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -75,7 +81,11 @@ export class LocalAgent implements Agent {
     private readonly snapshotterName: 'overlayfs' | 'native',
     private readonly containers: ContainerDriver,
     private readonly probes: { runtimes: AgentInfo['runtimes']; snapshotters: AgentInfo['snapshotters'] },
+    private readonly vms: VmDriver,
   ) {
+    vms.onExit((id) => {
+      for (const l of this.vmExitListeners) l(id);
+    });
     this.warm = new WarmPool(
       { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
       { perImage: options.warmPerImage, maxImages: options.warmImages },
@@ -115,13 +125,15 @@ export class LocalAgent implements Agent {
       ...(p.reason ? { reason: p.reason } : {}),
       ...(p.name === chosen ? { default: true } : {}),
     }));
+    // each create names its accelerator (vmAccelerator(), probed on first use); this default is never used
+    const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: 'tcg' });
     return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
       runtimes,
       snapshotters: [
         overlayReason ? { name: 'overlayfs', usable: false, reason: overlayReason } : { name: 'overlayfs', usable: true },
         { name: 'native', usable: true },
       ],
-    });
+    }, vms);
   }
 
   async info(): Promise<AgentInfo> {
@@ -137,6 +149,7 @@ export class LocalAgent implements Agent {
       memoryBytes: totalmem(),
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),
+      vm: await this.vmAccelerator().then((a) => ({ accelerator: a.accel, reason: a.reason, decidedAt: a.decidedAt })),
     };
   }
 
@@ -579,6 +592,112 @@ export class LocalAgent implements Agent {
     this.exitListeners.push(listener);
   }
 
+  // ---------------------------------------------------------------- VMs
+
+  private accelChoice: Promise<AcceleratorChoice> | undefined;
+
+  /**
+   * The accelerator for new VMs, decided on first use rather than at start: a
+   * daemon that runs no VM never boots a probe (which can take its whole bound
+   * where KVM hangs) and never delays its start for one.
+   */
+  private vmAccelerator(): Promise<AcceleratorChoice> {
+    this.accelChoice ??= chooseVmAccelerator(this.options).then(
+      (a) => {
+        log.info('VM accelerator chosen', { accel: a.accel, reason: a.reason });
+        return a;
+      },
+      (e: unknown) => {
+        this.accelChoice = undefined; // ask again next time
+        throw e;
+      },
+    );
+    return this.accelChoice;
+  }
+
+  private async vmHostState(id: string): Promise<VmHostState> {
+    const [state, inspect] = await Promise.all([this.vms.state(id), this.vms.inspect(id)]);
+    return { ...state, lifecycle: inspect.lifecycle };
+  }
+
+  async createVm(req: VmCreateRequest): Promise<VmHostState> {
+    // host paths: a missing file is the caller's mistake, not a QEMU failure at start
+    for (const [what, file] of [['kernel', req.kernel], ['initrd', req.initrd], ['disk', req.disk]] as const) {
+      if (file === undefined) continue;
+      if (!file.startsWith('/')) throw new InvalidArgument(`${what} must be an absolute path on the host, got "${file}"`);
+      await access(file, fsConstants.R_OK).catch(() => {
+        throw new InvalidArgument(`${what} ${file}: no such readable file on host ${this.options.agentName}`);
+      });
+    }
+    await this.vms.create({
+      id: req.id,
+      name: req.name,
+      rootfs: [],
+      process: { args: [], env: [], cwd: '/', user: '0' },
+      resources: { cpus: req.cpus, memoryBytes: req.memoryMiB * 1024 * 1024 },
+      vm: {
+        accel: (await this.vmAccelerator()).accel,
+        ...(req.kernel ? { kernel: req.kernel } : {}),
+        ...(req.initrd ? { initrd: req.initrd } : {}),
+        ...(req.append ? { append: req.append } : {}),
+        ...(req.disk ? { disk: req.disk } : {}),
+        ...(req.pin?.length ? { pin: req.pin } : {}),
+      },
+    });
+    return this.vmHostState(req.id);
+  }
+  async createVmFromTemplate(templateId: string, id: string, name: string): Promise<VmHostState> {
+    await this.vms.createFromTemplate(templateId, id, name);
+    return this.vmHostState(id);
+  }
+  async startVm(id: string): Promise<VmHostState> {
+    await this.vms.start(id);
+    return this.vmHostState(id);
+  }
+  async stopVm(id: string, timeoutSec: number): Promise<VmHostState> {
+    await this.vms.stop(id, timeoutSec);
+    return this.vmHostState(id);
+  }
+  killVm(id: string, signal: string) {
+    return this.vms.kill(id, signal);
+  }
+  pauseVm(id: string) {
+    return this.vms.pause(id);
+  }
+  unpauseVm(id: string) {
+    return this.vms.unpause(id);
+  }
+  saveVm(id: string) {
+    return this.vms.saveState(id);
+  }
+  restoreVm(id: string) {
+    return this.vms.restoreState(id);
+  }
+  vmState(id: string) {
+    return this.vmHostState(id);
+  }
+  inspectVm(id: string) {
+    return this.vms.inspect(id);
+  }
+  openVmConsole(id: string) {
+    return this.vms.openConsole(id);
+  }
+  vmLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
+    return this.vms.logs(id, opts);
+  }
+  removeVm(id: string) {
+    return this.vms.delete(id);
+  }
+  listVms() {
+    return this.vms.list();
+  }
+  reconcileVms() {
+    return this.vms.reconcile();
+  }
+  onVmExit(listener: (id: string) => void): void {
+    this.vmExitListeners.push(listener);
+  }
+
   async close(): Promise<void> {
     await this.reaper.idle();
     await this.warm.close();
@@ -589,6 +708,21 @@ export class LocalAgent implements Agent {
       await removeCgroupParentIfEmpty(await detectCgroupLayout(), '/nimbus').catch(() => undefined);
     }
   }
+}
+
+/**
+ * KVM only when a probe boot of the host kernel gets through under it, else TCG;
+ * cached per host boot in the VM directory (a hanging probe costs its whole bound).
+ */
+async function chooseVmAccelerator(options: CompiledOptions): Promise<AcceleratorChoice> {
+  const force = options.vmAccel === 'auto' ? undefined : options.vmAccel;
+  const guest = await hostProbeGuest(options.vmsDir);
+  if (!guest) {
+    const accel = force ?? 'tcg';
+    const reason = force ? `forced (NIMBUS_VM_ACCEL=${force})` : 'no host kernel in /boot to probe KVM with; using TCG';
+    return { accel, reason, bootId: '', decidedAt: new Date().toISOString() };
+  }
+  return chooseAccelerator({ guest, cacheFile: join(options.vmsDir, 'accel.json'), ...(force ? { force } : {}) });
 }
 
 /** Where a layer is written: the upper dir of an overlay, or the bind source. */

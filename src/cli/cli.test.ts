@@ -213,8 +213,8 @@ test('exec copies both streams and exits with the command\'s code', async () => 
 test('ps renders a docker-like table, or JSON with -o json', async () => {
   let r = await cli(['ps']);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^CONTAINER ID {3}IMAGE {3,}COMMAND {3,}CREATED {3,}STATUS {3,}NAMES\n/);
-  assert.match(r.stdout, /c0ffee123456 {3}busybox:latest {3}"sh -c echo hi" {3}5 seconds ago {3}Up 2 minutes {3}happy_turing\n$/);
+  assert.match(r.stdout, /^INSTANCE ID {3,}TYPE {3,}IMAGE {3,}COMMAND {3,}CREATED {3,}STATUS {3,}NAMES\n/);
+  assert.match(r.stdout, /c0ffee123456 {3}container {3}busybox:latest {3}"sh -c echo hi" {3}5 seconds ago {3}Up 2 minutes {3}happy_turing\n$/);
   r = await cli(['ps', '--format', 'json']);
   assert.equal((JSON.parse(r.stdout) as { id: string }[])[0]?.id, CONTAINER.id);
   r = await cli(['-o', 'json', 'ps', '-q']);

@@ -18,6 +18,7 @@ import { imageCommands } from './commands/images.js';
 import { systemCommands } from './commands/system.js';
 import { quotaCommands } from './commands/quota.js';
 import { identityCommands } from './commands/identity.js';
+import { vmCommands } from './commands/vms.js';
 
 export { errorText };
 
@@ -28,7 +29,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
+  ...containerCommands, ...vmCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */
@@ -42,6 +43,9 @@ export const ALIASES: Record<string, string> = {
   'container ls': 'ps',
   'container list': 'ps',
   'operation list': 'operation ls',
+  console: 'vm console',
+  'vm list': 'vm ls',
+  'vm remove': 'vm rm',
 };
 
 export function topHelp(): string {

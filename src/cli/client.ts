@@ -106,6 +106,8 @@ export class ApiClient {
         } else reject(e);
       });
       if (raw) {
+        // headers now, not with the first chunk: a console's input may wait for its output
+        req.flushHeaders();
         raw.stream.once('error', (e) => req.destroy(e));
         raw.stream.pipe(req);
       } else req.end(payload);
@@ -150,6 +152,20 @@ export class ApiClient {
    */
   async openNdjson<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<AsyncIterable<T>> {
     const res = await this.ok(await this.send(method, path, body, undefined, signal));
+    return (async function* () {
+      for await (const line of splitRecords(res, /\r?\n/)) {
+        if (!line.trim()) continue;
+        yield inBand<T>(JSON.parse(line), res.statusCode ?? 200);
+      }
+    })();
+  }
+
+  /**
+   * A two-way stream over one request: `input` goes up as the request body while
+   * the answer streams down as NDJSON (the VM serial console).
+   */
+  async openDuplexNdjson<T>(path: string, input: Readable, contentType: string, signal?: AbortSignal): Promise<AsyncIterable<T>> {
+    const res = await this.ok(await this.send('POST', path, undefined, { stream: input, contentType }, signal));
     return (async function* () {
       for await (const line of splitRecords(res, /\r?\n/)) {
         if (!line.trim()) continue;

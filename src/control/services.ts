@@ -3,6 +3,7 @@ import type { Agent } from '../agent/agent.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { Store } from '../store/store.js';
 import type { ContainerService } from './compute/container-service.js';
+import type { VmService } from './compute/vm-service.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
 import type { OperationService } from './operations/operations.js';
@@ -19,6 +20,7 @@ export interface Services {
   operations: OperationService;
   images: ImageService;
   containers: ContainerService;
+  vms: VmService;
   quota: QuotaService;
   identity: IdentityService;
   projects: ProjectService;

@@ -27,6 +27,8 @@ export interface NimbusOptions {
   warmPerImage: number;
   /** How many recently used images get warm containers. Env NIMBUS_WARM_IMAGES. Default 4. */
   warmImages: number;
+  /** VM accelerator: "auto" (KVM only when a probe boot succeeds, else TCG) | "kvm" | "tcg". Env NIMBUS_VM_ACCEL. Default auto. */
+  vmAccel: 'auto' | 'kvm' | 'tcg';
 }
 
 export interface CompiledOptions extends Readonly<NimbusOptions> {
@@ -34,6 +36,8 @@ export interface CompiledOptions extends Readonly<NimbusOptions> {
   readonly contentDir: string;
   readonly snapshotsDir: string;
   readonly containersDir: string;
+  /** One directory per VM (vm-driver.ts) and the accelerator choice. */
+  readonly vmsDir: string;
   readonly tmpDir: string;
 }
 
@@ -60,6 +64,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
     warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
     warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),
+    vmAccel: oneOf('vm accelerator', overrides.vmAccel ?? (env.NIMBUS_VM_ACCEL || 'auto'), ['auto', 'kvm', 'tcg'] as const),
   };
   const tcp = overrides.tcp ?? env.NIMBUS_TCP;
   if (tcp !== undefined && tcp !== '') {
@@ -73,6 +78,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     contentDir: `${home}/content`,
     snapshotsDir: `${home}/snapshots`,
     containersDir: `${home}/containers`,
+    vmsDir: `${home}/vms`,
     tmpDir: `${home}/tmp`,
   });
 }

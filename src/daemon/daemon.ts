@@ -16,6 +16,7 @@ import { EventBus } from '../control/events/event-bus.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
+import { VmService } from '../control/compute/vm-service.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import { Reclaimer } from '../control/quota/reclaimer.js';
 import type { Services } from '../control/services.js';
@@ -74,7 +75,7 @@ function ensureDefaultProject(store: Store): string {
 export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promise<RunningDaemon> {
   let state: DaemonState = 'starting';
   const options = compileOptions(overrides);
-  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.tmpDir]) {
+  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir]) {
     mkdirSync(d, { recursive: true, mode: 0o711 });
   }
   const releaseLock = takePidLock(options.home);
@@ -87,9 +88,12 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
   const containers = new ContainerService(store, agent, images, events, quota);
-  // Reclaims evict borrowers' containers by stopping them (no restart policy brings them back).
-  const reclaimer = new Reclaimer(quota, async (id) => {
+  const vms = new VmService(store, agent, events, quota, operations);
+  // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
+  // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
+  const reclaimer = new Reclaimer(quota, async (id, action) => {
     if (store.containers.get(id)) await containers.stop(id);
+    else if (store.vms.get(id)) await (action === 'save' ? vms.save(id) : vms.stop(id));
   });
   quota.onReclaimPlanned = () => reclaimer.kick();
   const identity = new IdentityService(store);
@@ -101,16 +105,18 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, events, operations, images, containers, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
   state = 'reconciling';
   const interrupted = operations.failInterrupted();
   const rec = await containers.reconcile();
-  const quotaReleased = quota.reconcile(new Set(store.containers.list().map((c) => c.id)));
+  const vmRec = await vms.reconcile();
+  const liveInstances = [...store.containers.list(), ...store.vms.list()].map((i) => i.id);
+  const quotaReleased = quota.reconcile(new Set(liveInstances));
   const gc = await images.collectGarbage();
-  log.info('reconciled store with host', { ...rec, interruptedOperations: interrupted, quotaReleased, ...gc });
+  log.info('reconciled store with host', { ...rec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, ...gc });
 
   const api = new ApiServer(allRoutes(), services);
   await api.listenUnix(options.socket);

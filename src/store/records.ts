@@ -146,3 +146,37 @@ export interface OperationRecord {
   createdAt: string;
   updatedAt: string;
 }
+
+/** What a VM was created with (the create request as stored). */
+export interface VmConfig {
+  cpus: number;
+  memoryMiB: number;
+  /** Direct kernel boot, or a disk image (raw/qcow2) the VM's root overlay is backed by. */
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  disk?: string;
+  /** Host CPUs for the vCPU threads (vCPU i on pin[i % len]). */
+  pin?: number[];
+  /** The saved VM this one was made from (it starts by restore from the template's state). */
+  template?: string;
+}
+
+/** The VM state machine's states (src/control/compute/vm-state.ts has the legal transitions). */
+export type VmStatus = 'created' | 'running' | 'paused' | 'saved' | 'stopped' | 'removing';
+
+export interface VmRecord {
+  id: string;
+  /** Unique across containers and VMs: both are instances. */
+  name: string;
+  projectId: string;
+  config: VmConfig;
+  status: VmStatus;
+  /** The QEMU process while running or paused. */
+  pid: number | null;
+  exitCode: number | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  savedAt: string | null;
+}

@@ -10,8 +10,10 @@ import type {
   RoleGrantRecord,
   TokenRecord,
   UserRecord,
+  VmRecord,
+  VmStatus,
 } from './records.js';
-import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo } from './store.js';
+import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
 
 /** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. */
 const MIGRATIONS: string[] = [
@@ -129,6 +131,22 @@ const MIGRATIONS: string[] = [
   );
   CREATE INDEX role_grants_project ON role_grants(project_id);
   `,
+  // VMs: instances beside containers (names unique across both, checked by the services).
+  `
+  CREATE TABLE vms (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pid INTEGER,
+    exit_code INTEGER,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    saved_at TEXT
+  );
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -164,6 +182,7 @@ export class SqliteStore implements Store {
   readonly projects: ProjectRepo;
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
+  readonly vms: VmRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;
@@ -180,6 +199,7 @@ export class SqliteStore implements Store {
     this.projects = new SqliteProjects(this.stmts);
     this.images = new SqliteImages(this.stmts);
     this.containers = new SqliteContainers(this.stmts);
+    this.vms = new SqliteVms(this.stmts);
     this.operations = new SqliteOperations(this.stmts);
     this.users = new SqliteUsers(this.stmts);
     this.tokens = new SqliteTokens(this.stmts);
@@ -546,6 +566,98 @@ class SqliteContainers implements ContainerRepo {
   }
   countByImage(digest: string) {
     return Number((this.db.prepare('SELECT COUNT(*) AS n FROM containers WHERE image_digest = ?').get(digest) as Row).n);
+  }
+}
+
+const VM_COLUMNS: Record<string, string> = {
+  name: 'name',
+  projectId: 'project_id',
+  config: 'config',
+  status: 'status',
+  pid: 'pid',
+  exitCode: 'exit_code',
+  createdAt: 'created_at',
+  startedAt: 'started_at',
+  finishedAt: 'finished_at',
+  savedAt: 'saved_at',
+};
+
+class SqliteVms implements VmRepo {
+  constructor(private readonly db: Db) {}
+  private row(r: Row | undefined): VmRecord | undefined {
+    if (!r) return undefined;
+    return {
+      id: str(r.id),
+      name: str(r.name),
+      projectId: str(r.project_id),
+      config: JSON.parse(str(r.config)) as VmRecord['config'],
+      status: str(r.status) as VmStatus,
+      pid: numOrNull(r.pid),
+      exitCode: numOrNull(r.exit_code),
+      createdAt: str(r.created_at),
+      startedAt: strOrNull(r.started_at),
+      finishedAt: strOrNull(r.finished_at),
+      savedAt: strOrNull(r.saved_at),
+    };
+  }
+  private value(key: string, v: unknown): unknown {
+    return key === 'config' ? JSON.stringify(v) : (v ?? null);
+  }
+  get(id: string) {
+    return this.row(this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as Row | undefined);
+  }
+  byName(name: string) {
+    return this.row(this.db.prepare('SELECT * FROM vms WHERE name = ?').get(name) as Row | undefined);
+  }
+  resolve(idOrName: string): VmRecord {
+    if (!idOrName) throw new InvalidArgument('a VM id or name is required');
+    const exact = this.get(idOrName) ?? this.byName(idOrName);
+    if (exact) return exact;
+    if (/^[0-9a-f]{1,64}$/.test(idOrName)) {
+      const rows = this.db.prepare('SELECT * FROM vms WHERE id LIKE ? LIMIT 2').all(`${idOrName}%`) as Row[];
+      if (rows.length > 1) throw new InvalidArgument(`VM id prefix "${idOrName}" is ambiguous`);
+      if (rows.length === 1) return this.row(rows[0])!;
+    }
+    throw new NotFound(`no such vm: ${idOrName}`);
+  }
+  list(filter: { projectId?: string; status?: VmStatus[] } = {}) {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.projectId) {
+      where.push('project_id = ?');
+      args.push(filter.projectId);
+    }
+    if (filter.status?.length) {
+      where.push(`status IN (${filter.status.map(() => '?').join(',')})`);
+      args.push(...filter.status);
+    }
+    const sql = `SELECT * FROM vms ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC`;
+    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => this.row(r)!);
+  }
+  insert(v: VmRecord) {
+    const cols = ['id', ...Object.values(VM_COLUMNS)];
+    const vals = [v.id, ...Object.keys(VM_COLUMNS).map((k) => this.value(k, v[k as keyof VmRecord]))];
+    try {
+      this.db.prepare(`INSERT INTO vms (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`a VM named "${v.name}" already exists`);
+      throw e;
+    }
+  }
+  update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): VmRecord {
+    const keys = Object.keys(patch).filter((k) => k in VM_COLUMNS);
+    if (keys.length) {
+      const sets = keys.map((k) => `${VM_COLUMNS[k]} = ?`).join(', ');
+      const vals = keys.map((k) => this.value(k, patch[k as keyof typeof patch]));
+      const r = this.db.prepare(`UPDATE vms SET ${sets} WHERE id = ?`).run(...vals, id);
+      if (r.changes === 0) throw new NotFound(`no such vm: ${id}`);
+    }
+    const row = this.get(id);
+    if (!row) throw new NotFound(`no such vm: ${id}`);
+    return row;
+  }
+  delete(id: string) {
+    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
   }
 }
 

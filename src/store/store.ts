@@ -12,6 +12,8 @@ import type {
   RoleGrantRecord,
   TokenRecord,
   UserRecord,
+  VmRecord,
+  VmStatus,
 } from './records.js';
 
 export interface ProjectRepo {
@@ -73,6 +75,17 @@ export interface ContainerRepo {
   countByImage(digest: string): number;
 }
 
+export interface VmRepo {
+  get(id: string): VmRecord | undefined;
+  byName(name: string): VmRecord | undefined;
+  /** By full id, unique id prefix, or name; throws NotFound / InvalidArgument (ambiguous). */
+  resolve(idOrName: string): VmRecord;
+  list(filter?: { projectId?: string; status?: VmStatus[] }): VmRecord[];
+  insert(v: VmRecord): void;
+  update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): VmRecord;
+  delete(id: string): void;
+}
+
 export interface OperationRepo {
   get(id: string): OperationRecord | undefined;
   list(limit?: number): OperationRecord[];
@@ -91,6 +104,7 @@ export interface Store {
   readonly projects: ProjectRepo;
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
+  readonly vms: VmRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;

@@ -37,6 +37,8 @@ export interface VmSpec {
   debugExit?: boolean;
   /** Host directories shared over virtio-9p (a secure container's rootfs). */
   shares?: Array<{ tag: string; path: string; readonly?: boolean }>;
+  /** "kvm" | "tcg" for this VM; default: the driver's. */
+  accel?: 'kvm' | 'tcg';
 }
 
 export interface InstanceSpec {

@@ -5,8 +5,9 @@ import { quotaRoutes } from './quota.js';
 import { systemRoutes } from './system.js';
 import { identityRoutes } from './identity.js';
 import { projectRoutes } from './projects.js';
+import { vmRoutes } from './vms.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes];
 }

@@ -33,21 +33,32 @@ export const systemRoutes = [
   route({
     method: 'GET', path: '/info', operationId: 'info', tag: 'system', access: 'read',
     auth: { authenticated: true },
-    summary: 'Host and daemon facts: runtimes, snapshotter, cgroup layout, counts',
+    summary: 'Host and daemon facts: runtimes, snapshotter, cgroup layout, VM accelerator, counts',
     response: Type.Record(Type.String(), Type.Unknown()),
     handler: async ({ services, auth }) => {
       // Counts cover the projects the caller can read; host facts are the same for everyone.
       const all = services.containers.list({ all: true }).filter((c) => auth.canRead(c.projectId));
+      const vms = services.vms.list({ all: true }).filter((v) => auth.canRead(v.projectId));
+      const agent = await services.agent.info();
       return {
         version: services.version,
         startedAt: services.startedAt,
         home: services.options.home,
-        agent: await services.agent.info(),
+        agent,
         containers: {
           total: all.length,
           running: all.filter((c) => c.status === 'running').length,
           paused: all.filter((c) => c.status === 'paused').length,
           exited: all.filter((c) => c.status === 'exited').length,
+        },
+        vms: {
+          total: vms.length,
+          running: vms.filter((v) => v.status === 'running').length,
+          paused: vms.filter((v) => v.status === 'paused').length,
+          saved: vms.filter((v) => v.status === 'saved').length,
+          stopped: vms.filter((v) => v.status === 'stopped').length,
+          // the accelerator new VMs get, and why (KVM only when a probe boot succeeded)
+          ...(agent.vm ? { accelerator: agent.vm.accelerator, acceleratorReason: agent.vm.reason } : {}),
         },
         images: services.images.list().filter((i) => auth.canRead(i.projectId)).length,
       };

@@ -8,6 +8,9 @@ import { ago, humanMemory, printJson, render, short, statusText, table, truncate
 import { errorText } from '../errors.js';
 import { pullWithProgress } from './images.js';
 import { clientOf } from './shared.js';
+import { vmImage, vmStatusText, type Vm } from './vms.js';
+
+type Instance = (Container & { type: 'container' }) | Vm;
 
 interface Container {
   id: string;
@@ -200,6 +203,24 @@ export async function attachAndRun(client: ApiClient, c: Container, autoRemove: 
   }
 }
 
+/**
+ * Instances are one resource: a name that is no container's is tried as a VM's
+ * (/vms has the same verbs). When neither has it, the container's error stands.
+ */
+async function orVm<T>(path: string, call: (path: string) => Promise<T>): Promise<T> {
+  try {
+    return await call(path);
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.code !== 'NotFound' || !/^no such container/.test(e.message) || !path.startsWith('/containers/')) throw e;
+    try {
+      return await call(`/vms/${path.slice('/containers/'.length)}`);
+    } catch (vmError) {
+      if (vmError instanceof ApiError && vmError.code === 'NotFound') throw e;
+      throw vmError;
+    }
+  }
+}
+
 /** Run the request for each id in turn, print the id on success; any failure makes the exit code 1. */
 function forEach(path: (id: string, ctx: CommandContext) => string, body?: (ctx: CommandContext) => unknown, method = 'POST') {
   return async (ctx: CommandContext) => {
@@ -207,7 +228,7 @@ function forEach(path: (id: string, ctx: CommandContext) => string, body?: (ctx:
     let code = 0;
     for (const id of ctx.args) {
       try {
-        await client.json(method, path(enc(id), ctx), body?.(ctx));
+        await orVm(path(enc(id), ctx), (p) => client.json(method, p, body?.(ctx)));
         process.stdout.write(`${id}\n`);
       } catch (e) {
         if (e instanceof ApiError && e.status === 0) throw e; // daemon down: once is enough
@@ -310,7 +331,7 @@ export const containerCommands: CommandSpec[] = [
     run: forEach((id, ctx) => `/containers/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
   },
   {
-    name: 'ps', usage: '', summary: 'List containers (running ones unless -a)', maxArgs: 0,
+    name: 'ps', usage: '', summary: 'List instances, containers and VMs (running ones unless -a)', maxArgs: 0,
     options: [
       { name: 'all', short: 'a', type: 'boolean', description: 'Show all containers, not only running ones' },
       { name: 'quiet', short: 'q', type: 'boolean', description: 'Only print container ids' },
@@ -318,7 +339,17 @@ export const containerCommands: CommandSpec[] = [
       OUTPUT_OPTION,
     ],
     async run({ opts, global }) {
-      const list = await clientOf(global).json<Container[]>('GET', `/containers?all=${Boolean(opts.all)}`);
+      const client = clientOf(global);
+      const [containers, vms] = await Promise.all([
+        client.json<Container[]>('GET', `/containers?all=${Boolean(opts.all)}`),
+        // a daemon without VMs (no /vms route) still lists its containers
+        client.json<Vm[]>('GET', `/vms?all=${Boolean(opts.all)}`).catch((e: unknown) => {
+          if (e instanceof ApiError && e.code === 'NotFound') return [] as Vm[];
+          throw e;
+        }),
+      ]);
+      const list: Instance[] = [...containers.map((c) => ({ ...c, type: 'container' as const })), ...vms]
+        .sort((a, b) => b.createdAt.localeCompare(a.createdAt));
       const full = Boolean(opts['no-trunc']);
       const id = (s: string) => (full ? s : short(s));
       if (opts.quiet && global.output !== 'json') {
@@ -326,13 +357,18 @@ export const containerCommands: CommandSpec[] = [
         return 0;
       }
       return render(global, list, (l) => table(
-        ['CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'NAMES'],
-        l.map((c) => [id(c.id), full ? c.config.image : truncate(c.config.image, 40), JSON.stringify(full ? commandOf(c) : truncate(commandOf(c), 20)), ago(c.createdAt), statusText(c), c.name]),
+        ['INSTANCE ID', 'TYPE', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'NAMES'],
+        l.map((c) => {
+          const image = c.type === 'vm' ? vmImage(c) : c.config.image;
+          const command = c.type === 'vm' ? (c.config.append ?? '') : commandOf(c);
+          const status = c.type === 'vm' ? vmStatusText(c) : statusText(c);
+          return [id(c.id), c.type, full ? image : truncate(image, 40), JSON.stringify(full ? command : truncate(command, 20)), ago(c.createdAt), status, c.name];
+        }),
       ));
     },
   },
   {
-    name: 'inspect', usage: 'NAME|ID [NAME|ID...]', summary: 'Show containers (or, failing that, images) in detail', minArgs: 1,
+    name: 'inspect', usage: 'NAME|ID [NAME|ID...]', summary: 'Show containers or VMs (or, failing that, images) in detail', minArgs: 1,
     options: [{ ...OUTPUT_OPTION, description: 'json (default) or table (a summary)' }],
     async run({ args, opts, global }) {
       const client = clientOf(global);
@@ -341,14 +377,14 @@ export const containerCommands: CommandSpec[] = [
       for (const a of args) {
         try {
           try {
-            out.push(await client.json('GET', `/containers/${enc(a)}`));
+            out.push(await orVm(`/containers/${enc(a)}`, (p) => client.json<Record<string, unknown>>('GET', p)));
           } catch (e) {
             if (!(e instanceof ApiError) || e.code !== 'NotFound') throw e;
             out.push(await client.json('GET', `/images/${enc(a)}`));
           }
         } catch (e) {
           if (!(e instanceof ApiError) || e.code !== 'NotFound') throw e;
-          process.stderr.write(`Error: NotFound: no such container or image: ${a}\n`);
+          process.stderr.write(`Error: NotFound: no such container, VM or image: ${a}\n`);
           code = 1;
         }
       }
@@ -367,7 +403,8 @@ export const containerCommands: CommandSpec[] = [
     async run({ args, opts, global }) {
       if (opts.tail !== undefined && (opts.tail as number) < 0) throw new UsageError('--tail must be zero or more');
       const q = `follow=${Boolean(opts.follow)}${opts.tail !== undefined ? `&tail=${opts.tail}` : ''}`;
-      const records = await clientOf(global).openNdjson<{ time: string; stream: string; line: string; partial?: boolean }>('GET', `/containers/${enc(args[0]!)}/logs?${q}`);
+      const client = clientOf(global);
+      const records = await orVm(`/containers/${enc(args[0]!)}/logs?${q}`, (p) => client.openNdjson<{ time: string; stream: string; line: string; partial?: boolean }>('GET', p));
       let atLineStart = { stdout: true, stderr: true };
       for await (const r of records) {
         const stream = r.stream === 'stderr' ? 'stderr' : 'stdout';

@@ -10,13 +10,17 @@ export const systemCommands: CommandSpec[] = [
       const info = await clientOf(global).json<Record<string, unknown> & { agent: Record<string, unknown>; containers: Record<string, number> }>('GET', '/info');
       if (global.output === 'json') return printJson(info), 0;
       const a = info.agent as { runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[]; snapshotter: string; cgroupLayout: string; kernel: string; cpus: number; memoryBytes: number;
-        warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; misses: number } };
+        warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; misses: number };
+        vm?: { accelerator: string; reason: string } };
+      const vms = info.vms as Record<string, number> | undefined;
       const w = a.warmPool;
       const lines = [
         `Server version: ${String(info.version)}`,
         `Home: ${String(info.home)}`,
         `Containers: ${info.containers.total} (running ${info.containers.running}, paused ${info.containers.paused}, exited ${info.containers.exited})`,
+        ...(vms ? [`VMs: ${vms.total} (running ${vms.running}, paused ${vms.paused}, saved ${vms.saved}, stopped ${vms.stopped})`] : []),
         `Images: ${String(info.images)}`,
+        ...(a.vm ? [`VM accelerator: ${a.vm.accelerator} (${a.vm.reason})`] : []),
         `Snapshotter: ${a.snapshotter}`,
         `Cgroups: ${a.cgroupLayout}`,
         `Runtimes: ${a.runtimes.map((r) => `${r.name}${r.default ? ' (default)' : ''}${r.usable ? '' : ` (unusable: ${r.reason})`}`).join(', ')}`,

@@ -69,7 +69,7 @@ export class ContainerService {
     if (input.name !== undefined && !isValidName(input.name)) {
       throw new InvalidArgument(`invalid container name "${input.name}": use letters, digits, '_', '.', '-' (max 128)`);
     }
-    if (input.name && this.store.containers.byName(input.name)) {
+    if (input.name && (this.store.containers.byName(input.name) || this.store.vms.byName(input.name))) {
       throw new Conflict(`the container name "${input.name}" is already in use`);
     }
     if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
@@ -89,7 +89,7 @@ export class ContainerService {
       ...(config.runtime ? { runtime: config.runtime } : {}),
       ...(config.labels ? { labels: config.labels } : {}),
     };
-    const name = requestedName ?? generateName((n) => this.store.containers.byName(n) !== undefined);
+    const name = requestedName ?? generateName((n) => this.store.containers.byName(n) !== undefined || this.store.vms.byName(n) !== undefined);
     request.name = name;
     // A container the agent created ahead of demand becomes this one, id and all.
     const warmId = this.agent.claimWarmContainer(request);

@@ -107,6 +107,12 @@ export class QuotaService {
     return this.ledger.instance(id) !== undefined;
   }
 
+  /** Admit a VM: one instance, its vCPUs, its guest memory in MiB. */
+  admitVm(id: string, projectId: string, demand: { cpus: number; memoryMiB: number }): Decision {
+    const resources = { instances: 1, cpus: demand.cpus, memory: demand.memoryMiB };
+    return this.ledger.admitOrThrow({ instanceId: id, project: projectId, resources, kind: 'vm' }, Date.now());
+  }
+
   release(id: string, reason: string): void {
     if (this.ledger.instance(id)) this.ledger.release(id, Date.now(), reason);
     for (const wake of [...this.released]) wake();
@@ -145,12 +151,12 @@ export class QuotaService {
       .map((j) => JSON.parse(j) as AuditEntry);
   }
 
-  /** Daemon start: instances the ledger holds for containers that no longer exist are released. */
-  reconcile(liveContainerIds: Set<string>): number {
+  /** Daemon start: instances the ledger holds for containers or VMs that no longer exist are released. */
+  reconcile(liveInstanceIds: Set<string>): number {
     let released = 0;
     for (const id of Object.keys(this.ledger.snapshot().instances)) {
-      if (!liveContainerIds.has(id)) {
-        this.release(id, 'reconciled: the container no longer exists');
+      if (!liveInstanceIds.has(id)) {
+        this.release(id, 'reconciled: the instance no longer exists');
         released++;
       }
     }

@@ -207,7 +207,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.pin?.some((c) => !Number.isInteger(c) || c < 0)) throw new InvalidArgument(`bad pin list ${JSON.stringify(vm.pin)}`);
     const config: VmRecord['config'] = {
       name: spec.name,
-      accel: this.o.accel,
+      accel: vm.accel ?? this.o.accel,
       cpus,
       memoryMiB,
       nics: vm.nics ?? [],
@@ -638,8 +638,9 @@ export class VmDriver implements InstanceDriver {
       if (r.lifecycle !== 'saved') throw new Conflict(`VM ${id} is ${r.lifecycle}, not saved`, { id });
       const p = this.paths(id);
       const t0 = Date.now();
-      if (r.template) {
+      if (r.template && !existsSync(p.savedState)) {
         // first start of a VM made from a template: the template's state, the template stays saved
+        // (once it has been saved on its own, its own state is the one to restore)
         await this.launch(r, `exec:cat '${this.paths(r.template).savedState}'`);
       } else {
         await this.launch(r, `exec:cat '${p.savedState}'`);

@@ -1,0 +1,345 @@
+/**
+ * `nimbus vm ...`: VMs over the REST API (/vms). The instance-wide verbs
+ * (ps, stop, kill, rm, pause, unpause, inspect, logs) also reach VMs: see
+ * containers.ts, which falls back to /vms when a name is not a container's.
+ */
+import { resolve } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { ApiError, type ApiClient } from '../client.js';
+import { OUTPUT_OPTION, UsageError, parseSize, type CommandContext, type CommandSpec, type OptionSpec } from '../args.js';
+import { ago, printJson, render, short, statusText, table, truncate } from '../output.js';
+import { errorText } from '../errors.js';
+import { clientOf } from './shared.js';
+
+export interface Vm {
+  id: string;
+  name: string;
+  type: 'vm';
+  status: string;
+  exitCode: number | null;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  savedAt: string | null;
+  config: { cpus: number; memoryMiB: number; kernel?: string; initrd?: string; append?: string; disk?: string; pin?: number[]; template?: string };
+}
+
+interface Operation {
+  id: string;
+  status: string;
+  error: { code: string; message: string } | null;
+  result: { ms?: number; bytes?: number } | null;
+}
+
+const enc = encodeURIComponent;
+
+/** "0-2,5" → [0, 1, 2, 5] (the cpuset list format). */
+export function parseCpuList(s: string): number[] {
+  const out: number[] = [];
+  for (const part of s.split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new UsageError(`invalid CPU list "${s}": use e.g. 0-1,3`);
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    if (b < a) throw new UsageError(`invalid CPU range "${part}"`);
+    for (let c = a; c <= b; c++) out.push(c);
+  }
+  return out;
+}
+
+const CREATE_OPTIONS: OptionSpec[] = [
+  { name: 'name', type: 'string', value: 'NAME', description: 'VM name (unique across containers and VMs); also accepted as the argument' },
+  { name: 'cpus', type: 'number', integer: true, value: 'N', description: 'vCPUs (default 1)' },
+  { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Guest memory (256m, 1g; default 256m)' },
+  { name: 'kernel', type: 'string', value: 'FILE', description: 'Boot this kernel directly (with --initrd and --append)' },
+  { name: 'initrd', type: 'string', value: 'FILE', description: 'Initial ramdisk for --kernel' },
+  { name: 'append', type: 'string', value: 'ARGS', description: 'Kernel command line for --kernel' },
+  { name: 'disk', type: 'string', value: 'IMAGE', description: 'Boot from a disk image (raw or qcow2); the VM writes to its own overlay' },
+  { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
+];
+
+/** The POST /vms body from `vm create|run` options and an optional NAME argument. */
+export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Record<string, unknown> {
+  if (args[0] !== undefined && opts.name !== undefined && args[0] !== opts.name) throw new UsageError('give the name once: --name NAME or NAME');
+  const name = (opts.name as string | undefined) ?? args[0];
+  if (!opts.kernel && !opts.disk) throw new UsageError('a VM needs --kernel FILE (direct boot) or --disk IMAGE');
+  if (!opts.kernel && (opts.initrd !== undefined || opts.append !== undefined)) throw new UsageError('--initrd and --append need --kernel');
+  const cpus = opts.cpus as number | undefined;
+  if (cpus !== undefined && cpus < 1) throw new UsageError(`--cpus must be at least 1, got ${cpus}`);
+  let memoryMiB: number | undefined;
+  if (opts.memory !== undefined) {
+    const bytes = parseSize(String(opts.memory));
+    if (bytes < 16 * 1024 * 1024) throw new UsageError('--memory must be at least 16m');
+    memoryMiB = Math.ceil(bytes / (1024 * 1024));
+  }
+  return {
+    ...(name !== undefined ? { name } : {}),
+    ...(cpus !== undefined ? { cpus } : {}),
+    ...(memoryMiB !== undefined ? { memoryMiB } : {}),
+    // files are opened by the daemon on its host: relative paths mean this shell's directory
+    ...(opts.kernel !== undefined ? { kernel: resolve(String(opts.kernel)) } : {}),
+    ...(opts.initrd !== undefined ? { initrd: resolve(String(opts.initrd)) } : {}),
+    ...(opts.append !== undefined ? { append: opts.append } : {}),
+    ...(opts.disk !== undefined ? { disk: resolve(String(opts.disk)) } : {}),
+    ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
+  };
+}
+
+/** The table's IMAGE column for a VM: its disk image or its kernel. */
+export function vmImage(v: Pick<Vm, 'config'>): string {
+  const base = (p: string) => p.slice(p.lastIndexOf('/') + 1);
+  if (v.config.template) return `template:${short(v.config.template)}`;
+  return v.config.disk ? base(v.config.disk) : v.config.kernel ? `kernel:${base(v.config.kernel)}` : '';
+}
+
+/** The STATUS column: container wording where it fits, "Saved …" and "Stopped (N) …" for VM states. */
+export function vmStatusText(v: Vm, now = Date.now()): string {
+  if (v.status === 'stopped') return `Stopped (${v.exitCode ?? '?'}) ${ago(v.finishedAt, now)}`.trimEnd();
+  if (v.status === 'saved') return `Saved ${ago(v.savedAt, now)}`.trimEnd();
+  return statusText(v, now);
+}
+
+/** Wait for an Operation to end; a failed one throws its error. */
+async function waitOperation(client: ApiClient, op: Operation): Promise<Operation> {
+  while (op.status === 'running' || op.status === 'pending') {
+    op = await client.json<Operation>('GET', `/operations/${enc(op.id)}/wait?timeout=60`);
+  }
+  if (op.status !== 'succeeded') throw new ApiError(500, op.error?.code ?? 'Internal', op.error?.message ?? `operation ${op.status}`);
+  return op;
+}
+
+/** Run the request for each VM in turn, print the name as given on success; any failure makes the exit code 1. */
+function forEachVm(path: (id: string, ctx: CommandContext) => string, body?: (ctx: CommandContext) => unknown, method = 'POST') {
+  return async (ctx: CommandContext) => {
+    const client = clientOf(ctx.global);
+    let code = 0;
+    for (const id of ctx.args) {
+      try {
+        await client.json(method, path(enc(id), ctx), body?.(ctx));
+        process.stdout.write(`${id}\n`);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 0) throw e; // daemon down: once is enough
+        process.stderr.write(`${errorText(e)}\n`);
+        code = 1;
+      }
+    }
+    return code;
+  };
+}
+
+/** save/restore: each is an Operation the CLI waits for. */
+function viaOperation(verb: 'save' | 'restore') {
+  return async (ctx: CommandContext) => {
+    const client = clientOf(ctx.global);
+    let code = 0;
+    for (const id of ctx.args) {
+      try {
+        const op = await waitOperation(client, await client.json<Operation>('POST', `/vms/${enc(id)}/${verb}`));
+        const r = op.result ?? {};
+        process.stdout.write(`${id}\n`);
+        const size = r.bytes !== undefined ? `, ${(r.bytes / (1024 * 1024)).toFixed(1)} MiB` : '';
+        process.stderr.write(`${verb === 'save' ? 'saved' : 'restored'} in ${r.ms ?? '?'} ms${size}\n`);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 0) throw e;
+        process.stderr.write(`${errorText(e)}\n`);
+        code = 1;
+      }
+    }
+    return code;
+  };
+}
+
+/** The byte that detaches from the console (Ctrl-], as telnet and virsh). */
+const DETACH = 0x1d;
+
+async function consoleSession(client: ApiClient, id: string): Promise<number> {
+  const input = new PassThrough();
+  const ac = new AbortController();
+  const stdin = process.stdin;
+  const tty = stdin.isTTY === true;
+  let detached = false;
+  const detach = () => {
+    detached = true;
+    ac.abort();
+  };
+  // Not a terminal: once input ends, leave when the guest has been quiet for a second.
+  let quietTimer: NodeJS.Timeout | undefined;
+  let inputEnded = false;
+  const armQuiet = () => {
+    if (!inputEnded) return;
+    clearTimeout(quietTimer);
+    quietTimer = setTimeout(detach, 1000);
+  };
+  const onData = (b: Buffer) => {
+    const i = b.indexOf(DETACH);
+    if (i >= 0) {
+      if (i > 0) input.write(b.subarray(0, i));
+      detach();
+      return;
+    }
+    input.write(b);
+  };
+  const onEnd = () => {
+    inputEnded = true;
+    armQuiet();
+  };
+  const frames = await client.openDuplexNdjson<{ data: string }>(`/vms/${enc(id)}/console`, input, 'application/octet-stream', ac.signal);
+  if (tty) {
+    stdin.setRawMode(true);
+    process.stderr.write('Connected to the serial console; Ctrl-] detaches.\r\n');
+  }
+  stdin.on('data', onData);
+  stdin.once('end', onEnd);
+  stdin.resume();
+  try {
+    for await (const f of frames) {
+      process.stdout.write(Buffer.from(f.data, 'base64'));
+      armQuiet();
+    }
+  } catch (e) {
+    if (!detached) throw e;
+  } finally {
+    clearTimeout(quietTimer);
+    stdin.off('data', onData);
+    stdin.off('end', onEnd);
+    if (tty) stdin.setRawMode(false);
+    stdin.pause();
+    input.end();
+  }
+  if (tty) process.stderr.write(detached ? '\r\nDetached.\r\n' : '\r\nThe VM has stopped.\r\n');
+  return 0;
+}
+
+type InspectedVm = Vm & { host: { accel: string; qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; rootDisk?: string } | null };
+
+/** `vm inspect -o table`: the facts a person looks for first. */
+function inspectSummary(v: InspectedVm): string {
+  return table(['FIELD', 'VALUE'], [
+    ['id', v.id], ['name', v.name], ['status', vmStatusText(v)],
+    ['cpus', String(v.config.cpus)], ['memory', `${v.config.memoryMiB} MiB`], ['image', vmImage(v)],
+    ['accelerator', v.host?.accel ?? '-'], ['qemu pid', v.host?.qemuPid !== undefined ? String(v.host.qemuPid) : '-'],
+    ['pinning', v.host?.pinning.map((p) => `vcpu${p.vcpu}→${p.hostCpus.join(',')}`).join(' ') || '-'],
+    ['root disk', v.host?.rootDisk ?? '-'],
+  ]);
+}
+
+function vmTable(list: Vm[], full: boolean): string {
+  const id = (s: string) => (full ? s : short(s));
+  return table(
+    ['VM ID', 'NAME', 'STATUS', 'CPUS', 'MEMORY', 'IMAGE', 'CREATED'],
+    list.map((v) => [id(v.id), v.name, vmStatusText(v), String(v.config.cpus), `${v.config.memoryMiB}MiB`, truncate(vmImage(v), 40), ago(v.createdAt)]),
+  );
+}
+
+export const vmCommands: CommandSpec[] = [
+  {
+    name: 'vm create', usage: '[NAME]', summary: 'Create a VM without starting it (prints its id)', maxArgs: 1, options: CREATE_OPTIONS,
+    async run(ctx) {
+      const v = await clientOf(ctx.global).json<Vm>('POST', '/vms', vmCreateBody(ctx.opts, ctx.args));
+      process.stdout.write(`${v.id}\n`);
+      return 0;
+    },
+  },
+  {
+    name: 'vm run', usage: '[NAME]', summary: 'Create and boot a VM (prints its id; see vm logs and vm console)', maxArgs: 1, options: CREATE_OPTIONS,
+    async run(ctx) {
+      const client = clientOf(ctx.global);
+      const v = await client.json<Vm>('POST', '/vms', vmCreateBody(ctx.opts, ctx.args));
+      try {
+        await client.json('POST', `/vms/${enc(v.id)}/start`);
+      } catch (e) {
+        // a VM that cannot boot is not left behind by run
+        await client.json('DELETE', `/vms/${enc(v.id)}?force=true`).catch(() => undefined);
+        throw Object.assign(e instanceof Error ? e : new Error(String(e)), { exitCode: 125 });
+      }
+      process.stdout.write(`${v.id}\n`);
+      return 0;
+    },
+  },
+  {
+    name: 'vm clone', usage: 'TEMPLATE', summary: 'Create a VM from a saved one used as a template; vm restore starts it without a boot',
+    minArgs: 1, maxArgs: 1, options: [{ name: 'name', type: 'string', value: 'NAME', description: 'Name of the new VM' }],
+    async run({ args, opts, global }) {
+      const v = await clientOf(global).json<Vm>('POST', `/vms/${enc(args[0]!)}/clone`, opts.name !== undefined ? { name: opts.name } : {});
+      process.stdout.write(`${v.id}\n`);
+      return 0;
+    },
+  },
+  {
+    name: 'vm ls', usage: '', summary: 'List VMs (running and paused ones unless -a)', maxArgs: 0,
+    options: [
+      { name: 'all', short: 'a', type: 'boolean', description: 'Show all VMs' },
+      { name: 'quiet', short: 'q', type: 'boolean', description: 'Only print VM ids' },
+      { name: 'no-trunc', type: 'boolean', description: 'Do not shorten ids' },
+      OUTPUT_OPTION,
+    ],
+    async run({ opts, global }) {
+      const list = await clientOf(global).json<Vm[]>('GET', `/vms?all=${Boolean(opts.all)}`);
+      if (opts.quiet && global.output !== 'json') {
+        process.stdout.write(list.map((v) => `${opts['no-trunc'] ? v.id : short(v.id)}\n`).join(''));
+        return 0;
+      }
+      return render(global, list, (l) => vmTable(l, Boolean(opts['no-trunc'])));
+    },
+  },
+  {
+    name: 'vm inspect', usage: 'VM [VM...]', summary: 'Show VMs in detail: record, accelerator, QEMU argv, vCPU pinning', minArgs: 1,
+    options: [{ ...OUTPUT_OPTION, description: 'json (default) or table (a summary)' }],
+    async run({ args, opts, global }) {
+      const client = clientOf(global);
+      const out: unknown[] = [];
+      let code = 0;
+      for (const a of args) {
+        try {
+          out.push(await client.json('GET', `/vms/${enc(a)}`));
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 0) throw e;
+          process.stderr.write(`${errorText(e)}\n`);
+          code = 1;
+        }
+      }
+      if (opts.output === 'table') process.stdout.write((out as InspectedVm[]).map(inspectSummary).join('\n'));
+      else printJson(out);
+      return code;
+    },
+  },
+  { name: 'vm start', usage: 'VM [VM...]', summary: 'Boot created or stopped VMs', minArgs: 1, options: [], run: forEachVm((id) => `/vms/${id}/start`) },
+  {
+    name: 'vm stop', usage: 'VM [VM...]', summary: 'Stop VMs: ACPI power button, then SIGKILL after the timeout', minArgs: 1,
+    options: [{ name: 'time', short: 't', type: 'number', integer: true, value: 'SECS', description: 'Seconds to wait before SIGKILL (default 30)' }],
+    run: forEachVm((id) => `/vms/${id}/stop`, (ctx) => (ctx.opts.time !== undefined ? { timeout: ctx.opts.time } : {})),
+  },
+  {
+    name: 'vm kill', usage: 'VM [VM...]', summary: 'Signal QEMU (SIGKILL: hard power-off)', minArgs: 1,
+    options: [{ name: 'signal', short: 's', type: 'string', value: 'SIG', description: 'Signal to send', default: 'SIGKILL' }],
+    run: forEachVm((id) => `/vms/${id}/kill`, (ctx) => ({ signal: ctx.opts.signal })),
+  },
+  { name: 'vm pause', usage: 'VM [VM...]', summary: 'Stop the vCPUs of VMs', minArgs: 1, options: [], run: forEachVm((id) => `/vms/${id}/pause`) },
+  { name: 'vm unpause', usage: 'VM [VM...]', summary: 'Resume the vCPUs of paused VMs', minArgs: 1, options: [], run: forEachVm((id) => `/vms/${id}/unpause`) },
+  {
+    name: 'vm rm', usage: 'VM [VM...]', summary: 'Remove VMs with their overlay disk, saved state and sockets', minArgs: 1,
+    options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Kill a running VM first' }],
+    run: forEachVm((id, ctx) => `/vms/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
+  },
+  { name: 'vm save', usage: 'VM [VM...]', summary: 'Save the whole VM state to disk; the VM is then saved (QEMU ends)', minArgs: 1, options: [], run: viaOperation('save') },
+  { name: 'vm restore', usage: 'VM [VM...]', summary: 'Bring saved VMs back, the guest continuing where it was', minArgs: 1, options: [], run: viaOperation('restore') },
+  {
+    name: 'vm logs', usage: 'VM', summary: "Print a VM's serial console output", minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'follow', short: 'f', type: 'boolean', description: 'Keep streaming until the VM stops' },
+      { name: 'tail', short: 'n', type: 'number', integer: true, value: 'N', description: 'Only the last N lines' },
+    ],
+    async run({ args, opts, global }) {
+      if (opts.tail !== undefined && (opts.tail as number) < 0) throw new UsageError('--tail must be zero or more');
+      const q = `follow=${Boolean(opts.follow)}${opts.tail !== undefined ? `&tail=${opts.tail}` : ''}`;
+      for await (const r of await clientOf(global).openNdjson<{ line: string; partial?: boolean }>('GET', `/vms/${enc(args[0]!)}/logs?${q}`)) {
+        process.stdout.write(`${r.line}${r.partial ? '' : '\n'}`);
+      }
+      return 0;
+    },
+  },
+  {
+    name: 'vm console', usage: 'VM', summary: "Attach to a VM's serial console (Ctrl-] detaches)", minArgs: 1, maxArgs: 1, options: [],
+    run: ({ args, global }) => consoleSession(clientOf(global), args[0]!),
+  },
+];

@@ -1,0 +1,446 @@
+/**
+ * VMs as the control plane sees them: the record in the store, the state
+ * machine (vm-state.ts), quota admission and release, events, and calls to
+ * the host's agent (which owns the QEMU driver; nothing here imports it).
+ */
+import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
+import { isValidName, newId } from '../../core/ids.js';
+import { logger } from '../../core/log.js';
+import type { Agent, VmCreateRequest, VmHostState } from '../../agent/agent.js';
+import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
+import type { LogRecord } from '../../agent/drivers/instance-driver.js';
+import type { Store } from '../../store/store.js';
+import type { VmConfig, VmRecord, VmStatus } from '../../store/records.js';
+import type { EventBus } from '../events/event-bus.js';
+import type { QuotaService } from '../quota/quota-service.js';
+import type { OperationService } from '../operations/operations.js';
+import type { OperationRecord } from '../../store/records.js';
+import { assertVmTransition, isLive } from './vm-state.js';
+import { generateName } from './names.js';
+import { AsyncQueue } from '../../core/async-queue.js';
+import type { Readable } from 'node:stream';
+
+const log = logger('compute-vm');
+/** Guest memory when the request names none. */
+export const DEFAULT_VM_MEMORY_MIB = 256;
+/**
+ * VM ids are 128 bits (32 hex): the VM's QMP and console sockets live in a
+ * directory named after it, and a unix socket path must fit in 108 bytes.
+ */
+const newVmId = (): string => newId().slice(0, 32);
+/** Seconds between the ACPI power button and SIGKILL when the request names none. */
+export const DEFAULT_VM_STOP_TIMEOUT = 30;
+
+export interface CreateVmInput {
+  name?: string;
+  cpus?: number;
+  memoryMiB?: number;
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  disk?: string;
+  pin?: number[];
+}
+
+export class VmService {
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly agent: Agent,
+    private readonly events: EventBus,
+    private readonly quota: QuotaService,
+    private readonly operations: OperationService,
+  ) {
+    agent.onVmExit((id) => void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) })));
+  }
+
+  /** Serialises lifecycle calls per VM so concurrent requests cannot interleave. */
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.locks.set(id, tail);
+    void tail.then(() => {
+      if (this.locks.get(id) === tail) this.locks.delete(id);
+    });
+    return next;
+  }
+
+  private publish(v: VmRecord, action: string, attributes: Record<string, unknown> = {}) {
+    this.events.publish({ type: 'vm', action, id: v.id, projectId: v.projectId, attributes: { name: v.name, ...attributes } });
+  }
+
+  get(idOrName: string): VmRecord {
+    return this.store.vms.resolve(idOrName);
+  }
+
+  /** The record plus what the host knows (accelerator, QEMU argv, pinning, sockets). */
+  async inspect(idOrName: string): Promise<VmRecord & { host: VmInspect | null }> {
+    const v = this.get(idOrName);
+    const host = await this.agent.inspectVm(v.id).catch((e: unknown) => {
+      if (hasCode(e, 'NotFound')) return null;
+      throw e;
+    });
+    return { ...v, host };
+  }
+
+  list(opts: { all?: boolean; projectId?: string } = {}): VmRecord[] {
+    return this.store.vms.list({
+      ...(opts.projectId ? { projectId: opts.projectId } : {}),
+      ...(opts.all ? {} : { status: ['running', 'paused'] as VmStatus[] }),
+    });
+  }
+
+  /** Names are unique across instances: a VM may not take a container's name, nor the reverse. */
+  private checkName(name: string | undefined): string {
+    const taken = (n: string) => this.store.vms.byName(n) !== undefined || this.store.containers.byName(n) !== undefined;
+    if (name === undefined) return generateName(taken);
+    if (!isValidName(name)) throw new InvalidArgument(`invalid VM name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
+    if (taken(name)) throw new Conflict(`the name "${name}" is already in use by an instance`);
+    return name;
+  }
+
+  async create(input: CreateVmInput, projectId: string): Promise<VmRecord> {
+    if (!input.kernel && !input.disk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --disk)');
+    if (input.disk && input.kernel === undefined && (input.initrd || input.append)) {
+      throw new InvalidArgument('initrd and append need a kernel');
+    }
+    const config: VmConfig = {
+      cpus: input.cpus ?? 1,
+      memoryMiB: input.memoryMiB ?? DEFAULT_VM_MEMORY_MIB,
+      ...(input.kernel ? { kernel: input.kernel } : {}),
+      ...(input.initrd ? { initrd: input.initrd } : {}),
+      ...(input.append ? { append: input.append } : {}),
+      ...(input.disk ? { disk: input.disk } : {}),
+      ...(input.pin?.length ? { pin: input.pin } : {}),
+    };
+    const name = this.checkName(input.name);
+    const id = newVmId();
+    const rec = this.admitAndInsert(id, name, projectId, config, 'created');
+    const req: VmCreateRequest = { id, name, ...config };
+    try {
+      await this.agent.createVm(req);
+    } catch (e) {
+      this.forget(id, 'create failed');
+      throw e;
+    }
+    this.publish(rec, 'create', { cpus: config.cpus, memoryMiB: config.memoryMiB });
+    return rec;
+  }
+
+  /** A new VM from a saved one (RunD's microVM templates); it is saved, and restore starts it. */
+  async createFromTemplate(templateIdOrName: string, name: string | undefined, projectId: string): Promise<VmRecord> {
+    const t = this.get(templateIdOrName);
+    if (t.status !== 'saved' || t.config.template) throw new Conflict(`VM ${t.name} is not a saved VM that can serve as a template (it is ${t.status})`);
+    const newName = this.checkName(name);
+    const id = newVmId();
+    const { template: _none, ...base } = t.config;
+    const rec = this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved');
+    try {
+      await this.agent.createVmFromTemplate(t.id, id, newName);
+    } catch (e) {
+      this.forget(id, 'create failed');
+      throw e;
+    }
+    this.publish(rec, 'create', { template: t.id });
+    return rec;
+  }
+
+  /** Admission first: a refused request leaves nothing behind. */
+  private admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus): VmRecord {
+    this.quota.admitVm(id, projectId, { cpus: config.cpus, memoryMiB: config.memoryMiB });
+    const now = new Date().toISOString();
+    const rec: VmRecord = {
+      id, name, projectId, config, status, pid: null, exitCode: null,
+      createdAt: now, startedAt: null, finishedAt: null, savedAt: null,
+    };
+    try {
+      this.store.vms.insert(rec);
+    } catch (e) {
+      this.quota.release(id, 'create failed');
+      throw e;
+    }
+    return rec;
+  }
+
+  /** A failed create leaves nothing: not the host state, not the record, not the quota. */
+  private forget(id: string, reason: string): void {
+    void this.agent.removeVm(id).catch(() => undefined);
+    this.store.vms.delete(id);
+    this.quota.release(id, reason);
+  }
+
+  private current(id: string): VmRecord {
+    const v = this.store.vms.get(id);
+    if (!v) throw new NotFound(`no such vm: ${id}`);
+    return v;
+  }
+
+  private running(id: string, state: VmHostState, action: string, attributes: Record<string, unknown> = {}): VmRecord {
+    const v = this.store.vms.update(id, {
+      status: 'running', pid: state.pid ?? null, startedAt: state.startedAt ?? new Date().toISOString(),
+      finishedAt: null, exitCode: null,
+    });
+    this.publish(v, action, { pid: v.pid, ...attributes });
+    return v;
+  }
+
+  start(idOrName: string): Promise<VmRecord> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (isLive(cur.status)) return cur;
+      if (cur.status === 'saved') throw new Conflict(`VM ${cur.name} is saved: restore it (nimbus vm restore ${cur.name})`);
+      assertVmTransition(cur.name, cur.status, 'running', 'start');
+      this.readmit(cur);
+      return this.running(v.id, await this.agent.startVm(v.id), 'start');
+    });
+  }
+
+  /** ACPI power button, then SIGKILL after the timeout. */
+  stop(idOrName: string, timeoutSec = DEFAULT_VM_STOP_TIMEOUT): Promise<VmRecord> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (!isLive(cur.status)) return cur;
+      return this.recordStop(v.id, await this.agent.stopVm(v.id, timeoutSec));
+    });
+  }
+
+  kill(idOrName: string, signal = 'SIGKILL'): Promise<VmRecord> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (!isLive(cur.status)) throw new Conflict(`cannot kill VM ${cur.name}: it is ${cur.status}`);
+      await this.agent.killVm(v.id, signal);
+      this.publish(cur, 'kill', { signal });
+      const state = await this.agent.vmState(v.id);
+      return state.lifecycle === 'stopped' ? this.recordStop(v.id, state) : this.current(v.id);
+    });
+  }
+
+  pause(idOrName: string): Promise<VmRecord> {
+    return this.simpleTransition(idOrName, 'paused', 'pause', (id) => this.agent.pauseVm(id));
+  }
+
+  unpause(idOrName: string): Promise<VmRecord> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (cur.status !== 'paused') throw new Conflict(`cannot unpause VM ${cur.name}: it is ${cur.status}`);
+      await this.agent.unpauseVm(v.id);
+      const next = this.store.vms.update(v.id, { status: 'running' });
+      this.publish(next, 'unpause');
+      return next;
+    });
+  }
+
+  private simpleTransition(idOrName: string, to: VmStatus, verb: string, call: (id: string) => Promise<void>): Promise<VmRecord> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (cur.status === to) return cur;
+      assertVmTransition(cur.name, cur.status, to, verb);
+      await call(v.id);
+      const next = this.store.vms.update(v.id, { status: to });
+      this.publish(next, verb);
+      return next;
+    });
+  }
+
+  /** The whole VM (RAM, devices, vCPUs) to disk; QEMU ends; the VM is saved. */
+  save(idOrName: string): Promise<{ vm: VmRecord; bytes: number; ms: number }> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      assertVmTransition(cur.name, cur.status, 'saved', 'save');
+      const r = await this.agent.saveVm(v.id);
+      const next = this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: new Date().toISOString() });
+      this.publish(next, 'save', { bytes: r.bytes, ms: r.ms });
+      return { vm: next, bytes: r.bytes, ms: r.ms };
+    });
+  }
+
+  /**
+   * Save as an Operation (its time grows with guest memory). A VM that cannot be
+   * saved now is refused here, not as a failed operation.
+   */
+  startSave(idOrName: string): OperationRecord {
+    const v = this.get(idOrName);
+    assertVmTransition(v.name, v.status, 'saved', 'save');
+    return this.operations.start('vm.save', v.id, v.projectId, async () => {
+      const r = await this.save(v.id);
+      return { id: v.id, name: v.name, status: r.vm.status, bytes: r.bytes, ms: r.ms };
+    });
+  }
+
+  startRestore(idOrName: string): OperationRecord {
+    const v = this.get(idOrName);
+    if (v.status !== 'saved') throw new Conflict(`cannot restore VM ${v.name}: it is ${v.status}, not saved`);
+    this.assertNotTemplate(v, 'restore');
+    return this.operations.start('vm.restore', v.id, v.projectId, async () => {
+      const r = await this.restore(v.id);
+      return { id: v.id, name: v.name, status: r.vm.status, ms: r.ms };
+    });
+  }
+
+  /**
+   * A template's saved state and frozen disk back the VMs made from it: restoring
+   * it would move its disk on under them, removing it would pull it away.
+   */
+  private assertNotTemplate(v: VmRecord, verb: string): void {
+    const children = this.store.vms.list().filter((o) => o.config.template === v.id);
+    if (children.length) throw new Conflict(`cannot ${verb} VM ${v.name}: it is the template of ${children.map((c) => c.name).join(', ')}; remove those first`);
+  }
+
+  /**
+   * A VM whose charge a reclaim released (it was saved or stopped for a lender) is
+   * admitted again before it runs; QuotaExceeded when its project has no room now.
+   */
+  private readmit(v: VmRecord): void {
+    if (this.quota.holds(v.id)) return;
+    this.quota.admitVm(v.id, v.projectId, { cpus: v.config.cpus, memoryMiB: v.config.memoryMiB });
+  }
+
+  /** A saved VM back, its guest continuing where it was. */
+  restore(idOrName: string): Promise<{ vm: VmRecord; ms: number }> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (cur.status !== 'saved') throw new Conflict(`cannot restore VM ${cur.name}: it is ${cur.status}, not saved`);
+      this.assertNotTemplate(cur, 'restore');
+      this.readmit(cur);
+      const r = await this.agent.restoreVm(v.id);
+      const next = this.running(v.id, await this.agent.vmState(v.id), 'restore', { ms: r.ms });
+      return { vm: next, ms: r.ms };
+    });
+  }
+
+  remove(idOrName: string, force: boolean): Promise<void> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.store.vms.get(v.id);
+      if (!cur) return;
+      if (isLive(cur.status) && !force) throw new Conflict(`VM ${cur.name} is ${cur.status}: stop it first or use --force`);
+      this.assertNotTemplate(cur, 'remove');
+      this.store.vms.update(v.id, { status: 'removing' });
+      try {
+        await this.agent.removeVm(v.id); // kills a live QEMU first
+      } catch (e) {
+        if (!hasCode(e, 'NotFound')) {
+          this.store.vms.update(v.id, { status: cur.status });
+          throw e;
+        }
+      }
+      this.store.vms.delete(v.id);
+      this.quota.release(v.id, 'vm removed');
+      this.publish(cur, 'destroy');
+    });
+  }
+
+  /**
+   * The serial console: `input` goes to the guest, its output comes back as
+   * frames of base64 bytes until the VM ends or the caller goes (signal).
+   * The input ending does not close the line: a script may send and then read.
+   */
+  async console(idOrName: string, input: Readable, signal: AbortSignal): Promise<AsyncIterable<{ data: string }>> {
+    const v = this.get(idOrName);
+    if (!isLive(v.status)) throw new Conflict(`VM ${v.name} is ${v.status}; the console needs it running`);
+    const line = await this.agent.openVmConsole(v.id);
+    const out = new AsyncQueue<{ data: string }>();
+    line.on('data', (b: Buffer) => out.push({ data: b.toString('base64') }));
+    line.once('close', () => out.end());
+    line.once('error', () => out.end());
+    input.pipe(line, { end: false });
+    const hangUp = () => {
+      input.unpipe(line);
+      line.destroy();
+      out.end();
+    };
+    if (signal.aborted) hangUp();
+    else signal.addEventListener('abort', hangUp, { once: true });
+    this.publish(v, 'console');
+    return out;
+  }
+
+  logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    return this.agent.vmLogs(this.get(idOrName).id, opts);
+  }
+
+  private recordStop(id: string, state: VmHostState): VmRecord {
+    const cur = this.current(id);
+    if (cur.status === 'stopped') return cur;
+    const next = this.store.vms.update(id, {
+      status: 'stopped', pid: null,
+      exitCode: state.exitCode ?? cur.exitCode ?? 255,
+      finishedAt: state.finishedAt ?? new Date().toISOString(),
+    });
+    this.publish(next, 'die', { exitCode: next.exitCode });
+    return next;
+  }
+
+  /** The agent saw QEMU end (guest power-off, crash, kill from outside): record it. */
+  async handleExit(id: string): Promise<void> {
+    const cur = this.store.vms.get(id);
+    if (!cur || !isLive(cur.status)) return;
+    await this.locked(id, async () => {
+      const now = this.store.vms.get(id);
+      if (!now || !isLive(now.status)) return;
+      const state = await this.agent.vmState(id);
+      if (state.lifecycle === 'stopped') this.recordStop(id, state);
+    });
+  }
+
+  /**
+   * Daemon start, before serving: the driver reconciles its own state first
+   * (orphan QEMU killed, record-less directories removed, live VMs watched
+   * again), then the store and the host are brought into agreement. VMs keep
+   * running across a daemon restart and are simply re-attached.
+   */
+  async reconcile(): Promise<{ running: number; stopped: number; lost: number; orphansRemoved: number; qemuKilled: number }> {
+    const host = await this.agent.reconcileVms();
+    const onHost = new Set(await this.agent.listVms());
+    let running = 0, stopped = 0, lost = 0, orphansRemoved = 0;
+    for (const v of this.store.vms.list()) {
+      if (v.status === 'removing') {
+        await this.agent.removeVm(v.id).catch(() => undefined);
+        this.store.vms.delete(v.id);
+        this.quota.release(v.id, 'vm removed');
+        continue;
+      }
+      if (!onHost.has(v.id)) {
+        // its host state is gone: nothing can run or restore it any more
+        if (v.status !== 'stopped') {
+          this.store.vms.update(v.id, { status: 'stopped', pid: null, exitCode: v.exitCode ?? 255, finishedAt: v.finishedAt ?? new Date().toISOString() });
+          lost++;
+        }
+        continue;
+      }
+      onHost.delete(v.id);
+      let state: VmHostState;
+      try {
+        state = await this.agent.vmState(v.id);
+      } catch (e) {
+        // one unreadable VM must not keep the daemon from serving the others
+        log.warn('cannot read a VM\'s host state; leaving its record as it was', { id: v.id, error: String(e) });
+        continue;
+      }
+      if (state.lifecycle === 'running' || state.lifecycle === 'paused') {
+        this.store.vms.update(v.id, { status: state.lifecycle, pid: state.pid ?? v.pid });
+        running++;
+      } else if (state.lifecycle === 'stopped' && v.status !== 'stopped') {
+        this.recordStop(v.id, state);
+        stopped++;
+      } else if (state.lifecycle === 'saved' && v.status !== 'saved') {
+        this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: v.savedAt ?? new Date().toISOString() });
+      }
+    }
+    for (const orphan of onHost) {
+      log.warn('removing a VM the store does not know', { id: orphan });
+      await this.agent.removeVm(orphan).catch((e: unknown) => log.warn('orphan VM removal failed', { id: orphan, error: String(e) }));
+      orphansRemoved++;
+    }
+    return { running, stopped, lost, orphansRemoved, qemuKilled: host.killed.length };
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * VMs end to end through a real nimbusd process and the nimbus CLI, with real
+ * QEMU (TCG here) and the test guest from scripts/build-guest: one boot, then
+ * console, pause/unpause, save/restore (the guest continues, no second boot),
+ * a kill -9 of nimbusd while the VM runs (it keeps running and is re-attached),
+ * stop by ACPI, rm. Nothing of it may stay behind.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
+
+let d: DaemonProcess;
+let guest: TestGuest;
+const NAME = 'e2e-vm';
+
+interface Vm { id: string; name: string; type: string; status: string; exitCode: number | null; host: { qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; accel: string } | null }
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** QEMU processes whose command line mentions the daemon's home. */
+function qemuUnder(dir: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if ((argv[0] ?? '').includes('qemu-system') && argv.some((a) => a.includes(dir))) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+async function cliOk(args: string[], input?: string): Promise<string> {
+  const r = await d.cli(args, input !== undefined ? { input } : {});
+  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+async function inspect(): Promise<Vm> {
+  return (JSON.parse(await cliOk(['inspect', NAME])) as Vm[])[0]!;
+}
+
+describe('VMs end to end', { concurrency: false }, () => {
+  before(async () => {
+    guest = await buildTestGuest(GUEST_CACHE_DIR);
+    d = await startDaemonProcess();
+  });
+  after(async () => {
+    if (!d) return;
+    try {
+      const list = await d.api<{ id: string }[]>('GET', '/vms?all=true').catch(() => ({ status: 0, body: [] }));
+      for (const v of list.body ?? []) await d.api('DELETE', `/vms/${v.id}?force=true`).catch(() => undefined);
+    } finally {
+      const left = qemuUnder(d.home);
+      for (const pid of left) process.kill(pid, 'SIGKILL');
+      await d.destroy();
+      assert.deepEqual(left, [], 'no QEMU left behind');
+    }
+  });
+
+  test('info shows the accelerator and why', async () => {
+    const out = await cliOk(['info']);
+    assert.match(out, /^VM accelerator: (kvm|tcg) \(.+\)$/m);
+  });
+
+  test('create is admitted by quota (vCPUs) and refused whole when over it; bad requests are usage errors', async () => {
+    await cliOk(['quota', 'set', 'default', '--cpus', '1']);
+    const r = await d.cli(['vm', 'create', '--cpus', '2', '--kernel', guest.kernel, 'too-big']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /QuotaExceeded/);
+    assert.deepEqual(JSON.parse(await cliOk(['vm', 'ls', '-a', '-o', 'json'])), [], 'nothing left by a refused create');
+    await cliOk(['quota', 'set', 'default', '--cpus', '64']);
+    assert.equal((await d.cli(['vm', 'create', 'no-boot-source'])).code, 2);
+    assert.equal((await d.cli(['vm', 'run', '--kernel', guest.kernel, '--pin', '1-0'])).code, 2);
+  });
+
+  test('vm run boots the guest; ps lists it with type vm; logs show its readiness; console answers', async () => {
+    await cliOk(['vm', 'run', '--name', NAME, '--cpus', '1', '--memory', '192m', '--pin', '0',
+      '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', guest.append]);
+    const ps = JSON.parse(await cliOk(['ps', '-o', 'json'])) as Vm[];
+    assert.deepEqual(ps.filter((i) => i.name === NAME).map((i) => [i.type, i.status]), [['vm', 'running']]);
+    assert.match(await cliOk(['ps']), new RegExp(`\\bvm\\b.*Up .*${NAME}\\n`));
+    await waitFor('the readiness marker in nimbus logs', async () => ((await cliOk(['logs', NAME])).includes(READY_MARKER) ? true : undefined));
+    assert.match(await cliOk(['console', NAME], 'echo first-answer\n'), /first-answer/);
+    const v = await inspect();
+    assert.equal(v.type, 'vm');
+    assert.deepEqual(v.host?.pinning.map((p) => p.hostCpus), [[0]], 'vCPU 0 pinned to host CPU 0');
+  });
+
+  test('pause stops the vCPUs, unpause resumes them', async () => {
+    await cliOk(['pause', NAME]);
+    assert.equal((await inspect()).status, 'paused');
+    assert.match(await cliOk(['ps']), /\(Paused\)/);
+    await cliOk(['unpause', NAME]);
+    assert.equal((await inspect()).status, 'running');
+  });
+
+  test('save ends QEMU; restore brings the same guest back without a boot', async () => {
+    const pidBefore = (await inspect()).host?.qemuPid;
+    assert.ok(pidBefore);
+    await cliOk(['vm', 'save', NAME]);
+    const saved = await inspect();
+    assert.equal(saved.status, 'saved');
+    assert.deepEqual(qemuUnder(d.home), [], 'no QEMU while saved');
+    assert.match(await cliOk(['ps', '-a']), /Saved/);
+    assert.equal((await d.cli(['start', NAME])).code, 1, 'a saved VM is restored, not started');
+    // the saved VM as a template: a clone starts by restore from its state, no boot
+    await cliOk(['vm', 'clone', NAME, '--name', 'e2e-clone']);
+    const refused = await d.cli(['vm', 'restore', NAME]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /Conflict: .*template of e2e-clone/);
+    await cliOk(['vm', 'restore', 'e2e-clone']);
+    assert.match(await cliOk(['console', 'e2e-clone'], 'echo from-the-clone\n'), /from-the-clone/);
+    assert.equal((await cliOk(['vm', 'logs', 'e2e-clone'])).includes(READY_MARKER), false, 'the clone never booted');
+    await cliOk(['rm', '-f', 'e2e-clone']);
+    await cliOk(['vm', 'restore', NAME]);
+    assert.equal((await inspect()).status, 'running');
+    assert.match(await cliOk(['console', NAME], 'echo after-restore\n'), /after-restore/);
+    const log = await cliOk(['vm', 'logs', NAME]);
+    assert.equal(log.split(READY_MARKER).length - 1, 1, 'the guest booted once: it continued after restore');
+    assert.match(log, /first-answer[\s\S]*after-restore/);
+  });
+
+  test('kill -9 of nimbusd leaves the VM running; after restart it is listed running and can be stopped', async () => {
+    const pid = (await inspect()).host?.qemuPid;
+    assert.ok(pid);
+    await d.kill('SIGKILL');
+    assert.deepEqual(qemuUnder(d.home), [pid], 'QEMU outlives the daemon');
+    await d.restart();
+    const v = await inspect();
+    assert.equal(v.status, 'running');
+    assert.equal(v.host?.qemuPid, pid, 're-attached to the same QEMU');
+    await cliOk(['stop', '-t', '60', NAME]);
+    const stopped = await inspect();
+    assert.equal(stopped.status, 'stopped');
+    assert.equal(stopped.exitCode, 0, 'the guest powered off on the ACPI button');
+    assert.deepEqual(qemuUnder(d.home), []);
+  });
+
+  test('rm removes the VM and its host state; its name is free again', async () => {
+    await cliOk(['rm', NAME]);
+    assert.deepEqual(JSON.parse(await cliOk(['vm', 'ls', '-a', '-o', 'json'])), []);
+    assert.deepEqual(readdirSync(join(d.home, 'vms', 'instances')), []);
+    const r = await d.cli(['inspect', NAME]);
+    assert.equal(r.code, 1);
+  });
+});
