@@ -49,6 +49,6 @@ instanceDriverConformance('secure (OCI rootfs in a microVM)', async () => {
     },
     reopen: async () => open(),
     teardown: async () => undefined,
-    capabilities: { exec: false, signals: false, separateStderr: false, minMemoryBytes: 128 << 20, waitScale: 4 },
+    capabilities: { exec: false, signals: false, separateStderr: false, minMemoryBytes: 128 << 20, waitScale: 8 },
   };
 });
