@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { SqliteStore } from './sqlite.js';
+import { MIGRATIONS, SqliteStore } from './sqlite.js';
 import type { ContainerRecord } from './records.js';
 
 function container(id: string, name: string): ContainerRecord {
@@ -58,11 +58,9 @@ test('sqlite store: a version-2 store upgrades in place (projects rebuilt, refer
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'nimbus.db');
   const old = new Database(file);
-  old.exec(`CREATE TABLE projects (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, parent_id TEXT REFERENCES projects(id), created_at TEXT NOT NULL);
-    CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, project_id TEXT NOT NULL REFERENCES projects(id));
-    CREATE TABLE quota_ledger (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, updated_at TEXT NOT NULL);
-    INSERT INTO projects VALUES ('p1', 'default', NULL, 'then');
-    INSERT INTO containers VALUES ('c1', 'web', 'p1');
+  for (const m of MIGRATIONS.slice(0, 2)) old.exec(m);
+  old.exec(`INSERT INTO projects VALUES ('p1', 'default', NULL, 'then');
+    INSERT INTO containers (id, name, project_id, image_digest, config, status, runtime, created_at) VALUES ('c1', 'web', 'p1', 'sha256:x', '{}', 'exited', 'runc', 'then');
     PRAGMA user_version = 2;`);
   old.close();
   const s = new SqliteStore(file);
@@ -72,4 +70,33 @@ test('sqlite store: a version-2 store upgrades in place (projects rebuilt, refer
   assert.throws(() => s.projects.insert({ id: 'p3', name: 'default', parentId: 'p1', createdAt: 'now' }), { code: 'AlreadyExists' });
   assert.equal(s.projects.child('p1', 'default')?.id, 'p2');
   assert.equal(s.projects.byName('default')?.id, 'p1', 'root first');
+  assert.equal(s.containers.resolve('web').id, 'c1', 'containers kept');
+});
+
+test('sqlite store: a version-4 store upgrades to images per project (owner → reference, tags kept in their project)', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'nimbus.db');
+  const d = 'sha256:' + 'd'.repeat(64);
+  const old = new Database(file);
+  for (const m of MIGRATIONS.slice(0, 4)) old.exec(m);
+  old.exec(`INSERT INTO projects VALUES ('pa', 'A', NULL, 'then'), ('pb', 'B', NULL, 'then');
+    INSERT INTO images VALUES ('${d}', 'pa', NULL, 'sha256:c', '{}', '[]', 'chain', 10, 'then');
+    INSERT INTO image_tags VALUES ('r/x:latest', '${d}', 'pa', 'then');
+    PRAGMA user_version = 4;`);
+  old.close();
+  const s = new SqliteStore(file);
+  t.after(() => s.close());
+  assert.deepEqual(s.images.list('pa').map((i) => [i.digest, i.projectId]), [[d, 'pa']]);
+  assert.deepEqual(s.images.list('pb'), []);
+  assert.equal(s.images.tag('pa', 'r/x:latest')?.digest, d);
+  // B gets the same image: shared content, its own reference and tag
+  s.images.upsert({ ...s.images.ref('pa', d)!, projectId: 'pb', createdAt: 'now' });
+  s.images.setTag({ projectId: 'pb', name: 'r/x:latest', digest: d, updatedAt: 'now' });
+  assert.equal(s.images.refCount(d), 2);
+  s.images.deleteRef('pa', d);
+  assert.equal(s.images.tag('pa', 'r/x:latest'), undefined, "A's tag went with its reference");
+  assert.equal(s.images.tag('pb', 'r/x:latest')?.digest, d, "B's did not");
+  assert.equal(s.images.get(d)?.chainId, 'chain', 'the content stays while referenced');
+  assert.throws(() => s.images.setTag({ projectId: 'pa', name: 'r/y:1', digest: d, updatedAt: 'now' }), 'a tag needs its reference');
 });

@@ -5,7 +5,6 @@ import type { CreateContainerInput } from '../../control/compute/container-servi
 import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
 import type { Services } from '../../control/services.js';
-import { NotFound } from '../../core/errors.js';
 
 /** Container routes act on the project of the container named in the path. */
 const CONTAINER = { param: 'id', kind: 'container', owner: (s: Services, id: string) => s.containers.get(id).projectId };
@@ -29,11 +28,10 @@ export const containerRoutes = [
     auth: { role: 'member', project: 'query' },
     summary: 'Create a container from a pulled image', status: 201,
     body: ContainerCreate, response: Container,
-    handler: ({ body, services, auth }) => {
-      // The image must be one the caller can see: another project's images do not exist for it.
-      if (!auth.canRead(services.images.resolve(body.image).projectId)) throw new NotFound(`no such image: ${body.image}`);
-      return services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project());
-    },
+    handler: ({ body, services, auth }) =>
+      // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
+      services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
+        { canRead: auth.canRead, preferProjectId: auth.project() }),
   }),
   route({
     method: 'GET', path: '/containers/{id}', operationId: 'inspectContainer', tag: 'containers', access: 'read',

@@ -11,6 +11,7 @@ import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, ContainerStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
+import type { ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import { assertTransition } from './container-state.js';
 import { generateName } from './names.js';
@@ -64,8 +65,9 @@ export class ContainerService {
     });
   }
 
-  async create(input: CreateContainerInput, projectId: string): Promise<ContainerRecord> {
-    const image = this.images.resolve(input.image);
+  /** `imageScope`: where the image is looked up (by default the project's own images). */
+  async create(input: CreateContainerInput, projectId: string, imageScope: ProjectScope = { projectId }): Promise<ContainerRecord> {
+    const image = this.images.resolve(input.image, imageScope);
     if (input.name !== undefined && !isValidName(input.name)) {
       throw new InvalidArgument(`invalid container name "${input.name}": use letters, digits, '_', '.', '-' (max 128)`);
     }
