@@ -403,4 +403,35 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     r = await call(sock(), 'POST', '/images/prune?project=B', { body: { all: true } });
     assert.ok((r.body as { deleted: string[] }).deleted.includes(a!.digest), `B prunes its own: ${r.text}`);
   });
+
+  test('container names are per project: the same name in A and B, each resolved in its caller\'s scope', async () => {
+    let r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
+    assert.equal(r.status, 201, r.text);
+    const webA = (r.body as { id: string }).id;
+    r = await call(sock(), 'POST', '/containers?project=B', { body: { image: fx.B.image, name: 'web', cmd: ['true'] } });
+    assert.equal(r.status, 201, `a name taken in A is free in B: ${r.text}`);
+    const webB = (r.body as { id: string }).id;
+    r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'box-B', cmd: ['true'] } });
+    assert.equal(r.status, 201, `B's names do not exist for alice: ${r.text}`);
+    const boxB = (r.body as { id: string }).id;
+    r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
+    assert.equal(r.status, 409, 'taken in her own project');
+
+    r = await call(tcp(), 'GET', '/containers/web', { token: tokens.alice! });
+    assert.equal((r.body as { id: string }).id, webA, r.text);
+    assert.equal((await call(tcp(), 'GET', '/containers/web?project=B', { token: tokens.alice! })).status, 404);
+    assert.equal((await call(tcp(), 'GET', `/containers/${webB.slice(0, 12)}`, { token: tokens.alice! })).status, 404, 'nor by id prefix');
+    assert.equal(((await call(tcp(), 'GET', `/containers/${webA.slice(0, 12)}`, { token: tokens.alice! })).body as { id: string }).id, webA);
+
+    // The local administrator reads both projects: a bare name there is ambiguous, ?project= settles it.
+    r = await call(sock(), 'GET', '/containers/web');
+    assert.equal(r.status, 400, r.text);
+    assert.match(r.text, /different projects.*--project/);
+    assert.equal(((await call(sock(), 'GET', '/containers/web?project=B')).body as { id: string }).id, webB);
+    const rm = await d.cli(['--project', 'B', 'rm', 'web']);
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.equal((await call(sock(), 'GET', `/containers/${webB}`)).status, 404);
+    assert.equal((await call(tcp(), 'GET', '/containers/web', { token: tokens.alice! })).status, 200, 'A\'s web is untouched');
+    for (const id of [webA, boxB]) assert.equal((await call(sock(), 'DELETE', `/containers/${id}`)).status, 204);
+  });
 });

@@ -30,13 +30,18 @@ test('sqlite store: containers round-trip, survive reopen, resolve by prefix and
 
   s = new SqliteStore(file);
   t.after(() => s.close());
-  const web = s.containers.resolve('web');
+  const web = s.containers.byName('p1', 'web')!;
   assert.equal(web.status, 'running');
   assert.equal(web.pid, 42);
   assert.equal(web.oomKilled, true);
-  assert.equal(s.containers.resolve('abc').name, 'web');
-  assert.throws(() => s.containers.resolve('ab'), { code: 'InvalidArgument' });
-  assert.throws(() => s.containers.resolve('nope'), { code: 'NotFound' });
+  assert.deepEqual(s.containers.withIdPrefix('abc').map((c) => c.name), ['web']);
+  assert.deepEqual(s.containers.withIdPrefix('ab').map((c) => c.name).sort(), ['db', 'web']);
+  assert.deepEqual(s.containers.withIdPrefix('x%'), [], 'not hex: no LIKE patterns');
+  assert.equal(s.containers.byName('p1', 'nope'), undefined);
+  // names are unique per project only
+  s.projects.insert({ id: 'p2', name: 'other', parentId: null, createdAt: 'now' });
+  s.containers.insert({ ...container('eeee' + '0'.repeat(60), 'web'), projectId: 'p2' });
+  assert.deepEqual(s.containers.named('web').map((c) => c.projectId).sort(), ['p1', 'p2']);
   assert.deepEqual(s.containers.list({ status: ['running'] }).map((c) => c.name), ['web']);
 });
 
@@ -70,7 +75,9 @@ test('sqlite store: a version-2 store upgrades in place (projects rebuilt, refer
   assert.throws(() => s.projects.insert({ id: 'p3', name: 'default', parentId: 'p1', createdAt: 'now' }), { code: 'AlreadyExists' });
   assert.equal(s.projects.child('p1', 'default')?.id, 'p2');
   assert.equal(s.projects.byName('default')?.id, 'p1', 'root first');
-  assert.equal(s.containers.resolve('web').id, 'c1', 'containers kept');
+  assert.equal(s.containers.byName('p1', 'web')?.id, 'c1', 'containers kept through their rebuild');
+  assert.throws(() => s.containers.insert({ ...container('c2', 'web'), projectId: 'p1' }), { code: 'AlreadyExists' });
+  s.containers.insert({ ...container('c3', 'web'), projectId: 'p2' });
 });
 
 test('sqlite store: a version-4 store upgrades to images per project (owner → reference, tags kept in their project)', (t) => {

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { AlreadyExists, InvalidArgument, NotFound } from '../core/errors.js';
+import { AlreadyExists, NotFound } from '../core/errors.js';
 import type {
   ContainerRecord,
   ContainerStatus,
@@ -169,6 +169,33 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE image_tags_new RENAME TO image_tags;
   CREATE INDEX image_refs_digest ON image_refs(digest);
   CREATE INDEX image_tags_ref ON image_tags(project_id, digest);
+  `,
+  // Container names unique per project only (ids stay unique host-wide): table rebuilt, the SQLite way.
+  `
+  CREATE TABLE containers_new (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    image_digest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    pid INTEGER,
+    exit_code INTEGER,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    stopped_by_user INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]'
+  );
+  INSERT INTO containers_new SELECT id, name, project_id, image_digest, config, status, runtime, pid, exit_code, oom_killed,
+    restart_count, stopped_by_user, created_at, started_at, finished_at, warnings FROM containers;
+  DROP TABLE containers;
+  ALTER TABLE containers_new RENAME TO containers;
+  CREATE UNIQUE INDEX containers_project_name ON containers(project_id, name);
+  CREATE INDEX containers_image ON containers(image_digest);
   `,
 ];
 
@@ -552,19 +579,15 @@ class SqliteContainers implements ContainerRepo {
   get(id: string) {
     return this.row(this.db.prepare('SELECT * FROM containers WHERE id = ?').get(id) as Row | undefined);
   }
-  byName(name: string) {
-    return this.row(this.db.prepare('SELECT * FROM containers WHERE name = ?').get(name) as Row | undefined);
+  byName(projectId: string, name: string) {
+    return this.row(this.db.prepare('SELECT * FROM containers WHERE project_id = ? AND name = ?').get(projectId, name) as Row | undefined);
   }
-  resolve(idOrName: string): ContainerRecord {
-    if (!idOrName) throw new InvalidArgument('a container id or name is required');
-    const exact = this.get(idOrName) ?? this.byName(idOrName);
-    if (exact) return exact;
-    if (/^[0-9a-f]{1,64}$/.test(idOrName)) {
-      const rows = this.db.prepare('SELECT * FROM containers WHERE id LIKE ? LIMIT 2').all(`${idOrName}%`) as Row[];
-      if (rows.length > 1) throw new InvalidArgument(`container id prefix "${idOrName}" is ambiguous`);
-      if (rows.length === 1) return this.row(rows[0])!;
-    }
-    throw new NotFound(`no such container: ${idOrName}`);
+  named(name: string) {
+    return (this.db.prepare('SELECT * FROM containers WHERE name = ? ORDER BY created_at').all(name) as Row[]).map((r) => this.row(r)!);
+  }
+  withIdPrefix(prefix: string) {
+    if (!/^[0-9a-f]{1,64}$/.test(prefix)) return [];
+    return (this.db.prepare('SELECT * FROM containers WHERE id LIKE ? ORDER BY created_at').all(`${prefix}%`) as Row[]).map((r) => this.row(r)!);
   }
   list(filter: { projectId?: string; status?: ContainerStatus[] } = {}) {
     const where: string[] = [];
@@ -586,7 +609,7 @@ class SqliteContainers implements ContainerRepo {
     try {
       this.db.prepare(`INSERT INTO containers (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
     } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExists(`a container named "${c.name}" already exists`);
+      if (isUniqueViolation(e)) throw new AlreadyExists(`a container named "${c.name}" already exists in this project`);
       throw e;
     }
   }

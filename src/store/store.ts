@@ -79,9 +79,12 @@ export interface ImageRepo {
 
 export interface ContainerRepo {
   get(id: string): ContainerRecord | undefined;
-  byName(name: string): ContainerRecord | undefined;
-  /** By full id, unique id prefix, or name; throws NotFound / InvalidArgument (ambiguous). */
-  resolve(idOrName: string): ContainerRecord;
+  /** Names are unique per project only. */
+  byName(projectId: string, name: string): ContainerRecord | undefined;
+  /** Every project's containers of this name (the caller scopes them: see control/identity/scope.ts). */
+  named(name: string): ContainerRecord[];
+  /** Containers whose id starts with prefix (hex only; anything else matches none). */
+  withIdPrefix(prefix: string): ContainerRecord[];
   list(filter?: { projectId?: string; status?: ContainerStatus[] }): ContainerRecord[];
   insert(c: ContainerRecord): void;
   update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord;

@@ -5,9 +5,16 @@ import type { CreateContainerInput } from '../../control/compute/container-servi
 import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
 import type { Services } from '../../control/services.js';
+import type { ProjectScope } from '../../control/identity/scope.js';
 
-/** Container routes act on the project of the container named in the path. */
-const CONTAINER = { param: 'id', kind: 'container', owner: (s: Services, id: string) => s.containers.get(id).projectId };
+/** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
+const CONTAINER = {
+  param: 'id', kind: 'container',
+  owner: (s: Services, ref: string, scope: ProjectScope) => {
+    const c = s.containers.get(ref, scope);
+    return { projectId: c.projectId, id: c.id };
+  },
+};
 
 
 const Signal = Type.Object({ signal: Type.String({ default: 'SIGKILL' }) });

@@ -11,13 +11,14 @@ import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, ContainerStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
-import type { ProjectScope } from '../identity/scope.js';
+import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import { assertTransition } from './container-state.js';
 import { generateName } from './names.js';
 import { processSpecFor } from './process-spec.js';
 
 const log = logger('compute');
+const EVERYWHERE: ProjectScope = { canRead: () => true };
 const RESTART_BACKOFF_MS = [100, 200, 400, 800, 1600, 3200, 6400, 10_000];
 
 export interface CreateContainerInput extends ContainerConfig {
@@ -54,8 +55,20 @@ export class ContainerService {
     this.events.publish({ type: 'container', action, id: c.id, projectId: c.projectId, attributes: { name: c.name, ...attributes } });
   }
 
-  get(idOrName: string): ContainerRecord {
-    return this.store.containers.resolve(idOrName);
+  /**
+   * By full id, name or unique id prefix, looked up in `scope` (by default everywhere: internal
+   * callers pass ids; the API edge passes the caller's scope and hands handlers the full id).
+   * Names are unique per project, so other projects' containers neither match nor make it ambiguous.
+   */
+  get(idOrName: string, scope: ProjectScope = EVERYWHERE): ContainerRecord {
+    if (!idOrName) throw new InvalidArgument('a container id or name is required');
+    const exact = this.store.containers.get(idOrName);
+    if (exact && inScope(scope, exact.projectId)) return exact;
+    const named = this.store.containers.named(idOrName).filter((c) => inScope(scope, c.projectId));
+    if (named.length) return pickInScope(named, scope, (c) => c.id, 'container', idOrName);
+    // A prefix shared by containers of two projects is ambiguous: no default project wins it.
+    const prefixScope: ProjectScope = 'projectId' in scope ? scope : { canRead: scope.canRead };
+    return pickInScope(this.store.containers.withIdPrefix(idOrName), prefixScope, (c) => c.id, 'container', idOrName);
   }
 
   list(opts: { all?: boolean; projectId?: string } = {}): ContainerRecord[] {
@@ -71,8 +84,8 @@ export class ContainerService {
     if (input.name !== undefined && !isValidName(input.name)) {
       throw new InvalidArgument(`invalid container name "${input.name}": use letters, digits, '_', '.', '-' (max 128)`);
     }
-    if (input.name && this.store.containers.byName(input.name)) {
-      throw new Conflict(`the container name "${input.name}" is already in use`);
+    if (input.name && this.store.containers.byName(projectId, input.name)) {
+      throw new Conflict(`the container name "${input.name}" is already in use in this project`);
     }
     if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
       throw new InvalidArgument('memory limit must be at least 6 MiB');
@@ -91,7 +104,7 @@ export class ContainerService {
       ...(config.runtime ? { runtime: config.runtime } : {}),
       ...(config.labels ? { labels: config.labels } : {}),
     };
-    const name = requestedName ?? generateName((n) => this.store.containers.byName(n) !== undefined);
+    const name = requestedName ?? generateName((n) => this.store.containers.byName(projectId, n) !== undefined);
     request.name = name;
     // A container the agent created ahead of demand becomes this one, id and all.
     const warmId = this.agent.claimWarmContainer(request);
