@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream } from '../route.js';
-import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Stats } from '../schemas.js';
+import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Operation, Stats } from '../schemas.js';
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
 import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
@@ -33,12 +33,15 @@ export const containerRoutes = [
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: 'query' },
-    summary: 'Create a container from a pulled image', status: 201,
-    body: ContainerCreate, response: Container,
-    handler: ({ body, services, auth }) =>
+    summary: 'Create a container from a pulled image: 201 with the container, or 202 with an Operation (container.create) ' +
+      'when the project\'s lent capacity must first be reclaimed; it completes, with the container as its result, once the borrowers\' grace period is over',
+    status: 201, body: ContainerCreate, response: Type.Union([Container, Operation]),
+    handler: async ({ body, services, auth }) => {
       // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
-      services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
-        { canRead: auth.canRead, preferProjectId: auth.project() }),
+      const r = await services.containers.requestCreate({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
+        { canRead: auth.canRead, preferProjectId: auth.project() });
+      return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
+    },
   }),
   route({
     method: 'GET', path: '/containers/{id}', operationId: 'inspectContainer', tag: 'containers', access: 'read',
