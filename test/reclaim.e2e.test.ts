@@ -49,6 +49,13 @@ test('a lender reclaims: the borrower\'s container is stopped after its grace pe
   assert.equal((await upload(d.socket, '/images/import?project=org', readFileSync(dockerSave))).status, 201);
   const image = 'imported/saved:v1';
 
+  // explain, as a table: the loan the borrower's create would take
+  const loanPlan = await d.cli(['quota', 'explain', '--project', 'org/borrower', '--instances', '1']);
+  assert.equal(loanPlan.code, 0, loanPlan.stderr);
+  assert.match(loanPlan.stdout, /^admitted: /);
+  assert.match(loanPlan.stdout, /^decided by: the "\w+" line of instances on project org\/\w+$/m);
+  assert.match(loanPlan.stdout, /^loans that would be made:\nLENDER\s+BORROWER\s+RESOURCE\s+AMOUNT\norg\/lender\s+org\/borrower\s+instances\s+1$/m);
+
   let r = await d.api<{ id: string }>('POST', '/containers?project=org/borrower', { image, name: 'borrowed', cmd: ['sleep', '600'], stopSignal: 'SIGKILL' });
   assert.equal(r.status, 201, JSON.stringify(r.body));
   const borrowed = r.body.id;
@@ -59,6 +66,12 @@ test('a lender reclaims: the borrower\'s container is stopped after its grace pe
   const plan = await d.api<{ admitted: boolean; reclaim?: { victims: { instance: string; action: string }[] } }>('POST', '/quota/org%2Flender/explain', { instances: 1 });
   assert.equal(plan.body.admitted, false);
   assert.deepEqual(plan.body.reclaim?.victims.map((v) => [v.instance, v.action]), [[borrowed, 'stop']], 'the plan is visible beforehand');
+  const explained = await d.cli(['quota', 'explain', '--project', 'org/lender', '--instances', '1']);
+  assert.equal(explained.code, 1, explained.stderr);
+  assert.match(explained.stdout, /^needs a reclaim: rejected by .*org\/lender/, 'the reason names projects by path');
+  assert.match(explained.stdout, /^decided by: the "\w+" line of instances on project org\/lender$/m);
+  assert.match(explained.stdout, new RegExp(`^instances that would be reclaimed \\(1\\)[^\\n]*\\nINSTANCE\\s+NAME\\s+PROJECT\\s+ACTION\\s+FREES\\s+GRACE ENDS\\n${borrowed.slice(0, 12)}\\s+borrowed\\s+org/borrower\\s+stop\\s+instances=1\\s+(in \\d+s|now)$`, 'm'), explained.stdout);
+
   // The lender's create answers at once with an Operation, which completes with the container once the reclaim is done.
   interface Op { id: string; kind: string; status: string; progress: { instances: number; projects: string[]; graceSeconds: number }; result: { id: string; name: string; projectId: string } | null }
   const created = await d.api<Op>('POST', '/containers?project=org/lender', { image, name: 'lenders-own', cmd: ['true'] });
