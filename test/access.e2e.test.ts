@@ -364,4 +364,79 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal(r.code, 0, r.stderr);
     assert.equal(existsSync(join(config, 'token')), false);
   });
+
+  test('images per project: the same image in A and B is each one\'s own; rm and prune in A leave B\'s working', async () => {
+    const tar = await labelledImage(img, 'same'); // tagged access/same:v1
+    const ref = encodeURIComponent('access/same:v1');
+    const inA = await call(tcp(), 'POST', '/images/import?project=A', { token: tokens.alice!, raw: tar });
+    assert.equal(inA.status, 201, inA.text);
+    const inB = await call(sock(), 'POST', '/images/import?project=B', { raw: tar });
+    assert.equal(inB.status, 201, inB.text);
+    const [a, b] = [inA, inB].map((r) => (r.body as { image: { digest: string; projectId: string; tags: string[] } }[])[0]!.image);
+    assert.equal(a!.digest, b!.digest, 'one content');
+    assert.deepEqual([a!.projectId, b!.projectId], [fx.A.projectId, fx.B.projectId], 'each import answers with its own project');
+    assert.deepEqual(b!.tags, ['docker.io/access/same:v1']);
+
+    const listed = await call(tcp(), 'GET', '/images', { token: tokens.alice! });
+    const mine = (listed.body as { digest: string; projectId: string }[]).filter((i) => i.digest === a!.digest);
+    assert.deepEqual(mine.map((i) => i.projectId), [fx.A.projectId], 'alice sees A\'s reference, not B\'s');
+    assert.ok(!listed.text.includes(fx.B.projectId), 'nor anything naming B');
+
+    // rm in A: A's reference goes, B's stays and still runs containers (the shared content survived garbage collection).
+    let r = await call(tcp(), 'DELETE', `/images/${ref}`, { token: tokens.alice! });
+    assert.equal(r.status, 200, r.text);
+    assert.equal((await call(tcp(), 'GET', `/images/${ref}`, { token: tokens.alice! })).status, 404);
+    r = await call(sock(), 'GET', `/images/${ref}?project=B`);
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual((r.body as { tags: string[] }).tags, ['docker.io/access/same:v1']);
+    r = await call(sock(), 'POST', '/containers?project=B', { body: { image: 'access/same:v1', name: 'same-in-B', cmd: ['true'] } });
+    assert.equal(r.status, 201, r.text);
+    const inBox = (r.body as { id: string }).id;
+    assert.equal((await call(sock(), 'POST', `/containers/${inBox}/start`)).status, 200);
+    r = await call(sock(), 'POST', `/containers/${inBox}/wait`);
+    assert.deepEqual(r.body, { exitCode: 0, oomKilled: false }, 'B\'s image still runs after A removed its reference');
+    assert.equal((await call(sock(), 'DELETE', `/containers/${inBox}`)).status, 204);
+
+    // prune in A (every image no container of A uses) touches nothing of B, though B's copy is now unused too.
+    assert.equal((await call(tcp(), 'POST', '/images/import?project=A', { token: tokens.alice!, raw: tar })).status, 201);
+    r = await call(tcp(), 'POST', '/images/prune', { token: tokens.alice!, body: { all: true } });
+    assert.equal(r.status, 200, r.text);
+    assert.ok((r.body as { deleted: string[] }).deleted.includes(a!.digest), r.text);
+    assert.equal((await call(tcp(), 'GET', `/images/${ref}`, { token: tokens.alice! })).status, 404);
+    assert.equal((await call(sock(), 'GET', `/images/${ref}?project=B`)).status, 200, 'B\'s reference survives A\'s prune');
+    assert.equal((await call(sock(), 'GET', `/images/${encodeURIComponent(fx.A.image)}?project=A`)).status, 200, 'A\'s image in use by box-A survives');
+    r = await call(sock(), 'POST', '/images/prune?project=B', { body: { all: true } });
+    assert.ok((r.body as { deleted: string[] }).deleted.includes(a!.digest), `B prunes its own: ${r.text}`);
+  });
+
+  test('container names are per project: the same name in A and B, each resolved in its caller\'s scope', async () => {
+    let r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
+    assert.equal(r.status, 201, r.text);
+    const webA = (r.body as { id: string }).id;
+    r = await call(sock(), 'POST', '/containers?project=B', { body: { image: fx.B.image, name: 'web', cmd: ['true'] } });
+    assert.equal(r.status, 201, `a name taken in A is free in B: ${r.text}`);
+    const webB = (r.body as { id: string }).id;
+    r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'box-B', cmd: ['true'] } });
+    assert.equal(r.status, 201, `B's names do not exist for alice: ${r.text}`);
+    const boxB = (r.body as { id: string }).id;
+    r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
+    assert.equal(r.status, 409, 'taken in her own project');
+
+    r = await call(tcp(), 'GET', '/containers/web', { token: tokens.alice! });
+    assert.equal((r.body as { id: string }).id, webA, r.text);
+    assert.equal((await call(tcp(), 'GET', '/containers/web?project=B', { token: tokens.alice! })).status, 404);
+    assert.equal((await call(tcp(), 'GET', `/containers/${webB.slice(0, 12)}`, { token: tokens.alice! })).status, 404, 'nor by id prefix');
+    assert.equal(((await call(tcp(), 'GET', `/containers/${webA.slice(0, 12)}`, { token: tokens.alice! })).body as { id: string }).id, webA);
+
+    // The local administrator reads both projects: a bare name there is ambiguous, ?project= settles it.
+    r = await call(sock(), 'GET', '/containers/web');
+    assert.equal(r.status, 400, r.text);
+    assert.match(r.text, /different projects.*--project/);
+    assert.equal(((await call(sock(), 'GET', '/containers/web?project=B')).body as { id: string }).id, webB);
+    const rm = await d.cli(['--project', 'B', 'rm', 'web']);
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.equal((await call(sock(), 'GET', `/containers/${webB}`)).status, 404);
+    assert.equal((await call(tcp(), 'GET', '/containers/web', { token: tokens.alice! })).status, 200, 'A\'s web is untouched');
+    for (const id of [webA, boxB]) assert.equal((await call(sock(), 'DELETE', `/containers/${id}`)).status, 204);
+  });
 });

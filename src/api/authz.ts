@@ -14,6 +14,7 @@ import { atLeast } from '../control/identity/roles.js';
 import type { Services } from '../control/services.js';
 import type { Role } from '../store/records.js';
 import type { ProjectSource, RequestAuth, Route, RouteAuth } from './route.js';
+import type { ProjectScope } from '../control/identity/scope.js';
 
 export type Transport = 'unix' | 'tcp';
 
@@ -53,9 +54,10 @@ interface Request {
 export function authorize(route: Route, principal: Principal | undefined, services: Services, r: Request): RequestAuth {
   const decl = route.auth ?? UNDECLARED;
   const access: PrincipalAccess | undefined = principal && services.access?.forPrincipal(principal);
-  const ctx = (projectId: string | undefined): RequestAuth => ({
+  const ctx = (projectId: string | undefined, resource?: RequestAuth['resource']): RequestAuth => ({
     principal,
     projectId,
+    ...(resource ? { resource } : {}),
     project() {
       if (projectId === undefined) throw new Internal(`route ${route.operationId} has no project`);
       return projectId;
@@ -80,7 +82,7 @@ export function authorize(route: Route, principal: Principal | undefined, servic
     const where = checkOn === null ? 'the system (root projects)' : `project "${services.projects.path(checkOn)}"`;
     throw new PermissionDenied(`${route.operationId} needs the ${decl.role} role on ${where}${have ? `; you are ${have}` : ''}`);
   }
-  return ctx(target?.id);
+  return ctx(target?.id, target?.resource);
 }
 
 /** undefined: every readable project (query-or-all without ?project=, query-list with ?project=*); null: a root (no parent) — system administrators only. */
@@ -90,7 +92,7 @@ function resolveTarget(
   services: Services,
   r: Request,
   visible: (id: string) => boolean,
-): { id: string; kind: string; ref: string } | null | undefined {
+): { id: string; kind: string; ref: string; resource?: RequestAuth['resource'] } | null | undefined {
   const named = (ref: string) => ({ id: services.projects.resolve(ref, visible).id, kind: 'project', ref });
   if (source === 'query' || source === 'query-or-all' || source === 'query-list') {
     const q = r.rawQuery.project;
@@ -109,5 +111,13 @@ function resolveTarget(
   const value = r.params[source.param];
   if (value === undefined) throw new Internal(`route declares project from missing path parameter ${source.param}`);
   if (!source.owner) return named(value);
-  return { id: source.owner(services, value), kind: source.kind, ref: value };
+  // Names are unique per project: look the resource up in ?project= when given, else in every project the caller can read.
+  const q = r.rawQuery.project;
+  const projectRef = Array.isArray(q) ? q[0] : q;
+  const scope: ProjectScope = projectRef && projectRef !== '*'
+    ? { projectId: named(projectRef).id }
+    : { canRead: visible, preferProjectId: principal.defaultProjectId };
+  const owner = source.owner(services, value, scope);
+  if (typeof owner === 'string') return { id: owner, kind: source.kind, ref: value };
+  return { id: owner.projectId, kind: source.kind, ref: value, resource: { param: source.param, id: owner.id } };
 }

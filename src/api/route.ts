@@ -7,6 +7,7 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import type { Services } from '../control/services.js';
 import type { Principal } from '../control/identity/access.js';
 import type { Role } from '../store/records.js';
+import type { ProjectScope } from '../control/identity/scope.js';
 
 /** Whether a route reads or writes; documented in OpenAPI. Who may call it is `auth`. */
 export type Access = 'public' | 'read' | 'write';
@@ -21,8 +22,13 @@ export type ProjectSource =
   | 'query-or-all'
   /** A body field naming the project; absent → none (a root), which only a system administrator may act on. */
   | { body: string }
-  /** A path parameter naming a resource; `owner` returns its project id (and throws NotFound if it does not exist). Without `owner` the parameter names a project. */
-  | { param: string; kind: string; owner?: (services: Services, value: string) => string };
+  /**
+   * A path parameter naming a resource; `owner` looks it up in `scope` (the `?project=` project, else every
+   * project the caller can read) and returns its project id, or that and the resource's global id, which
+   * then replaces the parameter so the handler acts on exactly what was authorised. It throws NotFound if
+   * nothing in scope matches. Without `owner` the parameter names a project.
+   */
+  | { param: string; kind: string; owner?: (services: Services, value: string, scope: ProjectScope) => string | { projectId: string; id: string } };
 
 /**
  * What a route needs from the caller, enforced by the edge before the handler
@@ -43,6 +49,8 @@ export interface RequestAuth {
   principal: Principal | undefined;
   /** The project the edge resolved and checked, for routes with `project`. */
   projectId: string | undefined;
+  /** For routes whose path names a resource: the parameter and the resource's global id it was resolved to. */
+  resource?: { param: string; id: string };
   /** projectId, or an error for routes that have none. */
   project(): string;
   roleOn(projectId: string): Role | undefined;

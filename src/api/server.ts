@@ -144,6 +144,8 @@ export class ApiServer {
       const rawBody = req.method === 'GET' || req.method === 'DELETE' || match.route.rawBody ? undefined : await readBody(req);
       const body = checkOrThrow(match.body, rawBody ?? (match.body ? {} : undefined), 'request body');
       auth ??= authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body });
+      // The edge resolved a name in the caller's scope: the handler gets the resource's global id.
+      if (auth.resource) (params as Record<string, string>)[auth.resource.param] = auth.resource.id;
       const out = await match.route.handler({ params, query, body, services: this.services, req, auth, signal: ac.signal } as never);
       const result: RouteResult<unknown> =
         out !== null && typeof out === 'object' && ('body' in out || 'status' in out) && Object.keys(out).every((k) => k === 'body' || k === 'status')

@@ -87,7 +87,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
-  const containers = new ContainerService(store, agent, images, events, quota);
+  const containers = new ContainerService(store, agent, images, events, quota, operations);
   const vms = new VmService(store, agent, events, quota, operations);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
@@ -125,7 +125,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
     const i = options.tcp.lastIndexOf(':');
     tcpPort = await api.listenTcp(options.tcp.slice(0, i).replace(/^\[|\]$/g, ''), Number(options.tcp.slice(i + 1)));
   }
-  reclaimer.kick(); // reclaims planned before a restart carry on
+  reclaimer.kick(); // re-arm the timer (reconcile cancelled reclaims whose create did not survive the restart)
   state = 'serving';
   log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, home: options.home, version: VERSION });
 

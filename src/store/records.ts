@@ -41,9 +41,11 @@ export interface RoleGrantRecord {
   createdAt: string;
 }
 
+/** An image as one project sees it: the shared content plus that project's reference. */
 export interface ImageRecord {
   /** Manifest digest (the platform manifest, not the index). */
   digest: string;
+  /** The referencing project (several projects may reference the same content). */
   projectId: string;
   indexDigest: string | null;
   configDigest: string;
@@ -53,8 +55,12 @@ export interface ImageRecord {
   /** Snapshot chain id of the top layer: the parent of every container of this image. */
   chainId: string;
   size: number;
+  /** When the content was first stored; on a reference, when that project got it. */
   createdAt: string;
 }
+
+/** An image's content, shared by every project that references it. */
+export type ImageContentRecord = Omit<ImageRecord, 'projectId'>;
 
 export interface LayerRecord {
   digest: string;

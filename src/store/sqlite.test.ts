@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { SqliteStore } from './sqlite.js';
+import { MIGRATIONS, SqliteStore } from './sqlite.js';
 import type { ContainerRecord } from './records.js';
 
 function container(id: string, name: string): ContainerRecord {
@@ -30,13 +30,18 @@ test('sqlite store: containers round-trip, survive reopen, resolve by prefix and
 
   s = new SqliteStore(file);
   t.after(() => s.close());
-  const web = s.containers.resolve('web');
+  const web = s.containers.byName('p1', 'web')!;
   assert.equal(web.status, 'running');
   assert.equal(web.pid, 42);
   assert.equal(web.oomKilled, true);
-  assert.equal(s.containers.resolve('abc').name, 'web');
-  assert.throws(() => s.containers.resolve('ab'), { code: 'InvalidArgument' });
-  assert.throws(() => s.containers.resolve('nope'), { code: 'NotFound' });
+  assert.deepEqual(s.containers.withIdPrefix('abc').map((c) => c.name), ['web']);
+  assert.deepEqual(s.containers.withIdPrefix('ab').map((c) => c.name).sort(), ['db', 'web']);
+  assert.deepEqual(s.containers.withIdPrefix('x%'), [], 'not hex: no LIKE patterns');
+  assert.equal(s.containers.byName('p1', 'nope'), undefined);
+  // names are unique per project only
+  s.projects.insert({ id: 'p2', name: 'other', parentId: null, createdAt: 'now' });
+  s.containers.insert({ ...container('eeee' + '0'.repeat(60), 'web'), projectId: 'p2' });
+  assert.deepEqual(s.containers.named('web').map((c) => c.projectId).sort(), ['p1', 'p2']);
   assert.deepEqual(s.containers.list({ status: ['running'] }).map((c) => c.name), ['web']);
 });
 
@@ -58,11 +63,9 @@ test('sqlite store: a version-2 store upgrades in place (projects rebuilt, refer
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'nimbus.db');
   const old = new Database(file);
-  old.exec(`CREATE TABLE projects (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, parent_id TEXT REFERENCES projects(id), created_at TEXT NOT NULL);
-    CREATE TABLE containers (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, project_id TEXT NOT NULL REFERENCES projects(id));
-    CREATE TABLE quota_ledger (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, updated_at TEXT NOT NULL);
-    INSERT INTO projects VALUES ('p1', 'default', NULL, 'then');
-    INSERT INTO containers VALUES ('c1', 'web', 'p1');
+  for (const m of MIGRATIONS.slice(0, 2)) old.exec(m);
+  old.exec(`INSERT INTO projects VALUES ('p1', 'default', NULL, 'then');
+    INSERT INTO containers (id, name, project_id, image_digest, config, status, runtime, created_at) VALUES ('c1', 'web', 'p1', 'sha256:x', '{}', 'exited', 'runc', 'then');
     PRAGMA user_version = 2;`);
   old.close();
   const s = new SqliteStore(file);
@@ -72,4 +75,35 @@ test('sqlite store: a version-2 store upgrades in place (projects rebuilt, refer
   assert.throws(() => s.projects.insert({ id: 'p3', name: 'default', parentId: 'p1', createdAt: 'now' }), { code: 'AlreadyExists' });
   assert.equal(s.projects.child('p1', 'default')?.id, 'p2');
   assert.equal(s.projects.byName('default')?.id, 'p1', 'root first');
+  assert.equal(s.containers.byName('p1', 'web')?.id, 'c1', 'containers kept through their rebuild');
+  assert.throws(() => s.containers.insert({ ...container('c2', 'web'), projectId: 'p1' }), { code: 'AlreadyExists' });
+  s.containers.insert({ ...container('c3', 'web'), projectId: 'p2' });
+});
+
+test('sqlite store: a version-4 store upgrades to images per project (owner → reference, tags kept in their project)', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'nimbus.db');
+  const d = 'sha256:' + 'd'.repeat(64);
+  const old = new Database(file);
+  for (const m of MIGRATIONS.slice(0, 4)) old.exec(m);
+  old.exec(`INSERT INTO projects VALUES ('pa', 'A', NULL, 'then'), ('pb', 'B', NULL, 'then');
+    INSERT INTO images VALUES ('${d}', 'pa', NULL, 'sha256:c', '{}', '[]', 'chain', 10, 'then');
+    INSERT INTO image_tags VALUES ('r/x:latest', '${d}', 'pa', 'then');
+    PRAGMA user_version = 4;`);
+  old.close();
+  const s = new SqliteStore(file);
+  t.after(() => s.close());
+  assert.deepEqual(s.images.list('pa').map((i) => [i.digest, i.projectId]), [[d, 'pa']]);
+  assert.deepEqual(s.images.list('pb'), []);
+  assert.equal(s.images.tag('pa', 'r/x:latest')?.digest, d);
+  // B gets the same image: shared content, its own reference and tag
+  s.images.upsert({ ...s.images.ref('pa', d)!, projectId: 'pb', createdAt: 'now' });
+  s.images.setTag({ projectId: 'pb', name: 'r/x:latest', digest: d, updatedAt: 'now' });
+  assert.equal(s.images.refCount(d), 2);
+  s.images.deleteRef('pa', d);
+  assert.equal(s.images.tag('pa', 'r/x:latest'), undefined, "A's tag went with its reference");
+  assert.equal(s.images.tag('pb', 'r/x:latest')?.digest, d, "B's did not");
+  assert.equal(s.images.get(d)?.chainId, 'chain', 'the content stays while referenced');
+  assert.throws(() => s.images.setTag({ projectId: 'pa', name: 'r/y:1', digest: d, updatedAt: 'now' }), 'a tag needs its reference');
 });

@@ -3,6 +3,7 @@ import { AlreadyExists, InvalidArgument, NotFound } from '../core/errors.js';
 import type {
   ContainerRecord,
   ContainerStatus,
+  ImageContentRecord,
   ImageRecord,
   ImageTagRecord,
   OperationRecord,
@@ -15,8 +16,8 @@ import type {
 } from './records.js';
 import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
 
-/** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. */
-const MIGRATIONS: string[] = [
+/** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. Exported for upgrade tests. */
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE projects (
     id TEXT PRIMARY KEY,
@@ -146,6 +147,73 @@ const MIGRATIONS: string[] = [
     finished_at TEXT,
     saved_at TEXT
   );
+  `,
+  // Images per project: the content (manifest, config, layers) is shared host-wide, while a
+  // project's reference to it ("this project has this image") and its tags belong to the project.
+  // Existing rows: the first puller's ownership becomes a reference, every tag stays in its project.
+  `
+  CREATE TABLE images_new (
+    digest TEXT PRIMARY KEY,
+    index_digest TEXT,
+    config_digest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    layers TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+  );
+  INSERT INTO images_new (digest, index_digest, config_digest, config, layers, chain_id, size, created_at)
+    SELECT digest, index_digest, config_digest, config, layers, chain_id, size, created_at FROM images;
+  CREATE TABLE image_refs (
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    digest TEXT NOT NULL REFERENCES images(digest) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, digest)
+  );
+  INSERT INTO image_refs (project_id, digest, created_at) SELECT project_id, digest, created_at FROM images;
+  INSERT OR IGNORE INTO image_refs (project_id, digest, created_at) SELECT project_id, digest, updated_at FROM image_tags;
+  CREATE TABLE image_tags_new (
+    project_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, name),
+    FOREIGN KEY (project_id, digest) REFERENCES image_refs(project_id, digest) ON DELETE CASCADE
+  );
+  INSERT INTO image_tags_new (project_id, name, digest, updated_at) SELECT project_id, name, digest, updated_at FROM image_tags;
+  DROP TABLE image_tags;
+  DROP TABLE images;
+  ALTER TABLE images_new RENAME TO images;
+  ALTER TABLE image_tags_new RENAME TO image_tags;
+  CREATE INDEX image_refs_digest ON image_refs(digest);
+  CREATE INDEX image_tags_ref ON image_tags(project_id, digest);
+  `,
+  // Container names unique per project only (ids stay unique host-wide): table rebuilt, the SQLite way.
+  `
+  CREATE TABLE containers_new (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    image_digest TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    pid INTEGER,
+    exit_code INTEGER,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    stopped_by_user INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]'
+  );
+  INSERT INTO containers_new SELECT id, name, project_id, image_digest, config, status, runtime, pid, exit_code, oom_killed,
+    restart_count, stopped_by_user, created_at, started_at, finished_at, warnings FROM containers;
+  DROP TABLE containers;
+  ALTER TABLE containers_new RENAME TO containers;
+  CREATE UNIQUE INDEX containers_project_name ON containers(project_id, name);
+  CREATE INDEX containers_image ON containers(image_digest);
   `,
 ];
 
@@ -400,11 +468,10 @@ class SqliteRoles implements RoleRepo {
 
 class SqliteImages implements ImageRepo {
   constructor(private readonly db: Db) {}
-  private row(r: Row | undefined): ImageRecord | undefined {
+  private content(r: Row | undefined): ImageContentRecord | undefined {
     if (!r) return undefined;
     return {
       digest: str(r.digest),
-      projectId: str(r.project_id),
       indexDigest: strOrNull(r.index_digest),
       configDigest: str(r.config_digest),
       config: JSON.parse(str(r.config)) as ImageRecord['config'],
@@ -414,50 +481,71 @@ class SqliteImages implements ImageRepo {
       createdAt: str(r.created_at),
     };
   }
+  /** A reference row joined with its content: the image as that project sees it (created = when it got it). */
+  private referenced(r: Row): ImageRecord {
+    return { ...this.content(r)!, projectId: str(r.project_id), createdAt: str(r.ref_created_at) };
+  }
   private tagRow(r: Row): ImageTagRecord {
     return { name: str(r.name), digest: str(r.digest), projectId: str(r.project_id), updatedAt: str(r.updated_at) };
   }
   get(digest: string) {
-    return this.row(this.db.prepare('SELECT * FROM images WHERE digest = ?').get(digest) as Row | undefined);
+    return this.content(this.db.prepare('SELECT * FROM images WHERE digest = ?').get(digest) as Row | undefined);
+  }
+  contents() {
+    return (this.db.prepare('SELECT * FROM images ORDER BY created_at').all() as Row[]).map((r) => this.content(r)!);
+  }
+  ref(projectId: string, digest: string) {
+    const r = this.db
+      .prepare('SELECT i.*, r.project_id, r.created_at AS ref_created_at FROM image_refs r JOIN images i ON i.digest = r.digest WHERE r.project_id = ? AND r.digest = ?')
+      .get(projectId, digest) as Row | undefined;
+    return r ? this.referenced(r) : undefined;
   }
   list(projectId?: string) {
-    const rows = projectId
-      ? this.db.prepare('SELECT * FROM images WHERE project_id = ? ORDER BY created_at').all(projectId)
-      : this.db.prepare('SELECT * FROM images ORDER BY created_at').all();
-    return (rows as Row[]).map((r) => this.row(r)!);
+    const rows = this.db
+      .prepare('SELECT i.*, r.project_id, r.created_at AS ref_created_at FROM image_refs r JOIN images i ON i.digest = r.digest WHERE (@p IS NULL OR r.project_id = @p) ORDER BY r.created_at')
+      .all({ p: projectId ?? null }) as Row[];
+    return rows.map((r) => this.referenced(r));
   }
   upsert(img: ImageRecord) {
+    const { projectId, ...content } = img;
     this.db
       .prepare(
-        `INSERT INTO images (digest, project_id, index_digest, config_digest, config, layers, chain_id, size, created_at)
-         VALUES (@digest, @projectId, @indexDigest, @configDigest, @config, @layers, @chainId, @size, @createdAt)
+        `INSERT INTO images (digest, index_digest, config_digest, config, layers, chain_id, size, created_at)
+         VALUES (@digest, @indexDigest, @configDigest, @config, @layers, @chainId, @size, @createdAt)
          ON CONFLICT(digest) DO UPDATE SET index_digest = COALESCE(excluded.index_digest, images.index_digest)`,
       )
-      .run({ ...img, config: JSON.stringify(img.config), layers: JSON.stringify(img.layers) });
+      .run({ ...content, config: JSON.stringify(img.config), layers: JSON.stringify(img.layers) });
+    this.db.prepare('INSERT OR IGNORE INTO image_refs (project_id, digest, created_at) VALUES (?, ?, ?)').run(projectId, img.digest, img.createdAt);
+  }
+  deleteRef(projectId: string, digest: string) {
+    this.db.prepare('DELETE FROM image_refs WHERE project_id = ? AND digest = ?').run(projectId, digest);
+  }
+  refCount(digest: string) {
+    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM image_refs WHERE digest = ?').get(digest) as Row).n);
   }
   delete(digest: string) {
     this.db.prepare('DELETE FROM images WHERE digest = ?').run(digest);
   }
-  tags(digest?: string) {
-    const rows = digest
-      ? this.db.prepare('SELECT * FROM image_tags WHERE digest = ? ORDER BY name').all(digest)
-      : this.db.prepare('SELECT * FROM image_tags ORDER BY name').all();
-    return (rows as Row[]).map((r) => this.tagRow(r));
+  tags(filter: { projectId?: string; digest?: string; name?: string } = {}) {
+    const rows = this.db
+      .prepare('SELECT * FROM image_tags WHERE (@p IS NULL OR project_id = @p) AND (@d IS NULL OR digest = @d) AND (@n IS NULL OR name = @n) ORDER BY name')
+      .all({ p: filter.projectId ?? null, d: filter.digest ?? null, n: filter.name ?? null }) as Row[];
+    return rows.map((r) => this.tagRow(r));
   }
-  tag(name: string) {
-    const r = this.db.prepare('SELECT * FROM image_tags WHERE name = ?').get(name) as Row | undefined;
+  tag(projectId: string, name: string) {
+    const r = this.db.prepare('SELECT * FROM image_tags WHERE project_id = ? AND name = ?').get(projectId, name) as Row | undefined;
     return r ? this.tagRow(r) : undefined;
   }
   setTag(t: ImageTagRecord) {
     this.db
       .prepare(
-        `INSERT INTO image_tags (name, digest, project_id, updated_at) VALUES (@name, @digest, @projectId, @updatedAt)
-         ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
+        `INSERT INTO image_tags (project_id, name, digest, updated_at) VALUES (@projectId, @name, @digest, @updatedAt)
+         ON CONFLICT(project_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
       )
       .run(t);
   }
-  deleteTag(name: string) {
-    this.db.prepare('DELETE FROM image_tags WHERE name = ?').run(name);
+  deleteTag(projectId: string, name: string) {
+    this.db.prepare('DELETE FROM image_tags WHERE project_id = ? AND name = ?').run(projectId, name);
   }
 }
 
@@ -511,19 +599,15 @@ class SqliteContainers implements ContainerRepo {
   get(id: string) {
     return this.row(this.db.prepare('SELECT * FROM containers WHERE id = ?').get(id) as Row | undefined);
   }
-  byName(name: string) {
-    return this.row(this.db.prepare('SELECT * FROM containers WHERE name = ?').get(name) as Row | undefined);
+  byName(projectId: string, name: string) {
+    return this.row(this.db.prepare('SELECT * FROM containers WHERE project_id = ? AND name = ?').get(projectId, name) as Row | undefined);
   }
-  resolve(idOrName: string): ContainerRecord {
-    if (!idOrName) throw new InvalidArgument('a container id or name is required');
-    const exact = this.get(idOrName) ?? this.byName(idOrName);
-    if (exact) return exact;
-    if (/^[0-9a-f]{1,64}$/.test(idOrName)) {
-      const rows = this.db.prepare('SELECT * FROM containers WHERE id LIKE ? LIMIT 2').all(`${idOrName}%`) as Row[];
-      if (rows.length > 1) throw new InvalidArgument(`container id prefix "${idOrName}" is ambiguous`);
-      if (rows.length === 1) return this.row(rows[0])!;
-    }
-    throw new NotFound(`no such container: ${idOrName}`);
+  named(name: string) {
+    return (this.db.prepare('SELECT * FROM containers WHERE name = ? ORDER BY created_at').all(name) as Row[]).map((r) => this.row(r)!);
+  }
+  withIdPrefix(prefix: string) {
+    if (!/^[0-9a-f]{1,64}$/.test(prefix)) return [];
+    return (this.db.prepare('SELECT * FROM containers WHERE id LIKE ? ORDER BY created_at').all(`${prefix}%`) as Row[]).map((r) => this.row(r)!);
   }
   list(filter: { projectId?: string; status?: ContainerStatus[] } = {}) {
     const where: string[] = [];
@@ -545,7 +629,7 @@ class SqliteContainers implements ContainerRepo {
     try {
       this.db.prepare(`INSERT INTO containers (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
     } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExists(`a container named "${c.name}" already exists`);
+      if (isUniqueViolation(e)) throw new AlreadyExists(`a container named "${c.name}" already exists in this project`);
       throw e;
     }
   }
@@ -564,8 +648,8 @@ class SqliteContainers implements ContainerRepo {
   delete(id: string) {
     this.db.prepare('DELETE FROM containers WHERE id = ?').run(id);
   }
-  countByImage(digest: string) {
-    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM containers WHERE image_digest = ?').get(digest) as Row).n);
+  countByImage(digest: string, projectId?: string) {
+    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM containers WHERE image_digest = @d AND (@p IS NULL OR project_id = @p)').get({ d: digest, p: projectId ?? null }) as Row).n);
   }
 }
 

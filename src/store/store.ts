@@ -5,6 +5,7 @@
 import type {
   ContainerRecord,
   ContainerStatus,
+  ImageContentRecord,
   ImageRecord,
   ImageTagRecord,
   OperationRecord,
@@ -52,27 +53,46 @@ export interface RoleRepo {
   revoke(userId: string, projectId: string): boolean;
 }
 
+/**
+ * Images: content (manifest, config, layers) shared host-wide, referenced per project.
+ * A project sees only the images it references; tags are per project.
+ */
 export interface ImageRepo {
-  get(digest: string): ImageRecord | undefined;
+  /** The content, whoever references it. */
+  get(digest: string): ImageContentRecord | undefined;
+  contents(): ImageContentRecord[];
+  /** The image as projectId sees it, if that project references it. */
+  ref(projectId: string, digest: string): ImageRecord | undefined;
+  /** References (one per project and digest) with their content; all projects' when none is given. */
   list(projectId?: string): ImageRecord[];
+  /** Store the content (kept if present) and add img.projectId's reference to it. */
   upsert(img: ImageRecord): void;
+  /** Remove one project's reference (and its tags). */
+  deleteRef(projectId: string, digest: string): void;
+  refCount(digest: string): number;
+  /** Remove the content and every reference and tag to it. */
   delete(digest: string): void;
-  tags(digest?: string): ImageTagRecord[];
-  tag(name: string): ImageTagRecord | undefined;
+  tags(filter?: { projectId?: string; digest?: string; name?: string }): ImageTagRecord[];
+  tag(projectId: string, name: string): ImageTagRecord | undefined;
+  /** A tag implies the project's reference: add that first. */
   setTag(t: ImageTagRecord): void;
-  deleteTag(name: string): void;
+  deleteTag(projectId: string, name: string): void;
 }
 
 export interface ContainerRepo {
   get(id: string): ContainerRecord | undefined;
-  byName(name: string): ContainerRecord | undefined;
-  /** By full id, unique id prefix, or name; throws NotFound / InvalidArgument (ambiguous). */
-  resolve(idOrName: string): ContainerRecord;
+  /** Names are unique per project only. */
+  byName(projectId: string, name: string): ContainerRecord | undefined;
+  /** Every project's containers of this name (the caller scopes them: see control/identity/scope.ts). */
+  named(name: string): ContainerRecord[];
+  /** Containers whose id starts with prefix (hex only; anything else matches none). */
+  withIdPrefix(prefix: string): ContainerRecord[];
   list(filter?: { projectId?: string; status?: ContainerStatus[] }): ContainerRecord[];
   insert(c: ContainerRecord): void;
   update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord;
   delete(id: string): void;
-  countByImage(digest: string): number;
+  /** Containers made from the image, in one project or all. */
+  countByImage(digest: string, projectId?: string): number;
 }
 
 export interface VmRepo {

@@ -1,14 +1,20 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream } from '../route.js';
-import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Stats } from '../schemas.js';
+import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Operation, Stats } from '../schemas.js';
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
 import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
 import type { Services } from '../../control/services.js';
-import { NotFound } from '../../core/errors.js';
+import type { ProjectScope } from '../../control/identity/scope.js';
 
-/** Container routes act on the project of the container named in the path. */
-const CONTAINER = { param: 'id', kind: 'container', owner: (s: Services, id: string) => s.containers.get(id).projectId };
+/** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
+const CONTAINER = {
+  param: 'id', kind: 'container',
+  owner: (s: Services, ref: string, scope: ProjectScope) => {
+    const c = s.containers.get(ref, scope);
+    return { projectId: c.projectId, id: c.id };
+  },
+};
 
 
 const Signal = Type.Object({ signal: Type.String({ default: 'SIGKILL' }) });
@@ -27,12 +33,14 @@ export const containerRoutes = [
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: 'query' },
-    summary: 'Create a container from a pulled image', status: 201,
-    body: ContainerCreate, response: Container,
-    handler: ({ body, services, auth }) => {
-      // The image must be one the caller can see: another project's images do not exist for it.
-      if (!auth.canRead(services.images.resolve(body.image).projectId)) throw new NotFound(`no such image: ${body.image}`);
-      return services.containers.create({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project());
+    summary: 'Create a container from a pulled image: 201 with the container, or 202 with an Operation (container.create) ' +
+      'when the project\'s lent capacity must first be reclaimed; it completes, with the container as its result, once the borrowers\' grace period is over',
+    status: 201, body: ContainerCreate, response: Type.Union([Container, Operation]),
+    handler: async ({ body, services, auth }) => {
+      // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
+      const r = await services.containers.requestCreate({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
+        { canRead: auth.canRead, preferProjectId: auth.project() });
+      return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
     },
   }),
   route({

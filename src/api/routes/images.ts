@@ -7,9 +7,10 @@ import { newId } from '../../core/ids.js';
 import { route } from '../route.js';
 import { Image, Operation } from '../schemas.js';
 import type { Services } from '../../control/services.js';
+import type { ProjectScope } from '../../control/identity/scope.js';
 
-/** Image routes with a reference in the path act on the image's project. */
-const IMAGE = { param: 'ref', kind: 'image', owner: (s: Services, ref: string) => s.images.resolve(ref).projectId };
+/** Image routes with a reference in the path act on the referencing project (the reference itself stays as given). */
+const IMAGE = { param: 'ref', kind: 'image', owner: (s: Services, ref: string, scope: ProjectScope) => s.images.resolve(ref, scope).projectId };
 
 
 const Ref = Type.Object({ ref: Type.String({ minLength: 1, description: 'Reference, digest or id (URL-encoded)' }) });
@@ -58,17 +59,17 @@ export const imageRoutes = [
   }),
   route({
     method: 'POST', path: '/images/prune', operationId: 'pruneImages', tag: 'images', access: 'write',
-    auth: { global: 'admin' },
-    summary: 'Remove dangling images (all=true: every image no container uses) and collect garbage',
+    auth: { role: 'member', project: 'query' },
+    summary: "Remove the project's dangling images (all=true: every one no container of it uses) and collect garbage no project needs",
     body: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Object({ deleted: Type.Array(Type.String()), bytesFreed: Type.Integer() }),
-    handler: ({ body, services }) => services.images.prune(body.all),
+    handler: ({ body, services, auth }) => services.images.prune(body.all, auth.project()),
   }),
   route({
     method: 'GET', path: '/images/{ref}', operationId: 'inspectImage', tag: 'images', access: 'read',
     auth: { role: 'reader', project: IMAGE },
     summary: 'Inspect an image', params: Ref, response: Image,
-    handler: ({ params, services }) => services.images.inspect(params.ref),
+    handler: ({ params, services, auth }) => services.images.inspect(params.ref, auth.project()),
   }),
   route({
     method: 'DELETE', path: '/images/{ref}', operationId: 'removeImage', tag: 'images', access: 'write',
@@ -76,6 +77,6 @@ export const imageRoutes = [
     summary: 'Untag an image; delete it when no tag and no container is left', params: Ref,
     query: Type.Object({ force: Type.Boolean({ default: false }) }),
     response: Type.Object({ untagged: Type.Array(Type.String()), deleted: Type.Array(Type.String()) }),
-    handler: ({ params, query, services }) => services.images.remove(params.ref, query.force),
+    handler: ({ params, query, services, auth }) => services.images.remove(params.ref, auth.project(), query.force),
   }),
 ];

@@ -1,5 +1,5 @@
-import { Type } from '@sinclair/typebox';
-import { route } from '../route.js';
+import { Type, type Static } from '@sinclair/typebox';
+import { route, type RequestAuth } from '../route.js';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
 
@@ -63,7 +63,7 @@ export const quotaRoutes = [
     auth: { role: 'reader', project: PROJECT },
     summary: 'Would this request be admitted? Which ledger line decides, which loans and reclaims it needs. Changes nothing.',
     params: ProjectParam, body: Vector, response: Figures,
-    handler: ({ body, services, auth }) => services.quota.explain(auth.project(), body) as unknown as Record<string, unknown>,
+    handler: ({ body, services, auth }) => explainWithPaths(services, auth, body),
   }),
   route({
     method: 'GET', path: '/quota-audit', operationId: 'quotaAudit', tag: 'quota', access: 'read',
@@ -110,3 +110,38 @@ export const quotaRoutes = [
       services.quota.loans(auth.project()).map((l) => ({ ...l, lenderPath: services.projects.path(l.lender), borrowerPath: services.projects.path(l.borrower) })),
   }),
 ];
+
+/**
+ * The ledger's decision with project paths beside its ids (users think in paths), and the names of
+ * victims the caller may read (others stay bare ids, as in the loans listing).
+ */
+function explainWithPaths(services: Services, auth: RequestAuth, body: Static<typeof Vector>): Record<string, unknown> {
+  const d = services.quota.explain(auth.project(), body);
+  const path = (id: string) => services.projects.path(id) || id;
+  const pool = (id: string) => {
+    const i = id.indexOf('/');
+    return i < 0 ? id : `${path(id.slice(0, i))}:${id.slice(i + 1)}`;
+  };
+  // The ledger speaks in project ids; its reason reads better with paths.
+  const ids = new Set([d.project, d.decidedBy.project, ...d.loans.flatMap((l) => [l.lender, l.borrower]), ...(d.reclaim?.victims.map((v) => v.project) ?? [])]);
+  let reason = d.reason;
+  for (const id of ids) reason = reason.split(id).join(path(id));
+  return {
+    ...d,
+    reason,
+    decidedBy: { ...d.decidedBy, projectPath: path(d.decidedBy.project) },
+    loans: d.loans.map((l) => ({ ...l, lenderPath: path(l.lender), borrowerPath: path(l.borrower) })),
+    poolCharges: d.poolCharges.map((c) => ({ ...c, poolName: pool(c.pool) })),
+    ...(d.reclaim
+      ? {
+          reclaim: {
+            ...d.reclaim,
+            victims: d.reclaim.victims.map((v) => {
+              const name = auth.canRead(v.project) ? services.store.containers.get(v.instance)?.name : undefined;
+              return { ...v, projectPath: path(v.project), ...(name !== undefined ? { name } : {}) };
+            }),
+          },
+        }
+      : {}),
+  };
+}

@@ -104,16 +104,42 @@ function withExit<E>(e: E, exitCode: number): E {
   return e instanceof Error ? Object.assign(e, { exitCode }) : (Object.assign(new Error(String(e)), { exitCode }) as E);
 }
 
+interface CreateOperation {
+  id: string;
+  kind: string;
+  status: string;
+  progress: { instances?: number; projects?: string[]; graceSeconds?: number };
+  error: { code: string; message: string } | null;
+  result: Container | null;
+}
+
+/**
+ * POST /containers. When the project's lent capacity must first be reclaimed the answer is an
+ * Operation (202): say what it waits for, then wait for it; its result is the container.
+ */
+async function postContainer(client: ApiClient, body: Record<string, unknown>): Promise<Container> {
+  const r = await client.json<Container | CreateOperation>('POST', '/containers', body);
+  if (!('kind' in r) || r.kind !== 'container.create') return r as Container;
+  let op = r;
+  const p = op.progress;
+  process.stderr.write(
+    `waiting for reclaim of ${p.instances ?? '?'} instance(s) in project ${(p.projects ?? ['?']).join(', ')}, grace ${p.graceSeconds ?? '?'}s (operation ${short(op.id)})\n`,
+  );
+  while (op.status === 'running' || op.status === 'pending') op = await client.json<CreateOperation>('GET', `/operations/${enc(op.id)}/wait?timeout=30`);
+  if (op.status !== 'succeeded' || !op.result) throw new ApiError(500, op.error?.code ?? 'Internal', op.error?.message ?? `create ${op.status}`);
+  return op.result;
+}
+
 /** Create, pulling the image first when it is not here (as docker run does). Failures exit 125. */
 async function createContainer(client: ApiClient, body: Record<string, unknown>): Promise<Container> {
   try {
     try {
-      return await client.json<Container>('POST', '/containers', body);
+      return await postContainer(client, body);
     } catch (e) {
       if (!(e instanceof ApiError) || e.code !== 'NotFound' || !/image/i.test(e.message)) throw e;
       process.stderr.write(`Unable to find image '${String(body.image)}' locally\n`);
       await pullWithProgress(client, String(body.image));
-      return await client.json<Container>('POST', '/containers', body);
+      return await postContainer(client, body);
     }
   } catch (e) {
     // The runtime may already refuse the command at create time (runc create).

@@ -159,7 +159,7 @@ export const imageCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'image prune', usage: '', summary: 'Remove dangling images (-a: every unused image) and collect garbage', maxArgs: 0,
+    name: 'image prune', usage: '', summary: "Remove the project's dangling images (-a: every one its containers do not use); other projects' are untouched", maxArgs: 0,
     options: [{ name: 'all', short: 'a', type: 'boolean', description: 'Remove every image no container uses, not only untagged ones' }, OUTPUT_OPTION],
     async run({ opts, global }) {
       const r = await clientOf(global).json<{ deleted: string[]; bytesFreed: number }>('POST', '/images/prune', { all: Boolean(opts.all) });

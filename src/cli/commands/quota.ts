@@ -83,13 +83,11 @@ export const quotaCommands: CommandSpec[] = [
       const body: Vector = { instances: wholeNumber(String(opts.instances), 'instances') };
       if (opts.cpus !== undefined) body.cpus = Math.ceil(Number(opts.cpus));
       if (opts.memory !== undefined) body.memory = memoryMiB(String(opts.memory));
-      const d = await clientOf(global).json<{ admitted: boolean; reason: string; decidedBy: { project: string; resource: string; line: string }; loans: unknown[] }>(
+      const d = await clientOf(global).json<Explained>(
         'POST', `/quota/${encodeURIComponent(typeof opts.project === 'string' ? opts.project : await currentProject(global))}/explain`, body,
       );
       if (global.output === 'json') return printJson(d), 0;
-      process.stdout.write(`${d.admitted ? 'admitted' : 'rejected'}: ${d.reason}\n`);
-      process.stdout.write(`decided by: ${d.decidedBy.line} of ${d.decidedBy.resource} on project ${d.decidedBy.project}\n`);
-      if (d.loans.length) process.stdout.write(`loans: ${JSON.stringify(d.loans)}\n`);
+      process.stdout.write(renderExplain(d, Date.now()));
       return d.admitted ? 0 : 1;
     },
   },
@@ -175,4 +173,46 @@ function weightsOf(pairs: string[]): Record<string, number> | undefined {
     out[p.slice(0, eq)] = w;
   }
   return out;
+}
+
+interface Explained {
+  admitted: boolean;
+  reason: string;
+  decidedBy: { project: string; projectPath?: string; resource: string; line: string };
+  loans: { lenderPath?: string; lender: string; borrowerPath?: string; borrower: string; resource: string; amount: number }[];
+  poolCharges?: { pool: string; poolName?: string; resource: string; amount: number }[];
+  reclaim?: {
+    sufficient: boolean;
+    remaining: Vector;
+    victims: { instance: string; name?: string; project: string; projectPath?: string; action: string; frees: Vector; deadline: number }[];
+  };
+}
+
+const vectorText = (v: Vector) => Object.entries(v).filter(([, n]) => n).map(([k, n]) => `${k}=${n}`).join(',') || '-';
+
+/** The decision, the ledger line that made it, then the loans, pool charges and reclaim it involves, as tables. */
+export function renderExplain(d: Explained, now: number): string {
+  const out: string[] = [];
+  const reclaimable = !d.admitted && d.reclaim?.sufficient === true && d.reclaim.victims.length > 0;
+  out.push(`${d.admitted ? 'admitted' : reclaimable ? 'needs a reclaim' : 'rejected'}: ${d.reason}`);
+  out.push(`decided by: the "${d.decidedBy.line}" line of ${d.decidedBy.resource} on project ${d.decidedBy.projectPath ?? d.decidedBy.project}`);
+  if (d.loans.length) {
+    out.push('', 'loans that would be made:');
+    out.push(table(['LENDER', 'BORROWER', 'RESOURCE', 'AMOUNT'],
+      d.loans.map((l) => [l.lenderPath ?? l.lender, l.borrowerPath ?? l.borrower, l.resource, String(l.amount)])).trimEnd());
+  }
+  if (d.poolCharges?.length) {
+    out.push('', 'charged to shared pools:');
+    out.push(table(['POOL', 'RESOURCE', 'AMOUNT'], d.poolCharges.map((c) => [c.poolName ?? c.pool, c.resource, String(c.amount)])).trimEnd());
+  }
+  if (d.reclaim && d.reclaim.victims.length) {
+    out.push('', d.reclaim.sufficient
+      ? `instances that would be reclaimed (${d.reclaim.victims.length}), each after its grace period:`
+      : `even reclaiming these ${d.reclaim.victims.length} instance(s) would leave ${vectorText(d.reclaim.remaining)} short:`);
+    out.push(table(['INSTANCE', 'NAME', 'PROJECT', 'ACTION', 'FREES', 'GRACE ENDS'], d.reclaim.victims.map((v) => [
+      v.instance.slice(0, 12), v.name ?? '', v.projectPath ?? v.project, v.action, vectorText(v.frees),
+      v.deadline <= now ? 'now' : `in ${Math.ceil((v.deadline - now) / 1000)}s`,
+    ])).trimEnd());
+  }
+  return out.join('\n') + '\n';
 }

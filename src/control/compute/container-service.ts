@@ -8,15 +8,18 @@ import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { ContainerConfig, ContainerRecord, ContainerStatus } from '../../store/records.js';
+import type { ContainerConfig, ContainerRecord, ContainerStatus, OperationRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
+import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
+import type { OperationService } from '../operations/operations.js';
 import { assertTransition } from './container-state.js';
 import { generateName } from './names.js';
 import { processSpecFor } from './process-spec.js';
 
 const log = logger('compute');
+const EVERYWHERE: ProjectScope = { canRead: () => true };
 const RESTART_BACKOFF_MS = [100, 200, 400, 800, 1600, 3200, 6400, 10_000];
 
 export interface CreateContainerInput extends ContainerConfig {
@@ -28,12 +31,16 @@ export class ContainerService {
   /** Serialises lifecycle calls per container so concurrent requests cannot interleave. */
   private readonly locks = new Map<string, Promise<unknown>>();
 
+  /** "<project id>/<name>" of creates waiting for a reclaim: their names are taken. */
+  private readonly pendingNames = new Set<string>();
+
   constructor(
     private readonly store: Store,
     private readonly agent: Agent,
     private readonly images: ImageService,
     private readonly events: EventBus,
     private readonly quota: QuotaService,
+    private readonly operations: OperationService,
   ) {
     agent.onContainerExit((id) => void this.handleExit(id));
   }
@@ -49,12 +56,31 @@ export class ContainerService {
     return next;
   }
 
+  /** "org/team" for progress messages (ids mean nothing to a user). */
+  private projectPath(id: string): string {
+    const names: string[] = [];
+    for (let p = this.store.projects.get(id); p; p = p.parentId ? this.store.projects.get(p.parentId) : undefined) names.unshift(p.name);
+    return names.length ? names.join('/') : id;
+  }
+
   private publish(c: ContainerRecord, action: string, attributes: Record<string, unknown> = {}) {
     this.events.publish({ type: 'container', action, id: c.id, projectId: c.projectId, attributes: { name: c.name, ...attributes } });
   }
 
-  get(idOrName: string): ContainerRecord {
-    return this.store.containers.resolve(idOrName);
+  /**
+   * By full id, name or unique id prefix, looked up in `scope` (by default everywhere: internal
+   * callers pass ids; the API edge passes the caller's scope and hands handlers the full id).
+   * Names are unique per project, so other projects' containers neither match nor make it ambiguous.
+   */
+  get(idOrName: string, scope: ProjectScope = EVERYWHERE): ContainerRecord {
+    if (!idOrName) throw new InvalidArgument('a container id or name is required');
+    const exact = this.store.containers.get(idOrName);
+    if (exact && inScope(scope, exact.projectId)) return exact;
+    const named = this.store.containers.named(idOrName).filter((c) => inScope(scope, c.projectId));
+    if (named.length) return pickInScope(named, scope, (c) => c.id, 'container', idOrName);
+    // A prefix shared by containers of two projects is ambiguous: no default project wins it.
+    const prefixScope: ProjectScope = 'projectId' in scope ? scope : { canRead: scope.canRead };
+    return pickInScope(this.store.containers.withIdPrefix(idOrName), prefixScope, (c) => c.id, 'container', idOrName);
   }
 
   list(opts: { all?: boolean; projectId?: string } = {}): ContainerRecord[] {
@@ -64,13 +90,32 @@ export class ContainerService {
     });
   }
 
-  async create(input: CreateContainerInput, projectId: string): Promise<ContainerRecord> {
-    const image = this.images.resolve(input.image);
+  /** Create, waiting through a reclaim if one is needed. `imageScope`: where the image is looked up (by default the project's own images). */
+  async create(input: CreateContainerInput, projectId: string, imageScope: ProjectScope = { projectId }): Promise<ContainerRecord> {
+    const r = await this.requestCreate(input, projectId, imageScope);
+    return 'container' in r ? r.container : r.finished;
+  }
+
+  /**
+   * Create now when the quota admits it. When the project's capacity must first be reclaimed from
+   * borrowers, return at once an Operation (container.create) that creates the container when the
+   * reclaim is done (after the borrowers' grace period); its progress names the plan. The name is
+   * held meanwhile. Rejected (QuotaExceeded) when even a reclaim cannot make room.
+   */
+  async requestCreate(
+    input: CreateContainerInput,
+    projectId: string,
+    imageScope: ProjectScope = { projectId },
+  ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
+    const image = this.images.resolve(input.image, imageScope);
     if (input.name !== undefined && !isValidName(input.name)) {
       throw new InvalidArgument(`invalid container name "${input.name}": use letters, digits, '_', '.', '-' (max 128)`);
     }
-    if (input.name && (this.store.containers.byName(input.name) || this.store.vms.byName(input.name))) {
-      throw new Conflict(`the container name "${input.name}" is already in use`);
+    // Names are per project; a VM of the same project and name counts too (instances are one resource).
+    const taken = (n: string) =>
+      this.store.containers.byName(projectId, n) !== undefined || this.pendingNames.has(`${projectId}/${n}`) || this.store.vms.byName(n)?.projectId === projectId;
+    if (input.name && taken(input.name)) {
+      throw new Conflict(`the container name "${input.name}" is already in use in this project`);
     }
     if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
       throw new InvalidArgument('memory limit must be at least 6 MiB');
@@ -89,7 +134,7 @@ export class ContainerService {
       ...(config.runtime ? { runtime: config.runtime } : {}),
       ...(config.labels ? { labels: config.labels } : {}),
     };
-    const name = requestedName ?? generateName((n) => this.store.containers.byName(n) !== undefined || this.store.vms.byName(n) !== undefined);
+    const name = requestedName ?? generateName(taken);
     request.name = name;
     // A container the agent created ahead of demand becomes this one, id and all.
     const warmId = this.agent.claimWarmContainer(request);
@@ -100,13 +145,53 @@ export class ContainerService {
       status: 'created', runtime: config.runtime ?? 'auto', pid: null, exitCode: null, oomKilled: false,
       restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
     };
-    // Admission first: a refused request leaves nothing behind. It may wait for a reclaim of lent capacity.
-    try {
-      await this.quota.admitContainerReclaiming(id, projectId, rec.config);
-    } catch (e) {
+    const dropWarm = () => {
       if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
+    };
+    // Admission first: a refused request leaves nothing behind.
+    let admission: ReturnType<QuotaService['admitContainerOrPlanReclaim']>;
+    try {
+      admission = this.quota.admitContainerOrPlanReclaim(id, projectId, rec.config);
+    } catch (e) {
+      dropWarm();
       throw e;
     }
+    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId) };
+
+    const { reclaim, done } = admission;
+    const held = `${projectId}/${name}`;
+    this.pendingNames.add(held);
+    const deadline = Math.max(...reclaim.plan.map((v) => v.deadline));
+    const progress = {
+      phase: 'reclaim',
+      reclaim: reclaim.id,
+      instances: reclaim.plan.length,
+      projects: [...new Set(reclaim.plan.map((v) => this.projectPath(v.project)))],
+      graceSeconds: Math.max(0, Math.ceil((deadline - Date.now()) / 1000)),
+      deadline: new Date(deadline).toISOString(),
+    };
+    let finished!: Promise<ContainerRecord>;
+    const operation = this.operations.start('container.create', name, projectId, (op) => {
+      op.progress(progress);
+      finished = (async () => {
+        try {
+          await done;
+        } catch (e) {
+          dropWarm();
+          throw e;
+        } finally {
+          this.pendingNames.delete(held);
+        }
+        return this.createAdmitted(rec, request, warmId);
+      })();
+      return finished;
+    });
+    return { operation, finished };
+  }
+
+  /** The part of a create after admission: the record, then the agent's container. */
+  private async createAdmitted(rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined): Promise<ContainerRecord> {
+    const id = rec.id;
     try {
       this.store.containers.insert(rec);
     } catch (e) {
@@ -117,7 +202,7 @@ export class ContainerService {
     try {
       const created = await this.agent.createContainer({ id, ...request });
       const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: created.runtime });
-      this.publish(updated, 'create', { image: input.image });
+      this.publish(updated, 'create', { image: rec.config.image });
       return updated;
     } catch (e) {
       // A failed create leaves nothing behind: not the record, not the agent's state.

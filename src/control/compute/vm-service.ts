@@ -92,9 +92,12 @@ export class VmService {
     });
   }
 
-  /** Names are unique across instances: a VM may not take a container's name, nor the reverse. */
-  private checkName(name: string | undefined): string {
-    const taken = (n: string) => this.store.vms.byName(n) !== undefined || this.store.containers.byName(n) !== undefined;
+  /**
+   * A VM may not take the name of a container of its project, nor the reverse. VM names are
+   * still unique host-wide (the vms table predates per-project names; see docs/identity.md).
+   */
+  private checkName(name: string | undefined, projectId: string): string {
+    const taken = (n: string) => this.store.vms.byName(n) !== undefined || this.store.containers.byName(projectId, n) !== undefined;
     if (name === undefined) return generateName(taken);
     if (!isValidName(name)) throw new InvalidArgument(`invalid VM name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
     if (taken(name)) throw new Conflict(`the name "${name}" is already in use by an instance`);
@@ -115,7 +118,7 @@ export class VmService {
       ...(input.disk ? { disk: input.disk } : {}),
       ...(input.pin?.length ? { pin: input.pin } : {}),
     };
-    const name = this.checkName(input.name);
+    const name = this.checkName(input.name, projectId);
     const id = newVmId();
     const rec = this.admitAndInsert(id, name, projectId, config, 'created');
     const req: VmCreateRequest = { id, name, ...config };
@@ -133,7 +136,7 @@ export class VmService {
   async createFromTemplate(templateIdOrName: string, name: string | undefined, projectId: string): Promise<VmRecord> {
     const t = this.get(templateIdOrName);
     if (t.status !== 'saved' || t.config.template) throw new Conflict(`VM ${t.name} is not a saved VM that can serve as a template (it is ${t.status})`);
-    const newName = this.checkName(name);
+    const newName = this.checkName(name, projectId);
     const id = newVmId();
     const { template: _none, ...base } = t.config;
     const rec = this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved');

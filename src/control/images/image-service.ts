@@ -1,14 +1,15 @@
 /**
- * Images as the control plane sees them: references (tags) pointing at
- * manifests, owned by a project. Bytes and snapshots live on the agent.
+ * Images as the control plane sees them: a project's references (and tags) to
+ * content shared host-wide. Bytes and snapshots live on the agent.
  */
-import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
+import { Conflict, InvalidArgument } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { Agent, AgentImage, PullProgress } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
 import type { ImageRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { OperationService } from '../operations/operations.js';
+import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 
 export interface ImageView extends ImageRecord {
   id: string;
@@ -29,48 +30,52 @@ export class ImageService {
     return parseReference(ref).toString();
   }
 
+  /** An image as its project sees it: that project's tags and containers only. */
   private view(img: ImageRecord): ImageView {
     return {
       ...img,
       id: img.digest,
-      tags: this.store.images.tags(img.digest).map((t) => t.name),
-      containers: this.store.containers.countByImage(img.digest),
+      tags: this.store.images.tags({ projectId: img.projectId, digest: img.digest }).map((t) => t.name),
+      containers: this.store.containers.countByImage(img.digest, img.projectId),
     };
   }
 
-  /** By tag (normalised), full digest, "repo@digest", or a unique hex prefix of the digest. */
-  resolve(ref: string): ImageRecord {
+  /**
+   * A project's reference to an image, looked up in `scope`: by tag (normalised), full
+   * digest, "repo@digest" (manifest or index), or a unique hex prefix of the digest.
+   * Other projects' references neither match nor make a prefix ambiguous.
+   */
+  resolve(ref: string, scope: ProjectScope): ImageRecord {
     if (!ref) throw new InvalidArgument('an image reference is required');
+    const pick = (candidates: ImageRecord[]) => pickInScope(candidates, scope, (i) => `${i.projectId} ${i.digest}`, 'image', ref);
+    const referenced = () => this.store.images.list('projectId' in scope ? scope.projectId : undefined);
     const bare = ref.startsWith('sha256:') ? ref : /^[0-9a-f]{6,64}$/.test(ref) ? `sha256:${ref}` : undefined;
     if (bare) {
-      const exact = this.store.images.get(bare);
-      if (exact) return exact;
-      const matches = this.store.images.list().filter((i) => i.digest.startsWith(bare));
-      if (matches.length === 1) return matches[0]!;
-      if (matches.length > 1) throw new InvalidArgument(`image id prefix "${ref}" is ambiguous`);
-      if (ref.startsWith('sha256:')) throw new NotFound(`no such image: ${ref}`);
+      const all = referenced();
+      const exact = all.filter((i) => i.digest === bare);
+      if (exact.some((i) => inScope(scope, i.projectId))) return pick(exact);
+      const prefixed = all.filter((i) => i.digest.startsWith(bare));
+      if (prefixed.some((i) => inScope(scope, i.projectId)) || ref.startsWith('sha256:')) return pick(prefixed);
     }
     const parsed = parseReference(ref);
     if (parsed.digest) {
-      const img = this.store.images.get(parsed.digest);
-      if (img) return img;
       // A digest may name the index the image was pulled through.
-      const viaIndex = this.store.images.list().find((i) => i.indexDigest === parsed.digest);
-      if (viaIndex) return viaIndex;
-      throw new NotFound(`no such image: ${ref}`);
+      return pick(referenced().filter((i) => i.digest === parsed.digest || i.indexDigest === parsed.digest));
     }
-    const tag = this.store.images.tag(parsed.toString());
-    const img = tag && this.store.images.get(tag.digest);
-    if (!img) throw new NotFound(`no such image: ${ref}`);
-    return img;
+    const tagged = this.store.images.tags({ name: parsed.toString() }).flatMap((t) => {
+      const img = inScope(scope, t.projectId) ? this.store.images.ref(t.projectId, t.digest) : undefined;
+      return img ? [img] : [];
+    });
+    return pick(tagged);
   }
 
+  /** References of one project, or of all (the caller filters by what it may read). */
   list(projectId?: string): ImageView[] {
     return this.store.images.list(projectId).map((i) => this.view(i));
   }
 
-  inspect(ref: string): ImageView {
-    return this.view(this.resolve(ref));
+  inspect(ref: string, projectId: string): ImageView {
+    return this.view(this.resolve(ref, { projectId }));
   }
 
   private record(img: AgentImage, projectId: string, tagName: string | undefined): ImageRecord {
@@ -85,12 +90,13 @@ export class ImageService {
       size: img.size,
       createdAt: new Date().toISOString(),
     };
+    // The content is stored once host-wide; the reference and the tag are this project's.
     this.store.transaction(() => {
       this.store.images.upsert(rec);
       if (tagName) this.store.images.setTag({ name: tagName, digest: rec.digest, projectId, updatedAt: rec.createdAt });
     });
     this.events.publish({ type: 'image', action: 'pull', id: rec.digest, projectId, attributes: { name: tagName } });
-    return rec;
+    return this.store.images.ref(projectId, rec.digest) ?? rec;
   }
 
   /** Starts a pull; returns the Operation. */
@@ -117,12 +123,13 @@ export class ImageService {
   }
 
   /**
-   * Remove a reference; the image itself goes when no reference and no
-   * container is left (Docker semantics). `force` removes all its tags.
+   * Remove a project's reference; the content itself goes when no project references it
+   * and no container uses it (Docker semantics, per project). `force` removes all the
+   * project's tags of it. Other projects' references and tags are never touched.
    */
-  async remove(ref: string, force: boolean): Promise<{ untagged: string[]; deleted: string[] }> {
-    const img = this.resolve(ref);
-    const tags = this.store.images.tags(img.digest).map((t) => t.name);
+  async remove(ref: string, projectId: string, force: boolean): Promise<{ untagged: string[]; deleted: string[] }> {
+    const img = this.resolve(ref, { projectId });
+    const tags = this.store.images.tags({ projectId, digest: img.digest }).map((t) => t.name);
     let byTag: string | undefined;
     try {
       const n = this.normalize(ref);
@@ -130,54 +137,52 @@ export class ImageService {
     } catch {
       /* a digest or id, not a reference */
     }
-    const untagged: string[] = [];
     if (byTag && tags.length > 1 && !force) {
-      this.store.images.deleteTag(byTag);
+      this.store.images.deleteTag(projectId, byTag);
       return { untagged: [byTag], deleted: [] };
     }
-    const users = this.store.containers.countByImage(img.digest);
+    const users = this.store.containers.countByImage(img.digest, projectId);
     if (users > 0) {
       throw new Conflict(`image ${ref} is used by ${users} container(s); remove them first`, { containers: users });
     }
     if (tags.length > 1 && !byTag && !force) {
       throw new Conflict(`image ${ref} is referenced by several tags (${tags.join(', ')}); use --force to remove them all`);
     }
-    this.store.transaction(() => {
-      for (const t of tags) {
-        this.store.images.deleteTag(t);
-        untagged.push(t);
-      }
-      this.store.images.delete(img.digest);
-    });
-    this.events.publish({ type: 'image', action: 'delete', id: img.digest, projectId: img.projectId });
+    this.store.images.deleteRef(projectId, img.digest); // its tags go with it
+    this.events.publish({ type: 'image', action: 'delete', id: img.digest, projectId });
     await this.collectGarbage();
-    return { untagged, deleted: [img.digest] };
+    return { untagged: tags, deleted: [img.digest] };
   }
 
-  /** Remove dangling images (no tag, no container); with all, every image no container uses. */
-  async prune(all: boolean): Promise<{ deleted: string[]; bytesFreed: number }> {
+  /** Remove the project's dangling references (no tag, no container of it); with all, every one no container of it uses. */
+  async prune(all: boolean, projectId: string): Promise<{ deleted: string[]; bytesFreed: number }> {
     const deleted: string[] = [];
-    for (const img of this.store.images.list()) {
-      const tagged = this.store.images.tags(img.digest).length > 0;
-      if (this.store.containers.countByImage(img.digest) > 0) continue;
+    for (const img of this.store.images.list(projectId)) {
+      if (this.store.containers.countByImage(img.digest, projectId) > 0) continue;
+      const tagged = this.store.images.tags({ projectId, digest: img.digest }).length > 0;
       if (tagged && !all) continue;
-      this.store.transaction(() => {
-        for (const t of this.store.images.tags(img.digest)) this.store.images.deleteTag(t.name);
-        this.store.images.delete(img.digest);
-      });
+      this.store.images.deleteRef(projectId, img.digest);
       deleted.push(img.digest);
-      this.events.publish({ type: 'image', action: 'delete', id: img.digest, projectId: img.projectId });
+      this.events.publish({ type: 'image', action: 'delete', id: img.digest, projectId });
     }
     const gc = await this.collectGarbage();
     return { deleted, bytesFreed: gc.bytesFreed };
   }
 
+  /** Drop content no project references and no container uses, then let the agent free what nothing keeps. */
   collectGarbage() {
-    const imgs = this.store.images.list();
+    const kept = this.store.transaction(() => {
+      const imgs = this.store.images.contents();
+      return imgs.filter((i) => {
+        if (this.store.images.refCount(i.digest) > 0 || this.store.containers.countByImage(i.digest) > 0) return true;
+        this.store.images.delete(i.digest);
+        return false;
+      });
+    });
     return this.agent.garbageCollect({
-      manifestDigests: imgs.map((i) => i.digest),
-      indexDigests: imgs.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),
-      chainIds: imgs.map((i) => i.chainId),
+      manifestDigests: kept.map((i) => i.digest),
+      indexDigests: kept.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),
+      chainIds: kept.map((i) => i.chainId),
     });
   }
 }

@@ -57,6 +57,8 @@ export class OperationService {
         const t = Date.now();
         if (t - lastSent >= this.progressIntervalMs) {
           lastSent = t;
+          // Stored too (as often as published), so a client polling the operation sees it while it runs.
+          this.store.operations.update(rec.id, { progress: p, updatedAt: new Date(t).toISOString() });
           this.events.publish({ type: 'operation', action: 'progress', id: rec.id, projectId, attributes: { kind, target, progress: p } });
         }
       },
@@ -73,7 +75,8 @@ export class OperationService {
     })();
     this.done.set(rec.id, finished);
     void finished.finally(() => setTimeout(() => this.done.delete(rec.id), 60_000).unref());
-    return rec;
+    // As stored now: with the progress the work reported before its first await.
+    return this.store.operations.get(rec.id) ?? rec;
   }
 
   private finish(id: string, patch: Partial<OperationRecord>): OperationRecord {

@@ -40,3 +40,31 @@ test('quota service: the audit goes to its own table, the saved state does not g
   assert.equal(q.show('p').resources.instances?.used, 3, 'the ledger state survived too');
   store.close();
 });
+
+test('quota service: a create needing a reclaim gets the plan at once and is admitted when the victim is released; a restart cancels one still pending', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
+  const store = new SqliteStore(join(dir, 'nimbus.db'));
+  t.after(() => { store.close(); rmSync(dir, { recursive: true, force: true }); });
+  const q = new QuotaService(store);
+  q.ensureProject('org', null);
+  q.ensureProject('lender', 'org');
+  q.ensureProject('borrower', 'org');
+  q.setLimits('lender', { hard: { instances: 1 }, lendingLimit: { instances: 1 } });
+  q.setLimits('borrower', { borrowingLimit: { instances: 1 }, gracePeriodMs: 1000 });
+  q.admitContainer('b1', 'borrower', cfg);
+  const r = q.admitContainerOrPlanReclaim('l1', 'lender', cfg);
+  assert.ok('reclaim' in r, 'a reclaim is planned, not awaited');
+  assert.deepEqual(r.reclaim.plan.map((v) => [v.instance, v.project]), [['b1', 'borrower']]);
+  q.release('b1', 'evicted');
+  assert.equal((await r.done).admitted, true);
+  assert.equal(q.holds('l1'), true);
+
+  q.release('l1', 'removed');
+  q.admitContainer('b2', 'borrower', cfg);
+  const pending = q.admitContainerOrPlanReclaim('l2', 'lender', cfg);
+  assert.ok('reclaim' in pending);
+  q.reconcile(new Set(['b2'])); // as after a restart: l2 was never created
+  assert.equal(q.ledger.operation(pending.reclaim.id).status, 'cancelled');
+  assert.deepEqual(q.ledger.evictions(), [], 'b2 is spared');
+  await assert.rejects(pending.done, { code: 'QuotaExceeded' });
+});

@@ -6,7 +6,7 @@
 import type { Store } from '../../store/store.js';
 import type { ContainerRecord } from '../../store/records.js';
 import { Ledger, type Decision, type LimitsPatch, type Loan, type PoolView, type ProjectView } from './ledger.js';
-import type { AuditEntry, LedgerState } from './state.js';
+import type { AuditEntry, LedgerState, ReclaimOperation } from './state.js';
 import type { PartialVec } from './resources.js';
 import { QuotaExceeded } from '../../core/errors.js';
 
@@ -79,16 +79,17 @@ export class QuotaService {
   }
 
   /**
-   * Admit a container; when its project lent the capacity to siblings (or its deserved pool share is
-   * in use), plan a reclaim and wait until the borrowers' instances are evicted after their grace
-   * period. Rejected (QuotaExceeded) when even a reclaim cannot make room.
+   * Admit a container now, or, when its project lent the capacity to siblings (or its deserved pool
+   * share is in use), plan a reclaim: `done` settles when the borrowers' instances have been evicted
+   * after their grace period and the container is admitted. Rejected (QuotaExceeded) when even a
+   * reclaim cannot make room.
    */
-  async admitContainerReclaiming(id: string, projectId: string, config: ContainerRecord['config']): Promise<Decision> {
+  admitContainerOrPlanReclaim(id: string, projectId: string, config: ContainerRecord['config']): { decision: Decision } | { reclaim: ReclaimOperation; done: Promise<Decision> } {
     const { decision, operation } = this.ledger.admitOrReclaim({ instanceId: id, project: projectId, resources: containerDemand(config), kind: 'container' }, Date.now());
-    if (decision.admitted) return decision;
+    if (decision.admitted) return { decision };
     if (!operation) throw new QuotaExceeded(decision.reason, { ...decision.decidedBy, instance: id });
     this.onReclaimPlanned?.();
-    await new Promise<void>((ok) => {
+    const done = new Promise<void>((ok) => {
       const check = () => {
         if (this.ledger.operation(operation.id).status === 'pending') return;
         this.released.delete(check);
@@ -96,10 +97,18 @@ export class QuotaService {
       };
       this.released.add(check);
       check();
+    }).then((): Decision => {
+      const after = this.ledger.operation(operation.id);
+      if (after.status !== 'done') throw new QuotaExceeded(`reclaim ${after.id} ${after.status}: ${after.reason}`, { operation: after.id, instance: id });
+      return { ...decision, admitted: true, reason: after.reason };
     });
-    const done = this.ledger.operation(operation.id);
-    if (done.status !== 'done') throw new QuotaExceeded(`reclaim ${done.id} ${done.status}: ${done.reason}`, { operation: done.id, instance: id });
-    return { ...decision, admitted: true, reason: done.reason };
+    return { reclaim: operation, done };
+  }
+
+  /** Admit a container, waiting through a reclaim if one is needed (see admitContainerOrPlanReclaim). */
+  async admitContainerReclaiming(id: string, projectId: string, config: ContainerRecord['config']): Promise<Decision> {
+    const r = this.admitContainerOrPlanReclaim(id, projectId, config);
+    return 'decision' in r ? r.decision : r.done;
   }
 
   /** Does the ledger hold this instance (a reclaimed container holds nothing until started again)? */
@@ -153,6 +162,12 @@ export class QuotaService {
 
   /** Daemon start: instances the ledger holds for containers or VMs that no longer exist are released. */
   reconcile(liveInstanceIds: Set<string>): number {
+    // A create waiting for a reclaim does not survive a restart (its Operation is failed as interrupted):
+    // spare its victims rather than evict them for an instance nobody will create.
+    for (const op of Object.values(this.ledger.snapshot().operations)) {
+      if (op.status === 'pending' && !liveInstanceIds.has(op.request.instanceId)) this.ledger.cancelReclaim(op.id, Date.now());
+    }
+    for (const wake of [...this.released]) wake();
     let released = 0;
     for (const id of Object.keys(this.ledger.snapshot().instances)) {
       if (!liveInstanceIds.has(id)) {
