@@ -50,6 +50,16 @@ for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
 fail() { echo "${INIT_FAILURE} $*"; poweroff -f; }
 # accelerator probe: the kernel reached init
 grep -q nimbus.probe /proc/cmdline && { echo ${PROBE_MARKER}; poweroff -f; }
+# ACPI stop: the power button's presses are read from before the workload exists (and before a
+# template is saved), so a stop that comes at once is not lost; the press sends TERM to the workload.
+power_button() {
+  for ev in /sys/class/input/event*; do
+    [ "$(cat "$ev/device/name" 2>/dev/null)" = "Power Button" ] && { echo "/dev/input/\${ev##*/}"; return; }
+  done
+}
+pb=
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do pb=$(power_button); [ -n "$pb" ] && break; sleep 0.05; done
+[ -n "$pb" ] && ( head -c 24 "$pb" >/dev/null; while [ ! -s /tmp/workload.pid ]; do sleep 0.05; done; kill -TERM $(cat /tmp/workload.pid) ) &
 # template: booted once and saved here; each container restores it, then says go on the console
 if grep -q nimbus.template /proc/cmdline; then
   stty -echo 2>/dev/null
@@ -66,16 +76,9 @@ mount --bind /bin/busybox /mnt/.nimbus/busybox || fail "no /.nimbus/busybox moun
 [ -f /mnt/.nimbus/start/entry ] || fail "no start script"
 read -r hostname < /mnt/.nimbus/start/hostname
 hostname "$hostname"
-power_button() {
-  for ev in /sys/class/input/event*; do
-    [ "$(cat "$ev/device/name" 2>/dev/null)" = "Power Button" ] && { echo "/dev/input/\${ev##*/}"; return; }
-  done
-}
 chroot /mnt /.nimbus/busybox sh /.nimbus/start/entry </dev/null &
 wl=$!
-pb=
-for i in 1 2 3 4 5 6 7 8 9 10; do pb=$(power_button); [ -n "$pb" ] && break; sleep 0.05; done
-[ -n "$pb" ] && ( head -c 24 "$pb" >/dev/null; kill -TERM $wl ) &
+echo $wl > /tmp/workload.pid
 wait $wl
 code=$?
 echo $code > /mnt/.nimbus/exit
