@@ -164,7 +164,8 @@ export class VmDriver implements InstanceDriver {
     if ((r.lifecycle === 'running' || r.lifecycle === 'paused') && !processAlive(r.qemuPid, p.qmpSocket)) {
       // the supervisor writes the status right after QEMU exits; give it a moment
       let status = await readExitStatus(p);
-      for (let i = 0; status === undefined && i < 50 && processAlive(r.supervisorPid); i++) {
+      // (up to 5 s: on a loaded host the supervisor shell can take a while to be scheduled)
+      for (let i = 0; status === undefined && i < 500 && processAlive(r.supervisorPid); i++) {
         await sleep(10);
         status = await readExitStatus(p);
       }
