@@ -5,9 +5,8 @@ import {
   type CommandContext, type CommandSpec, type OptionSpec,
 } from '../args.js';
 import { ago, humanMemory, printJson, render, short, statusText, table, truncate } from '../output.js';
-import { errorText } from '../errors.js';
 import { pullWithProgress } from './images.js';
-import { clientOf } from './shared.js';
+import { clientOf, eachArg, waitOperation } from './shared.js';
 import { vmImage, vmStatusText, type Vm } from './vms.js';
 
 type Instance = (Container & { type: 'container' }) | Vm;
@@ -125,8 +124,8 @@ async function postContainer(client: ApiClient, body: Record<string, unknown>): 
   process.stderr.write(
     `waiting for reclaim of ${p.instances ?? '?'} instance(s) in project ${(p.projects ?? ['?']).join(', ')}, grace ${p.graceSeconds ?? '?'}s (operation ${short(op.id)})\n`,
   );
-  while (op.status === 'running' || op.status === 'pending') op = await client.json<CreateOperation>('GET', `/operations/${enc(op.id)}/wait?timeout=30`);
-  if (op.status !== 'succeeded' || !op.result) throw new ApiError(500, op.error?.code ?? 'Internal', op.error?.message ?? `create ${op.status}`);
+  op = await waitOperation(client, op, 'create');
+  if (!op.result) throw new ApiError(500, 'Internal', 'create succeeded without a container');
   return op.result;
 }
 
@@ -251,18 +250,9 @@ async function orVm<T>(path: string, call: (path: string) => Promise<T>): Promis
 function forEach(path: (id: string, ctx: CommandContext) => string, body?: (ctx: CommandContext) => unknown, method = 'POST') {
   return async (ctx: CommandContext) => {
     const client = clientOf(ctx.global);
-    let code = 0;
-    for (const id of ctx.args) {
-      try {
-        await orVm(path(enc(id), ctx), (p) => client.json(method, p, body?.(ctx)));
-        process.stdout.write(`${id}\n`);
-      } catch (e) {
-        if (e instanceof ApiError && e.status === 0) throw e; // daemon down: once is enough
-        process.stderr.write(`${errorText(e)}\n`);
-        code = 1;
-      }
-    }
-    return code;
+    return eachArg(ctx.args, async (id) => {
+      await orVm(path(enc(id), ctx), (p) => client.json(method, p, body?.(ctx)));
+    });
   };
 }
 
@@ -507,18 +497,10 @@ export const containerCommands: CommandSpec[] = [
     name: 'wait', usage: 'CONTAINER [CONTAINER...]', summary: 'Block until containers stop, then print their exit codes', minArgs: 1, options: [],
     async run({ args, global }) {
       const client = clientOf(global);
-      let code = 0;
-      for (const id of args) {
-        try {
-          const r = await client.json<WaitResult>('POST', `/containers/${enc(id)}/wait`);
-          process.stdout.write(`${r.exitCode}\n`);
-        } catch (e) {
-          if (e instanceof ApiError && e.status === 0) throw e;
-          process.stderr.write(`${errorText(e)}\n`);
-          code = 1;
-        }
-      }
-      return code;
+      return eachArg(args, async (id) => {
+        const r = await client.json<WaitResult>('POST', `/containers/${enc(id)}/wait`);
+        process.stdout.write(`${r.exitCode}\n`);
+      }, false);
     },
   },
 ];

@@ -1,11 +1,9 @@
 import { createReadStream, statSync } from 'node:fs';
 import type { ApiClient } from '../client.js';
-import { ApiError } from '../client.js';
 import { OUTPUT_OPTION, UsageError, type CommandSpec } from '../args.js';
-import { errorText } from '../errors.js';
 import { ago, humanSize, printJson, render, short, table } from '../output.js';
 import { PullProgress, type PullProgressEvent } from '../progress.js';
-import { clientOf } from './shared.js';
+import { clientOf, eachArg, operationEnded, succeeded } from './shared.js';
 
 interface Operation {
   id: string;
@@ -51,9 +49,7 @@ export async function pullWithProgress(client: ApiClient, reference: string, cre
     op = await client.json<Operation>('POST', '/images/pull', { reference, ...(creds ?? {}) });
     opId = op.id;
     for (const e of early.splice(0)) if (e.id === opId) bar.update(e.progress);
-    while (op.status === 'running' || op.status === 'pending') {
-      op = await client.json<Operation>('GET', `/operations/${enc(op.id)}/wait?timeout=30`);
-    }
+    op = await operationEnded(client, op);
     // The operation's last progress: the final frame even if its event is still in flight.
     if (!quiet && op.progress?.layers) bar.update(op.progress);
   } finally {
@@ -61,10 +57,7 @@ export async function pullWithProgress(client: ApiClient, reference: string, cre
     await watching;
     bar.finish();
   }
-  if (op.status !== 'succeeded') {
-    throw new ApiError(500, op.error?.code ?? 'Internal', op.error?.message ?? `pull ${op.status}`);
-  }
-  return op;
+  return succeeded(op, 'pull');
 }
 
 async function readStdin(): Promise<string> {
@@ -130,19 +123,11 @@ export const imageCommands: CommandSpec[] = [
     options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Remove every tag of the image' }],
     async run({ args, opts, global }) {
       const client = clientOf(global);
-      let code = 0;
-      for (const a of args) {
-        try {
-          const r = await client.json<{ untagged: string[]; deleted: string[] }>('DELETE', `/images/${enc(a)}?force=${Boolean(opts.force)}`);
-          for (const u of r.untagged) process.stdout.write(`Untagged: ${u}\n`);
-          for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
-        } catch (e) {
-          if (e instanceof ApiError && e.status === 0) throw e;
-          process.stderr.write(`${errorText(e)}\n`);
-          code = 1;
-        }
-      }
-      return code;
+      return eachArg(args, async (a) => {
+        const r = await client.json<{ untagged: string[]; deleted: string[] }>('DELETE', `/images/${enc(a)}?force=${Boolean(opts.force)}`);
+        for (const u of r.untagged) process.stdout.write(`Untagged: ${u}\n`);
+        for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
+      }, false);
     },
   },
   {

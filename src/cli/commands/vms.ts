@@ -8,8 +8,7 @@ import { PassThrough } from 'node:stream';
 import { ApiError, type ApiClient } from '../client.js';
 import { OUTPUT_OPTION, UsageError, parseSize, type CommandContext, type CommandSpec, type OptionSpec } from '../args.js';
 import { ago, printJson, render, short, statusText, table, truncate } from '../output.js';
-import { errorText } from '../errors.js';
-import { clientOf } from './shared.js';
+import { clientOf, eachArg, waitOperation } from './shared.js';
 
 export interface Vm {
   id: string;
@@ -99,31 +98,13 @@ export function vmStatusText(v: Vm, now = Date.now()): string {
   return statusText(v, now);
 }
 
-/** Wait for an Operation to end; a failed one throws its error. */
-async function waitOperation(client: ApiClient, op: Operation): Promise<Operation> {
-  while (op.status === 'running' || op.status === 'pending') {
-    op = await client.json<Operation>('GET', `/operations/${enc(op.id)}/wait?timeout=60`);
-  }
-  if (op.status !== 'succeeded') throw new ApiError(500, op.error?.code ?? 'Internal', op.error?.message ?? `operation ${op.status}`);
-  return op;
-}
-
 /** Run the request for each VM in turn, print the name as given on success; any failure makes the exit code 1. */
 function forEachVm(path: (id: string, ctx: CommandContext) => string, body?: (ctx: CommandContext) => unknown, method = 'POST') {
   return async (ctx: CommandContext) => {
     const client = clientOf(ctx.global);
-    let code = 0;
-    for (const id of ctx.args) {
-      try {
-        await client.json(method, path(enc(id), ctx), body?.(ctx));
-        process.stdout.write(`${id}\n`);
-      } catch (e) {
-        if (e instanceof ApiError && e.status === 0) throw e; // daemon down: once is enough
-        process.stderr.write(`${errorText(e)}\n`);
-        code = 1;
-      }
-    }
-    return code;
+    return eachArg(ctx.args, async (id) => {
+      await client.json(method, path(enc(id), ctx), body?.(ctx));
+    });
   };
 }
 
@@ -131,21 +112,12 @@ function forEachVm(path: (id: string, ctx: CommandContext) => string, body?: (ct
 function viaOperation(verb: 'save' | 'restore') {
   return async (ctx: CommandContext) => {
     const client = clientOf(ctx.global);
-    let code = 0;
-    for (const id of ctx.args) {
-      try {
-        const op = await waitOperation(client, await client.json<Operation>('POST', `/vms/${enc(id)}/${verb}`));
-        const r = op.result ?? {};
-        process.stdout.write(`${id}\n`);
-        const size = r.bytes !== undefined ? `, ${(r.bytes / (1024 * 1024)).toFixed(1)} MiB` : '';
-        process.stderr.write(`${verb === 'save' ? 'saved' : 'restored'} in ${r.ms ?? '?'} ms${size}\n`);
-      } catch (e) {
-        if (e instanceof ApiError && e.status === 0) throw e;
-        process.stderr.write(`${errorText(e)}\n`);
-        code = 1;
-      }
-    }
-    return code;
+    return eachArg(ctx.args, async (id) => {
+      const op = await waitOperation(client, await client.json<Operation>('POST', `/vms/${enc(id)}/${verb}`));
+      const r = op.result ?? {};
+      const size = r.bytes !== undefined ? `, ${(r.bytes / (1024 * 1024)).toFixed(1)} MiB` : '';
+      process.stderr.write(`${verb === 'save' ? 'saved' : 'restored'} in ${r.ms ?? '?'} ms${size}\n`);
+    });
   };
 }
 
@@ -288,16 +260,9 @@ export const vmCommands: CommandSpec[] = [
     async run({ args, opts, global }) {
       const client = clientOf(global);
       const out: unknown[] = [];
-      let code = 0;
-      for (const a of args) {
-        try {
-          out.push(await client.json('GET', `/vms/${enc(a)}`));
-        } catch (e) {
-          if (e instanceof ApiError && e.status === 0) throw e;
-          process.stderr.write(`${errorText(e)}\n`);
-          code = 1;
-        }
-      }
+      const code = await eachArg(args, async (a) => {
+        out.push(await client.json('GET', `/vms/${enc(a)}`));
+      }, false);
       if (opts.output === 'table') process.stdout.write((out as InspectedVm[]).map(inspectSummary).join('\n'));
       else printJson(out);
       return code;
