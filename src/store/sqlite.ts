@@ -573,8 +573,70 @@ function containerValue(key: string, v: unknown): unknown {
   return v ?? null;
 }
 
+/**
+ * What the two instance tables (containers, vms) share: rows by id, listed by project and
+ * status, inserted and patched through a map of record fields to columns.
+ */
+class InstanceRows<R extends { id: string; name: string }> {
+  constructor(
+    private readonly db: Db,
+    private readonly table: 'containers' | 'vms',
+    /** "container" | "vm", for NotFound */
+    private readonly noun: string,
+    private readonly columns: Record<string, string>,
+    private readonly value: (field: string, v: unknown) => unknown,
+    private readonly row: (r: Row | undefined) => R | undefined,
+  ) {}
+  get(id: string): R | undefined {
+    return this.row(this.db.prepare(`SELECT * FROM ${this.table} WHERE id = ?`).get(id) as Row | undefined);
+  }
+  list(filter: { projectId?: string; status?: string[] } = {}): R[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.projectId) {
+      where.push('project_id = ?');
+      args.push(filter.projectId);
+    }
+    if (filter.status?.length) {
+      where.push(`status IN (${filter.status.map(() => '?').join(',')})`);
+      args.push(...filter.status);
+    }
+    const sql = `SELECT * FROM ${this.table} ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC`;
+    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => this.row(r)!);
+  }
+  /** duplicate: the message when the name is taken (a unique index on it). */
+  insert(rec: R, duplicate: string): void {
+    const cols = ['id', ...Object.values(this.columns)];
+    const vals = [rec.id, ...Object.keys(this.columns).map((k) => this.value(k, rec[k as keyof R]))];
+    try {
+      this.db.prepare(`INSERT INTO ${this.table} (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(duplicate);
+      throw e;
+    }
+  }
+  update(id: string, patch: Partial<Omit<R, 'id'>>): R {
+    const keys = Object.keys(patch).filter((k) => k in this.columns);
+    if (keys.length) {
+      const sets = keys.map((k) => `${this.columns[k]} = ?`).join(', ');
+      const vals = keys.map((k) => this.value(k, patch[k as keyof typeof patch]));
+      const r = this.db.prepare(`UPDATE ${this.table} SET ${sets} WHERE id = ?`).run(...vals, id);
+      if (r.changes === 0) throw new NotFound(`no such ${this.noun}: ${id}`);
+    }
+    const row = this.get(id);
+    if (!row) throw new NotFound(`no such ${this.noun}: ${id}`);
+    return row;
+  }
+  delete(id: string): void {
+    this.db.prepare(`DELETE FROM ${this.table} WHERE id = ?`).run(id);
+  }
+}
+
 class SqliteContainers implements ContainerRepo {
-  constructor(private readonly db: Db) {}
+  private readonly rows: InstanceRows<ContainerRecord>;
+  constructor(private readonly db: Db) {
+    this.rows = new InstanceRows(db, 'containers', 'container', CONTAINER_COLUMNS, containerValue, (r) => this.row(r));
+  }
   private row(r: Row | undefined): ContainerRecord | undefined {
     if (!r) return undefined;
     return {
@@ -597,7 +659,7 @@ class SqliteContainers implements ContainerRepo {
     };
   }
   get(id: string) {
-    return this.row(this.db.prepare('SELECT * FROM containers WHERE id = ?').get(id) as Row | undefined);
+    return this.rows.get(id);
   }
   byName(projectId: string, name: string) {
     return this.row(this.db.prepare('SELECT * FROM containers WHERE project_id = ? AND name = ?').get(projectId, name) as Row | undefined);
@@ -610,43 +672,16 @@ class SqliteContainers implements ContainerRepo {
     return (this.db.prepare('SELECT * FROM containers WHERE id LIKE ? ORDER BY created_at').all(`${prefix}%`) as Row[]).map((r) => this.row(r)!);
   }
   list(filter: { projectId?: string; status?: ContainerStatus[] } = {}) {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    if (filter.projectId) {
-      where.push('project_id = ?');
-      args.push(filter.projectId);
-    }
-    if (filter.status?.length) {
-      where.push(`status IN (${filter.status.map(() => '?').join(',')})`);
-      args.push(...filter.status);
-    }
-    const sql = `SELECT * FROM containers ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC`;
-    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => this.row(r)!);
+    return this.rows.list(filter);
   }
   insert(c: ContainerRecord) {
-    const cols = ['id', ...Object.values(CONTAINER_COLUMNS)];
-    const vals = [c.id, ...Object.keys(CONTAINER_COLUMNS).map((k) => containerValue(k, c[k as keyof ContainerRecord]))];
-    try {
-      this.db.prepare(`INSERT INTO containers (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
-    } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExists(`a container named "${c.name}" already exists in this project`);
-      throw e;
-    }
+    this.rows.insert(c, `a container named "${c.name}" already exists in this project`);
   }
   update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord {
-    const keys = Object.keys(patch).filter((k) => k in CONTAINER_COLUMNS);
-    if (keys.length) {
-      const sets = keys.map((k) => `${CONTAINER_COLUMNS[k]} = ?`).join(', ');
-      const vals = keys.map((k) => containerValue(k, patch[k as keyof typeof patch]));
-      const r = this.db.prepare(`UPDATE containers SET ${sets} WHERE id = ?`).run(...vals, id);
-      if (r.changes === 0) throw new NotFound(`no such container: ${id}`);
-    }
-    const row = this.get(id);
-    if (!row) throw new NotFound(`no such container: ${id}`);
-    return row;
+    return this.rows.update(id, patch);
   }
   delete(id: string) {
-    this.db.prepare('DELETE FROM containers WHERE id = ?').run(id);
+    this.rows.delete(id);
   }
   countByImage(digest: string, projectId?: string) {
     return Number((this.db.prepare('SELECT COUNT(*) AS n FROM containers WHERE image_digest = @d AND (@p IS NULL OR project_id = @p)').get({ d: digest, p: projectId ?? null }) as Row).n);
@@ -667,7 +702,10 @@ const VM_COLUMNS: Record<string, string> = {
 };
 
 class SqliteVms implements VmRepo {
-  constructor(private readonly db: Db) {}
+  private readonly rows: InstanceRows<VmRecord>;
+  constructor(private readonly db: Db) {
+    this.rows = new InstanceRows(db, 'vms', 'vm', VM_COLUMNS, (k, v) => this.value(k, v), (r) => this.row(r));
+  }
   private row(r: Row | undefined): VmRecord | undefined {
     if (!r) return undefined;
     return {
@@ -688,7 +726,7 @@ class SqliteVms implements VmRepo {
     return key === 'config' ? JSON.stringify(v) : (v ?? null);
   }
   get(id: string) {
-    return this.row(this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as Row | undefined);
+    return this.rows.get(id);
   }
   byName(name: string) {
     return this.row(this.db.prepare('SELECT * FROM vms WHERE name = ?').get(name) as Row | undefined);
@@ -705,43 +743,16 @@ class SqliteVms implements VmRepo {
     throw new NotFound(`no such vm: ${idOrName}`);
   }
   list(filter: { projectId?: string; status?: VmStatus[] } = {}) {
-    const where: string[] = [];
-    const args: unknown[] = [];
-    if (filter.projectId) {
-      where.push('project_id = ?');
-      args.push(filter.projectId);
-    }
-    if (filter.status?.length) {
-      where.push(`status IN (${filter.status.map(() => '?').join(',')})`);
-      args.push(...filter.status);
-    }
-    const sql = `SELECT * FROM vms ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at DESC`;
-    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => this.row(r)!);
+    return this.rows.list(filter);
   }
   insert(v: VmRecord) {
-    const cols = ['id', ...Object.values(VM_COLUMNS)];
-    const vals = [v.id, ...Object.keys(VM_COLUMNS).map((k) => this.value(k, v[k as keyof VmRecord]))];
-    try {
-      this.db.prepare(`INSERT INTO vms (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(...vals);
-    } catch (e) {
-      if (isUniqueViolation(e)) throw new AlreadyExists(`a VM named "${v.name}" already exists`);
-      throw e;
-    }
+    this.rows.insert(v, `a VM named "${v.name}" already exists`);
   }
   update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): VmRecord {
-    const keys = Object.keys(patch).filter((k) => k in VM_COLUMNS);
-    if (keys.length) {
-      const sets = keys.map((k) => `${VM_COLUMNS[k]} = ?`).join(', ');
-      const vals = keys.map((k) => this.value(k, patch[k as keyof typeof patch]));
-      const r = this.db.prepare(`UPDATE vms SET ${sets} WHERE id = ?`).run(...vals, id);
-      if (r.changes === 0) throw new NotFound(`no such vm: ${id}`);
-    }
-    const row = this.get(id);
-    if (!row) throw new NotFound(`no such vm: ${id}`);
-    return row;
+    return this.rows.update(id, patch);
   }
   delete(id: string) {
-    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+    this.rows.delete(id);
   }
 }
 
