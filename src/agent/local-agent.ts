@@ -29,7 +29,6 @@ import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js
 import { NativeSnapshotter } from './snapshots/native.js';
 import { WarmPool, type WarmTemplate } from './warm-pool.js';
 import { SecureDriver } from './drivers/secure/secure-driver.js';
-import { buildSecureGuest, secureAccelerator } from './drivers/secure/secure-guest.js';
 import { Reaper } from './reaper.js';
 import type { VmCreateRequest, VmHostState } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
@@ -70,7 +69,7 @@ export class LocalAgent implements Agent {
   private readonly claimed = new Set<string>();
   /** Destroys removed containers' host state in the background (reaper.ts). */
   private readonly reaper: Reaper;
-  /** Secure containers (runtime "vm"): made on first use (building the guest and probing the accelerator cost seconds, once). */
+  /** Secure containers (runtime "vm"): made on first use (the accelerator probe costs seconds, once). */
   private secureP: Promise<SecureDriver> | undefined;
   private readonly vmExitListeners: ((id: string) => void)[] = [];
 
@@ -428,11 +427,10 @@ export class LocalAgent implements Agent {
 
   private secureDriver(): Promise<SecureDriver> {
     this.secureP ??= (async () => {
-      const cacheDir = join(this.options.home, 'guest');
-      const guest = await buildSecureGuest(cacheDir);
-      const accel = await secureAccelerator(guest, cacheDir);
+      // the same accelerator choice as VMs: one probe boot per agent, not one per kind of guest
+      const accel = await this.vmAccelerator();
       log.info('secure containers run in microVMs', { accel: accel.accel, reason: accel.reason });
-      const d = new SecureDriver({ stateDir: this.secureDir, accel: accel.accel, guestCacheDir: cacheDir });
+      const d = new SecureDriver({ stateDir: this.secureDir, accel: accel.accel, guestCacheDir: join(this.options.home, 'guest') });
       d.onExit((id) => {
         for (const l of this.exitListeners) l(id);
       });

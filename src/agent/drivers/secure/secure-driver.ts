@@ -52,6 +52,8 @@ export class SecureDriver implements InstanceDriver {
   readonly type = 'container' as const;
   private readonly vms: VmDriver;
   private readonly templates = new Map<string, Promise<string | undefined>>();
+  /** The guest image, built (or found in the cache) once per driver rather than hashed again on every create. */
+  private guestP: Promise<SecureGuest> | undefined;
 
   constructor(private readonly o: SecureDriverOptions) {
     this.vms = new VmDriver({ stateDir: path.join(o.stateDir, 'vms'), accel: o.accel, ...(o.defaultMemoryMiB ? { defaultMemoryMiB: o.defaultMemoryMiB } : {}) });
@@ -79,7 +81,7 @@ export class SecureDriver implements InstanceDriver {
     const id = spec.id;
     if (existsSync(this.dir(id))) throw new AlreadyExists(`secure container ${id} exists`, { id });
     if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
-    const guest = await buildSecureGuest(this.o.guestCacheDir ?? path.join(this.o.stateDir, 'guest'));
+    const guest = await this.guest();
     const rootfs = this.rootfs(id);
     await mkdir(rootfs, { recursive: true });
     try {
@@ -115,6 +117,14 @@ export class SecureDriver implements InstanceDriver {
       await this.delete(id).catch(() => undefined);
       throw e;
     }
+  }
+
+  private guest(): Promise<SecureGuest> {
+    this.guestP ??= buildSecureGuest(this.o.guestCacheDir ?? path.join(this.o.stateDir, 'guest'));
+    this.guestP.catch(() => {
+      this.guestP = undefined; // e.g. no kernel yet: try again next time
+    });
+    return this.guestP;
   }
 
   async start(id: string): Promise<RuntimeState> {
