@@ -133,7 +133,9 @@ export function instanceDriverConformance(name: string, setupFn: () => Promise<C
     });
 
     test('stop escalates to SIGKILL after the timeout', async () => {
-      const id = await createStarted(['sh', '-c', 'trap "" TERM; while true; do sleep 0.1; done']);
+      // a signal sent before the shell has set its trap would kill it (143): wait until it says so
+      const id = await createStarted(['sh', '-c', 'trap "" TERM; echo trap-set; while true; do sleep 0.1; done']);
+      await waitLog(id, /^trap-set$/);
       const t0 = Date.now();
       const st = await d.stop(id, 1);
       assert.equal(st.status, 'stopped');
@@ -143,7 +145,8 @@ export function instanceDriverConformance(name: string, setupFn: () => Promise<C
 
     test('kill delivers the named signal', async () => {
       if (caps.signals) {
-        const id = await createStarted(['sh', '-c', 'trap "exit 7" USR1; while true; do sleep 0.1; done']);
+        const id = await createStarted(['sh', '-c', 'trap "exit 7" USR1; echo trap-set; while true; do sleep 0.1; done']);
+        await waitLog(id, /^trap-set$/);
         await d.kill(id, 'SIGUSR1');
         const st = await waitStop(id);
         assert.equal(st.exitCode, 7);
