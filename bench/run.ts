@@ -8,7 +8,7 @@
  *   node dist/bench/run.js                          all
  *   node dist/bench/run.js start-latency burst      a selection
  * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
- * BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
+ * BENCH_NET_RUNS (network-start, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
  * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_RESULTS_DIR (default bench/results).
  */
 import { burst } from './burst.js';
@@ -20,9 +20,11 @@ import { startLatency } from './start-latency.js';
 import { vmBoot } from './vm-boot.js';
 import { vmMigrate } from './vm-migrate.js';
 import { secureStart } from './secure-start.js';
+import { networkStart } from './network-start.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
+  { name: 'network-start', fn: networkStart },
   { name: 'burst', fn: burst },
   { name: 'pull-unpack', fn: pullUnpack },
   { name: 'quota-admission', fn: quotaAdmission, needsEnv: false },

@@ -67,7 +67,7 @@ async function labelledImage(img: PlatformImage, label: string): Promise<Buffer>
   ]);
 }
 
-interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string }
+interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string }
 
 describe('tenancy: every route enforces its declared access', { concurrency: false }, () => {
   let d: DaemonProcess;
@@ -107,7 +107,9 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       // a VM record (created, never started: nothing boots in this test)
       const vm = await call(sock(), 'POST', `/vms?project=${p}`, { body: { name: `vm-${p}`, kernel: hostKernel().kernel } });
       assert.equal(vm.status, 201, vm.text);
-      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id };
+      const net = await call(sock(), 'POST', `/networks?project=${p}`, { body: { name: `net-${p}` } });
+      assert.equal(net.status, 201, net.text);
+      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id };
     }
     for (const user of ['alice', 'rita', 'olga']) {
       const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password: PASSWORD } });
@@ -129,6 +131,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (name === 'pool') return 'shared';
       if (segment === 'containers') return f.container;
       if (segment === 'vms') return f.vm;
+      if (segment === 'networks') return f.network;
       if (segment === 'images') return encodeURIComponent(f.image);
       if (segment === 'operations') return f.operation;
       if (segment === 'projects' || segment === 'quota') return f.project;
@@ -177,7 +180,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
   });
 
   test('listings a member of A can call show nothing of B', async () => {
-    const secrets = [fx.B.projectId, fx.B.container, fx.B.image, fx.B.operation, 'box-B'];
+    const secrets = [fx.B.projectId, fx.B.container, fx.B.image, fx.B.operation, fx.B.network, 'box-B', 'net-B'];
     for (const r of nonPublic().filter((x) => x.method === 'GET' && !x.streams && !x.path.includes('{'))) {
       const { path } = aim(r, fx.A);
       const res = await call(tcp(), 'GET', path, { token: tokens.alice! });

@@ -4,6 +4,7 @@
  * connections, as a long-lived client would hold them). stop() force-removes
  * every container, stops the daemon and removes whatever it left.
  */
+import { removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -120,8 +121,8 @@ export async function pullImage(client: UnixClient, reference: string): Promise<
 }
 
 /** One `run --rm IMAGE true` exactly as the CLI does it, without the node startup. */
-export async function nimbusRunRm(client: UnixClient, image: string, runtime?: string): Promise<number> {
-  const c = await client.json<{ id: string }>('POST', '/containers', { image, cmd: ['true'], autoRemove: true, ...(runtime ? { runtime } : {}) });
+export async function nimbusRunRm(client: UnixClient, image: string, runtime?: string, network?: string): Promise<number> {
+  const c = await client.json<{ id: string }>('POST', '/containers', { image, cmd: ['true'], autoRemove: true, ...(runtime ? { runtime } : {}), ...(network ? { network } : {}) });
   const id = encodeURIComponent(c.id);
   const exited = client.json<{ exitCode: number }>('POST', `/containers/${id}/wait?condition=removed`);
   const output = client.request('GET', `/containers/${id}/logs?follow=true`).catch(() => undefined);
@@ -140,9 +141,11 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
   let log = '';
   // BENCH_DAEMON_NODE_ARGS: extra node flags for the daemon, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile a run.
   const nodeArgs = (process.env.BENCH_DAEMON_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  // its own bridge, subnets and nftables table: a bench never touches a running nimbusd's nimbus0
+  const netEnv = testNetworkEnv();
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn' },
+    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...netEnv },
   });
   child.stderr!.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-64 * 1024)));
   const client = new UnixClient(socket);
@@ -182,6 +185,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
         }
       }
       for (const m of await unmountUnder(home)) leftovers.push(`mount ${m}`);
+      await removeDaemonNetworks(home, netEnv.NIMBUS_NFT_TABLE!);
       rmSync(home, { recursive: true, force: true });
       lastLeftovers = leftovers;
     }

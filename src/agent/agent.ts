@@ -18,6 +18,8 @@ import type {
 } from './drivers/instance-driver.js';
 import type { VmInspect, VmLifecycle } from './drivers/vm/vm-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
+import type { EndpointSpec, NetworkSpec, PortMapping } from './network/network-driver.js';
+import type { PublishedPort } from './network/nftables.js';
 
 export interface AgentImage {
   /** Normalised reference it was pulled or imported as, when known. */
@@ -44,9 +46,34 @@ export interface PullOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * How a container is networked. "networks": its own namespace with one endpoint per network
+ * (addresses leased by the control plane); "none": its own namespace with only loopback;
+ * "host": the host's namespace; "container": another container's namespace (a pod's).
+ */
+export type ContainerNetworkRequest =
+  | { mode: 'none' }
+  | { mode: 'host' }
+  | { mode: 'container'; container: string }
+  | {
+      mode: 'networks';
+      endpoints: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
+      ports: PortMapping[];
+      extraHosts: string[];
+      dns: string[];
+    };
+
+export interface ContainerNetworkState {
+  netns?: string;
+  endpoints: EndpointSpec[];
+  ports: PublishedPort[];
+}
+
 export interface ContainerCreateRequest {
   id: string;
   name: string;
+  /** Absent: "none" (a namespace of its own with loopback only). */
+  network?: ContainerNetworkRequest;
   /** Snapshot chain id of the image's top layer. */
   imageChainId: string;
   process: ProcessSpec;
@@ -130,6 +157,17 @@ export interface Agent {
   removeContainer(id: string): Promise<void>;
   listContainers(): Promise<string[]>;
   onContainerExit(listener: (id: string) => void): void;
+
+  // ---- networks (laid out by the agent; records and addresses belong to the control plane)
+  /** Lay the network out on this host unless it is there (idempotent). */
+  ensureNetwork(spec: NetworkSpec): Promise<void>;
+  /** Conflict while a container on this host is attached to it. */
+  removeNetwork(id: string): Promise<void>;
+  /** IPv4 subnets the host routes that are not Nimbus networks (a new network must not overlap them). */
+  foreignSubnets(): Promise<string[]>;
+  containerNetwork(id: string): ContainerNetworkState;
+  /** Daemon start: endpoints of containers that are gone removed, networks not listed removed, the rest laid out again. */
+  reconcileNetworks(liveContainers: string[], liveNetworks: string[]): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }>;
 
   // ---- VMs (the QEMU driver on this host)
   createVm(req: VmCreateRequest): Promise<VmHostState>;

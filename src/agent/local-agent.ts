@@ -8,7 +8,7 @@ import { access, mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises
 import { constants as fsConstants } from 'node:fs';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
@@ -34,6 +34,12 @@ import type { VmCreateRequest, VmHostState } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
+import { NetworkHost } from './network/network-host.js';
+import { hostRoutes } from './network/kernel.js';
+import { hostsFile, resolvConf } from './network/etc-files.js';
+import type { NetworkSpec } from './network/network-driver.js';
+import type { ContainerNetworkState } from './agent.js';
+import type { EtcFiles } from './drivers/instance-driver.js';
 
 const log = logger('agent');
 
@@ -72,6 +78,8 @@ export class LocalAgent implements Agent {
   /** Secure containers (runtime "vm"): made on first use (the accelerator probe costs seconds, once). */
   private secureP: Promise<SecureDriver> | undefined;
   private readonly vmExitListeners: ((id: string) => void)[] = [];
+  /** Container networking on this host: namespaces, veths, the nftables table, DNS. */
+  private readonly network: NetworkHost;
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -84,6 +92,10 @@ export class LocalAgent implements Agent {
   ) {
     vms.onExit((id) => {
       for (const l of this.vmExitListeners) l(id);
+    });
+    this.network = new NetworkHost({
+      stateDir: options.networkDir, dnsPort: options.dnsPort, nftTable: options.nftTable,
+      ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
     });
     this.warm = new WarmPool(
       { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
@@ -385,6 +397,11 @@ export class LocalAgent implements Agent {
   }
 
   private async specFor(req: ContainerCreateRequest, rootfs: MountSpec[]): Promise<InstanceSpec> {
+    const n = req.network;
+    let netnsPath: string | undefined;
+    if (n?.mode === 'container') netnsPath = await this.joinableNetns(n.container);
+    // started again after an exit: the namespace kept its endpoints, join it
+    if (n?.mode === 'networks') netnsPath = this.network.netnsOf(req.id);
     return {
       id: req.id,
       name: req.name,
@@ -394,12 +411,63 @@ export class LocalAgent implements Agent {
       ...(req.hostname ? { hostname: req.hostname } : {}),
       ...(req.runtime ? { runtime: req.runtime } : {}),
       ...(req.labels ? { labels: req.labels } : {}),
+      ...(netnsPath ? { netnsPath } : {}),
+      ...(n?.mode === 'host' ? { hostNetwork: true } : {}),
+      etc: await this.etcFor(req),
     };
+  }
+
+  /** The network namespace of a running container, for another to join (container:ID). */
+  private async joinableNetns(id: string): Promise<string> {
+    const named = this.network.netnsOf(id);
+    if (named) return named;
+    const st = await this.containers.state(id).catch(() => undefined);
+    if (st?.status !== 'running' && st?.status !== 'paused' || !st.pid) {
+      throw new InvalidArgument(`container ${id.slice(0, 12)} is not running: its network namespace cannot be joined`);
+    }
+    return `/proc/${st.pid}/ns/net`;
+  }
+
+  private hostResolvConf(): string {
+    return existsSync('/etc/resolv.conf') ? readFileSync('/etc/resolv.conf', 'utf8') : '';
+  }
+
+  private async etcFor(req: ContainerCreateRequest): Promise<EtcFiles> {
+    const n = req.network;
+    const hostname = req.hostname ?? req.id.slice(0, 12);
+    const hostResolvConf = this.hostResolvConf();
+    if (n?.mode === 'host') return { hosts: existsSync('/etc/hosts') ? readFileSync('/etc/hosts', 'utf8') : hostsFile({ hostname, addresses: [], extraHosts: [], dns: [], hostResolvConf }), resolvConf: hostResolvConf };
+    if (n?.mode === 'container') {
+      const dir = join(this.options.containersDir, n.container, 'etc');
+      const read = (f: string) => readFile(join(dir, f), 'utf8').catch(() => undefined);
+      const [hosts, resolv] = await Promise.all([read('hosts'), read('resolv.conf')]);
+      if (hosts !== undefined && resolv !== undefined) return { hosts, resolvConf: resolv };
+    }
+    const input = {
+      hostname,
+      addresses: n?.mode === 'networks' ? n.endpoints.map((e) => e.address) : [],
+      extraHosts: n?.mode === 'networks' ? n.extraHosts : [],
+      dns: n?.mode === 'networks' ? n.dns : [],
+      hostResolvConf,
+      ...(n?.mode === 'networks' && n.endpoints[0] ? { embeddedDns: n.endpoints[0].network.gateway } : {}),
+    };
+    return { hosts: hostsFile(input), resolvConf: resolvConf(input) };
+  }
+
+  /** A created container's endpoints, unless its namespace has them already (started again). */
+  private async plumb(req: ContainerCreateRequest, state: RuntimeState): Promise<void> {
+    const n = req.network;
+    if (n?.mode !== 'networks' || this.network.netnsOf(req.id)) return;
+    if (!state.pid) throw new InvalidArgument(`container ${req.id.slice(0, 12)} has no process to network`);
+    await this.network.detach(req.id); // a record without its namespace (the host rebooted)
+    await this.network.attach({ containerId: req.id, pid: state.pid, endpoints: n.endpoints, ports: n.ports });
   }
 
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
     // Only requests whose config can match a warm one: the default hostname (the id's prefix).
     if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
+    // a warm container has a namespace of its own: endpoints can be added, the host's or another's cannot be joined
+    if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
     const id = this.warm.take({ imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}) });
     if (id) this.claimed.add(id);
     return id;
@@ -471,6 +539,7 @@ export class LocalAgent implements Agent {
       await this.saveRequest(req);
       const state = await this.containers.claimWarm(await this.specFor(req, await this.snapshotter.mounts(req.id)));
       if (state) {
+        await this.plumb(req, state);
         this.neverStarted.add(req.id);
         return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
       }
@@ -489,11 +558,15 @@ export class LocalAgent implements Agent {
       mounts = await this.snapshotter.mounts(req.id);
     }
     const state = await this.containers.create(await this.specFor(req, mounts));
+    await this.plumb(req, state);
     this.neverStarted.add(req.id);
     return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
   }
 
   private async createSecureContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    if (req.network && req.network.mode !== 'none') {
+      throw new InvalidArgument('secure containers (--runtime vm) have no network yet: use --network none');
+    }
     if (!(await this.snapshotExists(req.imageChainId))) {
       throw new NotFound(`image layers ${req.imageChainId} are not on this host; pull the image again`);
     }
@@ -529,7 +602,8 @@ export class LocalAgent implements Agent {
         throw new NotFound(`no saved configuration for container ${id}`);
       })) as ContainerCreateRequest;
       await this.containers.delete(id);
-      await this.containers.create(await this.specFor(req, await this.snapshotter.mounts(id)));
+      const state = await this.containers.create(await this.specFor(req, await this.snapshotter.mounts(id)));
+      await this.plumb(req, state);
     }
     return this.containers.start(id);
   }
@@ -566,6 +640,8 @@ export class LocalAgent implements Agent {
   private async removeContainerNow(id: string): Promise<void> {
     this.neverStarted.delete(id);
     this.claimed.delete(id);
+    // at once, not by the reaper: its ports and addresses may be someone else's next
+    await this.network.detach(id);
     await rm(this.requestFile(id), { force: true });
     this.reaper.add(id);
   }
@@ -588,6 +664,26 @@ export class LocalAgent implements Agent {
 
   onContainerExit(listener: (id: string) => void): void {
     this.exitListeners.push(listener);
+  }
+
+  // ---------------------------------------------------------------- networks
+
+  ensureNetwork(spec: NetworkSpec): Promise<void> {
+    return this.network.ensureNetwork(spec);
+  }
+  removeNetwork(id: string): Promise<void> {
+    return this.network.removeNetwork(id);
+  }
+  async foreignSubnets(): Promise<string[]> {
+    const ours = new Set(this.network.listNetworks().map((n) => n.device));
+    return hostRoutes().filter((r) => !ours.has(r.dev)).map((r) => r.subnet);
+  }
+  containerNetwork(id: string): ContainerNetworkState {
+    const netns = this.network.netnsOf(id);
+    return { ...(netns ? { netns } : {}), endpoints: this.network.endpointsOf(id), ports: this.network.portsOf(id) };
+  }
+  reconcileNetworks(liveContainers: string[], liveNetworks: string[]) {
+    return this.network.reconcile(new Set(liveContainers), new Set(liveNetworks));
   }
 
   // ---------------------------------------------------------------- VMs
@@ -697,6 +793,7 @@ export class LocalAgent implements Agent {
   }
 
   async close(): Promise<void> {
+    await this.network.close();
     await this.reaper.idle();
     await this.warm.close();
     this.containers.close();

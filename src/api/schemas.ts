@@ -50,6 +50,18 @@ export const RestartPolicy = Type.Object({
   maxRetries: Type.Optional(Type.Integer({ minimum: 0 })),
 });
 
+const IPV4 = '^(\\d{1,3}\\.){3}\\d{1,3}$';
+
+export const PortSpec = Type.Object(
+  {
+    protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
+    hostIp: Type.Optional(Type.String({ pattern: IPV4, description: 'Default: every host address, loopback included' })),
+    hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    containerPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  },
+  { additionalProperties: false },
+);
+
 export const ContainerCreate = Type.Object(
   {
     image: Type.String({ minLength: 1, description: 'Image reference, digest or id' }),
@@ -69,8 +81,45 @@ export const ContainerCreate = Type.Object(
     labels: Type.Record(Type.String(), Type.String(), { default: {} }),
     stopSignal: Type.Optional(Type.String()),
     stopTimeout: Type.Optional(Type.Integer({ minimum: 0 })),
+    network: Type.Optional(Type.String({ minLength: 1, description: 'bridge (default: the project\'s default network), none, host, container:<id or name>, or a network\'s name or id' })),
+    ports: Type.Optional(Type.Array(PortSpec, { maxItems: 256 })),
+    ip: Type.Optional(Type.String({ pattern: IPV4, description: 'Fixed address on the network' })),
+    dns: Type.Optional(Type.Array(Type.String({ pattern: IPV4 }), { maxItems: 3, description: 'Nameservers instead of the network\'s embedded DNS' })),
+    extraHosts: Type.Optional(Type.Array(Type.String({ pattern: '^[^:\\s][^:]*:[0-9a-fA-F.:]+$' }), { description: 'NAME:IP lines for /etc/hosts' })),
+    links: Type.Optional(Type.Array(Type.Object({ container: Type.String({ minLength: 1 }), alias: Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }) }), { description: 'Docker links: environment and a hosts entry for each running container named' })),
+    aliases: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }), { description: 'More names the network\'s DNS answers with this container\'s address' })),
   },
   { $id: 'ContainerCreate', additionalProperties: false },
+);
+
+export const NetworkCreate = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 64 }),
+    driver: Type.Union([Type.Literal('bridge'), Type.Literal('route')], { default: 'bridge', description: 'bridge: a Linux bridge with NAT out; route: no bridge, no NAT, a host route per container (Xen route mode)' }),
+    subnet: Type.Optional(Type.String({ pattern: '^\\d+\\.\\d+\\.\\d+\\.\\d+/\\d+$', description: 'IPv4 CIDR; default: a free /24 of the subnet pool' })),
+    gateway: Type.Optional(Type.String({ pattern: IPV4, description: 'Default: the first address of the subnet' })),
+    internal: Type.Boolean({ default: false, description: 'No route out of the network' }),
+    labels: Type.Record(Type.String(), Type.String(), { default: {} }),
+  },
+  { $id: 'NetworkCreate', additionalProperties: false },
+);
+
+export const Network = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    projectId: Type.String(),
+    driver: Type.String(),
+    subnet: Type.String(),
+    gateway: Type.String(),
+    internal: Type.Boolean(),
+    device: Type.String({ description: 'Host interface (the bridge)' }),
+    builtin: Type.Boolean({ description: 'The project\'s default network, made on first use' }),
+    labels: Type.Record(Type.String(), Type.String()),
+    createdAt: Type.String(),
+    containers: Type.Optional(Type.Array(Type.Object({ id: Type.String(), name: Type.String(), address: Type.String(), ifName: Type.String() }))),
+  },
+  { $id: 'Network' },
 );
 
 export const Container = Type.Object(
@@ -91,6 +140,11 @@ export const Container = Type.Object(
     startedAt: Type.Union([Type.String(), Type.Null()]),
     finishedAt: Type.Union([Type.String(), Type.Null()]),
     warnings: Type.Array(Type.String()),
+    network: Type.Optional(Type.Object({
+      mode: Type.String(),
+      endpoints: Type.Array(Type.Object({ network: Type.String(), networkId: Type.String(), address: Type.String(), gateway: Type.String(), prefix: Type.Integer(), mac: Type.String(), ifName: Type.String() })),
+      ports: Type.Array(PortSpec),
+    }, { description: 'Network settings (inspect only)' })),
   },
   { $id: 'Container' },
 );

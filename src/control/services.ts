@@ -3,6 +3,7 @@ import type { Agent } from '../agent/agent.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { Store } from '../store/store.js';
 import type { ContainerService } from './compute/container-service.js';
+import type { NetworkService } from './networks/network-service.js';
 import type { VmService } from './compute/vm-service.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
@@ -20,6 +21,7 @@ export interface Services {
   operations: OperationService;
   images: ImageService;
   containers: ContainerService;
+  networks: NetworkService;
   vms: VmService;
   quota: QuotaService;
   identity: IdentityService;

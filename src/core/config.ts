@@ -29,6 +29,21 @@ export interface NimbusOptions {
   warmImages: number;
   /** VM accelerator: "auto" (KVM only when a probe boot succeeds, else TCG) | "kvm" | "tcg". Env NIMBUS_VM_ACCEL. Default auto. */
   vmAccel: 'auto' | 'kvm' | 'tcg';
+  /** The default project's "bridge" network: its device. Env NIMBUS_BRIDGE. Default nimbus0. */
+  bridge: string;
+  /** ... and its subnet (the gateway is its first address). Env NIMBUS_BRIDGE_SUBNET. Default 10.88.0.0/16. */
+  bridgeSubnet: string;
+  /** Subnets (/24 each) for networks created without --subnet and for other projects' "bridge". Env NIMBUS_SUBNET_POOL. Default 10.89.0.0/16. */
+  subnetPool: string;
+  /** The nftables table (inet family) Nimbus owns on this host. Env NIMBUS_NFT_TABLE. Default nimbus. */
+  nftTable: string;
+  /** Port of each network's embedded DNS, on its gateway address. Env NIMBUS_DNS_PORT. Default 53. */
+  dnsPort: number;
+  /**
+   * Where the embedded DNS forwards names that are not a network's own ("ip" or "ip:port").
+   * Env NIMBUS_DNS_UPSTREAMS, comma-separated; set and empty = forward nothing. Default: the host's /etc/resolv.conf.
+   */
+  dnsUpstreams?: string[];
 }
 
 export interface CompiledOptions extends Readonly<NimbusOptions> {
@@ -38,6 +53,8 @@ export interface CompiledOptions extends Readonly<NimbusOptions> {
   readonly containersDir: string;
   /** One directory per VM (vm-driver.ts) and the accelerator choice. */
   readonly vmsDir: string;
+  /** Networks and endpoints this host laid out (agent/network/network-host.ts). */
+  readonly networkDir: string;
   readonly tmpDir: string;
 }
 
@@ -65,7 +82,20 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
     warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),
     vmAccel: oneOf('vm accelerator', overrides.vmAccel ?? (env.NIMBUS_VM_ACCEL || 'auto'), ['auto', 'kvm', 'tcg'] as const),
+    bridge: overrides.bridge ?? env.NIMBUS_BRIDGE ?? 'nimbus0',
+    bridgeSubnet: overrides.bridgeSubnet ?? env.NIMBUS_BRIDGE_SUBNET ?? '10.88.0.0/16',
+    subnetPool: overrides.subnetPool ?? env.NIMBUS_SUBNET_POOL ?? '10.89.0.0/16',
+    nftTable: overrides.nftTable ?? env.NIMBUS_NFT_TABLE ?? 'nimbus',
+    dnsPort: Number(overrides.dnsPort ?? env.NIMBUS_DNS_PORT ?? 53),
   };
+  const upstreams = overrides.dnsUpstreams ?? (env.NIMBUS_DNS_UPSTREAMS !== undefined ? env.NIMBUS_DNS_UPSTREAMS.split(',').map((x) => x.trim()).filter(Boolean) : undefined);
+  if (upstreams) opts.dnsUpstreams = upstreams;
+  if (!/^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$/.test(opts.bridge)) throw new InvalidArgument(`bridge must be an interface name (≤ 15 characters), got "${opts.bridge}"`);
+  for (const [name, v] of [['bridge subnet', opts.bridgeSubnet], ['subnet pool', opts.subnetPool]] as const) {
+    if (!/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(v)) throw new InvalidArgument(`${name} must be an IPv4 CIDR, got "${v}"`);
+  }
+  if (!/^[a-zA-Z][a-zA-Z0-9_]{0,63}$/.test(opts.nftTable)) throw new InvalidArgument(`nft table must be a plain name, got "${opts.nftTable}"`);
+  if (!Number.isInteger(opts.dnsPort) || opts.dnsPort < 1 || opts.dnsPort > 65535) throw new InvalidArgument(`dns port must be 1-65535, got "${opts.dnsPort}"`);
   const tcp = overrides.tcp ?? env.NIMBUS_TCP;
   if (tcp !== undefined && tcp !== '') {
     if (!/^[^:]+:\d+$/.test(tcp) && !/^\[[0-9a-f:]+\]:\d+$/i.test(tcp)) throw new InvalidArgument(`tcp must be host:port, got "${tcp}"`);
@@ -79,6 +109,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     snapshotsDir: `${home}/snapshots`,
     containersDir: `${home}/containers`,
     vmsDir: `${home}/vms`,
+    networkDir: `${home}/network`,
     tmpDir: `${home}/tmp`,
   });
 }

@@ -16,6 +16,7 @@ import { EventBus } from '../control/events/event-bus.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
+import { NetworkService } from '../control/networks/network-service.js';
 import { VmService } from '../control/compute/vm-service.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import { Reclaimer } from '../control/quota/reclaimer.js';
@@ -87,7 +88,10 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
-  const containers = new ContainerService(store, agent, images, events, quota, operations);
+  const networks = new NetworkService(store, agent, events, quota, {
+    defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, subnetPool: options.subnetPool,
+  });
+  const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
   const vms = new VmService(store, agent, events, quota, operations);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
@@ -105,18 +109,20 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, events, operations, images, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
   state = 'reconciling';
   const interrupted = operations.failInterrupted();
   const rec = await containers.reconcile();
+  const netRec = await networks.reconcile();
   const vmRec = await vms.reconcile();
-  const liveInstances = [...store.containers.list(), ...store.vms.list()].map((i) => i.id);
+  // networks hold quota too (`networks`), under their own ids
+  const liveInstances = [...store.containers.list(), ...store.vms.list(), ...store.networks.list()].map((i) => i.id);
   const quotaReleased = quota.reconcile(new Set(liveInstances));
   const gc = await images.collectGarbage();
-  log.info('reconciled store with host', { ...rec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, ...gc });
+  log.info('reconciled store with host', { ...rec, networks: netRec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, ...gc });
 
   const api = new ApiServer(allRoutes(), services);
   await api.listenUnix(options.socket);

@@ -114,6 +114,57 @@ export interface ContainerConfig {
   labels: Record<string, string>;
   stopSignal?: string;
   stopTimeout?: number;
+  /** "bridge" (the project's default network) | "none" | "host" | "container:<id or name>" | a network's name or id. Absent = "bridge". */
+  network?: string;
+  /** Published ports (-p). */
+  ports?: PortSpec[];
+  /** Fixed address on the first network (--ip). */
+  ip?: string;
+  /** Nameservers instead of the network's embedded DNS (--dns). */
+  dns?: string[];
+  /** "name:ip" lines for /etc/hosts (--add-host). */
+  extraHosts?: string[];
+  /** Docker links: environment variables and a hosts entry for each (--link NAME[:ALIAS]). */
+  links?: Array<{ container: string; alias: string }>;
+  /** More names other containers of its networks resolve it by (--network-alias). */
+  aliases?: string[];
+}
+
+export interface PortSpec {
+  protocol: 'tcp' | 'udp';
+  /** Bind only this host address (default: every address, loopback included). */
+  hostIp?: string;
+  hostPort: number;
+  containerPort: number;
+}
+
+export type NetworkDriverName = 'bridge' | 'route';
+
+/** A network: its kernel shape is laid out by the agent; addresses are leased here. */
+export interface NetworkRecord {
+  id: string;
+  name: string;
+  projectId: string;
+  driver: NetworkDriverName;
+  subnet: string;
+  gateway: string;
+  internal: boolean;
+  /** Host interface (bridge, or the route network's dummy), ≤ 15 characters. */
+  device: string;
+  /** The project's default network ("bridge"), made on first use. */
+  builtin: boolean;
+  labels: Record<string, string>;
+  createdAt: string;
+}
+
+/** One address on one network, held by one container (its endpoint). */
+export interface NetworkLeaseRecord {
+  networkId: string;
+  address: string;
+  containerId: string;
+  /** The interface index inside the container: eth<ifIndex>. */
+  ifIndex: number;
+  createdAt: string;
 }
 
 export type ContainerStatus = 'created' | 'running' | 'paused' | 'restarting' | 'exited' | 'removing' | 'dead';

@@ -1,6 +1,8 @@
 import Database from 'better-sqlite3';
 import { AlreadyExists, InvalidArgument, NotFound } from '../core/errors.js';
 import type {
+  NetworkLeaseRecord,
+  NetworkRecord,
   ContainerRecord,
   ContainerStatus,
   ImageContentRecord,
@@ -14,7 +16,7 @@ import type {
   VmRecord,
   VmStatus,
 } from './records.js';
-import type { ContainerRepo, ImageRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
+import type { ContainerRepo, ImageRepo, NetworkRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
 
 /** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. Exported for upgrade tests. */
 export const MIGRATIONS: readonly string[] = [
@@ -215,6 +217,33 @@ export const MIGRATIONS: readonly string[] = [
   CREATE UNIQUE INDEX containers_project_name ON containers(project_id, name);
   CREATE INDEX containers_image ON containers(image_digest);
   `,
+  // Networks and their address leases. A lease belongs to a container (gone with it); the
+  // primary key (network, address) is what makes a double lease impossible.
+  `
+  CREATE TABLE networks (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    driver TEXT NOT NULL,
+    subnet TEXT NOT NULL UNIQUE,
+    gateway TEXT NOT NULL,
+    internal INTEGER NOT NULL DEFAULT 0,
+    device TEXT NOT NULL UNIQUE,
+    builtin INTEGER NOT NULL DEFAULT 0,
+    labels TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL
+  );
+  CREATE UNIQUE INDEX networks_project_name ON networks(project_id, name);
+  CREATE TABLE network_leases (
+    network_id TEXT NOT NULL REFERENCES networks(id),
+    address TEXT NOT NULL,
+    container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+    if_index INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (network_id, address)
+  );
+  CREATE UNIQUE INDEX network_leases_container ON network_leases(container_id, network_id);
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -251,6 +280,7 @@ export class SqliteStore implements Store {
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
   readonly vms: VmRepo;
+  readonly networks: NetworkRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;
@@ -268,6 +298,7 @@ export class SqliteStore implements Store {
     this.images = new SqliteImages(this.stmts);
     this.containers = new SqliteContainers(this.stmts);
     this.vms = new SqliteVms(this.stmts);
+    this.networks = new SqliteNetworks(this.stmts);
     this.operations = new SqliteOperations(this.stmts);
     this.users = new SqliteUsers(this.stmts);
     this.tokens = new SqliteTokens(this.stmts);
@@ -815,5 +846,83 @@ class SqliteOperations implements OperationRepo {
         id,
       );
     return next;
+  }
+}
+
+class SqliteNetworks implements NetworkRepo {
+  constructor(private readonly db: Db) {}
+  private row(r: Row | undefined): NetworkRecord | undefined {
+    if (!r) return undefined;
+    return {
+      id: str(r.id), name: str(r.name), projectId: str(r.project_id), driver: str(r.driver) as NetworkRecord['driver'],
+      subnet: str(r.subnet), gateway: str(r.gateway), internal: Boolean(r.internal), device: str(r.device),
+      builtin: Boolean(r.builtin), labels: JSON.parse(str(r.labels)) as Record<string, string>, createdAt: str(r.created_at),
+    };
+  }
+  private rows(sql: string, ...args: unknown[]): NetworkRecord[] {
+    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => this.row(r)!);
+  }
+  get(id: string) {
+    return this.row(this.db.prepare('SELECT * FROM networks WHERE id = ?').get(id) as Row | undefined);
+  }
+  byName(projectId: string, name: string) {
+    return this.row(this.db.prepare('SELECT * FROM networks WHERE project_id = ? AND name = ?').get(projectId, name) as Row | undefined);
+  }
+  named(name: string) {
+    return this.rows('SELECT * FROM networks WHERE name = ? ORDER BY created_at', name);
+  }
+  withIdPrefix(prefix: string) {
+    if (!/^[0-9a-f]{1,64}$/.test(prefix)) return [];
+    return this.rows("SELECT * FROM networks WHERE id LIKE ? || '%' ORDER BY created_at", prefix);
+  }
+  list(filter: { projectId?: string } = {}) {
+    return filter.projectId
+      ? this.rows('SELECT * FROM networks WHERE project_id = ? ORDER BY created_at', filter.projectId)
+      : this.rows('SELECT * FROM networks ORDER BY created_at');
+  }
+  insert(n: NetworkRecord) {
+    try {
+      this.db
+        .prepare('INSERT INTO networks (id, name, project_id, driver, subnet, gateway, internal, device, builtin, labels, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+        .run(n.id, n.name, n.projectId, n.driver, n.subnet, n.gateway, n.internal ? 1 : 0, n.device, n.builtin ? 1 : 0, JSON.stringify(n.labels), n.createdAt);
+    } catch (e) {
+      if (!isUniqueViolation(e)) throw e;
+      const msg = String((e as Error).message);
+      if (msg.includes('subnet')) throw new AlreadyExists(`subnet ${n.subnet} is used by another network`);
+      if (msg.includes('device')) throw new AlreadyExists(`device ${n.device} is used by another network`);
+      throw new AlreadyExists(`network "${n.name}" already exists in this project`);
+    }
+  }
+  delete(id: string) {
+    this.db.prepare('DELETE FROM networks WHERE id = ?').run(id);
+  }
+  leases(filter: { networkId?: string; containerId?: string }): NetworkLeaseRecord[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.networkId) {
+      where.push('network_id = ?');
+      args.push(filter.networkId);
+    }
+    if (filter.containerId) {
+      where.push('container_id = ?');
+      args.push(filter.containerId);
+    }
+    const sql = `SELECT * FROM network_leases ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY container_id, if_index`;
+    return (this.db.prepare(sql).all(...args) as Row[]).map((r) => ({
+      networkId: str(r.network_id), address: str(r.address), containerId: str(r.container_id), ifIndex: Number(r.if_index), createdAt: str(r.created_at),
+    }));
+  }
+  lease(l: NetworkLeaseRecord) {
+    try {
+      this.db.prepare('INSERT INTO network_leases (network_id, address, container_id, if_index, created_at) VALUES (?, ?, ?, ?, ?)').run(l.networkId, l.address, l.containerId, l.ifIndex, l.createdAt);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`address ${l.address} is already leased on this network, or the container is already on it`);
+      throw e;
+    }
+  }
+  release(containerId: string, networkId?: string): number {
+    return networkId
+      ? this.db.prepare('DELETE FROM network_leases WHERE container_id = ? AND network_id = ?').run(containerId, networkId).changes
+      : this.db.prepare('DELETE FROM network_leases WHERE container_id = ?').run(containerId).changes;
   }
 }

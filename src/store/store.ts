@@ -8,6 +8,8 @@ import type {
   ImageContentRecord,
   ImageRecord,
   ImageTagRecord,
+  NetworkLeaseRecord,
+  NetworkRecord,
   OperationRecord,
   ProjectRecord,
   RoleGrantRecord,
@@ -113,6 +115,22 @@ export interface OperationRepo {
   update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): OperationRecord;
 }
 
+export interface NetworkRepo {
+  get(id: string): NetworkRecord | undefined;
+  byName(projectId: string, name: string): NetworkRecord | undefined;
+  /** Every project's networks of this name (the caller scopes them). */
+  named(name: string): NetworkRecord[];
+  withIdPrefix(prefix: string): NetworkRecord[];
+  list(filter?: { projectId?: string }): NetworkRecord[];
+  /** AlreadyExists when the name is taken in the project, or the subnet or device by any network. */
+  insert(n: NetworkRecord): void;
+  delete(id: string): void;
+  leases(filter: { networkId?: string; containerId?: string }): NetworkLeaseRecord[];
+  /** AlreadyExists when the address is leased already (the unique key is what keeps IPAM honest). */
+  lease(l: NetworkLeaseRecord): void;
+  release(containerId: string, networkId?: string): number;
+}
+
 /** One ledger audit entry as stored. */
 export interface QuotaAuditRow {
   seq: number;
@@ -125,6 +143,7 @@ export interface Store {
   readonly images: ImageRepo;
   readonly containers: ContainerRepo;
   readonly vms: VmRepo;
+  readonly networks: NetworkRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;

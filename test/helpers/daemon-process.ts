@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'node:http';
 import { run } from '../../src/core/exec.js';
+import { removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 
 const ROOT = resolve(import.meta.dirname, '../../..'); // dist/test/helpers → repo root
 export const DAEMON_MAIN = join(ROOT, 'dist/src/daemon/main.js');
@@ -15,6 +16,8 @@ export const CLI_MAIN = join(ROOT, 'dist/src/cli/main.js');
 
 export interface DaemonProcess {
   home: string;
+  /** NIMBUS_BRIDGE, NIMBUS_BRIDGE_SUBNET, NIMBUS_SUBNET_POOL, NIMBUS_NFT_TABLE, NIMBUS_DNS_UPSTREAMS of this daemon. */
+  network: Record<string, string>;
   socket: string;
   /** The daemon's working directory: empty, so a test can prove nothing is dropped there. */
   cwd: string;
@@ -29,8 +32,9 @@ export interface DaemonProcess {
   destroy(): Promise<void>;
 }
 
-export async function startDaemonProcess(extraArgs: string[] = []): Promise<DaemonProcess> {
+export async function startDaemonProcess(extraArgs: string[] = [], extraEnv: Record<string, string> = {}): Promise<DaemonProcess> {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-e2e-'));
+  const netEnv = { ...testNetworkEnv(), ...extraEnv };
   const socket = join(home, 'nimbus.sock');
   const cwd = join(home, 'cwd');
   mkdirSync(cwd);
@@ -41,7 +45,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
     child = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
       cwd,
-      env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn' },
+      env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...netEnv },
     });
     child.stderr!.on('data', (b: Buffer) => (log += b.toString()));
     await new Promise<void>((ok, fail) => {
@@ -85,11 +89,13 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
   } catch (e) {
     // A daemon that never became ready must not leave its process or home behind.
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await removeDaemonNetworks(home, netEnv.NIMBUS_NFT_TABLE!);
     rmSync(home, { recursive: true, force: true });
     throw e;
   }
   const self: DaemonProcess = {
     home,
+    network: netEnv,
     cwd,
     socket,
     get child() {
@@ -123,6 +129,7 @@ export async function startDaemonProcess(extraArgs: string[] = []): Promise<Daem
         // Whatever the daemon left (it should be nothing), do not leave it on the host.
         const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(home));
         for (const m of mounts.reverse()) await run('umount', ['-l', m]);
+        await removeDaemonNetworks(home, netEnv.NIMBUS_NFT_TABLE!);
         rmSync(home, { recursive: true, force: true });
         if (mounts.length) throw new Error(`nimbusd left ${mounts.length} mount(s) under ${home}: ${mounts.join(', ')}`);
       }

@@ -53,9 +53,18 @@ export interface InstanceSpec {
   runtime?: string;
   /** Network namespace path to join; undefined = a new empty one. */
   netnsPath?: string;
+  /** Share the host's network namespace (Docker's --network host). */
+  hostNetwork?: boolean;
+  /** Contents of the container's /etc/hosts and /etc/resolv.conf (bind-mounted from its directory); defaults when absent. */
+  etc?: EtcFiles;
   labels?: Record<string, string>;
   /** VM instances only. */
   vm?: VmSpec;
+}
+
+export interface EtcFiles {
+  hosts: string;
+  resolvConf: string;
 }
 
 export type RuntimeStatus = 'created' | 'running' | 'paused' | 'stopped' | 'unknown';

@@ -46,8 +46,11 @@ export const containerRoutes = [
   route({
     method: 'GET', path: '/containers/{id}', operationId: 'inspectContainer', tag: 'containers', access: 'read',
     auth: { role: 'reader', project: CONTAINER },
-    summary: 'Inspect a container', params: IdParam, response: Container,
-    handler: ({ params, services }) => services.containers.get(params.id),
+    summary: 'Inspect a container (with its network settings)', params: IdParam, response: Container,
+    handler: ({ params, services }) => {
+      const c = services.containers.get(params.id);
+      return { ...c, network: services.networks.settings(c) };
+    },
   }),
   route({
     method: 'DELETE', path: '/containers/{id}', operationId: 'removeContainer', tag: 'containers', access: 'write',

@@ -6,8 +6,9 @@ import { systemRoutes } from './system.js';
 import { identityRoutes } from './identity.js';
 import { projectRoutes } from './projects.js';
 import { vmRoutes } from './vms.js';
+import { networkRoutes } from './networks.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...networkRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes];
 }

@@ -47,7 +47,9 @@ export const projectRoutes = [
     method: 'DELETE', path: '/projects/{project}', operationId: 'removeProject', tag: 'projects', access: 'write',
     auth: { role: 'admin', project: PROJECT, on: 'parent' },
     summary: 'Remove a project; refused (Conflict) while it has child projects or resources', params: ProjectParam, response: Empty,
-    handler: ({ services, auth }) => {
+    handler: async ({ services, auth }) => {
+      services.projects.assertRemovable(auth.project());
+      await services.networks.removeDefault(auth.project());
       services.projects.remove(auth.project());
       return { status: 204 };
     },

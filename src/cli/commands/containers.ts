@@ -53,11 +53,36 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
   { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal that stops the container (default SIGTERM)' },
   { name: 'stop-timeout', type: 'number', integer: true, value: 'SECS', description: 'Seconds between the stop signal and SIGKILL' },
+  { name: 'network', type: 'string', value: 'NET', description: "bridge (default: the project's own), none, host, container:NAME|ID, or a network's name" },
+  { name: 'publish', short: 'p', type: 'list', value: '[IP:]HOSTPORT:PORT[/tcp|udp]', description: 'Publish a container port on the host (loopback included)' },
+  { name: 'ip', type: 'string', value: 'ADDR', description: 'Fixed IPv4 address on the network' },
+  { name: 'dns', type: 'list', value: 'ADDR', description: "Nameserver instead of the network's embedded DNS" },
+  { name: 'add-host', type: 'list', value: 'NAME:IP', description: 'Add a line to /etc/hosts' },
+  { name: 'link', type: 'list', value: 'NAME[:ALIAS]', description: 'Link to a running container: its address in /etc/hosts and ALIAS_* variables' },
+  { name: 'network-alias', type: 'list', value: 'NAME', description: "Another name the network's DNS answers for this container" },
 ];
+
+/** -p [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp], as docker takes it. */
+export function parsePublish(spec: string): { protocol: 'tcp' | 'udp'; hostIp?: string; hostPort: number; containerPort: number } {
+  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/.exec(spec);
+  if (!m) throw new UsageError(`invalid -p "${spec}": expected [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]`);
+  const hostPort = Number(m[2]);
+  const containerPort = Number(m[3]);
+  for (const p of [hostPort, containerPort]) if (p < 1 || p > 65535) throw new UsageError(`invalid -p "${spec}": ports are 1-65535`);
+  return { protocol: (m[4] as 'tcp' | 'udp' | undefined) ?? 'tcp', ...(m[1] ? { hostIp: m[1] } : {}), hostPort, containerPort };
+}
+
+/** --link NAME[:ALIAS] */
+export function parseLink(spec: string): { container: string; alias: string } {
+  const [container, alias, extra] = spec.split(':');
+  if (!container || extra !== undefined || alias === '') throw new UsageError(`invalid --link "${spec}": expected NAME[:ALIAS]`);
+  return { container, alias: alias ?? container };
+}
 
 /** The POST /containers body for `run`/`create` options and IMAGE [CMD...]. */
 export function createBody(opts: CommandContext['opts'], args: string[], env: NodeJS.ProcessEnv = process.env, readFile = (f: string) => readFileSync(f, 'utf8')): Record<string, unknown> {
   const [image, ...cmd] = args;
+  const list = (k: string) => (opts[k] as string[] | undefined) ?? [];
   const envEntries: string[] = [];
   for (const f of opts['env-file'] as string[]) {
     let text: string;
@@ -95,6 +120,13 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     labels: parseLabels(opts.label as string[]),
     ...(opts['stop-signal'] !== undefined ? { stopSignal: opts['stop-signal'] } : {}),
     ...(opts['stop-timeout'] !== undefined ? { stopTimeout: opts['stop-timeout'] } : {}),
+    ...(opts.network !== undefined ? { network: opts.network } : {}),
+    ...(list('publish').length ? { ports: list('publish').map(parsePublish) } : {}),
+    ...(opts.ip !== undefined ? { ip: opts.ip } : {}),
+    ...(list('dns').length ? { dns: list('dns') } : {}),
+    ...(list('add-host').length ? { extraHosts: list('add-host') } : {}),
+    ...(list('link').length ? { links: list('link').map(parseLink) } : {}),
+    ...(list('network-alias').length ? { aliases: list('network-alias') } : {}),
   };
 }
 

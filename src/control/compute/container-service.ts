@@ -14,6 +14,7 @@ import type { ImageService } from '../images/image-service.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import type { OperationService } from '../operations/operations.js';
+import type { NetworkIntent, NetworkService } from '../networks/network-service.js';
 import { assertTransition } from './container-state.js';
 import { generateName } from './names.js';
 import { processSpecFor } from './process-spec.js';
@@ -41,6 +42,7 @@ export class ContainerService {
     private readonly events: EventBus,
     private readonly quota: QuotaService,
     private readonly operations: OperationService,
+    private readonly networks: NetworkService,
   ) {
     agent.onContainerExit((id) => void this.handleExit(id));
   }
@@ -120,8 +122,24 @@ export class ContainerService {
     if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
       throw new InvalidArgument('memory limit must be at least 6 MiB');
     }
-    const { name: requestedName, ...config } = input;
-    const process = processSpecFor(image.config, config);
+    const { name: requestedName, ...asked } = input;
+    if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
+    // Network settings are checked before anything is made; addresses are leased once the record exists.
+    const links = (asked.links ?? []).map((l) => {
+      const t = this.get(l.container, { projectId });
+      if (t.status !== 'running') throw new Conflict(`cannot link to ${t.name}: it is ${t.status}`);
+      return { container: t.id, alias: l.alias };
+    });
+    const config = { ...asked, ...(links.length ? { links } : {}) };
+    const intent: NetworkIntent = await this.networks.intent(config, projectId, { projectId });
+    if (links.length && intent.mode !== 'networks') throw new InvalidArgument('--link needs a network (not none, host or container:)');
+    for (const l of links) {
+      const shares = intent.mode === 'networks' && this.store.networks.leases({ containerId: l.container }).some((x) => intent.networks.some((n) => n.id === x.networkId));
+      if (!shares) throw new InvalidArgument(`cannot link to ${this.store.containers.get(l.container)?.name}: it is not on the same network`);
+    }
+    const name = requestedName ?? generateName(taken);
+    const linkEnv = this.networks.linkEnv({ name }, links, (t) => Object.keys(this.store.images.get(t.imageDigest)?.config.config?.ExposedPorts ?? {}));
+    const process = processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
     const request: Omit<ContainerCreateRequest, 'id'> = {
       name: '', imageChainId: image.chainId, process,
       resources: {
@@ -133,8 +151,8 @@ export class ContainerService {
       ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
       ...(config.runtime ? { runtime: config.runtime } : {}),
       ...(config.labels ? { labels: config.labels } : {}),
+      network: intent.mode === 'networks' ? { mode: 'networks', endpoints: [], ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
     };
-    const name = requestedName ?? generateName(taken);
     request.name = name;
     // A container the agent created ahead of demand becomes this one, id and all.
     const warmId = this.agent.claimWarmContainer(request);
@@ -156,7 +174,7 @@ export class ContainerService {
       dropWarm();
       throw e;
     }
-    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId) };
+    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId, intent) };
 
     const { reclaim, done } = admission;
     const held = `${projectId}/${name}`;
@@ -182,7 +200,7 @@ export class ContainerService {
         } finally {
           this.pendingNames.delete(held);
         }
-        return this.createAdmitted(rec, request, warmId);
+        return this.createAdmitted(rec, request, warmId, intent);
       })();
       return finished;
     });
@@ -190,7 +208,7 @@ export class ContainerService {
   }
 
   /** The part of a create after admission: the record, then the agent's container. */
-  private async createAdmitted(rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined): Promise<ContainerRecord> {
+  private async createAdmitted(rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent): Promise<ContainerRecord> {
     const id = rec.id;
     try {
       this.store.containers.insert(rec);
@@ -200,6 +218,8 @@ export class ContainerService {
       throw e;
     }
     try {
+      // addresses are leased with the record in place (they go when it goes)
+      request.network = this.networks.lease(rec, intent);
       const created = await this.agent.createContainer({ id, ...request });
       const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: created.runtime });
       this.publish(updated, 'create', { image: rec.config.image });

@@ -87,6 +87,18 @@ export class ProjectService {
 
   /** Refused while the project has children or resources: nothing is ever removed implicitly. */
   remove(id: string): void {
+    this.assertRemovable(id);
+    this.store.transaction(() => {
+      if (this.quota.ledger.hasProject(id)) this.quota.ledger.deleteProject(id, Date.now());
+      this.store.projects.delete(id); // role grants go with it (ON DELETE CASCADE)
+    });
+  }
+
+  /**
+   * Throws unless remove() would succeed, but for the project's default network (made on first
+   * use, not a resource its users made): the caller removes that first, through the network service.
+   */
+  assertRemovable(id: string): void {
     const p = this.store.projects.get(id);
     if (!p) throw new NotFound(`no such project: ${id}`);
     const path = this.path(id);
@@ -96,10 +108,8 @@ export class ProjectService {
     const containers = this.store.containers.list({ projectId: id }).length;
     const images = this.store.images.list(id).length;
     if (containers || images) throw new Conflict(`project "${path}" still has ${containers} container(s) and ${images} image(s); remove them first`);
-    this.store.transaction(() => {
-      if (this.quota.ledger.hasProject(id)) this.quota.ledger.deleteProject(id, Date.now());
-      this.store.projects.delete(id); // role grants go with it (ON DELETE CASCADE)
-    });
+    const networks = this.store.networks.list({ projectId: id }).filter((n) => !n.builtin).length;
+    if (networks) throw new Conflict(`project "${path}" still has ${networks} network(s); remove them first`);
   }
 
   grant(userName: string, projectId: string, role: Role): GrantView {

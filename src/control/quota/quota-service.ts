@@ -122,6 +122,11 @@ export class QuotaService {
     return this.ledger.admitOrThrow({ instanceId: id, project: projectId, resources, kind: 'vm' }, Date.now());
   }
 
+  /** Admit a network: one of the project's `networks` (never borrowed back by a reclaim). */
+  admitNetwork(id: string, projectId: string): void {
+    this.ledger.admitOrThrow({ instanceId: id, project: projectId, resources: { instances: 0, networks: 1 }, kind: 'network' }, Date.now());
+  }
+
   release(id: string, reason: string): void {
     if (this.ledger.instance(id)) this.ledger.release(id, Date.now(), reason);
     for (const wake of [...this.released]) wake();

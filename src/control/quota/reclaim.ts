@@ -107,6 +107,7 @@ export function planReclaim(state: LedgerState, _fences: Fences, ev: Evaluation,
 
   const victims: Victim[] = [];
   for (const c of ordered) {
+    if (c.inst.kind === 'network') continue; // a network cannot be evicted (its containers would lose it)
     if (RESOURCES.every((r) => remaining[r] <= 0)) break;
     const gain = zero();
     let poolVia: string | undefined;

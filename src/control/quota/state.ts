@@ -9,7 +9,8 @@
  */
 import type { PartialVec, Resource, Vec } from './resources.js';
 
-export type InstanceKind = 'container' | 'vm';
+/** What holds quota: instances, and networks (which count against `networks` and are never reclaimed). */
+export type InstanceKind = 'container' | 'vm' | 'network';
 
 export interface ProjectState {
   id: string;

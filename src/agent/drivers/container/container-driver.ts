@@ -232,13 +232,14 @@ export class ContainerDriver implements InstanceDriver {
     const { config, warnings } = buildOciSpec(
       spec,
       { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: facts.userDb },
-      { mounts: warmMounts(busybox, this.warmDir(id)) },
+      { mounts: [...this.etcMounts(id), ...warmMounts(busybox, this.warmDir(id))] },
     );
     const unsuitable = stubUnsuitable(config.process);
     if (unsuitable || !warmCompatible(warmConfig, config)) {
       log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });
       return undefined;
     }
+    await this.writeEtc(id, spec);
     await writeFile(path.join(this.warmDir(id), 'entry'), warmScript(config.process), { mode: 0o644 });
     const limits = limitsOf(config);
     if (limits) await this.runtime(meta.runtime, meta.runtimePath).update(id, limits);
@@ -251,6 +252,24 @@ export class ContainerDriver implements InstanceDriver {
 
   private warmDir(id: string): string {
     return path.join(this.dir(id), 'warm');
+  }
+
+  /** /etc/hosts, /etc/resolv.conf and /etc/hostname are the container's own files, bind-mounted (as Docker does). */
+  private etcMounts(id: string): OciMount[] {
+    const dir = path.join(this.dir(id), 'etc');
+    const rw = ['rbind', 'rprivate', 'nosuid', 'nodev', 'noexec'];
+    return ['hosts', 'resolv.conf', 'hostname'].map((f) => ({ destination: `/etc/${f}`, type: 'bind', source: path.join(dir, f), options: rw }));
+  }
+
+  /** Written in place (truncated, not replaced): a bind mount holds the inode. */
+  private async writeEtc(id: string, spec: InstanceSpec): Promise<void> {
+    const dir = path.join(this.dir(id), 'etc');
+    await mkdir(dir, { recursive: true });
+    const hostname = spec.hostname ?? id.slice(0, 12);
+    const etc = spec.etc ?? { hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n`, resolvConf: '' };
+    await writeFile(path.join(dir, 'hosts'), etc.hosts, { mode: 0o644 });
+    await writeFile(path.join(dir, 'resolv.conf'), etc.resolvConf, { mode: 0o644 });
+    await writeFile(path.join(dir, 'hostname'), `${hostname}\n`, { mode: 0o644 });
   }
 
   private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean } = {}): Promise<RuntimeState> {
@@ -276,6 +295,7 @@ export class ContainerDriver implements InstanceDriver {
       await mkdir(this.exitsDir, { recursive: true });
       await rm(this.exitFile(id), { force: true });
       await mountAll(spec.rootfs, rootfs);
+      await this.writeEtc(id, spec);
 
       const cgroupsPath = `${this.cgroupParent}/${id}`;
       const userDb = await readUserDb(rootfs);
@@ -283,7 +303,7 @@ export class ContainerDriver implements InstanceDriver {
         hardLimits: await readHardLimits(),
         cgroupsPath,
         userDb,
-      }, opts.mounts ? { mounts: opts.mounts } : {});
+      }, { mounts: [...this.etcMounts(id), ...(opts.mounts ?? [])] });
       if (opts.warm) this.warmFacts.set(id, { config, userDb });
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));

@@ -357,8 +357,8 @@ export function buildOciSpec(spec: InstanceSpec, host: HostFacts, opts: BuildOpt
     { type: 'ipc' },
     { type: 'uts' },
     { type: 'mount' },
-    spec.netnsPath ? { type: 'network', path: spec.netnsPath } : { type: 'network' },
   ];
+  if (!spec.hostNetwork) namespaces.push(spec.netnsPath ? { type: 'network', path: spec.netnsPath } : { type: 'network' });
 
   const caps = [...DEFAULT_CAPABILITIES];
   const config: OciSpec = {

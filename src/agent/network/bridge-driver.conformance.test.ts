@@ -1,0 +1,3 @@
+import { networkDriverConformance } from './network-driver-conformance.js';
+
+networkDriverConformance('bridge');

@@ -1,0 +1,47 @@
+/**
+ * Bridge mode (Xen's xenbr0 + vifX.Y; Docker's docker0): one Linux bridge per
+ * network holding the gateway address, a veth pair per endpoint with its host
+ * end enslaved to the bridge, outbound traffic masqueraded unless internal.
+ */
+import { parseCidr, type EndpointSpec, type IpPlan, type NetworkDriver, type NetworkSpec } from './network-driver.js';
+
+export const bridgeDriver: NetworkDriver = {
+  name: 'bridge',
+  createPlan(n: NetworkSpec): IpPlan {
+    const { prefix } = parseCidr(n.subnet);
+    return {
+      sysctls: n.internal ? {} : { 'net/ipv4/ip_forward': '1' },
+      host: [
+        ['link', 'add', n.device, 'type', 'bridge'],
+        ['addr', 'replace', `${n.gateway}/${prefix}`, 'dev', n.device],
+        ['link', 'set', n.device, 'up'],
+      ],
+    };
+  },
+  removePlan(n: NetworkSpec): IpPlan {
+    return { host: [['link', 'del', n.device]] };
+  },
+  attachPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
+    const { prefix } = parseCidr(n.subnet);
+    const inside = [
+      ['addr', 'add', `${e.address}/${prefix}`, 'dev', e.ifName],
+      ['link', 'set', e.ifName, 'address', e.mac, 'up'],
+      ['link', 'set', 'lo', 'up'],
+    ];
+    if (e.defaultRoute && !n.internal) inside.push(['route', 'replace', 'default', 'via', n.gateway, 'dev', e.ifName]);
+    return {
+      // route_localnet: loopback connections to published ports are DNATed onto the bridge
+      sysctls: { [`net/ipv4/conf/${n.device}/route_localnet`]: '1' },
+      host: [
+        ['link', 'add', e.hostIf, 'type', 'veth', 'peer', 'name', e.ifName, 'netns', e.netns],
+        ['link', 'set', e.hostIf, 'master', n.device, 'up'],
+      ],
+      inNetns: { netns: e.netns, lines: inside },
+    };
+  },
+  detachPlan(_n: NetworkSpec, e: EndpointSpec): IpPlan {
+    return { host: [['link', 'del', e.hostIf]] };
+  },
+  masquerades: (n) => !n.internal,
+  interfaces: (n) => [n.device],
+};

@@ -1,0 +1,147 @@
+/**
+ * The conformance suite every NetworkDriver passes, run for real through a
+ * NetworkHost: kernel objects, traffic between namespaces, published ports on
+ * loopback, DNS by name, isolation, and nothing left behind.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { run } from '../../core/exec.js';
+import { NetworkHost } from './network-host.js';
+import type { NetworkDriverName, NetworkSpec } from './network-driver.js';
+import { freeTestSubnet, gatewayOf, hostFootprint, httpGetFromNetns, inNetns, nthAddress, serveHttp, spawnInNewNetns, testDevice, type NetnsProcess } from './network-test-env.js';
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+async function httpGet(url: string, timeoutMs = 3000): Promise<string> {
+  const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  return r.text();
+}
+
+export function networkDriverConformance(driver: NetworkDriverName): void {
+  describe(`NetworkDriver conformance: ${driver}`, () => {
+    let base: string;
+    let host: NetworkHost;
+    const table = `nimbus_t${process.pid}`;
+    const procs: NetnsProcess[] = [];
+    const stoppers: Array<() => Promise<void>> = [];
+    const mine = (f: Awaited<ReturnType<typeof hostFootprint>>, stems: string[]) => ({
+      links: f.links.filter((l) => stems.some((s) => l.startsWith(s))),
+      tables: f.tables.filter((t) => t.includes(table)),
+      netns: f.netns.filter((n) => stems.some((s) => n.includes(s))),
+    });
+    let netA: NetworkSpec;
+    let netB: NetworkSpec;
+    let netInternal: NetworkSpec;
+    const idStem = `c${process.pid.toString(16)}${Date.now().toString(16)}`.slice(0, 9);
+    const cid = (n: number) => `${idStem}${n}`.padEnd(12, '0') + 'f'.repeat(52);
+    // the names this suite's objects carry: device names, veth stems (n[vr] + 12 of the id), netns
+    const stems = () => [netA.device, netB.device, netInternal.device, `nv${idStem}`, `nr${idStem}`, `${table}-${idStem}`];
+
+    const mk = (tag: string, internal = false): NetworkSpec => {
+      const subnet = freeTestSubnet();
+      return { id: `net-${tag}-${process.pid}`, name: `${driver}-${tag}`, driver, subnet, gateway: gatewayOf(subnet), internal, device: testDevice(tag) };
+    };
+
+    before(async () => {
+      base = await mkdtemp(path.join(tmpdir(), 'nimbus-net-'));
+      host = new NetworkHost({ stateDir: path.join(base, 'state'), nftTable: table, upstreams: [] });
+      netA = mk('a');
+      netB = mk('b');
+      netInternal = mk('i', true);
+      // subnets are picked at random from the host's free ones; make sure the three differ
+      assert.equal(new Set([netA.subnet, netB.subnet, netInternal.subnet]).size, 3);
+    });
+
+    after(async () => {
+      for (const s of stoppers) await s();
+      for (const p of procs) await p.kill();
+      for (let i = 0; i < 8; i++) await host.detach(cid(i)).catch(() => undefined);
+      for (const n of [netA, netB, netInternal]) await host.removeNetwork(n.id).catch(() => undefined);
+      await host.close();
+      await run('nft', ['delete', 'table', 'inet', table]);
+      await rm(base, { recursive: true, force: true });
+    });
+
+    const container = async (n: number, endpoints: Array<{ network: NetworkSpec; address: string; names?: string[] }>, ports: Parameters<NetworkHost['attach']>[0]['ports'] = []) => {
+      const p = await spawnInNewNetns();
+      procs.push(p);
+      const r = await host.attach({ containerId: cid(n), pid: p.pid, endpoints: endpoints.map((e) => ({ network: e.network, address: e.address, dnsNames: e.names ?? [] })), ports });
+      return { ...r, proc: p };
+    };
+
+    test('networks, endpoints, traffic, names, ports and isolation', async () => {
+      const before0 = mine(await hostFootprint(), stems());
+      await host.ensureNetwork(netA);
+      await host.ensureNetwork(netB);
+      await host.ensureNetwork(netInternal);
+      // idempotent
+      await host.ensureNetwork(netA);
+
+      const www = path.join(base, 'www');
+      await mkdir(www, { recursive: true });
+      await writeFile(path.join(www, 'index.html'), `hello from ${driver}\n`);
+      const hostPort = await freePort();
+      const a = await container(0, [{ network: netA, address: nthAddress(netA.subnet, 10), names: ['web', 'www-alias'] }], [{ protocol: 'tcp', hostIp: '127.0.0.1', hostPort, containerPort: 8080 }]);
+      const b = await container(1, [{ network: netA, address: nthAddress(netA.subnet, 11), names: ['client'] }]);
+      const c = await container(2, [{ network: netB, address: nthAddress(netB.subnet, 10), names: ['stranger'] }]);
+      const i = await container(3, [{ network: netInternal, address: nthAddress(netInternal.subnet, 10) }]);
+      stoppers.push(await serveHttp(a.netns, 8080, www));
+
+      // the endpoint is inside the namespace with its address
+      const addrs = (await inNetns(a.netns, ['ip', '-o', '-4', 'addr', 'show', 'dev', 'eth0'])).stdout;
+      assert.match(addrs, new RegExp(`inet ${nthAddress(netA.subnet, 10).replaceAll('.', '\\.')}/`));
+
+      // the host reaches the container directly (bridge: on-link; route: the /32 route)
+      assert.equal(await httpGet(`http://${nthAddress(netA.subnet, 10)}:8080/`), `hello from ${driver}\n`);
+      // a published port answers on loopback
+      assert.equal(await httpGet(`http://127.0.0.1:${hostPort}/`), `hello from ${driver}\n`);
+      // a neighbour on the same network reaches it by address and resolves it by name
+      assert.equal(await httpGetFromNetns(b.netns, nthAddress(netA.subnet, 10), 8080), `hello from ${driver}\n`);
+      const ns = await inNetns(b.netns, ['nslookup', 'www-alias', netA.gateway]);
+      assert.match(ns.stdout, new RegExp(nthAddress(netA.subnet, 10).replaceAll('.', '\\.')), ns.stdout + ns.stderr);
+      // a container of another network cannot reach it, nor resolve it through its own DNS
+      assert.equal(await httpGetFromNetns(c.netns, nthAddress(netA.subnet, 10), 8080), undefined, 'another network is isolated');
+      const nsC = await inNetns(c.netns, ['nslookup', 'web', netB.gateway]);
+      assert.doesNotMatch(nsC.stdout, new RegExp(nthAddress(netA.subnet, 10).replaceAll('.', '\\.')));
+      // an internal network has no route out
+      const routeOut = await inNetns(i.netns, ['ip', 'route', 'get', '192.0.2.1']);
+      assert.notEqual(routeOut.code, 0, `internal network routes out: ${routeOut.stdout}`);
+
+      // a port already published (or in use on the host) is refused and nothing is left
+      await assert.rejects(container(4, [{ network: netA, address: nthAddress(netA.subnet, 12) }], [{ protocol: 'tcp', hostIp: '127.0.0.1', hostPort, containerPort: 80 }]).catch(async (e: unknown) => {
+        throw e;
+      }), (e: Error) => /in use/.test(e.message));
+      assert.equal((await hostFootprint()).netns.filter((n) => n.includes(cid(4))).length, 0, 'a refused attach leaves no namespace');
+
+      // a restarted daemon (a new NetworkHost over the same state) keeps what lives and removes the rest
+      await host.close();
+      host = new NetworkHost({ stateDir: path.join(base, 'state'), nftTable: table, upstreams: [] });
+      const rec = await host.reconcile(new Set([cid(0), cid(1)]));
+      assert.equal(rec.endpointsRemoved, 2);
+      assert.equal(await httpGet(`http://127.0.0.1:${hostPort}/`), `hello from ${driver}\n`, 'published port kept');
+      assert.equal((await hostFootprint()).netns.filter((n) => n.includes(cid(2)) || n.includes(cid(3))).length, 0);
+
+      // a network in use cannot be removed
+      await assert.rejects(host.removeNetwork(netA.id), /endpoint/);
+
+      for (const n of [0, 1]) await host.detach(cid(n));
+      await host.detach(cid(0)); // idempotent
+      for (const n of [netA, netB, netInternal]) await host.removeNetwork(n.id);
+      // the published port is gone with its container
+      await assert.rejects(httpGet(`http://127.0.0.1:${hostPort}/`, 1000));
+      assert.deepEqual(mine(await hostFootprint(), stems()), before0, 'no interface, table or namespace left');
+    });
+  });
+}

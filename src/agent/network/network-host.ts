@@ -1,0 +1,345 @@
+/**
+ * A host's container networking: the networks laid out in its kernel, each
+ * container's endpoints in its own named network namespace, the published
+ * ports, the nftables table, and one embedded DNS per network. The control
+ * plane decides (records, addresses, ports); this applies and remembers, so a
+ * restarted daemon can tear down or re-render exactly what exists.
+ *
+ * State on disk (under stateDir): networks/<id>.json, endpoints/<container id>.json.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { createSocket } from 'node:dgram';
+import path from 'node:path';
+import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import { bridgeDriver } from './bridge-driver.js';
+import { routeDriver } from './route-driver.js';
+import { EmbeddedDns } from './dns/embedded-dns.js';
+import * as kernel from './kernel.js';
+import { cidrContains, macFor, parseNetworkSubnet, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
+import { NFT_TABLE, deleteTableScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
+
+const log = logger('agent.network');
+
+const DRIVERS: Record<NetworkDriverName, NetworkDriver> = { bridge: bridgeDriver, route: routeDriver };
+
+export function driverFor(name: NetworkDriverName): NetworkDriver {
+  const d = DRIVERS[name];
+  if (!d) throw new InvalidArgument(`unknown network driver "${name}"`);
+  return d;
+}
+
+export interface EndpointRequest {
+  network: NetworkSpec;
+  address: string;
+  /** Names other containers of the network resolve to this address (name, aliases). */
+  dnsNames: string[];
+}
+
+export interface AttachRequest {
+  containerId: string;
+  /** A process inside the container's (not yet named) network namespace: its init after runtime create. */
+  pid: number;
+  endpoints: EndpointRequest[];
+  /** Published on the first endpoint's address. */
+  ports: PortMapping[];
+}
+
+interface EndpointsFile {
+  containerId: string;
+  netns: string;
+  endpoints: EndpointSpec[];
+  ports: PublishedPort[];
+}
+
+export interface NetworkHostOptions {
+  stateDir: string;
+  /** Port the per-network DNS listens on at the gateway address (default 53). */
+  dnsPort?: number;
+  /** Resolvers for names that are not a network's own (default: the host's /etc/resolv.conf). */
+  upstreams?: string[];
+  /** The nftables table (inet family) this host renders (default "nimbus"); also the prefix of its namespaces' names. */
+  nftTable?: string;
+}
+
+/** Nameservers of a resolv.conf text. */
+export function resolvConfNameservers(text: string): string[] {
+  return text.split('\n').map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1]).filter((x): x is string => !!x);
+}
+
+export class NetworkHost {
+  private readonly networks = new Map<string, NetworkSpec>();
+  private readonly containers = new Map<string, EndpointsFile>();
+  private readonly dns = new EmbeddedDns();
+  private chain: Promise<unknown> = Promise.resolve();
+  private readonly upstreams: string[];
+  private readonly table: string;
+  /** Namespaces this host owns are named <prefix><container id>; reconcile never touches others (a second daemon's). */
+  private readonly netnsPrefix: string;
+
+  constructor(private readonly o: NetworkHostOptions) {
+    for (const f of this.readDir('networks')) {
+      const n = JSON.parse(f) as NetworkSpec;
+      this.networks.set(n.id, n);
+    }
+    for (const f of this.readDir('endpoints')) {
+      const e = JSON.parse(f) as EndpointsFile;
+      this.containers.set(e.containerId, e);
+    }
+    this.table = o.nftTable ?? NFT_TABLE;
+    this.netnsPrefix = `${this.table}-`;
+    this.upstreams = o.upstreams ?? resolvConfNameservers(existsSync('/etc/resolv.conf') ? readFileSync('/etc/resolv.conf', 'utf8') : '');
+  }
+
+  private readDir(sub: string): string[] {
+    const dir = path.join(this.o.stateDir, sub);
+    if (!existsSync(dir)) return [];
+    return readdirSync(dir).filter((f) => f.endsWith('.json')).map((f) => readFileSync(path.join(dir, f), 'utf8'));
+  }
+
+  private async save(sub: string, id: string, value: unknown): Promise<void> {
+    const dir = path.join(this.o.stateDir, sub);
+    await mkdir(dir, { recursive: true });
+    const file = path.join(dir, `${id}.json`);
+    await writeFile(`${file}.tmp`, JSON.stringify(value));
+    await rename(`${file}.tmp`, file);
+  }
+
+  private async forget(sub: string, id: string): Promise<void> {
+    await rm(path.join(this.o.stateDir, sub, `${id}.json`), { force: true });
+  }
+
+  /** Changes to the host's tables happen one at a time (the nft table is rendered from the whole state). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.chain.then(fn, fn);
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  netnsName(containerId: string): string {
+    return `${this.netnsPrefix}${containerId}`;
+  }
+
+  /** The container's named network namespace, when it has one (its endpoints are inside). */
+  netnsOf(containerId: string): string | undefined {
+    const p = kernel.netnsPath(this.netnsName(containerId));
+    return this.containers.has(containerId) && existsSync(p) ? p : undefined;
+  }
+
+  endpointsOf(containerId: string): EndpointSpec[] {
+    return this.containers.get(containerId)?.endpoints ?? [];
+  }
+
+  portsOf(containerId: string): PublishedPort[] {
+    return this.containers.get(containerId)?.ports ?? [];
+  }
+
+  listNetworks(): NetworkSpec[] {
+    return [...this.networks.values()];
+  }
+
+  // ------------------------------------------------------------ networks
+
+  /** Lay the network out in the kernel unless it is there; its DNS listens on the gateway. */
+  ensureNetwork(spec: NetworkSpec): Promise<void> {
+    return this.serial(async () => {
+      const driver = driverFor(spec.driver);
+      const subnet = parseNetworkSubnet(spec.subnet);
+      if (!cidrContains(subnet, spec.gateway)) throw new InvalidArgument(`gateway ${spec.gateway} is outside ${spec.subnet}`);
+      if (spec.device.length > 15) throw new InvalidArgument(`device name ${spec.device} is longer than 15 characters`);
+      if (!kernel.linkExists(spec.device)) await kernel.applyPlan(driver.createPlan(spec));
+      else await kernel.writeSysctls(driver.createPlan(spec).sysctls);
+      this.networks.set(spec.id, spec);
+      await this.save('networks', spec.id, spec);
+      await this.renderTable();
+      await this.listenDns(spec);
+    });
+  }
+
+  private async listenDns(spec: NetworkSpec): Promise<void> {
+    const zone = {
+      resolve: (name: string) => {
+        const out: string[] = [];
+        for (const c of this.containers.values()) {
+          for (const e of c.endpoints) if (e.networkId === spec.id && e.dnsNames.some((n) => n.toLowerCase() === name)) out.push(e.address);
+        }
+        return out.length ? out : undefined;
+      },
+      reverse: (ip: string) => {
+        for (const c of this.containers.values()) for (const e of c.endpoints) if (e.networkId === spec.id && e.address === ip) return e.dnsNames[0];
+        return undefined;
+      },
+    };
+    try {
+      await this.dns.listen({ address: spec.gateway, port: this.o.dnsPort ?? 53, zone, upstreams: spec.internal ? [] : this.upstreams });
+    } catch (e) {
+      // names are a convenience; the network works without them
+      log.warn('embedded DNS unavailable on this network', { network: spec.name, gateway: spec.gateway, error: e instanceof Error ? e.message : String(e) });
+    }
+  }
+
+  removeNetwork(id: string): Promise<void> {
+    return this.serial(async () => {
+      const spec = this.networks.get(id);
+      if (!spec) return;
+      const users = [...this.containers.values()].filter((c) => c.endpoints.some((e) => e.networkId === id)).map((c) => c.containerId);
+      if (users.length) throw new Conflict(`network ${spec.name} has ${users.length} endpoint(s) on this host`, { containers: users });
+      await this.dns.close(spec.gateway, this.o.dnsPort ?? 53);
+      await kernel.applyUndo(driverFor(spec.driver).removePlan(spec));
+      this.networks.delete(id);
+      await this.forget('networks', id);
+      await this.renderTable();
+    });
+  }
+
+  // ------------------------------------------------------------ endpoints
+
+  /**
+   * Name the container's network namespace and plumb its endpoints and ports. On failure
+   * whatever was made is undone. Published ports must be free on the host.
+   */
+  attach(req: AttachRequest): Promise<{ netns: string; endpoints: EndpointSpec[] }> {
+    return this.serial(async () => {
+      if (this.containers.has(req.containerId)) throw new Conflict(`container ${req.containerId} is already attached`);
+      for (const e of req.endpoints) {
+        if (!this.networks.has(e.network.id)) throw new NotFound(`network ${e.network.name} is not on this host`);
+      }
+      if (req.endpoints.length > 10) throw new InvalidArgument('at most 10 networks per container');
+      for (const p of req.ports) {
+        const clash = [...this.containers.values()].flatMap((c) => c.ports).find((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (!q.hostIp || !p.hostIp || q.hostIp === p.hostIp));
+        if (clash) throw new Conflict(`port ${p.hostIp ?? '0.0.0.0'}:${p.hostPort}/${p.protocol} is already in use by container ${clash.containerId.slice(0, 12)}`);
+      }
+      await Promise.all(req.ports.map((p) => assertPortFree(p)));
+      const name = this.netnsName(req.containerId);
+      const file: EndpointsFile = { containerId: req.containerId, netns: name, endpoints: [], ports: [] };
+      const short = req.containerId.slice(0, 12);
+      await kernel.attachNetnsName(name, req.pid);
+      try {
+        for (const [i, e] of req.endpoints.entries()) {
+          const spec: EndpointSpec = {
+            networkId: e.network.id, containerId: req.containerId, netns: name, ifName: `eth${i}`,
+            hostIf: `n${e.network.driver === 'route' ? 'r' : 'v'}${short}${i}`, address: e.address, mac: macFor(e.address),
+            defaultRoute: i === 0, dnsNames: e.dnsNames,
+          };
+          await kernel.applyPlan(driverFor(e.network.driver).attachPlan(e.network, spec));
+          file.endpoints.push(spec);
+        }
+        const first = file.endpoints[0];
+        if (req.ports.length && !first) throw new InvalidArgument('published ports need a network (not none or host)');
+        if (first) {
+          if (this.networks.get(first.networkId)?.internal && req.ports.length) throw new InvalidArgument('ports cannot be published from an internal network');
+          file.ports = req.ports.map((p) => ({ ...p, containerId: req.containerId, address: first.address, networkId: first.networkId }));
+        }
+        this.containers.set(req.containerId, file);
+        await this.save('endpoints', req.containerId, file);
+        if (file.ports.length || file.endpoints.some((e) => e.hostIf.startsWith('nr'))) await this.renderTable();
+        return { netns: kernel.netnsPath(name), endpoints: file.endpoints };
+      } catch (err) {
+        this.containers.delete(req.containerId);
+        await this.undoEndpoints(file).catch((e: unknown) => log.warn('undoing a failed attach', { id: req.containerId, error: String(e) }));
+        await this.forget('endpoints', req.containerId);
+        throw err;
+      }
+    });
+  }
+
+  private async undoEndpoints(file: EndpointsFile): Promise<void> {
+    for (const e of file.endpoints) {
+      const n = this.networks.get(e.networkId);
+      await kernel.applyUndo(n ? driverFor(n.driver).detachPlan(n, e) : { host: [['link', 'del', e.hostIf]] });
+    }
+    await kernel.deleteNetns(file.netns);
+  }
+
+  /** Remove the container's endpoints, ports and namespace name (idempotent). */
+  detach(containerId: string): Promise<void> {
+    return this.serial(async () => {
+      const file = this.containers.get(containerId);
+      if (!file) {
+        await kernel.deleteNetns(this.netnsName(containerId));
+        return;
+      }
+      await this.undoEndpoints(file);
+      this.containers.delete(containerId);
+      await this.forget('endpoints', containerId);
+      if (file.ports.length || file.endpoints.some((e) => e.hostIf.startsWith('nr'))) await this.renderTable();
+    });
+  }
+
+  // ------------------------------------------------------------ the table, reconciliation
+
+  private async renderTable(): Promise<void> {
+    if (!this.networks.size) {
+      if (await kernel.nftList(this.table)) await kernel.nft(deleteTableScript(this.table));
+      return;
+    }
+    const endpoints = [...this.containers.values()].flatMap((c) => c.endpoints);
+    const ruleset = renderRuleset({
+      networks: [...this.networks.values()].map((spec) => ({ spec, driver: driverFor(spec.driver), endpoints: endpoints.filter((e) => e.networkId === spec.id) })),
+      ports: [...this.containers.values()].flatMap((c) => c.ports),
+    }, this.table);
+    await kernel.nft(replaceTableScript(ruleset, this.table));
+  }
+
+  /**
+   * Daemon start: containers that no longer exist lose their endpoints; every remaining
+   * network is laid out again if the host lost it (a reboot), the table rendered, DNS listening;
+   * named namespaces and veths nobody owns are removed.
+   */
+  reconcile(liveContainers: Set<string>, liveNetworks?: Set<string>): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+    return this.serial(async () => {
+      let endpointsRemoved = 0, networksRemoved = 0, netnsRemoved = 0;
+      for (const file of [...this.containers.values()]) {
+        if (liveContainers.has(file.containerId)) continue;
+        await this.undoEndpoints(file).catch((e: unknown) => log.warn('removing orphaned endpoints', { id: file.containerId, error: String(e) }));
+        this.containers.delete(file.containerId);
+        await this.forget('endpoints', file.containerId);
+        endpointsRemoved++;
+      }
+      for (const name of await kernel.listNetns(this.netnsPrefix)) {
+        const id = name.slice(this.netnsPrefix.length);
+        if (this.containers.has(id) || liveContainers.has(id)) continue;
+        await kernel.deleteNetns(name).catch(() => undefined);
+        netnsRemoved++;
+      }
+      for (const spec of [...this.networks.values()]) {
+        const inUse = [...this.containers.values()].some((c) => c.endpoints.some((e) => e.networkId === spec.id));
+        if (liveNetworks && !liveNetworks.has(spec.id) && !inUse) {
+          await kernel.applyUndo(driverFor(spec.driver).removePlan(spec)).catch(() => undefined);
+          this.networks.delete(spec.id);
+          await this.forget('networks', spec.id);
+          networksRemoved++;
+          continue;
+        }
+        if (!kernel.linkExists(spec.device)) await kernel.applyPlan(driverFor(spec.driver).createPlan(spec));
+      }
+      await this.renderTable();
+      for (const spec of this.networks.values()) await this.listenDns(spec);
+      return { endpointsRemoved, networksRemoved, netnsRemoved };
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.chain;
+    await this.dns.closeAll();
+  }
+}
+
+/** A published port must not shadow something already listening on the host. */
+async function assertPortFree(p: PortMapping): Promise<void> {
+  const host = p.hostIp ?? '0.0.0.0';
+  const taken = await new Promise<boolean>((resolve) => {
+    if (p.protocol === 'udp') {
+      const s = createSocket('udp4');
+      s.once('error', () => resolve(true));
+      s.bind(p.hostPort, host, () => s.close(() => resolve(false)));
+      return;
+    }
+    const s = createServer();
+    s.once('error', () => resolve(true));
+    s.listen(p.hostPort, host, () => s.close(() => resolve(false)));
+  });
+  if (taken) throw new Conflict(`port ${host}:${p.hostPort}/${p.protocol} is already in use on the host`);
+}

@@ -1,0 +1,88 @@
+/**
+ * The whole `inet nimbus` nftables table, rendered from what this host has
+ * (networks, endpoints, published ports) and swapped in atomically by one
+ * `nft -f` transaction: nothing is patched rule by rule, so a crash can never
+ * leave half a change, and reconciliation is "render again".
+ *
+ *   prerouting/output (nat): published ports → DNAT to the container
+ *   postrouting (nat): masquerade what leaves a NAT network; loopback clients of a
+ *                      published port appear as the gateway (so replies come back)
+ *   forward (filter): isolation — no traffic between two networks, none out of an
+ *                     internal one, no source address a network does not own
+ */
+import type { EndpointSpec, NetworkDriver, NetworkSpec, PortMapping } from './network-driver.js';
+
+/** The table's default name (a second daemon on one host, as in tests, names its own). */
+export const NFT_TABLE = 'nimbus';
+
+export interface PublishedPort extends PortMapping {
+  containerId: string;
+  address: string;
+  networkId: string;
+}
+
+export interface RulesetInput {
+  networks: Array<{ spec: NetworkSpec; driver: NetworkDriver; endpoints: EndpointSpec[] }>;
+  ports: PublishedPort[];
+}
+
+const q = (s: string) => JSON.stringify(s);
+const set = (xs: string[]) => (xs.length === 1 ? xs[0]! : `{ ${xs.join(', ')} }`);
+
+export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
+  const dnat: string[] = [];
+  for (const p of [...input.ports].sort((a, b) => a.hostPort - b.hostPort)) {
+    const match = `${p.hostIp ? `ip daddr ${p.hostIp} ` : ''}${p.protocol} dport ${p.hostPort}`;
+    dnat.push(`\t\t${match} dnat ip to ${p.address}:${p.containerPort} comment ${q(p.containerId.slice(0, 12))}`);
+  }
+  const post: string[] = [];
+  const fwd: string[] = ['\t\tct state established,related accept'];
+  const allSubnets = input.networks.map((n) => n.spec.subnet);
+  for (const { spec: n, driver, endpoints } of input.networks) {
+    const ifs = driver.interfaces(n, endpoints).map(q);
+    if (driver.masquerades(n)) post.push(`\t\tip saddr ${n.subnet} ip daddr != ${n.subnet} masquerade`);
+    // a loopback client DNATed to a container: source it from the gateway
+    if (!n.internal) post.push(`\t\tip saddr 127.0.0.0/8 ip daddr ${n.subnet} snat ip to ${n.gateway}`);
+    if (ifs.length) fwd.push(`\t\tiifname ${set(ifs)} ip saddr != ${n.subnet} drop comment ${q(`${n.name}: spoofed source`)}`);
+    const others = allSubnets.filter((s) => s !== n.subnet);
+    if (n.internal) {
+      fwd.push(`\t\tip saddr ${n.subnet} ip daddr != ${n.subnet} drop comment ${q(`${n.name}: internal`)}`);
+      fwd.push(`\t\tip daddr ${n.subnet} ip saddr != ${n.subnet} drop comment ${q(`${n.name}: internal`)}`);
+    } else if (others.length) {
+      fwd.push(`\t\tip saddr ${n.subnet} ip daddr ${set(others)} drop comment ${q(`${n.name}: isolated`)}`);
+    }
+  }
+  return [
+    `table inet ${table} {`,
+    '\tchain ports {',
+    ...dnat,
+    '\t}',
+    '\tchain prerouting {',
+    '\t\ttype nat hook prerouting priority dstnat; policy accept;',
+    '\t\tfib daddr type local jump ports',
+    '\t}',
+    '\tchain output {',
+    '\t\ttype nat hook output priority -100; policy accept;',
+    '\t\tfib daddr type local jump ports',
+    '\t}',
+    '\tchain postrouting {',
+    '\t\ttype nat hook postrouting priority srcnat; policy accept;',
+    ...post,
+    '\t}',
+    '\tchain forward {',
+    '\t\ttype filter hook forward priority filter; policy accept;',
+    ...fwd,
+    '\t}',
+    '}',
+    '',
+  ].join('\n');
+}
+
+/** An `nft -f` script that replaces the table in one transaction (creating it first so the delete cannot fail). */
+export function replaceTableScript(ruleset: string, table = NFT_TABLE): string {
+  return `table inet ${table}\ndelete table inet ${table}\n${ruleset}`;
+}
+
+export function deleteTableScript(table = NFT_TABLE): string {
+  return `table inet ${table}\ndelete table inet ${table}\n`;
+}

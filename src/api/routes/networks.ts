@@ -1,0 +1,46 @@
+import { Type } from '@sinclair/typebox';
+import { route } from '../route.js';
+import { Empty, IdParam, Network, NetworkCreate } from '../schemas.js';
+import type { Services } from '../../control/services.js';
+import type { ProjectScope } from '../../control/identity/scope.js';
+
+/** Network routes act on the project of the network named in the path, looked up in the caller's scope. */
+const NETWORK = {
+  param: 'id', kind: 'network',
+  owner: (s: Services, ref: string, scope: ProjectScope) => {
+    const n = s.networks.get(ref, scope);
+    return { projectId: n.projectId, id: n.id };
+  },
+};
+
+export const networkRoutes = [
+  route({
+    method: 'GET', path: '/networks', operationId: 'listNetworks', tag: 'networks', access: 'read',
+    auth: { role: 'reader', project: 'query-list' },
+    summary: 'List networks (each project has its own "bridge", made on first use)',
+    response: Type.Array(Network),
+    handler: ({ services, auth }) => services.networks.list(auth.projectId ?? undefined).filter((n) => auth.canRead(n.projectId)),
+  }),
+  route({
+    method: 'POST', path: '/networks', operationId: 'createNetwork', tag: 'networks', access: 'write',
+    auth: { role: 'member', project: 'query' },
+    summary: 'Create a network: a bridge (NAT out unless internal) or a routed network (no NAT, a host route per container)',
+    status: 201, body: NetworkCreate, response: Network,
+    handler: async ({ body, services, auth }) => ({ status: 201, body: await services.networks.create(body, auth.project()) }),
+  }),
+  route({
+    method: 'GET', path: '/networks/{id}', operationId: 'inspectNetwork', tag: 'networks', access: 'read',
+    auth: { role: 'reader', project: NETWORK },
+    summary: 'Inspect a network and the containers on it', params: IdParam, response: Network,
+    handler: ({ params, services }) => services.networks.view(services.networks.get(params.id)),
+  }),
+  route({
+    method: 'DELETE', path: '/networks/{id}', operationId: 'removeNetwork', tag: 'networks', access: 'write',
+    auth: { role: 'member', project: NETWORK },
+    summary: 'Remove a network (refused while containers use it)', params: IdParam, response: Empty,
+    handler: async ({ params, services }) => {
+      await services.networks.remove(params.id, { canRead: () => true });
+      return { status: 204 };
+    },
+  }),
+];

@@ -1,0 +1,355 @@
+/**
+ * Networks as the control plane sees them: records per project, the IPAM (address
+ * leases in the store, one per container and network, never two for one address),
+ * and how a container's --network/-p/--ip/--link become the agent's request.
+ *
+ * Every project has its own default network, "bridge", made on first use: the
+ * default project's is the host's nimbus0 (10.88.0.0/16); another project's gets
+ * a /24 of the subnet pool. Networks are isolated from each other, so tenants
+ * never share one unless they create it together (they cannot: a network belongs
+ * to one project).
+ */
+import { AlreadyExists, Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
+import { isValidName, newId } from '../../core/ids.js';
+import type { Agent, ContainerNetworkRequest } from '../../agent/agent.js';
+import type { NetworkSpec } from '../../agent/network/network-driver.js';
+import { cidrContains, cidrsOverlap, intToIp, ipToInt, macFor, parseCidr, parseNetworkSubnet } from '../../agent/network/network-driver.js';
+import type { Store } from '../../store/store.js';
+import type { ContainerConfig, ContainerRecord, NetworkDriverName, NetworkLeaseRecord, NetworkRecord, PortSpec } from '../../store/records.js';
+import type { EventBus } from '../events/event-bus.js';
+import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
+
+export const DEFAULT_NETWORK = 'bridge';
+/** Names with a meaning of their own in --network. */
+const RESERVED = new Set(['bridge', 'none', 'host', 'default']);
+const EVERYWHERE: ProjectScope = { canRead: () => true };
+
+export interface CreateNetworkInput {
+  name: string;
+  driver?: NetworkDriverName;
+  subnet?: string;
+  gateway?: string;
+  internal?: boolean;
+  labels?: Record<string, string>;
+}
+
+export interface NetworkServiceOptions {
+  defaultProjectId: string;
+  /** The default project's bridge device and subnet. */
+  bridge: string;
+  bridgeSubnet: string;
+  /** /24s for networks without --subnet. */
+  subnetPool: string;
+}
+
+export interface NetworkView extends NetworkRecord {
+  containers: Array<{ id: string; name: string; address: string; ifName: string }>;
+}
+
+/** What a container's network settings resolve to before addresses are leased. */
+export type NetworkIntent =
+  | { mode: 'none' }
+  | { mode: 'host' }
+  | { mode: 'container'; container: ContainerRecord }
+  | { mode: 'networks'; networks: NetworkRecord[] };
+
+export interface NetworkQuota {
+  admitNetwork(id: string, projectId: string): void;
+  release(id: string, reason: string): void;
+}
+
+export class NetworkService {
+  constructor(
+    private readonly store: Store,
+    private readonly agent: Agent,
+    private readonly events: EventBus,
+    private readonly quota: NetworkQuota,
+    private readonly o: NetworkServiceOptions,
+  ) {}
+
+  private publish(n: NetworkRecord, action: string, attributes: Record<string, unknown> = {}) {
+    this.events.publish({ type: 'network', action, id: n.id, projectId: n.projectId, attributes: { name: n.name, ...attributes } });
+  }
+
+  /** By id, unique id prefix or name, in scope. */
+  get(idOrName: string, scope: ProjectScope = EVERYWHERE): NetworkRecord {
+    if (!idOrName) throw new InvalidArgument('a network id or name is required');
+    const exact = this.store.networks.get(idOrName);
+    if (exact && inScope(scope, exact.projectId)) return exact;
+    const named = this.store.networks.named(idOrName).filter((n) => inScope(scope, n.projectId));
+    if (named.length) return pickInScope(named, scope, (n) => n.id, 'network', idOrName);
+    return pickInScope(this.store.networks.withIdPrefix(idOrName), scope, (n) => n.id, 'network', idOrName);
+  }
+
+  list(projectId?: string): NetworkRecord[] {
+    return this.store.networks.list(projectId ? { projectId } : {});
+  }
+
+  view(n: NetworkRecord): NetworkView {
+    const containers = this.store.networks.leases({ networkId: n.id }).map((l) => {
+      const c = this.store.containers.get(l.containerId);
+      return { id: l.containerId, name: c?.name ?? '', address: l.address, ifName: `eth${l.ifIndex}` };
+    });
+    return { ...n, containers };
+  }
+
+  /** A container's network settings as inspect shows them. */
+  settings(c: ContainerRecord): { mode: string; endpoints: Array<{ network: string; networkId: string; address: string; gateway: string; prefix: number; mac: string; ifName: string }>; ports: PortSpec[] } {
+    const endpoints = this.store.networks.leases({ containerId: c.id }).flatMap((l) => {
+      const n = this.store.networks.get(l.networkId);
+      return n ? [{ network: n.name, networkId: n.id, address: l.address, gateway: n.gateway, prefix: parseCidr(n.subnet).prefix, mac: macFor(l.address), ifName: `eth${l.ifIndex}` }] : [];
+    });
+    const mode = c.config.network ?? DEFAULT_NETWORK;
+    return { mode, endpoints, ports: c.config.ports ?? [] };
+  }
+
+  private spec(n: NetworkRecord): NetworkSpec {
+    return { id: n.id, name: n.name, driver: n.driver, subnet: n.subnet, gateway: n.gateway, internal: n.internal, device: n.device };
+  }
+
+  /** A /24 of the pool that overlaps neither another network nor a host route. */
+  private async pickSubnet(): Promise<string> {
+    const pool = parseCidr(this.o.subnetPool);
+    const taken = [...this.store.networks.list().map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((s) => parseCidr(s));
+    for (let a = pool.network; a + 256 <= pool.network + pool.size; a += 256) {
+      const c = parseCidr(`${intToIp(a)}/24`);
+      if (!taken.some((t) => cidrsOverlap(t, c))) return `${intToIp(a)}/24`;
+    }
+    throw new Conflict(`no free /24 left in the subnet pool ${this.o.subnetPool}; give --subnet`);
+  }
+
+  private async checkSubnet(subnet: string): Promise<void> {
+    let c;
+    try {
+      c = parseNetworkSubnet(subnet);
+    } catch (e) {
+      throw new InvalidArgument(e instanceof Error ? e.message : String(e));
+    }
+    const clash = this.store.networks.list().find((n) => cidrsOverlap(parseCidr(n.subnet), c));
+    if (clash) throw new Conflict(`subnet ${subnet} overlaps network ${clash.name} (${clash.subnet})`);
+    const foreign = (await this.agent.foreignSubnets()).find((s) => cidrsOverlap(parseCidr(s), c));
+    if (foreign) throw new Conflict(`subnet ${subnet} overlaps the host's route to ${foreign}`);
+  }
+
+  async create(input: CreateNetworkInput, projectId: string): Promise<NetworkRecord> {
+    if (!isValidName(input.name) || input.name.length > 64) throw new InvalidArgument(`invalid network name "${input.name}": use letters, digits, '_', '.', '-' (max 64)`);
+    if (RESERVED.has(input.name)) throw new InvalidArgument(`"${input.name}" is a reserved network name`);
+    return this.make({ ...input, builtin: false }, projectId);
+  }
+
+  private async make(input: CreateNetworkInput & { builtin: boolean; device?: string }, projectId: string): Promise<NetworkRecord> {
+    const driver = input.driver ?? 'bridge';
+    if (driver !== 'bridge' && driver !== 'route') throw new InvalidArgument(`unknown network driver "${String(driver)}": bridge or route`);
+    if (this.store.networks.byName(projectId, input.name)) throw new AlreadyExists(`network "${input.name}" already exists in this project`);
+    if (input.gateway && !input.subnet) throw new InvalidArgument('--gateway needs --subnet');
+    const subnet = input.subnet ?? (await this.pickSubnet());
+    if (input.subnet) await this.checkSubnet(subnet);
+    const c = parseCidr(subnet);
+    const gateway = input.gateway ?? intToIp(c.network + 1);
+    if (!isUsableAddress(c, gateway)) throw new InvalidArgument(`gateway ${gateway} is not a host address of ${subnet}`);
+    const id = newId().slice(0, 32);
+    const rec: NetworkRecord = {
+      id, name: input.name, projectId, driver, subnet, gateway, internal: input.internal ?? false,
+      device: input.device ?? `${driver === 'route' ? 'nr' : 'nb'}-${id.slice(0, 12)}`,
+      builtin: input.builtin, labels: input.labels ?? {}, createdAt: new Date().toISOString(),
+    };
+    // a project's default network comes with the project: only networks a user makes count against `networks`
+    if (!rec.builtin) this.quota.admitNetwork(id, projectId);
+    try {
+      this.store.networks.insert(rec);
+    } catch (e) {
+      this.quota.release(id, 'network create failed');
+      throw e;
+    }
+    try {
+      await this.agent.ensureNetwork(this.spec(rec));
+    } catch (e) {
+      await this.agent.removeNetwork(id).catch(() => undefined);
+      this.store.networks.delete(id);
+      this.quota.release(id, 'network create failed');
+      throw e;
+    }
+    this.publish(rec, 'create', { driver, subnet });
+    return rec;
+  }
+
+  /** The project's "bridge", made on first use. */
+  private creatingDefault = new Map<string, Promise<NetworkRecord>>();
+  async defaultNetwork(projectId: string): Promise<NetworkRecord> {
+    const found = this.store.networks.byName(projectId, DEFAULT_NETWORK);
+    if (found) return found;
+    let p = this.creatingDefault.get(projectId);
+    if (!p) {
+      const isDefault = projectId === this.o.defaultProjectId;
+      p = this.make({
+        name: DEFAULT_NETWORK, driver: 'bridge', builtin: true,
+        ...(isDefault ? { subnet: this.o.bridgeSubnet, device: this.o.bridge } : {}),
+      }, projectId).finally(() => this.creatingDefault.delete(projectId));
+      this.creatingDefault.set(projectId, p);
+    }
+    return p;
+  }
+
+  async remove(idOrName: string, scope: ProjectScope): Promise<void> {
+    const n = this.get(idOrName, scope);
+    const users = this.store.networks.leases({ networkId: n.id });
+    if (users.length) {
+      const names = users.map((l) => this.store.containers.get(l.containerId)?.name ?? l.containerId.slice(0, 12));
+      throw new Conflict(`network ${n.name} is in use by ${users.length} container(s): ${names.join(', ')}`, { containers: names });
+    }
+    await this.agent.removeNetwork(n.id);
+    this.store.networks.delete(n.id);
+    this.quota.release(n.id, 'network removed');
+    this.publish(n, 'destroy');
+  }
+
+  /** The project's default network goes with the project (it is unused: the project has no container left). */
+  async removeDefault(projectId: string): Promise<void> {
+    const n = this.store.networks.byName(projectId, DEFAULT_NETWORK);
+    if (n?.builtin) await this.remove(n.id, { projectId });
+  }
+
+  // ------------------------------------------------------------ containers
+
+  /** What --network means for a container of this project (checked before anything is made). */
+  async intent(config: ContainerConfig, projectId: string, scope: ProjectScope): Promise<NetworkIntent> {
+    const want = config.network ?? DEFAULT_NETWORK;
+    const networked = want !== 'none' && want !== 'host' && !want.startsWith('container:');
+    if (!networked && config.ports?.length) throw new InvalidArgument(`ports cannot be published with --network ${want}`);
+    if (!networked && config.ip) throw new InvalidArgument(`--ip needs a network (not --network ${want})`);
+    if (want === 'none' || want === 'host') return { mode: want };
+    if (want.startsWith('container:')) {
+      const ref = want.slice('container:'.length);
+      const other = this.store.containers.get(ref) ?? this.store.containers.named(ref).find((c) => inScope(scope, c.projectId)) ?? this.store.containers.withIdPrefix(ref).find((c) => inScope(scope, c.projectId));
+      if (!other || !inScope(scope, other.projectId)) throw new NotFound(`no such container: ${ref}`);
+      if (other.status !== 'running' && other.status !== 'paused') throw new Conflict(`container ${other.name} is ${other.status}: its network namespace can be joined only while it runs`);
+      return { mode: 'container', container: other };
+    }
+    const net = want === DEFAULT_NETWORK ? await this.defaultNetwork(projectId) : this.get(want, { projectId });
+    if (config.ports?.length && net.internal) throw new InvalidArgument(`ports cannot be published from the internal network ${net.name}`);
+    if (config.ip && !cidrContains(parseCidr(net.subnet), config.ip)) throw new InvalidArgument(`--ip ${config.ip} is outside ${net.name} (${net.subnet})`);
+    const ports = config.ports ?? [];
+    for (const [i, p] of ports.entries()) {
+      if (ports.slice(0, i).some((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (q.hostIp ?? '') === (p.hostIp ?? ''))) {
+        throw new InvalidArgument(`host port ${p.hostPort}/${p.protocol} is published twice`);
+      }
+    }
+    for (const c of this.store.containers.list({ status: ['created', 'running', 'paused', 'restarting'] })) {
+      for (const q of c.config.ports ?? []) {
+        const clash = ports.find((p) => p.protocol === q.protocol && p.hostPort === q.hostPort && (!p.hostIp || !q.hostIp || p.hostIp === q.hostIp));
+        // only the project's own containers are named: another tenant's are none of the caller's business
+        if (clash) throw new Conflict(`host port ${clash.hostPort}/${clash.protocol} is already published${c.projectId === projectId ? ` by ${c.name}` : ''}`);
+      }
+    }
+    return { mode: 'networks', networks: [net] };
+  }
+
+  /**
+   * Lease the container's addresses (its record exists) and make the agent's request.
+   * Leases go with the record (a foreign key), so a failed create leaves none.
+   */
+  lease(c: ContainerRecord, intent: NetworkIntent): ContainerNetworkRequest {
+    if (intent.mode === 'none' || intent.mode === 'host') return { mode: intent.mode };
+    if (intent.mode === 'container') return { mode: 'container', container: intent.container.id };
+    const networks = intent.networks;
+    return this.store.transaction(() => {
+      const endpoints = networks.map((n, i) => {
+        const l = this.leaseOne(n, c.id, i, i === 0 ? c.config.ip : undefined);
+        return { network: this.spec(n), address: l.address, dnsNames: [c.name, ...(c.config.aliases ?? [])] };
+      });
+      return {
+        mode: 'networks',
+        endpoints,
+        ports: (c.config.ports ?? []).map((p) => ({ protocol: p.protocol, hostPort: p.hostPort, containerPort: p.containerPort, ...(p.hostIp ? { hostIp: p.hostIp } : {}) })),
+        extraHosts: [...this.linkHosts(c), ...(c.config.extraHosts ?? [])],
+        dns: c.config.dns ?? [],
+      };
+    });
+  }
+
+  private leaseOne(n: NetworkRecord, containerId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
+    const c = parseCidr(n.subnet);
+    const createdAt = new Date().toISOString();
+    if (wanted) {
+      if (!isUsableAddress(c, wanted) || wanted === n.gateway) throw new InvalidArgument(`${wanted} is not an assignable address of ${n.name} (${n.subnet})`);
+      try {
+        const l = { networkId: n.id, address: wanted, containerId, ifIndex, createdAt };
+        this.store.networks.lease(l);
+        return l;
+      } catch (e) {
+        if (hasCode(e, 'AlreadyExists')) throw new Conflict(`address ${wanted} is already in use on ${n.name}`);
+        throw e;
+      }
+    }
+    const taken = new Set(this.store.networks.leases({ networkId: n.id }).map((l) => l.address));
+    taken.add(n.gateway);
+    for (let a = c.network + 1; a < c.network + c.size - 1; a++) {
+      const address = intToIp(a);
+      if (taken.has(address)) continue;
+      const l = { networkId: n.id, address, containerId, ifIndex, createdAt };
+      this.store.networks.lease(l);
+      return l;
+    }
+    throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
+  }
+
+  /** /etc/hosts lines for --link: the linked container's address on a network both share. */
+  private linkHosts(c: ContainerRecord): string[] {
+    return (c.config.links ?? []).map((l) => {
+      const target = this.store.containers.get(l.container);
+      const address = this.store.networks.leases({ containerId: l.container })[0]?.address;
+      if (!target || !address) throw new Conflict(`linked container ${l.alias} has no address`);
+      return `${l.alias === target.name ? l.alias : `${l.alias} ${target.name}`}:${address}`;
+    });
+  }
+
+  /**
+   * Docker's link variables: ALIAS_NAME, ALIAS_PORT=<first port>, ALIAS_PORT_<p>_<proto>[_ADDR|_PORT|_PROTO],
+   * ALIAS_ENV_<K> for the target's environment. Resolved when the container is created.
+   */
+  linkEnv(c: Pick<ContainerRecord, 'name'>, links: Array<{ container: string; alias: string }>, exposed: (target: ContainerRecord) => string[]): string[] {
+    const env: string[] = [];
+    for (const l of links) {
+      const t = this.store.containers.get(l.container);
+      const address = this.store.networks.leases({ containerId: l.container })[0]?.address;
+      if (!t || !address) continue;
+      const p = l.alias.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+      env.push(`${p}_NAME=/${c.name}/${l.alias}`);
+      const ports = exposed(t).map((x) => {
+        const [port, proto = 'tcp'] = x.split('/');
+        return { port: port!, proto };
+      }).sort((a, b) => Number(a.port) - Number(b.port));
+      if (ports[0]) env.push(`${p}_PORT=${ports[0].proto}://${address}:${ports[0].port}`);
+      for (const { port, proto } of ports) {
+        const k = `${p}_PORT_${port}_${proto.toUpperCase()}`;
+        env.push(`${k}=${proto}://${address}:${port}`, `${k}_ADDR=${address}`, `${k}_PORT=${port}`, `${k}_PROTO=${proto}`);
+      }
+      for (const kv of t.config.env) {
+        const key = kv.slice(0, kv.indexOf('='));
+        if (key && key !== 'PATH' && key !== 'HOME' && key !== 'HOSTNAME') env.push(`${p}_ENV_${kv}`);
+      }
+    }
+    return env;
+  }
+
+  /**
+   * Daemon start: every network is laid out on the host again if it lost it, endpoints of
+   * containers that are gone are removed, networks the store no longer has are removed.
+   */
+  async reconcile(): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+    for (const n of this.store.networks.list()) await this.agent.ensureNetwork(this.spec(n));
+    return this.agent.reconcileNetworks(this.store.containers.list().map((c) => c.id), this.store.networks.list().map((n) => n.id));
+  }
+}
+
+function isUsableAddress(c: ReturnType<typeof parseCidr>, ip: string): boolean {
+  let n: number;
+  try {
+    n = ipToInt(ip);
+  } catch {
+    return false;
+  }
+  return n > c.network && n < c.network + c.size - 1;
+}
+
+export type { PortSpec };

@@ -1,0 +1,229 @@
+/**
+ * Container networking end to end through a real nimbusd and the CLI, with real
+ * traffic: a published port fetched from the host over loopback, names resolved
+ * by the network's embedded DNS, isolation between networks, routed mode without
+ * NAT, links, host and container: modes, and nothing left behind (interfaces,
+ * namespaces, nftables rules, leases), also after a kill -9 of the daemon.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:net';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { run } from '../src/core/exec.js';
+
+let registry: TestRegistry;
+let d: DaemonProcess;
+let IMAGE: string;
+
+/** busybox httpd serving "$1" at / on port 8080 (the test image has busybox, not every applet linked). */
+const SERVE = (text: string) => ['sh', '-c', `mkdir -p /www && echo ${text} > /www/index.html && echo serving && exec busybox httpd -f -p 8080 -h /www`];
+/** An HTTP GET with nc, printing the body; "unreachable" when the connection fails. */
+const FETCH = (host: string, port = 8080) => ['sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${host} ${port} > /tmp/r || { echo unreachable; exit 0; }; tail -n 1 /tmp/r`];
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function httpGet(url: string): Promise<string> {
+  const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+  return (await r.text()).trim();
+}
+
+interface Inspect {
+  id: string;
+  name: string;
+  network: { mode: string; endpoints: Array<{ network: string; address: string; gateway: string; ifName: string }>; ports: unknown[] };
+}
+
+/** What this daemon's containers have on the host: veths (n[vr]<id12>N), named namespaces, DNAT rules. */
+async function footprint(ids: string[]): Promise<{ links: number; netns: number; dnat: number }> {
+  const links = (await run('ip', ['-o', 'link', 'show'])).stdout;
+  const netns = (await run('ip', ['netns', 'list'])).stdout;
+  const table = (await run('nft', ['list', 'table', 'inet', d.network.NIMBUS_NFT_TABLE!])).stdout;
+  return {
+    links: ids.filter((id) => links.includes(`nv${id.slice(0, 12)}`) || links.includes(`nr${id.slice(0, 12)}`)).length,
+    netns: ids.filter((id) => netns.includes(`${d.network.NIMBUS_NFT_TABLE!}-${id}`)).length,
+    dnat: (table.match(/dnat ip to/g) ?? []).length,
+  };
+}
+
+describe('container networking end to end', { concurrency: false }, () => {
+  const made: string[] = [];
+  let hostPort: number;
+
+  before(async () => {
+    registry = await startTestRegistryWithImages();
+    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
+    d = await startDaemonProcess();
+    assert.equal((await d.cli(['image', 'pull', '-q', IMAGE])).code, 0);
+  });
+  after(async () => {
+    await d?.destroy();
+    await registry?.stop();
+  });
+
+  const runD = async (args: string[]) => {
+    const r = await d.cli(['run', '-d', ...args]);
+    assert.equal(r.code, 0, r.stderr);
+    const id = r.stdout.trim();
+    made.push(id);
+    return id;
+  };
+  const ok = async (args: string[]) => {
+    const r = await d.cli(args);
+    assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+  const inspect = async (name: string) => (await d.api<Inspect>('GET', `/containers/${name}`)).body;
+  const waitServing = (name: string) => waitFor(`${name} serving`, async () => ((await d.cli(['logs', name])).stdout.includes('serving') ? true : undefined));
+
+  test('the default network: an address, a published port on loopback, outbound NAT rules', async () => {
+    hostPort = await freePort();
+    await runD(['--name', 'web', '-p', `127.0.0.1:${hostPort}:8080`, IMAGE, ...SERVE('hello-web')]);
+    await waitServing('web');
+    const web = await inspect('web');
+    assert.equal(web.network.mode, 'bridge');
+    assert.equal(web.network.endpoints.length, 1);
+    assert.equal(web.network.endpoints[0]!.ifName, 'eth0');
+    // the port answers on the host's loopback (DNAT in the output chain)
+    assert.equal(await httpGet(`http://127.0.0.1:${hostPort}/`), 'hello-web');
+    // and the host reaches the container's own address on the bridge
+    assert.equal(await httpGet(`http://${web.network.endpoints[0]!.address}:8080/`), 'hello-web');
+    const ls = await d.cli(['network', 'ls']);
+    assert.match(ls.stdout, new RegExp(`bridge\\s+bridge\\s+${d.network.NIMBUS_BRIDGE_SUBNET!.replaceAll('.', '\\.')}`));
+    // the same host port twice is refused, and the refused container leaves nothing
+    const dup = await d.cli(['run', '-d', '-p', `127.0.0.1:${hostPort}:80`, IMAGE, 'sleep', '60']);
+    assert.equal(dup.code, 125);
+    assert.match(dup.stderr, /already published by web/);
+    // a port a host process listens on is refused too (no silent shadowing)
+    const busy: Server = createServer();
+    const busyPort = await new Promise<number>((r) => busy.listen(0, '127.0.0.1', () => r((busy.address() as { port: number }).port)));
+    try {
+      const shadow = await d.cli(['run', '-d', '--name', 'shadow', '-p', `127.0.0.1:${busyPort}:80`, IMAGE, 'sleep', '60']);
+      assert.equal(shadow.code, 125);
+      assert.match(shadow.stderr, /already in use on the host/);
+      assert.equal((await d.api('GET', '/containers/shadow')).status, 404, 'a failed create leaves no container');
+    } finally {
+      busy.close();
+    }
+  });
+
+  test('a user network: neighbours by name, strangers on another network cannot reach it', async () => {
+    await ok(['network', 'create', 'front']);
+    await ok(['network', 'create', 'back']);
+    await runD(['--name', 'api', '--network', 'front', '--network-alias', 'service', IMAGE, ...SERVE('hello-api')]);
+    await waitServing('api');
+    const api = await inspect('api');
+    const addr = api.network.endpoints[0]!.address;
+    // the embedded DNS answers the name and the alias, with the container's address
+    let r = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'sh', '-c', 'busybox nslookup api; busybox nslookup service']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.split(addr).length - 1 >= 2, true, r.stdout);
+    r = await d.cli(['run', '--rm', '--network', 'front', IMAGE, ...FETCH(addr)]);
+    assert.equal(r.stdout.trim(), 'hello-api');
+    // another network neither resolves it nor reaches it
+    r = await d.cli(['run', '--rm', '--network', 'back', IMAGE, 'sh', '-c', 'busybox nslookup api || echo no-such-name']);
+    assert.match(r.stdout, /no-such-name|NXDOMAIN|can't find/);
+    assert.doesNotMatch(r.stdout, new RegExp(`Address:\\s+${addr.replaceAll('.', '\\.')}$`, 'm'));
+    r = await d.cli(['run', '--rm', '--network', 'back', IMAGE, ...FETCH(addr)]);
+    assert.equal(r.stdout.trim(), 'unreachable');
+    // nor does the default network
+    r = await d.cli(['run', '--rm', IMAGE, ...FETCH(addr)]);
+    assert.equal(r.stdout.trim(), 'unreachable');
+    // a network in use is not removed
+    const rm = await d.cli(['network', 'rm', 'front']);
+    assert.equal(rm.code, 1);
+    assert.match(rm.stderr, /in use by 1 container\(s\): api/);
+  });
+
+  test('--link, --add-host, --dns, --hostname, --ip', async () => {
+    const front = (await d.api<{ subnet: string }>('GET', '/networks/front')).body;
+    const fixed = front.subnet.replace(/\.0\/\d+$/, '.200');
+    const r = await d.cli(['run', '--rm', '--network', 'front', '--link', 'api:backend', '--add-host', 'db.local:192.0.2.10', '--hostname', 'worker',
+      '--ip', fixed, IMAGE, 'sh', '-c', 'env | grep ^BACKEND_ | sort; cat /etc/hosts; hostname; ip -o -4 addr show dev eth0']);
+    assert.equal(r.code, 0, r.stderr);
+    const api = await inspect('api');
+    assert.match(r.stdout, /^BACKEND_NAME=\/.+\/backend$/m);
+    assert.match(r.stdout, new RegExp(`^${api.network.endpoints[0]!.address.replaceAll('.', '\\.')}\\tbackend api$`, 'm'));
+    assert.match(r.stdout, /^192\.0\.2\.10\tdb\.local$/m);
+    assert.match(r.stdout, /^worker$/m);
+    assert.match(r.stdout, new RegExp(`inet ${fixed.replaceAll('.', '\\.')}/`));
+    const dns = await d.cli(['run', '--rm', '--network', 'front', '--dns', '192.0.2.53', IMAGE, 'cat', '/etc/resolv.conf']);
+    assert.equal(dns.stdout, 'nameserver 192.0.2.53\n');
+    const def = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'cat', '/etc/resolv.conf']);
+    assert.match(def.stdout, new RegExp(`^nameserver ${(await d.api<{ gateway: string }>('GET', '/networks/front')).body.gateway.replaceAll('.', '\\.')}$`, 'm'));
+    // bad input is a usage error or a clear refusal
+    assert.equal((await d.cli(['run', '--rm', '-p', '80', IMAGE, 'true'])).code, 2);
+    const outside = await d.cli(['run', '--rm', '--network', 'front', '--ip', '192.0.2.7', IMAGE, 'true']);
+    assert.equal(outside.code, 125);
+    assert.match(outside.stderr, /outside front/);
+    const nope = await d.cli(['run', '--rm', '--network', 'nosuch', IMAGE, 'true']);
+    assert.match(nope.stderr, /no such network: nosuch/);
+  });
+
+  test('routed mode: no NAT, the host reaches the container through its own route', async () => {
+    await ok(['network', 'create', '--driver', 'route', 'routed']);
+    await runD(['--name', 'routed-web', '--network', 'routed', IMAGE, ...SERVE('hello-routed')]);
+    await waitServing('routed-web');
+    const c = await inspect('routed-web');
+    const addr = c.network.endpoints[0]!.address;
+    const route = (await run('ip', ['route', 'show', `${addr}/32`])).stdout;
+    assert.match(route, new RegExp(`${addr.replaceAll('.', '\\.')} dev nr${c.id.slice(0, 12)}0`), route);
+    assert.equal(await httpGet(`http://${addr}:8080/`), 'hello-routed');
+    const table = (await run('nft', ['list', 'table', 'inet', d.network.NIMBUS_NFT_TABLE!])).stdout;
+    const routed = (await d.api<{ subnet: string }>('GET', '/networks/routed')).body;
+    assert.ok(!table.includes(`ip saddr ${routed.subnet} ip daddr != ${routed.subnet} masquerade`), 'no NAT for a routed network');
+  });
+
+  test('host and container: modes, and an internal network with no way out', async () => {
+    let r = await d.cli(['run', '--rm', '--network', 'host', IMAGE, 'ip', '-o', 'link', 'show']);
+    assert.match(r.stdout, new RegExp(d.network.NIMBUS_BRIDGE!), 'host mode sees the host interfaces');
+    r = await d.cli(['run', '--rm', '--network', 'container:web', IMAGE, ...FETCH('127.0.0.1')]);
+    assert.equal(r.stdout.trim(), 'hello-web', "container: shares web's namespace (its loopback)");
+    await ok(['network', 'create', '--internal', 'vault']);
+    r = await d.cli(['run', '--rm', '--network', 'vault', IMAGE, 'ip', 'route']);
+    assert.doesNotMatch(r.stdout, /default/);
+    r = await d.cli(['run', '--rm', '--network', 'vault', '-p', '18080:80', IMAGE, 'true']);
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /internal/);
+  });
+
+  test('kill -9 of nimbusd: published ports keep answering; then rm leaves no interface, namespace, rule or lease', async () => {
+    await d.kill('SIGKILL');
+    await d.restart();
+    assert.equal(await httpGet(`http://127.0.0.1:${hostPort}/`), 'hello-web');
+    const r = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'sh', '-c', 'busybox nslookup api']);
+    assert.match(r.stdout, new RegExp((await inspect('api')).network.endpoints[0]!.address.replaceAll('.', '\\.')), 'DNS is back after the restart');
+    const before = await footprint(made);
+    assert.ok(before.links >= 3 && before.netns >= 3 && before.dnat >= 1, JSON.stringify(before));
+    for (const id of made) assert.equal((await d.cli(['rm', '-f', id])).code, 0);
+    assert.deepEqual(await footprint(made), { links: 0, netns: 0, dnat: 0 });
+    const devices: string[] = [];
+    for (const n of ['front', 'back', 'routed', 'vault']) {
+      const net = (await d.api<{ containers: unknown[]; device: string }>('GET', `/networks/${n}`)).body;
+      assert.deepEqual(net.containers, [], `no lease left on ${n}`);
+      devices.push(net.device);
+      assert.equal((await d.cli(['network', 'rm', n])).code, 0);
+    }
+    await assert.rejects(httpGet(`http://127.0.0.1:${hostPort}/`));
+    const links = (await run('ip', ['-o', 'link', 'show'])).stdout;
+    for (const dev of devices) assert.ok(!links.includes(`${dev}:`), `${dev} removed with its network`);
+  });
+});
