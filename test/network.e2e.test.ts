@@ -205,6 +205,24 @@ describe('container networking end to end', { concurrency: false }, () => {
     assert.match(r.stderr, /internal/);
   });
 
+  test('network connect and disconnect a running container', async () => {
+    await ok(['network', 'connect', 'back', 'api']);
+    const api = await inspect('api');
+    const onBack = api.network.endpoints.find((e) => e.network === 'back');
+    assert.ok(onBack, JSON.stringify(api.network));
+    assert.equal(onBack.ifName, 'eth1');
+    let r = await d.cli(['run', '--rm', '--network', 'back', IMAGE, ...FETCH(onBack.address)]);
+    assert.equal(r.stdout.trim(), 'hello-api', 'reachable from back once connected');
+    r = await d.cli(['run', '--rm', '--network', 'back', IMAGE, 'sh', '-c', 'busybox nslookup api']);
+    assert.match(r.stdout, new RegExp(onBack.address.replaceAll('.', '\\.')), "back's DNS knows it now");
+    assert.match((await d.cli(['network', 'connect', 'back', 'api'])).stderr, /already on back/);
+    await ok(['network', 'disconnect', 'back', 'api']);
+    assert.equal((await inspect('api')).network.endpoints.length, 1);
+    r = await d.cli(['run', '--rm', '--network', 'back', IMAGE, ...FETCH(onBack.address)]);
+    assert.equal(r.stdout.trim(), 'unreachable', 'gone with the disconnect');
+    assert.match((await d.cli(['network', 'connect', 'back', 'web-nope'])).stderr, /no such container/);
+  });
+
   test('kill -9 of nimbusd: published ports keep answering; then rm leaves no interface, namespace, rule or lease', async () => {
     await d.kill('SIGKILL');
     await d.restart();

@@ -166,6 +166,9 @@ export interface Agent {
   /** IPv4 subnets the host routes that are not Nimbus networks (a new network must not overlap them). */
   foreignSubnets(): Promise<string[]>;
   containerNetwork(id: string): ContainerNetworkState;
+  /** Another endpoint in a container's namespace (it must have one of its own: not none, host or container:). */
+  connectContainer(id: string, endpoint: { network: NetworkSpec; address: string; dnsNames: string[] }): Promise<EndpointSpec>;
+  disconnectContainer(id: string, networkId: string): Promise<void>;
   /** Daemon start: endpoints of containers that are gone removed, networks not listed removed, the rest laid out again. */
   reconcileNetworks(liveContainers: string[], liveNetworks: string[]): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }>;
 

@@ -682,6 +682,12 @@ export class LocalAgent implements Agent {
     const netns = this.network.netnsOf(id);
     return { ...(netns ? { netns } : {}), endpoints: this.network.endpointsOf(id), ports: this.network.portsOf(id) };
   }
+  connectContainer(id: string, endpoint: { network: NetworkSpec; address: string; dnsNames: string[] }) {
+    return this.network.connect(id, endpoint);
+  }
+  disconnectContainer(id: string, networkId: string) {
+    return this.network.disconnect(id, networkId);
+  }
   reconcileNetworks(liveContainers: string[], liveNetworks: string[]) {
     return this.network.reconcile(new Set(liveContainers), new Set(liveNetworks));
   }

@@ -20,6 +20,15 @@ Options (environment variable in brackets):
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL] (default info)
   -h, --help               show this help
 
+Environment only:
+  NIMBUS_BRIDGE, NIMBUS_BRIDGE_SUBNET   the default project's network (nimbus0, 10.88.0.0/16)
+  NIMBUS_SUBNET_POOL                    /24s for other networks without --subnet (10.89.0.0/16)
+  NIMBUS_NFT_TABLE                      the nftables table (inet) Nimbus owns (nimbus)
+  NIMBUS_DNS_PORT, NIMBUS_DNS_UPSTREAMS the networks' embedded DNS: its port (53) and where it
+                                        forwards other names (the host's resolv.conf; empty: nowhere)
+  NIMBUS_WARM_POOL, NIMBUS_WARM_IMAGES  containers created ahead of demand (2 per image, 4 images)
+  NIMBUS_VM_ACCEL                       auto | kvm | tcg
+
 First start creates the user "admin" with the password in NIMBUS_ADMIN_PASSWORD,
 or a generated one printed once on stderr. Unix-socket callers without a token
 act as that administrator.

@@ -253,6 +253,51 @@ export class NetworkHost {
     await kernel.deleteNetns(file.netns);
   }
 
+  /** One more endpoint in the container's namespace (network connect); eth<n> with the next free n. */
+  connect(containerId: string, e: EndpointRequest): Promise<EndpointSpec> {
+    return this.serial(async () => {
+      const file = this.containers.get(containerId);
+      if (!file || !existsSync(kernel.netnsPath(file.netns))) throw new Conflict(`container ${containerId.slice(0, 12)} has no network namespace of its own to connect`);
+      if (!this.networks.has(e.network.id)) throw new NotFound(`network ${e.network.name} is not on this host`);
+      if (file.endpoints.some((x) => x.networkId === e.network.id)) throw new Conflict(`container ${containerId.slice(0, 12)} is already on ${e.network.name}`);
+      const used = new Set(file.endpoints.map((x) => x.ifName));
+      let i = 0;
+      while (used.has(`eth${i}`)) i++;
+      if (i > 9) throw new InvalidArgument('at most 10 networks per container');
+      const spec: EndpointSpec = {
+        networkId: e.network.id, containerId, netns: file.netns, ifName: `eth${i}`,
+        hostIf: `n${e.network.driver === 'route' ? 'r' : 'v'}${containerId.slice(0, 12)}${i}`, address: e.address, mac: macFor(e.address),
+        defaultRoute: file.endpoints.length === 0, dnsNames: e.dnsNames,
+      };
+      try {
+        await kernel.applyPlan(driverFor(e.network.driver).attachPlan(e.network, spec));
+      } catch (err) {
+        await kernel.applyUndo({ host: [['link', 'del', spec.hostIf]] }).catch(() => undefined);
+        throw err;
+      }
+      file.endpoints.push(spec);
+      await this.save('endpoints', containerId, file);
+      if (e.network.driver === 'route') await this.renderTable();
+      return spec;
+    });
+  }
+
+  /** Remove one endpoint (network disconnect); its published ports go with it. */
+  disconnect(containerId: string, networkId: string): Promise<void> {
+    return this.serial(async () => {
+      const file = this.containers.get(containerId);
+      const ep = file?.endpoints.find((x) => x.networkId === networkId);
+      if (!file || !ep) throw new NotFound(`container ${containerId.slice(0, 12)} is not on that network`);
+      const n = this.networks.get(networkId);
+      await kernel.applyUndo(n ? driverFor(n.driver).detachPlan(n, ep) : { host: [['link', 'del', ep.hostIf]] });
+      file.endpoints = file.endpoints.filter((x) => x !== ep);
+      const hadPorts = file.ports.some((p) => p.networkId === networkId);
+      file.ports = file.ports.filter((p) => p.networkId !== networkId);
+      await this.save('endpoints', containerId, file);
+      if (hadPorts || ep.hostIf.startsWith('nr')) await this.renderTable();
+    });
+  }
+
   /** Remove the container's endpoints, ports and namespace name (idempotent). */
   detach(containerId: string): Promise<void> {
     return this.serial(async () => {

@@ -13,6 +13,15 @@ const NETWORK = {
   },
 };
 
+const ConnectBody = Type.Object(
+  {
+    container: Type.String({ minLength: 1, description: 'Container name, id or id prefix (of the network\'s project)' }),
+    ip: Type.Optional(Type.String({ pattern: '^(\\d{1,3}\\.){3}\\d{1,3}$' })),
+    aliases: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }))),
+  },
+  { additionalProperties: false },
+);
+
 export const networkRoutes = [
   route({
     method: 'GET', path: '/networks', operationId: 'listNetworks', tag: 'networks', access: 'read',
@@ -33,6 +42,27 @@ export const networkRoutes = [
     auth: { role: 'reader', project: NETWORK },
     summary: 'Inspect a network and the containers on it', params: IdParam, response: Network,
     handler: ({ params, services }) => services.networks.view(services.networks.get(params.id)),
+  }),
+  route({
+    method: 'POST', path: '/networks/{id}/connect', operationId: 'connectNetwork', tag: 'networks', access: 'write',
+    auth: { role: 'member', project: NETWORK },
+    summary: 'Connect a container of the network\'s project (running or not) to the network: a new interface with a leased address',
+    params: IdParam, body: ConnectBody, response: Network,
+    handler: ({ params, body, services }) => {
+      const n = services.networks.get(params.id);
+      const c = services.containers.get(body.container, { projectId: n.projectId });
+      return services.networks.connect(n.id, c, { ...(body.ip ? { ip: body.ip } : {}), ...(body.aliases ? { aliases: body.aliases } : {}) });
+    },
+  }),
+  route({
+    method: 'POST', path: '/networks/{id}/disconnect', operationId: 'disconnectNetwork', tag: 'networks', access: 'write',
+    auth: { role: 'member', project: NETWORK },
+    summary: 'Disconnect a container from the network (its interface and lease go; ports published on it too)',
+    params: IdParam, body: Type.Object({ container: Type.String({ minLength: 1 }) }, { additionalProperties: false }), response: Network,
+    handler: ({ params, body, services }) => {
+      const n = services.networks.get(params.id);
+      return services.networks.disconnect(n.id, services.containers.get(body.container, { projectId: n.projectId }));
+    },
   }),
   route({
     method: 'DELETE', path: '/networks/{id}', operationId: 'removeNetwork', tag: 'networks', access: 'write',

@@ -73,6 +73,25 @@ export const networkCommands: CommandSpec[] = [
     },
   },
   {
+    name: 'network connect', usage: 'NETWORK CONTAINER', summary: 'Connect a container to a network (a new interface, eth1, eth2, ...)', minArgs: 2, maxArgs: 2,
+    options: [
+      { name: 'ip', type: 'string', value: 'ADDR', description: 'Fixed IPv4 address on the network' },
+      { name: 'alias', type: 'list', value: 'NAME', description: "Another name the network's DNS answers for the container" },
+    ],
+    async run({ args, opts, global }) {
+      const aliases = (opts.alias as string[] | undefined) ?? [];
+      await clientOf(global).json('POST', `/networks/${enc(args[0]!)}/connect`, { container: args[1], ...(opts.ip !== undefined ? { ip: opts.ip } : {}), ...(aliases.length ? { aliases } : {}) });
+      return 0;
+    },
+  },
+  {
+    name: 'network disconnect', usage: 'NETWORK CONTAINER', summary: 'Disconnect a container from a network', minArgs: 2, maxArgs: 2, options: [],
+    async run({ args, global }) {
+      await clientOf(global).json('POST', `/networks/${enc(args[0]!)}/disconnect`, { container: args[1] });
+      return 0;
+    },
+  },
+  {
     name: 'network rm', usage: 'NETWORK [NETWORK...]', summary: 'Remove networks (refused while containers use them)', minArgs: 1, options: [],
     async run({ args, global }) {
       const client = clientOf(global);

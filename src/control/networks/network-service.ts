@@ -203,6 +203,36 @@ export class NetworkService {
     this.publish(n, 'destroy');
   }
 
+  /** network connect: lease an address (--ip or the next free) and add the endpoint to the container's namespace. */
+  async connect(networkRef: string, c: ContainerRecord, opts: { ip?: string; aliases?: string[] } = {}): Promise<NetworkView> {
+    const n = this.get(networkRef, { projectId: c.projectId });
+    const mode = c.config.network ?? DEFAULT_NETWORK;
+    if (mode === 'none' || mode === 'host' || mode.startsWith('container:')) throw new Conflict(`container ${c.name} uses --network ${mode}: it has no namespace of its own to connect`);
+    if (this.store.networks.leases({ containerId: c.id, networkId: n.id }).length) throw new Conflict(`container ${c.name} is already on ${n.name}`);
+    if (opts.ip && !cidrContains(parseCidr(n.subnet), opts.ip)) throw new InvalidArgument(`--ip ${opts.ip} is outside ${n.name} (${n.subnet})`);
+    const used = new Set(this.store.networks.leases({ containerId: c.id }).map((l) => l.ifIndex));
+    let ifIndex = 0;
+    while (used.has(ifIndex)) ifIndex++;
+    const lease = this.store.transaction(() => this.leaseOne(n, c.id, ifIndex, opts.ip));
+    try {
+      await this.agent.connectContainer(c.id, { network: this.spec(n), address: lease.address, dnsNames: [c.name, ...(c.config.aliases ?? []), ...(opts.aliases ?? [])] });
+    } catch (e) {
+      this.store.networks.release(c.id, n.id);
+      throw e;
+    }
+    this.publish(n, 'connect', { container: c.id, address: lease.address });
+    return this.view(n);
+  }
+
+  async disconnect(networkRef: string, c: ContainerRecord): Promise<NetworkView> {
+    const n = this.get(networkRef, { projectId: c.projectId });
+    if (!this.store.networks.leases({ containerId: c.id, networkId: n.id }).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
+    await this.agent.disconnectContainer(c.id, n.id);
+    this.store.networks.release(c.id, n.id);
+    this.publish(n, 'disconnect', { container: c.id });
+    return this.view(n);
+  }
+
   /** The project's default network goes with the project (it is unused: the project has no container left). */
   async removeDefault(projectId: string): Promise<void> {
     const n = this.store.networks.byName(projectId, DEFAULT_NETWORK);

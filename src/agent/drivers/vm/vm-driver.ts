@@ -494,7 +494,18 @@ export class VmDriver implements InstanceDriver {
       }
       if (children.length) throw new Conflict(`VM ${id} is the template of ${children.join(', ')}`, { id, children });
       this.unwatch(id);
-      await rm(p.dir, { recursive: true, force: true });
+      // the supervisor's last write (exit-status) and an exit watcher's record save may still land
+      // while the directory goes (ENOTEMPTY, seen once in CI under load): let them finish, then retry
+      for (let i = 0; i < 200 && processAlive(r?.supervisorPid); i++) await sleep(10);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await rm(p.dir, { recursive: true, force: true });
+          break;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY' || attempt >= 20) throw e;
+          await sleep(25);
+        }
+      }
     });
   }
 
