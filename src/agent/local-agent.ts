@@ -459,8 +459,9 @@ export class LocalAgent implements Agent {
     const n = req.network;
     if (n?.mode !== 'networks' || this.network.netnsOf(req.id)) return;
     if (!state.pid) throw new InvalidArgument(`container ${req.id.slice(0, 12)} has no process to network`);
-    await this.network.detach(req.id); // a record without its namespace (the host rebooted)
+    const t0 = performance.now();
     await this.network.attach({ containerId: req.id, pid: state.pid, endpoints: n.endpoints, ports: n.ports });
+    log.debug('container networked', { id: req.id, endpoints: n.endpoints.length, ports: n.ports.length, ms: Math.round(performance.now() - t0) });
   }
 
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
@@ -468,7 +469,8 @@ export class LocalAgent implements Agent {
     if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
     // a warm container has a namespace of its own: endpoints can be added, the host's or another's cannot be joined
     if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
-    const id = this.warm.take({ imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}) });
+    const network = req.network?.mode === 'networks' ? req.network.endpoints[0]?.network : undefined;
+    const id = this.warm.take({ imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}), ...(network ? { network } : {}) });
     if (id) this.claimed.add(id);
     return id;
   }
@@ -477,13 +479,15 @@ export class LocalAgent implements Agent {
     const id = newId();
     const rootfs = await this.snapshotter.prepare(id, t.imageChainId);
     try {
-      await this.containers.createWarm({
+      const state = await this.containers.createWarm({
         id, name: `warm-${id.slice(0, 12)}`, rootfs, resources: {},
         process: { args: ['true'], env: [], cwd: '/', user: t.user },
         ...(t.runtime ? { runtime: t.runtime } : {}),
       });
+      // its interface too, on the network its requests use; only the address is left for the claim
+      if (t.network && state.pid) await this.network.prewire(id, state.pid, t.network);
     } catch (e) {
-      await this.snapshotter.remove(id).catch(() => undefined);
+      await this.destroyContainerState(id).catch(() => undefined);
       throw e;
     }
     return id;
@@ -519,9 +523,10 @@ export class LocalAgent implements Agent {
     return this.isSecure(id) ? this.secureDriver() : this.containers;
   }
 
-  /** Runtime state and writable layer of a container, gone. */
+  /** Runtime state, network endpoints and writable layer of a container, gone. */
   private async destroyContainerState(id: string): Promise<void> {
     await (await this.driverOf(id)).delete(id);
+    await this.network.detach(id);
     try {
       await this.snapshotter.remove(id);
     } catch (e) {
@@ -640,8 +645,8 @@ export class LocalAgent implements Agent {
   private async removeContainerNow(id: string): Promise<void> {
     this.neverStarted.delete(id);
     this.claimed.delete(id);
-    // at once, not by the reaper: its ports and addresses may be someone else's next
-    await this.network.detach(id);
+    // at once, not by the reaper: its published ports and names may be someone else's next
+    await this.network.release(id);
     await rm(this.requestFile(id), { force: true });
     this.reaper.add(id);
   }

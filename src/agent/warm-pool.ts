@@ -11,15 +11,18 @@
  * reconciliation on start removes any a crash left behind).
  */
 import { logger } from '../core/log.js';
+import type { NetworkSpec } from './network/network-driver.js';
 
 const log = logger('agent.warm-pool');
 
-/** What a warm container is made for: it serves requests with the same three. */
+/** What a warm container is made for: it serves requests with the same image, user, runtime and network. */
 export interface WarmTemplate {
   imageChainId: string;
   /** The process user as requested ("uid[:gid]" or a name from the image). */
   user: string;
   runtime?: string;
+  /** The network its interface is already on, without an address yet (absent: loopback only). */
+  network?: NetworkSpec;
 }
 
 export interface WarmPoolOptions {
@@ -57,7 +60,7 @@ export interface WarmPoolStats {
 /** Give up on a template after this many failed creates in a row. */
 const MAX_FAILURES = 3;
 
-export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '']);
+export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '', t.network?.id ?? '']);
 
 export class WarmPool {
   private readonly ready = new Map<string, string[]>();

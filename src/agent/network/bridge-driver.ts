@@ -22,13 +22,10 @@ export const bridgeDriver: NetworkDriver = {
     return { host: [['link', 'del', n.device]] };
   },
   attachPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
-    const { prefix } = parseCidr(n.subnet);
-    const inside = [
-      ['addr', 'add', `${e.address}/${prefix}`, 'dev', e.ifName],
-      ['link', 'set', e.ifName, 'address', e.mac, 'up'],
-      ['link', 'set', 'lo', 'up'],
-    ];
-    if (e.defaultRoute && !n.internal) inside.push(['route', 'replace', 'default', 'via', n.gateway, 'dev', e.ifName]);
+    const wire = bridgeDriver.prewirePlan(n, e);
+    return { ...wire, inNetns: { netns: e.netns, lines: bridgeDriver.addressPlan(n, e).inNetns!.lines } };
+  },
+  prewirePlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
     return {
       // route_localnet: loopback connections to published ports are DNATed onto the bridge
       sysctls: { [`net/ipv4/conf/${n.device}/route_localnet`]: '1' },
@@ -36,8 +33,18 @@ export const bridgeDriver: NetworkDriver = {
         ['link', 'add', e.hostIf, 'type', 'veth', 'peer', 'name', e.ifName, 'netns', e.netns],
         ['link', 'set', e.hostIf, 'master', n.device, 'up'],
       ],
-      inNetns: { netns: e.netns, lines: inside },
+      inNetns: { netns: e.netns, lines: [['link', 'set', 'lo', 'up']] },
     };
+  },
+  addressPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
+    const { prefix } = parseCidr(n.subnet);
+    const inside = [
+      ['addr', 'add', `${e.address}/${prefix}`, 'dev', e.ifName],
+      ['link', 'set', e.ifName, 'address', e.mac, 'up'],
+      ['link', 'set', 'lo', 'up'],
+    ];
+    if (e.defaultRoute && !n.internal) inside.push(['route', 'replace', 'default', 'via', n.gateway, 'dev', e.ifName]);
+    return { host: [], inNetns: { netns: e.netns, lines: inside } };
   },
   detachPlan(_n: NetworkSpec, e: EndpointSpec): IpPlan {
     return { host: [['link', 'del', e.hostIf]] };

@@ -7,14 +7,28 @@ import { existsSync, readFileSync } from 'node:fs';
 import { readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../core/errors.js';
-import { run } from '../../core/exec.js';
+import { CommandRunner } from './command-runner.js';
 import { intToIp, type IpPlan } from './network-driver.js';
 
 export const NETNS_DIR = '/run/netns';
 
-async function ipBatch(lines: string[][], netns?: string): Promise<void> {
+/** ip and nft run from a long-lived shell (command-runner.ts), not spawned from nimbusd each time. */
+let runner: CommandRunner | undefined;
+const shell = () => (runner ??= new CommandRunner());
+const run = async (program: 'ip' | 'nft', args: string[], opts: { input?: string } = {}) => {
+  const r = await shell().run(program, args, opts.input ?? '');
+  return { code: r.code, stdout: r.output, stderr: r.output };
+};
+
+/** Stop the runner's shells (daemon shutdown; a later call starts them again). */
+export function closeKernel(): void {
+  runner?.close();
+  runner = undefined;
+}
+
+async function ipBatch(lines: string[][], netns?: string, force = false): Promise<void> {
   if (!lines.length) return;
-  const args = netns ? ['-n', netns, '-batch', '-'] : ['-batch', '-'];
+  const args = [...(netns ? ['-n', netns] : []), ...(force ? ['-force'] : []), '-batch', '-'];
   const r = await run('ip', args, { input: lines.map((l) => l.join(' ')).join('\n') + '\n' });
   if (r.code !== 0) {
     throw new Internal(`ip ${netns ? `-n ${netns} ` : ''}failed: ${r.stderr.trim() || r.stdout.trim()}`, { lines: lines.map((l) => l.join(' ')) });
@@ -35,14 +49,24 @@ export async function applyPlan(plan: IpPlan): Promise<void> {
   if (plan.inNetns) await ipBatch(plan.inNetns.lines, plan.inNetns.netns);
 }
 
-/** Undo plans are best-effort: each command alone, a missing link is not an error. */
-export async function applyUndo(plan: IpPlan): Promise<void> {
-  for (const line of plan.host) {
-    const r = await run('ip', line);
-    if (r.code !== 0 && !/Cannot find device|does not exist|No such/i.test(r.stderr)) {
-      throw new Internal(`ip ${line.join(' ')} failed: ${r.stderr.trim()}`);
-    }
-  }
+/** Several plans as one: one `ip` process for the host's commands, one for the namespace's. */
+export function mergePlans(plans: IpPlan[], hostFirst: string[][] = []): IpPlan {
+  const ns = plans.find((p) => p.inNetns)?.inNetns?.netns;
+  if (plans.some((p) => p.inNetns && p.inNetns.netns !== ns)) throw new Internal('plans for different namespaces cannot be merged');
+  const out: IpPlan = { host: [...hostFirst, ...plans.flatMap((p) => p.host)], sysctls: Object.assign({}, ...plans.map((p) => p.sysctls ?? {})) as Record<string, string> };
+  if (ns) out.inNetns = { netns: ns, lines: plans.flatMap((p) => p.inNetns?.lines ?? []) };
+  return out;
+}
+
+/**
+ * Undo: every command even if one fails (a link already gone is not an error), in one `ip`
+ * process; then what had to go is checked to be gone.
+ */
+export async function applyUndo(plan: IpPlan, expectGone: { links?: string[]; netns?: string[] } = {}): Promise<void> {
+  await ipBatch(plan.host, undefined, true).catch(() => undefined);
+  const links = (expectGone.links ?? []).filter((l) => linkExists(l));
+  const names = (expectGone.netns ?? []).filter((n) => existsSync(netnsPath(n)));
+  if (links.length || names.length) throw new Internal(`could not remove ${[...links, ...names.map((n) => `netns ${n}`)].join(', ')}`);
 }
 
 /** /proc/net/dev reflects this process' network namespace (sysfs reflects the one it was mounted in). */
@@ -52,13 +76,6 @@ export function linkExists(dev: string): boolean {
 
 export function netnsPath(name: string): string {
   return path.join(NETNS_DIR, name);
-}
-
-/** Give a name to the network namespace a process is in (ip netns attach). */
-export async function attachNetnsName(name: string, pid: number): Promise<string> {
-  const r = await run('ip', ['netns', 'attach', name, String(pid)]);
-  if (r.code !== 0 && !/File exists/.test(r.stderr)) throw new Internal(`ip netns attach ${name} ${pid} failed: ${r.stderr.trim()}`);
-  return netnsPath(name);
 }
 
 export async function deleteNetns(name: string): Promise<void> {

@@ -66,6 +66,10 @@ export interface NetworkDriver {
   removePlan(n: NetworkSpec): IpPlan;
   /** Plumb one endpoint into an existing namespace. */
   attachPlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
+  /** attachPlan split for warm containers: the interface without an address, ahead of demand... */
+  prewirePlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
+  /** ...and, when one is claimed, what is left: the address, MAC and routes (inside the namespace only). */
+  addressPlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
   /** Undo attachPlan (deleting the host end removes the pair). */
   detachPlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
   /** Whether traffic leaving the network is masqueraded behind the host (bridge: unless internal; route: never). */

@@ -52,6 +52,8 @@ interface EndpointsFile {
   netns: string;
   endpoints: EndpointSpec[];
   ports: PublishedPort[];
+  /** A warm container's interface, made ahead of demand, no address yet. */
+  prewired?: boolean;
 }
 
 export interface NetworkHostOptions {
@@ -72,6 +74,12 @@ export function resolvConfNameservers(text: string): string[] {
 export class NetworkHost {
   private readonly networks = new Map<string, NetworkSpec>();
   private readonly containers = new Map<string, EndpointsFile>();
+  /** Warm containers whose interface is made, waiting for an address (prewire()). */
+  private readonly prewired = new Map<string, EndpointsFile>();
+  /** Being attached: checked and reserved, kernel work in flight. */
+  private readonly pending = new Map<string, EndpointsFile>();
+  /** Released (ports and names gone), interfaces and namespace not torn down yet (see release()). */
+  private readonly dying = new Map<string, EndpointsFile>();
   private readonly dns = new EmbeddedDns();
   private chain: Promise<unknown> = Promise.resolve();
   private readonly upstreams: string[];
@@ -86,7 +94,8 @@ export class NetworkHost {
     }
     for (const f of this.readDir('endpoints')) {
       const e = JSON.parse(f) as EndpointsFile;
-      this.containers.set(e.containerId, e);
+      if (e.prewired) this.prewired.set(e.containerId, e);
+      else this.containers.set(e.containerId, e);
     }
     this.table = o.nftTable ?? NFT_TABLE;
     this.netnsPrefix = `${this.table}-`;
@@ -187,7 +196,7 @@ export class NetworkHost {
       const users = [...this.containers.values()].filter((c) => c.endpoints.some((e) => e.networkId === id)).map((c) => c.containerId);
       if (users.length) throw new Conflict(`network ${spec.name} has ${users.length} endpoint(s) on this host`, { containers: users });
       await this.dns.close(spec.gateway, this.o.dnsPort ?? 53);
-      await kernel.applyUndo(driverFor(spec.driver).removePlan(spec));
+      await kernel.applyUndo(driverFor(spec.driver).removePlan(spec), { links: [spec.device] });
       this.networks.delete(id);
       await this.forget('networks', id);
       await this.renderTable();
@@ -200,57 +209,104 @@ export class NetworkHost {
    * Name the container's network namespace and plumb its endpoints and ports. On failure
    * whatever was made is undone. Published ports must be free on the host.
    */
-  attach(req: AttachRequest): Promise<{ netns: string; endpoints: EndpointSpec[] }> {
-    return this.serial(async () => {
-      if (this.containers.has(req.containerId)) throw new Conflict(`container ${req.containerId} is already attached`);
-      for (const e of req.endpoints) {
-        if (!this.networks.has(e.network.id)) throw new NotFound(`network ${e.network.name} is not on this host`);
-      }
-      if (req.endpoints.length > 10) throw new InvalidArgument('at most 10 networks per container');
-      for (const p of req.ports) {
-        const clash = [...this.containers.values()].flatMap((c) => c.ports).find((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (!q.hostIp || !p.hostIp || q.hostIp === p.hostIp));
-        if (clash) throw new Conflict(`port ${p.hostIp ?? '0.0.0.0'}:${p.hostPort}/${p.protocol} is already in use by container ${clash.containerId.slice(0, 12)}`);
-      }
+  async attach(req: AttachRequest): Promise<{ netns: string; endpoints: EndpointSpec[] }> {
+    // Checked and reserved synchronously (no await in between), so concurrent attaches see each
+    // other's ports; the kernel work then runs outside the lock: a burst plumbs in parallel.
+    if (this.pending.has(req.containerId)) throw new Conflict(`container ${req.containerId} is being attached`);
+    const stale = this.containers.get(req.containerId);
+    if (stale) {
+      if (existsSync(kernel.netnsPath(stale.netns))) throw new Conflict(`container ${req.containerId} is already attached`);
+      // its record outlived its namespace (the host rebooted): what is left goes, then plumb anew
+      this.containers.delete(req.containerId);
+      await this.undoEndpoints(stale).catch(() => undefined);
+    }
+    for (const e of req.endpoints) {
+      if (!this.networks.has(e.network.id)) throw new NotFound(`network ${e.network.name} is not on this host`);
+    }
+    if (req.endpoints.length > 10) throw new InvalidArgument('at most 10 networks per container');
+    for (const p of req.ports) {
+      const clash = [...this.containers.values(), ...this.pending.values()].flatMap((c) => c.ports).find((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (!q.hostIp || !p.hostIp || q.hostIp === p.hostIp));
+      if (clash) throw new Conflict(`port ${p.hostIp ?? '0.0.0.0'}:${p.hostPort}/${p.protocol} is already in use by container ${clash.containerId.slice(0, 12)}`);
+    }
+    const name = this.netnsName(req.containerId);
+    const short = req.containerId.slice(0, 12);
+    const file: EndpointsFile = { containerId: req.containerId, netns: name, endpoints: [], ports: [] };
+    file.endpoints = req.endpoints.map((e, i) => ({
+      networkId: e.network.id, containerId: req.containerId, netns: name, ifName: `eth${i}`,
+      hostIf: `n${e.network.driver === 'route' ? 'r' : 'v'}${short}${i}`, address: e.address, mac: macFor(e.address),
+      defaultRoute: i === 0, dnsNames: e.dnsNames,
+    }));
+    const first = file.endpoints[0];
+    if (req.ports.length && !first) throw new InvalidArgument('published ports need a network (not none or host)');
+    if (first && req.ports.length && this.networks.get(first.networkId)?.internal) throw new InvalidArgument('ports cannot be published from an internal network');
+    if (first) file.ports = req.ports.map((p) => ({ ...p, containerId: req.containerId, address: first.address, networkId: first.networkId }));
+    // a warm container prewired for this network: only its address and route are left to give
+    const wired = this.prewired.get(req.containerId);
+    this.prewired.delete(req.containerId);
+    const reuse = wired && req.endpoints.length >= 1 && wired.endpoints[0]?.networkId === req.endpoints[0]!.network.id;
+    this.pending.set(req.containerId, file);
+    let plumbed = false;
+    try {
+      if (wired && !reuse) await this.undoEndpoints(wired); // prewired for another network: start over
       await Promise.all(req.ports.map((p) => assertPortFree(p)));
-      const name = this.netnsName(req.containerId);
-      const file: EndpointsFile = { containerId: req.containerId, netns: name, endpoints: [], ports: [] };
-      const short = req.containerId.slice(0, 12);
-      await kernel.attachNetnsName(name, req.pid);
-      try {
-        for (const [i, e] of req.endpoints.entries()) {
-          const spec: EndpointSpec = {
-            networkId: e.network.id, containerId: req.containerId, netns: name, ifName: `eth${i}`,
-            hostIf: `n${e.network.driver === 'route' ? 'r' : 'v'}${short}${i}`, address: e.address, mac: macFor(e.address),
-            defaultRoute: i === 0, dnsNames: e.dnsNames,
-          };
-          await kernel.applyPlan(driverFor(e.network.driver).attachPlan(e.network, spec));
-          file.endpoints.push(spec);
-        }
-        const first = file.endpoints[0];
-        if (req.ports.length && !first) throw new InvalidArgument('published ports need a network (not none or host)');
-        if (first) {
-          if (this.networks.get(first.networkId)?.internal && req.ports.length) throw new InvalidArgument('ports cannot be published from an internal network');
-          file.ports = req.ports.map((p) => ({ ...p, containerId: req.containerId, address: first.address, networkId: first.networkId }));
-        }
-        this.containers.set(req.containerId, file);
-        await this.save('endpoints', req.containerId, file);
-        if (file.ports.length || file.endpoints.some((e) => e.hostIf.startsWith('nr'))) await this.renderTable();
-        return { netns: kernel.netnsPath(name), endpoints: file.endpoints };
-      } catch (err) {
-        this.containers.delete(req.containerId);
-        await this.undoEndpoints(file).catch((e: unknown) => log.warn('undoing a failed attach', { id: req.containerId, error: String(e) }));
-        await this.forget('endpoints', req.containerId);
-        throw err;
-      }
-    });
+      // naming the namespace and every endpoint: one ip process on the host, one inside
+      const plans = file.endpoints.map((spec, i) => {
+        const d = driverFor(req.endpoints[i]!.network.driver);
+        return i === 0 && reuse ? d.addressPlan(req.endpoints[i]!.network, spec) : d.attachPlan(req.endpoints[i]!.network, spec);
+      });
+      plumbed = true;
+      await kernel.applyPlan(kernel.mergePlans(plans, reuse ? [] : [['netns', 'attach', name, String(req.pid)]]));
+      await this.save('endpoints', req.containerId, file);
+      this.pending.delete(req.containerId);
+      this.containers.set(req.containerId, file);
+      if (needsTable(file)) await this.renderTable();
+      return { netns: kernel.netnsPath(name), endpoints: file.endpoints };
+    } catch (err) {
+      this.pending.delete(req.containerId);
+      const was = this.containers.delete(req.containerId);
+      if (plumbed) await this.undoEndpoints(file).catch((e: unknown) => log.warn('undoing a failed attach', { id: req.containerId, error: String(e) }));
+      await this.forget('endpoints', req.containerId);
+      if (was && needsTable(file)) await this.renderTable().catch(() => undefined);
+      throw err;
+    }
   }
 
-  private async undoEndpoints(file: EndpointsFile): Promise<void> {
-    for (const e of file.endpoints) {
-      const n = this.networks.get(e.networkId);
-      await kernel.applyUndo(n ? driverFor(n.driver).detachPlan(n, e) : { host: [['link', 'del', e.hostIf]] });
+  /**
+   * A warm container's interface made ahead of demand: its namespace named, a veth pair with
+   * the host end on the network and the container end up, no address yet. attach() then only
+   * has to give it its address and route: one ip process inside the namespace.
+   */
+  async prewire(containerId: string, pid: number, network: NetworkSpec): Promise<void> {
+    if (!this.networks.has(network.id) || this.containers.has(containerId) || this.pending.has(containerId)) return;
+    const name = this.netnsName(containerId);
+    const e: EndpointSpec = {
+      networkId: network.id, containerId, netns: name, ifName: 'eth0', hostIf: `n${network.driver === 'route' ? 'r' : 'v'}${containerId.slice(0, 12)}0`,
+      address: '', mac: '', defaultRoute: true, dnsNames: [],
+    };
+    const file: EndpointsFile = { containerId, netns: name, endpoints: [e], ports: [], prewired: true };
+    const plan = driverFor(network.driver).prewirePlan(network, e);
+    this.pending.set(containerId, file);
+    try {
+      await kernel.applyPlan({ ...plan, host: [['netns', 'attach', name, String(pid)], ...plan.host] });
+      await this.save('endpoints', containerId, file);
+      this.prewired.set(containerId, file);
+    } catch (err) {
+      await this.undoEndpoints(file).catch(() => undefined);
+      throw err;
+    } finally {
+      this.pending.delete(containerId);
     }
-    await kernel.deleteNetns(file.netns);
+  }
+
+  /** The endpoints and the namespace's name, in one ip process. */
+  private async undoEndpoints(file: EndpointsFile): Promise<void> {
+    const plans = file.endpoints.map((e) => {
+      const n = this.networks.get(e.networkId);
+      return n ? driverFor(n.driver).detachPlan(n, e) : { host: [['link', 'del', e.hostIf]] };
+    });
+    const lines = plans.flatMap((p) => p.host);
+    if (existsSync(kernel.netnsPath(file.netns))) lines.push(['netns', 'delete', file.netns]);
+    await kernel.applyUndo({ host: lines }, { links: file.endpoints.map((e) => e.hostIf), netns: [file.netns] });
   }
 
   /** One more endpoint in the container's namespace (network connect); eth<n> with the next free n. */
@@ -272,7 +328,7 @@ export class NetworkHost {
       try {
         await kernel.applyPlan(driverFor(e.network.driver).attachPlan(e.network, spec));
       } catch (err) {
-        await kernel.applyUndo({ host: [['link', 'del', spec.hostIf]] }).catch(() => undefined);
+        await kernel.applyUndo({ host: [['link', 'del', spec.hostIf]] }, { links: [spec.hostIf] }).catch(() => undefined);
         throw err;
       }
       file.endpoints.push(spec);
@@ -289,7 +345,7 @@ export class NetworkHost {
       const ep = file?.endpoints.find((x) => x.networkId === networkId);
       if (!file || !ep) throw new NotFound(`container ${containerId.slice(0, 12)} is not on that network`);
       const n = this.networks.get(networkId);
-      await kernel.applyUndo(n ? driverFor(n.driver).detachPlan(n, ep) : { host: [['link', 'del', ep.hostIf]] });
+      await kernel.applyUndo(n ? driverFor(n.driver).detachPlan(n, ep) : { host: [['link', 'del', ep.hostIf]] }, { links: [ep.hostIf] });
       file.endpoints = file.endpoints.filter((x) => x !== ep);
       const hadPorts = file.ports.some((p) => p.networkId === networkId);
       file.ports = file.ports.filter((p) => p.networkId !== networkId);
@@ -298,24 +354,57 @@ export class NetworkHost {
     });
   }
 
+  /**
+   * A removed container gives back at once what someone else may want next: its published
+   * ports (the table is rendered without them) and its names (DNS no longer answers them).
+   * Its interfaces and namespace are torn down by detach(), off the request path: deleting a
+   * veth waits for RCU grace periods (20-30 ms here). Its addresses are safe to lease again
+   * meanwhile: they live in its own namespace, and its host end carries no traffic.
+   */
+  async release(containerId: string): Promise<void> {
+    const file = this.containers.get(containerId);
+    if (!file) return;
+    this.containers.delete(containerId);
+    this.dying.set(containerId, file);
+    if (needsTable(file)) await this.renderTable();
+  }
+
   /** Remove the container's endpoints, ports and namespace name (idempotent). */
-  detach(containerId: string): Promise<void> {
-    return this.serial(async () => {
-      const file = this.containers.get(containerId);
-      if (!file) {
-        await kernel.deleteNetns(this.netnsName(containerId));
-        return;
-      }
-      await this.undoEndpoints(file);
-      this.containers.delete(containerId);
-      await this.forget('endpoints', containerId);
-      if (file.ports.length || file.endpoints.some((e) => e.hostIf.startsWith('nr'))) await this.renderTable();
-    });
+  async detach(containerId: string): Promise<void> {
+    const file = this.containers.get(containerId) ?? this.dying.get(containerId) ?? this.prewired.get(containerId);
+    this.prewired.delete(containerId);
+    if (!file) {
+      await kernel.deleteNetns(this.netnsName(containerId));
+      return;
+    }
+    const rerender = this.containers.delete(containerId) && needsTable(file);
+    this.dying.set(containerId, file);
+    await this.undoEndpoints(file);
+    this.dying.delete(containerId);
+    await this.forget('endpoints', containerId);
+    if (rerender) await this.renderTable();
   }
 
   // ------------------------------------------------------------ the table, reconciliation
 
-  private async renderTable(): Promise<void> {
+  /**
+   * The table from the current state, one render at a time, in order; calls that arrive while
+   * one is running share the next (it sees all their changes).
+   */
+  private renderQueued: Promise<void> | undefined;
+  private renderTable(): Promise<void> {
+    if (this.renderQueued) return this.renderQueued;
+    const next = this.renderChain.then(() => {
+      this.renderQueued = undefined;
+      return this.renderNow();
+    });
+    this.renderQueued = next;
+    this.renderChain = next.catch(() => undefined);
+    return next;
+  }
+  private renderChain: Promise<void> = Promise.resolve();
+
+  private async renderNow(): Promise<void> {
     if (!this.networks.size) {
       if (await kernel.nftList(this.table)) await kernel.nft(deleteTableScript(this.table));
       return;
@@ -336,16 +425,18 @@ export class NetworkHost {
   reconcile(liveContainers: Set<string>, liveNetworks?: Set<string>): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
     return this.serial(async () => {
       let endpointsRemoved = 0, networksRemoved = 0, netnsRemoved = 0;
-      for (const file of [...this.containers.values()]) {
-        if (liveContainers.has(file.containerId)) continue;
+      for (const file of [...this.containers.values(), ...this.dying.values(), ...this.prewired.values()]) {
+        if (liveContainers.has(file.containerId) && !this.dying.has(file.containerId) && !this.prewired.has(file.containerId)) continue;
         await this.undoEndpoints(file).catch((e: unknown) => log.warn('removing orphaned endpoints', { id: file.containerId, error: String(e) }));
         this.containers.delete(file.containerId);
+        this.dying.delete(file.containerId);
+        this.prewired.delete(file.containerId);
         await this.forget('endpoints', file.containerId);
         endpointsRemoved++;
       }
       for (const name of await kernel.listNetns(this.netnsPrefix)) {
         const id = name.slice(this.netnsPrefix.length);
-        if (this.containers.has(id) || liveContainers.has(id)) continue;
+        if (this.containers.has(id) || liveContainers.has(id) || this.dying.has(id) || this.prewired.has(id)) continue;
         await kernel.deleteNetns(name).catch(() => undefined);
         netnsRemoved++;
       }
@@ -368,8 +459,15 @@ export class NetworkHost {
 
   async close(): Promise<void> {
     await this.chain;
+    await this.renderChain;
     await this.dns.closeAll();
+    kernel.closeKernel();
   }
+}
+
+/** Published ports and route endpoints (per-interface rules) are in the table; bridge endpoints are not. */
+function needsTable(file: EndpointsFile): boolean {
+  return file.ports.length > 0 || file.endpoints.some((e) => e.hostIf.startsWith('nr'));
 }
 
 /** A published port must not shadow something already listening on the host. */

@@ -24,6 +24,13 @@ export const routeDriver: NetworkDriver = {
   removePlan(n: NetworkSpec): IpPlan {
     return { host: [['link', 'del', n.device]] };
   },
+  // a routed endpoint's host route names its address: nothing useful can be made ahead of it
+  prewirePlan(_n: NetworkSpec, e: EndpointSpec): IpPlan {
+    return { host: [], inNetns: { netns: e.netns, lines: [['link', 'set', 'lo', 'up']] } };
+  },
+  addressPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
+    return routeDriver.attachPlan(n, e);
+  },
   attachPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
     const inside = [
       ['addr', 'add', `${e.address}/32`, 'dev', e.ifName],

@@ -151,7 +151,8 @@ export class ContainerService {
       ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
       ...(config.runtime ? { runtime: config.runtime } : {}),
       ...(config.labels ? { labels: config.labels } : {}),
-      network: intent.mode === 'networks' ? { mode: 'networks', endpoints: [], ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
+      // the networks named now (a warm container may already be on the first), addresses leased after admission
+      network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
     };
     request.name = name;
     // A container the agent created ahead of demand becomes this one, id and all.

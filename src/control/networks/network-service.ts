@@ -274,6 +274,11 @@ export class NetworkService {
     return { mode: 'networks', networks: [net] };
   }
 
+  /** The endpoints of a request before its addresses are leased (what a warm container is matched on). */
+  unleased(intent: Extract<NetworkIntent, { mode: 'networks' }>): Array<{ network: NetworkSpec; address: string; dnsNames: string[] }> {
+    return intent.networks.map((n) => ({ network: this.spec(n), address: '', dnsNames: [] }));
+  }
+
   /**
    * Lease the container's addresses (its record exists) and make the agent's request.
    * Leases go with the record (a foreign key), so a failed create leaves none.

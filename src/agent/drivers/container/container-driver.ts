@@ -203,10 +203,10 @@ export class ContainerDriver implements InstanceDriver {
    * stub as its process (warm-start.ts). spec.process supplies the user; its command
    * is replaced. claimWarm() gives it a real command later.
    */
-  async createWarm(spec: InstanceSpec): Promise<void> {
+  async createWarm(spec: InstanceSpec): Promise<RuntimeState> {
     const busybox = await findStaticBusybox();
     if (!busybox) throw new Internal('warm start needs a static busybox on the host (Debian busybox-static)');
-    await this.createWith(
+    return this.createWith(
       { ...spec, process: { ...spec.process, args: WARM_STUB_ARGS, env: [], cwd: '/' } },
       { mounts: warmMounts(busybox, this.warmDir(spec.id)), warm: true },
     );
