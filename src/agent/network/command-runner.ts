@@ -43,7 +43,8 @@ class Shell {
     });
     child.stderr.on('data', (d: Buffer) => log.debug('runner stderr', { text: d.toString().slice(0, 500) }));
     child.on('exit', (code, signal) => {
-      if (this.child === child) this.child = undefined;
+      if (this.child !== child) return; // closed: its work was failed then
+      this.child = undefined;
       const err = new Internal(`the network command shell exited (${code ?? signal})`);
       this.current?.reject(err);
       this.current = undefined;
@@ -101,6 +102,11 @@ class Shell {
   }
 
   close(): void {
+    const err = new Internal('the network command shell was closed');
+    this.current?.reject(err);
+    for (const j of this.queue.splice(0)) j.reject(err);
+    this.current = undefined;
+    this.buf = '';
     this.child?.stdin.end();
     this.child = undefined;
   }

@@ -1,0 +1,38 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CommandRunner } from './command-runner.js';
+
+test('command runner: output and exit status come back per request, in order, from a long-lived shell', async (t) => {
+  const r = new CommandRunner(2);
+  t.after(() => r.close());
+  const ok = await r.run('ip', ['-batch', '-'], 'link show dev lo\n');
+  assert.equal(ok.code, 0);
+  assert.match(ok.output, /^1: lo: /);
+  // a failing command reports its status and its message (stderr is part of the output)
+  const bad = await r.run('ip', ['-batch', '-'], 'link show dev nimbus-no-such-device\n');
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.output, /does not exist|Cannot find device/);
+  // many at once: each gets its own answer
+  const many = await Promise.all(Array.from({ length: 20 }, (_, i) => r.run('ip', ['-batch', '-'], i % 2 ? 'link show dev lo\n' : 'link show dev nimbus-nope\n')));
+  many.forEach((m, i) => assert.equal(m.code === 0, i % 2 === 1, `request ${i}: ${m.output}`));
+  // input with shell syntax reaches the program untouched (a quoted here-document)
+  const nft = await r.run('nft', ['-c', '-f', '-'], 'table inet nimbus_runner_check { comment "$(touch /tmp/nimbus-pwned) `id`"; }\n');
+  assert.equal(nft.code, 0, nft.output); // -c: checked, not applied
+  assert.ok(!(await import('node:fs')).existsSync('/tmp/nimbus-pwned'), 'the shell expanded nothing');
+});
+
+test('command runner: only ip and nft, with arguments that need no quoting', (t) => {
+  const r = new CommandRunner(1);
+  t.after(() => r.close());
+  assert.throws(() => r.run('sh', ['-c', 'true']), /does not run sh/);
+  assert.throws(() => r.run('ip', ['link', 'show', 'dev', 'lo; reboot']), /unsafe argument/);
+  assert.throws(() => r.run('ip', ['$(id)']), /unsafe argument/);
+});
+
+test('command runner: a shell that dies fails its request, and the next request gets a new shell', async (t) => {
+  const r = new CommandRunner(1);
+  t.after(() => r.close());
+  assert.equal((await r.run('ip', ['-batch', '-'], 'link show dev lo\n')).code, 0);
+  r.close();
+  assert.equal((await r.run('ip', ['-batch', '-'], 'link show dev lo\n')).code, 0);
+});
