@@ -11,6 +11,7 @@ import { createServer, type Server } from 'node:net';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 import { run } from '../src/core/exec.js';
+import { buildTestGuest, GUEST_CACHE_DIR, NET_MARKER } from '../scripts/fixtures/guest.js';
 
 let registry: TestRegistry;
 let d: DaemonProcess;
@@ -150,7 +151,7 @@ describe('container networking end to end', { concurrency: false }, () => {
     // a network in use is not removed
     const rm = await d.cli(['network', 'rm', 'front']);
     assert.equal(rm.code, 1);
-    assert.match(rm.stderr, /in use by 1 container\(s\): api/);
+    assert.match(rm.stderr, /in use by 1 instance\(s\): api/);
   });
 
   test('--link, --add-host, --dns, --hostname, --ip', async () => {
@@ -221,6 +222,26 @@ describe('container networking end to end', { concurrency: false }, () => {
     r = await d.cli(['run', '--rm', '--network', 'back', IMAGE, ...FETCH(onBack.address)]);
     assert.equal(r.stdout.trim(), 'unreachable', 'gone with the disconnect');
     assert.match((await d.cli(['network', 'connect', 'back', 'web-nope'])).stderr, /no such container/);
+  });
+
+  test('a VM and a container on one network reach each other; the VM\'s tap goes with it', async () => {
+    const guest = await buildTestGuest(GUEST_CACHE_DIR);
+    await ok(['vm', 'run', '--name', 'netvm', '--memory', '192m', '--network', 'front', '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', guest.append]);
+    const vm = (await d.api<{ id: string; network: { endpoints: Array<{ address: string; network: string; mac: string }> } }>('GET', '/vms/netvm')).body;
+    const nic = vm.network.endpoints[0];
+    assert.ok(nic && nic.network === 'front', JSON.stringify(vm.network));
+    const tap = `vif${vm.id.slice(0, 8)}.0`;
+    const link = (await run('ip', ['-o', 'link', 'show', 'dev', tap])).stdout;
+    const bridge = (await d.api<{ device: string }>('GET', '/networks/front')).body.device;
+    assert.match(link, new RegExp(`master ${bridge}`), `the tap is on front's bridge: ${link}`);
+    // TCG boots in seconds; the guest prints its address once its NIC is up
+    await waitFor('the guest configured its NIC', async () => ((await d.cli(['logs', 'netvm'])).stdout.includes(`${NET_MARKER} eth0 ${nic.address}/`) ? true : undefined), 120_000);
+    const r = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'sh', '-c', `busybox nslookup netvm; ${FETCH(nic.address, 80)[2]}`]);
+    assert.match(r.stdout, new RegExp(nic.address.replaceAll('.', '\\.')), 'the network DNS knows the VM');
+    assert.match(r.stdout, /hello from the vm$/m, r.stdout + r.stderr);
+    await ok(['rm', '-f', 'netvm']);
+    assert.equal((await run('ip', ['link', 'show', 'dev', tap])).code !== 0, true, 'the tap is gone with the VM');
+    assert.deepEqual((await d.api<{ containers: Array<{ name: string }> }>('GET', '/networks/front')).body.containers.map((c) => c.name), ['api'], 'its lease is released');
   });
 
   test('kill -9 of nimbusd: published ports keep answering; then rm leaves no interface, namespace, rule or lease', async () => {

@@ -93,6 +93,8 @@ export interface VmCreateRequest {
   append?: string;
   disk?: string;
   pin?: number[];
+  /** virtio-net NICs, one per network, with the addresses the control plane leased (the guest is told them on its command line). */
+  nics?: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
 }
 
 /** A VM as its host sees it: the driver's lifecycle plus the runtime facts. */

@@ -734,24 +734,38 @@ export class LocalAgent implements Agent {
         throw new InvalidArgument(`${what} ${file}: no such readable file on host ${this.options.agentName}`);
       });
     }
-    await this.vms.create({
-      id: req.id,
-      name: req.name,
-      rootfs: [],
-      process: { args: [], env: [], cwd: '/', user: '0' },
-      resources: { cpus: req.cpus, memoryBytes: req.memoryMiB * 1024 * 1024 },
-      vm: {
-        accel: (await this.vmAccelerator()).accel,
-        ...(req.kernel ? { kernel: req.kernel } : {}),
-        ...(req.initrd ? { initrd: req.initrd } : {}),
-        ...(req.append ? { append: req.append } : {}),
-        ...(req.disk ? { disk: req.disk } : {}),
-        ...(req.pin?.length ? { pin: req.pin } : {}),
-      },
-    });
+    const accel = (await this.vmAccelerator()).accel;
+    // NICs: taps on the networks first; the guest learns its addresses from its command line
+    // (nimbus.net=eth0,ADDR/PREFIX,GATEWAY: the test guest's init reads it; other guests configure themselves)
+    const nics = req.nics?.length ? await this.network.attachTaps(req.id, req.nics) : [];
+    const netArgs = (req.nics ?? []).map((n, i) => `nimbus.net=eth${i},${n.address}/${n.network.subnet.split('/')[1]},${n.network.gateway}`);
+    const append = req.kernel && netArgs.length ? [req.append ?? '', ...netArgs].filter(Boolean).join(' ') : req.append;
+    try {
+      await this.vms.create({
+        id: req.id,
+        name: req.name,
+        rootfs: [],
+        process: { args: [], env: [], cwd: '/', user: '0' },
+        resources: { cpus: req.cpus, memoryBytes: req.memoryMiB * 1024 * 1024 },
+        vm: {
+          accel,
+          ...(req.kernel ? { kernel: req.kernel } : {}),
+          ...(req.initrd ? { initrd: req.initrd } : {}),
+          ...(append ? { append } : {}),
+          ...(req.disk ? { disk: req.disk } : {}),
+          ...(req.pin?.length ? { pin: req.pin } : {}),
+          ...(nics.length ? { nics } : {}),
+        },
+      });
+    } catch (e) {
+      if (nics.length) await this.network.detach(req.id).catch(() => undefined);
+      throw e;
+    }
     return this.vmHostState(req.id);
   }
   async createVmFromTemplate(templateId: string, id: string, name: string): Promise<VmHostState> {
+    // a clone would open its template's taps and carry its MACs: not yet
+    if (this.network.endpointsOf(templateId).length) throw new InvalidArgument('a VM with network interfaces cannot serve as a template yet');
     await this.vms.createFromTemplate(templateId, id, name);
     return this.vmHostState(id);
   }
@@ -790,8 +804,9 @@ export class LocalAgent implements Agent {
   vmLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
     return this.vms.logs(id, opts);
   }
-  removeVm(id: string) {
-    return this.vms.delete(id);
+  async removeVm(id: string) {
+    await this.vms.delete(id);
+    await this.network.detach(id); // its taps
   }
   listVms() {
     return this.vms.list();

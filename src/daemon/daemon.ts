@@ -92,7 +92,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
     defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, subnetPool: options.subnetPool,
   });
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
-  const vms = new VmService(store, agent, events, quota, operations);
+  const vms = new VmService(store, agent, events, quota, operations, networks);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
   const reclaimer = new Reclaimer(quota, async (id, action) => {

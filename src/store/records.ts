@@ -161,7 +161,7 @@ export interface NetworkRecord {
 export interface NetworkLeaseRecord {
   networkId: string;
   address: string;
-  containerId: string;
+  instanceId: string;
   /** The interface index inside the container: eth<ifIndex>. */
   ifIndex: number;
   createdAt: string;
@@ -217,6 +217,8 @@ export interface VmConfig {
   pin?: number[];
   /** The saved VM this one was made from (it starts by restore from the template's state). */
   template?: string;
+  /** Network ids of its NICs, in order (eth0 first); addresses are its leases. */
+  networks?: string[];
 }
 
 /** The VM state machine's states (src/control/compute/vm-state.ts has the legal transitions). */

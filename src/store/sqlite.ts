@@ -217,8 +217,9 @@ export const MIGRATIONS: readonly string[] = [
   CREATE UNIQUE INDEX containers_project_name ON containers(project_id, name);
   CREATE INDEX containers_image ON containers(image_digest);
   `,
-  // Networks and their address leases. A lease belongs to a container (gone with it); the
-  // primary key (network, address) is what makes a double lease impossible.
+  // Networks and their address leases. A lease belongs to an instance (a container or a VM: the
+  // compute services release it with the instance); the primary key (network, address) is what
+  // makes a double lease impossible.
   `
   CREATE TABLE networks (
     id TEXT PRIMARY KEY,
@@ -237,12 +238,12 @@ export const MIGRATIONS: readonly string[] = [
   CREATE TABLE network_leases (
     network_id TEXT NOT NULL REFERENCES networks(id),
     address TEXT NOT NULL,
-    container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+    instance_id TEXT NOT NULL,
     if_index INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (network_id, address)
   );
-  CREATE UNIQUE INDEX network_leases_container ON network_leases(container_id, network_id);
+  CREATE UNIQUE INDEX network_leases_instance ON network_leases(instance_id, network_id);
   `,
 ];
 
@@ -896,33 +897,33 @@ class SqliteNetworks implements NetworkRepo {
   delete(id: string) {
     this.db.prepare('DELETE FROM networks WHERE id = ?').run(id);
   }
-  leases(filter: { networkId?: string; containerId?: string }): NetworkLeaseRecord[] {
+  leases(filter: { networkId?: string; instanceId?: string }): NetworkLeaseRecord[] {
     const where: string[] = [];
     const args: unknown[] = [];
     if (filter.networkId) {
       where.push('network_id = ?');
       args.push(filter.networkId);
     }
-    if (filter.containerId) {
-      where.push('container_id = ?');
-      args.push(filter.containerId);
+    if (filter.instanceId) {
+      where.push('instance_id = ?');
+      args.push(filter.instanceId);
     }
-    const sql = `SELECT * FROM network_leases ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY container_id, if_index`;
+    const sql = `SELECT * FROM network_leases ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY instance_id, if_index`;
     return (this.db.prepare(sql).all(...args) as Row[]).map((r) => ({
-      networkId: str(r.network_id), address: str(r.address), containerId: str(r.container_id), ifIndex: Number(r.if_index), createdAt: str(r.created_at),
+      networkId: str(r.network_id), address: str(r.address), instanceId: str(r.instance_id), ifIndex: Number(r.if_index), createdAt: str(r.created_at),
     }));
   }
   lease(l: NetworkLeaseRecord) {
     try {
-      this.db.prepare('INSERT INTO network_leases (network_id, address, container_id, if_index, created_at) VALUES (?, ?, ?, ?, ?)').run(l.networkId, l.address, l.containerId, l.ifIndex, l.createdAt);
+      this.db.prepare('INSERT INTO network_leases (network_id, address, instance_id, if_index, created_at) VALUES (?, ?, ?, ?, ?)').run(l.networkId, l.address, l.instanceId, l.ifIndex, l.createdAt);
     } catch (e) {
       if (isUniqueViolation(e)) throw new AlreadyExists(`address ${l.address} is already leased on this network, or the container is already on it`);
       throw e;
     }
   }
-  release(containerId: string, networkId?: string): number {
+  release(instanceId: string, networkId?: string): number {
     return networkId
-      ? this.db.prepare('DELETE FROM network_leases WHERE container_id = ? AND network_id = ?').run(containerId, networkId).changes
-      : this.db.prepare('DELETE FROM network_leases WHERE container_id = ?').run(containerId).changes;
+      ? this.db.prepare('DELETE FROM network_leases WHERE instance_id = ? AND network_id = ?').run(instanceId, networkId).changes
+      : this.db.prepare('DELETE FROM network_leases WHERE instance_id = ?').run(instanceId).changes;
   }
 }

@@ -125,10 +125,10 @@ export interface NetworkRepo {
   /** AlreadyExists when the name is taken in the project, or the subnet or device by any network. */
   insert(n: NetworkRecord): void;
   delete(id: string): void;
-  leases(filter: { networkId?: string; containerId?: string }): NetworkLeaseRecord[];
+  leases(filter: { networkId?: string; instanceId?: string }): NetworkLeaseRecord[];
   /** AlreadyExists when the address is leased already (the unique key is what keeps IPAM honest). */
   lease(l: NetworkLeaseRecord): void;
-  release(containerId: string, networkId?: string): number;
+  release(instanceId: string, networkId?: string): number;
 }
 
 /** One ledger audit entry as stored. */

@@ -46,6 +46,12 @@ export const bridgeDriver: NetworkDriver = {
     if (e.defaultRoute && !n.internal) inside.push(['route', 'replace', 'default', 'via', n.gateway, 'dev', e.ifName]);
     return { host: [], inNetns: { netns: e.netns, lines: inside } };
   },
+  tapPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
+    return {
+      sysctls: { [`net/ipv4/conf/${n.device}/route_localnet`]: '1' },
+      host: [['tuntap', 'add', 'dev', e.hostIf, 'mode', 'tap'], ['link', 'set', e.hostIf, 'master', n.device, 'up']],
+    };
+  },
   detachPlan(_n: NetworkSpec, e: EndpointSpec): IpPlan {
     return { host: [['link', 'del', e.hostIf]] };
   },

@@ -70,6 +70,8 @@ export interface NetworkDriver {
   prewirePlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
   /** ...and, when one is claimed, what is left: the address, MAC and routes (inside the namespace only). */
   addressPlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
+  /** A VM's NIC: a tap device (e.hostIf) QEMU attaches to, joined to the network; the guest holds the address. */
+  tapPlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
   /** Undo attachPlan (deleting the host end removes the pair). */
   detachPlan(n: NetworkSpec, e: EndpointSpec): IpPlan;
   /** Whether traffic leaving the network is masqueraded behind the host (bridge: unless internal; route: never). */

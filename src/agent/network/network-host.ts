@@ -54,6 +54,8 @@ interface EndpointsFile {
   ports: PublishedPort[];
   /** A warm container's interface, made ahead of demand, no address yet. */
   prewired?: boolean;
+  /** A VM's taps (no namespace: QEMU holds the other end). */
+  vm?: boolean;
 }
 
 export interface NetworkHostOptions {
@@ -298,6 +300,38 @@ export class NetworkHost {
     }
   }
 
+  /**
+   * A VM's NICs: one tap device per network (vif<8 of its id>.<n>, Xen's vifX.Y), on the
+   * network's bridge (or routed to its address); QEMU opens them, the guest holds the
+   * addresses. Returned in order, with the MAC each NIC gets.
+   */
+  async attachTaps(vmId: string, nics: EndpointRequest[]): Promise<Array<{ tap: string; mac: string }>> {
+    if (this.containers.has(vmId) || this.pending.has(vmId)) throw new Conflict(`VM ${vmId} already has NICs`);
+    for (const e of nics) if (!this.networks.has(e.network.id)) throw new NotFound(`network ${e.network.name} is not on this host`);
+    if (nics.length > 8) throw new InvalidArgument('at most 8 NICs per VM');
+    const file: EndpointsFile = {
+      containerId: vmId, netns: '', ports: [], vm: true,
+      endpoints: nics.map((e, i) => ({
+        networkId: e.network.id, containerId: vmId, netns: '', ifName: `eth${i}`, hostIf: `vif${vmId.slice(0, 8)}.${i}`,
+        address: e.address, mac: macFor(e.address), defaultRoute: i === 0, dnsNames: e.dnsNames,
+      })),
+    };
+    for (const e of file.endpoints) if (kernel.linkExists(e.hostIf)) throw new Conflict(`tap ${e.hostIf} exists already`);
+    this.pending.set(vmId, file);
+    try {
+      await kernel.applyPlan(kernel.mergePlans(file.endpoints.map((e, i) => driverFor(nics[i]!.network.driver).tapPlan(nics[i]!.network, e))));
+      await this.save('endpoints', vmId, file);
+      this.containers.set(vmId, file);
+      if (needsTable(file)) await this.renderTable();
+      return file.endpoints.map((e) => ({ tap: e.hostIf, mac: e.mac }));
+    } catch (err) {
+      await this.undoEndpoints(file).catch(() => undefined);
+      throw err;
+    } finally {
+      this.pending.delete(vmId);
+    }
+  }
+
   /** The endpoints and the namespace's name, in one ip process. */
   private async undoEndpoints(file: EndpointsFile): Promise<void> {
     const plans = file.endpoints.map((e) => {
@@ -305,8 +339,8 @@ export class NetworkHost {
       return n ? driverFor(n.driver).detachPlan(n, e) : { host: [['link', 'del', e.hostIf]] };
     });
     const lines = plans.flatMap((p) => p.host);
-    if (existsSync(kernel.netnsPath(file.netns))) lines.push(['netns', 'delete', file.netns]);
-    await kernel.applyUndo({ host: lines }, { links: file.endpoints.map((e) => e.hostIf), netns: [file.netns] });
+    if (file.netns && existsSync(kernel.netnsPath(file.netns))) lines.push(['netns', 'delete', file.netns]);
+    await kernel.applyUndo({ host: lines }, { links: file.endpoints.map((e) => e.hostIf), netns: file.netns ? [file.netns] : [] });
   }
 
   /** One more endpoint in the container's namespace (network connect); eth<n> with the next free n. */
@@ -465,9 +499,10 @@ export class NetworkHost {
   }
 }
 
-/** Published ports and route endpoints (per-interface rules) are in the table; bridge endpoints are not. */
+/** Published ports and routed interfaces (per-interface rules) are in the table; bridge endpoints are not. */
 function needsTable(file: EndpointsFile): boolean {
-  return file.ports.length > 0 || file.endpoints.some((e) => e.hostIf.startsWith('nr'));
+  // a VM's taps may be routed (named in the table, like nr… veths); VMs are made rarely: render
+  return file.ports.length > 0 || file.vm === true || file.endpoints.some((e) => e.hostIf.startsWith('nr'));
 }
 
 /** A published port must not shadow something already listening on the host. */

@@ -51,6 +51,16 @@ export const routeDriver: NetworkDriver = {
       inNetns: { netns: e.netns, lines: inside },
     };
   },
+  tapPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
+    return {
+      sysctls: { [`net/ipv4/conf/${e.hostIf}/route_localnet`]: '1' },
+      host: [
+        ['tuntap', 'add', 'dev', e.hostIf, 'mode', 'tap'],
+        ['link', 'set', e.hostIf, 'up'],
+        ['route', 'replace', `${e.address}/32`, 'dev', e.hostIf, 'src', n.gateway],
+      ],
+    };
+  },
   detachPlan(_n: NetworkSpec, e: EndpointSpec): IpPlan {
     // the /32 route goes with the interface
     return { host: [['link', 'del', e.hostIf]] };

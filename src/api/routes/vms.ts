@@ -13,6 +13,7 @@ const VmCreate = Type.Object(
     append: Type.Optional(Type.String({ description: 'Kernel command line' })),
     disk: Type.Optional(Type.String({ minLength: 1, description: 'Base disk image (raw or qcow2); the VM gets a copy-on-write overlay of it' })),
     pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0 }), { description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
+    networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8, description: 'Networks of the VM\'s project ("bridge": its default) for virtio-net NICs eth0, eth1, ...; the addresses are leased and given to the guest as nimbus.net=IF,ADDR/PREFIX,GATEWAY on its kernel command line' })),
   },
   { $id: 'VmCreate', additionalProperties: false },
 );
@@ -31,6 +32,7 @@ const Vm = Type.Object(
     startedAt: Type.Union([Type.String(), Type.Null()]),
     finishedAt: Type.Union([Type.String(), Type.Null()]),
     savedAt: Type.Union([Type.String(), Type.Null()]),
+    network: Type.Optional(Type.Object({ endpoints: Type.Array(Type.Object({ network: Type.String(), networkId: Type.String(), address: Type.String(), gateway: Type.String(), prefix: Type.Integer(), mac: Type.String(), ifName: Type.String() })) }, { description: 'NICs (inspect only)' })),
   },
   { $id: 'Vm' },
 );
@@ -71,7 +73,10 @@ export const vmRoutes = [
     auth: { role: 'reader', project: VM },
     summary: 'Inspect a VM: its record and what its host knows (accelerator, QEMU argv, vCPU pinning, sockets)',
     params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it' }) })]),
-    handler: async ({ params, services }) => typed(await services.vms.inspect(params.id)),
+    handler: async ({ params, services }) => {
+      const v = await services.vms.inspect(params.id);
+      return { ...typed(v), network: { endpoints: services.networks.endpointsOf(v.id) } };
+    },
   }),
   route({
     method: 'DELETE', path: '/vms/{id}', operationId: 'removeVm', tag: 'vms', access: 'write',

@@ -55,6 +55,7 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'append', type: 'string', value: 'ARGS', description: 'Kernel command line for --kernel' },
   { name: 'disk', type: 'string', value: 'IMAGE', description: 'Boot from a disk image (raw or qcow2); the VM writes to its own overlay' },
   { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
+  { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
 ];
 
 /** The POST /vms body from `vm create|run` options and an optional NAME argument. */
@@ -81,6 +82,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(opts.append !== undefined ? { append: opts.append } : {}),
     ...(opts.disk !== undefined ? { disk: resolve(String(opts.disk)) } : {}),
     ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
+    ...(((opts.network as string[] | undefined) ?? []).length ? { networks: opts.network } : {}),
   };
 }
 

@@ -134,7 +134,7 @@ export class ContainerService {
     const intent: NetworkIntent = await this.networks.intent(config, projectId, { projectId });
     if (links.length && intent.mode !== 'networks') throw new InvalidArgument('--link needs a network (not none, host or container:)');
     for (const l of links) {
-      const shares = intent.mode === 'networks' && this.store.networks.leases({ containerId: l.container }).some((x) => intent.networks.some((n) => n.id === x.networkId));
+      const shares = intent.mode === 'networks' && this.store.networks.leases({ instanceId: l.container }).some((x) => intent.networks.some((n) => n.id === x.networkId));
       if (!shares) throw new InvalidArgument(`cannot link to ${this.store.containers.get(l.container)?.name}: it is not on the same network`);
     }
     const name = requestedName ?? generateName(taken);
@@ -228,7 +228,10 @@ export class ContainerService {
     } catch (e) {
       // A failed create leaves nothing behind: not the record, not the agent's state.
       await this.agent.removeContainer(id).catch(() => undefined);
-      this.store.containers.delete(id);
+      this.store.transaction(() => {
+        this.store.networks.release(id); // its addresses go with it
+        this.store.containers.delete(id);
+      });
       this.quota.release(id, 'create failed');
       throw e;
     }
@@ -334,7 +337,10 @@ export class ContainerService {
         await this.agent.killContainer(c.id, 'SIGKILL').catch(() => undefined);
       }
       await this.agent.removeContainer(c.id);
-      this.store.containers.delete(c.id);
+      this.store.transaction(() => {
+        this.store.networks.release(c.id);
+        this.store.containers.delete(c.id);
+      });
       this.quota.release(c.id, 'container removed');
       this.publish(cur, 'destroy');
     });
@@ -475,6 +481,7 @@ export class ContainerService {
     for (const c of this.store.containers.list()) {
       if (c.status === 'removing') {
         await this.agent.removeContainer(c.id).catch(() => undefined);
+        this.store.networks.release(c.id);
         this.store.containers.delete(c.id);
         this.quota.release(c.id, 'container removed');
         continue;

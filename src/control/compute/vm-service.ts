@@ -13,6 +13,7 @@ import type { Store } from '../../store/store.js';
 import type { VmConfig, VmRecord, VmStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { QuotaService } from '../quota/quota-service.js';
+import type { NetworkService } from '../networks/network-service.js';
 import type { OperationService } from '../operations/operations.js';
 import type { OperationRecord } from '../../store/records.js';
 import { assertVmTransition, isLive } from './vm-state.js';
@@ -40,6 +41,8 @@ export interface CreateVmInput {
   append?: string;
   disk?: string;
   pin?: number[];
+  /** Networks (names or ids, of the VM's project) for its virtio-net NICs: eth0, eth1, ... */
+  networks?: string[];
 }
 
 export class VmService {
@@ -51,6 +54,7 @@ export class VmService {
     private readonly events: EventBus,
     private readonly quota: QuotaService,
     private readonly operations: OperationService,
+    private readonly networks?: NetworkService,
   ) {
     agent.onVmExit((id) => void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) })));
   }
@@ -119,10 +123,13 @@ export class VmService {
       ...(input.pin?.length ? { pin: input.pin } : {}),
     };
     const name = this.checkName(input.name, projectId);
+    const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
+    if (networks.length) config.networks = networks.map((n) => n.id);
     const id = newVmId();
     const rec = this.admitAndInsert(id, name, projectId, config, 'created');
     const req: VmCreateRequest = { id, name, ...config };
     try {
+      if (networks.length) req.nics = this.networks!.leaseVm(id, name, networks);
       await this.agent.createVm(req);
     } catch (e) {
       this.forget(id, 'create failed');
@@ -170,6 +177,7 @@ export class VmService {
   /** A failed create leaves nothing: not the host state, not the record, not the quota. */
   private forget(id: string, reason: string): void {
     void this.agent.removeVm(id).catch(() => undefined);
+    this.store.networks.release(id);
     this.store.vms.delete(id);
     this.quota.release(id, reason);
   }
@@ -336,6 +344,7 @@ export class VmService {
           throw e;
         }
       }
+      this.store.networks.release(v.id); // its addresses
       this.store.vms.delete(v.id);
       this.quota.release(v.id, 'vm removed');
       this.publish(cur, 'destroy');
@@ -408,6 +417,7 @@ export class VmService {
     for (const v of this.store.vms.list()) {
       if (v.status === 'removing') {
         await this.agent.removeVm(v.id).catch(() => undefined);
+        this.store.networks.release(v.id);
         this.store.vms.delete(v.id);
         this.quota.release(v.id, 'vm removed');
         continue;

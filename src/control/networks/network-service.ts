@@ -42,6 +42,16 @@ export interface NetworkServiceOptions {
   subnetPool: string;
 }
 
+export interface EndpointView {
+  network: string;
+  networkId: string;
+  address: string;
+  gateway: string;
+  prefix: number;
+  mac: string;
+  ifName: string;
+}
+
 export interface NetworkView extends NetworkRecord {
   containers: Array<{ id: string; name: string; address: string; ifName: string }>;
 }
@@ -87,20 +97,24 @@ export class NetworkService {
 
   view(n: NetworkRecord): NetworkView {
     const containers = this.store.networks.leases({ networkId: n.id }).map((l) => {
-      const c = this.store.containers.get(l.containerId);
-      return { id: l.containerId, name: c?.name ?? '', address: l.address, ifName: `eth${l.ifIndex}` };
+      const c = this.store.containers.get(l.instanceId) ?? this.store.vms.get(l.instanceId);
+      return { id: l.instanceId, name: c?.name ?? '', address: l.address, ifName: `eth${l.ifIndex}` };
     });
     return { ...n, containers };
   }
 
   /** A container's network settings as inspect shows them. */
-  settings(c: ContainerRecord): { mode: string; endpoints: Array<{ network: string; networkId: string; address: string; gateway: string; prefix: number; mac: string; ifName: string }>; ports: PortSpec[] } {
-    const endpoints = this.store.networks.leases({ containerId: c.id }).flatMap((l) => {
+  settings(c: ContainerRecord): { mode: string; endpoints: EndpointView[]; ports: PortSpec[] } {
+    const mode = c.config.network ?? DEFAULT_NETWORK;
+    return { mode, endpoints: this.endpointsOf(c.id), ports: c.config.ports ?? [] };
+  }
+
+  /** An instance's interfaces (container or VM), from its leases. */
+  endpointsOf(instanceId: string): EndpointView[] {
+    return this.store.networks.leases({ instanceId }).flatMap((l) => {
       const n = this.store.networks.get(l.networkId);
       return n ? [{ network: n.name, networkId: n.id, address: l.address, gateway: n.gateway, prefix: parseCidr(n.subnet).prefix, mac: macFor(l.address), ifName: `eth${l.ifIndex}` }] : [];
     });
-    const mode = c.config.network ?? DEFAULT_NETWORK;
-    return { mode, endpoints, ports: c.config.ports ?? [] };
   }
 
   private spec(n: NetworkRecord): NetworkSpec {
@@ -194,8 +208,8 @@ export class NetworkService {
     const n = this.get(idOrName, scope);
     const users = this.store.networks.leases({ networkId: n.id });
     if (users.length) {
-      const names = users.map((l) => this.store.containers.get(l.containerId)?.name ?? l.containerId.slice(0, 12));
-      throw new Conflict(`network ${n.name} is in use by ${users.length} container(s): ${names.join(', ')}`, { containers: names });
+      const names = users.map((l) => this.store.containers.get(l.instanceId)?.name ?? this.store.vms.get(l.instanceId)?.name ?? l.instanceId.slice(0, 12));
+      throw new Conflict(`network ${n.name} is in use by ${users.length} instance(s): ${names.join(', ')}`, { instances: names });
     }
     await this.agent.removeNetwork(n.id);
     this.store.networks.delete(n.id);
@@ -208,9 +222,9 @@ export class NetworkService {
     const n = this.get(networkRef, { projectId: c.projectId });
     const mode = c.config.network ?? DEFAULT_NETWORK;
     if (mode === 'none' || mode === 'host' || mode.startsWith('container:')) throw new Conflict(`container ${c.name} uses --network ${mode}: it has no namespace of its own to connect`);
-    if (this.store.networks.leases({ containerId: c.id, networkId: n.id }).length) throw new Conflict(`container ${c.name} is already on ${n.name}`);
+    if (this.store.networks.leases({ instanceId: c.id, networkId: n.id }).length) throw new Conflict(`container ${c.name} is already on ${n.name}`);
     if (opts.ip && !cidrContains(parseCidr(n.subnet), opts.ip)) throw new InvalidArgument(`--ip ${opts.ip} is outside ${n.name} (${n.subnet})`);
-    const used = new Set(this.store.networks.leases({ containerId: c.id }).map((l) => l.ifIndex));
+    const used = new Set(this.store.networks.leases({ instanceId: c.id }).map((l) => l.ifIndex));
     let ifIndex = 0;
     while (used.has(ifIndex)) ifIndex++;
     const lease = this.store.transaction(() => this.leaseOne(n, c.id, ifIndex, opts.ip));
@@ -226,11 +240,21 @@ export class NetworkService {
 
   async disconnect(networkRef: string, c: ContainerRecord): Promise<NetworkView> {
     const n = this.get(networkRef, { projectId: c.projectId });
-    if (!this.store.networks.leases({ containerId: c.id, networkId: n.id }).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
+    if (!this.store.networks.leases({ instanceId: c.id, networkId: n.id }).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
     await this.agent.disconnectContainer(c.id, n.id);
     this.store.networks.release(c.id, n.id);
     this.publish(n, 'disconnect', { container: c.id });
     return this.view(n);
+  }
+
+  /** A network a VM of this project may have a NIC on ("bridge": the project's default). */
+  async forVm(ref: string, projectId: string): Promise<NetworkRecord> {
+    return ref === DEFAULT_NETWORK ? this.defaultNetwork(projectId) : this.get(ref, { projectId });
+  }
+
+  /** Lease a VM's addresses (its record exists): one per network, eth0 first. */
+  leaseVm(vmId: string, name: string, networks: NetworkRecord[]): Array<{ network: NetworkSpec; address: string; dnsNames: string[] }> {
+    return this.store.transaction(() => networks.map((n, i) => ({ network: this.spec(n), address: this.leaseOne(n, vmId, i).address, dnsNames: [name] })));
   }
 
   /** The project's default network goes with the project (it is unused: the project has no container left). */
@@ -302,13 +326,13 @@ export class NetworkService {
     });
   }
 
-  private leaseOne(n: NetworkRecord, containerId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
+  private leaseOne(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
     const c = parseCidr(n.subnet);
     const createdAt = new Date().toISOString();
     if (wanted) {
       if (!isUsableAddress(c, wanted) || wanted === n.gateway) throw new InvalidArgument(`${wanted} is not an assignable address of ${n.name} (${n.subnet})`);
       try {
-        const l = { networkId: n.id, address: wanted, containerId, ifIndex, createdAt };
+        const l = { networkId: n.id, address: wanted, instanceId, ifIndex, createdAt };
         this.store.networks.lease(l);
         return l;
       } catch (e) {
@@ -321,7 +345,7 @@ export class NetworkService {
     for (let a = c.network + 1; a < c.network + c.size - 1; a++) {
       const address = intToIp(a);
       if (taken.has(address)) continue;
-      const l = { networkId: n.id, address, containerId, ifIndex, createdAt };
+      const l = { networkId: n.id, address, instanceId, ifIndex, createdAt };
       this.store.networks.lease(l);
       return l;
     }
@@ -332,7 +356,7 @@ export class NetworkService {
   private linkHosts(c: ContainerRecord): string[] {
     return (c.config.links ?? []).map((l) => {
       const target = this.store.containers.get(l.container);
-      const address = this.store.networks.leases({ containerId: l.container })[0]?.address;
+      const address = this.store.networks.leases({ instanceId: l.container })[0]?.address;
       if (!target || !address) throw new Conflict(`linked container ${l.alias} has no address`);
       return `${l.alias === target.name ? l.alias : `${l.alias} ${target.name}`}:${address}`;
     });
@@ -346,7 +370,7 @@ export class NetworkService {
     const env: string[] = [];
     for (const l of links) {
       const t = this.store.containers.get(l.container);
-      const address = this.store.networks.leases({ containerId: l.container })[0]?.address;
+      const address = this.store.networks.leases({ instanceId: l.container })[0]?.address;
       if (!t || !address) continue;
       const p = l.alias.toUpperCase().replace(/[^A-Z0-9]/g, '_');
       env.push(`${p}_NAME=/${c.name}/${l.alias}`);
@@ -371,9 +395,15 @@ export class NetworkService {
    * Daemon start: every network is laid out on the host again if it lost it, endpoints of
    * containers that are gone are removed, networks the store no longer has are removed.
    */
-  async reconcile(): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+  async reconcile(): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number; leasesReleased: number }> {
+    // a lease whose instance is gone (a crash between the two deletes) is released
+    let leasesReleased = 0;
+    for (const l of this.store.networks.leases({})) {
+      if (!this.store.containers.get(l.instanceId) && !this.store.vms.get(l.instanceId)) leasesReleased += this.store.networks.release(l.instanceId);
+    }
     for (const n of this.store.networks.list()) await this.agent.ensureNetwork(this.spec(n));
-    return this.agent.reconcileNetworks(this.store.containers.list().map((c) => c.id), this.store.networks.list().map((n) => n.id));
+    const r = await this.agent.reconcileNetworks(this.store.containers.list().map((c) => c.id), this.store.networks.list().map((n) => n.id));
+    return { ...r, leasesReleased };
   }
 }
 
