@@ -63,6 +63,13 @@ export type ContainerNetworkRequest =
       dns: string[];
     };
 
+export interface AddressProvider {
+  /** An address on the network for this (warm) instance id, or undefined (none left, network gone). */
+  lease(networkId: string, instanceId: string): string | undefined;
+  /** Give back whatever the id holds (idempotent; a no-op for ids that became containers). */
+  release(instanceId: string): void;
+}
+
 export interface ContainerNetworkState {
   netns?: string;
   endpoints: EndpointSpec[];
@@ -161,6 +168,12 @@ export interface Agent {
   onContainerExit(listener: (id: string) => void): void;
 
   // ---- networks (laid out by the agent; records and addresses belong to the control plane)
+  /**
+   * How the agent gets addresses for containers it creates ahead of demand (warm ones): the
+   * control plane leases them to the warm container's id, which a claim makes the container's.
+   * In the embedded daemon a direct call; across hosts, a call back to the control plane.
+   */
+  setAddressProvider(p: AddressProvider): void;
   /** Lay the network out on this host unless it is there (idempotent). */
   ensureNetwork(spec: NetworkSpec): Promise<void>;
   /** Conflict while a container on this host is attached to it. */

@@ -38,7 +38,7 @@ import { NetworkHost } from './network/network-host.js';
 import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
-import type { ContainerNetworkState } from './agent.js';
+import type { AddressProvider, ContainerNetworkState } from './agent.js';
 import type { EtcFiles } from './drivers/instance-driver.js';
 
 const log = logger('agent');
@@ -80,6 +80,8 @@ export class LocalAgent implements Agent {
   private readonly vmExitListeners: ((id: string) => void)[] = [];
   /** Container networking on this host: namespaces, veths, the nftables table, DNS. */
   private readonly network: NetworkHost;
+  /** Addresses for warm containers, from the control plane (setAddressProvider). */
+  private addresses: AddressProvider | undefined;
 
   private constructor(
     private readonly options: CompiledOptions,
@@ -484,8 +486,8 @@ export class LocalAgent implements Agent {
         process: { args: ['true'], env: [], cwd: '/', user: t.user },
         ...(t.runtime ? { runtime: t.runtime } : {}),
       });
-      // its interface too, on the network its requests use; only the address is left for the claim
-      if (t.network && state.pid) await this.network.prewire(id, state.pid, t.network);
+      // its interface too, on the network its requests use, with an address leased ahead of demand
+      if (t.network && state.pid) await this.network.prewire(id, state.pid, t.network, this.addresses?.lease(t.network.id, id));
     } catch (e) {
       await this.destroyContainerState(id).catch(() => undefined);
       throw e;
@@ -527,6 +529,7 @@ export class LocalAgent implements Agent {
   private async destroyContainerState(id: string): Promise<void> {
     await (await this.driverOf(id)).delete(id);
     await this.network.detach(id);
+    this.addresses?.release(id); // a warm container's lease (one that became a container's went with its record)
     try {
       await this.snapshotter.remove(id);
     } catch (e) {
@@ -673,6 +676,9 @@ export class LocalAgent implements Agent {
 
   // ---------------------------------------------------------------- networks
 
+  setAddressProvider(p: AddressProvider): void {
+    this.addresses = p;
+  }
   ensureNetwork(spec: NetworkSpec): Promise<void> {
     return this.network.ensureNetwork(spec);
   }

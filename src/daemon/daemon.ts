@@ -91,6 +91,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const networks = new NetworkService(store, agent, events, quota, {
     defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, subnetPool: options.subnetPool,
   });
+  agent.setAddressProvider(networks.addressProvider());
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
   const vms = new VmService(store, agent, events, quota, operations, networks);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them

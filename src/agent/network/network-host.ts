@@ -246,6 +246,8 @@ export class NetworkHost {
     const wired = this.prewired.get(req.containerId);
     this.prewired.delete(req.containerId);
     const reuse = wired && req.endpoints.length >= 1 && wired.endpoints[0]?.networkId === req.endpoints[0]!.network.id;
+    // ...and given the very address it was leased ahead of demand: nothing is left to do in the kernel
+    const ready = reuse && wired.endpoints[0]!.address !== '' && wired.endpoints[0]!.address === req.endpoints[0]!.address && req.endpoints.length === 1;
     this.pending.set(req.containerId, file);
     let plumbed = false;
     try {
@@ -254,10 +256,15 @@ export class NetworkHost {
       // naming the namespace and every endpoint: one ip process on the host, one inside
       const plans = file.endpoints.map((spec, i) => {
         const d = driverFor(req.endpoints[i]!.network.driver);
+        if (i === 0 && reuse && wired.endpoints[0]!.address) {
+          // wired with an address other than the one asked for (--ip): replace it
+          const plan = d.addressPlan(req.endpoints[i]!.network, spec);
+          return { ...plan, inNetns: { netns: plan.inNetns!.netns, lines: [['addr', 'flush', 'dev', spec.ifName], ...plan.inNetns!.lines] } };
+        }
         return i === 0 && reuse ? d.addressPlan(req.endpoints[i]!.network, spec) : d.attachPlan(req.endpoints[i]!.network, spec);
       });
       plumbed = true;
-      await kernel.applyPlan(kernel.mergePlans(plans, reuse ? [] : [['netns', 'attach', name, String(req.pid)]]));
+      if (!ready) await kernel.applyPlan(kernel.mergePlans(plans, reuse ? [] : [['netns', 'attach', name, String(req.pid)]]));
       await this.save('endpoints', req.containerId, file);
       this.pending.delete(req.containerId);
       this.containers.set(req.containerId, file);
@@ -275,23 +282,26 @@ export class NetworkHost {
 
   /**
    * A warm container's interface made ahead of demand: its namespace named, a veth pair with
-   * the host end on the network and the container end up, no address yet. attach() then only
-   * has to give it its address and route: one ip process inside the namespace.
+   * the host end on the network and the container end up. With an address (leased ahead of
+   * demand for it by the control plane), it is configured whole and a claim that keeps it needs
+   * no kernel work; without one, a claim has one ip process left to run inside the namespace.
    */
-  async prewire(containerId: string, pid: number, network: NetworkSpec): Promise<void> {
+  async prewire(containerId: string, pid: number, network: NetworkSpec, address?: string): Promise<void> {
     if (!this.networks.has(network.id) || this.containers.has(containerId) || this.pending.has(containerId)) return;
     const name = this.netnsName(containerId);
     const e: EndpointSpec = {
       networkId: network.id, containerId, netns: name, ifName: 'eth0', hostIf: `n${network.driver === 'route' ? 'r' : 'v'}${containerId.slice(0, 12)}0`,
-      address: '', mac: '', defaultRoute: true, dnsNames: [],
+      address: address ?? '', mac: address ? macFor(address) : '', defaultRoute: true, dnsNames: [],
     };
     const file: EndpointsFile = { containerId, netns: name, endpoints: [e], ports: [], prewired: true };
-    const plan = driverFor(network.driver).prewirePlan(network, e);
+    const d = driverFor(network.driver);
+    const plan = address ? d.attachPlan(network, e) : d.prewirePlan(network, e);
     this.pending.set(containerId, file);
     try {
       await kernel.applyPlan({ ...plan, host: [['netns', 'attach', name, String(pid)], ...plan.host] });
       await this.save('endpoints', containerId, file);
       this.prewired.set(containerId, file);
+      if (address && network.driver === 'route') await this.renderTable();
     } catch (err) {
       await this.undoEndpoints(file).catch(() => undefined);
       throw err;

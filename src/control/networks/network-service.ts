@@ -11,7 +11,7 @@
  */
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
-import type { Agent, ContainerNetworkRequest } from '../../agent/agent.js';
+import type { AddressProvider, Agent, ContainerNetworkRequest } from '../../agent/agent.js';
 import type { NetworkSpec } from '../../agent/network/network-driver.js';
 import { cidrContains, cidrsOverlap, intToIp, ipToInt, macFor, parseCidr, parseNetworkSubnet } from '../../agent/network/network-driver.js';
 import type { Store } from '../../store/store.js';
@@ -96,7 +96,7 @@ export class NetworkService {
   }
 
   view(n: NetworkRecord): NetworkView {
-    const containers = this.store.networks.leases({ networkId: n.id }).map((l) => {
+    const containers = this.instanceLeases(n.id).map((l) => {
       const c = this.store.containers.get(l.instanceId) ?? this.store.vms.get(l.instanceId);
       return { id: l.instanceId, name: c?.name ?? '', address: l.address, ifName: `eth${l.ifIndex}` };
     });
@@ -206,12 +206,14 @@ export class NetworkService {
 
   async remove(idOrName: string, scope: ProjectScope): Promise<void> {
     const n = this.get(idOrName, scope);
-    const users = this.store.networks.leases({ networkId: n.id });
+    const users = this.instanceLeases(n.id);
     if (users.length) {
       const names = users.map((l) => this.store.containers.get(l.instanceId)?.name ?? this.store.vms.get(l.instanceId)?.name ?? l.instanceId.slice(0, 12));
       throw new Conflict(`network ${n.name} is in use by ${users.length} instance(s): ${names.join(', ')}`, { instances: names });
     }
     await this.agent.removeNetwork(n.id);
+    // warm containers' addresses on it (they are not instances): released, their interfaces die with the bridge
+    for (const l of this.store.networks.leases({ networkId: n.id })) this.store.networks.release(l.instanceId, n.id);
     this.store.networks.delete(n.id);
     this.quota.release(n.id, 'network removed');
     this.publish(n, 'destroy');
@@ -313,7 +315,7 @@ export class NetworkService {
     const networks = intent.networks;
     return this.store.transaction(() => {
       const endpoints = networks.map((n, i) => {
-        const l = this.leaseOne(n, c.id, i, i === 0 ? c.config.ip : undefined);
+        const l = this.keepOrLease(n, c.id, i, i === 0 ? c.config.ip : undefined);
         return { network: this.spec(n), address: l.address, dnsNames: [c.name, ...(c.config.aliases ?? [])] };
       });
       return {
@@ -324,6 +326,38 @@ export class NetworkService {
         dns: c.config.dns ?? [],
       };
     });
+  }
+
+  /** A warm container's address leased ahead of demand is the container's now (unless --ip asks for another). */
+  private keepOrLease(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
+    const held = this.store.networks.leases({ instanceId, networkId: n.id })[0];
+    if (held && (!wanted || wanted === held.address)) return held;
+    if (held) this.store.networks.release(instanceId, n.id);
+    return this.leaseOne(n, instanceId, ifIndex, wanted);
+  }
+
+  /** What the agent leases warm containers' addresses through (see Agent.setAddressProvider). */
+  addressProvider(): AddressProvider {
+    return {
+      lease: (networkId, instanceId) => {
+        const n = this.store.networks.get(networkId);
+        if (!n) return undefined;
+        try {
+          return this.store.transaction(() => this.leaseOne(n, instanceId, 0).address);
+        } catch {
+          return undefined; // none free: the warm container gets its address when claimed
+        }
+      },
+      // only a lease without an instance is a warm container's: a container's goes with its record
+      release: (instanceId) => {
+        if (!this.store.containers.get(instanceId) && !this.store.vms.get(instanceId)) this.store.networks.release(instanceId);
+      },
+    };
+  }
+
+  /** Leases held by an instance the store knows (not by a warm container waiting to be claimed). */
+  private instanceLeases(networkId: string): NetworkLeaseRecord[] {
+    return this.store.networks.leases({ networkId }).filter((l) => this.store.containers.get(l.instanceId) || this.store.vms.get(l.instanceId));
   }
 
   private leaseOne(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
