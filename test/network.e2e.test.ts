@@ -8,6 +8,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 import { run } from '../src/core/exec.js';
@@ -63,6 +65,17 @@ async function footprint(ids: string[]): Promise<{ links: number; netns: number;
     netns: ids.filter((id) => netns.includes(`${d.network.NIMBUS_NFT_TABLE!}-${id}`)).length,
     dnat: (table.match(/dnat ip to/g) ?? []).length,
   };
+}
+
+/** Veths and named namespaces of this daemon that belong to no container and no warm container: leaks. */
+async function leaked(): Promise<string[]> {
+  const live = new Set((await d.api<Array<{ id: string }>>('GET', '/containers?all=true&project=*')).body.map((c) => c.id.slice(0, 12)));
+  const dir = join(d.home, 'containers/containers');
+  for (const id of existsSync(dir) ? readdirSync(dir) : []) live.add(id.slice(0, 12)); // warm ones (not instances) included
+  const links = (await run('ip', ['-o', 'link', 'show'])).stdout.match(/ n[vr][0-9a-f]{12}\d/g) ?? [];
+  const prefix = `${d.network.NIMBUS_NFT_TABLE!}-`;
+  const names = (await run('ip', ['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '').filter((n) => n.startsWith(prefix));
+  return [...links.map((l) => l.trim()).filter((l) => !live.has(l.slice(2, 14))), ...names.filter((n) => !live.has(n.slice(prefix.length, prefix.length + 12)))];
 }
 
 describe('container networking end to end', { concurrency: false }, () => {
@@ -121,6 +134,8 @@ describe('container networking end to end', { concurrency: false }, () => {
       assert.equal(shadow.code, 125);
       assert.match(shadow.stderr, /already in use on the host/);
       assert.equal((await d.api('GET', '/containers/shadow')).status, 404, 'a failed create leaves no container');
+      // nor an interface or a namespace: every one left belongs to a container or a warm container (the reaper may take a moment)
+      await waitFor('the failed create torn down', async () => ((await leaked()).length === 0 ? true : undefined), 30_000);
     } finally {
       busy.close();
     }
@@ -166,6 +181,13 @@ describe('container networking end to end', { concurrency: false }, () => {
     assert.match(r.stdout, /^192\.0\.2\.10\tdb\.local$/m);
     assert.match(r.stdout, /^worker$/m);
     assert.match(r.stdout, new RegExp(`inet ${fixed.replaceAll('.', '\\.')}/`));
+    // an address is never handed out twice: a second container asking for a held one is refused
+    const holder = await d.cli(['run', '-d', '--name', 'holder', '--network', 'front', '--ip', fixed, IMAGE, 'sleep', '60']);
+    assert.equal(holder.code, 0, holder.stderr);
+    const twice = await d.cli(['run', '--rm', '--network', 'front', '--ip', fixed, IMAGE, 'true']);
+    assert.equal(twice.code, 125);
+    assert.match(twice.stderr, new RegExp(`address ${fixed.replaceAll('.', '\\.')} is already in use on front`));
+    assert.equal((await d.cli(['rm', '-f', 'holder'])).code, 0);
     const dns = await d.cli(['run', '--rm', '--network', 'front', '--dns', '192.0.2.53', IMAGE, 'cat', '/etc/resolv.conf']);
     assert.equal(dns.stdout, 'nameserver 192.0.2.53\n');
     const def = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'cat', '/etc/resolv.conf']);

@@ -18,16 +18,19 @@ import { bridgeDriver } from './bridge-driver.js';
 import { routeDriver } from './route-driver.js';
 import { EmbeddedDns } from './dns/embedded-dns.js';
 import * as kernel from './kernel.js';
-import { cidrContains, macFor, parseNetworkSubnet, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
+import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
 import { NFT_TABLE, deleteTableScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
 
 const log = logger('agent.network');
 
-const DRIVERS: Record<NetworkDriverName, NetworkDriver> = { bridge: bridgeDriver, route: routeDriver };
+// The drivers this host has, in the seam's registry (probes: iproute2 and nftables are what they need).
+const needsTools = async () => (existsSync('/proc/net/dev') ? undefined : 'no /proc/net/dev');
+networkDrivers.register({ name: 'bridge', probe: needsTools, create: () => bridgeDriver });
+networkDrivers.register({ name: 'route', probe: needsTools, create: () => routeDriver });
 
 export function driverFor(name: NetworkDriverName): NetworkDriver {
-  const d = DRIVERS[name];
-  if (!d) throw new InvalidArgument(`unknown network driver "${name}"`);
+  const d = networkDrivers.get(name)?.create({});
+  if (!d || d instanceof Promise) throw new InvalidArgument(`unknown network driver "${name}"`);
   return d;
 }
 
