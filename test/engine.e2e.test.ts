@@ -11,20 +11,11 @@ import { imageArchives, pushTamperedImage, pushZstdImage, startTestRegistryWithI
 import { mkdtempSync, rmSync, readFileSync as readFile } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
+import { waitFor } from './helpers/wait.js';
 
 let registry: TestRegistry;
 let d: DaemonProcess;
 let IMAGE: string;
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** Ids of the daemon's warm containers: container dirs whose meta says warm. */
 async function warmContainerIds(): Promise<string[]> {

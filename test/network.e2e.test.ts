@@ -14,6 +14,8 @@ import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 import { run } from '../src/core/exec.js';
 import { buildTestGuest, GUEST_CACHE_DIR, NET_MARKER } from '../scripts/fixtures/guest.js';
+import { freePort } from '../src/agent/network/network-test-env.js';
+import { waitFor } from './helpers/wait.js';
 
 let registry: TestRegistry;
 let d: DaemonProcess;
@@ -23,26 +25,6 @@ let IMAGE: string;
 const SERVE = (text: string) => ['sh', '-c', `mkdir -p /www && echo ${text} > /www/index.html && echo serving && exec busybox httpd -f -p 8080 -h /www`];
 /** An HTTP GET with nc, printing the body; "unreachable" when the connection fails. */
 const FETCH = (host: string, port = 8080) => ['sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${host} ${port} > /tmp/r || { echo unreachable; exit 0; }; tail -n 1 /tmp/r`];
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function httpGet(url: string): Promise<string> {
   const r = await fetch(url, { signal: AbortSignal.timeout(3000) });

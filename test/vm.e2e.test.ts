@@ -11,22 +11,15 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
+import { waitFor as poll } from './helpers/wait.js';
+
+const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
 
 let d: DaemonProcess;
 let guest: TestGuest;
 const NAME = 'e2e-vm';
 
 interface Vm { id: string; name: string; type: string; status: string; exitCode: number | null; host: { qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; accel: string } | null }
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 /** QEMU processes whose command line mentions the daemon's home. */
 function qemuUnder(dir: string): number[] {

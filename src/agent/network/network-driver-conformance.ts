@@ -6,23 +6,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../core/exec.js';
 import { NetworkHost } from './network-host.js';
 import type { NetworkDriverName, NetworkSpec } from './network-driver.js';
-import { freeTestSubnet, gatewayOf, hostFootprint, httpGetFromNetns, inNetns, nthAddress, serveHttp, spawnInNewNetns, testDevice, type NetnsProcess } from './network-test-env.js';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
+import { freePort, freeTestSubnet, gatewayOf, hostFootprint, httpGetFromNetns, inNetns, nthAddress, serveHttp, spawnInNewNetns, testDevice, type NetnsProcess } from './network-test-env.js';
 
 async function httpGet(url: string, timeoutMs = 3000): Promise<string> {
   const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { createServer } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { run } from '../../core/exec.js';
 import { hostRoutes } from './kernel.js';
@@ -31,6 +32,17 @@ export function freeTestSubnet(prefix = 24, first = 200, span = 50): string {
     if (!used.some((u) => cidrsOverlap(u, parseCidr(cidr)))) return cidr;
   }
   throw new Error('no free test subnet');
+}
+
+/** A TCP port free on 127.0.0.1 right now (for a published port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
 }
 
 export function gatewayOf(subnet: string): string {
