@@ -101,6 +101,16 @@ describe('VMs end to end', { concurrency: false }, () => {
     assert.equal((await inspect()).status, 'running');
   });
 
+  test('resize: memory through the balloon while it runs; vCPUs are refused until it stops', async () => {
+    const out = await cliOk(['vm', 'resize', NAME, '--memory', '128m']);
+    assert.match(out, /1 vCPUs, 192 MiB \(guest has 128 MiB now\)/);
+    const r = await d.cli(['vm', 'resize', NAME, '--cpus', '2']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Conflict: .*vCPUs change only while it is stopped/);
+    assert.equal((await d.cli(['vm', 'resize', NAME])).code, 2, 'a resize of nothing is a usage error');
+    await cliOk(['vm', 'resize', NAME, '--memory', '192m']);
+  });
+
   test('save ends QEMU; restore brings the same guest back without a boot', async () => {
     const pidBefore = (await inspect()).host?.qemuPid;
     assert.ok(pidBefore);

@@ -197,6 +197,8 @@ export interface Agent {
   killVm(id: string, signal: string): Promise<void>;
   pauseVm(id: string): Promise<void>;
   unpauseVm(id: string): Promise<void>;
+  /** Memory through the balloon while it runs (down from its boot size and back); vCPUs and memory while stopped. */
+  resizeVm(id: string, want: { cpus?: number; memoryMiB?: number }): Promise<{ cpus: number; memoryMiB: number; balloonMiB?: number }>;
   /** The whole VM state to disk; QEMU then ends and the VM is saved. */
   saveVm(id: string): Promise<{ file: string; bytes: number; ms: number }>;
   /** A saved VM back, the guest continuing where it was. */

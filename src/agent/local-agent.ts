@@ -792,6 +792,9 @@ export class LocalAgent implements Agent {
   unpauseVm(id: string) {
     return this.vms.unpause(id);
   }
+  resizeVm(id: string, want: { cpus?: number; memoryMiB?: number }) {
+    return this.vms.resize(id, want);
+  }
   saveVm(id: string) {
     return this.vms.saveState(id);
   }

@@ -39,6 +39,8 @@ export interface VmSpec {
   shares?: Array<{ tag: string; path: string; readonly?: boolean }>;
   /** "kvm" | "tcg" for this VM; default: the driver's. */
   accel?: 'kvm' | 'tcg';
+  /** A virtio-balloon device (live memory resize). Default: true, except for VMs with shares (secure containers' microVMs). */
+  balloon?: boolean;
 }
 
 export interface InstanceSpec {

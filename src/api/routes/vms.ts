@@ -122,6 +122,15 @@ export const vmRoutes = [
     handler: async ({ params, services }) => typed(await services.vms.unpause(params.id)),
   }),
   route({
+    method: 'POST', path: '/vms/{id}/resize', operationId: 'resizeVm', tag: 'vms', access: 'write',
+    auth: { role: 'member', project: VM },
+    summary: 'Resize a VM where QEMU allows it: memory through the balloon while it runs (below its boot size and back up), vCPUs and memory while it is stopped',
+    params: IdParam,
+    body: Type.Object({ cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })), memoryMiB: Type.Optional(Type.Integer({ minimum: 16 })) }, { additionalProperties: false }),
+    response: Type.Intersect([Vm, Type.Object({ balloonMiB: Type.Optional(Type.Integer({ description: 'Memory the running guest has now (balloon target)' })) })]),
+    handler: async ({ params, body, services }) => typed(await services.vms.resize(params.id, body)),
+  }),
+  route({
     method: 'POST', path: '/vms/{id}/save', operationId: 'saveVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Save the whole VM state to disk (QEMU then ends; the VM is saved); returns an Operation (202)', status: 202,

@@ -288,6 +288,26 @@ export const vmCommands: CommandSpec[] = [
     options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Kill a running VM first' }],
     run: forEachVm((id, ctx) => `/vms/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
   },
+  {
+    name: 'vm resize', usage: 'VM', summary: 'Resize a VM: memory while it runs (balloon, up to its boot size), vCPUs and memory while stopped', minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'cpus', type: 'number', integer: true, value: 'N', description: 'vCPUs (the VM must be stopped)' },
+      { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Memory, e.g. 192m (running: at most its boot size)' },
+      OUTPUT_OPTION,
+    ],
+    async run({ args, opts, global }) {
+      if (opts.cpus === undefined && opts.memory === undefined) throw new UsageError('vm resize needs --cpus or --memory');
+      const body: Record<string, unknown> = {};
+      if (opts.cpus !== undefined) body.cpus = opts.cpus;
+      if (opts.memory !== undefined) {
+        const bytes = parseSize(String(opts.memory));
+        if (bytes < 16 * 1024 * 1024) throw new UsageError('--memory must be at least 16m');
+        body.memoryMiB = Math.ceil(bytes / (1024 * 1024));
+      }
+      const v = await clientOf(global).json<Vm & { balloonMiB?: number }>('POST', `/vms/${enc(args[0]!)}/resize`, body);
+      return render(global, v, (x) => `${x.name}: ${x.config.cpus} vCPUs, ${x.config.memoryMiB} MiB${x.balloonMiB !== undefined ? ` (guest has ${x.balloonMiB} MiB now)` : ''}\n`);
+    },
+  },
   { name: 'vm save', usage: 'VM [VM...]', summary: 'Save the whole VM state to disk; the VM is then saved (QEMU ends)', minArgs: 1, options: [], run: viaOperation('save') },
   { name: 'vm restore', usage: 'VM [VM...]', summary: 'Bring saved VMs back, the guest continuing where it was', minArgs: 1, options: [], run: viaOperation('restore') },
   {

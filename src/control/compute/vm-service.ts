@@ -139,6 +139,44 @@ export class VmService {
     return rec;
   }
 
+  /**
+   * Resize where QEMU allows it (the driver decides: memory through the balloon while running,
+   * vCPUs and memory while stopped). A stopped VM is charged its new size first, so a refusal
+   * changes nothing; a running one stays charged its boot memory (the guest can take it back).
+   */
+  resize(idOrName: string, want: { cpus?: number; memoryMiB?: number }): Promise<VmRecord & { balloonMiB?: number }> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      if (want.cpus === undefined && want.memoryMiB === undefined) throw new InvalidArgument('resize needs --cpus or --memory');
+      const next = isLive(cur.status) ? { cpus: cur.config.cpus, memoryMiB: cur.config.memoryMiB } : { cpus: want.cpus ?? cur.config.cpus, memoryMiB: want.memoryMiB ?? cur.config.memoryMiB };
+      const old = { cpus: cur.config.cpus, memoryMiB: cur.config.memoryMiB };
+      const recharge = this.quota.holds(v.id) && (next.cpus !== old.cpus || next.memoryMiB !== old.memoryMiB);
+      if (recharge) {
+        this.quota.release(v.id, 'resize');
+        try {
+          this.quota.admitVm(v.id, cur.projectId, next);
+        } catch (e) {
+          this.quota.admitVm(v.id, cur.projectId, old);
+          throw e;
+        }
+      }
+      let r: Awaited<ReturnType<Agent['resizeVm']>>;
+      try {
+        r = await this.agent.resizeVm(v.id, want);
+      } catch (e) {
+        if (recharge) {
+          this.quota.release(v.id, 'resize failed');
+          this.quota.admitVm(v.id, cur.projectId, old);
+        }
+        throw e;
+      }
+      const updated = this.store.vms.update(v.id, { config: { ...cur.config, cpus: r.cpus, memoryMiB: r.memoryMiB } });
+      this.publish(updated, 'resize', { cpus: r.cpus, memoryMiB: r.memoryMiB, ...(r.balloonMiB !== undefined ? { balloonMiB: r.balloonMiB } : {}) });
+      return { ...updated, ...(r.balloonMiB !== undefined ? { balloonMiB: r.balloonMiB } : {}) };
+    });
+  }
+
   /** A new VM from a saved one (RunD's microVM templates); it is saved, and restore starts it. */
   async createFromTemplate(templateIdOrName: string, name: string | undefined, projectId: string): Promise<VmRecord> {
     const t = this.get(templateIdOrName);

@@ -46,6 +46,8 @@ export interface QemuConfig {
   debugExit: boolean;
   /** Host directories shared into the guest over virtio-9p (mounted there by tag). */
   shares?: ShareConfig[];
+  /** A virtio-balloon device: the guest's memory can be shrunk below -m and grown back while it runs (resize). */
+  balloon?: boolean;
 }
 
 export interface ShareConfig {
@@ -82,6 +84,7 @@ export function qemuArgv(c: QemuConfig): string[] {
     '-pidfile', c.paths.pidFile,
   ];
   if (c.debugExit) a.push('-device', 'isa-debug-exit,iobase=0xf4,iosize=0x01');
+  if (c.balloon) a.push('-device', 'virtio-balloon-pci,id=balloon0');
   if (c.kernel) a.push('-kernel', c.kernel);
   if (c.initrd) a.push('-initrd', c.initrd);
   if (c.append) a.push('-append', c.append);

@@ -239,3 +239,36 @@ test('a VM outlives a SIGKILLed daemon; a new driver finds it, its logs, and sto
     await env.newDriver().delete(id);
   }
 });
+
+test('resize: memory through the balloon while running (the guest gives pages back), vCPUs and memory while stopped', async () => {
+  const d = env.driver;
+  const id = freshId('vm');
+  const spec = env.makeSpec(id, ['sh', '-c', 'echo sized; while true; do sleep 0.2; done'], { resources: { memoryBytes: 256 << 20, cpus: 1 } });
+  try {
+    await d.create(spec);
+    assert.ok((await d.inspect(id)).argv.includes('virtio-balloon-pci,id=balloon0'));
+    await d.start(id);
+    await waitForLog(d, id, /^sized$/, 60_000);
+    await assert.rejects(d.resize(id, { cpus: 2 }), (e) => hasCode(e, 'Conflict'), 'no vCPU change while running');
+    await assert.rejects(d.resize(id, { memoryMiB: 512 }), (e) => hasCode(e, 'InvalidArgument'), 'not beyond the boot size while running');
+    assert.deepEqual(await d.resize(id, { memoryMiB: 160 }), { cpus: 1, memoryMiB: 256, balloonMiB: 160 });
+    // the guest's virtio_balloon driver inflates: QEMU's view of its memory comes down to the target
+    let actual = await d.balloonActualMiB(id);
+    for (let i = 0; i < 300 && actual !== undefined && actual > 165; i++) {
+      await sleep(200);
+      actual = await d.balloonActualMiB(id);
+    }
+    assert.ok(actual !== undefined && actual <= 165, `balloon actual ${actual} MiB, target 160`);
+    assert.equal((await d.inspect(id)).balloonMiB, 160);
+    await d.resize(id, { memoryMiB: 256 }); // and back up
+    await d.kill(id, 'SIGKILL');
+    await waitStopped(d, id);
+    assert.deepEqual(await d.resize(id, { cpus: 2, memoryMiB: 320 }), { cpus: 2, memoryMiB: 320 });
+    const argv = (await d.inspect(id)).argv;
+    assert.equal(argv[argv.indexOf('-smp') + 1], '2');
+    assert.equal(argv[argv.indexOf('-m') + 1], '320M');
+    await assert.rejects(d.resize(id, { cpus: 0 }), (e) => hasCode(e, 'InvalidArgument'));
+  } finally {
+    await d.delete(id);
+  }
+});

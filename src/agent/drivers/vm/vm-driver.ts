@@ -69,6 +69,8 @@ interface VmRecord {
   savedAt?: string;
   /** A VM made from a saved template: its state comes from the template's file, its disk is backed by the template's. */
   template?: string;
+  /** The balloon target set by resize while it runs (the guest holds memoryMiB − balloonMiB less). */
+  balloonMiB?: number;
 }
 
 export interface VmInspect {
@@ -77,6 +79,8 @@ export interface VmInspect {
   accel: Accelerator;
   cpus: number;
   memoryMiB: number;
+  /** Balloon target while running, when resize set one (the guest then has this much). */
+  balloonMiB?: number;
   qemuPid?: number;
   qmpSocket: string;
   consoleSocket: string;
@@ -219,6 +223,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.initrd) config.initrd = vm.initrd;
     if (vm.append) config.append = vm.append;
     if (vm.shares?.length) config.shares = vm.shares;
+    if (vm.balloon ?? !vm.shares?.length) config.balloon = true;
     if (vm.disk) config.rootDisk = { path: p.overlay, format: 'qcow2' };
     qemuArgv({ ...config, startPaused: true }); // validate now, not at start
     await mkdir(p.dir, { recursive: true });
@@ -244,6 +249,7 @@ export class VmDriver implements InstanceDriver {
       const r = await this.load(id);
       assertTransition(id, r.lifecycle, 'running');
       if (r.lifecycle === 'saved') throw new Conflict(`VM ${id} is saved; restore it instead`, { id });
+      delete r.balloonMiB; // a fresh boot has all its memory
       await this.launch(r);
       return this.toState(r);
     });
@@ -594,6 +600,7 @@ export class VmDriver implements InstanceDriver {
     if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.qemuPid = r.qemuPid;
     if (r.config.rootDisk) out.rootDisk = r.config.rootDisk.path;
     if (r.lifecycle === 'saved') out.savedState = p.savedState;
+    if (r.balloonMiB !== undefined && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.balloonMiB = r.balloonMiB;
     return out;
   }
 
@@ -601,6 +608,47 @@ export class VmDriver implements InstanceDriver {
    * Save the whole VM (devices, RAM, vCPUs) to a file and end QEMU: the guest
    * is paused, its state streamed out by QMP migrate, then QEMU quits.
    */
+  /**
+   * Change a VM's size where QEMU allows it. Running or paused: memory through the balloon,
+   * below the boot size and back up to it (the guest's balloon driver gives the pages back);
+   * vCPUs only while it is not running. Created or stopped: vCPUs and memory for the next start.
+   */
+  resize(id: string, want: { cpus?: number; memoryMiB?: number }): Promise<{ cpus: number; memoryMiB: number; balloonMiB?: number }> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      if (want.cpus !== undefined && (!Number.isInteger(want.cpus) || want.cpus < 1 || want.cpus > 64)) throw new InvalidArgument(`cpus must be 1-64, got ${want.cpus}`, { id });
+      if (want.memoryMiB !== undefined && (!Number.isInteger(want.memoryMiB) || want.memoryMiB < 16)) throw new InvalidArgument(`memory must be at least 16 MiB, got ${want.memoryMiB}`, { id });
+      if (r.lifecycle === 'saved') throw new Conflict(`VM ${id} is saved: restore it first, or resize it once stopped`, { id });
+      if (r.lifecycle === 'created' || r.lifecycle === 'stopped') {
+        if (want.cpus !== undefined) r.config.cpus = want.cpus;
+        if (want.memoryMiB !== undefined) r.config.memoryMiB = want.memoryMiB;
+        delete r.balloonMiB;
+        await this.save(r);
+        return { cpus: r.config.cpus, memoryMiB: r.config.memoryMiB };
+      }
+      if (want.cpus !== undefined && want.cpus !== r.config.cpus) {
+        throw new Conflict(`VM ${id} is ${r.lifecycle}: its vCPUs change only while it is stopped (memory can change now)`, { id });
+      }
+      if (want.memoryMiB === undefined) return { cpus: r.config.cpus, memoryMiB: r.config.memoryMiB, ...(r.balloonMiB ? { balloonMiB: r.balloonMiB } : {}) };
+      if (!r.config.balloon) throw new Conflict(`VM ${id} has no balloon device: stop it to change its memory`, { id });
+      if (want.memoryMiB > r.config.memoryMiB) {
+        throw new InvalidArgument(`a running VM's memory can shrink and grow back up to its boot size (${r.config.memoryMiB} MiB), not to ${want.memoryMiB}; stop it to go beyond`, { id });
+      }
+      await withQmp(this.paths(id), (c) => c.execute('balloon', { value: want.memoryMiB! * 1024 * 1024 }));
+      r.balloonMiB = want.memoryMiB;
+      await this.save(r);
+      return { cpus: r.config.cpus, memoryMiB: r.config.memoryMiB, balloonMiB: want.memoryMiB };
+    });
+  }
+
+  /** What the guest has given back so far: QMP query-balloon's actual size, MiB (running VMs with a balloon). */
+  async balloonActualMiB(id: string): Promise<number | undefined> {
+    const r = await this.load(id);
+    if (!r.config.balloon || (r.lifecycle !== 'running' && r.lifecycle !== 'paused')) return undefined;
+    const b = await withQmp(this.paths(id), (c) => c.execute<{ actual: number }>('query-balloon'));
+    return Math.round(b.actual / (1024 * 1024));
+  }
+
   saveState(id: string): Promise<{ file: string; bytes: number; ms: number }> {
     return this.locked(id, async () => {
       const r = await this.load(id);
