@@ -109,6 +109,8 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       assert.equal(vm.status, 201, vm.text);
       const net = await call(sock(), 'POST', `/networks?project=${p}`, { body: { name: `net-${p}` } });
       assert.equal(net.status, 201, net.text);
+      const disk = await call(sock(), 'POST', `/disk-images?project=${p}&name=disk-${p}`, { raw: Buffer.alloc(64 * 1024) });
+      assert.equal(disk.status, 201, disk.text);
       fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id };
     }
     for (const user of ['alice', 'rita', 'olga']) {
@@ -132,6 +134,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (segment === 'containers') return f.container;
       if (segment === 'vms') return f.vm;
       if (segment === 'networks') return f.network;
+      if (segment === 'disk-images') return `disk-${f.project}`;
       if (segment === 'images') return encodeURIComponent(f.image);
       if (segment === 'operations') return f.operation;
       if (segment === 'projects' || segment === 'quota') return f.project;
@@ -180,7 +183,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
   });
 
   test('listings a member of A can call show nothing of B', async () => {
-    const secrets = [fx.B.projectId, fx.B.container, fx.B.image, fx.B.operation, fx.B.network, 'box-B', 'net-B'];
+    const secrets = [fx.B.projectId, fx.B.container, fx.B.image, fx.B.operation, fx.B.network, 'box-B', 'net-B', 'disk-B'];
     for (const r of nonPublic().filter((x) => x.method === 'GET' && !x.streams && !x.path.includes('{'))) {
       const { path } = aim(r, fx.A);
       const res = await call(tcp(), 'GET', path, { token: tokens.alice! });

@@ -7,7 +7,9 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
@@ -19,7 +21,7 @@ let d: DaemonProcess;
 let guest: TestGuest;
 const NAME = 'e2e-vm';
 
-interface Vm { id: string; name: string; type: string; status: string; exitCode: number | null; host: { qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; accel: string } | null }
+interface Vm { id: string; name: string; type: string; status: string; exitCode: number | null; host: { qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; accel: string; rootDisk?: string } | null }
 
 /** QEMU processes whose command line mentions the daemon's home. */
 function qemuUnder(dir: string): number[] {
@@ -42,8 +44,8 @@ async function cliOk(args: string[], input?: string): Promise<string> {
   return r.stdout;
 }
 
-async function inspect(): Promise<Vm> {
-  return (JSON.parse(await cliOk(['inspect', NAME])) as Vm[])[0]!;
+async function inspect(name = NAME): Promise<Vm> {
+  return (JSON.parse(await cliOk(['inspect', name])) as Vm[])[0]!;
 }
 
 describe('VMs end to end', { concurrency: false }, () => {
@@ -151,6 +153,37 @@ describe('VMs end to end', { concurrency: false }, () => {
     assert.equal(stopped.status, 'stopped');
     assert.equal(stopped.exitCode, 0, 'the guest powered off on the ACPI button');
     assert.deepEqual(qemuUnder(d.home), []);
+  });
+
+  test('disk images in the image service: VMs get overlays backed by one blob; hostile qcow2 refused; rm refused while in use', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nimbus-disk-'));
+    try {
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'base.qcow2'), '32M']);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', '/etc/hostname', '-F', 'raw', join(dir, 'evil.qcow2')]);
+      assert.match(await cliOk(['image', 'import-disk', 'base', join(dir, 'base.qcow2')]), /Imported disk image base: qcow2, 33\.6MB virtual/);
+      const evil = await d.cli(['image', 'import-disk', 'evil', join(dir, 'evil.qcow2')]);
+      assert.equal(evil.code, 1);
+      assert.match(evil.stderr, /refusing a qcow2 with a backing file \(\/etc\/hostname\)/);
+      const disks = JSON.parse(await cliOk(['image', 'disks', '-o', 'json'])) as Array<{ name: string; format: string; virtualSize: number; digest: string }>;
+      assert.deepEqual(disks.map((x) => [x.name, x.format, x.virtualSize]), [['base', 'qcow2', 32 * 1024 * 1024]]);
+      const backing: string[] = [];
+      for (const n of ['disk1', 'disk2']) {
+        await cliOk(['vm', 'create', '--name', n, '--memory', '64m', '--image', 'base', '--kernel', guest.kernel, '--initrd', guest.initrd]);
+        const overlay = (await inspect(n)).host?.rootDisk;
+        assert.ok(overlay, 'the VM has a root disk');
+        backing.push((JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-U', overlay], { encoding: 'utf8' })) as { 'backing-filename': string })['backing-filename']);
+      }
+      assert.equal(backing[0], backing[1], 'both overlays are backed by the same blob');
+      assert.match(backing[0]!, new RegExp(`${disks[0]!.digest.replace('sha256:', '')}$`), 'the blob is the image content, by digest');
+      const busy = await d.cli(['image', 'rm-disk', 'base']);
+      assert.equal(busy.code, 1);
+      assert.match(busy.stderr, /backs the disk of 2 VM\(s\): disk\d, disk\d/);
+      await cliOk(['vm', 'rm', 'disk1', 'disk2']);
+      await cliOk(['image', 'rm-disk', 'base']);
+      assert.equal(existsSync(backing[0]!), false, 'the blob is collected once nothing names or uses it');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('rm removes the VM and its host state; its name is free again', async () => {

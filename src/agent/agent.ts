@@ -137,8 +137,15 @@ export interface Agent {
   info(): Promise<AgentInfo>;
   pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage>;
   importImages(archivePath: string): Promise<AgentImage[]>;
-  /** Remove every blob and snapshot not reachable from the given images. */
-  garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[] }): Promise<GcResult>;
+  /** Remove every blob and snapshot not reachable from the given images (and disk images' blobs). */
+  garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[]; blobs?: string[] }): Promise<GcResult>;
+  /**
+   * A VM disk image into the content store, checked first: raw or qcow2 only, and a qcow2 that
+   * names a backing or data file (another file on this host) is refused.
+   */
+  importDiskImage(file: string): Promise<{ digest: string; size: number; format: 'raw' | 'qcow2'; virtualSize: number }>;
+  /** Where a disk image's blob is on this host (VM overlays are backed by it; it never changes). */
+  diskImagePath(digest: string): string;
 
   /**
    * A container created ahead of demand that can serve this request, reserved for the

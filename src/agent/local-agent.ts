@@ -4,13 +4,14 @@
  * and turns control-plane requests into calls on them.
  */
 import { createHash } from 'node:crypto';
-import { access, mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, stat, writeFile, rename } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
+import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { LayerRecord } from '../store/records.js';
@@ -330,7 +331,20 @@ export class LocalAgent implements Agent {
     }
   }
 
-  async garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[] }): Promise<GcResult> {
+  async importDiskImage(file: string): Promise<{ digest: string; size: number; format: 'raw' | 'qcow2'; virtualSize: number }> {
+    const info = await inspectDiskImage(file);
+    const hash = createHash('sha256');
+    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+    const digest = `sha256:${hash.digest('hex')}`;
+    const stored = await this.content.ingest({ digest, size: info.size }, createReadStream(file));
+    return { digest, size: stored.size, format: info.format, virtualSize: info.virtualSize };
+  }
+
+  diskImagePath(digest: string): string {
+    return this.content.blobPath(digest);
+  }
+
+  async garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[]; blobs?: string[] }): Promise<GcResult> {
     const result: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
     // A pull in flight holds blobs and snapshots no image references yet.
     if (this.activePulls > 0) return result;
@@ -369,7 +383,7 @@ export class LocalAgent implements Agent {
     }
 
     // Blobs: keep manifests, indexes, and what the manifests reference.
-    const liveBlobs = new Set<string>([...keep.manifestDigests, ...keep.indexDigests]);
+    const liveBlobs = new Set<string>([...keep.manifestDigests, ...keep.indexDigests, ...(keep.blobs ?? [])]);
     for (const m of keep.manifestDigests) {
       try {
         const manifest = JSON.parse((await this.content.readBlob(m)).toString('utf8')) as {
@@ -853,6 +867,21 @@ async function chooseVmAccelerator(options: CompiledOptions): Promise<Accelerato
     return { accel, reason, bootId: '', decidedAt: new Date().toISOString() };
   }
   return chooseAccelerator({ guest, cacheFile: join(options.vmsDir, 'accel.json'), ...(force ? { force } : {}) });
+}
+
+/**
+ * What qemu-img says of a disk image, refusing what a VM must not be given: a format other than
+ * raw or qcow2, and a qcow2 whose backing or external data file would reach another file on the
+ * host (an image is hostile until checked, like a layer).
+ */
+export async function inspectDiskImage(file: string): Promise<{ format: 'raw' | 'qcow2'; size: number; virtualSize: number }> {
+  const r = await run('qemu-img', ['info', '--output=json', file]);
+  if (r.code !== 0) throw new InvalidArgument(`not a disk image qemu-img can read: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  const info = JSON.parse(r.stdout) as { format?: string; 'virtual-size'?: number; 'actual-size'?: number; 'backing-filename'?: string; 'format-specific'?: { data?: { 'data-file'?: string } } };
+  if (info.format !== 'raw' && info.format !== 'qcow2') throw new InvalidArgument(`disk image format ${info.format ?? 'unknown'}: raw or qcow2 expected`);
+  if (info['backing-filename']) throw new InvalidArgument(`refusing a qcow2 with a backing file (${info['backing-filename']}): it would reach another file on the host`);
+  if (info['format-specific']?.data?.['data-file']) throw new InvalidArgument('refusing a qcow2 with an external data file');
+  return { format: info.format, size: (await stat(file)).size, virtualSize: info['virtual-size'] ?? 0 };
 }
 
 /** Where a layer is written: the upper dir of an overlay, or the bind source. */

@@ -4,6 +4,7 @@ import type { CompiledOptions } from '../core/config.js';
 import type { Store } from '../store/store.js';
 import type { ContainerService } from './compute/container-service.js';
 import type { NetworkService } from './networks/network-service.js';
+import type { DiskImageService } from './images/disk-image-service.js';
 import type { VmService } from './compute/vm-service.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
@@ -20,6 +21,7 @@ export interface Services {
   events: EventBus;
   operations: OperationService;
   images: ImageService;
+  disks: DiskImageService;
   containers: ContainerService;
   networks: NetworkService;
   vms: VmService;

@@ -17,6 +17,7 @@ import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
+import { DiskImageService } from '../control/images/disk-image-service.js';
 import { VmService } from '../control/compute/vm-service.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import { Reclaimer } from '../control/quota/reclaimer.js';
@@ -93,7 +94,8 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   });
   agent.setAddressProvider(networks.addressProvider());
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
-  const vms = new VmService(store, agent, events, quota, operations, networks);
+  const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());
+  const vms = new VmService(store, agent, events, quota, operations, networks, disks);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
   const reclaimer = new Reclaimer(quota, async (id, action) => {
@@ -110,7 +112,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, events, operations, images, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 

@@ -138,6 +138,20 @@ export interface PortSpec {
   containerPort: number;
 }
 
+/** A VM disk image (raw or qcow2) in the image service: content stored once by digest, named per project. */
+export interface DiskImageRecord {
+  projectId: string;
+  name: string;
+  /** sha256 of the file as imported: the content store's blob. */
+  digest: string;
+  format: 'raw' | 'qcow2';
+  /** Bytes the file takes. */
+  size: number;
+  /** Bytes the guest sees. */
+  virtualSize: number;
+  createdAt: string;
+}
+
 export type NetworkDriverName = 'bridge' | 'route';
 
 /** A network: its kernel shape is laid out by the agent; addresses are leased here. */
@@ -219,6 +233,8 @@ export interface VmConfig {
   template?: string;
   /** Network ids of its NICs, in order (eth0 first); addresses are its leases. */
   networks?: string[];
+  /** The disk image its root disk's overlay is backed by (with `disk`, the blob's path). */
+  diskImage?: { name: string; digest: string };
 }
 
 /** The VM state machine's states (src/control/compute/vm-state.ts has the legal transitions). */

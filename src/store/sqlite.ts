@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { AlreadyExists, InvalidArgument, NotFound } from '../core/errors.js';
 import type {
+  DiskImageRecord,
   NetworkLeaseRecord,
   NetworkRecord,
   ContainerRecord,
@@ -16,7 +17,7 @@ import type {
   VmRecord,
   VmStatus,
 } from './records.js';
-import type { ContainerRepo, ImageRepo, NetworkRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
+import type { ContainerRepo, DiskImageRepo, ImageRepo, NetworkRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
 
 /** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. Exported for upgrade tests. */
 export const MIGRATIONS: readonly string[] = [
@@ -245,6 +246,20 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE UNIQUE INDEX network_leases_instance ON network_leases(instance_id, network_id);
   `,
+  // VM disk images: content by digest in the content store (shared), names per project.
+  `
+  CREATE TABLE disk_images (
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    format TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    virtual_size INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, name)
+  );
+  CREATE INDEX disk_images_digest ON disk_images(digest);
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -282,6 +297,7 @@ export class SqliteStore implements Store {
   readonly containers: ContainerRepo;
   readonly vms: VmRepo;
   readonly networks: NetworkRepo;
+  readonly disks: DiskImageRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;
@@ -300,6 +316,7 @@ export class SqliteStore implements Store {
     this.containers = new SqliteContainers(this.stmts);
     this.vms = new SqliteVms(this.stmts);
     this.networks = new SqliteNetworks(this.stmts);
+    this.disks = new SqliteDiskImages(this.stmts);
     this.operations = new SqliteOperations(this.stmts);
     this.users = new SqliteUsers(this.stmts);
     this.tokens = new SqliteTokens(this.stmts);
@@ -925,5 +942,41 @@ class SqliteNetworks implements NetworkRepo {
     return networkId
       ? this.db.prepare('DELETE FROM network_leases WHERE instance_id = ? AND network_id = ?').run(instanceId, networkId).changes
       : this.db.prepare('DELETE FROM network_leases WHERE instance_id = ?').run(instanceId).changes;
+  }
+}
+
+class SqliteDiskImages implements DiskImageRepo {
+  constructor(private readonly db: Db) {}
+  private row(r: Row | undefined): DiskImageRecord | undefined {
+    if (!r) return undefined;
+    return {
+      projectId: str(r.project_id), name: str(r.name), digest: str(r.digest), format: str(r.format) as DiskImageRecord['format'],
+      size: Number(r.size), virtualSize: Number(r.virtual_size), createdAt: str(r.created_at),
+    };
+  }
+  get(projectId: string, name: string) {
+    return this.row(this.db.prepare('SELECT * FROM disk_images WHERE project_id = ? AND name = ?').get(projectId, name) as Row | undefined);
+  }
+  list(projectId?: string) {
+    const rows = projectId
+      ? this.db.prepare('SELECT * FROM disk_images WHERE project_id = ? ORDER BY name').all(projectId)
+      : this.db.prepare('SELECT * FROM disk_images ORDER BY project_id, name').all();
+    return (rows as Row[]).map((r) => this.row(r)!);
+  }
+  insert(d: DiskImageRecord) {
+    try {
+      this.db
+        .prepare('INSERT INTO disk_images (project_id, name, digest, format, size, virtual_size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(d.projectId, d.name, d.digest, d.format, d.size, d.virtualSize, d.createdAt);
+    } catch (e) {
+      if (isUniqueViolation(e)) throw new AlreadyExists(`disk image "${d.name}" already exists in this project`);
+      throw e;
+    }
+  }
+  delete(projectId: string, name: string) {
+    this.db.prepare('DELETE FROM disk_images WHERE project_id = ? AND name = ?').run(projectId, name);
+  }
+  countByDigest(digest: string) {
+    return Number((this.db.prepare('SELECT COUNT(*) AS n FROM disk_images WHERE digest = ?').get(digest) as Row).n);
   }
 }

@@ -5,6 +5,7 @@
 import type {
   ContainerRecord,
   ContainerStatus,
+  DiskImageRecord,
   ImageContentRecord,
   ImageRecord,
   ImageTagRecord,
@@ -115,6 +116,16 @@ export interface OperationRepo {
   update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): OperationRecord;
 }
 
+export interface DiskImageRepo {
+  get(projectId: string, name: string): DiskImageRecord | undefined;
+  list(projectId?: string): DiskImageRecord[];
+  /** AlreadyExists when the project has one of that name. */
+  insert(d: DiskImageRecord): void;
+  delete(projectId: string, name: string): void;
+  /** Every project's references to this content. */
+  countByDigest(digest: string): number;
+}
+
 export interface NetworkRepo {
   get(id: string): NetworkRecord | undefined;
   byName(projectId: string, name: string): NetworkRecord | undefined;
@@ -144,6 +155,7 @@ export interface Store {
   readonly containers: ContainerRepo;
   readonly vms: VmRepo;
   readonly networks: NetworkRepo;
+  readonly disks: DiskImageRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;

@@ -13,6 +13,7 @@ const VmCreate = Type.Object(
     append: Type.Optional(Type.String({ description: 'Kernel command line' })),
     disk: Type.Optional(Type.String({ minLength: 1, description: 'Base disk image (raw or qcow2); the VM gets a copy-on-write overlay of it' })),
     pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0 }), { description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
+    image: Type.Optional(Type.String({ minLength: 1, description: 'A disk image of the image service (nimbus image import-disk): the root disk is a qcow2 overlay backed by it' })),
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8, description: 'Networks of the VM\'s project ("bridge": its default) for virtio-net NICs eth0, eth1, ...; the addresses are leased and given to the guest as nimbus.net=IF,ADDR/PREFIX,GATEWAY on its kernel command line' })),
   },
   { $id: 'VmCreate', additionalProperties: false },

@@ -24,6 +24,15 @@ interface Image {
 
 const enc = encodeURIComponent;
 
+interface DiskImage {
+  name: string;
+  digest: string;
+  format: string;
+  size: number;
+  virtualSize: number;
+  createdAt: string;
+}
+
 /**
  * Pull an image and show its progress on stderr until the operation ends.
  * The event stream is open before the pull starts, so no progress is missed;
@@ -141,6 +150,36 @@ export const imageCommands: CommandSpec[] = [
       }
       const imgs = await clientOf(global).upload<{ name: string | null; image: Image }[]>('/images/import', createReadStream(file), 'application/x-tar');
       return render(global, imgs, (list) => list.map((i) => (i.name ? `Loaded image: ${i.name}\n` : `Loaded image ID: ${i.image.id}\n`)).join(''));
+    },
+  },
+  {
+    name: 'image import-disk', usage: 'NAME FILE', summary: 'Import a VM disk image (raw or qcow2); VMs get copy-on-write overlays of it (vm run --image NAME)', minArgs: 2, maxArgs: 2,
+    options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const [name, file] = args as [string, string];
+      try {
+        if (!statSync(file).isFile()) throw new Error('not a file');
+      } catch (e) {
+        throw new UsageError(`cannot read ${file}: ${(e as Error).message}`);
+      }
+      const d = await clientOf(global).upload<DiskImage>(`/disk-images?name=${enc(name)}`, createReadStream(file), 'application/octet-stream');
+      return render(global, d, (x) => `Imported disk image ${x.name}: ${x.format}, ${humanSize(x.virtualSize)} virtual, ${x.digest}\n`);
+    },
+  },
+  {
+    name: 'image disks', usage: '', summary: 'List VM disk images', maxArgs: 0, options: [OUTPUT_OPTION],
+    async run({ global }) {
+      const list = await clientOf(global).json<DiskImage[]>('GET', '/disk-images');
+      return render(global, list, (l) => table(['NAME', 'FORMAT', 'VIRTUAL SIZE', 'SIZE', 'DIGEST', 'CREATED'], l.map((d) => [d.name, d.format, humanSize(d.virtualSize), humanSize(d.size), short(d.digest.replace(/^sha256:/, '')), ago(d.createdAt)])));
+    },
+  },
+  {
+    name: 'image rm-disk', usage: 'NAME [NAME...]', summary: "Remove disk images (refused while a VM's disk is backed by one)", minArgs: 1, options: [],
+    async run({ args, global }) {
+      const client = clientOf(global);
+      return eachArg(args, async (a) => {
+        await client.json('DELETE', `/disk-images/${enc(a)}`);
+      });
     },
   },
   {

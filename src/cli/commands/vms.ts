@@ -56,13 +56,15 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'disk', type: 'string', value: 'IMAGE', description: 'Boot from a disk image (raw or qcow2); the VM writes to its own overlay' },
   { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
   { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
+  { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
 ];
 
 /** The POST /vms body from `vm create|run` options and an optional NAME argument. */
 export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Record<string, unknown> {
   if (args[0] !== undefined && opts.name !== undefined && args[0] !== opts.name) throw new UsageError('give the name once: --name NAME or NAME');
   const name = (opts.name as string | undefined) ?? args[0];
-  if (!opts.kernel && !opts.disk) throw new UsageError('a VM needs --kernel FILE (direct boot) or --disk IMAGE');
+  if (!opts.kernel && !opts.disk && !opts.image) throw new UsageError('a VM needs --kernel FILE (direct boot), --image NAME (a disk image) or --disk FILE');
+  if (opts.disk && opts.image) throw new UsageError('--image and --disk both name the root disk: give one');
   if (!opts.kernel && (opts.initrd !== undefined || opts.append !== undefined)) throw new UsageError('--initrd and --append need --kernel');
   const cpus = opts.cpus as number | undefined;
   if (cpus !== undefined && cpus < 1) throw new UsageError(`--cpus must be at least 1, got ${cpus}`);
@@ -83,6 +85,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(opts.disk !== undefined ? { disk: resolve(String(opts.disk)) } : {}),
     ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
     ...(((opts.network as string[] | undefined) ?? []).length ? { networks: opts.network } : {}),
+    ...(opts.image !== undefined ? { image: opts.image } : {}),
   };
 }
 

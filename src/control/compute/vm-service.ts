@@ -14,6 +14,7 @@ import type { VmConfig, VmRecord, VmStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import type { NetworkService } from '../networks/network-service.js';
+import type { DiskImageService } from '../images/disk-image-service.js';
 import type { OperationService } from '../operations/operations.js';
 import type { OperationRecord } from '../../store/records.js';
 import { assertVmTransition, isLive } from './vm-state.js';
@@ -43,6 +44,8 @@ export interface CreateVmInput {
   pin?: number[];
   /** Networks (names or ids, of the VM's project) for its virtio-net NICs: eth0, eth1, ... */
   networks?: string[];
+  /** A disk image of the image service (instead of a host path in `disk`): the root disk is an overlay of it. */
+  image?: string;
 }
 
 export class VmService {
@@ -55,6 +58,7 @@ export class VmService {
     private readonly quota: QuotaService,
     private readonly operations: OperationService,
     private readonly networks?: NetworkService,
+    private readonly disks?: DiskImageService,
   ) {
     agent.onVmExit((id) => void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) })));
   }
@@ -108,8 +112,18 @@ export class VmService {
     return name;
   }
 
-  async create(input: CreateVmInput, projectId: string): Promise<VmRecord> {
-    if (!input.kernel && !input.disk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --disk)');
+  async create(asked: CreateVmInput, projectId: string): Promise<VmRecord> {
+    // a disk image of the image service stands for the host path of its blob
+    let diskImage: VmConfig['diskImage'];
+    const input = { ...asked };
+    if (asked.image !== undefined) {
+      if (asked.disk !== undefined) throw new InvalidArgument('give a disk image (--image) or a host disk file (--disk), not both');
+      if (!this.disks) throw new InvalidArgument('disk images are not available');
+      const img = this.disks.resolve(asked.image, projectId);
+      input.disk = this.disks.path(img);
+      diskImage = { name: img.name, digest: img.digest };
+    }
+    if (!input.kernel && !input.disk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --image or --disk)');
     if (input.disk && input.kernel === undefined && (input.initrd || input.append)) {
       throw new InvalidArgument('initrd and append need a kernel');
     }
@@ -121,6 +135,7 @@ export class VmService {
       ...(input.append ? { append: input.append } : {}),
       ...(input.disk ? { disk: input.disk } : {}),
       ...(input.pin?.length ? { pin: input.pin } : {}),
+      ...(diskImage ? { diskImage } : {}),
     };
     const name = this.checkName(input.name, projectId);
     const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));

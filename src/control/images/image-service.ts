@@ -179,10 +179,13 @@ export class ImageService {
         return false;
       });
     });
+    // disk images' blobs: named by a project, or backing a VM's disk
+    const disks = new Set([...this.store.disks.list().map((d) => d.digest), ...this.store.vms.list().flatMap((v) => (v.config.diskImage ? [v.config.diskImage.digest] : []))]);
     return this.agent.garbageCollect({
       manifestDigests: kept.map((i) => i.digest),
       indexDigests: kept.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),
       chainIds: kept.map((i) => i.chainId),
+      blobs: [...disks],
     });
   }
 }

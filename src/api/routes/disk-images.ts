@@ -1,0 +1,72 @@
+import { createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Type } from '@sinclair/typebox';
+import { newId } from '../../core/ids.js';
+import { InvalidArgument } from '../../core/errors.js';
+import { route } from '../route.js';
+import { Empty } from '../schemas.js';
+import type { Services } from '../../control/services.js';
+import { pickInScope, type ProjectScope } from '../../control/identity/scope.js';
+
+const DiskImage = Type.Object(
+  {
+    projectId: Type.String(),
+    name: Type.String(),
+    digest: Type.String(),
+    format: Type.Union([Type.Literal('raw'), Type.Literal('qcow2')]),
+    size: Type.Integer(),
+    virtualSize: Type.Integer(),
+    createdAt: Type.String(),
+  },
+  { $id: 'DiskImage' },
+);
+
+const NameParam = Type.Object({ name: Type.String({ minLength: 1, maxLength: 128 }) });
+
+/** A disk image named in the path belongs to the project it is found in (the caller's scope). */
+const DISK = {
+  param: 'name', kind: 'disk image',
+  owner: (s: Services, name: string, scope: ProjectScope) => {
+    const d = pickInScope(s.disks.list().filter((x) => x.name === name), scope, (x) => `${x.projectId}/${x.name}`, 'disk image', name);
+    return { projectId: d.projectId, id: d.name };
+  },
+};
+
+export const diskImageRoutes = [
+  route({
+    method: 'GET', path: '/disk-images', operationId: 'listDiskImages', tag: 'images', access: 'read',
+    auth: { role: 'reader', project: 'query-list' },
+    summary: 'List VM disk images (raw, qcow2)', response: Type.Array(DiskImage),
+    handler: ({ services, auth }) => services.disks.list(auth.projectId ?? undefined).filter((d) => auth.canRead(d.projectId)),
+  }),
+  route({
+    method: 'POST', path: '/disk-images', operationId: 'importDiskImage', tag: 'images', access: 'write',
+    auth: { role: 'member', project: 'query' },
+    summary: 'Import a VM disk image (the request body is the raw or qcow2 file); a qcow2 naming a backing or data file is refused',
+    // optional in the schema so that access is decided before the request's shape (as for every route)
+    query: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'The disk image\'s name in the project (required)' })) }),
+    rawBody: 'application/octet-stream', response: DiskImage, status: 201,
+    handler: async ({ services, req, auth, query }) => {
+      if (!query.name) throw new InvalidArgument('a disk image needs a name (?name=)');
+      await mkdir(services.options.tmpDir, { recursive: true });
+      const file = join(services.options.tmpDir, `disk-${newId().slice(0, 16)}`);
+      try {
+        await pipeline(req, createWriteStream(file, { mode: 0o600 }));
+        return { status: 201, body: await services.disks.import(file, query.name, auth.project()) };
+      } finally {
+        await rm(file, { force: true });
+      }
+    },
+  }),
+  route({
+    method: 'DELETE', path: '/disk-images/{name}', operationId: 'removeDiskImage', tag: 'images', access: 'write',
+    auth: { role: 'member', project: DISK },
+    summary: 'Remove a disk image (refused while a VM\'s disk is backed by it)', params: NameParam, response: Empty,
+    handler: async ({ params, services, auth }) => {
+      await services.disks.remove(params.name, auth.project());
+      return { status: 204 };
+    },
+  }),
+];

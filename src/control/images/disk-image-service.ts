@@ -1,0 +1,62 @@
+/**
+ * VM disk images in the image service, beside OCI images: the content is stored once by digest
+ * in the host's content store (shared, like layers), the name belongs to a project. A VM's root
+ * disk is a qcow2 overlay backed by the blob, so many VMs share one base and none can change it.
+ */
+import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
+import { isValidName } from '../../core/ids.js';
+import type { Agent } from '../../agent/agent.js';
+import type { Store } from '../../store/store.js';
+import type { DiskImageRecord } from '../../store/records.js';
+import type { EventBus } from '../events/event-bus.js';
+import { inScope, type ProjectScope } from '../identity/scope.js';
+
+export class DiskImageService {
+  constructor(
+    private readonly store: Store,
+    private readonly agent: Agent,
+    private readonly events: EventBus,
+    /** Frees what nothing references any more (the OCI image service's collector, which keeps disk blobs in use). */
+    private readonly collectGarbage: () => Promise<unknown>,
+  ) {}
+
+  async import(file: string, name: string, projectId: string): Promise<DiskImageRecord> {
+    if (!isValidName(name)) throw new InvalidArgument(`invalid disk image name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
+    if (this.store.disks.get(projectId, name)) throw new Conflict(`disk image "${name}" already exists in this project; remove it first`);
+    const info = await this.agent.importDiskImage(file);
+    const rec: DiskImageRecord = { projectId, name, ...info, createdAt: new Date().toISOString() };
+    this.store.disks.insert(rec);
+    this.events.publish({ type: 'image', action: 'import', id: rec.digest, projectId, attributes: { name, kind: 'disk', format: rec.format } });
+    return rec;
+  }
+
+  list(projectId?: string): DiskImageRecord[] {
+    return this.store.disks.list(projectId);
+  }
+
+  /** By name in the project, else in a project the scope can read (a parent's, say). */
+  resolve(name: string, projectId: string, scope: ProjectScope = { projectId }): DiskImageRecord {
+    const own = this.store.disks.get(projectId, name);
+    if (own) return own;
+    const found = this.store.disks.list().filter((d) => d.name === name && inScope(scope, d.projectId));
+    if (found.length === 1) return found[0]!;
+    if (found.length > 1) throw new InvalidArgument(`"${name}" names disk images in several projects you can read; name the project (--project P)`);
+    throw new NotFound(`no such disk image: ${name}`);
+  }
+
+  /** The host path VMs' overlays are backed by. */
+  path(d: DiskImageRecord): string {
+    return this.agent.diskImagePath(d.digest);
+  }
+
+  /** Refused while a VM's disk is backed by it (the content goes when no project names it). */
+  async remove(name: string, projectId: string): Promise<void> {
+    const d = this.store.disks.get(projectId, name);
+    if (!d) throw new NotFound(`no such disk image: ${name}`);
+    const users = this.store.vms.list().filter((v) => v.config.diskImage?.digest === d.digest && (v.projectId === projectId || this.store.disks.countByDigest(d.digest) === 1));
+    if (users.length) throw new Conflict(`disk image ${name} backs the disk of ${users.length} VM(s): ${users.map((v) => v.name).join(', ')}`);
+    this.store.disks.delete(projectId, name);
+    this.events.publish({ type: 'image', action: 'delete', id: d.digest, projectId, attributes: { name, kind: 'disk' } });
+    await this.collectGarbage();
+  }
+}
