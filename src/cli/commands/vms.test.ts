@@ -14,7 +14,9 @@ test('vm create body: memory in MiB, absolute paths, name as option or argument,
   const b = vmCreateBody({ ...noOpts, memory: '1g', cpus: 2, kernel: 'k', initrd: '/i', append: 'console=ttyS0', pin: '0-1' }, ['vm1']);
   assert.deepEqual(b, { name: 'vm1', cpus: 2, memoryMiB: 1024, kernel: `${process.cwd()}/k`, initrd: '/i', append: 'console=ttyS0', pin: [0, 1] });
   assert.deepEqual(vmCreateBody({ ...noOpts, disk: '/d.qcow2', name: 'x' }, []), { name: 'x', disk: '/d.qcow2' });
-  assert.throws(() => vmCreateBody(noOpts, []), { name: 'UsageError', message: /--kernel FILE .* or --disk IMAGE/ });
+  assert.throws(() => vmCreateBody(noOpts, []), { name: 'UsageError', message: /--kernel FILE .*--image NAME .* or --disk FILE/ });
+  assert.deepEqual(vmCreateBody({ ...noOpts, image: 'debian', name: 'y', network: ['front', 'back'] }, []), { name: 'y', image: 'debian', networks: ['front', 'back'] });
+  assert.throws(() => vmCreateBody({ ...noOpts, image: 'debian', disk: '/d' }, []), { name: 'UsageError', message: /give one/ });
   assert.throws(() => vmCreateBody({ ...noOpts, disk: '/d', append: 'x' }, []), { name: 'UsageError' });
   assert.throws(() => vmCreateBody({ ...noOpts, disk: '/d', name: 'a' }, ['b']), { name: 'UsageError' });
   assert.throws(() => vmCreateBody({ ...noOpts, disk: '/d', memory: '1m' }, []), { name: 'UsageError' });

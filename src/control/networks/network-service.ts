@@ -157,7 +157,13 @@ export class NetworkService {
     if (this.store.networks.byName(projectId, input.name)) throw new AlreadyExists(`network "${input.name}" already exists in this project`);
     if (input.gateway && !input.subnet) throw new InvalidArgument('--gateway needs --subnet');
     const subnet = input.subnet ?? (await this.pickSubnet());
-    if (input.subnet) await this.checkSubnet(subnet);
+    if (input.subnet) {
+      await this.checkSubnet(subnet).catch((e: unknown) => {
+        // the default project's bridge subnet comes from the daemon's options: say which one to change
+        if (input.builtin && e instanceof Error) e.message += ' (set NIMBUS_BRIDGE_SUBNET to another subnet for the default network)';
+        throw e;
+      });
+    }
     const c = parseCidr(subnet);
     const gateway = input.gateway ?? intToIp(c.network + 1);
     if (!isUsableAddress(c, gateway)) throw new InvalidArgument(`gateway ${gateway} is not a host address of ${subnet}`);
