@@ -117,7 +117,7 @@ describe('container networking end to end', { concurrency: false }, () => {
       assert.match(shadow.stderr, /already in use on the host/);
       assert.equal((await d.api('GET', '/containers/shadow')).status, 404, 'a failed create leaves no container');
       // nor an interface or a namespace: every one left belongs to a container or a warm container (the reaper may take a moment)
-      await waitFor('the failed create torn down', async () => ((await leaked()).length === 0 ? true : undefined), 30_000);
+      await waitFor('the failed create torn down', async () => ((await leaked()).length === 0 ? true : undefined), 90_000);
     } finally {
       busy.close();
     }

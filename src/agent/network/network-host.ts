@@ -276,6 +276,8 @@ export class NetworkHost {
     } catch (err) {
       this.pending.delete(req.containerId);
       const was = this.containers.delete(req.containerId);
+      // refused before any kernel work: a prewired interface stays tracked, so the container's removal tears it down
+      if (!plumbed && wired && reuse) this.prewired.set(req.containerId, wired);
       if (plumbed) await this.undoEndpoints(file).catch((e: unknown) => log.warn('undoing a failed attach', { id: req.containerId, error: String(e) }));
       await this.forget('endpoints', req.containerId);
       if (was && needsTable(file)) await this.renderTable().catch(() => undefined);
