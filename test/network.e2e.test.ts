@@ -54,7 +54,10 @@ async function leaked(): Promise<string[]> {
   const live = new Set((await d.api<Array<{ id: string }>>('GET', '/containers?all=true&project=*')).body.map((c) => c.id.slice(0, 12)));
   const dir = join(d.home, 'containers/containers');
   for (const id of existsSync(dir) ? readdirSync(dir) : []) live.add(id.slice(0, 12)); // warm ones (not instances) included
-  const links = (await run('ip', ['-o', 'link', 'show'])).stdout.match(/ n[vr][0-9a-f]{12}\d/g) ?? [];
+  // this daemon's veths only (other test files' daemons run beside it): the ports of its bridges
+  const bridges = (await d.api<Array<{ device: string; driver: string }>>('GET', '/networks?project=*')).body.filter((n) => n.driver === 'bridge').map((n) => n.device);
+  const links: string[] = [];
+  for (const b of bridges) links.push(...((await run('ip', ['-o', 'link', 'show', 'master', b])).stdout.match(/ n[vr][0-9a-f]{12}\d/g) ?? []));
   const prefix = `${d.network.NIMBUS_NFT_TABLE!}-`;
   const names = (await run('ip', ['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '').filter((n) => n.startsWith(prefix));
   return [...links.map((l) => l.trim()).filter((l) => !live.has(l.slice(2, 14))), ...names.filter((n) => !live.has(n.slice(prefix.length, prefix.length + 12)))];
