@@ -12,6 +12,7 @@
  * Goal (issue 3): networking adds ≤ 5 ms at p50.
  * Run alone: node dist/bench/network-start.js
  */
+import { run } from '../src/core/exec.js';
 import { nimbusRunRm, type BenchDaemon } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { PODMAN_RUN_FLAGS, podmanStore } from './lib/peers.js';
@@ -61,8 +62,16 @@ async function nimbusSides(env: BenchEnv): Promise<{ bridge: Side; none: Side; p
   }
 }
 
+/** Host-wide things podman's default network makes (its bridge, iptables-nft tables) that the private store does not hold. */
+async function hostNetState(): Promise<{ links: Set<string>; tables: Set<string> }> {
+  const links = (await run('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0] ?? '').filter(Boolean);
+  const tables = (await run('nft', ['list', 'tables'])).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+  return { links: new Set(links), tables: new Set(tables) };
+}
+
 async function podmanSides(image: string): Promise<{ podmanDefault: Side; podmanNone: Side }> {
   const store = podmanStore();
+  const before = await hostNetState();
   try {
     await store.podman(['pull', '-q', '--tls-verify=false', image]);
     const noneFlags = PODMAN_RUN_FLAGS;
@@ -80,6 +89,10 @@ async function podmanSides(image: string): Promise<{ podmanDefault: Side; podman
     return { podmanDefault: err(e), podmanNone: err(e) };
   } finally {
     await store.remove();
+    // podman's CNI bridge (cni-podman0, 10.88.0.0/16: Nimbus's own default subnet) and its tables outlive its store
+    const after = await hostNetState();
+    for (const l of after.links) if (!before.links.has(l) && /^(cni-podman|podman|veth)/.test(l)) await run('ip', ['link', 'del', l]);
+    for (const t of after.tables) if (!before.tables.has(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ').slice(1)]);
   }
 }
 

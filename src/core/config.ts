@@ -31,8 +31,14 @@ export interface NimbusOptions {
   vmAccel: 'auto' | 'kvm' | 'tcg';
   /** The default project's "bridge" network: its device. Env NIMBUS_BRIDGE. Default nimbus0. */
   bridge: string;
-  /** ... and its subnet (the gateway is its first address). Env NIMBUS_BRIDGE_SUBNET. Default 10.88.0.0/16. */
+  /**
+   * ... and its subnet (the gateway is its first address). Env NIMBUS_BRIDGE_SUBNET. Default
+   * 10.88.0.0/16, or, when the host already routes that (podman's default network is the same
+   * subnet), the first free /16 of 10.87, 10.86, … 10.80 (set explicitly, it is used or refused).
+   */
   bridgeSubnet: string;
+  /** Whether bridgeSubnet was given (env or flag) rather than defaulted. */
+  bridgeSubnetExplicit?: boolean;
   /** Subnets (/24 each) for networks created without --subnet and for other projects' "bridge". Env NIMBUS_SUBNET_POOL. Default 10.89.0.0/16. */
   subnetPool: string;
   /** The nftables table (inet family) Nimbus owns on this host. Env NIMBUS_NFT_TABLE. Default nimbus. */
@@ -84,6 +90,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     vmAccel: oneOf('vm accelerator', overrides.vmAccel ?? (env.NIMBUS_VM_ACCEL || 'auto'), ['auto', 'kvm', 'tcg'] as const),
     bridge: overrides.bridge ?? env.NIMBUS_BRIDGE ?? 'nimbus0',
     bridgeSubnet: overrides.bridgeSubnet ?? env.NIMBUS_BRIDGE_SUBNET ?? '10.88.0.0/16',
+    bridgeSubnetExplicit: (overrides.bridgeSubnet ?? env.NIMBUS_BRIDGE_SUBNET) !== undefined,
     subnetPool: overrides.subnetPool ?? env.NIMBUS_SUBNET_POOL ?? '10.89.0.0/16',
     nftTable: overrides.nftTable ?? env.NIMBUS_NFT_TABLE ?? 'nimbus',
     dnsPort: Number(overrides.dnsPort ?? env.NIMBUS_DNS_PORT ?? 53),

@@ -90,7 +90,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const quota = new QuotaService(store);
   for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
   const networks = new NetworkService(store, agent, events, quota, {
-    defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, subnetPool: options.subnetPool,
+    defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, bridgeSubnetFallback: !options.bridgeSubnetExplicit, subnetPool: options.subnetPool,
   });
   agent.setAddressProvider(networks.addressProvider());
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks);

@@ -16,7 +16,7 @@ import { NetworkService, type NetworkQuota } from './network-service.js';
 import type { Agent } from '../../agent/agent.js';
 import { ipToInt, parseCidr } from '../../agent/network/network-driver.js';
 
-function setup(t: { after: (fn: () => void) => void }, foreign: string[] = []) {
+function setup(t: { after: (fn: () => void) => void }, foreign: string[] = [], fallback = false) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-net-svc-'));
   const store = new SqliteStore(join(dir, 'nimbus.db'));
   t.after(() => {
@@ -34,7 +34,7 @@ function setup(t: { after: (fn: () => void) => void }, foreign: string[] = []) {
   } as unknown as Agent;
   const charged: string[] = [];
   const quota: NetworkQuota = { admitNetwork: (id) => void charged.push(id), release: (id) => void charged.splice(charged.indexOf(id), 1) };
-  const svc = new NetworkService(store, host, new EventBus(), quota, { defaultProjectId: 'pdef', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/22' });
+  const svc = new NetworkService(store, host, new EventBus(), quota, { defaultProjectId: 'pdef', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', bridgeSubnetFallback: fallback, subnetPool: '10.89.0.0/22' });
   return { store, svc, laidOut, charged };
 }
 
@@ -49,6 +49,13 @@ test('default networks: one per project, made on first use, the default project\
   assert.match(b.device, /^nb-[0-9a-f]{12}$/);
   assert.deepEqual(laidOut, ['bridge', 'bridge']);
   assert.deepEqual(charged, []);
+});
+
+test('the default subnet: taken by the host (podman\'s cni-podman0 is 10.88.0.0/16 too) → a free /16 below it, unless the operator chose it', async (t) => {
+  const defaulted = setup(t, ['10.88.0.0/16', '10.87.0.0/16'], true);
+  assert.equal((await defaulted.svc.defaultNetwork('pdef')).subnet, '10.86.0.0/16');
+  const chosen = setup(t, ['10.88.0.0/16'], false);
+  await assert.rejects(chosen.svc.defaultNetwork('pdef'), /overlaps the host's route to 10\.88\.0\.0\/16 \(set NIMBUS_BRIDGE_SUBNET/);
 });
 
 test('create: reserved names, per-project names, overlaps with networks and host routes, the pool skips what is taken', async (t) => {

@@ -38,6 +38,8 @@ export interface NetworkServiceOptions {
   /** The default project's bridge device and subnet. */
   bridge: string;
   bridgeSubnet: string;
+  /** Not set by the operator: another free /16 may be taken when the host routes bridgeSubnet. */
+  bridgeSubnetFallback?: boolean;
   /** /24s for networks without --subnet. */
   subnetPool: string;
 }
@@ -201,13 +203,23 @@ export class NetworkService {
     let p = this.creatingDefault.get(projectId);
     if (!p) {
       const isDefault = projectId === this.o.defaultProjectId;
-      p = this.make({
+      p = (async () => this.make({
         name: DEFAULT_NETWORK, driver: 'bridge', builtin: true,
-        ...(isDefault ? { subnet: this.o.bridgeSubnet, device: this.o.bridge } : {}),
-      }, projectId).finally(() => this.creatingDefault.delete(projectId));
+        ...(isDefault ? { subnet: await this.defaultSubnet(), device: this.o.bridge } : {}),
+      }, projectId))().finally(() => this.creatingDefault.delete(projectId));
       this.creatingDefault.set(projectId, p);
     }
     return p;
+  }
+
+  /** The default project's subnet: the configured one, or, when defaulted and taken (podman's 10.88/16), a free /16 below it. */
+  private async defaultSubnet(): Promise<string> {
+    if (!this.o.bridgeSubnetFallback) return this.o.bridgeSubnet;
+    const taken = [...this.store.networks.list().map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((x) => parseCidr(x));
+    const free = (c: string) => !taken.some((t) => cidrsOverlap(t, parseCidr(c)));
+    if (free(this.o.bridgeSubnet)) return this.o.bridgeSubnet;
+    for (let b = 87; b >= 80; b--) if (free(`10.${b}.0.0/16`)) return `10.${b}.0.0/16`;
+    return this.o.bridgeSubnet; // the create then says what overlaps and which setting to change
   }
 
   async remove(idOrName: string, scope: ProjectScope): Promise<void> {
