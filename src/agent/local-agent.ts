@@ -842,9 +842,9 @@ export class LocalAgent implements Agent {
   }
 
   async close(): Promise<void> {
-    await this.network.close();
     await this.reaper.idle();
-    await this.warm.close();
+    await this.warm.close(); // warm containers' endpoints go with them: the network layer closes after
+    await this.network.close();
     this.containers.close();
     // Leave no empty /nimbus cgroup behind when no container is left (checked at shutdown, not per
     // delete, so a concurrent runc create never loses its parent).

@@ -129,9 +129,14 @@ export async function startDaemonProcess(extraArgs: string[] = [], extraEnv: Rec
         // Whatever the daemon left (it should be nothing), do not leave it on the host.
         const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(home));
         for (const m of mounts.reverse()) await run('umount', ['-l', m]);
+        // a daemon that stopped cleanly leaves its networks (as docker leaves docker0) but no endpoint
+        const prefix = `${netEnv.NIMBUS_NFT_TABLE!}-`;
+        const namespaces = (await run('ip', ['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '').filter((n) => n.startsWith(prefix));
+        const stoppedCleanly = child.exitCode !== null && child.signalCode === null;
         await removeDaemonNetworks(home, netEnv.NIMBUS_NFT_TABLE!);
         rmSync(home, { recursive: true, force: true });
         if (mounts.length) throw new Error(`nimbusd left ${mounts.length} mount(s) under ${home}: ${mounts.join(', ')}`);
+        if (stoppedCleanly && namespaces.length) throw new Error(`nimbusd left ${namespaces.length} network namespace(s): ${namespaces.join(', ')}`);
       }
     },
   };

@@ -143,19 +143,27 @@ export function testNetworkEnv(): Record<string, string> {
   };
 }
 
-/** Remove what a stopped daemon's networks left on the host (nimbusd keeps its networks, as docker keeps docker0). */
+/**
+ * Remove what a stopped daemon's networks left on the host: nimbusd keeps its networks (as docker
+ * keeps docker0), and a daemon killed before it tore its warm containers down leaves their
+ * endpoints (a restarted one would reconcile them; a test's home is deleted instead).
+ */
 export async function removeDaemonNetworks(home: string, table: string): Promise<void> {
-  const dir = path.join(home, 'network', 'networks');
-  let files: string[] = [];
-  try {
-    files = readdirSync(dir).filter((f) => f.endsWith('.json'));
-  } catch {
-    // no network was ever made
+  const read = (sub: string) => {
+    const dir = path.join(home, 'network', sub);
+    try {
+      return readdirSync(dir).filter((f) => f.endsWith('.json')).map((f) => JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as unknown);
+    } catch {
+      return [];
+    }
+  };
+  for (const e of read('endpoints') as Array<{ endpoints?: Array<{ hostIf: string }> }>) {
+    for (const ep of e.endpoints ?? []) await run('ip', ['link', 'del', ep.hostIf]);
   }
-  for (const f of files) {
-    const spec = JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as { device: string };
-    await run('ip', ['link', 'del', spec.device]);
+  for (const n of (await run('ip', ['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '')) {
+    if (n.startsWith(`${table}-`)) await run('ip', ['netns', 'delete', n]);
   }
+  for (const spec of read('networks') as Array<{ device: string }>) await run('ip', ['link', 'del', spec.device]);
   await run('nft', ['delete', 'table', 'inet', table]);
 }
 
