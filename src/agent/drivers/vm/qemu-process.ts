@@ -83,10 +83,10 @@ export async function readExitStatus(p: InstancePaths): Promise<number | undefin
 }
 
 /** Remove what one QEMU run leaves behind (sockets, pid and status files); keeps disk, console log and record. */
-export async function removeRunFiles(p: InstancePaths): Promise<void> {
-  for (const f of [p.qmpSocket, p.consoleSocket, p.pidFile, p.supervisorPidFile, p.exitStatusFile, `${p.exitStatusFile}.tmp`]) {
-    await rm(f, { force: true });
-  }
+export async function removeRunFiles(p: InstancePaths, opts: { keepExitStatus?: boolean } = {}): Promise<void> {
+  const files = [p.qmpSocket, p.consoleSocket, p.pidFile, p.supervisorPidFile];
+  if (!opts.keepExitStatus) files.push(p.exitStatusFile, `${p.exitStatusFile}.tmp`);
+  for (const f of files) await rm(f, { force: true });
 }
 
 export interface Launched {

@@ -184,7 +184,9 @@ export class VmDriver implements InstanceDriver {
       else r.exitCode = 255; // supervisor gone too: status unknown
       delete r.qemuPid;
       delete r.supervisorPid;
-      await removeRunFiles(p);
+      // the exit status stays until the next launch: a second observer racing this one (an exit
+      // watcher and a stop) must read the same status, not record 255 for a file removed under it
+      await removeRunFiles(p, { keepExitStatus: true });
       await this.save(r);
     }
     return r;
