@@ -123,7 +123,8 @@ export function instanceDriverConformance(name: string, setupFn: () => Promise<C
       assert.ok(st.startedAt);
       const recs = await waitLog(id, /^hello-conformance$/);
       assert.equal(recs.find((x) => x.line === 'hello-conformance')?.stream, 'stdout');
-      const stopped = await d.stop(id, 10);
+      // the grace period scales with the instance kind: a TCG guest on a loaded host can take seconds to see the button
+      const stopped = await d.stop(id, 10 * caps.waitScale);
       assert.equal(stopped.status, 'stopped');
       assert.equal(stopped.exitCode, 3);
       assert.equal(stopped.oomKilled, false);
