@@ -81,6 +81,7 @@ export class LocalAgent implements Agent {
   private readonly vmExitListeners: ((id: string) => void)[] = [];
   /** Container networking on this host: namespaces, veths, the nftables table, DNS. */
   private readonly network: NetworkHost;
+  private cpuCount: number | undefined;
   /** Addresses for warm containers, from the control plane (setAddressProvider). */
   private addresses: AddressProvider | undefined;
 
@@ -159,7 +160,7 @@ export class LocalAgent implements Agent {
       runtimes: this.probes.runtimes,
       snapshotters: this.probes.snapshotters,
       kernel: release(),
-      cpus: hostCpus().length,
+      cpus: (this.cpuCount ??= hostCpus().length), // os.cpus() reads every CPU's times: not per /info call
       memoryBytes: totalmem(),
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),

@@ -308,7 +308,8 @@ export class NetworkService {
         throw new InvalidArgument(`host port ${p.hostPort}/${p.protocol} is published twice`);
       }
     }
-    for (const c of this.store.containers.list({ status: ['created', 'running', 'paused', 'restarting'] })) {
+    // (only a request that publishes ports pays for the scan of the others')
+    for (const c of ports.length ? this.store.containers.list({ status: ['created', 'running', 'paused', 'restarting'] }) : []) {
       for (const q of c.config.ports ?? []) {
         const clash = ports.find((p) => p.protocol === q.protocol && p.hostPort === q.hostPort && (!p.hostIp || !q.hostIp || p.hostIp === q.hostIp));
         // only the project's own containers are named: another tenant's are none of the caller's business
