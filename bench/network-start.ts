@@ -13,6 +13,7 @@
  * Run alone: node dist/bench/network-start.js
  */
 import { run } from '../src/core/exec.js';
+import { hostFootprint } from '../src/agent/network/network-test-env.js';
 import { nimbusRunRm, type BenchDaemon } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { PODMAN_RUN_FLAGS, podmanStore } from './lib/peers.js';
@@ -62,16 +63,10 @@ async function nimbusSides(env: BenchEnv): Promise<{ bridge: Side; none: Side; p
   }
 }
 
-/** Host-wide things podman's default network makes (its bridge, iptables-nft tables) that the private store does not hold. */
-async function hostNetState(): Promise<{ links: Set<string>; tables: Set<string> }> {
-  const links = (await run('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0] ?? '').filter(Boolean);
-  const tables = (await run('nft', ['list', 'tables'])).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
-  return { links: new Set(links), tables: new Set(tables) };
-}
-
 async function podmanSides(image: string): Promise<{ podmanDefault: Side; podmanNone: Side }> {
   const store = podmanStore();
-  const before = await hostNetState();
+  // host-wide things podman's default network makes (its bridge, iptables-nft tables) that its private store does not hold
+  const before = await hostFootprint();
   try {
     await store.podman(['pull', '-q', '--tls-verify=false', image]);
     const noneFlags = PODMAN_RUN_FLAGS;
@@ -90,9 +85,9 @@ async function podmanSides(image: string): Promise<{ podmanDefault: Side; podman
   } finally {
     await store.remove();
     // podman's CNI bridge (cni-podman0, 10.88.0.0/16: Nimbus's own default subnet) and its tables outlive its store
-    const after = await hostNetState();
-    for (const l of after.links) if (!before.links.has(l) && /^(cni-podman|podman|veth)/.test(l)) await run('ip', ['link', 'del', l]);
-    for (const t of after.tables) if (!before.tables.has(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ').slice(1)]);
+    const after = await hostFootprint();
+    for (const l of after.links) if (!before.links.includes(l) && /^(cni-podman|podman|veth)/.test(l)) await run('ip', ['link', 'del', l]);
+    for (const t of after.tables) if (!before.tables.includes(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ').slice(1)]);
   }
 }
 

@@ -19,7 +19,6 @@ import type {
 import type { VmInspect, VmLifecycle } from './drivers/vm/vm-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
 import type { EndpointSpec, NetworkSpec, PortMapping } from './network/network-driver.js';
-import type { PublishedPort } from './network/nftables.js';
 
 export interface AgentImage {
   /** Normalised reference it was pulled or imported as, when known. */
@@ -68,12 +67,6 @@ export interface AddressProvider {
   lease(networkId: string, instanceId: string): string | undefined;
   /** Give back whatever the id holds (idempotent; a no-op for ids that became containers). */
   release(instanceId: string): void;
-}
-
-export interface ContainerNetworkState {
-  netns?: string;
-  endpoints: EndpointSpec[];
-  ports: PublishedPort[];
 }
 
 export interface ContainerCreateRequest {
@@ -187,7 +180,6 @@ export interface Agent {
   removeNetwork(id: string): Promise<void>;
   /** IPv4 subnets the host routes that are not Nimbus networks (a new network must not overlap them). */
   foreignSubnets(): Promise<string[]>;
-  containerNetwork(id: string): ContainerNetworkState;
   /** Another endpoint in a container's namespace (it must have one of its own: not none, host or container:). */
   connectContainer(id: string, endpoint: { network: NetworkSpec; address: string; dnsNames: string[] }): Promise<EndpointSpec>;
   disconnectContainer(id: string, networkId: string): Promise<void>;

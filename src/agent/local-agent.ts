@@ -39,7 +39,7 @@ import { NetworkHost } from './network/network-host.js';
 import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
-import type { AddressProvider, ContainerNetworkState } from './agent.js';
+import type { AddressProvider } from './agent.js';
 import type { EtcFiles } from './drivers/instance-driver.js';
 
 const log = logger('agent');
@@ -460,13 +460,14 @@ export class LocalAgent implements Agent {
       const [hosts, resolv] = await Promise.all([read('hosts'), read('resolv.conf')]);
       if (hosts !== undefined && resolv !== undefined) return { hosts, resolvConf: resolv };
     }
+    const net = n?.mode === 'networks' ? n : undefined;
     const input = {
       hostname,
-      addresses: n?.mode === 'networks' ? n.endpoints.map((e) => e.address) : [],
-      extraHosts: n?.mode === 'networks' ? n.extraHosts : [],
-      dns: n?.mode === 'networks' ? n.dns : [],
+      addresses: net?.endpoints.map((e) => e.address) ?? [],
+      extraHosts: net?.extraHosts ?? [],
+      dns: net?.dns ?? [],
       hostResolvConf,
-      ...(n?.mode === 'networks' && n.endpoints[0] ? { embeddedDns: n.endpoints[0].network.gateway } : {}),
+      ...(net?.endpoints[0] ? { embeddedDns: net.endpoints[0].network.gateway } : {}),
     };
     return { hosts: hostsFile(input), resolvConf: resolvConf(input) };
   }
@@ -703,10 +704,6 @@ export class LocalAgent implements Agent {
   async foreignSubnets(): Promise<string[]> {
     const ours = new Set(this.network.listNetworks().map((n) => n.device));
     return hostRoutes().filter((r) => !ours.has(r.dev)).map((r) => r.subnet);
-  }
-  containerNetwork(id: string): ContainerNetworkState {
-    const netns = this.network.netnsOf(id);
-    return { ...(netns ? { netns } : {}), endpoints: this.network.endpointsOf(id), ports: this.network.portsOf(id) };
   }
   connectContainer(id: string, endpoint: { network: NetworkSpec; address: string; dnsNames: string[] }) {
     return this.network.connect(id, endpoint);

@@ -219,8 +219,8 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX containers_image ON containers(image_digest);
   `,
   // Networks and their address leases. A lease belongs to an instance (a container or a VM: the
-  // compute services release it with the instance); the primary key (network, address) is what
-  // makes a double lease impossible.
+  // instance repositories delete it with the instance's row); the primary key (network, address)
+  // is what makes a double lease impossible.
   `
   CREATE TABLE networks (
     id TEXT PRIMARY KEY,
@@ -676,7 +676,9 @@ class InstanceRows<R extends { id: string; name: string }> {
     if (!row) throw new NotFound(`no such ${this.noun}: ${id}`);
     return row;
   }
+  /** The row, and the instance's address leases with it (network_leases has no foreign key: it serves both tables). */
   delete(id: string): void {
+    this.db.prepare('DELETE FROM network_leases WHERE instance_id = ?').run(id);
     this.db.prepare(`DELETE FROM ${this.table} WHERE id = ?`).run(id);
   }
 }

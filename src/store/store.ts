@@ -93,6 +93,7 @@ export interface ContainerRepo {
   list(filter?: { projectId?: string; status?: ContainerStatus[] }): ContainerRecord[];
   insert(c: ContainerRecord): void;
   update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord;
+  /** The record and its address leases. */
   delete(id: string): void;
   /** Containers made from the image, in one project or all. */
   countByImage(digest: string, projectId?: string): number;
@@ -106,6 +107,7 @@ export interface VmRepo {
   list(filter?: { projectId?: string; status?: VmStatus[] }): VmRecord[];
   insert(v: VmRecord): void;
   update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): VmRecord;
+  /** The record and its address leases. */
   delete(id: string): void;
 }
 

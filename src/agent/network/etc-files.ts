@@ -3,7 +3,11 @@
  * directory, as Docker does), made from its endpoints, links and options.
  */
 import { InvalidArgument } from '../../core/errors.js';
-import { resolvConfNameservers } from './network-host.js';
+
+/** Nameservers of a resolv.conf text. */
+export function resolvConfNameservers(text: string): string[] {
+  return text.split('\n').map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1]).filter((x): x is string => !!x);
+}
 
 export interface EtcInput {
   hostname: string;

@@ -50,6 +50,11 @@ export interface PortMapping {
   containerPort: number;
 }
 
+/** Two published ports that cannot both be had: same protocol and port, and an address in common (none given = every address). */
+export function portsClash(a: PortMapping, b: PortMapping): boolean {
+  return a.protocol === b.protocol && a.hostPort === b.hostPort && (!a.hostIp || !b.hostIp || a.hostIp === b.hostIp);
+}
+
 /** iproute2 commands: `host` lines run in the host's namespace, `inNetns` ones in the container's. */
 export interface IpPlan {
   host: string[][];

@@ -18,7 +18,8 @@ import { bridgeDriver } from './bridge-driver.js';
 import { routeDriver } from './route-driver.js';
 import { EmbeddedDns } from './dns/embedded-dns.js';
 import * as kernel from './kernel.js';
-import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
+import { resolvConfNameservers } from './etc-files.js';
+import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, portsClash, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
 import { NFT_TABLE, deleteTableScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
 
 const log = logger('agent.network');
@@ -69,11 +70,6 @@ export interface NetworkHostOptions {
   upstreams?: string[];
   /** The nftables table (inet family) this host renders (default "nimbus"); also the prefix of its namespaces' names. */
   nftTable?: string;
-}
-
-/** Nameservers of a resolv.conf text. */
-export function resolvConfNameservers(text: string): string[] {
-  return text.split('\n').map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1]).filter((x): x is string => !!x);
 }
 
 export class NetworkHost {
@@ -144,10 +140,6 @@ export class NetworkHost {
 
   endpointsOf(containerId: string): EndpointSpec[] {
     return this.containers.get(containerId)?.endpoints ?? [];
-  }
-
-  portsOf(containerId: string): PublishedPort[] {
-    return this.containers.get(containerId)?.ports ?? [];
   }
 
   listNetworks(): NetworkSpec[] {
@@ -230,17 +222,14 @@ export class NetworkHost {
     }
     if (req.endpoints.length > 10) throw new InvalidArgument('at most 10 networks per container');
     for (const p of req.ports) {
-      const clash = [...this.containers.values(), ...this.pending.values()].flatMap((c) => c.ports).find((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (!q.hostIp || !p.hostIp || q.hostIp === p.hostIp));
+      const clash = [...this.containers.values(), ...this.pending.values()].flatMap((c) => c.ports).find((q) => portsClash(p, q));
       if (clash) throw new Conflict(`port ${p.hostIp ?? '0.0.0.0'}:${p.hostPort}/${p.protocol} is already in use by container ${clash.containerId.slice(0, 12)}`);
     }
     const name = this.netnsName(req.containerId);
-    const short = req.containerId.slice(0, 12);
-    const file: EndpointsFile = { containerId: req.containerId, netns: name, endpoints: [], ports: [] };
-    file.endpoints = req.endpoints.map((e, i) => ({
-      networkId: e.network.id, containerId: req.containerId, netns: name, ifName: `eth${i}`,
-      hostIf: `n${e.network.driver === 'route' ? 'r' : 'v'}${short}${i}`, address: e.address, mac: macFor(e.address),
-      defaultRoute: i === 0, dnsNames: e.dnsNames,
-    }));
+    const file: EndpointsFile = {
+      containerId: req.containerId, netns: name, ports: [],
+      endpoints: req.endpoints.map((e, i) => containerEndpoint(req.containerId, name, e.network, i, e.address, e.dnsNames)),
+    };
     const first = file.endpoints[0];
     if (req.ports.length && !first) throw new InvalidArgument('published ports need a network (not none or host)');
     if (first && req.ports.length && this.networks.get(first.networkId)?.internal) throw new InvalidArgument('ports cannot be published from an internal network');
@@ -294,10 +283,7 @@ export class NetworkHost {
   async prewire(containerId: string, pid: number, network: NetworkSpec, address?: string): Promise<void> {
     if (!this.networks.has(network.id) || this.containers.has(containerId) || this.pending.has(containerId)) return;
     const name = this.netnsName(containerId);
-    const e: EndpointSpec = {
-      networkId: network.id, containerId, netns: name, ifName: 'eth0', hostIf: `n${network.driver === 'route' ? 'r' : 'v'}${containerId.slice(0, 12)}0`,
-      address: address ?? '', mac: address ? macFor(address) : '', defaultRoute: true, dnsNames: [],
-    };
+    const e = containerEndpoint(containerId, name, network, 0, address ?? '', []);
     const file: EndpointsFile = { containerId, netns: name, endpoints: [e], ports: [], prewired: true };
     const d = driverFor(network.driver);
     const plan = address ? d.attachPlan(network, e) : d.prewirePlan(network, e);
@@ -306,7 +292,7 @@ export class NetworkHost {
       await kernel.applyPlan({ ...plan, host: [['netns', 'attach', name, String(pid)], ...plan.host] });
       await this.save('endpoints', containerId, file);
       this.prewired.set(containerId, file);
-      if (address && network.driver === 'route') await this.renderTable();
+      if (address && routed(e)) await this.renderTable();
     } catch (err) {
       await this.undoEndpoints(file).catch(() => undefined);
       throw err;
@@ -369,11 +355,7 @@ export class NetworkHost {
       let i = 0;
       while (used.has(`eth${i}`)) i++;
       if (i > 9) throw new InvalidArgument('at most 10 networks per container');
-      const spec: EndpointSpec = {
-        networkId: e.network.id, containerId, netns: file.netns, ifName: `eth${i}`,
-        hostIf: `n${e.network.driver === 'route' ? 'r' : 'v'}${containerId.slice(0, 12)}${i}`, address: e.address, mac: macFor(e.address),
-        defaultRoute: file.endpoints.length === 0, dnsNames: e.dnsNames,
-      };
+      const spec = { ...containerEndpoint(containerId, file.netns, e.network, i, e.address, e.dnsNames), defaultRoute: file.endpoints.length === 0 };
       try {
         await kernel.applyPlan(driverFor(e.network.driver).attachPlan(e.network, spec));
       } catch (err) {
@@ -382,7 +364,7 @@ export class NetworkHost {
       }
       file.endpoints.push(spec);
       await this.save('endpoints', containerId, file);
-      if (e.network.driver === 'route') await this.renderTable();
+      if (routed(spec)) await this.renderTable();
       return spec;
     });
   }
@@ -399,7 +381,7 @@ export class NetworkHost {
       const hadPorts = file.ports.some((p) => p.networkId === networkId);
       file.ports = file.ports.filter((p) => p.networkId !== networkId);
       await this.save('endpoints', containerId, file);
-      if (hadPorts || ep.hostIf.startsWith('nr')) await this.renderTable();
+      if (hadPorts || routed(ep)) await this.renderTable();
     });
   }
 
@@ -514,10 +496,22 @@ export class NetworkHost {
   }
 }
 
+/** A container's endpoint eth<index> on a network: its host end is n[vr]<12 of the id><index> (≤ 15 characters). */
+function containerEndpoint(containerId: string, netns: string, network: NetworkSpec, index: number, address: string, dnsNames: string[]): EndpointSpec {
+  return {
+    networkId: network.id, containerId, netns, ifName: `eth${index}`,
+    hostIf: `n${network.driver === 'route' ? 'r' : 'v'}${containerId.slice(0, 12)}${index}`,
+    address, mac: address ? macFor(address) : '', defaultRoute: index === 0, dnsNames,
+  };
+}
+
+/** A routed endpoint's interface is named in the table (bridge endpoints are covered by their bridge). */
+const routed = (e: EndpointSpec) => e.hostIf.startsWith('nr');
+
 /** Published ports and routed interfaces (per-interface rules) are in the table; bridge endpoints are not. */
 function needsTable(file: EndpointsFile): boolean {
   // a VM's taps may be routed (named in the table, like nr… veths); VMs are made rarely: render
-  return file.ports.length > 0 || file.vm === true || file.endpoints.some((e) => e.hostIf.startsWith('nr'));
+  return file.ports.length > 0 || file.vm === true || file.endpoints.some(routed);
 }
 
 /** A published port must not shadow something already listening on the host. */

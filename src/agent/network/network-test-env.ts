@@ -166,5 +166,3 @@ export async function removeDaemonNetworks(home: string, table: string): Promise
   for (const spec of read('networks') as Array<{ device: string }>) await run('ip', ['link', 'del', spec.device]);
   await run('nft', ['delete', 'table', 'inet', table]);
 }
-
-export { ipToInt };

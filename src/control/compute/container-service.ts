@@ -133,12 +133,13 @@ export class ContainerService {
     const config = { ...asked, ...(links.length ? { links } : {}) };
     const intent: NetworkIntent = await this.networks.intent(config, projectId, { projectId });
     if (links.length && intent.mode !== 'networks') throw new InvalidArgument('--link needs a network (not none, host or container:)');
+    const linkNetworks = intent.mode === 'networks' ? intent.networks : [];
     for (const l of links) {
-      const shares = intent.mode === 'networks' && this.store.networks.leases({ instanceId: l.container }).some((x) => intent.networks.some((n) => n.id === x.networkId));
+      const shares = this.store.networks.leases({ instanceId: l.container }).some((x) => linkNetworks.some((n) => n.id === x.networkId));
       if (!shares) throw new InvalidArgument(`cannot link to ${this.store.containers.get(l.container)?.name}: it is not on the same network`);
     }
     const name = requestedName ?? generateName(taken);
-    const linkEnv = this.networks.linkEnv({ name }, links, (t) => Object.keys(this.store.images.get(t.imageDigest)?.config.config?.ExposedPorts ?? {}));
+    const linkEnv = this.networks.linkEnv({ name }, links, linkNetworks, (t) => Object.keys(this.store.images.get(t.imageDigest)?.config.config?.ExposedPorts ?? {}));
     const process = processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
     const request: Omit<ContainerCreateRequest, 'id'> = {
       name: '', imageChainId: image.chainId, process,
@@ -219,7 +220,7 @@ export class ContainerService {
       throw e;
     }
     try {
-      // addresses are leased with the record in place (they go when it goes)
+      // addresses are leased with the record in place (deleting the record deletes them)
       request.network = this.networks.lease(rec, intent);
       const created = await this.agent.createContainer({ id, ...request });
       const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: created.runtime });
@@ -228,10 +229,7 @@ export class ContainerService {
     } catch (e) {
       // A failed create leaves nothing behind: not the record, not the agent's state.
       await this.agent.removeContainer(id).catch(() => undefined);
-      this.store.transaction(() => {
-        this.store.networks.release(id); // its addresses go with it
-        this.store.containers.delete(id);
-      });
+      this.store.containers.delete(id); // its address leases go with it
       this.quota.release(id, 'create failed');
       throw e;
     }
@@ -337,10 +335,7 @@ export class ContainerService {
         await this.agent.killContainer(c.id, 'SIGKILL').catch(() => undefined);
       }
       await this.agent.removeContainer(c.id);
-      this.store.transaction(() => {
-        this.store.networks.release(c.id);
-        this.store.containers.delete(c.id);
-      });
+      this.store.containers.delete(c.id);
       this.quota.release(c.id, 'container removed');
       this.publish(cur, 'destroy');
     });
@@ -481,7 +476,6 @@ export class ContainerService {
     for (const c of this.store.containers.list()) {
       if (c.status === 'removing') {
         await this.agent.removeContainer(c.id).catch(() => undefined);
-        this.store.networks.release(c.id);
         this.store.containers.delete(c.id);
         this.quota.release(c.id, 'container removed');
         continue;

@@ -230,8 +230,7 @@ export class VmService {
   /** A failed create leaves nothing: not the host state, not the record, not the quota. */
   private forget(id: string, reason: string): void {
     void this.agent.removeVm(id).catch(() => undefined);
-    this.store.networks.release(id);
-    this.store.vms.delete(id);
+    this.store.vms.delete(id); // its address leases go with it
     this.quota.release(id, reason);
   }
 
@@ -397,7 +396,6 @@ export class VmService {
           throw e;
         }
       }
-      this.store.networks.release(v.id); // its addresses
       this.store.vms.delete(v.id);
       this.quota.release(v.id, 'vm removed');
       this.publish(cur, 'destroy');
@@ -470,7 +468,6 @@ export class VmService {
     for (const v of this.store.vms.list()) {
       if (v.status === 'removing') {
         await this.agent.removeVm(v.id).catch(() => undefined);
-        this.store.networks.release(v.id);
         this.store.vms.delete(v.id);
         this.quota.release(v.id, 'vm removed');
         continue;

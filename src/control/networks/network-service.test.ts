@@ -128,7 +128,8 @@ test('remove: refused while an instance holds an address; a warm container\'s le
   await assert.rejects(svc.remove('front', { projectId: 'pdef' }), /in use by 1 instance\(s\): vm1/);
   svc.addressProvider().release('a'.repeat(32)); // an instance's lease is not the provider's to release
   assert.equal(store.networks.leases({ instanceId: 'a'.repeat(32) }).length, 1);
-  store.networks.release('a'.repeat(32));
+  store.vms.delete('a'.repeat(32));
+  assert.deepEqual(store.networks.leases({ instanceId: 'a'.repeat(32) }), [], 'an instance\'s leases go with its record');
   await svc.remove('front', { projectId: 'pdef' });
   assert.deepEqual(store.networks.leases({}), [], 'the warm lease went with the network');
 });

@@ -13,7 +13,7 @@ import { AlreadyExists, Conflict, InvalidArgument, NotFound, hasCode } from '../
 import { isValidName, newId } from '../../core/ids.js';
 import type { AddressProvider, Agent, ContainerNetworkRequest } from '../../agent/agent.js';
 import type { NetworkSpec } from '../../agent/network/network-driver.js';
-import { cidrContains, cidrsOverlap, intToIp, ipToInt, macFor, parseCidr, parseNetworkSubnet } from '../../agent/network/network-driver.js';
+import { cidrContains, cidrsOverlap, intToIp, ipToInt, macFor, parseCidr, parseNetworkSubnet, portsClash } from '../../agent/network/network-driver.js';
 import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, NetworkDriverName, NetworkLeaseRecord, NetworkRecord, PortSpec } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
@@ -311,7 +311,7 @@ export class NetworkService {
     // (only a request that publishes ports pays for the scan of the others')
     for (const c of ports.length ? this.store.containers.list({ status: ['created', 'running', 'paused', 'restarting'] }) : []) {
       for (const q of c.config.ports ?? []) {
-        const clash = ports.find((p) => p.protocol === q.protocol && p.hostPort === q.hostPort && (!p.hostIp || !q.hostIp || p.hostIp === q.hostIp));
+        const clash = ports.find((p) => portsClash(p, q));
         // only the project's own containers are named: another tenant's are none of the caller's business
         if (clash) throw new Conflict(`host port ${clash.hostPort}/${clash.protocol} is already published${c.projectId === projectId ? ` by ${c.name}` : ''}`);
       }
@@ -326,7 +326,7 @@ export class NetworkService {
 
   /**
    * Lease the container's addresses (its record exists) and make the agent's request.
-   * Leases go with the record (a foreign key), so a failed create leaves none.
+   * Deleting the record deletes its leases, so a failed create leaves none.
    */
   lease(c: ContainerRecord, intent: NetworkIntent): ContainerNetworkRequest {
     if (intent.mode === 'none' || intent.mode === 'host') return { mode: intent.mode };
@@ -341,7 +341,7 @@ export class NetworkService {
         mode: 'networks',
         endpoints,
         ports: (c.config.ports ?? []).map((p) => ({ protocol: p.protocol, hostPort: p.hostPort, containerPort: p.containerPort, ...(p.hostIp ? { hostIp: p.hostIp } : {}) })),
-        extraHosts: [...this.linkHosts(c), ...(c.config.extraHosts ?? [])],
+        extraHosts: [...this.linkHosts(c, networks), ...(c.config.extraHosts ?? [])],
         dns: c.config.dns ?? [],
       };
     });
@@ -405,11 +405,16 @@ export class NetworkService {
     throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
   }
 
+  /** A linked container's address on one of the linking container's networks (the one they share). */
+  private linkAddress(target: string, networks: readonly NetworkRecord[]): string | undefined {
+    return this.store.networks.leases({ instanceId: target }).find((l) => networks.some((n) => n.id === l.networkId))?.address;
+  }
+
   /** /etc/hosts lines for --link: the linked container's address on a network both share. */
-  private linkHosts(c: ContainerRecord): string[] {
+  private linkHosts(c: ContainerRecord, networks: readonly NetworkRecord[]): string[] {
     return (c.config.links ?? []).map((l) => {
       const target = this.store.containers.get(l.container);
-      const address = this.store.networks.leases({ instanceId: l.container })[0]?.address;
+      const address = this.linkAddress(l.container, networks);
       if (!target || !address) throw new Conflict(`linked container ${l.alias} has no address`);
       return `${l.alias === target.name ? l.alias : `${l.alias} ${target.name}`}:${address}`;
     });
@@ -419,11 +424,11 @@ export class NetworkService {
    * Docker's link variables: ALIAS_NAME, ALIAS_PORT=<first port>, ALIAS_PORT_<p>_<proto>[_ADDR|_PORT|_PROTO],
    * ALIAS_ENV_<K> for the target's environment. Resolved when the container is created.
    */
-  linkEnv(c: Pick<ContainerRecord, 'name'>, links: Array<{ container: string; alias: string }>, exposed: (target: ContainerRecord) => string[]): string[] {
+  linkEnv(c: Pick<ContainerRecord, 'name'>, links: Array<{ container: string; alias: string }>, networks: readonly NetworkRecord[], exposed: (target: ContainerRecord) => string[]): string[] {
     const env: string[] = [];
     for (const l of links) {
       const t = this.store.containers.get(l.container);
-      const address = this.store.networks.leases({ instanceId: l.container })[0]?.address;
+      const address = this.linkAddress(l.container, networks);
       if (!t || !address) continue;
       const p = l.alias.toUpperCase().replace(/[^A-Z0-9]/g, '_');
       env.push(`${p}_NAME=/${c.name}/${l.alias}`);
