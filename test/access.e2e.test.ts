@@ -139,6 +139,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (segment === 'operations') return f.operation;
       if (segment === 'projects' || segment === 'quota') return f.project;
       if (segment === 'users' || segment === 'apikeys') return 'nobody-at-all';
+      if (segment === 'agents') return 'no-such-agent';
       assert.fail(`${r.method} ${r.path}: the access test does not know what {${name}} after /${segment ?? ''} names; add it to aim()`);
     });
     const auth = r.auth;

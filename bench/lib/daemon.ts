@@ -249,3 +249,56 @@ export function runtimeRoots(home: string): { runtime: string; dir: string }[] {
   return out;
 }
 
+
+export interface BenchAgent {
+  name: string;
+  home: string;
+  /** Stop it (SIGTERM) and remove its home; its VMs must be gone first. */
+  stop(): Promise<void>;
+}
+
+/** `nimbusd agent` on a fresh temp home, registered with the daemon at `controlPlaneSocket`. */
+export async function startBenchAgent(controlPlaneSocket: string, name: string): Promise<BenchAgent> {
+  const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-agent-'));
+  let log = '';
+  const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() },
+  });
+  child.stderr!.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-64 * 1024)));
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    for (const pid of pidsMatching('qemu-system-x86', home)) process.kill(pid, 'SIGKILL'); // comm is cut at 15 characters
+    rmSync(home, { recursive: true, force: true });
+  };
+  const unregister = cleanup.add(`nimbusd agent ${home}`, stop);
+  try {
+    await new Promise<void>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`nimbusd agent did not register in 60 s:\n${log}`)), 60_000);
+      child.stdout!.on('data', (b: Buffer) => {
+        log += b.toString();
+        if (log.includes('registered with')) {
+          clearTimeout(timer);
+          ok();
+        }
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        fail(new Error(`nimbusd agent exited with ${code}:\n${log}`));
+      });
+    });
+  } catch (e) {
+    await unregister();
+    throw e;
+  }
+  return { name, home, stop: unregister };
+}

@@ -97,6 +97,33 @@ export interface VmCreateRequest {
   nics?: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
 }
 
+/**
+ * Live migration between agents: what the destination needs to rebuild the VM's devices.
+ * Opaque to the control plane (the source's driver record less its host paths), carried as JSON.
+ */
+export interface VmMigrationSpec {
+  id: string;
+  name: string;
+  createdAt: string;
+  config: Record<string, unknown>;
+  pin?: number[];
+}
+
+/** The source's half of a live migration, once the last pass is sent. */
+export interface OutgoingMigration {
+  /** The source QMP STOP event (ms since the epoch, the source host's clock); absent if QEMU sent none. */
+  stoppedAt?: number;
+  /** QEMU's own downtime figure (source side: stop to the end of the last pass). */
+  qemuDowntimeMs: number;
+  /** From migrate to completed at the source. */
+  totalMs: number;
+  bytes: number;
+  /** RAM passes (dirty-sync-count). */
+  iterations: number;
+  /** The console output the VM printed on this host and the ones before it, base64. */
+  consoleHistory: string;
+}
+
 /** A VM as its host sees it: the driver's lifecycle plus the runtime facts. */
 export interface VmHostState extends RuntimeState {
   lifecycle: VmLifecycle;
@@ -212,6 +239,25 @@ export interface Agent {
   vmLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
   removeVm(id: string): Promise<void>;
   listVms(): Promise<string[]>;
+  // ---- live migration between agents (the control plane drives the steps; docs/vms.md)
+  /** Source, step 1: the running VM's description for the destination. Conflict unless it runs on shared storage. */
+  vmMigrationSpec(id: string): Promise<VmMigrationSpec>;
+  /** Destination, step 2: a QEMU with the VM's devices waiting for the stream; the URI the source sends to. */
+  prepareVmIncoming(spec: VmMigrationSpec): Promise<{ uri: string }>;
+  /**
+   * Source, step 3: pre-copy while the guest runs, then the final pass (downtime within
+   * maxDowntimeMs where QEMU can). On failure the guest goes on here and this throws.
+   */
+  migrateVmOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }): Promise<OutgoingMigration>;
+  /** Destination, step 4: the guest resumed here (QMP RESUME time, ms since the epoch); recorded running, vCPUs pinned. */
+  finishVmIncoming(id: string, consoleHistory: string): Promise<{ resumedAt: number; state: VmHostState }>;
+  /** Destination, on failure at any step: nothing of the half-arrived VM stays. */
+  abandonVmIncoming(id: string): Promise<void>;
+  /**
+   * Source, step 5: 'moved' ends the source QEMU (left in postmigrate) and removes its state
+   * without reporting an exit; 'resume' lets the guest go on here (the destination failed).
+   */
+  endVmMigration(id: string, outcome: 'moved' | 'resume'): Promise<void>;
   /** Daemon start, before any other VM call: orphan QEMU killed, record-less state removed, exits watched. */
   reconcileVms(): Promise<{ killed: number[]; removed: string[] }>;
   onVmExit(listener: (id: string) => void): void;

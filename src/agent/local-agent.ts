@@ -31,7 +31,7 @@ import { NativeSnapshotter } from './snapshots/native.js';
 import { WarmPool, type WarmTemplate } from './warm-pool.js';
 import { SecureDriver } from './drivers/secure/secure-driver.js';
 import { Reaper } from './reaper.js';
-import type { VmCreateRequest, VmHostState } from './agent.js';
+import type { VmCreateRequest, VmHostState, VmMigrationSpec } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
@@ -834,6 +834,26 @@ export class LocalAgent implements Agent {
   }
   reconcileVms() {
     return this.vms.reconcile();
+  }
+  vmMigrationSpec(id: string) {
+    return this.vms.migrationSpec(id);
+  }
+  prepareVmIncoming(spec: VmMigrationSpec) {
+    // the stream comes in on the address other hosts reach this one by
+    return this.vms.prepareIncoming(spec, this.options.migrationAddress);
+  }
+  migrateVmOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }) {
+    return this.vms.migrateOut(id, uri, opts);
+  }
+  async finishVmIncoming(id: string, consoleHistory: string) {
+    const { resumedAt } = await this.vms.finishIncoming(id, consoleHistory);
+    return { resumedAt, state: await this.vmHostState(id) };
+  }
+  abandonVmIncoming(id: string) {
+    return this.vms.abandonIncoming(id);
+  }
+  endVmMigration(id: string, outcome: 'moved' | 'resume') {
+    return this.vms.endMigration(id, outcome);
   }
   onVmExit(listener: (id: string) => void): void {
     this.vmExitListeners.push(listener);

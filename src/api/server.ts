@@ -89,6 +89,13 @@ async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: 
   }
 }
 
+/**
+ * No bound on a whole request: a console session's body (the keyboard) and a large image
+ * upload last as long as they last; Node 20 would cut either at 300 s. Headers still have to
+ * arrive within headersTimeout (60 s), which is what keeps idle half-open requests out.
+ */
+const SERVER_OPTIONS = { requestTimeout: 0 } as const;
+
 export class ApiServer {
   private readonly compiled: CompiledRoute[];
   private readonly servers: Server[] = [];
@@ -172,7 +179,7 @@ export class ApiServer {
   async listenUnix(socketPath: string): Promise<void> {
     mkdirSync(dirname(socketPath), { recursive: true });
     rmSync(socketPath, { force: true });
-    const server = createServer(this.handle);
+    const server = createServer(SERVER_OPTIONS, this.handle);
     server.keepAliveTimeout = 60_000;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -183,7 +190,7 @@ export class ApiServer {
   }
 
   async listenTcp(host: string, port: number): Promise<number> {
-    const server = createServer(this.handleTcp);
+    const server = createServer(SERVER_OPTIONS, this.handleTcp);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => resolve());

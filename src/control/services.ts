@@ -6,6 +6,7 @@ import type { ContainerService } from './compute/container-service.js';
 import type { NetworkService } from './networks/network-service.js';
 import type { DiskImageService } from './images/disk-image-service.js';
 import type { VmService } from './compute/vm-service.js';
+import type { AgentDirectory } from './agents/agent-directory.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
 import type { OperationService } from './operations/operations.js';
@@ -17,7 +18,10 @@ import type { ProjectService } from './identity/project-service.js';
 export interface Services {
   options: CompiledOptions;
   store: Store;
+  /** The embedded agent (images, containers, networks live there today). */
   agent: Agent;
+  /** Every agent, the embedded one included (VMs may live on any). */
+  agents: AgentDirectory;
   events: EventBus;
   operations: OperationService;
   images: ImageService;

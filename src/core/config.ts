@@ -29,6 +29,11 @@ export interface NimbusOptions {
   warmImages: number;
   /** VM accelerator: "auto" (KVM only when a probe boot succeeds, else TCG) | "kvm" | "tcg". Env NIMBUS_VM_ACCEL. Default auto. */
   vmAccel: 'auto' | 'kvm' | 'tcg';
+  /**
+   * The address this agent receives live migrations on (the destination QEMU listens there for
+   * the stream from the source host). Env NIMBUS_MIGRATION_ADDRESS. Default 127.0.0.1.
+   */
+  migrationAddress: string;
   /** The default project's "bridge" network: its device. Env NIMBUS_BRIDGE. Default nimbus0. */
   bridge: string;
   /**
@@ -88,6 +93,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
     warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),
     vmAccel: oneOf('vm accelerator', overrides.vmAccel ?? (env.NIMBUS_VM_ACCEL || 'auto'), ['auto', 'kvm', 'tcg'] as const),
+    migrationAddress: overrides.migrationAddress ?? env.NIMBUS_MIGRATION_ADDRESS ?? '127.0.0.1',
     bridge: overrides.bridge ?? env.NIMBUS_BRIDGE ?? 'nimbus0',
     bridgeSubnet: overrides.bridgeSubnet ?? env.NIMBUS_BRIDGE_SUBNET ?? '10.88.0.0/16',
     bridgeSubnetExplicit: (overrides.bridgeSubnet ?? env.NIMBUS_BRIDGE_SUBNET) !== undefined,

@@ -19,6 +19,8 @@ import { ContainerService } from '../control/compute/container-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
 import { DiskImageService } from '../control/images/disk-image-service.js';
 import { VmService } from '../control/compute/vm-service.js';
+import { AgentDirectory } from '../control/agents/agent-directory.js';
+import { RemoteAgent } from '../agent/remote/remote-agent.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import { Reclaimer } from '../control/quota/reclaimer.js';
 import type { Services } from '../control/services.js';
@@ -51,13 +53,13 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/** One nimbusd per home: a second one would fight over the store and the runtime state. */
-function takePidLock(home: string): () => void {
+/** One nimbusd (or agent) per home: a second one would fight over the store and the runtime state. */
+export function takePidLock(home: string, what = 'nimbusd'): () => void {
   const file = `${home}/nimbusd.pid`;
   try {
     const other = Number(readFileSync(file, 'utf8').trim());
     if (other && other !== process.pid && processAlive(other)) {
-      throw new Unavailable(`another nimbusd (pid ${other}) is using ${home}`);
+      throw new Unavailable(`another ${what} (pid ${other}) is using ${home}`);
     }
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
@@ -95,7 +97,9 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   agent.setAddressProvider(networks.addressProvider());
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
   const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());
-  const vms = new VmService(store, agent, events, quota, operations, networks, disks);
+  // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
+  const agents = new AgentDirectory(store, agent, options.agentName, (rec) => new RemoteAgent({ name: rec.name, url: rec.url, token: rec.token }));
+  const vms = new VmService(store, agents, events, quota, operations, networks, disks);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
   const reclaimer = new Reclaimer(quota, async (id, action) => {
@@ -112,7 +116,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, agents, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
@@ -150,6 +154,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
       reclaimer.stop();
       containers.shutdown();
       await api.close();
+      await agents.close();
       await agent.close();
       store.close();
       rmSync(options.socket, { force: true });

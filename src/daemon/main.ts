@@ -2,10 +2,12 @@
 /** nimbusd entry point: flags → options → startDaemon; SIGTERM/SIGINT stop it cleanly. */
 import { parseArgs } from 'node:util';
 import { setLogLevel, type Level } from '../core/log.js';
-import { isNimbusError } from '../core/errors.js';
+import { InvalidArgument, isNimbusError } from '../core/errors.js';
+import { startAgentProcess } from './agent-process.js';
 import { startDaemon } from './daemon.js';
 
 const HELP = `Usage: nimbusd [options]
+       nimbusd agent --name NAME [options]   (an agent in its own process; nimbusd agent --help)
 
 Runs the Nimbus control plane with an embedded SQLite store and one local agent.
 
@@ -34,7 +36,83 @@ or a generated one printed once on stderr. Unix-socket callers without a token
 act as that administrator.
 `;
 
+const AGENT_HELP = `Usage: nimbusd agent --name NAME [options]
+
+Runs one host's agent in a process of its own: it serves the agent protocol and
+registers with a control plane, which can then place VMs on it and migrate VMs
+to and from it (nimbus agent ls, nimbus vm run --agent NAME, nimbus vm migrate).
+
+Options (environment variable in brackets):
+  --name NAME              the name it registers under [NIMBUS_AGENT_NAME] (required)
+  --home DIR               its state directory [NIMBUS_HOME] (default /var/lib/nimbus-agent)
+  --listen ADDR            where it serves: HOST:PORT or unix:/PATH [NIMBUS_AGENT_LISTEN]
+                           (default 127.0.0.1:0, any free port)
+  --advertise URL          the URL the control plane reaches it by, if not the listener's
+  --control-plane ADDR     the control plane's API to register with: unix:/PATH or
+                           http://HOST:PORT [NIMBUS_CONTROL_PLANE] (credential: NIMBUS_TOKEN)
+  --migration-address IP   where it receives live migrations [NIMBUS_MIGRATION_ADDRESS] (127.0.0.1)
+  --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL]
+  -h, --help               show this help
+
+The agent's protocol secret is made on first start and kept in HOME/agent.token
+(0600); it is sent to the control plane when registering and never logged.
+`;
+
+async function agentMain(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      name: { type: 'string' },
+      home: { type: 'string' },
+      listen: { type: 'string' },
+      advertise: { type: 'string' },
+      'control-plane': { type: 'string' },
+      'migration-address': { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(AGENT_HELP);
+    return;
+  }
+  if (values['log-level']) setLogLevel(values['log-level'] as Level);
+  const name = values.name ?? process.env.NIMBUS_AGENT_NAME;
+  if (!name) throw new InvalidArgument('nimbusd agent needs --name (see nimbusd agent --help)');
+  const controlPlane = values['control-plane'] ?? process.env.NIMBUS_CONTROL_PLANE;
+  const advertise = values.advertise;
+  const migrationAddress = values['migration-address'];
+  const running = await startAgentProcess({
+    name,
+    home: values.home ?? process.env.NIMBUS_HOME ?? '/var/lib/nimbus-agent',
+    listen: values.listen ?? process.env.NIMBUS_AGENT_LISTEN ?? '127.0.0.1:0',
+    ...(controlPlane ? { controlPlane } : {}),
+    ...(advertise ? { advertise } : {}),
+    ...(process.env.NIMBUS_TOKEN ? { apiToken: process.env.NIMBUS_TOKEN } : {}),
+    ...(migrationAddress ? { overrides: { migrationAddress } } : {}),
+  });
+  process.stdout.write(`nimbusd agent ${name} serving ${running.url}\n`);
+  running.registered.then(
+    () => process.stdout.write(`nimbusd agent ${name} registered with ${controlPlane}\n`),
+    (e: unknown) => {
+      process.stderr.write(`nimbusd agent: registration refused: ${isNimbusError(e) ? e.message : String(e)}\n`);
+      void running.stop().finally(() => process.exit(1));
+    },
+  );
+  const stop = (sig: string) => {
+    process.stderr.write(`nimbusd agent: ${sig}, shutting down (VMs keep running)\n`);
+    running.stop().then(() => process.exit(0), (e: unknown) => {
+      process.stderr.write(`nimbusd agent: shutdown failed: ${String(e)}\n`);
+      process.exit(1);
+    });
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+}
+
 async function main(): Promise<void> {
+  if (process.argv[2] === 'agent') return agentMain(process.argv.slice(3));
   const { values } = parseArgs({
     options: {
       home: { type: 'string' },

@@ -254,4 +254,18 @@ export interface VmRecord {
   startedAt: string | null;
   finishedAt: string | null;
   savedAt: string | null;
+  /** The agent (host) the VM lives on: "local" for the embedded one, else a registered agent's name. */
+  agent: string;
+}
+
+/**
+ * An agent in another process (or on another host) registered with this control plane. The
+ * token is the secret the control plane presents to it; it is never logged nor served.
+ */
+export interface AgentRecord {
+  name: string;
+  /** How the control plane reaches it: http://HOST:PORT or unix:/PATH. */
+  url: string;
+  token: string;
+  registeredAt: string;
 }

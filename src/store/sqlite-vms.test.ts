@@ -9,7 +9,7 @@ import type { VmRecord } from './records.js';
 function vm(id: string, name: string): VmRecord {
   return {
     id, name, projectId: 'p1', config: { cpus: 2, memoryMiB: 192, kernel: '/boot/vmlinuz', pin: [0, 1] },
-    status: 'created', pid: null, exitCode: null, createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, savedAt: null,
+    status: 'created', pid: null, exitCode: null, createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, savedAt: null, agent: 'local',
   };
 }
 
@@ -36,4 +36,26 @@ test('sqlite store: VMs round-trip, survive reopen, resolve by prefix and name, 
   assert.deepEqual(s.vms.list({ status: ['saved'] }).map((v) => v.name), ['web']);
   s.vms.delete(web.id);
   assert.equal(s.vms.list().length, 1);
+});
+
+test('sqlite store: agents are registered again in place, and a VM keeps the agent it moved to', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-store-agents-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'nimbus.db');
+  let s = new SqliteStore(file);
+  s.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
+  s.agents.put({ name: 'b', url: 'http://127.0.0.1:1', token: 't1', registeredAt: '2026-01-01T00:00:00.000Z' });
+  s.agents.put({ name: 'a', url: 'unix:/run/a.sock', token: 't0', registeredAt: '2026-01-01T00:00:00.000Z' });
+  s.agents.put({ name: 'b', url: 'http://127.0.0.1:2', token: 't2', registeredAt: '2026-01-02T00:00:00.000Z' });
+  const id = 'abc1' + '0'.repeat(28);
+  s.vms.insert(vm(id, 'web'));
+  assert.equal(s.vms.get(id)?.agent, 'local');
+  s.vms.update(id, { agent: 'b' });
+  s.close();
+  s = new SqliteStore(file);
+  t.after(() => s.close());
+  assert.deepEqual(s.agents.list().map((a) => [a.name, a.url, a.token]), [['a', 'unix:/run/a.sock', 't0'], ['b', 'http://127.0.0.1:2', 't2']]);
+  assert.equal(s.vms.get(id)?.agent, 'b');
+  s.agents.delete('a');
+  assert.equal(s.agents.get('a'), undefined);
 });

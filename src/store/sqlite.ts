@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { AlreadyExists, InvalidArgument, NotFound } from '../core/errors.js';
 import type {
+  AgentRecord,
   DiskImageRecord,
   NetworkLeaseRecord,
   NetworkRecord,
@@ -17,7 +18,7 @@ import type {
   VmRecord,
   VmStatus,
 } from './records.js';
-import type { ContainerRepo, DiskImageRepo, ImageRepo, NetworkRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
+import type { AgentRepo, ContainerRepo, DiskImageRepo, ImageRepo, NetworkRepo, OperationRepo, ProjectRepo, QuotaAuditRow, RoleRepo, Store, TokenRepo, UserRepo, VmRepo } from './store.js';
 
 /** Ordered migrations; the index + 1 is the schema version kept in PRAGMA user_version. Exported for upgrade tests. */
 export const MIGRATIONS: readonly string[] = [
@@ -260,6 +261,16 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX disk_images_digest ON disk_images(digest);
   `,
+  // Agents in other processes or on other hosts, and which agent each VM lives on.
+  `
+  CREATE TABLE agents (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    token TEXT NOT NULL,
+    registered_at TEXT NOT NULL
+  );
+  ALTER TABLE vms ADD COLUMN agent TEXT NOT NULL DEFAULT 'local';
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -298,6 +309,7 @@ export class SqliteStore implements Store {
   readonly vms: VmRepo;
   readonly networks: NetworkRepo;
   readonly disks: DiskImageRepo;
+  readonly agents: AgentRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;
@@ -317,6 +329,7 @@ export class SqliteStore implements Store {
     this.vms = new SqliteVms(this.stmts);
     this.networks = new SqliteNetworks(this.stmts);
     this.disks = new SqliteDiskImages(this.stmts);
+    this.agents = new SqliteAgents(this.stmts);
     this.operations = new SqliteOperations(this.stmts);
     this.users = new SqliteUsers(this.stmts);
     this.tokens = new SqliteTokens(this.stmts);
@@ -750,6 +763,7 @@ const VM_COLUMNS: Record<string, string> = {
   startedAt: 'started_at',
   finishedAt: 'finished_at',
   savedAt: 'saved_at',
+  agent: 'agent',
 };
 
 class SqliteVms implements VmRepo {
@@ -771,6 +785,7 @@ class SqliteVms implements VmRepo {
       startedAt: strOrNull(r.started_at),
       finishedAt: strOrNull(r.finished_at),
       savedAt: strOrNull(r.saved_at),
+      agent: str(r.agent ?? 'local'),
     };
   }
   private value(key: string, v: unknown): unknown {
@@ -944,6 +959,25 @@ class SqliteNetworks implements NetworkRepo {
     return networkId
       ? this.db.prepare('DELETE FROM network_leases WHERE instance_id = ? AND network_id = ?').run(instanceId, networkId).changes
       : this.db.prepare('DELETE FROM network_leases WHERE instance_id = ?').run(instanceId).changes;
+  }
+}
+
+class SqliteAgents implements AgentRepo {
+  constructor(private readonly db: Db) {}
+  private row(r: Row | undefined): AgentRecord | undefined {
+    return r ? { name: str(r.name), url: str(r.url), token: str(r.token), registeredAt: str(r.registered_at) } : undefined;
+  }
+  get(name: string) {
+    return this.row(this.db.prepare('SELECT * FROM agents WHERE name = ?').get(name) as Row | undefined);
+  }
+  list() {
+    return (this.db.prepare('SELECT * FROM agents ORDER BY name').all() as Row[]).map((r) => this.row(r)!);
+  }
+  put(a: AgentRecord) {
+    this.db.prepare('INSERT OR REPLACE INTO agents (name, url, token, registered_at) VALUES (?, ?, ?, ?)').run(a.name, a.url, a.token, a.registeredAt);
+  }
+  delete(name: string) {
+    this.db.prepare('DELETE FROM agents WHERE name = ?').run(name);
   }
 }
 

@@ -3,6 +3,7 @@
  * embedded default; PostgreSQL (multi-host) will implement the same interface.
  */
 import type {
+  AgentRecord,
   ContainerRecord,
   ContainerStatus,
   DiskImageRecord,
@@ -111,6 +112,14 @@ export interface VmRepo {
   delete(id: string): void;
 }
 
+export interface AgentRepo {
+  get(name: string): AgentRecord | undefined;
+  list(): AgentRecord[];
+  /** Insert or replace (an agent registers again on every start; its URL may change). */
+  put(a: AgentRecord): void;
+  delete(name: string): void;
+}
+
 export interface OperationRepo {
   get(id: string): OperationRecord | undefined;
   list(limit?: number): OperationRecord[];
@@ -158,6 +167,7 @@ export interface Store {
   readonly vms: VmRepo;
   readonly networks: NetworkRepo;
   readonly disks: DiskImageRepo;
+  readonly agents: AgentRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;

@@ -14,6 +14,7 @@ const VmCreate = Type.Object(
     disk: Type.Optional(Type.String({ minLength: 1, description: 'Base disk image (raw or qcow2); the VM gets a copy-on-write overlay of it' })),
     pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0 }), { description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
     image: Type.Optional(Type.String({ minLength: 1, description: 'A disk image of the image service (nimbus image import-disk): the root disk is a qcow2 overlay backed by it' })),
+    agent: Type.Optional(Type.String({ minLength: 1, description: 'The agent (host) to run it on (GET /agents); default the embedded one' })),
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8, description: 'Networks of the VM\'s project ("bridge": its default) for virtio-net NICs eth0, eth1, ...; the addresses are leased and given to the guest as nimbus.net=IF,ADDR/PREFIX,GATEWAY on its kernel command line' })),
   },
   { $id: 'VmCreate', additionalProperties: false },
@@ -33,6 +34,7 @@ const Vm = Type.Object(
     startedAt: Type.Union([Type.String(), Type.Null()]),
     finishedAt: Type.Union([Type.String(), Type.Null()]),
     savedAt: Type.Union([Type.String(), Type.Null()]),
+    agent: Type.String({ description: 'The agent (host) it lives on' }),
     network: Type.Optional(Type.Object({ endpoints: Type.Array(Type.Object({ network: Type.String(), networkId: Type.String(), address: Type.String(), gateway: Type.String(), prefix: Type.Integer(), mac: Type.String(), ifName: Type.String() })) }, { description: 'NICs (inspect only)' })),
   },
   { $id: 'Vm' },
@@ -73,7 +75,7 @@ export const vmRoutes = [
     method: 'GET', path: '/vms/{id}', operationId: 'inspectVm', tag: 'vms', access: 'read',
     auth: { role: 'reader', project: VM },
     summary: 'Inspect a VM: its record and what its host knows (accelerator, QEMU argv, vCPU pinning, sockets)',
-    params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it' }) })]),
+    params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
     handler: async ({ params, services }) => {
       const v = await services.vms.inspect(params.id);
       return { ...typed(v), network: { endpoints: services.networks.endpointsOf(v.id) } };
@@ -144,6 +146,19 @@ export const vmRoutes = [
     summary: 'Bring a saved VM back, the guest continuing where it was; returns an Operation (202)', status: 202,
     params: IdParam, response: Operation,
     handler: ({ params, services }) => ({ status: 202, body: services.vms.startRestore(params.id) }),
+  }),
+  route({
+    method: 'POST', path: '/vms/{id}/migrate', operationId: 'migrateVm', tag: 'vms', access: 'write',
+    auth: { role: 'member', project: VM },
+    summary: 'Live-migrate a running VM to another agent: RAM pre-copied while the guest runs, then a short pause; '
+      + 'returns an Operation (202) whose result reports the measured downtime, total time, bytes and RAM passes',
+    status: 202, params: IdParam,
+    body: Type.Object({
+      to: Type.String({ minLength: 1, description: 'The destination agent' }),
+      maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 60000, description: 'Longest pause QEMU may plan for the last pass (default 300, as QEMU)' })),
+    }, { additionalProperties: false }),
+    response: Operation,
+    handler: ({ params, body, services }) => ({ status: 202, body: services.vms.startMigrate(params.id, body.to, body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}) }),
   }),
   route({
     method: 'POST', path: '/vms/{id}/console', operationId: 'vmConsole', tag: 'vms', access: 'write',

@@ -21,6 +21,27 @@ export interface Vm {
   finishedAt: string | null;
   savedAt: string | null;
   config: { cpus: number; memoryMiB: number; kernel?: string; initrd?: string; append?: string; disk?: string; pin?: number[]; template?: string };
+  /** The agent (host) it lives on; absent from daemons before agents. */
+  agent?: string;
+}
+
+/** What `vm migrate` prints: the operation's result. */
+export interface MigrationResult {
+  id: string;
+  from: string;
+  to: string;
+  totalMs: number;
+  downtimeMs: number;
+  qemuDowntimeMs: number;
+  bytes: number;
+  iterations: number;
+  maxDowntimeMs: number;
+}
+
+/** One line a person reads after a migration. */
+export function migrationSummary(name: string, r: MigrationResult): string {
+  const mib = (r.bytes / (1024 * 1024)).toFixed(1);
+  return `${name}: migrated ${r.from} → ${r.to} in ${r.totalMs} ms; downtime ${r.downtimeMs} ms (QEMU: ${r.qemuDowntimeMs} ms, limit ${r.maxDowntimeMs} ms); ${mib} MiB in ${r.iterations} RAM pass${r.iterations === 1 ? '' : 'es'}\n`;
 }
 
 interface Operation {
@@ -57,6 +78,7 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
   { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
   { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
+  { name: 'agent', type: 'string', value: 'AGENT', description: 'Run it on this agent (nimbus agent ls; default the embedded one)' },
 ];
 
 /** The POST /vms body from `vm create|run` options and an optional NAME argument. */
@@ -86,6 +108,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
     ...(((opts.network as string[] | undefined) ?? []).length ? { networks: opts.network } : {}),
     ...(opts.image !== undefined ? { image: opts.image } : {}),
+    ...(opts.agent !== undefined ? { agent: opts.agent } : {}),
   };
 }
 
@@ -192,7 +215,7 @@ type InspectedVm = Vm & { host: { accel: string; qemuPid?: number; pinning: { vc
 /** `vm inspect -o table`: the facts a person looks for first. */
 function inspectSummary(v: InspectedVm): string {
   return table(['FIELD', 'VALUE'], [
-    ['id', v.id], ['name', v.name], ['status', vmStatusText(v)],
+    ['id', v.id], ['name', v.name], ['status', vmStatusText(v)], ['agent', v.agent ?? '-'],
     ['cpus', String(v.config.cpus)], ['memory', `${v.config.memoryMiB} MiB`], ['image', vmImage(v)],
     ['accelerator', v.host?.accel ?? '-'], ['qemu pid', v.host?.qemuPid !== undefined ? String(v.host.qemuPid) : '-'],
     ['pinning', v.host?.pinning.map((p) => `vcpu${p.vcpu}→${p.hostCpus.join(',')}`).join(' ') || '-'],
@@ -203,8 +226,8 @@ function inspectSummary(v: InspectedVm): string {
 function vmTable(list: Vm[], full: boolean): string {
   const id = (s: string) => (full ? s : short(s));
   return table(
-    ['VM ID', 'NAME', 'STATUS', 'CPUS', 'MEMORY', 'IMAGE', 'CREATED'],
-    list.map((v) => [id(v.id), v.name, vmStatusText(v), String(v.config.cpus), `${v.config.memoryMiB}MiB`, truncate(vmImage(v), 40), ago(v.createdAt)]),
+    ['VM ID', 'NAME', 'STATUS', 'AGENT', 'CPUS', 'MEMORY', 'IMAGE', 'CREATED'],
+    list.map((v) => [id(v.id), v.name, vmStatusText(v), v.agent ?? '-', String(v.config.cpus), `${v.config.memoryMiB}MiB`, truncate(vmImage(v), 40), ago(v.createdAt)]),
   );
 }
 
@@ -309,6 +332,25 @@ export const vmCommands: CommandSpec[] = [
       }
       const v = await clientOf(global).json<Vm & { balloonMiB?: number }>('POST', `/vms/${enc(args[0]!)}/resize`, body);
       return render(global, v, (x) => `${x.name}: ${x.config.cpus} vCPUs, ${x.config.memoryMiB} MiB${x.balloonMiB !== undefined ? ` (guest has ${x.balloonMiB} MiB now)` : ''}\n`);
+    },
+  },
+  {
+    name: 'vm migrate', usage: 'VM', summary: 'Live-migrate a running VM to another agent; prints the measured downtime, total time, bytes and RAM passes',
+    minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'to', type: 'string', value: 'AGENT', description: 'The destination agent (nimbus agent ls) (required)' },
+      { name: 'max-downtime', type: 'number', integer: true, value: 'MS', description: 'Longest pause QEMU may plan for the last pass (default 300)' },
+      OUTPUT_OPTION,
+    ],
+    async run({ args, opts, global }) {
+      if (opts.to === undefined) throw new UsageError('vm migrate needs --to AGENT');
+      const max = opts['max-downtime'] as number | undefined;
+      if (max !== undefined && (max < 1 || max > 60000)) throw new UsageError('--max-downtime must be 1–60000 ms');
+      const client = clientOf(global);
+      const op = await client.json<Operation>('POST', `/vms/${enc(args[0]!)}/migrate`, { to: opts.to, ...(max !== undefined ? { maxDowntimeMs: max } : {}) });
+      if (global.output !== 'json') process.stderr.write(`migrating ${args[0]} to ${String(opts.to)}...\n`);
+      const done = await waitOperation(client, op, 'migration');
+      return render(global, done.result as unknown as MigrationResult, (r) => migrationSummary(args[0]!, r));
     },
   },
   { name: 'vm save', usage: 'VM [VM...]', summary: 'Save the whole VM state to disk; the VM is then saved (QEMU ends)', minArgs: 1, options: [], run: viaOperation('save') },

@@ -7,6 +7,8 @@ import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
 import type { Agent, VmCreateRequest, VmHostState } from '../../agent/agent.js';
+import { migrationReport, type MigrationReport } from '../../agent/migration.js';
+import type { AgentDirectory } from '../agents/agent-directory.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import type { LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
@@ -46,21 +48,31 @@ export interface CreateVmInput {
   networks?: string[];
   /** A disk image of the image service (instead of a host path in `disk`): the root disk is an overlay of it. */
   image?: string;
+  /** The agent (host) to run it on; default the embedded one. */
+  agent?: string;
 }
+
+/** Most a migration may stop the guest for (QEMU's default limit is 300 ms). */
+const MAX_DOWNTIME_LIMIT_MS = 60_000;
 
 export class VmService {
   private readonly locks = new Map<string, Promise<unknown>>();
 
   constructor(
     private readonly store: Store,
-    private readonly agent: Agent,
+    private readonly agents: AgentDirectory,
     private readonly events: EventBus,
     private readonly quota: QuotaService,
     private readonly operations: OperationService,
     private readonly networks?: NetworkService,
     private readonly disks?: DiskImageService,
   ) {
-    agent.onVmExit((id) => void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) })));
+    agents.onVmExit((_agent, id) => void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) })));
+  }
+
+  /** The agent a VM lives on (Unavailable-typed errors come from the transport when it is down). */
+  private on(v: Pick<VmRecord, 'agent'>): Agent {
+    return this.agents.get(v.agent);
   }
 
   /** Serialises lifecycle calls per VM so concurrent requests cannot interleave. */
@@ -84,13 +96,19 @@ export class VmService {
   }
 
   /** The record plus what the host knows (accelerator, QEMU argv, pinning, sockets). */
-  async inspect(idOrName: string): Promise<VmRecord & { host: VmInspect | null }> {
+  async inspect(idOrName: string): Promise<VmRecord & { host: VmInspect | null; hostError?: string }> {
     const v = this.get(idOrName);
-    const host = await this.agent.inspectVm(v.id).catch((e: unknown) => {
+    let hostError: string | undefined;
+    const host = await this.on(v).inspectVm(v.id).catch((e: unknown) => {
       if (hasCode(e, 'NotFound')) return null;
+      // an agent that is down does not hide the record: the host's view is just missing
+      if (hasCode(e, 'Unavailable')) {
+        hostError = (e as Error).message;
+        return null;
+      }
       throw e;
     });
-    return { ...v, host };
+    return { ...v, host, ...(hostError ? { hostError } : {}) };
   }
 
   list(opts: { all?: boolean; projectId?: string } = {}): VmRecord[] {
@@ -113,6 +131,13 @@ export class VmService {
   }
 
   async create(asked: CreateVmInput, projectId: string): Promise<VmRecord> {
+    const agentName = asked.agent ?? this.agents.localName;
+    const agent = this.agents.get(agentName);
+    if (agentName !== this.agents.localName && (asked.image !== undefined || asked.networks?.length)) {
+      // disk image blobs are in the embedded agent's content store, and networks are laid out per host
+      // with nothing joining two hosts' yet
+      throw new InvalidArgument(`--image and --network are for VMs on the embedded agent "${this.agents.localName}" only (for now)`);
+    }
     // a disk image of the image service stands for the host path of its blob
     let diskImage: VmConfig['diskImage'];
     const input = { ...asked };
@@ -141,13 +166,13 @@ export class VmService {
     const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
     if (networks.length) config.networks = networks.map((n) => n.id);
     const id = newVmId();
-    const rec = this.admitAndInsert(id, name, projectId, config, 'created');
+    const rec = this.admitAndInsert(id, name, projectId, config, 'created', agentName);
     const req: VmCreateRequest = { id, name, ...config };
     try {
       if (networks.length) req.nics = this.networks!.leaseVm(id, name, networks);
-      await this.agent.createVm(req);
+      await agent.createVm(req);
     } catch (e) {
-      this.forget(id, 'create failed');
+      this.forget(id, agentName, 'create failed');
       throw e;
     }
     this.publish(rec, 'create', { cpus: config.cpus, memoryMiB: config.memoryMiB });
@@ -178,7 +203,7 @@ export class VmService {
       }
       let r: Awaited<ReturnType<Agent['resizeVm']>>;
       try {
-        r = await this.agent.resizeVm(v.id, want);
+        r = await this.on(cur).resizeVm(v.id, want);
       } catch (e) {
         if (recharge) {
           this.quota.release(v.id, 'resize failed');
@@ -199,11 +224,11 @@ export class VmService {
     const newName = this.checkName(name, projectId);
     const id = newVmId();
     const { template: _none, ...base } = t.config;
-    const rec = this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved');
+    const rec = this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', t.agent);
     try {
-      await this.agent.createVmFromTemplate(t.id, id, newName);
+      await this.on(t).createVmFromTemplate(t.id, id, newName);
     } catch (e) {
-      this.forget(id, 'create failed');
+      this.forget(id, t.agent, 'create failed');
       throw e;
     }
     this.publish(rec, 'create', { template: t.id });
@@ -211,12 +236,12 @@ export class VmService {
   }
 
   /** Admission first: a refused request leaves nothing behind. */
-  private admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus): VmRecord {
+  private admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus, agent: string): VmRecord {
     this.quota.admitVm(id, projectId, { cpus: config.cpus, memoryMiB: config.memoryMiB });
     const now = new Date().toISOString();
     const rec: VmRecord = {
       id, name, projectId, config, status, pid: null, exitCode: null,
-      createdAt: now, startedAt: null, finishedAt: null, savedAt: null,
+      createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent,
     };
     try {
       this.store.vms.insert(rec);
@@ -228,8 +253,8 @@ export class VmService {
   }
 
   /** A failed create leaves nothing: not the host state, not the record, not the quota. */
-  private forget(id: string, reason: string): void {
-    void this.agent.removeVm(id).catch(() => undefined);
+  private forget(id: string, agent: string, reason: string): void {
+    void this.agents.get(agent).removeVm(id).catch(() => undefined);
     this.store.vms.delete(id); // its address leases go with it
     this.quota.release(id, reason);
   }
@@ -257,7 +282,7 @@ export class VmService {
       if (cur.status === 'saved') throw new Conflict(`VM ${cur.name} is saved: restore it (nimbus vm restore ${cur.name})`);
       assertVmTransition(cur.name, cur.status, 'running', 'start');
       this.readmit(cur);
-      return this.running(v.id, await this.agent.startVm(v.id), 'start');
+      return this.running(v.id, await this.on(cur).startVm(v.id), 'start');
     });
   }
 
@@ -267,7 +292,7 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (!isLive(cur.status)) return cur;
-      return this.recordStop(v.id, await this.agent.stopVm(v.id, timeoutSec));
+      return this.recordStop(v.id, await this.on(cur).stopVm(v.id, timeoutSec));
     });
   }
 
@@ -276,15 +301,15 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (!isLive(cur.status)) throw new Conflict(`cannot kill VM ${cur.name}: it is ${cur.status}`);
-      await this.agent.killVm(v.id, signal);
+      await this.on(cur).killVm(v.id, signal);
       this.publish(cur, 'kill', { signal });
-      const state = await this.agent.vmState(v.id);
+      const state = await this.on(cur).vmState(v.id);
       return state.lifecycle === 'stopped' ? this.recordStop(v.id, state) : this.current(v.id);
     });
   }
 
   pause(idOrName: string): Promise<VmRecord> {
-    return this.simpleTransition(idOrName, 'paused', 'pause', (id) => this.agent.pauseVm(id));
+    return this.simpleTransition(idOrName, 'paused', 'pause', (v) => this.on(v).pauseVm(v.id));
   }
 
   unpause(idOrName: string): Promise<VmRecord> {
@@ -292,20 +317,20 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (cur.status !== 'paused') throw new Conflict(`cannot unpause VM ${cur.name}: it is ${cur.status}`);
-      await this.agent.unpauseVm(v.id);
+      await this.on(cur).unpauseVm(v.id);
       const next = this.store.vms.update(v.id, { status: 'running' });
       this.publish(next, 'unpause');
       return next;
     });
   }
 
-  private simpleTransition(idOrName: string, to: VmStatus, verb: string, call: (id: string) => Promise<void>): Promise<VmRecord> {
+  private simpleTransition(idOrName: string, to: VmStatus, verb: string, call: (v: VmRecord) => Promise<void>): Promise<VmRecord> {
     const v = this.get(idOrName);
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (cur.status === to) return cur;
       assertVmTransition(cur.name, cur.status, to, verb);
-      await call(v.id);
+      await call(cur);
       const next = this.store.vms.update(v.id, { status: to });
       this.publish(next, verb);
       return next;
@@ -318,7 +343,7 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       assertVmTransition(cur.name, cur.status, 'saved', 'save');
-      const r = await this.agent.saveVm(v.id);
+      const r = await this.on(cur).saveVm(v.id);
       const next = this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: new Date().toISOString() });
       this.publish(next, 'save', { bytes: r.bytes, ms: r.ms });
       return { vm: next, bytes: r.bytes, ms: r.ms };
@@ -374,8 +399,8 @@ export class VmService {
       if (cur.status !== 'saved') throw new Conflict(`cannot restore VM ${cur.name}: it is ${cur.status}, not saved`);
       this.assertNotTemplate(cur, 'restore');
       this.readmit(cur);
-      const r = await this.agent.restoreVm(v.id);
-      const next = this.running(v.id, await this.agent.vmState(v.id), 'restore', { ms: r.ms });
+      const r = await this.on(cur).restoreVm(v.id);
+      const next = this.running(v.id, await this.on(cur).vmState(v.id), 'restore', { ms: r.ms });
       return { vm: next, ms: r.ms };
     });
   }
@@ -389,7 +414,7 @@ export class VmService {
       this.assertNotTemplate(cur, 'remove');
       this.store.vms.update(v.id, { status: 'removing' });
       try {
-        await this.agent.removeVm(v.id); // kills a live QEMU first
+        await this.on(cur).removeVm(v.id); // kills a live QEMU first
       } catch (e) {
         if (!hasCode(e, 'NotFound')) {
           this.store.vms.update(v.id, { status: cur.status });
@@ -410,7 +435,7 @@ export class VmService {
   async console(idOrName: string, input: Readable, signal: AbortSignal): Promise<AsyncIterable<{ data: string }>> {
     const v = this.get(idOrName);
     if (!isLive(v.status)) throw new Conflict(`VM ${v.name} is ${v.status}; the console needs it running`);
-    const line = await this.agent.openVmConsole(v.id);
+    const line = await this.on(v).openVmConsole(v.id);
     const out = new AsyncQueue<{ data: string }>();
     line.on('data', (b: Buffer) => out.push({ data: b.toString('base64') }));
     line.once('close', () => out.end());
@@ -428,7 +453,8 @@ export class VmService {
   }
 
   logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
-    return this.agent.vmLogs(this.get(idOrName).id, opts);
+    const v = this.get(idOrName);
+    return this.on(v).vmLogs(v.id, opts);
   }
 
   private recordStop(id: string, state: VmHostState): VmRecord {
@@ -450,24 +476,112 @@ export class VmService {
     await this.locked(id, async () => {
       const now = this.store.vms.get(id);
       if (!now || !isLive(now.status)) return;
-      const state = await this.agent.vmState(id);
+      const state = await this.on(now).vmState(id);
       if (state.lifecycle === 'stopped') this.recordStop(id, state);
     });
   }
 
   /**
-   * Daemon start, before serving: the driver reconciles its own state first
-   * (orphan QEMU killed, record-less directories removed, live VMs watched
-   * again), then the store and the host are brought into agreement. VMs keep
-   * running across a daemon restart and are simply re-attached.
+   * Live migration to another agent, as an Operation: the destination waits for the stream,
+   * the source pre-copies RAM while the guest runs and stops it only for the last pass, the
+   * guest resumes at the destination. Checked before the operation starts, so a VM that
+   * cannot move now is a plain error, not a failed operation.
    */
-  async reconcile(): Promise<{ running: number; stopped: number; lost: number; orphansRemoved: number; qemuKilled: number }> {
-    const host = await this.agent.reconcileVms();
-    const onHost = new Set(await this.agent.listVms());
+  startMigrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): OperationRecord {
+    const v = this.get(idOrName);
+    this.checkMigration(v, to, opts);
+    return this.operations.start('vm.migrate', v.id, v.projectId, () => this.migrate(v.id, to, opts));
+  }
+
+  private checkMigration(v: VmRecord, to: string, opts: { maxDowntimeMs?: number }): void {
+    if (!this.agents.has(to)) throw new NotFound(`no such agent: ${to}`, { agent: to });
+    if (to === v.agent) throw new InvalidArgument(`VM ${v.name} is on agent ${to} already`);
+    if (v.status !== 'running') throw new Conflict(`cannot migrate VM ${v.name}: it is ${v.status}; only a running VM migrates live`);
+    if (v.config.networks?.length) throw new Conflict(`cannot migrate VM ${v.name}: it has network interfaces, and moving them between hosts is not done yet`);
+    if (v.config.diskImage || v.config.disk) throw new Conflict(`cannot migrate VM ${v.name}: its root disk is a local overlay; live migration needs storage both hosts see`);
+    const d = opts.maxDowntimeMs;
+    if (d !== undefined && (!Number.isInteger(d) || d < 1 || d > MAX_DOWNTIME_LIMIT_MS)) throw new InvalidArgument(`max downtime must be 1–${MAX_DOWNTIME_LIMIT_MS} ms, got ${d}`);
+  }
+
+  /** The five steps of a live migration across agents (see docs/vms.md); on failure the guest goes on at the source. */
+  migrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): Promise<MigrationReport & { from: string; to: string }> {
+    const v = this.get(idOrName);
+    return this.locked(v.id, async () => {
+      const cur = this.current(v.id);
+      this.checkMigration(cur, to, opts);
+      const from = cur.agent;
+      const src = this.on(cur);
+      const dst = this.agents.get(to);
+      const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
+      const t0 = performance.now();
+      const spec = await src.vmMigrationSpec(v.id);
+      const { uri } = await dst.prepareVmIncoming(spec);
+      let out: Awaited<ReturnType<Agent['migrateVmOut']>>;
+      let fin: Awaited<ReturnType<Agent['finishVmIncoming']>>;
+      try {
+        out = await src.migrateVmOut(v.id, uri, { maxDowntimeMs });
+        fin = await dst.finishVmIncoming(v.id, out.consoleHistory);
+      } catch (e) {
+        await dst.abandonVmIncoming(v.id).catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id: v.id, agent: to, error: String(x) }));
+        await src.endVmMigration(v.id, 'resume').catch((x: unknown) => log.warn('resuming a VM after a failed migration failed', { id: v.id, agent: from, error: String(x) }));
+        this.publish(cur, 'migrate-failed', { from, to, error: String(e) });
+        throw e;
+      }
+      // the guest runs at the destination now: the record says so before the source lets go
+      const next = this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null });
+      await src.endVmMigration(v.id, 'moved').catch((e: unknown) => log.warn('ending the source half of a migration failed', { id: v.id, agent: from, error: String(e) }));
+      const report = { ...migrationReport(v.id, out, fin.resumedAt, maxDowntimeMs, performance.now() - t0), from, to };
+      this.publish(next, 'migrate', { ...report });
+      log.info('vm migrated', { ...report });
+      return report;
+    });
+  }
+
+  /**
+   * Daemon start, before serving: each agent's driver reconciles its own state first
+   * (orphan QEMU killed, record-less directories removed, live VMs watched again), then
+   * the store and the hosts are brought into agreement. VMs keep running across a daemon
+   * restart and are simply re-attached. An agent that does not answer is left alone: its
+   * VMs keep their records until it is back (they are not "lost" because we cannot see them).
+   */
+  async reconcile(): Promise<{ running: number; stopped: number; lost: number; orphansRemoved: number; qemuKilled: number; agentsDown: string[] }> {
+    const hosts = new Map<string, Set<string>>();
+    const agentsDown: string[] = [];
+    let qemuKilled = 0;
+    for (const name of this.agents.names()) {
+      try {
+        const agent = this.agents.get(name);
+        qemuKilled += (await agent.reconcileVms()).killed.length;
+        hosts.set(name, new Set(await agent.listVms()));
+      } catch (e) {
+        log.warn('agent unreachable at reconcile; its VMs are left as recorded', { agent: name, error: String(e) });
+        agentsDown.push(name);
+      }
+    }
     let running = 0, stopped = 0, lost = 0, orphansRemoved = 0;
     for (const v of this.store.vms.list()) {
+      let onHost = hosts.get(v.agent);
+      if (!onHost) {
+        if (!this.agents.has(v.agent) && v.status !== 'stopped') {
+          // its agent was removed from the directory: nothing can run it any more
+          this.store.vms.update(v.id, { status: 'stopped', pid: null, exitCode: v.exitCode ?? 255, finishedAt: v.finishedAt ?? new Date().toISOString() });
+          lost++;
+        }
+        continue;
+      }
+      if (!onHost.has(v.id)) {
+        // a migration whose last step the control plane did not see: the VM is where it arrived
+        const elsewhere = [...hosts].find(([, ids]) => ids.has(v.id))?.[0];
+        if (elsewhere && v.status !== 'removing') {
+          log.warn('VM found on another agent than recorded; following it', { id: v.id, recorded: v.agent, found: elsewhere });
+          v.agent = elsewhere;
+          this.store.vms.update(v.id, { agent: elsewhere });
+          onHost = hosts.get(elsewhere)!;
+        }
+      }
+      const agent = this.on(v);
       if (v.status === 'removing') {
-        await this.agent.removeVm(v.id).catch(() => undefined);
+        await agent.removeVm(v.id).catch(() => undefined);
         this.store.vms.delete(v.id);
         this.quota.release(v.id, 'vm removed');
         continue;
@@ -483,7 +597,7 @@ export class VmService {
       onHost.delete(v.id);
       let state: VmHostState;
       try {
-        state = await this.agent.vmState(v.id);
+        state = await agent.vmState(v.id);
       } catch (e) {
         // one unreadable VM must not keep the daemon from serving the others
         log.warn('cannot read a VM\'s host state; leaving its record as it was', { id: v.id, error: String(e) });
@@ -499,11 +613,18 @@ export class VmService {
         this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: v.savedAt ?? new Date().toISOString() });
       }
     }
-    for (const orphan of onHost) {
-      log.warn('removing a VM the store does not know', { id: orphan });
-      await this.agent.removeVm(orphan).catch((e: unknown) => log.warn('orphan VM removal failed', { id: orphan, error: String(e) }));
-      orphansRemoved++;
+    for (const [name, orphans] of hosts) {
+      for (const orphan of orphans) {
+        log.warn('removing a VM the store does not know', { id: orphan, agent: name });
+        await this.agents.get(name).removeVm(orphan).catch((e: unknown) => log.warn('orphan VM removal failed', { id: orphan, error: String(e) }));
+        orphansRemoved++;
+      }
     }
-    return { running, stopped, lost, orphansRemoved, qemuKilled: host.killed.length };
+    return { running, stopped, lost, orphansRemoved, qemuKilled, agentsDown };
+  }
+
+  /** VMs recorded on an agent (the directory's listing; a removal is refused while there are any). */
+  countOn(agent: string): number {
+    return this.store.vms.list().filter((v) => v.agent === agent).length;
   }
 }

@@ -119,7 +119,7 @@ test('remove: refused while an instance holds an address; a warm container\'s le
   const { store, svc } = setup(t);
   const net = await svc.create({ name: 'front', subnet: '10.66.0.0/24' }, 'pdef');
   const now = new Date().toISOString();
-  store.vms.insert({ id: 'a'.repeat(32), name: 'vm1', projectId: 'pdef', config: { cpus: 1, memoryMiB: 64 }, status: 'created', pid: null, exitCode: null, createdAt: now, startedAt: null, finishedAt: null, savedAt: null });
+  store.vms.insert({ id: 'a'.repeat(32), name: 'vm1', projectId: 'pdef', config: { cpus: 1, memoryMiB: 64 }, status: 'created', pid: null, exitCode: null, createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent: 'local' });
   svc.leaseVm('a'.repeat(32), 'vm1', [net]);
   // a warm container's address, leased ahead of demand through the agent's provider
   const warm = svc.addressProvider().lease(net.id, 'f'.repeat(64));

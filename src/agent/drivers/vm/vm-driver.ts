@@ -27,6 +27,10 @@ import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceSt
 import { decodeExitStatus, qemuArgv, type Accelerator, type QemuConfig } from './qemu.js';
 import { instancePaths, launchQemu, processAlive, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
+import type { OutgoingMigration, VmMigrationSpec } from '../../agent.js';
+import { migrationReport, type MigrationReport } from '../../migration.js';
+
+export type { MigrationReport } from '../../migration.js';
 
 const log = logger('vm-driver');
 
@@ -113,6 +117,8 @@ export class VmDriver implements InstanceDriver {
   private readonly exitListeners: Array<(id: string) => void> = [];
   private readonly watchers = new Map<string, NodeJS.Timeout>();
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Incoming live migrations in flight here: a QMP session open from before the stream starts. */
+  private readonly incoming = new Map<string, IncomingMigration>();
 
   constructor(private readonly o: VmDriverOptions) {
     this.qemu = o.qemuBinary ?? 'qemu-system-x86_64';
@@ -747,104 +753,71 @@ export class VmDriver implements InstanceDriver {
   }
 
   // ------------------------------------------------------------ live migration
+  //
+  // Five steps, each on one side, so that the two sides can be two agent processes (the
+  // control plane drives them over the agent protocol) or two drivers in one (migrateTo):
+  //   source: migrationSpec → destination: prepareIncoming → source: migrateOut
+  //   → destination: finishIncoming → source: endMigration('moved')
+  // On failure: destination abandonIncoming, source endMigration('resume').
 
-  /**
-   * Live-migrate a running VM to another driver (another agent's state directory; on
-   * this host or, once agents talk over the network, another one): the destination
-   * starts QEMU listening for the stream, the source pre-copies RAM while the guest
-   * runs (QMP migrate, iterations until the remaining dirty memory fits in
-   * maxDowntimeMs), then stops it briefly for the last pass; the destination resumes
-   * it and the source QEMU quits. The VM keeps its id. Disks must be on storage both
-   * sides see (as for Xen's live migration): a VM with a local overlay is refused.
-   */
-  migrateTo(id: string, target: VmDriver, opts: { host?: string; maxDowntimeMs?: number; maxBandwidthBytes?: number } = {}): Promise<MigrationReport> {
-    return this.locked(id, async () => {
-      const r = await this.load(id);
-      if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
-      if (r.config.rootDisk) throw new Conflict(`VM ${id} has a local disk overlay; live migration needs shared storage`, { id });
-      if (target === this) throw new InvalidArgument('source and destination are the same driver');
-      const host = opts.host ?? '127.0.0.1';
-      const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-      const p = this.paths(id);
-      const t0 = performance.now();
-      const incoming = await target.listenForMigration(r, host);
-      let stopAt: number | undefined;
-      let info: QmpMigrateInfo | undefined;
-      try {
-        await withQmp(p, async (c) => {
-          const off = c.onEvent((e) => {
-            if (e.event === 'STOP') stopAt = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
-          });
-          try {
-            await c.execute('migrate-set-parameters', {
-              'downtime-limit': maxDowntimeMs,
-              'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3,
-            });
-            await c.execute('migrate', { uri: incoming.uri });
-            for (;;) {
-              const m = await c.execute<QmpMigrateInfo>('query-migrate');
-              if (m.status === 'completed') {
-                info = m;
-                break;
-              }
-              if (m.status === 'failed' || m.status === 'cancelled') {
-                throw new NimbusError('Internal', `migration of ${id} failed: ${m['error-desc'] ?? m.status}`);
-              }
-              await sleep(5);
-            }
-          } finally {
-            off();
-          }
-        }, 120_000);
-      } catch (e) {
-        // the guest goes on here; the destination's half-loaded QEMU goes
-        incoming.events.close();
-        await target.abandonIncoming(id);
-        await withQmp(p, async (c) => {
-          const st = await c.execute<{ status: string }>('query-status');
-          if (st.status !== 'running') await c.execute('cont');
-        }).catch(() => undefined);
-        throw e;
-      }
-      // the console's history travels with the VM (complete now: the source is stopped)
-      const none = () => Buffer.alloc(0);
-      await writeFile(consoleHistory(target.paths(id)), Buffer.concat([await readFile(consoleHistory(p)).catch(none), await readFile(p.consoleLog).catch(none)]));
-      const resumed = await target.finishIncoming(id, incoming);
-      // the source is left in 'postmigrate': end it, without calling it a stop
-      this.unwatch(id);
-      await withQmp(p, (c) => c.execute('quit')).catch(() => undefined);
-      for (let i = 0; i < 500 && processAlive(r.qemuPid, p.qmpSocket); i++) await sleep(10);
-      for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
-      await rm(p.dir, { recursive: true, force: true });
-      const report: MigrationReport = {
-        id,
-        totalMs: Math.round(performance.now() - t0),
-        downtimeMs: stopAt !== undefined ? Math.round((resumed.resumedAt - stopAt) * 10) / 10 : (info?.downtime ?? -1),
-        qemuDowntimeMs: info?.downtime ?? -1,
-        bytes: info?.ram?.transferred ?? 0,
-        iterations: info?.ram?.['dirty-sync-count'] ?? 0,
-        maxDowntimeMs,
-      };
-      log.info('vm migrated', { ...report });
-      return report;
-    });
+  /** Live-migrate to another driver in this process: the five steps in a row. */
+  async migrateTo(id: string, target: VmDriver, opts: { host?: string; maxDowntimeMs?: number; maxBandwidthBytes?: number } = {}): Promise<MigrationReport> {
+    if (target === this) throw new InvalidArgument('source and destination are the same driver');
+    const t0 = performance.now();
+    const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
+    const spec = await this.migrationSpec(id);
+    const { uri } = await target.prepareIncoming(spec, opts.host ?? '127.0.0.1');
+    let out: OutgoingMigration;
+    let resumed: { resumedAt: number };
+    try {
+      out = await this.migrateOut(id, uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}) });
+      resumed = await target.finishIncoming(id, out.consoleHistory);
+    } catch (e) {
+      await target.abandonIncoming(id);
+      await this.endMigration(id, 'resume').catch(() => undefined);
+      throw e;
+    }
+    await this.endMigration(id, 'moved');
+    return migrationReport(id, out, resumed.resumedAt, maxDowntimeMs, performance.now() - t0);
   }
 
-  /** Destination side, step 1: a QEMU with the VM's devices, waiting for the stream on host:port. */
-  private async listenForMigration(source: VmRecord, host: string): Promise<IncomingMigration> {
-    const p = this.paths(source.id);
-    if (existsSync(p.record)) throw new AlreadyExists(`VM ${source.id} already exists at the destination`, { id: source.id });
+  /**
+   * Source, step 1: what the destination needs. Disks must be on storage both sides see (as
+   * for Xen's live migration): a VM with a local overlay is refused, and so is one with NICs
+   * (their taps and addresses would have to move with it; not done yet).
+   */
+  async migrationSpec(id: string): Promise<MigrationSpec> {
+    const r = await this.load(id);
+    if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+    if (r.config.rootDisk) throw new Conflict(`VM ${id} has a local disk overlay; live migration needs shared storage`, { id });
+    if (r.config.nics?.length) throw new Conflict(`VM ${id} has network interfaces; moving them between hosts is not done yet`, { id });
+    const { paths: _hostPaths, ...config } = r.config;
+    return { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}) };
+  }
+
+  /**
+   * Destination, step 2: a QEMU with the VM's devices, waiting for the stream on host:port,
+   * *not* started paused, so QEMU resumes the guest itself the moment the last pass is in
+   * (no QMP round trip inside the downtime).
+   */
+  async prepareIncoming(spec: MigrationSpec, host: string): Promise<{ uri: string }> {
+    const p = this.paths(spec.id);
+    if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} already exists at the destination`, { id: spec.id });
     await mkdir(p.dir, { recursive: true });
     const port = await freeTcpPort(host);
     const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const config = spec.config as unknown as VmRecord['config'];
+    if (config.accel !== this.o.accel) {
+      await rm(p.dir, { recursive: true, force: true });
+      throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.accel}; a migration needs the same accelerator`, { id: spec.id });
+    }
     const r: VmRecord = {
-      id: source.id, name: source.name, createdAt: source.createdAt, lifecycle: 'created',
-      config: { ...source.config, accel: this.o.accel, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
+      id: spec.id, name: spec.name, createdAt: spec.createdAt, lifecycle: 'created',
+      config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
     };
-    if (source.pin) r.pin = source.pin;
+    if (spec.pin) r.pin = spec.pin;
     try {
       await writeFile(p.consoleLog, '');
-      // not started paused: QEMU resumes the guest itself the moment the last pass is in
       const launched = await launchQemu(this.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: uri }), p);
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
@@ -853,20 +826,76 @@ export class VmDriver implements InstanceDriver {
       // listen before the stream starts: the guest may resume before anyone asks
       const resumed = events.waitForEvent('RESUME', 300_000);
       resumed.catch(() => undefined);
-      return { uri, events, resumed };
+      this.incoming.set(spec.id, { uri, events, resumed });
+      return { uri };
     } catch (e) {
-      await this.abandonIncoming(source.id);
+      await this.abandonIncoming(spec.id);
       throw e;
     }
   }
 
-  /** Destination side, step 2: the guest resumed here; record it running and pin its vCPUs. */
-  private async finishIncoming(id: string, incoming: IncomingMigration): Promise<{ resumedAt: number }> {
+  /**
+   * Source, step 3: QMP migrate with the downtime limit and a high bandwidth cap (loopback);
+   * QEMU pre-copies RAM while the guest runs and stops it only for the final pass. On
+   * failure the guest goes on here.
+   */
+  migrateOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }): Promise<OutgoingMigration> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+      const p = this.paths(id);
+      const t0 = performance.now();
+      let stoppedAt: number | undefined;
+      let info: QmpMigrateInfo | undefined;
+      try {
+        await withQmp(p, async (c) => {
+          const off = c.onEvent((e) => {
+            if (e.event === 'STOP') stoppedAt = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+          });
+          try {
+            await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
+            await c.execute('migrate', { uri });
+            for (;;) {
+              const m = await c.execute<QmpMigrateInfo>('query-migrate');
+              if (m.status === 'completed') {
+                info = m;
+                break;
+              }
+              if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `migration of ${id} failed: ${m['error-desc'] ?? m.status}`);
+              await sleep(5);
+            }
+          } finally {
+            off();
+          }
+        }, 120_000);
+      } catch (e) {
+        await this.resumeHere(id);
+        throw e;
+      }
+      // the console's history travels with the VM (complete now: the guest no longer runs here)
+      const none = () => Buffer.alloc(0);
+      const history = Buffer.concat([await readFile(consoleHistory(p)).catch(none), await readFile(p.consoleLog).catch(none)]);
+      return {
+        ...(stoppedAt !== undefined ? { stoppedAt } : {}),
+        qemuDowntimeMs: info?.downtime ?? -1,
+        totalMs: Math.round(performance.now() - t0),
+        bytes: info?.ram?.transferred ?? 0,
+        iterations: info?.ram?.['dirty-sync-count'] ?? 0,
+        consoleHistory: history.toString('base64'),
+      };
+    });
+  }
+
+  /** Destination, step 4: the guest resumed here; record it running and pin its vCPUs. */
+  async finishIncoming(id: string, history: string): Promise<{ resumedAt: number }> {
+    const incoming = this.incoming.get(id);
+    if (!incoming) throw new NotFound(`no incoming migration of VM ${id} here`, { id });
     const p = this.paths(id);
     const c = incoming.events;
     try {
       const ev = await incoming.resumed;
       const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+      await writeFile(consoleHistory(p), Buffer.from(history, 'base64'));
       const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
       r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
       r.lifecycle = 'running';
@@ -875,17 +904,47 @@ export class VmDriver implements InstanceDriver {
       this.watch(id);
       return { resumedAt };
     } finally {
+      this.incoming.delete(id);
       c.close();
     }
   }
 
-  /** Destination side, on failure: nothing of the half-arrived VM stays. */
-  private async abandonIncoming(id: string): Promise<void> {
+  /** Destination, on failure: nothing of the half-arrived VM stays. */
+  async abandonIncoming(id: string): Promise<void> {
+    this.incoming.get(id)?.events.close();
+    this.incoming.delete(id);
     const p = this.paths(id);
     const pid = await readPid(p.pidFile).catch(() => undefined);
     if (processAlive(pid, p.qmpSocket)) process.kill(pid!, 'SIGKILL');
     for (let i = 0; i < 200 && processAlive(pid, p.qmpSocket); i++) await sleep(10);
     await rm(p.dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Source, step 5. 'moved': the source QEMU (left in postmigrate) quits and its directory
+   * goes, without calling it a stop. 'resume': the destination failed; the guest goes on here.
+   */
+  endMigration(id: string, outcome: 'moved' | 'resume'): Promise<void> {
+    return this.locked(id, async () => {
+      if (outcome === 'resume') return this.resumeHere(id);
+      const r = await this.load(id);
+      const p = this.paths(id);
+      this.unwatch(id);
+      await withQmp(p, (c) => c.execute('quit')).catch(() => undefined);
+      for (let i = 0; i < 500 && processAlive(r.qemuPid, p.qmpSocket); i++) await sleep(10);
+      if (processAlive(r.qemuPid, p.qmpSocket)) process.kill(r.qemuPid!, 'SIGKILL');
+      for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
+      await rm(p.dir, { recursive: true, force: true });
+      log.info('vm migrated away', { id });
+    });
+  }
+
+  /** After a failed or abandoned migration the source QEMU may be paused or postmigrate: let the guest run. */
+  private async resumeHere(id: string): Promise<void> {
+    await withQmp(this.paths(id), async (c) => {
+      const st = await c.execute<{ status: string }>('query-status');
+      if (st.status !== 'running') await c.execute('cont');
+    }).catch((e: unknown) => log.warn('resuming a VM after a failed migration failed', { id, error: String(e) }));
   }
 }
 
@@ -916,20 +975,8 @@ export async function pinVcpus(c: { execute<T>(cmd: string): Promise<T> }, pin: 
   return out;
 }
 
-/** What one live migration did. */
-export interface MigrationReport {
-  id: string;
-  /** From the request to the guest running at the destination. */
-  totalMs: number;
-  /** Guest-visible: the source's STOP event to the destination's RESUME event (QMP timestamps, one host clock). */
-  downtimeMs: number;
-  /** QEMU's own figure (source side: stop to end of the last pass). */
-  qemuDowntimeMs: number;
-  bytes: number;
-  /** RAM passes (dirty-sync-count). */
-  iterations: number;
-  maxDowntimeMs: number;
-}
+/** What the destination needs to rebuild the VM (the source's record less its host paths). */
+export type MigrationSpec = VmMigrationSpec;
 
 interface IncomingMigration {
   uri: string;

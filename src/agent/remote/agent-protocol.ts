@@ -1,0 +1,164 @@
+/**
+ * The agent protocol over HTTP: what agent-server.ts serves and remote-agent.ts calls.
+ * Unary methods are `POST /agent/v1/call/<method>` with `{"args":[...]}`; the streaming
+ * ones (logs, pull, console, exec, exit events) have routes of their own. Errors travel as
+ * `{"error":{code,message,details?}}` and come out of the client as the same NimbusError.
+ */
+import { ERROR_CODES, NimbusError, toNimbusError, type ErrorCode } from '../../core/errors.js';
+import type { Agent } from '../agent.js';
+
+export const AGENT_PATH_PREFIX = '/agent/v1';
+
+/** Every Agent method whose arguments and answer are plain JSON: carried as one request each. */
+export const UNARY_METHODS = [
+  'info',
+  'importImages',
+  'garbageCollect',
+  'importDiskImage',
+  'createContainer',
+  'startContainer',
+  'stopContainer',
+  'killContainer',
+  'pauseContainer',
+  'unpauseContainer',
+  'containerState',
+  'containerStats',
+  'removeContainer',
+  'listContainers',
+  'ensureNetwork',
+  'removeNetwork',
+  'foreignSubnets',
+  'connectContainer',
+  'disconnectContainer',
+  'reconcileNetworks',
+  'createVm',
+  'createVmFromTemplate',
+  'startVm',
+  'stopVm',
+  'killVm',
+  'pauseVm',
+  'unpauseVm',
+  'resizeVm',
+  'saveVm',
+  'restoreVm',
+  'vmState',
+  'inspectVm',
+  'removeVm',
+  'listVms',
+  'vmMigrationSpec',
+  'prepareVmIncoming',
+  'migrateVmOut',
+  'finishVmIncoming',
+  'abandonVmIncoming',
+  'endVmMigration',
+  'reconcileVms',
+] as const satisfies readonly (keyof Agent)[];
+export type UnaryMethod = (typeof UNARY_METHODS)[number];
+
+/** Carried by routes of their own (streams, callbacks). */
+export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit'] as const satisfies readonly (keyof Agent)[];
+/** Not carried: synchronous (answered by the client itself) or the connection's own. */
+export const LOCAL_METHODS = ['claimWarmContainer', 'diskImagePath', 'setAddressProvider', 'close'] as const satisfies readonly (keyof Agent)[];
+
+// A method added to Agent must be placed in one of the lists above: this names it when it is not.
+type CarriedMethod = UnaryMethod | (typeof STREAM_METHODS)[number] | (typeof LOCAL_METHODS)[number];
+const everyAgentMethodIsPlaced: Record<Exclude<keyof Agent, CarriedMethod>, never> = {};
+void everyAgentMethodIsPlaced;
+// ...and a unary one must answer with a Promise.
+type AsyncMethod = { [K in keyof Agent]: Agent[K] extends (...args: never[]) => Promise<unknown> ? K : never }[keyof Agent];
+const unaryMethodsAreAsync: Record<Exclude<UnaryMethod, AsyncMethod>, never> = {};
+void unaryMethodsAreAsync;
+
+const UNARY = new Set<string>(UNARY_METHODS);
+export function isUnaryMethod(name: string): name is UnaryMethod {
+  return UNARY.has(name);
+}
+
+export const PATHS = {
+  call: (method: string) => `${AGENT_PATH_PREFIX}/call/${encodeURIComponent(method)}`,
+  logs: (kind: 'vm' | 'container') => `${AGENT_PATH_PREFIX}/logs/${kind}`,
+  pull: `${AGENT_PATH_PREFIX}/pull`,
+  console: (vmId: string) => `${AGENT_PATH_PREFIX}/console/${encodeURIComponent(vmId)}`,
+  exec: (containerId: string) => `${AGENT_PATH_PREFIX}/exec/${encodeURIComponent(containerId)}`,
+  events: `${AGENT_PATH_PREFIX}/events`,
+} as const;
+
+/** Request header carrying the ExecRequest (base64 of its JSON): the body is the process's stdin. */
+export const EXEC_HEADER = 'x-nimbus-exec';
+/** Response header: "1" when the session has a stdin (the request body feeds it), else "0". */
+export const EXEC_STDIN_HEADER = 'x-nimbus-exec-stdin';
+
+/** Unary and stream-opening request bodies (a migration's console history can be MBs). */
+export const MAX_BODY_BYTES = 64 * 1024 * 1024;
+/** The events stream's keep-alive: a client that hears nothing for 3 of these reconnects. */
+export const PING_INTERVAL_MS = 10_000;
+
+export const NDJSON = 'application/x-ndjson';
+
+export interface WireError {
+  error: { code: ErrorCode; message: string; details?: Record<string, unknown> };
+}
+
+export type AgentEvent = { kind: 'vm-exit'; id: string } | { kind: 'container-exit'; id: string } | { kind: 'ping' };
+
+/** One line of an exec response: stdout bytes, stderr bytes (base64), then the exit status or an error. */
+export type ExecFrame = { o: string } | { e: string } | { exit: number } | WireError;
+
+export function encodeError(e: unknown): WireError {
+  const err = toNimbusError(e);
+  return { error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } };
+}
+
+export function isWireError(v: unknown): v is WireError {
+  return typeof v === 'object' && v !== null && 'error' in v && typeof (v as { error: unknown }).error === 'object';
+}
+
+const CODES = new Set<string>(ERROR_CODES);
+
+/** A wire error body back into a NimbusError; `fallback` (from the HTTP status) when the body is not one. */
+export function decodeError(body: unknown, fallback: ErrorCode = 'Internal'): NimbusError {
+  if (!isWireError(body) || body.error === null) return new NimbusError(fallback, typeof body === 'string' && body ? body : 'agent request failed');
+  const { code, message, details } = body.error as { code?: unknown; message?: unknown; details?: unknown };
+  const known: ErrorCode = typeof code === 'string' && CODES.has(code) ? (code as ErrorCode) : 'Internal';
+  const detailsObj = typeof details === 'object' && details !== null && !Array.isArray(details) ? (details as Record<string, unknown>) : undefined;
+  return new NimbusError(known, typeof message === 'string' ? message : 'agent request failed', detailsObj);
+}
+
+/**
+ * Arguments onto the wire: JSON has no undefined, so trailing ones are dropped and inner
+ * ones travel as null (decodeArgs turns top-level nulls back; no Agent method takes null).
+ */
+export function encodeArgs(args: readonly unknown[]): unknown[] {
+  let n = args.length;
+  while (n > 0 && args[n - 1] === undefined) n--;
+  return args.slice(0, n).map((a) => (a === undefined ? null : a));
+}
+
+export function decodeArgs(args: readonly unknown[]): unknown[] {
+  return args.map((a) => (a === null ? undefined : a));
+}
+
+export function ndjsonLine(value: unknown): string {
+  return JSON.stringify(value) + '\n';
+}
+
+/**
+ * The parsed records of an NDJSON body. A body that ends inside a record was cut short
+ * (the server terminates every record), which is reported rather than parsed.
+ */
+export async function* ndjsonRecords(body: AsyncIterable<Buffer | string>): AsyncGenerator<unknown> {
+  const decoder = new TextDecoder();
+  let buf = '';
+  for await (const chunk of body) {
+    buf += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+    let start = 0;
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n', start)) {
+      const line = buf.slice(start, nl);
+      start = nl + 1;
+      if (line.trim()) yield JSON.parse(line) as unknown;
+    }
+    buf = buf.slice(start);
+  }
+  buf += decoder.decode();
+  if (buf.trim()) throw new Error('stream ended inside a record');
+}

@@ -1,0 +1,411 @@
+/**
+ * Serves one Agent over HTTP (the agent protocol, agent-protocol.ts) so a control plane in
+ * another process or on another host can drive it through a RemoteAgent. Every request
+ * carries the agent's bearer token; there is no other authorisation (the control plane is
+ * the only client and may do everything).
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { finished, type Readable } from 'node:stream';
+import { InvalidArgument, NotFound, Unauthenticated, toNimbusError } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import { HTTP_STATUS } from '../../api/http-errors.js';
+import type { Agent, PullOptions } from '../agent.js';
+import type { ExecRequest, LogRecord } from '../drivers/instance-driver.js';
+import {
+  AGENT_PATH_PREFIX,
+  EXEC_HEADER,
+  EXEC_STDIN_HEADER,
+  MAX_BODY_BYTES,
+  NDJSON,
+  PING_INTERVAL_MS,
+  decodeArgs,
+  encodeError,
+  isUnaryMethod,
+  ndjsonLine,
+  type AgentEvent,
+  type ExecFrame,
+} from './agent-protocol.js';
+
+const log = logger('agent-server');
+
+/** An events subscriber this far behind is cut off (it reconnects and re-checks every VM). */
+const MAX_EVENT_BACKLOG = 1024 * 1024;
+
+export interface AgentServerOptions {
+  token: string;
+  /** TCP host (default 127.0.0.1) and port (default 0: any free one). Ignored with socketPath. */
+  host?: string;
+  port?: number;
+  socketPath?: string;
+  /** How often the events stream says it is alive (default 10 s). */
+  pingIntervalMs?: number;
+}
+
+export interface AgentServer {
+  /** http://HOST:PORT (the bound port) or unix:/PATH. */
+  url: string;
+  close(): Promise<void>;
+}
+
+const noop = () => undefined;
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/** Digests first: timingSafeEqual needs equal lengths, and the token's length must not leak either. */
+function tokenMatches(expected: Buffer, header: string | undefined): boolean {
+  const m = /^Bearer (.+)$/.exec(header ?? '');
+  return timingSafeEqual(expected, sha256(m?.[1] ?? ''));
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let tooBig = false;
+  // Past the cap the rest is read and dropped, so the answer arrives instead of a reset.
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) tooBig = true;
+    else chunks.push(chunk);
+  }
+  if (tooBig) throw new InvalidArgument(`request body larger than ${MAX_BODY_BYTES} bytes`);
+  if (size === 0) return {};
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new InvalidArgument('request body is not valid JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgument('request body must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
+function sendError(res: ServerResponse, e: unknown, route: string): void {
+  const body = encodeError(e);
+  const status = HTTP_STATUS[body.error.code];
+  if (status >= 500) log.error('agent request failed', { route, code: body.error.code, error: body.error.message });
+  if (res.headersSent) {
+    // mid-stream: in band, as the last record (a console's raw bytes have no band: it just ends)
+    if (String(res.getHeader('content-type')) === NDJSON) send(res, body);
+    if (!res.writableEnded) res.end();
+    return;
+  }
+  const payload = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+/** Write one NDJSON record unless the client is gone; false when it should be given time to drain. */
+function send(res: ServerResponse, value: unknown): boolean {
+  if (res.writableEnded || res.destroyed) return true;
+  return res.write(ndjsonLine(value));
+}
+
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
+}
+
+function startNdjson(res: ServerResponse, headers: Record<string, string> = {}): void {
+  res.on('error', noop); // a client gone mid-write is handled by 'close'
+  // setHeader, not writeHead's argument: sendError reads the content type back to answer in band
+  for (const [k, v] of Object.entries({ 'content-type': NDJSON, 'cache-control': 'no-cache', ...headers })) res.setHeader(k, v);
+  res.writeHead(200);
+  res.flushHeaders();
+}
+
+/** A signal that fires when the client goes away (or the answer is done: harmless then). */
+function clientGone(res: ServerResponse): AbortSignal {
+  const ac = new AbortController();
+  res.once('close', () => ac.abort());
+  return ac.signal;
+}
+
+/** Exit events fanned out to every connected subscriber, with a periodic ping. */
+class EventHub {
+  private readonly subscribers = new Set<ServerResponse>();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(agent: Agent, pingMs: number) {
+    // once per server: Agent has no way to remove a listener, so a closed hub just ignores them
+    agent.onVmExit((id) => this.publish({ kind: 'vm-exit', id }));
+    agent.onContainerExit((id) => this.publish({ kind: 'container-exit', id }));
+    this.timer = setInterval(() => this.publish({ kind: 'ping' }), pingMs);
+    this.timer.unref();
+  }
+
+  subscribe(res: ServerResponse): void {
+    startNdjson(res);
+    this.subscribers.add(res);
+    res.once('close', () => this.subscribers.delete(res));
+  }
+
+  private publish(ev: AgentEvent): void {
+    if (this.closed) return;
+    const line = ndjsonLine(ev);
+    for (const res of this.subscribers) {
+      if (res.writableLength > MAX_EVENT_BACKLOG) {
+        log.warn('events subscriber not reading; disconnecting it');
+        res.destroy();
+        continue;
+      }
+      if (!res.writableEnded && !res.destroyed) res.write(line);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const res of this.subscribers) if (!res.writableEnded) res.end();
+    this.subscribers.clear();
+  }
+}
+
+async function serveCall(agent: Agent, method: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (!isUnaryMethod(method)) {
+    req.resume();
+    throw new NotFound(`no such agent method: ${method}`);
+  }
+  const body = await readJson(req);
+  const args = body.args ?? [];
+  if (!Array.isArray(args)) throw new InvalidArgument('"args" must be an array');
+  const fn = agent[method] as ((...a: unknown[]) => Promise<unknown>) | undefined;
+  if (typeof fn !== 'function') throw new NotFound(`this agent does not implement ${method}`);
+  const result = await fn.apply(agent, decodeArgs(args));
+  const payload = JSON.stringify(result === undefined ? {} : { result });
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+function logOpts(v: unknown): { follow?: boolean; tail?: number } {
+  const o = (typeof v === 'object' && v !== null ? v : {}) as { follow?: unknown; tail?: unknown };
+  if (o.follow !== undefined && typeof o.follow !== 'boolean') throw new InvalidArgument('"opts.follow" must be a boolean');
+  if (o.tail !== undefined && (typeof o.tail !== 'number' || !Number.isInteger(o.tail) || o.tail < 0)) throw new InvalidArgument('"opts.tail" must be a non-negative integer');
+  return { ...(o.follow !== undefined ? { follow: o.follow } : {}), ...(o.tail !== undefined ? { tail: o.tail } : {}) };
+}
+
+function stringField(body: Record<string, unknown>, name: string): string {
+  const v = body[name];
+  if (typeof v !== 'string' || !v) throw new InvalidArgument(`"${name}" must be a non-empty string`);
+  return v;
+}
+
+async function serveLogs(agent: Agent, kind: 'vm' | 'container', req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const body = await readJson(req);
+  const id = stringField(body, 'id');
+  const signal = clientGone(res);
+  const opts = { ...logOpts(body.opts), signal };
+  const source = kind === 'vm' ? agent.vmLogs(id, opts) : agent.containerLogs(id, opts);
+  const it = source[Symbol.asyncIterator]();
+  // The status waits for the first record, so that an unknown id is an error status, not an empty 200.
+  let next: IteratorResult<LogRecord> = await it.next();
+  if (signal.aborted) {
+    await it.return?.(undefined);
+    return;
+  }
+  startNdjson(res);
+  while (!next.done && !signal.aborted) {
+    if (!send(res, next.value)) await drained(res);
+    if (signal.aborted) break;
+    next = await it.next();
+  }
+  if (!next.done) await it.return?.(undefined);
+  if (!res.writableEnded) res.end();
+}
+
+async function servePull(agent: Agent, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const body = await readJson(req);
+  const ref = stringField(body, 'ref');
+  const opts = (typeof body.opts === 'object' && body.opts !== null ? body.opts : {}) as PullOptions;
+  const signal = clientGone(res);
+  startNdjson(res);
+  // errors from here on are in band: sendError writes the {"error":...} line
+  const image = await agent.pullImage(ref, { ...opts, signal }, (progress) => send(res, { progress }));
+  send(res, { result: image });
+  res.end();
+}
+
+/**
+ * The serial line both ways. The request body ending is not a hang-up (a script sends a
+ * command, ends its input and reads the answer): the line closes when the VM's side ends
+ * or the client goes.
+ */
+async function serveConsole(agent: Agent, id: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const line = await agent.openVmConsole(id);
+  res.on('error', noop);
+  req.on('error', noop);
+  line.on('error', (e: Error) => log.debug('console line failed', { id, error: e.message }));
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-cache' });
+  res.flushHeaders();
+  req.pipe(line, { end: false });
+  line.pipe(res);
+  // destroyed without an 'end' (an error, QEMU gone): pipe() would leave the answer open
+  line.once('close', () => {
+    if (!res.writableEnded) res.end();
+  });
+  res.once('close', () => {
+    req.unpipe(line);
+    line.destroy();
+  });
+}
+
+function decodeExecRequest(header: string | string[] | undefined): ExecRequest {
+  if (typeof header !== 'string' || !header) throw new InvalidArgument(`missing ${EXEC_HEADER} header`);
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(header, 'base64').toString('utf8'));
+  } catch {
+    throw new InvalidArgument(`${EXEC_HEADER} is not base64 JSON`);
+  }
+  const r = v as Partial<ExecRequest> | null;
+  const strings = (a: unknown) => Array.isArray(a) && a.every((s) => typeof s === 'string');
+  if (typeof r !== 'object' || r === null || !strings(r.args)) throw new InvalidArgument('exec request needs "args" (an array of strings)');
+  if (r.env !== undefined && !strings(r.env)) throw new InvalidArgument('exec request "env" must be an array of strings');
+  if (r.cwd !== undefined && typeof r.cwd !== 'string') throw new InvalidArgument('exec request "cwd" must be a string');
+  if (r.user !== undefined && typeof r.user !== 'string') throw new InvalidArgument('exec request "user" must be a string');
+  return r as ExecRequest;
+}
+
+async function serveExec(agent: Agent, id: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const spec = decodeExecRequest(req.headers[EXEC_HEADER]);
+  const session = await agent.execInContainer(id, spec);
+  startNdjson(res, { [EXEC_STDIN_HEADER]: session.stdin ? '1' : '0' });
+  req.on('error', noop);
+  if (session.stdin) {
+    session.stdin.on('error', noop); // EPIPE once the process has exited
+    req.pipe(session.stdin); // here the body's end is the process's end of input
+  } else req.resume();
+
+  const outputs: Array<[Readable, 'o' | 'e']> = [[session.stdout, 'o'], [session.stderr, 'e']];
+  let paused = false;
+  const resume = () => {
+    paused = false;
+    for (const [s] of outputs) s.resume();
+  };
+  let open = outputs.length;
+  for (const [s, key] of outputs) {
+    s.on('data', (b: Buffer) => {
+      const frame: ExecFrame = key === 'o' ? { o: b.toString('base64') } : { e: b.toString('base64') };
+      if (!send(res, frame) && !paused) {
+        paused = true;
+        for (const [o] of outputs) o.pause();
+        res.once('drain', resume);
+      }
+    });
+    // the exit frame goes last, after every output byte
+    finished(s, () => {
+      if (--open > 0) return;
+      session.exit.then(
+        (code) => send(res, { exit: code } satisfies ExecFrame),
+        (e: unknown) => send(res, encodeError(e)),
+      ).finally(() => {
+        if (!res.writableEnded) res.end();
+      });
+    });
+  }
+  // A client gone mid-session hangs up on the process, as a closed terminal would.
+  res.once('close', () => {
+    if (res.writableFinished) return;
+    session.stdin?.destroy();
+    session.stdout.destroy();
+    session.stderr.destroy();
+  });
+}
+
+async function route(agent: Agent, hub: EventHub, expected: Buffer, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  let name = 'unknown';
+  try {
+    if (!tokenMatches(expected, req.headers.authorization)) {
+      req.resume();
+      throw new Unauthenticated('missing or wrong agent token');
+    }
+    const path = new URL(req.url ?? '/', 'http://agent').pathname;
+    const rest = path.startsWith(AGENT_PATH_PREFIX + '/') ? path.slice(AGENT_PATH_PREFIX.length + 1).split('/') : [];
+    const [kind, arg, ...extra] = rest;
+    name = `${req.method} ${rest.join('/')}`;
+    let param: string | undefined;
+    try {
+      param = arg !== undefined && extra.length === 0 ? decodeURIComponent(arg) : undefined;
+    } catch {
+      throw new InvalidArgument(`malformed path ${path}`);
+    }
+    if (req.method === 'POST' && kind === 'call' && param) return await serveCall(agent, param, req, res);
+    if (req.method === 'POST' && kind === 'logs' && (param === 'vm' || param === 'container')) return await serveLogs(agent, param, req, res);
+    if (req.method === 'POST' && kind === 'pull' && arg === undefined) return await servePull(agent, req, res);
+    if (req.method === 'POST' && kind === 'console' && param) return await serveConsole(agent, param, req, res);
+    if (req.method === 'POST' && kind === 'exec' && param) return await serveExec(agent, param, req, res);
+    if (req.method === 'GET' && kind === 'events' && arg === undefined) return hub.subscribe(res);
+    req.resume();
+    throw new NotFound(`no agent route for ${req.method} ${path}`);
+  } catch (e) {
+    sendError(res, toNimbusError(e), name);
+  }
+}
+
+export async function startAgentServer(agent: Agent, opts: AgentServerOptions): Promise<AgentServer> {
+  if (!opts.token) throw new InvalidArgument('the agent server needs a token');
+  const expected = sha256(opts.token);
+  const hub = new EventHub(agent, opts.pingIntervalMs ?? PING_INTERVAL_MS);
+  // requestTimeout 0: a console's or exec's request body legitimately streams for hours
+  const server = createServer({ requestTimeout: 0, maxHeaderSize: 256 * 1024 }, (req, res) => void route(agent, hub, expected, req, res));
+  // longer than the client's idle keep-alive, so it is always the client that drops an idle socket
+  server.keepAliveTimeout = 65_000;
+
+  let url: string;
+  try {
+    if (opts.socketPath) {
+      const socketPath = opts.socketPath;
+      mkdirSync(dirname(socketPath), { recursive: true });
+      rmSync(socketPath, { force: true });
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(socketPath, () => resolve());
+      });
+      chmodSync(socketPath, 0o660);
+      url = `unix:${socketPath}`;
+    } else {
+      const host = opts.host ?? '127.0.0.1';
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(opts.port ?? 0, host, () => resolve());
+      });
+      const addr = server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 0);
+      url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    }
+  } catch (e) {
+    hub.close();
+    throw e;
+  }
+  server.on('error', (e) => log.error('agent server error', { error: e.message }));
+  log.debug('agent server listening', { url });
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        hub.close();
+        server.close(() => {
+          if (opts.socketPath) rmSync(opts.socketPath, { force: true });
+          resolve();
+        });
+        // streams in flight see their client go: their agent-side work is aborted
+        server.closeAllConnections();
+      });
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,512 @@
+/**
+ * The agent protocol's transport: a RemoteAgent against startAgentServer serving a small
+ * hand-written target (the transport is under test, not an agent). Loopback only.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Duplex, PassThrough, type Readable } from 'node:stream';
+import { Conflict, NimbusError, NotFound, hasCode } from '../../core/errors.js';
+import type { Agent, AgentImage, PullOptions, PullProgress, VmCreateRequest } from '../agent.js';
+import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
+import { startAgentServer, type AgentServer } from './agent-server.js';
+import { RemoteAgent } from './remote-agent.js';
+import { MAX_BODY_BYTES, PATHS, decodeError, encodeArgs } from './agent-protocol.js';
+
+const TOKEN = 'test-token-0123456789abcdef';
+
+const record = (line: string): LogRecord => ({ time: '2024-01-01T00:00:00.000Z', stream: 'stdout', line });
+
+/** What the target saw, and handles for the test to drive it. */
+interface TargetState {
+  calls: Array<{ method: string; args: unknown[] }>;
+  vms: string[];
+  containers: string[];
+  /** Follows whose signal fired (the reader went). */
+  followAborts: number;
+  pullAborted: Promise<void>;
+  consoleLine?: Duplex;
+  consoleInputEnded: boolean;
+  /** info() never answers (a hung agent). */
+  infoHangs: boolean;
+  consoleDestroyed: boolean;
+  execRequest?: ExecRequest;
+  execStdoutDestroyed: boolean;
+  fireVmExit(id: string): void;
+  fireContainerExit(id: string): void;
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+function makeTarget(): { agent: Agent; state: TargetState } {
+  const vmListeners: Array<(id: string) => void> = [];
+  const containerListeners: Array<(id: string) => void> = [];
+  const pullAborted = deferred();
+  const state: TargetState = {
+    calls: [],
+    vms: ['vm-a', 'vm-b'],
+    containers: ['c-a'],
+    followAborts: 0,
+    pullAborted: pullAborted.promise,
+    consoleInputEnded: false,
+    infoHangs: false,
+    consoleDestroyed: false,
+    execStdoutDestroyed: false,
+    fireVmExit: (id) => vmListeners.forEach((l) => l(id)),
+    fireContainerExit: (id) => containerListeners.forEach((l) => l(id)),
+  };
+  const seen = (method: string, args: unknown[]) => state.calls.push({ method, args });
+  const target = {
+    async info() {
+      if (state.infoHangs) return new Promise(() => undefined);
+      return { name: 'target', hostname: 'h', cpus: 4, memoryBytes: 1 << 30, runtimes: [], snapshotters: [], cgroupLayout: 'v2', snapshotter: 'overlayfs', kernel: '6.1' };
+    },
+    async createVm(req: VmCreateRequest) {
+      seen('createVm', [req]);
+      return { status: 'created', lifecycle: 'stopped', echo: req };
+    },
+    async stopContainer(...args: unknown[]) {
+      seen('stopContainer', args);
+      return { status: 'stopped', exitCode: 0 };
+    },
+    async killVm(...args: unknown[]) {
+      seen('killVm', args);
+    },
+    async vmState(id: string) {
+      throw new NotFound(`no such VM: ${id}`, { id });
+    },
+    async startVm() {
+      throw new Error('qemu fell over');
+    },
+    async listVms() {
+      return state.vms;
+    },
+    async listContainers() {
+      return state.containers;
+    },
+    vmLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+      return (async function* () {
+        if (id === 'missing') throw new NotFound(`no such VM: ${id}`, { id });
+        const lines = ['one', 'two', 'three'];
+        for (const l of lines.slice(opts.tail !== undefined ? -opts.tail : 0)) yield record(l);
+        if (id === 'breaks') throw new Conflict('log file vanished');
+        if (!opts.follow) return;
+        yield record('live');
+        // a follow lasts until the signal says the reader went
+        await new Promise<void>((resolve) => opts.signal?.addEventListener('abort', () => resolve(), { once: true }));
+        state.followAborts++;
+      })();
+    },
+    containerLogs(id: string): AsyncIterable<LogRecord> {
+      return (async function* () {
+        throw new NotFound(`no such container: ${id}`, { id });
+      })();
+    },
+    async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
+      seen('pullImage', [ref, { ...opts, signal: opts.signal ? 'present' : 'absent' }]);
+      progress({ phase: 'resolving', layers: [], bytesDone: 0, bytesTotal: 0 });
+      if (ref === 'slow') {
+        await new Promise<void>((resolve) => opts.signal?.addEventListener('abort', () => resolve(), { once: true }));
+        pullAborted.resolve();
+        throw new Error('aborted');
+      }
+      if (ref === 'denied') throw new Conflict('registry said no', { ref });
+      progress({ phase: 'downloading', layers: [{ digest: 'sha256:l1', status: 'downloading', bytesDone: 5, bytesTotal: 10 }], bytesDone: 5, bytesTotal: 10 });
+      return { reference: ref, manifestDigest: 'sha256:m', configDigest: 'sha256:c', config: {} as AgentImage['config'], layers: [], chainId: 'sha256:x', size: 10 };
+    },
+    async openVmConsole(id: string): Promise<Duplex> {
+      if (id !== 'vm-a') throw new Conflict(`VM ${id} is not running`, { id });
+      let pending = '';
+      const line = new Duplex({
+        read() {},
+        write(chunk: Buffer, _enc, cb) {
+          pending += chunk.toString();
+          for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+            this.push(`you said: ${pending.slice(0, nl)}\n`);
+            pending = pending.slice(nl + 1);
+          }
+          cb();
+        },
+        final(cb) {
+          state.consoleInputEnded = true;
+          cb();
+        },
+        destroy(err, cb) {
+          state.consoleDestroyed = true;
+          cb(err);
+        },
+      });
+      line.push('login: ');
+      state.consoleLine = line;
+      return line;
+    },
+    async execInContainer(id: string, req: ExecRequest): Promise<ExecSession> {
+      if (id !== 'c-a') throw new Conflict(`container ${id} is exited, not running`, { id });
+      state.execRequest = req;
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      if (req.args[0] === 'cat') {
+        const stdin = new PassThrough();
+        let got = '';
+        stdin.on('data', (b: Buffer) => (got += b.toString()));
+        const exit = new Promise<number>((resolve) =>
+          stdin.on('end', () => {
+            stdout.end(`out:${got}`);
+            stderr.end('err:done');
+            resolve(3);
+          }),
+        );
+        return { stdout, stderr, stdin, exit };
+      }
+      if (req.args[0] === 'sleep') {
+        // runs until its output is closed under it
+        stdout.on('close', () => (state.execStdoutDestroyed = true));
+        stdout.write('started\n');
+        return { stdout, stderr, exit: new Promise<number>(() => undefined) };
+      }
+      stdout.write('hello ');
+      setTimeout(() => {
+        stdout.end('world');
+        stderr.end('warning');
+      }, 10);
+      return { stdout, stderr, exit: Promise.resolve(0) };
+    },
+    onVmExit(l: (id: string) => void) {
+      vmListeners.push(l);
+    },
+    onContainerExit(l: (id: string) => void) {
+      containerListeners.push(l);
+    },
+  };
+  return { agent: target as unknown as Agent, state };
+}
+
+async function serve(t: TestContext, agent: Agent, where: { socketPath: string } | { port: number } = { port: 0 }): Promise<AgentServer> {
+  const server = await startAgentServer(agent, { token: TOKEN, ...('socketPath' in where ? where : { host: '127.0.0.1', port: where.port }) });
+  t.after(() => server.close());
+  return server;
+}
+
+function connect(t: TestContext, url: string, token = TOKEN): RemoteAgent {
+  const c = new RemoteAgent({ name: 'test', url, token });
+  t.after(() => c.close());
+  return c;
+}
+
+function tempDir(t: TestContext): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'nimbus-agent-rpc-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function text(r: Readable): Promise<string> {
+  let s = '';
+  for await (const c of r) s += String(c);
+  return s;
+}
+
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A hand-made request, for what RemoteAgent would never send. */
+function raw(url: string, method: string, reqPath: string, headers: Record<string, string>, body?: Buffer): Promise<{ status: number; body: string }> {
+  const target = url.startsWith('unix:') ? { socketPath: url.slice(5) } : { host: new URL(url).hostname, port: Number(new URL(url).port) };
+  return new Promise((resolve, reject) => {
+    const req = http.request({ ...target, method, path: reqPath, headers, agent: false }, (res) => {
+      void text(res).then((b) => resolve({ status: res.statusCode ?? 0, body: b }), reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+async function rejectsWith(p: Promise<unknown>, code: string, message?: RegExp | string): Promise<NimbusError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof NimbusError, `expected a NimbusError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    if (typeof message === 'string') assert.equal(e.message, message);
+    else if (message) assert.match(e.message, message);
+    return e;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+for (const transport of ['tcp', 'unix'] as const) {
+  test(`unary calls round-trip arguments and results (${transport})`, async (t) => {
+    const { agent, state } = makeTarget();
+    const server = await serve(t, agent, transport === 'unix' ? { socketPath: path.join(tempDir(t), 'agent.sock') } : { port: 0 });
+    assert.match(server.url, transport === 'unix' ? /^unix:\/.*agent\.sock$/ : /^http:\/\/127\.0\.0\.1:\d+$/);
+    const c = connect(t, server.url);
+
+    assert.equal((await c.info()).name, 'target');
+    const req: VmCreateRequest = {
+      id: 'vm-1', name: 'web', cpus: 2, memoryMiB: 512, pin: [0, 1],
+      nics: [{ network: { id: 'n1' } as never, address: '10.0.0.2', dnsNames: ['web'] }],
+    };
+    const created = (await c.createVm(req)) as unknown as { status: string; echo: unknown };
+    assert.equal(created.status, 'created');
+    assert.deepEqual(created.echo, req);
+    assert.deepEqual(state.calls.at(-1), { method: 'createVm', args: [req] });
+
+    // an omitted optional argument arrives as absent, not as null
+    await c.stopContainer('c-1', 5);
+    assert.deepEqual(state.calls.at(-1), { method: 'stopContainer', args: ['c-1', 5] });
+    await c.stopContainer('c-1', 5, 'SIGINT');
+    assert.deepEqual(state.calls.at(-1), { method: 'stopContainer', args: ['c-1', 5, 'SIGINT'] });
+    // a void answer is undefined on this side too
+    assert.equal(await c.killVm('vm-1', 'SIGKILL'), undefined);
+    assert.deepEqual(await c.listVms(), ['vm-a', 'vm-b']);
+    assert.equal(await c.ping(), true);
+  });
+}
+
+test('typed errors keep their code, message and details; others become Internal', async (t) => {
+  const { agent } = makeTarget();
+  const c = connect(t, (await serve(t, agent)).url);
+  const e = await rejectsWith(c.vmState('vm-9'), 'NotFound', 'no such VM: vm-9');
+  assert.deepEqual(e.details, { id: 'vm-9' });
+  assert.equal(e.name, 'NotFoundError');
+  await rejectsWith(c.startVm('vm-1'), 'Internal', 'qemu fell over');
+  // codes this side does not know, and bodies that are not ours
+  assert.equal(decodeError({ error: { code: 'Exploded', message: 'boom' } }).code, 'Internal');
+  assert.equal(decodeError('Bad Gateway', 'Unavailable').code, 'Unavailable');
+  assert.deepEqual(encodeArgs(['a', undefined, 1, undefined, undefined]), ['a', null, 1]);
+});
+
+test('a wrong token is Unauthenticated; methods not on the list are NotFound', async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  await rejectsWith(connect(t, server.url, 'wrong-token-0123456789').info(), 'Unauthenticated');
+  await rejectsWith(connect(t, server.url, '').listVms(), 'Unauthenticated');
+
+  const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+  const noAuth = await raw(server.url, 'POST', PATHS.call('info'), { 'content-type': 'application/json' }, Buffer.from('{"args":[]}'));
+  assert.equal(noAuth.status, 401);
+  assert.equal((JSON.parse(noAuth.body) as { error: { code: string } }).error.code, 'Unauthenticated');
+  for (const method of ['diskImagePath', 'claimWarmContainer', 'setAddressProvider', 'close', 'constructor', '__proto__', 'pullImage']) {
+    const r = await raw(server.url, 'POST', PATHS.call(method), auth, Buffer.from('{"args":[]}'));
+    assert.equal(r.status, 404, method);
+    assert.equal((JSON.parse(r.body) as { error: { code: string } }).error.code, 'NotFound', method);
+  }
+  assert.equal((await raw(server.url, 'GET', PATHS.call('info'), auth)).status, 404);
+  assert.equal((await raw(server.url, 'GET', '/agent/v2/events', auth)).status, 404);
+  const bad = await raw(server.url, 'POST', PATHS.call('info'), auth, Buffer.from('{"args":'));
+  assert.equal(bad.status, 400);
+  assert.equal((await raw(server.url, 'POST', '/agent/v1/console/%E0%A4%A', auth)).status, 400);
+  const huge = await raw(server.url, 'POST', PATHS.call('killVm'), auth, Buffer.alloc(MAX_BODY_BYTES + 1, 0x20));
+  assert.equal(huge.status, 400);
+  assert.match(huge.body, /larger than/);
+  assert.equal(state.calls.length, 0, 'nothing reached the agent');
+});
+
+test('logs stream; a follow ends when its signal aborts and the agent sees the abort', async (t) => {
+  const { agent, state } = makeTarget();
+  const c = connect(t, (await serve(t, agent)).url);
+
+  const lines: string[] = [];
+  for await (const r of c.vmLogs('vm-a', { tail: 2 })) lines.push(r.line);
+  assert.deepEqual(lines, ['two', 'three']);
+
+  const ac = new AbortController();
+  const followed: string[] = [];
+  for await (const r of c.vmLogs('vm-a', { follow: true, signal: ac.signal })) {
+    followed.push(r.line);
+    if (r.line === 'live') ac.abort();
+  }
+  assert.deepEqual(followed, ['one', 'two', 'three', 'live']);
+  await until(() => state.followAborts === 1); // the agent's iteration was told the reader went
+
+  // a consumer that stops reading is a reader gone too
+  for await (const r of c.vmLogs('vm-a', { follow: true })) if (r.line === 'two') break;
+  await until(() => state.followAborts === 2);
+
+  // an error before the first record is the call's error; after it, the last record
+  await rejectsWith((async () => { for await (const _ of c.containerLogs('c-x', {})) void _; })(), 'NotFound', 'no such container: c-x');
+  await rejectsWith((async () => { for await (const _ of c.vmLogs('missing', {})) void _; })(), 'NotFound');
+  const before: string[] = [];
+  await rejectsWith((async () => { for await (const r of c.vmLogs('breaks', {})) before.push(r.line); })(), 'Conflict', 'log file vanished');
+  assert.deepEqual(before, ['one', 'two', 'three']);
+});
+
+test('pull reports progress, then resolves with the image; errors and aborts carry over', async (t) => {
+  const { agent, state } = makeTarget();
+  const c = connect(t, (await serve(t, agent)).url);
+  const phases: string[] = [];
+  const img = await c.pullImage('docker.io/library/alpine:3', { insecureRegistries: ['r.local'], credentials: { username: 'u', password: 'p' } }, (p) => phases.push(p.phase));
+  assert.deepEqual(phases, ['resolving', 'downloading']);
+  assert.equal(img.reference, 'docker.io/library/alpine:3');
+  assert.deepEqual(state.calls.at(-1), {
+    method: 'pullImage',
+    args: ['docker.io/library/alpine:3', { insecureRegistries: ['r.local'], credentials: { username: 'u', password: 'p' }, signal: 'present' }],
+  });
+
+  await rejectsWith(c.pullImage('denied', {}, () => undefined), 'Conflict', 'registry said no');
+
+  const ac = new AbortController();
+  const slow = c.pullImage('slow', { signal: ac.signal }, () => ac.abort());
+  await assert.rejects(slow, (e: Error) => e.name === 'AbortError');
+  await state.pullAborted; // the client going aborted the agent's pull
+});
+
+for (const transport of ['tcp', 'unix'] as const) {
+  test(`console carries bytes both ways; the input ending does not close the line (${transport})`, async (t) => {
+    const { agent, state } = makeTarget();
+    const server = await serve(t, agent, transport === 'unix' ? { socketPath: path.join(tempDir(t), 'a.sock') } : { port: 0 });
+    const c = connect(t, server.url);
+    await rejectsWith(c.openVmConsole('vm-stopped'), 'Conflict', 'VM vm-stopped is not running');
+
+    const line = await c.openVmConsole('vm-a');
+    let out = '';
+    line.on('data', (b: Buffer) => (out += b.toString()));
+    const closed = new Promise<void>((r) => line.once('close', () => r()));
+    await until(() => out === 'login: ');
+    line.write('uname\n');
+    line.end('uptime\n'); // a script: commands, end of input, then read the answers
+    await until(() => out === 'login: you said: uname\nyou said: uptime\n');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(state.consoleInputEnded, false, 'the line is still open after the input ended');
+    assert.equal(state.consoleDestroyed, false);
+
+    // the VM's side ends the session
+    state.consoleLine!.push('bye\n');
+    state.consoleLine!.push(null);
+    await closed;
+    assert.equal(out, 'login: you said: uname\nyou said: uptime\nbye\n');
+    await until(() => state.consoleDestroyed);
+
+    // the client hanging up closes the agent's line
+    state.consoleDestroyed = false;
+    const again = await c.openVmConsole('vm-a');
+    again.resume();
+    again.destroy();
+    await until(() => state.consoleDestroyed);
+
+    // the agent's server going away ends the client's line
+    const third = await c.openVmConsole('vm-a');
+    third.resume();
+    const thirdClosed = new Promise<void>((r) => third.once('close', () => r()));
+    await server.close();
+    await thirdClosed;
+  });
+}
+
+test('exec carries stdout, stderr, stdin and the exit status', async (t) => {
+  const { agent, state } = makeTarget();
+  const c = connect(t, (await serve(t, agent)).url);
+
+  const plain = await c.execInContainer('c-a', { args: ['echo', 'hi'], env: ['A=1'], cwd: '/tmp', user: '1000' });
+  assert.equal(plain.stdin, undefined, 'no stdin when the agent offers none');
+  const [o, e, code] = await Promise.all([text(plain.stdout), text(plain.stderr), plain.exit]);
+  assert.deepEqual([o, e, code], ['hello world', 'warning', 0]);
+  assert.deepEqual(state.execRequest, { args: ['echo', 'hi'], env: ['A=1'], cwd: '/tmp', user: '1000' });
+
+  const cat = await c.execInContainer('c-a', { args: ['cat'] });
+  assert.ok(cat.stdin);
+  cat.stdin.write('some ');
+  cat.stdin.end('input');
+  const [o2, e2, code2] = await Promise.all([text(cat.stdout), text(cat.stderr), cat.exit]);
+  assert.deepEqual([o2, e2, code2], ['out:some input', 'err:done', 3]);
+
+  await rejectsWith(c.execInContainer('c-gone', { args: ['true'] }), 'Conflict', 'container c-gone is exited, not running');
+
+  // the client going away mid-session hangs up on the process; the caller's exit rejects
+  const sleeper = await c.execInContainer('c-a', { args: ['sleep', '1000'] });
+  await new Promise<void>((r) => sleeper.stdout.once('data', () => r()));
+  await c.close();
+  await rejectsWith(sleeper.exit, 'Unavailable');
+  await until(() => state.execStdoutDestroyed);
+});
+
+test('exit events arrive; after the server comes back the client reconnects and re-reports every VM', async (t) => {
+  const { agent, state } = makeTarget();
+  let server = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0 });
+  t.after(() => server.close());
+  const port = Number(new URL(server.url).port);
+  const c = connect(t, server.url);
+  const vms: string[] = [];
+  const containers: string[] = [];
+  c.onVmExit((id) => vms.push(id));
+  c.onContainerExit((id) => containers.push(id));
+
+  // the stream opens in the background: fire until it is heard
+  await until(() => {
+    state.fireVmExit('vm-x');
+    return vms.includes('vm-x');
+  });
+  state.fireContainerExit('c-x');
+  await until(() => containers.includes('c-x'));
+
+  await server.close();
+  vms.length = 0;
+  containers.length = 0;
+  state.vms = ['vm-a', 'vm-b', 'vm-c'];
+  server = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port });
+  await until(() => ['vm-a', 'vm-b', 'vm-c'].every((id) => vms.includes(id)));
+  await until(() => containers.includes('c-a'));
+  // and live events flow on the new stream
+  state.fireVmExit('vm-y');
+  await until(() => vms.includes('vm-y'));
+});
+
+test('the events stream pings', async (t) => {
+  const { agent } = makeTarget();
+  const server = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0, pingIntervalMs: 20 });
+  t.after(() => server.close());
+  const { port } = new URL(server.url);
+  const first = await new Promise<string>((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: PATHS.events, headers: { authorization: `Bearer ${TOKEN}` }, agent: false }, (res) => {
+      res.once('data', (b: Buffer) => {
+        resolve(b.toString());
+        res.destroy();
+      });
+    });
+    req.on('error', reject);
+  });
+  assert.equal(first, '{"kind":"ping"}\n');
+});
+
+test('an unreachable agent is Unavailable, naming it; ping says false', async (t) => {
+  const { agent } = makeTarget();
+  const gone = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0 });
+  await gone.close();
+  const tcp = connect(t, gone.url);
+  await rejectsWith(tcp.info(), 'Unavailable', new RegExp(`^agent test at ${gone.url.replace(/[.]/g, '\\.')}: .*ECONNREFUSED`));
+  assert.equal(await tcp.ping(), false);
+
+  const unixUrl = `unix:${path.join(tempDir(t), 'nobody.sock')}`;
+  const unix = connect(t, unixUrl);
+  await rejectsWith(unix.listVms(), 'Unavailable', /ENOENT/);
+  await rejectsWith((async () => { for await (const _ of unix.vmLogs('v', {})) void _; })(), 'Unavailable');
+  await rejectsWith(unix.openVmConsole('v'), 'Unavailable');
+
+  // an agent that accepts the call but never answers
+  const { agent: hung, state: hungState } = makeTarget();
+  hungState.infoHangs = true;
+  const slow = new RemoteAgent({ name: 'slow', url: (await serve(t, hung)).url, token: TOKEN, timeoutMs: 100 });
+  t.after(() => slow.close());
+  await rejectsWith(slow.info(), 'Unavailable', /^agent slow at .*: no answer within 100 ms$/);
+  assert.equal(await slow.ping(50), false);
+
+  // what is not carried
+  assert.equal(unix.claimWarmContainer(), undefined);
+  assert.throws(() => unix.diskImagePath(), (e: unknown) => hasCode(e, 'InvalidArgument'));
+  assert.throws(() => new RemoteAgent({ name: 'x', url: 'ftp://h', token: TOKEN }), (e: unknown) => hasCode(e, 'InvalidArgument'));
+
+  // a closed client refuses rather than reconnecting
+  await tcp.close();
+  await rejectsWith(tcp.info(), 'Unavailable', /connection closed/);
+});

@@ -1,0 +1,543 @@
+/**
+ * An Agent in another process or on another host, reached over the agent protocol
+ * (agent-protocol.ts, served by agent-server.ts). Transport failures become Unavailable
+ * naming the agent; errors the agent itself threw come out with their own code.
+ */
+import http, { type ClientRequest, type IncomingMessage } from 'node:http';
+import https from 'node:https';
+import { Duplex, PassThrough, Writable } from 'node:stream';
+import { InvalidArgument, NimbusError } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import { codeForStatus } from '../../api/http-errors.js';
+import type { AddressProvider, Agent, AgentImage, PullOptions, PullProgress } from '../agent.js';
+import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
+import {
+  EXEC_HEADER,
+  EXEC_STDIN_HEADER,
+  PATHS,
+  PING_INTERVAL_MS,
+  decodeError,
+  encodeArgs,
+  isWireError,
+  ndjsonRecords,
+  type AgentEvent,
+  type ExecFrame,
+  type UnaryMethod,
+} from './agent-protocol.js';
+
+const log = logger('remote-agent');
+
+/**
+ * The longest a unary call may go without an answer. Generous: saveVm, migrateVmOut and
+ * stops answer only when done; liveness is what ping() and the events stream are for.
+ */
+const DEFAULT_TIMEOUT_MS = 30 * 60_000;
+/** A TCP connect that takes longer than this is a host that is not there. */
+const CONNECT_TIMEOUT_MS = 10_000;
+const BACKOFF_MIN_MS = 200;
+const BACKOFF_MAX_MS = 5_000;
+/** Three missed pings: the events connection is dead even if TCP has not noticed. */
+const EVENTS_IDLE_MS = 3 * PING_INTERVAL_MS;
+
+export interface RemoteAgentOptions {
+  /** The agent's name (in error messages). */
+  name: string;
+  /** http://HOST:PORT or unix:/PATH. */
+  url: string;
+  token: string;
+  /** The longest a unary call may wait for its answer (default 30 min). */
+  timeoutMs?: number;
+}
+
+type Target = { socketPath: string } | { host: string; port: number };
+
+interface OpenOptions {
+  /** A JSON body, sent whole. */
+  json?: unknown;
+  /** The body streams (console input, stdin): headers go at once and the request stays open. */
+  streaming?: boolean;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+  /** Unary calls: how long the answer may take. Streams have only the connect timeout. */
+  timeoutMs?: number;
+}
+
+interface Opened {
+  req: ClientRequest;
+  /** The answer with a 2xx status; an error status rejects with the decoded error (and ends the request). */
+  response: Promise<IncomingMessage>;
+}
+
+function parseUrl(url: string): { target: Target; secure: boolean } {
+  if (url.startsWith('unix:')) {
+    const socketPath = url.slice('unix:'.length).replace(/^\/\/(?=\/)/, '');
+    if (!socketPath.startsWith('/')) throw new InvalidArgument(`agent url "${url}": a unix socket path must be absolute`);
+    return { target: { socketPath }, secure: false };
+  }
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new InvalidArgument(`agent url must be http://HOST:PORT or unix:/PATH, got "${url}"`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidArgument(`agent url must be http://HOST:PORT or unix:/PATH, got "${url}"`);
+  const secure = u.protocol === 'https:';
+  return { target: { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || (secure ? 443 : 80)) }, secure };
+}
+
+async function readAll(res: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of res as AsyncIterable<Buffer>) chunks.push(c);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Write with backpressure; a destroyed destination (its reader gave up) drops the data. */
+function writeTo(dest: Writable, chunk: Buffer): Promise<void> | undefined {
+  if (dest.destroyed || dest.writableEnded) return undefined;
+  if (dest.write(chunk)) return undefined;
+  return new Promise((resolve) => {
+    const done = () => {
+      dest.off('drain', done);
+      dest.off('close', done);
+      resolve();
+    };
+    dest.once('drain', done);
+    dest.once('close', done);
+  });
+}
+
+/** The console line: writes are the request body, reads the response body. */
+class ConsoleStream extends Duplex {
+  constructor(
+    private readonly req: ClientRequest,
+    private readonly res: IncomingMessage,
+  ) {
+    // not half-open: the line's far end closing finishes this side too, so 'close' follows
+    super({ allowHalfOpen: false });
+    res.on('data', (c: Buffer) => {
+      if (!this.push(c)) res.pause();
+    });
+    res.once('end', () => this.push(null));
+    // connection lost: closed quietly, as a socket whose peer went would be
+    res.once('close', () => {
+      if (!res.complete) this.destroy();
+    });
+  }
+
+  override _read(): void {
+    this.res.resume();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    const wait = writeTo(this.req, chunk);
+    if (wait) void wait.then(() => cb());
+    else cb();
+  }
+
+  override _final(cb: (e?: Error | null) => void): void {
+    if (!this.req.writableEnded) this.req.end();
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    // after a complete answer the request is just ended (its socket can be reused)
+    if (this.res.complete) {
+      if (!this.req.writableEnded) this.req.end();
+    } else {
+      this.req.destroy();
+      this.res.destroy();
+    }
+    cb(err);
+  }
+}
+
+export class RemoteAgent implements Agent {
+  readonly name: string;
+  readonly url: string;
+  private readonly token: string;
+  private readonly timeoutMs: number;
+  private readonly target: Target;
+  private readonly transport: typeof http | typeof https;
+  private readonly pool: http.Agent;
+  private addressProvider: AddressProvider | undefined;
+
+  private readonly vmExitListeners: Array<(id: string) => void> = [];
+  private readonly containerExitListeners: Array<(id: string) => void> = [];
+  private eventsLoop: Promise<void> | undefined;
+  private eventsReq: ClientRequest | undefined;
+  private wakeBackoff: (() => void) | undefined;
+  private closed = false;
+
+  constructor(opts: RemoteAgentOptions) {
+    this.name = opts.name;
+    this.url = opts.url;
+    this.token = opts.token;
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const { target, secure } = parseUrl(opts.url);
+    this.target = target;
+    this.transport = secure ? https : http;
+    // idle sockets dropped after 30 s, before the server's 65 s, so a reused one is never half-closed
+    this.pool = new this.transport.Agent({ keepAlive: true, timeout: 30_000 });
+  }
+
+  // ---------------------------------------------------------------- transport
+
+  /** A transport failure, named after the agent (errors the agent sent pass through). */
+  private unavailable(e: unknown): NimbusError {
+    if (e instanceof NimbusError) return e;
+    const reason = e instanceof Error ? e.message : String(e);
+    return new NimbusError('Unavailable', `agent ${this.name} at ${this.url}: ${reason}`, undefined, { cause: e });
+  }
+
+  private open(method: 'GET' | 'POST', path: string, o: OpenOptions = {}): Opened {
+    if (this.closed) throw this.unavailable(new Error('connection closed'));
+    const payload = o.json === undefined ? undefined : Buffer.from(JSON.stringify(o.json));
+    const headers: Record<string, string | number> = { authorization: `Bearer ${this.token}`, ...o.headers };
+    if (payload) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
+    const req = this.transport.request({ ...this.target, agent: this.pool, method, path, headers, ...(o.signal ? { signal: o.signal } : {}) });
+    const response = new Promise<IncomingMessage>((resolve, reject) => {
+      let answered = false;
+      req.on('error', (e: Error) => {
+        if (answered) return; // the response stream reports it
+        reject(o.signal?.aborted ? (o.signal.reason ?? e) : this.unavailable(e));
+      });
+      req.on('socket', (sock) => {
+        if (!sock.connecting) return;
+        const timer = setTimeout(() => req.destroy(new Error(`connect timed out after ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS);
+        sock.once('connect', () => clearTimeout(timer));
+        sock.once('close', () => clearTimeout(timer));
+      });
+      if (o.timeoutMs) {
+        const ms = o.timeoutMs;
+        req.setTimeout(ms, () => req.destroy(new Error(`no answer within ${ms} ms`)));
+      }
+      req.on('response', (res) => {
+        answered = true;
+        const status = res.statusCode ?? 500;
+        if (status < 400) return resolve(res);
+        readAll(res).then(
+          (text) => {
+            let body: unknown = text.trim();
+            try {
+              body = JSON.parse(text);
+            } catch {
+              // not ours (a proxy?): the status and text are all there is
+            }
+            reject(decodeError(body, codeForStatus(status)));
+          },
+          (e: unknown) => reject(this.unavailable(e)),
+        ).finally(() => {
+          if (!req.writableEnded) req.destroy();
+        });
+      });
+    });
+    if (o.streaming) req.flushHeaders(); // now, not with the first chunk: input may wait for output
+    else req.end(payload);
+    return { req, response };
+  }
+
+  /** Typed by the property it backs (Promise<never> fits every Agent method's answer). */
+  private async call(method: UnaryMethod, args: unknown[], timeoutMs = this.timeoutMs): Promise<never> {
+    const res = await this.open('POST', PATHS.call(method), { json: { args: encodeArgs(args) }, timeoutMs }).response;
+    let text: string;
+    try {
+      text = await readAll(res);
+    } catch (e) {
+      throw this.unavailable(e);
+    }
+    let body: { result?: unknown };
+    try {
+      body = JSON.parse(text) as { result?: unknown };
+    } catch {
+      throw this.unavailable(new Error(`${method}: the answer is not JSON`));
+    }
+    return body.result as never;
+  }
+
+  /** Whether the agent answers info() within timeoutMs. A wrong token is thrown, not false: waiting will not fix it. */
+  async ping(timeoutMs = 3000): Promise<boolean> {
+    try {
+      await this.call('info', [], timeoutMs);
+      return true;
+    } catch (e) {
+      if (e instanceof NimbusError && e.code === 'Unavailable') return false;
+      throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- unary calls
+
+  info: Agent['info'] = (...a) => this.call('info', a);
+  importImages: Agent['importImages'] = (...a) => this.call('importImages', a);
+  garbageCollect: Agent['garbageCollect'] = (...a) => this.call('garbageCollect', a);
+  importDiskImage: Agent['importDiskImage'] = (...a) => this.call('importDiskImage', a);
+  createContainer: Agent['createContainer'] = (...a) => this.call('createContainer', a);
+  startContainer: Agent['startContainer'] = (...a) => this.call('startContainer', a);
+  stopContainer: Agent['stopContainer'] = (...a) => this.call('stopContainer', a);
+  killContainer: Agent['killContainer'] = (...a) => this.call('killContainer', a);
+  pauseContainer: Agent['pauseContainer'] = (...a) => this.call('pauseContainer', a);
+  unpauseContainer: Agent['unpauseContainer'] = (...a) => this.call('unpauseContainer', a);
+  containerState: Agent['containerState'] = (...a) => this.call('containerState', a);
+  containerStats: Agent['containerStats'] = (...a) => this.call('containerStats', a);
+  removeContainer: Agent['removeContainer'] = (...a) => this.call('removeContainer', a);
+  listContainers: Agent['listContainers'] = (...a) => this.call('listContainers', a);
+  ensureNetwork: Agent['ensureNetwork'] = (...a) => this.call('ensureNetwork', a);
+  removeNetwork: Agent['removeNetwork'] = (...a) => this.call('removeNetwork', a);
+  foreignSubnets: Agent['foreignSubnets'] = (...a) => this.call('foreignSubnets', a);
+  connectContainer: Agent['connectContainer'] = (...a) => this.call('connectContainer', a);
+  disconnectContainer: Agent['disconnectContainer'] = (...a) => this.call('disconnectContainer', a);
+  reconcileNetworks: Agent['reconcileNetworks'] = (...a) => this.call('reconcileNetworks', a);
+  createVm: Agent['createVm'] = (...a) => this.call('createVm', a);
+  createVmFromTemplate: Agent['createVmFromTemplate'] = (...a) => this.call('createVmFromTemplate', a);
+  startVm: Agent['startVm'] = (...a) => this.call('startVm', a);
+  stopVm: Agent['stopVm'] = (...a) => this.call('stopVm', a);
+  killVm: Agent['killVm'] = (...a) => this.call('killVm', a);
+  pauseVm: Agent['pauseVm'] = (...a) => this.call('pauseVm', a);
+  unpauseVm: Agent['unpauseVm'] = (...a) => this.call('unpauseVm', a);
+  resizeVm: Agent['resizeVm'] = (...a) => this.call('resizeVm', a);
+  saveVm: Agent['saveVm'] = (...a) => this.call('saveVm', a);
+  restoreVm: Agent['restoreVm'] = (...a) => this.call('restoreVm', a);
+  vmState: Agent['vmState'] = (...a) => this.call('vmState', a);
+  inspectVm: Agent['inspectVm'] = (...a) => this.call('inspectVm', a);
+  removeVm: Agent['removeVm'] = (...a) => this.call('removeVm', a);
+  listVms: Agent['listVms'] = (...a) => this.call('listVms', a);
+  vmMigrationSpec: Agent['vmMigrationSpec'] = (...a) => this.call('vmMigrationSpec', a);
+  prepareVmIncoming: Agent['prepareVmIncoming'] = (...a) => this.call('prepareVmIncoming', a);
+  migrateVmOut: Agent['migrateVmOut'] = (...a) => this.call('migrateVmOut', a);
+  finishVmIncoming: Agent['finishVmIncoming'] = (...a) => this.call('finishVmIncoming', a);
+  abandonVmIncoming: Agent['abandonVmIncoming'] = (...a) => this.call('abandonVmIncoming', a);
+  endVmMigration: Agent['endVmMigration'] = (...a) => this.call('endVmMigration', a);
+  reconcileVms: Agent['reconcileVms'] = (...a) => this.call('reconcileVms', a);
+
+  // ---------------------------------------------------------------- not carried
+
+  /** A remote agent keeps no claimable warm pool (its warm containers would need addresses from here). */
+  claimWarmContainer(): string | undefined {
+    return undefined;
+  }
+
+  diskImagePath(): string {
+    throw new InvalidArgument("disk images are served by the control plane host's agent only");
+  }
+
+  /** Kept, unused: a remote agent runs without a warm pool, so it never asks for addresses. */
+  setAddressProvider(p: AddressProvider): void {
+    this.addressProvider = p;
+  }
+
+  // ---------------------------------------------------------------- streams
+
+  vmLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    return this.logs('vm', id, opts);
+  }
+
+  containerLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
+    return this.logs('container', id, opts);
+  }
+
+  private async *logs(kind: 'vm' | 'container', id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncGenerator<LogRecord> {
+    const { signal, ...wire } = opts;
+    if (signal?.aborted) return;
+    let res: IncomingMessage;
+    try {
+      res = await this.open('POST', PATHS.logs(kind), { json: { id, opts: wire }, ...(signal ? { signal } : {}) }).response;
+    } catch (e) {
+      if (signal?.aborted) return;
+      throw e;
+    }
+    try {
+      for await (const v of ndjsonRecords(res)) {
+        if (isWireError(v)) throw decodeError(v);
+        yield v as LogRecord;
+      }
+    } catch (e) {
+      if (signal?.aborted) return; // an abort ends the records quietly, as in-process
+      throw this.unavailable(e);
+    } finally {
+      // the consumer stopped early: the server sees the client go and aborts its side
+      if (!res.complete) res.destroy();
+    }
+  }
+
+  async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
+    const { signal, ...wire } = opts;
+    const res = await this.open('POST', PATHS.pull, { json: { ref, opts: wire }, ...(signal ? { signal } : {}) }).response;
+    try {
+      for await (const v of ndjsonRecords(res)) {
+        if (isWireError(v)) throw decodeError(v);
+        const line = v as { progress?: PullProgress; result?: AgentImage };
+        if (line.progress) progress(line.progress);
+        else if (line.result) return line.result;
+      }
+      throw new Error('the pull stream ended without a result');
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason ?? e;
+      throw this.unavailable(e);
+    } finally {
+      if (!res.complete) res.destroy();
+    }
+  }
+
+  async openVmConsole(id: string): Promise<Duplex> {
+    const { req, response } = this.open('POST', PATHS.console(id), { streaming: true, headers: { 'content-type': 'application/octet-stream' } });
+    return new ConsoleStream(req, await response);
+  }
+
+  async execInContainer(id: string, spec: ExecRequest): Promise<ExecSession> {
+    const { req, response } = this.open('POST', PATHS.exec(id), {
+      streaming: true,
+      headers: { 'content-type': 'application/octet-stream', [EXEC_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
+    });
+    const res = await response;
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    let stdin: Writable | undefined;
+    if (res.headers[EXEC_STDIN_HEADER] === '1') {
+      stdin = new Writable({
+        write: (chunk: Buffer, _enc, cb) => {
+          const wait = writeTo(req, chunk);
+          if (wait) void wait.then(() => cb());
+          else cb();
+        },
+        final: (cb) => {
+          if (!req.writableEnded) req.end();
+          cb();
+        },
+        // the end of input, not of the session: the output still comes
+        destroy: (err, cb) => {
+          if (!req.writableEnded && !req.destroyed) req.end();
+          cb(err);
+        },
+      });
+    } else req.end();
+
+    const exit = (async () => {
+      try {
+        for await (const v of ndjsonRecords(res)) {
+          const f = v as ExecFrame;
+          if ('o' in f) await writeTo(stdout, Buffer.from(f.o, 'base64'));
+          else if ('e' in f) await writeTo(stderr, Buffer.from(f.e, 'base64'));
+          else if ('exit' in f) return f.exit;
+          else if (isWireError(f)) throw decodeError(f);
+        }
+        throw new Error('the exec stream ended without an exit status');
+      } catch (e) {
+        throw this.unavailable(e);
+      } finally {
+        // every way out ends both outputs (readers wait for 'end') and the request body
+        stdout.end();
+        stderr.end();
+        if (!res.complete) {
+          req.destroy();
+          res.destroy();
+        } else if (!req.writableEnded) req.end();
+      }
+    })();
+    exit.catch(() => undefined); // a caller reading only the outputs must not get an unhandled rejection
+    return { stdout, stderr, ...(stdin ? { stdin } : {}), exit };
+  }
+
+  // ---------------------------------------------------------------- exit events
+
+  onVmExit(listener: (id: string) => void): void {
+    this.vmExitListeners.push(listener);
+    this.startEvents();
+  }
+
+  onContainerExit(listener: (id: string) => void): void {
+    this.containerExitListeners.push(listener);
+    this.startEvents();
+  }
+
+  private startEvents(): void {
+    if (this.eventsLoop || this.closed) return;
+    this.eventsLoop = this.runEvents();
+  }
+
+  private emit(listeners: Array<(id: string) => void>, id: string): void {
+    for (const l of listeners) {
+      try {
+        l(id);
+      } catch (e) {
+        log.warn('exit listener failed', { agent: this.name, id, error: String(e) });
+      }
+    }
+  }
+
+  /** GET /events until close(), reconnecting with backoff; after a gap every instance is reported as a possible exit. */
+  private async runEvents(): Promise<void> {
+    let delay = BACKOFF_MIN_MS;
+    let attempts = 0;
+    let connected = false;
+    while (!this.closed) {
+      const firstAttempt = attempts++ === 0;
+      try {
+        const { req, response } = this.open('GET', PATHS.events);
+        this.eventsReq = req;
+        const res = await response;
+        if (!firstAttempt) log.info('agent events stream back', { agent: this.name });
+        connected = true;
+        delay = BACKOFF_MIN_MS;
+        // after the stream is up, so an exit is either in the listing or on the stream
+        if (!firstAttempt) void this.resync();
+        await this.readEvents(res);
+      } catch (e) {
+        if (this.closed) break;
+        if (connected) log.warn('agent events stream lost; reconnecting', { agent: this.name, error: String(e) });
+        else log.debug('agent events stream unavailable', { agent: this.name, error: String(e) });
+      } finally {
+        this.eventsReq = undefined;
+      }
+      connected = false;
+      if (this.closed) break;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        timer.unref();
+        this.wakeBackoff = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wakeBackoff = undefined;
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+    }
+  }
+
+  private async readEvents(res: IncomingMessage): Promise<void> {
+    const idle = setTimeout(() => res.destroy(new Error(`no ping for ${EVENTS_IDLE_MS} ms`)), EVENTS_IDLE_MS);
+    idle.unref();
+    try {
+      for await (const v of ndjsonRecords(res)) {
+        idle.refresh();
+        const ev = v as AgentEvent;
+        if (ev.kind === 'vm-exit') this.emit(this.vmExitListeners, ev.id);
+        else if (ev.kind === 'container-exit') this.emit(this.containerExitListeners, ev.id);
+      }
+      throw new Error('the events stream ended');
+    } finally {
+      clearTimeout(idle);
+      if (!res.complete) res.destroy();
+    }
+  }
+
+  /** Exits are hints (listeners re-check the state): one per instance covers any missed while disconnected. */
+  private async resync(): Promise<void> {
+    try {
+      if (this.vmExitListeners.length) for (const id of await this.listVms()) this.emit(this.vmExitListeners, id);
+      if (this.containerExitListeners.length) for (const id of await this.listContainers()) this.emit(this.containerExitListeners, id);
+    } catch (e) {
+      // the next reconnect resyncs again
+      log.warn('re-checking instances after a reconnect failed', { agent: this.name, error: String(e) });
+    }
+  }
+
+  /** The connection only (the agent goes on running): events stream ended, idle sockets closed. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.wakeBackoff?.();
+    this.eventsReq?.destroy();
+    await this.eventsLoop?.catch(() => undefined);
+    this.pool.destroy();
+  }
+}

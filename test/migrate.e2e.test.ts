@@ -1,0 +1,226 @@
+/**
+ * Two agents registered with one control plane, end to end: a real nimbusd (control plane and
+ * embedded agent "local") and a second agent in a process of its own (`nimbusd agent`, its own
+ * home), which registers itself over the API. A VM runs on the second agent, is live-migrated
+ * to the embedded one and back through the API and the CLI (downtime, total time, bytes and
+ * passes reported; the guest never reboots and its console answers through the agent
+ * protocol), survives kill -9 of the control plane and of the agent process, and leaves no
+ * QEMU, no state and no registration behind.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
+import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { waitFor as poll } from './helpers/wait.js';
+
+const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
+const NAME = 'mig-vm';
+const AGENT = 'host-b';
+
+interface Vm { id: string; name: string; status: string; agent: string; exitCode: number | null; host: { qemuPid?: number } | null }
+interface AgentRow { name: string; local: boolean; state: string; url?: string; vms: number; reason?: string }
+interface Report { id: string; from: string; to: string; totalMs: number; downtimeMs: number; qemuDowntimeMs: number; bytes: number; iterations: number; maxDowntimeMs: number }
+
+function qemuUnder(dir: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if ((argv[0] ?? '').includes('qemu-system') && argv.some((a) => a.includes(dir))) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** `nimbusd agent` as a child process, started again on the same home by restart(). */
+function agentProcess(controlPlaneSocket: string) {
+  const home = mkdtempSync(join(tmpdir(), 'nimbus-agent-'));
+  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() };
+  let child: ChildProcess | undefined;
+  let out = '';
+  const self = {
+    home,
+    output: () => out,
+    async start(): Promise<void> {
+      out = '';
+      const c = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`], {
+        stdio: ['ignore', 'pipe', 'pipe'], env,
+      });
+      child = c;
+      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+      await new Promise<void>((ok, fail) => {
+        const timer = setTimeout(() => fail(new Error(`nimbusd agent did not register:\n${out}`)), 60_000);
+        const check = () => {
+          if (out.includes('registered with')) {
+            clearTimeout(timer);
+            ok();
+          }
+        };
+        c.stdout!.on('data', check);
+        c.once('exit', (code) => {
+          clearTimeout(timer);
+          fail(new Error(`nimbusd agent exited with ${code}:\n${out}`));
+        });
+      });
+    },
+    async kill(signal: NodeJS.Signals): Promise<void> {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise((r) => c.once('exit', r));
+      c.kill(signal);
+      await exited;
+    },
+  };
+  return self;
+}
+
+let d: DaemonProcess;
+let b: ReturnType<typeof agentProcess>;
+let guest: TestGuest;
+
+async function cliOk(args: string[], input?: string): Promise<string> {
+  const r = await d.cli(args, input !== undefined ? { input } : {});
+  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+const inspect = async (): Promise<Vm> => (JSON.parse(await cliOk(['vm', 'inspect', NAME])) as Vm[])[0]!;
+const agents = async (): Promise<AgentRow[]> => JSON.parse(await cliOk(['agent', 'ls', '-o', 'json'])) as AgentRow[];
+/** Seconds the guest has been up, from its own /proc/uptime over the console. */
+async function guestUptime(): Promise<number> {
+  const out = await cliOk(['console', NAME], 'uptime\n');
+  const m = /(\d+\.\d+)/.exec(out);
+  assert.ok(m, `an uptime answer: ${out}`);
+  return Number(m[1]);
+}
+
+describe('live migration between two agents of one control plane', { concurrency: false }, () => {
+  before(async () => {
+    guest = await buildTestGuest(GUEST_CACHE_DIR);
+    d = await startDaemonProcess();
+    b = agentProcess(d.socket);
+    await b.start();
+  });
+  after(async () => {
+    try {
+      if (d) {
+        const list = await d.api<{ id: string }[]>('GET', '/vms?all=true').catch(() => ({ status: 0, body: [] }));
+        for (const v of list.body ?? []) await d.api('DELETE', `/vms/${v.id}?force=true`).catch(() => undefined);
+      }
+    } finally {
+      const left = [...(d ? qemuUnder(d.home) : []), ...(b ? qemuUnder(b.home) : [])];
+      for (const pid of left) process.kill(pid, 'SIGKILL');
+      await b?.kill('SIGTERM');
+      if (b) rmSync(b.home, { recursive: true, force: true });
+      await d?.destroy();
+      assert.deepEqual(left, [], 'no QEMU left behind');
+    }
+  });
+
+  test('the second agent registered itself; agent ls shows both up', async () => {
+    const list = await agents();
+    assert.deepEqual(list.map((a) => [a.name, a.local, a.state]), [['local', true, 'up'], [AGENT, false, 'up']]);
+    assert.match(list[1]!.url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
+    assert.match(await cliOk(['agent', 'ls']), new RegExp(`${AGENT}\\s+up\\s+http://127`));
+    // a registration must answer at its URL with its token
+    const bad = await d.api<{ error: { code: string; message: string } }>('POST', '/agents', { name: 'ghost', url: list[1]!.url, token: 'x'.repeat(32) });
+    assert.equal(bad.status, 503);
+    assert.match(bad.body.error.message, /does not answer/);
+    const liar = await d.api<{ error: { code: string } }>('POST', '/agents', { name: 'local', url: list[1]!.url, token: 'x'.repeat(32) });
+    assert.equal(liar.status, 409, 'the embedded agent\'s name is taken');
+  });
+
+  test('vm run --agent places the VM on the second agent; its QEMU lives under that agent\'s home', async () => {
+    await cliOk(['vm', 'run', '--name', NAME, '--memory', '192m', '--agent', AGENT, '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', guest.append]);
+    const v = await inspect();
+    assert.equal(v.agent, AGENT);
+    assert.equal(qemuUnder(b.home).length, 1);
+    assert.equal(qemuUnder(d.home).length, 0);
+    await waitFor('the readiness marker through the agent protocol', async () => ((await cliOk(['vm', 'logs', NAME])).includes(READY_MARKER) ? true : undefined));
+    assert.match(await cliOk(['console', NAME], 'echo on-host-b\n'), /on-host-b/);
+    assert.match(await cliOk(['vm', 'ls']), new RegExp(`${NAME}\\s+Up .*\\s+${AGENT}\\s`));
+  });
+
+  test('bad migrations are refused before anything moves', async () => {
+    const unknown = await d.cli(['vm', 'migrate', NAME, '--to', 'nowhere']);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /NotFound: no such agent: nowhere/);
+    const same = await d.cli(['vm', 'migrate', NAME, '--to', AGENT]);
+    assert.equal(same.code, 1);
+    assert.match(same.stderr, /already/);
+    assert.equal((await d.cli(['vm', 'migrate', NAME])).code, 2, '--to is required');
+    assert.equal((await d.cli(['vm', 'migrate', NAME, '--to', 'local', '--max-downtime', '0'])).code, 2);
+    assert.equal((await inspect()).agent, AGENT);
+  });
+
+  test('vm migrate moves the running guest to the embedded agent and back; each move reports its figures', async (t) => {
+    const before = await guestUptime();
+    const out = await cliOk(['vm', 'migrate', NAME, '--to', 'local', '--max-downtime', '100', '-o', 'json']);
+    const r = JSON.parse(out) as Report;
+    t.diagnostic(`to local: ${JSON.stringify(r)}`);
+    assert.deepEqual([r.from, r.to, r.maxDowntimeMs], [AGENT, 'local', 100]);
+    assert.ok(r.bytes > 1 << 20, `bytes ${r.bytes}`);
+    assert.ok(r.iterations >= 1 && r.totalMs > 0 && r.downtimeMs >= 0 && r.qemuDowntimeMs >= 0, JSON.stringify(r));
+    const v = await inspect();
+    assert.deepEqual([v.agent, v.status], ['local', 'running']);
+    assert.equal(qemuUnder(b.home).length, 0, 'nothing of it stays at the source');
+    assert.equal(qemuUnder(d.home).length, 1);
+    assert.ok(!existsSync(join(b.home, 'vms', 'instances', v.id)), 'no state directory at the source');
+    const after = await guestUptime();
+    assert.ok(after > before, `the same guest goes on (uptime ${before} → ${after})`);
+
+    const back = await cliOk(['vm', 'migrate', NAME, '--to', AGENT]);
+    t.diagnostic(`back: ${back.trim()}`);
+    assert.match(back, new RegExp(`migrated local → ${AGENT} in \\d+ ms; downtime [\\d.]+ ms \\(QEMU: \\d+ ms, limit 300 ms\\); [\\d.]+ MiB in \\d+ RAM pass`));
+    assert.equal((await inspect()).agent, AGENT);
+    assert.equal(qemuUnder(d.home).length, 0);
+    assert.ok((await guestUptime()) > after);
+    const log = await cliOk(['vm', 'logs', NAME]);
+    assert.equal(log.split(READY_MARKER).length - 1, 1, 'one boot across both moves; the console history travelled');
+    assert.match(log, /on-host-b/);
+  });
+
+  test('kill -9 of the control plane and of the agent: the VM keeps running and is found again', async () => {
+    const pid = (await inspect()).host?.qemuPid;
+    assert.ok(pid);
+    await d.kill('SIGKILL');
+    await d.restart();
+    let v = await inspect();
+    assert.deepEqual([v.agent, v.status, v.host?.qemuPid], [AGENT, 'running', pid], 'the restarted control plane reconnects to the agent');
+    await b.kill('SIGKILL');
+    assert.equal(qemuUnder(b.home).length, 1, 'QEMU outlives its agent');
+    const down = (await agents()).find((a) => a.name === AGENT);
+    assert.equal(down?.state, 'down');
+    assert.equal((await inspect()).status, 'running', 'an agent that is down does not make its VMs stopped');
+    await b.start();
+    await waitFor('the agent up again', async () => ((await agents()).find((a) => a.name === AGENT)?.state === 'up' ? true : undefined));
+    assert.match(await cliOk(['console', NAME], 'echo after-restarts\n'), /after-restarts/);
+    v = await inspect();
+    assert.equal(v.host?.qemuPid, pid);
+  });
+
+  test('stop through the agent; rm leaves nothing; the agent is forgotten only once it has no VM', async () => {
+    await cliOk(['vm', 'stop', '-t', '60', NAME]);
+    const v = await inspect();
+    assert.deepEqual([v.status, v.exitCode], ['stopped', 0]);
+    const busy = await d.cli(['agent', 'rm', AGENT]);
+    assert.equal(busy.code, 1);
+    assert.match(busy.stderr, /Conflict: .*1 VM/);
+    const stopped = await d.cli(['vm', 'migrate', NAME, '--to', 'local']);
+    assert.equal(stopped.code, 1);
+    assert.match(stopped.stderr, /Conflict: .*only a running VM migrates live/);
+    await cliOk(['vm', 'rm', NAME]);
+    assert.deepEqual(qemuUnder(b.home), []);
+    assert.ok(!existsSync(join(b.home, 'vms', 'instances', v.id)));
+    await cliOk(['agent', 'rm', AGENT]);
+    assert.deepEqual((await agents()).map((a) => a.name), ['local']);
+  });
+});
