@@ -115,6 +115,8 @@ export interface OutgoingMigration {
   stoppedAt?: number;
   /** QEMU's own downtime figure (source side: stop to the end of the last pass). */
   qemuDowntimeMs: number;
+  /** The downtime limit as the source QEMU reported it back after it was set. */
+  downtimeLimitMs?: number;
   /** From migrate to completed at the source. */
   totalMs: number;
   bytes: number;

@@ -18,6 +18,7 @@ export interface MigrationReport {
   bytes: number;
   /** RAM passes (dirty-sync-count). */
   iterations: number;
+  /** The limit QEMU planned the last pass against, as it reported it back (the request's when it did not). */
   maxDowntimeMs: number;
 }
 
@@ -29,6 +30,6 @@ export function migrationReport(id: string, out: OutgoingMigration, resumedAt: n
     qemuDowntimeMs: out.qemuDowntimeMs,
     bytes: out.bytes,
     iterations: out.iterations,
-    maxDowntimeMs,
+    maxDowntimeMs: out.downtimeLimitMs ?? maxDowntimeMs,
   };
 }

@@ -846,6 +846,7 @@ export class VmDriver implements InstanceDriver {
       const p = this.paths(id);
       const t0 = performance.now();
       let stoppedAt: number | undefined;
+      let downtimeLimitMs: number | undefined;
       let info: QmpMigrateInfo | undefined;
       try {
         await withQmp(p, async (c) => {
@@ -854,6 +855,8 @@ export class VmDriver implements InstanceDriver {
           });
           try {
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
+            // the limit as QEMU holds it, for the report: what was honoured, not what was asked
+            downtimeLimitMs = (await c.execute<{ 'downtime-limit'?: number }>('query-migrate-parameters'))['downtime-limit'];
             await c.execute('migrate', { uri });
             for (;;) {
               const m = await c.execute<QmpMigrateInfo>('query-migrate');
@@ -878,6 +881,7 @@ export class VmDriver implements InstanceDriver {
       return {
         ...(stoppedAt !== undefined ? { stoppedAt } : {}),
         qemuDowntimeMs: info?.downtime ?? -1,
+        ...(downtimeLimitMs !== undefined ? { downtimeLimitMs } : {}),
         totalMs: Math.round(performance.now() - t0),
         bytes: info?.ram?.transferred ?? 0,
         iterations: info?.ram?.['dirty-sync-count'] ?? 0,
