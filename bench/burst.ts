@@ -8,13 +8,17 @@
  * Goals (from the issue): all running within 1 s; ≤ 1 MiB daemon memory per idle container.
  * Run alone: node dist/bench/burst.js
  */
-import { readFileSync } from 'node:fs';
-import { run } from '../src/core/exec.js';
+import { readFileSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runtime.js';
+import { prepareRuncBundle } from './lib/peers.js';
+import { run, runOk } from '../src/core/exec.js';
 import { mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
 import { nimbusRunRm, runtimeRoots, type BenchDaemon, type UnixClient } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome } from './lib/result.js';
-import { msSince, now, round, summarize } from './lib/stats.js';
+import { msSince, now, ratio, round, summarize } from './lib/stats.js';
 
 const NAME = 'burst';
 const COUNT = Math.max(1, Number(process.env.BENCH_BURST ?? 200));
@@ -51,6 +55,73 @@ async function leftovers(d: BenchDaemon): Promise<{ containers: number; conmons:
     runtimeState += (await run(root.runtime, ['--root', root.dir, 'list', '-q'])).stdout.split('\n').filter(Boolean).length;
   }
   return { containers, conmons, runtimeState, mounts: mountsUnder(d.home).length - warm };
+}
+
+/**
+ * The peer: raw runc on this host, the same number of containers created ahead (`runc create`,
+ * `sleep 3600`, 4 at a time, untimed), then all started concurrently, twice: with `runc start`
+ * (what a tool driving runc does) and by releasing each exec fifo in-process (what Nimbus's warm
+ * path does; the floor here: no daemon at all, only the containers' own start).
+ */
+export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoReleaseMs: number; containerCpuMsEach: number } | { error: string }> {
+  const b = await prepareRuncBundle(['/bin/sleep', '3600']);
+  const ids = Array.from({ length: n }, (_, i) => `burst-peer-${process.pid}-${i}`);
+  const createAll = async () => {
+    for (let i = 0; i < ids.length; i += 4) {
+      await Promise.all(ids.slice(i, i + 4).map((id) => runcCreate(b.root, b.dir, id)));
+    }
+  };
+  const deleteAll = async () => {
+    for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map((id) => run('runc', ['--root', b.root, 'delete', '-f', id])));
+  };
+  try {
+    await createAll();
+    let t0 = now();
+    await Promise.all(ids.map((id) => runOk('runc', ['--root', b.root, 'start', id])));
+    const runcStartMs = msSince(t0);
+    await deleteAll();
+    await createAll();
+    const tag = `burst-peer-${process.pid}-`;
+    const ticks0 = childTicks(tag);
+    t0 = now();
+    const released = await Promise.all(ids.map((id) => releaseThroughExecFifo(path.join(b.root, id, 'exec.fifo'), 10_000)));
+    const fifoReleaseMs = msSince(t0);
+    if (released.some((r) => !r)) throw new Error('a fifo release failed');
+    await sleep(500);
+    const containerCpuMsEach = ((childTicks(tag) - ticks0) * 10) / n;
+    await deleteAll();
+    return { runcStartMs: Math.round(runcStartMs), fifoReleaseMs: Math.round(fifoReleaseMs), containerCpuMsEach: round(containerCpuMsEach) };
+  } catch (e) {
+    return { error: e instanceof Error ? e.message.slice(0, 300) : String(e) };
+  } finally {
+    await b.remove();
+  }
+}
+
+/** `runc create` with no pipes: the container's init inherits runc's stdio, and a pipe we waited on would stay open. */
+function runcCreate(root: string, bundle: string, id: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('runc', ['--root', root, 'create', '--bundle', bundle, id], { stdio: 'ignore' });
+    c.once('error', reject);
+    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`runc create ${id}: exit ${code}`))));
+  });
+}
+
+/** CPU ticks (user + system) of the processes in cgroups whose path mentions `tag`: the peer's containers (runc names a spec's cgroup after the container id). */
+function childTicks(tag: string): number {
+  let total = 0;
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      if (!readFileSync(`/proc/${e}/cgroup`, 'utf8').includes(tag)) continue;
+      const raw = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
+      total += Number(f[11]) + Number(f[12]);
+    } catch {
+      /* gone */
+    }
+  }
+  return total;
 }
 
 export async function burst(env: BenchEnv): Promise<BenchOutcome> {
@@ -118,7 +189,12 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     // Verdict after the daemon stopped (below): while it runs, a refilling warm pool makes counts racy.
 
     const rssAfterRemove = d.rssKiB();
+    const ts = now();
     const daemonLeft = await d.stop();
+    const daemonStopMs = Math.round(msSince(ts)); // SIGTERM until it exited, its refilled warm pool destroyed
+    note(NAME, `peer: ${COUNT} pre-created raw runc containers started concurrently`);
+    const peer = await runcBurst(COUNT);
+    note(NAME, `peer: ${JSON.stringify(peer)}`);
 
     const perContainerKiB = running > 0 ? round((rssWith - rssBefore) / running) : null;
     const results = {
@@ -133,6 +209,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       warmReadyAtStart: ready,
       removeAllMs: Math.round(removeAllMs),
       removeHostStateMs: Math.round(removeHostMs),
+      daemonStopMs,
       removeErrors: removeErrors.slice(0, 5),
       daemonRssKiB: { before: rssBefore, withContainers: rssWith, afterRemove: rssAfterRemove, perContainer: perContainerKiB },
       conmon: {
@@ -148,14 +225,23 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
         rssMet: perContainerKiB !== null && perContainerKiB <= GOAL_RSS_PER_CONTAINER_KIB,
       },
     };
-    const record = makeRecord(NAME, { results, peers: {}, ratios: {} });
+    const peerOk = 'runcStartMs' in peer ? peer : undefined;
+    const record = makeRecord(NAME, {
+      results, peers: { runc: peer },
+      ratios: peerOk ? { vsRuncStart: ratio(allRunningMs, peerOk.runcStartMs), vsFifoRelease: ratio(allRunningMs, peerOk.fifoReleaseMs) } : {},
+    });
     return {
       record,
       summary: [
-        { bench: NAME, figure: `${COUNT} concurrent starts → all running`, unit: 'ms', nimbus: Math.round(allRunningMs), peers: {}, ratio: null, goal: `≤ ${GOAL_ALL_RUNNING_MS} ms`, met: results.goals.allRunningMet, note: `${running}/${COUNT} running, ${errors.length} errors` },
+        {
+          bench: NAME, figure: `${COUNT} concurrent starts → all running`, unit: 'ms', nimbus: Math.round(allRunningMs),
+          peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(allRunningMs, peerOk.runcStartMs) : null,
+          goal: `≤ ${GOAL_ALL_RUNNING_MS} ms`, met: results.goals.allRunningMet,
+          note: `${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
+        },
         { bench: NAME, figure: 'daemon RSS per idle container', unit: 'KiB', nimbus: perContainerKiB, peers: {}, ratio: null, goal: `≤ ${GOAL_RSS_PER_CONTAINER_KIB} KiB`, met: results.goals.rssMet, note: `before ${rssBefore} KiB, with ${rssWith} KiB` },
         { bench: NAME, figure: 'conmon RSS (PSS) per container', unit: 'KiB', nimbus: results.conmon.rssKiBPerContainer, peers: {}, ratio: null, note: `PSS ${results.conmon.pssKiBPerContainer ?? '—'} KiB, informative` },
-        { bench: NAME, figure: `force-remove all ${ids.length}`, unit: 'ms', nimbus: Math.round(removeAllMs), peers: {}, ratio: null, note: `${results.cleanup.clean ? 'cleanup verified' : `LEFT: ${JSON.stringify(left)} ${daemonLeft.join(', ')}`}; host state gone after ${Math.round(removeHostMs)} ms` },
+        { bench: NAME, figure: `force-remove all ${ids.length}`, unit: 'ms', nimbus: Math.round(removeAllMs), peers: {}, ratio: null, note: `${results.cleanup.clean ? 'cleanup verified' : `LEFT: ${JSON.stringify(left)} ${daemonLeft.join(', ')}`}; host state gone after ${Math.round(removeHostMs)} ms; daemon stop ${daemonStopMs} ms` },
       ],
     };
   } finally {

@@ -231,12 +231,17 @@ describe('container networking end to end', { concurrency: false }, () => {
     assert.match((await d.cli(['network', 'connect', 'back', 'web-nope'])).stderr, /no such container/);
   });
 
-  test('a VM and a container on one network reach each other; the VM\'s tap goes with it', async () => {
+  test('a VM and a container on one network reach each other; a second NIC on a routed network; the VM\'s taps go with it', async () => {
     const guest = await buildTestGuest(GUEST_CACHE_DIR);
-    await ok(['vm', 'run', '--name', 'netvm', '--memory', '192m', '--network', 'front', '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', guest.append]);
+    await ok(['vm', 'run', '--name', 'netvm', '--memory', '192m', '--network', 'front', '--network', 'routed', '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', guest.append]);
     const vm = (await d.api<{ id: string; network: { endpoints: Array<{ address: string; network: string; mac: string }> } }>('GET', '/vms/netvm')).body;
     const nic = vm.network.endpoints[0];
     assert.ok(nic && nic.network === 'front', JSON.stringify(vm.network));
+    const routedNic = vm.network.endpoints[1];
+    assert.ok(routedNic && routedNic.network === 'routed', JSON.stringify(vm.network));
+    const routedTap = `vif${vm.id.slice(0, 8)}.1`;
+    assert.doesNotMatch((await run('ip', ['-o', 'link', 'show', 'dev', routedTap])).stdout, / master /, 'a routed tap is on no bridge');
+    assert.match((await run('ip', ['route', 'show', `${routedNic.address}/32`])).stdout, new RegExp(`dev ${routedTap.replace('.', '\\.')}`), 'the host routes the VM\'s routed address to its tap');
     const tap = `vif${vm.id.slice(0, 8)}.0`;
     const link = (await run('ip', ['-o', 'link', 'show', 'dev', tap])).stdout;
     const bridge = (await d.api<{ device: string }>('GET', '/networks/front')).body.device;
@@ -246,8 +251,12 @@ describe('container networking end to end', { concurrency: false }, () => {
     const r = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'sh', '-c', `busybox nslookup netvm; ${FETCH(nic.address, 80)[2]}`]);
     assert.match(r.stdout, new RegExp(nic.address.replaceAll('.', '\\.')), 'the network DNS knows the VM');
     assert.match(r.stdout, /hello from the vm$/m, r.stdout + r.stderr);
+    // route mode: no bridge, no NAT; the host reaches the guest through the /32 route on its tap
+    await waitFor('the guest configured its routed NIC', async () => ((await d.cli(['logs', 'netvm'])).stdout.includes(`${NET_MARKER} eth1 ${routedNic.address}/`) ? true : undefined), 60_000);
+    assert.equal(await httpGet(`http://${routedNic.address}/`), 'hello from the vm');
     await ok(['rm', '-f', 'netvm']);
     assert.equal((await run('ip', ['link', 'show', 'dev', tap])).code !== 0, true, 'the tap is gone with the VM');
+    assert.equal((await run('ip', ['link', 'show', 'dev', routedTap])).code !== 0, true, 'the routed tap too');
     assert.deepEqual((await d.api<{ containers: Array<{ name: string }> }>('GET', '/networks/front')).body.containers.map((c) => c.name), ['api'], 'its lease is released');
   });
 

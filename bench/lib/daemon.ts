@@ -162,7 +162,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
         await Promise.all(list.map((c) => client.request('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined)));
         const exited = new Promise((r) => child.once('exit', r));
         child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        const timer = setTimeout(() => child.kill('SIGKILL'), Number(process.env.BENCH_STOP_GRACE_MS ?? 15_000)); // longer when profiling (BENCH_DAEMON_NODE_ARGS)
         await exited;
         clearTimeout(timer);
       }

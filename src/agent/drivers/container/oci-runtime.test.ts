@@ -6,7 +6,10 @@ import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
-import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, runtimeMessage } from './oci-runtime.js';
+import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, releaseThroughExecFifo, runtimeMessage } from './oci-runtime.js';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { run } from '../../../core/exec.js';
 
 test('runtime messages and error mapping', () => {
   assert.equal(runtimeMessage('time="2026-11-22T09:06:57Z" level=error msg="container does not exist"\n'), 'container does not exist');
@@ -88,4 +91,42 @@ test('runc lifecycle through the wrapper (no conmon)', async () => {
     await removeCgroupParentIfEmpty(layout, parent);
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('the exec fifo release: a waiting writer, a late one, none, a wrong answer', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-fifo-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const fifo = async (name: string) => {
+    const f = path.join(dir, name);
+    assert.equal((await run('mkfifo', [f])).code, 0);
+    return f;
+  };
+  // what runc init does: open the fifo for writing (blocks until a reader comes), write "0"
+  const writer = (f: string, delayS: number, what = '0') => {
+    const c = spawn('sh', ['-c', `sleep ${delayS}; printf '${what}' > '${f}'`], { stdio: 'ignore' });
+    return new Promise<number | null>((r) => c.once('exit', r));
+  };
+
+  const waiting = await fifo('waiting');
+  const w1 = writer(waiting, 0);
+  await new Promise((r) => setTimeout(r, 200)); // the writer is blocked in open()
+  assert.equal(await releaseThroughExecFifo(waiting), true);
+  assert.equal(await w1, 0, 'the writer got through');
+  assert.ok(!existsSync(waiting), 'the fifo is removed, as runc start does');
+
+  const late = await fifo('late');
+  const w2 = writer(late, 0.3);
+  assert.equal(await releaseThroughExecFifo(late), true, 'a writer that opens after us is waited for, not taken for a dead one');
+  assert.equal(await w2, 0);
+
+  const nobody = await fifo('nobody');
+  assert.equal(await releaseThroughExecFifo(nobody, 200), false, 'no writer: false after the timeout (the caller falls back to runc start)');
+  assert.ok(existsSync(nobody), 'nothing touched');
+
+  const wrong = await fifo('wrong');
+  const w3 = writer(wrong, 0, 'x');
+  await assert.rejects(releaseThroughExecFifo(wrong), /reported "x"/);
+  await w3;
+
+  assert.equal(await releaseThroughExecFifo(path.join(dir, 'missing')), false);
 });
