@@ -1,7 +1,8 @@
 /**
  * Two agents registered with one control plane, end to end: a real nimbusd (control plane and
  * embedded agent "local") and a second agent in a process of its own (`nimbusd agent`, its own
- * home), which registers itself over the API. A VM runs on the second agent, is live-migrated
+ * home and its own network namespace, joined to the host by a veth pair, as a second host would
+ * be by a link), which registers itself over the API. A VM runs on the second agent, is live-migrated
  * to the embedded one and back through the API and the CLI (downtime, total time, bytes and
  * passes reported; the guest never reboots and its console answers through the agent
  * protocol), survives kill -9 of the control plane and of the agent process, and leaves no
@@ -15,7 +16,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
-import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { freeTestSubnet, testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { run } from '../src/core/exec.js';
+import { statSync } from 'node:fs';
 import { waitFor as poll } from './helpers/wait.js';
 
 const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
@@ -40,8 +43,47 @@ function qemuUnder(dir: string): number[] {
   return out;
 }
 
-/** `nimbusd agent` as a child process, started again on the same home by restart(). */
-function agentProcess(controlPlaneSocket: string) {
+/**
+ * The second "host": a network namespace with a veth pair to this one, on a /30 no route of
+ * this host uses. The agent, its API and its QEMU processes live in it; migrations cross the
+ * veth in both directions (each side's QEMU listens on its own end's address).
+ */
+async function secondHost() {
+  const subnet = freeTestSubnet(30);
+  const base = subnet.split('/')[0]!.split('.').map(Number);
+  const addr = (n: number) => [...base.slice(0, 3), base[3]! + n].join('.');
+  const tag = process.pid.toString(36).slice(-6);
+  const ns = `nimbus-mig-${tag}`;
+  const hostIf = `nmh${tag}`;
+  const ok = async (args: string[]) => {
+    const r = await run('ip', args);
+    assert.equal(r.code, 0, `ip ${args.join(' ')}: ${r.stderr}`);
+  };
+  await ok(['netns', 'add', ns]);
+  await ok(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  await ok(['addr', 'add', `${addr(1)}/30`, 'dev', hostIf]);
+  await ok(['link', 'set', hostIf, 'up']);
+  await ok(['-n', ns, 'addr', 'add', `${addr(2)}/30`, 'dev', 'eth0']);
+  await ok(['-n', ns, 'link', 'set', 'eth0', 'up']);
+  await ok(['-n', ns, 'link', 'set', 'lo', 'up']);
+  return {
+    ns,
+    hostAddress: addr(1),
+    agentAddress: addr(2),
+    /** The namespace's inode, to compare with /proc/PID/ns/net. */
+    inode: () => statSync(`/run/netns/${ns}`).ino,
+    async remove() {
+      await run('ip', ['netns', 'del', ns]); // its end of the veth goes with it, and so does ours
+      await run('ip', ['link', 'del', hostIf]);
+    },
+  };
+}
+
+/** The network namespace inode of a process. */
+const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
+
+/** `nimbusd agent` as a child process in the second host's namespace, started again on the same home by start(). */
+function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeof secondHost>>) {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-agent-'));
   const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() };
   let child: ChildProcess | undefined;
@@ -51,7 +93,10 @@ function agentProcess(controlPlaneSocket: string) {
     output: () => out,
     async start(): Promise<void> {
       out = '';
-      const c = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`], {
+      // nsenter --net: only the network namespace (ip netns exec would also mount a fresh /sys,
+      // hiding the cgroup mounts); it execs node in place, so the child's pid is the agent's
+      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home,
+        '--listen', `${host.agentAddress}:0`, '--migration-address', host.agentAddress, '--control-plane', `unix:${controlPlaneSocket}`], {
         stdio: ['ignore', 'pipe', 'pipe'], env,
       });
       child = c;
@@ -84,6 +129,7 @@ function agentProcess(controlPlaneSocket: string) {
 }
 
 let d: DaemonProcess;
+let host2: Awaited<ReturnType<typeof secondHost>>;
 let b: ReturnType<typeof agentProcess>;
 let guest: TestGuest;
 
@@ -105,8 +151,10 @@ async function guestUptime(): Promise<number> {
 describe('live migration between two agents of one control plane', { concurrency: false }, () => {
   before(async () => {
     guest = await buildTestGuest(GUEST_CACHE_DIR);
-    d = await startDaemonProcess();
-    b = agentProcess(d.socket);
+    host2 = await secondHost();
+    // the embedded agent receives migrations on this host's end of the link
+    d = await startDaemonProcess([], { NIMBUS_MIGRATION_ADDRESS: host2.hostAddress });
+    b = agentProcess(d.socket, host2);
     await b.start();
   });
   after(async () => {
@@ -120,6 +168,7 @@ describe('live migration between two agents of one control plane', { concurrency
       for (const pid of left) process.kill(pid, 'SIGKILL');
       await b?.kill('SIGTERM');
       if (b) rmSync(b.home, { recursive: true, force: true });
+      await host2?.remove();
       await d?.destroy();
       assert.deepEqual(left, [], 'no QEMU left behind');
     }
@@ -128,8 +177,8 @@ describe('live migration between two agents of one control plane', { concurrency
   test('the second agent registered itself; agent ls shows both up', async () => {
     const list = await agents();
     assert.deepEqual(list.map((a) => [a.name, a.local, a.state]), [['local', true, 'up'], [AGENT, false, 'up']]);
-    assert.match(list[1]!.url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
-    assert.match(await cliOk(['agent', 'ls']), new RegExp(`${AGENT}\\s+up\\s+http://127`));
+    assert.equal(new URL(list[1]!.url ?? 'x:').hostname, host2.agentAddress, 'reached over the link, in its namespace');
+    assert.match(await cliOk(['agent', 'ls']), new RegExp(`${AGENT}\\s+up\\s+http://${host2.agentAddress.replaceAll('.', '\\.')}:`));
     // a registration must answer at its URL with its token
     const bad = await d.api<{ error: { code: string; message: string } }>('POST', '/agents', { name: 'ghost', url: list[1]!.url, token: 'x'.repeat(32) });
     assert.equal(bad.status, 503);
@@ -144,6 +193,7 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.equal(v.agent, AGENT);
     assert.equal(qemuUnder(b.home).length, 1);
     assert.equal(qemuUnder(d.home).length, 0);
+    assert.equal(netnsOf(qemuUnder(b.home)[0]!), host2.inode(), 'its QEMU runs in the second host\'s namespace');
     await waitFor('the readiness marker through the agent protocol', async () => ((await cliOk(['vm', 'logs', NAME])).includes(READY_MARKER) ? true : undefined));
     assert.match(await cliOk(['console', NAME], 'echo on-host-b\n'), /on-host-b/);
     assert.match(await cliOk(['vm', 'ls']), new RegExp(`${NAME}\\s+Up .*\\s+${AGENT}\\s`));
@@ -173,6 +223,7 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.deepEqual([v.agent, v.status], ['local', 'running']);
     assert.equal(qemuUnder(b.home).length, 0, 'nothing of it stays at the source');
     assert.equal(qemuUnder(d.home).length, 1);
+    assert.equal(netnsOf(qemuUnder(d.home)[0]!), netnsOf(process.pid), 'it crossed the link into this host\'s namespace');
     assert.ok(!existsSync(join(b.home, 'vms', 'instances', v.id)), 'no state directory at the source');
     const after = await guestUptime();
     assert.ok(after > before, `the same guest goes on (uptime ${before} → ${after})`);
