@@ -108,7 +108,10 @@ describe('VMs end to end', { concurrency: false }, () => {
     assert.match(out, /1 vCPUs, 192 MiB \(guest has 128 MiB now\)/);
     const r = await d.cli(['vm', 'resize', NAME, '--cpus', '2']);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /Conflict: .*vCPUs change only while it is stopped/);
+    assert.match(r.stderr, /Conflict: .*without room for more vCPUs \(--max-cpus\)/);
+    const tooFew = await d.cli(['vm', 'create', '--cpus', '2', '--max-cpus', '1', '--kernel', guest.kernel, 'too-few']);
+    assert.equal(tooFew.code, 1);
+    assert.match(tooFew.stderr, /InvalidArgument: max cpus must be from the VM's vCPUs \(2\)/);
     assert.equal((await d.cli(['vm', 'resize', NAME])).code, 2, 'a resize of nothing is a usage error');
     await cliOk(['vm', 'resize', NAME, '--memory', '192m']);
   });

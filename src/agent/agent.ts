@@ -87,6 +87,8 @@ export interface VmCreateRequest {
   id: string;
   name: string;
   cpus: number;
+  /** Room for vCPU hot-plug while it runs (resize); absent: none. */
+  maxCpus?: number;
   memoryMiB: number;
   kernel?: string;
   initrd?: string;

@@ -772,6 +772,7 @@ export class LocalAgent implements Agent {
           ...(append ? { append } : {}),
           ...(req.disk ? { disk: req.disk } : {}),
           ...(req.pin?.length ? { pin: req.pin } : {}),
+          ...(req.maxCpus !== undefined ? { maxCpus: req.maxCpus } : {}),
           ...(nics.length ? { nics } : {}),
         },
       });

@@ -220,7 +220,10 @@ export interface OperationRecord {
 
 /** What a VM was created with (the create request as stored). */
 export interface VmConfig {
+  /** vCPUs it has (hot-plugged ones included). */
   cpus: number;
+  /** vCPUs it may grow to while running (hot-plug); absent: none. */
+  maxCpus?: number;
   memoryMiB: number;
   /** Direct kernel boot, or a disk image (raw/qcow2) the VM's root overlay is backed by. */
   kernel?: string;

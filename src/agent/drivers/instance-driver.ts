@@ -41,6 +41,8 @@ export interface VmSpec {
   accel?: 'kvm' | 'tcg';
   /** A virtio-balloon device (live memory resize). Default: true, except for VMs with shares (secure containers' microVMs). */
   balloon?: boolean;
+  /** vCPUs it may grow to while running (hot-plug); default: no hot-plug. */
+  maxCpus?: number;
 }
 
 export interface InstanceSpec {

@@ -7,6 +7,7 @@ const VmCreate = Type.Object(
   {
     name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
     cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'vCPUs (default 1)' })),
+    maxCpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'vCPUs it may grow to while running (hot-plug with resize); default: its cpus, no hot-plug' })),
     memoryMiB: Type.Optional(Type.Integer({ minimum: 16, description: 'Guest memory in MiB (default 256)' })),
     kernel: Type.Optional(Type.String({ minLength: 1, description: 'Direct kernel boot: kernel image on the host' })),
     initrd: Type.Optional(Type.String({ minLength: 1 })),
@@ -127,7 +128,7 @@ export const vmRoutes = [
   route({
     method: 'POST', path: '/vms/{id}/resize', operationId: 'resizeVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
-    summary: 'Resize a VM where QEMU allows it: memory through the balloon while it runs (below its boot size and back up), vCPUs and memory while it is stopped',
+    summary: 'Resize a VM where QEMU allows it: while it runs, memory through the balloon (below its boot size and back up) and vCPUs added by hot-plug up to its maxCpus; anything while it is stopped',
     params: IdParam,
     body: Type.Object({ cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })), memoryMiB: Type.Optional(Type.Integer({ minimum: 16 })) }, { additionalProperties: false }),
     response: Type.Intersect([Vm, Type.Object({ balloonMiB: Type.Optional(Type.Integer({ description: 'Memory the running guest has now (balloon target)' })) })]),

@@ -70,6 +70,7 @@ export function parseCpuList(s: string): number[] {
 const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'name', type: 'string', value: 'NAME', description: 'VM name (unique across containers and VMs); also accepted as the argument' },
   { name: 'cpus', type: 'number', integer: true, value: 'N', description: 'vCPUs (default 1)' },
+  { name: 'max-cpus', type: 'number', integer: true, value: 'N', description: 'Room to add vCPUs while it runs (vm resize --cpus, hot-plug) up to N' },
   { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Guest memory (256m, 1g; default 256m)' },
   { name: 'kernel', type: 'string', value: 'FILE', description: 'Boot this kernel directly (with --initrd and --append)' },
   { name: 'initrd', type: 'string', value: 'FILE', description: 'Initial ramdisk for --kernel' },
@@ -99,6 +100,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
   return {
     ...(name !== undefined ? { name } : {}),
     ...(cpus !== undefined ? { cpus } : {}),
+    ...(opts['max-cpus'] !== undefined ? { maxCpus: opts['max-cpus'] } : {}),
     ...(memoryMiB !== undefined ? { memoryMiB } : {}),
     // files are opened by the daemon on its host: relative paths mean this shell's directory
     ...(opts.kernel !== undefined ? { kernel: resolve(String(opts.kernel)) } : {}),
@@ -315,9 +317,9 @@ export const vmCommands: CommandSpec[] = [
     run: forEachVm((id, ctx) => `/vms/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
   },
   {
-    name: 'vm resize', usage: 'VM', summary: 'Resize a VM: memory while it runs (balloon, up to its boot size), vCPUs and memory while stopped', minArgs: 1, maxArgs: 1,
+    name: 'vm resize', usage: 'VM', summary: 'Resize a VM: while it runs, memory (balloon, up to its boot size) and more vCPUs (hot-plug, up to --max-cpus); anything while stopped', minArgs: 1, maxArgs: 1,
     options: [
-      { name: 'cpus', type: 'number', integer: true, value: 'N', description: 'vCPUs (the VM must be stopped)' },
+      { name: 'cpus', type: 'number', integer: true, value: 'N', description: 'vCPUs (running: more, up to its --max-cpus; stopped: any)' },
       { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Memory, e.g. 192m (running: at most its boot size)' },
       OUTPUT_OPTION,
     ],

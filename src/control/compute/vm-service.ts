@@ -38,6 +38,8 @@ export const DEFAULT_VM_STOP_TIMEOUT = 30;
 export interface CreateVmInput {
   name?: string;
   cpus?: number;
+  /** Room to grow its vCPUs while it runs (hot-plug up to this many). */
+  maxCpus?: number;
   memoryMiB?: number;
   kernel?: string;
   initrd?: string;
@@ -152,8 +154,13 @@ export class VmService {
     if (input.disk && input.kernel === undefined && (input.initrd || input.append)) {
       throw new InvalidArgument('initrd and append need a kernel');
     }
+    const cpus = input.cpus ?? 1;
+    if (input.maxCpus !== undefined && (!Number.isInteger(input.maxCpus) || input.maxCpus < cpus || input.maxCpus > 64)) {
+      throw new InvalidArgument(`max cpus must be from the VM's vCPUs (${cpus}) to 64, got ${input.maxCpus}`);
+    }
     const config: VmConfig = {
-      cpus: input.cpus ?? 1,
+      cpus,
+      ...(input.maxCpus !== undefined && input.maxCpus > cpus ? { maxCpus: input.maxCpus } : {}),
       memoryMiB: input.memoryMiB ?? DEFAULT_VM_MEMORY_MIB,
       ...(input.kernel ? { kernel: input.kernel } : {}),
       ...(input.initrd ? { initrd: input.initrd } : {}),
@@ -189,7 +196,8 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (want.cpus === undefined && want.memoryMiB === undefined) throw new InvalidArgument('resize needs --cpus or --memory');
-      const next = isLive(cur.status) ? { cpus: cur.config.cpus, memoryMiB: cur.config.memoryMiB } : { cpus: want.cpus ?? cur.config.cpus, memoryMiB: want.memoryMiB ?? cur.config.memoryMiB };
+      // a running VM's memory moves within its boot size (it stays charged that); its vCPUs are charged as plugged
+      const next = isLive(cur.status) ? { cpus: want.cpus ?? cur.config.cpus, memoryMiB: cur.config.memoryMiB } : { cpus: want.cpus ?? cur.config.cpus, memoryMiB: want.memoryMiB ?? cur.config.memoryMiB };
       const old = { cpus: cur.config.cpus, memoryMiB: cur.config.memoryMiB };
       const recharge = this.quota.holds(v.id) && (next.cpus !== old.cpus || next.memoryMiB !== old.memoryMiB);
       if (recharge) {
@@ -211,7 +219,9 @@ export class VmService {
         }
         throw e;
       }
-      const updated = this.store.vms.update(v.id, { config: { ...cur.config, cpus: r.cpus, memoryMiB: r.memoryMiB } });
+      const config: VmConfig = { ...cur.config, cpus: r.cpus, memoryMiB: r.memoryMiB };
+      if (config.maxCpus !== undefined && config.maxCpus < r.cpus) config.maxCpus = r.cpus;
+      const updated = this.store.vms.update(v.id, { config });
       this.publish(updated, 'resize', { cpus: r.cpus, memoryMiB: r.memoryMiB, ...(r.balloonMiB !== undefined ? { balloonMiB: r.balloonMiB } : {}) });
       return { ...updated, ...(r.balloonMiB !== undefined ? { balloonMiB: r.balloonMiB } : {}) };
     });

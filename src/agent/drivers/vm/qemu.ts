@@ -48,6 +48,21 @@ export interface QemuConfig {
   shares?: ShareConfig[];
   /** A virtio-balloon device: the guest's memory can be shrunk below -m and grown back while it runs (resize). */
   balloon?: boolean;
+  /** vCPU hot-plug: -smp cpus=<cpus>,maxcpus=<maxCpus>; absent, the VM has exactly `cpus` (and none can be plugged). */
+  maxCpus?: number;
+  /**
+   * vCPUs plugged while it ran (QMP device_add), replayed as -device so that a restore or an
+   * incoming migration has the same CPUs as the state it loads. Folded into `cpus` at a cold boot.
+   */
+  hotplugCpus?: HotplugCpu[];
+}
+
+export interface HotplugCpu {
+  /** The CPU model's QOM type, e.g. "max-x86_64-cpu" (from query-hotpluggable-cpus). */
+  driver: string;
+  id: string;
+  /** socket-id, core-id, thread-id (and die-id where the machine has one). */
+  props: Record<string, number>;
 }
 
 export interface ShareConfig {
@@ -66,13 +81,16 @@ export function qemuArgv(c: QemuConfig): string[] {
   if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
   if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 16) throw new InvalidArgument(`memory must be at least 16 MiB, got ${c.memoryMiB}`);
   if (!c.kernel && !c.rootDisk) throw new InvalidArgument('a VM needs a kernel or a root disk');
+  if (c.maxCpus !== undefined && (!Number.isInteger(c.maxCpus) || c.maxCpus < c.cpus + (c.hotplugCpus?.length ?? 0) || c.maxCpus > 64)) {
+    throw new InvalidArgument(`max cpus must be an integer from cpus (${c.cpus}) to 64, got ${c.maxCpus}`);
+  }
   if ((c.initrd || c.append) && !c.kernel) throw new InvalidArgument('initrd and append need a kernel');
   const a: string[] = [
     '-name', `guest=${q(c.name)}`,
     // pc (i440fx): ACPI power button and an ISA bus for isa-debug-exit; boots faster than q35 under TCG.
     '-machine', `pc,accel=${c.accel}`,
     '-cpu', c.accel === 'kvm' ? 'host' : 'max',
-    '-smp', String(c.cpus),
+    '-smp', c.maxCpus !== undefined ? `cpus=${c.cpus},maxcpus=${c.maxCpus}` : String(c.cpus),
     '-m', `${c.memoryMiB}M`,
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none',
     // a guest reboot ends the instance (restart policy belongs to the caller)
@@ -105,6 +123,10 @@ export function qemuArgv(c: QemuConfig): string[] {
     a.push('-fsdev', `local,id=fs${i},path=${q(sh.path)},security_model=passthrough${sh.readonly ? ',readonly=on' : ''}`);
     a.push('-device', `virtio-9p-pci,fsdev=fs${i},mount_tag=${sh.tag}`);
   });
+  for (const cpu of c.hotplugCpus ?? []) {
+    if (!/^[a-z0-9_-]+$/i.test(cpu.driver) || !/^[a-z0-9_-]+$/i.test(cpu.id)) throw new InvalidArgument(`bad hot-plugged CPU ${JSON.stringify(cpu)}`);
+    a.push('-device', [cpu.driver, `id=${cpu.id}`, ...Object.entries(cpu.props).map(([k, v]) => `${k}=${Number(v)}`)].join(','));
+  }
   if (c.startPaused) a.push('-S');
   if (c.incoming) a.push('-incoming', c.incoming);
   return a;

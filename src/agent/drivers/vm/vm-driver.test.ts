@@ -272,3 +272,56 @@ test('resize: memory through the balloon while running (the guest gives pages ba
     await d.delete(id);
   }
 });
+
+test('vCPU hot-plug: a VM created with room for more grows while it runs (the guest sees the CPU), is pinned, survives save/restore, and folds the plugged ones in at a cold boot', async () => {
+  const d = env.driver;
+  const id = freshId('vm');
+  const spec = env.makeSpec(id, [], { resources: { memoryBytes: 192 << 20, cpus: 1 } });
+  spec.vm = { ...spec.vm, append: env.guest.append, maxCpus: 2, pin: [1, 0] };
+  const ask = async (line: string, answer: RegExp) => {
+    const con = await d.openConsole(id);
+    try {
+      con.write(`${line}\n`);
+      await waitForLog(d, id, answer, 30_000);
+    } finally {
+      con.destroy();
+    }
+  };
+  try {
+    await d.create(spec);
+    assert.ok((await d.inspect(id)).argv.includes('cpus=1,maxcpus=2'));
+    await d.start(id);
+    await waitForLog(d, id, new RegExp(`^${READY_MARKER}$`), 60_000);
+    await ask('cpus', /^cpus present 0$/);
+    await assert.rejects(d.resize(id, { cpus: 3 }), (e) => hasCode(e, 'InvalidArgument'), 'not beyond --max-cpus while running');
+    assert.deepEqual(await d.resize(id, { cpus: 2 }), { cpus: 2, memoryMiB: 192 });
+    await ask('cpus', /^cpus present 0-1$/); // the guest took the ACPI hot-add
+    const ins = await d.inspect(id);
+    assert.equal(ins.cpus, 2);
+    assert.ok(ins.argv.some((a) => /^[a-z0-9_-]+-cpu,id=vcpu1,/.test(a)), `the plugged vCPU is in the argv a restore replays: ${ins.argv.join(' ')}`);
+    assert.deepEqual(ins.pinning.map((p) => [p.vcpu, p.hostCpus]), [[0, [1]], [1, [0]]]);
+    for (const p of ins.pinning) {
+      const status = await readFile(`/proc/${ins.qemuPid}/task/${p.threadId}/status`, 'utf8');
+      assert.equal(/Cpus_allowed_list:\s*(\S+)/.exec(status)?.[1], String(p.hostCpus[0]), 'the new vCPU thread is pinned too');
+    }
+    await assert.rejects(d.resize(id, { cpus: 0 }), (e) => hasCode(e, 'InvalidArgument'));
+    await assert.rejects(d.resize(id, { cpus: 1 }), (e) => hasCode(e, 'Conflict'), 'vCPUs are added while it runs, not removed');
+    // save/restore: the state has two CPUs, the restored QEMU must too
+    await d.saveState(id);
+    await d.restoreState(id);
+    assert.equal((await d.inspect(id)).pinning.length, 2);
+    await ask('echo after-restore', /^after-restore$/);
+    // a cold boot: both are boot vCPUs now
+    await d.kill(id, 'SIGKILL');
+    await waitStopped(d, id);
+    await d.start(id);
+    const argv = (await d.inspect(id)).argv;
+    assert.equal(argv[argv.indexOf('-smp') + 1], 'cpus=2,maxcpus=2');
+    assert.ok(!argv.some((a) => a.includes('id=vcpu1')), 'no -device for a vCPU that boots');
+    await d.kill(id, 'SIGKILL');
+    await waitStopped(d, id);
+    assert.deepEqual(await d.resize(id, { cpus: 1 }), { cpus: 1, memoryMiB: 192 }, 'stopped, it can go down');
+  } finally {
+    await d.delete(id);
+  }
+});

@@ -81,7 +81,10 @@ export interface VmInspect {
   id: string;
   lifecycle: VmLifecycle;
   accel: Accelerator;
+  /** vCPUs it has now (booted + hot-plugged). */
   cpus: number;
+  /** What it may grow to while running (absent: no hot-plug). */
+  maxCpus?: number;
   memoryMiB: number;
   /** Balloon target while running, when resize set one (the guest then has this much). */
   balloonMiB?: number;
@@ -232,6 +235,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.append) config.append = vm.append;
     if (vm.shares?.length) config.shares = vm.shares;
     if (vm.balloon ?? !vm.shares?.length) config.balloon = true;
+    if (vm.maxCpus !== undefined && vm.maxCpus !== cpus) config.maxCpus = vm.maxCpus;
     if (vm.disk) config.rootDisk = { path: p.overlay, format: 'qcow2' };
     qemuArgv({ ...config, startPaused: true }); // validate now, not at start
     await mkdir(p.dir, { recursive: true });
@@ -258,6 +262,7 @@ export class VmDriver implements InstanceDriver {
       assertTransition(id, r.lifecycle, 'running');
       if (r.lifecycle === 'saved') throw new Conflict(`VM ${id} is saved; restore it instead`, { id });
       delete r.balloonMiB; // a fresh boot has all its memory
+      foldHotplug(r); // and boots with every vCPU it had
       await this.launch(r);
       return this.toState(r);
     });
@@ -597,7 +602,8 @@ export class VmDriver implements InstanceDriver {
       id,
       lifecycle: r.lifecycle,
       accel: r.config.accel,
-      cpus: r.config.cpus,
+      cpus: vcpuCount(r),
+      ...(r.config.maxCpus !== undefined ? { maxCpus: r.config.maxCpus } : {}),
       memoryMiB: r.config.memoryMiB,
       qmpSocket: p.qmpSocket,
       consoleSocket: p.consoleSocket,
@@ -628,16 +634,19 @@ export class VmDriver implements InstanceDriver {
       if (want.memoryMiB !== undefined && (!Number.isInteger(want.memoryMiB) || want.memoryMiB < 16)) throw new InvalidArgument(`memory must be at least 16 MiB, got ${want.memoryMiB}`, { id });
       if (r.lifecycle === 'saved') throw new Conflict(`VM ${id} is saved: restore it first, or resize it once stopped`, { id });
       if (r.lifecycle === 'created' || r.lifecycle === 'stopped') {
-        if (want.cpus !== undefined) r.config.cpus = want.cpus;
+        foldHotplug(r);
+        if (want.cpus !== undefined) {
+          if (r.config.maxCpus !== undefined && want.cpus > r.config.maxCpus) r.config.maxCpus = want.cpus;
+          r.config.cpus = want.cpus;
+          if (r.config.maxCpus === r.config.cpus) delete r.config.maxCpus;
+        }
         if (want.memoryMiB !== undefined) r.config.memoryMiB = want.memoryMiB;
         delete r.balloonMiB;
         await this.save(r);
         return { cpus: r.config.cpus, memoryMiB: r.config.memoryMiB };
       }
-      if (want.cpus !== undefined && want.cpus !== r.config.cpus) {
-        throw new Conflict(`VM ${id} is ${r.lifecycle}: its vCPUs change only while it is stopped (memory can change now)`, { id });
-      }
-      if (want.memoryMiB === undefined) return { cpus: r.config.cpus, memoryMiB: r.config.memoryMiB, ...(r.balloonMiB ? { balloonMiB: r.balloonMiB } : {}) };
+      if (want.cpus !== undefined && want.cpus !== vcpuCount(r)) await this.hotplugVcpus(r, want.cpus);
+      if (want.memoryMiB === undefined) return { cpus: vcpuCount(r), memoryMiB: r.config.memoryMiB, ...(r.balloonMiB ? { balloonMiB: r.balloonMiB } : {}) };
       if (!r.config.balloon) throw new Conflict(`VM ${id} has no balloon device: stop it to change its memory`, { id });
       if (want.memoryMiB > r.config.memoryMiB) {
         throw new InvalidArgument(`a running VM's memory can shrink and grow back up to its boot size (${r.config.memoryMiB} MiB), not to ${want.memoryMiB}; stop it to go beyond`, { id });
@@ -645,8 +654,42 @@ export class VmDriver implements InstanceDriver {
       await withQmp(this.paths(id), (c) => c.execute('balloon', { value: want.memoryMiB! * 1024 * 1024 }));
       r.balloonMiB = want.memoryMiB;
       await this.save(r);
-      return { cpus: r.config.cpus, memoryMiB: r.config.memoryMiB, balloonMiB: want.memoryMiB };
+      return { cpus: vcpuCount(r), memoryMiB: r.config.memoryMiB, balloonMiB: want.memoryMiB };
     });
+  }
+
+  /**
+   * vCPU hot-plug on a running VM created with room for it (maxCpus): QMP device_add into the
+   * free slots query-hotpluggable-cpus lists (the guest sees an ACPI CPU hot-add). The plugged
+   * ones are recorded and replayed as -device on a restore or an incoming migration; the pin
+   * list applies to the new threads.
+   */
+  private async hotplugVcpus(r: VmRecord, want: number): Promise<void> {
+    const id = r.id;
+    const max = r.config.maxCpus;
+    if (max === undefined) throw new Conflict(`VM ${id} was created without room for more vCPUs (--max-cpus): stop it to change them`, { id });
+    if (want > max) throw new InvalidArgument(`VM ${id} can grow to ${max} vCPUs while it runs (its --max-cpus), not ${want}; stop it to go beyond`, { id });
+    // Removal would be device_del, which the guest must answer with an ACPI eject (the test guest's
+    // kernel does not); one it answers later would leave the record naming a CPU QEMU no longer
+    // has, and the next restore would not match its state. So vCPUs only come, while it runs.
+    if (want < vcpuCount(r)) throw new Conflict(`VM ${id} has ${vcpuCount(r)} vCPUs: while it runs they can be added, not removed (stop it to go down)`, { id });
+    const plugged = [...(r.config.hotplugCpus ?? [])];
+    await withQmp(this.paths(id), async (c) => {
+      if (want > r.config.cpus + plugged.length) {
+        const slots = await c.execute<Array<{ type: string; 'qom-path'?: string; props: Record<string, number> }>>('query-hotpluggable-cpus');
+        const free = slots.filter((x) => x['qom-path'] === undefined).reverse(); // QEMU lists the highest slot first
+        while (r.config.cpus + plugged.length < want) {
+          const slot = free.shift();
+          if (!slot) throw new Conflict(`VM ${id} has no free vCPU slot left`, { id });
+          const cpu = { driver: slot.type, id: `vcpu${r.config.cpus + plugged.length}`, props: { ...slot.props } };
+          await c.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props });
+          plugged.push(cpu);
+        }
+      }
+      r.config.hotplugCpus = plugged;
+      if (!plugged.length) delete r.config.hotplugCpus;
+      r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
+    }, 30_000).finally(() => this.save(r));
   }
 
   /** What the guest has given back so far: QMP query-balloon's actual size, MiB (running VMs with a balloon). */
@@ -950,6 +993,16 @@ export class VmDriver implements InstanceDriver {
       if (st.status !== 'running') await c.execute('cont');
     }).catch((e: unknown) => log.warn('resuming a VM after a failed migration failed', { id, error: String(e) }));
   }
+}
+
+/** vCPUs a VM has: the ones it booted with and the ones plugged since. */
+const vcpuCount = (r: VmRecord): number => r.config.cpus + (r.config.hotplugCpus?.length ?? 0);
+
+/** A cold boot starts with every vCPU the VM had: the plugged ones become boot ones. */
+function foldHotplug(r: VmRecord): void {
+  if (!r.config.hotplugCpus?.length) return;
+  r.config.cpus += r.config.hotplugCpus.length;
+  delete r.config.hotplugCpus;
 }
 
 /** Pids of QEMU processes whose command line mentions `dir`. */
