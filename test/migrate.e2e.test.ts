@@ -258,10 +258,14 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.equal(v.host?.qemuPid, pid);
   });
 
-  test('stop through the agent; rm leaves nothing; the agent is forgotten only once it has no VM', async () => {
-    await cliOk(['vm', 'stop', '-t', '60', NAME]);
-    const v = await inspect();
-    assert.deepEqual([v.status, v.exitCode], ['stopped', 0]);
+  test('the guest ends itself on the agent: its exit reaches the control plane as an event; rm leaves nothing; the agent is forgotten only once it has no VM', async () => {
+    // no API call acts on the VM here: the agent's exit event (GET /agent/v1/events) is what records it
+    await d.cli(['console', NAME], { input: 'poweroff\n' });
+    const v = await waitFor('the exit recorded from the agent\'s event', async () => {
+      const x = await inspect();
+      return x.status === 'stopped' ? x : undefined;
+    }, 60_000);
+    assert.equal(v.exitCode, 0, 'a guest power-off, recorded from the agent');
     const busy = await d.cli(['agent', 'rm', AGENT]);
     assert.equal(busy.code, 1);
     assert.match(busy.stderr, /Conflict: .*1 VM/);
