@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../core/errors.js';
-import { CommandRunner } from './command-runner.js';
+import { CommandRunner } from '../command-runner.js';
 import { intToIp, type IpPlan } from './network-driver.js';
 
 export const NETNS_DIR = '/run/netns';

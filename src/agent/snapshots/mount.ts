@@ -6,6 +6,7 @@
 import { readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../../core/exec.js';
+import { CommandRunner, runnable } from '../command-runner.js';
 import { Internal, InvalidArgument } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { MountSpec } from './snapshotter.js';
@@ -119,10 +120,21 @@ export function compactOverlayOptions(options: string[]): { options: string[]; c
   return { options: next, cwd: prefix };
 }
 
+/** The agent's mounts go through long-lived shells (command-runner.ts): no fork of nimbusd per mount. */
+let shells: CommandRunner | undefined;
+const hostShells = () => (shells ??= new CommandRunner(2));
+
+/** mount/umount through a host shell where the arguments allow it, else spawned directly; stdout and stderr together. */
+async function hostCommand(program: 'mount' | 'umount', args: string[], cwd?: string): Promise<{ code: number; output: string }> {
+  if (runnable(args, cwd)) return hostShells().run(program, args, '', cwd);
+  const r = await run(program, args, cwd ? { cwd } : {});
+  return { code: r.code, output: `${r.stdout}${r.stderr}` };
+}
+
 async function mountCmd(args: string[], cwd?: string): Promise<void> {
-  const r = await run('mount', args, cwd ? { cwd } : {});
+  const r = await hostCommand('mount', args, cwd);
   if (r.code !== 0) {
-    throw new Internal(`mount ${args.join(' ')} failed (exit ${r.code}): ${r.stderr.trim() || r.stdout.trim()}`, {
+    throw new Internal(`mount ${args.join(' ')} failed (exit ${r.code}): ${r.output.trim()}`, {
       args,
       cwd,
     });
@@ -197,17 +209,17 @@ export async function unmount(target: string, opts: { retries?: number } = {}): 
   let last = '';
   for (let attempt = 0; attempt <= retries; attempt++) {
     if (!(await isMounted(target))) return;
-    const r = await run('umount', ['--', target]);
+    const r = await hostCommand('umount', ['--', target]);
     if (r.code === 0) return;
-    last = r.stderr.trim() || r.stdout.trim();
+    last = r.output.trim();
     if (!(await isMounted(target))) return; // raced with another unmount
     await sleep(20 * 2 ** attempt);
   }
   if (!(await isMounted(target))) return;
   log.warn('unmount busy; detaching lazily', { target, error: last });
-  const r = await run('umount', ['-l', '--', target]);
+  const r = await hostCommand('umount', ['-l', '--', target]);
   if (r.code !== 0 && (await isMounted(target))) {
-    throw new Internal(`umount ${target} failed: ${r.stderr.trim() || last}`, { target });
+    throw new Internal(`umount ${target} failed: ${r.output.trim() || last}`, { target });
   }
 }
 
