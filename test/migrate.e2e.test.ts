@@ -11,15 +11,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
 import { freeTestSubnet, testNetworkEnv } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { statSync } from 'node:fs';
 import { waitFor as poll } from './helpers/wait.js';
+import { qemuUnder } from './helpers/qemu.js';
 
 const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
 const NAME = 'mig-vm';
@@ -29,19 +29,6 @@ interface Vm { id: string; name: string; status: string; agent: string; exitCode
 interface AgentRow { name: string; local: boolean; state: string; url?: string; vms: number; reason?: string }
 interface Report { id: string; from: string; to: string; totalMs: number; downtimeMs: number; qemuDowntimeMs: number; bytes: number; iterations: number; maxDowntimeMs: number }
 
-function qemuUnder(dir: string): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-      if ((argv[0] ?? '').includes('qemu-system') && argv.some((a) => a.includes(dir))) out.push(Number(p));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
 
 /**
  * The second "host": a network namespace with a veth pair to this one, on a /30 no route of

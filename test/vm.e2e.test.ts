@@ -7,13 +7,14 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
 import { waitFor as poll } from './helpers/wait.js';
+import { qemuUnder } from './helpers/qemu.js';
 
 const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
 
@@ -23,20 +24,6 @@ const NAME = 'e2e-vm';
 
 interface Vm { id: string; name: string; type: string; status: string; exitCode: number | null; host: { qemuPid?: number; pinning: { vcpu: number; hostCpus: number[] }[]; accel: string; rootDisk?: string } | null }
 
-/** QEMU processes whose command line mentions the daemon's home. */
-function qemuUnder(dir: string): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-      if ((argv[0] ?? '').includes('qemu-system') && argv.some((a) => a.includes(dir))) out.push(Number(p));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
 
 async function cliOk(args: string[], input?: string): Promise<string> {
   const r = await d.cli(args, input !== undefined ? { input } : {});
