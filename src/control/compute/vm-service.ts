@@ -579,6 +579,17 @@ export class VmService {
         }
         continue;
       }
+      if (onHost.has(v.id)) {
+        // on two agents: a migration the control plane did not see finish. The guest runs where it
+        // arrived if the recorded copy is a source QEMU left in postmigrate (its guest went away).
+        const other = [...hosts].find(([name, ids]) => name !== v.agent && ids.has(v.id))?.[0];
+        if (other && (await this.runState(v.agent, v.id)) === 'postmigrate' && (await this.runState(other, v.id)) === 'running') {
+          log.warn('VM on two agents; following it to where it runs', { id: v.id, recorded: v.agent, running: other });
+          v.agent = other; // the recorded agent still lists it: its copy is removed below, as an orphan
+          this.store.vms.update(v.id, { agent: other });
+          onHost = hosts.get(other)!;
+        }
+      }
       if (!onHost.has(v.id)) {
         // a migration whose last step the control plane did not see: the VM is where it arrived
         const elsewhere = [...hosts].find(([, ids]) => ids.has(v.id))?.[0];
@@ -631,6 +642,11 @@ export class VmService {
       }
     }
     return { running, stopped, lost, orphansRemoved, qemuKilled, agentsDown };
+  }
+
+  /** QEMU's run state of a VM on an agent, or undefined when it cannot say. */
+  private async runState(agent: string, id: string): Promise<string | undefined> {
+    return (await this.agents.get(agent).inspectVm(id).catch(() => undefined))?.runState;
   }
 
   /** VMs recorded on an agent (the directory's listing; a removal is refused while there are any). */

@@ -89,6 +89,8 @@ export interface VmInspect {
   /** Balloon target while running, when resize set one (the guest then has this much). */
   balloonMiB?: number;
   qemuPid?: number;
+  /** QEMU's run state (QMP query-status: running, paused, postmigrate, inmigrate, ...) while it runs, when QMP answered. */
+  runState?: string;
   qmpSocket: string;
   consoleSocket: string;
   consoleLog: string;
@@ -615,6 +617,11 @@ export class VmDriver implements InstanceDriver {
     if (r.config.rootDisk) out.rootDisk = r.config.rootDisk.path;
     if (r.lifecycle === 'saved') out.savedState = p.savedState;
     if (r.balloonMiB !== undefined && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.balloonMiB = r.balloonMiB;
+    if (out.qemuPid !== undefined) {
+      // QEMU's own word: "postmigrate" is a source whose guest went elsewhere (reconcile uses it)
+      const st = await withQmp(p, (c) => c.execute<{ status: string }>('query-status'), 2000).catch(() => undefined);
+      if (st) out.runState = st.status;
+    }
     return out;
   }
 
