@@ -133,12 +133,51 @@ export async function nimbusRunRm(client: UnixClient, image: string, runtime?: s
   return w.exitCode;
 }
 
+/** A child's stdout and stderr as they come (the last 64 KiB), for readiness markers and failure messages. */
+function captureOutput(child: ChildProcess): () => string {
+  let text = '';
+  const add = (b: Buffer) => (text = (text + b.toString()).slice(-64 * 1024));
+  child.stdout!.on('data', add);
+  child.stderr!.on('data', add);
+  return () => text;
+}
+
+/** Resolves once `marker` shows in the child's output; rejects when it exits first, or after 60 s. */
+function untilOutput(child: ChildProcess, marker: string, what: string, output: () => string): Promise<void> {
+  return new Promise((ok, fail) => {
+    const finish = (e?: Error) => {
+      clearTimeout(timer);
+      child.stdout!.off('data', check);
+      child.off('exit', onExit);
+      if (e) fail(e);
+      else ok();
+    };
+    const check = () => {
+      if (output().includes(marker)) finish();
+    };
+    const onExit = (code: number | null, sig: NodeJS.Signals | null) => finish(new Error(`${what}: it exited (${code ?? sig}):\n${output()}`));
+    const timer = setTimeout(() => finish(new Error(`${what} in 60 s:\n${output()}`)), 60_000);
+    child.stdout!.on('data', check); // after captureOutput's listener: the chunk is in the text
+    child.once('exit', onExit);
+    check();
+  });
+}
+
+/** SIGTERM, SIGKILL after the grace period (BENCH_STOP_GRACE_MS, longer when profiling), until it exited. */
+async function terminate(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), Number(process.env.BENCH_STOP_GRACE_MS ?? 15_000));
+  await exited;
+  clearTimeout(timer);
+}
+
 /** Start nimbusd on a fresh temp home; it is registered with the cleanup stack. */
 export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchDaemon> {
   if (!existsSync(DAEMON_MAIN)) throw new Error(`${DAEMON_MAIN} is missing: build first (npx tsc -p tsconfig.json)`);
   const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-'));
   const socket = join(home, 'nimbus.sock');
-  let log = '';
   // BENCH_DAEMON_NODE_ARGS: extra node flags for the daemon, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile a run.
   const nodeArgs = (process.env.BENCH_DAEMON_NODE_ARGS ?? '').split(' ').filter(Boolean);
   // its own bridge, subnets and nftables table: a bench never touches a running nimbusd's nimbus0
@@ -147,7 +186,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...netEnv },
   });
-  child.stderr!.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-64 * 1024)));
+  const output = captureOutput(child);
   const client = new UnixClient(socket);
   let stopped = false;
   let lastLeftovers: string[] = [];
@@ -160,11 +199,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
       if (child.exitCode === null && child.signalCode === null) {
         const list = await client.json<{ id: string }[]>('GET', '/containers?all=true').catch(() => []);
         await Promise.all(list.map((c) => client.request('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined)));
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), Number(process.env.BENCH_STOP_GRACE_MS ?? 15_000)); // longer when profiling (BENCH_DAEMON_NODE_ARGS)
-        await exited;
-        clearTimeout(timer);
+        await terminate(child);
       }
     } finally {
       client.close();
@@ -194,20 +229,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
   const unregister = cleanup.add(`nimbusd ${home}`, stop);
 
   try {
-    await new Promise<void>((ok, fail) => {
-      const timer = setTimeout(() => fail(new Error(`nimbusd did not become ready in 60 s:\n${log}`)), 60_000);
-      child.stdout!.on('data', (b: Buffer) => {
-        log += b.toString();
-        if (log.includes('ready:')) {
-          clearTimeout(timer);
-          ok();
-        }
-      });
-      child.once('exit', (code, sig) => {
-        clearTimeout(timer);
-        fail(new Error(`nimbusd exited (${code ?? sig}) before ready:\n${log}`));
-      });
-    });
+    await untilOutput(child, 'ready:', 'nimbusd did not become ready', output);
   } catch (e) {
     await unregister();
     throw e;
@@ -218,7 +240,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
     socket,
     pid: child.pid!,
     client,
-    output: () => log,
+    output,
     rssKiB: () => rssKiB(child.pid!),
     pull: (reference) => pullImage(client, reference),
     stop: async () => {
@@ -260,42 +282,22 @@ export interface BenchAgent {
 /** `nimbusd agent` on a fresh temp home, registered with the daemon at `controlPlaneSocket`. */
 export async function startBenchAgent(controlPlaneSocket: string, name: string): Promise<BenchAgent> {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-agent-'));
-  let log = '';
   const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() },
   });
-  child.stderr!.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-64 * 1024)));
+  const output = captureOutput(child);
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    await terminate(child);
     for (const pid of pidsMatching('qemu-system-x86', home)) process.kill(pid, 'SIGKILL'); // comm is cut at 15 characters
     rmSync(home, { recursive: true, force: true });
   };
   const unregister = cleanup.add(`nimbusd agent ${home}`, stop);
   try {
-    await new Promise<void>((ok, fail) => {
-      const timer = setTimeout(() => fail(new Error(`nimbusd agent did not register in 60 s:\n${log}`)), 60_000);
-      child.stdout!.on('data', (b: Buffer) => {
-        log += b.toString();
-        if (log.includes('registered with')) {
-          clearTimeout(timer);
-          ok();
-        }
-      });
-      child.once('exit', (code) => {
-        clearTimeout(timer);
-        fail(new Error(`nimbusd agent exited with ${code}:\n${log}`));
-      });
-    });
+    await untilOutput(child, 'registered with', 'nimbusd agent did not register', output);
   } catch (e) {
     await unregister();
     throw e;

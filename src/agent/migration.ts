@@ -1,8 +1,12 @@
 /**
- * One live migration's report, from the two sides' figures (each side runs on its own agent;
- * the control plane, or VmDriver.migrateTo in one process, puts them together).
+ * One live migration driven from outside its two sides: the five steps in order, the failure
+ * protocol, and the report from the two sides' figures. The control plane runs it over two
+ * agents (VmService.migrate), VmDriver.migrateTo over two drivers in one process.
  */
-import type { OutgoingMigration } from './agent.js';
+import type { OutgoingMigration, VmMigrationSpec } from './agent.js';
+import { logger } from '../core/log.js';
+
+const log = logger('migration');
 
 export interface MigrationReport {
   id: string;
@@ -32,4 +36,50 @@ export function migrationReport(id: string, out: OutgoingMigration, resumedAt: n
     iterations: out.iterations,
     maxDowntimeMs: out.downtimeLimitMs ?? maxDowntimeMs,
   };
+}
+
+/** The source's half, as the Agent interface (or a driver) offers it for one VM. */
+export interface MigrationSource {
+  spec(): Promise<VmMigrationSpec>;
+  send(uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }): Promise<OutgoingMigration>;
+  end(outcome: 'moved' | 'resume'): Promise<void>;
+}
+
+/** The destination's half; `finish` answers at least when the guest resumed there. */
+export interface MigrationDestination<F extends { resumedAt: number }> {
+  prepare(spec: VmMigrationSpec): Promise<{ uri: string }>;
+  finish(consoleHistory: string): Promise<F>;
+  abandon(): Promise<void>;
+}
+
+/**
+ * source spec → destination prepare → source send → destination finish → (arrived) → source
+ * end('moved'). A failure while sending or finishing abandons the destination and lets the
+ * guest go on at the source (a failure of that cleanup is logged; the first error is thrown).
+ * `arrived` runs once the guest runs at the destination and before the source lets go: the
+ * control plane records the move there, so a crash after it leaves the record with the guest.
+ */
+export async function migrateLive<F extends { resumedAt: number }>(
+  id: string,
+  source: MigrationSource,
+  destination: MigrationDestination<F>,
+  opts: { maxDowntimeMs?: number; maxBandwidthBytes?: number; arrived?: (finished: F) => void; failed?: (e: unknown) => void } = {},
+): Promise<{ report: MigrationReport; finished: F }> {
+  const t0 = performance.now();
+  const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
+  const { uri } = await destination.prepare(await source.spec());
+  let out: OutgoingMigration;
+  let finished: F;
+  try {
+    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}) });
+    finished = await destination.finish(out.consoleHistory);
+  } catch (e) {
+    await destination.abandon().catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id, error: String(x) }));
+    await source.end('resume').catch((x: unknown) => log.warn('resuming a VM after a failed migration failed', { id, error: String(x) }));
+    opts.failed?.(e);
+    throw e;
+  }
+  opts.arrived?.(finished);
+  await source.end('moved');
+  return { report: migrationReport(id, out, finished.resumedAt, maxDowntimeMs, performance.now() - t0), finished };
 }

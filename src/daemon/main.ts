@@ -58,6 +58,19 @@ The agent's protocol secret is made on first start and kept in HOME/agent.token
 (0600); it is sent to the control plane when registering and never logged.
 `;
 
+/** SIGTERM/SIGINT stop the process cleanly; what it runs (containers, VMs) keeps running. */
+function stopOnSignals(what: string, keeps: string, stop: () => Promise<void>): void {
+  const onSignal = (sig: string) => {
+    process.stderr.write(`${what}: ${sig}, shutting down (${keeps})\n`);
+    stop().then(() => process.exit(0), (e: unknown) => {
+      process.stderr.write(`${what}: shutdown failed: ${String(e)}\n`);
+      process.exit(1);
+    });
+  };
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  process.once('SIGINT', () => onSignal('SIGINT'));
+}
+
 async function agentMain(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -100,15 +113,7 @@ async function agentMain(argv: string[]): Promise<void> {
       void running.stop().finally(() => process.exit(1));
     },
   );
-  const stop = (sig: string) => {
-    process.stderr.write(`nimbusd agent: ${sig}, shutting down (VMs keep running)\n`);
-    running.stop().then(() => process.exit(0), (e: unknown) => {
-      process.stderr.write(`nimbusd agent: shutdown failed: ${String(e)}\n`);
-      process.exit(1);
-    });
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  stopOnSignals('nimbusd agent', 'VMs keep running', () => running.stop());
 }
 
 async function main(): Promise<void> {
@@ -143,15 +148,7 @@ async function main(): Promise<void> {
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
   });
   process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home})\n`);
-  const stop = (sig: string) => {
-    process.stderr.write(`nimbusd: ${sig}, shutting down (containers keep running)\n`);
-    daemon.stop().then(() => process.exit(0), (e: unknown) => {
-      process.stderr.write(`nimbusd: shutdown failed: ${String(e)}\n`);
-      process.exit(1);
-    });
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  stopOnSignals('nimbusd', 'containers keep running', () => daemon.stop());
 }
 
 main().catch((e: unknown) => {

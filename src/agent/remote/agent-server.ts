@@ -22,6 +22,7 @@ import {
   NDJSON,
   PING_INTERVAL_MS,
   decodeArgs,
+  drainedOrClosed,
   encodeError,
   isUnaryMethod,
   ndjsonLine,
@@ -103,18 +104,6 @@ function sendError(res: ServerResponse, e: unknown, route: string): void {
 function send(res: ServerResponse, value: unknown): boolean {
   if (res.writableEnded || res.destroyed) return true;
   return res.write(ndjsonLine(value));
-}
-
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.once('drain', done);
-    res.once('close', done);
-  });
 }
 
 function startNdjson(res: ServerResponse, headers: Record<string, string> = {}): void {
@@ -217,7 +206,7 @@ async function serveLogs(agent: Agent, kind: 'vm' | 'container', req: IncomingMe
   }
   startNdjson(res);
   while (!next.done && !signal.aborted) {
-    if (!send(res, next.value)) await drained(res);
+    if (!send(res, next.value)) await drainedOrClosed(res);
     if (signal.aborted) break;
     next = await it.next();
   }

@@ -17,6 +17,7 @@ import {
   PATHS,
   PING_INTERVAL_MS,
   decodeError,
+  drainedOrClosed,
   encodeArgs,
   isWireError,
   ndjsonRecords,
@@ -95,15 +96,7 @@ async function readAll(res: IncomingMessage): Promise<string> {
 function writeTo(dest: Writable, chunk: Buffer): Promise<void> | undefined {
   if (dest.destroyed || dest.writableEnded) return undefined;
   if (dest.write(chunk)) return undefined;
-  return new Promise((resolve) => {
-    const done = () => {
-      dest.off('drain', done);
-      dest.off('close', done);
-      resolve();
-    };
-    dest.once('drain', done);
-    dest.once('close', done);
-  });
+  return drainedOrClosed(dest);
 }
 
 /** The console line: writes are the request body, reads the response body. */

@@ -7,7 +7,7 @@ import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
 import type { Agent, VmCreateRequest, VmHostState } from '../../agent/agent.js';
-import { migrationReport, type MigrationReport } from '../../agent/migration.js';
+import { migrateLive, type MigrationReport } from '../../agent/migration.js';
 import type { AgentDirectory } from '../agents/agent-directory.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import type { LogRecord } from '../../agent/drivers/instance-driver.js';
@@ -187,9 +187,9 @@ export class VmService {
   }
 
   /**
-   * Resize where QEMU allows it (the driver decides: memory through the balloon while running,
-   * vCPUs and memory while stopped). A stopped VM is charged its new size first, so a refusal
-   * changes nothing; a running one stays charged its boot memory (the guest can take it back).
+   * Resize where QEMU allows it (the driver decides: while running, memory through the balloon
+   * and vCPUs added by hot-plug; anything while stopped). The new size is charged first, so a
+   * refusal changes nothing; a running one stays charged its boot memory (the guest can take it back).
    */
   resize(idOrName: string, want: { cpus?: number; memoryMiB?: number }): Promise<VmRecord & { balloonMiB?: number }> {
     const v = this.get(idOrName);
@@ -197,7 +197,7 @@ export class VmService {
       const cur = this.current(v.id);
       if (want.cpus === undefined && want.memoryMiB === undefined) throw new InvalidArgument('resize needs --cpus or --memory');
       // a running VM's memory moves within its boot size (it stays charged that); its vCPUs are charged as plugged
-      const next = isLive(cur.status) ? { cpus: want.cpus ?? cur.config.cpus, memoryMiB: cur.config.memoryMiB } : { cpus: want.cpus ?? cur.config.cpus, memoryMiB: want.memoryMiB ?? cur.config.memoryMiB };
+      const next = { cpus: want.cpus ?? cur.config.cpus, memoryMiB: isLive(cur.status) ? cur.config.memoryMiB : want.memoryMiB ?? cur.config.memoryMiB };
       const old = { cpus: cur.config.cpus, memoryMiB: cur.config.memoryMiB };
       const recharge = this.quota.holds(v.id) && (next.cpus !== old.cpus || next.memoryMiB !== old.memoryMiB);
       if (recharge) {
@@ -522,25 +522,27 @@ export class VmService {
       const from = cur.agent;
       const src = this.on(cur);
       const dst = this.agents.get(to);
-      const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-      const t0 = performance.now();
-      const spec = await src.vmMigrationSpec(v.id);
-      const { uri } = await dst.prepareVmIncoming(spec);
-      let out: Awaited<ReturnType<Agent['migrateVmOut']>>;
-      let fin: Awaited<ReturnType<Agent['finishVmIncoming']>>;
-      try {
-        out = await src.migrateVmOut(v.id, uri, { maxDowntimeMs });
-        fin = await dst.finishVmIncoming(v.id, out.consoleHistory);
-      } catch (e) {
-        await dst.abandonVmIncoming(v.id).catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id: v.id, agent: to, error: String(x) }));
-        await src.endVmMigration(v.id, 'resume').catch((x: unknown) => log.warn('resuming a VM after a failed migration failed', { id: v.id, agent: from, error: String(x) }));
-        this.publish(cur, 'migrate-failed', { from, to, error: String(e) });
-        throw e;
-      }
-      // the guest runs at the destination now: the record says so before the source lets go
-      const next = this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null });
-      await src.endVmMigration(v.id, 'moved').catch((e: unknown) => log.warn('ending the source half of a migration failed', { id: v.id, agent: from, error: String(e) }));
-      const report = { ...migrationReport(v.id, out, fin.resumedAt, maxDowntimeMs, performance.now() - t0), from, to };
+      let next = cur;
+      const { report: moved } = await migrateLive(
+        v.id,
+        {
+          spec: () => src.vmMigrationSpec(v.id),
+          send: (uri, o) => src.migrateVmOut(v.id, uri, o),
+          // once the guest runs at the destination, a source that cannot let go is only logged
+          end: (outcome) => src.endVmMigration(v.id, outcome).catch((e: unknown) => {
+            if (outcome === 'resume') throw e;
+            log.warn('ending the source half of a migration failed', { id: v.id, agent: from, error: String(e) });
+          }),
+        },
+        { prepare: (spec) => dst.prepareVmIncoming(spec), finish: (h) => dst.finishVmIncoming(v.id, h), abandon: () => dst.abandonVmIncoming(v.id) },
+        {
+          ...(opts.maxDowntimeMs !== undefined ? { maxDowntimeMs: opts.maxDowntimeMs } : {}),
+          // the guest runs at the destination now: the record says so before the source lets go
+          arrived: (fin) => (next = this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null })),
+          failed: (e) => this.publish(cur, 'migrate-failed', { from, to, error: String(e) }),
+        },
+      );
+      const report = { ...moved, from, to };
       this.publish(next, 'migrate', { ...report });
       log.info('vm migrated', { ...report });
       return report;

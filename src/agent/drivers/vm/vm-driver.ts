@@ -28,7 +28,7 @@ import { decodeExitStatus, qemuArgv, type Accelerator, type QemuConfig } from '.
 import { instancePaths, launchQemu, processAlive, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import type { OutgoingMigration, VmMigrationSpec } from '../../agent.js';
-import { migrationReport, type MigrationReport } from '../../migration.js';
+import { migrateLive, type MigrationReport } from '../../migration.js';
 
 export type { MigrationReport } from '../../migration.js';
 
@@ -626,13 +626,9 @@ export class VmDriver implements InstanceDriver {
   }
 
   /**
-   * Save the whole VM (devices, RAM, vCPUs) to a file and end QEMU: the guest
-   * is paused, its state streamed out by QMP migrate, then QEMU quits.
-   */
-  /**
    * Change a VM's size where QEMU allows it. Running or paused: memory through the balloon,
-   * below the boot size and back up to it (the guest's balloon driver gives the pages back);
-   * vCPUs only while it is not running. Created or stopped: vCPUs and memory for the next start.
+   * below the boot size and back up to it (the guest's balloon driver gives the pages back),
+   * and vCPUs added by hot-plug up to maxCpus. Created or stopped: vCPUs and memory for the next start.
    */
   resize(id: string, want: { cpus?: number; memoryMiB?: number }): Promise<{ cpus: number; memoryMiB: number; balloonMiB?: number }> {
     return this.locked(id, async () => {
@@ -680,21 +676,18 @@ export class VmDriver implements InstanceDriver {
     // kernel does not); one it answers later would leave the record naming a CPU QEMU no longer
     // has, and the next restore would not match its state. So vCPUs only come, while it runs.
     if (want < vcpuCount(r)) throw new Conflict(`VM ${id} has ${vcpuCount(r)} vCPUs: while it runs they can be added, not removed (stop it to go down)`, { id });
-    const plugged = [...(r.config.hotplugCpus ?? [])];
+    const plugged = r.config.hotplugCpus ?? [];
     await withQmp(this.paths(id), async (c) => {
-      if (want > r.config.cpus + plugged.length) {
-        const slots = await c.execute<Array<{ type: string; 'qom-path'?: string; props: Record<string, number> }>>('query-hotpluggable-cpus');
-        const free = slots.filter((x) => x['qom-path'] === undefined).reverse(); // QEMU lists the highest slot first
-        while (r.config.cpus + plugged.length < want) {
-          const slot = free.shift();
-          if (!slot) throw new Conflict(`VM ${id} has no free vCPU slot left`, { id });
-          const cpu = { driver: slot.type, id: `vcpu${r.config.cpus + plugged.length}`, props: { ...slot.props } };
-          await c.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props });
-          plugged.push(cpu);
-        }
+      const slots = await c.execute<Array<{ type: string; 'qom-path'?: string; props: Record<string, number> }>>('query-hotpluggable-cpus');
+      const free = slots.filter((x) => x['qom-path'] === undefined).reverse(); // QEMU lists the highest slot first
+      while (vcpuCount(r) < want) {
+        const slot = free.shift();
+        if (!slot) throw new Conflict(`VM ${id} has no free vCPU slot left`, { id });
+        const cpu = { driver: slot.type, id: `vcpu${vcpuCount(r)}`, props: { ...slot.props } };
+        await c.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props });
+        plugged.push(cpu);
+        r.config.hotplugCpus = plugged; // recorded as soon as QEMU has it (saved below, also on failure)
       }
-      r.config.hotplugCpus = plugged;
-      if (!plugged.length) delete r.config.hotplugCpus;
       r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
     }, 30_000).finally(() => this.save(r));
   }
@@ -707,6 +700,10 @@ export class VmDriver implements InstanceDriver {
     return Math.round(b.actual / (1024 * 1024));
   }
 
+  /**
+   * Save the whole VM (devices, RAM, vCPUs) to a file and end QEMU: the guest
+   * is paused, its state streamed out by QMP migrate, then QEMU quits.
+   */
   saveState(id: string): Promise<{ file: string; bytes: number; ms: number }> {
     return this.locked(id, async () => {
       const r = await this.load(id);
@@ -813,22 +810,13 @@ export class VmDriver implements InstanceDriver {
   /** Live-migrate to another driver in this process: the five steps in a row. */
   async migrateTo(id: string, target: VmDriver, opts: { host?: string; maxDowntimeMs?: number; maxBandwidthBytes?: number } = {}): Promise<MigrationReport> {
     if (target === this) throw new InvalidArgument('source and destination are the same driver');
-    const t0 = performance.now();
-    const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-    const spec = await this.migrationSpec(id);
-    const { uri } = await target.prepareIncoming(spec, opts.host ?? '127.0.0.1');
-    let out: OutgoingMigration;
-    let resumed: { resumedAt: number };
-    try {
-      out = await this.migrateOut(id, uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}) });
-      resumed = await target.finishIncoming(id, out.consoleHistory);
-    } catch (e) {
-      await target.abandonIncoming(id);
-      await this.endMigration(id, 'resume').catch(() => undefined);
-      throw e;
-    }
-    await this.endMigration(id, 'moved');
-    return migrationReport(id, out, resumed.resumedAt, maxDowntimeMs, performance.now() - t0);
+    const { report } = await migrateLive(
+      id,
+      { spec: () => this.migrationSpec(id), send: (uri, o) => this.migrateOut(id, uri, o), end: (outcome) => this.endMigration(id, outcome) },
+      { prepare: (spec) => target.prepareIncoming(spec, opts.host ?? '127.0.0.1'), finish: (h) => target.finishIncoming(id, h), abandon: () => target.abandonIncoming(id) },
+      { ...(opts.maxDowntimeMs !== undefined ? { maxDowntimeMs: opts.maxDowntimeMs } : {}), ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}) },
+    );
+    return report;
   }
 
   /**
@@ -853,14 +841,13 @@ export class VmDriver implements InstanceDriver {
   async prepareIncoming(spec: MigrationSpec, host: string): Promise<{ uri: string }> {
     const p = this.paths(spec.id);
     if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} already exists at the destination`, { id: spec.id });
+    const config = spec.config as unknown as VmRecord['config'];
+    if (config.accel !== this.o.accel) {
+      throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.accel}; a migration needs the same accelerator`, { id: spec.id });
+    }
     await mkdir(p.dir, { recursive: true });
     const port = await freeTcpPort(host);
     const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
-    const config = spec.config as unknown as VmRecord['config'];
-    if (config.accel !== this.o.accel) {
-      await rm(p.dir, { recursive: true, force: true });
-      throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.accel}; a migration needs the same accelerator`, { id: spec.id });
-    }
     const r: VmRecord = {
       id: spec.id, name: spec.name, createdAt: spec.createdAt, lifecycle: 'created',
       config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
