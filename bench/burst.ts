@@ -1,7 +1,8 @@
 /**
  * Burst start: N containers (env BENCH_BURST, default 200) created and started
  * concurrently through the API (what `nimbus run -d IMAGE sleep 3600` does),
- * timed until every one is running; then the daemon's memory with them idle
+ * timed until every one is running (as the API reports it, and until every container's
+ * process has exec'd the requested program, read from /proc/PID/cmdline); then the daemon's memory with them idle
  * (VmRSS before vs with them → per-container delta), the conmon monitors'
  * memory (VmRSS and PSS per conmon, informative), then all force-removed and
  * the cleanup verified (no containers, conmons, runtime state or mounts left).
@@ -41,7 +42,37 @@ async function runningCount(client: UnixClient): Promise<number> {
   return list.filter((c) => c.status === 'running').length;
 }
 
-/** What is left of containers after removal (should be nothing). */
+/**
+ * Resolves with the time (ms since t0) at which every pid's command line began with argv0:
+ * the moment each container's own program was running, whoever reported it started.
+ */
+async function allExeced(pids: number[], argv0: string, t0: bigint, timeoutMs = 60_000): Promise<number | null> {
+  let waiting = [...pids];
+  for (;;) {
+    waiting = waiting.filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] !== argv0;
+      } catch {
+        return false; // gone: it ran and exited (reported as an error elsewhere)
+      }
+    });
+    if (!waiting.length) return msSince(t0);
+    if (msSince(t0) > timeoutMs) return null;
+    await sleep(10);
+  }
+}
+
+/** Pids of processes whose cgroup path mentions `tag`. */
+function pidsInCgroups(tag: string): number[] {
+  return readdirSync('/proc').filter((e) => /^\d+$/.test(e) && (() => {
+    try {
+      return readFileSync(`/proc/${e}/cgroup`, 'utf8').includes(tag);
+    } catch {
+      return false;
+    }
+  })()).map(Number);
+}
+
 interface AgentCounters { warmPool?: { ready: number }; removals?: { pending: number } }
 const agentCounters = async (d: BenchDaemon) => (await d.client.json<{ agent: AgentCounters }>('GET', '/info')).agent;
 
@@ -63,7 +94,7 @@ async function leftovers(d: BenchDaemon): Promise<{ containers: number; conmons:
  * (what a tool driving runc does) and by releasing each exec fifo in-process (what Nimbus's warm
  * path does; the floor here: no daemon at all, only the containers' own start).
  */
-export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoReleaseMs: number; containerCpuMsEach: number } | { error: string }> {
+export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoReleaseMs: number; fifoReleaseExecedMs: number | null; containerCpuMsEach: number } | { error: string }> {
   const b = await prepareRuncBundle(['/bin/sleep', '3600']);
   const ids = Array.from({ length: n }, (_, i) => `burst-peer-${process.pid}-${i}`);
   const createAll = async () => {
@@ -83,14 +114,16 @@ export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoR
     await createAll();
     const tag = `burst-peer-${process.pid}-`;
     const ticks0 = childTicks(tag);
+    const inits = pidsInCgroups(tag);
     t0 = now();
     const released = await Promise.all(ids.map((id) => releaseThroughExecFifo(path.join(b.root, id, 'exec.fifo'), 10_000)));
     const fifoReleaseMs = msSince(t0);
     if (released.some((r) => !r)) throw new Error('a fifo release failed');
+    const fifoReleaseExecedMs = await allExeced(inits, '/bin/sleep', t0);
     await sleep(500);
     const containerCpuMsEach = ((childTicks(tag) - ticks0) * 10) / n;
     await deleteAll();
-    return { runcStartMs: Math.round(runcStartMs), fifoReleaseMs: Math.round(fifoReleaseMs), containerCpuMsEach: round(containerCpuMsEach) };
+    return { runcStartMs: Math.round(runcStartMs), fifoReleaseMs: Math.round(fifoReleaseMs), fifoReleaseExecedMs: fifoReleaseExecedMs === null ? null : Math.round(fifoReleaseExecedMs), containerCpuMsEach: round(containerCpuMsEach) };
   } catch (e) {
     return { error: e instanceof Error ? e.message.slice(0, 300) : String(e) };
   } finally {
@@ -142,6 +175,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     note(NAME, `${COUNT} concurrent create+start (sleep 3600); daemon RSS before ${rssBefore} KiB`);
 
     const ids: string[] = [];
+    const pids: number[] = [];
     const errors: string[] = [];
     const perContainer: number[] = [];
     const t0 = now();
@@ -150,7 +184,8 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       try {
         const c = await d.client.json<{ id: string }>('POST', '/containers', { image: env.busybox, cmd: ['sleep', '3600'], name: `burst-${i}` });
         ids.push(c.id);
-        await d.client.json('POST', `/containers/${encodeURIComponent(c.id)}/start`);
+        const started = await d.client.json<{ pid: number | null }>('POST', `/containers/${encodeURIComponent(c.id)}/start`);
+        if (started.pid) pids.push(started.pid);
         perContainer.push(msSince(ti));
       } catch (e) {
         errors.push(e instanceof Error ? e.message : String(e));
@@ -164,7 +199,8 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       running = await runningCount(d.client);
     }
     const allRunningMs = msSince(t0);
-    note(NAME, `${running}/${COUNT} running after ${Math.round(allRunningMs)} ms (${errors.length} errors)`);
+    const allExecedMs = await allExeced(pids, 'sleep', t0);
+    note(NAME, `${running}/${COUNT} running after ${Math.round(allRunningMs)} ms, all ${pids.length} processes sleep after ${allExecedMs === null ? 'never' : Math.round(allExecedMs)} ms (${errors.length} errors)`);
 
     await sleep(1000);
     const rssWith = d.rssKiB();
@@ -205,6 +241,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       errorCount: errors.length,
       allStartedMs: Math.round(allStartedMs),
       allRunningMs: Math.round(allRunningMs),
+      allExecedMs: allExecedMs === null ? null : Math.round(allExecedMs),
       createStartPerContainerMs: summarize(perContainer),
       warmReadyAtStart: ready,
       removeAllMs: Math.round(removeAllMs),
@@ -238,6 +275,11 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
           peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(allRunningMs, peerOk.runcStartMs) : null,
           goal: `≤ ${GOAL_ALL_RUNNING_MS} ms`, met: results.goals.allRunningMet,
           note: `${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
+        },
+        {
+          bench: NAME, figure: `${COUNT} concurrent starts → every process exec'd`, unit: 'ms', nimbus: results.allExecedMs,
+          peers: peerOk ? { fifoRelease: peerOk.fifoReleaseExecedMs } : {}, ratio: peerOk && results.allExecedMs !== null && peerOk.fifoReleaseExecedMs ? ratio(results.allExecedMs, peerOk.fifoReleaseExecedMs) : null,
+          note: 'read from /proc/PID/cmdline: the requested program is pid 1 of every container',
         },
         { bench: NAME, figure: 'daemon RSS per idle container', unit: 'KiB', nimbus: perContainerKiB, peers: {}, ratio: null, goal: `≤ ${GOAL_RSS_PER_CONTAINER_KIB} KiB`, met: results.goals.rssMet, note: `before ${rssBefore} KiB, with ${rssWith} KiB` },
         { bench: NAME, figure: 'conmon RSS (PSS) per container', unit: 'KiB', nimbus: results.conmon.rssKiBPerContainer, peers: {}, ratio: null, note: `PSS ${results.conmon.pssKiBPerContainer ?? '—'} KiB, informative` },

@@ -98,6 +98,26 @@ test('nothing is warmed while the agent is busy', async () => {
   await pool.close();
 });
 
+test('under sustained load only a template that ran dry is topped up (after maxWaitMs)', async () => {
+  const slots = recordingSlots();
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 10, maxWaitMs: 30 });
+  pool.take(T('a'));
+  await settle(pool, 2);
+  let release!: () => void;
+  const op = pool.busy(() => new Promise<void>((r) => (release = r)));
+  assert.ok(pool.take(T('a')), 'one taken, one still ready');
+  await new Promise((r) => setTimeout(r, 120));
+  assert.equal(slots.created.length, 2, 'not topped up under load while one is ready');
+  assert.ok(pool.take(T('a')), 'the last one taken: the template ran dry');
+  for (let i = 0; i < 100 && slots.created.length < 3; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(slots.created.length >= 3, 'a dry template is topped up under load');
+  release();
+  await op;
+  await settle(pool, 2);
+  assert.equal(pool.stats().ready, 2);
+  await pool.close();
+});
+
 test('perImage 0 turns the pool off', () => {
   const pool = new WarmPool(recordingSlots(), { perImage: 0, maxImages: 4 });
   assert.equal(pool.take(T('a')), undefined);

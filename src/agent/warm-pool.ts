@@ -36,7 +36,7 @@ export interface WarmPoolOptions {
    * Default 30 ms.
    */
   quietMs?: number;
-  /** ...but never wait longer than this for quiet. Default 500 ms. */
+  /** ...but a template with none ready is topped up after this long without quiet. Default 500 ms. */
   maxWaitMs?: number;
 }
 
@@ -108,15 +108,15 @@ export class WarmPool {
     }
   }
 
-  /** Resolves once no wrapped operation is in flight and none ended for quietMs (or after maxMs, or on close). */
-  async quiet(maxMs = Infinity): Promise<void> {
+  /** Resolves once no wrapped operation is in flight and none ended for quietMs (or after maxMs if onlyIf() then holds, or on close). */
+  async quiet(maxMs = Infinity, onlyIf: () => boolean = () => true): Promise<void> {
     const quietMs = this.opts.quietMs ?? 30;
     const until = performance.now() + maxMs;
     for (;;) {
       if (this.closed) return;
       const now = performance.now();
       const idleFor = now - this.lastActivity;
-      if ((this.inFlight === 0 && idleFor >= quietMs) || now >= until) return;
+      if ((this.inFlight === 0 && idleFor >= quietMs) || (now >= until && onlyIf())) return;
       await new Promise((r) => setTimeout(r, Math.max(5, Math.min(quietMs - idleFor, until - now))));
     }
   }
@@ -188,24 +188,33 @@ export class WarmPool {
     });
   }
 
+  /** The hot template furthest below its target, with how many it has ready. */
+  private neediest(): { key: string; t: WarmTemplate; ready: number } | undefined {
+    let next: { key: string; t: WarmTemplate; ready: number } | undefined;
+    let fewest = this.opts.perImage;
+    for (const [key, t] of this.hot) {
+      const n = this.ready.get(key)?.length ?? 0;
+      if (n < fewest && (this.failures.get(key) ?? 0) < MAX_FAILURES) {
+        fewest = n;
+        next = { key, t, ready: n };
+      }
+    }
+    return next;
+  }
+
   /** One warm container at a time, for whichever hot template is furthest below its target. */
   private async fill(): Promise<void> {
     for (;;) {
-      // Prefer idle moments, but under sustained load top up anyway: a warm container
-      // takes the slow part off a later request's critical path even when built under load.
-      await this.quiet(this.opts.maxWaitMs ?? 500);
+      // Top up in idle moments. Under sustained load, only a template that has run dry is
+      // topped up anyway (after maxWaitMs): the requests after it would go cold. While some
+      // are ready, a container built under load serves no request sooner and takes CPU
+      // from the ones in flight (a 200-container burst lost ~0.5 s to it).
+      if (!this.neediest()) return;
+      await this.quiet(this.opts.maxWaitMs ?? 500, () => this.neediest()?.ready === 0);
       if (this.closed) return;
-      let next: [string, WarmTemplate] | undefined;
-      let fewest = this.opts.perImage;
-      for (const [key, t] of this.hot) {
-        const n = this.ready.get(key)?.length ?? 0;
-        if (n < fewest && (this.failures.get(key) ?? 0) < MAX_FAILURES) {
-          fewest = n;
-          next = [key, t];
-        }
-      }
+      const next = this.neediest();
       if (!next) return;
-      const [key, t] = next;
+      const { key, t } = next;
       try {
         const id = await this.slots.create(t);
         this.failures.delete(key);

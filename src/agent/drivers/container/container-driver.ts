@@ -10,11 +10,12 @@
  *   <stateDir>/containers/<id>/persist/           conmon's persist dir (exit, oom)
  *   <stateDir>/containers/<id>/exit.json          exit code + OOM verdict, once observed
  *   <stateDir>/containers/<id>/warm/entry         a warm container's start script (warm-start.ts)
+ *   <stateDir>/containers/<id>/warm/go            the fifo its stub waits on until the container's start
  *   <stateDir>/exits/<id>                          conmon's exit file
  *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
  */
 import { randomBytes } from 'node:crypto';
-import { watch, type FSWatcher } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, watch, writeSync, type FSWatcher } from 'node:fs';
 import { access, mkdir, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, hasCode } from '../../../core/errors.js';
@@ -48,7 +49,8 @@ import {
   readPidFile,
 } from './conmon.js';
 import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
-import { WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
+import { run } from '../../../core/exec.js';
+import { WARM_GO_FIFO, WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
 
@@ -77,6 +79,8 @@ interface ContainerMeta {
   warnings: string[];
   /** Created ahead of demand with the start stub and not claimed yet (warm-start.ts). */
   warm?: boolean;
+  /** Its stub is running, waiting on the go fifo: the container is created until start releases it. */
+  primed?: boolean;
 }
 
 interface ExitRecord {
@@ -200,8 +204,9 @@ export class ContainerDriver implements InstanceDriver {
 
   /**
    * Create a warm container ahead of demand: everything `create` does, with the start
-   * stub as its process (warm-start.ts). spec.process supplies the user; its command
-   * is replaced. claimWarm() gives it a real command later.
+   * stub as its process (warm-start.ts), and the runtime's start too: the stub runs,
+   * blocked on its go fifo. spec.process supplies the user; its command is replaced.
+   * claimWarm() gives it a real command later, start() the go-ahead.
    */
   async createWarm(spec: InstanceSpec): Promise<RuntimeState> {
     const busybox = await findStaticBusybox();
@@ -291,7 +296,12 @@ export class ContainerDriver implements InstanceDriver {
       await mkdir(rootfs, { recursive: true });
       await mkdir(path.join(dir, 'persist'));
       await mkdir(path.join(dir, 'sock'));
-      if (opts.warm) await mkdir(this.warmDir(id), { mode: 0o755 });
+      if (opts.warm) {
+        await mkdir(this.warmDir(id), { mode: 0o755 });
+        // readable by the container's user (the stub may not be root), written only by us
+        const fifo = await run('mkfifo', ['-m', '0644', path.join(this.warmDir(id), WARM_GO_FIFO)]);
+        if (fifo.code !== 0) throw new Internal(`mkfifo: ${fifo.stderr.trim()}`, { id });
+      }
       await mkdir(this.exitsDir, { recursive: true });
       await rm(this.exitFile(id), { force: true });
       await mountAll(spec.rootfs, rootfs);
@@ -336,6 +346,11 @@ export class ContainerDriver implements InstanceDriver {
         stderrPath: path.join(dir, 'conmon.err'),
       });
       meta.pid = launched.pid;
+      if (opts.warm) {
+        // the runtime's start now, off the request path: the stub then waits on its go fifo
+        await rt.start(id);
+        meta.primed = true;
+      }
       await this.saveMeta(meta);
       return { status: 'created', pid: launched.pid };
     } catch (e) {
@@ -346,13 +361,50 @@ export class ContainerDriver implements InstanceDriver {
 
   async start(id: string): Promise<RuntimeState> {
     const meta = await this.meta(id);
-    await this.runtime(meta.runtime, meta.runtimePath).start(id);
+    if (meta.primed) {
+      if (!(await this.releaseStub(id, meta))) {
+        const rec = await this.exitRecord(id, meta);
+        throw new Conflict(`container ${id} cannot start: its process ${rec ? `exited with ${rec.exitCode}` : 'is not waiting to start'}`, { id });
+      }
+      delete meta.primed;
+    } else {
+      await this.runtime(meta.runtime, meta.runtimePath).start(id);
+    }
     meta.startedAt = new Date().toISOString();
     await this.saveMeta(meta);
     // `runc start` succeeded, so the process is running (or already exited): no second runtime call.
     const rec = await this.exitRecord(id, meta);
     if (rec) return { status: 'stopped', exitCode: rec.exitCode, oomKilled: rec.oomKilled, finishedAt: rec.finishedAt, startedAt: meta.startedAt };
     return { status: 'running', startedAt: meta.startedAt, ...(meta.pid ? { pid: meta.pid } : {}) };
+  }
+
+  /**
+   * The go-ahead for a primed container's stub: one line into its go fifo. The open
+   * succeeds only while the stub is blocked opening the other end (ENXIO otherwise), so
+   * a stub still on its way there is waited for, briefly; false if it never gets there.
+   */
+  private async releaseStub(id: string, meta: ContainerMeta, timeoutMs = 5000): Promise<boolean> {
+    const fifo = path.join(this.warmDir(id), WARM_GO_FIFO);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      let fd: number;
+      try {
+        fd = openSync(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENXIO' || performance.now() > deadline) return false;
+        if (await this.exitRecord(id, meta)) return false;
+        await sleep(2);
+        continue;
+      }
+      try {
+        writeSync(fd, '\n');
+      } finally {
+        closeSync(fd);
+      }
+      // the stub holds its end open already: the name can go, so nothing can start it twice
+      await unlink(fifo).catch(() => undefined);
+      return true;
+    }
   }
 
   async kill(id: string, signal: string): Promise<void> {
@@ -458,7 +510,8 @@ export class ContainerDriver implements InstanceDriver {
       }
       return { ...base, status: 'stopped' };
     }
-    const out: RuntimeState = { ...base, status: s.status === 'creating' ? 'created' : s.status };
+    // a primed stub runs in the runtime's eyes, but the container has not been started
+    const out: RuntimeState = { ...base, status: s.status === 'creating' || (meta.primed && s.status === 'running') ? 'created' : s.status };
     if (s.pid > 0) out.pid = s.pid;
     return out;
   }
