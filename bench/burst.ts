@@ -23,6 +23,8 @@ import { msSince, now, ratio, round, summarize } from './lib/stats.js';
 
 const NAME = 'burst';
 const COUNT = Math.max(1, Number(process.env.BENCH_BURST ?? 200));
+const ROUNDS = Math.max(1, Number(process.env.BENCH_BURST_ROUNDS ?? 1));
+const round2 = (x: number) => Math.round(x * 100) / 100;
 const GOAL_ALL_RUNNING_MS = 1000;
 const GOAL_RSS_PER_CONTAINER_KIB = 1024;
 
@@ -62,6 +64,50 @@ async function allExeced(pids: number[], argv0: string, t0: bigint, timeoutMs = 
   }
 }
 
+/** CPU time (user + system) in clock ticks (10 ms): of a process (all threads), or of one thread with `/task/TID`. */
+function processTicks(pid: number, thread = ''): number {
+  try {
+    const raw = readFileSync(`/proc/${pid}${thread}/stat`, 'utf8');
+    const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return NaN;
+  }
+}
+
+/** Busy CPU time of the whole host (all CPUs, not idle or iowait), in clock ticks. */
+function hostBusyTicks(): number {
+  const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f;
+  return user + nice + system + irq + softirq + steal;
+}
+
+/** Every process's CPU ticks and command name, by pid. */
+function ticksByPid(): Map<number, { comm: string; ticks: number }> {
+  const out = new Map<number, { comm: string; ticks: number }>();
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const raw = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
+      out.set(Number(e), { comm: raw.slice(raw.indexOf('(') + 1, raw.lastIndexOf(')')), ticks: Number(f[11]) + Number(f[12]) });
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** Where the host's CPU went between two snapshots, by command name (ms, largest first; processes that exited in between are missed). */
+function cpuByCommand(before: Map<number, { comm: string; ticks: number }>, after: Map<number, { comm: string; ticks: number }>): Record<string, number> {
+  const by = new Map<string, number>();
+  for (const [pid, a] of after) {
+    const d = a.ticks - (before.get(pid)?.ticks ?? 0);
+    if (d > 0) by.set(a.comm, (by.get(a.comm) ?? 0) + d * 10);
+  }
+  return Object.fromEntries([...by].sort((x, y) => y[1] - x[1]).slice(0, 8));
+}
+
 /** Pids of processes whose cgroup path mentions `tag`. */
 function pidsInCgroups(tag: string): number[] {
   return readdirSync('/proc').filter((e) => /^\d+$/.test(e) && (() => {
@@ -94,7 +140,7 @@ async function leftovers(d: BenchDaemon): Promise<{ containers: number; conmons:
  * (what a tool driving runc does) and by releasing each exec fifo in-process (what Nimbus's warm
  * path does; the floor here: no daemon at all, only the containers' own start).
  */
-export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoReleaseMs: number; fifoReleaseExecedMs: number | null; containerCpuMsEach: number } | { error: string }> {
+export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoReleaseMs: number; fifoReleaseExecedMs: number | null; containerCpuMsEach: number; hostCpuMsEach: number } | { error: string }> {
   const b = await prepareRuncBundle(['/bin/sleep', '3600']);
   const ids = Array.from({ length: n }, (_, i) => `burst-peer-${process.pid}-${i}`);
   const createAll = async () => {
@@ -115,15 +161,17 @@ export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoR
     const tag = `burst-peer-${process.pid}-`;
     const ticks0 = childTicks(tag);
     const inits = pidsInCgroups(tag);
+    const host0 = hostBusyTicks();
     t0 = now();
     const released = await Promise.all(ids.map((id) => releaseThroughExecFifo(path.join(b.root, id, 'exec.fifo'), 10_000)));
     const fifoReleaseMs = msSince(t0);
     if (released.some((r) => !r)) throw new Error('a fifo release failed');
     const fifoReleaseExecedMs = await allExeced(inits, '/bin/sleep', t0);
+    const hostCpuMsEach = round(((hostBusyTicks() - host0) * 10) / n);
     await sleep(500);
     const containerCpuMsEach = ((childTicks(tag) - ticks0) * 10) / n;
     await deleteAll();
-    return { runcStartMs: Math.round(runcStartMs), fifoReleaseMs: Math.round(fifoReleaseMs), fifoReleaseExecedMs: fifoReleaseExecedMs === null ? null : Math.round(fifoReleaseExecedMs), containerCpuMsEach: round(containerCpuMsEach) };
+    return { runcStartMs: Math.round(runcStartMs), fifoReleaseMs: Math.round(fifoReleaseMs), fifoReleaseExecedMs: fifoReleaseExecedMs === null ? null : Math.round(fifoReleaseExecedMs), containerCpuMsEach: round(containerCpuMsEach), hostCpuMsEach };
   } catch (e) {
     return { error: e instanceof Error ? e.message.slice(0, 300) : String(e) };
   } finally {
@@ -157,6 +205,75 @@ function childTicks(tag: string): number {
   return total;
 }
 
+interface BurstRound {
+  ids: string[];
+  pids: number[];
+  errors: string[];
+  perContainer: number[];
+  running: number;
+  allStartedMs: number;
+  allRunningMs: number;
+  allExecedMs: number | null;
+  cpuMsPerContainer: { daemon: number; daemonMainThread: number; host: number; client: number };
+  /** Host CPU (ms) in the round by command name, the top ones. */
+  cpuByCommandMs: Record<string, number>;
+}
+
+/** One burst: COUNT creates and starts at once, timed until all run (API) and all exec'd (/proc), with the CPU it took. */
+async function oneBurst(d: BenchDaemon, image: string, round: number): Promise<BurstRound> {
+  const ids: string[] = [];
+  const pids: number[] = [];
+  const errors: string[] = [];
+  const perContainer: number[] = [];
+  const daemonTicks0 = processTicks(d.pid);
+  const mainTicks0 = processTicks(d.pid, `/task/${d.pid}`); // the event loop: one core at most
+  const hostTicks0 = hostBusyTicks();
+  const client0 = process.cpuUsage();
+  const procs0 = ticksByPid();
+  const t0 = now();
+  await Promise.all(Array.from({ length: COUNT }, async (_, i) => {
+    const ti = now();
+    try {
+      const c = await d.client.json<{ id: string }>('POST', '/containers', { image, cmd: ['sleep', '3600'], name: `burst-${round}-${i}` });
+      ids.push(c.id);
+      const started = await d.client.json<{ pid: number | null }>('POST', `/containers/${encodeURIComponent(c.id)}/start`);
+      if (started.pid) pids.push(started.pid);
+      perContainer.push(msSince(ti));
+    } catch (e) {
+      errors.push(e instanceof Error ? e.message : String(e));
+    }
+  }));
+  const allStartedMs = msSince(t0);
+  // "running" as the API reports it: poll until every started container is listed running (or 60 s).
+  let running = await runningCount(d.client);
+  while (running < COUNT - errors.length && msSince(t0) < 60_000) {
+    await sleep(20);
+    running = await runningCount(d.client);
+  }
+  const allRunningMs = msSince(t0);
+  const allExecedMs = await allExeced(pids, 'sleep', t0);
+  // CPU spent from the first request until every process ran: the daemon's, and the host's in all
+  const cpuMsPerContainer = {
+    daemon: round2(((processTicks(d.pid) - daemonTicks0) * 10) / COUNT),
+    daemonMainThread: round2(((processTicks(d.pid, `/task/${d.pid}`) - mainTicks0) * 10) / COUNT),
+    host: round2(((hostBusyTicks() - hostTicks0) * 10) / COUNT),
+    // this bench's own HTTP client and polling, part of the host figure
+    client: round2((((u) => u.user + u.system)(process.cpuUsage(client0)) / 1000) / COUNT),
+  };
+  return { ids, pids, errors, perContainer, running, allStartedMs, allRunningMs, allExecedMs, cpuMsPerContainer, cpuByCommandMs: cpuByCommand(procs0, ticksByPid()) };
+}
+
+/** Force-remove containers and wait until their host state is gone too. */
+async function removeAll(d: BenchDaemon, ids: string[]): Promise<{ removeAllMs: number; removeHostMs: number; removeErrors: string[] }> {
+  const tr = now();
+  const removeErrors: string[] = [];
+  await Promise.all(ids.map((id) => d.client.json('DELETE', `/containers/${encodeURIComponent(id)}?force=true`).catch((e: unknown) => removeErrors.push(String(e)))));
+  const removeAllMs = msSince(tr);
+  // The API answers before the host state is gone (agent/reaper.ts): time that too.
+  while (((await agentCounters(d)).removals?.pending ?? 0) > 0 && msSince(tr) < 180_000) await sleep(20);
+  return { removeAllMs, removeHostMs: msSince(tr), removeErrors };
+}
+
 export async function burst(env: BenchEnv): Promise<BenchOutcome> {
   const d = await env.newDaemon();
   try {
@@ -166,41 +283,43 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     // With a warm pool sized for the burst (NIMBUS_WARM_POOL >= N), let it fill first: that
     // is the configuration for expected bursts (RunD's pre-created sandboxes).
     const wantWarm = Math.min(COUNT, Number(process.env.NIMBUS_WARM_POOL ?? 2));
-    const tw = now();
+    const fillPool = async () => {
+      const tw = now();
+      let n = 0;
+      while ((n = (await agentCounters(d)).warmPool?.ready ?? 0) < wantWarm && msSince(tw) < 180_000) await sleep(200);
+      note(NAME, `warm pool: ${n} ready (${Math.round(msSince(tw))} ms to fill)`);
+      await sleep(300);
+      return n;
+    };
+    // Rounds (BENCH_BURST_ROUNDS, default 1) on one daemon, the pool refilled before each: this
+    // host's run-to-run spread is wide, and the median of a few says more than any one.
+    const rounds: BurstRound[] = [];
     let ready = 0;
-    while ((ready = (await agentCounters(d)).warmPool?.ready ?? 0) < wantWarm && msSince(tw) < 120_000) await sleep(200);
-    note(NAME, `warm pool: ${ready} ready (${Math.round(msSince(tw))} ms to fill)`);
-    await sleep(300);
-    const rssBefore = d.rssKiB();
-    note(NAME, `${COUNT} concurrent create+start (sleep 3600); daemon RSS before ${rssBefore} KiB`);
-
-    const ids: string[] = [];
-    const pids: number[] = [];
-    const errors: string[] = [];
-    const perContainer: number[] = [];
-    const t0 = now();
-    await Promise.all(Array.from({ length: COUNT }, async (_, i) => {
-      const ti = now();
-      try {
-        const c = await d.client.json<{ id: string }>('POST', '/containers', { image: env.busybox, cmd: ['sleep', '3600'], name: `burst-${i}` });
-        ids.push(c.id);
-        const started = await d.client.json<{ pid: number | null }>('POST', `/containers/${encodeURIComponent(c.id)}/start`);
-        if (started.pid) pids.push(started.pid);
-        perContainer.push(msSince(ti));
-      } catch (e) {
-        errors.push(e instanceof Error ? e.message : String(e));
+    let rssBefore = 0;
+    for (let r = 0; r < ROUNDS; r++) {
+      if (r > 0) {
+        const prev = rounds[r - 1]!;
+        await removeAll(d, prev.ids);
       }
-    }));
-    const allStartedMs = msSince(t0);
-    // "running" as the API reports it: poll until every started container is listed running (or 60 s).
-    let running = await runningCount(d.client);
-    while (running < COUNT - errors.length && msSince(t0) < 60_000) {
-      await sleep(20);
-      running = await runningCount(d.client);
+      ready = await fillPool();
+      rssBefore = d.rssKiB();
+      note(NAME, `round ${r + 1}/${ROUNDS}: ${COUNT} concurrent create+start (sleep 3600); daemon RSS before ${rssBefore} KiB`);
+      const one = await oneBurst(d, env.busybox, r);
+      rounds.push(one);
+      note(NAME, `${one.running}/${COUNT} running after ${Math.round(one.allRunningMs)} ms, all ${one.pids.length} processes sleep after ${one.allExecedMs === null ? 'never' : Math.round(one.allExecedMs)} ms (${one.errors.length} errors); CPU per container: daemon ${one.cpuMsPerContainer.daemon} ms (main thread ${one.cpuMsPerContainer.daemonMainThread}), host ${one.cpuMsPerContainer.host} ms, of which this client ${one.cpuMsPerContainer.client} ms; by command (ms): ${JSON.stringify(one.cpuByCommandMs)}`);
     }
-    const allRunningMs = msSince(t0);
-    const allExecedMs = await allExeced(pids, 'sleep', t0);
-    note(NAME, `${running}/${COUNT} running after ${Math.round(allRunningMs)} ms, all ${pids.length} processes sleep after ${allExecedMs === null ? 'never' : Math.round(allExecedMs)} ms (${errors.length} errors)`);
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+    const last = rounds.at(-1)!;
+    const { ids, errors, perContainer, running, allStartedMs } = last;
+    const allRunningMs = median(rounds.map((x) => x.allRunningMs));
+    const execed = rounds.map((x) => x.allExecedMs).filter((x): x is number => x !== null);
+    const allExecedMs = execed.length === rounds.length ? median(execed) : null;
+    const cpuMsPerContainer = {
+      daemon: median(rounds.map((x) => x.cpuMsPerContainer.daemon)),
+      daemonMainThread: median(rounds.map((x) => x.cpuMsPerContainer.daemonMainThread)),
+      host: median(rounds.map((x) => x.cpuMsPerContainer.host)),
+      client: median(rounds.map((x) => x.cpuMsPerContainer.client)),
+    };
 
     await sleep(1000);
     const rssWith = d.rssKiB();
@@ -210,13 +329,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
     note(NAME, `removing ${ids.length} (force)`);
-    const tr = now();
-    const removeErrors: string[] = [];
-    await Promise.all(ids.map((id) => d.client.json('DELETE', `/containers/${encodeURIComponent(id)}?force=true`).catch((e: unknown) => removeErrors.push(String(e)))));
-    const removeAllMs = msSince(tr);
-    // The API answers before the host state is gone (agent/reaper.ts): time that too.
-    while (((await agentCounters(d)).removals?.pending ?? 0) > 0 && msSince(tr) < 120_000) await sleep(20);
-    const removeHostMs = msSince(tr);
+    const { removeAllMs, removeHostMs, removeErrors } = await removeAll(d, ids);
     let left = await leftovers(d);
     for (let i = 0; i < 50 && (left.conmons > 0 || left.runtimeState > 0); i++) {
       await sleep(100);
@@ -242,6 +355,8 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       allStartedMs: Math.round(allStartedMs),
       allRunningMs: Math.round(allRunningMs),
       allExecedMs: allExecedMs === null ? null : Math.round(allExecedMs),
+      cpuMsPerContainer,
+      rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), allExecedMs: x.allExecedMs === null ? null : Math.round(x.allExecedMs), errors: x.errors.length, cpuMsPerContainer: x.cpuMsPerContainer, cpuByCommandMs: x.cpuByCommandMs })),
       createStartPerContainerMs: summarize(perContainer),
       warmReadyAtStart: ready,
       removeAllMs: Math.round(removeAllMs),
@@ -274,12 +389,12 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
           bench: NAME, figure: `${COUNT} concurrent starts → all running`, unit: 'ms', nimbus: Math.round(allRunningMs),
           peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(allRunningMs, peerOk.runcStartMs) : null,
           goal: `≤ ${GOAL_ALL_RUNNING_MS} ms`, met: results.goals.allRunningMet,
-          note: `${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
+          note: `${ROUNDS > 1 ? `median of ${ROUNDS} rounds (${rounds.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
         },
         {
           bench: NAME, figure: `${COUNT} concurrent starts → every process exec'd`, unit: 'ms', nimbus: results.allExecedMs,
           peers: peerOk ? { fifoRelease: peerOk.fifoReleaseExecedMs } : {}, ratio: peerOk && results.allExecedMs !== null && peerOk.fifoReleaseExecedMs ? ratio(results.allExecedMs, peerOk.fifoReleaseExecedMs) : null,
-          note: 'read from /proc/PID/cmdline: the requested program is pid 1 of every container',
+          note: `read from /proc/PID/cmdline; CPU per container: nimbusd ${cpuMsPerContainer.daemon} ms (its event loop ${cpuMsPerContainer.daemonMainThread}), whole host ${cpuMsPerContainer.host} ms (fifo release: host ${peerOk?.hostCpuMsEach ?? '?'} ms)`,
         },
         { bench: NAME, figure: 'daemon RSS per idle container', unit: 'KiB', nimbus: perContainerKiB, peers: {}, ratio: null, goal: `≤ ${GOAL_RSS_PER_CONTAINER_KIB} KiB`, met: results.goals.rssMet, note: `before ${rssBefore} KiB, with ${rssWith} KiB` },
         { bench: NAME, figure: 'conmon RSS (PSS) per container', unit: 'KiB', nimbus: results.conmon.rssKiBPerContainer, peers: {}, ratio: null, note: `PSS ${results.conmon.pssKiBPerContainer ?? '—'} KiB, informative` },

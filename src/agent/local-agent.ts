@@ -4,7 +4,7 @@
  * and turns control-plane requests into calls on them.
  */
 import { createHash } from 'node:crypto';
-import { access, mkdir, readFile, rm, stat, writeFile, rename } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
@@ -41,6 +41,7 @@ import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
 import type { AddressProvider } from './agent.js';
 import type { EtcFiles } from './drivers/instance-driver.js';
+import { replaceStateFile } from '../core/state-files.js';
 
 const log = logger('agent');
 
@@ -72,6 +73,8 @@ export class LocalAgent implements Agent {
   private readonly neverStarted = new Set<string>();
   /** Containers created ahead of demand (warm-pool.ts). */
   private readonly warm: WarmPool;
+  /** The directory of saved requests, made once. */
+  private requestsDir: Promise<void> | undefined;
   /** Warm containers handed out by claimWarmContainer and not yet given their request. */
   private readonly claimed = new Set<string>();
   /** Destroys removed containers' host state in the background (reaper.ts). */
@@ -603,9 +606,15 @@ export class LocalAgent implements Agent {
 
   private async saveRequest(req: ContainerCreateRequest): Promise<void> {
     const file = this.requestFile(req.id);
-    await mkdir(join(this.options.containersDir, 'requests'), { recursive: true });
-    await writeFile(`${file}.tmp`, JSON.stringify(req));
-    await rename(`${file}.tmp`, file);
+    this.requestsDir ??= mkdir(join(this.options.containersDir, 'requests'), { recursive: true }).then(
+      () => undefined,
+      (e: unknown) => {
+        this.requestsDir = undefined; // try again next time
+        throw e;
+      },
+    );
+    await this.requestsDir;
+    replaceStateFile(file, JSON.stringify(req));
   }
 
   startContainer(id: string): Promise<RuntimeState> {

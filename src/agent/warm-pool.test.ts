@@ -98,7 +98,7 @@ test('nothing is warmed while the agent is busy', async () => {
   await pool.close();
 });
 
-test('under sustained load only a template that ran dry is topped up (after maxWaitMs)', async () => {
+test('under sustained load only a template that requests found empty is topped up (after maxWaitMs)', async () => {
   const slots = recordingSlots();
   const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 10, maxWaitMs: 30 });
   pool.take(T('a'));
@@ -108,9 +108,12 @@ test('under sustained load only a template that ran dry is topped up (after maxW
   assert.ok(pool.take(T('a')), 'one taken, one still ready');
   await new Promise((r) => setTimeout(r, 120));
   assert.equal(slots.created.length, 2, 'not topped up under load while one is ready');
-  assert.ok(pool.take(T('a')), 'the last one taken: the template ran dry');
+  assert.ok(pool.take(T('a')), 'the last one taken: the template is empty');
+  await new Promise((r) => setTimeout(r, 120));
+  assert.equal(slots.created.length, 2, 'empty, but no request went cold: still waiting for quiet');
+  assert.equal(pool.take(T('a')), undefined, 'a request finds it empty');
   for (let i = 0; i < 100 && slots.created.length < 3; i++) await new Promise((r) => setTimeout(r, 5));
-  assert.ok(slots.created.length >= 3, 'a dry template is topped up under load');
+  assert.ok(slots.created.length >= 3, 'a template whose requests go cold is topped up under load');
   release();
   await op;
   await settle(pool, 2);

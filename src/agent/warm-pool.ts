@@ -36,7 +36,7 @@ export interface WarmPoolOptions {
    * Default 30 ms.
    */
   quietMs?: number;
-  /** ...but a template with none ready is topped up after this long without quiet. Default 500 ms. */
+  /** ...but a template that requests found empty is topped up after this long without quiet. Default 500 ms. */
   maxWaitMs?: number;
 }
 
@@ -67,6 +67,8 @@ export class WarmPool {
   /** Hot templates, least recently used first (Map order; touch = delete + set). */
   private readonly hot = new Map<string, WarmTemplate>();
   private readonly failures = new Map<string, number>();
+  /** Templates a request found empty since they were last topped up: requests are going cold. */
+  private readonly starved = new Set<string>();
   private filling: Promise<void> | undefined;
   private closed = false;
   private readonly counters = { hits: 0, misses: 0, created: 0, failed: 0 };
@@ -89,7 +91,10 @@ export class WarmPool {
     this.touch(key, t);
     const id = this.ready.get(key)?.shift();
     if (id) this.counters.hits++;
-    else this.counters.misses++;
+    else {
+      this.counters.misses++;
+      this.starved.add(key);
+    }
     this.kick();
     return id;
   }
@@ -205,12 +210,15 @@ export class WarmPool {
   /** One warm container at a time, for whichever hot template is furthest below its target. */
   private async fill(): Promise<void> {
     for (;;) {
-      // Top up in idle moments. Under sustained load, only a template that has run dry is
-      // topped up anyway (after maxWaitMs): the requests after it would go cold. While some
-      // are ready, a container built under load serves no request sooner and takes CPU
-      // from the ones in flight (a 200-container burst lost ~0.5 s to it).
+      // Top up in idle moments. Under sustained load, only a template whose requests found it
+      // empty is topped up anyway (after maxWaitMs): they are going cold. Otherwise a container
+      // built under load serves no request sooner and takes CPU from the ones in flight (a
+      // 200-container burst that emptied a pool of 200 lost ~0.5 s to it).
       if (!this.neediest()) return;
-      await this.quiet(this.opts.maxWaitMs ?? 500, () => this.neediest()?.ready === 0);
+      await this.quiet(this.opts.maxWaitMs ?? 500, () => {
+        const n = this.neediest();
+        return n !== undefined && n.ready === 0 && this.starved.has(n.key);
+      });
       if (this.closed) return;
       const next = this.neediest();
       if (!next) return;
@@ -218,6 +226,7 @@ export class WarmPool {
       try {
         const id = await this.slots.create(t);
         this.failures.delete(key);
+        this.starved.delete(key);
         this.counters.created++;
         if (this.closed || !this.hot.has(key)) {
           await this.slots.destroy(id);

@@ -271,6 +271,15 @@ export const MIGRATIONS: readonly string[] = [
   );
   ALTER TABLE vms ADD COLUMN agent TEXT NOT NULL DEFAULT 'local';
   `,
+  // The ledger's instances, one row each: the part of its state that grows with use, so an
+  // admission writes its own row and a small core, not every instance (QuotaService moves
+  // the instances of a state saved whole into rows on load).
+  `
+  CREATE TABLE quota_instances (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+  );
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -372,6 +381,19 @@ export class SqliteStore implements Store {
       .prepare(`INSERT INTO quota_ledger (id, state, updated_at) VALUES (1, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at`)
       .run(json, new Date().toISOString());
+  }
+
+  loadQuotaInstances(): string[] {
+    return (this.stmts.prepare('SELECT state FROM quota_instances').all() as Row[]).map((r) => str(r.state));
+  }
+
+  saveQuotaInstances(rows: readonly { id: string; json: string | null }[]): void {
+    const put = this.stmts.prepare('INSERT INTO quota_instances (id, state) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state');
+    const del = this.stmts.prepare('DELETE FROM quota_instances WHERE id = ?');
+    for (const r of rows) {
+      if (r.json === null) del.run(r.id);
+      else put.run(r.id, r.json);
+    }
   }
 
   appendQuotaAudit(entries: readonly QuotaAuditRow[]): void {

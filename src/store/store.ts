@@ -174,9 +174,13 @@ export interface Store {
   readonly roles: RoleRepo;
   /** Runs fn atomically; nested calls join the outer transaction. */
   transaction<T>(fn: () => T): T;
-  /** The quota ledger's state (JSON), kept whole for now; per-row tables come with PostgreSQL. */
+  /** The quota ledger's state (JSON) without its instances: projects, pools, loans, operations. */
   loadQuotaState(): string | undefined;
   saveQuotaState(json: string): void;
+  /** The ledger's instances (JSON each), one row per instance. */
+  loadQuotaInstances(): string[];
+  /** Write changed instance rows; json null removes the row. */
+  saveQuotaInstances(rows: readonly { id: string; json: string | null }[]): void;
   /** Append audit entries of the ledger (idempotent by seq). */
   appendQuotaAudit(entries: readonly QuotaAuditRow[]): void;
   /** Audit entries (JSON) after sinceSeq, of one project or all, at most limit (the newest), oldest first. */

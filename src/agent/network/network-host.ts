@@ -8,7 +8,7 @@
  * State on disk (under stateDir): networks/<id>.json, endpoints/<container id>.json.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
 import path from 'node:path';
@@ -21,6 +21,7 @@ import * as kernel from './kernel.js';
 import { resolvConfNameservers } from './etc-files.js';
 import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, portsClash, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
 import { NFT_TABLE, deleteTableScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
+import { replaceStateFile } from '../../core/state-files.js';
 
 const log = logger('agent.network');
 
@@ -112,9 +113,7 @@ export class NetworkHost {
   private async save(sub: string, id: string, value: unknown): Promise<void> {
     const dir = path.join(this.o.stateDir, sub);
     await mkdir(dir, { recursive: true });
-    const file = path.join(dir, `${id}.json`);
-    await writeFile(`${file}.tmp`, JSON.stringify(value));
-    await rename(`${file}.tmp`, file);
+    replaceStateFile(path.join(dir, `${id}.json`), JSON.stringify(value));
   }
 
   private async forget(sub: string, id: string): Promise<void> {

@@ -5,7 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { ApiError, type ApiClient } from '../client.js';
+import { type ApiClient } from '../client.js';
 import { OUTPUT_OPTION, UsageError, parseSize, type CommandContext, type CommandSpec, type OptionSpec } from '../args.js';
 import { ago, printJson, render, short, statusText, table, truncate } from '../output.js';
 import { clientOf, eachArg, waitOperation } from './shared.js';

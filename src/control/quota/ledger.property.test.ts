@@ -98,6 +98,11 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
 
 const EXPECTED = new Set(['InvalidArgument', 'NotFound', 'Conflict', 'QuotaExceeded']);
 
+/** The state with its instances in id order (rows come back in any order). */
+function sortedInstances(s: ReturnType<Ledger['snapshot']>): unknown {
+  return { ...s, instances: Object.fromEntries(Object.entries(s.instances).sort(([a], [b]) => a.localeCompare(b))) };
+}
+
 function withoutAudit(l: Ledger): string {
   const s = l.snapshot();
   return JSON.stringify({ ...s, audit: [], seq: 0 });
@@ -114,6 +119,19 @@ test('random trees and request sequences keep every ledger invariant after every
       let seq = 0;
       const ops: string[] = [];
       const pools: string[] = Object.keys(l.raw.pools);
+      // what a store keeping instances as rows holds, written from changes() after every step
+      const rows = new Map<string, string>();
+      let core = '';
+      const persist = () => {
+        const ch = l.changes();
+        core = ch.core;
+        for (const r of ch.instances) {
+          if (r.json === null) rows.delete(r.id);
+          else rows.set(r.id, r.json);
+        }
+        l.markPersisted();
+      };
+      persist();
       for (const c of cmds) {
         const before = withoutAudit(l);
         try {
@@ -172,6 +190,10 @@ test('random trees and request sequences keep every ledger invariant after every
         }
         const errs = checkInvariants(l.snapshot());
         assert.deepEqual(errs, [], `after ${JSON.stringify(c)}`);
+        persist();
+        const stored = JSON.parse(core) as ReturnType<Ledger['snapshot']>;
+        for (const [id, json] of rows) stored.instances[id] = JSON.parse(json) as (typeof stored.instances)[string];
+        assert.deepEqual(sortedInstances(stored), sortedInstances({ ...l.snapshot(), audit: [] }), `the saved rows miss a change after ${JSON.stringify(c)}`);
         // every pending reclaim still has a live victim or is waiting on capacity the plan promised
         for (const op of Object.values(l.raw.operations)) if (op.status !== 'pending') assert.ok(op.completedAt !== undefined);
       }

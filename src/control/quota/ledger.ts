@@ -107,11 +107,23 @@ function bad(msg: string, details?: Record<string, unknown>): never {
   throw new InvalidArgument(msg, details);
 }
 
+/** What changed since the last markPersisted(): the state without instances and audit, and the instances that changed (null: gone). */
+export interface LedgerChanges {
+  core: string;
+  instances: { id: string; json: string | null }[];
+}
+
 export class Ledger {
   private readonly state: LedgerState;
   private readonly opts: LedgerOptions;
   private fenceCache: Fences | undefined;
   private inMutation = false;
+  /**
+   * Instances added, changed or removed since the last markPersisted(). Instances are the part of
+   * the state that grows with use; saving only the changed ones keeps each admission's save
+   * independent of how many instances there are (the property test checks nothing is missed).
+   */
+  private readonly dirtyInstances = new Set<string>();
 
   constructor(state: LedgerState = emptyState(), opts: LedgerOptions = {}) {
     if (state.version !== 1) bad(`unsupported ledger state version ${String(state.version)}`);
@@ -124,12 +136,18 @@ export class Ledger {
     return structuredClone(this.state);
   }
 
-  /**
-   * The state as JSON without the audit log (persisted entry by entry through onAudit),
-   * so saving it after each mutation costs what the live state costs, not its history.
-   */
-  persistentState(): string {
-    return JSON.stringify({ ...this.state, audit: [] });
+  /** For a persistence layer that keeps instances as rows: the core and the instances changed since markPersisted(). */
+  changes(): LedgerChanges {
+    const instances = [...this.dirtyInstances].map((id) => {
+      const inst = this.state.instances[id];
+      return { id, json: inst === undefined ? null : JSON.stringify(inst) };
+    });
+    return { core: JSON.stringify({ ...this.state, instances: {}, audit: [] }), instances };
+  }
+
+  /** The changes() last taken are stored. */
+  markPersisted(): void {
+    this.dirtyInstances.clear();
   }
 
   // ---------------------------------------------------------------- the one mutation path
@@ -544,6 +562,7 @@ export class Ledger {
       const inst = this.state.instances[v.instance];
       if (inst === undefined) continue;
       inst.eviction = { operation: op.id, deadline: v.deadline, action: v.action };
+      this.dirtyInstances.add(inst.id);
       emit('reclaim-planned', v.project, `${v.action} ${v.instance} (priority ${v.priority}) by ${v.deadline} for ${op.project}: ${v.via.kind === 'loan' ? `holds a loan from ${v.via.lender}` : `over its deserved share of pool ${v.via.pool}`}`, {
         instance: v.instance,
         operation: op.id,
@@ -574,6 +593,7 @@ export class Ledger {
       p.pooled[c.resource] += c.amount;
     }
     this.state.instances[inst.id] = inst;
+    this.dirtyInstances.add(inst.id);
     emit('admit', p.id, ev.reason, { instance: inst.id, data: { demand: compact(ev.demand), decidedBy: ev.decidedBy, poolCharges: ev.poolCharges } });
     for (const l of ev.loans) {
       const lender = this.project(l.lender);
@@ -624,6 +644,7 @@ export class Ledger {
       emit('return', p.id, `${p.id} returns ${loan.amount} ${loan.resource} to ${loan.lender} (${inst.id} ${reason})`, { instance: inst.id, data: { ...loan } });
     }
     delete this.state.instances[inst.id];
+    this.dirtyInstances.add(inst.id);
     if (inst.eviction !== undefined) {
       emit('reclaim-evicted', p.id, `${inst.id} ${inst.eviction.action === 'save' ? 'saved' : 'stopped'} for reclaim ${inst.eviction.operation}`, { instance: inst.id, operation: inst.eviction.operation });
     } else {
@@ -673,7 +694,11 @@ export class Ledger {
     op.completedAt = now;
     op.reason = reason;
     // victims not yet evicted are spared
-    for (const inst of Object.values(this.state.instances)) if (inst.eviction?.operation === op.id) delete inst.eviction;
+    for (const inst of Object.values(this.state.instances)) {
+      if (inst.eviction?.operation !== op.id) continue;
+      delete inst.eviction;
+      this.dirtyInstances.add(inst.id);
+    }
     emit(status === 'done' ? 'reclaim-done' : status === 'failed' ? 'reclaim-failed' : 'reclaim-cancelled', op.project, reason, { operation: op.id, instance: op.request.instanceId });
     this.fenceCache = undefined;
   }

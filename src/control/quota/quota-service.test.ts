@@ -41,6 +41,48 @@ test('quota service: the audit goes to its own table, the saved state does not g
   store.close();
 });
 
+test('quota service: instances are saved as rows (the core does not grow with them), survive a reopen, and a state saved whole is moved into rows', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'nimbus.db');
+  let store = new SqliteStore(file);
+  let q = new QuotaService(store);
+  q.ensureProject('p', null);
+  const coreSizes: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    q.admitContainer(`c${i}`, 'p', { ...cfg, cpus: 1 });
+    coreSizes.push(store.loadQuotaState()!.length);
+  }
+  assert.ok(coreSizes[199]! - coreSizes[9]! < 16, `the core does not grow with instances (${coreSizes[9]} → ${coreSizes[199]} bytes; only counters get longer)`);
+  assert.equal(store.loadQuotaInstances().length, 200);
+  q.release('c7', 'removed');
+  assert.equal(store.loadQuotaInstances().length, 199, 'a release removes its row');
+  store.close();
+
+  store = new SqliteStore(file);
+  q = new QuotaService(store);
+  assert.equal(q.holds('c8'), true);
+  assert.equal(q.holds('c7'), false);
+  assert.equal(q.show('p').resources.cpus?.used, 199, 'aggregates and rows agree after a reopen');
+  // a state written whole, as before the rows: its instances move into rows on the next start
+  const whole = JSON.parse(store.loadQuotaState()!) as { instances: Record<string, unknown> };
+  for (const r of store.loadQuotaInstances()) {
+    const inst = JSON.parse(r) as { id: string };
+    whole.instances[inst.id] = inst;
+  }
+  store.saveQuotaInstances(Object.keys(whole.instances).map((id) => ({ id, json: null })));
+  store.saveQuotaState(JSON.stringify(whole));
+  store.close();
+
+  store = new SqliteStore(file);
+  q = new QuotaService(store);
+  assert.equal(q.holds('c8'), true, 'the instances of a state saved whole are kept');
+  assert.equal(store.loadQuotaInstances().length, 199, '...as rows');
+  assert.deepEqual((JSON.parse(store.loadQuotaState()!) as { instances: object }).instances, {}, '...and no longer in the core');
+  assert.equal(q.show('p').resources.cpus?.used, 199);
+  store.close();
+});
+
 test('quota service: a create needing a reclaim gets the plan at once and is admitted when the victim is released; a restart cancels one still pending', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
   const store = new SqliteStore(join(dir, 'nimbus.db'));

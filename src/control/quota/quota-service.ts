@@ -43,6 +43,20 @@ export class QuotaService {
         store.saveQuotaState(JSON.stringify(state));
       });
     }
+    if (state) {
+      const inCore = Object.values(state.instances);
+      if (inCore.length > 0) {
+        // a store written before instances had their own rows: move them there
+        store.transaction(() => {
+          store.saveQuotaInstances(inCore.map((i) => ({ id: i.id, json: JSON.stringify(i) })));
+          store.saveQuotaState(JSON.stringify({ ...state, instances: {}, audit: [] }));
+        });
+      }
+      for (const json of store.loadQuotaInstances()) {
+        const inst = JSON.parse(json) as LedgerState['instances'][string];
+        state.instances[inst.id] = inst;
+      }
+    }
     const pending: AuditEntry[] = [];
     let ledger: Ledger;
     // The ledger's one mutation path runs inside a store transaction that saves its state and
@@ -52,12 +66,16 @@ export class QuotaService {
       onAudit: (e) => pending.push(e),
       transaction: (fn) => {
         try {
-          return store.transaction(() => {
-            const out = fn();
-            store.saveQuotaState(ledger.persistentState());
+          const out = store.transaction(() => {
+            const result = fn();
+            const changes = ledger.changes();
+            store.saveQuotaState(changes.core);
+            store.saveQuotaInstances(changes.instances);
             store.appendQuotaAudit(pending.map(auditRow));
-            return out;
+            return result;
           });
+          ledger.markPersisted(); // committed: those rows need not be written again
+          return out;
         } finally {
           pending.length = 0;
         }

@@ -15,8 +15,8 @@
  *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsConstants, openSync, watch, writeSync, type FSWatcher } from 'node:fs';
-import { access, mkdir, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { closeSync, constants as fsConstants, openSync, rmSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { access, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, hasCode } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
@@ -50,7 +50,8 @@ import {
 } from './conmon.js';
 import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
 import { run } from '../../../core/exec.js';
-import { WARM_GO_FIFO, WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
+import { replaceStateFile, writeStateFile } from '../../../core/state-files.js';
+import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
 
@@ -101,10 +102,8 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`;
-  await writeFile(tmp, JSON.stringify(value, null, 1));
-  await rename(tmp, file);
+function writeJsonAtomic(file: string, value: unknown): void {
+  replaceStateFile(file, JSON.stringify(value, null, 1));
 }
 
 export class ContainerDriver implements InstanceDriver {
@@ -118,7 +117,9 @@ export class ContainerDriver implements InstanceDriver {
   private watcher: FSWatcher | undefined;
   private readonly notified = new Set<string>();
   /** What a warm container was built from, kept so a claim need not read it back (a restart forgets: warm ones are destroyed then). */
-  private readonly warmFacts = new Map<string, { config: OciSpec; userDb: UserDb }>();
+  private readonly warmFacts = new Map<string, { config: OciSpec | string; userDb: UserDb }>();
+  /** meta.json as last written by this process: only it writes them, so reads need not go to disk. */
+  private readonly metas = new Map<string, ContainerMeta>();
 
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
@@ -162,17 +163,24 @@ export class ContainerDriver implements InstanceDriver {
     return cgroupPaths(await this.layout(), meta.cgroupsPath);
   }
 
+  /** A copy of the container's meta: this process's last write, or the file (a daemon started again). */
   private async meta(id: string): Promise<ContainerMeta> {
     const dir = this.dir(id);
-    try {
-      return JSON.parse(await readFile(path.join(dir, 'meta.json'), 'utf8')) as ContainerMeta;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound(`container ${id} not found`, { id });
-      throw e;
+    let m = this.metas.get(id);
+    if (!m) {
+      try {
+        m = JSON.parse(await readFile(path.join(dir, 'meta.json'), 'utf8')) as ContainerMeta;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound(`container ${id} not found`, { id });
+        throw e;
+      }
+      this.metas.set(id, m);
     }
+    return { ...m, warnings: [...m.warnings] };
   }
   private async saveMeta(meta: ContainerMeta): Promise<void> {
-    await writeJsonAtomic(path.join(this.dir(meta.id), 'meta.json'), meta);
+    writeJsonAtomic(path.join(this.dir(meta.id), 'meta.json'), meta);
+    this.metas.set(meta.id, { ...meta, warnings: [...meta.warnings] });
   }
 
   /** Warnings recorded at create (e.g. clamped rlimits). */
@@ -229,6 +237,7 @@ export class ContainerDriver implements InstanceDriver {
     const busybox = await findStaticBusybox();
     if (!meta.warm || !busybox) return undefined;
     const configFile = path.join(this.bundle(id), 'config.json');
+    // the warm config as comparableJson when this process made it, else as the bundle has it
     const facts = this.warmFacts.get(id) ?? {
       config: JSON.parse(await readFile(configFile, 'utf8')) as OciSpec,
       userDb: await readUserDb(this.rootfs(id)),
@@ -244,11 +253,11 @@ export class ContainerDriver implements InstanceDriver {
       log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });
       return undefined;
     }
-    await this.writeEtc(id, spec);
-    await writeFile(path.join(this.warmDir(id), 'entry'), warmScript(config.process), { mode: 0o644 });
+    await this.writeEtc(id, spec, { claim: true });
+    writeStateFile(path.join(this.warmDir(id), 'entry'), warmScript(config.process));
+    writeStateFile(configFile, JSON.stringify(config, null, 1));
     const limits = limitsOf(config);
     if (limits) await this.runtime(meta.runtime, meta.runtimePath).update(id, limits);
-    await writeFile(configFile, JSON.stringify(config, null, 1));
     delete meta.warm;
     this.warmFacts.delete(id);
     await this.saveMeta({ ...meta, name: spec.name, warnings });
@@ -267,14 +276,15 @@ export class ContainerDriver implements InstanceDriver {
   }
 
   /** Written in place (truncated, not replaced): a bind mount holds the inode. */
-  private async writeEtc(id: string, spec: InstanceSpec): Promise<void> {
+  /** At a claim the directory is there and the hostname is the one written at warm create (a claim keeps the default). */
+  private async writeEtc(id: string, spec: InstanceSpec, opts: { claim?: boolean } = {}): Promise<void> {
     const dir = path.join(this.dir(id), 'etc');
-    await mkdir(dir, { recursive: true });
+    if (!opts.claim) await mkdir(dir, { recursive: true });
     const hostname = spec.hostname ?? id.slice(0, 12);
     const etc = spec.etc ?? { hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n`, resolvConf: '' };
-    await writeFile(path.join(dir, 'hosts'), etc.hosts, { mode: 0o644 });
-    await writeFile(path.join(dir, 'resolv.conf'), etc.resolvConf, { mode: 0o644 });
-    await writeFile(path.join(dir, 'hostname'), `${hostname}\n`, { mode: 0o644 });
+    writeStateFile(path.join(dir, 'hosts'), etc.hosts);
+    writeStateFile(path.join(dir, 'resolv.conf'), etc.resolvConf);
+    if (!opts.claim || spec.hostname !== undefined) writeStateFile(path.join(dir, 'hostname'), `${hostname}\n`);
   }
 
   private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean } = {}): Promise<RuntimeState> {
@@ -314,7 +324,7 @@ export class ContainerDriver implements InstanceDriver {
         cgroupsPath,
         userDb,
       }, { mounts: [...this.etcMounts(id), ...(opts.mounts ?? [])] });
-      if (opts.warm) this.warmFacts.set(id, { config, userDb });
+      if (opts.warm) this.warmFacts.set(id, { config: comparableJson(config), userDb });
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
       const meta: ContainerMeta = {
@@ -367,9 +377,12 @@ export class ContainerDriver implements InstanceDriver {
         throw new Conflict(`container ${id} cannot start: its process ${rec ? `exited with ${rec.exitCode}` : 'is not waiting to start'}`, { id });
       }
       delete meta.primed;
-    } else {
-      await this.runtime(meta.runtime, meta.runtimePath).start(id);
+      meta.startedAt = new Date().toISOString();
+      await this.saveMeta(meta);
+      // its stub was waiting a moment ago and has only now been told to go: no exit to look for yet
+      return { status: 'running', startedAt: meta.startedAt, ...(meta.pid ? { pid: meta.pid } : {}) };
     }
+    await this.runtime(meta.runtime, meta.runtimePath).start(id);
     meta.startedAt = new Date().toISOString();
     await this.saveMeta(meta);
     // `runc start` succeeded, so the process is running (or already exited): no second runtime call.
@@ -402,7 +415,7 @@ export class ContainerDriver implements InstanceDriver {
         closeSync(fd);
       }
       // the stub holds its end open already: the name can go, so nothing can start it twice
-      await unlink(fifo).catch(() => undefined);
+      rmSync(fifo, { force: true });
       return true;
     }
   }
@@ -477,7 +490,11 @@ export class ContainerDriver implements InstanceDriver {
       oomKilled = (kills ?? 0) > 0 || (await exists(path.join(this.dir(id), 'persist', 'oom')));
     }
     const rec: ExitRecord = { exitCode: ex.code, finishedAt: ex.time, oomKilled };
-    await writeJsonAtomic(recFile, rec).catch(() => undefined);
+    try {
+      writeJsonAtomic(recFile, rec);
+    } catch {
+      /* read again next time */
+    }
     return rec;
   }
 
@@ -622,6 +639,7 @@ export class ContainerDriver implements InstanceDriver {
     await rm(dir, { recursive: true, force: true });
     this.notified.delete(id);
     this.warmFacts.delete(id);
+    this.metas.delete(id);
   }
 
   async list(): Promise<string[]> {

@@ -411,7 +411,12 @@ export async function readUserDb(rootfs: string): Promise<UserDb> {
   return { passwd: p ? parsePasswd(p) : [], group: g ? parseGroup(g) : [] };
 }
 
-/** Hard rlimits of this process. */
+let ownLimits: { at: number; limits: Promise<HardLimits> } | undefined;
+
+/** Hard rlimits of this process (its own are read at most once a second: every create asks). */
 export async function readHardLimits(file = '/proc/self/limits'): Promise<HardLimits> {
-  return parseProcLimits(await readFile(file, 'utf8'));
+  if (file !== '/proc/self/limits') return parseProcLimits(await readFile(file, 'utf8'));
+  const now = performance.now();
+  if (!ownLimits || now - ownLimits.at > 1000) ownLimits = { at: now, limits: readFile(file, 'utf8').then(parseProcLimits) };
+  return ownLimits.limits;
 }

@@ -128,21 +128,16 @@ export function warmScript(p: { args: string[]; env: string[]; cwd: string }): s
   return lines.join('\n');
 }
 
-/** The parts of a config a claim may change: blanked on both sides before comparing. */
-function comparable(c: OciSpec): unknown {
-  const copy = structuredClone(c) as OciSpec & { annotations?: unknown };
-  copy.process = { ...copy.process, args: [], env: [], cwd: '' };
-  delete copy.annotations;
-  const res = copy.linux.resources;
-  delete res.memory;
-  delete res.cpu;
-  delete res.pids;
-  return copy;
+/** A config as JSON with the parts a claim may change blanked (copied shallowly: every claim compares one). */
+export function comparableJson(c: OciSpec): string {
+  const { memory: _m, cpu: _c, pids: _p, ...resources } = c.linux.resources;
+  const blank = { ...c, annotations: undefined, process: { ...c.process, args: [], env: [], cwd: '' }, linux: { ...c.linux, resources } };
+  return JSON.stringify(blank);
 }
 
-/** Whether a request's config can be served by a warm container created with `warm`. */
-export function warmCompatible(warm: OciSpec, wanted: OciSpec): boolean {
-  return JSON.stringify(comparable(warm)) === JSON.stringify(comparable(wanted));
+/** Whether a request's config can be served by a warm container created with `warm` (or its comparableJson). */
+export function warmCompatible(warm: OciSpec | string, wanted: OciSpec): boolean {
+  return (typeof warm === 'string' ? warm : comparableJson(warm)) === comparableJson(wanted);
 }
 
 /** The memory/cpu/pids part of a config, for `runc update -r`; undefined when it sets none. */
