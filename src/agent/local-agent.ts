@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { access, mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
-import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
+import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
@@ -44,6 +44,16 @@ import type { EtcFiles } from './drivers/instance-driver.js';
 import { replaceStateFile } from '../core/state-files.js';
 
 const log = logger('agent');
+
+/** More runnable tasks than CPUs right now (/proc/stat procs_running, the scheduler's own count, this reader included). */
+function hostCpusBusy(): boolean {
+  try {
+    const m = /^procs_running (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
+    return m !== null && Number(m[1]) > availableParallelism();
+  } catch {
+    return false;
+  }
+}
 
 /** chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)) — OCI image-spec. */
 export function chainIds(diffIds: readonly string[]): string[] {
@@ -106,7 +116,7 @@ export class LocalAgent implements Agent {
     });
     this.warm = new WarmPool(
       { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
-      { perImage: options.warmPerImage, maxImages: options.warmImages },
+      { perImage: options.warmPerImage, maxImages: options.warmImages, hostBusy: hostCpusBusy },
     );
     if (existsSync(this.secureDir) && readdirSync(this.secureDir).some((n) => n !== 'vms' && n !== 'guest')) {
       void this.secureDriver().catch((e: unknown) => log.error('secure containers unavailable', { error: String(e) }));
@@ -614,7 +624,7 @@ export class LocalAgent implements Agent {
       },
     );
     await this.requestsDir;
-    replaceStateFile(file, JSON.stringify(req));
+    await replaceStateFile(file, JSON.stringify(req));
   }
 
   startContainer(id: string): Promise<RuntimeState> {

@@ -121,6 +121,22 @@ test('under sustained load only a template that requests found empty is topped u
   await pool.close();
 });
 
+test('a busy host defers topping up past the agent going quiet, at most hostBusyMaxMs', async () => {
+  const slots = recordingSlots();
+  let busy = true;
+  const pool = new WarmPool(slots, { perImage: 1, maxImages: 4, quietMs: 5, hostBusy: () => busy, hostBusyMaxMs: 150 });
+  pool.take(T('a'));
+  await new Promise((r) => setTimeout(r, 80));
+  assert.equal(slots.created.length, 0, 'the agent is quiet, the host is not: wait');
+  await settle(pool, 1);
+  assert.equal(pool.stats().ready, 1, 'topped up once hostBusyMaxMs passed');
+  busy = false;
+  assert.ok(pool.take(T('a')));
+  await settle(pool, 1);
+  assert.equal(pool.stats().ready, 1, 'a calm host: topped up at once');
+  await pool.close();
+});
+
 test('perImage 0 turns the pool off', () => {
   const pool = new WarmPool(recordingSlots(), { perImage: 0, maxImages: 4 });
   assert.equal(pool.take(T('a')), undefined);

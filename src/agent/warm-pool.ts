@@ -38,6 +38,13 @@ export interface WarmPoolOptions {
   quietMs?: number;
   /** ...but a template that requests found empty is topped up after this long without quiet. Default 500 ms. */
   maxWaitMs?: number;
+  /**
+   * Whether the host's CPUs are all taken right now (e.g. more runnable tasks than CPUs): an
+   * agent gone quiet may still have just started containers that are getting their programs
+   * running. Quiet then waits for the host too, at most hostBusyMaxMs (default 1000 ms).
+   */
+  hostBusy?: () => boolean;
+  hostBusyMaxMs?: number;
 }
 
 /** How the pool makes and destroys its containers (the agent: snapshot + driver). */
@@ -117,12 +124,20 @@ export class WarmPool {
   async quiet(maxMs = Infinity, onlyIf: () => boolean = () => true): Promise<void> {
     const quietMs = this.opts.quietMs ?? 30;
     const until = performance.now() + maxMs;
+    let calmSince: number | undefined; // the agent quiet, the host still busy
     for (;;) {
       if (this.closed) return;
       const now = performance.now();
       const idleFor = now - this.lastActivity;
-      if ((this.inFlight === 0 && idleFor >= quietMs) || (now >= until && onlyIf())) return;
-      await new Promise((r) => setTimeout(r, Math.max(5, Math.min(quietMs - idleFor, until - now))));
+      if (this.inFlight === 0 && idleFor >= quietMs) {
+        if (!this.opts.hostBusy?.()) return;
+        calmSince ??= now;
+        if (now - calmSince >= (this.opts.hostBusyMaxMs ?? 1000)) return;
+      } else {
+        calmSince = undefined;
+      }
+      if (now >= until && onlyIf()) return;
+      await new Promise((r) => setTimeout(r, calmSince !== undefined ? 20 : Math.max(5, Math.min(quietMs - idleFor, until - now))));
     }
   }
 

@@ -113,7 +113,7 @@ export class NetworkHost {
   private async save(sub: string, id: string, value: unknown): Promise<void> {
     const dir = path.join(this.o.stateDir, sub);
     await mkdir(dir, { recursive: true });
-    replaceStateFile(path.join(dir, `${id}.json`), JSON.stringify(value));
+    await replaceStateFile(path.join(dir, `${id}.json`), JSON.stringify(value));
   }
 
   private async forget(sub: string, id: string): Promise<void> {

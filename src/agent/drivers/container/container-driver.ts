@@ -15,7 +15,7 @@
  *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsConstants, openSync, rmSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, openSync, watch, writeSync, type FSWatcher } from 'node:fs';
 import { access, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, hasCode } from '../../../core/errors.js';
@@ -80,8 +80,6 @@ interface ContainerMeta {
   warnings: string[];
   /** Created ahead of demand with the start stub and not claimed yet (warm-start.ts). */
   warm?: boolean;
-  /** Its stub is running, waiting on the go fifo: the container is created until start releases it. */
-  primed?: boolean;
 }
 
 interface ExitRecord {
@@ -102,8 +100,8 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-function writeJsonAtomic(file: string, value: unknown): void {
-  replaceStateFile(file, JSON.stringify(value, null, 1));
+function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+  return replaceStateFile(file, JSON.stringify(value, null, 1));
 }
 
 export class ContainerDriver implements InstanceDriver {
@@ -179,7 +177,7 @@ export class ContainerDriver implements InstanceDriver {
     return { ...m, warnings: [...m.warnings] };
   }
   private async saveMeta(meta: ContainerMeta): Promise<void> {
-    writeJsonAtomic(path.join(this.dir(meta.id), 'meta.json'), meta);
+    await writeJsonAtomic(path.join(this.dir(meta.id), 'meta.json'), meta);
     this.metas.set(meta.id, { ...meta, warnings: [...meta.warnings] });
   }
 
@@ -253,9 +251,12 @@ export class ContainerDriver implements InstanceDriver {
       log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });
       return undefined;
     }
-    await this.writeEtc(id, spec, { claim: true });
-    writeStateFile(path.join(this.warmDir(id), 'entry'), warmScript(config.process));
-    writeStateFile(configFile, JSON.stringify(config, null, 1));
+    // side by side: each can wait on the disk's journal in the thread pool
+    await Promise.all([
+      this.writeEtc(id, spec, { claim: true }),
+      writeStateFile(path.join(this.warmDir(id), 'entry'), warmScript(config.process)),
+      writeStateFile(configFile, JSON.stringify(config, null, 1)),
+    ]);
     const limits = limitsOf(config);
     if (limits) await this.runtime(meta.runtime, meta.runtimePath).update(id, limits);
     delete meta.warm;
@@ -266,6 +267,13 @@ export class ContainerDriver implements InstanceDriver {
 
   private warmDir(id: string): string {
     return path.join(this.dir(id), 'warm');
+  }
+  private goFifo(id: string): string {
+    return path.join(this.warmDir(id), WARM_GO_FIFO);
+  }
+  /** A warm container's stub runs, waiting on its go fifo: created, not started, whatever the runtime says. */
+  private primed(id: string): boolean {
+    return existsSync(this.goFifo(id));
   }
 
   /** /etc/hosts, /etc/resolv.conf and /etc/hostname are the container's own files, bind-mounted (as Docker does). */
@@ -282,9 +290,11 @@ export class ContainerDriver implements InstanceDriver {
     if (!opts.claim) await mkdir(dir, { recursive: true });
     const hostname = spec.hostname ?? id.slice(0, 12);
     const etc = spec.etc ?? { hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n`, resolvConf: '' };
-    writeStateFile(path.join(dir, 'hosts'), etc.hosts);
-    writeStateFile(path.join(dir, 'resolv.conf'), etc.resolvConf);
-    if (!opts.claim || spec.hostname !== undefined) writeStateFile(path.join(dir, 'hostname'), `${hostname}\n`);
+    await Promise.all([
+      writeStateFile(path.join(dir, 'hosts'), etc.hosts),
+      writeStateFile(path.join(dir, 'resolv.conf'), etc.resolvConf),
+      opts.claim && spec.hostname === undefined ? undefined : writeStateFile(path.join(dir, 'hostname'), `${hostname}\n`),
+    ]);
   }
 
   private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean } = {}): Promise<RuntimeState> {
@@ -356,11 +366,8 @@ export class ContainerDriver implements InstanceDriver {
         stderrPath: path.join(dir, 'conmon.err'),
       });
       meta.pid = launched.pid;
-      if (opts.warm) {
-        // the runtime's start now, off the request path: the stub then waits on its go fifo
-        await rt.start(id);
-        meta.primed = true;
-      }
+      // the runtime's start now, off the request path: the stub then waits on its go fifo
+      if (opts.warm) await rt.start(id);
       await this.saveMeta(meta);
       return { status: 'created', pid: launched.pid };
     } catch (e) {
@@ -371,16 +378,14 @@ export class ContainerDriver implements InstanceDriver {
 
   async start(id: string): Promise<RuntimeState> {
     const meta = await this.meta(id);
-    if (meta.primed) {
+    if (this.primed(id)) {
       if (!(await this.releaseStub(id, meta))) {
         const rec = await this.exitRecord(id, meta);
         throw new Conflict(`container ${id} cannot start: its process ${rec ? `exited with ${rec.exitCode}` : 'is not waiting to start'}`, { id });
       }
-      delete meta.primed;
-      meta.startedAt = new Date().toISOString();
-      await this.saveMeta(meta);
-      // its stub was waiting a moment ago and has only now been told to go: no exit to look for yet
-      return { status: 'running', startedAt: meta.startedAt, ...(meta.pid ? { pid: meta.pid } : {}) };
+      // Nothing written: the fifo's absence records the start (the control plane keeps the time),
+      // and the stub, told to go only now, has no exit to look for yet.
+      return { status: 'running', startedAt: new Date().toISOString(), ...(meta.pid ? { pid: meta.pid } : {}) };
     }
     await this.runtime(meta.runtime, meta.runtimePath).start(id);
     meta.startedAt = new Date().toISOString();
@@ -397,7 +402,7 @@ export class ContainerDriver implements InstanceDriver {
    * a stub still on its way there is waited for, briefly; false if it never gets there.
    */
   private async releaseStub(id: string, meta: ContainerMeta, timeoutMs = 5000): Promise<boolean> {
-    const fifo = path.join(this.warmDir(id), WARM_GO_FIFO);
+    const fifo = this.goFifo(id);
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       let fd: number;
@@ -410,12 +415,15 @@ export class ContainerDriver implements InstanceDriver {
         continue;
       }
       try {
+        // the name first: gone, the container counts as started (primed()), and nothing can start
+        // it twice; a crash before the line is written leaves a stub that reads end-of-file, finds
+        // no fifo and exits 125
+        // (in the thread pool: an unlink can wait on the disk's journal)
+        await rm(fifo, { force: true });
         writeSync(fd, '\n');
       } finally {
         closeSync(fd);
       }
-      // the stub holds its end open already: the name can go, so nothing can start it twice
-      rmSync(fifo, { force: true });
       return true;
     }
   }
@@ -490,11 +498,7 @@ export class ContainerDriver implements InstanceDriver {
       oomKilled = (kills ?? 0) > 0 || (await exists(path.join(this.dir(id), 'persist', 'oom')));
     }
     const rec: ExitRecord = { exitCode: ex.code, finishedAt: ex.time, oomKilled };
-    try {
-      writeJsonAtomic(recFile, rec);
-    } catch {
-      /* read again next time */
-    }
+    await writeJsonAtomic(recFile, rec).catch(() => undefined); // read again next time
     return rec;
   }
 
@@ -528,7 +532,7 @@ export class ContainerDriver implements InstanceDriver {
       return { ...base, status: 'stopped' };
     }
     // a primed stub runs in the runtime's eyes, but the container has not been started
-    const out: RuntimeState = { ...base, status: s.status === 'creating' || (meta.primed && s.status === 'running') ? 'created' : s.status };
+    const out: RuntimeState = { ...base, status: s.status === 'creating' || (s.status === 'running' && this.primed(id)) ? 'created' : s.status };
     if (s.pid > 0) out.pid = s.pid;
     return out;
   }

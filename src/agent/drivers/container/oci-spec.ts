@@ -7,6 +7,7 @@
  * Defaults follow Docker/runc: Docker's default capability set, runc's masked and
  * read-only paths, /dev as tmpfs (the runtime creates the standard devices).
  */
+import { readFileSync } from 'node:fs';
 import { lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidArgument } from '../../../core/errors.js';
@@ -411,12 +412,14 @@ export async function readUserDb(rootfs: string): Promise<UserDb> {
   return { passwd: p ? parsePasswd(p) : [], group: g ? parseGroup(g) : [] };
 }
 
-let ownLimits: { at: number; limits: Promise<HardLimits> } | undefined;
+let lastLimits: { text: string; limits: HardLimits } | undefined;
 
-/** Hard rlimits of this process (its own are read at most once a second: every create asks). */
+/**
+ * Hard rlimits of this process. Every create asks: the file is read each time (procfs, read
+ * synchronously: no disk behind it) and parsed again only when it changed.
+ */
 export async function readHardLimits(file = '/proc/self/limits'): Promise<HardLimits> {
-  if (file !== '/proc/self/limits') return parseProcLimits(await readFile(file, 'utf8'));
-  const now = performance.now();
-  if (!ownLimits || now - ownLimits.at > 1000) ownLimits = { at: now, limits: readFile(file, 'utf8').then(parseProcLimits) };
-  return ownLimits.limits;
+  const text = file.startsWith('/proc/') ? readFileSync(file, 'utf8') : await readFile(file, 'utf8');
+  if (lastLimits?.text !== text) lastLimits = { text, limits: parseProcLimits(text) };
+  return { ...lastLimits.limits };
 }
