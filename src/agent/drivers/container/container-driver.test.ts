@@ -281,6 +281,27 @@ if (runcReason) {
       }
     });
 
+    test('a warm container runs its stub from the start but is created until start, across a restart; exec is refused until then', async () => {
+      const id = freshId('warm');
+      await d.createWarm(await env.make(id, ['true']));
+      try {
+        assert.equal((await d.state(id)).status, 'created', 'the stub runs, the container is created');
+        const claimed = await d.claimWarm(await env.make(id, ['sh', '-c', 'echo "started as $0 in $PWD"; sleep 60'], { process: { args: ['sh', '-c', 'echo "started as $0 in $PWD"; sleep 60'], env: ['PATH=/bin'], cwd: '/tmp', user: '0:0' } }));
+        assert.equal(claimed?.status, 'created');
+        const d2 = env.newDriver(); // a daemon started again before the container's start
+        assert.equal((await d2.state(id)).status, 'created');
+        await assert.rejects(d2.exec(id, { args: ['true'] }), /created, not running/);
+        const st = await d2.start(id);
+        assert.equal(st.status, 'running');
+        await waitForLog(d2, id, /started as sh in \/tmp/);
+        assert.equal((await d2.state(id)).status, 'running');
+        assert.equal((await env.newDriver().state(id)).status, 'running', 'the start is on disk: the fifo is gone');
+        await assert.rejects(d2.start(id), /not waiting to start|cannot start|already/i, 'a second start is refused');
+      } finally {
+        await d.delete(id);
+      }
+    });
+
     test('rlimits are clamped to the hard limits this process holds, with warnings', async () => {
       // Lower this process' own NPROC hard limit below the 4096 we ask for (root is exempt
       // from RLIMIT_NPROC, so this is harmless for the rest of the run).
