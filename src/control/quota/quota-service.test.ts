@@ -8,10 +8,15 @@ import { QuotaService } from './quota-service.js';
 
 const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {} };
 
-test('quota service: the audit goes to its own table, the saved state does not grow with history, both survive a reopen', (t) => {
+/** A store file in a temporary directory removed after the test. */
+function storeFile(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'nimbus.db');
+  return join(dir, 'nimbus.db');
+}
+
+test('quota service: the audit goes to its own table, the saved state does not grow with history, both survive a reopen', (t) => {
+  const file = storeFile(t);
   let store = new SqliteStore(file);
   let q = new QuotaService(store);
   q.ensureProject('p', null);
@@ -42,9 +47,7 @@ test('quota service: the audit goes to its own table, the saved state does not g
 });
 
 test('quota service: instances are saved as rows (the core does not grow with them), survive a reopen, and a state saved whole is moved into rows', (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'nimbus.db');
+  const file = storeFile(t);
   let store = new SqliteStore(file);
   let q = new QuotaService(store);
   q.ensureProject('p', null);

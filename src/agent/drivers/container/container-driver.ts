@@ -283,8 +283,10 @@ export class ContainerDriver implements InstanceDriver {
     return ['hosts', 'resolv.conf', 'hostname'].map((f) => ({ destination: `/etc/${f}`, type: 'bind', source: path.join(dir, f), options: rw }));
   }
 
-  /** Written in place (truncated, not replaced): a bind mount holds the inode. */
-  /** At a claim the directory is there and the hostname is the one written at warm create (a claim keeps the default). */
+  /**
+   * Written in place (truncated, not replaced): a bind mount holds the inode. At a claim the
+   * directory is there and the hostname is the one written at warm create (a claim keeps the default).
+   */
   private async writeEtc(id: string, spec: InstanceSpec, opts: { claim?: boolean } = {}): Promise<void> {
     const dir = path.join(this.dir(id), 'etc');
     if (!opts.claim) await mkdir(dir, { recursive: true });
@@ -415,10 +417,9 @@ export class ContainerDriver implements InstanceDriver {
         continue;
       }
       try {
-        // the name first: gone, the container counts as started (primed()), and nothing can start
+        // The name first: gone, the container counts as started (primed()) and nothing can start
         // it twice; a crash before the line is written leaves a stub that reads end-of-file, finds
-        // no fifo and exits 125
-        // (in the thread pool: an unlink can wait on the disk's journal)
+        // no fifo and exits 125. (In the thread pool: an unlink can wait on the disk's journal.)
         await rm(fifo, { force: true });
         writeSync(fd, '\n');
       } finally {
