@@ -24,7 +24,6 @@ import { msSince, now, ratio, round, summarize } from './lib/stats.js';
 const NAME = 'burst';
 const COUNT = Math.max(1, Number(process.env.BENCH_BURST ?? 200));
 const ROUNDS = Math.max(1, Number(process.env.BENCH_BURST_ROUNDS ?? 1));
-const round2 = (x: number) => Math.round(x * 100) / 100;
 const GOAL_ALL_RUNNING_MS = 1000;
 const GOAL_RSS_PER_CONTAINER_KIB = 1024;
 
@@ -64,12 +63,16 @@ async function allExeced(pids: number[], argv0: string, t0: bigint, timeoutMs = 
   }
 }
 
-/** CPU time (user + system) in clock ticks (10 ms): of a process (all threads), or of one thread with `/task/TID`. */
+/** A /proc/PID/stat line's command name and CPU time (utime + stime, clock ticks of 10 ms). */
+function parseStat(raw: string): { comm: string; ticks: number } {
+  const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
+  return { comm: raw.slice(raw.indexOf('(') + 1, raw.lastIndexOf(')')), ticks: Number(f[11]) + Number(f[12]) };
+}
+
+/** CPU time in clock ticks: of a process (all threads), or of one thread with `/task/TID`; NaN once gone. */
 function processTicks(pid: number, thread = ''): number {
   try {
-    const raw = readFileSync(`/proc/${pid}${thread}/stat`, 'utf8');
-    const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]);
+    return parseStat(readFileSync(`/proc/${pid}${thread}/stat`, 'utf8')).ticks;
   } catch {
     return NaN;
   }
@@ -88,9 +91,7 @@ function ticksByPid(): Map<number, { comm: string; ticks: number }> {
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
-      const raw = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-      out.set(Number(e), { comm: raw.slice(raw.indexOf('(') + 1, raw.lastIndexOf(')')), ticks: Number(f[11]) + Number(f[12]) });
+      out.set(Number(e), parseStat(readFileSync(`/proc/${e}/stat`, 'utf8')));
     } catch {
       /* gone */
     }
@@ -190,19 +191,10 @@ function runcCreate(root: string, bundle: string, id: string): Promise<void> {
 
 /** CPU ticks (user + system) of the processes in cgroups whose path mentions `tag`: the peer's containers (runc names a spec's cgroup after the container id). */
 function childTicks(tag: string): number {
-  let total = 0;
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      if (!readFileSync(`/proc/${e}/cgroup`, 'utf8').includes(tag)) continue;
-      const raw = readFileSync(`/proc/${e}/stat`, 'utf8');
-      const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-      total += Number(f[11]) + Number(f[12]);
-    } catch {
-      /* gone */
-    }
-  }
-  return total;
+  return pidsInCgroups(tag)
+    .map((pid) => processTicks(pid))
+    .filter((t) => !Number.isNaN(t)) // gone between the two reads
+    .reduce((a, b) => a + b, 0);
 }
 
 interface BurstRound {
@@ -220,7 +212,7 @@ interface BurstRound {
 }
 
 /** One burst: COUNT creates and starts at once, timed until all run (API) and all exec'd (/proc), with the CPU it took. */
-async function oneBurst(d: BenchDaemon, image: string, round: number): Promise<BurstRound> {
+async function oneBurst(d: BenchDaemon, image: string, roundNo: number): Promise<BurstRound> {
   const ids: string[] = [];
   const pids: number[] = [];
   const errors: string[] = [];
@@ -234,7 +226,7 @@ async function oneBurst(d: BenchDaemon, image: string, round: number): Promise<B
   await Promise.all(Array.from({ length: COUNT }, async (_, i) => {
     const ti = now();
     try {
-      const c = await d.client.json<{ id: string }>('POST', '/containers', { image, cmd: ['sleep', '3600'], name: `burst-${round}-${i}` });
+      const c = await d.client.json<{ id: string }>('POST', '/containers', { image, cmd: ['sleep', '3600'], name: `burst-${roundNo}-${i}` });
       ids.push(c.id);
       const started = await d.client.json<{ pid: number | null }>('POST', `/containers/${encodeURIComponent(c.id)}/start`);
       if (started.pid) pids.push(started.pid);
@@ -254,11 +246,11 @@ async function oneBurst(d: BenchDaemon, image: string, round: number): Promise<B
   const allExecedMs = await allExeced(pids, 'sleep', t0);
   // CPU spent from the first request until every process ran: the daemon's, and the host's in all
   const cpuMsPerContainer = {
-    daemon: round2(((processTicks(d.pid) - daemonTicks0) * 10) / COUNT),
-    daemonMainThread: round2(((processTicks(d.pid, `/task/${d.pid}`) - mainTicks0) * 10) / COUNT),
-    host: round2(((hostBusyTicks() - hostTicks0) * 10) / COUNT),
+    daemon: round(((processTicks(d.pid) - daemonTicks0) * 10) / COUNT, 2),
+    daemonMainThread: round(((processTicks(d.pid, `/task/${d.pid}`) - mainTicks0) * 10) / COUNT, 2),
+    host: round(((hostBusyTicks() - hostTicks0) * 10) / COUNT, 2),
     // this bench's own HTTP client and polling, part of the host figure
-    client: round2((((u) => u.user + u.system)(process.cpuUsage(client0)) / 1000) / COUNT),
+    client: round((((u) => u.user + u.system)(process.cpuUsage(client0)) / 1000) / COUNT, 2),
   };
   return { ids, pids, errors, perContainer, running, allStartedMs, allRunningMs, allExecedMs, cpuMsPerContainer, cpuByCommandMs: cpuByCommand(procs0, ticksByPid()) };
 }
