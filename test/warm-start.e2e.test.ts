@@ -38,7 +38,8 @@ describe('warm start', { concurrency: false }, () => {
   });
 
   test('a warm container runs the requested command, env, workdir, limits and hostname', async () => {
-    assert.equal((await d.cli(['run', '--rm', IMAGE, 'true'])).code, 0, 'first run: cold, makes the image hot');
+    const first = await d.cli(['run', '--rm', IMAGE, 'true']);
+    assert.equal(first.code, 0, `first run: cold, makes the image hot: ${first.stderr}`);
     const before = await warmReady();
     const r = await d.cli([
       'run', '--name', 'warm1', '--env', 'GREETING=hello world', '--workdir', '/srv/app', '--memory', '32m', '--pids-limit', '20', IMAGE,
