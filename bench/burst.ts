@@ -1,6 +1,7 @@
 /**
  * Burst start: N containers (env BENCH_BURST, default 200) created and started
- * concurrently through the API (what `nimbus run -d IMAGE sleep 3600` does),
+ * concurrently through the API, one request each as `nimbus run -d IMAGE sleep 3600`
+ * sends it (POST /containers with start: true; BENCH_BURST_CALLS=2 for create, then start),
  * timed until every one is running (as the API reports it, and until every container's
  * process has exec'd the requested program, read from /proc/PID/cmdline); then the daemon's memory with them idle
  * (VmRSS before vs with them → per-container delta), the conmon monitors'
@@ -24,6 +25,8 @@ import { msSince, now, ratio, round, summarize } from './lib/stats.js';
 const NAME = 'burst';
 const COUNT = Math.max(1, Number(process.env.BENCH_BURST ?? 200));
 const ROUNDS = Math.max(1, Number(process.env.BENCH_BURST_ROUNDS ?? 1));
+/** 1: create and start in one request (nimbus run -d); 2: POST /containers, then POST .../start. */
+const CALLS = process.env.BENCH_BURST_CALLS === '2' ? 2 : 1;
 const GOAL_ALL_RUNNING_MS = 1000;
 const GOAL_RSS_PER_CONTAINER_KIB = 1024;
 
@@ -226,9 +229,17 @@ async function oneBurst(d: BenchDaemon, image: string, roundNo: number): Promise
   await Promise.all(Array.from({ length: COUNT }, async (_, i) => {
     const ti = now();
     try {
-      const c = await d.client.json<{ id: string }>('POST', '/containers', { image, cmd: ['sleep', '3600'], name: `burst-${roundNo}-${i}` });
-      ids.push(c.id);
-      const started = await d.client.json<{ pid: number | null }>('POST', `/containers/${encodeURIComponent(c.id)}/start`);
+      const body = { image, cmd: ['sleep', '3600'], name: `burst-${roundNo}-${i}` };
+      let started: { id: string; status: string; pid: number | null };
+      if (CALLS === 1) {
+        started = await d.client.json('POST', '/containers', { ...body, start: true });
+        ids.push(started.id);
+      } else {
+        const c = await d.client.json<{ id: string }>('POST', '/containers', body);
+        ids.push(c.id);
+        started = await d.client.json('POST', `/containers/${encodeURIComponent(c.id)}/start`);
+      }
+      if (started.status !== 'running') throw new Error(`container ${started.id} is ${started.status} after its start`);
       if (started.pid) pids.push(started.pid);
       perContainer.push(msSince(ti));
     } catch (e) {
@@ -295,7 +306,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       }
       ready = await fillPool();
       rssBefore = d.rssKiB();
-      note(NAME, `round ${r + 1}/${ROUNDS}: ${COUNT} concurrent create+start (sleep 3600); daemon RSS before ${rssBefore} KiB`);
+      note(NAME, `round ${r + 1}/${ROUNDS}: ${COUNT} concurrent create+start, ${CALLS === 1 ? 'one request each' : 'two requests each'} (sleep 3600); daemon RSS before ${rssBefore} KiB`);
       const one = await oneBurst(d, env.busybox, r);
       rounds.push(one);
       note(NAME, `${one.running}/${COUNT} running after ${Math.round(one.allRunningMs)} ms, all ${one.pids.length} processes sleep after ${one.allExecedMs === null ? 'never' : Math.round(one.allExecedMs)} ms (${one.errors.length} errors); CPU per container: daemon ${one.cpuMsPerContainer.daemon} ms (main thread ${one.cpuMsPerContainer.daemonMainThread}), host ${one.cpuMsPerContainer.host} ms, of which this client ${one.cpuMsPerContainer.client} ms; by command (ms): ${JSON.stringify(one.cpuByCommandMs)}`);
@@ -340,6 +351,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     const perContainerKiB = running > 0 ? round((rssWith - rssBefore) / running) : null;
     const results = {
       containers: COUNT,
+      requestsPerContainer: CALLS,
       started: perContainer.length,
       running,
       errors: errors.slice(0, 5),
@@ -381,7 +393,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
           bench: NAME, figure: `${COUNT} concurrent starts → all running`, unit: 'ms', nimbus: Math.round(allRunningMs),
           peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(allRunningMs, peerOk.runcStartMs) : null,
           goal: `≤ ${GOAL_ALL_RUNNING_MS} ms`, met: results.goals.allRunningMet,
-          note: `${ROUNDS > 1 ? `median of ${ROUNDS} rounds (${rounds.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
+          note: `${CALLS === 1 ? 'one request each (run -d)' : 'create, then start'}; ${ROUNDS > 1 ? `median of ${ROUNDS} rounds (${rounds.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
         },
         {
           bench: NAME, figure: `${COUNT} concurrent starts → every process exec'd`, unit: 'ms', nimbus: results.allExecedMs,

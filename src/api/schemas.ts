@@ -88,6 +88,10 @@ export const ContainerCreate = Type.Object(
     extraHosts: Type.Optional(Type.Array(Type.String({ pattern: '^[^:\\s][^:]*:[0-9a-fA-F.:]+$' }), { description: 'NAME:IP lines for /etc/hosts' })),
     links: Type.Optional(Type.Array(Type.Object({ container: Type.String({ minLength: 1 }), alias: Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }) }), { description: 'Docker links: environment and a hosts entry for each running container named' })),
     aliases: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }), { description: 'More names the network\'s DNS answers with this container\'s address' })),
+    start: Type.Boolean({
+      default: false,
+      description: 'Start it too, in this request (nimbus run -d). A failed start leaves the container created (removed if autoRemove); the error names it in details.container',
+    }),
   },
   { $id: 'ContainerCreate', additionalProperties: false },
 );

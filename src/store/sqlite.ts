@@ -280,6 +280,10 @@ export const MIGRATIONS: readonly string[] = [
     state TEXT NOT NULL
   );
   `,
+  // Tags looked up by name alone: every create resolves its image reference this way.
+  `
+  CREATE INDEX image_tags_name ON image_tags(name);
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -611,9 +615,15 @@ class SqliteImages implements ImageRepo {
     this.db.prepare('DELETE FROM images WHERE digest = ?').run(digest);
   }
   tags(filter: { projectId?: string; digest?: string; name?: string } = {}) {
-    const rows = this.db
-      .prepare('SELECT * FROM image_tags WHERE (@p IS NULL OR project_id = @p) AND (@d IS NULL OR digest = @d) AND (@n IS NULL OR name = @n) ORDER BY name')
-      .all({ p: filter.projectId ?? null, d: filter.digest ?? null, n: filter.name ?? null }) as Row[];
+    // only the conditions given, so that an index serves each (an "@x IS NULL OR" form scans)
+    const where: string[] = [];
+    const args: string[] = [];
+    for (const [column, value] of [['project_id', filter.projectId], ['digest', filter.digest], ['name', filter.name]] as const) {
+      if (value === undefined) continue;
+      where.push(`${column} = ?`);
+      args.push(value);
+    }
+    const rows = this.db.prepare(`SELECT * FROM image_tags ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY name`).all(...args) as Row[];
     return rows.map((r) => this.tagRow(r));
   }
   tag(projectId: string, name: string) {
@@ -704,8 +714,10 @@ class InstanceRows<R extends { id: string; name: string }> {
     if (keys.length) {
       const sets = keys.map((k) => `${this.columns[k]} = ?`).join(', ');
       const vals = keys.map((k) => this.value(k, patch[k as keyof typeof patch]));
-      const r = this.db.prepare(`UPDATE ${this.table} SET ${sets} WHERE id = ?`).run(...vals, id);
-      if (r.changes === 0) throw new NotFound(`no such ${this.noun}: ${id}`);
+      // the row as updated, in the same statement (no second read)
+      const row = this.row(this.db.prepare(`UPDATE ${this.table} SET ${sets} WHERE id = ? RETURNING *`).get(...vals, id) as Row | undefined);
+      if (!row) throw new NotFound(`no such ${this.noun}: ${id}`);
+      return row;
     }
     const row = this.get(id);
     if (!row) throw new NotFound(`no such ${this.noun}: ${id}`);

@@ -33,13 +33,14 @@ export const containerRoutes = [
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: 'query' },
-    summary: 'Create a container from a pulled image: 201 with the container, or 202 with an Operation (container.create) ' +
+    summary: 'Create a container from a pulled image (and start it, with start: true): 201 with the container, or 202 with an Operation (container.create) ' +
       'when the project\'s lent capacity must first be reclaimed; it completes, with the container as its result, once the borrowers\' grace period is over',
     status: 201, body: ContainerCreate, response: Type.Union([Container, Operation]),
     handler: async ({ body, services, auth }) => {
       // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
-      const r = await services.containers.requestCreate({ ...body, restart: body.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
-        { canRead: auth.canRead, preferProjectId: auth.project() });
+      const { start, ...input } = body;
+      const r = await services.containers.requestCreate({ ...input, restart: input.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
+        { canRead: auth.canRead, preferProjectId: auth.project() }, { start });
       return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
     },
   }),

@@ -318,18 +318,15 @@ export const containerCommands: CommandSpec[] = [
     options: [{ name: 'detach', short: 'd', type: 'boolean', description: 'Run in the background and print the container id' }, ...CREATE_OPTIONS],
     async run(ctx) {
       const client = clientOf(ctx.global);
-      const c = await createContainer(client, createBody(ctx.opts, ctx.args));
-      warn(c);
       if (ctx.opts.detach) {
-        try {
-          await client.json('POST', `/containers/${enc(c.id)}/start`);
-        } catch (e) {
-          if (ctx.opts.rm) await client.json('DELETE', `/containers/${enc(c.id)}?force=true`).catch(() => undefined);
-          throw withExit(e, startFailureCode(e));
-        }
+        // one request: created and started by the daemon (a failed start removes an --rm one there)
+        const c = await createContainer(client, { ...createBody(ctx.opts, ctx.args), start: true });
+        warn(c);
         process.stdout.write(`${c.id}\n`);
         return 0;
       }
+      const c = await createContainer(client, createBody(ctx.opts, ctx.args));
+      warn(c);
       return attachAndRun(client, c, Boolean(ctx.opts.rm));
     },
   },

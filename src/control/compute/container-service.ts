@@ -2,7 +2,7 @@
  * Containers as the control plane sees them: the record in the store, the
  * state machine, restart supervision, and calls to the host's agent.
  */
-import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, NotFound, hasCode, toNimbusError } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
@@ -25,6 +25,15 @@ const RESTART_BACKOFF_MS = [100, 200, 400, 800, 1600, 3200, 6400, 10_000];
 
 export interface CreateContainerInput extends ContainerConfig {
   name?: string;
+}
+
+export interface CreateOptions {
+  /**
+   * Start it too, in the same request (Incus's `"start": true`; `nimbus run -d`). A start that
+   * fails leaves the container created, or removes it when it is autoRemove (as dockerd does),
+   * and the error names it in details.container.
+   */
+  start?: boolean;
 }
 
 export class ContainerService {
@@ -93,8 +102,8 @@ export class ContainerService {
   }
 
   /** Create, waiting through a reclaim if one is needed. `imageScope`: where the image is looked up (by default the project's own images). */
-  async create(input: CreateContainerInput, projectId: string, imageScope: ProjectScope = { projectId }): Promise<ContainerRecord> {
-    const r = await this.requestCreate(input, projectId, imageScope);
+  async create(input: CreateContainerInput, projectId: string, imageScope: ProjectScope = { projectId }, opts: CreateOptions = {}): Promise<ContainerRecord> {
+    const r = await this.requestCreate(input, projectId, imageScope, opts);
     return 'container' in r ? r.container : r.finished;
   }
 
@@ -108,6 +117,7 @@ export class ContainerService {
     input: CreateContainerInput,
     projectId: string,
     imageScope: ProjectScope = { projectId },
+    opts: CreateOptions = {},
   ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
     const image = this.images.resolve(input.image, imageScope);
     if (input.name !== undefined && !isValidName(input.name)) {
@@ -176,7 +186,7 @@ export class ContainerService {
       dropWarm();
       throw e;
     }
-    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId, intent) };
+    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId, intent, opts) };
 
     const { reclaim, done } = admission;
     const held = `${projectId}/${name}`;
@@ -202,15 +212,33 @@ export class ContainerService {
         } finally {
           this.pendingNames.delete(held);
         }
-        return this.createAdmitted(rec, request, warmId, intent);
+        return this.createAdmitted(rec, request, warmId, intent, opts);
       })();
       return finished;
     });
     return { operation, finished };
   }
 
-  /** The part of a create after admission: the record, then the agent's container. */
-  private async createAdmitted(rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent): Promise<ContainerRecord> {
+  /** The part of a create after admission: the record, then the agent's container (started too if asked). */
+  private async createAdmitted(
+    rec: ContainerRecord,
+    request: Omit<ContainerCreateRequest, 'id'>,
+    warmId: string | undefined,
+    intent: NetworkIntent,
+    opts: CreateOptions,
+  ): Promise<ContainerRecord> {
+    const created = await this.createRecordAndInstance(rec, request, warmId, intent);
+    if (!opts.start) return created;
+    try {
+      return await this.locked(rec.id, () => this.startLocked(rec.id, false));
+    } catch (e) {
+      const err = toNimbusError(e);
+      if (rec.config.autoRemove) await this.remove(rec.id, true).catch(() => undefined);
+      throw new NimbusError(err.code, err.message, { ...err.details, container: rec.id, removed: rec.config.autoRemove }, { cause: e });
+    }
+  }
+
+  private async createRecordAndInstance(rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent): Promise<ContainerRecord> {
     const id = rec.id;
     try {
       this.store.containers.insert(rec);

@@ -15,7 +15,8 @@
  *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsConstants, existsSync, openSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { close, constants as fsConstants, existsSync, open, watch, write, type FSWatcher } from 'node:fs';
+import { promisify } from 'node:util';
 import { access, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, hasCode } from '../../../core/errors.js';
@@ -54,6 +55,11 @@ import { replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
+
+// the callback forms, promisified: lighter than FileHandle for one open, write and close
+const fsOpen = promisify(open);
+const fsWrite = promisify(write) as (fd: number, data: string) => Promise<unknown>;
+const fsClose = promisify(close);
 
 const log = logger('agent.drivers.container');
 
@@ -409,7 +415,9 @@ export class ContainerDriver implements InstanceDriver {
     for (;;) {
       let fd: number;
       try {
-        fd = openSync(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+        // In the thread pool, as the write below: each wakes the stub, and a woken task may take
+        // the CPU from the thread that woke it, which should not be the event loop's in a burst.
+        fd = await fsOpen(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENXIO' || performance.now() > deadline) return false;
         if (await this.exitRecord(id, meta)) return false;
@@ -419,11 +427,11 @@ export class ContainerDriver implements InstanceDriver {
       try {
         // The name first: gone, the container counts as started (primed()) and nothing can start
         // it twice; a crash before the line is written leaves a stub that reads end-of-file, finds
-        // no fifo and exits 125. (In the thread pool: an unlink can wait on the disk's journal.)
+        // no fifo and exits 125. (An unlink can wait on the disk's journal, too.)
         await rm(fifo, { force: true });
-        writeSync(fd, '\n');
+        await fsWrite(fd, '\n');
       } finally {
-        closeSync(fd);
+        await fsClose(fd);
       }
       return true;
     }
