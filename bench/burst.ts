@@ -167,7 +167,7 @@ export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoR
     const inits = pidsInCgroups(tag);
     const host0 = hostBusyTicks();
     t0 = now();
-    const released = await Promise.all(ids.map((id) => releaseThroughExecFifo(path.join(b.root, id, 'exec.fifo'), 10_000)));
+    const released = await Promise.all(ids.map((id) => releaseThroughExecFifo(path.join(b.root, id, 'exec.fifo'), { timeoutMs: 10_000 })));
     const fifoReleaseMs = msSince(t0);
     if (released.some((r) => !r)) throw new Error('a fifo release failed');
     const fifoReleaseExecedMs = await allExeced(inits, '/bin/sleep', t0);

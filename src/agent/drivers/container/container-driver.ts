@@ -375,7 +375,7 @@ export class ContainerDriver implements InstanceDriver {
       });
       meta.pid = launched.pid;
       // the runtime's start now, off the request path: the stub then waits on its go fifo
-      if (opts.warm) await rt.start(id);
+      if (opts.warm) await rt.start(id, launched.pid);
       await this.saveMeta(meta);
       return { status: 'created', pid: launched.pid };
     } catch (e) {
@@ -395,7 +395,7 @@ export class ContainerDriver implements InstanceDriver {
       // and the stub, told to go only now, has no exit to look for yet.
       return { status: 'running', startedAt: new Date().toISOString(), ...(meta.pid ? { pid: meta.pid } : {}) };
     }
-    await this.runtime(meta.runtime, meta.runtimePath).start(id);
+    await this.runtime(meta.runtime, meta.runtimePath).start(id, meta.pid);
     meta.startedAt = new Date().toISOString();
     await this.saveMeta(meta);
     // `runc start` succeeded, so the process is running (or already exited): no second runtime call.

@@ -120,8 +120,18 @@ test('the exec fifo release: a waiting writer, a late one, none, a wrong answer'
   assert.equal(await w2, 0);
 
   const nobody = await fifo('nobody');
-  assert.equal(await releaseThroughExecFifo(nobody, 200), false, 'no writer: false after the timeout (the caller falls back to runc start)');
+  assert.equal(await releaseThroughExecFifo(nobody, { timeoutMs: 200 }), false, 'no writer: false after the timeout (the caller falls back to runc start)');
   assert.ok(existsSync(nobody), 'nothing touched');
+
+  // with init's pid: waited for while it lives (past the 2 s a bare wait gives), given up once it is gone
+  const slow = await fifo('slow');
+  const w4 = spawn('sh', ['-c', `sleep 2.5; printf 0 > '${slow}'`], { stdio: 'ignore' });
+  assert.equal(await releaseThroughExecFifo(slow, { initPid: w4.pid! }), true, 'a live init slower than 2 s is waited for');
+  const dying = await fifo('dying');
+  const w5 = spawn('sleep', ['0.3'], { stdio: 'ignore' });
+  const t0 = Date.now();
+  assert.equal(await releaseThroughExecFifo(dying, { initPid: w5.pid! }), false, 'an init that died without writing: false');
+  assert.ok(Date.now() - t0 < 10_000, 'given up when it died, not after the 60 s limit');
 
   const wrong = await fifo('wrong');
   const w3 = writer(wrong, 0, 'x');

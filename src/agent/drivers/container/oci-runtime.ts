@@ -121,8 +121,9 @@ export class OciRuntime {
       await rm(errFile, { force: true });
     }
   }
-  async start(id: string): Promise<void> {
-    if (this.name === 'runc' && (await releaseThroughExecFifo(path.join(this.root, id, EXEC_FIFO)))) return;
+  /** initPid: the container's `runc init`, if known; the in-process start then waits for it as long as it lives. */
+  async start(id: string, initPid?: number): Promise<void> {
+    if (this.name === 'runc' && (await releaseThroughExecFifo(path.join(this.root, id, EXEC_FIFO), initPid === undefined ? {} : { initPid }))) return;
     await this.call('start', id, ['start', id]);
   }
   async state(id: string): Promise<OciState> {
@@ -171,6 +172,15 @@ export class OciRuntime {
 
 // ------------------------------------------------------------------ start without a runc process
 
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** runc's "created" container waits in `runc init`, blocked opening this fifo for writing. */
 const EXEC_FIFO = 'exec.fifo';
 
@@ -185,10 +195,15 @@ const EXEC_FIFO = 'exec.fifo';
  * the descriptor is then read as a libuv pipe, woken by epoll when init writes: no polling,
  * and no thread-pool read per try (200 concurrent starts polling every millisecond filled
  * Node's four pool threads and held every other file operation up). Anything unexpected
- * returns false before the container is touched, and the caller falls back to `runc start`,
- * which reports the real error.
+ * returns false, and the caller falls back to `runc start`, which reports the real error.
+ *
+ * Once the fifo is open, init may write and exec at any moment: giving up then would leave a
+ * started container for `runc start` to fail on (under load, a full test run once saw a 2 s
+ * wait run out). So with `initPid` it waits as long as that process lives (up to
+ * `timeoutMs`, default 60 s); without, `timeoutMs` defaults to 2 s.
  */
-export async function releaseThroughExecFifo(fifo: string, timeoutMs = 2000): Promise<boolean> {
+export async function releaseThroughExecFifo(fifo: string, opts: { initPid?: number; timeoutMs?: number } = {}): Promise<boolean> {
+  const timeoutMs = opts.timeoutMs ?? (opts.initPid === undefined ? 2000 : 60_000);
   let fd: number;
   try {
     fd = openSync(fifo, fsConstants.O_RDWR | fsConstants.O_NONBLOCK);
@@ -198,15 +213,18 @@ export async function releaseThroughExecFifo(fifo: string, timeoutMs = 2000): Pr
   const pipe = new net.Socket({ fd, readable: true, writable: false });
   try {
     const got = await new Promise<string | undefined>((resolve) => {
-      const timer = setTimeout(() => resolve(undefined), timeoutMs);
-      pipe.once('data', (b: Buffer) => {
+      const done = (v: string | undefined) => {
         clearTimeout(timer);
-        resolve(b.toString());
-      });
-      pipe.once('error', () => {
-        clearTimeout(timer);
-        resolve(undefined);
-      });
+        clearInterval(alive);
+        resolve(v);
+      };
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      // init dead before it wrote: it never will (runc start then says why)
+      const alive = setInterval(() => {
+        if (opts.initPid !== undefined && !pidAlive(opts.initPid)) done(undefined);
+      }, 100);
+      pipe.once('data', (b: Buffer) => done(b.toString()));
+      pipe.once('error', () => done(undefined));
     });
     if (got === undefined) return false;
     if (got !== '0') throw new Internal(`runc init reported "${got}" through ${fifo}`);
