@@ -10,7 +10,7 @@
  * Goals (from the issue): all running within 1 s; ≤ 1 MiB daemon memory per idle container.
  * Run alone: node dist/bench/burst.js
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runtime.js';
@@ -146,23 +146,27 @@ async function leftovers(d: BenchDaemon): Promise<{ containers: number; conmons:
  */
 export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoReleaseMs: number; fifoReleaseExecedMs: number | null; containerCpuMsEach: number; hostCpuMsEach: number } | { error: string }> {
   const b = await prepareRuncBundle(['/bin/sleep', '3600']);
-  const ids = Array.from({ length: n }, (_, i) => `burst-peer-${process.pid}-${i}`);
-  const createAll = async () => {
+  const prefix = `burst-peer-${process.pid}-`;
+  // each phase its own ids: re-creating an id just deleted raced with its cgroups' removal here
+  const idsOf = (phase: string) => Array.from({ length: n }, (_, i) => `${prefix}${phase}-${i}`);
+  const createAll = async (ids: string[]) => {
     for (let i = 0; i < ids.length; i += 4) {
       await Promise.all(ids.slice(i, i + 4).map((id) => runcCreate(b.root, b.dir, id)));
     }
   };
-  const deleteAll = async () => {
+  const deleteAll = async (ids: string[]) => {
     for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map((id) => run('runc', ['--root', b.root, 'delete', '-f', id])));
   };
+  const startIds = idsOf('start');
+  const ids = idsOf('fifo');
   try {
-    await createAll();
+    await createAll(startIds);
     let t0 = now();
-    await Promise.all(ids.map((id) => runOk('runc', ['--root', b.root, 'start', id])));
+    await Promise.all(startIds.map((id) => runOk('runc', ['--root', b.root, 'start', id])));
     const runcStartMs = msSince(t0);
-    await deleteAll();
-    await createAll();
-    const tag = `burst-peer-${process.pid}-`;
+    await deleteAll(startIds);
+    await createAll(ids);
+    const tag = `${prefix}fifo-`;
     const ticks0 = childTicks(tag);
     const inits = pidsInCgroups(tag);
     const host0 = hostBusyTicks();
@@ -173,12 +177,15 @@ export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoR
     const fifoReleaseExecedMs = await allExeced(inits, '/bin/sleep', t0);
     const hostCpuMsEach = round(((hostBusyTicks() - host0) * 10) / n);
     await sleep(500);
-    const containerCpuMsEach = ((childTicks(tag) - ticks0) * 10) / n;
-    await deleteAll();
+    const containerCpuMsEach = (ticksSince(ticks0, childTicks(tag)) * 10) / n;
     return { runcStartMs: Math.round(runcStartMs), fifoReleaseMs: Math.round(fifoReleaseMs), fifoReleaseExecedMs: fifoReleaseExecedMs === null ? null : Math.round(fifoReleaseExecedMs), containerCpuMsEach: round(containerCpuMsEach), hostCpuMsEach };
   } catch (e) {
     return { error: e instanceof Error ? e.message.slice(0, 300) : String(e) };
   } finally {
+    await deleteAll([...startIds, ...ids]); // on failure too
+    // What runc left anyway: a run here once left runc inits waiting in their cgroups after
+    // `runc delete -f` (and an interrupted one three empty cgroups).
+    await removePeerCgroups(prefix);
     await b.remove();
   }
 }
@@ -192,12 +199,51 @@ function runcCreate(root: string, bundle: string, id: string): Promise<void> {
   });
 }
 
-/** CPU ticks (user + system) of the processes in cgroups whose path mentions `tag`: the peer's containers (runc names a spec's cgroup after the container id). */
-function childTicks(tag: string): number {
-  return pidsInCgroups(tag)
-    .map((pid) => processTicks(pid))
-    .filter((t) => !Number.isNaN(t)) // gone between the two reads
-    .reduce((a, b) => a + b, 0);
+/** CPU ticks (user + system) by pid of the processes in cgroups whose path mentions `tag`: the peer's containers (runc names a spec's cgroup after the container id). */
+function childTicks(tag: string): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const pid of pidsInCgroups(tag)) {
+    const t = processTicks(pid);
+    if (!Number.isNaN(t)) out.set(pid, t); // else gone between the two reads
+  }
+  return out;
+}
+
+/** Ticks used between two childTicks() snapshots, pid by pid: never negative (a process that left in between is missed, not subtracted). */
+function ticksSince(before: Map<number, number>, after: Map<number, number>): number {
+  let sum = 0;
+  for (const [pid, t] of after) sum += Math.max(0, t - (before.get(pid) ?? 0));
+  return sum;
+}
+
+/** Kill what is left in cgroups named `prefix…` (every hierarchy mounted under /sys/fs/cgroup) and remove them. */
+async function removePeerCgroups(prefix: string): Promise<void> {
+  const dirs = readdirSync('/sys/fs/cgroup').flatMap((h) => {
+    try {
+      return readdirSync(path.join('/sys/fs/cgroup', h)).filter((e) => e.startsWith(prefix)).map((e) => path.join('/sys/fs/cgroup', h, e));
+    } catch {
+      return [];
+    }
+  });
+  for (let attempt = 0; attempt < 20 && dirs.length; attempt++) {
+    for (const dir of [...dirs]) {
+      try {
+        for (const pid of readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+          try {
+            process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+        rmdirSync(dir);
+        dirs.splice(dirs.indexOf(dir), 1);
+      } catch {
+        /* busy until its processes are reaped: next attempt */
+      }
+    }
+    if (dirs.length) await sleep(100);
+  }
+  if (dirs.length) note(NAME, `peer: ${dirs.length} cgroups could not be removed: ${dirs.slice(0, 3).join(', ')}`);
 }
 
 interface BurstRound {
