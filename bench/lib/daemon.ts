@@ -163,12 +163,16 @@ function untilOutput(child: ChildProcess, marker: string, what: string, output: 
   });
 }
 
-/** SIGTERM, SIGKILL after the grace period (BENCH_STOP_GRACE_MS, longer when profiling), until it exited. */
+/**
+ * SIGTERM, SIGKILL after the grace period (BENCH_STOP_GRACE_MS, longer when profiling), until it
+ * exited. 60 s by default, under systemd's 90: a daemon with a pool of 200 warm containers takes
+ * 15-28 s here to destroy them, and a SIGKILL at 15 s left 66 of them for the harness to clean.
+ */
 async function terminate(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), Number(process.env.BENCH_STOP_GRACE_MS ?? 15_000));
+  const timer = setTimeout(() => child.kill('SIGKILL'), Number(process.env.BENCH_STOP_GRACE_MS ?? 60_000));
   await exited;
   clearTimeout(timer);
 }
