@@ -101,6 +101,40 @@ test('api edge: validation, defaults, typed errors mapped once, streams', async 
   assert.deepEqual(r.text.trim().split('\n').map((l) => JSON.parse(l) as unknown), [{ i: 0 }, { i: 1 }, { i: 2 }]);
 });
 
+test('api edge: a handler that asks for the signal sees it abort when the client goes away', { timeout: 10_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-api-'));
+  const sock = join(dir, 'api.sock');
+  let aborted!: () => void;
+  const sawAbort = new Promise<void>((r) => (aborted = r));
+  let entered!: () => void;
+  const inHandler = new Promise<void>((r) => (entered = r));
+  const waiting = route({
+    method: 'GET', path: '/wait', operationId: 'waitThing', tag: 't', access: 'read', summary: 'wait', response: Type.Object({}),
+    handler: ({ signal }) => new Promise<Record<string, never>>((resolve) => {
+      signal.addEventListener('abort', () => {
+        aborted();
+        resolve({});
+      });
+      entered();
+    }),
+  });
+  const server = new ApiServer([...routes, waiting], {} as Services);
+  await server.listenUnix(sock);
+  t.after(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const req = request({ socketPath: sock, method: 'GET', path: '/wait' });
+  req.on('error', () => undefined);
+  req.end();
+  await inHandler;
+  req.destroy();
+  await sawAbort; // never settles (the test times out) if the disconnect does not abort the signal
+  // and requests whose handler never asks still answer
+  const r = await call(sock, 'GET', '/things/x');
+  assert.equal(r.status, 200);
+});
+
 test('every typed error code has an HTTP status', () => {
   for (const code of ERROR_CODES) assert.ok(HTTP_STATUS[code] >= 400, code);
 });
