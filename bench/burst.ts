@@ -20,7 +20,7 @@ import { mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
 import { nimbusRunRm, runtimeRoots, type BenchDaemon, type UnixClient } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome } from './lib/result.js';
-import { msSince, now, ratio, round, summarize } from './lib/stats.js';
+import { median, msSince, now, ratio, round, summarize } from './lib/stats.js';
 
 const NAME = 'burst';
 const COUNT = Math.max(1, Number(process.env.BENCH_BURST ?? 200));
@@ -357,7 +357,6 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       rounds.push(one);
       note(NAME, `${one.running}/${COUNT} running after ${Math.round(one.allRunningMs)} ms, all ${one.pids.length} processes sleep after ${one.allExecedMs === null ? 'never' : Math.round(one.allExecedMs)} ms (${one.errors.length} errors); CPU per container: daemon ${one.cpuMsPerContainer.daemon} ms (main thread ${one.cpuMsPerContainer.daemonMainThread}), host ${one.cpuMsPerContainer.host} ms, of which this client ${one.cpuMsPerContainer.client} ms; by command (ms): ${JSON.stringify(one.cpuByCommandMs)}`);
     }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
     const last = rounds.at(-1)!;
     const { ids, errors, perContainer, running, allStartedMs } = last;
     const allRunningMs = median(rounds.map((x) => x.allRunningMs));

@@ -13,6 +13,7 @@ import { run } from '../../../core/exec.js';
 import { AlreadyExists, Conflict, Internal, NotFound, Unavailable, type NimbusError } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
+import { processAlive } from './conmon.js';
 
 export type RuntimeName = 'runc' | 'crun';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
@@ -172,15 +173,6 @@ export class OciRuntime {
 
 // ------------------------------------------------------------------ start without a runc process
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** runc's "created" container waits in `runc init`, blocked opening this fifo for writing. */
 const EXEC_FIFO = 'exec.fifo';
 
@@ -219,9 +211,12 @@ export async function releaseThroughExecFifo(fifo: string, opts: { initPid?: num
         resolve(v);
       };
       const timer = setTimeout(() => done(undefined), timeoutMs);
-      // init dead before it wrote: it never will (runc start then says why)
-      const alive = setInterval(() => {
-        if (opts.initPid !== undefined && !pidAlive(opts.initPid)) done(undefined);
+      // init dead (or a zombie) before it wrote: it never will (runc start then says why)
+      const initPid = opts.initPid;
+      const alive = initPid === undefined ? undefined : setInterval(() => {
+        void processAlive(initPid).then((up) => {
+          if (!up) done(undefined);
+        });
       }, 100);
       pipe.once('data', (b: Buffer) => done(b.toString()));
       pipe.once('error', () => done(undefined));
