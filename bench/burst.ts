@@ -323,7 +323,14 @@ async function removeAll(d: BenchDaemon, ids: string[]): Promise<{ removeAllMs: 
   return { removeAllMs, removeHostMs: msSince(tr), removeErrors };
 }
 
+/** Memory cgroups the kernel holds, live and dying (/proc/cgroups): a removed one with page cache still charged to it stays. */
+function memoryCgroups(): number {
+  const line = readFileSync('/proc/cgroups', 'utf8').split('\n').find((l) => l.startsWith('memory\t'));
+  return Number(line?.split('\t')[2] ?? NaN);
+}
+
 export async function burst(env: BenchEnv): Promise<BenchOutcome> {
+  const memcgs0 = memoryCgroups();
   const d = await env.newDaemon();
   try {
     await d.pull(env.busybox);
@@ -389,6 +396,8 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     const ts = now();
     const daemonLeft = await d.stop();
     const daemonStopMs = Math.round(msSince(ts)); // SIGTERM until it exited, its refilled warm pool destroyed
+    // what the kernel still holds of the (ROUNDS + 1) × COUNT containers' memory cgroups
+    const memoryCgroupsLeft = memoryCgroups() - memcgs0;
     note(NAME, `peer: ${COUNT} pre-created raw runc containers started concurrently`);
     const peer = await runcBurst(COUNT);
     note(NAME, `peer: ${JSON.stringify(peer)}`);
@@ -418,7 +427,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
         rssKiBPerContainer: conmonRss.length ? round(sum(conmonRss) / conmonRss.length) : null,
         pssKiBPerContainer: conmonPss.length ? round(sum(conmonPss) / conmonPss.length) : null,
       },
-      cleanup: { ...left, daemonLeftovers: daemonLeft.length, clean: left.containers === 0 && daemonLeft.length === 0 },
+      cleanup: { ...left, daemonLeftovers: daemonLeft.length, memoryCgroupsLeft, clean: left.containers === 0 && daemonLeft.length === 0 },
       goals: {
         allRunningMs: GOAL_ALL_RUNNING_MS,
         daemonRssKiBPerContainer: GOAL_RSS_PER_CONTAINER_KIB,
@@ -447,7 +456,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
         },
         { bench: NAME, figure: 'daemon RSS per idle container', unit: 'KiB', nimbus: perContainerKiB, peers: {}, ratio: null, goal: `≤ ${GOAL_RSS_PER_CONTAINER_KIB} KiB`, met: results.goals.rssMet, note: `before ${rssBefore} KiB, with ${rssWith} KiB` },
         { bench: NAME, figure: 'conmon RSS (PSS) per container', unit: 'KiB', nimbus: results.conmon.rssKiBPerContainer, peers: {}, ratio: null, note: `PSS ${results.conmon.pssKiBPerContainer ?? '—'} KiB, informative` },
-        { bench: NAME, figure: `force-remove all ${ids.length}`, unit: 'ms', nimbus: Math.round(removeAllMs), peers: {}, ratio: null, note: `${results.cleanup.clean ? 'cleanup verified' : `LEFT: ${JSON.stringify(left)} ${daemonLeft.join(', ')}`}; host state gone after ${Math.round(removeHostMs)} ms; daemon stop ${daemonStopMs} ms` },
+        { bench: NAME, figure: `force-remove all ${ids.length}`, unit: 'ms', nimbus: Math.round(removeAllMs), peers: {}, ratio: null, note: `${results.cleanup.clean ? 'cleanup verified' : `LEFT: ${JSON.stringify(left)} ${daemonLeft.join(', ')}`}; host state gone after ${Math.round(removeHostMs)} ms; daemon stop ${daemonStopMs} ms; memory cgroups the kernel still holds: ${memoryCgroupsLeft}` },
       ],
     };
   } finally {

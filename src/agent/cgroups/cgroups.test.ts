@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, writeFile, access } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile, access } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   cgroupPaths,
@@ -15,6 +16,7 @@ import {
   parseV2MemoryEvents,
   readCgroupStats,
   readOomKills,
+  releaseCgroupMemory,
   removeCgroup,
   removeCgroupParentIfEmpty,
 } from './cgroups.js';
@@ -114,4 +116,32 @@ test('real: this host, a cgroup with a process in it', async (t) => {
   for (const d of cgroupPaths(layout, parent).all) await assert.rejects(access(d));
   // idempotent
   await removeCgroup(paths);
+});
+
+test('real: page cache a finished process left charged to its cgroup is released before removal', async (t) => {
+  if (process.getuid?.() !== 0) return t.skip('needs root');
+  const layout = await detectCgroupLayout();
+  const parent = `/nimbus-cgmem-${process.pid}`;
+  const paths = cgroupPaths(layout, `${parent}/c1`);
+  const memDir = paths.v1['memory'] ?? paths.unified;
+  if (!memDir) return t.skip('no memory controller');
+  const usageFile = path.join(memDir, paths.v1['memory'] ? 'memory.usage_in_bytes' : 'memory.current');
+  const tmp = await mkdtemp(path.join(tmpdir(), 'nimbus-cgmem-'));
+  try {
+    await mkdir(memDir, { recursive: true });
+    if (!paths.v1['memory'] && !(await readFile(path.join(memDir, 'cgroup.controllers'), 'utf8')).includes('memory')) return t.skip('memory controller not enabled here');
+    // a process that joins the cgroup, writes 4 MiB to a file (page cache charged to the cgroup) and exits
+    const child = spawn('sh', ['-c', `echo $$ > ${path.join(memDir, 'cgroup.procs')} && head -c 4194304 /dev/zero > ${path.join(tmp, 'f')}`], { stdio: 'ignore' });
+    const code = await new Promise((r) => child.once('exit', r));
+    assert.equal(code, 0);
+    const usage = async () => Number((await readFile(usageFile, 'utf8')).trim());
+    assert.ok((await usage()) >= 3 << 20, `the file's pages are charged to the cgroup (${await usage()} bytes)`);
+    assert.equal(await releaseCgroupMemory(paths), true);
+    assert.ok((await usage()) < 1 << 20, `released: ${await usage()} bytes left`);
+  } finally {
+    await removeCgroup(paths);
+    await removeCgroupParentIfEmpty(layout, parent);
+    await rm(tmp, { recursive: true, force: true });
+  }
+  assert.equal(await releaseCgroupMemory(paths), false, 'a cgroup that is gone: nothing to do, no error');
 });

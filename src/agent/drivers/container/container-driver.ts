@@ -26,7 +26,9 @@ import {
   cgroupPaths,
   detectCgroupLayout,
   readCgroupStats,
+  readFrozen,
   readOomKills,
+  releaseCgroupMemory,
   removeCgroup,
   type CgroupLayout,
   type CgroupPaths,
@@ -96,6 +98,16 @@ interface ExitRecord {
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The parent pid of a process, undefined once it is gone. */
+async function parentPid(pid: number): Promise<number | undefined> {
+  try {
+    const s = await readFile(`/proc/${pid}/stat`, 'utf8');
+    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined;
+  }
+}
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -619,6 +631,10 @@ export class ContainerDriver implements InstanceDriver {
     }
     if (meta) {
       const rt = this.runtime(meta.runtime, meta.runtimePath);
+      // Empty the memory cgroup while it still exists (`runc delete` removes it): a removed
+      // one with page cache still charged to it lingers in the kernel (cgroups.ts).
+      const cgroups = await this.cgroups(meta);
+      if (await this.endInit(id, meta, cgroups)) await releaseCgroupMemory(cgroups);
       try {
         await rt.delete(id, true);
       } catch (e) {
@@ -653,6 +669,30 @@ export class ContainerDriver implements InstanceDriver {
     this.notified.delete(id);
     this.warmFacts.delete(id);
     this.metas.delete(id);
+  }
+
+  /**
+   * SIGKILL the container's init (its pid namespace goes with it) and wait until it is gone;
+   * true once no process of the container runs. Not for a frozen container (the signal would
+   * wait for a thaw: `runc delete` deals with that one) and only while the pid is still the
+   * one conmon watches (its child), not a pid reused since.
+   */
+  private async endInit(id: string, meta: ContainerMeta, cgroups: CgroupPaths): Promise<boolean> {
+    if (await this.exitRecord(id, meta)) return true;
+    const pid = meta.pid;
+    const conmonPid = await readPidFile(path.join(this.dir(id), 'conmon.pid'));
+    if (!pid || conmonPid === undefined || (await parentPid(pid)) !== conmonPid) return !pid || !(await processAlive(pid));
+    if (await readFrozen(cgroups)) return false;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone meanwhile */
+    }
+    for (let i = 0; i < 400; i++) {
+      if (!(await processAlive(pid))) return true;
+      await sleep(5);
+    }
+    return false;
   }
 
   async list(): Promise<string[]> {
