@@ -53,9 +53,10 @@ describe('VMs end to end', { concurrency: false }, () => {
     }
   });
 
-  test('info shows the accelerator and why', async () => {
+  test('info shows the accelerator and why: undecided until a VM needs it (no probe boot before)', async () => {
     const out = await cliOk(['info']);
-    assert.match(out, /^VM accelerator: (kvm|tcg) \(.+\)$/m);
+    assert.match(out, /^VM accelerator: undecided \(decided by a probe boot when the first VM .+\)$/m);
+    assert.deepEqual(qemuUnder(d.home), [], 'info started no probe');
   });
 
   test('create is admitted by quota (vCPUs) and refused whole when over it; bad requests are usage errors', async () => {
@@ -80,6 +81,7 @@ describe('VMs end to end', { concurrency: false }, () => {
     const v = await inspect();
     assert.equal(v.type, 'vm');
     assert.deepEqual(v.host?.pinning.map((p) => p.hostCpus), [[0]], 'vCPU 0 pinned to host CPU 0');
+    assert.match(await cliOk(['info']), /^VM accelerator: (kvm|tcg) \(.+\)$/m, 'decided by the first VM');
   });
 
   test('pause stops the vCPUs, unpause resumes them', async () => {

@@ -147,8 +147,8 @@ export interface AgentInfo {
   warmPool?: WarmPoolStats;
   /** Removed containers whose host state is still being destroyed in the background. */
   removals?: ReaperStats;
-  /** The accelerator new VMs get, and why (absent where the agent runs no VMs). */
-  vm?: { accelerator: AcceleratorChoice['accel']; reason: string; decidedAt: string };
+  /** The accelerator new VMs get, and why; "undecided" until the first VM needs it (absent where the agent runs no VMs). */
+  vm?: { accelerator: AcceleratorChoice['accel'] | 'undecided'; reason: string; decidedAt?: string };
 }
 
 export interface GcResult {

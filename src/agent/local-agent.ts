@@ -177,7 +177,10 @@ export class LocalAgent implements Agent {
       memoryBytes: totalmem(),
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),
-      vm: await this.vmAccelerator().then((a) => ({ accelerator: a.accel, reason: a.reason, decidedAt: a.decidedAt })),
+      // never waits for (nor starts) the probe: a listing must not take a probe boot's 20 s
+      vm: this.accelDecided
+        ? { accelerator: this.accelDecided.accel, reason: this.accelDecided.reason, decidedAt: this.accelDecided.decidedAt }
+        : { accelerator: 'undecided', reason: this.accelChoice ? 'probing: a boot of the host kernel under KVM (at most 20 s)' : 'decided by a probe boot when the first VM or secure container is created' },
     };
   }
 
@@ -737,6 +740,7 @@ export class LocalAgent implements Agent {
   // ---------------------------------------------------------------- VMs
 
   private accelChoice: Promise<AcceleratorChoice> | undefined;
+  private accelDecided: AcceleratorChoice | undefined;
 
   /**
    * The accelerator for new VMs, decided on first use rather than at start: a
@@ -747,6 +751,7 @@ export class LocalAgent implements Agent {
     this.accelChoice ??= chooseVmAccelerator(this.options).then(
       (a) => {
         log.info('VM accelerator chosen', { accel: a.accel, reason: a.reason });
+        this.accelDecided = a;
         return a;
       },
       (e: unknown) => {
