@@ -100,7 +100,7 @@ export class ApiServer {
   private readonly compiled: CompiledRoute[];
   private readonly servers: Server[] = [];
 
-  constructor(private readonly routes: Route[], private readonly services: Services) {
+  constructor(routes: Route[], private readonly services: Services) {
     this.compiled = routes.map((route) => ({
       route,
       ...compilePath(route.path),

@@ -29,6 +29,7 @@ import { IdentityService } from '../control/identity/identity-service.js';
 import { ProjectService } from '../control/identity/project-service.js';
 import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
+import { processAlive } from '../core/proc.js';
 
 const log = logger('nimbusd');
 export const VERSION = '0.1.0';
@@ -42,15 +43,6 @@ export interface RunningDaemon {
   state(): DaemonState;
   tcpPort?: number;
   stop(): Promise<void>;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** One nimbusd (or agent) per home: a second one would fight over the store and the runtime state. */

@@ -152,7 +152,6 @@ export class RemoteAgent implements Agent {
   private readonly target: Target;
   private readonly transport: typeof http | typeof https;
   private readonly pool: http.Agent;
-  private addressProvider: AddressProvider | undefined;
 
   private readonly vmExitListeners: Array<(id: string) => void> = [];
   private readonly containerExitListeners: Array<(id: string) => void> = [];
@@ -313,10 +312,8 @@ export class RemoteAgent implements Agent {
     throw new InvalidArgument("disk images are served by the control plane host's agent only");
   }
 
-  /** Kept, unused: a remote agent runs without a warm pool, so it never asks for addresses. */
-  setAddressProvider(p: AddressProvider): void {
-    this.addressProvider = p;
-  }
+  /** Nothing to keep: a remote agent runs without a warm pool, so it never asks for addresses. */
+  setAddressProvider(_p: AddressProvider): void {}
 
   // ---------------------------------------------------------------- streams
 

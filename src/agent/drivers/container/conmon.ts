@@ -164,17 +164,6 @@ export async function readExitFile(file: string): Promise<{ code: number; time: 
   }
 }
 
-/** True when pid is alive and not a zombie. */
-export async function processAlive(pid: number): Promise<boolean> {
-  try {
-    const s = await readFile(`/proc/${pid}/stat`, 'utf8');
-    const state = s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
-
 /** True when pid runs conmon for container id (guards against pid reuse). */
 export async function isConmonFor(pid: number, id: string): Promise<boolean> {
   try {

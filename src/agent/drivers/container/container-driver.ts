@@ -46,13 +46,13 @@ import type {
 import {
   isConmonFor,
   launchConmon,
-  processAlive,
   readExitFile,
   readK8sLog,
   readPidFile,
 } from './conmon.js';
 import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
 import { run } from '../../../core/exec.js';
+import { parentPid, processAlive } from '../../../core/proc.js';
 import { replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
@@ -98,16 +98,6 @@ interface ExitRecord {
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The parent pid of a process, undefined once it is gone. */
-async function parentPid(pid: number): Promise<number | undefined> {
-  try {
-    const s = await readFile(`/proc/${pid}/stat`, 'utf8');
-    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]);
-  } catch {
-    return undefined;
-  }
-}
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -487,7 +477,7 @@ export class ContainerDriver implements InstanceDriver {
 
   private async conmonAlive(id: string): Promise<boolean> {
     const pid = await readPidFile(path.join(this.dir(id), 'conmon.pid'));
-    return pid !== undefined && (await processAlive(pid)) && (await isConmonFor(pid, id));
+    return pid !== undefined && processAlive(pid) && (await isConmonFor(pid, id));
   }
 
   async pause(id: string): Promise<void> {
@@ -650,14 +640,14 @@ export class ContainerDriver implements InstanceDriver {
     // conmon sees the container go, writes the exit file and leaves; help it if it lingers
     const conmonPid = await readPidFile(path.join(dir, 'conmon.pid'));
     if (conmonPid !== undefined && (await isConmonFor(conmonPid, id))) {
-      for (let i = 0; i < 60 && (await processAlive(conmonPid)); i++) await sleep(50);
-      if (await processAlive(conmonPid)) {
+      for (let i = 0; i < 60 && processAlive(conmonPid); i++) await sleep(50);
+      if (processAlive(conmonPid)) {
         try {
           process.kill(conmonPid, 'SIGKILL');
         } catch {
           /* gone */
         }
-        for (let i = 0; i < 40 && (await processAlive(conmonPid)); i++) await sleep(25);
+        for (let i = 0; i < 40 && processAlive(conmonPid); i++) await sleep(25);
       }
     }
     await unmountAll(this.rootfs(id));
@@ -681,7 +671,7 @@ export class ContainerDriver implements InstanceDriver {
     if (await this.exitRecord(id, meta)) return true;
     const pid = meta.pid;
     const conmonPid = await readPidFile(path.join(this.dir(id), 'conmon.pid'));
-    if (!pid || conmonPid === undefined || (await parentPid(pid)) !== conmonPid) return !pid || !(await processAlive(pid));
+    if (!pid || conmonPid === undefined || parentPid(pid) !== conmonPid) return !pid || !processAlive(pid);
     if (await readFrozen(cgroups)) return false;
     try {
       process.kill(pid, 'SIGKILL');
@@ -689,7 +679,7 @@ export class ContainerDriver implements InstanceDriver {
       /* gone meanwhile */
     }
     for (let i = 0; i < 400; i++) {
-      if (!(await processAlive(pid))) return true;
+      if (!processAlive(pid)) return true;
       await sleep(5);
     }
     return false;

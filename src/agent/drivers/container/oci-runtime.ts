@@ -13,7 +13,7 @@ import { run } from '../../../core/exec.js';
 import { AlreadyExists, Conflict, Internal, NotFound, Unavailable, type NimbusError } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
-import { processAlive } from './conmon.js';
+import { processAlive } from '../../../core/proc.js';
 
 export type RuntimeName = 'runc' | 'crun';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
@@ -214,9 +214,7 @@ export async function releaseThroughExecFifo(fifo: string, opts: { initPid?: num
       // init dead (or a zombie) before it wrote: it never will (runc start then says why)
       const initPid = opts.initPid;
       const alive = initPid === undefined ? undefined : setInterval(() => {
-        void processAlive(initPid).then((up) => {
-          if (!up) done(undefined);
-        });
+        if (!processAlive(initPid)) done(undefined);
       }, 100);
       pipe.once('data', (b: Buffer) => done(b.toString()));
       pipe.once('error', () => done(undefined));

@@ -11,11 +11,12 @@
  * a new driver instance, or a CLI tool, take turns.
  */
 import { spawn } from 'node:child_process';
-import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
+import { openSync, closeSync, existsSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../../core/errors.js';
 import { QmpClient } from './qmp.js';
+import { processAlive } from '../../../core/proc.js';
 
 export interface InstancePaths {
   dir: string;
@@ -49,19 +50,6 @@ export function instancePaths(dir: string): InstancePaths {
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** True if `pid` is a live (non-zombie) process whose command line contains `marker` (guards against pid reuse). */
-export function processAlive(pid: number | undefined, marker?: string): boolean {
-  if (!pid || pid <= 0) return false;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') return false;
-    if (marker !== undefined && !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker)) return false;
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 export async function readPid(file: string): Promise<number | undefined> {
   try {

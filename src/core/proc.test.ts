@@ -1,0 +1,33 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { parentPid, processAlive, procStat } from './proc.js';
+
+test('a live child, then its zombie, then nothing', async () => {
+  const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+  const pid = child.pid!;
+  try {
+    assert.equal(processAlive(pid), true);
+    assert.equal(processAlive(pid, 'sleep'), true);
+    assert.equal(processAlive(pid, 'no-such-marker'), false, 'a pid reused by another program does not count');
+    assert.equal(parentPid(pid), process.pid);
+    // killed but not yet reaped: a zombie is not alive
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 200 && procStat(pid)?.state !== 'Z' && procStat(pid) !== undefined; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(processAlive(pid), false);
+  } finally {
+    child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
+  }
+  assert.equal(procStat(pid), undefined);
+  assert.equal(parentPid(pid), undefined);
+  assert.equal(processAlive(undefined), false);
+  assert.equal(processAlive(0), false);
+});
+
+test('a command name with spaces and parentheses is parsed from the last one', () => {
+  const st = procStat(process.pid);
+  assert.ok(st);
+  assert.equal(st.ppid, process.ppid);
+  assert.match(st.state, /^[RS]$/);
+});
