@@ -20,7 +20,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { constants as FS } from 'node:fs';
+import { closeSync, constants as FS, fchmodSync, fchownSync, futimesSync, openSync, writeSync } from 'node:fs';
 import { chmod, chown, lchown, link, lstat, lutimes, mkdir, open, readdir, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
@@ -33,6 +33,14 @@ import { run } from '../../core/exec.js';
 import { logger } from '../../core/log.js';
 
 const log = logger('agent.layers.apply');
+
+/**
+ * Files up to this size are written with synchronous calls once their body is in memory: five
+ * thread-pool round trips each (open, write, chmod, utimes, close), one entry after another,
+ * made an image of 2,000 small files latency-bound (1.7 s against umoci's 0.8 s here). Written
+ * from the main thread a small file takes ~0.1 ms, and the event loop gets back between entries.
+ */
+const SMALL_FILE_BYTES = 64 * 1024;
 
 export interface ApplyLayerLimits {
   /** Total uncompressed tar bytes (guards against decompression bombs). Default 8 GiB. */
@@ -455,6 +463,19 @@ class Extractor {
     const p = this.abs(comps);
     await this.parents(h.name, comps, true);
     await this.clear(p, rel, false);
+    if (size <= SMALL_FILE_BYTES) {
+      const chunks: Buffer[] = [];
+      let got = 0;
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        got += chunk.length;
+        if (got > SMALL_FILE_BYTES) refuse(h.name, `file longer than its header's ${size} bytes`);
+        chunks.push(chunk);
+      }
+      this.writeSmallFile(p, h, Buffer.concat(chunks, got));
+      this.written.add(rel);
+      this.collectXattrs(p, rel, h);
+      return;
+    }
     const fh = await open(p, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600);
     try {
       let written = 0;
@@ -474,6 +495,20 @@ class Extractor {
     }
     this.written.add(rel);
     this.collectXattrs(p, rel, h);
+  }
+
+  /** A small file whose body is in memory, created as file() does, with synchronous calls (SMALL_FILE_BYTES). */
+  private writeSmallFile(p: string, h: Header, data: Buffer): void {
+    const fd = openSync(p, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600);
+    try {
+      let off = 0;
+      while (off < data.length) off += writeSync(fd, data, off);
+      if (this.needsChown(h)) fchownSync(fd, h.uid ?? 0, h.gid ?? 0); // before chmod: chown clears setuid bits
+      fchmodSync(fd, this.mode(h, false));
+      if (h.mtime) futimesSync(fd, h.mtime, h.mtime);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   private async symlink(h: Header, comps: string[], rel: string): Promise<void> {
