@@ -4,7 +4,7 @@
  * and turns control-plane requests into calls on them.
  */
 import { createHash } from 'node:crypto';
-import { access, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { access, mkdir, readFile, stat } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
@@ -41,7 +41,7 @@ import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
 import type { AddressProvider } from './agent.js';
 import type { EtcFiles } from './drivers/instance-driver.js';
-import { replaceStateFile } from '../core/state-files.js';
+import { removeStateFile, replaceStateFile } from '../core/state-files.js';
 
 const log = logger('agent');
 
@@ -461,8 +461,14 @@ export class LocalAgent implements Agent {
     return `/proc/${st.pid}/ns/net`;
   }
 
+  private resolvConf: { text: string; readAt: number } | undefined;
+  /** The host's resolv.conf, read at most once a second: a burst of creates reads it once, an edit reaches creates a second later. */
   private hostResolvConf(): string {
-    return existsSync('/etc/resolv.conf') ? readFileSync('/etc/resolv.conf', 'utf8') : '';
+    const now = performance.now();
+    if (!this.resolvConf || now - this.resolvConf.readAt > 1000) {
+      this.resolvConf = { text: existsSync('/etc/resolv.conf') ? readFileSync('/etc/resolv.conf', 'utf8') : '', readAt: now };
+    }
+    return this.resolvConf.text;
   }
 
   private async etcFor(req: ContainerCreateRequest): Promise<EtcFiles> {
@@ -688,7 +694,7 @@ export class LocalAgent implements Agent {
     this.claimed.delete(id);
     // at once, not by the reaper: its published ports and names may be someone else's next
     await this.network.release(id);
-    await rm(this.requestFile(id), { force: true });
+    await removeStateFile(this.requestFile(id));
     this.reaper.add(id);
   }
 

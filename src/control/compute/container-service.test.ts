@@ -30,7 +30,7 @@ function setup(t: { after(fn: () => void): void }, startFails: boolean) {
     claimWarmContainer: () => undefined,
     createContainer: async (req: { id: string }) => {
       calls.push(`create ${req.id}`);
-      return { status: 'created', warnings: [], runtime: 'runc' };
+      return { status: 'created', warnings: ['nofile clamped'], runtime: 'runc' };
     },
     startContainer: async (id: string) => {
       calls.push(`start ${id}`);
@@ -67,6 +67,10 @@ test('create with start: one call creates and starts it, and records it running'
   assert.equal(c.pid, 4242);
   assert.deepEqual(calls, [`create ${c.id}`, `start ${c.id}`]);
   assert.equal(containers.get('one').status, 'running');
+  assert.equal(containers.get('one').runtime, 'runc', 'the runtime the agent chose, written with the start');
+  assert.deepEqual(containers.get('one').warnings, ['nofile clamped']);
+  const plain = await containers.create(input({ name: 'two' }), 'p1', { projectId: 'p1' });
+  assert.deepEqual([plain.status, containers.get('two').runtime, containers.get('two').warnings], ['created', 'runc', ['nofile clamped']], 'a create alone writes them at once');
 });
 
 test('create with start: a failed start leaves the container created, and the error names it', async (t) => {
@@ -80,6 +84,7 @@ test('create with start: a failed start leaves the container created, and the er
   assert.match(err.message, /init process is gone/);
   const c = containers.get('kept');
   assert.equal(c.status, 'created', 'created, not started');
+  assert.deepEqual([c.runtime, c.warnings], ['runc', ['nofile clamped']], 'what the create learnt is kept');
   assert.deepEqual(err.details, { container: c.id, removed: false });
   assert.ok(!calls.some((x) => x.startsWith('remove')), 'nothing removed');
 });

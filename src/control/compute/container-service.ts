@@ -227,18 +227,23 @@ export class ContainerService {
     intent: NetworkIntent,
     opts: CreateOptions,
   ): Promise<ContainerRecord> {
-    const created = await this.createRecordAndInstance(rec, request, warmId, intent);
-    if (!opts.start) return created;
+    const { record, patch } = await this.createRecordAndInstance(rec, request, warmId, intent, opts.start === true);
+    if (!opts.start) return record;
     try {
-      return await this.locked(rec.id, () => this.startLocked(rec.id, false));
+      // what the create learnt (runtime, warnings) is written with the start: one row update, not two
+      return await this.locked(rec.id, () => this.startLocked(rec.id, false, patch));
     } catch (e) {
       const err = toNimbusError(e);
       if (rec.config.autoRemove) await this.remove(rec.id, true).catch(() => undefined);
+      else if (this.store.containers.get(rec.id)) this.store.containers.update(rec.id, patch);
       throw new NimbusError(err.code, err.message, { ...err.details, container: rec.id, removed: rec.config.autoRemove }, { cause: e });
     }
   }
 
-  private async createRecordAndInstance(rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent): Promise<ContainerRecord> {
+  /** deferUpdate: the agent's answer (runtime, warnings) is returned as a patch for the caller to write, not written. */
+  private async createRecordAndInstance(
+    rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent, deferUpdate = false,
+  ): Promise<{ record: ContainerRecord; patch: Pick<ContainerRecord, 'warnings' | 'runtime'> }> {
     const id = rec.id;
     try {
       this.store.containers.insert(rec);
@@ -251,9 +256,10 @@ export class ContainerService {
       // addresses are leased with the record in place (deleting the record deletes them)
       request.network = this.networks.lease(rec, intent);
       const created = await this.agent.createContainer({ id, ...request });
-      const updated = this.store.containers.update(id, { warnings: created.warnings, runtime: created.runtime });
-      this.publish(updated, 'create', { image: rec.config.image });
-      return updated;
+      const patch = { warnings: created.warnings, runtime: created.runtime };
+      const record = deferUpdate ? { ...rec, ...patch } : this.store.containers.update(id, patch);
+      this.publish(record, 'create', { image: rec.config.image });
+      return { record, patch };
     } catch (e) {
       // A failed create leaves nothing behind: not the record, not the agent's state.
       await this.agent.removeContainer(id).catch(() => undefined);
@@ -268,7 +274,7 @@ export class ContainerService {
     return this.locked(c.id, () => this.startLocked(c.id, false));
   }
 
-  private async startLocked(id: string, byRestartPolicy: boolean): Promise<ContainerRecord> {
+  private async startLocked(id: string, byRestartPolicy: boolean, alsoWrite: Partial<Omit<ContainerRecord, 'id'>> = {}): Promise<ContainerRecord> {
     let c = this.store.containers.get(id);
     if (!c) throw new NotFound(`no such container: ${id}`);
     if (c.status === 'running' || c.status === 'paused') return c;
@@ -278,6 +284,7 @@ export class ContainerService {
     const state = await this.agent.startContainer(id);
     // Even if it already finished, record it as started: handleExit records the exit.
     c = this.store.containers.update(id, {
+      ...alsoWrite,
       status: 'running',
       pid: state.pid ?? null,
       startedAt: new Date().toISOString(),

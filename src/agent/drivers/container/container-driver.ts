@@ -53,7 +53,7 @@ import {
 import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
 import { run } from '../../../core/exec.js';
 import { parentPid, processAlive } from '../../../core/proc.js';
-import { replaceStateFile, writeStateFile } from '../../../core/state-files.js';
+import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
@@ -333,7 +333,7 @@ export class ContainerDriver implements InstanceDriver {
         if (fifo.code !== 0) throw new Internal(`mkfifo: ${fifo.stderr.trim()}`, { id });
       }
       await mkdir(this.exitsDir, { recursive: true });
-      await rm(this.exitFile(id), { force: true });
+      await removeStateFile(this.exitFile(id));
       await mountAll(spec.rootfs, rootfs);
       await this.writeEtc(id, spec);
 
@@ -430,7 +430,7 @@ export class ContainerDriver implements InstanceDriver {
         // The name first: gone, the container counts as started (primed()) and nothing can start
         // it twice; a crash before the line is written leaves a stub that reads end-of-file, finds
         // no fifo and exits 125. (An unlink can wait on the disk's journal, too.)
-        await rm(fifo, { force: true });
+        await removeStateFile(fifo);
         await fsWrite(fd, '\n');
       } finally {
         await fsClose(fd);
@@ -652,7 +652,7 @@ export class ContainerDriver implements InstanceDriver {
     }
     await unmountAll(this.rootfs(id));
     if (meta) await removeCgroup(await this.cgroups(meta));
-    await rm(this.exitFile(id), { force: true });
+    await removeStateFile(this.exitFile(id));
     const left = await mountsUnder(dir);
     if (left.length) throw new Internal(`refusing to remove ${dir}: still mounted: ${left.join(', ')}`, { id });
     await rm(dir, { recursive: true, force: true });
