@@ -36,3 +36,22 @@ test('command runner: a shell that dies fails its request, and the next request 
   r.close();
   assert.equal((await r.run('ip', ['-batch', '-'], 'link show dev lo\n')).code, 0);
 });
+
+test('command runner: a command past its timeout is killed with its shell; the next request gets a new shell', async (t) => {
+  const r = new CommandRunner(1);
+  t.after(() => r.close());
+  // `ip monitor` runs until it is killed
+  await assert.rejects(r.run('ip', ['monitor', 'link'], '', undefined, { timeoutMs: 200 }), /did not finish within 200 ms/);
+  const after = await r.run('ip', ['-batch', '-'], 'link show dev lo\n', undefined, { timeoutMs: 10_000 });
+  assert.equal(after.code, 0, after.output);
+});
+
+test('command runner: the OCI runtimes by absolute path, nothing else by path', (t) => {
+  const r = new CommandRunner(1);
+  t.after(() => r.close());
+  assert.throws(() => r.run('/bin/sh', ['-c', 'true']), /does not run \/bin\/sh/);
+  assert.throws(() => r.run('runc', ['list']), /does not run runc/, 'a runtime only by the path the agent resolved');
+  assert.throws(() => r.run('/tmp/x y/runc', ['list']), /does not run/);
+  const p = r.run('/usr/sbin/runc', ['--root', '/tmp/nimbus-runner-no-such-root', 'list']);
+  return p.then((res) => assert.equal(res.code, 0, res.output));
+});

@@ -1,6 +1,6 @@
 /**
  * Long-lived shells that run the agent's host commands for it: the network layer's
- * (ip, nft) and the snapshotter's mounts (mount, umount). Spawning from nimbusd costs
+ * (ip, nft), the snapshotter's mounts (mount, umount) and the OCI runtime's deletes. Spawning from nimbusd costs
  * what forking a large process costs (~8-14 ms here, for /bin/true, on the event
  * loop); forking from a small shell that is already running costs a fraction of that
  * (a profile of 200 cold creates had 42 % of the daemon's main thread in spawn()).
@@ -9,6 +9,7 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import { Internal } from '../core/errors.js';
 import { logger } from '../core/log.js';
 
@@ -22,6 +23,8 @@ export interface RunResult {
 interface Job {
   script: string;
   marker: string;
+  timeoutMs?: number;
+  timer?: NodeJS.Timeout;
   resolve: (r: RunResult) => void;
   reject: (e: Error) => void;
 }
@@ -29,6 +32,12 @@ interface Job {
 /** Only these programs, with arguments that need no quoting, ever reach the shell. */
 const SAFE_ARG = /^[A-Za-z0-9_.:/@%+=,-]+$/;
 const PROGRAMS = new Set(['ip', 'nft', 'mount', 'umount']);
+/** ...and the OCI runtimes, named by their absolute path (the agent's choice of binary). */
+const RUNTIMES = new Set(['runc', 'crun']);
+
+function allowed(program: string): boolean {
+  return PROGRAMS.has(program) || (path.isAbsolute(program) && RUNTIMES.has(path.basename(program)) && SAFE_ARG.test(program));
+}
 
 /** Whether run() takes these arguments (callers with others spawn the program themselves). */
 export function runnable(args: readonly string[], cwd?: string): boolean {
@@ -42,7 +51,8 @@ class Shell {
   private buf = '';
 
   private start(): ChildProcessWithoutNullStreams {
-    const child = spawn('/bin/sh', [], { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' } });
+    // its own process group: a command past its time is killed with the shell (timeoutMs)
+    const child = spawn('/bin/sh', [], { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' }, detached: true });
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (d: string) => {
       this.buf += d;
@@ -52,7 +62,9 @@ class Shell {
     child.on('exit', (code, signal) => {
       if (this.child !== child) return; // closed: its work was failed then
       this.child = undefined;
-      const err = new Internal(`the command shell exited (${code ?? signal})`);
+      const timedOut = this.current?.timer === undefined && this.current?.timeoutMs !== undefined;
+      const err = new Internal(timedOut ? `the command did not finish within ${this.current?.timeoutMs} ms` : `the command shell exited (${code ?? signal})`);
+      if (this.current?.timer) clearTimeout(this.current.timer);
       this.current?.reject(err);
       this.current = undefined;
       this.buf = '';
@@ -83,6 +95,7 @@ class Shell {
     const output = this.buf.slice(0, at);
     this.buf = this.buf.slice(end + 1);
     this.current = undefined;
+    if (job.timer) clearTimeout(job.timer);
     job.resolve({ code: Number.isInteger(code) ? code : -1, output });
     this.next();
   }
@@ -92,14 +105,24 @@ class Shell {
     if (!this.queue.length) return this.hold(false);
     const job = this.queue.shift()!;
     this.current = job;
-    this.child ??= this.start();
+    const child = (this.child ??= this.start());
     this.hold(true);
-    this.child.stdin.write(job.script);
+    if (job.timeoutMs !== undefined) {
+      job.timer = setTimeout(() => {
+        job.timer = undefined; // marks the job as timed out for the exit handler
+        try {
+          process.kill(-child.pid!, 'SIGKILL'); // the shell and the command it runs
+        } catch {
+          /* already gone */
+        }
+      }, job.timeoutMs);
+    }
+    child.stdin.write(job.script);
   }
 
-  run(script: string, marker: string): Promise<RunResult> {
+  run(script: string, marker: string, timeoutMs?: number): Promise<RunResult> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ script, marker, resolve, reject });
+      this.queue.push({ script, marker, resolve, reject, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
       this.next();
     });
   }
@@ -110,6 +133,7 @@ class Shell {
 
   close(): void {
     const err = new Internal('the command shell was closed');
+    if (this.current?.timer) clearTimeout(this.current.timer);
     this.current?.reject(err);
     for (const j of this.queue.splice(0)) j.reject(err);
     this.current = undefined;
@@ -126,9 +150,12 @@ export class CommandRunner {
     this.shells = Array.from({ length: size }, () => new Shell());
   }
 
-  /** Run `program args...` with `input` on its standard input; output is stdout and stderr together. */
-  run(program: string, args: string[], input = '', cwd?: string): Promise<RunResult> {
-    if (!PROGRAMS.has(program)) throw new Internal(`the command runner does not run ${program}`);
+  /**
+   * Run `program args...` with `input` on its standard input; output is stdout and stderr together.
+   * With timeoutMs, a command still running then is killed (with its shell; the next request gets a new one).
+   */
+  run(program: string, args: string[], input = '', cwd?: string, opts: { timeoutMs?: number } = {}): Promise<RunResult> {
+    if (!allowed(program)) throw new Internal(`the command runner does not run ${program}`);
     for (const a of args) if (!SAFE_ARG.test(a)) throw new Internal(`unsafe argument for ${program}: ${JSON.stringify(a)}`);
     if (cwd !== undefined && !SAFE_ARG.test(cwd)) throw new Internal(`unsafe working directory for ${program}: ${JSON.stringify(cwd)}`);
     const tag = randomBytes(6).toString('hex');
@@ -141,7 +168,7 @@ export class CommandRunner {
     const script = `${command} 2>&1 <<'${eof}'\n${body}${eof}\necho "${marker}$?"\n`;
     // the least busy shell: requests for different containers run side by side
     const shell = this.shells.reduce((a, b) => (b.busy() < a.busy() ? b : a));
-    return shell.run(script, marker);
+    return shell.run(script, marker, opts.timeoutMs);
   }
 
   close(): void {
