@@ -11,6 +11,7 @@ after(async () => {
   await env?.teardown();
 });
 
+// waitScale 6: a TCG guest's first line once took more than 40 s with the other test files loading both cores
 instanceDriverConformance('vm (qemu)', async () => {
   env = await makeVmEnv('conf');
   const e = env;
@@ -19,6 +20,6 @@ instanceDriverConformance('vm (qemu)', async () => {
     makeSpec: async (id, args, over) => e.makeSpec(id, args, over),
     reopen: async () => e.newDriver(),
     teardown: async () => undefined,
-    capabilities: { exec: false, signals: false, separateStderr: false, minMemoryBytes: 128 << 20, waitScale: 4 },
+    capabilities: { exec: false, signals: false, separateStderr: false, minMemoryBytes: 128 << 20, waitScale: 6 },
   };
 });
