@@ -51,8 +51,14 @@ let hooked = false;
 export function hookSignals(): void {
   if (hooked) return;
   hooked = true;
+  // Every later signal is waited out, not obeyed: a second one (Ctrl-C twice, or `pkill -f` reaching
+  // both `timeout` and node) used to kill the bench mid-cleanup, leaving a daemon's warm containers,
+  // network namespaces and cgroups behind with their home already half removed.
+  let cleaning = false;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
+    process.on(sig, () => {
+      if (cleaning) return void process.stderr.write(`bench: ${sig} again, still cleaning up (SIGKILL to abandon it)\n`);
+      cleaning = true;
       process.stderr.write(`bench: ${sig}, cleaning up\n`);
       void cleanup.runAll().finally(() => process.exit(130));
     });

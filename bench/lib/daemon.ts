@@ -11,6 +11,7 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../../src/core/exec.js';
+import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from '../../src/agent/cgroups/cgroups.js';
 import { cleanup, pidsMatching, rssKiB, unmountUnder } from './cleanup.js';
 import { repoRoot } from './result.js';
 
@@ -224,6 +225,8 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
         }
       }
       for (const m of await unmountUnder(home)) leftovers.push(`mount ${m}`);
+      // as the daemon's own shutdown does once no container is left (it left one if stopped mid-create)
+      await removeCgroupParentIfEmpty(await detectCgroupLayout(), DEFAULT_CGROUP_PARENT);
       await removeDaemonNetworks(home, netEnv.NIMBUS_NFT_TABLE!);
       rmSync(home, { recursive: true, force: true });
       lastLeftovers = leftovers;

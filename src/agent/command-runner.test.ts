@@ -1,5 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { CommandRunner } from './command-runner.js';
 
 test('command runner: output and exit status come back per request, in order, from a long-lived shell', async (t) => {
@@ -46,12 +49,16 @@ test('command runner: a command past its timeout is killed with its shell; the n
   assert.equal(after.code, 0, after.output);
 });
 
-test('command runner: the OCI runtimes by absolute path, nothing else by path', (t) => {
+test('command runner: the OCI runtimes by absolute path, nothing else by path', async (t) => {
   const r = new CommandRunner(1);
-  t.after(() => r.close());
+  const root = mkdtempSync(path.join(tmpdir(), 'nimbus-runner-')); // runc list makes its root
+  t.after(() => {
+    r.close();
+    rmSync(root, { recursive: true, force: true });
+  });
   assert.throws(() => r.run('/bin/sh', ['-c', 'true']), /does not run \/bin\/sh/);
   assert.throws(() => r.run('runc', ['list']), /does not run runc/, 'a runtime only by the path the agent resolved');
   assert.throws(() => r.run('/tmp/x y/runc', ['list']), /does not run/);
-  const p = r.run('/usr/sbin/runc', ['--root', '/tmp/nimbus-runner-no-such-root', 'list']);
-  return p.then((res) => assert.equal(res.code, 0, res.output));
+  const res = await r.run('/usr/sbin/runc', ['--root', root, 'list']);
+  assert.equal(res.code, 0, res.output);
 });

@@ -21,7 +21,7 @@ import { LocalContentStore } from './content/local-content-store.js';
 import type { InstanceDriver, InstanceSpec, RuntimeState } from './drivers/instance-driver.js';
 import { ContainerDriver } from './drivers/container/container-driver.js';
 import { probeRuntime } from './drivers/container/oci-runtime.js';
-import { detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
+import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
 import { pullImage } from './images/pull.js';
 import { importImageArchive } from './images/import.js';
 import { applyLayer } from './layers/apply-layer.js';
@@ -898,7 +898,7 @@ export class LocalAgent implements Agent {
     // Leave no empty /nimbus cgroup behind when no container is left (checked at shutdown, not per
     // delete, so a concurrent runc create never loses its parent).
     if ((await this.containers.list()).length === 0) {
-      await removeCgroupParentIfEmpty(await detectCgroupLayout(), '/nimbus').catch(() => undefined);
+      await removeCgroupParentIfEmpty(await detectCgroupLayout(), DEFAULT_CGROUP_PARENT).catch(() => undefined);
     }
   }
 }

@@ -9,6 +9,9 @@
 import { readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
+/** Where Nimbus's container cgroups live in every hierarchy (`/nimbus/<id>`), unless configured otherwise. */
+export const DEFAULT_CGROUP_PARENT = '/nimbus';
+
 export type CgroupMode = 'v1' | 'v2' | 'hybrid';
 
 export interface CgroupLayout {

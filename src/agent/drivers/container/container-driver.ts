@@ -24,6 +24,7 @@ import { logger } from '../../../core/log.js';
 import type { Implementation } from '../../../core/registry.js';
 import {
   cgroupPaths,
+  DEFAULT_CGROUP_PARENT,
   detectCgroupLayout,
   readCgroupStats,
   readFrozen,
@@ -130,7 +131,7 @@ export class ContainerDriver implements InstanceDriver {
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
     this.defaultRuntime = opts.runtime ?? 'auto';
-    this.cgroupParent = '/' + (opts.cgroupParent ?? '/nimbus').replace(/^\/+|\/+$/g, '');
+    this.cgroupParent = '/' + (opts.cgroupParent ?? DEFAULT_CGROUP_PARENT).replace(/^\/+|\/+$/g, '');
     this.conmonPathOpt = opts.conmonPath;
   }
 
