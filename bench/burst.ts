@@ -16,6 +16,7 @@ import { spawn } from 'node:child_process';
 import { releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runtime.js';
 import { prepareRuncBundle } from './lib/peers.js';
 import { run, runOk } from '../src/core/exec.js';
+import { parseProcStat } from '../src/core/proc.js';
 import { mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
 import { nimbusRunRm, runtimeRoots, type BenchDaemon, type UnixClient } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
@@ -66,16 +67,10 @@ async function allExeced(pids: number[], argv0: string, t0: bigint, timeoutMs = 
   }
 }
 
-/** A /proc/PID/stat line's command name and CPU time (utime + stime, clock ticks of 10 ms). */
-function parseStat(raw: string): { comm: string; ticks: number } {
-  const f = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-  return { comm: raw.slice(raw.indexOf('(') + 1, raw.lastIndexOf(')')), ticks: Number(f[11]) + Number(f[12]) };
-}
-
 /** CPU time in clock ticks: of a process (all threads), or of one thread with `/task/TID`; NaN once gone. */
 function processTicks(pid: number, thread = ''): number {
   try {
-    return parseStat(readFileSync(`/proc/${pid}${thread}/stat`, 'utf8')).ticks;
+    return parseProcStat(readFileSync(`/proc/${pid}${thread}/stat`, 'utf8')).cpuTicks;
   } catch {
     return NaN;
   }
@@ -94,7 +89,8 @@ function ticksByPid(): Map<number, { comm: string; ticks: number }> {
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
-      out.set(Number(e), parseStat(readFileSync(`/proc/${e}/stat`, 'utf8')));
+      const st = parseProcStat(readFileSync(`/proc/${e}/stat`, 'utf8'));
+      out.set(Number(e), { comm: st.comm, ticks: st.cpuTicks });
     } catch {
       /* gone */
     }

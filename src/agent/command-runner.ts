@@ -11,6 +11,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { Internal } from '../core/errors.js';
+import { run as spawnRun } from '../core/exec.js';
 import { logger } from '../core/log.js';
 
 const log = logger('agent.network.runner');
@@ -25,6 +26,7 @@ interface Job {
   marker: string;
   timeoutMs?: number;
   timer?: NodeJS.Timeout;
+  timedOut?: boolean;
   resolve: (r: RunResult) => void;
   reject: (e: Error) => void;
 }
@@ -62,8 +64,7 @@ class Shell {
     child.on('exit', (code, signal) => {
       if (this.child !== child) return; // closed: its work was failed then
       this.child = undefined;
-      const timedOut = this.current?.timer === undefined && this.current?.timeoutMs !== undefined;
-      const err = new Internal(timedOut ? `the command did not finish within ${this.current?.timeoutMs} ms` : `the command shell exited (${code ?? signal})`);
+      const err = new Internal(this.current?.timedOut ? `the command did not finish within ${this.current.timeoutMs} ms` : `the command shell exited (${code ?? signal})`);
       if (this.current?.timer) clearTimeout(this.current.timer);
       this.current?.reject(err);
       this.current = undefined;
@@ -109,7 +110,7 @@ class Shell {
     this.hold(true);
     if (job.timeoutMs !== undefined) {
       job.timer = setTimeout(() => {
-        job.timer = undefined; // marks the job as timed out for the exit handler
+        job.timedOut = true;
         try {
           process.kill(-child.pid!, 'SIGKILL'); // the shell and the command it runs
         } catch {
@@ -169,6 +170,13 @@ export class CommandRunner {
     // the least busy shell: requests for different containers run side by side
     const shell = this.shells.reduce((a, b) => (b.busy() < a.busy() ? b : a));
     return shell.run(script, marker, opts.timeoutMs);
+  }
+
+  /** run() where the program and arguments allow it, else the program spawned directly (from this process); output as run()'s. */
+  async runOrSpawn(program: string, args: string[], cwd?: string, opts: { timeoutMs?: number } = {}): Promise<RunResult> {
+    if (allowed(program) && runnable(args, cwd)) return this.run(program, args, '', cwd, opts);
+    const r = await spawnRun(program, args, { ...(cwd !== undefined ? { cwd } : {}), ...opts });
+    return { code: r.code, output: `${r.stdout}${r.stderr}` };
   }
 
   close(): void {

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { parentPid, processAlive, procStat } from './proc.js';
+import { parentPid, parseProcStat, processAlive, procStat } from './proc.js';
 
 test('a live child, then its zombie, then nothing', async () => {
   const child = spawn('sleep', ['30'], { stdio: 'ignore' });
@@ -30,4 +30,10 @@ test('a command name with spaces and parentheses is parsed from the last one', (
   assert.ok(st);
   assert.equal(st.ppid, process.ppid);
   assert.match(st.state, /^[RS]$/);
+});
+
+test('stat text: a command name with spaces and parentheses, state, parent and CPU ticks', () => {
+  // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+  const st = parseProcStat('4242 (we (i) rd) S 17 4242 4242 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 12345\n');
+  assert.deepEqual(st, { comm: 'we (i) rd', state: 'S', ppid: 17, cpuTicks: 12 });
 });

@@ -5,18 +5,26 @@
 import { readFileSync } from 'node:fs';
 
 export interface ProcStat {
+  comm: string;
   /** R, S, D, Z (zombie), X (dead), T, t, ... */
   state: string;
   ppid: number;
+  /** CPU time used, user + system, in clock ticks. */
+  cpuTicks: number;
+}
+
+/** The text of a /proc/PID/stat (or /proc/PID/task/TID/stat). */
+export function parseProcStat(text: string): ProcStat {
+  // the command name may hold spaces and parentheses: fields start after the last ')'
+  const close = text.lastIndexOf(')');
+  const f = text.slice(close + 2).split(' ');
+  return { comm: text.slice(text.indexOf('(') + 1, close), state: f[0] ?? '', ppid: Number(f[1]), cpuTicks: Number(f[11]) + Number(f[12]) };
 }
 
 /** The state and parent of a process, from /proc/PID/stat; undefined once it is gone. */
 export function procStat(pid: number): ProcStat | undefined {
   try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // the command name may hold spaces and parentheses: fields start after the last ')'
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return { state: f[0] ?? '', ppid: Number(f[1]) };
+    return parseProcStat(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return undefined;
   }

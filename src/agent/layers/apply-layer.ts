@@ -290,6 +290,18 @@ interface Header {
   pax?: Record<string, string> | null;
 }
 
+/** A small entry's body, in memory (SMALL_FILE_BYTES); never more than its header's size. */
+async function smallBody(name: string, size: number, body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    got += chunk.length;
+    if (got > size) refuse(name, `file longer than its header's ${size} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, got);
+}
+
 class Extractor {
   private readonly verifiedDirs = new Set<string>();
   /** Paths (relative) this layer has written: whiteouts only hide lower content. */
@@ -463,19 +475,13 @@ class Extractor {
     const p = this.abs(comps);
     await this.parents(h.name, comps, true);
     await this.clear(p, rel, false);
-    if (size <= SMALL_FILE_BYTES) {
-      const chunks: Buffer[] = [];
-      let got = 0;
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        got += chunk.length;
-        if (got > SMALL_FILE_BYTES) refuse(h.name, `file longer than its header's ${size} bytes`);
-        chunks.push(chunk);
-      }
-      this.writeSmallFile(p, h, Buffer.concat(chunks, got));
-      this.written.add(rel);
-      this.collectXattrs(p, rel, h);
-      return;
-    }
+    if (size <= SMALL_FILE_BYTES) this.writeSmallFile(p, h, await smallBody(h.name, size, body));
+    else await this.writeLargeFile(p, h, body);
+    this.written.add(rel);
+    this.collectXattrs(p, rel, h);
+  }
+
+  private async writeLargeFile(p: string, h: Header, body: Readable): Promise<void> {
     const fh = await open(p, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600);
     try {
       let written = 0;
@@ -493,8 +499,6 @@ class Extractor {
     } finally {
       await fh.close();
     }
-    this.written.add(rel);
-    this.collectXattrs(p, rel, h);
   }
 
   /** A small file whose body is in memory, created as file() does, with synchronous calls (SMALL_FILE_BYTES). */

@@ -5,8 +5,7 @@
  */
 import { readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
-import { run } from '../../core/exec.js';
-import { CommandRunner, runnable } from '../command-runner.js';
+import { CommandRunner } from '../command-runner.js';
 import { Internal, InvalidArgument } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { MountSpec } from './snapshotter.js';
@@ -125,10 +124,8 @@ let shells: CommandRunner | undefined;
 const hostShells = () => (shells ??= new CommandRunner(2));
 
 /** mount/umount through a host shell where the arguments allow it, else spawned directly; stdout and stderr together. */
-async function hostCommand(program: 'mount' | 'umount', args: string[], cwd?: string): Promise<{ code: number; output: string }> {
-  if (runnable(args, cwd)) return hostShells().run(program, args, '', cwd);
-  const r = await run(program, args, cwd ? { cwd } : {});
-  return { code: r.code, output: `${r.stdout}${r.stderr}` };
+function hostCommand(program: 'mount' | 'umount', args: string[], cwd?: string): Promise<{ code: number; output: string }> {
+  return hostShells().runOrSpawn(program, args, cwd);
 }
 
 async function mountCmd(args: string[], cwd?: string): Promise<void> {

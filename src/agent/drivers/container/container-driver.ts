@@ -620,12 +620,13 @@ export class ContainerDriver implements InstanceDriver {
     } catch {
       meta = undefined; // a create that failed early: only files and maybe a mount
     }
+    const conmonPid = await readPidFile(path.join(dir, 'conmon.pid'));
     if (meta) {
       const rt = this.runtime(meta.runtime, meta.runtimePath);
       // Empty the memory cgroup while it still exists (`runc delete` removes it): a removed
       // one with page cache still charged to it lingers in the kernel (cgroups.ts).
       const cgroups = await this.cgroups(meta);
-      if (await this.endInit(id, meta, cgroups)) await releaseCgroupMemory(cgroups);
+      if (await this.endInit(id, meta, cgroups, conmonPid)) await releaseCgroupMemory(cgroups);
       try {
         await rt.delete(id, true);
       } catch (e) {
@@ -639,7 +640,6 @@ export class ContainerDriver implements InstanceDriver {
       }
     }
     // conmon sees the container go, writes the exit file and leaves; help it if it lingers
-    const conmonPid = await readPidFile(path.join(dir, 'conmon.pid'));
     if (conmonPid !== undefined && (await isConmonFor(conmonPid, id))) {
       for (let i = 0; i < 60 && processAlive(conmonPid); i++) await sleep(50);
       if (processAlive(conmonPid)) {
@@ -668,10 +668,9 @@ export class ContainerDriver implements InstanceDriver {
    * wait for a thaw: `runc delete` deals with that one) and only while the pid is still the
    * one conmon watches (its child), not a pid reused since.
    */
-  private async endInit(id: string, meta: ContainerMeta, cgroups: CgroupPaths): Promise<boolean> {
+  private async endInit(id: string, meta: ContainerMeta, cgroups: CgroupPaths, conmonPid: number | undefined): Promise<boolean> {
     if (await this.exitRecord(id, meta)) return true;
     const pid = meta.pid;
-    const conmonPid = await readPidFile(path.join(this.dir(id), 'conmon.pid'));
     if (!pid || conmonPid === undefined || parentPid(pid) !== conmonPid) return !pid || !processAlive(pid);
     if (await readFrozen(cgroups)) return false;
     try {

@@ -14,7 +14,8 @@ import { AlreadyExists, Conflict, Internal, NotFound, Unavailable, type NimbusEr
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { processAlive } from '../../../core/proc.js';
-import { CommandRunner, runnable } from '../../command-runner.js';
+import { CommandRunner } from '../../command-runner.js';
+import { removeStateFile } from '../../../core/state-files.js';
 
 export type RuntimeName = 'runc' | 'crun';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
@@ -124,7 +125,7 @@ export class OciRuntime {
       if (code !== 0) throw mapRuntimeError(this.name, 'create', id, await readFile(errFile, 'utf8'), code);
     } finally {
       await fh.close();
-      await rm(errFile, { force: true });
+      await removeStateFile(errFile);
     }
   }
   /** initPid: the container's `runc init`, if known; the in-process start then waits for it as long as it lives. */
@@ -157,8 +158,7 @@ export class OciRuntime {
   /** Through a long-lived host shell (no fork of nimbusd: ~1.6 ms of its event loop per delete here). */
   async delete(id: string, force = false): Promise<void> {
     const args = [...this.globalArgs(), 'delete', ...(force ? ['--force'] : []), id];
-    if (!runnable([this.binary, ...args])) return void (await this.call('delete', id, args.slice(2)));
-    const r = await runtimeShells().run(this.binary, args, '', undefined, { timeoutMs: 30_000 });
+    const r = await runtimeShells().runOrSpawn(this.binary, args, undefined, { timeoutMs: 30_000 });
     if (r.code !== 0) throw mapRuntimeError(this.name, 'delete', id, r.output, r.code);
   }
   async list(): Promise<OciState[]> {
@@ -230,7 +230,7 @@ export async function releaseThroughExecFifo(fifo: string, opts: { initPid?: num
     });
     if (got === undefined) return false;
     if (got !== '0') throw new Internal(`runc init reported "${got}" through ${fifo}`);
-    await rm(fifo, { force: true });
+    await removeStateFile(fifo);
     return true;
   } finally {
     pipe.destroy();
