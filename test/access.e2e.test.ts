@@ -16,6 +16,7 @@ import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { call } from './helpers/http.js';
 import { buildTestImages, makeTar, type PlatformImage } from '../scripts/fixtures/images.js';
 import { hostKernel } from '../scripts/fixtures/guest.js';
 import { allRoutes } from '../src/api/routes/index.js';
@@ -23,37 +24,6 @@ import type { Route } from '../src/api/route.js';
 
 const ADMIN_PASSWORD = 'access-test-admin-pw';
 const PASSWORD = 'tenant-password-1';
-
-interface Reply { status: number; body: unknown; text: string }
-
-function call(target: { port: number } | { socketPath: string }, method: string, path: string, opts: { token?: string; body?: unknown; raw?: Buffer } = {}): Promise<Reply> {
-  return new Promise((ok, fail) => {
-    const payload = opts.raw ?? (opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body)));
-    const headers: Record<string, string | number> = {};
-    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    if (payload) {
-      headers['content-type'] = opts.raw ? 'application/x-tar' : 'application/json';
-      headers['content-length'] = payload.length;
-    }
-    const where = 'port' in target ? { host: '127.0.0.1', port: target.port } : { socketPath: target.socketPath };
-    const req = request({ ...where, method, path, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let body: unknown;
-        try {
-          body = text ? JSON.parse(text) : undefined;
-        } catch {
-          body = text;
-        }
-        ok({ status: res.statusCode ?? 0, body, text });
-      });
-    });
-    req.on('error', fail);
-    req.end(payload);
-  });
-}
 
 /** A `docker save` tar of the test image with a label of its own, so each project gets a distinct image. */
 async function labelledImage(img: PlatformImage, label: string): Promise<Buffer> {

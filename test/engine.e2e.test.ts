@@ -152,6 +152,26 @@ describe('container engine end to end', { concurrency: false }, () => {
     await d.cli(['rm', '-f', 'holder']);
   });
 
+  test('a program the image lacks: the same 400 on the warm and the cold path, and nothing left', async () => {
+    type Pool = { ready: number; hits: number };
+    const pool = async () => (await d.api<{ agent: { warmPool: Pool } }>('GET', '/info')).body.agent.warmPool;
+    const made = await d.api<C>('POST', '/containers', { image: IMAGE, cmd: ['true'] }); // makes the template hot
+    assert.equal(made.status, 201);
+    await d.api('DELETE', `/containers/${made.body.id}`);
+    const before = await waitFor('a warm container', async () => ((await pool()).ready > 0 ? pool() : undefined));
+    type Err = { error: { code: string; message: string } };
+    const warm = await d.api<Err>('POST', '/containers', { image: IMAGE, cmd: ['/nonexistent'] });
+    assert.equal((await pool()).hits, before.hits + 1, 'the request took the warm path');
+    const cold = await d.api<Err>('POST', '/containers', { image: IMAGE, cmd: ['/nonexistent'], hostname: 'coldpath' }); // a hostname is never served warm
+    for (const r of [warm, cold]) {
+      assert.equal(r.status, 400, JSON.stringify(r.body));
+      assert.equal(r.body.error.code, 'InvalidArgument');
+      assert.match(r.body.error.message, /cannot run "\/nonexistent": no such file in the image/);
+    }
+    assert.equal(warm.body.error.message, cold.body.error.message);
+    assert.equal((await d.api<C[]>('GET', '/containers?all=true')).body.length, 0, 'neither left a container');
+  });
+
 
   test('a tampered layer is refused with DataLoss and nothing is half-stored', async () => {
     await pushTamperedImage(registry);

@@ -7,12 +7,17 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { LocalContentStore } from '../src/agent/content/local-content-store.js';
+import { LocalAgent } from '../src/agent/local-agent.js';
+import { HTTP_STATUS } from '../src/api/http-errors.js';
+import { compileOptions, type CompiledOptions } from '../src/core/config.js';
+import { hasCode, type NimbusError } from '../src/core/errors.js';
 import { importImageArchive } from '../src/agent/images/import.js';
 import { pullImage, type LayerProgress } from '../src/agent/images/pull.js';
 import { TokenCache } from '../src/agent/images/registry-client.js';
@@ -179,5 +184,147 @@ describe('registry authentication (real htpasswd registry, token service in fron
     const img = await pullImage(`${proxy.host}/${REPO}:single`, { store, tokenCache: new TokenCache() });
     assert.equal(img.layers.length, 3);
     assert.deepEqual(proxy.tokenRequests, [{ scope: `repository:${REPO}:pull`, granted: true }]);
+  });
+});
+
+describe('unpack limits and disk space through the agent (real registry, LocalAgent, overlay snapshots)', () => {
+  const MiB = 1024 ** 2;
+  let reg: RegistryFixture | undefined;
+  before(async () => {
+    reg = await startRegistry();
+  });
+  after(async () => {
+    await reg?.stop();
+  });
+
+  /** An image of gzip layers (each a few KB of zeros expanding to its files' sizes), pushed as repo:latest. */
+  async function pushLayers(repo: string, layers: { name: string; size: number }[][]) {
+    const raws = await Promise.all(layers.map((files) => makeTar(files.map((f) => ({ name: f.name, type: 'file' as const, content: Buffer.alloc(f.size) })))));
+    const blobs = raws.map((r) => blobOf(gzipSync(r, { level: 9 }), MEDIA.layerGzip));
+    for (const b of blobs) assert.ok(b.size < 256 * 1024, `a small layer (${b.size} bytes)`);
+    const config = blobOf(Buffer.from(JSON.stringify({
+      architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] },
+      rootfs: { type: 'layers', diff_ids: raws.map((r) => `sha256:${createHash('sha256').update(r).digest('hex')}`) },
+    })), MEDIA.config);
+    const manifest = blobOf(Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MEDIA.manifest,
+      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
+      layers: blobs.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+    })), MEDIA.manifest);
+    await pushImage(reg!.host, repo, 'latest', { manifest, blobs: [config, ...blobs] });
+    return { manifest, config, layers: blobs };
+  }
+
+  async function agentIn(t: { after(fn: () => unknown): void }, home: string, o: { layerMaxBytes?: number; imageMaxBytes?: number } = {}) {
+    const options = compileOptions({ home, warmPerImage: 0, snapshotter: 'overlayfs', ...o }, {});
+    const agent = await LocalAgent.create(options);
+    t.after(() => agent.close());
+    return { agent, options };
+  }
+
+  /** Nothing of a refused pull on disk: no snapshot (committed or half-written), no ingest in flight. */
+  function assertNothingLeft(options: CompiledOptions) {
+    const snaps = join(options.snapshotsDir, 'overlayfs', 'snapshots');
+    assert.deepEqual(existsSync(snaps) ? readdirSync(snaps) : [], [], 'no snapshot directory left');
+    const meta = join(options.snapshotsDir, 'overlayfs', 'metadata.json');
+    if (existsSync(meta)) assert.deepEqual(JSON.parse(readFileSync(meta, 'utf8')).snapshots, {}, 'no snapshot record left');
+    const ingest = join(options.contentDir, 'ingest');
+    assert.deepEqual(existsSync(ingest) ? readdirSync(ingest) : [], [], 'no half-stored blob');
+  }
+
+  test('a gzip bomb over the per-layer limit fails the pull (400, naming the layer and the limit) and leaves no snapshot; import too', async (t) => {
+    const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
+    t.after(() => rmSync(home, { recursive: true, force: true }));
+    const { agent, options } = await agentIn(t, home, { layerMaxBytes: 4 * MiB });
+    const img = await pushLayers('nimbus-test/bomb', [Array.from({ length: 12 }, (_, i) => ({ name: `z/${i}`, size: MiB }))]);
+    const layer = img.layers[0]!.digest;
+    const limitError = (e: unknown) => {
+      assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+      assert.equal(HTTP_STATUS[(e as NimbusError).code], 400);
+      assert.match((e as Error).message, new RegExp(`layer ${layer}: unpacks to more than the per-layer limit of 4 MiB`));
+      return true;
+    };
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/bomb:latest`, {}, () => undefined), limitError);
+    assertNothingLeft(options);
+
+    // the same image as an OCI layout tar, imported into a fresh agent
+    const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
+    t.after(() => rmSync(home2, { recursive: true, force: true }));
+    const second = await agentIn(t, home2, { layerMaxBytes: 4 * MiB });
+    const archive = join(home2, 'bomb.tar');
+    writeFileSync(archive, await makeTar([
+      { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+      { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MEDIA.manifest, digest: img.manifest.digest, size: img.manifest.size }] }) },
+      ...[img.manifest, img.config, ...img.layers].map((b) => ({ name: `blobs/sha256/${b.digest.slice(7)}`, type: 'file' as const, content: b.data })),
+    ]));
+    await assert.rejects(second.agent.importImages(archive), limitError);
+    assertNothingLeft(second.options);
+  });
+
+  test('the per-image limit counts every layer of the image: the layer that crosses it is refused and removed', async (t) => {
+    const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
+    t.after(() => rmSync(home, { recursive: true, force: true }));
+    const { agent, options } = await agentIn(t, home, { layerMaxBytes: 4 * MiB, imageMaxBytes: 5 * MiB });
+    const img = await pushLayers('nimbus-test/two', [[{ name: 'a', size: 3 * MiB }], [{ name: 'b', size: 3 * MiB }]]);
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined), (e: unknown) => {
+      assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+      assert.match((e as Error).message, new RegExp(`layer ${img.layers[1]!.digest}: the image unpacks to more than the per-image limit of 5 MiB`));
+      return true;
+    });
+    // the first layer fitted and stays (a committed chain other images may share); the second is gone
+    const snaps = readdirSync(join(options.snapshotsDir, 'overlayfs', 'snapshots'));
+    assert.equal(snaps.length, 1, `one committed snapshot: ${snaps.join(', ')}`);
+    const meta = JSON.parse(readFileSync(join(options.snapshotsDir, 'overlayfs', 'metadata.json'), 'utf8')) as { snapshots: Record<string, { kind: string }> };
+    assert.deepEqual(Object.values(meta.snapshots).map((s) => s.kind), ['committed']);
+    // within the limit the same image pulls
+    const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
+    t.after(() => rmSync(home2, { recursive: true, force: true }));
+    const roomy = await agentIn(t, home2, { layerMaxBytes: 4 * MiB, imageMaxBytes: 6 * MiB });
+    const pulled = await roomy.agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined);
+    assert.equal(pulled.manifestDigest, img.manifest.digest);
+  });
+
+  test('on a small disk (a 48 MiB tmpfs home) a bomb within the limits stops at the free-space reserve, not at a full disk', async (t) => {
+    const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-tmpfs-'));
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'nimbus-test', home]);
+    t.after(() => {
+      spawnSync('umount', ['-l', home]);
+      rmSync(home, { recursive: true, force: true });
+    });
+    assert.equal(m.status, 0, `mount tmpfs: ${m.stderr}`);
+    const { agent, options } = await agentIn(t, home);
+    const img = await pushLayers('nimbus-test/filler', [[...Array.from({ length: 30 }, (_, i) => ({ name: `s/${i}`, size: 512 * 1024 })), { name: 'big', size: 80 * MiB }]]);
+    const free = () => {
+      const s = statfsSync(home);
+      return s.bavail * s.bsize;
+    };
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/filler:latest`, {}, () => undefined), (e: unknown) => {
+      assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
+      assert.equal(HTTP_STATUS[(e as NimbusError).code], 507);
+      assert.match((e as Error).message, new RegExp(`reserve while unpacking layer ${img.layers[0]!.digest}`));
+      assert.doesNotMatch((e as Error).message, new RegExp(home));
+      return true;
+    });
+    assertNothingLeft(options);
+    assert.ok(free() > 40 * MiB, `the half-written snapshot is gone: ${free()} bytes free`);
+
+    // a layer that cannot even be stored: refused before anything is downloaded
+    const noise = blobOf(randomBytes(30 * MiB), MEDIA.layer);
+    const config = blobOf(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [noise.digest] } })), MEDIA.config);
+    const manifest = blobOf(Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MEDIA.manifest,
+      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
+      layers: [{ mediaType: noise.mediaType, digest: noise.digest, size: noise.size }],
+    })), MEDIA.manifest);
+    await pushImage(reg!.host, 'nimbus-test/noise', 'latest', { manifest, blobs: [config, noise] });
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/noise:latest`, {}, () => undefined), (e: unknown) => {
+      assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
+      assert.match((e as Error).message, /^not enough disk space for pulling .*nimbus-test\/noise:latest: needs at least 60 MiB/);
+      return true;
+    });
+    const content = new LocalContentStore(options.contentDir);
+    assert.equal(await content.info(config.digest), undefined, 'not even the config fetched');
+    assert.equal(await content.info(noise.digest), undefined);
+    assertNothingLeft(options);
   });
 });

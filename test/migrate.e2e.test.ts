@@ -8,6 +8,7 @@
  * protocol), survives kill -9 of the control plane and of the agent process, and leaves no
  * QEMU, no state and no registration behind.
  */
+import { GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -72,7 +73,7 @@ const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
 /** `nimbusd agent` as a child process in the second host's namespace, started again on the same home by start(). */
 function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeof secondHost>>) {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-agent-'));
-  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() };
+  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() };
   let child: ChildProcess | undefined;
   let out = '';
   const self = {
@@ -168,7 +169,7 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.match(await cliOk(['agent', 'ls']), new RegExp(`${AGENT}\\s+up\\s+http://${host2.agentAddress.replaceAll('.', '\\.')}:`));
     // a registration must answer at its URL with its token
     const bad = await d.api<{ error: { code: string; message: string } }>('POST', '/agents', { name: 'ghost', url: list[1]!.url, token: 'x'.repeat(32) });
-    assert.equal(bad.status, 503);
+    assert.equal(bad.status, 502);
     assert.match(bad.body.error.message, /does not answer/);
     const liar = await d.api<{ error: { code: string } }>('POST', '/agents', { name: 'local', url: list[1]!.url, token: 'x'.repeat(32) });
     assert.equal(liar.status, 409, 'the embedded agent\'s name is taken');

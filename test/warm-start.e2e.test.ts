@@ -6,11 +6,10 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import type { DaemonProcess } from './helpers/daemon-process.js';
+import { startDaemonWithImage, type DaemonWithImage } from './helpers/daemon-with-image.js';
 
 interface WarmStats { perImage: number; ready: number; hotImages: number; hits: number; misses: number }
-let registry: TestRegistry;
 let d: DaemonProcess;
 let IMAGE: string;
 
@@ -25,16 +24,13 @@ async function warmReady(n = 1): Promise<WarmStats> {
 }
 
 describe('warm start', { concurrency: false }, () => {
+  let env: DaemonWithImage | undefined;
   before(async () => {
-    registry = await startTestRegistryWithImages();
-    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
-    d = await startDaemonProcess();
-    const r = await d.cli(['image', 'pull', IMAGE]);
-    assert.equal(r.code, 0, r.stderr);
+    env = await startDaemonWithImage();
+    ({ d, image: IMAGE } = env);
   });
   after(async () => {
-    await d?.destroy();
-    await registry?.stop();
+    await env?.stop();
   });
 
   test('a warm container runs the requested command, env, workdir, limits and hostname', async () => {
@@ -67,15 +63,13 @@ describe('warm start', { concurrency: false }, () => {
     await d.cli(['rm', 'warm-oom']);
   });
 
-  test('a missing command exits 127 with a message; started again it is created cold and fails as cold ones do', async () => {
-    await warmReady();
-    let r = await d.cli(['run', '--name', 'nocmd', IMAGE, 'no-such-command']);
-    assert.equal(r.code, 127);
-    assert.match(r.stdout + r.stderr, /no-such-command/);
-    r = await d.cli(['start', 'nocmd']);
-    assert.notEqual(r.code, 0);
-    assert.match(r.stderr, /no-such-command.*not found/);
-    assert.equal((await d.cli(['rm', '-f', 'nocmd'])).code, 0);
+  test('a missing command is refused at the claim as a cold create refuses it (400, no container), not an exit 127', async () => {
+    const before = await warmReady();
+    const r = await d.cli(['run', '--name', 'nocmd', IMAGE, 'no-such-command']);
+    assert.equal(r.code, 127, "the CLI's exit for a command not found (as docker run's)");
+    assert.match(r.stderr, /InvalidArgument: cannot run "no-such-command": executable file not found in \$PATH/, 'the create refused it: no container ran');
+    assert.equal((await warm()).hits, before.hits + 1, 'it took the warm path');
+    assert.equal((await d.api('GET', '/containers/nocmd')).status, 404, 'nothing left');
   });
 
   test('a request a warm container cannot serve (its own hostname) is created cold', async () => {

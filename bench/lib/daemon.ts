@@ -4,9 +4,10 @@
  * connections, as a long-lived client would hold them). stop() force-removes
  * every container, stops the daemon and removes whatever it left.
  */
+import { GUEST_HOST_DIRS_ENV } from '../../scripts/fixtures/guest.js';
 import { removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -189,7 +190,7 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
   const netEnv = testNetworkEnv();
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...netEnv },
+    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...netEnv },
   });
   const output = captureOutput(child);
   const client = new UnixClient(socket);
@@ -271,7 +272,13 @@ export function runtimeRoots(home: string): { runtime: string; dir: string }[] {
     for (const n of names) {
       const p = join(dir, n);
       if ((n === 'runc' || n === 'crun') && dir.endsWith('/runtime')) out.push({ runtime: n, dir: p });
-      else if (!n.includes('.') && n !== 'snapshots' && n !== 'content' && n !== 'blobs') walk(p, depth + 1);
+      else if (!n.includes('.') && !['snapshots', 'content', 'blobs', 'rootfs'].includes(n)) {
+        try {
+          if (statSync(p).isDirectory()) walk(p, depth + 1);
+        } catch {
+          /* gone */
+        }
+      }
     }
   };
   walk(home, 0);
@@ -291,7 +298,7 @@ export async function startBenchAgent(controlPlaneSocket: string, name: string):
   const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-agent-'));
   const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() },
+    env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() },
   });
   const output = captureOutput(child);
   let stopped = false;

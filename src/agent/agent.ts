@@ -11,6 +11,7 @@ import type {
   ExecRequest,
   ExecSession,
   InstanceStats,
+  LogLimits,
   LogRecord,
   ProcessSpec,
   ResourceLimits,
@@ -81,6 +82,8 @@ export interface ContainerCreateRequest {
   hostname?: string;
   runtime?: string;
   labels?: Record<string, string>;
+  /** Log rotation (max-size / max-file); absent: the driver's defaults. */
+  log?: LogLimits;
 }
 
 export interface VmCreateRequest {
@@ -157,6 +160,11 @@ export interface GcResult {
   bytesFreed: number;
 }
 
+/** What a VM image is for: its root disk, or the kernel and initrd of a direct kernel boot (Glance's ami / aki / ari). */
+export type VmImageKind = 'disk' | 'kernel' | 'initrd';
+/** A disk's format, or the boot file it is. */
+export type VmImageFormat = 'raw' | 'qcow2' | 'kernel' | 'initrd';
+
 export interface Agent {
   info(): Promise<AgentInfo>;
   pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage>;
@@ -164,10 +172,11 @@ export interface Agent {
   /** Remove every blob and snapshot not reachable from the given images (and disk images' blobs). */
   garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[]; blobs?: string[] }): Promise<GcResult>;
   /**
-   * A VM disk image into the content store, checked first: raw or qcow2 only, and a qcow2 that
-   * names a backing or data file (another file on this host) is refused.
+   * A VM image into the content store, checked first. A disk: raw or qcow2 only, and a qcow2 that
+   * names a backing or data file (another file on this host) is refused. A kernel: a bzImage or an
+   * ELF image. An initrd: a cpio archive, plain or compressed as the kernel can unpack it.
    */
-  importDiskImage(file: string): Promise<{ digest: string; size: number; format: 'raw' | 'qcow2'; virtualSize: number }>;
+  importDiskImage(file: string, kind?: VmImageKind): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }>;
   /** Where a disk image's blob is on this host (VM overlays are backed by it; it never changes). */
   diskImagePath(digest: string): string;
 

@@ -4,8 +4,7 @@
  * and turns control-plane requests into calls on them.
  */
 import { createHash } from 'node:crypto';
-import { access, mkdir, readFile, stat } from 'node:fs/promises';
-import { constants as fsConstants } from 'node:fs';
+import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -20,18 +19,24 @@ import type { ContentStore } from './content/content-store.js';
 import { LocalContentStore } from './content/local-content-store.js';
 import type { InstanceDriver, InstanceSpec, RuntimeState } from './drivers/instance-driver.js';
 import { ContainerDriver } from './drivers/container/container-driver.js';
+import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
 import { probeRuntime } from './drivers/container/oci-runtime.js';
 import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
 import { pullImage } from './images/pull.js';
 import { importImageArchive } from './images/import.js';
 import { applyLayer } from './layers/apply-layer.js';
+import { ImageBudget } from './layers/unpack-limits.js';
+import { DiskSpace } from './content/disk-space.js';
 import type { MountSpec, Snapshotter } from './snapshots/snapshotter.js';
 import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js';
+import { HostFileResolver } from './drivers/vm/host-files.js';
 import { NativeSnapshotter } from './snapshots/native.js';
 import { WarmPool, type WarmTemplate } from './warm-pool.js';
 import { SecureDriver } from './drivers/secure/secure-driver.js';
 import { Reaper } from './reaper.js';
-import type { VmCreateRequest, VmHostState, VmMigrationSpec } from './agent.js';
+import { removeEarlierLeftovers, removeInterruptedWrites } from './interrupted-writes.js';
+import { killOrphanProbes } from './orphan-probes.js';
+import type { VmCreateRequest, VmHostState, VmImageFormat, VmImageKind, VmMigrationSpec } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
@@ -75,6 +80,8 @@ interface ImageContent {
 }
 
 export class LocalAgent implements Agent {
+  /** Kernels, initrds and disks VMs may boot from: the content store's blobs and the operator's --vm-host-dir. */
+  private readonly hostFiles = new HostFileResolver(() => [join(this.options.contentDir, 'blobs'), ...this.options.vmHostDirs]);
   private readonly exitListeners: ((id: string) => void)[] = [];
   /** Serialises unpacking of one chain id so concurrent pulls share the work. */
   private readonly chainLocks = new Map<string, Promise<void>>();
@@ -204,8 +211,10 @@ export class LocalAgent implements Agent {
       const ready: { promise: Promise<void>; resolve: () => void }[] = [];
       let unpacking: Promise<void> | undefined;
       let pullFailed = false;
+      const budget = new ImageBudget(this.options.imageMaxBytes);
       const pulled = await pullImage(ref, {
         store: this.content,
+        room: this.diskSpace(),
         insecureRegistries: opts.insecureRegistries ?? [],
         ...(opts.credentials ? { credentials: opts.credentials } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
@@ -226,10 +235,11 @@ export class LocalAgent implements Agent {
               await ready[i]!.promise;
               if (pullFailed) return;
               log.debug('unpacking layer', { ref, index: i, digest: layers[i]!.digest });
-              await this.unpackLayer(layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined);
+              await this.unpackLayer(layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined, budget);
             }
           })();
           unpacking.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+          return unpacking; // a failed unpack (a limit, the disk) stops the downloads
         },
         onLayerReady: (index) => {
           log.debug('layer downloaded', { ref, index });
@@ -251,7 +261,7 @@ export class LocalAgent implements Agent {
         config: pulled.config as AgentImage['config'],
         layers: pulled.layers.map((l) => ({ digest: l.digest, mediaType: l.mediaType, size: l.size })),
         reference: pulled.reference,
-      });
+      }, budget);
       report('done');
       return img;
     } finally {
@@ -262,7 +272,7 @@ export class LocalAgent implements Agent {
   async importImages(archivePath: string): Promise<AgentImage[]> {
     this.activePulls++;
     try {
-      const found = await importImageArchive(archivePath, this.content);
+      const found = await importImageArchive(archivePath, this.content, { room: this.diskSpace() });
       const out: AgentImage[] = [];
       for (const f of found) {
         out.push(
@@ -272,7 +282,7 @@ export class LocalAgent implements Agent {
             config: f.config as AgentImage['config'],
             layers: f.layers.map((l) => ({ digest: l.digest, mediaType: l.mediaType, size: l.size })),
             ...(f.name ? { reference: f.name } : {}),
-          }),
+          }, new ImageBudget(this.options.imageMaxBytes)),
         );
       }
       return out;
@@ -281,8 +291,13 @@ export class LocalAgent implements Agent {
     }
   }
 
-  /** Unpack every layer into a committed snapshot named by its chain id. */
-  private async unpack(c: ImageContent): Promise<AgentImage> {
+  /** Free space where images land (the content store, the snapshots): pulls and unpacks check it. */
+  private diskSpace(): DiskSpace {
+    return new DiskSpace({ content: this.options.contentDir, snapshots: this.options.snapshotsDir });
+  }
+
+  /** Unpack every layer into a committed snapshot named by its chain id; budget bounds the image's unpacked bytes. */
+  private async unpack(c: ImageContent, budget: ImageBudget): Promise<AgentImage> {
     const diffIds = c.config.rootfs?.diff_ids ?? [];
     if (diffIds.length !== c.layers.length) {
       throw new DataLoss(`image config lists ${diffIds.length} diff ids for ${c.layers.length} layers`);
@@ -290,7 +305,7 @@ export class LocalAgent implements Agent {
     if (c.layers.length === 0) throw new InvalidArgument('image has no layers');
     const chains = chainIds(diffIds);
     for (let i = 0; i < c.layers.length; i++) {
-      await this.unpackLayer(c.layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined);
+      await this.unpackLayer(c.layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined, budget);
     }
     const layers: LayerRecord[] = c.layers.map((l, i) => ({ ...l, diffId: diffIds[i]! }));
     return {
@@ -305,7 +320,7 @@ export class LocalAgent implements Agent {
     };
   }
 
-  private async unpackLayer(layer: ImageContent['layers'][number], diffId: string, chainId: string, parent: string | undefined) {
+  private async unpackLayer(layer: ImageContent['layers'][number], diffId: string, chainId: string, parent: string | undefined, budget: ImageBudget) {
     const prev = this.chainLocks.get(chainId);
     if (prev) await prev.catch(() => undefined);
     const work = (async () => {
@@ -317,6 +332,10 @@ export class LocalAgent implements Agent {
         const applied = await applyLayer(target, this.content.openRead(layer.digest), {
           mediaType: layer.mediaType,
           mode: this.snapshotterName === 'overlayfs' ? 'overlay' : 'native',
+          digest: layer.digest,
+          ...(this.options.layerMaxBytes ? { limits: { maxUnpackedBytes: this.options.layerMaxBytes } } : {}),
+          imageBudget: budget,
+          room: this.diskSpace(),
         });
         log.debug('layer applied', { chainId, entries: applied.entries });
         if (applied.diffId !== diffId) {
@@ -348,8 +367,8 @@ export class LocalAgent implements Agent {
     }
   }
 
-  async importDiskImage(file: string): Promise<{ digest: string; size: number; format: 'raw' | 'qcow2'; virtualSize: number }> {
-    const info = await inspectDiskImage(file);
+  async importDiskImage(file: string, kind: VmImageKind = 'disk'): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }> {
+    const info = kind === 'disk' ? await inspectDiskImage(file) : await inspectBootFile(file, kind);
     const hash = createHash('sha256');
     for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
     const digest = `sha256:${hash.digest('hex')}`;
@@ -444,6 +463,7 @@ export class LocalAgent implements Agent {
       ...(req.hostname ? { hostname: req.hostname } : {}),
       ...(req.runtime ? { runtime: req.runtime } : {}),
       ...(req.labels ? { labels: req.labels } : {}),
+      ...(req.log ? { log: req.log } : {}),
       ...(netnsPath ? { netnsPath } : {}),
       ...(n?.mode === 'host' ? { hostNetwork: true } : {}),
       etc: await this.etcFor(req),
@@ -507,6 +527,8 @@ export class LocalAgent implements Agent {
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
     // Only requests whose config can match a warm one: the default hostname (the id's prefix).
     if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
+    // a warm container's conmon was started with the default log max-size (max-file can still change)
+    if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
     // a warm container has a namespace of its own: endpoints can be added, the host's or another's cannot be joined
     if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
     const network = req.network?.mode === 'networks' ? req.network.endpoints[0]?.network : undefined;
@@ -739,7 +761,11 @@ export class LocalAgent implements Agent {
   disconnectContainer(id: string, networkId: string) {
     return this.network.disconnect(id, networkId);
   }
-  reconcileNetworks(liveContainers: string[], liveNetworks: string[]) {
+  async reconcileNetworks(liveContainers: string[], liveNetworks: string[]) {
+    // at start: files a SIGKILLed predecessor left half-written (interrupted-writes.ts)
+    await removeInterruptedWrites([join(this.options.containersDir, 'requests'), join(this.options.networkDir, 'endpoints'), join(this.options.networkDir, 'networks')]);
+    await removeEarlierLeftovers(join(this.options.contentDir, 'ingest')); // a pull killed mid-blob
+    for (const s of ['overlayfs', 'native']) await removeEarlierLeftovers(join(this.options.snapshotsDir, s), /^metadata\.json\..+\.tmp$/);
     return this.network.reconcile(new Set(liveContainers), new Set(liveNetworks));
   }
 
@@ -774,13 +800,11 @@ export class LocalAgent implements Agent {
   }
 
   async createVm(req: VmCreateRequest): Promise<VmHostState> {
-    // host paths: a missing file is the caller's mistake, not a QEMU failure at start
-    for (const [what, file] of [['kernel', req.kernel], ['initrd', req.initrd], ['disk', req.disk]] as const) {
-      if (file === undefined) continue;
-      if (!file.startsWith('/')) throw new InvalidArgument(`${what} must be an absolute path on the host, got "${file}"`);
-      await access(file, fsConstants.R_OK).catch(() => {
-        throw new InvalidArgument(`${what} ${file}: no such readable file on host ${this.options.agentName}`);
-      });
+    // host files: only from the content store or an allow-listed directory, by their real path
+    req = { ...req };
+    for (const role of ['kernel', 'initrd', 'disk'] as const) {
+      const file = req[role];
+      if (file !== undefined) req[role] = await this.hostFiles.resolve(role, file);
     }
     const accel = (await this.vmAccelerator()).accel;
     // NICs: taps on the networks first; the guest learns its addresses from its command line
@@ -863,15 +887,24 @@ export class LocalAgent implements Agent {
   listVms() {
     return this.vms.list();
   }
-  reconcileVms() {
-    return this.vms.reconcile();
+  async reconcileVms() {
+    // the KVM probe's initrd (hostProbeGuest): a probe QEMU a killed nimbusd left runs forever
+    const probes = killOrphanProbes(join(this.options.vmsDir, 'probe-empty.initrd'));
+    const r = await this.vms.reconcile();
+    return { ...r, killed: [...r.killed, ...probes] };
   }
   vmMigrationSpec(id: string) {
     return this.vms.migrationSpec(id);
   }
-  prepareVmIncoming(spec: VmMigrationSpec) {
+  async prepareVmIncoming(spec: VmMigrationSpec) {
+    // the same rule for boot files as a create: they must be ones this host may boot from
+    const config = { ...spec.config };
+    for (const role of ['kernel', 'initrd', 'disk'] as const) {
+      const file = config[role];
+      if (typeof file === 'string') config[role] = await this.hostFiles.resolve(role, file);
+    }
     // the stream comes in on the address other hosts reach this one by
-    return this.vms.prepareIncoming(spec, this.options.migrationAddress);
+    return this.vms.prepareIncoming({ ...spec, config }, this.options.migrationAddress);
   }
   migrateVmOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }) {
     return this.vms.migrateOut(id, uri, opts);
@@ -925,12 +958,46 @@ async function chooseVmAccelerator(options: CompiledOptions): Promise<Accelerato
  */
 export async function inspectDiskImage(file: string): Promise<{ format: 'raw' | 'qcow2'; size: number; virtualSize: number }> {
   const r = await run('qemu-img', ['info', '--output=json', file]);
-  if (r.code !== 0) throw new InvalidArgument(`not a disk image qemu-img can read: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+  // qemu-img names the file: the caller's upload lives in a host path it need not learn
+  if (r.code !== 0) throw new InvalidArgument(`not a disk image qemu-img can read: ${(r.stderr.trim().split('\n').pop() ?? '').split(file).join('the image')}`);
   const info = JSON.parse(r.stdout) as { format?: string; 'virtual-size'?: number; 'actual-size'?: number; 'backing-filename'?: string; 'format-specific'?: { data?: { 'data-file'?: string } } };
   if (info.format !== 'raw' && info.format !== 'qcow2') throw new InvalidArgument(`disk image format ${info.format ?? 'unknown'}: raw or qcow2 expected`);
   if (info['backing-filename']) throw new InvalidArgument(`refusing a qcow2 with a backing file (${info['backing-filename']}): it would reach another file on the host`);
   if (info['format-specific']?.data?.['data-file']) throw new InvalidArgument('refusing a qcow2 with an external data file');
   return { format: info.format, size: (await stat(file)).size, virtualSize: info['virtual-size'] ?? 0 };
+}
+
+/** Most a kernel or an initrd may take: the kernel loads both into guest RAM. */
+const MAX_BOOT_FILE_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * A kernel must be a bzImage ("HdrS" at 0x202, the x86 boot protocol) or an ELF image; an initrd a
+ * cpio archive, plain or in a compression the kernel unpacks. Checked for a clear error now rather
+ * than a guest that never boots; what the file does inside the guest is the guest's business.
+ */
+export async function inspectBootFile(file: string, kind: 'kernel' | 'initrd'): Promise<{ format: 'kernel' | 'initrd'; size: number; virtualSize: number }> {
+  const { size } = await stat(file);
+  if (size === 0) throw new InvalidArgument(`the ${kind} is empty`);
+  if (size > MAX_BOOT_FILE_BYTES) throw new InvalidArgument(`the ${kind} is larger than ${MAX_BOOT_FILE_BYTES / 1024 / 1024} MiB`);
+  const head = Buffer.alloc(0x206);
+  const fh = await open(file, 'r');
+  try {
+    await fh.read(head, 0, head.length, 0);
+  } finally {
+    await fh.close();
+  }
+  const starts = (...bytes: number[]) => bytes.every((b, i) => head[i] === b);
+  if (kind === 'kernel') {
+    const bzImage = head.subarray(0x202, 0x206).toString('latin1') === 'HdrS';
+    if (!bzImage && !starts(0x7f, 0x45, 0x4c, 0x46)) throw new InvalidArgument('not a kernel: a bzImage or an ELF image expected');
+  } else {
+    const cpio = head.subarray(0, 6).toString('latin1');
+    const known = cpio === '070701' || cpio === '070702' || cpio === '070707' ||
+      starts(0x1f, 0x8b) || starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00) || starts(0x28, 0xb5, 0x2f, 0xfd) ||
+      starts(0x02, 0x21, 0x4c, 0x18) || starts(0x42, 0x5a, 0x68) || starts(0x5d, 0x00, 0x00) || starts(0x89, 0x4c, 0x5a, 0x4f);
+    if (!known) throw new InvalidArgument('not an initrd: a cpio archive (plain, gzip, xz, zstd, lz4, bzip2, lzma or lzo) expected');
+  }
+  return { format: kind, size, virtualSize: 0 };
 }
 
 /** Where a layer is written: the upper dir of an overlay, or the bind source. */

@@ -1,17 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { WarmPool, type WarmTemplate } from './warm-pool.js';
+import { InvalidArgument } from '../core/errors.js';
+import { WarmPool, templateFault, type WarmTemplate } from './warm-pool.js';
 
 /** Slots that record what the pool asks for (the pool's policy, without containers). */
-function recordingSlots(opts: { failFor?: string } = {}) {
+function recordingSlots(opts: { failFor?: string; failWith?: () => Error } = {}) {
   let n = 0;
   const live = new Set<string>();
   const created: WarmTemplate[] = [];
+  const attempts: WarmTemplate[] = [];
   return {
-    live, created,
+    live, created, attempts,
     async create(t: WarmTemplate) {
+      attempts.push(t);
       await new Promise((r) => setTimeout(r, 1));
-      if (t.imageChainId === opts.failFor) throw new Error('cannot create');
+      if (t.imageChainId === opts.failFor) throw (opts.failWith ?? (() => new Error('cannot create')))();
       const id = `w${n++}`;
       live.add(id);
       created.push(t);
@@ -81,6 +84,31 @@ test('a template that keeps failing is given up after three attempts', async () 
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(pool.stats().failed, 3);
   await pool.close();
+});
+
+test("a template's own fault (a user the image lacks) is not retried, and the template is not warmed again", async () => {
+  const slots = recordingSlots({ failFor: 'img', failWith: () => new InvalidArgument('user "ghost" not found in the image\'s /etc/passwd') });
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 0 });
+  assert.equal(pool.take(T('img', 'ghost')), undefined);
+  for (let i = 0; i < 100 && pool.stats().failed < 1; i++) await new Promise((r) => setTimeout(r, 2));
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(slots.attempts.length, 1, 'one create with the bad settings, no retry');
+  assert.equal(pool.stats().hotImages, 0, 'the template is dropped');
+  // the same request again: still cold, and nothing refills with the bad settings
+  assert.equal(pool.take(T('img', 'ghost')), undefined);
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(slots.attempts.length, 1, 'not warmed again');
+  // another user of the same image is another template and is warmed
+  pool.take(T('other'));
+  await settle(pool, 2);
+  assert.equal(pool.stats().ready, 2);
+  await pool.close();
+  assert.equal(slots.live.size, 0);
+});
+
+test('templateFault: the request-caused codes only', () => {
+  assert.ok(templateFault(new InvalidArgument('x')));
+  assert.ok(!templateFault(new Error('EAGAIN')));
 });
 
 test('nothing is warmed while the agent is busy', async () => {

@@ -10,6 +10,7 @@
  * are not charged to any quota, and the daemon destroys them when it stops (and its
  * reconciliation on start removes any a crash left behind).
  */
+import { isNimbusError } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { NetworkSpec } from './network/network-driver.js';
 
@@ -64,8 +65,19 @@ export interface WarmPoolStats {
   failed: number;
 }
 
-/** Give up on a template after this many failed creates in a row. */
+/** Give up on a template after this many failed creates in a row (host errors: a template's own fault is not retried). */
 const MAX_FAILURES = 3;
+/** How long a template whose create was refused (its own fault) is not warmed again. */
+const REFUSED_FOR_MS = 10 * 60_000;
+
+/**
+ * Whether a failed create is the template's own fault (a user the image lacks, a user id out of
+ * range, an image or network gone): the same settings would fail again, so they are not retried.
+ * Anything else (Internal, Unavailable, a plain Error) is the host's and may pass.
+ */
+export function templateFault(e: unknown): boolean {
+  return isNimbusError(e) && (e.code === 'InvalidArgument' || e.code === 'NotFound' || e.code === 'PermissionDenied');
+}
 
 export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '', t.network?.id ?? '']);
 
@@ -74,6 +86,8 @@ export class WarmPool {
   /** Hot templates, least recently used first (Map order; touch = delete + set). */
   private readonly hot = new Map<string, WarmTemplate>();
   private readonly failures = new Map<string, number>();
+  /** Templates refused by their own fault, until when (not made hot again meanwhile). */
+  private readonly refused = new Map<string, number>();
   /** Templates a request found empty since they were last topped up: requests are going cold. */
   private readonly starved = new Set<string>();
   private filling: Promise<void> | undefined;
@@ -95,6 +109,10 @@ export class WarmPool {
     if (this.opts.perImage <= 0 || this.closed) return undefined;
     const key = warmKey(t);
     this.lastActivity = performance.now(); // the create that follows is the activity; don't top up under it
+    if (this.isRefused(key)) {
+      this.counters.misses++;
+      return undefined;
+    }
     this.touch(key, t);
     const id = this.ready.get(key)?.shift();
     if (id) this.counters.hits++;
@@ -188,6 +206,25 @@ export class WarmPool {
     await this.destroyAll(all);
   }
 
+  private isRefused(key: string): boolean {
+    const until = this.refused.get(key);
+    if (until === undefined) return false;
+    if (performance.now() < until) return true;
+    this.refused.delete(key);
+    return false;
+  }
+
+  /** A template that cannot be created: forget it (and whatever it has ready) and keep it cold for a while. */
+  private refuse(key: string): void {
+    this.refused.set(key, performance.now() + REFUSED_FOR_MS);
+    this.hot.delete(key);
+    this.starved.delete(key);
+    this.failures.delete(key);
+    const ids = this.ready.get(key) ?? [];
+    this.ready.delete(key);
+    void this.destroyAll(ids);
+  }
+
   private touch(key: string, t: WarmTemplate): void {
     this.hot.delete(key);
     this.hot.set(key, t);
@@ -252,9 +289,15 @@ export class WarmPool {
         this.ready.set(key, ids);
       } catch (e) {
         this.counters.failed++;
+        const error = e instanceof Error ? e.message : String(e);
+        if (templateFault(e)) {
+          log.warn('warm template refused; not retried', { image: t.imageChainId, user: t.user, error });
+          this.refuse(key);
+          continue;
+        }
         const n = (this.failures.get(key) ?? 0) + 1;
         this.failures.set(key, n);
-        log.warn('cannot create a warm container', { image: t.imageChainId, attempt: n, error: e instanceof Error ? e.message : String(e) });
+        log.warn('cannot create a warm container', { image: t.imageChainId, attempt: n, error });
       }
     }
   }

@@ -9,9 +9,13 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   AlreadyExists: 409,
   Conflict: 409,
   QuotaExceeded: 429,
+  PayloadTooLarge: 413,
+  HeadersTooLarge: 431,
+  ResourceExhausted: 507,
   Internal: 500,
   DataLoss: 500,
   Unavailable: 503,
+  Unreachable: 502,
 };
 
 export function codeForStatus(status: number): ErrorCode {

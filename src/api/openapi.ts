@@ -3,6 +3,7 @@ import type { TSchema } from '@sinclair/typebox';
 import type { Route } from './route.js';
 import { HTTP_STATUS } from './http-errors.js';
 import { ErrorBody } from './schemas.js';
+import { harden } from './validate.js';
 
 function strip(schema: TSchema): Record<string, unknown> {
   // TypeBox schemas are JSON Schema plus symbol-keyed metadata, which JSON drops.
@@ -11,7 +12,8 @@ function strip(schema: TSchema): Record<string, unknown> {
 
 function parameters(schema: TSchema | undefined, where: 'path' | 'query') {
   if (!schema) return [];
-  const s = strip(schema) as { properties?: Record<string, Record<string, unknown>>; required?: string[] };
+  // Documented as enforced: the route's schema with validate.ts's defaults.
+  const s = strip(harden(schema, where === 'path' ? 'path parameter' : 'query parameter')) as { properties?: Record<string, Record<string, unknown>>; required?: string[] };
   return Object.entries(s.properties ?? {}).map(([name, prop]) => ({
     name,
     in: where,
@@ -61,7 +63,7 @@ export function buildOpenApi(routes: Route[], version: string): Record<string, u
       parameters: [...parameters(r.params, 'path'), ...parameters(r.query, 'query'), ...projectParameter(r)],
       responses,
     };
-    if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: strip(r.body) } } };
+    if (r.body) op.requestBody = { required: true, content: { 'application/json': { schema: strip(harden(r.body, 'request body')) } } };
     if (r.rawBody) op.requestBody = { required: true, content: { [r.rawBody]: { schema: { type: 'string', format: 'binary' } } } };
     (paths[r.path] ??= {})[r.method.toLowerCase()] = op;
   }

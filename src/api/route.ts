@@ -97,6 +97,8 @@ export interface Route<P extends TSchema = TSchema, Q extends TSchema = TSchema,
   streams?: 'ndjson' | 'sse';
   /** The body is a raw stream of this content type (read from ctx.req), not JSON. */
   rawBody?: string;
+  /** Largest request body (413 beyond it). JSON bodies default to the edge's limit (4 MiB); raw bodies are unbounded unless set (then checked on Content-Length). */
+  maxBodyBytes?: number;
   handler(ctx: RouteContext<Static<P>, Static<Q>, Static<B>>): Promise<RouteResult<Static<R>> | Static<R>> | RouteResult<Static<R>> | Static<R>;
 }
 

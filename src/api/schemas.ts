@@ -1,13 +1,16 @@
 /** Shared TypeBox schemas: they validate requests and generate /openapi.json. */
 import { Type, type TSchema } from '@sinclair/typebox';
 import type { ContainerConfig, ImageConfigDoc } from '../store/records.js';
+import {
+  MAX_ARG_LENGTH, MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_RESTART_RETRIES, MAX_STOP_TIMEOUT_SEC, MAX_UID, MIN_MEMORY_BYTES,
+} from '../core/limits.js';
+import { MAX_SIGNAL_LENGTH } from '../core/signals.js';
+import { LOG_LIMIT_RANGE } from '../agent/drivers/container/container-logs.js';
 
 export const ErrorBody = Type.Object(
   { error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Record(Type.String(), Type.Unknown())) }) },
   { $id: 'Error' },
 );
-
-export const IdParam = Type.Object({ id: Type.String({ minLength: 1, description: 'Full id, unique id prefix, or name' }) });
 
 export const Operation = Type.Object(
   {
@@ -45,49 +48,87 @@ export const Image = Type.Object(
   { $id: 'Image' },
 );
 
+/**
+ * Names of containers, networks, users, projects, API keys, pools: what core/ids.ts's isValidName
+ * accepts (validate.test.ts keeps the two in step), so a bad name is a 400 at the edge.
+ */
+export const NAME_PATTERN = '^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$';
+const NAME_HINT = "must be a name: letters, digits, '_', '.', '-', starting with a letter or digit, at most 128";
+export const Name = (opts: { maxLength?: number; description?: string } = {}) =>
+  Type.String({ minLength: 1, maxLength: opts.maxLength ?? 128, pattern: NAME_PATTERN, 'x-error': NAME_HINT, ...(opts.description ? { description: opts.description } : {}) });
+/** A reference to a resource: id, unique id prefix or name (never empty: "" would mean "none" somewhere). */
+export const Ref = (description: string, maxLength = 256) => Type.String({ minLength: 1, maxLength, description });
+/** A project: id, path (org/team) or name. */
+export const ProjectRef = (description = 'Project id, path (org/team) or name') => Ref(description, 1024);
+
+export const IdParam = Type.Object({ id: Ref('Full id, unique id prefix, or name') });
+
+/** Labels: at most 256, keys 1-128 characters, values up to 4096; neither with control characters (validate.ts). */
+export const Labels = Type.Record(Type.String({ pattern: '^[^\\x00-\\x1f\\x7f-\\x9f]{1,128}$' }), Type.String({ maxLength: 4096 }), { default: {}, maxProperties: 256 });
+
 export const RestartPolicy = Type.Object({
   name: Type.Union([Type.Literal('no'), Type.Literal('on-failure'), Type.Literal('always'), Type.Literal('unless-stopped')], { default: 'no' }),
-  maxRetries: Type.Optional(Type.Integer({ minimum: 0 })),
+  maxRetries: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_RESTART_RETRIES })),
 });
 
-const IPV4 = '^(\\d{1,3}\\.){3}\\d{1,3}$';
+const Ipv4 = (description?: string) => Type.String({ format: 'ipv4', maxLength: 15, ...(description ? { description } : {}) });
 
 export const PortSpec = Type.Object(
   {
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
-    hostIp: Type.Optional(Type.String({ pattern: IPV4, description: 'Default: every host address, loopback included' })),
+    hostIp: Type.Optional(Ipv4('Default: every host address, loopback included')),
     hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
     containerPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   },
   { additionalProperties: false },
 );
 
+/** One argument: scripts are text (tab and newline allowed), NUL never; the kernel's MAX_ARG_STRLEN. */
+export const Arg = Type.String({ maxLength: MAX_ARG_LENGTH, 'x-text': 'multiline' });
+export const Argv = (description?: string, minItems = 0) =>
+  Type.Array(Arg, { maxItems: 4096, ...(minItems ? { minItems } : {}), ...(description ? { description } : {}) });
+/** NAME=VALUE entries; values may span lines (certificates), never hold NUL. */
+export const EnvList = (opts: { default?: string[] } = {}) =>
+  Type.Array(Type.String({ minLength: 1, maxLength: 32 * 1024, 'x-text': 'multiline' }), { maxItems: 1024, ...opts });
+/** A DNS name for a container on a network (alias, link alias). */
+export const Alias = Type.String({ minLength: 1, maxLength: 253, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$', 'x-error': "must be a DNS name: letters, digits, '_', '.', '-'" });
+export const UserSpec = Type.String({ minLength: 1, maxLength: 513, format: 'user', description: `user[:group] by name or id (ids 0-${MAX_UID})` });
+/** A path inside the container: absolute (runc refuses a relative cwd), PATH_MAX at most. */
+export const ContainerPath = Type.String({ minLength: 1, maxLength: 4096, pattern: '^/', 'x-error': 'must be an absolute path' });
+export const SignalSpec = (opts: { default?: string; description?: string } = {}) =>
+  Type.String({ format: 'signal', maxLength: MAX_SIGNAL_LENGTH, ...opts });
+export const StopTimeout = (description: string) => Type.Integer({ minimum: 0, maximum: MAX_STOP_TIMEOUT_SEC, description });
+
 export const ContainerCreate = Type.Object(
   {
-    image: Type.String({ minLength: 1, description: 'Image reference, digest or id' }),
-    name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-    cmd: Type.Optional(Type.Array(Type.String())),
-    entrypoint: Type.Optional(Type.Array(Type.String())),
-    env: Type.Array(Type.String(), { default: [] }),
-    workdir: Type.Optional(Type.String()),
-    user: Type.Optional(Type.String()),
-    hostname: Type.Optional(Type.String({ maxLength: 63 })),
-    memoryBytes: Type.Optional(Type.Integer({ minimum: 1 })),
+    image: Ref('Image reference, digest or id', 1024),
+    name: Type.Optional(Name()),
+    cmd: Type.Optional(Argv()),
+    entrypoint: Type.Optional(Argv()),
+    env: EnvList({ default: [] }),
+    workdir: Type.Optional(ContainerPath),
+    user: Type.Optional(UserSpec),
+    hostname: Type.Optional(Type.String({ maxLength: 63, format: 'hostname' })),
+    memoryBytes: Type.Optional(Type.Integer({ minimum: MIN_MEMORY_BYTES, maximum: MAX_MEMORY_BYTES })),
     cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1024 })),
-    pidsLimit: Type.Optional(Type.Integer({ minimum: 1 })),
+    pidsLimit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_PIDS_LIMIT })),
     restart: Type.Optional(RestartPolicy),
     autoRemove: Type.Boolean({ default: false }),
     runtime: Type.Optional(Type.Union([Type.Literal('runc'), Type.Literal('crun'), Type.Literal('vm')], { description: 'runc or crun; vm runs the container in a microVM (secure container)' })),
-    labels: Type.Record(Type.String(), Type.String(), { default: {} }),
-    stopSignal: Type.Optional(Type.String()),
-    stopTimeout: Type.Optional(Type.Integer({ minimum: 0 })),
-    network: Type.Optional(Type.String({ minLength: 1, description: 'bridge (default: the project\'s default network), none, host, container:<id or name>, or a network\'s name or id' })),
+    labels: Labels,
+    stopSignal: Type.Optional(SignalSpec()),
+    stopTimeout: Type.Optional(StopTimeout('Seconds between the stop signal and SIGKILL')),
+    network: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'bridge (default: the project\'s default network), none, host, container:<id or name>, or a network\'s name or id' })),
     ports: Type.Optional(Type.Array(PortSpec, { maxItems: 256 })),
-    ip: Type.Optional(Type.String({ pattern: IPV4, description: 'Fixed address on the network' })),
-    dns: Type.Optional(Type.Array(Type.String({ pattern: IPV4 }), { maxItems: 3, description: 'Nameservers instead of the network\'s embedded DNS' })),
-    extraHosts: Type.Optional(Type.Array(Type.String({ pattern: '^[^:\\s][^:]*:[0-9a-fA-F.:]+$' }), { description: 'NAME:IP lines for /etc/hosts' })),
-    links: Type.Optional(Type.Array(Type.Object({ container: Type.String({ minLength: 1 }), alias: Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }) }), { description: 'Docker links: environment and a hosts entry for each running container named' })),
-    aliases: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }), { description: 'More names the network\'s DNS answers with this container\'s address' })),
+    ip: Type.Optional(Ipv4('Fixed address on the network')),
+    dns: Type.Optional(Type.Array(Ipv4(), { maxItems: 3, description: 'Nameservers instead of the network\'s embedded DNS' })),
+    extraHosts: Type.Optional(Type.Array(Type.String({ format: 'host-entry', maxLength: 270 }), { maxItems: 256, description: 'NAME:IPV4 lines for /etc/hosts' })),
+    links: Type.Optional(Type.Array(Type.Object({ container: Ref('Container name or id'), alias: Alias }), { maxItems: 64, description: 'Docker links: environment and a hosts entry for each running container named' })),
+    aliases: Type.Optional(Type.Array(Alias, { maxItems: 64, description: 'More names the network\'s DNS answers with this container\'s address' })),
+    log: Type.Optional(Type.Object({
+      maxSizeBytes: Type.Optional(Type.Integer({ minimum: LOG_LIMIT_RANGE.maxSizeBytes.min, maximum: LOG_LIMIT_RANGE.maxSizeBytes.max, description: 'Rotate the log before a file passes this size (--log-opt max-size); default 10 MiB' })),
+      maxFiles: Type.Optional(Type.Integer({ minimum: LOG_LIMIT_RANGE.maxFiles.min, maximum: LOG_LIMIT_RANGE.maxFiles.max, description: 'Log files kept, the current one included (--log-opt max-file); default 3' })),
+    }, { additionalProperties: false, description: 'Log rotation, Docker\'s max-size / max-file' })),
     start: Type.Boolean({
       default: false,
       description: 'Start it too, in this request (nimbus run -d). A failed start leaves the container created (removed if autoRemove); the error names it in details.container',
@@ -98,12 +139,12 @@ export const ContainerCreate = Type.Object(
 
 export const NetworkCreate = Type.Object(
   {
-    name: Type.String({ minLength: 1, maxLength: 64 }),
+    name: Name({ maxLength: 64 }),
     driver: Type.Union([Type.Literal('bridge'), Type.Literal('route')], { default: 'bridge', description: 'bridge: a Linux bridge with NAT out; route: no bridge, no NAT, a host route per container (Xen route mode)' }),
-    subnet: Type.Optional(Type.String({ pattern: '^\\d+\\.\\d+\\.\\d+\\.\\d+/\\d+$', description: 'IPv4 CIDR; default: a free /24 of the subnet pool' })),
-    gateway: Type.Optional(Type.String({ pattern: IPV4, description: 'Default: the first address of the subnet' })),
+    subnet: Type.Optional(Type.String({ format: 'ipv4-cidr', maxLength: 18, description: 'IPv4 CIDR; default: a free /24 of the subnet pool' })),
+    gateway: Type.Optional(Ipv4('Default: the first address of the subnet')),
     internal: Type.Boolean({ default: false, description: 'No route out of the network' }),
-    labels: Type.Record(Type.String(), Type.String(), { default: {} }),
+    labels: Labels,
   },
   { $id: 'NetworkCreate', additionalProperties: false },
 );

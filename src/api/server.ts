@@ -2,17 +2,21 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
-import { Value } from '@sinclair/typebox/value';
 import type { TSchema } from '@sinclair/typebox';
-import { InvalidArgument, NotFound, toNimbusError } from '../core/errors.js';
+import { InvalidArgument, NotFound, toNimbusError, Unauthenticated } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { Services } from '../control/services.js';
 import { HTTP_STATUS } from './http-errors.js';
 import { isStreamBody, type Route, type RouteResult } from './route.js';
 import { authenticate, authorize, needsBody, type Transport } from './authz.js';
+import {
+  checkDeclaredLength, decodeComponent, DEFAULT_EDGE_LIMITS, hasUnreadBody, onClientError, parseQuery, parseTarget, presentBody,
+  readJsonBody, serverOptions, type EdgeLimits,
+} from './edge.js';
+import { refuseHostPaths } from './host-paths.js';
+import { checkOrThrow } from './validate.js';
 
 const log = logger('api');
-const MAX_BODY = 4 * 1024 * 1024;
 
 interface CompiledRoute {
   route: Route;
@@ -32,42 +36,36 @@ function compilePath(path: string): { pattern: RegExp; paramNames: string[] } {
   return { pattern: new RegExp(`^${re}$`), paramNames };
 }
 
-function checkOrThrow(check: TypeCheck<TSchema> | undefined, value: unknown, where: string): unknown {
-  if (!check) return value;
-  const converted = Value.Convert(check.Schema(), Value.Default(check.Schema(), value));
-  if (check.Check(converted)) return converted;
-  const first = check.Errors(converted).First();
-  const path = first?.path ? first.path.replace(/^\//, '').replace(/\//g, '.') : '';
-  throw new InvalidArgument(`invalid ${where}${path ? ` field "${path}"` : ''}: ${first?.message ?? 'does not match schema'}`);
-}
-
-async function readBody(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY) throw new InvalidArgument(`request body larger than ${MAX_BODY} bytes`);
-    chunks.push(chunk);
-  }
-  if (size === 0) return undefined;
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
-  } catch {
-    throw new InvalidArgument('request body is not valid JSON');
-  }
-}
-
-export function sendError(res: ServerResponse, e: unknown): void {
+export function sendError(res: ServerResponse, e: unknown, sse = false): void {
   const err = toNimbusError(e);
   const status = HTTP_STATUS[err.code];
   if (status >= 500) log.error('request failed', { code: err.code, error: err.message });
   if (res.headersSent) {
-    // Mid-stream: report in-band and close; the status line is already gone.
-    res.end(JSON.stringify({ error: { code: err.code, message: err.message } }) + '\n');
+    if (res.writableEnded) return; // the answer went out whole; nothing to take back
+    // The status line is gone: say why in band, then abort the response so the client sees it
+    // incomplete (no last chunk), never a clean 200 ending in an error.
+    const line = JSON.stringify({ error: { code: err.code, message: err.message } });
+    res.write(sse ? `event: error\ndata: ${line}\n\n` : line + '\n', () => res.destroy());
     return;
   }
-  res.writeHead(status, { 'content-type': 'application/json' });
+  // Answered before the body was read: close rather than read (or drain) what may be gigabytes.
+  const close = hasUnreadBody(res.req);
+  res.writeHead(status, { 'content-type': 'application/json', ...(close ? { connection: 'close' } : {}) });
   res.end(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }));
+}
+
+/** Until the client has taken what was written, or is gone (one pair of listeners, removed after). */
+function drained(res: ServerResponse): Promise<void> {
+  if (res.destroyed) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
 }
 
 async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: AsyncIterable<unknown>, signal: AbortSignal) {
@@ -79,28 +77,35 @@ async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: 
   res.flushHeaders();
   try {
     for await (const item of source) {
-      if (signal.aborted) break;
+      if (signal.aborted || res.destroyed) break;
       const line = kind === 'sse' ? `data: ${JSON.stringify(item)}\n\n` : JSON.stringify(item) + '\n';
-      if (!res.write(line)) await new Promise<void>((r) => { res.once('drain', r); res.once('close', r); });
+      if (!res.write(line)) await drained(res);
     }
     res.end();
   } catch (e) {
-    sendError(res, e);
+    sendError(res, e, kind === 'sse');
   }
 }
 
-/**
- * No bound on a whole request: a console session's body (the keyboard) and a large image
- * upload last as long as they last; Node 20 would cut either at 300 s. Headers still have to
- * arrive within headersTimeout (60 s), which is what keeps idle half-open requests out.
- */
-const SERVER_OPTIONS = { requestTimeout: 0 } as const;
+const BUSY = JSON.stringify({ error: { code: 'Unavailable', message: 'server busy: too many requests in flight, retry shortly' } });
+
+/** Overload's answer: cheap and not logged per request (that would add to the load). */
+function sendBusy(res: ServerResponse): void {
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': BUSY.length, 'retry-after': 1 };
+  if (hasUnreadBody(res.req)) headers.connection = 'close';
+  res.writeHead(HTTP_STATUS.Unavailable, headers);
+  res.end(BUSY);
+}
 
 export class ApiServer {
   private readonly compiled: CompiledRoute[];
   private readonly servers: Server[] = [];
+  private readonly limits: EdgeLimits;
+  /** Requests admitted and not yet answered (streams leave once started). */
+  private inFlight = 0;
 
-  constructor(routes: Route[], private readonly services: Services) {
+  constructor(routes: Route[], private readonly services: Services, limits: Partial<EdgeLimits> = {}) {
+    this.limits = { ...DEFAULT_EDGE_LIMITS, ...limits };
     this.compiled = routes.map((route) => ({
       route,
       ...compilePath(route.path),
@@ -116,6 +121,19 @@ export class ApiServer {
   handleTcp = (req: IncomingMessage, res: ServerResponse): Promise<void> => this.serve(req, res, 'tcp');
 
   private async serve(req: IncomingMessage, res: ServerResponse, transport: Transport): Promise<void> {
+    // Overload is answered, not queued: a client told to retry beats one whose connect fails.
+    if (this.inFlight >= this.limits.maxInFlight) {
+      sendBusy(res);
+      return;
+    }
+    this.inFlight++;
+    let admitted = true;
+    const release = () => {
+      if (admitted) {
+        admitted = false;
+        this.inFlight--;
+      }
+    };
     // Made only for a handler that asks (waits, follows, streams): most requests never need one,
     // and making and aborting one per request was ~4 % of the event loop in a 200-container burst.
     let ac: AbortController | undefined;
@@ -128,10 +146,10 @@ export class ApiServer {
     res.on('close', () => {
       closed = true;
       ac?.abort();
+      release();
     });
     try {
-      const url = new URL(req.url ?? '/', 'http://nimbus');
-      const path = url.pathname.replace(/\/+$/, '') || '/';
+      const { path, search } = parseTarget(req.url, this.limits.maxUrlBytes);
       const candidates = this.compiled.filter((c) => c.pattern.test(path));
       const match = candidates.find((c) => c.route.method === req.method);
       if (!match) {
@@ -141,27 +159,32 @@ export class ApiServer {
         }
         throw new NotFound(`no route for ${req.method} ${path}`);
       }
-      const m = match.pattern.exec(path)!;
-      const rawParams = Object.fromEntries(match.paramNames.map((n, i) => [n, decodeURIComponent(m[i + 1] ?? '')]));
-      const rawQuery: Record<string, string | string[]> = {};
-      for (const key of new Set(url.searchParams.keys())) {
-        const all = url.searchParams.getAll(key);
-        rawQuery[key] = all.length > 1 ? all : all[0]!;
-      }
-      // Who is calling, then whether they may: before the body is read, unless the project is named in it.
+      // Who is calling before anything they sent is judged: without a token, a 401, never a 400.
+      const isPublic = !!match.route.auth && 'public' in match.route.auth;
       let principal;
       try {
         principal = authenticate(req, transport, this.services);
       } catch (e) {
-        if (!(match.route.auth && 'public' in match.route.auth)) throw e;
+        if (!isPublic) throw e;
       }
+      if (!principal && !isPublic) throw new Unauthenticated('authentication required: log in (nimbus login) or send an API key as a bearer token');
+      const m = match.pattern.exec(path)!;
+      const rawParams = Object.fromEntries(match.paramNames.map((n, i) => [n, decodeComponent(m[i + 1] ?? '', `path parameter "${n}"`)]));
+      const rawQuery = parseQuery(search);
       const params = checkOrThrow(match.params, rawParams, 'path parameter');
       const query = checkOrThrow(match.query, rawQuery, 'query parameter');
+      // Whether they may: before the body is read, unless the project is named in it.
       const late = needsBody(match.route);
       let auth = late ? undefined : authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body: undefined });
-      const rawBody = req.method === 'GET' || req.method === 'DELETE' || match.route.rawBody ? undefined : await readBody(req);
-      const body = checkOrThrow(match.body, rawBody ?? (match.body ? {} : undefined), 'request body');
+      let rawBody: unknown;
+      if (match.route.rawBody) {
+        if (match.route.maxBodyBytes !== undefined) checkDeclaredLength(req, match.route.maxBodyBytes);
+      } else if (req.method !== 'GET' && req.method !== 'DELETE') {
+        rawBody = await readJsonBody(req, match.route.maxBodyBytes ?? this.limits.maxBodyBytes, this.limits.headersTimeoutMs);
+      }
+      const body = checkOrThrow(match.body, presentBody(match.route.body, rawBody), 'request body');
       auth ??= authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body });
+      refuseHostPaths(match.route, { params, query, body }, principal);
       // The edge resolved a name in the caller's scope: the handler gets the resource's global id.
       if (auth.resource) (params as Record<string, string>)[auth.resource.param] = auth.resource.id;
       const out = await match.route.handler({
@@ -174,42 +197,50 @@ export class ApiServer {
         out !== null && typeof out === 'object' && ('body' in out || 'status' in out) && Object.keys(out).every((k) => k === 'body' || k === 'status')
           ? (out as RouteResult<unknown>)
           : { body: out };
+      if (result.body instanceof Error) throw result.body; // an error is never a 2xx body
       if (isStreamBody(result.body)) {
+        release(); // a follow or console lasts as long as it lasts: it does not hold an admission slot
         await writeStream(res, result.body.kind, result.body.source, signal());
         return;
       }
       const status = result.status ?? match.route.status ?? 200;
       if (result.body === undefined || status === 204) {
-        res.writeHead(status === 200 ? 204 : status);
+        res.writeHead(status === 200 ? 204 : status, hasUnreadBody(req) ? { connection: 'close' } : {});
         res.end();
         return;
       }
       const payload = JSON.stringify(result.body);
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
+      // A body nobody read (a GET's): close instead of letting Node drain it, however large.
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), ...(hasUnreadBody(req) ? { connection: 'close' } : {}) });
       res.end(payload);
     } catch (e) {
       sendError(res, e);
     }
   }
 
+  private createServer(handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): Server {
+    const server = createServer(serverOptions(this.limits), handler);
+    server.on('clientError', onClientError);
+    return server;
+  }
+
   async listenUnix(socketPath: string): Promise<void> {
     mkdirSync(dirname(socketPath), { recursive: true });
     rmSync(socketPath, { force: true });
-    const server = createServer(SERVER_OPTIONS, this.handle);
-    server.keepAliveTimeout = 60_000;
+    const server = this.createServer(this.handle);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, () => resolve());
+      server.listen({ path: socketPath, backlog: this.limits.backlog }, () => resolve());
     });
     chmodSync(socketPath, 0o660);
     this.servers.push(server);
   }
 
   async listenTcp(host: string, port: number): Promise<number> {
-    const server = createServer(SERVER_OPTIONS, this.handleTcp);
+    const server = this.createServer(this.handleTcp);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, host, () => resolve());
+      server.listen({ port, host, backlog: this.limits.backlog }, () => resolve());
     });
     this.servers.push(server);
     const addr = server.address();

@@ -152,4 +152,8 @@ test('run/create options become the POST /containers body', () => {
   assert.throws(() => createBody(parseArgs(spec, ['-m', 'big', 'x']).opts, ['x'], {}), /invalid size "big"/);
   assert.throws(() => createBody(parseArgs(spec, ['--cpus', '0', 'x']).opts, ['x'], {}), /--cpus must be more than 0/);
   assert.throws(() => parseArgs(spec, ['--runtime', 'kata', 'x']), /runc, crun/);
+  const logged = createBody(parseArgs(spec, ['--log-opt', 'max-size=10m', '--log-opt', 'max-file=3', 'x']).opts, ['x'], {});
+  assert.deepEqual(logged.log, { maxSizeBytes: 10 * 1024 * 1024, maxFiles: 3 });
+  assert.throws(() => createBody(parseArgs(spec, ['--log-opt', 'compress=true', 'x']).opts, ['x'], {}), /unknown --log-opt/);
+  assert.throws(() => createBody(parseArgs(spec, ['--log-opt', 'max-file=two', 'x']).opts, ['x'], {}), /whole number/);
 });

@@ -55,6 +55,19 @@ export interface NimbusOptions {
    * Env NIMBUS_DNS_UPSTREAMS, comma-separated; set and empty = forward nothing. Default: the host's /etc/resolv.conf.
    */
   dnsUpstreams?: string[];
+  /**
+   * Most bytes of regular files one image layer may unpack to, and one image's layers together
+   * (a gzip bomb is refused, its snapshot removed). Env NIMBUS_LAYER_MAX_BYTES and
+   * NIMBUS_IMAGE_MAX_BYTES: bytes or with a k/m/g/t suffix. Defaults 16 GiB and 64 GiB (agent/layers/unpack-limits.ts).
+   */
+  layerMaxBytes?: number;
+  imageMaxBytes?: number;
+  /**
+   * Host directories a system administrator may name VM kernels, initrds and disks from by path
+   * (everyone else uses images of the image service). Resolved once with symlinks; a path must
+   * lie inside one. Env NIMBUS_VM_HOST_DIRS, colon-separated. Default none: host paths are refused.
+   */
+  vmHostDirs: string[];
 }
 
 export interface CompiledOptions extends Readonly<NimbusOptions> {
@@ -100,9 +113,21 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     subnetPool: overrides.subnetPool ?? env.NIMBUS_SUBNET_POOL ?? '10.89.0.0/16',
     nftTable: overrides.nftTable ?? env.NIMBUS_NFT_TABLE ?? 'nimbus',
     dnsPort: Number(overrides.dnsPort ?? env.NIMBUS_DNS_PORT ?? 53),
+    vmHostDirs: overrides.vmHostDirs ?? (env.NIMBUS_VM_HOST_DIRS ?? '').split(':').map((s) => s.trim()).filter(Boolean),
   };
+  for (const d of opts.vmHostDirs) {
+    if (!d.startsWith('/') || d === '/') throw new InvalidArgument(`a VM host directory must be an absolute path other than /, got "${d}"`);
+  }
   const upstreams = overrides.dnsUpstreams ?? (env.NIMBUS_DNS_UPSTREAMS !== undefined ? env.NIMBUS_DNS_UPSTREAMS.split(',').map((x) => x.trim()).filter(Boolean) : undefined);
   if (upstreams) opts.dnsUpstreams = upstreams;
+  for (const [key, envName] of [['layerMaxBytes', 'NIMBUS_LAYER_MAX_BYTES'], ['imageMaxBytes', 'NIMBUS_IMAGE_MAX_BYTES']] as const) {
+    const v = overrides[key] ?? env[envName];
+    if (v === undefined || v === '') continue;
+    const m = /^(\d+)([kmgt]?)$/i.exec(String(v));
+    const n = m ? Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase()) : NaN;
+    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgument(`${envName} must be a positive size in bytes (k/m/g/t suffix allowed), got "${v}"`);
+    opts[key] = n;
+  }
   if (!/^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$/.test(opts.bridge)) throw new InvalidArgument(`bridge must be an interface name (≤ 15 characters), got "${opts.bridge}"`);
   for (const [name, v] of [['bridge subnet', opts.bridgeSubnet], ['subnet pool', opts.subnetPool]] as const) {
     if (!/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(v)) throw new InvalidArgument(`${name} must be an IPv4 CIDR, got "${v}"`);

@@ -8,9 +8,13 @@ export const ERROR_CODES = [
   'AlreadyExists',
   'Conflict',
   'QuotaExceeded',
+  'PayloadTooLarge',
+  'HeadersTooLarge',
+  'ResourceExhausted',
   'Unauthenticated',
   'PermissionDenied',
   'Unavailable',
+  'Unreachable',
   'DataLoss',
   'Internal',
 ] as const;
@@ -35,10 +39,18 @@ const make = (code: ErrorCode) =>
   };
 
 export const InvalidArgument = make('InvalidArgument');
+/** Something the request named (an agent's URL) did not answer: not this service's own unavailability. */
+export const Unreachable = make('Unreachable');
 export const NotFound = make('NotFound');
 export const AlreadyExists = make('AlreadyExists');
 export const Conflict = make('Conflict');
 export const QuotaExceeded = make('QuotaExceeded');
+/** A request body over the route's limit: 413. */
+export const PayloadTooLarge = make('PayloadTooLarge');
+/** A request line, query or header section over the edge's limit: 431. */
+export const HeadersTooLarge = make('HeadersTooLarge');
+/** The host ran out of something no quota covers (disk space for images): 507. */
+export const ResourceExhausted = make('ResourceExhausted');
 export const Unauthenticated = make('Unauthenticated');
 export const PermissionDenied = make('PermissionDenied');
 export const Unavailable = make('Unavailable');

@@ -19,6 +19,10 @@ Options (environment variable in brackets):
                            (loopback registries always work over plain HTTP)
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto)
+  --vm-host-dir DIR        a host directory system administrators may boot VMs from by path
+                           (--kernel/--initrd/--disk /path; repeatable) [NIMBUS_VM_HOST_DIRS,
+                           colon-separated] (default none: kernels, initrds and disks come from
+                           the image service, nimbus image import-disk)
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL] (default info)
   -h, --help               show this help
 
@@ -51,6 +55,7 @@ Options (environment variable in brackets):
   --control-plane ADDR     the control plane's API to register with: unix:/PATH or
                            http://HOST:PORT [NIMBUS_CONTROL_PLANE] (credential: NIMBUS_TOKEN)
   --migration-address IP   where it receives live migrations [NIMBUS_MIGRATION_ADDRESS] (127.0.0.1)
+  --vm-host-dir DIR        a host directory VMs may be booted from by path (repeatable) [NIMBUS_VM_HOST_DIRS]
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL]
   -h, --help               show this help
 
@@ -81,6 +86,7 @@ async function agentMain(argv: string[]): Promise<void> {
       advertise: { type: 'string' },
       'control-plane': { type: 'string' },
       'migration-address': { type: 'string' },
+      'vm-host-dir': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -96,6 +102,7 @@ async function agentMain(argv: string[]): Promise<void> {
   const controlPlane = values['control-plane'] ?? process.env.NIMBUS_CONTROL_PLANE;
   const advertise = values.advertise;
   const migrationAddress = values['migration-address'];
+  const vmHostDirs = values['vm-host-dir'];
   const running = await startAgentProcess({
     name,
     home: values.home ?? process.env.NIMBUS_HOME ?? '/var/lib/nimbus-agent',
@@ -103,7 +110,7 @@ async function agentMain(argv: string[]): Promise<void> {
     ...(controlPlane ? { controlPlane } : {}),
     ...(advertise ? { advertise } : {}),
     ...(process.env.NIMBUS_TOKEN ? { apiToken: process.env.NIMBUS_TOKEN } : {}),
-    ...(migrationAddress ? { overrides: { migrationAddress } } : {}),
+    ...(migrationAddress || vmHostDirs ? { overrides: { ...(migrationAddress ? { migrationAddress } : {}), ...(vmHostDirs ? { vmHostDirs } : {}) } } : {}),
   });
   process.stdout.write(`nimbusd agent ${name} serving ${running.url}\n`);
   running.registered.then(
@@ -126,6 +133,7 @@ async function main(): Promise<void> {
       'insecure-registry': { type: 'string', multiple: true },
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
+      'vm-host-dir': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -146,6 +154,7 @@ async function main(): Promise<void> {
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
+    ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),
   });
   process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home})\n`);
   stopOnSignals('nimbusd', 'containers keep running', () => daemon.stop());

@@ -128,6 +128,8 @@ export interface ContainerConfig {
   links?: Array<{ container: string; alias: string }>;
   /** More names other containers of its networks resolve it by (--network-alias). */
   aliases?: string[];
+  /** Log rotation (--log-opt max-size / max-file); absent: the agent's defaults (10 MiB x 3). */
+  log?: { maxSizeBytes?: number; maxFiles?: number };
 }
 
 export interface PortSpec {
@@ -144,7 +146,7 @@ export interface DiskImageRecord {
   name: string;
   /** sha256 of the file as imported: the content store's blob. */
   digest: string;
-  format: 'raw' | 'qcow2';
+  format: 'raw' | 'qcow2' | 'kernel' | 'initrd';
   /** Bytes the file takes. */
   size: number;
   /** Bytes the guest sees. */
@@ -238,6 +240,9 @@ export interface VmConfig {
   networks?: string[];
   /** The disk image its root disk's overlay is backed by (with `disk`, the blob's path). */
   diskImage?: { name: string; digest: string };
+  /** The kernel image it boots (with `kernel`, the blob's path), and its initrd image. */
+  kernelImage?: { name: string; digest: string };
+  initrdImage?: { name: string; digest: string };
 }
 
 /** The VM state machine's states (src/control/compute/vm-state.ts has the legal transitions). */

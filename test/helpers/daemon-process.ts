@@ -2,6 +2,7 @@
  * Runs a real nimbusd as a child process on a private home and socket, the way
  * a user would, so tests can also kill -9 it and start it again.
  */
+import { GUEST_HOST_DIRS_ENV } from '../../scripts/fixtures/guest.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -45,7 +46,7 @@ export async function startDaemonProcess(extraArgs: string[] = [], extraEnv: Rec
     child = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
       cwd,
-      env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...netEnv },
+      env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...netEnv },
     });
     child.stderr!.on('data', (b: Buffer) => (log += b.toString()));
     await new Promise<void>((ok, fail) => {

@@ -12,7 +12,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { DataLoss, InvalidArgument, NotFound } from '../../core/errors.js';
+import { DataLoss, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import type { ContentInfo, ContentStore, Digest } from './content-store.js';
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
@@ -30,6 +30,13 @@ async function syncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/** A full disk is the host's condition, not a bug: a typed error naming the blob, never the store's path. */
+function noSpace(e: unknown, digest: Digest): unknown {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return e;
+  return new ResourceExhausted(`no space left in the content store for blob ${digest}`, { digest }, { cause: e });
 }
 
 export class LocalContentStore implements ContentStore {
@@ -80,7 +87,9 @@ export class LocalContentStore implements ContentStore {
     await mkdir(ingestDir, { recursive: true });
     await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
     const tmp = join(ingestDir, randomBytes(12).toString('hex'));
-    const fh = await open(tmp, 'wx', 0o644);
+    const fh = await open(tmp, 'wx', 0o644).catch((e: unknown) => {
+      throw noSpace(e, expected.digest);
+    });
     const hash = createHash('sha256');
     let size = 0;
     try {
@@ -105,7 +114,7 @@ export class LocalContentStore implements ContentStore {
     } catch (e) {
       await fh.close().catch(() => undefined);
       await rm(tmp, { force: true });
-      throw e;
+      throw noSpace(e, expected.digest);
     }
   }
 

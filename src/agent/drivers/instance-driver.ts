@@ -64,6 +64,15 @@ export interface InstanceSpec {
   labels?: Record<string, string>;
   /** VM instances only. */
   vm?: VmSpec;
+  /** Container log rotation (Docker's max-size / max-file); absent fields: the driver's defaults. */
+  log?: LogLimits;
+}
+
+export interface LogLimits {
+  /** A log file is rotated before it would pass this size. */
+  maxSizeBytes?: number;
+  /** Files kept, the one being written included. */
+  maxFiles?: number;
 }
 
 export interface EtcFiles {

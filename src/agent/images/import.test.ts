@@ -1,9 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { hasCode, type ErrorCode } from '../../core/errors.js';
+import { DiskSpace } from '../content/disk-space.js';
 import { LocalContentStore } from '../content/local-content-store.js';
 import { importImageArchive } from './import.js';
 import { MT } from './media-types.js';
@@ -105,4 +107,59 @@ test('corrupt archives are refused: DataLoss, nothing of the bad blob stored; no
   const notTar = join(dir, 'not.tar');
   writeFileSync(notTar, gzipSync(Buffer.from('not a tar at all'.repeat(100))));
   await assert.rejects(importImageArchive(notTar, store), { code: 'InvalidArgument' });
+});
+
+test('import errors name the archive and its entries, never a host path', async (t) => {
+  const dir = tmp(t);
+  const store = new LocalContentStore(join(dir, 'content'));
+  const noPath = (code: ErrorCode) => (e: unknown) => {
+    assert.ok(hasCode(e, code), `expected ${code}, got ${String(e)}`);
+    assert.doesNotMatch((e as Error).message, /\/(tmp|var|work|root)\b|nimbus-import/, `a host path in: ${(e as Error).message}`);
+    return true;
+  };
+  // the upload gone: the system error's path stays out of the message
+  await assert.rejects(importImageArchive(join(dir, 'uploads', 'import-1234.tar'), store), noPath('Internal'));
+  // a truncated archive
+  const images = await buildTestImages();
+  const oci = join(dir, 'oci.tar');
+  await writeOciLayoutTar(images, oci);
+  const cut = join(dir, 'cut.tar');
+  writeFileSync(cut, readFileSync(oci).subarray(0, 3000));
+  await assert.rejects(importImageArchive(cut, store), noPath('InvalidArgument'));
+  // a docker save manifest with a wrong type where a layer name belongs: the archive's fault, 400
+  const wrong = join(dir, 'wrong.tar');
+  const cfg = images.amd64.config;
+  writeFileSync(wrong, await makeTar([
+    { name: `${cfg.digest.slice(7)}.json`, type: 'file', content: cfg.data },
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: `${cfg.digest.slice(7)}.json`, Layers: [1, 2, 3] }]) },
+  ]));
+  await assert.rejects(importImageArchive(wrong, store), noPath('InvalidArgument'));
+});
+
+test('an image the disk cannot hold is refused before its layers are stored (both archive kinds)', async (t) => {
+  const dir = tmp(t);
+  const images = await buildTestImages();
+  const oci = join(dir, 'oci.tar');
+  const save = join(dir, 'save.tar');
+  await writeOciLayoutTar(images, oci);
+  await writeDockerSaveTar(images, save);
+  const layerBytes = images.amd64.layers.reduce((a, l) => a + l.size, 0);
+  // room for the layers' blobs but not for unpacking them as well (one filesystem)
+  const fs = { id: 'one', availBytes: 1024 ** 3 + layerBytes + 100_000, totalBytes: 100 * 1024 ** 3 };
+  const room = new DiskSpace({ content: 'c', snapshots: 's' }, { probe: () => Promise.resolve(fs) });
+  for (const archive of [oci, save]) {
+    const store = new LocalContentStore(join(dir, `content-${archive === oci ? 'oci' : 'save'}`));
+    await assert.rejects(importImageArchive(archive, store, { room }), (e: unknown) => {
+      assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
+      assert.match((e as Error).message, /^not enough disk space for importing image /);
+      return true;
+    });
+    for (const l of [...images.amd64.layers, ...images.amd64.rawLayers.map((r) => ({ digest: sha256Digest(r) }))]) {
+      assert.equal(await store.info(l.digest), undefined, `layer ${l.digest} not stored`);
+    }
+  }
+  // with room for both it imports
+  const roomy = new DiskSpace({ content: 'c', snapshots: 's' }, { probe: () => Promise.resolve({ ...fs, availBytes: 1024 ** 3 + 3 * layerBytes }) });
+  const [img] = await importImageArchive(oci, new LocalContentStore(join(dir, 'content-ok')), { room: roomy });
+  assert.equal(img!.manifestDigest, images.amd64.manifest.digest);
 });

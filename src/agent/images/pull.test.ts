@@ -6,11 +6,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { InvalidArgument, hasCode } from '../../core/errors.js';
+import { DiskSpace } from '../content/disk-space.js';
 import { LocalContentStore } from '../content/local-content-store.js';
 import { MT } from './media-types.js';
 import { pullImage, type LayerProgress } from './pull.js';
@@ -215,4 +218,60 @@ test('layers download in parallel up to the concurrency limit', async (t) => {
   reg.maxInFlight = 0;
   await pullImage(`${reg.host}/app/p`, { store: new LocalContentStore(join(dir, 'second-store')), concurrency: 1 });
   assert.equal(reg.maxInFlight, 1);
+});
+
+test('a disk without room refuses the pull before any blob is fetched (a real 16 MiB tmpfs); blobs already stored do not count', async (t) => {
+  const { reg } = setup(t);
+  const mnt = mkdtempSync(join(tmpdir(), 'nimbus-pull-tmpfs-'));
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'nimbus-test', mnt]);
+  t.after(() => {
+    spawnSync('umount', [mnt]);
+    rmSync(mnt, { recursive: true, force: true });
+  });
+  assert.equal(m.status, 0, `mount tmpfs: ${m.stderr}`);
+  const MiB = 1024 ** 2;
+  const big = randomBytes(9 * MiB); // incompressible: 9 MiB stored + at least 9 MiB unpacked > 16 MiB
+  const img = reg.image('app/big', [{ data: big }], ['latest']);
+  await reg.start();
+  const store = new LocalContentStore(join(mnt, 'content'));
+  const room = new DiskSpace({ content: join(mnt, 'content'), snapshots: join(mnt, 'snapshots') });
+  await assert.rejects(pullImage(`${reg.host}/app/big`, { store, room }), (e: unknown) => {
+    assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
+    assert.match((e as Error).message, new RegExp(`^not enough disk space for pulling ${reg.host}/app/big:latest: needs at least 18 MiB, 15 MiB free`));
+    return true;
+  });
+  assert.deepEqual(reg.blobGets, [], 'neither the config nor a layer fetched');
+  assert.deepEqual((await store.list()).map((b) => b.digest), [img.manifest.digest], 'only the manifest, which gave the sizes');
+
+  // with the layer already in the store only the config is needed
+  await store.ingest(img.layers[0]!, (async function* () {
+    yield big;
+  })());
+  const pulled = await pullImage(`${reg.host}/app/big`, { store, room });
+  assert.equal(pulled.manifestDigest, img.manifest.digest);
+  assert.deepEqual(reg.blobGets, [img.config.digest]);
+});
+
+test('a failed unpack (the promise onConfig returns) aborts the downloads and fails the pull with its error', async (t) => {
+  const { dir, reg, store } = setup(t);
+  reg.image('app/slow', Array.from({ length: 6 }, (_, i) => ({ data: layerData(i) })), ['latest']);
+  await reg.start();
+  const refused = new InvalidArgument('layer sha256:x: unpacks to more than the per-layer limit of 1 MiB');
+  let started = 0;
+  await assert.rejects(
+    pullImage(`${reg.host}/app/slow`, {
+      store,
+      concurrency: 2,
+      onConfig: () => {
+        started = Date.now();
+        reg.blobDelayMs = 3000; // layers answer slowly: the refusal comes while they are in flight
+        return new Promise((_, reject) => setTimeout(() => reject(refused), 50));
+      },
+    }),
+    (e: unknown) => e === refused,
+  );
+  assert.ok(Date.now() - started < 2500, `downloads in flight aborted, not waited for (${Date.now() - started} ms)`);
+  const layersFetched = reg.blobGets.length - 1; // the config first
+  assert.ok(layersFetched <= 2, `downloads stopped (${layersFetched} of 6 layers asked for)`);
+  assert.deepEqual(readdirSync(join(dir, 'ingest')), [], 'the aborted downloads left no partial blob');
 });

@@ -7,11 +7,17 @@
  * the content store alone can describe the image afterwards. Layers already
  * in the store are not fetched again. Decompression is not done here: layers
  * are stored as sent (gzip, zstd or plain tar), see layerCompression().
+ *
+ * With a RoomCheck the pull is refused (ResourceExhausted) before the config and the layers
+ * are fetched when the disk cannot hold them: the manifest gives compressed sizes only, so the
+ * content store needs their sum and the snapshots at least as much again (a lower bound; the
+ * unpack checks free space as it writes, see apply-layer.ts).
  */
 import { createHash } from 'node:crypto';
 import { DataLoss, InvalidArgument, NimbusError, NotFound } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { ContentStore } from '../content/content-store.js';
+import type { RoomCheck } from '../content/disk-space.js';
 import {
   LAYER_TYPES,
   MANIFEST_ACCEPT,
@@ -45,8 +51,14 @@ export interface PullOptions extends RegistryClientOptions {
   /** Layers downloaded at once (default 4). */
   concurrency?: number;
   onProgress?: (p: LayerProgress) => void;
-  /** Called once the config is known, before any layer is fetched (lets the caller start unpacking early). */
-  onConfig?: (config: PulledImage['config'], layers: Descriptor[]) => void;
+  /**
+   * Called once the config is known, before any layer is fetched (lets the caller start unpacking
+   * early). When it returns a promise (the unpacking) that rejects, the pull stops its downloads
+   * and fails with that error.
+   */
+  onConfig?: (config: PulledImage['config'], layers: Descriptor[]) => void | Promise<unknown>;
+  /** Refuse the pull before its blobs are fetched when the disk cannot hold them. */
+  room?: RoomCheck;
   /** Called as each layer blob is complete in the content store (in completion order). */
   onLayerReady?: (index: number, layer: Descriptor) => void;
 }
@@ -82,7 +94,10 @@ function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
 export async function pullImage(ref: string, opts: PullOptions): Promise<PulledImage> {
   const parsed = parseReference(ref);
   const name = parsed.toString();
-  const client = new RegistryClient(parsed.registry, parsed.repository, opts);
+  // aborted when the caller's unpacking fails: downloads in flight stop
+  const stop = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+  const client = new RegistryClient(parsed.registry, parsed.repository, { ...opts, signal });
   const want = opts.platform ?? { os: 'linux', architecture: 'amd64' };
   const store = opts.store;
 
@@ -139,6 +154,18 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   }
   if (manifest.config.size > MAX_CONFIG_BYTES) throw new InvalidArgument(`${name}: config is ${manifest.config.size} bytes; the limit is ${MAX_CONFIG_BYTES}`);
 
+  if (opts.room) {
+    const need = { content: 0, snapshots: 0 };
+    const seen = new Set<string>();
+    for (const d of [manifest.config, ...manifest.layers]) {
+      if (seen.has(d.digest) || (await store.info(d.digest))) continue;
+      seen.add(d.digest);
+      need.content += d.size;
+      if (d !== manifest.config) need.snapshots += d.size;
+    }
+    await opts.room.ensureRoom(need, `pulling ${name}`);
+  }
+
   // Config: small, needed first (its diff_ids let the caller plan unpacking).
   if (!(await store.info(manifest.config.digest))) await client.pullBlob(manifest.config, store);
   let config: PulledImage['config'];
@@ -154,7 +181,14 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
     throw new DataLoss(`${name}: config lists ${diffIds.length} layer diff_ids but the manifest has ${manifest.layers.length} layers`);
   }
 
-  opts.onConfig?.(config, manifest.layers);
+  let failure: { error: unknown } | undefined;
+  const unpacking = opts.onConfig?.(config, manifest.layers);
+  if (unpacking instanceof Promise) {
+    unpacking.catch((e: unknown) => {
+      failure ??= { error: e };
+      stop.abort(e);
+    });
+  }
   for (const l of manifest.layers) opts.onProgress?.({ digest: l.digest, bytesDone: 0, bytesTotal: l.size, status: 'waiting' });
 
   const download = async (d: Descriptor) => {
@@ -179,7 +213,6 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   // Workers take layers in order; the first failure stops new downloads, and
   // pullImage settles only after every download in flight has finished.
   const queue = manifest.layers.map((layer, index) => ({ layer, index }));
-  let failure: { error: unknown } | undefined;
   const worker = async () => {
     for (let next = queue.shift(); next && !failure; next = queue.shift()) {
       try {

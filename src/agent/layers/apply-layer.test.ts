@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -10,7 +10,9 @@ import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { hasCode } from '../../core/errors.js';
 import { mountsUnder, unmountAll } from '../snapshots/mount.js';
+import { DiskSpace, statfsProbe, type SpaceProbe } from '../content/disk-space.js';
 import { applyLayer, normaliseEntryPath, type ApplyLayerOptions } from './apply-layer.js';
+import { ImageBudget } from './unpack-limits.js';
 
 const TAR = 'application/vnd.oci.image.layer.v1.tar';
 const TGZ = 'application/vnd.oci.image.layer.v1.tar+gzip';
@@ -419,6 +421,117 @@ describe('applyLayer: hostile layers', () => {
     if (g.status === 0) {
       assert.doesNotMatch(g.stdout.toString(), /trusted\.overlay/);
       assert.match(g.stdout.toString(), /user\.note="hi"/);
+    }
+  });
+});
+
+describe('applyLayer: unpack limits and disk space', () => {
+  const MiB = 1024 ** 2;
+  const DIGEST = `sha256:${'b'.repeat(64)}`;
+  const zeros = (name: string, size: number): E => ({ name, content: Buffer.alloc(size) });
+  async function bomb(entries: E[]): Promise<Buffer> {
+    const gz = gzipSync(await makeTar(entries), { level: 9 });
+    assert.ok(gz.length < 128 * 1024, `a bomb is small (${gz.length} bytes)`);
+    return gz;
+  }
+  async function fileBytes(dir: string): Promise<number> {
+    let n = 0;
+    for (const e of await readdir(dir, { recursive: true, withFileTypes: true })) {
+      if (e.isFile()) n += (await stat(path.join(e.parentPath ?? e.path, e.name))).size;
+    }
+    return n;
+  }
+
+  it('a gzip bomb past the per-layer limit stops at the entry that crosses it, naming the digest and the limit', async () => {
+    const gz = await bomb(Array.from({ length: 8 }, (_, i) => zeros(`d/f${i}`, MiB)));
+    const dir = await freshDir();
+    await assert.rejects(
+      applyLayer(dir, Readable.from([gz]), { mediaType: TGZ, mode: 'overlay', digest: DIGEST, limits: { maxUnpackedBytes: 3 * MiB } }),
+      (e: unknown) => {
+        assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+        assert.match((e as Error).message, new RegExp(`layer ${DIGEST}: unpacks to more than the per-layer limit of 3 MiB \\(at entry "d/f3"\\)`));
+        return true;
+      },
+    );
+    assert.deepEqual((await readdir(path.join(dir, 'd'))).sort(), ['f0', 'f1', 'f2'], 'nothing written past the limit');
+    assert.equal(await fileBytes(dir), 3 * MiB);
+  });
+
+  it('a file larger than what is left of the limit is refused before a byte of it is written', async () => {
+    const dir = await freshDir();
+    await assert.rejects(
+      applyLayer(dir, Readable.from([await bomb([zeros('a', MiB), zeros('huge', 10 * MiB)])]), {
+        mediaType: TGZ, mode: 'native', digest: DIGEST, limits: { maxUnpackedBytes: 4 * MiB },
+      }),
+      /per-layer limit of 4 MiB \(at entry "huge"\)/,
+    );
+    assert.deepEqual(await readdir(dir), ['a']);
+    // the same layer within the default limits unpacks (the limit, not the content, refused it)
+    const ok = await applyLayer(await freshDir(), Readable.from([await bomb([zeros('a', MiB), zeros('huge', 10 * MiB)])]), { mediaType: TGZ, mode: 'native' });
+    assert.equal(ok.unpackedBytes, 11 * MiB);
+  });
+
+  it('the image budget spans its layers: the layer that crosses it is refused, naming itself and the image limit', async () => {
+    const budget = new ImageBudget(5 * MiB);
+    const a = await applyLayer(await freshDir(), Readable.from([await bomb([zeros('a', 3 * MiB)])]), {
+      mediaType: TGZ, mode: 'overlay', digest: `sha256:${'a'.repeat(64)}`, imageBudget: budget,
+    });
+    assert.equal(a.unpackedBytes, 3 * MiB);
+    assert.equal(budget.bytes, 3 * MiB);
+    const dir = await freshDir();
+    await assert.rejects(
+      applyLayer(dir, Readable.from([await bomb([zeros('b1', MiB), zeros('b2', 2 * MiB)])]), {
+        mediaType: TGZ, mode: 'overlay', digest: DIGEST, imageBudget: budget,
+      }),
+      (e: unknown) => hasCode(e, 'InvalidArgument') && new RegExp(`layer ${DIGEST}: the image unpacks to more than the per-image limit of 5 MiB`).test(String(e)),
+    );
+    assert.deepEqual(await readdir(dir), ['b1']);
+  });
+
+  it('the unpack stops at the free-space reserve of a real small tmpfs; without the check the disk fills up', async () => {
+    const mnt = await freshDir();
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'nimbus-test', mnt]);
+    assert.equal(m.status, 0, `mount tmpfs: ${m.stderr}`);
+    try {
+      const avail = async () => {
+        const s = await statfs(mnt);
+        return s.bavail * s.bsize;
+      };
+      let lowest = Infinity;
+      const probe: SpaceProbe = async (d) => {
+        const s = await statfsProbe(d);
+        lowest = Math.min(lowest, s.availBytes);
+        return s;
+      };
+      const room = new DiskSpace({ content: mnt, snapshots: mnt }, { reserveBytes: 4 * MiB, reserveRatio: 1, probe });
+      // 64 MiB of zeros into 32 MiB: small files, then one large one
+      const layer = await bomb([...Array.from({ length: 40 }, (_, i) => zeros(`small/${i}`, 60 * 1024)), zeros('large', 62 * MiB)]);
+      const target = path.join(mnt, 'upper');
+      await mkdir(target);
+      await assert.rejects(
+        applyLayer(target, Readable.from([layer]), { mediaType: TGZ, mode: 'overlay', digest: DIGEST, room }),
+        (e: unknown) => {
+          assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
+          assert.match((e as Error).message, new RegExp(`fell to its 4\\.0 MiB reserve while unpacking layer ${DIGEST}`));
+          assert.doesNotMatch((e as Error).message, new RegExp(mnt));
+          return true;
+        },
+      );
+      const left = await avail();
+      assert.ok(left >= 3.5 * MiB, `the reserve is kept: ${left} bytes free`);
+      assert.ok(lowest >= 3.5 * MiB, `never below the reserve when asked: ${lowest}`);
+      await rm(target, { recursive: true, force: true });
+      await mkdir(target);
+      // the same layer without the check runs into ENOSPC: typed, and no host path in it
+      await assert.rejects(applyLayer(target, Readable.from([layer]), { mediaType: TGZ, mode: 'overlay', digest: DIGEST }), (e: unknown) => {
+        assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
+        assert.match((e as Error).message, /no space left on the image filesystem while unpacking layer sha256:b{64}/);
+        assert.doesNotMatch((e as Error).message, new RegExp(mnt));
+        return true;
+      });
+      assert.ok((await avail()) < MiB, 'without the check the filesystem filled up');
+    } finally {
+      spawnSync('umount', [mnt]);
     }
   });
 });

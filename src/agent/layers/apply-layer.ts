@@ -11,7 +11,9 @@
  * inside targetDir; parent components are checked with lstat so an existing symlink
  * is never followed; files are opened O_NOFOLLOW|O_EXCL; hard link targets must be
  * inside the tree; devices are refused by default; setuid/setgid bits are stripped
- * by default; sizes, entry counts and path lengths are bounded.
+ * by default; sizes, entry counts and path lengths are bounded, and so are the bytes a layer
+ * (and, through an ImageBudget, an image) unpacks to; with an UnpackRoom the free space of the
+ * target's filesystem is checked as files are written, so a layer never fills the disk.
  *
  * Node has neither mknod(2) nor setxattr(2). Whiteouts, fifos and xattrs are
  * collected and applied at the end in one batch by a tiny perl helper calling the
@@ -28,9 +30,11 @@ import { Duplex, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { InvalidArgument, NimbusError, Unavailable } from '../../core/errors.js';
+import { InvalidArgument, NimbusError, ResourceExhausted, Unavailable } from '../../core/errors.js';
 import { run } from '../../core/exec.js';
 import { logger } from '../../core/log.js';
+import type { UnpackRoom } from '../content/disk-space.js';
+import { DEFAULT_LAYER_MAX_BYTES, DEFAULT_LAYER_MAX_ENTRIES, formatBytes, type ImageBudget } from './unpack-limits.js';
 
 const log = logger('agent.layers.apply');
 
@@ -42,8 +46,14 @@ const log = logger('agent.layers.apply');
  */
 const SMALL_FILE_BYTES = 64 * 1024;
 
+/** Free space is asked again after at most this much file data (less as the room left shrinks). */
+const ROOM_CHECK_MAX_BYTES = 64 * 1024 ** 2;
+const ROOM_CHECK_MIN_BYTES = 256 * 1024;
+
 export interface ApplyLayerLimits {
-  /** Total uncompressed tar bytes (guards against decompression bombs). Default 8 GiB. */
+  /** Sum of the sizes of the regular files the layer writes. Default 16 GiB (DEFAULT_LAYER_MAX_BYTES). */
+  maxUnpackedBytes?: number;
+  /** Total uncompressed tar bytes (headers included). Default maxUnpackedBytes + 1 GiB. */
   maxTotalBytes?: number;
   /** Largest single file. Default 8 GiB. */
   maxEntryBytes?: number;
@@ -65,6 +75,12 @@ export interface ApplyLayerOptions {
   fifos?: 'allow' | 'skip' | 'refuse';
   /** Apply `user.*` and `security.capability` xattrs from PAX headers (default true); others are always dropped. */
   xattrs?: boolean;
+  /** The layer's digest, named in limit errors. */
+  digest?: string;
+  /** The image's budget, shared with its other layers: their file bytes together are bounded too. */
+  imageBudget?: ImageBudget;
+  /** Free space of targetDir's filesystem, asked as files are written; refusing stops the layer. */
+  room?: UnpackRoom;
 }
 
 export interface ApplyLayerResult {
@@ -74,12 +90,15 @@ export interface ApplyLayerResult {
   size: number;
   /** Number of tar entries. */
   entries: number;
+  /** Bytes of regular files written (what the layer limits count). */
+  unpackedBytes: number;
 }
 
 export const DEFAULT_LIMITS: Required<ApplyLayerLimits> = {
-  maxTotalBytes: 8 * 1024 ** 3,
+  maxUnpackedBytes: DEFAULT_LAYER_MAX_BYTES,
+  maxTotalBytes: DEFAULT_LAYER_MAX_BYTES + 1024 ** 3,
   maxEntryBytes: 8 * 1024 ** 3,
-  maxEntries: 1_000_000,
+  maxEntries: DEFAULT_LAYER_MAX_ENTRIES,
   maxPathLength: 4095,
 };
 
@@ -213,10 +232,9 @@ async function applySpecialOps(nodes: NodeOp[], xattrs: XattrOp[]): Promise<void
     if (r.code !== 0) {
       const bad = r.stderr.trim().split(' ')[1];
       const which = [...nodes, ...xattrs].find((o) => bad !== undefined && hex(o.abs) === bad);
-      throw new InvalidArgument(
-        `layer entry ${JSON.stringify(which?.rel ?? '?')}: could not create node or xattr: ${r.stderr.trim()}`,
-        { entry: which?.rel },
-      );
+      // stderr is "<op> <hex path> …: <errno text>": only the errno text, never the host path
+      const why = r.stderr.trim().split(': ').pop() ?? '';
+      throw new InvalidArgument(`layer entry ${JSON.stringify(which?.rel ?? '?')}: could not create node or xattr: ${why}`, { entry: which?.rel });
     }
     return;
   }
@@ -225,14 +243,14 @@ async function applySpecialOps(nodes: NodeOp[], xattrs: XattrOp[]): Promise<void
       n.kind === 'whiteout'
         ? await run('mknod', ['-m', '0', '--', n.abs, 'c', '0', '0'])
         : await run('mkfifo', ['-m', (n.mode & 0o777).toString(8), '--', n.abs]);
-    if (r.code !== 0) refuse(n.rel, `could not create ${n.kind}: ${r.stderr.trim()}`);
+    if (r.code !== 0) refuse(n.rel, `could not create ${n.kind} (exit ${r.code})`); // its stderr names the host path
   }
   if (xattrs.length > 0 && !(await programExists('setfattr', ['--version']))) {
     throw new Unavailable('applying xattrs (overlay opaque directories) needs perl or setfattr (Debian package attr)');
   }
   for (const x of xattrs) {
     const r = await run('setfattr', ['-h', '-n', x.name, '-v', `0x${x.value.toString('hex')}`, '--', x.abs]);
-    if (r.code !== 0) refuse(x.rel, `could not set xattr ${x.name}: ${r.stderr.trim()}`);
+    if (r.code !== 0) refuse(x.rel, `could not set xattr ${x.name} (exit ${r.code})`);
   }
 }
 
@@ -312,6 +330,10 @@ class Extractor {
   private readonly fifoFixups: { abs: string; mode: number; uid: number; gid: number; mtime: Date | undefined }[] =
     [];
   private readonly isRoot = process.getuid?.() === 0;
+  /** Regular-file bytes this layer has written or is about to write (the limits count these). */
+  unpackedBytes = 0;
+  /** File bytes after which free space is asked again (0: before the first write). */
+  private nextRoomCheck = 0;
 
   constructor(
     private readonly root: string,
@@ -328,6 +350,32 @@ class Extractor {
   /** Whether p may already exist (always true unless the root started empty). */
   private mayExist(rel: string): boolean {
     return !this.startedEmpty || this.written.has(rel) || this.verifiedDirs.has(rel);
+  }
+
+  private get layerName(): string {
+    return this.opts.digest ?? 'layer';
+  }
+
+  /** Count a regular file's bytes before it is written: the layer's and the image's limits. */
+  private claim(entry: string, bytes: number): void {
+    this.unpackedBytes += bytes;
+    if (this.unpackedBytes > this.limits.maxUnpackedBytes) {
+      throw new InvalidArgument(
+        `layer ${this.layerName}: unpacks to more than the per-layer limit of ${formatBytes(this.limits.maxUnpackedBytes)} (at entry ${JSON.stringify(entry)})`,
+        { layer: this.opts.digest, entry, limitBytes: this.limits.maxUnpackedBytes, limit: 'layer' },
+      );
+    }
+    this.opts.imageBudget?.take(bytes, this.layerName);
+  }
+
+  /**
+   * Before writing more file data: ask for the free space again once `written` passes the next
+   * check, which comes sooner the less room there is, so the reserve is never written through.
+   */
+  private async roomFor(written: number): Promise<void> {
+    if (!this.opts.room || written < this.nextRoomCheck) return;
+    const room = await this.opts.room.snapshotRoom(`layer ${this.layerName}`);
+    this.nextRoomCheck = written + Math.min(ROOM_CHECK_MAX_BYTES, Math.max(ROOM_CHECK_MIN_BYTES, Math.floor(room / 2)));
   }
 
   private abs(comps: string[]): string {
@@ -473,21 +521,28 @@ class Extractor {
     const size = h.size ?? 0;
     if (size > this.limits.maxEntryBytes) refuse(h.name, `file of ${size} bytes exceeds the ${this.limits.maxEntryBytes}-byte entry limit`);
     const p = this.abs(comps);
+    const before = this.unpackedBytes;
+    this.claim(h.name, size);
     await this.parents(h.name, comps, true);
     await this.clear(p, rel, false);
-    if (size <= SMALL_FILE_BYTES) this.writeSmallFile(p, h, await smallBody(h.name, size, body));
-    else await this.writeLargeFile(p, h, body);
+    if (size <= SMALL_FILE_BYTES) {
+      await this.roomFor(this.unpackedBytes);
+      this.writeSmallFile(p, h, await smallBody(h.name, size, body));
+    } else await this.writeLargeFile(p, h, body, before);
     this.written.add(rel);
     this.collectXattrs(p, rel, h);
   }
 
-  private async writeLargeFile(p: string, h: Header, body: Readable): Promise<void> {
+  /** `before`: the layer's file bytes before this file, for the free-space checks along the way. */
+  private async writeLargeFile(p: string, h: Header, body: Readable, before: number): Promise<void> {
     const fh = await open(p, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600);
     try {
       let written = 0;
       for await (const chunk of body as AsyncIterable<Buffer>) {
         written += chunk.length;
         if (written > this.limits.maxEntryBytes) refuse(h.name, `file exceeds the ${this.limits.maxEntryBytes}-byte entry limit`);
+        if (written > (h.size ?? 0)) refuse(h.name, `file longer than its header's ${h.size ?? 0} bytes`);
+        await this.roomFor(before + written);
         let off = 0;
         while (off < chunk.length) off += (await fh.write(chunk, off)).bytesWritten;
       }
@@ -632,7 +687,15 @@ export async function applyLayer(
   if (opts.mode !== 'overlay' && opts.mode !== 'native') {
     throw new InvalidArgument(`unknown apply mode ${JSON.stringify(opts.mode)}`);
   }
-  const limits: Required<ApplyLayerLimits> = { ...DEFAULT_LIMITS, ...(opts.limits ?? {}) };
+  const given = opts.limits ?? {};
+  const maxUnpackedBytes = given.maxUnpackedBytes ?? DEFAULT_LIMITS.maxUnpackedBytes;
+  const limits: Required<ApplyLayerLimits> = {
+    maxUnpackedBytes,
+    maxTotalBytes: given.maxTotalBytes ?? maxUnpackedBytes + 1024 ** 3,
+    maxEntryBytes: given.maxEntryBytes ?? DEFAULT_LIMITS.maxEntryBytes,
+    maxEntries: given.maxEntries ?? DEFAULT_LIMITS.maxEntries,
+    maxPathLength: given.maxPathLength ?? DEFAULT_LIMITS.maxPathLength,
+  };
   if (compression === 'zstd' && !(await haveZstd())) {
     throw new InvalidArgument('zstd layers need the zstd program (Debian package zstd)', { mediaType: opts.mediaType });
   }
@@ -681,13 +744,18 @@ export async function applyLayer(
         const entry = item as unknown as Readable & { header: Header };
         entries++;
         const h = entry.header as Header;
-        if (entries > limits.maxEntries) refuse(h.name, `more than ${limits.maxEntries} entries in the layer`);
+        if (entries > limits.maxEntries) refuse(h.name, `more than ${limits.maxEntries} entries in layer ${opts.digest ?? ''}`.trimEnd());
         await ex.entry(h, entry);
       }
     } catch (e) {
       // a decompression or size-limit error surfaces as the iteration error or as feedError
       if (feedError instanceof NimbusError) throw feedError;
       if (e instanceof NimbusError) throw e;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') {
+        // never the host path the errno message carries
+        throw new ResourceExhausted(`no space left on the image filesystem while unpacking layer ${opts.digest ?? ''}`.trimEnd(), { layer: opts.digest }, { cause: e });
+      }
       throw new InvalidArgument(`layer is not a valid ${compression === 'none' ? '' : compression + ' '}tar stream: ${(e as Error).message}`, undefined, {
         cause: e,
       });
@@ -703,5 +771,5 @@ export async function applyLayer(
     zstd?.kill();
     if (!input.destroyed) input.destroy();
   }
-  return { diffId: `sha256:${hash.digest('hex')}`, size, entries };
+  return { diffId: `sha256:${hash.digest('hex')}`, size, entries, unpackedBytes: ex.unpackedBytes };
 }

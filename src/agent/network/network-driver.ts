@@ -6,6 +6,7 @@
  * tested for real by the conformance suite.
  */
 import { Registry } from '../../core/registry.js';
+import { InvalidArgument } from '../../core/errors.js';
 
 export type NetworkDriverName = 'bridge' | 'route';
 
@@ -91,10 +92,10 @@ export const networkDrivers = new Registry<NetworkDriver, Record<string, never>>
 
 export function ipToInt(ip: string): number {
   const parts = ip.split('.');
-  if (parts.length !== 4) throw new RangeError(`not an IPv4 address: ${ip}`);
+  if (parts.length !== 4) throw new InvalidArgument(`not an IPv4 address: ${ip}`);
   let n = 0;
   for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) throw new RangeError(`not an IPv4 address: ${ip}`);
+    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) throw new InvalidArgument(`not an IPv4 address: ${ip}`);
     n = n * 256 + Number(p);
   }
   return n;
@@ -114,19 +115,19 @@ export interface Cidr {
 /** Parse "a.b.c.d/n"; the address must be the network address. */
 export function parseCidr(cidr: string): Cidr {
   const m = /^([\d.]+)\/(\d{1,2})$/.exec(cidr);
-  if (!m) throw new RangeError(`not an IPv4 CIDR: ${cidr}`);
+  if (!m) throw new InvalidArgument(`not an IPv4 CIDR: ${cidr}`);
   const prefix = Number(m[2]);
-  if (prefix > 32) throw new RangeError(`prefix /${prefix} out of range: ${cidr}`);
+  if (prefix > 32) throw new InvalidArgument(`prefix /${prefix} out of range: ${cidr}`);
   const addr = ipToInt(m[1]!);
   const size = 2 ** (32 - prefix);
-  if (addr % size !== 0) throw new RangeError(`${cidr} is not a network address (did you mean ${intToIp(addr - (addr % size))}/${prefix}?)`);
+  if (addr % size !== 0) throw new InvalidArgument(`${cidr} is not a network address (did you mean ${intToIp(addr - (addr % size))}/${prefix}?)`);
   return { network: addr, prefix, size };
 }
 
 /** A subnet a network can have: /8 to /30 (room for a gateway and at least one container). */
 export function parseNetworkSubnet(cidr: string): Cidr {
   const c = parseCidr(cidr);
-  if (c.prefix > 30 || c.prefix < 8) throw new RangeError(`prefix /${c.prefix} out of range for a network (8-30): ${cidr}`);
+  if (c.prefix > 30 || c.prefix < 8) throw new InvalidArgument(`prefix /${c.prefix} out of range for a network (8-30): ${cidr}`);
   return c;
 }
 

@@ -15,7 +15,7 @@ const Agent = Type.Object(
     cpus: Type.Optional(Type.Integer()),
     memoryBytes: Type.Optional(Type.Integer()),
     accelerator: Type.Optional(Type.String({ description: 'What its VMs run under (once decided)' })),
-    vms: Type.Integer({ description: 'VMs recorded on it' }),
+    vms: Type.Integer({ description: 'VMs recorded on it (for a non-administrator: those of the projects it can read)' }),
   },
   { $id: 'Agent' },
 );
@@ -25,7 +25,9 @@ export const agentRoutes = [
     method: 'GET', path: '/agents', operationId: 'listAgents', tag: 'agents', access: 'read', auth: { authenticated: true },
     summary: 'The agents (hosts) of this control plane: the embedded one and the registered ones, with their state now',
     response: Type.Array(Agent),
-    handler: ({ services }) => services.agents.list((name) => services.vms.countOn(name)),
+    // a tenant sees its own VMs on each host, never the host-wide count
+    handler: ({ services, auth }) =>
+      services.agents.list((name) => (auth.principal?.systemAdmin ? services.vms.countOn(name) : services.vms.list({ all: true }).filter((v) => v.agent === name && auth.canRead(v.projectId)).length)),
   }),
   route({
     method: 'POST', path: '/agents', operationId: 'registerAgent', tag: 'agents', access: 'write', auth: { global: 'admin' },

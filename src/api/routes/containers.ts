@@ -1,6 +1,9 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream } from '../route.js';
-import { Container, ContainerCreate, Empty, ExecFrame, IdParam, LogLine, Operation, Stats } from '../schemas.js';
+import { Argv, Container, ContainerCreate, ContainerPath, Empty, EnvList, ExecFrame, IdParam, LogLine, Operation, SignalSpec, Stats, StopTimeout, UserSpec } from '../schemas.js';
+import { checkTotalLength } from '../validate.js';
+import { canonicalSignal } from '../../core/signals.js';
+import { MAX_ARGV_ENV_TOTAL } from '../../core/limits.js';
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
 import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
@@ -17,8 +20,8 @@ const CONTAINER = {
 };
 
 
-const Signal = Type.Object({ signal: Type.String({ default: 'SIGKILL' }) });
-const Timeout = Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds before SIGKILL' })) });
+const Signal = Type.Object({ signal: SignalSpec({ default: 'SIGKILL' }) });
+const Timeout = Type.Object({ timeout: Type.Optional(StopTimeout('Seconds before SIGKILL')) });
 
 export const containerRoutes = [
   route({
@@ -39,6 +42,9 @@ export const containerRoutes = [
     handler: async ({ body, services, auth }) => {
       // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
       const { start, ...input } = body;
+      checkTotalLength({ entrypoint: input.entrypoint, cmd: input.cmd, env: input.env }, MAX_ARGV_ENV_TOTAL);
+      // runc takes the 31 standard names and numbers only (SIGRTMIN+3 → "37")
+      if (input.stopSignal !== undefined) input.stopSignal = canonicalSignal(input.stopSignal);
       const r = await services.containers.requestCreate({ ...input, restart: input.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
         { canRead: auth.canRead, preferProjectId: auth.project() }, { start });
       return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
@@ -85,7 +91,7 @@ export const containerRoutes = [
     method: 'POST', path: '/containers/{id}/kill', operationId: 'killContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: CONTAINER },
     summary: 'Send a signal to a container', params: IdParam, body: Signal, response: Container,
-    handler: ({ params, body, services }) => services.containers.kill(params.id, body.signal),
+    handler: ({ params, body, services }) => services.containers.kill(params.id, canonicalSignal(body.signal)),
   }),
   route({
     method: 'POST', path: '/containers/{id}/pause', operationId: 'pauseContainer', tag: 'containers', access: 'write',
@@ -121,13 +127,14 @@ export const containerRoutes = [
     auth: { role: 'member', project: CONTAINER },
     summary: 'Run a command in a running container; streams output frames, the last one carries exitCode', params: IdParam,
     body: Type.Object({
-      args: Type.Array(Type.String(), { minItems: 1 }),
-      env: Type.Optional(Type.Array(Type.String())),
-      workdir: Type.Optional(Type.String()),
-      user: Type.Optional(Type.String()),
-    }),
+      args: Argv(undefined, 1),
+      env: Type.Optional(EnvList()),
+      workdir: Type.Optional(ContainerPath),
+      user: Type.Optional(UserSpec),
+    }, { additionalProperties: false }),
     response: ExecFrame, streams: 'ndjson',
     handler: async ({ params, body, services }) => {
+      checkTotalLength({ args: body.args, env: body.env }, MAX_ARGV_ENV_TOTAL);
       const session = await services.containers.exec(params.id, {
         args: body.args, ...(body.env ? { env: body.env } : {}), ...(body.workdir ? { cwd: body.workdir } : {}), ...(body.user ? { user: body.user } : {}),
       });

@@ -15,7 +15,7 @@ const DiskImage = Type.Object(
     projectId: Type.String(),
     name: Type.String(),
     digest: Type.String(),
-    format: Type.Union([Type.Literal('raw'), Type.Literal('qcow2')]),
+    format: Type.Union([Type.Literal('raw'), Type.Literal('qcow2'), Type.Literal('kernel'), Type.Literal('initrd')], { description: 'raw or qcow2 for a disk; kernel or initrd for a direct kernel boot' }),
     size: Type.Integer(),
     virtualSize: Type.Integer(),
     createdAt: Type.String(),
@@ -44,9 +44,13 @@ export const diskImageRoutes = [
   route({
     method: 'POST', path: '/disk-images', operationId: 'importDiskImage', tag: 'images', access: 'write',
     auth: { role: 'member', project: 'query' },
-    summary: 'Import a VM disk image (the request body is the raw or qcow2 file); a qcow2 naming a backing or data file is refused',
+    summary: 'Import a VM image (the request body is the file): a disk (raw or qcow2; a qcow2 naming a backing or data file is refused), '
+      + 'or the kernel (bzImage or ELF) or initrd (cpio) of a direct kernel boot, which VMs then name in kernel and initrd',
     // optional in the schema so that access is decided before the request's shape (as for every route)
-    query: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'The disk image\'s name in the project (required)' })) }),
+    query: Type.Object({
+      name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'The image\'s name in the project (required)' })),
+      type: Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')], { default: 'disk', description: 'What the file is for' }),
+    }),
     rawBody: 'application/octet-stream', response: DiskImage, status: 201,
     handler: async ({ services, req, auth, query }) => {
       if (!query.name) throw new InvalidArgument('a disk image needs a name (?name=)');
@@ -54,7 +58,7 @@ export const diskImageRoutes = [
       const file = join(services.options.tmpDir, `disk-${newId().slice(0, 16)}`);
       try {
         await pipeline(req, createWriteStream(file, { mode: 0o600 }));
-        return { status: 201, body: await services.disks.import(file, query.name, auth.project()) };
+        return { status: 201, body: await services.disks.import(file, query.name, auth.project(), query.type) };
       } finally {
         await rm(file, { force: true });
       }

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route } from '../route.js';
-import { Empty } from '../schemas.js';
+import { Empty, Name as NameField, ProjectRef } from '../schemas.js';
 import { MAX_TTL_SECONDS } from '../../control/identity/identity-service.js';
 
 const User = Type.Object({
@@ -8,15 +8,18 @@ const User = Type.Object({
   defaultProject: Type.Union([Type.String(), Type.Null()]), createdAt: Type.String(),
 }, { $id: 'User' });
 const ApiKey = Type.Object({ name: Type.String(), createdAt: Type.String(), expiresAt: Type.Union([Type.String(), Type.Null()]) });
-const Name = Type.Object({ name: Type.String({ minLength: 1 }) });
+const Name = Type.Object({ name: NameField() });
+/** Ten years: an expiry further out is "never" (omit it); Dates past year 275760 would not even exist. */
+const MAX_API_KEY_SECONDS = 10 * 366 * 24 * 3600;
+const Password = (minLength: number) => Type.String({ minLength, maxLength: 1024 });
 
 export const identityRoutes = [
   route({
     method: 'POST', path: '/auth/login', operationId: 'login', tag: 'identity', access: 'public', auth: { public: true },
     summary: 'Exchange a user name and password for an expiring session token (shown once)', status: 201,
     body: Type.Object({
-      user: Type.String({ minLength: 1 }),
-      password: Type.String(),
+      user: NameField(),
+      password: Password(0),
       ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_TTL_SECONDS, description: 'Default 12 hours' })),
     }, { additionalProperties: false }),
     response: Type.Object({ token: Type.String(), expiresAt: Type.String(), user: User }),
@@ -50,8 +53,8 @@ export const identityRoutes = [
     method: 'POST', path: '/users', operationId: 'createUser', tag: 'identity', access: 'write', auth: { global: 'admin' },
     summary: 'Create a user', status: 201,
     body: Type.Object({
-      name: Type.String({ minLength: 1 }), password: Type.String({ minLength: 8 }),
-      systemAdmin: Type.Boolean({ default: false }), defaultProject: Type.Optional(Type.String()),
+      name: NameField(), password: Password(8),
+      systemAdmin: Type.Boolean({ default: false }), defaultProject: Type.Optional(ProjectRef()),
     }, { additionalProperties: false }),
     response: User,
     handler: async ({ body, services }) => ({
@@ -78,7 +81,7 @@ export const identityRoutes = [
   route({
     method: 'POST', path: '/apikeys', operationId: 'createApiKey', tag: 'identity', access: 'write', auth: { authenticated: true },
     summary: "Create an API key for the caller (the key is shown only in this response)", status: 201,
-    body: Type.Object({ name: Type.String({ minLength: 1 }), expiresInSeconds: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false }),
+    body: Type.Object({ name: NameField(), expiresInSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_API_KEY_SECONDS })) }, { additionalProperties: false }),
     response: Type.Object({ name: Type.String(), key: Type.String(), createdAt: Type.String(), expiresAt: Type.Union([Type.String(), Type.Null()]) }),
     handler: ({ body, services, auth }) => ({ status: 201, body: services.identity.createApiKey(auth.principal!, body.name, body.expiresInSeconds) }),
   }),

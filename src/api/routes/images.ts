@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import { newId } from '../../core/ids.js';
 import { route } from '../route.js';
-import { Image, Operation } from '../schemas.js';
+import { Image, Operation, Ref } from '../schemas.js';
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 
@@ -13,7 +13,7 @@ import type { ProjectScope } from '../../control/identity/scope.js';
 const IMAGE = { param: 'ref', kind: 'image', owner: (s: Services, ref: string, scope: ProjectScope) => s.images.resolve(ref, scope).projectId };
 
 
-const Ref = Type.Object({ ref: Type.String({ minLength: 1, description: 'Reference, digest or id (URL-encoded)' }) });
+const RefParam = Type.Object({ ref: Ref('Reference, digest or id (URL-encoded)', 1024) });
 
 export const imageRoutes = [
   route({
@@ -27,9 +27,10 @@ export const imageRoutes = [
     auth: { role: 'member', project: 'query' },
     summary: 'Pull an image from an OCI registry; returns an Operation (202)', status: 202,
     body: Type.Object({
-      reference: Type.String({ minLength: 1, description: 'name[:tag] or name@sha256:digest' }),
-      username: Type.Optional(Type.String()),
-      password: Type.Optional(Type.String()),
+      reference: Ref('name[:tag] or name@sha256:digest', 1024),
+      username: Type.Optional(Type.String({ maxLength: 256 })),
+      // registry tokens (ECR's, say) run to several KiB
+      password: Type.Optional(Type.String({ maxLength: 16 * 1024 })),
     }, { additionalProperties: false }),
     response: Operation,
     handler: ({ body, services, auth }) => ({
@@ -61,20 +62,20 @@ export const imageRoutes = [
     method: 'POST', path: '/images/prune', operationId: 'pruneImages', tag: 'images', access: 'write',
     auth: { role: 'member', project: 'query' },
     summary: "Remove the project's dangling images (all=true: every one no container of it uses) and collect garbage no project needs",
-    body: Type.Object({ all: Type.Boolean({ default: false }) }),
+    body: Type.Object({ all: Type.Boolean({ default: false }) }, { additionalProperties: false }),
     response: Type.Object({ deleted: Type.Array(Type.String()), bytesFreed: Type.Integer() }),
     handler: ({ body, services, auth }) => services.images.prune(body.all, auth.project()),
   }),
   route({
     method: 'GET', path: '/images/{ref}', operationId: 'inspectImage', tag: 'images', access: 'read',
     auth: { role: 'reader', project: IMAGE },
-    summary: 'Inspect an image', params: Ref, response: Image,
+    summary: 'Inspect an image', params: RefParam, response: Image,
     handler: ({ params, services, auth }) => services.images.inspect(params.ref, auth.project()),
   }),
   route({
     method: 'DELETE', path: '/images/{ref}', operationId: 'removeImage', tag: 'images', access: 'write',
     auth: { role: 'member', project: IMAGE },
-    summary: 'Untag an image; delete it when no tag and no container is left', params: Ref,
+    summary: 'Untag an image; delete it when no tag and no container is left', params: RefParam,
     query: Type.Object({ force: Type.Boolean({ default: false }) }),
     response: Type.Object({ untagged: Type.Array(Type.String()), deleted: Type.Array(Type.String()) }),
     handler: ({ params, query, services, auth }) => services.images.remove(params.ref, auth.project(), query.force),

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route } from '../route.js';
-import { Empty, IdParam, Network, NetworkCreate } from '../schemas.js';
+import { Alias, Empty, IdParam, Network, NetworkCreate, Ref } from '../schemas.js';
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 
@@ -15,9 +15,9 @@ const NETWORK = {
 
 const ConnectBody = Type.Object(
   {
-    container: Type.String({ minLength: 1, description: 'Container name, id or id prefix (of the network\'s project)' }),
-    ip: Type.Optional(Type.String({ pattern: '^(\\d{1,3}\\.){3}\\d{1,3}$' })),
-    aliases: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$' }))),
+    container: Ref('Container name, id or id prefix (of the network\'s project)'),
+    ip: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15 })),
+    aliases: Type.Optional(Type.Array(Alias, { maxItems: 64 })),
   },
   { additionalProperties: false },
 );
@@ -58,7 +58,7 @@ export const networkRoutes = [
     method: 'POST', path: '/networks/{id}/disconnect', operationId: 'disconnectNetwork', tag: 'networks', access: 'write',
     auth: { role: 'member', project: NETWORK },
     summary: 'Disconnect a container from the network (its interface and lease go; ports published on it too)',
-    params: IdParam, body: Type.Object({ container: Type.String({ minLength: 1 }) }, { additionalProperties: false }), response: Network,
+    params: IdParam, body: Type.Object({ container: Ref('Container name, id or id prefix') }, { additionalProperties: false }), response: Network,
     handler: ({ params, body, services }) => {
       const n = services.networks.get(params.id);
       return services.networks.disconnect(n.id, services.containers.get(body.container, { projectId: n.projectId }));

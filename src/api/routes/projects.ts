@@ -1,13 +1,13 @@
 import { Type } from '@sinclair/typebox';
 import { route } from '../route.js';
-import { Empty } from '../schemas.js';
+import { Empty, Name, ProjectRef } from '../schemas.js';
 
 const Project = Type.Object({
   id: Type.String(), name: Type.String(), path: Type.String(), parentId: Type.Union([Type.String(), Type.Null()]), createdAt: Type.String(),
 }, { $id: 'Project' });
 const Role = Type.Union([Type.Literal('reader'), Type.Literal('member'), Type.Literal('admin')]);
 const Grant = Type.Object({ user: Type.String(), project: Type.String(), role: Type.String(), createdAt: Type.String(), inheritedFrom: Type.Optional(Type.Union([Type.String(), Type.Null()])) });
-const ProjectParam = Type.Object({ project: Type.String({ minLength: 1, description: 'Project id, path (org/team, URL-encoded) or name' }) });
+const ProjectParam = Type.Object({ project: ProjectRef('Project id, path (org/team, URL-encoded) or name') });
 const PROJECT = { param: 'project', kind: 'project' };
 
 export const projectRoutes = [
@@ -16,7 +16,7 @@ export const projectRoutes = [
     // Creating a child is its parent's admins' business; a root project, the system's.
     auth: { role: 'admin', project: { body: 'parent' } },
     summary: 'Create a project, at the root or under a parent (names are unique among siblings)', status: 201,
-    body: Type.Object({ name: Type.String({ minLength: 1 }), parent: Type.Optional(Type.String({ description: 'Parent id, path or name' })) }, { additionalProperties: false }),
+    body: Type.Object({ name: Name(), parent: Type.Optional(ProjectRef('Parent id, path or name (omit it for a root project)')) }, { additionalProperties: false }),
     response: Project,
     handler: ({ body, services, auth }) => ({ status: 201, body: services.projects.create(body.name, auth.projectId ?? null) }),
   }),
@@ -64,7 +64,7 @@ export const projectRoutes = [
     method: 'PUT', path: '/projects/{project}/roles/{user}', operationId: 'grantRole', tag: 'projects', access: 'write',
     auth: { role: 'admin', project: PROJECT },
     summary: 'Grant a user a role on the project (and so on its descendants); replaces the user\'s role there',
-    params: Type.Object({ project: ProjectParam.properties.project, user: Type.String({ minLength: 1 }) }),
+    params: Type.Object({ project: ProjectParam.properties.project, user: Name() }),
     body: Type.Object({ role: Role }, { additionalProperties: false }), response: Grant,
     handler: ({ params, body, services, auth }) => services.projects.grant(params.user, auth.project(), body.role),
   }),
@@ -72,7 +72,7 @@ export const projectRoutes = [
     method: 'DELETE', path: '/projects/{project}/roles/{user}', operationId: 'revokeRole', tag: 'projects', access: 'write',
     auth: { role: 'admin', project: PROJECT },
     summary: "Revoke the user's role on the project (inherited roles stay)",
-    params: Type.Object({ project: ProjectParam.properties.project, user: Type.String({ minLength: 1 }) }), response: Empty,
+    params: Type.Object({ project: ProjectParam.properties.project, user: Name() }), response: Empty,
     handler: ({ params, services, auth }) => {
       services.projects.revoke(params.user, auth.project());
       return { status: 204 };

@@ -2,25 +2,29 @@ import { Type, type Static } from '@sinclair/typebox';
 import { route, type RequestAuth } from '../route.js';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
+import { MAX_QUOTA_VALUE, MAX_TIMER_MS } from '../../core/limits.js';
+import { Name, ProjectRef } from '../schemas.js';
+
+const Amount = (description?: string) => Type.Integer({ minimum: 0, maximum: MAX_QUOTA_VALUE, ...(description ? { description } : {}) });
 
 const Vector = Type.Object(
   {
-    instances: Type.Optional(Type.Integer({ minimum: 0 })),
-    cpus: Type.Optional(Type.Integer({ minimum: 0 })),
-    memory: Type.Optional(Type.Integer({ minimum: 0, description: 'MiB' })),
-    networks: Type.Optional(Type.Integer({ minimum: 0 })),
-    volumes: Type.Optional(Type.Integer({ minimum: 0 })),
+    instances: Type.Optional(Amount()),
+    cpus: Type.Optional(Amount()),
+    memory: Type.Optional(Amount('MiB')),
+    networks: Type.Optional(Amount()),
+    volumes: Type.Optional(Amount()),
   },
   { additionalProperties: false },
 );
-const ProjectParam = Type.Object({ project: Type.String({ minLength: 1, description: 'Project name or id' }) });
+const ProjectParam = Type.Object({ project: ProjectRef() });
 const Figures = Type.Record(Type.String(), Type.Unknown());
 
 /** The project named in the path (id, path or name), resolved and checked by the edge. */
 const PROJECT = { param: 'project', kind: 'project' };
 
-const PoolParams = Type.Object({ project: ProjectParam.properties.project, pool: Type.String({ minLength: 1, description: 'Pool name (unique per owner project)' }) });
-const Weights = Type.Record(Type.String(), Type.Number({ exclusiveMinimum: 0 }), { description: 'Direct child (id, path or name) → weight' });
+const PoolParams = Type.Object({ project: ProjectParam.properties.project, pool: Name({ description: 'Pool name (unique per owner project)' }) });
+const Weights = Type.Record(Type.String({ pattern: '^[^\\x00-\\x1f\\x7f-\\x9f]{1,1024}$' }), Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000 }), { maxProperties: 256, description: 'Direct child (id, path or name) → weight (more than 0, at most 1,000,000)' });
 
 /** Pool members are named by the caller; only the owner's direct children can be members (the ledger checks). */
 function memberIds(services: Services, owner: string, weights: Record<string, number>): Record<string, number> {
@@ -51,7 +55,7 @@ export const quotaRoutes = [
         reserved: Type.Optional(Vector),
         lendingLimit: Type.Optional(Vector),
         borrowingLimit: Type.Optional(Vector),
-        gracePeriodMs: Type.Optional(Type.Integer({ minimum: 0 })),
+        gracePeriodMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, description: 'At most 2^31-1 ms (about 24.8 days)' })),
       },
       { additionalProperties: false },
     ),
@@ -69,7 +73,7 @@ export const quotaRoutes = [
     method: 'GET', path: '/quota-audit', operationId: 'quotaAudit', tag: 'quota', access: 'read',
     auth: { role: 'reader', project: 'query-or-all' },
     summary: 'Every admit, reject, loan, return and reclaim with its reason',
-    query: Type.Object({ project: Type.Optional(Type.String()), since: Type.Optional(Type.Integer({ minimum: 0 })) }),
+    query: Type.Object({ project: Type.Optional(ProjectRef()), since: Type.Optional(Type.Integer({ minimum: 0 })) }),
     response: Type.Array(Figures),
     handler: ({ query, services, auth }) =>
       services.quota
@@ -82,7 +86,7 @@ export const quotaRoutes = [
     auth: { role: 'admin', project: PROJECT },
     summary: "Set part of a project's free capacity aside as a pool its chosen children share by weight", status: 201,
     params: ProjectParam,
-    body: Type.Object({ name: Type.String({ minLength: 1 }), capacity: Vector, weights: Weights }, { additionalProperties: false }),
+    body: Type.Object({ name: Name(), capacity: Vector, weights: Weights }, { additionalProperties: false }),
     response: Figures,
     handler: ({ body, services, auth }) => ({
       status: 201,

@@ -33,17 +33,24 @@ export const systemRoutes = [
   route({
     method: 'GET', path: '/info', operationId: 'info', tag: 'system', access: 'read',
     auth: { authenticated: true },
-    summary: 'Host and daemon facts: runtimes, snapshotter, cgroup layout, VM accelerator, counts',
+    summary: 'Daemon facts and counts of what the caller can read; host facts (home, host name, kernel, cgroups, pools) for system administrators only',
     response: Type.Record(Type.String(), Type.Unknown()),
     handler: async ({ services, auth }) => {
       // Counts cover the projects the caller can read; host facts are the same for everyone.
       const all = services.containers.list({ all: true }).filter((c) => auth.canRead(c.projectId));
       const vms = services.vms.list({ all: true }).filter((v) => auth.canRead(v.projectId));
-      const agent = await services.agent.info();
+      const full = await services.agent.info();
+      // host facts (home, host name, kernel, pools, memory) are the operator's; a tenant learns what its requests can use
+      const admin = auth.principal?.systemAdmin === true;
+      const agent = admin ? full : {
+        name: full.name,
+        runtimes: full.runtimes.map((r) => ({ name: r.name, usable: r.usable, ...(r.default ? { default: true } : {}) })),
+        ...(full.vm ? { vm: { accelerator: full.vm.accelerator } } : {}),
+      };
       return {
         version: services.version,
         startedAt: services.startedAt,
-        home: services.options.home,
+        ...(admin ? { home: services.options.home } : {}),
         agent,
         containers: {
           total: all.length,
@@ -58,7 +65,7 @@ export const systemRoutes = [
           saved: vms.filter((v) => v.status === 'saved').length,
           stopped: vms.filter((v) => v.status === 'stopped').length,
           // the accelerator new VMs get, and why (KVM only when a probe boot succeeded)
-          ...(agent.vm ? { accelerator: agent.vm.accelerator, acceleratorReason: agent.vm.reason } : {}),
+          ...(full.vm ? { accelerator: full.vm.accelerator, ...(admin ? { acceleratorReason: full.vm.reason } : {}) } : {}),
         },
         images: services.images.list().filter((i) => auth.canRead(i.projectId)).length,
       };

@@ -1,19 +1,26 @@
 import { Type } from '@sinclair/typebox';
-import { route, stream } from '../route.js';
+import { route, stream, type RequestAuth } from '../route.js';
+import type { VmRecord } from '../../store/records.js';
+import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
+import { HOST_PATH } from '../host-paths.js';
+import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
+
+/** A guest's memory: 1 TiB at most (a larger figure is a typo, and it is charged to the quota). */
+const MAX_VM_MEMORY_MIB = 1024 * 1024;
 import type { Services } from '../../control/services.js';
-import { Empty, IdParam, LogLine, Operation } from '../schemas.js';
+import { Empty, IdParam, LogLine, Operation, SignalSpec } from '../schemas.js';
 
 const VmCreate = Type.Object(
   {
     name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
     cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'vCPUs (default 1)' })),
     maxCpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'vCPUs it may grow to while running (hot-plug with resize); default: its cpus, no hot-plug' })),
-    memoryMiB: Type.Optional(Type.Integer({ minimum: 16, description: 'Guest memory in MiB (default 256)' })),
-    kernel: Type.Optional(Type.String({ minLength: 1, description: 'Direct kernel boot: kernel image on the host' })),
-    initrd: Type.Optional(Type.String({ minLength: 1 })),
-    append: Type.Optional(Type.String({ description: 'Kernel command line' })),
-    disk: Type.Optional(Type.String({ minLength: 1, description: 'Base disk image (raw or qcow2); the VM gets a copy-on-write overlay of it' })),
-    pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0 }), { description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
+    memoryMiB: Type.Optional(Type.Integer({ minimum: 16, maximum: MAX_VM_MEMORY_MIB, description: `Guest memory in MiB (default 256; 16 to ${MAX_VM_MEMORY_MIB})` })),
+    kernel: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, [HOST_PATH]: true, description: 'Direct kernel boot: a kernel image of the image service (POST /disk-images?type=kernel) by name; system administrators may give a host path in a directory the operator allowed (nimbusd --vm-host-dir)' })),
+    initrd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, [HOST_PATH]: true, description: 'An initrd image (?type=initrd) by name, or, as for kernel, an allowed host path' })),
+    append: Type.Optional(Type.String({ maxLength: 4096, description: 'Kernel command line' })),
+    disk: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, [HOST_PATH]: true, description: 'System administrators only: a base disk file (raw or qcow2) in a directory the operator allowed; the VM gets a copy-on-write overlay of it. Everyone else names a disk image in image' })),
+    pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 4095 }), { maxItems: 64, description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
     image: Type.Optional(Type.String({ minLength: 1, description: 'A disk image of the image service (nimbus image import-disk): the root disk is a qcow2 overlay backed by it' })),
     agent: Type.Optional(Type.String({ minLength: 1, description: 'The agent (host) to run it on (GET /agents); default the embedded one' })),
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8, description: 'Networks of the VM\'s project ("bridge": its default) for virtio-net NICs eth0, eth1, ...; the addresses are leased and given to the guest as nimbus.net=IF,ADDR/PREFIX,GATEWAY on its kernel command line' })),
@@ -44,6 +51,29 @@ const Vm = Type.Object(
 /** The project of the VM a path names: its owner decides who may act on it. */
 const VM = { param: 'id', kind: 'vm', owner: (s: Services, id: string) => s.vms.get(id).projectId };
 
+const isSystemAdmin = (auth: RequestAuth) => auth.principal?.systemAdmin === true;
+
+/**
+ * What a VM's record says of its host, for those who may know it: system administrators see
+ * everything; others see images by name (not the content store's paths) and no host view
+ * beyond the accelerator, sizes, state and pinning (no QEMU argv, sockets, pid or files).
+ */
+function forViewer<T extends VmRecord & { host?: VmInspect | null }>(v: T, auth: RequestAuth): T {
+  if (isSystemAdmin(auth)) return v;
+  const { kernel, initrd, disk, kernelImage, initrdImage, diskImage, ...config } = v.config;
+  const named = {
+    ...(kernelImage ? { kernel: kernelImage.name, kernelImage } : kernel ? { kernel: '(host file)' } : {}),
+    ...(initrdImage ? { initrd: initrdImage.name, initrdImage } : initrd ? { initrd: '(host file)' } : {}),
+    ...(diskImage ? { diskImage } : disk ? { disk: '(host file)' } : {}),
+  };
+  const out = { ...v, config: { ...config, ...named } };
+  if (v.host) {
+    const { qemuPid: _p, qmpSocket: _q, consoleSocket: _c, consoleLog: _l, rootDisk: _r, savedState: _s, argv: _a, ...shown } = v.host;
+    out.host = shown as VmInspect;
+  }
+  return out;
+}
+
 /** Records carry their instance type, so a client merging /containers and /vms can tell them apart. */
 const typed = <T extends object>(v: T) => ({ ...v, type: 'vm' as const });
 
@@ -55,14 +85,14 @@ export const vmRoutes = [
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Vm),
     handler: ({ query, services, auth }) =>
-      services.vms.list({ all: query.all }).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map(typed),
+      services.vms.list({ all: query.all }).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => typed(forViewer(v, auth))),
   }),
   route({
     method: 'POST', path: '/vms', operationId: 'createVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: 'query' },
     summary: 'Create a VM (kernel boot or disk image); it is created, not started', status: 201,
     body: VmCreate, response: Vm,
-    handler: async ({ body, services, auth }) => typed(await services.vms.create(body, auth.project())),
+    handler: async ({ body, services, auth }) => typed(forViewer(await services.vms.create(body, auth.project(), { hostPaths: isSystemAdmin(auth) }), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/clone', operationId: 'createVmFromTemplate', tag: 'vms', access: 'write',
@@ -70,16 +100,16 @@ export const vmRoutes = [
     summary: 'Create a VM from a saved one used as a template (same devices, disk backed by its); restore starts it', status: 201,
     params: IdParam, body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })) }, { additionalProperties: false }),
     response: Vm,
-    handler: async ({ params, body, services, auth }) => typed(await services.vms.createFromTemplate(params.id, body.name, auth.project())),
+    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.createFromTemplate(params.id, body.name, auth.project()), auth)),
   }),
   route({
     method: 'GET', path: '/vms/{id}', operationId: 'inspectVm', tag: 'vms', access: 'read',
     auth: { role: 'reader', project: VM },
     summary: 'Inspect a VM: its record and what its host knows (accelerator, QEMU argv, vCPU pinning, sockets)',
     params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
-    handler: async ({ params, services }) => {
+    handler: async ({ params, services, auth }) => {
       const v = await services.vms.inspect(params.id);
-      return { ...typed(v), network: { endpoints: services.networks.endpointsOf(v.id) } };
+      return { ...typed(forViewer(v, auth)), network: { endpoints: services.networks.endpointsOf(v.id) } };
     },
   }),
   route({
@@ -96,43 +126,43 @@ export const vmRoutes = [
     method: 'POST', path: '/vms/{id}/start', operationId: 'startVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Boot a created or stopped VM', params: IdParam, response: Vm,
-    handler: async ({ params, services }) => typed(await services.vms.start(params.id)),
+    handler: async ({ params, services, auth }) => typed(forViewer(await services.vms.start(params.id), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/stop', operationId: 'stopVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Stop a VM: ACPI power button, then SIGKILL after the timeout (default 30 s)', params: IdParam,
-    body: Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, description: 'Seconds before SIGKILL' })) }),
+    body: Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_STOP_TIMEOUT_SEC, description: `Seconds before SIGKILL (0 to ${MAX_STOP_TIMEOUT_SEC}); a kill or a forced removal cuts the wait short` })) }, { additionalProperties: false }),
     response: Vm,
-    handler: async ({ params, body, services }) => typed(await services.vms.stop(params.id, body.timeout)),
+    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.stop(params.id, body.timeout), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/kill', operationId: 'killVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Send a signal to QEMU (SIGKILL: hard power-off; SIGTERM: QEMU quits)', params: IdParam,
-    body: Type.Object({ signal: Type.String({ default: 'SIGKILL' }) }), response: Vm,
-    handler: async ({ params, body, services }) => typed(await services.vms.kill(params.id, body.signal)),
+    body: Type.Object({ signal: SignalSpec({ default: 'SIGKILL', description: 'SIGKILL cuts a graceful stop in progress short' }) }, { additionalProperties: false }), response: Vm,
+    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.kill(params.id, body.signal), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/pause', operationId: 'pauseVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Stop the vCPUs', params: IdParam, response: Vm,
-    handler: async ({ params, services }) => typed(await services.vms.pause(params.id)),
+    handler: async ({ params, services, auth }) => typed(forViewer(await services.vms.pause(params.id), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/unpause', operationId: 'unpauseVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Resume the vCPUs', params: IdParam, response: Vm,
-    handler: async ({ params, services }) => typed(await services.vms.unpause(params.id)),
+    handler: async ({ params, services, auth }) => typed(forViewer(await services.vms.unpause(params.id), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/resize', operationId: 'resizeVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Resize a VM where QEMU allows it: while it runs, memory through the balloon (below its boot size and back up) and vCPUs added by hot-plug up to its maxCpus; anything while it is stopped',
     params: IdParam,
-    body: Type.Object({ cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })), memoryMiB: Type.Optional(Type.Integer({ minimum: 16 })) }, { additionalProperties: false }),
+    body: Type.Object({ cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })), memoryMiB: Type.Optional(Type.Integer({ minimum: 16, maximum: MAX_VM_MEMORY_MIB })) }, { additionalProperties: false }),
     response: Type.Intersect([Vm, Type.Object({ balloonMiB: Type.Optional(Type.Integer({ description: 'Memory the running guest has now (balloon target)' })) })]),
-    handler: async ({ params, body, services }) => typed(await services.vms.resize(params.id, body)),
+    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.resize(params.id, body), auth)),
   }),
   route({
     method: 'POST', path: '/vms/{id}/save', operationId: 'saveVm', tag: 'vms', access: 'write',

@@ -60,7 +60,23 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'add-host', type: 'list', value: 'NAME:IP', description: 'Add a line to /etc/hosts' },
   { name: 'link', type: 'list', value: 'NAME[:ALIAS]', description: 'Link to a running container: its address in /etc/hosts and ALIAS_* variables' },
   { name: 'network-alias', type: 'list', value: 'NAME', description: "Another name the network's DNS answers for this container" },
+  { name: 'log-opt', type: 'list', value: 'KEY=VALUE', description: 'Log rotation: max-size=SIZE (default 10m), max-file=N (default 3), as docker' },
 ];
+
+/** --log-opt max-size=10m --log-opt max-file=3 → the create body's `log` (Docker's json-file/local keys). */
+export function parseLogOpts(specs: string[]): { maxSizeBytes?: number; maxFiles?: number } | undefined {
+  const out: { maxSizeBytes?: number; maxFiles?: number } = {};
+  for (const spec of specs) {
+    const eq = spec.indexOf('=');
+    const [key, value] = eq < 0 ? [spec, ''] : [spec.slice(0, eq), spec.slice(eq + 1)];
+    if (key === 'max-size') out.maxSizeBytes = parseSize(value);
+    else if (key === 'max-file') {
+      if (!/^\d+$/.test(value)) throw new UsageError(`invalid --log-opt "${spec}": max-file takes a whole number`);
+      out.maxFiles = Number(value);
+    } else throw new UsageError(`unknown --log-opt "${spec}": use max-size=SIZE or max-file=N`);
+  }
+  return specs.length ? out : undefined;
+}
 
 /** -p [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp], as docker takes it. */
 export function parsePublish(spec: string): { protocol: 'tcp' | 'udp'; hostIp?: string; hostPort: number; containerPort: number } {
@@ -127,6 +143,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(list('add-host').length ? { extraHosts: list('add-host') } : {}),
     ...(list('link').length ? { links: list('link').map(parseLink) } : {}),
     ...(list('network-alias').length ? { aliases: list('network-alias') } : {}),
+    ...(list('log-opt').length ? { log: parseLogOpts(list('log-opt')) } : {}),
   };
 }
 

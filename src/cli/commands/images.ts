@@ -153,17 +153,24 @@ export const imageCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'image import-disk', usage: 'NAME FILE', summary: 'Import a VM disk image (raw or qcow2); VMs get copy-on-write overlays of it (vm run --image NAME)', minArgs: 2, maxArgs: 2,
-    options: [OUTPUT_OPTION],
-    async run({ args, global }) {
+    name: 'image import-disk', usage: 'NAME FILE',
+    summary: 'Import a VM image: a disk (raw or qcow2; VMs get copy-on-write overlays of it: vm run --image NAME), or with --type a kernel or initrd (vm run --kernel NAME --initrd NAME)',
+    minArgs: 2, maxArgs: 2,
+    options: [{ name: 'type', type: 'string', value: 'TYPE', description: 'disk (default), kernel (a bzImage or ELF) or initrd (a cpio archive, compressed or not)' }, OUTPUT_OPTION],
+    async run({ args, opts, global }) {
+      const type = String(opts.type ?? 'disk');
+      if (!['disk', 'kernel', 'initrd'].includes(type)) throw new UsageError(`--type must be disk, kernel or initrd, got "${type}"`);
       const [name, file] = args as [string, string];
       try {
         if (!statSync(file).isFile()) throw new Error('not a file');
       } catch (e) {
         throw new UsageError(`cannot read ${file}: ${(e as Error).message}`);
       }
-      const d = await clientOf(global).upload<DiskImage>(`/disk-images?name=${enc(name)}`, createReadStream(file), 'application/octet-stream');
-      return render(global, d, (x) => `Imported disk image ${x.name}: ${x.format}, ${humanSize(x.virtualSize)} virtual, ${x.digest}\n`);
+      const d = await clientOf(global).upload<DiskImage>(`/disk-images?name=${enc(name)}&type=${type}`, createReadStream(file), 'application/octet-stream');
+      return render(global, d, (x) =>
+        x.format === 'kernel' || x.format === 'initrd'
+          ? `Imported ${x.format} ${x.name}: ${humanSize(x.size)}, ${x.digest}\n`
+          : `Imported disk image ${x.name}: ${x.format}, ${humanSize(x.virtualSize)} virtual, ${x.digest}\n`);
     },
   },
   {

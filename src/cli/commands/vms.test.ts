@@ -11,8 +11,10 @@ test('CPU lists: ranges and singles; bad ones are usage errors', () => {
 });
 
 test('vm create body: memory in MiB, absolute paths, name as option or argument, one boot source needed', () => {
-  const b = vmCreateBody({ ...noOpts, memory: '1g', cpus: 2, kernel: 'k', initrd: '/i', append: 'console=ttyS0', pin: '0-1' }, ['vm1']);
+  const b = vmCreateBody({ ...noOpts, memory: '1g', cpus: 2, kernel: './k', initrd: '/i', append: 'console=ttyS0', pin: '0-1' }, ['vm1']);
   assert.deepEqual(b, { name: 'vm1', cpus: 2, memoryMiB: 1024, kernel: `${process.cwd()}/k`, initrd: '/i', append: 'console=ttyS0', pin: [0, 1] });
+  // without a '/', kernel and initrd name images of the image service
+  assert.deepEqual(vmCreateBody({ ...noOpts, kernel: 'vmlinuz', initrd: 'initramfs' }, []), { kernel: 'vmlinuz', initrd: 'initramfs' });
   assert.deepEqual(vmCreateBody({ ...noOpts, disk: '/d.qcow2', name: 'x' }, []), { name: 'x', disk: '/d.qcow2' });
   assert.throws(() => vmCreateBody(noOpts, []), { name: 'UsageError', message: /--kernel FILE .*--image NAME .* or --disk FILE/ });
   assert.deepEqual(vmCreateBody({ ...noOpts, image: 'debian', name: 'y', network: ['front', 'back'] }, []), { name: 'y', image: 'debian', networks: ['front', 'back'] });

@@ -72,15 +72,18 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'cpus', type: 'number', integer: true, value: 'N', description: 'vCPUs (default 1)' },
   { name: 'max-cpus', type: 'number', integer: true, value: 'N', description: 'Room to add vCPUs while it runs (vm resize --cpus, hot-plug) up to N' },
   { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Guest memory (256m, 1g; default 256m)' },
-  { name: 'kernel', type: 'string', value: 'FILE', description: 'Boot this kernel directly (with --initrd and --append)' },
-  { name: 'initrd', type: 'string', value: 'FILE', description: 'Initial ramdisk for --kernel' },
+  { name: 'kernel', type: 'string', value: 'NAME', description: 'Boot this kernel image directly (image import-disk --type kernel; with --initrd and --append). A path (with a /) names a host file: system administrators only, in a directory the operator allowed (nimbusd --vm-host-dir)' },
+  { name: 'initrd', type: 'string', value: 'NAME', description: 'Initial ramdisk image for --kernel (image import-disk --type initrd), or an allowed host path' },
   { name: 'append', type: 'string', value: 'ARGS', description: 'Kernel command line for --kernel' },
-  { name: 'disk', type: 'string', value: 'IMAGE', description: 'Boot from a disk image (raw or qcow2); the VM writes to its own overlay' },
+  { name: 'disk', type: 'string', value: 'FILE', description: 'System administrators: boot from a host disk file (raw or qcow2) in a directory the operator allowed; the VM writes to its own overlay. Others use --image' },
   { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
   { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
   { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
   { name: 'agent', type: 'string', value: 'AGENT', description: 'Run it on this agent (nimbus agent ls; default the embedded one)' },
 ];
+
+/** An image's name as it is; a path (anything with a '/') made absolute. */
+const imageOrPath = (v: string): string => (v.includes('/') ? resolve(v) : v);
 
 /** The POST /vms body from `vm create|run` options and an optional NAME argument. */
 export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Record<string, unknown> {
@@ -102,9 +105,9 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(cpus !== undefined ? { cpus } : {}),
     ...(opts['max-cpus'] !== undefined ? { maxCpus: opts['max-cpus'] } : {}),
     ...(memoryMiB !== undefined ? { memoryMiB } : {}),
-    // files are opened by the daemon on its host: relative paths mean this shell's directory
-    ...(opts.kernel !== undefined ? { kernel: resolve(String(opts.kernel)) } : {}),
-    ...(opts.initrd !== undefined ? { initrd: resolve(String(opts.initrd)) } : {}),
+    // a value with a '/' is a host file, opened by the daemon on its host: relative paths mean this shell's directory
+    ...(opts.kernel !== undefined ? { kernel: imageOrPath(String(opts.kernel)) } : {}),
+    ...(opts.initrd !== undefined ? { initrd: imageOrPath(String(opts.initrd)) } : {}),
     ...(opts.append !== undefined ? { append: opts.append } : {}),
     ...(opts.disk !== undefined ? { disk: resolve(String(opts.disk)) } : {}),
     ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
@@ -118,7 +121,10 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
 export function vmImage(v: Pick<Vm, 'config'>): string {
   const base = (p: string) => p.slice(p.lastIndexOf('/') + 1);
   if (v.config.template) return `template:${short(v.config.template)}`;
-  return v.config.disk ? base(v.config.disk) : v.config.kernel ? `kernel:${base(v.config.kernel)}` : '';
+  const c = v.config as Vm['config'] & { diskImage?: { name: string }; kernelImage?: { name: string } };
+  if (c.diskImage) return c.diskImage.name;
+  if (c.kernelImage) return `kernel:${c.kernelImage.name}`;
+  return c.disk ? base(c.disk) : c.kernel ? `kernel:${base(c.kernel)}` : '';
 }
 
 /** The STATUS column: container wording where it fits, "Saved …" and "Stopped (N) …" for VM states. */

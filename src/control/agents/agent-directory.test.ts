@@ -58,7 +58,7 @@ test('agent directory: a registration is checked against the agent itself, store
   const exits: string[] = [];
   dir.onVmExit((agent, id) => exits.push(`${agent}/${id}`));
 
-  await assert.rejects(dir.register({ name: 'c', url: 'http://127.0.0.1:2', token: TOKEN }), { code: 'Unavailable', message: /does not answer/ });
+  await assert.rejects(dir.register({ name: 'c', url: 'http://127.0.0.1:2', token: TOKEN }), { code: 'Unreachable', message: /does not answer/ });
   await assert.rejects(dir.register({ name: 'c', url: 'http://127.0.0.1:3', token: TOKEN }), { code: 'InvalidArgument', message: /calls itself "someone-else"/ });
   await assert.rejects(dir.register({ name: 'local', url: 'http://127.0.0.1:1', token: TOKEN }), { code: 'Conflict' });
   await assert.rejects(dir.register({ name: 'b', url: 'ftp://x', token: TOKEN }), { code: 'InvalidArgument' });

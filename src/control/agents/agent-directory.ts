@@ -4,7 +4,7 @@
  * protocol (src/agent/remote/). Registrations are stored, so a restarted control plane
  * reconnects to them; an agent registers again on every start (its address may change).
  */
-import { Conflict, InvalidArgument, NotFound, Unavailable, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NotFound, Unavailable, Unreachable, toNimbusError } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
 import type { Agent, AgentInfo } from '../../agent/agent.js';
@@ -96,7 +96,8 @@ export class AgentDirectory {
     } catch (e) {
       await probe.close();
       const err = toNimbusError(e);
-      throw new Unavailable(`agent ${req.name} at ${req.url} does not answer: ${err.message}`, { agent: req.name });
+      // 502, not 503: the control plane is up; what the request named is not
+      throw new Unreachable(`agent ${req.name} at ${req.url} does not answer: ${err.message}`, { agent: req.name });
     }
     if (info.name !== req.name) {
       await probe.close();

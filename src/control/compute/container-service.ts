@@ -4,6 +4,7 @@
  */
 import { Conflict, InvalidArgument, NimbusError, NotFound, hasCode, toNimbusError } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
+import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
@@ -15,13 +16,26 @@ import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import type { OperationService } from '../operations/operations.js';
 import type { NetworkIntent, NetworkService } from '../networks/network-service.js';
-import { assertTransition } from './container-state.js';
+import { assertTransition, StopsInFlight } from './container-state.js';
+import { checkHostname, checkIpv4, checkResources, checkStopTimeout } from './container-input.js';
+import { withDeadline } from './deadline.js';
 import { generateName } from './names.js';
-import { processSpecFor } from './process-spec.js';
+import { checkProcess, processSpecFor } from './process-spec.js';
 
 const log = logger('compute');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
 const RESTART_BACKOFF_MS = [100, 200, 400, 800, 1600, 3200, 6400, 10_000];
+/**
+ * How long one agent call under a container's lifecycle lock may take (a stop: its timeout more).
+ * Covers the slowest honest one: a start after exit deletes and re-creates the runtime container
+ * (conmon's own bound on `runc create` is 30 s).
+ */
+const AGENT_DEADLINE_MS = 120_000;
+
+export interface ContainerServiceOptions {
+  /** Override AGENT_DEADLINE_MS (tests). */
+  agentDeadlineMs?: number;
+}
 
 export interface CreateContainerInput extends ContainerConfig {
   name?: string;
@@ -38,8 +52,10 @@ export interface CreateOptions {
 
 export class ContainerService {
   private readonly restartTimers = new Map<string, NodeJS.Timeout>();
-  /** Serialises lifecycle calls per container so concurrent requests cannot interleave. */
+  /** Serialises lifecycle calls per container so concurrent requests cannot interleave (kill excepted: container-state.ts). */
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Graceful stops holding a lock: what kill and rm -f preempt (container-state.ts). */
+  private readonly stops = new StopsInFlight();
 
   /** "<project id>/<name>" of creates waiting for a reclaim: their names are taken. */
   private readonly pendingNames = new Set<string>();
@@ -52,8 +68,14 @@ export class ContainerService {
     private readonly quota: QuotaService,
     private readonly operations: OperationService,
     private readonly networks: NetworkService,
+    private readonly opts: ContainerServiceOptions = {},
   ) {
     agent.onContainerExit((id) => void this.handleExit(id));
+  }
+
+  /** An agent call for container id, bounded: a hung agent answers Unavailable instead of holding the lock for ever. */
+  private bounded<T>(id: string, op: string, p: Promise<T>, extraMs = 0, signal?: AbortSignal): Promise<T> {
+    return withDeadline(p, (this.opts.agentDeadlineMs ?? AGENT_DEADLINE_MS) + extraMs, `the agent's ${op} of container ${id.slice(0, 12)}`, signal);
   }
 
   private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -132,6 +154,11 @@ export class ContainerService {
     if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
       throw new InvalidArgument('memory limit must be at least 6 MiB');
     }
+    checkResources(input);
+    if (input.stopTimeout !== undefined) checkStopTimeout(input.stopTimeout, 'stopTimeout');
+    if (input.hostname !== undefined) checkHostname(input.hostname);
+    if (input.ip !== undefined) checkIpv4(input.ip);
+    for (const d of input.dns ?? []) checkIpv4(d, 'dns');
     const { name: requestedName, ...asked } = input;
     if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
     // Network settings are checked before anything is made; addresses are leased once the record exists.
@@ -151,6 +178,8 @@ export class ContainerService {
     const name = requestedName ?? generateName(taken);
     const linkEnv = this.networks.linkEnv({ name }, links, linkNetworks, (t) => Object.keys(this.store.images.get(t.imageDigest)?.config.config?.ExposedPorts ?? {}));
     const process = processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
+    // before a warm container is claimed or a cold one made: both paths give the same answer
+    checkProcess(process);
     const request: Omit<ContainerCreateRequest, 'id'> = {
       name: '', imageChainId: image.chainId, process,
       resources: {
@@ -162,6 +191,7 @@ export class ContainerService {
       ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
       ...(config.runtime ? { runtime: config.runtime } : {}),
       ...(config.labels ? { labels: config.labels } : {}),
+      ...(config.log ? { log: config.log } : {}),
       // the networks named now (a warm container may already be on the first), addresses leased after admission
       network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
     };
@@ -281,7 +311,7 @@ export class ContainerService {
     assertTransition(c.name, c.status, 'running', 'start');
     // A container stopped by a quota reclaim gave its quota back: it runs again only if admitted again.
     if (!this.quota.holds(id)) this.quota.admitContainer(id, c.projectId, c.config);
-    const state = await this.agent.startContainer(id);
+    const state = await this.bounded(id, 'start', this.agent.startContainer(id));
     // Even if it already finished, record it as started: handleExit records the exit.
     c = this.store.containers.update(id, {
       ...alsoWrite,
@@ -299,36 +329,64 @@ export class ContainerService {
     return c;
   }
 
-  stop(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
+  async stop(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
+    if (timeoutSec !== undefined) checkStopTimeout(timeoutSec);
     const c = this.get(idOrName);
     this.cancelRestart(c.id);
-    return this.locked(c.id, async () => {
-      let cur = this.store.containers.get(c.id)!;
-      if (cur.status !== 'running' && cur.status !== 'paused' && cur.status !== 'restarting') return cur;
-      cur = this.store.containers.update(c.id, { stoppedByUser: true });
-      const t = timeoutSec ?? cur.config.stopTimeout ?? 10;
-      const imageSignal = this.store.images.get(cur.imageDigest)?.config.config?.StopSignal;
-      await this.agent.stopContainer(c.id, t, cur.config.stopSignal ?? imageSignal);
-      return this.recordExit(c.id, await this.agent.containerState(c.id));
-    });
+    return this.locked(c.id, () => this.stops.run(c.id, (signal) => this.stopLocked(c.id, timeoutSec, signal)));
   }
 
-  kill(idOrName: string, signal = 'SIGKILL'): Promise<ContainerRecord> {
+  /** The graceful stop, registered in this.stops: kill cuts its wait short, rm -f aborts it (signal). */
+  private async stopLocked(id: string, timeoutSec: number | undefined, signal: AbortSignal): Promise<ContainerRecord> {
+    let cur = this.store.containers.get(id);
+    if (!cur) throw new NotFound(`no such container: ${id}`);
+    if (cur.status !== 'running' && cur.status !== 'paused' && cur.status !== 'restarting') return cur;
+    cur = this.store.containers.update(id, { stoppedByUser: true });
+    // a record made before stopTimeout was bounded may hold more: the bound holds for it too
+    const t = timeoutSec ?? Math.min(cur.config.stopTimeout ?? 10, MAX_STOP_TIMEOUT_SEC);
+    const imageSignal = this.store.images.get(cur.imageDigest)?.config.config?.StopSignal;
+    // its timeout, then the agent's SIGKILL and wait, within the usual deadline
+    await this.bounded(id, 'stop', this.agent.stopContainer(id, t, cur.config.stopSignal ?? imageSignal), t * 1000, signal);
+    const state = await this.bounded(id, 'state', this.agent.containerState(id), 0, signal);
+    return this.recordExit(id, state);
+  }
+
+  /**
+   * Signal the process. Not under the lifecycle lock: a graceful stop holding it must not delay a
+   * kill (container-state.ts). During a stop, a process already gone is what the kill wanted, and
+   * a SIGKILL answers once the stop has recorded the exit.
+   */
+  async kill(idOrName: string, signal = 'SIGKILL'): Promise<ContainerRecord> {
     const c = this.get(idOrName);
-    return this.locked(c.id, async () => {
-      const cur = this.store.containers.get(c.id)!;
-      if (cur.status !== 'running' && cur.status !== 'paused') {
-        throw new Conflict(`cannot kill container ${cur.name}: it is ${cur.status}`);
-      }
-      await this.agent.killContainer(c.id, signal);
-      this.publish(cur, 'kill', { signal });
-      return cur;
-    });
+    const stopping = this.stops.get(c.id);
+    const cur = this.store.containers.get(c.id);
+    if (!cur) throw new NotFound(`no such container: ${c.id}`);
+    if (!stopping && cur.status !== 'running' && cur.status !== 'paused') {
+      throw new Conflict(`cannot kill container ${cur.name}: it is ${cur.status}`);
+    }
+    try {
+      await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, signal));
+    } catch (e) {
+      if (!stopping || !(hasCode(e, 'Conflict') || hasCode(e, 'NotFound'))) throw e;
+    }
+    this.publish(cur, 'kill', { signal });
+    if (stopping && /^(SIG)?KILL$|^9$/i.test(signal)) await this.bounded(c.id, 'stop', stopping.stopped);
+    return this.store.containers.get(c.id) ?? cur;
   }
 
+  /** Stop then start, as one lifecycle operation: rm -f cancels it (no start after), kill only cuts its stop short. */
   async restart(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
-    const c = await this.stop(idOrName, timeoutSec);
-    return this.start(c.id);
+    if (timeoutSec !== undefined) checkStopTimeout(timeoutSec);
+    const c = this.get(idOrName);
+    this.cancelRestart(c.id);
+    return this.locked(c.id, () =>
+      this.stops.run(c.id, async (signal, stopDone) => {
+        await this.stopLocked(c.id, timeoutSec, signal);
+        stopDone();
+        if (signal.aborted) throw signal.reason as Error;
+        return this.startLocked(c.id, false);
+      }),
+    );
   }
 
   pause(idOrName: string): Promise<ContainerRecord> {
@@ -337,7 +395,7 @@ export class ContainerService {
       const cur = this.store.containers.get(c.id)!;
       assertTransition(cur.name, cur.status, 'paused', 'pause');
       if (cur.status === 'paused') return cur;
-      await this.agent.pauseContainer(c.id);
+      await this.bounded(c.id, 'pause', this.agent.pauseContainer(c.id));
       const next = this.store.containers.update(c.id, { status: 'paused' });
       this.publish(next, 'pause');
       return next;
@@ -349,16 +407,27 @@ export class ContainerService {
     return this.locked(c.id, async () => {
       const cur = this.store.containers.get(c.id)!;
       if (cur.status !== 'paused') throw new Conflict(`cannot unpause container ${cur.name}: it is ${cur.status}`);
-      await this.agent.unpauseContainer(c.id);
+      await this.bounded(c.id, 'unpause', this.agent.unpauseContainer(c.id));
       const next = this.store.containers.update(c.id, { status: 'running' });
       this.publish(next, 'unpause');
       return next;
     });
   }
 
-  remove(idOrName: string, force: boolean): Promise<void> {
+  /**
+   * rm; with force, it preempts (container-state.ts): a pending restart is cancelled, a stop in
+   * flight aborted and the process SIGKILLed at once, then the removal takes the lock.
+   */
+  async remove(idOrName: string, force: boolean): Promise<void> {
     const c = this.get(idOrName);
     this.cancelRestart(c.id);
+    if (force) {
+      this.stops.abort(c.id, new Conflict(`container ${c.name} was removed (rm -f) while it stopped`, { container: c.id }));
+      const cur = this.store.containers.get(c.id);
+      if (cur && (cur.status === 'running' || cur.status === 'paused')) {
+        await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
+      }
+    }
     return this.locked(c.id, async () => {
       const cur = this.store.containers.get(c.id);
       if (!cur) return;
@@ -367,9 +436,9 @@ export class ContainerService {
       }
       this.store.containers.update(c.id, { status: 'removing' });
       if (cur.status === 'running' || cur.status === 'paused') {
-        await this.agent.killContainer(c.id, 'SIGKILL').catch(() => undefined);
+        await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
       }
-      await this.agent.removeContainer(c.id);
+      await this.bounded(c.id, 'removal', this.agent.removeContainer(c.id));
       this.store.containers.delete(c.id);
       this.quota.release(c.id, 'container removed');
       this.publish(cur, 'destroy');
@@ -454,6 +523,12 @@ export class ContainerService {
     const rec = await this.locked(id, async () => {
       const now = this.store.containers.get(id);
       if (!now || now.status === 'removing') return undefined;
+      // An exit older than the last start may be the previous run's (a restart held the lock
+      // meanwhile): ask again. (A fast exit can also predate startedAt, which is written after.)
+      if (now.status === 'running' && now.startedAt && state.finishedAt && state.finishedAt < now.startedAt) {
+        const fresh = await this.bounded(id, 'state', this.agent.containerState(id));
+        return fresh.status === 'stopped' ? this.recordExit(id, fresh) : undefined;
+      }
       return this.recordExit(id, state);
     });
     if (!rec) return;

@@ -102,3 +102,56 @@ test('reconcile: a VM only on another agent than recorded is followed; an agent 
   assert.deepEqual(r.agentsDown, ['b']);
   assert.equal(again.store.vms.get('a4')?.status, 'running', 'not "lost" because its agent is down');
 });
+
+/** A host whose guests ignore the ACPI power button: a graceful stop lasts until a SIGKILL. */
+function deafHost() {
+  const base = host('local', { v1: 'running', v2: 'running' });
+  const kills: string[] = [];
+  const waiting = new Map<string, () => void>();
+  const a = base.agent as unknown as Record<string, unknown>;
+  const dead = new Set<string>();
+  const stopped = { status: 'stopped', pid: null, exitCode: 137, lifecycle: 'stopped' };
+  // QEMU already gone (killed before the stop reached it): the stop returns at once
+  a.stopVm = (id: string) => (dead.has(id) ? Promise.resolve(stopped) : new Promise((ok) => waiting.set(id, () => ok(stopped))));
+  a.killVm = async (id: string, signal: string) => {
+    kills.push(`${id}:${signal}`);
+    dead.add(id);
+    waiting.get(id)?.();
+  };
+  a.vmState = async () => ({ status: 'stopped', pid: null, exitCode: 137, lifecycle: 'stopped' });
+  return { ...base, kills };
+}
+
+test('kill and rm -f cut a graceful stop short; a stop timeout has a maximum (issue 13, finding 2)', async (t) => {
+  const local = deafHost();
+  const { vms, record, store } = setup(t, local, host('b', {}));
+  record('v1', 'local');
+  record('v2', 'local');
+  const stop = vms.stop('v1', 3600);
+  const t0 = Date.now();
+  const killed = await vms.kill('v1');
+  assert.ok(Date.now() - t0 < 1000, `kill waited ${Date.now() - t0} ms behind the stop`);
+  assert.equal(killed.status, 'stopped');
+  assert.equal((await stop).status, 'stopped', 'the stop ends with the kill');
+  assert.deepEqual(local.kills, ['v1:SIGKILL']);
+
+  const stop2 = vms.stop('v2', 3600);
+  const t1 = Date.now();
+  await vms.remove('v2', true);
+  assert.ok(Date.now() - t1 < 1000, `rm -f waited ${Date.now() - t1} ms behind the stop`);
+  await stop2;
+  assert.equal(store.vms.get('v2'), undefined);
+
+  assert.throws(() => vms.stop('v1', 3601), { code: 'InvalidArgument', message: /0 to 3600 seconds/ });
+  assert.throws(() => vms.stop('v1', 1e9), { code: 'InvalidArgument' });
+});
+
+test('create: host paths only with hostPaths (system administrators); images by name otherwise', async (t) => {
+  const { vms } = setup(t, host('local', {}), host('b', {}));
+  for (const input of [{ kernel: '/boot/vmlinuz' }, { kernel: 'k', initrd: '/etc/shadow' }, { disk: '/etc/shadow' }]) {
+    await assert.rejects(vms.create(input, 'p1'), { code: 'PermissionDenied', message: /host paths are for system administrators/ });
+  }
+  await assert.rejects(vms.create({ disk: 'relative.qcow2' }, 'p1', { hostPaths: true }), { code: 'InvalidArgument', message: /absolute host path/ });
+  // images are refused on other agents (their blobs are in the embedded agent's content store)
+  await assert.rejects(vms.create({ kernel: 'vmlinuz', agent: 'b' }, 'p1'), { code: 'InvalidArgument', message: /embedded agent/ });
+});

@@ -3,10 +3,10 @@
  * machine (vm-state.ts), quota admission and release, events, and calls to
  * the host's agent (which owns the QEMU driver; nothing here imports it).
  */
-import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NotFound, PermissionDenied, hasCode } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
-import type { Agent, VmCreateRequest, VmHostState } from '../../agent/agent.js';
+import type { Agent, VmCreateRequest, VmHostState, VmImageKind } from '../../agent/agent.js';
 import { migrateLive, type MigrationReport } from '../../agent/migration.js';
 import type { AgentDirectory } from '../agents/agent-directory.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
@@ -22,6 +22,8 @@ import type { OperationRecord } from '../../store/records.js';
 import { assertVmTransition, isLive } from './vm-state.js';
 import { generateName } from './names.js';
 import { AsyncQueue } from '../../core/async-queue.js';
+import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
+import { signalNumber } from '../../core/signals.js';
 import type { Readable } from 'node:stream';
 
 const log = logger('compute-vm');
@@ -41,9 +43,11 @@ export interface CreateVmInput {
   /** Room to grow its vCPUs while it runs (hot-plug up to this many). */
   maxCpus?: number;
   memoryMiB?: number;
+  /** A kernel image's name (image service), or, for system administrators, a host path. */
   kernel?: string;
   initrd?: string;
   append?: string;
+  /** A host path for system administrators (everyone else names a disk image in `image`). */
   disk?: string;
   pin?: number[];
   /** Networks (names or ids, of the VM's project) for its virtio-net NICs: eth0, eth1, ... */
@@ -59,6 +63,8 @@ const MAX_DOWNTIME_LIMIT_MS = 60_000;
 
 export class VmService {
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Graceful stops in flight, which a SIGKILL may cut short (see stop). */
+  private readonly stopping = new Map<string, Promise<VmRecord>>();
 
   constructor(
     private readonly store: Store,
@@ -132,24 +138,49 @@ export class VmService {
     return name;
   }
 
-  async create(asked: CreateVmInput, projectId: string): Promise<VmRecord> {
+  /**
+   * Kernels, initrds and base disks come from the image service (names of the project's images,
+   * or its ancestors'); a host path (one starting with '/') only when `hostPaths` says the caller
+   * is a system administrator, and then the agent still accepts only files in the directories the
+   * operator allowed (docs/security.md).
+   */
+  async create(asked: CreateVmInput, projectId: string, opts: { hostPaths?: boolean } = {}): Promise<VmRecord> {
     const agentName = asked.agent ?? this.agents.localName;
     const agent = this.agents.get(agentName);
-    if (agentName !== this.agents.localName && (asked.image !== undefined || asked.networks?.length)) {
-      // disk image blobs are in the embedded agent's content store, and networks are laid out per host
+    const fromImages = asked.image !== undefined || [asked.kernel, asked.initrd].some((f) => f !== undefined && !f.startsWith('/'));
+    if (agentName !== this.agents.localName && (fromImages || asked.networks?.length)) {
+      // image blobs are in the embedded agent's content store, and networks are laid out per host
       // with nothing joining two hosts' yet
-      throw new InvalidArgument(`--image and --network are for VMs on the embedded agent "${this.agents.localName}" only (for now)`);
+      throw new InvalidArgument(`images and --network are for VMs on the embedded agent "${this.agents.localName}" only (for now)`);
     }
-    // a disk image of the image service stands for the host path of its blob
-    let diskImage: VmConfig['diskImage'];
+    for (const role of ['kernel', 'initrd', 'disk'] as const) {
+      if (asked[role]?.startsWith('/') && !opts.hostPaths) {
+        throw new PermissionDenied(`${role}: host paths are for system administrators; import the file into the image service (nimbus image import-disk${role === 'disk' ? '' : ` --type ${role}`}) and name it`);
+      }
+    }
+    if (asked.disk !== undefined && !asked.disk.startsWith('/')) throw new InvalidArgument('disk must be an absolute host path; name a disk image with --image');
+    // an image of the image service stands for the host path of its blob
+    const images: Pick<VmConfig, 'diskImage' | 'kernelImage' | 'initrdImage'> = {};
     const input = { ...asked };
+    const fromImage = (name: string, kind: VmImageKind): { path: string; ref: { name: string; digest: string } } => {
+      if (!this.disks) throw new InvalidArgument('images for VMs are not available');
+      const img = this.disks.resolve(name, projectId, { projectId }, kind);
+      return { path: this.disks.path(img), ref: { name: img.name, digest: img.digest } };
+    };
     if (asked.image !== undefined) {
       if (asked.disk !== undefined) throw new InvalidArgument('give a disk image (--image) or a host disk file (--disk), not both');
-      if (!this.disks) throw new InvalidArgument('disk images are not available');
-      const img = this.disks.resolve(asked.image, projectId);
-      input.disk = this.disks.path(img);
-      diskImage = { name: img.name, digest: img.digest };
+      const { path, ref } = fromImage(asked.image, 'disk');
+      input.disk = path;
+      images.diskImage = ref;
     }
+    for (const role of ['kernel', 'initrd'] as const) {
+      const v = asked[role];
+      if (v === undefined || v.startsWith('/')) continue;
+      const { path, ref } = fromImage(v, role);
+      input[role] = path;
+      images[role === 'kernel' ? 'kernelImage' : 'initrdImage'] = ref;
+    }
+    const diskImage = images.diskImage;
     if (!input.kernel && !input.disk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --image or --disk)');
     if (input.disk && input.kernel === undefined && (input.initrd || input.append)) {
       throw new InvalidArgument('initrd and append need a kernel');
@@ -168,6 +199,8 @@ export class VmService {
       ...(input.disk ? { disk: input.disk } : {}),
       ...(input.pin?.length ? { pin: input.pin } : {}),
       ...(diskImage ? { diskImage } : {}),
+      ...(images.kernelImage ? { kernelImage: images.kernelImage } : {}),
+      ...(images.initrdImage ? { initrdImage: images.initrdImage } : {}),
     };
     const name = this.checkName(input.name, projectId);
     const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
@@ -297,17 +330,47 @@ export class VmService {
   }
 
   /** ACPI power button, then SIGKILL after the timeout. */
+  /**
+   * A graceful stop waits up to its timeout for the guest (at most MAX_STOP_TIMEOUT_SEC) while it
+   * holds the VM's lock; it is the one lifecycle call another may cut short: a SIGKILL (kill, or
+   * remove with force) goes to QEMU at once, and the stop's wait then sees QEMU end and records it.
+   */
   stop(idOrName: string, timeoutSec = DEFAULT_VM_STOP_TIMEOUT): Promise<VmRecord> {
+    if (!Number.isInteger(timeoutSec) || timeoutSec < 0 || timeoutSec > MAX_STOP_TIMEOUT_SEC) {
+      throw new InvalidArgument(`stop timeout must be 0 to ${MAX_STOP_TIMEOUT_SEC} seconds, got ${timeoutSec}`);
+    }
     const v = this.get(idOrName);
-    return this.locked(v.id, async () => {
+    const done = this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (!isLive(cur.status)) return cur;
       return this.recordStop(v.id, await this.on(cur).stopVm(v.id, timeoutSec));
     });
+    this.stopping.set(v.id, done);
+    const forget = () => {
+      if (this.stopping.get(v.id) === done) this.stopping.delete(v.id);
+    };
+    done.then(forget, forget);
+    return done;
   }
 
-  kill(idOrName: string, signal = 'SIGKILL'): Promise<VmRecord> {
+  /** Ends a graceful stop in flight at once (SIGKILL to QEMU) and waits for it to record the exit. */
+  private async preemptStop(v: VmRecord): Promise<boolean> {
+    const inFlight = this.stopping.get(v.id);
+    if (!inFlight) return false;
+    await this.on(v).killVm(v.id, 'SIGKILL').catch((e: unknown) => log.warn('SIGKILL to a stopping VM failed', { id: v.id, error: String(e) }));
+    await inFlight.catch(() => undefined);
+    return true;
+  }
+
+  async kill(idOrName: string, signal = 'SIGKILL'): Promise<VmRecord> {
     const v = this.get(idOrName);
+    if (signalNumber(signal) === 9) {
+      if (await this.preemptStop(v)) {
+        const after = this.current(v.id);
+        this.publish(after, 'kill', { signal });
+        return after;
+      }
+    }
     return this.locked(v.id, async () => {
       const cur = this.current(v.id);
       if (!isLive(cur.status)) throw new Conflict(`cannot kill VM ${cur.name}: it is ${cur.status}`);
@@ -415,8 +478,9 @@ export class VmService {
     });
   }
 
-  remove(idOrName: string, force: boolean): Promise<void> {
+  async remove(idOrName: string, force: boolean): Promise<void> {
     const v = this.get(idOrName);
+    if (force) await this.preemptStop(v);
     return this.locked(v.id, async () => {
       const cur = this.store.vms.get(v.id);
       if (!cur) return;

@@ -5,11 +5,16 @@
  */
 import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
-import type { Agent } from '../../agent/agent.js';
+import type { Agent, VmImageKind } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
-import type { DiskImageRecord } from '../../store/records.js';
+import type { DiskImageRecord, VmRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import { inScope, type ProjectScope } from '../identity/scope.js';
+
+/** A disk's formats are raw and qcow2; kernels and initrds are boot files. */
+export function kindOf(d: Pick<DiskImageRecord, 'format'>): VmImageKind {
+  return d.format === 'kernel' || d.format === 'initrd' ? d.format : 'disk';
+}
 
 export class DiskImageService {
   constructor(
@@ -20,10 +25,10 @@ export class DiskImageService {
     private readonly collectGarbage: () => Promise<unknown>,
   ) {}
 
-  async import(file: string, name: string, projectId: string): Promise<DiskImageRecord> {
+  async import(file: string, name: string, projectId: string, kind: VmImageKind = 'disk'): Promise<DiskImageRecord> {
     if (!isValidName(name)) throw new InvalidArgument(`invalid disk image name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
     if (this.store.disks.get(projectId, name)) throw new Conflict(`disk image "${name}" already exists in this project; remove it first`);
-    const info = await this.agent.importDiskImage(file);
+    const info = await this.agent.importDiskImage(file, kind);
     const rec: DiskImageRecord = { projectId, name, ...info, createdAt: new Date().toISOString() };
     this.store.disks.insert(rec);
     this.events.publish({ type: 'image', action: 'import', id: rec.digest, projectId, attributes: { name, kind: 'disk', format: rec.format } });
@@ -34,10 +39,17 @@ export class DiskImageService {
     return this.store.disks.list(projectId);
   }
 
-  /** By name in the project, else in a project the scope can read (a parent's, say). */
-  resolve(name: string, projectId: string, scope: ProjectScope = { projectId }): DiskImageRecord {
-    const own = this.store.disks.get(projectId, name);
-    if (own) return own;
+  /**
+   * By name in the project, else in a project the scope can read (a parent's, say). With a kind,
+   * an image of another kind is refused by name (a kernel is no root disk, a disk no kernel).
+   */
+  resolve(name: string, projectId: string, scope: ProjectScope = { projectId }, kind?: VmImageKind): DiskImageRecord {
+    const found = this.store.disks.get(projectId, name) ?? this.pickInScope(name, scope);
+    if (kind !== undefined && kindOf(found) !== kind) throw new InvalidArgument(`image "${name}" is a ${kindOf(found)}, not a ${kind}`);
+    return found;
+  }
+
+  private pickInScope(name: string, scope: ProjectScope): DiskImageRecord {
     const found = this.store.disks.list().filter((d) => d.name === name && inScope(scope, d.projectId));
     if (found.length === 1) return found[0]!;
     if (found.length > 1) throw new InvalidArgument(`"${name}" names disk images in several projects you can read; name the project (--project P)`);
@@ -53,7 +65,8 @@ export class DiskImageService {
   async remove(name: string, projectId: string): Promise<void> {
     const d = this.store.disks.get(projectId, name);
     if (!d) throw new NotFound(`no such disk image: ${name}`);
-    const users = this.store.vms.list().filter((v) => v.config.diskImage?.digest === d.digest && (v.projectId === projectId || this.store.disks.countByDigest(d.digest) === 1));
+    const backs = (v: VmRecord) => [v.config.diskImage, v.config.kernelImage, v.config.initrdImage].some((i) => i?.digest === d.digest);
+    const users = this.store.vms.list().filter((v) => backs(v) && (v.projectId === projectId || this.store.disks.countByDigest(d.digest) === 1));
     if (users.length) throw new Conflict(`disk image ${name} backs the disk of ${users.length} VM(s): ${users.map((v) => v.name).join(', ')}`);
     this.store.disks.delete(projectId, name);
     this.events.publish({ type: 'image', action: 'delete', id: d.digest, projectId, attributes: { name, kind: 'disk' } });

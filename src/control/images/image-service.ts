@@ -180,7 +180,7 @@ export class ImageService {
       });
     });
     // disk images' blobs: named by a project, or backing a VM's disk
-    const disks = new Set([...this.store.disks.list().map((d) => d.digest), ...this.store.vms.list().flatMap((v) => (v.config.diskImage ? [v.config.diskImage.digest] : []))]);
+    const disks = new Set([...this.store.disks.list().map((d) => d.digest), ...this.store.vms.list().flatMap((v) => [v.config.diskImage, v.config.kernelImage, v.config.initrdImage].flatMap((i) => (i ? [i.digest] : [])))]);
     return this.agent.garbageCollect({
       manifestDigests: kept.map((i) => i.digest),
       indexDigests: kept.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),

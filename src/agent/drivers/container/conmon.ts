@@ -10,7 +10,6 @@
  * `{"data": <pid>}` (or a negative data + "message" on failure) to the sync pipe.
  */
 import { spawn } from 'node:child_process';
-import { watch } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { Internal } from '../../../core/errors.js';
 import type { LogRecord } from '../instance-driver.js';
@@ -26,6 +25,8 @@ export interface ConmonOptions {
   containerPidFile: string;
   conmonPidFile: string;
   logPath: string;
+  /** conmon rotates the log before it would pass this many bytes (container-logs.ts keeps the old files). */
+  logSizeMax?: number;
   exitDir: string;
   socketDir: string;
   /** Directory (must exist) where conmon also writes `exit` and `oom` files. */
@@ -52,6 +53,7 @@ export function conmonArgs(o: ConmonOptions): string[] {
     '--socket-dir-path', o.socketDir,
     '--log-level', o.logLevel ?? 'error',
   ];
+  if (o.logSizeMax !== undefined) args.push('--log-size-max', String(o.logSizeMax));
   if (o.persistDir) args.push('--persist-dir', o.persistDir);
   for (const a of o.runtimeArgs) args.push('--runtime-arg', a);
   return args;
@@ -203,125 +205,4 @@ export function parseK8sLog(text: string): LogRecord[] {
     if (r) out.push(r);
   }
   return out;
-}
-
-/**
- * Byte offset from which the last `tail` records start (reading backwards in
- * chunks, so a long log is not read whole).
- */
-export async function tailOffset(file: string, tail: number): Promise<number> {
-  const fh = await open(file, 'r');
-  try {
-    const size = (await fh.stat()).size;
-    if (tail <= 0) return size;
-    let pos = size;
-    let newlines = 0;
-    const chunk = Buffer.alloc(64 * 1024);
-    // the final byte is normally the newline ending the last record
-    let skipFirst = true;
-    while (pos > 0) {
-      const n = Math.min(chunk.length, pos);
-      pos -= n;
-      await fh.read(chunk, 0, n, pos);
-      for (let i = n - 1; i >= 0; i--) {
-        if (chunk[i] !== 0x0a) continue;
-        if (skipFirst && pos + i === size - 1) continue;
-        newlines++;
-        if (newlines === tail) return pos + i + 1;
-      }
-      skipFirst = false;
-    }
-    return 0;
-  } finally {
-    await fh.close();
-  }
-}
-
-export interface FollowOptions {
-  tail?: number;
-  follow?: boolean;
-  signal?: AbortSignal;
-  /** Resolves true once the container has exited (then the log is drained and following stops). */
-  isExited?: () => Promise<boolean>;
-  /** Subscribe to the container's exit so following stops at once, not at the next poll; returns an unsubscribe. */
-  onExit?: (wake: () => void) => () => void;
-  pollMs?: number;
-}
-
-/** Records of a k8s-file log; with follow, keeps yielding until aborted or exited-and-drained. */
-export async function* readK8sLog(file: string, opts: FollowOptions = {}): AsyncGenerator<LogRecord> {
-  let offset = 0;
-  try {
-    offset = opts.tail !== undefined ? await tailOffset(file, opts.tail) : 0;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !opts.follow) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw e;
-    }
-  }
-  let pending = '';
-  const readMore = async (): Promise<LogRecord[]> => {
-    let fh;
-    try {
-      fh = await open(file, 'r');
-    } catch {
-      return [];
-    }
-    try {
-      const size = (await fh.stat()).size;
-      if (size < offset) offset = 0; // truncated/rotated
-      if (size === offset) return [];
-      const buf = Buffer.alloc(size - offset);
-      const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
-      offset += bytesRead;
-      const text = pending + buf.subarray(0, bytesRead).toString('utf8');
-      const nl = text.lastIndexOf('\n');
-      pending = nl < 0 ? text : text.slice(nl + 1);
-      return nl < 0 ? [] : parseK8sLog(text.slice(0, nl + 1));
-    } finally {
-      await fh.close();
-    }
-  };
-
-  for (const r of await readMore()) yield r;
-  if (!opts.follow) return;
-
-  const signal = opts.signal;
-  let wake: (() => void) | undefined;
-  const poke = () => {
-    const w = wake;
-    wake = undefined;
-    w?.();
-  };
-  let watcher: import('node:fs').FSWatcher | undefined;
-  try {
-    watcher = watch(file, { persistent: false }, poke);
-    watcher.on('error', () => undefined);
-  } catch {
-    watcher = undefined; // polling only
-  }
-  signal?.addEventListener('abort', poke);
-  const offExit = opts.onExit?.(poke);
-  try {
-    while (!signal?.aborted) {
-      const recs = await readMore();
-      for (const r of recs) yield r;
-      if (signal?.aborted) return;
-      if (recs.length === 0) {
-        if (opts.isExited && (await opts.isExited())) {
-          // conmon has written everything once the exit file exists: drain and stop
-          for (const r of await readMore()) yield r;
-          return;
-        }
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-          setTimeout(poke, opts.pollMs ?? 250);
-        });
-      }
-    }
-  } finally {
-    offExit?.();
-    signal?.removeEventListener('abort', poke);
-    watcher?.close();
-  }
 }

@@ -302,6 +302,59 @@ if (runcReason) {
       }
     });
 
+    test('a program the rootfs lacks is refused before the runtime runs it, cold and warm alike, symlinks resolved inside the rootfs', async () => {
+      // /bin/bash exists on this host, not in the rootfs: followed on the host, it would be "found"
+      await symlink('/bin/bash', path.join(env.rootfsDir, 'bin/hostbash'));
+      // '..' stops at the rootfs' root: this is the rootfs' own /bin/busybox
+      await mkdir(path.join(env.rootfsDir, 'usr/bin'), { recursive: true });
+      await symlink('../../../../../../bin/busybox', path.join(env.rootfsDir, 'usr/bin/echo'));
+      await writeFile(path.join(env.rootfsDir, 'bin/notexec'), '#!/bin/sh\n', { mode: 0o644 });
+      const refusal = async (args: string[], over: Partial<InstanceSpec> = {}) => {
+        const id = freshId('noexec');
+        const err = await d.create(await env.make(id, args, over)).then(() => assert.fail(`${args[0]} was accepted`), (e: unknown) => e as Error & { code?: string });
+        assert.ok(!(await d.list()).includes(id), 'a refused create leaves nothing');
+        return err;
+      };
+      for (const [args, why] of [
+        [['/nonexistent'], /cannot run "\/nonexistent": no such file in the image/],
+        [['nosuchprog', 'x'], /cannot run "nosuchprog": executable file not found in \$PATH/],
+        [['/bin/hostbash', '-c', 'true'], /cannot run "\/bin\/hostbash": no such file in the image/],
+        [['/etc'], /it is a directory/],
+        [['/bin/notexec'], /not executable/],
+      ] as const) {
+        const err = await refusal([...args]);
+        assert.equal(err.code, 'InvalidArgument', err.message);
+        assert.match(err.message, why);
+      }
+      const ranges = await refusal(['true'], { process: { args: ['true'], env: [], cwd: '/', user: '4294967295:4294967295' } });
+      assert.equal(ranges.code, 'InvalidArgument', ranges.message);
+      // the runtime refusing the request's own setting (a host name longer than a UTS name) is 400 with its message
+      const long = await refusal(['true'], { hostname: 'h'.repeat(80) });
+      assert.equal(long.code, 'InvalidArgument', long.message);
+      assert.match(long.message, /sethostname/);
+      // in the rootfs, through a relative symlink that climbs past its root: found, and it runs
+      const ok = freshId('upexec');
+      await d.create(await env.make(ok, ['/usr/bin/echo', 'ran']));
+      try {
+        await d.start(ok);
+        assert.equal((await waitStopped(d, ok)).exitCode, 0);
+        assert.ok((await collectLogs(d, ok)).some((r) => r.line === 'ran'));
+      } finally {
+        await d.delete(ok);
+      }
+      // warm: the same refusal at the claim, not an exit 127 after the start
+      const warm = freshId('warmnoexec');
+      await d.createWarm(await env.make(warm, ['true']));
+      try {
+        const err = await d.claimWarm(await env.make(warm, ['/nonexistent'])).then(() => assert.fail('claimed'), (e: unknown) => e as Error & { code?: string });
+        const cold = await refusal(['/nonexistent']);
+        assert.equal(err.code, 'InvalidArgument');
+        assert.equal(err.message, cold.message, 'the same answer on both paths');
+      } finally {
+        await d.delete(warm);
+      }
+    });
+
     test('rlimits are clamped to the hard limits this process holds, with warnings', async () => {
       // Lower this process' own NPROC hard limit below the 4096 we ask for (root is exempt
       // from RLIMIT_NPROC, so this is harmless for the rest of the run).

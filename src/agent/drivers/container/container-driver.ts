@@ -48,16 +48,18 @@ import {
   isConmonFor,
   launchConmon,
   readExitFile,
-  readK8sLog,
   readPidFile,
 } from './conmon.js';
+import { DEFAULT_LOG_LIMITS, loadLogLimits, prepareLogFiles, readK8sLog, resolveLogLimits, saveLogLimits } from './container-logs.js';
+import { LogRotation } from './log-rotation.js';
 import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
 import { run } from '../../../core/exec.js';
 import { parentPid, processAlive } from '../../../core/proc.js';
 import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
-import { OciRuntime, chooseRuntime, findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
+import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
+import { checkExecutable } from './rootfs-lookup.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
 const fsOpen = promisify(open);
@@ -127,6 +129,8 @@ export class ContainerDriver implements InstanceDriver {
   private readonly warmFacts = new Map<string, { config: OciSpec | string; userDb: UserDb }>();
   /** meta.json as last written by this process: only it writes them, so reads need not go to disk. */
   private readonly metas = new Map<string, ContainerMeta>();
+  /** Log rotation of the containers whose conmon runs (container-logs.ts). */
+  private readonly rotation = new LogRotation();
 
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
@@ -243,6 +247,8 @@ export class ContainerDriver implements InstanceDriver {
     const meta = await this.meta(id);
     const busybox = await findStaticBusybox();
     if (!meta.warm || !busybox) return undefined;
+    const logLimits = resolveLogLimits(spec.log);
+    if (logLimits.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined; // on conmon's command line since the warm create
     const configFile = path.join(this.bundle(id), 'config.json');
     // the warm config as comparableJson when this process made it, else as the bundle has it
     const facts = this.warmFacts.get(id) ?? {
@@ -255,6 +261,8 @@ export class ContainerDriver implements InstanceDriver {
       { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: facts.userDb },
       { mounts: [...this.etcMounts(id), ...warmMounts(busybox, this.warmDir(id))] },
     );
+    // a program the image lacks is the caller's error here too, not an exit 127 after the start
+    this.checkProgram(id, config);
     const unsuitable = stubUnsuitable(config.process);
     if (unsuitable || !warmCompatible(warmConfig, config)) {
       log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });
@@ -268,10 +276,20 @@ export class ContainerDriver implements InstanceDriver {
     ]);
     const limits = limitsOf(config);
     if (limits) await this.runtime(meta.runtime, meta.runtimePath).update(id, limits);
+    if (logLimits.maxFiles !== DEFAULT_LOG_LIMITS.maxFiles) {
+      await saveLogLimits(this.logPath(id), logLimits);
+      this.rotation.setMaxFiles(id, logLimits.maxFiles);
+    }
     delete meta.warm;
     this.warmFacts.delete(id);
     await this.saveMeta({ ...meta, name: spec.name, warnings });
     return { status: 'created', ...(meta.pid ? { pid: meta.pid } : {}) };
+  }
+
+  /** The process's program must be in the rootfs (rootfs-lookup.ts); mounts over it are not looked into. */
+  private checkProgram(id: string, config: OciSpec): void {
+    const over = config.mounts.map((m) => m.destination.replace(/\/+$/, ''));
+    checkExecutable(this.rootfs(id), config.process, (p) => over.some((d) => p === d || p.startsWith(`${d}/`)));
   }
 
   private warmDir(id: string): string {
@@ -312,6 +330,7 @@ export class ContainerDriver implements InstanceDriver {
     const id = spec.id;
     const dir = this.dir(id);
     if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
+    const logLimits = resolveLogLimits(spec.log);
     await mkdir(this.containersDir, { recursive: true, mode: 0o700 });
     try {
       await mkdir(dir, { mode: 0o700 });
@@ -346,6 +365,7 @@ export class ContainerDriver implements InstanceDriver {
         userDb,
       }, { mounts: [...this.etcMounts(id), ...(opts.mounts ?? [])] });
       if (opts.warm) this.warmFacts.set(id, { config: comparableJson(config), userDb });
+      else this.checkProgram(id, config);
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
       const meta: ContainerMeta = {
@@ -361,6 +381,10 @@ export class ContainerDriver implements InstanceDriver {
       await this.saveMeta(meta);
       const rt = this.runtime(runtimeName, runtimePath);
       await mkdir(rt.root, { recursive: true, mode: 0o700 });
+      await prepareLogFiles(this.logPath(id));
+      await saveLogLimits(this.logPath(id), logLimits);
+      await this.rotation.ready();
+      this.rotation.start(id, this.logPath(id), logLimits.maxFiles);
       const launched = await launchConmon({
         conmonPath: await this.conmonPath(),
         id,
@@ -371,6 +395,7 @@ export class ContainerDriver implements InstanceDriver {
         containerPidFile: path.join(dir, 'container.pid'),
         conmonPidFile: path.join(dir, 'conmon.pid'),
         logPath: this.logPath(id),
+        logSizeMax: logLimits.maxSizeBytes,
         exitDir: this.exitsDir,
         socketDir: path.join(dir, 'sock'),
         persistDir: path.join(dir, 'persist'),
@@ -383,7 +408,8 @@ export class ContainerDriver implements InstanceDriver {
       return { status: 'created', pid: launched.pid };
     } catch (e) {
       await this.delete(id).catch((err: unknown) => log.error('cleanup after failed create', { id, error: err }));
-      throw e;
+      // the runtime refusing what the request asked for is the caller's error, with its message
+      throw requestFault(e) ?? e;
     }
   }
 
@@ -587,6 +613,7 @@ export class ContainerDriver implements InstanceDriver {
       if (!(await exists(dir))) throw new NotFound(`container ${id} not found`, { id });
       yield* readK8sLog(self.logPath(id), {
         ...opts,
+        label: `log of container ${id}`,
         isExited: async () => (await exists(self.exitFile(id))) || !(await exists(dir)),
         onExit: (wake) => {
           const listener = (exited: string) => {
@@ -651,6 +678,7 @@ export class ContainerDriver implements InstanceDriver {
         for (let i = 0; i < 40 && processAlive(conmonPid); i++) await sleep(25);
       }
     }
+    this.rotation.stop(id);
     await unmountAll(this.rootfs(id));
     if (meta) await removeCgroup(await this.cgroups(meta));
     await removeStateFile(this.exitFile(id));
@@ -714,6 +742,7 @@ export class ContainerDriver implements InstanceDriver {
       this.watcher.on('error', (e) => log.warn('exit watcher failed', { error: e }));
       // exits that landed before the watcher was up
       for (const f of await readdir(this.exitsDir)) if (ID_RE.test(f)) void this.maybeNotify(f);
+      await this.adoptLogRotation();
     })().catch((e: unknown) => log.error('cannot watch exits', { error: e }));
   }
 
@@ -723,6 +752,7 @@ export class ContainerDriver implements InstanceDriver {
     if (!(await exists(this.dir(id)))) return;
     if (this.notified.has(id)) return;
     this.notified.add(id);
+    this.rotation.finish(id);
     for (const l of this.listeners) {
       try {
         l(id);
@@ -736,6 +766,20 @@ export class ContainerDriver implements InstanceDriver {
   close(): void {
     this.watcher?.close();
     this.watcher = undefined;
+    this.rotation.close();
+  }
+
+  // ------------------------------------------------------------ log rotation (container-logs.ts)
+
+  /** A daemon started again: rotation for the containers whose conmon still runs (the exit watcher's start calls it). */
+  async adoptLogRotation(): Promise<void> {
+    await this.rotation.ready();
+    for (const id of await this.list()) {
+      if (this.rotation.has(id) || (await exists(this.exitFile(id)))) continue;
+      if (!(await exists(path.join(this.dir(id), 'conmon.pid')))) continue;
+      const limits = await loadLogLimits(this.logPath(id));
+      if (!this.rotation.has(id)) this.rotation.start(id, this.logPath(id), limits.maxFiles);
+    }
   }
 }
 

@@ -32,7 +32,7 @@ test('probes: runc works here; crun reports its real reason; auto choice', async
   if (layout.mode === 'hybrid' && (await findBinary('crun'))) {
     assert.match(crun ?? '', /crun cannot run a container here: .*hybrid/);
     assert.equal(await chooseRuntime('auto'), 'runc');
-    await assert.rejects(chooseRuntime('crun'), (e) => hasCode(e, 'Unavailable'));
+    await assert.rejects(chooseRuntime('crun'), (e) => hasCode(e, 'InvalidArgument'));
   } else {
     assert.equal(await chooseRuntime('auto'), crun === undefined ? 'crun' : 'runc');
   }
@@ -139,4 +139,16 @@ test('the exec fifo release: a waiting writer, a late one, none, a wrong answer'
   await w3;
 
   assert.equal(await releaseThroughExecFifo(path.join(dir, 'missing')), false);
+});
+
+test("requestFault: a create the request's own settings broke is InvalidArgument with the runtime's message; the host's failures stay Internal", async () => {
+  const { requestFault } = await import('./oci-runtime.js');
+  const { Internal, Unavailable } = await import('../../../core/errors.js');
+  const mine = requestFault(new Internal('/usr/sbin/runc create abc failed: runc create failed: unable to start container process: error during container init: sethostname: invalid argument', { id: 'abc' }));
+  assert.equal(mine?.code, 'InvalidArgument');
+  assert.match(mine?.message ?? '', /^runc: .*sethostname: invalid argument$/);
+  assert.deepEqual(mine?.details, { id: 'abc' });
+  assert.equal(requestFault(new Internal('/usr/sbin/runc create abc failed: exec: "/x": stat /x: no such file or directory'))?.code, 'InvalidArgument');
+  assert.equal(requestFault(new Internal('/usr/sbin/runc create abc failed: cgroup: cannot write cpu.cfs_quota_us: device or resource busy')), undefined);
+  assert.equal(requestFault(new Unavailable('exec: "x" ... but not a runtime failure')), undefined);
 });

@@ -10,7 +10,7 @@ import { access, constants, copyFile, mkdir, mkdtemp, open, readFile, rm, symlin
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
-import { AlreadyExists, Conflict, Internal, NotFound, Unavailable, type NimbusError } from '../../../core/errors.js';
+import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, Unavailable, hasCode, type NimbusError } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { processAlive } from '../../../core/proc.js';
@@ -72,6 +72,21 @@ export function mapRuntimeError(runtime: string, op: string, id: string, stderr:
     return new Conflict(text, details);
   }
   return new Internal(text, details);
+}
+
+/**
+ * What a runtime says when a create fails because of the container's own settings (its program,
+ * user, working directory, arguments, hostname) rather than the host: runc's init reports these
+ * before the container exists ("exec: ...", "chdir to cwd ...", "setresuid ...").
+ */
+const REQUEST_FAULT = /exec: "|executable file not found|exec format error|argument list too long|chdir to cwd|setresuid|setresgid|setgroups|sethostname|unable to find (user|group)|cannot set (uid|gid)|invalid (uid|gid|user)/i;
+
+/** A runtime's create failure caused by the request, as InvalidArgument with the runtime's message; undefined for the rest. */
+export function requestFault(e: unknown): NimbusError | undefined {
+  if (!hasCode(e, 'Internal')) return undefined;
+  const message = (e as Error).message;
+  if (!REQUEST_FAULT.test(message)) return undefined;
+  return new InvalidArgument(message.replace(/^\S*\/(runc|crun) create \S+ failed: /, '$1: '), { ...(e as NimbusError).details }, { cause: e });
 }
 
 export interface ExecOptions {
@@ -299,7 +314,8 @@ async function probeUncached(name: RuntimeName, opts: ProbeOptions): Promise<str
 export async function chooseRuntime(preferred?: RuntimeName | 'auto', opts: ProbeOptions = {}): Promise<RuntimeName> {
   if (preferred && preferred !== 'auto') {
     const reason = await probeRuntime(preferred, opts);
-    if (reason) throw new Unavailable(reason, { runtime: preferred });
+    // the caller asked for a runtime this host cannot run: their choice to change (400), not an outage
+    if (reason) throw new InvalidArgument(`runtime ${preferred} is not usable on this host (nimbus info lists the usable ones): ${reason}`, { runtime: preferred });
     return preferred;
   }
   const reasons: string[] = [];

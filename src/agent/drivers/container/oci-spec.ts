@@ -181,6 +181,13 @@ export interface UserDb {
 }
 
 const isNumeric = (s: string) => /^\d+$/.test(s);
+/** (uid_t)-1 means "unchanged" to setresuid: the largest id a process can have is 2^32 - 2. */
+const MAX_ID = 2 ** 32 - 2;
+function id(s: string, what: string, user: string): number {
+  const n = Number(s);
+  if (!(n <= MAX_ID)) throw new InvalidArgument(`${what} ${s} out of range (0 to ${MAX_ID})`, { user });
+  return n;
+}
 
 /**
  * Resolve "uid[:gid]" or "name[:group]" (any mix) against the rootfs' user
@@ -197,7 +204,7 @@ export function resolveUser(user: string, db: UserDb): { user: OciUser; home: st
   let entry: PasswdEntry | undefined;
   let uid: number;
   if (isNumeric(u)) {
-    uid = Number(u);
+    uid = id(u, 'uid', user);
     entry = db.passwd.find((p) => p.uid === uid);
   } else {
     entry = db.passwd.find((p) => p.name === u);
@@ -208,7 +215,7 @@ export function resolveUser(user: string, db: UserDb): { user: OciUser; home: st
   if (g === undefined || g === '') {
     gid = entry ? entry.gid : 0;
   } else if (isNumeric(g)) {
-    gid = Number(g);
+    gid = id(g, 'gid', user);
   } else {
     const ge = db.group.find((x) => x.name === g);
     if (!ge) throw new InvalidArgument(`group ${JSON.stringify(g)} not found in the image's /etc/group`, { user });

@@ -19,10 +19,11 @@
  * difference — user, hostname, namespaces, mounts, rlimits, anything added to the
  * builder later — falls back to the ordinary cold create.
  *
- * The visible differences: a read-only mount at /.nimbus (the stub and its script), a
- * command that cannot be executed fails after start with exit 126/127 and a message in
- * the logs instead of failing the create, and environment entries in another order
- * (warmScript).
+ * The visible differences: a read-only mount at /.nimbus (the stub and its script), and
+ * environment entries in another order (warmScript). A program the image lacks is refused at
+ * the claim as at a cold create (rootfs-lookup.ts: 400, the same message); one that is there
+ * but cannot be executed (a bad ELF, a missing interpreter) still fails after the start with
+ * exit 126/127 and a message in the logs.
  */
 import type { OciMount, OciSpec } from './oci-spec.js';
 

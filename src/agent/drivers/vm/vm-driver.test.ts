@@ -335,3 +335,26 @@ test('vCPU hot-plug: a VM created with room for more grows while it runs (the gu
     await d.delete(id);
   }
 });
+
+test('a SIGKILL cuts a graceful stop short: the guest ignores the power button, kill answers at once (issue 13, finding 2)', async () => {
+  const d = env.driver;
+  const id = freshId('vm');
+  // the power button sends TERM to the workload: this one ignores it, so the stop would wait its whole timeout
+  const spec = env.makeSpec(id, ['sh', '-c', "trap '' TERM; echo deaf; while true; do sleep 1; done"]);
+  try {
+    await d.create(spec);
+    await d.start(id);
+    await waitForLog(d, id, /^deaf$/, 60_000);
+    const stop = d.stop(id, 600);
+    await sleep(500); // the button pressed, the guest deaf to it
+    const t0 = Date.now();
+    await d.kill(id, 'SIGKILL');
+    const killMs = Date.now() - t0;
+    assert.ok(killMs < 15_000, `kill waited ${killMs} ms behind a 600 s stop`);
+    assert.equal((await stop).status, 'stopped', 'the stop ends with the kill');
+    assert.equal((await d.inspect(id)).lifecycle, 'stopped');
+    await assert.rejects(d.kill(id, 'SIGNOPE'), (e) => hasCode(e, 'InvalidArgument'));
+  } finally {
+    await d.delete(id);
+  }
+});

@@ -15,10 +15,10 @@
  *   exit code→ 0 on power-off, the guest's isa-debug-exit code, 128+n when killed
  *   save     → QMP migrate to a file, then quit; restore → QEMU -incoming from it
  */
+import { signalNumber } from '../../../core/signals.js';
 import { mkdir, readFile, readdir, rename, rm, writeFile, stat, open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
-import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, NimbusError } from '../../../core/errors.js';
 import { runOk } from '../../../core/exec.js';
@@ -30,6 +30,21 @@ import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sle
 import { QmpClient, type QmpEvent } from './qmp.js';
 import type { OutgoingMigration, VmMigrationSpec } from '../../agent.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
+import { LineCursor, tailStart } from '../log-files.js';
+
+/** A console line longer than this is handed out in pieces (a guest may print anything). */
+const CONSOLE_MAX_LINE = 64 * 1024;
+
+async function endsWithNewline(file: string, size: number): Promise<boolean> {
+  const fh = await open(file, 'r');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, size - 1);
+    return b[0] === 0x0a;
+  } finally {
+    await fh.close();
+  }
+}
 
 export type { MigrationReport } from '../../migration.js';
 
@@ -117,12 +132,16 @@ export interface VmDriverOptions {
 const CLK_TCK = 100; // Linux USER_HZ on x86-64
 let recordWrites = 0;
 
+const SIGKILL = 9;
+
 export class VmDriver implements InstanceDriver {
   readonly type = 'vm' as const;
   private readonly qemu: string;
   private readonly exitListeners: Array<(id: string) => void> = [];
   private readonly watchers = new Map<string, NodeJS.Timeout>();
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Graceful stops in flight: a SIGKILL cuts them short instead of waiting behind them (kill). */
+  private readonly stopping = new Map<string, Promise<RuntimeState>>();
   /** Incoming live migrations in flight here: a QMP session open from before the stream starts. */
   private readonly incoming = new Map<string, IncomingMigration>();
 
@@ -351,13 +370,22 @@ export class VmDriver implements InstanceDriver {
     return this.waitExit(r.id, 10_000);
   }
 
-  kill(id: string, signal: string): Promise<void> {
+  async kill(id: string, signal: string): Promise<void> {
+    const sig = signalNumber(signal);
+    if (sig === undefined) throw new InvalidArgument(`unknown signal "${signal}"`, { id });
+    // SIGKILL cuts a graceful stop short: it does not queue behind the stop's wait (which holds the
+    // VM's lock up to its timeout); the stop sees QEMU end and records it
+    const stopping = this.stopping.get(id);
+    if (sig === SIGKILL && stopping) {
+      const r = await this.load(id);
+      if (processAlive(r.qemuPid, this.paths(id).qmpSocket)) process.kill(r.qemuPid!, 'SIGKILL');
+      await stopping.catch(() => undefined);
+      return;
+    }
     return this.locked(id, async () => {
       const r = await this.load(id);
       if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') throw new Conflict(`VM ${id} is not running`, { id });
-      const sig = (signal.startsWith('SIG') ? signal : `SIG${signal}`) as NodeJS.Signals;
-      if (!(sig in osConstants.signals)) throw new InvalidArgument(`unknown signal "${signal}"`, { id });
-      if (sig === 'SIGKILL') {
+      if (sig === SIGKILL) {
         await this.hardKill(r);
         return;
       }
@@ -366,7 +394,7 @@ export class VmDriver implements InstanceDriver {
   }
 
   stop(id: string, timeoutSec: number): Promise<RuntimeState> {
-    return this.locked(id, async () => {
+    const done = this.locked(id, async () => {
       let r = await this.load(id);
       if (r.lifecycle !== 'running' && r.lifecycle !== 'paused') return this.toState(r);
       const p = this.paths(id);
@@ -386,6 +414,12 @@ export class VmDriver implements InstanceDriver {
       if (r.lifecycle === 'running' || r.lifecycle === 'paused') r = await this.hardKill(r);
       return this.toState(r);
     });
+    this.stopping.set(id, done);
+    const forget = () => {
+      if (this.stopping.get(id) === done) this.stopping.delete(id);
+    };
+    done.then(forget, forget);
+    return done;
   }
 
   pause(id: string): Promise<void> {
@@ -420,46 +454,54 @@ export class VmDriver implements InstanceDriver {
   async *logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
     const p = this.paths(id);
     await this.load(id);
-    const fh = await open(p.consoleLog, 'r');
+    const rec = (line: { text: string; partial?: true }, isPartial = false): LogRecord => {
+      const r: LogRecord = { time: new Date().toISOString(), stream: 'stdout', line: line.text.replace(/\r+$/, '') };
+      if (isPartial || line.partial) r.partial = true;
+      return r;
+    };
+    // What the console printed on the hosts this VM migrated from, then here: read in chunks
+    // (log-files.ts), tail backwards from the end, never a whole file in memory.
+    const files = [consoleHistory(p), p.consoleLog];
+    let start = { index: 0, offset: 0 };
+    if (opts.tail !== undefined) {
+      // an unfinished last line is not one of the last N (it comes only when the console ends)
+      const size = await stat(p.consoleLog).then((st) => st.size, () => 0);
+      const unfinished = size > 0 && !(await endsWithNewline(p.consoleLog, size));
+      start = await tailStart(files, opts.tail + (unfinished && opts.tail > 0 ? 1 : 0));
+    }
+    const lineOpts = { maxLine: CONSOLE_MAX_LINE };
+    if (start.index === 0) {
+      const history = await LineCursor.open(files[0]!, start.offset, lineOpts);
+      if (history) {
+        try {
+          for await (const l of history.lines()) yield rec(l);
+          if (history.pending()) yield rec({ text: history.pending() }); // a line of its own: the guest moved on
+        } finally {
+          await history.close();
+        }
+      }
+    }
+    const cur = await LineCursor.open(p.consoleLog, start.index === 1 ? start.offset : 0, lineOpts);
+    if (!cur) throw new NotFound(`VM ${id} has no console log`, { id });
     try {
-      let offset = 0;
-      let partial = '';
-      const readNew = async (): Promise<string[]> => {
-        const { size } = await fh.stat();
-        if (size <= offset) return [];
-        const buf = Buffer.alloc(size - offset);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
-        offset += bytesRead;
-        const text = partial + buf.subarray(0, bytesRead).toString('utf8');
-        const lines = text.split('\n');
-        partial = lines.pop() ?? '';
-        return lines.map((l) => l.replace(/\r+$/, ''));
-      };
-      const rec = (line: string, isPartial = false): LogRecord => {
-        const r: LogRecord = { time: new Date().toISOString(), stream: 'stdout', line };
-        if (isPartial) r.partial = true;
-        return r;
-      };
-      // what the console printed on the hosts this VM migrated from, then here
-      const history = (await readFile(consoleHistory(p), 'utf8').catch(() => '')).split('\n').map((l) => l.replace(/\r+$/, ''));
-      if (history[history.length - 1] === '') history.pop();
-      let first = [...history, ...(await readNew())];
-      if (opts.tail !== undefined) first = opts.tail > 0 ? first.slice(-opts.tail) : [];
-      for (const l of first) yield rec(l);
+      for await (const l of cur.lines()) yield rec(l);
       if (!opts.follow) {
-        if (partial && opts.tail === undefined) yield rec(partial.replace(/\r+$/, ''), true);
+        if (cur.pending() && opts.tail === undefined) yield rec({ text: cur.pending() }, true);
         return;
       }
       for (;;) {
         if (opts.signal?.aborted) return;
-        const lines = await readNew();
-        for (const l of lines) yield rec(l);
-        if (lines.length) continue;
+        let n = 0;
+        for await (const l of cur.lines()) {
+          n++;
+          yield rec(l);
+        }
+        if (n) continue;
         const r = await this.load(id).catch(() => undefined);
         // a created VM has not started yet: follow waits for it (as `run` opens the logs before start)
         if (!r || (r.lifecycle !== 'running' && r.lifecycle !== 'paused' && r.lifecycle !== 'created')) {
-          for (const l of await readNew()) yield rec(l);
-          if (partial) yield rec(partial.replace(/\r+$/, ''), true);
+          for await (const l of cur.lines()) yield rec(l);
+          if (cur.pending()) yield rec({ text: cur.pending() }, true);
           return;
         }
         await new Promise<void>((resolve) => {
@@ -473,7 +515,7 @@ export class VmDriver implements InstanceDriver {
         });
       }
     } finally {
-      await fh.close();
+      await cur.close();
     }
   }
 

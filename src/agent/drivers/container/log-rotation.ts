@@ -1,0 +1,81 @@
+/**
+ * The container driver's side of log rotation: one worker thread for all of the driver's
+ * containers (log-rotation-worker.ts runs container-logs.ts's rotateOnce there). Created at
+ * the first container, never keeps the process alive.
+ */
+import { Worker } from 'node:worker_threads';
+import { logger } from '../../../core/log.js';
+
+const log = logger('agent.drivers.container.logs');
+
+export type RotationMessage =
+  | { op: 'start'; id: string; logPath: string; maxFiles: number }
+  | { op: 'maxFiles'; id: string; maxFiles: number }
+  | { op: 'finish' | 'stop'; id: string };
+
+export class LogRotation {
+  private worker: Worker | undefined;
+  private readyP: Promise<void> | undefined;
+  private readonly active = new Set<string>();
+
+  /**
+   * Resolves once the worker runs (started if need be). Awaited before a conmon starts: a worker
+   * still loading (~100 ms on a busy host) would let a fast writer's first rotations go unnamed.
+   */
+  ready(): Promise<void> {
+    this.spawn();
+    return this.readyP!;
+  }
+
+  /** Rotate this container's log from now on (again, with these limits, if it was already). */
+  start(id: string, logPath: string, maxFiles: number): void {
+    this.active.add(id);
+    this.post({ op: 'start', id, logPath, maxFiles });
+  }
+
+  has(id: string): boolean {
+    return this.active.has(id);
+  }
+
+  setMaxFiles(id: string, maxFiles: number): void {
+    if (this.active.has(id)) this.post({ op: 'maxFiles', id, maxFiles });
+  }
+
+  /** Its conmon has exited: one last pass, then no more watching. */
+  finish(id: string): void {
+    if (this.active.delete(id)) this.post({ op: 'finish', id });
+  }
+
+  stop(id: string): void {
+    if (this.active.delete(id)) this.post({ op: 'stop', id });
+  }
+
+  close(): void {
+    this.active.clear();
+    void this.worker?.terminate();
+    this.worker = undefined;
+  }
+
+  private spawn(): Worker {
+    if (this.worker) return this.worker;
+    const w = new Worker(new URL('./log-rotation-worker.js', import.meta.url));
+    w.unref();
+    this.readyP = new Promise<void>((resolve) => {
+      w.on('message', (r: { ready: true } | { id: string; error: string }) => {
+        if ('ready' in r) resolve();
+        else log.warn('log rotation failed', r);
+      });
+      w.on('error', (e) => {
+        log.error('log rotation worker failed', { error: e });
+        resolve(); // conmon still enforces max-size alone
+        if (this.worker === w) this.worker = undefined; // the next start makes another
+      });
+    });
+    this.worker = w;
+    return w;
+  }
+
+  private post(m: RotationMessage): void {
+    this.spawn().postMessage(m);
+  }
+}

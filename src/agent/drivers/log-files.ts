@@ -1,0 +1,142 @@
+/**
+ * Line-oriented log files read with bounded memory: forward in 64 KiB chunks, and `tail`
+ * by scanning backwards from the end. Shared by the container logs (k8s-file generations,
+ * container/container-logs.ts) and a VM's serial console (vm/vm-driver.ts).
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { DataLoss } from '../../core/errors.js';
+
+export const CHUNK = 64 * 1024;
+
+const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException | undefined)?.code;
+
+/** Where reading starts: an index into the files and a byte offset in that file. */
+export interface Position {
+  index: number;
+  offset: number;
+}
+
+/**
+ * The start of the last `tail` lines of `files` read as one stream (oldest file first), found
+ * by reading backwards in chunks from the newest. A file ending without a newline counts its
+ * last piece as a line. Files that are gone are skipped.
+ */
+export async function tailStart(files: readonly string[], tail: number): Promise<Position> {
+  if (files.length === 0) return { index: 0, offset: 0 };
+  let need = tail;
+  const chunk = Buffer.allocUnsafe(CHUNK);
+  for (let i = files.length - 1; i >= 0; i--) {
+    let fh: FileHandle;
+    try {
+      fh = await open(files[i]!, 'r');
+    } catch (e) {
+      if (errno(e) === 'ENOENT') continue;
+      throw e;
+    }
+    try {
+      const size = (await fh.stat()).size;
+      if (need <= 0) return { index: i, offset: size };
+      let pos = size;
+      while (pos > 0) {
+        const n = Math.min(CHUNK, pos);
+        pos -= n;
+        await readFully(fh, chunk, n, pos);
+        for (let j = n - 1; j >= 0; j--) {
+          // the newline ending the file's last line starts nothing
+          if (chunk[j] !== 0x0a || pos + j === size - 1) continue;
+          if (--need === 0) return { index: i, offset: pos + j + 1 };
+        }
+      }
+      if (size > 0 && --need === 0) return { index: i, offset: 0 }; // the file's first line
+    } finally {
+      await fh.close();
+    }
+  }
+  return { index: 0, offset: 0 };
+}
+
+async function readFully(fh: FileHandle, buf: Buffer, n: number, pos: number): Promise<void> {
+  let got = 0;
+  while (got < n) {
+    const { bytesRead } = await fh.read(buf, got, n - got, pos + got);
+    if (bytesRead === 0) throw new Error('file shrank while read');
+    got += bytesRead;
+  }
+}
+
+/** One open file read forward: its complete lines, the piece after the last newline kept for later. */
+export class LineCursor {
+  private pendingBuf: Buffer | undefined;
+  private readonly chunk = Buffer.allocUnsafe(CHUNK);
+
+  private constructor(
+    private readonly fh: FileHandle,
+    readonly ino: number,
+    private pos: number,
+    private readonly maxLine: number,
+    private readonly label: string | undefined,
+  ) {}
+
+  /**
+   * Undefined when the file is gone. A line longer than maxLine is a DataLoss error when a
+   * label names the log (a writer that never writes one: the file is corrupt), else it is
+   * handed out in maxLine pieces marked partial (a guest's console may print anything).
+   */
+  static async open(file: string, offset: number, opts: { maxLine: number; label?: string }): Promise<LineCursor | undefined> {
+    let fh: FileHandle;
+    try {
+      fh = await open(file, 'r');
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return undefined;
+      throw e;
+    }
+    try {
+      const st = await fh.stat();
+      return new LineCursor(fh, st.ino, Math.min(offset, st.size), opts.maxLine, opts.label);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  /** Lines (without the newline) from the position to the current end of file; returns how many. */
+  async *lines(): AsyncGenerator<{ text: string; partial?: true }, number> {
+    let count = 0;
+    for (;;) {
+      const { bytesRead } = await this.fh.read(this.chunk, 0, CHUNK, this.pos);
+      if (bytesRead === 0) return count;
+      this.pos += bytesRead;
+      let buf = this.chunk.subarray(0, bytesRead);
+      if (this.pendingBuf) {
+        buf = Buffer.concat([this.pendingBuf, buf]);
+        this.pendingBuf = undefined;
+      }
+      let start = 0;
+      for (;;) {
+        const nl = buf.indexOf(0x0a, start);
+        if (nl < 0) break;
+        const text = buf.toString('utf8', start, nl);
+        start = nl + 1;
+        count++;
+        yield { text };
+      }
+      if (buf.length - start > this.maxLine) {
+        if (this.label !== undefined) throw new DataLoss(`${this.label}: a line longer than ${this.maxLine} bytes; the log is corrupt`);
+        const text = buf.toString('utf8', start);
+        start = buf.length;
+        count++;
+        yield { text, partial: true };
+      }
+      if (start < buf.length) this.pendingBuf = Buffer.from(buf.subarray(start)); // a copy: the chunk is reused
+    }
+  }
+
+  /** The piece after the last newline read so far. */
+  pending(): string {
+    return this.pendingBuf?.toString('utf8') ?? '';
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
+  }
+}

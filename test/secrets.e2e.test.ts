@@ -1,0 +1,65 @@
+/**
+ * Secrets are never logged (docs/security.md): a daemon at debug level is driven through
+ * logins (good and bad passwords), tokens (valid, revoked, forged), API keys and an agent
+ * registration with a protocol secret; none of them may appear in anything it printed, nor may
+ * a listing serve one back.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { call } from './helpers/http.js';
+
+let d: DaemonProcess;
+let port = 0;
+const secrets: string[] = [];
+const secret = (prefix: string) => {
+  const s = `${prefix}-${randomBytes(12).toString('hex')}`;
+  secrets.push(s);
+  return s;
+};
+
+before(async () => {
+  process.env.NIMBUS_ADMIN_PASSWORD = secret('adminpw');
+  d = await startDaemonProcess(['--tcp', '127.0.0.1:0'], { NIMBUS_LOG_LEVEL: 'debug' });
+  port = Number(/tcp:127\.0\.0\.1:(\d+)/.exec(d.output())![1]);
+});
+after(async () => {
+  delete process.env.NIMBUS_ADMIN_PASSWORD;
+  await d?.destroy();
+});
+
+test('passwords, tokens, API keys and agent secrets never reach the log or a listing', async () => {
+  const tcp = { port };
+  const sock = { socketPath: d.socket };
+  const password = secret('userpw');
+  assert.equal((await call(sock, 'POST', '/users', { body: { name: 'carol', password } })).status, 201);
+  // a wrong password, a forged token and a malformed header: refused, and not echoed
+  const wrong = await call(tcp, 'POST', '/auth/login', { body: { user: 'carol', password: secret('wrongpw') } });
+  assert.equal(wrong.status, 401, wrong.text);
+  assert.equal((await call(tcp, 'GET', '/containers', { token: secret('forged') })).status, 401);
+  const login = await call(tcp, 'POST', '/auth/login', { body: { user: 'carol', password } });
+  assert.equal(login.status, 201, login.text);
+  const token = (login.body as { token: string }).token;
+  secrets.push(token);
+  const key = await call(tcp, 'POST', '/apikeys', { token, body: { name: 'ci' } });
+  assert.equal(key.status, 201, key.text);
+  const apiKey = (key.body as { key?: string; token?: string }).key ?? (key.body as { token: string }).token;
+  assert.ok(apiKey, key.text);
+  secrets.push(apiKey);
+  assert.equal((await call(tcp, 'GET', '/auth/whoami', { token: apiKey })).status, 200);
+  const keys = await call(tcp, 'GET', '/apikeys', { token });
+  assert.equal(keys.status, 200, keys.text);
+  assert.ok(!keys.text.includes(apiKey), 'a listing never serves a key back');
+  assert.equal((await call(tcp, 'POST', '/auth/logout', { token })).status, 204);
+  assert.equal((await call(tcp, 'GET', '/auth/whoami', { token })).status, 401, 'a revoked token is refused');
+  // an agent that does not answer: its secret is not in the error nor in the log
+  const agentSecret = secret('agenttoken');
+  const reg = await call(sock, 'POST', '/agents', { body: { name: 'ghost', url: 'http://127.0.0.1:1', token: agentSecret } });
+  assert.equal(reg.status, 502, reg.text);
+  assert.ok(!reg.text.includes(agentSecret));
+
+  const printed = d.output();
+  assert.match(printed, /debug|"level"/i, 'the daemon did log at debug level');
+  for (const s of secrets) assert.ok(!printed.includes(s), `a secret (${s.split('-')[0]}) reached the daemon's output`);
+});
