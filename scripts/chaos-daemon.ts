@@ -33,7 +33,14 @@ export interface ChaosDaemon {
   alive(): boolean;
 }
 
-export function createChaosDaemon(extraEnv: Record<string, string> = {}): ChaosDaemon {
+/** Run as `nimbusd agent --name NAME` registered with the control plane on `controlPlane` (its unix socket). */
+export interface AgentMode {
+  name: string;
+  controlPlane: string;
+}
+
+/** A nimbusd, or with `agent` a `nimbusd agent` (ready once registered; its `client` is unused). */
+export function createChaosDaemon(extraEnv: Record<string, string> = {}, agent?: AgentMode): ChaosDaemon {
   const home = mkdtempSync(join(tmpdir(), `${HOME_PREFIX}${process.pid}-`));
   const net = testNetworkEnv();
   writeFileSync(join(home, 'chaos.json'), JSON.stringify({ campaign: process.pid, ...net }));
@@ -61,7 +68,11 @@ export function createChaosDaemon(extraEnv: Record<string, string> = {}): ChaosD
       client.close();
       client = new UnixClient(socket);
       log = '';
-      const c = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket], {
+      const args = agent
+        ? ['agent', '--name', agent.name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${agent.controlPlane}`]
+        : ['--home', home, '--socket', socket];
+      const ready = agent ? 'registered with' : 'ready:';
+      const c = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, ...args], {
         stdio: ['ignore', 'pipe', 'pipe'],
         cwd: home,
         env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...net, ...extraEnv },
@@ -79,10 +90,11 @@ export function createChaosDaemon(extraEnv: Record<string, string> = {}): ChaosD
           else ok();
         };
         const check = () => {
-          if (log.includes('ready:')) done();
+          if (log.includes(ready)) done();
         };
-        const onExit = (code: number | null, sig: string | null) => done(new Error(`nimbusd exited (${code ?? sig}) before ready:\n${log}`));
-        const timer = setTimeout(() => done(new Error(`nimbusd not ready in 60 s:\n${log}`)), 60_000);
+        const what = agent ? 'nimbusd agent' : 'nimbusd';
+        const onExit = (code: number | null, sig: string | null) => done(new Error(`${what} exited (${code ?? sig}) before ready:\n${log}`));
+        const timer = setTimeout(() => done(new Error(`${what} not ready in 60 s:\n${log}`)), 60_000);
         c.stdout!.on('data', check);
         c.once('exit', onExit);
       }).catch(async (e: unknown) => {

@@ -148,6 +148,7 @@ export function idsInHome(home: string): string[] {
   add(join(home, 'containers', 'exits'));
   add(join(home, 'containers', 'requests'));
   add(join(home, 'vms'));
+  add(join(home, 'vms', 'instances'));
   add(join(home, 'network', 'endpoints'));
   add(join(home, 'network', 'networks'));
   for (const root of runtimeRoots(home)) add(root.dir);
@@ -225,10 +226,27 @@ export async function findLeaks(me: HomeIdentity, before: HostSnapshot, keepLink
   return leaks;
 }
 
+/** What a leaked VM state directory holds: its files and its record's lifecycle (which step left it). */
+function vmStateSummary(dir: string): string {
+  let rec = '';
+  try {
+    const r = JSON.parse(readFileSync(join(dir, 'vm.json'), 'utf8')) as { lifecycle?: string; qemuPid?: number };
+    rec = `lifecycle ${r.lifecycle ?? '?'}${r.qemuPid ? `, qemuPid ${r.qemuPid}` : ''}; `;
+  } catch {
+    /* no record */
+  }
+  try {
+    return `(${rec}files: ${readdirSync(dir).join(' ')})`;
+  } catch {
+    return `(${rec})`;
+  }
+}
+
 /** Leftover files in the home's own scratch and per-instance directories. */
 export function homeFileLeaks(home: string): Leak[] {
   const leaks: Leak[] = [];
-  for (const sub of ['tmp', 'containers', 'vms', 'network/endpoints']) {
+  // vms/instances: the VM driver's per-VM state (record, overlay, sockets, console log)
+  for (const sub of ['tmp', 'containers', 'vms', 'vms/instances', 'network/endpoints']) {
     const dir = join(home, sub);
     if (!existsSync(dir)) continue;
     for (const n of readdirSync(dir)) {
@@ -240,7 +258,7 @@ export function homeFileLeaks(home: string): Leak[] {
         continue;
       }
       if (sub === 'vms' && !/^[0-9a-f]{12,64}$/.test(n)) continue; // the accelerator choice and such
-      leaks.push({ kind: 'file', what: join(dir, n) });
+      leaks.push({ kind: 'file', what: join(dir, n) + (sub === 'vms/instances' ? ` ${vmStateSummary(join(dir, n))}` : '') });
     }
   }
   for (const root of runtimeRoots(home)) for (const n of readdirSync(root.dir)) leaks.push({ kind: 'file', what: `${root.runtime} state ${join(root.dir, n)}` });

@@ -7,10 +7,14 @@
 import type { UnixClient } from '../bench/lib/daemon.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
 
-export type WorkKind = 'create' | 'remove' | 'pull' | 'network' | 'vm';
-/** The default kinds; 'vm' (QEMU boots, save/restore) only with --vms: each round costs a boot or two. */
+export type WorkKind = 'create' | 'remove' | 'pull' | 'network' | 'vm' | 'migrate';
+/**
+ * The default kinds; 'vm' (QEMU boots, save/restore) and 'migrate' (live migrations between the
+ * embedded agent and a `nimbusd agent` process) only with --vms: each round costs a boot or two.
+ */
 export const WORK_KINDS: readonly WorkKind[] = ['create', 'remove', 'pull', 'network'];
-export const ALL_KINDS: readonly WorkKind[] = [...WORK_KINDS, 'vm'];
+export const VM_KINDS: readonly WorkKind[] = ['vm', 'migrate'];
+export const ALL_KINDS: readonly WorkKind[] = [...WORK_KINDS, ...VM_KINDS];
 
 /** The test guest (scripts/fixtures/guest.ts): a kernel and initrd the daemon may boot by path. */
 export interface VmGuest {
@@ -26,6 +30,8 @@ export interface WorkContext {
   /** Images to pull in pull rounds (larger: a pull takes long enough to be killed in). */
   pullRefs: string[];
   guest?: VmGuest;
+  /** Agents a migrate round moves VMs between (the embedded "local" and a second process). */
+  agents?: string[];
   rand: () => number;
   ids: Set<string>;
   /** The request in flight, for the kill report. */
@@ -141,6 +147,41 @@ async function vmLoop(ctx: WorkContext): Promise<void> {
   }
 }
 
+/**
+ * create on a random agent → start → live-migrate back and forth between the agents, now and
+ * then rm -f and start over: the kill meets a migration (either half) most of the time.
+ */
+async function migrateLoop(ctx: WorkContext): Promise<void> {
+  const g = ctx.guest;
+  const agents = ctx.agents ?? [];
+  if (!g || agents.length < 2) throw new Error('migrate rounds need the test guest and two agents');
+  while (!ctx.stopped()) {
+    const n = name('mig');
+    let at = agents[Math.floor(ctx.rand() * agents.length)]!;
+    const vm = await call<{ id?: string }>(ctx, `vm create ${n} on ${at}`, 'POST', '/vms', { name: n, memoryMiB: 128, agent: at, kernel: g.kernel, initrd: g.initrd, append: g.append });
+    if (!vm?.id) continue;
+    const id = vm.id;
+    await call(ctx, `vm start ${n}`, 'POST', `/vms/${id}/start`);
+    await sleep(ctx.rand() * 1000);
+    // back and forth until the kill; now and then rm -f it and start over on a fresh VM
+    while (!ctx.stopped()) {
+      const to = agents.find((a) => a !== at)!;
+      const what = `vm migrate ${n} ${at} → ${to}`;
+      const op = await call<Operation>(ctx, what, 'POST', `/vms/${id}/migrate`, { to });
+      if (!op?.id) throw new Error(`${what}: ${JSON.stringify(op)}`);
+      for (let done = false; !done && !ctx.stopped(); ) {
+        const o = await call<Operation>(ctx, `${what} (wait)`, 'GET', `/operations/${op.id}/wait?timeout=30`);
+        done = o.status !== 'running' && o.status !== 'pending' && o.status !== 'queued';
+        if (done && o.status !== 'succeeded' && !ctx.stopped()) throw new Error(`${what}: ${o.status} ${JSON.stringify(o.error)}`);
+      }
+      at = to;
+      if (ctx.rand() < 0.15) break;
+      await sleep(ctx.rand() * 300);
+    }
+    if (!ctx.stopped()) await call(ctx, `vm rm -f ${n}`, 'DELETE', `/vms/${id}?force=true`);
+  }
+}
+
 /** Runs the kind's loops (two at a time: concurrent requests are where the races are) until stopped. */
 export async function runWork(kind: WorkKind, ctx: WorkContext): Promise<string[]> {
   const errors: string[] = [];
@@ -161,6 +202,7 @@ export async function runWork(kind: WorkKind, ctx: WorkContext): Promise<string[
     pull: ctx.pullRefs.map((r) => () => pullLoop(ctx, r)),
     network: [() => networkLoop(ctx), () => createLoop(ctx)],
     vm: [() => vmLoop(ctx)],
+    migrate: [() => migrateLoop(ctx)],
   };
   await Promise.all(loops[kind].map(guard));
   return errors;

@@ -7,8 +7,11 @@
  *
  *   node dist/scripts/chaos.js [--rounds N] [--seed S] [--kinds create,remove,pull,network] [--vms]
  *
- * --vms adds VM rounds (create, start, save, restore, rm of the QEMU test guest): a boot or two
- * per round, so they are off by default. Live migration between agents is not driven yet.
+ * --vms adds VM rounds (create, start, save, restore, rm of the QEMU test guest) and migrate
+ * rounds: a second agent (`nimbusd agent` on its own home, registered over the socket), VMs
+ * live-migrated back and forth, and the daemon, the agent or both SIGKILLed at random; what was
+ * killed is started again (the agent re-registers) and both homes are checked. A boot or two per
+ * round, so they are off by default.
  * Prints each round's kill and leaks and "chaos: R rounds, K kills, L leaks"; exits 1 on a leak.
  */
 import Database from 'better-sqlite3';
@@ -21,7 +24,7 @@ import { MEDIA, blobOf, makeTar, pushBlob, pushManifest, sha256Digest } from './
 import { waitOperation } from '../bench/lib/daemon.js';
 import { createChaosDaemon, chaosHomes, sweepHome, type ChaosDaemon } from './chaos-daemon.js';
 import { findLeaks, homeFileLeaks, idsInHome, snapshotHost, type HomeIdentity, type Leak } from './chaos-host.js';
-import { ALL_KINDS, runWork, WORK_KINDS, type VmGuest, type WorkKind } from './chaos-work.js';
+import { ALL_KINDS, runWork, VM_KINDS, WORK_KINDS, type VmGuest, type WorkKind } from './chaos-work.js';
 import { buildTestGuest, GUEST_CACHE_DIR } from './fixtures/guest.js';
 
 export interface CampaignOptions {
@@ -39,6 +42,8 @@ export interface RoundResult {
   round: number;
   kind: WorkKind;
   killedAtMs: number;
+  /** migrate rounds: which process(es) the kill hit. */
+  killed?: KillTarget;
   inFlight: string[];
   workErrors: string[];
   leaks: Leak[];
@@ -149,6 +154,26 @@ function storeLeaks(home: string): Leak[] {
   return leaks;
 }
 
+type KillTarget = 'daemon' | 'agent' | 'both';
+/** Name of the second agent in migrate rounds (the daemon's is "local"). */
+const AGENT_NAME = 'chaos-b';
+/** Migrate rounds kill later: a TCG boot and a migration take seconds, the kill should meet them. */
+const MIGRATE_KILL_MS: [number, number] = [2000, 14000];
+
+/** Poll GET /agents until `name` is up (the restarted side re-registered or was reached again). */
+async function agentUp(d: ChaosDaemon, name: string, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < end) {
+    const r = await d.client.request<{ name: string; state: string }[]>('GET', '/agents');
+    const a = Array.isArray(r.body) ? r.body.find((x) => x.name === name) : undefined;
+    if (a?.state === 'up') return;
+    last = JSON.stringify(r.body);
+    await new Promise((res) => setTimeout(res, 250));
+  }
+  throw new Error(`agent ${name} not up in ${timeoutMs} ms: ${last}`);
+}
+
 /** The test guest's kernel (/boot) and initrd (its cache): the only host paths the daemon may boot. */
 const VM_HOST_DIRS = { NIMBUS_VM_HOST_DIRS: ['/boot', GUEST_CACHE_DIR].join(':') };
 
@@ -158,50 +183,83 @@ async function round(i: number, kind: WorkKind, rand: () => number, reg: { image
   // A fresh home probes KVM on its first VM (up to 20 s where the probe hangs, as here): most VM
   // rounds skip it with the accelerator a probe picks here, some keep it (a kill mid-probe leaked).
   const probe = kind === 'vm' && rand() < 0.3;
-  const d = createChaosDaemon(kind === 'vm' ? { ...VM_HOST_DIRS, ...(probe ? {} : { NIMBUS_VM_ACCEL: process.env.NIMBUS_VM_ACCEL || 'tcg' }) } : {});
+  const vmEnv = { ...VM_HOST_DIRS, ...(probe ? {} : { NIMBUS_VM_ACCEL: process.env.NIMBUS_VM_ACCEL || 'tcg' }) };
+  const d = createChaosDaemon(kind === 'vm' || kind === 'migrate' ? vmEnv : {});
+  // migrate rounds: a second agent on its own home (named like the daemon's, so sweeps find it)
+  const agent = kind === 'migrate' ? createChaosDaemon(vmEnv, { name: AGENT_NAME, controlPlane: d.socket }) : undefined;
+  const homes = agent ? [d.home, agent.home] : [d.home];
   const ids = new Set<string>();
+  let daemonLog = '';
+  let agentLog = '';
   const inFlight = new Set<string>();
   const result: RoundResult = { round: i, kind, killedAtMs: -1, inFlight: [], workErrors: [], leaks: [], swept: [], ms: 0 };
   try {
     await d.start();
-    if (kind !== 'pull' && kind !== 'vm') {
+    if (agent) await agent.start();
+    if (kind !== 'pull' && kind !== 'vm' && kind !== 'migrate') {
       const op = await d.client.json<{ id: string }>('POST', '/images/pull', { reference: reg.image });
       const done = await waitOperation(d.client, op.id, 120);
       if (done.status !== 'succeeded') throw new Error(`pull ${reg.image}: ${JSON.stringify(done)}`);
     }
     let stopped = false;
-    const work = runWork(kind, { client: d.client, image: reg.image, pullRefs: reg.pullRefs, ...(reg.guest ? { guest: reg.guest } : {}), rand, ids, inFlight, stopped: () => stopped });
-    const [lo, hi] = o.killAfterMs;
+    const work = runWork(kind, { client: d.client, image: reg.image, pullRefs: reg.pullRefs, ...(reg.guest ? { guest: reg.guest } : {}), ...(agent ? { agents: ['local', AGENT_NAME] } : {}), rand, ids, inFlight, stopped: () => stopped });
+    const [lo, hi] = agent ? MIGRATE_KILL_MS : o.killAfterMs;
     const at = Math.round(lo + rand() * (hi - lo));
+    const target: KillTarget = agent ? (['daemon', 'agent', 'both'] as const)[Math.floor(rand() * 3)]! : 'daemon';
     // the home's files name ids the API had not answered yet (a create killed mid-way)
-    const watch = setInterval(() => idsInHome(d.home).forEach((x) => ids.add(x)), 50);
+    const collect = () => homes.forEach((h) => idsInHome(h).forEach((x) => ids.add(x)));
+    const watch = setInterval(collect, 50);
     await new Promise((r) => setTimeout(r, at));
     result.inFlight = [...inFlight];
     result.killedAtMs = at;
-    idsInHome(d.home).forEach((x) => ids.add(x));
+    if (agent) result.killed = target;
+    collect();
     stopped = true; // no new requests: the ones in flight meet the kill
-    await d.kill();
+    await Promise.all([target !== 'agent' ? d.kill() : undefined, target !== 'daemon' ? agent?.kill() : undefined]);
     clearInterval(watch);
+    // with the daemon alive (agent kill only) the requests in flight end on their own
     result.workErrors = await work;
-    idsInHome(d.home).forEach((x) => ids.add(x));
+    collect();
 
-    await d.start(); // reconciliation
+    // reconciliation: the daemon first (the agent registers with it), then the agent
+    if (!d.alive()) await d.start();
+    if (agent && !agent.alive()) await agent.start();
+    if (agent) await agentUp(d, AGENT_NAME);
     const api = await removeAll(d, ids);
+    if (agent) {
+      // forgetting the agent is refused while the control plane counts a VM on it
+      const r = await d.client.request('DELETE', `/agents/${AGENT_NAME}`);
+      if (r.status >= 300) api.leaks.push({ kind: 'record', what: `DELETE /agents/${AGENT_NAME} → ${r.status} ${JSON.stringify(r.body)}` });
+      if (!(await agent.stop())) api.leaks.push({ kind: 'process', what: `nimbusd agent did not stop cleanly on SIGTERM:\n${agent.output().slice(-2000)}` });
+    }
     const clean = await d.stop();
     if (!clean) api.leaks.push({ kind: 'process', what: `nimbusd did not stop cleanly on SIGTERM:\n${d.output().slice(-2000)}` });
     const me: HomeIdentity = { home: d.home, table: d.net.NIMBUS_NFT_TABLE!, bridge: d.net.NIMBUS_BRIDGE!, ids };
     result.leaks = [...api.leaks, ...storeLeaks(d.home), ...(await findLeaks(me, before, api.keepLinks)), ...homeFileLeaks(d.home)];
+    if (agent) {
+      const them: HomeIdentity = { home: agent.home, table: agent.net.NIMBUS_NFT_TABLE!, bridge: agent.net.NIMBUS_BRIDGE!, ids };
+      result.leaks.push(...[...(await findLeaks(them, before, new Set([agent.net.NIMBUS_BRIDGE!]))), ...homeFileLeaks(agent.home)].map((l) => ({ ...l, what: `agent: ${l.what}` })));
+    }
   } catch (e) {
-    result.leaks.push({ kind: 'round', what: `round failed: ${e instanceof Error ? e.message : String(e)}\n${d.output().slice(-2000)}` });
+    result.leaks.push({ kind: 'round', what: `round failed: ${e instanceof Error ? e.message : String(e)}\n${d.output().slice(-2000)}${agent ? `\nagent:\n${agent.output().slice(-2000)}` : ''}` });
   } finally {
+    daemonLog = d.output();
+    agentLog = agent?.output() ?? '';
     await d.kill();
+    await agent?.kill();
     result.swept = await sweepHome(d.home, ids);
+    if (agent) result.swept.push(...(await sweepHome(agent.home, ids)).map((x) => `agent ${x}`));
     result.ms = Date.now() - t0;
   }
-  const head = `round ${i} ${kind}${probe ? ' (KVM probe)' : ''}: killed after ${result.killedAtMs} ms` + (result.inFlight.length ? ` during ${result.inFlight.join('; ')}` : ' (between requests)');
+  const head = `round ${i} ${kind}${probe ? ' (KVM probe)' : ''}: killed ${result.killed ?? 'daemon'} after ${result.killedAtMs} ms` + (result.inFlight.length ? ` during ${result.inFlight.join('; ')}` : ' (between requests)');
   o.log(`${head}; ${result.leaks.length} leak(s) [${(result.ms / 1000).toFixed(1)} s, ${ids.size} ids]`);
   for (const e of result.workErrors.slice(0, 3)) o.log(`  work error before the kill: ${e.slice(0, 300)}`);
   for (const l of result.leaks) o.log(`  LEAK ${l.kind}: ${l.what}`);
+  // what the processes said about a leaked instance (its id in their warnings), to tell which step left it
+  const leakedIds = new Set(result.leaks.flatMap((l) => l.what.match(/[0-9a-f]{32,64}/g) ?? []));
+  for (const [who, out] of [['daemon', daemonLog], ['agent', agentLog]] as const) {
+    for (const line of out.split('\n').filter((x) => [...leakedIds].some((id) => x.includes(id))).slice(-8)) o.log(`  ${who}: ${line.slice(0, 400)}`);
+  }
   // the sweep finds only what the checks found: anything else is a gap in the checks
   if (result.swept.length) o.log(`  swept: ${result.swept.join(', ')}`);
   return result;
@@ -219,8 +277,8 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   try {
     const image = `${reg.host}/nimbus-test/busybox:latest`;
     const pullRefs = [await pushLargeImage(reg, 'chaos/large-a'), await pushLargeImage(reg, 'chaos/large-b')];
-    const kinds = o.vms && !o.kinds.includes('vm') ? [...o.kinds, 'vm' as const] : o.kinds;
-    const guest = kinds.includes('vm') ? await buildTestGuest(GUEST_CACHE_DIR) : undefined;
+    const kinds = o.vms ? [...o.kinds, ...VM_KINDS.filter((k) => !o.kinds.includes(k))] : o.kinds;
+    const guest = kinds.some((k) => VM_KINDS.includes(k)) ? await buildTestGuest(GUEST_CACHE_DIR) : undefined;
     for (let i = 1; i <= o.rounds; i++) {
       const kind = kinds[(i - 1) % kinds.length]!;
       rounds.push(await round(i, kind, rand, { image, pullRefs, ...(guest ? { guest } : {}) }, o));

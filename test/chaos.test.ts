@@ -1,15 +1,17 @@
 /**
  * The crash campaign's own guard: its checker sees what a killed daemon leaves (so it can
- * fail), its sweep removes it, and a short campaign (3 rounds: creates, removals, network
+ * fail) on the daemon's home and on a second agent's, its sweep removes it, and a short campaign (3 rounds: creates, removals, network
  * changes) runs clean against a real nimbusd, runc and registry.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { startTestRegistryWithImages } from './helpers/registry-images.js';
 import { waitOperation } from '../bench/lib/daemon.js';
 import { createChaosDaemon, sweepHome } from '../scripts/chaos-daemon.js';
-import { findLeaks, idsInHome, snapshotHost, type HomeIdentity } from '../scripts/chaos-host.js';
+import { findLeaks, homeFileLeaks, idsInHome, snapshotHost, type HomeIdentity } from '../scripts/chaos-host.js';
+import { buildTestGuest, GUEST_CACHE_DIR, GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { runCampaign } from '../scripts/chaos.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
 
@@ -39,6 +41,35 @@ test('the checker finds what a SIGKILLed daemon left running, and the sweep remo
   }
   assert.equal(existsSync(d.home), false);
   const me: HomeIdentity = { home: d.home, table: d.net.NIMBUS_NFT_TABLE!, bridge: d.net.NIMBUS_BRIDGE!, ids };
+  assert.deepEqual(await findLeaks(me, before, new Set()), [], 'the sweep left nothing');
+});
+
+test('the checker also sees a killed second agent\'s home: its QEMU and the VM\'s state directory; the sweep removes them', { timeout: 120_000 }, async () => {
+  const guest = await buildTestGuest(GUEST_CACHE_DIR);
+  const before = await snapshotHost();
+  const env = { ...GUEST_HOST_DIRS_ENV, NIMBUS_VM_ACCEL: process.env.NIMBUS_VM_ACCEL || 'tcg' };
+  const d = createChaosDaemon(env);
+  const agent = createChaosDaemon(env, { name: 'chaos-b', controlPlane: d.socket });
+  const ids = new Set<string>();
+  try {
+    await d.start();
+    await agent.start();
+    const vm = await d.client.json<{ id: string }>('POST', '/vms', { name: 'v', memoryMiB: 128, agent: 'chaos-b', kernel: guest.kernel, initrd: guest.initrd, append: guest.append });
+    ids.add(vm.id);
+    await d.client.json('POST', `/vms/${vm.id}/start`);
+    // both killed, never restarted: the QEMU (it outlives its agent) and the state stay on the agent's home
+    await Promise.all([d.kill(), agent.kill()]);
+    const me: HomeIdentity = { home: agent.home, table: agent.net.NIMBUS_NFT_TABLE!, bridge: agent.net.NIMBUS_BRIDGE!, ids };
+    const leaks = [...(await findLeaks(me, before, new Set())), ...homeFileLeaks(agent.home)];
+    assert.ok(leaks.some((l) => l.kind === 'process' && l.what.includes('qemu')), `the agent's QEMU is reported: ${JSON.stringify(leaks)}`);
+    assert.ok(leaks.some((l) => l.kind === 'file' && l.what.includes(join('vms', 'instances', vm.id))), `the VM's state directory is reported: ${JSON.stringify(leaks)}`);
+  } finally {
+    await Promise.all([d.kill(), agent.kill()]);
+    await sweepHome(agent.home, ids);
+    await sweepHome(d.home, ids);
+  }
+  assert.equal(existsSync(agent.home), false);
+  const me: HomeIdentity = { home: agent.home, table: agent.net.NIMBUS_NFT_TABLE!, bridge: agent.net.NIMBUS_BRIDGE!, ids };
   assert.deepEqual(await findLeaks(me, before, new Set()), [], 'the sweep left nothing');
 });
 

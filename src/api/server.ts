@@ -22,6 +22,8 @@ interface CompiledRoute {
   route: Route;
   pattern: RegExp;
   paramNames: string[];
+  /** The query parameters it takes: its schema's and `project` (read by the edge's authorisation). */
+  queryNames: Set<string>;
   params?: TypeCheck<TSchema>;
   query?: TypeCheck<TSchema>;
   body?: TypeCheck<TSchema>;
@@ -109,6 +111,7 @@ export class ApiServer {
     this.compiled = routes.map((route) => ({
       route,
       ...compilePath(route.path),
+      queryNames: new Set(['project', ...Object.keys((route.query as { properties?: object } | undefined)?.properties ?? {})]),
       ...(route.params ? { params: TypeCompiler.Compile(route.params) } : {}),
       ...(route.query ? { query: TypeCompiler.Compile(route.query) } : {}),
       ...(route.body ? { body: TypeCompiler.Compile(route.body) } : {}),
@@ -171,6 +174,8 @@ export class ApiServer {
       const m = match.pattern.exec(path)!;
       const rawParams = Object.fromEntries(match.paramNames.map((n, i) => [n, decodeComponent(m[i + 1] ?? '', `path parameter "${n}"`)]));
       const rawQuery = parseQuery(search);
+      // unknown parameters are refused as unknown body fields are: a misspelt ?forse=true must not pass unnoticed
+      for (const k of Object.keys(rawQuery)) if (!match.queryNames.has(k)) throw new InvalidArgument(`unknown query parameter "${k.slice(0, 64)}"`);
       const params = checkOrThrow(match.params, rawParams, 'path parameter');
       const query = checkOrThrow(match.query, rawQuery, 'query parameter');
       // Whether they may: before the body is read, unless the project is named in it.

@@ -16,7 +16,7 @@
  *   save     → QMP migrate to a file, then quit; restore → QEMU -incoming from it
  */
 import { signalNumber } from '../../../core/signals.js';
-import { mkdir, readFile, readdir, rename, rm, writeFile, stat, open } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, writeFile, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -30,21 +30,11 @@ import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sle
 import { QmpClient, type QmpEvent } from './qmp.js';
 import type { OutgoingMigration, VmMigrationSpec } from '../../agent.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
-import { LineCursor, tailStart } from '../log-files.js';
+import { LineCursor } from '../log-files.js';
+import { checkConsoleLimits, consoleBytes, consoleStart, ConsoleCursor, DEFAULT_CONSOLE_LIMITS, forgetConsoleLog, watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
 
 /** A console line longer than this is handed out in pieces (a guest may print anything). */
 const CONSOLE_MAX_LINE = 64 * 1024;
-
-async function endsWithNewline(file: string, size: number): Promise<boolean> {
-  const fh = await open(file, 'r');
-  try {
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, size - 1);
-    return b[0] === 0x0a;
-  } finally {
-    await fh.close();
-  }
-}
 
 export type { MigrationReport } from '../../migration.js';
 
@@ -127,6 +117,10 @@ export interface VmDriverOptions {
   defaultMemoryMiB?: number;
   /** How often exits are noticed without a QMP connection. Default 100 ms. */
   exitPollMs?: number;
+  /** The serial console log's cap (console-log.ts). Default 1 MiB × 3 files. */
+  consoleLog?: Partial<ConsoleLogLimits>;
+  /** How often a running VM's console log size is checked. Default 250 ms. */
+  consoleCheckMs?: number;
 }
 
 const CLK_TCK = 100; // Linux USER_HZ on x86-64
@@ -139,6 +133,9 @@ export class VmDriver implements InstanceDriver {
   private readonly qemu: string;
   private readonly exitListeners: Array<(id: string) => void> = [];
   private readonly watchers = new Map<string, NodeJS.Timeout>();
+  /** Per running VM: stops its console log's size check. */
+  private readonly consoleWatchers = new Map<string, () => void>();
+  private readonly consoleLimits: ConsoleLogLimits;
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Graceful stops in flight: a SIGKILL cuts them short instead of waiting behind them (kill). */
   private readonly stopping = new Map<string, Promise<RuntimeState>>();
@@ -147,6 +144,7 @@ export class VmDriver implements InstanceDriver {
 
   constructor(private readonly o: VmDriverOptions) {
     this.qemu = o.qemuBinary ?? 'qemu-system-x86_64';
+    this.consoleLimits = checkConsoleLimits({ ...DEFAULT_CONSOLE_LIMITS, ...o.consoleLog });
     // A new driver over existing state: notice exits of VMs the old one started.
     void this.list()
       .then(async (ids) => {
@@ -345,12 +343,16 @@ export class VmDriver implements InstanceDriver {
     }, this.o.exitPollMs ?? 100);
     t.unref();
     this.watchers.set(id, t);
+    const consoleLog = this.paths(id).consoleLog;
+    this.consoleWatchers.set(id, watchConsoleLog(consoleLog, this.consoleLimits, this.o.consoleCheckMs ?? 250, (e) => log.warn('console log rotation failed', { id, error: e })));
   }
 
   private unwatch(id: string): void {
     const t = this.watchers.get(id);
     if (t) clearInterval(t);
     this.watchers.delete(id);
+    this.consoleWatchers.get(id)?.();
+    this.consoleWatchers.delete(id);
   }
 
   private async waitExit(id: string, ms: number): Promise<VmRecord> {
@@ -459,19 +461,14 @@ export class VmDriver implements InstanceDriver {
       if (isPartial || line.partial) r.partial = true;
       return r;
     };
-    // What the console printed on the hosts this VM migrated from, then here: read in chunks
-    // (log-files.ts), tail backwards from the end, never a whole file in memory.
-    const files = [consoleHistory(p), p.consoleLog];
-    let start = { index: 0, offset: 0 };
-    if (opts.tail !== undefined) {
-      // an unfinished last line is not one of the last N (it comes only when the console ends)
-      const size = await stat(p.consoleLog).then((st) => st.size, () => 0);
-      const unfinished = size > 0 && !(await endsWithNewline(p.consoleLog, size));
-      start = await tailStart(files, opts.tail + (unfinished && opts.tail > 0 ? 1 : 0));
-    }
+    // What the console printed on the hosts this VM migrated from, then here (the rotated
+    // generations oldest first, console-log.ts): read in chunks, tail backwards from the end,
+    // never a whole file in memory.
+    if (!existsSync(p.consoleLog)) throw new NotFound(`VM ${id} has no console log`, { id });
+    const start = await consoleStart(p.consoleLog, this.consoleLimits, consoleHistory(p), opts.tail);
     const lineOpts = { maxLine: CONSOLE_MAX_LINE };
-    if (start.index === 0) {
-      const history = await LineCursor.open(files[0]!, start.offset, lineOpts);
+    if (start.history !== undefined) {
+      const history = await LineCursor.open(consoleHistory(p), start.history, lineOpts);
       if (history) {
         try {
           for await (const l of history.lines()) yield rec(l);
@@ -481,8 +478,7 @@ export class VmDriver implements InstanceDriver {
         }
       }
     }
-    const cur = await LineCursor.open(p.consoleLog, start.index === 1 ? start.offset : 0, lineOpts);
-    if (!cur) throw new NotFound(`VM ${id} has no console log`, { id });
+    const cur = new ConsoleCursor(p.consoleLog, this.consoleLimits, start.gen, start.offset, CONSOLE_MAX_LINE);
     try {
       for await (const l of cur.lines()) yield rec(l);
       if (!opts.follow) {
@@ -570,6 +566,7 @@ export class VmDriver implements InstanceDriver {
           await sleep(25);
         }
       }
+      forgetConsoleLog(p.consoleLog);
     });
   }
 
@@ -618,8 +615,16 @@ export class VmDriver implements InstanceDriver {
       /* no state yet */
     }
     for (const d of dirs) {
-      if (existsSync(path.join(this.o.stateDir, d, 'vm.json'))) continue;
-      await rm(path.join(this.o.stateDir, d), { recursive: true, force: true });
+      // 'created' with a QEMU is only ever the destination half of a migration (prepareIncoming):
+      // its agent died before finishIncoming, so the control plane kept the guest at the source
+      if (existsSync(path.join(this.o.stateDir, d, 'vm.json'))) {
+        const r = await this.load(d).catch(() => undefined);
+        if (!r || r.lifecycle !== 'created' || !r.qemuPid) continue;
+        // its QEMU was killed above: the supervisor's last write (exit-status) may still land
+        for (let i = 0; i < 200 && processAlive(r.supervisorPid); i++) await sleep(10);
+      }
+      // ENOTEMPTY from such a late write must not fail the whole reconcile (the agent would count as down)
+      await rm(path.join(this.o.stateDir, d), { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
       removed.push(d);
     }
     if (killed.length || removed.length) log.info('vm reconcile', { killed, removed });
@@ -956,8 +961,7 @@ export class VmDriver implements InstanceDriver {
         throw e;
       }
       // the console's history travels with the VM (complete now: the guest no longer runs here)
-      const none = () => Buffer.alloc(0);
-      const history = Buffer.concat([await readFile(consoleHistory(p)).catch(none), await readFile(p.consoleLog).catch(none)]);
+      const history = await consoleBytes(p.consoleLog, this.consoleLimits, consoleHistory(p));
       return {
         ...(stoppedAt !== undefined ? { stoppedAt } : {}),
         qemuDowntimeMs: info?.downtime ?? -1,
