@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { LocalContentStore } from '../src/agent/content/local-content-store.js';
 import { LocalAgent } from '../src/agent/local-agent.js';
-import { HTTP_STATUS } from '../src/api/http-errors.js';
+import { HTTP_STATUS } from '../src/core/http-status.js';
 import { compileOptions, type CompiledOptions } from '../src/core/config.js';
 import { hasCode, type NimbusError } from '../src/core/errors.js';
 import { importImageArchive } from '../src/agent/images/import.js';

@@ -1,7 +1,7 @@
 /** /openapi.json generated from the route table's own schemas. */
 import type { TSchema } from '@sinclair/typebox';
 import type { Route } from './route.js';
-import { HTTP_STATUS } from './http-errors.js';
+import { HTTP_STATUS } from '../core/http-status.js';
 import { ErrorBody } from './schemas.js';
 import { harden } from './validate.js';
 

@@ -11,7 +11,7 @@ import { Conflict, NotFound } from '../core/errors.js';
 import type { Services } from '../control/services.js';
 import { buildOpenApi } from './openapi.js';
 import { allRoutes } from './routes/index.js';
-import { HTTP_STATUS } from './http-errors.js';
+import { HTTP_STATUS } from '../core/http-status.js';
 import { ERROR_CODES } from '../core/errors.js';
 
 // The edge alone: a small route table exercising validation, errors and streams.

@@ -6,7 +6,7 @@ import type { TSchema } from '@sinclair/typebox';
 import { InvalidArgument, NotFound, toNimbusError, Unauthenticated } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { Services } from '../control/services.js';
-import { HTTP_STATUS } from './http-errors.js';
+import { HTTP_STATUS } from '../core/http-status.js';
 import { isStreamBody, type Route, type RouteResult } from './route.js';
 import { authenticate, authorize, needsBody, type Transport } from './authz.js';
 import {

@@ -1,6 +1,6 @@
 /**
  * The fixed set of typed errors every layer throws. The API edge maps them to
- * HTTP exactly once (see src/api/http-errors.ts); nothing else picks status codes.
+ * HTTP exactly once (see src/core/http-status.ts, shared by the API and the agent protocol); nothing else picks status codes.
  */
 export const ERROR_CODES = [
   'InvalidArgument',

@@ -11,7 +11,7 @@ import { dirname } from 'node:path';
 import { finished, type Readable } from 'node:stream';
 import { InvalidArgument, NotFound, Unauthenticated, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import { HTTP_STATUS } from '../../api/http-errors.js';
+import { HTTP_STATUS } from '../../core/http-status.js';
 import type { Agent, PullOptions } from '../agent.js';
 import type { ExecRequest, LogRecord } from '../drivers/instance-driver.js';
 import {

@@ -8,7 +8,7 @@ import https from 'node:https';
 import { Duplex, PassThrough, Writable } from 'node:stream';
 import { InvalidArgument, NimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import { codeForStatus } from '../../api/http-errors.js';
+import { codeForStatus } from '../../core/http-status.js';
 import type { AddressProvider, Agent, AgentImage, PullOptions, PullProgress } from '../agent.js';
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import {

@@ -1,6 +1,6 @@
-import type { ErrorCode } from '../core/errors.js';
+import type { ErrorCode } from './errors.js';
 
-/** The one place typed errors become HTTP statuses (Incus SmartError). */
+/** The one place typed errors become HTTP statuses (Incus SmartError): the API's and the agent protocol's. */
 export const HTTP_STATUS: Record<ErrorCode, number> = {
   InvalidArgument: 400,
   Unauthenticated: 401,
