@@ -20,7 +20,7 @@ import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startTestRegistryWithImages, type TestRegistry } from '../test/helpers/registry-images.js';
-import { MEDIA, blobOf, makeTar, pushBlob, pushManifest, sha256Digest } from './fixtures/images.js';
+import { MEDIA, blobOf, makeTar, manifestOf, pushBlob, pushManifest, sha256Digest } from './fixtures/images.js';
 import { waitOperation } from '../bench/lib/daemon.js';
 import { createChaosDaemon, chaosHomes, sweepHome, type ChaosDaemon } from './chaos-daemon.js';
 import { findLeaks, homeFileLeaks, idsInHome, snapshotHost, type HomeIdentity, type Leak } from './chaos-host.js';
@@ -78,11 +78,7 @@ async function pushLargeImage(reg: TestRegistry, repo: string): Promise<string> 
   const baseConfig = JSON.parse(busybox.config.data.toString()) as { rootfs: { diff_ids: string[] } };
   const config = blobOf(Buffer.from(JSON.stringify({ ...baseConfig, rootfs: { type: 'layers', diff_ids: [...baseConfig.rootfs.diff_ids, sha256Digest(raw)] } })), MEDIA.config);
   const layers = [...busybox.layers, layer];
-  const manifest = blobOf(Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: MEDIA.manifest,
-    config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-    layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
-  })), MEDIA.manifest);
+  const manifest = manifestOf(config, layers);
   for (const b of [config, ...layers]) await pushBlob(reg.host, repo, b);
   await pushManifest(reg.host, repo, 'latest', manifest);
   return `${reg.host}/${repo}:latest`;

@@ -15,7 +15,7 @@ import { readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TSchema } from '@sinclair/typebox';
 import { allRoutes } from '../src/api/routes/index.js';
-import { HOST_PATH, hostPathFields, refuseHostPaths } from '../src/api/host-paths.js';
+import { HOST_PATH, fieldsWhere, hostPathFields, refuseHostPaths } from '../src/api/host-paths.js';
 import type { Route } from '../src/api/route.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { call } from './helpers/http.js';
@@ -32,17 +32,8 @@ const REVIEWED_NOT_HOST_PATHS: Record<string, string> = {
 };
 const FILE_LIKE = /path|file|dir|kernel|initrd|disk|device|socket|mount|bind|source|volume|root|image|workdir/i;
 
-/** Dotted string fields of a schema, with their schemas. */
-function stringFields(schema: TSchema | undefined, prefix = ''): string[] {
-  if (!schema || typeof schema !== 'object') return [];
-  const s = schema as Record<string, unknown>;
-  const out: string[] = [];
-  if (s.type === 'string') out.push(prefix);
-  if (s.properties) for (const [k, v] of Object.entries(s.properties as Record<string, TSchema>)) out.push(...stringFields(v, prefix ? `${prefix}.${k}` : k));
-  if (s.items) out.push(...stringFields(s.items as TSchema, `${prefix}[]`));
-  for (const key of ['anyOf', 'allOf', 'oneOf']) if (Array.isArray(s[key])) for (const v of s[key] as TSchema[]) out.push(...stringFields(v, prefix));
-  return [...new Set(out)];
-}
+/** Dotted paths of a schema's string fields. */
+const stringFields = (schema: TSchema | undefined) => fieldsWhere(schema, (s) => s.type === 'string');
 
 describe('host paths in the route table', () => {
   test('every file-like string field is declared a host path or reviewed', () => {

@@ -22,7 +22,7 @@ import { importImageArchive } from '../src/agent/images/import.js';
 import { pullImage, type LayerProgress } from '../src/agent/images/pull.js';
 import { TokenCache } from '../src/agent/images/registry-client.js';
 import {
-  MEDIA, blobOf, buildTestImages, makeTar, pushImage, pushTestImages, writeDockerSaveTar, writeOciLayoutTar, type TestImages,
+  MEDIA, blobOf, buildTestImages, makeTar, manifestOf, pushImage, pushTestImages, writeDockerSaveTar, writeOciLayoutTar, type TestImages,
 } from '../scripts/fixtures/images.js';
 import { startRegistry, startTamperingProxy, startTokenAuthProxy, type RegistryFixture } from '../scripts/fixtures/registry.js';
 
@@ -96,11 +96,7 @@ describe('pull from a real registry', () => {
     const raw = await makeTar([{ name: 'payload.bin', type: 'file', content: Buffer.alloc(8192, 0x5a) }]);
     const layer = blobOf(gzipSync(raw), MEDIA.layerGzip);
     const config = blobOf(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] }, rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(raw).digest('hex')}`] } })), MEDIA.config);
-    const manifest = blobOf(Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: MEDIA.manifest,
-      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-      layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
-    })), MEDIA.manifest);
+    const manifest = manifestOf(config, [layer]);
     await pushImage(reg!.host, 'nimbus-test/tampered', 'latest', { manifest, blobs: [config, layer] });
     const file = reg!.blobDataPath(layer.digest);
     const bytes = readFileSync(file);
@@ -206,11 +202,7 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
       architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] },
       rootfs: { type: 'layers', diff_ids: raws.map((r) => `sha256:${createHash('sha256').update(r).digest('hex')}`) },
     })), MEDIA.config);
-    const manifest = blobOf(Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: MEDIA.manifest,
-      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-      layers: blobs.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
-    })), MEDIA.manifest);
+    const manifest = manifestOf(config, blobs);
     await pushImage(reg!.host, repo, 'latest', { manifest, blobs: [config, ...blobs] });
     return { manifest, config, layers: blobs };
   }
@@ -311,11 +303,7 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
     // a layer that cannot even be stored: refused before anything is downloaded
     const noise = blobOf(randomBytes(30 * MiB), MEDIA.layer);
     const config = blobOf(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [noise.digest] } })), MEDIA.config);
-    const manifest = blobOf(Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: MEDIA.manifest,
-      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-      layers: [{ mediaType: noise.mediaType, digest: noise.digest, size: noise.size }],
-    })), MEDIA.manifest);
+    const manifest = manifestOf(config, [noise]);
     await pushImage(reg!.host, 'nimbus-test/noise', 'latest', { manifest, blobs: [config, noise] });
     await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/noise:latest`, {}, () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'ResourceExhausted'), String(e));

@@ -16,23 +16,28 @@ import type { Principal } from '../control/identity/access.js';
 /** The schema keyword marking a field that may carry a host path. */
 export const HOST_PATH = 'x-nimbus-host-path';
 
-/** Dotted paths ("a.b", "list[]") of the host-path fields in a schema. */
-export function hostPathFields(schema: TSchema | undefined, prefix = ''): string[] {
+/** Dotted paths ("a.b", "list[]", "map{}") of the fields of a schema whose own schema matches. */
+export function fieldsWhere(schema: TSchema | undefined, match: (s: TSchema & Record<string, unknown>) => boolean, prefix = ''): string[] {
   if (!schema || typeof schema !== 'object') return [];
   const s = schema as TSchema & Record<string, unknown>;
   const out: string[] = [];
-  if (s[HOST_PATH] === true) out.push(prefix);
+  if (match(s)) out.push(prefix);
   if (s.properties && typeof s.properties === 'object') {
-    for (const [k, v] of Object.entries(s.properties as Record<string, TSchema>)) out.push(...hostPathFields(v, prefix ? `${prefix}.${k}` : k));
+    for (const [k, v] of Object.entries(s.properties as Record<string, TSchema>)) out.push(...fieldsWhere(v, match, prefix ? `${prefix}.${k}` : k));
   }
-  if (s.items && typeof s.items === 'object') out.push(...hostPathFields(s.items as TSchema, `${prefix}[]`));
+  if (s.items && typeof s.items === 'object') out.push(...fieldsWhere(s.items as TSchema, match, `${prefix}[]`));
   for (const key of ['anyOf', 'allOf', 'oneOf'] as const) {
-    if (Array.isArray(s[key])) for (const v of s[key] as TSchema[]) out.push(...hostPathFields(v, prefix));
+    if (Array.isArray(s[key])) for (const v of s[key] as TSchema[]) out.push(...fieldsWhere(v, match, prefix));
   }
   if (s.patternProperties && typeof s.patternProperties === 'object') {
-    for (const v of Object.values(s.patternProperties as Record<string, TSchema>)) out.push(...hostPathFields(v, `${prefix}{}`));
+    for (const v of Object.values(s.patternProperties as Record<string, TSchema>)) out.push(...fieldsWhere(v, match, `${prefix}{}`));
   }
   return [...new Set(out)];
+}
+
+/** Dotted paths of the host-path fields in a schema. */
+export function hostPathFields(schema: TSchema | undefined): string[] {
+  return fieldsWhere(schema, (s) => s[HOST_PATH] === true);
 }
 
 /** The values found at a dotted field path ("a.b", "list[]", "map{}"). */

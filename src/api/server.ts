@@ -14,6 +14,7 @@ import {
   readJsonBody, serverOptions, type EdgeLimits,
 } from './edge.js';
 import { refuseHostPaths } from './host-paths.js';
+import { drainedOrClosed } from '../core/streams.js';
 import { checkOrThrow } from './validate.js';
 
 const log = logger('api');
@@ -56,19 +57,6 @@ export function sendError(res: ServerResponse, e: unknown, sse = false): void {
   res.end(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }));
 }
 
-/** Until the client has taken what was written, or is gone (one pair of listeners, removed after). */
-function drained(res: ServerResponse): Promise<void> {
-  if (res.destroyed) return Promise.resolve();
-  return new Promise<void>((resolve) => {
-    const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.on('drain', done);
-    res.on('close', done);
-  });
-}
 
 async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: AsyncIterable<unknown>, signal: AbortSignal) {
   res.writeHead(200, {
@@ -81,7 +69,7 @@ async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: 
     for await (const item of source) {
       if (signal.aborted || res.destroyed) break;
       const line = kind === 'sse' ? `data: ${JSON.stringify(item)}\n\n` : JSON.stringify(item) + '\n';
-      if (!res.write(line)) await drained(res);
+      if (!res.write(line)) await drainedOrClosed(res);
     }
     res.end();
   } catch (e) {

@@ -26,6 +26,7 @@ import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
 import { Value } from '@sinclair/typebox/value';
 import { InvalidArgument } from '../core/errors.js';
 import { signalNumber } from '../core/signals.js';
+import { isHostname } from '../core/hostname.js';
 import { MAX_UID } from '../core/limits.js';
 
 export type Where = 'path parameter' | 'query parameter' | 'request body';
@@ -50,10 +51,8 @@ const ANY_KEY = '^(.*)$';
 
 // ---- formats: each also names what it expects, for the error message -----------------------
 
-/** RFC 1123 host name: dot-separated labels of 1-63 letters, digits and '-', not starting or ending with '-'; 253 at most. */
-export function isHostname(s: string): boolean {
-  return s.length > 0 && s.length <= 253 && s.split('.').every((l) => /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/.test(l));
-}
+/** RFC 1123 host name (253 characters at most): core's, named here for the formats below. */
+export { isHostname };
 
 function isIdNumber(s: string): boolean {
   return /^(0|[1-9][0-9]{0,9})$/.test(s) && Number(s) <= MAX_UID;

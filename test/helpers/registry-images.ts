@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { startRegistry, type RegistryFixture } from '../../scripts/fixtures/registry.js';
 import {
-  MEDIA, blobOf, buildTestImages, makeTar, pushBlob, pushManifest, pushTestImages, sha256Digest, writeDockerSaveTar, writeOciLayoutTar,
+  MEDIA, blobOf, buildTestImages, makeTar, manifestOf, pushBlob, pushManifest, pushTestImages, sha256Digest, writeDockerSaveTar, writeOciLayoutTar,
   type TestImages,
 } from '../../scripts/fixtures/images.js';
 
@@ -44,11 +44,7 @@ export async function pushTamperedImage(reg: TestRegistry, repo = 'nimbus-test/t
     architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] },
     rootfs: { type: 'layers', diff_ids: [sha256Digest(raw)] },
   })), MEDIA.config);
-  const manifest = blobOf(Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: MEDIA.manifest,
-    config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-    layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
-  })), MEDIA.manifest);
+  const manifest = manifestOf(config, [layer]);
   await pushBlob(reg.host, repo, config);
   await pushBlob(reg.host, repo, layer);
   await pushManifest(reg.host, repo, 'latest', manifest);
@@ -71,11 +67,7 @@ export async function imageArchives(images: TestImages, dir: string): Promise<{ 
 export async function pushZstdImage(reg: TestRegistry, repo = 'nimbus-test/zstd'): Promise<void> {
   const img = reg.images.amd64;
   const layers = img.rawLayers.map((raw) => blobOf(execFileSync('zstd', ['-q', '-c', '-3'], { input: raw, maxBuffer: 256 * 1024 * 1024 }), 'application/vnd.oci.image.layer.v1.tar+zstd'));
-  const manifest = blobOf(Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: MEDIA.manifest,
-    config: { mediaType: img.config.mediaType, digest: img.config.digest, size: img.config.size },
-    layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
-  })), MEDIA.manifest);
+  const manifest = manifestOf(img.config, layers);
   await pushBlob(reg.host, repo, img.config);
   for (const l of layers) await pushBlob(reg.host, repo, l);
   await pushManifest(reg.host, repo, 'latest', manifest);

@@ -74,6 +74,18 @@ export async function readAll(s: Readable): Promise<string> {
 }
 
 let seq = 0;
+/** A spec that runs args as root in rootfsDir, bind-mounted read-write (a test's busybox tree). */
+export function bindRootfsSpec(rootfsDir: string, id: string, args: string[], over: Partial<InstanceSpec> = {}): InstanceSpec {
+  return {
+    id,
+    name: id,
+    rootfs: [{ type: 'bind', source: rootfsDir, options: ['rbind', 'rw'] }],
+    process: { args, env: [], cwd: '/', user: '0:0' },
+    resources: {},
+    ...over,
+  };
+}
+
 export function freshId(prefix = 'conf'): string {
   return `${prefix}-${process.pid}-${Date.now().toString(36)}-${(seq++).toString(36)}`;
 }

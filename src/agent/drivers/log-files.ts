@@ -64,24 +64,70 @@ async function readFully(fh: FileHandle, buf: Buffer, n: number, pos: number): P
   }
 }
 
+/**
+ * Chunks to lines: the complete lines of each chunk (after what was left of the last), the piece
+ * after the last newline kept (copied: the caller may reuse its chunk). A line longer than maxLine
+ * is a DataLoss error when a label names the log (a writer that never writes one: the file is
+ * corrupt), else it is handed out in maxLine pieces marked partial (a guest's console may print anything).
+ */
+export class LineSplitter {
+  private pendingBuf: Buffer | undefined;
+
+  constructor(
+    private readonly maxLine: number,
+    private readonly label?: string,
+  ) {}
+
+  /** The lines this chunk completes; returns how many. */
+  *split(chunk: Buffer): Generator<{ text: string; partial?: true }, number> {
+    let count = 0;
+    let buf = chunk;
+    if (this.pendingBuf) {
+      buf = Buffer.concat([this.pendingBuf, chunk]);
+      this.pendingBuf = undefined;
+    }
+    let start = 0;
+    for (;;) {
+      const nl = buf.indexOf(0x0a, start);
+      if (nl < 0) break;
+      const text = buf.toString('utf8', start, nl);
+      start = nl + 1;
+      count++;
+      yield { text };
+    }
+    if (buf.length - start > this.maxLine) {
+      if (this.label !== undefined) throw new DataLoss(`${this.label}: a line longer than ${this.maxLine} bytes; the log is corrupt`);
+      const text = buf.toString('utf8', start);
+      start = buf.length;
+      count++;
+      yield { text, partial: true };
+    }
+    if (start < buf.length) this.pendingBuf = Buffer.from(buf.subarray(start));
+    return count;
+  }
+
+  /** The piece after the last newline seen so far. */
+  pending(): string {
+    return this.pendingBuf?.toString('utf8') ?? '';
+  }
+}
+
 /** One open file read forward: its complete lines, the piece after the last newline kept for later. */
 export class LineCursor {
-  private pendingBuf: Buffer | undefined;
   private readonly chunk = Buffer.allocUnsafe(CHUNK);
+  private readonly splitter: LineSplitter;
 
   private constructor(
     private readonly fh: FileHandle,
     readonly ino: number,
     private pos: number,
-    private readonly maxLine: number,
-    private readonly label: string | undefined,
-  ) {}
+    maxLine: number,
+    label: string | undefined,
+  ) {
+    this.splitter = new LineSplitter(maxLine, label);
+  }
 
-  /**
-   * Undefined when the file is gone. A line longer than maxLine is a DataLoss error when a
-   * label names the log (a writer that never writes one: the file is corrupt), else it is
-   * handed out in maxLine pieces marked partial (a guest's console may print anything).
-   */
+  /** Undefined when the file is gone. Over-long lines: see LineSplitter. */
   static async open(file: string, offset: number, opts: { maxLine: number; label?: string }): Promise<LineCursor | undefined> {
     let fh: FileHandle;
     try {
@@ -106,34 +152,13 @@ export class LineCursor {
       const { bytesRead } = await this.fh.read(this.chunk, 0, CHUNK, this.pos);
       if (bytesRead === 0) return count;
       this.pos += bytesRead;
-      let buf = this.chunk.subarray(0, bytesRead);
-      if (this.pendingBuf) {
-        buf = Buffer.concat([this.pendingBuf, buf]);
-        this.pendingBuf = undefined;
-      }
-      let start = 0;
-      for (;;) {
-        const nl = buf.indexOf(0x0a, start);
-        if (nl < 0) break;
-        const text = buf.toString('utf8', start, nl);
-        start = nl + 1;
-        count++;
-        yield { text };
-      }
-      if (buf.length - start > this.maxLine) {
-        if (this.label !== undefined) throw new DataLoss(`${this.label}: a line longer than ${this.maxLine} bytes; the log is corrupt`);
-        const text = buf.toString('utf8', start);
-        start = buf.length;
-        count++;
-        yield { text, partial: true };
-      }
-      if (start < buf.length) this.pendingBuf = Buffer.from(buf.subarray(start)); // a copy: the chunk is reused
+      count += yield* this.splitter.split(this.chunk.subarray(0, bytesRead));
     }
   }
 
   /** The piece after the last newline read so far. */
   pending(): string {
-    return this.pendingBuf?.toString('utf8') ?? '';
+    return this.splitter.pending();
   }
 
   close(): Promise<void> {

@@ -5,7 +5,6 @@
  * `{"error":{code,message,details?}}` and come out of the client as the same NimbusError.
  */
 import { ERROR_CODES, NimbusError, toNimbusError, type ErrorCode } from '../../core/errors.js';
-import type { Writable } from 'node:stream';
 import type { Agent } from '../agent.js';
 
 export const AGENT_PATH_PREFIX = '/agent/v1';
@@ -164,15 +163,3 @@ export async function* ndjsonRecords(body: AsyncIterable<Buffer | string>): Asyn
   if (buf.trim()) throw new Error('stream ended inside a record');
 }
 
-/** Resolves when a stream that refused a write can take more, or has gone (its reader gave up). */
-export function drainedOrClosed(dest: Writable): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      dest.off('drain', done);
-      dest.off('close', done);
-      resolve();
-    };
-    dest.once('drain', done);
-    dest.once('close', done);
-  });
-}

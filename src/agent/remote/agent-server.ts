@@ -12,6 +12,7 @@ import { finished, type Readable } from 'node:stream';
 import { InvalidArgument, NotFound, Unauthenticated, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
+import { drainedOrClosed } from '../../core/streams.js';
 import type { Agent, PullOptions } from '../agent.js';
 import type { ExecRequest, LogRecord } from '../drivers/instance-driver.js';
 import {
@@ -22,7 +23,6 @@ import {
   NDJSON,
   PING_INTERVAL_MS,
   decodeArgs,
-  drainedOrClosed,
   encodeError,
   isUnaryMethod,
   ndjsonLine,

@@ -9,6 +9,7 @@ import { Duplex, PassThrough, Writable } from 'node:stream';
 import { InvalidArgument, NimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
+import { drainedOrClosed } from '../../core/streams.js';
 import type { AddressProvider, Agent, AgentImage, PullOptions, PullProgress } from '../agent.js';
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import {
@@ -17,7 +18,6 @@ import {
   PATHS,
   PING_INTERVAL_MS,
   decodeError,
-  drainedOrClosed,
   encodeArgs,
   isWireError,
   ndjsonRecords,

@@ -76,6 +76,8 @@ function forViewer<T extends VmRecord & { host?: VmInspect | null }>(v: T, auth:
 
 /** Records carry their instance type, so a client merging /containers and /vms can tell them apart. */
 const typed = <T extends object>(v: T) => ({ ...v, type: 'vm' as const });
+/** A VM as this caller may see it (forViewer), typed. */
+const shown = <T extends VmRecord & { host?: VmInspect | null }>(v: T, auth: RequestAuth) => typed(forViewer(v, auth));
 
 export const vmRoutes = [
   route({
@@ -85,14 +87,14 @@ export const vmRoutes = [
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Vm),
     handler: ({ query, services, auth }) =>
-      services.vms.list({ all: query.all }).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => typed(forViewer(v, auth))),
+      services.vms.list({ all: query.all }).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => shown(v, auth)),
   }),
   route({
     method: 'POST', path: '/vms', operationId: 'createVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: 'query' },
     summary: 'Create a VM (kernel boot or disk image); it is created, not started', status: 201,
     body: VmCreate, response: Vm,
-    handler: async ({ body, services, auth }) => typed(forViewer(await services.vms.create(body, auth.project(), { hostPaths: isSystemAdmin(auth) }), auth)),
+    handler: async ({ body, services, auth }) => shown(await services.vms.create(body, auth.project(), { hostPaths: isSystemAdmin(auth) }), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/clone', operationId: 'createVmFromTemplate', tag: 'vms', access: 'write',
@@ -100,7 +102,7 @@ export const vmRoutes = [
     summary: 'Create a VM from a saved one used as a template (same devices, disk backed by its); restore starts it', status: 201,
     params: IdParam, body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })) }, { additionalProperties: false }),
     response: Vm,
-    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.createFromTemplate(params.id, body.name, auth.project()), auth)),
+    handler: async ({ params, body, services, auth }) => shown(await services.vms.createFromTemplate(params.id, body.name, auth.project()), auth),
   }),
   route({
     method: 'GET', path: '/vms/{id}', operationId: 'inspectVm', tag: 'vms', access: 'read',
@@ -109,7 +111,7 @@ export const vmRoutes = [
     params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
     handler: async ({ params, services, auth }) => {
       const v = await services.vms.inspect(params.id);
-      return { ...typed(forViewer(v, auth)), network: { endpoints: services.networks.endpointsOf(v.id) } };
+      return { ...shown(v, auth), network: { endpoints: services.networks.endpointsOf(v.id) } };
     },
   }),
   route({
@@ -126,7 +128,7 @@ export const vmRoutes = [
     method: 'POST', path: '/vms/{id}/start', operationId: 'startVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Boot a created or stopped VM', params: IdParam, response: Vm,
-    handler: async ({ params, services, auth }) => typed(forViewer(await services.vms.start(params.id), auth)),
+    handler: async ({ params, services, auth }) => shown(await services.vms.start(params.id), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/stop', operationId: 'stopVm', tag: 'vms', access: 'write',
@@ -134,26 +136,26 @@ export const vmRoutes = [
     summary: 'Stop a VM: ACPI power button, then SIGKILL after the timeout (default 30 s)', params: IdParam,
     body: Type.Object({ timeout: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_STOP_TIMEOUT_SEC, description: `Seconds before SIGKILL (0 to ${MAX_STOP_TIMEOUT_SEC}); a kill or a forced removal cuts the wait short` })) }, { additionalProperties: false }),
     response: Vm,
-    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.stop(params.id, body.timeout), auth)),
+    handler: async ({ params, body, services, auth }) => shown(await services.vms.stop(params.id, body.timeout), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/kill', operationId: 'killVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Send a signal to QEMU (SIGKILL: hard power-off; SIGTERM: QEMU quits)', params: IdParam,
     body: Type.Object({ signal: SignalSpec({ default: 'SIGKILL', description: 'SIGKILL cuts a graceful stop in progress short' }) }, { additionalProperties: false }), response: Vm,
-    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.kill(params.id, body.signal), auth)),
+    handler: async ({ params, body, services, auth }) => shown(await services.vms.kill(params.id, body.signal), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/pause', operationId: 'pauseVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Stop the vCPUs', params: IdParam, response: Vm,
-    handler: async ({ params, services, auth }) => typed(forViewer(await services.vms.pause(params.id), auth)),
+    handler: async ({ params, services, auth }) => shown(await services.vms.pause(params.id), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/unpause', operationId: 'unpauseVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Resume the vCPUs', params: IdParam, response: Vm,
-    handler: async ({ params, services, auth }) => typed(forViewer(await services.vms.unpause(params.id), auth)),
+    handler: async ({ params, services, auth }) => shown(await services.vms.unpause(params.id), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/resize', operationId: 'resizeVm', tag: 'vms', access: 'write',
@@ -162,7 +164,7 @@ export const vmRoutes = [
     params: IdParam,
     body: Type.Object({ cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })), memoryMiB: Type.Optional(Type.Integer({ minimum: 16, maximum: MAX_VM_MEMORY_MIB })) }, { additionalProperties: false }),
     response: Type.Intersect([Vm, Type.Object({ balloonMiB: Type.Optional(Type.Integer({ description: 'Memory the running guest has now (balloon target)' })) })]),
-    handler: async ({ params, body, services, auth }) => typed(forViewer(await services.vms.resize(params.id, body), auth)),
+    handler: async ({ params, body, services, auth }) => shown(await services.vms.resize(params.id, body), auth),
   }),
   route({
     method: 'POST', path: '/vms/{id}/save', operationId: 'saveVm', tag: 'vms', access: 'write',

@@ -4,6 +4,7 @@
  * nothing invalid reaches the agent or the runtime.
  */
 import { InvalidArgument } from '../../core/errors.js';
+import { isHostname } from '../../core/hostname.js';
 import { MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { ipToInt } from '../../agent/network/network-driver.js';
 
@@ -14,16 +15,14 @@ export function checkStopTimeout(sec: number, field = 'timeout'): void {
   }
 }
 
-const LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
-
 /** RFC 1123 host name, within the 64 bytes of a UTS name (it is written into /etc/hosts too: no spaces, newlines, slashes). */
 export function checkHostname(h: string): void {
-  if (h.length === 0 || h.length > 63 || !h.split('.').every((l) => LABEL.test(l))) {
+  if (!isHostname(h, 63)) {
     throw new InvalidArgument(`hostname ${JSON.stringify(h.slice(0, 80))} is not a valid host name (RFC 1123: letters, digits, '-', dots between labels; at most 63 characters)`, { field: 'hostname' });
   }
 }
 
-/** A dotted IPv4 address (the network service's helpers throw a RangeError on anything else). */
+/** A dotted IPv4 address, as the network layer parses it; the error names the field. */
 export function checkIpv4(ip: string, field = 'ip'): void {
   try {
     ipToInt(ip);

@@ -25,6 +25,22 @@ import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
+/** The control plane around a container service on `store` and `agent`: project p1 and the image example.test/busybox:latest in it. */
+function wireContainerService(store: SqliteStore, agent: Agent, opts?: ConstructorParameters<typeof ContainerService>[7]): ContainerService {
+  store.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
+  const events = new EventBus();
+  const quota = new QuotaService(store);
+  quota.ensureProject('p1', null);
+  const operations = new OperationService(store, events);
+  const images = new ImageService(store, agent, events, operations, []);
+  const networks = new NetworkService(store, agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
+  const containers = new ContainerService(store, agent, images, events, quota, operations, networks, opts);
+  const now = new Date().toISOString();
+  store.images.upsert({ digest: DIGEST, projectId: 'p1', indexDigest: null, configDigest: DIGEST, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: DIGEST, size: 1, createdAt: now });
+  store.images.setTag({ projectId: 'p1', name: 'example.test/busybox:latest', digest: DIGEST, updatedAt: now });
+  return containers;
+}
+
 function setup(t: { after(fn: () => void): void }, startFails: boolean, over: Record<string, unknown> = {}, opts: ContainerServiceOptions = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-'));
   const store = new SqliteStore(join(dir, 'nimbus.db'));
@@ -52,17 +68,7 @@ function setup(t: { after(fn: () => void): void }, startFails: boolean, over: Re
     onContainerExit: () => undefined,
     ...over,
   } as unknown as Agent;
-  store.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
-  const events = new EventBus();
-  const quota = new QuotaService(store);
-  quota.ensureProject('p1', null);
-  const operations = new OperationService(store, events);
-  const images = new ImageService(store, agent, events, operations, []);
-  const networks = new NetworkService(store, agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
-  const containers = new ContainerService(store, agent, images, events, quota, operations, networks, opts);
-  const now = new Date().toISOString();
-  store.images.upsert({ digest: DIGEST, projectId: 'p1', indexDigest: null, configDigest: DIGEST, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: DIGEST, size: 1, createdAt: now });
-  store.images.setTag({ projectId: 'p1', name: 'example.test/busybox:latest', digest: DIGEST, updatedAt: now });
+  const containers = wireContainerService(store, agent, opts);
   const input = (extra: Record<string, unknown> = {}) =>
     ({ image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
   return { store, containers, calls, input };
@@ -211,17 +217,7 @@ async function realSetup(t: { after(fn: () => Promise<void>): void; diagnostic(m
   const dir = join(base, 'db');
   await mkdir(dir);
   const store = new SqliteStore(join(dir, 'nimbus.db'));
-  store.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
-  const events = new EventBus();
-  const quota = new QuotaService(store);
-  quota.ensureProject('p1', null);
-  const operations = new OperationService(store, events);
-  const images = new ImageService(store, agent, events, operations, []);
-  const networks = new NetworkService(store, agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
-  const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
-  const now = new Date().toISOString();
-  store.images.upsert({ digest: DIGEST, projectId: 'p1', indexDigest: null, configDigest: DIGEST, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: DIGEST, size: 1, createdAt: now });
-  store.images.setTag({ projectId: 'p1', name: 'example.test/busybox:latest', digest: DIGEST, updatedAt: now });
+  const containers = wireContainerService(store, agent);
   t.after(async () => {
     containers.shutdown();
     for (const id of await driver.list()) await driver.delete(id).catch((e: unknown) => console.error('teardown delete', id, e));

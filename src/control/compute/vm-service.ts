@@ -23,6 +23,7 @@ import { assertVmTransition, isLive } from './vm-state.js';
 import { generateName } from './names.js';
 import { AsyncQueue } from '../../core/async-queue.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
+import { InFlight } from '../../core/in-flight.js';
 import { signalNumber } from '../../core/signals.js';
 import type { Readable } from 'node:stream';
 
@@ -64,7 +65,7 @@ const MAX_DOWNTIME_LIMIT_MS = 60_000;
 export class VmService {
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Graceful stops in flight, which a SIGKILL may cut short (see stop). */
-  private readonly stopping = new Map<string, Promise<VmRecord>>();
+  private readonly stopping = new InFlight<VmRecord>();
 
   constructor(
     private readonly store: Store,
@@ -345,12 +346,7 @@ export class VmService {
       if (!isLive(cur.status)) return cur;
       return this.recordStop(v.id, await this.on(cur).stopVm(v.id, timeoutSec));
     });
-    this.stopping.set(v.id, done);
-    const forget = () => {
-      if (this.stopping.get(v.id) === done) this.stopping.delete(v.id);
-    };
-    done.then(forget, forget);
-    return done;
+    return this.stopping.track(v.id, done);
   }
 
   /** Ends a graceful stop in flight at once (SIGKILL to QEMU) and waits for it to record the exit. */

@@ -8,6 +8,7 @@ import { cgroupPaths, detectCgroupLayout, removeCgroupParentIfEmpty } from '../.
 import { mountsUnder } from '../../snapshots/mount.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import {
+  bindRootfsSpec,
   collectLogs,
   freshId,
   instanceDriverConformance,
@@ -84,14 +85,7 @@ async function makeEnv(label: string): Promise<Env> {
     driver,
     newDriver,
     async make(id, args, over = {}) {
-      return {
-        id,
-        name: id,
-        rootfs: [{ type: 'bind', source: rootfsDir, options: ['rbind', 'rw'] }],
-        process: { args, env: [], cwd: '/', user: '0:0' },
-        resources: {},
-        ...over,
-      };
+      return bindRootfsSpec(rootfsDir, id, args, over);
     },
     async teardown() {
       const d = newDriver();

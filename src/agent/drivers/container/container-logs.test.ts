@@ -10,7 +10,7 @@ import { run } from '../../../core/exec.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { mountsUnder } from '../../snapshots/mount.js';
 import type { InstanceSpec, LogRecord } from '../instance-driver.js';
-import { freshId, waitStopped } from '../instance-driver-conformance.js';
+import { bindRootfsSpec, freshId, waitStopped } from '../instance-driver-conformance.js';
 import { ContainerDriver } from './container-driver.js';
 import { readK8sLog, resolveLogLimits, rotateOnce } from './container-logs.js';
 import { probeRuntime } from './oci-runtime.js';
@@ -159,14 +159,7 @@ if (runcReason) {
     let rootfsDir: string;
     let d: ContainerDriver;
     const cgroupParent = `/nimbus-test-${process.pid}-logs`;
-    const spec = (id: string, args: string[], over: Partial<InstanceSpec> = {}): InstanceSpec => ({
-      id,
-      name: id,
-      rootfs: [{ type: 'bind', source: rootfsDir, options: ['rbind', 'rw'] }],
-      process: { args, env: [], cwd: '/', user: '0:0' },
-      resources: {},
-      ...over,
-    });
+    const spec = (id: string, args: string[], over: Partial<InstanceSpec> = {}): InstanceSpec => bindRootfsSpec(rootfsDir, id, args, over);
 
     before(async () => {
       base = await mkdtemp(path.join(tmpdir(), 'nimbus-ctrlogs-'));

@@ -17,7 +17,7 @@
 import { ftruncateSync, readSync, writeSync } from 'node:fs';
 import { open, readFile, rename, rm, stat, truncate, type FileHandle } from 'node:fs/promises';
 import { InvalidArgument } from '../../../core/errors.js';
-import { CHUNK, tailStart } from '../log-files.js';
+import { CHUNK, LineSplitter, tailStart } from '../log-files.js';
 
 export interface ConsoleLogLimits {
   /** Rotate when console.log is larger than this. */
@@ -198,8 +198,8 @@ export async function consoleBytes(live: string, l: ConsoleLogLimits, history: s
 export class ConsoleCursor {
   private fh: FileHandle | undefined;
   private fhIsLive = false;
-  private pendingBuf: Buffer | undefined;
   private readonly chunk = Buffer.allocUnsafe(CHUNK);
+  private readonly splitter: LineSplitter;
   /** Bytes skipped because a follower fell more than maxFiles rotations behind. */
   skipped = false;
 
@@ -208,8 +208,10 @@ export class ConsoleCursor {
     private readonly l: ConsoleLogLimits,
     private gen: number,
     private pos: number,
-    private readonly maxLine: number,
-  ) {}
+    maxLine: number,
+  ) {
+    this.splitter = new LineSplitter(maxLine);
+  }
 
   /** The next chunk of the stream, or undefined at the live file's current end. Under the lock. */
   private async read(s: FileState): Promise<Buffer | undefined> {
@@ -253,39 +255,17 @@ export class ConsoleCursor {
   async *lines(): AsyncGenerator<{ text: string; partial?: true }, number> {
     let count = 0;
     for (;;) {
-      // parse outside the lock: a consumer may take its time between lines
-      const got = await withLock(this.live, async (s) => {
-        const b = await this.read(s);
-        return b && Buffer.from(b);
-      });
+      // parse outside the lock: a consumer may take its time between lines (the chunk is not read
+      // into again before every line of it has been taken, and the splitter copies what it keeps)
+      const got = await withLock(this.live, (s) => this.read(s));
       if (!got) return count;
-      let buf = got;
-      if (this.pendingBuf) {
-        buf = Buffer.concat([this.pendingBuf, buf]);
-        this.pendingBuf = undefined;
-      }
-      let start = 0;
-      for (;;) {
-        const nl = buf.indexOf(0x0a, start);
-        if (nl < 0) break;
-        const text = buf.toString('utf8', start, nl);
-        start = nl + 1;
-        count++;
-        yield { text };
-      }
-      if (buf.length - start > this.maxLine) {
-        const text = buf.toString('utf8', start);
-        start = buf.length;
-        count++;
-        yield { text, partial: true };
-      }
-      if (start < buf.length) this.pendingBuf = buf.subarray(start);
+      count += yield* this.splitter.split(got);
     }
   }
 
   /** The piece after the last newline read so far. */
   pending(): string {
-    return this.pendingBuf?.toString('utf8') ?? '';
+    return this.splitter.pending();
   }
 
   private async closeFile(): Promise<void> {

@@ -16,6 +16,7 @@
  *   save     → QMP migrate to a file, then quit; restore → QEMU -incoming from it
  */
 import { signalNumber } from '../../../core/signals.js';
+import { InFlight } from '../../../core/in-flight.js';
 import { mkdir, readFile, readdir, rename, rm, writeFile, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
@@ -138,7 +139,7 @@ export class VmDriver implements InstanceDriver {
   private readonly consoleLimits: ConsoleLogLimits;
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Graceful stops in flight: a SIGKILL cuts them short instead of waiting behind them (kill). */
-  private readonly stopping = new Map<string, Promise<RuntimeState>>();
+  private readonly stopping = new InFlight<RuntimeState>();
   /** Incoming live migrations in flight here: a QMP session open from before the stream starts. */
   private readonly incoming = new Map<string, IncomingMigration>();
 
@@ -416,12 +417,7 @@ export class VmDriver implements InstanceDriver {
       if (r.lifecycle === 'running' || r.lifecycle === 'paused') r = await this.hardKill(r);
       return this.toState(r);
     });
-    this.stopping.set(id, done);
-    const forget = () => {
-      if (this.stopping.get(id) === done) this.stopping.delete(id);
-    };
-    done.then(forget, forget);
-    return done;
+    return this.stopping.track(id, done);
   }
 
   pause(id: string): Promise<void> {
