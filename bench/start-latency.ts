@@ -13,12 +13,17 @@
  *                 request meets an idle host: the latency a user sees
  *   back-to-back  no pause: latency under sustained load, where background work
  *                 (nimbus' warm pool and removals) competes with the requests
- * Nimbus runs with its default warm pool (NIMBUS_WARM_POOL=2 per image).
+ * Nimbus runs with its default warm pool (NIMBUS_WARM_POOL=2 per image), on its embedded SQLite
+ * store and again on PostgreSQL (a throwaway cluster on a unix socket, scripts/fixtures/postgres.ts):
+ * the store a cloud of many hosts uses must not make a start slower, and the embedded one must
+ * stay as it was.
  * Run alone: node dist/bench/start-latency.js
  */
 import { run } from '../src/core/exec.js';
-import { CLI_MAIN, nimbusRunRm, type BenchDaemon } from './lib/daemon.js';
+import { CLI_MAIN, nimbusRunRm, startBenchDaemon, type BenchDaemon } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
+import { cleanup } from './lib/cleanup.js';
+import { startPostgres } from '../scripts/fixtures/postgres.js';
 import { PODMAN_RUN_FLAGS, podmanStore, prepareRuncBundle } from './lib/peers.js';
 import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
 import { measure, ratio, summarize, type Summary } from './lib/stats.js';
@@ -44,6 +49,29 @@ async function bothModes(label: string, fn: (i: number) => unknown): Promise<Mod
 type Side = Summary | { error: string };
 const err = (e: unknown) => ({ error: e instanceof Error ? e.message.slice(0, 500) : String(e) });
 const p = (s: Side | undefined, k: 'p50' | 'p95') => (s && 'p50' in s ? s[k] : null);
+
+/** The API side again, on a PostgreSQL store. */
+async function sideNimbusPostgres(env: BenchEnv): Promise<Modes> {
+  let d: BenchDaemon | undefined;
+  let stopCluster: (() => Promise<void>) | undefined;
+  try {
+    note(NAME, 'PostgreSQL: a cluster of its own (initdb, unix socket)');
+    const cluster = await startPostgres();
+    stopCluster = cleanup.add('postgres cluster', () => cluster.stop());
+    d = await startBenchDaemon(['--store', cluster.url]);
+    await d.pull(env.busybox);
+    const client = d.client;
+    const api = await bothModes('nimbus API (PostgreSQL store)', () => nimbusRunRm(client, env.busybox));
+    const left = await d.stop();
+    if (left.length) note(NAME, `nimbusd left behind: ${left.join(', ')}`);
+    return api;
+  } catch (e) {
+    await d?.stop().catch(() => undefined);
+    return { isolated: err(e), backToBack: err(e) };
+  } finally {
+    await stopCluster?.();
+  }
+}
 
 async function sideNimbus(env: BenchEnv): Promise<{ api: Modes; cli: Side; warmPool: unknown }> {
   let d: BenchDaemon | undefined;
@@ -94,6 +122,7 @@ async function sidePodman(image: string): Promise<{ podman: Modes; podmanVersion
 
 export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
   const nimbus = await sideNimbus(env);
+  const onPostgres = await sideNimbusPostgres(env);
   const runcS = await sideRunc('runc');
   const { podman, podmanVersion } = await sidePodman(env.busybox);
   note(NAME, `node startup floor: ${Math.min(RUNS, 10)} runs of node -e ''`);
@@ -106,9 +135,12 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
     backToBack_nimbusApi_over_podman_p50: ratio(p(nimbus.api.backToBack, 'p50'), p(podman.backToBack, 'p50')),
     backToBack_nimbusApi_over_runc_p50: ratio(p(nimbus.api.backToBack, 'p50'), p(runcS.backToBack, 'p50')),
     nimbusCli_over_podman_p50: ratio(p(nimbus.cli, 'p50'), p(podman.isolated, 'p50')),
+    postgres_over_sqlite_p50: ratio(p(onPostgres.isolated, 'p50'), p(nimbus.api.isolated, 'p50')),
+    postgres_over_runc_p50: ratio(p(onPostgres.isolated, 'p50'), p(runcS.isolated, 'p50')),
+    backToBack_postgres_over_sqlite_p50: ratio(p(onPostgres.backToBack, 'p50'), p(nimbus.api.backToBack, 'p50')),
   };
   const record = makeRecord(NAME, {
-    results: { runs: RUNS, gapMs: GAP_MS, image: env.busybox, unit: 'ms', nimbusApi: nimbus.api, nimbusCli: nimbus.cli, nodeStartup, warmPool: nimbus.warmPool },
+    results: { runs: RUNS, gapMs: GAP_MS, image: env.busybox, unit: 'ms', nimbusApi: nimbus.api, nimbusApiPostgres: onPostgres, nimbusCli: nimbus.cli, nodeStartup, warmPool: nimbus.warmPool },
     peers: {
       podman,
       podmanCommand: `podman run ${PODMAN_RUN_FLAGS.join(' ')} IMAGE true`,
@@ -129,6 +161,11 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
       row('run --rm true p50 (API)', 'p50', 'isolated', nimbus.api.isolated, ratios.nimbusApi_over_podman_p50, ratios.nimbusApi_over_runc_p50, `${GAP_MS} ms apart`),
       row('run --rm true p95 (API)', 'p95', 'isolated', nimbus.api.isolated, ratios.nimbusApi_over_podman_p95, ratios.nimbusApi_over_runc_p95, `${GAP_MS} ms apart`),
       row('run --rm true p50 (API, back to back)', 'p50', 'backToBack', nimbus.api.backToBack, ratios.backToBack_nimbusApi_over_podman_p50, ratios.backToBack_nimbusApi_over_runc_p50),
+      {
+        bench: NAME, figure: 'run --rm true p50 (API, PostgreSQL store)', unit: 'ms', nimbus: p(onPostgres.isolated, 'p50'),
+        peers: { sqlite: p(nimbus.api.isolated, 'p50'), runc: p(runcS.isolated, 'p50') }, ratio: ratios.postgres_over_sqlite_p50,
+        note: [ratios.postgres_over_runc_p50 !== null ? `/runc ${ratios.postgres_over_runc_p50}×` : '', 'error' in onPostgres.isolated ? onPostgres.isolated.error.slice(0, 60) : ''].filter(Boolean).join('; '),
+      },
       row('run --rm true p50 (CLI)', 'p50', 'isolated', nimbus.cli, ratios.nimbusCli_over_podman_p50, null, `node -e '' p50 ${nodeStartup.p50} ms`),
     ],
   };

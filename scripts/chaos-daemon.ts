@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { removeDaemonNetworks, testNetworkEnv } from '../src/agent/network/network-test-env.js';
-import { UnixClient } from '../bench/lib/daemon.js';
+import { joinTokenArgs, UnixClient } from '../bench/lib/daemon.js';
 import { cgroupMounts, homeProcesses, idsInHome, runtimeRoots, type HomeIdentity } from './chaos-host.js';
 
 const ROOT = join(import.meta.dirname, '../..'); // dist/scripts → repo root
@@ -69,7 +69,7 @@ export function createChaosDaemon(extraEnv: Record<string, string> = {}, agent?:
       client = new UnixClient(socket);
       log = '';
       const args = agent
-        ? ['agent', '--name', agent.name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${agent.controlPlane}`]
+        ? ['agent', '--name', agent.name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${agent.controlPlane}`, ...(await joinTokenArgs(agent.controlPlane, home))]
         : ['--home', home, '--socket', socket];
       const ready = agent ? 'registered with' : 'ready:';
       const c = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, ...args], {

@@ -14,8 +14,14 @@ function walk(dir, out = []) {
   return out;
 }
 
-const filter = process.argv.slice(2);
+// --unit: the fast tier for the edit-compile-test loop: the layers above the host (core, store
+// on SQLite, control, api, cli) and the static checks; no daemon, no QEMU, no PostgreSQL cluster.
+const UNIT = ['dist/src/core/', 'dist/src/store/', 'dist/src/control/', 'dist/src/api/', 'dist/src/cli/', 'dist/test/layers.test.js', 'dist/test/promises.test.js'];
+const args = process.argv.slice(2);
+const unit = args.includes('--unit');
+const filter = args.filter((a) => a !== '--unit');
 let files = ['dist/src', 'dist/test'].flatMap((d) => { try { return walk(d); } catch { return []; } });
+if (unit) files = files.filter((f) => UNIT.some((x) => f.startsWith(x)));
 if (filter.length) files = files.filter((f) => filter.some((x) => f.includes(x)));
 if (!files.length) {
   console.error('run-tests: no test files found (did the build run?)');

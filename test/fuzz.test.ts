@@ -50,6 +50,8 @@ const KNOWN_5XX: { operationId: string; status: number; message: RegExp; why: st
   // by design, not a defect: the agent the request named did not answer (502 Bad Gateway, docs/security.md);
   // the control plane itself is fine, and the agent's registration loop retries a 5xx
   { operationId: 'registerAgent', status: 502, message: /does not answer/, why: 'the agent URL the request named does not answer: 502 by design' },
+  // the same for a TCP agent registering over mutual TLS: the control plane calls it back first
+  { operationId: 'registerTlsAgent', status: 502, message: /does not answer/, why: 'the TLS agent URL the request named does not answer: 502 by design' },
 ];
 
 /** A body past the 4 MiB limit may be cut off by closing the connection (issue 13: "drained or closed at once"). */

@@ -70,8 +70,12 @@ async function secondHost() {
 /** The network namespace inode of a process. */
 const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
 
-/** `nimbusd agent` as a child process in the second host's namespace, started again on the same home by start(). */
-function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeof secondHost>>) {
+/**
+ * `nimbusd agent` as a child process in the second host's namespace, started again on the same
+ * home by start(). It listens on TCP, so it joins with a token on its first start (its
+ * certificate is kept in its home: later starts pass the spent token, which it does not use).
+ */
+function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeof secondHost>>, joinToken: string) {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-agent-'));
   const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() };
   let child: ChildProcess | undefined;
@@ -84,7 +88,7 @@ function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeo
       // nsenter --net: only the network namespace (ip netns exec would also mount a fresh /sys,
       // hiding the cgroup mounts); it execs node in place, so the child's pid is the agent's
       const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home,
-        '--listen', `${host.agentAddress}:0`, '--migration-address', host.agentAddress, '--control-plane', `unix:${controlPlaneSocket}`], {
+        '--listen', `${host.agentAddress}:0`, '--migration-address', host.agentAddress, '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], {
         stdio: ['ignore', 'pipe', 'pipe'], env,
       });
       child = c;
@@ -142,7 +146,7 @@ describe('live migration between two agents of one control plane', { concurrency
     host2 = await secondHost();
     // the embedded agent receives migrations on this host's end of the link
     d = await startDaemonProcess([], { NIMBUS_MIGRATION_ADDRESS: host2.hostAddress });
-    b = agentProcess(d.socket, host2);
+    b = agentProcess(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim());
     await b.start();
   });
   after(async () => {
@@ -166,12 +170,13 @@ describe('live migration between two agents of one control plane', { concurrency
     const list = await agents();
     assert.deepEqual(list.map((a) => [a.name, a.local, a.state]), [['local', true, 'up'], [AGENT, false, 'up']]);
     assert.equal(new URL(list[1]!.url ?? 'x:').hostname, host2.agentAddress, 'reached over the link, in its namespace');
-    assert.match(await cliOk(['agent', 'ls']), new RegExp(`${AGENT}\\s+up\\s+http://${host2.agentAddress.replaceAll('.', '\\.')}:`));
-    // a registration must answer at its URL with its token
-    const bad = await d.api<{ error: { code: string; message: string } }>('POST', '/agents', { name: 'ghost', url: list[1]!.url, token: 'x'.repeat(32) });
+    assert.match(await cliOk(['agent', 'ls']), new RegExp(`${AGENT}\\s+up\\s+https://${host2.agentAddress.replaceAll('.', '\\.')}:`), 'reached over TLS');
+    // a registration must answer at its URL under its name (its certificate names host-b) and token
+    const protocol = { min: 2, max: 2 };
+    const bad = await d.api<{ error: { code: string; message: string } }>('POST', '/agents', { name: 'ghost', url: list[1]!.url, token: 'x'.repeat(32), protocol });
     assert.equal(bad.status, 502);
     assert.match(bad.body.error.message, /does not answer/);
-    const liar = await d.api<{ error: { code: string } }>('POST', '/agents', { name: 'local', url: list[1]!.url, token: 'x'.repeat(32) });
+    const liar = await d.api<{ error: { code: string } }>('POST', '/agents', { name: 'local', url: list[1]!.url, token: 'x'.repeat(32), protocol });
     assert.equal(liar.status, 409, 'the embedded agent\'s name is taken');
   });
 

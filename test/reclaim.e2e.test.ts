@@ -10,25 +10,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { request } from 'node:http';
+import { call } from './helpers/http.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { imageArchives } from './helpers/registry-images.js';
 import { buildTestImages } from '../scripts/fixtures/images.js';
 
 let d: DaemonProcess;
 let dir: string;
-
-function upload(socketPath: string, path: string, body: Buffer): Promise<{ status: number; text: string }> {
-  return new Promise((ok, fail) => {
-    const req = request({ socketPath, method: 'POST', path, headers: { 'content-type': 'application/x-tar', 'content-length': body.length } }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => (text += c.toString()));
-      res.on('end', () => ok({ status: res.statusCode ?? 0, text }));
-    });
-    req.on('error', fail);
-    req.end(body);
-  });
-}
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'nimbus-reclaim-'));
@@ -46,7 +34,7 @@ test('a lender reclaims: the borrower\'s container is stopped after its grace pe
   assert.equal((await d.api('PUT', '/quota/org%2Flender', { hard: { instances: 1 }, lendingLimit: { instances: 1 } })).status, 200);
   assert.equal((await d.api('PUT', '/quota/org%2Fborrower', { borrowingLimit: { instances: 1 }, gracePeriodMs: 300 })).status, 200);
   const { dockerSave } = await imageArchives(await buildTestImages(), dir);
-  assert.equal((await upload(d.socket, '/images/import?project=org', readFileSync(dockerSave))).status, 201);
+  assert.equal((await call({ socketPath: d.socket }, 'POST', '/images/import?project=org', { raw: readFileSync(dockerSave) })).status, 201);
   const image = 'imported/saved:v1';
 
   // explain, as a table: the loan the borrower's create would take

@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { makeKeyAndCsr } from '../src/core/pki.js';
 import { call } from './helpers/http.js';
 
 let d: DaemonProcess;
@@ -55,9 +56,19 @@ test('passwords, tokens, API keys and agent secrets never reach the log or a lis
   assert.equal((await call(tcp, 'GET', '/auth/whoami', { token })).status, 401, 'a revoked token is refused');
   // an agent that does not answer: its secret is not in the error nor in the log
   const agentSecret = secret('agenttoken');
-  const reg = await call(sock, 'POST', '/agents', { body: { name: 'ghost', url: 'http://127.0.0.1:1', token: agentSecret } });
+  const reg = await call(sock, 'POST', '/agents', { body: { name: 'ghost', url: `unix:${d.home}/no-agent.sock`, token: agentSecret, protocol: { min: 2, max: 2 } } });
   assert.equal(reg.status, 502, reg.text);
   assert.ok(!reg.text.includes(agentSecret));
+  // a join token is shown once, to its issuer; redeeming a forged one echoes nothing of it
+  const jt = await call(sock, 'POST', '/agents/join-tokens', { body: {} });
+  assert.equal(jt.status, 201, jt.text);
+  const joinToken = (jt.body as { token: string }).token;
+  secrets.push(joinToken, joinToken.split('.')[2]!);
+  const forged = `${joinToken.split('.').slice(0, 2).join('.')}.${secret('forgedjoin')}.${joinToken.split('.')[3]}`;
+  const { csr } = await makeKeyAndCsr('ghost2');
+  const bad = await call(tcp, 'POST', '/agents/join', { body: { joinToken: forged, name: 'ghost2', csr, protocol: { min: 2, max: 2 } } });
+  assert.equal(bad.status, 401, bad.text);
+  assert.ok(!bad.text.includes(forged.split('.')[2]!));
 
   const printed = d.output();
   assert.match(printed, /debug|"level"/i, 'the daemon did log at debug level');

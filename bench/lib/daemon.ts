@@ -293,10 +293,26 @@ export interface BenchAgent {
   stop(): Promise<void>;
 }
 
-/** `nimbusd agent` on a fresh temp home, registered with the daemon at `controlPlaneSocket`. */
+/**
+ * The `--join-token` argument a TCP agent needs on its first start (agents on TCP speak mutual
+ * TLS with a certificate the control plane signs); none once its home holds a certificate.
+ */
+export async function joinTokenArgs(controlPlaneSocket: string, agentHome: string): Promise<string[]> {
+  if (existsSync(join(agentHome, 'tls'))) return [];
+  const client = new UnixClient(controlPlaneSocket);
+  try {
+    const { token } = await client.json<{ token: string }>('POST', '/agents/join-tokens', {});
+    return ['--join-token', token];
+  } finally {
+    client.close();
+  }
+}
+
+/** `nimbusd agent` on a fresh temp home, joined to and registered with the daemon at `controlPlaneSocket`. */
 export async function startBenchAgent(controlPlaneSocket: string, name: string): Promise<BenchAgent> {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-bench-agent-'));
-  const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`], {
+  const join_ = await joinTokenArgs(controlPlaneSocket, home);
+  const child: ChildProcess = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', name, '--home', home, '--listen', '127.0.0.1:0', '--control-plane', `unix:${controlPlaneSocket}`, ...join_], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() },
   });

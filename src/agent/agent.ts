@@ -65,9 +65,9 @@ export type ContainerNetworkRequest =
 
 export interface AddressProvider {
   /** An address on the network for this (warm) instance id, or undefined (none left, network gone). */
-  lease(networkId: string, instanceId: string): string | undefined;
+  lease(networkId: string, instanceId: string): Promise<string | undefined>;
   /** Give back whatever the id holds (idempotent; a no-op for ids that became containers). */
-  release(instanceId: string): void;
+  release(instanceId: string): Promise<void>;
 }
 
 export interface ContainerCreateRequest {

@@ -547,7 +547,7 @@ export class LocalAgent implements Agent {
         ...(t.runtime ? { runtime: t.runtime } : {}),
       });
       // its interface too, on the network its requests use, with an address leased ahead of demand
-      if (t.network && state.pid) await this.network.prewire(id, state.pid, t.network, this.addresses?.lease(t.network.id, id));
+      if (t.network && state.pid) await this.network.prewire(id, state.pid, t.network, await this.addresses?.lease(t.network.id, id));
     } catch (e) {
       await this.destroyContainerState(id).catch(() => undefined);
       throw e;
@@ -589,7 +589,7 @@ export class LocalAgent implements Agent {
   private async destroyContainerState(id: string): Promise<void> {
     await (await this.driverOf(id)).delete(id);
     await this.network.detach(id);
-    this.addresses?.release(id); // a warm container's lease (one that became a container's went with its record)
+    await this.addresses?.release(id); // a warm container's lease (one that became a container's went with its record)
     try {
       await this.snapshotter.remove(id);
     } catch (e) {

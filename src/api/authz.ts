@@ -29,11 +29,11 @@ function bearer(req: IncomingMessage): string | undefined {
   return m[1];
 }
 
-export function authenticate(req: IncomingMessage, transport: Transport, services: Services): Principal | undefined {
+export async function authenticate(req: IncomingMessage, transport: Transport, services: Services): Promise<Principal | undefined> {
   const token = bearer(req);
   if (token !== undefined) return services.identity.authenticate(token);
   if (transport === 'unix') {
-    return services.identity?.localAdmin(services.defaultProjectId) ??
+    return (await services.identity?.localAdmin(services.defaultProjectId)) ??
       { userId: null, name: 'local-admin', systemAdmin: true, defaultProjectId: services.defaultProjectId ?? null, via: 'socket', tokenId: null };
   }
   return undefined;
@@ -51,9 +51,10 @@ interface Request {
   body: unknown;
 }
 
-export function authorize(route: Route, principal: Principal | undefined, services: Services, r: Request): RequestAuth {
+export async function authorize(route: Route, principal: Principal | undefined, services: Services, r: Request): Promise<RequestAuth> {
   const decl = route.auth ?? UNDECLARED;
-  const access: PrincipalAccess | undefined = principal && services.access?.forPrincipal(principal);
+  // a system administrator's role is everywhere: no grants to load
+  const access: PrincipalAccess | undefined = principal && !principal.systemAdmin ? await services.access?.forPrincipal(principal) : undefined;
   const ctx = (projectId: string | undefined, resource?: RequestAuth['resource']): RequestAuth => ({
     principal,
     projectId,
@@ -73,27 +74,27 @@ export function authorize(route: Route, principal: Principal | undefined, servic
     return ctx(undefined);
   }
   const a = ctx(undefined);
-  const target = resolveTarget(decl.project, principal, services, r, (id) => a.canRead(id));
+  const target = await resolveTarget(decl.project, principal, services, r, (id) => a.canRead(id));
   if (target === undefined) return a; // all readable projects: the handler filters
   if (target !== null && !a.canRead(target.id)) throw new NotFound(`no such ${target.kind}: ${target.ref}`);
-  const checkOn = target === null ? null : decl.on === 'parent' ? services.store.projects.get(target.id)?.parentId ?? null : target.id;
+  const checkOn = target === null ? null : decl.on === 'parent' ? (await services.store.projects.get(target.id))?.parentId ?? null : target.id;
   const have: Role | undefined = checkOn === null ? (principal.systemAdmin ? 'admin' : undefined) : a.roleOn(checkOn);
   if (!atLeast(have, decl.role)) {
-    const where = checkOn === null ? 'the system (root projects)' : `project "${services.projects.path(checkOn)}"`;
+    const where = checkOn === null ? 'the system (root projects)' : `project "${await services.projects.path(checkOn)}"`;
     throw new PermissionDenied(`${route.operationId} needs the ${decl.role} role on ${where}${have ? `; you are ${have}` : ''}`);
   }
   return ctx(target?.id, target?.resource);
 }
 
 /** undefined: every readable project (query-or-all without ?project=, query-list with ?project=*); null: a root (no parent) — system administrators only. */
-function resolveTarget(
+async function resolveTarget(
   source: ProjectSource,
   principal: Principal,
   services: Services,
   r: Request,
   visible: (id: string) => boolean,
-): { id: string; kind: string; ref: string; resource?: RequestAuth['resource'] } | null | undefined {
-  const named = (ref: string) => ({ id: services.projects.resolve(ref, visible).id, kind: 'project', ref });
+): Promise<{ id: string; kind: string; ref: string; resource?: RequestAuth['resource'] } | null | undefined> {
+  const named = async (ref: string) => ({ id: (await services.projects.resolve(ref, visible)).id, kind: 'project', ref });
   if (source === 'query' || source === 'query-or-all' || source === 'query-list') {
     const q = r.rawQuery.project;
     const ref = Array.isArray(q) ? q[0] : q;
@@ -115,9 +116,9 @@ function resolveTarget(
   const q = r.rawQuery.project;
   const projectRef = Array.isArray(q) ? q[0] : q;
   const scope: ProjectScope = projectRef && projectRef !== '*'
-    ? { projectId: named(projectRef).id }
+    ? { projectId: (await named(projectRef)).id }
     : { canRead: visible, preferProjectId: principal.defaultProjectId };
-  const owner = source.owner(services, value, scope);
+  const owner = await source.owner(services, value, scope);
   if (typeof owner === 'string') return { id: owner, kind: source.kind, ref: value };
   return { id: owner.projectId, kind: source.kind, ref: value, resource: { param: source.param, id: owner.id } };
 }

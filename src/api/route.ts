@@ -28,7 +28,7 @@ export type ProjectSource =
    * then replaces the parameter so the handler acts on exactly what was authorised. It throws NotFound if
    * nothing in scope matches. Without `owner` the parameter names a project.
    */
-  | { param: string; kind: string; owner?: (services: Services, value: string, scope: ProjectScope) => string | { projectId: string; id: string } };
+  | { param: string; kind: string; owner?: (services: Services, value: string, scope: ProjectScope) => Promise<string | { projectId: string; id: string }> };
 
 /**
  * What a route needs from the caller, enforced by the edge before the handler

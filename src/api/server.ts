@@ -154,7 +154,7 @@ export class ApiServer {
       const isPublic = !!match.route.auth && 'public' in match.route.auth;
       let principal;
       try {
-        principal = authenticate(req, transport, this.services);
+        principal = await authenticate(req, transport, this.services);
       } catch (e) {
         if (!isPublic) throw e;
       }
@@ -168,7 +168,7 @@ export class ApiServer {
       const query = checkOrThrow(match.query, rawQuery, 'query parameter');
       // Whether they may: before the body is read, unless the project is named in it.
       const late = needsBody(match.route);
-      let auth = late ? undefined : authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body: undefined });
+      let auth = late ? undefined : await authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body: undefined });
       let rawBody: unknown;
       if (match.route.rawBody) {
         if (match.route.maxBodyBytes !== undefined) checkDeclaredLength(req, match.route.maxBodyBytes);
@@ -176,7 +176,7 @@ export class ApiServer {
         rawBody = await readJsonBody(req, match.route.maxBodyBytes ?? this.limits.maxBodyBytes, this.limits.headersTimeoutMs);
       }
       const body = checkOrThrow(match.body, presentBody(match.route.body, rawBody), 'request body');
-      auth ??= authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body });
+      auth ??= await authorize(match.route, principal, this.services, { params: rawParams, rawQuery, body });
       refuseHostPaths(match.route, { params, query, body }, principal);
       // The edge resolved a name in the caller's scope: the handler gets the resource's global id.
       if (auth.resource) (params as Record<string, string>)[auth.resource.param] = auth.resource.id;

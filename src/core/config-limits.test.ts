@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compileOptions } from './config.js';
+import { compileOptions, describeStore } from './config.js';
 
 test('image unpack limits: unset by default (the agent applies 16 GiB / 64 GiB), sizes with suffixes from env or overrides, bad values refused', () => {
   const home = '/var/lib/nimbus-test';
@@ -14,4 +14,13 @@ test('image unpack limits: unset by default (the agent applies 16 GiB / 64 GiB),
   for (const bad of ['0', '-1', '1.5g', '12x', 'g', '99999999999t']) {
     assert.throws(() => compileOptions({ home }, { NIMBUS_IMAGE_MAX_BYTES: bad }), { code: 'InvalidArgument', message: /NIMBUS_IMAGE_MAX_BYTES/ }, bad);
   }
+});
+
+test('a PostgreSQL store location is shown without its password, a socket URL included', () => {
+  assert.equal(describeStore('postgres://nimbus:s3cret@db.example:5432/nimbus'), 'postgres://nimbus:***@db.example:5432/nimbus');
+  assert.equal(describeStore('postgresql://nimbus@/nimbus?host=/run/postgresql&password=s3cret&max=4'), 'postgresql://nimbus@/nimbus?host=/run/postgresql&password=***&max=4');
+  assert.equal(describeStore('/var/lib/nimbus/nimbus.db'), '/var/lib/nimbus/nimbus.db');
+  assert.throws(() => compileOptions({ home: '/h', store: 'mysql://x:pw@h/db' }), (e: Error) => /store must be/.test(e.message) && !e.message.includes('pw'));
+  assert.equal(compileOptions({ home: '/h' }).storeLocation, '/h/nimbus.db');
+  assert.equal(compileOptions({ home: '/h' }, { NIMBUS_STORE: 'postgres://n@/n?host=/s' }).storeLocation, 'postgres://n@/n?host=/s');
 });

@@ -68,9 +68,17 @@ export interface NimbusOptions {
    * lie inside one. Env NIMBUS_VM_HOST_DIRS, colon-separated. Default none: host paths are refused.
    */
   vmHostDirs: string[];
+  /**
+   * The control plane's system of record: a file path or `sqlite:PATH` (the embedded SQLite
+   * store), or `postgres://…` (PostgreSQL, for a cloud of many hosts). Env NIMBUS_STORE.
+   * Default HOME/nimbus.db.
+   */
+  store?: string;
 }
 
 export interface CompiledOptions extends Readonly<NimbusOptions> {
+  /** Where the store is (NimbusOptions.store, or the embedded default's file). */
+  readonly storeLocation: string;
   readonly storeFile: string;
   readonly contentDir: string;
   readonly snapshotsDir: string;
@@ -140,8 +148,16 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     opts.tcp = tcp;
   }
   if (!home.startsWith('/')) throw new InvalidArgument(`home must be an absolute path, got "${home}"`);
+  const store = overrides.store ?? (env.NIMBUS_STORE || undefined);
+  if (store !== undefined) {
+    if (!/^(postgres(ql)?:\/\/|sqlite:\/|\/)/.test(store)) {
+      throw new InvalidArgument('store must be an absolute path, sqlite:/PATH or postgres://…');
+    }
+    opts.store = store;
+  }
   return Object.freeze({
     ...opts,
+    storeLocation: store ?? `${home}/nimbus.db`,
     storeFile: `${home}/nimbus.db`,
     contentDir: `${home}/content`,
     snapshotsDir: `${home}/snapshots`,
@@ -150,4 +166,11 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     networkDir: `${home}/network`,
     tmpDir: `${home}/tmp`,
   });
+}
+
+/** A store location fit for logs and banners: a PostgreSQL URL loses its password (in the userinfo or a query parameter). */
+export function describeStore(location: string): string {
+  if (!/^postgres(ql)?:\/\//.test(location)) return location;
+  // not new URL(): a unix-socket URL (postgres://user@/db?host=/run/postgresql) has no host, and URL refuses it
+  return location.replace(/^(postgres(?:ql)?:\/\/[^:@/]*):[^@/]*@/, '$1:***@').replace(/([?&]password=)[^&]*/gi, '$1***');
 }

@@ -5,11 +5,12 @@
  * Daemon states: starting → reconciling → serving → stopping → stopped.
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { compileOptions, type CompiledOptions, type NimbusOptions } from '../core/config.js';
+import path from 'node:path';
+import { compileOptions, describeStore, type CompiledOptions, type NimbusOptions } from '../core/config.js';
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
 import { Unavailable } from '../core/errors.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { openStore } from '../store/open.js';
 import type { Store } from '../store/store.js';
 import { LocalAgent } from '../agent/local-agent.js';
 import { EventBus } from '../control/events/event-bus.js';
@@ -19,8 +20,8 @@ import { ContainerService } from '../control/compute/container-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
 import { DiskImageService } from '../control/images/disk-image-service.js';
 import { VmService } from '../control/compute/vm-service.js';
-import { AgentDirectory } from '../control/agents/agent-directory.js';
-import { RemoteAgent } from '../agent/remote/remote-agent.js';
+import { AgentDirectory, remoteAgentConnector } from '../control/agents/agent-directory.js';
+import { AgentCa } from '../control/agents/agent-ca.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import { Reclaimer } from '../control/quota/reclaimer.js';
 import type { Services } from '../control/services.js';
@@ -60,12 +61,34 @@ export function takePidLock(home: string, what = 'nimbusd'): () => void {
   return () => rmSync(file, { force: true });
 }
 
-function ensureDefaultProject(store: Store): string {
-  const found = store.projects.byName(DEFAULT_PROJECT);
+async function ensureDefaultProject(store: Store): Promise<string> {
+  const found = await store.projects.byName(DEFAULT_PROJECT);
   if (found) return found.id;
   const id = newId().slice(0, 32);
-  store.projects.insert({ id, name: DEFAULT_PROJECT, parentId: null, createdAt: new Date().toISOString() });
+  try {
+    await store.projects.insert({ id, name: DEFAULT_PROJECT, parentId: null, createdAt: new Date().toISOString() });
+  } catch (e) {
+    // another control-plane process sharing the store made it first
+    const made = await store.projects.byName(DEFAULT_PROJECT);
+    if (made) return made.id;
+    throw e;
+  }
   return id;
+}
+
+/** Projects ordered so that each comes after its parent (the ledger places a child under a known parent). */
+function parentsFirst<T extends { id: string; parentId: string | null }>(projects: T[]): T[] {
+  const byParent = new Map<string | null, T[]>();
+  for (const p of projects) byParent.set(p.parentId, [...(byParent.get(p.parentId) ?? []), p]);
+  const out: T[] = [];
+  const walk = (parent: string | null) => {
+    for (const p of byParent.get(parent) ?? []) {
+      out.push(p);
+      walk(p.id);
+    }
+  };
+  walk(null);
+  return out;
 }
 
 export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promise<RunningDaemon> {
@@ -75,14 +98,15 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
     mkdirSync(d, { recursive: true, mode: 0o711 });
   }
   const releaseLock = takePidLock(options.home);
-  const store = new SqliteStore(options.storeFile);
-  const defaultProjectId = ensureDefaultProject(store);
+  const store = await openStore(options.storeLocation);
+  log.info('store open', { store: describeStore(options.storeLocation), kind: store.kind });
+  const defaultProjectId = await ensureDefaultProject(store);
   const events = new EventBus();
   const operations = new OperationService(store, events);
   const agent = await LocalAgent.create(options);
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
-  const quota = new QuotaService(store);
-  for (const p of store.projects.list()) quota.ensureProject(p.id, p.parentId);
+  const quota = await QuotaService.open(store);
+  await quota.ensureProjects(parentsFirst(await store.projects.list()));
   const networks = new NetworkService(store, agent, events, quota, {
     defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, bridgeSubnetFallback: !options.bridgeSubnetExplicit, subnetPool: options.subnetPool,
   });
@@ -90,13 +114,15 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
   const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());
   // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
-  const agents = new AgentDirectory(store, agent, options.agentName, (rec) => new RemoteAgent({ name: rec.name, url: rec.url, token: rec.token }));
+  // the agent CA (HOME/agent-ca): signs TCP agents' certificates through join tokens, and the client certificate this control plane calls them with
+  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'));
+  const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa);
   const vms = new VmService(store, agents, events, quota, operations, networks, disks);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
   const reclaimer = new Reclaimer(quota, async (id, action) => {
-    if (store.containers.get(id)) await containers.stop(id);
-    else if (store.vms.get(id)) await (action === 'save' ? vms.save(id) : vms.stop(id));
+    if (await store.containers.get(id)) await containers.stop(id);
+    else if (await store.vms.get(id)) await (action === 'save' ? vms.save(id) : vms.stop(id));
   });
   quota.onReclaimPlanned = () => reclaimer.kick();
   const identity = new IdentityService(store);
@@ -113,13 +139,13 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   };
 
   state = 'reconciling';
-  const interrupted = operations.failInterrupted();
+  const interrupted = await operations.failInterrupted();
   const rec = await containers.reconcile();
   const netRec = await networks.reconcile();
   const vmRec = await vms.reconcile();
   // networks hold quota too (`networks`), under their own ids
-  const liveInstances = [...store.containers.list(), ...store.vms.list(), ...store.networks.list()].map((i) => i.id);
-  const quotaReleased = quota.reconcile(new Set(liveInstances));
+  const liveInstances = [...(await store.containers.list()), ...(await store.vms.list()), ...(await store.networks.list())].map((i) => i.id);
+  const quotaReleased = await quota.reconcile(new Set(liveInstances));
   const gc = await images.collectGarbage();
   log.info('reconciled store with host', { ...rec, networks: netRec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, ...gc });
 
@@ -148,7 +174,8 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
       await api.close();
       await agents.close();
       await agent.close();
-      store.close();
+      quota.close(); // its background refresh reads the store
+      await store.close();
       rmSync(options.socket, { force: true });
       releaseLock();
       state = 'stopped';

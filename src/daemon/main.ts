@@ -5,15 +5,20 @@ import { setLogLevel, type Level } from '../core/log.js';
 import { InvalidArgument, isNimbusError } from '../core/errors.js';
 import { startAgentProcess } from './agent-process.js';
 import { startDaemon } from './daemon.js';
+import { describeStore } from '../core/config.js';
 
 const HELP = `Usage: nimbusd [options]
        nimbusd agent --name NAME [options]   (an agent in its own process; nimbusd agent --help)
 
-Runs the Nimbus control plane with an embedded SQLite store and one local agent.
+Runs the Nimbus control plane with one local agent, on the embedded SQLite store
+or on PostgreSQL (--store postgres://…).
 
 Options (environment variable in brackets):
   --home DIR               state directory [NIMBUS_HOME] (default /var/lib/nimbus)
   --socket PATH            API unix socket [NIMBUS_SOCKET] (default /run/nimbus/nimbus.sock)
+  --store LOCATION         the system of record [NIMBUS_STORE]: a path or sqlite:/PATH (the
+                           embedded default, HOME/nimbus.db) or postgres://USER@HOST/DB
+                           (PostgreSQL; a unix socket: postgres://USER@/DB?host=/run/postgresql)
   --tcp HOST:PORT          also serve the API on TCP [NIMBUS_TCP] (every request needs a token or API key; use TLS in front)
   --insecure-registry H    allow plain HTTP to registry H (repeatable) [NIMBUS_INSECURE_REGISTRIES]
                            (loopback registries always work over plain HTTP)
@@ -51,16 +56,24 @@ Options (environment variable in brackets):
   --home DIR               its state directory [NIMBUS_HOME] (default /var/lib/nimbus-agent)
   --listen ADDR            where it serves: HOST:PORT or unix:/PATH [NIMBUS_AGENT_LISTEN]
                            (default 127.0.0.1:0, any free port)
+                           TCP is served over mutual TLS only: the agent needs a certificate
+                           from the control plane, got once with --join-token
   --advertise URL          the URL the control plane reaches it by, if not the listener's
-  --control-plane ADDR     the control plane's API to register with: unix:/PATH or
-                           http://HOST:PORT [NIMBUS_CONTROL_PLANE] (credential: NIMBUS_TOKEN)
+  --control-plane ADDR     the control plane's API to register with: unix:/PATH,
+                           http://HOST:PORT or https://HOST:PORT [NIMBUS_CONTROL_PLANE]
+                           (unix-socket agents register with the credential in NIMBUS_TOKEN;
+                           TCP agents need none once they hold a certificate)
+  --join-token TOKEN       a one-time token from the control plane (nimbus agent join-token):
+                           redeemed on first start for the agent's certificate, kept in HOME/tls
+                           [NIMBUS_AGENT_JOIN_TOKEN]
   --migration-address IP   where it receives live migrations [NIMBUS_MIGRATION_ADDRESS] (127.0.0.1)
   --vm-host-dir DIR        a host directory VMs may be booted from by path (repeatable) [NIMBUS_VM_HOST_DIRS]
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL]
   -h, --help               show this help
 
 The agent's protocol secret is made on first start and kept in HOME/agent.token
-(0600); it is sent to the control plane when registering and never logged.
+(0600); it is sent to the control plane when registering and never logged. A TCP
+agent's key, certificate and the control plane's CA are kept in HOME/tls (key 0600).
 `;
 
 /** SIGTERM/SIGINT stop the process cleanly; what it runs (containers, VMs) keeps running. */
@@ -85,6 +98,7 @@ async function agentMain(argv: string[]): Promise<void> {
       listen: { type: 'string' },
       advertise: { type: 'string' },
       'control-plane': { type: 'string' },
+      'join-token': { type: 'string' },
       'migration-address': { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
@@ -101,6 +115,7 @@ async function agentMain(argv: string[]): Promise<void> {
   if (!name) throw new InvalidArgument('nimbusd agent needs --name (see nimbusd agent --help)');
   const controlPlane = values['control-plane'] ?? process.env.NIMBUS_CONTROL_PLANE;
   const advertise = values.advertise;
+  const joinToken = values['join-token'] ?? process.env.NIMBUS_AGENT_JOIN_TOKEN;
   const migrationAddress = values['migration-address'];
   const vmHostDirs = values['vm-host-dir'];
   const running = await startAgentProcess({
@@ -109,6 +124,7 @@ async function agentMain(argv: string[]): Promise<void> {
     listen: values.listen ?? process.env.NIMBUS_AGENT_LISTEN ?? '127.0.0.1:0',
     ...(controlPlane ? { controlPlane } : {}),
     ...(advertise ? { advertise } : {}),
+    ...(joinToken ? { joinToken } : {}),
     ...(process.env.NIMBUS_TOKEN ? { apiToken: process.env.NIMBUS_TOKEN } : {}),
     ...(migrationAddress || vmHostDirs ? { overrides: { ...(migrationAddress ? { migrationAddress } : {}), ...(vmHostDirs ? { vmHostDirs } : {}) } } : {}),
   });
@@ -130,6 +146,7 @@ async function main(): Promise<void> {
       home: { type: 'string' },
       socket: { type: 'string' },
       tcp: { type: 'string' },
+      store: { type: 'string' },
       'insecure-registry': { type: 'string', multiple: true },
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
@@ -151,12 +168,13 @@ async function main(): Promise<void> {
     ...(values.home ? { home: values.home } : {}),
     ...(values.socket ? { socket: values.socket } : {}),
     ...(values.tcp ? { tcp: values.tcp } : {}),
+    ...(values.store ? { store: values.store } : {}),
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),
   });
-  process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home})\n`);
+  process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home}, store ${describeStore(daemon.options.storeLocation)})\n`);
   stopOnSignals('nimbusd', 'containers keep running', () => daemon.stop());
 }
 

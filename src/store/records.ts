@@ -277,3 +277,16 @@ export interface AgentRecord {
   token: string;
   registeredAt: string;
 }
+
+/** A one-time token an agent joins with (POST /agents/join); only its secret's hash is kept. */
+export interface JoinTokenRecord {
+  id: string;
+  /** sha256 of the secret, hex. */
+  hash: string;
+  createdAt: string;
+  /** Epoch ms. */
+  expiresAt: number;
+  /** When it was redeemed (epoch ms) and by which agent name; null while unused. */
+  usedAt: number | null;
+  usedBy: string | null;
+}

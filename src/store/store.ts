@@ -1,9 +1,18 @@
 /**
- * The Store seam: the system of record behind narrow repositories. SQLite is the
- * embedded default; PostgreSQL (multi-host) will implement the same interface.
+ * The Store seam: the system of record behind narrow repositories, asynchronous so that a
+ * networked database can sit behind it. SQLite is the embedded default, PostgreSQL the
+ * store of a cloud of many hosts; both implement this interface and pass one conformance
+ * suite (src/store/conformance.ts). Open one with openStore() (src/store/open.ts).
+ *
+ * Transactions: `await store.transaction(async () => { ... })` runs fn atomically. Every
+ * repository call made inside fn's async context (however deep in the services) joins
+ * the transaction, without a handle being threaded through (AsyncLocalStorage); calls from
+ * anywhere else wait for it or run beside it, never inside it. fn must await only the store:
+ * a transaction holds a connection (PostgreSQL) or the database (SQLite) while it runs.
  */
 import type {
   AgentRecord,
+  JoinTokenRecord,
   ContainerRecord,
   ContainerStatus,
   DiskImageRecord,
@@ -22,39 +31,39 @@ import type {
 } from './records.js';
 
 export interface ProjectRepo {
-  get(id: string): ProjectRecord | undefined;
+  get(id: string): Promise<ProjectRecord | undefined>;
   /** A project by name, root projects first (names are unique only among siblings). */
-  byName(name: string): ProjectRecord | undefined;
+  byName(name: string): Promise<ProjectRecord | undefined>;
   /** The child of parentId (null: a root project) with this name. */
-  child(parentId: string | null, name: string): ProjectRecord | undefined;
-  children(parentId: string | null): ProjectRecord[];
-  list(): ProjectRecord[];
-  insert(p: ProjectRecord): void;
-  delete(id: string): void;
+  child(parentId: string | null, name: string): Promise<ProjectRecord | undefined>;
+  children(parentId: string | null): Promise<ProjectRecord[]>;
+  list(): Promise<ProjectRecord[]>;
+  insert(p: ProjectRecord): Promise<void>;
+  delete(id: string): Promise<void>;
 }
 
 export interface UserRepo {
-  get(id: string): UserRecord | undefined;
-  byName(name: string): UserRecord | undefined;
-  list(): UserRecord[];
-  insert(u: UserRecord): void;
-  update(id: string, patch: Partial<Omit<UserRecord, 'id'>>): void;
-  delete(id: string): void;
+  get(id: string): Promise<UserRecord | undefined>;
+  byName(name: string): Promise<UserRecord | undefined>;
+  list(): Promise<UserRecord[]>;
+  insert(u: UserRecord): Promise<void>;
+  update(id: string, patch: Partial<Omit<UserRecord, 'id'>>): Promise<void>;
+  delete(id: string): Promise<void>;
 }
 
 export interface TokenRepo {
-  byHash(hash: string): TokenRecord | undefined;
-  list(userId: string, kind: TokenRecord['kind']): TokenRecord[];
-  insert(t: TokenRecord): void;
-  delete(id: string): void;
-  deleteExpired(now: number): number;
+  byHash(hash: string): Promise<TokenRecord | undefined>;
+  list(userId: string, kind: TokenRecord['kind']): Promise<TokenRecord[]>;
+  insert(t: TokenRecord): Promise<void>;
+  delete(id: string): Promise<void>;
+  deleteExpired(now: number): Promise<number>;
 }
 
 export interface RoleRepo {
-  list(filter?: { userId?: string; projectId?: string }): RoleGrantRecord[];
+  list(filter?: { userId?: string; projectId?: string }): Promise<RoleGrantRecord[]>;
   /** Insert or replace the user's role on the project (one role per user and project). */
-  grant(g: RoleGrantRecord): void;
-  revoke(userId: string, projectId: string): boolean;
+  grant(g: RoleGrantRecord): Promise<void>;
+  revoke(userId: string, projectId: string): Promise<boolean>;
 }
 
 /**
@@ -63,94 +72,114 @@ export interface RoleRepo {
  */
 export interface ImageRepo {
   /** The content, whoever references it. */
-  get(digest: string): ImageContentRecord | undefined;
-  contents(): ImageContentRecord[];
+  get(digest: string): Promise<ImageContentRecord | undefined>;
+  contents(): Promise<ImageContentRecord[]>;
   /** The image as projectId sees it, if that project references it. */
-  ref(projectId: string, digest: string): ImageRecord | undefined;
+  ref(projectId: string, digest: string): Promise<ImageRecord | undefined>;
   /** References (one per project and digest) with their content; all projects' when none is given. */
-  list(projectId?: string): ImageRecord[];
+  list(projectId?: string): Promise<ImageRecord[]>;
   /** Store the content (kept if present) and add img.projectId's reference to it. */
-  upsert(img: ImageRecord): void;
+  upsert(img: ImageRecord): Promise<void>;
   /** Remove one project's reference (and its tags). */
-  deleteRef(projectId: string, digest: string): void;
-  refCount(digest: string): number;
+  deleteRef(projectId: string, digest: string): Promise<void>;
+  refCount(digest: string): Promise<number>;
   /** Remove the content and every reference and tag to it. */
-  delete(digest: string): void;
-  tags(filter?: { projectId?: string; digest?: string; name?: string }): ImageTagRecord[];
-  tag(projectId: string, name: string): ImageTagRecord | undefined;
+  delete(digest: string): Promise<void>;
+  tags(filter?: { projectId?: string; digest?: string; name?: string }): Promise<ImageTagRecord[]>;
+  tag(projectId: string, name: string): Promise<ImageTagRecord | undefined>;
   /** A tag implies the project's reference: add that first. */
-  setTag(t: ImageTagRecord): void;
-  deleteTag(projectId: string, name: string): void;
+  setTag(t: ImageTagRecord): Promise<void>;
+  deleteTag(projectId: string, name: string): Promise<void>;
 }
 
 export interface ContainerRepo {
-  get(id: string): ContainerRecord | undefined;
+  get(id: string): Promise<ContainerRecord | undefined>;
   /** Names are unique per project only. */
-  byName(projectId: string, name: string): ContainerRecord | undefined;
+  byName(projectId: string, name: string): Promise<ContainerRecord | undefined>;
   /** Every project's containers of this name (the caller scopes them: see control/identity/scope.ts). */
-  named(name: string): ContainerRecord[];
+  named(name: string): Promise<ContainerRecord[]>;
   /** Containers whose id starts with prefix (hex only; anything else matches none). */
-  withIdPrefix(prefix: string): ContainerRecord[];
-  list(filter?: { projectId?: string; status?: ContainerStatus[] }): ContainerRecord[];
-  insert(c: ContainerRecord): void;
-  update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): ContainerRecord;
+  withIdPrefix(prefix: string): Promise<ContainerRecord[]>;
+  list(filter?: { projectId?: string; status?: ContainerStatus[] }): Promise<ContainerRecord[]>;
+  /** AlreadyExists when an instance of its project (a container or a VM) has its name, or its id is taken. */
+  insert(c: ContainerRecord): Promise<void>;
+  update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): Promise<ContainerRecord>;
   /** The record and its address leases. */
-  delete(id: string): void;
+  delete(id: string): Promise<void>;
   /** Containers made from the image, in one project or all. */
-  countByImage(digest: string, projectId?: string): number;
+  countByImage(digest: string, projectId?: string): Promise<number>;
 }
 
 export interface VmRepo {
-  get(id: string): VmRecord | undefined;
-  byName(name: string): VmRecord | undefined;
-  /** By full id, unique id prefix, or name; throws NotFound / InvalidArgument (ambiguous). */
-  resolve(idOrName: string): VmRecord;
-  list(filter?: { projectId?: string; status?: VmStatus[] }): VmRecord[];
-  insert(v: VmRecord): void;
-  update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): VmRecord;
+  get(id: string): Promise<VmRecord | undefined>;
+  /** Names are unique per project only. */
+  byName(projectId: string, name: string): Promise<VmRecord | undefined>;
+  /** Every project's VMs of this name (the caller scopes them: see control/identity/scope.ts). */
+  named(name: string): Promise<VmRecord[]>;
+  /** VMs whose id starts with prefix (hex only; anything else matches none). */
+  withIdPrefix(prefix: string): Promise<VmRecord[]>;
+  list(filter?: { projectId?: string; status?: VmStatus[] }): Promise<VmRecord[]>;
+  /** AlreadyExists when an instance of its project (a container or a VM) has its name, or its id is taken. */
+  insert(v: VmRecord): Promise<void>;
+  update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): Promise<VmRecord>;
   /** The record and its address leases. */
-  delete(id: string): void;
+  delete(id: string): Promise<void>;
 }
 
 export interface AgentRepo {
-  get(name: string): AgentRecord | undefined;
-  list(): AgentRecord[];
+  get(name: string): Promise<AgentRecord | undefined>;
+  list(): Promise<AgentRecord[]>;
   /** Insert or replace (an agent registers again on every start; its URL may change). */
-  put(a: AgentRecord): void;
-  delete(name: string): void;
+  put(a: AgentRecord): Promise<void>;
+  delete(name: string): Promise<void>;
+}
+
+/** Agents' one-time join tokens: in the store, so that any control-plane process can redeem one. */
+export interface JoinTokenRepo {
+  get(id: string): Promise<JoinTokenRecord | undefined>;
+  /** Oldest first. */
+  list(): Promise<JoinTokenRecord[]>;
+  insert(t: JoinTokenRecord): Promise<void>;
+  /**
+   * Burn the token for an agent: true when this call did, i.e. the hash matched and it was
+   * unused and unexpired at `now`. One statement: of two redeeming it at once, one wins.
+   */
+  redeem(id: string, hash: string, agent: string, now: number): Promise<boolean>;
+  /** Tokens expired or used before `before` (epoch ms); how many went. */
+  deleteStale(before: number): Promise<number>;
 }
 
 export interface OperationRepo {
-  get(id: string): OperationRecord | undefined;
-  list(limit?: number): OperationRecord[];
-  insert(op: OperationRecord): void;
-  update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): OperationRecord;
+  get(id: string): Promise<OperationRecord | undefined>;
+  list(limit?: number): Promise<OperationRecord[]>;
+  insert(op: OperationRecord): Promise<void>;
+  update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): Promise<OperationRecord>;
 }
 
 export interface DiskImageRepo {
-  get(projectId: string, name: string): DiskImageRecord | undefined;
-  list(projectId?: string): DiskImageRecord[];
+  get(projectId: string, name: string): Promise<DiskImageRecord | undefined>;
+  list(projectId?: string): Promise<DiskImageRecord[]>;
   /** AlreadyExists when the project has one of that name. */
-  insert(d: DiskImageRecord): void;
-  delete(projectId: string, name: string): void;
+  insert(d: DiskImageRecord): Promise<void>;
+  delete(projectId: string, name: string): Promise<void>;
   /** Every project's references to this content. */
-  countByDigest(digest: string): number;
+  countByDigest(digest: string): Promise<number>;
 }
 
 export interface NetworkRepo {
-  get(id: string): NetworkRecord | undefined;
-  byName(projectId: string, name: string): NetworkRecord | undefined;
+  get(id: string): Promise<NetworkRecord | undefined>;
+  byName(projectId: string, name: string): Promise<NetworkRecord | undefined>;
   /** Every project's networks of this name (the caller scopes them). */
-  named(name: string): NetworkRecord[];
-  withIdPrefix(prefix: string): NetworkRecord[];
-  list(filter?: { projectId?: string }): NetworkRecord[];
+  named(name: string): Promise<NetworkRecord[]>;
+  withIdPrefix(prefix: string): Promise<NetworkRecord[]>;
+  list(filter?: { projectId?: string }): Promise<NetworkRecord[]>;
   /** AlreadyExists when the name is taken in the project, or the subnet or device by any network. */
-  insert(n: NetworkRecord): void;
-  delete(id: string): void;
-  leases(filter: { networkId?: string; instanceId?: string }): NetworkLeaseRecord[];
+  insert(n: NetworkRecord): Promise<void>;
+  delete(id: string): Promise<void>;
+  leases(filter: { networkId?: string; instanceId?: string }): Promise<NetworkLeaseRecord[]>;
   /** AlreadyExists when the address is leased already (the unique key is what keeps IPAM honest). */
-  lease(l: NetworkLeaseRecord): void;
-  release(instanceId: string, networkId?: string): number;
+  lease(l: NetworkLeaseRecord): Promise<void>;
+  release(instanceId: string, networkId?: string): Promise<number>;
 }
 
 /** One ledger audit entry as stored. */
@@ -168,22 +197,40 @@ export interface Store {
   readonly networks: NetworkRepo;
   readonly disks: DiskImageRepo;
   readonly agents: AgentRepo;
+  readonly joinTokens: JoinTokenRepo;
   readonly operations: OperationRepo;
   readonly users: UserRepo;
   readonly tokens: TokenRepo;
   readonly roles: RoleRepo;
-  /** Runs fn atomically; nested calls join the outer transaction. */
-  transaction<T>(fn: () => T): T;
+  /** Which implementation this is (for logs, /info and dialect-specific tests). */
+  readonly kind: StoreKind;
+  /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */
+  transaction<T>(fn: () => Promise<T>): Promise<T>;
   /** The quota ledger's state (JSON) without its instances: projects, pools, loans, operations. */
-  loadQuotaState(): string | undefined;
-  saveQuotaState(json: string): void;
+  loadQuotaState(): Promise<string | undefined>;
+  saveQuotaState(json: string): Promise<void>;
   /** The ledger's instances (JSON each), one row per instance. */
-  loadQuotaInstances(): string[];
-  /** Write changed instance rows; json null removes the row. */
-  saveQuotaInstances(rows: readonly { id: string; json: string | null }[]): void;
+  loadQuotaInstances(): Promise<string[]>;
+  /** Write changed instance rows; json null removes the row. Rows carry the state's current version: save the state first. */
+  saveQuotaInstances(rows: readonly { id: string; json: string | null }[]): Promise<void>;
   /** Append audit entries of the ledger (idempotent by seq). */
-  appendQuotaAudit(entries: readonly QuotaAuditRow[]): void;
+  appendQuotaAudit(entries: readonly QuotaAuditRow[]): Promise<void>;
   /** Audit entries (JSON) after sinceSeq, of one project or all, at most limit (the newest), oldest first. */
-  queryQuotaAudit(filter: { project?: string; sinceSeq?: number; limit: number }): string[];
-  close(): void;
+  queryQuotaAudit(filter: { project?: string; sinceSeq?: number; limit: number }): Promise<string[]>;
+  /**
+   * Inside a transaction: this transaction alone may read-then-write the ledger until it ends
+   * (PostgreSQL: the ledger's advisory lock; SQLite: its BEGIN IMMEDIATE already is that).
+   */
+  lockQuotaLedger(): Promise<void>;
+  /** How many times the ledger's state was written (0: never); every save counts one. */
+  quotaLedgerVersion(): Promise<number>;
+  /** Compare-and-set: write the state as version expected + 1 if the stored version is still expected; false if not. */
+  saveQuotaStateIfVersion(json: string, expected: number): Promise<boolean>;
+  /** Instance rows written after the state's version `version` (JSON each), and how many rows there are in all. */
+  loadQuotaInstancesSince(version: number): Promise<{ changed: string[]; count: number }>;
+  /** The ids of every instance row. */
+  quotaInstanceIds(): Promise<string[]>;
+  close(): Promise<void>;
 }
+
+export type StoreKind = 'sqlite' | 'postgres';

@@ -1,13 +1,54 @@
 /**
  * The agent protocol over HTTP: what agent-server.ts serves and remote-agent.ts calls.
- * Unary methods are `POST /agent/v1/call/<method>` with `{"args":[...]}`; the streaming
- * ones (logs, pull, console, exec, exit events) have routes of their own. Errors travel as
- * `{"error":{code,message,details?}}` and come out of the client as the same NimbusError.
+ * Unary methods are `POST /agent/v1/call/<method>` with `{"args":[...]}` (checked against
+ * agent-schemas.ts before dispatch); the streaming ones (logs, pull, console, exec, exit
+ * events) have routes of their own. Every request but the hello carries the protocol version
+ * the two sides agreed on (PROTOCOL_HEADER). Errors travel as `{"error":{code,message,details?}}`
+ * and come out of the client as the same NimbusError.
  */
-import { ERROR_CODES, NimbusError, toNimbusError, type ErrorCode } from '../../core/errors.js';
+import { Conflict, ERROR_CODES, NimbusError, toNimbusError, type ErrorCode } from '../../core/errors.js';
 import type { Agent } from '../agent.js';
 
+/** The URL layout's prefix (kept across protocol versions: the version travels in a header). */
 export const AGENT_PATH_PREFIX = '/agent/v1';
+
+/**
+ * Protocol versions. 1: the first, without a version. 2: the version header on every call,
+ * argument schemas, the hello, TLS for TCP agents. Bump the current one for any change a peer
+ * of the previous version would misread; raise the minimum when support for an old one goes.
+ */
+export const AGENT_PROTOCOL_VERSION = 2;
+export const MIN_AGENT_PROTOCOL_VERSION = 2;
+/** The negotiated version, on every request but the hello. */
+export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
+
+/** The versions one side speaks, both ends included. */
+export interface ProtocolRange {
+  min: number;
+  max: number;
+}
+export const SPOKEN_PROTOCOL: ProtocolRange = { min: MIN_AGENT_PROTOCOL_VERSION, max: AGENT_PROTOCOL_VERSION };
+
+/** The subject CN of the control plane's client certificate: the one caller a TLS agent takes (never an agent's name). */
+export const CONTROL_PLANE_CERT_NAME = 'nimbus-control-plane';
+
+/** Marks the errors a version disagreement makes (a client drops what it negotiated on seeing one). */
+export const PROTOCOL_ERROR_REASON = 'agent-protocol';
+
+export const describeRange = (r: ProtocolRange) => (r.min === r.max ? `${r.min}` : `${r.min}..${r.max}`);
+
+/** The highest version both speak; Conflict naming both ranges when there is none. */
+export function negotiateProtocol(ours: ProtocolRange, theirs: ProtocolRange, who: { ours: string; theirs: string }): number {
+  const v = Math.min(ours.max, theirs.max);
+  if (v < Math.max(ours.min, theirs.min) || theirs.min > theirs.max) {
+    throw new Conflict(`${who.theirs} speaks agent protocol ${describeRange(theirs)}, ${who.ours} speaks ${describeRange(ours)}: no version in common`, {
+      reason: PROTOCOL_ERROR_REASON,
+      ours,
+      theirs,
+    });
+  }
+  return v;
+}
 
 /** Every Agent method whose arguments and answer are plain JSON: carried as one request each. */
 export const UNARY_METHODS = [
@@ -75,6 +116,8 @@ export function isUnaryMethod(name: string): name is UnaryMethod {
 }
 
 export const PATHS = {
+  /** Which versions the agent speaks: the one request without a version. */
+  hello: `${AGENT_PATH_PREFIX}/hello`,
   call: (method: string) => `${AGENT_PATH_PREFIX}/call/${encodeURIComponent(method)}`,
   logs: (kind: 'vm' | 'container') => `${AGENT_PATH_PREFIX}/logs/${kind}`,
   pull: `${AGENT_PATH_PREFIX}/pull`,

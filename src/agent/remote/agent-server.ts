@@ -1,15 +1,18 @@
 /**
- * Serves one Agent over HTTP (the agent protocol, agent-protocol.ts) so a control plane in
- * another process or on another host can drive it through a RemoteAgent. Every request
- * carries the agent's bearer token; there is no other authorisation (the control plane is
- * the only client and may do everything).
+ * Serves one Agent over the agent protocol (agent-protocol.ts) so a control plane in another
+ * process or on another host can drive it through a RemoteAgent. Every request carries the
+ * agent's bearer token; over TCP the server speaks only TLS and requires a client certificate
+ * from the control plane's CA naming the control plane (mutual TLS); a unix socket is plain
+ * HTTP (its file mode is the fence). The control plane is the only client and may do everything.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { finished, type Readable } from 'node:stream';
-import { InvalidArgument, NotFound, Unauthenticated, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
@@ -22,31 +25,52 @@ import {
   MAX_BODY_BYTES,
   NDJSON,
   PING_INTERVAL_MS,
+  PROTOCOL_ERROR_REASON,
+  PROTOCOL_HEADER,
+  SPOKEN_PROTOCOL,
   decodeArgs,
+  describeRange,
   encodeError,
   isUnaryMethod,
   ndjsonLine,
   type AgentEvent,
   type ExecFrame,
+  type ProtocolRange,
 } from './agent-protocol.js';
+import { checkArgs } from './agent-schemas.js';
 
 const log = logger('agent-server');
 
 /** An events subscriber this far behind is cut off (it reconnects and re-checks every VM). */
 const MAX_EVENT_BACKLOG = 1024 * 1024;
 
+/** Mutual TLS for a TCP listener: PEM texts. */
+export interface AgentServerTls {
+  /** This agent's key and certificate (signed by the CA, naming the agent). */
+  key: string;
+  cert: string;
+  /** The control plane's CA: clients must present a certificate it signed... */
+  ca: string;
+  /** ...whose subject CN is this (the control plane's identity, not another agent's). */
+  clientName: string;
+}
+
 export interface AgentServerOptions {
   token: string;
-  /** TCP host (default 127.0.0.1) and port (default 0: any free one). Ignored with socketPath. */
+  /** TCP host (default 127.0.0.1) and port (default 0: any free one); needs tls. Ignored with socketPath. */
   host?: string;
   port?: number;
   socketPath?: string;
+  /** Required for TCP: plain HTTP is served on unix sockets only. */
+  tls?: AgentServerTls;
   /** How often the events stream says it is alive (default 10 s). */
   pingIntervalMs?: number;
+  /** The versions it speaks (default SPOKEN_PROTOCOL; tests play older or newer agents). */
+  protocol?: ProtocolRange;
 }
 
 export interface AgentServer {
-  /** http://HOST:PORT (the bound port) or unix:/PATH. */
+  /** https://HOST:PORT (the bound port) or unix:/PATH. */
   url: string;
   close(): Promise<void>;
 }
@@ -97,6 +121,12 @@ function sendError(res: ServerResponse, e: unknown, route: string): void {
   }
   const payload = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+function sendJson(res: ServerResponse, value: unknown): void {
+  const payload = JSON.stringify(value);
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
   res.end(payload);
 }
 
@@ -168,11 +198,15 @@ async function serveCall(agent: Agent, method: string, req: IncomingMessage, res
     throw new NotFound(`no such agent method: ${method}`);
   }
   const body = await readJson(req);
-  const args = body.args ?? [];
-  if (!Array.isArray(args)) throw new InvalidArgument('"args" must be an array');
+  const wire = body.args ?? [];
+  if (!Array.isArray(wire)) throw new InvalidArgument('"args" must be an array');
+  const args = decodeArgs(wire);
+  // a malformed call stops here: the driver only ever sees arguments of the declared types
+  checkArgs(method, args);
   const fn = agent[method] as ((...a: unknown[]) => Promise<unknown>) | undefined;
   if (typeof fn !== 'function') throw new NotFound(`this agent does not implement ${method}`);
-  const result = await fn.apply(agent, decodeArgs(args));
+  // answers are not checked: they come from the agent itself
+  const result = await fn.apply(agent, args);
   const payload = JSON.stringify(result === undefined ? {} : { result });
   res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
   res.end(payload);
@@ -313,17 +347,48 @@ async function serveExec(agent: Agent, id: string, req: IncomingMessage, res: Se
   });
 }
 
-async function route(agent: Agent, hub: EventHub, expected: Buffer, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** The version a request says it speaks, checked against ours (a request without one is from a version 1 peer). */
+function checkVersion(header: string | string[] | undefined, spoken: ProtocolRange): void {
+  const details = { reason: PROTOCOL_ERROR_REASON, spoken };
+  if (header === undefined) {
+    throw new InvalidArgument(`the request carries no ${PROTOCOL_HEADER} header (a control plane of protocol 1?); this agent speaks agent protocol ${describeRange(spoken)}`, details);
+  }
+  const v = typeof header === 'string' && /^[0-9]{1,6}$/.test(header) ? Number(header) : NaN;
+  if (Number.isNaN(v)) throw new InvalidArgument(`${PROTOCOL_HEADER} must be a version number, got "${String(header)}"`, details);
+  if (v < spoken.min || v > spoken.max) {
+    throw new Conflict(`the request speaks agent protocol ${v}; this agent speaks ${describeRange(spoken)}`, { ...details, requested: v });
+  }
+}
+
+/** Over TLS: the peer's certificate (already verified against the CA) must name the control plane. */
+function checkClient(req: IncomingMessage, clientName: string | undefined): void {
+  if (clientName === undefined) return;
+  const cert = (req.socket as TLSSocket).getPeerCertificate?.();
+  const cn = cert?.subject?.CN;
+  if (cn !== clientName) throw new PermissionDenied(`this agent takes calls from "${clientName}" only, not from "${String(cn ?? 'nobody')}"`);
+}
+
+async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: ProtocolRange, clientName: string | undefined, req: IncomingMessage, res: ServerResponse): Promise<void> {
   let name = 'unknown';
   try {
-    if (!tokenMatches(expected, req.headers.authorization)) {
-      req.resume();
-      throw new Unauthenticated('missing or wrong agent token');
+    try {
+      checkClient(req, clientName);
+      if (!tokenMatches(expected, req.headers.authorization)) throw new Unauthenticated('missing or wrong agent token');
+    } catch (e) {
+      req.resume(); // the body is not read: drained, so the answer is not held up behind it
+      throw e;
     }
     const path = new URL(req.url ?? '/', 'http://agent').pathname;
     const rest = path.startsWith(AGENT_PATH_PREFIX + '/') ? path.slice(AGENT_PATH_PREFIX.length + 1).split('/') : [];
     const [kind, arg, ...extra] = rest;
     name = `${req.method} ${rest.join('/')}`;
+    if (req.method === 'GET' && kind === 'hello' && arg === undefined) return sendJson(res, { protocol: spoken });
+    try {
+      checkVersion(req.headers[PROTOCOL_HEADER], spoken);
+    } catch (e) {
+      req.resume();
+      throw e;
+    }
     let param: string | undefined;
     try {
       param = arg !== undefined && extra.length === 0 ? decodeURIComponent(arg) : undefined;
@@ -345,10 +410,18 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, req: Incomin
 
 export async function startAgentServer(agent: Agent, opts: AgentServerOptions): Promise<AgentServer> {
   if (!opts.token) throw new InvalidArgument('the agent server needs a token');
+  if (!opts.socketPath && !opts.tls) throw new InvalidArgument('an agent listening on TCP needs TLS (a certificate from the control plane: nimbusd agent --join-token); plain HTTP is for unix sockets only');
   const expected = sha256(opts.token);
+  const spoken = opts.protocol ?? SPOKEN_PROTOCOL;
   const hub = new EventHub(agent, opts.pingIntervalMs ?? PING_INTERVAL_MS);
+  const tls = opts.socketPath ? undefined : opts.tls;
+  const handler = (req: IncomingMessage, res: ServerResponse) => void route(agent, hub, expected, spoken, tls?.clientName, req, res);
   // requestTimeout 0: a console's or exec's request body legitimately streams for hours
-  const server = createServer({ requestTimeout: 0, maxHeaderSize: 256 * 1024 }, (req, res) => void route(agent, hub, expected, req, res));
+  const httpOptions = { requestTimeout: 0, maxHeaderSize: 256 * 1024 };
+  const server: Server = tls
+    ? // a client without a certificate the CA signed is refused in the handshake
+      createTlsServer({ ...httpOptions, key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, handler)
+    : createServer(httpOptions, handler);
   // longer than the client's idle keep-alive, so it is always the client that drops an idle socket
   server.keepAliveTimeout = 65_000;
 
@@ -372,13 +445,15 @@ export async function startAgentServer(agent: Agent, opts: AgentServerOptions): 
       });
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 0);
-      url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+      url = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
     }
   } catch (e) {
     hub.close();
     throw e;
   }
   server.on('error', (e) => log.error('agent server error', { error: e.message }));
+  // a refused handshake (no certificate, or one the CA did not sign) is someone else knocking
+  if (tls) server.on('tlsClientError', (e: Error) => log.warn('agent TLS handshake refused', { error: e.message }));
   log.debug('agent server listening', { url });
 
   let closing: Promise<void> | undefined;

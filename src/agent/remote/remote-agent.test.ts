@@ -1,10 +1,14 @@
 /**
  * The agent protocol's transport: a RemoteAgent against startAgentServer serving a small
- * hand-written target (the transport is under test, not an agent). Loopback only.
+ * hand-written target (the transport is under test, not an agent). Loopback only; TCP is
+ * mutual TLS with a CA made for this file.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import https from 'node:https';
+import { Value } from '@sinclair/typebox/value';
+import type { TSchema } from '@sinclair/typebox';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,11 +16,35 @@ import { Duplex, PassThrough, type Readable } from 'node:stream';
 import { Conflict, NimbusError, NotFound, hasCode } from '../../core/errors.js';
 import type { Agent, AgentImage, PullOptions, PullProgress, VmCreateRequest } from '../agent.js';
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
-import { startAgentServer, type AgentServer } from './agent-server.js';
-import { RemoteAgent } from './remote-agent.js';
-import { MAX_BODY_BYTES, PATHS, decodeError, encodeArgs } from './agent-protocol.js';
+import { startAgentServer, type AgentServer, type AgentServerOptions, type AgentServerTls } from './agent-server.js';
+import { RemoteAgent, type RemoteAgentTls } from './remote-agent.js';
+import {
+  AGENT_PROTOCOL_VERSION, CONTROL_PLANE_CERT_NAME, MAX_BODY_BYTES, PATHS, PROTOCOL_HEADER, UNARY_METHODS, decodeError, encodeArgs,
+} from './agent-protocol.js';
+import { ARG_SCHEMAS, type ArgSpec } from './agent-schemas.js';
+import { issueCertificate, makeCa, type KeyAndCert } from '../../core/pki.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
+/** What RemoteAgents here are named, and so what the agent's certificate names. */
+const AGENT_NAME = 'test';
+
+/** One CA for the file: the agent's server certificate and the control plane's client one. */
+interface Pki { ca: KeyAndCert; server: AgentServerTls; client: RemoteAgentTls }
+let pkiMade: Promise<Pki> | undefined;
+function pki(): Promise<Pki> {
+  pkiMade ??= (async () => {
+    const ca = await makeCa('test agent CA');
+    const server = await issueCertificate(ca, { commonName: AGENT_NAME, usage: 'server' });
+    const client = await issueCertificate(ca, { commonName: CONTROL_PLANE_CERT_NAME, usage: 'client' });
+    return { ca, server: { ...server, ca: ca.cert, clientName: CONTROL_PLANE_CERT_NAME }, client: { ...client, ca: ca.cert } };
+  })();
+  return pkiMade;
+}
+
+/** Server options for a TCP (TLS) or unix listener. */
+async function listenOn(where: { socketPath: string } | { port: number }): Promise<Pick<AgentServerOptions, 'socketPath' | 'host' | 'port' | 'tls'>> {
+  return 'socketPath' in where ? where : { host: '127.0.0.1', port: where.port, tls: (await pki()).server };
+}
 
 const record = (line: string): LogRecord => ({ time: '2024-01-01T00:00:00.000Z', stream: 'stdout', line });
 
@@ -188,14 +216,14 @@ function makeTarget(): { agent: Agent; state: TargetState } {
   return { agent: target as unknown as Agent, state };
 }
 
-async function serve(t: TestContext, agent: Agent, where: { socketPath: string } | { port: number } = { port: 0 }): Promise<AgentServer> {
-  const server = await startAgentServer(agent, { token: TOKEN, ...('socketPath' in where ? where : { host: '127.0.0.1', port: where.port }) });
+async function serve(t: TestContext, agent: Agent, where: { socketPath: string } | { port: number } = { port: 0 }, extra: Partial<AgentServerOptions> = {}): Promise<AgentServer> {
+  const server = await startAgentServer(agent, { token: TOKEN, ...(await listenOn(where)), ...extra });
   t.after(() => server.close());
   return server;
 }
 
-function connect(t: TestContext, url: string, token = TOKEN): RemoteAgent {
-  const c = new RemoteAgent({ name: 'test', url, token });
+async function connect(t: TestContext, url: string, token = TOKEN, extra: { name?: string; protocol?: { min: number; max: number }; tls?: RemoteAgentTls; timeoutMs?: number } = {}): Promise<RemoteAgent> {
+  const c = new RemoteAgent({ name: AGENT_NAME, url, token, ...(url.startsWith('https:') ? { tls: (await pki()).client } : {}), ...extra });
   t.after(() => c.close());
   return c;
 }
@@ -220,11 +248,16 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
   }
 }
 
-/** A hand-made request, for what RemoteAgent would never send. */
-function raw(url: string, method: string, reqPath: string, headers: Record<string, string>, body?: Buffer): Promise<{ status: number; body: string }> {
+/** A hand-made request, for what RemoteAgent would never send (at the current version unless headers say otherwise; TLS with the control plane's certificate unless tls says otherwise). */
+async function raw(url: string, method: string, reqPath: string, headers: Record<string, string>, body?: Buffer, tls?: Record<string, unknown>): Promise<{ status: number; body: string }> {
   const target = url.startsWith('unix:') ? { socketPath: url.slice(5) } : { host: new URL(url).hostname, port: Number(new URL(url).port) };
+  const secure = url.startsWith('https:');
+  const client = secure ? (tls ?? { ...(await pki()).client, checkServerIdentity: () => undefined }) : {};
+  const transport = secure ? https : http;
+  const allHeaders: Record<string, string> = { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL_VERSION), ...headers };
+  for (const [k, v] of Object.entries(allHeaders)) if (v === '') delete allHeaders[k];
   return new Promise((resolve, reject) => {
-    const req = http.request({ ...target, method, path: reqPath, headers, agent: false }, (res) => {
+    const req = transport.request({ ...target, ...client, method, path: reqPath, headers: allHeaders, agent: false }, (res) => {
       void text(res).then((b) => resolve({ status: res.statusCode ?? 0, body: b }), reject);
     });
     req.on('error', reject);
@@ -249,13 +282,13 @@ for (const transport of ['tcp', 'unix'] as const) {
   test(`unary calls round-trip arguments and results (${transport})`, async (t) => {
     const { agent, state } = makeTarget();
     const server = await serve(t, agent, transport === 'unix' ? { socketPath: path.join(tempDir(t), 'agent.sock') } : { port: 0 });
-    assert.match(server.url, transport === 'unix' ? /^unix:\/.*agent\.sock$/ : /^http:\/\/127\.0\.0\.1:\d+$/);
-    const c = connect(t, server.url);
+    assert.match(server.url, transport === 'unix' ? /^unix:\/.*agent\.sock$/ : /^https:\/\/127\.0\.0\.1:\d+$/);
+    const c = await connect(t, server.url);
 
     assert.equal((await c.info()).name, 'target');
     const req: VmCreateRequest = {
       id: 'vm-1', name: 'web', cpus: 2, memoryMiB: 512, pin: [0, 1],
-      nics: [{ network: { id: 'n1' } as never, address: '10.0.0.2', dnsNames: ['web'] }],
+      nics: [{ network: { id: 'n1', name: 'n', driver: 'bridge', subnet: '10.0.0.0/24', gateway: '10.0.0.1', internal: false, device: 'nb1' }, address: '10.0.0.2', dnsNames: ['web'] }],
     };
     const created = (await c.createVm(req)) as unknown as { status: string; echo: unknown };
     assert.equal(created.status, 'created');
@@ -276,7 +309,7 @@ for (const transport of ['tcp', 'unix'] as const) {
 
 test('typed errors keep their code, message and details; others become Internal', async (t) => {
   const { agent } = makeTarget();
-  const c = connect(t, (await serve(t, agent)).url);
+  const c = await connect(t, (await serve(t, agent)).url);
   const e = await rejectsWith(c.vmState('vm-9'), 'NotFound', 'no such VM: vm-9');
   assert.deepEqual(e.details, { id: 'vm-9' });
   assert.equal(e.name, 'NotFoundError');
@@ -290,8 +323,8 @@ test('typed errors keep their code, message and details; others become Internal'
 test('a wrong token is Unauthenticated; methods not on the list are NotFound', async (t) => {
   const { agent, state } = makeTarget();
   const server = await serve(t, agent);
-  await rejectsWith(connect(t, server.url, 'wrong-token-0123456789').info(), 'Unauthenticated');
-  await rejectsWith(connect(t, server.url, '').listVms(), 'Unauthenticated');
+  await rejectsWith((await connect(t, server.url, 'wrong-token-0123456789')).info(), 'Unauthenticated');
+  await rejectsWith((await connect(t, server.url, '')).listVms(), 'Unauthenticated');
 
   const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
   const noAuth = await raw(server.url, 'POST', PATHS.call('info'), { 'content-type': 'application/json' }, Buffer.from('{"args":[]}'));
@@ -315,7 +348,7 @@ test('a wrong token is Unauthenticated; methods not on the list are NotFound', a
 
 test('logs stream; a follow ends when its signal aborts and the agent sees the abort', async (t) => {
   const { agent, state } = makeTarget();
-  const c = connect(t, (await serve(t, agent)).url);
+  const c = await connect(t, (await serve(t, agent)).url);
 
   const lines: string[] = [];
   for await (const r of c.vmLogs('vm-a', { tail: 2 })) lines.push(r.line);
@@ -344,7 +377,7 @@ test('logs stream; a follow ends when its signal aborts and the agent sees the a
 
 test('pull reports progress, then resolves with the image; errors and aborts carry over', async (t) => {
   const { agent, state } = makeTarget();
-  const c = connect(t, (await serve(t, agent)).url);
+  const c = await connect(t, (await serve(t, agent)).url);
   const phases: string[] = [];
   const img = await c.pullImage('docker.io/library/alpine:3', { insecureRegistries: ['r.local'], credentials: { username: 'u', password: 'p' } }, (p) => phases.push(p.phase));
   assert.deepEqual(phases, ['resolving', 'downloading']);
@@ -366,7 +399,7 @@ for (const transport of ['tcp', 'unix'] as const) {
   test(`console carries bytes both ways; the input ending does not close the line (${transport})`, async (t) => {
     const { agent, state } = makeTarget();
     const server = await serve(t, agent, transport === 'unix' ? { socketPath: path.join(tempDir(t), 'a.sock') } : { port: 0 });
-    const c = connect(t, server.url);
+    const c = await connect(t, server.url);
     await rejectsWith(c.openVmConsole('vm-stopped'), 'Conflict', 'VM vm-stopped is not running');
 
     const line = await c.openVmConsole('vm-a');
@@ -406,7 +439,7 @@ for (const transport of ['tcp', 'unix'] as const) {
 
 test('exec carries stdout, stderr, stdin and the exit status', async (t) => {
   const { agent, state } = makeTarget();
-  const c = connect(t, (await serve(t, agent)).url);
+  const c = await connect(t, (await serve(t, agent)).url);
 
   const plain = await c.execInContainer('c-a', { args: ['echo', 'hi'], env: ['A=1'], cwd: '/tmp', user: '1000' });
   assert.equal(plain.stdin, undefined, 'no stdin when the agent offers none');
@@ -433,10 +466,10 @@ test('exec carries stdout, stderr, stdin and the exit status', async (t) => {
 
 test('exit events arrive; after the server comes back the client reconnects and re-reports every VM', async (t) => {
   const { agent, state } = makeTarget();
-  let server = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0 });
+  let server = await startAgentServer(agent, { token: TOKEN, ...(await listenOn({ port: 0 })) });
   t.after(() => server.close());
   const port = Number(new URL(server.url).port);
-  const c = connect(t, server.url);
+  const c = await connect(t, server.url);
   const vms: string[] = [];
   const containers: string[] = [];
   c.onVmExit((id) => vms.push(id));
@@ -454,7 +487,7 @@ test('exit events arrive; after the server comes back the client reconnects and 
   vms.length = 0;
   containers.length = 0;
   state.vms = ['vm-a', 'vm-b', 'vm-c'];
-  server = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port });
+  server = await startAgentServer(agent, { token: TOKEN, ...(await listenOn({ port })) });
   await until(() => ['vm-a', 'vm-b', 'vm-c'].every((id) => vms.includes(id)));
   await until(() => containers.includes('c-a'));
   // and live events flow on the new stream
@@ -464,11 +497,13 @@ test('exit events arrive; after the server comes back the client reconnects and 
 
 test('the events stream pings', async (t) => {
   const { agent } = makeTarget();
-  const server = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0, pingIntervalMs: 20 });
+  const server = await startAgentServer(agent, { token: TOKEN, ...(await listenOn({ port: 0 })), pingIntervalMs: 20 });
   t.after(() => server.close());
   const { port } = new URL(server.url);
+  const tls = { ...(await pki()).client, checkServerIdentity: () => undefined };
+  const headers = { authorization: `Bearer ${TOKEN}`, [PROTOCOL_HEADER]: String(AGENT_PROTOCOL_VERSION) };
   const first = await new Promise<string>((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: PATHS.events, headers: { authorization: `Bearer ${TOKEN}` }, agent: false }, (res) => {
+    const req = https.get({ host: '127.0.0.1', port, path: PATHS.events, headers, ...tls, agent: false }, (res) => {
       res.once('data', (b: Buffer) => {
         resolve(b.toString());
         res.destroy();
@@ -481,14 +516,14 @@ test('the events stream pings', async (t) => {
 
 test('an unreachable agent is Unavailable, naming it; ping says false', async (t) => {
   const { agent } = makeTarget();
-  const gone = await startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0 });
+  const gone = await startAgentServer(agent, { token: TOKEN, ...(await listenOn({ port: 0 })) });
   await gone.close();
-  const tcp = connect(t, gone.url);
+  const tcp = await connect(t, gone.url);
   await rejectsWith(tcp.info(), 'Unavailable', new RegExp(`^agent test at ${gone.url.replace(/[.]/g, '\\.')}: .*ECONNREFUSED`));
   assert.equal(await tcp.ping(), false);
 
   const unixUrl = `unix:${path.join(tempDir(t), 'nobody.sock')}`;
-  const unix = connect(t, unixUrl);
+  const unix = await connect(t, unixUrl);
   await rejectsWith(unix.listVms(), 'Unavailable', /ENOENT/);
   await rejectsWith((async () => { for await (const _ of unix.vmLogs('v', {})) void _; })(), 'Unavailable');
   await rejectsWith(unix.openVmConsole('v'), 'Unavailable');
@@ -496,17 +531,147 @@ test('an unreachable agent is Unavailable, naming it; ping says false', async (t
   // an agent that accepts the call but never answers
   const { agent: hung, state: hungState } = makeTarget();
   hungState.infoHangs = true;
-  const slow = new RemoteAgent({ name: 'slow', url: (await serve(t, hung)).url, token: TOKEN, timeoutMs: 100 });
-  t.after(() => slow.close());
-  await rejectsWith(slow.info(), 'Unavailable', /^agent slow at .*: no answer within 100 ms$/);
+  const slow = await connect(t, (await serve(t, hung)).url, TOKEN, { timeoutMs: 100 });
+  await rejectsWith(slow.info(), 'Unavailable', /^agent test at .*: no answer within 100 ms$/);
   assert.equal(await slow.ping(50), false);
 
   // what is not carried
   assert.equal(unix.claimWarmContainer(), undefined);
   assert.throws(() => unix.diskImagePath(), (e: unknown) => hasCode(e, 'InvalidArgument'));
   assert.throws(() => new RemoteAgent({ name: 'x', url: 'ftp://h', token: TOKEN }), (e: unknown) => hasCode(e, 'InvalidArgument'));
+  // TCP is TLS only, and TLS needs the CA
+  assert.throws(() => new RemoteAgent({ name: 'x', url: 'http://127.0.0.1:1', token: TOKEN }), /over TLS only/);
+  assert.throws(() => new RemoteAgent({ name: 'x', url: 'https://127.0.0.1:1', token: TOKEN }), /needs the control plane's CA/);
+  await assert.rejects(startAgentServer(agent, { token: TOKEN, host: '127.0.0.1', port: 0 }), /needs TLS/);
 
   // a closed client refuses rather than reconnecting
   await tcp.close();
   await rejectsWith(tcp.info(), 'Unavailable', /connection closed/);
+});
+
+
+// ---- argument schemas ----------------------------------------------------------------------
+
+test('the schema table covers exactly the unary methods', () => {
+  assert.deepEqual(Object.keys(ARG_SCHEMAS).sort(), [...UNARY_METHODS].sort());
+});
+
+/** A value no schema of this kind accepts: a number where a string is wanted, a string elsewhere. */
+const wrongFor = (schema: TSchema): unknown => (schema.type === 'string' || (schema.anyOf as TSchema[] | undefined)?.every((m) => m.type === 'string') ? 12345 : 'not-this');
+
+test('every argument of every unary method is checked before dispatch (generated from the schema table)', async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+  const post = async (method: string, args: unknown[]) => {
+    const r = await raw(server.url, 'POST', PATHS.call(method), auth, Buffer.from(JSON.stringify({ args })));
+    return { status: r.status, error: (JSON.parse(r.body || '{}') as { error?: { code: string; message: string; details?: Record<string, unknown> } }).error };
+  };
+  let checked = 0;
+  for (const method of UNARY_METHODS) {
+    const specs = ARG_SCHEMAS[method] as readonly ArgSpec[];
+    const valid = specs.map((s) => Value.Create(s.schema));
+    for (const [i, spec] of specs.entries()) {
+      const args = [...valid];
+      args[i] = wrongFor(spec.schema);
+      const r = await post(method, args);
+      assert.equal(r.status, 400, `${method}(${spec.name}): ${JSON.stringify(r)}`);
+      assert.equal(r.error?.code, 'InvalidArgument');
+      assert.match(r.error?.message ?? '', new RegExp(`^${method}: argument ${i + 1} \\("${spec.name}"\\)`));
+      assert.equal(r.error?.details?.argument, spec.name);
+      if (!spec.optional) {
+        const missing = await post(method, valid.slice(0, i));
+        assert.equal(missing.status, 400, `${method} without ${spec.name}`);
+        assert.match(missing.error?.message ?? '', /is missing/);
+      }
+      checked++;
+    }
+    const tooMany = await post(method, [...valid, 'extra']);
+    assert.equal(tooMany.status, 400, `${method} with one argument too many`);
+  }
+  assert.equal(checked, UNARY_METHODS.reduce((n, m) => n + ARG_SCHEMAS[m].length, 0));
+  assert.ok(checked > 40, `checked ${checked} arguments`);
+  assert.equal(state.calls.length, 0, 'no malformed call reached the agent');
+
+  // a nested field is named, and a well-formed call goes through
+  const c = await connect(t, server.url);
+  const bad = await rejectsWith(c.createVm({ id: 'v', name: 'n', cpus: 'two', memoryMiB: 1 } as unknown as VmCreateRequest), 'InvalidArgument', /"req\.cpus"/);
+  assert.equal(bad.details?.field, 'req.cpus');
+  await c.createVm({ id: 'v', name: 'n', cpus: 2, memoryMiB: 1 });
+  assert.equal(state.calls.length, 1);
+});
+
+// ---- versions --------------------------------------------------------------------------------
+
+test('the protocol version is agreed on and carried by every request; a mismatch names both sides', async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+  const body = Buffer.from('{"args":["vm-1","SIGKILL"]}');
+  const noHeader = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '' }, body);
+  assert.equal(noHeader.status, 400);
+  assert.match(noHeader.body, /carries no x-nimbus-agent-protocol header.*speaks agent protocol 2/);
+  const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '9' }, body);
+  assert.equal(future.status, 409);
+  assert.match(future.body, /speaks agent protocol 9; this agent speaks 2/);
+  const events = await raw(server.url, 'GET', PATHS.events, { ...auth, [PROTOCOL_HEADER]: '1' });
+  assert.equal(events.status, 409, 'streams check the version too');
+  assert.equal(state.calls.length, 0);
+
+  const c = await connect(t, server.url);
+  assert.equal(await c.protocolVersion(), AGENT_PROTOCOL_VERSION);
+  await c.killVm('vm-1', 'SIGKILL');
+  assert.equal(state.calls.length, 1);
+
+  // a control plane that speaks only a later version: refused before any call, both ranges named
+  const newer = await connect(t, server.url, TOKEN, { protocol: { min: 3, max: 4 } });
+  await rejectsWith(newer.info(), 'Conflict', 'agent test speaks agent protocol 2, this control plane speaks 3..4: no version in common');
+  // an agent from before versions (no hello route): named as protocol 1
+  const old = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ error: { code: 'NotFound', message: `no agent route for ${req.method} ${req.url}` } }));
+  });
+  const oldSock = path.join(tempDir(t), 'old.sock');
+  await new Promise<void>((resolve) => old.listen(oldSock, resolve));
+  t.after(() => new Promise<void>((resolve) => old.close(() => resolve())));
+  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', 'agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2: upgrade the agent');
+  // an agent that speaks 1..3 with a control plane of 2..4: they agree on 3
+  const wide = await serve(t, agent, { port: 0 }, { protocol: { min: 1, max: 3 } });
+  assert.equal(await (await connect(t, wide.url, TOKEN, { protocol: { min: 2, max: 4 } })).protocolVersion(), 3);
+});
+
+// ---- mutual TLS --------------------------------------------------------------------------------
+
+test('over TCP the agent takes only the control plane\'s CA-signed certificate, and the control plane only the named agent\'s', async (t) => {
+  const { agent, state } = makeTarget();
+  const { ca, client, server: serverTls } = await pki();
+  const server = await serve(t, agent);
+  const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+  const call = (tls: Record<string, unknown>) => raw(server.url, 'POST', PATHS.call('listVms'), auth, Buffer.from('{"args":[]}'), { ...tls, checkServerIdentity: () => undefined });
+
+  assert.equal((await call({ ca: ca.cert, cert: client.cert, key: client.key })).status, 200);
+  // no client certificate at all: the handshake fails
+  await assert.rejects(call({ ca: ca.cert }), (e: NodeJS.ErrnoException) => /certificate|ECONNRESET|socket hang up/i.test(`${e.code} ${e.message}`));
+  // a certificate from another CA, however it is named
+  const other = await makeCa('another CA');
+  const stranger = await issueCertificate(other, { commonName: CONTROL_PLANE_CERT_NAME, usage: 'client' });
+  await assert.rejects(call({ ca: ca.cert, cert: stranger.cert, key: stranger.key }), (e: NodeJS.ErrnoException) => /certificate|ECONNRESET|socket hang up/i.test(`${e.code} ${e.message}`));
+  // a certificate from the right CA that names someone else (another agent's client)
+  const peer = await issueCertificate(ca, { commonName: 'another-agent', usage: 'client' });
+  const r = await call({ ca: ca.cert, cert: peer.cert, key: peer.key });
+  assert.equal(r.status, 403);
+  assert.match((JSON.parse(r.body) as { error: { message: string } }).error.message, /takes calls from "nimbus-control-plane" only, not from "another-agent"/);
+  // an agent's own (server) certificate is no client certificate
+  await assert.rejects(call({ ca: ca.cert, cert: serverTls.cert, key: serverTls.key }), (e: NodeJS.ErrnoException) => /certificate|ECONNRESET|socket hang up/i.test(`${e.code} ${e.message}`));
+  // plain HTTP to the TLS port gets nowhere
+  await assert.rejects(raw(server.url.replace('https:', 'http:'), 'POST', PATHS.call('listVms'), auth, Buffer.from('{"args":[]}')));
+
+  // the control plane's side: the agent's certificate must name the agent it meant
+  const impostor = await connect(t, server.url, TOKEN, { name: 'someone-else' });
+  await rejectsWith(impostor.info(), 'Unavailable', /certificate names "test", not "someone-else"/);
+  // ... and chain to its CA
+  const wrongCa = await connect(t, server.url, TOKEN, { tls: { ...client, ca: other.cert } });
+  await rejectsWith(wrongCa.info(), 'Unavailable', /certificate/);
+  assert.equal(state.calls.length, 0);
 });

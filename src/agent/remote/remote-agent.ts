@@ -2,11 +2,17 @@
  * An Agent in another process or on another host, reached over the agent protocol
  * (agent-protocol.ts, served by agent-server.ts). Transport failures become Unavailable
  * naming the agent; errors the agent itself threw come out with their own code.
+ *
+ * TCP agents are reached over mutual TLS only (https://): the agent's certificate must chain
+ * to the control plane's CA and name the agent; this side presents the control plane's own.
+ * A unix-socket agent is plain HTTP. The protocol version is agreed on through the agent's
+ * hello before the first call and sent with every request.
  */
 import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
+import type { PeerCertificate } from 'node:tls';
 import { Duplex, PassThrough, Writable } from 'node:stream';
-import { InvalidArgument, NimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
@@ -17,12 +23,18 @@ import {
   EXEC_STDIN_HEADER,
   PATHS,
   PING_INTERVAL_MS,
+  PROTOCOL_ERROR_REASON,
+  PROTOCOL_HEADER,
+  SPOKEN_PROTOCOL,
   decodeError,
+  describeRange,
   encodeArgs,
   isWireError,
   ndjsonRecords,
+  negotiateProtocol,
   type AgentEvent,
   type ExecFrame,
+  type ProtocolRange,
   type UnaryMethod,
 } from './agent-protocol.js';
 
@@ -40,12 +52,25 @@ const BACKOFF_MAX_MS = 5_000;
 /** Three missed pings: the events connection is dead even if TCP has not noticed. */
 const EVENTS_IDLE_MS = 3 * PING_INTERVAL_MS;
 
+/** This side of mutual TLS: PEM texts. */
+export interface RemoteAgentTls {
+  /** The CA the agent's certificate must chain to. */
+  ca: string;
+  /** The control plane's client certificate and key (signed by the same CA). */
+  cert: string;
+  key: string;
+}
+
 export interface RemoteAgentOptions {
-  /** The agent's name (in error messages). */
+  /** The agent's name: in error messages, and what its certificate must name. */
   name: string;
-  /** http://HOST:PORT or unix:/PATH. */
+  /** https://HOST:PORT or unix:/PATH. */
   url: string;
   token: string;
+  /** Required for https:// agents. */
+  tls?: RemoteAgentTls;
+  /** The versions this side speaks (default SPOKEN_PROTOCOL). */
+  protocol?: ProtocolRange;
   /** The longest a unary call may wait for its answer (default 30 min). */
   timeoutMs?: number;
 }
@@ -79,11 +104,18 @@ function parseUrl(url: string): { target: Target; secure: boolean } {
   try {
     u = new URL(url);
   } catch {
-    throw new InvalidArgument(`agent url must be http://HOST:PORT or unix:/PATH, got "${url}"`);
+    throw new InvalidArgument(`agent url must be https://HOST:PORT or unix:/PATH, got "${url}"`);
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidArgument(`agent url must be http://HOST:PORT or unix:/PATH, got "${url}"`);
-  const secure = u.protocol === 'https:';
-  return { target: { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || (secure ? 443 : 80)) }, secure };
+  // plain HTTP would carry the token and every call in the clear: TCP agents speak TLS
+  if (u.protocol === 'http:') throw new InvalidArgument(`agent url "${url}": TCP agents are reached over TLS only (https://); plain HTTP is for unix sockets`);
+  if (u.protocol !== 'https:') throw new InvalidArgument(`agent url must be https://HOST:PORT or unix:/PATH, got "${url}"`);
+  return { target: { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 443) }, secure: true };
+}
+
+/** The agent's certificate must name the agent (its CN), whatever address it was reached at. */
+function namesAgent(name: string): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) =>
+    cert.subject?.CN === name ? undefined : new Error(`the agent's certificate names "${String(cert.subject?.CN ?? 'nobody')}", not "${name}"`);
 }
 
 async function readAll(res: IncomingMessage): Promise<string> {
@@ -152,6 +184,10 @@ export class RemoteAgent implements Agent {
   private readonly target: Target;
   private readonly transport: typeof http | typeof https;
   private readonly pool: http.Agent;
+  private readonly tlsOptions: Record<string, unknown>;
+  private readonly protocol: ProtocolRange;
+  /** The version agreed with the agent (asked once; forgotten when the agent says it no longer speaks it). */
+  private negotiated: Promise<number> | undefined;
 
   private readonly vmExitListeners: Array<(id: string) => void> = [];
   private readonly containerExitListeners: Array<(id: string) => void> = [];
@@ -165,9 +201,14 @@ export class RemoteAgent implements Agent {
     this.url = opts.url;
     this.token = opts.token;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.protocol = opts.protocol ?? SPOKEN_PROTOCOL;
     const { target, secure } = parseUrl(opts.url);
+    if (secure && !opts.tls) throw new InvalidArgument(`agent ${opts.name} at ${opts.url}: an https agent needs the control plane's CA and client certificate`);
     this.target = target;
     this.transport = secure ? https : http;
+    this.tlsOptions = secure && opts.tls
+      ? { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: true, checkServerIdentity: namesAgent(opts.name), minVersion: 'TLSv1.2' }
+      : {};
     // idle sockets dropped after 30 s, before the server's 65 s, so a reused one is never half-closed
     this.pool = new this.transport.Agent({ keepAlive: true, timeout: 30_000 });
   }
@@ -181,12 +222,54 @@ export class RemoteAgent implements Agent {
     return new NimbusError('Unavailable', `agent ${this.name} at ${this.url}: ${reason}`, undefined, { cause: e });
   }
 
-  private open(method: 'GET' | 'POST', path: string, o: OpenOptions = {}): Opened {
+  /** The protocol version to speak: the highest both sides speak, from the agent's hello. */
+  async protocolVersion(): Promise<number> {
+    this.negotiated ??= this.hello().catch((e: unknown) => {
+      this.negotiated = undefined; // asked again next time (the agent may be down, or upgraded)
+      throw e;
+    });
+    return this.negotiated;
+  }
+
+  private async hello(): Promise<number> {
+    let res: IncomingMessage;
+    try {
+      res = await this.openWith(undefined, 'GET', PATHS.hello, { timeoutMs: CONNECT_TIMEOUT_MS }).response;
+    } catch (e) {
+      // an agent from before versions has no hello: it speaks protocol 1
+      if (e instanceof NimbusError && e.code === 'NotFound') {
+        throw new Conflict(`agent ${this.name} speaks agent protocol 1 (it has no hello), this control plane speaks ${describeRange(this.protocol)}: upgrade the agent`, {
+          reason: PROTOCOL_ERROR_REASON,
+          ours: this.protocol,
+          theirs: { min: 1, max: 1 },
+        });
+      }
+      throw e;
+    }
+    let body: { protocol?: Partial<ProtocolRange> };
+    try {
+      body = JSON.parse(await readAll(res)) as typeof body;
+    } catch (e) {
+      throw this.unavailable(new Error(`hello: the answer is not JSON (${String(e)})`));
+    }
+    const theirs = body.protocol;
+    if (!theirs || !Number.isInteger(theirs.min) || !Number.isInteger(theirs.max)) throw this.unavailable(new Error('hello: the answer names no protocol versions'));
+    return negotiateProtocol(this.protocol, theirs as ProtocolRange, { ours: 'this control plane', theirs: `agent ${this.name}` });
+  }
+
+  /** A request at the agreed version (agreed first if need be). */
+  private async open(method: 'GET' | 'POST', path: string, o: OpenOptions = {}): Promise<Opened> {
+    if (this.closed) throw this.unavailable(new Error('connection closed'));
+    return this.openWith(await this.protocolVersion(), method, path, o);
+  }
+
+  private openWith(version: number | undefined, method: 'GET' | 'POST', path: string, o: OpenOptions = {}): Opened {
     if (this.closed) throw this.unavailable(new Error('connection closed'));
     const payload = o.json === undefined ? undefined : Buffer.from(JSON.stringify(o.json));
     const headers: Record<string, string | number> = { authorization: `Bearer ${this.token}`, ...o.headers };
+    if (version !== undefined) headers[PROTOCOL_HEADER] = String(version);
     if (payload) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
-    const req = this.transport.request({ ...this.target, agent: this.pool, method, path, headers, ...(o.signal ? { signal: o.signal } : {}) });
+    const req = this.transport.request({ ...this.target, ...this.tlsOptions, agent: this.pool, method, path, headers, ...(o.signal ? { signal: o.signal } : {}) });
     const response = new Promise<IncomingMessage>((resolve, reject) => {
       let answered = false;
       req.on('error', (e: Error) => {
@@ -215,7 +298,10 @@ export class RemoteAgent implements Agent {
             } catch {
               // not ours (a proxy?): the status and text are all there is
             }
-            reject(decodeError(body, codeForStatus(status)));
+            const err = decodeError(body, codeForStatus(status));
+            // the agent was replaced by one of another version: agree again on the next request
+            if (err.details?.reason === PROTOCOL_ERROR_REASON) this.negotiated = undefined;
+            reject(err);
           },
           (e: unknown) => reject(this.unavailable(e)),
         ).finally(() => {
@@ -230,7 +316,7 @@ export class RemoteAgent implements Agent {
 
   /** Typed by the property it backs (Promise<never> fits every Agent method's answer). */
   private async call(method: UnaryMethod, args: unknown[], timeoutMs = this.timeoutMs): Promise<never> {
-    const res = await this.open('POST', PATHS.call(method), { json: { args: encodeArgs(args) }, timeoutMs }).response;
+    const res = await (await this.open('POST', PATHS.call(method), { json: { args: encodeArgs(args) }, timeoutMs })).response;
     let text: string;
     try {
       text = await readAll(res);
@@ -330,7 +416,7 @@ export class RemoteAgent implements Agent {
     if (signal?.aborted) return;
     let res: IncomingMessage;
     try {
-      res = await this.open('POST', PATHS.logs(kind), { json: { id, opts: wire }, ...(signal ? { signal } : {}) }).response;
+      res = await (await this.open('POST', PATHS.logs(kind), { json: { id, opts: wire }, ...(signal ? { signal } : {}) })).response;
     } catch (e) {
       if (signal?.aborted) return;
       throw e;
@@ -351,7 +437,7 @@ export class RemoteAgent implements Agent {
 
   async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
     const { signal, ...wire } = opts;
-    const res = await this.open('POST', PATHS.pull, { json: { ref, opts: wire }, ...(signal ? { signal } : {}) }).response;
+    const res = await (await this.open('POST', PATHS.pull, { json: { ref, opts: wire }, ...(signal ? { signal } : {}) })).response;
     try {
       for await (const v of ndjsonRecords(res)) {
         if (isWireError(v)) throw decodeError(v);
@@ -369,12 +455,12 @@ export class RemoteAgent implements Agent {
   }
 
   async openVmConsole(id: string): Promise<Duplex> {
-    const { req, response } = this.open('POST', PATHS.console(id), { streaming: true, headers: { 'content-type': 'application/octet-stream' } });
+    const { req, response } = await this.open('POST', PATHS.console(id), { streaming: true, headers: { 'content-type': 'application/octet-stream' } });
     return new ConsoleStream(req, await response);
   }
 
   async execInContainer(id: string, spec: ExecRequest): Promise<ExecSession> {
-    const { req, response } = this.open('POST', PATHS.exec(id), {
+    const { req, response } = await this.open('POST', PATHS.exec(id), {
       streaming: true,
       headers: { 'content-type': 'application/octet-stream', [EXEC_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
     });
@@ -462,7 +548,7 @@ export class RemoteAgent implements Agent {
     while (!this.closed) {
       const firstAttempt = attempts++ === 0;
       try {
-        const { req, response } = this.open('GET', PATHS.events);
+        const { req, response } = await this.open('GET', PATHS.events);
         this.eventsReq = req;
         const res = await response;
         if (!firstAttempt) log.info('agent events stream back', { agent: this.name });

@@ -13,8 +13,8 @@ import type { ProjectScope } from '../../control/identity/scope.js';
 /** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
 const CONTAINER = {
   param: 'id', kind: 'container',
-  owner: (s: Services, ref: string, scope: ProjectScope) => {
-    const c = s.containers.get(ref, scope);
+  owner: async (s: Services, ref: string, scope: ProjectScope) => {
+    const c = await s.containers.get(ref, scope);
     return { projectId: c.projectId, id: c.id };
   },
 };
@@ -30,8 +30,8 @@ export const containerRoutes = [
     summary: 'List containers (running ones unless all=true)',
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Container),
-    handler: ({ query, services, auth }) =>
-      services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) }).filter((c) => auth.canRead(c.projectId)),
+    handler: async ({ query, services, auth }) =>
+      (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)),
   }),
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
@@ -54,9 +54,9 @@ export const containerRoutes = [
     method: 'GET', path: '/containers/{id}', operationId: 'inspectContainer', tag: 'containers', access: 'read',
     auth: { role: 'reader', project: CONTAINER },
     summary: 'Inspect a container (with its network settings)', params: IdParam, response: Container,
-    handler: ({ params, services }) => {
-      const c = services.containers.get(params.id);
-      return { ...c, network: services.networks.settings(c) };
+    handler: async ({ params, services }) => {
+      const c = await services.containers.get(params.id);
+      return { ...c, network: await services.networks.settings(c) };
     },
   }),
   route({
@@ -119,8 +119,8 @@ export const containerRoutes = [
     summary: 'Container output as newline-delimited JSON records; follow=true streams until it exits', params: IdParam,
     query: Type.Object({ follow: Type.Boolean({ default: false }), tail: Type.Optional(Type.Integer({ minimum: 0 })) }),
     response: LogLine, streams: 'ndjson',
-    handler: ({ params, query, services, signal }) =>
-      stream('ndjson', services.containers.logs(params.id, { follow: query.follow, ...(query.tail !== undefined ? { tail: query.tail } : {}), signal })),
+    handler: async ({ params, query, services, signal }) =>
+      stream('ndjson', await services.containers.logs(params.id, { follow: query.follow, ...(query.tail !== undefined ? { tail: query.tail } : {}), signal })),
   }),
   route({
     method: 'POST', path: '/containers/{id}/exec', operationId: 'execInContainer', tag: 'containers', access: 'write',

@@ -28,8 +28,8 @@ const NameParam = Type.Object({ name: Type.String({ minLength: 1, maxLength: 128
 /** A disk image named in the path belongs to the project it is found in (the caller's scope). */
 const DISK = {
   param: 'name', kind: 'disk image',
-  owner: (s: Services, name: string, scope: ProjectScope) => {
-    const d = pickInScope(s.disks.list().filter((x) => x.name === name), scope, (x) => `${x.projectId}/${x.name}`, 'disk image', name);
+  owner: async (s: Services, name: string, scope: ProjectScope) => {
+    const d = pickInScope((await s.disks.list()).filter((x) => x.name === name), scope, (x) => `${x.projectId}/${x.name}`, 'disk image', name);
     return { projectId: d.projectId, id: d.name };
   },
 };
@@ -39,7 +39,7 @@ export const diskImageRoutes = [
     method: 'GET', path: '/disk-images', operationId: 'listDiskImages', tag: 'images', access: 'read',
     auth: { role: 'reader', project: 'query-list' },
     summary: 'List VM disk images (raw, qcow2)', response: Type.Array(DiskImage),
-    handler: ({ services, auth }) => services.disks.list(auth.projectId ?? undefined).filter((d) => auth.canRead(d.projectId)),
+    handler: async ({ services, auth }) => (await services.disks.list(auth.projectId ?? undefined)).filter((d) => auth.canRead(d.projectId)),
   }),
   route({
     method: 'POST', path: '/disk-images', operationId: 'importDiskImage', tag: 'images', access: 'write',

@@ -28,8 +28,8 @@ export const identityRoutes = [
   route({
     method: 'POST', path: '/auth/logout', operationId: 'logout', tag: 'identity', access: 'write', auth: { authenticated: true },
     summary: 'Revoke the session token this request carries', response: Empty,
-    handler: ({ services, auth }) => {
-      services.identity.logout(auth.principal!);
+    handler: async ({ services, auth }) => {
+      await services.identity.logout(auth.principal!);
       return { status: 204 };
     },
   }),
@@ -40,12 +40,13 @@ export const identityRoutes = [
       user: Type.String(), systemAdmin: Type.Boolean(), via: Type.String(), defaultProject: Type.Union([Type.String(), Type.Null()]),
       roles: Type.Array(Type.Object({ project: Type.String(), role: Type.String() })),
     }),
-    handler: ({ services, auth }) => {
+    handler: async ({ services, auth }) => {
       const p = auth.principal!;
+      const grants = p.userId ? await services.store.roles.list({ userId: p.userId }) : [];
       return {
         user: p.name, systemAdmin: p.systemAdmin, via: p.via,
-        defaultProject: p.defaultProjectId ? services.projects.path(p.defaultProjectId) : null,
-        roles: p.userId ? services.store.roles.list({ userId: p.userId }).map((g) => ({ project: services.projects.path(g.projectId), role: g.role })) : [],
+        defaultProject: p.defaultProjectId ? await services.projects.path(p.defaultProjectId) : null,
+        roles: await Promise.all(grants.map(async (g) => ({ project: await services.projects.path(g.projectId), role: g.role }))),
       };
     },
   }),
@@ -61,7 +62,7 @@ export const identityRoutes = [
       status: 201,
       body: await services.identity.createUser(body.name, body.password, {
         systemAdmin: body.systemAdmin,
-        ...(body.defaultProject ? { defaultProjectId: services.projects.resolve(body.defaultProject).id } : {}),
+        ...(body.defaultProject ? { defaultProjectId: (await services.projects.resolve(body.defaultProject)).id } : {}),
       }),
     }),
   }),
@@ -73,8 +74,8 @@ export const identityRoutes = [
   route({
     method: 'DELETE', path: '/users/{name}', operationId: 'removeUser', tag: 'identity', access: 'write', auth: { global: 'admin' },
     summary: 'Remove a user with its sessions, API keys and role grants', params: Name, response: Empty,
-    handler: ({ params, services }) => {
-      services.identity.removeUser(params.name);
+    handler: async ({ params, services }) => {
+      await services.identity.removeUser(params.name);
       return { status: 204 };
     },
   }),
@@ -83,7 +84,7 @@ export const identityRoutes = [
     summary: "Create an API key for the caller (the key is shown only in this response)", status: 201,
     body: Type.Object({ name: NameField(), expiresInSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_API_KEY_SECONDS })) }, { additionalProperties: false }),
     response: Type.Object({ name: Type.String(), key: Type.String(), createdAt: Type.String(), expiresAt: Type.Union([Type.String(), Type.Null()]) }),
-    handler: ({ body, services, auth }) => ({ status: 201, body: services.identity.createApiKey(auth.principal!, body.name, body.expiresInSeconds) }),
+    handler: async ({ body, services, auth }) => ({ status: 201, body: await services.identity.createApiKey(auth.principal!, body.name, body.expiresInSeconds) }),
   }),
   route({
     method: 'GET', path: '/apikeys', operationId: 'listApiKeys', tag: 'identity', access: 'read', auth: { authenticated: true },
@@ -93,8 +94,8 @@ export const identityRoutes = [
   route({
     method: 'DELETE', path: '/apikeys/{name}', operationId: 'removeApiKey', tag: 'identity', access: 'write', auth: { authenticated: true },
     summary: 'Revoke one of the caller\'s API keys', params: Name, response: Empty,
-    handler: ({ params, services, auth }) => {
-      services.identity.removeApiKey(auth.principal!, params.name);
+    handler: async ({ params, services, auth }) => {
+      await services.identity.removeApiKey(auth.principal!, params.name);
       return { status: 204 };
     },
   }),

@@ -10,7 +10,7 @@ import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 
 /** Image routes with a reference in the path act on the referencing project (the reference itself stays as given). */
-const IMAGE = { param: 'ref', kind: 'image', owner: (s: Services, ref: string, scope: ProjectScope) => s.images.resolve(ref, scope).projectId };
+const IMAGE = { param: 'ref', kind: 'image', owner: async (s: Services, ref: string, scope: ProjectScope) => (await s.images.resolve(ref, scope)).projectId };
 
 
 const RefParam = Type.Object({ ref: Ref('Reference, digest or id (URL-encoded)', 1024) });
@@ -20,7 +20,7 @@ export const imageRoutes = [
     method: 'GET', path: '/images', operationId: 'listImages', tag: 'images', access: 'read',
     auth: { role: 'reader', project: 'query-list' },
     summary: 'List images', response: Type.Array(Image),
-    handler: ({ services, auth }) => services.images.list(auth.projectId).filter((i) => auth.canRead(i.projectId)),
+    handler: async ({ services, auth }) => (await services.images.list(auth.projectId)).filter((i) => auth.canRead(i.projectId)),
   }),
   route({
     method: 'POST', path: '/images/pull', operationId: 'pullImage', tag: 'images', access: 'write',
@@ -33,9 +33,9 @@ export const imageRoutes = [
       password: Type.Optional(Type.String({ maxLength: 16 * 1024 })),
     }, { additionalProperties: false }),
     response: Operation,
-    handler: ({ body, services, auth }) => ({
+    handler: async ({ body, services, auth }) => ({
       status: 202,
-      body: services.images.pull(
+      body: await services.images.pull(
         body.reference,
         auth.project(),
         body.username !== undefined ? { username: body.username, password: body.password ?? '' } : undefined,

@@ -7,8 +7,8 @@ import type { ProjectScope } from '../../control/identity/scope.js';
 /** Network routes act on the project of the network named in the path, looked up in the caller's scope. */
 const NETWORK = {
   param: 'id', kind: 'network',
-  owner: (s: Services, ref: string, scope: ProjectScope) => {
-    const n = s.networks.get(ref, scope);
+  owner: async (s: Services, ref: string, scope: ProjectScope) => {
+    const n = await s.networks.get(ref, scope);
     return { projectId: n.projectId, id: n.id };
   },
 };
@@ -28,7 +28,7 @@ export const networkRoutes = [
     auth: { role: 'reader', project: 'query-list' },
     summary: 'List networks (each project has its own "bridge", made on first use)',
     response: Type.Array(Network),
-    handler: ({ services, auth }) => services.networks.list(auth.projectId ?? undefined).filter((n) => auth.canRead(n.projectId)),
+    handler: async ({ services, auth }) => (await services.networks.list(auth.projectId ?? undefined)).filter((n) => auth.canRead(n.projectId)),
   }),
   route({
     method: 'POST', path: '/networks', operationId: 'createNetwork', tag: 'networks', access: 'write',
@@ -41,16 +41,16 @@ export const networkRoutes = [
     method: 'GET', path: '/networks/{id}', operationId: 'inspectNetwork', tag: 'networks', access: 'read',
     auth: { role: 'reader', project: NETWORK },
     summary: 'Inspect a network and the containers on it', params: IdParam, response: Network,
-    handler: ({ params, services }) => services.networks.view(services.networks.get(params.id)),
+    handler: async ({ params, services }) => services.networks.view(await services.networks.get(params.id)),
   }),
   route({
     method: 'POST', path: '/networks/{id}/connect', operationId: 'connectNetwork', tag: 'networks', access: 'write',
     auth: { role: 'member', project: NETWORK },
     summary: 'Connect a container of the network\'s project (running or not) to the network: a new interface with a leased address',
     params: IdParam, body: ConnectBody, response: Network,
-    handler: ({ params, body, services }) => {
-      const n = services.networks.get(params.id);
-      const c = services.containers.get(body.container, { projectId: n.projectId });
+    handler: async ({ params, body, services }) => {
+      const n = await services.networks.get(params.id);
+      const c = await services.containers.get(body.container, { projectId: n.projectId });
       return services.networks.connect(n.id, c, { ...(body.ip ? { ip: body.ip } : {}), ...(body.aliases ? { aliases: body.aliases } : {}) });
     },
   }),
@@ -59,9 +59,9 @@ export const networkRoutes = [
     auth: { role: 'member', project: NETWORK },
     summary: 'Disconnect a container from the network (its interface and lease go; ports published on it too)',
     params: IdParam, body: Type.Object({ container: Ref('Container name, id or id prefix') }, { additionalProperties: false }), response: Network,
-    handler: ({ params, body, services }) => {
-      const n = services.networks.get(params.id);
-      return services.networks.disconnect(n.id, services.containers.get(body.container, { projectId: n.projectId }));
+    handler: async ({ params, body, services }) => {
+      const n = await services.networks.get(params.id);
+      return services.networks.disconnect(n.id, await services.containers.get(body.container, { projectId: n.projectId }));
     },
   }),
   route({

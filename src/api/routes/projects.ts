@@ -18,7 +18,7 @@ export const projectRoutes = [
     summary: 'Create a project, at the root or under a parent (names are unique among siblings)', status: 201,
     body: Type.Object({ name: Name(), parent: Type.Optional(ProjectRef('Parent id, path or name (omit it for a root project)')) }, { additionalProperties: false }),
     response: Project,
-    handler: ({ body, services, auth }) => ({ status: 201, body: services.projects.create(body.name, auth.projectId ?? null) }),
+    handler: async ({ body, services, auth }) => ({ status: 201, body: await services.projects.create(body.name, auth.projectId ?? null) }),
   }),
   route({
     method: 'GET', path: '/projects', operationId: 'listProjects', tag: 'projects', access: 'read', auth: { authenticated: true },
@@ -32,14 +32,15 @@ export const projectRoutes = [
     response: Type.Object({
       project: Project, children: Type.Array(Project), containers: Type.Integer(), images: Type.Integer(), roles: Type.Array(Grant),
     }),
-    handler: ({ services, auth }) => {
+    handler: async ({ services, auth }) => {
       const id = auth.project();
+      const children = await services.store.projects.children(id);
       return {
-        project: services.projects.view(services.store.projects.get(id)!),
-        children: services.store.projects.children(id).map((c) => services.projects.view(c)),
-        containers: services.store.containers.list({ projectId: id }).length,
-        images: services.store.images.list(id).length,
-        roles: services.projects.grants(id),
+        project: await services.projects.view((await services.store.projects.get(id))!),
+        children: await Promise.all(children.map((c) => services.projects.view(c))),
+        containers: (await services.store.containers.list({ projectId: id })).length,
+        images: (await services.store.images.list(id)).length,
+        roles: await services.projects.grants(id),
       };
     },
   }),
@@ -48,9 +49,9 @@ export const projectRoutes = [
     auth: { role: 'admin', project: PROJECT, on: 'parent' },
     summary: 'Remove a project; refused (Conflict) while it has child projects or resources', params: ProjectParam, response: Empty,
     handler: async ({ services, auth }) => {
-      services.projects.assertRemovable(auth.project());
+      await services.projects.assertRemovable(auth.project());
       await services.networks.removeDefault(auth.project());
-      services.projects.remove(auth.project());
+      await services.projects.remove(auth.project());
       return { status: 204 };
     },
   }),
@@ -73,8 +74,8 @@ export const projectRoutes = [
     auth: { role: 'admin', project: PROJECT },
     summary: "Revoke the user's role on the project (inherited roles stay)",
     params: Type.Object({ project: ProjectParam.properties.project, user: Name() }), response: Empty,
-    handler: ({ params, services, auth }) => {
-      services.projects.revoke(params.user, auth.project());
+    handler: async ({ params, services, auth }) => {
+      await services.projects.revoke(params.user, auth.project());
       return { status: 204 };
     },
   }),

@@ -27,11 +27,11 @@ const PoolParams = Type.Object({ project: ProjectParam.properties.project, pool:
 const Weights = Type.Record(Type.String({ pattern: '^[^\\x00-\\x1f\\x7f-\\x9f]{1,1024}$' }), Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000 }), { maxProperties: 256, description: 'Direct child (id, path or name) → weight (more than 0, at most 1,000,000)' });
 
 /** Pool members are named by the caller; only the owner's direct children can be members (the ledger checks). */
-function memberIds(services: Services, owner: string, weights: Record<string, number>): Record<string, number> {
+async function memberIds(services: Services, owner: string, weights: Record<string, number>): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
   for (const [ref, w] of Object.entries(weights)) {
-    const child = services.store.projects.get(ref) ?? services.store.projects.child(owner, ref.split('/').pop() ?? ref);
-    if (!child || child.parentId !== owner) throw new InvalidArgument(`pool member ${ref} is not a direct child of ${services.projects.path(owner)}`);
+    const child = (await services.store.projects.get(ref)) ?? (await services.store.projects.child(owner, ref.split('/').pop() ?? ref));
+    if (!child || child.parentId !== owner) throw new InvalidArgument(`pool member ${ref} is not a direct child of ${await services.projects.path(owner)}`);
     out[child.id] = w;
   }
   return out;
@@ -60,7 +60,7 @@ export const quotaRoutes = [
       { additionalProperties: false },
     ),
     response: Figures,
-    handler: ({ body, services, auth }) => services.quota.setLimits(auth.project(), body) as unknown as Record<string, unknown>,
+    handler: async ({ body, services, auth }) => (await services.quota.setLimits(auth.project(), body)) as unknown as Record<string, unknown>,
   }),
   route({
     method: 'POST', path: '/quota/{project}/explain', operationId: 'explainQuota', tag: 'quota', access: 'read',
@@ -75,9 +75,9 @@ export const quotaRoutes = [
     summary: 'Every admit, reject, loan, return and reclaim with its reason',
     query: Type.Object({ project: Type.Optional(ProjectRef()), since: Type.Optional(Type.Integer({ minimum: 0 })) }),
     response: Type.Array(Figures),
-    handler: ({ query, services, auth }) =>
-      services.quota
-        .audit({ ...(auth.projectId ? { project: auth.projectId } : {}), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) })
+    handler: async ({ query, services, auth }) =>
+      (await services.quota
+        .audit({ ...(auth.projectId ? { project: auth.projectId } : {}), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) }))
         .filter((e) => auth.canRead(e.project)) as unknown as Record<string, unknown>[],
   }),
   route({
@@ -88,9 +88,9 @@ export const quotaRoutes = [
     params: ProjectParam,
     body: Type.Object({ name: Name(), capacity: Vector, weights: Weights }, { additionalProperties: false }),
     response: Figures,
-    handler: ({ body, services, auth }) => ({
+    handler: async ({ body, services, auth }) => ({
       status: 201,
-      body: services.quota.createPool(auth.project(), body.name, body.capacity, memberIds(services, auth.project(), body.weights)) as unknown as Record<string, unknown>,
+      body: (await services.quota.createPool(auth.project(), body.name, body.capacity, await memberIds(services, auth.project(), body.weights))) as unknown as Record<string, unknown>,
     }),
   }),
   route({
@@ -99,19 +99,19 @@ export const quotaRoutes = [
     summary: "Change a pool's capacity or its members' weights", params: PoolParams,
     body: Type.Object({ capacity: Type.Optional(Vector), weights: Type.Optional(Weights) }, { additionalProperties: false }),
     response: Figures,
-    handler: ({ params, body, services, auth }) =>
-      services.quota.updatePool(auth.project(), params.pool, {
+    handler: async ({ params, body, services, auth }) =>
+      (await services.quota.updatePool(auth.project(), params.pool, {
         ...(body.capacity ? { capacity: body.capacity } : {}),
-        ...(body.weights ? { weights: memberIds(services, auth.project(), body.weights) } : {}),
-      }) as unknown as Record<string, unknown>,
+        ...(body.weights ? { weights: await memberIds(services, auth.project(), body.weights) } : {}),
+      })) as unknown as Record<string, unknown>,
   }),
   route({
     method: 'GET', path: '/quota/{project}/loans', operationId: 'listQuotaLoans', tag: 'quota', access: 'read',
     auth: { role: 'reader', project: PROJECT },
     summary: 'Active loans the project made to or took from its siblings (lender, borrower, resource, amount, instance, time)',
     params: ProjectParam, response: Type.Array(Figures),
-    handler: ({ services, auth }) =>
-      services.quota.loans(auth.project()).map((l) => ({ ...l, lenderPath: services.projects.path(l.lender), borrowerPath: services.projects.path(l.borrower) })),
+    handler: async ({ services, auth }) =>
+      Promise.all(services.quota.loans(auth.project()).map(async (l) => ({ ...l, lenderPath: await services.projects.path(l.lender), borrowerPath: await services.projects.path(l.borrower) }))),
   }),
 ];
 
@@ -119,15 +119,23 @@ export const quotaRoutes = [
  * The ledger's decision with project paths beside its ids (users think in paths), and the names of
  * victims the caller may read (others stay bare ids, as in the loans listing).
  */
-function explainWithPaths(services: Services, auth: RequestAuth, body: Static<typeof Vector>): Record<string, unknown> {
+async function explainWithPaths(services: Services, auth: RequestAuth, body: Static<typeof Vector>): Promise<Record<string, unknown>> {
   const d = services.quota.explain(auth.project(), body);
-  const path = (id: string) => services.projects.path(id) || id;
+  // The ledger speaks in project ids; its reason reads better with paths.
+  const ids = new Set([d.project, d.decidedBy.project, ...d.loans.flatMap((l) => [l.lender, l.borrower]), ...(d.reclaim?.victims.map((v) => v.project) ?? []),
+    ...d.poolCharges.map((c) => c.pool.slice(0, Math.max(0, c.pool.indexOf('/'))))]);
+  ids.delete('');
+  const paths = new Map(await Promise.all([...ids].map(async (id) => [id, (await services.projects.path(id)) || id] as const)));
+  const path = (id: string) => paths.get(id) ?? id;
   const pool = (id: string) => {
     const i = id.indexOf('/');
     return i < 0 ? id : `${path(id.slice(0, i))}:${id.slice(i + 1)}`;
   };
-  // The ledger speaks in project ids; its reason reads better with paths.
-  const ids = new Set([d.project, d.decidedBy.project, ...d.loans.flatMap((l) => [l.lender, l.borrower]), ...(d.reclaim?.victims.map((v) => v.project) ?? [])]);
+  const victimNames = new Map<string, string>();
+  for (const v of d.reclaim?.victims ?? []) {
+    const name = auth.canRead(v.project) ? (await services.store.containers.get(v.instance))?.name : undefined;
+    if (name !== undefined) victimNames.set(v.instance, name);
+  }
   let reason = d.reason;
   for (const id of ids) reason = reason.split(id).join(path(id));
   return {
@@ -141,7 +149,7 @@ function explainWithPaths(services: Services, auth: RequestAuth, body: Static<ty
           reclaim: {
             ...d.reclaim,
             victims: d.reclaim.victims.map((v) => {
-              const name = auth.canRead(v.project) ? services.store.containers.get(v.instance)?.name : undefined;
+              const name = victimNames.get(v.instance);
               return { ...v, projectPath: path(v.project), ...(name !== undefined ? { name } : {}) };
             }),
           },

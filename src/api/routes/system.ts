@@ -9,8 +9,8 @@ import type { Services } from '../../control/services.js';
 /** Operation routes act on the operation's project. */
 const OPERATION = {
   param: 'id', kind: 'operation',
-  owner: (s: Services, id: string) => {
-    const op = s.store.operations.get(id);
+  owner: async (s: Services, id: string) => {
+    const op = await s.store.operations.get(id);
     if (!op) throw new NotFound(`no such operation: ${id}`);
     return op.projectId;
   },
@@ -37,8 +37,8 @@ export const systemRoutes = [
     response: Type.Record(Type.String(), Type.Unknown()),
     handler: async ({ services, auth }) => {
       // Counts cover the projects the caller can read; host facts are the same for everyone.
-      const all = services.containers.list({ all: true }).filter((c) => auth.canRead(c.projectId));
-      const vms = services.vms.list({ all: true }).filter((v) => auth.canRead(v.projectId));
+      const all = (await services.containers.list({ all: true })).filter((c) => auth.canRead(c.projectId));
+      const vms = (await services.vms.list({ all: true })).filter((v) => auth.canRead(v.projectId));
       const full = await services.agent.info();
       // host facts (home, host name, kernel, pools, memory) are the operator's; a tenant learns what its requests can use
       const admin = auth.principal?.systemAdmin === true;
@@ -67,7 +67,7 @@ export const systemRoutes = [
           // the accelerator new VMs get, and why (KVM only when a probe boot succeeded)
           ...(full.vm ? { accelerator: full.vm.accelerator, ...(admin ? { acceleratorReason: full.vm.reason } : {}) } : {}),
         },
-        images: services.images.list().filter((i) => auth.canRead(i.projectId)).length,
+        images: (await services.images.list()).filter((i) => auth.canRead(i.projectId)).length,
       };
     },
   }),
@@ -98,7 +98,7 @@ export const systemRoutes = [
     method: 'GET', path: '/operations', operationId: 'listOperations', tag: 'operations', access: 'read',
     auth: { authenticated: true },
     summary: 'Recent operations', response: Type.Array(Operation),
-    handler: ({ services, auth }) => services.operations.list().filter((o) => auth.canRead(o.projectId)),
+    handler: async ({ services, auth }) => (await services.operations.list()).filter((o) => auth.canRead(o.projectId)),
   }),
   route({
     method: 'GET', path: '/operations/{id}', operationId: 'getOperation', tag: 'operations', access: 'read',

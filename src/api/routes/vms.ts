@@ -8,6 +8,7 @@ import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 /** A guest's memory: 1 TiB at most (a larger figure is a typo, and it is charged to the quota). */
 const MAX_VM_MEMORY_MIB = 1024 * 1024;
 import type { Services } from '../../control/services.js';
+import type { ProjectScope } from '../../control/identity/scope.js';
 import { Empty, IdParam, LogLine, Operation, SignalSpec } from '../schemas.js';
 
 const VmCreate = Type.Object(
@@ -48,8 +49,14 @@ const Vm = Type.Object(
   { $id: 'Vm' },
 );
 
-/** The project of the VM a path names: its owner decides who may act on it. */
-const VM = { param: 'id', kind: 'vm', owner: (s: Services, id: string) => s.vms.get(id).projectId };
+/** VM routes act on the project of the VM named in the path, looked up in the caller's scope; handlers get its full id. */
+const VM = {
+  param: 'id', kind: 'vm',
+  owner: async (s: Services, ref: string, scope: ProjectScope) => {
+    const v = await s.vms.get(ref, scope);
+    return { projectId: v.projectId, id: v.id };
+  },
+};
 
 const isSystemAdmin = (auth: RequestAuth) => auth.principal?.systemAdmin === true;
 
@@ -86,8 +93,8 @@ export const vmRoutes = [
     summary: 'List VMs (running and paused ones unless all=true)',
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Vm),
-    handler: ({ query, services, auth }) =>
-      services.vms.list({ all: query.all }).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => shown(v, auth)),
+    handler: async ({ query, services, auth }) =>
+      (await services.vms.list({ all: query.all })).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => shown(v, auth)),
   }),
   route({
     method: 'POST', path: '/vms', operationId: 'createVm', tag: 'vms', access: 'write',
@@ -111,7 +118,7 @@ export const vmRoutes = [
     params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
     handler: async ({ params, services, auth }) => {
       const v = await services.vms.inspect(params.id);
-      return { ...shown(v, auth), network: { endpoints: services.networks.endpointsOf(v.id) } };
+      return { ...shown(v, auth), network: { endpoints: await services.networks.endpointsOf(v.id) } };
     },
   }),
   route({
@@ -171,14 +178,14 @@ export const vmRoutes = [
     auth: { role: 'member', project: VM },
     summary: 'Save the whole VM state to disk (QEMU then ends; the VM is saved); returns an Operation (202)', status: 202,
     params: IdParam, response: Operation,
-    handler: ({ params, services }) => ({ status: 202, body: services.vms.startSave(params.id) }),
+    handler: async ({ params, services }) => ({ status: 202, body: await services.vms.startSave(params.id) }),
   }),
   route({
     method: 'POST', path: '/vms/{id}/restore', operationId: 'restoreVm', tag: 'vms', access: 'write',
     auth: { role: 'member', project: VM },
     summary: 'Bring a saved VM back, the guest continuing where it was; returns an Operation (202)', status: 202,
     params: IdParam, response: Operation,
-    handler: ({ params, services }) => ({ status: 202, body: services.vms.startRestore(params.id) }),
+    handler: async ({ params, services }) => ({ status: 202, body: await services.vms.startRestore(params.id) }),
   }),
   route({
     method: 'POST', path: '/vms/{id}/migrate', operationId: 'migrateVm', tag: 'vms', access: 'write',
@@ -191,7 +198,7 @@ export const vmRoutes = [
       maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 60000, description: 'Longest pause QEMU may plan for the last pass (default 300, as QEMU)' })),
     }, { additionalProperties: false }),
     response: Operation,
-    handler: ({ params, body, services }) => ({ status: 202, body: services.vms.startMigrate(params.id, body.to, body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}) }),
+    handler: async ({ params, body, services }) => ({ status: 202, body: await services.vms.startMigrate(params.id, body.to, body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}) }),
   }),
   route({
     method: 'POST', path: '/vms/{id}/console', operationId: 'vmConsole', tag: 'vms', access: 'write',
@@ -208,7 +215,7 @@ export const vmRoutes = [
     summary: 'The serial console output as newline-delimited JSON records; follow=true streams until QEMU ends', params: IdParam,
     query: Type.Object({ follow: Type.Boolean({ default: false }), tail: Type.Optional(Type.Integer({ minimum: 0 })) }),
     response: LogLine, streams: 'ndjson',
-    handler: ({ params, query, services, signal }) =>
-      stream('ndjson', services.vms.logs(params.id, { follow: query.follow, ...(query.tail !== undefined ? { tail: query.tail } : {}), signal })),
+    handler: async ({ params, query, services, signal }) =>
+      stream('ndjson', await services.vms.logs(params.id, { follow: query.follow, ...(query.tail !== undefined ? { tail: query.tail } : {}), signal })),
   }),
 ];

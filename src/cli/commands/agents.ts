@@ -1,4 +1,5 @@
 /** `nimbus agent ...`: the hosts of this control plane (/agents). Agents register themselves (nimbusd agent). */
+import { InvalidArgument } from '../../core/errors.js';
 import { OUTPUT_OPTION, type CommandSpec } from '../args.js';
 import { ago, render, table } from '../output.js';
 import { clientOf, eachArg } from './shared.js';
@@ -34,7 +35,28 @@ export function agentTable(list: AgentRow[]): string {
   );
 }
 
+/** "90s", "10m", "1h" or plain seconds, into seconds. */
+export function parseTtl(s: string): number {
+  const m = /^([0-9]{1,6})(s|m|h)?$/.exec(s.trim());
+  if (!m) throw new InvalidArgument(`--ttl must be a duration such as 90s, 10m or 1h, got "${s}"`);
+  return Number(m[1]) * ({ s: 1, m: 60, h: 3600 } as const)[(m[2] ?? 's') as 's' | 'm' | 'h'];
+}
+
 export const agentCommands: CommandSpec[] = [
+  {
+    name: 'agent join-token', usage: '', maxArgs: 0,
+    summary: 'A one-time token a new agent joins with over TCP (nimbusd agent --join-token TOKEN); shown once',
+    options: [{ name: 'ttl', type: 'string', value: 'DURATION', description: 'How long it can be used: 90s, 10m, 1h (default 10m, at most 24h)' }, OUTPUT_OPTION],
+    async run({ opts, global }) {
+      const ttl = typeof opts.ttl === 'string' ? parseTtl(opts.ttl) : undefined;
+      const r = await clientOf(global).json<{ token: string; id: string; expiresAt: string }>('POST', '/agents/join-tokens', ttl !== undefined ? { ttlSeconds: ttl } : {});
+      // the token alone on stdout, so that $(nimbus agent join-token) is it; the rest is for the reader
+      return render(global, r, (t) => {
+        process.stderr.write(`join token ${t.id}, usable once until ${t.expiresAt}:\n  nimbusd agent --name NAME --listen HOST:PORT --control-plane URL --join-token TOKEN\n`);
+        return `${t.token}\n`;
+      });
+    },
+  },
   {
     name: 'agent ls', usage: '', summary: 'List the agents (hosts): the embedded one and those registered by nimbusd agent', maxArgs: 0,
     options: [OUTPUT_OPTION],

@@ -1,13 +1,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStore } from '../../store/sqlite.js';
+import { openStore } from '../../store/open.js';
+import type { Store } from '../../store/store.js';
 import { Unavailable } from '../../core/errors.js';
 import type { Agent } from '../../agent/agent.js';
 import type { AgentRecord } from '../../store/records.js';
-import { AgentDirectory } from './agent-directory.js';
+import { AgentDirectory, remoteAgentConnector } from './agent-directory.js';
+import { AgentCa } from './agent-ca.js';
+import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
+import { parseJoinToken, formatJoinToken } from '../../agent/remote/join-token.js';
+import { certCommonName, issuedBy, makeKeyAndCsr } from '../../core/pki.js';
 
 /** What the directory uses of an agent: its name, its VMs, exits and close. Hosts behind URLs are simulated here. */
 function stubAgent(name: string | undefined, vms: string[] = []) {
@@ -27,23 +32,23 @@ function stubAgent(name: string | undefined, vms: string[] = []) {
   return { agent: a as unknown as Agent & { close(): Promise<void> }, exit: (id: string) => exit.forEach((l) => l(id)), closed: () => closed };
 }
 
-function setup(t: { after(fn: () => void): void }, hosts: Record<string, ReturnType<typeof stubAgent>>) {
+function setup(t: { after(fn: () => Promise<void>): void }, hosts: Record<string, ReturnType<typeof stubAgent>>, ca?: AgentCa) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-agents-'));
   const file = join(dir, 'nimbus.db');
-  const stores: SqliteStore[] = [];
-  t.after(() => {
-    for (const s of stores) s.close();
+  const stores: Store[] = [];
+  t.after(async () => {
+    for (const s of stores) await s.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  const open = () => {
-    const store = new SqliteStore(file);
+  const open = async () => {
+    const store = await openStore(file);
     stores.push(store);
     const connect = (rec: AgentRecord) => {
       const h = hosts[rec.url];
       if (!h) throw new Error(`no stub for ${rec.url}`);
       return h.agent;
     };
-    return new AgentDirectory(store, stubAgent('local').agent, 'local', connect);
+    return AgentDirectory.open(store, stubAgent('local').agent, 'local', connect, ca);
   };
   return open;
 }
@@ -52,47 +57,129 @@ const TOKEN = 't'.repeat(32);
 
 test('agent directory: a registration is checked against the agent itself, stored, and reconnected after a restart', async (t) => {
   const b = stubAgent('b', ['vm1', 'vm2']);
-  const hosts = { 'http://127.0.0.1:1': b, 'http://127.0.0.1:2': stubAgent(undefined), 'http://127.0.0.1:3': stubAgent('someone-else') };
+  const hosts = { 'unix:/run/b1.sock': b, 'unix:/run/b2.sock': stubAgent(undefined), 'unix:/run/b3.sock': stubAgent('someone-else') };
   const open = setup(t, hosts);
-  const dir = open();
+  const dir = await open();
   const exits: string[] = [];
   dir.onVmExit((agent, id) => exits.push(`${agent}/${id}`));
 
-  await assert.rejects(dir.register({ name: 'c', url: 'http://127.0.0.1:2', token: TOKEN }), { code: 'Unreachable', message: /does not answer/ });
-  await assert.rejects(dir.register({ name: 'c', url: 'http://127.0.0.1:3', token: TOKEN }), { code: 'InvalidArgument', message: /calls itself "someone-else"/ });
-  await assert.rejects(dir.register({ name: 'local', url: 'http://127.0.0.1:1', token: TOKEN }), { code: 'Conflict' });
-  await assert.rejects(dir.register({ name: 'b', url: 'ftp://x', token: TOKEN }), { code: 'InvalidArgument' });
-  await assert.rejects(dir.register({ name: 'b', url: 'http://127.0.0.1:1', token: 'short' }), { code: 'InvalidArgument' });
+  await assert.rejects(dir.register({ name: 'c', url: 'unix:/run/b2.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'Unreachable', message: /does not answer/ });
+  await assert.rejects(dir.register({ name: 'c', url: 'unix:/run/b3.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument', message: /calls itself "someone-else"/ });
+  await assert.rejects(dir.register({ name: 'local', url: 'unix:/run/b1.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'Conflict' });
+  await assert.rejects(dir.register({ name: 'b', url: 'ftp://x', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument' });
+  await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b1.sock', token: 'short', protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument' });
   assert.deepEqual(dir.names(), ['local'], 'refused registrations leave nothing');
 
-  await dir.register({ name: 'b', url: 'http://127.0.0.1:1', token: TOKEN });
+  await dir.register({ name: 'b', url: 'unix:/run/b1.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
   assert.deepEqual(dir.names(), ['local', 'b']);
   assert.deepEqual(exits, ['b/vm1', 'b/vm2'], 'a (re)registered agent\'s VMs are re-checked');
   b.exit('vm3');
   assert.deepEqual(exits.at(-1), 'b/vm3', 'exits of a remote agent reach the listeners with its name');
   assert.throws(() => dir.get('nope'), { code: 'NotFound' });
 
-  const listed = await dir.list((n) => (n === 'b' ? 2 : 0));
-  assert.deepEqual(listed.map((a) => [a.name, a.local, a.state, a.vms, a.url]), [['local', true, 'up', 0, undefined], ['b', false, 'up', 2, 'http://127.0.0.1:1']]);
+  // the count comes from the store too: an asynchronous one is awaited
+  const listed = await dir.list(async (n) => (n === 'b' ? 2 : 0));
+  assert.deepEqual(listed.map((a) => [a.name, a.local, a.state, a.vms, a.url]), [['local', true, 'up', 0, undefined], ['b', false, 'up', 2, 'unix:/run/b1.sock']]);
   assert.ok(!JSON.stringify(listed).includes(TOKEN), 'the token is never listed');
 
-  const again = open();
+  const again = await open();
   assert.deepEqual(again.names(), ['local', 'b'], 'registrations survive a control-plane restart');
   await again.remove('b');
   assert.equal(b.closed(), true);
   await assert.rejects(again.remove('local'), { code: 'Conflict' });
-  assert.deepEqual(open().names(), ['local']);
+  assert.deepEqual((await open()).names(), ['local'], 'a removal is stored');
 });
 
 test('agent directory: an agent that is down is listed down with the reason, not dropped', async (t) => {
   const flaky = stubAgent('b');
   const open = setup(t, { 'unix:/run/b.sock': flaky });
-  const dir = open();
-  await dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN });
+  const dir = await open();
+  await dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
   (flaky.agent as unknown as { info: () => Promise<never> }).info = async () => {
     throw new Unavailable('agent b at unix:/run/b.sock: connect ENOENT');
   };
   const b = (await dir.list(() => 0)).find((a) => a.name === 'b');
   assert.equal(b?.state, 'down');
   assert.match(b?.reason ?? '', /ENOENT/);
+});
+
+test('agent directory: registrations carry protocol versions; TCP agents are TLS only', async (t) => {
+  const b = stubAgent('b');
+  const dir = await setup(t, { 'unix:/run/b.sock': b })();
+  await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN }), {
+    code: 'Conflict', message: /agent b sent no protocol versions, so it speaks agent protocol 1; this control plane speaks 2\.\.2/,
+  });
+  await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: { min: 5, max: 7 } }), {
+    code: 'Conflict', message: 'agent b speaks agent protocol 5..7, this control plane speaks 2: no version in common',
+  });
+  await assert.rejects(dir.register({ name: 'b', url: 'http://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument', message: /over TLS only/ });
+  await assert.rejects(dir.register({ name: 'b', url: 'https://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'Conflict', message: /no agent CA/ });
+  await assert.rejects(dir.register({ name: 'nimbus-control-plane', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument' });
+  assert.deepEqual(dir.names(), ['local'], 'no call reached the agent, nothing stored');
+  await dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: { min: 1, max: 9 } });
+  assert.deepEqual(dir.names(), ['local', 'b']);
+});
+
+test('agent directory: a stored plain-HTTP registration is listed down with the reason and can be removed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-agents-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await store.agents.put({ name: 'old', url: 'http://127.0.0.1:9', token: TOKEN, registeredAt: new Date().toISOString() });
+  const d = await AgentDirectory.open(store, stubAgent('local').agent, 'local', remoteAgentConnector(undefined));
+  const old = (await d.list(() => 0)).find((a) => a.name === 'old');
+  assert.equal(old?.state, 'down');
+  assert.match(old?.reason ?? '', /over TLS only/);
+  await d.remove('old');
+  assert.deepEqual(d.names(), ['local']);
+  await d.close();
+});
+
+test('agent directory: join tokens are one-time, short-lived, pinned to the CA, and stored as hashes only', async (t) => {
+  const home = mkdtempSync(join(tmpdir(), 'nimbus-ca-'));
+  t.after(() => rmSync(home, { recursive: true, force: true }));
+  const ca = await AgentCa.open(join(home, 'agent-ca'));
+  const open = setup(t, {}, ca);
+  const dir = await open();
+  const { key: _key, csr } = await makeKeyAndCsr('whatever-the-agent-says');
+  void _key;
+
+  const issued = await dir.issueJoinToken();
+  const parsed = parseJoinToken(issued.token);
+  assert.equal(parsed.caFingerprint, ca.fingerprint, 'the token pins the CA');
+  const stored = await (dir as unknown as { store: Store }).store.joinTokens.list();
+  assert.equal(stored.length, 1);
+  assert.ok(!JSON.stringify(stored).includes(parsed.secret), 'the secret is not stored');
+
+  // forged: a right id with a made-up secret, or the right token pinned to another CA
+  const forged = formatJoinToken({ ...parsed, secret: 'A'.repeat(43) });
+  await assert.rejects(dir.join({ joinToken: forged, name: 'b', csr, protocol: SPOKEN_PROTOCOL }), { code: 'Unauthenticated' });
+  await assert.rejects(dir.join({ joinToken: formatJoinToken({ ...parsed, caFingerprint: 'f'.repeat(64) }), name: 'b', csr, protocol: SPOKEN_PROTOCOL }), { code: 'Unauthenticated' });
+  await assert.rejects(dir.join({ joinToken: 'nonsense', name: 'b', csr, protocol: SPOKEN_PROTOCOL }), { code: 'Unauthenticated' });
+  // a malformed CSR does not use the token up
+  await assert.rejects(dir.join({ joinToken: issued.token, name: 'b', csr: 'not a csr', protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument' });
+  // an agent of another protocol is refused before the token is looked at
+  await assert.rejects(dir.join({ joinToken: issued.token, name: 'b', csr, protocol: { min: 9, max: 9 } }), { code: 'Conflict', message: /9, this control plane speaks 2/ });
+
+  const joined = await dir.join({ joinToken: issued.token, name: 'b', csr, protocol: SPOKEN_PROTOCOL });
+  assert.equal(certCommonName(joined.certificate), 'b', 'the certificate names the agent, whatever its CSR said');
+  assert.ok(issuedBy(joined.certificate, joined.caCertificate));
+  assert.equal(joined.caCertificate, ca.certificate);
+  await assert.rejects(dir.join({ joinToken: issued.token, name: 'c', csr, protocol: SPOKEN_PROTOCOL }), { code: 'Unauthenticated' }, 'reused');
+
+  // expired: the same token after its time
+  const short = await dir.issueJoinToken({ ttlMs: 1000 }, 1_000_000);
+  await assert.rejects(dir.join({ joinToken: short.token, name: 'b', csr, protocol: SPOKEN_PROTOCOL }, 1_001_000), { code: 'Unauthenticated' }, 'expired');
+  await assert.rejects(dir.issueJoinToken({ ttlMs: 25 * 3600_000 }), { code: 'InvalidArgument' });
+
+  // the CA is kept: opened again it is the same one, its key private
+  const again = await AgentCa.open(join(home, 'agent-ca'));
+  assert.equal(again.fingerprint, ca.fingerprint);
+  assert.equal(statSync(join(home, 'agent-ca', 'ca.key')).mode & 0o777, 0o600);
+  assert.equal(statSync(join(home, 'agent-ca', 'control-plane.key')).mode & 0o777, 0o600);
+  // without a CA there are no tokens
+  const plain = await setup(t, {})();
+  await assert.rejects(plain.issueJoinToken(), { code: 'Conflict' });
 });

@@ -12,7 +12,8 @@ import { detectCgroupLayout, removeCgroupParentIfEmpty } from '../../agent/cgrou
 import { mountsUnder } from '../../agent/snapshots/mount.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStore } from '../../store/sqlite.js';
+import { openStore } from '../../store/open.js';
+import type { Store } from '../../store/store.js';
 import { EventBus } from '../events/event-bus.js';
 import { OperationService } from '../operations/operations.js';
 import { QuotaService } from '../quota/quota-service.js';
@@ -26,26 +27,26 @@ import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
 /** The control plane around a container service on `store` and `agent`: project p1 and the image example.test/busybox:latest in it. */
-function wireContainerService(store: SqliteStore, agent: Agent, opts?: ConstructorParameters<typeof ContainerService>[7]): ContainerService {
-  store.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
+async function wireContainerService(store: Store, agent: Agent, opts?: ConstructorParameters<typeof ContainerService>[7]): Promise<ContainerService> {
+  await store.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
   const events = new EventBus();
-  const quota = new QuotaService(store);
-  quota.ensureProject('p1', null);
+  const quota = await QuotaService.open(store);
+  await quota.ensureProject('p1', null);
   const operations = new OperationService(store, events);
   const images = new ImageService(store, agent, events, operations, []);
   const networks = new NetworkService(store, agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
   const containers = new ContainerService(store, agent, images, events, quota, operations, networks, opts);
   const now = new Date().toISOString();
-  store.images.upsert({ digest: DIGEST, projectId: 'p1', indexDigest: null, configDigest: DIGEST, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: DIGEST, size: 1, createdAt: now });
-  store.images.setTag({ projectId: 'p1', name: 'example.test/busybox:latest', digest: DIGEST, updatedAt: now });
+  await store.images.upsert({ digest: DIGEST, projectId: 'p1', indexDigest: null, configDigest: DIGEST, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: DIGEST, size: 1, createdAt: now });
+  await store.images.setTag({ projectId: 'p1', name: 'example.test/busybox:latest', digest: DIGEST, updatedAt: now });
   return containers;
 }
 
-function setup(t: { after(fn: () => void): void }, startFails: boolean, over: Record<string, unknown> = {}, opts: ContainerServiceOptions = {}) {
+async function setup(t: { after(fn: () => Promise<void>): void }, startFails: boolean, over: Record<string, unknown> = {}, opts: ContainerServiceOptions = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-'));
-  const store = new SqliteStore(join(dir, 'nimbus.db'));
-  t.after(() => {
-    store.close();
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
     rmSync(dir, { recursive: true, force: true });
   });
   const calls: string[] = [];
@@ -68,27 +69,43 @@ function setup(t: { after(fn: () => void): void }, startFails: boolean, over: Re
     onContainerExit: () => undefined,
     ...over,
   } as unknown as Agent;
-  const containers = wireContainerService(store, agent, opts);
+  const containers = await wireContainerService(store, agent, opts);
   const input = (extra: Record<string, unknown> = {}) =>
     ({ image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
   return { store, containers, calls, input };
 }
 
 test('create with start: one call creates and starts it, and records it running', async (t) => {
-  const { containers, calls, input } = setup(t, false);
+  const { containers, calls, input } = await setup(t, false);
   const c = await containers.create(input({ name: 'one' }), 'p1', { projectId: 'p1' }, { start: true });
   assert.equal(c.status, 'running');
   assert.equal(c.pid, 4242);
   assert.deepEqual(calls, [`create ${c.id}`, `start ${c.id}`]);
-  assert.equal(containers.get('one').status, 'running');
-  assert.equal(containers.get('one').runtime, 'runc', 'the runtime the agent chose, written with the start');
-  assert.deepEqual(containers.get('one').warnings, ['nofile clamped']);
+  assert.equal((await containers.get('one')).status, 'running');
+  assert.equal((await containers.get('one')).runtime, 'runc', 'the runtime the agent chose, written with the start');
+  assert.deepEqual((await containers.get('one')).warnings, ['nofile clamped']);
   const plain = await containers.create(input({ name: 'two' }), 'p1', { projectId: 'p1' });
-  assert.deepEqual([plain.status, containers.get('two').runtime, containers.get('two').warnings], ['created', 'runc', ['nofile clamped']], 'a create alone writes them at once');
+  assert.deepEqual([plain.status, (await containers.get('two')).runtime, (await containers.get('two')).warnings], ['created', 'runc', ['nofile clamped']], 'a create alone writes them at once');
+});
+
+test('names: a container may not take the name of a VM of its project; another project\'s VM does not hold it', async (t) => {
+  const { store, containers, input } = await setup(t, false);
+  await store.projects.insert({ id: 'p2', name: 'tenant', parentId: null, createdAt: new Date().toISOString() });
+  const vm = (id: string, name: string, projectId: string) => store.vms.insert({
+    id, name, projectId, config: { cpus: 1, memoryMiB: 64, kernel: '/boot/k' }, status: 'created', pid: null, exitCode: null,
+    createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, savedAt: null, agent: 'local',
+  });
+  await vm('a'.repeat(32), 'db', 'p1');
+  await vm('b'.repeat(32), 'web', 'p2');
+  await vm('c'.repeat(32), 'db', 'p2'); // VM names are per project too
+  await assert.rejects(containers.create(input({ name: 'db' }), 'p1'), { code: 'Conflict', message: 'the container name "db" is already in use in this project' });
+  assert.equal((await containers.create(input({ name: 'web' }), 'p1')).name, 'web');
+  // the store holds the rule when the service's check is raced past
+  await assert.rejects(store.vms.insert({ ...(await store.vms.get('a'.repeat(32)))!, id: 'd'.repeat(32), name: 'web' }), { code: 'AlreadyExists', message: 'a container named "web" already exists in this project' });
 });
 
 test('create with start: a failed start leaves the container created, and the error names it', async (t) => {
-  const { containers, calls, input } = setup(t, true);
+  const { containers, calls, input } = await setup(t, true);
   const err = await containers.create(input({ name: 'kept' }), 'p1', { projectId: 'p1' }, { start: true }).then(
     () => assert.fail('the start should have failed'),
     (e: unknown) => e,
@@ -96,7 +113,7 @@ test('create with start: a failed start leaves the container created, and the er
   assert.ok(isNimbusError(err));
   assert.equal(err.code, 'Internal');
   assert.match(err.message, /init process is gone/);
-  const c = containers.get('kept');
+  const c = await containers.get('kept');
   assert.equal(c.status, 'created', 'created, not started');
   assert.deepEqual([c.runtime, c.warnings], ['runc', ['nofile clamped']], 'what the create learnt is kept');
   assert.deepEqual(err.details, { container: c.id, removed: false });
@@ -104,7 +121,7 @@ test('create with start: a failed start leaves the container created, and the er
 });
 
 test('create with start: a failed start of an autoRemove container removes it', async (t) => {
-  const { store, containers, calls, input } = setup(t, true);
+  const { store, containers, calls, input } = await setup(t, true);
   const err = await containers.create(input({ name: 'gone', autoRemove: true }), 'p1', { projectId: 'p1' }, { start: true }).then(
     () => assert.fail('the start should have failed'),
     (e: unknown) => e,
@@ -112,12 +129,12 @@ test('create with start: a failed start of an autoRemove container removes it', 
   assert.ok(isNimbusError(err));
   const id = String(err.details?.container);
   assert.equal(err.details?.removed, true);
-  assert.equal(store.containers.get(id), undefined, 'its record is gone');
+  assert.equal(await store.containers.get(id), undefined, 'its record is gone');
   assert.ok(calls.includes(`remove ${id}`), 'and its agent state');
 });
 
 test('requests the runtime cannot run as asked are refused (400, naming the field) before any agent call, warm or cold', async (t) => {
-  const { containers, calls, input } = setup(t, false, {
+  const { containers, calls, input } = await setup(t, false, {
     claimWarmContainer: () => {
       calls.push('claim');
       return undefined;
@@ -150,14 +167,14 @@ test('requests the runtime cannot run as asked are refused (400, naming the fiel
     });
   }
   assert.deepEqual(calls, [], 'neither a warm claim nor a create reached the agent');
-  assert.equal(containers.list({ all: true }).length, 0, 'nothing half-created');
+  assert.equal((await containers.list({ all: true })).length, 0, 'nothing half-created');
   // the limits themselves are allowed
   await containers.create(input({ name: 'edge', user: '2147483647:0', pidsLimit: 4_194_304, stopTimeout: MAX_STOP_TIMEOUT_SEC, cmd: ['sleep', 'x'.repeat(128 * 1024 - 1)] }), 'p1', { projectId: 'p1' });
 });
 
 test('stop and restart timeouts above MAX_STOP_TIMEOUT_SEC are refused; an agent call that hangs does not hold the lock', async (t) => {
   let hang = true;
-  const { containers, input } = setup(t, false, {
+  const { containers, input } = await setup(t, false, {
     pauseContainer: () => (hang ? new Promise(() => undefined) : Promise.resolve()),
     unpauseContainer: async () => undefined,
     killContainer: async () => undefined,
@@ -174,6 +191,42 @@ test('stop and restart timeouts above MAX_STOP_TIMEOUT_SEC are refused; an agent
   // the lock was let go: the next lifecycle call goes through
   assert.equal((await containers.pause(c.id)).status, 'paused');
   assert.equal((await containers.unpause(c.id)).status, 'running');
+});
+
+test('restart policy: an exit is recorded and the container started again; a stop while it waits for the restart cancels it', async (t) => {
+  const exits: Array<(id: string) => void> = [];
+  let running = true;
+  const { containers, calls, input } = await setup(t, false, {
+    onContainerExit: (l: (id: string) => void) => exits.push(l),
+    containerState: async () => (running ? { status: 'running', pid: 4242 } : { status: 'stopped', exitCode: 3, finishedAt: new Date().toISOString() }),
+    startContainer: async (id: string) => {
+      calls.push(`start ${id}`);
+      running = true;
+      return { status: 'running', pid: 4242 };
+    },
+  });
+  const c = await containers.create(input({ name: 'phoenix', restart: { name: 'always' } }), 'p1', { projectId: 'p1' }, { start: true });
+  const exit = async () => {
+    running = false;
+    for (const l of exits) l(c.id);
+    // the exit is recorded and the restart scheduled (asynchronously: the listener cannot wait)
+    for (let i = 0; i < 50 && (await containers.get(c.id)).status === 'running'; i++) await sleep(5);
+  };
+  await exit();
+  const waiting = await containers.get(c.id);
+  assert.deepEqual([waiting.status, waiting.exitCode], ['restarting', 3]);
+  for (let i = 0; i < 100 && (await containers.get(c.id)).status !== 'running'; i++) await sleep(10);
+  const again = await containers.get(c.id);
+  assert.deepEqual([again.status, again.restartCount], ['running', 1], 'started again by the policy, after its back-off');
+
+  await exit();
+  assert.equal((await containers.get(c.id)).status, 'restarting');
+  const stopped = await containers.stop(c.id);
+  assert.equal(stopped.status, 'exited');
+  const startsBefore = calls.filter((x) => x.startsWith('start')).length;
+  await sleep(400); // past the second back-off (200 ms)
+  assert.equal((await containers.get(c.id)).status, 'exited', 'the stop cancelled the restart');
+  assert.equal(calls.filter((x) => x.startsWith('start')).length, startsBefore, 'no start after the stop');
 });
 
 // ------------------------------------------------------------------ against real runc and conmon
@@ -216,13 +269,13 @@ async function realSetup(t: { after(fn: () => Promise<void>): void; diagnostic(m
   } as unknown as Agent;
   const dir = join(base, 'db');
   await mkdir(dir);
-  const store = new SqliteStore(join(dir, 'nimbus.db'));
-  const containers = wireContainerService(store, agent);
+  const store = await openStore(join(dir, 'nimbus.db'));
+  const containers = await wireContainerService(store, agent);
   t.after(async () => {
     containers.shutdown();
     for (const id of await driver.list()) await driver.delete(id).catch((e: unknown) => console.error('teardown delete', id, e));
     driver.close();
-    store.close();
+    await store.close();
     await removeCgroupParentIfEmpty(await detectCgroupLayout(), cgroupParent);
     const left = await mountsUnder(base);
     if (left.length === 0) await rm(base, { recursive: true, force: true });
@@ -249,7 +302,7 @@ test('real runc: a kill during a graceful stop preempts it (no wait, no Conflict
   assert.equal(stopped.status, 'exited', 'the stop in progress completes normally');
   assert.equal(stopped.exitCode, 137);
   assert.ok(performance.now() - t0 < 5000, 'well before its 25 s timeout');
-  assert.equal(containers.get(c.id).status, 'exited');
+  assert.equal((await containers.get(c.id)).status, 'exited');
 });
 
 test('real runc: rm -f during a restart on a process ignoring SIGTERM cancels the restart and removes at once', { skip: !runcUsable && 'runc unusable' }, async (t) => {
@@ -268,7 +321,7 @@ test('real runc: rm -f during a restart on a process ignoring SIGTERM cancels th
   assert.ok(isNimbusError(outcome), `the restart was cancelled, not completed: ${String(outcome)}`);
   assert.equal(outcome.code, 'Conflict');
   assert.match(outcome.message, /removed \(rm -f\) while it stopped/);
-  assert.equal(store.containers.get(c.id), undefined, 'the record is gone');
+  assert.equal(await store.containers.get(c.id), undefined, 'the record is gone');
   assert.ok(!(await driver.list()).includes(c.id), 'and the runtime container');
 });
 
@@ -278,6 +331,6 @@ test('real runc: a program the image lacks is a 400 naming it, and nothing is le
     containers.create({ ...(stubborn as object), cmd: ['/nonexistent'] } as never, 'p1', { projectId: 'p1' }, { start: true }),
     { code: 'InvalidArgument', message: /cannot run "\/nonexistent": no such file in the image/ },
   );
-  assert.equal(containers.list({ all: true }).length, 0);
+  assert.equal((await containers.list({ all: true })).length, 0);
   assert.deepEqual(await driver.list(), []);
 });

@@ -70,7 +70,12 @@ export class ContainerService {
     private readonly networks: NetworkService,
     private readonly opts: ContainerServiceOptions = {},
   ) {
-    agent.onContainerExit((id) => void this.handleExit(id));
+    agent.onContainerExit((id) => this.handleExitDetached(id));
+  }
+
+  /** handleExit from a callback that cannot wait for it: its failure is logged. */
+  private handleExitDetached(id: string): void {
+    void this.handleExit(id).catch((e: unknown) => log.warn('recording a container exit failed', { id, error: String(e) }));
   }
 
   /** An agent call for container id, bounded: a hung agent answers Unavailable instead of holding the lock for ever. */
@@ -90,9 +95,9 @@ export class ContainerService {
   }
 
   /** "org/team" for progress messages (ids mean nothing to a user). */
-  private projectPath(id: string): string {
+  private async projectPath(id: string): Promise<string> {
     const names: string[] = [];
-    for (let p = this.store.projects.get(id); p; p = p.parentId ? this.store.projects.get(p.parentId) : undefined) names.unshift(p.name);
+    for (let p = await this.store.projects.get(id); p; p = p.parentId ? await this.store.projects.get(p.parentId) : undefined) names.unshift(p.name);
     return names.length ? names.join('/') : id;
   }
 
@@ -105,18 +110,18 @@ export class ContainerService {
    * callers pass ids; the API edge passes the caller's scope and hands handlers the full id).
    * Names are unique per project, so other projects' containers neither match nor make it ambiguous.
    */
-  get(idOrName: string, scope: ProjectScope = EVERYWHERE): ContainerRecord {
+  async get(idOrName: string, scope: ProjectScope = EVERYWHERE): Promise<ContainerRecord> {
     if (!idOrName) throw new InvalidArgument('a container id or name is required');
-    const exact = this.store.containers.get(idOrName);
+    const exact = await this.store.containers.get(idOrName);
     if (exact && inScope(scope, exact.projectId)) return exact;
-    const named = this.store.containers.named(idOrName).filter((c) => inScope(scope, c.projectId));
+    const named = (await this.store.containers.named(idOrName)).filter((c) => inScope(scope, c.projectId));
     if (named.length) return pickInScope(named, scope, (c) => c.id, 'container', idOrName);
     // A prefix shared by containers of two projects is ambiguous: no default project wins it.
     const prefixScope: ProjectScope = 'projectId' in scope ? scope : { canRead: scope.canRead };
-    return pickInScope(this.store.containers.withIdPrefix(idOrName), prefixScope, (c) => c.id, 'container', idOrName);
+    return pickInScope(await this.store.containers.withIdPrefix(idOrName), prefixScope, (c) => c.id, 'container', idOrName);
   }
 
-  list(opts: { all?: boolean; projectId?: string } = {}): ContainerRecord[] {
+  list(opts: { all?: boolean; projectId?: string } = {}): Promise<ContainerRecord[]> {
     return this.store.containers.list({
       ...(opts.projectId ? { projectId: opts.projectId } : {}),
       ...(opts.all ? {} : { status: ['running', 'paused', 'restarting'] as ContainerStatus[] }),
@@ -141,14 +146,14 @@ export class ContainerService {
     imageScope: ProjectScope = { projectId },
     opts: CreateOptions = {},
   ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
-    const image = this.images.resolve(input.image, imageScope);
+    const image = await this.images.resolve(input.image, imageScope);
     if (input.name !== undefined && !isValidName(input.name)) {
       throw new InvalidArgument(`invalid container name "${input.name}": use letters, digits, '_', '.', '-' (max 128)`);
     }
     // Names are per project; a VM of the same project and name counts too (instances are one resource).
-    const taken = (n: string) =>
-      this.store.containers.byName(projectId, n) !== undefined || this.pendingNames.has(`${projectId}/${n}`) || this.store.vms.byName(n)?.projectId === projectId;
-    if (input.name && taken(input.name)) {
+    const taken = async (n: string) =>
+      this.pendingNames.has(`${projectId}/${n}`) || (await this.store.containers.byName(projectId, n)) !== undefined || (await this.store.vms.byName(projectId, n)) !== undefined;
+    if (input.name && (await taken(input.name))) {
       throw new Conflict(`the container name "${input.name}" is already in use in this project`);
     }
     if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
@@ -162,21 +167,22 @@ export class ContainerService {
     const { name: requestedName, ...asked } = input;
     if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
     // Network settings are checked before anything is made; addresses are leased once the record exists.
-    const links = (asked.links ?? []).map((l) => {
-      const t = this.get(l.container, { projectId });
+    const links: Array<{ container: string; alias: string }> = [];
+    for (const l of asked.links ?? []) {
+      const t = await this.get(l.container, { projectId });
       if (t.status !== 'running') throw new Conflict(`cannot link to ${t.name}: it is ${t.status}`);
-      return { container: t.id, alias: l.alias };
-    });
+      links.push({ container: t.id, alias: l.alias });
+    }
     const config = { ...asked, ...(links.length ? { links } : {}) };
     const intent: NetworkIntent = await this.networks.intent(config, projectId, { projectId });
     if (links.length && intent.mode !== 'networks') throw new InvalidArgument('--link needs a network (not none, host or container:)');
     const linkNetworks = intent.mode === 'networks' ? intent.networks : [];
     for (const l of links) {
-      const shares = this.store.networks.leases({ instanceId: l.container }).some((x) => linkNetworks.some((n) => n.id === x.networkId));
-      if (!shares) throw new InvalidArgument(`cannot link to ${this.store.containers.get(l.container)?.name}: it is not on the same network`);
+      const shares = (await this.store.networks.leases({ instanceId: l.container })).some((x) => linkNetworks.some((n) => n.id === x.networkId));
+      if (!shares) throw new InvalidArgument(`cannot link to ${(await this.store.containers.get(l.container))?.name}: it is not on the same network`);
     }
-    const name = requestedName ?? generateName(taken);
-    const linkEnv = this.networks.linkEnv({ name }, links, linkNetworks, (t) => Object.keys(this.store.images.get(t.imageDigest)?.config.config?.ExposedPorts ?? {}));
+    const name = requestedName ?? (await generateName(taken));
+    const linkEnv = await this.networks.linkEnv({ name }, links, linkNetworks, async (t) => Object.keys((await this.store.images.get(t.imageDigest))?.config.config?.ExposedPorts ?? {}));
     const process = processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
     // before a warm container is claimed or a cold one made: both paths give the same answer
     checkProcess(process);
@@ -209,9 +215,9 @@ export class ContainerService {
       if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
     };
     // Admission first: a refused request leaves nothing behind.
-    let admission: ReturnType<QuotaService['admitContainerOrPlanReclaim']>;
+    let admission: Awaited<ReturnType<QuotaService['admitContainerOrPlanReclaim']>>;
     try {
-      admission = this.quota.admitContainerOrPlanReclaim(id, projectId, rec.config);
+      admission = await this.quota.admitContainerOrPlanReclaim(id, projectId, rec.config);
     } catch (e) {
       dropWarm();
       throw e;
@@ -222,30 +228,41 @@ export class ContainerService {
     const held = `${projectId}/${name}`;
     this.pendingNames.add(held);
     const deadline = Math.max(...reclaim.plan.map((v) => v.deadline));
-    const progress = {
-      phase: 'reclaim',
-      reclaim: reclaim.id,
-      instances: reclaim.plan.length,
-      projects: [...new Set(reclaim.plan.map((v) => this.projectPath(v.project)))],
-      graceSeconds: Math.max(0, Math.ceil((deadline - Date.now()) / 1000)),
-      deadline: new Date(deadline).toISOString(),
-    };
     let finished!: Promise<ContainerRecord>;
-    const operation = this.operations.start('container.create', name, projectId, (op) => {
-      op.progress(progress);
-      finished = (async () => {
-        try {
-          await done;
-        } catch (e) {
-          dropWarm();
-          throw e;
-        } finally {
-          this.pendingNames.delete(held);
-        }
-        return this.createAdmitted(rec, request, warmId, intent, opts);
-      })();
-      return finished;
-    });
+    let operation: OperationRecord;
+    try {
+      const progress = {
+        phase: 'reclaim',
+        reclaim: reclaim.id,
+        instances: reclaim.plan.length,
+        projects: [...new Set(await Promise.all(reclaim.plan.map((v) => this.projectPath(v.project))))],
+        graceSeconds: Math.max(0, Math.ceil((deadline - Date.now()) / 1000)),
+        deadline: new Date(deadline).toISOString(),
+      };
+      operation = await this.operations.start('container.create', name, projectId, (op) => {
+        op.progress(progress);
+        finished = (async () => {
+          try {
+            await done;
+          } catch (e) {
+            dropWarm();
+            throw e;
+          } finally {
+            this.pendingNames.delete(held);
+          }
+          return this.createAdmitted(rec, request, warmId, intent, opts);
+        })();
+        return finished;
+      });
+    } catch (e) {
+      // no operation was started (the store refused it): the name is free again, and what the reclaim admits is given back
+      this.pendingNames.delete(held);
+      dropWarm();
+      void done
+        .then(() => this.quota.release(id, 'create failed'), () => undefined)
+        .catch((x: unknown) => log.warn('releasing the quota of a create that did not start failed', { id, error: String(x) }));
+      throw e;
+    }
     return { operation, finished };
   }
 
@@ -265,8 +282,17 @@ export class ContainerService {
     } catch (e) {
       const err = toNimbusError(e);
       if (rec.config.autoRemove) await this.remove(rec.id, true).catch(() => undefined);
-      else if (this.store.containers.get(rec.id)) this.store.containers.update(rec.id, patch);
+      else await this.writeCreatePatch(rec.id, patch);
       throw new NimbusError(err.code, err.message, { ...err.details, container: rec.id, removed: rec.config.autoRemove }, { cause: e });
+    }
+  }
+
+  /** After a failed start: keep what the create learnt (a failed write is logged; the start's error is the one thrown). */
+  private async writeCreatePatch(id: string, patch: Pick<ContainerRecord, 'warnings' | 'runtime'>): Promise<void> {
+    try {
+      if (await this.store.containers.get(id)) await this.store.containers.update(id, patch);
+    } catch (e) {
+      log.warn('recording a created container failed', { id, error: String(e) });
     }
   }
 
@@ -276,44 +302,48 @@ export class ContainerService {
   ): Promise<{ record: ContainerRecord; patch: Pick<ContainerRecord, 'warnings' | 'runtime'> }> {
     const id = rec.id;
     try {
-      this.store.containers.insert(rec);
+      await this.store.containers.insert(rec);
     } catch (e) {
-      this.quota.release(id, 'create failed');
+      await this.quota.release(id, 'create failed');
       if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
       throw e;
     }
     try {
       // addresses are leased with the record in place (deleting the record deletes them)
-      request.network = this.networks.lease(rec, intent);
+      request.network = await this.networks.lease(rec, intent);
       const created = await this.agent.createContainer({ id, ...request });
       const patch = { warnings: created.warnings, runtime: created.runtime };
-      const record = deferUpdate ? { ...rec, ...patch } : this.store.containers.update(id, patch);
+      const record = deferUpdate ? { ...rec, ...patch } : await this.store.containers.update(id, patch);
       this.publish(record, 'create', { image: rec.config.image });
       return { record, patch };
     } catch (e) {
       // A failed create leaves nothing behind: not the record, not the agent's state.
       await this.agent.removeContainer(id).catch(() => undefined);
-      this.store.containers.delete(id); // its address leases go with it
-      this.quota.release(id, 'create failed');
+      try {
+        await this.store.containers.delete(id); // its address leases go with it
+        await this.quota.release(id, 'create failed');
+      } catch (x) {
+        log.error('cleaning up after a failed container create failed', { id, error: String(x) });
+      }
       throw e;
     }
   }
 
-  start(idOrName: string): Promise<ContainerRecord> {
-    const c = this.get(idOrName);
+  async start(idOrName: string): Promise<ContainerRecord> {
+    const c = await this.get(idOrName);
     return this.locked(c.id, () => this.startLocked(c.id, false));
   }
 
   private async startLocked(id: string, byRestartPolicy: boolean, alsoWrite: Partial<Omit<ContainerRecord, 'id'>> = {}): Promise<ContainerRecord> {
-    let c = this.store.containers.get(id);
+    let c = await this.store.containers.get(id);
     if (!c) throw new NotFound(`no such container: ${id}`);
     if (c.status === 'running' || c.status === 'paused') return c;
     assertTransition(c.name, c.status, 'running', 'start');
     // A container stopped by a quota reclaim gave its quota back: it runs again only if admitted again.
-    if (!this.quota.holds(id)) this.quota.admitContainer(id, c.projectId, c.config);
+    if (this.quota.shared || !this.quota.holds(id)) await this.quota.admitContainerUnlessHeld(id, c.projectId, c.config);
     const state = await this.bounded(id, 'start', this.agent.startContainer(id));
     // Even if it already finished, record it as started: handleExit records the exit.
-    c = this.store.containers.update(id, {
+    c = await this.store.containers.update(id, {
       ...alsoWrite,
       status: 'running',
       pid: state.pid ?? null,
@@ -325,26 +355,27 @@ export class ContainerService {
       ...(byRestartPolicy ? { restartCount: c.restartCount + 1 } : {}),
     });
     this.publish(c, 'start', { pid: c.pid });
-    if (state.status === 'stopped') void this.handleExit(id);
+    // detached: handleExit takes this container's lock, which the caller holds
+    if (state.status === 'stopped') this.handleExitDetached(id);
     return c;
   }
 
   async stop(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
     if (timeoutSec !== undefined) checkStopTimeout(timeoutSec);
-    const c = this.get(idOrName);
-    this.cancelRestart(c.id);
+    const c = await this.get(idOrName);
+    await this.cancelRestart(c.id);
     return this.locked(c.id, () => this.stops.run(c.id, (signal) => this.stopLocked(c.id, timeoutSec, signal)));
   }
 
   /** The graceful stop, registered in this.stops: kill cuts its wait short, rm -f aborts it (signal). */
   private async stopLocked(id: string, timeoutSec: number | undefined, signal: AbortSignal): Promise<ContainerRecord> {
-    let cur = this.store.containers.get(id);
+    let cur = await this.store.containers.get(id);
     if (!cur) throw new NotFound(`no such container: ${id}`);
     if (cur.status !== 'running' && cur.status !== 'paused' && cur.status !== 'restarting') return cur;
-    cur = this.store.containers.update(id, { stoppedByUser: true });
+    cur = await this.store.containers.update(id, { stoppedByUser: true });
     // a record made before stopTimeout was bounded may hold more: the bound holds for it too
     const t = timeoutSec ?? Math.min(cur.config.stopTimeout ?? 10, MAX_STOP_TIMEOUT_SEC);
-    const imageSignal = this.store.images.get(cur.imageDigest)?.config.config?.StopSignal;
+    const imageSignal = (await this.store.images.get(cur.imageDigest))?.config.config?.StopSignal;
     // its timeout, then the agent's SIGKILL and wait, within the usual deadline
     await this.bounded(id, 'stop', this.agent.stopContainer(id, t, cur.config.stopSignal ?? imageSignal), t * 1000, signal);
     const state = await this.bounded(id, 'state', this.agent.containerState(id), 0, signal);
@@ -357,9 +388,9 @@ export class ContainerService {
    * a SIGKILL answers once the stop has recorded the exit.
    */
   async kill(idOrName: string, signal = 'SIGKILL'): Promise<ContainerRecord> {
-    const c = this.get(idOrName);
+    const c = await this.get(idOrName);
     const stopping = this.stops.get(c.id);
-    const cur = this.store.containers.get(c.id);
+    const cur = await this.store.containers.get(c.id);
     if (!cur) throw new NotFound(`no such container: ${c.id}`);
     if (!stopping && cur.status !== 'running' && cur.status !== 'paused') {
       throw new Conflict(`cannot kill container ${cur.name}: it is ${cur.status}`);
@@ -371,14 +402,14 @@ export class ContainerService {
     }
     this.publish(cur, 'kill', { signal });
     if (stopping && /^(SIG)?KILL$|^9$/i.test(signal)) await this.bounded(c.id, 'stop', stopping.stopped);
-    return this.store.containers.get(c.id) ?? cur;
+    return (await this.store.containers.get(c.id)) ?? cur;
   }
 
   /** Stop then start, as one lifecycle operation: rm -f cancels it (no start after), kill only cuts its stop short. */
   async restart(idOrName: string, timeoutSec?: number): Promise<ContainerRecord> {
     if (timeoutSec !== undefined) checkStopTimeout(timeoutSec);
-    const c = this.get(idOrName);
-    this.cancelRestart(c.id);
+    const c = await this.get(idOrName);
+    await this.cancelRestart(c.id);
     return this.locked(c.id, () =>
       this.stops.run(c.id, async (signal, stopDone) => {
         await this.stopLocked(c.id, timeoutSec, signal);
@@ -389,26 +420,26 @@ export class ContainerService {
     );
   }
 
-  pause(idOrName: string): Promise<ContainerRecord> {
-    const c = this.get(idOrName);
+  async pause(idOrName: string): Promise<ContainerRecord> {
+    const c = await this.get(idOrName);
     return this.locked(c.id, async () => {
-      const cur = this.store.containers.get(c.id)!;
+      const cur = await this.current(c.id);
       assertTransition(cur.name, cur.status, 'paused', 'pause');
       if (cur.status === 'paused') return cur;
       await this.bounded(c.id, 'pause', this.agent.pauseContainer(c.id));
-      const next = this.store.containers.update(c.id, { status: 'paused' });
+      const next = await this.store.containers.update(c.id, { status: 'paused' });
       this.publish(next, 'pause');
       return next;
     });
   }
 
-  unpause(idOrName: string): Promise<ContainerRecord> {
-    const c = this.get(idOrName);
+  async unpause(idOrName: string): Promise<ContainerRecord> {
+    const c = await this.get(idOrName);
     return this.locked(c.id, async () => {
-      const cur = this.store.containers.get(c.id)!;
+      const cur = await this.current(c.id);
       if (cur.status !== 'paused') throw new Conflict(`cannot unpause container ${cur.name}: it is ${cur.status}`);
       await this.bounded(c.id, 'unpause', this.agent.unpauseContainer(c.id));
-      const next = this.store.containers.update(c.id, { status: 'running' });
+      const next = await this.store.containers.update(c.id, { status: 'running' });
       this.publish(next, 'unpause');
       return next;
     });
@@ -419,28 +450,28 @@ export class ContainerService {
    * flight aborted and the process SIGKILLed at once, then the removal takes the lock.
    */
   async remove(idOrName: string, force: boolean): Promise<void> {
-    const c = this.get(idOrName);
-    this.cancelRestart(c.id);
+    const c = await this.get(idOrName);
+    await this.cancelRestart(c.id);
     if (force) {
       this.stops.abort(c.id, new Conflict(`container ${c.name} was removed (rm -f) while it stopped`, { container: c.id }));
-      const cur = this.store.containers.get(c.id);
+      const cur = await this.store.containers.get(c.id);
       if (cur && (cur.status === 'running' || cur.status === 'paused')) {
         await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
       }
     }
     return this.locked(c.id, async () => {
-      const cur = this.store.containers.get(c.id);
+      const cur = await this.store.containers.get(c.id);
       if (!cur) return;
       if ((cur.status === 'running' || cur.status === 'paused' || cur.status === 'restarting') && !force) {
         throw new Conflict(`container ${cur.name} is ${cur.status}: stop it first or use --force`);
       }
-      this.store.containers.update(c.id, { status: 'removing' });
+      await this.store.containers.update(c.id, { status: 'removing' });
       if (cur.status === 'running' || cur.status === 'paused') {
         await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
       }
       await this.bounded(c.id, 'removal', this.agent.removeContainer(c.id));
-      this.store.containers.delete(c.id);
-      this.quota.release(c.id, 'container removed');
+      await this.store.containers.delete(c.id);
+      await this.quota.release(c.id, 'container removed');
       this.publish(cur, 'destroy');
     });
   }
@@ -450,37 +481,49 @@ export class ContainerService {
    * exited; "removed" once it is also gone (what `run --rm` waits for).
    */
   async wait(idOrName: string, condition: 'not-running' | 'removed' = 'not-running', signal?: AbortSignal): Promise<{ exitCode: number; oomKilled: boolean }> {
-    const c = this.get(idOrName);
+    const c = await this.get(idOrName);
     let last: { exitCode: number; oomKilled: boolean } | undefined;
     const settled = (r: ContainerRecord) => ({ exitCode: r.exitCode ?? -1, oomKilled: r.oomKilled });
     return new Promise((resolve, reject) => {
-      const check = () => {
-        const r = this.store.containers.get(c.id);
-        if (r && (r.status === 'exited' || r.status === 'dead')) last = settled(r);
+      const check = async () => {
+        const r = await this.store.containers.get(c.id);
+        if (r && (r.status === 'exited' || r.status === 'dead') && r.exitCode !== null) last = settled(r);
         const done = condition === 'removed' ? !r : !r || r.status === 'exited' || r.status === 'dead';
         if (done) {
           off();
           resolve(last ?? (r ? settled(r) : { exitCode: -1, oomKilled: false }));
         }
       };
+      // one read at a time, in event order: `last` is the exit seen before the removal
+      let checks = Promise.resolve();
+      const recheck = () => {
+        checks = checks.then(check).catch((e: unknown) => {
+          off();
+          reject(e as Error);
+        });
+      };
       const off = this.events.on((e) => {
-        if (e.type === 'container' && e.id === c.id && (e.action === 'die' || e.action === 'destroy')) check();
+        if (e.type !== 'container' || e.id !== c.id || (e.action !== 'die' && e.action !== 'destroy')) return;
+        // the exit as the event carries it: with --rm the record may be gone by the time a read runs
+        const a = e.attributes ?? {};
+        if (e.action === 'die' && typeof a.exitCode === 'number') last = { exitCode: a.exitCode, oomKilled: a.oomKilled === true };
+        recheck();
       });
       signal?.addEventListener('abort', () => {
         off();
         reject(new Error('aborted'));
       });
-      check();
+      recheck();
     });
   }
 
-  logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
-    const c = this.get(idOrName);
+  async logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): Promise<AsyncIterable<LogRecord>> {
+    const c = await this.get(idOrName);
     return this.agent.containerLogs(c.id, opts);
   }
 
   async exec(idOrName: string, req: ExecRequest): Promise<ExecSession> {
-    const c = this.get(idOrName);
+    const c = await this.get(idOrName);
     if (c.status !== 'running') throw new Conflict(`container ${c.name} is ${c.status}; exec needs it running`);
     if (!req.args.length) throw new InvalidArgument('exec needs a command');
     this.publish(c, 'exec', { args: req.args });
@@ -488,16 +531,21 @@ export class ContainerService {
   }
 
   async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {
-    const c = this.get(idOrName);
+    const c = await this.get(idOrName);
     if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is ${c.status}; no stats`);
     return { id: c.id, name: c.name, ...(await this.agent.containerStats(c.id)) };
   }
 
-  private recordExit(id: string, state: RuntimeState): ContainerRecord {
-    const cur = this.store.containers.get(id);
-    if (!cur) throw new NotFound(`no such container: ${id}`);
+  private async current(id: string): Promise<ContainerRecord> {
+    const c = await this.store.containers.get(id);
+    if (!c) throw new NotFound(`no such container: ${id}`);
+    return c;
+  }
+
+  private async recordExit(id: string, state: RuntimeState): Promise<ContainerRecord> {
+    const cur = await this.current(id);
     if (cur.status === 'exited' && cur.exitCode !== null) return cur;
-    const next = this.store.containers.update(id, {
+    const next = await this.store.containers.update(id, {
       status: 'exited',
       pid: null,
       exitCode: state.exitCode ?? cur.exitCode ?? 255,
@@ -510,7 +558,7 @@ export class ContainerService {
 
   /** The agent saw the process exit: record it, then apply the restart policy. */
   async handleExit(id: string): Promise<void> {
-    const cur = this.store.containers.get(id);
+    const cur = await this.store.containers.get(id);
     if (!cur || cur.status === 'removing') return;
     let state: RuntimeState;
     try {
@@ -521,7 +569,7 @@ export class ContainerService {
     }
     if (state.status !== 'stopped') return;
     const rec = await this.locked(id, async () => {
-      const now = this.store.containers.get(id);
+      const now = await this.store.containers.get(id);
       if (!now || now.status === 'removing') return undefined;
       // An exit older than the last start may be the previous run's (a restart held the lock
       // meanwhile): ask again. (A fast exit can also predate startedAt, which is written after.)
@@ -536,10 +584,10 @@ export class ContainerService {
       await this.remove(id, true).catch((e: unknown) => log.warn('auto-remove failed', { id, error: String(e) }));
       return;
     }
-    this.maybeRestart(rec);
+    await this.maybeRestart(rec);
   }
 
-  private maybeRestart(c: ContainerRecord): void {
+  private async maybeRestart(c: ContainerRecord): Promise<void> {
     const p = c.config.restart;
     if (c.stoppedByUser || p.name === 'no') return;
     if (p.name === 'on-failure') {
@@ -547,31 +595,39 @@ export class ContainerService {
       if (p.maxRetries !== undefined && p.maxRetries > 0 && c.restartCount >= p.maxRetries) return;
     }
     const delay = RESTART_BACKOFF_MS[Math.min(c.restartCount, RESTART_BACKOFF_MS.length - 1)]!;
-    this.store.containers.update(c.id, { status: 'restarting' });
-    this.publish(c, 'restarting', { delayMs: delay });
+    // The timer is registered before the status is written, so a stop or rm from now on cancels it.
     const timer = setTimeout(() => {
       this.restartTimers.delete(c.id);
       void this.locked(c.id, async () => {
-        const now = this.store.containers.get(c.id);
+        const now = await this.store.containers.get(c.id);
         if (!now || now.status !== 'restarting') return;
         await this.startLocked(c.id, true);
-      }).catch((e: unknown) => {
+      }).catch(async (e: unknown) => {
         log.warn('restart failed', { id: c.id, error: String(e) });
-        const now = this.store.containers.get(c.id);
-        if (now?.status === 'restarting') this.store.containers.update(c.id, { status: 'exited' });
-      });
+        await this.settleRestarting(c.id);
+      }).catch((e: unknown) => log.warn('recording a failed restart failed', { id: c.id, error: String(e) }));
     }, delay);
     timer.unref();
     this.restartTimers.set(c.id, timer);
+    await this.store.containers.update(c.id, { status: 'restarting' });
+    // cancelled while the status was written: the canceller may have read the status before it
+    if (this.restartTimers.get(c.id) !== timer) await this.settleRestarting(c.id);
+    else this.publish(c, 'restarting', { delayMs: delay });
   }
 
-  private cancelRestart(id: string): void {
+  /** A restart that will not happen: a container left restarting is exited. */
+  private async settleRestarting(id: string): Promise<void> {
+    const now = await this.store.containers.get(id);
+    if (now?.status === 'restarting') await this.store.containers.update(id, { status: 'exited' });
+  }
+
+  private async cancelRestart(id: string): Promise<void> {
     const t = this.restartTimers.get(id);
     if (t) {
+      // the timer first, at once: nothing may start the container from here on
       clearTimeout(t);
       this.restartTimers.delete(id);
-      const c = this.store.containers.get(id);
-      if (c?.status === 'restarting') this.store.containers.update(id, { status: 'exited' });
+      await this.settleRestarting(id);
     }
   }
 
@@ -583,16 +639,16 @@ export class ContainerService {
   async reconcile(): Promise<{ running: number; exited: number; orphansRemoved: number; lost: number }> {
     const onHost = new Set(await this.agent.listContainers());
     let running = 0, exited = 0, lost = 0, orphansRemoved = 0;
-    for (const c of this.store.containers.list()) {
+    for (const c of await this.store.containers.list()) {
       if (c.status === 'removing') {
         await this.agent.removeContainer(c.id).catch(() => undefined);
-        this.store.containers.delete(c.id);
-        this.quota.release(c.id, 'container removed');
+        await this.store.containers.delete(c.id);
+        await this.quota.release(c.id, 'container removed');
         continue;
       }
       if (!onHost.has(c.id)) {
         if (c.status !== 'exited' && c.status !== 'created') {
-          this.store.containers.update(c.id, { status: 'exited', exitCode: c.exitCode ?? 255, pid: null, finishedAt: c.finishedAt ?? new Date().toISOString() });
+          await this.store.containers.update(c.id, { status: 'exited', exitCode: c.exitCode ?? 255, pid: null, finishedAt: c.finishedAt ?? new Date().toISOString() });
           lost++;
         }
         continue;
@@ -600,15 +656,15 @@ export class ContainerService {
       onHost.delete(c.id);
       const state = await this.agent.containerState(c.id).catch(() => ({ status: 'unknown' }) as RuntimeState);
       if (state.status === 'running' || state.status === 'paused') {
-        this.store.containers.update(c.id, { status: state.status, pid: state.pid ?? c.pid });
+        await this.store.containers.update(c.id, { status: state.status, pid: state.pid ?? c.pid });
         running++;
       } else if (state.status === 'stopped' && c.status !== 'exited') {
-        const rec = this.recordExit(c.id, state);
+        const rec = await this.recordExit(c.id, state);
         exited++;
         if (rec.config.autoRemove) await this.remove(c.id, true).catch(() => undefined);
-        else this.maybeRestart(rec);
+        else await this.maybeRestart(rec);
       } else if (state.status === 'stopped' && c.status === 'exited' && c.config.restart.name === 'always' && !c.stoppedByUser) {
-        this.maybeRestart(c);
+        await this.maybeRestart(c);
       }
     }
     for (const orphan of onHost) {

@@ -21,6 +21,7 @@ import type { OperationService } from '../operations/operations.js';
 import type { OperationRecord } from '../../store/records.js';
 import { assertVmTransition, isLive } from './vm-state.js';
 import { generateName } from './names.js';
+import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import { AsyncQueue } from '../../core/async-queue.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { InFlight } from '../../core/in-flight.js';
@@ -28,6 +29,7 @@ import { signalNumber } from '../../core/signals.js';
 import type { Readable } from 'node:stream';
 
 const log = logger('compute-vm');
+const EVERYWHERE: ProjectScope = { canRead: () => true };
 /** Guest memory when the request names none. */
 export const DEFAULT_VM_MEMORY_MIB = 256;
 /**
@@ -100,13 +102,25 @@ export class VmService {
     this.events.publish({ type: 'vm', action, id: v.id, projectId: v.projectId, attributes: { name: v.name, ...attributes } });
   }
 
-  get(idOrName: string): VmRecord {
-    return this.store.vms.resolve(idOrName);
+  /**
+   * By full id, name or unique id prefix, looked up in `scope` (by default everywhere: internal
+   * callers pass ids; the API edge passes the caller's scope and hands handlers the full id).
+   * Names are unique per project, so other projects' VMs neither match nor make it ambiguous.
+   */
+  async get(idOrName: string, scope: ProjectScope = EVERYWHERE): Promise<VmRecord> {
+    if (!idOrName) throw new InvalidArgument('a VM id or name is required');
+    const exact = await this.store.vms.get(idOrName);
+    if (exact && inScope(scope, exact.projectId)) return exact;
+    const named = (await this.store.vms.named(idOrName)).filter((v) => inScope(scope, v.projectId));
+    if (named.length) return pickInScope(named, scope, (v) => v.id, 'vm', idOrName);
+    // A prefix shared by VMs of two projects is ambiguous: no default project wins it.
+    const prefixScope: ProjectScope = 'projectId' in scope ? scope : { canRead: scope.canRead };
+    return pickInScope(await this.store.vms.withIdPrefix(idOrName), prefixScope, (v) => v.id, 'vm', idOrName);
   }
 
   /** The record plus what the host knows (accelerator, QEMU argv, pinning, sockets). */
   async inspect(idOrName: string): Promise<VmRecord & { host: VmInspect | null; hostError?: string }> {
-    const v = this.get(idOrName);
+    const v = await this.get(idOrName);
     let hostError: string | undefined;
     const host = await this.on(v).inspectVm(v.id).catch((e: unknown) => {
       if (hasCode(e, 'NotFound')) return null;
@@ -120,7 +134,7 @@ export class VmService {
     return { ...v, host, ...(hostError ? { hostError } : {}) };
   }
 
-  list(opts: { all?: boolean; projectId?: string } = {}): VmRecord[] {
+  list(opts: { all?: boolean; projectId?: string } = {}): Promise<VmRecord[]> {
     return this.store.vms.list({
       ...(opts.projectId ? { projectId: opts.projectId } : {}),
       ...(opts.all ? {} : { status: ['running', 'paused'] as VmStatus[] }),
@@ -128,14 +142,14 @@ export class VmService {
   }
 
   /**
-   * A VM may not take the name of a container of its project, nor the reverse. VM names are
-   * still unique host-wide (the vms table predates per-project names; see docs/identity.md).
+   * Names are unique per project across containers and VMs (instances are one resource; the
+   * store's instance_names holds to it when two creates race past this check).
    */
-  private checkName(name: string | undefined, projectId: string): string {
-    const taken = (n: string) => this.store.vms.byName(n) !== undefined || this.store.containers.byName(projectId, n) !== undefined;
+  private async checkName(name: string | undefined, projectId: string): Promise<string> {
+    const taken = async (n: string) => (await this.store.vms.byName(projectId, n)) !== undefined || (await this.store.containers.byName(projectId, n)) !== undefined;
     if (name === undefined) return generateName(taken);
     if (!isValidName(name)) throw new InvalidArgument(`invalid VM name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
-    if (taken(name)) throw new Conflict(`the name "${name}" is already in use by an instance`);
+    if (await taken(name)) throw new Conflict(`the name "${name}" is already in use by an instance`);
     return name;
   }
 
@@ -163,21 +177,21 @@ export class VmService {
     // an image of the image service stands for the host path of its blob
     const images: Pick<VmConfig, 'diskImage' | 'kernelImage' | 'initrdImage'> = {};
     const input = { ...asked };
-    const fromImage = (name: string, kind: VmImageKind): { path: string; ref: { name: string; digest: string } } => {
+    const fromImage = async (name: string, kind: VmImageKind): Promise<{ path: string; ref: { name: string; digest: string } }> => {
       if (!this.disks) throw new InvalidArgument('images for VMs are not available');
-      const img = this.disks.resolve(name, projectId, { projectId }, kind);
+      const img = await this.disks.resolve(name, projectId, { projectId }, kind);
       return { path: this.disks.path(img), ref: { name: img.name, digest: img.digest } };
     };
     if (asked.image !== undefined) {
       if (asked.disk !== undefined) throw new InvalidArgument('give a disk image (--image) or a host disk file (--disk), not both');
-      const { path, ref } = fromImage(asked.image, 'disk');
+      const { path, ref } = await fromImage(asked.image, 'disk');
       input.disk = path;
       images.diskImage = ref;
     }
     for (const role of ['kernel', 'initrd'] as const) {
       const v = asked[role];
       if (v === undefined || v.startsWith('/')) continue;
-      const { path, ref } = fromImage(v, role);
+      const { path, ref } = await fromImage(v, role);
       input[role] = path;
       images[role === 'kernel' ? 'kernelImage' : 'initrdImage'] = ref;
     }
@@ -203,17 +217,17 @@ export class VmService {
       ...(images.kernelImage ? { kernelImage: images.kernelImage } : {}),
       ...(images.initrdImage ? { initrdImage: images.initrdImage } : {}),
     };
-    const name = this.checkName(input.name, projectId);
+    const name = await this.checkName(input.name, projectId);
     const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
     if (networks.length) config.networks = networks.map((n) => n.id);
     const id = newVmId();
-    const rec = this.admitAndInsert(id, name, projectId, config, 'created', agentName);
+    const rec = await this.admitAndInsert(id, name, projectId, config, 'created', agentName);
     const req: VmCreateRequest = { id, name, ...config };
     try {
-      if (networks.length) req.nics = this.networks!.leaseVm(id, name, networks);
+      if (networks.length) req.nics = await this.networks!.leaseVm(id, name, networks);
       await agent.createVm(req);
     } catch (e) {
-      this.forget(id, agentName, 'create failed');
+      await this.forget(id, agentName, 'create failed');
       throw e;
     }
     this.publish(rec, 'create', { cpus: config.cpus, memoryMiB: config.memoryMiB });
@@ -225,21 +239,21 @@ export class VmService {
    * and vCPUs added by hot-plug; anything while stopped). The new size is charged first, so a
    * refusal changes nothing; a running one stays charged its boot memory (the guest can take it back).
    */
-  resize(idOrName: string, want: { cpus?: number; memoryMiB?: number }): Promise<VmRecord & { balloonMiB?: number }> {
-    const v = this.get(idOrName);
+  async resize(idOrName: string, want: { cpus?: number; memoryMiB?: number }): Promise<VmRecord & { balloonMiB?: number }> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (want.cpus === undefined && want.memoryMiB === undefined) throw new InvalidArgument('resize needs --cpus or --memory');
       // a running VM's memory moves within its boot size (it stays charged that); its vCPUs are charged as plugged
       const next = { cpus: want.cpus ?? cur.config.cpus, memoryMiB: isLive(cur.status) ? cur.config.memoryMiB : want.memoryMiB ?? cur.config.memoryMiB };
       const old = { cpus: cur.config.cpus, memoryMiB: cur.config.memoryMiB };
       const recharge = this.quota.holds(v.id) && (next.cpus !== old.cpus || next.memoryMiB !== old.memoryMiB);
       if (recharge) {
-        this.quota.release(v.id, 'resize');
+        await this.quota.release(v.id, 'resize');
         try {
-          this.quota.admitVm(v.id, cur.projectId, next);
+          await this.quota.admitVm(v.id, cur.projectId, next);
         } catch (e) {
-          this.quota.admitVm(v.id, cur.projectId, old);
+          await this.quota.admitVm(v.id, cur.projectId, old);
           throw e;
         }
       }
@@ -248,14 +262,14 @@ export class VmService {
         r = await this.on(cur).resizeVm(v.id, want);
       } catch (e) {
         if (recharge) {
-          this.quota.release(v.id, 'resize failed');
-          this.quota.admitVm(v.id, cur.projectId, old);
+          await this.quota.release(v.id, 'resize failed');
+          await this.quota.admitVm(v.id, cur.projectId, old);
         }
         throw e;
       }
       const config: VmConfig = { ...cur.config, cpus: r.cpus, memoryMiB: r.memoryMiB };
       if (config.maxCpus !== undefined && config.maxCpus < r.cpus) config.maxCpus = r.cpus;
-      const updated = this.store.vms.update(v.id, { config });
+      const updated = await this.store.vms.update(v.id, { config });
       this.publish(updated, 'resize', { cpus: r.cpus, memoryMiB: r.memoryMiB, ...(r.balloonMiB !== undefined ? { balloonMiB: r.balloonMiB } : {}) });
       return { ...updated, ...(r.balloonMiB !== undefined ? { balloonMiB: r.balloonMiB } : {}) };
     });
@@ -263,16 +277,16 @@ export class VmService {
 
   /** A new VM from a saved one (RunD's microVM templates); it is saved, and restore starts it. */
   async createFromTemplate(templateIdOrName: string, name: string | undefined, projectId: string): Promise<VmRecord> {
-    const t = this.get(templateIdOrName);
+    const t = await this.get(templateIdOrName);
     if (t.status !== 'saved' || t.config.template) throw new Conflict(`VM ${t.name} is not a saved VM that can serve as a template (it is ${t.status})`);
-    const newName = this.checkName(name, projectId);
+    const newName = await this.checkName(name, projectId);
     const id = newVmId();
     const { template: _none, ...base } = t.config;
-    const rec = this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', t.agent);
+    const rec = await this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', t.agent);
     try {
       await this.on(t).createVmFromTemplate(t.id, id, newName);
     } catch (e) {
-      this.forget(id, t.agent, 'create failed');
+      await this.forget(id, t.agent, 'create failed');
       throw e;
     }
     this.publish(rec, 'create', { template: t.id });
@@ -280,37 +294,42 @@ export class VmService {
   }
 
   /** Admission first: a refused request leaves nothing behind. */
-  private admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus, agent: string): VmRecord {
-    this.quota.admitVm(id, projectId, { cpus: config.cpus, memoryMiB: config.memoryMiB });
+  private async admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus, agent: string): Promise<VmRecord> {
+    await this.quota.admitVm(id, projectId, { cpus: config.cpus, memoryMiB: config.memoryMiB });
     const now = new Date().toISOString();
     const rec: VmRecord = {
       id, name, projectId, config, status, pid: null, exitCode: null,
       createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent,
     };
     try {
-      this.store.vms.insert(rec);
+      await this.store.vms.insert(rec);
     } catch (e) {
-      this.quota.release(id, 'create failed');
+      await this.quota.release(id, 'create failed');
       throw e;
     }
     return rec;
   }
 
   /** A failed create leaves nothing: not the host state, not the record, not the quota. */
-  private forget(id: string, agent: string, reason: string): void {
+  private async forget(id: string, agent: string, reason: string): Promise<void> {
     void this.agents.get(agent).removeVm(id).catch(() => undefined);
-    this.store.vms.delete(id); // its address leases go with it
-    this.quota.release(id, reason);
+    try {
+      await this.store.vms.delete(id); // its address leases go with it
+      await this.quota.release(id, reason);
+    } catch (e) {
+      // the caller throws the create's own error; this one is only logged
+      log.error('cleaning up after a failed VM create failed', { id, error: String(e) });
+    }
   }
 
-  private current(id: string): VmRecord {
-    const v = this.store.vms.get(id);
+  private async current(id: string): Promise<VmRecord> {
+    const v = await this.store.vms.get(id);
     if (!v) throw new NotFound(`no such vm: ${id}`);
     return v;
   }
 
-  private running(id: string, state: VmHostState, action: string, attributes: Record<string, unknown> = {}): VmRecord {
-    const v = this.store.vms.update(id, {
+  private async running(id: string, state: VmHostState, action: string, attributes: Record<string, unknown> = {}): Promise<VmRecord> {
+    const v = await this.store.vms.update(id, {
       status: 'running', pid: state.pid ?? null, startedAt: state.startedAt ?? new Date().toISOString(),
       finishedAt: null, exitCode: null,
     });
@@ -318,14 +337,14 @@ export class VmService {
     return v;
   }
 
-  start(idOrName: string): Promise<VmRecord> {
-    const v = this.get(idOrName);
+  async start(idOrName: string): Promise<VmRecord> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (isLive(cur.status)) return cur;
       if (cur.status === 'saved') throw new Conflict(`VM ${cur.name} is saved: restore it (nimbus vm restore ${cur.name})`);
       assertVmTransition(cur.name, cur.status, 'running', 'start');
-      this.readmit(cur);
+      await this.readmit(cur);
       return this.running(v.id, await this.on(cur).startVm(v.id), 'start');
     });
   }
@@ -336,13 +355,13 @@ export class VmService {
    * holds the VM's lock; it is the one lifecycle call another may cut short: a SIGKILL (kill, or
    * remove with force) goes to QEMU at once, and the stop's wait then sees QEMU end and records it.
    */
-  stop(idOrName: string, timeoutSec = DEFAULT_VM_STOP_TIMEOUT): Promise<VmRecord> {
+  async stop(idOrName: string, timeoutSec = DEFAULT_VM_STOP_TIMEOUT): Promise<VmRecord> {
     if (!Number.isInteger(timeoutSec) || timeoutSec < 0 || timeoutSec > MAX_STOP_TIMEOUT_SEC) {
       throw new InvalidArgument(`stop timeout must be 0 to ${MAX_STOP_TIMEOUT_SEC} seconds, got ${timeoutSec}`);
     }
-    const v = this.get(idOrName);
+    const v = await this.get(idOrName);
     const done = this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (!isLive(cur.status)) return cur;
       return this.recordStop(v.id, await this.on(cur).stopVm(v.id, timeoutSec));
     });
@@ -352,23 +371,23 @@ export class VmService {
   /** Ends a graceful stop in flight at once (SIGKILL to QEMU) and waits for it to record the exit. */
   private async preemptStop(v: VmRecord): Promise<boolean> {
     const inFlight = this.stopping.get(v.id);
-    if (!inFlight) return false;
+    if (inFlight === undefined) return false;
     await this.on(v).killVm(v.id, 'SIGKILL').catch((e: unknown) => log.warn('SIGKILL to a stopping VM failed', { id: v.id, error: String(e) }));
     await inFlight.catch(() => undefined);
     return true;
   }
 
   async kill(idOrName: string, signal = 'SIGKILL'): Promise<VmRecord> {
-    const v = this.get(idOrName);
+    const v = await this.get(idOrName);
     if (signalNumber(signal) === 9) {
       if (await this.preemptStop(v)) {
-        const after = this.current(v.id);
+        const after = await this.current(v.id);
         this.publish(after, 'kill', { signal });
         return after;
       }
     }
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (!isLive(cur.status)) throw new Conflict(`cannot kill VM ${cur.name}: it is ${cur.status}`);
       await this.on(cur).killVm(v.id, signal);
       this.publish(cur, 'kill', { signal });
@@ -381,39 +400,39 @@ export class VmService {
     return this.simpleTransition(idOrName, 'paused', 'pause', (v) => this.on(v).pauseVm(v.id));
   }
 
-  unpause(idOrName: string): Promise<VmRecord> {
-    const v = this.get(idOrName);
+  async unpause(idOrName: string): Promise<VmRecord> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (cur.status !== 'paused') throw new Conflict(`cannot unpause VM ${cur.name}: it is ${cur.status}`);
       await this.on(cur).unpauseVm(v.id);
-      const next = this.store.vms.update(v.id, { status: 'running' });
+      const next = await this.store.vms.update(v.id, { status: 'running' });
       this.publish(next, 'unpause');
       return next;
     });
   }
 
-  private simpleTransition(idOrName: string, to: VmStatus, verb: string, call: (v: VmRecord) => Promise<void>): Promise<VmRecord> {
-    const v = this.get(idOrName);
+  private async simpleTransition(idOrName: string, to: VmStatus, verb: string, call: (v: VmRecord) => Promise<void>): Promise<VmRecord> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (cur.status === to) return cur;
       assertVmTransition(cur.name, cur.status, to, verb);
       await call(cur);
-      const next = this.store.vms.update(v.id, { status: to });
+      const next = await this.store.vms.update(v.id, { status: to });
       this.publish(next, verb);
       return next;
     });
   }
 
   /** The whole VM (RAM, devices, vCPUs) to disk; QEMU ends; the VM is saved. */
-  save(idOrName: string): Promise<{ vm: VmRecord; bytes: number; ms: number }> {
-    const v = this.get(idOrName);
+  async save(idOrName: string): Promise<{ vm: VmRecord; bytes: number; ms: number }> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       assertVmTransition(cur.name, cur.status, 'saved', 'save');
       const r = await this.on(cur).saveVm(v.id);
-      const next = this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: new Date().toISOString() });
+      const next = await this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: new Date().toISOString() });
       this.publish(next, 'save', { bytes: r.bytes, ms: r.ms });
       return { vm: next, bytes: r.bytes, ms: r.ms };
     });
@@ -423,8 +442,8 @@ export class VmService {
    * Save as an Operation (its time grows with guest memory). A VM that cannot be
    * saved now is refused here, not as a failed operation.
    */
-  startSave(idOrName: string): OperationRecord {
-    const v = this.get(idOrName);
+  async startSave(idOrName: string): Promise<OperationRecord> {
+    const v = await this.get(idOrName);
     assertVmTransition(v.name, v.status, 'saved', 'save');
     return this.operations.start('vm.save', v.id, v.projectId, async () => {
       const r = await this.save(v.id);
@@ -432,10 +451,10 @@ export class VmService {
     });
   }
 
-  startRestore(idOrName: string): OperationRecord {
-    const v = this.get(idOrName);
+  async startRestore(idOrName: string): Promise<OperationRecord> {
+    const v = await this.get(idOrName);
     if (v.status !== 'saved') throw new Conflict(`cannot restore VM ${v.name}: it is ${v.status}, not saved`);
-    this.assertNotTemplate(v, 'restore');
+    await this.assertNotTemplate(v, 'restore');
     return this.operations.start('vm.restore', v.id, v.projectId, async () => {
       const r = await this.restore(v.id);
       return { id: v.id, name: v.name, status: r.vm.status, ms: r.ms };
@@ -446,8 +465,8 @@ export class VmService {
    * A template's saved state and frozen disk back the VMs made from it: restoring
    * it would move its disk on under them, removing it would pull it away.
    */
-  private assertNotTemplate(v: VmRecord, verb: string): void {
-    const children = this.store.vms.list().filter((o) => o.config.template === v.id);
+  private async assertNotTemplate(v: VmRecord, verb: string): Promise<void> {
+    const children = (await this.store.vms.list()).filter((o) => o.config.template === v.id);
     if (children.length) throw new Conflict(`cannot ${verb} VM ${v.name}: it is the template of ${children.map((c) => c.name).join(', ')}; remove those first`);
   }
 
@@ -455,44 +474,44 @@ export class VmService {
    * A VM whose charge a reclaim released (it was saved or stopped for a lender) is
    * admitted again before it runs; QuotaExceeded when its project has no room now.
    */
-  private readmit(v: VmRecord): void {
-    if (this.quota.holds(v.id)) return;
-    this.quota.admitVm(v.id, v.projectId, { cpus: v.config.cpus, memoryMiB: v.config.memoryMiB });
+  private async readmit(v: VmRecord): Promise<void> {
+    if (!this.quota.shared && this.quota.holds(v.id)) return;
+    await this.quota.admitVmUnlessHeld(v.id, v.projectId, { cpus: v.config.cpus, memoryMiB: v.config.memoryMiB });
   }
 
   /** A saved VM back, its guest continuing where it was. */
-  restore(idOrName: string): Promise<{ vm: VmRecord; ms: number }> {
-    const v = this.get(idOrName);
+  async restore(idOrName: string): Promise<{ vm: VmRecord; ms: number }> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       if (cur.status !== 'saved') throw new Conflict(`cannot restore VM ${cur.name}: it is ${cur.status}, not saved`);
-      this.assertNotTemplate(cur, 'restore');
-      this.readmit(cur);
+      await this.assertNotTemplate(cur, 'restore');
+      await this.readmit(cur);
       const r = await this.on(cur).restoreVm(v.id);
-      const next = this.running(v.id, await this.on(cur).vmState(v.id), 'restore', { ms: r.ms });
+      const next = await this.running(v.id, await this.on(cur).vmState(v.id), 'restore', { ms: r.ms });
       return { vm: next, ms: r.ms };
     });
   }
 
   async remove(idOrName: string, force: boolean): Promise<void> {
-    const v = this.get(idOrName);
+    const v = await this.get(idOrName);
     if (force) await this.preemptStop(v);
     return this.locked(v.id, async () => {
-      const cur = this.store.vms.get(v.id);
+      const cur = await this.store.vms.get(v.id);
       if (!cur) return;
       if (isLive(cur.status) && !force) throw new Conflict(`VM ${cur.name} is ${cur.status}: stop it first or use --force`);
-      this.assertNotTemplate(cur, 'remove');
-      this.store.vms.update(v.id, { status: 'removing' });
+      await this.assertNotTemplate(cur, 'remove');
+      await this.store.vms.update(v.id, { status: 'removing' });
       try {
         await this.on(cur).removeVm(v.id); // kills a live QEMU first
       } catch (e) {
         if (!hasCode(e, 'NotFound')) {
-          this.store.vms.update(v.id, { status: cur.status });
+          await this.store.vms.update(v.id, { status: cur.status });
           throw e;
         }
       }
-      this.store.vms.delete(v.id);
-      this.quota.release(v.id, 'vm removed');
+      await this.store.vms.delete(v.id);
+      await this.quota.release(v.id, 'vm removed');
       this.publish(cur, 'destroy');
     });
   }
@@ -503,7 +522,7 @@ export class VmService {
    * The input ending does not close the line: a script may send and then read.
    */
   async console(idOrName: string, input: Readable, signal: AbortSignal): Promise<AsyncIterable<{ data: string }>> {
-    const v = this.get(idOrName);
+    const v = await this.get(idOrName);
     if (!isLive(v.status)) throw new Conflict(`VM ${v.name} is ${v.status}; the console needs it running`);
     const line = await this.on(v).openVmConsole(v.id);
     const out = new AsyncQueue<{ data: string }>();
@@ -522,15 +541,15 @@ export class VmService {
     return out;
   }
 
-  logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
-    const v = this.get(idOrName);
+  async logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): Promise<AsyncIterable<LogRecord>> {
+    const v = await this.get(idOrName);
     return this.on(v).vmLogs(v.id, opts);
   }
 
-  private recordStop(id: string, state: VmHostState): VmRecord {
-    const cur = this.current(id);
+  private async recordStop(id: string, state: VmHostState): Promise<VmRecord> {
+    const cur = await this.current(id);
     if (cur.status === 'stopped') return cur;
-    const next = this.store.vms.update(id, {
+    const next = await this.store.vms.update(id, {
       status: 'stopped', pid: null,
       exitCode: state.exitCode ?? cur.exitCode ?? 255,
       finishedAt: state.finishedAt ?? new Date().toISOString(),
@@ -541,13 +560,13 @@ export class VmService {
 
   /** The agent saw QEMU end (guest power-off, crash, kill from outside): record it. */
   async handleExit(id: string): Promise<void> {
-    const cur = this.store.vms.get(id);
+    const cur = await this.store.vms.get(id);
     if (!cur || !isLive(cur.status)) return;
     await this.locked(id, async () => {
-      const now = this.store.vms.get(id);
+      const now = await this.store.vms.get(id);
       if (!now || !isLive(now.status)) return;
       const state = await this.on(now).vmState(id);
-      if (state.lifecycle === 'stopped') this.recordStop(id, state);
+      if (state.lifecycle === 'stopped') await this.recordStop(id, state);
     });
   }
 
@@ -557,8 +576,8 @@ export class VmService {
    * guest resumes at the destination. Checked before the operation starts, so a VM that
    * cannot move now is a plain error, not a failed operation.
    */
-  startMigrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): OperationRecord {
-    const v = this.get(idOrName);
+  async startMigrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): Promise<OperationRecord> {
+    const v = await this.get(idOrName);
     this.checkMigration(v, to, opts);
     return this.operations.start('vm.migrate', v.id, v.projectId, () => this.migrate(v.id, to, opts));
   }
@@ -574,10 +593,10 @@ export class VmService {
   }
 
   /** The five steps of a live migration across agents (see docs/vms.md); on failure the guest goes on at the source. */
-  migrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): Promise<MigrationReport & { from: string; to: string }> {
-    const v = this.get(idOrName);
+  async migrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): Promise<MigrationReport & { from: string; to: string }> {
+    const v = await this.get(idOrName);
     return this.locked(v.id, async () => {
-      const cur = this.current(v.id);
+      const cur = await this.current(v.id);
       this.checkMigration(cur, to, opts);
       const from = cur.agent;
       const src = this.on(cur);
@@ -594,11 +613,20 @@ export class VmService {
             log.warn('ending the source half of a migration failed', { id: v.id, agent: from, error: String(e) });
           }),
         },
-        { prepare: (spec) => dst.prepareVmIncoming(spec), finish: (h) => dst.finishVmIncoming(v.id, h), abandon: () => dst.abandonVmIncoming(v.id) },
+        {
+          prepare: (spec) => dst.prepareVmIncoming(spec),
+          // The guest runs at the destination now: the record says so before the source lets go.
+          // (Here, not in migrateLive's synchronous `arrived`: the write is awaited, and if it fails
+          // the migration is undone like any failed finish, so the guest goes on where recorded.)
+          finish: async (h) => {
+            const fin = await dst.finishVmIncoming(v.id, h);
+            next = await this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null });
+            return fin;
+          },
+          abandon: () => dst.abandonVmIncoming(v.id),
+        },
         {
           ...(opts.maxDowntimeMs !== undefined ? { maxDowntimeMs: opts.maxDowntimeMs } : {}),
-          // the guest runs at the destination now: the record says so before the source lets go
-          arrived: (fin) => (next = this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null })),
           failed: (e) => this.publish(cur, 'migrate-failed', { from, to, error: String(e) }),
         },
       );
@@ -631,12 +659,12 @@ export class VmService {
       }
     }
     let running = 0, stopped = 0, lost = 0, orphansRemoved = 0;
-    for (const v of this.store.vms.list()) {
+    for (const v of await this.store.vms.list()) {
       let onHost = hosts.get(v.agent);
       if (!onHost) {
         if (!this.agents.has(v.agent) && v.status !== 'stopped') {
           // its agent was removed from the directory: nothing can run it any more
-          this.store.vms.update(v.id, { status: 'stopped', pid: null, exitCode: v.exitCode ?? 255, finishedAt: v.finishedAt ?? new Date().toISOString() });
+          await this.store.vms.update(v.id, { status: 'stopped', pid: null, exitCode: v.exitCode ?? 255, finishedAt: v.finishedAt ?? new Date().toISOString() });
           lost++;
         }
         continue;
@@ -648,7 +676,7 @@ export class VmService {
         if (other && (await this.runState(v.agent, v.id)) === 'postmigrate' && (await this.runState(other, v.id)) === 'running') {
           log.warn('VM on two agents; following it to where it runs', { id: v.id, recorded: v.agent, running: other });
           v.agent = other; // the recorded agent still lists it: its copy is removed below, as an orphan
-          this.store.vms.update(v.id, { agent: other });
+          await this.store.vms.update(v.id, { agent: other });
           onHost = hosts.get(other)!;
         }
       }
@@ -658,21 +686,21 @@ export class VmService {
         if (elsewhere && v.status !== 'removing') {
           log.warn('VM found on another agent than recorded; following it', { id: v.id, recorded: v.agent, found: elsewhere });
           v.agent = elsewhere;
-          this.store.vms.update(v.id, { agent: elsewhere });
+          await this.store.vms.update(v.id, { agent: elsewhere });
           onHost = hosts.get(elsewhere)!;
         }
       }
       const agent = this.on(v);
       if (v.status === 'removing') {
         await agent.removeVm(v.id).catch(() => undefined);
-        this.store.vms.delete(v.id);
-        this.quota.release(v.id, 'vm removed');
+        await this.store.vms.delete(v.id);
+        await this.quota.release(v.id, 'vm removed');
         continue;
       }
       if (!onHost.has(v.id)) {
         // its host state is gone: nothing can run or restore it any more
         if (v.status !== 'stopped') {
-          this.store.vms.update(v.id, { status: 'stopped', pid: null, exitCode: v.exitCode ?? 255, finishedAt: v.finishedAt ?? new Date().toISOString() });
+          await this.store.vms.update(v.id, { status: 'stopped', pid: null, exitCode: v.exitCode ?? 255, finishedAt: v.finishedAt ?? new Date().toISOString() });
           lost++;
         }
         continue;
@@ -687,13 +715,13 @@ export class VmService {
         continue;
       }
       if (state.lifecycle === 'running' || state.lifecycle === 'paused') {
-        this.store.vms.update(v.id, { status: state.lifecycle, pid: state.pid ?? v.pid });
+        await this.store.vms.update(v.id, { status: state.lifecycle, pid: state.pid ?? v.pid });
         running++;
       } else if (state.lifecycle === 'stopped' && v.status !== 'stopped') {
-        this.recordStop(v.id, state);
+        await this.recordStop(v.id, state);
         stopped++;
       } else if (state.lifecycle === 'saved' && v.status !== 'saved') {
-        this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: v.savedAt ?? new Date().toISOString() });
+        await this.store.vms.update(v.id, { status: 'saved', pid: null, savedAt: v.savedAt ?? new Date().toISOString() });
       }
     }
     for (const [name, orphans] of hosts) {
@@ -712,7 +740,7 @@ export class VmService {
   }
 
   /** VMs recorded on an agent (the directory's listing; a removal is refused while there are any). */
-  countOn(agent: string): number {
-    return this.store.vms.list().filter((v) => v.agent === agent).length;
+  async countOn(agent: string): Promise<number> {
+    return (await this.store.vms.list()).filter((v) => v.agent === agent).length;
   }
 }

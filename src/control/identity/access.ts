@@ -23,40 +23,52 @@ export class AccessControl {
   constructor(private readonly store: Store) {}
 
   /** Ancestors first-to-last: the project itself, its parent, ... the root. */
-  lineage(projectId: string): string[] {
+  async lineage(projectId: string): Promise<string[]> {
     const out: string[] = [];
     let id: string | null = projectId;
     while (id !== null && !out.includes(id)) {
       out.push(id);
-      id = this.store.projects.get(id)?.parentId ?? null;
+      id = (await this.store.projects.get(id))?.parentId ?? null;
     }
     return out;
   }
 
-  /** A view of one principal's grants, for the many checks of one request. */
-  forPrincipal(p: Principal): PrincipalAccess {
-    return new PrincipalAccess(this, this.store, p);
+  /**
+   * One principal's access, loaded once for the many checks of one request, which are then
+   * synchronous (filters and scopes call them per item). Queries: none for a system
+   * administrator; the user's grants; and, only when there are grants, the project tree
+   * (one listing) to know what inherits them. The view is a snapshot: a long-lived caller
+   * (an event stream) takes a new one to see grants or projects made since.
+   */
+  async forPrincipal(p: Principal): Promise<PrincipalAccess> {
+    if (p.systemAdmin || !p.userId) return new PrincipalAccess(p, new Map(), new Map());
+    const grants = new Map<string, Role>();
+    for (const g of await this.store.roles.list({ userId: p.userId })) grants.set(g.projectId, g.role);
+    const parents = new Map<string, string | null>();
+    if (grants.size > 0) for (const rec of await this.store.projects.list()) parents.set(rec.id, rec.parentId);
+    return new PrincipalAccess(p, grants, parents);
   }
 }
 
 export class PrincipalAccess {
-  private grants: Map<string, Role> | undefined;
-  constructor(private readonly ac: AccessControl, private readonly store: Store, readonly principal: Principal) {}
-
-  private direct(): Map<string, Role> {
-    if (this.grants) return this.grants;
-    this.grants = new Map();
-    if (this.principal.userId) for (const g of this.store.roles.list({ userId: this.principal.userId })) this.grants.set(g.projectId, g.role);
-    return this.grants;
-  }
+  constructor(
+    readonly principal: Principal,
+    /** The principal's own grants by project. */
+    private readonly grants: ReadonlyMap<string, Role>,
+    /** Each project's parent (null: a root), as far as the grants need it. */
+    private readonly parents: ReadonlyMap<string, string | null>,
+  ) {}
 
   /** The effective role on a project (undefined: none — the project is invisible to the caller). */
   roleOn(projectId: string): Role | undefined {
     if (this.principal.systemAdmin) return 'admin';
-    const grants = this.direct();
-    if (grants.size === 0) return undefined;
+    if (this.grants.size === 0) return undefined;
     let role: Role | undefined;
-    for (const id of this.ac.lineage(projectId)) role = higher(role, grants.get(id));
+    const seen = new Set<string>();
+    for (let id: string | null | undefined = projectId; id !== null && id !== undefined && !seen.has(id); id = this.parents.get(id)) {
+      seen.add(id);
+      role = higher(role, this.grants.get(id));
+    }
     return role;
   }
 

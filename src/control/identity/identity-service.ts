@@ -47,7 +47,7 @@ export class IdentityService {
    * generated, so the daemon can print it once; nothing else ever sees it.
    */
   async ensureAdmin(password: string | undefined, defaultProjectId: string): Promise<{ created: boolean; generatedPassword?: string }> {
-    if (this.store.users.byName(ADMIN_USER)) return { created: false };
+    if (await this.store.users.byName(ADMIN_USER)) return { created: false };
     const generated = password ? undefined : generatePassword();
     await this.createUser(ADMIN_USER, password ?? generated!, { systemAdmin: true, defaultProjectId });
     return generated ? { created: true, generatedPassword: generated } : { created: true };
@@ -56,37 +56,38 @@ export class IdentityService {
   async createUser(name: string, password: string, opts: { systemAdmin?: boolean; defaultProjectId?: string | null } = {}): Promise<UserView> {
     if (!isValidName(name)) throw new InvalidArgument(`invalid user name "${name}": use letters, digits, '_', '.', '-'`);
     if (password.length < MIN_PASSWORD) throw new InvalidArgument(`password must have at least ${MIN_PASSWORD} characters`);
-    if (this.store.users.byName(name)) throw new AlreadyExists(`user "${name}" already exists`);
+    if (await this.store.users.byName(name)) throw new AlreadyExists(`user "${name}" already exists`);
     const rec: UserRecord = {
       id: newId().slice(0, 32), name, passwordHash: await hashPassword(password), systemAdmin: opts.systemAdmin ?? false,
       defaultProjectId: opts.defaultProjectId ?? null, createdAt: new Date().toISOString(),
     };
-    this.store.users.insert(rec);
+    await this.store.users.insert(rec);
     return this.view(rec);
   }
 
-  user(name: string): UserRecord {
-    const u = this.store.users.byName(name);
+  async user(name: string): Promise<UserRecord> {
+    const u = await this.store.users.byName(name);
     if (!u) throw new NotFound(`no such user: ${name}`);
     return u;
   }
 
-  listUsers(): UserView[] {
-    return this.store.users.list().map((u) => this.view(u));
+  async listUsers(): Promise<UserView[]> {
+    return (await this.store.users.list()).map((u) => this.view(u));
   }
 
-  removeUser(name: string): void {
-    const u = this.user(name);
-    if (u.systemAdmin && this.store.users.list().filter((x) => x.systemAdmin).length === 1) {
+  async removeUser(name: string): Promise<void> {
+    const u = await this.user(name);
+    if (u.systemAdmin && (await this.store.users.list()).filter((x) => x.systemAdmin).length === 1) {
       throw new Conflict(`user "${name}" is the last system administrator`);
     }
-    this.store.users.delete(u.id); // sessions, keys and role grants go with it (ON DELETE CASCADE)
+    await this.store.users.delete(u.id); // sessions, keys and role grants go with it (ON DELETE CASCADE)
   }
 
   async setPassword(name: string, password: string): Promise<void> {
     if (password.length < MIN_PASSWORD) throw new InvalidArgument(`password must have at least ${MIN_PASSWORD} characters`);
-    const u = this.user(name);
-    this.store.users.update(u.id, { passwordHash: await hashPassword(password) });
+    const u = await this.user(name);
+    const passwordHash = await hashPassword(password);
+    await this.store.users.update(u.id, { passwordHash });
   }
 
   /** Password → session token. Unknown user and wrong password fail alike, in alike time. */
@@ -94,12 +95,12 @@ export class IdentityService {
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_TTL_SECONDS) {
       throw new InvalidArgument(`ttl must be between 1 and ${MAX_TTL_SECONDS} seconds`);
     }
-    const u = this.store.users.byName(name);
+    const u = await this.store.users.byName(name);
     const ok = await verifyPassword(password, u?.passwordHash ?? (await decoyHash()));
     if (!u || !ok) throw new Unauthenticated('invalid user name or password');
-    this.store.tokens.deleteExpired(Date.now());
+    await this.store.tokens.deleteExpired(Date.now());
     const { secret, record } = this.mint(u.id, 'session', null, Date.now() + ttlSeconds * 1000);
-    this.store.tokens.insert(record);
+    await this.store.tokens.insert(record);
     return { token: secret, expiresAt: new Date(record.expiresAt!).toISOString(), user: this.view(u) };
   }
 
@@ -109,46 +110,46 @@ export class IdentityService {
   }
 
   /** A bearer secret (session token or API key) → the caller. */
-  authenticate(secret: string): Principal {
-    const t = this.store.tokens.byHash(hashSecret(secret));
+  async authenticate(secret: string): Promise<Principal> {
+    const t = await this.store.tokens.byHash(hashSecret(secret));
     if (!t) throw new Unauthenticated('invalid or revoked token; log in again');
     if (t.expiresAt !== null && t.expiresAt <= Date.now()) {
-      this.store.tokens.delete(t.id);
+      await this.store.tokens.delete(t.id);
       throw new Unauthenticated('token expired; log in again');
     }
-    const u = this.store.users.get(t.userId);
+    const u = await this.store.users.get(t.userId);
     if (!u) throw new Unauthenticated('invalid or revoked token; log in again');
     return { userId: u.id, name: u.name, systemAdmin: u.systemAdmin, defaultProjectId: u.defaultProjectId, via: t.kind, tokenId: t.id };
   }
 
   /** A unix-socket caller without a token: the local administrator (Docker's model; the socket is root-only). */
-  localAdmin(defaultProjectId: string): Principal {
-    const u = this.store.users.byName(ADMIN_USER);
+  async localAdmin(defaultProjectId: string): Promise<Principal> {
+    const u = await this.store.users.byName(ADMIN_USER);
     return { userId: u?.id ?? null, name: u?.name ?? 'local-admin', systemAdmin: true, defaultProjectId: u?.defaultProjectId ?? defaultProjectId, via: 'socket', tokenId: null };
   }
 
   /** Revoke the session the caller presented (API keys are revoked by name). */
-  logout(p: Principal): void {
-    if (p.via === 'session' && p.tokenId) this.store.tokens.delete(p.tokenId);
+  async logout(p: Principal): Promise<void> {
+    if (p.via === 'session' && p.tokenId) await this.store.tokens.delete(p.tokenId);
   }
 
-  createApiKey(p: Principal, name: string, expiresInSeconds?: number): ApiKeyView & { key: string } {
+  async createApiKey(p: Principal, name: string, expiresInSeconds?: number): Promise<ApiKeyView & { key: string }> {
     const userId = this.requireUser(p);
     if (!isValidName(name)) throw new InvalidArgument(`invalid API key name "${name}"`);
     if (expiresInSeconds !== undefined && (!Number.isInteger(expiresInSeconds) || expiresInSeconds < 1)) throw new InvalidArgument('expiry must be a positive number of seconds');
     const { secret, record } = this.mint(userId, 'apikey', name, expiresInSeconds === undefined ? null : Date.now() + expiresInSeconds * 1000);
-    this.store.tokens.insert(record);
+    await this.store.tokens.insert(record);
     return { ...this.keyView(record), key: secret };
   }
 
-  listApiKeys(p: Principal): ApiKeyView[] {
-    return this.store.tokens.list(this.requireUser(p), 'apikey').map((t) => this.keyView(t));
+  async listApiKeys(p: Principal): Promise<ApiKeyView[]> {
+    return (await this.store.tokens.list(this.requireUser(p), 'apikey')).map((t) => this.keyView(t));
   }
 
-  removeApiKey(p: Principal, name: string): void {
-    const key = this.store.tokens.list(this.requireUser(p), 'apikey').find((t) => t.name === name);
+  async removeApiKey(p: Principal, name: string): Promise<void> {
+    const key = (await this.store.tokens.list(this.requireUser(p), 'apikey')).find((t) => t.name === name);
     if (!key) throw new NotFound(`no such API key: ${name}`);
-    this.store.tokens.delete(key.id);
+    await this.store.tokens.delete(key.id);
   }
 
   private keyView(t: TokenRecord): ApiKeyView {

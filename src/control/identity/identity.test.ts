@@ -3,23 +3,23 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SqliteStore } from '../../store/sqlite.js';
+import { openStore } from '../../store/open.js';
 import { QuotaService } from '../quota/quota-service.js';
 import { AccessControl, type Principal } from './access.js';
 import { IdentityService } from './identity-service.js';
 import { ProjectService } from './project-service.js';
 import { hashPassword, verifyPassword } from './passwords.js';
 
-function setup(t: { after(fn: () => void): void }) {
+async function setup(t: { after(fn: () => Promise<void>): void }) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-identity-'));
-  const store = new SqliteStore(join(dir, 'nimbus.db'));
-  t.after(() => {
-    store.close();
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  store.projects.insert({ id: 'default', name: 'default', parentId: null, createdAt: new Date().toISOString() });
-  const quota = new QuotaService(store);
-  quota.ensureProject('default', null);
+  await store.projects.insert({ id: 'default', name: 'default', parentId: null, createdAt: new Date().toISOString() });
+  const quota = await QuotaService.open(store);
+  await quota.ensureProject('default', null);
   return { store, quota, identity: new IdentityService(store), projects: new ProjectService(store, quota, 'default'), access: new AccessControl(store) };
 }
 
@@ -35,7 +35,7 @@ test('passwords: scrypt with a salt per hash, verified only by the right passwor
 });
 
 test('identity: admin bootstrap, login, tokens stored hashed, expiry, logout, API keys', async (t) => {
-  const { store, identity } = setup(t);
+  const { store, identity } = await setup(t);
   const first = await identity.ensureAdmin(undefined, 'default');
   assert.equal(first.created, true);
   assert.ok(first.generatedPassword && first.generatedPassword.length >= 20);
@@ -45,87 +45,113 @@ test('identity: admin bootstrap, login, tokens stored hashed, expiry, logout, AP
   await assert.rejects(identity.login('nobody', 'wrong-password'), { code: 'Unauthenticated', message: 'invalid user name or password' });
   const s = await identity.login('admin', first.generatedPassword!);
   assert.match(s.token, /^nmbs_[A-Za-z0-9_-]{43}$/);
-  const p = identity.authenticate(s.token);
+  const p = await identity.authenticate(s.token);
   assert.equal(p.name, 'admin');
   assert.equal(p.systemAdmin, true);
   assert.equal(p.via, 'session');
-  assert.equal(store.tokens.byHash(s.token), undefined, 'the secret itself is not stored');
-  assert.throws(() => identity.authenticate(s.token + 'x'), { code: 'Unauthenticated' });
+  assert.equal(await store.tokens.byHash(s.token), undefined, 'the secret itself is not stored');
+  await assert.rejects(identity.authenticate(s.token + 'x'), { code: 'Unauthenticated' });
 
   const short = await identity.login('admin', first.generatedPassword!, 1);
   // age the one-second session instead of sleeping
-  const row = store.tokens.list(p.userId!, 'session').find((x) => x.expiresAt! < Date.now() + 5000)!;
-  store.tokens.delete(row.id);
-  store.tokens.insert({ ...row, expiresAt: Date.now() - 1 });
-  assert.throws(() => identity.authenticate(short.token), { code: 'Unauthenticated', message: /expired/ });
+  const row = (await store.tokens.list(p.userId!, 'session')).find((x) => x.expiresAt! < Date.now() + 5000)!;
+  await store.tokens.delete(row.id);
+  await store.tokens.insert({ ...row, expiresAt: Date.now() - 1 });
+  await assert.rejects(identity.authenticate(short.token), { code: 'Unauthenticated', message: /expired/ });
+  assert.equal((await store.tokens.list(p.userId!, 'session')).some((x) => x.id === row.id), false, 'an expired token is deleted when shown');
 
-  identity.logout(p);
-  assert.throws(() => identity.authenticate(s.token), { code: 'Unauthenticated' }, 'logout revokes the session');
+  await identity.logout(p);
+  await assert.rejects(identity.authenticate(s.token), { code: 'Unauthenticated' }, 'logout revokes the session');
 
   const u = await identity.createUser('ci', 'long-enough-pw');
   const me: Principal = { userId: u.id, name: 'ci', systemAdmin: false, defaultProjectId: null, via: 'session', tokenId: null };
-  const key = identity.createApiKey(me, 'deploy');
+  const key = await identity.createApiKey(me, 'deploy');
   assert.match(key.key, /^nmbk_/);
-  assert.throws(() => identity.createApiKey(me, 'deploy'), { code: 'AlreadyExists' });
-  assert.equal(identity.authenticate(key.key).via, 'apikey');
-  assert.deepEqual(identity.listApiKeys(me).map((k) => k.name), ['deploy']);
-  assert.ok(!JSON.stringify(identity.listApiKeys(me)).includes(key.key.slice(5)), 'keys are never listed');
-  identity.removeApiKey(me, 'deploy');
-  assert.throws(() => identity.authenticate(key.key), { code: 'Unauthenticated' });
+  await assert.rejects(identity.createApiKey(me, 'deploy'), { code: 'AlreadyExists' });
+  assert.equal((await identity.authenticate(key.key)).via, 'apikey');
+  assert.deepEqual((await identity.listApiKeys(me)).map((k) => k.name), ['deploy']);
+  assert.ok(!JSON.stringify(await identity.listApiKeys(me)).includes(key.key.slice(5)), 'keys are never listed');
+  await identity.removeApiKey(me, 'deploy');
+  await assert.rejects(identity.authenticate(key.key), { code: 'Unauthenticated' });
+  await assert.rejects(identity.removeApiKey(me, 'deploy'), { code: 'NotFound' });
 
   await assert.rejects(identity.createUser('ci', 'long-enough-pw'), { code: 'AlreadyExists' });
   await assert.rejects(identity.createUser('short', 'abc'), { code: 'InvalidArgument' });
-  assert.throws(() => identity.removeUser('admin'), { code: 'Conflict' }, 'the last system administrator stays');
+  await assert.rejects(identity.removeUser('admin'), { code: 'Conflict' }, 'the last system administrator stays');
+  assert.deepEqual((await identity.listUsers()).map((x) => x.name).sort(), ['admin', 'ci']);
+  await identity.setPassword('ci', 'another-long-pw');
+  await assert.rejects(identity.login('ci', 'long-enough-pw'), { code: 'Unauthenticated' });
+  assert.equal((await identity.login('ci', 'another-long-pw')).user.name, 'ci');
+  await identity.removeUser('ci');
+  await assert.rejects(identity.user('ci'), { code: 'NotFound' });
+  assert.equal((await identity.localAdmin('default')).name, 'admin');
 });
 
 test('projects: a tree of any depth, names unique among siblings, paths, rm refused with children or resources, ledger in step', async (t) => {
-  const { store, quota, projects } = setup(t);
-  const org = projects.create('org', null);
-  const team = projects.create('team', org.id);
-  const deep = projects.create('team', team.id); // same name, different parent
-  const leaf = projects.create('leaf', deep.id);
+  const { store, quota, projects } = await setup(t);
+  const org = await projects.create('org', null);
+  const team = await projects.create('team', org.id);
+  const deep = await projects.create('team', team.id); // same name, different parent
+  const leaf = await projects.create('leaf', deep.id);
   assert.equal(leaf.path, 'org/team/team/leaf');
-  assert.throws(() => projects.create('team', org.id), { code: 'AlreadyExists' });
-  assert.equal(projects.resolve('org/team/team').id, deep.id);
-  assert.equal(projects.resolve(leaf.id).id, leaf.id);
-  assert.throws(() => projects.resolve('team'), { code: 'InvalidArgument', message: /ambiguous/ });
-  assert.equal(projects.resolve('team', (id) => id === team.id).id, team.id, 'only visible projects are candidates');
-  assert.throws(() => projects.resolve('org', () => false), { code: 'NotFound' });
+  const inLedger = Object.keys(quota.ledger.snapshot().projects).length;
+  await assert.rejects(projects.create('team', org.id), { code: 'AlreadyExists' });
+  assert.equal(Object.keys(quota.ledger.snapshot().projects).length, inLedger, 'a refused create leaves no ledger entry');
+  assert.equal((await projects.resolve('org/team/team')).id, deep.id);
+  assert.equal((await projects.resolve(leaf.id)).id, leaf.id);
+  await assert.rejects(projects.resolve('team'), { code: 'InvalidArgument', message: /ambiguous: use its path \(org\/team, org\/team\/team\)|ambiguous: use its path \(org\/team\/team, org\/team\)/ });
+  assert.equal((await projects.resolve('team', (id) => id === team.id)).id, team.id, 'only visible projects are candidates');
+  await assert.rejects(projects.resolve('org', () => false), { code: 'NotFound' });
+  await assert.rejects(projects.resolve('org/nope'), { code: 'NotFound' });
+  assert.deepEqual((await projects.list(() => true)).map((p) => p.path), ['default', 'org', 'org/team', 'org/team/team', 'org/team/team/leaf']);
+  assert.deepEqual((await projects.list((id) => id === deep.id || id === leaf.id)).map((p) => p.path), ['org/team/team', 'org/team/team/leaf']);
 
   // the ledger knows the tree: a child's hard limit lives within its parent's free
   assert.equal(quota.show(leaf.id).parent, deep.id);
-  quota.setLimits(org.id, { hard: { instances: 10 } });
-  quota.setLimits(team.id, { hard: { instances: 6 } });
-  assert.throws(() => quota.setLimits(deep.id, { hard: { instances: 7 } }), { code: 'QuotaExceeded' });
+  await quota.setLimits(org.id, { hard: { instances: 10 } });
+  await quota.setLimits(team.id, { hard: { instances: 6 } });
+  await assert.rejects(quota.setLimits(deep.id, { hard: { instances: 7 } }), { code: 'QuotaExceeded' });
 
-  assert.throws(() => projects.remove(team.id), { code: 'Conflict', message: /child project/ });
-  store.images.upsert({ digest: 'sha256:' + 'b'.repeat(64), projectId: leaf.id, indexDigest: null, configDigest: 'sha256:c', config: {}, layers: [], chainId: 'x', size: 1, createdAt: 'now' });
-  assert.throws(() => projects.remove(leaf.id), { code: 'Conflict', message: /1 image/ });
-  store.images.delete('sha256:' + 'b'.repeat(64));
-  projects.remove(leaf.id);
+  await assert.rejects(projects.remove(team.id), { code: 'Conflict', message: /child project/ });
+  await store.images.upsert({ digest: 'sha256:' + 'b'.repeat(64), projectId: leaf.id, indexDigest: null, configDigest: 'sha256:c', config: {}, layers: [], chainId: 'x', size: 1, createdAt: 'now' });
+  await assert.rejects(projects.remove(leaf.id), { code: 'Conflict', message: /1 image/ });
+  await store.images.delete('sha256:' + 'b'.repeat(64));
+  await projects.remove(leaf.id);
   assert.equal(quota.ledger.hasProject(leaf.id), false);
-  assert.throws(() => projects.remove('default'), { code: 'Conflict' });
+  assert.equal(await store.projects.get(leaf.id), undefined);
+  await assert.rejects(projects.remove('default'), { code: 'Conflict' });
 });
 
 test('roles: granted on a project, inherited by descendants, never upwards or sideways', async (t) => {
-  const { identity, projects, access } = setup(t);
-  const org = projects.create('org', null);
-  const a = projects.create('a', org.id);
-  const b = projects.create('b', org.id);
-  const a1 = projects.create('a1', a.id);
+  const { identity, projects, access } = await setup(t);
+  const org = await projects.create('org', null);
+  const a = await projects.create('a', org.id);
+  const b = await projects.create('b', org.id);
+  const a1 = await projects.create('a1', a.id);
+  const a1x = await projects.create('x', a1.id);
   const u = await identity.createUser('olga', 'long-enough-pw');
-  projects.grant('olga', a.id, 'reader');
-  projects.grant('olga', a1.id, 'admin');
-  const p = identity.authenticate((await identity.login('olga', 'long-enough-pw')).token);
+  const before = await access.forPrincipal({ userId: u.id, name: 'olga', systemAdmin: false, defaultProjectId: null, via: 'session', tokenId: null });
+  assert.equal(before.canRead(a.id), false, 'no grants: nothing is visible');
+  await projects.grant('olga', a.id, 'reader');
+  await projects.grant('olga', a1.id, 'admin');
+  const p = await identity.authenticate((await identity.login('olga', 'long-enough-pw')).token);
   assert.equal(p.defaultProjectId, a.id, 'the first grant became the default project');
-  const view = access.forPrincipal(p);
+  const view = await access.forPrincipal(p);
   assert.equal(view.roleOn(a.id), 'reader');
   assert.equal(view.roleOn(a1.id), 'admin', 'the higher of own and inherited');
+  assert.equal(view.roleOn(a1x.id), 'admin', 'inherited over more than one level');
   assert.equal(view.roleOn(org.id), undefined, 'not upwards');
   assert.equal(view.roleOn(b.id), undefined, 'not sideways');
-  assert.deepEqual(projects.grants(a1.id).map((g) => [g.user, g.role, g.inheritedFrom]), [['olga', 'admin', null], ['olga', 'reader', 'org/a']]);
-  projects.revoke('olga', a1.id);
-  assert.equal(access.forPrincipal(p).roleOn(a1.id), 'reader');
-  assert.throws(() => projects.revoke('olga', a1.id), { code: 'NotFound' });
+  assert.equal(view.canRead(b.id), false);
+  assert.equal(view.canRead(a1.id), true);
+  assert.equal(view.canRead(null), false);
+  assert.deepEqual(await access.lineage(a1x.id), [a1x.id, a1.id, a.id, org.id]);
+  assert.deepEqual((await projects.grants(a1.id)).map((g) => [g.user, g.role, g.inheritedFrom]), [['olga', 'admin', null], ['olga', 'reader', 'org/a']]);
+  await projects.revoke('olga', a1.id);
+  assert.equal((await access.forPrincipal(p)).roleOn(a1.id), 'reader');
+  await assert.rejects(projects.revoke('olga', a1.id), { code: 'NotFound' });
+  await assert.rejects(projects.grant('nobody', a.id, 'reader'), { code: 'NotFound' });
+  const admin = await access.forPrincipal({ ...p, systemAdmin: true });
+  assert.equal(admin.roleOn(b.id), 'admin', 'a system administrator holds admin everywhere');
   assert.equal(u.systemAdmin, false);
 });

@@ -26,30 +26,41 @@ export interface GrantView {
   createdAt: string;
 }
 
+/** Names from the root, joined by "/", of a project among `byId` (a walk bounded against a corrupt cycle). */
+function pathIn(byId: ReadonlyMap<string, ProjectRecord>, id: string): string {
+  const names: string[] = [];
+  let p = byId.get(id);
+  while (p && names.length < 1000) {
+    names.unshift(p.name);
+    p = p.parentId ? byId.get(p.parentId) : undefined;
+  }
+  return names.join('/');
+}
+
 export class ProjectService {
   constructor(private readonly store: Store, private readonly quota: QuotaService, private readonly protectedId: string) {}
 
-  path(id: string): string {
+  async path(id: string): Promise<string> {
     const names: string[] = [];
-    let p = this.store.projects.get(id);
+    let p = await this.store.projects.get(id);
     while (p && names.length < 1000) {
       names.unshift(p.name);
-      p = p.parentId ? this.store.projects.get(p.parentId) : undefined;
+      p = p.parentId ? await this.store.projects.get(p.parentId) : undefined;
     }
     return names.join('/');
   }
 
-  view(p: ProjectRecord): ProjectView {
-    return { id: p.id, name: p.name, path: this.path(p.id), parentId: p.parentId, createdAt: p.createdAt };
+  async view(p: ProjectRecord): Promise<ProjectView> {
+    return { id: p.id, name: p.name, path: await this.path(p.id), parentId: p.parentId, createdAt: p.createdAt };
   }
 
   /**
    * A project by id, by path ("org/team") or by bare name. Only projects `visible`
    * accepts are considered, so a name never reveals a project the caller cannot read.
    */
-  resolve(ref: string, visible: (id: string) => boolean = () => true): ProjectRecord {
+  async resolve(ref: string, visible: (id: string) => boolean = () => true): Promise<ProjectRecord> {
     const missing = () => new NotFound(`no such project: ${ref}`);
-    const byId = this.store.projects.get(ref);
+    const byId = await this.store.projects.get(ref);
     if (byId) {
       if (!visible(byId.id)) throw missing();
       return byId;
@@ -57,89 +68,95 @@ export class ProjectService {
     if (ref.includes('/')) {
       let cur: ProjectRecord | undefined;
       for (const name of ref.split('/').filter(Boolean)) {
-        cur = this.store.projects.child(cur ? cur.id : null, name);
+        cur = await this.store.projects.child(cur ? cur.id : null, name);
         if (!cur) throw missing();
       }
       if (!cur || !visible(cur.id)) throw missing();
       return cur;
     }
-    const matches = this.store.projects.list().filter((p) => p.name === ref && visible(p.id));
+    const all = await this.store.projects.list();
+    const matches = all.filter((p) => p.name === ref && visible(p.id));
     if (matches.length > 1) {
-      throw new InvalidArgument(`project name "${ref}" is ambiguous: use its path (${matches.map((p) => this.path(p.id)).join(', ')})`);
+      const records = new Map(all.map((p) => [p.id, p]));
+      throw new InvalidArgument(`project name "${ref}" is ambiguous: use its path (${matches.map((p) => pathIn(records, p.id)).join(', ')})`);
     }
     if (!matches[0]) throw missing();
     return matches[0];
   }
 
-  create(name: string, parentId: string | null): ProjectView {
+  /** The project row and its ledger entry commit together (a sibling of that name: AlreadyExists, neither). */
+  async create(name: string, parentId: string | null): Promise<ProjectView> {
     if (!isValidName(name)) throw new InvalidArgument(`invalid project name "${name}": use letters, digits, '_', '.', '-'`);
     const rec: ProjectRecord = { id: newId().slice(0, 32), name, parentId, createdAt: new Date().toISOString() };
-    this.store.transaction(() => {
-      this.store.projects.insert(rec);
-      this.quota.ensureProject(rec.id, parentId);
-    });
+    await this.quota.ensureProject(rec.id, parentId, () => this.store.projects.insert(rec));
     return this.view(rec);
   }
 
-  list(visible: (id: string) => boolean): ProjectView[] {
-    return this.store.projects.list().filter((p) => visible(p.id)).map((p) => this.view(p)).sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  /** Every project `visible` accepts, by path (one listing: the paths are made from it). */
+  async list(visible: (id: string) => boolean): Promise<ProjectView[]> {
+    const all = await this.store.projects.list();
+    const byId = new Map(all.map((p) => [p.id, p]));
+    return all
+      .filter((p) => visible(p.id))
+      .map((p) => ({ id: p.id, name: p.name, path: pathIn(byId, p.id), parentId: p.parentId, createdAt: p.createdAt }))
+      .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   }
 
   /** Refused while the project has children or resources: nothing is ever removed implicitly. */
-  remove(id: string): void {
-    this.assertRemovable(id);
-    this.store.transaction(() => {
-      if (this.quota.ledger.hasProject(id)) this.quota.ledger.deleteProject(id, Date.now());
-      this.store.projects.delete(id); // role grants go with it (ON DELETE CASCADE)
-    });
+  async remove(id: string): Promise<void> {
+    await this.assertRemovable(id);
+    // the ledger entry and the row go together (role grants go with the row: ON DELETE CASCADE)
+    await this.quota.deleteProject(id, () => this.store.projects.delete(id));
   }
 
   /**
    * Throws unless remove() would succeed, but for the project's default network (made on first
    * use, not a resource its users made): the caller removes that first, through the network service.
    */
-  assertRemovable(id: string): void {
-    const p = this.store.projects.get(id);
+  async assertRemovable(id: string): Promise<void> {
+    const p = await this.store.projects.get(id);
     if (!p) throw new NotFound(`no such project: ${id}`);
-    const path = this.path(id);
+    const path = await this.path(id);
     if (id === this.protectedId) throw new Conflict(`project "${path}" is the default project and cannot be removed`);
-    const children = this.store.projects.children(id);
+    const children = await this.store.projects.children(id);
     if (children.length) throw new Conflict(`project "${path}" has ${children.length} child project(s) (${children.map((c) => c.name).join(', ')}); remove them first`);
-    const containers = this.store.containers.list({ projectId: id }).length;
-    const images = this.store.images.list(id).length;
+    const containers = (await this.store.containers.list({ projectId: id })).length;
+    const images = (await this.store.images.list(id)).length;
     if (containers || images) throw new Conflict(`project "${path}" still has ${containers} container(s) and ${images} image(s); remove them first`);
-    const networks = this.store.networks.list({ projectId: id }).filter((n) => !n.builtin).length;
+    const networks = (await this.store.networks.list({ projectId: id })).filter((n) => !n.builtin).length;
     if (networks) throw new Conflict(`project "${path}" still has ${networks} network(s); remove them first`);
   }
 
-  grant(userName: string, projectId: string, role: Role): GrantView {
-    const u = this.store.users.byName(userName);
+  async grant(userName: string, projectId: string, role: Role): Promise<GrantView> {
+    const u = await this.store.users.byName(userName);
     if (!u) throw new NotFound(`no such user: ${userName}`);
     const rec = { userId: u.id, projectId, role, createdAt: new Date().toISOString() };
-    this.store.transaction(() => {
-      this.store.roles.grant(rec);
+    await this.store.transaction(async () => {
+      await this.store.roles.grant(rec);
       // A user's first project becomes their default, so --project can be left out.
-      if (u.defaultProjectId === null) this.store.users.update(u.id, { defaultProjectId: projectId });
+      if (u.defaultProjectId === null) await this.store.users.update(u.id, { defaultProjectId: projectId });
     });
-    return { user: u.name, project: this.path(projectId), role, createdAt: rec.createdAt };
+    return { user: u.name, project: await this.path(projectId), role, createdAt: rec.createdAt };
   }
 
-  revoke(userName: string, projectId: string): void {
-    const u = this.store.users.byName(userName);
-    if (!u || !this.store.roles.revoke(u.id, projectId)) throw new NotFound(`user "${userName}" has no role on project "${this.path(projectId)}"`);
+  async revoke(userName: string, projectId: string): Promise<void> {
+    const u = await this.store.users.byName(userName);
+    if (!u || !(await this.store.roles.revoke(u.id, projectId))) throw new NotFound(`user "${userName}" has no role on project "${await this.path(projectId)}"`);
   }
 
   /** Grants on the project itself and on its ancestors (which the project inherits). */
-  grants(projectId: string): (GrantView & { inheritedFrom: string | null })[] {
+  async grants(projectId: string): Promise<(GrantView & { inheritedFrom: string | null })[]> {
     const out: (GrantView & { inheritedFrom: string | null })[] = [];
     let id: string | null = projectId;
-    const users = new Map(this.store.users.list().map((u) => [u.id, u.name]));
+    const users = new Map((await this.store.users.list()).map((u) => [u.id, u.name]));
     while (id !== null) {
       const from: string = id;
-      for (const g of this.store.roles.list({ projectId: from })) {
-        out.push({ user: users.get(g.userId) ?? g.userId, project: this.path(from), role: g.role, createdAt: g.createdAt, inheritedFrom: from === projectId ? null : this.path(from) });
+      const granted = await this.store.roles.list({ projectId: from });
+      const path = granted.length ? await this.path(from) : '';
+      for (const g of granted) {
+        out.push({ user: users.get(g.userId) ?? g.userId, project: path, role: g.role, createdAt: g.createdAt, inheritedFrom: from === projectId ? null : path });
       }
-      id = this.store.projects.get(from)?.parentId ?? null;
+      id = (await this.store.projects.get(from))?.parentId ?? null;
     }
     return out;
   }

@@ -27,15 +27,15 @@ export class DiskImageService {
 
   async import(file: string, name: string, projectId: string, kind: VmImageKind = 'disk'): Promise<DiskImageRecord> {
     if (!isValidName(name)) throw new InvalidArgument(`invalid disk image name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
-    if (this.store.disks.get(projectId, name)) throw new Conflict(`disk image "${name}" already exists in this project; remove it first`);
+    if (await this.store.disks.get(projectId, name)) throw new Conflict(`disk image "${name}" already exists in this project; remove it first`);
     const info = await this.agent.importDiskImage(file, kind);
     const rec: DiskImageRecord = { projectId, name, ...info, createdAt: new Date().toISOString() };
-    this.store.disks.insert(rec);
+    await this.store.disks.insert(rec);
     this.events.publish({ type: 'image', action: 'import', id: rec.digest, projectId, attributes: { name, kind: 'disk', format: rec.format } });
     return rec;
   }
 
-  list(projectId?: string): DiskImageRecord[] {
+  async list(projectId?: string): Promise<DiskImageRecord[]> {
     return this.store.disks.list(projectId);
   }
 
@@ -43,14 +43,14 @@ export class DiskImageService {
    * By name in the project, else in a project the scope can read (a parent's, say). With a kind,
    * an image of another kind is refused by name (a kernel is no root disk, a disk no kernel).
    */
-  resolve(name: string, projectId: string, scope: ProjectScope = { projectId }, kind?: VmImageKind): DiskImageRecord {
-    const found = this.store.disks.get(projectId, name) ?? this.pickInScope(name, scope);
+  async resolve(name: string, projectId: string, scope: ProjectScope = { projectId }, kind?: VmImageKind): Promise<DiskImageRecord> {
+    const found = (await this.store.disks.get(projectId, name)) ?? (await this.pickInScope(name, scope));
     if (kind !== undefined && kindOf(found) !== kind) throw new InvalidArgument(`image "${name}" is a ${kindOf(found)}, not a ${kind}`);
     return found;
   }
 
-  private pickInScope(name: string, scope: ProjectScope): DiskImageRecord {
-    const found = this.store.disks.list().filter((d) => d.name === name && inScope(scope, d.projectId));
+  private async pickInScope(name: string, scope: ProjectScope): Promise<DiskImageRecord> {
+    const found = (await this.store.disks.list()).filter((d) => d.name === name && inScope(scope, d.projectId));
     if (found.length === 1) return found[0]!;
     if (found.length > 1) throw new InvalidArgument(`"${name}" names disk images in several projects you can read; name the project (--project P)`);
     throw new NotFound(`no such disk image: ${name}`);
@@ -63,12 +63,18 @@ export class DiskImageService {
 
   /** Refused while a VM's disk is backed by it (the content goes when no project names it). */
   async remove(name: string, projectId: string): Promise<void> {
-    const d = this.store.disks.get(projectId, name);
-    if (!d) throw new NotFound(`no such disk image: ${name}`);
-    const backs = (v: VmRecord) => [v.config.diskImage, v.config.kernelImage, v.config.initrdImage].some((i) => i?.digest === d.digest);
-    const users = this.store.vms.list().filter((v) => backs(v) && (v.projectId === projectId || this.store.disks.countByDigest(d.digest) === 1));
-    if (users.length) throw new Conflict(`disk image ${name} backs the disk of ${users.length} VM(s): ${users.map((v) => v.name).join(', ')}`);
-    this.store.disks.delete(projectId, name);
+    // checked and deleted in one transaction: no VM comes to be backed by it in between
+    const d = await this.store.transaction(async () => {
+      const found = await this.store.disks.get(projectId, name);
+      if (!found) throw new NotFound(`no such disk image: ${name}`);
+      const backs = (v: VmRecord) => [v.config.diskImage, v.config.kernelImage, v.config.initrdImage].some((i) => i?.digest === found.digest);
+      // another project's VM keeps the content only when this is the last name of it
+      const lastName = (await this.store.disks.countByDigest(found.digest)) === 1;
+      const users = (await this.store.vms.list()).filter((v) => backs(v) && (v.projectId === projectId || lastName));
+      if (users.length) throw new Conflict(`disk image ${name} backs the disk of ${users.length} VM(s): ${users.map((v) => v.name).join(', ')}`);
+      await this.store.disks.delete(projectId, name);
+      return found;
+    });
     this.events.publish({ type: 'image', action: 'delete', id: d.digest, projectId, attributes: { name, kind: 'disk' } });
     await this.collectGarbage();
   }

@@ -6,7 +6,7 @@ import { Conflict, InvalidArgument } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { Agent, AgentImage, PullProgress } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
-import type { ImageRecord } from '../../store/records.js';
+import type { ImageContentRecord, ImageRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { OperationService } from '../operations/operations.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
@@ -31,13 +31,12 @@ export class ImageService {
   }
 
   /** An image as its project sees it: that project's tags and containers only. */
-  private view(img: ImageRecord): ImageView {
-    return {
-      ...img,
-      id: img.digest,
-      tags: this.store.images.tags({ projectId: img.projectId, digest: img.digest }).map((t) => t.name),
-      containers: this.store.containers.countByImage(img.digest, img.projectId),
-    };
+  private async view(img: ImageRecord): Promise<ImageView> {
+    const [tags, containers] = await Promise.all([
+      this.store.images.tags({ projectId: img.projectId, digest: img.digest }),
+      this.store.containers.countByImage(img.digest, img.projectId),
+    ]);
+    return { ...img, id: img.digest, tags: tags.map((t) => t.name), containers };
   }
 
   /**
@@ -45,13 +44,13 @@ export class ImageService {
    * digest, "repo@digest" (manifest or index), or a unique hex prefix of the digest.
    * Other projects' references neither match nor make a prefix ambiguous.
    */
-  resolve(ref: string, scope: ProjectScope): ImageRecord {
+  async resolve(ref: string, scope: ProjectScope): Promise<ImageRecord> {
     if (!ref) throw new InvalidArgument('an image reference is required');
     const pick = (candidates: ImageRecord[]) => pickInScope(candidates, scope, (i) => `${i.projectId} ${i.digest}`, 'image', ref);
     const referenced = () => this.store.images.list('projectId' in scope ? scope.projectId : undefined);
     const bare = ref.startsWith('sha256:') ? ref : /^[0-9a-f]{6,64}$/.test(ref) ? `sha256:${ref}` : undefined;
     if (bare) {
-      const all = referenced();
+      const all = await referenced();
       const exact = all.filter((i) => i.digest === bare);
       if (exact.some((i) => inScope(scope, i.projectId))) return pick(exact);
       const prefixed = all.filter((i) => i.digest.startsWith(bare));
@@ -60,25 +59,28 @@ export class ImageService {
     const parsed = parseReference(ref);
     if (parsed.digest) {
       // A digest may name the index the image was pulled through.
-      return pick(referenced().filter((i) => i.digest === parsed.digest || i.indexDigest === parsed.digest));
+      return pick((await referenced()).filter((i) => i.digest === parsed.digest || i.indexDigest === parsed.digest));
     }
-    const tagged = this.store.images.tags({ name: parsed.toString() }).flatMap((t) => {
-      const img = inScope(scope, t.projectId) ? this.store.images.ref(t.projectId, t.digest) : undefined;
-      return img ? [img] : [];
-    });
+    const tagged: ImageRecord[] = [];
+    for (const t of await this.store.images.tags({ name: parsed.toString() })) {
+      const img = inScope(scope, t.projectId) ? await this.store.images.ref(t.projectId, t.digest) : undefined;
+      if (img) tagged.push(img);
+    }
     return pick(tagged);
   }
 
   /** References of one project, or of all (the caller filters by what it may read). */
-  list(projectId?: string): ImageView[] {
-    return this.store.images.list(projectId).map((i) => this.view(i));
+  async list(projectId?: string): Promise<ImageView[]> {
+    const views: ImageView[] = [];
+    for (const i of await this.store.images.list(projectId)) views.push(await this.view(i));
+    return views;
   }
 
-  inspect(ref: string, projectId: string): ImageView {
-    return this.view(this.resolve(ref, { projectId }));
+  async inspect(ref: string, projectId: string): Promise<ImageView> {
+    return this.view(await this.resolve(ref, { projectId }));
   }
 
-  private record(img: AgentImage, projectId: string, tagName: string | undefined): ImageRecord {
+  private async record(img: AgentImage, projectId: string, tagName: string | undefined): Promise<ImageRecord> {
     const rec: ImageRecord = {
       digest: img.manifestDigest,
       projectId,
@@ -91,16 +93,16 @@ export class ImageService {
       createdAt: new Date().toISOString(),
     };
     // The content is stored once host-wide; the reference and the tag are this project's.
-    this.store.transaction(() => {
-      this.store.images.upsert(rec);
-      if (tagName) this.store.images.setTag({ name: tagName, digest: rec.digest, projectId, updatedAt: rec.createdAt });
+    await this.store.transaction(async () => {
+      await this.store.images.upsert(rec);
+      if (tagName) await this.store.images.setTag({ name: tagName, digest: rec.digest, projectId, updatedAt: rec.createdAt });
     });
     this.events.publish({ type: 'image', action: 'pull', id: rec.digest, projectId, attributes: { name: tagName } });
-    return this.store.images.ref(projectId, rec.digest) ?? rec;
+    return (await this.store.images.ref(projectId, rec.digest)) ?? rec;
   }
 
   /** Starts a pull; returns the Operation. */
-  pull(ref: string, projectId: string, credentials?: { username: string; password: string }) {
+  async pull(ref: string, projectId: string, credentials?: { username: string; password: string }) {
     const parsed = parseReference(ref);
     const name = parsed.toString();
     return this.operations.start('image.pull', name, projectId, async (op) => {
@@ -108,7 +110,7 @@ export class ImageService {
         op.progress(p as unknown as Record<string, unknown>),
       );
       // Pulled by digest: no tag to record; by tag: the tag now points here.
-      const rec = this.record(img, projectId, parsed.digest ? undefined : name);
+      const rec = await this.record(img, projectId, parsed.digest ? undefined : name);
       return { id: rec.digest, digest: rec.digest, reference: name, size: rec.size, layers: rec.layers.length };
     });
   }
@@ -116,10 +118,12 @@ export class ImageService {
   /** Each image found in the archive, with the name it was tagged as (null when the archive names none). */
   async importArchive(path: string, projectId: string): Promise<{ name: string | null; image: ImageView }[]> {
     const imgs = await this.agent.importImages(path);
-    return imgs.map((img) => {
+    const imported: { name: string | null; image: ImageView }[] = [];
+    for (const img of imgs) {
       const tagName = img.reference ? this.normalize(img.reference) : undefined;
-      return { name: tagName ?? null, image: this.view(this.record(img, projectId, tagName)) };
-    });
+      imported.push({ name: tagName ?? null, image: await this.view(await this.record(img, projectId, tagName)) });
+    }
+    return imported;
   }
 
   /**
@@ -128,59 +132,71 @@ export class ImageService {
    * project's tags of it. Other projects' references and tags are never touched.
    */
   async remove(ref: string, projectId: string, force: boolean): Promise<{ untagged: string[]; deleted: string[] }> {
-    const img = this.resolve(ref, { projectId });
-    const tags = this.store.images.tags({ projectId, digest: img.digest }).map((t) => t.name);
-    let byTag: string | undefined;
-    try {
-      const n = this.normalize(ref);
-      if (tags.includes(n)) byTag = n;
-    } catch {
-      /* a digest or id, not a reference */
-    }
-    if (byTag && tags.length > 1 && !force) {
-      this.store.images.deleteTag(projectId, byTag);
-      return { untagged: [byTag], deleted: [] };
-    }
-    const users = this.store.containers.countByImage(img.digest, projectId);
-    if (users > 0) {
-      throw new Conflict(`image ${ref} is used by ${users} container(s); remove them first`, { containers: users });
-    }
-    if (tags.length > 1 && !byTag && !force) {
-      throw new Conflict(`image ${ref} is referenced by several tags (${tags.join(', ')}); use --force to remove them all`);
-    }
-    this.store.images.deleteRef(projectId, img.digest); // its tags go with it
-    this.events.publish({ type: 'image', action: 'delete', id: img.digest, projectId });
-    await this.collectGarbage();
-    return { untagged: tags, deleted: [img.digest] };
+    // decided and done in one transaction: no container of the image nor tag of it appears between the checks and the delete
+    const removed = await this.store.transaction(async () => {
+      const img = await this.resolve(ref, { projectId });
+      const tags = (await this.store.images.tags({ projectId, digest: img.digest })).map((t) => t.name);
+      let byTag: string | undefined;
+      try {
+        const n = this.normalize(ref);
+        if (tags.includes(n)) byTag = n;
+      } catch {
+        /* a digest or id, not a reference */
+      }
+      if (byTag && tags.length > 1 && !force) {
+        await this.store.images.deleteTag(projectId, byTag);
+        return { untagged: [byTag], deleted: [] };
+      }
+      const users = await this.store.containers.countByImage(img.digest, projectId);
+      if (users > 0) {
+        throw new Conflict(`image ${ref} is used by ${users} container(s); remove them first`, { containers: users });
+      }
+      if (tags.length > 1 && !byTag && !force) {
+        throw new Conflict(`image ${ref} is referenced by several tags (${tags.join(', ')}); use --force to remove them all`);
+      }
+      await this.store.images.deleteRef(projectId, img.digest); // its tags go with it
+      return { untagged: tags, deleted: [img.digest] };
+    });
+    for (const digest of removed.deleted) this.events.publish({ type: 'image', action: 'delete', id: digest, projectId });
+    if (removed.deleted.length) await this.collectGarbage();
+    return removed;
   }
 
   /** Remove the project's dangling references (no tag, no container of it); with all, every one no container of it uses. */
   async prune(all: boolean, projectId: string): Promise<{ deleted: string[]; bytesFreed: number }> {
-    const deleted: string[] = [];
-    for (const img of this.store.images.list(projectId)) {
-      if (this.store.containers.countByImage(img.digest, projectId) > 0) continue;
-      const tagged = this.store.images.tags({ projectId, digest: img.digest }).length > 0;
-      if (tagged && !all) continue;
-      this.store.images.deleteRef(projectId, img.digest);
-      deleted.push(img.digest);
-      this.events.publish({ type: 'image', action: 'delete', id: img.digest, projectId });
-    }
+    // one transaction: a container made from an image meanwhile is either counted (the image stays) or made after it is gone
+    const deleted = await this.store.transaction(async () => {
+      const gone: string[] = [];
+      for (const img of await this.store.images.list(projectId)) {
+        if ((await this.store.containers.countByImage(img.digest, projectId)) > 0) continue;
+        const tagged = (await this.store.images.tags({ projectId, digest: img.digest })).length > 0;
+        if (tagged && !all) continue;
+        await this.store.images.deleteRef(projectId, img.digest);
+        gone.push(img.digest);
+      }
+      return gone;
+    });
+    for (const digest of deleted) this.events.publish({ type: 'image', action: 'delete', id: digest, projectId });
     const gc = await this.collectGarbage();
     return { deleted, bytesFreed: gc.bytesFreed };
   }
 
   /** Drop content no project references and no container uses, then let the agent free what nothing keeps. */
-  collectGarbage() {
-    const kept = this.store.transaction(() => {
-      const imgs = this.store.images.contents();
-      return imgs.filter((i) => {
-        if (this.store.images.refCount(i.digest) > 0 || this.store.containers.countByImage(i.digest) > 0) return true;
-        this.store.images.delete(i.digest);
-        return false;
-      });
+  async collectGarbage() {
+    // what is kept, read at one moment (the agent's collection runs after, outside the transaction)
+    const { kept, disks } = await this.store.transaction(async () => {
+      const keptImages: ImageContentRecord[] = [];
+      for (const i of await this.store.images.contents()) {
+        if ((await this.store.images.refCount(i.digest)) > 0 || (await this.store.containers.countByImage(i.digest)) > 0) keptImages.push(i);
+        else await this.store.images.delete(i.digest);
+      }
+      // disk images' blobs: named by a project, or backing a VM's disk
+      const diskBlobs = new Set([
+        ...(await this.store.disks.list()).map((d) => d.digest),
+        ...(await this.store.vms.list()).flatMap((v) => [v.config.diskImage, v.config.kernelImage, v.config.initrdImage].flatMap((i) => (i ? [i.digest] : []))),
+      ]);
+      return { kept: keptImages, disks: diskBlobs };
     });
-    // disk images' blobs: named by a project, or backing a VM's disk
-    const disks = new Set([...this.store.disks.list().map((d) => d.digest), ...this.store.vms.list().flatMap((v) => [v.config.diskImage, v.config.kernelImage, v.config.initrdImage].flatMap((i) => (i ? [i.digest] : [])))]);
     return this.agent.garbageCollect({
       manifestDigests: kept.map((i) => i.digest),
       indexDigests: kept.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),

@@ -10,27 +10,31 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { SqliteStore } from '../../store/sqlite.js';
+import { openStore } from '../../store/open.js';
 import { EventBus } from '../events/event-bus.js';
 import { NetworkService, type NetworkQuota } from './network-service.js';
 import type { Agent } from '../../agent/agent.js';
+import type { ContainerRecord } from '../../store/records.js';
 import { ipToInt, parseCidr } from '../../agent/network/network-driver.js';
 
-function setup(t: { after: (fn: () => void) => void }, foreign: string[] = [], fallback = false) {
+/** `more`: agent methods a test needs beyond the subnet and layout ones. */
+async function setup(t: { after: (fn: () => Promise<void>) => void }, foreign: string[] = [], fallback = false, more: Record<string, unknown> = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-net-svc-'));
-  const store = new SqliteStore(join(dir, 'nimbus.db'));
-  t.after(() => {
-    store.close();
+  const opening = openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await (await opening.catch(() => undefined))?.close(); // the directory goes even when the open failed
     rmSync(dir, { recursive: true, force: true });
   });
+  const store = await opening;
   const now = new Date().toISOString();
-  store.projects.insert({ id: 'pdef', name: 'default', parentId: null, createdAt: now });
-  store.projects.insert({ id: 'pother', name: 'other', parentId: null, createdAt: now });
+  await store.projects.insert({ id: 'pdef', name: 'default', parentId: null, createdAt: now });
+  await store.projects.insert({ id: 'pother', name: 'other', parentId: null, createdAt: now });
   const laidOut: string[] = [];
   const host = {
     foreignSubnets: async () => foreign,
     ensureNetwork: async (n: { name: string }) => void laidOut.push(n.name),
     removeNetwork: async () => undefined,
+    ...more,
   } as unknown as Agent;
   const charged: string[] = [];
   const quota: NetworkQuota = { admitNetwork: (id) => void charged.push(id), release: (id) => void charged.splice(charged.indexOf(id), 1) };
@@ -39,7 +43,7 @@ function setup(t: { after: (fn: () => void) => void }, foreign: string[] = [], f
 }
 
 test('default networks: one per project, made on first use, the default project\'s is nimbus0; not charged to quota', async (t) => {
-  const { svc, laidOut, charged } = setup(t);
+  const { svc, laidOut, charged } = await setup(t);
   const a = await svc.defaultNetwork('pdef');
   assert.deepEqual([a.name, a.device, a.subnet, a.gateway, a.builtin], ['bridge', 'nimbus0', '10.88.0.0/16', '10.88.0.1', true]);
   assert.equal((await svc.defaultNetwork('pdef')).id, a.id, 'made once');
@@ -52,14 +56,14 @@ test('default networks: one per project, made on first use, the default project\
 });
 
 test('the default subnet: taken by the host (podman\'s cni-podman0 is 10.88.0.0/16 too) → a free /16 below it, unless the operator chose it', async (t) => {
-  const defaulted = setup(t, ['10.88.0.0/16', '10.87.0.0/16'], true);
+  const defaulted = await setup(t, ['10.88.0.0/16', '10.87.0.0/16'], true);
   assert.equal((await defaulted.svc.defaultNetwork('pdef')).subnet, '10.86.0.0/16');
-  const chosen = setup(t, ['10.88.0.0/16'], false);
+  const chosen = await setup(t, ['10.88.0.0/16'], false);
   await assert.rejects(chosen.svc.defaultNetwork('pdef'), /overlaps the host's route to 10\.88\.0\.0\/16 \(set NIMBUS_BRIDGE_SUBNET/);
 });
 
 test('create: reserved names, per-project names, overlaps with networks and host routes, the pool skips what is taken', async (t) => {
-  const { svc, charged } = setup(t, ['10.89.1.0/24', '192.0.2.0/24']);
+  const { svc, charged } = await setup(t, ['10.89.1.0/24', '192.0.2.0/24']);
   await assert.rejects(svc.create({ name: 'host' }, 'pdef'), /reserved/);
   await assert.rejects(svc.create({ name: 'bad name' }, 'pdef'), /invalid network name/);
   const front = await svc.create({ name: 'front' }, 'pdef');
@@ -82,27 +86,27 @@ test('create: reserved names, per-project names, overlaps with networks and host
 });
 
 test('IPAM: random leases and releases never hand out an address twice, nor the gateway, network or broadcast address', async (t) => {
-  const { store, svc } = setup(t);
+  const { store, svc } = await setup(t);
   const net = await svc.create({ name: 'small', subnet: '10.77.0.0/28' }, 'pdef'); // 14 hosts, 13 without the gateway
   const c = parseCidr(net.subnet);
   await fc.assert(
     fc.asyncProperty(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 19 })), { minLength: 1, maxLength: 60 }), async (ops) => {
-      for (const l of store.networks.leases({ networkId: net.id })) store.networks.release(l.instanceId);
+      for (const l of await store.networks.leases({ networkId: net.id })) await store.networks.release(l.instanceId);
       const held = new Set<string>();
       for (const [take, n] of ops) {
         const id = `vm${n}`;
         if (take && !held.has(id)) {
           if (held.size === 13) {
-            assert.throws(() => svc.leaseVm(id, id, [net]), /no free address left/);
+            await assert.rejects(svc.leaseVm(id, id, [net]), /no free address left/);
             continue;
           }
-          svc.leaseVm(id, id, [net]);
+          await svc.leaseVm(id, id, [net]);
           held.add(id);
         } else if (!take) {
-          store.networks.release(id);
+          await store.networks.release(id);
           held.delete(id);
         }
-        const addrs = store.networks.leases({ networkId: net.id }).map((l) => l.address);
+        const addrs = (await store.networks.leases({ networkId: net.id })).map((l) => l.address);
         assert.equal(new Set(addrs).size, addrs.length, `an address leased twice: ${addrs.join(', ')}`);
         assert.equal(addrs.length, held.size);
         for (const a of addrs) {
@@ -116,20 +120,65 @@ test('IPAM: random leases and releases never hand out an address twice, nor the 
 });
 
 test('remove: refused while an instance holds an address; a warm container\'s lease neither blocks nor outlives it', async (t) => {
-  const { store, svc } = setup(t);
+  const { store, svc } = await setup(t);
   const net = await svc.create({ name: 'front', subnet: '10.66.0.0/24' }, 'pdef');
   const now = new Date().toISOString();
-  store.vms.insert({ id: 'a'.repeat(32), name: 'vm1', projectId: 'pdef', config: { cpus: 1, memoryMiB: 64 }, status: 'created', pid: null, exitCode: null, createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent: 'local' });
-  svc.leaseVm('a'.repeat(32), 'vm1', [net]);
+  await store.vms.insert({ id: 'a'.repeat(32), name: 'vm1', projectId: 'pdef', config: { cpus: 1, memoryMiB: 64 }, status: 'created', pid: null, exitCode: null, createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent: 'local' });
+  await svc.leaseVm('a'.repeat(32), 'vm1', [net]);
   // a warm container's address, leased ahead of demand through the agent's provider
-  const warm = svc.addressProvider().lease(net.id, 'f'.repeat(64));
+  const warm = await svc.addressProvider().lease(net.id, 'f'.repeat(64));
   assert.equal(warm, '10.66.0.3');
-  assert.deepEqual(svc.view(net).containers.map((c) => c.name), ['vm1'], 'warm leases are not shown');
+  assert.equal(await svc.addressProvider().lease('no-such-network', 'e'.repeat(64)), undefined, 'no network, no lease');
+  assert.deepEqual((await svc.view(net)).containers.map((c) => c.name), ['vm1'], 'warm leases are not shown');
   await assert.rejects(svc.remove('front', { projectId: 'pdef' }), /in use by 1 instance\(s\): vm1/);
-  svc.addressProvider().release('a'.repeat(32)); // an instance's lease is not the provider's to release
-  assert.equal(store.networks.leases({ instanceId: 'a'.repeat(32) }).length, 1);
-  store.vms.delete('a'.repeat(32));
-  assert.deepEqual(store.networks.leases({ instanceId: 'a'.repeat(32) }), [], 'an instance\'s leases go with its record');
+  await svc.addressProvider().release('a'.repeat(32)); // an instance's lease is not the provider's to release
+  assert.equal((await store.networks.leases({ instanceId: 'a'.repeat(32) })).length, 1);
+  await store.vms.delete('a'.repeat(32));
+  assert.deepEqual(await store.networks.leases({ instanceId: 'a'.repeat(32) }), [], 'an instance\'s leases go with its record');
   await svc.remove('front', { projectId: 'pdef' });
-  assert.deepEqual(store.networks.leases({}), [], 'the warm lease went with the network');
+  assert.deepEqual(await store.networks.leases({}), [], 'the warm lease went with the network');
+});
+
+test('IPAM under concurrency: leases asked for at once (VMs, warm containers) get distinct addresses, and only the surplus is refused', async (t) => {
+  const { store, svc } = await setup(t);
+  const net = await svc.create({ name: 'small', subnet: '10.77.0.0/28' }, 'pdef'); // 13 assignable addresses
+  const provider = svc.addressProvider();
+  const asks = Array.from({ length: 16 }, (_, i) =>
+    i % 2 ? svc.leaseVm(`vm${i}`, `vm${i}`, [net]).then((e) => e[0]!.address) : provider.lease(net.id, `warm${i}`));
+  const settled = await Promise.allSettled(asks);
+  const got = settled.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : []));
+  assert.equal(got.length, 13, 'every free address is handed out');
+  assert.equal(new Set(got).size, 13, `an address handed out twice: ${got.join(', ')}`);
+  for (const r of settled) if (r.status === 'rejected') assert.match(String(r.reason), /no free address left/);
+  assert.equal((await store.networks.leases({ networkId: net.id })).length, 13);
+  await Promise.all([provider.release('warm0'), provider.release('warm2')]);
+  assert.equal((await store.networks.leases({ networkId: net.id })).length, 11, 'releases at once, each done');
+});
+
+test('connect and disconnect: interface indexes, the already-connected refusal, and a failed connect leaves no lease', async (t) => {
+  const connected: string[] = [];
+  let failNext = false;
+  const { store, svc } = await setup(t, [], false, {
+    connectContainer: async (_id: string, e: { network: { name: string } }) => {
+      if (failNext) throw new Error('host said no');
+      connected.push(e.network.name);
+    },
+    disconnectContainer: async () => undefined,
+  });
+  const a = await svc.create({ name: 'a', subnet: '10.61.0.0/24' }, 'pdef');
+  const b = await svc.create({ name: 'b', subnet: '10.62.0.0/24' }, 'pdef');
+  const now = new Date().toISOString();
+  const c = { id: 'c'.repeat(64), name: 'web', projectId: 'pdef', imageDigest: 'sha256:x', config: { image: 'x', cmd: [], env: [], network: 'a' }, status: 'running', createdAt: now } as unknown as ContainerRecord;
+  await store.networks.lease({ networkId: a.id, address: '10.61.0.2', instanceId: c.id, ifIndex: 0, createdAt: now });
+  await assert.rejects(svc.connect('a', c), /already on a/);
+  failNext = true;
+  await assert.rejects(svc.connect('b', c), /host said no/);
+  assert.equal((await store.networks.leases({ instanceId: c.id, networkId: b.id })).length, 0, 'the lease of a failed connect is released');
+  failNext = false;
+  await svc.connect('b', c, { ip: '10.62.0.9' });
+  assert.deepEqual((await svc.endpointsOf(c.id)).map((e) => `${e.network} ${e.ifName} ${e.address}`).sort(), ['a eth0 10.61.0.2', 'b eth1 10.62.0.9']);
+  assert.deepEqual(connected, ['b']);
+  await svc.disconnect('b', c);
+  await assert.rejects(svc.disconnect('b', c), /not on b/);
+  assert.deepEqual((await svc.endpointsOf(c.id)).map((e) => e.network), ['a']);
 });

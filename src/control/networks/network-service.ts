@@ -65,9 +65,10 @@ export type NetworkIntent =
   | { mode: 'container'; container: ContainerRecord }
   | { mode: 'networks'; networks: NetworkRecord[] };
 
+/** The quota service's side for networks (it may persist its ledger, so either may be asynchronous). */
 export interface NetworkQuota {
-  admitNetwork(id: string, projectId: string): void;
-  release(id: string, reason: string): void;
+  admitNetwork(id: string, projectId: string): void | Promise<void>;
+  release(id: string, reason: string): void | Promise<void>;
 }
 
 export class NetworkService {
@@ -84,39 +85,42 @@ export class NetworkService {
   }
 
   /** By id, unique id prefix or name, in scope. */
-  get(idOrName: string, scope: ProjectScope = EVERYWHERE): NetworkRecord {
+  async get(idOrName: string, scope: ProjectScope = EVERYWHERE): Promise<NetworkRecord> {
     if (!idOrName) throw new InvalidArgument('a network id or name is required');
-    const exact = this.store.networks.get(idOrName);
+    const exact = await this.store.networks.get(idOrName);
     if (exact && inScope(scope, exact.projectId)) return exact;
-    const named = this.store.networks.named(idOrName).filter((n) => inScope(scope, n.projectId));
+    const named = (await this.store.networks.named(idOrName)).filter((n) => inScope(scope, n.projectId));
     if (named.length) return pickInScope(named, scope, (n) => n.id, 'network', idOrName);
-    return pickInScope(this.store.networks.withIdPrefix(idOrName), scope, (n) => n.id, 'network', idOrName);
+    return pickInScope(await this.store.networks.withIdPrefix(idOrName), scope, (n) => n.id, 'network', idOrName);
   }
 
-  list(projectId?: string): NetworkRecord[] {
+  async list(projectId?: string): Promise<NetworkRecord[]> {
     return this.store.networks.list(projectId ? { projectId } : {});
   }
 
-  view(n: NetworkRecord): NetworkView {
-    const containers = this.instanceLeases(n.id).map((l) => {
-      const c = this.store.containers.get(l.instanceId) ?? this.store.vms.get(l.instanceId);
-      return { id: l.instanceId, name: c?.name ?? '', address: l.address, ifName: `eth${l.ifIndex}` };
-    });
+  async view(n: NetworkRecord): Promise<NetworkView> {
+    const containers: NetworkView['containers'] = [];
+    for (const l of await this.instanceLeases(n.id)) {
+      const name = await this.instanceName(l.instanceId);
+      containers.push({ id: l.instanceId, name: name ?? '', address: l.address, ifName: `eth${l.ifIndex}` });
+    }
     return { ...n, containers };
   }
 
   /** A container's network settings as inspect shows them. */
-  settings(c: ContainerRecord): { mode: string; endpoints: EndpointView[]; ports: PortSpec[] } {
+  async settings(c: ContainerRecord): Promise<{ mode: string; endpoints: EndpointView[]; ports: PortSpec[] }> {
     const mode = c.config.network ?? DEFAULT_NETWORK;
-    return { mode, endpoints: this.endpointsOf(c.id), ports: c.config.ports ?? [] };
+    return { mode, endpoints: await this.endpointsOf(c.id), ports: c.config.ports ?? [] };
   }
 
   /** An instance's interfaces (container or VM), from its leases. */
-  endpointsOf(instanceId: string): EndpointView[] {
-    return this.store.networks.leases({ instanceId }).flatMap((l) => {
-      const n = this.store.networks.get(l.networkId);
-      return n ? [{ network: n.name, networkId: n.id, address: l.address, gateway: n.gateway, prefix: parseCidr(n.subnet).prefix, mac: macFor(l.address), ifName: `eth${l.ifIndex}` }] : [];
-    });
+  async endpointsOf(instanceId: string): Promise<EndpointView[]> {
+    const endpoints: EndpointView[] = [];
+    for (const l of await this.store.networks.leases({ instanceId })) {
+      const n = await this.store.networks.get(l.networkId);
+      if (n) endpoints.push({ network: n.name, networkId: n.id, address: l.address, gateway: n.gateway, prefix: parseCidr(n.subnet).prefix, mac: macFor(l.address), ifName: `eth${l.ifIndex}` });
+    }
+    return endpoints;
   }
 
   private spec(n: NetworkRecord): NetworkSpec {
@@ -126,7 +130,7 @@ export class NetworkService {
   /** A /24 of the pool that overlaps neither another network nor a host route. */
   private async pickSubnet(): Promise<string> {
     const pool = parseCidr(this.o.subnetPool);
-    const taken = [...this.store.networks.list().map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((s) => parseCidr(s));
+    const taken = [...(await this.store.networks.list()).map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((s) => parseCidr(s));
     for (let a = pool.network; a + 256 <= pool.network + pool.size; a += 256) {
       const c = parseCidr(`${intToIp(a)}/24`);
       if (!taken.some((t) => cidrsOverlap(t, c))) return `${intToIp(a)}/24`;
@@ -141,7 +145,7 @@ export class NetworkService {
     } catch (e) {
       throw new InvalidArgument(e instanceof Error ? e.message : String(e));
     }
-    const clash = this.store.networks.list().find((n) => cidrsOverlap(parseCidr(n.subnet), c));
+    const clash = (await this.store.networks.list()).find((n) => cidrsOverlap(parseCidr(n.subnet), c));
     if (clash) throw new Conflict(`subnet ${subnet} overlaps network ${clash.name} (${clash.subnet})`);
     const foreign = (await this.agent.foreignSubnets()).find((s) => cidrsOverlap(parseCidr(s), c));
     if (foreign) throw new Conflict(`subnet ${subnet} overlaps the host's route to ${foreign}`);
@@ -156,7 +160,7 @@ export class NetworkService {
   private async make(input: CreateNetworkInput & { builtin: boolean; device?: string }, projectId: string): Promise<NetworkRecord> {
     const driver = input.driver ?? 'bridge';
     if (driver !== 'bridge' && driver !== 'route') throw new InvalidArgument(`unknown network driver "${String(driver)}": bridge or route`);
-    if (this.store.networks.byName(projectId, input.name)) throw new AlreadyExists(`network "${input.name}" already exists in this project`);
+    if (await this.store.networks.byName(projectId, input.name)) throw new AlreadyExists(`network "${input.name}" already exists in this project`);
     if (input.gateway && !input.subnet) throw new InvalidArgument('--gateway needs --subnet');
     const subnet = input.subnet ?? (await this.pickSubnet());
     if (input.subnet) {
@@ -176,46 +180,53 @@ export class NetworkService {
       builtin: input.builtin, labels: input.labels ?? {}, createdAt: new Date().toISOString(),
     };
     // a project's default network comes with the project: only networks a user makes count against `networks`
-    if (!rec.builtin) this.quota.admitNetwork(id, projectId);
+    if (!rec.builtin) await this.quota.admitNetwork(id, projectId);
     try {
-      this.store.networks.insert(rec);
+      await this.store.networks.insert(rec);
     } catch (e) {
-      this.quota.release(id, 'network create failed');
+      await this.quota.release(id, 'network create failed');
       throw e;
     }
     try {
       await this.agent.ensureNetwork(this.spec(rec));
     } catch (e) {
       await this.agent.removeNetwork(id).catch(() => undefined);
-      this.store.networks.delete(id);
-      this.quota.release(id, 'network create failed');
+      await this.store.networks.delete(id);
+      await this.quota.release(id, 'network create failed');
       throw e;
     }
     this.publish(rec, 'create', { driver, subnet });
     return rec;
   }
 
-  /** The project's "bridge", made on first use. */
-  private creatingDefault = new Map<string, Promise<NetworkRecord>>();
+  /**
+   * The project's "bridge", made on first use. Concurrent callers share one lookup (not
+   * just one create): a caller whose read missed the network must not make a second one
+   * after the first caller's create has finished.
+   */
+  private resolvingDefault = new Map<string, Promise<NetworkRecord>>();
   async defaultNetwork(projectId: string): Promise<NetworkRecord> {
-    const found = this.store.networks.byName(projectId, DEFAULT_NETWORK);
-    if (found) return found;
-    let p = this.creatingDefault.get(projectId);
-    if (!p) {
-      const isDefault = projectId === this.o.defaultProjectId;
-      p = (async () => this.make({
-        name: DEFAULT_NETWORK, driver: 'bridge', builtin: true,
-        ...(isDefault ? { subnet: await this.defaultSubnet(), device: this.o.bridge } : {}),
-      }, projectId))().finally(() => this.creatingDefault.delete(projectId));
-      this.creatingDefault.set(projectId, p);
-    }
+    const pending = this.resolvingDefault.get(projectId);
+    if (pending !== undefined) return pending;
+    const p = this.findOrMakeDefault(projectId).finally(() => this.resolvingDefault.delete(projectId));
+    this.resolvingDefault.set(projectId, p);
     return p;
+  }
+
+  private async findOrMakeDefault(projectId: string): Promise<NetworkRecord> {
+    const found = await this.store.networks.byName(projectId, DEFAULT_NETWORK);
+    if (found) return found;
+    const isDefault = projectId === this.o.defaultProjectId;
+    return this.make({
+      name: DEFAULT_NETWORK, driver: 'bridge', builtin: true,
+      ...(isDefault ? { subnet: await this.defaultSubnet(), device: this.o.bridge } : {}),
+    }, projectId);
   }
 
   /** The default project's subnet: the configured one, or, when defaulted and taken (podman's 10.88/16), a free /16 below it. */
   private async defaultSubnet(): Promise<string> {
     if (!this.o.bridgeSubnetFallback) return this.o.bridgeSubnet;
-    const taken = [...this.store.networks.list().map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((x) => parseCidr(x));
+    const taken = [...(await this.store.networks.list()).map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((x) => parseCidr(x));
     const free = (c: string) => !taken.some((t) => cidrsOverlap(t, parseCidr(c)));
     if (free(this.o.bridgeSubnet)) return this.o.bridgeSubnet;
     for (let b = 87; b >= 80; b--) if (free(`10.${b}.0.0/16`)) return `10.${b}.0.0/16`;
@@ -223,35 +234,42 @@ export class NetworkService {
   }
 
   async remove(idOrName: string, scope: ProjectScope): Promise<void> {
-    const n = this.get(idOrName, scope);
-    const users = this.instanceLeases(n.id);
+    const n = await this.get(idOrName, scope);
+    const users = await this.instanceLeases(n.id);
     if (users.length) {
-      const names = users.map((l) => this.store.containers.get(l.instanceId)?.name ?? this.store.vms.get(l.instanceId)?.name ?? l.instanceId.slice(0, 12));
+      const names: string[] = [];
+      for (const l of users) names.push((await this.instanceName(l.instanceId)) ?? l.instanceId.slice(0, 12));
       throw new Conflict(`network ${n.name} is in use by ${users.length} instance(s): ${names.join(', ')}`, { instances: names });
     }
     await this.agent.removeNetwork(n.id);
     // warm containers' addresses on it (they are not instances): released, their interfaces die with the bridge
-    for (const l of this.store.networks.leases({ networkId: n.id })) this.store.networks.release(l.instanceId, n.id);
-    this.store.networks.delete(n.id);
-    this.quota.release(n.id, 'network removed');
+    await this.store.transaction(async () => {
+      for (const l of await this.store.networks.leases({ networkId: n.id })) await this.store.networks.release(l.instanceId, n.id);
+      await this.store.networks.delete(n.id);
+    });
+    await this.quota.release(n.id, 'network removed');
     this.publish(n, 'destroy');
   }
 
   /** network connect: lease an address (--ip or the next free) and add the endpoint to the container's namespace. */
   async connect(networkRef: string, c: ContainerRecord, opts: { ip?: string; aliases?: string[] } = {}): Promise<NetworkView> {
-    const n = this.get(networkRef, { projectId: c.projectId });
+    const n = await this.get(networkRef, { projectId: c.projectId });
     const mode = c.config.network ?? DEFAULT_NETWORK;
     if (mode === 'none' || mode === 'host' || mode.startsWith('container:')) throw new Conflict(`container ${c.name} uses --network ${mode}: it has no namespace of its own to connect`);
-    if (this.store.networks.leases({ instanceId: c.id, networkId: n.id }).length) throw new Conflict(`container ${c.name} is already on ${n.name}`);
-    if (opts.ip && !cidrContains(parseCidr(n.subnet), opts.ip)) throw new InvalidArgument(`--ip ${opts.ip} is outside ${n.name} (${n.subnet})`);
-    const used = new Set(this.store.networks.leases({ instanceId: c.id }).map((l) => l.ifIndex));
-    let ifIndex = 0;
-    while (used.has(ifIndex)) ifIndex++;
-    const lease = this.store.transaction(() => this.leaseOne(n, c.id, ifIndex, opts.ip));
+    // the checks, the interface index and the lease in one transaction: two connects of one container cannot take one index
+    const lease = await this.store.transaction(async () => {
+      const held = await this.store.networks.leases({ instanceId: c.id });
+      if (held.some((l) => l.networkId === n.id)) throw new Conflict(`container ${c.name} is already on ${n.name}`);
+      if (opts.ip && !cidrContains(parseCidr(n.subnet), opts.ip)) throw new InvalidArgument(`--ip ${opts.ip} is outside ${n.name} (${n.subnet})`);
+      const used = new Set(held.map((l) => l.ifIndex));
+      let ifIndex = 0;
+      while (used.has(ifIndex)) ifIndex++;
+      return this.leaseOne(n, c.id, ifIndex, opts.ip);
+    });
     try {
       await this.agent.connectContainer(c.id, { network: this.spec(n), address: lease.address, dnsNames: [c.name, ...(c.config.aliases ?? []), ...(opts.aliases ?? [])] });
     } catch (e) {
-      this.store.networks.release(c.id, n.id);
+      await this.store.networks.release(c.id, n.id);
       throw e;
     }
     this.publish(n, 'connect', { container: c.id, address: lease.address });
@@ -259,10 +277,10 @@ export class NetworkService {
   }
 
   async disconnect(networkRef: string, c: ContainerRecord): Promise<NetworkView> {
-    const n = this.get(networkRef, { projectId: c.projectId });
-    if (!this.store.networks.leases({ instanceId: c.id, networkId: n.id }).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
+    const n = await this.get(networkRef, { projectId: c.projectId });
+    if (!(await this.store.networks.leases({ instanceId: c.id, networkId: n.id })).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
     await this.agent.disconnectContainer(c.id, n.id);
-    this.store.networks.release(c.id, n.id);
+    await this.store.networks.release(c.id, n.id);
     this.publish(n, 'disconnect', { container: c.id });
     return this.view(n);
   }
@@ -273,13 +291,17 @@ export class NetworkService {
   }
 
   /** Lease a VM's addresses (its record exists): one per network, eth0 first. */
-  leaseVm(vmId: string, name: string, networks: NetworkRecord[]): Array<{ network: NetworkSpec; address: string; dnsNames: string[] }> {
-    return this.store.transaction(() => networks.map((n, i) => ({ network: this.spec(n), address: this.leaseOne(n, vmId, i).address, dnsNames: [name] })));
+  async leaseVm(vmId: string, name: string, networks: NetworkRecord[]): Promise<Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>> {
+    return this.store.transaction(async () => {
+      const endpoints: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }> = [];
+      for (const [i, n] of networks.entries()) endpoints.push({ network: this.spec(n), address: (await this.leaseOne(n, vmId, i)).address, dnsNames: [name] });
+      return endpoints;
+    });
   }
 
   /** The project's default network goes with the project (it is unused: the project has no container left). */
   async removeDefault(projectId: string): Promise<void> {
-    const n = this.store.networks.byName(projectId, DEFAULT_NETWORK);
+    const n = await this.store.networks.byName(projectId, DEFAULT_NETWORK);
     if (n?.builtin) await this.remove(n.id, { projectId });
   }
 
@@ -294,12 +316,14 @@ export class NetworkService {
     if (want === 'none' || want === 'host') return { mode: want };
     if (want.startsWith('container:')) {
       const ref = want.slice('container:'.length);
-      const other = this.store.containers.get(ref) ?? this.store.containers.named(ref).find((c) => inScope(scope, c.projectId)) ?? this.store.containers.withIdPrefix(ref).find((c) => inScope(scope, c.projectId));
+      const other = (await this.store.containers.get(ref))
+        ?? (await this.store.containers.named(ref)).find((c) => inScope(scope, c.projectId))
+        ?? (await this.store.containers.withIdPrefix(ref)).find((c) => inScope(scope, c.projectId));
       if (!other || !inScope(scope, other.projectId)) throw new NotFound(`no such container: ${ref}`);
       if (other.status !== 'running' && other.status !== 'paused') throw new Conflict(`container ${other.name} is ${other.status}: its network namespace can be joined only while it runs`);
       return { mode: 'container', container: other };
     }
-    const net = want === DEFAULT_NETWORK ? await this.defaultNetwork(projectId) : this.get(want, { projectId });
+    const net = want === DEFAULT_NETWORK ? await this.defaultNetwork(projectId) : await this.get(want, { projectId });
     if (config.ports?.length && net.internal) throw new InvalidArgument(`ports cannot be published from the internal network ${net.name}`);
     if (config.ip && !cidrContains(parseCidr(net.subnet), config.ip)) throw new InvalidArgument(`--ip ${config.ip} is outside ${net.name} (${net.subnet})`);
     const ports = config.ports ?? [];
@@ -309,7 +333,7 @@ export class NetworkService {
       }
     }
     // (only a request that publishes ports pays for the scan of the others')
-    for (const c of ports.length ? this.store.containers.list({ status: ['created', 'running', 'paused', 'restarting'] }) : []) {
+    for (const c of ports.length ? await this.store.containers.list({ status: ['created', 'running', 'paused', 'restarting'] }) : []) {
       for (const q of c.config.ports ?? []) {
         const clash = ports.find((p) => portsClash(p, q));
         // only the project's own containers are named: another tenant's are none of the caller's business
@@ -328,111 +352,137 @@ export class NetworkService {
    * Lease the container's addresses (its record exists) and make the agent's request.
    * Deleting the record deletes its leases, so a failed create leaves none.
    */
-  lease(c: ContainerRecord, intent: NetworkIntent): ContainerNetworkRequest {
+  async lease(c: ContainerRecord, intent: NetworkIntent): Promise<ContainerNetworkRequest> {
     if (intent.mode === 'none' || intent.mode === 'host') return { mode: intent.mode };
     if (intent.mode === 'container') return { mode: 'container', container: intent.container.id };
     const networks = intent.networks;
-    return this.store.transaction(() => {
-      const endpoints = networks.map((n, i) => {
-        const l = this.keepOrLease(n, c.id, i, i === 0 ? c.config.ip : undefined);
-        return { network: this.spec(n), address: l.address, dnsNames: [c.name, ...(c.config.aliases ?? [])] };
-      });
+    return this.store.transaction(async () => {
+      const endpoints: Extract<ContainerNetworkRequest, { mode: 'networks' }>['endpoints'] = [];
+      for (const [i, n] of networks.entries()) {
+        const l = await this.keepOrLease(n, c.id, i, i === 0 ? c.config.ip : undefined);
+        endpoints.push({ network: this.spec(n), address: l.address, dnsNames: [c.name, ...(c.config.aliases ?? [])] });
+      }
       return {
         mode: 'networks',
         endpoints,
         ports: (c.config.ports ?? []).map((p) => ({ protocol: p.protocol, hostPort: p.hostPort, containerPort: p.containerPort, ...(p.hostIp ? { hostIp: p.hostIp } : {}) })),
-        extraHosts: [...this.linkHosts(c, networks), ...(c.config.extraHosts ?? [])],
+        extraHosts: [...(await this.linkHosts(c, networks)), ...(c.config.extraHosts ?? [])],
         dns: c.config.dns ?? [],
       };
     });
   }
 
   /** A warm container's address leased ahead of demand is the container's now (unless --ip asks for another). */
-  private keepOrLease(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
-    const held = this.store.networks.leases({ instanceId, networkId: n.id })[0];
+  private async keepOrLease(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): Promise<NetworkLeaseRecord> {
+    const held = (await this.store.networks.leases({ instanceId, networkId: n.id }))[0];
     if (held && (!wanted || wanted === held.address)) return held;
-    if (held) this.store.networks.release(instanceId, n.id);
+    if (held) await this.store.networks.release(instanceId, n.id);
     return this.leaseOne(n, instanceId, ifIndex, wanted);
   }
 
   /** What the agent leases warm containers' addresses through (see Agent.setAddressProvider). */
   addressProvider(): AddressProvider {
     return {
-      lease: (networkId, instanceId) => {
-        const n = this.store.networks.get(networkId);
-        if (!n) return undefined;
+      lease: async (networkId, instanceId) => {
         try {
-          return this.store.transaction(() => this.leaseOne(n, instanceId, 0).address);
+          // the network is read in the transaction: one removed meanwhile gets no lease
+          return await this.store.transaction(async () => {
+            const n = await this.store.networks.get(networkId);
+            return n ? (await this.leaseOne(n, instanceId, 0)).address : undefined;
+          });
         } catch {
           return undefined; // none free: the warm container gets its address when claimed
         }
       },
       // only a lease without an instance is a warm container's: a container's goes with its record
-      release: (instanceId) => {
-        if (!this.store.containers.get(instanceId) && !this.store.vms.get(instanceId)) this.store.networks.release(instanceId);
+      // (checked in the transaction, so a container claiming the warm one meanwhile keeps its address)
+      release: async (instanceId) => {
+        await this.store.transaction(async () => {
+          if (!(await this.isInstance(instanceId))) await this.store.networks.release(instanceId);
+        });
       },
     };
   }
 
-  /** Leases held by an instance the store knows (not by a warm container waiting to be claimed). */
-  private instanceLeases(networkId: string): NetworkLeaseRecord[] {
-    return this.store.networks.leases({ networkId }).filter((l) => this.store.containers.get(l.instanceId) || this.store.vms.get(l.instanceId));
+  /** Whether the store has a container or VM of this id (a warm container's is neither). */
+  private async isInstance(id: string): Promise<boolean> {
+    return (await this.store.containers.get(id)) !== undefined || (await this.store.vms.get(id)) !== undefined;
   }
 
-  private leaseOne(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): NetworkLeaseRecord {
+  /** The name of the container or VM of this id, if the store has one. */
+  private async instanceName(id: string): Promise<string | undefined> {
+    return ((await this.store.containers.get(id)) ?? (await this.store.vms.get(id)))?.name;
+  }
+
+  /** Leases held by an instance the store knows (not by a warm container waiting to be claimed). */
+  private async instanceLeases(networkId: string): Promise<NetworkLeaseRecord[]> {
+    const held: NetworkLeaseRecord[] = [];
+    for (const l of await this.store.networks.leases({ networkId })) if (await this.isInstance(l.instanceId)) held.push(l);
+    return held;
+  }
+
+  /** Callers run it in a transaction: the free address it picks is still free when it writes the lease. */
+  private async leaseOne(n: NetworkRecord, instanceId: string, ifIndex: number, wanted?: string): Promise<NetworkLeaseRecord> {
     const c = parseCidr(n.subnet);
     const createdAt = new Date().toISOString();
     if (wanted) {
       if (!isUsableAddress(c, wanted) || wanted === n.gateway) throw new InvalidArgument(`${wanted} is not an assignable address of ${n.name} (${n.subnet})`);
       try {
         const l = { networkId: n.id, address: wanted, instanceId, ifIndex, createdAt };
-        this.store.networks.lease(l);
+        await this.store.networks.lease(l);
         return l;
       } catch (e) {
         if (hasCode(e, 'AlreadyExists')) throw new Conflict(`address ${wanted} is already in use on ${n.name}`);
         throw e;
       }
     }
-    const taken = new Set(this.store.networks.leases({ networkId: n.id }).map((l) => l.address));
+    const taken = new Set((await this.store.networks.leases({ networkId: n.id })).map((l) => l.address));
     taken.add(n.gateway);
     for (let a = c.network + 1; a < c.network + c.size - 1; a++) {
       const address = intToIp(a);
       if (taken.has(address)) continue;
       const l = { networkId: n.id, address, instanceId, ifIndex, createdAt };
-      this.store.networks.lease(l);
+      await this.store.networks.lease(l);
       return l;
     }
     throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
   }
 
   /** A linked container's address on one of the linking container's networks (the one they share). */
-  private linkAddress(target: string, networks: readonly NetworkRecord[]): string | undefined {
-    return this.store.networks.leases({ instanceId: target }).find((l) => networks.some((n) => n.id === l.networkId))?.address;
+  private async linkAddress(target: string, networks: readonly NetworkRecord[]): Promise<string | undefined> {
+    return (await this.store.networks.leases({ instanceId: target })).find((l) => networks.some((n) => n.id === l.networkId))?.address;
   }
 
   /** /etc/hosts lines for --link: the linked container's address on a network both share. */
-  private linkHosts(c: ContainerRecord, networks: readonly NetworkRecord[]): string[] {
-    return (c.config.links ?? []).map((l) => {
-      const target = this.store.containers.get(l.container);
-      const address = this.linkAddress(l.container, networks);
+  private async linkHosts(c: ContainerRecord, networks: readonly NetworkRecord[]): Promise<string[]> {
+    const hosts: string[] = [];
+    for (const l of c.config.links ?? []) {
+      const target = await this.store.containers.get(l.container);
+      const address = await this.linkAddress(l.container, networks);
       if (!target || !address) throw new Conflict(`linked container ${l.alias} has no address`);
-      return `${l.alias === target.name ? l.alias : `${l.alias} ${target.name}`}:${address}`;
-    });
+      hosts.push(`${l.alias === target.name ? l.alias : `${l.alias} ${target.name}`}:${address}`);
+    }
+    return hosts;
   }
 
   /**
    * Docker's link variables: ALIAS_NAME, ALIAS_PORT=<first port>, ALIAS_PORT_<p>_<proto>[_ADDR|_PORT|_PROTO],
    * ALIAS_ENV_<K> for the target's environment. Resolved when the container is created.
    */
-  linkEnv(c: Pick<ContainerRecord, 'name'>, links: Array<{ container: string; alias: string }>, networks: readonly NetworkRecord[], exposed: (target: ContainerRecord) => string[]): string[] {
+  async linkEnv(
+    c: Pick<ContainerRecord, 'name'>,
+    links: Array<{ container: string; alias: string }>,
+    networks: readonly NetworkRecord[],
+    exposed: (target: ContainerRecord) => string[] | Promise<string[]>,
+  ): Promise<string[]> {
     const env: string[] = [];
     for (const l of links) {
-      const t = this.store.containers.get(l.container);
-      const address = this.linkAddress(l.container, networks);
+      const t = await this.store.containers.get(l.container);
+      const address = await this.linkAddress(l.container, networks);
       if (!t || !address) continue;
       const p = l.alias.toUpperCase().replace(/[^A-Z0-9]/g, '_');
       env.push(`${p}_NAME=/${c.name}/${l.alias}`);
-      const ports = exposed(t).map((x) => {
+      const ports = (await exposed(t)).map((x) => {
         const [port, proto = 'tcp'] = x.split('/');
         return { port: port!, proto };
       }).sort((a, b) => Number(a.port) - Number(b.port));
@@ -455,12 +505,17 @@ export class NetworkService {
    */
   async reconcile(): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number; leasesReleased: number }> {
     // a lease whose instance is gone (a crash between the two deletes) is released
-    let leasesReleased = 0;
-    for (const l of this.store.networks.leases({})) {
-      if (!this.store.containers.get(l.instanceId) && !this.store.vms.get(l.instanceId)) leasesReleased += this.store.networks.release(l.instanceId);
-    }
-    for (const n of this.store.networks.list()) await this.agent.ensureNetwork(this.spec(n));
-    const r = await this.agent.reconcileNetworks(this.store.containers.list().map((c) => c.id), this.store.networks.list().map((n) => n.id));
+    const leasesReleased = await this.store.transaction(async () => {
+      let released = 0;
+      for (const l of await this.store.networks.leases({})) {
+        if (!(await this.isInstance(l.instanceId))) released += await this.store.networks.release(l.instanceId);
+      }
+      return released;
+    });
+    for (const n of await this.store.networks.list()) await this.agent.ensureNetwork(this.spec(n));
+    const containerIds = (await this.store.containers.list()).map((c) => c.id);
+    const networkIds = (await this.store.networks.list()).map((n) => n.id);
+    const r = await this.agent.reconcileNetworks(containerIds, networkIds);
     return { ...r, leasesReleased };
   }
 }

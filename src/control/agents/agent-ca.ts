@@ -1,0 +1,91 @@
+/**
+ * The control plane's agent CA: made on first start and kept in its home (DIR/ca.key 0600,
+ * DIR/ca.pem), it signs every TCP agent's server certificate (through a join token) and the
+ * control plane's own client certificate (DIR/control-plane.{key,pem}), with which it calls
+ * agents. Control-plane processes sharing a store must share this directory too.
+ */
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { logger } from '../../core/log.js';
+import { certCommonName, certFingerprint, issueCertificate, issuedBy, makeCa, signCsr, type KeyAndCert } from '../../core/pki.js';
+import { CONTROL_PLANE_CERT_NAME } from '../../agent/remote/agent-protocol.js';
+import type { RemoteAgentTls } from '../../agent/remote/remote-agent.js';
+
+const log = logger('agent-ca');
+
+/** Agent certificates last this long; an agent whose certificate is near its end joins again. */
+export const AGENT_CERT_DAYS = 825;
+/** The control plane's client certificate is made again when it has less than this left. */
+const RENEW_BEFORE_MS = 30 * 24 * 3600_000;
+
+/** Written whole or not at all (a crash mid-write leaves the old file or none). */
+function writeSecretFile(file: string, text: string, mode: number): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, text, { mode });
+  chmodSync(tmp, mode);
+  renameSync(tmp, file);
+}
+
+function read(file: string): string | undefined {
+  return existsSync(file) ? readFileSync(file, 'utf8') : undefined;
+}
+
+function usableUntilAfter(cert: string, ms: number): boolean {
+  return Date.now() + ms < new Date(new X509Certificate(cert).validTo).getTime();
+}
+
+export class AgentCa {
+  private constructor(
+    private readonly ca: KeyAndCert,
+    /** The control plane's client certificate (for RemoteAgent). */
+    readonly client: KeyAndCert,
+  ) {}
+
+  /** The CA in dir, made there first if there is none. */
+  static async open(dir: string): Promise<AgentCa> {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chmodSync(dir, 0o700);
+    const files = { caKey: path.join(dir, 'ca.key'), caCert: path.join(dir, 'ca.pem'), key: path.join(dir, 'control-plane.key'), cert: path.join(dir, 'control-plane.pem') };
+    let key = read(files.caKey);
+    let cert = read(files.caCert);
+    if (!key || !cert) {
+      // the certificate is written last: a key without one is a creation that did not finish
+      ({ key, cert } = await makeCa(`Nimbus agent CA ${new Date().toISOString().slice(0, 10)}`));
+      writeSecretFile(files.caKey, key, 0o600);
+      writeSecretFile(files.caCert, cert, 0o644);
+      log.info('agent CA created', { dir, fingerprint: certFingerprint(cert) });
+    }
+    chmodSync(files.caKey, 0o600);
+    const ca = { key, cert };
+    let client: KeyAndCert | undefined;
+    const ck = read(files.key);
+    const cc = read(files.cert);
+    if (ck && cc && issuedBy(cc, cert) && certCommonName(cc) === CONTROL_PLANE_CERT_NAME && usableUntilAfter(cc, RENEW_BEFORE_MS)) client = { key: ck, cert: cc };
+    else {
+      client = await issueCertificate(ca, { commonName: CONTROL_PLANE_CERT_NAME, usage: 'client' });
+      writeSecretFile(files.key, client.key, 0o600);
+      writeSecretFile(files.cert, client.cert, 0o644);
+    }
+    return new AgentCa(ca, client);
+  }
+
+  get certificate(): string {
+    return this.ca.cert;
+  }
+
+  /** What join tokens pin. */
+  get fingerprint(): string {
+    return certFingerprint(this.ca.cert);
+  }
+
+  /** How RemoteAgent reaches TCP agents. */
+  get clientTls(): RemoteAgentTls {
+    return { ca: this.ca.cert, cert: this.client.cert, key: this.client.key };
+  }
+
+  /** A server certificate for the agent of this name (the CSR proves its key; its subject is ignored). */
+  signAgent(csr: string, name: string): Promise<string> {
+    return signCsr(this.ca, csr, { commonName: name, usage: 'server', days: AGENT_CERT_DAYS });
+  }
+}

@@ -1,0 +1,87 @@
+import type { ContainerRecord, ContainerStatus } from '../records.js';
+import type { ContainerRepo } from '../store.js';
+import { numOrNull, str, strOrNull, type Row, type SqlExecutor, type SqlValue } from '../sql/executor.js';
+import { InstanceRows } from './instances.js';
+
+const COLUMNS: Record<string, string> = {
+  name: 'name',
+  projectId: 'project_id',
+  imageDigest: 'image_digest',
+  config: 'config',
+  status: 'status',
+  runtime: 'runtime',
+  pid: 'pid',
+  exitCode: 'exit_code',
+  oomKilled: 'oom_killed',
+  restartCount: 'restart_count',
+  stoppedByUser: 'stopped_by_user',
+  createdAt: 'created_at',
+  startedAt: 'started_at',
+  finishedAt: 'finished_at',
+  warnings: 'warnings',
+};
+
+function value(key: string, v: unknown): SqlValue {
+  if (key === 'config' || key === 'warnings') return JSON.stringify(v);
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  return (v ?? null) as SqlValue;
+}
+
+function container(r: Row): ContainerRecord {
+  return {
+    id: str(r.id),
+    name: str(r.name),
+    projectId: str(r.project_id),
+    imageDigest: str(r.image_digest),
+    config: JSON.parse(str(r.config)) as ContainerRecord['config'],
+    status: str(r.status) as ContainerStatus,
+    runtime: str(r.runtime),
+    pid: numOrNull(r.pid),
+    exitCode: numOrNull(r.exit_code),
+    oomKilled: Boolean(r.oom_killed),
+    restartCount: Number(r.restart_count),
+    stoppedByUser: Boolean(r.stopped_by_user),
+    createdAt: str(r.created_at),
+    startedAt: strOrNull(r.started_at),
+    finishedAt: strOrNull(r.finished_at),
+    warnings: JSON.parse(str(r.warnings)) as string[],
+  };
+}
+
+export class SqlContainerRepo implements ContainerRepo {
+  private readonly rows: InstanceRows<ContainerRecord>;
+  constructor(private readonly db: SqlExecutor) {
+    this.rows = new InstanceRows(db, 'container', COLUMNS, value, container);
+  }
+  get(id: string) {
+    return this.rows.get(id);
+  }
+  byName(projectId: string, name: string) {
+    return this.rows.byName(projectId, name);
+  }
+  named(name: string) {
+    return this.rows.named(name);
+  }
+  withIdPrefix(prefix: string) {
+    return this.rows.withIdPrefix(prefix);
+  }
+  list(filter: { projectId?: string; status?: ContainerStatus[] } = {}) {
+    return this.rows.list(filter);
+  }
+  insert(c: ContainerRecord) {
+    return this.rows.insert(c, `a container named "${c.name}" already exists in this project`);
+  }
+  update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): Promise<ContainerRecord> {
+    return this.rows.update(id, patch);
+  }
+  delete(id: string) {
+    return this.rows.delete(id);
+  }
+  async countByImage(digest: string, projectId?: string) {
+    const sql = projectId === undefined
+      ? 'SELECT COUNT(*) AS n FROM containers WHERE image_digest = ?'
+      : 'SELECT COUNT(*) AS n FROM containers WHERE image_digest = ? AND project_id = ?';
+    const params = projectId === undefined ? [digest] : [digest, projectId];
+    return Number((await this.db.get(sql, params))!.n);
+  }
+}
