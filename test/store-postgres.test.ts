@@ -4,14 +4,14 @@
  * throwaway cluster for the file (scripts/fixtures/postgres.ts), one fresh database per test.
  * Without PostgreSQL installed these tests fail, saying so: they do not skip.
  */
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { startPostgres, type PostgresFixture } from '../scripts/fixtures/postgres.js';
+import { clusterForTests } from '../scripts/fixtures/postgres.js';
 import { INSTANCE_NAMES_SEED, INSTANCE_NAMES_VERSION, assertInstanceNamesMigrated, container, storeConformance } from '../src/store/conformance.js';
 import { openStore } from '../src/store/open.js';
 import { BASELINE, BASELINE_VERSION, MIGRATIONS, SCHEMA_VERSION, ddl } from '../src/store/schema.js';
@@ -19,24 +19,8 @@ import { toNumberedPlaceholders } from '../src/store/sql/executor.js';
 import { parsePostgresLocation } from '../src/store/sql/postgres-executor.js';
 import type { Store } from '../src/store/store.js';
 
-let cluster: PostgresFixture | undefined;
-let startFailure: unknown;
+const theCluster = clusterForTests('the store tests');
 
-before(async () => {
-  try {
-    cluster = await startPostgres();
-  } catch (e) {
-    startFailure = e;
-  }
-});
-after(async () => {
-  await cluster?.stop();
-});
-
-function theCluster(): PostgresFixture {
-  if (!cluster) throw new Error(`no PostgreSQL for the store tests: ${startFailure instanceof Error ? startFailure.message : String(startFailure)}`);
-  return cluster;
-}
 
 storeConformance('postgres', async () => {
   const db = await theCluster().freshDatabase();

@@ -5,7 +5,7 @@
  * share one store object (two connections to one file in one process would block each other's
  * event loop on the file lock), which still gives each its own memory to keep fresh.
  */
-import { after, before, test, type TestContext } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startPostgres, type PostgresFixture } from '../../../scripts/fixtures/postgres.js';
+import { clusterForTests } from '../../../scripts/fixtures/postgres.js';
 import { openStore } from '../../store/open.js';
 import type { Store } from '../../store/store.js';
 import { QuotaService } from './quota-service.js';
@@ -21,24 +21,11 @@ import { checkInvariants } from './invariants.js';
 
 const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {} };
 
-let cluster: PostgresFixture | undefined;
-let startFailure: unknown;
-
-before(async () => {
-  try {
-    cluster = await startPostgres();
-  } catch (e) {
-    startFailure = e;
-  }
-});
-after(async () => {
-  await cluster?.stop();
-});
+const theCluster = clusterForTests('the replica tests');
 
 /** A fresh database, and a way to open stores (replicas) on it; all closed and dropped after the test. */
 async function postgresDatabase(t: TestContext): Promise<{ open: () => Promise<Store> }> {
-  if (!cluster) throw new Error(`no PostgreSQL for the replica tests: ${startFailure instanceof Error ? startFailure.message : String(startFailure)}`);
-  const db = await cluster.freshDatabase();
+  const db = await theCluster().freshDatabase();
   const stores: Store[] = [];
   t.after(async () => {
     for (const s of stores) await s.close();

@@ -48,34 +48,10 @@ function container(r: Row): ContainerRecord {
   };
 }
 
-export class SqlContainerRepo implements ContainerRepo {
-  private readonly rows: InstanceRows<ContainerRecord>;
-  constructor(private readonly db: SqlExecutor) {
-    this.rows = new InstanceRows(db, 'container', COLUMNS, value, container);
-  }
-  get(id: string) {
-    return this.rows.get(id);
-  }
-  byName(projectId: string, name: string) {
-    return this.rows.byName(projectId, name);
-  }
-  named(name: string) {
-    return this.rows.named(name);
-  }
-  withIdPrefix(prefix: string) {
-    return this.rows.withIdPrefix(prefix);
-  }
-  list(filter: { projectId?: string; status?: ContainerStatus[] } = {}) {
-    return this.rows.list(filter);
-  }
-  insert(c: ContainerRecord) {
-    return this.rows.insert(c, `a container named "${c.name}" already exists in this project`);
-  }
-  update(id: string, patch: Partial<Omit<ContainerRecord, 'id'>>): Promise<ContainerRecord> {
-    return this.rows.update(id, patch);
-  }
-  delete(id: string) {
-    return this.rows.delete(id);
+/** The container rows: what the two instance tables share (instances.ts), and counts by image. */
+export class SqlContainerRepo extends InstanceRows<ContainerRecord> implements ContainerRepo {
+  constructor(db: SqlExecutor) {
+    super(db, 'container', COLUMNS, value, container);
   }
   async countByImage(digest: string, projectId?: string) {
     const sql = projectId === undefined

@@ -13,7 +13,7 @@ export type InstanceKind = keyof typeof NOUN;
 export class InstanceRows<R extends { id: string; name: string; projectId: string }> {
   private readonly table: 'containers' | 'vms';
   constructor(
-    private readonly db: SqlExecutor,
+    protected readonly db: SqlExecutor,
     private readonly kind: InstanceKind,
     private readonly columns: Record<string, string>,
     private readonly value: (field: string, v: unknown) => SqlValue,
@@ -53,11 +53,12 @@ export class InstanceRows<R extends { id: string; name: string; projectId: strin
     return (await this.db.all(sql, params)).map(this.row);
   }
   /**
-   * The name's row, then the instance's, in one transaction. A name an instance of the other
-   * kind holds in the project: AlreadyExists naming that kind; `duplicate` (the message for
-   * this kind) when this kind's table refuses the row (its id, or its name in the project).
+   * The name's row, then the instance's, in one transaction. A name an instance of either kind
+   * holds in the project, or a row this kind's table refuses (its id, or its name in the
+   * project): AlreadyExists naming the kind that holds it.
    */
-  async insert(rec: R, duplicate: string): Promise<void> {
+  async insert(rec: R): Promise<void> {
+    const duplicate = (kind: InstanceKind) => `a ${NOUN[kind]} named "${rec.name}" already exists in this project`;
     const cols = ['id', ...Object.values(this.columns)];
     const vals = [rec.id, ...Object.keys(this.columns).map((k) => this.value(k, rec[k as keyof R]))];
     try {
@@ -70,13 +71,13 @@ export class InstanceRows<R extends { id: string; name: string; projectId: strin
         if (reserved.changes === 0) {
           const holder = await this.db.get('SELECT kind FROM instance_names WHERE project_id = ? AND name = ?', [rec.projectId, rec.name]);
           const kind = holder ? (str(holder.kind) as InstanceKind) : this.kind;
-          throw new AlreadyExists(kind === this.kind ? duplicate : `a ${NOUN[kind]} named "${rec.name}" already exists in this project`);
+          throw new AlreadyExists(duplicate(kind));
         }
         await this.db.run(`INSERT INTO ${this.table} (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`, vals);
       });
     } catch (e) {
       // the name's row of an id in use (instance_names_instance), or this table's own keys
-      if (isUniqueViolation(e)) throw new AlreadyExists(duplicate);
+      if (isUniqueViolation(e)) throw new AlreadyExists(duplicate(this.kind));
       throw e;
     }
   }

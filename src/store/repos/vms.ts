@@ -38,33 +38,9 @@ function vm(r: Row): VmRecord {
   };
 }
 
-export class SqlVmRepo implements VmRepo {
-  private readonly rows: InstanceRows<VmRecord>;
+/** The VM rows: everything is what the two instance tables share (instances.ts). */
+export class SqlVmRepo extends InstanceRows<VmRecord> implements VmRepo {
   constructor(db: SqlExecutor) {
-    this.rows = new InstanceRows(db, 'vm', COLUMNS, value, vm);
-  }
-  get(id: string) {
-    return this.rows.get(id);
-  }
-  byName(projectId: string, name: string) {
-    return this.rows.byName(projectId, name);
-  }
-  named(name: string) {
-    return this.rows.named(name);
-  }
-  withIdPrefix(prefix: string) {
-    return this.rows.withIdPrefix(prefix);
-  }
-  list(filter: { projectId?: string; status?: VmStatus[] } = {}) {
-    return this.rows.list(filter);
-  }
-  insert(v: VmRecord) {
-    return this.rows.insert(v, `a VM named "${v.name}" already exists in this project`);
-  }
-  update(id: string, patch: Partial<Omit<VmRecord, 'id'>>): Promise<VmRecord> {
-    return this.rows.update(id, patch);
-  }
-  delete(id: string) {
-    return this.rows.delete(id);
+    super(db, 'vm', COLUMNS, value, vm);
   }
 }
