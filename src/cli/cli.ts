@@ -20,6 +20,7 @@ import { quotaCommands } from './commands/quota.js';
 import { identityCommands } from './commands/identity.js';
 import { vmCommands } from './commands/vms.js';
 import { agentCommands } from './commands/agents.js';
+import { schedulerCommands } from './commands/scheduler.js';
 import { networkCommands } from './commands/networks.js';
 
 export { errorText };
@@ -31,7 +32,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
+  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */

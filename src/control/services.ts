@@ -14,6 +14,7 @@ import type { QuotaService } from './quota/quota-service.js';
 import type { AccessControl } from './identity/access.js';
 import type { IdentityService } from './identity/identity-service.js';
 import type { ProjectService } from './identity/project-service.js';
+import type { Scheduler } from './scheduler/types.js';
 
 export interface Services {
   options: CompiledOptions;
@@ -22,6 +23,8 @@ export interface Services {
   agent: Agent;
   /** Every agent, the embedded one included (VMs may live on any). */
   agents: AgentDirectory;
+  /** Chooses the host of every new instance and claims its resources there. */
+  scheduler: Scheduler;
   events: EventBus;
   operations: OperationService;
   images: ImageService;

@@ -22,6 +22,7 @@ import { DiskImageService } from '../control/images/disk-image-service.js';
 import { VmService } from '../control/compute/vm-service.js';
 import { AgentDirectory, remoteAgentConnector } from '../control/agents/agent-directory.js';
 import { AgentCa } from '../control/agents/agent-ca.js';
+import { FilterScheduler } from '../control/scheduler/filter-scheduler.js';
 import { QuotaService } from '../control/quota/quota-service.js';
 import { Reclaimer } from '../control/quota/reclaimer.js';
 import type { Services } from '../control/services.js';
@@ -118,6 +119,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'));
   const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa);
   const vms = new VmService(store, agents, events, quota, operations, networks, disks);
+  const scheduler = new FilterScheduler(store, agents);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
   const reclaimer = new Reclaimer(quota, async (id, action) => {
@@ -134,7 +136,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, agents, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, agents, scheduler, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 

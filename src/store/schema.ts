@@ -264,6 +264,10 @@ export const MIGRATIONS: readonly string[] = [
    ALTER TABLE vms_new RENAME TO vms;
    --@end
    CREATE UNIQUE INDEX vms_project_name ON vms(project_id, name);`,
+  // ---- hosts: zone, labels, enabled, facts; instances name their host (PLACEHOLDER, the hosts change fills it)
+  `SELECT 1;`,
+  // ---- placement: claims per host with a generation, server groups (PLACEHOLDER, the scheduler change fills it)
+  `SELECT 1;`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

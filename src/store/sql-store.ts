@@ -14,6 +14,7 @@ import { SqlRoleRepo } from './repos/roles.js';
 import { SqlTokenRepo } from './repos/tokens.js';
 import { SqlUserRepo } from './repos/users.js';
 import { SqlVmRepo } from './repos/vms.js';
+import { SqlPlacementRepo } from './repos/placement.js';
 
 export class SqlStore implements Store {
   readonly kind: StoreKind;
@@ -29,6 +30,7 @@ export class SqlStore implements Store {
   readonly users: SqlUserRepo;
   readonly tokens: SqlTokenRepo;
   readonly roles: SqlRoleRepo;
+  readonly placement: SqlPlacementRepo;
   private readonly quota: SqlQuotaRows;
 
   /** db: an executor on a migrated database (see openStore). */
@@ -46,6 +48,7 @@ export class SqlStore implements Store {
     this.users = new SqlUserRepo(db);
     this.tokens = new SqlTokenRepo(db);
     this.roles = new SqlRoleRepo(db);
+    this.placement = new SqlPlacementRepo(db);
     this.quota = new SqlQuotaRows(db);
   }
 

@@ -30,6 +30,8 @@ import type {
   VmStatus,
 } from './records.js';
 
+import type { PlacementRepo } from './repos/placement.js';
+
 export interface ProjectRepo {
   get(id: string): Promise<ProjectRecord | undefined>;
   /** A project by name, root projects first (names are unique only among siblings). */
@@ -202,6 +204,8 @@ export interface Store {
   readonly users: UserRepo;
   readonly tokens: TokenRepo;
   readonly roles: RoleRepo;
+  /** Hosts' claims and server groups (the scheduler's rows). */
+  readonly placement: PlacementRepo;
   /** Which implementation this is (for logs, /info and dialect-specific tests). */
   readonly kind: StoreKind;
   /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */

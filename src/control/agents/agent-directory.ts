@@ -19,6 +19,12 @@ import { CONTROL_PLANE_CERT_NAME, SPOKEN_PROTOCOL, negotiateProtocol, type Proto
 import { formatJoinToken, joinSecretHash, parseJoinToken } from '../../agent/remote/join-token.js';
 import { RemoteAgent } from '../../agent/remote/remote-agent.js';
 import type { AgentCa } from './agent-ca.js';
+import type { HostCandidate } from '../scheduler/types.js';
+
+/** This host's CPU architecture in OCI spelling. */
+function hostArchitecture(): string {
+  return process.arch === 'x64' ? 'amd64' : process.arch;
+}
 
 const log = logger('agents');
 
@@ -275,6 +281,23 @@ export class AgentDirectory {
         };
       } catch (e) {
         return { ...base, state: 'down', reason: toNimbusError(e).message };
+      }
+    }));
+  }
+
+  /** The hosts as the scheduler sees them (HostSource). FIRST CUT: the hosts change gives it zone, labels, disabled and cached facts. */
+  async candidates(): Promise<HostCandidate[]> {
+    return Promise.all(this.names().map(async (name): Promise<HostCandidate> => {
+      const base = { name, disabled: false, zone: 'default', labels: {}, cpus: 0, memoryBytes: 0, diskBytes: 0, runtimes: [], architecture: hostArchitecture() };
+      try {
+        const info = await withTimeout(this.get(name).info(), 3000, `agent ${name} did not answer within 3 s`);
+        return {
+          ...base, state: 'up', cpus: info.cpus, memoryBytes: info.memoryBytes,
+          runtimes: info.runtimes.filter((r) => r.usable).map((r) => r.name),
+          ...(info.vm ? { accelerator: info.vm.accelerator } : {}),
+        };
+      } catch {
+        return { ...base, state: 'down' };
       }
     }));
   }
