@@ -264,9 +264,13 @@ export const MIGRATIONS: readonly string[] = [
    ALTER TABLE vms_new RENAME TO vms;
    --@end
    CREATE UNIQUE INDEX vms_project_name ON vms(project_id, name);`,
-  // ---- hosts: zone, labels, enabled, facts; instances name their host (PLACEHOLDER, the hosts change fills it)
+  // ---- hosts: zone, labels, enabled, facts of each agent (PLACEHOLDER, the hosts change fills it)
+  `SELECT 1;`,
+  // ---- instances name their host: containers, networks and images per host (PLACEHOLDER, the placement change fills it)
   `SELECT 1;`,
   // ---- placement: claims per host with a generation, server groups (PLACEHOLDER, the scheduler change fills it)
+  `SELECT 1;`,
+  // ---- replicas: control-plane processes and the operations each runs (PLACEHOLDER, the replicas change fills it)
   `SELECT 1;`,
 ];
 

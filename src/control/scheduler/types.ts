@@ -24,13 +24,16 @@ export interface HostCandidate {
   runtimes: string[];
   /** CPU architecture in OCI spelling (amd64, arm64). */
   architecture: string;
-  /** Image chain ids whose layers the host holds (image locality). */
-  imageChainIds?: ReadonlySet<string>;
+  /** Over-commit allowed per resource (Nova's allocation ratios); absent: 1.0 each. */
+  allocationRatios?: { cpu: number; memory: number; disk: number };
 }
 
 export interface HostSource {
   candidates(): Promise<HostCandidate[]>;
 }
+
+/** The hosts that hold an image's layers already (image locality; the placement change records them). */
+export type ImageLocality = (imageChainId: string) => Promise<ReadonlySet<string>>;
 
 export type InstanceKind = 'container' | 'vm' | 'secure-container';
 
