@@ -37,7 +37,7 @@ async function labelledImage(img: PlatformImage, label: string): Promise<Buffer>
   ]);
 }
 
-interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string }
+interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string; group: string }
 
 describe('tenancy: every route enforces its declared access', { concurrency: false }, () => {
   let d: DaemonProcess;
@@ -81,7 +81,9 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       assert.equal(net.status, 201, net.text);
       const disk = await call(sock(), 'POST', `/disk-images?project=${p}&name=disk-${p}`, { raw: Buffer.alloc(64 * 1024) });
       assert.equal(disk.status, 201, disk.text);
-      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id };
+      const group = await call(sock(), 'POST', `/groups?project=${p}`, { body: { name: `web-${p}`, policy: 'anti-affinity' } });
+      assert.equal(group.status, 201, group.text);
+      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id, group: (group.body as { id: string }).id };
     }
     for (const user of ['alice', 'rita', 'olga']) {
       const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password: PASSWORD } });
@@ -110,6 +112,8 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (segment === 'projects' || segment === 'quota') return f.project;
       if (segment === 'users' || segment === 'apikeys') return 'nobody-at-all';
       if (segment === 'agents') return 'no-such-agent';
+      if (segment === 'hosts') return 'no-such-host';
+      if (segment === 'groups') return f.group;
       assert.fail(`${r.method} ${r.path}: the access test does not know what {${name}} after /${segment ?? ''} names; add it to aim()`);
     });
     const auth = r.auth;

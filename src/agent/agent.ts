@@ -146,6 +146,10 @@ export interface AgentInfo {
   kernel: string;
   cpus: number;
   memoryBytes: number;
+  /** Size of the filesystem holding the agent's data (content store, snapshots, VM disks); absent from agents that predate it. */
+  diskBytes?: number;
+  /** CPU architecture in OCI spelling (amd64, arm64); absent from agents that predate it. */
+  architecture?: string;
   /** Containers created ahead of demand (absent where the agent has no pool). */
   warmPool?: WarmPoolStats;
   /** Removed containers whose host state is still being destroyed in the background. */
@@ -165,8 +169,19 @@ export type VmImageKind = 'disk' | 'kernel' | 'initrd';
 /** A disk's format, or the boot file it is. */
 export type VmImageFormat = 'raw' | 'qcow2' | 'kernel' | 'initrd';
 
-export interface Agent {
+/*
+ * The agent protocol as narrow host-side interfaces (containerd's split of services): a control
+ * service takes the ones it calls, so a test fakes only those and a host that runs no VMs
+ * could leave them out. `Agent` is all of them: what LocalAgent and RemoteAgent implement.
+ */
+
+/** What the host says of itself (capacity, runtimes, accelerator). */
+export interface HostInfoApi {
   info(): Promise<AgentInfo>;
+}
+
+/** Container images and VM images in the host's content store. */
+export interface ImageHost {
   pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage>;
   importImages(archivePath: string): Promise<AgentImage[]>;
   /** Remove every blob and snapshot not reachable from the given images (and disk images' blobs). */
@@ -179,7 +194,10 @@ export interface Agent {
   importDiskImage(file: string, kind?: VmImageKind): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }>;
   /** Where a disk image's blob is on this host (VM overlays are backed by it; it never changes). */
   diskImagePath(digest: string): string;
+}
 
+/** Containers on the host: lifecycle, I/O, warm claims, exits. */
+export interface ContainerHost {
   /**
    * A container created ahead of demand that can serve this request, reserved for the
    * caller, who must then use its id in createContainer (or removeContainer it). Undefined
@@ -206,8 +224,10 @@ export interface Agent {
   removeContainer(id: string): Promise<void>;
   listContainers(): Promise<string[]>;
   onContainerExit(listener: (id: string) => void): void;
+}
 
-  // ---- networks (laid out by the agent; records and addresses belong to the control plane)
+/** Networks laid out by the agent; records and addresses belong to the control plane. */
+export interface NetworkHost {
   /**
    * How the agent gets addresses for containers it creates ahead of demand (warm ones): the
    * control plane leases them to the warm container's id, which a claim makes the container's.
@@ -225,8 +245,10 @@ export interface Agent {
   disconnectContainer(id: string, networkId: string): Promise<void>;
   /** Daemon start: endpoints of containers that are gone removed, networks not listed removed, the rest laid out again. */
   reconcileNetworks(liveContainers: string[], liveNetworks: string[]): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }>;
+}
 
-  // ---- VMs (the QEMU driver on this host)
+/** VMs under the host's QEMU driver. */
+export interface VmHost {
   createVm(req: VmCreateRequest): Promise<VmHostState>;
   /** A new VM from a saved one (same devices, disk backed by the template's); left saved, restoreVm starts it. */
   createVmFromTemplate(templateId: string, id: string, name: string): Promise<VmHostState>;
@@ -252,7 +274,13 @@ export interface Agent {
   vmLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
   removeVm(id: string): Promise<void>;
   listVms(): Promise<string[]>;
-  // ---- live migration between agents (the control plane drives the steps; docs/vms.md)
+  /** Daemon start, before any other VM call: orphan QEMU killed, record-less state removed, exits watched. */
+  reconcileVms(): Promise<{ killed: number[]; removed: string[] }>;
+  onVmExit(listener: (id: string) => void): void;
+}
+
+/** Live migration between agents (the control plane drives the steps; docs/vms.md). */
+export interface VmMigrationHost {
   /** Source, step 1: the running VM's description for the destination. Conflict unless it runs on shared storage. */
   vmMigrationSpec(id: string): Promise<VmMigrationSpec>;
   /** Destination, step 2: a QEMU with the VM's devices waiting for the stream; the URI the source sends to. */
@@ -271,9 +299,9 @@ export interface Agent {
    * without reporting an exit; 'resume' lets the guest go on here (the destination failed).
    */
   endVmMigration(id: string, outcome: 'moved' | 'resume'): Promise<void>;
-  /** Daemon start, before any other VM call: orphan QEMU killed, record-less state removed, exits watched. */
-  reconcileVms(): Promise<{ killed: number[]; removed: string[] }>;
-  onVmExit(listener: (id: string) => void): void;
+}
 
+/** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost {
   close(): Promise<void>;
 }

@@ -26,7 +26,7 @@ import { pullImage } from './images/pull.js';
 import { importImageArchive } from './images/import.js';
 import { applyLayer } from './layers/apply-layer.js';
 import { ImageBudget } from './layers/unpack-limits.js';
-import { DiskSpace } from './content/disk-space.js';
+import { DiskSpace, statfsProbe } from './content/disk-space.js';
 import type { MountSpec, Snapshotter } from './snapshots/snapshotter.js';
 import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js';
 import { HostFileResolver } from './drivers/vm/host-files.js';
@@ -182,6 +182,8 @@ export class LocalAgent implements Agent {
       kernel: release(),
       cpus: (this.cpuCount ??= hostCpus().length), // os.cpus() reads every CPU's times: not per /info call
       memoryBytes: totalmem(),
+      diskBytes: (await statfsProbe(this.options.home)).totalBytes,
+      architecture: process.arch === 'x64' ? 'amd64' : process.arch,
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),
       // never waits for (nor starts) the probe: a listing must not take a probe boot's 20 s

@@ -24,6 +24,7 @@ export const Operation = Type.Object(
     error: Type.Union([Type.Null(), Type.Object({ code: Type.String(), message: Type.String() })]),
     createdAt: Type.String(),
     updatedAt: Type.String(),
+    replica: Type.Optional(Type.Union([Type.String(), Type.Null()], { description: 'The control-plane replica that runs it (null: from before replicas)' })),
   },
   { $id: 'Operation' },
 );

@@ -20,6 +20,7 @@ import { quotaCommands } from './commands/quota.js';
 import { identityCommands } from './commands/identity.js';
 import { vmCommands } from './commands/vms.js';
 import { agentCommands } from './commands/agents.js';
+import { hostCommands } from './commands/hosts.js';
 import { schedulerCommands } from './commands/scheduler.js';
 import { networkCommands } from './commands/networks.js';
 
@@ -32,7 +33,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
+  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */
@@ -67,7 +68,7 @@ export function topHelp(): string {
     '',
     'Global options:',
     '  --socket PATH          nimbusd unix socket (env NIMBUS_SOCKET; default /run/nimbus/nimbus.sock)',
-    '  -H, --host URL         nimbusd over TCP, tcp://HOST:PORT (env NIMBUS_HOST)',
+    '  -H, --host URL         nimbusd over TCP, tcp://HOST:PORT; several replicas comma-separated, tried in turn (env NIMBUS_HOST)',
     '  --project P            the project to act on: id, path (org/team) or name (env NIMBUS_PROJECT;',
     '                         default: your default project; * lists every project you can read)',
     '  -o, --output FORMAT    table or json, for listing and inspect commands (also --format)',

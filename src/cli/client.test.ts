@@ -152,3 +152,44 @@ test('record splitting and SSE blocks', async () => {
   assert.equal(sseData('id: 3\ndata: x'), 'x');
   assert.equal(sseData(': ping'), undefined);
 });
+
+test('several endpoints: a refused or missing one is skipped for every method, and the one that answered is tried first afterwards', async () => {
+  const hosts = `unix://${join(dir, 'down.sock')},tcp://127.0.0.1:1,unix://${socket}`;
+  const c = new ApiClient({ host: hosts, env: {} });
+  assert.deepEqual(c.endpoints(), [join(dir, 'down.sock'), 'tcp://127.0.0.1:1', socket]);
+  assert.equal(c.describe(), join(dir, 'down.sock'));
+  const before = seen.length;
+  assert.deepEqual(await c.json('POST', '/echo', { n: 1 }), { n: 1 }, 'a create that never reached a server moves on');
+  assert.equal(seen.length, before + 1, 'sent once');
+  assert.equal(c.describe(), socket, 'remembered');
+  assert.equal(new ApiClient({ env: { NIMBUS_HOST: hosts } }).describe(), socket, 'by every client of this run');
+  const r = await c.upload<{ text: string }>('/upload', Readable.from([Buffer.from('tar')]), 'application/x-tar');
+  assert.equal(r.text, 'tar', 'a raw body is not consumed by a refused connection');
+  // an HTTP error is an answer: not retried elsewhere
+  await assert.rejects(c.json('GET', '/missing'), (e: unknown) => e instanceof ApiError && e.status === 404);
+});
+
+test('several endpoints: a connection reset after the request was sent moves on for GET only; all down names each', async (t) => {
+  const resetSock = join(dir, 'reset.sock');
+  let resets = 0;
+  const resetter = createServer((req) => {
+    resets++;
+    req.socket.destroy(); // the request arrived; the answer never comes
+  });
+  await new Promise<void>((r) => resetter.listen(resetSock, r));
+  t.after(() => new Promise<void>((r) => resetter.close(() => r())));
+  const hosts = `unix://${resetSock},unix://${socket}`;
+  // a fresh list each time: what answered last is remembered per list
+  const c = new ApiClient({ host: hosts, env: {} });
+  const before = seen.length;
+  await assert.rejects(c.json('POST', '/echo', { n: 2 }), (e: unknown) =>
+    e instanceof ApiError && e.code === 'Unavailable' && /broke after the request was sent.*may have been done/.test(e.message));
+  assert.equal(seen.length, before, 'the create was not sent again to the next endpoint');
+  assert.equal(resets, 1);
+  assert.deepEqual(await c.json('GET', '/ok'), { hello: 'world' }, 'a GET moves on');
+  assert.equal(resets, 2);
+  assert.equal(c.describe(), socket);
+  const none = new ApiClient({ host: `unix://${join(dir, 'a.sock')},tcp://127.0.0.1:1`, env: {} });
+  await assert.rejects(none.json('GET', '/ok'), (e: unknown) =>
+    e instanceof ApiError && e.status === 0 && /any of its endpoints: .*a\.sock \(ENOENT\), tcp:\/\/127\.0\.0\.1:1 \(ECONNREFUSED\)/.test(e.message));
+});

@@ -2,6 +2,13 @@
  * The CLI's only way to Nimbus: HTTP to nimbusd over its unix socket (default
  * /run/nimbus/nimbus.sock, NIMBUS_SOCKET or --socket) or TCP (NIMBUS_HOST or
  * --host tcp://127.0.0.1:PORT). Error bodies {"error":{code,message}} become ApiError.
+ *
+ * Several control-plane replicas: NIMBUS_HOST / --host take endpoints separated by commas.
+ * A request goes to the endpoint that answered last in this run (the first one to begin
+ * with), then to the next ones: a request that never reached a server (connection refused,
+ * unreachable, not connected within connectTimeoutMs) moves on whatever its method; one whose
+ * connection broke after it was sent moves on only for GET and HEAD (a create is never sent
+ * twice blindly). An HTTP answer, errors included, is an answer: it does not move on.
  */
 import { request, type IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
@@ -55,43 +62,106 @@ type Target = { socketPath: string } | { host: string; port: number };
 
 export interface ClientOptions {
   socket?: string;
+  /** One endpoint or several separated by commas (replicas): tcp://HOST:PORT, HOST:PORT or unix:///path. */
   host?: string;
   /** Sent as ?project= with every request that names none (routes that take no project ignore it). */
   project?: string;
   env?: NodeJS.ProcessEnv;
+  /** With several endpoints, a TCP connection not made within this moves on (default 3,000 ms). */
+  connectTimeoutMs?: number;
 }
 
+/** The request never reached a server: safe to send elsewhere, whatever the method. */
+class NotDelivered extends Error {
+  constructor(readonly code: string) {
+    super(code);
+  }
+}
+
+/** The connection broke after the request went out: the server may have acted on it. */
+class MaybeDelivered extends Error {
+  constructor(readonly code: string) {
+    super(code);
+  }
+}
+
+/** Per list of endpoints, the one that answered last in this process (every client of a CLI run shares it). */
+const lastAnswered = new Map<string, number>();
+
+function parseEndpoint(host: string): Target {
+  if (host.startsWith('unix://')) return { socketPath: host.slice('unix://'.length) };
+  let u: URL;
+  try {
+    u = new URL(/^[a-z]+:\/\//.test(host) ? host.replace(/^tcp:/, 'http:') : `http://${host}`);
+  } catch {
+    throw new ApiError(0, 'InvalidArgument', `invalid host "${host}": use tcp://HOST:PORT or unix:///path`);
+  }
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 80) };
+}
+
+const describeTarget = (t: Target): string => ('socketPath' in t ? t.socketPath : `tcp://${t.host}:${t.port}`);
+
 export class ApiClient {
-  private readonly target: Target;
+  private readonly targets: Target[];
   private readonly token: string | undefined;
   private readonly project: string | undefined;
+  private readonly connectTimeoutMs: number;
+  private readonly endpointsKey: string;
 
   constructor(opts: ClientOptions = {}) {
     const env = opts.env ?? process.env;
     this.token = env.NIMBUS_TOKEN || readStoredToken(env);
     this.project = opts.project || env.NIMBUS_PROJECT || undefined;
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 3_000;
     // Precedence: --socket, --host, NIMBUS_SOCKET, NIMBUS_HOST, the default socket.
     const host = opts.socket ? undefined : (opts.host ?? (env.NIMBUS_SOCKET ? undefined : env.NIMBUS_HOST));
-    if (host && !host.startsWith('unix://')) {
-      let u: URL;
-      try {
-        u = new URL(/^[a-z]+:\/\//.test(host) ? host.replace(/^tcp:/, 'http:') : `http://${host}`);
-      } catch {
-        throw new ApiError(0, 'InvalidArgument', `invalid host "${host}": use tcp://HOST:PORT or unix:///path`);
-      }
-      this.target = { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 80) };
-    } else {
-      this.target = { socketPath: host ? host.slice('unix://'.length) : (opts.socket ?? env.NIMBUS_SOCKET ?? DEFAULT_SOCKET) };
-    }
+    const hosts = (host ?? '').split(',').map((h) => h.trim()).filter(Boolean);
+    this.targets = hosts.length ? hosts.map(parseEndpoint) : [{ socketPath: opts.socket ?? env.NIMBUS_SOCKET ?? DEFAULT_SOCKET }];
+    this.endpointsKey = this.targets.map(describeTarget).join(',');
   }
 
-  /** Where requests go: "/run/nimbus/nimbus.sock" or "tcp://127.0.0.1:8080". */
+  /** Where requests go: "/run/nimbus/nimbus.sock" or "tcp://127.0.0.1:8080" (the one tried first when there are several). */
   describe(): string {
-    return 'socketPath' in this.target ? this.target.socketPath : `tcp://${this.target.host}:${this.target.port}`;
+    return describeTarget(this.targets[lastAnswered.get(this.endpointsKey) ?? 0]!);
   }
 
-  /** Send a request; resolves with the response once its headers arrive, whatever the status. */
-  private send(method: string, path: string, body?: unknown, raw?: { stream: Readable; contentType: string }, signal?: AbortSignal): Promise<IncomingMessage> {
+  /** Every endpoint, in the order given. */
+  endpoints(): string[] {
+    return this.targets.map(describeTarget);
+  }
+
+  /**
+   * Send a request; resolves with the response once its headers arrive, whatever the status.
+   * Moves on to the next endpoint as the header says.
+   */
+  private async send(method: string, path: string, body?: unknown, raw?: { stream: Readable; contentType: string }, signal?: AbortSignal): Promise<IncomingMessage> {
+    const first = lastAnswered.get(this.endpointsKey) ?? 0;
+    const several = this.targets.length > 1;
+    const tried: string[] = [];
+    for (let i = 0; i < this.targets.length; i++) {
+      const index = (first + i) % this.targets.length;
+      const target = this.targets[index]!;
+      try {
+        const res = await this.sendTo(target, method, path, body, raw, signal, several);
+        lastAnswered.set(this.endpointsKey, index);
+        return res;
+      } catch (e) {
+        if (e instanceof NotDelivered || (e instanceof MaybeDelivered && (method === 'GET' || method === 'HEAD') && !raw)) {
+          tried.push(`${describeTarget(target)} (${e.code})`);
+          continue;
+        }
+        if (e instanceof MaybeDelivered) {
+          throw new ApiError(0, 'Unavailable', `the connection to nimbusd at ${describeTarget(target)} broke after the request was sent (${e.code}): it may have been done; a ${method} is not sent again elsewhere, check before retrying`);
+        }
+        throw e;
+      }
+    }
+    if (!several) throw new ApiError(0, 'Unavailable', `cannot reach nimbusd at ${tried[0]}: is it running? (npm start)`);
+    throw new ApiError(0, 'Unavailable', `cannot reach nimbusd at any of its endpoints: ${tried.join(', ')}`);
+  }
+
+  /** One attempt at one endpoint; NotDelivered / MaybeDelivered say whether the request may have reached it. */
+  private sendTo(target: Target, method: string, path: string, body: unknown, raw: { stream: Readable; contentType: string } | undefined, signal: AbortSignal | undefined, several: boolean): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
       const headers: Record<string, string | number> = { accept: 'application/json' };
@@ -99,18 +169,45 @@ export class ApiClient {
       if (raw) headers['content-type'] = raw.contentType;
       if (this.token) headers.authorization = `Bearer ${this.token}`;
       if (this.project && !/[?&]project=/.test(path)) path += `${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(this.project)}`;
-      const req = request({ ...this.target, method, path, headers, ...(signal ? { signal } : {}) }, resolve);
-      req.on('error', (e: NodeJS.ErrnoException) => {
-        if (['ENOENT', 'ECONNREFUSED', 'EACCES', 'ENOTSOCK', 'EHOSTUNREACH', 'ENOTFOUND', 'ETIMEDOUT'].includes(e.code ?? '')) {
-          reject(new ApiError(0, 'Unavailable', `cannot reach nimbusd at ${this.describe()} (${e.code}): is it running? (npm start)`));
-        } else reject(e);
+      let connected = false;
+      let connectTimer: NodeJS.Timeout | undefined;
+      const onStreamError = (e: Error) => req.destroy(e);
+      const req = request({ ...target, method, path, headers, ...(signal ? { signal } : {}) }, (res) => {
+        clearTimeout(connectTimer);
+        resolve(res);
       });
-      if (raw) {
-        // headers now, not with the first chunk: a console's input may wait for its output
-        req.flushHeaders();
-        raw.stream.once('error', (e) => req.destroy(e));
-        raw.stream.pipe(req);
-      } else req.end(payload);
+      const sendBody = () => {
+        if (raw) {
+          raw.stream.once('error', onStreamError);
+          raw.stream.pipe(req);
+        } else req.end(payload);
+      };
+      req.on('socket', (socket) => {
+        if (!socket.connecting) {
+          connected = true; // a kept-alive connection
+          sendBody();
+          return;
+        }
+        if (several && 'host' in target) {
+          connectTimer = setTimeout(() => req.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), this.connectTimeoutMs);
+        }
+        socket.once('connect', () => {
+          clearTimeout(connectTimer);
+          connected = true;
+          // the body only once connected: a refused connection has consumed none of a raw stream
+          sendBody();
+        });
+      });
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(connectTimer);
+        raw?.stream.off('error', onStreamError);
+        if (signal?.aborted) reject(e);
+        else if (!connected) reject(new NotDelivered(e.code ?? e.message));
+        else if (['ECONNRESET', 'EPIPE'].includes(e.code ?? '') || e.message === 'socket hang up') reject(new MaybeDelivered(e.code ?? e.message));
+        else reject(e);
+      });
+      // headers now, not with the first chunk: a console's input may wait for its output
+      if (raw) req.flushHeaders();
     });
   }
 

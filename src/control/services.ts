@@ -15,16 +15,22 @@ import type { AccessControl } from './identity/access.js';
 import type { IdentityService } from './identity/identity-service.js';
 import type { ProjectService } from './identity/project-service.js';
 import type { Scheduler } from './scheduler/types.js';
+import type { Replica } from './leader/replica.js';
+import type { HostAgents } from './compute/hosts.js';
 
 export interface Services {
   options: CompiledOptions;
   store: Store;
-  /** The embedded agent (images, containers, networks live there today). */
+  /** The embedded agent (pulls and imports run there); with --no-agent a stand-in that answers Unavailable. */
   agent: Agent;
   /** Every agent, the embedded one included (VMs may live on any). */
   agents: AgentDirectory;
+  /** The hosts instances are placed on: every agent, or the registered ones only (nimbusd --no-agent: localName undefined). */
+  hosts: HostAgents;
   /** Chooses the host of every new instance and claims its resources there. */
   scheduler: Scheduler;
+  /** This process among the control plane's replicas: leadership, relayed events, the replicas' rows. */
+  replica: Replica;
   events: EventBus;
   operations: OperationService;
   images: ImageService;

@@ -10,10 +10,13 @@ import { compileOptions, describeStore, type CompiledOptions, type NimbusOptions
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
 import { Unavailable } from '../core/errors.js';
+import type { Agent } from '../agent/agent.js';
 import { openStore } from '../store/open.js';
 import type { Store } from '../store/store.js';
 import { LocalAgent } from '../agent/local-agent.js';
-import { EventBus } from '../control/events/event-bus.js';
+import { Replica } from '../control/leader/replica.js';
+import { every } from '../control/leader/run-while-leader.js';
+import { forgetGoneReplicas } from '../control/leader/replicas.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
@@ -32,6 +35,8 @@ import { ProjectService } from '../control/identity/project-service.js';
 import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
 import { processAlive } from '../core/proc.js';
+import { withoutEmbedded, type HostAgents } from '../control/compute/hosts.js';
+import type { HostSource } from '../control/scheduler/types.js';
 
 const log = logger('nimbusd');
 export const VERSION = '0.1.0';
@@ -92,41 +97,74 @@ function parentsFirst<T extends { id: string; parentId: string | null }>(project
   return out;
 }
 
-export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promise<RunningDaemon> {
+/**
+ * What stands under the embedded agent's name with --no-agent (the agent directory needs one):
+ * every call fails with the reason, so it is listed down and nothing is placed on it.
+ */
+function noEmbeddedAgent(name: string): Agent & { close(): Promise<void> } {
+  const quiet = new Set(['onVmExit', 'onContainerExit', 'setAddressProvider', 'close', 'claimWarmContainer']);
+  return new Proxy({} as Agent & { close(): Promise<void> }, {
+    get: (_t, prop) => {
+      if (typeof prop !== 'string' || prop === 'then') return undefined;
+      if (quiet.has(prop)) return prop === 'claimWarmContainer' ? () => undefined : async () => undefined;
+      return async () => {
+        throw new Unavailable(`"${name}" is not a host: this control plane runs no embedded agent (--no-agent)`);
+      };
+    },
+  });
+}
+
+export interface LaunchOptions {
+  /** Run no embedded agent: every instance is placed on registered agents (nimbusd --no-agent, NIMBUS_NO_AGENT=1). */
+  noAgent?: boolean;
+}
+
+export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch: LaunchOptions = {}): Promise<RunningDaemon> {
   let state: DaemonState = 'starting';
   const options = compileOptions(overrides);
-  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir]) {
-    mkdirSync(d, { recursive: true, mode: 0o711 });
-  }
+  const noAgent = launch.noAgent ?? process.env.NIMBUS_NO_AGENT === '1';
+  // without an embedded agent nothing runs here: no content store, snapshots or instance directories
+  const dirs = noAgent ? [options.home, options.tmpDir] : [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir];
+  for (const d of dirs) mkdirSync(d, { recursive: true, mode: 0o711 });
   const releaseLock = takePidLock(options.home);
   const store = await openStore(options.storeLocation);
   log.info('store open', { store: describeStore(options.storeLocation), kind: store.kind });
   const defaultProjectId = await ensureDefaultProject(store);
-  const events = new EventBus();
-  const operations = new OperationService(store, events);
-  const agent = await LocalAgent.create(options);
+  // this process as one replica: its leadership (always, on SQLite), events relayed to the
+  // other replicas (PostgreSQL), its row among the replicas (docs/replicas.md)
+  const replica = await Replica.open(store, options.storeLocation);
+  const leads = () => replica.leadership.isLeader;
+  const events = replica.events;
+  const operations = new OperationService(store, events, { replicaId: replica.replicaId });
+  const agent = noAgent ? noEmbeddedAgent(options.agentName) : await LocalAgent.create(options);
+  // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
+  // the agent CA (HOME/agent-ca): signs TCP agents' certificates through join tokens, and the client certificate this control plane calls them with
+  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'));
+  const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa, noAgent ? { embedded: false } : {});
+  // where instances may be placed: every agent, or with --no-agent the registered ones only
+  const hosts: HostAgents = noAgent ? withoutEmbedded(agents) : agents;
+  const hostSource: HostSource = noAgent ? { candidates: async () => (await agents.candidates()).filter((h) => h.name !== options.agentName) } : agents;
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
+  images.useHosts(hosts);
+  const scheduler = new FilterScheduler(store, hostSource, { imageLocality: images.locality() });
   const quota = await QuotaService.open(store);
   await quota.ensureProjects(parentsFirst(await store.projects.list()));
   const networks = new NetworkService(store, agent, events, quota, {
     defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, bridgeSubnetFallback: !options.bridgeSubnetExplicit, subnetPool: options.subnetPool,
   });
+  networks.useHosts(hosts);
   agent.setAddressProvider(networks.addressProvider());
-  const containers = new ContainerService(store, agent, images, events, quota, operations, networks);
+  const containers = new ContainerService(store, hosts, scheduler, images, events, quota, operations, networks, { handlesExits: leads });
   const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());
-  // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
-  // the agent CA (HOME/agent-ca): signs TCP agents' certificates through join tokens, and the client certificate this control plane calls them with
-  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'));
-  const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa);
-  const vms = new VmService(store, agents, events, quota, operations, networks, disks);
-  const scheduler = new FilterScheduler(store, agents);
+  const vmHosts = noAgent ? { ...hosts, onVmExit: (l: (agent: string, id: string) => void) => agents.onVmExit(l) } : agents;
+  const vms = new VmService(store, vmHosts, events, quota, operations, scheduler, networks, disks, leads);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
-  const reclaimer = new Reclaimer(quota, async (id, action) => {
+  // Only the leader reclaims; a Reclaimer is made per term (its stop is final).
+  const evict = async (id: string, action: string) => {
     if (await store.containers.get(id)) await containers.stop(id);
     else if (await store.vms.get(id)) await (action === 'save' ? vms.save(id) : vms.stop(id));
-  });
-  quota.onReclaimPlanned = () => reclaimer.kick();
+  };
   const identity = new IdentityService(store);
   const admin = await identity.ensureAdmin(process.env.NIMBUS_ADMIN_PASSWORD || undefined, defaultProjectId);
   if (admin.generatedPassword) {
@@ -136,20 +174,44 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, agents, scheduler, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION,
   };
 
   state = 'reconciling';
-  const interrupted = await operations.failInterrupted();
-  const rec = await containers.reconcile();
-  const netRec = await networks.reconcile();
-  const vmRec = await vms.reconcile();
-  // networks hold quota too (`networks`), under their own ids
-  const liveInstances = [...(await store.containers.list()), ...(await store.vms.list()), ...(await store.networks.list())].map((i) => i.id);
-  const quotaReleased = await quota.reconcile(new Set(liveInstances));
-  const gc = await images.collectGarbage();
-  log.info('reconciled store with host', { ...rec, networks: netRec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, ...gc });
+  /**
+   * The store against the hosts, once per leadership term (the leader alone writes what it
+   * finds; a replica that becomes leader later does it again: the old leader may have died
+   * half-way through something).
+   */
+  const reconcileAsLeader = async () => {
+    const interrupted = await operations.failInterrupted();
+    const rec = await containers.reconcile();
+    const netRec = await networks.reconcile();
+    const vmRec = await vms.reconcile();
+    // networks hold quota too (`networks`), under their own ids
+    const [cs, vs, ns] = [await store.containers.list(), await store.vms.list(), await store.networks.list()];
+    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns].map((i) => i.id)));
+    // claims: instances from before the scheduler get theirs, claims of instances gone are dropped
+    let claimsAdopted = 0;
+    for (const c of cs) {
+      if (await scheduler.adopt({ consumerId: c.id, projectId: c.projectId, kind: c.config.runtime === 'vm' ? 'secure-container' : 'container', vcpus: c.config.cpus ?? 0, memoryBytes: c.config.memoryBytes ?? 0, diskBytes: 0, host: c.host })) claimsAdopted++;
+    }
+    for (const v of vs) {
+      if (await scheduler.adopt({ consumerId: v.id, projectId: v.projectId, kind: 'vm', vcpus: v.config.cpus, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: 0, host: v.agent })) claimsAdopted++;
+    }
+    const claims = await scheduler.reconcile(new Set([...cs, ...vs].map((i) => i.id)));
+    const gc = await images.collectGarbage();
+    log.info(noAgent ? 'reconciled store with the registered hosts (no embedded agent)' : 'reconciled store with host', {
+      ...rec, networks: netRec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, claimsAdopted, claimsReleased: claims.released.length, ...gc,
+    });
+  };
+  // the first term's reconcile happens before serving, as it always has (SQLite: always the leader)
+  let reconciledThisTerm = false;
+  if (leads()) {
+    await reconcileAsLeader();
+    reconciledThisTerm = true;
+  }
 
   const api = new ApiServer(allRoutes(), services);
   await api.listenUnix(options.socket);
@@ -158,7 +220,25 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
     const i = options.tcp.lastIndexOf(':');
     tcpPort = await api.listenTcp(options.tcp.slice(0, i).replace(/^\[|\]$/g, ''), Number(options.tcp.slice(i + 1)));
   }
-  reclaimer.kick(); // re-arm the timer (reconcile cancelled reclaims whose create did not survive the restart)
+  if (tcpPort !== undefined) await replica.registry.setApiUrl(`tcp://${options.tcp!.slice(0, options.tcp!.lastIndexOf(':'))}:${tcpPort}`);
+  containers.watchHosts(); // exits from agents registered (again) from now on
+  // The work that must happen once across replicas (docs/replicas.md).
+  replica.whileLeader('reconcile', () => {
+    if (reconciledThisTerm) reconciledThisTerm = false;
+    else void reconcileAsLeader().catch((e: unknown) => log.error('reconcile as the new leader failed', { error: String(e) }));
+    return () => undefined;
+  });
+  replica.whileLeader('reclaimer', () => {
+    const reclaimer = new Reclaimer(quota, evict);
+    quota.onReclaimPlanned = () => reclaimer.kick();
+    reclaimer.kick(); // re-arm the timer (reconcile cancelled reclaims whose create did not survive the restart)
+    return () => {
+      quota.onReclaimPlanned = undefined;
+      reclaimer.stop();
+    };
+  });
+  replica.whileLeader('operations.failInterrupted', every('operations.failInterrupted', 5_000, () => operations.failInterrupted()));
+  replica.whileLeader('replicas.forget', every('replicas.forget', 60_000, () => forgetGoneReplicas(store)));
   state = 'serving';
   log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, home: options.home, version: VERSION });
 
@@ -171,9 +251,9 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}): Promi
       if (state === 'stopping' || state === 'stopped') return;
       state = 'stopping';
       // Containers are not stopped: their monitors keep them (and their logs) alive without us.
-      reclaimer.stop();
       containers.shutdown();
       await api.close();
+      await replica.close(); // leader tasks stop (the reclaimer too) before the lock goes
       await agents.close();
       await agent.close();
       quota.close(); // its background refresh reads the store

@@ -5,10 +5,12 @@ import { setLogLevel, type Level } from '../core/log.js';
 import { InvalidArgument, isNimbusError } from '../core/errors.js';
 import { startAgentProcess } from './agent-process.js';
 import { startDaemon } from './daemon.js';
+import { migrateStoreCommand } from './migrate-store.js';
 import { describeStore } from '../core/config.js';
 
 const HELP = `Usage: nimbusd [options]
        nimbusd agent --name NAME [options]   (an agent in its own process; nimbusd agent --help)
+       nimbusd migrate-store --to postgres://…  (move the embedded store to PostgreSQL; nimbusd migrate-store --help)
 
 Runs the Nimbus control plane with one local agent, on the embedded SQLite store
 or on PostgreSQL (--store postgres://…).
@@ -28,6 +30,9 @@ Options (environment variable in brackets):
                            (--kernel/--initrd/--disk /path; repeatable) [NIMBUS_VM_HOST_DIRS,
                            colon-separated] (default none: kernels, initrds and disks come from
                            the image service, nimbus image import-disk)
+  --no-agent               run no embedded agent [NIMBUS_NO_AGENT=1]: every container and VM
+                           is placed on registered agents (nimbusd agent --join-token);
+                           images are pulled on the first registered host
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL] (default info)
   -h, --help               show this help
 
@@ -141,6 +146,10 @@ async function agentMain(argv: string[]): Promise<void> {
 
 async function main(): Promise<void> {
   if (process.argv[2] === 'agent') return agentMain(process.argv.slice(3));
+  if (process.argv[2] === 'migrate-store') {
+    process.exitCode = await migrateStoreCommand(process.argv.slice(3));
+    return;
+  }
   const { values } = parseArgs({
     options: {
       home: { type: 'string' },
@@ -151,6 +160,7 @@ async function main(): Promise<void> {
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
+      'no-agent': { type: 'boolean' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -161,7 +171,8 @@ async function main(): Promise<void> {
     return;
   }
   if (values['log-level']) setLogLevel(values['log-level'] as Level);
-  if (process.getuid?.() !== 0) {
+  const noAgent = values['no-agent'] === true || process.env.NIMBUS_NO_AGENT === '1';
+  if (!noAgent && process.getuid?.() !== 0) {
     process.stderr.write('nimbusd: warning: not running as root; mounts, cgroups and runc will fail\n');
   }
   const daemon = await startDaemon({
@@ -173,7 +184,7 @@ async function main(): Promise<void> {
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),
-  });
+  }, { noAgent });
   process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home}, store ${describeStore(daemon.options.storeLocation)})\n`);
   stopOnSignals('nimbusd', 'containers keep running', () => daemon.stop());
 }

@@ -27,7 +27,7 @@ export function container(id: string, name: string, over: Partial<ContainerRecor
     id, name, projectId: 'p1', imageDigest: 'sha256:' + 'a'.repeat(64),
     config: { image: 'busybox', env: [], restart: { name: 'no' }, autoRemove: false, labels: {} },
     status: 'created', runtime: 'runc', pid: null, exitCode: null, oomKilled: false, restartCount: 0,
-    stoppedByUser: false, createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, warnings: [],
+    stoppedByUser: false, createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, warnings: [], host: 'local',
     ...over,
   };
 }
@@ -406,6 +406,38 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.equal((await s.agents.get('b'))?.token, 't2');
   });
 
+  test(`${name}: hosts: zone, labels, disabled, ratios and facts round trip; a registration again keeps them; the embedded row is made once`, async (t) => {
+    const target = await setup(t);
+    let s = target.s;
+    await s.agents.put({ name: 'b', url: 'unix:/run/b.sock', token: 't1', registeredAt: NOW });
+    const fresh = await s.agents.get('b');
+    assert.deepEqual([fresh?.zone, fresh?.labels, fresh?.disabled, fresh?.allocationRatios, fresh?.facts], ['default', {}, null, {}, null], 'defaults');
+    const disabled = { reason: 'disk swap, ünïcode', at: '2026-01-02T00:00:00.000Z', by: 'admin' };
+    const updated = await s.agents.updateSettings('b', { zone: 'eu-1a', labels: { rack: 'r12', ssd: 'true' }, disabled, allocationRatios: { cpu: 2.5 } });
+    assert.deepEqual([updated.zone, updated.labels, updated.disabled, updated.allocationRatios], ['eu-1a', { rack: 'r12', ssd: 'true' }, disabled, { cpu: 2.5 }]);
+    const facts = { cpus: 64, memoryBytes: 2 ** 38, diskBytes: 2 ** 42, accelerator: 'kvm', runtimes: ['runc', 'crun'], architecture: 'arm64', hostname: 'b.example', kernel: '6.1.0', seenAt: 1_800_000_000_123 };
+    assert.equal(await s.agents.recordFacts('b', facts), true);
+    assert.equal(await s.agents.recordFacts('gone', facts), false, 'no row, nothing recorded');
+    // an agent registering again (a new address) keeps what the administrator set and the facts
+    await s.agents.put({ name: 'b', url: 'unix:/run/b2.sock', token: 't2', registeredAt: '2026-01-03T00:00:00.000Z' });
+    await s.agents.ensureEmbedded('local', NOW);
+    await s.agents.updateSettings('local', { zone: 'home' });
+    await s.agents.ensureEmbedded('local', '2027-01-01T00:00:00.000Z');
+    s = await target.reopen();
+    const b = await s.agents.get('b');
+    assert.deepEqual(b, { name: 'b', url: 'unix:/run/b2.sock', token: 't2', registeredAt: '2026-01-03T00:00:00.000Z', zone: 'eu-1a', labels: { rack: 'r12', ssd: 'true' }, disabled, allocationRatios: { cpu: 2.5 }, facts });
+    const local = await s.agents.get('local');
+    assert.deepEqual([local?.url, local?.token, local?.registeredAt, local?.zone], ['embedded:', '', NOW, 'home'], 'made once, settings kept');
+    // enable (disabled null), labels replaced whole, an untouched field kept
+    const enabled = await s.agents.updateSettings('b', { disabled: null, labels: {} });
+    assert.deepEqual([enabled.disabled, enabled.labels, enabled.zone, enabled.allocationRatios], [null, {}, 'eu-1a', { cpu: 2.5 }]);
+    assert.deepEqual(await s.agents.updateSettings('b', {}), enabled, 'an empty patch changes nothing');
+    await rejectsWith(s.agents.updateSettings('nope', { zone: 'x' }), 'NotFound');
+    // a host's row can be made whole (as migrate-store copies it)
+    await s.agents.put({ ...b!, name: 'c' });
+    assert.deepEqual(await s.agents.get('c'), { ...b, name: 'c' });
+  });
+
   test(`${name}: agent join tokens: redeemed once, by hash, unexpired; concurrent redeemers, one wins; stale ones go`, async (t) => {
     const target = await setup(t);
     let s = target.s;
@@ -432,7 +464,7 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
   test(`${name}: operations: round trip, patch, newest first with a limit`, async (t) => {
     const { s } = await setup(t);
     const op = (id: string, createdAt: string) => ({
-      id, kind: 'image.pull', projectId: 'p1', status: 'pending' as const, target: 'busybox', progress: {}, result: null, error: null, createdAt, updatedAt: createdAt,
+      id, kind: 'image.pull', projectId: 'p1', status: 'pending' as const, target: 'busybox', progress: {}, result: null, error: null, createdAt, updatedAt: createdAt, replica: null,
     });
     await s.operations.insert(op('o1', '2026-01-01T00:00:01.000Z'));
     await s.operations.insert(op('o2', '2026-01-01T00:00:02.000Z'));
@@ -449,6 +481,42 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual((await s.operations.list()).map((o) => o.id), ['o3', 'o2', 'o1']);
     assert.deepEqual((await s.operations.list(2)).map((o) => o.id), ['o3', 'o2']);
     assert.equal(await s.operations.get('nope'), undefined);
+  });
+
+  test(`${name}: operations: replicas register, beat and go; only the unfinished operations of replicas gone are failed, once`, async (t) => {
+    const { s } = await setup(t);
+    const T = 1_800_000_000_000; // epoch ms past 2^32: INT64 columns
+    const replica = (id: string, lastSeen: number) => ({ id, hostname: 'h1', pid: 42, startedAt: T - 60_000, lastSeen, apiUrl: id === 'live' ? 'https://10.0.0.1:8443' : null });
+    await s.operations.registerReplica(replica('live', T));
+    await s.operations.registerReplica(replica('stale', T - 20_000));
+    await s.operations.registerReplica({ ...replica('live', T - 1), pid: 43 }); // registered again in place
+    assert.deepEqual(await s.operations.listReplicas(), [{ ...replica('live', T - 1), pid: 43 }, replica('stale', T - 20_000)]);
+    assert.equal(await s.operations.touchReplica('live', T), true);
+    assert.equal(await s.operations.touchReplica('nope', T), false, 'no row: the caller registers again');
+    const op = (id: string, replicaId: string | null, status: 'running' | 'pending' | 'succeeded' = 'running') => ({
+      id, kind: 'image.pull', projectId: 'p1', status, target: 'busybox', progress: { n: 1 }, result: null, error: null,
+      createdAt: `2026-01-01T00:00:0${id.slice(1)}.000Z`, updatedAt: NOW, replica: replicaId,
+    });
+    await s.operations.insert(op('o1', 'live'));
+    await s.operations.insert(op('o2', 'stale'));
+    await s.operations.insert(op('o3', 'vanished'));
+    await s.operations.insert(op('o4', null, 'pending'));
+    await s.operations.insert(op('o5', 'stale', 'succeeded'));
+    await s.operations.insert(op('o6', 'me'));
+    assert.equal((await s.operations.get('o1'))?.replica, 'live');
+    const error = { code: 'Unavailable', message: 'gone' };
+    const failed = await s.operations.failOrphaned(T - 15_000, 'me', error, '2026-01-02T00:00:00.000Z');
+    assert.deepEqual(failed.map((o) => o.id), ['o2', 'o3', 'o4'], 'the stale replica\'s, an unknown replica\'s, one without a replica; oldest first');
+    assert.deepEqual(failed[0], { ...op('o2', 'stale'), status: 'failed', error, updatedAt: '2026-01-02T00:00:00.000Z' });
+    assert.equal((await s.operations.get('o1'))?.status, 'running', 'a live replica\'s operation is left alone');
+    assert.equal((await s.operations.get('o5'))?.status, 'succeeded', 'finished ones are left alone');
+    assert.equal((await s.operations.get('o6'))?.status, 'running', 'the caller\'s own are left alone');
+    assert.deepEqual(await s.operations.failOrphaned(T - 15_000, 'me', error, NOW), [], 'failed once');
+    // the replica goes (a clean shutdown): its operations are orphans at once
+    await s.operations.removeReplica('live');
+    assert.deepEqual((await s.operations.failOrphaned(T - 15_000, 'me', error, NOW)).map((o) => o.id), ['o1']);
+    assert.equal(await s.operations.pruneReplicas(T - 15_000), 1);
+    assert.deepEqual(await s.operations.listReplicas(), []);
   });
 
   test(`${name}: networks: unique name, subnet and device (told apart), prefixes, leases`, async (t) => {
@@ -496,6 +564,49 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.equal(await s.containers.get('c2'), undefined);
     await s.networks.delete(n1.id);
     assert.equal(await s.networks.get(n1.id), undefined);
+  });
+
+  test(`${name}: instances name their host: containers by host, networks and images per host`, async (t) => {
+    const { s, reopen } = await setup(t);
+    await s.projects.insert(project('p1', 'a'));
+    await s.containers.insert(container('c1', 'web', { host: 'edge-1', createdAt: '2026-01-01T00:00:01.000Z' }));
+    await s.containers.insert(container('c2', 'db', { createdAt: '2026-01-01T00:00:02.000Z' }));
+    await s.containers.insert(container('c3', 'cache', { host: 'edge-1', createdAt: '2026-01-01T00:00:03.000Z' }));
+    assert.equal((await s.containers.get('c1'))?.host, 'edge-1');
+    assert.equal((await s.containers.get('c2'))?.host, 'local');
+    assert.deepEqual((await s.containers.onHost('edge-1')).map((c) => c.id), ['c3', 'c1']);
+    assert.deepEqual((await s.containers.onHost('nowhere')).map((c) => c.id), []);
+    assert.equal((await s.containers.update('c2', { host: 'edge-2' })).host, 'edge-2');
+
+    const n1 = network(hex('aa1', 64), 'front', 1);
+    const n2 = network(hex('aa2', 64), 'back', 2);
+    await s.networks.insert(n1);
+    await s.networks.insert(n2);
+    await s.networks.addHost(n1.id, 'local', NOW);
+    await s.networks.addHost(n1.id, 'edge-1', NOW);
+    await s.networks.addHost(n1.id, 'edge-1', NOW); // idempotent
+    await s.networks.addHost(n2.id, 'edge-1', NOW);
+    assert.deepEqual(await s.networks.hosts(n1.id), ['edge-1', 'local']);
+    assert.deepEqual((await s.networks.onHost('edge-1')).map((n) => n.name), ['front', 'back']);
+    await s.networks.removeHost(n1.id, 'edge-1');
+    assert.deepEqual(await s.networks.hosts(n1.id), ['local']);
+    // a network's host rows go with it
+    await s.networks.delete(n1.id);
+    assert.deepEqual(await s.networks.hosts(n1.id), []);
+    assert.deepEqual((await s.networks.onHost('local')).map((n) => n.name), []);
+
+    await s.images.addHost('chain-a', 'local', NOW);
+    await s.images.addHost('chain-a', 'edge-1', NOW);
+    await s.images.addHost('chain-a', 'edge-1', NOW);
+    await s.images.addHost('chain-b', 'edge-1', NOW);
+    assert.deepEqual(await s.images.hosts('chain-a'), ['edge-1', 'local']);
+    assert.deepEqual(await s.images.hosts('chain-none'), []);
+    assert.equal(await s.images.removeHost('local', 'chain-a'), 1);
+    assert.equal(await s.images.removeHost('edge-1'), 2);
+    assert.deepEqual(await s.images.hosts('chain-a'), []);
+    const r = await reopen();
+    assert.equal((await r.containers.get('c1'))?.host, 'edge-1');
+    assert.deepEqual(await r.networks.hosts(n2.id), ['edge-1']);
   });
 
   test(`${name}: disk images: names per project, ordered, counted by digest, large sizes`, async (t) => {

@@ -203,6 +203,8 @@ export interface ContainerRecord {
   startedAt: string | null;
   finishedAt: string | null;
   warnings: string[];
+  /** The host (agent name) it lives on: the embedded agent's name, or a registered agent's. */
+  host: string;
 }
 
 export type OperationStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -218,6 +220,22 @@ export interface OperationRecord {
   error: { code: string; message: string } | null;
   createdAt: string;
   updatedAt: string;
+  /** The control-plane process (replica id) running it; null for rows older than replicas. */
+  replica: string | null;
+}
+
+/** A control-plane process sharing the store (its row lives while it runs; see docs/replicas.md). */
+export interface ReplicaRecord {
+  /** New on every start: a restarted process is another replica. */
+  id: string;
+  hostname: string;
+  pid: number;
+  /** Epoch ms. */
+  startedAt: number;
+  /** Epoch ms of its last heartbeat. */
+  lastSeen: number;
+  /** Where its API listens over TCP, when it does. */
+  apiUrl: string | null;
 }
 
 /** What a VM was created with (the create request as stored). */
@@ -272,10 +290,50 @@ export interface VmRecord {
  */
 export interface AgentRecord {
   name: string;
-  /** How the control plane reaches it: http://HOST:PORT or unix:/PATH. */
+  /** How the control plane reaches it: https://HOST:PORT, unix:/PATH, or "embedded:" for the control plane's own agent (a row for its host settings, never connected to). */
   url: string;
   token: string;
   registeredAt: string;
+  /** Availability zone (Nova's AZ, Incus' failure domain): "default" unless set. */
+  zone: string;
+  /** Free-form labels placements can require (--constraint k=v): Nova's aggregates' metadata. */
+  labels: Record<string, string>;
+  /** No new placements while set (nimbus host disable); its instances stay. */
+  disabled: HostDisabled | null;
+  /** Over-commit per resource set by an administrator; a resource absent takes the control plane's default. */
+  allocationRatios: Partial<AllocationRatios>;
+  /** What the host last said of itself (kept, so a restarted control plane can place before it asks again); null: never heard from. */
+  facts: HostFacts | null;
+}
+
+export interface HostDisabled {
+  reason: string;
+  /** ISO time, and the user who disabled it. */
+  at: string;
+  by: string;
+}
+
+export interface AllocationRatios {
+  cpu: number;
+  memory: number;
+  disk: number;
+}
+
+/** A host's capacity and software as its agent reported it. */
+export interface HostFacts {
+  cpus: number;
+  memoryBytes: number;
+  /** Size of the filesystem holding the agent's data (0: the agent does not report it). */
+  diskBytes: number;
+  /** The VM accelerator (kvm, tcg, undecided); absent: the host runs no VMs. */
+  accelerator?: string;
+  /** Usable OCI runtimes. */
+  runtimes: string[];
+  architecture: string;
+  hostname: string;
+  kernel: string;
+  /** Epoch ms of the answer these facts came from. */
+  seenAt: number;
 }
 
 /** A one-time token an agent joins with (POST /agents/join); only its secret's hash is kept. */

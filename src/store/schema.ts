@@ -264,14 +264,83 @@ export const MIGRATIONS: readonly string[] = [
    ALTER TABLE vms_new RENAME TO vms;
    --@end
    CREATE UNIQUE INDEX vms_project_name ON vms(project_id, name);`,
-  // ---- hosts: zone, labels, enabled, facts of each agent (PLACEHOLDER, the hosts change fills it)
-  `SELECT 1;`,
-  // ---- instances name their host: containers, networks and images per host (PLACEHOLDER, the placement change fills it)
-  `SELECT 1;`,
-  // ---- placement: claims per host with a generation, server groups (PLACEHOLDER, the scheduler change fills it)
-  `SELECT 1;`,
-  // ---- replicas: control-plane processes and the operations each runs (PLACEHOLDER, the replicas change fills it)
-  `SELECT 1;`,
+  // ---- hosts: zone, labels, enabled, facts of each agent
+  // labels, allocation ratio overrides and facts are JSON (read whole, never queried by field);
+  // disabled_at set = disabled; the embedded agent gets a row (url 'embedded:') when the daemon opens
+  `ALTER TABLE agents ADD COLUMN zone TEXT NOT NULL DEFAULT 'default';
+   ALTER TABLE agents ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+   ALTER TABLE agents ADD COLUMN disabled_reason TEXT;
+   ALTER TABLE agents ADD COLUMN disabled_at TEXT;
+   ALTER TABLE agents ADD COLUMN disabled_by TEXT;
+   ALTER TABLE agents ADD COLUMN allocation_ratios TEXT NOT NULL DEFAULT '{}';
+   ALTER TABLE agents ADD COLUMN facts TEXT;`,
+  // ---- instances name their host: containers, networks and images per host
+  // what exists was made on the embedded agent, named 'local' as vms.agent defaults to
+  `ALTER TABLE containers ADD COLUMN host TEXT NOT NULL DEFAULT 'local';
+   CREATE INDEX containers_host ON containers(host);
+   CREATE TABLE network_hosts (
+     network_id TEXT NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+     host TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     PRIMARY KEY (network_id, host)
+   );
+   CREATE INDEX network_hosts_host ON network_hosts(host);
+   INSERT INTO network_hosts (network_id, host, created_at) SELECT id, 'local', created_at FROM networks;
+   CREATE TABLE image_hosts (
+     chain_id TEXT NOT NULL,
+     host TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     PRIMARY KEY (chain_id, host)
+   );
+   CREATE INDEX image_hosts_host ON image_hosts(host);
+   INSERT INTO image_hosts (chain_id, host, created_at) SELECT chain_id, 'local', MIN(created_at) FROM images GROUP BY chain_id;`,
+  // ---- placement: claims per host with a generation, server groups (docs/scheduler.md)
+  // usage is kept beside the allocations and changed with them in one statement or transaction;
+  // a claim is a conditional UPDATE of its host's row (that row's lock orders claims on a host)
+  `CREATE TABLE server_groups (
+     id TEXT PRIMARY KEY,
+     project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+     name TEXT NOT NULL,
+     policy TEXT NOT NULL CHECK (policy IN ('affinity', 'anti-affinity', 'soft-affinity', 'soft-anti-affinity')),
+     generation INT64 NOT NULL DEFAULT 0,
+     created_at TEXT NOT NULL
+   );
+   CREATE UNIQUE INDEX server_groups_project_name ON server_groups(project_id, name);
+   CREATE TABLE placement_hosts (
+     host TEXT PRIMARY KEY,
+     used_millicpus INT64 NOT NULL DEFAULT 0,
+     used_memory_bytes INT64 NOT NULL DEFAULT 0,
+     used_disk_bytes INT64 NOT NULL DEFAULT 0,
+     instances INT64 NOT NULL DEFAULT 0,
+     generation INT64 NOT NULL DEFAULT 0
+   );
+   CREATE TABLE placement_allocations (
+     consumer_id TEXT PRIMARY KEY,
+     host TEXT NOT NULL REFERENCES placement_hosts(host),
+     project_id TEXT NOT NULL,
+     group_id TEXT REFERENCES server_groups(id),
+     millicpus INT64 NOT NULL,
+     memory_bytes INT64 NOT NULL,
+     disk_bytes INT64 NOT NULL,
+     created_at TEXT NOT NULL
+   );
+   CREATE INDEX placement_allocations_host ON placement_allocations(host);
+   CREATE INDEX placement_allocations_project ON placement_allocations(project_id, host);
+   CREATE INDEX placement_allocations_group ON placement_allocations(group_id, host);`,
+  // replicas: the control-plane processes sharing the store (a row while each runs, a heartbeat
+  // in last_seen) and the replica running each operation, so the leader fails only the
+  // operations of replicas that are gone (docs/replicas.md); the partial index keeps that
+  // periodic scan to the unfinished operations
+  `CREATE TABLE replicas (
+     id TEXT PRIMARY KEY,
+     hostname TEXT NOT NULL,
+     pid INTEGER NOT NULL,
+     started_at INT64 NOT NULL,
+     last_seen INT64 NOT NULL,
+     api_url TEXT
+   );
+   ALTER TABLE operations ADD COLUMN replica TEXT;
+   CREATE INDEX operations_unfinished ON operations(replica) WHERE status IN ('pending', 'running');`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

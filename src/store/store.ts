@@ -12,6 +12,7 @@
  */
 import type {
   AgentRecord,
+  HostFacts,
   JoinTokenRecord,
   ContainerRecord,
   ContainerStatus,
@@ -22,6 +23,7 @@ import type {
   NetworkLeaseRecord,
   NetworkRecord,
   OperationRecord,
+  ReplicaRecord,
   ProjectRecord,
   RoleGrantRecord,
   TokenRecord,
@@ -92,6 +94,12 @@ export interface ImageRepo {
   /** A tag implies the project's reference: add that first. */
   setTag(t: ImageTagRecord): Promise<void>;
   deleteTag(projectId: string, name: string): Promise<void>;
+  /** Record that host holds the image's layers (chain id); idempotent. */
+  addHost(chainId: string, host: string, at?: string): Promise<void>;
+  /** The hosts that hold the chain's layers, by name. */
+  hosts(chainId: string): Promise<string[]>;
+  /** Forget what host holds (one chain, or all of it when the host goes); how many rows went. */
+  removeHost(host: string, chainId?: string): Promise<number>;
 }
 
 export interface ContainerRepo {
@@ -110,6 +118,8 @@ export interface ContainerRepo {
   delete(id: string): Promise<void>;
   /** Containers made from the image, in one project or all. */
   countByImage(digest: string, projectId?: string): Promise<number>;
+  /** Every container whose record names this host, newest first. */
+  onHost(host: string): Promise<ContainerRecord[]>;
 }
 
 export interface VmRepo {
@@ -128,11 +138,26 @@ export interface VmRepo {
   delete(id: string): Promise<void>;
 }
 
+/** What an agent's registration sets; the host settings and facts of an existing row are kept. */
+export type AgentRegistrationRecord = Pick<AgentRecord, 'name' | 'url' | 'token' | 'registeredAt'> & Partial<Omit<AgentRecord, 'name' | 'url' | 'token' | 'registeredAt'>>;
+
+/** An administrator's change to a host (zone, labels, disabled, ratios); absent fields are kept. */
+export type HostSettingsPatch = Partial<Pick<AgentRecord, 'zone' | 'labels' | 'disabled' | 'allocationRatios'>>;
+
 export interface AgentRepo {
   get(name: string): Promise<AgentRecord | undefined>;
   list(): Promise<AgentRecord[]>;
-  /** Insert or replace (an agent registers again on every start; its URL may change). */
-  put(a: AgentRecord): Promise<void>;
+  /**
+   * Insert or re-register (an agent registers again on every start; its URL may change): a
+   * new row takes the given host fields (defaults otherwise), an existing one keeps its own.
+   */
+  put(a: AgentRegistrationRecord): Promise<void>;
+  /** The embedded agent's row (url "embedded:"), made once; an existing row is left alone. */
+  ensureEmbedded(name: string, registeredAt: string): Promise<void>;
+  /** NotFound for an unknown name. */
+  updateSettings(name: string, patch: HostSettingsPatch): Promise<AgentRecord>;
+  /** The facts of the host's latest answer; false when the row is gone. */
+  recordFacts(name: string, facts: HostFacts): Promise<boolean>;
   delete(name: string): Promise<void>;
 }
 
@@ -151,11 +176,27 @@ export interface JoinTokenRepo {
   deleteStale(before: number): Promise<number>;
 }
 
+/** Operations, and the control-plane processes (replicas) that run them. */
 export interface OperationRepo {
   get(id: string): Promise<OperationRecord | undefined>;
   list(limit?: number): Promise<OperationRecord[]>;
   insert(op: OperationRecord): Promise<void>;
   update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): Promise<OperationRecord>;
+  /**
+   * Fail every unfinished operation whose replica is gone: none recorded, no replica row, or a
+   * row last seen before `seenBefore` (epoch ms); `keep`'s own are never touched. The failed
+   * ones, as now stored. One statement: two replicas doing it at once fail each one once.
+   */
+  failOrphaned(seenBefore: number, keep: string, error: { code: string; message: string }, updatedAt: string): Promise<OperationRecord[]>;
+  /** Insert or replace a replica's row. */
+  registerReplica(r: ReplicaRecord): Promise<void>;
+  /** A replica's heartbeat; false when it has no row (pruned: register again). */
+  touchReplica(id: string, lastSeen: number): Promise<boolean>;
+  removeReplica(id: string): Promise<void>;
+  /** Every replica row, oldest start first. */
+  listReplicas(): Promise<ReplicaRecord[]>;
+  /** Rows last seen before `seenBefore` (epoch ms); how many went. */
+  pruneReplicas(seenBefore: number): Promise<number>;
 }
 
 export interface DiskImageRepo {
@@ -182,6 +223,13 @@ export interface NetworkRepo {
   /** AlreadyExists when the address is leased already (the unique key is what keeps IPAM honest). */
   lease(l: NetworkLeaseRecord): Promise<void>;
   release(instanceId: string, networkId?: string): Promise<number>;
+  /** Record that the network is laid out on host (network_hosts); idempotent. */
+  addHost(networkId: string, host: string, at?: string): Promise<void>;
+  /** The hosts it is laid out on, by name. */
+  hosts(networkId: string): Promise<string[]>;
+  /** The networks laid out on host. */
+  onHost(host: string): Promise<NetworkRecord[]>;
+  removeHost(networkId: string, host: string): Promise<void>;
 }
 
 /** One ledger audit entry as stored. */

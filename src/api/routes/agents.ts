@@ -3,6 +3,7 @@ import { route } from '../route.js';
 import { Conflict, Unauthenticated } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import { MAX_JOIN_TOKEN_TTL_MS } from '../../control/agents/agent-directory.js';
+import { Host, hostCounts, refuseWhileInstances } from './hosts.js';
 
 const Protocol = Type.Object(
   { min: Type.Integer({ minimum: 1, maximum: 1_000_000 }), max: Type.Integer({ minimum: 1, maximum: 1_000_000 }) },
@@ -17,33 +18,13 @@ const Registration = Type.Object({
 const Registered = Type.Object({ name: Type.String(), url: Type.String(), registeredAt: Type.String() });
 const Pem = (description: string) => Type.String({ minLength: 1, maxLength: 16_384, 'x-text': 'multiline', description });
 
-const Agent = Type.Object(
-  {
-    name: Type.String(),
-    local: Type.Boolean({ description: 'The embedded agent, in the control plane\'s process' }),
-    url: Type.Optional(Type.String({ description: 'How the control plane reaches it (registered agents)' })),
-    registeredAt: Type.Optional(Type.String()),
-    state: Type.Union([Type.Literal('up'), Type.Literal('down')]),
-    reason: Type.Optional(Type.String({ description: 'Why it is down' })),
-    hostname: Type.Optional(Type.String()),
-    cpus: Type.Optional(Type.Integer()),
-    memoryBytes: Type.Optional(Type.Integer()),
-    accelerator: Type.Optional(Type.String({ description: 'What its VMs run under (once decided)' })),
-    vms: Type.Integer({ description: 'VMs recorded on it (for a non-administrator: those of the projects it can read)' }),
-  },
-  { $id: 'Agent' },
-);
-
 export const agentRoutes = [
   route({
     method: 'GET', path: '/agents', operationId: 'listAgents', tag: 'agents', access: 'read', auth: { authenticated: true },
-    summary: 'The agents (hosts) of this control plane: the embedded one and the registered ones, with their state now',
-    response: Type.Array(Agent),
-    // a tenant sees its own VMs on each host, never the host-wide count
-    handler: async ({ services, auth }) => {
-      const mine = auth.principal?.systemAdmin ? undefined : (await services.vms.list({ all: true })).filter((v) => auth.canRead(v.projectId));
-      return services.agents.list((name) => (mine ? mine.filter((v) => v.agent === name).length : services.vms.countOn(name)));
-    },
+    summary: 'The agents (hosts) of this control plane: the embedded one and the registered ones, with their state now (the same list as GET /hosts)',
+    response: Type.Array(Host),
+    // a tenant sees its own instances on each host, never the host-wide count
+    handler: async ({ services, auth }) => services.agents.list(await hostCounts(services, auth)),
   }),
   route({
     method: 'POST', path: '/agents', operationId: 'registerAgent', tag: 'agents', access: 'write', auth: { global: 'admin' },
@@ -96,11 +77,11 @@ export const agentRoutes = [
   }),
   route({
     method: 'DELETE', path: '/agents/{name}', operationId: 'removeAgent', tag: 'agents', access: 'write', auth: { global: 'admin' },
-    summary: 'Forget a registered agent (refused while VMs are recorded on it)',
+    summary: 'Forget a registered agent (refused while containers or VMs are recorded on it; as DELETE /hosts/{name})',
     params: Type.Object({ name: Type.String() }), response: Empty,
     handler: async ({ params, services }) => {
-      const n = await services.vms.countOn(params.name);
-      if (n) throw new Conflict(`agent ${params.name} has ${n} VM(s); migrate or remove them first`);
+      if (params.name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
+      await refuseWhileInstances(services, params.name);
       await services.agents.remove(params.name);
       return { status: 204 };
     },

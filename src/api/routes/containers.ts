@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import { route, stream } from '../route.js';
+import { route, stream, type RequestAuth } from '../route.js';
 import { Argv, Container, ContainerCreate, ContainerPath, Empty, EnvList, ExecFrame, IdParam, LogLine, Operation, SignalSpec, Stats, StopTimeout, UserSpec } from '../schemas.js';
 import { checkTotalLength } from '../validate.js';
 import { canonicalSignal } from '../../core/signals.js';
@@ -9,6 +9,7 @@ import type { ExecSession } from '../../agent/drivers/instance-driver.js';
 import { AsyncQueue } from '../../core/async-queue.js';
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
+import { checkPinnedHost } from '../../control/compute/hosts.js';
 
 /** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
 const CONTAINER = {
@@ -19,6 +20,19 @@ const CONTAINER = {
   },
 };
 
+
+/** Where an instance may run (the scheduler decides among the hosts that pass). */
+export const PlacementFields = {
+  host: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'System administrators: run it on this host (an agent\'s name, GET /agents); the host\'s filters still apply' })),
+  zone: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Only hosts of this zone' })),
+  constraints: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ maxLength: 256 }), { description: 'Host labels that must match (--constraint k=v)' })),
+  group: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Server group (name or id) of the project: its policy (affinity, anti-affinity) applies' })),
+};
+
+/** The create body: the container's settings and where it may run. */
+const ContainerCreateOnHosts = Type.Object({ ...ContainerCreate.properties, ...PlacementFields }, { $id: 'ContainerCreate', additionalProperties: false });
+
+const isSystemAdmin = (auth: RequestAuth) => auth.principal?.systemAdmin === true;
 
 const Signal = Type.Object({ signal: SignalSpec({ default: 'SIGKILL' }) });
 const Timeout = Type.Object({ timeout: Type.Optional(StopTimeout('Seconds before SIGKILL')) });
@@ -31,22 +45,24 @@ export const containerRoutes = [
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Container),
     handler: async ({ query, services, auth }) =>
-      (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)),
+      (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)).map((c) => services.containers.view(c)),
   }),
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: 'query' },
     summary: 'Create a container from a pulled image (and start it, with start: true): 201 with the container, or 202 with an Operation (container.create) ' +
       'when the project\'s lent capacity must first be reclaimed; it completes, with the container as its result, once the borrowers\' grace period is over',
-    status: 201, body: ContainerCreate, response: Type.Union([Container, Operation]),
+    status: 201, body: ContainerCreateOnHosts, response: Type.Union([Container, Operation]),
     handler: async ({ body, services, auth }) => {
       // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
-      const { start, ...input } = body;
+      const { start, host, zone, constraints, group, ...input } = body;
+      const placement = { ...(host !== undefined ? { host } : {}), ...(zone !== undefined ? { zone } : {}), ...(constraints ? { constraints } : {}), ...(group !== undefined ? { group } : {}) };
+      checkPinnedHost(placement, isSystemAdmin(auth));
       checkTotalLength({ entrypoint: input.entrypoint, cmd: input.cmd, env: input.env }, MAX_ARGV_ENV_TOTAL);
       // runc takes the 31 standard names and numbers only (SIGRTMIN+3 → "37")
       if (input.stopSignal !== undefined) input.stopSignal = canonicalSignal(input.stopSignal);
       const r = await services.containers.requestCreate({ ...input, restart: input.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
-        { canRead: auth.canRead, preferProjectId: auth.project() }, { start });
+        { canRead: auth.canRead, preferProjectId: auth.project() }, { start, placement });
       return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
     },
   }),
@@ -56,7 +72,7 @@ export const containerRoutes = [
     summary: 'Inspect a container (with its network settings)', params: IdParam, response: Container,
     handler: async ({ params, services }) => {
       const c = await services.containers.get(params.id);
-      return { ...c, network: await services.networks.settings(c) };
+      return { ...services.containers.view(c), network: await services.networks.settings(c) };
     },
   }),
   route({

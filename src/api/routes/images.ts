@@ -70,7 +70,11 @@ export const imageRoutes = [
     method: 'GET', path: '/images/{ref}', operationId: 'inspectImage', tag: 'images', access: 'read',
     auth: { role: 'reader', project: IMAGE },
     summary: 'Inspect an image', params: RefParam, response: Image,
-    handler: ({ params, services, auth }) => services.images.inspect(params.ref, auth.project()),
+    handler: async ({ params, services, auth }) => {
+      const img = await services.images.inspect(params.ref, auth.project());
+      // which hosts hold its layers is the operator's to know
+      return auth.principal?.systemAdmin === true ? { ...img, hosts: await services.store.images.hosts(img.chainId) } : img;
+    },
   }),
   route({
     method: 'DELETE', path: '/images/{ref}', operationId: 'removeImage', tag: 'images', access: 'write',

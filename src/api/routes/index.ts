@@ -9,9 +9,10 @@ import { vmRoutes } from './vms.js';
 import { networkRoutes } from './networks.js';
 import { diskImageRoutes } from './disk-images.js';
 import { agentRoutes } from './agents.js';
+import { hostRoutes } from './hosts.js';
 import { schedulerRoutes } from './scheduler.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...schedulerRoutes];
+  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...schedulerRoutes];
 }

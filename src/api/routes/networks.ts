@@ -41,7 +41,11 @@ export const networkRoutes = [
     method: 'GET', path: '/networks/{id}', operationId: 'inspectNetwork', tag: 'networks', access: 'read',
     auth: { role: 'reader', project: NETWORK },
     summary: 'Inspect a network and the containers on it', params: IdParam, response: Network,
-    handler: async ({ params, services }) => services.networks.view(await services.networks.get(params.id)),
+    handler: async ({ params, services, auth }) => {
+      const n = await services.networks.view(await services.networks.get(params.id));
+      // the hosts it is laid out on (each a segment of its own until overlays) are the operator's to know
+      return auth.principal?.systemAdmin === true ? { ...n, hosts: await services.store.networks.hosts(n.id) } : n;
+    },
   }),
   route({
     method: 'POST', path: '/networks/{id}/connect', operationId: 'connectNetwork', tag: 'networks', access: 'write',

@@ -31,6 +31,23 @@ export const systemRoutes = [
     handler: ({ services }) => ({ version: services.version, apiVersion: '1', node: process.version }),
   }),
   route({
+    method: 'GET', path: '/replicas', operationId: 'listReplicas', tag: 'system', access: 'read',
+    auth: { global: 'admin' },
+    summary: 'The control-plane processes sharing this store, live or recently gone, and which one leads (docs/replicas.md)',
+    response: Type.Object({
+      self: Type.String({ description: 'The replica that answered' }),
+      leader: Type.Union([Type.String(), Type.Null()], { description: 'The leading replica (null while none holds the lock)' }),
+      replicas: Type.Array(Type.Object({
+        id: Type.String(), hostname: Type.String(), pid: Type.Integer(), startedAt: Type.Number({ description: 'Epoch ms' }), lastSeen: Type.Number({ description: 'Epoch ms of its last heartbeat' }),
+        apiUrl: Type.Union([Type.String(), Type.Null()]), live: Type.Boolean(), leader: Type.Boolean(),
+      }, { additionalProperties: true })),
+    }),
+    handler: async ({ services }) => {
+      const l = await services.replica.list();
+      return { self: l.self, leader: l.leader ?? null, replicas: l.replicas };
+    },
+  }),
+  route({
     method: 'GET', path: '/info', operationId: 'info', tag: 'system', access: 'read',
     auth: { authenticated: true },
     summary: 'Daemon facts and counts of what the caller can read; host facts (home, host name, kernel, cgroups, pools) for system administrators only',
@@ -39,10 +56,11 @@ export const systemRoutes = [
       // Counts cover the projects the caller can read; host facts are the same for everyone.
       const all = (await services.containers.list({ all: true })).filter((c) => auth.canRead(c.projectId));
       const vms = (await services.vms.list({ all: true })).filter((v) => auth.canRead(v.projectId));
-      const full = await services.agent.info();
+      // with --no-agent there is no embedded agent to describe (the hosts are GET /agents)
+      const full = services.hosts.localName === undefined ? undefined : await services.agent.info();
       // host facts (home, host name, kernel, pools, memory) are the operator's; a tenant learns what its requests can use
       const admin = auth.principal?.systemAdmin === true;
-      const agent = admin ? full : {
+      const agent = !full ? null : admin ? full : {
         name: full.name,
         runtimes: full.runtimes.map((r) => ({ name: r.name, usable: r.usable, ...(r.default ? { default: true } : {}) })),
         ...(full.vm ? { vm: { accelerator: full.vm.accelerator } } : {}),
@@ -65,7 +83,7 @@ export const systemRoutes = [
           saved: vms.filter((v) => v.status === 'saved').length,
           stopped: vms.filter((v) => v.status === 'stopped').length,
           // the accelerator new VMs get, and why (KVM only when a probe boot succeeded)
-          ...(full.vm ? { accelerator: full.vm.accelerator, ...(admin ? { acceleratorReason: full.vm.reason } : {}) } : {}),
+          ...(full?.vm ? { accelerator: full.vm.accelerator, ...(admin ? { acceleratorReason: full.vm.reason } : {}) } : {}),
         },
         images: (await services.images.list()).filter((i) => auth.canRead(i.projectId)).length,
       };

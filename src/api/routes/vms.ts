@@ -10,6 +10,8 @@ const MAX_VM_MEMORY_MIB = 1024 * 1024;
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 import { Empty, IdParam, LogLine, Operation, SignalSpec } from '../schemas.js';
+import { PlacementFields } from './containers.js';
+import { checkPinnedHost } from '../../control/compute/hosts.js';
 
 const VmCreate = Type.Object(
   {
@@ -23,7 +25,8 @@ const VmCreate = Type.Object(
     disk: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, [HOST_PATH]: true, description: 'System administrators only: a base disk file (raw or qcow2) in a directory the operator allowed; the VM gets a copy-on-write overlay of it. Everyone else names a disk image in image' })),
     pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 4095 }), { maxItems: 64, description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
     image: Type.Optional(Type.String({ minLength: 1, description: 'A disk image of the image service (nimbus image import-disk): the root disk is a qcow2 overlay backed by it' })),
-    agent: Type.Optional(Type.String({ minLength: 1, description: 'The agent (host) to run it on (GET /agents); default the embedded one' })),
+    agent: Type.Optional(Type.String({ minLength: 1, description: 'The older name of host' })),
+    ...PlacementFields,
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8, description: 'Networks of the VM\'s project ("bridge": its default) for virtio-net NICs eth0, eth1, ...; the addresses are leased and given to the guest as nimbus.net=IF,ADDR/PREFIX,GATEWAY on its kernel command line' })),
   },
   { $id: 'VmCreate', additionalProperties: false },
@@ -101,7 +104,11 @@ export const vmRoutes = [
     auth: { role: 'member', project: 'query' },
     summary: 'Create a VM (kernel boot or disk image); it is created, not started', status: 201,
     body: VmCreate, response: Vm,
-    handler: async ({ body, services, auth }) => shown(await services.vms.create(body, auth.project(), { hostPaths: isSystemAdmin(auth) }), auth),
+    handler: async ({ body, services, auth }) => {
+      checkPinnedHost({ ...(body.host !== undefined ? { host: body.host } : {}) }, isSystemAdmin(auth));
+      checkPinnedHost({ ...(body.agent !== undefined ? { host: body.agent } : {}) }, isSystemAdmin(auth), 'agent');
+      return shown(await services.vms.create(body, auth.project(), { hostPaths: isSystemAdmin(auth) }), auth);
+    },
   }),
   route({
     method: 'POST', path: '/vms/{id}/clone', operationId: 'createVmFromTemplate', tag: 'vms', access: 'write',

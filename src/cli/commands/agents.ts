@@ -1,4 +1,4 @@
-/** `nimbus agent ...`: the hosts of this control plane (/agents). Agents register themselves (nimbusd agent). */
+/** `nimbus agent ...`: the hosts of this control plane (/agents; `nimbus host` manages them). Agents register themselves (nimbusd agent). */
 import { InvalidArgument } from '../../core/errors.js';
 import { OUTPUT_OPTION, type CommandSpec } from '../args.js';
 import { ago, render, table } from '../output.js';
@@ -9,8 +9,9 @@ export interface AgentRow {
   local: boolean;
   url?: string;
   registeredAt?: string;
-  state: 'up' | 'down';
+  state: 'up' | 'down' | 'unknown';
   reason?: string;
+  disabled?: boolean;
   hostname?: string;
   cpus?: number;
   memoryBytes?: number;
@@ -23,7 +24,7 @@ export function agentTable(list: AgentRow[]): string {
     ['NAME', 'STATE', 'ADDRESS', 'HOSTNAME', 'CPUS', 'MEMORY', 'ACCEL', 'VMS', 'REGISTERED'],
     list.map((a) => [
       a.name,
-      a.state === 'up' ? 'up' : `down (${a.reason ?? '?'})`,
+      `${a.state}${a.reason ? ` (${a.reason})` : ''}${a.disabled ? ', disabled' : ''}`,
       a.local ? 'embedded' : (a.url ?? '-'),
       a.hostname ?? '-',
       a.cpus !== undefined ? String(a.cpus) : '-',
@@ -65,7 +66,7 @@ export const agentCommands: CommandSpec[] = [
     },
   },
   {
-    name: 'agent rm', usage: 'AGENT [AGENT...]', summary: 'Forget registered agents (refused while VMs are on them)', minArgs: 1, options: [],
+    name: 'agent rm', usage: 'AGENT [AGENT...]', summary: 'Forget registered agents (refused while containers or VMs are recorded on them; as host rm)', minArgs: 1, options: [],
     async run({ args, global }) {
       const client = clientOf(global);
       return eachArg(args, async (name) => {

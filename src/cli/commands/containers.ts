@@ -61,7 +61,34 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'link', type: 'list', value: 'NAME[:ALIAS]', description: 'Link to a running container: its address in /etc/hosts and ALIAS_* variables' },
   { name: 'network-alias', type: 'list', value: 'NAME', description: "Another name the network's DNS answers for this container" },
   { name: 'log-opt', type: 'list', value: 'KEY=VALUE', description: 'Log rotation: max-size=SIZE (default 10m), max-file=N (default 3), as docker' },
+  ...PLACEMENT_OPTIONS(),
 ];
+
+/** Where an instance may run (containers and VMs); the scheduler chooses among the hosts that pass. */
+export function PLACEMENT_OPTIONS(): CommandSpec['options'] {
+  return [
+    { name: 'host', type: 'string', value: 'HOST', description: 'System administrators: run it on this host (nimbus host ls)' },
+    { name: 'zone', type: 'string', value: 'ZONE', description: 'Only hosts of this zone' },
+    { name: 'constraint', type: 'list', value: 'K=V', description: 'Only hosts with this label' },
+    { name: 'group', type: 'string', value: 'GROUP', description: 'Server group of the project (its affinity or anti-affinity policy applies)' },
+  ];
+}
+
+/** --host, --zone, --constraint k=v, --group → the create body's placement fields. */
+export function placementBody(opts: CommandContext['opts']): Record<string, unknown> {
+  const constraints: Record<string, string> = {};
+  for (const c of (opts.constraint as string[] | undefined) ?? []) {
+    const eq = c.indexOf('=');
+    if (eq < 1) throw new UsageError(`invalid --constraint "${c}": expected KEY=VALUE`);
+    constraints[c.slice(0, eq)] = c.slice(eq + 1);
+  }
+  return {
+    ...(opts.host !== undefined ? { host: opts.host } : {}),
+    ...(opts.zone !== undefined ? { zone: opts.zone } : {}),
+    ...(Object.keys(constraints).length ? { constraints } : {}),
+    ...(opts.group !== undefined ? { group: opts.group } : {}),
+  };
+}
 
 /** --log-opt max-size=10m --log-opt max-file=3 → the create body's `log` (Docker's json-file/local keys). */
 export function parseLogOpts(specs: string[]): { maxSizeBytes?: number; maxFiles?: number } | undefined {
@@ -144,6 +171,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(list('link').length ? { links: list('link').map(parseLink) } : {}),
     ...(list('network-alias').length ? { aliases: list('network-alias') } : {}),
     ...(list('log-opt').length ? { log: parseLogOpts(list('log-opt')) } : {}),
+    ...placementBody(opts),
   };
 }
 

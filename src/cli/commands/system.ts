@@ -3,31 +3,58 @@ import { readFileSync } from 'node:fs';
 import { ago, printJson, render, table } from '../output.js';
 import { clientOf } from './shared.js';
 
+interface EmbeddedAgentInfo {
+  runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[]; snapshotter: string; cgroupLayout: string; kernel: string; cpus: number; memoryBytes: number;
+  warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; misses: number };
+  vm?: { accelerator: string; reason: string };
+}
+
+function embeddedAgentLines(a: EmbeddedAgentInfo): string[] {
+  const w = a.warmPool;
+  return [
+    ...(a.vm ? [`VM accelerator: ${a.vm.accelerator} (${a.vm.reason})`] : []),
+    `Snapshotter: ${a.snapshotter}`,
+    `Cgroups: ${a.cgroupLayout}`,
+    `Runtimes: ${a.runtimes.map((r) => `${r.name}${r.default ? ' (default)' : ''}${r.usable ? '' : ` (unusable: ${r.reason})`}`).join(', ')}`,
+    `Warm pool: ${!w ? 'none' : w.perImage === 0 ? 'off' : `${w.ready} ready for ${w.hotImages} image(s), ${w.perImage} per image (hits ${w.hits}, misses ${w.misses})`}`,
+    `Kernel: ${a.kernel}`,
+    `CPUs: ${a.cpus}`,
+    `Memory: ${(a.memoryBytes / 1024 ** 3).toFixed(1)} GiB`,
+  ];
+}
+
+interface ReplicaRow { id: string; hostname: string; pid: number; startedAt: number; lastSeen: number; apiUrl: string | null; live: boolean; leader: boolean }
+
 export const systemCommands: CommandSpec[] = [
+  {
+    name: 'replicas', usage: '', summary: 'List the control-plane processes sharing the store, and the leader (administrators)', maxArgs: 0, options: [OUTPUT_OPTION],
+    async run({ global }) {
+      const r = await clientOf(global).json<{ self: string; leader: string | null; replicas: ReplicaRow[] }>('GET', '/replicas');
+      if (global.output === 'json') return printJson(r), 0;
+      process.stdout.write(table(
+        ['ID', 'ROLE', 'STATE', 'HOST', 'PID', 'API', 'STARTED', 'SEEN'],
+        r.replicas.map((x) => [
+          x.id + (x.id === r.self ? ' (this one)' : ''), x.leader ? 'leader' : 'follower', x.live ? 'live' : 'gone', x.hostname, String(x.pid), x.apiUrl ?? '-',
+          ago(new Date(x.startedAt).toISOString()), ago(new Date(x.lastSeen).toISOString()),
+        ]),
+      ));
+      return 0;
+    },
+  },
   {
     name: 'info', usage: '', summary: 'Show facts about the host and daemon', maxArgs: 0, options: [OUTPUT_OPTION],
     async run({ global }) {
-      const info = await clientOf(global).json<Record<string, unknown> & { agent: Record<string, unknown>; containers: Record<string, number> }>('GET', '/info');
+      const info = await clientOf(global).json<Record<string, unknown> & { agent: EmbeddedAgentInfo | null; containers: Record<string, number> }>('GET', '/info');
       if (global.output === 'json') return printJson(info), 0;
-      const a = info.agent as { runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[]; snapshotter: string; cgroupLayout: string; kernel: string; cpus: number; memoryBytes: number;
-        warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; misses: number };
-        vm?: { accelerator: string; reason: string } };
+      const a = info.agent;
       const vms = info.vms as Record<string, number> | undefined;
-      const w = a.warmPool;
       const lines = [
         `Server version: ${String(info.version)}`,
         `Home: ${String(info.home)}`,
         `Containers: ${info.containers.total} (running ${info.containers.running}, paused ${info.containers.paused}, exited ${info.containers.exited})`,
         ...(vms ? [`VMs: ${vms.total} (running ${vms.running}, paused ${vms.paused}, saved ${vms.saved}, stopped ${vms.stopped})`] : []),
         `Images: ${String(info.images)}`,
-        ...(a.vm ? [`VM accelerator: ${a.vm.accelerator} (${a.vm.reason})`] : []),
-        `Snapshotter: ${a.snapshotter}`,
-        `Cgroups: ${a.cgroupLayout}`,
-        `Runtimes: ${a.runtimes.map((r) => `${r.name}${r.default ? ' (default)' : ''}${r.usable ? '' : ` (unusable: ${r.reason})`}`).join(', ')}`,
-        `Warm pool: ${!w ? 'none' : w.perImage === 0 ? 'off' : `${w.ready} ready for ${w.hotImages} image(s), ${w.perImage} per image (hits ${w.hits}, misses ${w.misses})`}`,
-        `Kernel: ${a.kernel}`,
-        `CPUs: ${a.cpus}`,
-        `Memory: ${(a.memoryBytes / 1024 ** 3).toFixed(1)} GiB`,
+        ...(a ? embeddedAgentLines(a) : ['Embedded agent: none (--no-agent; the hosts are `nimbus host ls`)']),
       ];
       process.stdout.write(lines.join('\n') + '\n');
       return 0;

@@ -9,6 +9,7 @@ import { type ApiClient } from '../client.js';
 import { OUTPUT_OPTION, UsageError, parseSize, type CommandContext, type CommandSpec, type OptionSpec } from '../args.js';
 import { ago, printJson, render, short, statusText, table, truncate } from '../output.js';
 import { clientOf, eachArg, waitOperation } from './shared.js';
+import { PLACEMENT_OPTIONS, placementBody } from './containers.js';
 
 export interface Vm {
   id: string;
@@ -79,7 +80,8 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
   { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
   { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
-  { name: 'agent', type: 'string', value: 'AGENT', description: 'Run it on this agent (nimbus agent ls; default the embedded one)' },
+  { name: 'agent', type: 'string', value: 'AGENT', description: 'The older name of --host' },
+  ...PLACEMENT_OPTIONS(),
 ];
 
 /** An image's name as it is; a path (anything with a '/') made absolute. */
@@ -114,6 +116,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(((opts.network as string[] | undefined) ?? []).length ? { networks: opts.network } : {}),
     ...(opts.image !== undefined ? { image: opts.image } : {}),
     ...(opts.agent !== undefined ? { agent: opts.agent } : {}),
+    ...placementBody(opts),
   };
 }
 

@@ -6,30 +6,23 @@ import { join } from 'node:path';
 import { openStore } from '../../store/open.js';
 import type { Store } from '../../store/store.js';
 import { Unavailable } from '../../core/errors.js';
-import type { Agent } from '../../agent/agent.js';
+import { FakeAgent } from '../testing/fake-agent.js';
 import type { AgentRecord } from '../../store/records.js';
-import { AgentDirectory, remoteAgentConnector } from './agent-directory.js';
+import { AgentDirectory, HOST_UNKNOWN_AFTER_MS, remoteAgentConnector } from './agent-directory.js';
 import { AgentCa } from './agent-ca.js';
 import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
 import { parseJoinToken, formatJoinToken } from '../../agent/remote/join-token.js';
 import { certCommonName, issuedBy, makeKeyAndCsr } from '../../core/pki.js';
 
-/** What the directory uses of an agent: its name, its VMs, exits and close. Hosts behind URLs are simulated here. */
+/** A host behind a URL, simulated: a fake agent answering as `name` (undefined: it does not answer) with these VMs. */
 function stubAgent(name: string | undefined, vms: string[] = []) {
-  const exit: Array<(id: string) => void> = [];
-  let closed = false;
-  const a = {
-    info: async () => {
-      if (name === undefined) throw new Unavailable('connect ECONNREFUSED');
-      return { name, hostname: 'h', cpus: 2, memoryBytes: 1 << 30 };
-    },
-    listVms: async () => vms,
-    onVmExit: (l: (id: string) => void) => exit.push(l),
-    close: async () => {
-      closed = true;
-    },
-  };
-  return { agent: a as unknown as Agent & { close(): Promise<void> }, exit: (id: string) => exit.forEach((l) => l(id)), closed: () => closed };
+  const a = new FakeAgent({ name: name ?? 'nobody', cpus: 2, memoryBytes: 1 << 30 }).override('listVms', async () => vms);
+  if (name === undefined) {
+    a.override('info', async () => {
+      throw new Unavailable('connect ECONNREFUSED');
+    });
+  }
+  return { agent: a, exit: (id: string) => a.exitVm(id), closed: () => a.closed };
 }
 
 function setup(t: { after(fn: () => Promise<void>): void }, hosts: Record<string, ReturnType<typeof stubAgent>>, ca?: AgentCa) {
@@ -48,7 +41,7 @@ function setup(t: { after(fn: () => Promise<void>): void }, hosts: Record<string
       if (!h) throw new Error(`no stub for ${rec.url}`);
       return h.agent;
     };
-    return AgentDirectory.open(store, stubAgent('local').agent, 'local', connect, ca);
+    return AgentDirectory.open(store, stubAgent('local').agent, 'local', connect, ca, { refreshIntervalMs: 0 });
   };
   return open;
 }
@@ -95,9 +88,9 @@ test('agent directory: an agent that is down is listed down with the reason, not
   const open = setup(t, { 'unix:/run/b.sock': flaky });
   const dir = await open();
   await dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
-  (flaky.agent as unknown as { info: () => Promise<never> }).info = async () => {
+  flaky.agent.override('info', async () => {
     throw new Unavailable('agent b at unix:/run/b.sock: connect ENOENT');
-  };
+  });
   const b = (await dir.list(() => 0)).find((a) => a.name === 'b');
   assert.equal(b?.state, 'down');
   assert.match(b?.reason ?? '', /ENOENT/);
@@ -128,7 +121,7 @@ test('agent directory: a stored plain-HTTP registration is listed down with the 
     rmSync(dir, { recursive: true, force: true });
   });
   await store.agents.put({ name: 'old', url: 'http://127.0.0.1:9', token: TOKEN, registeredAt: new Date().toISOString() });
-  const d = await AgentDirectory.open(store, stubAgent('local').agent, 'local', remoteAgentConnector(undefined));
+  const d = await AgentDirectory.open(store, stubAgent('local').agent, 'local', remoteAgentConnector(undefined), undefined, { refreshIntervalMs: 0 });
   const old = (await d.list(() => 0)).find((a) => a.name === 'old');
   assert.equal(old?.state, 'down');
   assert.match(old?.reason ?? '', /over TLS only/);
@@ -182,4 +175,132 @@ test('agent directory: join tokens are one-time, short-lived, pinned to the CA, 
   // without a CA there are no tokens
   const plain = await setup(t, {})();
   await assert.rejects(plain.issueJoinToken(), { code: 'Conflict' });
+});
+
+/** Two directories (control-plane processes) over one store, a clock the test moves. */
+function hostsSetup(t: { after(fn: () => Promise<void>): void }, hosts: Record<string, ReturnType<typeof stubAgent>>) {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-hosts-'));
+  let now = 1_800_000_000_000;
+  const stores: Store[] = [];
+  const dirs: AgentDirectory[] = [];
+  t.after(async () => {
+    for (const d of dirs) await d.close();
+    for (const s of stores) await s.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const local = new FakeAgent({ name: 'local', cpus: 8, memoryBytes: 16 << 30, diskBytes: 500 << 30, runtimes: ['runc', 'crun'], accelerator: 'kvm' });
+  const open = async () => {
+    const store = await openStore(join(dir, 'nimbus.db'));
+    stores.push(store);
+    const connect = (rec: AgentRecord) => hosts[rec.url]!.agent;
+    const d = await AgentDirectory.open(store, local, 'local', connect, undefined, { refreshIntervalMs: 0, now: () => now });
+    dirs.push(d);
+    return { d, store };
+  };
+  return { open, local, tick: (ms: number) => void (now += ms) };
+}
+
+test('hosts: the embedded agent is a host with a row; facts are cached by the refresh and candidates() calls no host', async (t) => {
+  const b = stubAgent('b');
+  const { open, local, tick } = hostsSetup(t, { 'unix:/run/b.sock': b });
+  const { d, store } = await open();
+  assert.equal((await store.agents.get('local'))?.url, 'embedded:', 'the embedded host has a row for its settings');
+  assert.deepEqual((await d.candidates()).map((h) => [h.name, h.state]), [['local', 'unknown']], 'never asked, no facts: unknown');
+
+  await d.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  await d.refresh();
+  const asked = local.calls('info').length + b.agent.calls('info').length;
+  const hosts = await d.candidates();
+  assert.equal(local.calls('info').length + b.agent.calls('info').length, asked, 'candidates() asks no host');
+  assert.deepEqual(hosts.find((h) => h.name === 'local'), {
+    name: 'local', state: 'up', disabled: false, zone: 'default', labels: {}, cpus: 8, memoryBytes: 16 << 30, diskBytes: 500 << 30,
+    accelerator: 'kvm', runtimes: ['runc', 'crun'], architecture: 'amd64', allocationRatios: { cpu: 4, memory: 1, disk: 1 },
+  });
+  assert.equal(hosts.find((h) => h.name === 'b')?.cpus, 2);
+  assert.equal((await store.agents.get('local'))?.facts?.cpus, 8, 'facts are stored');
+
+  // b stops answering: down with the reason, its facts kept; nothing is removed
+  b.agent.failNext('info', new Unavailable('connect ENOENT'));
+  tick(10_000);
+  await d.refresh();
+  const down = (await d.candidates()).find((h) => h.name === 'b');
+  assert.deepEqual([down?.state, down?.cpus], ['down', 2]);
+  assert.deepEqual(d.names(), ['local', 'b']);
+  const listed = (await d.list({ vmsOn: () => 0 })).find((h) => h.name === 'b');
+  assert.equal(listed?.state, 'up', 'a listing asks again: it answers now');
+});
+
+test('hosts: a host not heard from since this process started is unknown once its stored facts are old, up while they are recent', async (t) => {
+  const b = stubAgent('b');
+  const { open, tick } = hostsSetup(t, { 'unix:/run/b.sock': b });
+  const first = await open();
+  await first.d.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  // another process over the same store: it has not asked b, the facts b gave are recent
+  const second = await open();
+  tick(5_000);
+  assert.equal((await second.d.candidates()).find((h) => h.name === 'b')?.state, 'up');
+  tick(HOST_UNKNOWN_AFTER_MS);
+  const stale = (await second.d.candidates()).find((h) => h.name === 'b');
+  assert.equal(stale?.state, 'unknown');
+  assert.equal(stale?.cpus, 2, 'its last facts are still what placement knows of it');
+});
+
+test('hosts: disable, enable, zone, labels and ratios are checked, stored, kept across a registration again, and seen by another process', async (t) => {
+  const b = stubAgent('b');
+  const { open, tick } = hostsSetup(t, { 'unix:/run/b.sock': b, 'unix:/run/b2.sock': b });
+  const { d } = await open();
+  await d.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  const other = await open();
+
+  const off = await d.disable('b', { reason: 'disk swap', by: 'admin' });
+  assert.deepEqual([off.disabled, off.disabledReason, off.disabledBy], [true, 'disk swap', 'admin']);
+  await d.updateSettings('b', { zone: 'eu-1a', labels: { rack: 'r12', ssd: 'true' }, allocationRatios: { cpu: 2, disk: 1.5 } });
+  const after = await d.updateSettings('b', { labels: { gpu: 'a100' }, unsetLabels: ['ssd'], allocationRatios: { disk: null } });
+  assert.deepEqual([after.zone, after.labels, after.allocationRatios], ['eu-1a', { rack: 'r12', gpu: 'a100' }, { cpu: 2, memory: 1, disk: 1 }]);
+  await d.updateSettings('local', { zone: 'home' });
+
+  await assert.rejects(d.updateSettings('b', { zone: 'no spaces' }), { code: 'InvalidArgument', message: /invalid zone/ });
+  await assert.rejects(d.updateSettings('b', { labels: { 'bad key!': 'x' } }), { code: 'InvalidArgument', message: /invalid label key/ });
+  await assert.rejects(d.updateSettings('b', { labels: { ok: 'bad value' } }), { code: 'InvalidArgument', message: /invalid value/ });
+  await assert.rejects(d.updateSettings('b', { allocationRatios: { cpu: 0 } }), { code: 'InvalidArgument', message: /above 0/ });
+  await assert.rejects(d.updateSettings('b', { allocationRatios: { gpu: 2 } as never }), { code: 'InvalidArgument', message: /unknown allocation ratio/ });
+  await assert.rejects(d.disable('nope', { by: 'admin' }), { code: 'NotFound' });
+  await assert.rejects(d.remove('local'), { code: 'Conflict', message: /embedded agent cannot be removed/ });
+
+  // the agent restarts at another address: the administrator's settings stay
+  await d.register({ name: 'b', url: 'unix:/run/b2.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  // the other process reads the rows again within a second
+  tick(1_000);
+  const seen = await other.d.candidates();
+  assert.deepEqual(seen.map((h) => [h.name, h.disabled, h.zone, h.labels, h.allocationRatios?.cpu]), [
+    ['local', false, 'home', {}, 4],
+    ['b', true, 'eu-1a', { rack: 'r12', gpu: 'a100' }, 2],
+  ]);
+  await d.enable('b');
+  tick(1_000);
+  assert.equal((await other.d.candidates()).find((h) => h.name === 'b')?.disabled, false);
+  // a removal through one process is one through the other
+  await d.remove('b');
+  tick(1_000);
+  assert.deepEqual((await other.d.candidates()).map((h) => h.name), ['local']);
+  assert.deepEqual(other.d.names(), ['local']);
+});
+
+test('hosts: a control plane without an embedded agent (--no-agent) lists and offers only registered hosts', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-hosts-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  const standIn = new FakeAgent({ name: 'local' });
+  const b = stubAgent('b');
+  const d = await AgentDirectory.open(store, standIn, 'local', () => b.agent, undefined, { refreshIntervalMs: 0, embedded: false });
+  t.after(async () => {
+    await d.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  assert.equal(await store.agents.get('local'), undefined, 'no row for the stand-in');
+  await d.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  assert.deepEqual((await d.candidates()).map((h) => h.name), ['b']);
+  assert.deepEqual((await d.list(() => 0)).map((h) => h.name), ['b']);
+  assert.equal(standIn.calls('info').length, 0, 'the stand-in is never asked');
+  await assert.rejects(d.disable('local', { by: 'admin' }), { code: 'NotFound' });
 });

@@ -20,29 +20,53 @@ import { QuotaService } from '../quota/quota-service.js';
 import { ImageService } from '../images/image-service.js';
 import { NetworkService } from '../networks/network-service.js';
 import { ContainerService, type ContainerServiceOptions } from './container-service.js';
-import { Internal, isNimbusError } from '../../core/errors.js';
+import { Internal, Unavailable, isNimbusError } from '../../core/errors.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
+import { RecordingScheduler } from './test-scheduler.js';
+import type { HostAgents } from './hosts.js';
+import { FakeAgent, fakeImage } from '../testing/fake-agent.js';
 
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
+/** The embedded agent as "local" and the others under their names. */
+function hostsOf(local: Agent, others: Record<string, Agent>): HostAgents {
+  // looked up on each call: a test may replace a host's connection (a registration again)
+  const find = (n: string) => (n === 'local' ? local : Object.hasOwn(others, n) ? others[n] : undefined);
+  return {
+    localName: 'local',
+    names: () => ['local', ...Object.keys(others)],
+    has: (n) => find(n) !== undefined,
+    get: (n) => {
+      const a = find(n);
+      if (!a) throw new Unavailable(`no such host ${n}`);
+      return a;
+    },
+  };
+}
+
 /** The control plane around a container service on `store` and `agent`: project p1 and the image example.test/busybox:latest in it. */
-async function wireContainerService(store: Store, agent: Agent, opts?: ConstructorParameters<typeof ContainerService>[7]): Promise<ContainerService> {
+async function wireContainerService(store: Store, agent: Agent, opts?: ConstructorParameters<typeof ContainerService>[8], others: Record<string, Agent> = {}) {
   await store.projects.insert({ id: 'p1', name: 'default', parentId: null, createdAt: new Date().toISOString() });
   const events = new EventBus();
   const quota = await QuotaService.open(store);
   await quota.ensureProject('p1', null);
   const operations = new OperationService(store, events);
+  const hosts = hostsOf(agent, others);
+  const scheduler = new RecordingScheduler(hosts);
   const images = new ImageService(store, agent, events, operations, []);
+  images.useHosts(hosts);
   const networks = new NetworkService(store, agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
-  const containers = new ContainerService(store, agent, images, events, quota, operations, networks, opts);
+  networks.useHosts(hosts);
+  const containers = new ContainerService(store, hosts, scheduler, images, events, quota, operations, networks, opts);
   const now = new Date().toISOString();
   await store.images.upsert({ digest: DIGEST, projectId: 'p1', indexDigest: null, configDigest: DIGEST, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: DIGEST, size: 1, createdAt: now });
   await store.images.setTag({ projectId: 'p1', name: 'example.test/busybox:latest', digest: DIGEST, updatedAt: now });
-  return containers;
+  await store.images.addHost(DIGEST, 'local');
+  return { containers, scheduler, quota, events, networks };
 }
 
-async function setup(t: { after(fn: () => Promise<void>): void }, startFails: boolean, over: Record<string, unknown> = {}, opts: ContainerServiceOptions = {}) {
+async function setup(t: { after(fn: () => Promise<void>): void }, startFails: boolean, over: (agent: FakeAgent, calls: string[]) => void = () => undefined, opts: ContainerServiceOptions = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-'));
   const store = await openStore(join(dir, 'nimbus.db'));
   t.after(async () => {
@@ -50,26 +74,23 @@ async function setup(t: { after(fn: () => Promise<void>): void }, startFails: bo
     rmSync(dir, { recursive: true, force: true });
   });
   const calls: string[] = [];
-  const agent = {
-    claimWarmContainer: () => undefined,
-    createContainer: async (req: { id: string }) => {
+  const agent = new FakeAgent({ name: 'local' })
+    .override('createContainer', async (req) => {
       calls.push(`create ${req.id}`);
       return { status: 'created', warnings: ['nofile clamped'], runtime: 'runc' };
-    },
-    startContainer: async (id: string) => {
+    })
+    .override('startContainer', async (id) => {
       calls.push(`start ${id}`);
       if (startFails) throw new Internal('runc start: the init process is gone');
       return { status: 'running', pid: 4242 };
-    },
-    removeContainer: async (id: string) => {
+    })
+    .override('removeContainer', async (id) => {
       calls.push(`remove ${id}`);
-    },
-    stopContainer: async () => ({ status: 'stopped' }),
-    containerState: async () => ({ status: 'created' }),
-    onContainerExit: () => undefined,
-    ...over,
-  } as unknown as Agent;
-  const containers = await wireContainerService(store, agent, opts);
+    })
+    .override('stopContainer', async () => ({ status: 'stopped' }))
+    .override('containerState', async () => ({ status: 'created' }));
+  over(agent, calls);
+  const { containers } = await wireContainerService(store, agent, opts);
   const input = (extra: Record<string, unknown> = {}) =>
     ({ image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
   return { store, containers, calls, input };
@@ -134,12 +155,10 @@ test('create with start: a failed start of an autoRemove container removes it', 
 });
 
 test('requests the runtime cannot run as asked are refused (400, naming the field) before any agent call, warm or cold', async (t) => {
-  const { containers, calls, input } = await setup(t, false, {
-    claimWarmContainer: () => {
-      calls.push('claim');
-      return undefined;
-    },
-  });
+  const { containers, calls, input } = await setup(t, false, (agent, calls) => agent.override('claimWarmContainer', () => {
+    calls.push('claim');
+    return undefined;
+  }));
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ cmd: ['sh', '-c', 'a\0b'] }, /cmd: argument .* NUL/],
     [{ cmd: ['\x01'] }, /cmd: the program name .* control character/],
@@ -174,11 +193,10 @@ test('requests the runtime cannot run as asked are refused (400, naming the fiel
 
 test('stop and restart timeouts above MAX_STOP_TIMEOUT_SEC are refused; an agent call that hangs does not hold the lock', async (t) => {
   let hang = true;
-  const { containers, input } = await setup(t, false, {
-    pauseContainer: () => (hang ? new Promise(() => undefined) : Promise.resolve()),
-    unpauseContainer: async () => undefined,
-    killContainer: async () => undefined,
-  }, { agentDeadlineMs: 300 });
+  const { containers, input } = await setup(t, false, (agent) => agent
+    .override('pauseContainer', () => (hang ? new Promise(() => undefined) : Promise.resolve()))
+    .override('unpauseContainer', async () => undefined)
+    .override('killContainer', async () => undefined), { agentDeadlineMs: 300 });
   const c = await containers.create(input({ name: 'held' }), 'p1', { projectId: 'p1' }, { start: true });
   for (const bad of [MAX_STOP_TIMEOUT_SEC + 1, 1e9, -1, Number.NaN]) {
     await assert.rejects(containers.stop(c.id, bad), { code: 'InvalidArgument', message: /timeout must be 0 to 3600 seconds/ });
@@ -196,15 +214,14 @@ test('stop and restart timeouts above MAX_STOP_TIMEOUT_SEC are refused; an agent
 test('restart policy: an exit is recorded and the container started again; a stop while it waits for the restart cancels it', async (t) => {
   const exits: Array<(id: string) => void> = [];
   let running = true;
-  const { containers, calls, input } = await setup(t, false, {
-    onContainerExit: (l: (id: string) => void) => exits.push(l),
-    containerState: async () => (running ? { status: 'running', pid: 4242 } : { status: 'stopped', exitCode: 3, finishedAt: new Date().toISOString() }),
-    startContainer: async (id: string) => {
+  const { containers, calls, input } = await setup(t, false, (agent, calls) => agent
+    .override('onContainerExit', (l) => void exits.push(l))
+    .override('containerState', async () => (running ? { status: 'running', pid: 4242 } : { status: 'stopped', exitCode: 3, finishedAt: new Date().toISOString() }))
+    .override('startContainer', async (id) => {
       calls.push(`start ${id}`);
       running = true;
       return { status: 'running', pid: 4242 };
-    },
-  });
+    }));
   const c = await containers.create(input({ name: 'phoenix', restart: { name: 'always' } }), 'p1', { projectId: 'p1' }, { start: true });
   const exit = async () => {
     running = false;
@@ -229,6 +246,176 @@ test('restart policy: an exit is recorded and the container started again; a sto
   assert.equal(calls.filter((x) => x.startsWith('start')).length, startsBefore, 'no start after the stop');
 });
 
+// ------------------------------------------------------------------ on several hosts (typed fake agents)
+
+async function twoHosts(t: { after(fn: () => Promise<void>): void }) {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-hosts-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const local = new FakeAgent({ name: 'local' });
+  const b = new FakeAgent({ name: 'b' });
+  // a registry pull by digest gives the image the store knows (same layers)
+  b.override('pullImage', async (ref) => fakeImage(ref, { manifestDigest: DIGEST, chainId: DIGEST }));
+  const wired = await wireContainerService(store, local, {}, { b });
+  const input = (extra: Record<string, unknown> = {}) =>
+    ({ image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
+  return { store, local, b, input, ...wired };
+}
+
+test('hosts: a container placed on another host is pulled, made, run, read and removed there, and the claim follows it', async (t) => {
+  const { store, local, b, input, containers, scheduler, networks } = await twoHosts(t);
+  const front = await networks.create({ name: 'front' }, 'p1');
+  await store.placement.insertGroup({ id: 'g'.repeat(32), projectId: 'p1', name: 'web-tier', policy: 'anti-affinity', createdAt: new Date().toISOString() });
+  const c = await containers.create(input({ name: 'far', network: 'front', cpus: 1.5, memoryBytes: 64 * 1024 * 1024 }), 'p1', { projectId: 'p1' },
+    { start: true, placement: { host: 'b', zone: 'z1', constraints: { disk: 'ssd' }, group: 'web-tier' } });
+  assert.deepEqual([c.host, c.status, (await store.containers.get(c.id))?.host], ['b', 'running', 'b']);
+  const asked = scheduler.asked.at(-1)!;
+  assert.deepEqual(
+    [asked.consumerId, asked.kind, asked.vcpus, asked.memoryBytes, asked.host, asked.zone, asked.constraints, asked.group, asked.imageChainId],
+    [c.id, 'container', 1.5, 64 * 1024 * 1024, 'b', 'z1', { disk: 'ssd' }, 'g'.repeat(32), DIGEST],
+    'the group named is passed as its id',
+  );
+  await assert.rejects(containers.create(input({ name: 'lonely' }), 'p1', { projectId: 'p1' }, { placement: { group: 'nope' } }), { code: 'NotFound', message: /no server group "nope"/ });
+  assert.equal(scheduler.claims.get(c.id), 'b');
+  // pulled on b by digest, from the registry its tag names; recorded there
+  assert.deepEqual(b.calls('pullImage').map(([ref]) => ref), [`example.test/busybox@${DIGEST}`]);
+  assert.deepEqual(await store.images.hosts(DIGEST), ['b', 'local']);
+  // the network laid out on b before the container, and recorded
+  assert.deepEqual(b.calls('ensureNetwork').map(([n]) => n.id), [front.id]);
+  assert.deepEqual(await store.networks.hosts(front.id), ['b', 'local']);
+  assert.deepEqual(local.calls('createContainer'), [], 'nothing made on the embedded agent');
+  assert.deepEqual(b.calls('createContainer').map(([r]) => r.id), [c.id]);
+
+  b.addLog(c.id, 'hello from b');
+  const lines: string[] = [];
+  for await (const r of await containers.logs(c.id, {})) lines.push(r.line);
+  assert.deepEqual(lines, ['hello from b']);
+  assert.equal(await (await containers.exec(c.id, { args: ['true'] } as never)).exit, 0);
+  assert.equal((await containers.stats(c.id)).pids, 1);
+  assert.equal((await containers.pause(c.id)).status, 'paused');
+  assert.equal((await containers.unpause(c.id)).status, 'running');
+  assert.equal((await containers.stop(c.id, 1)).status, 'exited');
+  assert.equal((await containers.start(c.id)).status, 'running');
+
+  // a second container there: the image is on b already, no second pull
+  const d = await containers.create(input({ name: 'near-d' }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } });
+  assert.equal(b.calls('pullImage').length, 1);
+  // an exit reported by b is recorded; the same id reported by another host is not this container's
+  local.exitContainer(c.id, 9);
+  await sleep(20);
+  assert.equal((await containers.get(c.id)).status, 'running', 'another host\'s report is ignored');
+  b.exitContainer(c.id, 7);
+  for (let i = 0; i < 50 && (await containers.get(c.id)).status === 'running'; i++) await sleep(5);
+  assert.deepEqual([(await containers.get(c.id)).status, (await containers.get(c.id)).exitCode], ['exited', 7]);
+
+  await containers.remove(c.id, true);
+  await containers.remove(d.id, true);
+  assert.deepEqual([...b.containers.keys()], [], 'nothing left on b');
+  assert.equal(scheduler.claims.size, 0, 'claims released');
+  assert.ok(local.calls('removeContainer').every(([id]) => id !== c.id && id !== d.id), 'removals went to b only');
+  // network removal reaches every host it is laid out on
+  await networks.remove('front', { projectId: 'p1' });
+  assert.deepEqual([local.calls('removeNetwork').map(([id]) => id), b.calls('removeNetwork').map(([id]) => id)], [[front.id], [front.id]]);
+  assert.deepEqual(await store.networks.hosts(front.id), []);
+});
+
+test('hosts: a create that fails on its host leaves nothing: no record, claim, quota or host state', async (t) => {
+  const { store, b, input, containers, scheduler, quota } = await twoHosts(t);
+  b.failNext('createContainer', new Internal('runc create: boom'));
+  await assert.rejects(containers.create(input({ name: 'fails' }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } }), { code: 'Internal', message: /boom/ });
+  const id = b.calls('createContainer')[0]![0].id;
+  assert.equal(await store.containers.get(id), undefined);
+  assert.equal(scheduler.claims.size, 0);
+  assert.equal(quota.holds(id), false);
+  assert.deepEqual([...b.containers.keys()], []);
+  // a pull that fails on the host: the same, and the error says which host and image
+  const other = await twoHosts(t);
+  other.b.failNext('pullImage', new Unavailable('registry down'));
+  await assert.rejects(other.containers.create(other.input({ name: 'nopull' }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } }),
+    { code: 'Unavailable', message: /host b could not pull example.test\/busybox@sha256:a+: registry down/ });
+  assert.deepEqual([(await other.store.containers.list()).length, other.scheduler.claims.size], [0, 0]);
+  // a host that pulls other layers than the store's image is refused, not used
+  other.b.override('pullImage', async (ref) => fakeImage(ref));
+  await assert.rejects(other.containers.create(other.input({ name: 'other-layers' }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } }), { code: 'Conflict', message: /pulled .* as layers/ });
+  assert.equal(other.scheduler.claims.size, 0);
+});
+
+test('hosts: an image imported from an archive is refused on a host that lacks it, naming the hosts that hold it', async (t) => {
+  const { store, b, input, containers, scheduler } = await twoHosts(t);
+  const archived = `sha256:${'b'.repeat(64)}`;
+  await store.images.upsert({ digest: archived, projectId: 'p1', indexDigest: null, configDigest: archived, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: archived, size: 1, createdAt: new Date().toISOString() });
+  await store.images.addHost(archived, 'local');
+  const err = await containers.create(input({ name: 'boxed', image: archived }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } }).then(() => assert.fail('refused'), (e: unknown) => e);
+  assert.ok(isNimbusError(err));
+  assert.equal(err.code, 'Conflict');
+  assert.match(err.message, /imported from an archive, so host b cannot pull it; it is on local/);
+  assert.deepEqual(err.details?.hosts, ['local']);
+  assert.deepEqual(b.calls('pullImage'), []);
+  assert.equal(scheduler.claims.size, 0);
+  // on the embedded agent it runs as before
+  assert.equal((await containers.create(input({ name: 'boxed', image: archived }), 'p1', { projectId: 'p1' })).host, 'local');
+});
+
+test('hosts: reconcile leaves a host that does not answer alone; its containers show unknown until it answers', async (t) => {
+  const { b, input, containers } = await twoHosts(t);
+  const c = await containers.create(input({ name: 'far' }), 'p1', { projectId: 'p1' }, { start: true, placement: { host: 'b' } });
+  const l = await containers.create(input({ name: 'near' }), 'p1', { projectId: 'p1' }, { start: true });
+  assert.equal(l.host, 'local');
+  b.failNext('listContainers', new Unavailable('agent b is down'));
+  const r = await containers.reconcile();
+  assert.deepEqual(r.unreachableHosts, ['b']);
+  assert.equal(r.lost, 0, 'not guessed lost');
+  const far = await containers.get(c.id);
+  assert.equal(far.status, 'running', 'the stored status is kept');
+  assert.equal(containers.view(far).status, 'unknown');
+  assert.equal(containers.view(await containers.get(l.id)).status, 'running');
+  const again = await containers.reconcile();
+  assert.deepEqual(again.unreachableHosts, []);
+  assert.equal(containers.view(await containers.get(c.id)).status, 'running');
+  // a container b lost while away is exited when b answers; b's orphans are removed
+  b.containers.delete(c.id);
+  await b.createContainer({ id: 'f'.repeat(64), name: 'orphan', imageChainId: DIGEST, process: { args: ['sh'] } as never, resources: {} });
+  const third = await containers.reconcile();
+  assert.deepEqual([third.lost, third.orphansRemoved], [1, 1]);
+  assert.equal((await containers.get(c.id)).status, 'exited');
+  assert.deepEqual([...b.containers.keys()], []);
+});
+
+test('hosts: an agent that registers again is listened to, and exits it saw while away are recorded', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-rereg-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const local = new FakeAgent({ name: 'local' });
+  let b = new FakeAgent({ name: 'b' });
+  b.override('pullImage', async (ref) => fakeImage(ref, { manifestDigest: DIGEST, chainId: DIGEST }));
+  // the directory hands out whichever connection to b is current (a registration replaces it)
+  const { containers } = await wireContainerService(store, local, {}, {
+    get b() {
+      return b;
+    },
+  } as Record<string, Agent>);
+  t.after(() => containers.shutdown());
+  const input = { image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none' } as never;
+  const c = await containers.create({ ...(input as object), name: 'far' } as never, 'p1', { projectId: 'p1' }, { start: true, placement: { host: 'b' } });
+  // b restarts and registers again: a new connection, which already holds the exit of c
+  const again = new FakeAgent({ name: 'b' });
+  again.containers.set(c.id, { ...b.containers.get(c.id)!, state: { status: 'stopped', exitCode: 5, finishedAt: new Date().toISOString() } });
+  b = again;
+  containers.watchHosts(20);
+  for (let i = 0; i < 100 && (await containers.get(c.id)).status === 'running'; i++) await sleep(10);
+  assert.deepEqual([(await containers.get(c.id)).status, (await containers.get(c.id)).exitCode], ['exited', 5], 'the exit seen while away');
+  await containers.start(c.id);
+  again.exitContainer(c.id, 6);
+  for (let i = 0; i < 100 && (await containers.get(c.id)).status === 'running'; i++) await sleep(10);
+  assert.equal((await containers.get(c.id)).exitCode, 6, 'and the new connection\'s exits are heard');
+});
+
 // ------------------------------------------------------------------ against real runc and conmon
 
 const runcUsable = (await probeRuntime('runc')) === undefined;
@@ -248,29 +435,29 @@ async function realSetup(t: { after(fn: () => Promise<void>): void; diagnostic(m
   driver.onExit((id) => {
     for (const l of exitListeners) l(id);
   });
-  const agent = {
-    onContainerExit: (l: (id: string) => void) => exitListeners.push(l),
-    claimWarmContainer: () => undefined,
-    createContainer: async (req: ContainerCreateRequest) => {
+  // the Agent calls the service makes, over the real driver
+  const agent = new FakeAgent({ name: 'local' })
+    .override('onContainerExit', (l) => void exitListeners.push(l))
+    .override('claimWarmContainer', () => undefined)
+    .override('createContainer', async (req: ContainerCreateRequest) => {
       const st = await driver.create({
         id: req.id, name: req.name, rootfs: [{ type: 'bind', source: rootfs, options: ['rbind', 'rw'] }],
         process: req.process, resources: req.resources, ...(req.hostname ? { hostname: req.hostname } : {}),
       });
       return { ...st, warnings: await driver.warnings(req.id), runtime: 'runc' };
-    },
-    startContainer: (id: string) => driver.start(id),
-    stopContainer: (id: string, sec: number, signal?: string) => driver.stop(id, sec, signal),
-    killContainer: (id: string, signal: string) => driver.kill(id, signal),
-    pauseContainer: (id: string) => driver.pause(id),
-    unpauseContainer: (id: string) => driver.unpause(id),
-    containerState: (id: string) => driver.state(id),
-    removeContainer: (id: string) => driver.delete(id),
-    listContainers: () => driver.list(),
-  } as unknown as Agent;
+    })
+    .override('startContainer', (id) => driver.start(id))
+    .override('stopContainer', (id, sec, signal) => driver.stop(id, sec, signal))
+    .override('killContainer', (id, signal) => driver.kill(id, signal))
+    .override('pauseContainer', (id) => driver.pause(id))
+    .override('unpauseContainer', (id) => driver.unpause(id))
+    .override('containerState', (id) => driver.state(id))
+    .override('removeContainer', (id) => driver.delete(id))
+    .override('listContainers', () => driver.list());
   const dir = join(base, 'db');
   await mkdir(dir);
   const store = await openStore(join(dir, 'nimbus.db'));
-  const containers = await wireContainerService(store, agent);
+  const { containers } = await wireContainerService(store, agent);
   t.after(async () => {
     containers.shutdown();
     for (const id of await driver.list()) await driver.delete(id).catch((e: unknown) => console.error('teardown delete', id, e));

@@ -9,7 +9,7 @@ import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { ContainerConfig, ContainerRecord, ContainerStatus, OperationRecord } from '../../store/records.js';
+import type { ContainerConfig, ContainerRecord, ContainerStatus, ImageRecord, OperationRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
@@ -21,6 +21,8 @@ import { checkHostname, checkIpv4, checkResources, checkStopTimeout } from './co
 import { withDeadline } from './deadline.js';
 import { generateName } from './names.js';
 import { checkProcess, processSpecFor } from './process-spec.js';
+import { placementFields, withGroupResolved, type HostAgents, type PlacementInput } from './hosts.js';
+import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
 
 const log = logger('compute');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
@@ -31,10 +33,20 @@ const RESTART_BACKOFF_MS = [100, 200, 400, 800, 1600, 3200, 6400, 10_000];
  * (conmon's own bound on `runc create` is 30 s).
  */
 const AGENT_DEADLINE_MS = 120_000;
+/** How long the start-time reconcile waits for a host other than the embedded one: one that does not answer is left alone. */
+const HOST_RECONCILE_MS = 15_000;
+
+/** A container as listings and inspect show it: "unknown" while its host does not answer (the stored status is kept). */
+export type ContainerView = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
 
 export interface ContainerServiceOptions {
   /** Override AGENT_DEADLINE_MS (tests). */
   agentDeadlineMs?: number;
+  /**
+   * Whether this process records exits and applies restart policies (every replica hears every
+   * host's exits; only the leader acts on them, so a container is restarted once). Default: always.
+   */
+  handlesExits?: () => boolean;
 }
 
 export interface CreateContainerInput extends ContainerConfig {
@@ -48,6 +60,8 @@ export interface CreateOptions {
    * and the error names it in details.container.
    */
   start?: boolean;
+  /** Where it may run (--host, --zone, --constraint, --group); the scheduler decides. */
+  placement?: PlacementInput;
 }
 
 export class ContainerService {
@@ -60,9 +74,16 @@ export class ContainerService {
   /** "<project id>/<name>" of creates waiting for a reclaim: their names are taken. */
   private readonly pendingNames = new Set<string>();
 
+  /** Agents whose container exits this service listens to (an agent that registers again is a new object). */
+  private readonly watched = new WeakSet<Agent>();
+  /** Hosts that did not answer the last reconcile: their containers show "unknown" until one does. */
+  private readonly unreachable = new Set<string>();
+  private hostWatch: NodeJS.Timeout | undefined;
+
   constructor(
     private readonly store: Store,
-    private readonly agent: Agent,
+    private readonly hosts: HostAgents,
+    private readonly scheduler: Scheduler,
     private readonly images: ImageService,
     private readonly events: EventBus,
     private readonly quota: QuotaService,
@@ -70,12 +91,66 @@ export class ContainerService {
     private readonly networks: NetworkService,
     private readonly opts: ContainerServiceOptions = {},
   ) {
-    agent.onContainerExit((id) => this.handleExitDetached(id));
+    for (const name of hosts.names()) this.agentOn(name);
+  }
+
+  /** The agent of a host, its container exits listened to from the first use on. */
+  private agentOn(host: string): Agent {
+    const agent = this.hosts.get(host);
+    if (!this.watched.has(agent)) {
+      this.watched.add(agent);
+      agent.onContainerExit((id) => this.handleExitDetached(id, host));
+    }
+    return agent;
+  }
+
+  /**
+   * Exits from every host, those registered (again) later included: every few seconds the
+   * directory is looked at (no call to a host) and an agent not listened to yet is; its running
+   * containers are then checked, so an exit it saw while away is recorded.
+   */
+  watchHosts(everyMs = 5000): void {
+    this.hostWatch ??= setInterval(() => this.attachNewHosts(), everyMs);
+    this.hostWatch.unref();
+  }
+
+  private attachNewHosts(): void {
+    for (const host of this.hosts.names()) {
+      let agent: Agent;
+      try {
+        agent = this.hosts.get(host);
+      } catch {
+        continue; // removed meanwhile
+      }
+      if (this.watched.has(agent)) continue;
+      this.agentOn(host);
+      void this.recheckHost(host, agent).catch((e: unknown) => log.warn('re-checking the containers of a host failed', { host, error: String(e) }));
+    }
+  }
+
+  /** A host back (or new): it answers again, and its live containers' exits are looked for. */
+  private async recheckHost(host: string, agent: Agent): Promise<void> {
+    await withDeadline(agent.listContainers(), HOST_RECONCILE_MS, `host ${host}'s container list`);
+    this.unreachable.delete(host);
+    for (const c of await this.store.containers.onHost(host)) {
+      if (c.status === 'running' || c.status === 'paused') this.handleExitDetached(c.id, host);
+    }
+  }
+
+  /** The agent of the host the container lives on. */
+  private agentOf(c: { host: string }): Agent {
+    return this.agentOn(c.host);
   }
 
   /** handleExit from a callback that cannot wait for it: its failure is logged. */
-  private handleExitDetached(id: string): void {
-    void this.handleExit(id).catch((e: unknown) => log.warn('recording a container exit failed', { id, error: String(e) }));
+  private handleExitDetached(id: string, host?: string): void {
+    if (this.opts.handlesExits && !this.opts.handlesExits()) return;
+    void this.handleExit(id, host).catch((e: unknown) => log.warn('recording a container exit failed', { id, error: String(e) }));
+  }
+
+  /** As listings and inspect show it: "unknown" while its host does not answer. */
+  view(c: ContainerRecord): ContainerView {
+    return this.unreachable.has(c.host) || !this.hosts.has(c.host) ? { ...c, status: 'unknown' } : c;
   }
 
   /** An agent call for container id, bounded: a hung agent answers Unavailable instead of holding the lock for ever. */
@@ -202,17 +277,26 @@ export class ContainerService {
       network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
     };
     request.name = name;
-    // A container the agent created ahead of demand becomes this one, id and all.
-    const warmId = this.agent.claimWarmContainer(request);
+    const local = this.hosts.localName;
+    // container:<id> shares that container's namespace, so it runs on that container's host
+    const sameHostAs = intent.mode === 'container' ? intent.container.host : undefined;
+    if (sameHostAs !== undefined && opts.placement?.host !== undefined && opts.placement.host !== sameHostAs) {
+      throw new InvalidArgument(`--network container:${intent.mode === 'container' ? intent.container.name : ''} runs on that container's host ${sameHostAs}, not ${opts.placement.host}`);
+    }
+    // a server group named in the request resolves before anything is held (NotFound names it)
+    const placement: PlacementInput = await withGroupResolved(this.store, projectId, { ...opts.placement, ...(sameHostAs !== undefined ? { host: sameHostAs } : {}) });
+    // A container the embedded agent created ahead of demand becomes this one, id and all (dropped if it is placed elsewhere).
+    const warmId = local !== undefined && (placement.host === undefined || placement.host === local) ? this.agentOn(local).claimWarmContainer(request) : undefined;
     const id = warmId ?? newId();
     const now = new Date().toISOString();
     const rec: ContainerRecord = {
       id, name, projectId, imageDigest: image.digest, config: { ...config, image: input.image },
       status: 'created', runtime: config.runtime ?? 'auto', pid: null, exitCode: null, oomKilled: false,
       restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
+      host: local ?? '', // the scheduler's choice, once admitted
     };
     const dropWarm = () => {
-      if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
+      if (warmId && local !== undefined) void this.agentOn(local).removeContainer(warmId).catch(() => undefined);
     };
     // Admission first: a refused request leaves nothing behind.
     let admission: Awaited<ReturnType<QuotaService['admitContainerOrPlanReclaim']>>;
@@ -222,7 +306,7 @@ export class ContainerService {
       dropWarm();
       throw e;
     }
-    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId, intent, opts) };
+    if ('decision' in admission) return { container: await this.createAdmitted(rec, request, warmId, intent, opts, image, placement) };
 
     const { reclaim, done } = admission;
     const held = `${projectId}/${name}`;
@@ -250,7 +334,7 @@ export class ContainerService {
           } finally {
             this.pendingNames.delete(held);
           }
-          return this.createAdmitted(rec, request, warmId, intent, opts);
+          return this.createAdmitted(rec, request, warmId, intent, opts, image, placement);
         })();
         return finished;
       });
@@ -266,14 +350,17 @@ export class ContainerService {
     return { operation, finished };
   }
 
-  /** The part of a create after admission: the record, then the agent's container (started too if asked). */
+  /** The part of a create after admission: the host, the record, then the agent's container (started too if asked). */
   private async createAdmitted(
-    rec: ContainerRecord,
+    admitted: ContainerRecord,
     request: Omit<ContainerCreateRequest, 'id'>,
-    warmId: string | undefined,
+    admittedWarmId: string | undefined,
     intent: NetworkIntent,
     opts: CreateOptions,
+    image: ImageRecord,
+    placement: PlacementInput,
   ): Promise<ContainerRecord> {
+    const { rec, warmId } = await this.place(admitted, admittedWarmId, intent, image, placement);
     const { record, patch } = await this.createRecordAndInstance(rec, request, warmId, intent, opts.start === true);
     if (!opts.start) return record;
     try {
@@ -284,6 +371,48 @@ export class ContainerService {
       if (rec.config.autoRemove) await this.remove(rec.id, true).catch(() => undefined);
       else await this.writeCreatePatch(rec.id, patch);
       throw new NimbusError(err.code, err.message, { ...err.details, container: rec.id, removed: rec.config.autoRemove }, { cause: e });
+    }
+  }
+
+  /**
+   * The scheduler's host for an admitted container, with the image and the networks it needs
+   * laid out there. On failure nothing is held: not the claim, the quota nor a warm container.
+   */
+  private async place(
+    rec: ContainerRecord, warmId: string | undefined, intent: NetworkIntent, image: ImageRecord, placement: PlacementInput,
+  ): Promise<{ rec: ContainerRecord; warmId: string | undefined }> {
+    const local = this.hosts.localName;
+    const runtime = rec.config.runtime;
+    const req: PlacementRequest = {
+      consumerId: rec.id, projectId: rec.projectId, kind: runtime === 'vm' ? 'secure-container' : 'container',
+      vcpus: rec.config.cpus ?? 0, memoryBytes: rec.config.memoryBytes ?? 0, diskBytes: 0,
+      ...(runtime && runtime !== 'vm' ? { runtime } : {}),
+      ...(image.config.architecture ? { architecture: image.config.architecture } : {}),
+      imageChainId: image.chainId,
+      ...placementFields(placement),
+    };
+    let claimed = false;
+    let warm = warmId;
+    try {
+      const { host } = await this.scheduler.place(req);
+      claimed = true;
+      this.agentOn(host); // a host the directory does not know: NotFound now, before anything is made there
+      if (warm && host !== local) {
+        void this.agentOn(local!).removeContainer(warm).catch(() => undefined);
+        warm = undefined;
+      }
+      await this.images.ensureOnHost(image, host);
+      if (intent.mode === 'networks') await this.networks.ensureOnHost(intent.networks, host);
+      return { rec: { ...rec, host }, warmId: warm };
+    } catch (e) {
+      if (warm && local !== undefined) void this.agentOn(local).removeContainer(warm).catch(() => undefined);
+      try {
+        if (claimed) await this.scheduler.release(rec.id);
+        await this.quota.release(rec.id, 'create failed');
+      } catch (x) {
+        log.error('cleaning up after a failed placement failed', { id: rec.id, error: String(x) });
+      }
+      throw e;
     }
   }
 
@@ -301,26 +430,29 @@ export class ContainerService {
     rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent, deferUpdate = false,
   ): Promise<{ record: ContainerRecord; patch: Pick<ContainerRecord, 'warnings' | 'runtime'> }> {
     const id = rec.id;
+    const agent = this.agentOf(rec);
     try {
       await this.store.containers.insert(rec);
     } catch (e) {
+      await this.scheduler.release(id).catch((x: unknown) => log.warn('releasing a claim failed', { id, error: String(x) }));
       await this.quota.release(id, 'create failed');
-      if (warmId) void this.agent.removeContainer(warmId).catch(() => undefined);
+      if (warmId) void agent.removeContainer(warmId).catch(() => undefined);
       throw e;
     }
     try {
       // addresses are leased with the record in place (deleting the record deletes them)
       request.network = await this.networks.lease(rec, intent);
-      const created = await this.agent.createContainer({ id, ...request });
+      const created = await agent.createContainer({ id, ...request });
       const patch = { warnings: created.warnings, runtime: created.runtime };
       const record = deferUpdate ? { ...rec, ...patch } : await this.store.containers.update(id, patch);
       this.publish(record, 'create', { image: rec.config.image });
       return { record, patch };
     } catch (e) {
-      // A failed create leaves nothing behind: not the record, not the agent's state.
-      await this.agent.removeContainer(id).catch(() => undefined);
+      // A failed create leaves nothing behind: not the record, not the agent's state, not the claim.
+      await agent.removeContainer(id).catch(() => undefined);
       try {
         await this.store.containers.delete(id); // its address leases go with it
+        await this.scheduler.release(id);
         await this.quota.release(id, 'create failed');
       } catch (x) {
         log.error('cleaning up after a failed container create failed', { id, error: String(x) });
@@ -341,7 +473,7 @@ export class ContainerService {
     assertTransition(c.name, c.status, 'running', 'start');
     // A container stopped by a quota reclaim gave its quota back: it runs again only if admitted again.
     if (this.quota.shared || !this.quota.holds(id)) await this.quota.admitContainerUnlessHeld(id, c.projectId, c.config);
-    const state = await this.bounded(id, 'start', this.agent.startContainer(id));
+    const state = await this.bounded(id, 'start', this.agentOf(c).startContainer(id));
     // Even if it already finished, record it as started: handleExit records the exit.
     c = await this.store.containers.update(id, {
       ...alsoWrite,
@@ -377,8 +509,9 @@ export class ContainerService {
     const t = timeoutSec ?? Math.min(cur.config.stopTimeout ?? 10, MAX_STOP_TIMEOUT_SEC);
     const imageSignal = (await this.store.images.get(cur.imageDigest))?.config.config?.StopSignal;
     // its timeout, then the agent's SIGKILL and wait, within the usual deadline
-    await this.bounded(id, 'stop', this.agent.stopContainer(id, t, cur.config.stopSignal ?? imageSignal), t * 1000, signal);
-    const state = await this.bounded(id, 'state', this.agent.containerState(id), 0, signal);
+    const agent = this.agentOf(cur);
+    await this.bounded(id, 'stop', agent.stopContainer(id, t, cur.config.stopSignal ?? imageSignal), t * 1000, signal);
+    const state = await this.bounded(id, 'state', agent.containerState(id), 0, signal);
     return this.recordExit(id, state);
   }
 
@@ -396,7 +529,7 @@ export class ContainerService {
       throw new Conflict(`cannot kill container ${cur.name}: it is ${cur.status}`);
     }
     try {
-      await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, signal));
+      await this.bounded(c.id, 'kill', this.agentOf(cur).killContainer(c.id, signal));
     } catch (e) {
       if (!stopping || !(hasCode(e, 'Conflict') || hasCode(e, 'NotFound'))) throw e;
     }
@@ -426,7 +559,7 @@ export class ContainerService {
       const cur = await this.current(c.id);
       assertTransition(cur.name, cur.status, 'paused', 'pause');
       if (cur.status === 'paused') return cur;
-      await this.bounded(c.id, 'pause', this.agent.pauseContainer(c.id));
+      await this.bounded(c.id, 'pause', this.agentOf(cur).pauseContainer(c.id));
       const next = await this.store.containers.update(c.id, { status: 'paused' });
       this.publish(next, 'pause');
       return next;
@@ -438,7 +571,7 @@ export class ContainerService {
     return this.locked(c.id, async () => {
       const cur = await this.current(c.id);
       if (cur.status !== 'paused') throw new Conflict(`cannot unpause container ${cur.name}: it is ${cur.status}`);
-      await this.bounded(c.id, 'unpause', this.agent.unpauseContainer(c.id));
+      await this.bounded(c.id, 'unpause', this.agentOf(cur).unpauseContainer(c.id));
       const next = await this.store.containers.update(c.id, { status: 'running' });
       this.publish(next, 'unpause');
       return next;
@@ -456,7 +589,7 @@ export class ContainerService {
       this.stops.abort(c.id, new Conflict(`container ${c.name} was removed (rm -f) while it stopped`, { container: c.id }));
       const cur = await this.store.containers.get(c.id);
       if (cur && (cur.status === 'running' || cur.status === 'paused')) {
-        await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
+        await this.bounded(c.id, 'kill', this.agentOf(cur).killContainer(c.id, 'SIGKILL')).catch(() => undefined);
       }
     }
     return this.locked(c.id, async () => {
@@ -466,12 +599,14 @@ export class ContainerService {
         throw new Conflict(`container ${cur.name} is ${cur.status}: stop it first or use --force`);
       }
       await this.store.containers.update(c.id, { status: 'removing' });
+      const agent = this.agentOf(cur);
       if (cur.status === 'running' || cur.status === 'paused') {
-        await this.bounded(c.id, 'kill', this.agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
+        await this.bounded(c.id, 'kill', agent.killContainer(c.id, 'SIGKILL')).catch(() => undefined);
       }
-      await this.bounded(c.id, 'removal', this.agent.removeContainer(c.id));
+      await this.bounded(c.id, 'removal', agent.removeContainer(c.id));
       await this.store.containers.delete(c.id);
       await this.quota.release(c.id, 'container removed');
+      await this.releaseClaim(c.id);
       this.publish(cur, 'destroy');
     });
   }
@@ -519,7 +654,7 @@ export class ContainerService {
 
   async logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): Promise<AsyncIterable<LogRecord>> {
     const c = await this.get(idOrName);
-    return this.agent.containerLogs(c.id, opts);
+    return this.agentOf(c).containerLogs(c.id, opts);
   }
 
   async exec(idOrName: string, req: ExecRequest): Promise<ExecSession> {
@@ -527,13 +662,13 @@ export class ContainerService {
     if (c.status !== 'running') throw new Conflict(`container ${c.name} is ${c.status}; exec needs it running`);
     if (!req.args.length) throw new InvalidArgument('exec needs a command');
     this.publish(c, 'exec', { args: req.args });
-    return this.agent.execInContainer(c.id, req);
+    return this.agentOf(c).execInContainer(c.id, req);
   }
 
   async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {
     const c = await this.get(idOrName);
     if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is ${c.status}; no stats`);
-    return { id: c.id, name: c.name, ...(await this.agent.containerStats(c.id)) };
+    return { id: c.id, name: c.name, ...(await this.agentOf(c).containerStats(c.id)) };
   }
 
   private async current(id: string): Promise<ContainerRecord> {
@@ -556,13 +691,16 @@ export class ContainerService {
     return next;
   }
 
-  /** The agent saw the process exit: record it, then apply the restart policy. */
-  async handleExit(id: string): Promise<void> {
+  /** The agent of `from` (absent: the container's own) saw the process exit: record it, then apply the restart policy. */
+  async handleExit(id: string, from?: string): Promise<void> {
     const cur = await this.store.containers.get(id);
     if (!cur || cur.status === 'removing') return;
+    // another host's report of an id it does not hold for us (its own stale state) is not this container's exit
+    if (from !== undefined && from !== cur.host) return;
+    const agent = this.agentOf(cur);
     let state: RuntimeState;
     try {
-      state = await this.agent.containerState(id);
+      state = await agent.containerState(id);
     } catch (e) {
       if (hasCode(e, 'NotFound')) return;
       throw e;
@@ -574,7 +712,7 @@ export class ContainerService {
       // An exit older than the last start may be the previous run's (a restart held the lock
       // meanwhile): ask again. (A fast exit can also predate startedAt, which is written after.)
       if (now.status === 'running' && now.startedAt && state.finishedAt && state.finishedAt < now.startedAt) {
-        const fresh = await this.bounded(id, 'state', this.agent.containerState(id));
+        const fresh = await this.bounded(id, 'state', agent.containerState(id));
         return fresh.status === 'stopped' ? this.recordExit(id, fresh) : undefined;
       }
       return this.recordExit(id, state);
@@ -631,19 +769,57 @@ export class ContainerService {
     }
   }
 
+  /** The scheduler's claim given back; a failure is logged (the scheduler's own reconcile finds claims without an instance). */
+  private async releaseClaim(id: string): Promise<void> {
+    await this.scheduler.release(id).catch((e: unknown) => log.warn('releasing a placement claim failed', { id, error: String(e) }));
+  }
+
   /**
-   * Daemon start: bring the store and the host into agreement. Containers the
-   * agent still runs stay running; those that exited meanwhile get their exit
-   * code; state the store does not know is removed.
+   * Daemon start: each host brings the store and itself into agreement (reconcileHost), the
+   * embedded one first and at once, the others in parallel within HOST_RECONCILE_MS. A host that
+   * does not answer is left alone: its containers keep their records and show "unknown".
    */
-  async reconcile(): Promise<{ running: number; exited: number; orphansRemoved: number; lost: number }> {
-    const onHost = new Set(await this.agent.listContainers());
-    let running = 0, exited = 0, lost = 0, orphansRemoved = 0;
+  async reconcile(): Promise<{ running: number; exited: number; orphansRemoved: number; lost: number; unreachableHosts: string[] }> {
+    const total = { running: 0, exited: 0, orphansRemoved: 0, lost: 0, unreachableHosts: [] as string[] };
+    const add = (r: Awaited<ReturnType<ContainerService['reconcileHost']>>) => {
+      total.running += r.running;
+      total.exited += r.exited;
+      total.orphansRemoved += r.orphansRemoved;
+      total.lost += r.lost;
+    };
+    const local = this.hosts.localName;
+    if (local !== undefined) add(await this.reconcileHost(local));
+    await Promise.all(this.hosts.names().filter((h) => h !== local).map(async (host) => {
+      try {
+        add(await withDeadline(this.reconcileHost(host), HOST_RECONCILE_MS, `reconciling the containers of host ${host}`));
+      } catch (e) {
+        this.unreachable.add(host);
+        total.unreachableHosts.push(host);
+        log.warn('a host did not reconcile its containers; they keep their records', { host, error: String(e) });
+      }
+    }));
+    // records naming a host no agent serves any more (removed while they lived): unknown, never guessed exited
     for (const c of await this.store.containers.list()) {
+      if (!this.hosts.has(c.host) && !total.unreachableHosts.includes(c.host)) total.unreachableHosts.push(c.host);
+    }
+    return total;
+  }
+
+  /**
+   * One host: containers it still runs stay running; those that exited meanwhile get their
+   * exit code; those it lost are exited; state it has that the store does not know is removed.
+   */
+  async reconcileHost(host: string): Promise<{ running: number; exited: number; orphansRemoved: number; lost: number }> {
+    const agent = this.agentOn(host);
+    const onHost = new Set(await agent.listContainers());
+    this.unreachable.delete(host);
+    let running = 0, exited = 0, lost = 0, orphansRemoved = 0;
+    for (const c of await this.store.containers.onHost(host)) {
       if (c.status === 'removing') {
-        await this.agent.removeContainer(c.id).catch(() => undefined);
+        await agent.removeContainer(c.id).catch(() => undefined);
         await this.store.containers.delete(c.id);
         await this.quota.release(c.id, 'container removed');
+        await this.releaseClaim(c.id);
         continue;
       }
       if (!onHost.has(c.id)) {
@@ -654,7 +830,7 @@ export class ContainerService {
         continue;
       }
       onHost.delete(c.id);
-      const state = await this.agent.containerState(c.id).catch(() => ({ status: 'unknown' }) as RuntimeState);
+      const state = await agent.containerState(c.id).catch(() => ({ status: 'unknown' }) as RuntimeState);
       if (state.status === 'running' || state.status === 'paused') {
         await this.store.containers.update(c.id, { status: state.status, pid: state.pid ?? c.pid });
         running++;
@@ -668,14 +844,16 @@ export class ContainerService {
       }
     }
     for (const orphan of onHost) {
-      log.warn('removing orphaned container state', { id: orphan });
-      await this.agent.removeContainer(orphan).catch((e: unknown) => log.warn('orphan removal failed', { id: orphan, error: String(e) }));
+      log.warn('removing orphaned container state', { id: orphan, host });
+      await agent.removeContainer(orphan).catch((e: unknown) => log.warn('orphan removal failed', { id: orphan, host, error: String(e) }));
       orphansRemoved++;
     }
     return { running, exited, orphansRemoved, lost };
   }
 
   shutdown(): void {
+    clearInterval(this.hostWatch);
+    this.hostWatch = undefined;
     for (const t of this.restartTimers.values()) clearTimeout(t);
     this.restartTimers.clear();
   }

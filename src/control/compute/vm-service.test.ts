@@ -12,26 +12,26 @@ import { OperationService } from '../operations/operations.js';
 import { QuotaService } from '../quota/quota-service.js';
 import { AgentDirectory } from '../agents/agent-directory.js';
 import { VmService } from './vm-service.js';
-import type { Agent } from '../../agent/agent.js';
+import { RecordingScheduler } from './test-scheduler.js';
+import type { VmHostState } from '../../agent/agent.js';
+import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
+import { FakeAgent } from '../testing/fake-agent.js';
+import { Unavailable } from '../../core/errors.js';
 
 /** A host with some VMs, each running or left by a migration in QEMU's postmigrate state. */
 function host(name: string, vms: Record<string, 'running' | 'postmigrate'>) {
   const removed: string[] = [];
-  const a = {
-    info: async () => ({ name, hostname: name, cpus: 2, memoryBytes: 1 << 30 }),
-    reconcileVms: async () => ({ killed: [], removed: [] }),
-    listVms: async () => Object.keys(vms),
-    vmState: async (id: string) => ({ status: 'running', pid: 100, lifecycle: vms[id] ? 'running' : 'stopped' }),
-    inspectVm: async (id: string) => ({ id, lifecycle: 'running', qemuPid: 100, runState: vms[id] }),
-    createVm: async () => undefined,
-    removeVm: async (id: string) => {
+  const agent = new FakeAgent({ name })
+    .override('reconcileVms', async () => ({ killed: [], removed: [] }))
+    .override('listVms', async () => Object.keys(vms))
+    .override('vmState', async (id) => ({ status: 'running', pid: 100, lifecycle: vms[id] ? 'running' : 'stopped' }))
+    // the fields reconcile reads; the rest of a real inspection does not matter here
+    .override('inspectVm', async (id) => ({ id, lifecycle: 'running', qemuPid: 100, ...(vms[id] ? { runState: vms[id] } : {}) }) as VmInspect)
+    .override('removeVm', async (id) => {
       removed.push(id);
       delete vms[id];
-    },
-    onVmExit: () => undefined,
-    close: async () => undefined,
-  };
-  return { agent: a as unknown as Agent & { close(): Promise<void> }, removed };
+    });
+  return { agent, removed };
 }
 
 async function setup(t: { after(fn: () => Promise<void>): void }, local: ReturnType<typeof host>, b: ReturnType<typeof host>) {
@@ -49,7 +49,9 @@ async function setup(t: { after(fn: () => Promise<void>): void }, local: ReturnT
   await quota.ensureProject('p1', null);
   await quota.ensureProject('p2', null);
   const agents = await AgentDirectory.open(store, local.agent, 'local', () => b.agent);
-  const vms = new VmService(store, agents, events, quota, new OperationService(store, events));
+  t.after(() => agents.close());
+  const scheduler = new RecordingScheduler(agents);
+  const vms = new VmService(store, agents, events, quota, new OperationService(store, events), scheduler);
   const record = async (id: string, agent: string) => {
     await quota.admitVm(id, 'p1', { cpus: 1, memoryMiB: 128 });
     await store.vms.insert({
@@ -57,7 +59,7 @@ async function setup(t: { after(fn: () => Promise<void>): void }, local: ReturnT
       createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, savedAt: null, agent,
     });
   };
-  return { store, vms, record };
+  return { store, vms, record, scheduler };
 }
 
 test('reconcile: a VM on two agents follows the copy that runs; the postmigrate source is removed', async (t) => {
@@ -96,9 +98,9 @@ test('reconcile: a VM only on another agent than recorded is followed; an agent 
   assert.equal((await store.vms.get('a3'))?.agent, 'b');
 
   const down = host('b', {});
-  down.agent.reconcileVms = async () => {
-    throw Object.assign(new Error('agent b: connect ECONNREFUSED'), { code: 'Unavailable' });
-  };
+  down.agent.override('reconcileVms', async () => {
+    throw new Unavailable('agent b: connect ECONNREFUSED');
+  });
   const again = await setup(t, host('local', {}), down);
   await again.record('a4', 'b');
   const r = await again.vms.reconcile();
@@ -111,17 +113,17 @@ function deafHost() {
   const base = host('local', { v1: 'running', v2: 'running' });
   const kills: string[] = [];
   const waiting = new Map<string, () => void>();
-  const a = base.agent as unknown as Record<string, unknown>;
   const dead = new Set<string>();
-  const stopped = { status: 'stopped', pid: null, exitCode: 137, lifecycle: 'stopped' };
+  const stopped: VmHostState = { status: 'stopped', exitCode: 137, lifecycle: 'stopped' };
   // QEMU already gone (killed before the stop reached it): the stop returns at once
-  a.stopVm = (id: string) => (dead.has(id) ? Promise.resolve(stopped) : new Promise((ok) => waiting.set(id, () => ok(stopped))));
-  a.killVm = async (id: string, signal: string) => {
-    kills.push(`${id}:${signal}`);
-    dead.add(id);
-    waiting.get(id)?.();
-  };
-  a.vmState = async () => ({ status: 'stopped', pid: null, exitCode: 137, lifecycle: 'stopped' });
+  base.agent
+    .override('stopVm', (id) => (dead.has(id) ? Promise.resolve(stopped) : new Promise((ok) => waiting.set(id, () => ok(stopped)))))
+    .override('killVm', async (id, signal) => {
+      kills.push(`${id}:${signal}`);
+      dead.add(id);
+      waiting.get(id)?.();
+    })
+    .override('vmState', async () => stopped);
   return { ...base, kills };
 }
 
@@ -169,7 +171,7 @@ test('names: unique per project across VMs and containers, free in other project
   await store.containers.insert({
     id: 'c'.repeat(64), name: 'db', projectId: 'p1', imageDigest: 'sha256:x', config: { image: 'x', env: [], restart: { name: 'no' }, autoRemove: false, labels: {} },
     status: 'created', runtime: 'runc', pid: null, exitCode: null, oomKilled: false, restartCount: 0, stoppedByUser: false,
-    createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, warnings: [],
+    createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, warnings: [], host: 'local',
   });
   await assert.rejects(vms.create({ ...boot, name: 'db' }, 'p1', { hostPaths: true }), { code: 'Conflict' }, 'a container of the project has the name');
   await vms.create({ ...boot, name: 'db' }, 'p2', { hostPaths: true });
@@ -188,4 +190,22 @@ test('names: unique per project across VMs and containers, free in other project
   // the name is free again once the VM is removed
   await vms.remove(mine.id, true);
   assert.equal((await vms.create({ ...boot, name: 'web' }, 'p1', { hostPaths: true })).projectId, 'p1');
+});
+
+test('placement: the scheduler chooses the host (--host and its older name --agent pin it), the claim is released with the VM', async (t) => {
+  const { vms, scheduler } = await setup(t, host('local', {}), host('b', {}));
+  const boot = { kernel: '/boot/vmlinuz' };
+  const anywhere = await vms.create({ ...boot, name: 'any', cpus: 2, memoryMiB: 256 }, 'p1', { hostPaths: true });
+  assert.equal(anywhere.agent, 'local', 'the scheduler\'s choice');
+  const asked = scheduler.asked.at(-1)!;
+  assert.deepEqual([asked.consumerId, asked.kind, asked.vcpus, asked.memoryBytes, asked.host], [anywhere.id, 'vm', 2, 256 * 1024 * 1024, undefined]);
+  const pinned = await vms.create({ ...boot, name: 'pinned', host: 'b', zone: 'z1', constraints: { gpu: 'no' } }, 'p1', { hostPaths: true });
+  assert.deepEqual([pinned.agent, scheduler.claims.get(pinned.id), scheduler.asked.at(-1)!.zone, scheduler.asked.at(-1)!.constraints], ['b', 'b', 'z1', { gpu: 'no' }]);
+  const old = await vms.create({ ...boot, name: 'old', agent: 'b' }, 'p1', { hostPaths: true });
+  assert.equal(old.agent, 'b', '--agent still pins');
+  await assert.rejects(vms.create({ ...boot, name: 'two', agent: 'b', host: 'local' }, 'p1', { hostPaths: true }), { code: 'InvalidArgument', message: /name two hosts/ });
+  await assert.rejects(vms.create({ image: 'disk', name: 'img', host: 'b' }, 'p1'), { code: 'InvalidArgument', message: /embedded agent "local" only/ });
+  await vms.remove(pinned.id, true);
+  assert.equal(scheduler.claims.has(pinned.id), false, 'released with the VM');
+  assert.equal(scheduler.claims.get(anywhere.id), 'local');
 });

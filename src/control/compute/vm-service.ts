@@ -9,6 +9,10 @@ import { logger } from '../../core/log.js';
 import type { Agent, VmCreateRequest, VmHostState, VmImageKind } from '../../agent/agent.js';
 import { migrateLive, type MigrationReport } from '../../agent/migration.js';
 import type { AgentDirectory } from '../agents/agent-directory.js';
+import type { HostAgents } from './hosts.js';
+
+/** The hosts VMs are placed on, with the exits of every one (the agent directory; with --no-agent, the registered agents). */
+export type VmHosts = HostAgents & Pick<AgentDirectory, 'onVmExit'>;
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import type { LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
@@ -26,6 +30,8 @@ import { AsyncQueue } from '../../core/async-queue.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { InFlight } from '../../core/in-flight.js';
 import { signalNumber } from '../../core/signals.js';
+import { placementFields, withGroupResolved, type PlacementInput } from './hosts.js';
+import type { Scheduler } from '../scheduler/types.js';
 import type { Readable } from 'node:stream';
 
 const log = logger('compute-vm');
@@ -57,8 +63,12 @@ export interface CreateVmInput {
   networks?: string[];
   /** A disk image of the image service (instead of a host path in `disk`): the root disk is an overlay of it. */
   image?: string;
-  /** The agent (host) to run it on; default the embedded one. */
+  /** The host to run it on (administrators; --host, or its older name --agent); default: the scheduler's choice. */
   agent?: string;
+  host?: string;
+  zone?: string;
+  constraints?: Record<string, string>;
+  group?: string;
 }
 
 /** Most a migration may stop the guest for (QEMU's default limit is 300 ms). */
@@ -71,14 +81,19 @@ export class VmService {
 
   constructor(
     private readonly store: Store,
-    private readonly agents: AgentDirectory,
+    private readonly agents: VmHosts,
     private readonly events: EventBus,
     private readonly quota: QuotaService,
     private readonly operations: OperationService,
+    private readonly scheduler: Scheduler,
     private readonly networks?: NetworkService,
     private readonly disks?: DiskImageService,
+    /** Whether this process records VM exits (only the leading replica does; default always). */
+    handlesExits: () => boolean = () => true,
   ) {
-    agents.onVmExit((_agent, id) => void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) })));
+    agents.onVmExit((_agent, id) => {
+      if (handlesExits()) void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) }));
+    });
   }
 
   /** The agent a VM lives on (Unavailable-typed errors come from the transport when it is down). */
@@ -160,14 +175,22 @@ export class VmService {
    * operator allowed (docs/security.md).
    */
   async create(asked: CreateVmInput, projectId: string, opts: { hostPaths?: boolean } = {}): Promise<VmRecord> {
-    const agentName = asked.agent ?? this.agents.localName;
-    const agent = this.agents.get(agentName);
+    if (asked.host !== undefined && asked.agent !== undefined && asked.host !== asked.agent) throw new InvalidArgument(`--host ${asked.host} and --agent ${asked.agent} name two hosts: --agent is --host's older name`);
     const fromImages = asked.image !== undefined || [asked.kernel, asked.initrd].some((f) => f !== undefined && !f.startsWith('/'));
-    if (agentName !== this.agents.localName && (fromImages || asked.networks?.length)) {
-      // image blobs are in the embedded agent's content store, and networks are laid out per host
-      // with nothing joining two hosts' yet
-      throw new InvalidArgument(`images and --network are for VMs on the embedded agent "${this.agents.localName}" only (for now)`);
+    const local = this.agents.localName;
+    // image blobs are in the embedded agent's content store (carrying them to another host is not done yet): such a VM runs there
+    let pinned = asked.host ?? asked.agent;
+    if (fromImages) {
+      if (local === undefined) throw new InvalidArgument('VMs from images of the image service need the embedded agent, whose content store holds the images; this control plane runs none (--no-agent)');
+      if (pinned !== undefined && pinned !== local) throw new InvalidArgument(`VMs from images of the image service run on the embedded agent "${local}" only (for now): its content store holds the images`);
+      pinned = local;
     }
+    const placement: PlacementInput = await withGroupResolved(this.store, projectId, {
+      ...(pinned !== undefined ? { host: pinned } : {}),
+      ...(asked.zone !== undefined ? { zone: asked.zone } : {}),
+      ...(asked.constraints ? { constraints: asked.constraints } : {}),
+      ...(asked.group !== undefined ? { group: asked.group } : {}),
+    });
     for (const role of ['kernel', 'initrd', 'disk'] as const) {
       if (asked[role]?.startsWith('/') && !opts.hostPaths) {
         throw new PermissionDenied(`${role}: host paths are for system administrators; import the file into the image service (nimbus image import-disk${role === 'disk' ? '' : ` --type ${role}`}) and name it`);
@@ -221,11 +244,14 @@ export class VmService {
     const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
     if (networks.length) config.networks = networks.map((n) => n.id);
     const id = newVmId();
-    const rec = await this.admitAndInsert(id, name, projectId, config, 'created', agentName);
+    const rec = await this.admitAndInsert(id, name, projectId, config, 'created', placement);
+    const agentName = rec.agent;
     const req: VmCreateRequest = { id, name, ...config };
     try {
+      // laid out on its host first: each host's part of a network is its own segment until overlays (issue 15)
+      if (networks.length) await this.networks!.ensureOnHost(networks, agentName);
       if (networks.length) req.nics = await this.networks!.leaseVm(id, name, networks);
-      await agent.createVm(req);
+      await this.agents.get(agentName).createVm(req);
     } catch (e) {
       await this.forget(id, agentName, 'create failed');
       throw e;
@@ -282,7 +308,7 @@ export class VmService {
     const newName = await this.checkName(name, projectId);
     const id = newVmId();
     const { template: _none, ...base } = t.config;
-    const rec = await this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', t.agent);
+    const rec = await this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', { host: t.agent });
     try {
       await this.on(t).createVmFromTemplate(t.id, id, newName);
     } catch (e) {
@@ -293,9 +319,25 @@ export class VmService {
     return rec;
   }
 
-  /** Admission first: a refused request leaves nothing behind. */
-  private async admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus, agent: string): Promise<VmRecord> {
+  /** Admission first, then the scheduler's host and claim: a refused request leaves nothing behind. */
+  private async admitAndInsert(id: string, name: string, projectId: string, config: VmConfig, status: VmStatus, placement: PlacementInput): Promise<VmRecord> {
     await this.quota.admitVm(id, projectId, { cpus: config.cpus, memoryMiB: config.memoryMiB });
+    let agent: string;
+    try {
+      ({ host: agent } = await this.scheduler.place({
+        consumerId: id, projectId, kind: 'vm', vcpus: config.cpus, memoryBytes: config.memoryMiB * 1024 * 1024, diskBytes: 0, ...placementFields(placement),
+      }));
+    } catch (e) {
+      await this.quota.release(id, 'create failed');
+      throw e;
+    }
+    try {
+      this.agents.get(agent); // a host the directory does not know: NotFound before anything is made
+    } catch (e) {
+      await this.scheduler.release(id);
+      await this.quota.release(id, 'create failed');
+      throw e;
+    }
     const now = new Date().toISOString();
     const rec: VmRecord = {
       id, name, projectId, config, status, pid: null, exitCode: null,
@@ -304,6 +346,7 @@ export class VmService {
     try {
       await this.store.vms.insert(rec);
     } catch (e) {
+      await this.scheduler.release(id);
       await this.quota.release(id, 'create failed');
       throw e;
     }
@@ -315,6 +358,7 @@ export class VmService {
     void this.agents.get(agent).removeVm(id).catch(() => undefined);
     try {
       await this.store.vms.delete(id); // its address leases go with it
+      await this.scheduler.release(id);
       await this.quota.release(id, reason);
     } catch (e) {
       // the caller throws the create's own error; this one is only logged
@@ -512,6 +556,7 @@ export class VmService {
       }
       await this.store.vms.delete(v.id);
       await this.quota.release(v.id, 'vm removed');
+      await this.scheduler.release(v.id).catch((e: unknown) => log.warn('releasing a placement claim failed', { id: v.id, error: String(e) }));
       this.publish(cur, 'destroy');
     });
   }
@@ -602,6 +647,8 @@ export class VmService {
       const src = this.on(cur);
       const dst = this.agents.get(to);
       let next = cur;
+      // the destination's capacity is claimed first (checked atomically by the scheduler); a failed move gives it back
+      await this.scheduler.moveClaim(v.id, to);
       const { report: moved } = await migrateLive(
         v.id,
         {
@@ -629,7 +676,12 @@ export class VmService {
           ...(opts.maxDowntimeMs !== undefined ? { maxDowntimeMs: opts.maxDowntimeMs } : {}),
           failed: (e) => this.publish(cur, 'migrate-failed', { from, to, error: String(e) }),
         },
-      );
+      ).catch(async (e: unknown) => {
+        // the guest goes on at the source (or, if the record moved, where it says): the claim follows the record
+        const at = (await this.store.vms.get(v.id))?.agent ?? from;
+        if (at !== to) await this.scheduler.moveClaim(v.id, at).catch((x: unknown) => log.warn('moving a claim back failed', { id: v.id, error: String(x) }));
+        throw e;
+      });
       const report = { ...moved, from, to };
       this.publish(next, 'migrate', { ...report });
       log.info('vm migrated', { ...report });

@@ -3,6 +3,11 @@ import { AsyncQueue } from '../../core/async-queue.js';
 /**
  * Every state change is an event (Incus /events). Subscribers get a live async
  * iterator; a bounded ring keeps recent history for `since` replays.
+ *
+ * Across replicas (EventBus.connect on PostgreSQL) each bus also relays what it publishes to
+ * the others and delivers what they publish (postgres-relay.ts): a subscriber on any replica
+ * sees every replica's events. `seq` is this bus's own numbering (what `since` replays by);
+ * `time` is when the publishing replica published it.
  */
 export interface NimbusEvent {
   seq: number;
@@ -22,18 +27,60 @@ export interface EventFilter {
 
 type Listener = (e: NimbusEvent) => void;
 
+/** Carries a bus's events to the other replicas' buses. */
+export interface EventRelay {
+  /** Queue an event this replica published; never throws (a relay failure is the relay's to log). */
+  send(e: NimbusEvent): void;
+  close(): Promise<void>;
+}
+
+export interface ConnectOptions {
+  /** The store's location: postgres://… relays through the database, anything else stays in process. */
+  storeLocation: string;
+  /** This replica (its own events coming back are not delivered twice). */
+  replicaId: string;
+  capacity?: number;
+}
+
 export class EventBus {
   private seq = 0;
   private readonly ring: NimbusEvent[] = [];
   private readonly listeners = new Set<Listener>();
+  private relay: EventRelay | undefined;
   constructor(private readonly capacity = 2048) {}
 
+  /** A bus that reaches the other replicas sharing the store (PostgreSQL), else an in-process one. */
+  static async connect(opts: ConnectOptions): Promise<EventBus> {
+    const bus = new EventBus(opts.capacity);
+    // the test of open.ts's isPostgresLocation, not imported: that would load the whole store
+    if (/^postgres(ql)?:\/\//.test(opts.storeLocation)) {
+      const { PostgresEventRelay } = await import('./postgres-relay.js');
+      bus.relay = await PostgresEventRelay.open(opts.storeLocation, opts.replicaId, (e) => bus.deliver(e));
+    }
+    return bus;
+  }
+
   publish(e: Omit<NimbusEvent, 'seq' | 'time'>): NimbusEvent {
-    const full: NimbusEvent = { seq: ++this.seq, time: new Date().toISOString(), ...e };
+    const full = this.deliver({ time: new Date().toISOString(), ...e });
+    this.relay?.send(full);
+    return full;
+  }
+
+  /** To this bus's subscribers (an event of this replica, or one relayed from another) under the next seq. */
+  private deliver(e: Omit<NimbusEvent, 'seq'>): NimbusEvent {
+    const full: NimbusEvent = { seq: 0, ...e }; // seq first, as clients have always seen it
+    full.seq = ++this.seq;
     this.ring.push(full);
     if (this.ring.length > this.capacity) this.ring.shift();
     for (const l of this.listeners) l(full);
     return full;
+  }
+
+  /** Stops relaying (after sending what was published so far); the bus still works in process. */
+  async close(): Promise<void> {
+    const relay = this.relay;
+    this.relay = undefined;
+    await relay?.close();
   }
 
   on(listener: Listener): () => void {

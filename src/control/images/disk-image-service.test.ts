@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openStore } from '../../store/open.js';
 import { EventBus } from '../events/event-bus.js';
-import type { Agent, VmImageKind } from '../../agent/agent.js';
+import type { VmImageKind } from '../../agent/agent.js';
+import { FakeAgent } from '../testing/fake-agent.js';
 import type { VmRecord } from '../../store/records.js';
 import { DiskImageService } from './disk-image-service.js';
 
@@ -23,11 +24,10 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
   const store = await opening;
   const now = new Date().toISOString();
   for (const id of ['p1', 'p2']) await store.projects.insert({ id, name: id, parentId: null, createdAt: now });
-  const agent = {
+  const agent = new FakeAgent()
     // the file's name is its content here: one digest per name
-    importDiskImage: async (file: string, kind: VmImageKind = 'disk') => ({ digest: `sha256:${file}`, size: 1, format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 2 }),
-    diskImagePath: (digest: string) => `/blobs/${digest}`,
-  } as unknown as Agent;
+    .override('importDiskImage', async (file: string, kind: VmImageKind = 'disk') => ({ digest: `sha256:${file}`, size: 1, format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 2 }))
+    .override('diskImagePath', (digest) => `/blobs/${digest}`);
   let collections = 0;
   const svc = new DiskImageService(store, agent, new EventBus(), async () => void collections++);
   const vm = async (name: string, projectId: string, disk: string) => {

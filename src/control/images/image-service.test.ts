@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { openStore } from '../../store/open.js';
 import { EventBus } from '../events/event-bus.js';
 import type { OperationService } from '../operations/operations.js';
-import type { Agent, AgentImage } from '../../agent/agent.js';
+import type { AgentImage } from '../../agent/agent.js';
+import { FakeAgent } from '../testing/fake-agent.js';
 import type { ContainerRecord, VmRecord } from '../../store/records.js';
 import { ImageService } from './image-service.js';
 
@@ -42,14 +43,13 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
   for (const id of ['p1', 'p2']) await store.projects.insert({ id, name: id, parentId: null, createdAt: now });
   let archive: AgentImage[] = [];
   const collected: Array<{ manifestDigests: string[]; indexDigests: string[]; chainIds: string[]; blobs?: string[] }> = [];
-  const agent = {
-    importImages: async () => archive,
-    pullImage: async (name: string) => agentImage('b', name),
-    garbageCollect: async (keep: (typeof collected)[number]) => {
+  const agent = new FakeAgent()
+    .override('importImages', async () => archive)
+    .override('pullImage', async (name) => agentImage('b', name))
+    .override('garbageCollect', async (keep) => {
       collected.push(keep);
       return { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 7 };
-    },
-  } as unknown as Agent;
+    });
   // operations run at once here; `finished` is what a test awaits
   const finished: Promise<unknown>[] = [];
   const operations = {
@@ -66,7 +66,7 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
   const container = async (id: string, projectId: string, imageDigest: string) => {
     const c: ContainerRecord = {
       id, name: `c-${id.slice(0, 4)}`, projectId, imageDigest, config: { image: 'x', env: [], restart: { name: 'no' }, autoRemove: false, labels: {} }, status: 'created', runtime: 'runc',
-      pid: null, exitCode: null, oomKilled: false, restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
+      pid: null, exitCode: null, oomKilled: false, restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [], host: 'local',
     };
     await store.containers.insert(c);
   };

@@ -2,7 +2,8 @@
  * Images as the control plane sees them: a project's references (and tags) to
  * content shared host-wide. Bytes and snapshots live on the agent.
  */
-import { Conflict, InvalidArgument } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, toNimbusError } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { Agent, AgentImage, PullProgress } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
@@ -10,6 +11,10 @@ import type { ImageContentRecord, ImageRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { OperationService } from '../operations/operations.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
+import type { HostAgents } from '../compute/hosts.js';
+import type { ImageLocality } from '../scheduler/types.js';
+
+const log = logger('images');
 
 export interface ImageView extends ImageRecord {
   id: string;
@@ -25,6 +30,80 @@ export class ImageService {
     private readonly operations: OperationService,
     private readonly insecureRegistries: readonly string[],
   ) {}
+
+  /** The hosts images may be carried to; unset: only the embedded agent (named 'local'). */
+  private hosts: HostAgents | undefined;
+  /** Pulls onto a host in flight, by "host chain": concurrent creates there wait for one pull. */
+  private readonly pullsOnHost = new Map<string, Promise<void>>();
+
+  /** Images on every host (the daemon calls it once the agent directory is open). */
+  useHosts(hosts: HostAgents): void {
+    this.hosts = hosts;
+  }
+
+  private get localName(): string | undefined {
+    return this.hosts ? this.hosts.localName : 'local';
+  }
+
+  /** The scheduler's image locality: the hosts that hold the chain's layers. */
+  locality(): ImageLocality {
+    return async (chainId) => new Set(await this.store.images.hosts(chainId));
+  }
+
+  /**
+   * The image's layers on host before a container is made there: pulled by digest from the
+   * registry it was pulled from (the agent fetches only what it misses), then recorded in
+   * image_hosts. The embedded agent holds every image the store knows (pulls and imports run
+   * there). An image imported from an archive has no registry to fetch it from: refused with
+   * the hosts that hold it.
+   */
+  async ensureOnHost(img: ImageRecord, host: string): Promise<void> {
+    if (host === this.localName) return;
+    const key = `${host} ${img.chainId}`;
+    const pending = this.pullsOnHost.get(key);
+    if (pending) return pending;
+    const p = this.pullOnHost(img, host).finally(() => this.pullsOnHost.delete(key));
+    this.pullsOnHost.set(key, p);
+    return p;
+  }
+
+  private async pullOnHost(img: ImageRecord, host: string): Promise<void> {
+    const holders = await this.store.images.hosts(img.chainId);
+    if (holders.includes(host)) return;
+    const reference = await this.registryReference(img);
+    if (!reference) {
+      const on = [...new Set([...(this.localName ? [this.localName] : []), ...holders])];
+      throw new Conflict(`image ${img.digest.slice(7, 19)} was imported from an archive, so host ${host} cannot pull it; it is on ${on.join(', ') || 'no host'}: import it on a host of its own or push it to a registry`, {
+        image: img.digest, host, hosts: on,
+      });
+    }
+    if (!this.hosts) throw new Conflict(`no host named ${host}`);
+    const agent = this.hosts.get(host);
+    log.info('pulling an image onto a host', { host, reference });
+    let pulled: AgentImage;
+    try {
+      pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries] }, () => undefined);
+    } catch (e) {
+      // an archive's image may carry a tag no registry serves: say where it is
+      const err = toNimbusError(e);
+      throw new NimbusError(err.code, `host ${host} could not pull ${reference}: ${err.message}`, { ...err.details, image: img.digest, host, hosts: holders }, { cause: e });
+    }
+    if (pulled.chainId !== img.chainId) throw new Conflict(`host ${host} pulled ${reference} as layers ${pulled.chainId}, not ${img.chainId}`);
+    await this.store.images.addHost(img.chainId, host);
+  }
+
+  /** repository@digest of a tag that names the image (any project's: the bytes are the same), else undefined. */
+  private async registryReference(img: ImageRecord): Promise<string | undefined> {
+    for (const t of await this.store.images.tags({ digest: img.digest })) {
+      try {
+        const r = parseReference(t.name);
+        return `${r.registry}/${r.repository}@${img.digest}`;
+      } catch {
+        /* not a registry reference */
+      }
+    }
+    return undefined;
+  }
 
   normalize(ref: string): string {
     return parseReference(ref).toString();
@@ -80,7 +159,19 @@ export class ImageService {
     return this.view(await this.resolve(ref, { projectId }));
   }
 
-  private async record(img: AgentImage, projectId: string, tagName: string | undefined): Promise<ImageRecord> {
+  /**
+   * Where pulls and imports run: the embedded agent; with --no-agent, the first registered host
+   * (other hosts fetch the image by digest when a container is placed there).
+   */
+  private pullHost(): { name: string; agent: Agent } {
+    const local = this.localName;
+    if (local !== undefined) return { name: local, agent: this.hosts ? this.hosts.get(local) : this.agent };
+    const first = this.hosts?.names()[0];
+    if (first === undefined) throw new Conflict('no host to pull the image on: register an agent first (nimbusd agent --join-token)');
+    return { name: first, agent: this.hosts!.get(first) };
+  }
+
+  private async record(img: AgentImage, projectId: string, tagName: string | undefined, host: string | undefined = this.localName): Promise<ImageRecord> {
     const rec: ImageRecord = {
       digest: img.manifestDigest,
       projectId,
@@ -95,6 +186,7 @@ export class ImageService {
     // The content is stored once host-wide; the reference and the tag are this project's.
     await this.store.transaction(async () => {
       await this.store.images.upsert(rec);
+      if (host !== undefined) await this.store.images.addHost(rec.chainId, host, rec.createdAt);
       if (tagName) await this.store.images.setTag({ name: tagName, digest: rec.digest, projectId, updatedAt: rec.createdAt });
     });
     this.events.publish({ type: 'image', action: 'pull', id: rec.digest, projectId, attributes: { name: tagName } });
@@ -106,17 +198,20 @@ export class ImageService {
     const parsed = parseReference(ref);
     const name = parsed.toString();
     return this.operations.start('image.pull', name, projectId, async (op) => {
-      const img = await this.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}) }, (p: PullProgress) =>
+      const on = this.pullHost();
+      const img = await on.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}) }, (p: PullProgress) =>
         op.progress(p as unknown as Record<string, unknown>),
       );
       // Pulled by digest: no tag to record; by tag: the tag now points here.
-      const rec = await this.record(img, projectId, parsed.digest ? undefined : name);
+      const rec = await this.record(img, projectId, parsed.digest ? undefined : name, on.name);
       return { id: rec.digest, digest: rec.digest, reference: name, size: rec.size, layers: rec.layers.length };
     });
   }
 
   /** Each image found in the archive, with the name it was tagged as (null when the archive names none). */
   async importArchive(path: string, projectId: string): Promise<{ name: string | null; image: ImageView }[]> {
+    // the archive is a file of this process's host: only an embedded agent can read it
+    if (this.localName === undefined) throw new Conflict('this control plane runs no embedded agent (--no-agent): import the archive on a host with one, or push the image to a registry and pull it');
     const imgs = await this.agent.importImages(path);
     const imported: { name: string | null; image: ImageView }[] = [];
     for (const img of imgs) {
@@ -186,10 +281,17 @@ export class ImageService {
     // what is kept, read at one moment (the agent's collection runs after, outside the transaction)
     const { kept, disks } = await this.store.transaction(async () => {
       const keptImages: ImageContentRecord[] = [];
+      const dropped: ImageContentRecord[] = [];
       for (const i of await this.store.images.contents()) {
         if ((await this.store.images.refCount(i.digest)) > 0 || (await this.store.containers.countByImage(i.digest)) > 0) keptImages.push(i);
-        else await this.store.images.delete(i.digest);
+        else {
+          await this.store.images.delete(i.digest);
+          dropped.push(i);
+        }
       }
+      // the embedded agent's collection below frees their layers: it no longer holds them (other hosts keep theirs for now)
+      const keptChains = new Set(keptImages.map((i) => i.chainId));
+      if (this.localName) for (const i of dropped) if (!keptChains.has(i.chainId)) await this.store.images.removeHost(this.localName, i.chainId);
       // disk images' blobs: named by a project, or backing a VM's disk
       const diskBlobs = new Set([
         ...(await this.store.disks.list()).map((d) => d.digest),
@@ -197,6 +299,8 @@ export class ImageService {
       ]);
       return { kept: keptImages, disks: diskBlobs };
     });
+    // other hosts' layers are not collected yet (their image_hosts rows stay true meanwhile)
+    if (this.localName === undefined) return { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
     return this.agent.garbageCollect({
       manifestDigests: kept.map((i) => i.digest),
       indexDigests: kept.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),

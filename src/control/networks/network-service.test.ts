@@ -13,12 +13,12 @@ import fc from 'fast-check';
 import { openStore } from '../../store/open.js';
 import { EventBus } from '../events/event-bus.js';
 import { NetworkService, type NetworkQuota } from './network-service.js';
-import type { Agent } from '../../agent/agent.js';
+import { FakeAgent } from '../testing/fake-agent.js';
 import type { ContainerRecord } from '../../store/records.js';
 import { ipToInt, parseCidr } from '../../agent/network/network-driver.js';
 
-/** `more`: agent methods a test needs beyond the subnet and layout ones. */
-async function setup(t: { after: (fn: () => Promise<void>) => void }, foreign: string[] = [], fallback = false, more: Record<string, unknown> = {}) {
+/** `more`: what a test needs of the host beyond the subnet and layout answers. */
+async function setup(t: { after: (fn: () => Promise<void>) => void }, foreign: string[] = [], fallback = false, more: (host: FakeAgent) => void = () => undefined) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-net-svc-'));
   const opening = openStore(join(dir, 'nimbus.db'));
   t.after(async () => {
@@ -30,12 +30,9 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }, foreign: s
   await store.projects.insert({ id: 'pdef', name: 'default', parentId: null, createdAt: now });
   await store.projects.insert({ id: 'pother', name: 'other', parentId: null, createdAt: now });
   const laidOut: string[] = [];
-  const host = {
-    foreignSubnets: async () => foreign,
-    ensureNetwork: async (n: { name: string }) => void laidOut.push(n.name),
-    removeNetwork: async () => undefined,
-    ...more,
-  } as unknown as Agent;
+  const host = new FakeAgent().override('ensureNetwork', async (n) => void laidOut.push(n.name));
+  host.foreign = foreign;
+  more(host);
   const charged: string[] = [];
   const quota: NetworkQuota = { admitNetwork: (id) => void charged.push(id), release: (id) => void charged.splice(charged.indexOf(id), 1) };
   const svc = new NetworkService(store, host, new EventBus(), quota, { defaultProjectId: 'pdef', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', bridgeSubnetFallback: fallback, subnetPool: '10.89.0.0/22' });
@@ -158,17 +155,18 @@ test('IPAM under concurrency: leases asked for at once (VMs, warm containers) ge
 test('connect and disconnect: interface indexes, the already-connected refusal, and a failed connect leaves no lease', async (t) => {
   const connected: string[] = [];
   let failNext = false;
-  const { store, svc } = await setup(t, [], false, {
-    connectContainer: async (_id: string, e: { network: { name: string } }) => {
+  const { store, svc } = await setup(t, [], false, (host) => host
+    // the container is a record only here: the host answers for it anyway
+    .override('connectContainer', async (id, e) => {
       if (failNext) throw new Error('host said no');
       connected.push(e.network.name);
-    },
-    disconnectContainer: async () => undefined,
-  });
+      return { networkId: e.network.id, containerId: id, netns: 'ns', ifName: 'eth1', hostIf: 'nv1', address: e.address, mac: '02:42:00:00:00:01', defaultRoute: false, dnsNames: e.dnsNames };
+    })
+    .override('disconnectContainer', async () => undefined));
   const a = await svc.create({ name: 'a', subnet: '10.61.0.0/24' }, 'pdef');
   const b = await svc.create({ name: 'b', subnet: '10.62.0.0/24' }, 'pdef');
   const now = new Date().toISOString();
-  const c = { id: 'c'.repeat(64), name: 'web', projectId: 'pdef', imageDigest: 'sha256:x', config: { image: 'x', cmd: [], env: [], network: 'a' }, status: 'running', createdAt: now } as unknown as ContainerRecord;
+  const c = { id: 'c'.repeat(64), name: 'web', projectId: 'pdef', imageDigest: 'sha256:x', config: { image: 'x', cmd: [], env: [], network: 'a' }, status: 'running', createdAt: now, host: 'local' } as unknown as ContainerRecord;
   await store.networks.lease({ networkId: a.id, address: '10.61.0.2', instanceId: c.id, ifIndex: 0, createdAt: now });
   await assert.rejects(svc.connect('a', c), /already on a/);
   failNext = true;

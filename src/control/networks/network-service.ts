@@ -18,6 +18,13 @@ import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, NetworkDriverName, NetworkLeaseRecord, NetworkRecord, PortSpec } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
+import type { HostAgents } from '../compute/hosts.js';
+import { withDeadline } from '../compute/deadline.js';
+import { logger } from '../../core/log.js';
+
+const log = logger('networks');
+/** How long a start-time reconcile waits for one host: a host that does not answer is left alone. */
+const HOST_RECONCILE_MS = 15_000;
 
 export const DEFAULT_NETWORK = 'bridge';
 /** Names with a meaning of their own in --network. */
@@ -80,6 +87,44 @@ export class NetworkService {
     private readonly o: NetworkServiceOptions,
   ) {}
 
+  /** Hosts other than the embedded agent; unset: the embedded agent only (named 'local'). */
+  private hosts: HostAgents | undefined;
+
+  /** Networks on every host (the daemon calls it once the agent directory is open). */
+  useHosts(hosts: HostAgents): void {
+    this.hosts = hosts;
+  }
+
+  /** The embedded agent's name (every network is laid out there when made); undefined with --no-agent. */
+  private get localName(): string | undefined {
+    return this.hosts ? this.hosts.localName : 'local';
+  }
+
+  private agentOn(host: string): Agent {
+    return this.hosts ? this.hosts.get(host) : this.agent;
+  }
+
+  /**
+   * The networks laid out on host before an instance there uses them (idempotent; recorded in
+   * network_hosts first, so a removal reaches the host even if the layout half failed). The
+   * embedded agent has every network already. Each host's part of a network is a segment of its
+   * own until overlay networking (issue 15) joins them.
+   */
+  async ensureOnHost(networks: readonly NetworkRecord[], host: string): Promise<void> {
+    if (host === this.localName) return;
+    for (const n of networks) {
+      if ((await this.store.networks.hosts(n.id)).includes(host)) continue;
+      await this.store.networks.addHost(n.id, host);
+      await this.agentOn(host).ensureNetwork(this.spec(n));
+      this.publish(n, 'layout', { host });
+    }
+  }
+
+  /** Subnets the embedded agent's host routes (none with --no-agent: other hosts are not asked). */
+  private async foreignSubnets(): Promise<string[]> {
+    return this.localName === undefined ? [] : this.agent.foreignSubnets();
+  }
+
   private publish(n: NetworkRecord, action: string, attributes: Record<string, unknown> = {}) {
     this.events.publish({ type: 'network', action, id: n.id, projectId: n.projectId, attributes: { name: n.name, ...attributes } });
   }
@@ -130,7 +175,7 @@ export class NetworkService {
   /** A /24 of the pool that overlaps neither another network nor a host route. */
   private async pickSubnet(): Promise<string> {
     const pool = parseCidr(this.o.subnetPool);
-    const taken = [...(await this.store.networks.list()).map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((s) => parseCidr(s));
+    const taken = [...(await this.store.networks.list()).map((n) => n.subnet), ...(await this.foreignSubnets())].map((s) => parseCidr(s));
     for (let a = pool.network; a + 256 <= pool.network + pool.size; a += 256) {
       const c = parseCidr(`${intToIp(a)}/24`);
       if (!taken.some((t) => cidrsOverlap(t, c))) return `${intToIp(a)}/24`;
@@ -147,7 +192,7 @@ export class NetworkService {
     }
     const clash = (await this.store.networks.list()).find((n) => cidrsOverlap(parseCidr(n.subnet), c));
     if (clash) throw new Conflict(`subnet ${subnet} overlaps network ${clash.name} (${clash.subnet})`);
-    const foreign = (await this.agent.foreignSubnets()).find((s) => cidrsOverlap(parseCidr(s), c));
+    const foreign = (await this.foreignSubnets()).find((s) => cidrsOverlap(parseCidr(s), c));
     if (foreign) throw new Conflict(`subnet ${subnet} overlaps the host's route to ${foreign}`);
   }
 
@@ -187,13 +232,18 @@ export class NetworkService {
       await this.quota.release(id, 'network create failed');
       throw e;
     }
-    try {
-      await this.agent.ensureNetwork(this.spec(rec));
-    } catch (e) {
-      await this.agent.removeNetwork(id).catch(() => undefined);
-      await this.store.networks.delete(id);
-      await this.quota.release(id, 'network create failed');
-      throw e;
+    // laid out on the embedded agent now; on other hosts when an instance there first needs it (ensureOnHost)
+    const local = this.localName;
+    if (local !== undefined) {
+      try {
+        await this.store.networks.addHost(id, local, rec.createdAt);
+        await this.agent.ensureNetwork(this.spec(rec));
+      } catch (e) {
+        await this.agent.removeNetwork(id).catch(() => undefined);
+        await this.store.networks.delete(id);
+        await this.quota.release(id, 'network create failed');
+        throw e;
+      }
     }
     this.publish(rec, 'create', { driver, subnet });
     return rec;
@@ -226,7 +276,7 @@ export class NetworkService {
   /** The default project's subnet: the configured one, or, when defaulted and taken (podman's 10.88/16), a free /16 below it. */
   private async defaultSubnet(): Promise<string> {
     if (!this.o.bridgeSubnetFallback) return this.o.bridgeSubnet;
-    const taken = [...(await this.store.networks.list()).map((n) => n.subnet), ...(await this.agent.foreignSubnets())].map((x) => parseCidr(x));
+    const taken = [...(await this.store.networks.list()).map((n) => n.subnet), ...(await this.foreignSubnets())].map((x) => parseCidr(x));
     const free = (c: string) => !taken.some((t) => cidrsOverlap(t, parseCidr(c)));
     if (free(this.o.bridgeSubnet)) return this.o.bridgeSubnet;
     for (let b = 87; b >= 80; b--) if (free(`10.${b}.0.0/16`)) return `10.${b}.0.0/16`;
@@ -241,7 +291,20 @@ export class NetworkService {
       for (const l of users) names.push((await this.instanceName(l.instanceId)) ?? l.instanceId.slice(0, 12));
       throw new Conflict(`network ${n.name} is in use by ${users.length} instance(s): ${names.join(', ')}`, { instances: names });
     }
-    await this.agent.removeNetwork(n.id);
+    // from every host it is laid out on; a host that fails keeps its row (and the network its record)
+    const failed: string[] = [];
+    for (const host of await this.store.networks.hosts(n.id)) {
+      try {
+        await this.agentOn(host).removeNetwork(n.id);
+        await this.store.networks.removeHost(n.id, host);
+      } catch (e) {
+        if (!hasCode(e, 'NotFound')) {
+          log.warn('removing a network from a host failed', { network: n.id, host, error: String(e) });
+          failed.push(`${host}: ${e instanceof Error ? e.message : String(e)}`);
+        } else await this.store.networks.removeHost(n.id, host);
+      }
+    }
+    if (failed.length) throw new Conflict(`network ${n.name} could not be removed from every host (${failed.join('; ')}); try again`, { network: n.id });
     // warm containers' addresses on it (they are not instances): released, their interfaces die with the bridge
     await this.store.transaction(async () => {
       for (const l of await this.store.networks.leases({ networkId: n.id })) await this.store.networks.release(l.instanceId, n.id);
@@ -267,7 +330,8 @@ export class NetworkService {
       return this.leaseOne(n, c.id, ifIndex, opts.ip);
     });
     try {
-      await this.agent.connectContainer(c.id, { network: this.spec(n), address: lease.address, dnsNames: [c.name, ...(c.config.aliases ?? []), ...(opts.aliases ?? [])] });
+      await this.ensureOnHost([n], c.host);
+      await this.agentOn(c.host).connectContainer(c.id, { network: this.spec(n), address: lease.address, dnsNames: [c.name, ...(c.config.aliases ?? []), ...(opts.aliases ?? [])] });
     } catch (e) {
       await this.store.networks.release(c.id, n.id);
       throw e;
@@ -279,7 +343,7 @@ export class NetworkService {
   async disconnect(networkRef: string, c: ContainerRecord): Promise<NetworkView> {
     const n = await this.get(networkRef, { projectId: c.projectId });
     if (!(await this.store.networks.leases({ instanceId: c.id, networkId: n.id })).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
-    await this.agent.disconnectContainer(c.id, n.id);
+    await this.agentOn(c.host).disconnectContainer(c.id, n.id);
     await this.store.networks.release(c.id, n.id);
     this.publish(n, 'disconnect', { container: c.id });
     return this.view(n);
@@ -512,11 +576,32 @@ export class NetworkService {
       }
       return released;
     });
-    for (const n of await this.store.networks.list()) await this.agent.ensureNetwork(this.spec(n));
-    const containerIds = (await this.store.containers.list()).map((c) => c.id);
-    const networkIds = (await this.store.networks.list()).map((n) => n.id);
-    const r = await this.agent.reconcileNetworks(containerIds, networkIds);
-    return { ...r, leasesReleased };
+    const total = { endpointsRemoved: 0, networksRemoved: 0, netnsRemoved: 0, leasesReleased, unreachableHosts: [] as string[] };
+    // each host its own networks and containers; one that does not answer is left as it is
+    const hosts = this.hosts ? this.hosts.names() : ['local'];
+    await Promise.all(hosts.map(async (host) => {
+      const job = this.reconcileHost(host);
+      try {
+        const r = host === this.localName ? await job : await withDeadline(job, HOST_RECONCILE_MS, `reconciling the networks of host ${host}`);
+        total.endpointsRemoved += r.endpointsRemoved;
+        total.networksRemoved += r.networksRemoved;
+        total.netnsRemoved += r.netnsRemoved;
+      } catch (e) {
+        if (host === this.localName) throw e;
+        log.warn('a host did not reconcile its networks; left as it is', { host, error: String(e) });
+        total.unreachableHosts.push(host);
+      }
+    }));
+    return total;
+  }
+
+  /** One host: its networks laid out again if it lost them, endpoints of its containers that are gone removed, networks not its own removed. */
+  async reconcileHost(host: string): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+    const agent = this.agentOn(host);
+    const networks = await this.store.networks.onHost(host);
+    for (const n of networks) await agent.ensureNetwork(this.spec(n));
+    const containerIds = (await this.store.containers.onHost(host)).map((c) => c.id);
+    return agent.reconcileNetworks(containerIds, networks.map((n) => n.id));
   }
 }
 

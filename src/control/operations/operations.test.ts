@@ -22,7 +22,7 @@ async function setup(t: { after(fn: () => Promise<void>): void }, update?: (real
   });
   const real = store.operations;
   const operations: OperationRepo = update
-    ? { get: (id) => real.get(id), list: (n) => real.list(n), insert: (op) => real.insert(op), update: (id, patch) => update((i, p) => real.update(i, p), id, patch) }
+    ? Object.assign(Object.create(real) as OperationRepo, { update: (id: string, patch: Parameters<OperationRepo['update']>[1]) => update((i, p) => real.update(i, p), id, patch) })
     : real;
   const wrapped = Object.assign(Object.create(store) as Store, { operations });
   const events = new EventBus();
@@ -121,4 +121,54 @@ test('operations: after a restart, operations left running are failed', async (t
   assert.equal((await after.wait(op.id, 10)).status, 'failed');
   assert.equal(await after.failInterrupted(), 0);
   assert.deepEqual((await after.list()).map((o) => o.id), [op.id]);
+});
+
+test('operations: failInterrupted leaves a live replica\'s operation running and fails a gone one\'s, publishing the failure', async (t) => {
+  const { store, events } = await setup(t);
+  const a = new OperationService(store, events, { replicaId: 'replica-a' });
+  const b = new OperationService(store, events, { replicaId: 'replica-b' });
+  const now = Date.now();
+  await store.operations.registerReplica({ id: 'replica-a', hostname: 'h', pid: 1, startedAt: now, lastSeen: now, apiUrl: null });
+  const op = await a.start('test.work', 'target', 'p1', () => new Promise(() => undefined));
+  assert.equal(op.replica, 'replica-a');
+  assert.equal(await b.failInterrupted(), 0, 'replica-a is alive');
+  assert.equal((await b.get(op.id)).status, 'running');
+  // replica-a's heartbeat stops: 20 s later it is gone
+  await store.operations.touchReplica('replica-a', now - 20_000);
+  const seen: string[] = [];
+  events.on((e) => seen.push(`${e.id}:${e.action}`));
+  assert.equal(await b.failInterrupted(), 1);
+  assert.equal((await b.get(op.id)).status, 'failed');
+  assert.deepEqual(seen, [`${op.id}:failed`], 'waiters on other replicas hear of it');
+});
+
+test('operations: a wait on another replica\'s operation wakes on its end event, and without events by polling the store', async (t) => {
+  const { store, events } = await setup(t);
+  const a = new OperationService(store, events, { replicaId: 'replica-a' });
+  // b shares a's events (as the relay makes it) but not its work
+  const b = new OperationService(store, events, { replicaId: 'replica-b', waitPollMs: 60_000 });
+  let release!: () => void;
+  const op = await a.start('test.work', 'target', 'p1', () => new Promise<string>((r) => (release = () => r('done'))));
+  const waited = b.wait(op.id, 30_000);
+  await sleep(50);
+  const started = Date.now();
+  release();
+  const done = await waited;
+  assert.equal(done.status, 'succeeded');
+  assert.ok(Date.now() - started < 5_000, `woken by the event, not the 60 s poll (${Date.now() - started} ms)`);
+  // no events at all (a relay that lost them): the poll finds the end
+  const deaf = new OperationService(store, new EventBus(), { replicaId: 'replica-c', waitPollMs: 100 });
+  const op2 = await a.start('test.work', 'target', 'p1', () => new Promise<string>((r) => (release = () => r('done'))));
+  const waited2 = deaf.wait(op2.id, 30_000);
+  await sleep(50);
+  release();
+  assert.equal((await waited2).status, 'succeeded');
+  // a wait that times out answers the current record; an aborted one returns at once
+  const op3 = await a.start('test.work', 'target', 'p1', () => new Promise(() => undefined));
+  assert.equal((await b.wait(op3.id, 50)).status, 'running');
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(), 50);
+  const t0 = Date.now();
+  assert.equal((await b.wait(op3.id, 30_000, ac.signal)).status, 'running');
+  assert.ok(Date.now() - t0 < 1_000);
 });

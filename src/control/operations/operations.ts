@@ -1,6 +1,11 @@
 /**
  * Long work runs as an Operation resource (202 + id): its progress and outcome
  * are stored, published as events, and can be waited on.
+ *
+ * With several control-plane replicas (docs/replicas.md) each operation names the replica
+ * running it; any replica reads it and waits on it (woken by the relayed operation events,
+ * the store re-read as the authority, a slow poll as the safety net), and the leader fails
+ * the operations of replicas that are gone (failInterrupted).
  */
 import { newId } from '../../core/ids.js';
 import { NotFound, toNimbusError } from '../../core/errors.js';
@@ -11,6 +16,15 @@ import type { EventBus } from '../events/event-bus.js';
 
 const log = logger('operations');
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+
+export interface OperationServiceOptions {
+  /** The replica (control-plane process) this service runs operations for; a new one by default. */
+  replicaId?: string;
+  /** A replica not seen for this long is gone: failInterrupted fails its operations (default 15 s). */
+  replicaStaleMs?: number;
+  /** A wait re-reads the store at least this often, events or not (default 2 s). */
+  waitPollMs?: number;
+}
 
 export interface OperationHandle {
   readonly id: string;
@@ -28,22 +42,38 @@ export class OperationService {
   /** Progress is published at most this often per operation, and stored at the end. */
   private readonly progressIntervalMs = 100;
 
-  constructor(private readonly store: Store, private readonly events: EventBus) {}
+  readonly replicaId: string;
+  private readonly replicaStaleMs: number;
+  private readonly waitPollMs: number;
 
-  /** Reconcile: operations that were running when the daemon died are failed, not left dangling. */
+  constructor(private readonly store: Store, private readonly events: EventBus, options: OperationServiceOptions = {}) {
+    this.replicaId = options.replicaId ?? newId().slice(0, 16);
+    this.replicaStaleMs = options.replicaStaleMs ?? 15_000;
+    this.waitPollMs = options.waitPollMs ?? 2_000;
+  }
+
+  /**
+   * Reconcile: unfinished operations whose replica is gone (no replica row, or one not seen for
+   * replicaStaleMs; a restarted process is a new replica) are failed, not left dangling, and
+   * their failure published. Never this replica's own, nor a live replica's. Run at start and
+   * by the leader periodically; safe to run on several replicas at once (one UPDATE).
+   */
   async failInterrupted(): Promise<number> {
-    let n = 0;
-    for (const op of await this.store.operations.list(1000)) {
-      if (!TERMINAL.has(op.status)) {
-        await this.store.operations.update(op.id, {
-          status: 'failed',
-          error: { code: 'Unavailable', message: 'nimbusd restarted while this operation was running' },
-          updatedAt: new Date().toISOString(),
-        });
-        n++;
-      }
+    const now = Date.now();
+    const failed = await this.store.operations.failOrphaned(
+      now - this.replicaStaleMs,
+      this.replicaId,
+      { code: 'Unavailable', message: 'the nimbusd process running this operation stopped before it finished' },
+      new Date(now).toISOString(),
+    );
+    for (const op of failed) {
+      log.warn('operation interrupted', { id: op.id, kind: op.kind, replica: op.replica });
+      this.events.publish({
+        type: 'operation', action: 'failed', id: op.id, projectId: op.projectId,
+        attributes: { kind: op.kind, target: op.target, error: op.error, interrupted: true },
+      });
     }
-    return n;
+    return failed.length;
   }
 
   /** Queue a write of operation id's record behind its earlier ones; a failed write is logged, not thrown. */
@@ -64,7 +94,7 @@ export class OperationService {
     const now = new Date().toISOString();
     const rec: OperationRecord = {
       id: newId(), kind, projectId, status: 'running', target, progress: {}, result: null, error: null,
-      createdAt: now, updatedAt: now,
+      createdAt: now, updatedAt: now, replica: this.replicaId,
     };
     await this.store.operations.insert(rec);
     this.events.publish({ type: 'operation', action: 'create', id: rec.id, projectId, attributes: { kind, target } });
@@ -136,19 +166,41 @@ export class OperationService {
     return this.store.operations.list();
   }
 
-  /** Resolves when the operation ends or timeoutMs passes (returns the current record either way). */
+  /**
+   * Resolves when the operation ends or timeoutMs passes (returns the current record either
+   * way), wherever it runs: this replica's work, or an event for it (relayed from the replica
+   * running it) wakes the wait, and the store, re-read then and every waitPollMs, decides.
+   */
   async wait(id: string, timeoutMs: number, signal?: AbortSignal): Promise<OperationRecord> {
-    const op = await this.get(id);
-    if (TERMINAL.has(op.status)) return op;
-    const pending = this.done.get(id);
-    if (pending === undefined) return op; // ended long ago (or before a restart): the record is all there is
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((r) => {
-      timer = setTimeout(r, timeoutMs);
-      signal?.addEventListener('abort', () => r());
+    let wake: (() => void) | undefined;
+    // listening before the first read: an end published between the read and the wait is not missed
+    const off = this.events.on((e) => {
+      if (e.type === 'operation' && e.id === id && TERMINAL.has(e.action)) wake?.();
     });
-    await Promise.race([pending, timeout]);
-    clearTimeout(timer);
-    return this.get(id);
+    const onAbort = () => wake?.();
+    signal?.addEventListener('abort', onAbort);
+    const deadline = Date.now() + timeoutMs;
+    try {
+      let op = await this.get(id);
+      while (!TERMINAL.has(op.status) && !signal?.aborted) {
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          this.done.get(id) ?? new Promise<never>(() => undefined),
+          new Promise<void>((r) => {
+            wake = r;
+            timer = setTimeout(r, Math.min(left, this.waitPollMs));
+          }),
+        ]);
+        clearTimeout(timer);
+        wake = undefined;
+        op = await this.get(id);
+      }
+      return op;
+    } finally {
+      off();
+      signal?.removeEventListener('abort', onAbort);
+    }
   }
 }

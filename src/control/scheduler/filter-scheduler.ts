@@ -1,35 +1,380 @@
 /**
- * PLACEHOLDER until the scheduler lands (filters, weighers, claims): places on the pinned
- * host, else the first host that is up and enabled. Claims nothing.
+ * The scheduler (Nova's filter/weigher model, claims as in Placement; docs/scheduler.md).
+ * place(): filter the hosts, weigh the survivors, claim on the best one. The usage it filters
+ * on is a cached view of the claims (at most usageMaxAgeMs old, plus this process's own
+ * claims); it only steers the choice. What keeps a host from being over-committed is the claim
+ * itself, a conditional write in the store that any replica's concurrent claims cannot pass
+ * together. A claim the store refuses refreshes that host's usage and the choice is made again.
  */
-import { ResourceExhausted } from '../../core/errors.js';
+import { InvalidArgument, NotFound, Unavailable } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import type { HostLimits, HostUsageRecord, PlacementRepo, ServerGroupRecord } from '../../store/repos/placement.js';
 import type { Store } from '../../store/store.js';
-import type { Explanation, HostSource, Placement, PlacementRequest, Scheduler } from './types.js';
+import { DEFAULT_FILTERS, firstRejection, type FilterInput, type HostFilter, type HostState, type Need } from './filters.js';
+import { DEFAULT_MULTIPLIERS, DEFAULT_WEIGHERS, weigh, type WeigherMultipliers, type WeighInput } from './weighers.js';
+import { noHostError } from './explain.js';
+import type { Explanation, HostCandidate, HostSource, HostVerdict, ImageLocality, Placement, PlacementRequest, Scheduler } from './types.js';
+
+const log = logger('scheduler');
 
 export interface SchedulerOptions {
-  /** Spread (default) or pack. */
+  /** Spread (default: most free cpu and memory wins) or pack (least free that fits wins). */
   strategy?: 'spread' | 'pack';
+  /** The hosts holding an image's layers (the placement change keeps them in image_hosts). */
+  imageLocality?: ImageLocality;
+  /** Weigher multipliers by name (Nova's *_weight_multiplier); see DEFAULT_MULTIPLIERS. */
+  weights?: Partial<WeigherMultipliers>;
+  /** How old the cached usage may get before a placement reads it again (default 1000 ms). */
+  usageMaxAgeMs?: number;
+  filters?: readonly HostFilter[];
+  now?: () => Date;
+}
+
+/** What reconcile() did. */
+export interface ClaimsReconciled {
+  /** Consumers whose claims were dropped: their instance no longer exists. */
+  released: string[];
+  /** Hosts whose usage row had drifted from their claims and was recomputed. */
+  repairedHosts: string[];
+}
+
+/** Capacity × allocation ratio, in claim units. */
+export function limitsOf(c: HostCandidate): HostLimits {
+  const r = c.allocationRatios ?? { cpu: 1, memory: 1, disk: 1 };
+  return {
+    millicpus: Math.floor(c.cpus * r.cpu * 1000 + 1e-6),
+    memoryBytes: Math.floor(c.memoryBytes * r.memory),
+    diskBytes: Math.floor(c.diskBytes * r.disk),
+    ...(c.maxInstances !== undefined ? { instances: c.maxInstances } : {}),
+  };
+}
+
+/** The request's resources in claim units; InvalidArgument when one is not a non-negative number. */
+export function needOf(req: PlacementRequest): Need {
+  for (const [what, v] of [['vcpus', req.vcpus], ['memoryBytes', req.memoryBytes], ['diskBytes', req.diskBytes]] as const) {
+    if (!Number.isFinite(v) || v < 0) throw new InvalidArgument(`placement: ${what} must be a non-negative number, got ${v}`);
+  }
+  return { millicpus: Math.ceil(req.vcpus * 1000 - 1e-6), memoryBytes: Math.ceil(req.memoryBytes), diskBytes: Math.ceil(req.diskBytes) };
+}
+
+const zeroUsage = (host: string): HostUsageRecord => ({ host, millicpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0, generation: 0 });
+
+/** What one request sees of the claims besides usage: its group and the project's and group's instances per host. */
+interface RequestContext {
+  group?: ServerGroupRecord;
+  groupHosts: Set<string>;
+  groupCounts: Map<string, number>;
+  projectCounts: Map<string, number>;
+  imageHosts?: ReadonlySet<string>;
+}
+
+interface Evaluation {
+  verdicts: HostVerdict[];
+  /** Hosts that passed, best first. */
+  ranked: string[];
+}
+
+/** The usage rows as last read, with this process's claims since applied; read again once older than maxAgeMs. */
+class UsageView {
+  private rows = new Map<string, HostUsageRecord>();
+  private readAt = -Infinity;
+  private reading: Promise<void> | undefined;
+
+  constructor(private readonly repo: PlacementRepo, private readonly maxAgeMs: number) {}
+
+  async current(fresh: boolean): Promise<ReadonlyMap<string, HostUsageRecord>> {
+    if (fresh || performance.now() - this.readAt > this.maxAgeMs) await this.read();
+    return this.rows;
+  }
+
+  /** Concurrent callers share one read. */
+  private read(): Promise<void> {
+    this.reading ??= (async () => {
+      const started = performance.now();
+      try {
+        this.rows = new Map((await this.repo.usage()).map((u) => [u.host, u]));
+        this.readAt = started;
+      } finally {
+        this.reading = undefined;
+      }
+    })();
+    return this.reading;
+  }
+
+  /** Adds (sign 1) or takes back (-1) a claim, so that concurrent placements here see each other's choices. */
+  apply(host: string, need: Need, sign: 1 | -1): void {
+    const u = this.rows.get(host) ?? zeroUsage(host);
+    this.rows.set(host, {
+      ...u,
+      millicpus: Math.max(0, u.millicpus + sign * need.millicpus),
+      memoryBytes: Math.max(0, u.memoryBytes + sign * need.memoryBytes),
+      diskBytes: Math.max(0, u.diskBytes + sign * need.diskBytes),
+      instances: Math.max(0, u.instances + sign),
+    });
+  }
+
+  /** The store's own answer wins over anything cached. */
+  set(u: HostUsageRecord): void {
+    this.rows.set(u.host, u);
+  }
+}
+
+/** Projects whose per-host counts are kept (least recently read dropped first). */
+const MAX_PROJECT_COUNTS = 10_000;
+
+/** Projects read in one query at most (the rest wait for the next). */
+const PROJECTS_PER_READ = 500;
+
+/**
+ * Each project's claims per host, as last read (at most maxAgeMs old) plus this process's own
+ * since: the project-spread weigher's input, read once per project and period instead of once
+ * per placement, and the projects asked for in one turn of the event loop in one query. Only a
+ * weight depends on it.
+ */
+class ProjectCounts {
+  private readonly entries = new Map<string, { counts: Map<string, number>; readAt: number }>();
+  private wanted = new Map<string, { resolve: (c: Map<string, number>) => void; reject: (e: unknown) => void }[]>();
+  constructor(private readonly repo: PlacementRepo, private readonly maxAgeMs: number) {}
+
+  get(projectId: string): Promise<Map<string, number>> {
+    const e = this.entries.get(projectId);
+    if (e && performance.now() - e.readAt <= this.maxAgeMs) {
+      this.entries.delete(projectId); // most recently used last
+      this.entries.set(projectId, e);
+      return Promise.resolve(e.counts);
+    }
+    return new Promise((resolve, reject) => {
+      if (this.wanted.size === 0) setImmediate(() => this.read());
+      const waiting = this.wanted.get(projectId);
+      if (waiting) waiting.push({ resolve, reject });
+      else this.wanted.set(projectId, [{ resolve, reject }]);
+    });
+  }
+
+  private read(): void {
+    const wanted = this.wanted;
+    this.wanted = new Map();
+    const ids = [...wanted.keys()];
+    for (let i = 0; i < ids.length; i += PROJECTS_PER_READ) {
+      const part = ids.slice(i, i + PROJECTS_PER_READ);
+      const readAt = performance.now();
+      void this.repo.projectCounts(part).then(
+        (byProject) => {
+          for (const id of part) {
+            const counts = byProject.get(id) ?? new Map<string, number>();
+            this.entries.delete(id);
+            this.entries.set(id, { counts, readAt });
+            for (const w of wanted.get(id)!) w.resolve(counts);
+          }
+          while (this.entries.size > MAX_PROJECT_COUNTS) this.entries.delete(this.entries.keys().next().value!);
+        },
+        (e: unknown) => {
+          for (const id of part) for (const w of wanted.get(id)!) w.reject(e);
+        },
+      );
+    }
+  }
+
+  apply(projectId: string, host: string, sign: 1 | -1): void {
+    const counts = this.entries.get(projectId)?.counts;
+    if (counts) counts.set(host, Math.max(0, (counts.get(host) ?? 0) + sign));
+  }
 }
 
 export class FilterScheduler implements Scheduler {
+  private readonly view: UsageView;
+  private readonly projectCounts: ProjectCounts;
+  /** Hosts whose usage row this process made or is making (a claim locks that row). */
+  private readonly hostRows = new Map<string, Promise<void>>();
+  private readonly multipliers: WeigherMultipliers;
+  private readonly filters: readonly HostFilter[];
+
   constructor(
     readonly store: Store,
     private readonly hosts: HostSource,
     readonly options: SchedulerOptions = {},
-  ) {}
+  ) {
+    this.view = new UsageView(store.placement, options.usageMaxAgeMs ?? 1000);
+    this.projectCounts = new ProjectCounts(store.placement, options.usageMaxAgeMs ?? 1000);
+    this.multipliers = { ...DEFAULT_MULTIPLIERS, ...options.weights };
+    this.filters = options.filters ?? DEFAULT_FILTERS;
+  }
 
   async place(req: PlacementRequest): Promise<Placement> {
-    const e = await this.explain(req);
-    if (!e.chosen) throw new ResourceExhausted('no host can take this instance', { hosts: e.hosts });
-    return { host: e.chosen };
+    const need = needOf(req);
+    const [candidates, ctx] = await Promise.all([this.hosts.candidates(), this.context(req)]);
+    this.checkPinned(req, candidates);
+    // each refused claim brings fresher usage of that host (or the group): the choice converges
+    const attempts = candidates.length + 8;
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      const usage = await this.view.current(false);
+      if (attempt === 0) await this.makeHostRows(candidates, usage);
+      const e = this.evaluate(req, need, candidates, usage, ctx);
+      const host = e.ranked[0];
+      if (host === undefined) throw noHostError(req, e.verdicts);
+      const candidate = candidates.find((c) => c.name === host)!;
+      this.view.apply(host, need, 1);
+      let outcome;
+      try {
+        outcome = await this.store.placement.claim(
+          {
+            consumerId: req.consumerId, host, projectId: req.projectId, ...need, createdAt: this.now().toISOString(),
+            ...(ctx.group ? { group: { id: ctx.group.id, policy: ctx.group.policy } } : {}),
+          },
+          limitsOf(candidate),
+        );
+      } catch (err) {
+        this.view.apply(host, need, -1);
+        throw err;
+      }
+      if (outcome.claimed) {
+        this.projectCounts.apply(req.projectId, host, 1);
+        return { host };
+      }
+      if (outcome.reason === 'capacity') {
+        this.view.set(outcome.usage);
+      } else {
+        this.view.apply(host, need, -1);
+        ctx.groupHosts = new Set(outcome.memberHosts);
+      }
+    }
+    throw new Unavailable(`placement of ${req.consumerId}: claims kept being refused by concurrent placements (${attempts} attempts); try again`);
   }
 
   async explain(req: PlacementRequest): Promise<Explanation> {
-    const hosts = await this.hosts.candidates();
-    const ok = hosts.filter((h) => (req.host ? h.name === req.host : h.state === 'up' && !h.disabled));
-    return { chosen: ok[0]?.name, hosts: hosts.map((h) => ({ host: h.name })) };
+    const need = needOf(req);
+    const [candidates, ctx] = await Promise.all([this.hosts.candidates(), this.context(req)]);
+    this.checkPinned(req, candidates);
+    const e = this.evaluate(req, need, candidates, await this.view.current(true), ctx);
+    return { ...(e.ranked[0] !== undefined ? { chosen: e.ranked[0] } : {}), hosts: e.verdicts };
   }
 
-  async release(_consumerId: string): Promise<void> {}
-  async moveClaim(_consumerId: string, _toHost: string): Promise<void> {}
+  async release(consumerId: string): Promise<void> {
+    const released = await this.store.placement.release(consumerId);
+    if (released) {
+      this.view.apply(released.host, released, -1);
+      this.projectCounts.apply(released.projectId, released.host, -1);
+    }
+  }
+
+  async moveClaim(consumerId: string, toHost: string): Promise<void> {
+    const candidate = (await this.hosts.candidates()).find((c) => c.name === toHost);
+    if (!candidate) throw new NotFound(`no host named ${toHost}`);
+    const before = await this.store.placement.allocation(consumerId);
+    const moved = await this.store.placement.move(consumerId, toHost, limitsOf(candidate));
+    if (before && before.host !== moved.host) {
+      this.view.apply(before.host, moved, -1);
+      this.view.apply(moved.host, moved, 1);
+      this.projectCounts.apply(moved.projectId, before.host, -1);
+      this.projectCounts.apply(moved.projectId, moved.host, 1);
+    }
+  }
+
+  /**
+   * Records the claim of an instance that already lives on `host` (made before claims existed, or
+   * copied from another store), whatever room the host has: a fact, not a decision. An instance
+   * holding a claim already keeps it. True when a claim was recorded.
+   */
+  async adopt(req: PlacementRequest & { host: string }): Promise<boolean> {
+    if (await this.store.placement.allocation(req.consumerId)) return false;
+    const need = needOf(req);
+    const group = req.group === undefined ? undefined : await this.group(req);
+    const unlimited = { millicpus: Number.MAX_SAFE_INTEGER, memoryBytes: Number.MAX_SAFE_INTEGER, diskBytes: Number.MAX_SAFE_INTEGER };
+    try {
+      await this.store.placement.claim({
+        consumerId: req.consumerId, host: req.host, projectId: req.projectId, ...need, createdAt: this.now().toISOString(),
+        // the group is recorded; its policy is not applied to what already exists
+        ...(group ? { group: { id: group.id, policy: group.policy === 'affinity' || group.policy === 'anti-affinity' ? (`soft-${group.policy}` as const) : group.policy } } : {}),
+      }, unlimited);
+    } catch (e) {
+      if ((e as { code?: unknown }).code === 'Conflict') return false; // adopted meanwhile by another replica
+      throw e;
+    }
+    this.view.apply(req.host, need, 1);
+    this.projectCounts.apply(req.projectId, req.host, 1);
+    return true;
+  }
+
+  /**
+   * Drops the claims of consumers that are not live any more (instances removed while no
+   * process could release them) and recomputes every host's usage from its claims.
+   */
+  async reconcile(liveConsumerIds: ReadonlySet<string>): Promise<ClaimsReconciled> {
+    const released: string[] = [];
+    for (const id of await this.store.placement.consumers()) {
+      if (liveConsumerIds.has(id)) continue;
+      if (await this.store.placement.release(id)) released.push(id);
+    }
+    const repairedHosts: string[] = [];
+    for (const u of await this.store.placement.usage()) if (await this.store.placement.recomputeUsage(u.host)) repairedHosts.push(u.host);
+    if (released.length || repairedHosts.length) log.info('claims reconciled', { released: released.length, repairedHosts });
+    await this.view.current(true);
+    return { released, repairedHosts };
+  }
+
+  /** One statement for the hosts new to this process (a claim on a host without its row would make it alone, in three). */
+  private async makeHostRows(candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>): Promise<void> {
+    const missing = candidates.filter((c) => !usage.has(c.name) && !this.hostRows.has(c.name)).map((c) => c.name);
+    if (missing.length) {
+      const made = this.store.placement.ensureHosts(missing);
+      for (const h of missing) this.hostRows.set(h, made);
+      // a failure is not kept: the next placement asks again, and a claim makes its row anyway
+      made.catch(() => missing.forEach((h) => this.hostRows.delete(h)));
+    }
+    await Promise.all(candidates.filter((c) => !usage.has(c.name)).map((c) => this.hostRows.get(c.name)?.catch(() => undefined)));
+  }
+
+  private now(): Date {
+    return this.options.now?.() ?? new Date();
+  }
+
+  private checkPinned(req: PlacementRequest, candidates: readonly HostCandidate[]): void {
+    if (req.host !== undefined && !candidates.some((c) => c.name === req.host)) throw new NotFound(`no host named ${req.host}`);
+  }
+
+  private async context(req: PlacementRequest): Promise<RequestContext> {
+    const group = req.group === undefined ? undefined : await this.group(req);
+    const none = new Map<string, number>();
+    const [projectCounts, groupCounts, imageHosts] = await Promise.all([
+      this.multipliers['project-spread'] !== 0 ? this.projectCounts.get(req.projectId) : none,
+      group ? this.store.placement.countsByHost({ groupId: group.id }) : none,
+      req.imageChainId !== undefined && this.options.imageLocality ? this.options.imageLocality(req.imageChainId) : undefined,
+    ]);
+    return {
+      ...(group ? { group } : {}), groupHosts: new Set(groupCounts.keys()), groupCounts, projectCounts, ...(imageHosts ? { imageHosts } : {}),
+    };
+  }
+
+  private async group(req: PlacementRequest): Promise<ServerGroupRecord> {
+    const g = await this.store.placement.group(req.group!);
+    if (!g) throw new NotFound(`server group ${req.group} does not exist`);
+    if (g.projectId !== req.projectId) throw new InvalidArgument(`server group ${g.name} belongs to another project`);
+    return g;
+  }
+
+  private evaluate(req: PlacementRequest, need: Need, candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>, ctx: RequestContext): Evaluation {
+    const input: FilterInput = { req, need, groupHosts: ctx.groupHosts, ...(ctx.group ? { group: ctx.group } : {}) };
+    const states: HostState[] = candidates.map((c) => ({
+      candidate: c, limits: limitsOf(c), usage: usage.get(c.name) ?? zeroUsage(c.name),
+      projectInstances: ctx.projectCounts.get(c.name) ?? 0, groupMembers: ctx.groupCounts.get(c.name) ?? 0,
+    }));
+    const rejections = states.map((h) => firstRejection(this.filters, h, input));
+    const passed = states.filter((_, i) => rejections[i] === undefined);
+    const weighIn: WeighInput = {
+      need, strategy: this.options.strategy ?? 'spread', ...(ctx.group ? { group: ctx.group } : {}), ...(ctx.imageHosts ? { imageHosts: ctx.imageHosts } : {}),
+    };
+    const weights = weigh(passed, weighIn, DEFAULT_WEIGHERS, this.multipliers);
+    const byHost = new Map(passed.map((h, i) => [h.candidate.name, weights[i]!]));
+    const verdicts = states.map((h, i): HostVerdict => {
+      const rejectedBy = rejections[i];
+      if (rejectedBy) return { host: h.candidate.name, rejectedBy };
+      const w = byHost.get(h.candidate.name)!;
+      return { host: h.candidate.name, weight: w.total, weighers: w.parts };
+    });
+    const ranked = passed
+      .map((h) => ({ name: h.candidate.name, weight: byHost.get(h.candidate.name)!.total }))
+      .sort((a, b) => b.weight - a.weight || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((h) => h.name);
+    return { verdicts, ranked };
+  }
 }

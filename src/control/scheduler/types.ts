@@ -26,6 +26,8 @@ export interface HostCandidate {
   architecture: string;
   /** Over-commit allowed per resource (Nova's allocation ratios); absent: 1.0 each. */
   allocationRatios?: { cpu: number; memory: number; disk: number };
+  /** At most this many instances (Nova's max_instances_per_host); absent: no limit. */
+  maxInstances?: number;
 }
 
 export interface HostSource {
@@ -69,6 +71,8 @@ export interface HostVerdict {
   rejectedBy?: { filter: string; reason: string };
   /** Weighed score of hosts that passed (higher wins). */
   weight?: number;
+  /** The weight's parts: each weigher's normalised value × its multiplier. */
+  weighers?: Record<string, number>;
 }
 
 export interface Explanation {

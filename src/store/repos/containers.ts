@@ -19,6 +19,7 @@ const COLUMNS: Record<string, string> = {
   startedAt: 'started_at',
   finishedAt: 'finished_at',
   warnings: 'warnings',
+  host: 'host',
 };
 
 function value(key: string, v: unknown): SqlValue {
@@ -45,10 +46,11 @@ function container(r: Row): ContainerRecord {
     startedAt: strOrNull(r.started_at),
     finishedAt: strOrNull(r.finished_at),
     warnings: JSON.parse(str(r.warnings)) as string[],
+    host: str(r.host ?? 'local'),
   };
 }
 
-/** The container rows: what the two instance tables share (instances.ts), and counts by image. */
+/** The container rows: what the two instance tables share (instances.ts), counts by image and containers per host. */
 export class SqlContainerRepo extends InstanceRows<ContainerRecord> implements ContainerRepo {
   constructor(db: SqlExecutor) {
     super(db, 'container', COLUMNS, value, container);
@@ -59,5 +61,8 @@ export class SqlContainerRepo extends InstanceRows<ContainerRecord> implements C
       : 'SELECT COUNT(*) AS n FROM containers WHERE image_digest = ? AND project_id = ?';
     const params = projectId === undefined ? [digest] : [digest, projectId];
     return Number((await this.db.get(sql, params))!.n);
+  }
+  async onHost(host: string) {
+    return (await this.db.all('SELECT * FROM containers WHERE host = ? ORDER BY created_at DESC, id DESC', [host])).map(container);
   }
 }

@@ -80,4 +80,16 @@ export class SqlImageRepo implements ImageRepo {
   async deleteTag(projectId: string, name: string) {
     await this.db.run('DELETE FROM image_tags WHERE project_id = ? AND name = ?', [projectId, name]);
   }
+  async addHost(chainId: string, host: string, at = new Date().toISOString()) {
+    await this.db.run('INSERT INTO image_hosts (chain_id, host, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING', [chainId, host, at]);
+  }
+  async hosts(chainId: string) {
+    return (await this.db.all('SELECT host FROM image_hosts WHERE chain_id = ? ORDER BY host', [chainId])).map((r) => str(r.host));
+  }
+  async removeHost(host: string, chainId?: string) {
+    const r = chainId === undefined
+      ? await this.db.run('DELETE FROM image_hosts WHERE host = ?', [host])
+      : await this.db.run('DELETE FROM image_hosts WHERE host = ? AND chain_id = ?', [host, chainId]);
+    return r.changes;
+  }
 }

@@ -54,7 +54,10 @@ export class SqlNetworkRepo implements NetworkRepo {
     }
   }
   async delete(id: string) {
-    await this.db.run('DELETE FROM networks WHERE id = ?', [id]);
+    await this.db.transaction(async () => {
+      await this.db.run('DELETE FROM network_hosts WHERE network_id = ?', [id]);
+      await this.db.run('DELETE FROM networks WHERE id = ?', [id]);
+    });
   }
   async leases(filter: { networkId?: string; instanceId?: string }): Promise<NetworkLeaseRecord[]> {
     const where: string[] = [];
@@ -79,6 +82,18 @@ export class SqlNetworkRepo implements NetworkRepo {
       if (isUniqueViolation(e)) throw new AlreadyExists(`address ${l.address} is already leased on this network, or the container is already on it`);
       throw e;
     }
+  }
+  async addHost(networkId: string, host: string, at = new Date().toISOString()) {
+    await this.db.run('INSERT INTO network_hosts (network_id, host, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING', [networkId, host, at]);
+  }
+  async hosts(networkId: string) {
+    return (await this.db.all('SELECT host FROM network_hosts WHERE network_id = ? ORDER BY host', [networkId])).map((r) => str(r.host));
+  }
+  async onHost(host: string) {
+    return this.rows('SELECT n.* FROM networks n JOIN network_hosts h ON h.network_id = n.id WHERE h.host = ? ORDER BY n.created_at, n.id', [host]);
+  }
+  async removeHost(networkId: string, host: string) {
+    await this.db.run('DELETE FROM network_hosts WHERE network_id = ? AND host = ?', [networkId, host]);
   }
   async release(instanceId: string, networkId?: string): Promise<number> {
     const r = networkId

@@ -1,7 +1,7 @@
 import { NotFound } from '../../core/errors.js';
-import type { OperationRecord } from '../records.js';
+import type { OperationRecord, ReplicaRecord } from '../records.js';
 import type { OperationRepo } from '../store.js';
-import { str, type Row, type SqlExecutor } from '../sql/executor.js';
+import { str, strOrNull, type Row, type SqlExecutor } from '../sql/executor.js';
 
 function operation(r: Row): OperationRecord {
   return {
@@ -15,6 +15,18 @@ function operation(r: Row): OperationRecord {
     error: r.error === null ? null : (JSON.parse(str(r.error)) as OperationRecord['error']),
     createdAt: str(r.created_at),
     updatedAt: str(r.updated_at),
+    replica: strOrNull(r.replica),
+  };
+}
+
+function replica(r: Row): ReplicaRecord {
+  return {
+    id: str(r.id),
+    hostname: str(r.hostname),
+    pid: Number(r.pid),
+    startedAt: Number(r.started_at),
+    lastSeen: Number(r.last_seen),
+    apiUrl: strOrNull(r.api_url),
   };
 }
 
@@ -31,18 +43,50 @@ export class SqlOperationRepo implements OperationRepo {
   }
   async insert(op: OperationRecord) {
     await this.db.run(
-      `INSERT INTO operations (id, kind, project_id, status, target, progress, result, error, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [op.id, op.kind, op.projectId, op.status, op.target, JSON.stringify(op.progress), json(op.result), op.error ? JSON.stringify(op.error) : null, op.createdAt, op.updatedAt],
+      `INSERT INTO operations (id, kind, project_id, status, target, progress, result, error, created_at, updated_at, replica)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [op.id, op.kind, op.projectId, op.status, op.target, JSON.stringify(op.progress), json(op.result), op.error ? JSON.stringify(op.error) : null, op.createdAt, op.updatedAt, op.replica ?? null],
     );
   }
   async update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): Promise<OperationRecord> {
     const cur = await this.get(id);
     if (!cur) throw new NotFound(`no such operation: ${id}`);
     const next = { ...cur, ...patch };
-    await this.db.run('UPDATE operations SET status = ?, progress = ?, result = ?, error = ?, updated_at = ? WHERE id = ?', [
-      next.status, JSON.stringify(next.progress), json(next.result), next.error ? JSON.stringify(next.error) : null, next.updatedAt, id,
+    await this.db.run('UPDATE operations SET status = ?, progress = ?, result = ?, error = ?, updated_at = ?, replica = ? WHERE id = ?', [
+      next.status, JSON.stringify(next.progress), json(next.result), next.error ? JSON.stringify(next.error) : null, next.updatedAt, next.replica ?? null, id,
     ]);
     return next;
+  }
+  async failOrphaned(seenBefore: number, keep: string, error: { code: string; message: string }, updatedAt: string): Promise<OperationRecord[]> {
+    // the status test repeats the partial index's predicate so both planners use it
+    const rows = await this.db.all(
+      `UPDATE operations SET status = 'failed', error = ?, updated_at = ?
+       WHERE status IN ('pending', 'running')
+         AND (replica IS NULL OR replica <> ?)
+         AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = operations.replica AND r.last_seen >= ?)
+       RETURNING *`,
+      [JSON.stringify(error), updatedAt, keep, seenBefore],
+    );
+    return rows.map(operation).sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.id < b.id ? -1 : 1));
+  }
+  async registerReplica(r: ReplicaRecord): Promise<void> {
+    await this.db.run(
+      `INSERT INTO replicas (id, hostname, pid, started_at, last_seen, api_url) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, pid = excluded.pid, started_at = excluded.started_at,
+         last_seen = excluded.last_seen, api_url = excluded.api_url`,
+      [r.id, r.hostname, r.pid, r.startedAt, r.lastSeen, r.apiUrl],
+    );
+  }
+  async touchReplica(id: string, lastSeen: number): Promise<boolean> {
+    return (await this.db.run('UPDATE replicas SET last_seen = ? WHERE id = ?', [lastSeen, id])).changes > 0;
+  }
+  async removeReplica(id: string): Promise<void> {
+    await this.db.run('DELETE FROM replicas WHERE id = ?', [id]);
+  }
+  async listReplicas(): Promise<ReplicaRecord[]> {
+    return (await this.db.all('SELECT * FROM replicas ORDER BY started_at, id')).map(replica);
+  }
+  async pruneReplicas(seenBefore: number): Promise<number> {
+    return (await this.db.run('DELETE FROM replicas WHERE last_seen < ?', [seenBefore])).changes;
   }
 }

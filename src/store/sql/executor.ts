@@ -22,6 +22,17 @@ export interface SqlExecutor {
    * the outer one, a throw rolls back. Calls from other contexts never run inside it.
    */
   transaction<T>(fn: () => Promise<T>): Promise<T>;
+  /**
+   * Runs fn atomically like transaction(), but takes no store-wide lock: on PostgreSQL it is
+   * neither queued behind this process's transactions nor behind other processes' (no advisory
+   * lock), so such transactions run side by side. fn's statements must make themselves safe
+   * against concurrent writers: conditional UPDATEs, row locks taken by an UPDATE before the
+   * rows they guard are read, unique keys. No savepoints either: a refused statement aborts the
+   * transaction and fn must let the error through. Joins a transaction already running in the
+   * caller's context, and a transaction() called inside fn joins it (without the store-wide
+   * lock): fn calls only code written for it. SQLite has one writer: the same as transaction().
+   */
+  rowLockTransaction<T>(fn: () => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
 

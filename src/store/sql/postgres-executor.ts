@@ -7,6 +7,8 @@
  * no connection) and across processes (a transaction-level advisory lock taken after BEGIN).
  * That is what keeps a read-then-write inside transaction() from losing updates under READ
  * COMMITTED, as SQLite's single writer does; writes outside transactions run beside them.
+ * rowLockTransaction() is the exception, for statements that guard themselves with row locks
+ * and conditional writes (the scheduler's claims): neither queued nor advisory-locked.
  * Inside a transaction, each write runs under a savepoint: a statement PostgreSQL refuses (a
  * unique violation the caller catches and answers, as IPAM does) rolls back alone instead of
  * aborting the whole transaction, as in SQLite.
@@ -40,8 +42,10 @@ const types = {
 interface TxContext {
   client: pg.PoolClient;
   active: boolean;
-  /** Statements of one transaction run one at a time (each under its own savepoint). */
+  /** Statements of one transaction run one at a time (each write under its own savepoint, when `savepoints`). */
   tail: Promise<unknown>;
+  /** false in rowLockTransaction: a refused statement aborts it (two round trips fewer per write). */
+  savepoints: boolean;
 }
 
 export interface PostgresOptions {
@@ -117,6 +121,8 @@ export class PostgresExecutor implements SqlExecutor {
   private readonly texts = new Map<string, string>();
   /** The tail of this process's transactions' queue. */
   private queue: Promise<void> = Promise.resolve();
+  /** Row-lock transactions running (not in the queue): close() waits for them too. */
+  private readonly unqueued = new Set<Promise<unknown>>();
   private closing: Promise<void> | undefined;
 
   constructor(private readonly pool: pg.Pool) {}
@@ -138,7 +144,7 @@ export class PostgresExecutor implements SqlExecutor {
       if (!tx?.active) return await this.pool.query<Row>(query);
       const isWrite = /^\s*(INSERT|UPDATE|DELETE)\b/i.test(sql);
       const step = tx.tail.then(async () => {
-        if (!isWrite) return tx.client.query<Row>(query);
+        if (!isWrite || !tx.savepoints) return tx.client.query<Row>(query);
         await tx.client.query('SAVEPOINT nimbus_statement');
         try {
           const r = await tx.client.query<Row>(query);
@@ -176,33 +182,51 @@ export class PostgresExecutor implements SqlExecutor {
     try {
       await before;
       const client = await this.pool.connect();
-      const tx: TxContext = { client, active: true, tail: Promise.resolve() };
-      let broken: unknown;
-      try {
-        try {
-          await client.query('BEGIN');
-          await client.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_SPACE, TRANSACTION_LOCK]);
-          const out = await this.context.run(tx, fn);
-          await tx.tail; // statements fn started without awaiting them finish inside the transaction
-          await client.query('COMMIT');
-          return out;
-        } catch (e) {
-          await client.query('ROLLBACK').catch((rollback: unknown) => (broken = rollback));
-          throw e;
-        }
-      } finally {
-        tx.active = false;
-        // a connection that failed to roll back is not given to anyone else
-        client.release(broken instanceof Error ? broken : undefined);
-      }
+      return await this.runTransaction(client, fn, { storeLock: true });
     } finally {
       leave();
     }
   }
 
+  async rowLockTransaction<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.context.getStore()?.active) return fn();
+    const running = (async () => this.runTransaction(await this.pool.connect(), fn, { storeLock: false }))();
+    this.unqueued.add(running);
+    try {
+      return await running;
+    } finally {
+      this.unqueued.delete(running);
+    }
+  }
+
+  /** BEGIN, fn in its context, COMMIT (ROLLBACK on a throw); storeLock: the cluster-wide advisory lock and savepoints. */
+  private async runTransaction<T>(client: pg.PoolClient, fn: () => Promise<T>, { storeLock }: { storeLock: boolean }): Promise<T> {
+    const tx: TxContext = { client, active: true, tail: Promise.resolve(), savepoints: storeLock };
+    let broken: unknown;
+    try {
+      try {
+        await client.query('BEGIN');
+        if (storeLock) await client.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_SPACE, TRANSACTION_LOCK]);
+        const out = await this.context.run(tx, fn);
+        await tx.tail; // statements fn started without awaiting them finish inside the transaction
+        await client.query('COMMIT');
+        return out;
+      } catch (e) {
+        await client.query('ROLLBACK').catch((rollback: unknown) => (broken = rollback));
+        throw e;
+      }
+    } finally {
+      tx.active = false;
+      // a connection that failed to roll back is not given to anyone else
+      client.release(broken instanceof Error ? broken : undefined);
+    }
+  }
+
   /** After the transactions already asked for; a second close is the first one's. */
   close(): Promise<void> {
-    this.closing ??= this.queue.then(() => this.pool.end());
+    this.closing ??= this.queue
+      .then(() => Promise.allSettled([...this.unqueued]))
+      .then(() => this.pool.end());
     return this.closing;
   }
 }

@@ -95,6 +95,11 @@ export class SqliteExecutor implements SqlExecutor {
     }
   }
 
+  /** One writer already orders everything: a row lock would add nothing. */
+  rowLockTransaction<T>(fn: () => Promise<T>): Promise<T> {
+    return this.transaction(fn);
+  }
+
   /** After the transactions already asked for. */
   async close(): Promise<void> {
     await this.queue;

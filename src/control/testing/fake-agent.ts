@@ -1,0 +1,523 @@
+/**
+ * A typed fake host for control-service tests (Nova's fake virt driver in spirit): it implements
+ * the whole `Agent` interface in memory, records every call, keeps containers and VMs as state
+ * maps, and lets a test fire exits or make any method fail. Nothing touches the host.
+ *
+ *   const agent = new FakeAgent({ name: 'b', cpus: 8 });
+ *   agent.override('pullImage', async (ref) => myImage(ref));   // a method's behaviour, typed
+ *   agent.failNext('startContainer', new Unavailable('down'));  // one failure, then normal
+ *   agent.exitContainer(id, 137);                               // what conmon would report
+ *   agent.calls('createContainer')                              // the arguments of each call
+ */
+import { createHash } from 'node:crypto';
+import { PassThrough, Readable } from 'node:stream';
+import type { Duplex } from 'node:stream';
+import { NotFound } from '../../core/errors.js';
+import type {
+  AddressProvider,
+  Agent,
+  AgentImage,
+  AgentInfo,
+  ContainerCreateRequest,
+  GcResult,
+  OutgoingMigration,
+  VmCreateRequest,
+  VmHostState,
+  VmImageFormat,
+  VmMigrationSpec,
+} from '../../agent/agent.js';
+import type { RuntimeState, LogRecord, InstanceStats, ExecSession } from '../../agent/drivers/instance-driver.js';
+import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
+import type { EndpointSpec, NetworkSpec } from '../../agent/network/network-driver.js';
+
+type AgentMethod = { [K in keyof Agent]: Agent[K] extends (...args: never[]) => unknown ? K : never }[keyof Agent];
+
+/** What the fake says of itself (info()); every field optional with a small host's defaults. */
+export interface FakeAgentOptions {
+  name?: string;
+  hostname?: string;
+  cpus?: number;
+  memoryBytes?: number;
+  diskBytes?: number;
+  architecture?: string;
+  kernel?: string;
+  /** Usable runtimes (the first is the default). */
+  runtimes?: string[];
+  /** The VM accelerator; absent: the host runs no VMs (info() has no vm section). */
+  accelerator?: 'kvm' | 'tcg' | 'undecided';
+}
+
+interface FakeContainer {
+  req: ContainerCreateRequest;
+  state: RuntimeState;
+  logs: LogRecord[];
+  endpoints: Map<string, EndpointSpec>;
+}
+
+interface FakeVm {
+  req: VmCreateRequest;
+  state: VmHostState;
+}
+
+export class FakeAgent implements Agent {
+  /** What info() answers; a test may change it between calls. */
+  readonly host: Required<Omit<FakeAgentOptions, 'accelerator'>> & { accelerator?: FakeAgentOptions['accelerator'] };
+  readonly containers = new Map<string, FakeContainer>();
+  readonly vms = new Map<string, FakeVm>();
+  readonly networks = new Map<string, NetworkSpec>();
+  /** Images pulled or imported, by manifest digest. */
+  readonly images = new Map<string, AgentImage>();
+  /** Warm container ids claimWarmContainer hands out, first first. */
+  readonly warm: string[] = [];
+  foreign: string[] = [];
+  addressProvider: AddressProvider | undefined;
+  closed = false;
+  private readonly callLog: Array<{ method: AgentMethod; args: unknown[] }> = [];
+  private readonly overrides = new Map<AgentMethod, (...args: never[]) => unknown>();
+  private readonly failures = new Map<AgentMethod, Error[]>();
+  private readonly containerExits: Array<(id: string) => void> = [];
+  private readonly vmExits: Array<(id: string) => void> = [];
+
+  constructor(o: FakeAgentOptions = {}) {
+    this.host = {
+      name: o.name ?? 'local', hostname: o.hostname ?? `${o.name ?? 'local'}.test`, cpus: o.cpus ?? 4, memoryBytes: o.memoryBytes ?? 8 * 1024 ** 3,
+      diskBytes: o.diskBytes ?? 100 * 1024 ** 3, architecture: o.architecture ?? 'amd64', kernel: o.kernel ?? '6.1.0-fake', runtimes: o.runtimes ?? ['runc'],
+      ...(o.accelerator ? { accelerator: o.accelerator } : {}),
+    };
+  }
+
+  // ---- test controls
+
+  /** Replace a method's behaviour (typed as the method); calls are still recorded. */
+  override<K extends AgentMethod>(method: K, impl: Agent[K]): this {
+    this.overrides.set(method, impl as unknown as (...args: never[]) => unknown);
+    return this;
+  }
+
+  /** The next call of the method throws this error (queued: one per call). */
+  failNext(method: AgentMethod, error: Error): this {
+    const q = this.failures.get(method) ?? [];
+    q.push(error);
+    this.failures.set(method, q);
+    return this;
+  }
+
+  /** The arguments of each call of the method so far, oldest first. */
+  calls<K extends AgentMethod>(method: K): Array<Parameters<Agent[K]>> {
+    return this.callLog.filter((c) => c.method === method).map((c) => c.args as Parameters<Agent[K]>);
+  }
+
+  /** Every call's method name, in order. */
+  callNames(): AgentMethod[] {
+    return this.callLog.map((c) => c.method);
+  }
+
+  /** A container's process ended (as conmon reports): its state becomes stopped and exit listeners hear of it. */
+  exitContainer(id: string, exitCode = 0, oomKilled = false): void {
+    const c = this.containers.get(id);
+    if (c) c.state = { status: 'stopped', exitCode, oomKilled, ...(c.state.startedAt ? { startedAt: c.state.startedAt } : {}), finishedAt: new Date().toISOString() };
+    for (const l of this.containerExits) l(id);
+  }
+
+  /** A VM's QEMU ended: stopped, and exit listeners hear of it. */
+  exitVm(id: string, exitCode = 0): void {
+    const v = this.vms.get(id);
+    if (v) v.state = { ...v.state, status: 'stopped', lifecycle: 'stopped', exitCode, finishedAt: new Date().toISOString() };
+    for (const l of this.vmExits) l(id);
+  }
+
+  /** Lines a container's logs will show. */
+  addLog(id: string, line: string, stream: 'stdout' | 'stderr' = 'stdout'): void {
+    this.container(id).logs.push({ time: new Date().toISOString(), stream, line });
+  }
+
+  /** Records the call, then throws a queued failure or runs the override, else the built-in behaviour. */
+  private run<K extends AgentMethod>(method: K, args: unknown[], builtIn: () => ReturnType<Agent[K]>): ReturnType<Agent[K]> {
+    this.callLog.push({ method, args });
+    const failure = this.failures.get(method)?.shift();
+    const impl = this.overrides.get(method);
+    const isAsync = !['claimWarmContainer', 'diskImagePath', 'containerLogs', 'vmLogs', 'onContainerExit', 'onVmExit', 'setAddressProvider'].includes(method);
+    if (failure) {
+      if (isAsync) return Promise.reject(failure) as ReturnType<Agent[K]>;
+      throw failure;
+    }
+    if (impl) return (impl as (...a: unknown[]) => ReturnType<Agent[K]>)(...args);
+    return builtIn();
+  }
+
+  private container(id: string): FakeContainer {
+    const c = this.containers.get(id);
+    if (!c) throw new NotFound(`no such container on ${this.host.name}: ${id}`, { id });
+    return c;
+  }
+
+  private vm(id: string): FakeVm {
+    const v = this.vms.get(id);
+    if (!v) throw new NotFound(`no such VM on ${this.host.name}: ${id}`, { id });
+    return v;
+  }
+
+  private setVm(id: string, lifecycle: VmHostState['lifecycle']): VmHostState {
+    const v = this.vm(id);
+    const status: RuntimeState['status'] = lifecycle === 'running' ? 'running' : lifecycle === 'paused' ? 'paused' : lifecycle === 'created' ? 'created' : 'stopped';
+    v.state = { ...v.state, lifecycle, status, ...(lifecycle === 'running' ? { startedAt: new Date().toISOString() } : {}) };
+    return { ...v.state };
+  }
+
+  // ---- HostInfoApi
+
+  info(): Promise<AgentInfo> {
+    return this.run('info', [], async () => ({
+      name: this.host.name, hostname: this.host.hostname, cgroupLayout: 'v2', snapshotter: 'native',
+      runtimes: this.host.runtimes.map((name, i) => ({ name, usable: true, ...(i === 0 ? { default: true } : {}) })),
+      snapshotters: [{ name: 'native', usable: true }], kernel: this.host.kernel,
+      cpus: this.host.cpus, memoryBytes: this.host.memoryBytes, diskBytes: this.host.diskBytes, architecture: this.host.architecture,
+      ...(this.host.accelerator ? { vm: { accelerator: this.host.accelerator, reason: 'fake' } } : {}),
+    }));
+  }
+
+  // ---- ImageHost
+
+  pullImage(...args: Parameters<Agent['pullImage']>): Promise<AgentImage> {
+    return this.run('pullImage', args, async () => {
+      const [ref, , progress] = args;
+      const img = fakeImage(ref);
+      progress({ phase: 'done', layers: [], bytesDone: img.size, bytesTotal: img.size });
+      this.images.set(img.manifestDigest, img);
+      return img;
+    });
+  }
+
+  importImages(...args: Parameters<Agent['importImages']>): Promise<AgentImage[]> {
+    return this.run('importImages', args, async () => []);
+  }
+
+  garbageCollect(...args: Parameters<Agent['garbageCollect']>): Promise<GcResult> {
+    return this.run('garbageCollect', args, async () => ({ blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 }));
+  }
+
+  importDiskImage(...args: Parameters<Agent['importDiskImage']>): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }> {
+    return this.run('importDiskImage', args, async (): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }> => {
+      const [file, kind = 'disk'] = args;
+      return { digest: `sha256:${createHash('sha256').update(file).digest('hex')}`, size: 1, format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 1 };
+    });
+  }
+
+  diskImagePath(...args: Parameters<Agent['diskImagePath']>): string {
+    return this.run('diskImagePath', args, () => `/fake/${this.host.name}/blobs/${args[0]}`);
+  }
+
+  // ---- ContainerHost
+
+  claimWarmContainer(...args: Parameters<Agent['claimWarmContainer']>): string | undefined {
+    return this.run('claimWarmContainer', args, () => this.warm.shift());
+  }
+
+  createContainer(...args: Parameters<Agent['createContainer']>): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    return this.run('createContainer', args, async () => {
+      const [req] = args;
+      const state: RuntimeState = { status: 'created' };
+      this.containers.set(req.id, { req, state, logs: [], endpoints: new Map() });
+      return { ...state, warnings: [], runtime: req.runtime && req.runtime !== 'auto' ? req.runtime : this.host.runtimes[0] ?? 'runc' };
+    });
+  }
+
+  startContainer(...args: Parameters<Agent['startContainer']>): Promise<RuntimeState> {
+    return this.run('startContainer', args, async () => {
+      const c = this.container(args[0]);
+      c.state = { status: 'running', pid: 1000 + this.containers.size, startedAt: new Date().toISOString() };
+      return { ...c.state };
+    });
+  }
+
+  stopContainer(...args: Parameters<Agent['stopContainer']>): Promise<RuntimeState> {
+    return this.run('stopContainer', args, async () => {
+      const c = this.container(args[0]);
+      if (c.state.status === 'running' || c.state.status === 'paused') this.exitContainer(args[0], 143);
+      return { ...c.state };
+    });
+  }
+
+  killContainer(...args: Parameters<Agent['killContainer']>): Promise<void> {
+    return this.run('killContainer', args, async () => {
+      const c = this.container(args[0]);
+      if (c.state.status === 'running' && /KILL|TERM|INT|^9$|^15$/.test(args[1])) this.exitContainer(args[0], 137);
+    });
+  }
+
+  pauseContainer(...args: Parameters<Agent['pauseContainer']>): Promise<void> {
+    return this.run('pauseContainer', args, async () => {
+      this.container(args[0]).state.status = 'paused';
+    });
+  }
+
+  unpauseContainer(...args: Parameters<Agent['unpauseContainer']>): Promise<void> {
+    return this.run('unpauseContainer', args, async () => {
+      this.container(args[0]).state.status = 'running';
+    });
+  }
+
+  containerState(...args: Parameters<Agent['containerState']>): Promise<RuntimeState> {
+    return this.run('containerState', args, async () => ({ ...this.container(args[0]).state }));
+  }
+
+  execInContainer(...args: Parameters<Agent['execInContainer']>): Promise<ExecSession> {
+    return this.run('execInContainer', args, async () => {
+      this.container(args[0]);
+      return { stdout: Readable.from([]), stderr: Readable.from([]), exit: Promise.resolve(0) };
+    });
+  }
+
+  containerLogs(...args: Parameters<Agent['containerLogs']>): AsyncIterable<LogRecord> {
+    return this.run('containerLogs', args, () => {
+      const [id, opts] = args;
+      const logs = this.container(id).logs;
+      return (async function* () {
+        yield* opts.tail !== undefined ? logs.slice(-opts.tail) : logs;
+      })();
+    });
+  }
+
+  containerStats(...args: Parameters<Agent['containerStats']>): Promise<InstanceStats> {
+    return this.run('containerStats', args, async () => {
+      this.container(args[0]);
+      return { cpuUsageNs: 0, memoryBytes: 0, pids: 1, time: new Date().toISOString() };
+    });
+  }
+
+  removeContainer(...args: Parameters<Agent['removeContainer']>): Promise<void> {
+    return this.run('removeContainer', args, async () => {
+      this.containers.delete(args[0]);
+    });
+  }
+
+  listContainers(): Promise<string[]> {
+    return this.run('listContainers', [], async () => [...this.containers.keys()]);
+  }
+
+  onContainerExit(...args: Parameters<Agent['onContainerExit']>): void {
+    this.run('onContainerExit', args, () => void this.containerExits.push(args[0]));
+  }
+
+  // ---- NetworkHost
+
+  setAddressProvider(...args: Parameters<Agent['setAddressProvider']>): void {
+    this.run('setAddressProvider', args, () => {
+      this.addressProvider = args[0];
+    });
+  }
+
+  ensureNetwork(...args: Parameters<Agent['ensureNetwork']>): Promise<void> {
+    return this.run('ensureNetwork', args, async () => {
+      this.networks.set(args[0].id, args[0]);
+    });
+  }
+
+  removeNetwork(...args: Parameters<Agent['removeNetwork']>): Promise<void> {
+    return this.run('removeNetwork', args, async () => {
+      this.networks.delete(args[0]);
+    });
+  }
+
+  foreignSubnets(): Promise<string[]> {
+    return this.run('foreignSubnets', [], async () => [...this.foreign]);
+  }
+
+  connectContainer(...args: Parameters<Agent['connectContainer']>): Promise<EndpointSpec> {
+    return this.run('connectContainer', args, async () => {
+      const [id, ep] = args;
+      const c = this.container(id);
+      const spec: EndpointSpec = {
+        networkId: ep.network.id, containerId: id, netns: `nimbus-${id.slice(0, 12)}`, ifName: `eth${c.endpoints.size}`,
+        hostIf: `nv${id.slice(0, 8)}${c.endpoints.size}`, address: ep.address, mac: '02:42:00:00:00:01', defaultRoute: c.endpoints.size === 0, dnsNames: ep.dnsNames,
+      };
+      c.endpoints.set(ep.network.id, spec);
+      return spec;
+    });
+  }
+
+  disconnectContainer(...args: Parameters<Agent['disconnectContainer']>): Promise<void> {
+    return this.run('disconnectContainer', args, async () => {
+      this.container(args[0]).endpoints.delete(args[1]);
+    });
+  }
+
+  reconcileNetworks(...args: Parameters<Agent['reconcileNetworks']>): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+    return this.run('reconcileNetworks', args, async () => {
+      const keep = new Set(args[1]);
+      let networksRemoved = 0;
+      for (const id of [...this.networks.keys()]) {
+        if (!keep.has(id)) {
+          this.networks.delete(id);
+          networksRemoved++;
+        }
+      }
+      return { endpointsRemoved: 0, networksRemoved, netnsRemoved: 0 };
+    });
+  }
+
+  // ---- VmHost
+
+  createVm(...args: Parameters<Agent['createVm']>): Promise<VmHostState> {
+    return this.run('createVm', args, async (): Promise<VmHostState> => {
+      const [req] = args;
+      this.vms.set(req.id, { req, state: { status: 'created', lifecycle: 'created' } });
+      return { status: 'created', lifecycle: 'created' };
+    });
+  }
+
+  createVmFromTemplate(...args: Parameters<Agent['createVmFromTemplate']>): Promise<VmHostState> {
+    return this.run('createVmFromTemplate', args, async (): Promise<VmHostState> => {
+      const [templateId, id, name] = args;
+      const t = this.vm(templateId);
+      this.vms.set(id, { req: { ...t.req, id, name }, state: { status: 'stopped', lifecycle: 'saved' } });
+      return { status: 'stopped', lifecycle: 'saved' };
+    });
+  }
+
+  startVm(...args: Parameters<Agent['startVm']>): Promise<VmHostState> {
+    return this.run('startVm', args, async () => this.setVm(args[0], 'running'));
+  }
+
+  stopVm(...args: Parameters<Agent['stopVm']>): Promise<VmHostState> {
+    return this.run('stopVm', args, async () => this.setVm(args[0], 'stopped'));
+  }
+
+  killVm(...args: Parameters<Agent['killVm']>): Promise<void> {
+    return this.run('killVm', args, async () => {
+      this.vm(args[0]);
+      this.exitVm(args[0], 137);
+    });
+  }
+
+  pauseVm(...args: Parameters<Agent['pauseVm']>): Promise<void> {
+    return this.run('pauseVm', args, async () => void this.setVm(args[0], 'paused'));
+  }
+
+  unpauseVm(...args: Parameters<Agent['unpauseVm']>): Promise<void> {
+    return this.run('unpauseVm', args, async () => void this.setVm(args[0], 'running'));
+  }
+
+  resizeVm(...args: Parameters<Agent['resizeVm']>): Promise<{ cpus: number; memoryMiB: number; balloonMiB?: number }> {
+    return this.run('resizeVm', args, async () => {
+      const [id, want] = args;
+      const v = this.vm(id);
+      v.req = { ...v.req, ...(want.cpus !== undefined ? { cpus: want.cpus } : {}), ...(want.memoryMiB !== undefined ? { memoryMiB: want.memoryMiB } : {}) };
+      return { cpus: v.req.cpus, memoryMiB: v.req.memoryMiB };
+    });
+  }
+
+  saveVm(...args: Parameters<Agent['saveVm']>): Promise<{ file: string; bytes: number; ms: number }> {
+    return this.run('saveVm', args, async () => {
+      this.setVm(args[0], 'saved');
+      return { file: `/fake/${args[0]}.state`, bytes: 0, ms: 0 };
+    });
+  }
+
+  restoreVm(...args: Parameters<Agent['restoreVm']>): Promise<{ ms: number }> {
+    return this.run('restoreVm', args, async () => {
+      this.setVm(args[0], 'running');
+      return { ms: 0 };
+    });
+  }
+
+  vmState(...args: Parameters<Agent['vmState']>): Promise<VmHostState> {
+    return this.run('vmState', args, async () => ({ ...this.vm(args[0]).state }));
+  }
+
+  inspectVm(...args: Parameters<Agent['inspectVm']>): Promise<VmInspect> {
+    return this.run('inspectVm', args, async (): Promise<VmInspect> => {
+      const v = this.vm(args[0]);
+      return {
+        id: v.req.id, lifecycle: v.state.lifecycle, accel: this.host.accelerator === 'kvm' ? 'kvm' : 'tcg', cpus: v.req.cpus, memoryMiB: v.req.memoryMiB,
+        qmpSocket: '/fake/qmp', consoleSocket: '/fake/console', consoleLog: '/fake/console.log', pinning: [], argv: [],
+      };
+    });
+  }
+
+  openVmConsole(...args: Parameters<Agent['openVmConsole']>): Promise<Duplex> {
+    return this.run('openVmConsole', args, async () => {
+      this.vm(args[0]);
+      return new PassThrough();
+    });
+  }
+
+  vmLogs(...args: Parameters<Agent['vmLogs']>): AsyncIterable<LogRecord> {
+    return this.run('vmLogs', args, () => (async function* (): AsyncGenerator<LogRecord> {})());
+  }
+
+  removeVm(...args: Parameters<Agent['removeVm']>): Promise<void> {
+    return this.run('removeVm', args, async () => {
+      this.vms.delete(args[0]);
+    });
+  }
+
+  listVms(): Promise<string[]> {
+    return this.run('listVms', [], async () => [...this.vms.keys()]);
+  }
+
+  reconcileVms(): Promise<{ killed: number[]; removed: string[] }> {
+    return this.run('reconcileVms', [], async () => ({ killed: [], removed: [] }));
+  }
+
+  onVmExit(...args: Parameters<Agent['onVmExit']>): void {
+    this.run('onVmExit', args, () => void this.vmExits.push(args[0]));
+  }
+
+  // ---- VmMigrationHost: the source hands over its VM, the destination takes it
+
+  vmMigrationSpec(...args: Parameters<Agent['vmMigrationSpec']>): Promise<VmMigrationSpec> {
+    return this.run('vmMigrationSpec', args, async () => {
+      const v = this.vm(args[0]);
+      return { id: v.req.id, name: v.req.name, createdAt: new Date().toISOString(), config: { ...v.req } };
+    });
+  }
+
+  prepareVmIncoming(...args: Parameters<Agent['prepareVmIncoming']>): Promise<{ uri: string }> {
+    return this.run('prepareVmIncoming', args, async () => {
+      const [spec] = args;
+      this.vms.set(spec.id, { req: spec.config as unknown as VmCreateRequest, state: { status: 'created', lifecycle: 'created' } });
+      return { uri: `tcp:${this.host.name}:49152` };
+    });
+  }
+
+  migrateVmOut(...args: Parameters<Agent['migrateVmOut']>): Promise<OutgoingMigration> {
+    return this.run('migrateVmOut', args, async () => {
+      this.vm(args[0]);
+      return { qemuDowntimeMs: 1, totalMs: 1, bytes: 0, iterations: 1, consoleHistory: '' };
+    });
+  }
+
+  finishVmIncoming(...args: Parameters<Agent['finishVmIncoming']>): Promise<{ resumedAt: number; state: VmHostState }> {
+    return this.run('finishVmIncoming', args, async () => ({ resumedAt: Date.now(), state: this.setVm(args[0], 'running') }));
+  }
+
+  abandonVmIncoming(...args: Parameters<Agent['abandonVmIncoming']>): Promise<void> {
+    return this.run('abandonVmIncoming', args, async () => {
+      this.vms.delete(args[0]);
+    });
+  }
+
+  endVmMigration(...args: Parameters<Agent['endVmMigration']>): Promise<void> {
+    return this.run('endVmMigration', args, async () => {
+      if (args[1] === 'moved') this.vms.delete(args[0]);
+    });
+  }
+
+  close(): Promise<void> {
+    return this.run('close', [], async () => {
+      this.closed = true;
+    });
+  }
+}
+
+/** An image as a pull of `ref` would give it: one layer, digests derived from the reference. */
+export function fakeImage(ref: string, over: Partial<AgentImage> = {}): AgentImage {
+  const h = (salt: string) => createHash('sha256').update(`${salt}:${ref}`).digest('hex');
+  return {
+    reference: ref, manifestDigest: `sha256:${h('m')}`, configDigest: `sha256:${h('c')}`,
+    config: { architecture: 'amd64', os: 'linux', config: { Cmd: ['sh'] } },
+    layers: [{ digest: `sha256:${h('l')}`, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', size: 10, diffId: `sha256:${h('d')}` }],
+    chainId: `sha256:${h('d')}`, size: 10, ...over,
+  };
+}
