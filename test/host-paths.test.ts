@@ -29,6 +29,7 @@ const REVIEWED_NOT_HOST_PATHS: Record<string, string> = {
   'createContainer body.workdir': 'a path inside the container\'s own root filesystem',
   'createContainer body.image': 'an OCI image reference',
   'execInContainer body.workdir': 'a path inside the container\'s own root filesystem',
+  'explainPlacement body.imageChainId': 'an image\'s layer chain digest, only compared with the hosts\' records (image locality)',
 };
 const FILE_LIKE = /path|file|dir|kernel|initrd|disk|device|socket|mount|bind|source|volume|root|image|workdir/i;
 
