@@ -139,7 +139,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch
   const agent = noAgent ? noEmbeddedAgent(options.agentName) : await LocalAgent.create(options);
   // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
   // the agent CA (HOME/agent-ca): signs TCP agents' certificates through join tokens, and the client certificate this control plane calls them with
-  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'));
+  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'), store);
   const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa, noAgent ? { embedded: false } : {});
   // where instances may be placed: every agent, or with --no-agent the registered ones only
   const hosts: HostAgents = noAgent ? withoutEmbedded(agents) : agents;

@@ -438,6 +438,15 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual(await s.agents.get('c'), { ...b, name: 'c' });
   });
 
+  test(`${name}: control-plane settings: the first claim of a key decides, concurrent claimers all get the winner's value`, async (t) => {
+    const { s } = await setup(t);
+    assert.equal(await s.settings.get('k'), undefined);
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => s.settings.claim('k', `v${i}`)));
+    assert.equal(new Set(answers).size, 1, 'one value for everyone');
+    assert.equal(await s.settings.get('k'), answers[0]);
+    assert.equal(await s.settings.claim('k', 'later'), answers[0], 'a later claim gets the stored value');
+  });
+
   test(`${name}: agent join tokens: redeemed once, by hash, unexpired; concurrent redeemers, one wins; stale ones go`, async (t) => {
     const target = await setup(t);
     let s = target.s;

@@ -341,6 +341,12 @@ export const MIGRATIONS: readonly string[] = [
    );
    ALTER TABLE operations ADD COLUMN replica TEXT;
    CREATE INDEX operations_unfinished ON operations(replica) WHERE status IN ('pending', 'running');`,
+  // facts every control-plane process sharing the store must agree on (the agent CA's
+  // fingerprint: a replica with another CA could not reach the hosts that joined the first)
+  `CREATE TABLE control_plane_settings (
+     key TEXT PRIMARY KEY,
+     value TEXT NOT NULL
+   );`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

@@ -15,6 +15,7 @@ import { SqlTokenRepo } from './repos/tokens.js';
 import { SqlUserRepo } from './repos/users.js';
 import { SqlVmRepo } from './repos/vms.js';
 import { SqlPlacementRepo } from './repos/placement.js';
+import { SqlSettingsRepo } from './repos/settings.js';
 
 export class SqlStore implements Store {
   readonly kind: StoreKind;
@@ -31,6 +32,7 @@ export class SqlStore implements Store {
   readonly tokens: SqlTokenRepo;
   readonly roles: SqlRoleRepo;
   readonly placement: SqlPlacementRepo;
+  readonly settings: SqlSettingsRepo;
   private readonly quota: SqlQuotaRows;
 
   /** db: an executor on a migrated database (see openStore). */
@@ -49,6 +51,7 @@ export class SqlStore implements Store {
     this.tokens = new SqlTokenRepo(db);
     this.roles = new SqlRoleRepo(db);
     this.placement = new SqlPlacementRepo(db);
+    this.settings = new SqlSettingsRepo(db);
     this.quota = new SqlQuotaRows(db);
   }
 

@@ -33,6 +33,7 @@ import type {
 } from './records.js';
 
 import type { PlacementRepo } from './repos/placement.js';
+import type { SettingsRepo } from './repos/settings.js';
 
 export interface ProjectRepo {
   get(id: string): Promise<ProjectRecord | undefined>;
@@ -254,6 +255,8 @@ export interface Store {
   readonly roles: RoleRepo;
   /** Hosts' claims and server groups (the scheduler's rows). */
   readonly placement: PlacementRepo;
+  /** Facts the control-plane processes sharing this store agree on. */
+  readonly settings: SettingsRepo;
   /** Which implementation this is (for logs, /info and dialect-specific tests). */
   readonly kind: StoreKind;
   /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */

@@ -2,7 +2,9 @@
  * The control plane's agent CA: made on first start and kept in its home (DIR/ca.key 0600,
  * DIR/ca.pem), it signs every TCP agent's server certificate (through a join token) and the
  * control plane's own client certificate (DIR/control-plane.{key,pem}), with which it calls
- * agents. Control-plane processes sharing a store must share this directory too.
+ * agents. Control-plane processes sharing a store must share this directory too: the first
+ * one records the CA's fingerprint in the store, and a process with another CA refuses to start
+ * (it could not reach the hosts that joined the first one, nor they it).
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -11,6 +13,11 @@ import { logger } from '../../core/log.js';
 import { certCommonName, certFingerprint, issueCertificate, issuedBy, makeCa, signCsr, type KeyAndCert } from '../../core/pki.js';
 import { CONTROL_PLANE_CERT_NAME } from '../../agent/remote/agent-protocol.js';
 import type { RemoteAgentTls } from '../../agent/remote/remote-agent.js';
+import type { Store } from '../../store/store.js';
+import { Conflict } from '../../core/errors.js';
+
+/** The settings key under which the store keeps the agent CA's fingerprint. */
+export const AGENT_CA_FINGERPRINT = 'agent-ca-fingerprint';
 
 const log = logger('agent-ca');
 
@@ -42,8 +49,27 @@ export class AgentCa {
     readonly client: KeyAndCert,
   ) {}
 
-  /** The CA in dir, made there first if there is none. */
-  static async open(dir: string): Promise<AgentCa> {
+  /**
+   * The CA in dir, made there first if there is none. With a store: the CA every control-plane
+   * process on that store uses (the first to open decides); another one is a Conflict that says
+   * which directory to copy.
+   */
+  static async open(dir: string, store?: Store): Promise<AgentCa> {
+    const ca = await AgentCa.openDir(dir);
+    if (store) {
+      const agreed = await store.settings.claim(AGENT_CA_FINGERPRINT, ca.fingerprint);
+      if (agreed !== ca.fingerprint) {
+        throw new Conflict(
+          `the agent CA in ${dir} (fingerprint ${ca.fingerprint}) is not the one the control plane on this store uses (${agreed}): ` +
+            'hosts joined with that one would refuse this process. Copy HOME/agent-ca from a replica already running on this store (all of it, ca.key included) and start again',
+          { fingerprint: ca.fingerprint, expected: agreed },
+        );
+      }
+    }
+    return ca;
+  }
+
+  private static async openDir(dir: string): Promise<AgentCa> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     chmodSync(dir, 0o700);
     const files = { caKey: path.join(dir, 'ca.key'), caCert: path.join(dir, 'ca.pem'), key: path.join(dir, 'control-plane.key'), cert: path.join(dir, 'control-plane.pem') };

@@ -304,3 +304,23 @@ test('hosts: a control plane without an embedded agent (--no-agent) lists and of
   assert.equal(standIn.calls('info').length, 0, 'the stand-in is never asked');
   await assert.rejects(d.disable('local', { by: 'admin' }), { code: 'NotFound' });
 });
+
+test('agent CA: processes sharing a store share its CA; one with another CA is refused, naming what to copy', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-ca-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const first = await AgentCa.open(join(dir, 'a', 'agent-ca'), store);
+  // the same directory again (a restart), and a copy of it (a second replica set up right)
+  assert.equal((await AgentCa.open(join(dir, 'a', 'agent-ca'), store)).fingerprint, first.fingerprint);
+  // a replica with a CA of its own: refused, and the store keeps the first one's
+  await assert.rejects(AgentCa.open(join(dir, 'b', 'agent-ca'), store), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'Conflict');
+    assert.match(e.message, /Copy HOME\/agent-ca from a replica already running on this store/);
+    assert.ok(e.message.includes(first.fingerprint), 'names the CA the store expects');
+    return true;
+  });
+  assert.equal(await store.settings.get('agent-ca-fingerprint'), first.fingerprint);
+});
