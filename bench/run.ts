@@ -9,6 +9,7 @@
  *   node dist/bench/run.js start-latency burst      a selection
  * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
  * BENCH_NET_RUNS (network-start, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
+ * BENCH_SCHED_QUICK=1 or --quick (schedule-scale at 1/5 size),
  * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_RESULTS_DIR (default bench/results).
  */
 import { burst } from './burst.js';
@@ -21,6 +22,8 @@ import { vmBoot } from './vm-boot.js';
 import { vmMigrate } from './vm-migrate.js';
 import { secureStart } from './secure-start.js';
 import { networkStart } from './network-start.js';
+import { failover } from './failover.js';
+import { scheduleScale } from './schedule-scale.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
@@ -31,6 +34,8 @@ const ALL: BenchEntry[] = [
   { name: 'vm-boot', fn: vmBoot, needsEnv: false },
   { name: 'vm-migrate', fn: vmMigrate, needsEnv: false },
   { name: 'secure-start', fn: secureStart },
+  { name: 'failover', fn: failover },
+  { name: 'schedule-scale', fn: scheduleScale, needsEnv: false },
 ];
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));

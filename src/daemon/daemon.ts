@@ -17,6 +17,7 @@ import { LocalAgent } from '../agent/local-agent.js';
 import { Replica } from '../control/leader/replica.js';
 import { every } from '../control/leader/run-while-leader.js';
 import { forgetGoneReplicas } from '../control/leader/replicas.js';
+import { settleGoneReplicas } from '../control/leader/gone-replicas.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
@@ -119,7 +120,27 @@ export interface LaunchOptions {
   noAgent?: boolean;
 }
 
+/** What a start opened so far, undone last first if a later step fails. */
+type Undo = Array<() => unknown>;
+
 export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch: LaunchOptions = {}): Promise<RunningDaemon> {
+  const undo: Undo = [];
+  try {
+    return await startSteps(overrides, launch, undo);
+  } catch (e) {
+    // e.g. a replica refused for its agent CA must not stay listed live, nor hold the pid lock
+    for (const step of undo.reverse()) {
+      try {
+        await step();
+      } catch (x) {
+        log.warn('undoing a failed start', { error: String(x) });
+      }
+    }
+    throw e;
+  }
+}
+
+async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptions, undo: Undo): Promise<RunningDaemon> {
   let state: DaemonState = 'starting';
   const options = compileOptions(overrides);
   const noAgent = launch.noAgent ?? process.env.NIMBUS_NO_AGENT === '1';
@@ -127,27 +148,33 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch
   const dirs = noAgent ? [options.home, options.tmpDir] : [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir];
   for (const d of dirs) mkdirSync(d, { recursive: true, mode: 0o711 });
   const releaseLock = takePidLock(options.home);
+  undo.push(releaseLock);
   const store = await openStore(options.storeLocation);
+  undo.push(() => store.close());
   log.info('store open', { store: describeStore(options.storeLocation), kind: store.kind });
   const defaultProjectId = await ensureDefaultProject(store);
   // this process as one replica: its leadership (always, on SQLite), events relayed to the
   // other replicas (PostgreSQL), its row among the replicas (docs/replicas.md)
+  // the agent CA (HOME/agent-ca): signs TCP agents' certificates through join tokens, and the
+  // client certificate this control plane calls them with; every replica of a store shares it
+  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'), store);
   const replica = await Replica.open(store, options.storeLocation);
+  undo.push(() => replica.close());
   const leads = () => replica.leadership.isLeader;
   const events = replica.events;
   const operations = new OperationService(store, events, { replicaId: replica.replicaId });
   const agent = noAgent ? noEmbeddedAgent(options.agentName) : await LocalAgent.create(options);
+  undo.push(() => agent.close());
   // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
-  // the agent CA (HOME/agent-ca): signs TCP agents' certificates through join tokens, and the client certificate this control plane calls them with
-  const agentCa = await AgentCa.open(path.join(options.home, 'agent-ca'), store);
   const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa, noAgent ? { embedded: false } : {});
+  undo.push(() => agents.close());
   // where instances may be placed: every agent, or with --no-agent the registered ones only
   const hosts: HostAgents = noAgent ? withoutEmbedded(agents) : agents;
   const hostSource: HostSource = noAgent ? { candidates: async () => (await agents.candidates()).filter((h) => h.name !== options.agentName) } : agents;
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
   images.useHosts(hosts);
   const scheduler = new FilterScheduler(store, hostSource, { imageLocality: images.locality() });
-  const quota = await QuotaService.open(store);
+  const quota = await QuotaService.open(store, { replicaId: replica.replicaId });
   await quota.ensureProjects(parentsFirst(await store.projects.list()));
   const networks = new NetworkService(store, agent, events, quota, {
     defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, bridgeSubnetFallback: !options.bridgeSubnetExplicit, subnetPool: options.subnetPool,
@@ -214,6 +241,7 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch
   }
 
   const api = new ApiServer(allRoutes(), services);
+  undo.push(() => api.close());
   await api.listenUnix(options.socket);
   let tcpPort: number | undefined;
   if (options.tcp) {
@@ -239,6 +267,13 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch
   });
   replica.whileLeader('operations.failInterrupted', every('operations.failInterrupted', 5_000, () => operations.failInterrupted()));
   replica.whileLeader('replicas.forget', every('replicas.forget', 60_000, () => forgetGoneReplicas(store)));
+  if (store.kind === 'postgres') {
+    // what a replica that died mid-create left (one process on SQLite: its start's reconcile does it)
+    const settle = () => settleGoneReplicas({
+      store, quota, scheduler, registry: replica.registry, self: replica.replicaId, settleUncreated: (id) => containers.settleUncreated(id),
+    });
+    replica.whileLeader('replicas.settle', every('replicas.settle', 5_000, settle));
+  }
   state = 'serving';
   log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, home: options.home, version: VERSION });
 

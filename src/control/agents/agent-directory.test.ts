@@ -324,3 +324,34 @@ test('agent CA: processes sharing a store share its CA; one with another CA is r
   });
   assert.equal(await store.settings.get('agent-ca-fingerprint'), first.fingerprint);
 });
+
+test('hosts: a slow answer is not a dead host: down after two missed answers in a row, at once on a refusal', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-hosts-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  const b = stubAgent('b');
+  const local = new FakeAgent({ name: 'local', cpus: 2, memoryBytes: 1 << 30 });
+  const d = await AgentDirectory.open(store, local, 'local', () => b.agent, undefined, { refreshIntervalMs: 0, answerTimeoutMs: 50 });
+  const keepAlive = setInterval(() => undefined, 1000); // the answer timeout's timer is unref'd (a daemon has its server)
+  t.after(async () => {
+    clearInterval(keepAlive);
+    await d.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await d.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  await d.refresh();
+  const stateOfB = async () => (await d.candidates()).find((h) => h.name === 'b')?.state;
+  assert.equal(await stateOfB(), 'up');
+  let hang = true;
+  b.agent.override('info', () => (hang ? new Promise(() => undefined) : Promise.resolve(local.info())) as ReturnType<FakeAgent['info']>);
+  await d.refresh(['b']);
+  assert.equal(await stateOfB(), 'up', 'one missed answer: still up');
+  await d.refresh(['b']);
+  assert.equal(await stateOfB(), 'down', 'two in a row: down');
+  hang = false;
+  await d.refresh(['b']);
+  assert.equal(await stateOfB(), 'up', 'answers again: up');
+  b.agent.failNext('info', new Unavailable('connect ECONNREFUSED'));
+  await d.refresh(['b']);
+  assert.equal(await stateOfB(), 'down', 'a refused connection: down at once');
+});

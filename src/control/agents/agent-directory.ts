@@ -46,6 +46,10 @@ export const MAX_ALLOCATION_RATIO = 1000;
 /** How often every host is asked for its facts, and how long each may take to answer. */
 export const HOST_REFRESH_INTERVAL_MS = 10_000;
 export const HOST_ANSWER_TIMEOUT_MS = 3_000;
+/** How long candidates() may answer from its last list when nothing changed meanwhile. */
+const CANDIDATES_MAX_AGE_MS = 250;
+/** Answers missed in a row (timeouts, not refusals) before a host that was up is down. */
+export const TIMEOUTS_BEFORE_DOWN = 2;
 /** A host not heard from since this process started is unknown unless its stored facts are younger than this. */
 export const HOST_UNKNOWN_AFTER_MS = 60_000;
 /** Unchanged facts are stored again at most this often (their time tells other replicas the host answers). */
@@ -227,7 +231,14 @@ export class AgentDirectory implements HostSource {
   /** Bumped by every change made here, so a read of the rows that raced it is not applied. */
   private changes = 0;
   /** What each host answered last since this process started. */
-  private readonly reach = new Map<string, { state: 'up' | 'down'; reason?: string; at: number }>();
+  private readonly reach = new Map<string, { state: 'up' | 'down'; reason?: string; at: number; misses?: number }>();
+  /**
+   * What candidates() answered last: a placement asks for every host's view, and building a
+   * thousand of them per placement was a tenth of a decision's time (bench/schedule-scale.ts).
+   * Dropped on any change seen here, and after CANDIDATES_MAX_AGE_MS (time alone turns a host
+   * unknown, and other replicas' rows are re-read).
+   */
+  private candidatesMemo: { at: number; list: HostCandidate[] } | undefined;
   private readonly asking = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
@@ -299,6 +310,7 @@ export class AgentDirectory implements HostSource {
         if (this.changes !== before) return; // a change made here meanwhile: the next read applies
         this.records = new Map(rows.map((r) => [r.name, r]));
         this.recordsReadAt = this.now();
+        this.candidatesMemo = undefined;
         for (const r of rows) {
           if (r.url === EMBEDDED_AGENT_URL || r.name === this.localName) continue;
           if (this.connectedAs.get(r.name) === `${r.url} ${r.token}`) continue;
@@ -329,6 +341,7 @@ export class AgentDirectory implements HostSource {
   /** A row changed here: cached at once (readers in this process see it before the next read). */
   private changed(rec: AgentRecord): void {
     this.changes++;
+    this.candidatesMemo = undefined;
     this.records.set(rec.name, rec);
   }
 
@@ -412,6 +425,7 @@ export class AgentDirectory implements HostSource {
     this.remotes.set(rec.name, probe);
     this.connectedAs.set(rec.name, `${rec.url} ${rec.token}`);
     this.reach.set(rec.name, { state: 'up', at: this.now() });
+    this.candidatesMemo = undefined;
     await old?.close().catch(() => undefined);
     log.info('agent registered', { agent: rec.name, url: rec.url, hostname: info.hostname });
     // exits it saw while it was away: every VM it has is re-checked
@@ -483,6 +497,7 @@ export class AgentDirectory implements HostSource {
     // the record first: if its removal fails, the agent stays in the directory as stored
     await this.store.agents.delete(name);
     this.changes++;
+    this.candidatesMemo = undefined;
     this.records.delete(name);
     this.remotes.delete(name);
     this.connectedAs.delete(name);
@@ -582,12 +597,25 @@ export class AgentDirectory implements HostSource {
       info = await withTimeout(this.get(name).info(), this.answerTimeoutMs, `agent ${name} did not answer within ${this.answerTimeoutMs / 1000} s`);
     } catch (e) {
       const reason = toNimbusError(e).message;
-      this.reach.set(name, { state: 'down', reason, at: this.now() });
+      const prev = this.reach.get(name);
+      // A slow answer is not a dead host: this process's own event loop may be what was busy
+      // (a burst of placements). Down after TIMEOUTS_BEFORE_DOWN missed answers in a row; a
+      // refused or reset connection (the agent process is gone) is down at once.
+      const timedOut = e instanceof AnswerTimeout;
+      const misses = (prev?.misses ?? 0) + 1;
+      if (timedOut && prev?.state === 'up' && misses < TIMEOUTS_BEFORE_DOWN) {
+        this.reach.set(name, { ...prev, misses });
+        log.info('host slow to answer', { host: name, reason, misses });
+        return;
+      }
+      this.reach.set(name, { state: 'down', reason, at: this.now(), misses });
+      this.candidatesMemo = undefined;
       if (before !== 'down') log.warn('host down', { host: name, reason });
       return;
     }
     const now = this.now();
     this.reach.set(name, { state: 'up', at: now });
+    if (before !== 'up') this.candidatesMemo = undefined;
     if (before === 'down') log.info('host up again', { host: name });
     const facts = factsOf(info ?? ({} as AgentInfo), now);
     const stored = this.records.get(name);
@@ -596,6 +624,7 @@ export class AgentDirectory implements HostSource {
       if (await this.store.agents.recordFacts(name, facts)) {
         const cur = this.records.get(name);
         if (cur) this.records.set(name, { ...cur, facts });
+        this.candidatesMemo = undefined;
       }
     } catch (e) {
       log.warn('host facts could not be stored', { host: name, error: toNimbusError(e).message });
@@ -662,7 +691,9 @@ export class AgentDirectory implements HostSource {
    */
   async candidates(): Promise<HostCandidate[]> {
     await this.freshRecords();
-    return this.hostNames().map((name): HostCandidate => {
+    const memo = this.candidatesMemo;
+    if (memo && this.now() - memo.at < CANDIDATES_MAX_AGE_MS) return memo.list;
+    const list = this.hostNames().map((name): HostCandidate => {
       const rec = this.records.get(name);
       const f = rec?.facts;
       return {
@@ -673,6 +704,8 @@ export class AgentDirectory implements HostSource {
         allocationRatios: effectiveRatios(rec?.allocationRatios ?? {}),
       };
     });
+    this.candidatesMemo = { at: this.now(), list };
+    return list;
   }
 
   /** The refresh stopped and the remote connections closed (the embedded agent is closed by the daemon). */
@@ -685,12 +718,15 @@ export class AgentDirectory implements HostSource {
   }
 }
 
+/** No answer within the time allowed (as opposed to a refusal). */
+class AnswerTimeout extends Unavailable {}
+
 function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p.finally(() => clearTimeout(timer)),
     new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Unavailable(message)), ms);
+      timer = setTimeout(() => reject(new AnswerTimeout(message)), ms);
       timer.unref();
     }),
   ]);

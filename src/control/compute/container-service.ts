@@ -770,6 +770,27 @@ export class ContainerService {
   }
 
   /** The scheduler's claim given back; a failure is logged (the scheduler's own reconcile finds claims without an instance). */
+  /**
+   * A create whose replica died between writing the record and the host making the container:
+   * the record is still 'created' and its host does not know it. Undone as a failed create is
+   * (record, quota, claim). True when it was; a container its host has, or one that moved on, is
+   * left alone.
+   */
+  async settleUncreated(id: string): Promise<boolean> {
+    return this.locked(id, async () => {
+      const c = await this.store.containers.get(id);
+      if (!c || c.status !== 'created') return false;
+      const onHost = await withDeadline(this.agentOf(c).listContainers(), HOST_RECONCILE_MS, `host ${c.host}'s container list`);
+      if (onHost.includes(id)) return false;
+      await this.store.containers.delete(id);
+      await this.releaseClaim(id);
+      await this.quota.release(id, 'create abandoned: its control-plane replica died');
+      this.publish(c, 'destroy', { reason: 'create abandoned' });
+      log.warn('a dead replica\'s half-made container removed', { id, name: c.name, host: c.host });
+      return true;
+    });
+  }
+
   private async releaseClaim(id: string): Promise<void> {
     await this.scheduler.release(id).catch((e: unknown) => log.warn('releasing a placement claim failed', { id, error: String(e) }));
   }

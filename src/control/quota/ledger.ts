@@ -579,6 +579,7 @@ export class Ledger {
       kind: req.kind ?? 'container',
       priority: req.priority ?? 0,
       createdAt: now,
+      ...(req.replica !== undefined ? { replica: req.replica } : {}),
       demand: copy(ev.demand),
       own: copy(ev.own),
       poolCharges: ev.poolCharges.map((c) => ({ ...c })),

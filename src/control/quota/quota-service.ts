@@ -52,6 +52,8 @@ export interface QuotaServiceOptions {
    * reclaim poll every 250 ms whatever this is.
    */
   refreshMs?: number;
+  /** This control-plane replica: every admission records it (a dead replica's half-made creates are found by it). */
+  replicaId?: string;
 }
 
 /** What a container is charged: one instance, whole CPUs rounded up, memory in MiB (0 when unlimited). */
@@ -153,8 +155,16 @@ export class QuotaService {
   /** Set by the daemon: re-arms the reclaimer when a reclaim is planned (here or, seen on catching up, by another replica). */
   onReclaimPlanned: (() => void) | undefined;
 
+  private readonly replicaId: string | undefined;
+
   private constructor(private readonly store: Store, options: QuotaServiceOptions) {
     this.refreshMs = options.refreshMs ?? (store.kind === 'postgres' ? SHARED_REFRESH_MS : 0);
+    this.replicaId = options.replicaId;
+  }
+
+  /** The request as this replica makes it. */
+  private owned(req: AdmitRequest): AdmitRequest {
+    return this.replicaId === undefined ? req : { ...req, replica: this.replicaId };
   }
 
   /** The service over the ledger the store holds (moving the layouts of before into their tables). */
@@ -417,7 +427,7 @@ export class QuotaService {
 
   /** Admit or throw QuotaExceeded naming the deciding line; the rejection is audited first. */
   private async admitOrThrow(req: AdmitRequest): Promise<Decision> {
-    const d = await this.mutate((l) => l.admit(req, Date.now()));
+    const d = await this.mutate((l) => l.admit(this.owned(req), Date.now()));
     if (!d.admitted) throw new QuotaExceeded(d.reason, { ...d.decidedBy, instance: d.instance });
     return d;
   }
@@ -435,7 +445,7 @@ export class QuotaService {
    */
   async admitContainerOrPlanReclaim(id: string, projectId: string, config: ContainerRecord['config']): Promise<{ decision: Decision } | { reclaim: ReclaimOperation; done: Promise<Decision> }> {
     const req: AdmitRequest = { instanceId: id, project: projectId, resources: containerDemand(config), kind: 'container' };
-    const { decision, operation } = await this.mutate((l) => l.admitOrReclaim(req, Date.now()));
+    const { decision, operation } = await this.mutate((l) => l.admitOrReclaim(this.owned(req), Date.now()));
     if (decision.admitted) return { decision };
     if (!operation) throw new QuotaExceeded(decision.reason, { ...decision.decidedBy, instance: id });
     this.onReclaimPlanned?.();
@@ -495,7 +505,7 @@ export class QuotaService {
 
   /** In one step on the stored ledger: nothing if the instance holds quota already, else admit it or throw QuotaExceeded. */
   private async admitUnlessHeld(req: AdmitRequest): Promise<void> {
-    const d = await this.mutate((l) => (l.instance(req.instanceId) ? undefined : l.admit(req, Date.now())));
+    const d = await this.mutate((l) => (l.instance(req.instanceId) ? undefined : l.admit(this.owned(req), Date.now())));
     if (d && !d.admitted) throw new QuotaExceeded(d.reason, { ...d.decidedBy, instance: d.instance });
   }
 
@@ -557,6 +567,15 @@ export class QuotaService {
   async audit(filter: { project?: string; sinceSeq?: number; limit?: number }): Promise<AuditEntry[]> {
     const rows = await this.store.queryQuotaAudit({ ...filter, limit: filter.limit ?? 10_000 });
     return rows.map((j) => JSON.parse(j) as AuditEntry);
+  }
+
+  /**
+   * Instances admitted by a replica that is not among `aliveReplicas` (a process that died), on the
+   * stored ledger: what a dead replica's creates may have left half-made.
+   */
+  async admittedByGoneReplicas(aliveReplicas: ReadonlySet<string>): Promise<string[]> {
+    await this.refresh();
+    return Object.values(this.current.raw.instances).filter((i) => i.replica !== undefined && !aliveReplicas.has(i.replica)).map((i) => i.id);
   }
 
   /**

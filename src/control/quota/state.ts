@@ -83,6 +83,8 @@ export interface InstanceState {
   kind: InstanceKind;
   priority: number;
   createdAt: number;
+  /** The control-plane replica that admitted it (absent: embedded, or before replicas). */
+  replica?: string;
   demand: Vec;
   own: Vec;
   poolCharges: PoolCharge[];
@@ -98,6 +100,8 @@ export interface AdmitRequest {
   kind?: InstanceKind;
   /** Higher is more important; default 0. */
   priority?: number;
+  /** The control-plane replica admitting it (a dead replica's half-made creates are found by it). */
+  replica?: string;
 }
 
 export type OperationStatus = 'pending' | 'done' | 'failed' | 'cancelled';

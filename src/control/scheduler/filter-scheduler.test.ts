@@ -197,3 +197,17 @@ test('a stale view never over-commits: another scheduler\'s claims are found at 
   assert.equal((await sched.place(request({ vcpus: 2 }))).host, 'b', 'a was full: the refused claim sent it to b');
   await rejectsWith(sched.place(request({ vcpus: 1 })), 'ResourceExhausted', /a: cpu 0 vCPUs free of 1 needed; b: cpu 0 vCPUs free of 1 needed/);
 });
+
+test('a subset of the hosts is weighed per placement, in turn; the host holding the image is weighed wherever it is; nothing fits is still explained', async (t) => {
+  const hosts = Array.from({ length: 40 }, (_, i) => candidate(`h${String(i).padStart(2, '0')}`));
+  const { sched } = await setup(t, hosts, { hostsToScore: () => 4, weights: { 'project-spread': 0 } });
+  // each placement weighs 4 hosts from where the last stopped: ten placements touch 40 different hosts
+  const placed = new Set<string>();
+  for (let i = 0; i < 10; i++) placed.add((await sched.place(request({ projectId: 'p2' }))).host);
+  assert.equal(placed.size, 10, `spread over the scans: ${[...placed].join(' ')}`);
+  // the image is on h37, outside the next scan's 4 hosts: it still wins
+  const { sched: local } = await setup(t, hosts, { hostsToScore: () => 4, imageLocality: async () => new Set(['h37']) });
+  assert.equal((await local.place(request({ imageChainId: 'sha256:img' }))).host, 'h37');
+  // nothing fits: the error still names every host (the full evaluation)
+  await rejectsWith(sched.place(request({ memoryBytes: 64 * GiB })), 'ResourceExhausted', /h00: memory .*and 28 more hosts \(memory: 28\)/s);
+});

@@ -26,6 +26,13 @@ export interface SchedulerOptions {
   weights?: Partial<WeigherMultipliers>;
   /** How old the cached usage may get before a placement reads it again (default 1000 ms). */
   usageMaxAgeMs?: number;
+  /**
+   * Hosts that passed the filters weighed per placement at most (Kubernetes'
+   * percentageOfNodesToScore, Nova's host subsets); default max(50, 10% of the hosts). The scan
+   * starts where the last one stopped, so placements look at every host in turn. explain()
+   * weighs every host.
+   */
+  hostsToScore?: (hosts: number) => number;
   filters?: readonly HostFilter[];
   now?: () => Date;
 }
@@ -56,6 +63,9 @@ export function needOf(req: PlacementRequest): Need {
   }
   return { millicpus: Math.ceil(req.vcpus * 1000 - 1e-6), memoryBytes: Math.ceil(req.memoryBytes), diskBytes: Math.ceil(req.diskBytes) };
 }
+
+/** Kubernetes scores at least 100 nodes and a share that shrinks with the cluster; hosts here are fewer and decisions cheaper per host. */
+export const defaultHostsToScore = (hosts: number): number => Math.max(50, Math.ceil(hosts / 10));
 
 const zeroUsage = (host: string): HostUsageRecord => ({ host, millicpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0, generation: 0 });
 
@@ -188,6 +198,8 @@ export class FilterScheduler implements Scheduler {
   private readonly hostRows = new Map<string, Promise<void>>();
   private readonly multipliers: WeigherMultipliers;
   private readonly filters: readonly HostFilter[];
+  /** Where the next placement's scan of the hosts starts (see choose()). */
+  private scanFrom = 0;
 
   constructor(
     readonly store: Store,
@@ -209,10 +221,9 @@ export class FilterScheduler implements Scheduler {
     for (let attempt = 0; attempt < attempts; attempt++) {
       const usage = await this.view.current(false);
       if (attempt === 0) await this.makeHostRows(candidates, usage);
-      const e = this.evaluate(req, need, candidates, usage, ctx);
-      const host = e.ranked[0];
-      if (host === undefined) throw noHostError(req, e.verdicts);
-      const candidate = candidates.find((c) => c.name === host)!;
+      const best = this.choose(req, need, candidates, usage, ctx);
+      if (best === undefined) throw noHostError(req, this.evaluate(req, need, candidates, usage, ctx).verdicts);
+      const { host, limits } = best;
       this.view.apply(host, need, 1);
       let outcome;
       try {
@@ -221,7 +232,7 @@ export class FilterScheduler implements Scheduler {
             consumerId: req.consumerId, host, projectId: req.projectId, ...need, createdAt: this.now().toISOString(),
             ...(ctx.group ? { group: { id: ctx.group.id, policy: ctx.group.policy } } : {}),
           },
-          limitsOf(candidate),
+          limits,
         );
       } catch (err) {
         this.view.apply(host, need, -1);
@@ -350,6 +361,51 @@ export class FilterScheduler implements Scheduler {
     if (!g) throw new NotFound(`server group ${req.group} does not exist`);
     if (g.projectId !== req.projectId) throw new InvalidArgument(`server group ${g.name} belongs to another project`);
     return g;
+  }
+
+  /**
+   * place()'s decision: the best of at most hostsToScore hosts that pass the filters, scanned
+   * from where the last placement stopped, plus the hosts a weigher favours by name (holding the
+   * image, holding the group's members) wherever they are. Undefined when no host passes.
+   * Builds no verdicts: explain() and the error when nothing fits do (evaluate()).
+   */
+  private choose(
+    req: PlacementRequest, need: Need, candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>, ctx: RequestContext,
+  ): { host: string; limits: HostLimits } | undefined {
+    const n = candidates.length;
+    if (n === 0) return undefined;
+    const input: FilterInput = { req, need, groupHosts: ctx.groupHosts, ...(ctx.group ? { group: ctx.group } : {}) };
+    const stateOf = (c: HostCandidate): HostState => ({
+      candidate: c, limits: limitsOf(c), usage: usage.get(c.name) ?? zeroUsage(c.name),
+      projectInstances: ctx.projectCounts.get(c.name) ?? 0, groupMembers: ctx.groupCounts.get(c.name) ?? 0,
+    });
+    const passed: HostState[] = [];
+    const seen = new Set<string>();
+    const consider = (c: HostCandidate) => {
+      seen.add(c.name);
+      const h = stateOf(c);
+      if (firstRejection(this.filters, h, input) === undefined) passed.push(h);
+    };
+    const want = req.host !== undefined ? 1 : Math.max(1, Math.min(n, (this.options.hostsToScore ?? defaultHostsToScore)(n)));
+    const start = this.scanFrom % n;
+    let k = 0;
+    for (; k < n && passed.length < want; k++) consider(candidates[(start + k) % n]!);
+    this.scanFrom = start + k;
+    if (k < n) {
+      const favoured = new Set<string>([...(ctx.imageHosts ?? []), ...ctx.groupHosts]);
+      if (favoured.size) for (const c of candidates) if (favoured.has(c.name) && !seen.has(c.name)) consider(c);
+    }
+    if (passed.length === 0) return undefined;
+    const weighIn: WeighInput = {
+      need, strategy: this.options.strategy ?? 'spread', ...(ctx.group ? { group: ctx.group } : {}), ...(ctx.imageHosts ? { imageHosts: ctx.imageHosts } : {}),
+    };
+    const weights = weigh(passed, weighIn, DEFAULT_WEIGHERS, this.multipliers);
+    let best = 0;
+    for (let i = 1; i < passed.length; i++) {
+      const d = weights[i]!.total - weights[best]!.total;
+      if (d > 0 || (d === 0 && passed[i]!.candidate.name < passed[best]!.candidate.name)) best = i;
+    }
+    return { host: passed[best]!.candidate.name, limits: passed[best]!.limits };
   }
 
   private evaluate(req: PlacementRequest, need: Need, candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>, ctx: RequestContext): Evaluation {
