@@ -18,8 +18,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
-import { freeTestSubnet, testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
+import { secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 
 const AGENT = 'host-b';
@@ -27,42 +28,12 @@ const AGENT = 'host-b';
 interface Container { id: string; name: string; status: string; host: string; pid: number | null }
 
 /** The second host: a network namespace with a veth pair to this one, on a /30 no route of this host uses. */
-async function secondHost() {
-  const subnet = freeTestSubnet(30);
-  const base = subnet.split('/')[0]!.split('.').map(Number);
-  const addr = (n: number) => [...base.slice(0, 3), base[3]! + n].join('.');
-  const tag = process.pid.toString(36).slice(-6);
-  const ns = `nimbus-hosts-${tag}`;
-  const hostIf = `nhh${tag}`;
-  const ok = async (args: string[]) => {
-    const r = await run('ip', args);
-    assert.equal(r.code, 0, `ip ${args.join(' ')}: ${r.stderr}`);
-  };
-  await ok(['netns', 'add', ns]);
-  await ok(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-  await ok(['addr', 'add', `${addr(1)}/30`, 'dev', hostIf]);
-  await ok(['link', 'set', hostIf, 'up']);
-  await ok(['-n', ns, 'addr', 'add', `${addr(2)}/30`, 'dev', 'eth0']);
-  await ok(['-n', ns, 'link', 'set', 'eth0', 'up']);
-  await ok(['-n', ns, 'link', 'set', 'lo', 'up']);
-  return {
-    ns,
-    hostAddress: addr(1),
-    agentAddress: addr(2),
-    inode: () => statSync(`/run/netns/${ns}`).ino,
-    async remove() {
-      await run('ip', ['netns', 'del', ns]);
-      await run('ip', ['link', 'del', hostIf]);
-    },
-  };
-}
-
 /**
  * The registry, as the second host reaches it at the same reference: this side forwards the
  * link address to the registry's loopback port; in the namespace a node relay listens on the
  * namespace's loopback at the registry's port and forwards over the link.
  */
-async function registryRelay(registryHost: string, host: Awaited<ReturnType<typeof secondHost>>) {
+async function registryRelay(registryHost: string, host: SecondHost) {
   const port = Number(registryHost.split(':')[1]);
   const server: Server = createServer((s) => {
     const c = connect(port, '127.0.0.1');
@@ -90,7 +61,7 @@ async function registryRelay(registryHost: string, host: Awaited<ReturnType<type
 }
 
 /** `nimbusd agent` in the second host's namespace, joined with a token, registered over the control plane's socket. */
-function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeof secondHost>>, joinToken: string, name = AGENT) {
+function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string, name = AGENT) {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-hosts-agent-'));
   const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() };
   let child: ChildProcess | undefined;
@@ -142,7 +113,7 @@ const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
 
 let registry: TestRegistry;
 let d: DaemonProcess;
-let host2: Awaited<ReturnType<typeof secondHost>>;
+let host2: SecondHost;
 let relay: Awaited<ReturnType<typeof registryRelay>>;
 let b: ReturnType<typeof agentProcess>;
 let IMAGE: string;
@@ -179,7 +150,7 @@ async function teardown(daemon: DaemonProcess | undefined, agent: ReturnType<typ
 before(async () => {
   registry = await startTestRegistryWithImages();
   IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
-  host2 = await secondHost();
+  host2 = await secondHost({ ns: 'hosts', link: 'nhh' });
   relay = await registryRelay(registry.host, host2);
 });
 after(async () => {

@@ -17,8 +17,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
-import { freeTestSubnet, testNetworkEnv } from '../src/agent/network/network-test-env.js';
-import { run } from '../src/core/exec.js';
+import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor as poll } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
 
@@ -36,37 +36,6 @@ interface Report { id: string; from: string; to: string; totalMs: number; downti
  * this host uses. The agent, its API and its QEMU processes live in it; migrations cross the
  * veth in both directions (each side's QEMU listens on its own end's address).
  */
-async function secondHost() {
-  const subnet = freeTestSubnet(30);
-  const base = subnet.split('/')[0]!.split('.').map(Number);
-  const addr = (n: number) => [...base.slice(0, 3), base[3]! + n].join('.');
-  const tag = process.pid.toString(36).slice(-6);
-  const ns = `nimbus-mig-${tag}`;
-  const hostIf = `nmh${tag}`;
-  const ok = async (args: string[]) => {
-    const r = await run('ip', args);
-    assert.equal(r.code, 0, `ip ${args.join(' ')}: ${r.stderr}`);
-  };
-  await ok(['netns', 'add', ns]);
-  await ok(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-  await ok(['addr', 'add', `${addr(1)}/30`, 'dev', hostIf]);
-  await ok(['link', 'set', hostIf, 'up']);
-  await ok(['-n', ns, 'addr', 'add', `${addr(2)}/30`, 'dev', 'eth0']);
-  await ok(['-n', ns, 'link', 'set', 'eth0', 'up']);
-  await ok(['-n', ns, 'link', 'set', 'lo', 'up']);
-  return {
-    ns,
-    hostAddress: addr(1),
-    agentAddress: addr(2),
-    /** The namespace's inode, to compare with /proc/PID/ns/net. */
-    inode: () => statSync(`/run/netns/${ns}`).ino,
-    async remove() {
-      await run('ip', ['netns', 'del', ns]); // its end of the veth goes with it, and so does ours
-      await run('ip', ['link', 'del', hostIf]);
-    },
-  };
-}
-
 /** The network namespace inode of a process. */
 const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
 
@@ -75,7 +44,7 @@ const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
  * home by start(). It listens on TCP, so it joins with a token on its first start (its
  * certificate is kept in its home: later starts pass the spent token, which it does not use).
  */
-function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeof secondHost>>, joinToken: string) {
+function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string) {
   const home = mkdtempSync(join(tmpdir(), 'nimbus-agent-'));
   const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() };
   let child: ChildProcess | undefined;
@@ -121,7 +90,7 @@ function agentProcess(controlPlaneSocket: string, host: Awaited<ReturnType<typeo
 }
 
 let d: DaemonProcess;
-let host2: Awaited<ReturnType<typeof secondHost>>;
+let host2: SecondHost;
 let b: ReturnType<typeof agentProcess>;
 let guest: TestGuest;
 
@@ -143,7 +112,7 @@ async function guestUptime(): Promise<number> {
 describe('live migration between two agents of one control plane', { concurrency: false }, () => {
   before(async () => {
     guest = await buildTestGuest(GUEST_CACHE_DIR);
-    host2 = await secondHost();
+    host2 = await secondHost({ ns: 'mig', link: 'nmh' });
     // the embedded agent receives migrations on this host's end of the link
     d = await startDaemonProcess([], { NIMBUS_MIGRATION_ADDRESS: host2.hostAddress });
     b = agentProcess(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim());
