@@ -8,6 +8,7 @@
  * process runs there, and logs, exec, stats, stop and rm go through the control plane; a
  * container on each host at once; after rm nothing is left on the agent.
  */
+import { untilOutput } from '../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -76,19 +77,7 @@ function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: s
       child = c;
       c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
       c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await new Promise<void>((ok, fail) => {
-        const timer = setTimeout(() => fail(new Error(`nimbusd agent did not register:\n${out}`)), 60_000);
-        c.stdout!.on('data', () => {
-          if (out.includes('registered with')) {
-            clearTimeout(timer);
-            ok();
-          }
-        });
-        c.once('exit', (code) => {
-          clearTimeout(timer);
-          fail(new Error(`nimbusd agent exited with ${code}:\n${out}`));
-        });
-      });
+      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
     },
     async stop(): Promise<void> {
       const c = child;

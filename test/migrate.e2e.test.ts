@@ -8,6 +8,7 @@
  * protocol), survives kill -9 of the control plane and of the agent process, and leaves no
  * QEMU, no state and no registration behind.
  */
+import { untilOutput } from '../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -63,20 +64,7 @@ function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: s
       child = c;
       c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
       c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await new Promise<void>((ok, fail) => {
-        const timer = setTimeout(() => fail(new Error(`nimbusd agent did not register:\n${out}`)), 60_000);
-        const check = () => {
-          if (out.includes('registered with')) {
-            clearTimeout(timer);
-            ok();
-          }
-        };
-        c.stdout!.on('data', check);
-        c.once('exit', (code) => {
-          clearTimeout(timer);
-          fail(new Error(`nimbusd agent exited with ${code}:\n${out}`));
-        });
-      });
+      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
     },
     async kill(signal: NodeJS.Signals): Promise<void> {
       const c = child;

@@ -4,6 +4,7 @@
  * connections, as a long-lived client would hold them). stop() force-removes
  * every container, stops the daemon and removes whatever it left.
  */
+import { untilOutput } from '../../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../../scripts/fixtures/guest.js';
 import { removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -142,27 +143,6 @@ function captureOutput(child: ChildProcess): () => string {
   child.stdout!.on('data', add);
   child.stderr!.on('data', add);
   return () => text;
-}
-
-/** Resolves once `marker` shows in the child's output; rejects when it exits first, or after 60 s. */
-function untilOutput(child: ChildProcess, marker: string, what: string, output: () => string): Promise<void> {
-  return new Promise((ok, fail) => {
-    const finish = (e?: Error) => {
-      clearTimeout(timer);
-      child.stdout!.off('data', check);
-      child.off('exit', onExit);
-      if (e) fail(e);
-      else ok();
-    };
-    const check = () => {
-      if (output().includes(marker)) finish();
-    };
-    const onExit = (code: number | null, sig: NodeJS.Signals | null) => finish(new Error(`${what}: it exited (${code ?? sig}):\n${output()}`));
-    const timer = setTimeout(() => finish(new Error(`${what} in 60 s:\n${output()}`)), 60_000);
-    child.stdout!.on('data', check); // after captureOutput's listener: the chunk is in the text
-    child.once('exit', onExit);
-    check();
-  });
 }
 
 /**

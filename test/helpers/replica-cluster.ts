@@ -10,6 +10,7 @@
  * A's (`startReplica(…, agentCaFrom)`: agent-ca.ts, "control-plane processes sharing a store must
  * share this directory too").
  */
+import { untilOutput } from '../../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../../scripts/fixtures/guest.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -184,19 +185,7 @@ export function agentProcess(name: string, controlPlaneSocket: string, joinToken
       child = c;
       c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
       c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await new Promise<void>((ok, fail) => {
-        const timer = setTimeout(() => fail(new Error(`nimbusd agent did not register:\n${out}`)), 60_000);
-        c.stdout!.on('data', () => {
-          if (out.includes('registered with')) {
-            clearTimeout(timer);
-            ok();
-          }
-        });
-        c.once('exit', (code) => {
-          clearTimeout(timer);
-          fail(new Error(`nimbusd agent exited with ${code}:\n${out}`));
-        });
-      });
+      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
     },
     stop,
     containerIds() {
