@@ -37,7 +37,6 @@ import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
 import { processAlive } from '../core/proc.js';
 import { withoutEmbedded, type HostAgents } from '../control/compute/hosts.js';
-import type { HostSource } from '../control/scheduler/types.js';
 
 const log = logger('nimbusd');
 export const VERSION = '0.1.0';
@@ -170,10 +169,9 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   undo.push(() => agents.close());
   // where instances may be placed: every agent, or with --no-agent the registered ones only
   const hosts: HostAgents = noAgent ? withoutEmbedded(agents) : agents;
-  const hostSource: HostSource = noAgent ? { candidates: async () => (await agents.candidates()).filter((h) => h.name !== options.agentName) } : agents;
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
   images.useHosts(hosts);
-  const scheduler = new FilterScheduler(store, hostSource, { imageLocality: images.locality() });
+  const scheduler = new FilterScheduler(store, agents, { imageLocality: images.locality() });
   const quota = await QuotaService.open(store, { replicaId: replica.replicaId });
   await quota.ensureProjects(parentsFirst(await store.projects.list()));
   const networks = new NetworkService(store, agent, events, quota, {
