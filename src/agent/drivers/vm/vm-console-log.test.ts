@@ -41,11 +41,12 @@ function gaps(xs: number[]): number {
   return missing;
 }
 
-test('a guest printing several MB leaves at most ~maxBytes × maxFiles on disk; logs, tail and follow read the generations in order', async (t) => {
-  const limits = { maxBytes: 256 << 10, maxFiles: 3 };
+test('a guest printing a MB through ~18 rotations leaves at most ~maxBytes × maxFiles on disk; logs, tail and follow read the generations in order', async (t) => {
+  // small generations: the rotations are what is under test, and the UART prints ~70 KB/s
+  const limits = { maxBytes: 64 << 10, maxFiles: 3 };
   const d = new VmDriver({ stateDir: path.join(env.base, 'capped'), accel: env.accel.accel, consoleLog: limits, consoleCheckMs: 100 });
   const id = freshId('vmcon');
-  const N = 300_000; // ~4 MB of "L123456 123456\n"
+  const N = 80_000; // ~1.1 MB of "L12345 12345\r\n"
   const dir = path.join(env.base, 'capped', id);
   const onDisk = async () => {
     let total = 0;
@@ -80,7 +81,7 @@ test('a guest printing several MB leaves at most ~maxBytes × maxFiles on disk; 
     assert.deepEqual(files, ['console.log', 'console.log.1', 'console.log.2']);
     const final = await onDisk();
     // the bound: the cap plus what the guest prints in one check interval (100 ms) per generation
-    const slack = 3 * 256 << 10;
+    const slack = 3 * limits.maxBytes;
     assert.ok(peak <= limits.maxBytes * limits.maxFiles + slack, `peak on disk ${peak}`);
 
     const whole = nums(await collectLogs(d, id));
@@ -96,9 +97,11 @@ test('a guest printing several MB leaves at most ~maxBytes × maxFiles on disk; 
     // the follower saw everything that was still on disk at the end, in order, once
     const seen = nums(followed);
     const followGaps = gaps(seen);
-    const rotations = Math.round((seen.length * 15) / limits.maxBytes);
-    assert.ok(followGaps <= rotations, `${followGaps} lines lost by follow over ~${rotations} rotations`);
-    assert.ok(seen.garbled! <= rotations, `${seen.garbled} garbled lines followed, ~${rotations} rotations`);
+    const rotations = Math.round((seen.length * 14) / limits.maxBytes);
+    // copytruncate loses what the guest prints between the copy's last read and the truncation:
+    // a line per rotation or none, two when the rotating thread is preempted there (CI saw 20 in ~17)
+    assert.ok(followGaps <= 2 * rotations, `${followGaps} lines lost by follow over ~${rotations} rotations`);
+    assert.ok(seen.garbled! <= 2 * rotations, `${seen.garbled} garbled lines followed, ~${rotations} rotations`);
     const seenSet = new Set(seen);
     assert.deepEqual(whole.filter((x) => !seenSet.has(x)), [], 'follow lost nothing that is on disk');
     assert.equal(seen[seen.length - 1], N);
