@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream, type RequestAuth } from '../route.js';
-import type { VmRecord } from '../../store/records.js';
+import type { VmRecord, VmStatus } from '../../store/records.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import { HOST_PATH } from '../host-paths.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
@@ -63,12 +63,15 @@ const VM = {
 
 const isSystemAdmin = (auth: RequestAuth) => auth.principal?.systemAdmin === true;
 
+/** A VM record as the service shows it (its status "unknown" while its host is down), with the host's view when inspected. */
+type ShownVm = Omit<VmRecord, 'status'> & { status: VmStatus | 'unknown'; host?: VmInspect | null };
+
 /**
  * What a VM's record says of its host, for those who may know it: system administrators see
  * everything; others see images by name (not the content store's paths) and no host view
  * beyond the accelerator, sizes, state and pinning (no QEMU argv, sockets, pid or files).
  */
-function forViewer<T extends VmRecord & { host?: VmInspect | null }>(v: T, auth: RequestAuth): T {
+function forViewer<T extends ShownVm>(v: T, auth: RequestAuth): T {
   if (isSystemAdmin(auth)) return v;
   const { kernel, initrd, disk, kernelImage, initrdImage, diskImage, ...config } = v.config;
   const named = {
@@ -87,7 +90,7 @@ function forViewer<T extends VmRecord & { host?: VmInspect | null }>(v: T, auth:
 /** Records carry their instance type, so a client merging /containers and /vms can tell them apart. */
 const typed = <T extends object>(v: T) => ({ ...v, type: 'vm' as const });
 /** A VM as this caller may see it (forViewer), typed. */
-const shown = <T extends VmRecord & { host?: VmInspect | null }>(v: T, auth: RequestAuth) => typed(forViewer(v, auth));
+const shown = <T extends ShownVm>(v: T, auth: RequestAuth) => typed(forViewer(v, auth));
 
 export const vmRoutes = [
   route({
@@ -97,7 +100,7 @@ export const vmRoutes = [
     query: Type.Object({ all: Type.Boolean({ default: false }) }),
     response: Type.Array(Vm),
     handler: async ({ query, services, auth }) =>
-      (await services.vms.list({ all: query.all })).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => shown(v, auth)),
+      (await services.vms.list({ all: query.all })).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => shown(services.vms.view(v), auth)),
   }),
   route({
     method: 'POST', path: '/vms', operationId: 'createVm', tag: 'vms', access: 'write',
@@ -125,7 +128,7 @@ export const vmRoutes = [
     params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
     handler: async ({ params, services, auth }) => {
       const v = await services.vms.inspect(params.id);
-      return { ...shown(v, auth), network: { endpoints: await services.networks.endpointsOf(v.id) } };
+      return { ...shown(services.vms.view(v), auth), network: { endpoints: await services.networks.endpointsOf(v.id) } };
     },
   }),
   route({

@@ -348,9 +348,11 @@ test('hosts: a slow answer is not a dead host: down after two missed answers in 
   assert.equal(await stateOfB(), 'up', 'one missed answer: still up');
   await d.refresh(['b']);
   assert.equal(await stateOfB(), 'down', 'two in a row: down');
+  assert.deepEqual([d.isDown('b'), d.isDown('local')], [true, false], 'what the instance views ask');
   hang = false;
   await d.refresh(['b']);
   assert.equal(await stateOfB(), 'up', 'answers again: up');
+  assert.equal(d.isDown('b'), false);
   b.agent.failNext('info', new Unavailable('connect ECONNREFUSED'));
   await d.refresh(['b']);
   assert.equal(await stateOfB(), 'down', 'a refused connection: down at once');

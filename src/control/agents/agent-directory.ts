@@ -358,6 +358,11 @@ export class AgentDirectory implements HostSource {
     return name === this.localName || this.remotes.has(name);
   }
 
+  /** True while the background refresh finds the host down (missed answers, refused connection). */
+  isDown(name: string): boolean {
+    return this.reach.get(name)?.state === 'down';
+  }
+
   /** The hosts: names() less the embedded stand-in of a control plane that runs no agent. */
   hostNames(): string[] {
     return this.embedded ? this.names() : [...this.remotes.keys()];

@@ -30,11 +30,15 @@ import { FakeAgent, fakeImage } from '../testing/fake-agent.js';
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
 /** The embedded agent as "local" and the others under their names. */
+/** The hosts a test's directory would report down (the directory's refresh, AgentDirectory.isDown). */
+const downHosts = new Set<string>();
+
 function hostsOf(local: Agent, others: Record<string, Agent>): HostAgents {
   // looked up on each call: a test may replace a host's connection (a registration again)
   const find = (n: string) => (n === 'local' ? local : Object.hasOwn(others, n) ? others[n] : undefined);
   return {
     localName: 'local',
+    isDown: (n) => downHosts.has(n),
     names: () => ['local', ...Object.keys(others)],
     has: (n) => find(n) !== undefined,
     get: (n) => {
@@ -374,6 +378,12 @@ test('hosts: reconcile leaves a host that does not answer alone; its containers 
   assert.equal(containers.view(await containers.get(l.id)).status, 'running');
   const again = await containers.reconcile();
   assert.deepEqual(again.unreachableHosts, []);
+  assert.equal(containers.view(await containers.get(c.id)).status, 'running');
+  // the directory's refresh finds b down between reconciles: unknown at once, running again when it is up
+  downHosts.add('b');
+  t.after(() => downHosts.clear());
+  assert.deepEqual([containers.view(await containers.get(c.id)).status, containers.view(await containers.get(l.id)).status], ['unknown', 'running']);
+  downHosts.delete('b');
   assert.equal(containers.view(await containers.get(c.id)).status, 'running');
   // a container b lost while away is exited when b answers; b's orphans are removed
   b.containers.delete(c.id);

@@ -148,9 +148,9 @@ export class ContainerService {
     void this.handleExit(id, host).catch((e: unknown) => log.warn('recording a container exit failed', { id, error: String(e) }));
   }
 
-  /** As listings and inspect show it: "unknown" while its host does not answer. */
+  /** As listings and inspect show it: "unknown" while its host does not answer (the last reconcile, or the directory's refresh now). */
   view(c: ContainerRecord): ContainerView {
-    return this.unreachable.has(c.host) || !this.hosts.has(c.host) ? { ...c, status: 'unknown' } : c;
+    return this.unreachable.has(c.host) || !this.hosts.has(c.host) || this.hosts.isDown?.(c.host) ? { ...c, status: 'unknown' } : c;
   }
 
   /** An agent call for container id, bounded: a hung agent answers Unavailable instead of holding the lock for ever. */

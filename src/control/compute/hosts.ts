@@ -15,6 +15,8 @@ export interface HostAgents {
   has(name: string): boolean;
   /** NotFound for a name no agent has. */
   get(name: string): Agent;
+  /** True while the host is known not to answer (the directory's background refresh); absent: never. */
+  isDown?(name: string): boolean;
 }
 
 /** The placement fields of a create request (API and CLI: --host, --zone, --constraint, --group). */
@@ -54,6 +56,7 @@ export function withoutEmbedded(dir: HostAgents): HostAgents {
       if (n === hidden) throw new NotFound(`no such host: ${n} (this control plane runs no embedded agent)`, { host: n });
       return dir.get(n);
     },
+    isDown: (n) => dir.isDown?.(n) ?? false,
   };
 }
 

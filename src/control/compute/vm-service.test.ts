@@ -59,7 +59,7 @@ async function setup(t: { after(fn: () => Promise<void>): void }, local: ReturnT
       createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, savedAt: null, agent,
     });
   };
-  return { store, vms, record, scheduler };
+  return { store, vms, record, scheduler, agents };
 }
 
 test('reconcile: a VM on two agents follows the copy that runs; the postmigrate source is removed', async (t) => {
@@ -208,4 +208,21 @@ test('placement: the scheduler chooses the host (--host and its older name --age
   await vms.remove(pinned.id, true);
   assert.equal(scheduler.claims.has(pinned.id), false, 'released with the VM');
   assert.equal(scheduler.claims.get(anywhere.id), 'local');
+});
+
+test('a VM on a host the directory finds down shows "unknown" (the stored status kept) until the host answers again', async (t) => {
+  const local = host('local', { l1: 'running' });
+  const b = host('b', { f1: 'running' });
+  const { store, vms, record, agents } = await setup(t, local, b);
+  await record('l1', 'local');
+  await record('f1', 'b');
+  await agents.refresh();
+  const shown = async () => (await vms.list()).map((v) => [v.id, vms.view(v).status]).sort();
+  assert.deepEqual(await shown(), [['f1', 'running'], ['l1', 'running']]);
+  b.agent.failNext('info', new Unavailable('connect ECONNREFUSED'));
+  await agents.refresh(['b']);
+  assert.deepEqual(await shown(), [['f1', 'unknown'], ['l1', 'running']]);
+  assert.equal((await store.vms.get('f1'))?.status, 'running', 'the record is kept as it was');
+  await agents.refresh(['b']);
+  assert.deepEqual(await shown(), [['f1', 'running'], ['l1', 'running']]);
 });

@@ -97,6 +97,11 @@ export class VmService {
   }
 
   /** The agent a VM lives on (Unavailable-typed errors come from the transport when it is down). */
+  /** As listings and inspect show it: "unknown" while its host does not answer (the stored status is kept). */
+  view<T extends VmRecord>(v: T): Omit<T, 'status'> & { status: VmStatus | 'unknown' } {
+    return !this.agents.has(v.agent) || this.agents.isDown?.(v.agent) ? { ...v, status: 'unknown' } : v;
+  }
+
   private on(v: Pick<VmRecord, 'agent'>): Agent {
     return this.agents.get(v.agent);
   }

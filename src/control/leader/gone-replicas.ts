@@ -29,8 +29,9 @@ export interface GoneReplicaWork {
 export interface SweepDeps {
   store: Store;
   quota: QuotaService;
-  scheduler: Scheduler;
-  registry: ReplicaRegistry;
+  scheduler: Pick<Scheduler, 'release'>;
+  /** Who is alive (the registry's view; a test may give its own). */
+  registry: Pick<ReplicaRegistry, 'list'>;
   /** This process (alive whatever its row says). */
   self: string;
   /** Undo a record its host never got (ContainerService.settleUncreated). */

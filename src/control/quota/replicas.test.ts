@@ -18,13 +18,14 @@ import { openStore } from '../../store/open.js';
 import type { Store } from '../../store/store.js';
 import { QuotaService } from './quota-service.js';
 import { checkInvariants } from './invariants.js';
+import { settleGoneReplicas } from '../leader/gone-replicas.js';
 
 const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {} };
 
 const theCluster = clusterForTests('the replica tests');
 
 /** A fresh database, and a way to open stores (replicas) on it; all closed and dropped after the test. */
-async function postgresDatabase(t: TestContext): Promise<{ open: () => Promise<Store> }> {
+async function postgresDatabase(t: TestContext): Promise<{ url: string; open: () => Promise<Store> }> {
   const db = await theCluster().freshDatabase();
   const stores: Store[] = [];
   t.after(async () => {
@@ -32,6 +33,7 @@ async function postgresDatabase(t: TestContext): Promise<{ open: () => Promise<S
     await db.drop();
   });
   return {
+    url: db.url,
     open: async () => {
       const s = await openStore(db.url);
       stores.push(s);
@@ -292,7 +294,7 @@ test('sqlite, two processes on one file: 1,000 concurrent admissions split betwe
   const here = await replica(t, store);
   await here.ensureProject('p', null);
   await here.setLimits('p', { hard: { instances: 100 } });
-  const helper = fileURLToPath(new URL('./test-helpers/sqlite-replica.js', import.meta.url));
+  const helper = fileURLToPath(new URL('./test-helpers/replica-process.js', import.meta.url));
   const child = spawn(process.execPath, [helper, file, '500', '1000'], { stdio: ['pipe', 'pipe', 'inherit'], timeout: 60_000 });
   let out = '';
   child.stdout.setEncoding('utf8');
@@ -307,7 +309,7 @@ test('sqlite, two processes on one file: 1,000 concurrent admissions split betwe
   const [code] = (await exited) as [number | null];
   const ms = performance.now() - t0;
   assert.equal(code, 0, 'the other process finished');
-  const theirs = JSON.parse(out.slice(out.indexOf('ready\n') + 6)) as { admitted: string[]; failures: string[] };
+  const theirs = JSON.parse(out.slice(out.indexOf('result ') + 7)) as { admitted: string[]; failures: string[] };
   assert.deepEqual(theirs.failures, [], 'the other process met only QuotaExceeded');
   for (const r of mine) if (r.status === 'rejected') assert.equal((r.reason as { code?: string }).code, 'QuotaExceeded', String(r.reason));
   const ours = mine.flatMap((r, i) => (r.status === 'fulfilled' ? [`c${i}`] : []));
@@ -321,4 +323,66 @@ test('sqlite, two processes on one file: 1,000 concurrent admissions split betwe
   for (const e of await fresh.audit({ limit: 100_000 })) counts[e.kind] = (counts[e.kind] ?? 0) + 1;
   assert.deepEqual([counts.admit, counts.reject], [100, 900], 'one admit or reject per request, each once');
   t.diagnostic(`2 processes: 1,000 concurrent admissions in ${Math.round(ms)} ms (here ${ours.length}, there ${theirs.admitted.length})`);
+});
+
+test('postgres, two processes: 1,000 concurrent admissions against a limit of 100, the other process SIGKILLed in the middle: never over the limit, the leader\'s sweep frees what the dead one held, the limit then fills exactly', async (t) => {
+  const db = await postgresDatabase(t);
+  const store = await db.open();
+  const here = await QuotaService.open(store, { refreshMs: 0, replicaId: 'here' });
+  t.after(() => here.close());
+  await here.ensureProject('p', null);
+  await here.setLimits('p', { hard: { instances: 100 } });
+  const helper = fileURLToPath(new URL('./test-helpers/replica-process.js', import.meta.url));
+  const child = spawn(process.execPath, [helper, db.url, '500', '1000', 'there'], { stdio: ['pipe', 'pipe', 'inherit'], timeout: 60_000 });
+  t.after(() => child.kill('SIGKILL'));
+  let out = '';
+  child.stdout.setEncoding('utf8');
+  const exited = once(child, 'exit');
+  let killedAfter = -1;
+  child.stdout.on('data', (d: string) => {
+    out += d;
+    // the first admission it reports: the others it sent are in flight, in its memory or in PostgreSQL
+    if (killedAfter < 0 && out.includes('\n+')) {
+      killedAfter = out.split('\n').filter((l) => l.startsWith('+')).length;
+      child.kill('SIGKILL');
+    }
+  });
+  while (!out.includes('ready\n') && child.exitCode === null) await Promise.race([once(child.stdout, 'data'), exited]);
+  assert.ok(out.includes('ready\n'), `the other process opened the ledger (${out})`);
+  child.stdin.write('go\n');
+  const mine = await Promise.allSettled(Array.from({ length: 500 }, (_, i) => here.admitContainer(`c${i}`, 'p', cfg)));
+  const [, signal] = (await exited) as [number | null, string | null];
+  assert.equal(signal, 'SIGKILL', `the other process was killed in the middle (it printed: ${out.slice(-200)})`);
+  assert.ok(!out.includes('result '), 'it did not finish its admissions');
+  for (const r of mine) if (r.status === 'rejected') assert.equal((r.reason as { code?: string }).code, 'QuotaExceeded', String(r.reason));
+  const ours = mine.flatMap((r, i) => (r.status === 'fulfilled' ? [`c${i}`] : []));
+  const reported = out.split('\n').filter((l) => l.startsWith('+')).map((l) => l.slice(1));
+
+  // what is stored: never over the limit, whatever the dead process had in flight
+  const after = await replica(t, await db.open());
+  const stored = after.ledger.snapshot();
+  const theirs = Object.values(stored.instances).filter((i) => i.replica === 'there').map((i) => i.id);
+  assert.ok(ours.length + theirs.length <= 100, `at most the limit: here ${ours.length}, there ${theirs.length}`);
+  assert.equal(after.show('p').resources.instances.used, ours.length + theirs.length);
+  for (const id of reported) assert.ok(theirs.includes(id), `${id}, reported admitted before the kill, is stored`);
+  assert.deepEqual(checkInvariants(stored), []);
+
+  // the leader's sweep: the dead replica's admissions have no instance record, so they are released; ours stay
+  const swept = await settleGoneReplicas({
+    store, quota: here, self: 'here',
+    registry: { list: async () => [{ id: 'here', hostname: 'h', pid: process.pid, startedAt: 0, lastSeen: Date.now(), apiUrl: null, live: true }] },
+    scheduler: { release: async () => undefined },
+    settleUncreated: async () => false,
+  });
+  assert.equal(swept.chargesReleased, theirs.length, 'every charge of the dead replica is released');
+  assert.equal(here.show('p').resources.instances.used, ours.length, 'what this replica admitted is kept');
+
+  // the freed units are admitted again, exactly up to the limit
+  const refill = await Promise.allSettled(Array.from({ length: 200 }, (_, i) => here.admitContainer(`r${i}`, 'p', cfg)));
+  const refilled = refill.filter((r) => r.status === 'fulfilled').length;
+  assert.equal(ours.length + refilled, 100, 'the limit fills exactly after the sweep');
+  const final = await replica(t, await db.open());
+  assert.equal(final.show('p').resources.instances.used, 100);
+  assert.deepEqual(checkInvariants(final.ledger.snapshot()), []);
+  t.diagnostic(`killed after its first reported admission (${killedAfter} reported); stored: here ${ours.length}, there ${theirs.length}; swept ${swept.chargesReleased}; refilled ${refilled}`);
 });
