@@ -3,7 +3,7 @@
  * embedded default it is a direct in-process object (LocalAgent); across hosts
  * the same interface is carried over an authenticated channel.
  */
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import type { WarmPoolStats } from './warm-pool.js';
 import type { ReaperStats } from './reaper.js';
 import type { ImageConfigDoc, LayerRecord } from '../store/records.js';
@@ -191,9 +191,47 @@ export interface ImageHost {
    * names a backing or data file (another file on this host) is refused. A kernel: a bzImage or an
    * ELF image. An initrd: a cpio archive, plain or compressed as the kernel can unpack it.
    */
-  importDiskImage(file: string, kind?: VmImageKind): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }>;
+  importDiskImage(file: string, kind?: VmImageKind): Promise<DiskImageInfo>;
   /** Where a disk image's blob is on this host (VM overlays are backed by it; it never changes). */
   diskImagePath(digest: string): string;
+  /*
+   * Carrying content between hosts (containerd's content Reader/Writer by digest): the control
+   * plane streams a blob from one host's readBlob into another's writeBlob, which verifies it,
+   * then has the target adopt the image from its own store. Protocol 3 and later.
+   */
+  /** Which of these digests the content store lacks (in the order given). */
+  missingBlobs(digests: string[]): Promise<string[]>;
+  /** The blob's bytes as a stream, with its size; NotFound when absent. */
+  readBlob(digest: string): Promise<BlobStream>;
+  /**
+   * A blob into the content store: written aside, its size and sha256 checked, then committed
+   * atomically; a mismatch (DataLoss) leaves nothing. A blob already there is a no-op (the
+   * bytes are not read). Refused up front when the disk cannot hold `size` bytes.
+   */
+  writeBlob(digest: string, size: number, bytes: AsyncIterable<Uint8Array>): Promise<{ digest: string; size: number }>;
+  /** The image whose manifest, config and layers are in the content store, unpacked with the checks of an import. */
+  adoptImage(manifestDigest: string): Promise<AgentImage>;
+  /** A VM image blob in the content store, checked as importDiskImage checks a file; with its path on this host. */
+  adoptDiskImage(digest: string, kind: VmImageKind): Promise<AdoptedDiskImage>;
+}
+
+/** A blob being read: its bytes (the reader must consume or destroy it) and its size. */
+export interface BlobStream {
+  size: number;
+  bytes: Readable;
+}
+
+/** What importDiskImage returns. */
+export interface DiskImageInfo {
+  digest: string;
+  size: number;
+  format: VmImageFormat;
+  virtualSize: number;
+}
+
+/** A VM image ready on a host: what an import returns, and where VMs there find it. */
+export interface AdoptedDiskImage extends DiskImageInfo {
+  path: string;
 }
 
 /** Containers on the host: lifecycle, I/O, warm claims, exits. */

@@ -8,21 +8,22 @@ import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
-import { DataLoss, InvalidArgument, NotFound, Unavailable, hasCode } from '../core/errors.js';
+import { DataLoss, InvalidArgument, NotFound, ResourceExhausted, Unavailable, hasCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { LayerRecord } from '../store/records.js';
-import type { Agent, AgentImage, AgentInfo, ContainerCreateRequest, GcResult, PullOptions, PullProgress } from './agent.js';
+import type { AdoptedDiskImage, Agent, AgentImage, AgentInfo, BlobStream, ContainerCreateRequest, DiskImageInfo, GcResult, PullOptions, PullProgress } from './agent.js';
 import type { ContentStore } from './content/content-store.js';
-import { LocalContentStore } from './content/local-content-store.js';
+import { LocalContentStore, assertDigest } from './content/local-content-store.js';
 import type { InstanceDriver, InstanceSpec, RuntimeState } from './drivers/instance-driver.js';
 import { ContainerDriver } from './drivers/container/container-driver.js';
 import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
 import { probeRuntime } from './drivers/container/oci-runtime.js';
 import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
-import { pullImage } from './images/pull.js';
+import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './images/pull.js';
+import { LAYER_TYPES, isIndex, type ImageManifest } from './images/media-types.js';
 import { importImageArchive } from './images/import.js';
 import { applyLayer } from './layers/apply-layer.js';
 import { ImageBudget } from './layers/unpack-limits.js';
@@ -36,7 +37,7 @@ import { SecureDriver } from './drivers/secure/secure-driver.js';
 import { Reaper } from './reaper.js';
 import { removeEarlierLeftovers, removeInterruptedWrites } from './interrupted-writes.js';
 import { killOrphanProbes } from './orphan-probes.js';
-import type { VmCreateRequest, VmHostState, VmImageFormat, VmImageKind, VmMigrationSpec } from './agent.js';
+import type { VmCreateRequest, VmHostState, VmImageKind, VmMigrationSpec } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
@@ -70,6 +71,13 @@ export function chainIds(diffIds: readonly string[]): string[] {
   return out;
 }
 
+/** Digests one missingBlobs call may ask about. */
+const MAX_BLOBS_ASKED = 4096;
+/** The largest blob a host takes from another (a disk image can be large; more than this is a mistake). */
+export const MAX_RECEIVED_BLOB_BYTES = 1024 ** 4;
+/** How long a received blob that nothing adopted is kept from garbage collection. */
+const RECEIVED_BLOB_GRACE_MS = 60 * 60_000;
+
 interface ImageContent {
   manifestDigest: string;
   indexDigest?: string;
@@ -86,6 +94,8 @@ export class LocalAgent implements Agent {
   /** Serialises unpacking of one chain id so concurrent pulls share the work. */
   private readonly chainLocks = new Map<string, Promise<void>>();
   private activePulls = 0;
+  /** Blobs writeBlob stored and no adopt has used yet, with when: garbage collection leaves them alone for a while. */
+  private readonly received = new Map<string, number>();
   /** Created here and not started yet: start() can skip asking the runtime for its state. */
   private readonly neverStarted = new Set<string>();
   /** Containers created ahead of demand (warm-pool.ts). */
@@ -298,16 +308,29 @@ export class LocalAgent implements Agent {
     return new DiskSpace({ content: this.options.contentDir, snapshots: this.options.snapshotsDir });
   }
 
-  /** Unpack every layer into a committed snapshot named by its chain id; budget bounds the image's unpacked bytes. */
-  private async unpack(c: ImageContent, budget: ImageBudget): Promise<AgentImage> {
+  /**
+   * Unpack every layer into a committed snapshot named by its chain id; budget bounds the image's
+   * unpacked bytes. With `undoOnFailure`, the snapshots this call committed are removed again
+   * when a later layer fails (an adopted image leaves nothing half-unpacked).
+   */
+  private async unpack(c: ImageContent, budget: ImageBudget, undoOnFailure = false): Promise<AgentImage> {
     const diffIds = c.config.rootfs?.diff_ids ?? [];
     if (diffIds.length !== c.layers.length) {
       throw new DataLoss(`image config lists ${diffIds.length} diff ids for ${c.layers.length} layers`);
     }
     if (c.layers.length === 0) throw new InvalidArgument('image has no layers');
     const chains = chainIds(diffIds);
-    for (let i = 0; i < c.layers.length; i++) {
-      await this.unpackLayer(c.layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined, budget);
+    const committed: string[] = [];
+    try {
+      for (let i = 0; i < c.layers.length; i++) {
+        const existed = undoOnFailure && (await this.snapshotExists(chains[i]!));
+        await this.unpackLayer(c.layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined, budget);
+        if (undoOnFailure && !existed) committed.push(chains[i]!);
+      }
+    } catch (e) {
+      // children first; one another unpack has built on since is kept (Conflict): garbage collection takes it later
+      for (const key of committed.reverse()) await this.snapshotter.remove(key).catch(() => undefined);
+      throw e;
     }
     const layers: LayerRecord[] = c.layers.map((l, i) => ({ ...l, diffId: diffIds[i]! }));
     return {
@@ -369,7 +392,7 @@ export class LocalAgent implements Agent {
     }
   }
 
-  async importDiskImage(file: string, kind: VmImageKind = 'disk'): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }> {
+  async importDiskImage(file: string, kind: VmImageKind = 'disk'): Promise<DiskImageInfo> {
     const info = kind === 'disk' ? await inspectDiskImage(file) : await inspectBootFile(file, kind);
     const hash = createHash('sha256');
     for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
@@ -380,6 +403,114 @@ export class LocalAgent implements Agent {
 
   diskImagePath(digest: string): string {
     return this.content.blobPath(digest);
+  }
+
+  // ------------------------------------------------- content carried between hosts
+
+  async missingBlobs(digests: string[]): Promise<string[]> {
+    if (digests.length > MAX_BLOBS_ASKED) throw new InvalidArgument(`at most ${MAX_BLOBS_ASKED} digests at once, got ${digests.length}`);
+    const missing: string[] = [];
+    for (const d of digests) if (!(await this.content.info(d))) missing.push(d);
+    return missing;
+  }
+
+  async readBlob(digest: string): Promise<BlobStream> {
+    const info = await this.content.info(digest);
+    if (!info) throw new NotFound(`blob ${digest} is not in the content store of host ${this.options.agentName}`, { digest });
+    return { size: info.size, bytes: this.content.openRead(digest) };
+  }
+
+  async writeBlob(digest: string, size: number, bytes: AsyncIterable<Uint8Array>): Promise<{ digest: string; size: number }> {
+    assertDigest(digest);
+    if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgument(`blob ${digest}: size must be a non-negative integer, got ${size}`);
+    if (size > MAX_RECEIVED_BLOB_BYTES) {
+      throw new ResourceExhausted(`blob ${digest} is ${size} bytes; a host takes blobs of at most ${MAX_RECEIVED_BLOB_BYTES} bytes`, { digest, size });
+    }
+    const existing = await this.content.info(digest);
+    if (existing) {
+      if (existing.size !== size) throw new DataLoss(`blob ${digest}: size mismatch: sent as ${size} bytes, stored ${existing.size}`, { digest });
+      return existing; // the bytes are not read: the sender stops
+    }
+    // garbage collection skips while a write is in flight (it holds a blob no image references yet)
+    this.activePulls++;
+    try {
+      await this.diskSpace().ensureRoom({ content: size, snapshots: 0 }, `receiving blob ${digest}`);
+      const stored = await this.content.ingest({ digest, size }, bytes);
+      this.received.set(digest, Date.now());
+      return stored;
+    } finally {
+      this.activePulls--;
+    }
+  }
+
+  async adoptImage(manifestDigest: string): Promise<AgentImage> {
+    this.activePulls++;
+    try {
+      const manifest = await this.storedJson<ImageManifest>(manifestDigest, MAX_MANIFEST_BYTES, 'manifest');
+      const what = `image ${manifestDigest}`;
+      if (isIndex(manifest.mediaType, manifest)) throw new InvalidArgument(`${what} is an index: adopt the manifest of this host's platform`);
+      if (!manifest.config || !Array.isArray(manifest.layers)) throw new DataLoss(`${what}: the manifest has no config or layers`);
+      checkDescriptor(manifest.config, `${what}: config`);
+      manifest.layers.forEach((l, i) => checkDescriptor(l, `${what}: layer ${i}`));
+      for (const l of manifest.layers) {
+        if (!LAYER_TYPES.has(l.mediaType)) throw new InvalidArgument(`${what}: unsupported layer media type ${l.mediaType} (layer ${l.digest})`);
+      }
+      if (manifest.config.size > MAX_CONFIG_BYTES) throw new InvalidArgument(`${what}: config is ${manifest.config.size} bytes; the limit is ${MAX_CONFIG_BYTES}`);
+      // every blob here, of the size the manifest says (a descriptor is part of what the digest covers)
+      for (const d of [manifest.config, ...manifest.layers]) {
+        const info = await this.content.info(d.digest);
+        if (!info) throw new NotFound(`${what}: blob ${d.digest} is not in the content store of host ${this.options.agentName}`, { digest: d.digest });
+        if (info.size !== d.size) throw new DataLoss(`${what}: blob ${d.digest} is ${info.size} bytes, the manifest says ${d.size}`);
+      }
+      const config = await this.storedJson<AgentImage['config']>(manifest.config.digest, MAX_CONFIG_BYTES, 'config');
+      const arch = process.arch === 'x64' ? 'amd64' : process.arch;
+      if ((config.os !== undefined && config.os !== 'linux') || (config.architecture !== undefined && config.architecture !== arch)) {
+        throw new InvalidArgument(`${what} is for ${config.os ?? '?'}/${config.architecture ?? '?'}; host ${this.options.agentName} runs linux/${arch}`);
+      }
+      await this.diskSpace().ensureRoom({ content: 0, snapshots: manifest.layers.reduce((a, l) => a + l.size, 0) }, `unpacking ${what}`);
+      const img = await this.unpack({
+        manifestDigest,
+        configDigest: manifest.config.digest,
+        config,
+        layers: manifest.layers.map((l) => ({ digest: l.digest, mediaType: l.mediaType, size: l.size })),
+      }, new ImageBudget(this.options.imageMaxBytes), true);
+      for (const d of [manifestDigest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)]) this.received.delete(d);
+      return img;
+    } finally {
+      this.activePulls--;
+    }
+  }
+
+  async adoptDiskImage(digest: string, kind: VmImageKind): Promise<AdoptedDiskImage> {
+    const file = this.content.blobPath(digest);
+    if (!(await this.content.info(digest))) throw new NotFound(`VM image ${digest} is not in the content store of host ${this.options.agentName}`, { digest });
+    try {
+      const info = kind === 'disk' ? await inspectDiskImage(file) : await inspectBootFile(file, kind);
+      this.received.delete(digest);
+      return { digest, size: info.size, format: info.format, virtualSize: info.virtualSize, path: file };
+    } catch (e) {
+      // a blob that just arrived and is no VM image of this kind is not kept (one imported here stays: it may be another kind's)
+      if (this.received.has(digest) && hasCode(e, 'InvalidArgument')) {
+        this.received.delete(digest);
+        await this.content.delete(digest);
+      }
+      throw e;
+    }
+  }
+
+  /** A JSON document from the content store, bounded in size. */
+  private async storedJson<T>(digest: string, maxBytes: number, what: string): Promise<T> {
+    const info = await this.content.info(digest);
+    if (!info) throw new NotFound(`${what} ${digest} is not in the content store of host ${this.options.agentName}`, { digest });
+    if (info.size > maxBytes) throw new InvalidArgument(`${what} ${digest} is ${info.size} bytes; the limit is ${maxBytes}`);
+    let doc: unknown;
+    try {
+      doc = JSON.parse((await this.content.readBlob(digest)).toString('utf8'));
+    } catch {
+      throw new DataLoss(`${what} ${digest} is not valid JSON`);
+    }
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new DataLoss(`${what} ${digest} is not a JSON object`);
+    return doc as T;
   }
 
   async garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[]; blobs?: string[] }): Promise<GcResult> {
@@ -435,8 +566,11 @@ export class LocalAgent implements Agent {
         return result;
       }
     }
+    const now = Date.now();
+    for (const [d, at] of this.received) if (now - at > RECEIVED_BLOB_GRACE_MS) this.received.delete(d);
     for (const b of await this.content.list()) {
-      if (liveBlobs.has(b.digest)) continue;
+      // carried here and not adopted yet: the control plane adopts them next
+      if (liveBlobs.has(b.digest) || this.received.has(b.digest)) continue;
       await this.content.delete(b.digest);
       result.blobsRemoved++;
       result.bytesFreed += b.size;

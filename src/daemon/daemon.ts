@@ -181,6 +181,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   agent.setAddressProvider(networks.addressProvider());
   const containers = new ContainerService(store, hosts, scheduler, images, events, quota, operations, networks, { handlesExits: leads });
   const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());
+  disks.useHosts(hosts); // under --no-agent an upload goes to a registered host, which checks it
   const vmHosts = noAgent ? { ...hosts, onVmExit: (l: (agent: string, id: string) => void) => agents.onVmExit(l) } : agents;
   const vms = new VmService(store, vmHosts, events, quota, operations, scheduler, networks, disks, leads);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them

@@ -81,7 +81,8 @@ async function* once(b: Buffer) {
   yield b;
 }
 
-function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
+/** A descriptor from a manifest or index: a sha256 digest, a size and a media type (adoptImage checks a carried manifest with it too). */
+export function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
   const x = d as Partial<Descriptor> | null;
   if (!x || typeof x !== 'object') throw new DataLoss(`${what}: descriptor is not an object`);
   if (typeof x.digest !== 'string' || !DIGEST_RE.test(x.digest)) {

@@ -14,10 +14,11 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
 
 /**
  * Protocol versions. 1: the first, without a version. 2: the version header on every call,
- * argument schemas, the hello, TLS for TCP agents. Bump the current one for any change a peer
- * of the previous version would misread; raise the minimum when support for an old one goes.
+ * argument schemas, the hello, TLS for TCP agents. 3: content carried between hosts (blobs
+ * read and written by digest, images adopted from them). Bump the current one for any change a
+ * peer of the previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 2;
+export const AGENT_PROTOCOL_VERSION = 3;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -93,11 +94,35 @@ export const UNARY_METHODS = [
   'abandonVmIncoming',
   'endVmMigration',
   'reconcileVms',
+  'missingBlobs',
+  'adoptImage',
+  'adoptDiskImage',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
 /** Carried by routes of their own (streams, callbacks). */
-export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit'] as const satisfies readonly (keyof Agent)[];
+export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob'] as const satisfies readonly (keyof Agent)[];
+
+/** Methods a peer speaks only from some version on: a connection that agreed on an earlier one refuses them (Conflict), never sends them. */
+export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
+  missingBlobs: 3,
+  readBlob: 3,
+  writeBlob: 3,
+  adoptImage: 3,
+  adoptDiskImage: 3,
+};
+
+/** What a connection at `version` cannot do, or undefined when it can (`host`: whose agent, in the message). */
+export function tooOldFor(method: keyof Agent, version: number, host: string): NimbusError | undefined {
+  const since = METHOD_SINCE[method];
+  if (since === undefined || version >= since) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot receive images (${method} needs protocol ${since}); upgrade it`, {
+    host,
+    method,
+    protocol: version,
+    needs: since,
+  });
+}
 /** Not carried: synchronous (answered by the client itself) or the connection's own. */
 export const LOCAL_METHODS = ['claimWarmContainer', 'diskImagePath', 'setAddressProvider', 'close'] as const satisfies readonly (keyof Agent)[];
 
@@ -124,7 +149,12 @@ export const PATHS = {
   console: (vmId: string) => `${AGENT_PATH_PREFIX}/console/${encodeURIComponent(vmId)}`,
   exec: (containerId: string) => `${AGENT_PATH_PREFIX}/exec/${encodeURIComponent(containerId)}`,
   events: `${AGENT_PATH_PREFIX}/events`,
+  /** GET: the blob's bytes; PUT: the request body into the content store (BLOB_SIZE_HEADER says how many). */
+  blob: (digest: string) => `${AGENT_PATH_PREFIX}/blob/${encodeURIComponent(digest)}`,
 } as const;
+
+/** Request header of a blob write: its size in bytes (the body streams, chunked). */
+export const BLOB_SIZE_HEADER = 'x-nimbus-blob-size';
 
 /** Request header carrying the ExecRequest (base64 of its JSON): the body is the process's stdin. */
 export const EXEC_HEADER = 'x-nimbus-exec';

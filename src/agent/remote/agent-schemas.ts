@@ -94,12 +94,14 @@ const VmMigrationSpec = Obj({
   pin: Type.Optional(Type.Array(Int)),
 });
 
+const VmImageKind = Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')]);
+
 /** Every unary method's arguments, in order. */
 export const ARG_SCHEMAS = {
   info: [],
   importImages: [arg('archivePath', Str)],
   garbageCollect: [arg('keep', Obj({ manifestDigests: Strings, indexDigests: Strings, chainIds: Strings, blobs: Type.Optional(Strings) }))],
-  importDiskImage: [arg('file', Str), opt('kind', Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')]))],
+  importDiskImage: [arg('file', Str), opt('kind', VmImageKind)],
   createContainer: [arg('req', ContainerCreateRequest)],
   startContainer: [arg('id', Id)],
   stopContainer: [arg('id', Id), arg('timeoutSec', Num), opt('signal', Str)],
@@ -137,6 +139,9 @@ export const ARG_SCHEMAS = {
   abandonVmIncoming: [arg('id', Id)],
   endVmMigration: [arg('id', Id), arg('outcome', Type.Union([Type.Literal('moved'), Type.Literal('resume')]))],
   reconcileVms: [],
+  missingBlobs: [arg('digests', Type.Array(Str, { maxItems: 4096 }))],
+  adoptImage: [arg('manifestDigest', Str)],
+  adoptDiskImage: [arg('digest', Str), arg('kind', VmImageKind)],
 } as const satisfies Record<UnaryMethod, readonly ArgSpec[]>;
 
 // ---- the table against the Agent interface, at compile time ---------------------------------

@@ -11,8 +11,9 @@ import type { TLSSocket } from 'node:tls';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { finished, type Readable } from 'node:stream';
-import { Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, toNimbusError } from '../../core/errors.js';
+import { PassThrough, finished, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
@@ -20,6 +21,7 @@ import type { Agent, PullOptions } from '../agent.js';
 import type { ExecRequest, LogRecord } from '../drivers/instance-driver.js';
 import {
   AGENT_PATH_PREFIX,
+  BLOB_SIZE_HEADER,
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
   MAX_BODY_BYTES,
@@ -32,6 +34,7 @@ import {
   describeRange,
   encodeError,
   isUnaryMethod,
+  METHOD_SINCE,
   ndjsonLine,
   type AgentEvent,
   type ExecFrame,
@@ -192,11 +195,20 @@ class EventHub {
   }
 }
 
-async function serveCall(agent: Agent, method: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** Refuses a method the request's version does not have (its caller agreed on an older one and should not have sent it). */
+function checkSince(method: keyof Agent, version: number, req: IncomingMessage): void {
+  const since = METHOD_SINCE[method];
+  if (since === undefined || version >= since) return;
+  req.resume();
+  throw new Conflict(`${method} is part of agent protocol ${since}; the request speaks ${version}`, { method, protocol: version, needs: since });
+}
+
+async function serveCall(agent: Agent, method: string, version: number, req: IncomingMessage, res: ServerResponse): Promise<void> {
   if (!isUnaryMethod(method)) {
     req.resume();
     throw new NotFound(`no such agent method: ${method}`);
   }
+  checkSince(method, version, req);
   const body = await readJson(req);
   const wire = body.args ?? [];
   if (!Array.isArray(wire)) throw new InvalidArgument('"args" must be an array');
@@ -258,6 +270,44 @@ async function servePull(agent: Agent, req: IncomingMessage, res: ServerResponse
   const image = await agent.pullImage(ref, { ...opts, signal }, (progress) => send(res, { progress }));
   send(res, { result: image });
   res.end();
+}
+
+/** A blob's bytes as the body (content-length: its size); a reader that goes stops the read. */
+async function serveReadBlob(agent: Agent, digest: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  req.resume();
+  const blob = await agent.readBlob(digest);
+  res.on('error', noop);
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': blob.size });
+  // a failure mid-body cuts the answer short: the writer's digest check refuses what arrived
+  await pipeline(blob.bytes, res).catch((e: unknown) => log.debug('blob read ended early', { digest, error: String(e) }));
+}
+
+/**
+ * The request body into the agent's content store, never held whole. The body goes through a
+ * PassThrough so that a write that stops reading early (the blob is there already) leaves the
+ * request to be drained by the server rather than destroying the connection the answer needs.
+ */
+async function serveWriteBlob(agent: Agent, digest: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const header = req.headers[BLOB_SIZE_HEADER];
+  const size = typeof header === 'string' && /^[0-9]{1,16}$/.test(header) ? Number(header) : NaN;
+  if (!Number.isSafeInteger(size)) {
+    req.resume();
+    throw new InvalidArgument(`${BLOB_SIZE_HEADER} must be the blob's size in bytes, got "${String(header)}"`);
+  }
+  const body = new PassThrough();
+  const gone = () => new Unavailable(`the sender of blob ${digest} went away before its end`);
+  req.on('error', () => body.destroy(gone()));
+  req.once('close', () => {
+    if (!req.complete) body.destroy(gone());
+  });
+  req.pipe(body);
+  try {
+    sendJson(res, { result: await agent.writeBlob(digest, size, body) });
+  } finally {
+    body.destroy();
+    req.unpipe(body);
+    if (!req.complete) req.resume();
+  }
 }
 
 /**
@@ -348,7 +398,7 @@ async function serveExec(agent: Agent, id: string, req: IncomingMessage, res: Se
 }
 
 /** The version a request says it speaks, checked against ours (a request without one is from a version 1 peer). */
-function checkVersion(header: string | string[] | undefined, spoken: ProtocolRange): void {
+function checkVersion(header: string | string[] | undefined, spoken: ProtocolRange): number {
   const details = { reason: PROTOCOL_ERROR_REASON, spoken };
   if (header === undefined) {
     throw new InvalidArgument(`the request carries no ${PROTOCOL_HEADER} header (a control plane of protocol 1?); this agent speaks agent protocol ${describeRange(spoken)}`, details);
@@ -358,6 +408,7 @@ function checkVersion(header: string | string[] | undefined, spoken: ProtocolRan
   if (v < spoken.min || v > spoken.max) {
     throw new Conflict(`the request speaks agent protocol ${v}; this agent speaks ${describeRange(spoken)}`, { ...details, requested: v });
   }
+  return v;
 }
 
 /** Over TLS: the peer's certificate (already verified against the CA) must name the control plane. */
@@ -383,8 +434,9 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
     const [kind, arg, ...extra] = rest;
     name = `${req.method} ${rest.join('/')}`;
     if (req.method === 'GET' && kind === 'hello' && arg === undefined) return sendJson(res, { protocol: spoken });
+    let version: number;
     try {
-      checkVersion(req.headers[PROTOCOL_HEADER], spoken);
+      version = checkVersion(req.headers[PROTOCOL_HEADER], spoken);
     } catch (e) {
       req.resume();
       throw e;
@@ -395,7 +447,11 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
     } catch {
       throw new InvalidArgument(`malformed path ${path}`);
     }
-    if (req.method === 'POST' && kind === 'call' && param) return await serveCall(agent, param, req, res);
+    if (req.method === 'POST' && kind === 'call' && param) return await serveCall(agent, param, version, req, res);
+    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'blob' && param) {
+      checkSince(req.method === 'GET' ? 'readBlob' : 'writeBlob', version, req);
+      return await (req.method === 'GET' ? serveReadBlob(agent, param, req, res) : serveWriteBlob(agent, param, req, res));
+    }
     if (req.method === 'POST' && kind === 'logs' && (param === 'vm' || param === 'container')) return await serveLogs(agent, param, req, res);
     if (req.method === 'POST' && kind === 'pull' && arg === undefined) return await servePull(agent, req, res);
     if (req.method === 'POST' && kind === 'console' && param) return await serveConsole(agent, param, req, res);

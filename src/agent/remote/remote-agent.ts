@@ -12,13 +12,15 @@ import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { PeerCertificate } from 'node:tls';
 import { Duplex, PassThrough, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Conflict, InvalidArgument, NimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
-import type { AddressProvider, Agent, AgentImage, PullOptions, PullProgress } from '../agent.js';
+import type { AddressProvider, Agent, AgentImage, BlobStream, PullOptions, PullProgress } from '../agent.js';
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import {
+  BLOB_SIZE_HEADER,
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
   PATHS,
@@ -32,6 +34,7 @@ import {
   isWireError,
   ndjsonRecords,
   negotiateProtocol,
+  tooOldFor,
   type AgentEvent,
   type ExecFrame,
   type ProtocolRange,
@@ -258,12 +261,12 @@ export class RemoteAgent implements Agent {
   }
 
   /** A request at the agreed version (agreed first if need be). */
-  private async open(method: 'GET' | 'POST', path: string, o: OpenOptions = {}): Promise<Opened> {
+  private async open(method: 'GET' | 'POST' | 'PUT', path: string, o: OpenOptions = {}): Promise<Opened> {
     if (this.closed) throw this.unavailable(new Error('connection closed'));
     return this.openWith(await this.protocolVersion(), method, path, o);
   }
 
-  private openWith(version: number | undefined, method: 'GET' | 'POST', path: string, o: OpenOptions = {}): Opened {
+  private openWith(version: number | undefined, method: 'GET' | 'POST' | 'PUT', path: string, o: OpenOptions = {}): Opened {
     if (this.closed) throw this.unavailable(new Error('connection closed'));
     const payload = o.json === undefined ? undefined : Buffer.from(JSON.stringify(o.json));
     const headers: Record<string, string | number> = { authorization: `Bearer ${this.token}`, ...o.headers };
@@ -314,8 +317,15 @@ export class RemoteAgent implements Agent {
     return { req, response };
   }
 
+  /** Conflict naming this host and the versions when the agreed version lacks the method: it is never sent. */
+  private async requireVersionFor(method: keyof Agent): Promise<void> {
+    const refusal = tooOldFor(method, await this.protocolVersion(), this.name);
+    if (refusal) throw refusal;
+  }
+
   /** Typed by the property it backs (Promise<never> fits every Agent method's answer). */
   private async call(method: UnaryMethod, args: unknown[], timeoutMs = this.timeoutMs): Promise<never> {
+    await this.requireVersionFor(method);
     const res = await (await this.open('POST', PATHS.call(method), { json: { args: encodeArgs(args) }, timeoutMs })).response;
     let text: string;
     try {
@@ -386,6 +396,9 @@ export class RemoteAgent implements Agent {
   abandonVmIncoming: Agent['abandonVmIncoming'] = (...a) => this.call('abandonVmIncoming', a);
   endVmMigration: Agent['endVmMigration'] = (...a) => this.call('endVmMigration', a);
   reconcileVms: Agent['reconcileVms'] = (...a) => this.call('reconcileVms', a);
+  missingBlobs: Agent['missingBlobs'] = (...a) => this.call('missingBlobs', a);
+  adoptImage: Agent['adoptImage'] = (...a) => this.call('adoptImage', a);
+  adoptDiskImage: Agent['adoptDiskImage'] = (...a) => this.call('adoptDiskImage', a);
 
   // ---------------------------------------------------------------- not carried
 
@@ -451,6 +464,46 @@ export class RemoteAgent implements Agent {
       throw this.unavailable(e);
     } finally {
       if (!res.complete) res.destroy();
+    }
+  }
+
+  /** The blob's bytes as the answer streams them (the caller consumes or destroys them). */
+  async readBlob(digest: string): Promise<BlobStream> {
+    await this.requireVersionFor('readBlob');
+    const res = await (await this.open('GET', PATHS.blob(digest))).response;
+    const size = Number(res.headers['content-length']);
+    if (!Number.isSafeInteger(size) || size < 0) {
+      res.destroy();
+      throw this.unavailable(new Error(`readBlob ${digest}: the answer carries no size`));
+    }
+    return { size, bytes: res };
+  }
+
+  /** The bytes streamed as the request body (never held whole); the agent verifies them before they count. */
+  async writeBlob(digest: string, size: number, bytes: AsyncIterable<Uint8Array>): Promise<{ digest: string; size: number }> {
+    await this.requireVersionFor('writeBlob');
+    const { req, response } = await this.open('PUT', PATHS.blob(digest), {
+      streaming: true,
+      headers: { 'content-type': 'application/octet-stream', [BLOB_SIZE_HEADER]: String(size) },
+    });
+    // settles either way: the answer says more than a broken upload does
+    const sent = pipeline(bytes, req).then(() => undefined, (e: unknown) => e);
+    let text: string;
+    try {
+      const res = await response;
+      text = await readAll(res);
+    } catch (e) {
+      req.destroy();
+      await sent;
+      throw this.unavailable(e);
+    }
+    // answered before the body was all sent (the blob was there already): stop sending
+    if (!req.writableFinished) req.destroy();
+    await sent;
+    try {
+      return (JSON.parse(text) as { result: { digest: string; size: number } }).result;
+    } catch {
+      throw this.unavailable(new Error(`writeBlob ${digest}: the answer is not JSON`));
     }
   }
 

@@ -100,10 +100,10 @@ test('agent directory: registrations carry protocol versions; TCP agents are TLS
   const b = stubAgent('b');
   const dir = await setup(t, { 'unix:/run/b.sock': b })();
   await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN }), {
-    code: 'Conflict', message: /agent b sent no protocol versions, so it speaks agent protocol 1; this control plane speaks 2\.\.2/,
+    code: 'Conflict', message: /agent b sent no protocol versions, so it speaks agent protocol 1; this control plane speaks 2\.\.3/,
   });
   await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: { min: 5, max: 7 } }), {
-    code: 'Conflict', message: 'agent b speaks agent protocol 5..7, this control plane speaks 2: no version in common',
+    code: 'Conflict', message: 'agent b speaks agent protocol 5..7, this control plane speaks 2..3: no version in common',
   });
   await assert.rejects(dir.register({ name: 'b', url: 'http://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument', message: /over TLS only/ });
   await assert.rejects(dir.register({ name: 'b', url: 'https://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'Conflict', message: /no agent CA/ });

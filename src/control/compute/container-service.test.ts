@@ -20,7 +20,7 @@ import { QuotaService } from '../quota/quota-service.js';
 import { ImageService } from '../images/image-service.js';
 import { NetworkService } from '../networks/network-service.js';
 import { ContainerService, type ContainerServiceOptions } from './container-service.js';
-import { Internal, Unavailable, isNimbusError } from '../../core/errors.js';
+import { DataLoss, Internal, NotFound, Unavailable, isNimbusError } from '../../core/errors.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { RecordingScheduler } from './test-scheduler.js';
@@ -347,20 +347,105 @@ test('hosts: a create that fails on its host leaves nothing: no record, claim, q
   assert.equal(other.scheduler.claims.size, 0);
 });
 
-test('hosts: an image imported from an archive is refused on a host that lacks it, naming the hosts that hold it', async (t) => {
-  const { store, b, input, containers, scheduler } = await twoHosts(t);
-  const archived = `sha256:${'b'.repeat(64)}`;
-  await store.images.upsert({ digest: archived, projectId: 'p1', indexDigest: null, configDigest: archived, config: { config: { Cmd: ['sh'] } }, layers: [], chainId: archived, size: 1, createdAt: new Date().toISOString() });
-  await store.images.addHost(archived, 'local');
-  const err = await containers.create(input({ name: 'boxed', image: archived }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } }).then(() => assert.fail('refused'), (e: unknown) => e);
+/** An image imported from an archive on the embedded agent: no tag, so no registry to pull it from; its blobs on `holder`. */
+async function archivedImage(store: Store, holder: FakeAgent, name: string) {
+  const img = fakeImage(name);
+  await store.images.upsert({ digest: img.manifestDigest, projectId: 'p1', indexDigest: null, configDigest: img.configDigest, config: img.config, layers: img.layers, chainId: img.chainId, size: img.size, createdAt: new Date().toISOString() });
+  await store.images.addHost(img.chainId, holder.host.name);
+  holder.holdImage(img);
+  return img;
+}
+
+test('hosts: an image imported from an archive is carried from a holder to the host that lacks it, once for concurrent creates; a holder that is down is skipped', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-carry-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    downHosts.clear();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const local = new FakeAgent({ name: 'local' });
+  const b = new FakeAgent({ name: 'b' });
+  const c = new FakeAgent({ name: 'c' });
+  const { containers, scheduler } = await wireContainerService(store, local, {}, { b, c });
+  const input = (extra: Record<string, unknown> = {}) =>
+    ({ cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
+  const img = await archivedImage(store, local, 'archive-1');
+  const blobs = [img.manifestDigest, img.configDigest, ...img.layers.map((l) => l.digest)];
+
+  const far = await containers.create(input({ name: 'boxed', image: img.manifestDigest }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } });
+  assert.equal(far.host, 'b');
+  assert.deepEqual(b.calls('pullImage'), [], 'no registry to pull from');
+  assert.deepEqual(b.calls('missingBlobs'), [[blobs]], 'the target says what it lacks');
+  assert.deepEqual(local.calls('readBlob').map(([d]) => d).sort(), [...blobs].sort(), 'read from the holder');
+  assert.deepEqual(b.calls('writeBlob').map(([d, size]) => [d, size]).sort(), blobs.map((d) => [d, local.blobs.get(d)!.length]).sort(), 'written to the target, sizes as read');
+  assert.deepEqual(b.calls('adoptImage'), [[img.manifestDigest]]);
+  assert.deepEqual(await store.images.hosts(img.chainId), ['b', 'local'], 'recorded on b');
+  assert.deepEqual(b.calls('createContainer').map(([r]) => r.imageChainId), [img.chainId]);
+  // there now: nothing carried again
+  await containers.create(input({ name: 'boxed-2', image: img.manifestDigest }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } });
+  assert.equal(b.calls('adoptImage').length, 1);
+
+  // the embedded agent does not answer: carried from b, the other holder; two creates at once share one transfer
+  downHosts.add('local');
+  const readsFromLocal = local.calls('readBlob').length;
+  const both = await Promise.all(['c-1', 'c-2'].map((name) => containers.create(input({ name, image: img.manifestDigest }), 'p1', { projectId: 'p1' }, { placement: { host: 'c' } })));
+  assert.deepEqual(both.map((x) => x.host), ['c', 'c']);
+  assert.equal(local.calls('readBlob').length, readsFromLocal, 'nothing asked of the holder that is down');
+  assert.deepEqual(b.calls('readBlob').map(([d]) => d).sort(), [...blobs].sort());
+  assert.deepEqual([c.calls('missingBlobs').length, c.calls('writeBlob').length, c.calls('adoptImage').length], [1, blobs.length, 1], 'one transfer for both');
+  assert.deepEqual(await store.images.hosts(img.chainId), ['b', 'c', 'local']);
+  assert.equal(scheduler.claims.size, 4);
+});
+
+test('hosts: a holder that fails mid-transfer is left for the next; no holder that answers is Unavailable naming them; a target that refuses the image ends it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-carry-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    downHosts.clear();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const local = new FakeAgent({ name: 'local' });
+  const b = new FakeAgent({ name: 'b' });
+  const c = new FakeAgent({ name: 'c' });
+  const { containers, scheduler, quota } = await wireContainerService(store, local, {}, { b, c });
+  const input = (extra: Record<string, unknown> = {}) =>
+    ({ cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
+
+  // held by the embedded agent and b; the embedded one breaks off: b gives it
+  const img = await archivedImage(store, local, 'archive-2');
+  await store.images.addHost(img.chainId, 'b');
+  b.holdImage(img);
+  local.failNext('readBlob', new Unavailable('agent local: connection reset'));
+  assert.equal((await containers.create(input({ name: 'one', image: img.manifestDigest }), 'p1', { projectId: 'p1' }, { placement: { host: 'c' } })).host, 'c');
+  assert.ok(b.calls('readBlob').length > 0, 'the next holder gave it');
+  assert.deepEqual(c.calls('adoptImage'), [[img.manifestDigest]]);
+
+  // only the embedded agent holds it and it does not answer
+  const lone = await archivedImage(store, local, 'archive-3');
+  downHosts.add('local');
+  const err = await containers.create(input({ name: 'two', image: lone.manifestDigest }), 'p1', { projectId: 'p1' }, { placement: { host: 'c' } }).then(() => assert.fail('refused'), (e: unknown) => e);
   assert.ok(isNimbusError(err));
-  assert.equal(err.code, 'Conflict');
-  assert.match(err.message, /imported from an archive, so host b cannot pull it; it is on local/);
+  assert.equal(err.code, 'Unavailable');
+  assert.match(err.message, new RegExp(`image ${lone.manifestDigest.slice(7, 19)} cannot be carried to host c: the hosts that hold it \\(local\\) do not answer`));
   assert.deepEqual(err.details?.hosts, ['local']);
-  assert.deepEqual(b.calls('pullImage'), []);
-  assert.equal(scheduler.claims.size, 0);
-  // on the embedded agent it runs as before
-  assert.equal((await containers.create(input({ name: 'boxed', image: archived }), 'p1', { projectId: 'p1' })).host, 'local');
+  downHosts.clear();
+
+  // the target refuses what it is given (a hostile layer, a digest mismatch): the create fails naming both hosts, nothing is left
+  c.failNext('adoptImage', new DataLoss('layer sha256:…: uncompressed digest does not match the config\'s diff id'));
+  const refused = await containers.create(input({ name: 'three', image: lone.manifestDigest }), 'p1', { projectId: 'p1' }, { placement: { host: 'c' } }).then(() => assert.fail('refused'), (e: unknown) => e);
+  assert.ok(isNimbusError(refused));
+  assert.equal(refused.code, 'DataLoss');
+  assert.match(refused.message, /carrying image [0-9a-f]{12} from host local to host c: layer/);
+  assert.deepEqual(await store.images.hosts(lone.chainId), ['local'], 'not recorded on c');
+  const id = scheduler.asked.at(-1)!.consumerId;
+  assert.deepEqual([scheduler.claims.has(id), quota.holds(id), (await store.containers.list()).length], [false, false, 1]);
+  // the registry's refusal of a tagged image (it no longer serves it): carried instead
+  b.failNext('pullImage', new NotFound('manifest unknown'));
+  local.holdImage(fakeImage('busybox', { manifestDigest: DIGEST, configDigest: DIGEST, layers: [], chainId: DIGEST }));
+  assert.equal((await containers.create(input({ name: 'four', image: 'example.test/busybox:latest' }), 'p1', { projectId: 'p1' }, { placement: { host: 'b' } })).host, 'b');
+  assert.deepEqual(b.calls('adoptImage').map(([d]) => d), [DIGEST]);
 });
 
 test('hosts: reconcile leaves a host that does not answer alone; its containers show unknown until it answers', async (t) => {

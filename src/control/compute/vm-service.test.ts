@@ -12,11 +12,12 @@ import { OperationService } from '../operations/operations.js';
 import { QuotaService } from '../quota/quota-service.js';
 import { AgentDirectory } from '../agents/agent-directory.js';
 import { VmService } from './vm-service.js';
+import { DiskImageService } from '../images/disk-image-service.js';
 import { RecordingScheduler } from './test-scheduler.js';
 import type { VmHostState } from '../../agent/agent.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import { FakeAgent } from '../testing/fake-agent.js';
-import { Unavailable } from '../../core/errors.js';
+import { InvalidArgument, Unavailable } from '../../core/errors.js';
 
 /** A host with some VMs, each running or left by a migration in QEMU's postmigrate state. */
 function host(name: string, vms: Record<string, 'running' | 'postmigrate'>) {
@@ -51,7 +52,8 @@ async function setup(t: { after(fn: () => Promise<void>): void }, local: ReturnT
   const agents = await AgentDirectory.open(store, local.agent, 'local', () => b.agent);
   t.after(() => agents.close());
   const scheduler = new RecordingScheduler(agents);
-  const vms = new VmService(store, agents, events, quota, new OperationService(store, events), scheduler);
+  const disks = new DiskImageService(store, local.agent, events, async () => undefined);
+  const vms = new VmService(store, agents, events, quota, new OperationService(store, events), scheduler, undefined, disks);
   const record = async (id: string, agent: string) => {
     await quota.admitVm(id, 'p1', { cpus: 1, memoryMiB: 128 });
     await store.vms.insert({
@@ -59,7 +61,7 @@ async function setup(t: { after(fn: () => Promise<void>): void }, local: ReturnT
       createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, savedAt: null, agent,
     });
   };
-  return { store, vms, record, scheduler, agents };
+  return { store, vms, record, scheduler, agents, disks, quota };
 }
 
 test('reconcile: a VM on two agents follows the copy that runs; the postmigrate source is removed', async (t) => {
@@ -157,8 +159,7 @@ test('create: host paths only with hostPaths (system administrators); images by 
     await assert.rejects(vms.create(input, 'p1'), { code: 'PermissionDenied', message: /host paths are for system administrators/ });
   }
   await assert.rejects(vms.create({ disk: 'relative.qcow2' }, 'p1', { hostPaths: true }), { code: 'InvalidArgument', message: /absolute host path/ });
-  // images are refused on other agents (their blobs are in the embedded agent's content store)
-  await assert.rejects(vms.create({ kernel: 'vmlinuz', agent: 'b' }, 'p1'), { code: 'InvalidArgument', message: /embedded agent/ });
+  await assert.rejects(vms.create({ kernel: 'vmlinuz', agent: 'b' }, 'p1'), { code: 'NotFound', message: /no such disk image: vmlinuz/ }, 'names are images of the image service');
 });
 
 test('names: unique per project across VMs and containers, free in other projects; lookups stay in the caller\'s scope', async (t) => {
@@ -204,7 +205,6 @@ test('placement: the scheduler chooses the host (--host and its older name --age
   const old = await vms.create({ ...boot, name: 'old', agent: 'b' }, 'p1', { hostPaths: true });
   assert.equal(old.agent, 'b', '--agent still pins');
   await assert.rejects(vms.create({ ...boot, name: 'two', agent: 'b', host: 'local' }, 'p1', { hostPaths: true }), { code: 'InvalidArgument', message: /name two hosts/ });
-  await assert.rejects(vms.create({ image: 'disk', name: 'img', host: 'b' }, 'p1'), { code: 'InvalidArgument', message: /embedded agent "local" only/ });
   await vms.remove(pinned.id, true);
   assert.equal(scheduler.claims.has(pinned.id), false, 'released with the VM');
   assert.equal(scheduler.claims.get(anywhere.id), 'local');
@@ -225,4 +225,48 @@ test('a VM on a host the directory finds down shows "unknown" (the stored status
   assert.equal((await store.vms.get('f1'))?.status, 'running', 'the record is kept as it was');
   await agents.refresh(['b']);
   assert.deepEqual(await shown(), [['f1', 'running'], ['l1', 'running']]);
+});
+
+test('images: a VM from image-service images placed on host b gets them carried there and boots from b\'s paths; a failed carry leaves nothing', async (t) => {
+  const local = host('local', {});
+  const b = host('b', {});
+  const { store, vms, disks, scheduler, quota } = await setup(t, local, b);
+  const root = await disks.import('root.qcow2', 'root', 'p1');
+  const kernel = await disks.import('vmlinuz-6.1', 'vmlinuz', 'p1', 'kernel');
+
+  const far = await vms.create({ name: 'far', image: 'root', kernel: 'vmlinuz', append: 'console=ttyS0', host: 'b' }, 'p1');
+  assert.equal(far.agent, 'b');
+  const req = b.agent.calls('createVm')[0]![0];
+  assert.deepEqual([req.disk, req.kernel], [`/fake/b/blobs/${root.digest}`, `/fake/b/blobs/${kernel.digest}`], 'the paths are b\'s, from its adopt');
+  assert.deepEqual([(await store.vms.get(far.id))?.config.disk, (await store.vms.get(far.id))?.config.kernel], [req.disk, req.kernel], 'and recorded');
+  assert.deepEqual((await store.vms.get(far.id))?.config.diskImage, { name: 'root', digest: root.digest });
+  assert.deepEqual(b.agent.calls('writeBlob').map(([d]) => d).sort(), [root.digest, kernel.digest].sort(), 'each blob carried once');
+  assert.deepEqual(b.agent.calls('adoptDiskImage').map(([d, kind]) => `${kind} ${d}`).sort(), [`disk ${root.digest}`, `kernel ${kernel.digest}`].sort());
+  assert.deepEqual(local.agent.calls('readBlob').map(([d]) => d).sort(), [root.digest, kernel.digest].sort(), 'from the embedded agent');
+  assert.deepEqual(local.agent.calls('createVm'), []);
+
+  // a second VM there: nothing carried again, checked there again
+  await vms.create({ name: 'far2', image: 'root', kernel: 'vmlinuz', host: 'b' }, 'p1');
+  assert.equal(b.agent.calls('writeBlob').length, 2);
+  // on the embedded agent the path is its own, nothing carried
+  const near = await vms.create({ name: 'near', image: 'root', kernel: 'vmlinuz', host: 'local' }, 'p1');
+  assert.equal(near.config.disk, `/fake/local/blobs/${root.digest}`);
+  assert.equal(local.agent.calls('writeBlob').length, 0);
+
+  // the holder fails mid-way: the create fails naming the image and both hosts, and leaves nothing
+  const other = await disks.import('other.qcow2', 'other', 'p1');
+  local.agent.failNext('readBlob', new Unavailable('agent local: connection reset'));
+  const before = (await store.vms.list({})).length;
+  await assert.rejects(vms.create({ name: 'broken', image: 'other', kernel: 'vmlinuz', host: 'b' }, 'p1'),
+    { code: 'Unavailable', message: /carrying VM image other from host local to host b: agent local: connection reset/ });
+  assert.equal((await store.vms.list({})).length, before, 'no record');
+  assert.equal([...scheduler.claims.keys()].length, 3, 'no claim beyond the three VMs');
+  assert.equal((await store.vms.byName('p1', 'broken')), undefined);
+  assert.equal(b.agent.blobs.has(other.digest), false);
+  // the target refuses the image (what an import refuses): no other holder is tried, the refusal is the answer
+  b.agent.failNext('adoptDiskImage', new InvalidArgument('refusing a qcow2 with a backing file (/etc/passwd): it would reach another file on the host'));
+  await assert.rejects(vms.create({ name: 'hostile', image: 'other', kernel: 'vmlinuz', host: 'b' }, 'p1'), { code: 'InvalidArgument', message: /backing file/ });
+  const hostileId = scheduler.asked.at(-1)!.consumerId;
+  assert.deepEqual([quota.holds(hostileId), scheduler.claims.has(hostileId), await store.vms.get(hostileId)], [false, false, undefined], 'no quota, claim or record');
+  assert.deepEqual(b.agent.calls('createVm').map(([r]) => r.name), ['far', 'far2'], 'nothing made on b for the failed creates');
 });

@@ -16,7 +16,7 @@ export type VmHosts = HostAgents & Pick<AgentDirectory, 'onVmExit'>;
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import type { LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { VmConfig, VmRecord, VmStatus } from '../../store/records.js';
+import type { DiskImageRecord, VmConfig, VmRecord, VmStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import type { NetworkService } from '../networks/network-service.js';
@@ -181,15 +181,7 @@ export class VmService {
    */
   async create(asked: CreateVmInput, projectId: string, opts: { hostPaths?: boolean } = {}): Promise<VmRecord> {
     if (asked.host !== undefined && asked.agent !== undefined && asked.host !== asked.agent) throw new InvalidArgument(`--host ${asked.host} and --agent ${asked.agent} name two hosts: --agent is --host's older name`);
-    const fromImages = asked.image !== undefined || [asked.kernel, asked.initrd].some((f) => f !== undefined && !f.startsWith('/'));
-    const local = this.agents.localName;
-    // image blobs are in the embedded agent's content store (carrying them to another host is not done yet): such a VM runs there
-    let pinned = asked.host ?? asked.agent;
-    if (fromImages) {
-      if (local === undefined) throw new InvalidArgument('VMs from images of the image service need the embedded agent, whose content store holds the images; this control plane runs none (--no-agent)');
-      if (pinned !== undefined && pinned !== local) throw new InvalidArgument(`VMs from images of the image service run on the embedded agent "${local}" only (for now): its content store holds the images`);
-      pinned = local;
-    }
+    const pinned = asked.host ?? asked.agent;
     const placement: PlacementInput = await withGroupResolved(this.store, projectId, {
       ...(pinned !== undefined ? { host: pinned } : {}),
       ...(asked.zone !== undefined ? { zone: asked.zone } : {}),
@@ -202,30 +194,33 @@ export class VmService {
       }
     }
     if (asked.disk !== undefined && !asked.disk.startsWith('/')) throw new InvalidArgument('disk must be an absolute host path; name a disk image with --image');
-    // an image of the image service stands for the host path of its blob
+    // images of the image service, resolved now; their paths are the chosen host's, known after placement
     const images: Pick<VmConfig, 'diskImage' | 'kernelImage' | 'initrdImage'> = {};
+    const fromImages: Array<{ role: 'disk' | 'kernel' | 'initrd'; image: DiskImageRecord }> = [];
     const input = { ...asked };
-    const fromImage = async (name: string, kind: VmImageKind): Promise<{ path: string; ref: { name: string; digest: string } }> => {
+    const fromImage = async (name: string, kind: VmImageKind): Promise<DiskImageRecord> => {
       if (!this.disks) throw new InvalidArgument('images for VMs are not available');
-      const img = await this.disks.resolve(name, projectId, { projectId }, kind);
-      return { path: this.disks.path(img), ref: { name: img.name, digest: img.digest } };
+      return this.disks.resolve(name, projectId, { projectId }, kind);
     };
     if (asked.image !== undefined) {
       if (asked.disk !== undefined) throw new InvalidArgument('give a disk image (--image) or a host disk file (--disk), not both');
-      const { path, ref } = await fromImage(asked.image, 'disk');
-      input.disk = path;
-      images.diskImage = ref;
+      const image = await fromImage(asked.image, 'disk');
+      fromImages.push({ role: 'disk', image });
+      images.diskImage = { name: image.name, digest: image.digest };
     }
     for (const role of ['kernel', 'initrd'] as const) {
       const v = asked[role];
       if (v === undefined || v.startsWith('/')) continue;
-      const { path, ref } = await fromImage(v, role);
-      input[role] = path;
-      images[role === 'kernel' ? 'kernelImage' : 'initrdImage'] = ref;
+      const image = await fromImage(v, role);
+      fromImages.push({ role, image });
+      images[role === 'kernel' ? 'kernelImage' : 'initrdImage'] = { name: image.name, digest: image.digest };
+      delete input[role];
     }
     const diskImage = images.diskImage;
-    if (!input.kernel && !input.disk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --image or --disk)');
-    if (input.disk && input.kernel === undefined && (input.initrd || input.append)) {
+    const hasKernel = input.kernel !== undefined || images.kernelImage !== undefined;
+    const hasDisk = input.disk !== undefined || diskImage !== undefined;
+    if (!hasKernel && !hasDisk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --image or --disk)');
+    if (hasDisk && !hasKernel && (input.initrd || images.initrdImage || input.append)) {
       throw new InvalidArgument('initrd and append need a kernel');
     }
     const cpus = input.cpus ?? 1;
@@ -249,10 +244,17 @@ export class VmService {
     const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
     if (networks.length) config.networks = networks.map((n) => n.id);
     const id = newVmId();
-    const rec = await this.admitAndInsert(id, name, projectId, config, 'created', placement);
+    let rec = await this.admitAndInsert(id, name, projectId, config, 'created', placement);
     const agentName = rec.agent;
-    const req: VmCreateRequest = { id, name, ...config };
+    let req: VmCreateRequest = { id, name, ...config };
     try {
+      if (fromImages.length) {
+        // the images onto the chosen host (carried there when it lacks them); the record keeps that host's paths
+        const paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
+        for (const { role, image } of fromImages) paths[role] = await this.disks!.ensureOnHost(image, agentName, this.agents);
+        rec = await this.store.vms.update(id, { config: { ...config, ...paths } });
+        req = { id, name, ...rec.config };
+      }
       // laid out on its host first: each host's part of a network is its own segment until overlays (issue 15)
       if (networks.length) await this.networks!.ensureOnHost(networks, agentName);
       if (networks.length) req.nics = await this.networks!.leaseVm(id, name, networks);

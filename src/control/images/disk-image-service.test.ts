@@ -4,7 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openStore } from '../../store/open.js';
@@ -13,6 +14,7 @@ import type { VmImageKind } from '../../agent/agent.js';
 import { FakeAgent } from '../testing/fake-agent.js';
 import type { VmRecord } from '../../store/records.js';
 import { DiskImageService } from './disk-image-service.js';
+import type { HostAgents } from '../compute/hosts.js';
 
 async function setup(t: { after: (fn: () => Promise<void>) => void }) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-disk-svc-'));
@@ -78,4 +80,48 @@ test('remove: refused while the project\'s VM is backed by it, or another projec
   await assert.rejects(svc.remove('base', 'p2'), (e: Error) => /backs the disk of 2 VM/.test(e.message) && /vm2/.test(e.message) && /vm3/.test(e.message));
   assert.equal((await svc.list('p2')).length, 1, 'a refusal changes nothing');
   assert.equal(collections(), 1);
+});
+
+test('hosts: without an embedded agent an import streams to a registered host that answers; a VM\'s host gets it carried from whoever holds it', async (t) => {
+  const { svc } = await setup(t);
+  const b = new FakeAgent({ name: 'b' });
+  const c = new FakeAgent({ name: 'c' });
+  const d = new FakeAgent({ name: 'd' });
+  const agents: Record<string, FakeAgent> = { b, c, d };
+  const down = new Set<string>(['b']);
+  const hosts: HostAgents = {
+    localName: undefined,
+    names: () => Object.keys(agents),
+    has: (n) => n in agents,
+    get: (n) => agents[n]!,
+    isDown: (n) => down.has(n),
+  };
+  svc.useHosts(hosts);
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-disk-upload-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'upload');
+  const content = Buffer.from('a raw disk, as the API wrote the upload to its own temp file');
+  writeFileSync(file, content);
+  const digest = `sha256:${createHash('sha256').update(content).digest('hex')}`;
+
+  const rec = await svc.import(file, 'root', 'p1');
+  assert.equal(rec.digest, digest);
+  assert.deepEqual(c.calls('writeBlob').map(([dg, size]) => [dg, size]), [[digest, content.length]], 'to c: b does not answer');
+  assert.deepEqual(c.calls('adoptDiskImage'), [[digest, 'disk']], 'and checked there');
+  assert.deepEqual(b.calls('writeBlob'), []);
+
+  // d gets it from c; concurrent asks share one transfer; c's path for c
+  const [p1, p2] = await Promise.all([svc.ensureOnHost(rec, 'd'), svc.ensureOnHost(rec, 'd')]);
+  assert.deepEqual([p1, p2], [`/fake/d/blobs/${digest}`, `/fake/d/blobs/${digest}`]);
+  assert.equal(d.calls('writeBlob').length, 1);
+  assert.deepEqual(b.calls('missingBlobs'), [], 'the host that is down is not asked');
+  assert.equal(await svc.ensureOnHost(rec, 'c'), `/fake/c/blobs/${digest}`);
+  assert.equal(c.calls('writeBlob').length, 1, 'nothing carried to a host that has it');
+
+  // nobody that answers has it: Unavailable naming the image, the target and the hosts
+  const lone = { ...rec, name: 'lone', digest: `sha256:${'e'.repeat(64)}` };
+  b.blobs.set(lone.digest, Buffer.from('only on b'));
+  await assert.rejects(svc.ensureOnHost(lone, 'd'), { code: 'Unavailable', message: /VM image lone cannot be carried to host d: no host that answers holds it \(asked c\); b does not answer/ });
+  down.clear();
+  assert.equal(await svc.ensureOnHost(lone, 'd'), `/fake/d/blobs/${lone.digest}`, 'once b answers it gives it');
 });

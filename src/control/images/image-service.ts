@@ -2,7 +2,7 @@
  * Images as the control plane sees them: a project's references (and tags) to
  * content shared host-wide. Bytes and snapshots live on the agent.
  */
-import { Conflict, InvalidArgument, NimbusError, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, Unavailable, hasCode, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { Agent, AgentImage, PullProgress } from '../../agent/agent.js';
@@ -13,8 +13,12 @@ import type { OperationService } from '../operations/operations.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { HostAgents } from '../compute/hosts.js';
 import type { ImageLocality } from '../scheduler/types.js';
+import { carryBlobs, sourcesFor } from './carry.js';
 
 const log = logger('images');
+
+/** Pull failures that are the registry's refusal to give the image (it does not have it, or not for us): a failed carry then says more. */
+const REGISTRY_REFUSALS = new Set(['NotFound', 'Unauthenticated', 'PermissionDenied']);
 
 export interface ImageView extends ImageRecord {
   id: string;
@@ -51,11 +55,13 @@ export class ImageService {
   }
 
   /**
-   * The image's layers on host before a container is made there: pulled by digest from the
-   * registry it was pulled from (the agent fetches only what it misses), then recorded in
-   * image_hosts. The embedded agent holds every image the store knows (pulls and imports run
-   * there). An image imported from an archive has no registry to fetch it from: refused with
-   * the hosts that hold it.
+   * The image's layers on host before a container is made there, then recorded in image_hosts:
+   * pulled by digest from the registry it was pulled from (the agent fetches only what it
+   * misses); without a registry reference (an image imported from an archive), or when the pull
+   * fails (a tag no registry serves, credentials not kept, a registry out of the host's reach),
+   * carried from a host that holds it, blob by blob over the agent protocol, and adopted there
+   * (docs/image-transfer.md). The embedded agent holds every image the store knows (pulls and
+   * imports run there). Concurrent ensures of one image on one host share the work.
    */
   async ensureOnHost(img: ImageRecord, host: string): Promise<void> {
     if (host === this.localName) return;
@@ -70,26 +76,67 @@ export class ImageService {
   private async pullOnHost(img: ImageRecord, host: string): Promise<void> {
     const holders = await this.store.images.hosts(img.chainId);
     if (holders.includes(host)) return;
-    const reference = await this.registryReference(img);
-    if (!reference) {
-      const on = [...new Set([...(this.localName ? [this.localName] : []), ...holders])];
-      throw new Conflict(`image ${img.digest.slice(7, 19)} was imported from an archive, so host ${host} cannot pull it; it is on ${on.join(', ') || 'no host'}: import it on a host of its own or push it to a registry`, {
-        image: img.digest, host, hosts: on,
-      });
-    }
     if (!this.hosts) throw new Conflict(`no host named ${host}`);
     const agent = this.hosts.get(host);
+    const reference = await this.registryReference(img);
+    if (!reference) return this.carryToHost(img, host, agent, holders);
     log.info('pulling an image onto a host', { host, reference });
     let pulled: AgentImage;
     try {
       pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries] }, () => undefined);
     } catch (e) {
-      // an archive's image may carry a tag no registry serves: say where it is
-      const err = toNimbusError(e);
-      throw new NimbusError(err.code, `host ${host} could not pull ${reference}: ${err.message}`, { ...err.details, image: img.digest, host, hosts: holders }, { cause: e });
+      const pullError = toNimbusError(e);
+      // the registry may not have it (an archive's tag no registry serves), want credentials, or be out of reach: carried instead
+      log.info('the pull failed; carrying the image from a host that holds it', { host, reference, error: pullError.message });
+      try {
+        return await this.carryToHost(img, host, agent, holders);
+      } catch (carryFailure) {
+        // the registry's refusal: the carry's failure is the story; a pull that failed for another reason comes first
+        if (REGISTRY_REFUSALS.has(pullError.code)) throw carryFailure;
+        throw new NimbusError(pullError.code, `host ${host} could not pull ${reference}: ${pullError.message} (nor take it from another host: ${toNimbusError(carryFailure).message})`, {
+          ...pullError.details, image: img.digest, host, hosts: holders,
+        }, { cause: e });
+      }
     }
     if (pulled.chainId !== img.chainId) throw new Conflict(`host ${host} pulled ${reference} as layers ${pulled.chainId}, not ${img.chainId}`);
     await this.store.images.addHost(img.chainId, host);
+  }
+
+  /**
+   * The image's blobs the target lacks (manifest, config, layers), each streamed from a holder's
+   * readBlob into the target's writeBlob (which verifies them), then adopted there: unpacked with
+   * an import's checks. Holders that are down are skipped; one that fails is left for the next.
+   */
+  private async carryToHost(img: ImageRecord, host: string, target: Agent, holders: string[]): Promise<void> {
+    const hosts = this.hosts!;
+    const short = img.digest.slice(7, 19);
+    const { up, down } = sourcesFor(hosts, [...(this.localName ? [this.localName] : []), ...holders], host);
+    if (!up.length) {
+      const on = [...up, ...down];
+      throw new Unavailable(`image ${short} cannot be carried to host ${host}: ${on.length ? `the hosts that hold it (${on.join(', ')}) do not answer` : 'no host holds it'}`, {
+        image: img.digest, host, hosts: on,
+      });
+    }
+    const digests = [...new Set([img.digest, img.configDigest, ...img.layers.map((l) => l.digest)])];
+    let lastError: NimbusError | undefined;
+    for (const source of up) {
+      try {
+        log.info('carrying an image to a host', { image: img.digest, from: source, to: host });
+        const sent = await carryBlobs(hosts.get(source), target, await target.missingBlobs(digests));
+        const adopted = await target.adoptImage(img.digest);
+        if (adopted.chainId !== img.chainId) throw new Conflict(`host ${host} unpacked it as layers ${adopted.chainId}, not ${img.chainId}`);
+        await this.store.images.addHost(img.chainId, host);
+        log.info('image carried', { image: img.digest, from: source, to: host, blobs: sent.blobs, bytes: sent.bytes });
+        return;
+      } catch (e) {
+        const err = toNimbusError(e);
+        lastError = new NimbusError(err.code, `carrying image ${short} from host ${source} to host ${host}: ${err.message}`, { ...err.details, image: img.digest, source, host }, { cause: e });
+        // the holder lost it or went away: another may have it; anything else (the target refused it) is final
+        if (!(hasCode(e, 'NotFound') || hasCode(e, 'Unavailable'))) throw lastError;
+        log.warn('carrying an image failed; trying another holder', { image: img.digest, from: source, to: host, error: err.message });
+      }
+    }
+    throw lastError!;
   }
 
   /** repository@digest of a tag that names the image (any project's: the bytes are the same), else undefined. */

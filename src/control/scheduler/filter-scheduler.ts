@@ -10,8 +10,8 @@ import { InvalidArgument, NotFound, Unavailable } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { HostLimits, HostUsageRecord, PlacementRepo, ServerGroupRecord } from '../../store/repos/placement.js';
 import type { Store } from '../../store/store.js';
-import { DEFAULT_FILTERS, firstRejection, type FilterInput, type HostFilter, type HostState, type Need } from './filters.js';
-import { DEFAULT_MULTIPLIERS, DEFAULT_WEIGHERS, weigh, type WeigherMultipliers, type WeighInput } from './weighers.js';
+import { DEFAULT_FILTERS, firstRejection, passesAll, staticKey, type FilterInput, type HostFilter, type HostState, type Need } from './filters.js';
+import { DEFAULT_MULTIPLIERS, DEFAULT_WEIGHERS, weigh, weighTotals, type WeigherMultipliers, type WeighInput } from './weighers.js';
 import { noHostError } from './explain.js';
 import type { Explanation, HostCandidate, HostSource, HostVerdict, ImageLocality, Placement, PlacementRequest, Scheduler } from './types.js';
 
@@ -68,6 +68,15 @@ export function needOf(req: PlacementRequest): Need {
 export const defaultHostsToScore = (hosts: number): number => Math.max(50, Math.ceil(hosts / 10));
 
 const zeroUsage = (host: string): HostUsageRecord => ({ host, millicpus: 0, memoryBytes: 0, diskBytes: 0, instances: 0, generation: 0 });
+
+/** The hosts a request's static fields allow, in the candidate list's order, and their positions by name. */
+interface Eligible {
+  hosts: HostCandidate[];
+  at: Map<string, number>;
+}
+
+/** Static keys kept per candidate list at most (a list lives a few hundred ms). */
+const MAX_STATIC_KEYS = 256;
 
 /** What one request sees of the claims besides usage: its group and the project's and group's instances per host. */
 interface RequestContext {
@@ -200,6 +209,14 @@ export class FilterScheduler implements Scheduler {
   private readonly filters: readonly HostFilter[];
   /** Where the next placement's scan of the hosts starts (see choose()). */
   private scanFrom = 0;
+  /** Each candidate's limits (a directory answers the same objects until a host changes). */
+  private readonly limitsCache = new WeakMap<HostCandidate, HostLimits>();
+  /** The candidate lists whose hosts' usage rows are made (the directory answers one list for a while). */
+  private readonly rowsMadeFor = new WeakSet<readonly HostCandidate[]>();
+  /** Per candidate list, per staticKey(): the hosts the static filters let through, and them by name. */
+  private readonly eligibleCache = new WeakMap<readonly HostCandidate[], Map<string, Eligible>>();
+  private readonly staticFilters: readonly HostFilter[];
+  private readonly dynamicFilters: readonly HostFilter[];
 
   constructor(
     readonly store: Store,
@@ -210,6 +227,8 @@ export class FilterScheduler implements Scheduler {
     this.projectCounts = new ProjectCounts(store.placement, options.usageMaxAgeMs ?? 1000);
     this.multipliers = { ...DEFAULT_MULTIPLIERS, ...options.weights };
     this.filters = options.filters ?? DEFAULT_FILTERS;
+    this.staticFilters = this.filters.filter((f) => f.static);
+    this.dynamicFilters = this.filters.filter((f) => !f.static);
   }
 
   async place(req: PlacementRequest): Promise<Placement> {
@@ -325,6 +344,7 @@ export class FilterScheduler implements Scheduler {
 
   /** One statement for the hosts new to this process (a claim on a host without its row would make it alone, in three). */
   private async makeHostRows(candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>): Promise<void> {
+    if (this.rowsMadeFor.has(candidates)) return;
     const missing = candidates.filter((c) => !usage.has(c.name) && !this.hostRows.has(c.name)).map((c) => c.name);
     if (missing.length) {
       const made = this.store.placement.ensureHosts(missing);
@@ -332,7 +352,19 @@ export class FilterScheduler implements Scheduler {
       // a failure is not kept: the next placement asks again, and a claim makes its row anyway
       made.catch(() => missing.forEach((h) => this.hostRows.delete(h)));
     }
-    await Promise.all(candidates.filter((c) => !usage.has(c.name)).map((c) => this.hostRows.get(c.name)?.catch(() => undefined)));
+    const waits = candidates.filter((c) => !usage.has(c.name)).map((c) => this.hostRows.get(c.name));
+    if (waits.length === 0) {
+      this.rowsMadeFor.add(candidates);
+      return;
+    }
+    // made (or failed: a claim makes its row anyway); the next placement with this list looks again
+    await Promise.all(waits.map((w) => w?.catch(() => undefined)));
+  }
+
+  private limitsOf(c: HostCandidate): HostLimits {
+    let l = this.limitsCache.get(c);
+    if (!l) this.limitsCache.set(c, (l = limitsOf(c)));
+    return l;
   }
 
   private now(): Date {
@@ -365,47 +397,82 @@ export class FilterScheduler implements Scheduler {
 
   /**
    * place()'s decision: the best of at most hostsToScore hosts that pass the filters, scanned
-   * from where the last placement stopped, plus the hosts a weigher favours by name (holding the
-   * image, holding the group's members) wherever they are. Undefined when no host passes.
-   * Builds no verdicts: explain() and the error when nothing fits do (evaluate()).
+   * from where the last placement stopped, plus hosts a weigher favours by name (holding the
+   * group's members; some holding the image) wherever they are. Undefined when no host passes.
+   * The static filters' answers come from eligible() (kept per candidate list); only usage,
+   * counts and the group are looked at per host here. Builds no verdicts: explain() and the
+   * error when nothing fits do (evaluate()).
    */
   private choose(
     req: PlacementRequest, need: Need, candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>, ctx: RequestContext,
   ): { host: string; limits: HostLimits } | undefined {
-    const n = candidates.length;
-    if (n === 0) return undefined;
     const input: FilterInput = { req, need, groupHosts: ctx.groupHosts, ...(ctx.group ? { group: ctx.group } : {}) };
-    const stateOf = (c: HostCandidate): HostState => ({
-      candidate: c, limits: limitsOf(c), usage: usage.get(c.name) ?? zeroUsage(c.name),
-      projectInstances: ctx.projectCounts.get(c.name) ?? 0, groupMembers: ctx.groupCounts.get(c.name) ?? 0,
-    });
+    const { hosts, at } = this.eligible(candidates, input);
+    const n = hosts.length;
+    if (n === 0) return undefined;
     const passed: HostState[] = [];
-    const seen = new Set<string>();
+    // one object filled per host looked at; a copy is kept only of those that pass
+    const scratch: HostState = { candidate: hosts[0]!, limits: this.limitsOf(hosts[0]!), usage: zeroUsage(''), projectInstances: 0, groupMembers: 0 };
     const consider = (c: HostCandidate) => {
-      seen.add(c.name);
-      const h = stateOf(c);
-      if (firstRejection(this.filters, h, input) === undefined) passed.push(h);
+      scratch.candidate = c;
+      scratch.limits = this.limitsOf(c);
+      scratch.usage = usage.get(c.name) ?? zeroUsage(c.name);
+      scratch.projectInstances = ctx.projectCounts.get(c.name) ?? 0;
+      scratch.groupMembers = ctx.groupCounts.get(c.name) ?? 0;
+      if (passesAll(this.dynamicFilters, scratch, input)) passed.push({ ...scratch });
     };
-    const want = req.host !== undefined ? 1 : Math.max(1, Math.min(n, (this.options.hostsToScore ?? defaultHostsToScore)(n)));
+    const want = req.host !== undefined ? 1 : Math.max(1, Math.min(n, (this.options.hostsToScore ?? defaultHostsToScore)(candidates.length)));
     const start = this.scanFrom % n;
     let k = 0;
-    for (; k < n && passed.length < want; k++) consider(candidates[(start + k) % n]!);
+    for (; k < n && passed.length < want; k++) consider(hosts[(start + k) % n]!);
     this.scanFrom = start + k;
     if (k < n) {
-      const favoured = new Set<string>([...(ctx.imageHosts ?? []), ...ctx.groupHosts]);
-      if (favoured.size) for (const c of candidates) if (favoured.has(c.name) && !seen.has(c.name)) consider(c);
+      // hosts a weigher favours by name wherever they are in the list: every host of the group's
+      // members (few), and up to `want` more of those holding the image (often most hosts)
+      const extra = new Set<number>();
+      const favour = (names: Iterable<string>, limit: number) => {
+        let added = 0;
+        for (const name of names) {
+          if (added >= limit) return;
+          const i = at.get(name);
+          if (i === undefined || (i - start + n) % n < k || extra.has(i)) continue;
+          extra.add(i);
+          consider(hosts[i]!);
+          added++;
+        }
+      };
+      favour(ctx.groupHosts, Infinity);
+      if (ctx.imageHosts) favour(ctx.imageHosts, want);
     }
     if (passed.length === 0) return undefined;
     const weighIn: WeighInput = {
       need, strategy: this.options.strategy ?? 'spread', ...(ctx.group ? { group: ctx.group } : {}), ...(ctx.imageHosts ? { imageHosts: ctx.imageHosts } : {}),
     };
-    const weights = weigh(passed, weighIn, DEFAULT_WEIGHERS, this.multipliers);
+    const totals = weighTotals(passed, weighIn, DEFAULT_WEIGHERS, this.multipliers);
     let best = 0;
     for (let i = 1; i < passed.length; i++) {
-      const d = weights[i]!.total - weights[best]!.total;
+      const d = totals[i]! - totals[best]!;
       if (d > 0 || (d === 0 && passed[i]!.candidate.name < passed[best]!.candidate.name)) best = i;
     }
     return { host: passed[best]!.candidate.name, limits: passed[best]!.limits };
+  }
+
+  /** The candidates the static filters let through for this request, kept per list and staticKey(). */
+  private eligible(candidates: readonly HostCandidate[], input: FilterInput): Eligible {
+    let byKey = this.eligibleCache.get(candidates);
+    if (!byKey) this.eligibleCache.set(candidates, (byKey = new Map()));
+    const key = staticKey(input.req);
+    let e = byKey.get(key);
+    if (!e) {
+      const probe: HostState = { candidate: candidates[0]!, limits: { millicpus: 0, memoryBytes: 0, diskBytes: 0 }, usage: zeroUsage(''), projectInstances: 0, groupMembers: 0 };
+      const hosts = candidates.filter((c) => {
+        probe.candidate = c;
+        return passesAll(this.staticFilters, probe, input);
+      });
+      e = { hosts, at: new Map(hosts.map((c, i) => [c.name, i])) };
+      if (byKey.size < MAX_STATIC_KEYS) byKey.set(key, e);
+    }
+    return e;
   }
 
   private evaluate(req: PlacementRequest, need: Need, candidates: readonly HostCandidate[], usage: ReadonlyMap<string, HostUsageRecord>, ctx: RequestContext): Evaluation {

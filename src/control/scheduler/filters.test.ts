@@ -7,7 +7,7 @@ import {
 } from './filters.js';
 import {
   DEFAULT_MULTIPLIERS, DEFAULT_WEIGHERS, cpuWeigher, imageLocalityWeigher, memoryWeigher, normalise, projectSpreadWeigher, serverGroupWeigher, weigh,
-  type WeighInput,
+  weighTotals, type WeighInput,
 } from './weighers.js';
 import { noHostError, noHostMessage, summarise } from './explain.js';
 import { limitsOf, needOf } from './filter-scheduler.js';
@@ -183,4 +183,37 @@ test('explanations: each host and its filter, pinned requests name only the pin,
   assert.deepEqual(summarise({ hosts: [...verdicts, { host: 'h4', weight: 1 }], chosen: 'h4' }),
     { fits: true, hosts: 4, rejected: { enabled: 1, memory: 1, zone: 1 }, message: '4 hosts: 1 can take it, 1 rejected by enabled, 1 rejected by memory, 1 rejected by zone' });
   assert.equal(summarise({ hosts: [] }).message, '0 hosts');
+});
+
+test('filters: the fast test (passes) and the words (reject) agree on every host and request of a grid; weighTotals gives weigh()\'s totals', () => {
+  const hosts = [
+    host('h1'), host('h2', { disabled: true }), host('h3', { state: 'down' }), host('h4', { state: 'unknown' }), host('h5', { zone: 'z2', labels: {} }),
+    host('h6', { labels: { ssd: 'no' } }), host('h7', { architecture: 'arm64', runtimes: [] }), host('h8', { accelerator: undefined }),
+    host('h9', {}, { millicpus: 3900, memoryBytes: 7.5 * GiB, diskBytes: 99 * GiB }), host('h10', { maxInstances: 2 }, { instances: 2 }),
+    host('h11', {}, { millicpus: 1000, memoryBytes: 3 * GiB }, { project: 2, group: 1 }), host('h12', { cpus: 8 }, { millicpus: 500 }, { project: 1 }),
+  ];
+  const inputs = [
+    input(), input({ host: 'h2' }), input({ zone: 'z2' }), input({ constraints: { ssd: 'yes' } }), input({ constraints: { gpu: '1' } }),
+    input({ architecture: 'amd64' }), input({ runtime: 'crun' }), input({ kind: 'vm' }), input({ accelerator: 'tcg' }),
+    input({ vcpus: 0.5, memoryBytes: 600 * MiB, diskBytes: 2 * GiB }), input({}, group('anti-affinity'), ['h1']), input({}, group('affinity'), ['h3']),
+    input({}, group('soft-affinity'), ['h3']),
+  ];
+  let rejected = 0;
+  for (const f of DEFAULT_FILTERS) {
+    for (const h of hosts) {
+      for (const i of inputs) {
+        const words = f.reject(h, i);
+        assert.equal(f.passes(h, i), words === undefined, `${f.name} on ${h.candidate.name} for ${JSON.stringify(i.req)}: ${words}`);
+        if (words !== undefined) {
+          assert.ok(words.length > 0, `${f.name} says why`);
+          rejected++;
+        }
+      }
+    }
+  }
+  assert.ok(rejected > 50, `the grid exercises rejections (${rejected})`);
+  const passed = hosts.filter((h) => DEFAULT_FILTERS.every((f) => f.passes(h, input())));
+  const weighIn: WeighInput = { need: input().need, strategy: 'spread', imageHosts: new Set(['h12']), group: group('soft-anti-affinity') };
+  assert.ok(new Set(weigh(passed, weighIn, DEFAULT_WEIGHERS, DEFAULT_MULTIPLIERS).map((w) => w.total)).size >= 3, 'the hosts weigh differently');
+  assert.deepEqual([...weighTotals(passed, weighIn, DEFAULT_WEIGHERS, DEFAULT_MULTIPLIERS)], weigh(passed, weighIn, DEFAULT_WEIGHERS, DEFAULT_MULTIPLIERS).map((w) => w.total));
 });

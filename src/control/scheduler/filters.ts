@@ -34,8 +34,25 @@ export interface FilterInput {
 
 export interface HostFilter {
   readonly name: string;
-  /** Why the host cannot take the request; undefined when it can. */
+  /**
+   * Reads only the candidate and the request's static fields (staticKey()): never usage, counts
+   * or the group. The scheduler keeps such a filter's answers per candidate list and key.
+   */
+  readonly static?: boolean;
+  /** Whether the host can take the request: the scheduler's hot path, which builds no words. */
+  passes(host: HostState, input: FilterInput): boolean;
+  /** Why the host cannot take the request; undefined when it can (explanations and errors). */
   reject(host: HostState, input: FilterInput): string | undefined;
+}
+
+/** A filter from its test and its words (asked for only when the test fails). */
+function filter(name: string, passes: HostFilter['passes'], why: (host: HostState, input: FilterInput) => string, isStatic = false): HostFilter {
+  return { name, passes, reject: (h, i) => (passes(h, i) ? undefined : why(h, i)), ...(isStatic ? { static: true } : {}) };
+}
+
+/** The request fields static filters may read, as one string: requests with equal keys pass the same static filters on the same hosts. */
+export function staticKey(req: PlacementRequest): string {
+  return JSON.stringify([req.kind, req.host, req.zone, req.constraints, req.runtime, req.accelerator, req.architecture]);
 }
 
 const GiB = 1024 ** 3;
@@ -71,108 +88,98 @@ export function formatCpus(millicpus: number, round: 'down' | 'up' = 'down'): st
 }
 
 /** An administrator pinned the request (--host): every other host is out. */
-export const pinnedHostFilter: HostFilter = {
-  name: 'host',
-  reject: (h, { req }) => (req.host !== undefined && h.candidate.name !== req.host ? `not the requested host ${req.host}` : undefined),
-};
+export const pinnedHostFilter = filter('host', (h, { req }) => req.host === undefined || h.candidate.name === req.host, (_h, { req }) => `not the requested host ${req.host}`, true);
 
 /** Disabled hosts take no new instances; an administrator's pin overrides that. */
-export const enabledFilter: HostFilter = {
-  name: 'enabled',
-  reject: (h, { req }) => (h.candidate.disabled && req.host === undefined ? 'disabled' : undefined),
-};
+export const enabledFilter = filter('enabled', (h, { req }) => !h.candidate.disabled || req.host !== undefined, () => 'disabled', true);
 
-export const upFilter: HostFilter = {
-  name: 'up',
-  reject: (h) => (h.candidate.state === 'up' ? undefined : h.candidate.state === 'down' ? 'down (not answering)' : 'state unknown (not heard from yet)'),
-};
+export const upFilter = filter('up', (h) => h.candidate.state === 'up', (h) => (h.candidate.state === 'down' ? 'down (not answering)' : 'state unknown (not heard from yet)'), true);
 
-export const zoneFilter: HostFilter = {
-  name: 'zone',
-  reject: (h, { req }) => (req.zone !== undefined && h.candidate.zone !== req.zone ? `zone is ${h.candidate.zone}, not ${req.zone}` : undefined),
-};
+export const zoneFilter = filter('zone', (h, { req }) => req.zone === undefined || h.candidate.zone === req.zone, (h, { req }) => `zone is ${h.candidate.zone}, not ${req.zone}`, true);
 
-export const constraintsFilter: HostFilter = {
-  name: 'constraints',
-  reject: (h, { req }) => {
+export const constraintsFilter = filter(
+  'constraints',
+  (h, { req }) => {
+    const c = req.constraints;
+    if (c === undefined) return true;
+    for (const k in c) if (h.candidate.labels[k] !== c[k]) return false;
+    return true;
+  },
+  (h, { req }) => {
     for (const [k, v] of Object.entries(req.constraints ?? {})) {
       const has = h.candidate.labels[k];
       if (has === undefined) return `no label ${k} (${k}=${v} required)`;
       if (has !== v) return `label ${k} is ${has}, not ${v}`;
     }
-    return undefined;
+    return '';
   },
-};
+  true,
+);
 
-export const architectureFilter: HostFilter = {
-  name: 'architecture',
-  reject: (h, { req }) =>
-    req.architecture !== undefined && h.candidate.architecture !== req.architecture ? `architecture is ${h.candidate.architecture}, not ${req.architecture}` : undefined,
-};
+export const architectureFilter = filter(
+  'architecture',
+  (h, { req }) => req.architecture === undefined || h.candidate.architecture === req.architecture,
+  (h, { req }) => `architecture is ${h.candidate.architecture}, not ${req.architecture}`,
+  true,
+);
 
-export const runtimeFilter: HostFilter = {
-  name: 'runtime',
-  reject: (h, { req }) => {
-    if (req.runtime === undefined || h.candidate.runtimes.includes(req.runtime)) return undefined;
-    return `no runtime ${req.runtime} (has ${h.candidate.runtimes.length ? h.candidate.runtimes.join(', ') : 'none'})`;
-  },
-};
+export const runtimeFilter = filter(
+  'runtime',
+  (h, { req }) => req.runtime === undefined || h.candidate.runtimes.includes(req.runtime),
+  (h, { req }) => `no runtime ${req.runtime} (has ${h.candidate.runtimes.length ? h.candidate.runtimes.join(', ') : 'none'})`,
+  true,
+);
 
 /** VMs need a hypervisor accelerator (kvm or tcg); a request may ask for one. */
-export const acceleratorFilter: HostFilter = {
-  name: 'accelerator',
-  reject: (h, { req }) => {
+export const acceleratorFilter = filter(
+  'accelerator',
+  (h, { req }) => !(req.kind === 'vm' && h.candidate.accelerator === undefined) && (req.accelerator === undefined || h.candidate.accelerator === req.accelerator),
+  (h, { req }) => {
     const has = h.candidate.accelerator;
     if (req.kind === 'vm' && has === undefined) return 'runs no VMs (no kvm or tcg)';
-    if (req.accelerator !== undefined && has !== req.accelerator) return has === undefined ? `no accelerator (${req.accelerator} required)` : `accelerator is ${has}, not ${req.accelerator}`;
-    return undefined;
+    return has === undefined ? `no accelerator (${req.accelerator} required)` : `accelerator is ${has}, not ${req.accelerator}`;
   },
-};
+  true,
+);
 
-export const instancesFilter: HostFilter = {
-  name: 'instances',
-  reject: (h) => {
-    const max = h.limits.instances;
-    return max !== undefined && h.usage.instances + 1 > max ? `instances: holds ${h.usage.instances} of at most ${max}` : undefined;
-  },
-};
+export const instancesFilter = filter(
+  'instances',
+  (h) => h.limits.instances === undefined || h.usage.instances + 1 <= h.limits.instances,
+  (h) => `instances: holds ${h.usage.instances} of at most ${h.limits.instances}`,
+);
 
-export const cpuFilter: HostFilter = {
-  name: 'cpu',
-  reject: (h, { need }) => {
-    const free = h.limits.millicpus - h.usage.millicpus;
-    return need.millicpus > free ? `cpu ${formatCpus(free)} vCPUs free of ${formatCpus(need.millicpus, 'up')} needed` : undefined;
-  },
-};
+export const cpuFilter = filter(
+  'cpu',
+  (h, { need }) => need.millicpus <= h.limits.millicpus - h.usage.millicpus,
+  (h, { need }) => `cpu ${formatCpus(h.limits.millicpus - h.usage.millicpus)} vCPUs free of ${formatCpus(need.millicpus, 'up')} needed`,
+);
 
-export const memoryFilter: HostFilter = {
-  name: 'memory',
-  reject: (h, { need }) => {
-    const free = h.limits.memoryBytes - h.usage.memoryBytes;
-    return need.memoryBytes > free ? `memory ${shortfall(free, need.memoryBytes)}` : undefined;
-  },
-};
+export const memoryFilter = filter(
+  'memory',
+  (h, { need }) => need.memoryBytes <= h.limits.memoryBytes - h.usage.memoryBytes,
+  (h, { need }) => `memory ${shortfall(h.limits.memoryBytes - h.usage.memoryBytes, need.memoryBytes)}`,
+);
 
-export const diskFilter: HostFilter = {
-  name: 'disk',
-  reject: (h, { need }) => {
-    const free = h.limits.diskBytes - h.usage.diskBytes;
-    return need.diskBytes > free ? `disk ${shortfall(free, need.diskBytes)}` : undefined;
-  },
-};
+export const diskFilter = filter(
+  'disk',
+  (h, { need }) => need.diskBytes <= h.limits.diskBytes - h.usage.diskBytes,
+  (h, { need }) => `disk ${shortfall(h.limits.diskBytes - h.usage.diskBytes, need.diskBytes)}`,
+);
 
 /** Hard policies only (soft ones weigh): anti-affinity keeps members on distinct hosts, affinity on one. */
-export const serverGroupFilter: HostFilter = {
-  name: 'server-group',
-  reject: (h, { group, groupHosts }) => {
-    if (!group) return undefined;
-    if (group.policy === 'anti-affinity' && groupHosts.has(h.candidate.name)) return `holds a member of server group ${group.name} (anti-affinity)`;
-    if (group.policy === 'affinity' && groupHosts.size > 0 && !groupHosts.has(h.candidate.name)) {
-      return `server group ${group.name}'s members are on ${[...groupHosts].sort().join(', ')} (affinity)`;
-    }
-    return undefined;
+export const serverGroupFilter = filter(
+  'server-group',
+  (h, { group, groupHosts }) => {
+    if (!group) return true;
+    if (group.policy === 'anti-affinity') return !groupHosts.has(h.candidate.name);
+    if (group.policy === 'affinity') return groupHosts.size === 0 || groupHosts.has(h.candidate.name);
+    return true;
   },
-};
+  (_h, { group, groupHosts }) =>
+    group!.policy === 'anti-affinity'
+      ? `holds a member of server group ${group!.name} (anti-affinity)`
+      : `server group ${group!.name}'s members are on ${[...groupHosts].sort().join(', ')} (affinity)`,
+);
 
 /** In order: the first that rejects a host is the one named. */
 export const DEFAULT_FILTERS: readonly HostFilter[] = [
@@ -183,8 +190,13 @@ export const DEFAULT_FILTERS: readonly HostFilter[] = [
 /** The first filter that rejects the host, or undefined. */
 export function firstRejection(filters: readonly HostFilter[], host: HostState, input: FilterInput): { filter: string; reason: string } | undefined {
   for (const f of filters) {
-    const reason = f.reject(host, input);
-    if (reason !== undefined) return { filter: f.name, reason };
+    if (!f.passes(host, input)) return { filter: f.name, reason: f.reject(host, input) ?? '' };
   }
   return undefined;
+}
+
+/** Whether every filter lets the host through (no words built: the scheduler's choice). */
+export function passesAll(filters: readonly HostFilter[], host: HostState, input: FilterInput): boolean {
+  for (const f of filters) if (!f.passes(host, input)) return false;
+  return true;
 }

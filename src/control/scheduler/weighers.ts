@@ -79,6 +79,29 @@ export function normalise(values: readonly number[]): number[] {
   return max === min ? values.map(() => 0) : values.map((v) => (v - min) / (max - min));
 }
 
+/** Each host's total weight only (weigh()'s totals, without building the parts): the scheduler's choice. */
+export function weighTotals(hosts: readonly HostState[], input: WeighInput, weighers: readonly HostWeigher[], multipliers: WeigherMultipliers): Float64Array {
+  const totals = new Float64Array(hosts.length);
+  const raw = new Float64Array(hosts.length);
+  for (const w of weighers) {
+    const m = w.multiplier(input, multipliers);
+    if (m === 0) continue;
+    let min = Infinity;
+    let max = -Infinity;
+    for (let i = 0; i < hosts.length; i++) {
+      const v = w.raw(hosts[i]!, input);
+      raw[i] = v;
+      if (v < min) min = v;
+      if (v > max) max = v;
+    }
+    if (max === min) continue; // all equal: all 0
+    const range = max - min;
+    // the same arithmetic as normalise() × multiplier: choose() and explain() rank alike
+    for (let i = 0; i < hosts.length; i++) totals[i]! += ((raw[i]! - min) / range) * m;
+  }
+  return totals;
+}
+
 /** Each host's total weight and its parts (normalised × multiplier), in the order given. */
 export function weigh(
   hosts: readonly HostState[], input: WeighInput, weighers: readonly HostWeigher[], multipliers: WeigherMultipliers,

@@ -12,12 +12,14 @@
 import { createHash } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Duplex } from 'node:stream';
-import { NotFound } from '../../core/errors.js';
+import { DataLoss, NotFound } from '../../core/errors.js';
 import type {
   AddressProvider,
+  AdoptedDiskImage,
   Agent,
   AgentImage,
   AgentInfo,
+  BlobStream,
   ContainerCreateRequest,
   GcResult,
   OutgoingMigration,
@@ -67,6 +69,12 @@ export class FakeAgent implements Agent {
   readonly networks = new Map<string, NetworkSpec>();
   /** Images pulled or imported, by manifest digest. */
   readonly images = new Map<string, AgentImage>();
+  /**
+   * The content store, in memory. A held image's manifest blob is the AgentImage as JSON (so an
+   * adopt on another fake rebuilds it); its config and layer blobs are filler of their sizes.
+   * Bytes are not hashed: the real content store's checks are tested against the real agent.
+   */
+  readonly blobs = new Map<string, Buffer>();
   /** Warm container ids claimWarmContainer hands out, first first. */
   readonly warm: string[] = [];
   foreign: string[] = [];
@@ -126,6 +134,15 @@ export class FakeAgent implements Agent {
     for (const l of this.vmExits) l(id);
   }
 
+  /** The image's blobs into this fake's content store, as a pull would leave them (returns the image). */
+  holdImage(img: AgentImage): AgentImage {
+    this.images.set(img.manifestDigest, img);
+    this.blobs.set(img.manifestDigest, Buffer.from(JSON.stringify(img)));
+    if (!this.blobs.has(img.configDigest)) this.blobs.set(img.configDigest, Buffer.from(JSON.stringify(img.config)));
+    for (const l of img.layers) if (!this.blobs.has(l.digest)) this.blobs.set(l.digest, Buffer.alloc(l.size, 1));
+    return img;
+  }
+
   /** Lines a container's logs will show. */
   addLog(id: string, line: string, stream: 'stdout' | 'stderr' = 'stdout'): void {
     this.container(id).logs.push({ time: new Date().toISOString(), stream, line });
@@ -181,9 +198,8 @@ export class FakeAgent implements Agent {
   pullImage(...args: Parameters<Agent['pullImage']>): Promise<AgentImage> {
     return this.run('pullImage', args, async () => {
       const [ref, , progress] = args;
-      const img = fakeImage(ref);
+      const img = this.holdImage(fakeImage(ref));
       progress({ phase: 'done', layers: [], bytesDone: img.size, bytesTotal: img.size });
-      this.images.set(img.manifestDigest, img);
       return img;
     });
   }
@@ -199,12 +215,61 @@ export class FakeAgent implements Agent {
   importDiskImage(...args: Parameters<Agent['importDiskImage']>): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }> {
     return this.run('importDiskImage', args, async (): Promise<{ digest: string; size: number; format: VmImageFormat; virtualSize: number }> => {
       const [file, kind = 'disk'] = args;
-      return { digest: `sha256:${createHash('sha256').update(file).digest('hex')}`, size: 1, format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 1 };
+      const digest = `sha256:${createHash('sha256').update(file).digest('hex')}`;
+      this.blobs.set(digest, Buffer.from(file));
+      return { digest, size: Buffer.byteLength(file), format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 1 };
     });
   }
 
   diskImagePath(...args: Parameters<Agent['diskImagePath']>): string {
     return this.run('diskImagePath', args, () => `/fake/${this.host.name}/blobs/${args[0]}`);
+  }
+
+  missingBlobs(...args: Parameters<Agent['missingBlobs']>): Promise<string[]> {
+    return this.run('missingBlobs', args, async () => args[0].filter((d) => !this.blobs.has(d)));
+  }
+
+  readBlob(...args: Parameters<Agent['readBlob']>): Promise<BlobStream> {
+    return this.run('readBlob', args, async () => {
+      const b = this.blobs.get(args[0]);
+      if (!b) throw new NotFound(`blob ${args[0]} is not in the content store of host ${this.host.name}`, { digest: args[0] });
+      return { size: b.length, bytes: Readable.from([b]) };
+    });
+  }
+
+  writeBlob(...args: Parameters<Agent['writeBlob']>): Promise<{ digest: string; size: number }> {
+    return this.run('writeBlob', args, async () => {
+      const [digest, size, bytes] = args;
+      const chunks: Buffer[] = [];
+      for await (const c of bytes) chunks.push(Buffer.from(c));
+      const b = Buffer.concat(chunks);
+      if (b.length !== size) throw new DataLoss(`blob ${digest}: size mismatch: expected ${size}, got ${b.length}`);
+      this.blobs.set(digest, b);
+      return { digest, size };
+    });
+  }
+
+  adoptImage(...args: Parameters<Agent['adoptImage']>): Promise<AgentImage> {
+    return this.run('adoptImage', args, async () => {
+      const m = this.blobs.get(args[0]);
+      if (!m) throw new NotFound(`image ${args[0]}: blob ${args[0]} is not in the content store of host ${this.host.name}`);
+      const img = JSON.parse(m.toString('utf8')) as AgentImage;
+      for (const d of [img.configDigest, ...img.layers.map((l) => l.digest)]) {
+        if (!this.blobs.has(d)) throw new NotFound(`image ${args[0]}: blob ${d} is not in the content store of host ${this.host.name}`);
+      }
+      const { reference: _ref, indexDigest: _index, ...adopted } = img;
+      this.images.set(img.manifestDigest, adopted);
+      return adopted;
+    });
+  }
+
+  adoptDiskImage(...args: Parameters<Agent['adoptDiskImage']>): Promise<AdoptedDiskImage> {
+    return this.run('adoptDiskImage', args, async (): Promise<AdoptedDiskImage> => {
+      const [digest, kind] = args;
+      const b = this.blobs.get(digest);
+      if (!b) throw new NotFound(`VM image ${digest} is not in the content store of host ${this.host.name}`, { digest });
+      return { digest, size: b.length, format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 1, path: `/fake/${this.host.name}/blobs/${digest}` };
+    });
   }
 
   // ---- ContainerHost
