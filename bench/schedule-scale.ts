@@ -41,6 +41,7 @@ import { cleanup } from './lib/cleanup.js';
 import { isMain, runBenchmarks, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome } from './lib/result.js';
 import { defaultSimSpecs, startSimHosts, type SimHost } from './lib/sim-host.js';
+import { postmasterPid, treeCpuMs } from './lib/proc-cpu.js';
 import { percentile, round } from './lib/stats.js';
 
 const BENCH = 'schedule-scale';
@@ -438,8 +439,15 @@ export async function scheduleScale(_env?: BenchEnv): Promise<BenchOutcome> {
     const registerMs = performance.now() - tReg;
     note(BENCH, `hosts registered through the agent protocol (each replica half) and seen up by both replicas in ${(registerMs / 1000).toFixed(1)} s: ${ready.map((r) => `replica ${r.index} sees ${r.hostsSeen}`).join(', ')}`);
 
+    // what the rest of the machine spends while placing: PostgreSQL, and this process (the simulated hosts)
+    const postmaster = postmasterPid(pg.url);
+    const pgCpu0 = postmaster ? treeCpuMs(postmaster) : NaN;
+    const driverCpu0 = process.cpuUsage();
     replicas.forEach((r) => r.child.send({ type: 'go' } satisfies ToReplica));
     const done = await Promise.all(replicas.map((r) => expectFrom(r, 'done', 900_000)));
+    const pgCpuMs = postmaster ? treeCpuMs(postmaster) - pgCpu0 : NaN;
+    const driverCpu = process.cpuUsage(driverCpu0);
+    const simHostsCpuMs = (driverCpu.user + driverCpu.system) / 1000;
     const wallMs = Math.max(...done.map((d) => d.endedAt)) - Math.min(...done.map((d) => d.startedAt));
     await Promise.all(replicas.map(stopReplica));
     await stopReplicas();
@@ -476,6 +484,8 @@ export async function scheduleScale(_env?: BenchEnv): Promise<BenchOutcome> {
     note(BENCH, `${placed} placed + ${outcomes.length - placed} refused (${JSON.stringify(counts)}) in ${(wallMs / 1000).toFixed(2)} s: ${placementsPerSec} placements/s (goal ≥ ${GOAL_PER_SEC}), ${decisionsPerSec} decisions/s`);
     note(BENCH, `decision latency (place() wall time, queueing behind ${size.clients / REPLICAS - 1} other callers in the replica included): p50 ${lat.p50} ms, p99 ${lat.p99} ms, max ${lat.max} ms; placed only p50 ${latPlaced.p50}, p99 ${latPlaced.p99}`);
     note(BENCH, `per replica: ${perReplica.map((r) => `#${r.replica} ${r.placed}/${r.decisions} placed in ${(r.wallMs / 1000).toFixed(2)} s (${r.perSec}/s), ${r.cpuMsPerDecision} ms of its CPU per decision`).join('; ')}`);
+    const cpuPerDecision = { postgres: round(pgCpuMs / outcomes.length, 2), simulatedHosts: round(simHostsCpuMs / outcomes.length, 2) };
+    note(BENCH, `the rest of the machine per decision while placing: PostgreSQL ${cpuPerDecision.postgres} ms of CPU (its processes, /proc), the driver with the simulated hosts ${cpuPerDecision.simulatedHosts} ms; 2 cores are ${round(2000 / (outcomes.length / (wallMs / 1000)), 2)} ms per decision at this rate`);
     note(BENCH, `work: ${counters.claims} claims sent for ${placed} placed (${counters.refusedCapacity} refused for capacity, ${counters.refusedGroup} for a group policy: each a new choice), ${counters.candidateCalls} candidate lists; ${counters.refusedWithHostsDown} refusals while the replica counted hosts down (at most ${counters.mostHostsDown} of ${size.hosts}: its refresh's 3 s answer timeout, on a busy event loop)${cacheCandidates() ? ' (EXPERIMENT: candidate list reused up to 1 s)' : ''}`);
     for (const [code, msg] of Object.entries(failureSample)) note(BENCH, `a ${code}: ${msg}`);
     note(BENCH, `proof: ${proof.hostsChecked} hosts, ${proof.claims} claims (${placedMatches ? '=' : '≠'} ${placed} placed): over-committed hosts ${proof.overCommittedHosts.length}, usage rows ≠ claims ${proof.usageMismatchHosts.length}, hard anti-affinity violations ${proof.antiAffinityViolations.length}, hard affinity violations ${proof.affinityViolations.length}; fullest host cpu ${round(proof.fullest.cpu, 3)} memory ${round(proof.fullest.memory, 3)} disk ${round(proof.fullest.disk, 3)} of capacity × ratio; ${proof.hotHostsFull}/${size.hotHosts} hot hosts full`);
@@ -487,7 +497,7 @@ export async function scheduleScale(_env?: BenchEnv): Promise<BenchOutcome> {
       projects: size.projects, serverGroups: size.groups, bigAntiAffinityGroups: size.bigGroups, hotHosts: size.hotHosts,
       placements: size.placements, concurrentClients: size.clients, replicas: REPLICAS, storePoolPerReplica: pool ? Number(pool) : 10,
       placed, outcomes: counts, wallMs: round(wallMs), placementsPerSec, decisionsPerSec, goalPlacementsPerSec: GOAL_PER_SEC,
-      decisionLatencyMs: lat, placedLatencyMs: latPlaced, perReplica,
+      decisionLatencyMs: lat, placedLatencyMs: latPlaced, perReplica, otherCpuMsPerDecision: cpuPerDecision,
       proof: { ...proof, overCommittedHosts: proof.overCommittedHosts.slice(0, 20), usageMismatchHosts: proof.usageMismatchHosts.slice(0, 20), antiAffinityViolations: proof.antiAffinityViolations.slice(0, 20), affinityViolations: proof.affinityViolations.slice(0, 20), placedMatchesClaims: placedMatches },
       setupMs: { projectsAndGroups: round(projectsMs), registerAndSee: round(registerMs), total: round(performance.now() - t0) },
       hostInfoCalls: infoCalls, failureSample, counters,

@@ -200,9 +200,10 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.equal(qemuUnder(b.home).length, 1, 'QEMU outlives its agent');
     const down = (await agents()).find((a) => a.name === AGENT);
     assert.equal(down?.state, 'down');
-    assert.equal((await inspect()).status, 'running', 'an agent that is down does not make its VMs stopped');
+    assert.equal((await inspect()).status, 'unknown', 'an agent that is down does not make its VMs stopped: their state is unknown');
     await b.start();
     await waitFor('the agent up again', async () => ((await agents()).find((a) => a.name === AGENT)?.state === 'up' ? true : undefined));
+    assert.equal((await inspect()).status, 'running', 'the stored status was kept');
     assert.match(await cliOk(['console', NAME], 'echo after-restarts\n'), /after-restarts/);
     v = await inspect();
     assert.equal(v.host?.qemuPid, pid);

@@ -213,4 +213,45 @@ export function placementConformance(name: string, open: () => Promise<Conforman
     assert.equal(results.filter((r) => r.claimed).length, 3);
     assert.deepEqual((await s.placement.allocations({ groupId: 'g1' })).map((a) => a.host).sort(), hosts);
   });
+
+  test(`${name}: placement: claims of several hard groups, soft groups and none at once: each policy holds, refusals name the members, a missing group fails alone`, async (t) => {
+    const s = await setup(t);
+    await s.placement.insertGroup(groupOf('anti', 'spread', 'anti-affinity'));
+    await s.placement.insertGroup(groupOf('aff', 'together', 'affinity'));
+    await s.placement.insertGroup(groupOf('soft', 'loose', 'soft-anti-affinity'));
+    const hosts = ['h1', 'h2', 'h3', 'h4'];
+    const small = { millicpus: 100, memoryBytes: 64 * 1024 * 1024 };
+    const asks = Array.from({ length: 40 }, (_, i) => {
+      const host = hosts[i % 4]!;
+      const group = i % 5 === 0 ? { id: 'anti', policy: 'anti-affinity' as const } : i % 5 === 1 ? { id: 'aff', policy: 'affinity' as const }
+        : i % 5 === 2 ? { id: 'soft', policy: 'soft-anti-affinity' as const } : undefined;
+      return claimOf(`m${i}`, host, { ...small, ...(group ? { group } : {}) });
+    });
+    const missing = rejectsWith(s.placement.claim(claimOf('lost', 'h1', { ...small, group: { id: 'gone', policy: 'anti-affinity' } }), LIMITS), 'NotFound', /server group gone/);
+    const results = await Promise.all(asks.map((c) => s.placement.claim(c, LIMITS)));
+    await missing;
+    const anti = await s.placement.allocations({ groupId: 'anti' });
+    assert.equal(new Set(anti.map((a) => a.host)).size, anti.length, 'anti-affinity: one member per host');
+    assert.equal(anti.length, 4, 'and every host that could take one did');
+    const aff = await s.placement.allocations({ groupId: 'aff' });
+    assert.equal(new Set(aff.map((a) => a.host)).size, 1, 'affinity: one host');
+    assert.equal(aff.length, 2, 'the members asked for on that host (every 4th of the group\'s asks)');
+    assert.equal((await s.placement.allocations({ groupId: 'soft' })).length, 8, 'soft: never refused');
+    for (const [i, r] of results.entries()) {
+      if (r.claimed) continue;
+      assert.equal(r.reason, 'group', `m${i} refused for its group only`);
+      // the members when it was refused: some of those at the end, and the reason among them
+      const g = asks[i]!.group!.id;
+      const final = new Set((g === 'anti' ? anti : aff).map((a) => a.host));
+      assert.ok(r.memberHosts.length > 0 && r.memberHosts.every((h) => final.has(h)), `m${i}'s refusal names members' hosts: ${r.memberHosts}`);
+      assert.deepEqual(r.memberHosts, [...r.memberHosts].sort());
+      if (g === 'anti') assert.ok(r.memberHosts.includes(asks[i]!.host), `m${i}: its host holds a member`);
+      else assert.ok(!r.memberHosts.includes(asks[i]!.host), `m${i}: the members are elsewhere`);
+    }
+    assert.equal(results.filter((r) => r.claimed).length, 4 + 2 + 8 + 16);
+    for (const u of await s.placement.usage()) {
+      const mine = (await s.placement.allocations({})).filter((a) => a.host === u.host);
+      assert.equal(u.instances, mine.length, `${u.host}'s usage row counts its claims`);
+    }
+  });
 }

@@ -152,3 +152,32 @@ test('prune: dangling references only, or every unused one with all; GC keeps di
   assert.deepEqual((await svc.prune(true, 'p1')).deleted, [`sha256:${hex('a')}`], 'all: the tagged one too, not the one in use');
   assert.deepEqual((await svc.list('p1')).map((i) => i.digest), [`sha256:${hex('f')}`]);
 });
+
+test('garbage collection reaches every host that answers with the same keep list; their image_hosts rows of what goes are dropped; a down or failing host is left for the next', async (t) => {
+  const { store, svc, load, collected } = await setup(t);
+  const seen: Record<string, number> = { b: 0, c: 0, d: 0 };
+  const gcOn = (name: string, fails = false) => new FakeAgent({ name }).override('garbageCollect', async (keep) => {
+    seen[name]!++;
+    assert.deepEqual(keep, collected.at(-1), `${name} is told to keep what the embedded agent keeps`);
+    if (fails) throw new Error(`${name}'s disk is read-only`);
+    return { blobsRemoved: 1, snapshotsRemoved: 1, bytesFreed: 100 };
+  });
+  const others: Record<string, FakeAgent> = { b: gcOn('b'), c: gcOn('c', true), d: gcOn('d') };
+  svc.useHosts({
+    localName: 'local', names: () => ['local', 'b', 'c', 'd'], has: (n) => n === 'local' || n in others,
+    get: (n) => others[n]!, isDown: (n) => n === 'd',
+  });
+  const a = `sha256:${hex('a')}`;
+  await load([agentImage('a', 'one:1')], 'p1');
+  await load([agentImage('f', 'two:1')], 'p1');
+  for (const h of ['b', 'c', 'd']) await store.images.addHost('chain-a', h);
+  await store.images.addHost('chain-f', 'b');
+  await svc.remove('one:1', 'p1', false);
+  assert.deepEqual(seen, { b: 1, c: 1, d: 0 }, 'b and c asked (c failed: logged, not thrown), d is down');
+  assert.deepEqual(collected.at(-1)!.manifestDigests, [`sha256:${hex('f')}`], 'a is no longer kept');
+  assert.deepEqual(await store.images.hosts('chain-a'), [], 'no host is recorded as holding what went');
+  assert.deepEqual((await store.images.hosts('chain-f')).sort(), ['b', 'local'], 'what stays stays recorded');
+  assert.equal(await store.images.get(a), undefined);
+  const gc = await svc.collectGarbage();
+  assert.equal(gc.bytesFreed, 7 + 100, 'the embedded agent\'s and b\'s figures are summed');
+});

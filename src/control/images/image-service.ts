@@ -14,6 +14,10 @@ import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { HostAgents } from '../compute/hosts.js';
 import type { ImageLocality } from '../scheduler/types.js';
 import { carryBlobs, sourcesFor } from './carry.js';
+import { withDeadline } from '../compute/deadline.js';
+
+/** How long one other host's garbage collection may take before the collection goes on without it. */
+const REMOTE_GC_DEADLINE_MS = 60_000;
 
 const log = logger('images');
 
@@ -336,9 +340,13 @@ export class ImageService {
           dropped.push(i);
         }
       }
-      // the embedded agent's collection below frees their layers: it no longer holds them (other hosts keep theirs for now)
+      // every host's collection below frees their layers: no host holds them any more (a host
+      // that does not answer now frees them at a later collection: what is kept is named, not what goes)
       const keptChains = new Set(keptImages.map((i) => i.chainId));
-      if (this.localName) for (const i of dropped) if (!keptChains.has(i.chainId)) await this.store.images.removeHost(this.localName, i.chainId);
+      for (const i of dropped) {
+        if (keptChains.has(i.chainId)) continue;
+        for (const host of await this.store.images.hosts(i.chainId)) await this.store.images.removeHost(host, i.chainId);
+      }
       // disk images' blobs: named by a project, or backing a VM's disk
       const diskBlobs = new Set([
         ...(await this.store.disks.list()).map((d) => d.digest),
@@ -346,13 +354,28 @@ export class ImageService {
       ]);
       return { kept: keptImages, disks: diskBlobs };
     });
-    // other hosts' layers are not collected yet (their image_hosts rows stay true meanwhile)
-    if (this.localName === undefined) return { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
-    return this.agent.garbageCollect({
+    const keep = {
       manifestDigests: kept.map((i) => i.digest),
       indexDigests: kept.flatMap((i) => (i.indexDigest ? [i.indexDigest] : [])),
       chainIds: kept.map((i) => i.chainId),
       blobs: [...disks],
-    });
+    };
+    const total = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
+    const add = (r: { blobsRemoved: number; snapshotsRemoved: number; bytesFreed: number }) => {
+      total.blobsRemoved += r.blobsRemoved;
+      total.snapshotsRemoved += r.snapshotsRemoved;
+      total.bytesFreed += r.bytesFreed;
+    };
+    if (this.localName !== undefined) add(await this.agent.garbageCollect(keep));
+    // the other hosts at once, each bounded; one that fails or does not answer is collected next time
+    const others = (this.hosts?.names() ?? []).filter((h) => h !== this.localName && !this.hosts?.isDown?.(h));
+    await Promise.all(others.map(async (host) => {
+      try {
+        add(await withDeadline(this.hosts!.get(host).garbageCollect(keep), REMOTE_GC_DEADLINE_MS, `host ${host}'s garbage collection`));
+      } catch (e) {
+        log.warn('garbage collection on a host failed; it runs again at the next collection', { host, error: String(e) });
+      }
+    }));
+    return total;
   }
 }

@@ -200,9 +200,51 @@ class ProjectCounts {
   }
 }
 
+/**
+ * Server groups and their members per host, as last read (at most maxAgeMs old) plus this
+ * process's own claims since: one read per group and period instead of two per placement. Only
+ * steers the choice: a hard policy is checked again by the claim, under the group's lock, and a
+ * refusal brings the members' hosts back here.
+ */
+class GroupView {
+  private readonly entries = new Map<string, { group: ServerGroupRecord | undefined; counts: Map<string, number>; readAt: number }>();
+  private readonly reading = new Map<string, Promise<{ group: ServerGroupRecord | undefined; counts: Map<string, number> }>>();
+  constructor(private readonly repo: PlacementRepo, private readonly maxAgeMs: number) {}
+
+  async get(id: string): Promise<{ group: ServerGroupRecord | undefined; counts: Map<string, number> }> {
+    const e = this.entries.get(id);
+    if (e && performance.now() - e.readAt <= this.maxAgeMs) return e;
+    let r = this.reading.get(id);
+    if (!r) {
+      const readAt = performance.now();
+      r = (async () => {
+        const [group, counts] = await Promise.all([this.repo.group(id), this.repo.countsByHost({ groupId: id })]);
+        const entry = { group, counts, readAt };
+        if (this.entries.size >= MAX_PROJECT_COUNTS) this.entries.delete(this.entries.keys().next().value!);
+        if (group) this.entries.set(id, entry); // a group not found is asked again (it may be made now)
+        return entry;
+      })().finally(() => this.reading.delete(id));
+      this.reading.set(id, r);
+    }
+    return r;
+  }
+
+  apply(id: string, host: string, sign: 1 | -1): void {
+    const counts = this.entries.get(id)?.counts;
+    if (counts) counts.set(host, Math.max(0, (counts.get(host) ?? 0) + sign));
+  }
+
+  /** A claim refused by the group's policy: these hosts hold members now. */
+  membersOn(id: string, hosts: readonly string[]): void {
+    const counts = this.entries.get(id)?.counts;
+    if (counts) for (const h of hosts) counts.set(h, Math.max(1, counts.get(h) ?? 0));
+  }
+}
+
 export class FilterScheduler implements Scheduler {
   private readonly view: UsageView;
   private readonly projectCounts: ProjectCounts;
+  private readonly groups: GroupView;
   /** Hosts whose usage row this process made or is making (a claim locks that row). */
   private readonly hostRows = new Map<string, Promise<void>>();
   private readonly multipliers: WeigherMultipliers;
@@ -225,6 +267,7 @@ export class FilterScheduler implements Scheduler {
   ) {
     this.view = new UsageView(store.placement, options.usageMaxAgeMs ?? 1000);
     this.projectCounts = new ProjectCounts(store.placement, options.usageMaxAgeMs ?? 1000);
+    this.groups = new GroupView(store.placement, options.usageMaxAgeMs ?? 1000);
     this.multipliers = { ...DEFAULT_MULTIPLIERS, ...options.weights };
     this.filters = options.filters ?? DEFAULT_FILTERS;
     this.staticFilters = this.filters.filter((f) => f.static);
@@ -259,6 +302,7 @@ export class FilterScheduler implements Scheduler {
       }
       if (outcome.claimed) {
         this.projectCounts.apply(req.projectId, host, 1);
+        if (ctx.group) this.groups.apply(ctx.group.id, host, 1);
         return { host };
       }
       if (outcome.reason === 'capacity') {
@@ -266,6 +310,7 @@ export class FilterScheduler implements Scheduler {
       } else {
         this.view.apply(host, need, -1);
         ctx.groupHosts = new Set(outcome.memberHosts);
+        if (ctx.group) this.groups.membersOn(ctx.group.id, outcome.memberHosts);
       }
     }
     throw new Unavailable(`placement of ${req.consumerId}: claims kept being refused by concurrent placements (${attempts} attempts); try again`);
@@ -284,6 +329,7 @@ export class FilterScheduler implements Scheduler {
     if (released) {
       this.view.apply(released.host, released, -1);
       this.projectCounts.apply(released.projectId, released.host, -1);
+      if (released.groupId) this.groups.apply(released.groupId, released.host, -1);
     }
   }
 
@@ -297,6 +343,10 @@ export class FilterScheduler implements Scheduler {
       this.view.apply(moved.host, moved, 1);
       this.projectCounts.apply(moved.projectId, before.host, -1);
       this.projectCounts.apply(moved.projectId, moved.host, 1);
+      if (moved.groupId) {
+        this.groups.apply(moved.groupId, before.host, -1);
+        this.groups.apply(moved.groupId, moved.host, 1);
+      }
     }
   }
 
@@ -376,23 +426,29 @@ export class FilterScheduler implements Scheduler {
   }
 
   private async context(req: PlacementRequest): Promise<RequestContext> {
-    const group = req.group === undefined ? undefined : await this.group(req);
     const none = new Map<string, number>();
-    const [projectCounts, groupCounts, imageHosts] = await Promise.all([
+    const [grouped, projectCounts, imageHosts] = await Promise.all([
+      req.group === undefined ? undefined : this.groupWithCounts(req),
       this.multipliers['project-spread'] !== 0 ? this.projectCounts.get(req.projectId) : none,
-      group ? this.store.placement.countsByHost({ groupId: group.id }) : none,
       req.imageChainId !== undefined && this.options.imageLocality ? this.options.imageLocality(req.imageChainId) : undefined,
     ]);
+    const group = grouped?.group;
+    const groupCounts = grouped?.counts ?? none;
     return {
       ...(group ? { group } : {}), groupHosts: new Set(groupCounts.keys()), groupCounts, projectCounts, ...(imageHosts ? { imageHosts } : {}),
     };
   }
 
   private async group(req: PlacementRequest): Promise<ServerGroupRecord> {
-    const g = await this.store.placement.group(req.group!);
+    return (await this.groupWithCounts(req)).group;
+  }
+
+  /** The request's group (checked to be its project's) and its members per host, from the group view. */
+  private async groupWithCounts(req: PlacementRequest): Promise<{ group: ServerGroupRecord; counts: Map<string, number> }> {
+    const { group: g, counts } = await this.groups.get(req.group!);
     if (!g) throw new NotFound(`server group ${req.group} does not exist`);
     if (g.projectId !== req.projectId) throw new InvalidArgument(`server group ${g.name} belongs to another project`);
-    return g;
+    return { group: g, counts };
   }
 
   /**
@@ -411,7 +467,8 @@ export class FilterScheduler implements Scheduler {
     const n = hosts.length;
     if (n === 0) return undefined;
     const passed: HostState[] = [];
-    // one object filled per host looked at; a copy is kept only of those that pass
+    // one object filled per host looked at; a copy is kept only of those that pass (reusing pooled
+    // copies across placements measured no faster)
     const scratch: HostState = { candidate: hosts[0]!, limits: this.limitsOf(hosts[0]!), usage: zeroUsage(''), projectInstances: 0, groupMembers: 0 };
     const consider = (c: HostCandidate) => {
       scratch.candidate = c;

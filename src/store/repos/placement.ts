@@ -152,12 +152,21 @@ function fits(u: HostUsageRecord, need: { millicpus: number; memoryBytes: number
 
 const INSERT_ALLOCATION_COLUMNS = 'consumer_id, host, project_id, group_id, millicpus, memory_bytes, disk_bytes, created_at';
 
+type HardGroup = { id: string; policy: 'affinity' | 'anti-affinity' };
+
+/** Whether a hard policy refuses `host` given the hosts of the group's other members. */
+function groupRefuses(policy: HardGroup['policy'], memberHosts: readonly string[], host: string): boolean {
+  return policy === 'anti-affinity' ? memberHosts.includes(host) : memberHosts.some((h) => h !== host);
+}
+
 /** Claims per batched statement (12 parameters each). */
 const MAX_BATCH = 64;
 
 interface PendingClaim {
   c: ClaimRequest;
   limits: HostLimits;
+  /** The claim's hard group policy, checked in the batch under the group's row lock. */
+  hard: HardGroup | undefined;
   resolve: (o: ClaimOutcome) => void;
   reject: (e: unknown) => void;
 }
@@ -168,8 +177,13 @@ export class SqlPlacementRepo implements PlacementRepo {
   async claim(c: ClaimRequest, limits: HostLimits): Promise<ClaimOutcome> {
     const policy = c.group?.policy;
     const hard = c.group && policy && isHardPolicy(policy) ? { id: c.group.id, policy } : undefined;
-    // PostgreSQL without a hard policy: batched with the claims asked for at the same time
-    if (this.db.dialect === 'postgres' && !hard) return this.batched(c, limits);
+    // PostgreSQL: batched with the claims asked for at the same time
+    if (this.db.dialect === 'postgres') return this.batched(c, limits, hard);
+    return this.claimInTransaction(c, limits, hard);
+  }
+
+  /** One claim in a transaction of its own: the group's lock and policy first when it has a hard one. */
+  private async claimInTransaction(c: ClaimRequest, limits: HostLimits, hard: HardGroup | undefined): Promise<ClaimOutcome> {
     try {
       return await this.db.rowLockTransaction(async () => {
         if (hard) {
@@ -200,9 +214,9 @@ export class SqlPlacementRepo implements PlacementRepo {
    * are bound by. A batch the database refuses as a whole (a duplicate consumer, a missing
    * group) is retried claim by claim, so each gets its own answer.
    */
-  private batched(c: ClaimRequest, limits: HostLimits): Promise<ClaimOutcome> {
+  private batched(c: ClaimRequest, limits: HostLimits, hard: HardGroup | undefined): Promise<ClaimOutcome> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ c, limits, resolve, reject });
+      this.pending.push({ c, limits, hard, resolve, reject });
       if (this.pending.length === 1) setImmediate(() => this.flush());
     });
   }
@@ -215,11 +229,14 @@ export class SqlPlacementRepo implements PlacementRepo {
       const rest: PendingClaim[] = [];
       const hosts = new Set<string>();
       const consumers = new Set<string>();
+      // one member per hard group: the policy is checked against members committed before the batch
+      const groups = new Set<string>();
       for (const p of this.pending) {
-        if (batch.length < MAX_BATCH && !hosts.has(p.c.host) && !consumers.has(p.c.consumerId)) {
+        if (batch.length < MAX_BATCH && !hosts.has(p.c.host) && !consumers.has(p.c.consumerId) && !(p.hard && groups.has(p.hard.id))) {
           batch.push(p);
           hosts.add(p.c.host);
           consumers.add(p.c.consumerId);
+          if (p.hard) groups.add(p.hard.id);
         } else {
           rest.push(p);
         }
@@ -230,20 +247,44 @@ export class SqlPlacementRepo implements PlacementRepo {
   }
 
   private async runBatch(batch: PendingClaim[]): Promise<void> {
-    const alone = (p: PendingClaim) => this.claimAlone(p.c, p.limits).then(p.resolve, p.reject);
+    const alone = (p: PendingClaim) => (p.hard ? this.claimInTransaction(p.c, p.limits, p.hard) : this.claimAlone(p.c, p.limits)).then(p.resolve, p.reject);
     if (batch.length === 1) return alone(batch[0]!);
     let outcomes: Map<string, ClaimOutcome>;
     let unbatched: PendingClaim[] = [];
     try {
       outcomes = await this.db.rowLockTransaction(async () => {
+        // group rows before host rows, each in name order: the order every claim locks in (no
+        // deadlock). NO KEY UPDATE, as the single claim's UPDATE takes: it does not block the key
+        // share lock a plain claim's insert takes on its group row (the foreign key)
+        const groupIds = [...new Set(batch.flatMap((p) => (p.hard ? [p.hard.id] : [])))].sort();
+        const lockedGroups = new Set(groupIds.length ? (await this.db.all(
+          `SELECT id FROM server_groups WHERE id IN (${groupIds.map(() => '?').join(', ')}) ORDER BY id FOR NO KEY UPDATE`, groupIds,
+        )).map((r) => str(r.id)) : []);
         const hosts = batch.map((p) => p.c.host);
         const locked = new Set((await this.db.all(
           `SELECT host FROM placement_hosts WHERE host IN (${hosts.map(() => '?').join(', ')}) ORDER BY host FOR UPDATE`, hosts,
         )).map((r) => str(r.host)));
-        // a host without its usage row yet: that claim goes alone (it makes the row)
-        unbatched = batch.filter((p) => !locked.has(p.c.host));
-        const claims = batch.filter((p) => locked.has(p.c.host));
+        // a host without its usage row yet (the claim makes it) or a group that is gone (NotFound): that claim goes alone
+        unbatched = batch.filter((p) => !locked.has(p.c.host) || (p.hard !== undefined && !lockedGroups.has(p.hard.id)));
         const out = new Map<string, ClaimOutcome>();
+        let claims = batch.filter((p) => !unbatched.includes(p));
+        if (lockedGroups.size) {
+          // read after the locks: every member claim made before ours has committed
+          const memberHosts = new Map<string, string[]>();
+          for (const r of await this.db.all(
+            `SELECT DISTINCT group_id, host FROM placement_allocations WHERE group_id IN (${[...lockedGroups].map(() => '?').join(', ')}) ORDER BY host`, [...lockedGroups],
+          )) {
+            const g = str(r.group_id);
+            memberHosts.set(g, [...(memberHosts.get(g) ?? []), str(r.host)]);
+          }
+          claims = claims.filter((p) => {
+            if (!p.hard) return true;
+            const members = memberHosts.get(p.hard.id) ?? [];
+            if (!groupRefuses(p.hard.policy, members, p.c.host)) return true;
+            out.set(p.c.consumerId, { claimed: false, reason: 'group', memberHosts: members });
+            return false;
+          });
+        }
         if (claims.length === 0) return out;
         const row = '(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT))';
         const made = await this.db.all(
@@ -329,8 +370,7 @@ export class SqlPlacementRepo implements PlacementRepo {
     const memberHosts = (await this.db.all(
       'SELECT DISTINCT host FROM placement_allocations WHERE group_id = ? AND consumer_id <> ? ORDER BY host', [groupId, consumerId],
     )).map((r) => str(r.host));
-    const refused = policy === 'anti-affinity' ? memberHosts.includes(host) : memberHosts.some((h) => h !== host);
-    return refused ? memberHosts : undefined;
+    return groupRefuses(policy, memberHosts, host) ? memberHosts : undefined;
   }
 
   private async claimError(e: unknown, c: ClaimRequest): Promise<unknown> {
