@@ -20,6 +20,7 @@ import type {
 import type { VmInspect, VmLifecycle } from './drivers/vm/vm-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
 import type { EndpointSpec, NetworkSpec, PortMapping } from './network/network-driver.js';
+import type { OverlayPeer } from './network/overlay.js';
 
 export interface AgentImage {
   /** Normalised reference it was pulled or imported as, when known. */
@@ -283,6 +284,14 @@ export interface NetworkHost {
   disconnectContainer(id: string, networkId: string): Promise<void>;
   /** Daemon start: endpoints of containers that are gone removed, networks not listed removed, the rest laid out again. */
   reconcileNetworks(liveContainers: string[], liveNetworks: string[]): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }>;
+  /**
+   * A network spanning hosts (docs/overlay.md): its VXLAN device here (VNI `vni`, outer source
+   * `localUnderlayIp` unless the host was given its own) holds exactly `peers`, the network's
+   * endpoints on other hosts; none removes the device. Idempotent: the whole set every time.
+   */
+  setOverlayPeers(networkId: string, vni: number, localUnderlayIp: string, peers: OverlayPeer[]): Promise<void>;
+  /** The host's underlay address: its --underlay-ip, else its source address toward `toward` (another host's), else undefined. */
+  underlayAddress(toward?: string): Promise<string | undefined>;
 }
 
 /** VMs under the host's QEMU driver. */

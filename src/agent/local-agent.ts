@@ -42,6 +42,7 @@ import { VmDriver } from './drivers/vm/vm-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
 import { NetworkHost } from './network/network-host.js';
+import type { OverlayPeer } from './network/overlay.js';
 import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
@@ -129,6 +130,8 @@ export class LocalAgent implements Agent {
     });
     this.network = new NetworkHost({
       stateDir: options.networkDir, dnsPort: options.dnsPort, nftTable: options.nftTable,
+      // nimbusd agent --underlay-ip sets it (main.ts); the embedded agent takes it from the environment
+      ...(process.env.NIMBUS_UNDERLAY_IP ? { underlayIp: process.env.NIMBUS_UNDERLAY_IP } : {}),
       ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
     });
     this.warm = new WarmPool(
@@ -897,9 +900,15 @@ export class LocalAgent implements Agent {
   disconnectContainer(id: string, networkId: string) {
     return this.network.disconnect(id, networkId);
   }
+  setOverlayPeers(networkId: string, vni: number, localUnderlayIp: string, peers: OverlayPeer[]): Promise<void> {
+    return this.network.setOverlayPeers(networkId, vni, localUnderlayIp, peers);
+  }
+  underlayAddress(toward?: string): Promise<string | undefined> {
+    return this.network.underlayAddress(toward);
+  }
   async reconcileNetworks(liveContainers: string[], liveNetworks: string[]) {
     // at start: files a SIGKILLed predecessor left half-written (interrupted-writes.ts)
-    await removeInterruptedWrites([join(this.options.containersDir, 'requests'), join(this.options.networkDir, 'endpoints'), join(this.options.networkDir, 'networks')]);
+    await removeInterruptedWrites([join(this.options.containersDir, 'requests'), join(this.options.networkDir, 'endpoints'), join(this.options.networkDir, 'networks'), join(this.options.networkDir, 'overlays')]);
     await removeEarlierLeftovers(join(this.options.contentDir, 'ingest')); // a pull killed mid-blob
     for (const s of ['overlayfs', 'native']) await removeEarlierLeftovers(join(this.options.snapshotsDir, s), /^metadata\.json\..+\.tmp$/);
     return this.network.reconcile(new Set(liveContainers), new Set(liveNetworks));

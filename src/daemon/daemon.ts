@@ -249,6 +249,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   }
   if (tcpPort !== undefined) await replica.registry.setApiUrl(`tcp://${options.tcp!.slice(0, options.tcp!.lastIndexOf(':'))}:${tcpPort}`);
   containers.watchHosts(); // exits from agents registered (again) from now on
+  networks.watchHosts(); // and their networks and overlays laid out again
   // The work that must happen once across replicas (docs/replicas.md).
   replica.whileLeader('reconcile', () => {
     if (reconciledThisTerm) reconciledThisTerm = false;
@@ -286,6 +287,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
       state = 'stopping';
       // Containers are not stopped: their monitors keep them (and their logs) alive without us.
       containers.shutdown();
+      networks.stopWatchingHosts();
       await api.close();
       await replica.close(); // leader tasks stop (the reclaimer too) before the lock goes
       await agents.close();

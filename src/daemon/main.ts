@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** nimbusd entry point: flags → options → startDaemon; SIGTERM/SIGINT stop it cleanly. */
 import { parseArgs } from 'node:util';
+import { isIPv4 } from 'node:net';
 import { setLogLevel, type Level } from '../core/log.js';
 import { InvalidArgument, isNimbusError } from '../core/errors.js';
 import { startAgentProcess } from './agent-process.js';
@@ -44,6 +45,9 @@ Environment only:
                                         forwards other names (the host's resolv.conf; empty: nowhere)
   NIMBUS_WARM_POOL, NIMBUS_WARM_IMAGES  containers created ahead of demand (2 per image, 4 images)
   NIMBUS_VM_ACCEL                       auto | kvm | tcg
+  NIMBUS_UNDERLAY_IP                    the embedded host's address for VXLAN between hosts (user networks
+                                        spanning hosts, docs/overlay.md); default: its source address toward
+                                        the other hosts
 
 First start creates the user "admin" with the password in NIMBUS_ADMIN_PASSWORD,
 or a generated one printed once on stderr. Unix-socket callers without a token
@@ -72,6 +76,8 @@ Options (environment variable in brackets):
                            redeemed on first start for the agent's certificate, kept in HOME/tls
                            [NIMBUS_AGENT_JOIN_TOKEN]
   --migration-address IP   where it receives live migrations [NIMBUS_MIGRATION_ADDRESS] (127.0.0.1)
+  --underlay-ip IP         its IPv4 address for VXLAN between hosts (networks spanning hosts)
+                           [NIMBUS_UNDERLAY_IP] (default: the address the control plane reaches it by)
   --vm-host-dir DIR        a host directory VMs may be booted from by path (repeatable) [NIMBUS_VM_HOST_DIRS]
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL]
   -h, --help               show this help
@@ -105,6 +111,7 @@ async function agentMain(argv: string[]): Promise<void> {
       'control-plane': { type: 'string' },
       'join-token': { type: 'string' },
       'migration-address': { type: 'string' },
+      'underlay-ip': { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -122,6 +129,12 @@ async function agentMain(argv: string[]): Promise<void> {
   const advertise = values.advertise;
   const joinToken = values['join-token'] ?? process.env.NIMBUS_AGENT_JOIN_TOKEN;
   const migrationAddress = values['migration-address'];
+  const underlayIp = values['underlay-ip'];
+  if (underlayIp !== undefined) {
+    if (!isIPv4(underlayIp)) throw new InvalidArgument(`--underlay-ip must be an IPv4 address, got "${underlayIp}"`);
+    // the agent's network host reads it where it is made (local-agent.ts), as the embedded one does
+    process.env.NIMBUS_UNDERLAY_IP = underlayIp;
+  }
   const vmHostDirs = values['vm-host-dir'];
   const running = await startAgentProcess({
     name,

@@ -5,6 +5,9 @@
  */
 import { parseCidr, type EndpointSpec, type IpPlan, type NetworkDriver, type NetworkSpec } from './network-driver.js';
 
+/** The network's MTU on an interface made for it (an overlay's is below the underlay's by the encapsulation). */
+const mtu = (n: NetworkSpec): string[] => (n.mtu ? ['mtu', String(n.mtu)] : []);
+
 export const bridgeDriver: NetworkDriver = {
   name: 'bridge',
   createPlan(n: NetworkSpec): IpPlan {
@@ -12,7 +15,7 @@ export const bridgeDriver: NetworkDriver = {
     return {
       sysctls: n.internal ? {} : { 'net/ipv4/ip_forward': '1' },
       host: [
-        ['link', 'add', n.device, 'type', 'bridge'],
+        ['link', 'add', n.device, ...mtu(n), 'type', 'bridge'],
         ['addr', 'replace', `${n.gateway}/${prefix}`, 'dev', n.device],
         ['link', 'set', n.device, 'up'],
       ],
@@ -30,7 +33,7 @@ export const bridgeDriver: NetworkDriver = {
       // route_localnet: loopback connections to published ports are DNATed onto the bridge
       sysctls: { [`net/ipv4/conf/${n.device}/route_localnet`]: '1' },
       host: [
-        ['link', 'add', e.hostIf, 'type', 'veth', 'peer', 'name', e.ifName, 'netns', e.netns],
+        ['link', 'add', e.hostIf, ...mtu(n), 'type', 'veth', 'peer', 'name', e.ifName, ...mtu(n), 'netns', e.netns],
         ['link', 'set', e.hostIf, 'master', n.device, 'up'],
       ],
       inNetns: { netns: e.netns, lines: [['link', 'set', 'lo', 'up']] },
@@ -49,7 +52,7 @@ export const bridgeDriver: NetworkDriver = {
   tapPlan(n: NetworkSpec, e: EndpointSpec): IpPlan {
     return {
       sysctls: { [`net/ipv4/conf/${n.device}/route_localnet`]: '1' },
-      host: [['tuntap', 'add', 'dev', e.hostIf, 'mode', 'tap'], ['link', 'set', e.hostIf, 'master', n.device, 'up']],
+      host: [['tuntap', 'add', 'dev', e.hostIf, 'mode', 'tap'], ['link', 'set', e.hostIf, ...mtu(n), 'master', n.device, 'up']],
     };
   },
   detachPlan(_n: NetworkSpec, e: EndpointSpec): IpPlan {

@@ -103,6 +103,13 @@ export async function nftList(table: string): Promise<string | undefined> {
   return r.code === 0 ? r.stdout : undefined;
 }
 
+/** Names of the VXLAN devices in this network namespace. */
+export async function vxlanLinks(): Promise<string[]> {
+  const r = await run('ip', ['-o', 'link', 'show', 'type', 'vxlan']);
+  if (r.code !== 0) return [];
+  return r.stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0] ?? '').filter(Boolean);
+}
+
 /** The host's IPv4 routes (this network namespace's /proc/net/route): destination and device. */
 export function hostRoutes(): Array<{ subnet: string; dev: string }> {
   const out: Array<{ subnet: string; dev: string }> = [];

@@ -23,6 +23,8 @@ export interface NetworkSpec {
   internal: boolean;
   /** The host interface that carries it: the bridge (bridge) or the anchor holding the gateway (route). ≤ 15 characters. */
   device: string;
+  /** Interfaces' MTU on the network (absent: the kernel's 1500); lowered for a network that may span hosts (overlay.ts). */
+  mtu?: number;
 }
 
 /** One container's interface on one network. */

@@ -5,7 +5,8 @@
  * plane decides (records, addresses, ports); this applies and remembers, so a
  * restarted daemon can tear down or re-render exactly what exists.
  *
- * State on disk (under stateDir): networks/<id>.json, endpoints/<container id>.json.
+ * State on disk (under stateDir): networks/<id>.json, endpoints/<container id>.json,
+ * overlays/<network id>.json (a network's VXLAN device and remote peers, overlay.ts).
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
@@ -22,6 +23,7 @@ import { resolvConfNameservers } from './etc-files.js';
 import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, portsClash, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
 import { NFT_TABLE, deleteTableScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
 import { replaceStateFile } from '../../core/state-files.js';
+import { checkPeers, ensureVxlan, readVxlan, removeVxlan, setPeers, sourceAddressToward, vxlanDeviceName, type OverlayPeer } from './overlay.js';
 
 const log = logger('agent.network');
 
@@ -52,6 +54,15 @@ export interface AttachRequest {
   ports: PortMapping[];
 }
 
+/** A network's overlay on this host as last pushed by the control plane. */
+interface OverlayFile {
+  networkId: string;
+  device: string;
+  vni: number;
+  local: string;
+  peers: OverlayPeer[];
+}
+
 interface EndpointsFile {
   containerId: string;
   netns: string;
@@ -71,10 +82,14 @@ export interface NetworkHostOptions {
   upstreams?: string[];
   /** The nftables table (inet family) this host renders (default "nimbus"); also the prefix of its namespaces' names. */
   nftTable?: string;
+  /** This host's address on the underlay (VXLAN's outer source); absent: the one the control plane reaches it by. */
+  underlayIp?: string;
 }
 
 export class NetworkHost {
   private readonly networks = new Map<string, NetworkSpec>();
+  /** Networks that span hosts: their VXLAN device and peers here (by network id). */
+  private readonly overlays = new Map<string, OverlayFile>();
   private readonly containers = new Map<string, EndpointsFile>();
   /** Warm containers whose interface is made, waiting for an address (prewire()). */
   private readonly prewired = new Map<string, EndpointsFile>();
@@ -93,6 +108,10 @@ export class NetworkHost {
     for (const f of this.readDir('networks')) {
       const n = JSON.parse(f) as NetworkSpec;
       this.networks.set(n.id, n);
+    }
+    for (const f of this.readDir('overlays')) {
+      const o = JSON.parse(f) as OverlayFile;
+      this.overlays.set(o.networkId, o);
     }
     for (const f of this.readDir('endpoints')) {
       const e = JSON.parse(f) as EndpointsFile;
@@ -170,11 +189,13 @@ export class NetworkHost {
         for (const c of this.containers.values()) {
           for (const e of c.endpoints) if (e.networkId === spec.id && e.dnsNames.some((n) => n.toLowerCase() === name)) out.push(e.address);
         }
+        // the network's endpoints on other hosts, as the control plane pushed them
+        for (const p of this.overlays.get(spec.id)?.peers ?? []) if (p.names?.some((n) => n.toLowerCase() === name)) out.push(p.ip);
         return out.length ? out : undefined;
       },
       reverse: (ip: string) => {
         for (const c of this.containers.values()) for (const e of c.endpoints) if (e.networkId === spec.id && e.address === ip) return e.dnsNames[0];
-        return undefined;
+        return this.overlays.get(spec.id)?.peers.find((p) => p.ip === ip)?.names?.[0];
       },
     };
     try {
@@ -192,11 +213,61 @@ export class NetworkHost {
       const users = [...this.containers.values()].filter((c) => c.endpoints.some((e) => e.networkId === id)).map((c) => c.containerId);
       if (users.length) throw new Conflict(`network ${spec.name} has ${users.length} endpoint(s) on this host`, { containers: users });
       await this.dns.close(spec.gateway, this.o.dnsPort ?? 53);
+      // the VXLAN port outlives its bridge otherwise (deleting a bridge only frees its ports)
+      await this.dropOverlay(id);
       await kernel.applyUndo(driverFor(spec.driver).removePlan(spec), { links: [spec.device] });
       this.networks.delete(id);
       await this.forget('networks', id);
       await this.renderTable();
     });
+  }
+
+  // ------------------------------------------------------------ overlay (networks across hosts)
+
+  /**
+   * The network's VXLAN device here holds exactly these remote endpoints (FDB and neighbour
+   * entries); none: the device goes. Idempotent: the control plane pushes the whole set after
+   * any change. `local` is this host's underlay address as the control plane knows it
+   * (the host's own --underlay-ip wins).
+   */
+  setOverlayPeers(networkId: string, vni: number, local: string, peers: OverlayPeer[]): Promise<void> {
+    return this.serial(async () => {
+      const spec = this.networks.get(networkId);
+      if (!spec) throw new NotFound(`network ${networkId} is not on this host`);
+      if (spec.driver !== 'bridge') throw new InvalidArgument(`network ${spec.name} is routed (driver ${spec.driver}): only bridge networks span hosts over VXLAN`);
+      checkPeers(vni, peers);
+      if (!peers.length) return this.dropOverlay(networkId);
+      const file: OverlayFile = { networkId, device: vxlanDeviceName(networkId), vni, local: this.o.underlayIp ?? local, peers };
+      const hadTable = this.overlays.size > 0;
+      await ensureVxlan({ device: file.device, vni, local: file.local, bridge: spec.device });
+      await setPeers(file.device, peers);
+      this.overlays.set(networkId, file);
+      await this.save('overlays', networkId, file);
+      if (!hadTable) await this.renderTable(); // instances' VXLAN to the hosts is dropped while an overlay exists
+    });
+  }
+
+  /** The network's overlay as this host has it (tests, inspection). */
+  overlayOf(networkId: string): { device: string; vni: number; local: string; peers: OverlayPeer[] } | undefined {
+    const o = this.overlays.get(networkId);
+    return o && { device: o.device, vni: o.vni, local: o.local, peers: [...o.peers] };
+  }
+
+  /** This host's underlay address: the configured one, else the kernel's source toward another host's. */
+  async underlayAddress(toward?: string): Promise<string | undefined> {
+    if (this.o.underlayIp) return this.o.underlayIp;
+    return toward ? sourceAddressToward(toward) : undefined;
+  }
+
+  private async dropOverlay(networkId: string): Promise<void> {
+    const o = this.overlays.get(networkId);
+    const device = o?.device ?? vxlanDeviceName(networkId);
+    if (!o && !kernel.linkExists(device)) return; // never spanned hosts here: no process spawned for it
+    await removeVxlan(device);
+    if (!o) return;
+    this.overlays.delete(networkId);
+    await this.forget('overlays', networkId);
+    if (!this.overlays.size) await this.renderTable();
   }
 
   // ------------------------------------------------------------ endpoints
@@ -443,6 +514,7 @@ export class NetworkHost {
     const ruleset = renderRuleset({
       networks: [...this.networks.values()].map((spec) => ({ spec, driver: driverFor(spec.driver), endpoints: endpoints.filter((e) => e.networkId === spec.id) })),
       ports: [...this.containers.values()].flatMap((c) => c.ports),
+      overlay: this.overlays.size > 0,
     }, this.table);
     await kernel.nft(replaceTableScript(ruleset, this.table));
   }
@@ -481,10 +553,36 @@ export class NetworkHost {
         }
         if (!kernel.linkExists(spec.device)) await kernel.applyPlan(driverFor(spec.driver).createPlan(spec));
       }
+      // overlays of networks this host no longer has go; the others are made again if the host lost them
+      for (const o of [...this.overlays.values()]) {
+        const spec = this.networks.get(o.networkId);
+        if (!spec) {
+          await this.dropOverlay(o.networkId).catch((e: unknown) => log.warn('removing an orphaned overlay', { network: o.networkId, error: String(e) }));
+          continue;
+        }
+        try {
+          await ensureVxlan({ device: o.device, vni: o.vni, local: o.local, bridge: spec.device });
+          await setPeers(o.device, o.peers);
+        } catch (e) {
+          log.warn('an overlay could not be laid out again; the next push from the control plane retries', { network: spec.name, error: String(e) });
+        }
+      }
+      await this.removeStrayVxlans();
       await this.renderTable();
       for (const spec of this.networks.values()) await this.listenDns(spec);
       return { endpointsRemoved, networksRemoved, netnsRemoved };
     });
+  }
+
+  /** VXLAN ports of this host's bridges that no overlay record explains (a crash between make and record). */
+  private async removeStrayVxlans(): Promise<void> {
+    const bridges = new Set([...this.networks.values()].map((n) => n.device));
+    const known = new Set([...this.overlays.values()].map((o) => o.device));
+    for (const name of await kernel.vxlanLinks()) {
+      if (known.has(name)) continue;
+      const dev = await readVxlan(name);
+      if (dev?.master && bridges.has(dev.master)) await removeVxlan(name).catch(() => undefined);
+    }
   }
 
   async close(): Promise<void> {

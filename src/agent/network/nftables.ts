@@ -11,6 +11,7 @@
  *                     internal one, no source address a network does not own
  */
 import type { EndpointSpec, NetworkDriver, NetworkSpec, PortMapping } from './network-driver.js';
+import { VXLAN_PORT } from './overlay.js';
 
 /** The table's default name (a second daemon on one host, as in tests, names its own). */
 export const NFT_TABLE = 'nimbus';
@@ -24,6 +25,8 @@ export interface PublishedPort extends PortMapping {
 export interface RulesetInput {
   networks: Array<{ spec: NetworkSpec; driver: NetworkDriver; endpoints: EndpointSpec[] }>;
   ports: PublishedPort[];
+  /** The host carries overlays (VXLAN): instances must not send VXLAN to any host, or they could inject frames into another network's VNI. */
+  overlay?: boolean;
 }
 
 const q = (s: string) => JSON.stringify(s);
@@ -38,6 +41,12 @@ export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
   const post: string[] = [];
   const fwd: string[] = ['\t\tct state established,related accept'];
   const allSubnets = input.networks.map((n) => n.spec.subnet);
+  const inputRules: string[] = [];
+  if (input.overlay && allSubnets.length) {
+    const vxlan = `ip saddr ${set(allSubnets)} udp dport ${VXLAN_PORT} drop comment "overlay: no VXLAN from instances"`;
+    fwd.unshift(`\t\t${vxlan}`); // before the established accept: no state lets it through
+    inputRules.push(`\t\t${vxlan}`);
+  }
   for (const { spec: n, driver, endpoints } of input.networks) {
     const ifs = driver.interfaces(n, endpoints).map(q);
     if (driver.masquerades(n)) post.push(`\t\tip saddr ${n.subnet} ip daddr != ${n.subnet} masquerade`);
@@ -69,6 +78,7 @@ export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
     '\t\ttype nat hook postrouting priority srcnat; policy accept;',
     ...post,
     '\t}',
+    ...(inputRules.length ? ['\tchain input {', '\t\ttype filter hook input priority filter; policy accept;', ...inputRules, '\t}'] : []),
     '\tchain forward {',
     '\t\ttype filter hook forward priority filter; policy accept;',
     ...fwd,

@@ -88,3 +88,16 @@ test('/etc/hosts and resolv.conf: own address, extra hosts, the embedded DNS or 
   // no network: the host's resolvers, without loopback ones (unreachable from a namespace)
   assert.equal(resolvConf({ ...base, addresses: [] }), 'nameserver 192.0.2.53\nsearch example.test\n');
 });
+
+test('overlays: the MTU on the bridge, both veth ends and taps; VXLAN from instances dropped before any accept, only while the host has an overlay', () => {
+  const spanning = net({ mtu: 1450 });
+  assert.deepEqual(lines(bridgeDriver.createPlan(spanning).host)[0], 'link add nimbus0 mtu 1450 type bridge');
+  assert.deepEqual(lines(bridgeDriver.attachPlan(spanning, ep()).host)[0], 'link add nvcccccccccccc0 mtu 1450 type veth peer name eth0 mtu 1450 netns nimbus-c');
+  assert.ok(lines(bridgeDriver.tapPlan(spanning, ep()).host).includes('link set nvcccccccccccc0 mtu 1450 master nimbus0 up'));
+  const input = { networks: [{ spec: spanning, driver: bridgeDriver, endpoints: [ep()] }], ports: [] };
+  const plain = renderRuleset(input);
+  assert.doesNotMatch(plain, /4789|chain input/, 'no overlay: no rule');
+  const text = renderRuleset({ ...input, overlay: true });
+  assert.match(text, /chain input \{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tip saddr 10\.88\.0\.0\/16 udp dport 4789 drop/);
+  assert.ok(text.indexOf('udp dport 4789 drop', text.indexOf('chain forward')) < text.indexOf('ct state established,related accept'), 'before the established accept');
+});

@@ -15,10 +15,11 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
 /**
  * Protocol versions. 1: the first, without a version. 2: the version header on every call,
  * argument schemas, the hello, TLS for TCP agents. 3: content carried between hosts (blobs
- * read and written by digest, images adopted from them). Bump the current one for any change a
+ * read and written by digest, images adopted from them). 4: networks across hosts (overlay peers
+ * pushed to a host, its underlay address asked). Bump the current one for any change a
  * peer of the previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 3;
+export const AGENT_PROTOCOL_VERSION = 4;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -73,6 +74,8 @@ export const UNARY_METHODS = [
   'connectContainer',
   'disconnectContainer',
   'reconcileNetworks',
+  'setOverlayPeers',
+  'underlayAddress',
   'createVm',
   'createVmFromTemplate',
   'startVm',
@@ -110,13 +113,21 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   writeBlob: 3,
   adoptImage: 3,
   adoptDiskImage: 3,
+  setOverlayPeers: 4,
+  underlayAddress: 4,
+};
+
+/** What a method an older agent lacks is for, in the refusal. */
+const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
+  setOverlayPeers: 'carry networks across hosts',
+  underlayAddress: 'carry networks across hosts',
 };
 
 /** What a connection at `version` cannot do, or undefined when it can (`host`: whose agent, in the message). */
 export function tooOldFor(method: keyof Agent, version: number, host: string): NimbusError | undefined {
   const since = METHOD_SINCE[method];
   if (since === undefined || version >= since) return undefined;
-  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot receive images (${method} needs protocol ${since}); upgrade it`, {
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot ${WHAT_NEEDS_IT[method] ?? 'receive images'} (${method} needs protocol ${since}); upgrade it`, {
     host,
     method,
     protocol: version,

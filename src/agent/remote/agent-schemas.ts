@@ -39,6 +39,7 @@ const NetworkSpec = Obj({
   gateway: Str,
   internal: Bool,
   device: Str,
+  mtu: Type.Optional(Type.Integer({ minimum: 576, maximum: 65535 })),
 });
 const PortMapping = Obj({
   protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
@@ -118,6 +119,8 @@ export const ARG_SCHEMAS = {
   connectContainer: [arg('id', Id), arg('endpoint', Attachment)],
   disconnectContainer: [arg('id', Id), arg('networkId', Id)],
   reconcileNetworks: [arg('liveContainers', Strings), arg('liveNetworks', Strings)],
+  setOverlayPeers: [arg('networkId', Id), arg('vni', Type.Integer({ minimum: 1, maximum: 0xffffff })), arg('localUnderlayIp', Str), arg('peers', Type.Array(Obj({ ip: Str, mac: Str, underlayIp: Str, names: Type.Optional(Strings) }), { maxItems: 65536 }))],
+  underlayAddress: [opt('toward', Str)],
   createVm: [arg('req', VmCreateRequest)],
   createVmFromTemplate: [arg('templateId', Id), arg('id', Id), arg('name', Str)],
   startVm: [arg('id', Id)],

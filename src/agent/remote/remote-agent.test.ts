@@ -610,10 +610,10 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const body = Buffer.from('{"args":["vm-1","SIGKILL"]}');
   const noHeader = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '' }, body);
   assert.equal(noHeader.status, 400);
-  assert.match(noHeader.body, /carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\.\.3/);
+  assert.match(noHeader.body, /carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\.\.4/);
   const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '9' }, body);
   assert.equal(future.status, 409);
-  assert.match(future.body, /speaks agent protocol 9; this agent speaks 2\.\.3/);
+  assert.match(future.body, /speaks agent protocol 9; this agent speaks 2\.\.4/);
   const events = await raw(server.url, 'GET', PATHS.events, { ...auth, [PROTOCOL_HEADER]: '1' });
   assert.equal(events.status, 409, 'streams check the version too');
   assert.equal(state.calls.length, 0);
@@ -624,8 +624,8 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   assert.equal(state.calls.length, 1);
 
   // a control plane that speaks only a later version: refused before any call, both ranges named
-  const newer = await connect(t, server.url, TOKEN, { protocol: { min: 4, max: 5 } });
-  await rejectsWith(newer.info(), 'Conflict', 'agent test speaks agent protocol 2..3, this control plane speaks 4..5: no version in common');
+  const newer = await connect(t, server.url, TOKEN, { protocol: { min: 5, max: 6 } });
+  await rejectsWith(newer.info(), 'Conflict', 'agent test speaks agent protocol 2..4, this control plane speaks 5..6: no version in common');
   // an agent from before versions (no hello route): named as protocol 1
   const old = http.createServer((req, res) => {
     req.resume();
@@ -635,7 +635,7 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const oldSock = path.join(tempDir(t), 'old.sock');
   await new Promise<void>((resolve) => old.listen(oldSock, resolve));
   t.after(() => new Promise<void>((resolve) => old.close(() => resolve())));
-  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', 'agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2..3: upgrade the agent');
+  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', 'agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2..4: upgrade the agent');
   // an agent that speaks 1..3 with a control plane of 2..4: they agree on 3
   const wide = await serve(t, agent, { port: 0 }, { protocol: { min: 1, max: 3 } });
   assert.equal(await (await connect(t, wide.url, TOKEN, { protocol: { min: 2, max: 4 } })).protocolVersion(), 3);

@@ -375,6 +375,8 @@ export class RemoteAgent implements Agent {
   connectContainer: Agent['connectContainer'] = (...a) => this.call('connectContainer', a);
   disconnectContainer: Agent['disconnectContainer'] = (...a) => this.call('disconnectContainer', a);
   reconcileNetworks: Agent['reconcileNetworks'] = (...a) => this.call('reconcileNetworks', a);
+  setOverlayPeers: Agent['setOverlayPeers'] = (...a) => this.call('setOverlayPeers', a);
+  underlayAddress: Agent['underlayAddress'] = (...a) => this.call('underlayAddress', a);
   createVm: Agent['createVm'] = (...a) => this.call('createVm', a);
   createVmFromTemplate: Agent['createVmFromTemplate'] = (...a) => this.call('createVmFromTemplate', a);
   startVm: Agent['startVm'] = (...a) => this.call('startVm', a);

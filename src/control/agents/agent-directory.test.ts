@@ -10,7 +10,7 @@ import { FakeAgent } from '../testing/fake-agent.js';
 import type { AgentRecord } from '../../store/records.js';
 import { AgentDirectory, HOST_UNKNOWN_AFTER_MS, remoteAgentConnector } from './agent-directory.js';
 import { AgentCa } from './agent-ca.js';
-import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
+import { SPOKEN_PROTOCOL, describeRange } from '../../agent/remote/agent-protocol.js';
 import { parseJoinToken, formatJoinToken } from '../../agent/remote/join-token.js';
 import { certCommonName, issuedBy, makeKeyAndCsr } from '../../core/pki.js';
 
@@ -100,10 +100,10 @@ test('agent directory: registrations carry protocol versions; TCP agents are TLS
   const b = stubAgent('b');
   const dir = await setup(t, { 'unix:/run/b.sock': b })();
   await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN }), {
-    code: 'Conflict', message: /agent b sent no protocol versions, so it speaks agent protocol 1; this control plane speaks 2\.\.3/,
+    code: 'Conflict', message: `agent b sent no protocol versions, so it speaks agent protocol 1; this control plane speaks ${describeRange(SPOKEN_PROTOCOL)}: upgrade the agent`,
   });
   await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: { min: 5, max: 7 } }), {
-    code: 'Conflict', message: 'agent b speaks agent protocol 5..7, this control plane speaks 2..3: no version in common',
+    code: 'Conflict', message: `agent b speaks agent protocol 5..7, this control plane speaks ${describeRange(SPOKEN_PROTOCOL)}: no version in common`,
   });
   await assert.rejects(dir.register({ name: 'b', url: 'http://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument', message: /over TLS only/ });
   await assert.rejects(dir.register({ name: 'b', url: 'https://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'Conflict', message: /no agent CA/ });

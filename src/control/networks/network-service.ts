@@ -21,10 +21,15 @@ import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { HostAgents } from '../compute/hosts.js';
 import { withDeadline } from '../compute/deadline.js';
 import { logger } from '../../core/log.js';
+import { NetworkOverlay, OVERLAY_MTU, spansHosts } from './overlay.js';
 
 const log = logger('networks');
 /** How long a start-time reconcile waits for one host: a host that does not answer is left alone. */
 const HOST_RECONCILE_MS = 15_000;
+/** How long an instance's create waits for its network's overlay push (a host that does not answer is mended later). */
+const OVERLAY_PUSH_MS = 5_000;
+/** A second push after endpoints appeared: a create that failed after its lease publishes nothing. */
+const OVERLAY_FOLLOW_UP_MS = 30_000;
 
 export const DEFAULT_NETWORK = 'bridge';
 /** Names with a meaning of their own in --network. */
@@ -79,13 +84,39 @@ export interface NetworkQuota {
 }
 
 export class NetworkService {
+  /** User networks across hosts (overlay.ts): peers pushed when endpoints appear or go. */
+  readonly overlay: NetworkOverlay;
+
   constructor(
     private readonly store: Store,
     private readonly agent: Agent,
     private readonly events: EventBus,
     private readonly quota: NetworkQuota,
     private readonly o: NetworkServiceOptions,
-  ) {}
+  ) {
+    this.overlay = new NetworkOverlay(store, () => ({ names: () => (this.hosts ? this.hosts.names() : ['local']), get: (h) => this.agentOn(h) }));
+    // endpoints go with their instance's record (no call reaches this service): its destroy is when
+    // peers are told; a move changes its host. (Creates push from lease(), before the instance starts.)
+    events.on((e) => {
+      if ((e.type === 'container' || e.type === 'vm') && (e.action === 'destroy' || e.action === 'migrate')) {
+        void this.overlayChangedFor(e.id, e.action === 'migrate').catch((x: unknown) => log.warn('updating overlays after an instance change', { id: e.id, error: String(x) }));
+      }
+    });
+  }
+
+  /** The networks an instance was on (seen by the overlay; with its leases when it still has them) get their peers pushed again. */
+  private async overlayChangedFor(instanceId: string, readLeases: boolean): Promise<void> {
+    const leased = readLeases ? (await this.store.networks.leases({ instanceId })).map((l) => l.networkId) : [];
+    const ids = new Set([...leased, ...this.overlay.networksOf(instanceId)]);
+    await Promise.all([...ids].map((id) => this.overlay.sync(id)));
+  }
+
+  /** After endpoints appeared on networks: peers pushed before the instance starts (bounded: a host that does not answer is mended later). */
+  private async pushOverlays(networks: readonly NetworkRecord[]): Promise<void> {
+    const spanning = networks.filter(spansHosts);
+    if (!spanning.length) return;
+    await withDeadline(Promise.all(spanning.map((n) => this.overlay.sync(n.id, OVERLAY_FOLLOW_UP_MS))), OVERLAY_PUSH_MS, 'pushing overlay peers').catch((e: unknown) => log.warn('overlay push still running', { error: String(e) }));
+  }
 
   /** Hosts other than the embedded agent; unset: the embedded agent only (named 'local'). */
   private hosts: HostAgents | undefined;
@@ -93,6 +124,49 @@ export class NetworkService {
   /** Networks on every host (the daemon calls it once the agent directory is open). */
   useHosts(hosts: HostAgents): void {
     this.hosts = hosts;
+  }
+
+  /** Agents whose networks were reconciled since they (re)connected: a new object is a new registration. */
+  private readonly reconciledAgents = new WeakSet<Agent>();
+  private hostWatch: NodeJS.Timeout | undefined;
+
+  /**
+   * A host that registers (again: an agent restarted, a host rebooted) gets its networks laid out
+   * and its overlays pushed whole: every few seconds the directory is looked at (no call to a
+   * host) and each agent not seen yet is reconciled in the background.
+   */
+  watchHosts(everyMs = 5000): void {
+    for (const host of this.hosts?.names() ?? []) {
+      try {
+        this.reconciledAgents.add(this.hosts!.get(host)); // the daemon's start reconciles these
+      } catch {
+        /* removed meanwhile */
+      }
+    }
+    this.hostWatch ??= setInterval(() => this.reconcileNewHosts(), everyMs);
+    this.hostWatch.unref();
+  }
+
+  stopWatchingHosts(): void {
+    if (this.hostWatch) clearInterval(this.hostWatch);
+    this.hostWatch = undefined;
+  }
+
+  private reconcileNewHosts(): void {
+    for (const host of this.hosts?.names() ?? []) {
+      let agent: Agent;
+      try {
+        agent = this.hosts!.get(host);
+      } catch {
+        continue;
+      }
+      if (this.reconciledAgents.has(agent) || this.hosts!.isDown?.(host)) continue;
+      this.reconciledAgents.add(agent);
+      void withDeadline(this.reconcileHost(host), HOST_RECONCILE_MS, `reconciling the networks of host ${host}`).catch((e: unknown) => {
+        this.reconciledAgents.delete(agent); // tried again at the next look
+        log.warn('reconciling the networks of a host that registered failed', { host, error: String(e) });
+      });
+    }
   }
 
   /** The embedded agent's name (every network is laid out there when made); undefined with --no-agent. */
@@ -107,8 +181,8 @@ export class NetworkService {
   /**
    * The networks laid out on host before an instance there uses them (idempotent; recorded in
    * network_hosts first, so a removal reaches the host even if the layout half failed). The
-   * embedded agent has every network already. Each host's part of a network is a segment of its
-   * own until overlay networking (issue 15) joins them.
+   * embedded agent has every network already. A user bridge network's parts are joined by the
+   * overlay (overlay.ts) once two hosts have endpoints on it; other networks' parts stay segments of their own.
    */
   async ensureOnHost(networks: readonly NetworkRecord[], host: string): Promise<void> {
     if (host === this.localName) return;
@@ -169,7 +243,8 @@ export class NetworkService {
   }
 
   private spec(n: NetworkRecord): NetworkSpec {
-    return { id: n.id, name: n.name, driver: n.driver, subnet: n.subnet, gateway: n.gateway, internal: n.internal, device: n.device };
+    // a network that may span hosts has the overlay's MTU everywhere from the start (its endpoints cannot be told later)
+    return { id: n.id, name: n.name, driver: n.driver, subnet: n.subnet, gateway: n.gateway, internal: n.internal, device: n.device, ...(spansHosts(n) ? { mtu: OVERLAY_MTU } : {}) };
   }
 
   /** A /24 of the pool that overlaps neither another network nor a host route. */
@@ -311,6 +386,7 @@ export class NetworkService {
       await this.store.networks.delete(n.id);
     });
     await this.quota.release(n.id, 'network removed');
+    this.overlay.forget(n.id); // its hosts removed its VXLAN devices with it
     this.publish(n, 'destroy');
   }
 
@@ -336,6 +412,7 @@ export class NetworkService {
       await this.store.networks.release(c.id, n.id);
       throw e;
     }
+    await this.pushOverlays([n]);
     this.publish(n, 'connect', { container: c.id, address: lease.address });
     return this.view(n);
   }
@@ -345,6 +422,7 @@ export class NetworkService {
     if (!(await this.store.networks.leases({ instanceId: c.id, networkId: n.id })).length) throw new NotFound(`container ${c.name} is not on ${n.name}`);
     await this.agentOn(c.host).disconnectContainer(c.id, n.id);
     await this.store.networks.release(c.id, n.id);
+    await this.pushOverlays([n]);
     this.publish(n, 'disconnect', { container: c.id });
     return this.view(n);
   }
@@ -356,11 +434,13 @@ export class NetworkService {
 
   /** Lease a VM's addresses (its record exists): one per network, eth0 first. */
   async leaseVm(vmId: string, name: string, networks: NetworkRecord[]): Promise<Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>> {
-    return this.store.transaction(async () => {
+    const leased = await this.store.transaction(async () => {
       const endpoints: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }> = [];
       for (const [i, n] of networks.entries()) endpoints.push({ network: this.spec(n), address: (await this.leaseOne(n, vmId, i)).address, dnsNames: [name] });
       return endpoints;
     });
+    await this.pushOverlays(networks);
+    return leased;
   }
 
   /** The project's default network goes with the project (it is unused: the project has no container left). */
@@ -420,7 +500,7 @@ export class NetworkService {
     if (intent.mode === 'none' || intent.mode === 'host') return { mode: intent.mode };
     if (intent.mode === 'container') return { mode: 'container', container: intent.container.id };
     const networks = intent.networks;
-    return this.store.transaction(async () => {
+    const request = await this.store.transaction(async () => {
       const endpoints: Extract<ContainerNetworkRequest, { mode: 'networks' }>['endpoints'] = [];
       for (const [i, n] of networks.entries()) {
         const l = await this.keepOrLease(n, c.id, i, i === 0 ? c.config.ip : undefined);
@@ -432,8 +512,10 @@ export class NetworkService {
         ports: (c.config.ports ?? []).map((p) => ({ protocol: p.protocol, hostPort: p.hostPort, containerPort: p.containerPort, ...(p.hostIp ? { hostIp: p.hostIp } : {}) })),
         extraHosts: [...(await this.linkHosts(c, networks)), ...(c.config.extraHosts ?? [])],
         dns: c.config.dns ?? [],
-      };
+      } satisfies ContainerNetworkRequest;
     });
+    await this.pushOverlays(networks);
+    return request;
   }
 
   /** A warm container's address leased ahead of demand is the container's now (unless --ip asks for another). */
@@ -601,7 +683,10 @@ export class NetworkService {
     const networks = await this.store.networks.onHost(host);
     for (const n of networks) await agent.ensureNetwork(this.spec(n));
     const containerIds = (await this.store.containers.onHost(host)).map((c) => c.id);
-    return agent.reconcileNetworks(containerIds, networks.map((n) => n.id));
+    const removed = await agent.reconcileNetworks(containerIds, networks.map((n) => n.id));
+    // the overlays on it pushed whole again (peers that changed while it was away, devices it should no longer have)
+    await this.overlay.reconcileHost(host);
+    return removed;
   }
 }
 

@@ -381,6 +381,7 @@ export class FakeAgent implements Agent {
   removeNetwork(...args: Parameters<Agent['removeNetwork']>): Promise<void> {
     return this.run('removeNetwork', args, async () => {
       this.networks.delete(args[0]);
+      this.overlays.delete(args[0]);
     });
   }
 
@@ -405,6 +406,24 @@ export class FakeAgent implements Agent {
     return this.run('disconnectContainer', args, async () => {
       this.container(args[0]).endpoints.delete(args[1]);
     });
+  }
+
+  /** Each network's overlay as last pushed (network id → VNI, local address, peers). */
+  readonly overlays = new Map<string, { vni: number; local: string; peers: Parameters<Agent['setOverlayPeers']>[3] }>();
+  /** What underlayAddress answers (undefined: like a host with no --underlay-ip). */
+  underlay: string | undefined;
+
+  setOverlayPeers(...args: Parameters<Agent['setOverlayPeers']>): Promise<void> {
+    return this.run('setOverlayPeers', args, async () => {
+      const [networkId, vni, local, peers] = args;
+      if (!this.networks.has(networkId)) throw new NotFound(`network ${networkId} is not on this host`);
+      if (peers.length) this.overlays.set(networkId, { vni, local, peers: [...peers] });
+      else this.overlays.delete(networkId);
+    });
+  }
+
+  underlayAddress(...args: Parameters<Agent['underlayAddress']>): Promise<string | undefined> {
+    return this.run('underlayAddress', args, async () => this.underlay);
   }
 
   reconcileNetworks(...args: Parameters<Agent['reconcileNetworks']>): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {

@@ -1,0 +1,237 @@
+/**
+ * A user network spanning two hosts, end to end: a real nimbusd (control plane and embedded
+ * agent "local") and a second agent (`nimbusd agent` in a network namespace of its own, joined
+ * by a veth underlay, as in hosts.e2e.test.ts). A container on each host on one network: they
+ * reach each other by address over VXLAN (ping, and a 1 MiB HTTP transfer in full-size
+ * segments at the overlay MTU) and by name (each host's DNS answers for the other's); a container of another network cannot reach them; after the
+ * containers and the network are removed no VXLAN device and no FDB entry is left on either
+ * host. Skipped where the kernel has no VXLAN.
+ */
+import { untilOutput } from '../scripts/fixtures/child-output.js';
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { httpGetFromNetns, inNetns, serveHttp, testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { run } from '../src/core/exec.js';
+import { secondHost, type SecondHost } from './helpers/second-host.js';
+import { waitFor } from './helpers/wait.js';
+import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
+import { OVERLAY_MTU, vxlanDeviceName } from '../src/agent/network/overlay.js';
+
+const AGENT = 'host-b';
+
+async function vxlanMissing(): Promise<string | undefined> {
+  const ns = `ovlprobe-${process.pid}`;
+  if ((await run('ip', ['netns', 'add', ns])).code !== 0) return 'cannot make network namespaces';
+  try {
+    const r = await run('ip', ['-n', ns, 'link', 'add', 'vxp', 'type', 'vxlan', 'id', '1', 'local', '127.0.0.1', 'dstport', '4789', 'nolearning', 'proxy']);
+    return r.code === 0 ? undefined : `no VXLAN in this kernel: ${r.stderr.trim()}`;
+  } finally {
+    await run('ip', ['netns', 'del', ns]);
+  }
+}
+const skip = await vxlanMissing();
+
+/** `nimbusd agent` in the second host's namespace, joined with a token. */
+function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string) {
+  const home = mkdtempSync(join(tmpdir(), 'nimbus-overlay-agent-'));
+  const net = testNetworkEnv();
+  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...net };
+  let child: ChildProcess | undefined;
+  let out = '';
+  return {
+    home,
+    table: net.NIMBUS_NFT_TABLE!,
+    async start(): Promise<void> {
+      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home,
+        '--listen', `${host.agentAddress}:0`, '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], { stdio: ['ignore', 'pipe', 'pipe'], env });
+      child = c;
+      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
+    },
+    async stop(): Promise<void> {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) return;
+      const exited = new Promise((r) => c.once('exit', r));
+      c.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+const mountsUnder = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(dir));
+/** A container's named network namespace (either host's: /run/netns is shared by the mount namespace). */
+const netnsOf = (id: string) => {
+  const name = readdirSync('/run/netns').find((n) => n.endsWith(`-${id}`));
+  assert.ok(name, `the network namespace of ${id.slice(0, 12)}`);
+  return `/run/netns/${name}`;
+};
+/** node in a network namespace (for UDP: busybox nc has none). */
+const nodeIn = (netnsPath: string, script: string, timeoutMs = 10_000) => run('nsenter', [`--net=${netnsPath}`, process.execPath, '-e', script], { timeoutMs });
+const sendUdp = (netnsPath: string, host: string, port: number, data: Buffer) =>
+  nodeIn(netnsPath, `require('dgram').createSocket('udp4').send(Buffer.from('${data.toString('hex')}', 'hex'), ${port}, '${host}', (e) => process.exit(e ? 1 : 0))`);
+/** Datagrams to `port` in the namespace for `ms`, one per line. */
+const receiveUdp = (netnsPath: string, port: number, ms: number) =>
+  nodeIn(netnsPath, `const s = require('dgram').createSocket('udp4'); let got = ''; s.on('message', (m) => (got += m.toString() + '\\n')); s.bind(${port}); setTimeout(() => { process.stdout.write(got); process.exit(0); }, ${ms});`, ms + 5000);
+
+const ipBytes = (ip: string) => Buffer.from(ip.split('.').map(Number));
+const macBytes = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
+/** A VXLAN packet's payload (header + inner Ethernet/IPv4/UDP frame), as a tenant would forge one. */
+function forgedVxlan(vni: number, dstMac: string, srcIp: string, dstIp: string, dport: number, text: string): Buffer {
+  const payload = Buffer.from(text);
+  const udp = Buffer.alloc(8);
+  udp.writeUInt16BE(5555, 0);
+  udp.writeUInt16BE(dport, 2);
+  udp.writeUInt16BE(8 + payload.length, 4); // checksum 0: none, allowed over IPv4
+  const ip = Buffer.alloc(20);
+  ip.writeUInt8(0x45, 0);
+  ip.writeUInt16BE(20 + 8 + payload.length, 2);
+  ip.writeUInt8(64, 8);
+  ip.writeUInt8(17, 9);
+  ipBytes(srcIp).copy(ip, 12);
+  ipBytes(dstIp).copy(ip, 16);
+  let sum = 0;
+  for (let i = 0; i < 20; i += 2) sum += ip.readUInt16BE(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  ip.writeUInt16BE(~sum & 0xffff, 10);
+  const eth = Buffer.concat([macBytes(dstMac), macBytes('02:42:de:ad:be:ef'), Buffer.from([0x08, 0x00])]);
+  const vx = Buffer.alloc(8);
+  vx.writeUInt8(0x08, 0);
+  vx.writeUIntBE(vni, 4, 3);
+  return Buffer.concat([vx, eth, ip, udp, payload]);
+}
+
+const vxlans = async (ns?: string) => (await run('ip', [...(ns ? ['-n', ns] : []), '-o', 'link', 'show', 'type', 'vxlan'])).stdout;
+const fdb = async (ns?: string) => (await run('bridge', [...(ns ? ['-n', ns] : []), 'fdb', 'show'])).stdout;
+
+let d: DaemonProcess | undefined;
+let host2: SecondHost | undefined;
+let b: ReturnType<typeof agentProcess> | undefined;
+let work: string;
+
+async function cliOk(args: string[]): Promise<string> {
+  const r = await d!.cli(args);
+  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+interface Endpoint { address: string; mac: string; gateway: string }
+const inspect = async (name: string) => (JSON.parse(await cliOk(['inspect', name])) as Array<{ id: string; host: string; network: { endpoints: Endpoint[] } }>)[0]!;
+
+describe('a user network across two hosts over VXLAN', { skip, concurrency: false }, () => {
+  let image: string;
+  before(async () => {
+    work = mkdtempSync(join(tmpdir(), 'nimbus-overlay-e2e-'));
+    host2 = await secondHost({ ns: 'ovl', link: 'nov' });
+    d = await startDaemonProcess();
+    b = agentProcess(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim());
+    await b.start();
+    const archive = join(work, 'image.tar');
+    await writeOciLayoutTar(await buildTestImages(), archive, '');
+    image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;
+  });
+  after(async () => {
+    try {
+      const list = await d?.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
+      for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+      for (const n of ['span', 'other']) await d?.cli(['network', 'rm', n]).catch(() => undefined);
+    } finally {
+      await b?.stop();
+      if (b) {
+        for (const pid of (await run('pgrep', ['-f', b.home])).stdout.split('\n').filter(Boolean).map(Number)) process.kill(pid, 'SIGKILL');
+        for (const m of mountsUnder(b.home).reverse()) await run('umount', ['-l', m]);
+        await run('ip', ['netns', 'exec', host2!.ns, 'nft', 'delete', 'table', 'inet', b.table]);
+        rmSync(b.home, { recursive: true, force: true });
+      }
+      await d?.destroy();
+      await host2?.remove();
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test('a container on each host reaches the other by address; another network cannot; nothing left after removal', async () => {
+    const spanId = (await cliOk(['network', 'create', 'span'])).trim();
+    await cliOk(['network', 'create', 'other']);
+    const dev = vxlanDeviceName(spanId);
+
+    await cliOk(['run', '-d', '--name', 'near', '--host', 'local', '--network', 'span', image, 'sleep', '600']);
+    await cliOk(['run', '-d', '--name', 'far', '--host', AGENT, '--network', 'span', image, 'sleep', '600']);
+    await cliOk(['run', '-d', '--name', 'stranger', '--host', AGENT, '--network', 'other', image, 'sleep', '600']);
+    const near = await inspect('near'), far = await inspect('far'), stranger = await inspect('stranger');
+    assert.deepEqual([near.host, far.host, stranger.host], ['local', AGENT, AGENT]);
+    const nearNs = netnsOf(near.id), farNs = netnsOf(far.id), strangerNs = netnsOf(stranger.id);
+    const nearIp = near.network.endpoints[0]!.address, farIp = far.network.endpoints[0]!.address;
+
+    // the VXLAN device on each host, one VNI, and each host's FDB names the other's endpoint at the other's underlay address
+    assert.match(await vxlans(), new RegExp(`${dev}`), 'the embedded host has the network\'s VXLAN device');
+    assert.match(await vxlans(host2!.ns), new RegExp(`${dev}`), 'and the second host');
+    assert.match(await fdb(), new RegExp(`${far.network.endpoints[0]!.mac} dev ${dev} dst ${host2!.agentAddress}`));
+    assert.match(await fdb(host2!.ns), new RegExp(`${near.network.endpoints[0]!.mac} dev ${dev} dst ${host2!.hostAddress}`));
+    // the containers are told the overlay's MTU
+    assert.match((await inNetns(nearNs, ['ip', 'link', 'show', 'eth0'])).stdout, new RegExp(`mtu ${OVERLAY_MTU}`));
+
+    // by address, both ways (the first ARP is answered by the host's proxy from the pushed entries)
+    await waitFor('near to reach far', async () => ((await inNetns(nearNs, ['ping', '-c', '1', '-W', '1', farIp])).code === 0 ? true : undefined), 15_000);
+    assert.equal((await inNetns(farNs, ['ping', '-c', '1', '-W', '2', nearIp])).code, 0, 'far reaches near');
+    // by name: each host's DNS answers for the other host's endpoints too
+    const gw = near.network.endpoints[0]!.gateway;
+    assert.match((await inNetns(nearNs, ['nslookup', 'far', gw])).stdout, new RegExp(`Address:? *${farIp.replaceAll('.', '\\.')}`), 'near resolves far');
+    assert.match((await inNetns(farNs, ['nslookup', 'near', gw])).stdout, new RegExp(`Address:? *${nearIp.replaceAll('.', '\\.')}`), 'far resolves near');
+    assert.doesNotMatch((await inNetns(strangerNs, ['nslookup', 'near', stranger.network.endpoints[0]!.gateway])).stdout, new RegExp(nearIp.replaceAll('.', '\\.')), 'another network does not resolve them');
+    // a 1 MiB transfer over TCP: full-size segments cross at the overlay MTU
+    const www = join(work, 'www');
+    mkdirSync(www, { recursive: true });
+    const body = randomBytes(512 * 1024).toString('hex');
+    writeFileSync(join(www, 'index.html'), body);
+    const stop = await serveHttp(farNs, 8080, www);
+    try {
+      const got = await waitFor('the transfer', async () => httpGetFromNetns(nearNs, farIp, 8080, 5), 15_000);
+      assert.equal(got.length, body.length, 'the whole body crossed');
+      assert.ok(got === body, 'byte for byte');
+      // another network's container reaches neither (not on its host, not across)
+      assert.equal(await httpGetFromNetns(strangerNs, farIp, 8080, 2), undefined, 'another network cannot reach far (same host)');
+      assert.notEqual((await inNetns(strangerNs, ['ping', '-c', '1', '-W', '1', nearIp])).code, 0, 'another network cannot reach near (across hosts)');
+    } finally {
+      await stop();
+    }
+    assert.doesNotMatch(await fdb(host2!.ns), new RegExp(`${stranger.network.endpoints[0]!.mac} dev ${dev}`), 'no overlay entry of another network\'s endpoint');
+
+    // a tenant of another network forges VXLAN with span's VNI toward either host's VTEP: dropped
+    // before it leaves its host (masqueraded, it would look like its host's own overlay traffic)
+    const vni = (JSON.parse((await run('ip', ['-d', '-j', 'link', 'show', 'dev', dev])).stdout) as Array<{ linkinfo: { info_data: { id: number } } }>)[0]!.linkinfo.info_data.id;
+    const listening = receiveUdp(nearNs, 7777, 2500);
+    await new Promise((r) => setTimeout(r, 800));
+    assert.equal((await sendUdp(farNs, nearIp, 7777, Buffer.from('LEGIT'))).code, 0);
+    const forged = forgedVxlan(vni, near.network.endpoints[0]!.mac, farIp, nearIp, 7777, 'INJECTED');
+    for (const vtep of [host2!.hostAddress, host2!.agentAddress]) await sendUdp(strangerNs, vtep, 4789, forged);
+    const heard = (await listening).stdout;
+    assert.match(heard, /LEGIT/, 'the listener hears its own network');
+    assert.doesNotMatch(heard, /INJECTED/, 'no frame injected into another network\'s VNI');
+    assert.doesNotMatch(await fdb(), new RegExp(`${stranger.network.endpoints[0]!.mac} dev ${dev}`));
+
+    // while the hosts carry the overlay, their tables drop VXLAN from instances
+    const tables = async () => [
+      (await run('nft', ['list', 'table', 'inet', d!.network.NIMBUS_NFT_TABLE!])).stdout,
+      (await run('ip', ['netns', 'exec', host2!.ns, 'nft', 'list', 'table', 'inet', b!.table])).stdout,
+    ];
+    for (const t of await tables()) assert.match(t, /udp dport 4789 drop/);
+
+    // the far container goes: the embedded host is alone on the network and drops its device
+    await cliOk(['rm', '-f', 'far']);
+    await waitFor('the devices to go', async () => (!(await vxlans()).includes(dev) && !(await vxlans(host2!.ns)).includes(dev) ? true : undefined), 15_000);
+    await cliOk(['rm', '-f', 'near', 'stranger']);
+    await cliOk(['network', 'rm', 'span', 'other']);
+    for (const ns of [undefined, host2!.ns]) {
+      assert.doesNotMatch(await vxlans(ns), new RegExp(dev), `no VXLAN device left on ${ns ?? 'the embedded host'}`);
+      const left = await fdb(ns);
+      for (const mac of [near.network.endpoints[0]!.mac, far.network.endpoints[0]!.mac]) assert.doesNotMatch(left, new RegExp(`${mac}.*dst`), `no FDB entry left on ${ns ?? 'the embedded host'}`);
+      assert.doesNotMatch((await run('ip', [...(ns ? ['-n', ns] : []), 'neigh', 'show', 'nud', 'permanent'])).stdout, new RegExp(`dev ${dev}`), 'no neighbour entry left');
+    }
+    for (const t of await tables()) assert.doesNotMatch(t, /4789/, 'no overlay rule left');
+  });
+});
