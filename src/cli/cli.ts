@@ -23,6 +23,7 @@ import { agentCommands } from './commands/agents.js';
 import { hostCommands } from './commands/hosts.js';
 import { schedulerCommands } from './commands/scheduler.js';
 import { networkCommands } from './commands/networks.js';
+import { dockerEnvCommands } from './commands/docker-env.js';
 
 export { errorText };
 
@@ -33,7 +34,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands,
+  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */

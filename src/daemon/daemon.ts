@@ -35,6 +35,7 @@ import { IdentityService } from '../control/identity/identity-service.js';
 import { ProjectService } from '../control/identity/project-service.js';
 import { ApiServer } from '../api/server.js';
 import { allRoutes } from '../api/routes/index.js';
+import { startDockerApi } from '../api/docker/index.js';
 import { processAlive } from '../core/proc.js';
 import { withoutEmbedded, type HostAgents } from '../control/compute/hosts.js';
 
@@ -242,6 +243,10 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   const api = new ApiServer(allRoutes(), services);
   undo.push(() => api.close());
   await api.listenUnix(options.socket);
+  // the Docker Engine API for the docker CLI, over the same services (docs/docker-api.md)
+  const dockerSocket = path.join(options.home, 'docker.sock');
+  const dockerApi = await startDockerApi(services, dockerSocket);
+  undo.push(() => dockerApi.close());
   let tcpPort: number | undefined;
   if (options.tcp) {
     const i = options.tcp.lastIndexOf(':');
@@ -289,6 +294,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
       containers.shutdown();
       networks.stopWatchingHosts();
       await api.close();
+      await dockerApi.close();
+      rmSync(dockerSocket, { force: true });
       await replica.close(); // leader tasks stop (the reclaimer too) before the lock goes
       await agents.close();
       await agent.close();

@@ -156,6 +156,14 @@ export class ImageService {
     return undefined;
   }
 
+  /** Point a tag of the project at an image the project references (docker tag; a tag held by another image moves). */
+  async tag(image: ImageRecord, name: string, projectId: string): Promise<string> {
+    const normalized = this.normalize(name);
+    await this.store.images.setTag({ name: normalized, digest: image.digest, projectId, updatedAt: new Date().toISOString() });
+    this.events.publish({ type: 'image', action: 'tag', id: image.digest, projectId, attributes: { name: normalized } });
+    return normalized;
+  }
+
   normalize(ref: string): string {
     return parseReference(ref).toString();
   }

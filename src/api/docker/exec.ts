@@ -1,0 +1,159 @@
+/**
+ * `docker exec` without a TTY or stdin: POST /containers/{id}/exec makes an exec instance (kept
+ * here, in memory: Docker's are not persistent either), POST /exec/{id}/start runs it through the
+ * container service's exec — hijacked and framed, or detached — and GET /exec/{id}/json tells its
+ * exit code, which the CLI reads once the stream ends.
+ */
+import type { Duplex } from 'node:stream';
+import { Type } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
+import { newId } from '../../core/ids.js';
+import { MAX_ARGV_ENV_TOTAL } from '../../core/limits.js';
+import type { ExecSession } from '../../agent/drivers/instance-driver.js';
+import { Argv, ContainerPath, EnvList, UserSpec } from '../schemas.js';
+import { checkOrThrow, checkTotalLength } from '../validate.js';
+import { drainedOrClosed } from '../../core/streams.js';
+import { frame } from './mapping.js';
+import { inDockerWords, noSuchContainer } from './errors.js';
+import type { DockerContext, DockerRoute } from './server.js';
+
+/** What the Nimbus exec route accepts: the mapped request passes the same checks. */
+const nimbusExec = TypeCompiler.Compile(Type.Object({
+  args: Argv(undefined, 1),
+  env: Type.Optional(EnvList()),
+  workdir: Type.Optional(ContainerPath),
+  user: Type.Optional(UserSpec),
+}, { additionalProperties: false }));
+
+interface ExecInstance {
+  id: string;
+  projectId: string;
+  containerId: string;
+  request: { args: string[]; env?: string[]; workdir?: string; user?: string };
+  running: boolean;
+  started: boolean;
+  exitCode: number | null;
+  createdAt: number;
+}
+
+/** Exec instances not started or long finished are forgotten after this; at most MAX_EXECS are kept. */
+const EXEC_TTL_MS = 10 * 60_000;
+const MAX_EXECS = 4096;
+const execs = new Map<string, ExecInstance>();
+
+function forgetOld(now: number): void {
+  for (const [id, e] of execs) if (!e.running && now - e.createdAt > EXEC_TTL_MS) execs.delete(id);
+  if (execs.size >= MAX_EXECS) throw new Conflict(`too many exec instances (${MAX_EXECS}); start or wait for the ones made`);
+}
+
+/** The exec instance named in the path, if it is of the request's project (others' do not exist for it). */
+function instance(ctx: DockerContext): ExecInstance {
+  const e = execs.get(ctx.params[0]!);
+  if (!e || e.projectId !== ctx.project) throw new NotFound(`No such exec instance: ${ctx.params[0]!}`);
+  return e;
+}
+
+const set = (v: unknown) => v !== undefined && v !== null && v !== false && v !== '' && !(Array.isArray(v) && v.length === 0);
+
+async function create(ctx: DockerContext) {
+  const raw = (await ctx.body()) as Record<string, unknown> | undefined;
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidArgument('invalid request body: must be a JSON object');
+  if (raw.Tty === true) throw new InvalidArgument('docker exec -t is not supported by Nimbus\'s Docker API yet (Tty)');
+  if (raw.AttachStdin === true) throw new InvalidArgument('docker exec -i is not supported by Nimbus\'s Docker API yet (AttachStdin)');
+  if (set(raw.Privileged)) throw new InvalidArgument('docker exec --privileged is not supported (Privileged)');
+  const request = checkOrThrow(nimbusExec, {
+    args: raw.Cmd,
+    ...(set(raw.Env) ? { env: raw.Env } : {}),
+    ...(set(raw.WorkingDir) ? { workdir: raw.WorkingDir } : {}),
+    ...(set(raw.User) ? { user: raw.User } : {}),
+  }, 'request body') as ExecInstance['request'];
+  checkTotalLength({ args: request.args, env: request.env }, MAX_ARGV_ENV_TOTAL);
+  const ref = ctx.params[0]!.replace(/^\//, '');
+  const c = await inDockerWords(ctx.services.containers.get(ref, { projectId: ctx.project }), () => noSuchContainer(ref));
+  if (c.status !== 'running') throw new Conflict(`Container ${c.id} is not running`);
+  const now = Date.now();
+  forgetOld(now);
+  const id = newId();
+  execs.set(id, { id, projectId: ctx.project, containerId: c.id, request, running: false, started: false, exitCode: null, createdAt: now });
+  return { status: 201, json: { Id: id } };
+}
+
+/** Runs it through the container service (its checks and events), once. */
+async function run(ctx: DockerContext, e: ExecInstance): Promise<ExecSession> {
+  if (e.started) throw new Conflict(`exec ${e.id} has already been started`);
+  e.started = true;
+  const { args, env, workdir, user } = e.request;
+  const session = await ctx.services.containers.exec(e.containerId, { args, ...(env ? { env } : {}), ...(workdir ? { cwd: workdir } : {}), ...(user ? { user } : {}) });
+  session.stdin?.end(); // no stdin through this API: the process reads end-of-file
+  e.running = true;
+  void session.exit.then((code) => {
+    e.exitCode = code;
+  }, () => {
+    e.exitCode = -1;
+  }).finally(() => {
+    e.running = false;
+  });
+  return session;
+}
+
+/** Both outputs as frames, until both end; the exit is recorded before the stream closes (the CLI inspects it next). */
+async function pump(out: Duplex, session: ExecSession): Promise<void> {
+  const copy = async (stream: 'stdout' | 'stderr') => {
+    for await (const chunk of session[stream]) {
+      if (out.destroyed) return;
+      if (!out.write(frame(stream, chunk as Buffer))) await drainedOrClosed(out as never);
+    }
+  };
+  await Promise.all([copy('stdout'), copy('stderr')]);
+  await session.exit.catch(() => undefined);
+}
+
+async function startDetached(ctx: DockerContext) {
+  const body = (await ctx.body()) as { Detach?: unknown; Tty?: unknown } | undefined;
+  if (body?.Tty === true) throw new InvalidArgument('Tty is not supported');
+  if (body?.Detach !== true) throw new InvalidArgument('an attached exec start needs a connection upgrade (Connection: Upgrade, Upgrade: tcp)');
+  const session = await run(ctx, instance(ctx));
+  // detached: the output is dropped, as dockerd does (-d)
+  session.stdout.resume();
+  session.stderr.resume();
+  return { status: 200, json: '' };
+}
+
+async function startAttached(ctx: DockerContext, socket: Duplex): Promise<void> {
+  const e = instance(ctx);
+  const session = await run(ctx, e);
+  socket.write('HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n');
+  try {
+    await pump(socket, session);
+    // the exit code is read right after: let the bookkeeping above run first
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  } finally {
+    if (!socket.destroyed) socket.end();
+  }
+}
+
+const ID = '([^/]+)';
+
+export const execRoutes: DockerRoute[] = [
+  { method: 'POST', pattern: new RegExp(`^/containers/${ID}/exec$`), name: 'exec create', access: 'member', handler: create },
+  { method: 'POST', pattern: new RegExp(`^/exec/${ID}/start$`), name: 'exec start', access: 'member', handler: startDetached, upgrade: startAttached },
+  {
+    method: 'GET', pattern: new RegExp(`^/exec/${ID}/json$`), name: 'exec inspect', access: 'reader',
+    handler: (ctx) => {
+      const e = instance(ctx);
+      return {
+        json: {
+          ID: e.id, ContainerID: e.containerId, Running: e.running, ExitCode: e.exitCode, Pid: 0, OpenStdin: false, OpenStdout: true, OpenStderr: true,
+          ProcessConfig: { tty: false, entrypoint: e.request.args[0], arguments: e.request.args.slice(1), privileged: false, user: e.request.user ?? '' },
+        },
+      };
+    },
+  },
+  {
+    method: 'POST', pattern: new RegExp(`^/exec/${ID}/resize$`), name: 'exec resize', access: 'member',
+    handler: () => {
+      throw new InvalidArgument('resize needs a TTY, which exec through Nimbus\'s Docker API does not have yet');
+    },
+  },
+];

@@ -1,0 +1,28 @@
+/** The Docker Engine API's route table and its server, as nimbusd starts it beside the Nimbus API. */
+import type { Services } from '../../control/services.js';
+import { logger } from '../../core/log.js';
+import { containerRoutes } from './containers.js';
+import { execRoutes } from './exec.js';
+import { imageRoutes } from './images.js';
+import { networkRoutes } from './networks.js';
+import { DockerApiServer, type DockerRoute } from './server.js';
+import { systemRoutes } from './system.js';
+
+export function dockerRoutes(): DockerRoute[] {
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes];
+}
+
+/**
+ * Serves the Docker Engine API on `socketPath` (HOME/docker.sock); close() stops it. A socket
+ * that cannot be made (a home too long for a unix socket's 107 bytes, say) costs the Docker API,
+ * not the daemon: it is logged and nimbusd serves on without it.
+ */
+export async function startDockerApi(services: Services, socketPath: string): Promise<DockerApiServer> {
+  const server = new DockerApiServer(dockerRoutes(), services);
+  try {
+    await server.listenUnix(socketPath);
+  } catch (e) {
+    logger('docker-api').warn('the Docker API is not served', { socket: socketPath, error: String(e) });
+  }
+  return server;
+}

@@ -1,0 +1,209 @@
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable } from '../../core/errors.js';
+import type { ContainerRecord } from '../../store/records.js';
+import { containerInspect, containerSummary, familiarName, frame, humanDuration, matchesContainerFilters, parseFilters, statusString, toContainerInput, type ContainerLike } from './mapping.js';
+import { checkBody } from './schemas.js';
+import { dockerError, inDockerWords, noSuchImage } from './errors.js';
+import { unversioned } from './server.js';
+import { layerLine, matchesImageFilters, pullReference, registryAuth } from './images.js';
+import { toNetworkInput } from './networks.js';
+
+/** The body `docker run -d --name web -e A=1 -p 8080:80 --memory 64m --cpus 1.5 --pids-limit 50 --restart on-failure:3 --label k=v -w /srv -u 1000 busybox sh` sends (zero values included, as the CLI sends them). */
+const CLI_BODY = {
+  Hostname: '', Domainname: '', User: '1000', AttachStdin: false, AttachStdout: false, AttachStderr: false,
+  ExposedPorts: { '80/tcp': {} }, Tty: false, OpenStdin: false, StdinOnce: false, Env: ['A=1'], Cmd: ['sh'], Image: 'busybox', Volumes: {},
+  WorkingDir: '/srv', Entrypoint: null, OnBuild: null, Labels: { k: 'v' },
+  HostConfig: {
+    Binds: null, ContainerIDFile: '', LogConfig: { Type: '', Config: {} }, NetworkMode: 'default',
+    PortBindings: { '80/tcp': [{ HostIp: '', HostPort: '8080' }] }, RestartPolicy: { Name: 'on-failure', MaximumRetryCount: 3 }, AutoRemove: false,
+    VolumeDriver: '', VolumesFrom: null, CapAdd: null, CapDrop: null, CgroupnsMode: '', Dns: [], DnsOptions: [], DnsSearch: [], ExtraHosts: null,
+    GroupAdd: null, IpcMode: '', Cgroup: '', Links: null, OomScoreAdj: 0, PidMode: '', Privileged: false, PublishAllPorts: false,
+    ReadonlyRootfs: false, SecurityOpt: null, UTSMode: '', UsernsMode: '', ShmSize: 0, ConsoleSize: [0, 0], Isolation: '', CpuShares: 0,
+    Memory: 67108864, NanoCpus: 1500000000, CgroupParent: '', BlkioWeight: 0, BlkioWeightDevice: [], CpuPeriod: 0, CpuQuota: 0,
+    CpuRealtimePeriod: 0, CpuRealtimeRuntime: 0, CpusetCpus: '', CpusetMems: '', Devices: [], DeviceCgroupRules: null, DeviceRequests: null,
+    KernelMemory: 0, KernelMemoryTCP: 0, MemoryReservation: 0, MemorySwap: 0, MemorySwappiness: null, OomKillDisable: false, PidsLimit: 50,
+    Ulimits: null, CpuCount: 0, CpuPercent: 0, IOMaximumIOps: 0, IOMaximumBandwidth: 0, MaskedPaths: null, ReadonlyPaths: null,
+  },
+  NetworkingConfig: { EndpointsConfig: {} },
+};
+
+function rec(over: Partial<ContainerLike> = {}): ContainerLike {
+  const base: ContainerRecord = {
+    id: 'a'.repeat(64), name: 'web', projectId: 'p', imageDigest: 'sha256:' + 'b'.repeat(64),
+    config: { image: 'docker.io/library/busybox:latest', cmd: ['sleep', '9'], env: ['A=1'], restart: { name: 'no' }, autoRemove: false, labels: { app: 'web', tier: 'front' }, ports: [{ protocol: 'tcp', hostPort: 8080, containerPort: 80 }] },
+    status: 'running', runtime: 'runc', pid: 42, exitCode: null, oomKilled: false, restartCount: 0, stoppedByUser: false,
+    createdAt: '2026-01-01T00:00:00.000Z', startedAt: '2026-01-01T00:00:00.000Z', finishedAt: null, warnings: [], host: 'h',
+  };
+  return { ...base, ...over };
+}
+
+describe('Docker create body → Nimbus container input', () => {
+  test('the CLI\'s full body (zero values everywhere) maps to the settings it asked for', () => {
+    const input = toContainerInput(checkBody('container', CLI_BODY), 'web');
+    assert.deepEqual(input, {
+      image: 'busybox', name: 'web', cmd: ['sh'], env: ['A=1'], workdir: '/srv', user: '1000', memoryBytes: 67108864, cpus: 1.5, pidsLimit: 50,
+      restart: { name: 'on-failure', maxRetries: 3 }, autoRemove: false, labels: { k: 'v' }, ports: [{ protocol: 'tcp', hostPort: 8080, containerPort: 80 }],
+    });
+  });
+
+  test('--rm, --network, --entrypoint "", links and aliases', () => {
+    const input = toContainerInput(checkBody('container', {
+      Image: 'busybox', Entrypoint: [''], HostConfig: { AutoRemove: true, NetworkMode: 'net1', Links: ['/db:database'], PidsLimit: -1 },
+      NetworkingConfig: { EndpointsConfig: { net1: { Aliases: ['api'] } } },
+    }), undefined);
+    assert.equal(input.autoRemove, true);
+    assert.equal(input.network, 'net1');
+    assert.deepEqual(input.entrypoint, []);
+    assert.deepEqual(input.links, [{ container: 'db', alias: 'database' }]);
+    assert.deepEqual(input.aliases, ['api']);
+    assert.equal(input.pidsLimit, undefined, '-1 is unlimited');
+    assert.equal(input.name, undefined);
+  });
+
+  test('what Nimbus does not do is refused with the flag\'s name, never ignored', () => {
+    const refused: Array<[Record<string, unknown>, RegExp]> = [
+      [{ Tty: true }, /-t\/--tty/],
+      [{ OpenStdin: true }, /-i\/--interactive/],
+      [{ HostConfig: { Binds: ['/etc:/x'] } }, /-v\/--volume/],
+      [{ HostConfig: { Privileged: true } }, /--privileged/],
+      [{ HostConfig: { PublishAllPorts: true } }, /-P\/--publish-all/],
+      [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '' }] } } }, /without a host port/],
+      [{ HostConfig: { LogConfig: { Type: 'syslog' } } }, /--log-driver/],
+      [{ HostConfig: { RestartPolicy: { Name: 'always' }, AutoRemove: true } }, /--restart and --rm/],
+      [{ HostConfig: { RestartPolicy: { Name: 'sometimes' } } }, /invalid restart policy/],
+      [{ Healthcheck: { Test: ['CMD', 'true'] } }, /--health-cmd/],
+    ];
+    for (const [extra, message] of refused) {
+      const body = { Image: 'busybox', ...extra };
+      assert.throws(() => toContainerInput(checkBody('container', body), undefined), (e: unknown) => e instanceof InvalidArgument && message.test(e.message), JSON.stringify(extra));
+    }
+  });
+
+  test('hostile bodies are 400s naming the field', () => {
+    assert.throws(() => checkBody('container', { Image: '' }), /\/Image/);
+    assert.throws(() => checkBody('container', { Image: 'x', Cmd: 'not a list' }), /\/Cmd/);
+    assert.throws(() => checkBody('container', { Image: 'x', HostConfig: { Memory: 'lots' } }), /\/HostConfig\/Memory/);
+    assert.throws(() => checkBody('container', null), InvalidArgument);
+  });
+});
+
+describe('ps rows', () => {
+  const now = Date.parse('2026-01-01T00:00:03.500Z');
+  test('Status strings as Docker words them', () => {
+    assert.equal(statusString(rec(), now), 'Up 3 seconds');
+    assert.equal(statusString(rec({ status: 'paused' }), now), 'Up 3 seconds (Paused)');
+    assert.equal(statusString(rec({ status: 'exited', exitCode: 0, finishedAt: '2026-01-01T00:00:01.000Z' }), now), 'Exited (0) 2 seconds ago');
+    assert.equal(statusString(rec({ status: 'exited', exitCode: 137, finishedAt: '2026-01-01T00:00:03.000Z' }), now), 'Exited (137) Less than a second ago');
+    assert.equal(statusString(rec({ status: 'created', startedAt: null }), now), 'Created');
+    assert.equal(humanDuration(1000), '1 second');
+    assert.equal(humanDuration(90_000), 'About a minute');
+    assert.equal(humanDuration(5 * 60_000), '5 minutes');
+    assert.equal(humanDuration(60 * 60_000), 'About an hour');
+    assert.equal(humanDuration(3 * 24 * 3600_000), '3 days');
+  });
+
+  test('a summary: Names with a leading "/", the familiar image name, ports, State', () => {
+    const s = containerSummary(rec(), now);
+    assert.deepEqual(s.Names, ['/web']);
+    assert.equal(s.Image, 'busybox:latest');
+    assert.equal(s.State, 'running');
+    assert.equal(s.Command, 'sleep 9');
+    assert.deepEqual(s.Ports, [{ IP: '0.0.0.0', PrivatePort: 80, PublicPort: 8080, Type: 'tcp' }]);
+    assert.equal(containerSummary(rec({ status: 'unknown' }), now).State, 'dead');
+    const i = containerInspect(rec(), [{ network: 'bridge', networkId: 'n', address: '10.0.0.2', gateway: '10.0.0.1', prefix: 24, mac: 'm' }]);
+    assert.equal(i.Name, '/web');
+    assert.equal((i.Config as { Tty: boolean }).Tty, false, 'logs and attach read Tty to choose the framing');
+    assert.equal((i.NetworkSettings as { IPAddress: string }).IPAddress, '10.0.0.2');
+  });
+
+  test('filters: both encodings, name as a regular expression, labels all-of, status, unknown refused', () => {
+    assert.deepEqual([...parseFilters('{"name":["web"]}')], [['name', ['web']]]);
+    assert.deepEqual([...parseFilters('{"name":{"web":true}}')], [['name', ['web']]]);
+    assert.throws(() => parseFilters('{nope'), InvalidArgument);
+    const c = rec();
+    assert.equal(matchesContainerFilters(c, parseFilters('{"name":["^we"]}')), true);
+    assert.equal(matchesContainerFilters(c, parseFilters('{"name":["^eb"]}')), false);
+    assert.equal(matchesContainerFilters(c, parseFilters('{"label":["app=web","tier"]}')), true);
+    assert.equal(matchesContainerFilters(c, parseFilters('{"label":["app=web","tier=back"]}')), false);
+    assert.equal(matchesContainerFilters(c, parseFilters('{"status":["exited"]}')), false);
+    assert.throws(() => matchesContainerFilters(c, parseFilters('{"volume":["x"]}')), /invalid filter 'volume'/);
+  });
+
+  test('names as the CLI shows them', () => {
+    assert.equal(familiarName('docker.io/library/busybox:latest'), 'busybox:latest');
+    assert.equal(familiarName('docker.io/me/app:1'), 'me/app:1');
+    assert.equal(familiarName('127.0.0.1:5000/x/y:z'), '127.0.0.1:5000/x/y:z');
+  });
+});
+
+describe('the wire', () => {
+  test('multiplexed framing: stream byte, three zeros, big-endian length', () => {
+    const f = frame('stderr', Buffer.from('hi\n'));
+    assert.deepEqual([...f.subarray(0, 8)], [2, 0, 0, 0, 0, 0, 0, 3]);
+    assert.equal(f.subarray(8).toString(), 'hi\n');
+    assert.equal(frame('stdout', Buffer.alloc(0))[0], 1);
+  });
+
+  test('versioned paths: ours and older accepted, newer refused', () => {
+    assert.equal(unversioned('/v1.41/containers/json'), '/containers/json');
+    assert.equal(unversioned('/v1.24/info'), '/info');
+    assert.equal(unversioned('/info'), '/info');
+    assert.throws(() => unversioned('/v1.42/info'), /client version 1\.42 is too new\. Maximum supported API version is 1\.41/);
+    assert.throws(() => unversioned('/v2.0/info'), InvalidArgument);
+  });
+
+  test('errors: Docker\'s statuses and {"message"} bodies', () => {
+    assert.deepEqual(dockerError(new NotFound('x')), { status: 404, body: { message: 'x' } });
+    assert.equal(dockerError(new Conflict('c')).status, 409);
+    assert.equal(dockerError(new InvalidArgument('b')).status, 400);
+    assert.equal(dockerError(new QuotaExceeded('q')).status, 403);
+    assert.equal(dockerError(new Unavailable('u')).status, 503);
+    assert.equal(dockerError(new Error('boom')).status, 500);
+  });
+
+  test('a NotFound becomes Docker\'s "No such image" (what makes the CLI pull); other errors pass', async () => {
+    await assert.rejects(inDockerWords(Promise.reject(new NotFound('no such image: busybox')), () => noSuchImage('busybox')), (e: unknown) => e instanceof Error && e.message === 'No such image: busybox');
+    await assert.rejects(inDockerWords(Promise.reject(new Conflict('busy')), () => noSuchImage('busybox')), /busy/);
+  });
+
+  test('pull references and registry credentials', () => {
+    assert.equal(pullReference('busybox', 'latest'), 'busybox:latest');
+    assert.equal(pullReference('127.0.0.1:5000/x/busybox', ''), '127.0.0.1:5000/x/busybox:latest');
+    assert.equal(pullReference('127.0.0.1:5000/x/busybox:1', null), '127.0.0.1:5000/x/busybox:1');
+    assert.equal(pullReference('x/busybox', 'sha256:' + 'c'.repeat(64)), `x/busybox@sha256:${'c'.repeat(64)}`);
+    assert.throws(() => pullReference('', null), /fromImage is required/);
+    assert.equal(registryAuth(Buffer.from('{}').toString('base64')), undefined);
+    assert.deepEqual(registryAuth(Buffer.from('{"username":"u","password":"p"}').toString('base64url')), { username: 'u', password: 'p' });
+    assert.throws(() => registryAuth('%%%'), InvalidArgument);
+  });
+
+  test('pull progress lines per layer', () => {
+    const digest = 'sha256:' + 'd'.repeat(64);
+    assert.deepEqual(layerLine({ digest, status: 'downloading', bytesDone: 5, bytesTotal: 10 }), { status: 'Downloading', progressDetail: { current: 5, total: 10 }, id: 'dddddddddddd' });
+    assert.equal(layerLine({ digest, status: 'done', bytesDone: 10, bytesTotal: 10 }).status, 'Pull complete');
+    assert.equal(layerLine({ digest, status: 'exists', bytesDone: 0, bytesTotal: 10 }).status, 'Already exists');
+  });
+
+  test('image filters: reference globs on short and full names, dangling, label', () => {
+    const img = { tags: ['docker.io/library/busybox:latest', '127.0.0.1:5000/x/app:v1'], config: { config: { Labels: { tier: 'web' } } } };
+    const f = (json: string) => matchesImageFilters(img, parseFilters(json));
+    assert.equal(f('{"reference":["busybox"]}'), true);
+    assert.equal(f('{"reference":["busybox:latest"]}'), true);
+    assert.equal(f('{"reference":["busy*"]}'), true);
+    assert.equal(f('{"reference":["127.0.0.1:5000/x/*:v1"]}'), true);
+    assert.equal(f('{"reference":["nginx"]}'), false);
+    assert.equal(f('{"reference":["busybox:1"]}'), false);
+    assert.equal(f('{"dangling":["true"]}'), false);
+    assert.equal(matchesImageFilters({ tags: [], config: {} }, parseFilters('{"dangling":["true"]}')), true);
+    assert.equal(f('{"label":["tier=web"]}'), true);
+    assert.throws(() => f('{"before":["x"]}'), /invalid filter 'before'/);
+  });
+
+  test('network create bodies', () => {
+    assert.deepEqual(toNetworkInput(checkBody('network', { Name: 'n', Driver: 'bridge', IPAM: { Driver: 'default', Config: [{ Subnet: '10.9.0.0/24' }] }, Labels: { a: 'b' } })),
+      { name: 'n', driver: 'bridge', subnet: '10.9.0.0/24', internal: false, labels: { a: 'b' } });
+    assert.throws(() => toNetworkInput(checkBody('network', { Name: 'n', Driver: 'overlay' })), /overlay" is not supported/);
+    assert.throws(() => toNetworkInput(checkBody('network', { Name: 'n', EnableIPv6: true })), /--ipv6/);
+  });
+});

@@ -1,0 +1,282 @@
+/**
+ * The Docker Engine API end to end: the real docker CLI (Debian's 20.10 at /usr/bin/docker when
+ * installed, else the one on the machine) against a real nimbusd's HOME/docker.sock, with the
+ * loopback registry fixture. DOCKER_CONFIG is a temp dir: the host's docker config is never read.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { run } from '../src/core/exec.js';
+import { freePort } from '../src/agent/network/network-test-env.js';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+
+/** NIMBUS_DOCKER_CLI picks another client (a newer CLI negotiates down to 1.41). */
+const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/local/bin/docker'].find((p) => p && existsSync(p));
+
+let d: DaemonProcess | undefined;
+let registry: TestRegistry | undefined;
+let config: string;
+let IMAGE: string;
+
+async function docker(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await run(DOCKER!, args, {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, DOCKER_HOST: `unix://${d!.home}/docker.sock`, DOCKER_CONFIG: join(config, 'admin'), ...env },
+    timeoutMs: 60_000,
+  });
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+}
+
+async function ok(args: string[]): Promise<string> {
+  const r = await docker(args);
+  assert.equal(r.code, 0, `docker ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+async function okAs(as: (args: string[]) => Promise<{ code: number; stderr: string }>, args: string[]): Promise<void> {
+  const r = await as(args);
+  assert.equal(r.code, 0, `docker ${args.join(' ')}: ${r.stderr}`);
+}
+
+/** A raw request on the Docker socket (what the CLI would not let a test send). */
+function raw(method: string, path: string): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: `${d!.home}/docker.sock`, path, method }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 240_000 }, () => {
+  before(async () => {
+    config = mkdtempSync(join(tmpdir(), 'nimbus-docker-config-'));
+    mkdirSync(join(config, 'admin'));
+    registry = await startTestRegistryWithImages();
+    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
+    d = await startDaemonProcess();
+  });
+  after(async () => {
+    try {
+      await d?.destroy();
+    } finally {
+      await registry?.stop();
+      rmSync(config, { recursive: true, force: true });
+    }
+  }, { timeout: 60_000 }); // a daemon that does not stop (an upgraded connection held open) fails here, not hangs
+
+  test('version and info: API 1.41 advertised, newer versions refused in Docker\'s words', async () => {
+    assert.equal((await ok(['version', '--format', '{{.Server.APIVersion}}'])).trim(), '1.41');
+    const ping = await raw('GET', '/_ping');
+    assert.equal(ping.status, 200);
+    assert.equal(ping.body, 'OK');
+    assert.equal(ping.headers['api-version'], '1.41');
+    const tooNew = await raw('GET', '/v1.99/version');
+    assert.equal(tooNew.status, 400);
+    assert.match((JSON.parse(tooNew.body) as { message: string }).message, /client version 1\.99 is too new/);
+    assert.equal((await raw('GET', '/v1.40/version')).status, 200);
+    const info = (await ok(['info', '--format', '{{.ServerVersion}} {{.OSType}} {{.Containers}}'])).trim();
+    assert.match(info, /^\S+ linux 0$/);
+  });
+
+  test('pull with progress, images, tag, inspect, rmi', async () => {
+    const pulled = await ok(['pull', IMAGE]);
+    assert.match(pulled, /Digest: sha256:[0-9a-f]{64}/);
+    assert.match(pulled, /Downloaded newer image for/);
+    assert.match(pulled, /[0-9a-f]{12}: Pull complete/);
+    const missing = await docker(['pull', `${registry!.host}/nimbus-test/no-such-image:latest`]);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /no-such-image/);
+    const again = await ok(['pull', IMAGE]);
+    assert.match(again, /Image is up to date/);
+    await ok(['tag', IMAGE, 'mine/bb:v1']);
+    const images = await ok(['images', '--format', '{{.Repository}}:{{.Tag}} {{.ID}}']);
+    assert.match(images, new RegExp(`${registry!.host}/nimbus-test/busybox:latest [0-9a-f]{12}`));
+    assert.match(images, /mine\/bb:v1 [0-9a-f]{12}/);
+    assert.equal((await ok(['images', '--format', '{{.Repository}}:{{.Tag}}', 'mine/bb'])).trim(), 'mine/bb:v1');
+    const id = (await ok(['image', 'inspect', '--format', '{{.Id}}', 'mine/bb:v1'])).trim();
+    assert.match(id, /^sha256:[0-9a-f]{64}$/);
+    assert.match(await ok(['rmi', 'mine/bb:v1']), /Untagged: mine\/bb:v1/);
+    const gone = await docker(['image', 'inspect', 'mine/bb:v1']);
+    assert.notEqual(gone.code, 0);
+    assert.match(gone.stderr, /No such image/);
+  });
+
+  test('run -d, then ps (filters, Names, Status), logs (both streams, --tail), inspect, stop, rm', async () => {
+    const id = (await ok(['run', '-d', '--name', 'web', '-e', 'WHO=nimbus', '--label', 'app=web', '--memory', '64m', '--pids-limit', '50', IMAGE,
+      // stdout and stderr are two pipes: the pause makes "last" the last line whatever order the first two land in
+      'sh', '-c', 'echo hello $WHO; echo oops >&2; sleep 0.3; echo last; exec sleep 1000'])).trim();
+    assert.match(id, /^[0-9a-f]{64}$/);
+    const ps = (await ok(['ps', '--filter', 'label=app=web', '--format', '{{.Names}}|{{.Status}}|{{.ID}}'])).trim();
+    assert.match(ps, /^web\|Up (Less than a second|\d+ seconds?)\|[0-9a-f]{12}$/);
+    assert.equal((await ok(['ps', '--filter', 'name=nomatch', '-q'])).trim(), '');
+    let logs = { code: 1, stdout: '', stderr: '' };
+    for (const end = Date.now() + 15_000; !logs.stdout.includes('last') && Date.now() < end;) {
+      logs = await docker(['logs', 'web']);
+      if (!logs.stdout.includes('last')) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(logs.stdout, 'hello nimbus\nlast\n');
+    assert.equal(logs.stderr, 'oops\n');
+    assert.equal((await ok(['logs', '--tail', '1', 'web'])).trim(), 'last');
+    assert.match(await ok(['logs', '--timestamps', 'web']), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z hello nimbus$/m);
+    assert.equal((await ok(['inspect', '--format', '{{.State.Running}} {{.Name}} {{.HostConfig.Memory}}', 'web'])).trim(), 'true /web 67108864');
+    // -f follows until the container exits
+    const followed = await ok(['run', '-d', IMAGE, 'sh', '-c', 'echo a; sleep 0.5; echo b']);
+    assert.equal(await ok(['logs', '-f', followed.trim()]), 'a\nb\n');
+    await ok(['rm', followed.trim()]);
+    await ok(['stop', '-t', '1', 'web']);
+    const stopped = (await ok(['ps', '-a', '--filter', 'name=^web$', '--format', '{{.Status}}'])).trim();
+    assert.match(stopped, /^Exited \(137\) (Less than a second|\d+ seconds?) ago$/);
+    await ok(['start', 'web']);
+    await ok(['kill', 'web']);
+    await ok(['rm', 'web']);
+    assert.equal((await ok(['ps', '-a', '-q'])).trim(), '');
+    const missing = await docker(['rm', 'web']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /No such container: web/);
+  });
+
+  test('run --rm prints the output and exits with the container\'s code; rm -f of a running one', async () => {
+    const r = await docker(['run', '--rm', IMAGE, 'sh', '-c', 'echo out; echo err >&2; exit 3']);
+    assert.equal(r.code, 3, r.stderr);
+    assert.equal(r.stdout, 'out\n');
+    assert.match(r.stderr, /err/);
+    assert.equal((await ok(['ps', '-a', '-q'])).trim(), '', 'the --rm container is gone');
+    // without --rm: attach and wait (next-exit) before the start, the container stays
+    const kept = await docker(['run', '--name', 'once', IMAGE, 'sh', '-c', 'echo kept; exit 5']);
+    assert.equal(kept.code, 5, kept.stderr);
+    assert.equal(kept.stdout, 'kept\n');
+    assert.equal((await ok(['wait', 'once'])).trim(), '5');
+    assert.match(await ok(['ps', '-a', '--format', '{{.Names}} {{.State}}']), /^once exited$/m);
+    await ok(['start', 'once']);
+    assert.equal((await ok(['wait', 'once'])).trim(), '5');
+    await ok(['rm', 'once']);
+    await ok(['run', '-d', '--name', 'busy', IMAGE, 'sleep', '1000']);
+    // exec without a TTY: output framed, exit code, -e, -u, -w, -d
+    const ex = await docker(['exec', '-e', 'X=1', '-u', '1000', '-w', '/tmp', 'busy', 'sh', '-c', 'echo $X $(id -u) $(pwd); echo e >&2; exit 4']);
+    assert.equal(ex.code, 4, ex.stderr);
+    assert.equal(ex.stdout, '1 1000 /tmp\n');
+    assert.equal(ex.stderr, 'e\n');
+    await ok(['exec', '-d', 'busy', 'touch', '/tmp/detached']);
+    assert.equal((await docker(['exec', 'busy', 'sh', '-c', 'for i in $(seq 50); do [ -e /tmp/detached ] && exit 0; sleep 0.1; done; exit 1'])).code, 0);
+    const tty = await docker(['exec', '-t', 'busy', 'true']);
+    assert.notEqual(tty.code, 0);
+    assert.match(tty.stderr, /-t is not supported/);
+    await ok(['restart', '-t', '0', 'busy']);
+    assert.equal((await ok(['inspect', '--format', '{{.State.Status}}', 'busy'])).trim(), 'running');
+    const refused = await docker(['rm', 'busy']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /cannot remove a running container/);
+    await ok(['rm', '-f', 'busy']);
+  });
+
+  test('an image not pulled yet: create answers 404, the CLI pulls and runs', async () => {
+    const single = `${registry!.host}/nimbus-test/busybox:single`;
+    const r = await docker(['run', '--rm', single, 'echo', 'pulled and ran']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /Unable to find image/);
+    assert.equal(r.stdout.trim().split('\n').pop(), 'pulled and ran');
+  });
+
+  test('network create, ls, inspect, run on it, rm; unsupported flags refused by name', async () => {
+    // the subnet comes from the daemon's test pool: files run in parallel, a fixed one could collide
+    const id = (await ok(['network', 'create', '--label', 'purpose=test', 'dnet'])).trim();
+    assert.match(id, /\S+/);
+    assert.match(await ok(['network', 'ls', '--format', '{{.Name}} {{.Driver}}']), /^dnet bridge$/m);
+    assert.equal((await ok(['network', 'ls', '-q', '--filter', 'label=purpose=test'])).trim(), id.slice(0, 12));
+    const subnet = (await ok(['network', 'inspect', '--format', '{{range .IPAM.Config}}{{.Subnet}}{{end}}', 'dnet'])).trim();
+    const prefix = /^(\d+\.\d+\.\d+)\.0\/24$/.exec(subnet)?.[1];
+    assert.ok(prefix, subnet);
+    const r = await docker(['run', '--rm', '--network', 'dnet', IMAGE, 'sh', '-c', 'ip -4 addr show eth0']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.includes(`inet ${prefix}.`), r.stdout);
+    await ok(['network', 'rm', 'dnet']);
+    assert.doesNotMatch(await ok(['network', 'ls', '--format', '{{.Name}}']), /^dnet$/m);
+    const bind = await docker(['run', '--rm', '-v', '/etc:/host-etc', IMAGE, 'true']);
+    assert.notEqual(bind.code, 0);
+    assert.match(bind.stderr, /-v\/--volume is not supported/);
+  });
+
+  test('-p publishes a port; pause and unpause; network connect and disconnect; logs --since', async () => {
+    const port = await freePort();
+    await ok(['run', '-d', '--name', 'served', '-p', `127.0.0.1:${port}:8080`, IMAGE,
+      'sh', '-c', 'mkdir -p /www && echo hello-docker > /www/index.html && exec busybox httpd -f -p 8080 -h /www']);
+    assert.match(await ok(['ps', '--format', '{{.Names}} {{.Ports}}']), new RegExp(`^served 127\\.0\\.0\\.1:${port}->8080/tcp$`, 'm'));
+    let body = '';
+    for (let i = 0; i < 50 && body !== 'hello-docker'; i++) {
+      body = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2000) }).then(async (r) => (await r.text()).trim(), () => '');
+      if (body !== 'hello-docker') await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(body, 'hello-docker');
+    await ok(['pause', 'served']);
+    assert.match(await ok(['ps', '--format', '{{.Status}}', '--filter', 'name=served']), /^Up .* \(Paused\)$/m);
+    await ok(['unpause', 'served']);
+    await ok(['network', 'create', 'side']);
+    await ok(['network', 'connect', 'side', 'served']);
+    assert.match(await ok(['network', 'inspect', '--format', '{{range .Containers}}{{.Name}} {{end}}', 'side']), /served/);
+    await ok(['network', 'disconnect', 'side', 'served']);
+    assert.doesNotMatch(await ok(['network', 'inspect', '--format', '{{range .Containers}}{{.Name}} {{end}}', 'side']), /served/);
+    const future = String(Math.floor(Date.now() / 1000) + 3600);
+    assert.equal(await ok(['logs', '--since', future, 'served']), '');
+    await ok(['rm', '-f', 'served']);
+    await ok(['network', 'rm', 'side']);
+  });
+
+  test('a tenant\'s token and project in HttpHeaders: its docker CLI sees its own project only; docker-env tells what to set', async () => {
+    const api = d!.api.bind(d);
+    assert.equal((await api('POST', '/projects', { name: 'tenant' })).status, 201);
+    assert.equal((await api('POST', '/users', { name: 'tina', password: 'tenant-password-1' })).status, 201);
+    assert.equal((await api('PUT', '/projects/tenant/roles/tina', { role: 'member' })).status, 200);
+    const login = await api<{ token: string }>('POST', '/auth/login', { user: 'tina', password: 'tenant-password-1' });
+    assert.equal(login.status, 201);
+    const tenantConfig = join(config, 'tina');
+    mkdirSync(tenantConfig);
+    writeFileSync(join(tenantConfig, 'config.json'), JSON.stringify({ HttpHeaders: { 'X-Nimbus-Token': login.body.token, 'X-Nimbus-Project': 'tenant' } }));
+    const asTina = (args: string[]) => docker(args, { DOCKER_CONFIG: tenantConfig });
+
+    await ok(['run', '-d', '--name', 'admins', IMAGE, 'sleep', '1000']);
+    assert.equal((await asTina(['ps', '-a', '-q'])).stdout.trim(), '', 'the default project\'s container is not listed');
+    assert.equal((await asTina(['images', '-q'])).stdout.trim(), '', 'nor its images');
+    // (not rm -f: the CLI makes a missing container a success there)
+    for (const verb of ['stop', 'rm', 'logs', 'inspect']) {
+      const r = await asTina([verb, 'admins']);
+      assert.notEqual(r.code, 0, verb);
+      assert.match(r.stderr, /No such (container|object): admins/i, verb);
+    }
+    assert.match(await ok(['ps', '--format', '{{.Names}}']), /^admins$/m, 'still there, still running');
+    // the image is pulled again, into the tenant's project (quota and audit are the project's)
+    const r = await asTina(['run', '--rm', IMAGE, 'echo', 'tenant ran']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /Unable to find image/);
+    assert.equal(r.stdout.trim().split('\n').pop(), 'tenant ran');
+    assert.match((await asTina(['images', '--format', '{{.Repository}}'])).stdout, /nimbus-test\/busybox/);
+    const projectContainers = await api<unknown[]>('GET', '/containers?all=true&project=tenant');
+    assert.deepEqual(projectContainers.body, []);
+    await ok(['rm', '-f', 'admins']);
+
+    // the project's quota holds for its docker CLI as for the Nimbus API
+    assert.equal((await api('PUT', '/quota/tenant', { hard: { instances: 1 } })).status, 200);
+    await okAs(asTina, ['run', '-d', '--name', 'first', IMAGE, 'sleep', '1000']);
+    const second = await asTina(['run', '-d', '--name', 'second', IMAGE, 'sleep', '1000']);
+    assert.notEqual(second.code, 0);
+    assert.match(second.stderr, /instances: need 1, free 0/);
+    await okAs(asTina, ['rm', '-f', 'first']);
+
+    writeFileSync(join(tenantConfig, 'config.json'), JSON.stringify({ HttpHeaders: { 'X-Nimbus-Token': 'not-a-token' } }));
+    const bad = await asTina(['ps']);
+    assert.notEqual(bad.code, 0);
+
+    const env = await d!.cli(['docker-env']);
+    assert.equal(env.code, 0, env.stderr);
+    assert.match(env.stdout, new RegExp(`^export DOCKER_HOST=unix://${d!.home}/docker.sock$`, 'm'));
+    const tenantEnv = await d!.cli(['docker-env', '--project', 'tenant'], { env: { NIMBUS_TOKEN: login.body.token } });
+    assert.equal(tenantEnv.code, 0, tenantEnv.stderr);
+    assert.match(tenantEnv.stdout, /"HttpHeaders": \{"X-Nimbus-Token":"[^"]+","X-Nimbus-Project":"tenant"\}/);
+  });
+});
