@@ -32,7 +32,7 @@ export interface VmSpec {
   /** Host CPUs for the vCPU threads: vCPU i runs on pin[i % pin.length]. */
   pin?: number[];
   /** virtio-net NICs on tap devices the network layer made (the seam for VM networking). */
-  nics?: Array<{ tap: string; mac: string }>;
+  nics?: Array<{ tap: string; mac: string; mtu?: number }>;
   /** The guest reports its exit status through isa-debug-exit (the test guest does). */
   debugExit?: boolean;
   /** Host directories shared over virtio-9p (a secure container's rootfs). */

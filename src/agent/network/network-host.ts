@@ -376,7 +376,7 @@ export class NetworkHost {
    * network's bridge (or routed to its address); QEMU opens them, the guest holds the
    * addresses. Returned in order, with the MAC each NIC gets.
    */
-  async attachTaps(vmId: string, nics: EndpointRequest[]): Promise<Array<{ tap: string; mac: string }>> {
+  async attachTaps(vmId: string, nics: EndpointRequest[]): Promise<Array<{ tap: string; mac: string; mtu?: number }>> {
     if (this.containers.has(vmId) || this.pending.has(vmId)) throw new Conflict(`VM ${vmId} already has NICs`);
     for (const e of nics) if (!this.networks.has(e.network.id)) throw new NotFound(`network ${e.network.name} is not on this host`);
     if (nics.length > 8) throw new InvalidArgument('at most 8 NICs per VM');
@@ -394,7 +394,8 @@ export class NetworkHost {
       await this.save('endpoints', vmId, file);
       this.containers.set(vmId, file);
       if (needsTable(file)) await this.renderTable();
-      return file.endpoints.map((e) => ({ tap: e.hostIf, mac: e.mac }));
+      // an overlay network's lower MTU goes to the guest too (virtio-net host_mtu)
+      return file.endpoints.map((e, i) => ({ tap: e.hostIf, mac: e.mac, ...(nics[i]!.network.mtu !== undefined ? { mtu: nics[i]!.network.mtu } : {}) }));
     } catch (err) {
       await this.undoEndpoints(file).catch(() => undefined);
       throw err;

@@ -44,7 +44,7 @@ test('argv: overlay disk, NICs on taps, incoming migration, debug exit, comma es
     ...base,
     name: 'a,b',
     rootDisk: { path: '/d/root.qcow2', format: 'qcow2' },
-    nics: [{ tap: 'vif3.0', mac: '52:54:00:00:00:01' }, { tap: 'vif3.1', mac: '52:54:00:00:00:02' }],
+    nics: [{ tap: 'vif3.0', mac: '52:54:00:00:00:01' }, { tap: 'vif3.1', mac: '52:54:00:00:00:02', mtu: 1450 }],
     incoming: 'exec:cat /x',
     debugExit: true,
   });
@@ -55,8 +55,9 @@ test('argv: overlay disk, NICs on taps, incoming migration, debug exit, comma es
     'isa-debug-exit,iobase=0xf4,iosize=0x01',
     'virtio-blk-pci,drive=root',
     'virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01',
-    'virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02',
+    'virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02,host_mtu=1450',
   ]);
+  assert.throws(() => qemuArgv({ ...base, nics: [{ tap: 'vif3.0', mac: '52:54:00:00:00:01', mtu: 100 }] }), { code: 'InvalidArgument' });
   assert.deepEqual(after(a, '-incoming'), ['exec:cat /x']);
   const diskOnly = qemuArgv({ ...base, kernel: undefined, initrd: undefined, append: undefined, rootDisk: { path: '/d/r.qcow2', format: 'qcow2' } });
   assert.deepEqual(after(diskOnly, '-device'), ['virtio-blk-pci,drive=root,bootindex=0']);

@@ -12,6 +12,8 @@ export interface NicConfig {
   tap: string;
   /** Locally administered MAC, e.g. "52:54:00:12:34:56". */
   mac: string;
+  /** The network's MTU when lower than Ethernet's (an overlay): told to the guest through virtio-net's MTU feature. */
+  mtu?: number;
 }
 
 export interface DiskConfig {
@@ -115,7 +117,8 @@ export function qemuArgv(c: QemuConfig): string[] {
     if (!MAC.test(n.mac)) throw new InvalidArgument(`bad MAC "${n.mac}"`);
     if (!n.tap || n.tap.length > 15 || /[\s,/]/.test(n.tap)) throw new InvalidArgument(`bad tap device name "${n.tap}"`);
     a.push('-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`);
-    a.push('-device', `virtio-net-pci,netdev=net${i},mac=${n.mac}`);
+    if (n.mtu !== undefined && (!Number.isInteger(n.mtu) || n.mtu < 576 || n.mtu > 65535)) throw new InvalidArgument(`bad NIC MTU ${n.mtu}`);
+    a.push('-device', `virtio-net-pci,netdev=net${i},mac=${n.mac}${n.mtu !== undefined ? `,host_mtu=${n.mtu}` : ''}`);
   });
   (c.shares ?? []).forEach((sh, i) => {
     if (!/^[A-Za-z0-9_]{1,31}$/.test(sh.tag)) throw new InvalidArgument(`bad share tag "${sh.tag}"`);
