@@ -452,6 +452,7 @@ export class ContainerService {
       await agent.removeContainer(id).catch(() => undefined);
       try {
         await this.store.containers.delete(id); // its address leases go with it
+        this.networks.endpointsGone(id); // and other hosts' overlay entries for them
         await this.scheduler.release(id);
         await this.quota.release(id, 'create failed');
       } catch (x) {

@@ -104,6 +104,11 @@ export class NetworkService {
     });
   }
 
+  /** An instance's record went without a destroy event (a create that failed after its lease): its peers are withdrawn now, not at the follow-up push. */
+  endpointsGone(instanceId: string): void {
+    void this.overlayChangedFor(instanceId, false).catch((x: unknown) => log.warn('updating overlays after a failed create', { id: instanceId, error: String(x) }));
+  }
+
   /** The networks an instance was on (seen by the overlay; with its leases when it still has them) get their peers pushed again. */
   private async overlayChangedFor(instanceId: string, readLeases: boolean): Promise<void> {
     const leased = readLeases ? (await this.store.networks.leases({ instanceId })).map((l) => l.networkId) : [];

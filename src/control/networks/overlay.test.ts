@@ -166,3 +166,17 @@ test('a host that registers again (a new agent object) gets its networks laid ou
   for (let i = 0; i < 50 && peersOn('b', net.id) === undefined; i++) await new Promise((r) => setTimeout(r, 20));
   assert.equal(peersOn('b', net.id)?.length, 1, 'and the other host\'s endpoint pushed to it');
 });
+
+test('a create that failed after its lease: its record goes without an event, endpointsGone withdraws its peers at once', async (t) => {
+  const { svc, store, run, peersOn } = await setup(t);
+  const net = await svc.create({ name: 'span', subnet: '10.73.0.0/24' }, 'p1');
+  await run('fa', 'local', 'span');
+  const { rec } = await run('fb', 'b', 'span');
+  await svc.overlay.settled();
+  assert.equal(peersOn('local', net.id)?.length, 1, 'b\'s endpoint is on local');
+  await store.containers.delete(rec.id); // what the container service does when the host's create fails
+  svc.endpointsGone(rec.id);
+  for (let i = 0; i < 50 && peersOn('local', net.id)?.length; i++) await new Promise((r) => setTimeout(r, 10));
+  await svc.overlay.settled();
+  assert.ok(!peersOn('local', net.id)?.length, 'withdrawn without waiting for the follow-up push');
+});
