@@ -10,17 +10,7 @@
 import { AdmissionService } from '../src/control/quota/async.js';
 import { checkInvariants } from '../src/control/quota/invariants.js';
 import { Ledger } from '../src/control/quota/ledger.js';
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seeded } from '../scripts/fixtures/seeded.js';
 
 // ------------------------------------------------------------------ 1. throughput
 
@@ -108,7 +98,7 @@ async function throughput() {
   const hotStride = Math.floor(leaves.length / HOT);
   const t0 = performance.now();
   const worker = async (w: number) => {
-    const rnd = rng(1000 + w);
+    const rnd = seeded(1000 + w);
     while (decisions < DECISIONS) {
       // 80% of requests hit 300 hot leaves, so they fill up and borrow, draw on pools, or get rejected
       const leaf = (rnd() < 0.8 ? leaves[hotStride * Math.floor(rnd() * HOT)] : leaves[Math.floor(rnd() * leaves.length)]) ?? 'root';
@@ -173,7 +163,7 @@ const STEPS = 2_000;
 
 function workload(): number[][] {
   // per team a bursty demand: idle-ish baseline, bursts up to 2× its 1/4 share, changing every ~40 steps
-  const rnd = rng(42);
+  const rnd = seeded(42);
   const out: number[][] = [];
   for (let t = 0; t < TEAMS; t++) {
     const d: number[] = [];

@@ -37,6 +37,7 @@ import type { ServerGroupPolicy } from '../src/store/repos/placement.js';
 import { openStore } from '../src/store/open.js';
 import type { Store } from '../src/store/store.js';
 import { startPostgres } from '../scripts/fixtures/postgres.js';
+import { seeded } from '../scripts/fixtures/seeded.js';
 import { cleanup } from './lib/cleanup.js';
 import { isMain, runBenchmarks, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome } from './lib/result.js';
@@ -97,17 +98,6 @@ type FromReplica =
   | ({ type: 'done' } & ReplicaResult)
   | { type: 'error'; index: number; message: string };
 
-/** mulberry32: the same requests every run, in either process. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const projectId = (k: number) => `bench-p${k}`;
 
@@ -118,7 +108,7 @@ const projectId = (k: number) => `bench-p${k}`;
  * to ssd hosts.
  */
 export function requestFor(i: number, size: Size, groups: readonly GroupSpec[]): PlacementRequest {
-  const r = rng(0x5eed0000 + i);
+  const r = seeded(0x5eed0000 + i); // the same requests every run, in either process
   const base = { consumerId: `bench-${i}`, kind: 'container' as const };
   const roll = r();
   if (roll < 0.03) {

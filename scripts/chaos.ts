@@ -26,6 +26,7 @@ import { createChaosDaemon, chaosHomes, sweepHome, type ChaosDaemon } from './ch
 import { findLeaks, homeFileLeaks, idsInHome, snapshotHost, type HomeIdentity, type Leak } from './chaos-host.js';
 import { ALL_KINDS, runWork, VM_KINDS, WORK_KINDS, type VmGuest, type WorkKind } from './chaos-work.js';
 import { buildTestGuest, GUEST_CACHE_DIR } from './fixtures/guest.js';
+import { seeded } from './fixtures/seeded.js';
 
 export interface CampaignOptions {
   rounds: number;
@@ -58,17 +59,6 @@ export interface CampaignResult {
   leaks: number;
 }
 
-/** mulberry32: a small seeded generator, so a failing round can be replayed with --seed. */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** An image with one incompressible 12 MiB layer: a pull takes long enough to be killed inside it. */
 async function pushLargeImage(reg: TestRegistry, repo: string): Promise<string> {

@@ -8,27 +8,23 @@
  * process runs there, and logs, exec, stats, stop and rm go through the control plane; a
  * container on each host at once; after rm nothing is left on the agent.
  */
-import { untilOutput } from '../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
-import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { secondHost, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, mountsUnder, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 
 const AGENT = 'host-b';
 
 interface Container { id: string; name: string; status: string; host: string; pid: number | null }
 
-/** The second host: a network namespace with a veth pair to this one, on a /30 no route of this host uses. */
 /**
  * The registry, as the second host reaches it at the same reference: this side forwards the
  * link address to the registry's loopback port; in the namespace a node relay listens on the
@@ -61,36 +57,10 @@ async function registryRelay(registryHost: string, host: SecondHost) {
   };
 }
 
-/** `nimbusd agent` in the second host's namespace, joined with a token, registered over the control plane's socket. */
-function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string, name = AGENT) {
-  const home = mkdtempSync(join(tmpdir(), 'nimbus-hosts-agent-'));
-  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() };
-  let child: ChildProcess | undefined;
-  let out = '';
-  return {
-    home,
-    output: () => out,
-    async start(): Promise<void> {
-      // nsenter --net only: the cgroup mounts stay visible, and node runs in place (the child's pid is the agent's)
-      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', name, '--home', home,
-        '--listen', `${host.agentAddress}:0`, '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], { stdio: ['ignore', 'pipe', 'pipe'], env });
-      child = c;
-      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
-    },
-    async stop(): Promise<void> {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) return;
-      const exited = new Promise((r) => c.once('exit', r));
-      c.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
+/** `nimbusd agent` in the second host's namespace (agentInNamespace), named `name`. */
+const agentProcess = (controlPlaneSocket: string, host: SecondHost, joinToken: string, name = AGENT) =>
+  agentInNamespace(controlPlaneSocket, host, joinToken, { name, homePrefix: 'nimbus-hosts-agent', env: GUEST_HOST_DIRS_ENV });
 
-/** Mount points under a directory (an agent's home: container root filesystems). */
-const mountsUnder = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(dir));
 /** cgroup directories named after a container, in any hierarchy. */
 function cgroupsOf(id: string): string[] {
   const found: string[] = [];
@@ -123,14 +93,7 @@ async function teardown(daemon: DaemonProcess | undefined, agent: ReturnType<typ
       for (const c of list.body ?? []) await daemon.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
     }
   } finally {
-    await agent?.stop();
-    if (agent) {
-      // conmon outlives its agent: whatever a failed test left goes here
-      for (const pid of (await run('pgrep', ['-f', agent.home])).stdout.split('\n').filter(Boolean).map(Number)) process.kill(pid, 'SIGKILL');
-      leftMounts.push(...mountsUnder(agent.home));
-      for (const m of [...leftMounts].reverse()) await run('umount', ['-l', m]);
-      rmSync(agent.home, { recursive: true, force: true });
-    }
+    if (agent) leftMounts.push(...(await agent.destroy()));
     await daemon?.destroy();
   }
   return leftMounts;

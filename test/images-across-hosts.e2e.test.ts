@@ -7,18 +7,15 @@
  * registry nobody serves, is carried too once the pull fails. A VM whose kernel and initrd are
  * images of the image service boots on the second host from that host's copies.
  */
-import { untilOutput } from '../scripts/fixtures/child-output.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { run } from '../src/core/exec.js';
-import { secondHost, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
 import { buildTestGuest, READY_MARKER } from '../scripts/fixtures/guest.js';
@@ -28,32 +25,6 @@ const AGENT = 'host-b';
 
 interface Container { id: string; name: string; status: string; host: string; pid: number | null }
 
-/** `nimbusd agent` in the second host's namespace, joined with a token, registered over the control plane's socket. */
-function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string) {
-  const home = mkdtempSync(join(tmpdir(), 'nimbus-carry-agent-'));
-  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...testNetworkEnv() };
-  let child: ChildProcess | undefined;
-  let out = '';
-  return {
-    home,
-    output: () => out,
-    async start(): Promise<void> {
-      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home,
-        '--listen', `${host.agentAddress}:0`, '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], { stdio: ['ignore', 'pipe', 'pipe'], env });
-      child = c;
-      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
-    },
-    async stop(): Promise<void> {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) return;
-      const exited = new Promise((r) => c.once('exit', r));
-      c.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
 
 /** An OCI layout tar of one image (a manifest straight from index.json), named `name` when given. */
 async function singleImageTar(path: string, manifest: ReturnType<typeof blobOf>, blobs: Array<ReturnType<typeof blobOf>>, name?: string): Promise<void> {
@@ -68,11 +39,10 @@ async function singleImageTar(path: string, manifest: ReturnType<typeof blobOf>,
   ]));
 }
 
-const mountsUnder = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(dir));
 
 let d: DaemonProcess | undefined;
 let host2: SecondHost | undefined;
-let b: ReturnType<typeof agentProcess> | undefined;
+let b: NamespaceAgent | undefined;
 let images: TestImages;
 let work: string;
 
@@ -96,7 +66,7 @@ after(async () => {
 describe('images carried to the host a container is placed on', { concurrency: false }, () => {
   before(async () => {
     d = await startDaemonProcess();
-    b = agentProcess(d.socket, host2!, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim());
+    b = agentInNamespace(d.socket, host2!, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), { homePrefix: 'nimbus-carry-agent' });
     await b.start();
   });
   after(async () => {
@@ -108,14 +78,7 @@ describe('images carried to the host a container is placed on', { concurrency: f
     } finally {
       const qemu = b ? qemuUnder(b.home) : [];
       for (const pid of qemu) process.kill(pid, 'SIGKILL');
-      await b?.stop();
-      if (b) {
-        for (const pid of (await run('pgrep', ['-f', b.home])).stdout.split('\n').filter(Boolean).map(Number)) process.kill(pid, 'SIGKILL');
-        const left = mountsUnder(b.home);
-        for (const m of [...left].reverse()) await run('umount', ['-l', m]);
-        rmSync(b.home, { recursive: true, force: true });
-        assert.deepEqual(left, [], 'no mounts left on the agent');
-      }
+      if (b) assert.deepEqual(await b.destroy(), [], 'no mounts left on the agent');
       await d?.destroy();
       assert.deepEqual(qemu, [], 'no QEMU left on the agent');
     }

@@ -8,18 +8,14 @@
  * protocol), survives kill -9 of the control plane and of the agent process, and leaves no
  * QEMU, no state and no registration behind.
  */
-import { untilOutput } from '../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
-import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
-import { secondHost, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor as poll } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
 
@@ -40,42 +36,9 @@ interface Report { id: string; from: string; to: string; totalMs: number; downti
 /** The network namespace inode of a process. */
 const netnsOf = (pid: number) => statSync(`/proc/${pid}/ns/net`).ino;
 
-/**
- * `nimbusd agent` as a child process in the second host's namespace, started again on the same
- * home by start(). It listens on TCP, so it joins with a token on its first start (its
- * certificate is kept in its home: later starts pass the spent token, which it does not use).
- */
-function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string) {
-  const home = mkdtempSync(join(tmpdir(), 'nimbus-agent-'));
-  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() };
-  let child: ChildProcess | undefined;
-  let out = '';
-  const self = {
-    home,
-    output: () => out,
-    async start(): Promise<void> {
-      out = '';
-      // nsenter --net: only the network namespace (ip netns exec would also mount a fresh /sys,
-      // hiding the cgroup mounts); it execs node in place, so the child's pid is the agent's
-      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home,
-        '--listen', `${host.agentAddress}:0`, '--migration-address', host.agentAddress, '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], {
-        stdio: ['ignore', 'pipe', 'pipe'], env,
-      });
-      child = c;
-      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
-    },
-    async kill(signal: NodeJS.Signals): Promise<void> {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) return;
-      const exited = new Promise((r) => c.once('exit', r));
-      c.kill(signal);
-      await exited;
-    },
-  };
-  return self;
-}
+/** `nimbusd agent` in the second host's namespace (agentInNamespace), receiving migrations on its end of the link. */
+const agentProcess = (controlPlaneSocket: string, host: SecondHost, joinToken: string) =>
+  agentInNamespace(controlPlaneSocket, host, joinToken, { homePrefix: 'nimbus-agent', env: GUEST_HOST_DIRS_ENV, args: ['--migration-address', host.agentAddress] });
 
 let d: DaemonProcess;
 let host2: SecondHost;

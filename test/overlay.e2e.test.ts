@@ -7,65 +7,25 @@
  * containers and the network are removed no VXLAN device and no FDB entry is left on either
  * host. Skipped where the kernel has no VXLAN.
  */
-import { untilOutput } from '../scripts/fixtures/child-output.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { httpGetFromNetns, inNetns, serveHttp, testNetworkEnv } from '../src/agent/network/network-test-env.js';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { httpGetFromNetns, inNetns, serveHttp, vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { secondHost, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { OVERLAY_MTU, vxlanDeviceName } from '../src/agent/network/overlay.js';
 
 const AGENT = 'host-b';
 
-async function vxlanMissing(): Promise<string | undefined> {
-  const ns = `ovlprobe-${process.pid}`;
-  if ((await run('ip', ['netns', 'add', ns])).code !== 0) return 'cannot make network namespaces';
-  try {
-    const r = await run('ip', ['-n', ns, 'link', 'add', 'vxp', 'type', 'vxlan', 'id', '1', 'local', '127.0.0.1', 'dstport', '4789', 'nolearning', 'proxy']);
-    return r.code === 0 ? undefined : `no VXLAN in this kernel: ${r.stderr.trim()}`;
-  } finally {
-    await run('ip', ['netns', 'del', ns]);
-  }
-}
-const skip = await vxlanMissing();
+const skip = await vxlanMissing(`e2e${process.pid}`);
 
-/** `nimbusd agent` in the second host's namespace, joined with a token. */
-function agentProcess(controlPlaneSocket: string, host: SecondHost, joinToken: string) {
-  const home = mkdtempSync(join(tmpdir(), 'nimbus-overlay-agent-'));
-  const net = testNetworkEnv();
-  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...net };
-  let child: ChildProcess | undefined;
-  let out = '';
-  return {
-    home,
-    table: net.NIMBUS_NFT_TABLE!,
-    async start(): Promise<void> {
-      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', AGENT, '--home', home,
-        '--listen', `${host.agentAddress}:0`, '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], { stdio: ['ignore', 'pipe', 'pipe'], env });
-      child = c;
-      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
-    },
-    async stop(): Promise<void> {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) return;
-      const exited = new Promise((r) => c.once('exit', r));
-      c.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
 
-const mountsUnder = (dir: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(dir));
 /** A container's named network namespace (either host's: /run/netns is shared by the mount namespace). */
 const netnsOf = (id: string) => {
   const name = readdirSync('/run/netns').find((n) => n.endsWith(`-${id}`));
@@ -112,7 +72,7 @@ const fdb = async (ns?: string) => (await run('bridge', [...(ns ? ['-n', ns] : [
 
 let d: DaemonProcess | undefined;
 let host2: SecondHost | undefined;
-let b: ReturnType<typeof agentProcess> | undefined;
+let b: NamespaceAgent | undefined;
 let work: string;
 
 async function cliOk(args: string[]): Promise<string> {
@@ -129,7 +89,7 @@ describe('a user network across two hosts over VXLAN', { skip, concurrency: fals
     work = mkdtempSync(join(tmpdir(), 'nimbus-overlay-e2e-'));
     host2 = await secondHost({ ns: 'ovl', link: 'nov' });
     d = await startDaemonProcess();
-    b = agentProcess(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim());
+    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), { homePrefix: 'nimbus-overlay-agent' });
     await b.start();
     const archive = join(work, 'image.tar');
     await writeOciLayoutTar(await buildTestImages(), archive, '');
@@ -141,12 +101,9 @@ describe('a user network across two hosts over VXLAN', { skip, concurrency: fals
       for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
       for (const n of ['span', 'other']) await d?.cli(['network', 'rm', n]).catch(() => undefined);
     } finally {
-      await b?.stop();
       if (b) {
-        for (const pid of (await run('pgrep', ['-f', b.home])).stdout.split('\n').filter(Boolean).map(Number)) process.kill(pid, 'SIGKILL');
-        for (const m of mountsUnder(b.home).reverse()) await run('umount', ['-l', m]);
+        await b.destroy();
         await run('ip', ['netns', 'exec', host2!.ns, 'nft', 'delete', 'table', 'inet', b.table]);
-        rmSync(b.home, { recursive: true, force: true });
       }
       await d?.destroy();
       await host2?.remove();

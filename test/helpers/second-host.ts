@@ -3,9 +3,14 @@
  * a veth pair on a free /30 (this side .1, the namespace .2). remove() deletes both ends.
  */
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
-import { freeTestSubnet } from '../../src/agent/network/network-test-env.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freeTestSubnet, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 import { run } from '../../src/core/exec.js';
+import { untilOutput } from '../../scripts/fixtures/child-output.js';
+import { DAEMON_MAIN } from './daemon-process.js';
 
 export interface SecondHost {
   ns: string;
@@ -43,6 +48,86 @@ export async function secondHost(prefix: { ns: string; link: string }): Promise<
     async remove() {
       await run('ip', ['netns', 'del', ns]); // its end of the veth goes with it, and so does ours
       await run('ip', ['link', 'del', hostIf]);
+    },
+  };
+}
+
+/** Mount points under a directory (an agent's home: container root filesystems). */
+export const mountsUnder = (dir: string): string[] =>
+  readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(dir));
+
+export interface NamespaceAgentOptions {
+  /** The agent's name (default host-b). */
+  name?: string;
+  /** Its home is a new temporary directory named PREFIX-XXXXXX. */
+  homePrefix: string;
+  /** Environment beside the test's network settings (testNetworkEnv) and the log level. */
+  env?: Record<string, string>;
+  /** More `nimbusd agent` arguments (e.g. --migration-address). */
+  args?: string[];
+}
+
+export interface NamespaceAgent {
+  home: string;
+  /** The nftables table its networks use (testNetworkEnv's). */
+  table: string;
+  /** What it printed since its last start. */
+  output(): string;
+  /** Starts it (again, on the same home) and waits until it has registered. */
+  start(): Promise<void>;
+  /** SIGTERM, and waits for its exit. */
+  stop(): Promise<void>;
+  kill(signal: NodeJS.Signals): Promise<void>;
+  /**
+   * stop(), then what outlives it goes: processes naming its home (conmon), mounts under it, the
+   * home itself. Returns the mounts that were left.
+   */
+  destroy(): Promise<string[]>;
+}
+
+/**
+ * `nimbusd agent` in the second host's namespace, joined with a token and registered over the
+ * control plane's socket. It listens on TCP, so the token is spent at its first start; a later
+ * start on the same home uses the certificate kept there.
+ */
+export function agentInNamespace(controlPlaneSocket: string, host: SecondHost, joinToken: string, o: NamespaceAgentOptions): NamespaceAgent {
+  const home = mkdtempSync(join(tmpdir(), `${o.homePrefix}-`));
+  const net = testNetworkEnv();
+  const env = { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...o.env, ...net };
+  let child: ChildProcess | undefined;
+  let out = '';
+  const kill = async (signal: NodeJS.Signals) => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const exited = new Promise((r) => c.once('exit', r));
+    c.kill(signal);
+    await exited;
+  };
+  return {
+    home,
+    table: net.NIMBUS_NFT_TABLE!,
+    output: () => out,
+    async start() {
+      out = '';
+      // nsenter --net: only the network namespace (ip netns exec would also mount a fresh /sys,
+      // hiding the cgroup mounts); it execs node in place, so the child's pid is the agent's
+      const c = spawn('nsenter', [`--net=/run/netns/${host.ns}`, '--', process.execPath, '--enable-source-maps', DAEMON_MAIN, 'agent', '--name', o.name ?? 'host-b', '--home', home,
+        '--listen', `${host.agentAddress}:0`, ...(o.args ?? []), '--control-plane', `unix:${controlPlaneSocket}`, '--join-token', joinToken], { stdio: ['ignore', 'pipe', 'pipe'], env });
+      child = c;
+      c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+      c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+      await untilOutput(c, 'registered with', 'nimbusd agent did not register', () => out);
+    },
+    stop: () => kill('SIGTERM'),
+    kill,
+    async destroy() {
+      await kill('SIGTERM');
+      // conmon outlives its agent: whatever a failed test left goes here
+      for (const pid of (await run('pgrep', ['-f', home])).stdout.split('\n').filter(Boolean).map(Number)) process.kill(pid, 'SIGKILL');
+      const left = mountsUnder(home);
+      for (const m of [...left].reverse()) await run('umount', ['-l', m]);
+      rmSync(home, { recursive: true, force: true });
+      return left;
     },
   };
 }

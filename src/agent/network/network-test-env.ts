@@ -166,3 +166,15 @@ export async function removeDaemonNetworks(home: string, table: string): Promise
   for (const spec of read('networks') as Array<{ device: string }>) await run('ip', ['link', 'del', spec.device]);
   await run('nft', ['delete', 'table', 'inet', table]);
 }
+
+/** Why this kernel makes no VXLAN devices (tried in a namespace of its own, named after `tag`), or undefined when it does. */
+export async function vxlanMissing(tag: string): Promise<string | undefined> {
+  const ns = `ovprobe-${tag}`;
+  if ((await run('ip', ['netns', 'add', ns])).code !== 0) return 'cannot make network namespaces';
+  try {
+    const r = await run('ip', ['-n', ns, 'link', 'add', 'vxp', 'type', 'vxlan', 'id', '1', 'local', '127.0.0.1', 'dstport', '4789', 'nolearning', 'proxy']);
+    return r.code === 0 ? undefined : `no VXLAN in this kernel: ${r.stderr.trim()}`;
+  } finally {
+    await run('ip', ['netns', 'del', ns]);
+  }
+}

@@ -19,7 +19,7 @@ import { run } from '../../core/exec.js';
 import { NetworkHost } from './network-host.js';
 import { macFor, type NetworkSpec } from './network-driver.js';
 import { OVERLAY_MTU, ensureVxlan, readPeers, readVxlan, removeVxlan, setPeers, vxlanDeviceName, type OverlayPeer } from './overlay.js';
-import { freeTestSubnet, gatewayOf, inNetns, nthAddress, spawnInNewNetns, testDevice, type NetnsProcess } from './network-test-env.js';
+import { freeTestSubnet, gatewayOf, inNetns, nthAddress, spawnInNewNetns, testDevice, vxlanMissing, type NetnsProcess } from './network-test-env.js';
 
 const tag = `${process.pid.toString(36)}${randomBytes(2).toString('hex')}`.slice(-7);
 
@@ -28,19 +28,7 @@ async function ip(args: string[]): Promise<void> {
   assert.equal(r.code, 0, `ip ${args.join(' ')}: ${r.stderr}`);
 }
 
-/** Whether this kernel makes VXLAN devices (tried in a namespace of its own). */
-async function vxlanMissing(): Promise<string | undefined> {
-  const ns = `ovprobe-${tag}`;
-  if ((await run('ip', ['netns', 'add', ns])).code !== 0) return 'cannot make network namespaces';
-  try {
-    const r = await run('ip', ['-n', ns, 'link', 'add', 'vxp', 'type', 'vxlan', 'id', '1', 'local', '127.0.0.1', 'dstport', '4789', 'nolearning', 'proxy']);
-    return r.code === 0 ? undefined : `no VXLAN in this kernel: ${r.stderr.trim()}`;
-  } finally {
-    await run('ip', ['netns', 'del', ns]);
-  }
-}
-
-const skip = await vxlanMissing();
+const skip = await vxlanMissing(tag);
 
 const ping = async (netnsPath: string, to: string) => (await inNetns(netnsPath, ['ping', '-c', '1', '-W', '2', to], 8000)).code === 0;
 

@@ -6,6 +6,7 @@ import { InvalidArgument } from '../../core/errors.js';
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
 import type { ContainerRecord, ContainerStatus, NetworkRecord, PortSpec, RestartPolicyName } from '../../store/records.js';
 import type { DockerContainerCreate } from './schemas.js';
+import { humanDuration } from '../../core/human-duration.js';
 
 /** A container as the services show it (`unknown` while its host does not answer). */
 export type ContainerLike = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
@@ -115,23 +116,8 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
   };
 }
 
-/** Docker's units.HumanDuration: how `ps` says how long ago. */
-export function humanDuration(ms: number): string {
-  const s = Math.floor(ms / 1000);
-  if (s < 1) return 'Less than a second';
-  if (s === 1) return '1 second';
-  if (s < 60) return `${s} seconds`;
-  const m = Math.floor(s / 60);
-  if (m === 1) return 'About a minute';
-  if (m < 60) return `${m} minutes`;
-  const h = Math.round(m / 60);
-  if (h === 1) return 'About an hour';
-  if (h < 48) return `${h} hours`;
-  if (h < 24 * 7 * 2) return `${Math.floor(h / 24)} days`;
-  if (h < 24 * 30 * 2) return `${Math.floor(h / 24 / 7)} weeks`;
-  if (h < 24 * 365 * 2) return `${Math.floor(h / 24 / 30)} months`;
-  return `${Math.floor(h / 24 / 365)} years`;
-}
+/** Docker's units.HumanDuration: how `ps` says how long ago (one implementation with the CLI's). */
+export { humanDuration };
 
 const since = (iso: string | null, now: number) => humanDuration(iso ? Math.max(0, now - Date.parse(iso)) : 0);
 

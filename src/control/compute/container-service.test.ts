@@ -347,16 +347,8 @@ test('hosts: a create that fails on its host leaves nothing: no record, claim, q
   assert.equal(other.scheduler.claims.size, 0);
 });
 
-/** An image imported from an archive on the embedded agent: no tag, so no registry to pull it from; its blobs on `holder`. */
-async function archivedImage(store: Store, holder: FakeAgent, name: string) {
-  const img = fakeImage(name);
-  await store.images.upsert({ digest: img.manifestDigest, projectId: 'p1', indexDigest: null, configDigest: img.configDigest, config: img.config, layers: img.layers, chainId: img.chainId, size: img.size, createdAt: new Date().toISOString() });
-  await store.images.addHost(img.chainId, holder.host.name);
-  holder.holdImage(img);
-  return img;
-}
-
-test('hosts: an image imported from an archive is carried from a holder to the host that lacks it, once for concurrent creates; a holder that is down is skipped', async (t) => {
+/** A store and three hosts (local, b, c) for the carry tests; the hosts marked down are cleared after. */
+async function threeHosts(t: { after(fn: () => Promise<void>): void }) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-carry-'));
   const store = await openStore(join(dir, 'nimbus.db'));
   t.after(async () => {
@@ -367,9 +359,23 @@ test('hosts: an image imported from an archive is carried from a holder to the h
   const local = new FakeAgent({ name: 'local' });
   const b = new FakeAgent({ name: 'b' });
   const c = new FakeAgent({ name: 'c' });
-  const { containers, scheduler } = await wireContainerService(store, local, {}, { b, c });
+  const wired = await wireContainerService(store, local, {}, { b, c });
   const input = (extra: Record<string, unknown> = {}) =>
     ({ cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
+  return { store, local, b, c, input, ...wired };
+}
+
+/** An image imported from an archive on the embedded agent: no tag, so no registry to pull it from; its blobs on `holder`. */
+async function archivedImage(store: Store, holder: FakeAgent, name: string) {
+  const img = fakeImage(name);
+  await store.images.upsert({ digest: img.manifestDigest, projectId: 'p1', indexDigest: null, configDigest: img.configDigest, config: img.config, layers: img.layers, chainId: img.chainId, size: img.size, createdAt: new Date().toISOString() });
+  await store.images.addHost(img.chainId, holder.host.name);
+  holder.holdImage(img);
+  return img;
+}
+
+test('hosts: an image imported from an archive is carried from a holder to the host that lacks it, once for concurrent creates; a holder that is down is skipped', async (t) => {
+  const { store, local, b, c, containers, scheduler, input } = await threeHosts(t);
   const img = await archivedImage(store, local, 'archive-1');
   const blobs = [img.manifestDigest, img.configDigest, ...img.layers.map((l) => l.digest)];
 
@@ -399,19 +405,7 @@ test('hosts: an image imported from an archive is carried from a holder to the h
 });
 
 test('hosts: a holder that fails mid-transfer is left for the next; no holder that answers is Unavailable naming them; a target that refuses the image ends it', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-carry-'));
-  const store = await openStore(join(dir, 'nimbus.db'));
-  t.after(async () => {
-    downHosts.clear();
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const local = new FakeAgent({ name: 'local' });
-  const b = new FakeAgent({ name: 'b' });
-  const c = new FakeAgent({ name: 'c' });
-  const { containers, scheduler, quota } = await wireContainerService(store, local, {}, { b, c });
-  const input = (extra: Record<string, unknown> = {}) =>
-    ({ cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
+  const { store, local, b, c, containers, scheduler, quota, input } = await threeHosts(t);
 
   // held by the embedded agent and b; the embedded one breaks off: b gives it
   const img = await archivedImage(store, local, 'archive-2');
