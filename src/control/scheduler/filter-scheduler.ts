@@ -138,8 +138,8 @@ class UsageView {
   }
 }
 
-/** Projects whose per-host counts are kept (least recently read dropped first). */
-const MAX_PROJECT_COUNTS = 10_000;
+/** Projects (and server groups) whose per-host counts are kept (least recently read dropped first). */
+const MAX_CACHED_COUNTS = 10_000;
 
 /** Projects read in one query at most (the rest wait for the next). */
 const PROJECTS_PER_READ = 500;
@@ -185,7 +185,7 @@ class ProjectCounts {
             this.entries.set(id, { counts, readAt });
             for (const w of wanted.get(id)!) w.resolve(counts);
           }
-          while (this.entries.size > MAX_PROJECT_COUNTS) this.entries.delete(this.entries.keys().next().value!);
+          while (this.entries.size > MAX_CACHED_COUNTS) this.entries.delete(this.entries.keys().next().value!);
         },
         (e: unknown) => {
           for (const id of part) for (const w of wanted.get(id)!) w.reject(e);
@@ -220,7 +220,7 @@ class GroupView {
       r = (async () => {
         const [group, counts] = await Promise.all([this.repo.group(id), this.repo.countsByHost({ groupId: id })]);
         const entry = { group, counts, readAt };
-        if (this.entries.size >= MAX_PROJECT_COUNTS) this.entries.delete(this.entries.keys().next().value!);
+        if (this.entries.size >= MAX_CACHED_COUNTS) this.entries.delete(this.entries.keys().next().value!);
         if (group) this.entries.set(id, entry); // a group not found is asked again (it may be made now)
         return entry;
       })().finally(() => this.reading.delete(id));

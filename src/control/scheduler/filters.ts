@@ -190,7 +190,8 @@ export const DEFAULT_FILTERS: readonly HostFilter[] = [
 /** The first filter that rejects the host, or undefined. */
 export function firstRejection(filters: readonly HostFilter[], host: HostState, input: FilterInput): { filter: string; reason: string } | undefined {
   for (const f of filters) {
-    if (!f.passes(host, input)) return { filter: f.name, reason: f.reject(host, input) ?? '' };
+    const reason = f.reject(host, input); // one test: reject() builds the words only for a host that fails
+    if (reason !== undefined) return { filter: f.name, reason };
   }
   return undefined;
 }
