@@ -10,7 +10,8 @@
  * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
  * BENCH_NET_RUNS (network-start, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
  * BENCH_SCHED_QUICK=1 or --quick (schedule-scale at 1/5 size),
- * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_RESULTS_DIR (default bench/results).
+ * BENCH_METERING_BURST / BENCH_METERING_ROUNDS / BENCH_METERING_INTERVAL_MS (metering: 50, 2, 1000 ms),
+ * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_NET_MIGRATIONS and BENCH_DISK_MIB (vm-migrate-net, default 6 and 32), BENCH_DASHBOARD_INSTANCES and BENCH_DASHBOARD_RUNS (dashboard, default 1,000 and 5), BENCH_RESULTS_DIR (default bench/results).
  */
 import { burst } from './burst.js';
 import { runBenchmarks, type BenchEntry } from './lib/env.js';
@@ -20,10 +21,13 @@ import { quotaAdmission } from './lib/quota.js';
 import { startLatency } from './start-latency.js';
 import { vmBoot } from './vm-boot.js';
 import { vmMigrate } from './vm-migrate.js';
+import { vmMigrateNet } from './vm-migrate-net.js';
+import { dashboard } from './dashboard.js';
 import { secureStart } from './secure-start.js';
 import { networkStart } from './network-start.js';
 import { failover } from './failover.js';
 import { scheduleScale } from './schedule-scale.js';
+import { metering } from './metering.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
@@ -33,9 +37,12 @@ const ALL: BenchEntry[] = [
   { name: 'quota-admission', fn: quotaAdmission, needsEnv: false },
   { name: 'vm-boot', fn: vmBoot, needsEnv: false },
   { name: 'vm-migrate', fn: vmMigrate, needsEnv: false },
+  { name: 'vm-migrate-net', fn: vmMigrateNet, needsEnv: false },
+  { name: 'dashboard', fn: dashboard },
   { name: 'secure-start', fn: secureStart },
   { name: 'failover', fn: failover },
   { name: 'schedule-scale', fn: scheduleScale, needsEnv: false },
+  { name: 'metering', fn: metering },
 ];
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));

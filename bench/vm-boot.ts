@@ -70,22 +70,31 @@ export async function vmBoot(): Promise<BenchOutcome> {
     await driver.create(spec(id));
     await driver.start(id);
     xs.startCall.push(performance.now() - t0);
-    await waitInFile((await driver.inspect(id)).consoleLog, READY_MARKER);
+    const ins = await driver.inspect(id);
+    driverArgv = ins.argv;
+    await waitInFile(ins.consoleLog, READY_MARKER);
     const ms = performance.now() - t0;
     await driver.delete(id);
     return ms;
   };
 
   let bareArgv: string[] = [];
+  let driverArgv: string[] = [];
+  /** An argv with its per-run paths and name made alike, and -S and the binary gone: what must be equal for the comparison to be fair. */
+  const machineOf = (argv: string[]) => argv.filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a) => a.replace(/\/[^,]*\/(qmp\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME'));
   const bareBoot = async (): Promise<number> => {
     const dir = path.join(base, `bare-${n++}`);
     await mkdir(dir);
     const cfg: QemuConfig = {
       name: 'bare', accel: accel.accel, cpus: 1, memoryMiB: 256, kernel: guest.kernel, initrd: guest.initrd, append: guest.append,
-      nics: [], debugExit: true, startPaused: false,
+      // the driver's defaults for such a VM (a balloon, so that resize can shrink it): the same machine, checked below
+      nics: [], debugExit: true, startPaused: false, balloon: true,
       paths: { qmpSocket: `${dir}/qmp.sock`, consoleSocket: `${dir}/console.sock`, consoleLog: `${dir}/console.log`, pidFile: `${dir}/qemu.pid` },
     };
     bareArgv = qemuArgv(cfg);
+    if (driverArgv.length && JSON.stringify(machineOf(bareArgv)) !== JSON.stringify(machineOf(driverArgv))) {
+      throw new Error(`bare QEMU would boot another machine than the driver's:\n  bare:   ${machineOf(bareArgv).join(' ')}\n  driver: ${machineOf(driverArgv).join(' ')}`);
+    }
     const t0 = performance.now();
     const child = spawn('qemu-system-x86_64', bareArgv, { stdio: 'ignore' });
     const kill = cleanup.add('bare qemu', () => child.exitCode === null && child.kill('SIGKILL'));

@@ -37,7 +37,7 @@ async function labelledImage(img: PlatformImage, label: string): Promise<Buffer>
   ]);
 }
 
-interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string; group: string }
+interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string; group: string; volume: string }
 
 describe('tenancy: every route enforces its declared access', { concurrency: false }, () => {
   let d: DaemonProcess;
@@ -83,7 +83,9 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       assert.equal(disk.status, 201, disk.text);
       const group = await call(sock(), 'POST', `/groups?project=${p}`, { body: { name: `web-${p}`, policy: 'anti-affinity' } });
       assert.equal(group.status, 201, group.text);
-      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id, group: (group.body as { id: string }).id };
+      const volume = await call(sock(), 'POST', `/volumes?project=${p}`, { body: { name: `vol-${p}`, sizeBytes: 16 * 1024 * 1024 } });
+      assert.equal(volume.status, 201, volume.text);
+      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id, group: (group.body as { id: string }).id, volume: (volume.body as { id: string }).id };
     }
     for (const user of ['alice', 'rita', 'olga']) {
       const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password: PASSWORD } });
@@ -114,6 +116,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (segment === 'agents') return 'no-such-agent';
       if (segment === 'hosts') return 'no-such-host';
       if (segment === 'groups') return f.group;
+      if (segment === 'volumes') return f.volume;
       assert.fail(`${r.method} ${r.path}: the access test does not know what {${name}} after /${segment ?? ''} names; add it to aim()`);
     });
     const auth = r.auth;

@@ -20,6 +20,8 @@ const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/lo
 let d: DaemonProcess | undefined;
 let registry: TestRegistry | undefined;
 let config: string;
+/** The Docker API's TCP listener (nimbusd --docker-tcp), tcp://127.0.0.1:PORT. */
+let dockerTcp: string | undefined;
 let IMAGE: string;
 
 async function docker(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -60,7 +62,9 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     mkdirSync(join(config, 'admin'));
     registry = await startTestRegistryWithImages();
     IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
-    d = await startDaemonProcess();
+    d = await startDaemonProcess(['--docker-tcp', '127.0.0.1:0']);
+    dockerTcp = /nimbusd docker API: (tcp:\/\/127\.0\.0\.1:\d+)/.exec(d.output())?.[1];
+    assert.ok(dockerTcp, `the daemon prints its Docker API's TCP address:\n${d.output()}`);
   });
   after(async () => {
     try {
@@ -198,9 +202,10 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     assert.ok(r.stdout.includes(`inet ${prefix}.`), r.stdout);
     await ok(['network', 'rm', 'dnet']);
     assert.doesNotMatch(await ok(['network', 'ls', '--format', '{{.Name}}']), /^dnet$/m);
-    const bind = await docker(['run', '--rm', '-v', '/etc:/host-etc', IMAGE, 'true']);
+    // a host's kernel interfaces are never bound, not even for an administrator (volumes: test/volumes.e2e.test.ts)
+    const bind = await docker(['run', '--rm', '-v', '/proc:/host-proc', IMAGE, 'true']);
     assert.notEqual(bind.code, 0);
-    assert.match(bind.stderr, /-v\/--volume is not supported/);
+    assert.match(bind.stderr, /host path \/proc cannot be bound into a container/);
   });
 
   test('-p publishes a port; pause and unpause; network connect and disconnect; logs --since', async () => {
@@ -278,5 +283,16 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     const tenantEnv = await d!.cli(['docker-env', '--project', 'tenant'], { env: { NIMBUS_TOKEN: login.body.token } });
     assert.equal(tenantEnv.code, 0, tenantEnv.stderr);
     assert.match(tenantEnv.stdout, /"HttpHeaders": \{"X-Nimbus-Token":"[^"]+","X-Nimbus-Project":"tenant"\}/);
+    assert.match(tenantEnv.stdout, new RegExp(`^export DOCKER_HOST=${dockerTcp}$`, 'm'), 'a tenant is sent to the TCP listener');
+    assert.doesNotMatch(tenantEnv.stdout, /docker\.sock/, 'the host\'s socket path is not a tenant\'s business');
+
+    // over TCP: the tenant's token works; nobody is the local administrator there
+    writeFileSync(join(tenantConfig, 'config.json'), JSON.stringify({ HttpHeaders: { 'X-Nimbus-Token': login.body.token, 'X-Nimbus-Project': 'tenant' } }));
+    await okAs(asTina, ['-H', dockerTcp!, 'run', '-d', '--name', 'over-tcp', IMAGE, 'sleep', '1000']);
+    assert.equal((await asTina(['-H', dockerTcp!, 'ps', '--format', '{{.Names}}'])).stdout.trim(), 'over-tcp');
+    const anonymous = await docker(['-H', dockerTcp!, 'ps']);
+    assert.notEqual(anonymous.code, 0, 'no token, no answer over TCP');
+    assert.match(anonymous.stderr, /authentication required/);
+    await okAs(asTina, ['-H', dockerTcp!, 'rm', '-f', 'over-tcp']);
   });
 });

@@ -579,6 +579,7 @@ describe('API fuzz: every route, generated from its schemas', { concurrency: fal
     const containers = await json<{ id: string; projectId: string; status: string }[]>('/containers?all=true&project=*');
     const networks = await json<{ id: string; projectId: string; builtin: boolean }[]>('/networks?project=*');
     const vms = await json<{ id: string; projectId: string }[]>('/vms?all=true&project=*');
+    const volumes = await json<{ id: string; projectId: string }[]>('/volumes?project=*');
     const ids = new Set(projects.map((p) => p.id));
     for (const c of containers) {
       assert.ok(ids.has(c.projectId), `container ${c.id} in a project that exists`);
@@ -608,7 +609,7 @@ describe('API fuzz: every route, generated from its schemas', { concurrency: fal
       if (e.kind === 'admit') open.add(e.instance);
       if (e.kind === 'release') open.delete(e.instance);
     }
-    const existing = new Set([...containers, ...networks, ...vms].map((x) => x.id));
+    const existing = new Set([...containers, ...networks, ...vms, ...volumes].map((x) => x.id));
     assert.deepEqual([...open].filter((id) => !existing.has(id)), [], 'admitted, never released, and gone');
   });
 });

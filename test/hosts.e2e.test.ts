@@ -177,6 +177,32 @@ describe('containers on any host', { concurrency: false }, () => {
     assert.equal((await d.api('GET', `/containers/${far.id}`)).status, 404);
     await cliOk(['rm', '-f', 'near']);
   });
+
+  test('a frozen agent (SIGSTOP: its connections stay open, it answers nothing) is down within 10 s; thawed, it is up again', async (t) => {
+    const pid = b.pid();
+    assert.ok(pid, 'the agent runs');
+    const stateOf = async () => (await d.api<Array<{ name: string; state: string; reason?: string }>>('GET', '/hosts')).body.find((h) => h.name === AGENT);
+    assert.equal((await stateOf())?.state, 'up');
+    const frozenAt = Date.now();
+    const logBefore = d.output().length;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      // watched without asking the host (GET /hosts asks it, and two unanswered asks call it down too):
+      // the daemon logs the moment it calls the host down, and why
+      const line = await waitFor('the control plane to call it down', async () =>
+        d.output().slice(logBefore).split('\n').find((l) => l.includes('"host down"') && l.includes(AGENT)), 20_000, 50);
+      const downMs = Date.now() - frozenAt;
+      t.diagnostic(`down ${downMs} ms after SIGSTOP: ${line}`);
+      assert.match(line, /no ping for/, 'seen by the events stream\'s silence, not by a refresh');
+      assert.ok(downMs <= 10_000, `down within 10 s, took ${downMs} ms`);
+      assert.equal((await stateOf())?.state, 'down');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    const thawedAt = Date.now();
+    await waitFor('it to be up again', async () => ((await stateOf())?.state === 'up' ? true : undefined), 20_000);
+    t.diagnostic(`up ${Date.now() - thawedAt} ms after SIGCONT`);
+  });
 });
 
 describe('nimbusd --no-agent: a control plane without an embedded agent', { concurrency: false }, () => {

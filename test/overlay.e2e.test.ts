@@ -191,4 +191,16 @@ describe('a user network across two hosts over VXLAN', { skip, concurrency: fals
     }
     for (const t of await tables()) assert.doesNotMatch(t, /4789/, 'no overlay rule left');
   });
+
+  test('the project\'s default network spans the hosts too', async () => {
+    await cliOk(['run', '-d', '--name', 'def-near', '--host', 'local', image, 'sleep', '600']);
+    await cliOk(['run', '-d', '--name', 'def-far', '--host', AGENT, image, 'sleep', '600']);
+    const near = await inspect('def-near'), far = await inspect('def-far');
+    const nearNs = netnsOf(near.id), farIp = far.network.endpoints[0]!.address;
+    assert.match((await inNetns(nearNs, ['ip', 'link', 'show', 'eth0'])).stdout, new RegExp(`mtu ${OVERLAY_MTU}`), 'the overlay MTU on the default network');
+    await waitFor('def-near to reach def-far', async () => ((await inNetns(nearNs, ['ping', '-c', '1', '-W', '1', farIp])).code === 0 ? true : undefined), 15_000);
+    assert.equal((await inNetns(netnsOf(far.id), ['ping', '-c', '1', '-W', '2', near.network.endpoints[0]!.address])).code, 0, 'and back');
+    await cliOk(['rm', '-f', 'def-near', 'def-far']);
+    await waitFor('the default network\'s overlay to go', async () => (!/vx-/.test(await vxlans()) && !/vx-/.test(await vxlans(host2!.ns)) ? true : undefined), 15_000);
+  });
 });

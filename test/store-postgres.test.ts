@@ -12,7 +12,9 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import { clusterForTests } from '../scripts/fixtures/postgres.js';
-import { INSTANCE_NAMES_SEED, INSTANCE_NAMES_VERSION, assertInstanceNamesMigrated, container, storeConformance } from '../src/store/conformance.js';
+import { INSTANCE_NAMES_SEED, INSTANCE_NAMES_VERSION, assertInstanceNamesMigrated, container, storeConformance, type ConformanceTarget } from '../src/store/conformance.js';
+import { volumeConformance } from '../src/store/conformance-volumes.js';
+import { usageConformance } from '../src/store/conformance-usage.js';
 import { openStore } from '../src/store/open.js';
 import { BASELINE, BASELINE_VERSION, MIGRATIONS, SCHEMA_VERSION, ddl } from '../src/store/schema.js';
 import { toNumberedPlaceholders } from '../src/store/sql/executor.js';
@@ -22,7 +24,7 @@ import type { Store } from '../src/store/store.js';
 const theCluster = clusterForTests('the store tests');
 
 
-storeConformance('postgres', async () => {
+const openPostgres = async (): Promise<ConformanceTarget> => {
   const db = await theCluster().freshDatabase();
   let store: Store | undefined = await openStore(db.url);
   assert.equal(store.kind, 'postgres');
@@ -39,7 +41,10 @@ storeConformance('postgres', async () => {
       await db.drop();
     },
   };
-});
+};
+storeConformance('postgres', openPostgres);
+volumeConformance('postgres', openPostgres);
+usageConformance('postgres', openPostgres);
 
 test('postgres store: processes opening a fresh database together migrate it once', async (t) => {
   const db = await theCluster().freshDatabase();

@@ -85,6 +85,27 @@ export interface ContainerCreateRequest {
   labels?: Record<string, string>;
   /** Log rotation (max-size / max-file); absent: the driver's defaults. */
   log?: LogLimits;
+  /** Volumes, host directories and tmpfs mounted into it (docs/volumes.md); absent: none. Protocol 5 and later. */
+  mounts?: ContainerMount[];
+}
+
+/**
+ * One mount of a container. A volume is named by id and must be on the container's host; a bind
+ * names a host path, resolved (symlinks too) and checked on the host, where the path is; tmpfs is
+ * memory, `sizeBytes` at most (absent: the kernel's default, half the host's memory).
+ */
+export type ContainerMount =
+  | { type: 'volume'; volumeId: string; target: string; readonly?: boolean }
+  | { type: 'bind'; source: string; target: string; readonly?: boolean }
+  | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
+
+/** A named volume on its host (docs/volumes.md). */
+export interface HostVolumeInfo {
+  id: string;
+  sizeBytes: number;
+  /** Where its data is on the host (what a container's mount binds). */
+  path: string;
+  mounted: boolean;
 }
 
 export interface VmCreateRequest {
@@ -113,6 +134,22 @@ export interface VmMigrationSpec {
   createdAt: string;
   config: Record<string, unknown>;
   pin?: number[];
+  /**
+   * A VM with a local root disk (a qcow2 overlay): the destination makes an overlay of its own and
+   * the source mirrors the disk into it over NBD while RAM is copied. With `backing` (the same base
+   * image as this host has it; the control plane puts the destination's path of it here) only the
+   * overlay's own clusters travel; without one the whole disk does, into an image of virtualSize.
+   */
+  storage?: { virtualSize: number; backing?: string; backingFormat?: 'raw' | 'qcow2' };
+  /** NICs the destination re-creates before the stream (same networks and addresses, hence the same MACs); set by the control plane. */
+  nics?: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
+}
+
+/** How the source sends: the downtime limit, a bandwidth cap, and where the disk goes (the destination's NBD export, when the VM has a local disk). */
+export interface MigrateOutOptions {
+  maxDowntimeMs: number;
+  maxBandwidthBytes?: number;
+  nbd?: string;
 }
 
 /** The source's half of a live migration, once the last pass is sent. */
@@ -128,6 +165,8 @@ export interface OutgoingMigration {
   bytes: number;
   /** RAM passes (dirty-sync-count). */
   iterations: number;
+  /** Disk bytes mirrored to the destination (0 without a local disk). */
+  diskBytes?: number;
   /** The console output the VM printed on this host and the ones before it, base64. */
   consoleHistory: string;
 }
@@ -313,6 +352,8 @@ export interface VmHost {
   restoreVm(id: string): Promise<{ ms: number }>;
   vmState(id: string): Promise<VmHostState>;
   inspectVm(id: string): Promise<VmInspect>;
+  /** QEMU's CPU time and resident memory, and the NICs' counters (protocol 5); Conflict when it is not running. */
+  vmStats(id: string): Promise<InstanceStats>;
   /**
    * The VM's serial line, both ways (one client at a time). In-process it is the
    * QEMU chardev socket itself; a remote transport carries it as a stream.
@@ -326,17 +367,23 @@ export interface VmHost {
   onVmExit(listener: (id: string) => void): void;
 }
 
+/** A remote host's link as its events stream sees it (RemoteAgent; not part of Agent: the embedded agent is this process, and a test double need not have one). */
+export interface LinkWatch {
+  /** Told once per change: lost at once on a reset, after three missed pings on silence (a host cut off or frozen). */
+  onLinkChange?(listener: (up: boolean, reason?: string) => void): void;
+}
+
 /** Live migration between agents (the control plane drives the steps; docs/vms.md). */
 export interface VmMigrationHost {
-  /** Source, step 1: the running VM's description for the destination. Conflict unless it runs on shared storage. */
+  /** Source, step 1: the running VM's description for the destination (with its local disk's size and base). Conflict unless it runs. */
   vmMigrationSpec(id: string): Promise<VmMigrationSpec>;
   /** Destination, step 2: a QEMU with the VM's devices waiting for the stream; the URI the source sends to. */
-  prepareVmIncoming(spec: VmMigrationSpec): Promise<{ uri: string }>;
+  prepareVmIncoming(spec: VmMigrationSpec): Promise<{ uri: string; nbd?: string }>;
   /**
    * Source, step 3: pre-copy while the guest runs, then the final pass (downtime within
    * maxDowntimeMs where QEMU can). On failure the guest goes on here and this throws.
    */
-  migrateVmOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }): Promise<OutgoingMigration>;
+  migrateVmOut(id: string, uri: string, opts: MigrateOutOptions): Promise<OutgoingMigration>;
   /** Destination, step 4: the guest resumed here (QMP RESUME time, ms since the epoch); recorded running, vCPUs pinned. */
   finishVmIncoming(id: string, consoleHistory: string): Promise<{ resumedAt: number; state: VmHostState }>;
   /** Destination, on failure at any step: nothing of the half-arrived VM stays. */
@@ -348,7 +395,19 @@ export interface VmMigrationHost {
   endVmMigration(id: string, outcome: 'moved' | 'resume'): Promise<void>;
 }
 
+/** Named volumes: sparse ext4 images loop-mounted on the host (agent/volumes/volume-store.ts). Protocol 5 and later. */
+export interface VolumeHost {
+  /** Make and mount it; the same id and size again is a no-op. ResourceExhausted when the host's disk cannot hold the size. */
+  createVolume(id: string, sizeBytes: number): Promise<HostVolumeInfo>;
+  /** Its data gone; an unknown id is a no-op. The control plane checks that no container uses it first. */
+  removeVolume(id: string): Promise<void>;
+  /** The volume as the host has it, with the bytes its files take; NotFound when the host lacks it. */
+  volumeUsage(id: string): Promise<HostVolumeInfo & { usedBytes: number }>;
+  /** Daemon start: the listed volumes mounted, every other one removed; the listed ones the host lacks returned as missing. */
+  reconcileVolumes(live: string[]): Promise<{ mounted: number; removed: string[]; missing: string[] }>;
+}
+
 /** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
-export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost {
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost {
   close(): Promise<void>;
 }

@@ -37,7 +37,7 @@ import { SecureDriver } from './drivers/secure/secure-driver.js';
 import { Reaper } from './reaper.js';
 import { removeEarlierLeftovers, removeInterruptedWrites } from './interrupted-writes.js';
 import { killOrphanProbes } from './orphan-probes.js';
-import type { VmCreateRequest, VmHostState, VmImageKind, VmMigrationSpec } from './agent.js';
+import type { MigrateOutOptions, VmCreateRequest, VmHostState, VmImageKind, VmMigrationSpec } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
@@ -46,8 +46,12 @@ import type { OverlayPeer } from './network/overlay.js';
 import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
-import type { AddressProvider } from './agent.js';
-import type { EtcFiles } from './drivers/instance-driver.js';
+import type { AddressProvider, HostVolumeInfo } from './agent.js';
+import type { OciMount } from './drivers/container/oci-spec.js';
+import { VolumeStore } from './volumes/volume-store.js';
+import { ociMounts } from './volumes/container-mounts.js';
+import type { EtcFiles, InstanceStats } from './drivers/instance-driver.js';
+import { readInstanceNetwork } from './network/endpoint-counters.js';
 import { removeStateFile, replaceStateFile } from '../core/state-files.js';
 
 const log = logger('agent');
@@ -666,6 +670,8 @@ export class LocalAgent implements Agent {
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
     // Only requests whose config can match a warm one: the default hostname (the id's prefix).
     if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
+    // a warm container's bundle has no mounts of the request's (and a claim does not add any)
+    if (req.mounts?.length) return undefined;
     // a warm container's conmon was started with the default log max-size (max-file can still change)
     if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
     // a warm container has a namespace of its own: endpoints can be added, the host's or another's cannot be joined
@@ -740,8 +746,16 @@ export class LocalAgent implements Agent {
     return this.warm.busy(() => this.createContainerNow(req));
   }
 
+  /** The request's mounts as OCI mounts (volumes mounted first if they are not); none: empty. */
+  private async mountsFor(req: ContainerCreateRequest): Promise<OciMount[]> {
+    if (!req.mounts?.length) return [];
+    return ociMounts(req.mounts, async (id) => (await this.volumeStore.ensureMounted(id)).path);
+  }
+
   private async createContainerNow(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
     if (req.runtime === 'vm') return this.createSecureContainer(req);
+    // checked before anything is made: a forbidden bind or a missing volume leaves nothing behind
+    const extraMounts = await this.mountsFor(req);
     if (this.claimed.delete(req.id)) {
       await this.saveRequest(req);
       const state = await this.containers.claimWarm(await this.specFor(req, await this.snapshotter.mounts(req.id)));
@@ -764,7 +778,7 @@ export class LocalAgent implements Agent {
       if (!hasCode(e, 'AlreadyExists')) throw e;
       mounts = await this.snapshotter.mounts(req.id);
     }
-    const state = await this.containers.create(await this.specFor(req, mounts));
+    const state = await this.containers.create(await this.specFor(req, mounts), { mounts: extraMounts });
     await this.plumb(req, state);
     this.neverStarted.add(req.id);
     return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
@@ -774,6 +788,7 @@ export class LocalAgent implements Agent {
     if (req.network && req.network.mode !== 'none') {
       throw new InvalidArgument('secure containers (--runtime vm) have no network yet: use --network none');
     }
+    if (req.mounts?.length) throw new InvalidArgument('secure containers (--runtime vm) cannot mount volumes, host paths or tmpfs yet');
     if (!(await this.snapshotExists(req.imageChainId))) {
       throw new NotFound(`image layers ${req.imageChainId} are not on this host; pull the image again`);
     }
@@ -814,8 +829,9 @@ export class LocalAgent implements Agent {
       const req = JSON.parse(await readFile(this.requestFile(id), 'utf8').catch(() => {
         throw new NotFound(`no saved configuration for container ${id}`);
       })) as ContainerCreateRequest;
+      const extraMounts = await this.mountsFor(req);
       await this.containers.delete(id);
-      const state = await this.containers.create(await this.specFor(req, await this.snapshotter.mounts(id)));
+      const state = await this.containers.create(await this.specFor(req, await this.snapshotter.mounts(id)), { mounts: extraMounts });
       await this.plumb(req, state);
     }
     return this.containers.start(id);
@@ -843,7 +859,13 @@ export class LocalAgent implements Agent {
     yield* (await this.driverOf(id)).logs(id, opts);
   }
   async containerStats(id: string) {
-    return (await this.driverOf(id)).stats(id);
+    return this.withNetwork(id, await (await this.driverOf(id)).stats(id));
+  }
+
+  /** Stats plus the counters of the instance's endpoints here (absent when it has none of its own). */
+  private async withNetwork(id: string, stats: InstanceStats): Promise<InstanceStats> {
+    const network = await readInstanceNetwork(this.network.endpointsOf(id).map((e) => e.hostIf));
+    return network ? { ...stats, network } : stats;
   }
 
   removeContainer(id: string): Promise<void> {
@@ -1019,6 +1041,9 @@ export class LocalAgent implements Agent {
   inspectVm(id: string) {
     return this.vms.inspect(id);
   }
+  async vmStats(id: string) {
+    return this.withNetwork(id, await this.vms.stats(id));
+  }
   openVmConsole(id: string) {
     return this.vms.openConsole(id);
   }
@@ -1048,24 +1073,58 @@ export class LocalAgent implements Agent {
       const file = config[role];
       if (typeof file === 'string') config[role] = await this.hostFiles.resolve(role, file);
     }
-    // the stream comes in on the address other hosts reach this one by
-    return this.vms.prepareIncoming({ ...spec, config }, this.options.migrationAddress);
+    const storage = spec.storage?.backing ? { ...spec.storage, backing: await this.hostFiles.resolve('disk', spec.storage.backing) } : spec.storage;
+    // its taps here before QEMU opens them: same names (from the VM's id) and MACs (from the addresses)
+    if (spec.nics?.length) config.nics = await this.network.attachTaps(spec.id, spec.nics);
+    try {
+      // the stream comes in on the address other hosts reach this one by
+      return await this.vms.prepareIncoming({ ...spec, config, ...(storage ? { storage } : {}) }, this.options.migrationAddress);
+    } catch (e) {
+      if (spec.nics?.length) await this.network.detach(spec.id).catch(() => undefined);
+      throw e;
+    }
   }
-  migrateVmOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }) {
-    return this.vms.migrateOut(id, uri, opts);
+  async migrateVmOut(id: string, uri: string, opts: MigrateOutOptions) {
+    const out = await this.vms.migrateOut(id, uri, opts);
+    // the guest no longer runs here: frames for it stop going into this host's taps
+    await this.network.setTaps(id, false).catch((e: unknown) => log.warn('taking a migrated VM\'s taps down failed', { id, error: String(e) }));
+    return out;
   }
   async finishVmIncoming(id: string, consoleHistory: string) {
     const { resumedAt } = await this.vms.finishIncoming(id, consoleHistory);
     return { resumedAt, state: await this.vmHostState(id) };
   }
-  abandonVmIncoming(id: string) {
-    return this.vms.abandonIncoming(id);
+  async abandonVmIncoming(id: string) {
+    await this.vms.abandonIncoming(id);
+    await this.network.detach(id); // its taps, if it had NICs
   }
-  endVmMigration(id: string, outcome: 'moved' | 'resume') {
-    return this.vms.endMigration(id, outcome);
+  async endVmMigration(id: string, outcome: 'moved' | 'resume') {
+    if (outcome === 'resume') await this.network.setTaps(id, true);
+    await this.vms.endMigration(id, outcome);
+    if (outcome === 'moved') await this.network.detach(id); // the guest's NICs are the destination's taps now
   }
   onVmExit(listener: (id: string) => void): void {
     this.vmExitListeners.push(listener);
+  }
+
+  // ---------------------------------------------------------------- volumes
+
+  /** Made on first use: the volumes directory under the agent's home. */
+  private volumesP: VolumeStore | undefined;
+  private get volumeStore(): VolumeStore {
+    return (this.volumesP ??= new VolumeStore(join(this.options.home, 'volumes')));
+  }
+  async createVolume(id: string, sizeBytes: number): Promise<HostVolumeInfo> {
+    return this.volumeStore.create(id, sizeBytes);
+  }
+  async removeVolume(id: string): Promise<void> {
+    await this.volumeStore.remove(id);
+  }
+  async volumeUsage(id: string): Promise<HostVolumeInfo & { usedBytes: number }> {
+    return this.volumeStore.usage(id);
+  }
+  async reconcileVolumes(live: string[]): Promise<{ mounted: number; removed: string[]; missing: string[] }> {
+    return this.volumeStore.reconcile(live);
   }
 
   async close(): Promise<void> {
@@ -1073,6 +1132,8 @@ export class LocalAgent implements Agent {
     await this.warm.close(); // warm containers' endpoints go with them: the network layer closes after
     await this.network.close();
     this.containers.close();
+    // the host's mounts of the volumes go (containers still running keep theirs); the next start mounts them again
+    await this.volumesP?.unmountAll().catch((e: unknown) => log.warn('unmounting volumes failed', { error: String(e) }));
     // Leave no empty /nimbus cgroup behind when no container is left (checked at shutdown, not per
     // delete, so a concurrent runc create never loses its parent).
     if ((await this.containers.list()).length === 0) {

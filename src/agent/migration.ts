@@ -3,7 +3,7 @@
  * protocol, and the report from the two sides' figures. The control plane runs it over two
  * agents (VmService.migrate), VmDriver.migrateTo over two drivers in one process.
  */
-import type { OutgoingMigration, VmMigrationSpec } from './agent.js';
+import type { MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from './agent.js';
 import { logger } from '../core/log.js';
 
 const log = logger('migration');
@@ -22,6 +22,8 @@ export interface MigrationReport {
   bytes: number;
   /** RAM passes (dirty-sync-count). */
   iterations: number;
+  /** Disk bytes mirrored to the destination (a VM with a local disk; 0 otherwise). */
+  diskBytes: number;
   /** The limit QEMU planned the last pass against, as it reported it back (the request's when it did not). */
   maxDowntimeMs: number;
 }
@@ -34,6 +36,7 @@ export function migrationReport(id: string, out: OutgoingMigration, resumedAt: n
     qemuDowntimeMs: out.qemuDowntimeMs,
     bytes: out.bytes,
     iterations: out.iterations,
+    diskBytes: out.diskBytes ?? 0,
     maxDowntimeMs: out.downtimeLimitMs ?? maxDowntimeMs,
   };
 }
@@ -41,13 +44,14 @@ export function migrationReport(id: string, out: OutgoingMigration, resumedAt: n
 /** The source's half, as the Agent interface (or a driver) offers it for one VM. */
 export interface MigrationSource {
   spec(): Promise<VmMigrationSpec>;
-  send(uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }): Promise<OutgoingMigration>;
+  send(uri: string, opts: MigrateOutOptions): Promise<OutgoingMigration>;
   end(outcome: 'moved' | 'resume'): Promise<void>;
 }
 
 /** The destination's half; `finish` answers at least when the guest resumed there. */
 export interface MigrationDestination<F extends { resumedAt: number }> {
-  prepare(spec: VmMigrationSpec): Promise<{ uri: string }>;
+  /** The stream's URI, and the NBD export the disk is mirrored into when the VM has a local disk. */
+  prepare(spec: VmMigrationSpec): Promise<{ uri: string; nbd?: string }>;
   finish(consoleHistory: string): Promise<F>;
   abandon(): Promise<void>;
 }
@@ -67,11 +71,11 @@ export async function migrateLive<F extends { resumedAt: number }>(
 ): Promise<{ report: MigrationReport; finished: F }> {
   const t0 = performance.now();
   const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-  const { uri } = await destination.prepare(await source.spec());
+  const { uri, nbd } = await destination.prepare(await source.spec());
   let out: OutgoingMigration;
   let finished: F;
   try {
-    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}) });
+    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}) });
     finished = await destination.finish(out.consoleHistory);
   } catch (e) {
     await destination.abandon().catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id, error: String(x) }));

@@ -5,6 +5,7 @@ import {
   MAX_ARG_LENGTH, MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_RESTART_RETRIES, MAX_STOP_TIMEOUT_SEC, MAX_UID, MIN_MEMORY_BYTES,
 } from '../core/limits.js';
 import { MAX_SIGNAL_LENGTH } from '../core/signals.js';
+import { HOST_PATH } from './host-paths.js';
 import { LOG_LIMIT_RANGE } from '../agent/drivers/container/container-logs.js';
 
 export const ErrorBody = Type.Object(
@@ -100,6 +101,61 @@ export const SignalSpec = (opts: { default?: string; description?: string } = {}
   Type.String({ format: 'signal', maxLength: MAX_SIGNAL_LENGTH, ...opts });
 export const StopTimeout = (description: string) => Type.Integer({ minimum: 0, maximum: MAX_STOP_TIMEOUT_SEC, description });
 
+/** A container path a mount goes at: absolute, without control characters (the service and the host check the rest). */
+const MountTarget = Type.String({ minLength: 1, maxLength: 4096, pattern: '^/[^\\x00-\\x1f]*$', description: 'Absolute path in the container' });
+
+/** One mount of a container (docs/volumes.md): a named volume, a host path (system administrators only), or tmpfs. */
+export const MountSpec = Type.Union([
+  Type.Object({
+    type: Type.Literal('volume'),
+    source: Name({ description: 'Volume name in the project (made with the default size when missing)' }),
+    target: MountTarget,
+    readonly: Type.Optional(Type.Boolean()),
+  }, { additionalProperties: false }),
+  Type.Object({
+    type: Type.Literal('bind'),
+    // declared a host path: the edge refuses it to everyone but system administrators (host-paths.ts)
+    source: Type.String({ minLength: 1, maxLength: 4096, pattern: '^/[^\\x00-\\x1f]*$', [HOST_PATH]: true, description: 'Host path (system administrators only; never /, /proc, /sys, /dev, /run, /var/run)' }),
+    target: MountTarget,
+    readonly: Type.Optional(Type.Boolean()),
+  }, { additionalProperties: false }),
+  Type.Object({
+    type: Type.Literal('tmpfs'),
+    target: MountTarget,
+    sizeBytes: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 * 1024 ** 3 })),
+    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+  }, { additionalProperties: false }),
+]);
+
+export const VolumeCreate = Type.Object(
+  {
+    name: Name(),
+    sizeBytes: Type.Optional(Type.Integer({ minimum: 16 * 1024 * 1024, maximum: 16 * 1024 ** 4, multipleOf: 1024 * 1024, description: 'Bytes, a whole number of MiB (16 MiB to 16 TiB); default 1 GiB' })),
+    driver: Type.Optional(Type.Literal('local')),
+    labels: Labels,
+    host: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'Host to make it on (system administrators only); default: the scheduler\'s choice' })),
+  },
+  { $id: 'VolumeCreate', additionalProperties: false },
+);
+
+export const Volume = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    projectId: Type.String(),
+    host: Type.String({ description: 'The host that holds it: containers using it run there' }),
+    driver: Type.String(),
+    sizeBytes: Type.Integer(),
+    status: Type.String(),
+    labels: Type.Record(Type.String(), Type.String()),
+    createdAt: Type.String(),
+    mountpoint: Type.Optional(Type.String({ description: 'Where its data is on its host (inspect)' })),
+    usedBytes: Type.Optional(Type.Integer({ description: 'Bytes its files take (inspect)' })),
+    usedBy: Type.Optional(Type.Array(Type.String(), { description: 'Containers whose mounts name it (inspect)' })),
+  },
+  { $id: 'Volume' },
+);
+
 export const ContainerCreate = Type.Object(
   {
     image: Ref('Image reference, digest or id', 1024),
@@ -130,6 +186,7 @@ export const ContainerCreate = Type.Object(
       maxSizeBytes: Type.Optional(Type.Integer({ minimum: LOG_LIMIT_RANGE.maxSizeBytes.min, maximum: LOG_LIMIT_RANGE.maxSizeBytes.max, description: 'Rotate the log before a file passes this size (--log-opt max-size); default 10 MiB' })),
       maxFiles: Type.Optional(Type.Integer({ minimum: LOG_LIMIT_RANGE.maxFiles.min, maximum: LOG_LIMIT_RANGE.maxFiles.max, description: 'Log files kept, the current one included (--log-opt max-file); default 3' })),
     }, { additionalProperties: false, description: 'Log rotation, Docker\'s max-size / max-file' })),
+    mounts: Type.Optional(Type.Array(MountSpec, { maxItems: 64, description: 'Volumes, host paths and tmpfs (-v, --mount, --tmpfs)' })),
     start: Type.Boolean({
       default: false,
       description: 'Start it too, in this request (nimbus run -d). A failed start leaves the container created (removed if autoRemove); the error names it in details.container',
@@ -216,6 +273,20 @@ export const Stats = Type.Object({
   memoryLimitBytes: Type.Optional(Type.Number()),
   pids: Type.Integer(),
   pidsLimit: Type.Optional(Type.Number()),
+  network: Type.Optional(Type.Object({
+    rxBytes: Type.Number(),
+    txBytes: Type.Number(),
+    rxPackets: Type.Number(),
+    txPackets: Type.Number(),
+    endpoints: Type.Array(Type.Object({
+      hostIf: Type.String(),
+      ifindex: Type.Integer(),
+      rxBytes: Type.Number(),
+      txBytes: Type.Number(),
+      rxPackets: Type.Number(),
+      txPackets: Type.Number(),
+    })),
+  }, { description: "The instance's endpoints' counters, its point of view (rx: what it received), each from the endpoint's creation; absent without an endpoint of its own" })),
   time: Type.String(),
 });
 

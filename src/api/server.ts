@@ -16,6 +16,10 @@ import {
 import { refuseHostPaths } from './host-paths.js';
 import { drainedOrClosed } from '../core/streams.js';
 import { checkOrThrow } from './validate.js';
+import { runAsActor, SYSTEM_ACTOR } from '../control/events/actor.js';
+import { isTextBody } from './routes/metrics.js';
+import { DashboardFiles, isDashboardPath } from './dashboard/static.js';
+import { consoleUpgrade, type ConsoleUpgrades } from './dashboard/console-ws.js';
 
 const log = logger('api');
 
@@ -93,9 +97,13 @@ export class ApiServer {
   private readonly limits: EdgeLimits;
   /** Requests admitted and not yet answered (streams leave once started). */
   private inFlight = 0;
+  private readonly dashboard = new DashboardFiles();
+  /** WebSocket upgrades on TCP: the VM console for browsers (src/api/dashboard/console-ws.ts). */
+  private readonly upgrades: ConsoleUpgrades;
 
   constructor(routes: Route[], private readonly services: Services, limits: Partial<EdgeLimits> = {}) {
     this.limits = { ...DEFAULT_EDGE_LIMITS, ...limits };
+    this.upgrades = consoleUpgrade(routes, services);
     this.compiled = routes.map((route) => ({
       route,
       ...compilePath(route.path),
@@ -112,6 +120,8 @@ export class ApiServer {
   handleTcp = (req: IncomingMessage, res: ServerResponse): Promise<void> => this.serve(req, res, 'tcp');
 
   private async serve(req: IncomingMessage, res: ServerResponse, transport: Transport): Promise<void> {
+    // the web dashboard's files, on the listeners a browser reaches (src/api/dashboard)
+    if (transport === 'tcp' && isDashboardPath(req.url)) return this.dashboard.handle(req, res).catch((e: unknown) => sendError(res, e));
     // Overload is answered, not queued: a client told to retry beats one whose connect fails.
     if (this.inFlight >= this.limits.maxInFlight) {
       sendBusy(res);
@@ -139,10 +149,18 @@ export class ApiServer {
       ac?.abort();
       release();
     });
+    // request metrics by the route's template, never the raw URL (bounded label values)
+    let template: Route | undefined;
+    const metrics = this.services.metrics;
+    if (metrics) {
+      const started = performance.now();
+      res.once('close', () => metrics.observeRequest(req.method ?? '', template?.path ?? 'unmatched', res.statusCode, (performance.now() - started) / 1000, template?.streams !== undefined));
+    }
     try {
       const { path, search } = parseTarget(req.url, this.limits.maxUrlBytes);
       const candidates = this.compiled.filter((c) => c.pattern.test(path));
       const match = candidates.find((c) => c.route.method === req.method);
+      template = match?.route;
       if (!match) {
         if (candidates.length) {
           res.setHeader('allow', candidates.map((c) => c.route.method).join(', '));
@@ -180,12 +198,13 @@ export class ApiServer {
       refuseHostPaths(match.route, { params, query, body }, principal);
       // The edge resolved a name in the caller's scope: the handler gets the resource's global id.
       if (auth.resource) (params as Record<string, string>)[auth.resource.param] = auth.resource.id;
-      const out = await match.route.handler({
+      // events the handler causes carry its caller as their actor (control/events/actor.ts)
+      const out = await runAsActor(principal?.name ?? SYSTEM_ACTOR, () => match.route.handler({
         params, query, body, services: this.services, req, auth,
         get signal() {
           return signal();
         },
-      } as never);
+      } as never));
       const result: RouteResult<unknown> =
         out !== null && typeof out === 'object' && ('body' in out || 'status' in out) && Object.keys(out).every((k) => k === 'body' || k === 'status')
           ? (out as RouteResult<unknown>)
@@ -200,6 +219,11 @@ export class ApiServer {
       if (result.body === undefined || status === 204) {
         res.writeHead(status === 200 ? 204 : status, hasUnreadBody(req) ? { connection: 'close' } : {});
         res.end();
+        return;
+      }
+      if (isTextBody(result.body)) {
+        res.writeHead(status, { 'content-type': result.body.contentType, 'content-length': Buffer.byteLength(result.body.text) });
+        res.end(result.body.text);
         return;
       }
       const payload = JSON.stringify(result.body);
@@ -231,6 +255,7 @@ export class ApiServer {
 
   async listenTcp(host: string, port: number): Promise<number> {
     const server = this.createServer(this.handleTcp);
+    server.on('upgrade', this.upgrades.handle);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port, host, backlog: this.limits.backlog }, () => resolve());
@@ -241,6 +266,7 @@ export class ApiServer {
   }
 
   async close(): Promise<void> {
+    this.upgrades.close();
     await Promise.all(
       this.servers.map(
         (s) =>

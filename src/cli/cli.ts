@@ -23,7 +23,9 @@ import { agentCommands } from './commands/agents.js';
 import { hostCommands } from './commands/hosts.js';
 import { schedulerCommands } from './commands/scheduler.js';
 import { networkCommands } from './commands/networks.js';
+import { volumeCommands } from './commands/volumes.js';
 import { dockerEnvCommands } from './commands/docker-env.js';
+import { usageCommands } from './commands/usage.js';
 
 export { errorText };
 
@@ -34,7 +36,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...networkCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands,
+  ...containerCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */

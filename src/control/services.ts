@@ -17,6 +17,8 @@ import type { ProjectService } from './identity/project-service.js';
 import type { Scheduler } from './scheduler/types.js';
 import type { Replica } from './leader/replica.js';
 import type { HostAgents } from './compute/hosts.js';
+import type { Metrics } from './metering/metrics.js';
+import type { VolumeService } from './volumes/volume-service.js';
 
 export interface Services {
   options: CompiledOptions;
@@ -32,12 +34,16 @@ export interface Services {
   /** This process among the control plane's replicas: leadership, relayed events, the replicas' rows. */
   replica: Replica;
   events: EventBus;
+  /** This process's Prometheus metrics (GET /metrics, docs/metering.md); absent where services are assembled by hand (tests). */
+  metrics?: Metrics;
   operations: OperationService;
   images: ImageService;
   disks: DiskImageService;
   containers: ContainerService;
   networks: NetworkService;
   vms: VmService;
+  /** Named volumes (docs/volumes.md). */
+  volumes: VolumeService;
   quota: QuotaService;
   identity: IdentityService;
   projects: ProjectService;
@@ -46,4 +52,6 @@ export interface Services {
   defaultProjectId: string;
   startedAt: string;
   version: string;
+  /** The Docker Engine API on TCP (nimbusd --docker-tcp), once it listens: tcp://HOST:PORT. */
+  dockerTcpUrl?: string;
 }

@@ -3,6 +3,7 @@
  * into a validated object (Temporal WorkerOptions style). Environment
  * variables override defaults; flags override the environment.
  */
+import path from 'node:path';
 import { InvalidArgument } from './errors.js';
 
 export interface NimbusOptions {
@@ -12,6 +13,10 @@ export interface NimbusOptions {
   socket: string;
   /** Optional TCP listener "host:port" (loopback recommended until authn lands). Env NIMBUS_TCP. */
   tcp?: string;
+  /** The Docker Engine API's unix socket. Env NIMBUS_DOCKER_SOCKET. Default docker.sock beside `socket` (/run/nimbus/docker.sock). */
+  dockerSocket: string;
+  /** Optional TCP listener "host:port" for the Docker Engine API (every request needs a token). Env NIMBUS_DOCKER_TCP. */
+  dockerTcp?: string;
   /** Plain-HTTP registries other than loopback ones (which always work). Env NIMBUS_INSECURE_REGISTRIES, comma-separated. */
   insecureRegistries: string[];
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
@@ -103,9 +108,11 @@ const count = (name: string, v: string | number): number => {
 
 export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: NodeJS.ProcessEnv = process.env): CompiledOptions {
   const home = overrides.home ?? env.NIMBUS_HOME ?? '/var/lib/nimbus';
+  const socket = overrides.socket ?? env.NIMBUS_SOCKET ?? '/run/nimbus/nimbus.sock';
   const opts: NimbusOptions = {
     home,
-    socket: overrides.socket ?? env.NIMBUS_SOCKET ?? '/run/nimbus/nimbus.sock',
+    socket,
+    dockerSocket: overrides.dockerSocket ?? (env.NIMBUS_DOCKER_SOCKET || path.join(path.dirname(socket), 'docker.sock')),
     insecureRegistries:
       overrides.insecureRegistries ?? (env.NIMBUS_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
@@ -142,11 +149,12 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
   }
   if (!/^[a-zA-Z][a-zA-Z0-9_]{0,63}$/.test(opts.nftTable)) throw new InvalidArgument(`nft table must be a plain name, got "${opts.nftTable}"`);
   if (!Number.isInteger(opts.dnsPort) || opts.dnsPort < 1 || opts.dnsPort > 65535) throw new InvalidArgument(`dns port must be 1-65535, got "${opts.dnsPort}"`);
-  const tcp = overrides.tcp ?? env.NIMBUS_TCP;
-  if (tcp !== undefined && tcp !== '') {
-    if (!/^[^:]+:\d+$/.test(tcp) && !/^\[[0-9a-f:]+\]:\d+$/i.test(tcp)) throw new InvalidArgument(`tcp must be host:port, got "${tcp}"`);
-    opts.tcp = tcp;
+  for (const [key, value] of [['tcp', overrides.tcp ?? env.NIMBUS_TCP], ['dockerTcp', overrides.dockerTcp ?? env.NIMBUS_DOCKER_TCP]] as const) {
+    if (value === undefined || value === '') continue;
+    if (!/^[^:]+:\d+$/.test(value) && !/^\[[0-9a-f:]+\]:\d+$/i.test(value)) throw new InvalidArgument(`${key === 'tcp' ? 'tcp' : 'docker tcp'} must be host:port, got "${value}"`);
+    opts[key] = value;
   }
+  if (!opts.dockerSocket.startsWith('/')) throw new InvalidArgument(`docker socket must be an absolute path, got "${opts.dockerSocket}"`);
   if (!home.startsWith('/')) throw new InvalidArgument(`home must be an absolute path, got "${home}"`);
   const store = overrides.store ?? (env.NIMBUS_STORE || undefined);
   if (store !== undefined) {

@@ -9,8 +9,9 @@ import path from 'node:path';
 import { compileOptions, describeStore, type CompiledOptions, type NimbusOptions } from '../core/config.js';
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
-import { Unavailable } from '../core/errors.js';
+import { InvalidArgument, Unavailable } from '../core/errors.js';
 import type { Agent } from '../agent/agent.js';
+import type { InstanceStats } from '../agent/drivers/instance-driver.js';
 import { openStore } from '../store/open.js';
 import type { Store } from '../store/store.js';
 import { LocalAgent } from '../agent/local-agent.js';
@@ -21,6 +22,7 @@ import { settleGoneReplicas } from '../control/leader/gone-replicas.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
+import { VolumeService } from '../control/volumes/volume-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
 import { DiskImageService } from '../control/images/disk-image-service.js';
 import { VmService } from '../control/compute/vm-service.js';
@@ -38,6 +40,9 @@ import { allRoutes } from '../api/routes/index.js';
 import { startDockerApi } from '../api/docker/index.js';
 import { processAlive } from '../core/proc.js';
 import { withoutEmbedded, type HostAgents } from '../control/compute/hosts.js';
+import { Metrics } from '../control/metering/metrics.js';
+import { MeteringService, meteringIntervalFromEnv } from '../control/metering/meter.js';
+import { quotaEventPublisher, withQuotaEvents } from '../control/metering/quota-events.js';
 
 const log = logger('nimbusd');
 export const VERSION = '0.1.0';
@@ -50,6 +55,10 @@ export interface RunningDaemon {
   readonly services: Services;
   state(): DaemonState;
   tcpPort?: number;
+  /** The Docker Engine API on TCP (--docker-tcp), as tcp://HOST:PORT with the port it got. */
+  dockerTcpUrl?: string;
+  /** Where a browser finds the web dashboard (on the TCP listener, or the local dashboard port). */
+  dashboardUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -102,6 +111,12 @@ function parentsFirst<T extends { id: string; parentId: string | null }>(project
  * What stands under the embedded agent's name with --no-agent (the agent directory needs one):
  * every call fails with the reason, so it is listed down and nothing is placed on it.
  */
+/** "host:port" or "[v6]:port" (checked by compileOptions) as its parts. */
+function splitHostPort(hostPort: string): { host: string; port: number } {
+  const i = hostPort.lastIndexOf(':');
+  return { host: hostPort.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(hostPort.slice(i + 1)) };
+}
+
 function noEmbeddedAgent(name: string): Agent & { close(): Promise<void> } {
   const quiet = new Set(['onVmExit', 'onContainerExit', 'setAddressProvider', 'close', 'claimWarmContainer']);
   return new Proxy({} as Agent & { close(): Promise<void> }, {
@@ -115,9 +130,42 @@ function noEmbeddedAgent(name: string): Agent & { close(): Promise<void> } {
   });
 }
 
+/** A listen address as it goes in a URL (an IPv6 address in brackets; any-address: loopback). */
+function urlHost(host: string): string {
+  const h = host.replace(/^\[|\]$/g, '');
+  if (h === '' || h === '0.0.0.0') return '127.0.0.1';
+  if (h === '::') return '[::1]';
+  return h.includes(':') ? `[${h}]` : h;
+}
+
+/**
+ * The local dashboard port: a port already taken is a warning, not a failed start (the
+ * dashboard is a convenience; the API on the socket is what the daemon is for).
+ */
+async function listenDashboard(api: ApiServer, where: string): Promise<string | undefined> {
+  const i = where.lastIndexOf(':');
+  const host = where.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1';
+  const port = Number(where.slice(i + 1));
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidArgument(`--dashboard must be HOST:PORT or off, got "${where}"`);
+  try {
+    const bound = await api.listenTcp(host, port);
+    return `http://${urlHost(host)}:${bound}/ui/`;
+  } catch (e) {
+    log.warn('the dashboard port could not be opened; the dashboard is off', { address: where, error: String(e) });
+    return undefined;
+  }
+}
+
 export interface LaunchOptions {
   /** Run no embedded agent: every instance is placed on registered agents (nimbusd --no-agent, NIMBUS_NO_AGENT=1). */
   noAgent?: boolean;
+  /** Usage metering's sampling interval in ms; 0: no metering (NIMBUS_METERING_INTERVAL_MS; default 60 s). docs/metering.md */
+  meteringIntervalMs?: number;
+  /**
+   * Without --tcp: a listener of its own on loopback for the web dashboard (HOST:PORT; the
+   * API is served there too, tokens required, as on --tcp). Unset or "off": none.
+   */
+  dashboard?: string;
 }
 
 /** What a start opened so far, undone last first if a later step fails. */
@@ -170,10 +218,15 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   undo.push(() => agents.close());
   // where instances may be placed: every agent, or with --no-agent the registered ones only
   const hosts: HostAgents = noAgent ? withoutEmbedded(agents) : agents;
+  // this process's Prometheus metrics; the metering service feeds them while this replica leads
+  let meter: MeteringService | undefined;
+  const metrics = new Metrics({ store, events, hosts: () => agents.candidates(), warmPool: async (name) => (await agents.get(name).info()).warmPool, meter: () => meter });
+  undo.push(() => metrics.close());
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
   images.useHosts(hosts);
-  const scheduler = new FilterScheduler(store, agents, { imageLocality: images.locality() });
-  const quota = await QuotaService.open(store, { replicaId: replica.replicaId });
+  const scheduler = metrics.instrumentScheduler(new FilterScheduler(store, agents, { imageLocality: images.locality() }));
+  // the ledger's committed audit entries become quota events (with the caller as actor) and counts
+  const quota = await QuotaService.open(withQuotaEvents(store, quotaEventPublisher(events, (kind) => metrics.observeQuota(kind))), { replicaId: replica.replicaId });
   await quota.ensureProjects(parentsFirst(await store.projects.list()));
   const networks = new NetworkService(store, agent, events, quota, {
     defaultProjectId, bridge: options.bridge, bridgeSubnet: options.bridgeSubnet, bridgeSubnetFallback: !options.bridgeSubnetExplicit, subnetPool: options.subnetPool,
@@ -181,6 +234,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   networks.useHosts(hosts);
   agent.setAddressProvider(networks.addressProvider());
   const containers = new ContainerService(store, hosts, scheduler, images, events, quota, operations, networks, { handlesExits: leads });
+  const volumes = new VolumeService(store, hosts, scheduler, quota, events);
+  containers.useVolumes(volumes);
   const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());
   disks.useHosts(hosts); // under --no-agent an upload goes to a registered host, which checks it
   const vmHosts = noAgent ? { ...hosts, onVmExit: (l: (agent: string, id: string) => void) => agents.onVmExit(l) } : agents;
@@ -201,8 +256,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
   const services: Services = {
-    options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
-    startedAt: new Date().toISOString(), version: VERSION,
+    options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    startedAt: new Date().toISOString(), version: VERSION, metrics,
   };
 
   state = 'reconciling';
@@ -216,9 +271,11 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     const rec = await containers.reconcile();
     const netRec = await networks.reconcile();
     const vmRec = await vms.reconcile();
-    // networks hold quota too (`networks`), under their own ids
-    const [cs, vs, ns] = [await store.containers.list(), await store.vms.list(), await store.networks.list()];
-    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns].map((i) => i.id)));
+    // volumes cut short finished, each host told which it holds (before the quota: an undone create's quota goes with it)
+    const volRec = await volumes.reconcile();
+    // networks and volumes hold quota too (`networks`; `volumes` and `disk`), under their own ids
+    const [cs, vs, ns, vols] = [await store.containers.list(), await store.vms.list(), await store.networks.list(), await store.volumes.list()];
+    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns, ...vols].map((i) => i.id)));
     // claims: instances from before the scheduler get theirs, claims of instances gone are dropped
     let claimsAdopted = 0;
     for (const c of cs) {
@@ -227,10 +284,11 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     for (const v of vs) {
       if (await scheduler.adopt({ consumerId: v.id, projectId: v.projectId, kind: 'vm', vcpus: v.config.cpus, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: 0, host: v.agent })) claimsAdopted++;
     }
-    const claims = await scheduler.reconcile(new Set([...cs, ...vs].map((i) => i.id)));
+    // a volume's claim holds its host's disk
+    const claims = await scheduler.reconcile(new Set([...cs, ...vs, ...vols].map((i) => i.id)));
     const gc = await images.collectGarbage();
     log.info(noAgent ? 'reconciled store with the registered hosts (no embedded agent)' : 'reconciled store with host', {
-      ...rec, networks: netRec, vms: vmRec, interruptedOperations: interrupted, quotaReleased, claimsAdopted, claimsReleased: claims.released.length, ...gc,
+      ...rec, networks: netRec, vms: vmRec, volumes: volRec, interruptedOperations: interrupted, quotaReleased, claimsAdopted, claimsReleased: claims.released.length, ...gc,
     });
   };
   // the first term's reconcile happens before serving, as it always has (SQLite: always the leader)
@@ -244,17 +302,24 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   undo.push(() => api.close());
   await api.listenUnix(options.socket);
   // the Docker Engine API for the docker CLI, over the same services (docs/docker-api.md)
-  const dockerSocket = path.join(options.home, 'docker.sock');
-  const dockerApi = await startDockerApi(services, dockerSocket);
+  const dockerSocket = options.dockerSocket;
+  const dockerTcp = options.dockerTcp ? splitHostPort(options.dockerTcp) : undefined;
+  const { server: dockerApi, tcpPort: dockerTcpPort } = await startDockerApi(services, dockerSocket, dockerTcp);
   undo.push(() => dockerApi.close());
+  const dockerTcpUrl = dockerTcp && dockerTcpPort !== undefined ? `tcp://${urlHost(dockerTcp.host)}:${dockerTcpPort}` : undefined;
+  if (dockerTcpUrl) services.dockerTcpUrl = dockerTcpUrl; // for GET /info and nimbus docker-env
   let tcpPort: number | undefined;
   if (options.tcp) {
-    const i = options.tcp.lastIndexOf(':');
-    tcpPort = await api.listenTcp(options.tcp.slice(0, i).replace(/^\[|\]$/g, ''), Number(options.tcp.slice(i + 1)));
+    const { host, port } = splitHostPort(options.tcp);
+    tcpPort = await api.listenTcp(host, port);
   }
+  let dashboardUrl: string | undefined;
+  if (tcpPort !== undefined) dashboardUrl = `http://${urlHost(options.tcp!.slice(0, options.tcp!.lastIndexOf(':')))}:${tcpPort}/ui/`;
+  else if (launch.dashboard && launch.dashboard !== 'off') dashboardUrl = await listenDashboard(api, launch.dashboard);
   if (tcpPort !== undefined) await replica.registry.setApiUrl(`tcp://${options.tcp!.slice(0, options.tcp!.lastIndexOf(':'))}:${tcpPort}`);
   containers.watchHosts(); // exits from agents registered (again) from now on
   networks.watchHosts(); // and their networks and overlays laid out again
+  volumes.watchHosts(); // and told which volumes they hold
   // The work that must happen once across replicas (docs/replicas.md).
   replica.whileLeader('reconcile', () => {
     if (reconciledThisTerm) reconciledThisTerm = false;
@@ -272,6 +337,29 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   });
   replica.whileLeader('operations.failInterrupted', every('operations.failInterrupted', 5_000, () => operations.failInterrupted()));
   replica.whileLeader('replicas.forget', every('replicas.forget', 60_000, () => forgetGoneReplicas(store)));
+  // usage metering: one sampler across replicas, its records exactly-once whoever leads (docs/metering.md)
+  const meteringIntervalMs = launch.meteringIntervalMs ?? meteringIntervalFromEnv();
+  if (meteringIntervalMs > 0) {
+    replica.whileLeader('metering', () => {
+      const m = new MeteringService(store, events, async (i) => {
+        let s: InstanceStats;
+        if (i.kind === 'vm') {
+          const v = await store.vms.get(i.id);
+          if (!v) return undefined;
+          s = await agents.get(v.agent).vmStats(v.id); // a protocol-4 agent refuses it: no reading (null)
+        } else {
+          s = await containers.stats(i.id);
+        }
+        return { cpuNs: s.cpuUsageNs, memoryBytes: s.memoryBytes, ...(s.network ? { network: s.network } : {}) };
+      }, { intervalMs: meteringIntervalMs });
+      m.start();
+      meter = m;
+      return async () => {
+        meter = undefined;
+        await m.stop();
+      };
+    });
+  }
   if (store.kind === 'postgres') {
     // what a replica that died mid-create left (one process on SQLite: its start's reconcile does it)
     const settle = () => settleGoneReplicas({
@@ -287,12 +375,15 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     services,
     state: () => state,
     ...(tcpPort !== undefined ? { tcpPort } : {}),
+    ...(dockerTcpUrl !== undefined ? { dockerTcpUrl } : {}),
+    ...(dashboardUrl !== undefined ? { dashboardUrl } : {}),
     async stop() {
       if (state === 'stopping' || state === 'stopped') return;
       state = 'stopping';
       // Containers are not stopped: their monitors keep them (and their logs) alive without us.
       containers.shutdown();
       networks.stopWatchingHosts();
+      volumes.stopWatchingHosts();
       await api.close();
       await dockerApi.close();
       rmSync(dockerSocket, { force: true });
@@ -300,6 +391,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
       await agents.close();
       await agent.close();
       quota.close(); // its background refresh reads the store
+      metrics.close();
       await store.close();
       rmSync(options.socket, { force: true });
       releaseLock();

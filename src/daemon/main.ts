@@ -9,6 +9,9 @@ import { startDaemon } from './daemon.js';
 import { migrateStoreCommand } from './migrate-store.js';
 import { describeStore } from '../core/config.js';
 
+/** The embedded default's local dashboard port (Proxmox VE's is 8006, Incus's 8443; this one is ours). */
+const DEFAULT_DASHBOARD = '127.0.0.1:8780';
+
 const HELP = `Usage: nimbusd [options]
        nimbusd agent --name NAME [options]   (an agent in its own process; nimbusd agent --help)
        nimbusd migrate-store --to postgres://…  (move the embedded store to PostgreSQL; nimbusd migrate-store --help)
@@ -23,6 +26,14 @@ Options (environment variable in brackets):
                            embedded default, HOME/nimbus.db) or postgres://USER@HOST/DB
                            (PostgreSQL; a unix socket: postgres://USER@/DB?host=/run/postgresql)
   --tcp HOST:PORT          also serve the API on TCP [NIMBUS_TCP] (every request needs a token or API key; use TLS in front)
+  --docker-socket PATH     the Docker Engine API's unix socket [NIMBUS_DOCKER_SOCKET] (default docker.sock
+                           beside --socket: /run/nimbus/docker.sock)
+  --docker-tcp HOST:PORT   also serve the Docker Engine API on TCP [NIMBUS_DOCKER_TCP] (every request needs
+                           a token: nimbus docker-env; use TLS in front)
+  --dashboard HOST:PORT    without --tcp, the web dashboard (and the API, tokens required) on a
+                           local port of its own [NIMBUS_DASHBOARD] (default 127.0.0.1:8780 on
+                           the default home, off with --home/NIMBUS_HOME; off: none). With --tcp
+                           it is served there, under /ui/ (docs/dashboard.md)
   --insecure-registry H    allow plain HTTP to registry H (repeatable) [NIMBUS_INSECURE_REGISTRIES]
                            (loopback registries always work over plain HTTP)
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
@@ -168,6 +179,9 @@ async function main(): Promise<void> {
       home: { type: 'string' },
       socket: { type: 'string' },
       tcp: { type: 'string' },
+      'docker-socket': { type: 'string' },
+      'docker-tcp': { type: 'string' },
+      dashboard: { type: 'string' },
       store: { type: 'string' },
       'insecure-registry': { type: 'string', multiple: true },
       snapshotter: { type: 'string' },
@@ -188,16 +202,24 @@ async function main(): Promise<void> {
   if (!noAgent && process.getuid?.() !== 0) {
     process.stderr.write('nimbusd: warning: not running as root; mounts, cgroups and runc will fail\n');
   }
+  // A daemon on a home of its own (a test's, a bench's, a second one) opens no fixed port unasked:
+  // the default home's daemon (npm start) is the one a browser is pointed at.
+  const ownHome = values.home !== undefined || process.env.NIMBUS_HOME !== undefined;
   const daemon = await startDaemon({
     ...(values.home ? { home: values.home } : {}),
     ...(values.socket ? { socket: values.socket } : {}),
     ...(values.tcp ? { tcp: values.tcp } : {}),
+    ...(values['docker-socket'] ? { dockerSocket: values['docker-socket'] } : {}),
+    ...(values['docker-tcp'] ? { dockerTcp: values['docker-tcp'] } : {}),
     ...(values.store ? { store: values.store } : {}),
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),
-  }, { noAgent });
+  }, { noAgent, dashboard: values.dashboard ?? process.env.NIMBUS_DASHBOARD ?? (ownHome ? 'off' : DEFAULT_DASHBOARD) });
+  // before the ready line, so whoever waits for "ready:" has it already
+  if (daemon.dashboardUrl) process.stdout.write(`nimbusd dashboard: ${daemon.dashboardUrl} (log in as a Nimbus user, e.g. admin)\n`);
+  if (daemon.dockerTcpUrl) process.stdout.write(`nimbusd docker API: ${daemon.dockerTcpUrl} (DOCKER_HOST; tokens required: nimbus docker-env)\n`);
   process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home}, store ${describeStore(daemon.options.storeLocation)})\n`);
   stopOnSignals('nimbusd', 'containers keep running', () => daemon.stop());
 }

@@ -548,6 +548,15 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual(await s.networks.withIdPrefix('a_'), []);
     assert.deepEqual((await s.networks.list()).map((n) => n.id), [hex('aa1', 64), hex('aa2', 64), hex('bb3', 64)]);
     assert.deepEqual((await s.networks.list({ projectId: 'p2' })).map((n) => n.name), ['front']);
+    // a VXLAN id is given once and held by one network only
+    assert.equal(await s.networks.setVni(n1.id, 7), 7);
+    assert.equal(await s.networks.setVni(n1.id, 8), 7, 'given once');
+    assert.equal(await s.networks.setVni(hex('aa2', 64), 7), undefined, 'another network holds 7');
+    assert.equal((await s.networks.get(hex('aa2', 64)))?.vni, undefined);
+    assert.equal(await s.networks.setVni(hex('aa2', 64), 9), 9);
+    assert.deepEqual((await s.networks.vnisInUse()).sort((a, b) => a - b), [7, 9]);
+    assert.equal((await s.networks.get(n1.id))?.vni, 7);
+    n1.vni = 7;
 
     const lease = (networkId: string, address: string, instanceId: string, ifIndex: number) => ({ networkId, address, instanceId, ifIndex, createdAt: NOW });
     await s.networks.lease(lease(n1.id, '10.1.0.2', 'c2', 0));

@@ -97,7 +97,15 @@ export interface ImageTagRecord {
 
 export type RestartPolicyName = 'no' | 'on-failure' | 'always' | 'unless-stopped';
 
+/** A mount as a container's record keeps it: a named volume by id and name, a host path, or tmpfs (docs/volumes.md). */
+export type StoredMount =
+  | { type: 'volume'; volumeId: string; name: string; target: string; readonly?: boolean }
+  | { type: 'bind'; source: string; target: string; readonly?: boolean }
+  | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
+
 export interface ContainerConfig {
+  /** Volumes, host paths and tmpfs mounted into it, resolved at create. */
+  mounts?: StoredMount[];
   image: string;
   cmd?: string[];
   entrypoint?: string[];
@@ -171,6 +179,8 @@ export interface NetworkRecord {
   builtin: boolean;
   labels: Record<string, string>;
   createdAt: string;
+  /** Its VXLAN id once it has spanned hosts (given once, kept for its life; docs/overlay.md). */
+  vni?: number;
 }
 
 /** One address on one network, held by one container (its endpoint). */

@@ -347,6 +347,61 @@ export const MIGRATIONS: readonly string[] = [
      key TEXT PRIMARY KEY,
      value TEXT NOT NULL
    );`,
+  // named volumes (docs/volumes.md): per project, on the host that holds their image file; the
+  // unique index keeps two creates of one name in a project from both succeeding
+  `CREATE TABLE volumes (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL,
+     project_id TEXT NOT NULL REFERENCES projects(id),
+     host TEXT NOT NULL,
+     driver TEXT NOT NULL,
+     size_bytes INT64 NOT NULL,
+     status TEXT NOT NULL CHECK (status IN ('creating', 'ready', 'removing')),
+     labels TEXT NOT NULL DEFAULT '{}',
+     created_at TEXT NOT NULL
+   );
+   CREATE UNIQUE INDEX volumes_project_name ON volumes(project_id, name);
+   CREATE INDEX volumes_host ON volumes(host);`,
+  // usage metering (docs/metering.md): what each instance used per hour and size, and each
+  // instance's cursor, moved compare-and-set with the usage it adds (never counted twice); no
+  // foreign keys: usage outlives its instances and projects
+  `CREATE TABLE usage_records (
+     instance_id TEXT NOT NULL,
+     period_start INT64 NOT NULL,
+     millicpus INT64 NOT NULL,
+     memory_bytes INT64 NOT NULL,
+     project_id TEXT NOT NULL,
+     kind TEXT NOT NULL CHECK (kind IN ('container', 'vm', 'secure')),
+     name TEXT NOT NULL,
+     active_ms INT64 NOT NULL,
+     cpu_ns INT64,
+     memory_mib_ms INT64 NOT NULL,
+     disk_mib_ms INT64,
+     net_rx_bytes INT64,
+     net_tx_bytes INT64,
+     PRIMARY KEY (instance_id, period_start, millicpus, memory_bytes)
+   );
+   CREATE INDEX usage_records_project ON usage_records(project_id, period_start);
+   CREATE INDEX usage_records_period ON usage_records(period_start);
+   CREATE TABLE usage_cursors (
+     instance_id TEXT PRIMARY KEY,
+     project_id TEXT NOT NULL,
+     kind TEXT NOT NULL,
+     name TEXT NOT NULL,
+     accounted_until INT64 NOT NULL,
+     active INTEGER NOT NULL,
+     cpu_ns INT64,
+     cpu_run TEXT,
+     millicpus INT64 NOT NULL,
+     memory_bytes INT64 NOT NULL,
+     held_memory_bytes INT64 NOT NULL,
+     disk_bytes INT64,
+     closed INTEGER NOT NULL DEFAULT 0
+   );`,
+  // a network's VXLAN id (docs/overlay.md), given once when it first spans hosts and kept: unique
+  // among the networks that have one, so two replicas cannot hand out the same
+  `ALTER TABLE networks ADD COLUMN vni INT64;
+   CREATE UNIQUE INDEX networks_vni ON networks(vni) WHERE vni IS NOT NULL;`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

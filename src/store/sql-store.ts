@@ -16,6 +16,8 @@ import { SqlUserRepo } from './repos/users.js';
 import { SqlVmRepo } from './repos/vms.js';
 import { SqlPlacementRepo } from './repos/placement.js';
 import { SqlSettingsRepo } from './repos/settings.js';
+import { SqlUsageRepo } from './repos/usage.js';
+import { SqlVolumeRepo } from './repos/volumes.js';
 
 export class SqlStore implements Store {
   readonly kind: StoreKind;
@@ -33,6 +35,8 @@ export class SqlStore implements Store {
   readonly roles: SqlRoleRepo;
   readonly placement: SqlPlacementRepo;
   readonly settings: SqlSettingsRepo;
+  readonly usage: SqlUsageRepo;
+  readonly volumes: SqlVolumeRepo;
   private readonly quota: SqlQuotaRows;
 
   /** db: an executor on a migrated database (see openStore). */
@@ -52,6 +56,8 @@ export class SqlStore implements Store {
     this.roles = new SqlRoleRepo(db);
     this.placement = new SqlPlacementRepo(db);
     this.settings = new SqlSettingsRepo(db);
+    this.usage = new SqlUsageRepo(db);
+    this.volumes = new SqlVolumeRepo(db);
     this.quota = new SqlQuotaRows(db);
   }
 

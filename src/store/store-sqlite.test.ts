@@ -4,7 +4,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { INSTANCE_NAMES_SEED, INSTANCE_NAMES_VERSION, assertInstanceNamesMigrated, container, storeConformance } from './conformance.js';
+import { INSTANCE_NAMES_SEED, INSTANCE_NAMES_VERSION, assertInstanceNamesMigrated, container, storeConformance, type ConformanceTarget } from './conformance.js';
+import { volumeConformance } from './conformance-volumes.js';
+import { usageConformance } from './conformance-usage.js';
 import { openStore } from './open.js';
 import { BASELINE_VERSION, MIGRATIONS, SCHEMA_VERSION, ddl } from './schema.js';
 import { SQLITE_HISTORY } from './sqlite-history.js';
@@ -15,7 +17,7 @@ function tempDir(): { dir: string; remove: () => void } {
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-storeConformance('sqlite', async () => {
+const openSqlite = async (): Promise<ConformanceTarget> => {
   const { dir, remove } = tempDir();
   const file = join(dir, 'nimbus.db');
   let store: Store | undefined = await openStore(file);
@@ -32,7 +34,10 @@ storeConformance('sqlite', async () => {
       remove();
     },
   };
-});
+};
+storeConformance('sqlite', openSqlite);
+volumeConformance('sqlite', openSqlite);
+usageConformance('sqlite', openSqlite);
 
 /** A database built by the first `version` historical migrations, then seeded. */
 function historicalStore(file: string, version: number, seed: string): void {

@@ -34,6 +34,8 @@ import type {
 
 import type { PlacementRepo } from './repos/placement.js';
 import type { SettingsRepo } from './repos/settings.js';
+import type { UsageRepo } from './repos/usage.js';
+import type { VolumeRepo } from './repos/volumes.js';
 
 export interface ProjectRepo {
   get(id: string): Promise<ProjectRecord | undefined>;
@@ -217,6 +219,13 @@ export interface NetworkRepo {
   named(name: string): Promise<NetworkRecord[]>;
   withIdPrefix(prefix: string): Promise<NetworkRecord[]>;
   list(filter?: { projectId?: string }): Promise<NetworkRecord[]>;
+  /**
+   * Give the network this VXLAN id unless it has one: answers the id it has afterwards (its own
+   * if it had one already), or undefined when another network holds `vni` (try another).
+   */
+  setVni(id: string, vni: number): Promise<number | undefined>;
+  /** The VXLAN ids networks hold. */
+  vnisInUse(): Promise<number[]>;
   /** AlreadyExists when the name is taken in the project, or the subnet or device by any network. */
   insert(n: NetworkRecord): Promise<void>;
   delete(id: string): Promise<void>;
@@ -257,6 +266,10 @@ export interface Store {
   readonly placement: PlacementRepo;
   /** Facts the control-plane processes sharing this store agree on. */
   readonly settings: SettingsRepo;
+  /** Usage metering: per-instance usage by hour and the cursors that keep it exactly-once (docs/metering.md). */
+  readonly usage: UsageRepo;
+  /** Named volumes (docs/volumes.md). */
+  readonly volumes: VolumeRepo;
   /** Which implementation this is (for logs, /info and dialect-specific tests). */
   readonly kind: StoreKind;
   /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */

@@ -73,6 +73,8 @@ export interface NamespaceAgent {
   table: string;
   /** What it printed since its last start. */
   output(): string;
+  /** The agent process's pid while it runs (to freeze it with SIGSTOP, say). */
+  pid(): number | undefined;
   /** Starts it (again, on the same home) and waits until it has registered. */
   start(): Promise<void>;
   /** SIGTERM, and waits for its exit. */
@@ -107,6 +109,7 @@ export function agentInNamespace(controlPlaneSocket: string, host: SecondHost, j
     home,
     table: net.NIMBUS_NFT_TABLE!,
     output: () => out,
+    pid: () => (child && child.exitCode === null && child.signalCode === null ? child.pid : undefined),
     async start() {
       out = '';
       // nsenter --net: only the network namespace (ip netns exec would also mount a fresh /sys,

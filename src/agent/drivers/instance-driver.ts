@@ -113,12 +113,34 @@ export interface ExecSession {
   exit: Promise<number>;
 }
 
+/** One network endpoint's counters, from the instance's side (its host end's rx is the instance's tx). */
+export interface EndpointCounters {
+  /** The host end (veth or tap) and its ifindex: a re-created endpoint has a new ifindex and counters from 0. */
+  hostIf: string;
+  ifindex: number;
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+}
+
+/** Summed over an instance's endpoints; cumulative per endpoint, reset when an endpoint is re-created. */
+export interface NetworkCounters {
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+  endpoints: EndpointCounters[];
+}
+
 export interface InstanceStats {
   cpuUsageNs: number;
   memoryBytes: number;
   memoryLimitBytes?: number;
   pids: number;
   pidsLimit?: number;
+  /** Absent: the instance has no endpoint of its own (host network, shared namespace) or an older agent answered. */
+  network?: NetworkCounters;
   time: string;
 }
 

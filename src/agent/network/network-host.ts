@@ -156,6 +156,17 @@ export class NetworkHost {
     return this.containers.has(containerId) && existsSync(p) ? p : undefined;
   }
 
+  /**
+   * A VM's taps up or down. Down once its guest runs elsewhere (a live migration's last pass is
+   * out): the bridge drops what it learned on them at once (a port that goes down has its
+   * forwarding entries flushed), so peers' frames go toward the guest's new host instead of
+   * into a QEMU that no longer runs it. Up again if the guest resumes here.
+   */
+  async setTaps(vmId: string, up: boolean): Promise<void> {
+    const taps = this.endpointsOf(vmId).map((e) => e.hostIf).filter((t) => kernel.linkExists(t));
+    if (taps.length) await kernel.applyPlan({ host: taps.map((t) => ['link', 'set', t, up ? 'up' : 'down']) });
+  }
+
   endpointsOf(containerId: string): EndpointSpec[] {
     return this.containers.get(containerId)?.endpoints ?? [];
   }

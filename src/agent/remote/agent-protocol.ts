@@ -16,10 +16,13 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * Protocol versions. 1: the first, without a version. 2: the version header on every call,
  * argument schemas, the hello, TLS for TCP agents. 3: content carried between hosts (blobs
  * read and written by digest, images adopted from them). 4: networks across hosts (overlay peers
- * pushed to a host, its underlay address asked). Bump the current one for any change a
+ * pushed to a host, its underlay address asked). 5: named volumes (created, removed, measured and
+ * reconciled on a host; containers' mounts); VMs that live-migrate with a local disk (the
+ * destination's NBD export) and NICs (re-created at the destination); vmStats (QEMU's CPU time,
+ * NIC counters; stats answers gained an optional `network`, which older peers leave out). Bump the current one for any change a
  * peer of the previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 4;
+export const AGENT_PROTOCOL_VERSION = 5;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -88,6 +91,7 @@ export const UNARY_METHODS = [
   'restoreVm',
   'vmState',
   'inspectVm',
+  'vmStats',
   'removeVm',
   'listVms',
   'vmMigrationSpec',
@@ -100,6 +104,10 @@ export const UNARY_METHODS = [
   'missingBlobs',
   'adoptImage',
   'adoptDiskImage',
+  'createVolume',
+  'removeVolume',
+  'volumeUsage',
+  'reconcileVolumes',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
@@ -115,13 +123,40 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   adoptDiskImage: 3,
   setOverlayPeers: 4,
   underlayAddress: 4,
+  createVolume: 5,
+  removeVolume: 5,
+  volumeUsage: 5,
+  reconcileVolumes: 5,
+  vmStats: 5,
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
 const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   setOverlayPeers: 'carry networks across hosts',
   underlayAddress: 'carry networks across hosts',
+  createVolume: 'hold volumes',
+  removeVolume: 'hold volumes',
+  volumeUsage: 'hold volumes',
+  reconcileVolumes: 'hold volumes',
+  vmStats: "report a VM's CPU time and network counters",
 };
+
+/** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */
+export const CONTAINER_MOUNTS_SINCE = 5;
+
+/** Conflict when a connection at `version` cannot carry a container's mounts; undefined when it can. */
+export function tooOldForMounts(version: number, host: string): NimbusError | undefined {
+  if (version >= CONTAINER_MOUNTS_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot mount volumes, host paths or tmpfs into a container (needs protocol ${CONTAINER_MOUNTS_SINCE}); upgrade it`, {
+    host,
+    method: 'createContainer',
+    protocol: version,
+    needs: CONTAINER_MOUNTS_SINCE,
+  });
+}
+
+/** Protocol 5: a live migration that carries a disk or NICs (fields a peer of 4 would refuse or ignore). */
+export const MIGRATION_WITH_STORAGE_SINCE = 5;
 
 /** What a connection at `version` cannot do, or undefined when it can (`host`: whose agent, in the message). */
 export function tooOldFor(method: keyof Agent, version: number, host: string): NimbusError | undefined {
@@ -174,8 +209,15 @@ export const EXEC_STDIN_HEADER = 'x-nimbus-exec-stdin';
 
 /** Unary and stream-opening request bodies (a migration's console history can be MBs). */
 export const MAX_BODY_BYTES = 64 * 1024 * 1024;
-/** The events stream's keep-alive: a client that hears nothing for 3 of these reconnects. */
-export const PING_INTERVAL_MS = 10_000;
+/**
+ * The events stream's keep-alive: a client that hears nothing for 3 of these reconnects, and
+ * calls the host down meanwhile (a host cut off is seen within ~6 s: issue 15's bound is 10 s).
+ * Agents of protocol 4 and older ping every LEGACY_PING_INTERVAL_MS.
+ */
+export const PING_INTERVAL_MS = 2_000;
+export const LEGACY_PING_INTERVAL_MS = 10_000;
+/** The protocol from which agents ping every PING_INTERVAL_MS. */
+export const FAST_PING_SINCE = 5;
 
 export const NDJSON = 'application/x-ndjson';
 

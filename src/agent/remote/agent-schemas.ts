@@ -60,6 +60,11 @@ const ContainerNetworkRequest = Type.Union([
     dns: Strings,
   }),
 ]);
+const ContainerMount = Type.Union([
+  Obj({ type: Type.Literal('volume'), volumeId: Id, target: Str, readonly: Type.Optional(Bool) }),
+  Obj({ type: Type.Literal('bind'), source: Str, target: Str, readonly: Type.Optional(Bool) }),
+  Obj({ type: Type.Literal('tmpfs'), target: Str, sizeBytes: Type.Optional(Num), mode: Type.Optional(Num) }),
+]);
 const ProcessSpec = Obj({ args: Strings, env: Strings, cwd: Str, user: Str, terminal: Type.Optional(Bool) });
 const ResourceLimits = Obj({ memoryBytes: Type.Optional(Num), cpus: Type.Optional(Num), pidsLimit: Type.Optional(Num) });
 const ContainerCreateRequest = Obj({
@@ -73,6 +78,7 @@ const ContainerCreateRequest = Obj({
   runtime: Type.Optional(Str),
   labels: Type.Optional(Type.Record(Type.String(), Type.String())),
   log: Type.Optional(Obj({ maxSizeBytes: Type.Optional(Num), maxFiles: Type.Optional(Num) })),
+  mounts: Type.Optional(Type.Array(ContainerMount, { maxItems: 256 })),
 });
 const VmCreateRequest = Obj({
   id: Id,
@@ -93,6 +99,8 @@ const VmMigrationSpec = Obj({
   createdAt: Str,
   config: Type.Record(Type.String(), Type.Unknown()),
   pin: Type.Optional(Type.Array(Int)),
+  storage: Type.Optional(Obj({ virtualSize: Int, backing: Type.Optional(Str), backingFormat: Type.Optional(Type.Union([Type.Literal('raw'), Type.Literal('qcow2')])) })),
+  nics: Type.Optional(Type.Array(Attachment)),
 });
 
 const VmImageKind = Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')]);
@@ -133,11 +141,12 @@ export const ARG_SCHEMAS = {
   restoreVm: [arg('id', Id)],
   vmState: [arg('id', Id)],
   inspectVm: [arg('id', Id)],
+  vmStats: [arg('id', Id)],
   removeVm: [arg('id', Id)],
   listVms: [],
   vmMigrationSpec: [arg('id', Id)],
   prepareVmIncoming: [arg('spec', VmMigrationSpec)],
-  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num) }))],
+  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str) }))],
   finishVmIncoming: [arg('id', Id), arg('consoleHistory', Str)],
   abandonVmIncoming: [arg('id', Id)],
   endVmMigration: [arg('id', Id), arg('outcome', Type.Union([Type.Literal('moved'), Type.Literal('resume')]))],
@@ -145,6 +154,10 @@ export const ARG_SCHEMAS = {
   missingBlobs: [arg('digests', Type.Array(Str, { maxItems: 4096 }))],
   adoptImage: [arg('manifestDigest', Str)],
   adoptDiskImage: [arg('digest', Str), arg('kind', VmImageKind)],
+  createVolume: [arg('id', Id), arg('sizeBytes', Type.Integer({ minimum: 1 }))],
+  removeVolume: [arg('id', Id)],
+  volumeUsage: [arg('id', Id)],
+  reconcileVolumes: [arg('live', Type.Array(Str, { maxItems: 1_000_000 }))],
 } as const satisfies Record<UnaryMethod, readonly ArgSpec[]>;
 
 // ---- the table against the Agent interface, at compile time ---------------------------------

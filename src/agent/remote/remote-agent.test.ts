@@ -107,6 +107,14 @@ function makeTarget(): { agent: Agent; state: TargetState } {
     async killVm(...args: unknown[]) {
       seen('killVm', args);
     },
+    async createVolume(id: string, sizeBytes: number) {
+      seen('createVolume', [id, sizeBytes]);
+      return { id, sizeBytes, path: `/volumes/${id}/mnt/_data`, mounted: true };
+    },
+    async createContainer(req: unknown) {
+      seen('createContainer', [req]);
+      return { status: 'created', warnings: [], runtime: 'runc' };
+    },
     async vmState(id: string) {
       throw new NotFound(`no such VM: ${id}`, { id });
     },
@@ -610,10 +618,10 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const body = Buffer.from('{"args":["vm-1","SIGKILL"]}');
   const noHeader = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '' }, body);
   assert.equal(noHeader.status, 400);
-  assert.match(noHeader.body, /carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\.\.4/);
+  assert.match(noHeader.body, /carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\.\.5/);
   const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '9' }, body);
   assert.equal(future.status, 409);
-  assert.match(future.body, /speaks agent protocol 9; this agent speaks 2\.\.4/);
+  assert.match(future.body, /speaks agent protocol 9; this agent speaks 2\.\.5/);
   const events = await raw(server.url, 'GET', PATHS.events, { ...auth, [PROTOCOL_HEADER]: '1' });
   assert.equal(events.status, 409, 'streams check the version too');
   assert.equal(state.calls.length, 0);
@@ -624,8 +632,8 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   assert.equal(state.calls.length, 1);
 
   // a control plane that speaks only a later version: refused before any call, both ranges named
-  const newer = await connect(t, server.url, TOKEN, { protocol: { min: 5, max: 6 } });
-  await rejectsWith(newer.info(), 'Conflict', 'agent test speaks agent protocol 2..4, this control plane speaks 5..6: no version in common');
+  const newer = await connect(t, server.url, TOKEN, { protocol: { min: 6, max: 7 } });
+  await rejectsWith(newer.info(), 'Conflict', 'agent test speaks agent protocol 2..5, this control plane speaks 6..7: no version in common');
   // an agent from before versions (no hello route): named as protocol 1
   const old = http.createServer((req, res) => {
     req.resume();
@@ -635,10 +643,35 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const oldSock = path.join(tempDir(t), 'old.sock');
   await new Promise<void>((resolve) => old.listen(oldSock, resolve));
   t.after(() => new Promise<void>((resolve) => old.close(() => resolve())));
-  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', 'agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2..4: upgrade the agent');
+  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', 'agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2..5: upgrade the agent');
   // an agent that speaks 1..3 with a control plane of 2..4: they agree on 3
   const wide = await serve(t, agent, { port: 0 }, { protocol: { min: 1, max: 3 } });
   assert.equal(await (await connect(t, wide.url, TOKEN, { protocol: { min: 2, max: 4 } })).protocolVersion(), 3);
+});
+
+test('volumes are protocol 5: carried to an agent of 5, refused to one of 4 with what it cannot do (containers\' mounts too)', async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const c = await connect(t, server.url);
+  const id = 'ab'.repeat(32);
+  assert.deepEqual(await c.createVolume(id, 16 * 1024 * 1024), { id, sizeBytes: 16 * 1024 * 1024, path: `/volumes/${id}/mnt/_data`, mounted: true });
+  const mounts = [{ type: 'volume' as const, volumeId: id, target: '/data' }, { type: 'tmpfs' as const, target: '/t', sizeBytes: 1024 }];
+  const req = { id: 'c1', name: 'c', imageChainId: 'sha256:x', process: { args: ['true'], env: [], cwd: '/', user: '0' }, resources: {}, mounts };
+  await c.createContainer(req);
+  assert.deepEqual(state.calls.map((x) => x.method), ['createVolume', 'createContainer']);
+  assert.deepEqual((state.calls[1]?.args[0] as { mounts: unknown }).mounts, mounts, 'the mounts travel as given');
+  // a malformed mount is refused by the agent's schema before the agent sees it
+  const bad = await raw(server.url, 'POST', PATHS.call('createContainer'), { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', [PROTOCOL_HEADER]: '5' },
+    Buffer.from(JSON.stringify({ args: [{ ...req, mounts: [{ type: 'device', target: '/x' }] }] })));
+  assert.equal(bad.status, 400);
+  assert.equal(state.calls.length, 2);
+
+  const old = await connect(t, server.url, TOKEN, { protocol: { min: 2, max: 4 } });
+  await rejectsWith(old.createVolume(id, 16 * 1024 * 1024), 'Conflict', /speaks protocol 4 and cannot hold volumes \(createVolume needs protocol 5\); upgrade it/);
+  await rejectsWith(old.createContainer(req), 'Conflict', /speaks protocol 4 and cannot mount volumes, host paths or tmpfs into a container \(needs protocol 5\)/);
+  // without mounts a container is what it always was
+  await old.createContainer({ ...req, mounts: [] });
+  assert.equal(state.calls.length, 3);
 });
 
 // ---- mutual TLS --------------------------------------------------------------------------------

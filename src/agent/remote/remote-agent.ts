@@ -13,7 +13,7 @@ import https from 'node:https';
 import type { PeerCertificate } from 'node:tls';
 import { Duplex, PassThrough, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Conflict, InvalidArgument, NimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
@@ -25,6 +25,8 @@ import {
   EXEC_STDIN_HEADER,
   PATHS,
   PING_INTERVAL_MS,
+  LEGACY_PING_INTERVAL_MS,
+  FAST_PING_SINCE,
   PROTOCOL_ERROR_REASON,
   PROTOCOL_HEADER,
   SPOKEN_PROTOCOL,
@@ -35,6 +37,8 @@ import {
   ndjsonRecords,
   negotiateProtocol,
   tooOldFor,
+  MIGRATION_WITH_STORAGE_SINCE,
+  tooOldForMounts,
   type AgentEvent,
   type ExecFrame,
   type ProtocolRange,
@@ -53,7 +57,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 5_000;
 /** Three missed pings: the events connection is dead even if TCP has not noticed. */
-const EVENTS_IDLE_MS = 3 * PING_INTERVAL_MS;
+const eventsIdleMs = (protocol: number) => 3 * (protocol >= FAST_PING_SINCE ? PING_INTERVAL_MS : LEGACY_PING_INTERVAL_MS);
 
 /** This side of mutual TLS: PEM texts. */
 export interface RemoteAgentTls {
@@ -194,6 +198,9 @@ export class RemoteAgent implements Agent {
 
   private readonly vmExitListeners: Array<(id: string) => void> = [];
   private readonly containerExitListeners: Array<(id: string) => void> = [];
+  private readonly linkListeners: Array<(up: boolean, reason?: string) => void> = [];
+  /** What the link listeners were last told (each change is told once). */
+  private linkUp: boolean | undefined;
   private eventsLoop: Promise<void> | undefined;
   private eventsReq: ClientRequest | undefined;
   private wakeBackoff: (() => void) | undefined;
@@ -317,6 +324,12 @@ export class RemoteAgent implements Agent {
     return { req, response };
   }
 
+  /** Conflict naming this host when the agreed version is older than `since` (a feature carried in fields, not a method). */
+  private async requireProtocol(since: number, what: string): Promise<void> {
+    const version = await this.protocolVersion();
+    if (version < since) throw new Conflict(`host ${this.name}'s agent speaks protocol ${version} and cannot ${what} (needs protocol ${since}); upgrade it`, { host: this.name, protocol: version, needs: since });
+  }
+
   /** Conflict naming this host and the versions when the agreed version lacks the method: it is never sent. */
   private async requireVersionFor(method: keyof Agent): Promise<void> {
     const refusal = tooOldFor(method, await this.protocolVersion(), this.name);
@@ -359,7 +372,14 @@ export class RemoteAgent implements Agent {
   importImages: Agent['importImages'] = (...a) => this.call('importImages', a);
   garbageCollect: Agent['garbageCollect'] = (...a) => this.call('garbageCollect', a);
   importDiskImage: Agent['importDiskImage'] = (...a) => this.call('importDiskImage', a);
-  createContainer: Agent['createContainer'] = (...a) => this.call('createContainer', a);
+  createContainer: Agent['createContainer'] = async (req) => {
+    // an agent before protocol 5 would pass over the mounts and run the container without them
+    if (req.mounts?.length) {
+      const refusal = tooOldForMounts(await this.protocolVersion(), this.name);
+      if (refusal) throw refusal;
+    }
+    return this.call('createContainer', [req]);
+  };
   startContainer: Agent['startContainer'] = (...a) => this.call('startContainer', a);
   stopContainer: Agent['stopContainer'] = (...a) => this.call('stopContainer', a);
   killContainer: Agent['killContainer'] = (...a) => this.call('killContainer', a);
@@ -377,6 +397,10 @@ export class RemoteAgent implements Agent {
   reconcileNetworks: Agent['reconcileNetworks'] = (...a) => this.call('reconcileNetworks', a);
   setOverlayPeers: Agent['setOverlayPeers'] = (...a) => this.call('setOverlayPeers', a);
   underlayAddress: Agent['underlayAddress'] = (...a) => this.call('underlayAddress', a);
+  createVolume: Agent['createVolume'] = (...a) => this.call('createVolume', a);
+  removeVolume: Agent['removeVolume'] = (...a) => this.call('removeVolume', a);
+  volumeUsage: Agent['volumeUsage'] = (...a) => this.call('volumeUsage', a);
+  reconcileVolumes: Agent['reconcileVolumes'] = (...a) => this.call('reconcileVolumes', a);
   createVm: Agent['createVm'] = (...a) => this.call('createVm', a);
   createVmFromTemplate: Agent['createVmFromTemplate'] = (...a) => this.call('createVmFromTemplate', a);
   startVm: Agent['startVm'] = (...a) => this.call('startVm', a);
@@ -389,11 +413,18 @@ export class RemoteAgent implements Agent {
   restoreVm: Agent['restoreVm'] = (...a) => this.call('restoreVm', a);
   vmState: Agent['vmState'] = (...a) => this.call('vmState', a);
   inspectVm: Agent['inspectVm'] = (...a) => this.call('inspectVm', a);
+  vmStats: Agent['vmStats'] = (...a) => this.call('vmStats', a);
   removeVm: Agent['removeVm'] = (...a) => this.call('removeVm', a);
   listVms: Agent['listVms'] = (...a) => this.call('listVms', a);
   vmMigrationSpec: Agent['vmMigrationSpec'] = (...a) => this.call('vmMigrationSpec', a);
-  prepareVmIncoming: Agent['prepareVmIncoming'] = (...a) => this.call('prepareVmIncoming', a);
-  migrateVmOut: Agent['migrateVmOut'] = (...a) => this.call('migrateVmOut', a);
+  prepareVmIncoming: Agent['prepareVmIncoming'] = async (spec) => {
+    if (spec.storage || spec.nics?.length) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'take a live-migrating VM with a local disk or NICs');
+    return this.call('prepareVmIncoming', [spec]);
+  };
+  migrateVmOut: Agent['migrateVmOut'] = async (id, uri, opts) => {
+    if (opts.nbd) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'send a VM\'s local disk in a live migration');
+    return this.call('migrateVmOut', [id, uri, opts]);
+  };
   finishVmIncoming: Agent['finishVmIncoming'] = (...a) => this.call('finishVmIncoming', a);
   abandonVmIncoming: Agent['abandonVmIncoming'] = (...a) => this.call('abandonVmIncoming', a);
   endVmMigration: Agent['endVmMigration'] = (...a) => this.call('endVmMigration', a);
@@ -580,6 +611,23 @@ export class RemoteAgent implements Agent {
     this.startEvents();
   }
 
+  onLinkChange(listener: (up: boolean, reason?: string) => void): void {
+    this.linkListeners.push(listener);
+    this.startEvents();
+  }
+
+  private link(up: boolean, reason?: string): void {
+    if (this.linkUp === up || this.closed) return;
+    this.linkUp = up;
+    for (const l of this.linkListeners) {
+      try {
+        l(up, reason);
+      } catch (e) {
+        log.warn('link listener failed', { agent: this.name, error: String(e) });
+      }
+    }
+  }
+
   private startEvents(): void {
     if (this.eventsLoop || this.closed) return;
     this.eventsLoop = this.runEvents();
@@ -608,12 +656,14 @@ export class RemoteAgent implements Agent {
         const res = await response;
         if (!firstAttempt) log.info('agent events stream back', { agent: this.name });
         connected = true;
+        this.link(true);
         delay = BACKOFF_MIN_MS;
         // after the stream is up, so an exit is either in the listing or on the stream
         if (!firstAttempt) void this.resync();
-        await this.readEvents(res);
+        await this.readEvents(res, eventsIdleMs(await this.protocolVersion()));
       } catch (e) {
         if (this.closed) break;
+        this.link(false, toNimbusError(e).message);
         if (connected) log.warn('agent events stream lost; reconnecting', { agent: this.name, error: String(e) });
         else log.debug('agent events stream unavailable', { agent: this.name, error: String(e) });
       } finally {
@@ -634,8 +684,8 @@ export class RemoteAgent implements Agent {
     }
   }
 
-  private async readEvents(res: IncomingMessage): Promise<void> {
-    const idle = setTimeout(() => res.destroy(new Error(`no ping for ${EVENTS_IDLE_MS} ms`)), EVENTS_IDLE_MS);
+  private async readEvents(res: IncomingMessage, idleMs: number): Promise<void> {
+    const idle = setTimeout(() => res.destroy(new Error(`no ping for ${idleMs} ms`)), idleMs);
     idle.unref();
     try {
       for await (const v of ndjsonRecords(res)) {

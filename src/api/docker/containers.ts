@@ -54,7 +54,8 @@ async function create(ctx: DockerContext) {
   // a 404 in Docker's words is what makes the CLI pull the image and create again
   await inDockerWords(services.images.resolve(input.image, { projectId: project }), () => noSuchImage(body.Image));
   const { start: _start, ...config } = input;
-  const r = await services.containers.requestCreate(config, project, { projectId: project });
+  // host paths (-v /host:/p, --mount type=bind) are for system administrators only
+  const r = await services.containers.requestCreate(config, project, { projectId: project }, { mayBindHostPaths: ctx.auth.principal?.systemAdmin === true });
   // Docker's create has no 202: a create waiting for a reclaim is waited for
   const c = 'container' in r ? r.container : await r.finished;
   return { status: 201, json: { Id: c.id, Warnings: c.warnings } };

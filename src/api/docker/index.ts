@@ -5,11 +5,12 @@ import { containerRoutes } from './containers.js';
 import { execRoutes } from './exec.js';
 import { imageRoutes } from './images.js';
 import { networkRoutes } from './networks.js';
+import { volumeRoutes } from './volumes.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes];
 }
 
 /**
@@ -17,12 +18,19 @@ export function dockerRoutes(): DockerRoute[] {
  * that cannot be made (a home too long for a unix socket's 107 bytes, say) costs the Docker API,
  * not the daemon: it is logged and nimbusd serves on without it.
  */
-export async function startDockerApi(services: Services, socketPath: string): Promise<DockerApiServer> {
+export async function startDockerApi(services: Services, socketPath: string, tcp?: { host: string; port: number }): Promise<{ server: DockerApiServer; tcpPort?: number }> {
   const server = new DockerApiServer(dockerRoutes(), services);
   try {
     await server.listenUnix(socketPath);
   } catch (e) {
     logger('docker-api').warn('the Docker API is not served', { socket: socketPath, error: String(e) });
   }
-  return server;
+  // asked for explicitly: a TCP listener that cannot be had stops the daemon (as --tcp does)
+  if (!tcp) return { server };
+  try {
+    return { server, tcpPort: await server.listenTcp(tcp.host, tcp.port) };
+  } catch (e) {
+    await server.close();
+    throw e;
+  }
 }

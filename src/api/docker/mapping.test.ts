@@ -61,11 +61,32 @@ describe('Docker create body → Nimbus container input', () => {
     assert.equal(input.name, undefined);
   });
 
+  test('-v, --mount and --tmpfs become the create\'s mounts, in that order', () => {
+    const input = toContainerInput(checkBody('container', {
+      Image: 'busybox',
+      HostConfig: {
+        Binds: ['data:/data', '/srv/www:/www:ro'],
+        Mounts: [{ Type: 'volume', Source: 'logs', Target: '/logs', ReadOnly: true }, { Type: 'tmpfs', Target: '/scratch', TmpfsOptions: { SizeBytes: 1048576, Mode: 0o700 } }],
+        Tmpfs: { '/run/app': 'size=64m,mode=1777' },
+      },
+    }), undefined);
+    assert.deepEqual(input.mounts, [
+      { type: 'volume', source: 'data', target: '/data' },
+      { type: 'bind', source: '/srv/www', target: '/www', readonly: true },
+      { type: 'volume', source: 'logs', target: '/logs', readonly: true },
+      { type: 'tmpfs', target: '/scratch', sizeBytes: 1048576, mode: 0o700 },
+      { type: 'tmpfs', target: '/run/app', sizeBytes: 64 * 1024 * 1024, mode: 0o1777 },
+    ]);
+  });
+
   test('what Nimbus does not do is refused with the flag\'s name, never ignored', () => {
     const refused: Array<[Record<string, unknown>, RegExp]> = [
       [{ Tty: true }, /-t\/--tty/],
       [{ OpenStdin: true }, /-i\/--interactive/],
-      [{ HostConfig: { Binds: ['/etc:/x'] } }, /-v\/--volume/],
+      [{ HostConfig: { VolumesFrom: ['other'] } }, /--volumes-from/],
+      [{ HostConfig: { Binds: ['data:/x:z'] } }, /volume option "z" is not supported/],
+      [{ HostConfig: { Mounts: [{ Type: 'npipe', Source: 'x', Target: '/x' }] } }, /mount type "npipe" is not supported/],
+      [{ HostConfig: { Mounts: [{ Type: 'volume', Target: '/x' }] } }, /anonymous volumes are not supported/],
       [{ HostConfig: { Privileged: true } }, /--privileged/],
       [{ HostConfig: { PublishAllPorts: true } }, /-P\/--publish-all/],
       [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '' }] } } }, /without a host port/],

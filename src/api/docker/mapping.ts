@@ -7,6 +7,7 @@ import type { CreateContainerInput } from '../../control/compute/container-servi
 import type { ContainerRecord, ContainerStatus, NetworkRecord, PortSpec, RestartPolicyName } from '../../store/records.js';
 import type { DockerContainerCreate } from './schemas.js';
 import { humanDuration } from '../../core/human-duration.js';
+import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
 
 /** A container as the services show it (`unknown` while its host does not answer). */
 export type ContainerLike = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
@@ -25,7 +26,7 @@ const UNSUPPORTED_CONFIG: Array<[string, string]> = [
   ['Healthcheck', '--health-cmd'], ['Shell', 'SHELL'], ['OnBuild', 'ONBUILD'], ['MacAddress', '--mac-address'],
 ];
 const UNSUPPORTED_HOST: Array<[string, string]> = [
-  ['Binds', '-v/--volume'], ['Mounts', '--mount'], ['Tmpfs', '--tmpfs'], ['VolumesFrom', '--volumes-from'], ['Privileged', '--privileged'],
+  ['VolumesFrom', '--volumes-from'], ['Privileged', '--privileged'],
   ['CapAdd', '--cap-add'], ['CapDrop', '--cap-drop'], ['Devices', '--device'], ['PublishAllPorts', '-P/--publish-all'],
   ['ReadonlyRootfs', '--read-only'], ['SecurityOpt', '--security-opt'], ['PidMode', '--pid'], ['UTSMode', '--uts'], ['UsernsMode', '--userns'],
   ['CpuShares', '--cpu-shares'], ['CpusetCpus', '--cpuset-cpus'], ['CpusetMems', '--cpuset-mems'], ['CpuQuota', '--cpu-quota'], ['CpuPeriod', '--cpu-period'],
@@ -88,6 +89,7 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
   const cpus = host.NanoCpus ? host.NanoCpus / 1e9 : undefined;
   const pids = host.PidsLimit && host.PidsLimit > 0 ? host.PidsLimit : undefined;
   const links = (host.Links ?? []).map(parseLink);
+  const mounts = mountsOfHostConfig({ Binds: host.Binds, Mounts: host.Mounts, Tmpfs: host.Tmpfs });
   return {
     image: body.Image,
     ...(name ? { name: name.replace(/^\//, '') } : {}),
@@ -113,6 +115,7 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
     ...(host.ExtraHosts?.length ? { extraHosts: host.ExtraHosts } : {}),
     ...(links.length ? { links } : {}),
     ...(aliases.length ? { aliases } : {}),
+    ...(mounts.length ? { mounts } : {}),
   };
 }
 
@@ -171,7 +174,7 @@ export function containerSummary(c: ContainerLike, now = Date.now()): Record<str
     Status: statusString(c, now),
     HostConfig: { NetworkMode: c.config.network ?? 'default' },
     NetworkSettings: { Networks: {} },
-    Mounts: [],
+    Mounts: dockerMountsOf(c),
   };
 }
 
@@ -244,7 +247,7 @@ export function containerInspect(c: ContainerLike, endpoints: EndpointLike[] = [
       MacAddress: first?.mac ?? '',
       Networks: networks,
     },
-    Mounts: [],
+    Mounts: dockerMountsOf(c),
   };
 }
 

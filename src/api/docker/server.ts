@@ -4,6 +4,7 @@
  * and authorised with the Nimbus edge's functions, and each request acts in ONE project (the
  * caller's default, or X-Nimbus-Project), so a tenant's docker CLI sees its own project only.
  */
+import type { AddressInfo } from 'node:net';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
@@ -93,11 +94,14 @@ export class DockerApiServer {
 
   constructor(private readonly routes: DockerRoute[], private readonly services: Services) {}
 
+  /** Connections that came in over TCP: nobody on them is the local administrator. */
+  private readonly tcpSockets = new WeakSet<object>();
+
   /** Who calls: X-Nimbus-Token (the docker CLI's HttpHeaders) or a bearer token; without one on the unix socket, the local administrator. */
   private async principal(req: IncomingMessage): Promise<Principal | undefined> {
     const token = header(req, 'x-nimbus-token');
     if (token) return this.services.identity.authenticate(token);
-    return authenticate(req, 'unix', this.services);
+    return authenticate(req, this.tcpSockets.has(req.socket) ? 'tcp' : 'unix', this.services);
   }
 
   private match(req: IncomingMessage): { route: DockerRoute; params: string[]; query: URLSearchParams } {
@@ -204,6 +208,22 @@ export class DockerApiServer {
     chmodSync(socketPath, 0o660); // as the Nimbus socket: whoever can open it is the local administrator
     this.servers.push(server);
     log.info('docker API serving', { socket: socketPath, apiVersion: DOCKER_API_VERSION });
+  }
+
+  /** The same API on TCP, every request with a token (as the Nimbus API's TCP listener); the port it listens on. */
+  async listenTcp(host: string, port: number): Promise<number> {
+    const server = createServer(serverOptions(this.limits), this.handle);
+    server.on('connection', (socket) => this.tcpSockets.add(socket));
+    server.on('clientError', onClientError);
+    server.on('upgrade', this.handleUpgrade);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port, backlog: this.limits.backlog }, () => resolve());
+    });
+    this.servers.push(server);
+    const bound = (server.address() as AddressInfo).port;
+    log.info('docker API serving', { tcp: `${host}:${bound}`, apiVersion: DOCKER_API_VERSION });
+    return bound;
   }
 
   async close(): Promise<void> {

@@ -62,7 +62,7 @@ export const containerRoutes = [
       // runc takes the 31 standard names and numbers only (SIGRTMIN+3 → "37")
       if (input.stopSignal !== undefined) input.stopSignal = canonicalSignal(input.stopSignal);
       const r = await services.containers.requestCreate({ ...input, restart: input.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
-        { canRead: auth.canRead, preferProjectId: auth.project() }, { start, placement });
+        { canRead: auth.canRead, preferProjectId: auth.project() }, { start, placement, mayBindHostPaths: isSystemAdmin(auth) });
       return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
     },
   }),
@@ -160,7 +160,7 @@ export const containerRoutes = [
   route({
     method: 'GET', path: '/containers/{id}/stats', operationId: 'containerStats', tag: 'containers', access: 'read',
     auth: { role: 'reader', project: CONTAINER },
-    summary: 'CPU, memory and pids from the container cgroup', params: IdParam, response: Stats,
+    summary: 'CPU, memory and pids from the container cgroup; network counters from its endpoints', params: IdParam, response: Stats,
     handler: ({ params, services }) => services.containers.stats(params.id),
   }),
 ];

@@ -11,8 +11,11 @@ import { diskImageRoutes } from './disk-images.js';
 import { agentRoutes } from './agents.js';
 import { hostRoutes } from './hosts.js';
 import { schedulerRoutes } from './scheduler.js';
+import { usageRoutes } from './usage.js';
+import { metricsRoutes } from './metrics.js';
+import { volumeRoutes } from './volumes.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...schedulerRoutes];
+  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
 }

@@ -14,6 +14,7 @@ const Vector = Type.Object(
     memory: Type.Optional(Amount('MiB')),
     networks: Type.Optional(Amount()),
     volumes: Type.Optional(Amount()),
+    disk: Type.Optional(Amount('MiB of named volumes')),
   },
   { additionalProperties: false },
 );

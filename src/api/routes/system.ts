@@ -1,9 +1,10 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream, type RequestAuth } from '../route.js';
-import { Event, Operation } from '../schemas.js';
+import { Event, Operation, ProjectRef } from '../schemas.js';
 import { buildOpenApi } from '../openapi.js';
 import { allRoutes } from './index.js';
-import { NotFound } from '../../core/errors.js';
+import { InvalidArgument, NotFound } from '../../core/errors.js';
+import { subtree } from '../../control/metering/usage-report.js';
 import type { Services } from '../../control/services.js';
 
 /** Operation routes act on the operation's project. */
@@ -69,6 +70,8 @@ export const systemRoutes = [
         version: services.version,
         startedAt: services.startedAt,
         ...(admin ? { home: services.options.home } : {}),
+        // where the docker CLI reaches this daemon: the socket's path is the host's (administrators), TCP anyone's
+        dockerApi: { ...(admin ? { socket: services.options.dockerSocket } : {}), ...(services.dockerTcpUrl ? { tcp: services.dockerTcpUrl } : {}) },
         agent,
         containers: {
           total: all.length,
@@ -98,19 +101,29 @@ export const systemRoutes = [
   route({
     method: 'GET', path: '/events', operationId: 'events', tag: 'system', access: 'read',
     auth: { authenticated: true },
-    summary: 'Server-sent events of every state change', streams: 'sse',
+    summary: 'Server-sent events of every state change, each with its project and actor; filtered by project (and its descendants), kind and instance', streams: 'sse',
     query: Type.Object({
       type: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
+      kind: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'The same as type: container, vm, network, image, operation, quota, …' })),
+      project: Type.Optional(ProjectRef('Only events of this project (id, path or name) and its descendants')),
       id: Type.Optional(Type.String()),
+      instance: Type.Optional(Type.String({ description: 'An instance (or any resource) by id, or an instance by name' })),
       since: Type.Optional(Type.Integer({ minimum: 0, description: 'Replay buffered events after this sequence number' })),
     }),
-    response: Event,
-    handler: ({ query, services, signal, auth }) =>
-      stream('sse', readable(auth, services.events.subscribe({
-        ...(query.type ? { types: Array.isArray(query.type) ? query.type : [query.type] } : {}),
+    response: Type.Composite([Event, Type.Object({ actor: Type.Optional(Type.String({ description: 'Who caused it: a user, local-admin, or system' })) })]),
+    handler: async ({ query, services, signal, auth }) => {
+      const list = (v: string | string[] | undefined) => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
+      const types = [...list(query.type), ...list(query.kind)];
+      const projectIds = query.project ? await projectSubtree(services, query.project, (id) => auth.canRead(id)) : undefined;
+      const instance = query.instance === undefined ? undefined : await instanceId(services, query.instance, (id) => auth.canRead(id) && (!projectIds || projectIds.has(id)));
+      return stream('sse', readable(auth, services.events.subscribe({
+        ...(types.length ? { types } : {}),
         ...(query.id ? { id: query.id } : {}),
+        ...(instance ? { instance } : {}),
+        ...(projectIds ? { projectIds } : {}),
         ...(query.since !== undefined ? { since: query.since } : {}),
-      }, signal))),
+      }, signal)));
+    },
   }),
   route({
     method: 'GET', path: '/operations', operationId: 'listOperations', tag: 'operations', access: 'read',
@@ -134,6 +147,19 @@ export const systemRoutes = [
     handler: ({ params, query, services, signal }) => services.operations.wait(params.id, query.timeout * 1000, signal),
   }),
 ];
+
+/** The project (id, path or name, among those the caller can read) and its descendants. */
+async function projectSubtree(services: Services, ref: string, canRead: (id: string) => boolean): Promise<ReadonlySet<string>> {
+  const root = await services.projects.resolve(ref, canRead);
+  return new Set(subtree(await services.store.projects.list(), [root.id]).map((p) => p.id));
+}
+
+/** The id of the one readable instance (container or VM) of that name, else the reference as given (an id, or a name not in use yet). */
+async function instanceId(services: Services, ref: string, canRead: (id: string) => boolean): Promise<string> {
+  const named = [...await services.store.containers.named(ref), ...await services.store.vms.named(ref)].filter((i) => canRead(i.projectId));
+  if (named.length > 1) throw new InvalidArgument(`several instances are named ${ref}: filter by id, or by project as well`);
+  return named[0]?.id ?? ref;
+}
 
 /** Only events of projects the caller can read (events without a project: system administrators only). */
 async function* readable(auth: RequestAuth, source: AsyncIterable<{ projectId?: string }>): AsyncIterable<unknown> {

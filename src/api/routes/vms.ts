@@ -9,7 +9,7 @@ import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 const MAX_VM_MEMORY_MIB = 1024 * 1024;
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
-import { Empty, IdParam, LogLine, Operation, SignalSpec } from '../schemas.js';
+import { Empty, IdParam, LogLine, Operation, SignalSpec, Stats } from '../schemas.js';
 import { PlacementFields } from './containers.js';
 import { checkPinnedHost } from '../../control/compute/hosts.js';
 
@@ -218,6 +218,12 @@ export const vmRoutes = [
     params: IdParam, rawBody: 'application/octet-stream', streams: 'ndjson',
     response: Type.Object({ data: Type.String({ description: 'base64 bytes from the serial line' }) }),
     handler: async ({ params, services, req, signal }) => stream('ndjson', await services.vms.console(params.id, req, signal)),
+  }),
+  route({
+    method: 'GET', path: '/vms/{id}/stats', operationId: 'vmStats', tag: 'vms', access: 'read',
+    auth: { role: 'reader', project: VM },
+    summary: 'CPU seconds of its QEMU, memory, and network counters from its NICs, while it runs', params: IdParam, response: Stats,
+    handler: ({ params, services }) => services.vms.stats(params.id),
   }),
   route({
     method: 'GET', path: '/vms/{id}/logs', operationId: 'vmLogs', tag: 'vms', access: 'read',

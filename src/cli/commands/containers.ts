@@ -8,6 +8,7 @@ import { ago, humanMemory, printJson, render, short, statusText, table, truncate
 import { pullWithProgress } from './images.js';
 import { clientOf, eachArg, waitOperation } from './shared.js';
 import { vmImage, vmStatusText, type Vm } from './vms.js';
+import { mountsFromFlags } from './volumes.js';
 
 type Instance = (Container & { type: 'container' }) | Vm;
 
@@ -61,6 +62,9 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'link', type: 'list', value: 'NAME[:ALIAS]', description: 'Link to a running container: its address in /etc/hosts and ALIAS_* variables' },
   { name: 'network-alias', type: 'list', value: 'NAME', description: "Another name the network's DNS answers for this container" },
   { name: 'log-opt', type: 'list', value: 'KEY=VALUE', description: 'Log rotation: max-size=SIZE (default 10m), max-file=N (default 3), as docker' },
+  { name: 'volume', short: 'v', type: 'list', value: 'NAME:/PATH[:ro]', description: 'Mount a named volume (made with 1 GiB if missing), or /HOST/PATH:/PATH (system administrators only)' },
+  { name: 'mount', type: 'list', value: 'type=volume|bind|tmpfs,source=…,target=…[,readonly]', description: 'Mount a volume, a host path or a tmpfs (Docker\'s --mount)' },
+  { name: 'tmpfs', type: 'list', value: '/PATH[:size=64m,mode=1777]', description: 'Mount a tmpfs' },
   ...PLACEMENT_OPTIONS(),
 ];
 
@@ -140,6 +144,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
   const cpus = opts.cpus as number | undefined;
   if (cpus !== undefined && !(cpus > 0)) throw new UsageError(`--cpus must be more than 0, got ${cpus}`);
   const memory = opts.memory === undefined ? undefined : parseSize(String(opts.memory));
+  const mounts = mountsFromFlags(opts);
   if (memory !== undefined && memory < 1) throw new UsageError(`--memory must be more than 0`);
   for (const k of ['pids-limit', 'stop-timeout'] as const) {
     const v = opts[k] as number | undefined;
@@ -171,6 +176,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(list('link').length ? { links: list('link').map(parseLink) } : {}),
     ...(list('network-alias').length ? { aliases: list('network-alias') } : {}),
     ...(list('log-opt').length ? { log: parseLogOpts(list('log-opt')) } : {}),
+    ...(mounts.length ? { mounts } : {}),
     ...placementBody(opts),
   };
 }

@@ -1,6 +1,6 @@
 /**
  * `nimbus docker-env`: what the docker CLI needs to talk to this nimbusd's Docker Engine API
- * (HOME/docker.sock), and for a caller with a token, the HttpHeaders entry of
+ * (its unix socket, or --docker-tcp's listener), and for a caller with a token, the HttpHeaders entry of
  * ~/.docker/config.json that carries the token and project (docs/docker-api.md).
  */
 import type { CommandSpec } from '../args.js';
@@ -9,11 +9,20 @@ import { clientOf } from './shared.js';
 
 interface WhoAmI { user: string; systemAdmin: boolean; via: string; defaultProject: string | null }
 
+/** Where the daemon serves the Docker API, as GET /info tells the caller (the socket's path: administrators only). */
+export interface DockerApiEndpoints {
+  socket?: string;
+  tcp?: string;
+}
+
 /** What to print: shell lines (exports and # comments). Exported for its test. */
-export function dockerEnvLines(who: WhoAmI, home: string | undefined, token: string | undefined, project: string | undefined): string[] {
+export function dockerEnvLines(who: WhoAmI, api: DockerApiEndpoints, token: string | undefined, project: string | undefined): string[] {
   const lines: string[] = [];
-  if (home) lines.push(`export DOCKER_HOST=unix://${home}/docker.sock`);
-  else lines.push('# the Docker API is served on the unix socket HOME/docker.sock of the nimbusd host (ask its administrator for access); not over TCP yet');
+  // on this host's socket, its unix socket (no token needed); else TCP, where a token is
+  if (who.via === 'socket' && api.socket) lines.push(`export DOCKER_HOST=unix://${api.socket}`);
+  else if (api.tcp) lines.push(`export DOCKER_HOST=${api.tcp}`);
+  else if (api.socket) lines.push(`export DOCKER_HOST=unix://${api.socket}`);
+  else lines.push('# the Docker API is served on a unix socket of the nimbusd host only (nimbusd --docker-tcp serves it on TCP): ask its administrator');
   const headerProject = project ?? who.defaultProject;
   if (token && who.via !== 'socket') {
     const headers: Record<string, string> = { 'X-Nimbus-Token': token, ...(headerProject ? { 'X-Nimbus-Project': headerProject } : {}) };
@@ -31,10 +40,10 @@ export const dockerEnvCommands: CommandSpec[] = [
     async run({ global }) {
       const client = clientOf(global);
       const who = await client.json<WhoAmI>('GET', '/auth/whoami');
-      // the home (and so the socket's path) is told to system administrators only
-      const info = await client.json<{ home?: string }>('GET', '/info');
+      // the socket's path is told to system administrators only; a TCP listener to everyone
+      const info = await client.json<{ dockerApi?: DockerApiEndpoints }>('GET', '/info');
       const token = process.env.NIMBUS_TOKEN || readStoredToken();
-      process.stdout.write(dockerEnvLines(who, info.home, token, global.project ?? process.env.NIMBUS_PROJECT).join('\n') + '\n');
+      process.stdout.write(dockerEnvLines(who, info.dockerApi ?? {}, token, global.project ?? process.env.NIMBUS_PROJECT).join('\n') + '\n');
       return 0;
     },
   },

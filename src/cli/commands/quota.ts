@@ -3,10 +3,10 @@ import { printJson, table } from '../output.js';
 import { clientOf } from './shared.js';
 import { currentProject } from './identity.js';
 
-const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes'] as const;
+const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes', 'disk'] as const;
 type Vector = Partial<Record<(typeof RESOURCES)[number], number>>;
 
-/** "cpus=2", "memory=512m" (memory in MiB; sizes accepted) → vector. */
+/** "cpus=2", "memory=512m", "disk=10g" (memory and disk in MiB; sizes accepted) → vector. */
 function vectorOf(pairs: string[], what: string): Vector | undefined {
   if (!pairs.length) return undefined;
   const v: Vector = {};
@@ -15,7 +15,7 @@ function vectorOf(pairs: string[], what: string): Vector | undefined {
     if (!k || raw === undefined || !(RESOURCES as readonly string[]).includes(k)) {
       throw new UsageError(`${what} takes RESOURCE=AMOUNT with RESOURCE one of ${RESOURCES.join(', ')}, got "${p}"`);
     }
-    v[k as keyof Vector] = k === 'memory' ? memoryMiB(raw) : wholeNumber(raw, k);
+    v[k as keyof Vector] = k === 'memory' || k === 'disk' ? memoryMiB(raw) : wholeNumber(raw, k);
   }
   return v;
 }
@@ -28,7 +28,7 @@ function wholeNumber(s: string, what: string): number {
 
 interface Figures { hard: number; used: number; reserved: number; allocated: number; free: number; lent: number; borrowed: number; pool: number }
 const UNLIMITED = 2 ** 40;
-const fmt = (n: number, r: string) => (n >= UNLIMITED ? 'unlimited' : r === 'memory' ? `${n}MiB` : String(n));
+const fmt = (n: number, r: string) => (n >= UNLIMITED ? 'unlimited' : r === 'memory' || r === 'disk' ? `${n}MiB` : String(n));
 
 export const quotaCommands: CommandSpec[] = [
   {
@@ -49,6 +49,8 @@ export const quotaCommands: CommandSpec[] = [
       { name: 'cpus', type: 'number', value: 'N', description: 'Hard limit on CPUs' },
       { name: 'memory', type: 'string', value: 'SIZE', description: 'Hard limit on memory (e.g. 8g; plain numbers are MiB)' },
       { name: 'networks', type: 'number', value: 'N', description: 'Hard limit on networks' },
+      { name: 'volumes', type: 'number', value: 'N', description: 'Hard limit on named volumes' },
+      { name: 'disk', type: 'string', value: 'SIZE', description: 'Hard limit on the size of named volumes together (e.g. 100g; plain numbers are MiB)' },
       { name: 'reserved', type: 'list', value: 'RES=N', description: 'Held for this project, never lent' },
       { name: 'lendable', type: 'list', value: 'RES=N', description: 'How much idle capacity siblings may borrow' },
       { name: 'borrow-limit', type: 'list', value: 'RES=N', description: 'How much this project may borrow from siblings' },
@@ -56,8 +58,9 @@ export const quotaCommands: CommandSpec[] = [
     ],
     async run({ args, opts, global }) {
       const hard: Vector = {};
-      for (const r of ['instances', 'cpus', 'networks'] as const) if (opts[r] !== undefined) hard[r] = wholeNumber(String(opts[r]), r);
+      for (const r of ['instances', 'cpus', 'networks', 'volumes'] as const) if (opts[r] !== undefined) hard[r] = wholeNumber(String(opts[r]), r);
       if (opts.memory !== undefined) hard.memory = memoryMiB(String(opts.memory));
+      if (opts.disk !== undefined) hard.disk = memoryMiB(String(opts.disk));
       const body = {
         ...(Object.keys(hard).length ? { hard } : {}),
         ...(vectorOf(opts.reserved as string[], '--reserved') ? { reserved: vectorOf(opts.reserved as string[], '--reserved') } : {}),

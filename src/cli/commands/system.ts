@@ -1,4 +1,4 @@
-import { OUTPUT_OPTION, type CommandSpec } from '../args.js';
+import { OUTPUT_OPTION, UsageError, type CommandSpec } from '../args.js';
 import { readFileSync } from 'node:fs';
 import { ago, printJson, render, table } from '../output.js';
 import { clientOf } from './shared.js';
@@ -21,6 +21,21 @@ function embeddedAgentLines(a: EmbeddedAgentInfo): string[] {
     `CPUs: ${a.cpus}`,
     `Memory: ${(a.memoryBytes / 1024 ** 3).toFixed(1)} GiB`,
   ];
+}
+
+/** `--filter project=P,kind=container --filter instance=web` as query parameters (Docker's keys type and id are accepted too). */
+export function eventFilters(filters: readonly string[]): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const part of filters.flatMap((f) => f.split(','))) {
+    if (part.trim() === '') continue;
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq).trim();
+    const value = eq < 0 ? '' : part.slice(eq + 1).trim();
+    const param = ({ project: 'project', kind: 'kind', type: 'kind', instance: 'instance', id: 'instance', container: 'instance', vm: 'instance' } as Record<string, string>)[key];
+    if (!param || value === '') throw new UsageError(`--filter takes project=P, kind=TYPE or instance=ID, got "${part}"`);
+    out.push([param, value]);
+  }
+  return out;
 }
 
 interface ReplicaRow { id: string; hostname: string; pid: number; startedAt: number; lastSeen: number; apiUrl: string | null; live: boolean; leader: boolean }
@@ -75,13 +90,22 @@ export const systemCommands: CommandSpec[] = [
       { name: 'type', type: 'list', value: 'TYPE', description: 'Only events of this type (container, image, operation)' },
       { name: 'id', type: 'string', value: 'ID', description: 'Only events about this object (container, image or operation id)' },
       { name: 'since', type: 'number', integer: true, value: 'SEQ', description: 'Replay buffered events after this sequence number' },
+      { name: 'filter', short: 'f', type: 'list', value: 'KEY=VALUE', description: 'project=P (and its descendants), kind=TYPE, instance=ID|NAME; comma-separated or repeated (kinds add up)' },
       OUTPUT_OPTION,
     ],
     async run({ opts, global }) {
-      const q = [...(opts.type as string[]).map((t) => `type=${encodeURIComponent(t)}`), ...(opts.id !== undefined ? [`id=${encodeURIComponent(String(opts.id))}`] : []), ...(opts.since !== undefined ? [`since=${opts.since}`] : [])].join('&');
-      for await (const e of clientOf(global).sse<{ time: string; type: string; action: string; id: string; attributes?: Record<string, unknown> }>(`/events${q ? `?${q}` : ''}`)) {
+      const q = new URLSearchParams();
+      for (const t of opts.type as string[]) q.append('type', t);
+      if (opts.id !== undefined) q.set('id', String(opts.id));
+      if (opts.since !== undefined) q.set('since', String(opts.since));
+      for (const [key, value] of eventFilters(opts.filter as string[])) q.append(key, value);
+      const qs = q.toString();
+      for await (const e of clientOf(global).sse<{ time: string; type: string; action: string; id: string; projectId?: string; actor?: string; attributes?: Record<string, unknown> }>(`/events${qs ? `?${qs}` : ''}`)) {
         if (global.output === 'json') process.stdout.write(JSON.stringify(e) + '\n');
-        else process.stdout.write(`${e.time} ${e.type} ${e.action} ${e.id}${e.attributes?.name ? ` (name=${String(e.attributes.name)})` : ''}\n`);
+        else {
+          const attrs = [e.attributes?.name ? `name=${String(e.attributes.name)}` : '', e.projectId ? `project=${e.projectId}` : '', e.actor ? `actor=${e.actor}` : ''].filter(Boolean);
+          process.stdout.write(`${e.time} ${e.type} ${e.action} ${e.id}${attrs.length ? ` (${attrs.join(', ')})` : ''}\n`);
+        }
       }
       return 0;
     },

@@ -15,6 +15,10 @@ import { parseJoinToken, formatJoinToken } from '../../agent/remote/join-token.j
 import { certCommonName, issuedBy, makeKeyAndCsr } from '../../core/pki.js';
 
 /** A host behind a URL, simulated: a fake agent answering as `name` (undefined: it does not answer) with these VMs. */
+async function waitUntil(ok: () => boolean, ms = 2000): Promise<void> {
+  for (const end = Date.now() + ms; !ok() && Date.now() < end;) await new Promise((r) => setTimeout(r, 5));
+}
+
 function stubAgent(name: string | undefined, vms: string[] = []) {
   const a = new FakeAgent({ name: name ?? 'nobody', cpus: 2, memoryBytes: 1 << 30 }).override('listVms', async () => vms);
   if (name === undefined) {
@@ -96,14 +100,32 @@ test('agent directory: an agent that is down is listed down with the reason, not
   assert.match(b?.reason ?? '', /ENOENT/);
 });
 
+test('agent directory: a host whose events stream is lost is down at once, and up again when the stream is back', async (t) => {
+  const b = stubAgent('b');
+  let tell: ((up: boolean, reason?: string) => void) | undefined;
+  // a remote agent's link signal (RemoteAgent.onLinkChange), which a FakeAgent lacks
+  Object.assign(b.agent, { onLinkChange: (l: (up: boolean, reason?: string) => void) => (tell = l) });
+  const dir = await setup(t, { 'unix:/run/b.sock': b })();
+  await dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL });
+  assert.ok(tell, 'the directory watches the link');
+  assert.equal(dir.isDown('b'), false);
+  tell(false, 'no ping for 6000 ms');
+  assert.equal(dir.isDown('b'), true, 'down at once, no refresh needed');
+  assert.ok(!(await dir.candidates()).some((c) => c.name === 'b' && c.state === 'up'), 'not a candidate while down');
+  tell(true);
+  await waitUntil(() => !dir.isDown('b'));
+  assert.equal(dir.isDown('b'), false, 'its facts answered again: up');
+});
+
 test('agent directory: registrations carry protocol versions; TCP agents are TLS only', async (t) => {
   const b = stubAgent('b');
   const dir = await setup(t, { 'unix:/run/b.sock': b })();
   await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN }), {
     code: 'Conflict', message: `agent b sent no protocol versions, so it speaks agent protocol 1; this control plane speaks ${describeRange(SPOKEN_PROTOCOL)}: upgrade the agent`,
   });
-  await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: { min: 5, max: 7 } }), {
-    code: 'Conflict', message: `agent b speaks agent protocol 5..7, this control plane speaks ${describeRange(SPOKEN_PROTOCOL)}: no version in common`,
+  const newer = { min: SPOKEN_PROTOCOL.max + 1, max: SPOKEN_PROTOCOL.max + 3 };
+  await assert.rejects(dir.register({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: newer }), {
+    code: 'Conflict', message: `agent b speaks agent protocol ${describeRange(newer)}, this control plane speaks ${describeRange(SPOKEN_PROTOCOL)}: no version in common`,
   });
   await assert.rejects(dir.register({ name: 'b', url: 'http://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument', message: /over TLS only/ });
   await assert.rejects(dir.register({ name: 'b', url: 'https://10.0.0.1:7000', token: TOKEN, protocol: SPOKEN_PROTOCOL }), { code: 'Conflict', message: /no agent CA/ });

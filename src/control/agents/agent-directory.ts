@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { Conflict, InvalidArgument, NotFound, Unauthenticated, Unavailable, Unreachable, toNimbusError } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
-import type { Agent, AgentInfo } from '../../agent/agent.js';
+import type { Agent, AgentInfo, LinkWatch } from '../../agent/agent.js';
 import type { AgentRegistrationRecord, Store } from '../../store/store.js';
 import type { AgentRecord, AllocationRatios, HostFacts } from '../../store/records.js';
 import { EMBEDDED_AGENT_URL } from '../../store/repos/agents.js';
@@ -199,7 +199,8 @@ function unconnectable(reason: string): Agent & { close(): Promise<void> } {
   const quiet = new Set(['onVmExit', 'onContainerExit', 'setAddressProvider', 'close', 'claimWarmContainer']);
   return new Proxy({} as Agent & { close(): Promise<void> }, {
     get: (_t, prop) => {
-      if (typeof prop !== 'string' || prop === 'then') return undefined;
+      // no link to watch: it is listed down with the reason already
+      if (typeof prop !== 'string' || prop === 'then' || prop === 'onLinkChange') return undefined;
       if (quiet.has(prop)) return async () => undefined;
       return async () => {
         throw new Unavailable(reason);
@@ -293,9 +294,30 @@ export class AgentDirectory implements HostSource {
       a = unconnectable(reason);
     }
     a.onVmExit((id) => this.emitExit(rec.name, id));
+    this.watchLink(rec.name, a);
     this.remotes.set(rec.name, a);
     this.connectedAs.set(rec.name, `${rec.url} ${rec.token}`);
     return a;
+  }
+
+  /**
+   * A remote host whose events stream is lost (reset, or three pings missed: a host cut off or
+   * frozen) is down at once, not at the next refresh; when the stream is back its facts are
+   * asked again, which calls it up. Changes of a connection that was replaced are ignored.
+   */
+  private watchLink(name: string, a: Agent): void {
+    (a as Partial<LinkWatch>).onLinkChange?.((up, reason) => {
+      if (this.remotes.get(name) !== a) return;
+      if (up) {
+        void this.ask(name);
+        return;
+      }
+      const prev = this.reach.get(name);
+      if (prev?.state === 'down') return;
+      this.reach.set(name, { state: 'down', reason: `its events stream was lost: ${reason ?? 'no reason given'}`, at: this.now(), misses: TIMEOUTS_BEFORE_DOWN });
+      this.candidatesMemo = undefined;
+      log.warn('host down', { host: name, reason });
+    });
   }
 
   /**
@@ -428,6 +450,7 @@ export class AgentDirectory implements HostSource {
     const old = this.remotes.get(req.name);
     probe.onVmExit((id) => this.emitExit(rec.name, id));
     this.remotes.set(rec.name, probe);
+    this.watchLink(rec.name, probe);
     this.connectedAs.set(rec.name, `${rec.url} ${rec.token}`);
     this.reach.set(rec.name, { state: 'up', at: this.now() });
     this.candidatesMemo = undefined;

@@ -2,7 +2,7 @@
  * Containers as the control plane sees them: the record in the store, the
  * state machine, restart supervision, and calls to the host's agent.
  */
-import { Conflict, InvalidArgument, NimbusError, NotFound, hasCode, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, NotFound, Unavailable, hasCode, toNimbusError } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { logger } from '../../core/log.js';
@@ -23,6 +23,8 @@ import { generateName } from './names.js';
 import { checkProcess, processSpecFor } from './process-spec.js';
 import { placementFields, withGroupResolved, type HostAgents, type PlacementInput } from './hosts.js';
 import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
+import { agentMounts, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
+import { KeyedLock } from '../../core/keyed-lock.js';
 
 const log = logger('compute');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
@@ -49,8 +51,10 @@ export interface ContainerServiceOptions {
   handlesExits?: () => boolean;
 }
 
-export interface CreateContainerInput extends ContainerConfig {
+export interface CreateContainerInput extends Omit<ContainerConfig, 'mounts'> {
   name?: string;
+  /** Volumes by name, host paths, tmpfs (docs/volumes.md); the record keeps them resolved (StoredMount). */
+  mounts?: MountInput[];
 }
 
 export interface CreateOptions {
@@ -62,12 +66,14 @@ export interface CreateOptions {
   start?: boolean;
   /** Where it may run (--host, --zone, --constraint, --group); the scheduler decides. */
   placement?: PlacementInput;
+  /** The caller may bind host paths (a system administrator: the API edge decides). Default: no. */
+  mayBindHostPaths?: boolean;
 }
 
 export class ContainerService {
   private readonly restartTimers = new Map<string, NodeJS.Timeout>();
   /** Serialises lifecycle calls per container so concurrent requests cannot interleave (kill excepted: container-state.ts). */
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
   /** Graceful stops holding a lock: what kill and rm -f preempt (container-state.ts). */
   private readonly stops = new StopsInFlight();
 
@@ -79,6 +85,8 @@ export class ContainerService {
   /** Hosts that did not answer the last reconcile: their containers show "unknown" until one does. */
   private readonly unreachable = new Set<string>();
   private hostWatch: NodeJS.Timeout | undefined;
+  /** Named volumes (set by the daemon): mounts are resolved through it; absent, a create with mounts is refused. */
+  private volumes: VolumeService | undefined;
 
   constructor(
     private readonly store: Store,
@@ -92,6 +100,11 @@ export class ContainerService {
     private readonly opts: ContainerServiceOptions = {},
   ) {
     for (const name of hosts.names()) this.agentOn(name);
+  }
+
+  /** The daemon's volume service: containers' mounts name its volumes (and run on their host). */
+  useVolumes(volumes: VolumeService): void {
+    this.volumes = volumes;
   }
 
   /** The agent of a host, its container exits listened to from the first use on. */
@@ -158,15 +171,8 @@ export class ContainerService {
     return withDeadline(p, (this.opts.agentDeadlineMs ?? AGENT_DEADLINE_MS) + extraMs, `the agent's ${op} of container ${id.slice(0, 12)}`, signal);
   }
 
-  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.locks.set(id, tail);
-    void tail.then(() => {
-      if (this.locks.get(id) === tail) this.locks.delete(id);
-    });
-    return next;
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(id, fn);
   }
 
   /** "org/team" for progress messages (ids mean nothing to a user). */
@@ -239,7 +245,7 @@ export class ContainerService {
     if (input.hostname !== undefined) checkHostname(input.hostname);
     if (input.ip !== undefined) checkIpv4(input.ip);
     for (const d of input.dns ?? []) checkIpv4(d, 'dns');
-    const { name: requestedName, ...asked } = input;
+    const { name: requestedName, mounts: mountInput, ...asked } = input;
     if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
     // Network settings are checked before anything is made; addresses are leased once the record exists.
     const links: Array<{ container: string; alias: string }> = [];
@@ -261,6 +267,19 @@ export class ContainerService {
     const process = processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
     // before a warm container is claimed or a cold one made: both paths give the same answer
     checkProcess(process);
+    // volumes resolved (one that does not exist is made, as Docker does): the container runs on their host
+    let mounts: StoredMount[] = [];
+    let volumeHost: string | undefined;
+    if (mountInput?.length) {
+      if (!this.volumes) throw new Unavailable('this control plane has no volume service');
+      if (config.runtime === 'vm') throw new InvalidArgument('secure containers (--runtime vm) cannot mount volumes, host paths or tmpfs yet');
+      const resolved = await this.volumes.resolveMounts(mountInput, projectId, {
+        mayBindHostPaths: opts.mayBindHostPaths === true,
+        ...(opts.placement?.host !== undefined ? { pinnedHost: opts.placement.host } : {}),
+      });
+      mounts = resolved.mounts;
+      volumeHost = resolved.host;
+    }
     const request: Omit<ContainerCreateRequest, 'id'> = {
       name: '', imageChainId: image.chainId, process,
       resources: {
@@ -275,14 +294,20 @@ export class ContainerService {
       ...(config.log ? { log: config.log } : {}),
       // the networks named now (a warm container may already be on the first), addresses leased after admission
       network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
+      ...(mounts.length ? { mounts: agentMounts(mounts) } : {}),
     };
     request.name = name;
     const local = this.hosts.localName;
     // container:<id> shares that container's namespace, so it runs on that container's host
-    const sameHostAs = intent.mode === 'container' ? intent.container.host : undefined;
-    if (sameHostAs !== undefined && opts.placement?.host !== undefined && opts.placement.host !== sameHostAs) {
-      throw new InvalidArgument(`--network container:${intent.mode === 'container' ? intent.container.name : ''} runs on that container's host ${sameHostAs}, not ${opts.placement.host}`);
+    const netnsHost = intent.mode === 'container' ? intent.container.host : undefined;
+    if (netnsHost !== undefined && opts.placement?.host !== undefined && opts.placement.host !== netnsHost) {
+      throw new InvalidArgument(`--network container:${intent.mode === 'container' ? intent.container.name : ''} runs on that container's host ${netnsHost}, not ${opts.placement.host}`);
     }
+    // its volumes are on one host (resolveMounts checked them against a pin): it runs there
+    if (netnsHost !== undefined && volumeHost !== undefined && netnsHost !== volumeHost) {
+      throw new Conflict(`--network container:${intent.mode === 'container' ? intent.container.name : ''} runs on host ${netnsHost}, and this container's volumes are on ${volumeHost}`);
+    }
+    const sameHostAs = netnsHost ?? volumeHost;
     // a server group named in the request resolves before anything is held (NotFound names it)
     const placement: PlacementInput = await withGroupResolved(this.store, projectId, { ...opts.placement, ...(sameHostAs !== undefined ? { host: sameHostAs } : {}) });
     // A container the embedded agent created ahead of demand becomes this one, id and all (dropped if it is placed elsewhere).
@@ -290,7 +315,8 @@ export class ContainerService {
     const id = warmId ?? newId();
     const now = new Date().toISOString();
     const rec: ContainerRecord = {
-      id, name, projectId, imageDigest: image.digest, config: { ...config, image: input.image },
+      // the mounts resolved (volumes by id) are kept in the config: what a volume's in-use check reads
+      id, name, projectId, imageDigest: image.digest, config: { ...config, image: input.image, ...(mounts.length ? { mounts } : {}) },
       status: 'created', runtime: config.runtime ?? 'auto', pid: null, exitCode: null, oomKilled: false,
       restartCount: 0, stoppedByUser: false, createdAt: now, startedAt: null, finishedAt: null, warnings: [],
       host: local ?? '', // the scheduler's choice, once admitted

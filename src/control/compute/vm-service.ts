@@ -6,7 +6,8 @@
 import { Conflict, InvalidArgument, NotFound, PermissionDenied, hasCode } from '../../core/errors.js';
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
-import type { Agent, VmCreateRequest, VmHostState, VmImageKind } from '../../agent/agent.js';
+import type { InstanceStats } from '../../agent/drivers/instance-driver.js';
+import type { Agent, VmCreateRequest, VmHostState, VmImageKind, VmMigrationSpec } from '../../agent/agent.js';
 import { migrateLive, type MigrationReport } from '../../agent/migration.js';
 import type { AgentDirectory } from '../agents/agent-directory.js';
 import type { HostAgents } from './hosts.js';
@@ -33,6 +34,7 @@ import { signalNumber } from '../../core/signals.js';
 import { placementFields, withGroupResolved, type PlacementInput } from './hosts.js';
 import type { Scheduler } from '../scheduler/types.js';
 import type { Readable } from 'node:stream';
+import { KeyedLock } from '../../core/keyed-lock.js';
 
 const log = logger('compute-vm');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
@@ -75,7 +77,7 @@ export interface CreateVmInput {
 const MAX_DOWNTIME_LIMIT_MS = 60_000;
 
 export class VmService {
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
   /** Graceful stops in flight, which a SIGKILL may cut short (see stop). */
   private readonly stopping = new InFlight<VmRecord>();
 
@@ -108,14 +110,7 @@ export class VmService {
 
   /** Serialises lifecycle calls per VM so concurrent requests cannot interleave. */
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.locks.set(id, tail);
-    void tail.then(() => {
-      if (this.locks.get(id) === tail) this.locks.delete(id);
-    });
-    return next;
+    return this.locks.run(id, fn);
   }
 
   private publish(v: VmRecord, action: string, attributes: Record<string, unknown> = {}) {
@@ -251,7 +246,7 @@ export class VmService {
       if (fromImages.length) {
         // the images onto the chosen host (carried there when it lacks them); the record keeps that host's paths
         const paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
-        for (const { role, image } of fromImages) paths[role] = await this.disks!.ensureOnHost(image, agentName, this.agents);
+        for (const { role, image } of fromImages) paths[role] = await this.disks!.ensureOnHost({ ...image, kind: role }, agentName, this.agents);
         rec = await this.store.vms.update(id, { config: { ...config, ...paths } });
         req = { id, name, ...rec.config };
       }
@@ -622,6 +617,13 @@ export class VmService {
     });
   }
 
+  /** CPU (QEMU's own time), memory and its NICs' counters while it runs (the agent's vmStats). */
+  async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {
+    const v = await this.get(idOrName);
+    if (!isLive(v.status)) throw new Conflict(`VM ${v.name} is ${v.status}; no stats`);
+    return { id: v.id, name: v.name, ...(await this.on(v).vmStats(v.id)) };
+  }
+
   /**
    * Live migration to another agent, as an Operation: the destination waits for the stream,
    * the source pre-copies RAM while the guest runs and stops it only for the last pass, the
@@ -638,8 +640,7 @@ export class VmService {
     if (!this.agents.has(to)) throw new NotFound(`no such agent: ${to}`, { agent: to });
     if (to === v.agent) throw new InvalidArgument(`VM ${v.name} is on agent ${to} already`);
     if (v.status !== 'running') throw new Conflict(`cannot migrate VM ${v.name}: it is ${v.status}; only a running VM migrates live`);
-    if (v.config.networks?.length) throw new Conflict(`cannot migrate VM ${v.name}: it has network interfaces, and moving them between hosts is not done yet`);
-    if (v.config.diskImage || v.config.disk) throw new Conflict(`cannot migrate VM ${v.name}: its root disk is a local overlay; live migration needs storage both hosts see`);
+    if (v.config.networks?.length && !this.networks) throw new InvalidArgument(`cannot migrate VM ${v.name}: it has NICs and networks are not available here`);
     const d = opts.maxDowntimeMs;
     if (d !== undefined && (!Number.isInteger(d) || d < 1 || d > MAX_DOWNTIME_LIMIT_MS)) throw new InvalidArgument(`max downtime must be 1–${MAX_DOWNTIME_LIMIT_MS} ms, got ${d}`);
   }
@@ -654,6 +655,8 @@ export class VmService {
       const src = this.on(cur);
       const dst = this.agents.get(to);
       let next = cur;
+      // the host files it boots from, as the destination has them (images carried there first); the record takes them when it moves
+      let atDestination: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
       // the destination's capacity is claimed first (checked atomically by the scheduler); a failed move gives it back
       await this.scheduler.moveClaim(v.id, to);
       const { report: moved } = await migrateLive(
@@ -668,13 +671,19 @@ export class VmService {
           }),
         },
         {
-          prepare: (spec) => dst.prepareVmIncoming(spec),
+          prepare: async (spec) => {
+            const moving = await this.specAt(cur, spec, to);
+            atDestination = moving.paths;
+            return dst.prepareVmIncoming(moving.spec);
+          },
           // The guest runs at the destination now: the record says so before the source lets go.
           // (Here, not in migrateLive's synchronous `arrived`: the write is awaited, and if it fails
           // the migration is undone like any failed finish, so the guest goes on where recorded.)
           finish: async (h) => {
             const fin = await dst.finishVmIncoming(v.id, h);
-            next = await this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null });
+            next = await this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null, ...(Object.keys(atDestination).length ? { config: { ...cur.config, ...atDestination } } : {}) });
+            // the overlay's forwarding entries follow now: the guest answers at the destination already
+            if (cur.config.networks?.length) this.networks?.endpointsMoved(v.id);
             return fin;
           },
           abandon: () => dst.abandonVmIncoming(v.id),
@@ -694,6 +703,29 @@ export class VmService {
       log.info('vm migrated', { ...report });
       return report;
     });
+  }
+
+  /**
+   * The source's spec as the destination needs it: boot files at the destination's paths (images
+   * carried there when it lacks them; host paths stay as they are, and the destination checks
+   * them as a create would), the base under a local disk likewise, and the NICs with their
+   * networks laid out there.
+   */
+  private async specAt(v: VmRecord, spec: VmMigrationSpec, to: string): Promise<{ spec: VmMigrationSpec; paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> }> {
+    const paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
+    const config = { ...spec.config };
+    const images = { kernel: v.config.kernelImage, initrd: v.config.initrdImage, disk: v.config.diskImage };
+    for (const role of ['kernel', 'initrd', 'disk'] as const) {
+      const image = images[role];
+      if (!image) continue;
+      if (!this.disks) throw new InvalidArgument('images for VMs are not available');
+      paths[role] = await this.disks.ensureOnHost({ ...image, kind: role }, to, this.agents);
+    }
+    if (paths.kernel) config.kernel = paths.kernel;
+    if (paths.initrd) config.initrd = paths.initrd;
+    const storage = spec.storage && (paths.disk && spec.storage.backing ? { ...spec.storage, backing: paths.disk } : spec.storage);
+    const nics = v.config.networks?.length ? await this.networks!.vmNicsFor(v.id, v.name, to) : [];
+    return { spec: { ...spec, config, ...(storage ? { storage } : {}), ...(nics.length ? { nics } : {}) }, paths };
   }
 
   /**

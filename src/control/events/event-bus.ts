@@ -1,4 +1,5 @@
 import { AsyncQueue } from '../../core/async-queue.js';
+import { currentActor, SYSTEM_ACTOR } from './actor.js';
 
 /**
  * Every state change is an event (Incus /events). Subscribers get a live async
@@ -16,12 +17,18 @@ export interface NimbusEvent {
   action: string; // "create" | "start" | "die" | "progress" | ...
   id: string;
   projectId?: string;
+  /** Who caused it: the user (or "local-admin") whose request it came from, else "system" (see actor.ts). */
+  actor?: string;
   attributes?: Record<string, unknown>;
 }
 
 export interface EventFilter {
   types?: string[];
   id?: string;
+  /** An instance's events by its id, or by its name (a container's or VM's events name it in attributes.name): one not made yet can be named. */
+  instance?: string;
+  /** Only events of these projects (events without a project are left out). */
+  projectIds?: ReadonlySet<string>;
   since?: number;
 }
 
@@ -46,6 +53,7 @@ export class EventBus {
   private seq = 0;
   private readonly ring: NimbusEvent[] = [];
   private readonly listeners = new Set<Listener>();
+  private readonly publishedListeners = new Set<Listener>();
   private relay: EventRelay | undefined;
   constructor(private readonly capacity = 2048) {}
 
@@ -60,9 +68,11 @@ export class EventBus {
     return bus;
   }
 
+  /** Published with the current request's actor unless it names one. */
   publish(e: Omit<NimbusEvent, 'seq' | 'time'>): NimbusEvent {
-    const full = this.deliver({ time: new Date().toISOString(), ...e });
+    const full = this.deliver({ time: new Date().toISOString(), ...e, actor: e.actor ?? currentActor() ?? SYSTEM_ACTOR });
     this.relay?.send(full);
+    for (const l of this.publishedListeners) l(full);
     return full;
   }
 
@@ -88,8 +98,16 @@ export class EventBus {
     return () => this.listeners.delete(listener);
   }
 
+  /** Events this bus published (not those relayed from other replicas): what per-process counters count. */
+  onPublished(listener: Listener): () => void {
+    this.publishedListeners.add(listener);
+    return () => this.publishedListeners.delete(listener);
+  }
+
   static matches(e: NimbusEvent, f: EventFilter): boolean {
-    return (!f.types?.length || f.types.includes(e.type)) && (!f.id || e.id === f.id);
+    return (!f.types?.length || f.types.includes(e.type)) && (!f.id || e.id === f.id)
+      && (!f.instance || e.id === f.instance || ((e.type === 'container' || e.type === 'vm') && e.attributes?.name === f.instance))
+      && (!f.projectIds || (e.projectId !== undefined && f.projectIds.has(e.projectId)));
   }
 
   /** Live stream, optionally replaying buffered events after `since`. Ends when signal aborts. */

@@ -13,7 +13,7 @@ import { EventBus } from '../events/event-bus.js';
 import type { VmImageKind } from '../../agent/agent.js';
 import { FakeAgent } from '../testing/fake-agent.js';
 import type { VmRecord } from '../../store/records.js';
-import { DiskImageService } from './disk-image-service.js';
+import { DiskImageService, kindOf } from './disk-image-service.js';
 import type { HostAgents } from '../compute/hosts.js';
 
 async function setup(t: { after: (fn: () => Promise<void>) => void }) {
@@ -111,17 +111,17 @@ test('hosts: without an embedded agent an import streams to a registered host th
   assert.deepEqual(b.calls('writeBlob'), []);
 
   // d gets it from c; concurrent asks share one transfer; c's path for c
-  const [p1, p2] = await Promise.all([svc.ensureOnHost(rec, 'd'), svc.ensureOnHost(rec, 'd')]);
+  const [p1, p2] = await Promise.all([svc.ensureOnHost({ ...rec, kind: kindOf(rec) }, 'd'), svc.ensureOnHost({ ...rec, kind: kindOf(rec) }, 'd')]);
   assert.deepEqual([p1, p2], [`/fake/d/blobs/${digest}`, `/fake/d/blobs/${digest}`]);
   assert.equal(d.calls('writeBlob').length, 1);
   assert.deepEqual(b.calls('missingBlobs'), [], 'the host that is down is not asked');
-  assert.equal(await svc.ensureOnHost(rec, 'c'), `/fake/c/blobs/${digest}`);
+  assert.equal(await svc.ensureOnHost({ ...rec, kind: kindOf(rec) }, 'c'), `/fake/c/blobs/${digest}`);
   assert.equal(c.calls('writeBlob').length, 1, 'nothing carried to a host that has it');
 
   // nobody that answers has it: Unavailable naming the image, the target and the hosts
   const lone = { ...rec, name: 'lone', digest: `sha256:${'e'.repeat(64)}` };
   b.blobs.set(lone.digest, Buffer.from('only on b'));
-  await assert.rejects(svc.ensureOnHost(lone, 'd'), { code: 'Unavailable', message: /VM image lone cannot be carried to host d: no host that answers holds it \(asked c\); b does not answer/ });
+  await assert.rejects(svc.ensureOnHost({ ...lone, kind: kindOf(lone) }, 'd'), { code: 'Unavailable', message: /VM image lone cannot be carried to host d: no host that answers holds it \(asked c\); b does not answer/ });
   down.clear();
-  assert.equal(await svc.ensureOnHost(lone, 'd'), `/fake/d/blobs/${lone.digest}`, 'once b answers it gives it');
+  assert.equal(await svc.ensureOnHost({ ...lone, kind: kindOf(lone) }, 'd'), `/fake/d/blobs/${lone.digest}`, 'once b answers it gives it');
 });

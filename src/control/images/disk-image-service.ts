@@ -24,6 +24,13 @@ export function kindOf(d: Pick<DiskImageRecord, 'format'>): VmImageKind {
   return d.format === 'kernel' || d.format === 'initrd' ? d.format : 'disk';
 }
 
+/** An image as a VM's record names it, with the role it plays (what the host checks it as). */
+export interface ImageRef {
+  name: string;
+  digest: string;
+  kind: VmImageKind;
+}
+
 export class DiskImageService {
   constructor(
     private readonly store: Store,
@@ -88,8 +95,8 @@ export class DiskImageService {
    * has the blob; else it is streamed from a host that has it (the embedded agent first), and the
    * target checks it as an import does before it is used.
    */
-  ensureOnHost(d: DiskImageRecord, host: string, hosts: HostAgents | undefined = this.hosts): Promise<string> {
-    if (!hosts || host === hosts.localName) return Promise.resolve(this.path(d));
+  ensureOnHost(d: ImageRef, host: string, hosts: HostAgents | undefined = this.hosts): Promise<string> {
+    if (!hosts || host === hosts.localName) return Promise.resolve(this.agent.diskImagePath(d.digest));
     const key = `${host} ${d.digest}`;
     const pending = this.carrying.get(key);
     if (pending) return pending;
@@ -98,7 +105,7 @@ export class DiskImageService {
     return p;
   }
 
-  private async carryToHost(d: DiskImageRecord, host: string, hosts: HostAgents): Promise<string> {
+  private async carryToHost(d: ImageRef, host: string, hosts: HostAgents): Promise<string> {
     const target = hosts.get(host);
     if ((await target.missingBlobs([d.digest])).length) {
       const { up, down } = sourcesFor(hosts, [...(hosts.localName !== undefined ? [hosts.localName] : []), ...hosts.names()], host);
@@ -126,7 +133,7 @@ export class DiskImageService {
       }
     }
     // checked there as an import checks a file; the path is that host's
-    return (await target.adoptDiskImage(d.digest, kindOf(d))).path;
+    return (await target.adoptDiskImage(d.digest, d.kind)).path;
   }
 
   /** --no-agent: the upload streamed to the first registered host that answers, and checked there. */

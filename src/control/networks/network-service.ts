@@ -109,6 +109,11 @@ export class NetworkService {
     void this.overlayChangedFor(instanceId, false).catch((x: unknown) => log.warn('updating overlays after a failed create', { id: instanceId, error: String(x) }));
   }
 
+  /** An instance's record moved to another host (a VM arrived there): its peers learn at once, not when the source has let go. */
+  endpointsMoved(instanceId: string): void {
+    void this.overlayChangedFor(instanceId, true).catch((x: unknown) => log.warn('updating overlays after a move', { id: instanceId, error: String(x) }));
+  }
+
   /** The networks an instance was on (seen by the overlay; with its leases when it still has them) get their peers pushed again. */
   private async overlayChangedFor(instanceId: string, readLeases: boolean): Promise<void> {
     const leased = readLeases ? (await this.store.networks.leases({ instanceId })).map((l) => l.networkId) : [];
@@ -446,6 +451,22 @@ export class NetworkService {
     });
     await this.pushOverlays(networks);
     return leased;
+  }
+
+  /**
+   * A VM's NICs as its leases have them, eth0 first, for a host it moves to: its networks laid
+   * out there first. Same addresses, hence the same MACs (macFor): the guest sees nothing change.
+   */
+  async vmNicsFor(vmId: string, name: string, host: string): Promise<Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>> {
+    const leases = (await this.store.networks.leases({ instanceId: vmId })).sort((a, b) => a.ifIndex - b.ifIndex);
+    const networks: NetworkRecord[] = [];
+    for (const l of leases) {
+      const n = await this.store.networks.get(l.networkId);
+      if (!n) throw new NotFound(`VM ${name}'s network ${l.networkId} is gone`);
+      networks.push(n);
+    }
+    await this.ensureOnHost(networks, host);
+    return leases.map((l, i) => ({ network: this.spec(networks[i]!), address: l.address, dnsNames: [name] }));
   }
 
   /** The project's default network goes with the project (it is unused: the project has no container left). */

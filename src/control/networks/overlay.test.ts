@@ -14,7 +14,7 @@ import { EventBus } from '../events/event-bus.js';
 import { NetworkService, type NetworkQuota } from './network-service.js';
 import { FakeAgent } from '../testing/fake-agent.js';
 import type { HostAgents } from '../compute/hosts.js';
-import { OVERLAY_MTU, assignVnis, hashedVni } from './overlay.js';
+import { OVERLAY_MTU, hashedVni, vniOf } from './overlay.js';
 import { macFor, type NetworkSpec } from '../../agent/network/network-driver.js';
 
 async function setup(t: { after: (fn: () => Promise<void>) => void }) {
@@ -60,16 +60,32 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
   return { store, svc, agents, specs, run, remove, peersOn };
 }
 
-test('VNIs: the id\'s hash in 1..16M; a collision takes the next free one, the older network keeps its own', () => {
+test('VNIs: stored once, from the id\'s hash in 1..16M, the next free one on a collision, and kept when the network that forced the step goes', async (t) => {
   const v = hashedVni('abc');
   assert.ok(v >= 1 && v <= 0xffffff);
   assert.equal(hashedVni('abc'), v, 'stable');
-  const now = '2026-01-01T00:00:00.000Z';
-  // two ids forced onto one VNI: find a pair by brute force over a tiny space is not possible, so check the step on equal hashes
-  const m = assignVnis([{ id: 'abc', createdAt: now }, { id: 'abc', createdAt: '2026-01-02T00:00:00.000Z' }]);
-  assert.equal(m.size, 1, 'one id, one VNI');
-  const several = assignVnis(Array.from({ length: 200 }, (_, i) => ({ id: `net${i}`, createdAt: now })));
-  assert.equal(new Set(several.values()).size, 200, 'every network its own VNI');
+  const { store, svc } = await setup(t);
+  const first = await svc.create({ name: 'first', subnet: '10.72.0.0/24' }, 'p1');
+  const second = await svc.create({ name: 'second', subnet: '10.73.0.0/24' }, 'p1');
+  // the second network's hash taken by the first (as a collision would): it steps to the next free one
+  const collision = hashedVni(second.id);
+  assert.equal(await store.networks.setVni(first.id, collision), collision);
+  assert.equal(await vniOf(store, (await store.networks.get(second.id))!), (collision % 0xffffff) + 1);
+  assert.equal(await store.networks.setVni(first.id, 42), collision, 'given once: a second give changes nothing');
+  await svc.remove(first.id, { projectId: 'p1' });
+  assert.equal(await vniOf(store, (await store.networks.get(second.id))!), (collision % 0xffffff) + 1, 'kept when the older network goes');
+  const many = await Promise.all(Array.from({ length: 20 }, async (_, i) => vniOf(store, await svc.create({ name: `n${i}`, subnet: `10.74.${i}.0/24` }, 'p1'))));
+  assert.equal(new Set([...many, (collision % 0xffffff) + 1]).size, 21, 'every network its own VNI');
+});
+
+test('the project\'s default network spans hosts as a user network does: the overlay MTU, peers pushed both ways', async (t) => {
+  const { svc, specs, run, peersOn } = await setup(t);
+  const def = await svc.defaultNetwork('p1');
+  const a = await run('a', 'local', def.id);
+  const b = await run('b', 'b', def.id);
+  assert.ok(specs().filter((s) => s.id === def.id).every((s) => s.mtu === OVERLAY_MTU), 'the default network has the overlay MTU on every host');
+  assert.deepEqual(peersOn('local', def.id), [`${b.address}@192.0.2.2`]);
+  assert.deepEqual(peersOn('b', def.id), [`${a.address}@192.0.2.1`]);
 });
 
 test('endpoints on two hosts: each gets the other\'s; a third host joins; a removal reaches everyone; a lone host drops its device', async (t) => {
@@ -77,8 +93,6 @@ test('endpoints on two hosts: each gets the other\'s; a third host joins; a remo
   const net = await svc.create({ name: 'span', subnet: '10.70.0.0/24' }, 'p1');
   const other = await svc.create({ name: 'other', subnet: '10.71.0.0/24' }, 'p1');
   assert.ok(specs().filter((s) => s.id === net.id).every((s) => s.mtu === OVERLAY_MTU), 'a user bridge network has the overlay MTU');
-  const def = await svc.defaultNetwork('p1');
-  assert.equal(specs().find((s) => s.id === def.id)?.mtu, undefined, 'the default network is not an overlay (yet)');
 
   const a = await run('a', 'local', 'span');
   assert.equal(agents.get('local')!.overlays.size, 0, 'one host: no overlay');

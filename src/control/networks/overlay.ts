@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { isIPv4 } from 'node:net';
-import { hasCode } from '../../core/errors.js';
+import { Conflict, hasCode } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent } from '../../agent/agent.js';
 import { macFor } from '../../agent/network/network-driver.js';
@@ -24,29 +24,31 @@ export { OVERLAY_MTU };
 
 /** Networks that span hosts over VXLAN: users' bridge networks (default project networks and routed ones: a later step). */
 export function spansHosts(n: Pick<NetworkRecord, 'driver' | 'builtin'>): boolean {
-  return n.driver === 'bridge' && !n.builtin;
+  // every bridge network, a project's default one ("bridge") too; routed networks are routed, not bridged
+  return n.driver === 'bridge';
 }
 
-/** The network id's hash into 1..16M (a stored VNI would be better: the store has no column for it yet). */
+/** The network id's hash into 1..16M: where the search for its VNI starts (spread, so collisions are rare). */
 export function hashedVni(networkId: string): number {
   return (createHash('sha256').update(networkId).digest().readUInt32BE(0) % MAX_VNI) + 1;
 }
 
 /**
- * VNIs for the networks, each its hash unless an older network (by creation, then id) has it
- * already: then the next free one. Stable while the older networks stay.
+ * The network's stored VNI, given now if it has none: its hash, or the next one no network
+ * holds. The store's unique index settles two replicas giving the same one at once (the loser
+ * tries the next); once given it never changes, whatever other networks come and go.
  */
-export function assignVnis(networks: ReadonlyArray<Pick<NetworkRecord, 'id' | 'createdAt'>>): Map<string, number> {
-  const ordered = [...networks].sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
-  const taken = new Set<number>();
-  const out = new Map<string, number>();
-  for (const n of ordered) {
-    let vni = hashedVni(n.id);
+export async function vniOf(store: Store, n: Pick<NetworkRecord, 'id' | 'vni'>): Promise<number> {
+  if (n.vni !== undefined) return n.vni;
+  const taken = new Set(await store.networks.vnisInUse());
+  let vni = hashedVni(n.id);
+  for (let tries = 0; tries < 64; tries++) {
     while (taken.has(vni)) vni = (vni % MAX_VNI) + 1;
-    taken.add(vni);
-    out.set(n.id, vni);
+    const got = await store.networks.setVni(n.id, vni);
+    if (got !== undefined) return got;
+    taken.add(vni); // another network took it meanwhile
   }
-  return out;
+  throw new Conflict(`no VXLAN id could be given to network ${n.id} (64 tries lost to other networks)`);
 }
 
 /** One endpoint of a network: an instance's address on it and the host it is on. */
@@ -187,8 +189,7 @@ export class NetworkOverlay {
     const laidOut = new Set(await this.store.networks.hosts(n.id));
     // on one host only (every single-host cloud): no overlay to make, and no endpoint scan paid per create
     if (laidOut.size < 2 && !this.pushed.get(n.id)?.size) return false;
-    const all = (await this.store.networks.list()).filter(spansHosts);
-    const vni = assignVnis(all).get(n.id)!;
+    const vni = await vniOf(this.store, n);
     const endpoints = await this.endpoints(n.id);
     for (const [id, nets] of this.instanceNetworks) if (nets.delete(n.id) && !nets.size) this.instanceNetworks.delete(id);
     for (const e of endpoints) {

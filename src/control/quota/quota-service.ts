@@ -27,7 +27,8 @@ import type { ContainerRecord } from '../../store/records.js';
 import { logger } from '../../core/log.js';
 import { Ledger, type AdmitRequest, type Decision, type LimitsPatch, type Loan, type PoolView, type ProjectView } from './ledger.js';
 import type { AuditEntry, LedgerState, ReclaimOperation } from './state.js';
-import type { PartialVec } from './resources.js';
+import { RESOURCES, type PartialVec, type Vec } from './resources.js';
+import { fillMissingResources } from './upgrade.js';
 import { Conflict, QuotaExceeded, Unavailable } from '../../core/errors.js';
 
 const log = logger('quota');
@@ -184,6 +185,8 @@ export class QuotaService {
   }
 
   private makeLedger(state: LedgerState | undefined): Ledger {
+    // a state stored before a resource existed (disk) gets it filled in: see upgrade.ts
+    if (state) fillMissingResources(state, UNLIMITED);
     return new Ledger(state, {
       auditLimit: 1000, // the in-memory log keeps only the latest entries; the store has them all
       onAudit: (e) => this.pending.push(e),
@@ -414,7 +417,7 @@ export class QuotaService {
 
   private createIfMissing(l: Ledger, id: string, parent: string | null): void {
     if (l.hasProject(id)) return;
-    const hard = { instances: UNLIMITED, cpus: UNLIMITED, memory: UNLIMITED, networks: UNLIMITED, volumes: UNLIMITED };
+    const hard = Object.fromEntries(RESOURCES.map((r) => [r, UNLIMITED])) as Vec;
     l.createProject(id, parent, parent ? {} : { hard }, Date.now());
   }
 
@@ -528,6 +531,18 @@ export class QuotaService {
   /** Admit a network: one of the project's `networks` (never borrowed back by a reclaim). */
   async admitNetwork(id: string, projectId: string): Promise<void> {
     await this.admitOrThrow({ instanceId: id, project: projectId, resources: { instances: 0, networks: 1 }, kind: 'network' });
+  }
+
+  /**
+   * Admit a named volume: one of the project's `volumes` and its size in MiB of `disk` (never
+   * reclaimed: evicting a volume would be losing its data). Its id is the ledger instance's.
+   * Not tagged with this replica: the leader's sweep of gone replicas (control/leader/gone-replicas.ts)
+   * releases a tagged charge that has no container, VM or network record, and would release every
+   * volume's once the replica that made it stopped. A charge whose create died before its row is
+   * released by the leader's start-time reconcile instead (its id is no live volume).
+   */
+  async admitVolume(id: string, projectId: string, sizeMiB: number): Promise<void> {
+    await this.admitOrThrow({ instanceId: id, project: projectId, resources: { instances: 0, volumes: 1, disk: sizeMiB }, kind: 'volume' });
   }
 
   /** Give back what the instance holds (nothing happens when it holds nothing). */

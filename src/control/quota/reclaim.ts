@@ -107,7 +107,7 @@ export function planReclaim(state: LedgerState, _fences: Fences, ev: Evaluation,
 
   const victims: Victim[] = [];
   for (const c of ordered) {
-    if (c.inst.kind === 'network') continue; // a network cannot be evicted (its containers would lose it)
+    if (c.inst.kind === 'network' || c.inst.kind === 'volume') continue; // a network or volume cannot be evicted (its containers would lose it, or their data)
     if (RESOURCES.every((r) => remaining[r] <= 0)) break;
     const gain = zero();
     let poolVia: string | undefined;

@@ -1,10 +1,11 @@
 /**
  * Quota resources and the small vector arithmetic the ledger uses.
- * Every amount is a non-negative safe integer (memory is in MiB).
+ * Every amount is a non-negative safe integer (memory and disk are in MiB: a volume's size is a whole
+ * number of MiB, so its charge is exact; 2^40 MiB, the UNLIMITED mark, is far beyond any disk).
  */
 import { InvalidArgument } from '../../core/errors.js';
 
-export const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes'] as const;
+export const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes', 'disk'] as const;
 export type Resource = (typeof RESOURCES)[number];
 /** A full vector: one amount per resource. */
 export type Vec = Record<Resource, number>;
@@ -16,7 +17,7 @@ export function isResource(s: string): s is Resource {
 }
 
 export function zero(): Vec {
-  return { instances: 0, cpus: 0, memory: 0, networks: 0, volumes: 0 };
+  return { instances: 0, cpus: 0, memory: 0, networks: 0, volumes: 0, disk: 0 };
 }
 
 export function checkAmount(what: string, n: unknown): number {
@@ -40,7 +41,7 @@ export function vec(p: PartialVec | undefined, what = 'amount', base: Vec = zero
 }
 
 export function copy(a: Vec): Vec {
-  return { instances: a.instances, cpus: a.cpus, memory: a.memory, networks: a.networks, volumes: a.volumes };
+  return { instances: a.instances, cpus: a.cpus, memory: a.memory, networks: a.networks, volumes: a.volumes, disk: a.disk };
 }
 
 export function add(a: Vec, b: Vec): Vec {

@@ -9,8 +9,8 @@
  */
 import type { PartialVec, Resource, Vec } from './resources.js';
 
-/** What holds quota: instances, and networks (which count against `networks` and are never reclaimed). */
-export type InstanceKind = 'container' | 'vm' | 'network';
+/** What holds quota: instances, and networks and volumes (which count against `networks`, or `volumes` and `disk`, and are never reclaimed). */
+export type InstanceKind = 'container' | 'vm' | 'network' | 'volume';
 
 export interface ProjectState {
   id: string;

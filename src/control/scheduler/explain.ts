@@ -3,7 +3,7 @@
  * filter that rejected it, never a bare "No valid host"), and the summary a project member may
  * see (hosts are operator information: counts per filter, no names).
  */
-import { ResourceExhausted, type NimbusError } from '../../core/errors.js';
+import { Conflict, ResourceExhausted, type NimbusError } from '../../core/errors.js';
 import type { Explanation, HostVerdict, InstanceKind, PlacementRequest } from './types.js';
 
 /** Hosts named one by one in a message; the rest are counted per filter. */
@@ -11,7 +11,7 @@ const NAMED_IN_MESSAGE = 12;
 /** Verdicts carried in an error's details. */
 const VERDICTS_IN_DETAILS = 100;
 
-const KIND_WORDS: Record<InstanceKind, string> = { container: 'container', vm: 'VM', 'secure-container': 'secure container' };
+const KIND_WORDS: Record<InstanceKind, string> = { container: 'container', vm: 'VM', 'secure-container': 'secure container', volume: 'volume' };
 
 /** How many hosts each filter rejected, most first (ties by name). */
 export function rejectionCounts(verdicts: readonly HostVerdict[]): [filter: string, hosts: number][] {
@@ -34,12 +34,25 @@ export function noHostMessage(req: Pick<PlacementRequest, 'kind' | 'host'>, verd
   return `${head}: ${named.join('; ')}${more}`;
 }
 
+/**
+ * Filters that reject a host for what the request asks (a zone, labels, a runtime, an
+ * architecture, an accelerator, a named host), not for its state or its load: when they alone
+ * rejected every host, no capacity would help, and the answer is the caller's to change.
+ */
+const REQUEST_FILTERS = new Set(['host', 'zone', 'constraints', 'architecture', 'runtime', 'accelerator']);
+
+/**
+ * The error of a placement that fits nowhere: Conflict (409) when the request's own constraints
+ * ruled out every host, ResourceExhausted (507) when any host was ruled out by its state or load.
+ */
 export function noHostError(req: PlacementRequest, verdicts: readonly HostVerdict[]): NimbusError {
-  return new ResourceExhausted(noHostMessage(req, verdicts), {
+  const details = {
     consumer: req.consumerId,
     rejected: Object.fromEntries(rejectionCounts(verdicts)),
     hosts: verdicts.slice(0, VERDICTS_IN_DETAILS),
-  });
+  };
+  const byRequestAlone = verdicts.length > 0 && verdicts.every((v) => v.rejectedBy !== undefined && REQUEST_FILTERS.has(v.rejectedBy.filter));
+  return byRequestAlone ? new Conflict(noHostMessage(req, verdicts), details) : new ResourceExhausted(noHostMessage(req, verdicts), details);
 }
 
 /** What a project member sees: whether it fits, and how many hosts each filter rejected. */

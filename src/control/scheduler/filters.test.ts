@@ -180,6 +180,10 @@ test('explanations: each host and its filter, pinned requests name only the pin,
   assert.deepEqual(e.details?.rejected, { enabled: 1, memory: 1, zone: 1 });
   assert.deepEqual(e.details?.hosts, verdicts);
   assert.doesNotMatch(e.message, /no valid host/i);
+  // only the request's own constraints ruled every host out: the caller's to change (409), not a lack of capacity (507)
+  const unsatisfiable = noHostError(request({ zone: 'nowhere' }), [{ host: 'h1', rejectedBy: { filter: 'zone', reason: 'zone is z1, not nowhere' } }, { host: 'h2', rejectedBy: { filter: 'runtime', reason: 'no crun' } }]);
+  assert.equal(unsatisfiable.code, 'Conflict');
+  assert.equal(noHostError(request(), [{ host: 'h1', rejectedBy: { filter: 'zone', reason: 'z' } }, { host: 'h2', rejectedBy: { filter: 'up', reason: 'down' } }]).code, 'ResourceExhausted', 'a host down: capacity may come back');
   assert.deepEqual(summarise({ hosts: [...verdicts, { host: 'h4', weight: 1 }], chosen: 'h4' }),
     { fits: true, hosts: 4, rejected: { enabled: 1, memory: 1, zone: 1 }, message: '4 hosts: 1 can take it, 1 rejected by enabled, 1 rejected by memory, 1 rejected by zone' });
   assert.equal(summarise({ hosts: [] }).message, '0 hosts');

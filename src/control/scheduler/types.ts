@@ -37,7 +37,8 @@ export interface HostSource {
 /** The hosts that hold an image's layers already (image locality; the placement change records them). */
 export type ImageLocality = (imageChainId: string) => Promise<ReadonlySet<string>>;
 
-export type InstanceKind = 'container' | 'vm' | 'secure-container';
+/** A named volume is placed too: its disk is claimed on the host that will hold it (docs/volumes.md). */
+export type InstanceKind = 'container' | 'vm' | 'secure-container' | 'volume';
 
 export interface PlacementRequest {
   /** The instance id: the claim's key (released with it). */

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Duplex } from 'node:stream';
-import { DataLoss, NotFound } from '../../core/errors.js';
+import { Conflict, DataLoss, NotFound } from '../../core/errors.js';
 import type {
   AddressProvider,
   AdoptedDiskImage,
@@ -22,6 +22,7 @@ import type {
   BlobStream,
   ContainerCreateRequest,
   GcResult,
+  HostVolumeInfo,
   OutgoingMigration,
   VmCreateRequest,
   VmHostState,
@@ -75,6 +76,8 @@ export class FakeAgent implements Agent {
    * Bytes are not hashed: the real content store's checks are tested against the real agent.
    */
   readonly blobs = new Map<string, Buffer>();
+  /** Named volumes by id: their sizes (in memory: no file, no mount). */
+  readonly volumes = new Map<string, number>();
   /** Warm container ids claimWarmContainer hands out, first first. */
   readonly warm: string[] = [];
   foreign: string[] = [];
@@ -269,6 +272,40 @@ export class FakeAgent implements Agent {
       const b = this.blobs.get(digest);
       if (!b) throw new NotFound(`VM image ${digest} is not in the content store of host ${this.host.name}`, { digest });
       return { digest, size: b.length, format: kind === 'disk' ? 'qcow2' : kind, virtualSize: 1, path: `/fake/${this.host.name}/blobs/${digest}` };
+    });
+  }
+
+  // ---- VolumeHost
+
+  createVolume(...args: Parameters<Agent['createVolume']>): Promise<HostVolumeInfo> {
+    return this.run('createVolume', args, async () => {
+      const [id, sizeBytes] = args;
+      this.volumes.set(id, sizeBytes);
+      return { id, sizeBytes, path: `/fake/${this.host.name}/volumes/${id}`, mounted: true };
+    });
+  }
+
+  removeVolume(...args: Parameters<Agent['removeVolume']>): Promise<void> {
+    return this.run('removeVolume', args, async () => {
+      this.volumes.delete(args[0]);
+    });
+  }
+
+  volumeUsage(...args: Parameters<Agent['volumeUsage']>): Promise<HostVolumeInfo & { usedBytes: number }> {
+    return this.run('volumeUsage', args, async () => {
+      const [id] = args;
+      const sizeBytes = this.volumes.get(id);
+      if (sizeBytes === undefined) throw new NotFound(`volume ${id} is not on host ${this.host.name}`, { id });
+      return { id, sizeBytes, path: `/fake/${this.host.name}/volumes/${id}`, mounted: true, usedBytes: 0 };
+    });
+  }
+
+  reconcileVolumes(...args: Parameters<Agent['reconcileVolumes']>): Promise<{ mounted: number; removed: string[]; missing: string[] }> {
+    return this.run('reconcileVolumes', args, async () => {
+      const [live] = args;
+      const removed = [...this.volumes.keys()].filter((id) => !live.includes(id));
+      for (const id of removed) this.volumes.delete(id);
+      return { mounted: live.length - live.filter((id) => !this.volumes.has(id)).length, removed, missing: live.filter((id) => !this.volumes.has(id)) };
     });
   }
 
@@ -516,6 +553,14 @@ export class FakeAgent implements Agent {
         id: v.req.id, lifecycle: v.state.lifecycle, accel: this.host.accelerator === 'kvm' ? 'kvm' : 'tcg', cpus: v.req.cpus, memoryMiB: v.req.memoryMiB,
         qmpSocket: '/fake/qmp', consoleSocket: '/fake/console', consoleLog: '/fake/console.log', pinning: [], argv: [],
       };
+    });
+  }
+
+  vmStats(...args: Parameters<Agent['vmStats']>): Promise<InstanceStats> {
+    return this.run('vmStats', args, async () => {
+      const v = this.vm(args[0]);
+      if (v.state.lifecycle !== 'running' && v.state.lifecycle !== 'paused') throw new Conflict(`VM ${v.req.id} is not running`);
+      return { cpuUsageNs: 0, memoryBytes: 0, pids: 1, time: new Date().toISOString() };
     });
   }
 

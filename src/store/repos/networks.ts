@@ -8,6 +8,7 @@ function network(r: Row): NetworkRecord {
     id: str(r.id), name: str(r.name), projectId: str(r.project_id), driver: str(r.driver) as NetworkRecord['driver'],
     subnet: str(r.subnet), gateway: str(r.gateway), internal: Boolean(r.internal), device: str(r.device),
     builtin: Boolean(r.builtin), labels: JSON.parse(str(r.labels)) as Record<string, string>, createdAt: str(r.created_at),
+    ...(r.vni !== null && r.vni !== undefined ? { vni: Number(r.vni) } : {}),
   };
 }
 
@@ -52,6 +53,20 @@ export class SqlNetworkRepo implements NetworkRepo {
       if (e.involves('device')) throw new AlreadyExists(`device ${n.device} is used by another network`);
       throw new AlreadyExists(`network "${n.name}" already exists in this project`);
     }
+  }
+  async setVni(id: string, vni: number): Promise<number | undefined> {
+    try {
+      // given once: a network that has one keeps it, whoever asks
+      await this.db.run('UPDATE networks SET vni = ? WHERE id = ? AND vni IS NULL', [vni, id]);
+    } catch (e) {
+      if (isUniqueViolation(e)) return undefined;
+      throw e;
+    }
+    const r = await this.db.get('SELECT vni FROM networks WHERE id = ?', [id]);
+    return r && r.vni !== null && r.vni !== undefined ? Number(r.vni) : undefined;
+  }
+  async vnisInUse(): Promise<number[]> {
+    return (await this.db.all('SELECT vni FROM networks WHERE vni IS NOT NULL')).map((r) => Number(r.vni));
   }
   async delete(id: string) {
     await this.db.transaction(async () => {

@@ -217,8 +217,9 @@ export class ContainerDriver implements InstanceDriver {
 
   // ------------------------------------------------------------ lifecycle
 
-  async create(spec: InstanceSpec): Promise<RuntimeState> {
-    return this.createWith(spec);
+  /** extra.mounts: the request's volumes, binds and tmpfs (agent/volumes/container-mounts.ts), after the defaults. */
+  async create(spec: InstanceSpec, extra: { mounts?: OciMount[] } = {}): Promise<RuntimeState> {
+    return this.createWith(spec, extra.mounts?.length ? { mounts: extra.mounts } : {});
   }
 
   /**

@@ -17,6 +17,7 @@
  */
 import { signalNumber } from '../../../core/signals.js';
 import { InFlight } from '../../../core/in-flight.js';
+import { KeyedLock } from '../../../core/keyed-lock.js';
 import { mkdir, readFile, readdir, rename, rm, writeFile, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
@@ -29,7 +30,8 @@ import { decodeExitStatus, qemuArgv, type Accelerator, type QemuConfig } from '.
 import { processAlive } from '../../../core/proc.js';
 import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
-import type { OutgoingMigration, VmMigrationSpec } from '../../agent.js';
+import type { MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
+import { clearMirror, endDiskExport, exportDiskForMigration, finishMirror, startMirror } from './disk-mirror.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
 import { LineCursor } from '../log-files.js';
 import { checkConsoleLimits, consoleBytes, consoleStart, ConsoleCursor, DEFAULT_CONSOLE_LIMITS, forgetConsoleLog, watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
@@ -128,6 +130,8 @@ const CLK_TCK = 100; // Linux USER_HZ on x86-64
 let recordWrites = 0;
 
 const SIGKILL = 9;
+/** The most a live migration may take, disk mirror included, before it is called off and the guest goes on here. */
+const MIGRATION_TIMEOUT_MS = 300_000;
 
 export class VmDriver implements InstanceDriver {
   readonly type = 'vm' as const;
@@ -137,7 +141,7 @@ export class VmDriver implements InstanceDriver {
   /** Per running VM: stops its console log's size check. */
   private readonly consoleWatchers = new Map<string, () => void>();
   private readonly consoleLimits: ConsoleLogLimits;
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
   /** Graceful stops in flight: a SIGKILL cuts them short instead of waiting behind them (kill). */
   private readonly stopping = new InFlight<RuntimeState>();
   /** Incoming live migrations in flight here: a QMP session open from before the stream starts. */
@@ -163,15 +167,8 @@ export class VmDriver implements InstanceDriver {
   }
 
   /** Serialise operations on one instance. */
-  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    this.locks.set(id, next);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(id) === next) this.locks.delete(id);
-    }
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(id, fn);
   }
 
   private async load(id: string): Promise<VmRecord> {
@@ -864,17 +861,26 @@ export class VmDriver implements InstanceDriver {
   }
 
   /**
-   * Source, step 1: what the destination needs. Disks must be on storage both sides see (as
-   * for Xen's live migration): a VM with a local overlay is refused, and so is one with NICs
-   * (their taps and addresses would have to move with it; not done yet).
+   * Source, step 1: what the destination needs. A local root disk goes with the VM (mirrored
+   * over NBD while RAM moves): the spec says its size and the base image under the overlay, so
+   * that the destination can make an overlay on its own copy of that base (a template's clone
+   * is backed by this host's template: its whole disk travels). NICs are the agent's (taps).
    */
   async migrationSpec(id: string): Promise<MigrationSpec> {
     const r = await this.load(id);
     if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
-    if (r.config.rootDisk) throw new Conflict(`VM ${id} has a local disk overlay; live migration needs shared storage`, { id });
-    if (r.config.nics?.length) throw new Conflict(`VM ${id} has network interfaces; moving them between hosts is not done yet`, { id });
     const { paths: _hostPaths, ...config } = r.config;
-    return { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}) };
+    const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}) };
+    if (r.config.rootDisk) {
+      // -U: QEMU holds the image's lock while it runs; its header is all that is read
+      const info = JSON.parse(await runOk('qemu-img', ['info', '-U', '--output=json', r.config.rootDisk.path])) as { 'virtual-size': number; 'full-backing-filename'?: string; 'backing-filename-format'?: string };
+      const fmt = info['backing-filename-format'];
+      spec.storage = {
+        virtualSize: info['virtual-size'],
+        ...(!r.template && info['full-backing-filename'] && (fmt === 'raw' || fmt === 'qcow2') ? { backing: info['full-backing-filename'], backingFormat: fmt } : {}),
+      };
+    }
+    return spec;
   }
 
   /**
@@ -882,7 +888,7 @@ export class VmDriver implements InstanceDriver {
    * *not* started paused, so QEMU resumes the guest itself the moment the last pass is in
    * (no QMP round trip inside the downtime).
    */
-  async prepareIncoming(spec: MigrationSpec, host: string): Promise<{ uri: string }> {
+  async prepareIncoming(spec: MigrationSpec, host: string): Promise<{ uri: string; nbd?: string }> {
     const p = this.paths(spec.id);
     if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} already exists at the destination`, { id: spec.id });
     const config = spec.config as unknown as VmRecord['config'];
@@ -897,8 +903,18 @@ export class VmDriver implements InstanceDriver {
       config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
     };
     if (spec.pin) r.pin = spec.pin;
+    if (config.rootDisk && !spec.storage) throw new InvalidArgument(`VM ${spec.id} has a root disk but the migration says nothing of its storage`, { id: spec.id });
     try {
       await writeFile(p.consoleLog, '');
+      if (spec.storage) {
+        // an empty overlay of its own: on the same base (only the source overlay's clusters then
+        // travel), or standalone of the disk's size (all of it does)
+        const s = spec.storage;
+        await runOk('qemu-img', s.backing
+          ? ['create', '-q', '-f', 'qcow2', '-F', s.backingFormat ?? 'raw', '-b', path.resolve(s.backing), p.overlay]
+          : ['create', '-q', '-f', 'qcow2', p.overlay, String(s.virtualSize)]);
+        r.config.rootDisk = { path: p.overlay, format: 'qcow2' };
+      }
       const launched = await launchQemu(this.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: uri }), p);
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
@@ -908,7 +924,8 @@ export class VmDriver implements InstanceDriver {
       const resumed = events.waitForEvent('RESUME', 300_000);
       resumed.catch(() => undefined);
       this.incoming.set(spec.id, { uri, events, resumed });
-      return { uri };
+      const nbd = spec.storage ? await exportDiskForMigration(events, host, await freeTcpPort(host)) : undefined;
+      return { uri, ...(nbd ? { nbd } : {}) };
     } catch (e) {
       await this.abandonIncoming(spec.id);
       throw e;
@@ -920,15 +937,19 @@ export class VmDriver implements InstanceDriver {
    * QEMU pre-copies RAM while the guest runs and stops it only for the final pass. On
    * failure the guest goes on here.
    */
-  migrateOut(id: string, uri: string, opts: { maxDowntimeMs: number; maxBandwidthBytes?: number }): Promise<OutgoingMigration> {
+  migrateOut(id: string, uri: string, opts: MigrateOutOptions): Promise<OutgoingMigration> {
     return this.locked(id, async () => {
       const r = await this.load(id);
       if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+      if (r.config.rootDisk && !opts.nbd) throw new Conflict(`VM ${id} has a local disk and the destination offers nothing to copy it into`, { id });
       const p = this.paths(id);
       const t0 = performance.now();
+      const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
       let stoppedAt: number | undefined;
       let downtimeLimitMs: number | undefined;
       let info: QmpMigrateInfo | undefined;
+      let diskBytes = 0;
+      let switched = false;
       try {
         await withQmp(p, async (c) => {
           const off = c.onEvent((e) => {
@@ -938,6 +959,8 @@ export class VmDriver implements InstanceDriver {
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
             // the limit as QEMU holds it, for the report: what was honoured, not what was asked
             downtimeLimitMs = (await c.execute<{ 'downtime-limit'?: number }>('query-migrate-parameters'))['downtime-limit'];
+            // the disk first, until both sides are in sync; it stays in sync while RAM moves
+            if (r.config.rootDisk) await startMirror(c, opts.nbd!, { wholeDisk: !!r.template, deadline });
             await c.execute('migrate', { uri });
             for (;;) {
               const m = await c.execute<QmpMigrateInfo>('query-migrate');
@@ -945,13 +968,23 @@ export class VmDriver implements InstanceDriver {
                 info = m;
                 break;
               }
+              // the guest is stopped here (only with a disk: pause-before-switchover): the disk's last writes go first
+              if (m.status === 'pre-switchover' && !switched) {
+                switched = true; // the state lingers a moment after migrate-continue
+                diskBytes = await finishMirror(c, deadline);
+              }
               if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `migration of ${id} failed: ${m['error-desc'] ?? m.status}`);
+              if (Date.now() > deadline) throw new NimbusError('Unavailable', `migration of ${id} did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
               await sleep(5);
             }
+          } catch (e) {
+            if (r.config.rootDisk) await c.execute('migrate_cancel').catch(() => undefined);
+            throw e;
           } finally {
             off();
+            if (r.config.rootDisk) await clearMirror(c);
           }
-        }, 120_000);
+        }, MIGRATION_TIMEOUT_MS + 5_000);
       } catch (e) {
         await this.resumeHere(id);
         throw e;
@@ -965,6 +998,7 @@ export class VmDriver implements InstanceDriver {
         totalMs: Math.round(performance.now() - t0),
         bytes: info?.ram?.transferred ?? 0,
         iterations: info?.ram?.['dirty-sync-count'] ?? 0,
+        diskBytes,
         consoleHistory: history.toString('base64'),
       };
     });
@@ -979,8 +1013,12 @@ export class VmDriver implements InstanceDriver {
     try {
       const ev = await incoming.resumed;
       const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
-      await writeFile(consoleHistory(p), Buffer.from(history, 'base64'));
       const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      if (r.config.rootDisk) await endDiskExport(c);
+      // peers and switches learn where the guest is now (QEMU announces once by itself as well;
+      // this round follows the host's taps being up, whatever the timing of the stream's end)
+      if (r.config.nics.length) await c.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch((e: unknown) => log.warn('announce-self failed', { id, error: String(e) }));
+      await writeFile(consoleHistory(p), Buffer.from(history, 'base64'));
       r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
       r.lifecycle = 'running';
       r.startedAt = new Date().toISOString();

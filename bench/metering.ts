@@ -1,0 +1,121 @@
+/**
+ * Metering overhead: the start-latency and burst figures with usage metering on against off,
+ * in the same run, on two daemons side by side (each its own home, bridge and store), the
+ * rounds alternating between them so that drift in the host's load falls on both:
+ *   off   NIMBUS_METERING_INTERVAL_MS=0: no sampler, no cursors (the API hook and event
+ *         counters of /metrics still run: they are not optional)
+ *   on    a sampler every BENCH_METERING_INTERVAL_MS (default 1000 ms, 60x the default rate,
+ *         so that its cost shows if it has one)
+ * Per round and side: BENCH_RUNS (default 30) `run --rm true` through the API, 200 ms apart
+ * (as start-latency's isolated mode), then a burst of BENCH_METERING_BURST (default 50)
+ * containers started at once (`run -d IMAGE sleep 3600`), timed until every one is running
+ * as the API reports it, then left running for two sampling intervals (the sampler's pass over
+ * them) and removed. BENCH_METERING_ROUNDS rounds (default 2).
+ * Goal (issue 17): within noise, < 2 % (on / off ≤ 1.02).
+ * Run alone: node dist/bench/metering.js
+ */
+import { nimbusRunRm, startBenchDaemon, type BenchDaemon, type UnixClient } from './lib/daemon.js';
+import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
+import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
+import { measure, msSince, now, ratio, summarize } from './lib/stats.js';
+
+const NAME = 'metering';
+const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 30));
+const BURST = Math.max(1, Number(process.env.BENCH_METERING_BURST ?? 50));
+const ROUNDS = Math.max(1, Number(process.env.BENCH_METERING_ROUNDS ?? 2));
+const INTERVAL_MS = Math.max(100, Number(process.env.BENCH_METERING_INTERVAL_MS ?? 1000));
+const GAP_MS = 200;
+const GOAL_RATIO = 1.02;
+
+type SideName = 'off' | 'on';
+
+/** A daemon with metering set by the environment it is spawned with. */
+async function daemonWithMetering(intervalMs: number): Promise<BenchDaemon> {
+  const before = process.env.NIMBUS_METERING_INTERVAL_MS;
+  process.env.NIMBUS_METERING_INTERVAL_MS = String(intervalMs);
+  try {
+    return await startBenchDaemon();
+  } finally {
+    if (before === undefined) delete process.env.NIMBUS_METERING_INTERVAL_MS;
+    else process.env.NIMBUS_METERING_INTERVAL_MS = before;
+  }
+}
+
+/** N containers created and started at once; ms until the API reports every one running. */
+async function burst(client: UnixClient, image: string, n: number): Promise<number> {
+  const t0 = now();
+  const made = await Promise.all(Array.from({ length: n }, () => client.json<{ id: string }>('POST', '/containers', { image, cmd: ['sleep', '3600'], start: true })));
+  for (;;) {
+    const list = await client.json<{ id: string; status: string }[]>('GET', '/containers');
+    const running = new Set(list.filter((c) => c.status === 'running').map((c) => c.id));
+    if (made.every((c) => running.has(c.id))) return msSince(t0);
+    if (msSince(t0) > 120_000) throw new Error(`burst: ${running.size} of ${n} running after 120 s`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function removeAll(client: UnixClient): Promise<void> {
+  const list = await client.json<{ id: string }[]>('GET', '/containers?all=true');
+  await Promise.all(list.map((c) => client.request('DELETE', `/containers/${c.id}?force=true`)));
+}
+
+export async function metering(env: BenchEnv): Promise<BenchOutcome> {
+  const sides: Record<SideName, BenchDaemon | undefined> = { off: undefined, on: undefined };
+  const starts: Record<SideName, number[]> = { off: [], on: [] };
+  const bursts: Record<SideName, number[]> = { off: [], on: [] };
+  let meteredInstances = 0;
+  try {
+    sides.off = await daemonWithMetering(0);
+    sides.on = await daemonWithMetering(INTERVAL_MS);
+    for (const s of [sides.off, sides.on]) await s.pull(env.busybox);
+    for (let round = 1; round <= ROUNDS; round++) {
+      // alternate which side goes first, so neither always meets the host right after the other's burst
+      const order: SideName[] = round % 2 ? ['off', 'on'] : ['on', 'off'];
+      for (const name of order) {
+        const client = sides[name]!.client;
+        note(NAME, `round ${round}/${ROUNDS}, metering ${name}: ${RUNS} × run --rm true, ${GAP_MS} ms apart`);
+        starts[name].push(...await measure(RUNS, () => nimbusRunRm(client, env.busybox), { warmup: 1, gapMs: GAP_MS }));
+      }
+      for (const name of order) {
+        const client = sides[name]!.client;
+        note(NAME, `round ${round}/${ROUNDS}, metering ${name}: burst of ${BURST}`);
+        bursts[name].push(await burst(client, env.busybox, BURST));
+        await new Promise((r) => setTimeout(r, 2 * INTERVAL_MS)); // the sampler passes over them (on)
+        await removeAll(client);
+      }
+    }
+    // the "on" side really metered: every container it ran has usage
+    const usage = await sides.on.client.json<{ instances: unknown[] }>('GET', '/usage');
+    meteredInstances = usage.instances.length;
+  } finally {
+    for (const s of [sides.off, sides.on]) {
+      const left = await s?.stop().catch((e: unknown) => [String(e)]);
+      if (left?.length) note(NAME, `nimbusd left behind: ${left.join(', ')}`);
+    }
+  }
+  const start = { off: summarize(starts.off), on: summarize(starts.on) };
+  const all = { off: summarize(bursts.off), on: summarize(bursts.on) };
+  const ratios = {
+    start_p50_on_over_off: ratio(start.on.p50, start.off.p50),
+    start_p95_on_over_off: ratio(start.on.p95, start.off.p95),
+    burst_median_on_over_off: ratio(all.on.p50, all.off.p50),
+  };
+  const record = makeRecord(NAME, {
+    results: { runs: RUNS, rounds: ROUNDS, burst: BURST, intervalMs: INTERVAL_MS, unit: 'ms', startLatency: start, burstAllRunning: all, meteredInstances },
+    ratios,
+  });
+  const row = (figure: string, on: number, off: number, r: number | null): SummaryRow => ({
+    bench: NAME, figure, unit: 'ms', nimbus: on, peers: { 'metering off': off }, ratio: r,
+    goal: `≤ ${GOAL_RATIO}× off`, met: r === null ? null : r <= GOAL_RATIO, note: `sampling every ${INTERVAL_MS} ms; ${meteredInstances} instances metered`,
+  });
+  return {
+    record,
+    summary: [
+      row('run --rm true p50, metering on', start.on.p50, start.off.p50, ratios.start_p50_on_over_off),
+      row('run --rm true p95, metering on', start.on.p95, start.off.p95, ratios.start_p95_on_over_off),
+      row(`burst of ${BURST} all running, metering on`, all.on.p50, all.off.p50, ratios.burst_median_on_over_off),
+    ],
+  };
+}
+
+if (isMain(import.meta.url)) await runStandalone(NAME, metering);

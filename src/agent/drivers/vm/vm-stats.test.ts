@@ -1,0 +1,52 @@
+// A VM's CPU counter against real QEMU: QEMU's own CPU time (utime + stime) moves while the
+// guest spins, agrees with /proc within a tick, and a VM that is not running has no stats.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { hasCode } from '../../../core/errors.js';
+import { freshId, sleep, waitForLog } from '../instance-driver-conformance.js';
+import { makeVmEnv, type VmEnv } from './vm-test-env.js';
+
+let env: VmEnv;
+before(async () => {
+  env = await makeVmEnv('stats');
+});
+after(async () => {
+  const left = env ? await env.qemuPids() : [];
+  await env?.teardown();
+  assert.deepEqual(left, [], 'no QEMU outlives the tests');
+});
+
+/** utime + stime of a process in ns (CLK_TCK 100), straight from /proc. */
+async function procCpuNs(pid: number): Promise<number> {
+  const line = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const f = line.slice(line.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 1e7;
+}
+
+test("a spinning guest: the VM's cpuUsageNs is QEMU's CPU time and grows with it", async () => {
+  const d = env.driver;
+  const id = freshId('vm');
+  try {
+    await d.create(env.makeSpec(id, ['sh', '-c', 'echo spinning; while :; do :; done']));
+    await assert.rejects(d.stats(id), (e) => hasCode(e, 'Conflict'), 'created, not running: no counter');
+    await d.start(id);
+    await waitForLog(d, id, /^spinning$/, 60_000);
+    const pid = (await d.inspect(id)).qemuPid!;
+    const a = await d.stats(id);
+    const procA = await procCpuNs(pid);
+    await sleep(1500);
+    const b = await d.stats(id);
+    const procB = await procCpuNs(pid);
+    assert.ok(Math.abs(a.cpuUsageNs - procA) <= 2e7, `stats ${a.cpuUsageNs} vs /proc ${procA}`);
+    // a vCPU spinning for 1.5 s: most of a CPU (TCG spends more, KVM about one)
+    const grew = b.cpuUsageNs - a.cpuUsageNs;
+    assert.ok(grew >= 0.7e9, `CPU grew ${grew / 1e9} s in 1.5 s`);
+    assert.ok(b.cpuUsageNs <= procB, 'never ahead of the process');
+    assert.ok(b.memoryBytes > 0 && b.memoryLimitBytes === 192 << 20, `memory ${b.memoryBytes} of ${b.memoryLimitBytes}`);
+    await d.stop(id, 0);
+    await assert.rejects(d.stats(id), (e) => hasCode(e, 'Conflict'), 'stopped: no counter');
+  } finally {
+    await d.delete(id);
+  }
+});

@@ -1,0 +1,156 @@
+/** nimbus volume create|ls|inspect|rm|prune, and the -v / --mount / --tmpfs syntax of nimbus run. */
+import { OUTPUT_OPTION, UsageError, parseLabels, parseSize, type CommandSpec } from '../args.js';
+import { ago, humanSize, printJson, render, table } from '../output.js';
+import { clientOf, eachArg } from './shared.js';
+import { ApiError } from '../client.js';
+import type { MountInput } from '../../control/volumes/volume-service.js';
+import type { VolumeView } from '../../control/volumes/volume-service.js';
+
+const enc = encodeURIComponent;
+const MiB = 1024 * 1024;
+
+/** A size for a volume: rounded up to whole MiB (the unit the quota charges). */
+function volumeSize(s: string): number {
+  return Math.ceil(parseSize(s) / MiB) * MiB;
+}
+
+/** -v NAME:/path[:ro|rw] (a named volume) or -v /host/path:/path[:ro|rw] (a bind mount). */
+export function parseVolumeFlag(spec: string): MountInput {
+  const parts = spec.split(':');
+  if (parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1]) {
+    if (parts.length === 1 && spec.startsWith('/')) throw new UsageError(`-v ${spec}: anonymous volumes are not supported yet; name one (-v NAME:${spec})`);
+    throw new UsageError(`-v takes NAME:/path[:ro] or /host/path:/path[:ro], got "${spec}"`);
+  }
+  const [source, target, mode] = parts as [string, string, string | undefined];
+  if (mode !== undefined && mode !== 'ro' && mode !== 'rw') throw new UsageError(`-v ${spec}: the mode must be ro or rw, got "${mode}"`);
+  if (!target.startsWith('/')) throw new UsageError(`-v ${spec}: the container path must be absolute`);
+  const readonly = mode === 'ro' ? { readonly: true } : {};
+  return source.startsWith('/') ? { type: 'bind', source, target, ...readonly } : { type: 'volume', source, target, ...readonly };
+}
+
+/** --mount type=volume|bind|tmpfs,source=…,target=…[,readonly][,tmpfs-size=…][,tmpfs-mode=…] (Docker's keys and aliases). */
+export function parseMountFlag(spec: string): MountInput {
+  const kv = new Map<string, string>();
+  for (const field of spec.split(',')) {
+    if (!field) continue;
+    const i = field.indexOf('=');
+    const k = (i < 0 ? field : field.slice(0, i)).trim().toLowerCase();
+    const v = i < 0 ? 'true' : field.slice(i + 1);
+    kv.set({ src: 'source', dst: 'target', destination: 'target', ro: 'readonly' }[k] ?? k, v);
+  }
+  const known = new Set(['type', 'source', 'target', 'readonly', 'tmpfs-size', 'tmpfs-mode']);
+  for (const k of kv.keys()) if (!known.has(k)) throw new UsageError(`--mount ${spec}: "${k}" is not supported (type, source, target, readonly, tmpfs-size, tmpfs-mode)`);
+  const type = kv.get('type') ?? 'volume';
+  const target = kv.get('target');
+  if (!target?.startsWith('/')) throw new UsageError(`--mount ${spec}: target=/path (absolute) is required`);
+  const ro = kv.get('readonly');
+  if (ro !== undefined && !['true', '1', 'false', '0'].includes(ro)) throw new UsageError(`--mount ${spec}: readonly takes true or false`);
+  const readonly = ro === 'true' || ro === '1' ? { readonly: true } : {};
+  const source = kv.get('source');
+  if (type === 'tmpfs') {
+    if (source) throw new UsageError(`--mount ${spec}: a tmpfs mount has no source`);
+    const size = kv.get('tmpfs-size');
+    const mode = kv.get('tmpfs-mode');
+    if (mode !== undefined && !/^[0-7]{1,4}$/.test(mode)) throw new UsageError(`--mount ${spec}: tmpfs-mode is octal (e.g. 1777)`);
+    return { type: 'tmpfs', target, ...(size !== undefined ? { sizeBytes: parseSize(size) } : {}), ...(mode !== undefined ? { mode: parseInt(mode, 8) } : {}) };
+  }
+  if (type !== 'volume' && type !== 'bind') throw new UsageError(`--mount ${spec}: type must be volume, bind or tmpfs`);
+  if (!source) throw new UsageError(`--mount ${spec}: source= is required${type === 'volume' ? ' (anonymous volumes are not supported yet)' : ''}`);
+  if (type === 'bind' && !source.startsWith('/')) throw new UsageError(`--mount ${spec}: a bind's source is an absolute host path`);
+  return { type, source, target, ...readonly };
+}
+
+/** --tmpfs /path[:size=64m,mode=1777]. */
+export function parseTmpfsFlag(spec: string): MountInput {
+  const i = spec.indexOf(':');
+  const target = i < 0 ? spec : spec.slice(0, i);
+  if (!target.startsWith('/')) throw new UsageError(`--tmpfs ${spec}: the container path must be absolute`);
+  let sizeBytes: number | undefined;
+  let mode: number | undefined;
+  for (const o of i < 0 ? [] : spec.slice(i + 1).split(',')) {
+    if (!o) continue;
+    const [k, v] = o.split('=');
+    if (k === 'size' && v) sizeBytes = parseSize(v);
+    else if (k === 'mode' && v && /^[0-7]{1,4}$/.test(v)) mode = parseInt(v, 8);
+    else if (!['rw', 'noexec', 'nosuid', 'nodev'].includes(o)) throw new UsageError(`--tmpfs ${spec}: option "${o}" is not supported (size=, mode=)`);
+  }
+  return { type: 'tmpfs', target, ...(sizeBytes !== undefined ? { sizeBytes } : {}), ...(mode !== undefined ? { mode } : {}) };
+}
+
+/** Every mount of a run's -v, --mount and --tmpfs, in that order. */
+export function mountsFromFlags(opts: { volume?: unknown; mount?: unknown; tmpfs?: unknown }): MountInput[] {
+  const list = (v: unknown) => (Array.isArray(v) ? (v as string[]) : []);
+  return [...list(opts.volume).map(parseVolumeFlag), ...list(opts.mount).map(parseMountFlag), ...list(opts.tmpfs).map(parseTmpfsFlag)];
+}
+
+export const volumeCommands: CommandSpec[] = [
+  {
+    name: 'volume create', usage: 'NAME', summary: 'Create a named volume (a sparse ext4 image of its size; charged to the project\'s volumes and disk quota)', minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'size', short: 's', type: 'string', value: 'SIZE', description: 'How much it holds, e.g. 512m, 10g (whole MiB; 16m to 16t); default 1g' },
+      { name: 'driver', short: 'd', type: 'string', value: 'DRIVER', choices: ['local'], description: 'Volume driver (local only)', default: 'local' },
+      { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
+      { name: 'host', type: 'string', value: 'HOST', description: 'Host to make it on (system administrators only)' },
+      OUTPUT_OPTION,
+    ],
+    async run({ args, opts, global }) {
+      const v = await clientOf(global).json<VolumeView>('POST', '/volumes', {
+        name: args[0],
+        ...(opts.size !== undefined ? { sizeBytes: volumeSize(String(opts.size)) } : {}),
+        driver: opts.driver ?? 'local',
+        labels: parseLabels(opts.label as string[]),
+        ...(opts.host !== undefined ? { host: opts.host } : {}),
+      });
+      return render(global, v, (x) => `${x.name}\n`);
+    },
+  },
+  {
+    name: 'volume ls', usage: '', summary: 'List volumes', maxArgs: 0,
+    options: [{ name: 'quiet', short: 'q', type: 'boolean', description: 'Only print volume names' }, OUTPUT_OPTION],
+    async run({ opts, global }) {
+      const list = await clientOf(global).json<VolumeView[]>('GET', '/volumes');
+      if (opts.quiet && global.output !== 'json') {
+        process.stdout.write(list.map((v) => `${v.name}\n`).join(''));
+        return 0;
+      }
+      return render(global, list, (l) => table(
+        ['DRIVER', 'VOLUME NAME', 'SIZE', 'HOST', 'STATUS', 'CREATED'],
+        l.map((v) => [v.driver, v.name, humanSize(v.sizeBytes), v.host, v.status, ago(v.createdAt)]),
+      ));
+    },
+  },
+  {
+    name: 'volume inspect', usage: 'VOLUME [VOLUME...]', summary: 'Show volumes: size, bytes used, host, mount point, the containers using them', minArgs: 1,
+    options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const client = clientOf(global);
+      const out: VolumeView[] = [];
+      for (const a of args) out.push(await client.json<VolumeView>('GET', `/volumes/${enc(a)}`));
+      printJson(out);
+      return 0;
+    },
+  },
+  {
+    name: 'volume rm', usage: 'VOLUME [VOLUME...]', summary: 'Remove volumes and their data (refused while a container uses one)', minArgs: 1,
+    options: [{ name: 'force', short: 'f', type: 'boolean', description: 'No error for a volume that does not exist; a host that does not answer does not keep it' }],
+    async run({ args, opts, global }) {
+      const client = clientOf(global);
+      return eachArg(args, async (a) => {
+        try {
+          await client.json('DELETE', `/volumes/${enc(a)}${opts.force ? '?force=true' : ''}`);
+        } catch (e) {
+          // -f: a volume that is not there is what was asked for (the API's lookup answers 404 before the handler)
+          if (!(opts.force && e instanceof ApiError && e.code === 'NotFound')) throw e;
+        }
+      });
+    },
+  },
+  {
+    name: 'volume prune', usage: '', summary: 'Remove every volume of the project that no container uses', maxArgs: 0,
+    options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Do not ask (nimbus never asks: accepted for Docker muscle memory)' }, OUTPUT_OPTION],
+    async run({ global }) {
+      const r = await clientOf(global).json<{ removed: string[]; bytesFreed: number }>('POST', '/volumes/prune');
+      return render(global, r, (x) => `${x.removed.length ? `Deleted Volumes:\n${x.removed.join('\n')}\n\n` : ''}Total reclaimed quota: ${humanSize(x.bytesFreed)}\n`);
+    },
+  },
+];

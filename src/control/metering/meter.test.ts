@@ -1,0 +1,248 @@
+// The metering service against a real store and a moved clock: totals against the workload,
+// restarts and two samplers not double-counting, runs' edges from events, destroys, hours, roll-up.
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openStore } from '../../store/open.js';
+import type { Store } from '../../store/store.js';
+import { container } from '../../store/conformance.js';
+import { EventBus } from '../events/event-bus.js';
+import { MeteringService, type CounterSource } from './meter.js';
+import { account, splitByPeriod, USAGE_PERIOD_MS, type MeteredInstance } from './accounting.js';
+import { subtree, usageReport } from './usage-report.js';
+
+const GiB = 1024 ** 3;
+const T0 = Date.UTC(2026, 0, 1, 10, 0, 0);
+const iso = (ms: number) => new Date(ms).toISOString();
+
+async function setup(t: TestContext) {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-meter-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  t.after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await store.projects.insert({ id: 'p1', name: 'org', parentId: null, createdAt: iso(T0) });
+  await store.projects.insert({ id: 'p2', name: 'team', parentId: 'p1', createdAt: iso(T0) });
+  await store.projects.insert({ id: 'p3', name: 'other', parentId: null, createdAt: iso(T0) });
+  const clock = { now: T0 };
+  const events = new EventBus();
+  // one busy CPU per running container since its run began: the counter a cgroup would show
+  const counters: CounterSource = async (inst) => (inst.kind === 'vm' || inst.runStart === null ? undefined : { cpuNs: (clock.now - inst.runStart) * 1e6, memoryBytes: 100 * 1024 * 1024 });
+  const meter = (intervalMs = 1000) => new MeteringService(store, events, counters, { intervalMs, clock: () => clock.now });
+  return { store, clock, events, meter };
+}
+
+async function totals(store: Store, projectId?: string) {
+  const projects = await store.projects.list();
+  const r = await usageReport(store, projectId ? subtree(projects, [projectId]) : subtree(projects, projects.filter((p) => !p.parentId).map((p) => p.id)));
+  return r;
+}
+
+test('a container of 1 CPU running 20 s is 20 instance-seconds and 20 CPU-seconds, across a restart of the service and two samplers', async (t) => {
+  const { store, clock, meter } = await setup(t);
+  await store.containers.insert(container('c1', 'web', {
+    projectId: 'p2', status: 'running', createdAt: iso(T0), startedAt: iso(T0 + 1000),
+    config: { image: 'busybox', env: [], restart: { name: 'no' }, autoRemove: false, labels: {}, cpus: 1, memoryBytes: GiB },
+  }));
+  clock.now = T0 + 11_000;
+  const first = meter();
+  await first.pass();
+  // the service restarts: a new one over the same store goes on from the cursor
+  const second = meter();
+  await second.pass(); // same instant: nothing more
+  clock.now = T0 + 16_000;
+  // two samplers at once (an old leader finishing a pass while the new one begins): one wins
+  const third = meter();
+  await Promise.all([second.pass(), third.pass()]);
+  assert.equal(second.stats.committed + third.stats.committed, 1);
+  clock.now = T0 + 21_000;
+  await third.pass();
+  const r = await totals(store);
+  const inst = r.instances.find((i) => i.id === 'c1');
+  assert.equal(inst?.instanceSeconds, 20);
+  assert.equal(inst?.cpuSeconds, 20);
+  assert.equal(inst?.memoryGiBHours, 20 / 3600, 'the 1 GiB limit held for 20 s');
+  assert.deepEqual(inst?.bySize, [{ kind: 'container', cpus: 1, memoryBytes: GiB, instanceSeconds: 20 }]);
+  // rolled up: org includes team's, other has none
+  const byId = new Map(r.projects.map((p) => [p.id, p]));
+  assert.equal(byId.get('p2')?.own.instanceSeconds, 20);
+  assert.equal(byId.get('p1')?.own.instanceSeconds, 0);
+  assert.equal(byId.get('p1')?.total.instanceSeconds, 20);
+  assert.equal(byId.get('p1')?.total.cpuSeconds, 20);
+  assert.equal(byId.get('p3')?.total.instanceSeconds, 0);
+  assert.equal(byId.get('p3')?.total.cpuSeconds, null, 'nothing measured is null, not 0');
+  // a subtree alone
+  const team = await totals(store, 'p2');
+  assert.deepEqual(team.projects.map((p) => p.id), ['p2']);
+});
+
+test('a run ending between passes is charged to its end; a new run restarts the CPU counter; a destroy charges up to the event', async (t) => {
+  const { store, clock, events, meter } = await setup(t);
+  const m = meter(60_000);
+  const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 0.5 };
+  await store.containers.insert(container('c1', 'job', { projectId: 'p1', status: 'running', createdAt: iso(T0), startedAt: iso(T0), config: cfg }));
+  clock.now = T0 + 4000;
+  await m.pass();
+  // it exits at +7 s; seen later, at +30 s: 7 s, not 30
+  await store.containers.update('c1', { status: 'exited', finishedAt: iso(T0 + 7000) });
+  clock.now = T0 + 30_000;
+  await m.pass();
+  let c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 7);
+  assert.equal(c1?.cpuSeconds, 4, 'the CPU after the last reading went with the cgroup');
+  // started again at +40 s: a new run (its counter from 0); the start event accounts it at once
+  m.start();
+  t.after(() => m.stop());
+  await store.containers.update('c1', { status: 'running', startedAt: iso(T0 + 40_000), finishedAt: null });
+  clock.now = T0 + 50_000;
+  events.publish({ type: 'container', action: 'start', id: 'c1', projectId: 'p1' });
+  await waitUntil(async () => (await store.usage.cursor('c1'))?.accountedUntil === T0 + 50_000);
+  c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 17);
+  assert.equal(c1?.cpuSeconds, 14);
+  assert.deepEqual(c1?.bySize, [{ kind: 'container', cpus: 0.5, memoryBytes: 0, instanceSeconds: 17 }]);
+  assert.ok((c1?.memoryGiBHours ?? 0) > 0, 'no limit: the memory it used is charged');
+  // removed while running: charged until the destroy, then nothing more
+  await store.containers.delete('c1');
+  clock.now = T0 + 80_000;
+  events.publish({ type: 'container', action: 'destroy', id: 'c1', projectId: 'p1' });
+  await waitUntil(async () => (await store.usage.cursor('c1'))?.closed === true);
+  clock.now = T0 + 200_000;
+  await m.pass();
+  c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  // +50 s to the destroy at +80 s (the event's time, capped at the meter's clock)
+  assert.equal(c1?.instanceSeconds, 47);
+});
+
+test('a VM is metered by its size (no CPU counter); paused counts, saved does not; hours split', async (t) => {
+  const { store, clock, meter } = await setup(t);
+  const start = T0 + USAGE_PERIOD_MS - 10_000 - (T0 % USAGE_PERIOD_MS); // 10 s before an hour ends
+  await store.vms.insert({
+    id: 'v1', name: 'db', projectId: 'p3', config: { cpus: 2, memoryMiB: 2048 }, status: 'paused', pid: 1, exitCode: null,
+    createdAt: iso(start), startedAt: iso(start), finishedAt: null, savedAt: null, agent: 'local',
+  });
+  clock.now = start + 30_000;
+  const m = meter();
+  await m.pass();
+  await store.vms.update('v1', { status: 'saved', savedAt: iso(start + 40_000) });
+  clock.now = start + 100_000;
+  await m.pass();
+  const r = await usageReport(store, await store.projects.list(), { series: true });
+  const v1 = r.instances.find((i) => i.id === 'v1');
+  assert.equal(v1?.instanceSeconds, 40);
+  assert.equal(v1?.cpuSeconds, null);
+  assert.equal(v1?.memoryGiBHours, (2 * 40) / 3600);
+  assert.deepEqual(v1?.bySize, [{ kind: 'vm', cpus: 2, memoryBytes: 2048 * 1024 * 1024, instanceSeconds: 40 }]);
+  assert.deepEqual(r.series?.filter((s) => s.projectId === 'p3').map((s) => s.instanceSeconds), [10, 30], 'split at the hour');
+  // bounds are whole hours: the later hour alone
+  const later = await usageReport(store, await store.projects.list(), { since: start + 20_000 });
+  assert.equal(later.instances.find((i) => i.id === 'v1')?.instanceSeconds, 30);
+});
+
+test('accounting arithmetic: clipped to the cursor and now, CPU spread over hours, nothing before creation', () => {
+  const inst: MeteredInstance = { id: 'i', projectId: 'p', name: 'n', kind: 'container', createdAt: 0, active: true, runStart: 0, runEnd: null, runId: 'r1' };
+  const size = { millicpus: 1000, memoryBytes: GiB, diskBytes: 10 * GiB };
+  const a = account(undefined, inst, size, USAGE_PERIOD_MS + 1000, { cpuNs: 3e9, memoryBytes: 0 });
+  assert.deepEqual(a?.slices.map((s) => [s.periodStart, s.activeMs, s.cpuNs, s.diskMibMs]), [
+    [0, USAGE_PERIOD_MS, Math.round((3e9 * USAGE_PERIOD_MS) / (USAGE_PERIOD_MS + 1000)), 10 * 1024 * USAGE_PERIOD_MS],
+    [USAGE_PERIOD_MS, 1000, 3e9 - Math.round((3e9 * USAGE_PERIOD_MS) / (USAGE_PERIOD_MS + 1000)), 10 * 1024 * 1000],
+  ]);
+  assert.equal(account(a?.next, inst, size, USAGE_PERIOD_MS + 1000, undefined), undefined, 'nothing twice');
+  assert.deepEqual(splitByPeriod(5, 5), []);
+  // a counter that went down is a new counter (the run was replaced under the same start)
+  const b = account(a?.next, inst, size, USAGE_PERIOD_MS + 2000, { cpuNs: 1e9, memoryBytes: 0 });
+  assert.equal(b?.slices[0]?.cpuNs, 1e9);
+});
+
+async function waitUntil(check: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('network bytes: per-endpoint deltas, a new or re-created endpoint from 0, a restarted service leaves one span unmeasured; a VM with a CPU counter', async (t) => {
+  const { store, clock } = await setup(t);
+  const events = new EventBus();
+  type Ep = { hostIf: string; ifindex: number; rxBytes: number; txBytes: number };
+  let eps: Ep[] = []; // c1's
+  const c2eps: Ep[] = [];
+  const counters: CounterSource = async (inst) => {
+    if (inst.runStart === null) return undefined;
+    const cpuNs = (clock.now - inst.runStart) * 1e6;
+    if (inst.kind === 'vm') return { cpuNs, memoryBytes: 0 };
+    const of = inst.id === 'c2' ? c2eps : eps;
+    const sum = (k: 'rxBytes' | 'txBytes') => of.reduce((a, e) => a + e[k], 0);
+    return { cpuNs, memoryBytes: 0, network: { rxBytes: sum('rxBytes'), txBytes: sum('txBytes'), rxPackets: 0, txPackets: 0, endpoints: of.map((e) => ({ ...e })) } };
+  };
+  const meter = () => new MeteringService(store, events, counters, { intervalMs: 1000, clock: () => clock.now });
+  const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 1 };
+  await store.containers.insert(container('c1', 'web', { projectId: 'p1', status: 'running', createdAt: iso(T0), startedAt: iso(T0), config: cfg }));
+  await store.vms.insert({
+    id: 'v1', name: 'db', projectId: 'p3', config: { cpus: 1, memoryMiB: 512 }, status: 'running', pid: 1, exitCode: null,
+    createdAt: iso(T0), startedAt: iso(T0), finishedAt: null, savedAt: null, agent: 'local',
+  });
+  const net = async () => {
+    const i = (await totals(store)).instances.find((x) => x.id === 'c1');
+    return [i?.networkRxBytes, i?.networkTxBytes];
+  };
+  const m = meter();
+  // first accounting: the endpoint began at 0 after the instance's creation, all of it is new
+  eps = [{ hostIf: 'nva', ifindex: 5, rxBytes: 1000, txBytes: 500 }];
+  clock.now = T0 + 10_000;
+  await m.pass();
+  assert.deepEqual(await net(), [1000, 500]);
+  eps[0]!.rxBytes = 3000;
+  clock.now = T0 + 20_000;
+  await m.pass();
+  assert.deepEqual(await net(), [3000, 500]);
+  // a second endpoint (connected since): all of its counter
+  eps.push({ hostIf: 'nvb', ifindex: 7, rxBytes: 100, txBytes: 50 });
+  clock.now = T0 + 30_000;
+  await m.pass();
+  assert.deepEqual(await net(), [3100, 550]);
+  // the first re-created (same name, new ifindex) and past its old counter already: all of it, not the difference
+  eps[0] = { hostIf: 'nva', ifindex: 9, rxBytes: 4000, txBytes: 600 };
+  eps[1]!.rxBytes = 300;
+  clock.now = T0 + 40_000;
+  await m.pass();
+  assert.deepEqual(await net(), [7300, 1150]);
+  // counters that went down under the same ifindex are new counters too (the device's were reset)
+  eps[1] = { ...eps[1]!, rxBytes: 20, txBytes: 0 };
+  clock.now = T0 + 50_000;
+  await m.pass();
+  assert.deepEqual(await net(), [7320, 1150]);
+  // a restarted service: the span since the cursor is unmeasured (nothing guessed), then deltas again
+  eps[1]!.rxBytes = 5020;
+  const again = meter();
+  clock.now = T0 + 60_000;
+  await again.pass();
+  assert.deepEqual(await net(), [7320, 1150], 'the span across the restart adds nothing');
+  eps[1]!.rxBytes = 5120;
+  clock.now = T0 + 70_000;
+  await again.pass();
+  assert.deepEqual(await net(), [7420, 1150]);
+  // the old service, if it commits again, lost the cursor race or has a stale baseline: never twice
+  eps[1]!.rxBytes = 5220;
+  clock.now = T0 + 80_000;
+  await m.pass();
+  assert.deepEqual(await net(), [7420, 1150], 'a baseline not taken at the cursor is not used');
+  // accounted first while only created (no reading), then running: its endpoint's bytes are all new, none unmeasured
+  await store.containers.insert(container('c2', 'late', { projectId: 'p1', status: 'created', createdAt: iso(T0 + 80_000), config: cfg }));
+  clock.now = T0 + 85_000;
+  await m.pass();
+  await store.containers.update('c2', { status: 'running', startedAt: iso(T0 + 86_000) });
+  c2eps.push({ hostIf: 'nvc', ifindex: 11, rxBytes: 64, txBytes: 32 });
+  clock.now = T0 + 90_000;
+  await m.pass();
+  const c2 = (await totals(store)).instances.find((i) => i.id === 'c2');
+  assert.deepEqual([c2?.networkRxBytes, c2?.networkTxBytes], [64, 32]);
+  // the VM: its CPU counter is charged like a container's
+  const v1 = (await totals(store)).instances.find((i) => i.id === 'v1');
+  assert.equal(v1?.cpuSeconds, 90);
+  assert.equal(v1?.networkRxBytes, null, 'no endpoint counters: not measured');
+});

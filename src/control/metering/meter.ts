@@ -1,0 +1,227 @@
+/**
+ * The metering service: accounts every instance's usage into the store (docs/metering.md).
+ *
+ * It runs on the leader only (one sampler across replicas): a pass every `intervalMs` accounts
+ * every instance up to the pass's start, and the lifecycle events the leader sees (start, die,
+ * stop, save, resize, destroy, ...) account their instance at once, so a run's edges are caught
+ * at the event rather than at the next pass. Each accounting commits its usage with the move of
+ * the instance's cursor, compare-and-set (UsageRepo.commit): a span is counted once whatever
+ * restarts, failovers or an old leader's last pass do; a loser's usage is dropped, not added.
+ */
+import { InvalidArgument } from '../../core/errors.js';
+import { logger } from '../../core/log.js';
+import type { Store } from '../../store/store.js';
+import type { UsageCursor } from '../../store/repos/usage.js';
+import type { EventBus, NimbusEvent } from '../events/event-bus.js';
+import { account, close, meteredContainer, meteredVm, netDelta, nextNetBaseline, type CounterReading, type InstanceSize, type MeteredInstance, type NetBaseline } from './accounting.js';
+
+const log = logger('metering');
+
+export const DEFAULT_METERING_INTERVAL_MS = 60_000;
+/** The smallest interval accepted (a tighter one would spend the leader on accounting). */
+export const MIN_METERING_INTERVAL_MS = 100;
+
+/** The interval from NIMBUS_METERING_INTERVAL_MS (0: metering off), else the default; a bad value is refused. */
+export function meteringIntervalFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.NIMBUS_METERING_INTERVAL_MS;
+  if (raw === undefined || raw === '') return DEFAULT_METERING_INTERVAL_MS;
+  const ms = Number(raw);
+  if (!Number.isInteger(ms) || (ms !== 0 && ms < MIN_METERING_INTERVAL_MS)) {
+    throw new InvalidArgument(`NIMBUS_METERING_INTERVAL_MS must be 0 (off) or an integer of at least ${MIN_METERING_INTERVAL_MS}, got "${raw}"`);
+  }
+  return ms;
+}
+/** Closed cursors are kept this long (a late pass of an old leader must still find them closed). */
+const CLOSED_CURSOR_RETENTION_MS = 24 * 3_600_000;
+/** Instances accounted at once in a pass. */
+const PASS_CONCURRENCY = 8;
+/** Actions after which an instance's state (or size) changed: account it now. */
+const ACCOUNT_ON = new Set(['start', 'restart', 'die', 'kill', 'stop', 'pause', 'unpause', 'save', 'restore', 'resize', 'migrate', 'restarting']);
+
+export interface MeteringOptions {
+  /** Between passes; default 60 s. */
+  intervalMs?: number;
+  /** Epoch ms (tests move it). */
+  clock?: () => number;
+}
+
+/** Where counters come from: a running instance's CPU, memory and network, or undefined (no counter, or no answer). */
+export type CounterSource = (inst: MeteredInstance) => Promise<CounterReading | undefined>;
+
+export interface MeteringStats {
+  passes: number;
+  /** Accountings committed, and those that lost to another (their usage dropped). */
+  committed: number;
+  lost: number;
+  failed: number;
+  /** How long the last pass took (ms), and the instances it saw. */
+  lastPassMs: number;
+  lastPassInstances: number;
+}
+
+export class MeteringService {
+  readonly intervalMs: number;
+  private readonly clock: () => number;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private passing: Promise<void> = Promise.resolve();
+  private offEvents: (() => void) | undefined;
+  /** Per-instance chains: one accounting of an instance at a time in this process. */
+  private readonly chains = new Map<string, Promise<void>>();
+  readonly stats: MeteringStats = { passes: 0, committed: 0, lost: 0, failed: 0, lastPassMs: 0, lastPassInstances: 0 };
+  /** The last counter reading of each running instance (for /metrics). */
+  readonly readings = new Map<string, CounterReading & Pick<MeteredInstance, 'projectId' | 'name' | 'kind'>>();
+  /**
+   * Each instance's network counters at its last accounting in this service. In memory, not in
+   * the cursor: a restarted service (or a new leader) has none, and the first span it accounts
+   * has its bytes unmeasured (null) rather than guessed.
+   */
+  private readonly netBases = new Map<string, NetBaseline>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly events: EventBus,
+    private readonly counters: CounterSource,
+    options: MeteringOptions = {},
+  ) {
+    this.intervalMs = options.intervalMs ?? DEFAULT_METERING_INTERVAL_MS;
+    this.clock = options.clock ?? Date.now;
+  }
+
+  /** Passes from now on, and accounting on lifecycle events (call while leading). */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.offEvents = this.events.on((e) => this.onEvent(e));
+    const pass = () => {
+      this.passing = this.pass().catch((e: unknown) => log.error('metering pass failed', { error: String(e) })).finally(() => {
+        if (this.running) this.timer = setTimeout(pass, this.intervalMs).unref();
+      });
+    };
+    pass();
+  }
+
+  /** No more passes; waits for what is in flight (call when leadership ends, before the store closes). */
+  async stop(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    this.offEvents?.();
+    this.offEvents = undefined;
+    await this.passing;
+    await Promise.all([...this.chains.values()]);
+    this.readings.clear();
+    this.netBases.clear(); // another leader may account next: these would not be its cursor's
+  }
+
+  private onEvent(e: NimbusEvent): void {
+    if (!this.running || (e.type !== 'container' && e.type !== 'vm')) return;
+    if (e.action === 'destroy') {
+      const at = Date.parse(e.time);
+      void this.enqueue(e.id, () => this.closeInstance(e.id, Number.isNaN(at) ? this.clock() : Math.min(at, this.clock())));
+    } else if (ACCOUNT_ON.has(e.action)) {
+      void this.enqueue(e.id, () => this.accountInstance(e.id, this.clock()));
+    }
+  }
+
+  /** Runs fn after the instance's previous accounting in this process; failures are counted and logged. */
+  private enqueue(id: string, fn: () => Promise<void>): Promise<void> {
+    const prev = this.chains.get(id) ?? Promise.resolve();
+    const next = prev.then(fn).catch((e: unknown) => {
+      this.stats.failed++;
+      log.warn('accounting an instance failed', { id, error: String(e) });
+    });
+    this.chains.set(id, next);
+    void next.finally(() => {
+      if (this.chains.get(id) === next) this.chains.delete(id);
+    });
+    return next;
+  }
+
+  /** One pass: every instance accounted up to the pass's start; cursors of instances gone closed or dropped. */
+  async pass(): Promise<void> {
+    const started = this.clock();
+    const cursors = await this.store.usage.cursors(); // before the instances: a cursor made after this has its instance listed
+    const [containers, vms] = await Promise.all([this.store.containers.list(), this.store.vms.list()]);
+    const ids = [...containers.map((c) => c.id), ...vms.map((v) => v.id)];
+    const queue = [...ids];
+    await Promise.all(Array.from({ length: Math.min(PASS_CONCURRENCY, queue.length) }, async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        const instanceId = id;
+        await this.enqueue(instanceId, () => this.accountInstance(instanceId, started));
+      }
+    }));
+    const live = new Set(ids);
+    for (const c of cursors) {
+      if (live.has(c.instanceId)) continue;
+      if (c.closed) {
+        if (c.accountedUntil < started - CLOSED_CURSOR_RETENTION_MS) await this.store.usage.deleteCursor(c.instanceId);
+      } else if (c.accountedUntil < started - 2 * this.intervalMs) {
+        // gone without a destroy this leader saw (relayed events are at most once): when it went is
+        // unknown, so nothing more is charged (an under-count of at most about one interval)
+        await this.enqueue(c.instanceId, () => this.closeInstance(c.instanceId, c.accountedUntil));
+      }
+    }
+    this.stats.passes++;
+    this.stats.lastPassMs = this.clock() - started;
+    this.stats.lastPassInstances = ids.length;
+  }
+
+  private async instance(id: string): Promise<MeteredInstance | undefined> {
+    const c = await this.store.containers.get(id);
+    if (c) return meteredContainer(c);
+    const v = await this.store.vms.get(id);
+    return v ? meteredVm(v) : undefined;
+  }
+
+  /** The claim the scheduler holds for it, else what its config asks; a VM's disk from its image when the claim has none. */
+  private async sizeOf(inst: MeteredInstance): Promise<InstanceSize> {
+    const claim = await this.store.placement.allocation(inst.id);
+    let size: InstanceSize | undefined = claim ? { millicpus: claim.millicpus, memoryBytes: claim.memoryBytes, diskBytes: claim.diskBytes > 0 ? claim.diskBytes : null } : undefined;
+    if (inst.kind === 'vm') {
+      const v = await this.store.vms.get(inst.id);
+      if (v) {
+        size ??= { millicpus: v.config.cpus * 1000, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: null };
+        if (size.diskBytes === null && v.config.diskImage) size.diskBytes = (await this.store.disks.get(v.projectId, v.config.diskImage.name))?.virtualSize ?? null;
+      }
+    } else if (!size) {
+      const c = await this.store.containers.get(inst.id);
+      size = { millicpus: Math.round((c?.config.cpus ?? 0) * 1000), memoryBytes: c?.config.memoryBytes ?? 0, diskBytes: null };
+    }
+    return size ?? { millicpus: 0, memoryBytes: 0, diskBytes: null };
+  }
+
+  /** The instance's usage up to `now` (taken before its record is read: its transitions after now are clipped, not lost). */
+  async accountInstance(id: string, now: number): Promise<void> {
+    const inst = await this.instance(id);
+    if (!inst) return;
+    const cursor = await this.store.usage.cursor(id);
+    if (cursor?.closed || (cursor && cursor.accountedUntil >= now)) return;
+    const reading = inst.active ? await this.counters(inst).catch(() => undefined) : undefined;
+    if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
+    else this.readings.delete(id);
+    const base = this.netBases.get(id);
+    const outcome = account(cursor, inst, await this.sizeOf(inst), now, reading, netDelta(cursor, base, reading));
+    if (!outcome) return;
+    const nextBase = nextNetBaseline(cursor, base, reading, now);
+    if ((await this.commit(cursor, outcome.next, outcome.slices)) && nextBase) this.netBases.set(id, nextBase);
+    else this.netBases.delete(id);
+  }
+
+  /** The instance is gone (destroyed at goneAt): its last span, then its cursor closes. */
+  async closeInstance(id: string, goneAt: number): Promise<void> {
+    this.readings.delete(id);
+    this.netBases.delete(id);
+    const cursor = await this.store.usage.cursor(id);
+    if (!cursor) return;
+    const outcome = close(cursor, goneAt);
+    if (outcome) await this.commit(cursor, outcome.next, outcome.slices);
+  }
+
+  /** True when this accounting's span was committed (false: another had done it). */
+  private async commit(cursor: UsageCursor | undefined, next: UsageCursor, slices: Parameters<Store['usage']['commit']>[2]): Promise<boolean> {
+    const ok = await this.store.usage.commit(cursor?.accountedUntil ?? null, next, slices);
+    if (ok) this.stats.committed++;
+    else this.stats.lost++;
+    return ok;
+  }
+}

@@ -1,0 +1,191 @@
+/**
+ * A real VM, with a NIC on a user network that spans hosts (VXLAN) and a root disk from a disk
+ * image, live-migrates between two hosts and back, end to end: a real nimbusd (control plane and
+ * embedded agent "local") and a second agent (`nimbusd agent` in a network namespace of its own,
+ * joined by a veth underlay). A container on the embedded host keeps a ping and a TCP stream
+ * running to the VM through both moves. Checked: the TCP connection survives (every line arrives,
+ * in order, in the guest), pings answer again after each move (the number lost is reported),
+ * what the guest wrote to its disk before the first move reads back after it, the disk travels
+ * (bytes reported), the NIC is re-created at the destination with the same MAC and gone from the
+ * source, and nothing (QEMU, tap, VXLAN device) is left after removal. Skipped where the kernel
+ * has no VXLAN.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { vxlanMissing } from '../src/agent/network/network-test-env.js';
+import { run } from '../src/core/exec.js';
+import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { waitFor } from './helpers/wait.js';
+import { qemuUnder } from './helpers/qemu.js';
+import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
+import { buildTestGuest, GUEST_CACHE_DIR, GUEST_HOST_DIRS_ENV, NET_MARKER, workloadAppend } from '../scripts/fixtures/guest.js';
+import { vxlanDeviceName } from '../src/agent/network/overlay.js';
+
+const AGENT = 'host-b';
+const VM = 'roamer';
+const MARKER = 'disk-written-before-the-move';
+const LINES = 120; // one every 50 ms: 6 s of stream, both moves inside it
+
+const skip = await vxlanMissing(`mga${process.pid}`);
+
+interface Report { from: string; to: string; totalMs: number; downtimeMs: number; bytes: number; diskBytes?: number; iterations: number }
+
+let d: DaemonProcess | undefined;
+let host2: SecondHost | undefined;
+let b: NamespaceAgent | undefined;
+let work: string;
+
+async function cliOk(args: string[]): Promise<string> {
+  const r = await d!.cli(args);
+  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+const netnsOf = (id: string) => {
+  const name = readdirSync('/run/netns').find((n) => n.endsWith(`-${id}`));
+  assert.ok(name, `the network namespace of ${id.slice(0, 12)}`);
+  return `/run/netns/${name}`;
+};
+const vmLogs = () => cliOk(['vm', 'logs', VM]);
+const taps = async (ns?: string) => (await run('ip', [...(ns ? ['-n', ns] : []), '-o', 'link', 'show'])).stdout.split('\n').filter((l) => /: vif[0-9a-f]{8}\.0[@:]/.test(l));
+
+/** A command in a container's network namespace, in the background; resolves with its output when it ends. */
+function background(netns: string, argv: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const c = spawn('nsenter', [`--net=${netns}`, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (x: Buffer) => (out += x.toString()));
+    c.stderr.on('data', (x: Buffer) => (out += x.toString()));
+    c.on('exit', (code) => resolve({ code, out }));
+  });
+}
+
+/** A TCP client that connects (retrying while the guest's listener comes up) and sends `LINES` lines, one every 50 ms. */
+const STREAM = (ip: string) => `
+const net = require('net');
+let tries = 0;
+(function connect() {
+  const s = net.connect(7000, '${ip}');
+  let sent = 0, up = false;
+  s.on('connect', () => {
+    up = true;
+    const t = setInterval(() => {
+      s.write('line ' + sent + '\\n');
+      if (++sent === ${LINES}) { clearInterval(t); s.end('end\\n', () => { console.log('sent ' + sent); }); }
+    }, 50);
+  });
+  s.on('error', (e) => {
+    if (!up && ++tries < 100) return setTimeout(connect, 100);
+    console.log('stream error after ' + sent + ' lines: ' + e.message);
+    process.exit(1);
+  });
+})();`;
+
+describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, concurrency: false }, () => {
+  before(async () => {
+    work = mkdtempSync(join(tmpdir(), 'nimbus-migrate-across-'));
+    host2 = await secondHost({ ns: 'mga', link: 'nma' });
+    d = await startDaemonProcess([], { ...GUEST_HOST_DIRS_ENV, NIMBUS_MIGRATION_ADDRESS: host2.hostAddress });
+    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), {
+      homePrefix: 'nimbus-migrate-across-agent', env: GUEST_HOST_DIRS_ENV, args: ['--migration-address', host2.agentAddress],
+    });
+    await b.start();
+  });
+  after(async () => {
+    try {
+      for (const path of ['/vms?all=true', '/containers?all=true']) {
+        const list = await d?.api<{ id: string }[]>('GET', path).catch(() => ({ status: 0, body: [] }));
+        for (const x of list?.body ?? []) await d!.api('DELETE', `${path.split('?')[0]}/${x.id}?force=true`).catch(() => undefined);
+      }
+      await d?.cli(['network', 'rm', 'roam']).catch(() => undefined);
+    } finally {
+      const left = [...(d ? qemuUnder(d.home) : []), ...(b ? qemuUnder(b.home) : [])];
+      for (const pid of left) process.kill(pid, 'SIGKILL');
+      if (b) {
+        await b.destroy();
+        await run('ip', ['netns', 'exec', host2!.ns, 'nft', 'delete', 'table', 'inet', b.table]);
+      }
+      await d?.destroy();
+      await host2?.remove();
+      rmSync(work, { recursive: true, force: true });
+      assert.deepEqual(left, [], 'no QEMU left behind');
+    }
+  });
+
+  test('ping and a TCP stream from another host go on through two moves; the disk moves with the VM', async (t) => {
+    const guest = await buildTestGuest(GUEST_CACHE_DIR);
+    const archive = join(work, 'image.tar');
+    await writeOciLayoutTar(await buildTestImages(), archive, '');
+    const image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;
+    // the root disk: an image imported on the control plane, carried to host-b for the first placement
+    const base = join(work, 'base.raw');
+    writeFileSync(base, Buffer.alloc(8 << 20));
+    await cliOk(['image', 'import-disk', 'roam-disk', base]);
+    const netId = (await cliOk(['network', 'create', 'roam'])).trim();
+
+    await cliOk(['run', '-d', '--name', 'watcher', '--host', 'local', '--network', 'roam', image, 'sleep', '600']);
+    const watcher = (JSON.parse(await cliOk(['inspect', 'watcher'])) as Array<{ id: string }>)[0]!;
+    const watcherNs = netnsOf(watcher.id);
+    // the guest writes a marker to its disk, takes one TCP stream (busybox nc quits at once when its
+    // stdin is at its end: hence the sleep), prints it once it has ended, then reads the disk back
+    const workload = `echo ${MARKER} | dd of=/dev/vda bs=4096 conv=fsync 2>/dev/null; (sleep 1000 | nc -l -p 7000 > /tmp/stream) & `
+      + `until grep -q '^end$' /tmp/stream 2>/dev/null; do sleep 0.2; done; cat /tmp/stream; `
+      + `echo "read back: $(dd if=/dev/vda bs=4096 count=1 2>/dev/null | head -c ${MARKER.length})"; sleep 1000`;
+    await cliOk(['vm', 'run', '--name', VM, '--memory', '192m', '--agent', AGENT, '--network', 'roam', '--image', 'roam-disk',
+      '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', workloadAppend(guest, workload)]);
+    const net = await waitFor('the guest\'s NIC', async () => new RegExp(`${NET_MARKER} eth0 ([0-9.]+)/`).exec(await vmLogs())?.[1], 90_000);
+    assert.equal((await taps(host2!.ns)).length, 1, 'its tap on host-b');
+    assert.equal((await taps()).length, 0, 'none on the embedded host');
+    await waitFor('the watcher to reach the VM across hosts', async () => ((await run('nsenter', [`--net=${watcherNs}`, '/bin/busybox', 'ping', '-c', '1', '-W', '1', net])).code === 0 ? true : undefined), 30_000);
+
+    const stream = background(watcherNs, [process.execPath, '-e', STREAM(net)]);
+    const migrateWithPings = async (to: string): Promise<{ report: Report; sent: number; lost: number }> => {
+      const pings = background(watcherNs, ['/bin/busybox', 'ping', '-i', '0.05', '-w', '5', net]);
+      await new Promise((r) => setTimeout(r, 1000));
+      const report = JSON.parse(await cliOk(['vm', 'migrate', VM, '--to', to, '--max-downtime', '100', '-o', 'json'])) as Report;
+      const out = (await pings).out;
+      const m = /(\d+) packets transmitted, (\d+) packets received/.exec(out);
+      assert.ok(m, `ping's summary: ${out.slice(-300)}`);
+      const sent = Number(m[1]), received = Number(m[2]);
+      const seqs = [...out.matchAll(/seq=(\d+)/g)].map((x) => Number(x[1]));
+      assert.ok(seqs.length && seqs.at(-1)! >= sent - 5, `pings answer again after the move (last answered ${seqs.at(-1)} of ${sent})`);
+      return { report, sent, lost: sent - received };
+    };
+
+    const there = await migrateWithPings('local');
+    t.diagnostic(`to local: ${JSON.stringify(there.report)}; pings lost ${there.lost} of ${there.sent} (every 50 ms)`);
+    assert.equal(there.report.to, 'local');
+    assert.ok((there.report.diskBytes ?? 0) > 0, 'the disk travelled');
+    assert.equal((await taps()).length, 1, 'its tap is re-created on the embedded host');
+    assert.equal((await taps(host2!.ns)).length, 0, 'and gone from host-b');
+    assert.equal(qemuUnder(b!.home).length, 0);
+
+    const back = await migrateWithPings(AGENT);
+    t.diagnostic(`back to ${AGENT}: ${JSON.stringify(back.report)}; pings lost ${back.lost} of ${back.sent} (every 50 ms)`);
+    assert.equal((await taps(host2!.ns)).length, 1, 'its tap is on host-b again');
+    assert.equal((await taps()).length, 0);
+
+    const streamed = await stream;
+    assert.equal(streamed.code, 0, `the TCP stream went on through both moves: ${streamed.out}`);
+    const logs = await waitFor('the guest to read its disk back', async () => ((await vmLogs()).includes('read back:') ? vmLogs() : undefined), 30_000);
+    // the serial console ends its lines with \r\n
+    const got = [...logs.matchAll(/^line (\d+)\r?$/gm)].map((x) => Number(x[1]));
+    assert.deepEqual(got, [...Array(LINES).keys()], `every line arrived, in order, once: ${JSON.stringify(logs.slice(-400))}`);
+    assert.match(logs, new RegExp(`read back: ${MARKER}`), 'what the guest wrote before the first move is on its disk after both');
+
+    await cliOk(['vm', 'rm', '-f', VM]);
+    await cliOk(['rm', '-f', 'watcher']);
+    await cliOk(['network', 'rm', 'roam']);
+    const dev = vxlanDeviceName(netId);
+    await waitFor('the overlay to go', async () => {
+      const links = [(await run('ip', ['-o', 'link', 'show'])).stdout, (await run('ip', ['-n', host2!.ns, '-o', 'link', 'show'])).stdout];
+      return links.every((l) => !l.includes(dev)) ? true : undefined;
+    }, 15_000);
+    assert.equal((await taps()).length + (await taps(host2!.ns)).length, 0, 'no tap left on either host');
+    assert.deepEqual([...qemuUnder(d!.home), ...qemuUnder(b!.home)], [], 'no QEMU left');
+  });
+});

@@ -1,0 +1,2 @@
+// Vite bundles the stylesheet a module imports.
+declare module '*.css';
