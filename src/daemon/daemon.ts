@@ -274,6 +274,9 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     // volumes cut short finished, each host told which it holds (before the quota: an undone create's quota goes with it)
     const volRec = await volumes.reconcile();
     // networks and volumes hold quota too (`networks`; `volumes` and `disk`), under their own ids
+    // claims first, then records: another replica's create in flight (charged, claimed, its record
+    // not written yet) must not lose its claim to this pass (test/replicas.e2e.test.ts saw it)
+    const claimedBefore = await store.placement.consumers();
     const [cs, vs, ns, vols] = [await store.containers.list(), await store.vms.list(), await store.networks.list(), await store.volumes.list()];
     const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns, ...vols].map((i) => i.id)));
     // claims: instances from before the scheduler get theirs, claims of instances gone are dropped
@@ -285,7 +288,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
       if (await scheduler.adopt({ consumerId: v.id, projectId: v.projectId, kind: 'vm', vcpus: v.config.cpus, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: 0, host: v.agent })) claimsAdopted++;
     }
     // a volume's claim holds its host's disk
-    const claims = await scheduler.reconcile(new Set([...cs, ...vs, ...vols].map((i) => i.id)));
+    const claims = await scheduler.reconcile(new Set([...cs, ...vs, ...vols].map((i) => i.id)), { claimedBefore, charged: new Set(await store.quotaInstanceIds()) });
     const gc = await images.collectGarbage();
     log.info(noAgent ? 'reconciled store with the registered hosts (no embedded agent)' : 'reconciled store with host', {
       ...rec, networks: netRec, vms: vmRec, volumes: volRec, interruptedOperations: interrupted, quotaReleased, claimsAdopted, claimsReleased: claims.released.length, ...gc,

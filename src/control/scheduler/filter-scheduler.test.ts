@@ -179,6 +179,16 @@ test('release is idempotent; moveClaim checks the destination; reconcile drops d
   assert.deepEqual(result.repairedHosts, ['b']);
   assert.deepEqual((await s.placement.usage()).map((u) => [u.host, u.millicpus, u.instances]), [['a', 2000, 1], ['b', 0, 0]]);
   assert.deepEqual(await s.placement.consumers(), [r1.consumerId]);
+
+  // beside other replicas: a claim made after the pass read the claims, or one the ledger charges
+  // (a create whose record is still coming), is not taken
+  const inFlight = request({ host: 'a', vcpus: 0 });
+  const charged = request({ host: 'a', vcpus: 0 });
+  await sched.place(inFlight);
+  await sched.place(charged);
+  const careful = await sched.reconcile(new Set([r1.consumerId]), { claimedBefore: [r1.consumerId, charged.consumerId], charged: new Set([charged.consumerId]) });
+  assert.deepEqual(careful.released, []);
+  assert.deepEqual((await s.placement.consumers()).sort(), [r1.consumerId, inFlight.consumerId, charged.consumerId].sort());
 });
 
 test('adopt records the claim of an instance already on a host, whatever its room, once', async (t) => {

@@ -379,10 +379,16 @@ export class FilterScheduler implements Scheduler {
    * Drops the claims of consumers that are not live any more (instances removed while no
    * process could release them) and recomputes every host's usage from its claims.
    */
-  async reconcile(liveConsumerIds: ReadonlySet<string>): Promise<ClaimsReconciled> {
+  /**
+   * `claimedBefore`: the consumers as read before the live ids were, the only ones judged (a claim
+   * made since is a create in flight on some replica); `charged`: ids the quota ledger holds (a
+   * create is charged before it claims, so a charged claim without a record is one whose record is
+   * still coming). Without them every claim is judged: only safe when no other process creates.
+   */
+  async reconcile(liveConsumerIds: ReadonlySet<string>, opts: { claimedBefore?: readonly string[]; charged?: ReadonlySet<string> } = {}): Promise<ClaimsReconciled> {
     const released: string[] = [];
-    for (const id of await this.store.placement.consumers()) {
-      if (liveConsumerIds.has(id)) continue;
+    for (const id of opts.claimedBefore ?? (await this.store.placement.consumers())) {
+      if (liveConsumerIds.has(id) || opts.charged?.has(id)) continue;
       if (await this.store.placement.release(id)) released.push(id);
     }
     const repairedHosts: string[] = [];
