@@ -99,9 +99,11 @@ test('a guest printing a MB through ~18 rotations leaves at most ~maxBytes × ma
     const followGaps = gaps(seen);
     const rotations = Math.round((seen.length * 14) / limits.maxBytes);
     // copytruncate loses what the guest prints between the copy's last read and the truncation:
-    // a line per rotation or none, two when the rotating thread is preempted there (CI saw 20 in ~17)
-    assert.ok(followGaps <= 2 * rotations, `${followGaps} lines lost by follow over ~${rotations} rotations`);
-    assert.ok(seen.garbled! <= 2 * rotations, `${seen.garbled} garbled lines followed, ~${rotations} rotations`);
+    // none or a line per rotation, more when the rotating thread is preempted right there (the
+    // guest prints ~5 lines a millisecond: CI on 2 loaded cores saw 20, then 48, in ~17 rotations).
+    // A broken rotation loses a copy's chunk or a generation: thousands of lines, far above this.
+    assert.ok(followGaps <= 8 * rotations, `${followGaps} lines lost by follow over ~${rotations} rotations`);
+    assert.ok(seen.garbled! <= 8 * rotations, `${seen.garbled} garbled lines followed, ~${rotations} rotations`);
     const seenSet = new Set(seen);
     assert.deepEqual(whole.filter((x) => !seenSet.has(x)), [], 'follow lost nothing that is on disk');
     assert.equal(seen[seen.length - 1], N);
