@@ -88,3 +88,66 @@ export async function resolveGroup(store: Pick<Store, 'placement'>, projectId: s
 export async function withGroupResolved(store: Pick<Store, 'placement'>, projectId: string, p: PlacementInput): Promise<PlacementInput> {
   return p.group === undefined ? p : { ...p, group: await resolveGroup(store, projectId, p.group) };
 }
+
+/**
+ * Work for each agent connection not handled yet. A host that registers (again: an agent
+ * restarted, a host rebooted, one that joined after the daemon's start) is a new connection
+ * object in the directory. Every `everyMs` the directory is looked at (no host is called to
+ * look); a host known to be down is left for a later look, and a failed `handle` forgets the
+ * connection, so the next look tries it again.
+ */
+export class NewConnections {
+  private readonly handled = new WeakSet<Agent>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly hosts: () => HostAgents | undefined,
+    private readonly handle: (host: string, agent: Agent) => Promise<unknown>,
+    private readonly failed: (host: string, e: unknown) => void,
+  ) {}
+
+  /** Handled already (the daemon's start did it). */
+  markHandled(agent: Agent): void {
+    this.handled.add(agent);
+  }
+
+  /** Every connection the directory holds now counts as handled. */
+  markAllHandled(): void {
+    this.forEachConnection((_host, agent) => this.handled.add(agent));
+  }
+
+  start(everyMs = 5000): void {
+    this.timer ??= setInterval(() => this.look(), everyMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private look(): void {
+    const hosts = this.hosts();
+    this.forEachConnection((host, agent) => {
+      if (this.handled.has(agent) || hosts?.isDown?.(host)) return;
+      this.handled.add(agent);
+      void this.handle(host, agent).catch((e: unknown) => {
+        this.handled.delete(agent); // tried again at the next look
+        this.failed(host, e);
+      });
+    });
+  }
+
+  private forEachConnection(fn: (host: string, agent: Agent) => void): void {
+    const hosts = this.hosts();
+    for (const host of hosts?.names() ?? []) {
+      let agent: Agent;
+      try {
+        agent = hosts!.get(host);
+      } catch {
+        continue; // removed meanwhile
+      }
+      fn(host, agent);
+    }
+  }
+}

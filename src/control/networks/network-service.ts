@@ -18,7 +18,7 @@ import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, NetworkDriverName, NetworkLeaseRecord, NetworkRecord, PortSpec } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
-import type { HostAgents } from '../compute/hosts.js';
+import { NewConnections, type HostAgents } from '../compute/hosts.js';
 import { withDeadline } from '../compute/deadline.js';
 import { logger } from '../../core/log.js';
 import { NetworkOverlay, OVERLAY_MTU, spansHosts } from './overlay.js';
@@ -136,9 +136,12 @@ export class NetworkService {
     this.hosts = hosts;
   }
 
-  /** Agents whose networks were reconciled since they (re)connected: a new object is a new registration. */
-  private readonly reconciledAgents = new WeakSet<Agent>();
-  private hostWatch: NodeJS.Timeout | undefined;
+  /** Hosts that register (again) after the daemon's start: their networks laid out and overlays pushed whole. */
+  private readonly newHosts = new NewConnections(
+    () => this.hosts,
+    (host) => withDeadline(this.reconcileHost(host), HOST_RECONCILE_MS, `reconciling the networks of host ${host}`),
+    (host, e) => log.warn('reconciling the networks of a host that registered failed', { host, error: String(e) }),
+  );
 
   /**
    * A host that registers (again: an agent restarted, a host rebooted) gets its networks laid out
@@ -146,37 +149,12 @@ export class NetworkService {
    * host) and each agent not seen yet is reconciled in the background.
    */
   watchHosts(everyMs = 5000): void {
-    for (const host of this.hosts?.names() ?? []) {
-      try {
-        this.reconciledAgents.add(this.hosts!.get(host)); // the daemon's start reconciles these
-      } catch {
-        /* removed meanwhile */
-      }
-    }
-    this.hostWatch ??= setInterval(() => this.reconcileNewHosts(), everyMs);
-    this.hostWatch.unref();
+    this.newHosts.markAllHandled(); // the daemon's start reconciles these
+    this.newHosts.start(everyMs);
   }
 
   stopWatchingHosts(): void {
-    if (this.hostWatch) clearInterval(this.hostWatch);
-    this.hostWatch = undefined;
-  }
-
-  private reconcileNewHosts(): void {
-    for (const host of this.hosts?.names() ?? []) {
-      let agent: Agent;
-      try {
-        agent = this.hosts!.get(host);
-      } catch {
-        continue;
-      }
-      if (this.reconciledAgents.has(agent) || this.hosts!.isDown?.(host)) continue;
-      this.reconciledAgents.add(agent);
-      void withDeadline(this.reconcileHost(host), HOST_RECONCILE_MS, `reconciling the networks of host ${host}`).catch((e: unknown) => {
-        this.reconciledAgents.delete(agent); // tried again at the next look
-        log.warn('reconciling the networks of a host that registered failed', { host, error: String(e) });
-      });
-    }
+    this.newHosts.stop();
   }
 
   /** The embedded agent's name (every network is laid out there when made); undefined with --no-agent. */

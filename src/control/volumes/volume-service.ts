@@ -18,7 +18,7 @@ import type { ContainerRecord, StoredMount } from '../../store/records.js';
 import type { VolumeRecord } from '../../store/repos/volumes.js';
 import type { Store } from '../../store/store.js';
 import type { EventBus } from '../events/event-bus.js';
-import type { HostAgents } from '../compute/hosts.js';
+import { NewConnections, type HostAgents } from '../compute/hosts.js';
 import { withDeadline } from '../compute/deadline.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
@@ -91,8 +91,12 @@ function checkName(name: string): void {
 
 export class VolumeService {
   /** Agents (connections) whose volumes were reconciled: one that registers again is a new object. */
-  private readonly reconciledAgents = new WeakSet<Agent>();
-  private hostWatch: NodeJS.Timeout | undefined;
+  /** Hosts that register (again) after the leader's start: each told which volumes it holds. */
+  private readonly newHosts = new NewConnections(
+    () => this.hosts,
+    (host, agent) => this.reconcileHost(host, agent),
+    (host, e) => log.warn('reconciling the volumes of a host that registered failed', { host, error: String(e) }),
+  );
   /** Serialises create and remove per project and name, so that a create and a remove of one name do not interleave. */
   private readonly locks = new KeyedLock();
 
@@ -346,7 +350,7 @@ export class VolumeService {
       try {
         const agent = this.hosts.get(host);
         const r = await this.reconcileHost(host, agent);
-        this.reconciledAgents.add(agent);
+        this.newHosts.markHandled(agent);
         hostsRemoved += r.removed.length;
         missing.push(...r.missing);
       } catch (e) {
@@ -372,29 +376,10 @@ export class VolumeService {
    * unless its connection is new. The leader's start reconciles the hosts there at the time.
    */
   watchHosts(everyMs = 5000): void {
-    this.hostWatch ??= setInterval(() => this.reconcileNewHosts(), everyMs);
-    this.hostWatch.unref();
+    this.newHosts.start(everyMs);
   }
 
   stopWatchingHosts(): void {
-    if (this.hostWatch) clearInterval(this.hostWatch);
-    this.hostWatch = undefined;
-  }
-
-  private reconcileNewHosts(): void {
-    for (const host of this.hosts.names()) {
-      let agent: Agent;
-      try {
-        agent = this.hosts.get(host);
-      } catch {
-        continue;
-      }
-      if (this.reconciledAgents.has(agent) || this.hosts.isDown?.(host)) continue;
-      this.reconciledAgents.add(agent);
-      void this.reconcileHost(host, agent).catch((e: unknown) => {
-        this.reconciledAgents.delete(agent); // tried again at the next look
-        log.warn('reconciling the volumes of a host that registered failed', { host, error: String(e) });
-      });
-    }
+    this.newHosts.stop();
   }
 }
