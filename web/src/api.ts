@@ -167,13 +167,24 @@ export async function* ndjson<T>(path: string, signal: AbortSignal): AsyncGenera
  * The event stream (SSE over fetch: EventSource cannot send the Authorization header).
  * Reconnects after a drop, asking for what it missed with ?since=.
  */
-export async function followEvents(onEvent: (e: NimbusEvent) => void, signal: AbortSignal, onConnected?: () => void): Promise<void> {
-  let since: number | undefined;
+export function followEvents(onEvent: (e: NimbusEvent) => void, signal: AbortSignal, onConnected?: () => void): Promise<void> {
+  return eventStream('', undefined, onEvent, signal, { ...(onConnected ? { onConnected } : {}), stopOn: [401] });
+}
+
+/**
+ * The stream behind followEvents and replayEvents: from `since` (absent: from now), narrowed by
+ * `query`; after a drop it asks for what it missed with ?since= (not a poll: one long request at
+ * a time). Ends when `signal` aborts or the API answers a status in `stopOn`.
+ */
+async function eventStream(
+  query: string, since: number | undefined, onEvent: (e: NimbusEvent) => void, signal: AbortSignal,
+  opts: { onConnected?: () => void; stopOn: readonly number[] },
+): Promise<void> {
   while (!signal.aborted) {
     try {
+      const q = [query, since !== undefined ? `since=${since}` : ''].filter(Boolean).join('&');
       // connected once the headers are in: the stream itself is silent until something happens
-      const stream = lines(`/events${since !== undefined ? `?since=${since}` : ''}`, signal, onConnected);
-      for await (const line of stream) {
+      for await (const line of lines(`/events${q ? `?${q}` : ''}`, signal, opts.onConnected)) {
         if (!line.startsWith('data: ')) continue;
         const e = JSON.parse(line.slice(6)) as NimbusEvent;
         since = e.seq;
@@ -181,9 +192,9 @@ export async function followEvents(onEvent: (e: NimbusEvent) => void, signal: Ab
       }
     } catch (e) {
       if (signal.aborted) return;
-      if (e instanceof ApiError && e.status === 401) return;
+      if (e instanceof ApiError && opts.stopOn.includes(e.status)) return;
     }
-    // the server went away: try again shortly (not a poll: one long request at a time)
+    // the server went away: try again shortly
     await new Promise((r) => setTimeout(r, 2000));
   }
 }
@@ -268,22 +279,8 @@ export interface ApiKey { name: string; createdAt: string; expiresAt: string | n
  * The event stream once, from the start of the server's buffer (?since=0 replays what it still
  * holds), then live; reconnects like followEvents. `query` narrows it (type=vm, …).
  */
-export async function replayEvents(query: string, onEvent: (e: NimbusEvent & { actor?: string }) => void, signal: AbortSignal): Promise<void> {
-  let since = 0;
-  while (!signal.aborted) {
-    try {
-      for await (const line of lines(`/events?${query}&since=${since}`, signal)) {
-        if (!line.startsWith('data: ')) continue;
-        const e = JSON.parse(line.slice(6)) as NimbusEvent;
-        since = e.seq;
-        onEvent(e);
-      }
-    } catch (e) {
-      if (signal.aborted) return;
-      if (e instanceof ApiError && (e.status === 401 || e.status === 403)) return;
-    }
-    await new Promise((r) => setTimeout(r, 2000));
-  }
+export function replayEvents(query: string, onEvent: (e: NimbusEvent & { actor?: string }) => void, signal: AbortSignal): Promise<void> {
+  return eventStream(query, 0, onEvent, signal, { stopOn: [401, 403] });
 }
 
 /**
