@@ -51,6 +51,24 @@ async function loggedIn(user: string, password: string): Promise<{ context: Brow
   return { context, page, problems };
 }
 
+/**
+ * Waits for an instance's row to show `status`; when it does not, says what the page and the
+ * server showed instead (the page's alerts, the row, the server's record), so a CI failure
+ * tells a lost event from a failed request.
+ */
+async function rowShows(page: Page, name: string, status: string): Promise<void> {
+  try {
+    await page.getByTestId(`state-${name}`).filter({ hasText: new RegExp(`^${status}$`) }).waitFor();
+  } catch (e) {
+    const alerts = await page.getByRole('alert').allTextContents().catch(() => []);
+    const row = await page.getByTestId(`row-${name}`).textContent({ timeout: 1000 }).catch(() => '(no row)');
+    const server = await d!.api<{ name?: string; status?: string }[]>('GET', '/containers?all=true&project=*').catch(() => ({ body: [] }));
+    const record = (server.body ?? []).find((c) => c.name === name);
+    throw new Error(`${name} is not shown ${status} (${(e as Error).message.split('\n')[0]}): page ${page.url()}, alerts ${JSON.stringify(alerts)}, ` +
+      `row ${JSON.stringify(row)}, server ${JSON.stringify(record?.status ?? '(no record)')}`);
+  }
+}
+
 describe('the web dashboard in Chromium', { skip: existsSync(CHROMIUM) ? false : `no ${CHROMIUM} (apt-get install chromium; scripts/bootstrap installs it)`, concurrency: false, timeout: 300_000 }, () => {
   before(async () => {
     registry = await startTestRegistryWithImages();
@@ -138,20 +156,19 @@ describe('the web dashboard in Chromium', { skip: existsSync(CHROMIUM) ? false :
       // the quota's word before submitting
       await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: admitted' }).waitFor();
       await page.getByRole('button', { name: 'Create and start' }).click();
-      const state = page.getByTestId('state-web1');
-      await state.filter({ hasText: /^running$/ }).waitFor();
+      await rowShows(page, 'web1', 'running');
 
       // changed behind the page's back (over the socket): only the event stream can tell it
       const id = ((await d!.api<{ id: string }[]>('GET', '/containers?all=true&project=default')).body.find((c) => (c as { name?: string }).name === 'web1'))?.id;
       assert.ok(id, 'the container exists');
       const listsBefore = lists.length;
       assert.equal((await d!.api('POST', `/containers/${id}/stop`, {})).status, 200);
-      await state.filter({ hasText: /^exited$/ }).waitFor();
+      await rowShows(page, 'web1', 'exited');
       assert.equal(lists.length, listsBefore, `no list polling: ${lists.join(', ')}`);
 
       const row = page.getByTestId('row-web1');
       await row.getByRole('button', { name: 'Start web1' }).click();
-      await state.filter({ hasText: /^running$/ }).waitFor();
+      await rowShows(page, 'web1', 'running');
       await row.getByRole('link', { name: 'web1' }).click();
       await page.getByTestId('logs').filter({ hasText: 'hello-dashboard' }).waitFor();
       assert.match(page.url(), new RegExp(`/ui/instances/container/${id}$`));
@@ -160,7 +177,7 @@ describe('the web dashboard in Chromium', { skip: existsSync(CHROMIUM) ? false :
       const stop = row.getByRole('button', { name: 'Stop web1' });
       await stop.focus();
       await page.keyboard.press('Enter');
-      await state.filter({ hasText: /^exited$/ }).waitFor();
+      await rowShows(page, 'web1', 'exited');
       await row.getByRole('button', { name: 'Remove web1' }).click();
       await row.waitFor({ state: 'detached' });
       assert.equal((await d!.api<unknown[]>('GET', '/containers?all=true&project=default')).body.length, 0, 'removed on the server');

@@ -61,15 +61,30 @@ export function InstancesView({ project, role, selected, navigate }: {
       n.delete(id);
       return n;
     });
+    // One read in flight per instance, and one more after it when events came meanwhile: two
+    // reads racing could land out of order and leave an older state on screen (CI saw a row
+    // stay "created" after its start).
+    const reading = new Map<string, { again: boolean }>();
+    const destroyed = new Set<string>(); // a read that was in flight when it went must not bring it back
+    const reread = (kind: 'container' | 'vm', id: string): void => {
+      const inFlight = reading.get(id);
+      if (inFlight) { inFlight.again = true; return; }
+      const mark = { again: false };
+      reading.set(id, mark);
+      fetchInstance(kind, id).then((i) => { if (!ac.signal.aborted) (i && !destroyed.has(id) ? upsert(i) : drop(id)); }, () => undefined).finally(() => {
+        reading.delete(id);
+        if (mark.again && !ac.signal.aborted) reread(kind, id);
+      });
+    };
     // Subscribe first, then list: an event that lands in between is re-read, never lost.
     void followEvents((e) => {
       if ((e.type !== 'container' && e.type !== 'vm') || e.projectId !== project.id) return;
-      if (e.action === 'destroy') return drop(e.id);
-      fetchInstance(e.type, e.id).then((i) => (i ? upsert(i) : drop(e.id)), () => undefined);
+      if (e.action === 'destroy') { destroyed.add(e.id); return drop(e.id); }
+      reread(e.type, e.id);
     }, ac.signal, () => setLive(true));
     listInstances(project.path, ac.signal).then((list) => {
       setById((m) => {
-        const n = new Map(list.map((i) => [i.id, i] as const));
+        const n = new Map(list.filter((i) => !destroyed.has(i.id)).map((i) => [i.id, i] as const));
         for (const [id, i] of m) n.set(id, i); // what an event already brought is newer
         return n;
       });
