@@ -19,10 +19,11 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * pushed to a host, its underlay address asked). 5: named volumes (created, removed, measured and
  * reconciled on a host; containers' mounts); VMs that live-migrate with a local disk (the
  * destination's NBD export) and NICs (re-created at the destination); vmStats (QEMU's CPU time,
- * NIC counters; stats answers gained an optional `network`, which older peers leave out). Bump the current one for any change a
+ * NIC counters; stats answers gained an optional `network`, which older peers leave out). 6: see
+ * the entries of METHOD_SINCE and the fields marked 6 (each addition names itself there). Bump the current one for any change a
  * peer of the previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 5;
+export const AGENT_PROTOCOL_VERSION = 6;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';

@@ -618,10 +618,10 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const body = Buffer.from('{"args":["vm-1","SIGKILL"]}');
   const noHeader = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '' }, body);
   assert.equal(noHeader.status, 400);
-  assert.match(noHeader.body, /carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\.\.5/);
+  assert.match(noHeader.body, new RegExp(`carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
   const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '9' }, body);
   assert.equal(future.status, 409);
-  assert.match(future.body, /speaks agent protocol 9; this agent speaks 2\.\.5/);
+  assert.match(future.body, new RegExp(`speaks agent protocol 9; this agent speaks 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
   const events = await raw(server.url, 'GET', PATHS.events, { ...auth, [PROTOCOL_HEADER]: '1' });
   assert.equal(events.status, 409, 'streams check the version too');
   assert.equal(state.calls.length, 0);
@@ -632,8 +632,9 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   assert.equal(state.calls.length, 1);
 
   // a control plane that speaks only a later version: refused before any call, both ranges named
-  const newer = await connect(t, server.url, TOKEN, { protocol: { min: 6, max: 7 } });
-  await rejectsWith(newer.info(), 'Conflict', 'agent test speaks agent protocol 2..5, this control plane speaks 6..7: no version in common');
+  const later = AGENT_PROTOCOL_VERSION + 1;
+  const newer = await connect(t, server.url, TOKEN, { protocol: { min: later, max: later + 1 } });
+  await rejectsWith(newer.info(), 'Conflict', `agent test speaks agent protocol 2..${AGENT_PROTOCOL_VERSION}, this control plane speaks ${later}..${later + 1}: no version in common`);
   // an agent from before versions (no hello route): named as protocol 1
   const old = http.createServer((req, res) => {
     req.resume();
@@ -643,7 +644,7 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const oldSock = path.join(tempDir(t), 'old.sock');
   await new Promise<void>((resolve) => old.listen(oldSock, resolve));
   t.after(() => new Promise<void>((resolve) => old.close(() => resolve())));
-  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', 'agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2..5: upgrade the agent');
+  await rejectsWith((await connect(t, `unix:${oldSock}`)).listVms(), 'Conflict', `agent test speaks agent protocol 1 (it has no hello), this control plane speaks 2..${AGENT_PROTOCOL_VERSION}: upgrade the agent`);
   // an agent that speaks 1..3 with a control plane of 2..4: they agree on 3
   const wide = await serve(t, agent, { port: 0 }, { protocol: { min: 1, max: 3 } });
   assert.equal(await (await connect(t, wide.url, TOKEN, { protocol: { min: 2, max: 4 } })).protocolVersion(), 3);
