@@ -93,7 +93,8 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   let c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
   assert.equal(c1?.instanceSeconds, 7);
   assert.equal(c1?.cpuSeconds, 4, 'the CPU after the last reading went with the cgroup');
-  // started again at +40 s: a new run (its counter from 0); the start event accounts it at once
+  // started again at +40 s: a new run (its counter from 0); the start event accounts its time at
+  // once but does not read the new counter (near 0 at a start): the next pass reads all of it
   m.start();
   t.after(() => m.stop());
   await store.containers.update('c1', { status: 'running', startedAt: iso(T0 + 40_000), finishedAt: null });
@@ -102,8 +103,13 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   await waitUntil(async () => (await store.usage.cursor('c1'))?.accountedUntil === T0 + 50_000);
   c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
   assert.equal(c1?.instanceSeconds, 17);
-  assert.equal(c1?.cpuSeconds, 14);
-  assert.deepEqual(c1?.bySize, [{ kind: 'container', cpus: 0.5, memoryBytes: 0, instanceSeconds: 17 }]);
+  assert.equal(c1?.cpuSeconds, 4, 'not read at the start event');
+  clock.now = T0 + 52_000;
+  await m.pass();
+  c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 19);
+  assert.equal(c1?.cpuSeconds, 16, "the new run's whole counter at the next pass");
+  assert.deepEqual(c1?.bySize, [{ kind: 'container', cpus: 0.5, memoryBytes: 0, instanceSeconds: 19 }]);
   assert.ok((c1?.memoryGiBHours ?? 0) > 0, 'no limit: the memory it used is charged');
   // removed while running: charged until the destroy, then nothing more
   await store.containers.delete('c1');
@@ -113,7 +119,7 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   clock.now = T0 + 200_000;
   await m.pass();
   c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
-  // +50 s to the destroy at +80 s (the event's time, capped at the meter's clock)
+  // +52 s to the destroy at +80 s (the event's time, capped at the meter's clock)
   assert.equal(c1?.instanceSeconds, 47);
 });
 

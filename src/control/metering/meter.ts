@@ -37,6 +37,12 @@ const CLOSED_CURSOR_RETENTION_MS = 24 * 3_600_000;
 const PASS_CONCURRENCY = 8;
 /** Actions after which an instance's state (or size) changed: account it now. */
 const ACCOUNT_ON = new Set(['start', 'restart', 'die', 'kill', 'stop', 'pause', 'unpause', 'save', 'restore', 'resize', 'migrate', 'restarting']);
+/**
+ * Of those, the ones after which the instance still runs on the counter it had: worth reading.
+ * After a start the counter is new (near 0: the next pass reads it, all of it new), after an
+ * exit it is gone; reading it there only cost the request path cgroup and sysfs reads.
+ */
+const READ_COUNTERS_ON = new Set(['pause', 'unpause', 'resize', 'migrate']);
 
 export interface MeteringOptions {
   /** Between passes; default 60 s. */
@@ -119,7 +125,10 @@ export class MeteringService {
       const at = Date.parse(e.time);
       void this.enqueue(e.id, () => this.closeInstance(e.id, Number.isNaN(at) ? this.clock() : Math.min(at, this.clock())));
     } else if (ACCOUNT_ON.has(e.action)) {
-      void this.enqueue(e.id, () => this.accountInstance(e.id, this.clock()));
+      const read = READ_COUNTERS_ON.has(e.action);
+      // after the publisher's turn: an event is published inside a request, which should not
+      // wait for the accounting it caused (the time is taken when it runs: a later edge, never lost)
+      setImmediate(() => void this.enqueue(e.id, () => this.accountInstance(e.id, this.clock(), { readCounters: read })));
     }
   }
 
@@ -191,14 +200,15 @@ export class MeteringService {
   }
 
   /** The instance's usage up to `now` (taken before its record is read: its transitions after now are clipped, not lost). */
-  async accountInstance(id: string, now: number): Promise<void> {
+  async accountInstance(id: string, now: number, opts: { readCounters?: boolean } = {}): Promise<void> {
     const inst = await this.instance(id);
     if (!inst) return;
     const cursor = await this.store.usage.cursor(id);
     if (cursor?.closed || (cursor && cursor.accountedUntil >= now)) return;
-    const reading = inst.active ? await this.counters(inst).catch(() => undefined) : undefined;
+    const read = inst.active && (opts.readCounters ?? true);
+    const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
     if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
-    else this.readings.delete(id);
+    else if (!inst.active || read) this.readings.delete(id);
     const base = this.netBases.get(id);
     const outcome = account(cursor, inst, await this.sizeOf(inst), now, reading, netDelta(cursor, base, reading));
     if (!outcome) return;
