@@ -278,7 +278,9 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     // not written yet) must not lose its claim to this pass (test/replicas.e2e.test.ts saw it)
     const claimedBefore = await store.placement.consumers();
     const [cs, vs, ns, vols] = [await store.containers.list(), await store.vms.list(), await store.networks.list(), await store.volumes.list()];
-    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns, ...vols].map((i) => i.id)));
+    // charges other live replicas made are theirs to finish (a create in flight has no record yet)
+    const otherReplicas = new Set((await replica.registry.list()).filter((r) => r.live && r.id !== replica.replicaId).map((r) => r.id));
+    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns, ...vols].map((i) => i.id)), otherReplicas);
     // claims: instances from before the scheduler get theirs, claims of instances gone are dropped
     let claimsAdopted = 0;
     for (const c of cs) {

@@ -594,19 +594,25 @@ export class QuotaService {
   }
 
   /**
-   * Daemon start: instances the ledger holds for containers or VMs that no longer exist are released
-   * (all in one transaction). Returns how many.
+   * Daemon start, or a new leader: instances the ledger holds for containers or VMs that no longer
+   * exist are released (all in one transaction). Returns how many.
+   *
+   * What another live replica admitted is left to it (`otherLiveReplicas`): its create may be in
+   * flight, charged with its record not written yet, and releasing it would admit past the quota
+   * (the leader's pass and a create on another replica race at every failover). If that replica
+   * dies, the gone-replica sweep settles what it left.
    */
-  reconcile(liveInstanceIds: Set<string>): Promise<number> {
+  reconcile(liveInstanceIds: Set<string>, otherLiveReplicas: ReadonlySet<string> = new Set()): Promise<number> {
+    const othersInFlight = (replica: string | undefined) => replica !== undefined && replica !== this.replicaId && otherLiveReplicas.has(replica);
     return this.mutate((l) => {
       // A create waiting for a reclaim does not survive a restart (its Operation is failed as interrupted):
       // spare its victims rather than evict them for an instance nobody will create.
       for (const op of Object.values(l.raw.operations)) {
-        if (op.status === 'pending' && !liveInstanceIds.has(op.request.instanceId)) l.cancelReclaim(op.id, Date.now());
+        if (op.status === 'pending' && !liveInstanceIds.has(op.request.instanceId) && !othersInFlight(op.request.replica)) l.cancelReclaim(op.id, Date.now());
       }
       let released = 0;
-      for (const id of Object.keys(l.raw.instances)) {
-        if (!liveInstanceIds.has(id)) {
+      for (const [id, instance] of Object.entries(l.raw.instances)) {
+        if (!liveInstanceIds.has(id) && !othersInFlight(instance.replica)) {
           l.release(id, Date.now(), 'reconciled: the instance no longer exists');
           released++;
         }

@@ -273,6 +273,40 @@ test('sqlite, two replicas on one store: 1,000 concurrent admissions spread over
   await assert.rejects(b.admitContainer('too-late', 'p', cfg), { code: 'QuotaExceeded' });
 });
 
+test('a new leader\'s reconcile leaves what another live replica admitted (a create in flight has no record yet) and releases what its own, a gone one or no replica admitted', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
+  const store = await openStore(join(dir, 'n.db'));
+  t.after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const open = async (replicaId: string | undefined) => {
+    const q = await QuotaService.open(store, { refreshMs: 0, ...(replicaId ? { replicaId } : {}) });
+    t.after(() => q.close());
+    return q;
+  };
+  const leader = await open('leader');
+  const other = await open('other');
+  const gone = await open('gone');
+  const embedded = await open(undefined);
+  await leader.ensureProject('p', null);
+  for (const q of [other, gone, embedded]) await q.refresh();
+  await other.admitContainer('in-flight', 'p', cfg);
+  await gone.admitContainer('left-by-gone', 'p', cfg);
+  await leader.admitContainer('left-by-leader', 'p', cfg);
+  await embedded.admitContainer('left-before-replicas', 'p', cfg);
+  await leader.admitContainer('has-a-record', 'p', cfg);
+  await leader.refresh();
+  // none of the four but has-a-record has a record; "other" is alive, "gone" is not
+  assert.equal(await leader.reconcile(new Set(['has-a-record']), new Set(['other'])), 3);
+  await other.refresh();
+  assert.equal(other.holds('in-flight'), true, "another live replica's create keeps its charge");
+  for (const id of ['left-by-gone', 'left-by-leader', 'left-before-replicas']) assert.equal(other.holds(id), false, `${id} is released`);
+  assert.equal(other.holds('has-a-record'), true);
+  // once that replica is gone too, the next pass releases it
+  assert.equal(await leader.reconcile(new Set(['has-a-record'])), 1);
+});
+
 test('sqlite, one replica: 1,000 concurrent admissions against a limit of 100 (the embedded path\'s time)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-quota-'));
   const store = await openStore(join(dir, 'n.db'));
