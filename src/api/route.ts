@@ -66,6 +66,8 @@ export interface StreamBody {
 export interface RouteResult<R> {
   status?: number;
   body?: R | StreamBody;
+  /** Extra response headers (a paged list's Link and X-Total-Count). */
+  headers?: Record<string, string>;
 }
 
 export interface RouteContext<P, Q, B> {

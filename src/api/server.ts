@@ -8,6 +8,7 @@ import { logger } from '../core/log.js';
 import type { Services } from '../control/services.js';
 import { HTTP_STATUS } from '../core/http-status.js';
 import { isStreamBody, type Route, type RouteResult } from './route.js';
+import { jsonPayload } from './compression.js';
 import { authenticate, authorize, needsBody, type Transport } from './authz.js';
 import {
   checkDeclaredLength, decodeComponent, DEFAULT_EDGE_LIMITS, hasUnreadBody, onClientError, parseQuery, parseTarget, presentBody,
@@ -206,7 +207,7 @@ export class ApiServer {
         },
       } as never));
       const result: RouteResult<unknown> =
-        out !== null && typeof out === 'object' && ('body' in out || 'status' in out) && Object.keys(out).every((k) => k === 'body' || k === 'status')
+        out !== null && typeof out === 'object' && ('body' in out || 'status' in out) && Object.keys(out).every((k) => k === 'body' || k === 'status' || k === 'headers')
           ? (out as RouteResult<unknown>)
           : { body: out };
       if (result.body instanceof Error) throw result.body; // an error is never a 2xx body
@@ -226,10 +227,13 @@ export class ApiServer {
         res.end(result.body.text);
         return;
       }
-      const payload = JSON.stringify(result.body);
+      const payload = await jsonPayload(req, result.body);
       // A body nobody read (a GET's): close instead of letting Node drain it, however large.
-      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), ...(hasUnreadBody(req) ? { connection: 'close' } : {}) });
-      res.end(payload);
+      res.writeHead(status, {
+        ...result.headers, 'content-type': 'application/json', 'content-length': payload.bytes.length, ...payload.headers,
+        ...(hasUnreadBody(req) ? { connection: 'close' } : {}),
+      });
+      res.end(payload.bytes);
     } catch (e) {
       sendError(res, e);
     }

@@ -10,6 +10,7 @@ import { AsyncQueue } from '../../core/async-queue.js';
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 import { checkPinnedHost } from '../../control/compute/hosts.js';
+import { paged, PageQuery } from '../paging.js';
 
 /** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
 const CONTAINER = {
@@ -41,11 +42,13 @@ export const containerRoutes = [
   route({
     method: 'GET', path: '/containers', operationId: 'listContainers', tag: 'containers', access: 'read',
     auth: { role: 'reader', project: 'query-list' },
-    summary: 'List containers (running ones unless all=true)',
-    query: Type.Object({ all: Type.Boolean({ default: false }) }),
+    summary: 'List containers (running ones unless all=true); paged with limit and after (oldest first), the next page in the Link header',
+    query: Type.Object({ all: Type.Boolean({ default: false }), ...PageQuery }),
     response: Type.Array(Container),
-    handler: async ({ query, services, auth }) =>
-      (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)).map((c) => services.containers.view(c)),
+    handler: async ({ query, services, auth, req }) => paged(
+      (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)),
+      (c) => [c.createdAt, c.id], query, req, (c) => services.containers.view(c),
+    ),
   }),
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',

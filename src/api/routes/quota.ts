@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { route, type RequestAuth } from '../route.js';
+import { paged, PageQuery } from '../paging.js';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
 import { MAX_QUOTA_VALUE, MAX_TIMER_MS } from '../../core/limits.js';
@@ -73,13 +74,15 @@ export const quotaRoutes = [
   route({
     method: 'GET', path: '/quota-audit', operationId: 'quotaAudit', tag: 'quota', access: 'read',
     auth: { role: 'reader', project: 'query-or-all' },
-    summary: 'Every admit, reject, loan, return and reclaim with its reason',
-    query: Type.Object({ project: Type.Optional(ProjectRef()), since: Type.Optional(Type.Integer({ minimum: 0 })) }),
+    summary: 'Every admit, reject, loan, return and reclaim with its reason; paged with limit and after (by seq), the next page in the Link header',
+    query: Type.Object({ project: Type.Optional(ProjectRef()), since: Type.Optional(Type.Integer({ minimum: 0 })), ...PageQuery }),
     response: Type.Array(Figures),
-    handler: async ({ query, services, auth }) =>
+    handler: async ({ query, services, auth, req }) => paged(
       (await services.quota
         .audit({ ...(auth.projectId ? { project: auth.projectId } : {}), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) }))
-        .filter((e) => auth.canRead(e.project)) as unknown as Record<string, unknown>[],
+        .filter((e) => auth.canRead(e.project)),
+      (e) => [e.seq], query, req, (e) => e as unknown as Record<string, unknown>,
+    ),
   }),
   route({
     method: 'POST', path: '/quota/{project}/pools', operationId: 'createQuotaPool', tag: 'quota', access: 'write',

@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream, type RequestAuth } from '../route.js';
+import { paged, PageQuery } from '../paging.js';
 import { Event, Operation, ProjectRef } from '../schemas.js';
 import { buildOpenApi } from '../openapi.js';
 import { allRoutes } from './index.js';
@@ -128,8 +129,9 @@ export const systemRoutes = [
   route({
     method: 'GET', path: '/operations', operationId: 'listOperations', tag: 'operations', access: 'read',
     auth: { authenticated: true },
-    summary: 'Recent operations', response: Type.Array(Operation),
-    handler: async ({ services, auth }) => (await services.operations.list()).filter((o) => auth.canRead(o.projectId)),
+    summary: 'Recent operations; paged with limit and after (oldest first), the next page in the Link header', response: Type.Array(Operation),
+    query: Type.Object({ ...PageQuery }),
+    handler: async ({ services, auth, query, req }) => paged((await services.operations.list()).filter((o) => auth.canRead(o.projectId)), (o) => [o.createdAt, o.id], query, req),
   }),
   route({
     method: 'GET', path: '/operations/{id}', operationId: 'getOperation', tag: 'operations', access: 'read',

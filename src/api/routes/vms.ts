@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream, type RequestAuth } from '../route.js';
+import { paged, PageQuery } from '../paging.js';
 import type { VmRecord, VmStatus } from '../../store/records.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import { HOST_PATH } from '../host-paths.js';
@@ -96,11 +97,13 @@ export const vmRoutes = [
   route({
     method: 'GET', path: '/vms', operationId: 'listVms', tag: 'vms', access: 'read',
     auth: { role: 'reader', project: 'query-list' },
-    summary: 'List VMs (running and paused ones unless all=true)',
-    query: Type.Object({ all: Type.Boolean({ default: false }) }),
+    summary: 'List VMs (running and paused ones unless all=true); paged with limit and after (oldest first), the next page in the Link header',
+    query: Type.Object({ all: Type.Boolean({ default: false }), ...PageQuery }),
     response: Type.Array(Vm),
-    handler: async ({ query, services, auth }) =>
-      (await services.vms.list({ all: query.all })).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))).map((v) => shown(services.vms.view(v), auth)),
+    handler: async ({ query, services, auth, req }) => paged(
+      (await services.vms.list({ all: query.all })).filter((v) => (auth.projectId ? v.projectId === auth.projectId : auth.canRead(v.projectId))),
+      (v) => [v.createdAt, v.id], query, req, (v) => shown(services.vms.view(v), auth),
+    ),
   }),
   route({
     method: 'POST', path: '/vms', operationId: 'createVm', tag: 'vms', access: 'write',
