@@ -20,6 +20,36 @@ import { startTestRegistryWithImages, type TestRegistry } from './helpers/regist
 import { run } from '../src/core/exec.js';
 import { agentInNamespace, mountsUnder, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
+import { request } from 'node:http';
+
+/** The events buffered and to come on GET `path` (SSE) until `until` holds of what was seen; then the stream is closed. */
+function eventsUntil(socketPath: string, path: string, until: (seen: Array<Record<string, unknown>>) => boolean, timeoutMs: number): Promise<Array<Record<string, unknown>>> {
+  return new Promise((resolve, reject) => {
+    const seen: Array<Record<string, unknown>> = [];
+    let rest = '';
+    const req = request({ socketPath, method: 'GET', path }, (res) => {
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        const lines = (rest + chunk).split('\n');
+        rest = lines.pop() ?? '';
+        for (const l of lines) if (l.startsWith('data: ')) seen.push(JSON.parse(l.slice(6)) as Record<string, unknown>);
+        if (until(seen)) {
+          clearTimeout(timer);
+          req.destroy();
+          resolve(seen);
+        }
+      });
+    });
+    const timer = setTimeout(() => {
+      req.destroy();
+      reject(new Error(`events on ${path}: not there within ${timeoutMs} ms, saw ${JSON.stringify(seen)}`));
+    }, timeoutMs);
+    req.on('error', (e) => {
+      if (!req.destroyed) reject(e);
+    });
+    req.end();
+  });
+}
 
 const AGENT = 'host-b';
 
@@ -202,6 +232,11 @@ describe('containers on any host', { concurrency: false }, () => {
     const thawedAt = Date.now();
     await waitFor('it to be up again', async () => ((await stateOf())?.state === 'up' ? true : undefined), 20_000);
     t.diagnostic(`up ${Date.now() - thawedAt} ms after SIGCONT`);
+    // operators were told: a host event each way (system events, no project), replayed from the buffer
+    const hostEvents = await eventsUntil(d.socket, '/events?type=host&since=0', (seen) => seen.some((e) => e.id === AGENT && e.action === 'up'), 10_000);
+    const mine = hostEvents.filter((e) => e.id === AGENT).map((e) => [e.action, e.projectId, e.actor]);
+    assert.deepEqual(mine.slice(-2), [['down', undefined, 'system'], ['up', undefined, 'system']], JSON.stringify(hostEvents));
+    assert.match(String((hostEvents.find((e) => e.action === 'down')?.attributes as { reason?: string } | undefined)?.reason), /no ping for/);
   });
 });
 

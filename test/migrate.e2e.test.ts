@@ -18,6 +18,7 @@ import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '.
 import { agentInNamespace, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor as poll } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
+import { call } from './helpers/http.js';
 
 const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
 const NAME = 'mig-vm';
@@ -150,6 +151,15 @@ describe('live migration between two agents of one control plane', { concurrency
     const log = await cliOk(['vm', 'logs', NAME]);
     assert.equal(log.split(READY_MARKER).length - 1, 1, 'one boot across both moves; the console history travelled');
     assert.match(log, /on-host-b/);
+    // the history: both moves kept as vm.migrate operations with their reports, newest first, one per page
+    const page1 = await call({ socketPath: d.socket }, 'GET', '/operations?kind=vm.migrate&limit=1');
+    const ops1 = page1.body as Array<{ kind: string; target: string; status: string; result: Report }>;
+    assert.equal(ops1.length, 1, page1.text);
+    assert.deepEqual([ops1[0]!.kind, ops1[0]!.target, ops1[0]!.status, ops1[0]!.result.from, ops1[0]!.result.to], ['vm.migrate', v.id, 'succeeded', 'local', AGENT]);
+    const next = /^<([^>]+)>; rel="next"$/.exec(String(page1.headers.link ?? ''))?.[1];
+    assert.ok(next, `a next page: ${JSON.stringify(page1.headers)}`);
+    const ops2 = (await call({ socketPath: d.socket }, 'GET', next)).body as Array<{ result: Report }>;
+    assert.deepEqual([ops2[0]!.result.from, ops2[0]!.result.to, ops2[0]!.result.downtimeMs], [AGENT, 'local', r.downtimeMs]);
   });
 
   test('kill -9 of the control plane and of the agent: the VM keeps running and is found again', async () => {

@@ -133,3 +133,14 @@ test('Accept-Encoding parsing', () => {
   assert.equal(acceptsGzip(req('deflate, *')), true);
   assert.equal(acceptsGzip(req('identity')), false);
 });
+
+test('newest first: the walk goes from the largest key down', () => {
+  const req = (url: string) => ({ url }) as never;
+  const list = Array.from({ length: 5 }, (_, i) => ({ id: `o${i}`, createdAt: at(i) }));
+  const first = paged(list, (o) => [o.createdAt, o.id], { limit: 2 }, req('/operations?limit=2'), (o) => o.id, 'descending');
+  assert.deepEqual(first.body, ['o4', 'o3']);
+  const after = /after=([A-Za-z0-9_-]+)/.exec(first.headers?.link ?? '')?.[1];
+  assert.ok(after, first.headers?.link);
+  const second = paged(list, (o) => [o.createdAt, o.id], { limit: 2, after }, req(`/operations?limit=2&after=${after}`), (o) => o.id, 'descending');
+  assert.deepEqual(second.body, ['o2', 'o1']);
+});

@@ -65,12 +65,15 @@ export function paged<T, U = T>(
   items: readonly T[], keyOf: (item: T) => SortKey, query: { limit?: number; after?: string }, req: IncomingMessage,
   /** What the page shows of an item (its view), applied to the page's items only. */
   show: (item: T) => U = (item) => item as unknown as U,
+  /** Newest first (largest key first) rather than oldest first. */
+  order: 'ascending' | 'descending' = 'ascending',
 ): RouteResult<U[]> {
   const headers: Record<string, string> = { 'x-total-count': String(items.length) };
   if (query.limit === undefined && query.after === undefined) return { body: items.map(show), headers };
-  const keyed = items.map((item) => ({ item, key: keyOf(item) })).sort((a, b) => compare(a.key, b.key));
+  const sign = order === 'ascending' ? 1 : -1;
+  const keyed = items.map((item) => ({ item, key: keyOf(item) })).sort((a, b) => sign * compare(a.key, b.key));
   const after = query.after === undefined ? undefined : decodeCursor(query.after);
-  const start = after === undefined ? 0 : keyed.findIndex((k) => compare(k.key, after) > 0);
+  const start = after === undefined ? 0 : keyed.findIndex((k) => sign * compare(k.key, after) > 0);
   const rest = start < 0 ? [] : keyed.slice(start);
   const page = query.limit === undefined ? rest : rest.slice(0, query.limit);
   if (page.length < rest.length) headers.link = `<${nextUrl(req, encodeCursor(page[page.length - 1]!.key))}>; rel="next"`;

@@ -19,6 +19,7 @@ import { Replica } from '../control/leader/replica.js';
 import { every } from '../control/leader/run-while-leader.js';
 import { forgetGoneReplicas } from '../control/leader/replicas.js';
 import { settleGoneReplicas } from '../control/leader/gone-replicas.js';
+import { SYSTEM_ACTOR } from '../control/events/actor.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
@@ -215,6 +216,10 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   undo.push(() => agent.close());
   // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
   const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa, noAgent ? { embedded: false } : {});
+  // hosts going down and coming up, for operators (no project: administrators only); told by the leader alone
+  agents.onHostStateChange((host, state, reason) => {
+    if (leads()) events.publish({ type: 'host', action: state, id: host, actor: SYSTEM_ACTOR, ...(reason ? { attributes: { reason } } : {}) });
+  });
   undo.push(() => agents.close());
   // where instances may be placed: every agent, or with --no-agent the registered ones only
   const hosts: HostAgents = noAgent ? withoutEmbedded(agents) : agents;

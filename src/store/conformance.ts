@@ -489,6 +489,9 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     await rejectsWith(s.operations.update('nope', { status: 'failed' }), 'NotFound', 'no such operation: nope');
     assert.deepEqual((await s.operations.list()).map((o) => o.id), ['o3', 'o2', 'o1']);
     assert.deepEqual((await s.operations.list(2)).map((o) => o.id), ['o3', 'o2']);
+    await s.operations.insert({ ...op('o4', '2026-01-01T00:00:03.000Z'), kind: 'vm.migrate' });
+    assert.deepEqual((await s.operations.list(10, { kind: 'vm.migrate' })).map((o) => o.id), ['o4'], 'of one kind');
+    assert.deepEqual((await s.operations.list(10, { kind: op('x', '').kind })).map((o) => o.id), ['o3', 'o2', 'o1']);
     assert.equal(await s.operations.get('nope'), undefined);
   });
 

@@ -182,7 +182,8 @@ export interface JoinTokenRepo {
 /** Operations, and the control-plane processes (replicas) that run them. */
 export interface OperationRepo {
   get(id: string): Promise<OperationRecord | undefined>;
-  list(limit?: number): Promise<OperationRecord[]>;
+  /** The newest first, at most `limit` (default 100), of one kind when `filter.kind` is given. */
+  list(limit?: number, filter?: { kind?: string }): Promise<OperationRecord[]>;
   insert(op: OperationRecord): Promise<void>;
   update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): Promise<OperationRecord>;
   /**

@@ -1,7 +1,7 @@
 /** One HTTP request to a daemon (TCP port or unix socket), with an optional token and JSON or raw body. */
-import { request } from 'node:http';
+import { request, type IncomingHttpHeaders } from 'node:http';
 
-export interface Reply { status: number; body: unknown; text: string }
+export interface Reply { status: number; body: unknown; text: string; headers: IncomingHttpHeaders }
 
 export function call(target: { port: number } | { socketPath: string }, method: string, path: string, opts: { token?: string; body?: unknown; raw?: Buffer } = {}): Promise<Reply> {
   return new Promise((ok, fail) => {
@@ -24,7 +24,7 @@ export function call(target: { port: number } | { socketPath: string }, method: 
         } catch {
           body = text;
         }
-        ok({ status: res.statusCode ?? 0, body, text });
+        ok({ status: res.statusCode ?? 0, body, text, headers: res.headers });
       });
     });
     req.on('error', fail);

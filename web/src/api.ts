@@ -172,7 +172,7 @@ export function followEvents(onEvent: (e: NimbusEvent) => void, signal: AbortSig
 }
 
 /**
- * The stream behind followEvents and replayEvents: from `since` (absent: from now), narrowed by
+ * The stream behind followEvents: from `since` (absent: from now), narrowed by
  * `query`; after a drop it asks for what it missed with ?since= (not a poll: one long request at
  * a time). Ends when `signal` aborts or the API answers a status in `stopOn`.
  */
@@ -274,14 +274,6 @@ export interface UsageReport {
 export interface AuditEntry { seq: number; at: number; kind: string; project: string; instance?: string; operation?: string; reason: string; data?: Record<string, unknown> }
 export interface Grant { user: string; project: string; role: string; createdAt: string; inheritedFrom?: string | null }
 export interface ApiKey { name: string; createdAt: string; expiresAt: string | null }
-
-/**
- * The event stream once, from the start of the server's buffer (?since=0 replays what it still
- * holds), then live; reconnects like followEvents. `query` narrows it (type=vm, …).
- */
-export function replayEvents(query: string, onEvent: (e: NimbusEvent & { actor?: string }) => void, signal: AbortSignal): Promise<void> {
-  return eventStream(query, 0, onEvent, signal, { stopOn: [401, 403] });
-}
 
 /**
  * Pull an image with its progress, as `nimbus image pull` does: the operation events' stream is

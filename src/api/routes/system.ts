@@ -129,9 +129,14 @@ export const systemRoutes = [
   route({
     method: 'GET', path: '/operations', operationId: 'listOperations', tag: 'operations', access: 'read',
     auth: { authenticated: true },
-    summary: 'Recent operations; paged with limit and after (oldest first), the next page in the Link header', response: Type.Array(Operation),
-    query: Type.Object({ ...PageQuery }),
-    handler: async ({ services, auth, query, req }) => paged((await services.operations.list()).filter((o) => auth.canRead(o.projectId)), (o) => [o.createdAt, o.id], query, req),
+    summary: 'Recent operations, newest first (the newest 1,000 the caller may read; of one kind with kind=, e.g. vm.migrate for the migration history with its reports); ' +
+      'paged with limit and after, the next page in the Link header',
+    response: Type.Array(Operation),
+    query: Type.Object({ kind: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z][a-z0-9-]*(\\.[a-z][a-z0-9-]*)*$' })), ...PageQuery }),
+    handler: async ({ services, auth, query, req }) => paged(
+      (await services.operations.list({ limit: 1000, ...(query.kind !== undefined ? { kind: query.kind } : {}) })).filter((o) => auth.canRead(o.projectId)),
+      (o) => [o.createdAt, o.id], query, req, (o) => o, 'descending',
+    ),
   }),
   route({
     method: 'GET', path: '/operations/{id}', operationId: 'getOperation', tag: 'operations', access: 'read',

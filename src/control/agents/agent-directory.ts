@@ -34,6 +34,9 @@ function hostArchitecture(): string {
 
 const log = logger('agents');
 
+/** How this process last found a host: its state, why it is down, since when, answers missed in a row. */
+interface HostReach { state: 'up' | 'down'; reason?: string; at: number; misses?: number }
+
 /**
  * Over-commit allowed when an administrator set none (Nova's initial_*_allocation_ratio since
  * Stein): CPU is shared by time (containers and vCPUs mostly idle), memory and disk are not
@@ -232,7 +235,7 @@ export class AgentDirectory implements HostSource {
   /** Bumped by every change made here, so a read of the rows that raced it is not applied. */
   private changes = 0;
   /** What each host answered last since this process started. */
-  private readonly reach = new Map<string, { state: 'up' | 'down'; reason?: string; at: number; misses?: number }>();
+  private readonly reach = new Map<string, HostReach>();
   /**
    * What candidates() answered last: a placement asks for every host's view, and building a
    * thousand of them per placement was a tenth of a decision's time (bench/schedule-scale.ts).
@@ -305,6 +308,32 @@ export class AgentDirectory implements HostSource {
    * frozen) is down at once, not at the next refresh; when the stream is back its facts are
    * asked again, which calls it up. Changes of a connection that was replaced are ignored.
    */
+  /** Listeners of hosts going down and coming up (this process's view). */
+  private readonly stateListeners = new Set<(host: string, state: 'up' | 'down', reason?: string) => void>();
+
+  /**
+   * Called when this process sees a host go down or come up (not on every refresh): the daemon
+   * publishes these as `host` events for operators. Returns the unsubscribe.
+   */
+  onHostStateChange(listener: (host: string, state: 'up' | 'down', reason?: string) => void): () => void {
+    this.stateListeners.add(listener);
+    return () => this.stateListeners.delete(listener);
+  }
+
+  /** Every change of a host's reachability goes through here, so a change of state is told once. */
+  private setReach(name: string, next: HostReach): void {
+    const before = this.reach.get(name)?.state;
+    this.reach.set(name, next);
+    if (before === next.state || (before === undefined && next.state === 'up')) return; // first seen up: nothing changed
+    for (const l of this.stateListeners) {
+      try {
+        l(name, next.state, next.reason);
+      } catch (e) {
+        log.warn('a host state listener failed', { host: name, error: String(e) });
+      }
+    }
+  }
+
   private watchLink(name: string, a: Agent): void {
     (a as Partial<LinkWatch>).onLinkChange?.((up, reason) => {
       if (this.remotes.get(name) !== a) return;
@@ -314,7 +343,7 @@ export class AgentDirectory implements HostSource {
       }
       const prev = this.reach.get(name);
       if (prev?.state === 'down') return;
-      this.reach.set(name, { state: 'down', reason: `its events stream was lost: ${reason ?? 'no reason given'}`, at: this.now(), misses: TIMEOUTS_BEFORE_DOWN });
+      this.setReach(name, { state: 'down', reason: `its events stream was lost: ${reason ?? 'no reason given'}`, at: this.now(), misses: TIMEOUTS_BEFORE_DOWN });
       this.candidatesMemo = undefined;
       log.warn('host down', { host: name, reason });
     });
@@ -452,7 +481,7 @@ export class AgentDirectory implements HostSource {
     this.remotes.set(rec.name, probe);
     this.watchLink(rec.name, probe);
     this.connectedAs.set(rec.name, `${rec.url} ${rec.token}`);
-    this.reach.set(rec.name, { state: 'up', at: this.now() });
+    this.setReach(rec.name, { state: 'up', at: this.now() });
     this.candidatesMemo = undefined;
     await old?.close().catch(() => undefined);
     log.info('agent registered', { agent: rec.name, url: rec.url, hostname: info.hostname });
@@ -632,17 +661,17 @@ export class AgentDirectory implements HostSource {
       const timedOut = e instanceof AnswerTimeout;
       const misses = (prev?.misses ?? 0) + 1;
       if (timedOut && prev?.state === 'up' && misses < TIMEOUTS_BEFORE_DOWN) {
-        this.reach.set(name, { ...prev, misses });
+        this.setReach(name, { ...prev, misses });
         log.info('host slow to answer', { host: name, reason, misses });
         return;
       }
-      this.reach.set(name, { state: 'down', reason, at: this.now(), misses });
+      this.setReach(name, { state: 'down', reason, at: this.now(), misses });
       this.candidatesMemo = undefined;
       if (before !== 'down') log.warn('host down', { host: name, reason });
       return;
     }
     const now = this.now();
-    this.reach.set(name, { state: 'up', at: now });
+    this.setReach(name, { state: 'up', at: now });
     if (before !== 'up') this.candidatesMemo = undefined;
     if (before === 'down') log.info('host up again', { host: name });
     const facts = factsOf(info ?? ({} as AgentInfo), now);

@@ -162,8 +162,9 @@ export class OperationService {
     return op;
   }
 
-  list(): Promise<OperationRecord[]> {
-    return this.store.operations.list();
+  /** The newest first: at most `limit` (default 100), of one kind when asked. */
+  list(opts: { kind?: string; limit?: number } = {}): Promise<OperationRecord[]> {
+    return this.store.operations.list(opts.limit, opts.kind !== undefined ? { kind: opts.kind } : {});
   }
 
   /**

@@ -38,7 +38,10 @@ export class SqlOperationRepo implements OperationRepo {
     const r = await this.db.get('SELECT * FROM operations WHERE id = ?', [id]);
     return r && operation(r);
   }
-  async list(limit = 100) {
+  async list(limit = 100, filter: { kind?: string } = {}) {
+    if (filter.kind !== undefined) {
+      return (await this.db.all('SELECT * FROM operations WHERE kind = ? ORDER BY created_at DESC, id DESC LIMIT ?', [filter.kind, limit])).map(operation);
+    }
     return (await this.db.all('SELECT * FROM operations ORDER BY created_at DESC, id DESC LIMIT ?', [limit])).map(operation);
   }
   async insert(op: OperationRecord) {

@@ -1,30 +1,32 @@
 /**
  * The operator's view (system administrators; the API refuses or narrows the same calls for
- * others): each agent's health, the operations in flight, and recent live migrations with the
- * downtime and bytes their reports give. Migrations come from `vm migrate` events: the stream
- * replays what the server's buffer still holds (?since=0, the last 2,048 events of this
- * control plane), then goes on live.
+ * others): each agent's health (read again when a `host` event says one went down or came up),
+ * the operations in flight, and recent live migrations with the downtime and bytes their
+ * reports give. The migrations are the stored `vm.migrate` operations (GET /operations?kind=,
+ * newest first, whatever the server restarted since), read again when an operation changes.
  */
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { call, messageOf, replayEvents, type Host, type NimbusEvent, type Operation } from '../api.js';
+import { call, followEvents, messageOf, type Host, type Operation } from '../api.js';
 import { bytes } from '../format.js';
 
 interface Migration {
-  seq: number; time: string; vm: string; name: string; outcome: 'moved' | 'failed'; from: string; to: string;
-  downtimeMs?: number; totalMs?: number; bytes?: number; diskBytes?: number; iterations?: number; error?: string; actor?: string;
+  id: string; time: string; vm: string; outcome: 'moved' | 'failed' | 'moving'; from: string; to: string;
+  downtimeMs?: number; totalMs?: number; bytes?: number; diskBytes?: number; iterations?: number; error?: string;
 }
 
-function migrationOf(e: NimbusEvent & { actor?: string }): Migration | undefined {
-  if (e.type !== 'vm' || (e.action !== 'migrate' && e.action !== 'migrate-failed')) return undefined;
-  const a = e.attributes ?? {};
-  const num = (k: string) => (typeof a[k] === 'number' ? a[k] as number : undefined);
-  const str = (k: string) => (typeof a[k] === 'string' ? a[k] as string : '');
+/** A `vm.migrate` operation as a migration: its report once it moved, its error once it failed. */
+export function migrationOf(o: Operation): Migration | undefined {
+  if (o.kind !== 'vm.migrate' || o.status === 'cancelled') return undefined;
+  const r = (o.result ?? {}) as Record<string, unknown>;
+  const num = (k: string) => (typeof r[k] === 'number' ? r[k] as number : undefined);
+  const str = (k: string) => (typeof r[k] === 'string' ? r[k] as string : '');
   // optional fields stay absent rather than undefined (exactOptionalPropertyTypes-safe)
   const some = <K extends string, V>(k: K, v: V | undefined) => (v === undefined || v === '' ? {} : { [k]: v } as Record<K, V>);
   return {
-    seq: e.seq, time: e.time, vm: e.id, name: str('name') || e.id, outcome: e.action === 'migrate' ? 'moved' : 'failed', from: str('from'), to: str('to'),
+    id: o.id, time: o.updatedAt, vm: o.target, outcome: o.status === 'succeeded' ? 'moved' : o.status === 'failed' ? 'failed' : 'moving',
+    from: str('from'), to: str('to'),
     ...some('downtimeMs', num('downtimeMs')), ...some('totalMs', num('totalMs')), ...some('bytes', num('bytes')),
-    ...some('diskBytes', num('diskBytes')), ...some('iterations', num('iterations')), ...some('error', str('error')), ...some('actor', e.actor),
+    ...some('diskBytes', num('diskBytes')), ...some('iterations', num('iterations')), ...some('error', o.error?.message),
   };
 }
 
@@ -40,25 +42,34 @@ const MAX_MIGRATIONS = 50;
 export function OperatorView() {
   const [hosts, setHosts] = useState<Host[] | null>(null);
   const [operations, setOperations] = useState<Operation[] | null>(null);
-  const [migrations, setMigrations] = useState<Migration[]>([]);
+  const [migrations, setMigrations] = useState<Migration[] | null>(null);
+  const [vmNames, setVmNames] = useState<Map<string, string>>(new Map());
   const [error, setError] = useState<string | null>(null);
   const reloadTimer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
 
   const loadHosts = () => call<Host[]>('GET', '/agents').then(setHosts, (e: unknown) => setError(messageOf(e)));
   const loadOperations = () => call<Operation[]>('GET', '/operations').then(setOperations, (e: unknown) => setError(messageOf(e)));
+  const loadMigrations = () => Promise.all([
+    call<Operation[]>('GET', `/operations?kind=vm.migrate&limit=${MAX_MIGRATIONS}`),
+    call<Array<{ id: string; name: string }>>('GET', '/vms?all=true&project=*'),
+  ]).then(([ops, vms]) => {
+    setMigrations(ops.map(migrationOf).filter((m): m is Migration => m !== undefined));
+    setVmNames(new Map(vms.map((v) => [v.id, v.name])));
+  }, (e: unknown) => setError(messageOf(e)));
 
   useEffect(() => {
     void loadHosts();
     void loadOperations();
+    void loadMigrations();
     const ac = new AbortController();
-    void replayEvents('type=vm&type=operation', (e) => {
-      const m = migrationOf(e);
-      if (m) setMigrations((cur) => [m, ...cur.filter((x) => x.seq !== m.seq)].slice(0, MAX_MIGRATIONS));
-      // an operation changed: read the list again, at most once a second (a pull reports often)
+    void followEvents((e) => {
+      if (e.type === 'host') void loadHosts(); // one went down or came up
+      // an operation changed: read the lists again, at most once a second (a pull reports often)
       if (e.type === 'operation' && reloadTimer.current === undefined) {
         reloadTimer.current = setTimeout(() => {
           reloadTimer.current = undefined;
           void loadOperations();
+          void loadMigrations();
         }, 1000);
       }
     }, ac.signal);
@@ -105,19 +116,19 @@ export function OperatorView() {
       )}
 
       <h3 id="migrations-title">Recent migrations</h3>
-      <p class="muted">From the event stream: those the server still buffers (its last 2,048 events), then live.</p>
-      {migrations.length === 0 ? <p class="muted" data-testid="migrations-none">No migration in the buffered events.</p> : (
+      <p class="muted">The newest {MAX_MIGRATIONS} live migrations the store keeps, with their reports.</p>
+      {!migrations ? <p>Loading…</p> : migrations.length === 0 ? <p class="muted" data-testid="migrations-none">No VM has been migrated.</p> : (
         <table class="figures" aria-labelledby="migrations-title" data-testid="migrations">
-          <thead><tr><th scope="col">VM</th><th scope="col">From → to</th><th scope="col">Outcome</th><th scope="col">Downtime</th><th scope="col">Total</th><th scope="col">RAM sent</th><th scope="col">Disk mirrored</th><th scope="col">When, by</th></tr></thead>
+          <thead><tr><th scope="col">VM</th><th scope="col">From → to</th><th scope="col">Outcome</th><th scope="col">Downtime</th><th scope="col">Total</th><th scope="col">RAM sent</th><th scope="col">Disk mirrored</th><th scope="col">When</th></tr></thead>
           <tbody>{migrations.map((m) => (
-            <tr key={m.seq}>
-              <th scope="row">{m.name}</th><td>{m.from} → {m.to}</td>
-              <td>{m.outcome === 'moved' ? 'moved' : <span class="error" title={m.error}>failed</span>}</td>
+            <tr key={m.id} data-testid={`migration-${m.vm}`}>
+              <th scope="row" title={m.vm}>{vmNames.get(m.vm) ?? m.vm.slice(0, 12)}</th><td>{m.from ? `${m.from} → ${m.to}` : '—'}</td>
+              <td>{m.outcome === 'failed' ? <span class="error" title={m.error}>failed</span> : m.outcome}</td>
               <td>{m.downtimeMs === undefined ? '—' : `${m.downtimeMs} ms`}</td>
               <td>{m.totalMs === undefined ? '—' : `${m.totalMs} ms`}</td>
               <td>{m.bytes === undefined ? '—' : `${bytes(m.bytes)}${m.iterations ? ` in ${m.iterations} passes` : ''}`}</td>
               <td>{m.diskBytes === undefined ? '—' : bytes(m.diskBytes)}</td>
-              <td title={m.time}>{ago(m.time)}{m.actor ? `, ${m.actor}` : ''}</td>
+              <td title={m.time}>{ago(m.time)}</td>
             </tr>
           ))}</tbody>
         </table>
