@@ -6,11 +6,13 @@ import { execRoutes } from './exec.js';
 import { imageRoutes } from './images.js';
 import { networkRoutes } from './networks.js';
 import { volumeRoutes } from './volumes.js';
+import { observeRoutes } from './observe.js';
+import { pruneRoutes } from './prune.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes];
 }
 
 /**

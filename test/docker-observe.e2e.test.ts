@@ -1,0 +1,131 @@
+/**
+ * `docker events`, `docker stats`, `docker system df` and the prunes through the real docker
+ * CLI against a real nimbusd and the loopback registry fixture; each sees and touches the
+ * project its client acts in, never another's.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { DOCKER_CLI, dockerCli, rawDockerRequest, type DockerCli } from './helpers/docker-cli.js';
+
+let d: DaemonProcess | undefined;
+let registry: TestRegistry | undefined;
+let home: string;
+let IMAGE: string;
+/** The administrator in the default project, and the administrator acting in project "other". */
+let admin: DockerCli;
+let other: DockerCli;
+
+describe('docker events, stats, system df and prune against nimbusd', { skip: DOCKER_CLI ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 240_000 }, () => {
+  before(async () => {
+    home = mkdtempSync(join(tmpdir(), 'nimbus-docker-observe-'));
+    registry = await startTestRegistryWithImages();
+    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
+    d = await startDaemonProcess();
+    assert.equal((await d.api('POST', '/projects', { name: 'other' })).status, 201);
+    admin = dockerCli(`${d.home}/docker.sock`, join(home, 'admin'));
+    other = dockerCli(`${d.home}/docker.sock`, join(home, 'other'), { 'X-Nimbus-Project': 'other' });
+    await admin.ok(['pull', IMAGE]);
+    await other.ok(['pull', IMAGE]);
+  });
+  after(async () => {
+    try {
+      await d?.destroy();
+    } finally {
+      await registry?.stop();
+      rmSync(home, { recursive: true, force: true });
+    }
+  }, { timeout: 60_000 });
+
+  test('docker stats: a busy container\'s CPU share, memory and pids; --no-stream waits for a second sample', async () => {
+    await admin.ok(['run', '-d', '--name', 'busy', '--memory', '64m', IMAGE, 'sh', '-c', 'while true; do :; done']);
+    const t0 = Date.now();
+    const line = (await admin.ok(['stats', '--no-stream', '--format', '{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.PIDs}}', 'busy'])).trim();
+    const took = Date.now() - t0;
+    const [name, cpu, mem, pids] = line.split('|');
+    assert.equal(name, 'busy', line);
+    // a spinning shell on a 2-core host under test load: well above idle, at most one CPU's worth and a little
+    const pct = Number(cpu!.replace('%', ''));
+    assert.ok(pct > 10 && pct <= 110, `CPU ${cpu}`);
+    assert.match(mem!, /^[\d.]+[KM]iB \/ 64MiB$/, 'the limit is the container\'s --memory');
+    assert.ok(Number(pids) >= 1, line);
+    assert.ok(took >= 900, `two samples a second apart (${took} ms)`);
+    // streamed: the documents keep coming, each with the previous one as precpu
+    const stream = await rawDockerRequest(`${d!.home}/docker.sock`, 'GET', '/containers/busy/stats?stream=false&one-shot=true');
+    const doc = JSON.parse(stream.body) as { name: string; cpu_stats: { cpu_usage: { total_usage: number }; online_cpus: number }; precpu_stats: { system_cpu_usage: number } };
+    assert.equal(doc.name, '/busy');
+    assert.ok(doc.cpu_stats.cpu_usage.total_usage > 0 && doc.cpu_stats.online_cpus >= 1, stream.body);
+    assert.equal(doc.precpu_stats.system_cpu_usage, 0, 'one-shot: no second sample');
+    // another project's container does not exist for this client
+    const hidden = await other.run(['stats', '--no-stream', 'busy']);
+    assert.notEqual(hidden.code, 0);
+    assert.match(hidden.stderr, /No such container: busy/);
+    await admin.ok(['rm', '-f', 'busy']);
+  });
+
+  test('docker events: the project\'s lifecycle in Docker\'s words, replayed with --since, ended by --until, filtered; never another project\'s', async () => {
+    const since = Math.floor(Date.now() / 1000) - 1;
+    await admin.ok(['run', '--name', 'once', '--label', 'team=a', IMAGE, 'true']);
+    await other.ok(['run', '--name', 'theirs', IMAGE, 'true']);
+    await admin.ok(['rm', 'once']);
+    await admin.ok(['network', 'create', 'evnet']);
+    await admin.ok(['network', 'rm', 'evnet']);
+    const until = Math.ceil(Date.now() / 1000) + 1;
+    const all = (await admin.ok(['events', '--since', String(since), '--until', String(until), '--format', '{{.Type}} {{.Action}} {{.Actor.Attributes.name}}'])).trim().split('\n');
+    for (const want of ['container create once', 'container start once', 'container die once', 'container destroy once', 'network create evnet', 'network destroy evnet']) {
+      assert.ok(all.includes(want), `${want} in:\n${all.join('\n')}`);
+    }
+    assert.ok(all.indexOf('container create once') < all.indexOf('container destroy once'), 'in order');
+    assert.ok(!all.some((l) => l.includes('theirs')), `another project's events: ${all.join('\n')}`);
+    const filtered = (await admin.ok(['events', '--since', String(since), '--until', String(until), '--filter', 'type=container', '--filter', 'event=die', '--format', '{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}'])).trim();
+    assert.equal(filtered, 'die once 0');
+    const theirs = (await other.ok(['events', '--since', String(since), '--until', String(until), '--filter', 'container=theirs', '--format', '{{.Action}}'])).trim().split('\n');
+    assert.deepEqual(theirs.slice(0, 3), ['create', 'start', 'die']);
+    const bad = await admin.run(['events', '--since', String(since), '--until', String(until), '--filter', 'nonsense=1']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /invalid filter 'nonsense'/);
+    await other.ok(['rm', 'theirs']);
+  });
+
+  test('prune: stopped containers (label filters honoured), unused networks, unused images; system df counts the project\'s', async () => {
+    const keep = (await admin.ok(['create', '--name', 'keep', '--label', 'keep=1', IMAGE, 'true'])).trim();
+    const gone = (await admin.ok(['create', '--name', 'gone', IMAGE, 'true'])).trim();
+    await admin.ok(['run', '-d', '--name', 'alive', IMAGE, 'sleep', '600']);
+    await other.ok(['create', '--name', 'notmine', IMAGE, 'true']);
+    const pruned = await admin.ok(['container', 'prune', '-f', '--filter', 'label!=keep']);
+    assert.match(pruned, new RegExp(gone));
+    assert.doesNotMatch(pruned, new RegExp(keep));
+    const left = (await admin.ok(['ps', '-a', '--format', '{{.Names}}'])).trim().split('\n').sort();
+    assert.deepEqual(left, ['alive', 'keep']);
+    assert.equal((await other.ok(['ps', '-a', '--format', '{{.Names}}'])).trim(), 'notmine', 'another project\'s stopped container stays');
+
+    await admin.ok(['network', 'create', 'unused']);
+    await admin.ok(['network', 'create', 'used']);
+    await admin.ok(['network', 'connect', 'used', 'alive']);
+    const nets = await admin.ok(['network', 'prune', '-f']);
+    assert.match(nets, /unused/);
+    assert.doesNotMatch(nets, /\bused\b/);
+    assert.deepEqual((await admin.ok(['network', 'ls', '--format', '{{.Name}}'])).trim().split('\n').sort(), ['bridge', 'used']);
+
+    const df = await admin.ok(['system', 'df', '--format', '{{.Type}} {{.TotalCount}} {{.Active}}']);
+    assert.match(df, /^Images 1 1$/m);
+    assert.match(df, /^Containers 2 1$/m);
+    const verbose = await admin.ok(['system', 'df', '-v']);
+    assert.match(verbose, /nimbus-test\/busybox/);
+
+    // the image is in use: -a keeps it; once nothing uses it, it goes
+    assert.doesNotMatch(await admin.ok(['image', 'prune', '-a', '-f']), /sha256/);
+    await admin.ok(['rm', '-f', 'alive', 'keep']);
+    await admin.ok(['network', 'rm', 'used']);
+    const images = await admin.ok(['image', 'prune', '-a', '-f']);
+    assert.match(images, /^untagged: .*nimbus-test\/busybox:latest$/im);
+    assert.match(images, /^deleted: sha256:[0-9a-f]{64}$/im);
+    assert.equal((await admin.ok(['images', '-q'])).trim(), '');
+    assert.notEqual((await other.ok(['images', '-q'])).trim(), '', 'another project\'s reference stays');
+    await other.ok(['rm', '-f', 'notmine']);
+  });
+});
