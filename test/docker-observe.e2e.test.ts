@@ -1,11 +1,12 @@
 /**
- * `docker events`, `docker stats`, `docker system df` and the prunes through the real docker
- * CLI against a real nimbusd and the loopback registry fixture; each sees and touches the
- * project its client acts in, never another's.
+ * `docker events`, `docker stats`, `docker system df`, the prunes, `docker save` and `docker
+ * load` through the real docker CLI against a real nimbusd and the loopback registry fixture;
+ * each sees and touches the project its client acts in, never another's.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { run } from '../src/core/exec.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
@@ -127,5 +128,42 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     assert.equal((await admin.ok(['images', '-q'])).trim(), '');
     assert.notEqual((await other.ok(['images', '-q'])).trim(), '', 'another project\'s reference stays');
     await other.ok(['rm', '-f', 'notmine']);
+  });
+
+  test('save and load: an archive both layouts read (OCI and docker save\'s manifest.json); loaded back it runs; a tampered one is refused', async () => {
+    await admin.ok(['pull', IMAGE]);
+    const archive = join(home, 'saved.tar');
+    await admin.ok(['save', '-o', archive, IMAGE]);
+    const members = (await run('tar', ['-tf', archive])).stdout.trim().split('\n');
+    for (const m of ['oci-layout', 'index.json', 'manifest.json']) assert.ok(members.includes(m), `${m} in ${members.join(' ')}`);
+    const blobs = members.filter((m) => m.startsWith('blobs/sha256/'));
+    assert.ok(blobs.length >= 3, 'manifest, config and layers');
+    await admin.ok(['rmi', IMAGE]);
+    assert.equal((await admin.ok(['images', '-q'])).trim(), '');
+    assert.match(await admin.ok(['load', '-i', archive]), new RegExp(`Loaded image: ${IMAGE.replaceAll('.', '\\.')}`));
+    assert.equal((await admin.ok(['run', '--rm', IMAGE, 'echo', 'loaded'])).trim(), 'loaded');
+    const missing = await admin.run(['save', '-o', join(home, 'x.tar'), 'no-such-image']);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /No such image: no-such-image/);
+
+    // one byte of the largest blob changed: its digest no longer holds, and nothing is loaded
+    const dir = join(home, 'tampered');
+    assert.equal((await run('mkdir', ['-p', dir])).code, 0);
+    assert.equal((await run('tar', ['-xf', archive, '-C', dir])).code, 0);
+    const largest = readdirSync(join(dir, 'blobs', 'sha256')).map((f) => join(dir, 'blobs', 'sha256', f)).sort((a, b) => statSync(b).size - statSync(a).size)[0]!;
+    const bytes = readFileSync(largest);
+    const at = Math.floor(bytes.length / 2);
+    bytes[at] = bytes[at]! ^ 0xff;
+    writeFileSync(largest, bytes);
+    const tampered = join(home, 'tampered.tar');
+    assert.equal((await run('tar', ['-cf', tampered, '-C', dir, '.'])).code, 0);
+    // no project holds the image any more, so its content is gone too: the load must read every byte
+    // (content already held under a digest is not read from an archive again, tampered or not)
+    await admin.ok(['rmi', IMAGE]);
+    await other.ok(['rmi', IMAGE]);
+    const refused = await admin.run(['load', '-i', tampered]);
+    assert.notEqual(refused.code, 0, refused.stdout);
+    assert.match(refused.stderr, /digest|sha256/i);
+    assert.equal((await admin.ok(['images', '-q'])).trim(), '', 'nothing half-loaded');
   });
 });

@@ -8,11 +8,12 @@ import { networkRoutes } from './networks.js';
 import { volumeRoutes } from './volumes.js';
 import { observeRoutes } from './observe.js';
 import { pruneRoutes } from './prune.js';
+import { archiveRoutes } from './archive.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes];
+  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes];
 }
 
 /**
