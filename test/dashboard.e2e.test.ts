@@ -382,6 +382,49 @@ describe('the web dashboard in Chromium', { skip: existsSync(CHROMIUM) ? false :
     for (const name of ['guest-kernel', 'guest-initrd']) assert.equal((await d!.api('DELETE', `/disk-images/${name}?project=default`)).status, 204);
   });
 
+  test('a running container\'s console: sh on a TTY in xterm.js over the exec WebSocket answers what is typed; a reader has no console, a non-member and another origin are refused', async () => {
+    const made = await d!.api<{ id: string }>('POST', '/containers?project=default', { image, name: 'shell1', cmd: ['sleep', '600'], start: true });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    const id = made.body.id;
+    try {
+      const ws = `ws://127.0.0.1:${port}/containers/${id}/exec?cmd=sh&rows=24&cols=80`;
+      const login = async (user: string, password: string) => ((await call({ port }, 'POST', '/auth/login', { body: { user, password } })).body as { token: string }).token;
+      const admin = await login('admin', ADMIN_PASSWORD);
+      assert.equal(await handshake(ws, ['nimbus-exec']), 401, 'no token');
+      assert.equal(await handshake(ws, ['nimbus-exec', `nimbus-token.${await login('rita', PASSWORD)}`]), 403, 'a reader may not exec');
+      assert.equal(await handshake(ws, ['nimbus-exec', `nimbus-token.${await login('alice', PASSWORD)}`]), 404, 'not a member of its project: not even there');
+      assert.equal(await handshake(ws, ['nimbus-exec', `nimbus-token.${admin}`], 'http://evil.example'), 403, 'another origin');
+
+      const { context, page, problems } = await loggedIn('admin', ADMIN_PASSWORD);
+      try {
+        await rowShows(page, 'shell1', 'running');
+        await page.getByTestId('row-shell1').getByRole('link', { name: 'shell1' }).click();
+        await page.getByRole('button', { name: 'Open console' }).click();
+        await page.getByTestId('console-state').filter({ hasText: 'Console: open' }).waitFor();
+        await page.getByTestId('terminal').click();
+        await page.keyboard.type('echo $((6*7))');
+        await page.keyboard.press('Enter');
+        // the answer, not the typed line (which has no 42 in it)
+        await page.getByTestId('terminal').filter({ hasText: /\b42\b/ }).waitFor();
+        await page.getByRole('button', { name: 'Close console' }).click();
+        assert.deepEqual(problems, [], 'no CSP violation or page error');
+      } finally {
+        await context.close();
+      }
+      // a reader sees the container, not its console
+      const reader = await loggedIn('rita', PASSWORD);
+      try {
+        await reader.page.getByTestId('row-shell1').getByRole('link', { name: 'shell1' }).click();
+        await reader.page.getByTestId('logs').waitFor();
+        assert.equal(await reader.page.getByRole('button', { name: 'Open console' }).count(), 0);
+      } finally {
+        await reader.context.close();
+      }
+    } finally {
+      assert.equal((await d!.api('DELETE', `/containers/${id}?force=true`)).status, 204);
+    }
+  });
+
   test('a reader sees no mutating button, and the API refuses the reader\'s token anyway', async () => {
     const made = await d!.api<{ id: string }>('POST', '/containers?project=default', { image, name: 'kept', cmd: ['sleep', '600'], start: true });
     assert.equal(made.status, 201, JSON.stringify(made.body));

@@ -5,13 +5,14 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { CLI_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 
 /** NIMBUS_DOCKER_CLI picks another client (a newer CLI negotiates down to 1.41). */
@@ -24,12 +25,54 @@ let config: string;
 let dockerTcp: string | undefined;
 let IMAGE: string;
 
-async function docker(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await run(DOCKER!, args, {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, DOCKER_HOST: `unix://${d!.home}/docker.sock`, DOCKER_CONFIG: join(config, 'admin'), ...env },
-    timeoutMs: 60_000,
-  });
+const dockerEnv = (env: Record<string, string> = {}) =>
+  ({ PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, DOCKER_HOST: `unix://${d!.home}/docker.sock`, DOCKER_CONFIG: join(config, 'admin'), ...env });
+
+async function docker(args: string[], env: Record<string, string> = {}, input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await run(DOCKER!, args, { env: dockerEnv(env), timeoutMs: 60_000, ...(input !== undefined ? { input } : {}) });
   return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * The docker CLI on a terminal of its own (`docker exec -it` wants one): under script(1), its pty
+ * set to rows x cols first; `input` is typed once `typeAfter` shows on the screen. The screen and the exit code.
+ */
+function dockerOnTerminal(args: string[], rows: number, cols: number, input: string, typeAfter: RegExp): Promise<{ code: number; screen: string }> {
+  return onTerminal([DOCKER!, ...args], dockerEnv({ TERM: 'xterm' }), rows, cols, input, typeAfter);
+}
+
+/** The nimbus CLI on a terminal, as dockerOnTerminal (over the daemon's unix socket). */
+function nimbusOnTerminal(args: string[], rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>): Promise<{ code: number; screen: string }> {
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, TERM: 'xterm', NIMBUS_SOCKET: join(d!.home, 'nimbus.sock'), NIMBUS_CONFIG: join(config, 'nimbus-client') };
+  return onTerminal([process.execPath, CLI_MAIN, ...args], env, rows, cols, input, typeAfter, beforeTyping);
+}
+
+function onTerminal(argv: string[], env: Record<string, string>, rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>): Promise<{ code: number; screen: string }> {
+  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+  const child = spawn('script', ['-qec', `stty rows ${rows} cols ${cols}; exec ${argv.map(quote).join(' ')}`, '/dev/null'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  let screen = '';
+  let typed = false;
+  child.stdout.on('data', (b: Buffer) => {
+    screen += b.toString('utf8');
+    if (!typed && typeAfter.test(screen)) {
+      typed = true;
+      void (beforeTyping?.(child.pid!) ?? Promise.resolve()).then(() => child.stdin.write(input), (e: unknown) => {
+        screen += `\n(the test's step before typing failed: ${String(e)})`;
+        child.kill('SIGKILL');
+      });
+    }
+  });
+  child.stderr.on('data', (b: Buffer) => (screen += b.toString('utf8')));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  // stdin stays open until the end: script(1) would hang up on the session at its end-of-file
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      child.stdin.destroy();
+      resolve({ code: code ?? -1, screen });
+    });
+  });
 }
 
 async function ok(args: string[]): Promise<string> {
@@ -53,6 +96,20 @@ function raw(method: string, path: string): Promise<{ status: number; headers: R
     });
     req.on('error', reject);
     req.end();
+  });
+}
+
+/** A raw request with a JSON body on the Docker socket. */
+function rawJson(method: string, path: string, body: unknown): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const payload = JSON.stringify(body);
+    const req = request({ socketPath: `${d!.home}/docker.sock`, path, method, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('error', reject);
+    req.end(payload);
   });
 }
 
@@ -169,15 +226,62 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     assert.equal(ex.stderr, 'e\n');
     await ok(['exec', '-d', 'busy', 'touch', '/tmp/detached']);
     assert.equal((await docker(['exec', 'busy', 'sh', '-c', 'for i in $(seq 50); do [ -e /tmp/detached ] && exit 0; sleep 0.1; done; exit 1'])).code, 0);
-    const tty = await docker(['exec', '-t', 'busy', 'true']);
-    assert.notEqual(tty.code, 0);
-    assert.match(tty.stderr, /-t is not supported/);
+    // -t without a terminal on this side: the command's terminal only, its output raw (CRLF: the pty's)
+    const tty = await docker(['exec', '-t', 'busy', 'sh', '-c', 'tty; exit 2']);
+    assert.equal(tty.code, 2, tty.stderr);
+    assert.match(tty.stdout, /^\/dev\/pts\/\d+\r+\n$/);
+    // -i without -t: the input is the command's stdin, its end the command's end-of-file
+    const cat = await docker(['exec', '-i', 'busy', 'sh', '-c', 'cat; echo done'], {}, 'piped in\n');
+    assert.equal(cat.code, 0, cat.stderr);
+    assert.equal(cat.stdout, 'piped in\ndone\n');
     await ok(['restart', '-t', '0', 'busy']);
     assert.equal((await ok(['inspect', '--format', '{{.State.Status}}', 'busy'])).trim(), 'running');
     const refused = await docker(['rm', 'busy']);
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /cannot remove a running container/);
     await ok(['rm', '-f', 'busy']);
+  });
+
+  test('exec -it on a terminal: the command\'s tty sized as the client\'s (resize), typed input reaches it, its exit code is the CLI\'s', async () => {
+    await ok(['run', '-d', '--name', 'term', IMAGE, 'sleep', '1000']);
+    try {
+      // the CLI resizes just after the start (API 1.41 has no ConsoleSize): the command waits a moment for it
+      const r = await dockerOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'sleep 0.5; stty size; tty; echo ready; read line; echo "got:$line"; exit 6'], 33, 101, 'typed-in\r', /ready/);
+      assert.equal(r.code, 6, r.screen);
+      assert.match(r.screen, /33 101\r+\n\/dev\/pts\/\d+\r+\nready\r+\n/, r.screen);
+      assert.match(r.screen, /got:typed-in\r+\n/, r.screen);
+      // an interactive shell: its prompt, a line typed, exit with a code
+      const sh = await dockerOnTerminal(['exec', '-it', 'term', 'sh'], 20, 60, 'echo $((6*7)); stty size; exit 9\r', /# /);
+      assert.equal(sh.code, 9, sh.screen);
+      assert.match(sh.screen, /\r+\n42\r+\n20 60\r+\n/, sh.screen);
+      // the same through `nimbus exec -it` (the exec WebSocket over the daemon's socket): raw, sized, resized on SIGWINCH, its code
+      const n = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; echo "got:$line"; stty size; exit 5'], 31, 99, 'from-nimbus\r', /ready/);
+      assert.equal(n.code, 5, n.screen);
+      assert.match(n.screen, /31 99\r+\nready\r+\n/, n.screen);
+      assert.match(n.screen, /got:from-nimbus\r+\n/, n.screen);
+      // `nimbus exec -t` without a terminal here: POST …/exec with tty (24x80), output only, its code
+      const t = await d!.cli(['exec', '-t', 'term', 'sh', '-c', 'tty; stty size; exit 3']);
+      assert.equal(t.code, 3, t.stderr);
+      assert.match(t.stdout, /^\/dev\/pts\/\d+\r+\n24 80\r+\n$/);
+      assert.match((await d!.cli(['exec', '-i', 'term', 'true'])).stderr, /-i needs -t/);
+      // the CLI's terminal resized under it (the kernel sends it SIGWINCH): the command's follows
+      const resized = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; stty size'], 31, 99, '\r', /ready/, async (scriptPid) => {
+        const cli = (await run('pgrep', ['-P', String(scriptPid)])).stdout.trim().split('\n')[0]!;
+        const tty = readlinkSync(`/proc/${cli}/fd/0`);
+        assert.match(tty, /^\/dev\/pts\/\d+$/);
+        assert.equal((await run('stty', ['-F', tty, 'rows', '40', 'cols', '120'])).code, 0);
+        await new Promise((r) => setTimeout(r, 300)); // SIGWINCH → the resize message → the agent's pty
+      });
+      assert.equal(resized.code, 0, resized.screen);
+      assert.match(resized.screen, /31 99\r+\nready\r+\n\r+\n40 120\r+\n/, resized.screen);
+      // a resize of an exec without a TTY is refused
+      const made = await rawJson('POST', '/containers/term/exec', { Cmd: ['true'] });
+      assert.equal(made.status, 201, made.body);
+      const resize = await raw('POST', `/exec/${(JSON.parse(made.body) as { Id: string }).Id}/resize?h=10&w=10`);
+      assert.equal(resize.status, 409, resize.body);
+    } finally {
+      await ok(['rm', '-f', 'term']);
+    }
   });
 
   test('an image not pulled yet: create answers 404, the CLI pulls and runs', async () => {

@@ -130,6 +130,61 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     await other.ok(['rm', '-f', 'notmine']);
   });
 
+  test('rename: the new name resolves on the network at once, the old one no longer; a taken name is a 409; the nimbus CLI too', async () => {
+    await admin.ok(['network', 'create', 'rn']);
+    await admin.ok(['run', '-d', '--name', 'old-name', '--network', 'rn', '--network-alias', 'kept-alias', IMAGE, 'sleep', '600']);
+    await admin.ok(['run', '-d', '--name', 'asker', '--network', 'rn', IMAGE, 'sleep', '600']);
+    const address = (await admin.ok(['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}', 'old-name'])).trim();
+    assert.match(address, /^\d+\.\d+\.\d+\.\d+$/);
+    const resolve = async (name: string) => (await admin.run(['exec', 'asker', 'busybox', 'nslookup', name])).stdout;
+    assert.match(await resolve('old-name'), new RegExp(address.replaceAll('.', '\\.')));
+    await admin.ok(['rename', 'old-name', 'new-name']);
+    assert.deepEqual((await admin.ok(['ps', '--format', '{{.Names}}'])).trim().split('\n').sort(), ['asker', 'new-name']);
+    assert.match(await resolve('new-name'), new RegExp(address.replaceAll('.', '\\.')), 'the new name resolves');
+    assert.match(await resolve('kept-alias'), new RegExp(address.replaceAll('.', '\\.')), 'aliases stay');
+    assert.doesNotMatch(await resolve('old-name'), new RegExp(address.replaceAll('.', '\\.')), 'the old one no longer');
+    const taken = await admin.run(['rename', 'new-name', 'asker']);
+    assert.notEqual(taken.code, 0);
+    assert.match(taken.stderr, /already in use/);
+    assert.equal((await admin.run(['rename', 'no-such', 'x'])).code !== 0, true);
+    // the nimbus CLI, over the Nimbus API
+    const cli = await d!.cli(['rename', 'new-name', 'third-name']);
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(await resolve('third-name'), new RegExp(address.replaceAll('.', '\\.')));
+    const events = (await admin.ok(['events', '--since', '0', '--until', String(Math.ceil(Date.now() / 1000) + 1), '--filter', 'event=rename', '--format', '{{.Actor.Attributes.oldName}}>{{.Actor.Attributes.name}}'])).trim().split('\n');
+    assert.deepEqual(events, ['old-name>new-name', 'new-name>third-name']);
+    await admin.ok(['rm', '-f', 'third-name', 'asker']);
+    await admin.ok(['network', 'rm', 'rn']);
+  });
+
+  test('health checks: starting, then healthy, unhealthy after its retries; ps, inspect, the ps filter and the events say so', async () => {
+    await admin.ok(['run', '-d', '--name', 'checked', '--health-cmd', 'test -f /tmp/ok', '--health-interval', '300ms', '--health-retries', '2',
+      IMAGE, 'sh', '-c', 'sleep 1; touch /tmp/ok; sleep 600']);
+    const status = async () => (await admin.ok(['ps', '--filter', 'name=checked', '--format', '{{.Status}}'])).trim();
+    const waitStatus = async (want: RegExp) => {
+      for (let i = 0; i < 100; i++) {
+        const s = await status();
+        if (want.test(s)) return s;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`status never matched ${want}: ${await status()}`);
+    };
+    assert.match(await status(), /\((health: starting|healthy)\)$/);
+    await waitStatus(/\(healthy\)$/);
+    assert.equal((await admin.ok(['ps', '-q', '--filter', 'health=healthy'])).trim().length > 0, true);
+    await admin.ok(['exec', 'checked', 'rm', '/tmp/ok']);
+    await waitStatus(/\(unhealthy\)$/);
+    const state = JSON.parse(await admin.ok(['inspect', '-f', '{{json .State.Health}}', 'checked'])) as { Status: string; FailingStreak: number; Log: Array<{ ExitCode: number }> };
+    assert.equal(state.Status, 'unhealthy');
+    assert.ok(state.FailingStreak >= 2, JSON.stringify(state));
+    assert.ok(state.Log.length <= 5 && state.Log.at(-1)!.ExitCode === 1, JSON.stringify(state));
+    const config = JSON.parse(await admin.ok(['inspect', '-f', '{{json .Config.Healthcheck}}', 'checked'])) as { Test: string[]; Interval: number; Retries: number };
+    assert.deepEqual([config.Test, config.Interval, config.Retries], [['CMD-SHELL', 'test -f /tmp/ok'], 300_000_000, 2]);
+    const events = (await admin.ok(['events', '--since', '0', '--until', String(Math.ceil(Date.now() / 1000) + 1), '--filter', 'container=checked', '--format', '{{.Action}}'])).trim().split('\n');
+    assert.ok(events.includes('health_status: healthy') && events.includes('health_status: unhealthy'), events.join('\n'));
+    await admin.ok(['rm', '-f', 'checked']);
+  });
+
   test('save and load: an archive both layouts read (OCI and docker save\'s manifest.json); loaded back it runs; a tampered one is refused', async () => {
     await admin.ok(['pull', IMAGE]);
     const archive = join(home, 'saved.tar');

@@ -30,6 +30,8 @@ const REVIEWED_NOT_HOST_PATHS: Record<string, string> = {
   'createContainer body.image': 'an OCI image reference',
   'execInContainer body.workdir': 'a path inside the container\'s own root filesystem',
   'explainPlacement body.imageChainId': 'an image\'s layer chain digest, only compared with the hosts\' records (image locality)',
+  'buildImage query.dockerfile': 'a path inside the build context the request uploads (contextPath() refuses one outside it, checkDockerfile() a symlink)',
+  'execTerminal query.workdir': 'a path inside the container\'s own root filesystem',
 };
 const FILE_LIKE = /path|file|dir|kernel|initrd|disk|device|socket|mount|bind|source|volume|root|image|workdir/i;
 

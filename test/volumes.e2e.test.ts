@@ -12,22 +12,18 @@ import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { DOCKER_CLI, dockerCli, type DockerCli } from './helpers/docker-cli.js';
 
-const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/local/bin/docker'].find((p) => p && existsSync(p));
+const DOCKER = DOCKER_CLI;
 const MiB = 1024 * 1024;
 
 let d: DaemonProcess | undefined;
 let registry: TestRegistry | undefined;
 let config: string;
 let IMAGE: string;
-
-async function docker(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await run(DOCKER!, args, {
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, DOCKER_HOST: `unix://${d!.home}/docker.sock`, DOCKER_CONFIG: join(config, 'admin'), ...env },
-    timeoutMs: 60_000,
-  });
-  return { code: r.code, stdout: r.stdout, stderr: r.stderr };
-}
+/** The administrator's docker CLI; a test may point it at another config (DOCKER_CONFIG in env). */
+let admin: DockerCli;
+const docker = (args: string[], env: Record<string, string> = {}) => admin.run(args, env);
 
 async function ok(args: string[], env: Record<string, string> = {}): Promise<string> {
   const r = await docker(args, env);
@@ -60,6 +56,7 @@ describe('named volumes through the docker CLI and the nimbus CLI', { skip: DOCK
     registry = await startTestRegistryWithImages();
     IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
     d = await startDaemonProcess();
+    admin = dockerCli(`${d.home}/docker.sock`, join(config, 'admin'));
     await ok(['pull', IMAGE]);
   });
   after(async () => {
@@ -83,9 +80,10 @@ describe('named volumes through the docker CLI and the nimbus CLI', { skip: DOCK
     assert.match(await ok(['volume', 'create', '--opt', 'size=32m', '--label', 'purpose=test', 'shared']), /^shared$/m);
     assert.match(await ok(['volume', 'ls', '--format', '{{.Driver}} {{.Name}}']), /^local shared$/m);
     assert.equal((await ok(['volume', 'ls', '-q', '--filter', 'label=purpose=test'])).trim(), 'shared');
-    const doc = JSON.parse(await ok(['volume', 'inspect', 'shared'])) as Array<{ Name: string; Mountpoint: string; Options: { size: string }; Scope: string }>;
+    const doc = JSON.parse(await ok(['volume', 'inspect', 'shared'])) as Array<{ Name: string; Mountpoint: string; Options: { size: string }; Status: { Size: number }; Scope: string }>;
     assert.equal(doc[0]?.Name, 'shared');
-    assert.equal(doc[0]?.Options.size, String(32 * MiB));
+    assert.deepEqual(doc[0]?.Options, { size: '32m' }, 'the options as given (compose compares them with its file)');
+    assert.equal(doc[0]?.Status.Size, 32 * MiB);
     assert.ok(doc[0]?.Mountpoint.startsWith(join(d!.home, 'volumes')), doc[0]?.Mountpoint);
     // charged: one volume, 32 MiB of disk
     const charged = await quotaOf('default');
@@ -120,8 +118,9 @@ describe('named volumes through the docker CLI and the nimbus CLI', { skip: DOCK
 
   test('a volume named by run that does not exist is made (1 GiB); prune removes the unused; tmpfs has its size', async () => {
     await ok(['run', '--rm', '-v', 'made-on-run:/d', IMAGE, 'sh', '-c', 'echo kept > /d/f']);
-    const doc = JSON.parse(await ok(['volume', 'inspect', 'made-on-run'])) as Array<{ Options: { size: string } }>;
-    assert.equal(doc[0]?.Options.size, String(1024 * MiB));
+    const doc = JSON.parse(await ok(['volume', 'inspect', 'made-on-run'])) as Array<{ Options: null; Status: { Size: number } }>;
+    assert.equal(doc[0]?.Options, null, 'none given');
+    assert.equal(doc[0]?.Status.Size, 1024 * MiB);
     assert.equal((await ok(['run', '--rm', '--mount', 'source=made-on-run,target=/d', IMAGE, 'cat', '/d/f'])).trim(), 'kept');
     const pruned = await ok(['volume', 'prune', '-f']);
     assert.match(pruned, /made-on-run/);

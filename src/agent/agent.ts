@@ -48,6 +48,33 @@ export interface PullOptions {
 }
 
 /**
+ * An image build on a host (buildah; agent/images/build.ts, docs/builds.md). The FROM images are
+ * the host's own, named by the control plane: the builder never pulls. Protocol 6 and later.
+ */
+export interface BuildRequest {
+  /** The build's id: its directories and cgroup are named by it. */
+  id: string;
+  /** Whose build: its storage is this project's alone. */
+  projectId: string;
+  /** The Dockerfile's path inside the context. */
+  dockerfile: string;
+  buildArgs: Record<string, string>;
+  target?: string;
+  labels?: Record<string, string>;
+  /** RUN steps' network: none unless the control plane allowed the host's. */
+  network: 'none' | 'host';
+  /** Every image the Dockerfile names (FROM, COPY --from), as written, with the manifest this host holds for it. */
+  baseImages: { name: string; manifestDigest: string }[];
+  /** The cgroup limits of the builder's whole process tree (what the quota admitted). */
+  resources: { cpus: number; memoryBytes: number };
+}
+
+/** One line of the builder's output (a step's header, a RUN step's output). */
+export interface BuildProgress {
+  line: string;
+}
+
+/**
  * How a container is networked. "networks": its own namespace with one endpoint per network
  * (addresses leased by the control plane); "none": its own namespace with only loopback;
  * "host": the host's namespace; "container": another container's namespace (a pod's).
@@ -253,6 +280,11 @@ export interface ImageHost {
   adoptImage(manifestDigest: string): Promise<AgentImage>;
   /** A VM image blob in the content store, checked as importDiskImage checks a file; with its path on this host. */
   adoptDiskImage(digest: string, kind: VmImageKind): Promise<AdoptedDiskImage>;
+  /**
+   * Build an image from a context (a tar stream) and import it into the content store as an
+   * import is (verified, layers hardened); nothing of the build is left afterwards, on failure too.
+   */
+  buildImage(req: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage>;
 }
 
 /** A blob being read: its bytes (the reader must consume or destroy it) and its size. */
@@ -321,6 +353,8 @@ export interface NetworkHost {
   /** Another endpoint in a container's namespace (it must have one of its own: not none, host or container:). */
   connectContainer(id: string, endpoint: { network: NetworkSpec; address: string; dnsNames: string[] }): Promise<EndpointSpec>;
   disconnectContainer(id: string, networkId: string): Promise<void>;
+  /** The container was renamed: its endpoints here answer DNS by the new name, no longer by `from` (aliases kept). Protocol 6. */
+  renameContainer(id: string, from: string, to: string): Promise<void>;
   /** Daemon start: endpoints of containers that are gone removed, networks not listed removed, the rest laid out again. */
   reconcileNetworks(liveContainers: string[], liveNetworks: string[]): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }>;
   /**
@@ -407,7 +441,39 @@ export interface VolumeHost {
   reconcileVolumes(live: string[]): Promise<{ mounted: number; removed: string[]; missing: string[] }>;
 }
 
+/** What a tree import (a writable layer, a volume's data) received and wrote. */
+export interface TreeImportResult {
+  /** Bytes of tar received. */
+  bytes: number;
+  /** sha256 of the tar received, "sha256:<hex>". */
+  digest: string;
+  entries: number;
+  /** Bytes of regular files written. */
+  unpackedBytes: number;
+}
+
+/**
+ * A stopped container moved to another host, cold (docs/overlay.md, "Moving containers"): its
+ * writable layer and its volumes' data travel as tar streams (agent/move/tree-tar.ts). Protocol 6.
+ */
+export interface ContainerMoveHost {
+  /** Source: the request the container was created with (what the destination creates it from); NotFound when the host has none. */
+  containerRequest(id: string): Promise<ContainerCreateRequest>;
+  /** Source: a stopped container's writable layer as a tar (an OCI layer: whiteouts as .wh. entries). Conflict unless stopped; the reader consumes or destroys it. */
+  exportContainerLayer(id: string): Promise<Readable>;
+  /**
+   * Destination, before createContainer(id): a writable layer for id on the image's layers with the
+   * tar unpacked into it, checked as hostile input. Conflict when the host has id already; on
+   * failure nothing of it stays.
+   */
+  importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
+  /** Source: a volume's data as a tar. The control plane makes sure no running container uses it. */
+  exportVolume(id: string): Promise<Readable>;
+  /** Destination: the tar into a volume createVolume has just made (empty), within its size. */
+  importVolume(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
+}
+
 /** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
-export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost {
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, ContainerMoveHost {
   close(): Promise<void>;
 }

@@ -47,8 +47,11 @@ import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
 import type { AddressProvider, HostVolumeInfo } from './agent.js';
+import type { BuildProgress, BuildRequest } from './agent.js';
 import type { OciMount } from './drivers/container/oci-spec.js';
 import { VolumeStore } from './volumes/volume-store.js';
+import { BuildHost } from './images/build.js';
+import { MoveHost } from './move/move-host.js';
 import { ociMounts } from './volumes/container-mounts.js';
 import type { EtcFiles, InstanceStats } from './drivers/instance-driver.js';
 import { readInstanceNetwork } from './network/endpoint-counters.js';
@@ -164,7 +167,8 @@ export class LocalAgent implements Agent {
     const root = join(options.snapshotsDir, snapshotterName);
     const snapshotter: Snapshotter = snapshotterName === 'overlayfs' ? new OverlaySnapshotter(root) : new NativeSnapshotter(root);
     const content = new LocalContentStore(options.contentDir);
-    const containers = new ContainerDriver({ stateDir: options.containersDir, runtime: options.runtime });
+    // NIMBUS_CGROUP_PARENT: hosts that share one cgroup tree (test hosts in network namespaces) keep apart
+    const containers = new ContainerDriver({ stateDir: options.containersDir, runtime: options.runtime, cgroupParent: cgroupParent() });
     const probes = await Promise.all((['crun', 'runc'] as const).map(async (name) => ({ name, reason: await probeRuntime(name) })));
     const usable = probes.filter((p) => p.reason === undefined).map((p) => p.name);
     const chosen = options.runtime === 'auto' ? usable[0] : options.runtime;
@@ -305,6 +309,29 @@ export class LocalAgent implements Agent {
         );
       }
       return out;
+    } finally {
+      this.activePulls--;
+    }
+  }
+
+  // ---------------------------------------------------------------- builds (images/build.ts)
+
+  private builderP: BuildHost | undefined;
+  private get builder(): BuildHost {
+    // runc: crun refuses a hybrid cgroup layout; overlay storage where the host's snapshots are overlayfs
+    return (this.builderP ??= new BuildHost({
+      home: this.options.home,
+      storageDriver: this.snapshotterName === 'overlayfs' ? 'overlay' : 'vfs',
+      content: this.content,
+      importArchive: (path) => this.importImages(path),
+    }));
+  }
+
+  async buildImage(req: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage> {
+    // garbage collection waits: the FROM images' blobs are linked out of the store while it runs
+    this.activePulls++;
+    try {
+      return await this.builder.build(req, context, progress, signal);
     } finally {
       this.activePulls--;
     }
@@ -922,6 +949,9 @@ export class LocalAgent implements Agent {
   disconnectContainer(id: string, networkId: string) {
     return this.network.disconnect(id, networkId);
   }
+  renameContainer(id: string, from: string, to: string) {
+    return this.network.renameEndpoints(id, from, to);
+  }
   setOverlayPeers(networkId: string, vni: number, localUnderlayIp: string, peers: OverlayPeer[]): Promise<void> {
     return this.network.setOverlayPeers(networkId, vni, localUnderlayIp, peers);
   }
@@ -933,6 +963,7 @@ export class LocalAgent implements Agent {
     await removeInterruptedWrites([join(this.options.containersDir, 'requests'), join(this.options.networkDir, 'endpoints'), join(this.options.networkDir, 'networks'), join(this.options.networkDir, 'overlays')]);
     await removeEarlierLeftovers(join(this.options.contentDir, 'ingest')); // a pull killed mid-blob
     for (const s of ['overlayfs', 'native']) await removeEarlierLeftovers(join(this.options.snapshotsDir, s), /^metadata\.json\..+\.tmp$/);
+    await this.builder.sweepOnce(); // a build killed with its agent: its storage, mounts, cgroup (a no-op once a build ran)
     return this.network.reconcile(new Set(liveContainers), new Set(liveNetworks));
   }
 
@@ -1127,6 +1158,37 @@ export class LocalAgent implements Agent {
     return this.volumeStore.reconcile(live);
   }
 
+  // ------------------------------------------------- containers moved between hosts, cold (move/move-host.ts)
+
+  private moverP: MoveHost | undefined;
+  private get mover(): MoveHost {
+    return (this.moverP ??= new MoveHost({
+      agentName: this.options.agentName, snapshotter: this.snapshotter, snapshotterName: this.snapshotterName,
+      containerState: (id) => this.containerState(id), listContainers: () => this.listContainers(),
+      snapshotExists: (key) => this.snapshotExists(key), volume: (id) => this.volumeStore.ensureMounted(id),
+      room: () => this.diskSpace(),
+      savedRequest: async (id) => JSON.parse(await readFile(this.requestFile(id), 'utf8').catch(() => {
+        throw new NotFound(`no saved configuration for container ${id} on host ${this.options.agentName}`, { container: id });
+      })) as ContainerCreateRequest,
+      ...(this.options.layerMaxBytes ? { layerMaxBytes: this.options.layerMaxBytes } : {}),
+    }));
+  }
+  containerRequest(id: string) {
+    return this.mover.containerRequest(id);
+  }
+  exportContainerLayer(id: string) {
+    return this.mover.exportContainerLayer(id);
+  }
+  importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>) {
+    return this.mover.importContainerLayer(id, imageChainId, bytes);
+  }
+  exportVolume(id: string) {
+    return this.mover.exportVolume(id);
+  }
+  importVolume(id: string, bytes: AsyncIterable<Uint8Array>) {
+    return this.mover.importVolume(id, bytes);
+  }
+
   async close(): Promise<void> {
     await this.reaper.idle();
     await this.warm.close(); // warm containers' endpoints go with them: the network layer closes after
@@ -1137,9 +1199,14 @@ export class LocalAgent implements Agent {
     // Leave no empty /nimbus cgroup behind when no container is left (checked at shutdown, not per
     // delete, so a concurrent runc create never loses its parent).
     if ((await this.containers.list()).length === 0) {
-      await removeCgroupParentIfEmpty(await detectCgroupLayout(), DEFAULT_CGROUP_PARENT).catch(() => undefined);
+      await removeCgroupParentIfEmpty(await detectCgroupLayout(), cgroupParent()).catch(() => undefined);
     }
   }
+}
+
+/** The containers' parent cgroup: NIMBUS_CGROUP_PARENT, else /nimbus. */
+function cgroupParent(): string {
+  return process.env.NIMBUS_CGROUP_PARENT || DEFAULT_CGROUP_PARENT;
 }
 
 /**

@@ -1,5 +1,6 @@
 /** Shared TypeBox schemas: they validate requests and generate /openapi.json. */
 import { Type, type TSchema } from '@sinclair/typebox';
+import { MAX_TERMINAL_CELLS } from '../agent/drivers/instance-driver.js';
 import type { ContainerConfig, ImageConfigDoc } from '../store/records.js';
 import {
   MAX_ARG_LENGTH, MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_RESTART_RETRIES, MAX_STOP_TIMEOUT_SEC, MAX_UID, MIN_MEMORY_BYTES,
@@ -156,6 +157,18 @@ export const Volume = Type.Object(
   { $id: 'Volume' },
 );
 
+/** Docker's HEALTHCHECK as a create takes it (--health-cmd and friends). */
+export const Healthcheck = Type.Object({
+  test: Type.Array(Type.String({ maxLength: 4096 }), {
+    minItems: 1, maxItems: 256,
+    description: '["CMD-SHELL", "command"] (run by /bin/sh -c), ["CMD", "arg0", …], or ["NONE"] (no check)',
+  }),
+  intervalMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000, description: 'Between probes; default 30 s' })),
+  timeoutMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 86_400_000, description: 'A probe running longer fails; default 30 s' })),
+  retries: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Failures in a row that make it unhealthy; default 3' })),
+  startPeriodMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400_000, description: 'Failures this soon after a start do not count; default 0' })),
+}, { additionalProperties: false, description: 'A command probed in the container while it runs: its health (starting, healthy, unhealthy) is in the container\'s health' });
+
 export const ContainerCreate = Type.Object(
   {
     image: Ref('Image reference, digest or id', 1024),
@@ -187,6 +200,7 @@ export const ContainerCreate = Type.Object(
       maxFiles: Type.Optional(Type.Integer({ minimum: LOG_LIMIT_RANGE.maxFiles.min, maximum: LOG_LIMIT_RANGE.maxFiles.max, description: 'Log files kept, the current one included (--log-opt max-file); default 3' })),
     }, { additionalProperties: false, description: 'Log rotation, Docker\'s max-size / max-file' })),
     mounts: Type.Optional(Type.Array(MountSpec, { maxItems: 64, description: 'Volumes, host paths and tmpfs (-v, --mount, --tmpfs)' })),
+    healthcheck: Type.Optional(Healthcheck),
     start: Type.Boolean({
       default: false,
       description: 'Start it too, in this request (nimbus run -d). A failed start leaves the container created (removed if autoRemove); the error names it in details.container',
@@ -243,6 +257,11 @@ export const Container = Type.Object(
     startedAt: Type.Union([Type.String(), Type.Null()]),
     finishedAt: Type.Union([Type.String(), Type.Null()]),
     warnings: Type.Array(Type.String()),
+    health: Type.Optional(Type.Union([Type.Null(), Type.Object({
+      status: Type.String({ description: 'starting, healthy or unhealthy' }),
+      failingStreak: Type.Integer(),
+      log: Type.Array(Type.Object({ start: Type.String(), end: Type.String(), exitCode: Type.Integer(), output: Type.String() })),
+    })], { description: 'While it has a healthcheck; the last run\'s when stopped' })),
     network: Type.Optional(Type.Object({
       mode: Type.String(),
       endpoints: Type.Array(Type.Object({ network: Type.String(), networkId: Type.String(), address: Type.String(), gateway: Type.String(), prefix: Type.Integer(), mac: Type.String(), ifName: Type.String() })),
@@ -264,6 +283,13 @@ export const ExecFrame = Type.Object({
   data: Type.Optional(Type.String({ description: 'base64' })),
   exitCode: Type.Optional(Type.Integer()),
 });
+
+/** A terminal's size in character cells (the kernel's winsize fields are 16-bit). */
+export const TerminalCells = (description: string, dflt?: number) => Type.Integer({ minimum: 1, maximum: MAX_TERMINAL_CELLS, description, ...(dflt !== undefined ? { default: dflt } : {}) });
+export const TerminalSize = Type.Object({
+  rows: TerminalCells('Lines'),
+  cols: TerminalCells('Columns'),
+}, { additionalProperties: false, description: 'Run the command on a terminal of this size: its output (stdout and stderr alike) comes as stdout frames' });
 
 export const Stats = Type.Object({
   id: Type.String(),

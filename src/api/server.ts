@@ -20,7 +20,9 @@ import { checkOrThrow } from './validate.js';
 import { runAsActor, SYSTEM_ACTOR } from '../control/events/actor.js';
 import { isTextBody } from './routes/metrics.js';
 import { DashboardFiles, isDashboardPath } from './dashboard/static.js';
-import { consoleUpgrade, type ConsoleUpgrades } from './dashboard/console-ws.js';
+import { consoleUpgrade, refuse, type ConsoleUpgrades } from './dashboard/console-ws.js';
+import type { Duplex } from 'node:stream';
+import { execUpgrade, type ExecUpgrades } from './dashboard/exec-ws.js';
 
 const log = logger('api');
 
@@ -101,10 +103,15 @@ export class ApiServer {
   private readonly dashboard = new DashboardFiles();
   /** WebSocket upgrades on TCP: the VM console for browsers (src/api/dashboard/console-ws.ts). */
   private readonly upgrades: ConsoleUpgrades;
+  /** A container exec on a terminal (src/api/dashboard/exec-ws.ts), on TCP and on the unix socket (nimbus exec -it). */
+  private readonly execTcp: ExecUpgrades;
+  private readonly execUnix: ExecUpgrades;
 
   constructor(routes: Route[], private readonly services: Services, limits: Partial<EdgeLimits> = {}) {
     this.limits = { ...DEFAULT_EDGE_LIMITS, ...limits };
     this.upgrades = consoleUpgrade(routes, services);
+    this.execTcp = execUpgrade(routes, services, 'tcp');
+    this.execUnix = execUpgrade(routes, services, 'unix');
     this.compiled = routes.map((route) => ({
       route,
       ...compilePath(route.path),
@@ -249,6 +256,11 @@ export class ApiServer {
     mkdirSync(dirname(socketPath), { recursive: true });
     rmSync(socketPath, { force: true });
     const server = this.createServer(this.handle);
+    // the only WebSocket here: the exec on a terminal of nimbus exec -it
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (this.execUnix.matches(req)) this.execUnix.handle(req, socket, head);
+      else refuse(socket, 404, 'no WebSocket here but /containers/{id}/exec');
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ path: socketPath, backlog: this.limits.backlog }, () => resolve());
@@ -259,7 +271,7 @@ export class ApiServer {
 
   async listenTcp(host: string, port: number): Promise<number> {
     const server = this.createServer(this.handleTcp);
-    server.on('upgrade', this.upgrades.handle);
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => (this.execTcp.matches(req) ? this.execTcp : this.upgrades).handle(req, socket, head));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ port, host, backlog: this.limits.backlog }, () => resolve());
@@ -271,6 +283,8 @@ export class ApiServer {
 
   async close(): Promise<void> {
     this.upgrades.close();
+    this.execTcp.close();
+    this.execUnix.close();
     await Promise.all(
       this.servers.map(
         (s) =>

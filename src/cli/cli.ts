@@ -15,6 +15,7 @@ import { errorText } from './errors.js';
 import { OUTPUT_OPTION, PROJECT_OPTION, UsageError, helpText, parseArgs, usageLine, type CommandSpec, type GlobalOptions } from './args.js';
 import { containerCommands } from './commands/containers.js';
 import { imageCommands } from './commands/images.js';
+import { buildCommands } from './commands/build.js';
 import { systemCommands } from './commands/system.js';
 import { quotaCommands } from './commands/quota.js';
 import { identityCommands } from './commands/identity.js';
@@ -26,6 +27,7 @@ import { networkCommands } from './commands/networks.js';
 import { volumeCommands } from './commands/volumes.js';
 import { dockerEnvCommands } from './commands/docker-env.js';
 import { usageCommands } from './commands/usage.js';
+import { moveCommands } from './commands/move.js';
 
 export { errorText };
 
@@ -36,7 +38,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands,
+  ...containerCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...buildCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands, ...moveCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */
@@ -45,6 +47,7 @@ export const ALIASES: Record<string, string> = {
   images: 'image ls',
   rmi: 'image rm',
   import: 'image import',
+  'image build': 'build',
   'image list': 'image ls',
   'image remove': 'image rm',
   'container ls': 'ps',

@@ -12,6 +12,7 @@
  */
 import { request, type IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
+import { WebSocket } from 'ws';
 import { readStoredToken } from './credentials.js';
 
 export const DEFAULT_SOCKET = '/run/nimbus/nimbus.sock';
@@ -269,6 +270,17 @@ export class ApiClient {
         yield inBand<T>(JSON.parse(line), res.statusCode ?? 200);
       }
     })();
+  }
+
+  /**
+   * A WebSocket to the daemon's endpoint answered last (or the first): ws+unix:// for the socket,
+   * ws:// for TCP, with the token and project every request carries. The caller waits for 'open'.
+   */
+  webSocket(path: string, protocol: string): WebSocket {
+    const target = this.targets[lastAnswered.get(this.endpointsKey) ?? 0]!;
+    if (this.project && !/[?&]project=/.test(path)) path += `${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(this.project)}`;
+    const url = 'socketPath' in target ? `ws+unix://${target.socketPath}:${path}` : `ws://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${path}`;
+    return new WebSocket(url, protocol, { headers: this.token ? { authorization: `Bearer ${this.token}` } : {}, handshakeTimeout: 10_000 });
   }
 
   async *ndjson<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): AsyncGenerator<T> {

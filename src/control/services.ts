@@ -9,6 +9,7 @@ import type { VmService } from './compute/vm-service.js';
 import type { AgentDirectory } from './agents/agent-directory.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
+import type { BuildService } from './images/build-service.js';
 import type { OperationService } from './operations/operations.js';
 import type { QuotaService } from './quota/quota-service.js';
 import type { AccessControl } from './identity/access.js';
@@ -38,6 +39,8 @@ export interface Services {
   metrics?: Metrics;
   operations: OperationService;
   images: ImageService;
+  /** Image builds (docs/builds.md); absent where services are assembled by hand (tests). */
+  builds?: BuildService;
   disks: DiskImageService;
   containers: ContainerService;
   networks: NetworkService;

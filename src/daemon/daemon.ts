@@ -22,7 +22,9 @@ import { settleGoneReplicas } from '../control/leader/gone-replicas.js';
 import { SYSTEM_ACTOR } from '../control/events/actor.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
+import { BuildService } from '../control/images/build-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
+import { HealthMonitor } from '../control/compute/health.js';
 import { VolumeService } from '../control/volumes/volume-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
 import { DiskImageService } from '../control/images/disk-image-service.js';
@@ -263,6 +265,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   const services: Services = {
     options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION, metrics,
+    builds: new BuildService(images, operations, quota, options.tmpDir),
   };
 
   state = 'reconciling';
@@ -344,6 +347,12 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
       quota.onReclaimPlanned = undefined;
       reclaimer.stop();
     };
+  });
+  // health checks (--health-cmd): one prober across replicas, its outcome on the records every replica reads
+  replica.whileLeader('health', () => {
+    const monitor = new HealthMonitor(store, events, containers);
+    void monitor.start().catch((e: unknown) => log.error('starting the health checks failed', { error: String(e) }));
+    return () => monitor.stop();
   });
   replica.whileLeader('operations.failInterrupted', every('operations.failInterrupted', 5_000, () => operations.failInterrupted()));
   replica.whileLeader('replicas.forget', every('replicas.forget', 60_000, () => forgetGoneReplicas(store)));

@@ -8,7 +8,7 @@ import type { Store } from './store.js';
 const MiB = 1024 * 1024;
 
 const volumeOf = (id: string, name: string, over: Partial<VolumeRecord> = {}): VolumeRecord => ({
-  id, name, projectId: 'p1', host: 'h1', driver: 'local', sizeBytes: 64 * MiB, status: 'creating', labels: {},
+  id, name, projectId: 'p1', host: 'h1', driver: 'local', sizeBytes: 64 * MiB, status: 'creating', labels: {}, driverOptions: {},
   createdAt: `2026-01-01T00:00:0${id.length % 10}.000Z`, ...over,
 });
 

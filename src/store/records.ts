@@ -103,7 +103,39 @@ export type StoredMount =
   | { type: 'bind'; source: string; target: string; readonly?: boolean }
   | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
 
+/** Docker's HEALTHCHECK (--health-cmd …): what the health monitor runs in the container, and how often. */
+export interface HealthcheckConfig {
+  /** ["CMD-SHELL", "cmd"] (run by /bin/sh -c), ["CMD", arg0, …], or ["NONE"] (the image's check turned off). */
+  test: string[];
+  /** Between the end of one probe and the start of the next (Docker's default 30 s). */
+  intervalMs?: number;
+  /** A probe running longer fails (default 30 s). */
+  timeoutMs?: number;
+  /** Failures in a row that make it unhealthy (default 3). */
+  retries?: number;
+  /** Failures in this long after the start do not count (default 0). */
+  startPeriodMs?: number;
+}
+
+/** A probe's outcome, as Docker's State.Health.Log keeps it (the last 5). */
+export interface HealthProbe {
+  start: string;
+  end: string;
+  exitCode: number;
+  /** Its output, at most 4 KiB. */
+  output: string;
+}
+
+/** Docker's State.Health: starting until the first success (or until the failures count), then healthy or unhealthy. */
+export interface ContainerHealth {
+  status: 'starting' | 'healthy' | 'unhealthy';
+  failingStreak: number;
+  log: HealthProbe[];
+}
+
 export interface ContainerConfig {
+  /** Probed by the health monitor while it runs (docs/docker-api.md, health). */
+  healthcheck?: HealthcheckConfig;
   /** Volumes, host paths and tmpfs mounted into it, resolved at create. */
   mounts?: StoredMount[];
   image: string;
@@ -215,6 +247,8 @@ export interface ContainerRecord {
   warnings: string[];
   /** The host (agent name) it lives on: the embedded agent's name, or a registered agent's. */
   host: string;
+  /** Its health while it has a healthcheck (the last run's when stopped); absent or null: none. */
+  health?: ContainerHealth | null;
 }
 
 export type OperationStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';

@@ -402,6 +402,11 @@ export const MIGRATIONS: readonly string[] = [
   // among the networks that have one, so two replicas cannot hand out the same
   `ALTER TABLE networks ADD COLUMN vni INT64;
    CREATE UNIQUE INDEX networks_vni ON networks(vni) WHERE vni IS NOT NULL;`,
+  // a volume's driver options as its creator gave them (docker volume create --opt size=2g keeps
+  // "2g"): Docker's inspect answers them back, and compose compares them with its file's
+  `ALTER TABLE volumes ADD COLUMN driver_options TEXT NOT NULL DEFAULT '{}';`,
+  // a container's health while it has a healthcheck (JSON: status, failing streak, last probes)
+  `ALTER TABLE containers ADD COLUMN health TEXT;`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

@@ -99,18 +99,38 @@ export interface LogRecord {
   partial?: boolean;
 }
 
+/** A terminal's size in character cells. */
+export interface TerminalSize {
+  rows: number;
+  cols: number;
+}
+
+/** The largest rows or cols a terminal may have (the kernel's winsize fields are 16-bit). */
+export const MAX_TERMINAL_CELLS = 65535;
+
 export interface ExecRequest {
   args: string[];
   env?: string[];
   cwd?: string;
   user?: string;
+  /** Run the command on a terminal of this size: its stdout carries the terminal's output, stderr stays empty. */
+  tty?: TerminalSize;
 }
 
 export interface ExecSession {
   stdout: Readable;
   stderr: Readable;
+  /** With a TTY: the terminal's input (its end is not an end-of-file: a terminal has none; ^D is). */
   stdin?: Writable;
   exit: Promise<number>;
+  /** With a TTY: the terminal's new size (the command gets SIGWINCH). */
+  resize?(rows: number, cols: number): void;
+}
+
+/** InvalidArgument-worthy text when a terminal size is not one, else undefined. */
+export function badTerminalSize(rows: unknown, cols: unknown): string | undefined {
+  const ok = (n: unknown) => typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= MAX_TERMINAL_CELLS;
+  return ok(rows) && ok(cols) ? undefined : `a terminal's rows and cols are integers from 1 to ${MAX_TERMINAL_CELLS} (got ${String(rows)}x${String(cols)})`;
 }
 
 /** One network endpoint's counters, from the instance's side (its host end's rx is the instance's tx). */

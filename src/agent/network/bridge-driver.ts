@@ -3,7 +3,7 @@
  * network holding the gateway address, a veth pair per endpoint with its host
  * end enslaved to the bridge, outbound traffic masqueraded unless internal.
  */
-import { parseCidr, type EndpointSpec, type IpPlan, type NetworkDriver, type NetworkSpec } from './network-driver.js';
+import { macFor, parseCidr, type EndpointSpec, type IpPlan, type NetworkDriver, type NetworkSpec } from './network-driver.js';
 
 /** The network's MTU on an interface made for it (an overlay's is below the underlay's by the encapsulation). */
 const mtu = (n: NetworkSpec): string[] => (n.mtu ? ['mtu', String(n.mtu)] : []);
@@ -15,7 +15,9 @@ export const bridgeDriver: NetworkDriver = {
     return {
       sysctls: n.internal ? {} : { 'net/ipv4/ip_forward': '1' },
       host: [
-        ['link', 'add', n.device, ...mtu(n), 'type', 'bridge'],
+        // a MAC of its own (the gateway's, as endpoints have their address's): a bridge without one takes
+        // its lowest port's, which changes as ports come and go, and its neighbours' cached gateway goes dead
+        ['link', 'add', n.device, ...mtu(n), 'address', macFor(n.gateway), 'type', 'bridge'],
         ['addr', 'replace', `${n.gateway}/${prefix}`, 'dev', n.device],
         ['link', 'set', n.device, 'up'],
       ],

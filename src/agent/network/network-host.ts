@@ -451,6 +451,16 @@ export class NetworkHost {
     });
   }
 
+  /** The container's endpoints answer DNS by `to` instead of `from` (its aliases stay); no kernel work. */
+  renameEndpoints(containerId: string, from: string, to: string): Promise<void> {
+    return this.serial(async () => {
+      const file = this.containers.get(containerId);
+      if (!file) return; // no endpoints of its own here (host network, none, another's namespace)
+      for (const e of file.endpoints) e.dnsNames = e.dnsNames.map((n) => (n === from ? to : n));
+      await this.save('endpoints', containerId, file);
+    });
+  }
+
   /** Remove one endpoint (network disconnect); its published ports go with it. */
   disconnect(containerId: string, networkId: string): Promise<void> {
     return this.serial(async () => {

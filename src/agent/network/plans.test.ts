@@ -30,7 +30,7 @@ test('IPv4 helpers: parse, contain, overlap, refuse what is not a network', () =
 });
 
 test('bridge plans: a bridge with the gateway; a veth pair made straight into the namespace; default route unless internal', () => {
-  assert.deepEqual(lines(bridgeDriver.createPlan(net()).host), ['link add nimbus0 type bridge', 'addr replace 10.88.0.1/16 dev nimbus0', 'link set nimbus0 up']);
+  assert.deepEqual(lines(bridgeDriver.createPlan(net()).host), ['link add nimbus0 address 02:42:0a:58:00:01 type bridge', 'addr replace 10.88.0.1/16 dev nimbus0', 'link set nimbus0 up']);
   assert.equal(bridgeDriver.createPlan(net()).sysctls?.['net/ipv4/ip_forward'], '1');
   const a = bridgeDriver.attachPlan(net(), ep());
   assert.deepEqual(lines(a.host), ['link add nvcccccccccccc0 type veth peer name eth0 netns nimbus-c', 'link set nvcccccccccccc0 master nimbus0 up']);
@@ -91,7 +91,7 @@ test('/etc/hosts and resolv.conf: own address, extra hosts, the embedded DNS or 
 
 test('overlays: the MTU on the bridge, both veth ends and taps; VXLAN from instances dropped before any accept, only while the host has an overlay', () => {
   const spanning = net({ mtu: 1450 });
-  assert.deepEqual(lines(bridgeDriver.createPlan(spanning).host)[0], 'link add nimbus0 mtu 1450 type bridge');
+  assert.deepEqual(lines(bridgeDriver.createPlan(spanning).host)[0], 'link add nimbus0 mtu 1450 address 02:42:0a:58:00:01 type bridge');
   assert.deepEqual(lines(bridgeDriver.attachPlan(spanning, ep()).host)[0], 'link add nvcccccccccccc0 mtu 1450 type veth peer name eth0 mtu 1450 netns nimbus-c');
   assert.ok(lines(bridgeDriver.tapPlan(spanning, ep()).host).includes('link set nvcccccccccccc0 mtu 1450 master nimbus0 up'));
   const input = { networks: [{ spec: spanning, driver: bridgeDriver, endpoints: [ep()] }], ports: [] };

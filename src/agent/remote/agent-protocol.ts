@@ -77,6 +77,7 @@ export const UNARY_METHODS = [
   'foreignSubnets',
   'connectContainer',
   'disconnectContainer',
+  'renameContainer',
   'reconcileNetworks',
   'setOverlayPeers',
   'underlayAddress',
@@ -109,11 +110,13 @@ export const UNARY_METHODS = [
   'removeVolume',
   'volumeUsage',
   'reconcileVolumes',
+  'containerRequest',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
 /** Carried by routes of their own (streams, callbacks). */
-export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob'] as const satisfies readonly (keyof Agent)[];
+export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob',
+  'exportContainerLayer', 'importContainerLayer', 'exportVolume', 'importVolume', 'buildImage'] as const satisfies readonly (keyof Agent)[];
 
 /** Methods a peer speaks only from some version on: a connection that agreed on an earlier one refuses them (Conflict), never sends them. */
 export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
@@ -129,6 +132,13 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   volumeUsage: 5,
   reconcileVolumes: 5,
   vmStats: 5,
+  buildImage: 6,
+  containerRequest: 6,
+  exportContainerLayer: 6,
+  importContainerLayer: 6,
+  exportVolume: 6,
+  importVolume: 6,
+  renameContainer: 6,
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
@@ -140,6 +150,13 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   volumeUsage: 'hold volumes',
   reconcileVolumes: 'hold volumes',
   vmStats: "report a VM's CPU time and network counters",
+  buildImage: 'build images',
+  containerRequest: 'move containers between hosts',
+  exportContainerLayer: 'move containers between hosts',
+  importContainerLayer: 'move containers between hosts',
+  exportVolume: 'move containers between hosts',
+  importVolume: 'move containers between hosts',
+  renameContainer: 'rename a container',
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */
@@ -198,7 +215,17 @@ export const PATHS = {
   events: `${AGENT_PATH_PREFIX}/events`,
   /** GET: the blob's bytes; PUT: the request body into the content store (BLOB_SIZE_HEADER says how many). */
   blob: (digest: string) => `${AGENT_PATH_PREFIX}/blob/${encodeURIComponent(digest)}`,
+  /** GET: a stopped container's writable layer or a volume's data as a tar; PUT: the body imported (protocol 6). */
+  move: (what: 'layer' | 'volume', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
 } as const;
+
+/** Request header of a layer import: the image's chain id the writable layer goes on. */
+export const IMAGE_CHAIN_HEADER = 'x-nimbus-image-chain';
+
+/** POST: an image build; the request body is the context tar, BUILD_HEADER the request; the answer NDJSON progress then the image (protocol 6). */
+export const BUILD_PATH = `${AGENT_PATH_PREFIX}/build`;
+/** Request header of a build: the BuildRequest (base64 of its JSON). */
+export const BUILD_HEADER = 'x-nimbus-build';
 
 /** Request header of a blob write: its size in bytes (the body streams, chunked). */
 export const BLOB_SIZE_HEADER = 'x-nimbus-blob-size';
@@ -207,6 +234,26 @@ export const BLOB_SIZE_HEADER = 'x-nimbus-blob-size';
 export const EXEC_HEADER = 'x-nimbus-exec';
 /** Response header: "1" when the session has a stdin (the request body feeds it), else "0". */
 export const EXEC_STDIN_HEADER = 'x-nimbus-exec-stdin';
+/**
+ * Protocol 6: an exec's `tty` (ExecRequest). With one, the request body is NDJSON ExecInputFrames
+ * (input bytes and resizes) instead of raw stdin; a peer of 5 would run the command without a
+ * terminal, so a connection that agreed on 5 refuses it (tooOldForTty).
+ */
+export const EXEC_TTY_SINCE = 6;
+
+/** One line of a TTY exec's request body: input bytes (base64) or the terminal's new size. */
+export type ExecInputFrame = { i: string } | { resize: { rows: number; cols: number } };
+
+/** Conflict when a connection at `version` cannot give an exec a terminal; undefined when it can. */
+export function tooOldForTty(version: number, host: string): NimbusError | undefined {
+  if (version >= EXEC_TTY_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot run an exec on a terminal (a TTY exec needs protocol ${EXEC_TTY_SINCE}); upgrade it, or exec without -t`, {
+    host,
+    method: 'execInContainer',
+    protocol: version,
+    needs: EXEC_TTY_SINCE,
+  });
+}
 
 /** Unary and stream-opening request bodies (a migration's console history can be MBs). */
 export const MAX_BODY_BYTES = 64 * 1024 * 1024;

@@ -11,7 +11,8 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Agent } from '../agent.js';
-import { UNARY_METHODS, type UnaryMethod } from './agent-protocol.js';
+import { UNARY_METHODS, type ExecInputFrame, type STREAM_METHODS, type UnaryMethod } from './agent-protocol.js';
+import { MAX_TERMINAL_CELLS, type ExecRequest } from '../drivers/instance-driver.js';
 
 export interface ArgSpec<S extends TSchema = TSchema> {
   name: string;
@@ -24,6 +25,8 @@ const arg = <S extends TSchema>(name: string, schema: S) => ({ name, schema }) a
 const opt = <S extends TSchema>(name: string, schema: S) => ({ name, schema, optional: true }) as const;
 
 const Id = Type.String({ minLength: 1 });
+/** A container's name or DNS alias as the control plane checked it (names.ts); bounded here too. */
+const InstanceName = Type.String({ minLength: 1, maxLength: 255 });
 const Str = Type.String();
 const Strings = Type.Array(Type.String());
 const Int = Type.Integer();
@@ -126,6 +129,7 @@ export const ARG_SCHEMAS = {
   foreignSubnets: [],
   connectContainer: [arg('id', Id), arg('endpoint', Attachment)],
   disconnectContainer: [arg('id', Id), arg('networkId', Id)],
+  renameContainer: [arg('id', Id), arg('from', InstanceName), arg('to', InstanceName)],
   reconcileNetworks: [arg('liveContainers', Strings), arg('liveNetworks', Strings)],
   setOverlayPeers: [arg('networkId', Id), arg('vni', Type.Integer({ minimum: 1, maximum: 0xffffff })), arg('localUnderlayIp', Str), arg('peers', Type.Array(Obj({ ip: Str, mac: Str, underlayIp: Str, names: Type.Optional(Strings) }), { maxItems: 65536 }))],
   underlayAddress: [opt('toward', Str)],
@@ -158,6 +162,7 @@ export const ARG_SCHEMAS = {
   removeVolume: [arg('id', Id)],
   volumeUsage: [arg('id', Id)],
   reconcileVolumes: [arg('live', Type.Array(Str, { maxItems: 1_000_000 }))],
+  containerRequest: [arg('id', Id)],
 } as const satisfies Record<UnaryMethod, readonly ArgSpec[]>;
 
 // ---- the table against the Agent interface, at compile time ---------------------------------
@@ -185,7 +190,10 @@ const compiled = new Map<UnaryMethod, Array<{ spec: ArgSpec; check: TypeCheck<TS
  * InvalidArgument naming the first argument (and field) that is wrong.
  */
 export function checkArgs(method: UnaryMethod, args: readonly unknown[]): void {
-  const specs = compiled.get(method) ?? [];
+  checkList(method, compiled.get(method) ?? [], args);
+}
+
+function checkList(method: string, specs: Array<{ spec: ArgSpec; check: TypeCheck<TSchema> }>, args: readonly unknown[]): void {
   if (args.length > specs.length) throw new InvalidArgument(`${method} takes ${specs.length} argument(s), got ${args.length}`, { method });
   specs.forEach(({ spec, check }, i) => {
     const value = args[i];
@@ -203,3 +211,93 @@ export function checkArgs(method: UnaryMethod, args: readonly unknown[]): void {
     });
   });
 }
+
+// ---- streamed methods whose scalar arguments travel in the path and headers (protocol 6) ------
+
+/** An instance or volume id as it appears in a path on the agent (never a path of its own). */
+const MoveId = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' });
+const ChainId = Type.String({ pattern: '^sha256:[0-9a-f]{64}$' });
+
+type StreamMethod = (typeof STREAM_METHODS)[number];
+/** The arguments other than the byte stream, in order. */
+export const STREAM_ARG_SCHEMAS = {
+  exportContainerLayer: [arg('id', MoveId)],
+  importContainerLayer: [arg('id', MoveId), arg('imageChainId', ChainId)],
+  exportVolume: [arg('id', MoveId)],
+  importVolume: [arg('id', MoveId)],
+} as const satisfies Partial<Record<StreamMethod, readonly ArgSpec[]>>;
+export type CheckedStreamMethod = keyof typeof STREAM_ARG_SCHEMAS;
+/** A streamed method's arguments but its byte stream (the last, for the imports). */
+type ScalarArgs<P extends unknown[]> = P extends [...infer H, AsyncIterable<Uint8Array>] ? H : P;
+type StreamMatches = { [M in CheckedStreamMethod]: StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]> extends ScalarArgs<Parameters<Agent[M]>> ? (ScalarArgs<Parameters<Agent[M]>> extends StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]> ? M : never) : never }[CheckedStreamMethod];
+const streamSchemasMatchTheMethods: Record<Exclude<CheckedStreamMethod, StreamMatches>, never> = {};
+void streamSchemasMatchTheMethods;
+
+const compiledStreams = new Map<string, Array<{ spec: ArgSpec; check: TypeCheck<TSchema> }>>(
+  Object.entries(STREAM_ARG_SCHEMAS).map(([m, specs]) => [m, (specs as readonly ArgSpec[]).map((spec) => ({ spec, check: TypeCompiler.Compile(spec.schema) }))]),
+);
+
+/** A streamed call's scalar arguments against its schema (InvalidArgument naming the first one wrong). */
+export function checkStreamArgs(method: CheckedStreamMethod, args: readonly unknown[]): void {
+  checkList(method, compiledStreams.get(method) ?? [], args);
+}
+
+// ---- a build's request (BUILD_HEADER; the body is the context) ---------------------------------
+
+const BuildId = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' });
+const StringMap = Type.Record(Type.String({ maxLength: 256 }), Type.String({ maxLength: 64 * 1024 }));
+export const BuildRequestSchema = Type.Object({
+  id: BuildId,
+  projectId: BuildId,
+  dockerfile: Type.String({ minLength: 1, maxLength: 4096 }),
+  buildArgs: StringMap,
+  target: Type.Optional(Type.String({ maxLength: 256 })),
+  labels: Type.Optional(StringMap),
+  network: Type.Union([Type.Literal('none'), Type.Literal('host')]),
+  baseImages: Type.Array(Type.Object({ name: Type.String({ minLength: 1, maxLength: 1024 }), manifestDigest: Type.String({ pattern: '^sha256:[0-9a-f]{64}$' }) }), { maxItems: 64 }),
+  resources: Type.Object({ cpus: Type.Number({ exclusiveMinimum: 0, maximum: 1024 }), memoryBytes: Type.Integer({ minimum: 16 * 1024 * 1024 }) }),
+}, { additionalProperties: false });
+const buildRequestCheck = TypeCompiler.Compile(BuildRequestSchema);
+// the schema and the interface say the same
+type BuildRequestStatic = Static<typeof BuildRequestSchema>;
+const buildSchemaMatches: [BuildRequestStatic] extends [import('../agent.js').BuildRequest] ? ([import('../agent.js').BuildRequest] extends [BuildRequestStatic] ? true : never) : never = true;
+void buildSchemaMatches;
+
+/** A build request off the wire, checked: InvalidArgument naming the first wrong field. */
+export function checkBuildRequest(v: unknown): import('../agent.js').BuildRequest {
+  if (buildRequestCheck.Check(v)) return v;
+  const first = buildRequestCheck.Errors(v).First();
+  throw new InvalidArgument(`build request is invalid at "${first?.path ?? ''}": ${first?.message ?? 'does not match its schema'}`, { field: first?.path });
+}
+
+// ---- an exec's request (EXEC_HEADER) and, with a TTY, its input frames (the request body) -----
+
+const TerminalCells = Type.Integer({ minimum: 1, maximum: MAX_TERMINAL_CELLS });
+const TerminalSizeSchema = Type.Object({ rows: TerminalCells, cols: TerminalCells }, { additionalProperties: false });
+export const ExecRequestSchema = Obj({
+  args: Type.Array(Str, { minItems: 1 }),
+  env: Type.Optional(Strings),
+  cwd: Type.Optional(Str),
+  user: Type.Optional(Str),
+  /** Protocol 6. */
+  tty: Type.Optional(TerminalSizeSchema),
+});
+export const ExecInputFrameSchema = Type.Union([
+  Type.Object({ i: Type.String() }, { additionalProperties: false }),
+  Type.Object({ resize: TerminalSizeSchema }, { additionalProperties: false }),
+]);
+const execRequestCheck = TypeCompiler.Compile(ExecRequestSchema);
+const execInputCheck = TypeCompiler.Compile(ExecInputFrameSchema);
+const execSchemaMatches: [Static<typeof ExecRequestSchema>] extends [ExecRequest] ? ([Required<ExecRequest>] extends [Static<typeof ExecRequestSchema>] ? true : never) : never = true;
+void execSchemaMatches;
+
+function checked<T>(check: TypeCheck<TSchema>, what: string, v: unknown): T {
+  if (check.Check(v)) return v as T;
+  const first = check.Errors(v).First();
+  throw new InvalidArgument(`${what} is invalid at "${first?.path ?? ''}": ${first?.message ?? 'does not match its schema'}`, { field: first?.path });
+}
+
+/** An exec request off the wire, checked: InvalidArgument naming the first wrong field. */
+export const checkExecRequest = (v: unknown): ExecRequest => checked(execRequestCheck, 'exec request', v);
+/** One input frame of a TTY exec, checked. */
+export const checkExecInputFrame = (v: unknown): ExecInputFrame => checked(execInputCheck, 'exec input frame', v);

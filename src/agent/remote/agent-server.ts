@@ -18,12 +18,13 @@ import { logger } from '../../core/log.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import type { Agent, PullOptions } from '../agent.js';
-import type { ExecRequest, LogRecord } from '../drivers/instance-driver.js';
+import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import {
   AGENT_PATH_PREFIX,
   BLOB_SIZE_HEADER,
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
+  EXEC_TTY_SINCE,
   MAX_BODY_BYTES,
   NDJSON,
   PING_INTERVAL_MS,
@@ -36,11 +37,14 @@ import {
   isUnaryMethod,
   METHOD_SINCE,
   ndjsonLine,
+  ndjsonRecords,
   type AgentEvent,
   type ExecFrame,
   type ProtocolRange,
 } from './agent-protocol.js';
-import { checkArgs } from './agent-schemas.js';
+import { checkArgs, checkExecInputFrame, checkExecRequest } from './agent-schemas.js';
+import { serveMove } from './move-routes.js';
+import { serveBuild } from './build-route.js';
 
 const log = logger('agent-server');
 
@@ -342,22 +346,33 @@ function decodeExecRequest(header: string | string[] | undefined): ExecRequest {
   } catch {
     throw new InvalidArgument(`${EXEC_HEADER} is not base64 JSON`);
   }
-  const r = v as Partial<ExecRequest> | null;
-  const strings = (a: unknown) => Array.isArray(a) && a.every((s) => typeof s === 'string');
-  if (typeof r !== 'object' || r === null || !strings(r.args)) throw new InvalidArgument('exec request needs "args" (an array of strings)');
-  if (r.env !== undefined && !strings(r.env)) throw new InvalidArgument('exec request "env" must be an array of strings');
-  if (r.cwd !== undefined && typeof r.cwd !== 'string') throw new InvalidArgument('exec request "cwd" must be a string');
-  if (r.user !== undefined && typeof r.user !== 'string') throw new InvalidArgument('exec request "user" must be a string');
-  return r as ExecRequest;
+  return checkExecRequest(v);
 }
 
-async function serveExec(agent: Agent, id: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** A TTY exec's request body: input frames to the terminal, resizes to the session (a bad frame ends the input). */
+async function feedTerminal(req: IncomingMessage, session: ExecSession): Promise<void> {
+  for await (const v of ndjsonRecords(req)) {
+    const f = checkExecInputFrame(v);
+    if ('i' in f) {
+      if (session.stdin && !session.stdin.write(Buffer.from(f.i, 'base64'))) await drainedOrClosed(session.stdin);
+    } else session.resize?.(f.resize.rows, f.resize.cols);
+  }
+}
+
+async function serveExec(agent: Agent, id: string, version: number, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const spec = decodeExecRequest(req.headers[EXEC_HEADER]);
+  // a peer that agreed on 5 does not send one; if it did, the command must not run without its terminal
+  if (spec.tty && version < EXEC_TTY_SINCE) {
+    req.resume();
+    throw new Conflict(`an exec with a TTY is part of agent protocol ${EXEC_TTY_SINCE}; the request speaks ${version}`, { method: 'execInContainer', protocol: version, needs: EXEC_TTY_SINCE });
+  }
   const session = await agent.execInContainer(id, spec);
   startNdjson(res, { [EXEC_STDIN_HEADER]: session.stdin ? '1' : '0' });
   req.on('error', noop);
-  if (session.stdin) {
-    session.stdin.on('error', noop); // EPIPE once the process has exited
+  session.stdin?.on('error', noop); // EPIPE once the process has exited
+  if (spec.tty) {
+    feedTerminal(req, session).catch((e: unknown) => log.debug('exec input ended', { id, error: String(e) }));
+  } else if (session.stdin) {
     req.pipe(session.stdin); // here the body's end is the process's end of input
   } else req.resume();
 
@@ -452,10 +467,18 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
       checkSince(req.method === 'GET' ? 'readBlob' : 'writeBlob', version, req);
       return await (req.method === 'GET' ? serveReadBlob(agent, param, req, res) : serveWriteBlob(agent, param, req, res));
     }
+    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'move' && (arg === 'layer' || arg === 'volume') && extra.length === 1) {
+      checkSince(arg === 'layer' ? (req.method === 'GET' ? 'exportContainerLayer' : 'importContainerLayer') : req.method === 'GET' ? 'exportVolume' : 'importVolume', version, req);
+      return await serveMove(agent, req.method, arg, extra[0]!, req, res);
+    }
     if (req.method === 'POST' && kind === 'logs' && (param === 'vm' || param === 'container')) return await serveLogs(agent, param, req, res);
     if (req.method === 'POST' && kind === 'pull' && arg === undefined) return await servePull(agent, req, res);
+    if (req.method === 'POST' && kind === 'build' && arg === undefined) {
+      checkSince('buildImage', version, req);
+      return await serveBuild(agent, req, res);
+    }
     if (req.method === 'POST' && kind === 'console' && param) return await serveConsole(agent, param, req, res);
-    if (req.method === 'POST' && kind === 'exec' && param) return await serveExec(agent, param, req, res);
+    if (req.method === 'POST' && kind === 'exec' && param) return await serveExec(agent, param, version, req, res);
     if (req.method === 'GET' && kind === 'events' && arg === undefined) return hub.subscribe(res);
     req.resume();
     throw new NotFound(`no agent route for ${req.method} ${path}`);

@@ -17,12 +17,17 @@ import { Conflict, InvalidArgument, NimbusError, toNimbusError } from '../../cor
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
-import type { AddressProvider, Agent, AgentImage, BlobStream, PullOptions, PullProgress } from '../agent.js';
-import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
+import type { AddressProvider, Agent, AgentImage, BlobStream, PullOptions, PullProgress, TreeImportResult } from '../agent.js';
+import type { BuildProgress, BuildRequest } from '../agent.js';
+import { badTerminalSize, type ExecRequest, type ExecSession, type LogRecord } from '../drivers/instance-driver.js';
 import {
   BLOB_SIZE_HEADER,
+  BUILD_HEADER,
+  BUILD_PATH,
+  IMAGE_CHAIN_HEADER,
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
+  NDJSON,
   PATHS,
   PING_INTERVAL_MS,
   LEGACY_PING_INTERVAL_MS,
@@ -36,11 +41,14 @@ import {
   isWireError,
   ndjsonRecords,
   negotiateProtocol,
+  ndjsonLine,
   tooOldFor,
+  tooOldForTty,
   MIGRATION_WITH_STORAGE_SINCE,
   tooOldForMounts,
   type AgentEvent,
   type ExecFrame,
+  type ExecInputFrame,
   type ProtocolRange,
   type UnaryMethod,
 } from './agent-protocol.js';
@@ -394,6 +402,7 @@ export class RemoteAgent implements Agent {
   foreignSubnets: Agent['foreignSubnets'] = (...a) => this.call('foreignSubnets', a);
   connectContainer: Agent['connectContainer'] = (...a) => this.call('connectContainer', a);
   disconnectContainer: Agent['disconnectContainer'] = (...a) => this.call('disconnectContainer', a);
+  renameContainer: Agent['renameContainer'] = (...a) => this.call('renameContainer', a);
   reconcileNetworks: Agent['reconcileNetworks'] = (...a) => this.call('reconcileNetworks', a);
   setOverlayPeers: Agent['setOverlayPeers'] = (...a) => this.call('setOverlayPeers', a);
   underlayAddress: Agent['underlayAddress'] = (...a) => this.call('underlayAddress', a);
@@ -540,24 +549,112 @@ export class RemoteAgent implements Agent {
     }
   }
 
+  // ------------------------------------------- a cold container move's trees (protocol 6)
+
+  containerRequest: Agent['containerRequest'] = (...a) => this.call('containerRequest', a);
+  exportContainerLayer: Agent['exportContainerLayer'] = (id) => this.treeOut('exportContainerLayer', 'layer', id);
+  exportVolume: Agent['exportVolume'] = (id) => this.treeOut('exportVolume', 'volume', id);
+  importContainerLayer: Agent['importContainerLayer'] = (id, imageChainId, bytes) => this.treeIn('importContainerLayer', 'layer', id, bytes, { [IMAGE_CHAIN_HEADER]: imageChainId });
+  importVolume: Agent['importVolume'] = (id, bytes) => this.treeIn('importVolume', 'volume', id, bytes);
+
+  /** The tar as the answer streams it (chunked; cut short, it errors). */
+  private async treeOut(method: 'exportContainerLayer' | 'exportVolume', what: 'layer' | 'volume', id: string): Promise<IncomingMessage> {
+    await this.requireVersionFor(method);
+    return (await this.open('GET', PATHS.move(what, id))).response;
+  }
+
+  /** The tar streamed as the request body (as writeBlob sends); the answer says what was imported. */
+  private async treeIn(method: 'importContainerLayer' | 'importVolume', what: 'layer' | 'volume', id: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string> = {}): Promise<TreeImportResult> {
+    await this.requireVersionFor(method);
+    const { req, response } = await this.open('PUT', PATHS.move(what, id), { streaming: true, headers: { 'content-type': 'application/x-tar', ...headers } });
+    const sent = pipeline(bytes, req).then(() => undefined, (e: unknown) => e);
+    let text: string;
+    try {
+      text = await readAll(await response);
+    } catch (e) {
+      req.destroy();
+      await sent;
+      throw this.unavailable(e);
+    }
+    if (!req.writableFinished) req.destroy();
+    await sent;
+    try {
+      return (JSON.parse(text) as { result: TreeImportResult }).result;
+    } catch {
+      throw this.unavailable(new Error(`${method} ${id}: the answer is not JSON`));
+    }
+  }
+
+  /** The context streams up as the request body; the builder's lines and then the image come down as NDJSON (protocol 6). */
+  async buildImage(spec: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage> {
+    await this.requireVersionFor('buildImage');
+    const { req, response } = await this.open('POST', BUILD_PATH, {
+      streaming: true,
+      headers: { 'content-type': 'application/x-tar', [BUILD_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
+      ...(signal ? { signal } : {}),
+    });
+    // settles either way: the answer (an early refusal, say) says more than a broken upload does
+    const sent = pipeline(context, req).then(() => undefined, (e: unknown) => e);
+    let res: IncomingMessage;
+    try {
+      res = await response;
+    } catch (e) {
+      req.destroy();
+      await sent;
+      throw signal?.aborted ? (signal.reason ?? e) : this.unavailable(e);
+    }
+    try {
+      for await (const v of ndjsonRecords(res)) {
+        if (isWireError(v)) throw decodeError(v);
+        const line = v as { progress?: BuildProgress; result?: AgentImage };
+        if (line.progress) progress(line.progress);
+        else if (line.result) return line.result;
+      }
+      throw new Error('the build stream ended without a result');
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason ?? e;
+      throw this.unavailable(e);
+    } finally {
+      if (!res.complete) res.destroy();
+      if (!req.writableFinished) req.destroy();
+      await sent;
+    }
+  }
+
   async openVmConsole(id: string): Promise<Duplex> {
     const { req, response } = await this.open('POST', PATHS.console(id), { streaming: true, headers: { 'content-type': 'application/octet-stream' } });
     return new ConsoleStream(req, await response);
   }
 
   async execInContainer(id: string, spec: ExecRequest): Promise<ExecSession> {
+    if (spec.tty) {
+      // an agent of 5 would run the command without its terminal
+      const refusal = tooOldForTty(await this.protocolVersion(), this.name);
+      if (refusal) throw refusal;
+    }
     const { req, response } = await this.open('POST', PATHS.exec(id), {
       streaming: true,
-      headers: { 'content-type': 'application/octet-stream', [EXEC_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
+      headers: { 'content-type': spec.tty ? NDJSON : 'application/octet-stream', [EXEC_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
     });
     const res = await response;
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     let stdin: Writable | undefined;
+    // with a TTY the body is input frames (ExecInputFrame), so resizes can travel beside the bytes
+    const onWire = (chunk: Buffer): Buffer => (spec.tty ? Buffer.from(ndjsonLine({ i: chunk.toString('base64') } satisfies ExecInputFrame)) : chunk);
+    // a terminal's reader gone is a hang-up, as in-process: the agent sees the request go and hangs up on the command
+    if (spec.tty) {
+      stdout.once('close', () => {
+        if (!res.complete) {
+          req.destroy();
+          res.destroy();
+        }
+      });
+    }
     if (res.headers[EXEC_STDIN_HEADER] === '1') {
       stdin = new Writable({
         write: (chunk: Buffer, _enc, cb) => {
-          const wait = writeTo(req, chunk);
+          const wait = writeTo(req, onWire(chunk));
           if (wait) void wait.then(() => cb());
           else cb();
         },
@@ -596,7 +693,12 @@ export class RemoteAgent implements Agent {
       }
     })();
     exit.catch(() => undefined); // a caller reading only the outputs must not get an unhandled rejection
-    return { stdout, stderr, ...(stdin ? { stdin } : {}), exit };
+    const resize = (rows: number, cols: number) => {
+      const bad = badTerminalSize(rows, cols);
+      if (bad) throw new InvalidArgument(bad);
+      if (!req.writableEnded && !req.destroyed) req.write(ndjsonLine({ resize: { rows, cols } } satisfies ExecInputFrame));
+    };
+    return { stdout, stderr, ...(stdin ? { stdin } : {}), exit, ...(spec.tty ? { resize } : {}) };
   }
 
   // ---------------------------------------------------------------- exit events

@@ -30,14 +30,14 @@ const PATH = /^\/vms\/([^/]+)\/console$/;
 const MAX_MESSAGE_BYTES = 64 * 1024;
 
 /** Refuses an upgrade with a plain HTTP answer on the raw socket (the handshake never happened). */
-function refuse(socket: Duplex, status: number, message: string): void {
+export function refuse(socket: Duplex, status: number, message: string): void {
   const body = JSON.stringify({ error: { message } });
   socket.end(`HTTP/1.1 ${status} ${status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : status === 404 ? 'Not Found' : 'Error'}\r\n` +
     `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
 }
 
 /** The Origin a browser sends must name the host it connected to (no cross-site page drives a console). */
-function sameOrigin(req: IncomingMessage): boolean {
+export function sameOrigin(req: IncomingMessage): boolean {
   const origin = req.headers.origin;
   if (origin === undefined) return true; // not a browser: the token alone decides
   try {

@@ -35,6 +35,11 @@ export function imageSummary(img: ImageView): Record<string, unknown> {
 
 export function imageInspect(img: ImageView): Record<string, unknown> {
   const c = img.config.config ?? {};
+  const config = {
+    Hostname: '', Domainname: '', User: c.User ?? '', AttachStdin: false, AttachStdout: false, AttachStderr: false, Tty: false, OpenStdin: false, StdinOnce: false,
+    Env: c.Env ?? null, Cmd: c.Cmd ?? null, Entrypoint: c.Entrypoint ?? null, Image: '', Volumes: null, WorkingDir: c.WorkingDir ?? '',
+    Labels: c.Labels ?? null, OnBuild: null, ExposedPorts: c.ExposedPorts ?? null, ...(c.StopSignal ? { StopSignal: c.StopSignal } : {}),
+  };
   return {
     Id: img.digest,
     RepoTags: img.tags.map(familiarName),
@@ -45,11 +50,9 @@ export function imageInspect(img: ImageView): Record<string, unknown> {
     Container: '',
     DockerVersion: '',
     Author: '',
-    Config: {
-      Hostname: '', Domainname: '', User: c.User ?? '', AttachStdin: false, AttachStdout: false, AttachStderr: false, Tty: false, OpenStdin: false, StdinOnce: false,
-      Env: c.Env ?? null, Cmd: c.Cmd ?? null, Entrypoint: c.Entrypoint ?? null, Image: '', Volumes: null, WorkingDir: c.WorkingDir ?? '',
-      Labels: c.Labels ?? null, OnBuild: null, ExposedPorts: c.ExposedPorts ?? null, ...(c.StopSignal ? { StopSignal: c.StopSignal } : {}),
-    },
+    Config: config,
+    // the legacy builder's record of the container an image was committed from: clients still read it (compose 1.29 does)
+    ContainerConfig: config,
     Architecture: img.config.architecture ?? '',
     Os: img.config.os ?? 'linux',
     Size: img.size,

@@ -4,16 +4,18 @@ import { logger } from '../../core/log.js';
 import { containerRoutes } from './containers.js';
 import { execRoutes } from './exec.js';
 import { imageRoutes } from './images.js';
+import { buildRoutes } from './build.js';
 import { networkRoutes } from './networks.js';
 import { volumeRoutes } from './volumes.js';
 import { observeRoutes } from './observe.js';
 import { pruneRoutes } from './prune.js';
 import { archiveRoutes } from './archive.js';
+import { renameRoutes } from './rename.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes];
+  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...renameRoutes];
 }
 
 /**

@@ -79,6 +79,16 @@ describe('Docker create body → Nimbus container input', () => {
     ]);
   });
 
+  test('a healthcheck in nanoseconds becomes milliseconds; zeros are the defaults; Volumes a mount covers are no anonymous volume', () => {
+    const input = toContainerInput(checkBody('container', {
+      Image: 'busybox', Healthcheck: { Test: ['CMD-SHELL', 'test -f /ok'], Interval: 2_000_000_000, Timeout: 0, Retries: 5, StartPeriod: 10_000_000_000 },
+      Volumes: { '/data': {} }, HostConfig: { Binds: ['data:/data:rw'] },
+    }), undefined);
+    assert.deepEqual(input.healthcheck, { test: ['CMD-SHELL', 'test -f /ok'], intervalMs: 2000, retries: 5, startPeriodMs: 10_000 });
+    assert.equal(input.mounts?.length, 1);
+    assert.equal(toContainerInput(checkBody('container', { Image: 'busybox', Healthcheck: {} }), undefined).healthcheck, undefined, 'no Test: none');
+  });
+
   test('what Nimbus does not do is refused with the flag\'s name, never ignored', () => {
     const refused: Array<[Record<string, unknown>, RegExp]> = [
       [{ Tty: true }, /-t\/--tty/],
@@ -93,7 +103,8 @@ describe('Docker create body → Nimbus container input', () => {
       [{ HostConfig: { LogConfig: { Type: 'syslog' } } }, /--log-driver/],
       [{ HostConfig: { RestartPolicy: { Name: 'always' }, AutoRemove: true } }, /--restart and --rm/],
       [{ HostConfig: { RestartPolicy: { Name: 'sometimes' } } }, /invalid restart policy/],
-      [{ Healthcheck: { Test: ['CMD', 'true'] } }, /--health-cmd/],
+      [{ Healthcheck: { Test: ['CMD', 'true'], Interval: 500 } }, /at least 1ms/],
+      [{ Volumes: { '/data': {} } }, /anonymous volumes \(-v \/data\)/],
     ];
     for (const [extra, message] of refused) {
       const body = { Image: 'busybox', ...extra };

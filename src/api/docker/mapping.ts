@@ -4,7 +4,7 @@
  */
 import { InvalidArgument } from '../../core/errors.js';
 import type { CreateContainerInput } from '../../control/compute/container-service.js';
-import type { ContainerRecord, ContainerStatus, NetworkRecord, PortSpec, RestartPolicyName } from '../../store/records.js';
+import type { ContainerRecord, ContainerStatus, HealthcheckConfig, NetworkRecord, PortSpec, RestartPolicyName } from '../../store/records.js';
 import type { DockerContainerCreate } from './schemas.js';
 import { humanDuration } from '../../core/human-duration.js';
 import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
@@ -22,8 +22,8 @@ function isSet(v: unknown): boolean {
 
 /** Fields Nimbus does not do yet, with the flag a user typed: refused rather than silently ignored. */
 const UNSUPPORTED_CONFIG: Array<[string, string]> = [
-  ['Tty', '-t/--tty'], ['OpenStdin', '-i/--interactive'], ['AttachStdin', '-i/--interactive'], ['Volumes', 'anonymous volumes (-v /path)'],
-  ['Healthcheck', '--health-cmd'], ['Shell', 'SHELL'], ['OnBuild', 'ONBUILD'], ['MacAddress', '--mac-address'],
+  ['Tty', '-t/--tty'], ['OpenStdin', '-i/--interactive'], ['AttachStdin', '-i/--interactive'],
+  ['Shell', 'SHELL'], ['OnBuild', 'ONBUILD'], ['MacAddress', '--mac-address'],
 ];
 const UNSUPPORTED_HOST: Array<[string, string]> = [
   ['VolumesFrom', '--volumes-from'], ['Privileged', '--privileged'],
@@ -90,6 +90,10 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
   const pids = host.PidsLimit && host.PidsLimit > 0 ? host.PidsLimit : undefined;
   const links = (host.Links ?? []).map(parseLink);
   const mounts = mountsOfHostConfig({ Binds: host.Binds, Mounts: host.Mounts, Tmpfs: host.Tmpfs });
+  const healthcheck = toHealthcheck(raw.Healthcheck);
+  // Config.Volumes lists mount points (compose sends it beside Binds); one no mount covers is an anonymous volume
+  const anonymous = Object.keys((raw.Volumes ?? {}) as Record<string, unknown>).filter((p) => !mounts.some((m) => m.target === p.replace(/\/+$/, '') || m.target === p));
+  if (anonymous.length) throw new InvalidArgument(`anonymous volumes (-v ${anonymous[0]}) are not supported by Nimbus's Docker API yet (Volumes): name the volume (-v NAME:${anonymous[0]})`);
   return {
     image: body.Image,
     ...(name ? { name: name.replace(/^\//, '') } : {}),
@@ -116,7 +120,40 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
     ...(links.length ? { links } : {}),
     ...(aliases.length ? { aliases } : {}),
     ...(mounts.length ? { mounts } : {}),
+    ...(healthcheck ? { healthcheck } : {}),
   };
+}
+
+/** Docker's Healthcheck (nanoseconds; 0 is the default) as Nimbus's (milliseconds; absent is the default). */
+export function toHealthcheck(raw: unknown): HealthcheckConfig | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const h = raw as { Test?: unknown; Interval?: unknown; Timeout?: unknown; Retries?: unknown; StartPeriod?: unknown };
+  if (!Array.isArray(h.Test) || h.Test.length === 0) return undefined; // {} or no Test: the image's (none here)
+  if (!h.Test.every((t) => typeof t === 'string')) throw new InvalidArgument('Healthcheck.Test must be strings');
+  const ms = (v: unknown, what: string) => {
+    if (v === undefined || v === null || v === 0) return undefined;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new InvalidArgument(`Healthcheck.${what} must be nanoseconds`);
+    if (v < 1_000_000) throw new InvalidArgument(`Interval, Timeout and StartPeriod of a healthcheck must be at least 1ms (Healthcheck.${what})`);
+    return Math.round(v / 1_000_000);
+  };
+  const interval = ms(h.Interval, 'Interval');
+  const timeout = ms(h.Timeout, 'Timeout');
+  const start = ms(h.StartPeriod, 'StartPeriod');
+  if (h.Retries !== undefined && h.Retries !== null && (typeof h.Retries !== 'number' || !Number.isInteger(h.Retries) || h.Retries < 0)) throw new InvalidArgument('Healthcheck.Retries must be a whole number');
+  const retries = typeof h.Retries === 'number' && h.Retries > 0 ? h.Retries : undefined;
+  return {
+    test: h.Test as string[],
+    ...(interval !== undefined ? { intervalMs: Math.max(100, interval) } : {}),
+    ...(timeout !== undefined ? { timeoutMs: Math.max(100, timeout) } : {}),
+    ...(retries !== undefined ? { retries } : {}),
+    ...(start !== undefined ? { startPeriodMs: start } : {}),
+  };
+}
+
+/** " (healthy)", " (health: starting)", " (unhealthy)" after a running container's status, as ps shows it. */
+function healthSuffix(c: ContainerLike): string {
+  if (!c.health || !c.config.healthcheck) return '';
+  return c.health.status === 'starting' ? ' (health: starting)' : ` (${c.health.status})`;
 }
 
 /** Docker's units.HumanDuration: how `ps` says how long ago (one implementation with the CLI's). */
@@ -128,7 +165,7 @@ const since = (iso: string | null, now: number) => humanDuration(iso ? Math.max(
 export function statusString(c: ContainerLike, now = Date.now()): string {
   switch (c.status) {
     case 'created': return 'Created';
-    case 'running': return `Up ${since(c.startedAt, now)}`;
+    case 'running': return `Up ${since(c.startedAt, now)}${healthSuffix(c)}`;
     case 'paused': return `Up ${since(c.startedAt, now)} (Paused)`;
     case 'restarting': return `Restarting (${c.exitCode ?? 0}) ${since(c.finishedAt, now)} ago`;
     case 'exited': return c.finishedAt ? `Exited (${c.exitCode ?? 0}) ${since(c.finishedAt, now)} ago` : `Exited (${c.exitCode ?? 0})`;
@@ -206,6 +243,12 @@ export function containerInspect(c: ContainerLike, endpoints: EndpointLike[] = [
       Error: '',
       StartedAt: c.startedAt ?? '0001-01-01T00:00:00Z',
       FinishedAt: c.finishedAt ?? '0001-01-01T00:00:00Z',
+      ...(c.config.healthcheck && c.health ? {
+        Health: {
+          Status: c.health.status, FailingStreak: c.health.failingStreak,
+          Log: c.health.log.map((p) => ({ Start: p.start, End: p.end, ExitCode: p.exitCode, Output: p.output })),
+        },
+      } : {}),
     },
     Image: c.imageDigest,
     Name: `/${c.name}`,
@@ -238,6 +281,15 @@ export function containerInspect(c: ContainerLike, endpoints: EndpointLike[] = [
       Labels: c.config.labels ?? {},
       StopSignal: c.config.stopSignal ?? 'SIGTERM',
       ...(c.config.stopTimeout !== undefined ? { StopTimeout: c.config.stopTimeout } : {}),
+      ...(c.config.healthcheck ? {
+        Healthcheck: {
+          Test: c.config.healthcheck.test,
+          ...(c.config.healthcheck.intervalMs !== undefined ? { Interval: c.config.healthcheck.intervalMs * 1_000_000 } : {}),
+          ...(c.config.healthcheck.timeoutMs !== undefined ? { Timeout: c.config.healthcheck.timeoutMs * 1_000_000 } : {}),
+          ...(c.config.healthcheck.retries !== undefined ? { Retries: c.config.healthcheck.retries } : {}),
+          ...(c.config.healthcheck.startPeriodMs !== undefined ? { StartPeriod: c.config.healthcheck.startPeriodMs * 1_000_000 } : {}),
+        },
+      } : {}),
     },
     NetworkSettings: {
       Ports: ports,
@@ -270,16 +322,17 @@ export function parseFilters(raw: string | undefined): Map<string, string[]> {
   return out;
 }
 
-const CONTAINER_FILTERS = new Set(['name', 'label', 'status', 'id']);
+const CONTAINER_FILTERS = new Set(['name', 'label', 'status', 'id', 'health']);
 
 /** Whether a container passes `ps --filter` (name: a regular expression as Docker's; label: key or key=value; status: State). */
 export function matchesContainerFilters(c: ContainerLike, filters: Map<string, string[]>): boolean {
   for (const [k, values] of filters) {
-    if (!CONTAINER_FILTERS.has(k)) throw new InvalidArgument(`invalid filter '${k}' (name, label, status and id are supported)`);
+    if (!CONTAINER_FILTERS.has(k)) throw new InvalidArgument(`invalid filter '${k}' (name, label, status, id and health are supported)`);
     const any = (test: (v: string) => boolean) => values.length === 0 || values.some(test);
     if (k === 'name' && !any((v) => safeRegExp(v).test(c.name))) return false;
     if (k === 'id' && !any((v) => c.id.startsWith(v))) return false;
     if (k === 'status' && !any((v) => v === dockerState(c))) return false;
+    if (k === 'health' && !any((v) => (v === 'none' ? !c.config.healthcheck : c.health?.status === v && !!c.config.healthcheck))) return false;
     // every label given must match (Docker's rule for labels)
     if (k === 'label' && !values.every((v) => {
       const i = v.indexOf('=');

@@ -126,7 +126,8 @@ export function volumeDoc(v: VolumeRecord | VolumeView): Record<string, unknown>
     Labels: v.labels,
     Mountpoint: view.mountpoint ?? '',
     Name: v.name,
-    Options: { size: String(v.sizeBytes) },
+    // as the creator gave them (compose compares them with its file's driver_opts); null when none, as dockerd
+    Options: Object.keys(v.driverOptions).length ? v.driverOptions : null,
     Scope: 'local',
     Status: { Host: v.host, Size: v.sizeBytes, State: v.status },
     ...(view.usedBytes !== undefined ? { UsageData: { Size: view.usedBytes, RefCount: view.usedBy?.length ?? 0 } } : {}),
@@ -183,7 +184,7 @@ export const volumeRoutes: DockerRoute[] = [
       // `docker volume create NAME` of one that exists answers it, as dockerd does
       const had = await services.store.volumes.byName(project, name);
       if (had) return { status: 201, json: volumeDoc(had) };
-      const v = await services.volumes.create({ name, ...(sizeBytes !== undefined ? { sizeBytes } : {}), labels: labels as Record<string, string> }, project);
+      const v = await services.volumes.create({ name, ...(sizeBytes !== undefined ? { sizeBytes } : {}), labels: labels as Record<string, string>, driverOptions: opts as Record<string, string> }, project);
       return { status: 201, json: volumeDoc(v) };
     },
   },

@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream, type RequestAuth } from '../route.js';
-import { Argv, Container, ContainerCreate, ContainerPath, Empty, EnvList, ExecFrame, IdParam, LogLine, Operation, SignalSpec, Stats, StopTimeout, UserSpec } from '../schemas.js';
+import { Arg, Argv, Container, ContainerCreate, ContainerPath, Empty, EnvList, ExecFrame, IdParam, LogLine, Name, Operation, SignalSpec, Stats, StopTimeout, TerminalCells, TerminalSize, UserSpec } from '../schemas.js';
+import { InvalidArgument } from '../../core/errors.js';
 import { checkTotalLength } from '../validate.js';
 import { canonicalSignal } from '../../core/signals.js';
 import { MAX_ARGV_ENV_TOTAL } from '../../core/limits.js';
@@ -113,10 +114,33 @@ export const containerRoutes = [
     handler: ({ params, body, services }) => services.containers.kill(params.id, canonicalSignal(body.signal)),
   }),
   route({
+    method: 'POST', path: '/containers/{id}/move', operationId: 'moveContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
+    summary: 'Move a container to another host, cold: stopped, carried with its writable layer and named volumes, created there with the same id, name, '
+      + 'address and aliases, started again if it ran; returns an Operation (container.move, 202). Live moves (CRIU) are refused on this kernel',
+    status: 202, params: IdParam,
+    body: Type.Object({
+      to: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'System administrators: the destination host (as --host on a create); absent: the scheduler picks another host' })),
+      live: Type.Optional(Type.Boolean({ description: 'Refused: live moves need CRIU, blocked on this kernel' })),
+    }, { additionalProperties: false }),
+    response: Operation,
+    handler: async ({ params, body, services, auth }) => {
+      checkPinnedHost({ ...(body.to !== undefined ? { host: body.to } : {}) }, isSystemAdmin(auth), 'to');
+      return { status: 202, body: await services.containers.startMove(params.id, { ...(body.to !== undefined ? { to: body.to } : {}), ...(body.live ? { live: true } : {}) }) };
+    },
+  }),
+  route({
     method: 'POST', path: '/containers/{id}/pause', operationId: 'pauseContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: CONTAINER },
     summary: 'Freeze every process of a container (cgroup freezer)', params: IdParam, response: Container,
     handler: ({ params, services }) => services.containers.pause(params.id),
+  }),
+  route({
+    method: 'POST', path: '/containers/{id}/rename', operationId: 'renameContainer', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
+    summary: 'Give a container another name in its project (409 when an instance there has it); DNS answers the new name on every host',
+    params: IdParam, body: Type.Object({ name: Name({ description: 'The new name' }) }, { additionalProperties: false }), response: Container,
+    handler: async ({ params, body, services }) => services.containers.view(await services.containers.rename(params.id, body.name)),
   }),
   route({
     method: 'POST', path: '/containers/{id}/unpause', operationId: 'unpauseContainer', tag: 'containers', access: 'write',
@@ -144,20 +168,44 @@ export const containerRoutes = [
   route({
     method: 'POST', path: '/containers/{id}/exec', operationId: 'execInContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: CONTAINER },
-    summary: 'Run a command in a running container; streams output frames, the last one carries exitCode', params: IdParam,
+    summary: 'Run a command in a running container; streams output frames, the last one carries exitCode. '
+      + 'With tty the command runs on a terminal without input; for one to type into, GET this path as a WebSocket', params: IdParam,
     body: Type.Object({
       args: Argv(undefined, 1),
       env: Type.Optional(EnvList()),
       workdir: Type.Optional(ContainerPath),
       user: Type.Optional(UserSpec),
+      tty: Type.Optional(TerminalSize),
     }, { additionalProperties: false }),
     response: ExecFrame, streams: 'ndjson',
     handler: async ({ params, body, services }) => {
       checkTotalLength({ args: body.args, env: body.env }, MAX_ARGV_ENV_TOTAL);
       const session = await services.containers.exec(params.id, {
         args: body.args, ...(body.env ? { env: body.env } : {}), ...(body.workdir ? { cwd: body.workdir } : {}), ...(body.user ? { user: body.user } : {}),
+        ...(body.tty ? { tty: body.tty } : {}),
       });
       return stream('ndjson', execFrames(session));
+    },
+  }),
+  route({
+    method: 'GET', path: '/containers/{id}/exec', operationId: 'execTerminal', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
+    summary: 'A command on a terminal, interactively, as a WebSocket (Upgrade: websocket; src/api/dashboard/exec-ws.ts): offer the subprotocol '
+      + '"nimbus-exec" (a browser adds "nimbus-token.<token>", having no Authorization header). Binary messages both ways are the terminal\'s bytes; '
+      + 'a text message {"resize":{"rows":R,"cols":C}} resizes it. The server ends with a text message {"exitCode":N} (or {"error":{…}}) and closes. '
+      + 'Without the upgrade this path answers 400',
+    params: IdParam,
+    query: Type.Object({
+      cmd: Type.Array(Arg, { minItems: 1, maxItems: 4096, default: ['sh'], description: 'The command and its arguments, one parameter each (default sh)' }),
+      rows: TerminalCells('The terminal\'s lines at the start', 24),
+      cols: TerminalCells('The terminal\'s columns at the start', 80),
+      env: Type.Optional(EnvList()),
+      workdir: Type.Optional(ContainerPath),
+      user: Type.Optional(UserSpec),
+    }),
+    response: ExecFrame,
+    handler: () => {
+      throw new InvalidArgument('GET /containers/{id}/exec is a WebSocket: send Connection: Upgrade and Upgrade: websocket (or POST for frames of output)');
     },
   }),
   route({

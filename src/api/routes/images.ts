@@ -6,6 +6,7 @@ import { Type } from '@sinclair/typebox';
 import { newId } from '../../core/ids.js';
 import { route } from '../route.js';
 import { Image, Operation, Ref } from '../schemas.js';
+import { buildRoutes } from './builds.js';
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 
@@ -16,6 +17,7 @@ const IMAGE = { param: 'ref', kind: 'image', owner: async (s: Services, ref: str
 const RefParam = Type.Object({ ref: Ref('Reference, digest or id (URL-encoded)', 1024) });
 
 export const imageRoutes = [
+  ...buildRoutes,
   route({
     method: 'GET', path: '/images', operationId: 'listImages', tag: 'images', access: 'read',
     auth: { role: 'reader', project: 'query-list' },

@@ -14,8 +14,9 @@ import { schedulerRoutes } from './scheduler.js';
 import { usageRoutes } from './usage.js';
 import { metricsRoutes } from './metrics.js';
 import { volumeRoutes } from './volumes.js';
+import { evacuateRoutes } from './evacuate.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
+  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...evacuateRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
 }

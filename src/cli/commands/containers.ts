@@ -7,6 +7,7 @@ import {
 import { ago, humanMemory, printJson, render, short, statusText, table, truncate } from '../output.js';
 import { pullWithProgress } from './images.js';
 import { clientOf, eachArg, waitOperation } from './shared.js';
+import { execOnTerminal, localTerminalSize } from './exec-tty.js';
 import { vmImage, vmStatusText, type Vm } from './vms.js';
 import { mountsFromFlags } from './volumes.js';
 
@@ -65,8 +66,39 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'volume', short: 'v', type: 'list', value: 'NAME:/PATH[:ro]', description: 'Mount a named volume (made with 1 GiB if missing), or /HOST/PATH:/PATH (system administrators only)' },
   { name: 'mount', type: 'list', value: 'type=volume|bind|tmpfs,source=…,target=…[,readonly]', description: 'Mount a volume, a host path or a tmpfs (Docker\'s --mount)' },
   { name: 'tmpfs', type: 'list', value: '/PATH[:size=64m,mode=1777]', description: 'Mount a tmpfs' },
+  { name: 'health-cmd', type: 'string', value: 'CMD', description: 'Command (run by /bin/sh -c in the container) whose exit says it is healthy' },
+  { name: 'health-interval', type: 'string', value: 'DURATION', description: 'Between health probes, e.g. 30s (default), 500ms, 1m' },
+  { name: 'health-timeout', type: 'string', value: 'DURATION', description: 'A probe running longer fails (default 30s)' },
+  { name: 'health-retries', type: 'number', integer: true, value: 'N', description: 'Failures in a row that make it unhealthy (default 3)' },
+  { name: 'health-start-period', type: 'string', value: 'DURATION', description: 'Failures this soon after a start do not count (default 0s)' },
   ...PLACEMENT_OPTIONS(),
 ];
+
+/** "30s", "500ms", "1m30s", "2h" as milliseconds (Go's durations, which docker takes). */
+export function parseDurationMs(s: string, flag: string): number {
+  const parts = /^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$/.test(s) ? [...s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)] : [];
+  if (!parts.length) throw new UsageError(`--${flag}: "${s}" is not a duration (e.g. 500ms, 30s, 1m30s)`);
+  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 } as const;
+  return Math.round(parts.reduce((a, m) => a + Number(m[1]) * unit[m[2] as keyof typeof unit], 0));
+}
+
+function healthcheckFromFlags(opts: Record<string, unknown>): Record<string, unknown> | undefined {
+  const cmd = opts['health-cmd'] as string | undefined;
+  const others = ['health-interval', 'health-timeout', 'health-retries', 'health-start-period'].filter((k) => opts[k] !== undefined);
+  if (cmd === undefined) {
+    if (others.length) throw new UsageError(`--${others[0]} needs --health-cmd`);
+    return undefined;
+  }
+  const ms = (k: string) => (opts[k] === undefined ? undefined : parseDurationMs(String(opts[k]), k));
+  const [interval, timeout, start] = [ms('health-interval'), ms('health-timeout'), ms('health-start-period')];
+  return {
+    test: ['CMD-SHELL', cmd],
+    ...(interval !== undefined ? { intervalMs: interval } : {}),
+    ...(timeout !== undefined ? { timeoutMs: timeout } : {}),
+    ...(opts['health-retries'] !== undefined ? { retries: opts['health-retries'] } : {}),
+    ...(start !== undefined ? { startPeriodMs: start } : {}),
+  };
+}
 
 /** Where an instance may run (containers and VMs); the scheduler chooses among the hosts that pass. */
 export function PLACEMENT_OPTIONS(): CommandSpec['options'] {
@@ -145,6 +177,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
   if (cpus !== undefined && !(cpus > 0)) throw new UsageError(`--cpus must be more than 0, got ${cpus}`);
   const memory = opts.memory === undefined ? undefined : parseSize(String(opts.memory));
   const mounts = mountsFromFlags(opts);
+  const healthcheck = healthcheckFromFlags(opts);
   if (memory !== undefined && memory < 1) throw new UsageError(`--memory must be more than 0`);
   for (const k of ['pids-limit', 'stop-timeout'] as const) {
     const v = opts[k] as number | undefined;
@@ -177,6 +210,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(list('network-alias').length ? { aliases: list('network-alias') } : {}),
     ...(list('log-opt').length ? { log: parseLogOpts(list('log-opt')) } : {}),
     ...(mounts.length ? { mounts } : {}),
+    ...(healthcheck ? { healthcheck } : {}),
     ...placementBody(opts),
   };
 }
@@ -422,6 +456,13 @@ export const containerCommands: CommandSpec[] = [
   { name: 'pause', usage: 'CONTAINER [CONTAINER...]', summary: 'Freeze every process of containers', minArgs: 1, options: [], run: forEach((id) => `/containers/${id}/pause`) },
   { name: 'unpause', usage: 'CONTAINER [CONTAINER...]', summary: 'Thaw paused containers', minArgs: 1, options: [], run: forEach((id) => `/containers/${id}/unpause`) },
   {
+    name: 'rename', usage: 'CONTAINER NEW_NAME', summary: 'Give a container another name (DNS answers the new one on its networks)', minArgs: 2, maxArgs: 2, options: [],
+    async run(ctx) {
+      await clientOf(ctx.global).json('POST', `/containers/${enc(ctx.args[0]!)}/rename`, { name: ctx.args[1] });
+      return 0;
+    },
+  },
+  {
     name: 'rm', usage: 'CONTAINER [CONTAINER...]', summary: 'Remove containers', minArgs: 1,
     options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Kill a running container first' }],
     run: forEach((id, ctx) => `/containers/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
@@ -517,11 +558,20 @@ export const containerCommands: CommandSpec[] = [
       { name: 'env', short: 'e', type: 'list', value: 'K=V', description: "Environment variable; K alone copies K's value from this shell" },
       { name: 'workdir', short: 'w', type: 'string', value: 'DIR', description: 'Working directory' },
       { name: 'user', short: 'u', type: 'string', value: 'USER', description: 'User name or uid[:gid]' },
+      { name: 'tty', short: 't', type: 'boolean', description: 'Run it on a terminal (the size of this one)' },
+      { name: 'interactive', short: 'i', type: 'boolean', description: 'With -t: this terminal, raw, typed into the command (stdin must be a terminal)' },
     ],
     async run({ args, opts, global }) {
       const [id, ...cmd] = args;
       const env = resolveEnv(opts.env as string[]);
-      const body = { args: cmd, ...(env.length ? { env } : {}), ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}), ...(opts.user !== undefined ? { user: opts.user } : {}) };
+      if (opts.interactive && !opts.tty) throw new UsageError('-i needs -t here (input without a terminal is not carried yet)');
+      if (opts.interactive) {
+        return execOnTerminal(clientOf(global), id!, { args: cmd, ...(env.length ? { env } : {}), ...(opts.workdir !== undefined ? { workdir: opts.workdir as string } : {}), ...(opts.user !== undefined ? { user: opts.user as string } : {}) });
+      }
+      const body = {
+        args: cmd, ...(env.length ? { env } : {}), ...(opts.workdir !== undefined ? { workdir: opts.workdir } : {}), ...(opts.user !== undefined ? { user: opts.user } : {}),
+        ...(opts.tty ? { tty: localTerminalSize() } : {}),
+      };
       let exitCode: number | undefined;
       for await (const f of await clientOf(global).openNdjson<{ stream?: string; data?: string; exitCode?: number }>('POST', `/containers/${enc(id!)}/exec`, body)) {
         if (f.data !== undefined) (f.stream === 'stderr' ? process.stderr : process.stdout).write(Buffer.from(f.data, 'base64'));

@@ -25,6 +25,7 @@ import { placementFields, withGroupResolved, type HostAgents, type PlacementInpu
 import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
 import { agentMounts, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
+import { chooseDestination, moveContainer, startMove, type MoveDeps, type MoveOptions, type MoveReport } from './container-move.js';
 
 const log = logger('compute');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
@@ -606,6 +607,29 @@ export class ContainerService {
   }
 
   /**
+   * A new name in its project (AlreadyExists when an instance there has it). DNS follows on every
+   * host: its own host's endpoints answer the new name, the overlay's peers are pushed again.
+   * The record changes first; if its host refuses, the old name comes back.
+   */
+  async rename(idOrName: string, to: string): Promise<ContainerRecord> {
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/.test(to)) throw new InvalidArgument(`invalid container name "${to.slice(0, 64)}": letters, digits, _ . - (not first), at most 128`);
+    const c = await this.get(idOrName);
+    return this.locked(c.id, async () => {
+      const cur = await this.current(c.id);
+      if (cur.name === to) return cur;
+      const next = await this.store.containers.update(c.id, { name: to });
+      try {
+        await this.networks.renamed(next, cur.name);
+      } catch (e) {
+        await this.store.containers.update(c.id, { name: cur.name });
+        throw e;
+      }
+      this.publish(next, 'rename', { oldName: cur.name });
+      return next;
+    });
+  }
+
+  /**
    * rm; with force, it preempts (container-state.ts): a pending restart is cancelled, a stop in
    * flight aborted and the process SIGKILLed at once, then the removal takes the lock.
    */
@@ -688,7 +712,7 @@ export class ContainerService {
     const c = await this.get(idOrName);
     if (c.status !== 'running') throw new Conflict(`container ${c.name} is ${c.status}; exec needs it running`);
     if (!req.args.length) throw new InvalidArgument('exec needs a command');
-    this.publish(c, 'exec', { args: req.args });
+    this.publish(c, 'exec', { args: req.args, ...(req.tty ? { tty: true } : {}) });
     return this.agentOf(c).execInContainer(c.id, req);
   }
 
@@ -735,7 +759,8 @@ export class ContainerService {
     if (state.status !== 'stopped') return;
     const rec = await this.locked(id, async () => {
       const now = await this.store.containers.get(id);
-      if (!now || now.status === 'removing') return undefined;
+      // an exit from a host the container has left (a move) is not its exit
+      if (!now || now.status === 'removing' || now.host !== cur.host) return undefined;
       // An exit older than the last start may be the previous run's (a restart held the lock
       // meanwhile): ask again. (A fast exit can also predate startedAt, which is written after.)
       if (now.status === 'running' && now.startedAt && state.finishedAt && state.finishedAt < now.startedAt) {
@@ -897,6 +922,32 @@ export class ContainerService {
       orphansRemoved++;
     }
     return { running, exited, orphansRemoved, lost };
+  }
+
+  /** Move it to another host, cold (container-move.ts): checked now, then an Operation (container.move). */
+  async startMove(idOrName: string, opts: MoveOptions = {}): Promise<OperationRecord> {
+    return startMove(this.moveDeps(), await this.get(idOrName), opts);
+  }
+
+  /** The move itself, waited for (an evacuation, tests; the API starts an Operation). Without `to`: the scheduler's choice. */
+  async move(id: string, to?: string): Promise<MoveReport> {
+    const deps = this.moveDeps();
+    return moveContainer(deps, id, to ?? (await chooseDestination(deps, await this.get(id), undefined)));
+  }
+
+  /** What the move needs of this service: its lock, stop and start, events and exits. */
+  private moveDeps(): MoveDeps {
+    return {
+      store: this.store, hosts: this.hosts, scheduler: this.scheduler, images: this.images, networks: this.networks, operations: this.operations,
+      agentOn: (host) => this.agentOn(host),
+      locked: (id, fn) => this.locked(id, fn),
+      cancelRestart: (id) => this.cancelRestart(id),
+      stop: (id) => this.stops.run(id, (signal) => this.stopLocked(id, undefined, signal)),
+      start: (id) => this.startLocked(id, false),
+      publish: (c, action, attributes) => this.publish(c, action, attributes),
+      exitMaybe: (id) => this.handleExitDetached(id),
+      bounded: (id, op, p) => this.bounded(id, op, p),
+    };
   }
 
   shutdown(): void {

@@ -222,7 +222,7 @@ export class ImageService {
    * Where pulls and imports run: the embedded agent; with --no-agent, the first registered host
    * (other hosts fetch the image by digest when a container is placed there).
    */
-  private pullHost(): { name: string; agent: Agent } {
+  pullHost(): { name: string; agent: Agent } {
     const local = this.localName;
     if (local !== undefined) return { name: local, agent: this.hosts ? this.hosts.get(local) : this.agent };
     const first = this.hosts?.names()[0];
@@ -250,6 +250,14 @@ export class ImageService {
     });
     this.events.publish({ type: 'image', action: 'pull', id: rec.digest, projectId, attributes: { name: tagName } });
     return (await this.store.images.ref(projectId, rec.digest)) ?? rec;
+  }
+
+  /** A built image as the project's (as a pulled one is), tagged with each of tags (already normalised); event "build". */
+  async recordBuilt(img: AgentImage, projectId: string, tags: string[], host: string): Promise<ImageView> {
+    const rec = await this.record(img, projectId, tags[0], host);
+    for (const t of tags.slice(1)) await this.store.images.setTag({ name: t, digest: rec.digest, projectId, updatedAt: new Date().toISOString() });
+    this.events.publish({ type: 'image', action: 'build', id: rec.digest, projectId, attributes: { name: tags.join(',') } });
+    return this.view(rec);
   }
 
   /** Starts a pull; returns the Operation. */

@@ -109,6 +109,15 @@ export class NetworkService {
     void this.overlayChangedFor(instanceId, false).catch((x: unknown) => log.warn('updating overlays after a failed create', { id: instanceId, error: String(x) }));
   }
 
+  /**
+   * A container was renamed (its record holds the new name): its host's DNS answers the new name,
+   * and the overlay's peers (other hosts' DNS) are pushed again.
+   */
+  async renamed(c: ContainerRecord, from: string): Promise<void> {
+    await this.agentOn(c.host).renameContainer(c.id, from, c.name);
+    await this.overlayChangedFor(c.id, true);
+  }
+
   /** An instance's record moved to another host (a VM arrived there): its peers learn at once, not when the source has let go. */
   endpointsMoved(instanceId: string): void {
     void this.overlayChangedFor(instanceId, true).catch((x: unknown) => log.warn('updating overlays after a move', { id: instanceId, error: String(x) }));

@@ -484,7 +484,7 @@ export class Ledger {
     if (typeof req !== 'object' || req === null) bad('request must be an object');
     if (typeof req.instanceId !== 'string' || req.instanceId.length === 0) bad('instanceId must be a non-empty string');
     this.project(req.project);
-    if (req.kind !== undefined && req.kind !== 'container' && req.kind !== 'vm' && req.kind !== 'network' && req.kind !== 'volume') bad(`kind must be container, vm, network or volume`);
+    if (req.kind !== undefined && req.kind !== 'container' && req.kind !== 'vm' && req.kind !== 'network' && req.kind !== 'volume' && req.kind !== 'build') bad(`kind must be container, vm, network, volume or build`);
     if (req.priority !== undefined && !Number.isSafeInteger(req.priority)) bad('priority must be an integer');
     if (this.state.instances[req.instanceId] !== undefined) throw new Conflict(`instance ${req.instanceId} already holds quota`, { instance: req.instanceId });
     return demandOf(req);

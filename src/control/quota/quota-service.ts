@@ -545,6 +545,16 @@ export class QuotaService {
     await this.admitOrThrow({ instanceId: id, project: projectId, resources: { instances: 0, volumes: 1, disk: sizeMiB }, kind: 'volume' });
   }
 
+  /**
+   * Admit an image build: its CPUs (whole ones, rounded up) and memory in MiB, no instance, held
+   * while it runs and released after (never reclaimed: a build is short). QuotaExceeded naming the
+   * deciding line otherwise.
+   */
+  async admitBuild(id: string, projectId: string, demand: { cpus: number; memoryBytes: number }): Promise<void> {
+    const resources = { instances: 0, cpus: Math.ceil(demand.cpus), memory: Math.ceil(demand.memoryBytes / MiB) };
+    await this.admitOrThrow({ instanceId: id, project: projectId, resources, kind: 'build' });
+  }
+
   /** Give back what the instance holds (nothing happens when it holds nothing). */
   release(id: string, reason: string): Promise<void> {
     return this.mutate((l) => {

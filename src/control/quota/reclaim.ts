@@ -107,7 +107,8 @@ export function planReclaim(state: LedgerState, _fences: Fences, ev: Evaluation,
 
   const victims: Victim[] = [];
   for (const c of ordered) {
-    if (c.inst.kind === 'network' || c.inst.kind === 'volume') continue; // a network or volume cannot be evicted (its containers would lose it, or their data)
+    // a network or volume cannot be evicted (its containers would lose it, or their data); a build ends soon and gives its share back then
+    if (c.inst.kind === 'network' || c.inst.kind === 'volume' || c.inst.kind === 'build') continue;
     if (RESOURCES.every((r) => remaining[r] <= 0)) break;
     const gain = zero();
     let poolVia: string | undefined;

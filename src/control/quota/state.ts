@@ -10,7 +10,8 @@
 import type { PartialVec, Resource, Vec } from './resources.js';
 
 /** What holds quota: instances, and networks and volumes (which count against `networks`, or `volumes` and `disk`, and are never reclaimed). */
-export type InstanceKind = 'container' | 'vm' | 'network' | 'volume';
+/** build: an image build's CPU and memory, held while it runs (control/images/build-service.ts). */
+export type InstanceKind = 'container' | 'vm' | 'network' | 'volume' | 'build';
 
 export interface ProjectState {
   id: string;

@@ -24,6 +24,7 @@ import type {
   GcResult,
   HostVolumeInfo,
   OutgoingMigration,
+  TreeImportResult,
   VmCreateRequest,
   VmHostState,
   VmImageFormat,
@@ -78,6 +79,9 @@ export class FakeAgent implements Agent {
   readonly blobs = new Map<string, Buffer>();
   /** Named volumes by id: their sizes (in memory: no file, no mount). */
   readonly volumes = new Map<string, number>();
+  /** Containers' writable layers and volumes' data as the move methods carry them (bytes, by id). */
+  readonly layers = new Map<string, Buffer>();
+  readonly volumeData = new Map<string, Buffer>();
   /** Warm container ids claimWarmContainer hands out, first first. */
   readonly warm: string[] = [];
   foreign: string[] = [];
@@ -275,6 +279,17 @@ export class FakeAgent implements Agent {
     });
   }
 
+  /** A build that consumes its context and answers a made-up image named by the build's id. */
+  buildImage(...args: Parameters<Agent['buildImage']>): Promise<AgentImage> {
+    return this.run('buildImage', args, async () => {
+      const [req, context, progress] = args;
+      for await (const _c of context) void _c;
+      progress({ line: `STEP 1/1: FROM ${req.baseImages[0]?.name ?? 'scratch'}` });
+      const { reference: _ref, ...img } = this.holdImage(fakeImage(`built/${req.id}`));
+      return img;
+    });
+  }
+
   // ---- VolumeHost
 
   createVolume(...args: Parameters<Agent['createVolume']>): Promise<HostVolumeInfo> {
@@ -288,6 +303,7 @@ export class FakeAgent implements Agent {
   removeVolume(...args: Parameters<Agent['removeVolume']>): Promise<void> {
     return this.run('removeVolume', args, async () => {
       this.volumes.delete(args[0]);
+      this.volumeData.delete(args[0]);
     });
   }
 
@@ -306,6 +322,46 @@ export class FakeAgent implements Agent {
       const removed = [...this.volumes.keys()].filter((id) => !live.includes(id));
       for (const id of removed) this.volumes.delete(id);
       return { mounted: live.length - live.filter((id) => !this.volumes.has(id)).length, removed, missing: live.filter((id) => !this.volumes.has(id)) };
+    });
+  }
+
+  // ---- ContainerMoveHost (bytes in memory: the tar format is tested against the real agent)
+
+  containerRequest(...args: Parameters<Agent['containerRequest']>): Promise<ContainerCreateRequest> {
+    return this.run('containerRequest', args, async () => structuredClone(this.container(args[0]).req));
+  }
+
+  exportContainerLayer(...args: Parameters<Agent['exportContainerLayer']>): Promise<Readable> {
+    return this.run('exportContainerLayer', args, async () => {
+      const c = this.container(args[0]);
+      if (c.state.status === 'running' || c.state.status === 'paused') throw new Conflict(`container ${args[0]} is ${c.state.status}`);
+      return Readable.from([this.layers.get(args[0]) ?? Buffer.alloc(0)]);
+    });
+  }
+
+  importContainerLayer(...args: Parameters<Agent['importContainerLayer']>): Promise<TreeImportResult> {
+    return this.run('importContainerLayer', args, async () => {
+      const [id, , bytes] = args;
+      if (this.containers.has(id) || this.layers.has(id)) throw new Conflict(`host ${this.host.name} has a container ${id} already`);
+      const got = await fakeTree(bytes);
+      this.layers.set(id, got.data);
+      return got.result;
+    });
+  }
+
+  exportVolume(...args: Parameters<Agent['exportVolume']>): Promise<Readable> {
+    return this.run('exportVolume', args, async () => {
+      if (!this.volumes.has(args[0])) throw new NotFound(`volume ${args[0]} is not on host ${this.host.name}`);
+      return Readable.from([this.volumeData.get(args[0]) ?? Buffer.alloc(0)]);
+    });
+  }
+
+  importVolume(...args: Parameters<Agent['importVolume']>): Promise<TreeImportResult> {
+    return this.run('importVolume', args, async () => {
+      if (!this.volumes.has(args[0])) throw new NotFound(`volume ${args[0]} is not on host ${this.host.name}`);
+      const got = await fakeTree(args[1]);
+      this.volumeData.set(args[0], got.data);
+      return got.result;
     });
   }
 
@@ -390,6 +446,7 @@ export class FakeAgent implements Agent {
   removeContainer(...args: Parameters<Agent['removeContainer']>): Promise<void> {
     return this.run('removeContainer', args, async () => {
       this.containers.delete(args[0]);
+      this.layers.delete(args[0]);
     });
   }
 
@@ -442,6 +499,13 @@ export class FakeAgent implements Agent {
   disconnectContainer(...args: Parameters<Agent['disconnectContainer']>): Promise<void> {
     return this.run('disconnectContainer', args, async () => {
       this.container(args[0]).endpoints.delete(args[1]);
+    });
+  }
+
+  renameContainer(...args: Parameters<Agent['renameContainer']>): Promise<void> {
+    return this.run('renameContainer', args, async () => {
+      const [id, from, to] = args;
+      for (const e of this.container(id).endpoints.values()) e.dnsNames = e.dnsNames.map((n) => (n === from ? to : n));
     });
   }
 
@@ -649,4 +713,12 @@ export function fakeImage(ref: string, over: Partial<AgentImage> = {}): AgentIma
     layers: [{ digest: `sha256:${h('l')}`, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', size: 10, diffId: `sha256:${h('d')}` }],
     chainId: `sha256:${h('d')}`, size: 10, ...over,
   };
+}
+
+/** The bytes of a fake tree import, and what a real import would answer for them. */
+async function fakeTree(bytes: AsyncIterable<Uint8Array>): Promise<{ data: Buffer; result: TreeImportResult }> {
+  const chunks: Buffer[] = [];
+  for await (const c of bytes) chunks.push(Buffer.from(c));
+  const data = Buffer.concat(chunks);
+  return { data, result: { bytes: data.length, digest: `sha256:${createHash('sha256').update(data).digest('hex')}`, entries: 1, unpackedBytes: data.length } };
 }

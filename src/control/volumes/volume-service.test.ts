@@ -190,9 +190,9 @@ test('reconcile: a create cut short is undone, a removal cut short finished, eac
   // a row left creating long ago (the process died before the host answered)
   const old = new Date(Date.now() - 3600_000).toISOString();
   await quota.admitVolume('d'.repeat(64), 'root', 16);
-  await store.volumes.insert({ id: 'd'.repeat(64), name: 'cut-short', projectId: 'root', host: 'a', driver: 'local', sizeBytes: 16 * MiB, status: 'creating', labels: {}, createdAt: old });
+  await store.volumes.insert({ id: 'd'.repeat(64), name: 'cut-short', projectId: 'root', host: 'a', driver: 'local', sizeBytes: 16 * MiB, status: 'creating', labels: {}, driverOptions: {}, createdAt: old });
   // and a create in flight now (another replica's): left alone
-  await store.volumes.insert({ id: 'e'.repeat(64), name: 'in-flight', projectId: 'root', host: 'a', driver: 'local', sizeBytes: 16 * MiB, status: 'creating', labels: {}, createdAt: new Date().toISOString() });
+  await store.volumes.insert({ id: 'e'.repeat(64), name: 'in-flight', projectId: 'root', host: 'a', driver: 'local', sizeBytes: 16 * MiB, status: 'creating', labels: {}, driverOptions: {}, createdAt: new Date().toISOString() });
   hostA.volumes.set('f'.repeat(64), 16 * MiB); // a stray on the host
 
   const r = await volumes.reconcile();
@@ -261,7 +261,7 @@ test('a dead replica\'s volumes: the charge of one with a record stays, of one i
   await q.ensureProject('r', null);
   const kept = 'k'.repeat(64), halfMade = 'h'.repeat(64);
   await q.admitVolume(kept, 'r', 64);
-  await store.volumes.insert({ id: kept, name: 'kept', projectId: 'r', host: 'local', driver: 'local', sizeBytes: 64 * MiB, status: 'ready', labels: {}, createdAt: now });
+  await store.volumes.insert({ id: kept, name: 'kept', projectId: 'r', host: 'local', driver: 'local', sizeBytes: 64 * MiB, status: 'ready', labels: {}, driverOptions: {}, createdAt: now });
   await q.admitVolume(halfMade, 'r', 32);
   // the replica that admitted both is gone: the sweep judges volumes as it judges other records
   assert.deepEqual((await q.admittedByGoneReplicas(new Set())).sort(), [halfMade, kept].sort());

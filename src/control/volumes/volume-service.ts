@@ -46,6 +46,8 @@ export interface CreateVolumeInput {
   /** "local" (the only one). */
   driver?: string;
   labels?: Record<string, string>;
+  /** The driver options as given (Docker's --opt), kept to be answered back; sizeBytes is what they mean. */
+  driverOptions?: Record<string, string>;
   /** Pinned host (system administrators only: the API checks). */
   host?: string;
 }
@@ -179,7 +181,7 @@ export class VolumeService {
         claimed = true;
         const agent = this.hosts.get(host);
         const rec: VolumeRecord = {
-          id, name: input.name, projectId, host, driver, sizeBytes, status: 'creating', labels: input.labels ?? {}, createdAt: new Date().toISOString(),
+          id, name: input.name, projectId, host, driver, sizeBytes, status: 'creating', labels: input.labels ?? {}, driverOptions: input.driverOptions ?? {}, createdAt: new Date().toISOString(),
         };
         await this.store.volumes.insert(rec);
         inserted = true;

@@ -1,4 +1,4 @@
-import type { ContainerRecord, ContainerStatus } from '../records.js';
+import type { ContainerHealth, ContainerRecord, ContainerStatus } from '../records.js';
 import type { ContainerRepo } from '../store.js';
 import { numOrNull, str, strOrNull, type Row, type SqlExecutor, type SqlValue } from '../sql/executor.js';
 import { InstanceRows } from './instances.js';
@@ -20,10 +20,12 @@ const COLUMNS: Record<string, string> = {
   finishedAt: 'finished_at',
   warnings: 'warnings',
   host: 'host',
+  health: 'health',
 };
 
 function value(key: string, v: unknown): SqlValue {
   if (key === 'config' || key === 'warnings') return JSON.stringify(v);
+  if (key === 'health') return v ? JSON.stringify(v) : null;
   if (typeof v === 'boolean') return v ? 1 : 0;
   return (v ?? null) as SqlValue;
 }
@@ -47,6 +49,7 @@ function container(r: Row): ContainerRecord {
     finishedAt: strOrNull(r.finished_at),
     warnings: JSON.parse(str(r.warnings)) as string[],
     host: str(r.host ?? 'local'),
+    ...(r.health ? { health: JSON.parse(str(r.health)) as ContainerHealth } : {}),
   };
 }
 

@@ -20,6 +20,8 @@ export interface VolumeRecord {
   sizeBytes: number;
   status: VolumeStatus;
   labels: Record<string, string>;
+  /** The driver options as the creator gave them (Docker's `--opt size=2g`: {"size": "2g"}); {} when none. */
+  driverOptions: Record<string, string>;
   createdAt: string;
 }
 
@@ -38,13 +40,16 @@ export interface VolumeRepo {
   setStatus(id: string, status: VolumeStatus): Promise<VolumeRecord>;
   /** True when this call removed the row. */
   delete(id: string): Promise<boolean>;
+  /** Its data is on another host now (a container moved with it); NotFound when the row is gone. */
+  moveHost(id: string, host: string): Promise<VolumeRecord>;
 }
 
 function volume(r: Row): VolumeRecord {
   return {
     id: str(r.id), name: str(r.name), projectId: str(r.project_id), host: str(r.host), driver: str(r.driver),
     sizeBytes: Number(r.size_bytes), status: str(r.status) as VolumeStatus,
-    labels: JSON.parse(str(r.labels)) as Record<string, string>, createdAt: str(r.created_at),
+    labels: JSON.parse(str(r.labels)) as Record<string, string>, driverOptions: JSON.parse(str(r.driver_options)) as Record<string, string>,
+    createdAt: str(r.created_at),
   };
 }
 
@@ -75,8 +80,8 @@ export class SqlVolumeRepo implements VolumeRepo {
   async insert(v: VolumeRecord) {
     try {
       await this.db.run(
-        'INSERT INTO volumes (id, name, project_id, host, driver, size_bytes, status, labels, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-        [v.id, v.name, v.projectId, v.host, v.driver, v.sizeBytes, v.status, JSON.stringify(v.labels), v.createdAt],
+        'INSERT INTO volumes (id, name, project_id, host, driver, size_bytes, status, labels, driver_options, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        [v.id, v.name, v.projectId, v.host, v.driver, v.sizeBytes, v.status, JSON.stringify(v.labels), JSON.stringify(v.driverOptions), v.createdAt],
       );
     } catch (e) {
       if (!isUniqueViolation(e)) throw e;
@@ -93,5 +98,12 @@ export class SqlVolumeRepo implements VolumeRepo {
   }
   async delete(id: string) {
     return (await this.db.run('DELETE FROM volumes WHERE id = ?', [id])).changes > 0;
+  }
+  async moveHost(id: string, host: string) {
+    const r = await this.db.run('UPDATE volumes SET host = ? WHERE id = ?', [host, id]);
+    if (r.changes === 0) throw new NotFound(`volume ${id} not found`);
+    const v = await this.get(id);
+    if (!v) throw new NotFound(`volume ${id} not found`);
+    return v;
   }
 }

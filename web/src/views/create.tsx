@@ -23,8 +23,9 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
   useEffect(() => {
     call<ImageRow[]>('GET', `/images?${q(project.path)}`).then((list) => {
       const refs = list.flatMap((i) => i.tags);
+      // offered (the list, and the first as the placeholder an empty field stands for), never
+      // written into the field: a value set while the user types lands in the middle of it
       setImages(refs);
-      if (refs[0]) setImage((cur) => cur || refs[0]!);
     }, () => undefined);
   }, [project.path]);
 
@@ -44,7 +45,7 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
         setError(null);
         const cmd = splitCommand(command);
         const body = {
-          image, start: true,
+          image: image || images[0]!, start: true,
           ...(name ? { name } : {}),
           ...(cmd.length ? { cmd } : {}),
           ...(cpuCount ? { cpus: cpuCount } : {}),
@@ -56,7 +57,7 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
         });
       }}>
         <label>Image
-          <input name="image" list="image-list" required value={image} onInput={(e) => setImage((e.target as HTMLInputElement).value)} />
+          <input name="image" list="image-list" required={images.length === 0} placeholder={images[0] ?? ''} value={image} onInput={(e) => setImage((e.target as HTMLInputElement).value)} />
           <datalist id="image-list">{images.map((r) => <option key={r} value={r} />)}</datalist>
         </label>
         <label>Name <input name="name" value={name} placeholder="generated when empty" onInput={(e) => setName((e.target as HTMLInputElement).value)} /></label>

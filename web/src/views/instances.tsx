@@ -8,7 +8,7 @@ import { act, ApiError, fetchInstance, followEvents, listInstances, ndjson, type
 import type { Route } from '../app.js';
 import { canWrite } from '../roles.js';
 import { mib } from '../format.js';
-import { VmConsole } from './console.js';
+import { ContainerConsole, VmConsole } from './console.js';
 
 const ROW_HEIGHT = 40;
 const OVERSCAN = 8;
@@ -223,9 +223,10 @@ function InstanceDetail({ kind, id, instance, writer, onClose, onError }: {
       </div>
       {instance ? <p class="muted">{kind === 'vm' ? 'VM' : 'container'} · {instance.image} · host {instance.host} · id {instance.id.slice(0, 12)}</p> : null}
       {instance && writer ? <ActionButtons i={instance} onError={onError} /> : null}
-      {/* the serial console needs the member role, as POST /vms/{id}/console does; containers have no TTY exec yet */}
-      {kind === 'vm' && writer && instance?.status === 'running' ? (
-        consoleOpen ? <><button type="button" onClick={() => setConsoleOpen(false)}>Close console</button><VmConsole id={id} name={instance.name} /></>
+      {/* a console needs the member role, as POST /vms/{id}/console and the exec do: a VM's serial line, a container's sh on a TTY */}
+      {writer && instance?.status === 'running' ? (
+        consoleOpen ? <><button type="button" onClick={() => setConsoleOpen(false)}>Close console</button>
+          {kind === 'vm' ? <VmConsole id={id} name={instance.name} /> : <ContainerConsole id={id} name={instance.name} />}</>
           : <button type="button" onClick={() => setConsoleOpen(true)}>Open console</button>
       ) : null}
       <h3>Logs {ended ? <span class="muted">(not following: the output ended)</span> : <span class="muted">(following)</span>}</h3>

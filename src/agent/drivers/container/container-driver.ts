@@ -35,15 +35,18 @@ import {
   type CgroupPaths,
 } from '../../cgroups/cgroups.js';
 import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
-import type {
-  ExecRequest,
-  ExecSession,
-  InstanceDriver,
-  InstanceSpec,
-  InstanceStats,
-  LogRecord,
-  RuntimeState,
+import {
+  badTerminalSize,
+  type ExecRequest,
+  type ExecSession,
+  type InstanceDriver,
+  type InstanceSpec,
+  type InstanceStats,
+  type LogRecord,
+  type RuntimeState,
 } from '../instance-driver.js';
+import { Readable, Writable } from 'node:stream';
+import type { IPty } from 'node-pty';
 import {
   isConmonFor,
   launchConmon,
@@ -578,21 +581,37 @@ export class ContainerDriver implements InstanceDriver {
 
   async exec(id: string, req: ExecRequest): Promise<ExecSession> {
     if (req.args.length === 0) throw new InvalidArgument('exec needs args', { id });
+    const badSize = req.tty ? badTerminalSize(req.tty.rows, req.tty.cols) : undefined;
+    if (badSize) throw new InvalidArgument(badSize, { id });
     const meta = await this.meta(id);
     const st = await this.state(id);
     if (st.status !== 'running') throw new Conflict(`container ${id} is ${st.status}, not running`, { id });
     const config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
+    const env = mergeEnv(config.process.env, req.env ?? []);
+    // as Docker does for -t: programs that look at TERM get one that matches the pty
+    if (req.tty && !env.some((e) => e.startsWith('TERM='))) env.push('TERM=xterm');
     const proc = {
       ...config.process,
-      terminal: false,
+      terminal: req.tty !== undefined,
+      // the size the runtime gives the container's pty before the command runs (its own resize from our pty comes later)
+      ...(req.tty ? { consoleSize: { height: req.tty.rows, width: req.tty.cols } } : {}),
       args: req.args,
-      env: mergeEnv(config.process.env, req.env ?? []),
+      env,
       cwd: req.cwd ?? config.process.cwd,
       user: req.user ? resolveUser(req.user, await readUserDb(this.rootfs(id))).user : config.process.user,
     };
     const processFile = path.join(this.dir(id), `exec-${randomBytes(6).toString('hex')}.json`);
     await writeFile(processFile, JSON.stringify(proc));
-    const child = this.runtime(meta.runtime, meta.runtimePath).exec(id, { processFile });
+    const runtime = this.runtime(meta.runtime, meta.runtimePath);
+    if (req.tty) {
+      try {
+        return terminalSession(await runtime.execTerminal(id, { processFile }, req.tty), () => void unlink(processFile).catch(() => undefined));
+      } catch (e) {
+        await unlink(processFile).catch(() => undefined);
+        throw e;
+      }
+    }
+    const child = runtime.exec(id, { processFile });
     const exit = new Promise<number>((resolve, reject) => {
       child.on('error', (e) => {
         void unlink(processFile).catch(() => undefined);
@@ -782,6 +801,60 @@ export class ContainerDriver implements InstanceDriver {
       if (!this.rotation.has(id)) this.rotation.start(id, this.logPath(id), limits.maxFiles);
     }
   }
+}
+
+/**
+ * The session of a runtime running on our pty (OciRuntime.execTerminal): its output is the
+ * terminal's, paused while the reader is behind; a reader that goes away hangs up (SIGHUP to
+ * the runtime, which passes it to the command), as closing a terminal window does.
+ */
+function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
+  let exited = false;
+  const stdout = new Readable({
+    read: () => pty.resume(),
+    destroy: (err, cb) => {
+      if (!exited) {
+        try {
+          pty.kill('SIGHUP');
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+      cb(err);
+    },
+  });
+  // with encoding null node-pty hands out Buffers (its typings say string)
+  pty.onData((d: string | Buffer) => {
+    if (!stdout.destroyed && !stdout.push(typeof d === 'string' ? Buffer.from(d) : d)) pty.pause();
+  });
+  const exit = new Promise<number>((resolve) => {
+    // node-pty reports the exit after the last output was read
+    pty.onExit(({ exitCode, signal }) => {
+      exited = true;
+      cleanup();
+      if (!stdout.destroyed) stdout.push(null);
+      resolve(signal ? 128 + signal : exitCode);
+    });
+  });
+  const stdin = new Writable({
+    write: (chunk: Buffer, _enc, cb) => {
+      if (!exited) pty.write(chunk);
+      cb();
+    },
+  });
+  const stderr = new Readable({ read() {} });
+  stderr.push(null);
+  return {
+    stdout,
+    stderr,
+    stdin,
+    exit,
+    resize: (rows, cols) => {
+      const bad = badTerminalSize(rows, cols);
+      if (bad) throw new InvalidArgument(bad);
+      if (!exited) pty.resize(cols, rows);
+    },
+  };
 }
 
 const osSignals: Record<string, number> = {

@@ -4,6 +4,7 @@
  * other user of runc on the host. Errors are mapped to typed errors once, here.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { IPty } from 'node-pty';
 import { constants as fsConstants, openSync } from 'node:fs';
 import net from 'node:net';
 import { access, constants, copyFile, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
@@ -193,6 +194,38 @@ export class OciRuntime {
     args.push(id);
     return spawn(this.binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   }
+  /**
+   * `exec --process` (with `terminal: true` in it) in the foreground on a pty of ours: the
+   * runtime makes the container's pty, copies between it and its own stdio (our pty) and
+   * turns the SIGWINCH a resize of ours sends it into a resize of the container's
+   * (docs/exec.md says why not a console socket).
+   */
+  async execTerminal(id: string, opts: ExecOptions, size: { rows: number; cols: number }): Promise<IPty> {
+    const args = [...this.globalArgs(), 'exec', '--process', opts.processFile];
+    if (opts.pidFile) args.push('--pid-file', opts.pidFile);
+    args.push(id);
+    const pty = await loadNodePty();
+    try {
+      // encoding null: bytes both ways (the terminal's output need not be UTF-8 cut at chunk ends)
+      // Our pty is made raw before the runtime runs: input written before the runtime makes it
+      // raw itself would otherwise be echoed and held for a newline by our line discipline.
+      return pty.spawn('/bin/sh', ['-c', 'stty raw -echo && exec "$0" "$@"', this.binary, ...args], {
+        name: 'xterm', cols: size.cols, rows: size.rows, cwd: '/', env: process.env as Record<string, string>, encoding: null,
+      });
+    } catch (e) {
+      throw new Internal(`${this.name} exec ${id} on a terminal: ${(e as Error).message}`, { id }, { cause: e });
+    }
+  }
+}
+
+let nodePty: Promise<typeof import('node-pty')> | undefined;
+/** Loaded on first use: an agent whose native module failed to build still does everything but TTY execs. */
+function loadNodePty(): Promise<typeof import('node-pty')> {
+  nodePty ??= import('node-pty').catch((e: unknown) => {
+    nodePty = undefined;
+    throw new Internal(`exec with a TTY needs the node-pty module, which does not load here (npm ci builds it): ${(e as Error).message}`, {}, { cause: e });
+  });
+  return nodePty;
 }
 
 // ------------------------------------------------------------------ start without a runc process

@@ -1,0 +1,175 @@
+/**
+ * A command on a terminal in a container, interactively, over a WebSocket: `GET
+ * /containers/{id}/exec` with `Upgrade: websocket` (the route `execTerminal` declares its query
+ * and auth: member on the container's project). For the dashboard's container console and for
+ * `nimbus exec -it` (over the unix socket too, where the socket's local admin is the caller).
+ *
+ * Messages: binary both ways are the terminal's bytes; a text message from the client is
+ * `{"resize":{"rows":R,"cols":C}}`; the server's last message is text, `{"exitCode":N}` or
+ * `{"error":{code,message}}`, then it closes (1000). The client closing hangs up on the
+ * command (SIGHUP), as closing a terminal window does.
+ *
+ * Authentication is the VM console's (console-ws.ts): a browser offers its token as a second
+ * subprotocol `nimbus-token.<token>` (never in the URL); other clients may send Authorization.
+ * The Origin, when a browser sends one, must be this host's.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { Type } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError, Unauthenticated } from '../../core/errors.js';
+import { HTTP_STATUS } from '../../core/http-status.js';
+import { logger } from '../../core/log.js';
+import { MAX_ARGV_ENV_TOTAL } from '../../core/limits.js';
+import type { ExecSession } from '../../agent/drivers/instance-driver.js';
+import type { Services } from '../../control/services.js';
+import { authenticate, authorize, type Transport } from '../authz.js';
+import { decodeComponent, parseQuery } from '../edge.js';
+import type { Route } from '../route.js';
+import { TerminalSize } from '../schemas.js';
+import { checkOrThrow, checkTotalLength } from '../validate.js';
+import { refuse, sameOrigin, TOKEN_PROTOCOL_PREFIX, type ConsoleUpgrades } from './console-ws.js';
+
+const log = logger('api');
+
+export const EXEC_PROTOCOL = 'nimbus-exec';
+export const EXEC_WS_PATH = /^\/containers\/([^/]+)\/exec$/;
+/** Keystrokes and pastes: a message larger than this is not typing. */
+const MAX_MESSAGE_BYTES = 64 * 1024;
+/** Output waits while this much is queued for a slow client (the command blocks on its terminal meanwhile). */
+const HIGH_WATER_BYTES = 1024 * 1024;
+
+/** The one text message a client sends. */
+const ResizeMessage = TypeCompiler.Compile(Type.Object({ resize: TerminalSize }, { additionalProperties: false }));
+
+export interface ExecUpgrades extends ConsoleUpgrades {
+  /** Whether the request is for this bridge. */
+  matches(req: IncomingMessage): boolean;
+}
+
+export function execUpgrade(routes: Route[], services: Services, transport: Transport): ExecUpgrades {
+  const route = routes.find((r) => r.operationId === 'execTerminal');
+  const queryCheck = route?.query ? TypeCompiler.Compile(route.query) : undefined;
+  const queryNames = new Set(['project', ...Object.keys((route?.query as { properties?: object } | undefined)?.properties ?? {})]);
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: MAX_MESSAGE_BYTES,
+    handleProtocols: (protocols) => (protocols.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false),
+  });
+  const pathOf = (req: IncomingMessage) => (req.url ?? '/').split('?', 1)[0]!;
+
+  const handle = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    void (async () => {
+      const [path = '', search = ''] = (req.url ?? '/').split('?', 2);
+      const m = EXEC_WS_PATH.exec(path);
+      if (!route || !queryCheck || req.method !== 'GET' || !m) throw new NotFound(`no WebSocket at ${path.slice(0, 128)}`);
+      if (String(req.headers.upgrade).toLowerCase() !== 'websocket' || !req.headers['sec-websocket-key']) throw new InvalidArgument('not a WebSocket handshake');
+      if (!sameOrigin(req)) throw new PermissionDenied('the exec WebSocket is for pages of this origin');
+      const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
+      const token = offered.find((p) => p.startsWith(TOKEN_PROTOCOL_PREFIX))?.slice(TOKEN_PROTOCOL_PREFIX.length);
+      if (token) req.headers.authorization = `Bearer ${token}`;
+      const principal = await authenticate(req, transport, services);
+      if (!principal) throw new Unauthenticated('authentication required: send a token (a browser: as the subprotocol nimbus-token.<token>)');
+      const rawParams = { id: decodeComponent(m[1]!, 'path parameter "id"') };
+      const rawQuery = parseQuery(search);
+      const auth = await authorize(route, principal, services, { params: rawParams, rawQuery, body: undefined });
+      for (const k of Object.keys(rawQuery)) if (!queryNames.has(k)) throw new InvalidArgument(`unknown query parameter "${k.slice(0, 64)}"`);
+      const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { cmd: string[]; rows: number; cols: number; env?: string[]; workdir?: string; user?: string };
+      checkTotalLength({ cmd: q.cmd, env: q.env }, MAX_ARGV_ENV_TOTAL);
+      const id = auth.resource?.id ?? rawParams.id;
+      const session = await services.containers.exec(id, {
+        args: q.cmd, tty: { rows: q.rows, cols: q.cols },
+        ...(q.env ? { env: q.env } : {}), ...(q.workdir ? { cwd: q.workdir } : {}), ...(q.user ? { user: q.user } : {}),
+      });
+      let upgraded = false;
+      // a handshake ws refuses never reaches the callback: the command must not stay on its terminal
+      socket.once('close', () => {
+        if (!upgraded) session.stdout.destroy();
+      });
+      wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+        upgraded = true;
+        bridge(ws, session, id);
+      });
+    })().catch((e: unknown) => {
+      const err = toNimbusError(e);
+      if (!isNimbusError(e)) log.error('exec WebSocket failed', { error: String(e) });
+      refuse(socket, HTTP_STATUS[err.code], err.message);
+    });
+  };
+  return {
+    matches: (req) => EXEC_WS_PATH.test(pathOf(req)),
+    handle,
+    close() {
+      for (const ws of wss.clients) ws.terminate();
+      wss.close();
+    },
+  };
+}
+
+/** The session's terminal to the WebSocket and back, until the command ends or the client goes. */
+function bridge(ws: WebSocket, session: ExecSession, id: string): void {
+  const out = session.stdout;
+  out.on('data', (b: Buffer) => {
+    if (ws.readyState !== ws.OPEN) return;
+    ws.send(b, { binary: true });
+    // slow client: stop reading the terminal until the socket's queue drains
+    if (ws.bufferedAmount > HIGH_WATER_BYTES && !out.isPaused()) {
+      out.pause();
+      const wait = setInterval(() => {
+        if (ws.readyState !== ws.OPEN || ws.bufferedAmount <= HIGH_WATER_BYTES / 2) {
+          clearInterval(wait);
+          out.resume();
+        }
+      }, 20);
+    }
+  });
+  session.stderr.resume(); // empty with a TTY
+  session.stdin?.on('error', () => undefined);
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+    if (isBinary) {
+      session.stdin?.write(bytes);
+      return;
+    }
+    let msg: unknown;
+    try {
+      msg = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      msg = undefined;
+    }
+    if (!ResizeMessage.Check(msg)) {
+      ws.close(1003, 'text messages are {"resize":{"rows":R,"cols":C}}');
+      return;
+    }
+    const { rows, cols } = (msg as { resize: { rows: number; cols: number } }).resize;
+    try {
+      session.resize?.(rows, cols);
+    } catch (e) {
+      log.debug('exec resize failed', { id, error: String(e) });
+    }
+  });
+  const hangUp = () => {
+    if (!out.readableEnded) out.destroy();
+  };
+  ws.once('close', hangUp);
+  ws.once('error', hangUp);
+  // the last output is sent before the exit: 'end' comes after every 'data'
+  const ended = new Promise<void>((resolve) => {
+    out.once('end', resolve);
+    out.once('close', resolve);
+  });
+  void Promise.all([session.exit, ended]).then(
+    ([exitCode]) => {
+      if (ws.readyState !== ws.OPEN) return;
+      ws.send(JSON.stringify({ exitCode }));
+      ws.close(1000, 'exited');
+    },
+    (e: unknown) => {
+      if (ws.readyState !== ws.OPEN) return;
+      const err = toNimbusError(e);
+      ws.send(JSON.stringify({ error: { code: err.code, message: err.message } }));
+      ws.close(1011, 'exec failed');
+    },
+  );
+}

@@ -1,0 +1,107 @@
+/**
+ * `nimbus move CONTAINER [--to HOST]`: a container to another host, cold (POST
+ * /containers/{id}/move, an Operation container.move). Its phases are printed on stderr as the
+ * operation reports them; the result (the hosts, the time it took, the bytes carried) on stdout.
+ */
+import { OUTPUT_OPTION, UsageError, type CommandSpec } from '../args.js';
+import { render } from '../output.js';
+import { clientOf, succeeded, type OperationState } from './shared.js';
+
+interface MoveOperation extends OperationState {
+  progress: { phase?: string; layerBytes?: number; volume?: string; volumeBytes?: number } | null;
+  result: MoveResult | null;
+}
+
+export interface MoveResult {
+  name: string;
+  from: string;
+  to: string;
+  restarted: boolean;
+  totalMs: number;
+  downtimeMs: number;
+  layer: { bytes: number; entries: number };
+  volumes: Array<{ name: string; bytes: number }>;
+}
+
+const kib = (n: number) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1024 * 1024)).toFixed(1)} MiB`);
+
+/** One line a person reads after a move. */
+export function moveSummary(r: MoveResult): string {
+  const vols = r.volumes.length ? `; volumes ${r.volumes.map((v) => `${v.name} ${kib(v.bytes)}`).join(', ')}` : '';
+  return `${r.name}: moved ${r.from} → ${r.to} in ${r.totalMs} ms${r.restarted ? ` (down ${r.downtimeMs} ms)` : ''}; writable layer ${kib(r.layer.bytes)}${vols}\n`;
+}
+
+interface EvacuateOperation extends OperationState {
+  progress: { instances?: Array<{ kind: string; name: string; state: string; to?: string; reason?: string }> } | null;
+}
+
+/** The instances of an evacuation, one line each. */
+function evacuationLines(p: EvacuateOperation['progress']): string[] {
+  return (p?.instances ?? []).map((i) => `${i.kind} ${i.name}: ${i.state}${i.to ? ` → ${i.to}` : ''}${i.reason ? ` (${i.reason})` : ''}`);
+}
+
+export const moveCommands: CommandSpec[] = [
+  {
+    name: 'move', usage: 'CONTAINER',
+    summary: 'Move a container to another host, cold: stopped, carried with its writable layer and volumes, started there again',
+    minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'to', type: 'string', value: 'HOST', description: 'System administrators: the destination host (nimbus host ls); default: the scheduler picks another host' },
+      {
+        name: 'live', type: 'boolean',
+        description: 'Live move (refused here). A cold move stops the container, carries its writable layer and named volumes, creates it on the '
+          + 'destination with the same id, name, address and aliases and starts it again: its processes restart, its files stay. A live move would '
+          + 'keep the processes running (checkpointed and restored with CRIU), but CRIU is blocked on this kernel (criu 3.17 fails on kernel 6.18\'s vdso)',
+      },
+      OUTPUT_OPTION,
+    ],
+    async run({ args, opts, global }) {
+      const name = args[0]!;
+      if (opts.to !== undefined && typeof opts.to !== 'string') throw new UsageError('--to takes a host name');
+      const client = clientOf(global);
+      let op = await client.json<MoveOperation>('POST', `/containers/${encodeURIComponent(name)}/move`, {
+        ...(opts.to !== undefined ? { to: opts.to } : {}), ...(opts.live ? { live: true } : {}),
+      });
+      const talk = global.output !== 'json';
+      let said = '';
+      const say = (o: MoveOperation) => {
+        const p = o.progress ?? {};
+        if (!talk || !p.phase) return;
+        const line = `${p.phase}${p.phase === 'copying-layer' && p.layerBytes ? ` ${kib(p.layerBytes)}` : ''}${p.phase === 'copying-volumes' && p.volume ? ` ${p.volume} ${kib(p.volumeBytes ?? 0)}` : ''}`;
+        if (line !== said) process.stderr.write(`${name}: ${line}\n`);
+        said = line;
+      };
+      if (talk) process.stderr.write(`moving ${name}${opts.to !== undefined ? ` to ${String(opts.to)}` : ''} (cold)...\n`);
+      while (op.status === 'running' || op.status === 'pending') {
+        say(op);
+        op = await client.json<MoveOperation>('GET', `/operations/${encodeURIComponent(op.id)}/wait?timeout=1`);
+      }
+      const done = succeeded(op, 'move');
+      return render(global, done.result!, moveSummary);
+    },
+  },
+  {
+    name: 'host evacuate', usage: 'HOST',
+    summary: 'Disable a host, live-migrate its running VMs and move its containers (cold) elsewhere, one at a time, reporting each',
+    minArgs: 1, maxArgs: 1, options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const client = clientOf(global);
+      let op = await client.json<EvacuateOperation>('POST', `/hosts/${encodeURIComponent(args[0]!)}/evacuate`, {});
+      const talk = global.output !== 'json';
+      const said = new Set<string>();
+      const say = (o: EvacuateOperation) => {
+        for (const line of evacuationLines(o.progress)) if (talk && !said.has(line)) {
+          said.add(line);
+          process.stderr.write(`${line}\n`);
+        }
+      };
+      while (op.status === 'running' || op.status === 'pending') {
+        say(op);
+        op = await client.json<EvacuateOperation>('GET', `/operations/${encodeURIComponent(op.id)}/wait?timeout=1`);
+      }
+      say(op);
+      const done = succeeded(op, 'evacuation');
+      return render(global, done.progress ?? {}, (p) => `${args[0]}: evacuated (${(p.instances ?? []).length} instance(s))\n`);
+    },
+  },
+];

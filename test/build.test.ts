@@ -1,0 +1,250 @@
+/**
+ * Image builds on an agent (src/agent/images/build.ts) with the real buildah, FROM an image the
+ * agent pulled from the loopback registry fixture: a two-stage Dockerfile with a build arg, a RUN
+ * step writing a file, COPY of context files and a .dockerignore; the built image's layers hold
+ * what they should and not the ignored file. A failing RUN step fails the build with its output
+ * and leaves nothing behind (no build directory, mount, cgroup or buildah process). A hostile
+ * context (a path out of it, a write through a symlink) is refused before buildah runs.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import { LocalAgent } from '../src/agent/local-agent.js';
+import { compileOptions } from '../src/core/config.js';
+import { hasCode } from '../src/core/errors.js';
+import type { AgentImage, BuildRequest } from '../src/agent/agent.js';
+import { makeTar } from '../scripts/fixtures/images.js';
+import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+
+const buildahHere = (() => {
+  try {
+    execFileSync('buildah', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/** Every file of the image's layers (later layers over earlier ones), with its bytes. */
+async function imageFiles(agent: LocalAgent, img: AgentImage): Promise<Map<string, Buffer>> {
+  const files = new Map<string, Buffer>();
+  const content = (agent as unknown as { content: { readBlob(d: string): Promise<Buffer> } }).content;
+  for (const l of img.layers) {
+    let raw = await content.readBlob(l.digest);
+    if (raw[0] === 0x1f && raw[1] === 0x8b) raw = gunzipSync(raw);
+    const extract = tar.extract();
+    const done = new Promise<void>((resolve, reject) => {
+      extract.on('entry', (h, stream, next) => {
+        const chunks: Buffer[] = [];
+        stream.on('data', (c: unknown) => {
+          chunks.push(c as Buffer);
+        });
+        stream.on('end', () => {
+          const name = h.name.replace(/^\.?\//, '');
+          if (h.type === 'file') files.set(name, Buffer.concat(chunks));
+          next();
+        });
+      });
+      extract.on('finish', resolve);
+      extract.on('error', reject);
+    });
+    extract.end(raw);
+    await done;
+  }
+  return files;
+}
+
+function leftovers(home: string): string[] {
+  const out: string[] = [];
+  const builds = join(home, 'builds');
+  if (existsSync(builds) && readdirSync(builds).length) out.push(`build dirs: ${readdirSync(builds).join(',')}`);
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(builds));
+  if (mounts.length) out.push(`mounts: ${mounts.join('; ')}`);
+  for (const c of ['memory', 'cpu', 'pids']) if (existsSync(`/sys/fs/cgroup/${c}/nimbus-build`)) out.push(`cgroup ${c}/nimbus-build`);
+  return out;
+}
+
+describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'buildah is not installed (scripts/bootstrap installs it)' }, () => {
+  let reg: TestRegistry;
+  let home: string;
+  let agent: LocalAgent;
+  let base: AgentImage;
+  let baseRef: string;
+  before(async () => {
+    reg = await startTestRegistryWithImages();
+    home = mkdtempSync(join(tmpdir(), 'nimbus-build-'));
+    agent = await LocalAgent.create(compileOptions({ home, warmPerImage: 0 }, {}));
+    baseRef = `${reg.host}/nimbus-test/busybox:latest`;
+    base = await agent.pullImage(baseRef, { insecureRegistries: [reg.host] }, () => undefined);
+  });
+  after(async () => {
+    await agent?.close();
+    await reg?.stop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  const request = (over: Partial<BuildRequest> = {}): BuildRequest => ({
+    id: `b${Math.random().toString(36).slice(2, 10)}`,
+    projectId: 'p1',
+    dockerfile: 'Dockerfile',
+    buildArgs: {},
+    network: 'none',
+    baseImages: [{ name: baseRef, manifestDigest: base.manifestDigest }],
+    resources: { cpus: 1, memoryBytes: 512 * 1024 * 1024 },
+    ...over,
+  });
+
+  test('a two-stage build with a build arg, a RUN step, COPY and .dockerignore; nothing left after', async () => {
+    const dockerfile = [
+      `FROM ${baseRef} AS builder`,
+      'ARG GREETING=unset',
+      'RUN echo "built with $GREETING" > /built.txt && (wget -q -T 2 -O- http://127.0.0.1:1/ 2>&1 || echo "no network") >> /built.txt',
+      `FROM ${baseRef}`,
+      'COPY --from=builder /built.txt /built.txt',
+      'COPY . /ctx/',
+      'CMD ["cat", "/built.txt"]',
+    ].join('\n');
+    const context = await makeTar([
+      { name: 'Dockerfile', type: 'file', content: dockerfile },
+      { name: '.dockerignore', type: 'file', content: 'secret.txt\n' },
+      { name: 'hello.txt', type: 'file', content: 'hello from the context\n' },
+      { name: 'secret.txt', type: 'file', content: 'must not be in the image\n' },
+      { name: 'sub/inner.txt', type: 'file', content: 'inner\n' },
+    ]);
+    const lines: string[] = [];
+    const started = Date.now();
+    const img = await agent.buildImage(request({ buildArgs: { GREETING: 'hello-nimbus' } }), Readable.from([context]), (p) => lines.push(p.line));
+    const ms = Date.now() - started;
+    assert.ok(lines.some((l) => /^\[1\/2\] STEP 1\/3: FROM /.test(l)), `step lines streamed: ${lines.join('\n')}`);
+    assert.ok(lines.some((l) => /^\[1\/2\] STEP 3\/3: RUN /.test(l)));
+    const files = await imageFiles(agent, img);
+    assert.match(files.get('built.txt')?.toString() ?? '', /^built with hello-nimbus\n/);
+    assert.match(files.get('built.txt')?.toString() ?? '', /no network|refused/, 'RUN steps run without the host network');
+    assert.equal(files.get('ctx/hello.txt')?.toString(), 'hello from the context\n');
+    assert.equal(files.get('ctx/sub/inner.txt')?.toString(), 'inner\n');
+    assert.equal(files.has('ctx/secret.txt'), false, '.dockerignore is honoured');
+    assert.ok(files.has('bin/busybox'), 'the FROM image is the base');
+    assert.deepEqual(img.config.config?.Cmd, ['cat', '/built.txt']);
+    assert.deepEqual(leftovers(home), []);
+    console.log(`# a two-stage build took ${ms} ms`);
+  });
+
+  test('FROM by digest, and FROM an ARG: the images handed over are found by buildah without a registry', async () => {
+    const byDigest = `${reg.host}/nimbus-test/busybox@${base.manifestDigest}`;
+    const context = await makeTar([{ name: 'Dockerfile', type: 'file', content: `ARG BASE\nFROM $BASE\nRUN echo digest-ok > /d\n` }]);
+    const img = await agent.buildImage(request({ buildArgs: { BASE: byDigest }, baseImages: [{ name: byDigest, manifestDigest: base.manifestDigest }] }), Readable.from([context]), () => undefined);
+    assert.equal((await imageFiles(agent, img)).get('d')?.toString(), 'digest-ok\n');
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('a failing RUN step fails the build with its output and leaves nothing behind', async () => {
+    const context = await makeTar([
+      { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN echo "boom-output-1234" && exit 3\n` },
+    ]);
+    const lines: string[] = [];
+    await assert.rejects(agent.buildImage(request(), Readable.from([context]), (p) => lines.push(p.line)), (e: unknown) => {
+      assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+      assert.match((e as Error).message, /the build failed at STEP 2\/2: RUN/);
+      assert.match((e as Error).message, /boom-output-1234/);
+      return true;
+    });
+    assert.ok(lines.includes('boom-output-1234'), 'the step output streamed');
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('the whole build runs in its cgroup with the memory it was given: a RUN step over it is killed', async () => {
+    const context = await makeTar([{
+      name: 'Dockerfile', type: 'file',
+      content: `FROM ${baseRef}\nRUN grep -q "memory:/nimbus-build/" /proc/self/cgroup && echo in-the-build-cgroup\nRUN head -c 400000000 /dev/zero | tail > /dev/null && echo survived\n`,
+    }]);
+    const lines: string[] = [];
+    await assert.rejects(agent.buildImage(request({ resources: { cpus: 1, memoryBytes: 96 * 1024 * 1024 } }), Readable.from([context]), (p) => lines.push(p.line)), /the build failed at STEP 3\/3/);
+    assert.ok(lines.includes('in-the-build-cgroup'), lines.join('\n'));
+    assert.ok(!lines.includes('survived'), 'the step over the memory limit was killed');
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('a build whose caller goes away mid-RUN is killed and leaves nothing (no process, runc state, mount, cgroup)', async () => {
+    const context = await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN echo sleeping-now && sleep 6017\n` }]);
+    const ac = new AbortController();
+    const runcBefore = spawnSync('runc', ['list', '-q']).stdout.toString();
+    const started = Date.now();
+    await assert.rejects(agent.buildImage(request(), Readable.from([context]), (p) => {
+      if (p.line === 'sleeping-now') setTimeout(() => ac.abort(), 200);
+    }, ac.signal), (e: unknown) => hasCode(e, 'Unavailable') && /cancelled/.test(String(e)));
+    assert.ok(Date.now() - started < 60_000, 'the RUN step did not run its course');
+    assert.equal(spawnSync('pgrep', ['-f', 'sleep 6017']).status, 1, 'the RUN step\'s process is gone');
+    assert.equal(spawnSync('runc', ['list', '-q']).stdout.toString(), runcBefore, 'no runc container left in its default root');
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('what an agent that died mid-build left (its directory, a mount, a process in its cgroup) is removed before its next build', async (t) => {
+    const home2 = mkdtempSync(join(tmpdir(), 'nimbus-build-sweep-'));
+    const left = join(home2, 'builds', 'p9', 'bdead', 'storage', 'overlay');
+    mkdirSync(left, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'leftover', left]);
+    const cg = `/sys/fs/cgroup/memory/nimbus-build/${createHash('sha256').update(home2).digest('hex').slice(0, 12)}/bdead`;
+    mkdirSync(cg, { recursive: true });
+    const sleeper = spawn('/bin/sh', ['-c', `echo $$ > ${cg}/cgroup.procs && exec sleep 1000`], { stdio: 'ignore', detached: true });
+    const exited = new Promise((r) => sleeper.once('exit', r));
+    t.after(async () => {
+      try {
+        process.kill(sleeper.pid!, 'SIGKILL');
+      } catch {
+        /* gone: the sweep did it */
+      }
+      spawnSync('umount', ['-l', left]);
+      for (const d of [cg, join(cg, '..'), join(cg, '../..')]) spawnSync('rmdir', [d]);
+      rmSync(home2, { recursive: true, force: true });
+    });
+    for (let i = 0; i < 50 && !readFileSync(`${cg}/cgroup.procs`, 'utf8').trim(); i++) await new Promise((r) => setTimeout(r, 20));
+    const agent2 = await LocalAgent.create(compileOptions({ home: home2, warmPerImage: 0 }, {}));
+    t.after(() => agent2.close());
+    const base2 = await agent2.pullImage(baseRef, { insecureRegistries: [reg.host] }, () => undefined);
+    const context = await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN true\n` }]);
+    await agent2.buildImage(request({ baseImages: [{ name: baseRef, manifestDigest: base2.manifestDigest }] }), Readable.from([context]), () => undefined);
+    await exited;
+    assert.equal(existsSync(join(home2, 'builds', 'p9')), false, 'the leftover directory went');
+    assert.equal(readFileSync('/proc/self/mountinfo', 'utf8').includes(left), false, 'its mount went');
+    assert.equal(existsSync(cg), false, 'its cgroup went');
+    assert.deepEqual(leftovers(home2), []);
+  });
+
+  test('a hostile context is refused before buildah runs: a path out of it, a write through a symlink', async () => {
+    const escape = await makeTar([{ name: '../evil', type: 'file', content: 'x' }, { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\n` }]);
+    await assert.rejects(agent.buildImage(request(), Readable.from([escape]), () => undefined), /outside the context/);
+    const through = await makeTar([
+      { name: 'link', type: 'symlink', linkname: '/tmp' },
+      { name: 'link/evil', type: 'file', content: 'x' },
+      { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\n` },
+    ]);
+    await assert.rejects(agent.buildImage(request(), Readable.from([through]), () => undefined), /through a symlink/);
+    assert.equal(existsSync('/tmp/evil'), false);
+    const dfLink = await makeTar([{ name: 'Dockerfile', type: 'symlink', linkname: '/etc/passwd' }]);
+    await assert.rejects(agent.buildImage(request(), Readable.from([dfLink]), () => undefined), /symlink/);
+    // a symlink in the context to a host file: COPY resolves it inside the context, never on the host
+    const host = readFileSync('/etc/hostname');
+    const leak = await makeTar([
+      { name: 'leak', type: 'symlink', linkname: '/etc/hostname' },
+      { name: 'up', type: 'symlink', linkname: '../../../../../../../../etc/hostname' },
+      { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nCOPY leak up /got/\n` },
+    ]);
+    const copied = await agent.buildImage(request(), Readable.from([leak]), () => undefined).catch((e: unknown) => e);
+    console.log(`# COPY of symlinks to host files: ${copied instanceof Error ? `refused (${copied.message.slice(0, 600)})` : 'built'}`);
+    if (!(copied instanceof Error)) {
+      const files = await imageFiles(agent, copied as AgentImage);
+      for (const [name, bytes] of files) assert.ok(!name.startsWith('got/') || !bytes.equals(host), `${name} holds the host's /etc/hostname`);
+    }
+    // buildah would fetch a remote ADD from the host's network, whatever the RUN steps get
+    const remote = await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nARG U=http://169.254.169.254/latest\nADD $U /meta\n` }]);
+    await assert.rejects(agent.buildImage(request(), Readable.from([remote]), () => undefined), (e: unknown) => hasCode(e, 'PermissionDenied') && /169\.254/.test(String(e)));
+    assert.deepEqual(leftovers(home), []);
+  });
+});

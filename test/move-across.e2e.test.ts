@@ -1,0 +1,236 @@
+/**
+ * A container moves between hosts, cold (issue 15), end to end: a real nimbusd (control plane and
+ * embedded agent "local") and a second agent (`nimbusd agent` in a network namespace of its own,
+ * as in migrate-across.e2e.test.ts). A container on a user network spanning the hosts, with a
+ * named volume, writes a file in its writable layer (and deletes one of the image's, and makes an
+ * opaque directory) and one in its volume, then moves to host-b: it runs there with its files,
+ * its address and MAC; another container on the first host reaches it by name and by address
+ * across the overlay; the first host has nothing of it left (writable layer, volume, veth,
+ * cgroup, FDB entry pointing at its old place). A move the destination refuses (its import is
+ * over host-b's layer limit) leaves the container running on the source as before. The
+ * refusals (host network, a bind mount, --live, an unknown or disabled host) are plain errors.
+ * `nimbus host evacuate` moves host-b's containers to the embedded host and names the one it cannot. Skipped where
+ * the kernel has no VXLAN.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { inNetns, vxlanMissing } from '../src/agent/network/network-test-env.js';
+import { run } from '../src/core/exec.js';
+import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { waitFor } from './helpers/wait.js';
+import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
+import { vxlanDeviceName } from '../src/agent/network/overlay.js';
+
+const AGENT = 'host-b';
+const skip = await vxlanMissing(`mva${process.pid}`);
+/** host-b's containers' cgroups: apart from the embedded agent's (both hosts share this kernel's cgroup tree). */
+const B_CGROUPS = `/nimbus-mvb-${process.pid}`;
+
+let d: DaemonProcess | undefined;
+let host2: SecondHost | undefined;
+let b: NamespaceAgent | undefined;
+let work: string;
+
+async function cli(args: string[]) {
+  return d!.cli(args);
+}
+async function cliOk(args: string[]): Promise<string> {
+  const r = await cli(args);
+  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+interface Endpoint { address: string; mac: string; gateway: string }
+const inspect = async (name: string) => (JSON.parse(await cliOk(['inspect', name])) as Array<{ id: string; host: string; status: string; network: { endpoints: Endpoint[] } }>)[0]!;
+const netnsOf = (id: string) => {
+  const name = readdirSync('/run/netns').find((n) => n.endsWith(`-${id}`));
+  assert.ok(name, `the network namespace of ${id.slice(0, 12)}`);
+  return `/run/netns/${name}`;
+};
+const fdb = async (ns?: string) => (await run('bridge', [...(ns ? ['-n', ns] : []), 'fdb', 'show'])).stdout;
+const links = async (ns?: string) => (await run('ip', [...(ns ? ['-n', ns] : []), '-o', 'link', 'show'])).stdout;
+const exec = (name: string, script: string) => cliOk(['exec', name, 'sh', '-c', script]);
+/** The container's cgroup directories in every hierarchy (this host has v1 and v2 ones). */
+const cgroupsOf = async (id: string) => (await run('find', ['/sys/fs/cgroup', '-maxdepth', '6', '-type', 'd', '-name', id])).stdout.split('\n').filter(Boolean);
+/** A process that ends on SIGTERM (a bare sleep as PID 1 ignores it, and a stop waits its whole timeout). */
+const SERVE = ['sh', '-c', 'trap "exit 0" TERM; sleep 600 & wait'];
+
+describe('a container moves between hosts, cold', { skip, concurrency: false }, () => {
+  let image: string;
+  before(async () => {
+    work = mkdtempSync(join(tmpdir(), 'nimbus-move-across-'));
+    host2 = await secondHost({ ns: 'mva', link: 'nmv' });
+    d = await startDaemonProcess();
+    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), {
+      // a small layer limit: a move of a bigger writable layer is refused by host-b's import
+      homePrefix: 'nimbus-move-across-agent', env: { NIMBUS_CGROUP_PARENT: B_CGROUPS, NIMBUS_LAYER_MAX_BYTES: '8m' },
+    });
+    await b.start();
+    // the control plane reconciles a newly registered host's networks within 5 s (NewConnections): a
+    // network laid out on it meanwhile can be removed again by that reconcile (a race of its own)
+    await new Promise((r) => setTimeout(r, 6000));
+    const archive = join(work, 'image.tar');
+    await writeOciLayoutTar(await buildTestImages(), archive, '');
+    image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;
+  });
+  after(async () => {
+    try {
+      const list = await d?.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
+      for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+      for (const v of ['vdata', 'vbig']) await d?.cli(['volume', 'rm', '-f', v]).catch(() => undefined);
+      await d?.cli(['network', 'rm', 'span']).catch(() => undefined);
+    } finally {
+      if (b) {
+        await b.destroy();
+        await run('ip', ['netns', 'exec', host2!.ns, 'nft', 'delete', 'table', 'inet', b.table]);
+      }
+      await d?.destroy();
+      await host2?.remove();
+      for (const dir of (await run('find', ['/sys/fs/cgroup', '-maxdepth', '4', '-type', 'd', '-name', B_CGROUPS.slice(1)])).stdout.split('\n').filter(Boolean)) await run('rmdir', [dir]);
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  test('its layer and volume go with it; same address; reached across the overlay; nothing left at the source', async (t) => {
+    const spanId = (await cliOk(['network', 'create', 'span'])).trim();
+    await cliOk(['run', '-d', '--name', 'watcher', '--host', 'local', '--network', 'span', image, 'sleep', '600']);
+    await cliOk(['run', '-d', '--name', 'mover', '--host', 'local', '--network', 'span', '--network-alias', 'roamer', '-v', 'vdata:/vol', image, ...SERVE]);
+    // the writable layer: a new file, one of the image's deleted (a whiteout), a directory replaced (opaque)
+    await exec('mover', 'echo layer-file > /etc/moved-marker && rm /etc/nimbus-release && rm -rf /data/opaque && mkdir /data/opaque && echo new > /data/opaque/new.txt && echo volume-file > /vol/marker && chown 1000:1000 /vol/marker');
+    const before = await inspect('mover');
+    assert.equal(before.host, 'local');
+    const watcher = await inspect('watcher');
+    const volId = (JSON.parse(await cliOk(['volume', 'inspect', 'vdata'])) as Array<{ id: string }>)[0]!.id;
+    const ep = before.network.endpoints[0]!;
+
+    const t0 = Date.now();
+    const out = await cliOk(['move', 'mover', '--to', AGENT, '-o', 'json']);
+    const report = JSON.parse(out) as { from: string; to: string; totalMs: number; downtimeMs: number; layer: { bytes: number }; volumes: Array<{ bytes: number }> };
+    t.diagnostic(`moved in ${Date.now() - t0} ms (operation: ${report.totalMs} ms, down ${report.downtimeMs} ms; layer ${report.layer.bytes} B, volume ${report.volumes[0]?.bytes} B)`);
+    assert.deepEqual([report.from, report.to], ['local', AGENT]);
+
+    const moved = await inspect('mover');
+    assert.deepEqual([moved.id, moved.host, moved.status], [before.id, AGENT, 'running'], 'same id, on host-b, running');
+    assert.deepEqual([moved.network.endpoints[0]!.address, moved.network.endpoints[0]!.mac], [ep.address, ep.mac], 'same address and MAC');
+    assert.equal((await exec('mover', 'cat /etc/moved-marker')).trim(), 'layer-file', 'the writable layer\'s file');
+    assert.equal((await exec('mover', 'cat /vol/marker; stat -c %u:%g /vol/marker')).trim(), 'volume-file\n1000:1000', 'the volume\'s file, its owner too');
+    assert.equal((await exec('mover', 'test -e /etc/nimbus-release && echo present || echo gone')).trim(), 'gone', 'the whiteout kept the image\'s file deleted');
+    assert.equal((await exec('mover', 'ls /data/opaque')).trim(), 'new.txt', 'the opaque directory hides the image\'s files');
+    assert.match(await links(host2!.ns), new RegExp(`nv${before.id.slice(0, 12)}`), 'its veth on host-b');
+
+    // reached from the first host by address and by name (and its alias), across the overlay
+    const dev = vxlanDeviceName(spanId);
+    await waitFor('the watcher to reach it by address', async () => ((await inNetns(netnsOf(watcher.id), ['ping', '-c', '1', '-W', '1', ep.address])).code === 0 ? true : undefined), 20_000);
+    for (const name of ['mover', 'roamer']) {
+      assert.match((await inNetns(netnsOf(watcher.id), ['nslookup', name, ep.gateway])).stdout, new RegExp(`Address:? *${ep.address.replaceAll('.', '\\.')}`), `the first host's DNS answers ${name}`);
+    }
+    assert.equal((await cli(['exec', 'watcher', 'ping', '-c', '1', '-W', '2', 'mover'])).code, 0, 'the watcher pings it by name');
+    assert.match(await fdb(), new RegExp(`${ep.mac} dev ${dev} dst ${host2!.agentAddress}`), 'the first host forwards its MAC to host-b');
+
+    // nothing of it left on the first host
+    await waitFor('the source to let go', async () => {
+      const meta = readFileSync(join(d!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8');
+      return meta.includes(before.id) ? undefined : true;
+    }, 20_000);
+    assert.ok(!existsSync(join(d!.home, 'containers', before.id)), 'no runtime state');
+    assert.ok(!existsSync(join(d!.home, 'volumes', volId)), 'no volume directory');
+    assert.doesNotMatch(await links(), new RegExp(`nv${before.id.slice(0, 12)}`), 'no veth');
+    const cgroups = await cgroupsOf(before.id);
+    assert.ok(cgroups.length > 0 && cgroups.every((p) => p.includes(`${B_CGROUPS}/`)), `its cgroups are host-b's only: ${cgroups.join(', ')}`);
+    assert.ok(!readdirSync('/run/netns').some((n) => n.endsWith(before.id) && n.startsWith(d!.network.NIMBUS_NFT_TABLE!)), 'no network namespace');
+    assert.doesNotMatch(await fdb(host2!.ns), new RegExp(`${ep.mac} dev ${dev} dst ${host2!.hostAddress}`), 'host-b has no entry sending it to its old place');
+
+
+    // and back, the scheduler choosing (the only other host): host-b's export, the embedded host's import
+    const back = JSON.parse(await cliOk(['move', 'mover', '-o', 'json'])) as { from: string; to: string };
+    assert.deepEqual([back.from, back.to], [AGENT, 'local']);
+    const home = await inspect('mover');
+    assert.deepEqual([home.host, home.status, home.network.endpoints[0]!.address], ['local', 'running', ep.address]);
+    assert.equal((await exec('mover', 'cat /etc/moved-marker /vol/marker; test -e /etc/nimbus-release || echo gone')).trim(), 'layer-file\nvolume-file\ngone', 'its files came back');
+    // what the watcher sees when it does not reach it: by name, by address, its gateway (its DNS)
+    let last = '';
+    await waitFor('the watcher to reach it on the same host again', async () => {
+      const byName = await cli(['exec', 'watcher', 'ping', '-c', '1', '-W', '1', 'mover']);
+      if (byName.code === 0) return true;
+      const ns = netnsOf(watcher.id);
+      last = `by name: ${byName.stderr.trim()}; by address: ${(await inNetns(ns, ['ping', '-c', '1', '-W', '1', ep.address])).code}; `
+        + `gateway: ${(await inNetns(ns, ['ping', '-c', '1', '-W', '1', ep.gateway])).code}; neighbours: ${(await run('ip', ['-n', ns.split('/').pop()!, 'neigh', 'show', 'nud', 'all'])).stdout.trim()}`;
+      return undefined;
+    }, 20_000).catch((e: unknown) => {
+      throw new Error(`${String(e)}: ${last}`);
+    });
+    await waitFor('host-b to let go', async () => (readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? undefined : true), 20_000);
+    assert.doesNotMatch(await links(host2!.ns), new RegExp(`nv${before.id.slice(0, 12)}`), 'no veth left on host-b');
+    assert.ok(!existsSync(join(b!.home, 'volumes', volId)), 'no volume left on host-b');
+
+    await cliOk(['rm', '-f', 'mover', 'watcher']);
+  });
+
+  test('a move the destination refuses leaves it running on the source as before', async () => {
+    await cliOk(['run', '-d', '--name', 'heavy', '--host', 'local', '-v', 'vbig:/vol', image, 'sleep', '600']);
+    // more than host-b's 8 MiB layer limit: its import refuses the layer
+    await exec('heavy', 'dd if=/dev/zero of=/big bs=1048576 count=12 2>/dev/null && echo kept > /etc/marker && echo vol > /vol/marker');
+    const before = await inspect('heavy');
+    const r = await cli(['move', 'heavy', '--to', AGENT]);
+    assert.notEqual(r.code, 0, 'the move fails');
+    assert.match(r.stderr, /limit/, `the destination's refusal is the error: ${r.stderr}`);
+    const after = await inspect('heavy');
+    assert.deepEqual([after.host, after.status], ['local', 'running'], 'on the source, running again');
+    assert.equal((await exec('heavy', 'cat /etc/marker /vol/marker; stat -c %s /big')).trim(), `kept\nvol\n${12 * 1048576}`, 'its files as they were');
+    await waitFor('host-b to drop the half-arrived copy', async () => (readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? undefined : true), 20_000);
+    assert.ok(!existsSync(join(b!.home, 'volumes', (JSON.parse(await cliOk(['volume', 'inspect', 'vbig'])) as Array<{ id: string; host: string }>)[0]!.id)), 'no volume on host-b');
+    assert.equal((JSON.parse(await cliOk(['volume', 'inspect', 'vbig'])) as Array<{ host: string }>)[0]!.host, 'local');
+    await cliOk(['rm', '-f', 'heavy']);
+  });
+
+  test('refusals: the host network, a bind mount, --live, an unknown host', async () => {
+    await cliOk(['run', '-d', '--name', 'hostnet', '--host', 'local', '--network', 'host', image, 'sleep', '600']);
+    const bindDir = join(work, 'bind');
+    mkdirSync(bindDir, { recursive: true });
+    await cliOk(['run', '-d', '--name', 'bound', '--host', 'local', '--network', 'none', '-v', `${bindDir}:/b`, image, 'sleep', '600']);
+    await cliOk(['run', '-d', '--name', 'plain', '--host', 'local', '--network', 'none', image, 'sleep', '600']);
+    const refused = async (args: string[], re: RegExp) => {
+      const r = await cli(['move', ...args]);
+      assert.notEqual(r.code, 0, `move ${args.join(' ')} is refused`);
+      assert.match(r.stderr, re);
+    };
+    await refused(['hostnet', '--to', AGENT], /host network/);
+    await refused(['bound', '--to', AGENT], /host path/);
+    await refused(['plain', '--to', AGENT, '--live'], /criu 3\.17 fails on kernel 6\.18/);
+    await refused(['plain', '--to', 'nowhere'], /no such host/);
+    await cliOk(['host', 'disable', AGENT]);
+    try {
+      await refused(['plain', '--to', AGENT], /cannot take container plain: .*disabled/i);
+      await refused(['plain'], /no other host can take container plain/);
+    } finally {
+      await cliOk(['host', 'enable', AGENT]);
+    }
+    assert.equal((await inspect('plain')).status, 'running', 'a refusal touches nothing');
+    await cliOk(['rm', '-f', 'hostnet', 'bound', 'plain']);
+  });
+
+  test('host evacuate: host-b disabled, its containers moved to the embedded host, one that cannot move named', async () => {
+    await cliOk(['run', '-d', '--name', 'evac1', '--host', AGENT, '--network', 'none', image, ...SERVE]);
+    await exec('evac1', 'echo evac > /etc/evac-marker');
+    await cliOk(['create', '--name', 'evac2', '--host', AGENT, '--network', 'none', image, 'true']);
+    await cliOk(['run', '-d', '--name', 'evac-hostnet', '--host', AGENT, '--network', 'host', image, ...SERVE]);
+    try {
+      const r = await cli(['host', 'evacuate', AGENT]);
+      assert.notEqual(r.code, 0, 'one instance could not leave');
+      assert.match(r.stderr, /container evac1: moved → local/);
+      assert.match(r.stderr, /container evac2: moved → local/);
+      assert.match(r.stderr, /container evac-hostnet: skipped \(.*host network/);
+      assert.match(r.stderr, /1 of 3 instances did not leave host host-b/);
+      assert.deepEqual([(await inspect('evac1')).host, (await inspect('evac1')).status], ['local', 'running']);
+      assert.equal((await exec('evac1', 'cat /etc/evac-marker')).trim(), 'evac');
+      assert.deepEqual([(await inspect('evac2')).host, (await inspect('evac2')).status], ['local', 'created']);
+      assert.match(await cliOk(['host', 'show', AGENT]), /disabled/i, 'host-b stays disabled');
+    } finally {
+      await cliOk(['host', 'enable', AGENT]);
+      await cliOk(['rm', '-f', 'evac1', 'evac2', 'evac-hostnet']);
+    }
+  });
+});
