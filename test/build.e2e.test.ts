@@ -6,6 +6,7 @@
  * output and leaves nothing behind (no build directory, mount, cgroup, quota held); an image built
  * in one project is not visible in another; a reader may not build.
  */
+import { createHash } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -56,8 +57,9 @@ function leftovers(): string[] {
   if (existsSync(builds) && readdirSync(builds).length) out.push(`build dirs: ${readdirSync(builds).join(',')}`);
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(builds));
   if (mounts.length) out.push(`mounts: ${mounts.length}`);
-  for (const c of ['memory', 'cpu', 'pids']) if (existsSync(`/sys/fs/cgroup/${c}/nimbus-build`)) out.push(`cgroup ${c}/nimbus-build`);
-  if (existsSync('/sys/fs/cgroup/unified/nimbus-build')) out.push('cgroup unified/nimbus-build');
+  // this agent's own cgroup parent: other suites' agents build beside it under /nimbus-build
+  const mine = `nimbus-build/${createHash('sha256').update(d.home).digest('hex').slice(0, 12)}`;
+  for (const c of ['memory', 'cpu', 'pids', 'unified']) if (existsSync(`/sys/fs/cgroup/${c}/${mine}`)) out.push(`cgroup ${c}/${mine}`);
   return out;
 }
 

@@ -67,7 +67,9 @@ function leftovers(home: string): string[] {
   if (existsSync(builds) && readdirSync(builds).length) out.push(`build dirs: ${readdirSync(builds).join(',')}`);
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(builds));
   if (mounts.length) out.push(`mounts: ${mounts.join('; ')}`);
-  for (const c of ['memory', 'cpu', 'pids']) if (existsSync(`/sys/fs/cgroup/${c}/nimbus-build`)) out.push(`cgroup ${c}/nimbus-build`);
+  // this agent's own cgroup parent: other suites' agents build beside it under /nimbus-build
+  const mine = `nimbus-build/${createHash('sha256').update(home).digest('hex').slice(0, 12)}`;
+  for (const c of ['memory', 'cpu', 'pids', 'unified']) if (existsSync(`/sys/fs/cgroup/${c}/${mine}`)) out.push(`cgroup ${c}/${mine}`);
   return out;
 }
 

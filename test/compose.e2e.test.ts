@@ -32,7 +32,8 @@ function composeFile(greeting: string): string {
 services:
   web:
     image: ${IMAGE}
-    command: ["sh", "-c", "echo web-up $$GREETING; while true; do sleep 1; done"]
+    # a TERM ends them at once (a shell ignores it otherwise, and each stop would wait its 10 s)
+    command: ["sh", "-c", "trap 'exit 0' TERM; echo web-up $$GREETING; while true; do sleep 1; done"]
     env_file: [web.env]
     environment:
       GREETING: ${greeting}
@@ -44,7 +45,7 @@ services:
       db: { condition: service_healthy }
   db:
     image: ${IMAGE}
-    command: ["sh", "-c", "echo db-up; echo stored > /data/f; sleep 1; touch /tmp/ready; while true; do sleep 1; done"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; echo db-up; echo stored > /data/f; sleep 1; touch /tmp/ready; while true; do sleep 1; done"]
     healthcheck:
       test: ["CMD", "test", "-f", "/tmp/ready"]
       interval: 300ms
