@@ -113,6 +113,15 @@ test('create with start: one call creates and starts it, and records it running'
   assert.deepEqual([plain.status, (await containers.get('two')).runtime, (await containers.get('two')).warnings], ['created', 'runc', ['nofile clamped']], 'a create alone writes them at once');
 });
 
+test('names: 120 creates at once without names all succeed with names of their own (a generated name is held until its record has it)', async (t) => {
+  const { containers, input } = await setup(t, false);
+  const made = await Promise.allSettled(Array.from({ length: 120 }, () => containers.create(input(), 'p1', { projectId: 'p1' })));
+  const failed = made.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason));
+  assert.deepEqual(failed, [], 'none refused');
+  const names = made.map((r) => (r as PromiseFulfilledResult<{ name: string }>).value.name);
+  assert.equal(new Set(names).size, 120, 'each its own name');
+});
+
 test('names: a container may not take the name of a VM of its project; another project\'s VM does not hold it', async (t) => {
   const { store, containers, input } = await setup(t, false);
   await store.projects.insert({ id: 'p2', name: 'tenant', parentId: null, createdAt: new Date().toISOString() });

@@ -80,6 +80,8 @@ export class ContainerService {
 
   /** "<project id>/<name>" of creates waiting for a reclaim: their names are taken. */
   private readonly pendingNames = new Set<string>();
+  /** Generated names ("project/name") chosen by creates whose record is not written yet. */
+  private readonly generatedNames = new Set<string>();
 
   /** Agents whose container exits this service listens to (an agent that registers again is a new object). */
   private readonly watched = new WeakSet<Agent>();
@@ -227,6 +229,30 @@ export class ContainerService {
     projectId: string,
     imageScope: ProjectScope = { projectId },
     opts: CreateOptions = {},
+  ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
+    if (input.name !== undefined) return this.requestCreateNamed(input, projectId, imageScope, opts);
+    // A generated name is held from its choice until the record has it: creates of one burst
+    // drew the same one from the 400 pairs and all but one failed AlreadyExists (metering bench).
+    const name = await generateName(async (n) => {
+      const key = `${projectId}/${n}`;
+      const held = () => this.generatedNames.has(key) || this.pendingNames.has(key);
+      if (held() || (await this.store.containers.byName(projectId, n)) !== undefined || (await this.store.vms.byName(projectId, n)) !== undefined) return true;
+      if (held()) return true; // chosen by another create while the store was asked
+      this.generatedNames.add(key);
+      return false;
+    });
+    try {
+      return await this.requestCreateNamed({ ...input, name }, projectId, imageScope, opts);
+    } finally {
+      this.generatedNames.delete(`${projectId}/${name}`);
+    }
+  }
+
+  private async requestCreateNamed(
+    input: CreateContainerInput,
+    projectId: string,
+    imageScope: ProjectScope,
+    opts: CreateOptions,
   ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
     const image = await this.images.resolve(input.image, imageScope);
     if (input.name !== undefined && !isValidName(input.name)) {
