@@ -162,6 +162,13 @@ test('create: host paths only with hostPaths (system administrators); images by 
   await assert.rejects(vms.create({ kernel: 'vmlinuz', agent: 'b' }, 'p1'), { code: 'NotFound', message: /no such disk image: vmlinuz/ }, 'names are images of the image service');
 });
 
+test('names: 80 creates at once without names all succeed with names of their own', async (t) => {
+  const { vms } = await setup(t, host('local', {}), host('b', {}));
+  const made = await Promise.allSettled(Array.from({ length: 80 }, () => vms.create({ kernel: '/boot/vmlinuz' }, 'p1', { hostPaths: true })));
+  assert.deepEqual(made.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), []);
+  assert.equal(new Set(made.map((r) => (r as PromiseFulfilledResult<{ name: string }>).value.name)).size, 80);
+});
+
 test('names: unique per project across VMs and containers, free in other projects; lookups stay in the caller\'s scope', async (t) => {
   const { store, vms } = await setup(t, host('local', {}), host('b', {}));
   const boot = { kernel: '/boot/vmlinuz' };

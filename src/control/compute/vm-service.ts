@@ -17,7 +17,7 @@ export type VmHosts = HostAgents & Pick<AgentDirectory, 'onVmExit'>;
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import type { LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { DiskImageRecord, VmConfig, VmRecord, VmStatus } from '../../store/records.js';
+import type { DiskImageRecord, NetworkRecord, VmConfig, VmRecord, VmStatus } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import type { NetworkService } from '../networks/network-service.js';
@@ -160,13 +160,25 @@ export class VmService {
    * Names are unique per project across containers and VMs (instances are one resource; the
    * store's instance_names holds to it when two creates race past this check).
    */
-  private async checkName(name: string | undefined, projectId: string): Promise<string> {
-    const taken = async (n: string) => (await this.store.vms.byName(projectId, n)) !== undefined || (await this.store.containers.byName(projectId, n)) !== undefined;
-    if (name === undefined) return generateName(taken);
+  private async checkName(name: string | undefined, projectId: string): Promise<{ name: string; release: () => void }> {
+    const inStore = async (n: string) => (await this.store.vms.byName(projectId, n)) !== undefined || (await this.store.containers.byName(projectId, n)) !== undefined;
+    if (name === undefined) {
+      // a generated name is held until the record has it: creates of one burst must not draw the same one
+      const generated = await generateName(async (n) => {
+        const key = `${projectId}/${n}`;
+        if (this.generatedNames.has(key) || (await inStore(n)) || this.generatedNames.has(key)) return true;
+        this.generatedNames.add(key);
+        return false;
+      });
+      return { name: generated, release: () => this.generatedNames.delete(`${projectId}/${generated}`) };
+    }
     if (!isValidName(name)) throw new InvalidArgument(`invalid VM name "${name}": use letters, digits, '_', '.', '-' (max 128)`);
-    if (await taken(name)) throw new Conflict(`the name "${name}" is already in use by an instance`);
-    return name;
+    if (await inStore(name)) throw new Conflict(`the name "${name}" is already in use by an instance`);
+    return { name, release: () => undefined };
   }
+
+  /** Generated names ("project/name") chosen by creates whose record is not written yet. */
+  private readonly generatedNames = new Set<string>();
 
   /**
    * Kernels, initrds and base disks come from the image service (names of the project's images,
@@ -235,11 +247,18 @@ export class VmService {
       ...(images.kernelImage ? { kernelImage: images.kernelImage } : {}),
       ...(images.initrdImage ? { initrdImage: images.initrdImage } : {}),
     };
-    const name = await this.checkName(input.name, projectId);
-    const networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
-    if (networks.length) config.networks = networks.map((n) => n.id);
+    const chosen = await this.checkName(input.name, projectId);
+    const name = chosen.name;
+    let rec: VmRecord;
     const id = newVmId();
-    let rec = await this.admitAndInsert(id, name, projectId, config, 'created', placement);
+    let networks: NetworkRecord[];
+    try {
+      networks = await Promise.all((input.networks ?? []).map((n) => (this.networks ? this.networks.forVm(n, projectId) : Promise.reject(new InvalidArgument('networks are not available')))));
+      if (networks.length) config.networks = networks.map((n) => n.id);
+      rec = await this.admitAndInsert(id, name, projectId, config, 'created', placement);
+    } finally {
+      chosen.release();
+    }
     const agentName = rec.agent;
     let req: VmCreateRequest = { id, name, ...config };
     try {
@@ -307,10 +326,11 @@ export class VmService {
   async createFromTemplate(templateIdOrName: string, name: string | undefined, projectId: string): Promise<VmRecord> {
     const t = await this.get(templateIdOrName);
     if (t.status !== 'saved' || t.config.template) throw new Conflict(`VM ${t.name} is not a saved VM that can serve as a template (it is ${t.status})`);
-    const newName = await this.checkName(name, projectId);
+    const chosen = await this.checkName(name, projectId);
+    const newName = chosen.name;
     const id = newVmId();
     const { template: _none, ...base } = t.config;
-    const rec = await this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', { host: t.agent });
+    const rec = await this.admitAndInsert(id, newName, projectId, { ...base, template: t.id }, 'saved', { host: t.agent }).finally(() => chosen.release());
     try {
       await this.on(t).createVmFromTemplate(t.id, id, newName);
     } catch (e) {
