@@ -69,9 +69,6 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
       homePrefix: 'nimbus-move-across-agent', env: { NIMBUS_CGROUP_PARENT: B_CGROUPS, NIMBUS_LAYER_MAX_BYTES: '8m' },
     });
     await b.start();
-    // the control plane reconciles a newly registered host's networks within 5 s (NewConnections): a
-    // network laid out on it meanwhile can be removed again by that reconcile (a race of its own)
-    await new Promise((r) => setTimeout(r, 6000));
     const archive = join(work, 'image.tar');
     await writeOciLayoutTar(await buildTestImages(), archive, '');
     image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;

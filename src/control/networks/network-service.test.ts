@@ -180,3 +180,29 @@ test('connect and disconnect: interface indexes, the already-connected refusal, 
   await assert.rejects(svc.disconnect('b', c), /not on b/);
   assert.deepEqual((await svc.endpointsOf(c.id)).map((e) => e.network), ['a']);
 });
+
+test('a layout on a host waits for the host\'s reconcile in flight, which would otherwise remove it (it read the host\'s networks before)', async (t) => {
+  const { store, svc } = await setup(t);
+  const order: string[] = [];
+  let finishReconcile!: () => void;
+  const reconciling = new Promise<void>((resolve) => { finishReconcile = resolve; });
+  const b = new FakeAgent({ name: 'b' })
+    .override('ensureNetwork', async (n) => void order.push(`ensure ${n.name}`))
+    .override('reconcileNetworks', async (_containers, networks) => {
+      order.push(`reconcile keeps [${networks.join(',')}]`);
+      await reconciling;
+      return { endpointsRemoved: 0, networksRemoved: 0, netnsRemoved: 0 };
+    });
+  const local = new FakeAgent({ name: 'local' });
+  svc.useHosts({ localName: 'local', names: () => ['local', 'b'], has: (n) => n === 'local' || n === 'b', get: (n) => (n === 'b' ? b : local) });
+  const n = await svc.create({ name: 'span' }, 'pdef');
+  const reconcile = svc.reconcileHost('b');
+  await new Promise((r) => setTimeout(r, 20)); // the reconcile has read b's networks (none) and asked b
+  const layout = svc.ensureOnHost([n], 'b');
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(order, ['reconcile keeps []'], 'the layout waits');
+  finishReconcile();
+  await Promise.all([reconcile, layout]);
+  assert.deepEqual(order, ['reconcile keeps []', 'ensure span']);
+  assert.ok((await store.networks.hosts(n.id)).includes('b'), 'recorded on b');
+});

@@ -21,6 +21,7 @@ import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import { NewConnections, type HostAgents } from '../compute/hosts.js';
 import { withDeadline } from '../compute/deadline.js';
 import { logger } from '../../core/log.js';
+import { KeyedLock } from '../../core/keyed-lock.js';
 import { NetworkOverlay, OVERLAY_MTU, spansHosts } from './overlay.js';
 
 const log = logger('networks');
@@ -183,13 +184,24 @@ export class NetworkService {
    */
   async ensureOnHost(networks: readonly NetworkRecord[], host: string): Promise<void> {
     if (host === this.localName) return;
+    // after a reconcile of the host in flight (one of a host that just registered): it would take
+    // the endpoints of a container made on it meanwhile for a gone container's
+    await this.hostLocks.run(host, async () => undefined);
     for (const n of networks) {
       if ((await this.store.networks.hosts(n.id)).includes(host)) continue;
-      await this.store.networks.addHost(n.id, host);
-      await this.agentOn(host).ensureNetwork(this.spec(n));
-      this.publish(n, 'layout', { host });
+      // not beside the host's reconcile: one that read the host's networks before this layout
+      // would remove it again (a host that had just registered lost a network so)
+      await this.hostLocks.run(host, async () => {
+        if ((await this.store.networks.hosts(n.id)).includes(host)) return;
+        await this.store.networks.addHost(n.id, host);
+        await this.agentOn(host).ensureNetwork(this.spec(n));
+        this.publish(n, 'layout', { host });
+      });
     }
   }
+
+  /** One layout or reconcile of a host's networks at a time. */
+  private readonly hostLocks = new KeyedLock();
 
   /** Subnets the embedded agent's host routes (none with --no-agent: other hosts are not asked). */
   private async foreignSubnets(): Promise<string[]> {
@@ -691,7 +703,11 @@ export class NetworkService {
   }
 
   /** One host: its networks laid out again if it lost them, endpoints of its containers that are gone removed, networks not its own removed. */
-  async reconcileHost(host: string): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+  reconcileHost(host: string): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
+    return this.hostLocks.run(host, () => this.reconcileHostNow(host));
+  }
+
+  private async reconcileHostNow(host: string): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {
     const agent = this.agentOn(host);
     const networks = await this.store.networks.onHost(host);
     for (const n of networks) await agent.ensureNetwork(this.spec(n));
