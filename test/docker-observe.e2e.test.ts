@@ -157,6 +157,24 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     await admin.ok(['network', 'rm', 'rn']);
   });
 
+  test('top: the container\'s processes with their host pids, from docker and nimbus; ps options refused; not another project\'s', async () => {
+    await admin.ok(['run', '-d', '--name', 'topped', IMAGE, 'sh', '-c', 'sleep 600 & sleep 700']);
+    const pid = (await admin.ok(['inspect', '-f', '{{.State.Pid}}', 'topped'])).trim();
+    const top = await admin.ok(['top', 'topped']);
+    assert.match(top.split('\n')[0]!, /^UID\s+PID\s+PPID\s+C\s+STIME\s+TTY\s+TIME\s+CMD/);
+    // the shell runs its last command in its own place: the container's first process is `sleep 700`
+    assert.match(top, new RegExp(`^\\S+\\s+${pid}\\s+.*sleep 700$`, 'm'), top);
+    assert.match(top, new RegExp(`^\\S+\\s+\\d+\\s+${pid}\\s+.*sleep 600$`, 'm'), 'its child, by its parent pid');
+    const bad = await admin.run(['top', 'topped', 'aux']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /ps options are not supported/);
+    assert.match((await other.run(['top', 'topped'])).stderr, /No such container: topped/);
+    const cli = await d!.cli(['top', 'topped']);
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stdout, /sleep 700/);
+    await admin.ok(['rm', '-f', 'topped']);
+  });
+
   test('health checks: starting, then healthy, unhealthy after its retries; ps, inspect, the ps filter and the events say so', async () => {
     await admin.ok(['run', '-d', '--name', 'checked', '--health-cmd', 'test -f /tmp/ok', '--health-interval', '300ms', '--health-retries', '2',
       IMAGE, 'sh', '-c', 'sleep 1; touch /tmp/ok; sleep 600']);

@@ -293,6 +293,12 @@ export interface BlobStream {
   bytes: Readable;
 }
 
+/** `ps`'s columns and one row of them per process. */
+export interface ProcessTable {
+  titles: string[];
+  processes: string[][];
+}
+
 /** What importDiskImage returns. */
 export interface DiskImageInfo {
   digest: string;
@@ -326,6 +332,8 @@ export interface ContainerHost {
   execInContainer(id: string, req: ExecRequest): Promise<ExecSession>;
   containerLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
   containerStats(id: string): Promise<InstanceStats>;
+  /** Its processes as `ps -ef` shows them (host pids), for `top`. Protocol 6. */
+  containerTop(id: string): Promise<ProcessTable>;
   /**
    * Forget a container: once this resolves the agent no longer serves it; its host
    * state may still be being destroyed in the background (garbage collection and

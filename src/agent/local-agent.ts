@@ -8,7 +8,7 @@ import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
-import { DataLoss, InvalidArgument, NotFound, ResourceExhausted, Unavailable, hasCode } from '../core/errors.js';
+import { Conflict, DataLoss, InvalidArgument, NotFound, ResourceExhausted, Unavailable, hasCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
@@ -47,7 +47,7 @@ import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec } from './network/network-driver.js';
 import type { AddressProvider, HostVolumeInfo } from './agent.js';
-import type { BuildProgress, BuildRequest } from './agent.js';
+import type { BuildProgress, BuildRequest, ProcessTable } from './agent.js';
 import type { OciMount } from './drivers/container/oci-spec.js';
 import { VolumeStore } from './volumes/volume-store.js';
 import { BuildHost } from './images/build.js';
@@ -885,6 +885,21 @@ export class LocalAgent implements Agent {
   async *containerLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
     yield* (await this.driverOf(id)).logs(id, opts);
   }
+  /** `ps -ef`'s columns for the container's cgroup's processes (runc containers; a secure one's run in its microVM). */
+  async containerTop(id: string): Promise<ProcessTable> {
+    if (this.isSecure(id)) throw new Conflict(`container ${id.slice(0, 12)} runs in its own microVM: its processes are not the host's to list`);
+    const pids = await this.containers.processIds(id);
+    const titles = ['UID', 'PID', 'PPID', 'C', 'STIME', 'TTY', 'TIME', 'CMD'];
+    if (!pids.length) return { titles, processes: [] };
+    // one ps for all of them; a process that ended meanwhile is simply not listed (ps exits 1 if none is left)
+    const r = await run('ps', ['-o', 'user:32=,pid=,ppid=,c=,stime=,tty=,time=,args=', '-p', pids.join(',')]);
+    const processes = r.stdout.split('\n').filter((l) => l.trim()).map((l) => {
+      const cols = l.trim().split(/\s+/);
+      return [...cols.slice(0, 7), cols.slice(7).join(' ')];
+    });
+    return { titles, processes };
+  }
+
   async containerStats(id: string) {
     return this.withNetwork(id, await (await this.driverOf(id)).stats(id));
   }

@@ -70,6 +70,7 @@ export const UNARY_METHODS = [
   'unpauseContainer',
   'containerState',
   'containerStats',
+  'containerTop',
   'removeContainer',
   'listContainers',
   'ensureNetwork',
@@ -139,6 +140,7 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   exportVolume: 6,
   importVolume: 6,
   renameContainer: 6,
+  containerTop: 6,
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
@@ -157,6 +159,7 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   exportVolume: 'move containers between hosts',
   importVolume: 'move containers between hosts',
   renameContainer: 'rename a container',
+  containerTop: "list a container's processes",
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */

@@ -122,6 +122,7 @@ export const ARG_SCHEMAS = {
   unpauseContainer: [arg('id', Id)],
   containerState: [arg('id', Id)],
   containerStats: [arg('id', Id)],
+  containerTop: [arg('id', Id)],
   removeContainer: [arg('id', Id)],
   listContainers: [],
   ensureNetwork: [arg('spec', NetworkSpec)],

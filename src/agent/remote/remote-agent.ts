@@ -395,6 +395,7 @@ export class RemoteAgent implements Agent {
   unpauseContainer: Agent['unpauseContainer'] = (...a) => this.call('unpauseContainer', a);
   containerState: Agent['containerState'] = (...a) => this.call('containerState', a);
   containerStats: Agent['containerStats'] = (...a) => this.call('containerStats', a);
+  containerTop: Agent['containerTop'] = (...a) => this.call('containerTop', a);
   removeContainer: Agent['removeContainer'] = (...a) => this.call('removeContainer', a);
   listContainers: Agent['listContainers'] = (...a) => this.call('listContainers', a);
   ensureNetwork: Agent['ensureNetwork'] = (...a) => this.call('ensureNetwork', a);

@@ -11,11 +11,12 @@ import { observeRoutes } from './observe.js';
 import { pruneRoutes } from './prune.js';
 import { archiveRoutes } from './archive.js';
 import { renameRoutes } from './rename.js';
+import { topRoutes } from './top.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...renameRoutes];
+  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...renameRoutes, ...topRoutes];
 }
 
 /**

@@ -214,6 +214,13 @@ export const containerRoutes = [
     summary: 'CPU, memory and pids from the container cgroup; network counters from its endpoints', params: IdParam, response: Stats,
     handler: ({ params, services }) => services.containers.stats(params.id),
   }),
+  route({
+    method: 'GET', path: '/containers/{id}/top', operationId: 'containerTop', tag: 'containers', access: 'read',
+    auth: { role: 'reader', project: CONTAINER },
+    summary: 'The container\'s processes as `ps -ef` shows them on its host (host pids): titles and one row per process', params: IdParam,
+    response: Type.Object({ titles: Type.Array(Type.String()), processes: Type.Array(Type.Array(Type.String())) }),
+    handler: ({ params, services }) => services.containers.top(params.id),
+  }),
 ];
 
 /** Interleave stdout/stderr chunks as frames, then a final exit frame. */

@@ -456,6 +456,13 @@ export const containerCommands: CommandSpec[] = [
   { name: 'pause', usage: 'CONTAINER [CONTAINER...]', summary: 'Freeze every process of containers', minArgs: 1, options: [], run: forEach((id) => `/containers/${id}/pause`) },
   { name: 'unpause', usage: 'CONTAINER [CONTAINER...]', summary: 'Thaw paused containers', minArgs: 1, options: [], run: forEach((id) => `/containers/${id}/unpause`) },
   {
+    name: 'top', usage: 'CONTAINER', summary: 'The processes of a running container (host pids, as ps -ef)', minArgs: 1, maxArgs: 1, options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const t = await clientOf(global).json<{ titles: string[]; processes: string[][] }>('GET', `/containers/${enc(args[0]!)}/top`);
+      return render(global, t, (x) => table(x.titles, x.processes));
+    },
+  },
+  {
     name: 'rename', usage: 'CONTAINER NEW_NAME', summary: 'Give a container another name (DNS answers the new one on its networks)', minArgs: 2, maxArgs: 2, options: [],
     async run(ctx) {
       await clientOf(ctx.global).json('POST', `/containers/${enc(ctx.args[0]!)}/rename`, { name: ctx.args[1] });

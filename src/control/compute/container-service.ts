@@ -6,7 +6,7 @@ import { Conflict, InvalidArgument, NimbusError, NotFound, Unavailable, hasCode,
 import { isValidName, newId } from '../../core/ids.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { logger } from '../../core/log.js';
-import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
+import type { Agent, ContainerCreateRequest, ProcessTable } from '../../agent/agent.js';
 import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
 import type { ContainerConfig, ContainerRecord, ContainerStatus, ImageRecord, OperationRecord } from '../../store/records.js';
@@ -740,6 +740,13 @@ export class ContainerService {
     if (!req.args.length) throw new InvalidArgument('exec needs a command');
     this.publish(c, 'exec', { args: req.args, ...(req.tty ? { tty: true } : {}) });
     return this.agentOf(c).execInContainer(c.id, req);
+  }
+
+  /** Its processes as `ps -ef` shows them, from its host (running or paused containers). */
+  async top(idOrName: string): Promise<ProcessTable> {
+    const c = await this.get(idOrName);
+    if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is not running`);
+    return this.agentOf(c).containerTop(c.id);
   }
 
   async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {

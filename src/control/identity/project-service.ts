@@ -125,6 +125,11 @@ export class ProjectService {
     if (containers || images) throw new Conflict(`project "${path}" still has ${containers} container(s) and ${images} image(s); remove them first`);
     const networks = (await this.store.networks.list({ projectId: id })).filter((n) => !n.builtin).length;
     if (networks) throw new Conflict(`project "${path}" still has ${networks} network(s); remove them first`);
+    // the rest of what the store keeps by project (its rows would refuse the removal: a 500, the API fuzz found)
+    const vms = (await this.store.vms.list({ projectId: id })).length;
+    const volumes = (await this.store.volumes.list({ projectId: id })).length;
+    const disks = (await this.store.disks.list(id)).length;
+    if (vms || volumes || disks) throw new Conflict(`project "${path}" still has ${vms} VM(s), ${volumes} volume(s) and ${disks} disk image(s); remove them first`);
   }
 
   async grant(userName: string, projectId: string, role: Role): Promise<GrantView> {

@@ -19,6 +19,7 @@ import type {
   Agent,
   AgentImage,
   AgentInfo,
+  ProcessTable,
   BlobStream,
   ContainerCreateRequest,
   GcResult,
@@ -434,6 +435,10 @@ export class FakeAgent implements Agent {
         yield* opts.tail !== undefined ? logs.slice(-opts.tail) : logs;
       })();
     });
+  }
+
+  containerTop(...args: Parameters<Agent['containerTop']>): Promise<ProcessTable> {
+    return this.run('containerTop', args, async () => ({ titles: ['UID', 'PID', 'PPID', 'C', 'STIME', 'TTY', 'TIME', 'CMD'], processes: [['root', '4242', '1', '0', '00:00', '?', '00:00:00', 'sleep 60']] }));
   }
 
   containerStats(...args: Parameters<Agent['containerStats']>): Promise<InstanceStats> {

@@ -177,6 +177,19 @@ export class ContainerDriver implements InstanceDriver {
     return cgroupPaths(await this.layout(), meta.cgroupsPath);
   }
 
+  /** The host pids of the container's processes (its cgroup's), for `top`. */
+  async processIds(id: string): Promise<number[]> {
+    const cg = await this.cgroups(await this.meta(id));
+    for (const dir of [cg.v1['pids'], cg.v1['memory'], cg.unified].filter((d): d is string => d !== undefined)) {
+      try {
+        return (await readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean).map(Number);
+      } catch {
+        /* not in this hierarchy: the next */
+      }
+    }
+    return [];
+  }
+
   /** A copy of the container's meta: this process's last write, or the file (a daemon started again). */
   private async meta(id: string): Promise<ContainerMeta> {
     const dir = this.dir(id);
