@@ -495,18 +495,28 @@ export class RemoteAgent implements Agent {
     const { signal, ...wire } = opts;
     const res = await (await this.open('POST', PATHS.pull, { json: { ref, opts: wire }, ...(signal ? { signal } : {}) })).response;
     try {
+      return await this.progressThenResult<PullProgress, AgentImage>(res, progress, 'pull', signal);
+    } finally {
+      if (!res.complete) res.destroy();
+    }
+  }
+
+  /**
+   * A streamed answer of progress lines and then its result (pull, build): the agent's error as
+   * the same NimbusError, a stream cut short as Unavailable, an abort as its reason.
+   */
+  private async progressThenResult<P, R>(res: IncomingMessage, progress: (p: P) => void, what: string, signal: AbortSignal | undefined): Promise<R> {
+    try {
       for await (const v of ndjsonRecords(res)) {
         if (isWireError(v)) throw decodeError(v);
-        const line = v as { progress?: PullProgress; result?: AgentImage };
+        const line = v as { progress?: P; result?: R };
         if (line.progress) progress(line.progress);
         else if (line.result) return line.result;
       }
-      throw new Error('the pull stream ended without a result');
+      throw new Error(`the ${what} stream ended without a result`);
     } catch (e) {
       if (signal?.aborted) throw signal.reason ?? e;
       throw this.unavailable(e);
-    } finally {
-      if (!res.complete) res.destroy();
     }
   }
 
@@ -605,16 +615,7 @@ export class RemoteAgent implements Agent {
       throw signal?.aborted ? (signal.reason ?? e) : this.unavailable(e);
     }
     try {
-      for await (const v of ndjsonRecords(res)) {
-        if (isWireError(v)) throw decodeError(v);
-        const line = v as { progress?: BuildProgress; result?: AgentImage };
-        if (line.progress) progress(line.progress);
-        else if (line.result) return line.result;
-      }
-      throw new Error('the build stream ended without a result');
-    } catch (e) {
-      if (signal?.aborted) throw signal.reason ?? e;
-      throw this.unavailable(e);
+      return await this.progressThenResult<BuildProgress, AgentImage>(res, progress, 'build', signal);
     } finally {
       if (!res.complete) res.destroy();
       if (!req.writableFinished) req.destroy();
