@@ -27,18 +27,6 @@ if (!files.length) {
   console.error('run-tests: no test files found (did the build run?)');
   process.exit(1);
 }
-// Longest first (each 42–91 s in the CI run of 2026-12-03, fifth session): in name order the e2e
-// files came last and the longest of them (vm.e2e, 58 s) ran alone at the end; started first,
-// they overlap the many short files instead. The rest keep their order.
-const SLOW_FIRST = [
-  'dashboard.e2e', 'fuzz.test', 'network.e2e', 'logs.e2e', 'migrate.e2e', 'move-across.e2e', 'vm.e2e', 'migrate-across.e2e',
-  'engine.e2e', 'vm-driver.conformance', 'replicas.e2e', 'secure.e2e', 'metering.e2e', 'access.e2e', 'images-across-hosts.e2e', 'compose.e2e',
-];
-const rank = (f) => {
-  const i = SLOW_FIRST.findIndex((s) => f.endsWith(`/${s}.test.js`) || f.endsWith(`/${s}.js`));
-  return i < 0 ? SLOW_FIRST.length : i;
-};
-files.sort((a, b) => rank(a) - rank(b));
 const concurrency = process.env.NIMBUS_TEST_CONCURRENCY ?? '3';
 const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', `--test-concurrency=${concurrency}`, ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);
