@@ -265,12 +265,11 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
       assert.match(t.stdout, /^\/dev\/pts\/\d+\r+\n24 80\r+\n$/);
       assert.match((await d!.cli(['exec', '-i', 'term', 'true'])).stderr, /-i needs -t/);
       // the CLI's terminal resized under it (the kernel sends it SIGWINCH): the command's follows
-      const resized = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; stty size'], 31, 99, '\r', /ready/, async (scriptPid) => {
+      const resized = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; until [ "$(stty size)" = "40 120" ]; do sleep 0.02; done; stty size'], 31, 99, '\r', /ready/, async (scriptPid) => {
         const cli = (await run('pgrep', ['-P', String(scriptPid)])).stdout.trim().split('\n')[0]!;
         const tty = readlinkSync(`/proc/${cli}/fd/0`);
         assert.match(tty, /^\/dev\/pts\/\d+$/);
         assert.equal((await run('stty', ['-F', tty, 'rows', '40', 'cols', '120'])).code, 0);
-        await new Promise((r) => setTimeout(r, 300)); // SIGWINCH → the resize message → the agent's pty
       });
       assert.equal(resized.code, 0, resized.screen);
       assert.match(resized.screen, /31 99\r+\nready\r+\n\r+\n40 120\r+\n/, resized.screen);

@@ -23,6 +23,16 @@ import { EXEC_HEADER, PATHS, PROTOCOL_HEADER } from '../../remote/agent-protocol
 import http from 'node:http';
 
 /**
+ * A shell fragment that waits until the terminal is `rows cols`, then prints it. A resize is
+ * asynchronous — SIGWINCH reaches runc, whose handler resizes the container's pty — so a line
+ * typed just after it can be read before the size changes, as with dockerd; a resize that never
+ * arrives leaves the wait hanging and the test's waitFor reports what the terminal showed.
+ */
+export function waitForSize(rows: number, cols: number): string {
+  return `until [ "$(stty size)" = "${rows} ${cols}" ]; do sleep 0.02; done; stty size`;
+}
+
+/**
  * Everything a terminal printed so far, and a wait for what it should print next. Line ends are
  * matched as \r+\n: runc clears ONLCR on the container's pty only once the command may already
  * print, and keeps it on its own stdio, so a first line can come as \r\r\n (docs/exec.md).
@@ -77,7 +87,7 @@ describe('exec with a TTY (container driver, runc)', { skip: runcReason }, () =>
   });
 
   test('the command runs on a pty of the size asked; a resize reaches it; input reaches it; its exit code comes back', async () => {
-    const x: ExecSession = await d.exec(id, { args: ['sh', '-c', 'tty; stty size; read line; echo "got:$line"; stty size; exit 7'], tty: { rows: 31, cols: 97 } });
+    const x: ExecSession = await d.exec(id, { args: ['sh', '-c', `tty; stty size; read line; echo "got:$line"; ${waitForSize(50, 132)}; exit 7`], tty: { rows: 31, cols: 97 } });
     assert.ok(x.resize, 'a TTY session can be resized');
     const term = new TerminalReader(x.stdout);
     let errBytes = 0;
@@ -98,7 +108,7 @@ describe('exec with a TTY (container driver, runc)', { skip: runcReason }, () =>
     await term.waitFor(/42 xterm\r+\n24 80\r+\n/);
     const mark = term.text.length;
     x.resize!(40, 100);
-    x.stdin!.write('stty size\r');
+    x.stdin!.write(`${waitForSize(40, 100)}\r`);
     await term.waitFor(/40 100\r+\n/, 10_000, mark);
     x.stdin!.write('exit 3\r');
     assert.equal(await x.exit, 3);
@@ -113,7 +123,7 @@ describe('exec with a TTY (container driver, runc)', { skip: runcReason }, () =>
     const first = (await term.waitFor(/(\d+ \d+)\r+\n/))[1]!;
     const mark = term.text.length;
     x.resize!(33, 111);
-    x.stdin!.write('stty size; echo "answer=$((6*7))"\r');
+    x.stdin!.write(`${waitForSize(33, 111)}; echo "answer=$((6*7))"\r`);
     const [, second, answer] = (await term.waitFor(/(\d+ \d+)\r+\nanswer=(\d+)\r+\n/, 10_000, mark))!;
     x.stdin!.write('exit 4\r');
     return { sizes: [first, second!], answer: answer!, code: await x.exit };
