@@ -56,7 +56,7 @@ export function networkDriverConformance(driver: NetworkDriverName): void {
     after(async () => {
       for (const s of stoppers) await s();
       for (const p of procs) await p.kill();
-      for (let i = 0; i < 8; i++) await host.detach(cid(i)).catch(() => undefined);
+      for (let i = 0; i < 16; i++) await host.detach(cid(i)).catch(() => undefined);
       for (const n of [netA, netB, netInternal]) await host.removeNetwork(n.id).catch(() => undefined);
       await host.close();
       await run('nft', ['delete', 'table', 'inet', table]);
@@ -130,6 +130,43 @@ export function networkDriverConformance(driver: NetworkDriverName): void {
       for (const n of [netA, netB, netInternal]) await host.removeNetwork(n.id);
       // the published port is gone with its container
       await assert.rejects(httpGet(`http://127.0.0.1:${hostPort}/`, 1000));
+      assert.deepEqual(mine(await hostFootprint(), stems()), before0, 'no interface, table or namespace left');
+    });
+
+    /** The published ports the table's maps hold, as "[address ]protocol/port→address:port". */
+    const publishedInTable = async (): Promise<string[]> => {
+      const out = (await run('nft', ['list', 'table', 'inet', table])).stdout;
+      const found = [...out.matchAll(/(?:(\d+\.\d+\.\d+\.\d+) \. )?(tcp|udp) \. (\d+) comment "[0-9a-f]+" : (\d+\.\d+\.\d+\.\d+) \. (\d+)/g)];
+      return found.map((m) => `${m[1] ? `${m[1]} ` : ''}${m[2]}/${m[3]}→${m[4]}:${m[5]}`).sort();
+    };
+
+    test('published ports in a burst of attaches and removals, interleaved with renders, leave exactly the live ones; a table changed behind the host\'s back is put right', async () => {
+      const before0 = mine(await hostFootprint(), stems());
+      await host.ensureNetwork(netA);
+      const ports = await Promise.all([0, 1, 2, 3, 4, 5].map(() => freePort()));
+      const want = (n: number, hostIp?: string) => `${hostIp ? `${hostIp} ` : ''}tcp/${ports[n]}→${nthAddress(netA.subnet, 20 + n)}:80`;
+      // six attaches at once, half on one host address, half on any, while a network is laid out (a render)
+      const attached = Promise.all([0, 1, 2, 3, 4, 5].map((n) =>
+        container(8 + n, [{ network: netA, address: nthAddress(netA.subnet, 20 + n) }], [{ protocol: 'tcp', ...(n % 2 ? { hostIp: '127.0.0.1' } : {}), hostPort: ports[n]!, containerPort: 80 }])));
+      await host.ensureNetwork(netB);
+      await attached;
+      assert.deepEqual(await publishedInTable(), [0, 1, 2, 3, 4, 5].map((n) => want(n, n % 2 ? '127.0.0.1' : undefined)).sort());
+      // three go at once while another network goes (a render); the rest stay
+      await Promise.all([host.release(cid(8)), host.detach(cid(9)), host.detach(cid(10)), host.removeNetwork(netB.id)]);
+      await host.detach(cid(8));
+      assert.deepEqual(await publishedInTable(), [3, 4, 5].map((n) => want(n, n % 2 ? '127.0.0.1' : undefined)).sort());
+      // an element deleted behind the host's back: the removal that cannot delete it renders instead
+      await run('nft', ['delete', 'element', 'inet', table, 'ports_addr', `{ 127.0.0.1 . tcp . ${ports[3]} }`]);
+      await host.detach(cid(11));
+      assert.deepEqual(await publishedInTable(), [4, 5].map((n) => want(n, n % 2 ? '127.0.0.1' : undefined)).sort());
+      // a stale element on the port an attach publishes: the add is refused, the render replaces it
+      const again = await freePort();
+      assert.equal((await run('nft', ['add', 'element', 'inet', table, 'ports_any', `{ tcp . ${again} comment "0bad" : 192.0.2.1 . 9 }`])).code, 0);
+      await container(14, [{ network: netA, address: nthAddress(netA.subnet, 30) }], [{ protocol: 'tcp', hostPort: again, containerPort: 80 }]);
+      assert.deepEqual(await publishedInTable(), [...[4, 5].map((n) => want(n, n % 2 ? '127.0.0.1' : undefined)), `tcp/${again}→${nthAddress(netA.subnet, 30)}:80`].sort());
+      for (const n of [12, 13, 14]) await host.detach(cid(n));
+      assert.deepEqual(await publishedInTable(), []);
+      await host.removeNetwork(netA.id);
       assert.deepEqual(mine(await hostFootprint(), stems()), before0, 'no interface, table or namespace left');
     });
   });

@@ -21,7 +21,7 @@ import { EmbeddedDns } from './dns/embedded-dns.js';
 import * as kernel from './kernel.js';
 import { resolvConfNameservers } from './etc-files.js';
 import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, portsClash, type EndpointSpec, type NetworkDriver, type NetworkDriverName, type NetworkSpec, type PortMapping } from './network-driver.js';
-import { NFT_TABLE, deleteTableScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
+import { NFT_TABLE, deleteTableScript, portElementsScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
 import { replaceStateFile } from '../../core/state-files.js';
 import { checkPeers, ensureVxlan, readVxlan, removeVxlan, setPeers, sourceAddressToward, vxlanDeviceName, type OverlayPeer } from './overlay.js';
 
@@ -341,7 +341,7 @@ export class NetworkHost {
       await this.save('endpoints', req.containerId, file);
       this.pending.delete(req.containerId);
       this.containers.set(req.containerId, file);
-      if (needsTable(file)) await this.renderTable();
+      await this.tableAfter('add', file);
       return { netns: kernel.netnsPath(name), endpoints: file.endpoints };
     } catch (err) {
       this.pending.delete(req.containerId);
@@ -350,7 +350,7 @@ export class NetworkHost {
       if (!plumbed && wired && reuse) this.prewired.set(req.containerId, wired);
       if (plumbed) await this.undoEndpoints(file).catch((e: unknown) => log.warn('undoing a failed attach', { id: req.containerId, error: String(e) }));
       await this.forget('endpoints', req.containerId);
-      if (was && needsTable(file)) await this.renderTable().catch(() => undefined);
+      if (was) await this.tableAfter('delete', file).catch(() => undefined);
       throw err;
     }
   }
@@ -404,7 +404,7 @@ export class NetworkHost {
       await kernel.applyPlan(kernel.mergePlans(file.endpoints.map((e, i) => driverFor(nics[i]!.network.driver).tapPlan(nics[i]!.network, e))));
       await this.save('endpoints', vmId, file);
       this.containers.set(vmId, file);
-      if (needsTable(file)) await this.renderTable();
+      await this.tableAfter('add', file);
       // an overlay network's lower MTU goes to the guest too (virtio-net host_mtu)
       return file.endpoints.map((e, i) => ({ tap: e.hostIf, mac: e.mac, ...(nics[i]!.network.mtu !== undefined ? { mtu: nics[i]!.network.mtu } : {}) }));
     } catch (err) {
@@ -470,10 +470,11 @@ export class NetworkHost {
       const n = this.networks.get(networkId);
       await kernel.applyUndo(n ? driverFor(n.driver).detachPlan(n, ep) : { host: [['link', 'del', ep.hostIf]] }, { links: [ep.hostIf] });
       file.endpoints = file.endpoints.filter((x) => x !== ep);
-      const hadPorts = file.ports.some((p) => p.networkId === networkId);
+      const gone = file.ports.filter((p) => p.networkId === networkId);
       file.ports = file.ports.filter((p) => p.networkId !== networkId);
       await this.save('endpoints', containerId, file);
-      if (hadPorts || routed(ep)) await this.renderTable();
+      if (routed(ep) || tableNeed(file) === 'render') await this.renderTable();
+      else await this.changePorts('delete', gone);
     });
   }
 
@@ -489,7 +490,7 @@ export class NetworkHost {
     if (!file) return;
     this.containers.delete(containerId);
     this.dying.set(containerId, file);
-    if (needsTable(file)) await this.renderTable();
+    await this.tableAfter('delete', file);
   }
 
   /** Remove the container's endpoints, ports and namespace name (idempotent). */
@@ -500,12 +501,16 @@ export class NetworkHost {
       await kernel.deleteNetns(this.netnsName(containerId));
       return;
     }
-    const rerender = this.containers.delete(containerId) && needsTable(file);
+    // its ports go at once (released containers' went already), its interfaces after
+    const table = this.containers.delete(containerId) ? this.tableAfter('delete', file) : Promise.resolve();
     this.dying.set(containerId, file);
-    await this.undoEndpoints(file);
+    try {
+      await this.undoEndpoints(file);
+    } finally {
+      await table;
+    }
     this.dying.delete(containerId);
     await this.forget('endpoints', containerId);
-    if (rerender) await this.renderTable();
   }
 
   // ------------------------------------------------------------ the table, reconciliation
@@ -528,8 +533,10 @@ export class NetworkHost {
   private renderChain: Promise<void> = Promise.resolve();
 
   private async renderNow(): Promise<void> {
+    const version = this.portsVersion;
     if (!this.networks.size) {
       if (await kernel.nftList(this.table)) await kernel.nft(deleteTableScript(this.table));
+      this.renderedPortsVersion = version;
       return;
     }
     const endpoints = [...this.containers.values()].flatMap((c) => c.endpoints);
@@ -539,6 +546,41 @@ export class NetworkHost {
       overlay: this.overlays.size > 0,
     }, this.table);
     await kernel.nft(replaceTableScript(ruleset, this.table));
+    // a failed render left the previous table: element changes since then still apply to it
+    this.renderedPortsVersion = version;
+  }
+
+  /** Bumped by every change to published ports; a render records the one it wrote (after it succeeded). */
+  private portsVersion = 0;
+  private renderedPortsVersion = 0;
+
+  /**
+   * Ports published or withdrawn: their elements added to or deleted from the table's maps in
+   * one small nft transaction, in order with renders (issue 18: a render of the whole table per
+   * container start cost ~30 ms). A render that ran since the change already wrote it. An element
+   * change the kernel refuses (its table and this host's state disagree) is followed by a render,
+   * which puts the table right; only if that fails too does the change fail.
+   */
+  private changePorts(op: 'add' | 'delete', ports: readonly PublishedPort[]): Promise<void> {
+    if (!ports.length) return Promise.resolve();
+    const version = ++this.portsVersion;
+    const next = this.renderChain.then(async () => {
+      if (version <= this.renderedPortsVersion) return;
+      try {
+        await kernel.nft(portElementsScript(op, ports, this.table));
+      } catch (e) {
+        log.warn('published ports: an element change was refused; rendering the table', { op, error: e instanceof Error ? e.message : String(e) });
+        await this.renderNow();
+      }
+    });
+    this.renderChain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** The table after a container's endpoints came or went: rendered (per-interface rules), its ports' elements changed, or nothing. */
+  private tableAfter(op: 'add' | 'delete', file: EndpointsFile): Promise<void> {
+    const need = tableNeed(file);
+    return need === 'render' ? this.renderTable() : need === 'ports' ? this.changePorts(op, file.ports) : Promise.resolve();
   }
 
   /**
@@ -627,10 +669,15 @@ function containerEndpoint(containerId: string, netns: string, network: NetworkS
 /** A routed endpoint's interface is named in the table (bridge endpoints are covered by their bridge). */
 const routed = (e: EndpointSpec) => e.hostIf.startsWith('nr');
 
-/** Published ports and routed interfaces (per-interface rules) are in the table; bridge endpoints are not. */
-function needsTable(file: EndpointsFile): boolean {
+/**
+ * What a container's coming or going needs of the table: routed interfaces have rules of their
+ * own (a render); published ports are map elements (changed one transaction at a time); bridge
+ * endpoints are covered by their bridge's rules (nothing).
+ */
+function tableNeed(file: EndpointsFile): 'render' | 'ports' | 'none' {
   // a VM's taps may be routed (named in the table, like nr… veths); VMs are made rarely: render
-  return file.ports.length > 0 || file.vm === true || file.endpoints.some(routed);
+  if (file.vm === true || file.endpoints.some(routed)) return 'render';
+  return file.ports.length > 0 ? 'ports' : 'none';
 }
 
 /** A published port must not shadow something already listening on the host. */

@@ -4,7 +4,10 @@
  * `nft -f` transaction: nothing is patched rule by rule, so a crash can never
  * leave half a change, and reconciliation is "render again".
  *
- *   prerouting/output (nat): published ports → DNAT to the container
+ *   prerouting/output (nat): published ports → DNAT to the container, looked up in two maps
+ *                      (any address / one host address): publishing or withdrawing a port is an
+ *                      element add or delete in one small nft transaction (portElementsScript),
+ *                      not a render of the table; a render writes the maps' elements whole
  *   postrouting (nat): masquerade what leaves a NAT network; loopback clients of a
  *                      published port appear as the gateway (so replies come back)
  *   forward (filter): isolation — no traffic between two networks, none out of an
@@ -32,12 +35,29 @@ export interface RulesetInput {
 const q = (s: string) => JSON.stringify(s);
 const set = (xs: string[]) => (xs.length === 1 ? xs[0]! : `{ ${xs.join(', ')} }`);
 
+/** The maps published ports live in: on any host address, or on one. */
+export const PORT_MAPS = { any: 'ports_any', addr: 'ports_addr' } as const;
+const mapOf = (p: PortMapping) => (p.hostIp ? PORT_MAPS.addr : PORT_MAPS.any);
+/** A port's key in its map: [host address .] protocol . port. */
+const portKey = (p: PortMapping) => `${p.hostIp ? `${p.hostIp} . ` : ''}${p.protocol} . ${p.hostPort}`;
+/** key comment "container" : address . port */
+const portElement = (p: PublishedPort) => `${portKey(p)} comment ${q(p.containerId.slice(0, 12))} : ${p.address} . ${p.containerPort}`;
+
+/**
+ * One nft transaction that adds or deletes these ports' elements (all or none). An add of a key
+ * already there with other data, or a delete of a key that is not there, fails the whole
+ * transaction: the caller's state and the kernel's have diverged, and a render puts them right.
+ */
+export function portElementsScript(op: 'add' | 'delete', ports: readonly PublishedPort[], table = NFT_TABLE): string {
+  return ports.map((p) => `${op} element inet ${table} ${mapOf(p)} { ${op === 'add' ? portElement(p) : portKey(p)} }\n`).join('');
+}
+
 export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
-  const dnat: string[] = [];
-  for (const p of [...input.ports].sort((a, b) => a.hostPort - b.hostPort)) {
-    const match = `${p.hostIp ? `ip daddr ${p.hostIp} ` : ''}${p.protocol} dport ${p.hostPort}`;
-    dnat.push(`\t\t${match} dnat ip to ${p.address}:${p.containerPort} comment ${q(p.containerId.slice(0, 12))}`);
-  }
+  const byMap = (m: string) => [...input.ports].filter((p) => mapOf(p) === m).sort((a, b) => a.hostPort - b.hostPort || a.protocol.localeCompare(b.protocol));
+  const map = (name: string, key: string) => {
+    const elements = byMap(name).map(portElement);
+    return [`\tmap ${name} {`, `\t\ttype ${key} : ipv4_addr . inet_service`, ...(elements.length ? [`\t\telements = { ${elements.join(', ')} }`] : []), '\t}'];
+  };
   const post: string[] = [];
   const fwd: string[] = ['\t\tct state established,related accept'];
   const allSubnets = input.networks.map((n) => n.spec.subnet);
@@ -63,8 +83,11 @@ export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
   }
   return [
     `table inet ${table} {`,
+    ...map(PORT_MAPS.addr, 'ipv4_addr . inet_proto . inet_service'),
+    ...map(PORT_MAPS.any, 'inet_proto . inet_service'),
     '\tchain ports {',
-    ...dnat,
+    `\t\tmeta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @${PORT_MAPS.addr}`,
+    `\t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @${PORT_MAPS.any}`,
     '\t}',
     '\tchain prerouting {',
     '\t\ttype nat hook prerouting priority dstnat; policy accept;',

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { bridgeDriver } from './bridge-driver.js';
 import { routeDriver } from './route-driver.js';
 import { cidrContains, cidrsOverlap, intToIp, ipToInt, macFor, parseCidr, parseNetworkSubnet, type EndpointSpec, type NetworkSpec } from './network-driver.js';
-import { renderRuleset } from './nftables.js';
+import { portElementsScript, renderRuleset, type PublishedPort } from './nftables.js';
 import { hostsFile, resolvConf } from './etc-files.js';
 
 const net = (over: Partial<NetworkSpec> = {}): NetworkSpec => ({
@@ -51,24 +51,34 @@ test('route plans: /32 inside, an on-link gateway, a host /32 route; never NAT',
   assert.deepEqual(routeDriver.interfaces(n, [ep({ hostIf: 'nrx' })]), ['nrx']);
 });
 
-test('nftables: DNAT per published port, masquerade for NAT networks only, isolation between networks and for internal ones', () => {
+test('nftables: DNAT per published port (map elements, added and deleted one transaction at a time), masquerade for NAT networks only, isolation between networks and for internal ones', () => {
   const front = net();
   const back = net({ id: 'n2', name: 'back', subnet: '10.89.1.0/24', gateway: '10.89.1.1', device: 'nb-back', internal: true });
   const routed = net({ id: 'n3', name: 'routed', driver: 'route', subnet: '10.89.2.0/24', gateway: '10.89.2.1', device: 'nr-routed' });
+  const ports: PublishedPort[] = [
+    { protocol: 'tcp', hostPort: 8080, containerPort: 80, containerId: 'c'.repeat(64), address: '10.88.0.5', networkId: 'n1' },
+    { protocol: 'udp', hostIp: '127.0.0.1', hostPort: 5353, containerPort: 53, containerId: 'c'.repeat(64), address: '10.88.0.5', networkId: 'n1' },
+  ];
   const text = renderRuleset({
     networks: [
       { spec: front, driver: bridgeDriver, endpoints: [ep()] },
       { spec: back, driver: bridgeDriver, endpoints: [] },
       { spec: routed, driver: routeDriver, endpoints: [ep({ networkId: 'n3', hostIf: 'nrc0', address: '10.89.2.5' })] },
     ],
-    ports: [
-      { protocol: 'tcp', hostPort: 8080, containerPort: 80, containerId: 'c'.repeat(64), address: '10.88.0.5', networkId: 'n1' },
-      { protocol: 'udp', hostIp: '127.0.0.1', hostPort: 5353, containerPort: 53, containerId: 'c'.repeat(64), address: '10.88.0.5', networkId: 'n1' },
-    ],
+    ports,
   }, 'nimbus_test');
   assert.match(text, /^table inet nimbus_test \{/);
-  assert.match(text, /\ttcp dport 8080 dnat ip to 10\.88\.0\.5:80/);
-  assert.match(text, /ip daddr 127\.0\.0\.1 udp dport 5353 dnat ip to 10\.88\.0\.5:53/);
+  // published ports are elements of two maps (any address / one), looked up by the ports chain
+  assert.match(text, /map ports_any \{\n\t\ttype inet_proto \. inet_service : ipv4_addr \. inet_service\n\t\telements = \{ tcp \. 8080 comment "c{12}" : 10\.88\.0\.5 \. 80 \}/);
+  assert.match(text, /map ports_addr \{\n\t\ttype ipv4_addr \. inet_proto \. inet_service : ipv4_addr \. inet_service\n\t\telements = \{ 127\.0\.0\.1 \. udp \. 5353 comment "c{12}" : 10\.88\.0\.5 \. 53 \}/);
+  assert.match(text, /chain ports \{\n\t\tmeta nfproto ipv4 dnat ip to ip daddr \. meta l4proto \. th dport map @ports_addr\n\t\tmeta nfproto ipv4 dnat ip to meta l4proto \. th dport map @ports_any\n/);
+  assert.equal(portElementsScript('add', ports, 'nimbus_test'),
+    'add element inet nimbus_test ports_any { tcp . 8080 comment "cccccccccccc" : 10.88.0.5 . 80 }\n' +
+    'add element inet nimbus_test ports_addr { 127.0.0.1 . udp . 5353 comment "cccccccccccc" : 10.88.0.5 . 53 }\n');
+  assert.equal(portElementsScript('delete', ports, 'nimbus_test'),
+    'delete element inet nimbus_test ports_any { tcp . 8080 }\ndelete element inet nimbus_test ports_addr { 127.0.0.1 . udp . 5353 }\n');
+  // no ports: the maps are declared empty (an element list cannot be)
+  assert.doesNotMatch(renderRuleset({ networks: [{ spec: front, driver: bridgeDriver, endpoints: [] }], ports: [] }), /elements/);
   assert.match(text, /ip saddr 10\.88\.0\.0\/16 ip daddr != 10\.88\.0\.0\/16 masquerade/);
   assert.doesNotMatch(text, /ip saddr 10\.89\.1\.0\/24 ip daddr != 10\.89\.1\.0\/24 masquerade/, 'internal: no NAT');
   assert.doesNotMatch(text, /ip saddr 10\.89\.2\.0\/24 ip daddr != 10\.89\.2\.0\/24 masquerade/, 'route: no NAT');
