@@ -45,7 +45,8 @@ async function footprint(ids: string[]): Promise<{ links: number; netns: number;
   return {
     links: ids.filter((id) => links.includes(`nv${id.slice(0, 12)}`) || links.includes(`nr${id.slice(0, 12)}`)).length,
     netns: ids.filter((id) => netns.includes(`${d.network.NIMBUS_NFT_TABLE!}-${id}`)).length,
-    dnat: (table.match(/dnat ip to/g) ?? []).length,
+    // published ports are elements of the table's port maps, commented with their container's id
+    dnat: ids.filter((id) => table.includes(`comment "${id.slice(0, 12)}" :`)).length,
   };
 }
 
