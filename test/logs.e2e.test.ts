@@ -31,7 +31,7 @@ async function exited(name: string): Promise<C> {
   return waitFor(`${name} exited`, async () => {
     const r = await d.api<C>('GET', `/containers/${name}`);
     return r.body.status === 'exited' ? r.body : undefined;
-  }, 180_000); // 200 MB through conmon on a loaded host
+  }, 180_000); // tens of MB through conmon on a loaded host
 }
 
 describe('container logs end to end', { concurrency: false }, () => {
@@ -76,14 +76,17 @@ describe('container logs end to end', { concurrency: false }, () => {
     assert.ok(logFiles(c.id).count > 5, 'it rotated');
   });
 
-  test('GET /containers/{id}/logs of ~200 MB streams: nimbusd RSS independent of the log size, every line', async () => {
+  // The driver's own test reads 200 MB back (container-logs.test.ts); this one checks that the
+  // API streams what the driver reads: ~73 MB over five files, more than twice the growth allowed.
+  test('GET /containers/{id}/logs of ~73 MB streams: nimbusd RSS independent of the log size, every line', async () => {
     const LINE = 'y'.repeat(99);
-    const N = 1_400_000; // ~204 MB of records
-    const r = await d.cli(['run', '-d', '--name', 'big', '--log-opt', 'max-size=64m', '--log-opt', 'max-file=4', IMAGE, 'sh', '-c', `yes ${LINE} | head -n ${N}`]);
+    const N = 500_000; // ~73 MB of records
+    const r = await d.cli(['run', '-d', '--name', 'big', '--log-opt', 'max-size=16m', '--log-opt', 'max-file=5', IMAGE, 'sh', '-c', `yes ${LINE} | head -n ${N}`]);
     assert.equal(r.code, 0, r.stderr);
     const c = await exited('big');
     assert.equal(c.exitCode, 0);
-    assert.ok(logFiles(c.id).bytes > 200e6, `${logFiles(c.id).bytes} bytes on disk`);
+    assert.ok(logFiles(c.id).bytes > 70e6, `${logFiles(c.id).bytes} bytes on disk`);
+    assert.equal(logFiles(c.id).count, 5, 'across rotated files');
     const pid = d.child.pid!;
     const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
     const rss0 = rss();
@@ -128,7 +131,7 @@ describe('container logs end to end', { concurrency: false }, () => {
     assert.equal(bad, 0);
     const growth = (peak - rss0) / 2 ** 20;
     console.log(`# nimbusd served ${(logFiles(c.id).bytes / 1e6).toFixed(0)} MB of log: RSS ${(rss0 / 2 ** 20).toFixed(0)} MiB, peak +${growth.toFixed(1)} MiB`);
-    assert.ok(growth < 64, `nimbusd RSS grew ${growth.toFixed(1)} MiB`);
+    assert.ok(growth < 32, `nimbusd RSS grew ${growth.toFixed(1)} MiB`);
     assert.equal((await d.cli(['rm', 'big'])).code, 0);
   });
 
