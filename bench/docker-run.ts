@@ -68,7 +68,14 @@ export async function dockerRun(env: BenchEnv): Promise<BenchOutcome> {
       await run('podman', ['--url', podman.host, 'pull', '-q', '--tls-verify=false', env.busybox]).then((r) => {
         if (r.code !== 0) throw new Error(`podman pull: ${r.stderr.trim()}`);
       });
-      sides.set('podman', podman.docker);
+      sides.set('podman', async (args, timeoutMs) => {
+        try {
+          return await podman.docker(args, timeoutMs);
+        } catch (e) {
+          // what the service said about it: the CLI's message alone rarely says why
+          throw new Error(`${e instanceof Error ? e.message : String(e)}; podman service: ${podman.log().split('\n').filter((l) => /attach|409|error/i.test(l)).slice(-4).join(' | ').slice(0, 800)}`);
+        }
+      });
     } catch (e) {
       errors.set('podman', err(e));
     }

@@ -25,6 +25,8 @@ export interface DockerEndpoint {
   host: string;
   /** The docker CLI against this endpoint; throws on a non-zero exit. */
   docker(args: string[], timeoutMs?: number): Promise<string>;
+  /** The engine's own output so far (the last 64 KiB), for failure messages. */
+  log(): string;
   remove(): Promise<void>;
 }
 
@@ -104,7 +106,7 @@ export async function startDockerd(): Promise<DockerEndpoint> {
     await remove();
     throw e;
   }
-  return { host: `unix://${socket}`, docker, remove };
+  return { host: `unix://${socket}`, docker, log, remove };
 }
 
 /** podman's Docker-compatible API over a private store. */
@@ -112,7 +114,15 @@ export async function startPodmanService(): Promise<DockerEndpoint> {
   const store = podmanStore();
   const socket = join(store.dir, 'podman.sock');
   mkdirSync(join(store.dir, 'cli'), { recursive: true });
-  const child = spawn('podman', store.args(['system', 'service', '--time=0', `unix://${socket}`]), { stdio: ['ignore', 'pipe', 'pipe'] });
+  // podman gives a container its own open-files limit (1048576), above the hard limit this host
+  // grants (crun's setrlimit fails, a 409 on the CLI's attach): the limits podman runs with in
+  // the other benches (PODMAN_RUN_FLAGS), as its defaults, so the CLI's command stays the same
+  const conf = join(store.dir, 'containers.conf');
+  // and runc, as there (crun refuses this host's hybrid cgroups)
+  writeFileSync(conf, '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n');
+  const child = spawn('podman', store.args(['--log-level', 'info', 'system', 'service', '--time=0', `unix://${socket}`]), {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CONTAINERS_CONF: conf },
+  });
   const log = captured(child);
   // stopped before the store is removed (cleanup runs last-in first-out)
   const remove = cleanup.add(`podman service ${socket}`, () => terminate(child, 10_000));
@@ -127,6 +137,7 @@ export async function startPodmanService(): Promise<DockerEndpoint> {
   return {
     host: `unix://${socket}`,
     docker,
+    log,
     remove: async () => {
       await remove();
       await store.remove();
