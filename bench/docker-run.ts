@@ -133,7 +133,7 @@ export async function dockerRun(env: BenchEnv): Promise<BenchOutcome> {
     for (const remove of removers.reverse()) await remove().catch((e: unknown) => process.stderr.write(`docker-run cleanup: ${String(e)}\n`));
     const after = await hostFootprint();
     for (const l of after.links) if (!before.links.includes(l) && /^(cni-podman|podman|veth)/.test(l)) await run('ip', ['link', 'del', l]);
-    for (const t of after.tables) if (!before.tables.includes(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ').slice(1)]);
+    for (const t of after.tables) if (!before.tables.includes(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ')]);
   }
 }
 

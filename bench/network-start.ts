@@ -87,7 +87,7 @@ async function podmanSides(image: string): Promise<{ podmanDefault: Side; podman
     // podman's CNI bridge (cni-podman0, 10.88.0.0/16: Nimbus's own default subnet) and its tables outlive its store
     const after = await hostFootprint();
     for (const l of after.links) if (!before.links.includes(l) && /^(cni-podman|podman|veth)/.test(l)) await run('ip', ['link', 'del', l]);
-    for (const t of after.tables) if (!before.tables.includes(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ').slice(1)]);
+    for (const t of after.tables) if (!before.tables.includes(t) && /^table ip6? (nat|filter)$/.test(t)) await run('nft', ['delete', ...t.split(' ')]);
   }
 }
 
