@@ -11,7 +11,7 @@
  * BENCH_NET_RUNS (network-start, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
  * BENCH_SCHED_QUICK=1 or --quick (schedule-scale at 1/5 size),
  * BENCH_METERING_BURST / BENCH_METERING_ROUNDS / BENCH_METERING_INTERVAL_MS (metering: 50, 2, 1000 ms),
- * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_NET_MIGRATIONS and BENCH_DISK_MIB (vm-migrate-net, default 6 and 32), BENCH_DASHBOARD_INSTANCES and BENCH_DASHBOARD_RUNS (dashboard, default 1,000 and 5), BENCH_DOCKER_RUNS (docker-run, default 20), BENCH_RESULTS_DIR (default bench/results).
+ * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_NET_MIGRATIONS and BENCH_DISK_MIB (vm-migrate-net, default 6 and 32), BENCH_DASHBOARD_INSTANCES and BENCH_DASHBOARD_RUNS (dashboard, default 1,000 and 5), BENCH_DOCKER_RUNS (docker-run, default 20), BENCH_COMPOSE_ROUNDS (compose-up, default 3), BENCH_RESULTS_DIR (default bench/results).
  */
 import { burst } from './burst.js';
 import { runBenchmarks, type BenchEntry } from './lib/env.js';
@@ -29,6 +29,7 @@ import { failover } from './failover.js';
 import { scheduleScale } from './schedule-scale.js';
 import { metering } from './metering.js';
 import { dockerRun } from './docker-run.js';
+import { composeUp } from './compose-up.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
@@ -45,6 +46,7 @@ const ALL: BenchEntry[] = [
   { name: 'schedule-scale', fn: scheduleScale, needsEnv: false },
   { name: 'metering', fn: metering },
   { name: 'docker-run', fn: dockerRun },
+  { name: 'compose-up', fn: composeUp },
 ];
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));
