@@ -3,7 +3,9 @@
  *   test    the shared multi-layer busybox test image (nimbus-test/busybox:single)
  *   large   a bench-only image: busybox + data layers of deterministic random
  *           bytes (env BENCH_PULL_LAYERS × BENCH_PULL_LAYER_MIB, default 4 × 4 MiB)
- *           + a layer of 2000 small files
+ *           + a layer of 2000 small files (20 MiB, 2,087 entries)
+ *   huge    busybox + a few large layers of random bytes (env BENCH_PULL_HUGE_LAYERS ×
+ *           BENCH_PULL_HUGE_LAYER_MIB, default 4 × 50 MiB: ~200 MiB); 0 layers skips it
  * Nimbus, two ways: POST /images/pull + wait for the operation (1) on a fresh daemon
  * home per run (daemon start not timed, but the daemon's first pull pays one-off costs
  * such as loading the HTTP client), and (2) on one running daemon, the image removed and
@@ -27,6 +29,8 @@ import { msSince, now, ratio, round, summarize, type Summary } from './lib/stats
 
 const NAME = 'pull-unpack';
 const RUNS = Math.max(1, Number(process.env.BENCH_PULL_RUNS ?? 5));
+const HUGE_LAYERS = Math.max(0, Number(process.env.BENCH_PULL_HUGE_LAYERS ?? 4));
+const HUGE_LAYER_MIB = Math.max(1, Number(process.env.BENCH_PULL_HUGE_LAYER_MIB ?? 50));
 
 type Side = Summary | { error: string };
 const err = (e: unknown) => ({ error: e instanceof Error ? e.message.slice(0, 500) : String(e) });
@@ -122,28 +126,37 @@ async function compare(env: BenchEnv, label: string, ref: string) {
 }
 
 export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
-  const img = await pullBenchImage();
-  const largeRef = await pushBenchImage(env.registry.host, 'nimbus-bench/large', 'v1', img);
-  const large = { ref: largeRef, layers: img.layers.length, compressedMiB: round(img.compressedBytes / 2 ** 20, 2), unpackedMiB: round(img.unpackedBytes / 2 ** 20, 2), entries: img.entries };
+  const describe = async (repo: string, img: Awaited<ReturnType<typeof pullBenchImage>>) => ({
+    ref: await pushBenchImage(env.registry.host, repo, 'v1', img),
+    layers: img.layers.length, compressedMiB: round(img.compressedBytes / 2 ** 20, 2), unpackedMiB: round(img.unpackedBytes / 2 ** 20, 2), entries: img.entries,
+  });
+  const large = await describe('nimbus-bench/large', await pullBenchImage());
+  const hugeImage = HUGE_LAYERS > 0 ? await describe('nimbus-bench/huge', await pullBenchImage({ dataLayers: HUGE_LAYERS, layerMiB: HUGE_LAYER_MIB, smallFiles: 0 })) : undefined;
   const test = await compare(env, 'test image', env.busybox);
-  const big = await compare(env, 'large image', largeRef);
+  const big = await compare(env, 'large image', large.ref);
+  const huge = hugeImage ? await compare(env, 'huge image', hugeImage.ref) : undefined;
   const record = makeRecord(NAME, {
     results: {
       runs: RUNS,
       unit: 'ms',
-      images: { test: { ref: env.busybox }, large },
-      nimbus: { test: test.nimbus, large: big.nimbus },
-      nimbusRunningDaemon: { test: test.nimbusRunningDaemon, large: big.nimbusRunningDaemon },
+      images: { test: { ref: env.busybox }, large, ...(hugeImage ? { huge: hugeImage } : {}) },
+      nimbus: { test: test.nimbus, large: big.nimbus, ...(huge ? { huge: huge.nimbus } : {}) },
+      nimbusRunningDaemon: { test: test.nimbusRunningDaemon, large: big.nimbusRunningDaemon, ...(huge ? { huge: huge.nimbusRunningDaemon } : {}) },
     },
     peers: {
       command: 'skopeo copy docker://REF oci:DIR:tag --src-tls-verify=false && umoci unpack --image DIR:tag BUNDLE',
-      skopeoUmoci: { test: test.peer, large: big.peer },
-      skopeoCopy: { test: test.skopeoCopy, large: big.skopeoCopy },
-      umociUnpack: { test: test.umociUnpack, large: big.umociUnpack },
+      skopeoUmoci: { test: test.peer, large: big.peer, ...(huge ? { huge: huge.peer } : {}) },
+      skopeoCopy: { test: test.skopeoCopy, large: big.skopeoCopy, ...(huge ? { huge: huge.skopeoCopy } : {}) },
+      umociUnpack: { test: test.umociUnpack, large: big.umociUnpack, ...(huge ? { huge: huge.umociUnpack } : {}) },
     },
     ratios: {
       test_nimbus_over_skopeoUmoci_p50: test.ratio_p50, large_nimbus_over_skopeoUmoci_p50: big.ratio_p50,
       test_runningDaemon_over_skopeoUmoci_p50: test.ratioRunningDaemon_p50, large_runningDaemon_over_skopeoUmoci_p50: big.ratioRunningDaemon_p50,
+      ...(huge ? { huge_nimbus_over_skopeoUmoci_p50: huge.ratio_p50, huge_runningDaemon_over_skopeoUmoci_p50: huge.ratioRunningDaemon_p50 } : {}),
+      // the first pull of a fresh daemon against a later one on a running daemon (goal ≤ 1.1)
+      test_fresh_over_running_p50: ratio(p50(test.nimbus), p50(test.nimbusRunningDaemon)),
+      large_fresh_over_running_p50: ratio(p50(big.nimbus), p50(big.nimbusRunningDaemon)),
+      ...(huge ? { huge_fresh_over_running_p50: ratio(p50(huge.nimbus), p50(huge.nimbusRunningDaemon)) } : {}),
     },
   });
   const row = (figure: string, c: typeof test, extra: string, running = false): SummaryRow => {
@@ -160,6 +173,12 @@ export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
       row('cold pull+unpack, test image, running daemon', test, 'image removed and collected between pulls', true),
       row(`cold pull+unpack, ${large.compressedMiB} MiB image (median)`, big, `copy ${big.skopeoCopy.p50} + unpack ${big.umociUnpack.p50}; ${large.layers} layers, ${large.entries} entries`),
       row(`cold pull+unpack, ${large.compressedMiB} MiB image, running daemon`, big, 'image removed and collected between pulls', true),
+      ...(huge && hugeImage
+        ? [
+            row(`cold pull+unpack, ${hugeImage.compressedMiB} MiB image (median)`, huge, `copy ${huge.skopeoCopy.p50} + unpack ${huge.umociUnpack.p50}; ${hugeImage.layers} layers`),
+            row(`cold pull+unpack, ${hugeImage.compressedMiB} MiB image, running daemon`, huge, 'image removed and collected between pulls', true),
+          ]
+        : []),
     ],
   };
 }

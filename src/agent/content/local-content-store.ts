@@ -16,6 +16,7 @@ import { DataLoss, InvalidArgument, NotFound, ResourceExhausted } from '../../co
 import type { ContentInfo, ContentStore, Digest } from './content-store.js';
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+const WRITE_BATCH_BYTES = 1024 ** 2;
 
 export function assertDigest(d: string): void {
   if (!DIGEST_RE.test(d)) throw new InvalidArgument(`invalid digest "${d}": expected sha256:<64 lowercase hex>`);
@@ -92,6 +93,21 @@ export class LocalContentStore implements ContentStore {
     });
     const hash = createHash('sha256');
     let size = 0;
+    // chunks are gathered into one write of WRITE_BATCH_BYTES: a thread-pool round trip per 64 KiB
+    // network chunk cost more of the event loop than the hashing
+    let pending: Uint8Array[] = [];
+    let pendingBytes = 0;
+    const flush = async () => {
+      const batch = pending;
+      pending = [];
+      pendingBytes = 0;
+      let written = 0;
+      const total = batch.reduce((a, c) => a + c.length, 0);
+      while (written < total) {
+        const r = await fh.writev(written === 0 ? batch : [Buffer.concat(batch).subarray(written)]);
+        written += r.bytesWritten;
+      }
+    };
     try {
       for await (const chunk of source) {
         size += chunk.length;
@@ -99,8 +115,11 @@ export class LocalContentStore implements ContentStore {
           throw new DataLoss(`blob ${expected.digest}: more than the expected ${expected.size} bytes`);
         }
         hash.update(chunk);
-        await fh.write(chunk);
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        if (pendingBytes >= WRITE_BATCH_BYTES) await flush();
       }
+      await flush();
       const actual = `sha256:${hash.digest('hex')}`;
       if (actual !== expected.digest) throw new DataLoss(`digest mismatch: expected ${expected.digest}, got ${actual}`);
       if (expected.size !== undefined && size !== expected.size) {

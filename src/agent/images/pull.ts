@@ -14,6 +14,7 @@
  * unpack checks free space as it writes, see apply-layer.ts).
  */
 import { createHash } from 'node:crypto';
+import type { Writable } from 'node:stream';
 import { DataLoss, InvalidArgument, NimbusError, NotFound } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { ContentStore } from '../content/content-store.js';
@@ -61,6 +62,12 @@ export interface PullOptions extends RegistryClientOptions {
   room?: RoomCheck;
   /** Called as each layer blob is complete in the content store (in completion order). */
   onLayerReady?: (index: number, layer: Descriptor) => void;
+  /**
+   * Called as a layer's download starts: a stream that gets its bytes as they arrive (an unpack
+   * overlapping the download), or undefined. The bytes are unverified until onLayerReady(index);
+   * a failed download destroys the stream with its error (see RegistryClient.pullBlob).
+   */
+  onLayerStream?: (index: number, layer: Descriptor) => Writable | undefined;
 }
 
 export interface PulledImage {
@@ -192,7 +199,7 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   }
   for (const l of manifest.layers) opts.onProgress?.({ digest: l.digest, bytesDone: 0, bytesTotal: l.size, status: 'waiting' });
 
-  const download = async (d: Descriptor) => {
+  const download = async (d: Descriptor, index: number) => {
     const progress = (bytesDone: number, status: LayerProgress['status']) =>
       opts.onProgress?.({ digest: d.digest, bytesTotal: d.size, bytesDone, status });
     if (await store.info(d.digest)) {
@@ -201,13 +208,14 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
     }
     progress(0, 'downloading');
     let last = 0;
+    const tee = failure ? undefined : opts.onLayerStream?.(index, d);
     await client.pullBlob(d, store, (done, finished) => {
       if (finished) progress(done, 'verifying');
       else if (done - last >= PROGRESS_STEP) {
         last = done;
         progress(done, 'downloading');
       }
-    });
+    }, tee);
     progress(d.size, 'done');
   };
 
@@ -217,7 +225,7 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   const worker = async () => {
     for (let next = queue.shift(); next && !failure; next = queue.shift()) {
       try {
-        await download(next.layer);
+        await download(next.layer, next.index);
         if (!failure) opts.onLayerReady?.(next.index, next.layer);
       } catch (e) {
         failure ??= { error: e };

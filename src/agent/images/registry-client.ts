@@ -13,6 +13,8 @@
  * Every error names the registry and the repository + reference it was about.
  */
 import { createHash } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import {
   DataLoss,
   InvalidArgument,
@@ -43,6 +45,20 @@ export interface RegistryClientOptions {
   responseTimeoutMs?: number;
   /** How long a blob download may go without receiving a byte. Default 60 s. */
   stallTimeoutMs?: number;
+}
+
+/** Until `w` wants more bytes, or is gone (its reader stopped: the download goes on without it). */
+function drained(w: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      w.off('drain', done);
+      w.off('close', done);
+      resolve();
+    };
+    w.on('drain', done);
+    w.on('close', done);
+    if (w.destroyed) done();
+  });
 }
 
 export interface Challenge {
@@ -393,12 +409,33 @@ export class RegistryClient {
   /**
    * Stream a blob into the content store; the store verifies digest and size
    * before the blob becomes visible (DataLoss otherwise, nothing kept).
-   * onBytes is called with the running byte count.
+   * onBytes is called with the running byte count. `tee` gets every byte as it arrives (an unpack
+   * that overlaps the download), with backpressure; it is ended when the body ended, destroyed
+   * with the error when the download failed, and no longer written once its reader destroyed it.
+   * Its bytes are unverified: the returned promise says whether they were the blob.
    */
   async pullBlob(
     desc: { digest: string; size?: number },
     store: ContentStore,
     onBytes?: (bytesDone: number, finished: boolean) => void,
+    tee?: Writable,
+  ): Promise<ContentInfo> {
+    try {
+      const info = await this.pullBlobInto(desc, store, onBytes, tee);
+      // another pull stored the blob meanwhile and the body was never read: the tee reads the store
+      if (tee && !tee.writableEnded && !tee.destroyed) void pipeline(store.openRead(desc.digest), tee).catch(() => undefined);
+      return info;
+    } catch (e) {
+      tee?.destroy(e instanceof Error ? e : new Error(String(e)));
+      throw e;
+    }
+  }
+
+  private async pullBlobInto(
+    desc: { digest: string; size?: number },
+    store: ContentStore,
+    onBytes: ((bytesDone: number, finished: boolean) => void) | undefined,
+    tee: Writable | undefined,
   ): Promise<ContentInfo> {
     const res = await this.getBlob(desc.digest);
     const len = Number(res.headers.get('content-length') ?? NaN);
@@ -425,12 +462,15 @@ export class RegistryClient {
           if (r.done) break;
           done += r.value.length;
           onBytes?.(done, false);
+          if (tee && !tee.destroyed && !tee.write(r.value)) await drained(tee);
           yield r.value;
         }
       } catch (e) {
         if (e instanceof NimbusError) throw e;
         throw self.streamError(e, desc.digest);
       }
+      // the reader may finish while the store syncs and checks the digest
+      if (tee && !tee.destroyed) tee.end();
       onBytes?.(done, true);
     }
     try {

@@ -46,6 +46,12 @@ const log = logger('agent.layers.apply');
  */
 const SMALL_FILE_BYTES = 64 * 1024;
 
+/**
+ * Output chunk of the gunzip stream (zlib's default is 16 KiB). Every chunk costs a callback on the
+ * event loop and, in a large file, a thread-pool write: 16x fewer of both for a large layer.
+ */
+const GUNZIP_CHUNK_BYTES = 256 * 1024;
+
 /** Free space is asked again after at most this much file data (less as the room left shrinks). */
 const ROOM_CHECK_MAX_BYTES = 64 * 1024 ** 2;
 const ROOM_CHECK_MIN_BYTES = 256 * 1024;
@@ -709,7 +715,7 @@ export async function applyLayer(
   const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
   let zstd: ReturnType<typeof zstdDecompressor> | undefined;
   const decompress: Duplex[] = [];
-  if (compression === 'gzip') decompress.push(createGunzip());
+  if (compression === 'gzip') decompress.push(createGunzip({ chunkSize: GUNZIP_CHUNK_BYTES }));
   if (compression === 'zstd') {
     zstd = zstdDecompressor();
     decompress.push(zstd.stream);

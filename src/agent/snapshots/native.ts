@@ -15,6 +15,8 @@ import type { MountSpec, SnapshotKind } from './snapshotter.js';
 
 export class NativeSnapshotter extends DirSnapshotter {
   readonly name = 'native';
+  /** A snapshot holds a copy of its parent's tree. */
+  readonly parentIndependent = false;
 
   protected async populate(fsDir: string, parentFs: string | undefined, kind: SnapshotKind): Promise<void> {
     if (parentFs === undefined || kind === 'view') return;

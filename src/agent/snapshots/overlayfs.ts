@@ -94,6 +94,7 @@ export async function diskUsage(dir: string): Promise<{ size: number; inodes: nu
  */
 export abstract class DirSnapshotter implements Snapshotter {
   abstract readonly name: string;
+  abstract readonly parentIndependent: boolean;
   readonly root: string;
   protected readonly lock = new Lock();
   private meta: MetadataFile | undefined;
@@ -274,9 +275,14 @@ export abstract class DirSnapshotter implements Snapshotter {
     });
   }
 
-  async commit(name: string, key: string): Promise<void> {
+  async commit(name: string, key: string, opts: { parent?: string } = {}): Promise<void> {
     checkKey(name, 'name');
     checkKey(key);
+    const parent = opts.parent;
+    if (parent !== undefined) {
+      checkKey(parent, 'parent');
+      if (!this.parentIndependent) throw new InvalidArgument(`the ${this.name} snapshotter cannot give a snapshot its parent at commit`);
+    }
     return this.lock.run(async () => {
       const meta = await this.load();
       const rec = this.get(meta, key);
@@ -286,9 +292,18 @@ export abstract class DirSnapshotter implements Snapshotter {
         });
       }
       if (this.has(meta, name)) throw new AlreadyExists(`snapshot ${JSON.stringify(name)} already exists`, { name });
+      const committed: SnapshotRecord = { ...rec, kind: 'committed', createdAt: new Date().toISOString() };
+      if (parent !== undefined) {
+        if (rec.parent !== undefined) throw new InvalidArgument(`snapshot ${JSON.stringify(key)} already has a parent`, { key });
+        const p = this.get(meta, parent);
+        if (p.kind !== 'committed') throw new InvalidArgument(`parent ${JSON.stringify(parent)} is not a committed snapshot (${p.kind})`, { parent });
+        const chain = [p, ...this.chain(meta, p)];
+        this.checkChain(chain, 'committed');
+        committed.parent = parent;
+      }
       await this.mutate(meta, (m) => {
         delete m.snapshots[key];
-        m.snapshots[name] = { ...rec, kind: 'committed', createdAt: new Date().toISOString() };
+        m.snapshots[name] = committed;
       });
       // the overlay workdir is only scratch space for the kernel; empty it
       await rm(this.workDir(rec.id), { recursive: true, force: true }).catch(() => undefined);
@@ -349,6 +364,7 @@ export abstract class DirSnapshotter implements Snapshotter {
 
 export class OverlaySnapshotter extends DirSnapshotter {
   readonly name = 'overlayfs';
+  readonly parentIndependent = true;
 
   protected populate(): Promise<void> {
     return Promise.resolve();

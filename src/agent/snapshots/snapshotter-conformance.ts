@@ -229,6 +229,33 @@ export function snapshotterConformance(name: string, makeSnapshotter: MakeSnapsh
       await sn.prepare('act', 'act2');
     });
 
+    test('commit with a parent: layers unpacked apart are stacked at commit, or refused when the snapshotter cannot', async ({ root, sn, mount, layer }) => {
+      await layer('base', undefined, { 'a': 'base', 'gone': 'x' });
+      // the child's own layer, written before its parent is known (as a parallel unpack does)
+      await sn.prepare('child-act');
+      const t = await mount('child-act');
+      await writeFile(path.join(t, 'b'), 'child');
+      if (!sn.parentIndependent) {
+        await rejectsWith(sn.commit('child', 'child-act', { parent: 'base' }), 'InvalidArgument');
+        assert.equal((await sn.stat('child-act')).kind, 'active', 'a refused commit changes nothing');
+        return;
+      }
+      await rejectsWith(sn.commit('child', 'child-act', { parent: 'nope' }), 'NotFound');
+      await sn.prepare('open', 'base');
+      await rejectsWith(sn.commit('child', 'child-act', { parent: 'open' }), 'InvalidArgument');
+      await sn.commit('child', 'child-act', { parent: 'base' });
+      assert.equal((await sn.stat('child')).parent, 'base');
+      await rejectsWith(sn.remove('base'), 'Conflict');
+      const v = await mount((await sn.view('v', 'child'), 'v'));
+      assert.deepEqual((await readdir(v)).sort(), ['a', 'b', 'gone']);
+      assert.equal(await read(path.join(v, 'b')), 'child');
+      // a snapshot that has a parent keeps it
+      await sn.prepare('k', 'base');
+      await rejectsWith(sn.commit('k2', 'k', { parent: 'child' }), 'InvalidArgument');
+      // and the parent is persisted
+      assert.equal((await (await makeSnapshotter(root)).stat('child')).parent, 'base');
+    });
+
     test('metadata survives re-instantiation on the same root', async ({ root, sn, mount, layer }) => {
       await layer('base', undefined, { f: 'persisted' });
       await sn.prepare('act', 'base');

@@ -24,8 +24,17 @@ export interface Snapshotter {
   /** A read-only snapshot of parent. */
   view(key: string, parent?: string): Promise<MountSpec[]>;
   mounts(key: string): Promise<MountSpec[]>;
-  /** Turn the active snapshot `key` into the committed snapshot `name`. */
-  commit(name: string, key: string): Promise<void>;
+  /**
+   * A layer's own directory does not depend on its parent's content (overlayfs: the upper dir
+   * alone), so layers can be unpacked in parallel and given their parent at commit.
+   */
+  readonly parentIndependent: boolean;
+  /**
+   * Turn the active snapshot `key` into the committed snapshot `name`. `opts.parent` (only when
+   * parentIndependent, and only for a snapshot prepared without a parent) commits it on top of
+   * that committed snapshot.
+   */
+  commit(name: string, key: string, opts?: { parent?: string }): Promise<void>;
   /** Refused with Conflict while other snapshots have it as parent. */
   remove(key: string): Promise<void>;
   stat(key: string): Promise<SnapshotInfo>;
