@@ -7,7 +7,11 @@
  * (VmRSS before vs with them → per-container delta), the conmon monitors'
  * memory (VmRSS and PSS per conmon, informative), then all force-removed and
  * the cleanup verified (no containers, conmons, runtime state or mounts left).
- * Goals (from the issue): all running within 1 s; ≤ 1 MiB daemon memory per idle container.
+ * Rounds (BENCH_BURST_ROUNDS, default 2) on one daemon with the pool's defaults: the first
+ * burst meets the pool as one earlier container left it; before each later one the bench waits
+ * until the pool has reached the size it chose from the bursts it saw (its sizing.target).
+ * Goals (from issue 18): all running within 2 s on the first burst and 1 s on a repeated one;
+ * ≤ 1 MiB daemon memory per idle container.
  * Run alone: node dist/bench/burst.js
  */
 import { readFileSync, readdirSync, rmdirSync } from 'node:fs';
@@ -25,10 +29,11 @@ import { median, msSince, now, ratio, round, summarize } from './lib/stats.js';
 
 const NAME = 'burst';
 const COUNT = Math.max(1, Number(process.env.BENCH_BURST ?? 200));
-const ROUNDS = Math.max(1, Number(process.env.BENCH_BURST_ROUNDS ?? 1));
+const ROUNDS = Math.max(1, Number(process.env.BENCH_BURST_ROUNDS ?? 2));
 /** 1: create and start in one request (nimbus run -d); 2: POST /containers, then POST .../start. */
 const CALLS = process.env.BENCH_BURST_CALLS === '2' ? 2 : 1;
-const GOAL_ALL_RUNNING_MS = 1000;
+const GOAL_FIRST_MS = 2000;
+const GOAL_REPEATED_MS = 1000;
 const GOAL_RSS_PER_CONTAINER_KIB = 1024;
 
 function pssKiB(pid: number): number {
@@ -119,7 +124,8 @@ function pidsInCgroups(tag: string): number[] {
   })()).map(Number);
 }
 
-interface AgentCounters { warmPool?: { ready: number }; removals?: { pending: number } }
+interface PoolSizing { target: number; peak: number; budgetBytes: number; entryBytes: number | null; usedBytes: number }
+interface AgentCounters { warmPool?: { ready: number; sizing?: PoolSizing }; removals?: { pending: number } }
 const agentCounters = async (d: BenchDaemon) => (await d.client.json<{ agent: AgentCounters }>('GET', '/info')).agent;
 
 /** What is left of containers after removal (should be nothing but the warm pool's, which are not containers). */
@@ -332,19 +338,26 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     await d.pull(env.busybox);
     await nimbusRunRm(d.client, env.busybox); // warm: image unpacked, runtime binary cached
     await sleep(500);
-    // With a warm pool sized for the burst (NIMBUS_WARM_POOL >= N), let it fill first: that
-    // is the configuration for expected bursts (RunD's pre-created sandboxes).
+    // Let the pool reach the size it aims for (its sizing.target: the floor before any burst,
+    // then what the bursts it saw asked for; NIMBUS_WARM_POOL by hand where an older agent has no sizing).
     const wantWarm = Math.min(COUNT, Number(process.env.NIMBUS_WARM_POOL ?? 2));
-    const fillPool = async () => {
+    const pools: { round: number; ready: number; target: number; fillMs: number; sizing: PoolSizing | null }[] = [];
+    const fillPool = async (round: number) => {
       const tw = now();
-      let n = 0;
-      while ((n = (await agentCounters(d)).warmPool?.ready ?? 0) < wantWarm && msSince(tw) < 180_000) await sleep(200);
-      note(NAME, `warm pool: ${n} ready (${Math.round(msSince(tw))} ms to fill)`);
+      let pool = (await agentCounters(d)).warmPool;
+      const target = () => pool?.sizing?.target ?? wantWarm;
+      while ((pool?.ready ?? 0) < target() && msSince(tw) < 180_000) {
+        await sleep(200);
+        pool = (await agentCounters(d)).warmPool;
+      }
+      const fillMs = Math.round(msSince(tw));
+      pools.push({ round, ready: pool?.ready ?? 0, target: target(), fillMs, sizing: pool?.sizing ?? null });
+      note(NAME, `warm pool: ${pool?.ready ?? 0} ready of a target of ${target()} (${fillMs} ms to fill); sizing ${JSON.stringify(pool?.sizing ?? null)}`);
       await sleep(300);
-      return n;
+      return pool?.ready ?? 0;
     };
-    // Rounds (BENCH_BURST_ROUNDS, default 1) on one daemon, the pool refilled before each: this
-    // host's run-to-run spread is wide, and the median of a few says more than any one.
+    // Rounds (BENCH_BURST_ROUNDS, default 2) on one daemon: the first as the pool meets it, the
+    // later ones after it grew for them (their median: this host's run-to-run spread is wide).
     const rounds: BurstRound[] = [];
     let ready = 0;
     let rssBefore = 0;
@@ -353,7 +366,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
         const prev = rounds[r - 1]!;
         await removeAll(d, prev.ids);
       }
-      ready = await fillPool();
+      ready = await fillPool(r + 1);
       rssBefore = d.rssKiB();
       note(NAME, `round ${r + 1}/${ROUNDS}: ${COUNT} concurrent create+start, ${CALLS === 1 ? 'one request each' : 'two requests each'} (sleep 3600); daemon RSS before ${rssBefore} KiB`);
       const one = await oneBurst(d, env.busybox, r);
@@ -363,6 +376,9 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     const last = rounds.at(-1)!;
     const { ids, errors, perContainer, running, allStartedMs } = last;
     const allRunningMs = median(rounds.map((x) => x.allRunningMs));
+    const firstMs = rounds[0]!.allRunningMs;
+    const repeated = rounds.slice(1);
+    const repeatedMs = repeated.length ? median(repeated.map((x) => x.allRunningMs)) : null;
     const execed = rounds.map((x) => x.allExecedMs).filter((x): x is number => x !== null);
     const allExecedMs = execed.length === rounds.length ? median(execed) : null;
     const cpuMsPerContainer = {
@@ -389,6 +405,8 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     // Verdict after the daemon stopped (below): while it runs, a refilling warm pool makes counts racy.
 
     const rssAfterRemove = d.rssKiB();
+    // the daemon's stop with the pool as large as the bursts made it: the shutdown's worst case
+    const warmAtStop = await fillPool(0);
     const ts = now();
     const daemonLeft = await d.stop();
     const daemonStopMs = Math.round(msSince(ts)); // SIGTERM until it exited, its refilled warm pool destroyed
@@ -408,6 +426,9 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       errorCount: errors.length,
       allStartedMs: Math.round(allStartedMs),
       allRunningMs: Math.round(allRunningMs),
+      firstBurstMs: Math.round(firstMs),
+      repeatedBurstMs: repeatedMs === null ? null : Math.round(repeatedMs),
+      warmPool: pools,
       allExecedMs: allExecedMs === null ? null : Math.round(allExecedMs),
       cpuMsPerContainer,
       rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), allExecedMs: x.allExecedMs === null ? null : Math.round(x.allExecedMs), errors: x.errors.length, cpuMsPerContainer: x.cpuMsPerContainer, cpuByCommandMs: x.cpuByCommandMs })),
@@ -416,6 +437,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       removeAllMs: Math.round(removeAllMs),
       removeHostStateMs: Math.round(removeHostMs),
       daemonStopMs,
+      warmReadyAtStop: warmAtStop,
       removeErrors: removeErrors.slice(0, 5),
       daemonRssKiB: { before: rssBefore, withContainers: rssWith, afterRemove: rssAfterRemove, perContainer: perContainerKiB },
       conmon: {
@@ -425,26 +447,37 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       },
       cleanup: { ...left, daemonLeftovers: daemonLeft.length, memoryCgroupsLeft, clean: left.containers === 0 && daemonLeft.length === 0 },
       goals: {
-        allRunningMs: GOAL_ALL_RUNNING_MS,
+        firstBurstMs: GOAL_FIRST_MS,
+        repeatedBurstMs: GOAL_REPEATED_MS,
         daemonRssKiBPerContainer: GOAL_RSS_PER_CONTAINER_KIB,
-        allRunningMet: running === COUNT && allRunningMs <= GOAL_ALL_RUNNING_MS,
+        firstMet: rounds[0]!.running === COUNT && firstMs <= GOAL_FIRST_MS,
+        repeatedMet: repeated.length > 0 && repeated.every((x) => x.running === COUNT) && repeatedMs !== null && repeatedMs <= GOAL_REPEATED_MS,
         rssMet: perContainerKiB !== null && perContainerKiB <= GOAL_RSS_PER_CONTAINER_KIB,
       },
     };
     const peerOk = 'runcStartMs' in peer ? peer : undefined;
     const record = makeRecord(NAME, {
       results, peers: { runc: peer },
-      ratios: peerOk ? { vsRuncStart: ratio(allRunningMs, peerOk.runcStartMs), vsFifoRelease: ratio(allRunningMs, peerOk.fifoReleaseMs) } : {},
+      ratios: peerOk ? {
+        vsRuncStart: ratio(allRunningMs, peerOk.runcStartMs), vsFifoRelease: ratio(allRunningMs, peerOk.fifoReleaseMs),
+        firstVsRuncStart: ratio(firstMs, peerOk.runcStartMs), ...(repeatedMs !== null ? { repeatedVsRuncStart: ratio(repeatedMs, peerOk.runcStartMs) } : {}),
+      } : {},
     });
     return {
       record,
       summary: [
         {
-          bench: NAME, figure: `${COUNT} concurrent starts → all running`, unit: 'ms', nimbus: Math.round(allRunningMs),
-          peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(allRunningMs, peerOk.runcStartMs) : null,
-          goal: `≤ ${GOAL_ALL_RUNNING_MS} ms`, met: results.goals.allRunningMet,
-          note: `${CALLS === 1 ? 'one request each (run -d)' : 'create, then start'}; ${ROUNDS > 1 ? `median of ${ROUNDS} rounds (${rounds.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}${running}/${COUNT} running, ${errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
+          bench: NAME, figure: `${COUNT} concurrent starts → all running, first burst`, unit: 'ms', nimbus: Math.round(firstMs),
+          peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(firstMs, peerOk.runcStartMs) : null,
+          goal: `≤ ${GOAL_FIRST_MS} ms`, met: results.goals.firstMet,
+          note: `${CALLS === 1 ? 'one request each (run -d)' : 'create, then start'}; ${process.env.NIMBUS_WARM_POOL ? `NIMBUS_WARM_POOL=${process.env.NIMBUS_WARM_POOL}` : 'pool defaults'}, ${pools[0]?.ready ?? '?'} warm at the start; ${rounds[0]!.running}/${COUNT} running, ${rounds[0]!.errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
         },
+        ...(repeatedMs === null ? [] : [{
+          bench: NAME, figure: `${COUNT} concurrent starts → all running, repeated burst`, unit: 'ms', nimbus: Math.round(repeatedMs),
+          peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(repeatedMs, peerOk.runcStartMs) : null,
+          goal: `≤ ${GOAL_REPEATED_MS} ms`, met: results.goals.repeatedMet,
+          note: `${repeated.length > 1 ? `median of ${repeated.length} rounds (${repeated.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}the pool grown from the first burst: ${pools.slice(1).map((p) => `${p.ready} warm (${p.fillMs} ms to fill)`).join(', ')}, ${Math.round((pools[1]?.sizing?.usedBytes ?? 0) / 2 ** 20)} MiB of a ${Math.round((pools[1]?.sizing?.budgetBytes ?? 0) / 2 ** 20)} MiB budget`,
+        }]),
         {
           bench: NAME, figure: `${COUNT} concurrent starts → every process exec'd`, unit: 'ms', nimbus: results.allExecedMs,
           peers: peerOk ? { fifoRelease: peerOk.fifoReleaseExecedMs } : {}, ratio: peerOk && results.allExecedMs !== null && peerOk.fifoReleaseExecedMs ? ratio(results.allExecedMs, peerOk.fifoReleaseExecedMs) : null,
@@ -452,7 +485,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
         },
         { bench: NAME, figure: 'daemon RSS per idle container', unit: 'KiB', nimbus: perContainerKiB, peers: {}, ratio: null, goal: `≤ ${GOAL_RSS_PER_CONTAINER_KIB} KiB`, met: results.goals.rssMet, note: `before ${rssBefore} KiB, with ${rssWith} KiB` },
         { bench: NAME, figure: 'conmon RSS (PSS) per container', unit: 'KiB', nimbus: results.conmon.rssKiBPerContainer, peers: {}, ratio: null, note: `PSS ${results.conmon.pssKiBPerContainer ?? '—'} KiB, informative` },
-        { bench: NAME, figure: `force-remove all ${ids.length}`, unit: 'ms', nimbus: Math.round(removeAllMs), peers: {}, ratio: null, note: `${results.cleanup.clean ? 'cleanup verified' : `LEFT: ${JSON.stringify(left)} ${daemonLeft.join(', ')}`}; host state gone after ${Math.round(removeHostMs)} ms; daemon stop ${daemonStopMs} ms; memory cgroups the kernel still holds: ${memoryCgroupsLeft}` },
+        { bench: NAME, figure: `force-remove all ${ids.length}`, unit: 'ms', nimbus: Math.round(removeAllMs), peers: {}, ratio: null, note: `${results.cleanup.clean ? 'cleanup verified' : `LEFT: ${JSON.stringify(left)} ${daemonLeft.join(', ')}`}; host state gone after ${Math.round(removeHostMs)} ms; daemon stop ${daemonStopMs} ms with ${warmAtStop} warm; memory cgroups the kernel still holds: ${memoryCgroupsLeft}` },
       ],
     };
   } finally {

@@ -9,7 +9,10 @@ import assert from 'node:assert/strict';
 import type { DaemonProcess } from './helpers/daemon-process.js';
 import { startDaemonWithImage, type DaemonWithImage } from './helpers/daemon-with-image.js';
 
-interface WarmStats { perImage: number; ready: number; hotImages: number; hits: number; misses: number }
+interface WarmStats {
+  perImage: number; ready: number; hotImages: number; hits: number; misses: number;
+  sizing: { target: number; peak: number; budgetBytes: number; entryBytes: number | null; usedBytes: number };
+}
 let d: DaemonProcess;
 let IMAGE: string;
 
@@ -80,6 +83,23 @@ describe('warm start', { concurrency: false }, () => {
     assert.equal(r.stdout.trim(), 'custom');
     const w2 = await warm();
     assert.equal(w2.hits, w.hits, 'not served warm');
+  });
+
+  test('one request at a time leaves the pool at its floor; a burst grows it to its concurrency, within the budget it reports', async () => {
+    const before = await warmReady();
+    assert.ok(before.sizing.peak <= 1, `the tests above ran one request at a time: ${JSON.stringify(before.sizing)}`);
+    assert.equal(before.sizing.target, before.perImage);
+    assert.ok(before.sizing.budgetBytes > 0, 'a default budget');
+    const made = await Promise.all(Array.from({ length: 6 }, (_, i) => d.api<{ id: string }>('POST', '/containers', { image: IMAGE, cmd: ['true'], name: `burst${i}` })));
+    for (const r of made) assert.equal(r.status, 201);
+    const grown = await warm();
+    assert.ok(grown.sizing.peak >= 3, `six creates at once: ${JSON.stringify(grown.sizing)}`);
+    assert.ok(grown.sizing.target > grown.perImage, 'the target grew with them');
+    const full = await warmReady(grown.sizing.target);
+    const { entryBytes, usedBytes, budgetBytes } = full.sizing;
+    assert.ok(entryBytes !== null && entryBytes > 64 * 1024 && entryBytes < 64 * 2 ** 20, `a warm container measured: ${entryBytes} bytes`);
+    assert.ok(usedBytes >= entryBytes * full.ready * 0.5 && usedBytes <= budgetBytes, `${usedBytes} bytes in use, budget ${budgetBytes}`);
+    for (const r of made) await d.api('DELETE', `/containers/${r.body.id}`);
   });
 
   test('removing the image removes its warm containers; none are listed as containers', async () => {

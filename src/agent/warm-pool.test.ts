@@ -1,19 +1,25 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { InvalidArgument } from '../core/errors.js';
-import { WarmPool, templateFault, type WarmTemplate } from './warm-pool.js';
+import { WarmPool, addressShare, templateFault, type WarmTemplate } from './warm-pool.js';
+import { warmBudget } from '../core/config.js';
 
-/** Slots that record what the pool asks for (the pool's policy, without containers). */
-function recordingSlots(opts: { failFor?: string; failWith?: () => Error } = {}) {
+/** Slots that record what the pool asks for (the pool's policy, without containers); bytes: what measure() says. */
+function recordingSlots(opts: { failFor?: string; failWith?: () => Error; bytes?: number; destroyMs?: number } = {}) {
   let n = 0;
   const live = new Set<string>();
   const created: WarmTemplate[] = [];
   const attempts: WarmTemplate[] = [];
+  const most = { creating: 0, destroying: 0 };
+  let creating = 0;
+  let destroying = 0;
   return {
-    live, created, attempts,
+    live, created, attempts, most,
     async create(t: WarmTemplate) {
       attempts.push(t);
+      most.creating = Math.max(most.creating, ++creating);
       await new Promise((r) => setTimeout(r, 1));
+      creating--;
       if (t.imageChainId === opts.failFor) throw (opts.failWith ?? (() => new Error('cannot create')))();
       const id = `w${n++}`;
       live.add(id);
@@ -21,7 +27,13 @@ function recordingSlots(opts: { failFor?: string; failWith?: () => Error } = {})
       return id;
     },
     async destroy(id: string) {
+      most.destroying = Math.max(most.destroying, ++destroying);
+      if (opts.destroyMs) await new Promise((r) => setTimeout(r, opts.destroyMs));
+      destroying--;
       live.delete(id);
+    },
+    async measure(id: string) {
+      return live.has(id) ? opts.bytes : undefined;
     },
   };
 }
@@ -169,4 +181,103 @@ test('perImage 0 turns the pool off', () => {
   const pool = new WarmPool(recordingSlots(), { perImage: 0, maxImages: 4 });
   assert.equal(pool.take(T('a')), undefined);
   assert.equal(pool.stats().hotImages, 0);
+});
+
+const MiB = 2 ** 20;
+
+test('the pool grows to the requests in flight at once, within its memory budget, and says so', async () => {
+  const slots = recordingSlots({ bytes: MiB });
+  const pool = new WarmPool(slots, { perImage: 1, maxImages: 4, quietMs: 0, budgetBytes: 5 * MiB, fillConcurrency: 2 });
+  for (let i = 0; i < 8; i++) pool.take(T('a')); // eight creates in flight together (none done)
+  await settle(pool, 5);
+  await new Promise((r) => setTimeout(r, 30));
+  const s = pool.stats();
+  assert.equal(s.ready, 5, 'nine wanted (eight at once and an eighth more), five fit the budget of 5 MiB at 1 MiB each');
+  assert.deepEqual(s.sizing, { target: 5, peak: 8, budgetBytes: 5 * MiB, entryBytes: MiB, usedBytes: 5 * MiB });
+  await pool.close();
+  assert.equal(slots.live.size, 0);
+});
+
+test('requests one after another do not grow the pool; nor do bursts without a budget', async () => {
+  const slots = recordingSlots({ bytes: MiB });
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 0, budgetBytes: 100 * MiB, fillConcurrency: 2 });
+  for (let i = 0; i < 10; i++) {
+    pool.take(T('seq'));
+    pool.done(T('seq'));
+    await settle(pool, 2);
+  }
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(pool.stats().ready, 2);
+  assert.equal(pool.stats().sizing?.target, 2);
+  await pool.close();
+
+  const flat = new WarmPool(recordingSlots({ bytes: MiB }), { perImage: 2, maxImages: 4, quietMs: 0, fillConcurrency: 2 });
+  for (let i = 0; i < 8; i++) flat.take(T('b'));
+  await settle(flat, 2);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(flat.stats().ready, 2, 'budget 0: the floor only');
+  await flat.close();
+});
+
+test('the pool shrinks back to its floor when the demand decays, destroying what it no longer needs', async () => {
+  const slots = recordingSlots({ bytes: MiB });
+  const pool = new WarmPool(slots, {
+    perImage: 1, maxImages: 4, quietMs: 0, budgetBytes: 100 * MiB, fillConcurrency: 4,
+    demand: { holdMs: 100, halfLifeMs: 20 }, trimEveryMs: 10,
+  });
+  for (let i = 0; i < 6; i++) pool.take(T('a'));
+  for (let i = 0; i < 6; i++) pool.done(T('a'));
+  await settle(pool, 7);
+  assert.equal(pool.stats().ready, 7, 'six at once, and an eighth more');
+  for (let i = 0; i < 300 && pool.stats().ready > 1; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(pool.stats().ready, 1, 'back to the floor');
+  assert.equal(slots.live.size, 1, 'the others destroyed');
+  await pool.close();
+});
+
+test('a quiet agent fills fillConcurrency at once; close destroys a large pool a few at a time', async () => {
+  const slots = recordingSlots({ destroyMs: 2 });
+  const pool = new WarmPool(slots, { perImage: 24, maxImages: 4, quietMs: 0, fillConcurrency: 3 });
+  pool.take(T('a'));
+  await settle(pool, 24);
+  assert.equal(slots.most.creating, 3);
+  await pool.close();
+  assert.equal(slots.live.size, 0);
+  assert.ok(slots.most.destroying > 1 && slots.most.destroying <= 8, `destroyed ${slots.most.destroying} at once`);
+});
+
+test('a busy host is waited for once per quiet spell, not before every create', async () => {
+  const slots = recordingSlots();
+  const pool = new WarmPool(slots, { perImage: 3, maxImages: 4, quietMs: 0, hostBusy: () => true, hostBusyMaxMs: 400 });
+  const t0 = performance.now();
+  pool.take(T('a'));
+  await settle(pool, 3);
+  const ms = performance.now() - t0;
+  assert.equal(pool.stats().ready, 3);
+  assert.ok(ms >= 390 && ms < 1000, `three creates one at a time after one wait of 400 ms took ${Math.round(ms)} ms (one wait per create: 1200)`);
+  await pool.close();
+});
+
+test('NIMBUS_WARM_BUDGET: a share of the host memory or bytes; anything else refused', () => {
+  assert.equal(warmBudget('2%', 1000 * MiB), 20 * MiB);
+  assert.equal(warmBudget('512m'), 512 * MiB);
+  assert.equal(warmBudget('1G'), 1024 * MiB);
+  assert.equal(warmBudget('0'), 0);
+  for (const bad of ['60%', '-1', 'lots', '1t']) assert.throws(() => warmBudget(bad), /warm pool budget/);
+});
+
+test('on a network, a pool grows to a quarter of its addresses at most: each warm container holds one', async () => {
+  const net = (subnet: string): WarmTemplate => ({ imageChainId: 'a', user: '0', network: { id: `n-${subnet}`, name: 'n', driver: 'bridge', subnet, gateway: '10.0.0.1', internal: false, device: 'nb0' } });
+  assert.equal(addressShare(net('10.0.0.0/24')), 63);
+  assert.equal(addressShare(net('10.0.0.0/16')), 16383);
+  assert.equal(addressShare(T('a')), Infinity);
+  const slots = recordingSlots({ bytes: MiB });
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 0, budgetBytes: 1000 * MiB, fillConcurrency: 4 });
+  const small = net('10.0.0.0/26'); // 61 addresses: 15 for the pool
+  for (let i = 0; i < 40; i++) pool.take(small);
+  await settle(pool, 15);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(pool.stats().ready, 15);
+  assert.equal(pool.stats().sizing?.target, 15);
+  await pool.close();
 });

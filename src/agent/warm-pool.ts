@@ -4,15 +4,19 @@
  * "do the slow parts ahead of time"; the stub is in drivers/container/warm-start.ts).
  *
  * Policy: an image (with the user and runtime its containers ask for) becomes hot
- * when a container is created from it; the pool keeps `perImage` warm containers
- * for each of the `maxImages` most recently used, topped up one at a time in the
- * background. Warm containers are not instances: the store does not know them, they
- * are not charged to any quota, and the daemon destroys them when it stops (and its
- * reconciliation on start removes any a crash left behind).
+ * when a container is created from it; the pool keeps at least `perImage` warm containers
+ * for each of the `maxImages` most recently used, and more for a template whose requests
+ * came in bursts: as many as were in flight at once (warm-demand.ts), within a memory
+ * budget measured per warm container, shrinking back when the demand is gone. It is topped
+ * up in the background, a batch at a time when the agent is quiet. Warm containers are not
+ * instances: the store does not know them, they are not charged to any quota, and the
+ * daemon destroys them when it stops (and its reconciliation on start removes any a crash
+ * left behind).
  */
 import { isNimbusError } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { NetworkSpec } from './network/network-driver.js';
+import { WarmDemand, type DemandOptions } from './warm-demand.js';
 
 const log = logger('agent.warm-pool');
 
@@ -27,8 +31,19 @@ export interface WarmTemplate {
 }
 
 export interface WarmPoolOptions {
-  /** Warm containers kept per hot template; 0 disables the pool. */
+  /** Warm containers kept per hot template at least; 0 disables the pool. */
   perImage: number;
+  /**
+   * Memory the pool may grow into above the perImage floors to meet the demand it saw, in bytes
+   * as measured per warm container (WarmSlots.measure). 0: never above the floors. Default 0.
+   */
+  budgetBytes?: number;
+  /** Warm containers created at once while the agent is quiet (one at a time under load). Default 1. */
+  fillConcurrency?: number;
+  /** How the demand peak is held and decays (warm-demand.ts). */
+  demand?: DemandOptions;
+  /** How often a pool above its floors looks whether its demand decayed (and it should shrink). Default 30 s. */
+  trimEveryMs?: number;
   /** How many templates are kept hot (least recently used ones are dropped). */
   maxImages: number;
   /**
@@ -52,6 +67,8 @@ export interface WarmPoolOptions {
 export interface WarmSlots {
   create(t: WarmTemplate): Promise<string>;
   destroy(id: string): Promise<void>;
+  /** The memory a ready warm container holds, in bytes (undefined: cannot tell). */
+  measure?(id: string): Promise<number | undefined>;
 }
 
 export interface WarmPoolStats {
@@ -63,6 +80,41 @@ export interface WarmPoolStats {
   misses: number;
   created: number;
   failed: number;
+  /** Sizing from demand (absent from agents that predate it). */
+  sizing?: WarmSizing;
+}
+
+export interface WarmSizing {
+  /** Warm containers the pool aims for now, all templates (floors plus what demand and budget allow). */
+  target: number;
+  /** The largest demand peak of any template (held, then decaying). */
+  peak: number;
+  budgetBytes: number;
+  /** Measured memory of a warm container, on average; null until one was measured. */
+  entryBytes: number | null;
+  /** Memory the ready warm containers hold (measured). */
+  usedBytes: number;
+}
+
+/**
+ * Warm containers destroyed at once (shrinking, shutdown): a shrink by 200 runs beside requests
+ * and must not start 200 `runc delete`s together. Not faster or slower at shutdown: 200 warm
+ * containers took ~8 s all at once, 8.7-10.6 s eight at a time (two CPUs either way).
+ */
+const DESTROY_CONCURRENCY = 8;
+
+/** The target above the floor is the demand peak plus 1/HEADROOM of it. */
+const HEADROOM = 8;
+
+/**
+ * How many warm containers a template may grow to by its network: each holds an address, and a
+ * pool grown after a burst must not take the addresses a cold create on a small network needs
+ * (a quarter of a /24: 63). Unlimited without a network.
+ */
+export function addressShare(t: WarmTemplate): number {
+  const prefix = Number(t.network?.subnet.split('/')[1]);
+  if (!t.network || !Number.isInteger(prefix) || prefix < 0 || prefix > 32) return Infinity;
+  return Math.floor(Math.max(0, 2 ** (32 - prefix) - 3) / 4); // less the network, gateway and broadcast addresses
 }
 
 /** Give up on a template after this many failed creates in a row (host errors: a template's own fault is not retried). */
@@ -90,20 +142,39 @@ export class WarmPool {
   private readonly refused = new Map<string, number>();
   /** Templates a request found empty since they were last topped up: requests are going cold. */
   private readonly starved = new Set<string>();
+  /** Creates under way, per template (a batch must not overshoot a target). */
+  private readonly pending = new Map<string, number>();
+  private readonly demand: WarmDemand;
+  /** Measured memory of each ready warm container, and the running sum and count of every measurement. */
+  private readonly entryBytes = new Map<string, number>();
+  private readonly measured = { sum: 0, count: 0 };
   private filling: Promise<void> | undefined;
   private closed = false;
   private readonly counters = { hits: 0, misses: 0, created: 0, failed: 0 };
   private inFlight = 0;
   private lastActivity = 0;
+  /** lastActivity when quiet() last waited for a busy host: one wait per quiet spell, not one per batch. */
+  private hostWaitedFor: number | undefined;
+  private readonly trimTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly slots: WarmSlots,
     private readonly opts: WarmPoolOptions,
-  ) {}
+  ) {
+    this.demand = new WarmDemand(opts.demand);
+    if (opts.perImage > 0 && (opts.budgetBytes ?? 0) > 0) {
+      // demand decays with no event to notice it: look now and then (unref'd: never keeps the process up)
+      this.trimTimer = setInterval(() => {
+        if (this.demand.anyAbove(this.opts.perImage) || this.aboveTarget()) this.kick();
+      }, opts.trimEveryMs ?? 30_000);
+      this.trimTimer.unref();
+    }
+  }
 
   /**
    * A ready warm container for this template, now reserved for the caller, or
    * undefined. Either way the template becomes hot and the pool is topped up.
+   * Call done(t) when the create this take was for has finished.
    */
   take(t: WarmTemplate): string | undefined {
     if (this.opts.perImage <= 0 || this.closed) return undefined;
@@ -114,14 +185,22 @@ export class WarmPool {
       return undefined;
     }
     this.touch(key, t);
+    this.demand.begin(key);
     const id = this.ready.get(key)?.shift();
-    if (id) this.counters.hits++;
-    else {
+    if (id) {
+      this.counters.hits++;
+      this.entryBytes.delete(id);
+    } else {
       this.counters.misses++;
       this.starved.add(key);
     }
     this.kick();
     return id;
+  }
+
+  /** The create a take(t) was for has finished (or failed): it no longer counts as demand in flight. */
+  done(t: WarmTemplate): void {
+    this.demand.end(warmKey(t));
   }
 
   /**
@@ -148,9 +227,13 @@ export class WarmPool {
       const now = performance.now();
       const idleFor = now - this.lastActivity;
       if (this.inFlight === 0 && idleFor >= quietMs) {
-        if (!this.opts.hostBusy?.()) return;
+        // the host is waited for once per quiet spell: after that its load is not our last burst's
+        if (this.hostWaitedFor === this.lastActivity || !this.opts.hostBusy?.()) return;
         calmSince ??= now;
-        if (now - calmSince >= (this.opts.hostBusyMaxMs ?? 1000)) return;
+        if (now - calmSince >= (this.opts.hostBusyMaxMs ?? 1000)) {
+          this.hostWaitedFor = this.lastActivity;
+          return;
+        }
       } else {
         calmSince = undefined;
       }
@@ -171,6 +254,7 @@ export class WarmPool {
       const i = ids.indexOf(id);
       if (i >= 0) {
         ids.splice(i, 1);
+        this.entryBytes.delete(id);
         void this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }));
         this.kick();
       }
@@ -183,26 +267,41 @@ export class WarmPool {
     const doomed: string[] = [];
     for (const [key, t] of this.hot) {
       if (keepChainIds.has(t.imageChainId)) continue;
-      this.hot.delete(key);
-      doomed.push(...(this.ready.get(key) ?? []));
-      this.ready.delete(key);
+      doomed.push(...this.drop(key));
     }
     await this.destroyAll(doomed);
   }
 
   stats(): WarmPoolStats {
     let ready = 0;
-    for (const ids of this.ready.values()) ready += ids.length;
-    return { ...this.opts, ready, hotImages: this.hot.size, ...this.counters };
+    let usedBytes = 0;
+    const avg = this.averageEntryBytes();
+    for (const ids of this.ready.values()) {
+      ready += ids.length;
+      for (const id of ids) usedBytes += this.entryBytes.get(id) ?? avg ?? 0;
+    }
+    let target = 0;
+    let peak = 0;
+    for (const [key, n] of this.targets()) {
+      target += n;
+      peak = Math.max(peak, this.demand.peak(key));
+    }
+    const { perImage, maxImages } = this.opts;
+    return {
+      perImage, maxImages, ready, hotImages: this.hot.size, ...this.counters,
+      sizing: { target, peak, budgetBytes: this.opts.budgetBytes ?? 0, entryBytes: avg === undefined ? null : Math.round(avg), usedBytes: Math.round(usedBytes) },
+    };
   }
 
   /** Stop topping up and destroy every warm container. */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.trimTimer) clearInterval(this.trimTimer);
     await this.filling;
     const all = [...this.ready.values()].flat();
     this.ready.clear();
     this.hot.clear();
+    this.entryBytes.clear();
     await this.destroyAll(all);
   }
 
@@ -217,12 +316,19 @@ export class WarmPool {
   /** A template that cannot be created: forget it (and whatever it has ready) and keep it cold for a while. */
   private refuse(key: string): void {
     this.refused.set(key, performance.now() + REFUSED_FOR_MS);
-    this.hot.delete(key);
     this.starved.delete(key);
     this.failures.delete(key);
+    void this.destroyAll(this.drop(key));
+  }
+
+  /** A template no longer hot: its ready containers (for the caller to destroy). */
+  private drop(key: string): string[] {
+    this.hot.delete(key);
+    this.demand.forget(key);
     const ids = this.ready.get(key) ?? [];
     this.ready.delete(key);
-    void this.destroyAll(ids);
+    for (const id of ids) this.entryBytes.delete(id);
+    return ids;
   }
 
   private touch(key: string, t: WarmTemplate): void {
@@ -231,10 +337,7 @@ export class WarmPool {
     while (this.hot.size > this.opts.maxImages) {
       const [oldest] = this.hot.keys();
       if (oldest === undefined) break;
-      this.hot.delete(oldest);
-      const ids = this.ready.get(oldest) ?? [];
-      this.ready.delete(oldest);
-      void this.destroyAll(ids);
+      void this.destroyAll(this.drop(oldest));
     }
   }
 
@@ -245,64 +348,153 @@ export class WarmPool {
     });
   }
 
-  /** The hot template furthest below its target, with how many it has ready. */
-  private neediest(): { key: string; t: WarmTemplate; ready: number } | undefined {
-    let next: { key: string; t: WarmTemplate; ready: number } | undefined;
-    let fewest = this.opts.perImage;
-    for (const [key, t] of this.hot) {
-      const n = this.ready.get(key)?.length ?? 0;
-      if (n < fewest && (this.failures.get(key) ?? 0) < MAX_FAILURES) {
-        fewest = n;
-        next = { key, t, ready: n };
-      }
-    }
-    return next;
+  private averageEntryBytes(): number | undefined {
+    return this.measured.count ? this.measured.sum / this.measured.count : undefined;
   }
 
-  /** One warm container at a time, for whichever hot template is furthest below its target. */
-  private async fill(): Promise<void> {
-    for (;;) {
-      // Top up in idle moments. Under sustained load, only a template whose requests found it
-      // empty is topped up anyway (after maxWaitMs): they are going cold. Otherwise a container
-      // built under load serves no request sooner and takes CPU from the ones in flight (a
-      // 200-container burst that emptied a pool of 200 lost ~0.5 s to it).
-      if (!this.neediest()) return;
-      await this.quiet(this.opts.maxWaitMs ?? 500, () => {
-        const n = this.neediest();
-        return n !== undefined && n.ready === 0 && this.starved.has(n.key);
-      });
-      if (this.closed) return;
-      const next = this.neediest();
-      if (!next) return;
-      const { key, t } = next;
-      try {
-        const id = await this.slots.create(t);
-        this.failures.delete(key);
-        this.starved.delete(key);
-        this.counters.created++;
-        if (this.closed || !this.hot.has(key)) {
-          await this.slots.destroy(id);
-          continue;
-        }
-        const ids = this.ready.get(key) ?? [];
-        ids.push(id);
-        this.ready.set(key, ids);
-      } catch (e) {
-        this.counters.failed++;
-        const error = e instanceof Error ? e.message : String(e);
-        if (templateFault(e)) {
-          log.warn('warm template refused; not retried', { image: t.imageChainId, user: t.user, error });
-          this.refuse(key);
-          continue;
-        }
-        const n = (this.failures.get(key) ?? 0) + 1;
-        this.failures.set(key, n);
-        log.warn('cannot create a warm container', { image: t.imageChainId, attempt: n, error });
+  /**
+   * How many warm containers each hot template should have: its floor, plus its demand peak
+   * above the floor as far as the budget goes, most recently used templates first. No growth
+   * before a warm container was measured (the floors' first ones are).
+   */
+  private targets(): Map<string, number> {
+    const floor = this.opts.perImage;
+    const out = new Map<string, number>();
+    const avg = this.averageEntryBytes();
+    const budgetEntries = avg ? Math.floor((this.opts.budgetBytes ?? 0) / avg) : 0;
+    let room = budgetEntries - floor * this.hot.size;
+    for (const [key, t] of [...this.hot].reverse()) {
+      // an eighth more than the peak: the first requests of a burst may be done before its last
+      // arrive (a burst of 200 peaked at 198-199), and each one short of it is a cold create
+      const peak = this.demand.peak(key);
+      const want = Math.min(peak + Math.ceil(peak / HEADROOM), addressShare(t));
+      const grow = Math.max(0, Math.min(want - floor, room));
+      room -= grow;
+      out.set(key, floor + grow);
+    }
+    return out;
+  }
+
+  private aboveTarget(): boolean {
+    for (const [key, n] of this.targets()) if ((this.ready.get(key)?.length ?? 0) > n) return true;
+    return false;
+  }
+
+  /** Up to n creates, each for the hot template furthest below its target (counting creates under way). */
+  private pick(n: number): { key: string; t: WarmTemplate }[] {
+    const targets = this.targets();
+    const planned = new Map<string, number>();
+    const out: { key: string; t: WarmTemplate }[] = [];
+    while (out.length < n) {
+      let best: { key: string; t: WarmTemplate; deficit: number } | undefined;
+      for (const [key, t] of this.hot) {
+        if ((this.failures.get(key) ?? 0) >= MAX_FAILURES) continue;
+        const have = (this.ready.get(key)?.length ?? 0) + (this.pending.get(key) ?? 0) + (planned.get(key) ?? 0);
+        const deficit = (targets.get(key) ?? 0) - have;
+        // the largest deficit first (equal targets: the fewest ready, as before); ties: least recently used
+        if (deficit > 0 && (!best || deficit > best.deficit)) best = { key, t, deficit };
+      }
+      if (!best) break;
+      planned.set(best.key, (planned.get(best.key) ?? 0) + 1);
+      out.push({ key: best.key, t: best.t });
+    }
+    return out;
+  }
+
+  /** Ready containers beyond their template's target (demand decayed): the oldest go. */
+  private excess(): string[] {
+    const out: string[] = [];
+    for (const [key, n] of this.targets()) {
+      const ids = this.ready.get(key) ?? [];
+      while (ids.length > n) {
+        const id = ids.shift()!;
+        this.entryBytes.delete(id);
+        out.push(id);
       }
     }
+    return out;
+  }
+
+  /**
+   * Top up in idle moments, a batch of fillConcurrency at a time. Under sustained load, only a
+   * template whose requests found it empty is topped up anyway (after
+   * maxWaitMs, one at a time): they are going cold. Otherwise a container built under load
+   * serves no request sooner and takes CPU from the ones in flight (a 200-container burst that
+   * emptied a pool of 200 lost ~0.5 s to it).
+   */
+  private async fill(): Promise<void> {
+    const maxWaitMs = this.opts.maxWaitMs ?? 500;
+    for (;;) {
+      if (!this.pick(1).length && !this.aboveTarget()) return;
+      await this.quiet(maxWaitMs, () => {
+        const [n] = this.pick(1);
+        return n !== undefined && !this.ready.get(n.key)?.length && this.starved.has(n.key);
+      });
+      if (this.closed) return;
+      const calm = this.inFlight === 0;
+      const doomed = calm ? this.excess() : [];
+      if (doomed.length) {
+        await this.destroyAll(doomed);
+        continue;
+      }
+      const picks = this.pick(calm ? Math.max(1, this.opts.fillConcurrency ?? 1) : 1);
+      if (!picks.length) {
+        if (calm) return;
+        continue;
+      }
+      await Promise.all(picks.map((p) => this.createOne(p.key, p.t)));
+    }
+  }
+
+  private async createOne(key: string, t: WarmTemplate): Promise<void> {
+    this.pending.set(key, (this.pending.get(key) ?? 0) + 1);
+    try {
+      const id = await this.slots.create(t);
+      this.failures.delete(key);
+      this.starved.delete(key);
+      this.counters.created++;
+      if (this.closed || !this.hot.has(key)) {
+        await this.slots.destroy(id);
+        return;
+      }
+      const ids = this.ready.get(key) ?? [];
+      ids.push(id);
+      this.ready.set(key, ids);
+      await this.measure(id);
+    } catch (e) {
+      this.counters.failed++;
+      const error = e instanceof Error ? e.message : String(e);
+      if (templateFault(e)) {
+        log.warn('warm template refused; not retried', { image: t.imageChainId, user: t.user, error });
+        this.refuse(key);
+        return;
+      }
+      const n = (this.failures.get(key) ?? 0) + 1;
+      this.failures.set(key, n);
+      log.warn('cannot create a warm container', { image: t.imageChainId, attempt: n, error });
+    } finally {
+      const n = (this.pending.get(key) ?? 1) - 1;
+      if (n > 0) this.pending.set(key, n);
+      else this.pending.delete(key);
+    }
+  }
+
+  /** What a new warm container holds: the budget is spent in measured bytes, not guessed ones. */
+  private async measure(id: string): Promise<void> {
+    const bytes = await this.slots.measure?.(id).catch(() => undefined);
+    if (bytes === undefined || !Number.isFinite(bytes) || bytes <= 0) return;
+    this.measured.sum += bytes;
+    this.measured.count++;
+    if (this.has(id)) this.entryBytes.set(id, bytes);
   }
 
   private async destroyAll(ids: string[]): Promise<void> {
-    await Promise.all(ids.map((id) => this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }))));
+    const queue = [...ids];
+    const worker = async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        await this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DESTROY_CONCURRENCY, queue.length) }, worker));
   }
 }

@@ -4,6 +4,7 @@
  * variables override defaults; flags override the environment.
  */
 import path from 'node:path';
+import { totalmem } from 'node:os';
 import { InvalidArgument } from './errors.js';
 
 export interface NimbusOptions {
@@ -32,6 +33,12 @@ export interface NimbusOptions {
   warmPerImage: number;
   /** How many recently used images get warm containers. Env NIMBUS_WARM_IMAGES. Default 4. */
   warmImages: number;
+  /**
+   * Memory the warm pool may grow into above warmPerImage when requests come in bursts (measured per
+   * warm container; docs/warm-start.md). Env NIMBUS_WARM_BUDGET: bytes ("512m", "1g") or a share of
+   * the host's memory ("2%", at most 50%); 0 keeps the pool at warmPerImage. Default 2% of the host's memory.
+   */
+  warmBudgetBytes: number;
   /** VM accelerator: "auto" (KVM only when a probe boot succeeds, else TCG) | "kvm" | "tcg". Env NIMBUS_VM_ACCEL. Default auto. */
   vmAccel: 'auto' | 'kvm' | 'tcg';
   /**
@@ -106,6 +113,17 @@ const count = (name: string, v: string | number): number => {
   return n;
 };
 
+/** "2%" of the host's memory (at most 50%), or bytes with an optional k/m/g suffix (binary units). */
+export function warmBudget(v: string | number, hostBytes = totalmem()): number {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
+  const s = String(v).trim().toLowerCase();
+  const pct = /^(\d+(?:\.\d+)?)%$/.exec(s);
+  if (pct && Number(pct[1]) <= 50) return Math.floor((hostBytes * Number(pct[1])) / 100);
+  const bytes = /^(\d+)([kmg]?)(?:i?b)?$/.exec(s);
+  if (bytes) return Number(bytes[1]) * 1024 ** ' kmg'.indexOf(bytes[2] || ' ');
+  throw new InvalidArgument(`warm pool budget must be bytes ("512m") or a share of memory up to 50% ("2%"), got "${v}"`);
+}
+
 export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: NodeJS.ProcessEnv = process.env): CompiledOptions {
   const home = overrides.home ?? env.NIMBUS_HOME ?? '/var/lib/nimbus';
   const socket = overrides.socket ?? env.NIMBUS_SOCKET ?? '/run/nimbus/nimbus.sock';
@@ -120,6 +138,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
     warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
     warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),
+    warmBudgetBytes: warmBudget(overrides.warmBudgetBytes ?? env.NIMBUS_WARM_BUDGET ?? '2%'),
     vmAccel: oneOf('vm accelerator', overrides.vmAccel ?? (env.NIMBUS_VM_ACCEL || 'auto'), ['auto', 'kvm', 'tcg'] as const),
     migrationAddress: overrides.migrationAddress ?? env.NIMBUS_MIGRATION_ADDRESS ?? '127.0.0.1',
     bridge: overrides.bridge ?? env.NIMBUS_BRIDGE ?? 'nimbus0',

@@ -54,7 +54,8 @@ Environment only:
   NIMBUS_NFT_TABLE                      the nftables table (inet) Nimbus owns (nimbus)
   NIMBUS_DNS_PORT, NIMBUS_DNS_UPSTREAMS the networks' embedded DNS: its port (53) and where it
                                         forwards other names (the host's resolv.conf; empty: nowhere)
-  NIMBUS_WARM_POOL, NIMBUS_WARM_IMAGES  containers created ahead of demand (2 per image, 4 images)
+  NIMBUS_WARM_POOL, NIMBUS_WARM_IMAGES  containers created ahead of demand (at least 2 per image, 4 images)
+  NIMBUS_WARM_BUDGET                    memory the pool may grow into after bursts (2% of the host's; 0: none)
   NIMBUS_VM_ACCEL                       auto | kvm | tcg
   NIMBUS_UNDERLAY_IP                    the embedded host's address for VXLAN between hosts (user networks
                                         spanning hosts, docs/overlay.md); default: its source address toward
