@@ -37,7 +37,7 @@ async function labelledImage(img: PlatformImage, label: string): Promise<Buffer>
   ]);
 }
 
-interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string; group: string; volume: string }
+interface Fixture { project: string; projectId: string; container: string; image: string; operation: string; vm: string; network: string; group: string; volume: string; snapshot: string }
 
 describe('tenancy: every route enforces its declared access', { concurrency: false }, () => {
   let d: DaemonProcess;
@@ -85,7 +85,12 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       assert.equal(group.status, 201, group.text);
       const volume = await call(sock(), 'POST', `/volumes?project=${p}`, { body: { name: `vol-${p}`, sizeBytes: 16 * 1024 * 1024 } });
       assert.equal(volume.status, 201, volume.text);
-      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id, group: (group.body as { id: string }).id, volume: (volume.body as { id: string }).id };
+      // a block volume's snapshot (qcow2 files only: nothing boots)
+      const blk = await call(sock(), 'POST', `/volumes?project=${p}`, { body: { name: `blk-${p}`, sizeBytes: 16 * 1024 * 1024, type: 'block' } });
+      assert.equal(blk.status, 201, blk.text);
+      const snap = await call(sock(), 'POST', `/volumes/blk-${p}/snapshots?project=${p}`, { body: { name: `snap-${p}` } });
+      assert.equal(snap.status, 201, snap.text);
+      fx[p] = { project: p, projectId: project.project.id, container: (created.body as { id: string }).id, image, operation, vm: (vm.body as { id: string }).id, network: (net.body as { id: string }).id, group: (group.body as { id: string }).id, volume: (volume.body as { id: string }).id, snapshot: (snap.body as { id: string }).id };
     }
     for (const user of ['alice', 'rita', 'olga']) {
       const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password: PASSWORD } });
@@ -117,6 +122,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (segment === 'hosts') return 'no-such-host';
       if (segment === 'groups') return f.group;
       if (segment === 'volumes') return f.volume;
+      if (segment === 'volume-snapshots') return f.snapshot;
       assert.fail(`${r.method} ${r.path}: the access test does not know what {${name}} after /${segment ?? ''} names; add it to aim()`);
     });
     const auth = r.auth;
@@ -161,7 +167,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
   });
 
   test('listings a member of A can call show nothing of B', async () => {
-    const secrets = [fx.B.projectId, fx.B.container, fx.B.image, fx.B.operation, fx.B.network, 'box-B', 'net-B', 'disk-B'];
+    const secrets = [fx.B.projectId, fx.B.container, fx.B.image, fx.B.operation, fx.B.network, 'box-B', 'net-B', 'disk-B', 'snap-B', fx.B.snapshot];
     for (const r of nonPublic().filter((x) => x.method === 'GET' && !x.streams && !x.path.includes('{'))) {
       const { path } = aim(r, fx.A);
       const res = await call(tcp(), 'GET', path, { token: tokens.alice! });

@@ -32,6 +32,10 @@ const REVIEWED_NOT_HOST_PATHS: Record<string, string> = {
   'explainPlacement body.imageChainId': 'an image\'s layer chain digest, only compared with the hosts\' records (image locality)',
   'buildImage query.dockerfile': 'a path inside the build context the request uploads (contextPath() refuses one outside it, checkDockerfile() a symlink)',
   'execTerminal query.workdir': 'a path inside the container\'s own root filesystem',
+  'createVm body.bootVolume': 'a block volume of the project, by name or id (the agent maps it to its own file)',
+  'attachVolume body.volume': 'a block volume of the VM\'s project, by name or id',
+  'detachVolume params.volume': 'a block volume of the VM\'s project, by name or id',
+  'listVolumeSnapshots query.volume': 'a volume of the project, by name or id',
 };
 const FILE_LIKE = /path|file|dir|kernel|initrd|disk|device|socket|mount|bind|source|volume|root|image|workdir/i;
 

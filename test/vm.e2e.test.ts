@@ -84,6 +84,50 @@ describe('VMs end to end', { concurrency: false }, () => {
     assert.match(await cliOk(['info']), /^VM accelerator: (kvm|tcg) \(.+\)$/m, 'decided by the first VM');
   });
 
+  test('block volumes: hot-plugged into the running guest (it reads the volume\'s data), one writer at a time, unplugged when the guest lets go; no extra boot', async () => {
+    // the API's schemas refuse what they do not know before anything is made
+    assert.equal((await d.api('POST', '/volumes', { name: 'bad', type: 'tape' })).status, 400);
+    assert.equal((await d.api('POST', `/vms/${NAME}/volumes`, { volume: 'x', extra: 1 })).status, 400);
+    await cliOk(['volume', 'create', 'e2e-blk', '--size', '32m', '--type', 'block']);
+    const vol = (await d.api<{ id: string; type: string; mountpoint: string }>('GET', '/volumes/e2e-blk')).body;
+    assert.equal(vol.type, 'block');
+    // data the guest will read: written into the qcow2 on the host while nothing holds it
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x4e 0 4096', vol.mountpoint]);
+    const serial = vol.id.slice(0, 20);
+    const disks = async () => ((await cliOk(['console', NAME], 'disks\n')).match(/^disks (.*)$/m)?.[1] ?? '').trim();
+    assert.match(await cliOk(['vm', 'attach-volume', NAME, 'e2e-blk']), /^Attached volume e2e-blk to VM e2e-vm\n$/);
+    const seen = await waitFor('the guest to see the hot-plugged disk', async () => {
+      const d1 = await disks();
+      return d1.includes(serial) ? d1 : undefined;
+    });
+    // name:serial:sectors:first 16 bytes, as the guest reads them
+    assert.match(seen, new RegExp(`\\bvd[a-z]:${serial}:${(32 * 1024 * 1024) / 512}:N{16}\\b`), 'the guest sees its size and reads what the host wrote');
+    // one writer: another VM (created, never booted) is refused, naming the holder; rm and snapshot too
+    const other = await d.api<{ id: string }>('POST', '/vms', { name: 'e2e-other', memoryMiB: 64, kernel: guest.kernel });
+    assert.equal(other.status, 201);
+    const taken = await d.cli(['vm', 'attach-volume', 'e2e-other', 'e2e-blk']);
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, /Conflict: volume e2e-blk is attached read-write to VM e2e-vm/);
+    const rm = await d.api<{ error: { message: string } }>('DELETE', '/volumes/e2e-blk');
+    assert.deepEqual([rm.status, /attached to VM e2e-vm/.test(rm.body.error.message)], [409, true]);
+    const snap = await d.api<{ error: { message: string } }>('POST', '/volumes/e2e-blk/snapshots', { name: 'e2e-snap' });
+    assert.deepEqual([snap.status, /in use by running VM e2e-vm/.test(snap.body.error.message)], [409, true]);
+    // detach: device_del, the guest's eject, DEVICE_DELETED, then the file is closed
+    assert.match(await cliOk(['vm', 'detach-volume', NAME, 'e2e-blk']), /^Detached volume e2e-blk from VM e2e-vm\n$/);
+    assert.equal((await disks()).includes(serial), false, 'gone from the guest once detach returns');
+    // now the other VM may take it (recorded for its start); removing that VM detaches, never deletes
+    assert.equal((await d.api('POST', '/vms/e2e-other/volumes', { volume: 'e2e-blk' })).status, 200);
+    assert.equal((await d.api('DELETE', '/vms/e2e-other')).status, 204);
+    // snapshot and clone through the real agent: the clone holds the data
+    await cliOk(['volume', 'snapshot', 'e2e-blk', 'e2e-snap']);
+    await cliOk(['volume', 'create', 'e2e-clone', '--snapshot', 'e2e-snap']);
+    const clone = (await d.api<{ mountpoint: string; sizeBytes: number }>('GET', '/volumes/e2e-clone')).body;
+    assert.equal(clone.sizeBytes, 32 * 1024 * 1024);
+    execFileSync('qemu-io', ['-r', '-U', '-f', 'qcow2', '-c', 'read -P 0x4e 0 4096', clone.mountpoint]);
+    assert.equal((await d.api('DELETE', '/volume-snapshots/e2e-snap')).status, 204);
+    await cliOk(['volume', 'rm', 'e2e-blk', 'e2e-clone']);
+  });
+
   test('pause stops the vCPUs, unpause resumes them', async () => {
     await cliOk(['pause', NAME]);
     assert.equal((await inspect()).status, 'paused');

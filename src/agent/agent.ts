@@ -149,6 +149,8 @@ export interface VmCreateRequest {
   pin?: number[];
   /** virtio-net NICs, one per network, with the addresses the control plane leased (the guest is told them on its command line). */
   nics?: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
+  /** Block volumes attached from the start, by id (a boot volume: `boot`). Protocol 7: the control plane sends it to no older agent. */
+  volumes?: Array<{ volumeId: string; readonly?: boolean; boot?: boolean }>;
 }
 
 /**
@@ -449,6 +451,40 @@ export interface VolumeHost {
   reconcileVolumes(live: string[]): Promise<{ mounted: number; removed: string[]; missing: string[] }>;
 }
 
+/** A block volume on its host (agent/volumes/block-volume-store.ts). */
+export interface HostBlockVolumeInfo {
+  id: string;
+  sizeBytes: number;
+  /** Its qcow2 file on the host. */
+  path: string;
+  /** Bytes the file takes (qcow2 allocates as the guest writes). */
+  allocatedBytes: number;
+  /** qcow2; raw for a shared volume. */
+  format: 'qcow2' | 'raw';
+}
+
+/**
+ * Block volumes for VMs (docs/volumes.md "Block volumes"): qcow2 files, their snapshots and
+ * clones, attached to VMs as virtio-blk disks. Protocol 7.
+ */
+export interface BlockVolumeHost {
+  /** An empty qcow2 of the size, or a clone (an overlay on a snapshot on this host), or with `shared` a sparse raw disk several VMs may write. Idempotent. */
+  createBlockVolume(id: string, sizeBytes: number, opts: { fromSnapshot?: string; shared?: boolean }): Promise<HostBlockVolumeInfo>;
+  /** Its file gone (its snapshots stay); an unknown id is a no-op; Conflict while a running VM holds it. */
+  removeBlockVolume(id: string): Promise<void>;
+  blockVolumeInfo(id: string): Promise<HostBlockVolumeInfo>;
+  /** A point-in-time snapshot; Conflict while a running VM holds the volume. */
+  snapshotBlockVolume(volumeId: string, snapshotId: string): Promise<{ id: string; volumeId: string; sizeBytes: number }>;
+  /** Folded into what is backed by it, then gone; Conflict when a running VM holds one of those. */
+  removeBlockSnapshot(snapshotId: string): Promise<void>;
+  /** Daemon start: volumes and snapshots not listed removed (unless young or backing a kept one); listed ones missing returned. */
+  reconcileBlockVolumes(volumes: string[], snapshots: string[]): Promise<{ removed: string[]; missing: string[] }>;
+  /** Onto a VM on this host: hot-plugged while it runs, recorded for its next start while created or stopped; Conflict while paused or saved. */
+  attachVmVolume(vmId: string, volume: { volumeId: string; readonly?: boolean; boot?: boolean }): Promise<{ live: boolean }>;
+  /** Off the VM: unplugged once the guest releases it while it runs, off the record otherwise. */
+  detachVmVolume(vmId: string, volumeId: string): Promise<{ live: boolean }>;
+}
+
 /** What a tree import (a writable layer, a volume's data) received and wrote. */
 export interface TreeImportResult {
   /** Bytes of tar received. */
@@ -482,6 +518,6 @@ export interface ContainerMoveHost {
 }
 
 /** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
-export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, ContainerMoveHost {
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost {
   close(): Promise<void>;
 }

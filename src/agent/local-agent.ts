@@ -25,7 +25,7 @@ import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } 
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './images/pull.js';
 import { LAYER_TYPES, isIndex, type ImageManifest } from './images/media-types.js';
 import { importImageArchive } from './images/import.js';
-import { applyLayer } from './layers/apply-layer.js';
+import { LayerUnpacker } from './layers/layer-unpacker.js';
 import { ImageBudget } from './layers/unpack-limits.js';
 import { DiskSpace, statfsProbe } from './content/disk-space.js';
 import type { MountSpec, Snapshotter } from './snapshots/snapshotter.js';
@@ -50,12 +50,14 @@ import type { AddressProvider, HostVolumeInfo } from './agent.js';
 import type { BuildProgress, BuildRequest, ProcessTable } from './agent.js';
 import type { OciMount } from './drivers/container/oci-spec.js';
 import { VolumeStore } from './volumes/volume-store.js';
+import { BlockVolumeStore } from './volumes/block-volume-store.js';
 import { BuildHost } from './images/build.js';
 import { MoveHost } from './move/move-host.js';
 import { ociMounts } from './volumes/container-mounts.js';
 import type { EtcFiles, InstanceStats } from './drivers/instance-driver.js';
 import { readInstanceNetwork } from './network/endpoint-counters.js';
 import { removeStateFile, replaceStateFile } from '../core/state-files.js';
+import { procStat } from '../core/proc.js';
 
 const log = logger('agent');
 
@@ -67,6 +69,21 @@ function hostCpusBusy(): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The warm template a create request could be served from, or undefined: only requests whose
+ * config can match a warm one (the default hostname, the id's prefix; no terminal; no mounts,
+ * which a warm bundle lacks and a claim does not add; the default log max-size, on conmon's
+ * command line since the warm create; a namespace of its own, to which endpoints can be added).
+ */
+function warmTemplateOf(req: Omit<ContainerCreateRequest, 'id'>): WarmTemplate | undefined {
+  if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
+  if (req.mounts?.length) return undefined;
+  if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
+  if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
+  const network = req.network?.mode === 'networks' ? req.network.endpoints[0]?.network : undefined;
+  return { imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}), ...(network ? { network } : {}) };
 }
 
 /** chainID(L0) = diffID(L0); chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)) — OCI image-spec. */
@@ -99,8 +116,8 @@ export class LocalAgent implements Agent {
   /** Kernels, initrds and disks VMs may boot from: the content store's blobs and the operator's --vm-host-dir. */
   private readonly hostFiles = new HostFileResolver(() => [join(this.options.contentDir, 'blobs'), ...this.options.vmHostDirs]);
   private readonly exitListeners: ((id: string) => void)[] = [];
-  /** Serialises unpacking of one chain id so concurrent pulls share the work. */
-  private readonly chainLocks = new Map<string, Promise<void>>();
+  /** Unpacks layers into snapshots (layer-unpacker.ts); made on first use. */
+  private layersP: LayerUnpacker | undefined;
   private activePulls = 0;
   /** Blobs writeBlob stored and no adopt has used yet, with when: garbage collection leaves them alone for a while. */
   private readonly received = new Map<string, number>();
@@ -142,8 +159,12 @@ export class LocalAgent implements Agent {
       ...(options.dnsUpstreams ? { upstreams: options.dnsUpstreams } : {}),
     });
     this.warm = new WarmPool(
-      { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id) },
-      { perImage: options.warmPerImage, maxImages: options.warmImages, hostBusy: hostCpusBusy },
+      { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id), measure: (id) => this.warmContainerBytes(id) },
+      {
+        perImage: options.warmPerImage, maxImages: options.warmImages, hostBusy: hostCpusBusy,
+        // grown from demand within the budget, a batch per CPU at a time while the agent is quiet
+        budgetBytes: options.warmBudgetBytes, fillConcurrency: availableParallelism(),
+      },
     );
     if (existsSync(this.secureDir) && readdirSync(this.secureDir).some((n) => n !== 'vms' && n !== 'guest')) {
       void this.secureDriver().catch((e: unknown) => log.error('secure containers unavailable', { error: String(e) }));
@@ -230,11 +251,10 @@ export class LocalAgent implements Agent {
         });
       };
       report('resolving');
-      // Unpack while downloading: layer i is applied as soon as its blob is in and layer i-1 is done.
-      const ready: { promise: Promise<void>; resolve: () => void }[] = [];
-      let unpacking: Promise<void> | undefined;
-      let pullFailed = false;
+      // Unpack while downloading (layer-unpacker.ts): each layer from its bytes as they arrive, committed in order.
       const budget = new ImageBudget(this.options.imageMaxBytes);
+      const unpack = this.layers.forPull(budget);
+      let unpacking: Promise<unknown> | undefined;
       const pulled = await pullImage(ref, {
         store: this.content,
         room: this.diskSpace(),
@@ -248,35 +268,25 @@ export class LocalAgent implements Agent {
         onConfig: (config, layers) => {
           const diffIds = config.rootfs?.diff_ids ?? [];
           if (diffIds.length !== layers.length) return; // unpack() below reports it
-          for (let i = 0; i < layers.length; i++) {
-            let resolve!: () => void;
-            ready.push({ promise: new Promise<void>((r) => (resolve = r)), resolve });
-          }
-          const chains = chainIds(diffIds);
-          unpacking = (async () => {
-            for (let i = 0; i < layers.length; i++) {
-              await ready[i]!.promise;
-              if (pullFailed) return;
-              log.debug('unpacking layer', { ref, index: i, digest: layers[i]!.digest });
-              await this.unpackLayer(layers[i]!, diffIds[i]!, chains[i]!, i > 0 ? chains[i - 1] : undefined, budget);
-            }
-          })();
-          unpacking.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+          unpacking = unpack.start(diffIds, chainIds(diffIds), layers);
           return unpacking; // a failed unpack (a limit, the disk) stops the downloads
         },
+        onLayerStream: (index) => unpack.stream(index),
         onLayerReady: (index) => {
           log.debug('layer downloaded', { ref, index });
-          ready[index]?.resolve();
+          unpack.ready(index);
         },
       }).catch(async (e: unknown) => {
-        pullFailed = true;
-        for (const r of ready) r.resolve();
-        await unpacking?.catch(() => undefined);
+        unpack.abort(e); // unpacks in flight remove their snapshots before the pull reports
+        await unpack.settled();
         throw e;
       });
       report('unpacking');
       log.debug('downloads done; waiting for unpacking', { ref });
-      await unpacking;
+      await unpacking?.catch(async (e: unknown) => {
+        await unpack.settled();
+        throw e;
+      });
       const img = await this.unpack({
         manifestDigest: pulled.manifestDigest,
         ...(pulled.indexDigest ? { indexDigest: pulled.indexDigest } : {}),
@@ -379,41 +389,17 @@ export class LocalAgent implements Agent {
     };
   }
 
-  private async unpackLayer(layer: ImageContent['layers'][number], diffId: string, chainId: string, parent: string | undefined, budget: ImageBudget) {
-    const prev = this.chainLocks.get(chainId);
-    if (prev) await prev.catch(() => undefined);
-    const work = (async () => {
-      if (await this.snapshotExists(chainId)) return;
-      const key = `extract-${newId().slice(0, 16)}-${chainId}`;
-      const mounts = await this.snapshotter.prepare(key, parent);
-      try {
-        const target = upperDir(mounts);
-        const applied = await applyLayer(target, this.content.openRead(layer.digest), {
-          mediaType: layer.mediaType,
-          mode: this.snapshotterName === 'overlayfs' ? 'overlay' : 'native',
-          digest: layer.digest,
-          ...(this.options.layerMaxBytes ? { limits: { maxUnpackedBytes: this.options.layerMaxBytes } } : {}),
-          imageBudget: budget,
-          room: this.diskSpace(),
-        });
-        log.debug('layer applied', { chainId, entries: applied.entries });
-        if (applied.diffId !== diffId) {
-          throw new DataLoss(`layer ${layer.digest}: uncompressed digest ${applied.diffId} does not match the config's diff id ${diffId}`);
-        }
-        await this.snapshotter.commit(chainId, key);
-        log.debug('layer committed', { chainId });
-      } catch (e) {
-        await this.snapshotter.remove(key).catch(() => undefined);
-        if (hasCode(e, 'AlreadyExists')) return;
-        throw e;
-      }
-    })();
-    this.chainLocks.set(chainId, work);
-    try {
-      await work;
-    } finally {
-      if (this.chainLocks.get(chainId) === work) this.chainLocks.delete(chainId);
-    }
+  private get layers(): LayerUnpacker {
+    return (this.layersP ??= new LayerUnpacker({
+      content: this.content,
+      snapshotter: this.snapshotter,
+      ...(this.options.layerMaxBytes ? { layerMaxBytes: this.options.layerMaxBytes } : {}),
+      room: () => this.diskSpace(),
+    }));
+  }
+
+  private unpackLayer(layer: ImageContent['layers'][number], diffId: string, chainId: string, parent: string | undefined, budget: ImageBudget): Promise<void> {
+    return this.layers.unpackLayer(layer, diffId, chainId, parent, budget);
   }
 
   private async snapshotExists(key: string): Promise<boolean> {
@@ -695,18 +681,18 @@ export class LocalAgent implements Agent {
   }
 
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
-    // Only requests whose config can match a warm one: the default hostname (the id's prefix).
-    if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
-    // a warm container's bundle has no mounts of the request's (and a claim does not add any)
-    if (req.mounts?.length) return undefined;
-    // a warm container's conmon was started with the default log max-size (max-file can still change)
-    if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
-    // a warm container has a namespace of its own: endpoints can be added, the host's or another's cannot be joined
-    if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
-    const network = req.network?.mode === 'networks' ? req.network.endpoints[0]?.network : undefined;
-    const id = this.warm.take({ imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}), ...(network ? { network } : {}) });
+    const t = warmTemplateOf(req);
+    const id = t && this.warm.take(t);
     if (id) this.claimed.add(id);
     return id;
+  }
+
+  /** What a ready warm container holds: its cgroup's memory (the stub, kernel objects) and its conmon's PSS. */
+  private async warmContainerBytes(id: string): Promise<number | undefined> {
+    const [stats, pids] = await Promise.all([this.containers.stats(id), this.containers.processIds(id)]);
+    const conmon = pids[0] === undefined ? undefined : procStat(pids[0])?.ppid;
+    const pss = conmon === undefined ? undefined : await readFile(`/proc/${conmon}/smaps_rollup`, 'utf8').then((t) => /^Pss:\s+(\d+) kB/m.exec(t)?.[1], () => undefined);
+    return pss === undefined ? undefined : stats.memoryBytes + Number(pss) * 1024;
   }
 
   private async createWarmContainer(t: WarmTemplate): Promise<string> {
@@ -769,8 +755,14 @@ export class LocalAgent implements Agent {
     }
   }
 
-  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
-    return this.warm.busy(() => this.createContainerNow(req));
+  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    try {
+      return await this.warm.busy(() => this.createContainerNow(req));
+    } finally {
+      // the end of the demand its claimWarmContainer counted (warm-demand.ts)
+      const t = warmTemplateOf(req);
+      if (t) this.warm.done(t);
+    }
   }
 
   /** The request's mounts as OCI mounts (volumes mounted first if they are not); none: empty. */
@@ -1041,6 +1033,7 @@ export class LocalAgent implements Agent {
           ...(req.pin?.length ? { pin: req.pin } : {}),
           ...(req.maxCpus !== undefined ? { maxCpus: req.maxCpus } : {}),
           ...(nics.length ? { nics } : {}),
+          ...(req.volumes?.length ? { blockVolumes: await this.blockVolumePaths(req.volumes) } : {}),
         },
       });
     } catch (e) {
@@ -1151,6 +1144,44 @@ export class LocalAgent implements Agent {
   }
   onVmExit(listener: (id: string) => void): void {
     this.vmExitListeners.push(listener);
+  }
+
+  // ---------------------------------------------------------------- block volumes (docs/volumes.md "Block volumes")
+  private blockVolumesP: BlockVolumeStore | undefined;
+  private get blockVolumeStore(): BlockVolumeStore {
+    return (this.blockVolumesP ??= new BlockVolumeStore(join(this.options.home, 'block-volumes')));
+  }
+  /** The volumes' qcow2 files here (NotFound for one this host lacks). */
+  private async blockVolumePaths(vols: NonNullable<VmCreateRequest['volumes']>): Promise<Array<{ volumeId: string; path: string; readonly?: boolean; boot?: boolean; format?: 'raw'; shared?: boolean }>> {
+    return Promise.all(vols.map(async (v) => {
+      const b = await this.blockVolumeStore.get(v.volumeId);
+      return { ...v, path: b.path, ...(b.format === 'raw' ? { format: 'raw' as const, shared: true } : {}) };
+    }));
+  }
+  createBlockVolume(id: string, sizeBytes: number, opts: { fromSnapshot?: string; shared?: boolean }) {
+    return this.blockVolumeStore.create(id, sizeBytes, opts);
+  }
+  removeBlockVolume(id: string) {
+    return this.blockVolumeStore.remove(id);
+  }
+  blockVolumeInfo(id: string) {
+    return this.blockVolumeStore.get(id);
+  }
+  snapshotBlockVolume(volumeId: string, snapshotId: string) {
+    return this.blockVolumeStore.snapshot(volumeId, snapshotId);
+  }
+  removeBlockSnapshot(snapshotId: string) {
+    return this.blockVolumeStore.removeSnapshot(snapshotId);
+  }
+  reconcileBlockVolumes(volumes: string[], snapshots: string[]) {
+    return this.blockVolumeStore.reconcile(volumes, snapshots);
+  }
+  async attachVmVolume(vmId: string, volume: { volumeId: string; readonly?: boolean; boot?: boolean }) {
+    const [b] = await this.blockVolumePaths([volume]);
+    return this.vms.attachVolume(vmId, b!);
+  }
+  detachVmVolume(vmId: string, volumeId: string) {
+    return this.vms.detachVolume(vmId, volumeId);
   }
 
   // ---------------------------------------------------------------- volumes
@@ -1289,14 +1320,3 @@ export async function inspectBootFile(file: string, kind: 'kernel' | 'initrd'): 
 }
 
 /** Where a layer is written: the upper dir of an overlay, or the bind source. */
-function upperDir(mounts: MountSpec[]): string {
-  const m = mounts[0];
-  if (!m) throw new InvalidArgument('snapshotter returned no mounts');
-  if (m.type === 'overlay') {
-    const upper = m.options.find((o) => o.startsWith('upperdir='));
-    if (!upper) throw new InvalidArgument('overlay mount without upperdir');
-    return upper.slice('upperdir='.length);
-  }
-  return m.source;
-}
-

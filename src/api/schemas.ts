@@ -135,6 +135,9 @@ export const VolumeCreate = Type.Object(
     driver: Type.Optional(Type.Literal('local')),
     labels: Labels,
     host: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'Host to make it on (system administrators only); default: the scheduler\'s choice' })),
+    type: Type.Optional(Type.Union([Type.Literal('filesystem'), Type.Literal('block')], { description: 'filesystem (default): an ext4 image containers mount; block: a qcow2 disk VMs attach (virtio-blk)' })),
+    shared: Type.Optional(Type.Boolean({ description: 'Block only: may be attached read-write to several VMs at once (a raw disk: no snapshots or clones); default: one writer at a time' })),
+    fromSnapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Block only: a clone of this snapshot of the project (name or id), on its host; the size defaults to the snapshot\'s and may be larger' })),
   },
   { $id: 'VolumeCreate', additionalProperties: false },
 );
@@ -152,9 +155,28 @@ export const Volume = Type.Object(
     createdAt: Type.String(),
     mountpoint: Type.Optional(Type.String({ description: 'Where its data is on its host (inspect)' })),
     usedBytes: Type.Optional(Type.Integer({ description: 'Bytes its files take (inspect)' })),
-    usedBy: Type.Optional(Type.Array(Type.String(), { description: 'Containers whose mounts name it (inspect)' })),
+    usedBy: Type.Optional(Type.Array(Type.String(), { description: 'Containers whose mounts name it, or VMs that hold a block volume (inspect)' })),
+    type: Type.Optional(Type.Union([Type.Literal('filesystem'), Type.Literal('block')], { description: 'block: a disk for VMs; absent: a filesystem volume (containers)' })),
+    shared: Type.Optional(Type.Boolean({ description: 'Attachable read-write to several VMs at once' })),
+    sourceSnapshot: Type.Optional(Type.String({ description: 'The snapshot it was cloned from (id)' })),
+    attachedTo: Type.Optional(Type.Array(Type.Object({ vm: Type.String(), readonly: Type.Boolean(), boot: Type.Boolean() }), { description: 'Block volumes: the VMs that hold it (inspect)' })),
+    snapshots: Type.Optional(Type.Array(Type.String(), { description: 'Block volumes: its snapshots\' names (inspect)' })),
   },
   { $id: 'Volume' },
+);
+
+export const VolumeSnapshot = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    projectId: Type.String(),
+    volumeId: Type.String(),
+    host: Type.String(),
+    sizeBytes: Type.Integer({ description: 'Its volume\'s size when taken (what the quota\'s disk is charged)' }),
+    status: Type.String(),
+    createdAt: Type.String(),
+  },
+  { $id: 'VolumeSnapshot' },
 );
 
 /** Docker's HEALTHCHECK as a create takes it (--health-cmd and friends). */

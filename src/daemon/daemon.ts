@@ -247,6 +247,9 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   disks.useHosts(hosts); // under --no-agent an upload goes to a registered host, which checks it
   const vmHosts = noAgent ? { ...hosts, onVmExit: (l: (agent: string, id: string) => void) => agents.onVmExit(l) } : agents;
   const vms = new VmService(store, vmHosts, events, quota, operations, scheduler, networks, disks, leads);
+  // block volumes (docs/volumes.md): VMs boot from them; attachments take the VM's own lock
+  vms.bootVolumes = volumes.block;
+  volumes.block.vmLock = (id, fn) => vms.lockedVm(id, fn);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).
   // Only the leader reclaims; a Reclaimer is made per term (its stop is final).
@@ -288,7 +291,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     const [cs, vs, ns, vols] = [await store.containers.list(), await store.vms.list(), await store.networks.list(), await store.volumes.list()];
     // charges other live replicas made are theirs to finish (a create in flight has no record yet)
     const otherReplicas = new Set((await replica.registry.list()).filter((r) => r.live && r.id !== replica.replicaId).map((r) => r.id));
-    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns, ...vols].map((i) => i.id)), otherReplicas);
+    const snaps = await store.volumes.listSnapshots(); // block volumes' snapshots hold `disk` under their own ids
+    const quotaReleased = await quota.reconcile(new Set([...cs, ...vs, ...ns, ...vols, ...snaps].map((i) => i.id)), otherReplicas);
     // claims: instances from before the scheduler get theirs, claims of instances gone are dropped
     let claimsAdopted = 0;
     for (const c of cs) {

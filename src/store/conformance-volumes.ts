@@ -73,4 +73,35 @@ export function volumeConformance(name: string, open: () => Promise<ConformanceT
     // the name is free again
     await again.volumes.insert(volumeOf('v666666', 'data'));
   });
+
+  test(`${name}: block volumes: type, shared and source read back; snapshots are per project, filtered, removed once`, async (t) => {
+    const { s } = await setup(t);
+    const v = s.volumes;
+    const blk = volumeOf('b1', 'disk', { type: 'block', shared: true, status: 'ready' });
+    await v.insert(blk);
+    assert.deepEqual(await v.get('b1'), blk);
+    // a filesystem volume reads back without the block fields (as before they existed)
+    await v.insert(volumeOf('f1', 'files'));
+    const fs = await v.get('f1');
+    assert.equal(fs?.type, undefined);
+    assert.equal(fs?.shared, undefined);
+    const snap = { id: 's1', name: 'nightly', projectId: 'p1', volumeId: 'b1', host: 'h1', sizeBytes: 64 * MiB, status: 'creating' as const, createdAt: '2026-01-01T00:00:01.000Z' };
+    await v.insertSnapshot(snap);
+    assert.deepEqual(await v.getSnapshot('s1'), snap);
+    assert.deepEqual(await v.snapshotByName('p1', 'nightly'), snap);
+    await rejectsWith(v.insertSnapshot({ ...snap, id: 's2' }), 'AlreadyExists', /snapshot "nightly" already exists/);
+    await v.insertSnapshot({ ...snap, id: 's3', projectId: 'p2', volumeId: 'x', host: 'h2', createdAt: '2026-01-01T00:00:02.000Z' });
+    assert.deepEqual((await v.snapshotsNamed('nightly')).map((x) => x.id), ['s1', 's3']);
+    assert.deepEqual((await v.listSnapshots({ volumeId: 'b1' })).map((x) => x.id), ['s1']);
+    assert.deepEqual((await v.listSnapshots({ projectId: 'p2' })).map((x) => x.id), ['s3']);
+    assert.deepEqual((await v.listSnapshots({ host: 'h2' })).map((x) => x.id), ['s3']);
+    assert.deepEqual((await v.listSnapshots()).map((x) => x.id), ['s1', 's3']);
+    assert.equal((await v.setSnapshotStatus('s1', 'ready')).status, 'ready');
+    await rejectsWith(v.setSnapshotStatus('nope', 'ready'), 'NotFound');
+    await v.insert(volumeOf('c1', 'clone', { type: 'block', sourceSnapshot: 's1' }));
+    assert.equal((await v.get('c1'))?.sourceSnapshot, 's1');
+    assert.equal(await v.deleteSnapshot('s1'), true);
+    assert.equal(await v.deleteSnapshot('s1'), false);
+    assert.equal(await v.getSnapshot('s1'), undefined);
+  });
 }

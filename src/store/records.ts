@@ -305,6 +305,8 @@ export interface VmConfig {
   /** The kernel image it boots (with `kernel`, the blob's path), and its initrd image. */
   kernelImage?: { name: string; digest: string };
   initrdImage?: { name: string; digest: string };
+  /** Block volumes on it (docs/volumes.md "Block volumes"), in attach order; `boot`: the one it boots from. Removing the VM detaches them. */
+  volumes?: Array<{ volumeId: string; readonly?: boolean; boot?: boolean }>;
 }
 
 /** The VM state machine's states (src/control/compute/vm-state.ts has the legal transitions). */

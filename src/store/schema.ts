@@ -407,6 +407,25 @@ export const MIGRATIONS: readonly string[] = [
   `ALTER TABLE volumes ADD COLUMN driver_options TEXT NOT NULL DEFAULT '{}';`,
   // a container's health while it has a healthcheck (JSON: status, failing streak, last probes)
   `ALTER TABLE containers ADD COLUMN health TEXT;`,
+  // block volumes for VMs (docs/volumes.md "Block volumes"): a volume's type (filesystem for
+  // containers, block for VMs: a qcow2 file), whether it may be attached read-write to several
+  // VMs at once, and the snapshot it was cloned from; snapshots of block volumes, per project
+  // (names unique in it), on their volume's host. Attachments live in the VMs' configs.
+  `ALTER TABLE volumes ADD COLUMN type TEXT NOT NULL DEFAULT 'filesystem';
+   ALTER TABLE volumes ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE volumes ADD COLUMN source_snapshot TEXT;
+   CREATE TABLE volume_snapshots (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL,
+     project_id TEXT NOT NULL REFERENCES projects(id),
+     volume_id TEXT NOT NULL,
+     host TEXT NOT NULL,
+     size_bytes INT64 NOT NULL,
+     status TEXT NOT NULL CHECK (status IN ('creating', 'ready', 'removing')),
+     created_at TEXT NOT NULL
+   );
+   CREATE UNIQUE INDEX volume_snapshots_project_name ON volume_snapshots(project_id, name);
+   CREATE INDEX volume_snapshots_volume ON volume_snapshots(volume_id);`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

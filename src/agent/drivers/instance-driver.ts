@@ -43,6 +43,8 @@ export interface VmSpec {
   balloon?: boolean;
   /** vCPUs it may grow to while running (hot-plug); default: no hot-plug. */
   maxCpus?: number;
+  /** Block volumes attached from the start (a boot volume): their qcow2 files on this host. */
+  blockVolumes?: Array<{ volumeId: string; path: string; readonly?: boolean; boot?: boolean; format?: 'qcow2' | 'raw'; shared?: boolean }>;
 }
 
 export interface InstanceSpec {

@@ -20,10 +20,11 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * reconciled on a host; containers' mounts); VMs that live-migrate with a local disk (the
  * destination's NBD export) and NICs (re-created at the destination); vmStats (QEMU's CPU time,
  * NIC counters; stats answers gained an optional `network`, which older peers leave out). 6: see
- * the entries of METHOD_SINCE and the fields marked 6 (each addition names itself there). Bump the current one for any change a
+ * the entries of METHOD_SINCE and the fields marked 6 (each addition names itself there). 7: block
+ * volumes for VMs (created, cloned, snapshotted, attached to and detached from VMs). Bump the current one for any change a
  * peer of the previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 6;
+export const AGENT_PROTOCOL_VERSION = 7;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -112,6 +113,14 @@ export const UNARY_METHODS = [
   'volumeUsage',
   'reconcileVolumes',
   'containerRequest',
+  'createBlockVolume',
+  'removeBlockVolume',
+  'blockVolumeInfo',
+  'snapshotBlockVolume',
+  'removeBlockSnapshot',
+  'reconcileBlockVolumes',
+  'attachVmVolume',
+  'detachVmVolume',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
@@ -141,6 +150,14 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   importVolume: 6,
   renameContainer: 6,
   containerTop: 6,
+  createBlockVolume: 7,
+  removeBlockVolume: 7,
+  blockVolumeInfo: 7,
+  snapshotBlockVolume: 7,
+  removeBlockSnapshot: 7,
+  reconcileBlockVolumes: 7,
+  attachVmVolume: 7,
+  detachVmVolume: 7,
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
@@ -160,6 +177,14 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   importVolume: 'move containers between hosts',
   renameContainer: 'rename a container',
   containerTop: "list a container's processes",
+  createBlockVolume: 'hold block volumes for VMs',
+  removeBlockVolume: 'hold block volumes for VMs',
+  blockVolumeInfo: 'hold block volumes for VMs',
+  snapshotBlockVolume: 'hold block volumes for VMs',
+  removeBlockSnapshot: 'hold block volumes for VMs',
+  reconcileBlockVolumes: 'hold block volumes for VMs',
+  attachVmVolume: 'hold block volumes for VMs',
+  detachVmVolume: 'hold block volumes for VMs',
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */

@@ -95,6 +95,7 @@ const VmCreateRequest = Obj({
   disk: Type.Optional(Str),
   pin: Type.Optional(Type.Array(Int)),
   nics: Type.Optional(Type.Array(Attachment)),
+  volumes: Type.Optional(Type.Array(Type.Object({ volumeId: Id, readonly: Type.Optional(Bool), boot: Type.Optional(Bool) }, { additionalProperties: false }), { maxItems: 16 })),
 });
 const VmMigrationSpec = Obj({
   id: Id,
@@ -164,6 +165,14 @@ export const ARG_SCHEMAS = {
   volumeUsage: [arg('id', Id)],
   reconcileVolumes: [arg('live', Type.Array(Str, { maxItems: 1_000_000 }))],
   containerRequest: [arg('id', Id)],
+  createBlockVolume: [arg('id', Id), arg('sizeBytes', Type.Integer({ minimum: 1 })), arg('opts', Type.Object({ fromSnapshot: Type.Optional(Id), shared: Type.Optional(Bool) }, { additionalProperties: false }))],
+  removeBlockVolume: [arg('id', Id)],
+  blockVolumeInfo: [arg('id', Id)],
+  snapshotBlockVolume: [arg('volumeId', Id), arg('snapshotId', Id)],
+  removeBlockSnapshot: [arg('snapshotId', Id)],
+  reconcileBlockVolumes: [arg('volumes', Type.Array(Str, { maxItems: 1_000_000 })), arg('snapshots', Type.Array(Str, { maxItems: 1_000_000 }))],
+  attachVmVolume: [arg('vmId', Id), arg('volume', Type.Object({ volumeId: Id, readonly: Type.Optional(Bool), boot: Type.Optional(Bool) }, { additionalProperties: false }))],
+  detachVmVolume: [arg('vmId', Id), arg('volumeId', Id)],
 } as const satisfies Record<UnaryMethod, readonly ArgSpec[]>;
 
 // ---- the table against the Agent interface, at compile time ---------------------------------

@@ -411,6 +411,14 @@ export class RemoteAgent implements Agent {
   removeVolume: Agent['removeVolume'] = (...a) => this.call('removeVolume', a);
   volumeUsage: Agent['volumeUsage'] = (...a) => this.call('volumeUsage', a);
   reconcileVolumes: Agent['reconcileVolumes'] = (...a) => this.call('reconcileVolumes', a);
+  createBlockVolume: Agent['createBlockVolume'] = (...a) => this.call('createBlockVolume', a);
+  removeBlockVolume: Agent['removeBlockVolume'] = (...a) => this.call('removeBlockVolume', a);
+  blockVolumeInfo: Agent['blockVolumeInfo'] = (...a) => this.call('blockVolumeInfo', a);
+  snapshotBlockVolume: Agent['snapshotBlockVolume'] = (...a) => this.call('snapshotBlockVolume', a);
+  removeBlockSnapshot: Agent['removeBlockSnapshot'] = (...a) => this.call('removeBlockSnapshot', a);
+  reconcileBlockVolumes: Agent['reconcileBlockVolumes'] = (...a) => this.call('reconcileBlockVolumes', a);
+  attachVmVolume: Agent['attachVmVolume'] = (...a) => this.call('attachVmVolume', a);
+  detachVmVolume: Agent['detachVmVolume'] = (...a) => this.call('detachVmVolume', a);
   createVm: Agent['createVm'] = (...a) => this.call('createVm', a);
   createVmFromTemplate: Agent['createVmFromTemplate'] = (...a) => this.call('createVmFromTemplate', a);
   startVm: Agent['startVm'] = (...a) => this.call('startVm', a);

@@ -82,6 +82,7 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
   { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
   { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
+  { name: 'boot-volume', type: 'string', value: 'VOLUME', description: 'Boot from this block volume (volume create --type block): attached read-write, kept when the VM is removed; the VM runs on its host' },
   { name: 'agent', type: 'string', value: 'AGENT', description: 'The older name of --host' },
   ...PLACEMENT_OPTIONS(),
 ];
@@ -93,8 +94,8 @@ const imageOrPath = (v: string): string => (v.includes('/') ? resolve(v) : v);
 export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Record<string, unknown> {
   if (args[0] !== undefined && opts.name !== undefined && args[0] !== opts.name) throw new UsageError('give the name once: --name NAME or NAME');
   const name = (opts.name as string | undefined) ?? args[0];
-  if (!opts.kernel && !opts.disk && !opts.image) throw new UsageError('a VM needs --kernel FILE (direct boot), --image NAME (a disk image) or --disk FILE');
-  if (opts.disk && opts.image) throw new UsageError('--image and --disk both name the root disk: give one');
+  if (!opts.kernel && !opts.disk && !opts.image && !opts['boot-volume']) throw new UsageError('a VM needs --kernel FILE (direct boot), --image NAME (a disk image), --boot-volume VOLUME or --disk FILE');
+  if ([opts.disk, opts.image, opts['boot-volume']].filter((x) => x !== undefined).length > 1) throw new UsageError('--image, --disk and --boot-volume each name the root disk: give one');
   if (!opts.kernel && (opts.initrd !== undefined || opts.append !== undefined)) throw new UsageError('--initrd and --append need --kernel');
   const cpus = opts.cpus as number | undefined;
   if (cpus !== undefined && cpus < 1) throw new UsageError(`--cpus must be at least 1, got ${cpus}`);
@@ -117,6 +118,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(opts.pin !== undefined ? { pin: parseCpuList(String(opts.pin)) } : {}),
     ...(((opts.network as string[] | undefined) ?? []).length ? { networks: opts.network } : {}),
     ...(opts.image !== undefined ? { image: opts.image } : {}),
+    ...(opts['boot-volume'] !== undefined ? { bootVolume: opts['boot-volume'] } : {}),
     ...(opts.agent !== undefined ? { agent: opts.agent } : {}),
     ...placementBody(opts),
   };

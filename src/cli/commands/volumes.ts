@@ -83,10 +83,36 @@ export function mountsFromFlags(opts: { volume?: unknown; mount?: unknown; tmpfs
   return [...list(opts.volume).map(parseVolumeFlag), ...list(opts.mount).map(parseMountFlag), ...list(opts.tmpfs).map(parseTmpfsFlag)];
 }
 
+/** The block-volume part of `volume create`'s body. */
+export function volumeTypeBody(opts: Record<string, unknown>): Record<string, unknown> {
+  if (opts.snapshot !== undefined && opts['from-snapshot'] !== undefined && opts.snapshot !== opts['from-snapshot']) throw new UsageError('--snapshot and --from-snapshot are one option: give it once');
+  const snap = (opts.snapshot ?? opts['from-snapshot']) as string | undefined;
+  if (opts.type === 'filesystem' && (opts.shared || snap !== undefined)) throw new UsageError('--shared and --snapshot are for block volumes (--type block)');
+  if (opts.shared && snap !== undefined) throw new UsageError('a shared volume is a raw disk: it cannot be cloned from a snapshot');
+  const block = opts.type === 'block' || opts.shared === true || snap !== undefined;
+  return {
+    ...(block ? { type: 'block' } : opts.type !== undefined ? { type: opts.type } : {}),
+    ...(opts.shared ? { shared: true } : {}),
+    ...(snap !== undefined ? { fromSnapshot: snap } : {}),
+  };
+}
+
+interface Snapshot { id: string; name: string; volumeId: string; host: string; sizeBytes: number; status: string; createdAt: string }
+interface Attachment { vm: string; volume: string; live: boolean; readonly?: boolean }
+
+async function snapshotCreate(global: Parameters<CommandSpec['run']>[0]['global'], volume: string, name: string): Promise<number> {
+  const s = await clientOf(global).json<Snapshot>('POST', `/volumes/${enc(volume)}/snapshots`, { name });
+  return render(global, s, (x) => `${x.name}\n`);
+}
+
 export const volumeCommands: CommandSpec[] = [
   {
-    name: 'volume create', usage: 'NAME', summary: 'Create a named volume (a sparse ext4 image of its size; charged to the project\'s volumes and disk quota)', minArgs: 1, maxArgs: 1,
+    name: 'volume create', usage: 'NAME', summary: 'Create a named volume (a sparse ext4 image for containers, or --type block: a qcow2 disk for VMs; charged to the project\'s volumes and disk quota)', minArgs: 1, maxArgs: 1,
     options: [
+      { name: 'type', short: 't', type: 'string', value: 'TYPE', choices: ['filesystem', 'block'], description: 'filesystem (default: containers mount it) or block (a disk VMs attach: vm attach-volume, vm run --boot-volume)' },
+      { name: 'shared', type: 'boolean', description: 'Block: may be attached read-write to several VMs at once (a raw disk; no snapshots)' },
+      { name: 'snapshot', type: 'string', value: 'SNAPSHOT', description: 'Block: a clone of this volume snapshot (Cinder\'s --snapshot); size defaults to the snapshot\'s' },
+      { name: 'from-snapshot', type: 'string', value: 'SNAPSHOT', description: 'Same as --snapshot' },
       { name: 'size', short: 's', type: 'string', value: 'SIZE', description: 'How much it holds, e.g. 512m, 10g (whole MiB; 16m to 16t); default 1g' },
       { name: 'driver', short: 'd', type: 'string', value: 'DRIVER', choices: ['local'], description: 'Volume driver (local only)', default: 'local' },
       { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
@@ -100,6 +126,7 @@ export const volumeCommands: CommandSpec[] = [
         driver: opts.driver ?? 'local',
         labels: parseLabels(opts.label as string[]),
         ...(opts.host !== undefined ? { host: opts.host } : {}),
+        ...volumeTypeBody(opts),
       });
       return render(global, v, (x) => `${x.name}\n`);
     },
@@ -114,8 +141,8 @@ export const volumeCommands: CommandSpec[] = [
         return 0;
       }
       return render(global, list, (l) => table(
-        ['DRIVER', 'VOLUME NAME', 'SIZE', 'HOST', 'STATUS', 'CREATED'],
-        l.map((v) => [v.driver, v.name, humanSize(v.sizeBytes), v.host, v.status, ago(v.createdAt)]),
+        ['DRIVER', 'VOLUME NAME', 'SIZE', 'TYPE', 'HOST', 'STATUS', 'CREATED'],
+        l.map((v) => [v.driver, v.name, humanSize(v.sizeBytes), `${v.type ?? 'filesystem'}${v.shared ? ' (shared)' : ''}`, v.host, v.status, ago(v.createdAt)]),
       ));
     },
   },
@@ -151,6 +178,60 @@ export const volumeCommands: CommandSpec[] = [
     async run({ global }) {
       const r = await clientOf(global).json<{ removed: string[]; bytesFreed: number }>('POST', '/volumes/prune');
       return render(global, r, (x) => `${x.removed.length ? `Deleted Volumes:\n${x.removed.join('\n')}\n\n` : ''}Total reclaimed quota: ${humanSize(x.bytesFreed)}\n`);
+    },
+  },
+  {
+    name: 'volume snapshot create', usage: 'VOLUME SNAPSHOT', summary: 'Snapshot a block volume (refused while a running VM holds it; charged its size in disk)', minArgs: 2, maxArgs: 2,
+    options: [OUTPUT_OPTION],
+    run: ({ args, global }) => snapshotCreate(global, args[0]!, args[1]!),
+  },
+  {
+    name: 'volume snapshot', usage: 'VOLUME SNAPSHOT', summary: 'Same as volume snapshot create', minArgs: 2, maxArgs: 2,
+    options: [OUTPUT_OPTION],
+    run: ({ args, global }) => snapshotCreate(global, args[0]!, args[1]!),
+  },
+  {
+    name: 'volume snapshot ls', usage: '[VOLUME]', summary: 'List volume snapshots (of one volume)', maxArgs: 1,
+    options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const list = await clientOf(global).json<Snapshot[]>('GET', `/volume-snapshots${args[0] !== undefined ? `?volume=${enc(args[0])}` : ''}`);
+      return render(global, list, (l) => table(['SNAPSHOT', 'VOLUME ID', 'SIZE', 'HOST', 'STATUS', 'CREATED'], l.map((x) => [x.name, x.volumeId.slice(0, 12), humanSize(x.sizeBytes), x.host, x.status, ago(x.createdAt)])));
+    },
+  },
+  {
+    name: 'volume snapshot inspect', usage: 'SNAPSHOT [SNAPSHOT...]', summary: 'Show volume snapshots', minArgs: 1,
+    options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const client = clientOf(global);
+      const out: Snapshot[] = [];
+      for (const a of args) out.push(await client.json<Snapshot>('GET', `/volume-snapshots/${enc(a)}`));
+      printJson(out);
+      return 0;
+    },
+  },
+  {
+    name: 'volume snapshot rm', usage: 'SNAPSHOT [SNAPSHOT...]', summary: 'Remove volume snapshots (what they back keeps its data)', minArgs: 1, options: [],
+    async run({ args, global }) {
+      const client = clientOf(global);
+      return eachArg(args, async (a) => {
+        await client.json('DELETE', `/volume-snapshots/${enc(a)}`);
+      });
+    },
+  },
+  {
+    name: 'vm attach-volume', usage: 'VM VOLUME', summary: 'Attach a block volume to a VM: hot-plugged while it runs, at its next start while stopped', minArgs: 2, maxArgs: 2,
+    options: [{ name: 'readonly', type: 'boolean', description: 'Read-only (any number of VMs may read a volume nobody writes)' }, OUTPUT_OPTION],
+    async run({ args, opts, global }) {
+      const r = await clientOf(global).json<Attachment>('POST', `/vms/${enc(args[0]!)}/volumes`, { volume: args[1], ...(opts.readonly ? { readonly: true } : {}) });
+      return render(global, r, (x) => `Attached volume ${x.volume} to VM ${x.vm}${x.readonly ? ' read-only' : ''}${x.live ? '' : ' (at its next start)'}\n`);
+    },
+  },
+  {
+    name: 'vm detach-volume', usage: 'VM VOLUME', summary: 'Detach a block volume from a VM (the guest releases it first while it runs); the volume stays', minArgs: 2, maxArgs: 2,
+    options: [OUTPUT_OPTION],
+    async run({ args, global }) {
+      const r = await clientOf(global).json<Attachment>('DELETE', `/vms/${enc(args[0]!)}/volumes/${enc(args[1]!)}`);
+      return render(global, r, (x) => `Detached volume ${x.volume} from VM ${x.vm}${x.live ? '' : ' (off its record)'}\n`);
     },
   },
 ];

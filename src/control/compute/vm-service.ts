@@ -35,6 +35,13 @@ import { placementFields, withGroupResolved, type PlacementInput } from './hosts
 import type { Scheduler } from '../scheduler/types.js';
 import type { Readable } from 'node:stream';
 import { KeyedLock } from '../../core/keyed-lock.js';
+import type { VolumeRecord } from '../../store/repos/volumes.js';
+
+/** What VM creates need of block volumes (the volume service's; docs/volumes.md "Block volumes"). */
+export interface BootVolumes {
+  /** The project's block volume by name or id, checked attachable read-write (Conflict naming its holder otherwise). */
+  forBoot(ref: string, projectId: string): Promise<VolumeRecord>;
+}
 
 const log = logger('compute-vm');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
@@ -71,6 +78,8 @@ export interface CreateVmInput {
   zone?: string;
   constraints?: Record<string, string>;
   group?: string;
+  /** A block volume of the project to boot from (attached read-write as the VM's boot disk; it outlives the VM). */
+  bootVolume?: string;
 }
 
 /** Most a migration may stop the guest for (QEMU's default limit is 300 ms). */
@@ -112,6 +121,14 @@ export class VmService {
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
     return this.locks.run(id, fn);
   }
+
+  /** The VM's lock, for changes made elsewhere to its record (block volume attachments). */
+  lockedVm<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locked(id, fn);
+  }
+
+  /** Block volumes (set by the daemon): VMs booted from a volume. */
+  bootVolumes?: BootVolumes;
 
   private publish(v: VmRecord, action: string, attributes: Record<string, unknown> = {}) {
     this.events.publish({ type: 'vm', action, id: v.id, projectId: v.projectId, attributes: { name: v.name, ...attributes } });
@@ -224,8 +241,18 @@ export class VmService {
       delete input[role];
     }
     const diskImage = images.diskImage;
+    let bootVolume: VolumeRecord | undefined;
+    if (asked.bootVolume !== undefined) {
+      if (!this.bootVolumes) throw new InvalidArgument('block volumes are not available');
+      if (asked.disk !== undefined || diskImage !== undefined) throw new InvalidArgument('give a boot volume (--boot-volume) or a disk (--image, --disk), not both');
+      bootVolume = await this.bootVolumes.forBoot(asked.bootVolume, projectId);
+      if (placement.host !== undefined && placement.host !== bootVolume.host) {
+        throw new Conflict(`volume ${bootVolume.name} is on host ${bootVolume.host}: a VM booting from it runs there (volumes do not move between hosts)`, { volume: bootVolume.name, host: bootVolume.host });
+      }
+      placement.host = bootVolume.host;
+    }
     const hasKernel = input.kernel !== undefined || images.kernelImage !== undefined;
-    const hasDisk = input.disk !== undefined || diskImage !== undefined;
+    const hasDisk = input.disk !== undefined || diskImage !== undefined || bootVolume !== undefined;
     if (!hasKernel && !hasDisk) throw new InvalidArgument('a VM needs a kernel (with --kernel) or a disk image (with --image or --disk)');
     if (hasDisk && !hasKernel && (input.initrd || images.initrdImage || input.append)) {
       throw new InvalidArgument('initrd and append need a kernel');
@@ -246,6 +273,7 @@ export class VmService {
       ...(diskImage ? { diskImage } : {}),
       ...(images.kernelImage ? { kernelImage: images.kernelImage } : {}),
       ...(images.initrdImage ? { initrdImage: images.initrdImage } : {}),
+      ...(bootVolume ? { volumes: [{ volumeId: bootVolume.id, boot: true }] } : {}),
     };
     const chosen = await this.checkName(input.name, projectId);
     const name = chosen.name;
@@ -272,6 +300,8 @@ export class VmService {
       // laid out on its host first: each host's part of a network is its own segment until overlays (issue 15)
       if (networks.length) await this.networks!.ensureOnHost(networks, agentName);
       if (networks.length) req.nics = await this.networks!.leaseVm(id, name, networks);
+      // an agent before protocol 7 would pass over `volumes` and boot without the disk: it refuses this first, clearly
+      if (bootVolume) await this.agents.get(agentName).blockVolumeInfo(bootVolume.id);
       await this.agents.get(agentName).createVm(req);
     } catch (e) {
       await this.forget(id, agentName, 'create failed');
@@ -326,6 +356,7 @@ export class VmService {
   async createFromTemplate(templateIdOrName: string, name: string | undefined, projectId: string): Promise<VmRecord> {
     const t = await this.get(templateIdOrName);
     if (t.status !== 'saved' || t.config.template) throw new Conflict(`VM ${t.name} is not a saved VM that can serve as a template (it is ${t.status})`);
+    if (t.config.volumes?.length) throw new Conflict(`VM ${t.name} has block volumes attached: a clone would share its disks; detach them first (they are applied at its next start)`);
     const chosen = await this.checkName(name, projectId);
     const newName = chosen.name;
     const id = newVmId();
@@ -660,6 +691,7 @@ export class VmService {
     if (!this.agents.has(to)) throw new NotFound(`no such agent: ${to}`, { agent: to });
     if (to === v.agent) throw new InvalidArgument(`VM ${v.name} is on agent ${to} already`);
     if (v.status !== 'running') throw new Conflict(`cannot migrate VM ${v.name}: it is ${v.status}; only a running VM migrates live`);
+    if (v.config.volumes?.length) throw new Conflict(`cannot migrate VM ${v.name}: it has block volumes attached, and volumes stay on their host (detach them first; a boot volume keeps the VM where it is)`);
     if (v.config.networks?.length && !this.networks) throw new InvalidArgument(`cannot migrate VM ${v.name}: it has NICs and networks are not available here`);
     const d = opts.maxDowntimeMs;
     if (d !== undefined && (!Number.isInteger(d) || d < 1 || d > MAX_DOWNTIME_LIMIT_MS)) throw new InvalidArgument(`max downtime must be 1–${MAX_DOWNTIME_LIMIT_MS} ms, got ${d}`);

@@ -45,7 +45,7 @@ export async function settleGoneReplicas(d: SweepDeps): Promise<GoneReplicaWork>
   const gone = new Set(await d.quota.admittedByGoneReplicas(alive));
   const charged = new Set(await d.store.quotaInstanceIds());
   const [containers, vms, networks, volumes] = [await d.store.containers.list(), await d.store.vms.list(), await d.store.networks.list(), await d.store.volumes.list()];
-  const records = new Set([...containers, ...vms, ...networks, ...volumes].map((r) => r.id));
+  const records = new Set([...containers, ...vms, ...networks, ...volumes, ...(await d.store.volumes.listSnapshots())].map((r) => r.id));
   const out: GoneReplicaWork = { chargesReleased: 0, claimsReleased: 0, recordsUndone: 0 };
 
   for (const c of containers) {

@@ -545,6 +545,11 @@ export class QuotaService {
     await this.admitOrThrow({ instanceId: id, project: projectId, resources: { instances: 0, volumes: 1, disk: sizeMiB }, kind: 'volume' });
   }
 
+  /** Admit a block volume's snapshot: its volume's size in MiB of `disk` (Cinder counts snapshots in gigabytes too), no instance nor volume. */
+  async admitVolumeSnapshot(id: string, projectId: string, sizeMiB: number): Promise<void> {
+    await this.admitOrThrow({ instanceId: id, project: projectId, resources: { instances: 0, disk: sizeMiB }, kind: 'volume' });
+  }
+
   /**
    * Admit an image build: its CPUs (whole ones, rounded up) and memory in MiB, no instance, held
    * while it runs and released after (never reclaimed: a build is short). QuotaExceeded naming the

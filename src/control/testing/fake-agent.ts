@@ -24,6 +24,7 @@ import type {
   ContainerCreateRequest,
   GcResult,
   HostVolumeInfo,
+  HostBlockVolumeInfo,
   OutgoingMigration,
   TreeImportResult,
   VmCreateRequest,
@@ -323,6 +324,87 @@ export class FakeAgent implements Agent {
       const removed = [...this.volumes.keys()].filter((id) => !live.includes(id));
       for (const id of removed) this.volumes.delete(id);
       return { mounted: live.length - live.filter((id) => !this.volumes.has(id)).length, removed, missing: live.filter((id) => !this.volumes.has(id)) };
+    });
+  }
+
+  // ---- BlockVolumeHost (in memory: the qcow2 side is tested against the real store)
+
+  /** Block volumes by id (their sizes and the snapshot they were cloned from), snapshots by id, VMs' attachments. */
+  readonly blockVolumes = new Map<string, { sizeBytes: number; fromSnapshot?: string }>();
+  readonly blockSnapshots = new Map<string, { volumeId: string; sizeBytes: number }>();
+  readonly vmVolumes = new Map<string, Array<{ volumeId: string; readonly?: boolean; boot?: boolean }>>();
+
+  createBlockVolume(...args: Parameters<Agent['createBlockVolume']>): Promise<HostBlockVolumeInfo> {
+    return this.run('createBlockVolume', args, async () => {
+      const [id, sizeBytes, { fromSnapshot }] = args;
+      if (fromSnapshot !== undefined && !this.blockSnapshots.has(fromSnapshot)) throw new NotFound(`snapshot ${fromSnapshot} is not on host ${this.host.name}`);
+      this.blockVolumes.set(id, { sizeBytes, ...(fromSnapshot !== undefined ? { fromSnapshot } : {}) });
+      return { id, sizeBytes, path: `/fake/${this.host.name}/block-volumes/${id}/disk.qcow2`, allocatedBytes: 0, format: args[2].shared ? ('raw' as const) : ('qcow2' as const) };
+    });
+  }
+
+  removeBlockVolume(...args: Parameters<Agent['removeBlockVolume']>): Promise<void> {
+    return this.run('removeBlockVolume', args, async () => {
+      this.blockVolumes.delete(args[0]);
+    });
+  }
+
+  blockVolumeInfo(...args: Parameters<Agent['blockVolumeInfo']>): Promise<HostBlockVolumeInfo> {
+    return this.run('blockVolumeInfo', args, async () => {
+      const v = this.blockVolumes.get(args[0]);
+      if (!v) throw new NotFound(`block volume ${args[0]} is not on host ${this.host.name}`);
+      return { id: args[0], sizeBytes: v.sizeBytes, path: `/fake/${this.host.name}/block-volumes/${args[0]}/disk.qcow2`, allocatedBytes: 0, format: 'qcow2' as const };
+    });
+  }
+
+  snapshotBlockVolume(...args: Parameters<Agent['snapshotBlockVolume']>): Promise<{ id: string; volumeId: string; sizeBytes: number }> {
+    return this.run('snapshotBlockVolume', args, async () => {
+      const [volumeId, id] = args;
+      const v = this.blockVolumes.get(volumeId);
+      if (!v) throw new NotFound(`block volume ${volumeId} is not on host ${this.host.name}`);
+      this.blockSnapshots.set(id, { volumeId, sizeBytes: v.sizeBytes });
+      return { id, volumeId, sizeBytes: v.sizeBytes };
+    });
+  }
+
+  removeBlockSnapshot(...args: Parameters<Agent['removeBlockSnapshot']>): Promise<void> {
+    return this.run('removeBlockSnapshot', args, async () => {
+      this.blockSnapshots.delete(args[0]);
+    });
+  }
+
+  reconcileBlockVolumes(...args: Parameters<Agent['reconcileBlockVolumes']>): Promise<{ removed: string[]; missing: string[] }> {
+    return this.run('reconcileBlockVolumes', args, async () => {
+      const [volumes, snapshots] = args;
+      const removed = [...[...this.blockVolumes.keys()].filter((id) => !volumes.includes(id)), ...[...this.blockSnapshots.keys()].filter((id) => !snapshots.includes(id))];
+      for (const id of removed) {
+        this.blockVolumes.delete(id);
+        this.blockSnapshots.delete(id);
+      }
+      return { removed, missing: [...volumes.filter((id) => !this.blockVolumes.has(id)), ...snapshots.filter((id) => !this.blockSnapshots.has(id))] };
+    });
+  }
+
+  attachVmVolume(...args: Parameters<Agent['attachVmVolume']>): Promise<{ live: boolean }> {
+    return this.run('attachVmVolume', args, async () => {
+      const [vmId, v] = args;
+      const vm = this.vm(vmId);
+      if (!this.blockVolumes.has(v.volumeId)) throw new NotFound(`block volume ${v.volumeId} is not on host ${this.host.name}`);
+      const list = this.vmVolumes.get(vmId) ?? [];
+      if (list.some((x) => x.volumeId === v.volumeId)) throw new Conflict(`volume ${v.volumeId} is attached to this VM already`);
+      this.vmVolumes.set(vmId, [...list, v]);
+      return { live: vm.state.status === 'running' };
+    });
+  }
+
+  detachVmVolume(...args: Parameters<Agent['detachVmVolume']>): Promise<{ live: boolean }> {
+    return this.run('detachVmVolume', args, async () => {
+      const [vmId, volumeId] = args;
+      const vm = this.vm(vmId);
+      const list = this.vmVolumes.get(vmId) ?? [];
+      if (!list.some((x) => x.volumeId === volumeId)) throw new NotFound(`volume ${volumeId} is not attached to this VM`);
+      this.vmVolumes.set(vmId, list.filter((x) => x.volumeId !== volumeId));
+      return { live: vm.state.status === 'running' };
     });
   }
 
@@ -647,6 +729,7 @@ export class FakeAgent implements Agent {
   removeVm(...args: Parameters<Agent['removeVm']>): Promise<void> {
     return this.run('removeVm', args, async () => {
       this.vms.delete(args[0]);
+      this.vmVolumes.delete(args[0]);
     });
   }
 

@@ -24,6 +24,7 @@ import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
 import type { QuotaService } from '../quota/quota-service.js';
 import type { Scheduler } from '../scheduler/types.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
+import { BlockVolumes, isBlock, type VolumeHolder } from './block-volumes.js';
 
 const log = logger('volumes');
 const MiB = 1024 * 1024;
@@ -50,6 +51,12 @@ export interface CreateVolumeInput {
   driverOptions?: Record<string, string>;
   /** Pinned host (system administrators only: the API checks). */
   host?: string;
+  /** 'block': a qcow2 disk for VMs (docs/volumes.md "Block volumes"); default 'filesystem' (containers). */
+  type?: 'filesystem' | 'block';
+  /** Block only: attachable read-write to several VMs at once (a raw disk; no snapshots). */
+  shared?: boolean;
+  /** Block only: a clone of this snapshot (name or id, of the project); the size defaults to the snapshot's. */
+  fromSnapshot?: string;
 }
 
 /** A volume as listings and inspect show it. */
@@ -60,6 +67,10 @@ export interface VolumeView extends VolumeRecord {
   usedBytes?: number;
   /** Containers whose mounts name it. */
   usedBy: string[];
+  /** Block volumes: the VMs that hold it (inspect). */
+  attachedTo?: Array<Pick<VolumeHolder, 'vm' | 'readonly' | 'boot'>>;
+  /** Block volumes: its snapshots' names (inspect). */
+  snapshots?: string[];
 }
 
 /** A mount as a create request gives it: a volume by name, a host path, or tmpfs. */
@@ -101,6 +112,8 @@ export class VolumeService {
   );
   /** Serialises create and remove per project and name, so that a create and a remove of one name do not interleave. */
   private readonly locks = new KeyedLock();
+  /** Block volumes' snapshots and attachments to VMs. */
+  readonly block: BlockVolumes;
 
   constructor(
     private readonly store: Store,
@@ -108,7 +121,9 @@ export class VolumeService {
     private readonly scheduler: Scheduler,
     private readonly quota: QuotaService,
     private readonly events: EventBus,
-  ) {}
+  ) {
+    this.block = new BlockVolumes(store, hosts, quota, events);
+  }
 
   private locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
     return this.locks.run(key, fn);
@@ -143,6 +158,7 @@ export class VolumeService {
 
   /** The record with what its host says (mount point, bytes used) and who uses it. */
   async inspect(v: VolumeRecord): Promise<VolumeView> {
+    if (isBlock(v)) return this.inspectBlock(v);
     const usedBy = (await this.usedBy(v)).map((c) => c.name);
     if (v.status !== 'ready' || !this.hosts.has(v.host) || this.hosts.isDown?.(v.host)) return { ...v, usedBy };
     try {
@@ -154,9 +170,31 @@ export class VolumeService {
     }
   }
 
+  private async inspectBlock(v: VolumeRecord): Promise<VolumeView> {
+    const attachedTo = (await this.block.holders(v)).map((h) => ({ vm: h.vm, readonly: h.readonly, boot: h.boot }));
+    const snapshots = (await this.store.volumes.listSnapshots({ volumeId: v.id })).map((s) => s.name);
+    const view: VolumeView = { ...v, usedBy: attachedTo.map((a) => a.vm), attachedTo, snapshots };
+    if (v.status !== 'ready' || !this.hosts.has(v.host) || this.hosts.isDown?.(v.host)) return view;
+    try {
+      const u = await withDeadline(this.hosts.get(v.host).blockVolumeInfo(v.id), 5000, `host ${v.host}'s block volume info`);
+      return { ...view, mountpoint: u.path, usedBytes: u.allocatedBytes };
+    } catch (e) {
+      log.warn('a block volume\'s host did not answer', { volume: v.id, host: v.host, error: String(e) });
+      return view;
+    }
+  }
+
   async create(input: CreateVolumeInput, projectId: string): Promise<VolumeRecord> {
     checkName(input.name);
-    const sizeBytes = input.sizeBytes ?? DEFAULT_VOLUME_BYTES;
+    const type = input.type ?? (input.fromSnapshot !== undefined ? 'block' : 'filesystem');
+    if (type !== 'block' && type !== 'filesystem') throw new InvalidArgument(`unknown volume type ${JSON.stringify(String(type).slice(0, 40))}: filesystem or block`, { field: 'type' });
+    if (type !== 'block' && input.shared) throw new InvalidArgument('--shared is for block volumes (--type block): a filesystem volume is shared by the containers that mount it', { field: 'shared' });
+    if (type !== 'block' && input.fromSnapshot !== undefined) throw new InvalidArgument('a volume made from a snapshot is a block volume', { field: 'fromSnapshot' });
+    if (input.shared && input.fromSnapshot !== undefined) throw new InvalidArgument('a shared volume is a raw disk and cannot be cloned from a snapshot', { field: 'shared' });
+    const snap = input.fromSnapshot !== undefined ? await this.block.snapshotOf(projectId, input.fromSnapshot) : undefined;
+    if (snap && input.host !== undefined && input.host !== snap.host) throw new Conflict(`snapshot ${snap.name} is on host ${snap.host}: its clones are made there`, { host: snap.host });
+    const sizeBytes = input.sizeBytes ?? snap?.sizeBytes ?? DEFAULT_VOLUME_BYTES;
+    if (snap && sizeBytes < snap.sizeBytes) throw new InvalidArgument(`a clone must be at least its snapshot's size (${snap.sizeBytes / MiB} MiB)`, { field: 'size' });
     checkVolumeSize(sizeBytes);
     const driver = input.driver ?? 'local';
     if (driver !== 'local') throw new InvalidArgument(`volume driver ${JSON.stringify(driver.slice(0, 40))} is not supported: only "local"`, { field: 'driver' });
@@ -176,22 +214,27 @@ export class VolumeService {
       try {
         ({ host } = await this.scheduler.place({
           consumerId: id, projectId, kind: 'volume', vcpus: 0, memoryBytes: 0, diskBytes: sizeBytes,
-          ...(input.host !== undefined ? { host: input.host } : {}),
+          ...(input.host !== undefined ? { host: input.host } : snap ? { host: snap.host } : {}),
         }));
         claimed = true;
         const agent = this.hosts.get(host);
         const rec: VolumeRecord = {
           id, name: input.name, projectId, host, driver, sizeBytes, status: 'creating', labels: input.labels ?? {}, driverOptions: input.driverOptions ?? {}, createdAt: new Date().toISOString(),
+          ...(type === 'block' ? { type } : {}), ...(input.shared ? { shared: true as const } : {}), ...(snap ? { sourceSnapshot: snap.id } : {}),
         };
         await this.store.volumes.insert(rec);
         inserted = true;
-        await this.agentCall('create', rec, agent.createVolume(id, sizeBytes));
+        if (type === 'block') {
+          await this.agentCall('create', rec, agent.createBlockVolume(id, sizeBytes, { ...(snap ? { fromSnapshot: snap.id } : {}), ...(input.shared ? { shared: true } : {}) }));
+        } else {
+          await this.agentCall('create', rec, agent.createVolume(id, sizeBytes));
+        }
         const ready = await this.store.volumes.setStatus(id, 'ready');
-        this.publish(ready, 'create', { host, sizeBytes });
+        this.publish(ready, 'create', { host, sizeBytes, ...(type === 'block' ? { type } : {}) });
         return ready;
       } catch (e) {
         // nothing of a failed create stays: the host's image, the row, the claim, the quota
-        if (inserted) await this.hosts.get(host).removeVolume(id).catch((x: unknown) => log.warn('removing a failed volume on its host failed (the host reconciles it)', { id, error: String(x) }));
+        if (inserted) await (type === 'block' ? this.hosts.get(host).removeBlockVolume(id) : this.hosts.get(host).removeVolume(id)).catch((x: unknown) => log.warn('removing a failed volume on its host failed (the host reconciles it)', { id, error: String(x) }));
         try {
           if (inserted) await this.store.volumes.delete(id);
           if (claimed) await this.scheduler.release(id);
@@ -223,6 +266,7 @@ export class VolumeService {
         if (opts.force) return undefined;
         throw new NotFound(`no such volume: ${ref}`, { volume: ref });
       }
+      if (isBlock(now)) await this.block.checkRemovable(now);
       const users = await this.usedBy(now);
       if (users.length) {
         throw new Conflict(`volume ${now.name} is in use by container${users.length > 1 ? 's' : ''} ${users.map((c) => c.name).join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first`, {
@@ -232,7 +276,7 @@ export class VolumeService {
       }
       await this.store.volumes.setStatus(now.id, 'removing');
       try {
-        await this.agentCall('removal', now, this.hosts.get(now.host).removeVolume(now.id));
+        await this.agentCall('removal', now, isBlock(now) ? this.hosts.get(now.host).removeBlockVolume(now.id) : this.hosts.get(now.host).removeVolume(now.id));
       } catch (e) {
         if (!opts.force) {
           await this.store.volumes.setStatus(now.id, 'ready').catch(() => undefined);
@@ -257,7 +301,8 @@ export class VolumeService {
   async prune(projectId: string): Promise<VolumeRecord[]> {
     const removed: VolumeRecord[] = [];
     for (const v of await this.store.volumes.list({ projectId })) {
-      if (v.status !== 'ready' || (await this.usedBy(v)).length) continue;
+      // block volumes are not Docker's: prune leaves them (a VM's disk is never collected by a prune)
+      if (v.status !== 'ready' || isBlock(v) || (await this.usedBy(v)).length) continue;
       try {
         const r = await this.remove(v.id, { projectId });
         if (r) removed.push(r);
@@ -313,6 +358,7 @@ export class VolumeService {
             if (!v) throw e;
           }
         }
+        if (isBlock(v)) throw new InvalidArgument(`volume ${v.name} is a block volume (a disk for VMs: nimbus vm attach-volume); containers mount filesystem volumes`, { volume: v.name });
         if (v.status !== 'ready') throw new Conflict(`volume ${v.name} is ${v.status}`, { volume: v.name });
         if (host !== undefined && v.host !== host) {
           throw new Conflict(`volume ${v.name} is on host ${v.host}, and this container must run on ${host} (${opts.pinnedHost === host ? 'pinned there' : 'another of its volumes is there'}): volumes do not move between hosts yet`, { volume: v.name, host: v.host });
@@ -339,12 +385,13 @@ export class VolumeService {
     for (const v of await this.store.volumes.list()) {
       const stale = now - Date.parse(v.createdAt) > STALE_CREATE_MS;
       if (v.status === 'removing' || (v.status === 'creating' && stale)) {
-        if (this.hosts.has(v.host) && !this.hosts.isDown?.(v.host)) await this.hosts.get(v.host).removeVolume(v.id).catch(() => undefined);
+        if (this.hosts.has(v.host) && !this.hosts.isDown?.(v.host)) await (isBlock(v) ? this.hosts.get(v.host).removeBlockVolume(v.id) : this.hosts.get(v.host).removeVolume(v.id)).catch(() => undefined);
         await this.forget(v);
         if (v.status === 'removing') removed++;
         else undone++;
       }
     }
+    await this.block.reconcileRows(STALE_CREATE_MS);
     let hostsRemoved = 0;
     const missing: string[] = [];
     for (const host of this.hosts.names()) {
@@ -365,8 +412,20 @@ export class VolumeService {
 
   /** One host told which volumes it holds (a create in flight, creating and young, is listed too: the host keeps it). */
   private async reconcileHost(host: string, agent: Agent): Promise<{ removed: string[]; missing: string[] }> {
-    const live = (await this.store.volumes.onHost(host)).map((v) => v.id);
+    const onHost = await this.store.volumes.onHost(host);
+    const live = onHost.filter((v) => !isBlock(v)).map((v) => v.id);
     const r = await withDeadline(agent.reconcileVolumes(live), HOST_RECONCILE_MS, `host ${host}'s volume reconcile`);
+    // block volumes and their snapshots (protocol 7: an older agent holds none and refuses the call)
+    const blocks = onHost.filter(isBlock).map((v) => v.id);
+    const snaps = (await this.store.volumes.listSnapshots({ host })).map((x) => x.id);
+    try {
+      const b = await withDeadline(agent.reconcileBlockVolumes(blocks, snaps), HOST_RECONCILE_MS, `host ${host}'s block volume reconcile`);
+      r.removed.push(...b.removed);
+      r.missing.push(...b.missing);
+    } catch (e) {
+      if (blocks.length || snaps.length) throw e;
+      log.info('a host did not reconcile block volumes (it holds none)', { host, error: String(e) });
+    }
     for (const id of r.missing) log.error('a volume the store holds is not on its host: its data is lost', { id, host });
     if (r.removed.length) log.info('volumes the store does not hold were removed from a host', { host, removed: r.removed.length });
     return r;

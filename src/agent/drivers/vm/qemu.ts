@@ -57,6 +57,37 @@ export interface QemuConfig {
    * incoming migration has the same CPUs as the state it loads. Folded into `cpus` at a cold boot.
    */
   hotplugCpus?: HotplugCpu[];
+  /** Block volumes attached (docs/volumes.md "Block volumes"): -blockdev + virtio-blk, named so they can be unplugged. */
+  blockVolumes?: BlockVolumeConfig[];
+}
+
+/** One block volume as a virtio-blk disk (block-volumes.ts plugs and unplugs them while the VM runs). */
+export interface BlockVolumeConfig {
+  volumeId: string;
+  /** Its qcow2 file on this host. */
+  path: string;
+  readonly?: boolean;
+  /** The disk the VM boots from (bootindex 0 without -kernel). */
+  boot?: boolean;
+  /** Default qcow2; a shared volume is raw. */
+  format?: 'qcow2' | 'raw';
+  /** Several VMs may write it (share-rw: QEMU's image locking lets the others open it too). */
+  shared?: boolean;
+}
+
+/** QEMU's names for a block volume: its block node, its device, and the serial the guest sees (/sys/block/vdX/serial). */
+export function blockVolumeNames(volumeId: string): { node: string; device: string; serial: string } {
+  if (!/^[0-9a-f]{16,64}$/.test(volumeId)) throw new InvalidArgument(`bad volume id "${volumeId.slice(0, 80)}"`);
+  return { node: `bv-${volumeId.slice(0, 24)}`, device: `bvd-${volumeId.slice(0, 24)}`, serial: volumeId.slice(0, 20) };
+}
+
+/** The -blockdev and -device arguments of one block volume. */
+export function blockVolumeArgs(b: BlockVolumeConfig, kernelBoot: boolean): string[] {
+  const n = blockVolumeNames(b.volumeId);
+  return [
+    '-blockdev', `driver=${b.format ?? 'qcow2'},node-name=${n.node},read-only=${b.readonly ? 'on' : 'off'},file.driver=file,file.filename=${q(b.path)}`,
+    '-device', `virtio-blk-pci,id=${n.device},drive=${n.node},serial=${n.serial}${b.shared ? ',share-rw=on' : ''}${b.boot && !kernelBoot ? ',bootindex=0' : ''}`,
+  ];
 }
 
 export interface HotplugCpu {
@@ -82,7 +113,7 @@ const q = (v: string) => v.replace(/,/g, ',,');
 export function qemuArgv(c: QemuConfig): string[] {
   if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
   if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 16) throw new InvalidArgument(`memory must be at least 16 MiB, got ${c.memoryMiB}`);
-  if (!c.kernel && !c.rootDisk) throw new InvalidArgument('a VM needs a kernel or a root disk');
+  if (!c.kernel && !c.rootDisk && !c.blockVolumes?.some((b) => b.boot)) throw new InvalidArgument('a VM needs a kernel, a root disk or a boot volume');
   if (c.maxCpus !== undefined && (!Number.isInteger(c.maxCpus) || c.maxCpus < c.cpus + (c.hotplugCpus?.length ?? 0) || c.maxCpus > 64)) {
     throw new InvalidArgument(`max cpus must be an integer from cpus (${c.cpus}) to 64, got ${c.maxCpus}`);
   }
@@ -113,6 +144,7 @@ export function qemuArgv(c: QemuConfig): string[] {
     // with -kernel the kernel loader owns boot index 0; the disk boots only without one
     a.push('-device', `virtio-blk-pci,drive=root${c.kernel ? '' : ',bootindex=0'}`);
   }
+  for (const b of c.blockVolumes ?? []) a.push(...blockVolumeArgs(b, c.kernel !== undefined || c.rootDisk !== undefined));
   c.nics.forEach((n, i) => {
     if (!MAC.test(n.mac)) throw new InvalidArgument(`bad MAC "${n.mac}"`);
     if (!n.tap || n.tap.length > 15 || /[\s,/]/.test(n.tap)) throw new InvalidArgument(`bad tap device name "${n.tap}"`);

@@ -26,7 +26,8 @@ import { AlreadyExists, Conflict, InvalidArgument, NotFound, NimbusError } from 
 import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
-import { decodeExitStatus, qemuArgv, type Accelerator, type QemuConfig } from './qemu.js';
+import { decodeExitStatus, qemuArgv, type Accelerator, type BlockVolumeConfig, type QemuConfig } from './qemu.js';
+import { blockChangeMode, plugBlockVolume, unplugBlockVolume, withoutVolume, withVolume } from './block-volumes.js';
 import { processAlive } from '../../../core/proc.js';
 import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
@@ -255,6 +256,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.balloon ?? !vm.shares?.length) config.balloon = true;
     if (vm.maxCpus !== undefined && vm.maxCpus !== cpus) config.maxCpus = vm.maxCpus;
     if (vm.disk) config.rootDisk = { path: p.overlay, format: 'qcow2' };
+    if (vm.blockVolumes?.length) config.blockVolumes = vm.blockVolumes.reduce<BlockVolumeConfig[]>((l, b) => withVolume(l, b), []);
     qemuArgv({ ...config, startPaused: true }); // validate now, not at start
     await mkdir(p.dir, { recursive: true });
     try {
@@ -702,6 +704,33 @@ export class VmDriver implements InstanceDriver {
     });
   }
 
+  /** A block volume onto the VM (block-volumes.ts): hot-plugged while it runs, recorded for the next start while created or stopped. */
+  attachVolume(id: string, b: BlockVolumeConfig): Promise<{ live: boolean }> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      const mode = blockChangeMode(id, r.lifecycle, 'attach');
+      const next = withVolume(r.config.blockVolumes, b);
+      if (mode === 'live') await plugBlockVolume(this.paths(id), b);
+      r.config.blockVolumes = next;
+      await this.save(r);
+      return { live: mode === 'live' };
+    });
+  }
+
+  /** The volume off the VM: unplugged (the guest must release it) while it runs, off the record otherwise. */
+  detachVolume(id: string, volumeId: string, timeoutMs?: number): Promise<{ live: boolean }> {
+    return this.locked(id, async () => {
+      const r = await this.load(id);
+      const mode = blockChangeMode(id, r.lifecycle, 'detach');
+      const next = withoutVolume(r.config.blockVolumes, volumeId);
+      if (mode === 'live') await unplugBlockVolume(this.paths(id), volumeId, timeoutMs);
+      if (next.length) r.config.blockVolumes = next;
+      else delete r.config.blockVolumes;
+      await this.save(r);
+      return { live: mode === 'live' };
+    });
+  }
+
   /**
    * vCPU hot-plug on a running VM created with room for it (maxCpus): QMP device_add into the
    * free slots query-hotpluggable-cpus lists (the guest sees an ACPI CPU hot-add). The plugged
@@ -814,6 +843,7 @@ export class VmDriver implements InstanceDriver {
   async createFromTemplate(templateId: string, id: string, name = id, over: { shares?: QemuConfig['shares'] } = {}): Promise<RuntimeState> {
     const t = await this.load(templateId);
     if (t.lifecycle !== 'saved' || t.template) throw new Conflict(`VM ${templateId} is not a saved VM that can serve as a template`, { id: templateId });
+    if (t.config.blockVolumes?.length) throw new Conflict(`VM ${templateId} has block volumes attached: a clone would share its disks`, { id: templateId });
     const p = this.paths(id);
     if (existsSync(p.record)) throw new AlreadyExists(`VM ${id} exists`, { id });
     await mkdir(p.dir, { recursive: true });
@@ -869,6 +899,7 @@ export class VmDriver implements InstanceDriver {
   async migrationSpec(id: string): Promise<MigrationSpec> {
     const r = await this.load(id);
     if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+    if (r.config.blockVolumes?.length) throw new Conflict(`VM ${id} has block volumes attached: volumes stay on their host, so it cannot migrate (detach them first)`, { id });
     const { paths: _hostPaths, ...config } = r.config;
     const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}) };
     if (r.config.rootDisk) {
