@@ -218,9 +218,11 @@ export async function findLeaks(me: HomeIdentity, before: HostSnapshot, keepLink
   }
   const table = (await run('nft', ['list', 'table', 'inet', me.table])).stdout;
   for (const line of table.split('\n')) {
-    // per-endpoint state: published ports (dnat) and routed endpoints' interfaces
+    // per-endpoint state: published ports (elements of the port maps, commented with their
+    // container's id: the two rules that look them up are always there) and routed endpoints' interfaces
     const iface = /"(n[vr][0-9a-f]{12}\d+|vif[0-9a-f]{8}\.\d+)"/.exec(line);
-    if (/\bdnat\b/.test(line) || (iface && ourLink(iface[1]!, me))) leaks.push({ kind: 'nft', what: `${me.table}: ${line.trim()}` });
+    const port = /comment "[0-9a-f]+" : \d+\.\d+\.\d+\.\d+ \. \d+/.test(line);
+    if (port || (iface && ourLink(iface[1]!, me))) leaks.push({ kind: 'nft', what: `${me.table}: ${line.trim()}` });
   }
   for (const p of homeProcesses(me, before)) leaks.push({ kind: 'process', what: `${p.pid} ${p.comm}: ${p.cmdline.slice(0, 160)}` });
   return leaks;

@@ -260,14 +260,16 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
     const img = await pushLayers('nimbus-test/two', [[{ name: 'a', size: 3 * MiB }], [{ name: 'b', size: 3 * MiB }]]);
     await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'InvalidArgument'), String(e));
-      assert.match((e as Error).message, new RegExp(`layer ${img.layers[1]!.digest}: the image unpacks to more than the per-image limit of 5 MiB`));
+      // layers unpack in parallel (docs/image-transfer.md): whichever of the two crosses the limit first is refused
+      assert.match((e as Error).message, new RegExp(`layer (${img.layers[0]!.digest}|${img.layers[1]!.digest}): the image unpacks to more than the per-image limit of 5 MiB`));
       return true;
     });
-    // the first layer fitted and stays (a committed chain other images may share); the second is gone
+    // at most the first layer stays (a committed chain other images may share, if it won the
+    // race); nothing half-made: no extraction snapshot, no second layer
     const snaps = readdirSync(join(options.snapshotsDir, 'overlayfs', 'snapshots'));
-    assert.equal(snaps.length, 1, `one committed snapshot: ${snaps.join(', ')}`);
+    assert.ok(snaps.length <= 1, `at most one committed snapshot: ${snaps.join(', ')}`);
     const meta = JSON.parse(readFileSync(join(options.snapshotsDir, 'overlayfs', 'metadata.json'), 'utf8')) as { snapshots: Record<string, { kind: string }> };
-    assert.deepEqual(Object.values(meta.snapshots).map((s) => s.kind), ['committed']);
+    assert.deepEqual(Object.values(meta.snapshots).map((s) => s.kind), snaps.map(() => 'committed'));
     // within the limit the same image pulls
     const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
     t.after(() => rmSync(home2, { recursive: true, force: true }));
