@@ -154,6 +154,7 @@ export function networkDriverConformance(driver: NetworkDriverName): void {
       // three go at once while another network goes (a render); the rest stay
       await Promise.all([host.release(cid(8)), host.detach(cid(9)), host.detach(cid(10)), host.removeNetwork(netB.id)]);
       await host.detach(cid(8));
+      await host.tableSettled(); // a release withdraws its ports just behind the request
       assert.deepEqual(await publishedInTable(), [3, 4, 5].map((n) => want(n, n % 2 ? '127.0.0.1' : undefined)).sort());
       // an element deleted behind the host's back: the removal that cannot delete it renders instead
       await run('nft', ['delete', 'element', 'inet', table, 'ports_addr', `{ 127.0.0.1 . tcp . ${ports[3]} }`]);

@@ -480,7 +480,8 @@ export class NetworkHost {
 
   /**
    * A removed container gives back at once what someone else may want next: its published
-   * ports (the table is rendered without them) and its names (DNS no longer answers them).
+   * ports (free at once; their map elements deleted just behind) and its names (DNS no longer
+   * answers them).
    * Its interfaces and namespace are torn down by detach(), off the request path: deleting a
    * veth waits for RCU grace periods (20-30 ms here). Its addresses are safe to lease again
    * meanwhile: they live in its own namespace, and its host end carries no traffic.
@@ -490,7 +491,17 @@ export class NetworkHost {
     if (!file) return;
     this.containers.delete(containerId);
     this.dying.set(containerId, file);
-    await this.tableAfter('delete', file);
+    const table = this.tableAfter('delete', file);
+    if (tableNeed(file) !== 'ports') return table;
+    // Its ports are free in this host's books at once; the kernel's element delete (~16 ms here:
+    // it waits out an RCU grace period, where an add takes ~4) runs behind the request, queued
+    // before any later publish of the same port, which therefore waits for it.
+    void table.catch((e: unknown) => log.warn('withdrawing published ports', { id: containerId, error: String(e) }));
+  }
+
+  /** Resolves once the table changes queued so far are in the kernel (a released container's ports among them). */
+  async tableSettled(): Promise<void> {
+    await this.renderChain;
   }
 
   /** Remove the container's endpoints, ports and namespace name (idempotent). */
