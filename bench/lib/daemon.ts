@@ -137,7 +137,7 @@ export async function nimbusRunRm(client: UnixClient, image: string, runtime?: s
 }
 
 /** A child's stdout and stderr as they come (the last 64 KiB), for readiness markers and failure messages. */
-function captureOutput(child: ChildProcess): () => string {
+export function captureOutput(child: ChildProcess): () => string {
   let text = '';
   const add = (b: Buffer) => (text = (text + b.toString()).slice(-64 * 1024));
   child.stdout!.on('data', add);
@@ -150,11 +150,11 @@ function captureOutput(child: ChildProcess): () => string {
  * exited. 60 s by default, under systemd's 90: a daemon with a pool of 200 warm containers takes
  * 15-28 s here to destroy them, and a SIGKILL at 15 s left 66 of them for the harness to clean.
  */
-async function terminate(child: ChildProcess): Promise<void> {
+export async function terminate(child: ChildProcess, graceMs = Number(process.env.BENCH_STOP_GRACE_MS ?? 60_000)): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), Number(process.env.BENCH_STOP_GRACE_MS ?? 60_000));
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
   await exited;
   clearTimeout(timer);
 }

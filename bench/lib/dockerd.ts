@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { run, runOk } from '../../src/core/exec.js';
 import { freeTestSubnet, gatewayOf, testDevice } from '../../src/agent/network/network-test-env.js';
 import { cleanup, pidsMatching, unmountUnder } from './cleanup.js';
+import { captureOutput, terminate } from './daemon.js';
 import { podmanStore } from './peers.js';
 
 /** The Docker CLI the tests drive (Debian's docker.io, 20.10), not whatever else is first on PATH. */
@@ -49,23 +50,6 @@ async function untilAnswers(docker: DockerEndpoint['docker'], child: ChildProces
   }
 }
 
-async function terminate(child: ChildProcess, graceMs = 30_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
-function captured(child: ChildProcess): () => string {
-  let text = '';
-  const add = (b: Buffer) => (text = (text + b.toString()).slice(-64 * 1024));
-  child.stdout?.on('data', add);
-  child.stderr?.on('data', add);
-  return () => text;
-}
-
 /** A private dockerd (and its containerd) with a bridge of its own; `docker` talks to it. */
 export async function startDockerd(): Promise<DockerEndpoint> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-dockerd-'));
@@ -77,7 +61,7 @@ export async function startDockerd(): Promise<DockerEndpoint> {
   mkdirSync(join(dir, 'cli'), { recursive: true });
   let child: ChildProcess | undefined;
   const remove = cleanup.add(`dockerd ${dir}`, async () => {
-    if (child) await terminate(child);
+    if (child) await terminate(child, 30_000);
     // what a killed dockerd may leave: containerd shims under its exec root, mounts, the bridge
     for (const pid of pidsMatching('containerd-shim', dir)) {
       try {
@@ -98,7 +82,7 @@ export async function startDockerd(): Promise<DockerEndpoint> {
     '--config-file', configFile, '--bridge', bridge, '--iptables=false', '--ip6tables=false', '--ip-masq=false', '--ip-forward=false',
     '--userland-proxy=false', '--storage-driver', 'overlay2', '--log-level', 'warn',
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const log = captured(child);
+  const log = captureOutput(child);
   const docker = dockerCli(`unix://${socket}`, join(dir, 'cli'));
   try {
     await untilAnswers(docker, child, 'dockerd', log);
@@ -123,7 +107,7 @@ export async function startPodmanService(): Promise<DockerEndpoint> {
   const child = spawn('podman', store.args(['--log-level', 'info', 'system', 'service', '--time=0', `unix://${socket}`]), {
     stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CONTAINERS_CONF: conf },
   });
-  const log = captured(child);
+  const log = captureOutput(child);
   // stopped before the store is removed (cleanup runs last-in first-out)
   const remove = cleanup.add(`podman service ${socket}`, () => terminate(child, 10_000));
   const docker = dockerCli(`unix://${socket}`, join(store.dir, 'cli'));
