@@ -26,7 +26,7 @@ import { logger } from '../../core/log.js';
 import { replaceStateFile } from '../../core/state-files.js';
 import { statfsProbe } from '../content/disk-space.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
-import { checkVolumeSize } from './volume-store.js';
+import { checkVolumeSize, readVolumeManifest } from './volume-store.js';
 
 const log = logger('agent.block-volumes');
 const MiB = 1024 * 1024;
@@ -119,13 +119,8 @@ export class BlockVolumeStore {
     return this.locks.run(CHAIN, fn);
   }
 
-  private async manifest(id: string): Promise<Manifest | undefined> {
-    try {
-      const m = JSON.parse(await readFile(path.join(this.dir(id), 'volume.json'), 'utf8')) as Manifest;
-      return m.id === id && Number.isSafeInteger(m.sizeBytes) ? m : undefined;
-    } catch {
-      return undefined;
-    }
+  private manifest(id: string): Promise<Manifest | undefined> {
+    return readVolumeManifest<Manifest>(this.dir(id), id);
   }
 
   private async snapshotManifest(sid: string): Promise<SnapshotManifest | undefined> {

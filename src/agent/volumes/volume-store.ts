@@ -50,6 +50,16 @@ interface Manifest {
   createdAt: string;
 }
 
+/** A volume directory's volume.json when it is whole and names this volume (a torn or foreign one is none). */
+export async function readVolumeManifest<M extends { id: string; sizeBytes: number }>(dir: string, id: string): Promise<M | undefined> {
+  try {
+    const m = JSON.parse(await readFile(path.join(dir, 'volume.json'), 'utf8')) as M;
+    return m.id === id && Number.isSafeInteger(m.sizeBytes) ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function checkVolumeSize(sizeBytes: number): void {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < MIN_VOLUME_BYTES || sizeBytes > MAX_VOLUME_BYTES || sizeBytes % MiB !== 0) {
     throw new InvalidArgument(`a volume's size must be a whole number of MiB from ${MIN_VOLUME_BYTES / MiB} MiB to 16 TiB, got ${String(sizeBytes)} bytes`, { sizeBytes });
@@ -89,13 +99,8 @@ export class VolumeStore {
     return this.locks.run(id, fn);
   }
 
-  private async manifest(id: string): Promise<Manifest | undefined> {
-    try {
-      const m = JSON.parse(await readFile(path.join(this.dir(id), 'volume.json'), 'utf8')) as Manifest;
-      return m.id === id && Number.isSafeInteger(m.sizeBytes) ? m : undefined;
-    } catch {
-      return undefined;
-    }
+  private manifest(id: string): Promise<Manifest | undefined> {
+    return readVolumeManifest<Manifest>(this.dir(id), id);
   }
 
   /**
