@@ -11,7 +11,8 @@
  * burst meets the pool as one earlier container left it; before each later one the bench waits
  * until the pool has reached the size it chose from the bursts it saw (its sizing.target).
  * Goals (from issue 18): all running within 2 s on the first burst and 1 s on a repeated one;
- * ≤ 1 MiB daemon memory per idle container.
+ * ≤ 1 MiB daemon memory per idle container. Then the same rounds again on a daemon whose store is
+ * PostgreSQL, beside the embedded store's figures (issue 14; BENCH_BURST_POSTGRES=0 skips it).
  * Run alone: node dist/bench/burst.js
  */
 import { readFileSync, readdirSync, rmdirSync } from 'node:fs';
@@ -21,8 +22,9 @@ import { releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runti
 import { prepareRuncBundle } from './lib/peers.js';
 import { run, runOk } from '../src/core/exec.js';
 import { parseProcStat } from '../src/core/proc.js';
-import { mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
-import { nimbusRunRm, runtimeRoots, type BenchDaemon, type UnixClient } from './lib/daemon.js';
+import { startPostgres } from '../scripts/fixtures/postgres.js';
+import { cleanup, mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
+import { nimbusRunRm, runtimeRoots, startBenchDaemon, type BenchDaemon, type UnixClient } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome } from './lib/result.js';
 import { median, msSince, now, ratio, round, summarize } from './lib/stats.js';
@@ -331,6 +333,72 @@ function memoryCgroups(): number {
   return Number(line?.split('\t')[2] ?? NaN);
 }
 
+interface PoolFill { round: number; ready: number; target: number; fillMs: number; sizing: PoolSizing | null }
+
+/**
+ * Waits until the daemon's warm pool has reached the size it aims for (its sizing.target: the
+ * floor before any burst, then what the bursts it saw asked for; NIMBUS_WARM_POOL by hand where
+ * an older agent has no sizing).
+ */
+async function fillPoolOf(d: BenchDaemon, round: number): Promise<PoolFill> {
+  const wantWarm = Math.min(COUNT, Number(process.env.NIMBUS_WARM_POOL ?? 2));
+  const tw = now();
+  let pool = (await agentCounters(d)).warmPool;
+  const target = () => pool?.sizing?.target ?? wantWarm;
+  while ((pool?.ready ?? 0) < target() && msSince(tw) < 180_000) {
+    await sleep(200);
+    pool = (await agentCounters(d)).warmPool;
+  }
+  const fillMs = Math.round(msSince(tw));
+  note(NAME, `warm pool: ${pool?.ready ?? 0} ready of a target of ${target()} (${fillMs} ms to fill); sizing ${JSON.stringify(pool?.sizing ?? null)}`);
+  await sleep(300);
+  return { round, ready: pool?.ready ?? 0, target: target(), fillMs, sizing: pool?.sizing ?? null };
+}
+
+interface PostgresSide { firstBurstMs: number; repeatedBurstMs: number | null; rounds: { allRunningMs: number; running: number; errors: number }[] }
+
+/**
+ * The same rounds on a daemon whose store is PostgreSQL (a throwaway cluster of its own on a
+ * unix socket), beside the embedded store's in the same run (issue 14). BENCH_BURST_POSTGRES=0
+ * skips it.
+ */
+async function postgresSide(env: BenchEnv): Promise<PostgresSide | { error: string }> {
+  let d: BenchDaemon | undefined;
+  let stopCluster: (() => Promise<void>) | undefined;
+  try {
+    note(NAME, 'PostgreSQL: a cluster of its own (initdb, unix socket), the same rounds on a daemon using it');
+    const cluster = await startPostgres();
+    stopCluster = cleanup.add('postgres cluster', () => cluster.stop());
+    d = await startBenchDaemon(['--store', cluster.url]);
+    await d.pull(env.busybox);
+    await nimbusRunRm(d.client, env.busybox);
+    await sleep(500);
+    const rounds: BurstRound[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      if (r > 0) await removeAll(d, rounds[r - 1]!.ids);
+      await fillPoolOf(d, r + 1);
+      const one = await oneBurst(d, env.busybox, r);
+      rounds.push(one);
+      note(NAME, `PostgreSQL round ${r + 1}/${ROUNDS}: ${one.running}/${COUNT} running after ${Math.round(one.allRunningMs)} ms (${one.errors.length} errors${one.errors.length ? `: ${one.errors[0]}` : ''})`);
+    }
+    await removeAll(d, rounds.at(-1)!.ids);
+    const left = await d.stop();
+    d = undefined;
+    if (left.length) note(NAME, `PostgreSQL side: nimbusd left behind: ${left.join(', ')}`);
+    const repeated = rounds.slice(1);
+    return {
+      firstBurstMs: Math.round(rounds[0]!.allRunningMs),
+      repeatedBurstMs: repeated.length ? Math.round(median(repeated.map((x) => x.allRunningMs))) : null,
+      rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), running: x.running, errors: x.errors.length })),
+    };
+  } catch (e) {
+    return { error: e instanceof Error ? e.message.slice(0, 500) : String(e) };
+  } finally {
+    await d?.stop().catch(() => undefined);
+    await stopCluster?.();
+  }
+}
+
 export async function burst(env: BenchEnv): Promise<BenchOutcome> {
   const memcgs0 = memoryCgroups();
   const d = await env.newDaemon();
@@ -340,21 +408,11 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     await sleep(500);
     // Let the pool reach the size it aims for (its sizing.target: the floor before any burst,
     // then what the bursts it saw asked for; NIMBUS_WARM_POOL by hand where an older agent has no sizing).
-    const wantWarm = Math.min(COUNT, Number(process.env.NIMBUS_WARM_POOL ?? 2));
-    const pools: { round: number; ready: number; target: number; fillMs: number; sizing: PoolSizing | null }[] = [];
+    const pools: PoolFill[] = [];
     const fillPool = async (round: number) => {
-      const tw = now();
-      let pool = (await agentCounters(d)).warmPool;
-      const target = () => pool?.sizing?.target ?? wantWarm;
-      while ((pool?.ready ?? 0) < target() && msSince(tw) < 180_000) {
-        await sleep(200);
-        pool = (await agentCounters(d)).warmPool;
-      }
-      const fillMs = Math.round(msSince(tw));
-      pools.push({ round, ready: pool?.ready ?? 0, target: target(), fillMs, sizing: pool?.sizing ?? null });
-      note(NAME, `warm pool: ${pool?.ready ?? 0} ready of a target of ${target()} (${fillMs} ms to fill); sizing ${JSON.stringify(pool?.sizing ?? null)}`);
-      await sleep(300);
-      return pool?.ready ?? 0;
+      const p = await fillPoolOf(d, round);
+      pools.push(p);
+      return p.ready;
     };
     // Rounds (BENCH_BURST_ROUNDS, default 2) on one daemon: the first as the pool meets it, the
     // later ones after it grew for them (their median: this host's run-to-run spread is wide).
@@ -415,6 +473,8 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     note(NAME, `peer: ${COUNT} pre-created raw runc containers started concurrently`);
     const peer = await runcBurst(COUNT);
     note(NAME, `peer: ${JSON.stringify(peer)}`);
+    const onPostgres = process.env.BENCH_BURST_POSTGRES === '0' ? null : await postgresSide(env);
+    const pg = onPostgres && 'firstBurstMs' in onPostgres ? onPostgres : undefined;
 
     const perContainerKiB = running > 0 ? round((rssWith - rssBefore) / running) : null;
     const results = {
@@ -429,6 +489,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       firstBurstMs: Math.round(firstMs),
       repeatedBurstMs: repeatedMs === null ? null : Math.round(repeatedMs),
       warmPool: pools,
+      postgres: onPostgres,
       allExecedMs: allExecedMs === null ? null : Math.round(allExecedMs),
       cpuMsPerContainer,
       rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), allExecedMs: x.allExecedMs === null ? null : Math.round(x.allExecedMs), errors: x.errors.length, cpuMsPerContainer: x.cpuMsPerContainer, cpuByCommandMs: x.cpuByCommandMs })),
@@ -458,10 +519,13 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     const peerOk = 'runcStartMs' in peer ? peer : undefined;
     const record = makeRecord(NAME, {
       results, peers: { runc: peer },
-      ratios: peerOk ? {
-        vsRuncStart: ratio(allRunningMs, peerOk.runcStartMs), vsFifoRelease: ratio(allRunningMs, peerOk.fifoReleaseMs),
-        firstVsRuncStart: ratio(firstMs, peerOk.runcStartMs), ...(repeatedMs !== null ? { repeatedVsRuncStart: ratio(repeatedMs, peerOk.runcStartMs) } : {}),
-      } : {},
+      ratios: {
+        ...(peerOk ? {
+          vsRuncStart: ratio(allRunningMs, peerOk.runcStartMs), vsFifoRelease: ratio(allRunningMs, peerOk.fifoReleaseMs),
+          firstVsRuncStart: ratio(firstMs, peerOk.runcStartMs), ...(repeatedMs !== null ? { repeatedVsRuncStart: ratio(repeatedMs, peerOk.runcStartMs) } : {}),
+        } : {}),
+        ...(pg ? { postgresFirstOverEmbedded: ratio(pg.firstBurstMs, firstMs), ...(pg.repeatedBurstMs !== null && repeatedMs !== null ? { postgresRepeatedOverEmbedded: ratio(pg.repeatedBurstMs, repeatedMs) } : {}) } : {}),
+      },
     });
     return {
       record,
@@ -477,6 +541,14 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
           peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(repeatedMs, peerOk.runcStartMs) : null,
           goal: `≤ ${GOAL_REPEATED_MS} ms`, met: results.goals.repeatedMet,
           note: `${repeated.length > 1 ? `median of ${repeated.length} rounds (${repeated.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}the pool grown from the first burst: ${pools.slice(1).map((p) => `${p.ready} warm (${p.fillMs} ms to fill)`).join(', ')}, ${Math.round((pools[1]?.sizing?.usedBytes ?? 0) / 2 ** 20)} MiB of a ${Math.round((pools[1]?.sizing?.budgetBytes ?? 0) / 2 ** 20)} MiB budget`,
+        }]),
+        ...(onPostgres === null ? [] : [{
+          bench: NAME, figure: `the same on the PostgreSQL store, first / repeated burst`, unit: 'ms', nimbus: pg?.firstBurstMs ?? null,
+          peers: { embeddedFirst: Math.round(firstMs), ...(repeatedMs !== null ? { embeddedRepeated: Math.round(repeatedMs) } : {}) },
+          ratio: pg ? ratio(pg.firstBurstMs, firstMs) : null,
+          note: pg
+            ? `repeated ${pg.repeatedBurstMs ?? '—'} ms (${pg.repeatedBurstMs !== null && repeatedMs !== null ? `${ratio(pg.repeatedBurstMs, repeatedMs)}× the embedded store's` : 'one round'}); ${pg.rounds.map((r) => `${r.running}/${COUNT} running, ${r.errors} errors`).join('; ')}; ratio: PostgreSQL over the embedded store, first burst`
+            : `failed: ${onPostgres && 'error' in onPostgres ? onPostgres.error : '?'}`,
         }]),
         {
           bench: NAME, figure: `${COUNT} concurrent starts → every process exec'd`, unit: 'ms', nimbus: results.allExecedMs,

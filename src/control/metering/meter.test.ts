@@ -123,6 +123,52 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   assert.equal(c1?.instanceSeconds, 47);
 });
 
+test("a run --rm's start, die and destroy make one commit after the request; a restart inside the wait loses neither run", async (t) => {
+  const { store, clock, events } = await setup(t);
+  const m = new MeteringService(store, events, async () => undefined, { intervalMs: 60_000, eventDelayMs: 200, clock: () => clock.now });
+  const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 1 };
+  m.start();
+  t.after(() => m.stop());
+  await m.settle(); // the first pass (nothing yet)
+  const committed0 = m.stats.committed;
+  // created at T0, runs from +1 s to +4 s, removed at +5 s: the edges arrive faster than the wait
+  await store.containers.insert(container('rm1', 'job', { projectId: 'p1', status: 'running', createdAt: iso(T0), startedAt: iso(T0 + 1000), config: cfg }));
+  clock.now = T0 + 1000;
+  events.publish({ type: 'container', action: 'start', id: 'rm1', projectId: 'p1' });
+  await new Promise((r) => setImmediate(r));
+  await store.containers.update('rm1', { status: 'exited', finishedAt: iso(T0 + 4000) });
+  clock.now = T0 + 4000;
+  events.publish({ type: 'container', action: 'die', id: 'rm1', projectId: 'p1' });
+  await new Promise((r) => setTimeout(r, 20));
+  await store.containers.delete('rm1');
+  clock.now = T0 + 5000;
+  events.publish({ type: 'container', action: 'destroy', id: 'rm1', projectId: 'p1' }); // its time is now: capped at the meter's clock
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(m.stats.committed, committed0, 'nothing written while the edges come');
+  await waitUntil(async () => (await store.usage.cursor('rm1'))?.closed === true);
+  assert.equal(m.stats.committed, committed0 + 1, 'one commit for the three edges');
+  assert.equal((await totals(store)).instances.find((i) => i.id === 'rm1')?.instanceSeconds, 3, 'its run from +1 s to +4 s, though the record was gone at the commit');
+
+  // a restart inside the wait: the first run's end is overwritten in the record before the commit
+  await store.containers.insert(container('rs1', 'svc', { projectId: 'p1', status: 'running', createdAt: iso(T0 + 10_000), startedAt: iso(T0 + 10_000), config: cfg }));
+  clock.now = T0 + 10_000;
+  events.publish({ type: 'container', action: 'start', id: 'rs1', projectId: 'p1' });
+  await new Promise((r) => setImmediate(r));
+  await store.containers.update('rs1', { status: 'exited', finishedAt: iso(T0 + 12_000) });
+  clock.now = T0 + 12_000;
+  events.publish({ type: 'container', action: 'die', id: 'rs1', projectId: 'p1' });
+  await new Promise((r) => setTimeout(r, 20));
+  await store.containers.update('rs1', { status: 'running', startedAt: iso(T0 + 15_000), finishedAt: null });
+  clock.now = T0 + 15_000;
+  events.publish({ type: 'container', action: 'start', id: 'rs1', projectId: 'p1' });
+  await new Promise((r) => setTimeout(r, 20));
+  clock.now = T0 + 18_000;
+  await m.settle();
+  assert.equal((await store.usage.cursor('rs1'))?.accountedUntil, T0 + 15_000, 'accounted to its last edge');
+  await m.pass(); // to +18 s: the second run's 3 s
+  assert.equal((await totals(store)).instances.find((i) => i.id === 'rs1')?.instanceSeconds, 2 + 3, 'both runs: 2 s and 3 s');
+});
+
 test('a VM is metered by its size (no CPU counter); paused counts, saved does not; hours split', async (t) => {
   const { store, clock, meter } = await setup(t);
   const start = T0 + USAGE_PERIOD_MS - 10_000 - (T0 % USAGE_PERIOD_MS); // 10 s before an hour ends

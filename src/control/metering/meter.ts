@@ -7,11 +7,17 @@
  * at the event rather than at the next pass. Each accounting commits its usage with the move of
  * the instance's cursor, compare-and-set (UsageRepo.commit): a span is counted once whatever
  * restarts, failovers or an old leader's last pass do; a loser's usage is dropped, not added.
+ *
+ * An event's accounting is split in two: at the event, only reads (the instance's record and size
+ * as they are then: a snapshot, taken before a later start or a removal can overwrite them); the
+ * writes wait up to eventDelayMs, so one instance's quick edges (a `run --rm`'s start, die and
+ * destroy) make one commit after the request instead of three during it (issue 17's overhead).
+ * The commit folds the snapshots in order, so it adds what one accounting per event would have.
  */
 import { InvalidArgument } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Store } from '../../store/store.js';
-import type { UsageCursor } from '../../store/repos/usage.js';
+import type { UsageCursor, UsageSlice } from '../../store/repos/usage.js';
 import type { EventBus, NimbusEvent } from '../events/event-bus.js';
 import { account, close, meteredContainer, meteredVm, netDelta, nextNetBaseline, type CounterReading, type InstanceSize, type MeteredInstance, type NetBaseline } from './accounting.js';
 
@@ -33,6 +39,8 @@ export function meteringIntervalFromEnv(env: NodeJS.ProcessEnv = process.env): n
 }
 /** Closed cursors are kept this long (a late pass of an old leader must still find them closed). */
 const CLOSED_CURSOR_RETENTION_MS = 24 * 3_600_000;
+/** How long an event's writes wait for the instance's next edges (default; never longer than the interval). */
+export const DEFAULT_EVENT_DELAY_MS = 1000;
 /** Instances accounted at once in a pass. */
 const PASS_CONCURRENCY = 8;
 /** Actions after which an instance's state (or size) changed: account it now. */
@@ -49,6 +57,23 @@ export interface MeteringOptions {
   intervalMs?: number;
   /** Epoch ms (tests move it). */
   clock?: () => number;
+  /** How long an event's writes wait to be folded with the instance's next edges (default 1 s, at most intervalMs). */
+  eventDelayMs?: number;
+}
+
+/** An instance as an event left it: what its accounting at that moment would have used. */
+interface Snapshot {
+  at: number;
+  inst: MeteredInstance;
+  size: InstanceSize;
+  reading: CounterReading | undefined;
+}
+
+/** An instance's event accountings not committed yet: snapshots in order, and its destroy's time once seen. */
+interface PendingEdges {
+  snapshots: Snapshot[];
+  goneAt?: number;
+  timer?: NodeJS.Timeout;
 }
 
 /** Where counters come from: a running instance's CPU, memory and network, or undefined (no counter, or no answer). */
@@ -83,6 +108,9 @@ export class MeteringService {
    * has its bytes unmeasured (null) rather than guessed.
    */
   private readonly netBases = new Map<string, NetBaseline>();
+  /** Per instance, the event accountings waiting for their commit (see the top of this file). */
+  private readonly pending = new Map<string, PendingEdges>();
+  private readonly eventDelayMs: number;
 
   constructor(
     private readonly store: Store,
@@ -92,6 +120,7 @@ export class MeteringService {
   ) {
     this.intervalMs = options.intervalMs ?? DEFAULT_METERING_INTERVAL_MS;
     this.clock = options.clock ?? Date.now;
+    this.eventDelayMs = Math.min(options.eventDelayMs ?? DEFAULT_EVENT_DELAY_MS, this.intervalMs);
   }
 
   /** Passes from now on, and accounting on lifecycle events (call while leading). */
@@ -114,7 +143,7 @@ export class MeteringService {
     this.offEvents?.();
     this.offEvents = undefined;
     await this.passing;
-    await Promise.all([...this.chains.values()]);
+    await this.settle(); // what this leader saw is committed before another leads
     this.readings.clear();
     this.netBases.clear(); // another leader may account next: these would not be its cursor's
   }
@@ -123,13 +152,84 @@ export class MeteringService {
     if (!this.running || (e.type !== 'container' && e.type !== 'vm')) return;
     if (e.action === 'destroy') {
       const at = Date.parse(e.time);
-      void this.enqueue(e.id, () => this.closeInstance(e.id, Number.isNaN(at) ? this.clock() : Math.min(at, this.clock())));
+      const goneAt = Number.isNaN(at) ? this.clock() : Math.min(at, this.clock());
+      void this.enqueue(e.id, async () => {
+        this.edges(e.id).goneAt = goneAt;
+      });
     } else if (ACCOUNT_ON.has(e.action)) {
       const read = READ_COUNTERS_ON.has(e.action);
       // after the publisher's turn: an event is published inside a request, which should not
-      // wait for the accounting it caused (the time is taken when it runs: a later edge, never lost)
-      setImmediate(() => void this.enqueue(e.id, () => this.accountInstance(e.id, this.clock(), { readCounters: read })));
+      // wait for the reads it caused (the time is taken when they run: a later edge, never lost)
+      setImmediate(() => void this.enqueue(e.id, () => this.snapshot(e.id, this.clock(), read)));
     }
+  }
+
+  /** The instance's pending edges, made with their commit's timer when there were none. */
+  private edges(id: string): PendingEdges {
+    let p = this.pending.get(id);
+    if (!p) {
+      const made: PendingEdges = { snapshots: [] };
+      made.timer = setTimeout(() => void this.enqueue(id, () => this.commitEdges(id)), this.eventDelayMs).unref();
+      this.pending.set(id, (p = made));
+    }
+    return p;
+  }
+
+  /** The instance as it is at `now` (its record, size and, when asked, counters), kept for the pending commit. */
+  private async snapshot(id: string, now: number, readCounters: boolean): Promise<void> {
+    const inst = await this.instance(id);
+    if (!inst) return;
+    const read = inst.active && readCounters;
+    const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
+    if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
+    else if (!inst.active || read) this.readings.delete(id);
+    this.edges(id).snapshots.push({ at: now, inst, size: await this.sizeOf(inst), reading });
+  }
+
+  /**
+   * The pending edges of an instance in one commit: each snapshot accounted from where the one
+   * before left the cursor (as if each had been committed at its event), then the close when
+   * it is gone. Runs on the instance's chain.
+   */
+  private async commitEdges(id: string): Promise<void> {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    const first = await this.store.usage.cursor(id);
+    if (first?.closed) return;
+    let cursor = first;
+    let base = this.netBases.get(id);
+    let moved: UsageCursor | undefined;
+    const slices: UsageSlice[] = [];
+    for (const s of p.snapshots) {
+      const outcome = account(cursor, s.inst, s.size, s.at, s.reading, netDelta(cursor, base, s.reading));
+      if (!outcome) continue;
+      base = nextNetBaseline(cursor, base, s.reading, s.at);
+      cursor = moved = outcome.next;
+      slices.push(...outcome.slices);
+    }
+    if (p.goneAt !== undefined) {
+      this.readings.delete(id);
+      base = undefined;
+      const outcome = cursor && close(cursor, p.goneAt);
+      if (outcome) {
+        moved = outcome.next;
+        slices.push(...outcome.slices);
+      }
+    }
+    if (!moved) {
+      if (p.goneAt !== undefined) this.netBases.delete(id);
+      return;
+    }
+    if ((await this.commit(first, moved, slices)) && base) this.netBases.set(id, base);
+    else this.netBases.delete(id);
+  }
+
+  /** Commits every instance's pending edges now and waits for all accounting in flight. */
+  async settle(): Promise<void> {
+    for (const id of [...this.pending.keys()]) void this.enqueue(id, () => this.commitEdges(id));
+    while (this.chains.size) await Promise.all([...this.chains.values()]);
   }
 
   /** Runs fn after the instance's previous accounting in this process; failures are counted and logged. */
@@ -156,6 +256,8 @@ export class MeteringService {
     await Promise.all(Array.from({ length: Math.min(PASS_CONCURRENCY, queue.length) }, async () => {
       for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
         const instanceId = id;
+        // edges an event saw go first: the pass's reading of the record is later than theirs
+        if (this.pending.has(instanceId)) void this.enqueue(instanceId, () => this.commitEdges(instanceId));
         await this.enqueue(instanceId, () => this.accountInstance(instanceId, started));
       }
     }));
@@ -164,7 +266,7 @@ export class MeteringService {
       if (live.has(c.instanceId)) continue;
       if (c.closed) {
         if (c.accountedUntil < started - CLOSED_CURSOR_RETENTION_MS) await this.store.usage.deleteCursor(c.instanceId);
-      } else if (c.accountedUntil < started - 2 * this.intervalMs) {
+      } else if (c.accountedUntil < started - 2 * this.intervalMs && !this.pending.has(c.instanceId)) {
         // gone without a destroy this leader saw (relayed events are at most once): when it went is
         // unknown, so nothing more is charged (an under-count of at most about one interval)
         await this.enqueue(c.instanceId, () => this.closeInstance(c.instanceId, c.accountedUntil));
