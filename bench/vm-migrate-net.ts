@@ -15,9 +15,9 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from '../test/helpers/daemon-process.js';
-import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from '../test/helpers/second-host.js';
+import { agentInNamespace, secondHost, tearDownTwoHosts, type NamespaceAgent, type SecondHost } from '../test/helpers/second-host.js';
 import { vxlanMissing } from '../src/agent/network/network-test-env.js';
-import { run, runOk } from '../src/core/exec.js';
+import { runOk } from '../src/core/exec.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { buildTestGuest, GUEST_CACHE_DIR, GUEST_HOST_DIRS_ENV, NET_MARKER, workloadAppend } from '../scripts/fixtures/guest.js';
 import { cleanup } from './lib/cleanup.js';
@@ -60,17 +60,7 @@ export async function vmMigrateNet(): Promise<BenchOutcome> {
   let d: DaemonProcess | undefined;
   let b: NamespaceAgent | undefined;
   const undo = cleanup.add('vm-migrate-net hosts', async () => {
-    if (d) for (const p of ['/vms?all=true', '/containers?all=true']) {
-      const list = await d.api<{ id: string }[]>('GET', p).catch(() => ({ status: 0, body: [] }));
-      for (const x of list.body ?? []) await d.api('DELETE', `${p.split('?')[0]}/${x.id}?force=true`).catch(() => undefined);
-    }
-    await d?.cli(['network', 'rm', 'bench-roam']).catch(() => undefined);
-    if (b) {
-      await b.destroy();
-      if (host2) await run('ip', ['netns', 'exec', host2.ns, 'nft', 'delete', 'table', 'inet', b.table]);
-    }
-    await d?.destroy();
-    await host2?.remove();
+    await tearDownTwoHosts(d, b, host2, ['bench-roam']);
     await rm(work, { recursive: true, force: true });
   });
   const cli = async (args: string[]) => {

@@ -123,6 +123,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       if (segment === 'groups') return f.group;
       if (segment === 'volumes') return f.volume;
       if (segment === 'volume-snapshots') return f.snapshot;
+      if (segment === 'registries') return '127.0.0.1%3A1';
       assert.fail(`${r.method} ${r.path}: the access test does not know what {${name}} after /${segment ?? ''} names; add it to aim()`);
     });
     const auth = r.auth;

@@ -176,6 +176,50 @@ describe('image builds against a real nimbusd', { skip: !buildahHere ? 'buildah 
     assert.deepEqual(leftovers(), []);
   });
 
+  test('the build cache: a rebuild reuses every step, a changed file re-runs from its COPY on; never another project\'s; it goes with the images', async () => {
+    const p = await d.api<{ id: string }>('POST', '/projects', { name: 'cached' });
+    assert.equal(p.status, 201);
+    const cfg = join(tmp, 'cached-cfg');
+    mkdirSync(cfg);
+    writeFileSync(join(cfg, 'config.json'), JSON.stringify({ HttpHeaders: { 'X-Nimbus-Project': 'cached' } }));
+    const dir = context('cache-ctx', {
+      Dockerfile: [`FROM ${BASE}`, 'RUN echo prepared > /prepared', 'COPY input.txt /input.txt', 'RUN cat /prepared /input.txt > /out'].join('\n'),
+      'input.txt': 'one\n',
+    });
+    const build = async (tag: string, config = cfg) => {
+      const t0 = Date.now();
+      const r = await docker(['build', '-t', tag, dir], config);
+      assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+      return { ms: Date.now() - t0, hits: r.stdout.match(/Using cache/g)?.length ?? 0 };
+    };
+    const id = async (tag: string) => (await docker(['image', 'inspect', '--format', '{{.Id}}', tag], cfg)).stdout.trim();
+    const cold = await build('cached:v1');
+    assert.equal(cold.hits, 0, 'a first build has nothing to reuse');
+    const warm = await build('cached:v2');
+    assert.equal(warm.hits, 3, 'RUN, COPY and RUN from the cache');
+    assert.equal(await id('cached:v2'), await id('cached:v1'), 'the same image');
+    assert.ok(warm.ms < cold.ms, `the cached build (${warm.ms} ms) is faster than the cold one (${cold.ms} ms)`);
+    writeFileSync(join(dir, 'input.txt'), 'two\n');
+    const changed = await build('cached:v3');
+    assert.equal(changed.hits, 1, 'the RUN before the changed COPY only');
+    assert.equal((await docker(['run', '--rm', 'cached:v3', 'cat', '/out'], cfg)).stdout, 'prepared\ntwo\n');
+    // the same context in another project: nothing of this project's cache
+    writeFileSync(join(dir, 'input.txt'), 'one\n');
+    assert.equal((await build('other:v1', join(tmp, 'admin'))).hits, 0, 'the default project does not hit the cached project\'s steps');
+    assert.equal((await docker(['rmi', 'other:v1'])).code, 0);
+    const store = join(d.home, 'build-cache', p.body.id);
+    assert.equal(readdirSync(store).length, 1, 'one store: one set of FROM images');
+    // the images go, then the cache goes with them (garbage collection), and the project can go
+    assert.equal((await docker(['rmi', 'cached:v1', 'cached:v2', 'cached:v3'], cfg)).code, 0);
+    assert.equal(existsSync(store), false, 'the project\'s build cache went with its images');
+    // the FROM image the build pulled into the project, and the network `docker run` made, go too
+    assert.equal((await docker(['rmi', BASE], cfg)).code, 0);
+    const rm = await d.api('DELETE', '/projects/cached');
+    assert.equal(rm.status, 204, JSON.stringify(rm.body));
+    assert.deepEqual(leftovers(), []);
+    console.log(`# docker build cold ${cold.ms} ms, cached ${warm.ms} ms, one file changed ${changed.ms} ms`);
+  });
+
   test('tenants: an image built in one project is not visible in another; a reader may not build', async () => {
     assert.equal((await d.api('POST', '/projects', { name: 'tenant' })).status, 201);
     assert.equal((await d.api('POST', '/users', { name: 'tina', password: 'tenant-password-1' })).status, 201);

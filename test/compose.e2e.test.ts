@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
@@ -60,10 +60,15 @@ volumes:
 `;
 }
 
-async function compose(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/** `cli`: let compose run the docker CLI where it would (`run` does `docker start --attach --interactive`), as by default. */
+async function compose(args: string[], opts: { cli?: boolean } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const r = await run(COMPOSE, ['-p', 'shop', ...args], {
     cwd: join(home, 'project'),
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: join(home, 'cfg'), DOCKER_CONFIG: join(home, 'cfg'), DOCKER_HOST: `unix://${d!.home}/docker.sock`, COMPOSE_INTERACTIVE_NO_CLI: '1' },
+    env: {
+      // the docker CLI compose runs is the tests' own (Debian's 20.10 when installed)
+      PATH: `${opts.cli ? `${dirname(DOCKER_CLI!)}:` : ''}${process.env.PATH ?? '/usr/bin:/bin'}`,
+      HOME: join(home, 'cfg'), DOCKER_CONFIG: join(home, 'cfg'), DOCKER_HOST: `unix://${d!.home}/docker.sock`, ...(opts.cli ? {} : { COMPOSE_INTERACTIVE_NO_CLI: '1' }),
+    },
     timeoutMs: 120_000,
   });
   return { code: r.code, stdout: r.stdout, stderr: r.stderr };
@@ -124,6 +129,16 @@ describe('docker-compose 1.29 against nimbusd', { skip: existsSync(COMPOSE) && D
     const dbAddress = (await docker.ok(['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}', 'shop_db_1'])).trim();
     assert.ok(out.includes(webAddress) && out.includes(dbAddress), `www → ${webAddress}, db → ${dbAddress} in:\n${out}`);
     assert.match(await composeOk(['exec', '-T', 'db', 'cat', '/data/f']), /stored/);
+  });
+
+  test('run --rm: a one-off container of the service (its stdin open, attached), its output and exit code, then gone', async () => {
+    // compose's own way (the docker CLI's start -ai); with COMPOSE_INTERACTIVE_NO_CLI its dockerpty starts the
+    // container before it attaches (Python 3's lazy map) and then starts it again, which loses output against dockerd too
+    const r = await compose(['run', '--rm', 'web', 'sh', '-c', 'echo "run-$GREETING-$FROM_FILE"; busybox nslookup db >/dev/null && echo db-found; exit 4'], { cli: true });
+    assert.equal(r.code, 4, `${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /^run-hello-yes\r?$/m, r.stderr);
+    assert.match(r.stdout, /^db-found\r?$/m);
+    assert.deepEqual((await docker.ok(['ps', '-a', '--format', '{{.Names}}'])).trim().split('\n').sort(), ['shop_db_1', 'shop_web_1'], 'the run container is removed');
   });
 
   test('scale, then an edit of one service recreates it alone; restart and stop', async () => {

@@ -5,7 +5,8 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import tar from 'tar-stream';
 import { request } from 'node:http';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -13,7 +14,8 @@ import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
 import { CLI_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { pushLabelledImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { FRONT_USER, authFront } from './helpers/registry-auth-front.js';
 
 /** NIMBUS_DOCKER_CLI picks another client (a newer CLI negotiates down to 1.41). */
 const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/local/bin/docker'].find((p) => p && existsSync(p));
@@ -37,31 +39,37 @@ async function docker(args: string[], env: Record<string, string> = {}, input?: 
  * The docker CLI on a terminal of its own (`docker exec -it` wants one): under script(1), its pty
  * set to rows x cols first; `input` is typed once `typeAfter` shows on the screen. The screen and the exit code.
  */
-function dockerOnTerminal(args: string[], rows: number, cols: number, input: string, typeAfter: RegExp): Promise<{ code: number; screen: string }> {
-  return onTerminal([DOCKER!, ...args], dockerEnv({ TERM: 'xterm' }), rows, cols, input, typeAfter);
+function dockerOnTerminal(args: string[], rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>, then?: Array<[RegExp, string]>): Promise<{ code: number; screen: string }> {
+  return onTerminal([DOCKER!, ...args], dockerEnv({ TERM: 'xterm' }), rows, cols, input, typeAfter, beforeTyping, then);
 }
 
 /** The nimbus CLI on a terminal, as dockerOnTerminal (over the daemon's unix socket). */
-function nimbusOnTerminal(args: string[], rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>): Promise<{ code: number; screen: string }> {
+function nimbusOnTerminal(args: string[], rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>, then?: Array<[RegExp, string]>): Promise<{ code: number; screen: string }> {
   const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, TERM: 'xterm', NIMBUS_SOCKET: join(d!.home, 'nimbus.sock'), NIMBUS_CONFIG: join(config, 'nimbus-client') };
-  return onTerminal([process.execPath, CLI_MAIN, ...args], env, rows, cols, input, typeAfter, beforeTyping);
+  return onTerminal([process.execPath, CLI_MAIN, ...args], env, rows, cols, input, typeAfter, beforeTyping, then);
 }
 
-function onTerminal(argv: string[], env: Record<string, string>, rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>): Promise<{ code: number; screen: string }> {
+function onTerminal(argv: string[], env: Record<string, string>, rows: number, cols: number, input: string, typeAfter: RegExp, beforeTyping?: (scriptPid: number) => Promise<void>, then: Array<[RegExp, string]> = []): Promise<{ code: number; screen: string }> {
   const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
   const child = spawn('script', ['-qec', `stty rows ${rows} cols ${cols}; exec ${argv.map(quote).join(' ')}`, '/dev/null'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
   let screen = '';
   let typed = false;
+  const later = [...then];
   child.stdout.on('data', (b: Buffer) => {
     screen += b.toString('utf8');
-    if (!typed && typeAfter.test(screen)) {
-      typed = true;
-      void (beforeTyping?.(child.pid!) ?? Promise.resolve()).then(() => child.stdin.write(input), (e: unknown) => {
-        screen += `\n(the test's step before typing failed: ${String(e)})`;
-        child.kill('SIGKILL');
-      });
-    }
+    // more input once the screen shows what it waits for (after the first input)
+    if (typed && later.length && later[0]![0].test(screen)) child.stdin.write(later.shift()![1]);
+    if (!typed && typeAfter.test(screen)) type();
   });
+  function type() {
+    typed = true;
+    void (beforeTyping?.(child.pid!) ?? Promise.resolve()).then(() => child.stdin.write(input), (e: unknown) => {
+      screen += `\n(the test's step before typing failed: ${String(e)})`;
+      child.kill('SIGKILL');
+    });
+  }
+  // a program that shows nothing first (docker attach): typed at once when the pattern matches an empty screen
+  if (typeAfter.test('')) type();
   child.stderr.on('data', (b: Buffer) => (screen += b.toString('utf8')));
   const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
   // stdin stays open until the end: script(1) would hang up on the session at its end-of-file
@@ -283,6 +291,56 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     }
   });
 
+  test('run -it, run -i and attach: the main process on a terminal sized as the client\'s, its stdin, detach keys, its exit code', async () => {
+    // the CLI resizes just after the start: the shell waits for a size (bounded) before it prints it
+    const waitSize = (size: string) => `for i in $(seq 60); do [ "$(stty size)" = "${size}" ] && break; sleep 0.05; done; stty size`;
+    const it = await dockerOnTerminal(['run', '-it', '--rm', IMAGE, 'sh'], 27, 91, `${waitSize('27 91')}; echo $((6*7)); tty; exit 3\r`, /# /);
+    assert.equal(it.code, 3, it.screen);
+    assert.match(it.screen, /\r+\n27 91\r+\n42\r+\n\/dev\/pts\/\d+\r+\n/, it.screen);
+    // run -i without -t: the piped input is the process's stdin, its end the process's end-of-file; stdout and stderr apart
+    const cat = await docker(['run', '-i', '--rm', IMAGE, 'sh', '-c', 'cat; echo eof; echo err >&2'], {}, 'piped data\n');
+    assert.equal(cat.code, 0, cat.stderr);
+    assert.equal(cat.stdout, 'piped data\neof\n');
+    assert.equal(cat.stderr, 'err\n');
+    // nimbus run -it: the same terminal through the Nimbus API's attach WebSocket
+    const n = await nimbusOnTerminal(['run', '-it', '--rm', IMAGE, 'sh'], 26, 88, `${waitSize('26 88')}; echo $((7*6)); exit 7\r`, /# /);
+    assert.equal(n.code, 7, n.screen);
+    assert.match(n.screen, /\r+\n26 88\r+\n42\r+\n/, n.screen);
+    assert.equal((await ok(['ps', '-a', '-q'])).trim(), '', 'the --rm containers are gone');
+    // attach to a run -dit container: sized as this client, input and output; ^P^Q detaches and it keeps running
+    await ok(['run', '-dit', '--name', 'att', IMAGE, 'sh']);
+    try {
+      assert.equal((await ok(['inspect', '--format', '{{.Config.Tty}} {{.Config.OpenStdin}} {{.Config.StdinOnce}}', 'att'])).trim(), 'true true false');
+      const first = await dockerOnTerminal(['attach', 'att'], 22, 70, `${waitSize('22 70')}; echo first-$((1+1))\r`, /^/, async () => new Promise((r) => setTimeout(r, 300)), [[/first-2\r+\n/, '\x10\x11']]);
+      // the detach keys typed once the output is seen: the CLI ends (exit 1 "read escape sequence", as against dockerd), the shell stays
+      assert.equal(first.code, 1, first.screen);
+      assert.match(first.screen, /22 70\r+\nfirst-2\r+\n/, first.screen);
+      assert.match(first.screen, /read escape sequence/, first.screen);
+      assert.equal((await ok(['inspect', '--format', '{{.State.Status}}', 'att'])).trim(), 'running');
+      // nimbus attach: sized as its terminal, typed into; its ctrl-p ctrl-q detaches (exit 0) and leaves it running
+      const viaNimbus = await nimbusOnTerminal(['attach', 'att'], 21, 77, `${waitSize('21 77')}; echo via-$((3+3))\r`, /^/, async () => new Promise((r) => setTimeout(r, 300)), [[/via-6\r+\n/, '\x10\x11']]);
+      assert.equal(viaNimbus.code, 0, viaNimbus.screen);
+      assert.match(viaNimbus.screen, /21 77\r+\nvia-6\r+\n[\s\S]*detached/, viaNimbus.screen);
+      assert.equal((await ok(['inspect', '--format', '{{.State.Status}}', 'att'])).trim(), 'running');
+      const second = await dockerOnTerminal(['attach', 'att'], 22, 70, `echo second-$((2+2)); exit 5\r`, /^/, async () => new Promise((r) => setTimeout(r, 300)));
+      assert.equal(second.code, 5, second.screen);
+      assert.match(second.screen, /second-4\r+\n/, second.screen);
+      assert.equal((await ok(['wait', 'att'])).trim(), '5');
+      // logs of a container with a terminal are its raw bytes (the CLI reads Config.Tty to know it gets no frames)
+      const logs = await ok(['logs', 'att']);
+      assert.match(logs, /first-2\r?\n[\s\S]*second-4\r?\n/);
+      assert.doesNotMatch(logs, /[\x01\x02]\x00\x00\x00/, 'no multiplexing headers');
+      // a resize of a container without a terminal is refused
+      const made = await rawJson('POST', '/containers/create', { Image: IMAGE, Cmd: ['true'] });
+      assert.equal(made.status, 201, made.body);
+      const resize = await raw('POST', `/containers/${(JSON.parse(made.body) as { Id: string }).Id}/resize?h=10&w=10`);
+      assert.equal(resize.status, 409, resize.body);
+      await ok(['rm', (JSON.parse(made.body) as { Id: string }).Id]);
+    } finally {
+      await ok(['rm', '-f', 'att']);
+    }
+  });
+
   test('an image not pulled yet: create answers 404, the CLI pulls and runs', async () => {
     const single = `${registry!.host}/nimbus-test/busybox:single`;
     const r = await docker(['run', '--rm', single, 'echo', 'pulled and ran']);
@@ -336,6 +394,100 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     await ok(['network', 'rm', 'side']);
   });
 
+  test('cp both ways: files, directories, tar streams, running and stopped containers; hostile paths and tars stay inside the container', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'nimbus-cp-'));
+    const sh = (script: string) => run('sh', ['-c', script], { env: { ...dockerEnv(), DOCKER: DOCKER! }, timeoutMs: 60_000 });
+    try {
+      // /etc/shadow of the container is known text; links to it (absolute, and '..' past the root) and a link to the host's root
+      await ok(['run', '-d', '--name', 'cpbox', IMAGE, 'sh', '-c',
+        'echo container-shadow > /etc/shadow; mkdir -p /data/sub; echo inside > /data/sub/f; ln -s /etc/shadow /data/abs; ln -s ../../../../../etc/shadow /data/up; ln -s / /data/root; touch /data/ready; exec sleep 1000']);
+      assert.equal((await docker(['exec', 'cpbox', 'sh', '-c', 'for i in $(seq 100); do [ -e /data/ready ] && exit 0; sleep 0.05; done; exit 1'])).code, 0);
+
+      // out: a file, a directory into a local directory
+      await ok(['cp', 'cpbox:/data/sub/f', join(work, 'f')]);
+      assert.equal(readFileSync(join(work, 'f'), 'utf8'), 'inside\n');
+      await ok(['cp', 'cpbox:/data/sub', work]);
+      assert.equal(readFileSync(join(work, 'sub', 'f'), 'utf8'), 'inside\n');
+      // in: a file into a directory, under a new name, a directory; and back out
+      writeFileSync(join(work, 'in.txt'), 'from the host\n');
+      await ok(['cp', join(work, 'in.txt'), 'cpbox:/tmp/']);
+      await ok(['cp', join(work, 'in.txt'), 'cpbox:/tmp/renamed.txt']);
+      mkdirSync(join(work, 'dir', 'inner'), { recursive: true });
+      writeFileSync(join(work, 'dir', 'inner', 'x'), 'x\n');
+      await ok(['cp', join(work, 'dir'), 'cpbox:/tmp/']);
+      assert.equal(await ok(['exec', 'cpbox', 'cat', '/tmp/in.txt', '/tmp/renamed.txt', '/tmp/dir/inner/x']), 'from the host\nfrom the host\nx\n', 'the container was thawed after each copy');
+      await ok(['cp', 'cpbox:/tmp/dir', join(work, 'back')]);
+      assert.equal(readFileSync(join(work, 'back', 'inner', 'x'), 'utf8'), 'x\n');
+
+      // tar streams both ways
+      const listed = await sh('"$DOCKER" cp cpbox:/data/sub - | tar -tf -');
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.deepEqual(listed.stdout.trim().split('\n').sort(), ['sub/', 'sub/f']);
+      const piped = await sh(`tar -C ${work} -cf - in.txt | "$DOCKER" cp - cpbox:/data/sub`);
+      assert.equal(piped.code, 0, piped.stderr);
+      assert.equal(await ok(['exec', 'cpbox', 'cat', '/data/sub/in.txt']), 'from the host\n');
+
+      // a path that is not there: dockerd's error and exit code
+      const missing = await docker(['cp', 'cpbox:/nope', work]);
+      assert.equal(missing.code, 1);
+      // 20.10 words it itself, newer clients print dockerd's message
+      assert.match(missing.stderr, /No such container:path: cpbox:\/nope|Could not find the file \/nope in container cpbox/);
+
+      // links to /etc/shadow, followed (-L): the container's file, never the host's
+      for (const link of ['/data/abs', '/data/up']) {
+        await ok(['cp', '-L', `cpbox:${link}`, join(work, 'shadow')]);
+        assert.equal(readFileSync(join(work, 'shadow'), 'utf8'), 'container-shadow\n', link);
+        rmSync(join(work, 'shadow'));
+      }
+      const viaRoot = await sh('"$DOCKER" cp cpbox:/data/root/etc/shadow - | tar -xOf -');
+      assert.equal(viaRoot.stdout, 'container-shadow\n', viaRoot.stderr);
+      // a tar that writes through a symlink of its own (esc -> /): refused, nothing written anywhere
+      const hostile = tar.pack();
+      hostile.entry({ name: 'esc', type: 'symlink', linkname: '/' });
+      hostile.entry({ name: 'esc/tmp/nimbus-cp-escaped' }, 'escaped\n');
+      hostile.entry({ name: 'dev', type: 'character-device', devmajor: 1, devminor: 3 });
+      hostile.finalize();
+      const chunks: Buffer[] = [];
+      for await (const c of hostile as AsyncIterable<Buffer>) chunks.push(c);
+      writeFileSync(join(work, 'hostile.tar'), Buffer.concat(chunks));
+      const refused = await sh(`"$DOCKER" cp - cpbox:/data/ < ${join(work, 'hostile.tar')}`);
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stderr, /is a symlink; refusing to follow it/);
+      assert.equal(existsSync('/tmp/nimbus-cp-escaped'), false, 'not on the host');
+      assert.notEqual((await docker(['exec', 'cpbox', 'test', '-e', '/tmp/nimbus-cp-escaped'])).code, 0, 'nor in the container');
+
+      // nimbus cp, over the Nimbus API: out (as a new name, and into a directory), in (as a new name)
+      for (const [from, to] of [['cpbox:/data/sub/f', join(work, 'nimbus-f')], ['cpbox:/data/sub', join(work, 'dir')], [join(work, 'dir'), 'cpbox:/tmp/ndir']]) {
+        const r = await d!.cli(['cp', from!, to!]);
+        assert.equal(r.code, 0, `nimbus cp ${from} ${to}: ${r.stderr}`);
+      }
+      assert.equal(readFileSync(join(work, 'nimbus-f'), 'utf8'), 'inside\n');
+      assert.equal(readFileSync(join(work, 'dir', 'sub', 'f'), 'utf8'), 'inside\n');
+      assert.equal(await ok(['exec', 'cpbox', 'cat', '/tmp/ndir/inner/x', '/tmp/ndir/sub/f']), 'x\ninside\n');
+      const nimbus = `"${process.execPath}" ${CLI_MAIN}`;
+      const nimbusStreams = await run('sh', ['-c', `tar -C ${work} -cf - in.txt | ${nimbus} cp - cpbox:/data/ && ${nimbus} cp cpbox:/data/in.txt - | tar -xOf -`], {
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, NIMBUS_SOCKET: join(d!.home, 'nimbus.sock'), NIMBUS_CONFIG: join(config, 'nimbus-client') }, timeoutMs: 60_000,
+      });
+      assert.equal(nimbusStreams.stdout, 'from the host\n', nimbusStreams.stderr);
+      const nimbusMissing = await d!.cli(['cp', 'cpbox:/nope', '-']);
+      assert.equal(nimbusMissing.code, 1);
+      assert.match(nimbusMissing.stderr, /no such file or directory: "\/nope"/);
+
+      // a stopped container: in and out, and its next start sees the file
+      await ok(['stop', '-t', '0', 'cpbox']);
+      await ok(['cp', join(work, 'in.txt'), 'cpbox:/tmp/while-stopped.txt']);
+      await ok(['cp', 'cpbox:/tmp/while-stopped.txt', join(work, 'stopped.txt')]);
+      assert.equal(readFileSync(join(work, 'stopped.txt'), 'utf8'), 'from the host\n');
+      await ok(['start', 'cpbox']);
+      assert.equal(await ok(['exec', 'cpbox', 'cat', '/tmp/while-stopped.txt']), 'from the host\n');
+      // the writes are the container's writable layer, not the image's
+      assert.notEqual((await docker(['run', '--rm', IMAGE, 'test', '-e', '/tmp/in.txt'])).code, 0);
+    } finally {
+      await docker(['rm', '-f', 'cpbox']);
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
   test('a tenant\'s token and project in HttpHeaders: its docker CLI sees its own project only; docker-env tells what to set', async () => {
     const api = d!.api.bind(d);
     assert.equal((await api('POST', '/projects', { name: 'tenant' })).status, 201);
@@ -352,12 +504,20 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     assert.equal((await asTina(['ps', '-a', '-q'])).stdout.trim(), '', 'the default project\'s container is not listed');
     assert.equal((await asTina(['images', '-q'])).stdout.trim(), '', 'nor its images');
     // (not rm -f: the CLI makes a missing container a success there)
-    for (const verb of ['stop', 'rm', 'logs', 'inspect']) {
+    for (const verb of ['stop', 'rm', 'logs', 'inspect', 'attach']) {
       const r = await asTina([verb, 'admins']);
       assert.notEqual(r.code, 0, verb);
       assert.match(r.stderr, /No such (container|object): admins/i, verb);
     }
     assert.match(await ok(['ps', '--format', '{{.Names}}']), /^admins$/m, 'still there, still running');
+    // docker cp: another project's container is not there to read or write
+    const cpOut = await asTina(['cp', 'admins:/etc/passwd', '-']);
+    assert.notEqual(cpOut.code, 0);
+    assert.match(cpOut.stderr, /No such container/);
+    const planted = join(config, 'planted.txt');
+    writeFileSync(planted, 'from another project\n');
+    assert.notEqual((await asTina(['cp', planted, 'admins:/tmp/'])).code, 0);
+    assert.notEqual((await docker(['exec', 'admins', 'test', '-e', '/tmp/planted.txt'])).code, 0, 'nothing was written into it');
     // the image is pulled again, into the tenant's project (quota and audit are the project's)
     const r = await asTina(['run', '--rm', IMAGE, 'echo', 'tenant ran']);
     assert.equal(r.code, 0, r.stderr);
@@ -397,5 +557,101 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     assert.notEqual(anonymous.code, 0, 'no token, no answer over TCP');
     assert.match(anonymous.stderr, /authentication required/);
     await okAs(asTina, ['-H', dockerTcp!, 'rm', '-f', 'over-tcp']);
+  });
+
+  test('docker login keeps the credentials for the project: its pulls use them without X-Registry-Auth, another project\'s do not; wrong ones refused in dockerd\'s words; nimbus registry ls and logout', async (t) => {
+    const password = `registry-pw-${process.pid}-${Date.now()}`;
+    const front = await authFront(registry!.host, 'bearer', FRONT_USER, password);
+    t.after(() => front.close());
+    const image = `${front.host}/nimbus-test/busybox:single`;
+    const loginConfig = join(config, 'login');
+    const otherConfig = join(config, 'other-project');
+    mkdirSync(loginConfig);
+    mkdirSync(otherConfig);
+    assert.equal((await d!.api('POST', '/projects', { name: 'reg-other' })).status, 201);
+    // the local administrator acting in another project (X-Nimbus-Project), with no docker login of its own
+    writeFileSync(join(otherConfig, 'config.json'), JSON.stringify({ HttpHeaders: { 'X-Nimbus-Project': 'reg-other' } }));
+    const asOther = (args: string[]) => docker(args, { DOCKER_CONFIG: otherConfig });
+
+    const before = await docker(['pull', image]);
+    assert.notEqual(before.code, 0, 'the registry wants credentials');
+    assert.match(before.stderr, /refused anonymous access/);
+    const wrong = await docker(['login', front.host, '-u', FRONT_USER, '--password-stdin'], { DOCKER_CONFIG: loginConfig }, 'not-the-password\n');
+    assert.notEqual(wrong.code, 0);
+    assert.match(wrong.stderr, new RegExp(`Error response from daemon: Get "http://${front.host.replace(/\./g, '\\.')}/v2/": unauthorized: authentication required`));
+    assert.deepEqual((await d!.api('GET', '/registries')).body, [], 'nothing kept');
+    const login = await docker(['login', front.host, '-u', FRONT_USER, '--password-stdin'], { DOCKER_CONFIG: loginConfig }, `${password}\n`);
+    assert.equal(login.code, 0, login.stderr);
+    assert.match(login.stdout, /Login Succeeded/);
+
+    // the admin config has no auths for the registry: the CLI sends no credentials, the project's are used
+    const pulled = await docker(['pull', image]);
+    assert.equal(pulled.code, 0, pulled.stderr);
+    assert.match(pulled.stdout, /Digest: sha256:/);
+    const other = await asOther(['pull', image]);
+    assert.notEqual(other.code, 0, 'another project does not get them');
+    assert.match(other.stderr, /refused anonymous access/);
+
+    const ls = await d!.cli(['registry', 'ls']);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.match(ls.stdout, new RegExp(`^${front.host.replace(/\./g, '\\.')}\\s+${FRONT_USER}\\s`, 'm'));
+    const listed = await d!.api<Array<Record<string, unknown>>>('GET', '/registries');
+    assert.deepEqual(Object.keys(listed.body[0]!).sort(), ['createdAt', 'server', 'updatedAt', 'updatedBy', 'username'], 'server and user name, no password');
+    // the nimbus CLI logs the other project in (checked against the registry as docker login is)
+    const cliWrong = await d!.cli(['--project', 'reg-other', 'registry', 'login', front.host, '-u', FRONT_USER, '--password-stdin'], { input: 'nope\n' });
+    assert.equal(cliWrong.code, 1);
+    assert.match(cliWrong.stderr, /unauthorized: authentication required/);
+    const cliLogin = await d!.cli(['--project', 'reg-other', 'registry', 'login', front.host, '-u', FRONT_USER, '--password-stdin'], { input: `${password}\n` });
+    assert.equal(cliLogin.code, 0, cliLogin.stderr);
+    const otherAgain = await asOther(['pull', image]);
+    assert.equal(otherAgain.code, 0, otherAgain.stderr);
+
+    const out = await d!.cli(['registry', 'logout', front.host]);
+    assert.equal(out.code, 0, out.stderr);
+    const after = await docker(['pull', image]);
+    assert.notEqual(after.code, 0, 'logged out: the project\'s pulls have no credentials again');
+    assert.match(after.stderr, /refused anonymous access/);
+    assert.equal((await d!.cli(['registry', 'logout', front.host])).code, 1, 'nothing left to forget');
+    // the password is sealed at rest and never logged
+    for (const f of ['nimbus.db', 'nimbus.db-wal']) {
+      const file = join(d!.home, f);
+      if (existsSync(file)) assert.ok(!readFileSync(file).includes(password), `${f} holds the password in clear`);
+    }
+    assert.ok(!d!.output().includes(password), 'the daemon logged the password');
+  });
+
+  test('docker images --filter dangling, label, reference (globs), before, since; image prune --filter; unknown filters refused by name', async () => {
+    const repo = 'nimbus-test/filters';
+    await pushLabelledImage(registry!, repo, 'old', '2020-01-01T00:00:00Z', { tier: 'web' });
+    await pushLabelledImage(registry!, repo, 'new', '2025-01-01T00:00:00Z', { tier: 'db' });
+    const name = `${registry!.host}/${repo}`;
+    await ok(['pull', `${name}:old`]);
+    await ok(['pull', `${name}:new`]);
+    const list = async (...args: string[]) => (await ok(['images', '--format', '{{.Tag}}', ...args])).trim().split('\n').filter(Boolean).sort();
+    const mine = ['--filter', `reference=*/${repo}`];
+    assert.deepEqual(await list(...mine), ['new', 'old']);
+    assert.deepEqual(await list(`${registry!.host}/nimbus-test/fil*`), ['new', 'old'], 'the positional reference is a glob too');
+    assert.deepEqual(await list('--filter', `reference=${repo}`), [], 'globs match the whole familiar name');
+    assert.deepEqual(await list(...mine, '--filter', 'label=tier=web'), ['old']);
+    assert.deepEqual(await list(...mine, '--filter', 'label=tier'), ['new', 'old']);
+    assert.deepEqual(await list(...mine, '--filter', `since=${name}:old`), ['new']);
+    assert.deepEqual(await list(...mine, '--filter', `before=${name}:new`), ['old']);
+    const missing = await docker(['images', '--filter', 'since=no-such:image']);
+    assert.match(missing.stderr, /No such image: no-such:image/);
+    const unknown = await docker(['images', '--filter', 'color=blue']);
+    assert.notEqual(unknown.code, 0);
+    assert.match(unknown.stderr, /Error response from daemon: invalid filter 'color'/);
+
+    // the tag moves: the new image is left dangling
+    const newId = (await ok(['image', 'inspect', '--format', '{{.Id}}', `${name}:new`])).trim();
+    await ok(['tag', `${name}:old`, `${name}:new`]);
+    const dangling = (await ok(['images', '--filter', 'dangling=true', '--no-trunc', '-q'])).trim().split('\n');
+    assert.ok(dangling.includes(newId), `dangling: ${dangling.join(' ')}`);
+    assert.doesNotMatch(await ok(['image', 'prune', '-f', '--filter', 'label=tier=web']), /deleted:/i, 'the dangling one is tier=db');
+    assert.match(await ok(['image', 'prune', '-f', '--filter', 'label=tier=db']), new RegExp(`deleted: ${newId}`, 'i'));
+    assert.ok(!(await ok(['images', '--filter', 'dangling=true', '--no-trunc', '-q'])).includes(newId));
+    const badPrune = await docker(['image', 'prune', '-f', '--filter', 'reference=x']);
+    assert.match(badPrune.stderr, /invalid filter 'reference'/);
+    await ok(['rmi', `${name}:old`, `${name}:new`]);
   });
 });

@@ -52,6 +52,8 @@ const KNOWN_5XX: { operationId: string; status: number; message: RegExp; why: st
   { operationId: 'registerAgent', status: 502, message: /does not answer/, why: 'the agent URL the request named does not answer: 502 by design' },
   // the same for a TCP agent registering over mutual TLS: the control plane calls it back first
   { operationId: 'registerTlsAgent', status: 502, message: /does not answer/, why: 'the TLS agent URL the request named does not answer: 502 by design' },
+  // and for a registry login: the registry the request named (a closed loopback port) does not answer
+  { operationId: 'loginRegistry', status: 502, message: /cannot reach registry/, why: 'the registry the request named does not answer: 502 by design' },
 ];
 
 /** A body past the 4 MiB limit may be cut off by closing the connection (issue 13: "drained or closed at once"). */
@@ -123,6 +125,8 @@ function override(field: string, s: S, fx: Fixture, route: Route): fc.Arbitrary<
     case 'hostPort': return fc.integer({ min: 45000, max: 45999 });
     case 'reference': return fc.oneof(fc.constant('127.0.0.1:1/none/such:latest'), safeName.map((n) => `127.0.0.1:1/${n.toLowerCase().replace(/[^a-z0-9]/g, 'x')}:v1`));
     case 'url': return fc.constantFrom('http://127.0.0.1:1', 'unix:/nonexistent/agent.sock');
+    // a registry login is checked against the registry: closed loopback ports only
+    case 'server': return fc.constantFrom('127.0.0.1:1', 'http://127.0.0.1:1/v2/', 'localhost:1');
     case 'runtime': return fc.constantFrom('runc', 'crun');
     case 'timeout':
     case 'stopTimeout': return fc.integer({ min: 0, max: 2 });

@@ -36,6 +36,9 @@ const REVIEWED_NOT_HOST_PATHS: Record<string, string> = {
   'attachVolume body.volume': 'a block volume of the VM\'s project, by name or id',
   'detachVolume params.volume': 'a block volume of the VM\'s project, by name or id',
   'listVolumeSnapshots query.volume': 'a volume of the project, by name or id',
+  'containerPathStat query.path': 'a path inside the container\'s own root filesystem, resolved inside it by its host (agent/copy/)',
+  'readContainerArchive query.path': 'a path inside the container\'s own root filesystem, resolved inside it by its host (agent/copy/)',
+  'writeContainerArchive query.path': 'a path inside the container\'s own root filesystem, resolved inside it by its host (agent/copy/)',
 };
 const FILE_LIKE = /path|file|dir|kernel|initrd|disk|device|socket|mount|bind|source|volume|root|image|workdir/i;
 

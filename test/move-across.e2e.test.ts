@@ -9,8 +9,10 @@
  * cgroup, FDB entry pointing at its old place). A move the destination refuses (its import is
  * over host-b's layer limit) leaves the container running on the source as before. The
  * refusals (host network, a bind mount, --live, an unknown or disabled host) are plain errors.
- * `nimbus host evacuate` moves host-b's containers to the embedded host and names the one it cannot. Skipped where
- * the kernel has no VXLAN.
+ * `nimbus host evacuate` moves host-b's containers to the embedded host and names the one it cannot.
+ * Healing: host-b's agent killed, its container with a restart policy is rebuilt on the embedded
+ * host (same id and address), one without waits; host-b back, its stale copy is destroyed
+ * (fenced) and the other runs on. Skipped where the kernel has no VXLAN.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -63,7 +65,8 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
   before(async () => {
     work = mkdtempSync(join(tmpdir(), 'nimbus-move-across-'));
     host2 = await secondHost({ ns: 'mva', link: 'nmv' });
-    d = await startDaemonProcess();
+    // healing after 1.5 s of host-b down (the default 10 s would only slow the test)
+    d = await startDaemonProcess([], { NIMBUS_HEAL_GRACE_MS: '1500' });
     b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), {
       // a small layer limit: a move of a bigger writable layer is refused by host-b's import
       homePrefix: 'nimbus-move-across-agent', env: { NIMBUS_CGROUP_PARENT: B_CGROUPS, NIMBUS_LAYER_MAX_BYTES: '8m' },
@@ -228,6 +231,39 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     } finally {
       await cliOk(['host', 'enable', AGENT]);
       await cliOk(['rm', '-f', 'evac1', 'evac2', 'evac-hostnet']);
+    }
+  });
+  test('healing: host-b dies, its container with a restart policy is rebuilt on the embedded host with its address; host-b back, its stale copy is fenced', async (t) => {
+    await cliOk(['run', '-d', '--name', 'healme', '--host', AGENT, '--restart', 'always', '--network', 'span', image, ...SERVE]);
+    await cliOk(['run', '-d', '--name', 'waits', '--host', AGENT, '--network', 'none', image, ...SERVE]);
+    const before = await inspect('healme');
+    const waitsId = (await inspect('waits')).id;
+    /** Processes on host-b (its home in their command line) running container id: its conmon. */
+    const onB = async (id: string) => (await run('pgrep', ['-f', id])).stdout.split('\n').filter(Boolean)
+      .filter((pid) => { try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(b!.home); } catch { return false; } });
+    try {
+      await b!.kill('SIGKILL'); // the agent dies; conmon keeps its containers running on host-b
+      const t0 = Date.now();
+      const after = await waitFor('healme rebuilt on the embedded host', async () => {
+        const c = await inspect('healme');
+        return c.host === 'local' && c.status === 'running' ? c : undefined;
+      }, 30_000);
+      t.diagnostic(`rebuilt ${Date.now() - t0} ms after host-b's agent was killed (grace 1.5 s)`);
+      assert.equal(after.id, before.id, 'the same container');
+      assert.equal(after.network.endpoints[0]!.address, before.network.endpoints[0]!.address, 'its address kept');
+      assert.equal((await exec('healme', 'echo alive')).trim(), 'alive');
+      const waits = await inspect('waits');
+      assert.deepEqual([waits.host, waits.status], [AGENT, 'unknown'], 'no restart policy: it waits for its host');
+      assert.ok((await onB(before.id)).length > 0, 'the stale copy still runs on host-b while its agent is dead');
+      await b!.start(); // back: its copy of healme is stale
+      await waitFor('host-b to destroy its stale copy', async () => ((await onB(before.id)).length === 0
+        && !readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? true : undefined), 30_000);
+      assert.ok((await onB(waitsId)).length > 0, 'its own container untouched');
+      await waitFor('waits running on host-b again', async () => ((await inspect('waits')).status === 'running' ? true : undefined), 20_000);
+      assert.deepEqual([(await inspect('healme')).host, (await inspect('healme')).status], ['local', 'running'], 'the rebuilt one runs on');
+    } finally {
+      if (!b!.pid()) await b!.start().catch(() => undefined);
+      await cli(['rm', '-f', 'healme', 'waits']);
     }
   });
 });

@@ -5,59 +5,17 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalContentStore } from '../src/agent/content/local-content-store.js';
 import { pullImage } from '../src/agent/images/pull.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { FRONT_PASS, FRONT_USER, authFront } from './helpers/registry-auth-front.js';
+import { RegistryClient } from '../src/agent/images/registry-client.js';
 
-const USER = 'alice';
-const PASS = 's3cret';
-const TOKEN = 'token-for-alice';
-
-interface AuthFront {
-  host: string;
-  scopes: string[];
-  close(): Promise<void>;
-}
-
-/** Forwards to the registry only requests carrying the right credentials; answers challenges otherwise. */
-async function authFront(registryHost: string, mode: 'bearer' | 'basic'): Promise<AuthFront> {
-  const scopes: string[] = [];
-  let self = '';
-  const basicOk = (req: IncomingMessage) => req.headers.authorization === `Basic ${Buffer.from(`${USER}:${PASS}`).toString('base64')}`;
-  const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const url = new URL(req.url ?? '/', `http://${self}`);
-    if (url.pathname === '/token') {
-      if (!basicOk(req)) return void res.writeHead(401).end();
-      scopes.push(url.searchParams.get('scope') ?? '');
-      res.writeHead(200, { 'content-type': 'application/json' });
-      return void res.end(JSON.stringify({ token: TOKEN }));
-    }
-    const authorised = mode === 'bearer' ? req.headers.authorization === `Bearer ${TOKEN}` : basicOk(req);
-    if (!authorised) {
-      const repo = /^\/v2\/(.+?)\/(manifests|blobs)\//.exec(url.pathname)?.[1] ?? '';
-      res.writeHead(401, {
-        'www-authenticate': mode === 'bearer'
-          ? `Bearer realm="http://${self}/token",service="nimbus-test",scope="repository:${repo}:pull"`
-          : 'Basic realm="nimbus-test"',
-      });
-      return void res.end();
-    }
-    const fwd = request({ host: '127.0.0.1', port: Number(registryHost.split(':')[1]), path: req.url, method: req.method, headers: { ...req.headers, host: registryHost } }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
-    fwd.on('error', () => res.writeHead(502).end());
-    req.pipe(fwd);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const addr = server.address();
-  self = `127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
-  return { host: self, scopes, close: () => new Promise((r) => server.close(() => r())) };
-}
+const USER = FRONT_USER;
+const PASS = FRONT_PASS;
 
 describe('registry authentication', () => {
   let registry: TestRegistry;
@@ -86,6 +44,23 @@ describe('registry authentication', () => {
       if (mode === 'bearer') assert.ok(front.scopes.includes('repository:nimbus-test/busybox:pull'), `token asked for the pull scope: ${front.scopes.join(', ')}`);
     });
   }
+
+  test('login checks as dockerd: GET /v2/ with the challenge answered; a refusal in dockerd\'s words', async (t) => {
+    const fronts = { bearer: await authFront(registry.host, 'bearer'), basic: await authFront(registry.host, 'basic') };
+    t.after(async () => {
+      await fronts.bearer.close();
+      await fronts.basic.close();
+    });
+    const login = (host: string, password: string) => new RegistryClient(host, '', { credentials: { username: USER, password } }).checkLogin();
+    await login(fronts.bearer.host, PASS);
+    assert.deepEqual(fronts.bearer.scopes, [''], 'the token was asked for without a scope, as a login does');
+    await assert.rejects(login(fronts.bearer.host, 'wrong'), { code: 'Unauthenticated', message: `Get "http://${fronts.bearer.host}/v2/": unauthorized: authentication required` });
+    await login(fronts.basic.host, PASS);
+    await assert.rejects(login(fronts.basic.host, 'wrong'), { code: 'Unauthenticated', message: `login attempt to http://${fronts.basic.host}/v2/ failed with status: 401 Unauthorized` });
+    // a registry that wants no credentials accepts any (dockerd says Login Succeeded there too)
+    await login(registry.host, 'anything');
+    await assert.rejects(login('127.0.0.1:1', PASS), { code: 'Unavailable' });
+  });
 
   test('a tag that does not exist is NotFound naming the reference; an index without the platform says which it has', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'nimbus-auth-'));

@@ -70,6 +70,16 @@ test('passwords, tokens, API keys and agent secrets never reach the log or a lis
   assert.equal(bad.status, 401, bad.text);
   assert.ok(!bad.text.includes(forged.split('.')[2]!));
 
+  // registry passwords (nimbus registry login, docker login): a registry that does not answer refuses them, none is echoed
+  const registryPassword = secret('registrypw');
+  const reg2 = await call(sock, 'POST', '/registries', { body: { server: '127.0.0.1:1', username: 'u', password: registryPassword } });
+  assert.equal(reg2.status, 502, reg2.text);
+  assert.ok(!reg2.text.includes(registryPassword));
+  const dockerPassword = secret('dockerpw');
+  const dockerLogin = await call({ socketPath: `${d.home}/docker.sock` }, 'POST', '/auth', { body: { username: 'u', password: dockerPassword, serveraddress: 'http://127.0.0.1:1/' } });
+  assert.equal(dockerLogin.status, 502, dockerLogin.text);
+  assert.ok(!dockerLogin.text.includes(dockerPassword));
+
   const printed = d.output();
   assert.match(printed, /debug|"level"/i, 'the daemon did log at debug level');
   for (const s of secrets) assert.ok(!printed.includes(s), `a secret (${s.split('-')[0]}) reached the daemon's output`);

@@ -8,6 +8,8 @@ import type { WarmPoolStats } from './warm-pool.js';
 import type { ReaperStats } from './reaper.js';
 import type { ImageConfigDoc, LayerRecord } from '../store/records.js';
 import type {
+  AttachRequest,
+  AttachSession,
   ExecRequest,
   ExecSession,
   InstanceStats,
@@ -284,7 +286,8 @@ export interface ImageHost {
   adoptDiskImage(digest: string, kind: VmImageKind): Promise<AdoptedDiskImage>;
   /**
    * Build an image from a context (a tar stream) and import it into the content store as an
-   * import is (verified, layers hardened); nothing of the build is left afterwards, on failure too.
+   * import is (verified, layers hardened); nothing of the build is left afterwards, on failure too,
+   * but the project's layer cache (images/build-cache.ts: its own project's builds only).
    */
   buildImage(req: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage>;
 }
@@ -332,6 +335,10 @@ export interface ContainerHost {
   unpauseContainer(id: string): Promise<void>;
   containerState(id: string): Promise<RuntimeState>;
   execInContainer(id: string, req: ExecRequest): Promise<ExecSession>;
+  /** Attach to the main process through its monitor: output from now on, its stdin when asked. Protocol 8. */
+  attachContainer(id: string, req: AttachRequest): Promise<AttachSession>;
+  /** The main process's terminal's new size (a container made with process.terminal). Protocol 8. */
+  resizeContainer(id: string, rows: number, cols: number): Promise<void>;
   containerLogs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord>;
   containerStats(id: string): Promise<InstanceStats>;
   /** Its processes as `ps -ef` shows them (host pids), for `top`. Protocol 6. */
@@ -517,7 +524,39 @@ export interface ContainerMoveHost {
   importVolume(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
 }
 
+/** A path in a container as `docker cp` stats it (Docker's ContainerPathStat; mode is st_mode). */
+export interface ContainerPathStat {
+  name: string;
+  size: number;
+  mode: number;
+  /** ISO 8601. */
+  mtime: string;
+  /** A symlink's target resolved in the container ('' otherwise). */
+  linkTarget: string;
+}
+
+/** What an extraction into a container wrote. */
+export interface ContainerArchiveResult {
+  bytes: number;
+  entries: number;
+  unpackedBytes: number;
+}
+
+/**
+ * Files into and out of a container, running or stopped, as tar streams (`docker cp`,
+ * agent/copy/container-copy.ts): the path and the tar are hostile, resolved and unpacked inside
+ * its rootfs, writes land in its writable layer. Protocol 8.
+ */
+export interface ContainerCopyHost {
+  /** The path's stat, its last symlink not followed (unless the path ends in '/'); NotFound when nothing is there. */
+  containerPathStat(id: string, path: string): Promise<ContainerPathStat>;
+  /** The path as a tar, entries named from its last component; the reader consumes or destroys it (the container is held until then). */
+  readContainerArchive(id: string, path: string): Promise<{ stat: ContainerPathStat; bytes: Readable }>;
+  /** The tar extracted under the directory path (followed to the end); hostile entries refused. */
+  writeContainerArchive(id: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>): Promise<ContainerArchiveResult>;
+}
+
 /** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
-export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost {
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost, ContainerCopyHost {
   close(): Promise<void>;
 }

@@ -53,8 +53,9 @@ import { VolumeStore } from './volumes/volume-store.js';
 import { BlockVolumeStore } from './volumes/block-volume-store.js';
 import { BuildHost } from './images/build.js';
 import { MoveHost } from './move/move-host.js';
+import { CopyHost } from './copy/container-copy.js';
 import { ociMounts } from './volumes/container-mounts.js';
-import type { EtcFiles, InstanceStats } from './drivers/instance-driver.js';
+import type { AttachRequest, AttachSession, EtcFiles, InstanceStats } from './drivers/instance-driver.js';
 import { readInstanceNetwork } from './network/endpoint-counters.js';
 import { removeStateFile, replaceStateFile } from '../core/state-files.js';
 import { procStat } from '../core/proc.js';
@@ -78,7 +79,7 @@ function hostCpusBusy(): boolean {
  * command line since the warm create; a namespace of its own, to which endpoints can be added).
  */
 function warmTemplateOf(req: Omit<ContainerCreateRequest, 'id'>): WarmTemplate | undefined {
-  if (req.hostname !== undefined || req.process.terminal || req.runtime === 'vm') return undefined;
+  if (req.hostname !== undefined || req.process.terminal || req.process.stdin || req.runtime === 'vm') return undefined;
   if (req.mounts?.length) return undefined;
   if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
   if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
@@ -334,6 +335,7 @@ export class LocalAgent implements Agent {
       storageDriver: this.snapshotterName === 'overlayfs' ? 'overlay' : 'vfs',
       content: this.content,
       importArchive: (path) => this.importImages(path),
+      adoptImage: (digest) => this.adoptImage(digest),
     }));
   }
 
@@ -537,6 +539,8 @@ export class LocalAgent implements Agent {
     const result: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
     // A pull in flight holds blobs and snapshots no image references yet.
     if (this.activePulls > 0) return result;
+    // build cache stores go with the images they built (images/build-cache.ts)
+    await this.builder.collectCache(new Set(keep.manifestDigests)).catch((e: unknown) => log.warn('gc: collecting the build cache failed', { error: String(e) }));
     // Removed containers and warm ones hold their image's layers: let go of them first.
     await this.reaper.idle();
     await this.warm.retainOnly(new Set(keep.chainIds));
@@ -832,7 +836,8 @@ export class LocalAgent implements Agent {
   }
 
   startContainer(id: string): Promise<RuntimeState> {
-    return this.warm.busy(() => this.startContainerNow(id));
+    // after a copy in progress: a start after exit mounts the rootfs again
+    return this.warm.busy(() => this.copies.lifecycle(id, () => this.startContainerNow(id)));
   }
 
   private async startContainerNow(id: string): Promise<RuntimeState> {
@@ -857,19 +862,28 @@ export class LocalAgent implements Agent {
   }
 
   async stopContainer(id: string, timeoutSec: number, signal?: string) {
-    return (await this.driverOf(id)).stop(id, timeoutSec, signal);
+    // after a copy in progress, which holds the container frozen (a stop would thaw it)
+    return this.copies.lifecycle(id, async () => (await this.driverOf(id)).stop(id, timeoutSec, signal));
   }
   async killContainer(id: string, signal: string) {
     return (await this.driverOf(id)).kill(id, signal);
   }
   async pauseContainer(id: string) {
-    return (await this.driverOf(id)).pause(id);
+    return this.copies.lifecycle(id, async () => (await this.driverOf(id)).pause(id));
   }
   async unpauseContainer(id: string) {
-    return (await this.driverOf(id)).unpause(id);
+    return this.copies.lifecycle(id, async () => (await this.driverOf(id)).unpause(id));
   }
   async containerState(id: string) {
     return (await this.driverOf(id)).state(id);
+  }
+  async attachContainer(id: string, req: AttachRequest): Promise<AttachSession> {
+    if (this.isSecure(id)) throw new Conflict(`container ${id.slice(0, 12)} runs in its own microVM: attaching to its process is not supported yet`);
+    return this.containers.attach(id, req);
+  }
+  async resizeContainer(id: string, rows: number, cols: number): Promise<void> {
+    if (this.isSecure(id)) throw new Conflict(`container ${id.slice(0, 12)} runs in its own microVM: it has no terminal`);
+    return this.containers.resize(id, rows, cols);
   }
   async execInContainer(id: string, req: Parameters<InstanceDriver['exec']>[1]) {
     return (await this.driverOf(id)).exec(id, req);
@@ -907,6 +921,7 @@ export class LocalAgent implements Agent {
   }
 
   private async removeContainerNow(id: string): Promise<void> {
+    await this.copies.lifecycle(id, async () => undefined); // a copy in progress ends before its rootfs goes
     this.neverStarted.delete(id);
     this.claimed.delete(id);
     // at once, not by the reaper: its published ports and names may be someone else's next
@@ -1233,6 +1248,37 @@ export class LocalAgent implements Agent {
   }
   importVolume(id: string, bytes: AsyncIterable<Uint8Array>) {
     return this.mover.importVolume(id, bytes);
+  }
+
+  // ------------------------------------------------- docker cp (copy/container-copy.ts)
+
+  private copiesP: CopyHost | undefined;
+  private get copies(): CopyHost {
+    return (this.copiesP ??= new CopyHost({
+      agentName: this.options.agentName,
+      isSecure: (id) => this.isSecure(id),
+      view: (id) => this.containers.copyView(id),
+      state: (id) => this.containers.state(id),
+      freeze: (id) => this.containers.pause(id),
+      thaw: (id) => this.containers.unpause(id),
+      snapshotMounts: (id) => this.snapshotter.mounts(id),
+      saved: async (id) => {
+        const req = JSON.parse(await readFile(this.requestFile(id), 'utf8')) as ContainerCreateRequest;
+        return { mountPoints: (req.mounts ?? []).map((m) => m.target) };
+      },
+      scratchDir: join(this.options.containersDir, 'copy'),
+      room: () => this.diskSpace(),
+      ...(this.options.layerMaxBytes ? { maxBytes: this.options.layerMaxBytes } : {}),
+    }));
+  }
+  containerPathStat(id: string, path: string) {
+    return this.copies.stat(id, path);
+  }
+  readContainerArchive(id: string, path: string) {
+    return this.copies.read(id, path);
+  }
+  writeContainerArchive(id: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>) {
+    return this.copies.write(id, path, opts, bytes);
   }
 
   async close(): Promise<void> {

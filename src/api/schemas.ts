@@ -223,6 +223,9 @@ export const ContainerCreate = Type.Object(
     }, { additionalProperties: false, description: 'Log rotation, Docker\'s max-size / max-file' })),
     mounts: Type.Optional(Type.Array(MountSpec, { maxItems: 64, description: 'Volumes, host paths and tmpfs (-v, --mount, --tmpfs)' })),
     healthcheck: Type.Optional(Healthcheck),
+    tty: Type.Optional(Type.Boolean({ description: 'The main process on a terminal (docker run -t): attach carries its raw bytes' })),
+    openStdin: Type.Optional(Type.Boolean({ description: 'Its stdin open to attach (docker run -i)' })),
+    stdinOnce: Type.Optional(Type.Boolean({ description: 'With openStdin: stdin ends when the first attached client leaves' })),
     start: Type.Boolean({
       default: false,
       description: 'Start it too, in this request (nimbus run -d). A failed start leaves the container created (removed if autoRemove); the error names it in details.container',

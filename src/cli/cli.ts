@@ -14,6 +14,7 @@
 import { errorText } from './errors.js';
 import { OUTPUT_OPTION, PROJECT_OPTION, UsageError, helpText, parseArgs, usageLine, type CommandSpec, type GlobalOptions } from './args.js';
 import { containerCommands } from './commands/containers.js';
+import { cpCommands } from './commands/cp.js';
 import { imageCommands } from './commands/images.js';
 import { buildCommands } from './commands/build.js';
 import { systemCommands } from './commands/system.js';
@@ -28,6 +29,7 @@ import { volumeCommands } from './commands/volumes.js';
 import { dockerEnvCommands } from './commands/docker-env.js';
 import { usageCommands } from './commands/usage.js';
 import { moveCommands } from './commands/move.js';
+import { registryCommands } from './commands/registries.js';
 
 export { errorText };
 
@@ -38,7 +40,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...buildCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands, ...moveCommands,
+  ...containerCommands, ...cpCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...registryCommands, ...buildCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands, ...moveCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */

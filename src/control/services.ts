@@ -20,6 +20,7 @@ import type { Replica } from './leader/replica.js';
 import type { HostAgents } from './compute/hosts.js';
 import type { Metrics } from './metering/metrics.js';
 import type { VolumeService } from './volumes/volume-service.js';
+import type { RegistryCredentialService } from './registries/registry-credentials.js';
 
 export interface Services {
   options: CompiledOptions;
@@ -47,6 +48,8 @@ export interface Services {
   vms: VmService;
   /** Named volumes (docs/volumes.md). */
   volumes: VolumeService;
+  /** Registry credentials per project (docs/registries.md); absent where services are assembled by hand (tests). */
+  registries?: RegistryCredentialService;
   quota: QuotaService;
   identity: IdentityService;
   projects: ProjectService;

@@ -22,9 +22,12 @@ import { settleGoneReplicas } from '../control/leader/gone-replicas.js';
 import { SYSTEM_ACTOR } from '../control/events/actor.js';
 import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
+import { RegistryCredentialService } from '../control/registries/registry-credentials.js';
+import { SecretBox } from '../control/registries/sealed-secret.js';
 import { BuildService } from '../control/images/build-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
 import { HealthMonitor } from '../control/compute/health.js';
+import { HealingService, healGraceFromEnv } from '../control/compute/healing.js';
 import { VolumeService } from '../control/volumes/volume-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
 import { DiskImageService } from '../control/images/disk-image-service.js';
@@ -231,6 +234,9 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   undo.push(() => metrics.close());
   const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
   images.useHosts(hosts);
+  // registry credentials per project (docker login), the passwords sealed under HOME/secrets.key
+  const registries = new RegistryCredentialService(store, new SecretBox(path.join(options.home, 'secrets.key'), store), events, options.insecureRegistries);
+  images.useCredentials((projectId, registry) => registries.credentialsFor(projectId, registry));
   const scheduler = metrics.instrumentScheduler(new FilterScheduler(store, agents, { imageLocality: images.locality() }));
   // the ledger's committed audit entries become quota events (with the caller as actor) and counts
   const quota = await QuotaService.open(withQuotaEvents(store, quotaEventPublisher(events, (kind) => metrics.observeQuota(kind))), { replicaId: replica.replicaId });
@@ -269,6 +275,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION, metrics,
     builds: new BuildService(images, operations, quota, options.tmpDir),
+    registries,
   };
 
   state = 'reconciling';
@@ -358,6 +365,23 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     void monitor.start().catch((e: unknown) => log.error('starting the health checks failed', { error: String(e) }));
     return () => monitor.stop();
   });
+  // healing (docs/overlay.md): containers of a host down past the grace rebuilt elsewhere, a host that comes back fenced
+  const healGraceMs = healGraceFromEnv();
+  if (healGraceMs > 0) {
+    replica.whileLeader('healing', () => {
+      const healer = new HealingService(
+        {
+          ...containers.healDeps(),
+          vms,
+          fenceWaits: async () => (await store.operations.list(500)).some((op) => (op.status === 'running' || op.status === 'pending') && ['container.move', 'vm.migrate', 'host.evacuate'].includes(op.kind)),
+        },
+        { publish: (e) => events.publish({ actor: SYSTEM_ACTOR, ...e }) },
+        { graceMs: healGraceMs },
+      );
+      healer.start();
+      return () => healer.stop();
+    });
+  }
   replica.whileLeader('operations.failInterrupted', every('operations.failInterrupted', 5_000, () => operations.failInterrupted()));
   replica.whileLeader('replicas.forget', every('replicas.forget', 60_000, () => forgetGoneReplicas(store)));
   // usage metering: one sampler across replicas, its records exactly-once whoever leads (docs/metering.md)

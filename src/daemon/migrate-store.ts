@@ -63,8 +63,9 @@ Before you start:
 
 What is not copied (it stays in HOME, which the installation keeps using):
   the content store (image blobs), snapshots, containers' and VMs' directories and VM
-  disks, the agent CA (HOME/agent-ca): other control-plane processes sharing the new store
-  need a copy of HOME/agent-ca. The SQLite file is left as it was; do not start nimbusd on it
+  disks, the agent CA (HOME/agent-ca) and the key registry passwords are sealed with
+  (HOME/secrets.key): other control-plane processes sharing the new store need a copy of
+  both. The SQLite file is left as it was; do not start nimbusd on it
   again, or the two stores diverge.
 
 Afterwards:

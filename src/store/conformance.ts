@@ -12,6 +12,7 @@ import type { ContainerRecord, ImageRecord, NetworkRecord, VmRecord } from './re
 import type { Store } from './store.js';
 import { BASELINE_VERSION, MIGRATIONS } from './schema.js';
 import { placementConformance } from './conformance-placement.js';
+import { registryCredentialConformance } from './conformance-registry-credentials.js';
 
 export interface ConformanceTarget {
   store: Store;
@@ -114,6 +115,7 @@ export async function assertInstanceNamesMigrated(s: Store): Promise<void> {
 
 export function storeConformance(name: string, open: () => Promise<ConformanceTarget>): void {
   placementConformance(name, open);
+  registryCredentialConformance(name, open);
   /** A store on an empty database, cleaned up after the test; reopen() is the target's (or fails the test). */
   async function setup(t: TestContext): Promise<{ s: Store; reopen: () => Promise<Store> }> {
     const target = await open();

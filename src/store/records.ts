@@ -170,6 +170,12 @@ export interface ContainerConfig {
   aliases?: string[];
   /** Log rotation (--log-opt max-size / max-file); absent: the agent's defaults (10 MiB x 3). */
   log?: { maxSizeBytes?: number; maxFiles?: number };
+  /** The main process on a terminal (docker run -t): attach carries its raw bytes, resize its size. */
+  tty?: boolean;
+  /** Its stdin open to attach (docker run -i). */
+  openStdin?: boolean;
+  /** With openStdin: stdin ends when the first attached client leaves (docker run -i without -d). */
+  stdinOnce?: boolean;
 }
 
 export interface PortSpec {
@@ -307,6 +313,8 @@ export interface VmConfig {
   initrdImage?: { name: string; digest: string };
   /** Block volumes on it (docs/volumes.md "Block volumes"), in attach order; `boot`: the one it boots from. Removing the VM detaches them. */
   volumes?: Array<{ volumeId: string; readonly?: boolean; boot?: boolean }>;
+  /** Rebuilt on another host, from its images, when its host dies while it runs (docs/overlay.md "Healing"). */
+  ha?: boolean;
 }
 
 /** The VM state machine's states (src/control/compute/vm-state.ts has the legal transitions). */

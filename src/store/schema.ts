@@ -426,6 +426,19 @@ export const MIGRATIONS: readonly string[] = [
    );
    CREATE UNIQUE INDEX volume_snapshots_project_name ON volume_snapshots(project_id, name);
    CREATE INDEX volume_snapshots_volume ON volume_snapshots(volume_id);`,
+  // registry credentials per project (docker login, nimbus registry login): the password only
+  // sealed with the control plane's key (control/registries/sealed-secret.ts), never in clear;
+  // they go with their project
+  `CREATE TABLE registry_credentials (
+     project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+     server TEXT NOT NULL,
+     username TEXT NOT NULL,
+     sealed_password TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL,
+     updated_by TEXT NOT NULL,
+     PRIMARY KEY (project_id, server)
+   );`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

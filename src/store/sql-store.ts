@@ -18,6 +18,7 @@ import { SqlPlacementRepo } from './repos/placement.js';
 import { SqlSettingsRepo } from './repos/settings.js';
 import { SqlUsageRepo } from './repos/usage.js';
 import { SqlVolumeRepo } from './repos/volumes.js';
+import { SqlRegistryCredentialRepo } from './repos/registry-credentials.js';
 
 export class SqlStore implements Store {
   readonly kind: StoreKind;
@@ -37,6 +38,7 @@ export class SqlStore implements Store {
   readonly settings: SqlSettingsRepo;
   readonly usage: SqlUsageRepo;
   readonly volumes: SqlVolumeRepo;
+  readonly registryCredentials: SqlRegistryCredentialRepo;
   private readonly quota: SqlQuotaRows;
 
   /** db: an executor on a migrated database (see openStore). */
@@ -58,6 +60,7 @@ export class SqlStore implements Store {
     this.settings = new SqlSettingsRepo(db);
     this.usage = new SqlUsageRepo(db);
     this.volumes = new SqlVolumeRepo(db);
+    this.registryCredentials = new SqlRegistryCredentialRepo(db);
     this.quota = new SqlQuotaRows(db);
   }
 

@@ -36,6 +36,7 @@ import type { PlacementRepo } from './repos/placement.js';
 import type { SettingsRepo } from './repos/settings.js';
 import type { UsageRepo } from './repos/usage.js';
 import type { VolumeRepo } from './repos/volumes.js';
+import type { RegistryCredentialRepo } from './repos/registry-credentials.js';
 
 export interface ProjectRepo {
   get(id: string): Promise<ProjectRecord | undefined>;
@@ -271,6 +272,8 @@ export interface Store {
   readonly usage: UsageRepo;
   /** Named volumes (docs/volumes.md). */
   readonly volumes: VolumeRepo;
+  /** Registry credentials per project, the passwords sealed (docs/registries.md). */
+  readonly registryCredentials: RegistryCredentialRepo;
   /** Which implementation this is (for logs, /info and dialect-specific tests). */
   readonly kind: StoreKind;
   /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */

@@ -72,3 +72,13 @@ export async function pushZstdImage(reg: TestRegistry, repo = 'nimbus-test/zstd'
   for (const l of layers) await pushBlob(reg.host, repo, l);
   await pushManifest(reg.host, repo, 'latest', manifest);
 }
+
+/** The amd64 test image again with a config of its own (creation time, labels), pushed as `repo:tag`: distinct images sharing layers. */
+export async function pushLabelledImage(reg: TestRegistry, repo: string, tag: string, created: string, labels: Record<string, string>): Promise<void> {
+  const img = reg.images.amd64;
+  const doc = JSON.parse(img.config.data.toString()) as { created?: string; config?: Record<string, unknown> };
+  const config = blobOf(Buffer.from(JSON.stringify({ ...doc, created, config: { ...doc.config, Labels: labels } })), MEDIA.config);
+  await pushBlob(reg.host, repo, config);
+  for (const l of img.layers) await pushBlob(reg.host, repo, l);
+  await pushManifest(reg.host, repo, tag, manifestOf(config, img.layers));
+}

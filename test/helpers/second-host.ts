@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { freeTestSubnet, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 import { run } from '../../src/core/exec.js';
 import { untilOutput } from '../../scripts/fixtures/child-output.js';
-import { DAEMON_MAIN } from './daemon-process.js';
+import { DAEMON_MAIN, type DaemonProcess } from './daemon-process.js';
 
 export interface SecondHost {
   ns: string;
@@ -133,4 +133,25 @@ export function agentInNamespace(controlPlaneSocket: string, host: SecondHost, j
       return left;
     },
   };
+}
+
+/**
+ * What a two-host setup made, gone: every VM and container through the daemon's API, the named
+ * networks, the agent (and what outlives it, and its table in its namespace), the daemon, the
+ * namespace. Each part is skipped when it was never made.
+ */
+export async function tearDownTwoHosts(d: DaemonProcess | undefined, b: NamespaceAgent | undefined, host2: SecondHost | undefined, networks: string[] = []): Promise<void> {
+  if (d) {
+    for (const p of ['/vms?all=true', '/containers?all=true']) {
+      const list = await d.api<{ id: string }[]>('GET', p).catch(() => ({ status: 0, body: [] }));
+      for (const x of list.body ?? []) await d.api('DELETE', `${p.split('?')[0]}/${x.id}?force=true`).catch(() => undefined);
+    }
+    for (const n of networks) await d.cli(['network', 'rm', n]).catch(() => undefined);
+  }
+  if (b) {
+    await b.destroy();
+    if (host2) await run('ip', ['netns', 'exec', host2.ns, 'nft', 'delete', 'table', 'inet', b.table]);
+  }
+  await d?.destroy();
+  await host2?.remove();
 }

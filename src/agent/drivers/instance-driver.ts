@@ -11,7 +11,10 @@ export interface ProcessSpec {
   env: string[]; // "K=V"
   cwd: string;
   user: string; // "uid[:gid]" or a name resolved against the rootfs' /etc/passwd
+  /** The main process on a terminal (Docker's Tty): attach gives its raw bytes, resize its size. */
   terminal?: boolean;
+  /** Stdin open to attach (Docker's OpenStdin): 'once' ends it when the first attached client leaves (StdinOnce). Protocol 8. */
+  stdin?: 'open' | 'once';
 }
 
 export interface ResourceLimits {
@@ -127,6 +130,21 @@ export interface ExecSession {
   exit: Promise<number>;
   /** With a TTY: the terminal's new size (the command gets SIGWINCH). */
   resize?(rows: number, cols: number): void;
+}
+
+/**
+ * Attached to a container's main process (conmon's attach socket): its output from now on and,
+ * when asked and the container has one open, its stdin. With a terminal `stdout` carries the
+ * terminal's bytes and `stderr` stays empty. Ending `stdin` is the process's end of input when
+ * the container's stdin is 'once' (without a terminal); destroying `stdout` detaches. `exit`
+ * settles when the stream ends (the process exited, or the attach was ended): 0, attach knows
+ * no exit code (the container's record does).
+ */
+export type AttachSession = ExecSession;
+
+export interface AttachRequest {
+  /** Carry input to the container's stdin (refused when the container has none open). */
+  stdin: boolean;
 }
 
 /** InvalidArgument-worthy text when a terminal size is not one, else undefined. */

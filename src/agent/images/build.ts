@@ -1,10 +1,11 @@
 /**
  * Image builds on a host, by buildah (Debian's, 1.28) rather than a Dockerfile interpreter of our
  * own. One build, one directory under the agent's home (builds/<project>/<build>): the context,
- * buildah's storage root and run root, its configuration files and the archive it writes. Nothing
- * of it outlives the build: buildah's containers and images are removed, any mount left under the
- * directory is unmounted, the directory goes, and the cgroup the whole process tree ran in is
- * emptied and removed, on success and on failure alike (docs/builds.md).
+ * its configuration files and the archive it writes. Nothing of it outlives the build: any mount
+ * left under the directory is unmounted, the directory goes, and the cgroup the whole process tree
+ * ran in is emptied and removed, on success and on failure alike (docs/builds.md). buildah's
+ * storage is the project's layer cache (build-cache.ts): kept for the project's next builds, never
+ * another project's; with the cache off it is the build's own and goes with it.
  *
  * FROM images are the host's own (the control plane pulled them with its credentials and digest
  * checks, or the project already had them): each is written as an OCI layout from the content
@@ -19,6 +20,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFile, link, lstat, mkdir, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
+import { BuildCache, unmountUnder, type CacheLease } from './build-cache.js';
 import { createInterface } from 'node:readline';
 import { InvalidArgument, Internal, NimbusError, PermissionDenied, Unavailable } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
@@ -49,9 +51,19 @@ export interface BuildHostOptions {
   content: ContentReader;
   /** The import path (OCI layout tar → content store → snapshots). */
   importArchive(path: string): Promise<AgentImage[]>;
+  /** An image whose blobs are in the content store, checked as an import is (a fully cached build's earlier result). */
+  adoptImage?(manifestDigest: string): Promise<AgentImage>;
   contextLimits?: ContextLimits;
   buildah?: string;
   runtime?: string;
+  /** Keep buildah's layer cache between a project's builds (default true; docs/builds.md). */
+  cache?: boolean;
+}
+
+/** Where buildah keeps its images and its run state for one build. */
+interface Roots {
+  storage: string;
+  runroot: string;
 }
 
 /** The one exit status a command ended with, and its last lines. */
@@ -66,9 +78,17 @@ export class BuildHost {
   private readonly cgroupParent: string;
   /** What an earlier process of this agent left (it died mid-build), removed before the first build. */
   private swept: Promise<void> | undefined;
+  private readonly cache: BuildCache;
 
   constructor(private readonly o: BuildHostOptions) {
     this.cgroupParent = `${BUILD_CGROUP_PARENT}/${createHash('sha256').update(o.home).digest('hex').slice(0, 12)}`;
+    this.cache = new BuildCache(join(o.home, 'build-cache'));
+  }
+
+  /** Garbage collection's turn: cache stores none of whose images is kept any more go (build-cache.ts). */
+  async collectCache(keepManifests: ReadonlySet<string>): Promise<number> {
+    await this.sweepOnce();
+    return this.cache.collect(keepManifests);
   }
 
   /** The sweep below, once per process (at the agent's start, else before its first build); later calls are no-ops. */
@@ -88,6 +108,7 @@ export class BuildHost {
       for (const build of await readdir(join(root, project)).catch(() => [] as string[])) await unmountUnder(join(root, project, build));
     }
     await rm(root, { recursive: true, force: true });
+    await this.cache.sweep();
   }
 
   private get buildah(): string {
@@ -103,6 +124,11 @@ export class BuildHost {
     const layout = await detectCgroupLayout();
     const cg = cgroupPaths(layout, `${this.cgroupParent}/${req.id}`);
     const started = Date.now();
+    let lease: CacheLease | undefined;
+    let roots: Roots = { storage: join(dir, 'storage'), runroot: join(dir, 'run') };
+    // a buildah process killed mid-way (cancelled, OOM) may leave its store half-written: not kept
+    let dirty = false;
+    let result: { imageId: string; manifestDigest: string } | undefined;
     try {
       await rm(dir, { recursive: true, force: true });
       for (const d of ['storage', 'run', 'home', 'tmp', 'bases']) await mkdir(join(dir, d), { recursive: true, mode: 0o700 });
@@ -114,10 +140,25 @@ export class BuildHost {
       if (remote.length && req.network !== 'host') throw new PermissionDenied(`ADD ${remote[0]!.slice(0, 200)}: a remote source needs the host network`);
       progress({ line: `Sending build context to Nimbus: ${got.files} files, ${got.bytes} bytes` });
       const joins = await makeCgroup(layout, cg, req.resources);
-      const env = await this.environment(dir);
-      const run = (args: string[], onLine?: (l: string) => void) => this.run(dir, joins, env, args, signal, onLine);
+      const network = req.network === 'host' ? 'host' : 'none';
+      if (this.o.cache !== false) {
+        lease = await this.cache.acquire({ projectId: req.projectId, storageDriver: this.o.storageDriver, network, bases: req.baseImages });
+        roots = { storage: lease.storage, runroot: lease.runroot };
+      }
+      const env = await this.environment(dir, roots);
+      const run = async (args: string[], onLine?: (l: string) => void) => {
+        try {
+          const r = await this.run(dir, roots, joins, env, args, signal, onLine);
+          if (r.signal) dirty = true;
+          return r;
+        } catch (e) {
+          if (signal?.aborted) dirty = true;
+          throw e;
+        }
+      };
 
-      for (const [i, b] of req.baseImages.entries()) {
+      // a cache store is keyed by its FROM images: once there (and named), they stay
+      for (const [i, b] of lease?.basesReady ? [] : req.baseImages.entries()) {
         await this.writeLayout(b.manifestDigest, join(dir, 'bases', `b${i}`));
         // relative to the build directory (buildah's cwd): buildah names the image after the path, which must be lowercase
         const pulled = await run(['pull', '--quiet', `oci:bases/b${i}`]);
@@ -129,12 +170,16 @@ export class BuildHost {
         }
       }
 
-      const name = `localhost/nimbus-build-${req.id.toLowerCase()}:latest`;
+      await lease?.markBasesReady();
+      const iidfile = join(dir, 'iid');
       const bud = [
         // runc's state under the build's directory (not /run/runc): a killed step's container is found and deleted there
         'bud', '--pull-never', '--isolation', 'oci', '--runtime', this.o.runtime ?? 'runc', '--runtime-flag', `root=${join(dir, 'runc')}`,
-        '--network', req.network === 'host' ? 'host' : 'none',
-        '--layers=false', '--format', 'oci', '-f', join(ctxDir, dockerfile), '-t', name,
+        '--network', network,
+        // --layers: each step's result is kept and reused by the project's next build (build-cache.ts);
+        // no name for the result (a name would stay on the cached image): pushed by the id in iidfile
+        `--layers=${this.o.cache !== false}`, '--force-rm', '--iidfile', iidfile,
+        '--format', 'oci', '-f', join(ctxDir, dockerfile),
         ...(req.target ? ['--target', req.target] : []),
         ...Object.entries(req.buildArgs).flatMap(([k, v]) => ['--build-arg', `${k}=${v}`]),
         ...Object.entries(req.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]),
@@ -148,23 +193,43 @@ export class BuildHost {
         const output = (at >= 0 ? built.tail.slice(at + 1) : built.tail).slice(-FAILURE_TAIL_LINES);
         throw new InvalidArgument(`the build failed${at >= 0 ? ` at ${built.tail[at]!.slice(0, 300)}` : ''}: ${output.join('\n')}`, { exitCode: built.code });
       }
-      const archive = join(dir, 'image.tar');
-      const pushed = await run(['push', '--quiet', name, `oci-archive:${archive}`]);
-      if (pushed.code !== 0) throw new Internal(`exporting the built image failed: ${pushed.tail.join(' ').slice(-500)}`);
-      const [img] = await this.o.importArchive(archive);
-      if (!img) throw new Internal('the built image archive holds no image');
+      const imageId = (await readFile(iidfile, 'utf8').catch(() => '')).trim().replace(/^sha256:/, '');
+      if (!/^[0-9a-f]{64}$/.test(imageId)) throw new Internal('the builder did not say which image it built');
+      const img = (await this.reuse(lease, imageId)) ?? (await this.export(run, dir, imageId));
+      result = { imageId, manifestDigest: img.manifestDigest };
       log.info('image built', { id: req.id, project: req.projectId, image: img.manifestDigest, ms: Date.now() - started });
       const { reference: _ignored, ...rest } = img;
       return rest;
     } finally {
-      await this.cleanup(dir, layout, cg).catch((e: unknown) => log.error('cleaning up after a build failed', { id: req.id, error: String(e) }));
+      await this.cleanup(dir, roots, !lease, layout, cg).catch((e: unknown) => log.error('cleaning up after a build failed', { id: req.id, error: String(e) }));
+      // after the cgroup's processes are gone: nothing of this build writes to the store any more
+      await lease?.release({ ...(result ? { result } : {}), dirty: dirty || !!signal?.aborted })
+        .catch((e: unknown) => log.error('releasing a build cache store failed', { id: req.id, error: String(e) }));
     }
   }
 
+  /**
+   * Every step came from the cache, so buildah's result is an image an earlier build of this store
+   * already imported: that image again, if its content is still on this host (else undefined).
+   */
+  private async reuse(lease: CacheLease | undefined, imageId: string): Promise<AgentImage | undefined> {
+    const digest = await lease?.importedAs(imageId);
+    if (!digest || !this.o.adoptImage) return undefined;
+    return this.o.adoptImage(digest).catch(() => undefined);
+  }
+
+  /** buildah's image out as an OCI archive, then in through the import path (digests verified, layers hardened). */
+  private async export(run: (args: string[]) => Promise<Ran>, dir: string, imageId: string): Promise<AgentImage> {
+    const archive = join(dir, 'image.tar');
+    const pushed = await run(['push', '--quiet', imageId, `oci-archive:${archive}`]);
+    if (pushed.code !== 0) throw new Internal(`exporting the built image failed: ${pushed.tail.join(' ').slice(-500)}`);
+    const [img] = await this.o.importArchive(archive);
+    if (!img) throw new Internal('the built image archive holds no image');
+    return img;
+  }
+
   /** containers/* configuration of our own: nothing of the host's (registries, storage, hooks) applies. */
-  private async environment(dir: string): Promise<NodeJS.ProcessEnv> {
-    const storage = join(dir, 'storage');
-    const runroot = join(dir, 'run');
+  private async environment(dir: string, { storage, runroot }: Roots): Promise<NodeJS.ProcessEnv> {
     await writeFile(join(dir, 'registries.conf'), 'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n');
     await writeFile(join(dir, 'storage.conf'), `[storage]\ndriver = "${this.o.storageDriver}"\ngraphroot = "${storage}"\nrunroot = "${runroot}"\n`);
     // cgroupfs: the RUN steps' cgroups nest under the build's own (a systemd manager would put them elsewhere)
@@ -182,18 +247,19 @@ export class BuildHost {
   }
 
   /** buildah with our roots, started inside the build's cgroup (a shell joins it, then execs buildah). */
-  private run(dir: string, cgroupProcs: string[], env: NodeJS.ProcessEnv, args: string[], signal: AbortSignal | undefined, onLine?: (l: string) => void): Promise<Ran> {
-    const globals = ['--root', join(dir, 'storage'), '--runroot', join(dir, 'run'), '--storage-driver', this.o.storageDriver];
+  private run(dir: string, roots: Roots, cgroupProcs: string[], env: NodeJS.ProcessEnv, args: string[], signal: AbortSignal | undefined, onLine?: (l: string) => void): Promise<Ran> {
+    const globals = ['--root', roots.storage, '--runroot', roots.runroot, '--storage-driver', this.o.storageDriver];
     const script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"';
     return new Promise<Ran>((resolve, reject) => {
       if (signal?.aborted) return reject(new Unavailable('the build was cancelled: its caller went away'));
       const child = spawn('/bin/sh', ['-c', script, 'sh', String(cgroupProcs.length), ...cgroupProcs, this.buildah, ...globals, ...args], {
         cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
       });
+      const t0 = Date.now();
       const tail: string[] = [];
       const take = (raw: string) => {
         // the tenant sees its context, not where this host keeps it
-        const l = raw.replaceAll(join(dir, 'context'), '<context>').replaceAll(dir, '<build>');
+        const l = raw.replaceAll(join(dir, 'context'), '<context>').replaceAll(dir, '<build>').replaceAll(join(this.o.home, 'build-cache'), '<cache>');
         const line = l.length > MAX_LINE ? `${l.slice(0, MAX_LINE)}…` : l;
         tail.push(line);
         if (tail.length > FAILURE_TAIL_LINES * 5) tail.splice(0, tail.length - FAILURE_TAIL_LINES * 5);
@@ -219,6 +285,7 @@ export class BuildHost {
         signal?.removeEventListener('abort', abort);
         // killed because its caller went: that is the story, not the exit status
         if (signal?.aborted) return reject(new Unavailable('the build was cancelled: its caller went away'));
+        log.debug('buildah ran', { command: args[0], code, ms: Date.now() - t0 });
         void closed.then(() => resolve({ code, signal: sig, tail }));
       });
     });
@@ -249,13 +316,16 @@ export class BuildHost {
     }));
   }
 
-  /** Everything the build made goes: buildah's containers and images, mounts left under dir, dir, the cgroup. */
-  private async cleanup(dir: string, layout: CgroupLayout, cg: ReturnType<typeof cgroupPaths>): Promise<void> {
-    const env = await this.environment(dir).catch(() => undefined);
+  /**
+   * Everything the build made goes: mounts left under dir, dir, the cgroup; and buildah's containers
+   * and images when its storage was the build's own (`ownStorage`: not a cache store other builds share).
+   */
+  private async cleanup(dir: string, roots: Roots, ownStorage: boolean, layout: CgroupLayout, cg: ReturnType<typeof cgroupPaths>): Promise<void> {
+    const env = ownStorage ? await this.environment(dir, roots).catch(() => undefined) : undefined;
     if (env) {
       // best effort: whatever they leave, the unmount and the removal below take
-      await this.run(dir, [], env, ['rm', '--all'], undefined).catch(() => undefined);
-      await this.run(dir, [], env, ['rmi', '--all', '--force'], undefined).catch(() => undefined);
+      await this.run(dir, roots, [], env, ['rm', '--all'], undefined).catch(() => undefined);
+      await this.run(dir, roots, [], env, ['rmi', '--all', '--force'], undefined).catch(() => undefined);
     }
     await killCgroup(cg.all);
     await this.deleteRuncContainers(join(dir, 'runc'));
@@ -372,20 +442,4 @@ async function killCgroup(dirs: string[]): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
   log.warn('processes of a build survived its cgroup being killed');
-}
-
-/** Mount points under dir (deepest first) unmounted, lazily: a build's storage never stays mounted. */
-async function unmountUnder(dir: string): Promise<void> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const points = text.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => p !== undefined)
-    .map((p) => p.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => p === dir || p.startsWith(dir + '/'))
-    .sort((a, b) => b.length - a.length);
-  for (const p of points) {
-    await new Promise<void>((resolve) => {
-      const c = spawn('umount', ['-l', p], { stdio: 'ignore' });
-      c.once('error', () => resolve());
-      c.once('close', () => resolve());
-    });
-  }
 }

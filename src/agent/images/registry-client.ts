@@ -67,6 +67,8 @@ export interface Challenge {
 }
 
 const MAX_REDIRECTS = 5;
+/** The reason phrases dockerd's login messages carry (Go's http.StatusText). */
+const STATUS_TEXT: Record<number, string> = { 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' };
 const DEFAULT_TOKEN_TTL_S = 60;
 
 /** Parse a WWW-Authenticate header into its challenges (RFC 7235: quoted or bare values, several challenges). */
@@ -244,7 +246,7 @@ export class RegistryClient {
     return false;
   }
 
-  private async fetchToken(key: string, realm: string, service: string | undefined, scope: string, what: string): Promise<void> {
+  private async fetchToken(key: string, realm: string, service: string | undefined, scope: string | undefined, what: string): Promise<void> {
     let url: URL;
     try {
       url = new URL(realm);
@@ -255,7 +257,7 @@ export class RegistryClient {
       throw new Unauthenticated(`registry ${this.registry} sent a token realm with scheme ${url.protocol} for ${this.where(what)}`);
     }
     if (service) url.searchParams.set('service', service);
-    url.searchParams.set('scope', scope);
+    if (scope) url.searchParams.set('scope', scope);
     const basic = this.basicHeader();
     const res = await this.send(url.toString(), 'GET', basic ? { authorization: basic } : {}, `token for ${this.where(what)}`);
     if (!res.ok) {
@@ -276,6 +278,47 @@ export class RegistryClient {
     const token = body.token ?? body.access_token;
     if (!token) throw new Unauthenticated(`registry ${this.registry}: token service ${url.origin} gave no token for ${this.where(what)}`);
     this.cache.set(key, token, typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_TTL_S);
+  }
+
+  /**
+   * Docker's login check (`docker login`, POST /auth): GET /v2/ answering its challenge with the
+   * credentials, as dockerd's loginV2 does: Basic, or a Bearer token asked for without a scope.
+   * A 200 is a login (a registry that wants no credentials too); a refusal is Unauthenticated in
+   * dockerd's words, which the docker CLI prints as they are.
+   */
+  async checkLogin(): Promise<void> {
+    const endpoint = this.base.slice(0, this.base.indexOf('/v2/') + 4); // the registry's root: https://HOST/v2/
+    const what = 'login';
+    let res = await this.send(endpoint, 'GET', {}, `${this.registry} ${what}`);
+    if (res.status === 401) {
+      await res.body?.cancel().catch(() => undefined);
+      const challenges = parseChallenges(res.headers.get('www-authenticate') ?? '');
+      const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
+      let header: Record<string, string>;
+      if (bearer) {
+        const cred = this.opts.credentials;
+        const credKey = cred ? createHash('sha256').update(`${cred.username}\0${cred.password}`).digest('hex') : 'anonymous';
+        const key = `${bearer.params.realm}|${bearer.params.service ?? ''}|login|${credKey}`;
+        try {
+          await this.fetchToken(key, bearer.params.realm!, bearer.params.service, undefined, what);
+        } catch (e) {
+          if (e instanceof NimbusError && e.code === 'Unauthenticated') throw new Unauthenticated(`Get "${endpoint}": unauthorized: authentication required`, { registry: this.registry });
+          throw e;
+        }
+        header = { authorization: `Bearer ${this.cache.get(key)}` };
+      } else {
+        const basic = this.basicHeader();
+        if (!basic) throw new Unauthenticated(`login attempt to ${endpoint} failed with status: 401 Unauthorized`, { registry: this.registry });
+        header = { authorization: basic };
+      }
+      res = await this.send(endpoint, 'GET', header, `${this.registry} ${what}`);
+    }
+    await res.body?.cancel().catch(() => undefined);
+    if (res.ok) return;
+    const text = `login attempt to ${endpoint} failed with status: ${res.status} ${STATUS_TEXT[res.status] ?? ''}`.trim();
+    if (res.status === 401 || res.status === 403) throw new Unauthenticated(text, { registry: this.registry });
+    if (res.status === 429 || res.status >= 500) throw new Unavailable(text, { registry: this.registry });
+    throw new InvalidArgument(text, { registry: this.registry });
   }
 
   /** One HTTP exchange with manual redirects: credentials never follow a redirect to another origin. */

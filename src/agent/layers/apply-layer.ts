@@ -87,6 +87,12 @@ export interface ApplyLayerOptions {
   imageBudget?: ImageBudget;
   /** Free space of targetDir's filesystem, asked as files are written; refusing stops the layer. */
   room?: UnpackRoom;
+  /** `.wh.` entries: whiteouts (default, an image layer) or plain names (a `docker cp` tar, which has none). */
+  whiteouts?: 'apply' | 'literal';
+  /** Refuse to replace an existing directory with a non-directory or the reverse (docker cp's noOverwriteDirNonDir). */
+  noOverwriteDirNonDir?: boolean;
+  /** Every entry owned by this uid:gid instead of the header's (docker cp -a: the container's user). */
+  owner?: { uid: number; gid: number };
 }
 
 export interface ApplyLayerResult {
@@ -417,6 +423,9 @@ class Extractor {
     if (!this.mayExist(rel)) return undefined;
     const st = await lstatOrUndefined(p);
     if (st === undefined) return undefined;
+    if (this.opts.noOverwriteDirNonDir && st.isDirectory() !== keepDir) {
+      refuse(rel, st.isDirectory() ? 'cannot overwrite a directory with a non-directory' : 'cannot overwrite a non-directory with a directory');
+    }
     if (st.isDirectory()) {
       if (keepDir) return st;
       await rm(p, { recursive: true, force: true });
@@ -465,13 +474,14 @@ class Extractor {
   }
 
   async entry(h: Header, body: Readable): Promise<void> {
+    if (this.opts.owner) h = { ...h, uid: this.opts.owner.uid, gid: this.opts.owner.gid };
     const type = h.type ?? 'file';
     const comps = normaliseEntryPath(h.name, this.limits.maxPathLength);
     const rel = comps.join('/');
     const base = comps[comps.length - 1];
 
     // ---- whiteouts
-    if (base !== undefined && base.startsWith(WH_PREFIX)) {
+    if (base !== undefined && base.startsWith(WH_PREFIX) && this.opts.whiteouts !== 'literal') {
       await drain(body);
       const dirComps = comps.slice(0, -1);
       if (base === WH_OPAQUE) return this.opaque(h.name, dirComps);

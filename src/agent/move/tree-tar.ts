@@ -40,6 +40,10 @@ export interface ExportTreeOptions {
   kind: 'overlay' | 'plain';
   /** Names (relative, at the root) left out. */
   skipAtRoot?: string[];
+  /** The name the root travels as (its children under it); default '.'. `docker cp` names a file or directory by its base name. */
+  rootName?: string;
+  /** Names that look like whiteouts: refused (default: the other end would read them as whiteouts) or kept as they are (docker cp's plain tar). */
+  whiteoutNames?: 'refuse' | 'keep';
 }
 
 /** getfattr's escapes (\ooo octal for bytes it will not print, \\ for a backslash) undone. */
@@ -127,7 +131,7 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
     const skip = new Set(opts.skipAtRoot ?? []);
     const walk = async (rel: string, st: Stats): Promise<void> => {
       const abs = rel ? path.join(root, rel) : root;
-      const name = rel || '.';
+      const name = opts.rootName === undefined ? rel || '.' : rel ? `${opts.rootName}/${rel}` : opts.rootName;
       const base = { name, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtime };
       if (st.isDirectory()) {
         const pax = paxOf(xattrs.get(abs), name);
@@ -137,7 +141,7 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
         }
         for (const child of (await readdir(abs)).sort()) {
           if (!rel && skip.has(child)) continue;
-          if (child.startsWith(WH_PREFIX)) {
+          if (child.startsWith(WH_PREFIX) && opts.whiteoutNames !== 'keep') {
             throw new Conflict(`${JSON.stringify(rel ? `${rel}/${child}` : child)} has a name an image layer reserves for whiteouts (.wh.*); rename it before moving`, { entry: rel ? `${rel}/${child}` : child });
           }
           const childRel = rel ? `${rel}/${child}` : child;

@@ -26,6 +26,8 @@ import { replaceStateFile } from '../../core/state-files.js';
 import { checkPeers, ensureVxlan, readVxlan, removeVxlan, setPeers, sourceAddressToward, vxlanDeviceName, type OverlayPeer } from './overlay.js';
 
 const log = logger('agent.network');
+/** Endpoints attached more recently than this are not judged by reconcile() (see attachedAt). */
+const YOUNG_ENDPOINTS_MS = 60_000;
 
 // The drivers this host has, in the seam's registry (probes: iproute2 and nftables are what they need).
 const needsTools = async () => (existsSync('/proc/net/dev') ? undefined : 'no /proc/net/dev');
@@ -95,6 +97,12 @@ export class NetworkHost {
   private readonly prewired = new Map<string, EndpointsFile>();
   /** Being attached: checked and reserved, kernel work in flight. */
   private readonly pending = new Map<string, EndpointsFile>();
+  /**
+   * When this process attached each endpoint set (not kept across restarts: loaded ones are old).
+   * reconcile() leaves the young ones alone: the control plane's list of live instances may have
+   * been read before their create.
+   */
+  private readonly attachedAt = new WeakMap<EndpointsFile, number>();
   /** Released (ports and names gone), interfaces and namespace not torn down yet (see release()). */
   private readonly dying = new Map<string, EndpointsFile>();
   private readonly dns = new EmbeddedDns();
@@ -341,6 +349,7 @@ export class NetworkHost {
       await this.save('endpoints', req.containerId, file);
       this.pending.delete(req.containerId);
       this.containers.set(req.containerId, file);
+      this.attachedAt.set(file, Date.now());
       await this.tableAfter('add', file);
       return { netns: kernel.netnsPath(name), endpoints: file.endpoints };
     } catch (err) {
@@ -404,6 +413,7 @@ export class NetworkHost {
       await kernel.applyPlan(kernel.mergePlans(file.endpoints.map((e, i) => driverFor(nics[i]!.network.driver).tapPlan(nics[i]!.network, e))));
       await this.save('endpoints', vmId, file);
       this.containers.set(vmId, file);
+      this.attachedAt.set(file, Date.now());
       await this.tableAfter('add', file);
       // an overlay network's lower MTU goes to the guest too (virtio-net host_mtu)
       return file.endpoints.map((e, i) => ({ tap: e.hostIf, mac: e.mac, ...(nics[i]!.network.mtu !== undefined ? { mtu: nics[i]!.network.mtu } : {}) }));
@@ -604,6 +614,8 @@ export class NetworkHost {
       let endpointsRemoved = 0, networksRemoved = 0, netnsRemoved = 0;
       for (const file of [...this.containers.values(), ...this.dying.values(), ...this.prewired.values()]) {
         if (liveContainers.has(file.containerId) && !this.dying.has(file.containerId) && !this.prewired.has(file.containerId)) continue;
+        // attached by this process within the last minute: younger than the caller's list, maybe (judged at the next reconcile)
+        if (this.containers.get(file.containerId) === file && Date.now() - (this.attachedAt.get(file) ?? 0) < YOUNG_ENDPOINTS_MS) continue;
         await this.undoEndpoints(file).catch((e: unknown) => log.warn('removing orphaned endpoints', { id: file.containerId, error: String(e) }));
         this.containers.delete(file.containerId);
         this.dying.delete(file.containerId);
@@ -613,7 +625,7 @@ export class NetworkHost {
       }
       for (const name of await kernel.listNetns(this.netnsPrefix)) {
         const id = name.slice(this.netnsPrefix.length);
-        if (this.containers.has(id) || liveContainers.has(id) || this.dying.has(id) || this.prewired.has(id)) continue;
+        if (this.containers.has(id) || liveContainers.has(id) || this.dying.has(id) || this.prewired.has(id) || this.pending.has(id)) continue;
         await kernel.deleteNetns(name).catch(() => undefined);
         netnsRemoved++;
       }

@@ -21,10 +21,13 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * destination's NBD export) and NICs (re-created at the destination); vmStats (QEMU's CPU time,
  * NIC counters; stats answers gained an optional `network`, which older peers leave out). 6: see
  * the entries of METHOD_SINCE and the fields marked 6 (each addition names itself there). 7: block
- * volumes for VMs (created, cloned, snapshotted, attached to and detached from VMs). Bump the current one for any change a
+ * volumes for VMs (created, cloned, snapshotted, attached to and detached from VMs). 8: a container's
+ * main process on a terminal and with stdin (createContainer's process.terminal and stdin,
+ * attachContainer, resizeContainer); files copied into and out of containers (containerPathStat,
+ * readContainerArchive, writeContainerArchive: docker cp). Bump the current one for any change a
  * peer of the previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 7;
+export const AGENT_PROTOCOL_VERSION = 8;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -121,12 +124,15 @@ export const UNARY_METHODS = [
   'reconcileBlockVolumes',
   'attachVmVolume',
   'detachVmVolume',
+  'resizeContainer',
+  'containerPathStat',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
 /** Carried by routes of their own (streams, callbacks). */
 export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob',
-  'exportContainerLayer', 'importContainerLayer', 'exportVolume', 'importVolume', 'buildImage'] as const satisfies readonly (keyof Agent)[];
+  'exportContainerLayer', 'importContainerLayer', 'exportVolume', 'importVolume', 'buildImage', 'attachContainer',
+  'readContainerArchive', 'writeContainerArchive'] as const satisfies readonly (keyof Agent)[];
 
 /** Methods a peer speaks only from some version on: a connection that agreed on an earlier one refuses them (Conflict), never sends them. */
 export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
@@ -158,6 +164,11 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   reconcileBlockVolumes: 7,
   attachVmVolume: 7,
   detachVmVolume: 7,
+  attachContainer: 8,
+  resizeContainer: 8,
+  containerPathStat: 8,
+  readContainerArchive: 8,
+  writeContainerArchive: 8,
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
@@ -185,6 +196,11 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   reconcileBlockVolumes: 'hold block volumes for VMs',
   attachVmVolume: 'hold block volumes for VMs',
   detachVmVolume: 'hold block volumes for VMs',
+  attachContainer: "attach to a container's main process",
+  resizeContainer: "resize a container's terminal",
+  containerPathStat: 'copy files into and out of containers',
+  readContainerArchive: 'copy files into and out of containers',
+  writeContainerArchive: 'copy files into and out of containers',
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */
@@ -198,6 +214,20 @@ export function tooOldForMounts(version: number, host: string): NimbusError | un
     method: 'createContainer',
     protocol: version,
     needs: CONTAINER_MOUNTS_SINCE,
+  });
+}
+
+/** createContainer's process.terminal and process.stdin from this version on: an older agent would run the process without them. */
+export const CONTAINER_STDIO_SINCE = 8;
+
+/** Conflict when a connection at `version` cannot give a container's main process a terminal or stdin; undefined when it can. */
+export function tooOldForStdio(version: number, host: string): NimbusError | undefined {
+  if (version >= CONTAINER_STDIO_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot give a container's main process a terminal or stdin (-t, -i need protocol ${CONTAINER_STDIO_SINCE}); upgrade it`, {
+    host,
+    method: 'createContainer',
+    protocol: version,
+    needs: CONTAINER_STDIO_SINCE,
   });
 }
 
@@ -240,7 +270,11 @@ export const PATHS = {
   pull: `${AGENT_PATH_PREFIX}/pull`,
   console: (vmId: string) => `${AGENT_PATH_PREFIX}/console/${encodeURIComponent(vmId)}`,
   exec: (containerId: string) => `${AGENT_PATH_PREFIX}/exec/${encodeURIComponent(containerId)}`,
+  /** Protocol 8: the body is the main process's stdin, the answer exec's frames ({o}, {e}, then {exit: 0} when the stream ends). */
+  attach: (containerId: string) => `${AGENT_PATH_PREFIX}/attach/${encodeURIComponent(containerId)}`,
   events: `${AGENT_PATH_PREFIX}/events`,
+  /** Protocol 8 (docker cp): GET the path (COPY_HEADER) as a tar, its stat in COPY_STAT_HEADER; PUT the body extracted under it. */
+  copy: (containerId: string) => `${AGENT_PATH_PREFIX}/copy/${encodeURIComponent(containerId)}`,
   /** GET: the blob's bytes; PUT: the request body into the content store (BLOB_SIZE_HEADER says how many). */
   blob: (digest: string) => `${AGENT_PATH_PREFIX}/blob/${encodeURIComponent(digest)}`,
   /** GET: a stopped container's writable layer or a volume's data as a tar; PUT: the body imported (protocol 6). */
@@ -255,11 +289,18 @@ export const BUILD_PATH = `${AGENT_PATH_PREFIX}/build`;
 /** Request header of a build: the BuildRequest (base64 of its JSON). */
 export const BUILD_HEADER = 'x-nimbus-build';
 
+/** Request header of a copy: base64 of `{path}` (GET) or `{path, noOverwriteDirNonDir?, copyUIDGID?}` (PUT). */
+export const COPY_HEADER = 'x-nimbus-copy';
+/** Response header of a copy's GET: base64 of the path's ContainerPathStat. */
+export const COPY_STAT_HEADER = 'x-nimbus-copy-stat';
+
 /** Request header of a blob write: its size in bytes (the body streams, chunked). */
 export const BLOB_SIZE_HEADER = 'x-nimbus-blob-size';
 
 /** Request header carrying the ExecRequest (base64 of its JSON): the body is the process's stdin. */
 export const EXEC_HEADER = 'x-nimbus-exec';
+/** Request header of an attach: base64 of the AttachRequest's JSON. */
+export const ATTACH_HEADER = 'x-nimbus-attach';
 /** Response header: "1" when the session has a stdin (the request body feeds it), else "0". */
 export const EXEC_STDIN_HEADER = 'x-nimbus-exec-stdin';
 /**

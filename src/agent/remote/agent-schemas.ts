@@ -12,7 +12,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Agent } from '../agent.js';
 import { UNARY_METHODS, type ExecInputFrame, type STREAM_METHODS, type UnaryMethod } from './agent-protocol.js';
-import { MAX_TERMINAL_CELLS, type ExecRequest } from '../drivers/instance-driver.js';
+import { MAX_TERMINAL_CELLS, type AttachRequest, type ExecRequest } from '../drivers/instance-driver.js';
 
 export interface ArgSpec<S extends TSchema = TSchema> {
   name: string;
@@ -32,6 +32,8 @@ const Strings = Type.Array(Type.String());
 const Int = Type.Integer();
 const Num = Type.Number();
 const Bool = Type.Boolean();
+/** A path in a container (docker cp, protocol 8): resolved inside its rootfs by the agent, never on the host. */
+const ContainerFilePath = Type.String({ minLength: 1, maxLength: 4096 });
 const Obj = <P extends Record<string, TSchema>>(props: P) => Type.Object(props, { additionalProperties: true });
 
 const NetworkSpec = Obj({
@@ -68,7 +70,11 @@ const ContainerMount = Type.Union([
   Obj({ type: Type.Literal('bind'), source: Str, target: Str, readonly: Type.Optional(Bool) }),
   Obj({ type: Type.Literal('tmpfs'), target: Str, sizeBytes: Type.Optional(Num), mode: Type.Optional(Num) }),
 ]);
-const ProcessSpec = Obj({ args: Strings, env: Strings, cwd: Str, user: Str, terminal: Type.Optional(Bool) });
+const ProcessSpec = Obj({
+  args: Strings, env: Strings, cwd: Str, user: Str, terminal: Type.Optional(Bool),
+  /** Protocol 8. */
+  stdin: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('once')])),
+});
 const ResourceLimits = Obj({ memoryBytes: Type.Optional(Num), cpus: Type.Optional(Num), pidsLimit: Type.Optional(Num) });
 const ContainerCreateRequest = Obj({
   id: Id,
@@ -124,6 +130,8 @@ export const ARG_SCHEMAS = {
   containerState: [arg('id', Id)],
   containerStats: [arg('id', Id)],
   containerTop: [arg('id', Id)],
+  containerPathStat: [arg('id', Id), arg('path', ContainerFilePath)],
+  resizeContainer: [arg('id', Id), arg('rows', Type.Integer({ minimum: 1, maximum: MAX_TERMINAL_CELLS })), arg('cols', Type.Integer({ minimum: 1, maximum: MAX_TERMINAL_CELLS }))],
   removeContainer: [arg('id', Id)],
   listContainers: [],
   ensureNetwork: [arg('spec', NetworkSpec)],
@@ -224,6 +232,9 @@ function checkList(method: string, specs: Array<{ spec: ArgSpec; check: TypeChec
 
 // ---- streamed methods whose scalar arguments travel in the path and headers (protocol 6) ------
 
+/** docker cp's options (protocol 8). */
+const CopyOptions = Obj({ noOverwriteDirNonDir: Type.Optional(Bool), copyUIDGID: Type.Optional(Bool) });
+
 /** An instance or volume id as it appears in a path on the agent (never a path of its own). */
 const MoveId = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' });
 const ChainId = Type.String({ pattern: '^sha256:[0-9a-f]{64}$' });
@@ -235,6 +246,8 @@ export const STREAM_ARG_SCHEMAS = {
   importContainerLayer: [arg('id', MoveId), arg('imageChainId', ChainId)],
   exportVolume: [arg('id', MoveId)],
   importVolume: [arg('id', MoveId)],
+  readContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath)],
+  writeContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath), arg('opts', CopyOptions)],
 } as const satisfies Partial<Record<StreamMethod, readonly ArgSpec[]>>;
 export type CheckedStreamMethod = keyof typeof STREAM_ARG_SCHEMAS;
 /** A streamed method's arguments but its byte stream (the last, for the imports). */
@@ -301,6 +314,12 @@ const execInputCheck = TypeCompiler.Compile(ExecInputFrameSchema);
 const execSchemaMatches: [Static<typeof ExecRequestSchema>] extends [ExecRequest] ? ([Required<ExecRequest>] extends [Static<typeof ExecRequestSchema>] ? true : never) : never = true;
 void execSchemaMatches;
 
+// ---- an attach's request (ATTACH_HEADER); its body is the main process's stdin --------------------
+export const AttachRequestSchema = Obj({ stdin: Bool });
+const attachRequestCheck = TypeCompiler.Compile(AttachRequestSchema);
+const attachSchemaMatches: [Static<typeof AttachRequestSchema>] extends [AttachRequest] ? ([Required<AttachRequest>] extends [Static<typeof AttachRequestSchema>] ? true : never) : never = true;
+void attachSchemaMatches;
+
 function checked<T>(check: TypeCheck<TSchema>, what: string, v: unknown): T {
   if (check.Check(v)) return v as T;
   const first = check.Errors(v).First();
@@ -309,5 +328,7 @@ function checked<T>(check: TypeCheck<TSchema>, what: string, v: unknown): T {
 
 /** An exec request off the wire, checked: InvalidArgument naming the first wrong field. */
 export const checkExecRequest = (v: unknown): ExecRequest => checked(execRequestCheck, 'exec request', v);
+/** An attach request off the wire, checked. */
+export const checkAttachRequest = (v: unknown): AttachRequest => checked(attachRequestCheck, 'attach request', v);
 /** One input frame of a TTY exec, checked. */
 export const checkExecInputFrame = (v: unknown): ExecInputFrame => checked(execInputCheck, 'exec input frame', v);

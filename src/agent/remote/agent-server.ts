@@ -22,6 +22,7 @@ import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-dr
 import {
   AGENT_PATH_PREFIX,
   BLOB_SIZE_HEADER,
+  ATTACH_HEADER,
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
   EXEC_TTY_SINCE,
@@ -42,8 +43,9 @@ import {
   type ExecFrame,
   type ProtocolRange,
 } from './agent-protocol.js';
-import { checkArgs, checkExecInputFrame, checkExecRequest } from './agent-schemas.js';
+import { checkArgs, checkAttachRequest, checkExecInputFrame, checkExecRequest } from './agent-schemas.js';
 import { serveMove } from './move-routes.js';
+import { serveCopy } from './copy-routes.js';
 import { serveBuild } from './build-route.js';
 
 const log = logger('agent-server');
@@ -375,7 +377,31 @@ async function serveExec(agent: Agent, id: string, version: number, req: Incomin
   } else if (session.stdin) {
     req.pipe(session.stdin); // here the body's end is the process's end of input
   } else req.resume();
+  streamSession(session, res);
+}
 
+/** An attach (protocol 8): the body is the main process's stdin (its end, the end of input), the answer exec's frames. */
+async function serveAttach(agent: Agent, id: string, version: number, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  checkSince('attachContainer', version, req);
+  const header = req.headers[ATTACH_HEADER];
+  if (typeof header !== 'string' || !header) throw new InvalidArgument(`missing ${ATTACH_HEADER} header`);
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(header, 'base64').toString('utf8'));
+  } catch {
+    throw new InvalidArgument(`${ATTACH_HEADER} is not base64 JSON`);
+  }
+  const session = await agent.attachContainer(id, checkAttachRequest(v));
+  startNdjson(res, { [EXEC_STDIN_HEADER]: session.stdin ? '1' : '0' });
+  req.on('error', noop);
+  session.stdin?.on('error', noop);
+  if (session.stdin) req.pipe(session.stdin);
+  else req.resume();
+  streamSession(session, res);
+}
+
+/** A session's output as exec frames, the exit frame last; a client gone ends the session (a hang-up, a detach). */
+function streamSession(session: ExecSession, res: ServerResponse): void {
   const outputs: Array<[Readable, 'o' | 'e']> = [[session.stdout, 'o'], [session.stderr, 'e']];
   let paused = false;
   const resume = () => {
@@ -471,6 +497,10 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
       checkSince(arg === 'layer' ? (req.method === 'GET' ? 'exportContainerLayer' : 'importContainerLayer') : req.method === 'GET' ? 'exportVolume' : 'importVolume', version, req);
       return await serveMove(agent, req.method, arg, extra[0]!, req, res);
     }
+    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'copy' && param) {
+      checkSince(req.method === 'GET' ? 'readContainerArchive' : 'writeContainerArchive', version, req);
+      return await serveCopy(agent, req.method, arg!, req, res);
+    }
     if (req.method === 'POST' && kind === 'logs' && (param === 'vm' || param === 'container')) return await serveLogs(agent, param, req, res);
     if (req.method === 'POST' && kind === 'pull' && arg === undefined) return await servePull(agent, req, res);
     if (req.method === 'POST' && kind === 'build' && arg === undefined) {
@@ -479,6 +509,7 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
     }
     if (req.method === 'POST' && kind === 'console' && param) return await serveConsole(agent, param, req, res);
     if (req.method === 'POST' && kind === 'exec' && param) return await serveExec(agent, param, version, req, res);
+    if (req.method === 'POST' && kind === 'attach' && param) return await serveAttach(agent, param, version, req, res);
     if (req.method === 'GET' && kind === 'events' && arg === undefined) return hub.subscribe(res);
     req.resume();
     throw new NotFound(`no agent route for ${req.method} ${path}`);

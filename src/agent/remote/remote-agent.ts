@@ -19,12 +19,16 @@ import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import type { AddressProvider, Agent, AgentImage, BlobStream, PullOptions, PullProgress, TreeImportResult } from '../agent.js';
 import type { BuildProgress, BuildRequest } from '../agent.js';
-import { badTerminalSize, type ExecRequest, type ExecSession, type LogRecord } from '../drivers/instance-driver.js';
+import type { ContainerArchiveResult, ContainerPathStat } from '../agent.js';
+import { badTerminalSize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type LogRecord } from '../drivers/instance-driver.js';
 import {
   BLOB_SIZE_HEADER,
   BUILD_HEADER,
   BUILD_PATH,
   IMAGE_CHAIN_HEADER,
+  ATTACH_HEADER,
+  COPY_HEADER,
+  COPY_STAT_HEADER,
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
   NDJSON,
@@ -46,6 +50,7 @@ import {
   tooOldForTty,
   MIGRATION_WITH_STORAGE_SINCE,
   tooOldForMounts,
+  tooOldForStdio,
   type AgentEvent,
   type ExecFrame,
   type ExecInputFrame,
@@ -386,6 +391,11 @@ export class RemoteAgent implements Agent {
       const refusal = tooOldForMounts(await this.protocolVersion(), this.name);
       if (refusal) throw refusal;
     }
+    // before 8 the agent would run the main process without its terminal or stdin
+    if (req.process.terminal || req.process.stdin) {
+      const refusal = tooOldForStdio(await this.protocolVersion(), this.name);
+      if (refusal) throw refusal;
+    }
     return this.call('createContainer', [req]);
   };
   startContainer: Agent['startContainer'] = (...a) => this.call('startContainer', a);
@@ -568,6 +578,47 @@ export class RemoteAgent implements Agent {
     }
   }
 
+  // ------------------------------------------- docker cp (protocol 8)
+
+  containerPathStat: Agent['containerPathStat'] = (...a) => this.call('containerPathStat', a);
+
+  /** The tar as the answer streams it (chunked; cut short, it errors), the stat in a header. */
+  readContainerArchive: Agent['readContainerArchive'] = async (id, path) => {
+    await this.requireVersionFor('readContainerArchive');
+    const res = await (await this.open('GET', PATHS.copy(id), { headers: { [COPY_HEADER]: Buffer.from(JSON.stringify({ path })).toString('base64') } })).response;
+    const header = res.headers[COPY_STAT_HEADER];
+    try {
+      const stat = JSON.parse(Buffer.from(typeof header === 'string' ? header : '', 'base64').toString('utf8')) as ContainerPathStat;
+      return { stat, bytes: res };
+    } catch (e) {
+      res.destroy();
+      throw this.unavailable(new Error(`readContainerArchive ${id}: no stat in the answer (${String(e)})`));
+    }
+  };
+
+  /** The tar streamed as the request body (as treeIn sends); the answer says what was written. */
+  writeContainerArchive: Agent['writeContainerArchive'] = async (id, path, opts, bytes) => {
+    await this.requireVersionFor('writeContainerArchive');
+    const spec = Buffer.from(JSON.stringify({ path, ...opts })).toString('base64');
+    const { req, response } = await this.open('PUT', PATHS.copy(id), { streaming: true, headers: { 'content-type': 'application/x-tar', [COPY_HEADER]: spec } });
+    const sent = pipeline(bytes, req).then(() => undefined, (e: unknown) => e);
+    let text: string;
+    try {
+      text = await readAll(await response);
+    } catch (e) {
+      req.destroy();
+      await sent;
+      throw this.unavailable(e);
+    }
+    if (!req.writableFinished) req.destroy();
+    await sent;
+    try {
+      return (JSON.parse(text) as { result: ContainerArchiveResult }).result;
+    } catch {
+      throw this.unavailable(new Error(`writeContainerArchive ${id}: the answer is not JSON`));
+    }
+  };
+
   // ------------------------------------------- a cold container move's trees (protocol 6)
 
   containerRequest: Agent['containerRequest'] = (...a) => this.call('containerRequest', a);
@@ -646,7 +697,29 @@ export class RemoteAgent implements Agent {
       streaming: true,
       headers: { 'content-type': spec.tty ? NDJSON : 'application/octet-stream', [EXEC_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
     });
-    const res = await response;
+    return this.session(req, await response, spec.tty !== undefined);
+  }
+
+  /** Protocol 8: the main process's output as exec frames, its stdin as the request body. */
+  async attachContainer(id: string, spec: AttachRequest): Promise<AttachSession> {
+    await this.requireVersionFor('attachContainer');
+    const { req, response } = await this.open('POST', PATHS.attach(id), {
+      streaming: true,
+      headers: { 'content-type': 'application/octet-stream', [ATTACH_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },
+    });
+    const session = this.session(req, await response, false);
+    // the reader gone is a detach: the agent sees the request go and lets go of the container
+    session.stdout.once('close', () => {
+      if (!req.destroyed) req.destroy();
+    });
+    return session;
+  }
+
+  resizeContainer: Agent['resizeContainer'] = (...a) => this.call('resizeContainer', a);
+
+  /** An exec's or attach's answer as an ExecSession (with `tty`, input travels as ExecInputFrames beside resizes). */
+  private session(req: ClientRequest, res: IncomingMessage, tty: boolean): ExecSession {
+    const spec = { tty };
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     let stdin: Writable | undefined;

@@ -3,6 +3,8 @@
  * /containers/{id}/exec` with `Upgrade: websocket` (the route `execTerminal` declares its query
  * and auth: member on the container's project). For the dashboard's container console and for
  * `nimbus exec -it` (over the unix socket too, where the socket's local admin is the caller).
+ * `GET /containers/{id}/attach` (route `attachTerminal`) is the same bridge over the main
+ * process's terminal (`nimbus run -it`, `nimbus attach`); closing it detaches.
  *
  * Messages: binary both ways are the terminal's bytes; a text message from the client is
  * `{"resize":{"rows":R,"cols":C}}`; the server's last message is text, `{"exitCode":N}` or
@@ -18,7 +20,7 @@ import type { Duplex } from 'node:stream';
 import { Type } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import { InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError, Unauthenticated } from '../../core/errors.js';
+import { Conflict, InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError, Unauthenticated } from '../../core/errors.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { logger } from '../../core/log.js';
 import { MAX_ARGV_ENV_TOTAL } from '../../core/limits.js';
@@ -35,6 +37,8 @@ const log = logger('api');
 
 export const EXEC_PROTOCOL = 'nimbus-exec';
 export const EXEC_WS_PATH = /^\/containers\/([^/]+)\/exec$/;
+/** The main process's terminal (route attachTerminal): the same bridge, a session from the container service's attach. */
+export const ATTACH_WS_PATH = /^\/containers\/([^/]+)\/attach$/;
 /** Keystrokes and pastes: a message larger than this is not typing. */
 const MAX_MESSAGE_BYTES = 64 * 1024;
 /** Output waits while this much is queued for a slow client (the command blocks on its terminal meanwhile). */
@@ -49,9 +53,16 @@ export interface ExecUpgrades extends ConsoleUpgrades {
 }
 
 export function execUpgrade(routes: Route[], services: Services, transport: Transport): ExecUpgrades {
-  const route = routes.find((r) => r.operationId === 'execTerminal');
-  const queryCheck = route?.query ? TypeCompiler.Compile(route.query) : undefined;
-  const queryNames = new Set(['project', ...Object.keys((route?.query as { properties?: object } | undefined)?.properties ?? {})]);
+  const declared = (operationId: string) => {
+    const route = routes.find((r) => r.operationId === operationId);
+    return {
+      route,
+      queryCheck: route?.query ? TypeCompiler.Compile(route.query) : undefined,
+      queryNames: new Set(['project', ...Object.keys((route?.query as { properties?: object } | undefined)?.properties ?? {})]),
+    };
+  };
+  const exec = declared('execTerminal');
+  const attach = declared('attachTerminal');
   const wss = new WebSocketServer({
     noServer: true,
     maxPayload: MAX_MESSAGE_BYTES,
@@ -62,7 +73,9 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
   const handle = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     void (async () => {
       const [path = '', search = ''] = (req.url ?? '/').split('?', 2);
-      const m = EXEC_WS_PATH.exec(path);
+      const attaching = ATTACH_WS_PATH.test(path);
+      const m = (attaching ? ATTACH_WS_PATH : EXEC_WS_PATH).exec(path);
+      const { route, queryCheck, queryNames } = attaching ? attach : exec;
       if (!route || !queryCheck || req.method !== 'GET' || !m) throw new NotFound(`no WebSocket at ${path.slice(0, 128)}`);
       if (String(req.headers.upgrade).toLowerCase() !== 'websocket' || !req.headers['sec-websocket-key']) throw new InvalidArgument('not a WebSocket handshake');
       if (!sameOrigin(req)) throw new PermissionDenied('the exec WebSocket is for pages of this origin');
@@ -75,13 +88,19 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       const rawQuery = parseQuery(search);
       const auth = await authorize(route, principal, services, { params: rawParams, rawQuery, body: undefined });
       for (const k of Object.keys(rawQuery)) if (!queryNames.has(k)) throw new InvalidArgument(`unknown query parameter "${k.slice(0, 64)}"`);
-      const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { cmd: string[]; rows: number; cols: number; env?: string[]; workdir?: string; user?: string };
-      checkTotalLength({ cmd: q.cmd, env: q.env }, MAX_ARGV_ENV_TOTAL);
       const id = auth.resource?.id ?? rawParams.id;
-      const session = await services.containers.exec(id, {
-        args: q.cmd, tty: { rows: q.rows, cols: q.cols },
-        ...(q.env ? { env: q.env } : {}), ...(q.workdir ? { cwd: q.workdir } : {}), ...(q.user ? { user: q.user } : {}),
-      });
+      let session: ExecSession;
+      if (attaching) {
+        const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { rows: number; cols: number; stdin: boolean };
+        session = await attachSession(services, id, q);
+      } else {
+        const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { cmd: string[]; rows: number; cols: number; env?: string[]; workdir?: string; user?: string };
+        checkTotalLength({ cmd: q.cmd, env: q.env }, MAX_ARGV_ENV_TOTAL);
+        session = await services.containers.exec(id, {
+          args: q.cmd, tty: { rows: q.rows, cols: q.cols },
+          ...(q.env ? { env: q.env } : {}), ...(q.workdir ? { cwd: q.workdir } : {}), ...(q.user ? { user: q.user } : {}),
+        });
+      }
       let upgraded = false;
       // a handshake ws refuses never reaches the callback: the command must not stay on its terminal
       socket.once('close', () => {
@@ -98,13 +117,49 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
     });
   };
   return {
-    matches: (req) => EXEC_WS_PATH.test(pathOf(req)),
+    matches: (req) => EXEC_WS_PATH.test(pathOf(req)) || ATTACH_WS_PATH.test(pathOf(req)),
     handle,
     close() {
       for (const ws of wss.clients) ws.terminate();
       wss.close();
     },
   };
+}
+
+/**
+ * The main process's terminal as a session for the bridge: sized first, resized through the
+ * container service, and its `exit` the container's exit code once its output ends (the `die`
+ * event, heard from before the attach, so a --rm container removed at once still tells it).
+ */
+async function attachSession(services: Services, id: string, q: { rows: number; cols: number; stdin: boolean }): Promise<ExecSession> {
+  const c = await services.containers.get(id);
+  if (!c.config.tty) throw new Conflict(`container ${c.name} has no terminal: attach on a terminal needs one made with tty (nimbus run -t)`);
+  let died!: (code: number) => void;
+  const exitCode = new Promise<number>((resolve) => (died = resolve));
+  const off = services.events.on((e) => {
+    if (e.type === 'container' && e.id === c.id && e.action === 'die') died(typeof e.attributes?.exitCode === 'number' ? e.attributes.exitCode : -1);
+  });
+  try {
+    const session = await services.containers.attach(c.id, { stdin: q.stdin && c.config.openStdin === true });
+    try {
+      await services.containers.resize(c.id, q.rows, q.cols);
+    } catch (e) {
+      session.stdout.destroy(); // let go of the process: the refusal is the answer
+      throw e;
+    }
+    const exit = session.exit.then(async () => {
+      // the output ends with the process; an exit heard already, or the record's (a die event missed while attaching)
+      const timeout = new Promise<number>((resolve) => setTimeout(() => void services.store.containers.get(c.id).then((r) => resolve(r?.exitCode ?? -1), () => resolve(-1)), 5000).unref());
+      return Promise.race([exitCode, timeout]);
+    }).finally(off);
+    return {
+      ...session, exit,
+      resize: (rows, cols) => void services.containers.resize(c.id, rows, cols).catch((e: unknown) => log.debug('attach resize failed', { id: c.id, error: String(e) })),
+    };
+  } catch (e) {
+    off();
+    throw e;
+  }
 }
 
 /** The session's terminal to the WebSocket and back, until the command ends or the client goes. */

@@ -19,6 +19,8 @@ import { checkBody } from './schemas.js';
 import { containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, toContainerInput } from './mapping.js';
 import { inDockerWords, noSuchContainer, noSuchImage } from './errors.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
+import { attachesToProcess, attachToProcess } from './attach.js';
+import { badTerminalSize } from '../../agent/drivers/instance-driver.js';
 
 /** The Nimbus API's own create schema: the mapped input passes the same wire checks as `POST /containers`. */
 const nimbusCreate = TypeCompiler.Compile(ContainerCreate);
@@ -150,8 +152,8 @@ function unixSeconds(v: string | null, what: string): number | undefined {
   return Number(v) * 1000;
 }
 
-/** Log records as Docker's frames (the containers have no TTY). */
-async function writeFrames(out: Duplex | DockerContext['res'], records: AsyncIterable<LogRecord>, opts: { stdout: boolean; stderr: boolean; timestamps: boolean; since?: number; until?: number }, signal: AbortSignal): Promise<void> {
+/** Log records as Docker's frames, or raw for a container with a terminal (the CLI reads Config.Tty to know which, as from dockerd). */
+async function writeFrames(out: Duplex | DockerContext['res'], records: AsyncIterable<LogRecord>, opts: { stdout: boolean; stderr: boolean; timestamps: boolean; since?: number; until?: number; raw?: boolean }, signal: AbortSignal): Promise<void> {
   for await (const r of records) {
     if (signal.aborted) break;
     if (r.stream === 'stdout' ? !opts.stdout : !opts.stderr) continue;
@@ -160,7 +162,7 @@ async function writeFrames(out: Duplex | DockerContext['res'], records: AsyncIte
     if (opts.until !== undefined && t > opts.until) break;
     // Docker's RFC 3339 with nanoseconds ends in Z; the log's own time says +00:00
     const text = (opts.timestamps ? `${r.time.replace(/\+00:00$/, 'Z')} ` : '') + r.line + (r.partial ? '' : '\n');
-    if (!out.write(frame(r.stream, Buffer.from(text)))) await drainedOrClosed(out as never);
+    if (!out.write(opts.raw ? Buffer.from(text) : frame(r.stream, Buffer.from(text)))) await drainedOrClosed(out as never);
   }
 }
 
@@ -178,7 +180,7 @@ async function logs(ctx: DockerContext): Promise<typeof HANDLED> {
   const records = await services.containers.logs(c.id, { follow: flag(query, 'follow'), ...(tail !== undefined ? { tail } : {}), signal });
   res.writeHead(200, { 'content-type': 'application/vnd.docker.raw-stream' });
   res.flushHeaders();
-  await writeFrames(res, records, { stdout, stderr, timestamps: flag(query, 'timestamps'), ...(since !== undefined ? { since } : {}), ...(until !== undefined ? { until } : {}) }, signal);
+  await writeFrames(res, records, { stdout, stderr, timestamps: flag(query, 'timestamps'), raw: c.config.tty === true, ...(since !== undefined ? { since } : {}), ...(until !== undefined ? { until } : {}) }, signal);
   res.end();
   return HANDLED;
 }
@@ -200,17 +202,30 @@ function restartedOrGone(services: Services, c: ContainerRecord, signal: AbortSi
 }
 
 /**
- * POST /attach (hijacked): output only, from now on — what `docker run` shows. Stdin and TTYs
- * are refused at create, so there is nothing to read from the client.
+ * POST /attach (hijacked). A container with a terminal, or stdin asked of one with an open stdin,
+ * is attached to its process (attach.ts). Otherwise: output only, from now on, from its log —
+ * what `docker run` shows (a --rm container that exits at once may be gone before a socket
+ * could be reached; its log is followed from before the start).
  */
 async function attach(ctx: DockerContext, socket: Duplex): Promise<void> {
   const { services, query, signal } = ctx;
   const from = Date.now();
   const c = await container(ctx);
-  if (flag(query, 'stdin')) throw new InvalidArgument('attaching stdin is not supported yet');
   if (query.get('logs') === '1' || query.get('logs') === 'true') throw new InvalidArgument('attach with logs is not supported yet: use docker logs');
   const wantOut = flag(query, 'stdout');
   const wantErr = flag(query, 'stderr');
+  if (attachesToProcess(c, flag(query, 'stdin'))) {
+    const opts = { stdin: flag(query, 'stdin'), stdout: wantOut, stderr: wantErr };
+    // `docker start -ai` attaches to an exited container before starting it: the process it will have
+    if (c.status === 'exited' || c.status === 'dead') {
+      const exited = c;
+      return attachToProcess(ctx, socket, c, opts, async () => {
+        await restartedOrGone(services, exited, signal);
+        return signal.aborted ? undefined : services.store.containers.get(exited.id);
+      });
+    }
+    return attachToProcess(ctx, socket, c, opts);
+  }
   socket.write('HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n');
   try {
     // A created container's log is followed at once, before the start: a --rm container that
@@ -229,7 +244,19 @@ async function attach(ctx: DockerContext, socket: Duplex): Promise<void> {
   }
 }
 
+/** POST /containers/{id}/resize?h=&w=: the main process's terminal (docker run -it, attach, and on SIGWINCH). */
+async function resize(ctx: DockerContext) {
+  const c = await container(ctx);
+  const rows = Number(ctx.query.get('h'));
+  const cols = Number(ctx.query.get('w'));
+  const bad = badTerminalSize(rows, cols);
+  if (bad) throw new InvalidArgument(`h and w: ${bad}`);
+  await ctx.services.containers.resize(c.id, rows, cols);
+  return { status: 200, json: '' };
+}
+
 export const containerRoutes: DockerRoute[] = [
+  { method: 'POST', pattern: new RegExp(`^/containers/${ID}/resize$`), name: 'container resize', access: 'member', handler: resize },
   { method: 'POST', pattern: /^\/containers\/create$/, name: 'container create', access: 'member', handler: create },
   { method: 'GET', pattern: /^\/containers\/json$/, name: 'container list', access: 'reader', handler: list },
   {

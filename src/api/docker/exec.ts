@@ -122,7 +122,7 @@ async function run(ctx: DockerContext, e: ExecInstance, attachStdin: boolean): P
 }
 
 /** Both outputs as frames, until both end; the exit is recorded before the stream closes (the CLI inspects it next). */
-async function pump(out: Duplex, session: ExecSession): Promise<void> {
+export async function pump(out: Duplex, session: ExecSession): Promise<void> {
   const copy = async (stream: 'stdout' | 'stderr') => {
     for await (const chunk of session[stream]) {
       if (out.destroyed) return;
@@ -134,7 +134,7 @@ async function pump(out: Duplex, session: ExecSession): Promise<void> {
 }
 
 /** The terminal's raw bytes to the client until the command's output ends (with a TTY nothing is framed). */
-async function pumpRaw(out: Duplex, session: ExecSession): Promise<void> {
+export async function pumpRaw(out: Duplex, session: ExecSession): Promise<void> {
   session.stderr.resume(); // empty with a TTY
   for await (const chunk of session.stdout) {
     if (out.destroyed) return;
@@ -147,7 +147,7 @@ async function pumpRaw(out: Duplex, session: ExecSession): Promise<void> {
  * The start request's own body ({"Detach":false,"Tty":true}) comes first on the hijacked socket
  * (the HTTP parser leaves an upgrade's body alone): skipped, so only the client's input follows.
  */
-async function skipRequestBody(socket: Duplex, length: number): Promise<void> {
+export async function skipRequestBody(socket: Duplex, length: number): Promise<void> {
   let left = length;
   if (!Number.isSafeInteger(left) || left <= 0) return;
   await new Promise<void>((resolve) => {

@@ -6,6 +6,7 @@ import type { ImageView } from '../../control/images/image-service.js';
 import type { OperationRecord } from '../../store/records.js';
 import { familiarName, parseFilters } from './mapping.js';
 import { inDockerWords, noSuchImage } from './errors.js';
+import { IMAGE_LIST_FILTERS, checkImageFilters, imageCreated, matchesImageFilters, tagsMatching } from './image-filters.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 
 const unix = (iso: string | undefined) => (iso ? Math.floor(Date.parse(iso) / 1000) : 0);
@@ -63,36 +64,13 @@ export function imageInspect(img: ImageView): Record<string, unknown> {
   };
 }
 
-const IMAGE_FILTERS = new Set(['reference', 'dangling', 'label']);
+export { matchesImageFilters, tagsMatching } from './image-filters.js';
 
-/** Docker's glob (path.Match's `*`, `?`) over a whole name. */
-function glob(pattern: string): RegExp {
-  if (pattern.length > 256) throw new InvalidArgument('reference filter too long');
-  return new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]')}$`);
-}
-
-/** The tags a reference filter names (as the short or full name, with or without the tag). */
-export function tagsMatching(tags: string[], references: string[]): string[] {
-  const patterns = references.map(glob);
-  return tags.filter((t) => [t, familiarName(t)].flatMap((n) => [n, n.replace(/:[^:/]+$/, '')]).some((n) => patterns.some((p) => p.test(n))));
-}
-
-/** `docker images REPO[:TAG]` (reference, a glob on the short or full name), `--filter dangling=`, `--filter label=`. */
-export function matchesImageFilters(img: Pick<ImageView, 'tags' | 'config'>, filters: Map<string, string[]>): boolean {
-  for (const [k, values] of filters) {
-    if (!IMAGE_FILTERS.has(k)) throw new InvalidArgument(`invalid filter '${k}' (reference, dangling and label are supported)`);
-    if (values.length === 0) continue;
-    if (k === 'dangling') {
-      const want = values[0] === 'true' || values[0] === '1';
-      if ((img.tags.length === 0) !== want) return false;
-    } else if (k === 'reference') {
-      if (tagsMatching(img.tags, values).length === 0) return false;
-    } else {
-      const labels = img.config.config?.Labels ?? {};
-      if (!values.every((v) => (v.includes('=') ? labels[v.slice(0, v.indexOf('='))] === v.slice(v.indexOf('=') + 1) : v in labels))) return false;
-    }
-  }
-  return true;
+/** The creation time of the image a before= or since= filter names (one value, as dockerd takes the last). */
+async function boundOf(services: Services, project: string, filters: Map<string, string[]>, key: 'before' | 'since'): Promise<number | undefined> {
+  const values = filters.get(key) ?? [];
+  if (!values.length) return undefined;
+  return imageCreated(await projectImage(services, values[values.length - 1]!, project));
 }
 
 /** X-Registry-Auth: base64(url) JSON of the CLI's stored credentials for the registry; "{}" when it has none. */
@@ -182,7 +160,9 @@ export const imageRoutes: DockerRoute[] = [
     method: 'GET', pattern: /^\/images\/json$/, name: 'image list', access: 'reader',
     handler: async ({ services, project, query }) => {
       const filters = parseFilters(query.get('filters') ?? undefined);
-      const images = (await services.images.list(project)).filter((img) => matchesImageFilters(img, filters));
+      checkImageFilters(filters, IMAGE_LIST_FILTERS);
+      const bounds = { before: await boundOf(services, project, filters, 'before'), since: await boundOf(services, project, filters, 'since') };
+      const images = (await services.images.list(project)).filter((img) => matchesImageFilters(img, filters, bounds));
       // as dockerd: an image listed by reference shows the tags that matched only
       const refs = filters.get('reference');
       return { json: images.map((img) => imageSummary(refs?.length ? { ...img, tags: tagsMatching(img.tags, refs) } : img)) };

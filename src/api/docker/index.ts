@@ -10,13 +10,15 @@ import { volumeRoutes } from './volumes.js';
 import { observeRoutes } from './observe.js';
 import { pruneRoutes } from './prune.js';
 import { archiveRoutes } from './archive.js';
+import { containerArchiveRoutes } from './container-archive.js';
 import { renameRoutes } from './rename.js';
 import { topRoutes } from './top.js';
+import { authRoutes } from './auth.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...renameRoutes, ...topRoutes];
+  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...containerArchiveRoutes, ...renameRoutes, ...topRoutes, ...authRoutes];
 }
 
 /**

@@ -89,10 +89,21 @@ describe('Docker create body → Nimbus container input', () => {
     assert.equal(toContainerInput(checkBody('container', { Image: 'busybox', Healthcheck: {} }), undefined).healthcheck, undefined, 'no Test: none');
   });
 
+  test('-t and -i become the main process\'s terminal and stdin; StdinOnce only with OpenStdin; inspect shows them', () => {
+    const it = toContainerInput(checkBody('container', { Image: 'busybox', Tty: true, OpenStdin: true, StdinOnce: true, AttachStdin: true }), undefined);
+    assert.equal(it.tty, true);
+    assert.equal(it.openStdin, true);
+    assert.equal(it.stdinOnce, true);
+    const dit = toContainerInput(checkBody('container', { Image: 'busybox', Tty: true, OpenStdin: true }), undefined);
+    assert.equal(dit.stdinOnce, undefined, 'docker run -dit keeps stdin open across attaches');
+    const plain = toContainerInput(checkBody('container', { Image: 'busybox', Tty: false, OpenStdin: false, StdinOnce: true }), undefined);
+    assert.deepEqual([plain.tty, plain.openStdin, plain.stdinOnce], [undefined, undefined, undefined]);
+    const cfg = containerInspect(rec({ config: { ...rec().config, tty: true, openStdin: true, stdinOnce: true } })).Config as Record<string, unknown>;
+    assert.deepEqual([cfg.Tty, cfg.OpenStdin, cfg.StdinOnce], [true, true, true], 'attach and logs read Tty for the framing');
+  });
+
   test('what Nimbus does not do is refused with the flag\'s name, never ignored', () => {
     const refused: Array<[Record<string, unknown>, RegExp]> = [
-      [{ Tty: true }, /-t\/--tty/],
-      [{ OpenStdin: true }, /-i\/--interactive/],
       [{ HostConfig: { VolumesFrom: ['other'] } }, /--volumes-from/],
       [{ HostConfig: { Binds: ['data:/x:z'] } }, /volume option "z" is not supported/],
       [{ HostConfig: { Mounts: [{ Type: 'npipe', Source: 'x', Target: '/x' }] } }, /mount type "npipe" is not supported/],
@@ -218,7 +229,7 @@ describe('the wire', () => {
   });
 
   test('image filters: reference globs on short and full names, dangling, label', () => {
-    const img = { tags: ['docker.io/library/busybox:latest', '127.0.0.1:5000/x/app:v1'], config: { config: { Labels: { tier: 'web' } } } };
+    const img = { tags: ['docker.io/library/busybox:latest', '127.0.0.1:5000/x/app:v1'], config: { config: { Labels: { tier: 'web' } } }, createdAt: '2026-01-01T00:00:00Z' };
     const f = (json: string) => matchesImageFilters(img, parseFilters(json));
     assert.equal(f('{"reference":["busybox"]}'), true);
     assert.equal(f('{"reference":["busybox:latest"]}'), true);
@@ -227,9 +238,9 @@ describe('the wire', () => {
     assert.equal(f('{"reference":["nginx"]}'), false);
     assert.equal(f('{"reference":["busybox:1"]}'), false);
     assert.equal(f('{"dangling":["true"]}'), false);
-    assert.equal(matchesImageFilters({ tags: [], config: {} }, parseFilters('{"dangling":["true"]}')), true);
+    assert.equal(matchesImageFilters({ tags: [], config: {}, createdAt: '2026-01-01T00:00:00Z' }, parseFilters('{"dangling":["true"]}')), true);
     assert.equal(f('{"label":["tier=web"]}'), true);
-    assert.throws(() => f('{"before":["x"]}'), /invalid filter 'before'/);
+    assert.throws(() => f('{"foo":["x"]}'), /invalid filter 'foo'/);
   });
 
   test('network create bodies', () => {

@@ -22,7 +22,6 @@ function isSet(v: unknown): boolean {
 
 /** Fields Nimbus does not do yet, with the flag a user typed: refused rather than silently ignored. */
 const UNSUPPORTED_CONFIG: Array<[string, string]> = [
-  ['Tty', '-t/--tty'], ['OpenStdin', '-i/--interactive'], ['AttachStdin', '-i/--interactive'],
   ['Shell', 'SHELL'], ['OnBuild', 'ONBUILD'], ['MacAddress', '--mac-address'],
 ];
 const UNSUPPORTED_HOST: Array<[string, string]> = [
@@ -121,6 +120,9 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
     ...(aliases.length ? { aliases } : {}),
     ...(mounts.length ? { mounts } : {}),
     ...(healthcheck ? { healthcheck } : {}),
+    // -t, -i: the main process's terminal and stdin (StdinOnce: its end when the run's attach ends)
+    ...(body.Tty ? { tty: true } : {}),
+    ...(body.OpenStdin ? { openStdin: true, ...(raw.StdinOnce === true ? { stdinOnce: true } : {}) } : {}),
   };
 }
 
@@ -268,8 +270,9 @@ export function containerInspect(c: ContainerLike, endpoints: EndpointLike[] = [
     Config: {
       Hostname: c.config.hostname ?? c.id.slice(0, 12),
       User: c.config.user ?? '',
-      Tty: false,
-      OpenStdin: false,
+      Tty: c.config.tty === true,
+      OpenStdin: c.config.openStdin === true,
+      StdinOnce: c.config.stdinOnce === true,
       AttachStdin: false,
       AttachStdout: true,
       AttachStderr: true,

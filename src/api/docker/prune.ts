@@ -8,6 +8,7 @@ import { InvalidArgument, NimbusError } from '../../core/errors.js';
 import type { DockerRoute } from './server.js';
 import { familiarName, parseFilters } from './mapping.js';
 import { eventTime } from './observe.js';
+import { IMAGE_PRUNE_FILTERS, checkImageFilters, danglingWanted, imageCreated } from './image-filters.js';
 
 /** Those `until` and `label` filters as a test of (createdAt, labels); other keys refused. */
 export function pruneFilter(raw: string | null, allowed: readonly string[]): (createdAt: string, labels: Record<string, string>) => boolean {
@@ -57,11 +58,13 @@ export const pruneRoutes: DockerRoute[] = [
     method: 'POST', pattern: /^\/images\/prune$/, name: 'image prune', access: 'member',
     handler: async ({ services, project, query }) => {
       const filters = parseFilters(query.get('filters') ?? undefined);
-      for (const k of filters.keys()) if (k !== 'dangling') throw new InvalidArgument(`image prune filter '${k}' is not supported yet`);
+      checkImageFilters(filters, IMAGE_PRUNE_FILTERS);
+      // until, label and label! over the image's creation time and its config's labels
+      const pass = pruneFilter(query.get('filters'), IMAGE_PRUNE_FILTERS);
       // dangling=false is -a: every image no container uses, tagged or not
-      const all = (filters.get('dangling') ?? []).some((v) => v === 'false' || v === '0');
+      const all = danglingWanted(filters) === false;
       const tagsOf = new Map((await services.images.list(project)).map((i) => [i.digest, i.tags] as const));
-      const { deleted, bytesFreed } = await services.images.prune(all, project);
+      const { deleted, bytesFreed } = await services.images.prune(all, project, (img) => pass(new Date(imageCreated(img)).toISOString(), img.config.config?.Labels ?? {}));
       // as dockerd: each tag untagged, then the image deleted (its content may stay for other projects: SpaceReclaimed says)
       const ImagesDeleted = deleted.flatMap((d) => [...(tagsOf.get(d) ?? []).map((t) => ({ Untagged: familiarName(t) })), { Deleted: d }]);
       return { json: { ImagesDeleted, SpaceReclaimed: bytesFreed } };

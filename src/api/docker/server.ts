@@ -46,7 +46,7 @@ export type DockerResult = { status?: number; json?: unknown; headers?: Record<s
 export const HANDLED = Symbol('handled');
 
 export interface DockerRoute {
-  method: 'GET' | 'HEAD' | 'POST' | 'DELETE';
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'DELETE';
   /** Matched against the unversioned path, still percent-encoded. */
   pattern: RegExp;
   /** What it is, for errors and the authorisation's messages. */

@@ -14,7 +14,7 @@ import { checkPinnedHost } from '../../control/compute/hosts.js';
 import { paged, PageQuery } from '../paging.js';
 
 /** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
-const CONTAINER = {
+export const CONTAINER = {
   param: 'id', kind: 'container',
   owner: async (s: Services, ref: string, scope: ProjectScope) => {
     const c = await s.containers.get(ref, scope);
@@ -206,6 +206,24 @@ export const containerRoutes = [
     response: ExecFrame,
     handler: () => {
       throw new InvalidArgument('GET /containers/{id}/exec is a WebSocket: send Connection: Upgrade and Upgrade: websocket (or POST for frames of output)');
+    },
+  }),
+  route({
+    method: 'GET', path: '/containers/{id}/attach', operationId: 'attachTerminal', tag: 'containers', access: 'write',
+    auth: { role: 'member', project: CONTAINER },
+    summary: 'The main process\'s terminal (a container made with tty), interactively, as a WebSocket (Upgrade: websocket; src/api/dashboard/exec-ws.ts): '
+      + 'subprotocol "nimbus-exec", messages as GET /containers/{id}/exec\'s: binary both ways are the terminal\'s bytes (input only with stdin and a '
+      + 'container made with openStdin), a text {"resize":{"rows":R,"cols":C}} resizes it; the last text message is {"exitCode":N} once the process has '
+      + 'exited. Closing the socket detaches: the container keeps running. Without the upgrade this path answers 400',
+    params: IdParam,
+    query: Type.Object({
+      rows: TerminalCells('The terminal\'s lines from now on', 24),
+      cols: TerminalCells('The terminal\'s columns from now on', 80),
+      stdin: Type.Boolean({ default: true, description: 'Carry this client\'s input to the process (its stdin must be open: openStdin)' }),
+    }),
+    response: ExecFrame,
+    handler: () => {
+      throw new InvalidArgument('GET /containers/{id}/attach is a WebSocket: send Connection: Upgrade and Upgrade: websocket');
     },
   }),
   route({

@@ -1,5 +1,6 @@
 import type { Route } from '../route.js';
 import { containerRoutes } from './containers.js';
+import { containerFileRoutes } from './container-files.js';
 import { imageRoutes } from './images.js';
 import { quotaRoutes } from './quota.js';
 import { systemRoutes } from './system.js';
@@ -15,8 +16,9 @@ import { usageRoutes } from './usage.js';
 import { metricsRoutes } from './metrics.js';
 import { volumeRoutes } from './volumes.js';
 import { evacuateRoutes } from './evacuate.js';
+import { registryRoutes } from './registries.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...diskImageRoutes, ...containerRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...evacuateRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
+  return [...systemRoutes, ...imageRoutes, ...registryRoutes, ...diskImageRoutes, ...containerRoutes, ...containerFileRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...evacuateRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
 }

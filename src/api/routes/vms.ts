@@ -27,6 +27,7 @@ const VmCreate = Type.Object(
     pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 4095 }), { maxItems: 64, description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
     image: Type.Optional(Type.String({ minLength: 1, description: 'A disk image of the image service (nimbus image import-disk): the root disk is a qcow2 overlay backed by it' })),
     bootVolume: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'A block volume of the project (name or id) to boot from: attached read-write as the boot disk; the VM runs on its host; removing the VM keeps the volume' })),
+    ha: Type.Optional(Type.Boolean({ description: 'High availability: when its host dies while it runs, the VM is rebuilt on another host from its images (a fresh disk over its disk image: what the dead host held is not reachable) with the same addresses. Refused for a VM booting from host files or with block volumes' })),
     agent: Type.Optional(Type.String({ minLength: 1, description: 'The older name of host' })),
     ...PlacementFields,
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8, description: 'Networks of the VM\'s project ("bridge": its default) for virtio-net NICs eth0, eth1, ...; the addresses are leased and given to the guest as nimbus.net=IF,ADDR/PREFIX,GATEWAY on its kernel command line' })),

@@ -7,7 +7,7 @@ import {
 import { ago, humanMemory, printJson, render, short, statusText, table, truncate } from '../output.js';
 import { pullWithProgress } from './images.js';
 import { clientOf, eachArg, waitOperation } from './shared.js';
-import { execOnTerminal, localTerminalSize } from './exec-tty.js';
+import { attachOnTerminal, execOnTerminal, localTerminalSize } from './exec-tty.js';
 import { vmImage, vmStatusText, type Vm } from './vms.js';
 import { mountsFromFlags } from './volumes.js';
 
@@ -22,7 +22,7 @@ interface Container {
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;
-  config: { image: string; cmd?: string[]; entrypoint?: string[] };
+  config: { image: string; cmd?: string[]; entrypoint?: string[]; tty?: boolean; openStdin?: boolean };
   warnings?: string[];
 }
 
@@ -50,6 +50,8 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'pids-limit', type: 'number', integer: true, value: 'N', description: 'Maximum number of processes' },
   { name: 'restart', type: 'string', value: 'POLICY', description: 'Restart policy: no, on-failure[:N], always, unless-stopped', default: 'no' },
   { name: 'rm', type: 'boolean', description: 'Remove the container when it exits' },
+  { name: 'tty', short: 't', type: 'boolean', description: 'The main process on a terminal (the size of this one; nimbus attach)' },
+  { name: 'interactive', short: 'i', type: 'boolean', description: 'Keep its stdin open; with run -t: this terminal, raw, typed into it' },
   { name: 'runtime', type: 'string', value: 'NAME', choices: ['runc', 'crun', 'vm'], description: 'runc or crun (default: the host default), or vm: a secure container in its own microVM' },
   { name: 'hostname', type: 'string', value: 'NAME', description: 'Container host name' },
   { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
@@ -211,6 +213,8 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(list('log-opt').length ? { log: parseLogOpts(list('log-opt')) } : {}),
     ...(mounts.length ? { mounts } : {}),
     ...(healthcheck ? { healthcheck } : {}),
+    ...(opts.tty ? { tty: true } : {}),
+    ...(opts.interactive ? { openStdin: true } : {}),
     ...placementBody(opts),
   };
 }
@@ -410,9 +414,46 @@ export const containerCommands: CommandSpec[] = [
         process.stdout.write(`${c.id}\n`);
         return 0;
       }
+      if (ctx.opts.interactive && !ctx.opts.tty) throw new UsageError('run -i needs -t here (input without a terminal is not carried yet), or -d');
+      if (ctx.opts.tty) {
+        // the main process's terminal: attached before the start (nothing it prints is missed), stdin ending with this attach (-i)
+        const c = await createContainer(client, { ...createBody(ctx.opts, ctx.args), ...(ctx.opts.interactive ? { stdinOnce: true } : {}) });
+        warn(c);
+        const code = await attachOnTerminal(client, c.id, {
+          input: Boolean(ctx.opts.interactive),
+          afterOpen: async () => {
+            try {
+              await client.json('POST', `/containers/${enc(c.id)}/start`);
+            } catch (e) {
+              if (ctx.opts.rm) await client.json('DELETE', `/containers/${enc(c.id)}?force=true`).catch(() => undefined);
+              throw withExit(e, startFailureCode(e));
+            }
+          },
+        });
+        if (code === 'detached') {
+          process.stderr.write(`\nnimbus: detached; container ${short(c.id)} keeps running\n`);
+          return 0;
+        }
+        return code;
+      }
       const c = await createContainer(client, createBody(ctx.opts, ctx.args));
       warn(c);
       return attachAndRun(client, c, Boolean(ctx.opts.rm));
+    },
+  },
+  {
+    name: 'attach', usage: 'CONTAINER', summary: 'Attach this terminal to a container\'s main process (made with -t; its input too when made with -i); ctrl-p ctrl-q detaches', minArgs: 1, maxArgs: 1,
+    options: [{ name: 'no-stdin', type: 'boolean', description: 'Show its output only' }],
+    async run(ctx) {
+      const client = clientOf(ctx.global);
+      const c = await client.json<Container>('GET', `/containers/${enc(ctx.args[0]!)}`);
+      if (!c.config.tty) throw new UsageError(`container ${c.name} has no terminal (made without -t): nimbus logs -f follows its output`);
+      const code = await attachOnTerminal(client, c.id, { input: Boolean(c.config.openStdin) && !ctx.opts['no-stdin'] });
+      if (code === 'detached') {
+        process.stderr.write(`\nnimbus: detached; container ${short(c.id)} keeps running\n`);
+        return 0;
+      }
+      return code;
     },
   },
   {

@@ -6,7 +6,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import type { IncomingMessage } from 'node:http';
-import type { WebSocket } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 import { ApiError, type ApiClient } from '../client.js';
 
 export const EXEC_PROTOCOL = 'nimbus-exec';
@@ -57,45 +57,123 @@ export async function execOnTerminal(client: ApiClient, container: string, x: Te
   for (const e of x.env ?? []) q.append('env', e);
   if (x.workdir !== undefined) q.set('workdir', x.workdir);
   if (x.user !== undefined) q.set('user', x.user);
-  const ws: WebSocket = client.webSocket(`/containers/${encodeURIComponent(container)}/exec?${q.toString()}`, EXEC_PROTOCOL);
+  const ws = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/exec?${q.toString()}`, 'exec');
+  const code = await relayTerminal(ws, { input: true, what: 'exec' });
+  return code === 'detached' ? 0 : code;
+}
+
+/**
+ * `nimbus run -it` / `run -t` and `nimbus attach`: the main process's terminal (GET
+ * /containers/{id}/attach, a WebSocket), sized as this one; with `input`, this terminal raw and
+ * typed into it (ctrl-p ctrl-q detaches, leaving it running). `afterOpen` runs once the attach
+ * holds (run's start: nothing printed is missed). Resolves with the container's exit code, or
+ * 'detached'.
+ */
+export async function attachOnTerminal(client: ApiClient, container: string, opts: { input: boolean; afterOpen?: () => Promise<void> }): Promise<number | 'detached'> {
+  if (opts.input && !process.stdin.isTTY) throw new ApiError(0, 'InvalidArgument', 'the input device is not a TTY: -it needs a terminal (leave out -i for the output alone)');
+  const size = localTerminalSize();
+  const q = new URLSearchParams({ rows: String(size.rows), cols: String(size.cols), stdin: String(opts.input) });
+  const ws = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/attach?${q.toString()}`, 'attach');
+  // what arrives while the start is asked (the prompt, at once) is kept for the relay, as is a close
+  const early: Array<[RawData, boolean]> = [];
+  const hold = (data: RawData, isBinary: boolean) => void early.push([data, isBinary]);
+  let closedEarly = false;
+  const markClosed = () => void (closedEarly = true);
+  ws.on('message', hold);
+  ws.once('close', markClosed);
+  try {
+    await opts.afterOpen?.();
+  } catch (e) {
+    ws.terminate();
+    throw e;
+  } finally {
+    ws.off('message', hold);
+    ws.off('close', markClosed);
+  }
+  return relayTerminal(ws, { input: opts.input, what: 'attach', detachKeys: true, early, closedEarly });
+}
+
+async function openTerminalSocket(client: ApiClient, path: string, what: string): Promise<WebSocket> {
+  const ws: WebSocket = client.webSocket(path, EXEC_PROTOCOL);
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('unexpected-response', (_req, res) => void refusal(res).then(reject));
-    ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `cannot reach nimbusd for the exec: ${e.message}`)));
+    ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `cannot reach nimbusd for the ${what}: ${e.message}`)));
   });
+  return ws;
+}
+
+/** ctrl-p then ctrl-q: Docker's default detach keys. */
+const DETACH = [0x10, 0x11];
+
+/** This terminal to the socket and back until the server's last message; resolves with its exit code, or 'detached'. */
+async function relayTerminal(ws: WebSocket, opts: { input: boolean; what: string; detachKeys?: boolean; early?: Array<[RawData, boolean]>; closedEarly?: boolean }): Promise<number | 'detached'> {
+  const stdin = process.stdin;
+  let detached = false;
+  let matched = 0;
 
   const sendSize = () => {
     if (ws.readyState === ws.OPEN) ws.send(JSON.stringify({ resize: localTerminalSize() }));
   };
   const onKeys = (b: Buffer) => {
+    if (opts.detachKeys) {
+      // the keys of a detach are held back until it is complete or broken (then sent in order)
+      const pass: number[] = [];
+      for (const k of b) {
+        if (k === DETACH[matched]) {
+          if (++matched === DETACH.length) {
+            detached = true;
+            ws.close(1000, 'detached');
+            return;
+          }
+          continue;
+        }
+        pass.push(...DETACH.slice(0, matched));
+        matched = k === DETACH[0] ? 1 : 0;
+        if (!matched) pass.push(k);
+      }
+      b = Buffer.from(pass);
+      if (!b.length) return;
+    }
     if (ws.readyState === ws.OPEN) ws.send(b, { binary: true });
   };
-  stdin.setRawMode(true);
-  // libuv's raw mode keeps output processing (\n → \r\n), which the container's pty did already;
-  // setRawMode(false) puts back the settings libuv saved before, this included
-  spawnSync('stty', ['-opost'], { stdio: ['inherit', 'ignore', 'ignore'], timeout: 2000 });
+  if (opts.input) {
+    stdin.setRawMode(true);
+    // libuv's raw mode keeps output processing (\n → \r\n), which the container's pty did already;
+    // setRawMode(false) puts back the settings libuv saved before, this included
+    spawnSync('stty', ['-opost'], { stdio: ['inherit', 'ignore', 'ignore'], timeout: 2000 });
+  }
   try {
-    stdin.on('data', onKeys);
-    stdin.resume();
+    if (opts.input) {
+      stdin.on('data', onKeys);
+      stdin.resume();
+    }
     process.on('SIGWINCH', sendSize);
-    return await new Promise<number>((resolve, reject) => {
+    return await new Promise<number | 'detached'>((resolve, reject) => {
       let result: { exitCode?: number; error?: { code?: string; message?: string } } | undefined;
-      ws.on('message', (data, isBinary) => {
+      const onMessage = (data: RawData, isBinary: boolean) => {
         const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
         if (isBinary) process.stdout.write(bytes);
         else result = JSON.parse(bytes.toString('utf8')) as typeof result;
-      });
-      ws.once('close', () => {
+      };
+      const onClose = () => {
         if (result?.exitCode !== undefined) resolve(result.exitCode);
-        else reject(new ApiError(0, result?.error?.code ?? 'Unavailable', result?.error?.message ?? 'the exec connection closed without an exit code'));
-      });
-      ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `the exec connection failed: ${e.message}`)));
+        else if (detached) resolve('detached');
+        else reject(new ApiError(0, result?.error?.code ?? 'Unavailable', result?.error?.message ?? `the ${opts.what} connection closed without an exit code`));
+      };
+      for (const [data, isBinary] of opts.early ?? []) onMessage(data, isBinary);
+      if (opts.closedEarly) return onClose();
+      ws.on('message', onMessage);
+      ws.once('close', onClose);
+      ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `the ${opts.what} connection failed: ${e.message}`)));
     });
   } finally {
     process.off('SIGWINCH', sendSize);
-    stdin.off('data', onKeys);
-    stdin.setRawMode(false);
-    stdin.pause();
+    if (opts.input) {
+      stdin.off('data', onKeys);
+      stdin.setRawMode(false);
+      stdin.pause();
+    }
     if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.terminate();
   }
 }

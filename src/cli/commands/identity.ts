@@ -12,7 +12,7 @@ async function readStdin(): Promise<string> {
 }
 
 /** A password from stdin (--password-stdin, or stdin not a terminal), else asked for without echo. */
-async function readPassword(fromStdin: boolean, prompt = 'Password: '): Promise<string> {
+export async function readPassword(fromStdin: boolean, prompt = 'Password: '): Promise<string> {
   if (fromStdin || !process.stdin.isTTY) return readStdin();
   process.stderr.write(prompt);
   process.stdin.setRawMode(true);

@@ -84,6 +84,7 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
   { name: 'boot-volume', type: 'string', value: 'VOLUME', description: 'Boot from this block volume (volume create --type block): attached read-write, kept when the VM is removed; the VM runs on its host' },
   { name: 'agent', type: 'string', value: 'AGENT', description: 'The older name of --host' },
+  { name: 'ha', type: 'boolean', description: 'High availability: rebuilt on another host from its images (a fresh disk) when its host dies while it runs' },
   ...PLACEMENT_OPTIONS(),
 ];
 
@@ -120,6 +121,7 @@ export function vmCreateBody(opts: CommandContext['opts'], args: string[]): Reco
     ...(opts.image !== undefined ? { image: opts.image } : {}),
     ...(opts['boot-volume'] !== undefined ? { bootVolume: opts['boot-volume'] } : {}),
     ...(opts.agent !== undefined ? { agent: opts.agent } : {}),
+    ...(opts.ha ? { ha: true } : {}),
     ...placementBody(opts),
   };
 }

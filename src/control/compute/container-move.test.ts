@@ -28,6 +28,7 @@ import { BEFORE_SWITCH, MOVE_TRANSITIONS, MoveMachine, carry, chooseDestination,
 import { PassThrough } from 'node:stream';
 import type { Explanation, Scheduler } from '../scheduler/types.js';
 import { evacuate } from './host-evacuate.js';
+import { HealingService } from './healing.js';
 import { runAsActor } from '../events/actor.js';
 import type { ContainerRecord } from '../../store/records.js';
 
@@ -49,8 +50,9 @@ async function world(t: { after(fn: () => Promise<void> | void): void }) {
   const local = overlayHost('local');
   const b = overlayHost('b');
   const agents: Record<string, Agent> = { local, b };
+  const down = new Set<string>();
   const hosts: HostAgents = {
-    localName: 'local', names: () => Object.keys(agents), has: (n) => n in agents,
+    localName: 'local', names: () => Object.keys(agents), has: (n) => n in agents, isDown: (n) => down.has(n),
     get: (n) => {
       const a = agents[n];
       if (!a) throw new Unavailable(`no such host ${n}`);
@@ -85,7 +87,7 @@ async function world(t: { after(fn: () => Promise<void> | void): void }) {
     { image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra } as never,
     'p1', { projectId: 'p1' }, { start, placement: { host: 'local' } },
   );
-  return { store, hosts, local, b, containers, volumes, networks, scheduler, quota, seen, run };
+  return { store, hosts, down, local, b, containers, volumes, networks, scheduler, quota, seen, run };
 }
 
 test('the state machine: transitions are checked, and only the phases before the switch roll back', () => {
@@ -261,4 +263,48 @@ test('its networks move with it: the create\'s endpoints from the saved request,
   assert.deepEqual(connects.map(([id, e]) => [id, e.network.name, e.address, e.dnsNames]), [[c.id, 'back', leases.find((l) => l.ifIndex === 1)!.address, ['web', 'www']]]);
   assert.deepEqual(new Set([...w.b.networks.values()].map((n) => n.name)), new Set(['front', 'back']), 'both networks laid out on b');
   assert.deepEqual((await w.store.networks.leases({ instanceId: c.id })).map((l) => l.address).sort(), leases.map((l) => l.address).sort(), 'its leases unchanged');
+});
+
+test('healing: a dead host\'s container with a restart policy is rebuilt elsewhere, one without waits, one whose volume is there is refused; the host back, its stale copy is fenced', async (t) => {
+  const w = await world(t);
+  const svc = await w.run({ name: 'svc', restart: { name: 'always' } });
+  const idle = await w.run({ name: 'idle', restart: { name: 'no' } });
+  const held = await w.run({ name: 'held', restart: { name: 'unless-stopped' }, mounts: [{ type: 'volume', source: 'data', target: '/data' }] });
+  const quotaBefore = JSON.stringify(w.quota.show('p1').resources);
+  const hostEvents: Array<{ host: string; action: string; attributes: Record<string, unknown> }> = [];
+  // the scheduler's view: the dead host rejected, b fits
+  w.scheduler.explain = async () => ({ hosts: [{ host: 'local', rejectedBy: { filter: 'host-up', reason: 'down' } }, { host: 'b', weight: 1, weighers: {} }] }) as unknown as Explanation;
+  let now = 1_000_000;
+  const healer = new HealingService(w.containers.healDeps(), {
+    publish: (e) => {
+      hostEvents.push({ host: e.id, action: e.action, attributes: e.attributes ?? {} });
+      return { ...e, seq: 0, time: '' };
+    },
+  }, { graceMs: 5000, clock: () => now });
+  w.down.add('local');
+  await healer.tick();
+  assert.equal((await w.containers.get(svc.id)).host, 'local', 'nothing rebuilt within the grace');
+  now += 5000;
+  await healer.tick();
+  const after = await w.containers.get(svc.id);
+  assert.deepEqual([after.id, after.host, after.status, after.restartCount], [svc.id, 'b', 'running', svc.restartCount + 1], 'rebuilt and running on b');
+  assert.equal(w.b.containers.get(svc.id)?.state.status, 'running');
+  assert.equal(w.b.calls('createContainer')[0]?.[0].name, 'svc', 'created from its record');
+  assert.equal(w.scheduler.claims.get(svc.id), 'b', 'its claim moved');
+  assert.deepEqual([(await w.containers.get(idle.id)).host, (await w.containers.get(held.id)).host], ['local', 'local'], 'the others stay');
+  assert.deepEqual([healer.stats.rebuilt, healer.stats.refused, healer.stats.failed], [1, 1, 0]);
+  const refused = w.seen.find((e) => e.id === held.id && e.action === 'heal-refused');
+  assert.match(String(refused?.attributes?.reason), /volume data holds its data on host local/);
+  assert.deepEqual(w.seen.filter((e) => e.id === svc.id).map((e) => e.action).slice(-2), ['heal', 'start']);
+  assert.equal(JSON.stringify(w.quota.show('p1').resources), quotaBefore, 'charged once');
+  now += 1000;
+  await healer.tick();
+  assert.equal(healer.stats.refused, 1, 'a refusal is reported once, not every tick');
+  // local answers again: its copy of svc is stale, the others are its own
+  assert.ok(w.local.containers.has(svc.id), 'the stale copy is there (the host never really died)');
+  w.down.delete('local');
+  await healer.tick();
+  assert.deepEqual([w.local.containers.has(svc.id), w.local.containers.has(idle.id), w.local.containers.has(held.id)], [false, true, true], 'only the stale copy destroyed');
+  assert.deepEqual(hostEvents, [{ host: 'local', action: 'fence', attributes: { containers: [svc.id], vms: [] } }]);
+  assert.equal(w.b.containers.has(svc.id), true, 'the rebuilt one untouched');
 });

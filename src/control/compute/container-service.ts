@@ -6,10 +6,11 @@ import { Conflict, InvalidArgument, NimbusError, NotFound, Unavailable, hasCode,
 import { isValidName, newId } from '../../core/ids.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { logger } from '../../core/log.js';
-import type { Agent, ContainerCreateRequest, ProcessTable } from '../../agent/agent.js';
-import type { ExecRequest, ExecSession, InstanceStats, LogRecord, RuntimeState } from '../../agent/drivers/instance-driver.js';
+import type { Agent, ContainerArchiveResult, ContainerCreateRequest, ContainerPathStat, ProcessTable } from '../../agent/agent.js';
+import type { Readable } from 'node:stream';
+import { badTerminalSize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type InstanceStats, type LogRecord, type ProcessSpec, type RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { ContainerConfig, ContainerRecord, ContainerStatus, ImageRecord, OperationRecord } from '../../store/records.js';
+import type { ContainerConfig, ContainerRecord, ContainerStatus, ImageRecord, NetworkRecord, OperationRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
@@ -26,6 +27,7 @@ import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
 import { agentMounts, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
 import { chooseDestination, moveContainer, startMove, type MoveDeps, type MoveOptions, type MoveReport } from './container-move.js';
+import type { HealDeps } from './healing.js';
 
 const log = logger('compute');
 const EVERYWHERE: ProjectScope = { canRead: () => true };
@@ -274,6 +276,8 @@ export class ContainerService {
     for (const d of input.dns ?? []) checkIpv4(d, 'dns');
     const { name: requestedName, mounts: mountInput, ...asked } = input;
     if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
+    if (input.runtime === 'vm' && (input.tty || input.openStdin)) throw new InvalidArgument("a secure container's main process has no terminal or stdin yet (-t, -i)");
+    if (input.stdinOnce && !input.openStdin) throw new InvalidArgument('stdinOnce needs openStdin');
     // Network settings are checked before anything is made; addresses are leased once the record exists.
     const links: Array<{ container: string; alias: string }> = [];
     for (const l of asked.links ?? []) {
@@ -290,8 +294,7 @@ export class ContainerService {
       if (!shares) throw new InvalidArgument(`cannot link to ${(await this.store.containers.get(l.container))?.name}: it is not on the same network`);
     }
     const name = requestedName ?? (await generateName(taken));
-    const linkEnv = await this.networks.linkEnv({ name }, links, linkNetworks, async (t) => Object.keys((await this.store.images.get(t.imageDigest))?.config.config?.ExposedPorts ?? {}));
-    const process = processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
+    const process = await this.processFor(config, image, name, linkNetworks);
     // before a warm container is claimed or a cold one made: both paths give the same answer
     checkProcess(process);
     // volumes resolved (one that does not exist is made, as Docker does): the container runs on their host
@@ -307,23 +310,7 @@ export class ContainerService {
       mounts = resolved.mounts;
       volumeHost = resolved.host;
     }
-    const request: Omit<ContainerCreateRequest, 'id'> = {
-      name: '', imageChainId: image.chainId, process,
-      resources: {
-        ...(config.memoryBytes !== undefined ? { memoryBytes: config.memoryBytes } : {}),
-        ...(config.cpus !== undefined ? { cpus: config.cpus } : {}),
-        ...(config.pidsLimit !== undefined ? { pidsLimit: config.pidsLimit } : {}),
-      },
-      // unset = the id's first 12 characters, decided by the agent (so a warm container fits)
-      ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
-      ...(config.runtime ? { runtime: config.runtime } : {}),
-      ...(config.labels ? { labels: config.labels } : {}),
-      ...(config.log ? { log: config.log } : {}),
-      // the networks named now (a warm container may already be on the first), addresses leased after admission
-      network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
-      ...(mounts.length ? { mounts: agentMounts(mounts) } : {}),
-    };
-    request.name = name;
+    const request = this.requestOf(config, image, name, process, intent, mounts);
     const local = this.hosts.localName;
     // container:<id> shares that container's namespace, so it runs on that container's host
     const netnsHost = intent.mode === 'container' ? intent.container.host : undefined;
@@ -401,6 +388,47 @@ export class ContainerService {
       throw e;
     }
     return { operation, finished };
+  }
+
+  /** The main process a create asks for: the image's defaults under the config's, with its links' environment first. */
+  private async processFor(config: ContainerConfig, image: ImageRecord, name: string, linkNetworks: readonly NetworkRecord[]): Promise<ProcessSpec> {
+    const linkEnv = await this.networks.linkEnv({ name }, config.links ?? [], linkNetworks, async (t) => Object.keys((await this.store.images.get(t.imageDigest))?.config.config?.ExposedPorts ?? {}));
+    return processSpecFor(image.config, linkEnv.length ? { ...config, env: [...linkEnv, ...config.env] } : config);
+  }
+
+  /** The agent's create request for a config (its network as named: the addresses are leased once the record exists). */
+  private requestOf(config: ContainerConfig, image: ImageRecord, name: string, process: ProcessSpec, intent: NetworkIntent, mounts: StoredMount[]): Omit<ContainerCreateRequest, 'id'> {
+    return {
+      name, imageChainId: image.chainId, process,
+      resources: {
+        ...(config.memoryBytes !== undefined ? { memoryBytes: config.memoryBytes } : {}),
+        ...(config.cpus !== undefined ? { cpus: config.cpus } : {}),
+        ...(config.pidsLimit !== undefined ? { pidsLimit: config.pidsLimit } : {}),
+      },
+      // unset = the id's first 12 characters, decided by the agent (so a warm container fits)
+      ...(config.hostname !== undefined ? { hostname: config.hostname } : {}),
+      ...(config.runtime ? { runtime: config.runtime } : {}),
+      ...(config.labels ? { labels: config.labels } : {}),
+      ...(config.log ? { log: config.log } : {}),
+      // the networks named now (a warm container may already be on the first), addresses leased after admission
+      network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
+      ...(mounts.length ? { mounts: agentMounts(mounts) } : {}),
+    };
+  }
+
+  /**
+   * The create request of an existing container, from its record, for `host` (a rebuild on
+   * another host, healing.ts): its networks laid out there and its leases kept (same addresses).
+   */
+  async requestFor(c: ContainerRecord, host: string): Promise<ContainerCreateRequest> {
+    const image = (await this.store.images.ref(c.projectId, c.imageDigest)) ?? (await this.store.images.list()).find((i) => i.digest === c.imageDigest);
+    if (!image) throw new NotFound(`container ${c.name}'s image ${c.imageDigest} is gone from the store`);
+    const intent = await this.networks.intent(c.config, c.projectId, { projectId: c.projectId });
+    const linkNetworks = intent.mode === 'networks' ? intent.networks : [];
+    const request = this.requestOf(c.config, image, c.name, await this.processFor(c.config, image, c.name, linkNetworks), intent, c.config.mounts ?? []);
+    if (intent.mode === 'networks') await this.networks.ensureOnHost(intent.networks, host);
+    request.network = await this.networks.lease(c, intent);
+    return { id: c.id, ...request };
   }
 
   /** The part of a create after admission: the host, the record, then the agent's container (started too if asked). */
@@ -742,11 +770,51 @@ export class ContainerService {
     return this.agentOf(c).execInContainer(c.id, req);
   }
 
+  /**
+   * Attach to its main process on its host: the output from now on and, with `stdin`, its input
+   * (Conflict when it was made without an open stdin). A created container can be attached before
+   * its start (docker run attaches first); an exited one has no process to attach to.
+   */
+  async attach(idOrName: string, req: AttachRequest): Promise<AttachSession> {
+    const c = await this.get(idOrName);
+    if (req.stdin && !c.config.openStdin) throw new Conflict(`container ${c.name} was created without an open stdin (docker run -i)`);
+    if (c.status !== 'created' && c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is ${c.status}; attach needs it created or running`);
+    return this.agentOf(c).attachContainer(c.id, req);
+  }
+
+  /** Its main process's terminal's new size (Conflict for a container without -t). */
+  async resize(idOrName: string, rows: number, cols: number): Promise<void> {
+    const c = await this.get(idOrName);
+    if (!c.config.tty) throw new Conflict(`container ${c.name} has no terminal (docker run -t)`);
+    const bad = badTerminalSize(rows, cols);
+    if (bad) throw new InvalidArgument(bad);
+    if (c.status !== 'created' && c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is not running`);
+    await this.agentOf(c).resizeContainer(c.id, rows, cols);
+  }
+
   /** Its processes as `ps -ef` shows them, from its host (running or paused containers). */
   async top(idOrName: string): Promise<ProcessTable> {
     const c = await this.get(idOrName);
     if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is not running`);
     return this.agentOf(c).containerTop(c.id);
+  }
+
+  /** docker cp: a path's stat in the container, running or not, from its host (which resolves it inside the rootfs). */
+  async pathStat(idOrName: string, path: string): Promise<ContainerPathStat> {
+    const c = await this.get(idOrName);
+    return this.agentOf(c).containerPathStat(c.id, path);
+  }
+
+  /** docker cp out: the path as a tar stream and its stat; the caller consumes or destroys the stream. */
+  async readArchive(idOrName: string, path: string): Promise<{ stat: ContainerPathStat; bytes: Readable }> {
+    const c = await this.get(idOrName);
+    return this.agentOf(c).readContainerArchive(c.id, path);
+  }
+
+  /** docker cp in: the tar extracted under the directory path, into the container's writable layer. */
+  async writeArchive(idOrName: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>): Promise<ContainerArchiveResult> {
+    const c = await this.get(idOrName);
+    return this.agentOf(c).writeContainerArchive(c.id, path, opts, bytes);
   }
 
   async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {
@@ -966,6 +1034,16 @@ export class ContainerService {
   async move(id: string, to?: string): Promise<MoveReport> {
     const deps = this.moveDeps();
     return moveContainer(deps, id, to ?? (await chooseDestination(deps, await this.get(id), undefined)));
+  }
+
+  /** What healing (healing.ts) needs of this service: what a move does, and the request rebuilt from a record. */
+  healDeps(): HealDeps {
+    const m = this.moveDeps();
+    return {
+      store: m.store, hosts: m.hosts, scheduler: m.scheduler, images: m.images, networks: m.networks, agentOn: m.agentOn, locked: m.locked,
+      cancelRestart: m.cancelRestart, publish: m.publish, exitMaybe: m.exitMaybe, bounded: m.bounded,
+      requestFor: (c, host) => this.requestFor(c, host),
+    };
   }
 
   /** What the move needs of this service: its lock, stop and start, events and exits. */

@@ -86,10 +86,14 @@ export function processSpecFor(image: ImageConfigDoc, c: ContainerConfig): Proce
   if (args.length === 0) throw new InvalidArgument('no command specified: the image has no entrypoint or cmd; give one after the image name');
   const env = mergeEnv(ic.Env ?? [], c.env);
   if (!env.some((e) => e.startsWith('PATH='))) env.unshift(DEFAULT_PATH);
+  // as dockerd does for -t: programs that look at TERM get one that matches the terminal
+  if (c.tty && !env.some((e) => e.startsWith('TERM='))) env.push('TERM=xterm');
   return {
     args,
     env,
     cwd: c.workdir || ic.WorkingDir || '/',
     user: c.user || ic.User || '0',
+    ...(c.tty ? { terminal: true } : {}),
+    ...(c.openStdin ? { stdin: c.stdinOnce ? 'once' : 'open' } as const : {}),
   };
 }

@@ -52,6 +52,19 @@ export const DEFAULT_VM_MEMORY_MIB = 256;
  * directory named after it, and a unix socket path must fit in 108 bytes.
  */
 const newVmId = (): string => newId().slice(0, 32);
+/**
+ * Why a VM cannot be rebuilt on another host from what the control plane holds (an --ha VM must
+ * not need its host); undefined when it can: its boot files are images of the image service and
+ * it has no block volume (a volume's data is on its host).
+ */
+export function vmRebuildRefusal(config: VmConfig): string | undefined {
+  for (const [role, image] of [['disk', config.diskImage], ['kernel', config.kernelImage], ['initrd', config.initrdImage]] as const) {
+    if (config[role] !== undefined && image === undefined) return `its ${role} is a host file (${config[role]}), which another host does not have`;
+  }
+  if (config.volumes?.length) return 'it has block volumes, whose data is on its host';
+  return undefined;
+}
+
 /** Seconds between the ACPI power button and SIGKILL when the request names none. */
 export const DEFAULT_VM_STOP_TIMEOUT = 30;
 
@@ -72,6 +85,8 @@ export interface CreateVmInput {
   networks?: string[];
   /** A disk image of the image service (instead of a host path in `disk`): the root disk is an overlay of it. */
   image?: string;
+  /** Rebuilt elsewhere when its host dies while it runs (healing.ts); refused with host files or block volumes. */
+  ha?: boolean;
   /** The host to run it on (administrators; --host, or its older name --agent); default: the scheduler's choice. */
   agent?: string;
   host?: string;
@@ -274,7 +289,12 @@ export class VmService {
       ...(images.kernelImage ? { kernelImage: images.kernelImage } : {}),
       ...(images.initrdImage ? { initrdImage: images.initrdImage } : {}),
       ...(bootVolume ? { volumes: [{ volumeId: bootVolume.id, boot: true }] } : {}),
+      ...(input.ha ? { ha: true } : {}),
     };
+    if (config.ha) {
+      const why = vmRebuildRefusal({ ...config, ...images });
+      if (why) throw new InvalidArgument(`--ha: ${why}`);
+    }
     const chosen = await this.checkName(input.name, projectId);
     const name = chosen.name;
     let rec: VmRecord;
@@ -754,6 +774,49 @@ export class VmService {
       this.publish(next, 'migrate', { ...report });
       log.info('vm migrated', { ...report });
       return report;
+    });
+  }
+
+  /**
+   * An --ha VM of a host that does not answer, made again on `to` (healing.ts): from its images
+   * (a fresh overlay over its disk image: what the dead host held is not reachable), with its id,
+   * name, size and NICs (same addresses, hence MACs), then started. The claim moves first (the
+   * capacity checked); the record names `to` only once the VM runs there. Quota is unchanged.
+   */
+  async rebuild(id: string, to: string): Promise<VmRecord> {
+    return this.locked(id, async () => {
+      const cur = await this.current(id);
+      const from = cur.agent;
+      const why = vmRebuildRefusal(cur.config);
+      if (why) throw new Conflict(`VM ${cur.name} cannot be rebuilt on another host: ${why}`);
+      if (cur.status !== 'running' && cur.status !== 'paused') throw new Conflict(`VM ${cur.name} is ${cur.status}: only a running VM is rebuilt`);
+      const dst = this.agents.get(to);
+      await this.scheduler.moveClaim(id, to);
+      let created = false;
+      try {
+        const paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
+        for (const [role, image] of [['disk', cur.config.diskImage], ['kernel', cur.config.kernelImage], ['initrd', cur.config.initrdImage]] as const) {
+          if (!image) continue;
+          if (!this.disks) throw new InvalidArgument('images for VMs are not available');
+          paths[role] = await this.disks.ensureOnHost({ ...image, kind: role }, to, this.agents);
+        }
+        const config: VmConfig = { ...cur.config, ...paths };
+        const req: VmCreateRequest = { id, name: cur.name, ...config };
+        if (cur.config.networks?.length) req.nics = await this.networks!.vmNicsFor(id, cur.name, to);
+        created = true; // from the call on, the destination may hold it
+        await dst.createVm(req);
+        const state = await dst.startVm(id);
+        await this.store.vms.update(id, { agent: to, config });
+        if (cur.config.networks?.length) this.networks?.endpointsMoved(id);
+        const v = await this.running(id, state, 'start');
+        this.publish(v, 'heal', { from, to });
+        log.warn('VM rebuilt on another host: its host does not answer', { id, name: v.name, from, to });
+        return v;
+      } catch (e) {
+        if (created) await dst.removeVm(id).catch(() => undefined);
+        await this.scheduler.moveClaim(id, from).catch((x: unknown) => log.warn('moving a claim back after a failed rebuild failed', { id, error: String(x) }));
+        throw e;
+      }
     });
   }
 

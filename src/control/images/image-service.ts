@@ -15,6 +15,7 @@ import type { HostAgents } from '../compute/hosts.js';
 import type { ImageLocality } from '../scheduler/types.js';
 import { carryBlobs, sourcesFor } from './carry.js';
 import { withDeadline } from '../compute/deadline.js';
+import type { RegistryCredentials } from '../../agent/images/registry-client.js';
 
 /** How long one other host's garbage collection may take before the collection goes on without it. */
 const REMOTE_GC_DEADLINE_MS = 60_000;
@@ -47,6 +48,14 @@ export class ImageService {
   /** Images on every host (the daemon calls it once the agent directory is open). */
   useHosts(hosts: HostAgents): void {
     this.hosts = hosts;
+  }
+
+  /** A project's stored registry credentials (docker login); unset: pulls use only what a request brings. */
+  private storedCredentials: ((projectId: string, registry: string) => Promise<RegistryCredentials | undefined>) | undefined;
+
+  /** Pulls without credentials of their own use the project's stored ones for the registry (docs/registries.md). */
+  useCredentials(lookup: (projectId: string, registry: string) => Promise<RegistryCredentials | undefined>): void {
+    this.storedCredentials = lookup;
   }
 
   private get localName(): string | undefined {
@@ -87,7 +96,9 @@ export class ImageService {
     log.info('pulling an image onto a host', { host, reference });
     let pulled: AgentImage;
     try {
-      pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries] }, () => undefined);
+      // the project's own credentials for that registry, as its pull on the first host had
+      const credentials = await this.storedCredentials?.(img.projectId, parseReference(reference).registry);
+      pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}) }, () => undefined);
     } catch (e) {
       const pullError = toNimbusError(e);
       // the registry may not have it (an archive's tag no registry serves), want credentials, or be out of reach: carried instead
@@ -143,9 +154,10 @@ export class ImageService {
     throw lastError!;
   }
 
-  /** repository@digest of a tag that names the image (any project's: the bytes are the same), else undefined. */
+  /** repository@digest of a tag that names the image (its project's first, else any project's: the bytes are the same), else undefined. */
   private async registryReference(img: ImageRecord): Promise<string | undefined> {
-    for (const t of await this.store.images.tags({ digest: img.digest })) {
+    const tags = await this.store.images.tags({ digest: img.digest });
+    for (const t of [...tags.filter((x) => x.projectId === img.projectId), ...tags.filter((x) => x.projectId !== img.projectId)]) {
       try {
         const r = parseReference(t.name);
         return `${r.registry}/${r.repository}@${img.digest}`;
@@ -266,7 +278,9 @@ export class ImageService {
     const name = parsed.toString();
     return this.operations.start('image.pull', name, projectId, async (op) => {
       const on = this.pullHost();
-      const img = await on.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}) }, (p: PullProgress) =>
+      // credentials the request brought win over the project's stored ones
+      const creds = credentials ?? (await this.storedCredentials?.(projectId, parsed.registry));
+      const img = await on.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(creds ? { credentials: creds } : {}) }, (p: PullProgress) =>
         op.progress(p as unknown as Record<string, unknown>),
       );
       // Pulled by digest: no tag to record; by tag: the tag now points here.
@@ -324,12 +338,16 @@ export class ImageService {
     return removed;
   }
 
-  /** Remove the project's dangling references (no tag, no container of it); with all, every one no container of it uses. */
-  async prune(all: boolean, projectId: string): Promise<{ deleted: string[]; bytesFreed: number }> {
+  /**
+   * Remove the project's dangling references (no tag, no container of it); with all, every one no
+   * container of it uses; of those, only the ones `include` accepts when given (docker image prune's filters).
+   */
+  async prune(all: boolean, projectId: string, include?: (img: ImageRecord) => boolean): Promise<{ deleted: string[]; bytesFreed: number }> {
     // one transaction: a container made from an image meanwhile is either counted (the image stays) or made after it is gone
     const deleted = await this.store.transaction(async () => {
       const gone: string[] = [];
       for (const img of await this.store.images.list(projectId)) {
+        if (include && !include(img)) continue;
         if ((await this.store.containers.countByImage(img.digest, projectId)) > 0) continue;
         const tagged = (await this.store.images.tags({ projectId, digest: img.digest })).length > 0;
         if (tagged && !all) continue;

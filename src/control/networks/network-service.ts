@@ -711,8 +711,12 @@ export class NetworkService {
     const agent = this.agentOn(host);
     const networks = await this.store.networks.onHost(host);
     for (const n of networks) await agent.ensureNetwork(this.spec(n));
-    const containerIds = (await this.store.containers.onHost(host)).map((c) => c.id);
-    const removed = await agent.reconcileNetworks(containerIds, networks.map((n) => n.id));
+    // every instance with endpoints there: containers, and VMs (their taps are endpoints too)
+    const instanceIds = [
+      ...(await this.store.containers.onHost(host)).map((c) => c.id),
+      ...(await this.store.vms.list()).filter((v) => v.agent === host).map((v) => v.id),
+    ];
+    const removed = await agent.reconcileNetworks(instanceIds, networks.map((n) => n.id));
     // the overlays on it pushed whole again (peers that changed while it was away, devices it should no longer have)
     await this.overlay.reconcileHost(host);
     return removed;

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import type { Duplex } from 'node:stream';
 import { Conflict, DataLoss, NotFound } from '../../core/errors.js';
+import type { ContainerArchiveResult, ContainerPathStat } from '../../agent/agent.js';
 import type {
   AddressProvider,
   AdoptedDiskImage,
@@ -408,6 +409,34 @@ export class FakeAgent implements Agent {
     });
   }
 
+  // ---- ContainerCopyHost (docker cp: the container's files are the real agent's; here one file, /etc/hostname, and tars kept whole)
+
+  containerPathStat(...args: Parameters<Agent['containerPathStat']>): Promise<ContainerPathStat> {
+    return this.run('containerPathStat', args, async () => {
+      this.container(args[0]);
+      if (args[1].replace(/\/+$/, '') !== '/etc/hostname') throw new NotFound(`no such file or directory: ${args[1]}`);
+      return { name: 'hostname', size: 4, mode: 0o100644, mtime: new Date(0).toISOString(), linkTarget: '' };
+    });
+  }
+
+  readContainerArchive(...args: Parameters<Agent['readContainerArchive']>): Promise<{ stat: ContainerPathStat; bytes: Readable }> {
+    return this.run('readContainerArchive', args, async () => {
+      const stat = await this.containerPathStat(args[0], args[1]);
+      return { stat, bytes: Readable.from([this.copied.get(args[0]) ?? Buffer.alloc(0)]) };
+    });
+  }
+
+  writeContainerArchive(...args: Parameters<Agent['writeContainerArchive']>): Promise<ContainerArchiveResult> {
+    return this.run('writeContainerArchive', args, async () => {
+      this.container(args[0]);
+      const got = await fakeTree(args[3]);
+      this.copied.set(args[0], got.data);
+      return { bytes: got.data.length, entries: 1, unpackedBytes: got.data.length };
+    });
+  }
+  /** The last tar written into each container (writeContainerArchive). */
+  readonly copied = new Map<string, Buffer>();
+
   // ---- ContainerMoveHost (bytes in memory: the tar format is tested against the real agent)
 
   containerRequest(...args: Parameters<Agent['containerRequest']>): Promise<ContainerCreateRequest> {
@@ -506,6 +535,19 @@ export class FakeAgent implements Agent {
     return this.run('execInContainer', args, async () => {
       this.container(args[0]);
       return { stdout: Readable.from([]), stderr: Readable.from([]), exit: Promise.resolve(0) };
+    });
+  }
+
+  attachContainer(...args: Parameters<Agent['attachContainer']>): Promise<ExecSession> {
+    return this.run('attachContainer', args, async () => {
+      this.container(args[0]);
+      return { stdout: Readable.from([]), stderr: Readable.from([]), exit: Promise.resolve(0) };
+    });
+  }
+
+  resizeContainer(...args: Parameters<Agent['resizeContainer']>): Promise<void> {
+    return this.run('resizeContainer', args, async () => {
+      this.container(args[0]);
     });
   }
 

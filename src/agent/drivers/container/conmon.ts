@@ -35,6 +35,13 @@ export interface ConmonOptions {
   /** conmon's own stderr goes here (appended). */
   stderrPath?: string;
   timeoutMs?: number;
+  /** The main process on a terminal (`-t`): conmon takes the runtime's console socket; config.json needs process.terminal. */
+  terminal?: boolean;
+  /**
+   * The main process's stdin through the attach socket (`-i`): 'once' closes it when the first
+   * attached client leaves (Docker's StdinOnce), 'open' keeps it for the next (`--leave-stdin-open`).
+   */
+  stdin?: 'open' | 'once';
 }
 
 /** conmon's command line (without the binary). */
@@ -55,6 +62,9 @@ export function conmonArgs(o: ConmonOptions): string[] {
   ];
   if (o.logSizeMax !== undefined) args.push('--log-size-max', String(o.logSizeMax));
   if (o.persistDir) args.push('--persist-dir', o.persistDir);
+  if (o.terminal) args.push('--terminal');
+  if (o.stdin) args.push('--stdin');
+  if (o.stdin === 'open') args.push('--leave-stdin-open');
   for (const a of o.runtimeArgs) args.push('--runtime-arg', a);
   return args;
 }

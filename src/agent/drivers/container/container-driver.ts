@@ -34,9 +34,11 @@ import {
   type CgroupLayout,
   type CgroupPaths,
 } from '../../cgroups/cgroups.js';
-import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
+import { isMounted, mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import {
   badTerminalSize,
+  type AttachRequest,
+  type AttachSession,
   type ExecRequest,
   type ExecSession,
   type InstanceDriver,
@@ -63,6 +65,7 @@ import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable,
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
+import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
 const fsOpen = promisify(open);
@@ -94,6 +97,8 @@ interface ContainerMeta {
   warnings: string[];
   /** Created ahead of demand with the start stub and not claimed yet (warm-start.ts). */
   warm?: boolean;
+  /** The main process's stdin is open to attach (conmon -i). */
+  stdin?: 'open' | 'once';
 }
 
 interface ExitRecord {
@@ -190,6 +195,27 @@ export class ContainerDriver implements InstanceDriver {
     return [];
   }
 
+  /**
+   * What a copy (`docker cp`, agent/copy/container-copy.ts) goes through: the rootfs while it is
+   * mounted, the container paths of its mounts, its process's user; undefined when this driver
+   * holds nothing of the container.
+   */
+  async copyView(id: string): Promise<{ rootfs?: string; mountPoints: string[]; user: { uid: number; gid: number } } | undefined> {
+    let config: OciSpec;
+    try {
+      config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    const rootfs = this.rootfs(id);
+    return {
+      ...((await isMounted(rootfs)) ? { rootfs } : {}),
+      mountPoints: config.mounts.map((m) => path.posix.join('/', m.destination)),
+      user: { uid: config.process.user.uid, gid: config.process.user.gid },
+    };
+  }
+
   /** A copy of the container's meta: this process's last write, or the file (a daemon started again). */
   private async meta(id: string): Promise<ContainerMeta> {
     const dir = this.dir(id);
@@ -264,6 +290,8 @@ export class ContainerDriver implements InstanceDriver {
     const meta = await this.meta(id);
     const busybox = await findStaticBusybox();
     if (!meta.warm || !busybox) return undefined;
+    // warm containers' conmons run without a terminal or stdin: such a request is made cold
+    if (spec.process.terminal || spec.process.stdin) return undefined;
     const logLimits = resolveLogLimits(spec.log);
     if (logLimits.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined; // on conmon's command line since the warm create
     const configFile = path.join(this.bundle(id), 'config.json');
@@ -394,6 +422,7 @@ export class ContainerDriver implements InstanceDriver {
         createdAt: new Date().toISOString(),
         warnings,
         ...(opts.warm ? { warm: true } : {}),
+        ...(spec.process.stdin ? { stdin: spec.process.stdin } : {}),
       };
       await this.saveMeta(meta);
       const rt = this.runtime(runtimeName, runtimePath);
@@ -417,6 +446,8 @@ export class ContainerDriver implements InstanceDriver {
         socketDir: path.join(dir, 'sock'),
         persistDir: path.join(dir, 'persist'),
         stderrPath: path.join(dir, 'conmon.err'),
+        ...(spec.process.terminal ? { terminal: true } : {}),
+        ...(spec.process.stdin ? { stdin: spec.process.stdin } : {}),
       });
       meta.pid = launched.pid;
       // the runtime's start now, off the request path: the stub then waits on its go fifo
@@ -590,6 +621,27 @@ export class ContainerDriver implements InstanceDriver {
     const out: RuntimeState = { ...base, status: s.status === 'creating' || (s.status === 'running' && this.primed(id)) ? 'created' : s.status };
     if (s.pid > 0) out.pid = s.pid;
     return out;
+  }
+
+  /**
+   * Attach to the main process through its conmon (conmon-attach.ts): output from now on, and its
+   * stdin when asked (Conflict if the container was made without one). Works on a created container
+   * (the socket is there before the start) and on a running one, never on one that has exited.
+   */
+  async attach(id: string, req: AttachRequest): Promise<AttachSession> {
+    const meta = await this.meta(id);
+    if (req.stdin && !meta.stdin) throw new Conflict(`container ${id.slice(0, 12)} was created without an open stdin (docker run -i)`, { id });
+    if (meta.warm) throw new Conflict(`container ${id.slice(0, 12)} is a warm container`, { id });
+    return attachConmon(this.bundle(id), id, req);
+  }
+
+  /** The main process's terminal's new size (it gets SIGWINCH); Conflict for a container without a terminal. */
+  async resize(id: string, rows: number, cols: number): Promise<void> {
+    const bad = badTerminalSize(rows, cols);
+    if (bad) throw new InvalidArgument(bad, { id });
+    const config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
+    if (!config.process.terminal) throw new Conflict(`container ${id.slice(0, 12)} has no terminal (docker run -t)`, { id });
+    await resizeConmonTerminal(this.bundle(id), id, rows, cols);
   }
 
   async exec(id: string, req: ExecRequest): Promise<ExecSession> {

@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { detectCgroupLayout, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { mountsUnder } from '../../snapshots/mount.js';
 import { bindRootfsSpec, freshId } from '../instance-driver-conformance.js';
@@ -22,39 +21,7 @@ import { RemoteAgent } from '../../remote/remote-agent.js';
 import { EXEC_HEADER, PATHS, PROTOCOL_HEADER } from '../../remote/agent-protocol.js';
 import http from 'node:http';
 
-/**
- * A shell fragment that waits until the terminal is `rows cols`, then prints it. A resize is
- * asynchronous — SIGWINCH reaches runc, whose handler resizes the container's pty — so a line
- * typed just after it can be read before the size changes, as with dockerd; a resize that never
- * arrives leaves the wait hanging and the test's waitFor reports what the terminal showed.
- */
-export function waitForSize(rows: number, cols: number): string {
-  return `until [ "$(stty size)" = "${rows} ${cols}" ]; do sleep 0.02; done; stty size`;
-}
-
-/**
- * Everything a terminal printed so far, and a wait for what it should print next. Line ends are
- * matched as \r+\n: runc clears ONLCR on the container's pty only once the command may already
- * print, and keeps it on its own stdio, so a first line can come as \r\r\n (docs/exec.md).
- */
-export class TerminalReader {
-  text = '';
-  constructor(out: Readable) {
-    out.on('data', (b: Buffer) => {
-      this.text += b.toString('utf8');
-    });
-  }
-  /** Resolves with the text once `re` matches it (after `from`); rejects after ms saying what was there. */
-  async waitFor(re: RegExp, ms = 10_000, from = 0): Promise<RegExpMatchArray> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const m = this.text.slice(from).match(re);
-      if (m) return m;
-      if (Date.now() > deadline) throw new Error(`${re} did not appear in ${ms} ms; the terminal showed ${JSON.stringify(this.text)}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
-}
+import { TerminalReader, waitForSize } from './terminal-test-support.js';
 
 const runcReason = await probeRuntime('runc');
 
