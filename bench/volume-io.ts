@@ -15,23 +15,22 @@
  * guest's O_DIRECT still goes through the host's page cache: its reads can beat the host's own
  * O_DIRECT job.
  *
- * fio reaches the container in an image the bench makes the way a tenant could: Debian's fio
- * binary and the shared libraries it loads (from ldd) as one layer over the busybox test layer,
+ * fio reaches the container in an image the bench makes the way a tenant could (lib/tool-image.ts):
+ * Debian's fio binary and the shared libraries it loads as one layer over the busybox test layer,
  * pushed to the bench registry and pulled through Nimbus (no host bind mount). The VM boots the
  * test guest (scripts/fixtures/guest.ts) with the same files in an uncompressed cpio placed before
  * its initramfs (the kernel unpacks both), fio as its workload, the output on its console.
  * Run alone: node dist/bench/volume-io.js
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import { run, runOk } from '../src/core/exec.js';
 import { makeCpio, type CpioEntry } from '../src/agent/drivers/vm/cpio.js';
-import { blobOf, buildTestImages, makeTar, manifestOf, MEDIA, MTIME, pushImage, sha256Digest, type TarEntry } from '../scripts/fixtures/images.js';
 import { buildTestGuest, GUEST_CACHE_DIR, workloadAppend } from '../scripts/fixtures/guest.js';
 import { dockerCli } from './lib/dockerd.js';
 import { cleanup } from './lib/cleanup.js';
+import { parentDirs, pushToolImage, toolFiles, type ToolFile } from './lib/tool-image.js';
 import type { BenchDaemon } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
@@ -84,49 +83,11 @@ function parseFio(text: string): Figures {
   return out;
 }
 
-/** fio and every shared library it loads, at the paths the loader looks for them (contents from their real files). */
-async function fioFiles(): Promise<{ path: string; data: Buffer }[]> {
-  if (!existsSync(FIO)) throw new Error(`${FIO} is missing: scripts/bootstrap --bench installs Debian's fio`);
-  const ldd = await runOk('ldd', [FIO]);
-  const paths = new Set<string>();
-  for (const l of ldd.split('\n')) {
-    const m = /=>\s*(\/\S+)/.exec(l) ?? /^\s*(\/\S+)\s+\(/.exec(l);
-    if (m) paths.add(m[1]!);
-  }
-  if (!paths.size) throw new Error(`ldd ${FIO} named no library: ${ldd.slice(0, 300)}`);
-  return [FIO, ...paths].map((p) => ({ path: p.replace(/^\//, ''), data: readFileSync(realpathSync(p)) }));
-}
-
-function parents(paths: string[]): string[] {
-  const dirs = new Set<string>();
-  for (const p of paths) for (let d = dirname(p); d !== '.' && d !== '/'; d = dirname(d)) dirs.add(d);
-  return [...dirs].sort();
-}
-
-/** The fio image: busybox's layer and a layer of fio with its libraries; pushed as FIO_REPO:bench. */
-async function pushFioImage(registry: string, files: { path: string; data: Buffer }[]): Promise<string> {
-  const test = await buildTestImages();
-  const raw = await makeTar([
-    ...parents(files.map((f) => f.path)).map((d): TarEntry => ({ name: `${d}/`, type: 'directory' })),
-    ...files.map((f): TarEntry => ({ name: f.path, type: 'file', content: f.data, mode: 0o755 })),
-  ]);
-  const base = test.amd64.layers[0]!;
-  const layer = blobOf(gzipSync(raw, { level: 1 }), MEDIA.layerGzip);
-  const config = blobOf(Buffer.from(JSON.stringify({
-    created: MTIME.toISOString(), architecture: 'amd64', os: 'linux',
-    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['fio', '--version'], WorkingDir: '/' },
-    rootfs: { type: 'layers', diff_ids: [test.amd64.diffIds[0]!, sha256Digest(raw)] },
-    history: [{ created: MTIME.toISOString(), created_by: 'busybox' }, { created: MTIME.toISOString(), created_by: 'Debian fio and its libraries' }],
-  })), MEDIA.config);
-  await pushImage(registry, FIO_REPO, 'bench', { manifest: manifestOf(config, [base, layer]), blobs: [config, base, layer] });
-  return `${registry}/${FIO_REPO}:bench`;
-}
-
 /** The test guest's initramfs with fio and its libraries in an uncompressed cpio before it. */
-async function fioInitrd(files: { path: string; data: Buffer }[]): Promise<{ kernel: string; initrd: string; append: string }> {
+async function fioInitrd(files: ToolFile[]): Promise<{ kernel: string; initrd: string; append: string }> {
   const guest = await buildTestGuest();
   const entries: CpioEntry[] = [
-    ...parents(files.map((f) => f.path)).map((d): CpioEntry => ({ name: d, mode: 0o040755 })),
+    ...parentDirs(files.map((f) => f.path)).map((d): CpioEntry => ({ name: d, mode: 0o040755 })),
     ...files.map((f): CpioEntry => ({ name: f.path, mode: 0o100755, data: f.data })),
   ];
   const cpio = makeCpio(entries);
@@ -193,8 +154,8 @@ async function inVm(d: BenchDaemon, boot: { kernel: string; initrd: string; appe
 }
 
 export async function volumeIo(env: BenchEnv): Promise<BenchOutcome> {
-  const files = await fioFiles();
-  const image = await pushFioImage(env.registry.host, files);
+  const files = await toolFiles(FIO, 'fio');
+  const image = await pushToolImage(env.registry.host, { repo: FIO_REPO, files, cmd: ['fio', '--version'], createdBy: 'Debian fio and its libraries' });
   const d = await env.newDaemon();
   const work = mkdtempSync(join(dirname(d.home), 'bench-fio-'));
   const removeWork = cleanup.add(`fio host dir ${work}`, () => rmSync(work, { recursive: true, force: true }));

@@ -186,9 +186,9 @@ describe('image builds against a real nimbusd', { skip: !buildahHere ? 'buildah 
       Dockerfile: [`FROM ${BASE}`, 'RUN echo prepared > /prepared', 'COPY input.txt /input.txt', 'RUN cat /prepared /input.txt > /out'].join('\n'),
       'input.txt': 'one\n',
     });
-    const build = async (tag: string, config = cfg) => {
+    const build = async (tag: string, config = cfg, extra: string[] = []) => {
       const t0 = Date.now();
-      const r = await docker(['build', '-t', tag, dir], config);
+      const r = await docker(['build', ...extra, '-t', tag, dir], config);
       assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
       return { ms: Date.now() - t0, hits: r.stdout.match(/Using cache/g)?.length ?? 0 };
     };
@@ -203,6 +203,9 @@ describe('image builds against a real nimbusd', { skip: !buildahHere ? 'buildah 
     const changed = await build('cached:v3');
     assert.equal(changed.hits, 1, 'the RUN before the changed COPY only');
     assert.equal((await docker(['run', '--rm', 'cached:v3', 'cat', '/out'], cfg)).stdout, 'prepared\ntwo\n');
+    // --no-cache: every step runs again, though the cache holds them all
+    assert.equal((await build('cached:v4', cfg, ['--no-cache'])).hits, 0, 'docker build --no-cache reuses no step');
+    assert.equal((await docker(['run', '--rm', 'cached:v4', 'cat', '/out'], cfg)).stdout, 'prepared\ntwo\n');
     // the same context in another project: nothing of this project's cache
     writeFileSync(join(dir, 'input.txt'), 'one\n');
     assert.equal((await build('other:v1', join(tmp, 'admin'))).hits, 0, 'the default project does not hit the cached project\'s steps');
@@ -210,7 +213,7 @@ describe('image builds against a real nimbusd', { skip: !buildahHere ? 'buildah 
     const store = join(d.home, 'build-cache', p.body.id);
     assert.equal(readdirSync(store).length, 1, 'one store: one set of FROM images');
     // the images go, then the cache goes with them (garbage collection), and the project can go
-    assert.equal((await docker(['rmi', 'cached:v1', 'cached:v2', 'cached:v3'], cfg)).code, 0);
+    assert.equal((await docker(['rmi', 'cached:v1', 'cached:v2', 'cached:v3', 'cached:v4'], cfg)).code, 0);
     assert.equal(existsSync(store), false, 'the project\'s build cache went with its images');
     // the FROM image the build pulled into the project, and the network `docker run` made, go too
     assert.equal((await docker(['rmi', BASE], cfg)).code, 0);

@@ -394,6 +394,62 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     await ok(['network', 'rm', 'side']);
   });
 
+  test('anonymous volumes (-v /path, an image\'s VOLUME) go with rm -v and --rm, named ones stay; --volumes-from; -P and -p PORT on ports the host chooses', async () => {
+    const listed = async () => (await ok(['volume', 'ls', '-q'])).trim().split('\n').filter(Boolean);
+    const had = new Set(await listed());
+    const fresh = async () => (await listed()).filter((v) => !had.has(v)).sort();
+    const disk = async () => (await d!.api<{ resources: { disk: { used: number } } }>('GET', '/quota/default')).body.resources.disk.used;
+    const diskBefore = await disk();
+    await ok(['run', '-d', '--name', 'anon', '-v', '/data', '-v', 'keepvol:/keep', IMAGE, 'sh', '-c', 'echo shared > /data/f; exec sleep 3600']);
+    const made = await fresh();
+    const anon = made.find((v) => /^[0-9a-f]{64}$/.test(v));
+    assert.ok(anon && made.includes('keepvol') && made.length === 2, made.join(' '));
+    assert.match(await ok(['volume', 'inspect', '--format', '{{json .Labels}}', anon]), /com\.docker\.volume\.anonymous/);
+    assert.equal(await disk(), diskBefore + 2 * 1024, 'the anonymous volume is charged to the quota like the named one (MiB)');
+    // --volumes-from: the same volumes, read-only with :ro
+    const from = await docker(['run', '--rm', '--volumes-from', 'anon:ro', IMAGE, 'sh', '-c', 'cat /data/f; touch /data/g 2>/dev/null || echo read-only']);
+    assert.equal(from.code, 0, from.stderr);
+    assert.deepEqual(from.stdout.trim().split('\n'), ['shared', 'read-only']);
+    // rm -v: the anonymous volume goes, the named one stays; its quota is given back
+    await ok(['rm', '-f', '-v', 'anon']);
+    assert.deepEqual(await fresh(), ['keepvol']);
+    assert.equal(await disk(), diskBefore + 1024);
+    // --rm: likewise
+    const rm = await docker(['run', '--rm', '-v', '/scratch', IMAGE, 'sh', '-c', 'test -d /scratch && echo mounted']);
+    assert.equal(rm.stdout.trim(), 'mounted', rm.stderr);
+    assert.deepEqual(await fresh(), ['keepvol']);
+    await ok(['volume', 'rm', 'keepvol']);
+    assert.equal(await disk(), diskBefore);
+
+    // an image with a VOLUME and an exposed port: -P publishes it, -p 8081 another, both on ports the host chose
+    const exposing = `${registry!.host}/nimbus-test/exposing:v1`;
+    await pushLabelledImage(registry!, 'nimbus-test/exposing', 'v1', '2026-01-01T00:00:00Z', {}, { ExposedPorts: { '8080/tcp': {} }, Volumes: { '/vol': {} } });
+    await ok(['pull', exposing]);
+    await ok(['run', '-d', '--name', 'pall', '-P', '-p', '8081', exposing, 'sh', '-c',
+      'mkdir -p /www && echo chosen > /www/index.html && busybox httpd -p 8081 -h /www && exec busybox httpd -f -p 8080 -h /www']);
+    const ports = (await ok(['port', 'pall'])).trim().split('\n').sort();
+    assert.equal(ports.length, 2, ports.join('\n'));
+    const hostPorts = ports.map((l) => {
+      const m = /^(8080|8081)\/tcp -> 0\.0\.0\.0:(\d+)$/.exec(l);
+      assert.ok(m, l);
+      assert.ok(Number(m[2]) >= 49153 && Number(m[2]) <= 65535, `${m[2]} is in dockerd's range`);
+      return Number(m[2]);
+    });
+    assert.match(await ok(['ps', '--format', '{{.Ports}}', '--filter', 'name=pall']), new RegExp(`0\\.0\\.0\\.0:${hostPorts[0]}->8080/tcp`));
+    for (const port of hostPorts) {
+      let body = '';
+      for (let i = 0; i < 50 && body !== 'chosen'; i++) {
+        body = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(2000) }).then(async (r) => (await r.text()).trim(), () => '');
+        if (body !== 'chosen') await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(body, 'chosen', `port ${port} answers`);
+    }
+    assert.match(await ok(['inspect', '--format', '{{range .Mounts}}{{.Type}} {{.Destination}}{{end}}', 'pall']), /^volume \/vol$/m, 'the image\'s VOLUME is an anonymous volume');
+    await ok(['rm', '-f', '-v', 'pall']);
+    assert.deepEqual(await fresh(), []);
+    await ok(['rmi', exposing]);
+  });
+
   test('cp both ways: files, directories, tar streams, running and stopped containers; hostile paths and tars stay inside the container', async () => {
     const work = mkdtempSync(join(tmpdir(), 'nimbus-cp-'));
     const sh = (script: string) => run('sh', ['-c', script], { env: { ...dockerEnv(), DOCKER: DOCKER! }, timeoutMs: 60_000 });

@@ -7,7 +7,8 @@
  * in order, in the guest), pings answer again after each move (the number lost is reported),
  * what the guest wrote to its disk before the first move reads back after it, the disk travels
  * (bytes reported), the NIC is re-created at the destination with the same MAC and gone from the
- * source, and nothing (QEMU, tap, VXLAN device) is left after removal. Skipped where the kernel
+ * source, and nothing (QEMU, tap, VXLAN device) is left after removal. `nimbus host evacuate`
+ * live-migrates host-b's running VM to the embedded host and leaves host-b disabled. Skipped where the kernel
  * has no VXLAN.
  */
 import { after, before, describe, test } from 'node:test';
@@ -33,7 +34,7 @@ const LINES = 120; // one every 50 ms: 6 s of stream, both moves inside it
 
 const skip = await vxlanMissing(`mga${process.pid}`);
 
-interface Report { from: string; to: string; totalMs: number; downtimeMs: number; bytes: number; diskBytes?: number; iterations: number }
+interface Report { from: string; to: string; totalMs: number; downtimeMs: number; bytes: number; diskBytes?: number; iterations: number; tls?: boolean }
 
 let d: DaemonProcess | undefined;
 let host2: SecondHost | undefined;
@@ -164,12 +165,14 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     t.diagnostic(`to local: ${JSON.stringify(there.report)}; pings lost ${there.lost} of ${there.sent} (every 50 ms)`);
     assert.equal(there.report.to, 'local');
     assert.ok((there.report.diskBytes ?? 0) > 0, 'the disk travelled');
+    assert.equal(there.report.tls, true, 'RAM and disk crossed the link over TLS');
     assert.equal((await taps()).length, 1, 'its tap is re-created on the embedded host');
     assert.equal((await taps(host2!.ns)).length, 0, 'and gone from host-b');
     assert.equal(qemuUnder(b!.home).length, 0);
 
     const back = await migrateWithPings(AGENT);
     t.diagnostic(`back to ${AGENT}: ${JSON.stringify(back.report)}; pings lost ${back.lost} of ${back.sent} (every 50 ms)`);
+    assert.equal(back.report.tls, true);
     assert.equal((await taps(host2!.ns)).length, 1, 'its tap is on host-b again');
     assert.equal((await taps()).length, 0);
 
@@ -191,6 +194,31 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     }, 15_000);
     assert.equal((await taps()).length + (await taps(host2!.ns)).length, 0, 'no tap left on either host');
     assert.deepEqual([...qemuUnder(d!.home), ...qemuUnder(b!.home)], [], 'no QEMU left');
+  });
+  test('host evacuate: host-b\'s running VM live-migrates to the embedded host and is reported; host-b is left disabled', async () => {
+    const guest = await buildTestGuest(GUEST_CACHE_DIR);
+    // small, without NIC or disk: it need not finish booting to migrate
+    await cliOk(['vm', 'run', '--name', 'evacvm', '--memory', '128m', '--agent', AGENT, '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', workloadAppend(guest, 'sleep 1000')]);
+    const inspectVm = async () => (JSON.parse(await cliOk(['vm', 'inspect', 'evacvm'])) as Array<{ id: string; agent: string; status: string }>)[0]!;
+    const id = (await inspectVm()).id;
+    const qemuOf = (home: string) => qemuUnder(home).filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(id));
+    const hostB = async () => (await d!.api<{ disabled: boolean; disabledReason?: string }>('GET', `/hosts/${AGENT}`)).body;
+    try {
+      assert.equal(qemuOf(b!.home).length, 1, 'its QEMU on host-b');
+      const r = await d!.cli(['host', 'evacuate', AGENT]);
+      assert.equal(r.code, 0, `the evacuation succeeds: ${r.stderr}`);
+      assert.match(r.stderr, /vm evacvm: moved → local/, 'the VM is reported moved');
+      assert.match(r.stdout, /host-b: evacuated \(1 instance/);
+      const v = await inspectVm();
+      assert.deepEqual([v.id, v.agent, v.status], [id, 'local', 'running'], 'running on the embedded host');
+      assert.equal(qemuOf(d!.home).length, 1, 'its QEMU on the embedded host');
+      assert.equal(qemuOf(b!.home).length, 0, 'none left on host-b');
+      assert.deepEqual([(await hostB()).disabled, (await hostB()).disabledReason], [true, 'evacuating'], 'host-b stays disabled');
+    } finally {
+      await d!.cli(['host', 'enable', AGENT]);
+      await d!.cli(['vm', 'rm', '-f', 'evacvm']);
+    }
+    assert.equal((await hostB()).disabled, false, 'enabled again');
   });
   test('an --ha VM of a dead host is rebuilt on the embedded host from its images; its stale QEMU on host-b is fenced when the host returns', async (t) => {
     const guest = await buildTestGuest(GUEST_CACHE_DIR);

@@ -26,7 +26,7 @@ const AGENT = 'host-b';
 
 interface Vm { id: string; name: string; status: string; agent: string; exitCode: number | null; host: { qemuPid?: number } | null }
 interface AgentRow { name: string; local: boolean; state: string; url?: string; vms: number; reason?: string }
-interface Report { id: string; from: string; to: string; totalMs: number; downtimeMs: number; qemuDowntimeMs: number; bytes: number; iterations: number; maxDowntimeMs: number }
+interface Report { id: string; from: string; to: string; totalMs: number; downtimeMs: number; qemuDowntimeMs: number; bytes: number; iterations: number; maxDowntimeMs: number; tls: boolean }
 
 
 /**
@@ -131,6 +131,7 @@ describe('live migration between two agents of one control plane', { concurrency
     const r = JSON.parse(out) as Report;
     t.diagnostic(`to local: ${JSON.stringify(r)}`);
     assert.deepEqual([r.from, r.to, r.maxDowntimeMs], [AGENT, 'local', 100]);
+    assert.equal(r.tls, true, 'the joined agent and the embedded one both hold certificates of the agent CA: the move is TLS');
     assert.ok(r.bytes > 1 << 20, `bytes ${r.bytes}`);
     assert.ok(r.iterations >= 1 && r.totalMs > 0 && r.downtimeMs >= 0 && r.qemuDowntimeMs >= 0, JSON.stringify(r));
     const v = await inspect();
@@ -144,7 +145,7 @@ describe('live migration between two agents of one control plane', { concurrency
 
     const back = await cliOk(['vm', 'migrate', NAME, '--to', AGENT]);
     t.diagnostic(`back: ${back.trim()}`);
-    assert.match(back, new RegExp(`migrated local → ${AGENT} in \\d+ ms; downtime [\\d.]+ ms \\(QEMU: \\d+ ms, limit 300 ms\\); [\\d.]+ MiB in \\d+ RAM pass`));
+    assert.match(back, new RegExp(`migrated local → ${AGENT} in \\d+ ms; downtime [\\d.]+ ms \\(QEMU: \\d+ ms, limit 300 ms\\); [\\d.]+ MiB in \\d+ RAM pass.*; over TLS$`, 'm'));
     assert.equal((await inspect()).agent, AGENT);
     assert.equal(qemuUnder(d.home).length, 0);
     assert.ok((await guestUptime()) > after);

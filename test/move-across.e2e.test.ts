@@ -6,7 +6,7 @@
  * opaque directory) and one in its volume, then moves to host-b: it runs there with its files,
  * its address and MAC; another container on the first host reaches it by name and by address
  * across the overlay; the first host has nothing of it left (writable layer, volume, veth,
- * cgroup, FDB entry pointing at its old place). A move the destination refuses (its import is
+ * cgroup, FDB entry pointing at its old place); `nimbus logs` shows its output from both hosts in order. A move the destination refuses (its import is
  * over host-b's layer limit) leaves the container running on the source as before. The
  * refusals (host network, a bind mount, --live, an unknown or disabled host) are plain errors.
  * `nimbus host evacuate` moves host-b's containers to the embedded host and names the one it cannot.
@@ -59,6 +59,13 @@ const exec = (name: string, script: string) => cliOk(['exec', name, 'sh', '-c', 
 const cgroupsOf = async (id: string) => (await run('find', ['/sys/fs/cgroup', '-maxdepth', '6', '-type', 'd', '-name', id])).stdout.split('\n').filter(Boolean);
 /** A process that ends on SIGTERM (a bare sleep as PID 1 ignores it, and a stop waits its whole timeout). */
 const SERVE = ['sh', '-c', 'trap "exit 0" TERM; sleep 600 & wait'];
+/** SERVE that says when it starts and stops, counting its runs in its writable layer: its log tells them apart. */
+const LOGGED = ['sh', '-c', 'n=$(( $(cat /runs 2>/dev/null || echo 0) + 1 )); echo $n > /runs; echo "up $n"; trap "echo down $n; exit 0" TERM; sleep 600 & wait'];
+/** The container's output as `nimbus logs` shows it, once it holds `last`. */
+const logsUntil = (name: string, last: string) => waitFor(`${name}'s log to show "${last}"`, async () => {
+  const out = await cliOk(['logs', name]);
+  return out.includes(last) ? out.split('\n').filter(Boolean) : undefined;
+}, 20_000);
 
 describe('a container moves between hosts, cold', { skip, concurrency: false }, () => {
   let image: string;
@@ -97,7 +104,8 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
   test('its layer and volume go with it; same address; reached across the overlay; nothing left at the source', async (t) => {
     const spanId = (await cliOk(['network', 'create', 'span'])).trim();
     await cliOk(['run', '-d', '--name', 'watcher', '--host', 'local', '--network', 'span', image, 'sleep', '600']);
-    await cliOk(['run', '-d', '--name', 'mover', '--host', 'local', '--network', 'span', '--network-alias', 'roamer', '-v', 'vdata:/vol', image, ...SERVE]);
+    await cliOk(['run', '-d', '--name', 'mover', '--host', 'local', '--network', 'span', '--network-alias', 'roamer', '-v', 'vdata:/vol', image, ...LOGGED]);
+    await logsUntil('mover', 'up 1');
     // the writable layer: a new file, one of the image's deleted (a whiteout), a directory replaced (opaque)
     await exec('mover', 'echo layer-file > /etc/moved-marker && rm /etc/nimbus-release && rm -rf /data/opaque && mkdir /data/opaque && echo new > /data/opaque/new.txt && echo volume-file > /vol/marker && chown 1000:1000 /vol/marker');
     const before = await inspect('mover');
@@ -108,9 +116,11 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
 
     const t0 = Date.now();
     const out = await cliOk(['move', 'mover', '--to', AGENT, '-o', 'json']);
-    const report = JSON.parse(out) as { from: string; to: string; totalMs: number; downtimeMs: number; layer: { bytes: number }; volumes: Array<{ bytes: number }> };
-    t.diagnostic(`moved in ${Date.now() - t0} ms (operation: ${report.totalMs} ms, down ${report.downtimeMs} ms; layer ${report.layer.bytes} B, volume ${report.volumes[0]?.bytes} B)`);
-    assert.deepEqual([report.from, report.to], ['local', AGENT]);
+    const report = JSON.parse(out) as { from: string; to: string; totalMs: number; downtimeMs: number; layer: { bytes: number }; volumes: Array<{ bytes: number }>; log: { bytes: number; files: number } };
+    t.diagnostic(`moved in ${Date.now() - t0} ms (operation: ${report.totalMs} ms, down ${report.downtimeMs} ms; layer ${report.layer.bytes} B, volume ${report.volumes[0]?.bytes} B, log ${report.log.bytes} B)`);
+    assert.deepEqual([report.from, report.to, report.log.files], ['local', AGENT, 1]);
+    // its output from before the move (its stop's too) and from its start on host-b, in order
+    assert.deepEqual(await logsUntil('mover', 'up 2'), ['up 1', 'down 1', 'up 2'], 'nimbus logs shows the output from both hosts');
 
     const moved = await inspect('mover');
     assert.deepEqual([moved.id, moved.host, moved.status], [before.id, AGENT, 'running'], 'same id, on host-b, running');
@@ -147,6 +157,7 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     // and back, the scheduler choosing (the only other host): host-b's export, the embedded host's import
     const back = JSON.parse(await cliOk(['move', 'mover', '-o', 'json'])) as { from: string; to: string };
     assert.deepEqual([back.from, back.to], [AGENT, 'local']);
+    assert.deepEqual(await logsUntil('mover', 'up 3'), ['up 1', 'down 1', 'up 2', 'down 2', 'up 3'], 'and back: host-b\'s export, the embedded host\'s import');
     const home = await inspect('mover');
     assert.deepEqual([home.host, home.status, home.network.endpoints[0]!.address], ['local', 'running', ep.address]);
     assert.equal((await exec('mover', 'cat /etc/moved-marker /vol/marker; test -e /etc/nimbus-release || echo gone')).trim(), 'layer-file\nvolume-file\ngone', 'its files came back');

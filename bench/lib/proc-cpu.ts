@@ -52,3 +52,34 @@ export function postmasterPid(url: string): number | undefined {
     return undefined;
   }
 }
+
+/**
+ * The whole host's softirq ticks from /proc/stat (every core): where packets crossing veth pairs,
+ * bridges and tunnels are handled, whichever process was on the core.
+ */
+export function hostSoftirqTicks(): number {
+  return Number(readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/)[7] ?? NaN);
+}
+
+/**
+ * User + system ticks of the kernel's ksoftirqd threads: the softirq work that did not run in the
+ * context of the task that raised it (past the softirq loop's budget). Softirqs that did run there
+ * are in that task's own time already.
+ */
+export function ksoftirqdTicks(): number {
+  let ticks = 0;
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      if (!readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('ksoftirqd/')) continue;
+    } catch {
+      continue;
+    }
+    ticks += stat(pid)?.ticks ?? 0;
+  }
+  return ticks;
+}
+
+/** Ticks to seconds. */
+export const ticksToSec = (ticks: number): number => ticks / TICKS_PER_SEC;

@@ -23,6 +23,7 @@ import type { VmInspect, VmLifecycle } from './drivers/vm/vm-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
 import type { EndpointSpec, NetworkSpec, PortMapping } from './network/network-driver.js';
 import type { OverlayPeer } from './network/overlay.js';
+import type { RoutedPeer } from './network/routed-peers.js';
 
 export interface AgentImage {
   /** Normalised reference it was pulled or imported as, when known. */
@@ -69,6 +70,8 @@ export interface BuildRequest {
   baseImages: { name: string; manifestDigest: string }[];
   /** The cgroup limits of the builder's whole process tree (what the quota admitted). */
   resources: { cpus: number; memoryBytes: number };
+  /** Every step run again, the project's layer cache not read (docker build --no-cache); what it makes is cached for later builds. Protocol 8. */
+  noCache?: boolean;
 }
 
 /** One line of the builder's output (a step's header, a RUN step's output). */
@@ -174,6 +177,17 @@ export interface VmMigrationSpec {
   storage?: { virtualSize: number; backing?: string; backingFormat?: 'raw' | 'qcow2' };
   /** NICs the destination re-creates before the stream (same networks and addresses, hence the same MACs); set by the control plane. */
   nics?: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
+  /** The source agent's certificate name when it can send over TLS (protocol 8; docs/security.md, "Live migration"). */
+  tls?: string;
+}
+
+/** Where the source sends a migration (the destination's answer to prepareVmIncoming). */
+export interface IncomingMigrationTarget {
+  uri: string;
+  /** The NBD export the disk is mirrored into, when the VM has a local disk. */
+  nbd?: string;
+  /** The streams are TLS: the destination's certificate name, which the source checks. Absent: plain. */
+  tls?: string;
 }
 
 /** How the source sends: the downtime limit, a bandwidth cap, and where the disk goes (the destination's NBD export, when the VM has a local disk). */
@@ -181,6 +195,8 @@ export interface MigrateOutOptions {
   maxDowntimeMs: number;
   maxBandwidthBytes?: number;
   nbd?: string;
+  /** The destination's certificate name: send over TLS and check it (absent: plain, the destination asked for no TLS). */
+  tls?: string;
 }
 
 /** The source's half of a live migration, once the last pass is sent. */
@@ -198,6 +214,8 @@ export interface OutgoingMigration {
   iterations: number;
   /** Disk bytes mirrored to the destination (0 without a local disk). */
   diskBytes?: number;
+  /** The RAM stream and the disk's went over TLS. */
+  tls?: boolean;
   /** The console output the VM printed on this host and the ones before it, base64. */
   consoleHistory: string;
 }
@@ -326,7 +344,8 @@ export interface ContainerHost {
    */
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined;
   /** Returns the runtime chosen ("runc" | "crun") and any adjustments made to the request (e.g. clamped rlimits). */
-  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }>;
+  /** `ports`: the request's ports as published, those asked as hostPort 0 with the port the host chose (protocol 8). */
+  createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string; ports?: PortMapping[] }>;
   /** Start a created container; a stopped one is first re-created on the same writable layer (Docker semantics). */
   startContainer(id: string): Promise<RuntimeState>;
   stopContainer(id: string, timeoutSec: number, signal?: string): Promise<RuntimeState>;
@@ -382,6 +401,12 @@ export interface NetworkHost {
   setOverlayPeers(networkId: string, vni: number, localUnderlayIp: string, peers: OverlayPeer[]): Promise<void>;
   /** The host's underlay address: its --underlay-ip, else its source address toward `toward` (another host's), else undefined. */
   underlayAddress(toward?: string): Promise<string | undefined>;
+  /**
+   * A routed network spanning hosts (docs/overlay.md, "Routed networks"): a host route here to
+   * each of `peers`, the network's endpoints on other hosts, via its host's underlay address;
+   * exactly these (none removes them all). Idempotent: the whole set every time. Protocol 8.
+   */
+  setRoutedPeers(networkId: string, peers: RoutedPeer[]): Promise<void>;
 }
 
 /** VMs under the host's QEMU driver. */
@@ -429,7 +454,7 @@ export interface VmMigrationHost {
   /** Source, step 1: the running VM's description for the destination (with its local disk's size and base). Conflict unless it runs. */
   vmMigrationSpec(id: string): Promise<VmMigrationSpec>;
   /** Destination, step 2: a QEMU with the VM's devices waiting for the stream; the URI the source sends to. */
-  prepareVmIncoming(spec: VmMigrationSpec): Promise<{ uri: string; nbd?: string }>;
+  prepareVmIncoming(spec: VmMigrationSpec): Promise<IncomingMigrationTarget>;
   /**
    * Source, step 3: pre-copy while the guest runs, then the final pass (downtime within
    * maxDowntimeMs where QEMU can). On failure the guest goes on here and this throws.
@@ -522,6 +547,17 @@ export interface ContainerMoveHost {
   exportVolume(id: string): Promise<Readable>;
   /** Destination: the tar into a volume createVolume has just made (empty), within its size. */
   importVolume(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
+  /**
+   * Source: a stopped container's log as a tar of its generations, oldest first (the newest
+   * max-file − 1 that hold output: the destination's own new file is the last). Protocol 8.
+   */
+  exportContainerLogs(id: string): Promise<Readable>;
+  /**
+   * Destination, after createContainer(id) and before its start: the generations placed before
+   * the log conmon opened, checked as hostile input (names, count and sizes within the container's
+   * log limits, k8s-file records). Conflict once the container has written to its log. Protocol 8.
+   */
+  importContainerLogs(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
 }
 
 /** A path in a container as `docker cp` stats it (Docker's ContainerPathStat; mode is st_mode). */

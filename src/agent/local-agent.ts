@@ -39,13 +39,15 @@ import { removeEarlierLeftovers, removeInterruptedWrites } from './interrupted-w
 import { killOrphanProbes } from './orphan-probes.js';
 import type { MigrateOutOptions, VmCreateRequest, VmHostState, VmImageKind, VmMigrationSpec } from './agent.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
+import type { MigrationTls } from './drivers/vm/migration-tls.js';
 import { chooseAccelerator, type AcceleratorChoice } from './drivers/vm/accel.js';
 import { hostProbeGuest } from './drivers/vm/probe-guest.js';
 import { NetworkHost } from './network/network-host.js';
 import type { OverlayPeer } from './network/overlay.js';
+import type { RoutedPeer } from './network/routed-peers.js';
 import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
-import type { NetworkSpec } from './network/network-driver.js';
+import type { NetworkSpec, PortMapping } from './network/network-driver.js';
 import type { AddressProvider, HostVolumeInfo } from './agent.js';
 import type { BuildProgress, BuildRequest, ProcessTable } from './agent.js';
 import type { OciMount } from './drivers/container/oci-spec.js';
@@ -178,7 +180,8 @@ export class LocalAgent implements Agent {
     });
   }
 
-  static async create(options: CompiledOptions): Promise<LocalAgent> {
+  /** `migrationTls`: the agent's certificate from the agent CA, for live migrations over TLS (docs/security.md). */
+  static async create(options: CompiledOptions, extra: { migrationTls?: MigrationTls } = {}): Promise<LocalAgent> {
     const overlayReason = await overlayfsSupported(options.tmpDir);
     let snapshotterName: 'overlayfs' | 'native';
     if (options.snapshotter === 'overlayfs' && overlayReason) {
@@ -204,7 +207,7 @@ export class LocalAgent implements Agent {
       ...(p.name === chosen ? { default: true } : {}),
     }));
     // each create names its accelerator (vmAccelerator(), probed on first use); this default is never used
-    const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: 'tcg' });
+    const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: 'tcg', ...(extra.migrationTls ? { tls: extra.migrationTls } : {}) });
     return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
       runtimes,
       snapshotters: [
@@ -675,13 +678,16 @@ export class LocalAgent implements Agent {
   }
 
   /** A created container's endpoints, unless its namespace has them already (started again). */
-  private async plumb(req: ContainerCreateRequest, state: RuntimeState): Promise<void> {
+  private async plumb(req: ContainerCreateRequest, state: RuntimeState): Promise<PortMapping[] | undefined> {
     const n = req.network;
-    if (n?.mode !== 'networks' || this.network.netnsOf(req.id)) return;
+    if (n?.mode !== 'networks' || this.network.netnsOf(req.id)) return undefined;
     if (!state.pid) throw new InvalidArgument(`container ${req.id.slice(0, 12)} has no process to network`);
     const t0 = performance.now();
-    await this.network.attach({ containerId: req.id, pid: state.pid, endpoints: n.endpoints, ports: n.ports });
+    const { ports } = await this.network.attach({ containerId: req.id, pid: state.pid, endpoints: n.endpoints, ports: n.ports });
     log.debug('container networked', { id: req.id, endpoints: n.endpoints.length, ports: n.ports.length, ms: Math.round(performance.now() - t0) });
+    // ports the host chose (hostPort 0) are kept in the saved request: networked again (after a reboot) it asks for the same ones
+    if (n.ports.some((p) => p.hostPort === 0)) await this.saveRequest({ ...req, network: { ...n, ports } });
+    return ports;
   }
 
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
@@ -759,7 +765,7 @@ export class LocalAgent implements Agent {
     }
   }
 
-  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+  async createContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string; ports?: PortMapping[] }> {
     try {
       return await this.warm.busy(() => this.createContainerNow(req));
     } finally {
@@ -775,7 +781,7 @@ export class LocalAgent implements Agent {
     return ociMounts(req.mounts, async (id) => (await this.volumeStore.ensureMounted(id)).path);
   }
 
-  private async createContainerNow(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+  private async createContainerNow(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string; ports?: PortMapping[] }> {
     if (req.runtime === 'vm') return this.createSecureContainer(req);
     // checked before anything is made: a forbidden bind or a missing volume leaves nothing behind
     const extraMounts = await this.mountsFor(req);
@@ -783,9 +789,9 @@ export class LocalAgent implements Agent {
       await this.saveRequest(req);
       const state = await this.containers.claimWarm(await this.specFor(req, await this.snapshotter.mounts(req.id)));
       if (state) {
-        await this.plumb(req, state);
+        const ports = await this.plumb(req, state);
         this.neverStarted.add(req.id);
-        return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
+        return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id), ...(ports ? { ports } : {}) };
       }
       // Not usable for this request after all: make it cold, under the same id, on a fresh layer.
       await this.destroyContainerState(req.id);
@@ -802,9 +808,9 @@ export class LocalAgent implements Agent {
       mounts = await this.snapshotter.mounts(req.id);
     }
     const state = await this.containers.create(await this.specFor(req, mounts), { mounts: extraMounts });
-    await this.plumb(req, state);
+    const ports = await this.plumb(req, state);
     this.neverStarted.add(req.id);
-    return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id) };
+    return { ...state, warnings: await this.containers.warnings(req.id), runtime: await this.containers.runtimeOf(req.id), ...(ports ? { ports } : {}) };
   }
 
   private async createSecureContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
@@ -980,9 +986,12 @@ export class LocalAgent implements Agent {
   underlayAddress(toward?: string): Promise<string | undefined> {
     return this.network.underlayAddress(toward);
   }
+  setRoutedPeers(networkId: string, peers: RoutedPeer[]): Promise<void> {
+    return this.network.setRoutedPeers(networkId, peers);
+  }
   async reconcileNetworks(liveContainers: string[], liveNetworks: string[]) {
     // at start: files a SIGKILLed predecessor left half-written (interrupted-writes.ts)
-    await removeInterruptedWrites([join(this.options.containersDir, 'requests'), join(this.options.networkDir, 'endpoints'), join(this.options.networkDir, 'networks'), join(this.options.networkDir, 'overlays')]);
+    await removeInterruptedWrites([join(this.options.containersDir, 'requests'), join(this.options.networkDir, 'endpoints'), join(this.options.networkDir, 'networks'), join(this.options.networkDir, 'overlays'), join(this.options.networkDir, 'routes')]);
     await removeEarlierLeftovers(join(this.options.contentDir, 'ingest')); // a pull killed mid-blob
     for (const s of ['overlayfs', 'native']) await removeEarlierLeftovers(join(this.options.snapshotsDir, s), /^metadata\.json\..+\.tmp$/);
     await this.builder.sweepOnce(); // a build killed with its agent: its storage, mounts, cgroup (a no-op once a build ran)
@@ -1232,6 +1241,7 @@ export class LocalAgent implements Agent {
         throw new NotFound(`no saved configuration for container ${id} on host ${this.options.agentName}`, { container: id });
       })) as ContainerCreateRequest,
       ...(this.options.layerMaxBytes ? { layerMaxBytes: this.options.layerMaxBytes } : {}),
+      logs: { export: (id) => this.containers.exportLogs(id), import: (id, bytes) => this.containers.importLogs(id, bytes) },
     }));
   }
   containerRequest(id: string) {
@@ -1248,6 +1258,12 @@ export class LocalAgent implements Agent {
   }
   importVolume(id: string, bytes: AsyncIterable<Uint8Array>) {
     return this.mover.importVolume(id, bytes);
+  }
+  exportContainerLogs(id: string) {
+    return this.mover.exportContainerLogs(id);
+  }
+  importContainerLogs(id: string, bytes: AsyncIterable<Uint8Array>) {
+    return this.mover.importContainerLogs(id, bytes);
   }
 
   // ------------------------------------------------- docker cp (copy/container-copy.ts)

@@ -3,7 +3,7 @@
  * protocol, and the report from the two sides' figures. The control plane runs it over two
  * agents (VmService.migrate), VmDriver.migrateTo over two drivers in one process.
  */
-import type { MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from './agent.js';
+import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from './agent.js';
 import { logger } from '../core/log.js';
 
 const log = logger('migration');
@@ -26,6 +26,8 @@ export interface MigrationReport {
   diskBytes: number;
   /** The limit QEMU planned the last pass against, as it reported it back (the request's when it did not). */
   maxDowntimeMs: number;
+  /** RAM and disk went over TLS (agents with certificates from the agent CA); false: in clear. */
+  tls: boolean;
 }
 
 export function migrationReport(id: string, out: OutgoingMigration, resumedAt: number, maxDowntimeMs: number, totalMs: number): MigrationReport {
@@ -38,6 +40,7 @@ export function migrationReport(id: string, out: OutgoingMigration, resumedAt: n
     iterations: out.iterations,
     diskBytes: out.diskBytes ?? 0,
     maxDowntimeMs: out.downtimeLimitMs ?? maxDowntimeMs,
+    tls: out.tls ?? false,
   };
 }
 
@@ -50,8 +53,8 @@ export interface MigrationSource {
 
 /** The destination's half; `finish` answers at least when the guest resumed there. */
 export interface MigrationDestination<F extends { resumedAt: number }> {
-  /** The stream's URI, and the NBD export the disk is mirrored into when the VM has a local disk. */
-  prepare(spec: VmMigrationSpec): Promise<{ uri: string; nbd?: string }>;
+  /** The stream's URI, the NBD export the disk is mirrored into when the VM has a local disk, and whether both are TLS. */
+  prepare(spec: VmMigrationSpec): Promise<IncomingMigrationTarget>;
   finish(consoleHistory: string): Promise<F>;
   abandon(): Promise<void>;
 }
@@ -71,11 +74,11 @@ export async function migrateLive<F extends { resumedAt: number }>(
 ): Promise<{ report: MigrationReport; finished: F }> {
   const t0 = performance.now();
   const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-  const { uri, nbd } = await destination.prepare(await source.spec());
+  const { uri, nbd, tls } = await destination.prepare(await source.spec());
   let out: OutgoingMigration;
   let finished: F;
   try {
-    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}) });
+    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}), ...(tls ? { tls } : {}) });
     finished = await destination.finish(out.consoleHistory);
   } catch (e) {
     await destination.abandon().catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id, error: String(x) }));

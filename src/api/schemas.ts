@@ -80,7 +80,7 @@ export const PortSpec = Type.Object(
   {
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
     hostIp: Type.Optional(Ipv4('Default: every host address, loopback included')),
-    hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    hostPort: Type.Integer({ minimum: 0, maximum: 65535, description: '0: a free port of 49153-65535 chosen by the container\'s host (-p PORT); the container\'s record shows the one chosen' }),
     containerPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   },
   { additionalProperties: false },
@@ -109,7 +109,7 @@ const MountTarget = Type.String({ minLength: 1, maxLength: 4096, pattern: '^/[^\
 export const MountSpec = Type.Union([
   Type.Object({
     type: Type.Literal('volume'),
-    source: Name({ description: 'Volume name in the project (made with the default size when missing)' }),
+    source: Type.Optional(Name({ description: 'Volume name in the project (made with the default size when missing); absent: an anonymous volume (a random name), removed with the container by rm -v and autoRemove' })),
     target: MountTarget,
     readonly: Type.Optional(Type.Boolean()),
   }, { additionalProperties: false }),
@@ -212,6 +212,7 @@ export const ContainerCreate = Type.Object(
     stopTimeout: Type.Optional(StopTimeout('Seconds between the stop signal and SIGKILL')),
     network: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'bridge (default: the project\'s default network), none, host, container:<id or name>, or a network\'s name or id' })),
     ports: Type.Optional(Type.Array(PortSpec, { maxItems: 256 })),
+    publishAll: Type.Optional(Type.Boolean({ description: '-P: each port the image exposes and ports does not name, published on a free host port' })),
     ip: Type.Optional(Ipv4('Fixed address on the network')),
     dns: Type.Optional(Type.Array(Ipv4(), { maxItems: 3, description: 'Nameservers instead of the network\'s embedded DNS' })),
     extraHosts: Type.Optional(Type.Array(Type.String({ format: 'host-entry', maxLength: 270 }), { maxItems: 256, description: 'NAME:IPV4 lines for /etc/hosts' })),

@@ -156,4 +156,12 @@ test('run/create options become the POST /containers body', () => {
   assert.deepEqual(logged.log, { maxSizeBytes: 10 * 1024 * 1024, maxFiles: 3 });
   assert.throws(() => createBody(parseArgs(spec, ['--log-opt', 'compress=true', 'x']).opts, ['x'], {}), /unknown --log-opt/);
   assert.throws(() => createBody(parseArgs(spec, ['--log-opt', 'max-file=two', 'x']).opts, ['x'], {}), /whole number/);
+  // -p without a host port and -P: the host chooses (hostPort 0)
+  const pub = createBody(parseArgs(spec, ['-P', '-p', '80', '-p', '127.0.0.1::53/udp', '-p', '8080:81', 'x']).opts, ['x'], {});
+  assert.deepEqual(pub.ports, [
+    { protocol: 'tcp', hostPort: 0, containerPort: 80 }, { protocol: 'udp', hostIp: '127.0.0.1', hostPort: 0, containerPort: 53 }, { protocol: 'tcp', hostPort: 8080, containerPort: 81 },
+  ]);
+  assert.equal(pub.publishAll, true);
+  assert.throws(() => createBody(parseArgs(spec, ['-p', '127.0.0.1:80', 'x']).opts, ['x'], {}), /invalid -p/);
+  assert.throws(() => createBody(parseArgs(spec, ['-p', '0:80', 'x']).opts, ['x'], {}), /ports are 1-65535/);
 });

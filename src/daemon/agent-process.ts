@@ -151,7 +151,9 @@ export async function startAgentProcess(o: AgentProcessOptions, deps: AgentProce
   }
   let agent: Agent;
   try {
-    agent = await (deps.createAgent ?? ((c: CompiledOptions) => LocalAgent.create(c)))(options);
+    // the same certificate carries its live migrations (QEMU's TLS, docs/security.md); a unix-socket agent has none
+    const migrationTls = tls ? { name: o.name, ca: tls.ca, cert: tls.cert, key: tls.key } : undefined;
+    agent = await (deps.createAgent ?? ((c: CompiledOptions) => LocalAgent.create(c, migrationTls ? { migrationTls } : {})))(options);
   } catch (e) {
     releaseLock();
     throw e;

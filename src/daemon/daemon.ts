@@ -217,7 +217,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   const leads = () => replica.leadership.isLeader;
   const events = replica.events;
   const operations = new OperationService(store, events, { replicaId: replica.replicaId });
-  const agent = noAgent ? noEmbeddedAgent(options.agentName) : await LocalAgent.create(options);
+  // the embedded agent's certificate from the agent CA: its live migrations go over TLS (docs/security.md)
+  const agent = noAgent ? noEmbeddedAgent(options.agentName) : await LocalAgent.create(options, { migrationTls: await agentCa.embeddedAgentTls(options.agentName) });
   undo.push(() => agent.close());
   // the embedded agent and the ones registered from other processes or hosts (nimbusd agent)
   const agents = await AgentDirectory.open(store, agent, options.agentName, remoteAgentConnector(agentCa), agentCa, noAgent ? { embedded: false } : {});

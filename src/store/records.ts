@@ -82,6 +82,8 @@ export interface ImageConfigDoc {
     Labels?: Record<string, string> | null;
     StopSignal?: string;
     ExposedPorts?: Record<string, unknown>;
+    /** VOLUME paths: the Docker API makes an anonymous volume for each no mount covers. */
+    Volumes?: Record<string, unknown> | null;
   };
   rootfs?: { type: string; diff_ids: string[] };
   history?: unknown[];
@@ -99,7 +101,8 @@ export type RestartPolicyName = 'no' | 'on-failure' | 'always' | 'unless-stopped
 
 /** A mount as a container's record keeps it: a named volume by id and name, a host path, or tmpfs (docs/volumes.md). */
 export type StoredMount =
-  | { type: 'volume'; volumeId: string; name: string; target: string; readonly?: boolean }
+  // anonymous: made for this container (-v /path, an image's VOLUME), removed with it by rm -v and autoRemove
+  | { type: 'volume'; volumeId: string; name: string; target: string; readonly?: boolean; anonymous?: boolean }
   | { type: 'bind'; source: string; target: string; readonly?: boolean }
   | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
 
@@ -182,6 +185,7 @@ export interface PortSpec {
   protocol: 'tcp' | 'udp';
   /** Bind only this host address (default: every address, loopback included). */
   hostIp?: string;
+  /** 0 in a request: a free port of the ephemeral range, chosen by the container's host (-P, -p PORT); the record keeps the one chosen. */
   hostPort: number;
   containerPort: number;
 }

@@ -74,10 +74,11 @@ export async function pushZstdImage(reg: TestRegistry, repo = 'nimbus-test/zstd'
 }
 
 /** The amd64 test image again with a config of its own (creation time, labels), pushed as `repo:tag`: distinct images sharing layers. */
-export async function pushLabelledImage(reg: TestRegistry, repo: string, tag: string, created: string, labels: Record<string, string>): Promise<void> {
+export async function pushLabelledImage(reg: TestRegistry, repo: string, tag: string, created: string, labels: Record<string, string>, extraConfig: Record<string, unknown> = {}): Promise<void> {
   const img = reg.images.amd64;
   const doc = JSON.parse(img.config.data.toString()) as { created?: string; config?: Record<string, unknown> };
-  const config = blobOf(Buffer.from(JSON.stringify({ ...doc, created, config: { ...doc.config, Labels: labels } })), MEDIA.config);
+  // extraConfig: more of the image config's `config` (ExposedPorts, Volumes)
+  const config = blobOf(Buffer.from(JSON.stringify({ ...doc, created, config: { ...doc.config, Labels: labels, ...extraConfig } })), MEDIA.config);
   await pushBlob(reg.host, repo, config);
   for (const l of img.layers) await pushBlob(reg.host, repo, l);
   await pushManifest(reg.host, repo, tag, manifestOf(config, img.layers));

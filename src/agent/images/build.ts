@@ -179,6 +179,8 @@ export class BuildHost {
         // --layers: each step's result is kept and reused by the project's next build (build-cache.ts);
         // no name for the result (a name would stay on the cached image): pushed by the id in iidfile
         `--layers=${this.o.cache !== false}`, '--force-rm', '--iidfile', iidfile,
+        // --no-cache: no step reused, each one's result still stored for the next build (docker's meaning)
+        ...(req.noCache ? ['--no-cache'] : []),
         '--format', 'oci', '-f', join(ctxDir, dockerfile),
         ...(req.target ? ['--target', req.target] : []),
         ...Object.entries(req.buildArgs).flatMap(([k, v]) => ['--build-arg', `${k}=${v}`]),

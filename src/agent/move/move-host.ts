@@ -1,7 +1,8 @@
 /**
  * The host's half of a cold container move (agent.ts ContainerMoveHost): a stopped container's
- * writable layer and a volume's data out as tar streams, and in at the destination, checked as
- * hostile input (tree-tar.ts). LocalAgent delegates here with the parts it owns.
+ * writable layer, its log and a volume's data out as tar streams, and in at the destination,
+ * checked as hostile input (tree-tar.ts, drivers/container/log-transfer.ts). LocalAgent delegates
+ * here with the parts it owns.
  */
 import { readdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
@@ -33,6 +34,11 @@ export interface MoveHostParts {
   savedRequest(id: string): Promise<ContainerCreateRequest>;
   /** The per-layer unpack limit (NIMBUS_LAYER_MAX_BYTES); absent: the default. */
   layerMaxBytes?: number;
+  /** A container's log files out and in (the container driver's: drivers/container/log-transfer.ts). */
+  logs: {
+    export(id: string): Promise<Readable>;
+    import(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
+  };
 }
 
 /** Where an overlay snapshot's own files are. */
@@ -56,16 +62,21 @@ export class MoveHost implements ContainerMoveHost {
     return this.p.savedRequest(id);
   }
 
-  async exportContainerLayer(id: string): Promise<Readable> {
-    this.needOverlay();
+  /** A container whose layer or log is read must not be writing to it. */
+  private async needStopped(id: string, what: string): Promise<void> {
     const state = await this.p.containerState(id).catch((e: unknown) => {
       // a stopped container whose runtime state went (re-created at its next start) is still here by its layer
       if ((e as { code?: unknown }).code === 'NotFound') return { status: 'stopped' } as RuntimeState;
       throw e;
     });
     if (state.status !== 'stopped' && state.status !== 'created' && state.status !== 'unknown') {
-      throw new Conflict(`container ${id.slice(0, 12)} is ${state.status}: only a stopped container's layer can be exported`, { container: id });
+      throw new Conflict(`container ${id.slice(0, 12)} is ${state.status}: only a stopped container's ${what} can be exported`, { container: id });
     }
+  }
+
+  async exportContainerLayer(id: string): Promise<Readable> {
+    this.needOverlay();
+    await this.needStopped(id, 'layer');
     const upper = upperOf(await this.p.snapshotter.mounts(id));
     log.debug('exporting a writable layer', { id });
     return exportTree(upper, { kind: 'overlay' });
@@ -86,6 +97,18 @@ export class MoveHost implements ContainerMoveHost {
       await this.p.snapshotter.remove(id).catch((x: unknown) => log.warn('removing a half-imported layer failed', { id, error: String(x) }));
       throw e;
     }
+  }
+
+  async exportContainerLogs(id: string): Promise<Readable> {
+    await this.needStopped(id, 'log');
+    return this.p.logs.export(id);
+  }
+
+  async importContainerLogs(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult> {
+    // made by createContainer, not started: nothing of its own in its log yet
+    const state = await this.p.containerState(id);
+    if (state.status !== 'created') throw new Conflict(`container ${id.slice(0, 12)} is ${state.status} on host ${this.p.agentName}: a log is imported before its first start only`, { container: id });
+    return this.p.logs.import(id, bytes);
   }
 
   async exportVolume(id: string): Promise<Readable> {

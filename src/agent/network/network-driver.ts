@@ -53,9 +53,9 @@ export interface PortMapping {
   containerPort: number;
 }
 
-/** Two published ports that cannot both be had: same protocol and port, and an address in common (none given = every address). */
+/** Two published ports that cannot both be had: same protocol and port, and an address in common (none given = every address). Port 0 (the host chooses) clashes with none. */
 export function portsClash(a: PortMapping, b: PortMapping): boolean {
-  return a.protocol === b.protocol && a.hostPort === b.hostPort && (!a.hostIp || !b.hostIp || a.hostIp === b.hostIp);
+  return a.protocol === b.protocol && a.hostPort === b.hostPort && a.hostPort !== 0 && (!a.hostIp || !b.hostIp || a.hostIp === b.hostIp);
 }
 
 /** iproute2 commands: `host` lines run in the host's namespace, `inNetns` ones in the container's. */

@@ -6,14 +6,16 @@
  * restarted daemon can tear down or re-render exactly what exists.
  *
  * State on disk (under stateDir): networks/<id>.json, endpoints/<container id>.json,
- * overlays/<network id>.json (a network's VXLAN device and remote peers, overlay.ts).
+ * overlays/<network id>.json (a network's VXLAN device and remote peers, overlay.ts),
+ * routes/<network id>.json (a routed network's endpoints on other hosts, routed-peers.ts).
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
+import { randomInt } from 'node:crypto';
 import path from 'node:path';
-import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { bridgeDriver } from './bridge-driver.js';
 import { routeDriver } from './route-driver.js';
@@ -24,6 +26,7 @@ import { cidrContains, macFor, networkDrivers, parseNetworkSubnet, portsClash, t
 import { NFT_TABLE, deleteTableScript, portElementsScript, renderRuleset, replaceTableScript, type PublishedPort } from './nftables.js';
 import { replaceStateFile } from '../../core/state-files.js';
 import { checkPeers, ensureVxlan, readVxlan, removeVxlan, setPeers, sourceAddressToward, vxlanDeviceName, type OverlayPeer } from './overlay.js';
+import { checkRoutedPeers, enableForwarding, setPeerRoutes, type RoutedPeer } from './routed-peers.js';
 
 const log = logger('agent.network');
 /** Endpoints attached more recently than this are not judged by reconcile() (see attachedAt). */
@@ -65,6 +68,14 @@ interface OverlayFile {
   peers: OverlayPeer[];
 }
 
+/** A routed network's endpoints on other hosts as last pushed (each a host route via its host). */
+interface RoutedFile {
+  networkId: string;
+  /** Kept: the routes of a network this host no longer has are found by it. */
+  subnet: string;
+  peers: RoutedPeer[];
+}
+
 interface EndpointsFile {
   containerId: string;
   netns: string;
@@ -92,6 +103,8 @@ export class NetworkHost {
   private readonly networks = new Map<string, NetworkSpec>();
   /** Networks that span hosts: their VXLAN device and peers here (by network id). */
   private readonly overlays = new Map<string, OverlayFile>();
+  /** Routed networks that span hosts: their routes to the other hosts' endpoints (by network id). */
+  private readonly routes = new Map<string, RoutedFile>();
   private readonly containers = new Map<string, EndpointsFile>();
   /** Warm containers whose interface is made, waiting for an address (prewire()). */
   private readonly prewired = new Map<string, EndpointsFile>();
@@ -120,6 +133,10 @@ export class NetworkHost {
     for (const f of this.readDir('overlays')) {
       const o = JSON.parse(f) as OverlayFile;
       this.overlays.set(o.networkId, o);
+    }
+    for (const f of this.readDir('routes')) {
+      const r = JSON.parse(f) as RoutedFile;
+      this.routes.set(r.networkId, r);
     }
     for (const f of this.readDir('endpoints')) {
       const e = JSON.parse(f) as EndpointsFile;
@@ -171,8 +188,15 @@ export class NetworkHost {
    * into a QEMU that no longer runs it. Up again if the guest resumes here.
    */
   async setTaps(vmId: string, up: boolean): Promise<void> {
-    const taps = this.endpointsOf(vmId).map((e) => e.hostIf).filter((t) => kernel.linkExists(t));
-    if (taps.length) await kernel.applyPlan({ host: taps.map((t) => ['link', 'set', t, up ? 'up' : 'down']) });
+    const endpoints = this.endpointsOf(vmId).filter((e) => kernel.linkExists(e.hostIf));
+    if (!endpoints.length) return;
+    const lines = endpoints.map((e) => ['link', 'set', e.hostIf, up ? 'up' : 'down']);
+    // a link set down loses its routes: a routed tap's host route is laid again when it comes back
+    for (const e of up ? endpoints : []) {
+      const n = this.networks.get(e.networkId);
+      if (n?.driver === 'route') lines.push(['route', 'replace', `${e.address}/32`, 'dev', e.hostIf, 'src', n.gateway]);
+    }
+    await kernel.applyPlan({ host: lines });
   }
 
   endpointsOf(containerId: string): EndpointSpec[] {
@@ -209,12 +233,12 @@ export class NetworkHost {
           for (const e of c.endpoints) if (e.networkId === spec.id && e.dnsNames.some((n) => n.toLowerCase() === name)) out.push(e.address);
         }
         // the network's endpoints on other hosts, as the control plane pushed them
-        for (const p of this.overlays.get(spec.id)?.peers ?? []) if (p.names?.some((n) => n.toLowerCase() === name)) out.push(p.ip);
+        for (const p of this.remotePeers(spec.id)) if (p.names?.some((n) => n.toLowerCase() === name)) out.push(p.ip);
         return out.length ? out : undefined;
       },
       reverse: (ip: string) => {
         for (const c of this.containers.values()) for (const e of c.endpoints) if (e.networkId === spec.id && e.address === ip) return e.dnsNames[0];
-        return this.overlays.get(spec.id)?.peers.find((p) => p.ip === ip)?.names?.[0];
+        return this.remotePeers(spec.id).find((p) => p.ip === ip)?.names?.[0];
       },
     };
     try {
@@ -223,6 +247,11 @@ export class NetworkHost {
       // names are a convenience; the network works without them
       log.warn('embedded DNS unavailable on this network', { network: spec.name, gateway: spec.gateway, error: e instanceof Error ? e.message : String(e) });
     }
+  }
+
+  /** The network's endpoints on other hosts, as the control plane pushed them (overlay or routes). */
+  private remotePeers(networkId: string): ReadonlyArray<OverlayPeer | RoutedPeer> {
+    return this.overlays.get(networkId)?.peers ?? this.routes.get(networkId)?.peers ?? [];
   }
 
   removeNetwork(id: string): Promise<void> {
@@ -234,6 +263,7 @@ export class NetworkHost {
       await this.dns.close(spec.gateway, this.o.dnsPort ?? 53);
       // the VXLAN port outlives its bridge otherwise (deleting a bridge only frees its ports)
       await this.dropOverlay(id);
+      await this.dropRoutes(id);
       await kernel.applyUndo(driverFor(spec.driver).removePlan(spec), { links: [spec.device] });
       this.networks.delete(id);
       await this.forget('networks', id);
@@ -278,6 +308,46 @@ export class NetworkHost {
     return toward ? sourceAddressToward(toward) : undefined;
   }
 
+  // ------------------------------------------------------------ routed networks across hosts
+
+  /**
+   * The routed network's endpoints on other hosts: a host route to each via its host's
+   * underlay address, exactly these (stale ones removed); the table lets them in to this
+   * host's endpoints and nothing else from outside (nftables.ts). None: every route goes.
+   * Idempotent: the control plane pushes the whole set after any change.
+   */
+  setRoutedPeers(networkId: string, peers: RoutedPeer[]): Promise<void> {
+    return this.serial(async () => {
+      const spec = this.networks.get(networkId);
+      if (!spec) throw new NotFound(`network ${networkId} is not on this host`);
+      if (spec.driver !== 'route') throw new InvalidArgument(`network ${spec.name} is a ${spec.driver} network: only routed networks take routed peers (bridge networks span hosts over VXLAN)`);
+      checkRoutedPeers(spec.subnet, peers);
+      if (!peers.length) return this.dropRoutes(networkId);
+      await enableForwarding(); // an internal routed network's layout leaves it as it was
+      await setPeerRoutes(spec.subnet, peers);
+      const before = this.routes.get(networkId)?.peers.map((p) => p.ip).sort().join();
+      const file: RoutedFile = { networkId, subnet: spec.subnet, peers };
+      this.routes.set(networkId, file);
+      await this.save('routes', networkId, file);
+      if (before !== peers.map((p) => p.ip).sort().join()) await this.renderTable(); // the peers' addresses are in its rules
+    });
+  }
+
+  /** A routed network's peers as this host has them (tests, inspection). */
+  routedPeersOf(networkId: string): RoutedPeer[] | undefined {
+    const r = this.routes.get(networkId);
+    return r && [...r.peers];
+  }
+
+  private async dropRoutes(networkId: string): Promise<void> {
+    const r = this.routes.get(networkId);
+    if (!r) return; // never spanned hosts here: no process spawned for it
+    await setPeerRoutes(r.subnet, []);
+    this.routes.delete(networkId);
+    await this.forget('routes', networkId);
+    await this.renderTable();
+  }
+
   private async dropOverlay(networkId: string): Promise<void> {
     const o = this.overlays.get(networkId);
     const device = o?.device ?? vxlanDeviceName(networkId);
@@ -295,7 +365,7 @@ export class NetworkHost {
    * Name the container's network namespace and plumb its endpoints and ports. On failure
    * whatever was made is undone. Published ports must be free on the host.
    */
-  async attach(req: AttachRequest): Promise<{ netns: string; endpoints: EndpointSpec[] }> {
+  async attach(req: AttachRequest): Promise<{ netns: string; endpoints: EndpointSpec[]; ports: PortMapping[] }> {
     // Checked and reserved synchronously (no await in between), so concurrent attaches see each
     // other's ports; the kernel work then runs outside the lock: a burst plumbs in parallel.
     if (this.pending.has(req.containerId)) throw new Conflict(`container ${req.containerId} is being attached`);
@@ -311,7 +381,7 @@ export class NetworkHost {
     }
     if (req.endpoints.length > 10) throw new InvalidArgument('at most 10 networks per container');
     for (const p of req.ports) {
-      const clash = [...this.containers.values(), ...this.pending.values()].flatMap((c) => c.ports).find((q) => portsClash(p, q));
+      const clash = this.publishedPorts().find((q) => portsClash(p, q));
       if (clash) throw new Conflict(`port ${p.hostIp ?? '0.0.0.0'}:${p.hostPort}/${p.protocol} is already in use by container ${clash.containerId.slice(0, 12)}`);
     }
     const name = this.netnsName(req.containerId);
@@ -323,6 +393,10 @@ export class NetworkHost {
     if (req.ports.length && !first) throw new InvalidArgument('published ports need a network (not none or host)');
     if (first && req.ports.length && this.networks.get(first.networkId)?.internal) throw new InvalidArgument('ports cannot be published from an internal network');
     if (first) file.ports = req.ports.map((p) => ({ ...p, containerId: req.containerId, address: first.address, networkId: first.networkId }));
+    // hostPort 0 (-P, -p PORT): one of the ephemeral range no published port holds, chosen and
+    // reserved here, synchronously with the checks above (the file is pending from now on)
+    const chosen = req.ports.flatMap((p, i) => (p.hostPort === 0 ? [i] : []));
+    for (const i of chosen) file.ports[i] = { ...file.ports[i]!, hostPort: this.freeEphemeralPort(file.ports[i]!, file.ports) };
     // a warm container prewired for this network: only its address and route are left to give
     const wired = this.prewired.get(req.containerId);
     this.prewired.delete(req.containerId);
@@ -333,7 +407,15 @@ export class NetworkHost {
     let plumbed = false;
     try {
       if (wired && !reuse) await this.undoEndpoints(wired); // prewired for another network: start over
-      await Promise.all(req.ports.map((p) => assertPortFree(p)));
+      await Promise.all(file.ports.map(async (p, i) => {
+        // a chosen port a host process holds is passed over for another (bounded: the range is large)
+        for (let tries = 0; chosen.includes(i); tries++) {
+          if (await portFreeOnHost(file.ports[i]!)) return;
+          if (tries >= CHOSEN_PORT_TRIES) throw new ResourceExhausted(`no free host port for ${p.containerPort}/${p.protocol} after ${CHOSEN_PORT_TRIES} tries`);
+          file.ports[i] = { ...file.ports[i]!, hostPort: this.freeEphemeralPort(file.ports[i]!, file.ports) };
+        }
+        await assertPortFree(p);
+      }));
       // naming the namespace and every endpoint: one ip process on the host, one inside
       const plans = file.endpoints.map((spec, i) => {
         const d = driverFor(req.endpoints[i]!.network.driver);
@@ -351,7 +433,7 @@ export class NetworkHost {
       this.containers.set(req.containerId, file);
       this.attachedAt.set(file, Date.now());
       await this.tableAfter('add', file);
-      return { netns: kernel.netnsPath(name), endpoints: file.endpoints };
+      return { netns: kernel.netnsPath(name), endpoints: file.endpoints, ports: file.ports.map(({ protocol, hostIp, hostPort, containerPort }) => ({ protocol, ...(hostIp ? { hostIp } : {}), hostPort, containerPort })) };
     } catch (err) {
       this.pending.delete(req.containerId);
       const was = this.containers.delete(req.containerId);
@@ -362,6 +444,23 @@ export class NetworkHost {
       if (was) await this.tableAfter('delete', file).catch(() => undefined);
       throw err;
     }
+  }
+
+  /** Every port this host publishes or is reserving (attaches in flight). */
+  private publishedPorts(): PublishedPort[] {
+    return [...this.containers.values(), ...this.pending.values()].flatMap((c) => c.ports);
+  }
+
+  /** A port of the ephemeral range that neither this host's published ports nor `also` (the request's own) hold; from a random start, as dockerd. */
+  private freeEphemeralPort(p: PortMapping, also: readonly PortMapping[]): number {
+    const held = [...this.publishedPorts(), ...also];
+    const span = EPHEMERAL_PORTS.last - EPHEMERAL_PORTS.first + 1;
+    const start = randomInt(span);
+    for (let k = 0; k < span; k++) {
+      const hostPort = EPHEMERAL_PORTS.first + ((start + k) % span);
+      if (!held.some((q) => q !== p && portsClash({ ...p, hostPort }, q))) return hostPort;
+    }
+    throw new ResourceExhausted(`every host port of ${EPHEMERAL_PORTS.first}-${EPHEMERAL_PORTS.last}/${p.protocol} is published`);
   }
 
   /**
@@ -562,7 +661,10 @@ export class NetworkHost {
     }
     const endpoints = [...this.containers.values()].flatMap((c) => c.endpoints);
     const ruleset = renderRuleset({
-      networks: [...this.networks.values()].map((spec) => ({ spec, driver: driverFor(spec.driver), endpoints: endpoints.filter((e) => e.networkId === spec.id) })),
+      networks: [...this.networks.values()].map((spec) => ({
+        spec, driver: driverFor(spec.driver), endpoints: endpoints.filter((e) => e.networkId === spec.id),
+        ...(this.routes.has(spec.id) ? { routedPeers: this.routes.get(spec.id)!.peers.map((p) => p.ip) } : {}),
+      })),
       ports: [...this.containers.values()].flatMap((c) => c.ports),
       overlay: this.overlays.size > 0,
     }, this.table);
@@ -655,6 +757,27 @@ export class NetworkHost {
         }
       }
       await this.removeStrayVxlans();
+      // routed peers: re-made if the host lost them (a reboot), those of networks it no longer has
+      // removed, and stray ones (a crash between the routes and their record) with them
+      for (const spec of this.networks.values()) {
+        if (spec.driver !== 'route' || this.routes.has(spec.id)) continue;
+        await setPeerRoutes(spec.subnet, []).catch((e: unknown) => log.warn('removing stray routes of a routed network', { network: spec.name, error: String(e) }));
+      }
+      for (const r of [...this.routes.values()]) {
+        const spec = this.networks.get(r.networkId);
+        try {
+          if (spec) {
+            await enableForwarding();
+            await setPeerRoutes(r.subnet, r.peers);
+            continue;
+          }
+          await setPeerRoutes(r.subnet, []);
+          this.routes.delete(r.networkId);
+          await this.forget('routes', r.networkId);
+        } catch (e) {
+          log.warn('a routed network\'s peer routes could not be laid out again; the next push from the control plane retries', { network: r.networkId, error: String(e) });
+        }
+      }
       await this.renderTable();
       for (const spec of this.networks.values()) await this.listenDns(spec);
       return { endpointsRemoved, networksRemoved, netnsRemoved };
@@ -703,8 +826,18 @@ function tableNeed(file: EndpointsFile): 'render' | 'ports' | 'none' {
   return file.ports.length > 0 ? 'ports' : 'none';
 }
 
+/** dockerd's range for ports it chooses (-P, -p PORT): the kernel's default ephemeral range starts at 32768, this above most. */
+export const EPHEMERAL_PORTS = { first: 49153, last: 65535 };
+/** How many chosen ports a host process may turn down before a publish gives up. */
+const CHOSEN_PORT_TRIES = 32;
+
 /** A published port must not shadow something already listening on the host. */
 async function assertPortFree(p: PortMapping): Promise<void> {
+  if (!(await portFreeOnHost(p))) throw new Conflict(`port ${p.hostIp ?? '0.0.0.0'}:${p.hostPort}/${p.protocol} is already in use on the host`);
+}
+
+/** Whether the port can be bound on the host now (bound for an instant, then let go). */
+async function portFreeOnHost(p: PortMapping): Promise<boolean> {
   const host = p.hostIp ?? '0.0.0.0';
   const taken = await new Promise<boolean>((resolve) => {
     if (p.protocol === 'udp') {
@@ -717,5 +850,5 @@ async function assertPortFree(p: PortMapping): Promise<void> {
     s.once('error', () => resolve(true));
     s.listen(p.hostPort, host, () => s.close(() => resolve(false)));
   });
-  if (taken) throw new Conflict(`port ${host}:${p.hostPort}/${p.protocol} is already in use on the host`);
+  return !taken;
 }

@@ -11,7 +11,9 @@
  *   postrouting (nat): masquerade what leaves a NAT network; loopback clients of a
  *                      published port appear as the gateway (so replies come back)
  *   forward (filter): isolation — no traffic between two networks, none out of an
- *                     internal one, no source address a network does not own
+ *                     internal one, no source address a network does not own; a routed
+ *                     network that spans hosts takes in from outside only its endpoints on
+ *                     the other hosts, and forwards toward them only its endpoints here
  */
 import type { EndpointSpec, NetworkDriver, NetworkSpec, PortMapping } from './network-driver.js';
 import { VXLAN_PORT } from './overlay.js';
@@ -26,7 +28,8 @@ export interface PublishedPort extends PortMapping {
 }
 
 export interface RulesetInput {
-  networks: Array<{ spec: NetworkSpec; driver: NetworkDriver; endpoints: EndpointSpec[] }>;
+  /** routedPeers: a routed network's endpoints on other hosts (routed-peers.ts), when it spans hosts. */
+  networks: Array<{ spec: NetworkSpec; driver: NetworkDriver; endpoints: EndpointSpec[]; routedPeers?: string[] }>;
   ports: PublishedPort[];
   /** The host carries overlays (VXLAN): instances must not send VXLAN to any host, or they could inject frames into another network's VNI. */
   overlay?: boolean;
@@ -67,12 +70,20 @@ export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
     fwd.unshift(`\t\t${vxlan}`); // before the established accept: no state lets it through
     inputRules.push(`\t\t${vxlan}`);
   }
-  for (const { spec: n, driver, endpoints } of input.networks) {
+  for (const { spec: n, driver, endpoints, routedPeers } of input.networks) {
     const ifs = driver.interfaces(n, endpoints).map(q);
     if (driver.masquerades(n)) post.push(`\t\tip saddr ${n.subnet} ip daddr != ${n.subnet} masquerade`);
     // a loopback client DNATed to a container: source it from the gateway
     if (!n.internal) post.push(`\t\tip saddr 127.0.0.0/8 ip daddr ${n.subnet} snat ip to ${n.gateway}`);
     if (ifs.length) fwd.push(`\t\tiifname ${set(ifs)} ip saddr != ${n.subnet} drop comment ${q(`${n.name}: spoofed source`)}`);
+    if (routedPeers?.length) {
+      // the peers' routes are not an open door: from outside this host (the underlay, another
+      // host's own traffic, a spoofed source) only the network's remote endpoints get in (a
+      // published port's DNAT aside), and only its endpoints here are forwarded to them
+      const peers = set(routedPeers);
+      if (ifs.length) fwd.push(`\t\toifname ${set(ifs)} iifname != ${set(ifs)} ct status & dnat == 0 ip saddr != ${peers} drop comment ${q(`${n.name}: from other hosts only its endpoints`)}`);
+      fwd.push(`\t\t${ifs.length ? `iifname != ${set(ifs)} ` : ''}ip daddr ${peers} drop comment ${q(`${n.name}: to other hosts only from its endpoints here`)}`);
+    }
     const others = allSubnets.filter((s) => s !== n.subnet);
     if (n.internal) {
       fwd.push(`\t\tip saddr ${n.subnet} ip daddr != ${n.subnet} drop comment ${q(`${n.name}: internal`)}`);

@@ -49,3 +49,15 @@ test('protocol 3: the overlay calls fail with a Conflict naming the host, and ar
   assert.equal(agent.calls('setOverlayPeers').length + agent.calls('underlayAddress').length, 0, 'nothing reached the agent');
   assert.equal((await remote.info()).name.length > 0, true, 'the rest works at 3');
 });
+
+test('protocol 8: a routed network\'s peers are carried, checked before the agent; refused with a Conflict at 7', async (t) => {
+  const { agent, remote } = await hostSpeaking(t);
+  await remote.ensureNetwork({ id: 'n2', name: 'routed', driver: 'route', subnet: '10.71.0.0/24', gateway: '10.71.0.1', internal: false, device: 'nr-n2' });
+  const peers = [{ ip: '10.71.0.2', underlayIp: '192.0.2.1', names: ['a'] }];
+  await remote.setRoutedPeers('n2', peers);
+  assert.deepEqual(agent.routedPeers.get('n2'), peers);
+  await assert.rejects(remote.setRoutedPeers('n2', [{ ip: '10.71.0.2' } as never]), /argument 2 \("peers"\)/);
+  const old = await hostSpeaking(t, { min: 2, max: 7 });
+  await assert.rejects(old.remote.setRoutedPeers('n2', peers), isConflict(/speaks protocol 7 and cannot route a routed network between hosts \(setRoutedPeers needs protocol 8\)/));
+  assert.equal(old.agent.calls('setRoutedPeers').length, 0, 'never sent');
+});

@@ -111,3 +111,16 @@ test('overlays: the MTU on the bridge, both veth ends and taps; VXLAN from insta
   assert.match(text, /chain input \{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tip saddr 10\.88\.0\.0\/16 udp dport 4789 drop/);
   assert.ok(text.indexOf('udp dport 4789 drop', text.indexOf('chain forward')) < text.indexOf('ct state established,related accept'), 'before the established accept');
 });
+
+test('a routed network across hosts: from outside the host only its remote endpoints get in (a published port aside), and only its endpoints here go out to them', () => {
+  const routed = net({ id: 'n3', name: 'routed', driver: 'route', subnet: '10.89.2.0/24', gateway: '10.89.2.1', device: 'nr-n3' });
+  const here = [ep({ networkId: 'n3', hostIf: 'nrc0', address: '10.89.2.5' }), ep({ networkId: 'n3', hostIf: 'nrd0', address: '10.89.2.6' })];
+  const text = renderRuleset({ networks: [{ spec: routed, driver: routeDriver, endpoints: here, routedPeers: ['10.89.2.7', '10.89.2.8'] }], ports: [] });
+  assert.match(text, /oifname \{ "nrc0", "nrd0" \} iifname != \{ "nrc0", "nrd0" \} ct status & dnat == 0 ip saddr != \{ 10\.89\.2\.7, 10\.89\.2\.8 \} drop comment "routed: from other hosts only its endpoints"/);
+  assert.match(text, /iifname != \{ "nrc0", "nrd0" \} ip daddr \{ 10\.89\.2\.7, 10\.89\.2\.8 \} drop comment "routed: to other hosts only from its endpoints here"/);
+  assert.ok(text.indexOf('ct state established,related accept') < text.indexOf('from other hosts'), 'replies to the endpoints\' own connections come in first');
+  // no endpoint left here (its last one went before the push): nothing is forwarded to the peers
+  assert.match(renderRuleset({ networks: [{ spec: routed, driver: routeDriver, endpoints: [], routedPeers: ['10.89.2.7'] }], ports: [] }), /\t\tip daddr 10\.89\.2\.7 drop comment "routed: to other hosts/);
+  // a routed network on one host only is as before
+  assert.doesNotMatch(renderRuleset({ networks: [{ spec: routed, driver: routeDriver, endpoints: here }], ports: [] }), /other hosts/);
+});

@@ -24,8 +24,13 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * volumes for VMs (created, cloned, snapshotted, attached to and detached from VMs). 8: a container's
  * main process on a terminal and with stdin (createContainer's process.terminal and stdin,
  * attachContainer, resizeContainer); files copied into and out of containers (containerPathStat,
- * readContainerArchive, writeContainerArchive: docker cp). Bump the current one for any change a
- * peer of the previous version would misread; raise the minimum when support for an old one goes.
+ * readContainerArchive, writeContainerArchive: docker cp); a moved container's log
+ * (exportContainerLogs, importContainerLogs); routed networks across hosts
+ * (setRoutedPeers); createContainer's ports with hostPort 0, the host choosing a free one and
+ * answering it in `ports` (-P, -p PORT); buildImage's noCache (build --no-cache); live migrations over TLS (VmMigrationSpec.tls, the
+ * destination's answer's `tls`, migrateVmOut's opts.tls: an older peer leaves them out and the
+ * move goes plain). Bump the current one for any change a peer of the previous version would
+ * misread; raise the minimum when support for an old one goes.
  */
 export const AGENT_PROTOCOL_VERSION = 8;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
@@ -86,6 +91,7 @@ export const UNARY_METHODS = [
   'reconcileNetworks',
   'setOverlayPeers',
   'underlayAddress',
+  'setRoutedPeers',
   'createVm',
   'createVmFromTemplate',
   'startVm',
@@ -132,7 +138,7 @@ export type UnaryMethod = (typeof UNARY_METHODS)[number];
 /** Carried by routes of their own (streams, callbacks). */
 export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob',
   'exportContainerLayer', 'importContainerLayer', 'exportVolume', 'importVolume', 'buildImage', 'attachContainer',
-  'readContainerArchive', 'writeContainerArchive'] as const satisfies readonly (keyof Agent)[];
+  'readContainerArchive', 'writeContainerArchive', 'exportContainerLogs', 'importContainerLogs'] as const satisfies readonly (keyof Agent)[];
 
 /** Methods a peer speaks only from some version on: a connection that agreed on an earlier one refuses them (Conflict), never sends them. */
 export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
@@ -169,12 +175,16 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   containerPathStat: 8,
   readContainerArchive: 8,
   writeContainerArchive: 8,
+  exportContainerLogs: 8,
+  importContainerLogs: 8,
+  setRoutedPeers: 8,
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
 const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   setOverlayPeers: 'carry networks across hosts',
   underlayAddress: 'carry networks across hosts',
+  setRoutedPeers: 'route a routed network between hosts',
   createVolume: 'hold volumes',
   removeVolume: 'hold volumes',
   volumeUsage: 'hold volumes',
@@ -201,6 +211,8 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   containerPathStat: 'copy files into and out of containers',
   readContainerArchive: 'copy files into and out of containers',
   writeContainerArchive: 'copy files into and out of containers',
+  exportContainerLogs: "carry a container's log when it moves",
+  importContainerLogs: "carry a container's log when it moves",
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */
@@ -214,6 +226,19 @@ export function tooOldForMounts(version: number, host: string): NimbusError | un
     method: 'createContainer',
     protocol: version,
     needs: CONTAINER_MOUNTS_SINCE,
+  });
+}
+
+/** createContainer's ports with hostPort 0 (the host chooses one: -P, -p PORT) from this version on. */
+export const CHOSEN_PORTS_SINCE = 8;
+
+/** Conflict when a connection at `version` cannot choose a container's host ports; undefined when it can. */
+export function tooOldForChosenPorts(version: number, host: string): NimbusError | undefined {
+  if (version >= CHOSEN_PORTS_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot choose a published port (-P, -p PORT need protocol ${CHOSEN_PORTS_SINCE}); give HOST:PORT or upgrade it`, {
+    method: 'createContainer',
+    protocol: version,
+    needs: CHOSEN_PORTS_SINCE,
   });
 }
 
@@ -277,8 +302,8 @@ export const PATHS = {
   copy: (containerId: string) => `${AGENT_PATH_PREFIX}/copy/${encodeURIComponent(containerId)}`,
   /** GET: the blob's bytes; PUT: the request body into the content store (BLOB_SIZE_HEADER says how many). */
   blob: (digest: string) => `${AGENT_PATH_PREFIX}/blob/${encodeURIComponent(digest)}`,
-  /** GET: a stopped container's writable layer or a volume's data as a tar; PUT: the body imported (protocol 6). */
-  move: (what: 'layer' | 'volume', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
+  /** GET: a stopped container's writable layer or a volume's data as a tar; PUT: the body imported (protocol 6; a container's log, 'log': 8). */
+  move: (what: 'layer' | 'volume' | 'log', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
 } as const;
 
 /** Request header of a layer import: the image's chain id the writable layer goes on. */

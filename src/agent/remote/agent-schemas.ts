@@ -111,6 +111,7 @@ const VmMigrationSpec = Obj({
   pin: Type.Optional(Type.Array(Int)),
   storage: Type.Optional(Obj({ virtualSize: Int, backing: Type.Optional(Str), backingFormat: Type.Optional(Type.Union([Type.Literal('raw'), Type.Literal('qcow2')])) })),
   nics: Type.Optional(Type.Array(Attachment)),
+  tls: Type.Optional(Str),
 });
 
 const VmImageKind = Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')]);
@@ -143,6 +144,7 @@ export const ARG_SCHEMAS = {
   reconcileNetworks: [arg('liveContainers', Strings), arg('liveNetworks', Strings)],
   setOverlayPeers: [arg('networkId', Id), arg('vni', Type.Integer({ minimum: 1, maximum: 0xffffff })), arg('localUnderlayIp', Str), arg('peers', Type.Array(Obj({ ip: Str, mac: Str, underlayIp: Str, names: Type.Optional(Strings) }), { maxItems: 65536 }))],
   underlayAddress: [opt('toward', Str)],
+  setRoutedPeers: [arg('networkId', Id), arg('peers', Type.Array(Obj({ ip: Str, underlayIp: Str, names: Type.Optional(Strings) }), { maxItems: 65536 }))],
   createVm: [arg('req', VmCreateRequest)],
   createVmFromTemplate: [arg('templateId', Id), arg('id', Id), arg('name', Str)],
   startVm: [arg('id', Id)],
@@ -160,7 +162,7 @@ export const ARG_SCHEMAS = {
   listVms: [],
   vmMigrationSpec: [arg('id', Id)],
   prepareVmIncoming: [arg('spec', VmMigrationSpec)],
-  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str) }))],
+  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), tls: Type.Optional(Str) }))],
   finishVmIncoming: [arg('id', Id), arg('consoleHistory', Str)],
   abandonVmIncoming: [arg('id', Id)],
   endVmMigration: [arg('id', Id), arg('outcome', Type.Union([Type.Literal('moved'), Type.Literal('resume')]))],
@@ -246,6 +248,8 @@ export const STREAM_ARG_SCHEMAS = {
   importContainerLayer: [arg('id', MoveId), arg('imageChainId', ChainId)],
   exportVolume: [arg('id', MoveId)],
   importVolume: [arg('id', MoveId)],
+  exportContainerLogs: [arg('id', MoveId)],
+  importContainerLogs: [arg('id', MoveId)],
   readContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath)],
   writeContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath), arg('opts', CopyOptions)],
 } as const satisfies Partial<Record<StreamMethod, readonly ArgSpec[]>>;
@@ -279,6 +283,7 @@ export const BuildRequestSchema = Type.Object({
   network: Type.Union([Type.Literal('none'), Type.Literal('host')]),
   baseImages: Type.Array(Type.Object({ name: Type.String({ minLength: 1, maxLength: 1024 }), manifestDigest: Type.String({ pattern: '^sha256:[0-9a-f]{64}$' }) }), { maxItems: 64 }),
   resources: Type.Object({ cpus: Type.Number({ exclusiveMinimum: 0, maximum: 1024 }), memoryBytes: Type.Integer({ minimum: 16 * 1024 * 1024 }) }),
+  noCache: Type.Optional(Type.Boolean()),
 }, { additionalProperties: false });
 const buildRequestCheck = TypeCompiler.Compile(BuildRequestSchema);
 // the schema and the interface say the same

@@ -44,7 +44,7 @@ import {
   type ProtocolRange,
 } from './agent-protocol.js';
 import { checkArgs, checkAttachRequest, checkExecInputFrame, checkExecRequest } from './agent-schemas.js';
-import { serveMove } from './move-routes.js';
+import { MOVE_METHODS, serveMove } from './move-routes.js';
 import { serveCopy } from './copy-routes.js';
 import { serveBuild } from './build-route.js';
 
@@ -493,8 +493,8 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
       checkSince(req.method === 'GET' ? 'readBlob' : 'writeBlob', version, req);
       return await (req.method === 'GET' ? serveReadBlob(agent, param, req, res) : serveWriteBlob(agent, param, req, res));
     }
-    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'move' && (arg === 'layer' || arg === 'volume') && extra.length === 1) {
-      checkSince(arg === 'layer' ? (req.method === 'GET' ? 'exportContainerLayer' : 'importContainerLayer') : req.method === 'GET' ? 'exportVolume' : 'importVolume', version, req);
+    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'move' && (arg === 'layer' || arg === 'volume' || arg === 'log') && extra.length === 1) {
+      checkSince(MOVE_METHODS[arg][req.method], version, req);
       return await serveMove(agent, req.method, arg, extra[0]!, req, res);
     }
     if ((req.method === 'GET' || req.method === 'PUT') && kind === 'copy' && param) {

@@ -50,11 +50,24 @@ test('a layer and a volume stream out of one agent and into another over the pro
   assert.equal(dst.calls('importContainerLayer')[0]?.[1], CHAIN, 'the chain id travelled in its header');
   await b.remote.importVolume('v1', await a.remote.exportVolume('v1'));
   assert.equal(dst.volumeData.get('v1')?.toString(), 'volume');
+  // its log, into the container created at the destination (protocol 8)
+  src.logFiles.set('c1', Buffer.from('log-generations'));
+  await dst.createContainer({ id: 'c1', name: 'c1', imageChainId: CHAIN, process: { args: ['true'], env: [], cwd: '/', user: '0' }, resources: {} });
+  const logs = await b.remote.importContainerLogs('c1', await a.remote.exportContainerLogs('c1'));
+  assert.deepEqual([logs.bytes, dst.logFiles.get('c1')?.toString()], [15, 'log-generations']);
   // a refusal at the destination comes back typed, and the sender is not left hanging
   await assert.rejects(b.remote.importContainerLayer('c1', CHAIN, Readable.from([big])), (e: unknown) => hasCode(e, 'Conflict'));
   // an export of a container that runs is refused by the source
   await src.startContainer('c1');
   await assert.rejects(a.remote.exportContainerLayer('c1'), (e: unknown) => hasCode(e, 'Conflict'));
+});
+
+test('an agent of protocol 7 refuses the log calls, naming protocol 8', async (t) => {
+  const agent = new FakeAgent({ name: 'seven' });
+  const { remote } = await served(t, agent, { min: 2, max: 7 });
+  await assert.rejects(remote.exportContainerLogs('c1'), (e: unknown) => hasCode(e, 'Conflict') && /protocol 7 .*carry a container's log when it moves \(exportContainerLogs needs protocol 8\)/.test(String(e)));
+  await assert.rejects(remote.importContainerLogs('c1', Readable.from([Buffer.from('x')])), (e: unknown) => hasCode(e, 'Conflict'));
+  assert.equal(agent.calls('exportContainerLogs').length + agent.calls('importContainerLogs').length, 0);
 });
 
 test('ids and chain ids are checked on the wire', async (t) => {
@@ -75,7 +88,9 @@ test('ids and chain ids are checked on the wire', async (t) => {
   const badChain = await put(PATHS.move('layer', 'c1'), { [IMAGE_CHAIN_HEADER]: 'sha256:nope' });
   assert.equal(badChain.status, 400);
   assert.match(badChain.body, /imageChainId/);
-  assert.equal(agent.calls('importContainerLayer').length, 0, 'the agent saw none of them');
+  const badLogId = await put(PATHS.move('log', '.hidden'), { [PROTOCOL_HEADER]: '8' });
+  assert.equal(badLogId.status, 400, badLogId.body);
+  assert.equal(agent.calls('importContainerLayer').length + agent.calls('importContainerLogs').length, 0, 'the agent saw none of them');
 });
 
 test('an agent of protocol 5 refuses the move methods with a Conflict naming the protocol', async (t) => {

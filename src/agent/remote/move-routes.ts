@@ -1,6 +1,7 @@
 /**
- * The agent protocol's routes of a cold container move (protocol 6): GET /move/{layer|volume}/ID
- * streams a stopped container's writable layer or a volume's data as a tar (chunked: its size is
+ * The agent protocol's routes of a cold container move (protocol 6; `log`, 8): GET
+ * /move/{layer|volume|log}/ID streams a stopped container's writable layer, a volume's data or a
+ * container's log as a tar (chunked: its size is
  * not known ahead; a failure mid-way cuts the answer short, which the reader sees as an error, and
  * the tar's own end marker is missing); PUT takes the tar as the request body, never held whole,
  * and answers with what was imported. The ids (and a layer's image chain id, in a header) are
@@ -13,7 +14,7 @@ import { InvalidArgument, Unavailable } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent } from '../agent.js';
 import { IMAGE_CHAIN_HEADER } from './agent-protocol.js';
-import { checkStreamArgs } from './agent-schemas.js';
+import { checkStreamArgs, type CheckedStreamMethod } from './agent-schemas.js';
 
 const log = logger('agent-server');
 
@@ -23,7 +24,14 @@ function sendJson(res: ServerResponse, value: unknown): void {
   res.end(payload);
 }
 
-export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: 'layer' | 'volume', rawId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** The Agent method each route serves. */
+export const MOVE_METHODS = {
+  layer: { GET: 'exportContainerLayer', PUT: 'importContainerLayer' },
+  volume: { GET: 'exportVolume', PUT: 'importVolume' },
+  log: { GET: 'exportContainerLogs', PUT: 'importContainerLogs' },
+} as const satisfies Record<string, { GET: CheckedStreamMethod; PUT: CheckedStreamMethod }>;
+
+export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof typeof MOVE_METHODS, rawId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
   let id: string;
   let chain: string | undefined;
   try {
@@ -32,19 +40,18 @@ export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: 'laye
     } catch {
       throw new InvalidArgument('malformed id in the path');
     }
-    if (method === 'GET') checkStreamArgs(what === 'layer' ? 'exportContainerLayer' : 'exportVolume', [id]);
-    else if (what === 'layer') {
+    if (method === 'PUT' && what === 'layer') {
       const h = req.headers[IMAGE_CHAIN_HEADER];
       chain = typeof h === 'string' ? h : undefined;
       checkStreamArgs('importContainerLayer', [id, chain]);
-    } else checkStreamArgs('importVolume', [id]);
+    } else checkStreamArgs(MOVE_METHODS[what][method], [id]);
   } catch (e) {
     req.resume();
     throw e;
   }
   if (method === 'GET') {
     req.resume();
-    const tar = what === 'layer' ? await agent.exportContainerLayer(id) : await agent.exportVolume(id);
+    const tar = what === 'layer' ? await agent.exportContainerLayer(id) : what === 'log' ? await agent.exportContainerLogs(id) : await agent.exportVolume(id);
     res.on('error', () => undefined);
     res.writeHead(200, { 'content-type': 'application/x-tar', 'cache-control': 'no-cache' });
     // a failure mid-way destroys the answer (no clean end): the reader cannot take a part for the whole
@@ -63,7 +70,7 @@ export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: 'laye
   });
   req.pipe(body);
   try {
-    const result = what === 'layer' ? await agent.importContainerLayer(id, chain!, body) : await agent.importVolume(id, body);
+    const result = what === 'layer' ? await agent.importContainerLayer(id, chain!, body) : what === 'log' ? await agent.importContainerLogs(id, body) : await agent.importVolume(id, body);
     sendJson(res, { result });
   } finally {
     body.destroy();

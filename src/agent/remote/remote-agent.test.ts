@@ -675,6 +675,19 @@ test('volumes are protocol 5: carried to an agent of 5, refused to one of 4 with
   assert.equal(state.calls.length, 3);
 });
 
+test('ports the host chooses (hostPort 0) are protocol 8: carried to an agent of 8, refused to one of 7 before it is called', async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const network = { mode: 'networks' as const, endpoints: [], ports: [{ protocol: 'tcp' as const, hostPort: 0, containerPort: 80 }], extraHosts: [], dns: [] };
+  const req = { id: 'c1', name: 'c', imageChainId: 'sha256:x', process: { args: ['true'], env: [], cwd: '/', user: '0' }, resources: {}, network };
+  await (await connect(t, server.url)).createContainer(req);
+  assert.deepEqual((state.calls.at(-1)?.args[0] as { network: unknown }).network, network, 'port 0 travels as given');
+  const old = await connect(t, server.url, TOKEN, { protocol: { min: 2, max: 7 } });
+  const calls = state.calls.length;
+  await rejectsWith(old.createContainer(req), 'Conflict', /speaks protocol 7 and cannot choose a published port \(-P, -p PORT need protocol 8\)/);
+  assert.equal(state.calls.length, calls, 'the old agent was not asked');
+});
+
 // ---- mutual TLS --------------------------------------------------------------------------------
 
 test('over TCP the agent takes only the control plane\'s CA-signed certificate, and the control plane only the named agent\'s', async (t) => {

@@ -50,7 +50,7 @@ import {
   tooOldForTty,
   MIGRATION_WITH_STORAGE_SINCE,
   tooOldForMounts,
-  tooOldForStdio,
+  tooOldForStdio, tooOldForChosenPorts,
   type AgentEvent,
   type ExecFrame,
   type ExecInputFrame,
@@ -391,6 +391,11 @@ export class RemoteAgent implements Agent {
       const refusal = tooOldForMounts(await this.protocolVersion(), this.name);
       if (refusal) throw refusal;
     }
+    // before 8 the agent would try to publish port 0 rather than choose one
+    if (req.network?.mode === 'networks' && req.network.ports.some((p) => p.hostPort === 0)) {
+      const refusal = tooOldForChosenPorts(await this.protocolVersion(), this.name);
+      if (refusal) throw refusal;
+    }
     // before 8 the agent would run the main process without its terminal or stdin
     if (req.process.terminal || req.process.stdin) {
       const refusal = tooOldForStdio(await this.protocolVersion(), this.name);
@@ -417,6 +422,7 @@ export class RemoteAgent implements Agent {
   reconcileNetworks: Agent['reconcileNetworks'] = (...a) => this.call('reconcileNetworks', a);
   setOverlayPeers: Agent['setOverlayPeers'] = (...a) => this.call('setOverlayPeers', a);
   underlayAddress: Agent['underlayAddress'] = (...a) => this.call('underlayAddress', a);
+  setRoutedPeers: Agent['setRoutedPeers'] = (...a) => this.call('setRoutedPeers', a);
   createVolume: Agent['createVolume'] = (...a) => this.call('createVolume', a);
   removeVolume: Agent['removeVolume'] = (...a) => this.call('removeVolume', a);
   volumeUsage: Agent['volumeUsage'] = (...a) => this.call('volumeUsage', a);
@@ -626,15 +632,17 @@ export class RemoteAgent implements Agent {
   exportVolume: Agent['exportVolume'] = (id) => this.treeOut('exportVolume', 'volume', id);
   importContainerLayer: Agent['importContainerLayer'] = (id, imageChainId, bytes) => this.treeIn('importContainerLayer', 'layer', id, bytes, { [IMAGE_CHAIN_HEADER]: imageChainId });
   importVolume: Agent['importVolume'] = (id, bytes) => this.treeIn('importVolume', 'volume', id, bytes);
+  exportContainerLogs: Agent['exportContainerLogs'] = (id) => this.treeOut('exportContainerLogs', 'log', id);
+  importContainerLogs: Agent['importContainerLogs'] = (id, bytes) => this.treeIn('importContainerLogs', 'log', id, bytes);
 
   /** The tar as the answer streams it (chunked; cut short, it errors). */
-  private async treeOut(method: 'exportContainerLayer' | 'exportVolume', what: 'layer' | 'volume', id: string): Promise<IncomingMessage> {
+  private async treeOut(method: 'exportContainerLayer' | 'exportVolume' | 'exportContainerLogs', what: 'layer' | 'volume' | 'log', id: string): Promise<IncomingMessage> {
     await this.requireVersionFor(method);
     return (await this.open('GET', PATHS.move(what, id))).response;
   }
 
   /** The tar streamed as the request body (as writeBlob sends); the answer says what was imported. */
-  private async treeIn(method: 'importContainerLayer' | 'importVolume', what: 'layer' | 'volume', id: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string> = {}): Promise<TreeImportResult> {
+  private async treeIn(method: 'importContainerLayer' | 'importVolume' | 'importContainerLogs', what: 'layer' | 'volume' | 'log', id: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string> = {}): Promise<TreeImportResult> {
     await this.requireVersionFor(method);
     const { req, response } = await this.open('PUT', PATHS.move(what, id), { streaming: true, headers: { 'content-type': 'application/x-tar', ...headers } });
     const sent = pipeline(bytes, req).then(() => undefined, (e: unknown) => e);
@@ -658,6 +666,10 @@ export class RemoteAgent implements Agent {
   /** The context streams up as the request body; the builder's lines and then the image come down as NDJSON (protocol 6). */
   async buildImage(spec: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage> {
     await this.requireVersionFor('buildImage');
+    // before 8 the agent's schema refuses the field (additionalProperties): say why instead
+    if (spec.noCache && (await this.protocolVersion()) < 8) {
+      throw new Conflict(`host ${this.name}'s agent speaks protocol ${await this.protocolVersion()} and cannot build without its cache (--no-cache needs protocol 8); upgrade it`, { method: 'buildImage', needs: 8 });
+    }
     const { req, response } = await this.open('POST', BUILD_PATH, {
       streaming: true,
       headers: { 'content-type': 'application/x-tar', [BUILD_HEADER]: Buffer.from(JSON.stringify(spec)).toString('base64') },

@@ -3,8 +3,8 @@
  * Nimbus's builds (control/images/build-service.ts, buildah on the host). The body is the context
  * tar (gzip accepted); the answer streams JSON lines: {"stream":"Step 1/3 : FROM …\n"}, the
  * builder's output, then {"aux":{"ID":…}}, "Successfully built …", "Successfully tagged …", or an
- * {"errorDetail":…,"error":…} line. rm/forcerm/nocache are accepted and moot: every build removes
- * its containers and none reuses a cache.
+ * {"errorDetail":…,"error":…} line. rm/forcerm are accepted and moot (every build removes its
+ * containers); nocache runs every step again, past the project's layer cache.
  */
 import type { IncomingMessage } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -137,6 +137,7 @@ async function startBuild(ctx: DockerContext): Promise<typeof HANDLED> {
     mayUseHostNetwork: auth.principal?.systemAdmin === true,
     resources: { ...(memory > 0 ? { memoryBytes: memory } : {}), ...(cpuQuota > 0 ? { cpus: cpuQuota / cpuPeriod } : {}) },
     credentials: registryConfig(req.headers['x-registry-config'] as string | undefined),
+    ...(query.get('nocache') === '1' || query.get('nocache') === 'true' ? { noCache: true } : {}),
   }, contextBody(req));
   res.writeHead(200, { 'content-type': 'application/json' });
   const line = (doc: unknown) => res.write(JSON.stringify(doc) + '\n');

@@ -16,7 +16,8 @@ import { ContainerCreate } from '../schemas.js';
 import { checkOrThrow, checkTotalLength } from '../validate.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import { checkBody } from './schemas.js';
-import { containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, toContainerInput } from './mapping.js';
+import { anonymousMounts, containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, parseVolumesFrom, toContainerInput } from './mapping.js';
+import { mountsOf, type MountInput } from '../../control/volumes/volume-service.js';
 import { inDockerWords, noSuchContainer, noSuchImage } from './errors.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 import { attachesToProcess, attachToProcess } from './attach.js';
@@ -54,13 +55,44 @@ async function create(ctx: DockerContext) {
   checkTotalLength({ entrypoint: input.entrypoint, cmd: input.cmd, env: input.env }, MAX_ARGV_ENV_TOTAL);
   if (input.stopSignal !== undefined) input.stopSignal = canonicalSignal(input.stopSignal);
   // a 404 in Docker's words is what makes the CLI pull the image and create again
-  await inDockerWords(services.images.resolve(input.image, { projectId: project }), () => noSuchImage(body.Image));
+  const image = await inDockerWords(services.images.resolve(input.image, { projectId: project }), () => noSuchImage(body.Image));
   const { start: _start, ...config } = input;
+  // --volumes-from: the other containers' mounts (after the request's own), then the image's VOLUMEs none covers, as dockerd
+  const from = await volumesFrom(ctx, parseVolumesFrom(body.HostConfig?.VolumesFrom), config.mounts ?? []);
+  const mounts = [...(config.mounts ?? []), ...from.mounts];
+  mounts.push(...anonymousMounts(Object.keys(image.config.config?.Volumes ?? {}), mounts));
+  if (mounts.length) config.mounts = mounts;
   // host paths (-v /host:/p, --mount type=bind) are for system administrators only
-  const r = await services.containers.requestCreate(config, project, { projectId: project }, { mayBindHostPaths: ctx.auth.principal?.systemAdmin === true });
+  const r = await services.containers.requestCreate(config, project, { projectId: project }, {
+    mayBindHostPaths: ctx.auth.principal?.systemAdmin === true,
+    ...(from.host ? { placement: { host: from.host } } : {}),
+  });
   // Docker's create has no 202: a create waiting for a reclaim is waited for
   const c = 'container' in r ? r.container : await r.finished;
   return { status: 201, json: { Id: c.id, Warnings: c.warnings } };
+}
+
+/**
+ * --volumes-from: each container's volumes and binds (tmpfs are its own), read-only with `:ro`,
+ * read-write with `:rw`, else as it has them; a target the request mounts already is left out.
+ * The new container runs where they do (host).
+ */
+async function volumesFrom(ctx: DockerContext, from: ReturnType<typeof parseVolumesFrom>, own: readonly MountInput[]): Promise<{ mounts: MountInput[]; host?: string }> {
+  const mounts: MountInput[] = [];
+  let host: string | undefined;
+  for (const f of from) {
+    const other = await inDockerWords(ctx.services.containers.get(f.container, { projectId: ctx.project }), () => noSuchContainer(f.container));
+    if (host !== undefined && other.host !== host) throw new Conflict(`--volumes-from ${other.name} runs on host ${other.host}, another on ${host}: their volumes cannot be mounted together`);
+    host = other.host || host;
+    for (const m of mountsOf(other)) {
+      if (m.type === 'tmpfs' || [...own, ...mounts].some((x) => x.target === m.target)) continue;
+      const readonly = f.mode === 'ro' || (f.mode === undefined && m.readonly === true);
+      mounts.push(m.type === 'volume'
+        ? { type: 'volume', source: m.name, target: m.target, ...(readonly ? { readonly } : {}), ...(m.anonymous ? { anonymous: true } : {}) }
+        : { type: 'bind', source: m.source, target: m.target, ...(readonly ? { readonly } : {}) });
+    }
+  }
+  return { mounts, ...(host ? { host } : {}) };
 }
 
 async function list(ctx: DockerContext) {
@@ -84,14 +116,14 @@ async function lifecycle(ctx: DockerContext, act: (s: Services, id: string) => P
 }
 
 async function remove(ctx: DockerContext) {
-  if (flag(ctx.query, 'v')) throw new InvalidArgument('-v (remove anonymous volumes) is not supported yet: Nimbus containers have none');
   if (flag(ctx.query, 'link')) throw new InvalidArgument('--link (remove a link) is not supported');
   const c = await container(ctx);
   const force = flag(ctx.query, 'force');
   if (!force && (c.status === 'running' || c.status === 'paused' || c.status === 'restarting')) {
     throw new Conflict(`You cannot remove a running container ${c.id}. Stop the container before attempting removal or force remove`);
   }
-  await ctx.services.containers.remove(c.id, force);
+  // -v: its anonymous volumes too (never named ones; one another container uses stays)
+  await ctx.services.containers.remove(c.id, force, { volumes: flag(ctx.query, 'v') });
   return { status: 204 };
 }
 

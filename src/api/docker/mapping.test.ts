@@ -2,7 +2,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable } from '../../core/errors.js';
 import type { ContainerRecord } from '../../store/records.js';
-import { containerInspect, containerSummary, familiarName, frame, humanDuration, matchesContainerFilters, parseFilters, statusString, toContainerInput, type ContainerLike } from './mapping.js';
+import { anonymousMounts, containerInspect, containerSummary, familiarName, frame, humanDuration, matchesContainerFilters, parseFilters, parseVolumesFrom, statusString, toContainerInput, type ContainerLike } from './mapping.js';
+import { withExposedPorts } from '../../control/networks/publish-all.js';
 import { checkBody } from './schemas.js';
 import { dockerError, inDockerWords, noSuchImage } from './errors.js';
 import { unversioned } from './server.js';
@@ -89,6 +90,43 @@ describe('Docker create body → Nimbus container input', () => {
     assert.equal(toContainerInput(checkBody('container', { Image: 'busybox', Healthcheck: {} }), undefined).healthcheck, undefined, 'no Test: none');
   });
 
+  test('-v /path and --mount without a source are anonymous volumes; Volumes a mount covers are not; the image\'s VOLUMEs likewise', () => {
+    const input = toContainerInput(checkBody('container', {
+      Image: 'busybox', Volumes: { '/data': {}, '/named': {}, '/cache/': {} },
+      HostConfig: { Binds: ['n:/named'], Mounts: [{ Type: 'volume', Target: '/m' }] },
+    }), undefined);
+    assert.deepEqual(input.mounts, [
+      { type: 'volume', source: 'n', target: '/named' },
+      { type: 'volume', target: '/m' },
+      { type: 'volume', target: '/data' },
+      { type: 'volume', target: '/cache' },
+    ]);
+    // an image's VOLUME /data is covered by -v x:/data; /logs is not
+    assert.deepEqual(anonymousMounts(['/data', '/logs/'], [{ type: 'volume', source: 'x', target: '/data' }]), [{ type: 'volume', target: '/logs' }]);
+  });
+
+  test('--volumes-from CONTAINER[:ro|rw]', () => {
+    assert.deepEqual(parseVolumesFrom(['a', 'b:ro', 'c:rw']), [{ container: 'a' }, { container: 'b', mode: 'ro' }, { container: 'c', mode: 'rw' }]);
+    assert.deepEqual(parseVolumesFrom(undefined), []);
+    assert.throws(() => parseVolumesFrom([':ro']), /invalid --volumes-from/);
+    assert.throws(() => parseVolumesFrom(['a:ro:x']), /invalid --volumes-from/);
+  });
+
+  test('-p PORT is a host port the host chooses (0); -P adds the request\'s ExposedPorts (the service adds the image\'s)', () => {
+    const p = toContainerInput(checkBody('container', { Image: 'busybox', ExposedPorts: { '80/tcp': {} }, HostConfig: { PortBindings: { '80/tcp': [{ HostIp: '', HostPort: '' }], '53/udp': [{ HostPort: '5353' }] } } }), undefined);
+    assert.deepEqual(p.ports, [{ protocol: 'tcp', hostPort: 0, containerPort: 80 }, { protocol: 'udp', hostPort: 5353, containerPort: 53 }]);
+    assert.equal(p.publishAll, undefined);
+    const all = toContainerInput(checkBody('container', { Image: 'busybox', ExposedPorts: { '80/tcp': {}, '9000/tcp': {}, '7/sctp': {} }, HostConfig: { PublishAllPorts: true, PortBindings: { '80/tcp': [{ HostPort: '8080' }] } } }), undefined);
+    assert.deepEqual(all.ports, [{ protocol: 'tcp', hostPort: 8080, containerPort: 80 }, { protocol: 'tcp', hostPort: 0, containerPort: 9000 }], 'a port -p publishes keeps its host port; sctp is passed over');
+    assert.equal(all.publishAll, true);
+    assert.deepEqual(withExposedPorts(undefined, ['80/tcp', '53/udp', '8080', 'x/tcp', '0/tcp']), [
+      { protocol: 'tcp', hostPort: 0, containerPort: 80 }, { protocol: 'udp', hostPort: 0, containerPort: 53 }, { protocol: 'tcp', hostPort: 0, containerPort: 8080 },
+    ]);
+    // what ps and port show once the host chose: the chosen port
+    const shown = containerSummary(rec({ config: { ...rec().config, ports: [{ protocol: 'tcp', hostPort: 49200, containerPort: 80 }] } })).Ports;
+    assert.deepEqual(shown, [{ IP: '0.0.0.0', PrivatePort: 80, PublicPort: 49200, Type: 'tcp' }]);
+  });
+
   test('-t and -i become the main process\'s terminal and stdin; StdinOnce only with OpenStdin; inspect shows them', () => {
     const it = toContainerInput(checkBody('container', { Image: 'busybox', Tty: true, OpenStdin: true, StdinOnce: true, AttachStdin: true }), undefined);
     assert.equal(it.tty, true);
@@ -104,18 +142,15 @@ describe('Docker create body → Nimbus container input', () => {
 
   test('what Nimbus does not do is refused with the flag\'s name, never ignored', () => {
     const refused: Array<[Record<string, unknown>, RegExp]> = [
-      [{ HostConfig: { VolumesFrom: ['other'] } }, /--volumes-from/],
       [{ HostConfig: { Binds: ['data:/x:z'] } }, /volume option "z" is not supported/],
       [{ HostConfig: { Mounts: [{ Type: 'npipe', Source: 'x', Target: '/x' }] } }, /mount type "npipe" is not supported/],
-      [{ HostConfig: { Mounts: [{ Type: 'volume', Target: '/x' }] } }, /anonymous volumes are not supported/],
       [{ HostConfig: { Privileged: true } }, /--privileged/],
-      [{ HostConfig: { PublishAllPorts: true } }, /-P\/--publish-all/],
-      [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '' }] } } }, /without a host port/],
+      [{ HostConfig: { VolumesFrom: ['other:rx'] } }, /invalid --volumes-from "other:rx"/],
+      [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '8000-8010' }] } } }, /host port ranges/],
       [{ HostConfig: { LogConfig: { Type: 'syslog' } } }, /--log-driver/],
       [{ HostConfig: { RestartPolicy: { Name: 'always' }, AutoRemove: true } }, /--restart and --rm/],
       [{ HostConfig: { RestartPolicy: { Name: 'sometimes' } } }, /invalid restart policy/],
       [{ Healthcheck: { Test: ['CMD', 'true'], Interval: 500 } }, /at least 1ms/],
-      [{ Volumes: { '/data': {} } }, /anonymous volumes \(-v \/data\)/],
     ];
     for (const [extra, message] of refused) {
       const body = { Image: 'busybox', ...extra };

@@ -8,6 +8,8 @@ import type { ContainerRecord, ContainerStatus, HealthcheckConfig, NetworkRecord
 import type { DockerContainerCreate } from './schemas.js';
 import { humanDuration } from '../../core/human-duration.js';
 import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
+import type { MountInput } from '../../control/volumes/volume-service.js';
+import { withExposedPorts } from '../../control/networks/publish-all.js';
 
 /** A container as the services show it (`unknown` while its host does not answer). */
 export type ContainerLike = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
@@ -25,8 +27,8 @@ const UNSUPPORTED_CONFIG: Array<[string, string]> = [
   ['Shell', 'SHELL'], ['OnBuild', 'ONBUILD'], ['MacAddress', '--mac-address'],
 ];
 const UNSUPPORTED_HOST: Array<[string, string]> = [
-  ['VolumesFrom', '--volumes-from'], ['Privileged', '--privileged'],
-  ['CapAdd', '--cap-add'], ['CapDrop', '--cap-drop'], ['Devices', '--device'], ['PublishAllPorts', '-P/--publish-all'],
+  ['Privileged', '--privileged'],
+  ['CapAdd', '--cap-add'], ['CapDrop', '--cap-drop'], ['Devices', '--device'],
   ['ReadonlyRootfs', '--read-only'], ['SecurityOpt', '--security-opt'], ['PidMode', '--pid'], ['UTSMode', '--uts'], ['UsernsMode', '--userns'],
   ['CpuShares', '--cpu-shares'], ['CpusetCpus', '--cpuset-cpus'], ['CpusetMems', '--cpuset-mems'], ['CpuQuota', '--cpu-quota'], ['CpuPeriod', '--cpu-period'],
   ['MemoryReservation', '--memory-reservation'], ['KernelMemory', '--kernel-memory'], ['BlkioWeight', '--blkio-weight'], ['Ulimits', '--ulimit'],
@@ -49,10 +51,10 @@ export function toPorts(bindings: NonNullable<DockerContainerCreate['HostConfig'
     if (!m) throw new InvalidArgument(`invalid port "${key}"`);
     if (m[2] === 'sctp') throw new InvalidArgument('sctp ports are not supported');
     for (const b of list ?? []) {
-      if (!b.HostPort) throw new InvalidArgument(`-p ${m[1]} without a host port (a random one, as -P picks) is not supported yet: give HOST:CONTAINER`);
-      if (!/^\d{1,5}$/.test(b.HostPort)) throw new InvalidArgument(`host port ranges (${b.HostPort}) are not supported`);
+      // -p 80 (no host port, or 0): one the container's host chooses, as dockerd does
+      if (b.HostPort && !/^\d{1,5}$/.test(b.HostPort)) throw new InvalidArgument(`host port ranges (${b.HostPort}) are not supported`);
       ports.push({
-        protocol: (m[2] ?? 'tcp') as 'tcp' | 'udp', hostPort: Number(b.HostPort), containerPort: Number(m[1]),
+        protocol: (m[2] ?? 'tcp') as 'tcp' | 'udp', hostPort: b.HostPort ? Number(b.HostPort) : 0, containerPort: Number(m[1]),
         ...(b.HostIp && b.HostIp !== '0.0.0.0' ? { hostIp: b.HostIp } : {}),
       });
     }
@@ -88,11 +90,13 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
   const cpus = host.NanoCpus ? host.NanoCpus / 1e9 : undefined;
   const pids = host.PidsLimit && host.PidsLimit > 0 ? host.PidsLimit : undefined;
   const links = (host.Links ?? []).map(parseLink);
+  parseVolumesFrom(host.VolumesFrom); // checked here; resolved by the create (containers.ts), which reads the other containers
   const mounts = mountsOfHostConfig({ Binds: host.Binds, Mounts: host.Mounts, Tmpfs: host.Tmpfs });
   const healthcheck = toHealthcheck(raw.Healthcheck);
-  // Config.Volumes lists mount points (compose sends it beside Binds); one no mount covers is an anonymous volume
-  const anonymous = Object.keys((raw.Volumes ?? {}) as Record<string, unknown>).filter((p) => !mounts.some((m) => m.target === p.replace(/\/+$/, '') || m.target === p));
-  if (anonymous.length) throw new InvalidArgument(`anonymous volumes (-v ${anonymous[0]}) are not supported by Nimbus's Docker API yet (Volumes): name the volume (-v NAME:${anonymous[0]})`);
+  // Config.Volumes lists mount points (-v /path; compose sends it beside Binds): one no mount covers is an anonymous volume
+  mounts.push(...anonymousMounts(Object.keys(body.Volumes ?? {}), mounts));
+  // -P: the request's ExposedPorts (--expose) here, the image's added by the container service
+  const published = host.PublishAllPorts === true ? withExposedPorts(ports, Object.keys(body.ExposedPorts ?? {})) : ports;
   return {
     image: body.Image,
     ...(name ? { name: name.replace(/^\//, '') } : {}),
@@ -113,7 +117,8 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
     ...(body.StopSignal ? { stopSignal: body.StopSignal } : {}),
     ...(body.StopTimeout !== undefined && body.StopTimeout !== null ? { stopTimeout: body.StopTimeout } : {}),
     ...(mode ? { network: mode } : {}),
-    ...(ports ? { ports } : {}),
+    ...(published?.length ? { ports: published } : {}),
+    ...(host.PublishAllPorts === true ? { publishAll: true } : {}),
     ...(host.Dns?.length ? { dns: host.Dns } : {}),
     ...(host.ExtraHosts?.length ? { extraHosts: host.ExtraHosts } : {}),
     ...(links.length ? { links } : {}),
@@ -124,6 +129,27 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
     ...(body.Tty ? { tty: true } : {}),
     ...(body.OpenStdin ? { openStdin: true, ...(raw.StdinOnce === true ? { stdinOnce: true } : {}) } : {}),
   };
+}
+
+/** Anonymous volumes (no source) for the paths (Config.Volumes, an image's VOLUMEs) that no mount of `mounts` covers. */
+export function anonymousMounts(paths: readonly string[], mounts: readonly MountInput[]): MountInput[] {
+  const out: MountInput[] = [];
+  for (const p of paths) {
+    const target = p.length > 1 ? p.replace(/\/+$/, '') : p;
+    if (![...mounts, ...out].some((m) => m.target === target || m.target === p)) out.push({ type: 'volume', target });
+  }
+  return out;
+}
+
+/** HostConfig.VolumesFrom: "CONTAINER[:ro|rw]" each; mode absent: each mount as the other container has it. */
+export function parseVolumesFrom(list: readonly string[] | undefined): Array<{ container: string; mode?: 'ro' | 'rw' }> {
+  return (list ?? []).map((v) => {
+    const [container = '', mode, extra] = v.split(':');
+    if (!container || extra !== undefined || (mode !== undefined && mode !== 'ro' && mode !== 'rw')) {
+      throw new InvalidArgument(`invalid --volumes-from "${v.slice(0, 300)}": CONTAINER[:ro|rw]`);
+    }
+    return { container, ...(mode ? { mode: mode as 'ro' | 'rw' } : {}) };
+  });
 }
 
 /** Docker's Healthcheck (nanoseconds; 0 is the default) as Nimbus's (milliseconds; absent is the default). */

@@ -26,6 +26,9 @@ export const DockerHostConfig = Type.Object({
   Dns: Type.Optional(StrList(3, 64)),
   ExtraHosts: Type.Optional(StrList(256, 270)),
   Links: Type.Optional(StrList(64, 512)),
+  PublishAllPorts: Type.Optional(Type.Boolean()),
+  // CONTAINER[:ro|rw]
+  VolumesFrom: Type.Optional(StrList(64, 300)),
 }, { additionalProperties: true });
 
 export const DockerContainerCreate = Type.Object({
@@ -43,6 +46,10 @@ export const DockerContainerCreate = Type.Object({
   OpenStdin: Type.Optional(Type.Boolean()),
   AttachStdin: Type.Optional(Type.Boolean()),
   HostConfig: Type.Optional(DockerHostConfig),
+  // {"80/tcp": {}}: --expose and -p's container ports (what -P publishes, with the image's)
+  ExposedPorts: Type.Optional(Type.Record(Type.String({ maxLength: 32 }), Type.Unknown(), { maxProperties: 256 })),
+  // {"/path": {}}: -v /path (an anonymous volume unless a mount covers it)
+  Volumes: Type.Optional(Type.Record(Type.String({ maxLength: 4096 }), Type.Unknown(), { maxProperties: 64 })),
   NetworkingConfig: Type.Optional(Type.Object({
     EndpointsConfig: Type.Optional(Type.Record(Type.String({ maxLength: 256 }), Type.Object({ Aliases: Type.Optional(StrList(64, 253)) }, { additionalProperties: true }))),
   }, { additionalProperties: true })),

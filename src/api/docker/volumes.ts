@@ -69,11 +69,13 @@ export function parseMount(m: DockerMount): MountInput {
     return { type: 'tmpfs', target, ...(size ? { sizeBytes: size } : {}), ...(mode !== undefined ? { mode } : {}) };
   }
   if (type !== 'volume' && type !== 'bind') throw new InvalidArgument(`mount type "${type}" is not supported by Nimbus's Docker API (volume, bind, tmpfs)`);
-  if (typeof m.Source !== 'string' || !m.Source) throw new InvalidArgument(`invalid mount config for type "${type}": Source is required${type === 'volume' ? ' (anonymous volumes are not supported yet)' : ''}`);
   if (type === 'volume') {
     const driver = m.VolumeOptions?.DriverConfig?.Name;
     if (driver && driver !== 'local') throw new InvalidArgument(`volume driver "${driver}" is not supported (local)`);
+    // --mount type=volume,target=/p: an anonymous volume
+    if (m.Source === undefined || m.Source === '') return { type, target, ...ro };
   }
+  if (typeof m.Source !== 'string' || !m.Source) throw new InvalidArgument(`invalid mount config for type "${type}": Source is required`);
   return { type, source: m.Source, target, ...ro };
 }
 

@@ -36,6 +36,7 @@ export const buildRoutes = [
       network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('host')])),
       cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 64 })),
       memory: Type.Optional(Type.Integer({ minimum: 64 * 1024 * 1024, description: 'bytes' })),
+      nocache: Type.Optional(Type.Boolean({ description: 'Run every step again, past the project\'s layer cache (its results are still cached)' })),
     }),
     response: Operation,
     handler: async ({ query, services, req, auth }) => {
@@ -50,6 +51,7 @@ export const buildRoutes = [
         ...(query.network ? { network: query.network } : {}),
         mayUseHostNetwork: auth.principal?.systemAdmin === true,
         resources: { ...(query.cpus !== undefined ? { cpus: query.cpus } : {}), ...(query.memory !== undefined ? { memoryBytes: query.memory } : {}) },
+        ...(query.nocache ? { noCache: true } : {}),
       }, req);
       return { status: 202, body: op };
     },

@@ -114,6 +114,7 @@ export const buildCommands: CommandSpec[] = [
       { name: 'cpus', type: 'string', value: 'N', description: 'CPUs the build may use (admitted against the quota; default 1)' },
       { name: 'memory', type: 'string', value: 'BYTES', description: 'Memory the build may use (admitted against the quota; default 1 GiB; k, m, g suffixes)' },
       { name: 'quiet', short: 'q', type: 'boolean', description: 'No output but the image id' },
+      { name: 'no-cache', type: 'boolean', description: 'Run every step again, past the project\'s layer cache' },
     ],
     async run({ args, opts, global }) {
       const dir = resolve(args[0]!);
@@ -136,6 +137,7 @@ export const buildCommands: CommandSpec[] = [
       if (opts.target !== undefined) q.set('target', String(opts.target));
       if (opts.network !== undefined) q.set('network', String(opts.network));
       if (opts.cpus !== undefined) q.set('cpus', String(opts.cpus));
+      if (opts['no-cache']) q.set('nocache', 'true');
       if (opts.memory !== undefined) {
         const m = /^(\d+)([kmg]?)b?$/i.exec(String(opts.memory));
         if (!m) throw new UsageError(`--memory must be a size (512m, 2g), got ${String(opts.memory)}`);

@@ -58,7 +58,8 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal that stops the container (default SIGTERM)' },
   { name: 'stop-timeout', type: 'number', integer: true, value: 'SECS', description: 'Seconds between the stop signal and SIGKILL' },
   { name: 'network', type: 'string', value: 'NET', description: "bridge (default: the project's own), none, host, container:NAME|ID, or a network's name" },
-  { name: 'publish', short: 'p', type: 'list', value: '[IP:]HOSTPORT:PORT[/tcp|udp]', description: 'Publish a container port on the host (loopback included)' },
+  { name: 'publish', short: 'p', type: 'list', value: '[IP:][HOSTPORT:]PORT[/tcp|udp]', description: 'Publish a container port on the host (loopback included); without HOSTPORT on a free one the host chooses' },
+  { name: 'publish-all', short: 'P', type: 'boolean', description: 'Publish every port the image exposes, each on a free host port' },
   { name: 'ip', type: 'string', value: 'ADDR', description: 'Fixed IPv4 address on the network' },
   { name: 'dns', type: 'list', value: 'ADDR', description: "Nameserver instead of the network's embedded DNS" },
   { name: 'add-host', type: 'list', value: 'NAME:IP', description: 'Add a line to /etc/hosts' },
@@ -143,13 +144,13 @@ export function parseLogOpts(specs: string[]): { maxSizeBytes?: number; maxFiles
   return specs.length ? out : undefined;
 }
 
-/** -p [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp], as docker takes it. */
+/** -p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp], as docker takes it; no HOSTPORT (or an empty one): 0, the host chooses. */
 export function parsePublish(spec: string): { protocol: 'tcp' | 'udp'; hostIp?: string; hostPort: number; containerPort: number } {
-  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/.exec(spec);
-  if (!m) throw new UsageError(`invalid -p "${spec}": expected [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]`);
-  const hostPort = Number(m[2]);
+  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(?:(\d{0,5}):)?(\d{1,5})(?:\/(tcp|udp))?$/.exec(spec);
+  if (!m || (m[1] && m[2] === undefined)) throw new UsageError(`invalid -p "${spec}": expected [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]`);
+  const hostPort = m[2] ? Number(m[2]) : 0;
   const containerPort = Number(m[3]);
-  for (const p of [hostPort, containerPort]) if (p < 1 || p > 65535) throw new UsageError(`invalid -p "${spec}": ports are 1-65535`);
+  for (const p of [m[2] ? hostPort : 1, containerPort]) if (p < 1 || p > 65535) throw new UsageError(`invalid -p "${spec}": ports are 1-65535`);
   return { protocol: (m[4] as 'tcp' | 'udp' | undefined) ?? 'tcp', ...(m[1] ? { hostIp: m[1] } : {}), hostPort, containerPort };
 }
 
@@ -205,6 +206,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(opts['stop-timeout'] !== undefined ? { stopTimeout: opts['stop-timeout'] } : {}),
     ...(opts.network !== undefined ? { network: opts.network } : {}),
     ...(list('publish').length ? { ports: list('publish').map(parsePublish) } : {}),
+    ...(opts['publish-all'] ? { publishAll: true } : {}),
     ...(opts.ip !== undefined ? { ip: opts.ip } : {}),
     ...(list('dns').length ? { dns: list('dns') } : {}),
     ...(list('add-host').length ? { extraHosts: list('add-host') } : {}),

@@ -8,7 +8,7 @@ import { render } from '../output.js';
 import { clientOf, succeeded, type OperationState } from './shared.js';
 
 interface MoveOperation extends OperationState {
-  progress: { phase?: string; layerBytes?: number; volume?: string; volumeBytes?: number } | null;
+  progress: { phase?: string; layerBytes?: number; volume?: string; volumeBytes?: number; logBytes?: number } | null;
   result: MoveResult | null;
 }
 
@@ -21,6 +21,8 @@ export interface MoveResult {
   downtimeMs: number;
   layer: { bytes: number; entries: number };
   volumes: Array<{ name: string; bytes: number }>;
+  /** Absent from a control plane before the log moved with containers. */
+  log?: { bytes: number; files: number; skipped?: string };
 }
 
 const kib = (n: number) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1024 * 1024)).toFixed(1)} MiB`);
@@ -28,7 +30,8 @@ const kib = (n: number) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `
 /** One line a person reads after a move. */
 export function moveSummary(r: MoveResult): string {
   const vols = r.volumes.length ? `; volumes ${r.volumes.map((v) => `${v.name} ${kib(v.bytes)}`).join(', ')}` : '';
-  return `${r.name}: moved ${r.from} → ${r.to} in ${r.totalMs} ms${r.restarted ? ` (down ${r.downtimeMs} ms)` : ''}; writable layer ${kib(r.layer.bytes)}${vols}\n`;
+  const log = !r.log ? '' : r.log.skipped ? `; log left behind (${r.log.skipped})` : `; log ${kib(r.log.bytes)} (${r.log.files} file${r.log.files === 1 ? '' : 's'})`;
+  return `${r.name}: moved ${r.from} → ${r.to} in ${r.totalMs} ms${r.restarted ? ` (down ${r.downtimeMs} ms)` : ''}; writable layer ${kib(r.layer.bytes)}${vols}${log}\n`;
 }
 
 interface EvacuateOperation extends OperationState {
@@ -67,7 +70,7 @@ export const moveCommands: CommandSpec[] = [
       const say = (o: MoveOperation) => {
         const p = o.progress ?? {};
         if (!talk || !p.phase) return;
-        const line = `${p.phase}${p.phase === 'copying-layer' && p.layerBytes ? ` ${kib(p.layerBytes)}` : ''}${p.phase === 'copying-volumes' && p.volume ? ` ${p.volume} ${kib(p.volumeBytes ?? 0)}` : ''}`;
+        const line = `${p.phase}${p.phase === 'copying-layer' && p.layerBytes ? ` ${kib(p.layerBytes)}` : ''}${p.phase === 'copying-volumes' && p.volume ? ` ${p.volume} ${kib(p.volumeBytes ?? 0)}` : ''}${p.phase === 'copying-log' && p.logBytes ? ` ${kib(p.logBytes)}` : ''}`;
         if (line !== said) process.stderr.write(`${name}: ${line}\n`);
         said = line;
       };

@@ -39,12 +39,14 @@ export interface MigrationResult {
   /** Disk bytes mirrored (a VM with a local disk); absent from older daemons. */
   diskBytes?: number;
   maxDowntimeMs: number;
+  /** The streams went over TLS; absent from older daemons. */
+  tls?: boolean;
 }
 
 /** One line a person reads after a migration. */
 export function migrationSummary(name: string, r: MigrationResult): string {
   const mib = (r.bytes / (1024 * 1024)).toFixed(1);
-  return `${name}: migrated ${r.from} → ${r.to} in ${r.totalMs} ms; downtime ${r.downtimeMs} ms (QEMU: ${r.qemuDowntimeMs} ms, limit ${r.maxDowntimeMs} ms); ${mib} MiB in ${r.iterations} RAM pass${r.iterations === 1 ? '' : 'es'}${r.diskBytes ? `; disk ${(r.diskBytes / (1024 * 1024)).toFixed(1)} MiB` : ''}\n`;
+  return `${name}: migrated ${r.from} → ${r.to} in ${r.totalMs} ms; downtime ${r.downtimeMs} ms (QEMU: ${r.qemuDowntimeMs} ms, limit ${r.maxDowntimeMs} ms); ${mib} MiB in ${r.iterations} RAM pass${r.iterations === 1 ? '' : 'es'}${r.diskBytes ? `; disk ${(r.diskBytes / (1024 * 1024)).toFixed(1)} MiB` : ''}${r.tls === undefined ? '' : r.tls ? '; over TLS' : '; in clear'}\n`;
 }
 
 interface Operation {

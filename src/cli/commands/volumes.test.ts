@@ -2,11 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mountsFromFlags, parseMountFlag, parseTmpfsFlag, parseVolumeFlag } from './volumes.js';
 
-test('-v: a named volume or a host path, ro or rw; an anonymous one is refused by name', () => {
+test('-v: a named volume, a host path or an anonymous volume, ro or rw', () => {
   assert.deepEqual(parseVolumeFlag('data:/var/lib/data'), { type: 'volume', source: 'data', target: '/var/lib/data' });
   assert.deepEqual(parseVolumeFlag('data:/d:ro'), { type: 'volume', source: 'data', target: '/d', readonly: true });
   assert.deepEqual(parseVolumeFlag('/srv/www:/www:rw'), { type: 'bind', source: '/srv/www', target: '/www' });
-  assert.throws(() => parseVolumeFlag('/data'), /anonymous volumes are not supported yet; name one \(-v NAME:\/data\)/);
+  assert.deepEqual(parseVolumeFlag('/data'), { type: 'volume', target: '/data' }, 'no source: an anonymous volume');
   assert.throws(() => parseVolumeFlag('data:/d:z'), /the mode must be ro or rw/);
   assert.throws(() => parseVolumeFlag('data:rel'), /must be absolute/);
   assert.throws(() => parseVolumeFlag('a:/b:ro:x'), /-v takes NAME:\/path/);
@@ -18,7 +18,8 @@ test('--mount: Docker\'s keys and aliases; tmpfs size and octal mode; what is no
   assert.deepEqual(parseMountFlag('type=bind,source=/srv,destination=/s'), { type: 'bind', source: '/srv', target: '/s' });
   assert.deepEqual(parseMountFlag('type=tmpfs,target=/t,tmpfs-size=64m,tmpfs-mode=700'), { type: 'tmpfs', target: '/t', sizeBytes: 64 * 1024 * 1024, mode: 0o700 });
   assert.throws(() => parseMountFlag('type=bind,source=rel,target=/s'), /absolute host path/);
-  assert.throws(() => parseMountFlag('type=volume,target=/s'), /source= is required \(anonymous volumes/);
+  assert.deepEqual(parseMountFlag('type=volume,target=/s'), { type: 'volume', target: '/s' }, 'an anonymous volume');
+  assert.throws(() => parseMountFlag('type=bind,target=/s'), /source= is required/);
   assert.throws(() => parseMountFlag('type=npipe,source=x,target=/s'), /type must be volume, bind or tmpfs/);
   assert.throws(() => parseMountFlag('source=x,target=/s,volume-driver=nfs'), /"volume-driver" is not supported/);
   assert.throws(() => parseMountFlag('source=x'), /target=\/path/);

@@ -18,7 +18,8 @@ function volumeSize(s: string): number {
 export function parseVolumeFlag(spec: string): MountInput {
   const parts = spec.split(':');
   if (parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1]) {
-    if (parts.length === 1 && spec.startsWith('/')) throw new UsageError(`-v ${spec}: anonymous volumes are not supported yet; name one (-v NAME:${spec})`);
+    // -v /path: an anonymous volume (a random name; rm -v and --rm remove it with the container)
+    if (parts.length === 1 && spec.startsWith('/')) return { type: 'volume', target: spec };
     throw new UsageError(`-v takes NAME:/path[:ro] or /host/path:/path[:ro], got "${spec}"`);
   }
   const [source, target, mode] = parts as [string, string, string | undefined];
@@ -55,7 +56,8 @@ export function parseMountFlag(spec: string): MountInput {
     return { type: 'tmpfs', target, ...(size !== undefined ? { sizeBytes: parseSize(size) } : {}), ...(mode !== undefined ? { mode: parseInt(mode, 8) } : {}) };
   }
   if (type !== 'volume' && type !== 'bind') throw new UsageError(`--mount ${spec}: type must be volume, bind or tmpfs`);
-  if (!source) throw new UsageError(`--mount ${spec}: source= is required${type === 'volume' ? ' (anonymous volumes are not supported yet)' : ''}`);
+  if (!source && type === 'volume') return { type, target, ...readonly }; // an anonymous volume
+  if (!source) throw new UsageError(`--mount ${spec}: source= is required`);
   if (type === 'bind' && !source.startsWith('/')) throw new UsageError(`--mount ${spec}: a bind's source is an absolute host path`);
   return { type, source, target, ...readonly };
 }

@@ -13,6 +13,7 @@ import { logger } from '../../core/log.js';
 import { certCommonName, certFingerprint, issueCertificate, issuedBy, makeCa, signCsr, type KeyAndCert } from '../../core/pki.js';
 import { CONTROL_PLANE_CERT_NAME } from '../../agent/remote/agent-protocol.js';
 import type { RemoteAgentTls } from '../../agent/remote/remote-agent.js';
+import type { MigrationTls } from '../../agent/drivers/vm/migration-tls.js';
 import type { Store } from '../../store/store.js';
 import { Conflict } from '../../core/errors.js';
 
@@ -108,6 +109,16 @@ export class AgentCa {
   /** How RemoteAgent reaches TCP agents. */
   get clientTls(): RemoteAgentTls {
     return { ca: this.ca.cert, cert: this.client.cert, key: this.client.key };
+  }
+
+  /**
+   * The embedded agent's certificate: it serves nobody over the agent protocol, but its live
+   * migrations to and from joined agents go over TLS like theirs (docs/security.md). Made at each
+   * start and kept in memory only (QEMU gets the files only while it loads them).
+   */
+  async embeddedAgentTls(name: string): Promise<MigrationTls> {
+    const { key, cert } = await issueCertificate(this.ca, { commonName: name, usage: 'server', days: AGENT_CERT_DAYS });
+    return { name, key, cert, ca: this.ca.cert };
   }
 
   /** A server certificate for the agent of this name (the CSR proves its key; its subject is ignored). */

@@ -92,7 +92,7 @@ async function world(t: { after(fn: () => Promise<void> | void): void }) {
 
 test('the state machine: transitions are checked, and only the phases before the switch roll back', () => {
   const m = new MoveMachine();
-  for (const p of ['stopping', 'claiming', 'preparing', 'copying-layer', 'copying-volumes', 'creating', 'starting', 'switching', 'cleaning', 'done'] as MovePhase[]) {
+  for (const p of ['stopping', 'claiming', 'preparing', 'copying-layer', 'copying-volumes', 'creating', 'copying-log', 'starting', 'switching', 'cleaning', 'done'] as MovePhase[]) {
     assert.equal(m.rollsBack, BEFORE_SWITCH.has(m.phase));
     m.to(p);
   }
@@ -116,9 +116,15 @@ test('a running container with a volume moves: its layer and volume bytes, recor
   const vol = (await w.store.volumes.byName('p1', 'data'))!;
   w.local.layers.set(c.id, Buffer.from('layer-bytes'));
   w.local.volumeData.set(vol.id, Buffer.from('volume-bytes'));
+  w.local.logFiles.set(c.id, Buffer.from('log-generations'));
   const quotaBefore = JSON.stringify(w.quota.show('p1').resources);
   const r = await runAsActor('alice', () => w.containers.move(c.id, 'b'));
-  assert.deepEqual([r.from, r.to, r.restarted, r.layer.bytes, r.volumes[0]?.bytes], ['local', 'b', true, 11, 12]);
+  assert.deepEqual([r.from, r.to, r.restarted, r.layer.bytes, r.volumes[0]?.bytes, r.log], ['local', 'b', true, 11, 12, { bytes: 15, files: 1 }]);
+  assert.equal(w.b.logFiles.get(c.id)?.toString(), 'log-generations', 'its log arrived');
+  const atB = w.b.callNames();
+  assert.ok(atB.indexOf('createContainer') < atB.indexOf('importContainerLogs') && atB.indexOf('importContainerLogs') < atB.indexOf('startContainer'),
+    `the log goes into the created container before its start: ${atB.join(', ')}`);
+  assert.equal(w.local.calls('exportContainerLogs').length, 1);
   const moveEvent = w.seen.find((e) => e.type === 'container' && e.id === c.id && e.action === 'move');
   assert.deepEqual([moveEvent?.actor, moveEvent?.attributes?.from, moveEvent?.attributes?.to], ['alice', 'local', 'b'], 'the move event says who, from and to (the audit trail)');
   const after = await w.containers.get(c.id);
@@ -145,13 +151,14 @@ test('a stopped container moves stopped', async (t) => {
   assert.equal(w.b.calls('startContainer').length, 0, 'not started at the destination');
 });
 
-for (const step of ['importContainerLayer', 'importVolume', 'createContainer', 'startContainer'] as const) {
+for (const step of ['importContainerLayer', 'importVolume', 'createContainer', 'importContainerLogs', 'startContainer'] as const) {
   test(`a failure at the destination's ${step} rolls back: running at the source as before, nothing at the destination`, async (t) => {
     const w = await world(t);
     const c = await w.run({ name: `back-${step}`, mounts: [{ type: 'volume', source: 'data', target: '/data' }] });
     const vol = (await w.store.volumes.byName('p1', 'data'))!;
     w.local.layers.set(c.id, Buffer.from('layer'));
     w.local.volumeData.set(vol.id, Buffer.from('volume'));
+    w.local.logFiles.set(c.id, Buffer.from('log'));
     w.b.failNext(step, new Internal(`${step}: refused by the test`));
     await assert.rejects(w.containers.move(c.id, 'b'), /refused by the test/);
     const after = await w.containers.get(c.id);
@@ -159,7 +166,8 @@ for (const step of ['importContainerLayer', 'importVolume', 'createContainer', '
     assert.equal(w.local.containers.get(c.id)?.state.status, 'running', 'started again at the source');
     assert.equal(w.local.layers.get(c.id)?.toString(), 'layer', 'the source\'s layer untouched');
     assert.equal(w.local.volumeData.get(vol.id)?.toString(), 'volume', 'and its volume');
-    assert.deepEqual([w.b.containers.has(c.id), w.b.layers.has(c.id), w.b.volumes.has(vol.id)], [false, false, false], 'nothing at the destination');
+    assert.equal(w.local.logFiles.get(c.id)?.toString(), 'log', 'and its log');
+    assert.deepEqual([w.b.containers.has(c.id), w.b.layers.has(c.id), w.b.volumes.has(vol.id), w.b.logFiles.has(c.id)], [false, false, false, false], 'nothing at the destination');
     assert.equal((await w.store.volumes.get(vol.id))?.host, 'local');
     assert.deepEqual([w.scheduler.claims.get(c.id), w.scheduler.claims.get(vol.id)], ['local', 'local'], 'the claims back');
     assert.ok(w.seen.some((e) => e.type === 'container' && e.id === c.id && e.action === 'move-failed'));
@@ -246,6 +254,17 @@ test('a destination whose agent speaks protocol 5 is refused before the containe
   await assert.rejects(w.containers.move(c.id, 'b'), (e: unknown) => hasCode(e, 'Conflict') && /protocol 5 .*needs protocol 6/.test(String(e)));
   assert.equal(w.local.calls('stopContainer').length, 0, 'not stopped');
   assert.deepEqual([(await w.containers.get(c.id)).host, (await w.containers.get(c.id)).status], ['local', 'running']);
+});
+
+test('agents of protocol 7 move it without its log, and say so', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'older' });
+  w.local.logFiles.set(c.id, Buffer.from('stays'));
+  Object.assign(w.b, { protocolVersion: async () => 7 });
+  const r = await w.containers.move(c.id, 'b');
+  assert.match(r.log.skipped ?? '', /host b's agent speaks protocol 7 and cannot carry a container's log when it moves \(importContainerLogs needs protocol 8\)/);
+  assert.deepEqual([r.log.bytes, w.b.calls('importContainerLogs').length, w.local.calls('exportContainerLogs').length], [0, 0, 0], 'nothing asked of either host');
+  assert.deepEqual([(await w.containers.get(c.id)).host, (await w.containers.get(c.id)).status], ['b', 'running']);
 });
 
 test('its networks move with it: the create\'s endpoints from the saved request, one connected later connected again, same addresses, names as now', async (t) => {

@@ -3,7 +3,8 @@
  * stopped, its writable layer (the overlayfs upper directory) and its named volumes' data travel
  * as tar streams from the source agent through the control plane to the destination's, which
  * checks them as hostile input; there it is created with the request it was created with here
- * (same id, name, address, MAC and aliases) and started if it was running. Only then does the
+ * (same id, name, address, MAC and aliases), its log carried into place (its output so far,
+ * before what it writes there) and started if it was running. Only then does the
  * record change host (the switch); the source copy is removed after.
  *
  * The move is an explicit state machine (MOVE_TRANSITIONS). Nothing is lost on failure: before
@@ -40,7 +41,7 @@ export const LIVE_MOVE_REFUSAL =
   + 'move it cold (without --live): it is stopped, carried with its writable layer and volumes, and started again at the destination';
 
 export type MovePhase =
-  | 'checking' | 'stopping' | 'claiming' | 'preparing' | 'copying-layer' | 'copying-volumes' | 'creating' | 'starting'
+  | 'checking' | 'stopping' | 'claiming' | 'preparing' | 'copying-layer' | 'copying-volumes' | 'creating' | 'copying-log' | 'starting'
   | 'switching' | 'cleaning' | 'done' | 'rolling-back' | 'rolled-back';
 
 /** What may follow each phase. A failure anywhere before the switch leads to rolling-back; after it, the move is done. */
@@ -51,7 +52,9 @@ export const MOVE_TRANSITIONS: Readonly<Record<MovePhase, readonly MovePhase[]>>
   preparing: ['copying-layer', 'rolling-back'],
   'copying-layer': ['copying-volumes', 'rolling-back'],
   'copying-volumes': ['creating', 'rolling-back'],
-  creating: ['starting', 'switching', 'rolling-back'],
+  creating: ['copying-log', 'rolling-back'],
+  // the log goes into the created container before its first start (conmon opened a new file at the create)
+  'copying-log': ['starting', 'switching', 'rolling-back'],
   starting: ['switching', 'rolling-back'],
   switching: ['cleaning', 'rolling-back'],
   cleaning: ['done'],
@@ -61,7 +64,7 @@ export const MOVE_TRANSITIONS: Readonly<Record<MovePhase, readonly MovePhase[]>>
 };
 
 /** The phases before the switch: a failure in them rolls back to the source. */
-export const BEFORE_SWITCH: ReadonlySet<MovePhase> = new Set(['checking', 'stopping', 'claiming', 'preparing', 'copying-layer', 'copying-volumes', 'creating', 'starting', 'switching']);
+export const BEFORE_SWITCH: ReadonlySet<MovePhase> = new Set(['checking', 'stopping', 'claiming', 'preparing', 'copying-layer', 'copying-volumes', 'creating', 'copying-log', 'starting', 'switching']);
 
 /** The move's current phase, with the transitions checked (a wrong one is a bug: Internal). */
 export class MoveMachine {
@@ -105,6 +108,8 @@ export interface MoveReport {
   downtimeMs: number;
   layer: { bytes: number; entries: number };
   volumes: Array<{ name: string; bytes: number; entries: number }>;
+  /** Its log's generations carried (tar bytes, files); `skipped` says why none were (an agent older than protocol 8). */
+  log: { bytes: number; files: number; skipped?: string };
 }
 
 /** What the move needs of the container service (its lock, its stop and start, its events and exits). */
@@ -204,6 +209,16 @@ async function checkHosts(from: Agent, to: Agent, names: { from: string; to: str
   }
 }
 
+/** Why a container's log cannot travel between these agents (one older than protocol 8), or undefined when it can. */
+async function logsTooOld(from: Agent, to: Agent, names: { from: string; to: string }): Promise<string | undefined> {
+  for (const [agent, host, method] of [[from, names.from, 'exportContainerLogs'], [to, names.to, 'importContainerLogs']] as const) {
+    const version = await (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+    const refusal = version === undefined ? undefined : tooOldFor(method, version, host);
+    if (refusal) return refusal.message;
+  }
+  return undefined;
+}
+
 /** A tree in flight that moves no byte for this long (or whose answer takes this long once sent) is given up: the lock is not held for ever. */
 const TREE_IDLE_MS = 120_000;
 
@@ -283,7 +298,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
     }
     const wasRunning = c.status === 'running';
     const done = { claims: [] as string[], volumesMade: [] as string[], created: false, stoppedAt: 0 };
-    let result: MoveReport = { id, name: c.name, from, to, restarted: wasRunning, totalMs: 0, downtimeMs: 0, layer: { bytes: 0, entries: 0 }, volumes: [] };
+    let result: MoveReport = { id, name: c.name, from, to, restarted: wasRunning, totalMs: 0, downtimeMs: 0, layer: { bytes: 0, entries: 0 }, volumes: [], log: { bytes: 0, files: 0 } };
     let state: (RuntimeState & { warnings?: string[]; runtime?: string }) | undefined;
     let created: { warnings: string[]; runtime: string } | undefined;
     try {
@@ -336,6 +351,17 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
       const made = await deps.bounded(id, 'create', dst.createContainer(request));
       created = { warnings: made.warnings, runtime: made.runtime };
       for (const e of connected) await deps.bounded(id, 'connect', dst.connectContainer(id, { ...e, dnsNames: names }));
+      m.to('copying-log');
+      const logRefusal = await logsTooOld(src, dst, { from, to });
+      if (logRefusal) {
+        // an older agent moves the container without its log, as before protocol 8
+        result.log = { bytes: 0, files: 0, skipped: logRefusal };
+        log.warn('a moved container\'s log stays behind', { id, from, to, reason: logRefusal });
+      } else {
+        const got = await carry(await deps.bounded(id, 'log export', src.exportContainerLogs(id)), (bytes) => dst.importContainerLogs(id, bytes),
+          (n) => report({ logBytes: n }), `the log of ${c.name}`);
+        result.log = { bytes: got.bytes, files: got.entries };
+      }
       if (wasRunning) {
         m.to('starting');
         state = await deps.bounded(id, 'start', dst.startContainer(id));
@@ -380,7 +406,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
     m.to('done');
     result = { ...result, totalMs: Date.now() - t0 };
     report({ ...result, phase: 'done' });
-    log.info('container moved', { id, name: c.name, from, to, totalMs: result.totalMs, downtimeMs: result.downtimeMs, layerBytes: result.layer.bytes });
+    log.info('container moved', { id, name: c.name, from, to, totalMs: result.totalMs, downtimeMs: result.downtimeMs, layerBytes: result.layer.bytes, logBytes: result.log.bytes });
     return result;
   });
 }

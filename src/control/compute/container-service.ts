@@ -7,10 +7,11 @@ import { isValidName, newId } from '../../core/ids.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerArchiveResult, ContainerCreateRequest, ContainerPathStat, ProcessTable } from '../../agent/agent.js';
+import type { PortMapping } from '../../agent/network/network-driver.js';
 import type { Readable } from 'node:stream';
 import { badTerminalSize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type InstanceStats, type LogRecord, type ProcessSpec, type RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { ContainerConfig, ContainerRecord, ContainerStatus, ImageRecord, NetworkRecord, OperationRecord } from '../../store/records.js';
+import type { ContainerConfig, ContainerRecord, ContainerStatus, ImageRecord, NetworkRecord, OperationRecord, PortSpec } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { ImageService } from '../images/image-service.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
@@ -22,9 +23,10 @@ import { checkHostname, checkIpv4, checkResources, checkStopTimeout } from './co
 import { withDeadline } from './deadline.js';
 import { generateName } from './names.js';
 import { checkProcess, processSpecFor } from './process-spec.js';
+import { withExposedPorts } from '../networks/publish-all.js';
 import { placementFields, withGroupResolved, type HostAgents, type PlacementInput } from './hosts.js';
 import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
-import { agentMounts, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
+import { agentMounts, mountsOf, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
 import { chooseDestination, moveContainer, startMove, type MoveDeps, type MoveOptions, type MoveReport } from './container-move.js';
 import type { HealDeps } from './healing.js';
@@ -56,6 +58,8 @@ export interface ContainerServiceOptions {
 
 export interface CreateContainerInput extends Omit<ContainerConfig, 'mounts'> {
   name?: string;
+  /** -P: each port the image exposes (ExposedPorts) and `ports` does not name, published on a free host port. */
+  publishAll?: boolean;
   /** Volumes by name, host paths, tmpfs (docs/volumes.md); the record keeps them resolved (StoredMount). */
   mounts?: MountInput[];
 }
@@ -71,6 +75,16 @@ export interface CreateOptions {
   placement?: PlacementInput;
   /** The caller may bind host paths (a system administrator: the API edge decides). Default: no. */
   mayBindHostPaths?: boolean;
+}
+
+/** What a create learnt from its host, written with the start (or alone). */
+type CreatePatch = Pick<ContainerRecord, 'warnings' | 'runtime'> & { config?: ContainerRecord['config'] };
+
+/** The config's ports with the host ports the agent chose for those asked as 0 (same order); undefined when none was. */
+function chosenPorts(asked: readonly PortSpec[] | undefined, published: readonly PortMapping[] | undefined): PortSpec[] | undefined {
+  if (!asked?.some((p) => p.hostPort === 0)) return undefined;
+  if (!published || published.length !== asked.length) throw new Unavailable('the host did not say which ports it chose for the container');
+  return asked.map((p, i) => (p.hostPort === 0 ? { ...p, hostPort: published[i]!.hostPort } : p));
 }
 
 export class ContainerService {
@@ -232,7 +246,29 @@ export class ContainerService {
     imageScope: ProjectScope = { projectId },
     opts: CreateOptions = {},
   ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
-    if (input.name !== undefined) return this.requestCreateNamed(input, projectId, imageScope, opts);
+    // anonymous volumes the create makes (-v /path): a create that fails takes them with it
+    const made: string[] = [];
+    const undo = async () => {
+      if (made.length) await this.volumes?.removeAnonymous(made, projectId);
+    };
+    try {
+      const r = await this.requestCreateNamedOrGenerated(input, projectId, imageScope, opts, made);
+      if ('finished' in r) r.finished.catch(() => undo()).catch(() => undefined);
+      return r;
+    } catch (e) {
+      await undo();
+      throw e;
+    }
+  }
+
+  private async requestCreateNamedOrGenerated(
+    input: CreateContainerInput,
+    projectId: string,
+    imageScope: ProjectScope,
+    opts: CreateOptions,
+    made: string[],
+  ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
+    if (input.name !== undefined) return this.requestCreateNamed(input, projectId, imageScope, opts, made);
     // A generated name is held from its choice until the record has it: creates of one burst
     // drew the same one from the 400 pairs and all but one failed AlreadyExists (metering bench).
     const name = await generateName(async (n) => {
@@ -244,7 +280,7 @@ export class ContainerService {
       return false;
     });
     try {
-      return await this.requestCreateNamed({ ...input, name }, projectId, imageScope, opts);
+      return await this.requestCreateNamed({ ...input, name }, projectId, imageScope, opts, made);
     } finally {
       this.generatedNames.delete(`${projectId}/${name}`);
     }
@@ -255,6 +291,7 @@ export class ContainerService {
     projectId: string,
     imageScope: ProjectScope,
     opts: CreateOptions,
+    made: string[],
   ): Promise<{ container: ContainerRecord } | { operation: OperationRecord; finished: Promise<ContainerRecord> }> {
     const image = await this.images.resolve(input.image, imageScope);
     if (input.name !== undefined && !isValidName(input.name)) {
@@ -274,8 +311,12 @@ export class ContainerService {
     if (input.hostname !== undefined) checkHostname(input.hostname);
     if (input.ip !== undefined) checkIpv4(input.ip);
     for (const d of input.dns ?? []) checkIpv4(d, 'dns');
-    const { name: requestedName, mounts: mountInput, ...asked } = input;
+    const { name: requestedName, mounts: mountInput, publishAll, ...asked } = input;
     if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
+    // -P: every port the image exposes that the request does not publish, on a port its host
+    // chooses; moot without a network of its own (none, host, container:), as dockerd passes over it
+    const ownNetwork = asked.network !== 'none' && asked.network !== 'host' && !asked.network?.startsWith('container:');
+    if (publishAll && ownNetwork) asked.ports = withExposedPorts(asked.ports, Object.keys(image.config.config?.ExposedPorts ?? {}));
     if (input.runtime === 'vm' && (input.tty || input.openStdin)) throw new InvalidArgument("a secure container's main process has no terminal or stdin yet (-t, -i)");
     if (input.stdinOnce && !input.openStdin) throw new InvalidArgument('stdinOnce needs openStdin');
     // Network settings are checked before anything is made; addresses are leased once the record exists.
@@ -306,6 +347,7 @@ export class ContainerService {
       const resolved = await this.volumes.resolveMounts(mountInput, projectId, {
         mayBindHostPaths: opts.mayBindHostPaths === true,
         ...(opts.placement?.host !== undefined ? { pinnedHost: opts.placement.host } : {}),
+        made,
       });
       mounts = resolved.mounts;
       volumeHost = resolved.host;
@@ -498,7 +540,7 @@ export class ContainerService {
   }
 
   /** After a failed start: keep what the create learnt (a failed write is logged; the start's error is the one thrown). */
-  private async writeCreatePatch(id: string, patch: Pick<ContainerRecord, 'warnings' | 'runtime'>): Promise<void> {
+  private async writeCreatePatch(id: string, patch: CreatePatch): Promise<void> {
     try {
       if (await this.store.containers.get(id)) await this.store.containers.update(id, patch);
     } catch (e) {
@@ -509,7 +551,7 @@ export class ContainerService {
   /** deferUpdate: the agent's answer (runtime, warnings) is returned as a patch for the caller to write, not written. */
   private async createRecordAndInstance(
     rec: ContainerRecord, request: Omit<ContainerCreateRequest, 'id'>, warmId: string | undefined, intent: NetworkIntent, deferUpdate = false,
-  ): Promise<{ record: ContainerRecord; patch: Pick<ContainerRecord, 'warnings' | 'runtime'> }> {
+  ): Promise<{ record: ContainerRecord; patch: CreatePatch }> {
     const id = rec.id;
     const agent = this.agentOf(rec);
     try {
@@ -524,7 +566,9 @@ export class ContainerService {
       // addresses are leased with the record in place (deleting the record deletes them)
       request.network = await this.networks.lease(rec, intent);
       const created = await agent.createContainer({ id, ...request });
-      const patch = { warnings: created.warnings, runtime: created.runtime };
+      // ports asked as 0 (-P, -p PORT) are recorded as the host chose them: what ps, port and inspect show
+      const chosen = chosenPorts(rec.config.ports, created.ports);
+      const patch: CreatePatch = { warnings: created.warnings, runtime: created.runtime, ...(chosen ? { config: { ...rec.config, ports: chosen } } : {}) };
       const record = deferUpdate ? { ...rec, ...patch } : await this.store.containers.update(id, patch);
       this.publish(record, 'create', { image: rec.config.image });
       return { record, patch };
@@ -687,8 +731,12 @@ export class ContainerService {
    * rm; with force, it preempts (container-state.ts): a pending restart is cancelled, a stop in
    * flight aborted and the process SIGKILLed at once, then the removal takes the lock.
    */
-  async remove(idOrName: string, force: boolean): Promise<void> {
+  async remove(idOrName: string, force: boolean, opts: { volumes?: boolean } = {}): Promise<void> {
     const c = await this.get(idOrName);
+    await this.removeLocked(c, force, opts.volumes === true);
+  }
+
+  private async removeLocked(c: ContainerRecord, force: boolean, volumes: boolean): Promise<void> {
     await this.cancelRestart(c.id);
     if (force) {
       this.stops.abort(c.id, new Conflict(`container ${c.name} was removed (rm -f) while it stopped`, { container: c.id }));
@@ -712,6 +760,11 @@ export class ContainerService {
       await this.store.containers.delete(c.id);
       await this.quota.release(c.id, 'container removed');
       await this.releaseClaim(c.id);
+      // rm -v, and --rm (as dockerd): its anonymous volumes go too, unless another container uses
+      // them; before the destroy event, which is what `run --rm` waits for
+      if (this.volumes && (volumes || cur.config.autoRemove)) {
+        await this.volumes.removeAnonymous(mountsOf(cur).flatMap((m) => (m.type === 'volume' && m.anonymous ? [m.volumeId] : [])), cur.projectId);
+      }
       this.publish(cur, 'destroy');
     });
   }

@@ -49,6 +49,8 @@ export interface BuildInput {
   resources?: { cpus?: number; memoryBytes?: number };
   /** Registry credentials for the FROM images' pulls, by registry host (never logged). */
   credentials?: Record<string, { username: string; password: string }>;
+  /** docker build --no-cache: every step run again (the results still cached for later builds). */
+  noCache?: boolean;
 }
 
 /** An image.build operation's progress: the builder's lines (a window: `dropped` went before it) and the step it is at. */
@@ -115,7 +117,7 @@ export class BuildService {
           const req: BuildRequest = {
             id: `b${id}`.toLowerCase(), projectId: input.projectId, dockerfile, buildArgs: input.buildArgs ?? {},
             ...(input.target ? { target: input.target } : {}), ...(input.labels ? { labels: input.labels } : {}),
-            network: input.network ?? 'none', baseImages, resources,
+            network: input.network ?? 'none', baseImages, resources, ...(input.noCache ? { noCache: true } : {}),
           };
           const img = await host.agent.buildImage(req, createReadStream(file), (p) => say(p.line));
           doc.phase = 'importing';

@@ -22,7 +22,7 @@ import { NewConnections, type HostAgents } from '../compute/hosts.js';
 import { withDeadline } from '../compute/deadline.js';
 import { logger } from '../../core/log.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
-import { NetworkOverlay, OVERLAY_MTU, spansHosts } from './overlay.js';
+import { NetworkOverlay, OVERLAY_MTU, overVxlan, spansHosts } from './overlay.js';
 
 const log = logger('networks');
 /** How long a start-time reconcile waits for one host: a host that does not answer is left alone. */
@@ -85,7 +85,7 @@ export interface NetworkQuota {
 }
 
 export class NetworkService {
-  /** User networks across hosts (overlay.ts): peers pushed when endpoints appear or go. */
+  /** Networks across hosts (overlay.ts: VXLAN peers; routed.ts: routes): pushed when endpoints appear, move or go. */
   readonly overlay: NetworkOverlay;
 
   constructor(
@@ -179,8 +179,8 @@ export class NetworkService {
   /**
    * The networks laid out on host before an instance there uses them (idempotent; recorded in
    * network_hosts first, so a removal reaches the host even if the layout half failed). The
-   * embedded agent has every network already. A user bridge network's parts are joined by the
-   * overlay (overlay.ts) once two hosts have endpoints on it; other networks' parts stay segments of their own.
+   * embedded agent has every network already. A network's parts are joined once two hosts have
+   * endpoints on it: a bridge network's by the overlay (overlay.ts), a routed one's by routes (routed.ts).
    */
   async ensureOnHost(networks: readonly NetworkRecord[], host: string): Promise<void> {
     if (host === this.localName) return;
@@ -252,8 +252,8 @@ export class NetworkService {
   }
 
   private spec(n: NetworkRecord): NetworkSpec {
-    // a network that may span hosts has the overlay's MTU everywhere from the start (its endpoints cannot be told later)
-    return { id: n.id, name: n.name, driver: n.driver, subnet: n.subnet, gateway: n.gateway, internal: n.internal, device: n.device, ...(spansHosts(n) ? { mtu: OVERLAY_MTU } : {}) };
+    // a network that may span hosts over VXLAN has the overlay's MTU everywhere from the start (its endpoints cannot be told later)
+    return { id: n.id, name: n.name, driver: n.driver, subnet: n.subnet, gateway: n.gateway, internal: n.internal, device: n.device, ...(overVxlan(n) ? { mtu: OVERLAY_MTU } : {}) };
   }
 
   /** A /24 of the pool that overlaps neither another network nor a host route. */
@@ -497,7 +497,8 @@ export class NetworkService {
     if (config.ip && !cidrContains(parseCidr(net.subnet), config.ip)) throw new InvalidArgument(`--ip ${config.ip} is outside ${net.name} (${net.subnet})`);
     const ports = config.ports ?? [];
     for (const [i, p] of ports.entries()) {
-      if (ports.slice(0, i).some((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (q.hostIp ?? '') === (p.hostIp ?? ''))) {
+      // hostPort 0: the host chooses a free one for each (-P, -p PORT), never twice
+      if (p.hostPort !== 0 && ports.slice(0, i).some((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (q.hostIp ?? '') === (p.hostIp ?? ''))) {
         throw new InvalidArgument(`host port ${p.hostPort}/${p.protocol} is published twice`);
       }
     }

@@ -5,7 +5,8 @@
  * MAC, the instance's host) and pushes to each host with endpoints the others' (Neutron's
  * l2population); a host left with none, or alone on the network, is told to drop its device.
  * The push is the whole set every time (idempotent), so any change, a missed push or an agent
- * restart is mended by the next one.
+ * restart is mended by the next one. A routed network spans hosts the same way, pushed routes
+ * instead of VXLAN forwarding entries (routed.ts): the same push, to the same hosts, when.
  */
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
@@ -15,16 +16,22 @@ import { logger } from '../../core/log.js';
 import type { Agent } from '../../agent/agent.js';
 import { macFor } from '../../agent/network/network-driver.js';
 import { MAX_VNI, OVERLAY_MTU, type OverlayPeer } from '../../agent/network/overlay.js';
+import type { RoutedPeer } from '../../agent/network/routed-peers.js';
 import type { Store } from '../../store/store.js';
 import type { NetworkRecord } from '../../store/records.js';
+import { isRouted, routedPeersByHost } from './routed.js';
 
 const log = logger('networks.overlay');
 
 export { OVERLAY_MTU };
 
-/** Networks that span hosts over VXLAN: users' bridge networks (default project networks and routed ones: a later step). */
+/** Networks that span hosts: every bridge network (a project's default one too) over VXLAN, routed ones by routes. */
 export function spansHosts(n: Pick<NetworkRecord, 'driver' | 'builtin'>): boolean {
-  // every bridge network, a project's default one ("bridge") too; routed networks are routed, not bridged
+  return overVxlan(n) || isRouted(n);
+}
+
+/** Networks joined over VXLAN (with its lower MTU): bridge networks; routed networks are routed, not bridged. */
+export function overVxlan(n: Pick<NetworkRecord, 'driver'>): boolean {
   return n.driver === 'bridge';
 }
 
@@ -189,7 +196,7 @@ export class NetworkOverlay {
     const laidOut = new Set(await this.store.networks.hosts(n.id));
     // on one host only (every single-host cloud): no overlay to make, and no endpoint scan paid per create
     if (laidOut.size < 2 && !this.pushed.get(n.id)?.size) return false;
-    const vni = await vniOf(this.store, n);
+    const vni = overVxlan(n) ? await vniOf(this.store, n) : 0; // a routed network has none
     const endpoints = await this.endpoints(n.id);
     for (const [id, nets] of this.instanceNetworks) if (nets.delete(n.id) && !nets.size) this.instanceNetworks.delete(id);
     for (const e of endpoints) {
@@ -200,18 +207,22 @@ export class NetworkOverlay {
     const known = new Set(this.hosts().names());
     const withEndpoints = [...new Set(endpoints.map((e) => e.host))].filter((h) => laidOut.has(h) && known.has(h));
     const underlay = withEndpoints.length >= 2 ? await this.underlayOf(withEndpoints) : new Map<string, string>();
-    const peers = peersByHost(endpoints.filter((e) => laidOut.has(e.host)), underlay);
+    const placed = endpoints.filter((e) => laidOut.has(e.host));
+    const routed = isRouted(n);
+    const overlayPeers = routed ? new Map<string, OverlayPeer[]>() : peersByHost(placed, underlay);
+    const routedPeers = routed ? routedPeersByHost(placed, underlay) : new Map<string, RoutedPeer[]>();
     const pushed = this.pushed.get(n.id) ?? new Set<string>();
     this.pushed.set(n.id, pushed);
-    const targets = new Set([...peers.keys(), ...[...pushed].filter((h) => laidOut.has(h) && known.has(h))]);
+    const targets = new Set([...overlayPeers.keys(), ...routedPeers.keys(), ...[...pushed].filter((h) => laidOut.has(h) && known.has(h))]);
     await Promise.all([...targets].map(async (host) => {
-      const list = peers.get(host) ?? [];
+      const list = (routed ? routedPeers : overlayPeers).get(host) ?? [];
       try {
-        await this.hosts().get(host).setOverlayPeers(n.id, vni, underlay.get(host) ?? '', list);
+        if (routed) await this.hosts().get(host).setRoutedPeers(n.id, routedPeers.get(host) ?? []);
+        else await this.hosts().get(host).setOverlayPeers(n.id, vni, underlay.get(host) ?? '', overlayPeers.get(host) ?? []);
         if (list.length) pushed.add(host);
         else pushed.delete(host);
       } catch (e) {
-        // an older agent (protocol < 4) keeps its segment to itself; one that is down is pushed at its reconcile
+        // an older agent (protocol < 4; < 8 for routes) keeps its segment to itself; one that is down is pushed at its reconcile
         log.warn('a host did not take its overlay peers', { network: n.name, host, peers: list.length, error: String(e), tooOld: hasCode(e, 'Conflict') });
       }
     }));

@@ -85,6 +85,8 @@ export class FakeAgent implements Agent {
   /** Containers' writable layers and volumes' data as the move methods carry them (bytes, by id). */
   readonly layers = new Map<string, Buffer>();
   readonly volumeData = new Map<string, Buffer>();
+  /** Containers' log files as the move methods carry them (bytes, by id). */
+  readonly logFiles = new Map<string, Buffer>();
   /** Warm container ids claimWarmContainer hands out, first first. */
   readonly warm: string[] = [];
   foreign: string[] = [];
@@ -477,6 +479,24 @@ export class FakeAgent implements Agent {
     });
   }
 
+  exportContainerLogs(...args: Parameters<Agent['exportContainerLogs']>): Promise<Readable> {
+    return this.run('exportContainerLogs', args, async () => {
+      const c = this.container(args[0]);
+      if (c.state.status === 'running' || c.state.status === 'paused') throw new Conflict(`container ${args[0]} is ${c.state.status}`);
+      return Readable.from([this.logFiles.get(args[0]) ?? Buffer.alloc(0)]);
+    });
+  }
+
+  importContainerLogs(...args: Parameters<Agent['importContainerLogs']>): Promise<TreeImportResult> {
+    return this.run('importContainerLogs', args, async () => {
+      const c = this.container(args[0]);
+      if (c.state.status !== 'created') throw new Conflict(`container ${args[0]} is ${c.state.status}: a log is imported before its first start only`);
+      const got = await fakeTree(args[1]);
+      this.logFiles.set(args[0], got.data);
+      return got.result;
+    });
+  }
+
   // ---- ContainerHost
 
   claimWarmContainer(...args: Parameters<Agent['claimWarmContainer']>): string | undefined {
@@ -576,6 +596,7 @@ export class FakeAgent implements Agent {
     return this.run('removeContainer', args, async () => {
       this.containers.delete(args[0]);
       this.layers.delete(args[0]);
+      this.logFiles.delete(args[0]);
     });
   }
 
@@ -654,6 +675,18 @@ export class FakeAgent implements Agent {
 
   underlayAddress(...args: Parameters<Agent['underlayAddress']>): Promise<string | undefined> {
     return this.run('underlayAddress', args, async () => this.underlay);
+  }
+
+  /** Each routed network's peers as last pushed (network id → peers). */
+  readonly routedPeers = new Map<string, Parameters<Agent['setRoutedPeers']>[1]>();
+
+  setRoutedPeers(...args: Parameters<Agent['setRoutedPeers']>): Promise<void> {
+    return this.run('setRoutedPeers', args, async () => {
+      const [networkId, peers] = args;
+      if (!this.networks.has(networkId)) throw new NotFound(`network ${networkId} is not on this host`);
+      if (peers.length) this.routedPeers.set(networkId, [...peers]);
+      else this.routedPeers.delete(networkId);
+    });
   }
 
   reconcileNetworks(...args: Parameters<Agent['reconcileNetworks']>): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number }> {

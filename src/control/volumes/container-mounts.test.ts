@@ -113,3 +113,27 @@ test('refused mounts leave nothing: a pin elsewhere, a member\'s host path, a fo
   const ok = await containers.create(input({ mounts: [{ type: 'bind', source: '/srv/www', target: '/www' }] }), 'p1', { projectId: 'p1' }, { mayBindHostPaths: true });
   assert.deepEqual(mountsOf(ok), [{ type: 'bind', source: '/srv/www', target: '/www' }]);
 });
+
+test('anonymous volumes go with rm -v and autoRemove, never named ones; a create that fails after making one takes it with it', async (t) => {
+  const { store, quota, containers, a, input } = await setup(t);
+  const anonOf = (c: { config: { mounts?: unknown } }) => mountsOf(c as never).flatMap((m) => (m.type === 'volume' && m.anonymous ? [m.volumeId] : []));
+  const mk = (extra: Record<string, unknown> = {}) => containers.create(input({ mounts: [{ type: 'volume', target: '/data' }, { type: 'volume', source: 'named', target: '/n' }], ...extra }), 'p1');
+  const kept = await mk();
+  assert.equal(anonOf(kept).length, 1);
+  await containers.remove(kept.id, true);
+  assert.ok(await store.volumes.get(anonOf(kept)[0]!), 'rm without -v keeps it, as docker rm does');
+  const c = await mk();
+  await containers.remove(c.id, true, { volumes: true });
+  assert.equal(await store.volumes.get(anonOf(c)[0]!), undefined, 'rm -v removes its anonymous volume');
+  assert.ok(await store.volumes.byName('p1', 'named'), 'never a named one');
+  assert.ok(await store.volumes.get(anonOf(kept)[0]!), 'nor another container\'s');
+  const auto = await mk({ autoRemove: true });
+  await containers.remove(auto.id, true);
+  assert.equal(await store.volumes.get(anonOf(auto)[0]!), undefined, 'an autoRemove container\'s go with it (run --rm)');
+  assert.equal(a.volumes.size, 2, 'the host removed them too');
+  // refused by the container's own quota after its anonymous volume was made: nothing of it stays
+  const before = (await store.volumes.list()).length;
+  await quota.setLimits('p1', { hard: { instances: quota.show('p1').resources.instances.used } });
+  await assert.rejects(mk(), { code: 'QuotaExceeded' });
+  assert.equal((await store.volumes.list()).length, before);
+});

@@ -182,6 +182,30 @@ test('mounts: volumes by name (made when missing, on one host), host paths for a
   assert.equal((await volumes.remove('auto', { projectId: 'root' }))?.name, 'auto');
 });
 
+test('anonymous volumes: a random 64-hex name with dockerd\'s label, charged; one a later mount fails takes with it; removeAnonymous keeps what another uses', async (t) => {
+  const { store, quota, volumes, hostA } = await setup(t);
+  await quota.setLimits('team', { hard: { volumes: 10, disk: 4096 } });
+  const r = await volumes.resolveMounts([{ type: 'volume', target: '/data' }, { type: 'volume', source: 'named', target: '/named' }], 'team', { mayBindHostPaths: false });
+  const [anon, named] = r.mounts as Array<Extract<(typeof r.mounts)[number], { type: 'volume' }>>;
+  assert.match(anon!.name, /^[0-9a-f]{64}$/);
+  assert.equal(anon!.anonymous, true);
+  assert.equal(named!.anonymous, undefined, 'a named volume is never anonymous');
+  assert.deepEqual((await store.volumes.get(anon!.volumeId))?.labels, { 'com.docker.volume.anonymous': '' });
+  assert.equal(quota.show('team').resources.disk.used, 2048, 'charged as a named volume (1 GiB each)');
+  // --volumes-from names it with anonymous: it is the same volume, not a new one
+  const again = await volumes.resolveMounts([{ type: 'volume', source: anon!.name, target: '/d', anonymous: true }], 'team', { mayBindHostPaths: false });
+  assert.deepEqual(again.mounts, [{ type: 'volume', volumeId: anon!.volumeId, name: anon!.name, target: '/d', anonymous: true }]);
+  // a request whose later mount is refused leaves no anonymous volume behind
+  await assert.rejects(volumes.resolveMounts([{ type: 'volume', target: '/x' }, { type: 'bind', source: '/srv', target: '/srv' }], 'team', { mayBindHostPaths: false }), { code: 'PermissionDenied' });
+  assert.equal((await store.volumes.list({ projectId: 'team' })).length, 2);
+  assert.equal(quota.show('team').resources.disk.used, 2048);
+  // removeAnonymous: gone with its quota (NotFound and in-use are no error)
+  await volumes.removeAnonymous([anon!.volumeId, 'no-such-id'], 'team');
+  assert.equal(await store.volumes.get(anon!.volumeId), undefined);
+  assert.equal(quota.show('team').resources.disk.used, 1024);
+  assert.equal(hostA.volumes.size, 1);
+});
+
 test('reconcile: a create cut short is undone, a removal cut short finished, each host told what it holds', async (t) => {
   const { store, quota, volumes, scheduler, hostA, agents } = await setup(t);
   const kept = await volumes.create({ name: 'kept', sizeBytes: 16 * MiB }, 'root');

@@ -12,6 +12,7 @@ import { Conflict, InvalidArgument, NotFound, PermissionDenied, hasCode } from '
 import { isValidName, newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import type { Agent, ContainerMount } from '../../agent/agent.js';
 import { checkMountTarget, checkTmpfsSize, isForbiddenBindSource } from '../../agent/volumes/container-mounts.js';
 import type { ContainerRecord, StoredMount } from '../../store/records.js';
@@ -75,7 +76,9 @@ export interface VolumeView extends VolumeRecord {
 
 /** A mount as a create request gives it: a volume by name, a host path, or tmpfs. */
 export type MountInput =
-  | { type: 'volume'; source: string; target: string; readonly?: boolean }
+  // source absent: an anonymous volume (a random name, removed with the container by rm -v and autoRemove);
+  // anonymous with a source: another container's anonymous volume (--volumes-from)
+  | { type: 'volume'; source?: string; target: string; readonly?: boolean; anonymous?: boolean }
   | { type: 'bind'; source: string; target: string; readonly?: boolean }
   | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
 
@@ -88,6 +91,14 @@ export function mountsOf(c: Pick<ContainerRecord, 'config'>): StoredMount[] {
 /** The agent's form of stored mounts. */
 export function agentMounts(mounts: readonly StoredMount[]): ContainerMount[] {
   return mounts.map((m) => (m.type === 'volume' ? { type: 'volume', volumeId: m.volumeId, target: m.target, ...(m.readonly ? { readonly: true } : {}) } : m));
+}
+
+/** The label dockerd (23+) puts on the volumes it makes for `-v /path` and an image's VOLUME. */
+export const ANONYMOUS_VOLUME_LABEL = 'com.docker.volume.anonymous';
+
+/** A new anonymous volume's name: 64 hex digits, as dockerd names them. */
+export function anonymousVolumeName(): string {
+  return randomBytes(32).toString('hex');
 }
 
 export function checkVolumeSize(sizeBytes: number): void {
@@ -323,7 +334,34 @@ export class VolumeService {
   async resolveMounts(
     mounts: readonly MountInput[],
     projectId: string,
+    opts: { mayBindHostPaths: boolean; pinnedHost?: string; made?: string[] },
+  ): Promise<{ mounts: StoredMount[]; host?: string }> {
+    // the anonymous volumes made, for the caller to remove if its create fails later
+    const made = opts.made ?? [];
+    try {
+      return await this.resolveMountsNow(mounts, projectId, opts, made);
+    } catch (e) {
+      // anonymous volumes this call made have no name anyone knows: they go with the failed request
+      await this.removeAnonymous(made.splice(0), projectId);
+      throw e;
+    }
+  }
+
+  /** Anonymous volumes by id, each unless another container uses it (rm -v, autoRemove, a failed create). */
+  async removeAnonymous(volumeIds: readonly string[], projectId: string): Promise<void> {
+    for (const id of volumeIds) {
+      await this.remove(id, { projectId }).catch((e: unknown) => {
+        // in use by another container (--volumes-from): kept, as dockerd keeps it
+        if (!hasCode(e, 'Conflict') && !hasCode(e, 'NotFound')) log.warn('removing an anonymous volume failed', { id, error: String(e) });
+      });
+    }
+  }
+
+  private async resolveMountsNow(
+    mounts: readonly MountInput[],
+    projectId: string,
     opts: { mayBindHostPaths: boolean; pinnedHost?: string },
+    made: string[],
   ): Promise<{ mounts: StoredMount[]; host?: string }> {
     if (mounts.length > 64) throw new InvalidArgument('at most 64 mounts per container', { field: 'mounts' });
     const out: StoredMount[] = [];
@@ -346,15 +384,19 @@ export class VolumeService {
         checkTmpfsSize(m.sizeBytes);
         out.push({ type: 'tmpfs', target, ...(m.sizeBytes !== undefined ? { sizeBytes: m.sizeBytes } : {}), ...(m.mode !== undefined ? { mode: m.mode } : {}) });
       } else if (m.type === 'volume') {
-        checkName(m.source);
-        let v = await this.store.volumes.byName(projectId, m.source);
+        const anonymous = m.source === undefined || m.anonymous === true;
+        const source = m.source ?? anonymousVolumeName();
+        checkName(source);
+        let v = await this.store.volumes.byName(projectId, source);
         if (!v) {
           try {
-            v = await this.create({ name: m.source, ...(host !== undefined ? { host } : {}) }, projectId);
+            // charged to the quota as a named volume; the label tells rm -v (and `volume ls`) what it is
+            v = await this.create({ name: source, ...(host !== undefined ? { host } : {}), ...(m.source === undefined ? { labels: { [ANONYMOUS_VOLUME_LABEL]: '' } } : {}) }, projectId);
+            if (m.source === undefined) made.push(v.id);
           } catch (e) {
             // made meanwhile by another create: take that one
             if (!hasCode(e, 'Conflict')) throw e;
-            v = await this.store.volumes.byName(projectId, m.source);
+            v = await this.store.volumes.byName(projectId, source);
             if (!v) throw e;
           }
         }
@@ -364,7 +406,7 @@ export class VolumeService {
           throw new Conflict(`volume ${v.name} is on host ${v.host}, and this container must run on ${host} (${opts.pinnedHost === host ? 'pinned there' : 'another of its volumes is there'}): volumes do not move between hosts yet`, { volume: v.name, host: v.host });
         }
         host = v.host;
-        out.push({ type: 'volume', volumeId: v.id, name: v.name, target, ...(m.readonly ? { readonly: true } : {}) });
+        out.push({ type: 'volume', volumeId: v.id, name: v.name, target, ...(m.readonly ? { readonly: true } : {}), ...(anonymous ? { anonymous: true } : {}) });
       } else {
         throw new InvalidArgument(`unknown mount type ${JSON.stringify((m as { type?: unknown }).type)}: volume, bind or tmpfs`, { field: 'type' });
       }

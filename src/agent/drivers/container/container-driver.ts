@@ -57,6 +57,8 @@ import {
 } from './conmon.js';
 import { DEFAULT_LOG_LIMITS, loadLogLimits, prepareLogFiles, readK8sLog, resolveLogLimits, saveLogLimits } from './container-logs.js';
 import { LogRotation } from './log-rotation.js';
+import { exportLogs, importLogs } from './log-transfer.js';
+import type { TreeImportResult } from '../../agent.js';
 import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type OciMount, type OciSpec, type UserDb } from './oci-spec.js';
 import { run } from '../../../core/exec.js';
 import { parentPid, processAlive } from '../../../core/proc.js';
@@ -712,6 +714,18 @@ export class ContainerDriver implements InstanceDriver {
         },
       });
     })();
+  }
+
+  /** A stopped container's log generations as a tar, within its log limits (log-transfer.ts: a cold move carries them). */
+  async exportLogs(id: string): Promise<Readable> {
+    // a stopped container whose runtime state went (a host restarted) has no log left: an empty tar, the move goes on
+    return exportLogs(this.logPath(id), await loadLogLimits(this.logPath(id)));
+  }
+
+  /** A moved container's earlier log, before its first start here: checked, and placed before the generation conmon opened. */
+  async importLogs(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult> {
+    if (!(await exists(this.dir(id)))) throw new NotFound(`container ${id} not found`, { id });
+    return importLogs(this.logPath(id), bytes, await loadLogLimits(this.logPath(id)), `the log of container ${id.slice(0, 12)}`);
   }
 
   async stats(id: string): Promise<InstanceStats> {

@@ -47,25 +47,25 @@ export function resolveLogLimits(l: LogLimits | undefined): Required<LogLimits> 
 }
 
 /** conmon splits output at 8 KiB reads; a longer record means the file is not conmon's. */
-const MAX_RECORD = 1 * MiB;
+export const MAX_RECORD = 1 * MiB;
 
 const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException | undefined)?.code;
 
 // ------------------------------------------------------------------ generations
 
-interface Generation {
+export interface Generation {
   file: string;
   /** Its number; Infinity for a plain `ctr.log` conmon made while no symlink was prepared (newest). */
   n: number;
   ino: number;
 }
 
-function numberedRe(base: string): RegExp {
+export function numberedRe(base: string): RegExp {
   return new RegExp(`^${base.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.(\\d+)$`);
 }
 
 /** The log's generations, oldest first (one per inode). */
-async function generations(logPath: string): Promise<Generation[]> {
+export async function generations(logPath: string): Promise<Generation[]> {
   const dir = path.dirname(logPath);
   const re = numberedRe(path.basename(logPath));
   let names: string[];

@@ -4,16 +4,21 @@
  * its disk into that export (drive-mirror, write-blocking: once in sync every guest write reaches
  * both sides before it completes), RAM is migrated with pause-before-switchover, and in that
  * pause (guest stopped) the mirror is ended at a point-in-time copy before the switch-over. The
- * destination's guest therefore never runs on a disk the source still writes.
+ * destination's guest therefore never runs on a disk the source still writes. Between agents with
+ * certificates the NBD connection is TLS (migration-tls.ts: the same credentials object as the
+ * RAM stream; the export then refuses plain clients).
  */
 import { Conflict, NimbusError } from '../../../core/errors.js';
 import type { QmpClient } from './qmp.js';
+import { TLS_CREDS_ID } from './migration-tls.js';
 
 /** The block backend's name in qemuArgv (-drive id=root). */
 const ROOT_DRIVE = 'root';
 const EXPORT_ID = 'migrate-root';
 const EXPORT_NAME = 'root';
 const MIRROR_JOB = 'migrate-root';
+/** The source's NBD client node (the mirror's target). */
+const TARGET_NODE = 'migrate-target';
 
 type Qmp = Pick<QmpClient, 'execute'>;
 
@@ -44,10 +49,11 @@ async function rootNode(c: Qmp): Promise<string> {
 /**
  * Destination, while QEMU waits for the RAM stream: its overlay exported writable over NBD on
  * host (QEMU activates an image it exports, so the incoming side may be written before the
- * switch-over). Returns the URI the source mirrors into.
+ * switch-over). Returns the URI the source mirrors into. `tls`: the credentials object is in
+ * QEMU (migration-tls.ts) and the server takes TLS clients only.
  */
-export async function exportDiskForMigration(c: Qmp, host: string, port: number): Promise<string> {
-  await c.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } } });
+export async function exportDiskForMigration(c: Qmp, host: string, port: number, tls = false): Promise<string> {
+  await c.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tls ? { 'tls-creds': TLS_CREDS_ID } : {}) });
   await c.execute('block-export-add', { type: 'nbd', id: EXPORT_ID, 'node-name': await rootNode(c), name: EXPORT_NAME, writable: true });
   return `nbd://${host.includes(':') ? `[${host}]` : host}:${port}/${EXPORT_NAME}`;
 }
@@ -66,12 +72,21 @@ async function mirrorJob(c: Qmp): Promise<BlockJob | undefined> {
  * Source, before RAM moves: mirror the disk into the destination's export and wait until both
  * are in sync. `wholeDisk`: the destination has no copy of the backing image, so every cluster
  * goes (sync=full); otherwise only the overlay's own (sync=top). Pauses the outgoing migration
- * before its switch-over, so that finishMirror runs with the guest stopped.
+ * before its switch-over, so that finishMirror runs with the guest stopped. `tlsPeer`: the NBD
+ * connection is TLS with the credentials object in QEMU, the server's certificate checked for
+ * that name.
  */
-export async function startMirror(c: Qmp, nbd: string, opts: { wholeDisk: boolean; deadline: number }): Promise<void> {
+export async function startMirror(c: Qmp, nbd: string, opts: { wholeDisk: boolean; deadline: number; tlsPeer?: string }): Promise<void> {
   await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
-  await c.execute('drive-mirror', {
-    device: ROOT_DRIVE, 'job-id': MIRROR_JOB, target: nbd, format: 'raw', mode: 'existing',
+  // the target as a node of its own (drive-mirror's URI target has no place for TLS)
+  const u = new URL(nbd);
+  await c.execute('blockdev-add', {
+    driver: 'nbd', 'node-name': TARGET_NODE, export: decodeURIComponent(u.pathname.replace(/^\//, '')),
+    server: { type: 'inet', host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port },
+    ...(opts.tlsPeer ? { 'tls-creds': TLS_CREDS_ID, 'tls-hostname': opts.tlsPeer } : {}),
+  });
+  await c.execute('blockdev-mirror', {
+    device: ROOT_DRIVE, 'job-id': MIRROR_JOB, target: TARGET_NODE,
     sync: opts.wholeDisk ? 'full' : 'top', 'copy-mode': 'write-blocking',
   });
   for (;;) {
@@ -107,5 +122,6 @@ export async function finishMirror(c: Qmp, deadline: number): Promise<number> {
 export async function clearMirror(c: Qmp): Promise<void> {
   if (await mirrorJob(c).catch(() => undefined)) await c.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => undefined);
   for (let i = 0; i < 500 && (await mirrorJob(c).catch(() => undefined)); i++) await sleep(10);
+  await c.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
   await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: false }] }).catch(() => undefined);
 }

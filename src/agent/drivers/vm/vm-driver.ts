@@ -31,8 +31,9 @@ import { blockChangeMode, plugBlockVolume, unplugBlockVolume, withoutVolume, wit
 import { processAlive } from '../../../core/proc.js';
 import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
-import type { MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
+import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
 import { clearMirror, endDiskExport, exportDiskForMigration, finishMirror, startMirror } from './disk-mirror.js';
+import { addTlsCreds, clearTls, useTlsForMigration, type MigrationTls } from './migration-tls.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
 import { LineCursor } from '../log-files.js';
 import { checkConsoleLimits, consoleBytes, consoleStart, ConsoleCursor, DEFAULT_CONSOLE_LIMITS, forgetConsoleLog, watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
@@ -125,6 +126,11 @@ export interface VmDriverOptions {
   consoleLog?: Partial<ConsoleLogLimits>;
   /** How often a running VM's console log size is checked. Default 250 ms. */
   consoleCheckMs?: number;
+  /**
+   * The agent's certificate (from the agent CA): live migrations to and from another agent that
+   * has one go over TLS (migration-tls.ts). Without it they go plain.
+   */
+  tls?: MigrationTls;
 }
 
 const CLK_TCK = 100; // Linux USER_HZ on x86-64
@@ -901,7 +907,7 @@ export class VmDriver implements InstanceDriver {
     if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
     if (r.config.blockVolumes?.length) throw new Conflict(`VM ${id} has block volumes attached: volumes stay on their host, so it cannot migrate (detach them first)`, { id });
     const { paths: _hostPaths, ...config } = r.config;
-    const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}) };
+    const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}), ...(this.o.tls ? { tls: this.o.tls.name } : {}) };
     if (r.config.rootDisk) {
       // -U: QEMU holds the image's lock while it runs; its header is all that is read
       const info = JSON.parse(await runOk('qemu-img', ['info', '-U', '--output=json', r.config.rootDisk.path])) as { 'virtual-size': number; 'full-backing-filename'?: string; 'backing-filename-format'?: string };
@@ -917,9 +923,10 @@ export class VmDriver implements InstanceDriver {
   /**
    * Destination, step 2: a QEMU with the VM's devices, waiting for the stream on host:port,
    * *not* started paused, so QEMU resumes the guest itself the moment the last pass is in
-   * (no QMP round trip inside the downtime).
+   * (no QMP round trip inside the downtime). Over TLS when both agents have a certificate: QEMU
+   * listens only once the credentials are set (-incoming defer), so no plain stream is taken.
    */
-  async prepareIncoming(spec: MigrationSpec, host: string): Promise<{ uri: string; nbd?: string }> {
+  async prepareIncoming(spec: MigrationSpec, host: string): Promise<IncomingMigrationTarget> {
     const p = this.paths(spec.id);
     if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} already exists at the destination`, { id: spec.id });
     const config = spec.config as unknown as VmRecord['config'];
@@ -927,6 +934,8 @@ export class VmDriver implements InstanceDriver {
       throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.accel}; a migration needs the same accelerator`, { id: spec.id });
     }
     await mkdir(p.dir, { recursive: true });
+    const tls = spec.tls && this.o.tls ? this.o.tls : undefined;
+    if (!tls) logInClear(spec.id, host, !this.o.tls ? 'this agent has no certificate' : 'the source agent has no certificate');
     const port = await freeTcpPort(host);
     const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
     const r: VmRecord = {
@@ -946,7 +955,7 @@ export class VmDriver implements InstanceDriver {
           : ['create', '-q', '-f', 'qcow2', p.overlay, String(s.virtualSize)]);
         r.config.rootDisk = { path: p.overlay, format: 'qcow2' };
       }
-      const launched = await launchQemu(this.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: uri }), p);
+      const launched = await launchQemu(this.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer' }), p);
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
       await this.save(r);
@@ -954,9 +963,14 @@ export class VmDriver implements InstanceDriver {
       // listen before the stream starts: the guest may resume before anyone asks
       const resumed = events.waitForEvent('RESUME', 300_000);
       resumed.catch(() => undefined);
-      this.incoming.set(spec.id, { uri, events, resumed });
-      const nbd = spec.storage ? await exportDiskForMigration(events, host, await freeTcpPort(host)) : undefined;
-      return { uri, ...(nbd ? { nbd } : {}) };
+      this.incoming.set(spec.id, { uri, events, resumed, tls: !!tls });
+      if (tls) {
+        await addTlsCreds(events, tls, 'server', migrationTlsDir(p));
+        await useTlsForMigration(events);
+      }
+      await events.execute('migrate-incoming', { uri });
+      const nbd = spec.storage ? await exportDiskForMigration(events, host, await freeTcpPort(host), !!tls) : undefined;
+      return { uri, ...(nbd ? { nbd } : {}), ...(tls ? { tls: tls.name } : {}) };
     } catch (e) {
       await this.abandonIncoming(spec.id);
       throw e;
@@ -973,6 +987,9 @@ export class VmDriver implements InstanceDriver {
       const r = await this.load(id);
       if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
       if (r.config.rootDisk && !opts.nbd) throw new Conflict(`VM ${id} has a local disk and the destination offers nothing to copy it into`, { id });
+      const tls = opts.tls ? this.o.tls : undefined;
+      if (opts.tls && !tls) throw new Conflict(`the destination takes VM ${id} over TLS only and this agent has no certificate`, { id });
+      if (!opts.tls) logInClear(id, /^tcp:\[?([^\]]*?)\]?:\d+$/.exec(uri)?.[1] ?? uri, 'the destination asked for no TLS');
       const p = this.paths(id);
       const t0 = performance.now();
       const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
@@ -987,11 +1004,15 @@ export class VmDriver implements InstanceDriver {
             if (e.event === 'STOP') stoppedAt = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
           });
           try {
+            if (tls) {
+              await addTlsCreds(c, tls, 'client', migrationTlsDir(p));
+              await useTlsForMigration(c, opts.tls);
+            }
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
             // the limit as QEMU holds it, for the report: what was honoured, not what was asked
             downtimeLimitMs = (await c.execute<{ 'downtime-limit'?: number }>('query-migrate-parameters'))['downtime-limit'];
             // the disk first, until both sides are in sync; it stays in sync while RAM moves
-            if (r.config.rootDisk) await startMirror(c, opts.nbd!, { wholeDisk: !!r.template, deadline });
+            if (r.config.rootDisk) await startMirror(c, opts.nbd!, { wholeDisk: !!r.template, deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}) });
             await c.execute('migrate', { uri });
             for (;;) {
               const m = await c.execute<QmpMigrateInfo>('query-migrate');
@@ -1014,6 +1035,8 @@ export class VmDriver implements InstanceDriver {
           } finally {
             off();
             if (r.config.rootDisk) await clearMirror(c);
+            // after the mirror's NBD client, which holds the credentials
+            if (tls) await clearTls(c);
           }
         }, MIGRATION_TIMEOUT_MS + 5_000);
       } catch (e) {
@@ -1030,6 +1053,7 @@ export class VmDriver implements InstanceDriver {
         bytes: info?.ram?.transferred ?? 0,
         iterations: info?.ram?.['dirty-sync-count'] ?? 0,
         diskBytes,
+        tls: !!tls,
         consoleHistory: history.toString('base64'),
       };
     });
@@ -1046,6 +1070,8 @@ export class VmDriver implements InstanceDriver {
       const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
       const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
       if (r.config.rootDisk) await endDiskExport(c);
+      // its next migration makes credentials of its own (as a source) and may go plain
+      if (incoming.tls) await clearTls(c);
       // peers and switches learn where the guest is now (QEMU announces once by itself as well;
       // this round follows the host's taps being up, whatever the timing of the stream's end)
       if (r.config.nics.length) await c.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch((e: unknown) => log.warn('announce-self failed', { id, error: String(e) }));
@@ -1146,6 +1172,8 @@ interface IncomingMigration {
   /** A QMP session on the destination, open from before the stream starts. */
   events: QmpClient;
   resumed: Promise<QmpEvent>;
+  /** Its streams are TLS (the credentials object is in the QEMU until the guest runs here). */
+  tls: boolean;
 }
 
 interface QmpMigrateInfo {
@@ -1167,6 +1195,15 @@ async function freeTcpPort(host: string): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/** Where QEMU reads the migration's TLS files, only while it makes the credentials object. */
+const migrationTlsDir = (p: InstancePaths) => path.join(p.dir, 'migrate-tls');
+
+/** A migration whose streams go plain: expected on one host (loopback), worth a warning across hosts. */
+function logInClear(id: string, host: string, reason: string): void {
+  const local = host === 'localhost' || host === '::1' || host.startsWith('127.');
+  log[local ? 'info' : 'warn']('live migration streams in clear (no TLS)', { id, host, reason });
 }
 
 /** The console output of the VM's previous hosts (written when it migrates in). */

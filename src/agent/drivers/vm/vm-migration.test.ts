@@ -1,10 +1,16 @@
 // Live migration between two VM drivers (two agents' state directories) on this host,
 // over TCP on loopback, against real QEMU: the guest's counter goes on unbroken at the
 // destination, nothing of the VM stays at the source, vCPU pinning is re-applied there,
-// and the report carries the measured downtime, bytes and passes.
+// and the report carries the measured downtime, bytes and passes. Drivers with certificates
+// from one CA migrate over TLS (the stream's first bytes are a TLS handshake, not QEMU's
+// "QEVM"); one with another CA, or a plain stream to one that asked for TLS, is refused.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
+import { issueCertificate, makeCa, type KeyAndCert } from '../../../core/pki.js';
+import { migrateLive } from '../../migration.js';
+import type { MigrationTls } from './migration-tls.js';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { runOk } from '../../../core/exec.js';
 import path from 'node:path';
@@ -14,8 +20,13 @@ import { makeVmEnv, type VmEnv } from './vm-test-env.js';
 import { VmDriver } from './vm-driver.js';
 
 let env: VmEnv;
+/** Agent identities from one CA, and one from another CA (what a foreign control plane signs). */
+let tlsA: MigrationTls, tlsB: MigrationTls, foreign: MigrationTls;
 before(async () => {
   env = await makeVmEnv('mig');
+  const agentTls = async (ca: KeyAndCert, name: string): Promise<MigrationTls> => ({ name, ca: ca.cert, ...(await issueCertificate(ca, { commonName: name, usage: 'server' })) });
+  const [ca, other] = await Promise.all([makeCa('test agent CA'), makeCa('another agent CA')]);
+  [tlsA, tlsB, foreign] = await Promise.all([agentTls(ca, 'host-a'), agentTls(ca, 'host-b'), agentTls(other, 'host-b')]);
 });
 after(async () => {
   const left = env ? await env.qemuPids() : [];
@@ -23,13 +34,44 @@ after(async () => {
   assert.deepEqual(left, [], 'no QEMU outlives the tests');
 });
 
+/**
+ * A TCP relay to port on loopback that keeps the first bytes the client sent (what crossed the
+ * network); closed with its connections.
+ */
+async function recordingRelay(port: number): Promise<{ port: number; sent: () => Buffer; close: () => void }> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const sockets = new Set<net.Socket>();
+  const srv = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => { client.destroy(); upstream.destroy(); });
+    }
+    client.on('data', (b: Buffer) => {
+      if (size < 4096) { chunks.push(b); size += b.length; }
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    port: (srv.address() as net.AddressInfo).port,
+    sent: () => Buffer.concat(chunks),
+    close: () => { srv.close(); for (const s of sockets) s.destroy(); },
+  };
+}
+
 const ticks = (lines: string[]) => lines.map((l) => /^tick (\d+)$/.exec(l)?.[1]).filter((x) => x !== undefined).map(Number);
 
-test('live migration to another driver: the guest goes on, the source is gone, the report has the downtime', async (t) => {
-  const source = env.driver;
+test('live migration to another driver: the guest goes on, the source is gone, the report has the downtime; over TLS between agents with certificates', async (t) => {
+  const source = env.driver; // no certificate: its migrations go plain
   const otherState = path.join(env.base, 'agent-b');
   await mkdir(otherState, { recursive: true });
-  const dest = new VmDriver({ stateDir: otherState, accel: env.accel.accel });
+  const dest = new VmDriver({ stateDir: otherState, accel: env.accel.accel, tls: tlsB });
+  const third = new VmDriver({ stateDir: path.join(env.base, 'agent-a'), accel: env.accel.accel, tls: tlsA });
+  const stranger = new VmDriver({ stateDir: path.join(env.base, 'agent-x'), accel: env.accel.accel, tls: foreign });
   const id = freshId('vm');
   const spec = env.makeSpec(id, ['sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done'], { resources: { memoryBytes: 192 << 20, cpus: 2 } });
   spec.vm = { ...spec.vm, pin: [1, 0] };
@@ -46,6 +88,7 @@ test('live migration to another driver: the guest goes on, the source is gone, t
     assert.ok(report.iterations >= 1, `passes ${report.iterations}`);
     assert.ok(report.downtimeMs >= 0 && report.qemuDowntimeMs >= 0, 'downtime measured');
     assert.equal(report.maxDowntimeMs, 100);
+    assert.equal(report.tls, false, 'the source has no certificate: plain');
 
     assert.ok(!existsSync(path.join(env.stateDir, id)), 'nothing of the VM stays at the source');
     await assert.rejects(source.state(id), (e) => hasCode(e, 'NotFound'));
@@ -61,24 +104,62 @@ test('live migration to another driver: the guest goes on, the source is gone, t
     const all = ticks((await collectLogs(dest, id)).map((r) => r.line));
     assert.deepEqual(all, all.map((_, i) => i), `one unbroken count across the move: ${all.join(' ')}`);
 
-    // and back again
-    const back = await dest.migrateTo(id, source);
-    assert.equal(back.id, id);
-    assert.equal((await source.state(id)).status, 'running');
+    // on to a third agent of the same CA: over TLS, as the bytes on the wire show
+    let relay: Awaited<ReturnType<typeof recordingRelay>> | undefined;
+    let sent: Buffer = Buffer.alloc(0);
+    try {
+      const { report: secure } = await migrateLive(id,
+        { spec: () => dest.migrationSpec(id), send: (uri, o) => dest.migrateOut(id, uri, o), end: (outcome) => dest.endMigration(id, outcome) },
+        {
+          prepare: async (spec) => {
+            const target = await third.prepareIncoming(spec, '127.0.0.1');
+            // the stream through a relay that keeps its first bytes
+            relay = await recordingRelay(Number(/:(\d+)$/.exec(target.uri)![1]));
+            return { ...target, uri: `tcp:127.0.0.1:${relay.port}` };
+          },
+          finish: (h) => third.finishIncoming(id, h),
+          abandon: () => third.abandonIncoming(id),
+        });
+      sent = relay!.sent();
+      t.diagnostic(`over TLS: ${JSON.stringify(secure)}`);
+      assert.equal(secure.tls, true);
+    } finally {
+      relay?.close();
+    }
+    assert.ok(sent.length > 5, 'the relay saw the stream');
+    assert.notEqual(sent.subarray(0, 4).toString('latin1'), 'QEVM', 'not QEMU\'s plain migration stream');
+    assert.deepEqual([...sent.subarray(0, 2)], [0x16, 0x03], `a TLS handshake record first: ${sent.subarray(0, 8).toString('hex')}`);
+    assert.equal((await third.state(id)).status, 'running');
     assert.ok(!existsSync(path.join(otherState, id)));
-    const last2 = ticks((await collectLogs(source, id)).map((r) => r.line)).at(-1)!;
-    await waitForLog(source, id, new RegExp(`^tick ${last2 + 2}$`), 60_000);
-    const twice = ticks((await collectLogs(source, id)).map((r) => r.line));
-    assert.deepEqual(twice, twice.map((_, i) => i), `unbroken across two moves: ${twice.join(' ')}`);
-    assert.equal((await source.stop(id, 0)).status, 'stopped');
+    assert.ok(!existsSync(path.join(env.base, 'agent-a', id, 'migrate-tls')), 'the TLS files are gone once QEMU read them');
+
+    // a destination of another CA is refused (each side checks the other's chain; the source's
+    // check fails first), and a destination that asked for TLS refuses a plain stream
+    const refused = (e: unknown) => {
+      t.diagnostic(`refused: ${String(e)}`);
+      return /migration of .* failed/.test(String(e));
+    };
+    await assert.rejects(third.migrateTo(id, stranger), refused);
+    assert.ok(!existsSync(path.join(env.base, 'agent-x', id)), 'nothing left at the refused destination');
+    await assert.rejects(migrateLive(id,
+      { spec: () => third.migrationSpec(id), send: (uri, o) => third.migrateOut(id, uri, { ...o, tls: undefined }), end: (outcome) => third.endMigration(id, outcome) },
+      { prepare: (spec) => dest.prepareIncoming(spec, '127.0.0.1'), finish: (h) => dest.finishIncoming(id, h), abandon: () => dest.abandonIncoming(id) }), refused);
+    assert.ok(!existsSync(path.join(otherState, id)));
+    assert.equal((await third.state(id)).status, 'running', 'the guest goes on where it was');
+    const last2 = ticks((await collectLogs(third, id)).map((r) => r.line)).at(-1)!;
+    await waitForLog(third, id, new RegExp(`^tick ${last2 + 2}$`), 60_000);
+    const twice = ticks((await collectLogs(third, id)).map((r) => r.line));
+    assert.deepEqual(twice, twice.map((_, i) => i), `unbroken across two moves and two refused ones: ${twice.join(' ')}`);
+    assert.equal((await third.stop(id, 0)).status, 'stopped');
   } finally {
-    await source.delete(id).catch(() => undefined);
-    await dest.delete(id).catch(() => undefined);
+    for (const d of [source, dest, third, stranger]) await d.delete(id).catch(() => undefined);
   }
 });
 
 test('a VM with a local disk live-migrates with it: every write the guest made before, during and after the move is on the destination disk', async (t) => {
-  const dest = new VmDriver({ stateDir: path.join(env.base, 'agent-d'), accel: env.accel.accel });
+  // both with certificates: the disk's NBD connection is TLS too
+  const src = new VmDriver({ stateDir: path.join(env.base, 'agent-e'), accel: env.accel.accel, tls: tlsA });
+  const dest = new VmDriver({ stateDir: path.join(env.base, 'agent-d'), accel: env.accel.accel, tls: tlsB });
   const id = freshId('vm');
   // the base both hosts have (a marker in it, read through the destination's own overlay), 4 MiB
   const base = path.join(env.base, 'base.img');
@@ -93,14 +174,15 @@ test('a VM with a local disk live-migrates with it: every write the guest made b
   const spec = env.makeSpec(id, ['sh', '-c', loop], { resources: { memoryBytes: 192 << 20, cpus: 1 } });
   spec.vm = { ...spec.vm, disk: base };
   try {
-    await env.driver.create(spec);
-    await env.driver.start(id);
-    await waitForLog(env.driver, id, /^tick 5$/, 60_000);
-    const report = await env.driver.migrateTo(id, dest, { maxDowntimeMs: 100 });
+    await src.create(spec);
+    await src.start(id);
+    await waitForLog(src, id, /^tick 5$/, 60_000);
+    const report = await src.migrateTo(id, dest, { maxDowntimeMs: 100 });
     t.diagnostic(JSON.stringify(report));
     assert.ok(report.diskBytes > 0, `disk bytes mirrored: ${report.diskBytes}`);
+    assert.equal(report.tls, true, 'RAM and disk over TLS');
     assert.ok(report.diskBytes < 4 << 20, `only the overlay's clusters travel, not the base: ${report.diskBytes}`);
-    assert.ok(!existsSync(path.join(env.stateDir, id)), 'nothing of the VM stays at the source');
+    assert.ok(!existsSync(path.join(env.base, 'agent-e', id)), 'nothing of the VM stays at the source');
     const atMove = ticks((await collectLogs(dest, id)).map((r) => r.line)).at(-1)!;
     await waitForLog(dest, id, new RegExp(`^tick ${atMove + 5}$`), 60_000);
     const overlay = (await dest.inspect(id)).rootDisk!;
@@ -115,7 +197,7 @@ test('a VM with a local disk live-migrates with it: every write the guest made b
     assert.deepEqual(lost, [], `ticks the guest wrote but the destination disk lacks (of ${printed.length})`);
     assert.equal(disk.subarray(3 << 20, (3 << 20) + marker.length).toString(), marker.toString(), 'the base shows through the destination overlay');
   } finally {
-    await env.driver.delete(id).catch(() => undefined);
+    await src.delete(id).catch(() => undefined);
     await dest.delete(id).catch(() => undefined);
   }
 });

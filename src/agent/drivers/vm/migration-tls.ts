@@ -1,0 +1,77 @@
+/**
+ * A live migration's streams over TLS: the RAM stream (QEMU migration) and the disk's NBD export
+ * both use one QEMU `tls-creds-x509` object made from the agent's own certificate (signed by the
+ * control plane's agent CA, the one the agent protocol's mutual TLS uses). The destination is the
+ * server, the source the client; both verify the peer against the CA, and the source also checks
+ * the destination's certificate name (tls-hostname). QEMU reads the files when the object is made,
+ * so they live in a 0700 directory only for that moment.
+ */
+import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { QmpClient } from './qmp.js';
+
+/** An agent's TLS identity for migrations (PEM texts; the key is never logged). */
+export interface MigrationTls {
+  /** The certificate's common name: the agent's name, what the other side checks. */
+  name: string;
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+/** The QOM id of the credentials object in a migrating QEMU. */
+export const TLS_CREDS_ID = 'nimbus-migrate-tls';
+
+type Qmp = Pick<QmpClient, 'execute'>;
+
+/**
+ * RFC 7919's ffdhe2048 group (what `openssl genpkey -genparam -algorithm DH -pkeyopt
+ * group:ffdhe2048` prints; public and standard). Without a dh-params.pem QEMU generates 2048-bit
+ * parameters for every server object: 0.5–1.2 s of each migration's time on this machine.
+ */
+export const FFDHE2048_PEM = `-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+`;
+
+/**
+ * The credentials object in QEMU, as `endpoint` (QEMU's file names: ca-cert.pem,
+ * server-/client-cert.pem and -key.pem, a server's dh-params.pem), from files written to `dir`
+ * and removed once QEMU read them.
+ */
+export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' | 'client', dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chmod(dir, 0o700);
+  try {
+    await writeFile(path.join(dir, 'ca-cert.pem'), tls.ca, { mode: 0o600 });
+    await writeFile(path.join(dir, `${endpoint}-cert.pem`), tls.cert, { mode: 0o600 });
+    await writeFile(path.join(dir, `${endpoint}-key.pem`), tls.key, { mode: 0o600 });
+    if (endpoint === 'server') await writeFile(path.join(dir, 'dh-params.pem'), FFDHE2048_PEM, { mode: 0o600 });
+    // one left by a migration its agent did not see to the end (QEMU refuses a second of the id)
+    await c.execute('object-del', { id: TLS_CREDS_ID }).catch(() => undefined);
+    await c.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, endpoint, dir, 'verify-peer': true });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The migration parameters that make the stream TLS: the destination refuses anything else once
+ * set, and the source checks the destination's certificate against `peer` (its agent name:
+ * agent certificates carry no address).
+ */
+export async function useTlsForMigration(c: Qmp, peer?: string): Promise<void> {
+  await c.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS_ID, ...(peer ? { 'tls-hostname': peer } : {}) });
+}
+
+/** After a migration (either side): later ones (a save to a file) go plain again, and the object goes. */
+export async function clearTls(c: Qmp): Promise<void> {
+  await c.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' }).catch(() => undefined);
+  await c.execute('object-del', { id: TLS_CREDS_ID }).catch(() => undefined);
+}
