@@ -6,7 +6,7 @@
  */
 import { untilOutput } from '../../scripts/fixtures/child-output.js';
 import { GUEST_HOST_DIRS_ENV } from '../../scripts/fixtures/guest.js';
-import { removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
+import { freeTestSubnet, removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -166,8 +166,10 @@ export async function startBenchDaemon(extraArgs: string[] = []): Promise<BenchD
   const socket = join(home, 'nimbus.sock');
   // BENCH_DAEMON_NODE_ARGS: extra node flags for the daemon, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile a run.
   const nodeArgs = (process.env.BENCH_DAEMON_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  // its own bridge, subnets and nftables table: a bench never touches a running nimbusd's nimbus0
-  const netEnv = testNetworkEnv();
+  // its own bridge, subnets and nftables table: a bench never touches a running nimbusd's nimbus0.
+  // The bridge a /20, not the tests' /24: a warm pool holds at most a quarter of its network's
+  // addresses (63 on a /24 capped the burst bench's pool), and the product's default is a /16.
+  const netEnv: Record<string, string> = { ...testNetworkEnv(), NIMBUS_BRIDGE_SUBNET: freeTestSubnet(20, 200, 50) };
   const child: ChildProcess = spawn(process.execPath, [...nodeArgs, '--enable-source-maps', DAEMON_MAIN, '--home', home, '--socket', socket, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NIMBUS_LOG_LEVEL: process.env.NIMBUS_LOG_LEVEL ?? 'warn', ...GUEST_HOST_DIRS_ENV, ...netEnv },

@@ -1094,9 +1094,12 @@ export class VmDriver implements InstanceDriver {
     this.incoming.delete(id);
     const p = this.paths(id);
     const pid = await readPid(p.pidFile).catch(() => undefined);
+    const supervisor = await readPid(p.supervisorPidFile).catch(() => undefined);
     if (processAlive(pid, p.qmpSocket)) process.kill(pid!, 'SIGKILL');
     for (let i = 0; i < 200 && processAlive(pid, p.qmpSocket); i++) await sleep(10);
-    await rm(p.dir, { recursive: true, force: true });
+    // its supervisor records QEMU's end in this directory: a removal racing it fails with ENOTEMPTY
+    for (let i = 0; i < 100 && processAlive(supervisor); i++) await sleep(10);
+    await rm(p.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
   }
 
   /**
