@@ -606,23 +606,7 @@ export class RemoteAgent implements Agent {
   writeContainerArchive: Agent['writeContainerArchive'] = async (id, path, opts, bytes) => {
     await this.requireVersionFor('writeContainerArchive');
     const spec = Buffer.from(JSON.stringify({ path, ...opts })).toString('base64');
-    const { req, response } = await this.open('PUT', PATHS.copy(id), { streaming: true, headers: { 'content-type': 'application/x-tar', [COPY_HEADER]: spec } });
-    const sent = pipeline(bytes, req).then(() => undefined, (e: unknown) => e);
-    let text: string;
-    try {
-      text = await readAll(await response);
-    } catch (e) {
-      req.destroy();
-      await sent;
-      throw this.unavailable(e);
-    }
-    if (!req.writableFinished) req.destroy();
-    await sent;
-    try {
-      return (JSON.parse(text) as { result: ContainerArchiveResult }).result;
-    } catch {
-      throw this.unavailable(new Error(`writeContainerArchive ${id}: the answer is not JSON`));
-    }
+    return this.putTar<ContainerArchiveResult>(`writeContainerArchive ${id}`, PATHS.copy(id), bytes, { [COPY_HEADER]: spec });
   };
 
   // ------------------------------------------- a cold container move's trees (protocol 6)
@@ -644,7 +628,12 @@ export class RemoteAgent implements Agent {
   /** The tar streamed as the request body (as writeBlob sends); the answer says what was imported. */
   private async treeIn(method: 'importContainerLayer' | 'importVolume' | 'importContainerLogs', what: 'layer' | 'volume' | 'log', id: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string> = {}): Promise<TreeImportResult> {
     await this.requireVersionFor(method);
-    const { req, response } = await this.open('PUT', PATHS.move(what, id), { streaming: true, headers: { 'content-type': 'application/x-tar', ...headers } });
+    return this.putTar<TreeImportResult>(`${method} ${id}`, PATHS.move(what, id), bytes, headers);
+  }
+
+  /** A tar PUT as a streamed request body; the answer's JSON `result`. A transfer cut short is Unavailable. */
+  private async putTar<T>(what: string, url: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string>): Promise<T> {
+    const { req, response } = await this.open('PUT', url, { streaming: true, headers: { 'content-type': 'application/x-tar', ...headers } });
     const sent = pipeline(bytes, req).then(() => undefined, (e: unknown) => e);
     let text: string;
     try {
@@ -657,11 +646,12 @@ export class RemoteAgent implements Agent {
     if (!req.writableFinished) req.destroy();
     await sent;
     try {
-      return (JSON.parse(text) as { result: TreeImportResult }).result;
+      return (JSON.parse(text) as { result: T }).result;
     } catch {
-      throw this.unavailable(new Error(`${method} ${id}: the answer is not JSON`));
+      throw this.unavailable(new Error(`${what}: the answer is not JSON`));
     }
   }
+
 
   /** The context streams up as the request body; the builder's lines and then the image come down as NDJSON (protocol 6). */
   async buildImage(spec: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage> {

@@ -25,7 +25,7 @@ import type { Agent, ContainerCreateRequest, TreeImportResult } from '../../agen
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
 import { tooOldFor } from '../../agent/remote/agent-protocol.js';
 import type { Store } from '../../store/store.js';
-import type { ContainerRecord, OperationRecord } from '../../store/records.js';
+import type { ContainerRecord, ImageRecord, OperationRecord } from '../../store/records.js';
 import type { VolumeRecord } from '../../store/repos/volumes.js';
 import type { HostAgents } from './hosts.js';
 import type { Scheduler } from '../scheduler/types.js';
@@ -133,6 +133,13 @@ export interface MoveDeps {
   exitMaybe(id: string): void;
   /** An agent call bounded in time. */
   bounded<T>(id: string, op: string, p: Promise<T>): Promise<T>;
+}
+
+/** The image a container was made from: its project's record of it, else any project's (NotFound when the store has none). */
+export async function containerImage(store: Store, c: ContainerRecord): Promise<ImageRecord> {
+  const image = (await store.images.ref(c.projectId, c.imageDigest)) ?? (await store.images.list()).find((i) => i.digest === c.imageDigest);
+  if (!image) throw new NotFound(`container ${c.name}'s image ${c.imageDigest} is gone from the store`);
+  return image;
 }
 
 /** What may not move, and why; undefined when it may. */
@@ -316,8 +323,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
         done.claims.push(consumer);
       }
       m.to('preparing');
-      const image = (await deps.store.images.ref(c.projectId, c.imageDigest)) ?? (await deps.store.images.list()).find((i) => i.digest === c.imageDigest);
-      if (!image) throw new NotFound(`container ${c.name}'s image ${c.imageDigest} is gone from the store`);
+      const image = await containerImage(deps.store, c);
       await deps.images.ensureOnHost(image, to);
       const saved: ContainerCreateRequest = await deps.bounded(id, 'saved request', src.containerRequest(id));
       // as the host saved it at its create, but for its names as the record has them now (a rename since)

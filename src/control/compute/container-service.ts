@@ -462,9 +462,7 @@ export class ContainerService {
    * The create request of an existing container, from its record, for `host` (a rebuild on
    * another host, healing.ts): its networks laid out there and its leases kept (same addresses).
    */
-  async requestFor(c: ContainerRecord, host: string): Promise<ContainerCreateRequest> {
-    const image = (await this.store.images.ref(c.projectId, c.imageDigest)) ?? (await this.store.images.list()).find((i) => i.digest === c.imageDigest);
-    if (!image) throw new NotFound(`container ${c.name}'s image ${c.imageDigest} is gone from the store`);
+  async requestFor(c: ContainerRecord, image: ImageRecord, host: string): Promise<ContainerCreateRequest> {
     const intent = await this.networks.intent(c.config, c.projectId, { projectId: c.projectId });
     const linkNetworks = intent.mode === 'networks' ? intent.networks : [];
     const request = this.requestOf(c.config, image, c.name, await this.processFor(c.config, image, c.name, linkNetworks), intent, c.config.mounts ?? []);
@@ -1095,7 +1093,7 @@ export class ContainerService {
     return {
       store: m.store, hosts: m.hosts, scheduler: m.scheduler, images: m.images, networks: m.networks, agentOn: m.agentOn, locked: m.locked,
       cancelRestart: m.cancelRestart, publish: m.publish, exitMaybe: m.exitMaybe, bounded: m.bounded,
-      requestFor: (c, host) => this.requestFor(c, host),
+      requestFor: (c, image, host) => this.requestFor(c, image, host),
     };
   }
 

@@ -26,14 +26,15 @@ import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
-import type { ContainerRecord, VmRecord } from '../../store/records.js';
+import type { ContainerRecord, ImageRecord } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import { vmRebuildRefusal, type VmService } from './vm-service.js';
 import type { HostAgents } from './hosts.js';
 import type { Scheduler } from '../scheduler/types.js';
 import type { ImageService } from '../images/image-service.js';
 import type { NetworkService } from '../networks/network-service.js';
-import { chooseDestination } from './container-move.js';
+import { chooseDestination, containerImage } from './container-move.js';
+import { vmDestination } from './host-evacuate.js';
 import { withDeadline } from './deadline.js';
 
 const log = logger('compute-heal');
@@ -65,7 +66,7 @@ export interface HealDeps {
   locked<T>(id: string, fn: () => Promise<T>): Promise<T>;
   cancelRestart(id: string): Promise<void>;
   /** The agent's create request for the container as its record has it, for `host`: its addresses kept, its networks laid out there. */
-  requestFor(c: ContainerRecord, host: string): Promise<ContainerCreateRequest>;
+  requestFor(c: ContainerRecord, image: ImageRecord, host: string): Promise<ContainerCreateRequest>;
   publish(c: ContainerRecord, action: string, attributes?: Record<string, unknown>): void;
   /** An exit reported for the container now (detached: it takes the lock). */
   exitMaybe(id: string): void;
@@ -125,10 +126,9 @@ export function rebuildContainer(deps: HealDeps, id: string, to?: string): Promi
     try {
       await deps.scheduler.moveClaim(id, dest);
       claimed = true;
-      const image = (await deps.store.images.ref(c.projectId, c.imageDigest)) ?? (await deps.store.images.list()).find((i) => i.digest === c.imageDigest);
-      if (!image) throw new Conflict(`container ${c.name}'s image ${c.imageDigest} is gone from the store`);
+      const image = await containerImage(deps.store, c);
       await deps.images.ensureOnHost(image, dest);
-      const request = await deps.requestFor(c, dest);
+      const request = await deps.requestFor(c, image, dest);
       created = true; // from the call on, the destination may hold it (an answer lost on the way)
       const made = await deps.bounded(id, 'create', dst.createContainer(request));
       const state: RuntimeState = await deps.bounded(id, 'start', dst.startContainer(id));
@@ -298,7 +298,7 @@ export class HealingService {
         continue;
       }
       try {
-        await vms.rebuild(v.id, await this.vmDestination(v, host));
+        await vms.rebuild(v.id, await vmDestination(this.deps, v, host));
         this.lastAttempt.delete(v.id);
         this.stats.rebuilt++;
       } catch (e) {
@@ -308,14 +308,6 @@ export class HealingService {
         vmEvent('heal-failed', { error: String(e) });
       }
     }
-  }
-
-  /** The scheduler's best host for the VM other than its dead one. */
-  private async vmDestination(v: VmRecord, from: string): Promise<string> {
-    const e = await this.deps.scheduler.explain({ consumerId: v.id, projectId: v.projectId, kind: 'vm', vcpus: v.config.cpus, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: 0 });
-    const best = e.hosts.filter((h) => h.host !== from && !h.rejectedBy && this.deps.hosts.has(h.host)).sort((a, b) => (b.weight ?? 0) - (a.weight ?? 0))[0];
-    if (!best) throw new Conflict(`no other host can take VM ${v.name}: ${e.hosts.filter((h) => h.host !== from).map((h) => `${h.host}: ${h.rejectedBy ? `${h.rejectedBy.filter}: ${h.rejectedBy.reason}` : 'unknown'}`).join('; ') || 'there is no other host'}`);
-    return best.host;
   }
 
   /**

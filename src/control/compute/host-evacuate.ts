@@ -43,11 +43,17 @@ export interface EvacuateDeps {
   disable(host: string, o: { reason: string; by: string }): Promise<unknown>;
 }
 
-/** The best host other than `from` for a VM (the scheduler's filters and weights; the evacuated host is disabled by then). */
-async function vmDestination(deps: EvacuateDeps, v: VmRecord, from: string): Promise<string> {
+/**
+ * The best host other than `from` for a VM (the scheduler's filters and weights; an evacuated host
+ * is disabled by then, a dead one down); Conflict naming each other host's refusal when none fits.
+ */
+export async function vmDestination(deps: { scheduler: Pick<Scheduler, 'explain'>; hosts: Pick<HostAgents, 'has'> }, v: VmRecord, from: string): Promise<string> {
   const e = await deps.scheduler.explain({ consumerId: v.id, projectId: v.projectId, kind: 'vm', vcpus: v.config.cpus, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: 0 });
   const best = e.hosts.filter((h) => h.host !== from && !h.rejectedBy && deps.hosts.has(h.host)).sort((a, b) => (b.weight ?? 0) - (a.weight ?? 0))[0];
-  if (!best) throw new Conflict(`no other host can take VM ${v.name}`);
+  if (!best) {
+    const why = e.hosts.filter((h) => h.host !== from).map((h) => `${h.host}: ${h.rejectedBy ? `${h.rejectedBy.filter}: ${h.rejectedBy.reason}` : 'unknown'}`);
+    throw new Conflict(`no other host can take VM ${v.name}: ${why.join('; ') || 'there is no other host'}`);
+  }
   return best.host;
 }
 

@@ -794,13 +794,7 @@ export class VmService {
       await this.scheduler.moveClaim(id, to);
       let created = false;
       try {
-        const paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
-        for (const [role, image] of [['disk', cur.config.diskImage], ['kernel', cur.config.kernelImage], ['initrd', cur.config.initrdImage]] as const) {
-          if (!image) continue;
-          if (!this.disks) throw new InvalidArgument('images for VMs are not available');
-          paths[role] = await this.disks.ensureOnHost({ ...image, kind: role }, to, this.agents);
-        }
-        const config: VmConfig = { ...cur.config, ...paths };
+        const config: VmConfig = { ...cur.config, ...(await this.imagesOn(cur.config, to)) };
         const req: VmCreateRequest = { id, name: cur.name, ...config };
         if (cur.config.networks?.length) req.nics = await this.networks!.vmNicsFor(id, cur.name, to);
         created = true; // from the call on, the destination may hold it
@@ -826,16 +820,20 @@ export class VmService {
    * them as a create would), the base under a local disk likewise, and the NICs with their
    * networks laid out there.
    */
-  private async specAt(v: VmRecord, spec: VmMigrationSpec, to: string): Promise<{ spec: VmMigrationSpec; paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> }> {
+  /** The VM's boot files from the image service at `to`'s paths (carried there when it lacks them); host paths are not here. */
+  private async imagesOn(config: VmConfig, to: string): Promise<Pick<VmConfig, 'disk' | 'kernel' | 'initrd'>> {
     const paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
-    const config = { ...spec.config };
-    const images = { kernel: v.config.kernelImage, initrd: v.config.initrdImage, disk: v.config.diskImage };
-    for (const role of ['kernel', 'initrd', 'disk'] as const) {
-      const image = images[role];
+    for (const [role, image] of [['kernel', config.kernelImage], ['initrd', config.initrdImage], ['disk', config.diskImage]] as const) {
       if (!image) continue;
       if (!this.disks) throw new InvalidArgument('images for VMs are not available');
       paths[role] = await this.disks.ensureOnHost({ ...image, kind: role }, to, this.agents);
     }
+    return paths;
+  }
+
+  private async specAt(v: VmRecord, spec: VmMigrationSpec, to: string): Promise<{ spec: VmMigrationSpec; paths: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> }> {
+    const paths = await this.imagesOn(v.config, to);
+    const config = { ...spec.config };
     if (paths.kernel) config.kernel = paths.kernel;
     if (paths.initrd) config.initrd = paths.initrd;
     const storage = spec.storage && (paths.disk && spec.storage.backing ? { ...spec.storage, backing: paths.disk } : spec.storage);
