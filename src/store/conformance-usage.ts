@@ -11,7 +11,7 @@ const GiB = 1024 ** 3;
 
 const cursorOf = (over: Partial<UsageCursor> = {}): UsageCursor => ({
   instanceId: 'i1', projectId: 'p1', kind: 'container', name: 'web', accountedUntil: T0, active: true, cpuNs: null, cpuRun: null,
-  millicpus: 1000, memoryBytes: GiB, heldMemoryBytes: GiB, diskBytes: null, closed: false, ...over,
+  millicpus: 1000, memoryBytes: GiB, heldMemoryBytes: GiB, diskBytes: null, closed: false, netBase: null, ...over,
 });
 
 const sliceOf = (over: Partial<UsageSlice> = {}): UsageSlice => ({
@@ -39,6 +39,12 @@ export function usageConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual(await u.cursor('i1'), cursorOf({ accountedUntil: T0 + 1000, cpuNs: 5e8, cpuRun: 'run-1' }));
     assert.ok(await u.commit(T0 + 1000, cursorOf({ accountedUntil: T0 + 1000, memoryBytes: 0, heldMemoryBytes: 3 * 1024 * GiB, diskBytes: 20 * GiB }), []));
     assert.deepEqual(await u.cursor('i1'), cursorOf({ accountedUntil: T0 + 1000, memoryBytes: 0, heldMemoryBytes: 3 * 1024 * GiB, diskBytes: 20 * GiB }), 'sizes round-trip, terabytes exact');
+    // the network baseline goes with the cursor (per endpoint, byte counters past 2^32 exact)
+    const netBase = { 'local/nva#5': { rxBytes: 5 * GiB + 1, txBytes: 0 }, 'host-b/nvb#7': { rxBytes: 1, txBytes: 2 } };
+    assert.ok(await u.commit(T0 + 1000, cursorOf({ accountedUntil: T0 + 1000, memoryBytes: 0, heldMemoryBytes: 3 * 1024 * GiB, diskBytes: 20 * GiB, netBase }), []));
+    assert.deepEqual((await u.cursor('i1'))?.netBase, netBase);
+    assert.ok(await u.commit(T0 + 1000, cursorOf({ accountedUntil: T0 + 1000, memoryBytes: 0, heldMemoryBytes: 3 * 1024 * GiB, diskBytes: 20 * GiB }), []));
+    assert.equal((await u.cursor('i1'))?.netBase, null, 'an unknown baseline is null');
     const [row] = await u.query();
     assert.equal(row?.activeMs, 1000);
     assert.equal(row?.cpuNs, 5e8);

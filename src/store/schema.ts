@@ -439,6 +439,10 @@ export const MIGRATIONS: readonly string[] = [
      updated_by TEXT NOT NULL,
      PRIMARY KEY (project_id, server)
    );`,
+  // the network counters an instance's cursor was accounted at (JSON: per endpoint, bytes in and
+  // out), committed with the cursor: a restarted service or a new leader measures the next span
+  // from them instead of leaving its bytes unmeasured (docs/metering.md)
+  `ALTER TABLE usage_cursors ADD COLUMN net_base TEXT;`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

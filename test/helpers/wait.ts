@@ -1,5 +1,5 @@
-/** Poll fn until it returns something other than undefined, or fail naming what was awaited. */
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000, everyMs = 100): Promise<T> {
+/** Poll fn until it returns something other than undefined, or fail naming what was awaited (the default bound is generous: a loaded CI host runs 3× slower than a quiet one, and a pass never waits for it). */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 60_000, everyMs = 100): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();

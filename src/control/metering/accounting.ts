@@ -10,7 +10,7 @@
  * and destroy it sees), so the error is an under-count bounded by the sampling interval.
  */
 import type { ContainerRecord, VmRecord } from '../../store/records.js';
-import type { UsageCursor, UsageKind, UsageSlice } from '../../store/repos/usage.js';
+import type { NetBase, UsageCursor, UsageKind, UsageSlice } from '../../store/repos/usage.js';
 
 export const USAGE_PERIOD_MS = 3_600_000;
 const MiB = 1024 * 1024;
@@ -30,6 +30,8 @@ export interface MeteredInstance {
   runEnd: number | null;
   /** The latest run's start as stored: a new value is a new run (a new CPU counter). */
   runId: string | null;
+  /** The host it is on: its endpoints' counters are that host's. */
+  host: string;
 }
 
 /** What the instance holds: CPUs in thousandths and memory (0: no limit), disk (null: unknown). */
@@ -55,39 +57,31 @@ export interface NetworkReading {
   endpoints: ReadonlyArray<{ hostIf: string; ifindex: number; rxBytes: number; txBytes: number }>;
 }
 
-/**
- * The network counters at the last accounting, per endpoint (host device and ifindex: a
- * re-created endpoint is a new key, its counter from 0), and the cursor position they go with:
- * a baseline is good only for the span that starts where it was taken. Plain JSON.
- */
-export interface NetBaseline {
-  accountedUntil: number;
-  endpoints: Record<string, { rxBytes: number; txBytes: number }>;
-}
-
 /** Bytes received and sent by the instance in a span. */
 export interface NetBytes {
   rxBytes: number;
   txBytes: number;
 }
 
-const endpointKey = (e: { hostIf: string; ifindex: number }) => `${e.hostIf}#${e.ifindex}`;
+/** An endpoint's key in a baseline: its host, device and ifindex (a re-created endpoint, here or on another host, is a new key). */
+const endpointKey = (host: string, e: { hostIf: string; ifindex: number }) => `${host}/${e.hostIf}#${e.ifindex}`;
 
 /**
- * The bytes since the cursor: per endpoint, the counter less its baseline; an endpoint the
- * baseline lacks, or whose counter went down (re-created), is new: all of its counter is new.
- * Null (not measured) without a reading, or when the cursor exists but the baseline is not the
- * one taken at it (a restarted service, another sampler committed last): what passed since is
- * unknown, an under-count of at most one interval, never a double count.
+ * The bytes since the cursor: per endpoint, the counter less the cursor's baseline; an endpoint
+ * the baseline lacks, or whose counter went down (re-created), is new: all of its counter is new.
+ * Null (not measured) without a reading, or when the cursor has no baseline (no reading at its
+ * position): what passed since is unknown, an under-count of at most one interval, never a
+ * double count. The baseline is committed with the cursor, so a restarted service or a new leader
+ * measures from it like the one before.
  */
-export function netDelta(cursor: UsageCursor | undefined, base: NetBaseline | undefined, reading: CounterReading | undefined): NetBytes | null {
+export function netDelta(cursor: UsageCursor | undefined, inst: Pick<MeteredInstance, 'host'>, reading: CounterReading | undefined): NetBytes | null {
   const net = reading?.network;
   if (!net) return null;
   if (!cursor) return { rxBytes: net.rxBytes, txBytes: net.txBytes }; // first accounting: the endpoints began at 0 after the instance's creation
-  if (!base || base.accountedUntil !== cursor.accountedUntil) return null;
+  if (!cursor.netBase) return null;
   const out = { rxBytes: 0, txBytes: 0 };
   for (const e of net.endpoints) {
-    const b = base.endpoints[endpointKey(e)];
+    const b = cursor.netBase[endpointKey(inst.host, e)];
     const fresh = !b || e.rxBytes < b.rxBytes || e.txBytes < b.txBytes;
     out.rxBytes += fresh ? e.rxBytes : e.rxBytes - b.rxBytes;
     out.txBytes += fresh ? e.txBytes : e.txBytes - b.txBytes;
@@ -96,20 +90,19 @@ export function netDelta(cursor: UsageCursor | undefined, base: NetBaseline | un
 }
 
 /**
- * The baseline for the span after `now`: this reading's counters. Without one: the old baseline
- * carried if it was good (a stopped instance's endpoints keep theirs); on a first accounting, an
- * empty one (nothing was charged yet: every endpoint's counter is all new, e.g. a VM's taps made
- * at its create, before its first run); else none (unknown).
+ * The baseline for the span after the new cursor: this reading's counters. Without one: the
+ * cursor's carried (a stopped instance's endpoints keep theirs); on a first accounting, an empty
+ * one (nothing was charged yet: every endpoint's counter is all new, e.g. a VM's taps made at its
+ * create, before its first run); else none (unknown).
  */
-export function nextNetBaseline(cursor: UsageCursor | undefined, base: NetBaseline | undefined, reading: CounterReading | undefined, now: number): NetBaseline | undefined {
+export function nextNetBase(cursor: UsageCursor | undefined, inst: Pick<MeteredInstance, 'host'>, reading: CounterReading | undefined): NetBase | null {
   if (reading?.network) {
-    const endpoints: NetBaseline['endpoints'] = {};
-    for (const e of reading.network.endpoints) endpoints[endpointKey(e)] = { rxBytes: e.rxBytes, txBytes: e.txBytes };
-    return { accountedUntil: now, endpoints };
+    const out: NetBase = {};
+    for (const e of reading.network.endpoints) out[endpointKey(inst.host, e)] = { rxBytes: e.rxBytes, txBytes: e.txBytes };
+    return out;
   }
-  if (!cursor) return { accountedUntil: now, endpoints: {} };
-  if (base && base.accountedUntil === cursor.accountedUntil) return { ...base, accountedUntil: now };
-  return undefined;
+  if (!cursor) return {};
+  return cursor.netBase;
 }
 
 const ms = (iso: string | null): number | null => (iso === null ? null : Date.parse(iso));
@@ -129,7 +122,7 @@ export function meteredContainer(c: ContainerRecord): MeteredInstance {
     createdAt: Date.parse(c.createdAt),
     // a removal kills a running container without recording its end: it held its resources until then
     active: c.status === 'running' || c.status === 'paused' || (c.status === 'removing' && runStart !== null && runEnd === null),
-    runStart, runEnd, runId: c.startedAt,
+    runStart, runEnd, runId: c.startedAt, host: c.host,
   };
 }
 
@@ -139,7 +132,7 @@ export function meteredVm(v: VmRecord): MeteredInstance {
   return {
     id: v.id, projectId: v.projectId, name: v.name, kind: 'vm', createdAt: Date.parse(v.createdAt),
     active: v.status === 'running' || v.status === 'paused' || (v.status === 'removing' && runStart !== null && runEnd === null),
-    runStart, runEnd, runId: v.startedAt,
+    runStart, runEnd, runId: v.startedAt, host: v.agent,
   };
 }
 
@@ -203,10 +196,9 @@ export function account(
   size: InstanceSize,
   now: number,
   reading: CounterReading | undefined,
-  /** Network bytes of the span (netDelta); null: not measured. */
-  net: NetBytes | null = null,
 ): Accounted | undefined {
   if (cursor?.closed) return undefined;
+  const net = netDelta(cursor, inst, reading);
   const from = cursor?.accountedUntil ?? inst.createdAt;
   if (from >= now) return undefined;
   let activeStart = 0;
@@ -233,6 +225,7 @@ export function account(
       cpuNs: reading ? reading.cpuNs : sameRun ? cursor.cpuNs : null,
       cpuRun: reading ? inst.runId : sameRun ? cursor.cpuRun : null,
       millicpus: size.millicpus, memoryBytes: size.memoryBytes, heldMemoryBytes, diskBytes: size.diskBytes, closed: false,
+      netBase: nextNetBase(cursor, inst, reading),
     },
     slices: slicesOf(base, size, heldMemoryBytes, spans, cpuNs, net),
   };
@@ -249,7 +242,7 @@ export function close(cursor: UsageCursor, goneAt: number): Accounted | undefine
   const base = { instanceId: cursor.instanceId, projectId: cursor.projectId, kind: cursor.kind, name: cursor.name };
   const size = { millicpus: cursor.millicpus, memoryBytes: cursor.memoryBytes, diskBytes: cursor.diskBytes };
   return {
-    next: { ...cursor, accountedUntil: end, active: false, closed: true },
+    next: { ...cursor, accountedUntil: end, active: false, closed: true, netBase: null },
     // the CPU and bytes since the last reading went with the cgroup and endpoints: not measured
     slices: slicesOf(base, size, cursor.heldMemoryBytes, spans, null),
   };

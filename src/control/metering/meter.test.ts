@@ -195,7 +195,7 @@ test('a VM is metered by its size (no CPU counter); paused counts, saved does no
 });
 
 test('accounting arithmetic: clipped to the cursor and now, CPU spread over hours, nothing before creation', () => {
-  const inst: MeteredInstance = { id: 'i', projectId: 'p', name: 'n', kind: 'container', createdAt: 0, active: true, runStart: 0, runEnd: null, runId: 'r1' };
+  const inst: MeteredInstance = { id: 'i', projectId: 'p', name: 'n', kind: 'container', createdAt: 0, active: true, runStart: 0, runEnd: null, runId: 'r1', host: 'local' };
   const size = { millicpus: 1000, memoryBytes: GiB, diskBytes: 10 * GiB };
   const a = account(undefined, inst, size, USAGE_PERIOD_MS + 1000, { cpuNs: 3e9, memoryBytes: 0 });
   assert.deepEqual(a?.slices.map((s) => [s.periodStart, s.activeMs, s.cpuNs, s.diskMibMs]), [
@@ -217,7 +217,7 @@ async function waitUntil(check: () => Promise<boolean>, ms = 5000): Promise<void
   }
 }
 
-test('network bytes: per-endpoint deltas, a new or re-created endpoint from 0, a restarted service leaves one span unmeasured; a VM with a CPU counter', async (t) => {
+test('network bytes: per-endpoint deltas, a new or re-created endpoint from 0, a restarted service measures from the baseline its cursor keeps, a move to another host from 0; a VM with a CPU counter', async (t) => {
   const { store, clock } = await setup(t);
   const events = new EventBus();
   type Ep = { hostIf: string; ifindex: number; rxBytes: number; txBytes: number };
@@ -268,21 +268,28 @@ test('network bytes: per-endpoint deltas, a new or re-created endpoint from 0, a
   clock.now = T0 + 50_000;
   await m.pass();
   assert.deepEqual(await net(), [7320, 1150]);
-  // a restarted service: the span since the cursor is unmeasured (nothing guessed), then deltas again
+  // a restarted service (or a new leader) measures from the baseline committed with the cursor
   eps[1]!.rxBytes = 5020;
   const again = meter();
   clock.now = T0 + 60_000;
   await again.pass();
-  assert.deepEqual(await net(), [7320, 1150], 'the span across the restart adds nothing');
+  assert.deepEqual(await net(), [12320, 1150], 'the span across the restart is measured from the cursor\'s baseline');
   eps[1]!.rxBytes = 5120;
   clock.now = T0 + 70_000;
   await again.pass();
-  assert.deepEqual(await net(), [7420, 1150]);
-  // the old service, if it commits again, lost the cursor race or has a stale baseline: never twice
+  assert.deepEqual(await net(), [12420, 1150]);
+  // the old service, if it accounts again, reads the same cursor and baseline: each span once
   eps[1]!.rxBytes = 5220;
   clock.now = T0 + 80_000;
   await m.pass();
-  assert.deepEqual(await net(), [7420, 1150], 'a baseline not taken at the cursor is not used');
+  await again.pass();
+  assert.deepEqual(await net(), [12520, 1150], 'two services over one store count a span once');
+  // moved to another host: its endpoints there are new whatever their names and ifindexes (from 0)
+  await store.containers.update('c1', { host: 'host-b' });
+  eps = [{ hostIf: 'nva', ifindex: 9, rxBytes: 4100, txBytes: 700 }, { hostIf: 'nvb', ifindex: 7, rxBytes: 5300, txBytes: 10 }];
+  clock.now = T0 + 82_000;
+  await m.pass();
+  assert.deepEqual(await net(), [21920, 1860], 'after a move every counter is new');
   // accounted first while only created (no reading), then running: its endpoint's bytes are all new, none unmeasured
   await store.containers.insert(container('c2', 'late', { projectId: 'p1', status: 'created', createdAt: iso(T0 + 80_000), config: cfg }));
   clock.now = T0 + 85_000;

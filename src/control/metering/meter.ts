@@ -19,7 +19,7 @@ import { logger } from '../../core/log.js';
 import type { Store } from '../../store/store.js';
 import type { UsageCursor, UsageSlice } from '../../store/repos/usage.js';
 import type { EventBus, NimbusEvent } from '../events/event-bus.js';
-import { account, close, meteredContainer, meteredVm, netDelta, nextNetBaseline, type CounterReading, type InstanceSize, type MeteredInstance, type NetBaseline } from './accounting.js';
+import { account, close, meteredContainer, meteredVm, type CounterReading, type InstanceSize, type MeteredInstance } from './accounting.js';
 
 const log = logger('metering');
 
@@ -102,12 +102,6 @@ export class MeteringService {
   readonly stats: MeteringStats = { passes: 0, committed: 0, lost: 0, failed: 0, lastPassMs: 0, lastPassInstances: 0 };
   /** The last counter reading of each running instance (for /metrics). */
   readonly readings = new Map<string, CounterReading & Pick<MeteredInstance, 'projectId' | 'name' | 'kind'>>();
-  /**
-   * Each instance's network counters at its last accounting in this service. In memory, not in
-   * the cursor: a restarted service (or a new leader) has none, and the first span it accounts
-   * has its bytes unmeasured (null) rather than guessed.
-   */
-  private readonly netBases = new Map<string, NetBaseline>();
   /** Per instance, the event accountings waiting for their commit (see the top of this file). */
   private readonly pending = new Map<string, PendingEdges>();
   private readonly eventDelayMs: number;
@@ -145,7 +139,6 @@ export class MeteringService {
     await this.passing;
     await this.settle(); // what this leader saw is committed before another leads
     this.readings.clear();
-    this.netBases.clear(); // another leader may account next: these would not be its cursor's
   }
 
   private onEvent(e: NimbusEvent): void {
@@ -199,31 +192,23 @@ export class MeteringService {
     const first = await this.store.usage.cursor(id);
     if (first?.closed) return;
     let cursor = first;
-    let base = this.netBases.get(id);
     let moved: UsageCursor | undefined;
     const slices: UsageSlice[] = [];
     for (const s of p.snapshots) {
-      const outcome = account(cursor, s.inst, s.size, s.at, s.reading, netDelta(cursor, base, s.reading));
+      const outcome = account(cursor, s.inst, s.size, s.at, s.reading);
       if (!outcome) continue;
-      base = nextNetBaseline(cursor, base, s.reading, s.at);
       cursor = moved = outcome.next;
       slices.push(...outcome.slices);
     }
     if (p.goneAt !== undefined) {
       this.readings.delete(id);
-      base = undefined;
       const outcome = cursor && close(cursor, p.goneAt);
       if (outcome) {
         moved = outcome.next;
         slices.push(...outcome.slices);
       }
     }
-    if (!moved) {
-      if (p.goneAt !== undefined) this.netBases.delete(id);
-      return;
-    }
-    if ((await this.commit(first, moved, slices)) && base) this.netBases.set(id, base);
-    else this.netBases.delete(id);
+    if (moved) await this.commit(first, moved, slices);
   }
 
   /** Commits every instance's pending edges now and waits for all accounting in flight. */
@@ -311,18 +296,13 @@ export class MeteringService {
     const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
     if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
     else if (!inst.active || read) this.readings.delete(id);
-    const base = this.netBases.get(id);
-    const outcome = account(cursor, inst, await this.sizeOf(inst), now, reading, netDelta(cursor, base, reading));
-    if (!outcome) return;
-    const nextBase = nextNetBaseline(cursor, base, reading, now);
-    if ((await this.commit(cursor, outcome.next, outcome.slices)) && nextBase) this.netBases.set(id, nextBase);
-    else this.netBases.delete(id);
+    const outcome = account(cursor, inst, await this.sizeOf(inst), now, reading);
+    if (outcome) await this.commit(cursor, outcome.next, outcome.slices);
   }
 
   /** The instance is gone (destroyed at goneAt): its last span, then its cursor closes. */
   async closeInstance(id: string, goneAt: number): Promise<void> {
     this.readings.delete(id);
-    this.netBases.delete(id);
     const cursor = await this.store.usage.cursor(id);
     if (!cursor) return;
     const outcome = close(cursor, goneAt);

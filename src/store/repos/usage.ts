@@ -30,7 +30,16 @@ export interface UsageCursor {
   diskBytes: number | null;
   /** The instance is gone and its last span accounted: nothing more is added (kept until its record is gone too). */
   closed: boolean;
+  /**
+   * The network counters at accountedUntil, per endpoint (its host, device and ifindex: a
+   * re-created endpoint is a new key, its counter from 0): the next span's bytes are measured
+   * from them. Null: unknown (no reading then), and the next span's bytes are not measured.
+   */
+  netBase: NetBase | null;
 }
+
+/** Network counters per endpoint key, as a cursor keeps them. */
+export type NetBase = Record<string, { rxBytes: number; txBytes: number }>;
 
 /** Usage to add to one (instance, hour, size) row; null counters: not measured in this span. */
 export interface UsageSlice {
@@ -88,8 +97,26 @@ function cursor(r: Row): UsageCursor {
     instanceId: str(r.instance_id), projectId: str(r.project_id), kind: str(r.kind) as UsageKind, name: str(r.name),
     accountedUntil: num(r.accounted_until), active: num(r.active) === 1, cpuNs: numOrNull(r.cpu_ns), cpuRun: r.cpu_run === null || r.cpu_run === undefined ? null : str(r.cpu_run),
     millicpus: num(r.millicpus), memoryBytes: num(r.memory_bytes), heldMemoryBytes: num(r.held_memory_bytes), diskBytes: numOrNull(r.disk_bytes),
-    closed: num(r.closed) === 1,
+    closed: num(r.closed) === 1, netBase: netBaseOf(r.net_base),
   };
+}
+
+/** A stored baseline: JSON written by commit; anything else reads as unknown. */
+function netBaseOf(v: unknown): NetBase | null {
+  if (typeof v !== 'string') return null;
+  try {
+    const parsed: unknown = JSON.parse(v);
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) return null;
+    const out: NetBase = {};
+    for (const [k, e] of Object.entries(parsed as Record<string, unknown>)) {
+      const c = e as { rxBytes?: unknown; txBytes?: unknown } | null;
+      if (!c || typeof c.rxBytes !== 'number' || typeof c.txBytes !== 'number') return null;
+      out[k] = { rxBytes: c.rxBytes, txBytes: c.txBytes };
+    }
+    return out;
+  } catch {
+    return null;
+  }
 }
 
 function usageRow(r: Row): UsageRow {
@@ -128,15 +155,16 @@ export class SqlUsageRepo implements UsageRepo {
       const values = [
         next.projectId, next.kind, next.name, next.accountedUntil, next.active ? 1 : 0, next.cpuNs, next.cpuRun,
         next.millicpus, next.memoryBytes, next.heldMemoryBytes, next.diskBytes, next.closed ? 1 : 0,
+        next.netBase === null ? null : JSON.stringify(next.netBase),
       ];
       // the cursor first: when it lost the race nothing else has been written
       const moved = expectedUntil === null
         ? await this.db.run(
-          `INSERT INTO usage_cursors (project_id, kind, name, accounted_until, active, cpu_ns, cpu_run, millicpus, memory_bytes, held_memory_bytes, disk_bytes, closed, instance_id)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING`, [...values, next.instanceId])
+          `INSERT INTO usage_cursors (project_id, kind, name, accounted_until, active, cpu_ns, cpu_run, millicpus, memory_bytes, held_memory_bytes, disk_bytes, closed, net_base, instance_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING`, [...values, next.instanceId])
         : await this.db.run(
           `UPDATE usage_cursors SET project_id = ?, kind = ?, name = ?, accounted_until = ?, active = ?, cpu_ns = ?, cpu_run = ?,
-             millicpus = ?, memory_bytes = ?, held_memory_bytes = ?, disk_bytes = ?, closed = ?
+             millicpus = ?, memory_bytes = ?, held_memory_bytes = ?, disk_bytes = ?, closed = ?, net_base = ?
            WHERE instance_id = ? AND accounted_until = ? AND closed = 0`, [...values, next.instanceId, expectedUntil]);
       if (moved.changes !== 1) return false;
       for (const s of slices) {
