@@ -7,14 +7,17 @@
  *   on    a sampler every BENCH_METERING_INTERVAL_MS (default 1000 ms, 60x the default rate,
  *         so that its cost shows if it has one)
  * Per round and side: BENCH_RUNS (default 30) `run --rm true` through the API, 200 ms apart
- * (as start-latency's isolated mode), then a burst of BENCH_METERING_BURST (default 50)
+ * (as start-latency's isolated mode), then, once the daemon is settled (its warm pool refilled
+ * to its target, no removal pending: both sides meet the same pool), a burst of BENCH_METERING_BURST (default 50)
  * containers started at once (`run -d IMAGE sleep 3600`), timed until every one is running
- * as the API reports it, then left running for two sampling intervals (the sampler's pass over
- * them) and removed. BENCH_METERING_ROUNDS rounds (default 2).
+ * as the API reports it, then, settled again, left running for three sampling intervals (the
+ * sampler's passes over them: the daemon's CPU time over them is the steady cost of metering N
+ * running instances, read from /proc/PID/stat) and removed. BENCH_METERING_ROUNDS rounds (default 2).
  * Goal (issue 17): within noise, < 2 % (on / off ≤ 1.02).
  * Run alone: node dist/bench/metering.js
  */
 import { nimbusRunRm, startBenchDaemon, type BenchDaemon, type UnixClient } from './lib/daemon.js';
+import { readFileSync } from 'node:fs';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
 import { measure, msSince, now, ratio, summarize } from './lib/stats.js';
@@ -54,6 +57,30 @@ async function burst(client: UnixClient, image: string, n: number): Promise<numb
   }
 }
 
+interface AgentInfo { warmPool?: { ready: number; sizing?: { target: number } }; removals?: { pending: number } }
+
+/**
+ * Until the daemon is settled: its warm pool at its target and no removal pending (at most
+ * 120 s). A burst then meets the same pool on both sides: without this, the side whose refill
+ * after the previous burst was slower met a half-empty pool and measured that, not metering.
+ */
+async function settled(client: UnixClient): Promise<void> {
+  const t0 = now();
+  for (;;) {
+    const a = (await client.json<{ agent: AgentInfo }>('GET', '/info')).agent;
+    if ((a.warmPool?.ready ?? 0) >= (a.warmPool?.sizing?.target ?? 0) && (a.removals?.pending ?? 0) === 0) return;
+    if (msSince(t0) > 120_000) throw new Error(`not settled after 120 s: ${JSON.stringify(a.warmPool)} ${JSON.stringify(a.removals)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The process's CPU time (user + system) in ms, from /proc/PID/stat (clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime: fields 14 and 15 of stat
+}
+
 async function removeAll(client: UnixClient): Promise<void> {
   const list = await client.json<{ id: string }[]>('GET', '/containers?all=true');
   await Promise.all(list.map((c) => client.request('DELETE', `/containers/${c.id}?force=true`)));
@@ -63,6 +90,7 @@ export async function metering(env: BenchEnv): Promise<BenchOutcome> {
   const sides: Record<SideName, BenchDaemon | undefined> = { off: undefined, on: undefined };
   const starts: Record<SideName, number[]> = { off: [], on: [] };
   const bursts: Record<SideName, number[]> = { off: [], on: [] };
+  const holdCpu: Record<SideName, number[]> = { off: [], on: [] }; // ms of the daemon's CPU per second, N containers running
   let meteredInstances = 0;
   try {
     sides.off = await daemonWithMetering(0);
@@ -78,9 +106,14 @@ export async function metering(env: BenchEnv): Promise<BenchOutcome> {
       }
       for (const name of order) {
         const client = sides[name]!.client;
+        await settled(client);
         note(NAME, `round ${round}/${ROUNDS}, metering ${name}: burst of ${BURST}`);
         bursts[name].push(await burst(client, env.busybox, BURST));
-        await new Promise((r) => setTimeout(r, 2 * INTERVAL_MS)); // the sampler passes over them (on)
+        await settled(client); // the refill after the burst is not metering's: measured once it is done
+        const pid = sides[name]!.pid;
+        const [c0, t0] = [cpuMs(pid), now()];
+        await new Promise((r) => setTimeout(r, 3 * INTERVAL_MS)); // the sampler passes over them (on)
+        holdCpu[name].push((1000 * (cpuMs(pid) - c0)) / msSince(t0));
         await removeAll(client);
       }
     }
@@ -100,8 +133,10 @@ export async function metering(env: BenchEnv): Promise<BenchOutcome> {
     start_p95_on_over_off: ratio(start.on.p95, start.off.p95),
     burst_median_on_over_off: ratio(all.on.p50, all.off.p50),
   };
+  const hold = { off: summarize(holdCpu.off), on: summarize(holdCpu.on) };
+  note(NAME, `daemon CPU with ${BURST} running: ${hold.on.p50} ms/s metering on, ${hold.off.p50} ms/s off (medians over ${ROUNDS} rounds)`);
   const record = makeRecord(NAME, {
-    results: { runs: RUNS, rounds: ROUNDS, burst: BURST, intervalMs: INTERVAL_MS, unit: 'ms', startLatency: start, burstAllRunning: all, meteredInstances },
+    results: { runs: RUNS, rounds: ROUNDS, burst: BURST, intervalMs: INTERVAL_MS, unit: 'ms', startLatency: start, burstAllRunning: all, meteredInstances, daemonCpuMsPerSecondWhileRunning: hold },
     ratios,
   });
   const row = (figure: string, on: number, off: number, r: number | null): SummaryRow => ({
@@ -114,6 +149,10 @@ export async function metering(env: BenchEnv): Promise<BenchOutcome> {
       row('run --rm true p50, metering on', start.on.p50, start.off.p50, ratios.start_p50_on_over_off),
       row('run --rm true p95, metering on', start.on.p95, start.off.p95, ratios.start_p95_on_over_off),
       row(`burst of ${BURST} all running, metering on`, all.on.p50, all.off.p50, ratios.burst_median_on_over_off),
+      {
+        bench: NAME, figure: `daemon CPU, ${BURST} running, metering on (ms per s)`, unit: 'ms/s', nimbus: hold.on.p50, peers: { 'metering off': hold.off.p50 },
+        ratio: null, goal: 'reported', met: null, note: `the steady cost of sampling ${BURST} instances every ${INTERVAL_MS} ms: ${Math.round((hold.on.p50 - hold.off.p50) * 10) / 10} ms of CPU per second`,
+      },
     ],
   };
 }

@@ -5,32 +5,28 @@
  * device's life; a re-created endpoint (restart, migration, reconnect) has a new ifindex and
  * starts again from 0, which is why each endpoint is reported with its ifindex.
  */
-import { readFile } from 'node:fs/promises';
+import { readPseudoFile } from '../cgroups/cgroups.js';
 import type { EndpointCounters, NetworkCounters } from '../drivers/instance-driver.js';
 
 const SYS_NET = '/sys/class/net';
 
-async function readNum(dev: string, file: string): Promise<number> {
-  const n = Number((await readFile(`${SYS_NET}/${dev}/${file}`, 'utf8')).trim());
+function readNum(dev: string, file: string): number | undefined {
+  const text = readPseudoFile(`${SYS_NET}/${dev}/${file}`); // sysfs: read synchronously (cgroups.ts, readPseudoFile)
+  if (text === undefined) return undefined;
+  const n = Number(text.trim());
   if (!Number.isFinite(n)) throw new Error(`${SYS_NET}/${dev}/${file}: not a number`);
   return n;
 }
 
 /** One host-side device's counters from the instance's side; undefined when the device is gone (or not made yet). */
 export async function readEndpointCounters(hostIf: string): Promise<EndpointCounters | undefined> {
-  try {
-    const [ifindex, hostRxBytes, hostTxBytes, hostRxPackets, hostTxPackets] = await Promise.all([
-      readNum(hostIf, 'ifindex'),
-      readNum(hostIf, 'statistics/rx_bytes'),
-      readNum(hostIf, 'statistics/tx_bytes'),
-      readNum(hostIf, 'statistics/rx_packets'),
-      readNum(hostIf, 'statistics/tx_packets'),
-    ]);
-    return { hostIf, ifindex, rxBytes: hostTxBytes, txBytes: hostRxBytes, rxPackets: hostTxPackets, txPackets: hostRxPackets };
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
+  const ifindex = readNum(hostIf, 'ifindex');
+  const hostRxBytes = readNum(hostIf, 'statistics/rx_bytes');
+  const hostTxBytes = readNum(hostIf, 'statistics/tx_bytes');
+  const hostRxPackets = readNum(hostIf, 'statistics/rx_packets');
+  const hostTxPackets = readNum(hostIf, 'statistics/tx_packets');
+  if (ifindex === undefined || hostRxBytes === undefined || hostTxBytes === undefined || hostRxPackets === undefined || hostTxPackets === undefined) return undefined;
+  return { hostIf, ifindex, rxBytes: hostTxBytes, txBytes: hostRxBytes, rxPackets: hostTxPackets, txPackets: hostRxPackets };
 }
 
 /**
