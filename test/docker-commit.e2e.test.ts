@@ -139,6 +139,35 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     assert.equal((await admin.ok(['run', '--rm', 'imported:gz', 'cat', '/added.txt'])).trim(), 'added');
   });
 
+  test('nimbus commit, nimbus export and nimbus image import-rootfs do the same over the Nimbus API', async () => {
+    const cli = async (args: string[]) => {
+      const r = await d!.cli(args);
+      assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+      return r.stdout;
+    };
+    const id = (await cli(['commit', '-c', 'CMD ["cat", "/etc/group"]', '-c', 'USER 1000', '-m', 'via nimbus', '-a', 'cli', 'box', 'cli-made:v1'])).trim();
+    assert.match(id, /^sha256:[0-9a-f]{64}$/);
+    assert.match(await admin.ok(['run', '--rm', 'cli-made:v1']), /extra:x:2000:/);
+    const [inspect] = JSON.parse(await cli(['image', 'inspect', 'cli-made:v1', '-o', 'json'])) as Array<{ config: { config: { User: string; Cmd: string[] }; author: string; comment: string } }>;
+    assert.equal(inspect!.config.config.User, '1000');
+    assert.equal(inspect!.config.author, 'cli');
+    assert.equal(inspect!.config.comment, 'via nimbus');
+    const bad = await d!.cli(['commit', '-c', 'COPY a b', 'box']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /COPY is not a valid change command/);
+
+    const out = join(home, 'cli-export.tar');
+    await cli(['export', 'box', '-o', out]);
+    const names = await tarNames(out);
+    assert.ok(names.includes('added.txt') && !names.includes('etc/nimbus-release'), names.slice(0, 20).join(' '));
+    const imported = (await cli(['image', 'import-rootfs', '-c', 'CMD ["cat", "/added.txt"]', out, 'cli-imported:v1'])).trim();
+    assert.match(imported, /^sha256:[0-9a-f]{64}$/);
+    assert.equal((await admin.ok(['run', '--rm', 'cli-imported:v1'])).trim(), 'added');
+    const missing = await d!.cli(['export', 'nosuchbox', '-o', join(home, 'none.tar')]);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /nosuchbox/);
+  });
+
   test('docker import refuses a hostile tarball (../ escape, device node) and a URL, and keeps nothing of it', async () => {
     const escape = join(home, 'escape.tar');
     writeFileSync(escape, await makeTar([{ name: 'ok.txt', type: 'file', content: 'fine\n' }, { name: '../../escaped.txt', type: 'file', content: 'out\n' }]));
