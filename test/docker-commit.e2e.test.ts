@@ -8,7 +8,8 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -168,12 +169,16 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     assert.match(missing.stderr, /nosuchbox/);
   });
 
-  test('docker import refuses a hostile tarball (../ escape, device node) and a URL, and keeps nothing of it', async () => {
+  test('docker import refuses a hostile tarball (../ escape, device node), a file that is no tar, and a URL; no image is left of them', async () => {
     const escape = join(home, 'escape.tar');
     writeFileSync(escape, await makeTar([{ name: 'ok.txt', type: 'file', content: 'fine\n' }, { name: '../../escaped.txt', type: 'file', content: 'out\n' }]));
     const r = await admin.run(['import', escape, 'evil:v1']);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /escapes the layer root/);
+    // the refused layer went with the collection after the refusal: no blob holds the tarball's bytes
+    const layerHex = createHash('sha256').update(readFileSync(escape)).digest('hex');
+    assert.ok(!existsSync(join(d!.home, 'content', 'blobs', 'sha256', layerHex)), 'the refused layer is not kept');
+    assert.ok(!existsSync(join(d!.home, '..', 'escaped.txt')) && !existsSync(join(d!.home, 'escaped.txt')), 'nothing written outside');
     const device = join(home, 'device.tar');
     writeFileSync(device, await tarOf([{ name: 'mem', type: 'character-device', devmajor: 1, devminor: 1 }]));
     const dev = await admin.run(['import', device, 'evil:v2']);

@@ -307,7 +307,14 @@ export class ImageService {
     const archive = `${upload}.image.tar`;
     try {
       await rootfsArchive(upload, archive, { config, comment: opts.message || 'Imported from -', architecture: process.arch === 'x64' ? 'amd64' : process.arch });
-      const imgs = await this.agent.importImages(archive);
+      let imgs: AgentImage[];
+      try {
+        imgs = await this.agent.importImages(archive);
+      } catch (e) {
+        // a refused tarball's layer was stored before its unpack refused it: nothing references it, so it goes now
+        await this.collectGarbage().catch((x: unknown) => log.warn('collecting a refused import\'s blobs failed; the next collection does it', { error: String(x) }));
+        throw e;
+      }
       if (imgs.length !== 1) throw new Conflict(`the import made ${imgs.length} images, not one`);
       return await this.view(await this.record(imgs[0]!, projectId, tagName, this.localName, 'import'));
     } finally {
