@@ -93,6 +93,12 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     assert.deepEqual(img.RootFS.Layers.slice(0, -1), base[0]!.RootFS.Layers, 'the image\'s layers, then one more');
     assert.equal(img.RootFS.Layers.length, base[0]!.RootFS.Layers.length + 1);
     assert.match(await admin.ok(['images', '--format', '{{.Repository}}:{{.Tag}}']), /^committed:v1$/m);
+    // saved as any image: the archive's manifest lists the new layer after the image's
+    const saved = join(home, 'committed.tar');
+    await admin.ok(['save', '-o', saved, 'committed:v1']);
+    const savedManifest = JSON.parse((await run('tar', ['-xOf', saved, 'manifest.json'])).stdout) as Array<{ RepoTags: string[]; Layers: string[] }>;
+    assert.deepEqual(savedManifest[0]!.RepoTags, ['committed:v1']);
+    assert.equal(savedManifest[0]!.Layers.length, img.RootFS.Layers.length);
     // a commit of the commit's container: layers stack
     await admin.ok(['run', '--name', 'second', 'committed:v1', 'sh', '-c', 'rm /added.txt']);
     await admin.ok(['commit', '--pause=false', 'second', 'committed:v2']);

@@ -278,8 +278,8 @@ export class ImageService {
   /**
    * An image committed on host (docker commit) as the project's, tagged with tagName (normalised)
    * when given; event "commit". The embedded agent holds every image the store knows: one made on
-   * another host is carried to it first (its blobs, then adopted there), so it saves, runs and
-   * pushes from there as any other.
+   * another host is carried to it first (its blobs, then adopted there), so it saves and runs
+   * from there as any other.
    */
   async recordCommitted(img: AgentImage, projectId: string, tagName: string | undefined, host: string): Promise<ImageView> {
     const local = this.localName;
