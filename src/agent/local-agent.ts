@@ -1301,6 +1301,8 @@ export class LocalAgent implements Agent {
 
   // ------------------------------------------------- docker commit (images/commit.ts), protocol 9
 
+  private commitDirSwept: Promise<void> | undefined;
+
   async commitContainer(id: string, req: CommitRequest): Promise<AgentImage> {
     checkCommitRequest(req);
     if (this.snapshotterName !== 'overlayfs') {
@@ -1314,6 +1316,8 @@ export class LocalAgent implements Agent {
       const parentManifest = await this.storedJson<ImageManifest>(req.parentManifest, MAX_MANIFEST_BYTES, 'manifest');
       if (!parentManifest.config) throw new DataLoss(`image ${req.parentManifest}: the manifest has no config`);
       const parentConfig = await this.storedJson<ImageConfig>(parentManifest.config.digest, MAX_CONFIG_BYTES, 'config');
+      // what a commit cut short by a crash left goes before this process's first commit writes there
+      await (this.commitDirSwept ??= rm(dir, { recursive: true, force: true }).catch((e: unknown) => log.warn('clearing an earlier run\'s commit files failed', { dir, error: String(e) })));
       await mkdir(dir, { recursive: true, mode: 0o700 });
       // the layer is read (and the container frozen, when asked) only while the tar is written out
       const layer = await this.copies.withWritableLayer(id, req.pause, (upper) => writeLayerBlob(exportTree(upper, { kind: 'overlay' }), file));
