@@ -592,7 +592,35 @@ export interface ContainerCopyHost {
   writeContainerArchive(id: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>): Promise<ContainerArchiveResult>;
 }
 
+/**
+ * docker commit on a host (agent/images/commit.ts). Protocol 9: an agent of 8 is refused with a
+ * Conflict naming the protocol (METHOD_SINCE).
+ */
+export interface CommitRequest {
+  /** The manifest of the container's image, as this host holds it: the new image's layers go on its. */
+  parentManifest: string;
+  /** The new image's runtime config (OCI's `config`: the container's, with the --change edits), computed by the control plane. */
+  config: NonNullable<ImageConfigDoc['config']>;
+  author?: string;
+  comment?: string;
+  /** The history entry's created_by. */
+  createdBy?: string;
+  /** Freeze a running container while its writable layer is read (docker commit's default). */
+  pause: boolean;
+}
+
+/** Images made from containers (protocol 9). */
+export interface ContainerCommitHost {
+  /**
+   * A new image in this host's content store and snapshots: the container's image layers plus one
+   * layer of its writable layer (overlayfs whiteouts as OCI whiteouts), with req's config; a
+   * running container frozen while its layer is read when req.pause. Conflict for a secure
+   * container or a host on the native snapshotter.
+   */
+  commitContainer(id: string, req: CommitRequest): Promise<AgentImage>;
+}
+
 /** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
-export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost, ContainerCopyHost {
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost, ContainerCopyHost, ContainerCommitHost {
   close(): Promise<void>;
 }

@@ -3,8 +3,8 @@
  * daemon. It owns the content store, the snapshotter and the instance drivers,
  * and turns control-plane requests into calls on them.
  */
-import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, stat } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -23,7 +23,7 @@ import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
 import { probeRuntime } from './drivers/container/oci-runtime.js';
 import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './images/pull.js';
-import { LAYER_TYPES, isIndex, type ImageManifest } from './images/media-types.js';
+import { LAYER_TYPES, isIndex, type ImageConfig, type ImageManifest } from './images/media-types.js';
 import { importImageArchive } from './images/import.js';
 import { LayerUnpacker } from './layers/layer-unpacker.js';
 import { ImageBudget } from './layers/unpack-limits.js';
@@ -49,7 +49,9 @@ import { hostRoutes } from './network/kernel.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { NetworkSpec, PortMapping } from './network/network-driver.js';
 import type { AddressProvider, HostVolumeInfo } from './agent.js';
-import type { BuildProgress, BuildRequest, ProcessTable } from './agent.js';
+import type { BuildProgress, BuildRequest, CommitRequest, ProcessTable } from './agent.js';
+import { checkCommitRequest, storeCommittedImage, writeLayerBlob } from './images/commit.js';
+import { exportTree } from './move/tree-tar.js';
 import type { OciMount } from './drivers/container/oci-spec.js';
 import { VolumeStore } from './volumes/volume-store.js';
 import { BlockVolumeStore } from './volumes/block-volume-store.js';
@@ -1295,6 +1297,38 @@ export class LocalAgent implements Agent {
   }
   writeContainerArchive(id: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>) {
     return this.copies.write(id, path, opts, bytes);
+  }
+
+  // ------------------------------------------------- docker commit (images/commit.ts), protocol 9
+
+  private commitDirSwept: Promise<void> | undefined;
+
+  async commitContainer(id: string, req: CommitRequest): Promise<AgentImage> {
+    checkCommitRequest(req);
+    if (this.snapshotterName !== 'overlayfs') {
+      throw new Conflict(`host ${this.options.agentName} uses the native snapshotter: only containers on overlayfs can be committed`, { host: this.options.agentName });
+    }
+    // the blobs written below are no image's until adopted: a collection meanwhile must keep them
+    this.activePulls++;
+    const dir = join(this.options.containersDir, 'commit');
+    const file = join(dir, `${id.slice(0, 32)}-${randomBytes(4).toString('hex')}.tar.gz`);
+    try {
+      const parentManifest = await this.storedJson<ImageManifest>(req.parentManifest, MAX_MANIFEST_BYTES, 'manifest');
+      if (!parentManifest.config) throw new DataLoss(`image ${req.parentManifest}: the manifest has no config`);
+      const parentConfig = await this.storedJson<ImageConfig>(parentManifest.config.digest, MAX_CONFIG_BYTES, 'config');
+      // what a commit cut short by a crash left goes before this process's first commit writes there
+      await (this.commitDirSwept ??= rm(dir, { recursive: true, force: true }).catch((e: unknown) => log.warn('clearing an earlier run\'s commit files failed', { dir, error: String(e) })));
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      // the layer is read (and the container frozen, when asked) only while the tar is written out
+      const layer = await this.copies.withWritableLayer(id, req.pause, (upper) => writeLayerBlob(exportTree(upper, { kind: 'overlay' }), file));
+      await this.diskSpace().ensureRoom({ content: layer.size, snapshots: layer.size }, `committing container ${id.slice(0, 12)}`);
+      const { manifestDigest } = await storeCommittedImage(this.content, parentManifest, parentConfig, layer, req);
+      log.info('container committed', { container: id, manifest: manifestDigest, layerBytes: layer.size });
+      return await this.adoptImage(manifestDigest);
+    } finally {
+      this.activePulls--;
+      await rm(file, { force: true });
+    }
   }
 
   async close(): Promise<void> {

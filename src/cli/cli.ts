@@ -15,6 +15,7 @@ import { errorText } from './errors.js';
 import { OUTPUT_OPTION, PROJECT_OPTION, UsageError, helpText, parseArgs, usageLine, type CommandSpec, type GlobalOptions } from './args.js';
 import { containerCommands } from './commands/containers.js';
 import { cpCommands } from './commands/cp.js';
+import { commitCommands } from './commands/commit.js';
 import { imageCommands } from './commands/images.js';
 import { buildCommands } from './commands/build.js';
 import { systemCommands } from './commands/system.js';
@@ -40,7 +41,7 @@ const withOutput = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.nam
 const withProject = (c: CommandSpec): CommandSpec => (c.options.some((o) => o.name === 'project') ? c : { ...c, options: [...c.options, PROJECT_OPTION] });
 
 export const COMMANDS: CommandSpec[] = [
-  ...containerCommands, ...cpCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...registryCommands, ...buildCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands, ...moveCommands,
+  ...containerCommands, ...cpCommands, ...commitCommands, ...networkCommands, ...volumeCommands, ...vmCommands, ...agentCommands, ...hostCommands, ...schedulerCommands, ...imageCommands, ...registryCommands, ...buildCommands, ...quotaCommands.map(withOutput), ...systemCommands, ...identityCommands, ...dockerEnvCommands, ...usageCommands, ...moveCommands,
 ].map(withProject);
 
 /** Short forms, as docker has them. */

@@ -10,6 +10,7 @@ import type { AgentDirectory } from './agents/agent-directory.js';
 import type { EventBus } from './events/event-bus.js';
 import type { ImageService } from './images/image-service.js';
 import type { BuildService } from './images/build-service.js';
+import type { CommitService } from './images/commit-service.js';
 import type { OperationService } from './operations/operations.js';
 import type { QuotaService } from './quota/quota-service.js';
 import type { AccessControl } from './identity/access.js';
@@ -42,6 +43,8 @@ export interface Services {
   images: ImageService;
   /** Image builds (docs/builds.md); absent where services are assembled by hand (tests). */
   builds?: BuildService;
+  /** docker commit (images/commit-service.ts); absent where services are assembled by hand (tests). */
+  commits?: CommitService;
   disks: DiskImageService;
   containers: ContainerService;
   networks: NetworkService;

@@ -24,6 +24,7 @@ import { OperationService } from '../control/operations/operations.js';
 import { ImageService } from '../control/images/image-service.js';
 import { RegistryCredentialService } from '../control/registries/registry-credentials.js';
 import { SecretBox } from '../control/registries/sealed-secret.js';
+import { CommitService } from '../control/images/commit-service.js';
 import { BuildService } from '../control/images/build-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
 import { HealthMonitor } from '../control/compute/health.js';
@@ -276,6 +277,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION, metrics,
     builds: new BuildService(images, operations, quota, options.tmpDir),
+    commits: new CommitService(store, containers, images, hosts, events),
     registries,
   };
 

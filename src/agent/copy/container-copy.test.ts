@@ -191,3 +191,67 @@ test('a stopped container whose rootfs is not mounted here: its snapshot is moun
     rmSync(base, { recursive: true, force: true });
   }
 });
+
+// ---- docker commit's hold of a writable layer (withWritableLayer) ---------------------------------
+
+function commitFixture(status: RuntimeState['status'], mounts: Array<{ type: string; source: string; options: string[] }> = [{ type: 'overlay', source: 'overlay', options: ['lowerdir=/l', 'upperdir=/snap/1/fs', 'workdir=/snap/1/work'] }]) {
+  const calls: string[] = [];
+  const host = new CopyHost({
+    agentName: 'test',
+    isSecure: (id) => id === 'secure',
+    view: async () => ({ rootfs: '/unused', mountPoints: [], user: { uid: 0, gid: 0 } }),
+    state: async () => ({ status }),
+    freeze: async () => void calls.push('freeze'),
+    thaw: async () => void calls.push('thaw'),
+    snapshotMounts: async () => mounts,
+    saved: async () => ({ mountPoints: [] }),
+    scratchDir: '/nonexistent',
+    room: () => ({ snapshotRoom: async () => 1024 ** 3 }),
+  });
+  return { host, calls };
+}
+
+test('commit: a running container is frozen while its upper directory is read and thawed after, on failure too; --pause=false and a paused one are not touched', async () => {
+  const running = commitFixture('running');
+  assert.equal(await running.host.withWritableLayer('c1', true, async (upper) => {
+    running.calls.push(`read ${upper}`);
+    return 'layer';
+  }), 'layer');
+  assert.deepEqual(running.calls, ['freeze', 'read /snap/1/fs', 'thaw']);
+
+  const failing = commitFixture('running');
+  await assert.rejects(failing.host.withWritableLayer('c1', true, async () => {
+    throw new Error('disk full');
+  }), /disk full/);
+  assert.deepEqual(failing.calls, ['freeze', 'thaw'], 'thawed after a failed read');
+
+  const live = commitFixture('running');
+  await live.host.withWritableLayer('c1', false, async () => void live.calls.push('read'));
+  assert.deepEqual(live.calls, ['read'], '--pause=false reads it as it runs');
+
+  const paused = commitFixture('paused');
+  await paused.host.withWritableLayer('c1', true, async () => void paused.calls.push('read'));
+  assert.deepEqual(paused.calls, ['read'], 'a paused container stays paused (not thawed by the commit)');
+});
+
+test('commit: lifecycle calls wait for the layer to be read; secure containers and native snapshots are refused', async () => {
+  const f = commitFixture('running');
+  let release!: () => void;
+  const reading = f.host.withWritableLayer('c1', true, () => new Promise<void>((r) => {
+    f.calls.push('reading');
+    release = r;
+  }));
+  await new Promise((r) => setImmediate(r));
+  const stop = f.host.lifecycle('c1', async () => void f.calls.push('stop'));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(f.calls, ['freeze', 'reading'], 'the stop waits');
+  release();
+  await reading;
+  await stop;
+  assert.deepEqual(f.calls, ['freeze', 'reading', 'thaw', 'stop']);
+
+  await assert.rejects(f.host.withWritableLayer('secure', true, async () => undefined), /microVM/);
+  const native = commitFixture('exited' as RuntimeState['status'], [{ type: 'bind', source: '/snap/2/fs', options: ['rbind'] }]);
+  await assert.rejects(native.host.withWritableLayer('c1', true, async () => undefined), /native snapshotter/);
+  assert.deepEqual(native.calls, []);
+});

@@ -180,6 +180,43 @@ export class CopyHost {
     }
   }
 
+  /**
+   * docker commit: fn given the container's writable layer (its overlay upper directory), under
+   * the copy gate (no start, stop, pause, unpause or removal meanwhile), a running container
+   * frozen for as long as fn runs when `pause` (a paused one stays as it is). Resolves to fn's answer.
+   */
+  async withWritableLayer<T>(id: string, pause: boolean, fn: (upperDir: string) => Promise<T>): Promise<T> {
+    if (this.p.isSecure(id)) {
+      throw new Conflict(`container ${id.slice(0, 12)} runs in its own microVM (--runtime vm): its files are in the microVM's disk, which a commit does not reach`, { container: id });
+    }
+    const release = await this.copyTurn(id);
+    let frozen = false;
+    try {
+      const mounts = await this.p.snapshotMounts(id).catch((e: unknown) => {
+        if (hasCode(e, 'NotFound')) throw new NotFound(`container ${id.slice(0, 12)} has no writable layer on host ${this.p.agentName}`, { container: id });
+        throw e;
+      });
+      const upper = mounts.find((m) => m.type === 'overlay')?.options.find((o) => o.startsWith('upperdir='));
+      if (!upper) throw new Conflict(`container ${id.slice(0, 12)}'s writable layer on host ${this.p.agentName} is not an overlay upper directory (the native snapshotter): it cannot be committed`, { container: id });
+      const view = await this.p.view(id);
+      const state = view ? await this.p.state(id).then((s) => s.status, (e: unknown) => {
+        if (hasCode(e, 'NotFound')) return 'stopped' as const;
+        throw e;
+      }) : 'stopped';
+      if (pause && state === 'running') {
+        await this.p.freeze(id);
+        frozen = true;
+      }
+      return await fn(upper.slice('upperdir='.length));
+    } finally {
+      try {
+        if (frozen) await this.p.thaw(id).catch((e: unknown) => log.error('thawing a container after a commit failed', { container: id, error: String(e) }));
+      } finally {
+        release();
+      }
+    }
+  }
+
   /** A stopped container the driver holds no mount of: its writable snapshot mounted under scratchDir for the copy. */
   private async mountAside(id: string, view: CopyView | undefined, release: () => void): Promise<OpenRootfs> {
     const mounts = await this.p.snapshotMounts(id).catch((e: unknown) => {

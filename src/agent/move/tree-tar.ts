@@ -142,7 +142,7 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
         for (const child of (await readdir(abs)).sort()) {
           if (!rel && skip.has(child)) continue;
           if (child.startsWith(WH_PREFIX) && opts.whiteoutNames !== 'keep') {
-            throw new Conflict(`${JSON.stringify(rel ? `${rel}/${child}` : child)} has a name an image layer reserves for whiteouts (.wh.*); rename it before moving`, { entry: rel ? `${rel}/${child}` : child });
+            throw new Conflict(`${JSON.stringify(rel ? `${rel}/${child}` : child)} has a name an image layer reserves for whiteouts (.wh.*); rename it before moving or committing the container`, { entry: rel ? `${rel}/${child}` : child });
           }
           const childRel = rel ? `${rel}/${child}` : child;
           await walk(childRel, await lstat(path.join(root, childRel)));

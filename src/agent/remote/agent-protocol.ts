@@ -31,8 +31,9 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * destination's answer's `tls`, migrateVmOut's opts.tls: an older peer leaves them out and the
  * move goes plain). Bump the current one for any change a peer of the previous version would
  * misread; raise the minimum when support for an old one goes.
+ * 9 (docker commit): commitContainer, see COMMIT_SINCE below.
  */
-export const AGENT_PROTOCOL_VERSION = 8;
+export const AGENT_PROTOCOL_VERSION = 9;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -132,6 +133,8 @@ export const UNARY_METHODS = [
   'detachVmVolume',
   'resizeContainer',
   'containerPathStat',
+  // protocol 9, docker commit
+  'commitContainer',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
@@ -178,7 +181,12 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   exportContainerLogs: 8,
   importContainerLogs: 8,
   setRoutedPeers: 8,
+  // protocol 9, docker commit (kept apart: other protocol 9 additions merge beside it)
+  commitContainer: 9,
 };
+
+/** docker commit on the container's host (commitContainer): agents of 8 and older refuse it with a Conflict naming the protocol. */
+export const COMMIT_SINCE = 9;
 
 /** What a method an older agent lacks is for, in the refusal. */
 const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
@@ -213,6 +221,7 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   writeContainerArchive: 'copy files into and out of containers',
   exportContainerLogs: "carry a container's log when it moves",
   importContainerLogs: "carry a container's log when it moves",
+  commitContainer: 'commit a container to an image (docker commit)',
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */

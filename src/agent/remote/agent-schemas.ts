@@ -36,6 +36,27 @@ const Bool = Type.Boolean();
 const ContainerFilePath = Type.String({ minLength: 1, maxLength: 4096 });
 const Obj = <P extends Record<string, TSchema>>(props: P) => Type.Object(props, { additionalProperties: true });
 
+/** docker commit's request (protocol 9): the image config is the control plane's, checked as an object of the fields it sets. */
+const RuntimeConfig = Obj({
+  User: Type.Optional(Str),
+  Env: Type.Optional(Strings),
+  Entrypoint: Type.Optional(Type.Union([Strings, Type.Null()])),
+  Cmd: Type.Optional(Type.Union([Strings, Type.Null()])),
+  WorkingDir: Type.Optional(Str),
+  Labels: Type.Optional(Type.Union([Type.Record(Type.String(), Type.String()), Type.Null()])),
+  StopSignal: Type.Optional(Str),
+  ExposedPorts: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  Volumes: Type.Optional(Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()])),
+});
+const CommitRequest = Obj({
+  parentManifest: Type.String({ pattern: '^sha256:[0-9a-f]{64}$', default: `sha256:${'0'.repeat(64)}` }),
+  config: RuntimeConfig,
+  author: Type.Optional(Type.String({ maxLength: 4096 })),
+  comment: Type.Optional(Type.String({ maxLength: 65536 })),
+  createdBy: Type.Optional(Type.String({ maxLength: 65536 })),
+  pause: Bool,
+});
+
 const NetworkSpec = Obj({
   id: Id,
   name: Str,
@@ -183,6 +204,8 @@ export const ARG_SCHEMAS = {
   reconcileBlockVolumes: [arg('volumes', Type.Array(Str, { maxItems: 1_000_000 })), arg('snapshots', Type.Array(Str, { maxItems: 1_000_000 }))],
   attachVmVolume: [arg('vmId', Id), arg('volume', Type.Object({ volumeId: Id, readonly: Type.Optional(Bool), boot: Type.Optional(Bool) }, { additionalProperties: false }))],
   detachVmVolume: [arg('vmId', Id), arg('volumeId', Id)],
+  // protocol 9, docker commit
+  commitContainer: [arg('id', Id), arg('req', CommitRequest)],
 } as const satisfies Record<UnaryMethod, readonly ArgSpec[]>;
 
 // ---- the table against the Agent interface, at compile time ---------------------------------

@@ -619,9 +619,9 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const noHeader = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '' }, body);
   assert.equal(noHeader.status, 400);
   assert.match(noHeader.body, new RegExp(`carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
-  const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '9' }, body);
+  const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: String(AGENT_PROTOCOL_VERSION + 1) }, body);
   assert.equal(future.status, 409);
-  assert.match(future.body, new RegExp(`speaks agent protocol 9; this agent speaks 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
+  assert.match(future.body, new RegExp(`speaks agent protocol ${AGENT_PROTOCOL_VERSION + 1}; this agent speaks 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
   const events = await raw(server.url, 'GET', PATHS.events, { ...auth, [PROTOCOL_HEADER]: '1' });
   assert.equal(events.status, 409, 'streams check the version too');
   assert.equal(state.calls.length, 0);

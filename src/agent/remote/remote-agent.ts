@@ -587,6 +587,8 @@ export class RemoteAgent implements Agent {
   // ------------------------------------------- docker cp (protocol 8)
 
   containerPathStat: Agent['containerPathStat'] = (...a) => this.call('containerPathStat', a);
+  /** Protocol 9. */
+  commitContainer: Agent['commitContainer'] = (...a) => this.call('commitContainer', a);
 
   /** The tar as the answer streams it (chunked; cut short, it errors), the stat in a header. */
   readContainerArchive: Agent['readContainerArchive'] = async (id, path) => {

@@ -8,6 +8,7 @@ import { familiarName, parseFilters } from './mapping.js';
 import { inDockerWords, noSuchImage } from './errors.js';
 import { IMAGE_LIST_FILTERS, checkImageFilters, imageCreated, matchesImageFilters, tagsMatching } from './image-filters.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
+import { importTarball } from './commit.js';
 
 const unix = (iso: string | undefined) => (iso ? Math.floor(Date.parse(iso) / 1000) : 0);
 /** How often a pull's operation is read for progress lines. */
@@ -46,11 +47,12 @@ export function imageInspect(img: ImageView): Record<string, unknown> {
     RepoTags: img.tags.map(familiarName),
     RepoDigests: repoDigests(img),
     Parent: '',
-    Comment: '',
+    // docker commit -m and -a, docker import -m: the config's comment and author
+    Comment: typeof (img.config as { comment?: unknown }).comment === 'string' ? (img.config as { comment: string }).comment : '',
     Created: img.config.created ?? img.createdAt,
     Container: '',
     DockerVersion: '',
-    Author: '',
+    Author: typeof (img.config as { author?: unknown }).author === 'string' ? (img.config as { author: string }).author : '',
     Config: config,
     // the legacy builder's record of the container an image was committed from: clients still read it (compose 1.29 does)
     ContainerConfig: config,
@@ -89,7 +91,7 @@ export function registryAuth(header: string | undefined): { username: string; pa
 
 /** The reference a pull names: fromImage with tag (a tag or a digest), "latest" when neither says. */
 export function pullReference(fromImage: string, tag: string | null): string {
-  if (!fromImage) throw new InvalidArgument('fromImage is required (importing with fromSrc is not supported yet)');
+  if (!fromImage) throw new InvalidArgument('fromImage is required (or fromSrc=- to import a tarball)');
   if (tag) return tag.startsWith('sha256:') ? `${fromImage}@${tag}` : `${fromImage}:${tag}`;
   const lastPart = fromImage.slice(fromImage.lastIndexOf('/') + 1);
   return lastPart.includes(':') || fromImage.includes('@') ? fromImage : `${fromImage}:latest`;
@@ -111,7 +113,8 @@ export function layerLine(l: NonNullable<PullProgressDoc['layers']>[number]): Re
 
 async function pull(ctx: DockerContext): Promise<typeof HANDLED> {
   const { services, query, req, res, project, signal } = ctx;
-  if (query.get('fromSrc')) throw new InvalidArgument('docker import (fromSrc) is not supported yet: use nimbus image import');
+  // docker import: a rootfs tarball in the body (commit.ts)
+  if (query.get('fromSrc') !== null) return importTarball(ctx);
   const ref = pullReference(query.get('fromImage') ?? '', query.get('tag'));
   const auth = registryAuth(req.headers['x-registry-auth'] as string | undefined);
   const normalized = services.images.normalize(ref);

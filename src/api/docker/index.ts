@@ -13,12 +13,13 @@ import { archiveRoutes } from './archive.js';
 import { containerArchiveRoutes } from './container-archive.js';
 import { renameRoutes } from './rename.js';
 import { topRoutes } from './top.js';
+import { commitRoutes } from './commit.js';
 import { authRoutes } from './auth.js';
 import { DockerApiServer, type DockerRoute } from './server.js';
 import { systemRoutes } from './system.js';
 
 export function dockerRoutes(): DockerRoute[] {
-  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...containerArchiveRoutes, ...renameRoutes, ...topRoutes, ...authRoutes];
+  return [...systemRoutes, ...imageRoutes, ...buildRoutes, ...containerRoutes, ...execRoutes, ...networkRoutes, ...volumeRoutes, ...observeRoutes, ...pruneRoutes, ...archiveRoutes, ...containerArchiveRoutes, ...renameRoutes, ...topRoutes, ...commitRoutes, ...authRoutes];
 }
 
 /**

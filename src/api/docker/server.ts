@@ -245,6 +245,44 @@ export function sendDockerError(res: ServerResponse, e: unknown): void {
     return;
   }
   const payload = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), ...(hasUnreadBody(res.req) ? { connection: 'close' } : {}) });
-  res.end(payload);
+  const send = () => {
+    if (res.headersSent || res.destroyed) return;
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload), ...(hasUnreadBody(res.req) ? { connection: 'close' } : {}) });
+    res.end(payload);
+  };
+  drainThen(res.req, send);
+}
+
+/** How much of a refused request's body is read (and dropped) before the refusal goes out. */
+const REFUSED_BODY_DRAIN_BYTES = 64 * 1024 * 1024;
+const REFUSED_BODY_DRAIN_MS = 10_000;
+
+/**
+ * then() once the request's body is read to its end, or after REFUSED_BODY_DRAIN_BYTES or
+ * REFUSED_BODY_DRAIN_MS of it (the connection is then closed with the answer). A client still
+ * sending a body (docker import, load, build) when the server refuses the request (a reader's
+ * role, a bad parameter) would otherwise see a broken pipe instead of the refusal.
+ */
+function drainThen(req: IncomingMessage, then: () => void): void {
+  if (!hasUnreadBody(req) || req.destroyed) return then();
+  let seen = 0;
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    req.off('data', onData);
+    then();
+  };
+  const onData = (c: Buffer) => {
+    seen += c.length;
+    if (seen > REFUSED_BODY_DRAIN_BYTES) finish();
+  };
+  const timer = setTimeout(finish, REFUSED_BODY_DRAIN_MS);
+  timer.unref();
+  req.on('data', onData);
+  req.once('end', finish);
+  req.once('error', finish);
+  req.once('close', finish);
+  req.resume();
 }

@@ -2,6 +2,7 @@ import type { Route } from '../route.js';
 import { containerRoutes } from './containers.js';
 import { containerFileRoutes } from './container-files.js';
 import { imageRoutes } from './images.js';
+import { commitRoutes } from './commit.js';
 import { quotaRoutes } from './quota.js';
 import { systemRoutes } from './system.js';
 import { identityRoutes } from './identity.js';
@@ -20,5 +21,5 @@ import { registryRoutes } from './registries.js';
 
 /** The whole route table: the server, OpenAPI and access tests all read this one list. */
 export function allRoutes(): Route[] {
-  return [...systemRoutes, ...imageRoutes, ...registryRoutes, ...diskImageRoutes, ...containerRoutes, ...containerFileRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...evacuateRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
+  return [...systemRoutes, ...imageRoutes, ...registryRoutes, ...diskImageRoutes, ...containerRoutes, ...containerFileRoutes, ...commitRoutes, ...networkRoutes, ...volumeRoutes, ...vmRoutes, ...quotaRoutes, ...identityRoutes, ...projectRoutes, ...agentRoutes, ...hostRoutes, ...evacuateRoutes, ...schedulerRoutes, ...usageRoutes, ...metricsRoutes];
 }

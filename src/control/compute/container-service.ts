@@ -862,6 +862,15 @@ export class ContainerService {
     return this.agentOf(c).readContainerArchive(c.id, path);
   }
 
+  /**
+   * docker export: the container's whole filesystem as its processes see it (its image's layers
+   * and its writable layer merged; what is mounted on it, volumes and the like, not) as one flat
+   * tar, running (frozen while its tree is walked) or stopped: docker cp's read of "/" on its host.
+   */
+  async exportFs(idOrName: string): Promise<Readable> {
+    return (await this.readArchive(idOrName, '/')).bytes;
+  }
+
   /** docker cp in: the tar extracted under the directory path, into the container's writable layer. */
   async writeArchive(idOrName: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>): Promise<ContainerArchiveResult> {
     const c = await this.get(idOrName);

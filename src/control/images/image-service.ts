@@ -15,6 +15,9 @@ import type { HostAgents } from '../compute/hosts.js';
 import type { ImageLocality } from '../scheduler/types.js';
 import { carryBlobs, sourcesFor } from './carry.js';
 import { withDeadline } from '../compute/deadline.js';
+import { rm } from 'node:fs/promises';
+import { applyChanges, parseChanges } from './changes.js';
+import { rootfsArchive } from './rootfs-import.js';
 import type { RegistryCredentials } from '../../agent/images/registry-client.js';
 
 /** How long one other host's garbage collection may take before the collection goes on without it. */
@@ -242,7 +245,7 @@ export class ImageService {
     return { name: first, agent: this.hosts!.get(first) };
   }
 
-  private async record(img: AgentImage, projectId: string, tagName: string | undefined, host: string | undefined = this.localName): Promise<ImageRecord> {
+  private async record(img: AgentImage, projectId: string, tagName: string | undefined, host: string | undefined = this.localName, action = 'pull'): Promise<ImageRecord> {
     const rec: ImageRecord = {
       digest: img.manifestDigest,
       projectId,
@@ -260,7 +263,7 @@ export class ImageService {
       if (host !== undefined) await this.store.images.addHost(rec.chainId, host, rec.createdAt);
       if (tagName) await this.store.images.setTag({ name: tagName, digest: rec.digest, projectId, updatedAt: rec.createdAt });
     });
-    this.events.publish({ type: 'image', action: 'pull', id: rec.digest, projectId, attributes: { name: tagName } });
+    this.events.publish({ type: 'image', action, id: rec.digest, projectId, attributes: { name: tagName } });
     return (await this.store.images.ref(projectId, rec.digest)) ?? rec;
   }
 
@@ -270,6 +273,53 @@ export class ImageService {
     for (const t of tags.slice(1)) await this.store.images.setTag({ name: t, digest: rec.digest, projectId, updatedAt: new Date().toISOString() });
     this.events.publish({ type: 'image', action: 'build', id: rec.digest, projectId, attributes: { name: tags.join(',') } });
     return this.view(rec);
+  }
+
+  /**
+   * An image committed on host (docker commit) as the project's, tagged with tagName (normalised)
+   * when given; event "commit". The embedded agent holds every image the store knows: one made on
+   * another host is carried to it first (its blobs, then adopted there), so it saves and runs
+   * from there as any other.
+   */
+  async recordCommitted(img: AgentImage, projectId: string, tagName: string | undefined, host: string): Promise<ImageView> {
+    const local = this.localName;
+    if (local !== undefined && host !== local && this.hosts) {
+      const pseudo: ImageRecord = {
+        digest: img.manifestDigest, projectId, indexDigest: null, configDigest: img.configDigest, config: img.config,
+        layers: img.layers, chainId: img.chainId, size: img.size, createdAt: new Date().toISOString(),
+      };
+      await this.carryToHost(pseudo, local, this.hosts.get(local), [host]);
+    }
+    const rec = await this.record(img, projectId, tagName, host, 'commit');
+    return this.view(rec);
+  }
+
+  /**
+   * A one-layer image from a rootfs tarball (docker import, plain or gzip) at `upload`, its config
+   * from the --change lines, tagged `reference` when given; event "import". The tarball is wrapped
+   * in a docker save archive (rootfs-import.ts) imported on the embedded agent as `docker load`
+   * is: digests verified, the layer unpacked by the hardened unpacker (hostile entries refused).
+   */
+  async importRootfs(upload: string, projectId: string, opts: { reference?: string; changes?: string[]; message?: string }): Promise<ImageView> {
+    if (this.localName === undefined) throw new Conflict('this control plane runs no embedded agent (--no-agent): import the tarball on a host with one, or push the image to a registry and pull it');
+    const tagName = opts.reference ? this.normalize(opts.reference) : undefined;
+    const config = applyChanges({}, parseChanges(opts.changes ?? []));
+    const archive = `${upload}.image.tar`;
+    try {
+      await rootfsArchive(upload, archive, { config, comment: opts.message || 'Imported from -', architecture: process.arch === 'x64' ? 'amd64' : process.arch });
+      let imgs: AgentImage[];
+      try {
+        imgs = await this.agent.importImages(archive);
+      } catch (e) {
+        // a refused tarball's layer was stored before its unpack refused it: nothing references it, so it goes now
+        await this.collectGarbage().catch((x: unknown) => log.warn('collecting a refused import\'s blobs failed; the next collection does it', { error: String(x) }));
+        throw e;
+      }
+      if (imgs.length !== 1) throw new Conflict(`the import made ${imgs.length} images, not one`);
+      return await this.view(await this.record(imgs[0]!, projectId, tagName, this.localName, 'import'));
+    } finally {
+      await rm(archive, { force: true });
+    }
   }
 
   /** Starts a pull; returns the Operation. */

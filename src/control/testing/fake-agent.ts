@@ -428,6 +428,22 @@ export class FakeAgent implements Agent {
     });
   }
 
+  /** docker commit: a new image over the container's image's layers, as a real host adopts one (protocol 9). */
+  commitContainer(...args: Parameters<Agent['commitContainer']>): Promise<AgentImage> {
+    return this.run('commitContainer', args, async () => {
+      this.container(args[0]);
+      const parent = this.images.get(args[1].parentManifest);
+      if (!parent) throw new NotFound(`image ${args[1].parentManifest} is not on host ${this.host.name}`);
+      const layerDigest = `sha256:${createHash('sha256').update(`layer of ${args[0]} ${Date.now()} ${Math.random()}`).digest('hex')}`;
+      const layers = [...parent.layers, { digest: layerDigest, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', size: 1, diffId: layerDigest }];
+      const config = { ...parent.config, config: args[1].config, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) } };
+      const manifestDigest = `sha256:${createHash('sha256').update(JSON.stringify({ layers, config })).digest('hex')}`;
+      const img: AgentImage = { manifestDigest, configDigest: manifestDigest, config, layers, chainId: `sha256:${createHash('sha256').update(layerDigest).digest('hex')}`, size: parent.size + 1 };
+      this.images.set(manifestDigest, img);
+      return img;
+    });
+  }
+
   writeContainerArchive(...args: Parameters<Agent['writeContainerArchive']>): Promise<ContainerArchiveResult> {
     return this.run('writeContainerArchive', args, async () => {
       this.container(args[0]);
