@@ -685,8 +685,8 @@ export class LocalAgent implements Agent {
     const t0 = performance.now();
     const { ports } = await this.network.attach({ containerId: req.id, pid: state.pid, endpoints: n.endpoints, ports: n.ports });
     log.debug('container networked', { id: req.id, endpoints: n.endpoints.length, ports: n.ports.length, ms: Math.round(performance.now() - t0) });
-    // ports the host chose (hostPort 0) are kept in the saved request: networked again (after a reboot) it asks for the same ones
-    if (n.ports.some((p) => p.hostPort === 0)) await this.saveRequest({ ...req, network: { ...n, ports } });
+    // ports the host chose (hostPort 0, or of a range) are kept in the saved request: networked again (after a reboot) it asks for the same ones
+    if (n.ports.some((p) => p.hostPort === 0 || p.hostPortEnd !== undefined)) await this.saveRequest({ ...req, network: { ...n, ports } });
     return ports;
   }
 

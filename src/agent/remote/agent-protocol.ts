@@ -29,10 +29,10 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * (setRoutedPeers); createContainer's ports with hostPort 0, the host choosing a free one and
  * answering it in `ports` (-P, -p PORT); buildImage's noCache (build --no-cache); live migrations over TLS (VmMigrationSpec.tls, the
  * destination's answer's `tls`, migrateVmOut's opts.tls: an older peer leaves them out and the
- * move goes plain). Bump the current one for any change a peer of the previous version would
- * misread; raise the minimum when support for an old one goes.
+ * move goes plain). 9: see PROTOCOL_9 below. Bump the current one for any change a peer of the
+ * previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 8;
+export const AGENT_PROTOCOL_VERSION = 9;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -431,3 +431,21 @@ export async function* ndjsonRecords(body: AsyncIterable<Buffer | string>): Asyn
   if (buf.trim()) throw new Error('stream ended inside a record');
 }
 
+
+// ------------------------------------------------------------------ protocol 9
+// PROTOCOL_9: createContainer's ports with hostPortEnd (-p FIRST-LAST:PORT: the host chooses one
+// free port of the range and answers it in `ports`); createContainer's volume mounts with
+// copyUp (an image's files copied into a new empty volume before the process starts).
+
+/** createContainer's ports with a host range to choose from (hostPortEnd) from this version on: an older agent refuses the field. */
+export const PORT_RANGES_SINCE = 9;
+
+/** Conflict when a connection at `version` cannot choose a published port from a range; undefined when it can. */
+export function tooOldForPortRanges(version: number, host: string): NimbusError | undefined {
+  if (version >= PORT_RANGES_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot choose a published port from a range (-p FIRST-LAST:PORT needs protocol ${PORT_RANGES_SINCE}); give one host port or upgrade it`, {
+    method: 'createContainer',
+    protocol: version,
+    needs: PORT_RANGES_SINCE,
+  });
+}

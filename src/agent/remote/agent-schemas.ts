@@ -50,6 +50,7 @@ const PortMapping = Obj({
   protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
   hostIp: Type.Optional(Str),
   hostPort: Int,
+  hostPortEnd: Type.Optional(Int), // protocol 9
   containerPort: Int,
 });
 const Attachment = Obj({ network: NetworkSpec, address: Str, dnsNames: Strings });

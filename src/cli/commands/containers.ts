@@ -10,6 +10,8 @@ import { clientOf, eachArg, waitOperation } from './shared.js';
 import { attachOnTerminal, execOnTerminal, localTerminalSize } from './exec-tty.js';
 import { vmImage, vmStatusText, type Vm } from './vms.js';
 import { mountsFromFlags } from './volumes.js';
+import { InvalidArgument } from '../../core/errors.js';
+import { parsePublishSpec, type PublishedPortSpec } from '../../core/port-ranges.js';
 
 type Instance = (Container & { type: 'container' }) | Vm;
 
@@ -58,7 +60,7 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal that stops the container (default SIGTERM)' },
   { name: 'stop-timeout', type: 'number', integer: true, value: 'SECS', description: 'Seconds between the stop signal and SIGKILL' },
   { name: 'network', type: 'string', value: 'NET', description: "bridge (default: the project's own), none, host, container:NAME|ID, or a network's name" },
-  { name: 'publish', short: 'p', type: 'list', value: '[IP:][HOSTPORT:]PORT[/tcp|udp]', description: 'Publish a container port on the host (loopback included); without HOSTPORT on a free one the host chooses' },
+  { name: 'publish', short: 'p', type: 'list', value: '[IP:][HOSTPORT[-END]:]PORT[-END][/tcp|udp]', description: 'Publish a container port on the host (loopback included); without HOSTPORT on a free one the host chooses; ranges: 8000-8010:80-90 pairwise, 8000-8010:80 one free port of the range, 80-90 each on a free port (at most 256 a container)' },
   { name: 'publish-all', short: 'P', type: 'boolean', description: 'Publish every port the image exposes, each on a free host port' },
   { name: 'ip', type: 'string', value: 'ADDR', description: 'Fixed IPv4 address on the network' },
   { name: 'dns', type: 'list', value: 'ADDR', description: "Nameserver instead of the network's embedded DNS" },
@@ -144,14 +146,18 @@ export function parseLogOpts(specs: string[]): { maxSizeBytes?: number; maxFiles
   return specs.length ? out : undefined;
 }
 
-/** -p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp], as docker takes it; no HOSTPORT (or an empty one): 0, the host chooses. */
-export function parsePublish(spec: string): { protocol: 'tcp' | 'udp'; hostIp?: string; hostPort: number; containerPort: number } {
-  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(?:(\d{0,5}):)?(\d{1,5})(?:\/(tcp|udp))?$/.exec(spec);
-  if (!m || (m[1] && m[2] === undefined)) throw new UsageError(`invalid -p "${spec}": expected [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]`);
-  const hostPort = m[2] ? Number(m[2]) : 0;
-  const containerPort = Number(m[3]);
-  for (const p of [m[2] ? hostPort : 1, containerPort]) if (p < 1 || p > 65535) throw new UsageError(`invalid -p "${spec}": ports are 1-65535`);
-  return { protocol: (m[4] as 'tcp' | 'udp' | undefined) ?? 'tcp', ...(m[1] ? { hostIp: m[1] } : {}), hostPort, containerPort };
+/**
+ * -p [IP:][HOSTPORT[-END]:]CONTAINERPORT[-END][/tcp|udp], as docker takes it: no HOSTPORT (or an
+ * empty one) is 0, the host chooses; a container range is one mapping per port; a host range
+ * beside one container port, one port of it the host chooses (core/port-ranges.ts).
+ */
+export function parsePublish(spec: string): PublishedPortSpec[] {
+  try {
+    return parsePublishSpec(spec);
+  } catch (e) {
+    if (e instanceof InvalidArgument) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /** --link NAME[:ALIAS] */
@@ -205,7 +211,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(opts['stop-signal'] !== undefined ? { stopSignal: opts['stop-signal'] } : {}),
     ...(opts['stop-timeout'] !== undefined ? { stopTimeout: opts['stop-timeout'] } : {}),
     ...(opts.network !== undefined ? { network: opts.network } : {}),
-    ...(list('publish').length ? { ports: list('publish').map(parsePublish) } : {}),
+    ...(list('publish').length ? { ports: list('publish').flatMap(parsePublish) } : {}),
     ...(opts['publish-all'] ? { publishAll: true } : {}),
     ...(opts.ip !== undefined ? { ip: opts.ip } : {}),
     ...(list('dns').length ? { dns: list('dns') } : {}),
