@@ -1,7 +1,8 @@
 /**
  * Docker-compatibility gaps closed end to end, with the real docker CLI and the nimbus CLI
  * against a real nimbusd and the loopback registry fixture: port ranges (-p 8000-8010:80-90,
- * -p 8000-8010:80, -p 80-90, with an address and /udp), published on loopback only.
+ * -p 8000-8010:80, -p 80-90, with an address and /udp), published on loopback only; the nimbus
+ * CLI's run -i without -t, rm -v and --volumes-from.
  * DOCKER_CONFIG is a temp dir: the host's docker config is never read.
  */
 import { after, before, describe, test } from 'node:test';
@@ -83,7 +84,7 @@ async function portsOf(name: string): Promise<Array<[string, string, number]>> {
   }).sort((a, b) => a[0].localeCompare(b[0]));
 }
 
-describe('Docker compatibility: port ranges', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
+describe('Docker compatibility: port ranges; nimbus run -i, rm -v, --volumes-from', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
   before(async () => {
     config = mkdtempSync(join(tmpdir(), 'nimbus-compat-config-'));
     mkdirSync(join(config, 'docker'));
@@ -175,5 +176,56 @@ describe('Docker compatibility: port ranges', { skip: DOCKER ? false : 'no docke
     assert.equal(api.status, 400, JSON.stringify(api.body));
     assert.match(JSON.stringify(api.body), /host port range 8010-8000 is not a range/);
     await nimbus(['rm', '-f', 'nranges']);
+  });
+
+  test('nimbus run -i without -t: stdin piped to the process, its end the process\'s; stdout and stderr apart; the exit code', async () => {
+    const hi = await d!.cli(['run', '-i', '--rm', IMAGE, 'cat'], { input: 'hi\n' });
+    assert.equal(hi.code, 0, hi.stderr);
+    assert.equal(hi.stdout, 'hi\n');
+    const lines = Array.from({ length: 2000 }, (_, i) => `line ${i}`).join('\n') + '\n';
+    const both = await d!.cli(['run', '-i', '--rm', '--name', 'piped', IMAGE, 'sh', '-c', 'wc -l; echo to-stderr >&2; exit 3'], { input: lines });
+    assert.equal(both.code, 3, both.stderr);
+    assert.equal(both.stdout.trim(), '2000', 'every line arrived, then end-of-file');
+    assert.match(both.stderr, /^to-stderr$/m);
+    assert.doesNotMatch(both.stdout, /to-stderr/);
+    assert.doesNotMatch(await ok(['ps', '-a', '--format', '{{.Names}}']), /^piped$/m, '--rm removed it');
+    // an attach without a terminal and without stdin is refused: its output is the log's
+    await nimbus(['run', '-d', '--name', 'quiet', IMAGE, 'sleep', '60']);
+    const refused = await d!.cli(['attach', 'quiet']);
+    assert.notEqual(refused.code, 0);
+    await nimbus(['rm', '-f', 'quiet']);
+  });
+
+  test('nimbus rm -v removes the anonymous volumes, never named ones; nimbus run --volumes-from (ro, rw, as it has them)', async () => {
+    const volumes = async () => (await ok(['volume', 'ls', '-q'])).trim().split('\n').filter(Boolean);
+    const had = new Set(await volumes());
+    const fresh = async () => (await volumes()).filter((v) => !had.has(v)).sort();
+    await nimbus(['run', '-d', '--name', 'vsrc', '-v', '/data', '-v', 'nkeep:/keep', IMAGE, 'sh', '-c', 'echo shared > /data/f; echo kept > /keep/f; exec sleep 3600']);
+    const made = await fresh();
+    assert.equal(made.length, 2, made.join(' '));
+    assert.ok(made.includes('nkeep') && made.some((v) => /^[0-9a-f]{64}$/.test(v)), made.join(' '));
+    // --volumes-from NAME:ro: both of its volumes, read-only
+    const ro = await d!.cli(['run', '--rm', '--volumes-from', 'vsrc:ro', IMAGE, 'sh', '-c', 'sleep 0.2; cat /data/f /keep/f; touch /data/g 2>/dev/null || echo read-only']);
+    assert.equal(ro.code, 0, ro.stderr);
+    assert.deepEqual(ro.stdout.trim().split('\n'), ['shared', 'kept', 'read-only']);
+    // without a mode: as it has them (read-write); a path the request mounts itself wins
+    const rw = await d!.cli(['run', '--rm', '--volumes-from', 'vsrc', '--tmpfs', '/keep', IMAGE, 'sh', '-c', 'echo more >> /data/f && cat /data/f; ls /keep | wc -l']);
+    assert.equal(rw.code, 0, rw.stderr);
+    assert.deepEqual(rw.stdout.trim().split('\n'), ['shared', 'more', '0']);
+    const bad = await d!.cli(['run', '--rm', '--volumes-from', 'vsrc:rx', IMAGE, 'true']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /invalid --volumes-from "vsrc:rx": CONTAINER\[:ro\|rw\]/);
+    const missing = await d!.cli(['run', '--rm', '--volumes-from', 'no-such-one', IMAGE, 'true']);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /no-such-one/);
+    // rm -v: the anonymous volume goes with it, the named one stays
+    await nimbus(['rm', '-f', '-v', 'vsrc']);
+    assert.deepEqual(await fresh(), ['nkeep']);
+    await nimbus(['run', '-d', '--name', 'vplain', '-v', '/data', IMAGE, 'sleep', '3600']);
+    assert.equal((await fresh()).length, 2);
+    await nimbus(['rm', '-f', 'vplain']);
+    const left = (await fresh()).filter((v) => v !== 'nkeep');
+    assert.equal(left.length, 1, 'without -v the anonymous volume stays, as docker rm');
+    await ok(['volume', 'rm', 'nkeep', left[0]!]);
   });
 });

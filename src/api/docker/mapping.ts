@@ -11,6 +11,7 @@ import { assertPublishCount, hostPortOf } from '../../core/port-ranges.js';
 import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
 import type { MountInput } from '../../control/volumes/volume-service.js';
 import { withExposedPorts } from '../../control/networks/publish-all.js';
+import { parseVolumesFrom } from '../../control/volumes/volumes-from.js';
 
 /** A container as the services show it (`unknown` while its host does not answer). */
 export type ContainerLike = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
@@ -146,16 +147,7 @@ export function anonymousMounts(paths: readonly string[], mounts: readonly Mount
   return out;
 }
 
-/** HostConfig.VolumesFrom: "CONTAINER[:ro|rw]" each; mode absent: each mount as the other container has it. */
-export function parseVolumesFrom(list: readonly string[] | undefined): Array<{ container: string; mode?: 'ro' | 'rw' }> {
-  return (list ?? []).map((v) => {
-    const [container = '', mode, extra] = v.split(':');
-    if (!container || extra !== undefined || (mode !== undefined && mode !== 'ro' && mode !== 'rw')) {
-      throw new InvalidArgument(`invalid --volumes-from "${v.slice(0, 300)}": CONTAINER[:ro|rw]`);
-    }
-    return { container, ...(mode ? { mode: mode as 'ro' | 'rw' } : {}) };
-  });
-}
+export { parseVolumesFrom };
 
 /** Docker's Healthcheck (nanoseconds; 0 is the default) as Nimbus's (milliseconds; absent is the default). */
 export function toHealthcheck(raw: unknown): HealthcheckConfig | undefined {
