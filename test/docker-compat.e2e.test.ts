@@ -2,7 +2,8 @@
  * Docker-compatibility gaps closed end to end, with the real docker CLI and the nimbus CLI
  * against a real nimbusd and the loopback registry fixture: port ranges (-p 8000-8010:80-90,
  * -p 8000-8010:80, -p 80-90, with an address and /udp), published on loopback only; the nimbus
- * CLI's run -i without -t, rm -v and --volumes-from.
+ * CLI's run -i without -t, rm -v and --volumes-from; a new volume filled with the image's files
+ * (copy-up, nocopy).
  * DOCKER_CONFIG is a temp dir: the host's docker config is never read.
  */
 import { after, before, describe, test } from 'node:test';
@@ -14,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import { pushVolumeImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 
 const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/local/bin/docker'].find((p) => p && existsSync(p));
 
@@ -84,7 +85,7 @@ async function portsOf(name: string): Promise<Array<[string, string, number]>> {
   }).sort((a, b) => a[0].localeCompare(b[0]));
 }
 
-describe('Docker compatibility: port ranges; nimbus run -i, rm -v, --volumes-from', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
+describe('Docker compatibility: port ranges; nimbus run -i, rm -v, --volumes-from; VOLUME copy-up', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
   before(async () => {
     config = mkdtempSync(join(tmpdir(), 'nimbus-compat-config-'));
     mkdirSync(join(config, 'docker'));
@@ -227,5 +228,38 @@ describe('Docker compatibility: port ranges; nimbus run -i, rm -v, --volumes-fro
     const left = (await fresh()).filter((v) => v !== 'nkeep');
     assert.equal(left.length, 1, 'without -v the anonymous volume stays, as docker rm');
     await ok(['volume', 'rm', 'nkeep', left[0]!]);
+  });
+
+  test('a new volume at a path where the image has files gets them first (owners, modes, symlinks as they are); nocopy, a used or older volume does not', async () => {
+    const image = `${registry!.host}/nimbus-test/volumes:v1`;
+    await pushVolumeImage(registry!, 'nimbus-test/volumes', 'v1');
+    await ok(['pull', image]);
+    const volumes = async () => (await ok(['volume', 'ls', '-q'])).trim().split('\n').filter(Boolean);
+    const had = new Set(await volumes());
+    // the image's VOLUMEs: anonymous volumes filled from the image; /evil climbs out of the root and lands on the image's /opt/inner
+    const show = 'stat -c "%u:%g %a" /srv /srv/index.html; cat /srv/index.html /srv/sub/deep.txt; readlink /srv/escape; ls -A /evil';
+    const anon = await docker(['run', '--rm', image, 'sh', '-c', show]);
+    assert.equal(anon.code, 0, anon.stderr);
+    assert.deepEqual(anon.stdout.trim().split('\n'), ['1000:1000 750', '1000:1001 640', 'from the image', 'deep', '/etc/shadow', 'inner.txt']);
+    // a named volume made by the run: filled once; what the container changes stays, never copied again
+    const first = await docker(['run', '--rm', '-v', 'cu-named:/srv', image, 'sh', '-c', 'cat /srv/index.html && rm /srv/index.html && echo mine > /srv/mine']);
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(first.stdout, 'from the image\n');
+    assert.deepEqual((await ok(['run', '--rm', '-v', 'cu-named:/srv', image, 'ls', '-A', '/srv'])).trim().split('\n'), ['escape', 'mine', 'sub']);
+    // nocopy, as -v and as --mount: empty
+    const count = 'ls -A /srv | wc -l; ls -A /srv';
+    assert.equal((await ok(['run', '--rm', '-v', 'cu-nocopy:/srv:nocopy', image, 'sh', '-c', count])).trim(), '0', 'empty');
+    assert.equal((await ok(['run', '--rm', '--mount', 'type=volume,source=cu-nocopy2,target=/srv,volume-nocopy', image, 'sh', '-c', count])).trim(), '0', 'empty');
+    // a volume made before (docker volume create): not this run's, not filled
+    await ok(['volume', 'create', 'cu-older']);
+    assert.equal((await ok(['run', '--rm', '-v', 'cu-older:/srv', image, 'sh', '-c', count])).trim(), '0', 'empty');
+    // the nimbus CLI: -v NAME:/path and -v /path filled, :nocopy not
+    const n = await d!.cli(['run', '--rm', '-v', 'cu-cli:/srv', '-v', '/evil', image, 'sh', '-c', 'cat /srv/index.html; ls -A /evil']);
+    assert.equal(n.code, 0, n.stderr);
+    assert.equal(n.stdout, 'from the image\ninner.txt\n');
+    assert.equal((await nimbus(['run', '--rm', '-v', 'cu-cli-nocopy:/srv:nocopy', image, 'sh', '-c', count])).trim(), '0', 'empty');
+    for (const v of ['cu-named', 'cu-nocopy', 'cu-nocopy2', 'cu-older', 'cu-cli', 'cu-cli-nocopy']) await ok(['volume', 'rm', v]);
+    assert.deepEqual((await volumes()).filter((v) => !had.has(v)), [], '--rm took the anonymous ones');
+    await ok(['rmi', image]);
   });
 });

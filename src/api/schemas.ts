@@ -114,6 +114,7 @@ export const MountSpec = Type.Union([
     source: Type.Optional(Name({ description: 'Volume name in the project (made with the default size when missing); absent: an anonymous volume (a random name), removed with the container by rm -v and autoRemove' })),
     target: MountTarget,
     readonly: Type.Optional(Type.Boolean()),
+    nocopy: Type.Optional(Type.Boolean({ description: 'A volume this create makes starts empty; without it, the image\'s files at the target are copied in first (Docker\'s copy-up; -v vol:/p:nocopy)' })),
   }, { additionalProperties: false }),
   Type.Object({
     type: Type.Literal('bind'),

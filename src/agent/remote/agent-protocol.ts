@@ -449,3 +449,16 @@ export function tooOldForPortRanges(version: number, host: string): NimbusError 
     needs: PORT_RANGES_SINCE,
   });
 }
+
+/** createContainer's volume mounts with copyUp from this version on: an older agent refuses the field. */
+export const VOLUME_COPY_UP_SINCE = 9;
+
+/** Conflict when a connection at `version` cannot fill a new volume with the image's files; undefined when it can. */
+export function tooOldForCopyUp(version: number, host: string): NimbusError | undefined {
+  if (version >= VOLUME_COPY_UP_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot copy an image's files into a new volume (needs protocol ${VOLUME_COPY_UP_SINCE}); mount it with nocopy or upgrade the agent`, {
+    method: 'createContainer',
+    protocol: version,
+    needs: VOLUME_COPY_UP_SINCE,
+  });
+}

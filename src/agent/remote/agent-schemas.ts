@@ -67,7 +67,7 @@ const ContainerNetworkRequest = Type.Union([
   }),
 ]);
 const ContainerMount = Type.Union([
-  Obj({ type: Type.Literal('volume'), volumeId: Id, target: Str, readonly: Type.Optional(Bool) }),
+  Obj({ type: Type.Literal('volume'), volumeId: Id, target: Str, readonly: Type.Optional(Bool), copyUp: Type.Optional(Bool) /* protocol 9 */ }),
   Obj({ type: Type.Literal('bind'), source: Str, target: Str, readonly: Type.Optional(Bool) }),
   Obj({ type: Type.Literal('tmpfs'), target: Str, sizeBytes: Type.Optional(Num), mode: Type.Optional(Num) }),
 ]);

@@ -78,6 +78,17 @@ describe('Docker create body → Nimbus container input', () => {
       { type: 'tmpfs', target: '/scratch', sizeBytes: 1048576, mode: 0o700 },
       { type: 'tmpfs', target: '/run/app', sizeBytes: 64 * 1024 * 1024, mode: 0o1777 },
     ]);
+    // nocopy (-v vol:/p:nocopy, --mount …,volume-nocopy): a volume made now starts empty, not with the image's files
+    const nocopy = toContainerInput(checkBody('container', {
+      Image: 'busybox',
+      HostConfig: { Binds: ['a:/a:ro,nocopy'], Mounts: [{ Type: 'volume', Source: 'b', Target: '/b', VolumeOptions: { NoCopy: true } }, { Type: 'volume', Target: '/c', VolumeOptions: { NoCopy: true } }] },
+    }), undefined);
+    assert.deepEqual(nocopy.mounts, [
+      { type: 'volume', source: 'a', target: '/a', readonly: true, nocopy: true },
+      { type: 'volume', source: 'b', target: '/b', nocopy: true },
+      { type: 'volume', target: '/c', nocopy: true },
+    ]);
+    assert.throws(() => toContainerInput(checkBody('container', { Image: 'busybox', HostConfig: { Binds: ['/srv:/s:nocopy'] } }), undefined), /nocopy is for volumes, not host paths/);
   });
 
   test('a healthcheck in nanoseconds becomes milliseconds; zeros are the defaults; Volumes a mount covers are no anonymous volume', () => {

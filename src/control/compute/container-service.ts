@@ -346,6 +346,7 @@ export class ContainerService {
     checkProcess(process);
     // volumes resolved (one that does not exist is made, as Docker does): the container runs on their host
     let mounts: StoredMount[] = [];
+    let copyUp: string[] = [];
     let volumeHost: string | undefined;
     if (mountInput?.length) {
       if (!this.volumes) throw new Unavailable('this control plane has no volume service');
@@ -356,9 +357,10 @@ export class ContainerService {
         made,
       });
       mounts = resolved.mounts;
+      copyUp = resolved.copyUp;
       volumeHost = resolved.host;
     }
-    const request = this.requestOf(config, image, name, process, intent, mounts);
+    const request = this.requestOf(config, image, name, process, intent, mounts, copyUp);
     const local = this.hosts.localName;
     // container:<id> shares that container's namespace, so it runs on that container's host
     const netnsHost = intent.mode === 'container' ? intent.container.host : undefined;
@@ -445,7 +447,7 @@ export class ContainerService {
   }
 
   /** The agent's create request for a config (its network as named: the addresses are leased once the record exists). */
-  private requestOf(config: ContainerConfig, image: ImageRecord, name: string, process: ProcessSpec, intent: NetworkIntent, mounts: StoredMount[]): Omit<ContainerCreateRequest, 'id'> {
+  private requestOf(config: ContainerConfig, image: ImageRecord, name: string, process: ProcessSpec, intent: NetworkIntent, mounts: StoredMount[], copyUp: readonly string[] = []): Omit<ContainerCreateRequest, 'id'> {
     return {
       name, imageChainId: image.chainId, process,
       resources: {
@@ -460,7 +462,8 @@ export class ContainerService {
       ...(config.log ? { log: config.log } : {}),
       // the networks named now (a warm container may already be on the first), addresses leased after admission
       network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
-      ...(mounts.length ? { mounts: agentMounts(mounts) } : {}),
+      // copyUp only in a create's own request: a rebuild elsewhere or a move carries the volume's data, not the image's
+      ...(mounts.length ? { mounts: agentMounts(mounts, copyUp) } : {}),
     };
   }
 
