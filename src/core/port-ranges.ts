@@ -75,11 +75,6 @@ export function parsePublishSpec(spec: string): PublishedPortSpec[] {
   return out;
 }
 
-/** The port a mapping asks for, as people write it: "8000", "8000-8010", "0". */
-export function hostPortText(p: Pick<PublishedPortSpec, 'hostPort' | 'hostPortEnd'>): string {
-  return p.hostPortEnd !== undefined ? `${p.hostPort}-${p.hostPortEnd}` : String(p.hostPort);
-}
-
 /** Whether the host chooses this mapping's port (from the ephemeral range, or from the mapping's range). */
 export function hostChoosesPort(p: Pick<PublishedPortSpec, 'hostPort' | 'hostPortEnd'>): boolean {
   return p.hostPort === 0 || p.hostPortEnd !== undefined;

@@ -11,7 +11,7 @@ import { assertPublishCount, hostPortOf } from '../../core/port-ranges.js';
 import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
 import type { MountInput } from '../../control/volumes/volume-service.js';
 import { withExposedPorts } from '../../control/networks/publish-all.js';
-import { parseVolumesFrom } from '../../control/volumes/volumes-from.js';
+import { parseVolumesFrom } from '../../core/volumes-from.js';
 
 /** A container as the services show it (`unknown` while its host does not answer). */
 export type ContainerLike = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
@@ -146,8 +146,6 @@ export function anonymousMounts(paths: readonly string[], mounts: readonly Mount
   }
   return out;
 }
-
-export { parseVolumesFrom };
 
 /** Docker's Healthcheck (nanoseconds; 0 is the default) as Nimbus's (milliseconds; absent is the default). */
 export function toHealthcheck(raw: unknown): HealthcheckConfig | undefined {

@@ -3,11 +3,9 @@
  * for both edges (the Docker API's HostConfig.VolumesFrom, the Nimbus API's volumesFrom).
  */
 import { Conflict } from '../../core/errors.js';
-import { parseVolumesFrom, type VolumesFromRef } from '../../core/volumes-from.js';
+import type { VolumesFromRef } from '../../core/volumes-from.js';
 import type { ContainerRecord } from '../../store/records.js';
 import { mountsOf, type MountInput } from './volume-service.js';
-
-export { parseVolumesFrom, type VolumesFromRef };
 
 /**
  * Each container's volumes and binds (tmpfs are its own), read-only with `ro`, read-write with
