@@ -96,9 +96,10 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       for (const k of Object.keys(rawQuery)) if (!queryNames.has(k)) throw new InvalidArgument(`unknown query parameter "${k.slice(0, 64)}"`);
       const id = auth.resource?.id ?? rawParams.id;
       let session: ExecSession;
+      let framed = false; // a main process without a terminal: its two streams apart
       if (attaching) {
         const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { rows: number; cols: number; stdin: boolean };
-        session = await attachSession(services, id, q);
+        ({ session, framed } = await attachSession(services, id, q));
       } else {
         const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { cmd: string[]; rows: number; cols: number; env?: string[]; workdir?: string; user?: string };
         checkTotalLength({ cmd: q.cmd, env: q.env }, MAX_ARGV_ENV_TOTAL);
@@ -114,7 +115,7 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       });
       wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
         upgraded = true;
-        bridge(ws, session, id, attaching && !session.resize);
+        bridge(ws, session, id, framed);
       });
     })().catch((e: unknown) => {
       const err = toNimbusError(e);
@@ -136,8 +137,9 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
  * The main process's terminal as a session for the bridge: sized first, resized through the
  * container service, and its `exit` the container's exit code once its output ends (the `die`
  * event, heard from before the attach, so a --rm container removed at once still tells it).
+ * Without a terminal (its stdin attached: nimbus run -i), its pipes, `framed` for the bridge.
  */
-async function attachSession(services: Services, id: string, q: { rows: number; cols: number; stdin: boolean }): Promise<ExecSession> {
+async function attachSession(services: Services, id: string, q: { rows: number; cols: number; stdin: boolean }): Promise<{ session: ExecSession; framed: boolean }> {
   const c = await services.containers.get(id);
   const tty = c.config.tty === true;
   // without a terminal the attach is to conmon's pipes: only for stdin (its output alone is the log's: nimbus logs -f)
@@ -164,10 +166,13 @@ async function attachSession(services: Services, id: string, q: { rows: number; 
       const timeout = new Promise<number>((resolve) => setTimeout(() => void services.store.containers.get(c.id).then((r) => resolve(r?.exitCode ?? -1), () => resolve(-1)), 5000).unref());
       return Promise.race([exitCode, timeout]);
     }).finally(off);
-    if (!tty) return { ...session, exit }; // no resize: the bridge frames its two streams
+    if (!tty) return { session: { ...session, exit }, framed: true };
     return {
-      ...session, exit,
-      resize: (rows, cols) => void services.containers.resize(c.id, rows, cols).catch((e: unknown) => log.debug('attach resize failed', { id: c.id, error: String(e) })),
+      session: {
+        ...session, exit,
+        resize: (rows, cols) => void services.containers.resize(c.id, rows, cols).catch((e: unknown) => log.debug('attach resize failed', { id: c.id, error: String(e) })),
+      },
+      framed: false,
     };
   } catch (e) {
     off();
