@@ -127,7 +127,8 @@ export interface ContainerCreateRequest {
  * memory, `sizeBytes` at most (absent: the kernel's default, half the host's memory).
  */
 export type ContainerMount =
-  | { type: 'volume'; volumeId: string; target: string; readonly?: boolean }
+  // copyUp (protocol 9): made for this container; the image's files at the target are copied in before it runs, if it is empty
+  | { type: 'volume'; volumeId: string; target: string; readonly?: boolean; copyUp?: boolean }
   | { type: 'bind'; source: string; target: string; readonly?: boolean }
   | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
 

@@ -59,6 +59,7 @@ import { BuildHost } from './images/build.js';
 import { MoveHost } from './move/move-host.js';
 import { CopyHost } from './copy/container-copy.js';
 import { ociMounts } from './volumes/container-mounts.js';
+import { copyUpIntoVolumes } from './volumes/copy-up.js';
 import type { AttachRequest, AttachSession, EtcFiles, InstanceStats } from './drivers/instance-driver.js';
 import { readInstanceNetwork } from './network/endpoint-counters.js';
 import { removeStateFile, replaceStateFile } from '../core/state-files.js';
@@ -687,8 +688,8 @@ export class LocalAgent implements Agent {
     const t0 = performance.now();
     const { ports } = await this.network.attach({ containerId: req.id, pid: state.pid, endpoints: n.endpoints, ports: n.ports });
     log.debug('container networked', { id: req.id, endpoints: n.endpoints.length, ports: n.ports.length, ms: Math.round(performance.now() - t0) });
-    // ports the host chose (hostPort 0) are kept in the saved request: networked again (after a reboot) it asks for the same ones
-    if (n.ports.some((p) => p.hostPort === 0)) await this.saveRequest({ ...req, network: { ...n, ports } });
+    // ports the host chose (hostPort 0, or of a range) are kept in the saved request: networked again (after a reboot) it asks for the same ones
+    if (n.ports.some((p) => p.hostPort === 0 || p.hostPortEnd !== undefined)) await this.saveRequest({ ...req, network: { ...n, ports } });
     return ports;
   }
 
@@ -777,6 +778,19 @@ export class LocalAgent implements Agent {
     }
   }
 
+  /** Volumes made for this container (copyUp): the image's files at their targets copied in, before its process exists (volumes/copy-up.ts). */
+  private async copyUp(req: ContainerCreateRequest, rootfs: MountSpec[]): Promise<void> {
+    const asked = (req.mounts ?? []).flatMap((m) => (m.type === 'volume' && m.copyUp ? [m] : []));
+    if (!asked.length) return;
+    const volumes = await Promise.all(asked.map(async (m) => ({ target: m.target, dir: (await this.volumeStore.ensureMounted(m.volumeId)).path })));
+    await copyUpIntoVolumes(rootfs, volumes, {
+      // not docker cp's scratch directory: its sweep of leftovers would take a copy-up's mount from under it
+      scratchDir: join(this.options.containersDir, 'copy-up'),
+      room: () => this.diskSpace(),
+      ...(this.options.layerMaxBytes ? { maxBytes: this.options.layerMaxBytes } : {}),
+    });
+  }
+
   /** The request's mounts as OCI mounts (volumes mounted first if they are not); none: empty. */
   private async mountsFor(req: ContainerCreateRequest): Promise<OciMount[]> {
     if (!req.mounts?.length) return [];
@@ -809,6 +823,7 @@ export class LocalAgent implements Agent {
       if (!hasCode(e, 'AlreadyExists')) throw e;
       mounts = await this.snapshotter.mounts(req.id);
     }
+    await this.copyUp(req, mounts);
     const state = await this.containers.create(await this.specFor(req, mounts), { mounts: extraMounts });
     const ports = await this.plumb(req, state);
     this.neverStarted.add(req.id);

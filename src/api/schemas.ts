@@ -6,6 +6,7 @@ import {
   MAX_ARG_LENGTH, MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_RESTART_RETRIES, MAX_STOP_TIMEOUT_SEC, MAX_UID, MIN_MEMORY_BYTES,
 } from '../core/limits.js';
 import { MAX_SIGNAL_LENGTH } from '../core/signals.js';
+import { MAX_PUBLISHED_PORTS } from '../core/port-ranges.js';
 import { HOST_PATH } from './host-paths.js';
 import { LOG_LIMIT_RANGE } from '../agent/drivers/container/container-logs.js';
 
@@ -81,6 +82,7 @@ export const PortSpec = Type.Object(
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' }),
     hostIp: Type.Optional(Ipv4('Default: every host address, loopback included')),
     hostPort: Type.Integer({ minimum: 0, maximum: 65535, description: '0: a free port of 49153-65535 chosen by the container\'s host (-p PORT); the container\'s record shows the one chosen' }),
+    hostPortEnd: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, description: 'With hostPort: one free port of hostPort-hostPortEnd chosen by the container\'s host (-p 8000-8010:80); the record shows the one chosen. A range of container ports is one entry per port' })),
     containerPort: Type.Integer({ minimum: 1, maximum: 65535 }),
   },
   { additionalProperties: false },
@@ -112,6 +114,7 @@ export const MountSpec = Type.Union([
     source: Type.Optional(Name({ description: 'Volume name in the project (made with the default size when missing); absent: an anonymous volume (a random name), removed with the container by rm -v and autoRemove' })),
     target: MountTarget,
     readonly: Type.Optional(Type.Boolean()),
+    nocopy: Type.Optional(Type.Boolean({ description: 'A volume this create makes starts empty; without it, the image\'s files at the target are copied in first (Docker\'s copy-up; -v vol:/p:nocopy)' })),
   }, { additionalProperties: false }),
   Type.Object({
     type: Type.Literal('bind'),
@@ -211,7 +214,7 @@ export const ContainerCreate = Type.Object(
     stopSignal: Type.Optional(SignalSpec()),
     stopTimeout: Type.Optional(StopTimeout('Seconds between the stop signal and SIGKILL')),
     network: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'bridge (default: the project\'s default network), none, host, container:<id or name>, or a network\'s name or id' })),
-    ports: Type.Optional(Type.Array(PortSpec, { maxItems: 256 })),
+    ports: Type.Optional(Type.Array(PortSpec, { maxItems: MAX_PUBLISHED_PORTS })),
     publishAll: Type.Optional(Type.Boolean({ description: '-P: each port the image exposes and ports does not name, published on a free host port' })),
     ip: Type.Optional(Ipv4('Fixed address on the network')),
     dns: Type.Optional(Type.Array(Ipv4(), { maxItems: 3, description: 'Nameservers instead of the network\'s embedded DNS' })),

@@ -187,6 +187,8 @@ export interface PortSpec {
   hostIp?: string;
   /** 0 in a request: a free port of the ephemeral range, chosen by the container's host (-P, -p PORT); the record keeps the one chosen. */
   hostPort: number;
+  /** In a request, with hostPort: one free port of hostPort..hostPortEnd chosen by the container's host (-p 8000-8010:80); the record keeps the one chosen, without this. */
+  hostPortEnd?: number;
   containerPort: number;
 }
 

@@ -83,3 +83,33 @@ export async function pushLabelledImage(reg: TestRegistry, repo: string, tag: st
   for (const l of img.layers) await pushBlob(reg.host, repo, l);
   await pushManifest(reg.host, repo, tag, manifestOf(config, img.layers));
 }
+
+/**
+ * The amd64 test image with one more layer and `VOLUME ["/srv", "/evil"]`: files at /srv owned by
+ * 1000 with their own modes, a symlink out of the image in it, and /evil a symlink that climbs
+ * out of the root to /opt/inner (what a copy-up must resolve inside the image: the host's
+ * /opt/inner is not the image's). Pushed as `repo:tag`.
+ */
+export async function pushVolumeImage(reg: TestRegistry, repo: string, tag: string): Promise<void> {
+  const img = reg.images.amd64;
+  const raw = await makeTar([
+    { name: 'srv/', type: 'directory', mode: 0o750, uid: 1000, gid: 1000 },
+    { name: 'srv/index.html', type: 'file', content: 'from the image\n', mode: 0o640, uid: 1000, gid: 1001 },
+    { name: 'srv/sub/', type: 'directory' },
+    { name: 'srv/sub/deep.txt', type: 'file', content: 'deep\n' },
+    { name: 'srv/escape', type: 'symlink', linkname: '/etc/shadow' },
+    { name: 'opt/', type: 'directory' },
+    { name: 'opt/inner/', type: 'directory' },
+    { name: 'opt/inner/inner.txt', type: 'file', content: 'inner\n' },
+    { name: 'evil', type: 'symlink', linkname: '../../../../../../../../opt/inner' },
+  ]);
+  const layer = blobOf(gzipSync(raw), MEDIA.layerGzip);
+  const doc = JSON.parse(img.config.data.toString()) as { config?: Record<string, unknown>; rootfs: { diff_ids: string[] } };
+  const config = blobOf(Buffer.from(JSON.stringify({
+    ...doc, config: { ...doc.config, Volumes: { '/srv': {}, '/evil': {} } }, rootfs: { type: 'layers', diff_ids: [...doc.rootfs.diff_ids, sha256Digest(raw)] },
+  })), MEDIA.config);
+  const layers = [...img.layers, layer];
+  await pushBlob(reg.host, repo, config);
+  for (const l of layers) await pushBlob(reg.host, repo, l);
+  await pushManifest(reg.host, repo, tag, manifestOf(config, layers));
+}

@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
 import path from 'node:path';
 import { run } from '../../core/exec.js';
 import { NetworkHost } from './network-host.js';
@@ -166,6 +167,41 @@ export function networkDriverConformance(driver: NetworkDriverName): void {
       await container(14, [{ network: netA, address: nthAddress(netA.subnet, 30) }], [{ protocol: 'tcp', hostPort: again, containerPort: 80 }]);
       assert.deepEqual(await publishedInTable(), [...[4, 5].map((n) => want(n, n % 2 ? '127.0.0.1' : undefined)), `tcp/${again}→${nthAddress(netA.subnet, 30)}:80`].sort());
       for (const n of [12, 13, 14]) await host.detach(cid(n));
+      assert.deepEqual(await publishedInTable(), []);
+      await host.removeNetwork(netA.id);
+      assert.deepEqual(mine(await hostFootprint(), stems()), before0, 'no interface, table or namespace left');
+    });
+
+    test('a port of a range (-p FIRST-LAST:PORT): the first free one, past a host process\'s and another container\'s; a full range refused, nothing left', async () => {
+      const before0 = mine(await hostFootprint(), stems());
+      await host.ensureNetwork(netA);
+      const listenable = (port: number) => new Promise<boolean>((resolve) => {
+        const s = createServer();
+        s.once('error', () => resolve(false));
+        s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+      });
+      let base = 0;
+      for (let tries = 0; tries < 100 && !base; tries++) {
+        const b = 20_000 + Math.floor(Math.random() * 10_000);
+        if ((await listenable(b)) && (await listenable(b + 1)) && (await listenable(b + 2))) base = b;
+      }
+      assert.ok(base, 'three free ports in a row');
+      const holder = createServer();
+      await new Promise<void>((r) => holder.listen(base, '127.0.0.1', r));
+      try {
+        const ranged = [{ protocol: 'tcp' as const, hostIp: '127.0.0.1', hostPort: base, hostPortEnd: base + 2, containerPort: 80 }];
+        const a = await container(20, [{ network: netA, address: nthAddress(netA.subnet, 40) }], ranged);
+        assert.deepEqual(a.ports, [{ protocol: 'tcp', hostIp: '127.0.0.1', hostPort: base + 1, containerPort: 80 }], 'a host process holds the first: the next; the answer is the port, not the range');
+        const b = await container(21, [{ network: netA, address: nthAddress(netA.subnet, 41) }], ranged);
+        assert.equal(b.ports[0]?.hostPort, base + 2, 'never a port another container publishes');
+        await assert.rejects(container(22, [{ network: netA, address: nthAddress(netA.subnet, 42) }], ranged), new RegExp(`no free host port in ${base}-${base + 2}/tcp`));
+        assert.equal((await hostFootprint()).netns.filter((n) => n.includes(cid(22))).length, 0, 'a refused attach leaves no namespace');
+        assert.deepEqual(await publishedInTable(), [`127.0.0.1 tcp/${base + 1}→${nthAddress(netA.subnet, 40)}:80`, `127.0.0.1 tcp/${base + 2}→${nthAddress(netA.subnet, 41)}:80`].sort());
+        await assert.rejects(container(23, [{ network: netA, address: nthAddress(netA.subnet, 43) }], [{ ...ranged[0]!, hostPort: base + 2, hostPortEnd: base }]), /is not a range of ports/);
+      } finally {
+        holder.close();
+        for (const n of [20, 21]) await host.detach(cid(n));
+      }
       assert.deepEqual(await publishedInTable(), []);
       await host.removeNetwork(netA.id);
       assert.deepEqual(mine(await hostFootprint(), stems()), before0, 'no interface, table or namespace left');

@@ -50,12 +50,15 @@ export interface PortMapping {
   protocol: 'tcp' | 'udp';
   hostIp?: string;
   hostPort: number;
+  /** In a request (protocol 9): one free port of hostPort..hostPortEnd, chosen by the host (-p 8000-8010:80). */
+  hostPortEnd?: number;
   containerPort: number;
 }
 
-/** Two published ports that cannot both be had: same protocol and port, and an address in common (none given = every address). Port 0 (the host chooses) clashes with none. */
+/** Two published ports that cannot both be had: same protocol and port, and an address in common (none given = every address). A port the host chooses (0, or a range) clashes with none. */
 export function portsClash(a: PortMapping, b: PortMapping): boolean {
-  return a.protocol === b.protocol && a.hostPort === b.hostPort && a.hostPort !== 0 && (!a.hostIp || !b.hostIp || a.hostIp === b.hostIp);
+  return a.protocol === b.protocol && a.hostPort === b.hostPort && a.hostPort !== 0 && a.hostPortEnd === undefined && b.hostPortEnd === undefined
+    && (!a.hostIp || !b.hostIp || a.hostIp === b.hostIp);
 }
 
 /** iproute2 commands: `host` lines run in the host's namespace, `inNetns` ones in the container's. */

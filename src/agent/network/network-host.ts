@@ -392,11 +392,24 @@ export class NetworkHost {
     const first = file.endpoints[0];
     if (req.ports.length && !first) throw new InvalidArgument('published ports need a network (not none or host)');
     if (first && req.ports.length && this.networks.get(first.networkId)?.internal) throw new InvalidArgument('ports cannot be published from an internal network');
-    if (first) file.ports = req.ports.map((p) => ({ ...p, containerId: req.containerId, address: first.address, networkId: first.networkId }));
-    // hostPort 0 (-P, -p PORT): one of the ephemeral range no published port holds, chosen and
-    // reserved here, synchronously with the checks above (the file is pending from now on)
-    const chosen = req.ports.flatMap((p, i) => (p.hostPort === 0 ? [i] : []));
-    for (const i of chosen) file.ports[i] = { ...file.ports[i]!, hostPort: this.freeEphemeralPort(file.ports[i]!, file.ports) };
+    // hostPort 0 (-P, -p PORT) or a range (-p FIRST-LAST:PORT): a port of the ephemeral range or of
+    // the range that no published port holds, chosen and reserved here, synchronously with the
+    // checks above (the file is pending from now on); 0 until chosen, which clashes with none
+    const chosen = req.ports.flatMap((p, i) => (p.hostPort === 0 || p.hostPortEnd !== undefined ? [i] : []));
+    for (const p of req.ports) {
+      if (p.hostPortEnd !== undefined && !(p.hostPort >= 1 && p.hostPortEnd >= p.hostPort && p.hostPortEnd <= 65535)) throw new InvalidArgument(`host port range ${p.hostPort}-${p.hostPortEnd} is not a range of ports 1-65535`);
+    }
+    if (first) {
+      file.ports = req.ports.map(({ hostPortEnd: _range, ...p }, i) => ({
+        ...p, ...(chosen.includes(i) ? { hostPort: 0 } : {}), containerId: req.containerId, address: first.address, networkId: first.networkId,
+      }));
+    }
+    const passedOver = new Map<number, Set<number>>(); // per chosen port: those a host process turned down
+    const choose = (i: number) => {
+      file.ports[i] = { ...file.ports[i]!, hostPort: 0 };
+      file.ports[i] = { ...file.ports[i]!, hostPort: this.freeHostPort(file.ports[i]!, req.ports[i]!, file.ports, passedOver.get(i)) };
+    };
+    for (const i of chosen) choose(i);
     // a warm container prewired for this network: only its address and route are left to give
     const wired = this.prewired.get(req.containerId);
     this.prewired.delete(req.containerId);
@@ -408,11 +421,19 @@ export class NetworkHost {
     try {
       if (wired && !reuse) await this.undoEndpoints(wired); // prewired for another network: start over
       await Promise.all(file.ports.map(async (p, i) => {
-        // a chosen port a host process holds is passed over for another (bounded: the range is large)
-        for (let tries = 0; chosen.includes(i); tries++) {
+        // a chosen port a host process holds is passed over for another (bounded: the ephemeral
+        // range is large; a range asked for is tried whole, up to CHOSEN_RANGE_TRIES ports)
+        const range = req.ports[i]!.hostPortEnd;
+        const limit = range === undefined ? CHOSEN_PORT_TRIES : Math.min(range - p.hostPort + 1, CHOSEN_RANGE_TRIES);
+        for (let tries = 1; chosen.includes(i); tries++) {
           if (await portFreeOnHost(file.ports[i]!)) return;
-          if (tries >= CHOSEN_PORT_TRIES) throw new ResourceExhausted(`no free host port for ${p.containerPort}/${p.protocol} after ${CHOSEN_PORT_TRIES} tries`);
-          file.ports[i] = { ...file.ports[i]!, hostPort: this.freeEphemeralPort(file.ports[i]!, file.ports) };
+          if (tries >= limit) {
+            throw new ResourceExhausted(range === undefined ? `no free host port for ${p.containerPort}/${p.protocol} after ${CHOSEN_PORT_TRIES} tries`
+              : `no free host port in ${req.ports[i]!.hostPort}-${range}/${p.protocol} for ${p.containerPort}/${p.protocol}: host processes hold the ${tries} tried`);
+          }
+          const held = passedOver.get(i) ?? new Set<number>();
+          passedOver.set(i, held.add(file.ports[i]!.hostPort));
+          choose(i);
         }
         await assertPortFree(p);
       }));
@@ -451,16 +472,23 @@ export class NetworkHost {
     return [...this.containers.values(), ...this.pending.values()].flatMap((c) => c.ports);
   }
 
-  /** A port of the ephemeral range that neither this host's published ports nor `also` (the request's own) hold; from a random start, as dockerd. */
-  private freeEphemeralPort(p: PortMapping, also: readonly PortMapping[]): number {
+  /**
+   * A port that neither this host's published ports nor `also` (the request's own) hold, nor
+   * `skip` lists: of the ephemeral range from a random start, as dockerd, or of the range asked
+   * (`asked.hostPortEnd`) from its first port.
+   */
+  private freeHostPort(p: PortMapping, asked: PortMapping, also: readonly PortMapping[], skip?: ReadonlySet<number>): number {
     const held = [...this.publishedPorts(), ...also];
-    const span = EPHEMERAL_PORTS.last - EPHEMERAL_PORTS.first + 1;
-    const start = randomInt(span);
+    const ranged = asked.hostPortEnd !== undefined;
+    const { first, last } = ranged ? { first: asked.hostPort, last: asked.hostPortEnd! } : EPHEMERAL_PORTS;
+    const span = last - first + 1;
+    const start = ranged ? 0 : randomInt(span);
     for (let k = 0; k < span; k++) {
-      const hostPort = EPHEMERAL_PORTS.first + ((start + k) % span);
-      if (!held.some((q) => q !== p && portsClash({ ...p, hostPort }, q))) return hostPort;
+      const hostPort = first + ((start + k) % span);
+      if (!skip?.has(hostPort) && !held.some((q) => q !== p && portsClash({ ...p, hostPort }, q))) return hostPort;
     }
-    throw new ResourceExhausted(`every host port of ${EPHEMERAL_PORTS.first}-${EPHEMERAL_PORTS.last}/${p.protocol} is published`);
+    throw new ResourceExhausted(ranged ? `no free host port in ${first}-${last}/${p.protocol}: each is published, or held by a host process`
+      : `every host port of ${first}-${last}/${p.protocol} is published`);
   }
 
   /**
@@ -830,6 +858,8 @@ function tableNeed(file: EndpointsFile): 'render' | 'ports' | 'none' {
 export const EPHEMERAL_PORTS = { first: 49153, last: 65535 };
 /** How many chosen ports a host process may turn down before a publish gives up. */
 const CHOSEN_PORT_TRIES = 32;
+/** ...and of a range asked for (-p FIRST-LAST:PORT), how many of its ports are tried at most. */
+const CHOSEN_RANGE_TRIES = 256;
 
 /** A published port must not shadow something already listening on the host. */
 async function assertPortFree(p: PortMapping): Promise<void> {

@@ -29,9 +29,9 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * (setRoutedPeers); createContainer's ports with hostPort 0, the host choosing a free one and
  * answering it in `ports` (-P, -p PORT); buildImage's noCache (build --no-cache); live migrations over TLS (VmMigrationSpec.tls, the
  * destination's answer's `tls`, migrateVmOut's opts.tls: an older peer leaves them out and the
- * move goes plain). Bump the current one for any change a peer of the previous version would
- * misread; raise the minimum when support for an old one goes.
- * 9 (docker commit): commitContainer, see COMMIT_SINCE below.
+ * move goes plain). 9: commitContainer (docker commit, COMMIT_SINCE below) and the port ranges'
+ * hostPortEnd and volume copy-up (PROTOCOL_9 below). Bump the current one for any change a peer
+ * of the previous version would misread; raise the minimum when support for an old one goes.
  */
 export const AGENT_PROTOCOL_VERSION = 9;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
@@ -440,3 +440,34 @@ export async function* ndjsonRecords(body: AsyncIterable<Buffer | string>): Asyn
   if (buf.trim()) throw new Error('stream ended inside a record');
 }
 
+
+// ------------------------------------------------------------------ protocol 9
+// PROTOCOL_9: createContainer's ports with hostPortEnd (-p FIRST-LAST:PORT: the host chooses one
+// free port of the range and answers it in `ports`); createContainer's volume mounts with
+// copyUp (an image's files copied into a new empty volume before the process starts).
+
+/** createContainer's ports with a host range to choose from (hostPortEnd) from this version on: an older agent refuses the field. */
+export const PORT_RANGES_SINCE = 9;
+
+/** Conflict when a connection at `version` cannot choose a published port from a range; undefined when it can. */
+export function tooOldForPortRanges(version: number, host: string): NimbusError | undefined {
+  if (version >= PORT_RANGES_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot choose a published port from a range (-p FIRST-LAST:PORT needs protocol ${PORT_RANGES_SINCE}); give one host port or upgrade it`, {
+    method: 'createContainer',
+    protocol: version,
+    needs: PORT_RANGES_SINCE,
+  });
+}
+
+/** createContainer's volume mounts with copyUp from this version on: an older agent refuses the field. */
+export const VOLUME_COPY_UP_SINCE = 9;
+
+/** Conflict when a connection at `version` cannot fill a new volume with the image's files; undefined when it can. */
+export function tooOldForCopyUp(version: number, host: string): NimbusError | undefined {
+  if (version >= VOLUME_COPY_UP_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot copy an image's files into a new volume (needs protocol ${VOLUME_COPY_UP_SINCE}); mount it with nocopy or upgrade the agent`, {
+    method: 'createContainer',
+    protocol: version,
+    needs: VOLUME_COPY_UP_SINCE,
+  });
+}

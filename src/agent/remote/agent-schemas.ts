@@ -71,6 +71,7 @@ const PortMapping = Obj({
   protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
   hostIp: Type.Optional(Str),
   hostPort: Int,
+  hostPortEnd: Type.Optional(Int), // protocol 9
   containerPort: Int,
 });
 const Attachment = Obj({ network: NetworkSpec, address: Str, dnsNames: Strings });
@@ -87,7 +88,7 @@ const ContainerNetworkRequest = Type.Union([
   }),
 ]);
 const ContainerMount = Type.Union([
-  Obj({ type: Type.Literal('volume'), volumeId: Id, target: Str, readonly: Type.Optional(Bool) }),
+  Obj({ type: Type.Literal('volume'), volumeId: Id, target: Str, readonly: Type.Optional(Bool), copyUp: Type.Optional(Bool) /* protocol 9 */ }),
   Obj({ type: Type.Literal('bind'), source: Str, target: Str, readonly: Type.Optional(Bool) }),
   Obj({ type: Type.Literal('tmpfs'), target: Str, sizeBytes: Type.Optional(Num), mode: Type.Optional(Num) }),
 ]);

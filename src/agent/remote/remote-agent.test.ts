@@ -619,9 +619,10 @@ test('the protocol version is agreed on and carried by every request; a mismatch
   const noHeader = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: '' }, body);
   assert.equal(noHeader.status, 400);
   assert.match(noHeader.body, new RegExp(`carries no x-nimbus-agent-protocol header.*speaks agent protocol 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
-  const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: String(AGENT_PROTOCOL_VERSION + 1) }, body);
+  const next = AGENT_PROTOCOL_VERSION + 1;
+  const future = await raw(server.url, 'POST', PATHS.call('killVm'), { ...auth, [PROTOCOL_HEADER]: String(next) }, body);
   assert.equal(future.status, 409);
-  assert.match(future.body, new RegExp(`speaks agent protocol ${AGENT_PROTOCOL_VERSION + 1}; this agent speaks 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
+  assert.match(future.body, new RegExp(`speaks agent protocol ${next}; this agent speaks 2\\.\\.${AGENT_PROTOCOL_VERSION}`));
   const events = await raw(server.url, 'GET', PATHS.events, { ...auth, [PROTOCOL_HEADER]: '1' });
   assert.equal(events.status, 409, 'streams check the version too');
   assert.equal(state.calls.length, 0);
@@ -686,6 +687,28 @@ test('ports the host chooses (hostPort 0) are protocol 8: carried to an agent of
   const calls = state.calls.length;
   await rejectsWith(old.createContainer(req), 'Conflict', /speaks protocol 7 and cannot choose a published port \(-P, -p PORT need protocol 8\)/);
   assert.equal(state.calls.length, calls, 'the old agent was not asked');
+});
+
+// ---- protocol 9 ---------------------------------------------------------------------------------
+
+test('a host range to choose from (hostPortEnd) and a volume\'s copyUp are protocol 9: carried to an agent of 9, refused to one of 8 before it is called', async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const network = { mode: 'networks' as const, endpoints: [], ports: [{ protocol: 'tcp' as const, hostPort: 8000, hostPortEnd: 8010, containerPort: 80 }], extraHosts: [], dns: [] };
+  const req = { id: 'c1', name: 'c', imageChainId: 'sha256:x', process: { args: ['true'], env: [], cwd: '/', user: '0' }, resources: {}, network };
+  await (await connect(t, server.url)).createContainer(req);
+  assert.deepEqual((state.calls.at(-1)?.args[0] as { network: unknown }).network, network, 'the range travels as given');
+  const copy = { ...req, network: undefined, mounts: [{ type: 'volume' as const, volumeId: 'v1', target: '/srv', copyUp: true }] };
+  await (await connect(t, server.url)).createContainer(copy);
+  assert.deepEqual((state.calls.at(-1)?.args[0] as { mounts: unknown }).mounts, copy.mounts, 'copyUp travels as given');
+  const old = await connect(t, server.url, TOKEN, { protocol: { min: 2, max: 8 } });
+  const calls = state.calls.length;
+  await rejectsWith(old.createContainer(req), 'Conflict', /speaks protocol 8 and cannot choose a published port from a range \(-p FIRST-LAST:PORT needs protocol 9\)/);
+  await rejectsWith(old.createContainer(copy), 'Conflict', /speaks protocol 8 and cannot copy an image's files into a new volume \(needs protocol 9\); mount it with nocopy/);
+  assert.equal(state.calls.length, calls, 'the old agent was not asked');
+  // without either, a container is what it was at 8
+  await old.createContainer({ ...req, network: { ...network, ports: [{ protocol: 'tcp' as const, hostPort: 8000, containerPort: 80 }] } });
+  assert.equal(state.calls.length, calls + 1);
 });
 
 // ---- mutual TLS --------------------------------------------------------------------------------

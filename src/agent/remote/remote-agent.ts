@@ -50,7 +50,7 @@ import {
   tooOldForTty,
   MIGRATION_WITH_STORAGE_SINCE,
   tooOldForMounts,
-  tooOldForStdio, tooOldForChosenPorts,
+  tooOldForStdio, tooOldForChosenPorts, tooOldForPortRanges, tooOldForCopyUp,
   type AgentEvent,
   type ExecFrame,
   type ExecInputFrame,
@@ -394,6 +394,16 @@ export class RemoteAgent implements Agent {
     // before 8 the agent would try to publish port 0 rather than choose one
     if (req.network?.mode === 'networks' && req.network.ports.some((p) => p.hostPort === 0)) {
       const refusal = tooOldForChosenPorts(await this.protocolVersion(), this.name);
+      if (refusal) throw refusal;
+    }
+    // before 9 the agent refuses a volume's copyUp (the image's files copied into a new volume)
+    if (req.mounts?.some((m) => m.type === 'volume' && m.copyUp)) {
+      const refusal = tooOldForCopyUp(await this.protocolVersion(), this.name);
+      if (refusal) throw refusal;
+    }
+    // before 9 the agent refuses hostPortEnd (a host range to choose from)
+    if (req.network?.mode === 'networks' && req.network.ports.some((p) => p.hostPortEnd !== undefined)) {
+      const refusal = tooOldForPortRanges(await this.protocolVersion(), this.name);
       if (refusal) throw refusal;
     }
     // before 8 the agent would run the main process without its terminal or stdin

@@ -4,7 +4,10 @@
  * and auth: member on the container's project). For the dashboard's container console and for
  * `nimbus exec -it` (over the unix socket too, where the socket's local admin is the caller).
  * `GET /containers/{id}/attach` (route `attachTerminal`) is the same bridge over the main
- * process's terminal (`nimbus run -it`, `nimbus attach`); closing it detaches.
+ * process's terminal (`nimbus run -it`, `nimbus attach`); closing it detaches. A container made
+ * without a terminal but with an open stdin (`nimbus run -i`) attaches too: its output then comes
+ * as binary messages whose first byte names the stream (1 stdout, 2 stderr, as Docker's frames),
+ * and the client's text `{"closeStdin":true}` is the process's end of input (a pipe has one).
  *
  * Messages: binary both ways are the terminal's bytes; a text message from the client is
  * `{"resize":{"rows":R,"cols":C}}`; the server's last message is text, `{"exitCode":N}` or
@@ -44,8 +47,11 @@ const MAX_MESSAGE_BYTES = 64 * 1024;
 /** Output waits while this much is queued for a slow client (the command blocks on its terminal meanwhile). */
 const HIGH_WATER_BYTES = 1024 * 1024;
 
-/** The one text message a client sends. */
+/** The text messages a client sends: a terminal's new size; the end of a pipe's input (a container without a terminal). */
 const ResizeMessage = TypeCompiler.Compile(Type.Object({ resize: TerminalSize }, { additionalProperties: false }));
+const CloseStdinMessage = TypeCompiler.Compile(Type.Object({ closeStdin: Type.Literal(true) }, { additionalProperties: false }));
+/** Without a terminal, each output message's first byte: the stream (Docker's stream ids). */
+export const STREAM_BYTE = { stdout: 1, stderr: 2 } as const;
 
 export interface ExecUpgrades extends ConsoleUpgrades {
   /** Whether the request is for this bridge. */
@@ -90,9 +96,10 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       for (const k of Object.keys(rawQuery)) if (!queryNames.has(k)) throw new InvalidArgument(`unknown query parameter "${k.slice(0, 64)}"`);
       const id = auth.resource?.id ?? rawParams.id;
       let session: ExecSession;
+      let framed = false; // a main process without a terminal: its two streams apart
       if (attaching) {
         const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { rows: number; cols: number; stdin: boolean };
-        session = await attachSession(services, id, q);
+        ({ session, framed } = await attachSession(services, id, q));
       } else {
         const q = checkOrThrow(queryCheck, rawQuery, 'query parameter') as { cmd: string[]; rows: number; cols: number; env?: string[]; workdir?: string; user?: string };
         checkTotalLength({ cmd: q.cmd, env: q.env }, MAX_ARGV_ENV_TOTAL);
@@ -108,7 +115,7 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       });
       wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
         upgraded = true;
-        bridge(ws, session, id);
+        bridge(ws, session, id, framed);
       });
     })().catch((e: unknown) => {
       const err = toNimbusError(e);
@@ -130,10 +137,15 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
  * The main process's terminal as a session for the bridge: sized first, resized through the
  * container service, and its `exit` the container's exit code once its output ends (the `die`
  * event, heard from before the attach, so a --rm container removed at once still tells it).
+ * Without a terminal (its stdin attached: nimbus run -i), its pipes, `framed` for the bridge.
  */
-async function attachSession(services: Services, id: string, q: { rows: number; cols: number; stdin: boolean }): Promise<ExecSession> {
+async function attachSession(services: Services, id: string, q: { rows: number; cols: number; stdin: boolean }): Promise<{ session: ExecSession; framed: boolean }> {
   const c = await services.containers.get(id);
-  if (!c.config.tty) throw new Conflict(`container ${c.name} has no terminal: attach on a terminal needs one made with tty (nimbus run -t)`);
+  const tty = c.config.tty === true;
+  // without a terminal the attach is to conmon's pipes: only for stdin (its output alone is the log's: nimbus logs -f)
+  if (!tty && !(q.stdin && c.config.openStdin === true)) {
+    throw new Conflict(`container ${c.name} has no terminal: attach needs one made with tty (nimbus run -t), or its stdin (made with openStdin: nimbus run -i); nimbus logs -f follows its output`);
+  }
   let died!: (code: number) => void;
   const exitCode = new Promise<number>((resolve) => (died = resolve));
   const off = services.events.on((e) => {
@@ -141,20 +153,26 @@ async function attachSession(services: Services, id: string, q: { rows: number; 
   });
   try {
     const session = await services.containers.attach(c.id, { stdin: q.stdin && c.config.openStdin === true });
-    try {
-      await services.containers.resize(c.id, q.rows, q.cols);
-    } catch (e) {
-      session.stdout.destroy(); // let go of the process: the refusal is the answer
-      throw e;
+    if (tty) {
+      try {
+        await services.containers.resize(c.id, q.rows, q.cols);
+      } catch (e) {
+        session.stdout.destroy(); // let go of the process: the refusal is the answer
+        throw e;
+      }
     }
     const exit = session.exit.then(async () => {
       // the output ends with the process; an exit heard already, or the record's (a die event missed while attaching)
       const timeout = new Promise<number>((resolve) => setTimeout(() => void services.store.containers.get(c.id).then((r) => resolve(r?.exitCode ?? -1), () => resolve(-1)), 5000).unref());
       return Promise.race([exitCode, timeout]);
     }).finally(off);
+    if (!tty) return { session: { ...session, exit }, framed: true };
     return {
-      ...session, exit,
-      resize: (rows, cols) => void services.containers.resize(c.id, rows, cols).catch((e: unknown) => log.debug('attach resize failed', { id: c.id, error: String(e) })),
+      session: {
+        ...session, exit,
+        resize: (rows, cols) => void services.containers.resize(c.id, rows, cols).catch((e: unknown) => log.debug('attach resize failed', { id: c.id, error: String(e) })),
+      },
+      framed: false,
     };
   } catch (e) {
     off();
@@ -162,12 +180,20 @@ async function attachSession(services: Services, id: string, q: { rows: number; 
   }
 }
 
-/** The session's terminal to the WebSocket and back, until the command ends or the client goes. */
-function bridge(ws: WebSocket, session: ExecSession, id: string): void {
+/**
+ * The session's terminal to the WebSocket and back, until the command ends or the client goes.
+ * `framed`: a process without a terminal, its stdout and stderr apart (STREAM_BYTE first).
+ */
+function bridge(ws: WebSocket, session: ExecSession, id: string, framed = false): void {
   const out = session.stdout;
+  if (framed) {
+    session.stderr.on('data', (b: Buffer) => {
+      if (ws.readyState === ws.OPEN) ws.send(Buffer.concat([Buffer.of(STREAM_BYTE.stderr), b]), { binary: true });
+    });
+  }
   out.on('data', (b: Buffer) => {
     if (ws.readyState !== ws.OPEN) return;
-    ws.send(b, { binary: true });
+    ws.send(framed ? Buffer.concat([Buffer.of(STREAM_BYTE.stdout), b]) : b, { binary: true });
     // slow client: stop reading the terminal until the socket's queue drains
     if (ws.bufferedAmount > HIGH_WATER_BYTES && !out.isPaused()) {
       out.pause();
@@ -179,7 +205,7 @@ function bridge(ws: WebSocket, session: ExecSession, id: string): void {
       }, 20);
     }
   });
-  session.stderr.resume(); // empty with a TTY
+  if (!framed) session.stderr.resume(); // empty with a TTY
   session.stdin?.on('error', () => undefined);
   ws.on('message', (data: RawData, isBinary: boolean) => {
     const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
@@ -193,8 +219,12 @@ function bridge(ws: WebSocket, session: ExecSession, id: string): void {
     } catch {
       msg = undefined;
     }
+    if (framed && CloseStdinMessage.Check(msg)) {
+      session.stdin?.end(); // the pipe's end of input: the process reads end-of-file
+      return;
+    }
     if (!ResizeMessage.Check(msg)) {
-      ws.close(1003, 'text messages are {"resize":{"rows":R,"cols":C}}');
+      ws.close(1003, framed ? 'text messages are {"closeStdin":true}' : 'text messages are {"resize":{"rows":R,"cols":C}}');
       return;
     }
     const { rows, cols } = (msg as { resize: { rows: number; cols: number } }).resize;
@@ -210,10 +240,11 @@ function bridge(ws: WebSocket, session: ExecSession, id: string): void {
   ws.once('close', hangUp);
   ws.once('error', hangUp);
   // the last output is sent before the exit: 'end' comes after every 'data'
-  const ended = new Promise<void>((resolve) => {
-    out.once('end', resolve);
-    out.once('close', resolve);
+  const endOf = (r: typeof out) => new Promise<void>((resolve) => {
+    r.once('end', resolve);
+    r.once('close', resolve);
   });
+  const ended = framed ? Promise.all([endOf(out), endOf(session.stderr)]) : endOf(out);
   void Promise.all([session.exit, ended]).then(
     ([exitCode]) => {
       if (ws.readyState !== ws.OPEN) return;

@@ -16,8 +16,9 @@ import { ContainerCreate } from '../schemas.js';
 import { checkOrThrow, checkTotalLength } from '../validate.js';
 import { drainedOrClosed } from '../../core/streams.js';
 import { checkBody } from './schemas.js';
-import { anonymousMounts, containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, parseVolumesFrom, toContainerInput } from './mapping.js';
-import { mountsOf, type MountInput } from '../../control/volumes/volume-service.js';
+import { anonymousMounts, containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, toContainerInput } from './mapping.js';
+import { parseVolumesFrom } from '../../core/volumes-from.js';
+import { volumesFromMounts } from '../../control/volumes/volumes-from.js';
 import { inDockerWords, noSuchContainer, noSuchImage } from './errors.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 import { attachesToProcess, attachToProcess } from './attach.js';
@@ -58,7 +59,8 @@ async function create(ctx: DockerContext) {
   const image = await inDockerWords(services.images.resolve(input.image, { projectId: project }), () => noSuchImage(body.Image));
   const { start: _start, ...config } = input;
   // --volumes-from: the other containers' mounts (after the request's own), then the image's VOLUMEs none covers, as dockerd
-  const from = await volumesFrom(ctx, parseVolumesFrom(body.HostConfig?.VolumesFrom), config.mounts ?? []);
+  const lookup = (ref: string) => inDockerWords(services.containers.get(ref, { projectId: project }), () => noSuchContainer(ref));
+  const from = await volumesFromMounts(lookup, parseVolumesFrom(body.HostConfig?.VolumesFrom), config.mounts ?? []);
   const mounts = [...(config.mounts ?? []), ...from.mounts];
   mounts.push(...anonymousMounts(Object.keys(image.config.config?.Volumes ?? {}), mounts));
   if (mounts.length) config.mounts = mounts;
@@ -70,29 +72,6 @@ async function create(ctx: DockerContext) {
   // Docker's create has no 202: a create waiting for a reclaim is waited for
   const c = 'container' in r ? r.container : await r.finished;
   return { status: 201, json: { Id: c.id, Warnings: c.warnings } };
-}
-
-/**
- * --volumes-from: each container's volumes and binds (tmpfs are its own), read-only with `:ro`,
- * read-write with `:rw`, else as it has them; a target the request mounts already is left out.
- * The new container runs where they do (host).
- */
-async function volumesFrom(ctx: DockerContext, from: ReturnType<typeof parseVolumesFrom>, own: readonly MountInput[]): Promise<{ mounts: MountInput[]; host?: string }> {
-  const mounts: MountInput[] = [];
-  let host: string | undefined;
-  for (const f of from) {
-    const other = await inDockerWords(ctx.services.containers.get(f.container, { projectId: ctx.project }), () => noSuchContainer(f.container));
-    if (host !== undefined && other.host !== host) throw new Conflict(`--volumes-from ${other.name} runs on host ${other.host}, another on ${host}: their volumes cannot be mounted together`);
-    host = other.host || host;
-    for (const m of mountsOf(other)) {
-      if (m.type === 'tmpfs' || [...own, ...mounts].some((x) => x.target === m.target)) continue;
-      const readonly = f.mode === 'ro' || (f.mode === undefined && m.readonly === true);
-      mounts.push(m.type === 'volume'
-        ? { type: 'volume', source: m.name, target: m.target, ...(readonly ? { readonly } : {}), ...(m.anonymous ? { anonymous: true } : {}) }
-        : { type: 'bind', source: m.source, target: m.target, ...(readonly ? { readonly } : {}) });
-    }
-  }
-  return { mounts, ...(host ? { host } : {}) };
 }
 
 async function list(ctx: DockerContext) {

@@ -2,8 +2,9 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Conflict, InvalidArgument, NotFound, QuotaExceeded, Unavailable } from '../../core/errors.js';
 import type { ContainerRecord } from '../../store/records.js';
-import { anonymousMounts, containerInspect, containerSummary, familiarName, frame, humanDuration, matchesContainerFilters, parseFilters, parseVolumesFrom, statusString, toContainerInput, type ContainerLike } from './mapping.js';
+import { anonymousMounts, containerInspect, containerSummary, familiarName, frame, humanDuration, matchesContainerFilters, parseFilters, statusString, toContainerInput, type ContainerLike } from './mapping.js';
 import { withExposedPorts } from '../../control/networks/publish-all.js';
+import { parseVolumesFrom } from '../../core/volumes-from.js';
 import { checkBody } from './schemas.js';
 import { dockerError, inDockerWords, noSuchImage } from './errors.js';
 import { unversioned } from './server.js';
@@ -78,6 +79,17 @@ describe('Docker create body → Nimbus container input', () => {
       { type: 'tmpfs', target: '/scratch', sizeBytes: 1048576, mode: 0o700 },
       { type: 'tmpfs', target: '/run/app', sizeBytes: 64 * 1024 * 1024, mode: 0o1777 },
     ]);
+    // nocopy (-v vol:/p:nocopy, --mount …,volume-nocopy): a volume made now starts empty, not with the image's files
+    const nocopy = toContainerInput(checkBody('container', {
+      Image: 'busybox',
+      HostConfig: { Binds: ['a:/a:ro,nocopy'], Mounts: [{ Type: 'volume', Source: 'b', Target: '/b', VolumeOptions: { NoCopy: true } }, { Type: 'volume', Target: '/c', VolumeOptions: { NoCopy: true } }] },
+    }), undefined);
+    assert.deepEqual(nocopy.mounts, [
+      { type: 'volume', source: 'a', target: '/a', readonly: true, nocopy: true },
+      { type: 'volume', source: 'b', target: '/b', nocopy: true },
+      { type: 'volume', target: '/c', nocopy: true },
+    ]);
+    assert.throws(() => toContainerInput(checkBody('container', { Image: 'busybox', HostConfig: { Binds: ['/srv:/s:nocopy'] } }), undefined), /nocopy is for volumes, not host paths/);
   });
 
   test('a healthcheck in nanoseconds becomes milliseconds; zeros are the defaults; Volumes a mount covers are no anonymous volume', () => {
@@ -122,6 +134,15 @@ describe('Docker create body → Nimbus container input', () => {
     assert.deepEqual(withExposedPorts(undefined, ['80/tcp', '53/udp', '8080', 'x/tcp', '0/tcp']), [
       { protocol: 'tcp', hostPort: 0, containerPort: 80 }, { protocol: 'udp', hostPort: 0, containerPort: 53 }, { protocol: 'tcp', hostPort: 0, containerPort: 8080 },
     ]);
+    // -p 8000-8010:80-90 and -p 80-90 arrive expanded (one key per port, the CLI's nat.ParsePortSpecs);
+    // -p 127.0.0.1:8000-8010:80/udp as one key with a HostPort range: one port of it, the host's choice
+    const ranged = toContainerInput(checkBody('container', { Image: 'busybox', HostConfig: { PortBindings: {
+      '80/tcp': [{ HostIp: '', HostPort: '8000' }], '81/tcp': [{ HostIp: '', HostPort: '8001' }], '53/udp': [{ HostIp: '127.0.0.1', HostPort: '8000-8010' }], '90/tcp': [{ HostPort: '7000-7000' }],
+    } } }), undefined);
+    assert.deepEqual(ranged.ports, [
+      { protocol: 'tcp', hostPort: 8000, containerPort: 80 }, { protocol: 'tcp', hostPort: 8001, containerPort: 81 },
+      { protocol: 'udp', hostPort: 8000, hostPortEnd: 8010, containerPort: 53, hostIp: '127.0.0.1' }, { protocol: 'tcp', hostPort: 7000, containerPort: 90 },
+    ]);
     // what ps and port show once the host chose: the chosen port
     const shown = containerSummary(rec({ config: { ...rec().config, ports: [{ protocol: 'tcp', hostPort: 49200, containerPort: 80 }] } })).Ports;
     assert.deepEqual(shown, [{ IP: '0.0.0.0', PrivatePort: 80, PublicPort: 49200, Type: 'tcp' }]);
@@ -146,7 +167,9 @@ describe('Docker create body → Nimbus container input', () => {
       [{ HostConfig: { Mounts: [{ Type: 'npipe', Source: 'x', Target: '/x' }] } }, /mount type "npipe" is not supported/],
       [{ HostConfig: { Privileged: true } }, /--privileged/],
       [{ HostConfig: { VolumesFrom: ['other:rx'] } }, /invalid --volumes-from "other:rx"/],
-      [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '8000-8010' }] } } }, /host port ranges/],
+      [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '8010-8000' }] } } }, /invalid host port "8010-8000": the range ends before it starts/],
+      [{ HostConfig: { PortBindings: { '80/tcp': [{ HostPort: '0-10' }] } } }, /ports are 1-65535/],
+      [{ HostConfig: { PortBindings: Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`${1000 + i}/tcp`, [{ HostPort: '' }]])) } }, /publishes 257 ports; a container publishes at most 256 \(each is a rule on its host/],
       [{ HostConfig: { LogConfig: { Type: 'syslog' } } }, /--log-driver/],
       [{ HostConfig: { RestartPolicy: { Name: 'always' }, AutoRemove: true } }, /--restart and --rm/],
       [{ HostConfig: { RestartPolicy: { Name: 'sometimes' } } }, /invalid restart policy/],

@@ -7,9 +7,11 @@ import type { CreateContainerInput } from '../../control/compute/container-servi
 import type { ContainerRecord, ContainerStatus, HealthcheckConfig, NetworkRecord, PortSpec, RestartPolicyName } from '../../store/records.js';
 import type { DockerContainerCreate } from './schemas.js';
 import { humanDuration } from '../../core/human-duration.js';
+import { assertPublishCount, hostPortOf } from '../../core/port-ranges.js';
 import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
 import type { MountInput } from '../../control/volumes/volume-service.js';
 import { withExposedPorts } from '../../control/networks/publish-all.js';
+import { parseVolumesFrom } from '../../core/volumes-from.js';
 
 /** A container as the services show it (`unknown` while its host does not answer). */
 export type ContainerLike = Omit<ContainerRecord, 'status'> & { status: ContainerStatus | 'unknown' };
@@ -42,7 +44,11 @@ function parseLink(l: string): { container: string; alias: string } {
   return { container, alias: (alias ?? container).replace(/^.*\//, '') };
 }
 
-/** -p's bindings: Docker's {"80/tcp": [{HostIp, HostPort}]}. */
+/**
+ * -p's bindings: Docker's {"80/tcp": [{HostIp, HostPort}]}. The CLI expands a container range
+ * (-p 8000-8010:80-90, -p 80-90) to one key per port; a HostPort range beside one container
+ * port (-p 8000-8010:80) is one port of it, chosen by the container's host.
+ */
 export function toPorts(bindings: NonNullable<DockerContainerCreate['HostConfig']>['PortBindings']): PortSpec[] | undefined {
   if (!bindings) return undefined;
   const ports: PortSpec[] = [];
@@ -52,13 +58,13 @@ export function toPorts(bindings: NonNullable<DockerContainerCreate['HostConfig'
     if (m[2] === 'sctp') throw new InvalidArgument('sctp ports are not supported');
     for (const b of list ?? []) {
       // -p 80 (no host port, or 0): one the container's host chooses, as dockerd does
-      if (b.HostPort && !/^\d{1,5}$/.test(b.HostPort)) throw new InvalidArgument(`host port ranges (${b.HostPort}) are not supported`);
       ports.push({
-        protocol: (m[2] ?? 'tcp') as 'tcp' | 'udp', hostPort: b.HostPort ? Number(b.HostPort) : 0, containerPort: Number(m[1]),
+        protocol: (m[2] ?? 'tcp') as 'tcp' | 'udp', ...hostPortOf(b.HostPort), containerPort: Number(m[1]),
         ...(b.HostIp && b.HostIp !== '0.0.0.0' ? { hostIp: b.HostIp } : {}),
       });
     }
   }
+  assertPublishCount(ports.length, 'HostConfig.PortBindings');
   return ports.length ? ports : undefined;
 }
 
@@ -139,17 +145,6 @@ export function anonymousMounts(paths: readonly string[], mounts: readonly Mount
     if (![...mounts, ...out].some((m) => m.target === target || m.target === p)) out.push({ type: 'volume', target });
   }
   return out;
-}
-
-/** HostConfig.VolumesFrom: "CONTAINER[:ro|rw]" each; mode absent: each mount as the other container has it. */
-export function parseVolumesFrom(list: readonly string[] | undefined): Array<{ container: string; mode?: 'ro' | 'rw' }> {
-  return (list ?? []).map((v) => {
-    const [container = '', mode, extra] = v.split(':');
-    if (!container || extra !== undefined || (mode !== undefined && mode !== 'ro' && mode !== 'rw')) {
-      throw new InvalidArgument(`invalid --volumes-from "${v.slice(0, 300)}": CONTAINER[:ro|rw]`);
-    }
-    return { container, ...(mode ? { mode: mode as 'ro' | 'rw' } : {}) };
-  });
 }
 
 /** Docker's Healthcheck (nanoseconds; 0 is the default) as Nimbus's (milliseconds; absent is the default). */

@@ -21,7 +21,8 @@ export const DockerHostConfig = Type.Object({
   PidsLimit: Type.Optional(Int),
   RestartPolicy: Type.Optional(Type.Object({ Name: Type.Optional(Str(32)), MaximumRetryCount: Type.Optional(Int) })),
   AutoRemove: Type.Optional(Type.Boolean()),
-  PortBindings: Type.Optional(Type.Record(Type.String({ maxLength: 32 }), Type.Array(PortBinding, { maxItems: 64 }), { maxProperties: 256 })),
+  // a container range arrives one key per port (-p 1-65535): toPorts refuses past MAX_PUBLISHED_PORTS, saying why
+  PortBindings: Type.Optional(Type.Record(Type.String({ maxLength: 32 }), Type.Array(PortBinding, { maxItems: 64 }), { maxProperties: 65536 })),
   NetworkMode: Type.Optional(Str(256)),
   Dns: Type.Optional(StrList(3, 64)),
   ExtraHosts: Type.Optional(StrList(256, 270)),
@@ -47,7 +48,8 @@ export const DockerContainerCreate = Type.Object({
   AttachStdin: Type.Optional(Type.Boolean()),
   HostConfig: Type.Optional(DockerHostConfig),
   // {"80/tcp": {}}: --expose and -p's container ports (what -P publishes, with the image's)
-  ExposedPorts: Type.Optional(Type.Record(Type.String({ maxLength: 32 }), Type.Unknown(), { maxProperties: 256 })),
+  // -p FIRST-LAST exposes each port of the range too: the ports it publishes are what is capped (toPorts)
+  ExposedPorts: Type.Optional(Type.Record(Type.String({ maxLength: 32 }), Type.Unknown(), { maxProperties: 65536 })),
   // {"/path": {}}: -v /path (an anonymous volume unless a mount covers it)
   Volumes: Type.Optional(Type.Record(Type.String({ maxLength: 4096 }), Type.Unknown(), { maxProperties: 64 })),
   NetworkingConfig: Type.Optional(Type.Object({

@@ -27,18 +27,24 @@ export function dockerSize(s: string, what: string): number {
   return n;
 }
 
-/** Docker's -v string: NAME:/path[:opts] (a named volume) or /host:/path[:opts] (a bind); opts ro|rw (z, Z and propagation refused). */
+/** Docker's -v string: NAME:/path[:opts] (a named volume) or /host:/path[:opts] (a bind); opts ro|rw, nocopy for a volume (z, Z and propagation refused). */
 export function parseBind(spec: string): MountInput {
   const parts = spec.split(':');
   if (parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1]) throw new InvalidArgument(`invalid volume specification: '${spec.slice(0, 200)}'`);
   const [source, target, opts = ''] = parts as [string, string, string?];
   let readonly = false;
+  let nocopy = false;
   for (const o of opts.split(',').filter(Boolean)) {
     if (o === 'ro') readonly = true;
-    else if (o !== 'rw') throw new InvalidArgument(`volume option "${o}" is not supported by Nimbus's Docker API yet (ro or rw)`);
+    else if (o === 'nocopy') nocopy = true;
+    else if (o !== 'rw') throw new InvalidArgument(`volume option "${o}" is not supported by Nimbus's Docker API yet (ro, rw or nocopy)`);
   }
   const ro = readonly ? { readonly: true } : {};
-  return source.startsWith('/') ? { type: 'bind', source, target, ...ro } : { type: 'volume', source, target, ...ro };
+  if (source.startsWith('/')) {
+    if (nocopy) throw new InvalidArgument(`invalid volume specification: '${spec.slice(0, 200)}': nocopy is for volumes, not host paths`);
+    return { type: 'bind', source, target, ...ro };
+  }
+  return { type: 'volume', source, target, ...ro, ...(nocopy ? { nocopy: true } : {}) };
 }
 
 interface DockerMount {
@@ -72,8 +78,11 @@ export function parseMount(m: DockerMount): MountInput {
   if (type === 'volume') {
     const driver = m.VolumeOptions?.DriverConfig?.Name;
     if (driver && driver !== 'local') throw new InvalidArgument(`volume driver "${driver}" is not supported (local)`);
+    const nocopy = m.VolumeOptions?.NoCopy === true ? { nocopy: true } : {};
     // --mount type=volume,target=/p: an anonymous volume
-    if (m.Source === undefined || m.Source === '') return { type, target, ...ro };
+    if (m.Source === undefined || m.Source === '') return { type, target, ...ro, ...nocopy };
+    if (typeof m.Source !== 'string') throw new InvalidArgument('invalid mount config for type "volume": Source is a name');
+    return { type, source: m.Source, target, ...ro, ...nocopy };
   }
   if (typeof m.Source !== 'string' || !m.Source) throw new InvalidArgument(`invalid mount config for type "${type}": Source is required`);
   return { type, source: m.Source, target, ...ro };

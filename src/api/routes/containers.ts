@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import { route, stream, type RequestAuth } from '../route.js';
-import { Arg, Argv, Container, ContainerCreate, ContainerPath, Empty, EnvList, ExecFrame, IdParam, LogLine, Name, Operation, SignalSpec, Stats, StopTimeout, TerminalCells, TerminalSize, UserSpec } from '../schemas.js';
+import { Arg, Argv, Container, ContainerCreate, ContainerPath, Empty, EnvList, ExecFrame, IdParam, LogLine, Name, Ref, Operation, SignalSpec, Stats, StopTimeout, TerminalCells, TerminalSize, UserSpec } from '../schemas.js';
 import { InvalidArgument } from '../../core/errors.js';
 import { checkTotalLength } from '../validate.js';
 import { canonicalSignal } from '../../core/signals.js';
@@ -11,6 +11,7 @@ import { AsyncQueue } from '../../core/async-queue.js';
 import type { Services } from '../../control/services.js';
 import type { ProjectScope } from '../../control/identity/scope.js';
 import { checkPinnedHost } from '../../control/compute/hosts.js';
+import { volumesFromMounts } from '../../control/volumes/volumes-from.js';
 import { paged, PageQuery } from '../paging.js';
 
 /** Container routes act on the project of the container named in the path, looked up in the caller's scope; handlers get its full id. */
@@ -31,8 +32,16 @@ export const PlacementFields = {
   group: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Server group (name or id) of the project: its policy (affinity, anti-affinity) applies' })),
 };
 
+/** --volumes-from: resolved into mounts (and the others' host) before the create. */
+const VolumesFromField = {
+  volumesFrom: Type.Optional(Type.Array(Type.Object({
+    container: Ref('A container of the project (name or id)'),
+    mode: Type.Optional(Type.Union([Type.Literal('ro'), Type.Literal('rw')], { description: 'Every mount read-only or read-write; absent: each as the other container has it' })),
+  }, { additionalProperties: false }), { maxItems: 16, description: 'The volumes and binds of these containers at the same paths (--volumes-from; not their tmpfs; a path mounts names wins); the container runs on their host' })),
+};
+
 /** The create body: the container's settings and where it may run. */
-const ContainerCreateOnHosts = Type.Object({ ...ContainerCreate.properties, ...PlacementFields }, { $id: 'ContainerCreate', additionalProperties: false });
+const ContainerCreateOnHosts = Type.Object({ ...ContainerCreate.properties, ...PlacementFields, ...VolumesFromField }, { $id: 'ContainerCreate', additionalProperties: false });
 
 const isSystemAdmin = (auth: RequestAuth) => auth.principal?.systemAdmin === true;
 
@@ -59,9 +68,15 @@ export const containerRoutes = [
     status: 201, body: ContainerCreateOnHosts, response: Type.Union([Container, Operation]),
     handler: async ({ body, services, auth }) => {
       // The image: the project's own first, else one in a project the caller can read (a parent's, say); others' do not exist for it.
-      const { start, host, zone, constraints, group, ...input } = body;
+      const { start, host, zone, constraints, group, volumesFrom, ...input } = body;
       const placement = { ...(host !== undefined ? { host } : {}), ...(zone !== undefined ? { zone } : {}), ...(constraints ? { constraints } : {}), ...(group !== undefined ? { group } : {}) };
       checkPinnedHost(placement, isSystemAdmin(auth));
+      if (volumesFrom?.length) {
+        const from = await volumesFromMounts((ref) => services.containers.get(ref, { projectId: auth.project() }), volumesFrom, input.mounts ?? []);
+        if (from.host !== undefined && placement.host !== undefined && from.host !== placement.host) throw new InvalidArgument(`volumesFrom's containers run on host ${from.host}, not ${placement.host}`);
+        input.mounts = [...(input.mounts ?? []), ...from.mounts] as typeof input.mounts;
+        if (from.host !== undefined) Object.assign(placement, { host: from.host });
+      }
       checkTotalLength({ entrypoint: input.entrypoint, cmd: input.cmd, env: input.env }, MAX_ARGV_ENV_TOTAL);
       // runc takes the 31 standard names and numbers only (SIGRTMIN+3 → "37")
       if (input.stopSignal !== undefined) input.stopSignal = canonicalSignal(input.stopSignal);
@@ -82,10 +97,13 @@ export const containerRoutes = [
   route({
     method: 'DELETE', path: '/containers/{id}', operationId: 'removeContainer', tag: 'containers', access: 'write',
     auth: { role: 'member', project: CONTAINER },
-    summary: 'Remove a container (force kills a running one)', params: IdParam,
-    query: Type.Object({ force: Type.Boolean({ default: false }) }), response: Empty,
+    summary: 'Remove a container (force kills a running one; volumes: its anonymous volumes too)', params: IdParam,
+    query: Type.Object({
+      force: Type.Boolean({ default: false }),
+      volumes: Type.Boolean({ default: false, description: 'Its anonymous volumes too (docker rm -v): never named ones; one another container still mounts stays' }),
+    }), response: Empty,
     handler: async ({ params, query, services }) => {
-      await services.containers.remove(params.id, query.force);
+      await services.containers.remove(params.id, query.force, { volumes: query.volumes });
       return { status: 204 };
     },
   }),
@@ -214,7 +232,9 @@ export const containerRoutes = [
     summary: 'The main process\'s terminal (a container made with tty), interactively, as a WebSocket (Upgrade: websocket; src/api/dashboard/exec-ws.ts): '
       + 'subprotocol "nimbus-exec", messages as GET /containers/{id}/exec\'s: binary both ways are the terminal\'s bytes (input only with stdin and a '
       + 'container made with openStdin), a text {"resize":{"rows":R,"cols":C}} resizes it; the last text message is {"exitCode":N} once the process has '
-      + 'exited. Closing the socket detaches: the container keeps running. Without the upgrade this path answers 400',
+      + 'exited. Closing the socket detaches: the container keeps running. A container made without tty but with openStdin attaches with stdin (nimbus run -i): '
+      + 'each binary message from the server starts with its stream\'s byte (1 stdout, 2 stderr), and a text {"closeStdin":true} from the client ends the process\'s input. '
+      + 'Without the upgrade this path answers 400',
     params: IdParam,
     query: Type.Object({
       rows: TerminalCells('The terminal\'s lines from now on', 24),

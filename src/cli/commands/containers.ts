@@ -7,9 +7,12 @@ import {
 import { ago, humanMemory, printJson, render, short, statusText, table, truncate } from '../output.js';
 import { pullWithProgress } from './images.js';
 import { clientOf, eachArg, waitOperation } from './shared.js';
-import { attachOnTerminal, execOnTerminal, localTerminalSize } from './exec-tty.js';
+import { attachOnTerminal, attachWithPipes, execOnTerminal, localTerminalSize } from './exec-tty.js';
 import { vmImage, vmStatusText, type Vm } from './vms.js';
 import { mountsFromFlags } from './volumes.js';
+import { InvalidArgument } from '../../core/errors.js';
+import { parsePublishSpec, type PublishedPortSpec } from '../../core/port-ranges.js';
+import { parseVolumesFrom } from '../../core/volumes-from.js';
 
 type Instance = (Container & { type: 'container' }) | Vm;
 
@@ -51,14 +54,14 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'restart', type: 'string', value: 'POLICY', description: 'Restart policy: no, on-failure[:N], always, unless-stopped', default: 'no' },
   { name: 'rm', type: 'boolean', description: 'Remove the container when it exits' },
   { name: 'tty', short: 't', type: 'boolean', description: 'The main process on a terminal (the size of this one; nimbus attach)' },
-  { name: 'interactive', short: 'i', type: 'boolean', description: 'Keep its stdin open; with run -t: this terminal, raw, typed into it' },
+  { name: 'interactive', short: 'i', type: 'boolean', description: 'Keep its stdin open; with run -t: this terminal, raw, typed into it; run -i alone: this stdin piped to it (its end, the process\'s)' },
   { name: 'runtime', type: 'string', value: 'NAME', choices: ['runc', 'crun', 'vm'], description: 'runc or crun (default: the host default), or vm: a secure container in its own microVM' },
   { name: 'hostname', type: 'string', value: 'NAME', description: 'Container host name' },
   { name: 'label', short: 'l', type: 'list', value: 'K=V', description: 'Label' },
   { name: 'stop-signal', type: 'string', value: 'SIG', description: 'Signal that stops the container (default SIGTERM)' },
   { name: 'stop-timeout', type: 'number', integer: true, value: 'SECS', description: 'Seconds between the stop signal and SIGKILL' },
   { name: 'network', type: 'string', value: 'NET', description: "bridge (default: the project's own), none, host, container:NAME|ID, or a network's name" },
-  { name: 'publish', short: 'p', type: 'list', value: '[IP:][HOSTPORT:]PORT[/tcp|udp]', description: 'Publish a container port on the host (loopback included); without HOSTPORT on a free one the host chooses' },
+  { name: 'publish', short: 'p', type: 'list', value: '[IP:][HOSTPORT[-END]:]PORT[-END][/tcp|udp]', description: 'Publish a container port on the host (loopback included); without HOSTPORT on a free one the host chooses; ranges: 8000-8010:80-90 pairwise, 8000-8010:80 one free port of the range, 80-90 each on a free port (at most 256 a container)' },
   { name: 'publish-all', short: 'P', type: 'boolean', description: 'Publish every port the image exposes, each on a free host port' },
   { name: 'ip', type: 'string', value: 'ADDR', description: 'Fixed IPv4 address on the network' },
   { name: 'dns', type: 'list', value: 'ADDR', description: "Nameserver instead of the network's embedded DNS" },
@@ -66,9 +69,10 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'link', type: 'list', value: 'NAME[:ALIAS]', description: 'Link to a running container: its address in /etc/hosts and ALIAS_* variables' },
   { name: 'network-alias', type: 'list', value: 'NAME', description: "Another name the network's DNS answers for this container" },
   { name: 'log-opt', type: 'list', value: 'KEY=VALUE', description: 'Log rotation: max-size=SIZE (default 10m), max-file=N (default 3), as docker' },
-  { name: 'volume', short: 'v', type: 'list', value: 'NAME:/PATH[:ro]', description: 'Mount a named volume (made with 1 GiB if missing), or /HOST/PATH:/PATH (system administrators only)' },
-  { name: 'mount', type: 'list', value: 'type=volume|bind|tmpfs,source=…,target=…[,readonly]', description: 'Mount a volume, a host path or a tmpfs (Docker\'s --mount)' },
+  { name: 'volume', short: 'v', type: 'list', value: 'NAME:/PATH[:ro][,nocopy]', description: 'Mount a named volume (made with 1 GiB if missing, then filled with the image\'s files at PATH unless nocopy), /PATH (an anonymous volume, likewise), or /HOST/PATH:/PATH (system administrators only)' },
+  { name: 'mount', type: 'list', value: 'type=volume|bind|tmpfs,source=…,target=…[,readonly][,volume-nocopy]', description: 'Mount a volume, a host path or a tmpfs (Docker\'s --mount)' },
   { name: 'tmpfs', type: 'list', value: '/PATH[:size=64m,mode=1777]', description: 'Mount a tmpfs' },
+  { name: 'volumes-from', type: 'list', value: 'CONTAINER[:ro|rw]', description: 'Mount the volumes and host paths of another container of the project at the same paths (read-only with :ro; not its tmpfs); runs on its host' },
   { name: 'health-cmd', type: 'string', value: 'CMD', description: 'Command (run by /bin/sh -c in the container) whose exit says it is healthy' },
   { name: 'health-interval', type: 'string', value: 'DURATION', description: 'Between health probes, e.g. 30s (default), 500ms, 1m' },
   { name: 'health-timeout', type: 'string', value: 'DURATION', description: 'A probe running longer fails (default 30s)' },
@@ -144,14 +148,23 @@ export function parseLogOpts(specs: string[]): { maxSizeBytes?: number; maxFiles
   return specs.length ? out : undefined;
 }
 
-/** -p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp], as docker takes it; no HOSTPORT (or an empty one): 0, the host chooses. */
-export function parsePublish(spec: string): { protocol: 'tcp' | 'udp'; hostIp?: string; hostPort: number; containerPort: number } {
-  const m = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(?:(\d{0,5}):)?(\d{1,5})(?:\/(tcp|udp))?$/.exec(spec);
-  if (!m || (m[1] && m[2] === undefined)) throw new UsageError(`invalid -p "${spec}": expected [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]`);
-  const hostPort = m[2] ? Number(m[2]) : 0;
-  const containerPort = Number(m[3]);
-  for (const p of [m[2] ? hostPort : 1, containerPort]) if (p < 1 || p > 65535) throw new UsageError(`invalid -p "${spec}": ports are 1-65535`);
-  return { protocol: (m[4] as 'tcp' | 'udp' | undefined) ?? 'tcp', ...(m[1] ? { hostIp: m[1] } : {}), hostPort, containerPort };
+/**
+ * -p [IP:][HOSTPORT[-END]:]CONTAINERPORT[-END][/tcp|udp], as docker takes it: no HOSTPORT (or an
+ * empty one) is 0, the host chooses; a container range is one mapping per port; a host range
+ * beside one container port, one port of it the host chooses (core/port-ranges.ts).
+ */
+export function parsePublish(spec: string): PublishedPortSpec[] {
+  return usage(() => parsePublishSpec(spec));
+}
+
+/** A shared parser's refusal as a usage error (exit 2, with the usage line). */
+function usage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (e) {
+    if (e instanceof InvalidArgument) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /** --link NAME[:ALIAS] */
@@ -180,6 +193,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
   if (cpus !== undefined && !(cpus > 0)) throw new UsageError(`--cpus must be more than 0, got ${cpus}`);
   const memory = opts.memory === undefined ? undefined : parseSize(String(opts.memory));
   const mounts = mountsFromFlags(opts);
+  const volumesFrom = usage(() => parseVolumesFrom(list('volumes-from')));
   const healthcheck = healthcheckFromFlags(opts);
   if (memory !== undefined && memory < 1) throw new UsageError(`--memory must be more than 0`);
   for (const k of ['pids-limit', 'stop-timeout'] as const) {
@@ -205,7 +219,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(opts['stop-signal'] !== undefined ? { stopSignal: opts['stop-signal'] } : {}),
     ...(opts['stop-timeout'] !== undefined ? { stopTimeout: opts['stop-timeout'] } : {}),
     ...(opts.network !== undefined ? { network: opts.network } : {}),
-    ...(list('publish').length ? { ports: list('publish').map(parsePublish) } : {}),
+    ...(list('publish').length ? { ports: list('publish').flatMap(parsePublish) } : {}),
     ...(opts['publish-all'] ? { publishAll: true } : {}),
     ...(opts.ip !== undefined ? { ip: opts.ip } : {}),
     ...(list('dns').length ? { dns: list('dns') } : {}),
@@ -214,6 +228,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(list('network-alias').length ? { aliases: list('network-alias') } : {}),
     ...(list('log-opt').length ? { log: parseLogOpts(list('log-opt')) } : {}),
     ...(mounts.length ? { mounts } : {}),
+    ...(volumesFrom.length ? { volumesFrom } : {}),
     ...(healthcheck ? { healthcheck } : {}),
     ...(opts.tty ? { tty: true } : {}),
     ...(opts.interactive ? { openStdin: true } : {}),
@@ -416,22 +431,25 @@ export const containerCommands: CommandSpec[] = [
         process.stdout.write(`${c.id}\n`);
         return 0;
       }
-      if (ctx.opts.interactive && !ctx.opts.tty) throw new UsageError('run -i needs -t here (input without a terminal is not carried yet), or -d');
+      const start = (c: Container) => async () => {
+        try {
+          await client.json('POST', `/containers/${enc(c.id)}/start`);
+        } catch (e) {
+          if (ctx.opts.rm) await client.json('DELETE', `/containers/${enc(c.id)}?force=true`).catch(() => undefined);
+          throw withExit(e, startFailureCode(e));
+        }
+      };
+      if (ctx.opts.interactive && !ctx.opts.tty) {
+        // -i alone: this process's stdin piped to the main process (its end, the process's), no terminal
+        const c = await createContainer(client, { ...createBody(ctx.opts, ctx.args), stdinOnce: true });
+        warn(c);
+        return attachWithPipes(client, c.id, { afterOpen: start(c) });
+      }
       if (ctx.opts.tty) {
         // the main process's terminal: attached before the start (nothing it prints is missed), stdin ending with this attach (-i)
         const c = await createContainer(client, { ...createBody(ctx.opts, ctx.args), ...(ctx.opts.interactive ? { stdinOnce: true } : {}) });
         warn(c);
-        const code = await attachOnTerminal(client, c.id, {
-          input: Boolean(ctx.opts.interactive),
-          afterOpen: async () => {
-            try {
-              await client.json('POST', `/containers/${enc(c.id)}/start`);
-            } catch (e) {
-              if (ctx.opts.rm) await client.json('DELETE', `/containers/${enc(c.id)}?force=true`).catch(() => undefined);
-              throw withExit(e, startFailureCode(e));
-            }
-          },
-        });
+        const code = await attachOnTerminal(client, c.id, { input: Boolean(ctx.opts.interactive), afterOpen: start(c) });
         if (code === 'detached') {
           process.stderr.write(`\nnimbus: detached; container ${short(c.id)} keeps running\n`);
           return 0;
@@ -514,8 +532,12 @@ export const containerCommands: CommandSpec[] = [
   },
   {
     name: 'rm', usage: 'CONTAINER [CONTAINER...]', summary: 'Remove containers', minArgs: 1,
-    options: [{ name: 'force', short: 'f', type: 'boolean', description: 'Kill a running container first' }],
-    run: forEach((id, ctx) => `/containers/${id}?force=${Boolean(ctx.opts.force)}`, undefined, 'DELETE'),
+    options: [
+      { name: 'force', short: 'f', type: 'boolean', description: 'Kill a running container first' },
+      { name: 'volumes', short: 'v', type: 'boolean', description: 'Remove its anonymous volumes too (never named ones; one another container mounts stays)' },
+    ],
+    // ?volumes only when asked: a VM's removal (the same command) takes no such parameter
+    run: forEach((id, ctx) => `/containers/${id}?force=${Boolean(ctx.opts.force)}${ctx.opts.volumes ? '&volumes=true' : ''}`, undefined, 'DELETE'),
   },
   {
     name: 'ps', usage: '', summary: 'List instances, containers and VMs (running ones unless -a)', maxArgs: 0,

@@ -93,6 +93,60 @@ export async function attachOnTerminal(client: ApiClient, container: string, opt
   return relayTerminal(ws, { input: opts.input, what: 'attach', detachKeys: true, early, closedEarly });
 }
 
+/**
+ * `nimbus run -i` without -t: the main process's stdin and output over the attach WebSocket, no
+ * terminal. This process's stdin is piped to it, its end the process's end of input; its stdout
+ * and stderr come apart (each message's first byte) to this process's. `afterOpen` as above.
+ * Resolves with the container's exit code.
+ */
+export async function attachWithPipes(client: ApiClient, container: string, opts: { afterOpen?: () => Promise<void> }): Promise<number> {
+  const ws = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/attach?stdin=true`, 'attach');
+  let result: { exitCode?: number; error?: { code?: string; message?: string } } | undefined;
+  const onMessage = (data: RawData, isBinary: boolean) => {
+    const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+    if (!isBinary) result = JSON.parse(bytes.toString('utf8')) as typeof result;
+    else (bytes[0] === 2 ? process.stderr : process.stdout).write(bytes.subarray(1));
+  };
+  ws.on('message', onMessage); // from the start: nothing printed while the start is asked is lost
+  const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+  try {
+    await opts.afterOpen?.();
+  } catch (e) {
+    ws.terminate();
+    throw e;
+  }
+  const stdin = process.stdin;
+  const send = (b: Buffer) => {
+    if (ws.readyState !== ws.OPEN) return;
+    ws.send(b, { binary: true });
+    // a fast producer waits while the socket's queue is long
+    if (ws.bufferedAmount > 1024 * 1024) {
+      stdin.pause();
+      const wait = setInterval(() => {
+        if (ws.readyState !== ws.OPEN || ws.bufferedAmount < 512 * 1024) {
+          clearInterval(wait);
+          stdin.resume();
+        }
+      }, 10);
+    }
+  };
+  const endInput = () => {
+    if (ws.readyState === ws.OPEN) ws.send(JSON.stringify({ closeStdin: true }));
+  };
+  stdin.on('data', send);
+  stdin.once('end', endInput);
+  stdin.resume();
+  try {
+    await closed;
+  } finally {
+    stdin.off('data', send);
+    stdin.off('end', endInput);
+    stdin.pause();
+  }
+  if (result?.exitCode !== undefined) return result.exitCode;
+  throw new ApiError(0, result?.error?.code ?? 'Unavailable', result?.error?.message ?? 'the attach connection closed without an exit code');
+}
+
 async function openTerminalSocket(client: ApiClient, path: string, what: string): Promise<WebSocket> {
   const ws: WebSocket = client.webSocket(path, EXEC_PROTOCOL);
   await new Promise<void>((resolve, reject) => {

@@ -7,7 +7,10 @@ test('-v: a named volume, a host path or an anonymous volume, ro or rw', () => {
   assert.deepEqual(parseVolumeFlag('data:/d:ro'), { type: 'volume', source: 'data', target: '/d', readonly: true });
   assert.deepEqual(parseVolumeFlag('/srv/www:/www:rw'), { type: 'bind', source: '/srv/www', target: '/www' });
   assert.deepEqual(parseVolumeFlag('/data'), { type: 'volume', target: '/data' }, 'no source: an anonymous volume');
-  assert.throws(() => parseVolumeFlag('data:/d:z'), /the mode must be ro or rw/);
+  assert.throws(() => parseVolumeFlag('data:/d:z'), /the options are ro, rw and nocopy, got "z"/);
+  assert.deepEqual(parseVolumeFlag('data:/d:ro,nocopy'), { type: 'volume', source: 'data', target: '/d', readonly: true, nocopy: true }, 'nocopy: a volume made now starts empty');
+  assert.deepEqual(parseVolumeFlag('data:/d:nocopy'), { type: 'volume', source: 'data', target: '/d', nocopy: true });
+  assert.throws(() => parseVolumeFlag('/srv:/d:nocopy'), /nocopy is for volumes, not host paths/);
   assert.throws(() => parseVolumeFlag('data:rel'), /must be absolute/);
   assert.throws(() => parseVolumeFlag('a:/b:ro:x'), /-v takes NAME:\/path/);
 });
@@ -23,6 +26,10 @@ test('--mount: Docker\'s keys and aliases; tmpfs size and octal mode; what is no
   assert.throws(() => parseMountFlag('type=npipe,source=x,target=/s'), /type must be volume, bind or tmpfs/);
   assert.throws(() => parseMountFlag('source=x,target=/s,volume-driver=nfs'), /"volume-driver" is not supported/);
   assert.throws(() => parseMountFlag('source=x'), /target=\/path/);
+  assert.deepEqual(parseMountFlag('type=volume,source=x,target=/s,volume-nocopy'), { type: 'volume', source: 'x', target: '/s', nocopy: true });
+  assert.deepEqual(parseMountFlag('type=volume,target=/s,volume-nocopy=true'), { type: 'volume', target: '/s', nocopy: true });
+  assert.deepEqual(parseMountFlag('type=volume,source=x,target=/s,volume-nocopy=false'), { type: 'volume', source: 'x', target: '/s' });
+  assert.throws(() => parseMountFlag('type=bind,source=/srv,target=/s,volume-nocopy'), /volume-nocopy is for type=volume/);
 });
 
 test('--tmpfs and the three together, in order', () => {

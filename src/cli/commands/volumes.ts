@@ -14,7 +14,7 @@ function volumeSize(s: string): number {
   return Math.ceil(parseSize(s) / MiB) * MiB;
 }
 
-/** -v NAME:/path[:ro|rw] (a named volume) or -v /host/path:/path[:ro|rw] (a bind mount). */
+/** -v NAME:/path[:ro|rw][,nocopy] (a named volume) or -v /host/path:/path[:ro|rw] (a bind mount). */
 export function parseVolumeFlag(spec: string): MountInput {
   const parts = spec.split(':');
   if (parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1]) {
@@ -22,11 +22,17 @@ export function parseVolumeFlag(spec: string): MountInput {
     if (parts.length === 1 && spec.startsWith('/')) return { type: 'volume', target: spec };
     throw new UsageError(`-v takes NAME:/path[:ro] or /host/path:/path[:ro], got "${spec}"`);
   }
-  const [source, target, mode] = parts as [string, string, string | undefined];
-  if (mode !== undefined && mode !== 'ro' && mode !== 'rw') throw new UsageError(`-v ${spec}: the mode must be ro or rw, got "${mode}"`);
+  const [source, target, opts] = parts as [string, string, string | undefined];
+  const options = opts === undefined ? [] : opts.split(',');
+  for (const o of options) if (o !== 'ro' && o !== 'rw' && o !== 'nocopy') throw new UsageError(`-v ${spec}: the options are ro, rw and nocopy, got "${o}"`);
   if (!target.startsWith('/')) throw new UsageError(`-v ${spec}: the container path must be absolute`);
-  const readonly = mode === 'ro' ? { readonly: true } : {};
-  return source.startsWith('/') ? { type: 'bind', source, target, ...readonly } : { type: 'volume', source, target, ...readonly };
+  const readonly = options.includes('ro') ? { readonly: true } : {};
+  if (source.startsWith('/')) {
+    if (options.includes('nocopy')) throw new UsageError(`-v ${spec}: nocopy is for volumes, not host paths`);
+    return { type: 'bind', source, target, ...readonly };
+  }
+  // nocopy: a volume made now starts empty rather than with the image's files at the path
+  return { type: 'volume', source, target, ...readonly, ...(options.includes('nocopy') ? { nocopy: true } : {}) };
 }
 
 /** --mount type=volume|bind|tmpfs,source=…,target=…[,readonly][,tmpfs-size=…][,tmpfs-mode=…] (Docker's keys and aliases). */
@@ -39,8 +45,8 @@ export function parseMountFlag(spec: string): MountInput {
     const v = i < 0 ? 'true' : field.slice(i + 1);
     kv.set({ src: 'source', dst: 'target', destination: 'target', ro: 'readonly' }[k] ?? k, v);
   }
-  const known = new Set(['type', 'source', 'target', 'readonly', 'tmpfs-size', 'tmpfs-mode']);
-  for (const k of kv.keys()) if (!known.has(k)) throw new UsageError(`--mount ${spec}: "${k}" is not supported (type, source, target, readonly, tmpfs-size, tmpfs-mode)`);
+  const known = new Set(['type', 'source', 'target', 'readonly', 'volume-nocopy', 'tmpfs-size', 'tmpfs-mode']);
+  for (const k of kv.keys()) if (!known.has(k)) throw new UsageError(`--mount ${spec}: "${k}" is not supported (type, source, target, readonly, volume-nocopy, tmpfs-size, tmpfs-mode)`);
   const type = kv.get('type') ?? 'volume';
   const target = kv.get('target');
   if (!target?.startsWith('/')) throw new UsageError(`--mount ${spec}: target=/path (absolute) is required`);
@@ -56,7 +62,12 @@ export function parseMountFlag(spec: string): MountInput {
     return { type: 'tmpfs', target, ...(size !== undefined ? { sizeBytes: parseSize(size) } : {}), ...(mode !== undefined ? { mode: parseInt(mode, 8) } : {}) };
   }
   if (type !== 'volume' && type !== 'bind') throw new UsageError(`--mount ${spec}: type must be volume, bind or tmpfs`);
-  if (!source && type === 'volume') return { type, target, ...readonly }; // an anonymous volume
+  const nc = kv.get('volume-nocopy');
+  if (nc !== undefined && !['true', '1', 'false', '0'].includes(nc)) throw new UsageError(`--mount ${spec}: volume-nocopy takes true or false`);
+  if (nc !== undefined && type !== 'volume') throw new UsageError(`--mount ${spec}: volume-nocopy is for type=volume`);
+  const nocopy = nc === 'true' || nc === '1' ? { nocopy: true } : {};
+  if (!source && type === 'volume') return { type, target, ...readonly, ...nocopy }; // an anonymous volume
+  if (type === 'volume' && source) return { type, source, target, ...readonly, ...nocopy };
   if (!source) throw new UsageError(`--mount ${spec}: source= is required`);
   if (type === 'bind' && !source.startsWith('/')) throw new UsageError(`--mount ${spec}: a bind's source is an absolute host path`);
   return { type, source, target, ...readonly };

@@ -176,8 +176,8 @@ test('agent directory: join tokens are one-time, short-lived, pinned to the CA, 
   // a malformed CSR does not use the token up
   await assert.rejects(dir.join({ joinToken: issued.token, name: 'b', csr: 'not a csr', protocol: SPOKEN_PROTOCOL }), { code: 'InvalidArgument' });
   // an agent of another protocol is refused before the token is looked at
-  const future = SPOKEN_PROTOCOL.max + 1;
-  await assert.rejects(dir.join({ joinToken: issued.token, name: 'b', csr, protocol: { min: future, max: future } }), { code: 'Conflict', message: new RegExp(`${future}, this control plane speaks 2`) });
+  const newer = SPOKEN_PROTOCOL.max + 1;
+  await assert.rejects(dir.join({ joinToken: issued.token, name: 'b', csr, protocol: { min: newer, max: newer } }), { code: 'Conflict', message: new RegExp(`${newer}, this control plane speaks 2`) });
 
   const joined = await dir.join({ joinToken: issued.token, name: 'b', csr, protocol: SPOKEN_PROTOCOL });
   assert.equal(certCommonName(joined.certificate), 'b', 'the certificate names the agent, whatever its CSR said');

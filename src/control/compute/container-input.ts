@@ -7,6 +7,8 @@ import { InvalidArgument } from '../../core/errors.js';
 import { isHostname } from '../../core/hostname.js';
 import { MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
 import { ipToInt } from '../../agent/network/network-driver.js';
+import { assertPublishCount } from '../../core/port-ranges.js';
+import type { PortSpec } from '../../store/records.js';
 
 /** A graceful stop's timeout in seconds: 0 to MAX_STOP_TIMEOUT_SEC (a longer one would hold the container's lifecycle lock as long). */
 export function checkStopTimeout(sec: number, field = 'timeout'): void {
@@ -41,5 +43,16 @@ export function checkResources(r: { memoryBytes?: number; pidsLimit?: number; cp
   }
   if (r.cpus !== undefined && !(Number.isFinite(r.cpus) && r.cpus > 0)) {
     throw new InvalidArgument(`cpus must be more than 0, got ${String(r.cpus)}`, { field: 'cpus' });
+  }
+}
+
+/** Published ports: a host range (hostPortEnd) starts at a port and does not end before it; MAX_PUBLISHED_PORTS at most. */
+export function checkPorts(ports: readonly PortSpec[] | undefined): void {
+  assertPublishCount(ports?.length ?? 0, 'the request');
+  for (const p of ports ?? []) {
+    if (p.hostPortEnd === undefined) continue;
+    if (p.hostPort < 1 || p.hostPortEnd < p.hostPort || p.hostPortEnd > 65535) {
+      throw new InvalidArgument(`host port range ${p.hostPort}-${p.hostPortEnd} is not a range of ports 1-65535`, { field: 'ports' });
+    }
   }
 }

@@ -19,11 +19,12 @@ import type { QuotaService } from '../quota/quota-service.js';
 import type { OperationService } from '../operations/operations.js';
 import type { NetworkIntent, NetworkService } from '../networks/network-service.js';
 import { assertTransition, StopsInFlight } from './container-state.js';
-import { checkHostname, checkIpv4, checkResources, checkStopTimeout } from './container-input.js';
+import { checkHostname, checkIpv4, checkPorts, checkResources, checkStopTimeout } from './container-input.js';
 import { withDeadline } from './deadline.js';
 import { generateName } from './names.js';
 import { checkProcess, processSpecFor } from './process-spec.js';
 import { withExposedPorts } from '../networks/publish-all.js';
+import { hostChoosesPort } from '../../core/port-ranges.js';
 import { placementFields, withGroupResolved, type HostAgents, type PlacementInput } from './hosts.js';
 import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
 import { agentMounts, mountsOf, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
@@ -80,11 +81,15 @@ export interface CreateOptions {
 /** What a create learnt from its host, written with the start (or alone). */
 type CreatePatch = Pick<ContainerRecord, 'warnings' | 'runtime'> & { config?: ContainerRecord['config'] };
 
-/** The config's ports with the host ports the agent chose for those asked as 0 (same order); undefined when none was. */
+/** The config's ports with the host ports the agent chose for those asked as 0 or as a range (same order); undefined when none was. */
 function chosenPorts(asked: readonly PortSpec[] | undefined, published: readonly PortMapping[] | undefined): PortSpec[] | undefined {
-  if (!asked?.some((p) => p.hostPort === 0)) return undefined;
+  if (!asked?.some(hostChoosesPort)) return undefined;
   if (!published || published.length !== asked.length) throw new Unavailable('the host did not say which ports it chose for the container');
-  return asked.map((p, i) => (p.hostPort === 0 ? { ...p, hostPort: published[i]!.hostPort } : p));
+  return asked.map((p, i) => {
+    if (!hostChoosesPort(p)) return p;
+    const { hostPortEnd: _range, ...rest } = p; // the record keeps the port chosen: the container's across restarts
+    return { ...rest, hostPort: published[i]!.hostPort };
+  });
 }
 
 export class ContainerService {
@@ -317,6 +322,7 @@ export class ContainerService {
     // chooses; moot without a network of its own (none, host, container:), as dockerd passes over it
     const ownNetwork = asked.network !== 'none' && asked.network !== 'host' && !asked.network?.startsWith('container:');
     if (publishAll && ownNetwork) asked.ports = withExposedPorts(asked.ports, Object.keys(image.config.config?.ExposedPorts ?? {}));
+    checkPorts(asked.ports);
     if (input.runtime === 'vm' && (input.tty || input.openStdin)) throw new InvalidArgument("a secure container's main process has no terminal or stdin yet (-t, -i)");
     if (input.stdinOnce && !input.openStdin) throw new InvalidArgument('stdinOnce needs openStdin');
     // Network settings are checked before anything is made; addresses are leased once the record exists.
@@ -340,6 +346,7 @@ export class ContainerService {
     checkProcess(process);
     // volumes resolved (one that does not exist is made, as Docker does): the container runs on their host
     let mounts: StoredMount[] = [];
+    let copyUp: string[] = [];
     let volumeHost: string | undefined;
     if (mountInput?.length) {
       if (!this.volumes) throw new Unavailable('this control plane has no volume service');
@@ -350,9 +357,10 @@ export class ContainerService {
         made,
       });
       mounts = resolved.mounts;
+      copyUp = resolved.copyUp;
       volumeHost = resolved.host;
     }
-    const request = this.requestOf(config, image, name, process, intent, mounts);
+    const request = this.requestOf(config, image, name, process, intent, mounts, copyUp);
     const local = this.hosts.localName;
     // container:<id> shares that container's namespace, so it runs on that container's host
     const netnsHost = intent.mode === 'container' ? intent.container.host : undefined;
@@ -439,7 +447,7 @@ export class ContainerService {
   }
 
   /** The agent's create request for a config (its network as named: the addresses are leased once the record exists). */
-  private requestOf(config: ContainerConfig, image: ImageRecord, name: string, process: ProcessSpec, intent: NetworkIntent, mounts: StoredMount[]): Omit<ContainerCreateRequest, 'id'> {
+  private requestOf(config: ContainerConfig, image: ImageRecord, name: string, process: ProcessSpec, intent: NetworkIntent, mounts: StoredMount[], copyUp: readonly string[] = []): Omit<ContainerCreateRequest, 'id'> {
     return {
       name, imageChainId: image.chainId, process,
       resources: {
@@ -454,7 +462,8 @@ export class ContainerService {
       ...(config.log ? { log: config.log } : {}),
       // the networks named now (a warm container may already be on the first), addresses leased after admission
       network: intent.mode === 'networks' ? { mode: 'networks', endpoints: this.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
-      ...(mounts.length ? { mounts: agentMounts(mounts) } : {}),
+      // copyUp only in a create's own request: a rebuild elsewhere or a move carries the volume's data, not the image's
+      ...(mounts.length ? { mounts: agentMounts(mounts, copyUp) } : {}),
     };
   }
 

@@ -15,6 +15,7 @@ import type { AddressProvider, Agent, ContainerNetworkRequest } from '../../agen
 import type { NetworkSpec } from '../../agent/network/network-driver.js';
 import { cidrContains, cidrsOverlap, intToIp, ipToInt, macFor, parseCidr, parseNetworkSubnet, portsClash } from '../../agent/network/network-driver.js';
 import type { Store } from '../../store/store.js';
+import { hostChoosesPort } from '../../core/port-ranges.js';
 import type { ContainerConfig, ContainerRecord, NetworkDriverName, NetworkLeaseRecord, NetworkRecord, PortSpec } from '../../store/records.js';
 import type { EventBus } from '../events/event-bus.js';
 import { inScope, pickInScope, type ProjectScope } from '../identity/scope.js';
@@ -497,8 +498,8 @@ export class NetworkService {
     if (config.ip && !cidrContains(parseCidr(net.subnet), config.ip)) throw new InvalidArgument(`--ip ${config.ip} is outside ${net.name} (${net.subnet})`);
     const ports = config.ports ?? [];
     for (const [i, p] of ports.entries()) {
-      // hostPort 0: the host chooses a free one for each (-P, -p PORT), never twice
-      if (p.hostPort !== 0 && ports.slice(0, i).some((q) => q.protocol === p.protocol && q.hostPort === p.hostPort && (q.hostIp ?? '') === (p.hostIp ?? ''))) {
+      // hostPort 0 or a range: the host chooses a free one for each (-P, -p PORT, -p FIRST-LAST:PORT), never twice
+      if (!hostChoosesPort(p) && ports.slice(0, i).some((q) => !hostChoosesPort(q) && q.protocol === p.protocol && q.hostPort === p.hostPort && (q.hostIp ?? '') === (p.hostIp ?? ''))) {
         throw new InvalidArgument(`host port ${p.hostPort}/${p.protocol} is published twice`);
       }
     }
@@ -535,7 +536,9 @@ export class NetworkService {
       return {
         mode: 'networks',
         endpoints,
-        ports: (c.config.ports ?? []).map((p) => ({ protocol: p.protocol, hostPort: p.hostPort, containerPort: p.containerPort, ...(p.hostIp ? { hostIp: p.hostIp } : {}) })),
+        ports: (c.config.ports ?? []).map((p) => ({
+          protocol: p.protocol, hostPort: p.hostPort, containerPort: p.containerPort, ...(p.hostIp ? { hostIp: p.hostIp } : {}), ...(p.hostPortEnd !== undefined ? { hostPortEnd: p.hostPortEnd } : {}),
+        })),
         extraHosts: [...(await this.linkHosts(c, networks)), ...(c.config.extraHosts ?? [])],
         dns: c.config.dns ?? [],
       } satisfies ContainerNetworkRequest;

@@ -15,7 +15,7 @@ import { QuotaService, UNLIMITED } from '../quota/quota-service.js';
 import { settleGoneReplicas } from '../leader/gone-replicas.js';
 import { RecordingScheduler } from '../compute/test-scheduler.js';
 import type { HostAgents } from '../compute/hosts.js';
-import { DEFAULT_VOLUME_BYTES, VolumeService } from './volume-service.js';
+import { DEFAULT_VOLUME_BYTES, VolumeService, agentMounts } from './volume-service.js';
 
 const MiB = 1024 * 1024;
 
@@ -148,7 +148,12 @@ test('mounts: volumes by name (made when missing, on one host), host paths for a
   const made = await volumes.resolveMounts([{ type: 'volume', source: 'auto', target: '/data/' }, { type: 'tmpfs', target: '/t', sizeBytes: MiB }], 'root', { mayBindHostPaths: false });
   const auto = await store.volumes.byName('root', 'auto');
   assert.equal(auto?.sizeBytes, DEFAULT_VOLUME_BYTES);
-  assert.deepEqual(made, { host: 'a', mounts: [{ type: 'volume', volumeId: auto!.id, name: 'auto', target: '/data' }, { type: 'tmpfs', target: '/t', sizeBytes: MiB }] });
+  // copyUp: the volume this call made is filled with the image's files at its target (Docker's copy-up)
+  assert.deepEqual(made, { host: 'a', mounts: [{ type: 'volume', volumeId: auto!.id, name: 'auto', target: '/data' }, { type: 'tmpfs', target: '/t', sizeBytes: MiB }], copyUp: ['/data'] });
+  const again = await volumes.resolveMounts([{ type: 'volume', source: 'auto', target: '/data' }, { type: 'volume', source: 'fresh-empty', target: '/e', nocopy: true }, { type: 'volume', target: '/anon' }], 'root', { mayBindHostPaths: false });
+  assert.deepEqual(again.copyUp, ['/anon'], 'a volume that existed is not filled, nor a nocopy one; an anonymous one made now is');
+  assert.deepEqual(agentMounts(again.mounts, again.copyUp).map((m) => [m.target, m.type === 'volume' && m.copyUp === true]), [['/data', false], ['/e', false], ['/anon', true]]);
+  for (const m of again.mounts.slice(1)) if (m.type === 'volume') await volumes.remove(m.volumeId, { projectId: 'root' }); // the rest of the test counts volumes
 
   await assert.rejects(volumes.resolveMounts([{ type: 'bind', source: '/srv', target: '/s' }], 'root', { mayBindHostPaths: false }), { code: 'PermissionDenied', message: /only a system administrator may bind a host path/ });
   assert.deepEqual((await volumes.resolveMounts([{ type: 'bind', source: '/srv', target: '/s', readonly: true }], 'root', { mayBindHostPaths: true })).mounts, [{ type: 'bind', source: '/srv', target: '/s', readonly: true }]);

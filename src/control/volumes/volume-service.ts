@@ -78,7 +78,8 @@ export interface VolumeView extends VolumeRecord {
 export type MountInput =
   // source absent: an anonymous volume (a random name, removed with the container by rm -v and autoRemove);
   // anonymous with a source: another container's anonymous volume (--volumes-from)
-  | { type: 'volume'; source?: string; target: string; readonly?: boolean; anonymous?: boolean }
+  // nocopy: a volume made for this mount starts empty (Docker's -v vol:/p:nocopy), not with the image's files at the path
+  | { type: 'volume'; source?: string; target: string; readonly?: boolean; anonymous?: boolean; nocopy?: boolean }
   | { type: 'bind'; source: string; target: string; readonly?: boolean }
   | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
 
@@ -88,9 +89,11 @@ export function mountsOf(c: Pick<ContainerRecord, 'config'>): StoredMount[] {
   return c.config.mounts ?? [];
 }
 
-/** The agent's form of stored mounts. */
-export function agentMounts(mounts: readonly StoredMount[]): ContainerMount[] {
-  return mounts.map((m) => (m.type === 'volume' ? { type: 'volume', volumeId: m.volumeId, target: m.target, ...(m.readonly ? { readonly: true } : {}) } : m));
+/** The agent's form of stored mounts; `copyUp`: targets of volumes the create made, to fill with the image's files there (docs/volumes.md). */
+export function agentMounts(mounts: readonly StoredMount[], copyUp: readonly string[] = []): ContainerMount[] {
+  return mounts.map((m) => (m.type === 'volume'
+    ? { type: 'volume', volumeId: m.volumeId, target: m.target, ...(m.readonly ? { readonly: true } : {}), ...(copyUp.includes(m.target) ? { copyUp: true } : {}) }
+    : m));
 }
 
 /** The label dockerd (23+) puts on the volumes it makes for `-v /path` and an image's VOLUME. */
@@ -335,7 +338,7 @@ export class VolumeService {
     mounts: readonly MountInput[],
     projectId: string,
     opts: { mayBindHostPaths: boolean; pinnedHost?: string; made?: string[] },
-  ): Promise<{ mounts: StoredMount[]; host?: string }> {
+  ): Promise<{ mounts: StoredMount[]; host?: string; copyUp: string[] }> {
     // the anonymous volumes made, for the caller to remove if its create fails later
     const made = opts.made ?? [];
     try {
@@ -362,9 +365,11 @@ export class VolumeService {
     projectId: string,
     opts: { mayBindHostPaths: boolean; pinnedHost?: string },
     made: string[],
-  ): Promise<{ mounts: StoredMount[]; host?: string }> {
+  ): Promise<{ mounts: StoredMount[]; host?: string; copyUp: string[] }> {
     if (mounts.length > 64) throw new InvalidArgument('at most 64 mounts per container', { field: 'mounts' });
     const out: StoredMount[] = [];
+    // volumes made by this create (not nocopy): the agent copies the image's files at the path into them
+    const copyUp: string[] = [];
     let host = opts.pinnedHost;
     const targets = new Set<string>();
     for (const m of mounts) {
@@ -393,6 +398,7 @@ export class VolumeService {
             // charged to the quota as a named volume; the label tells rm -v (and `volume ls`) what it is
             v = await this.create({ name: source, ...(host !== undefined ? { host } : {}), ...(m.source === undefined ? { labels: { [ANONYMOUS_VOLUME_LABEL]: '' } } : {}) }, projectId);
             if (m.source === undefined) made.push(v.id);
+            if (m.nocopy !== true) copyUp.push(target);
           } catch (e) {
             // made meanwhile by another create: take that one
             if (!hasCode(e, 'Conflict')) throw e;
@@ -411,7 +417,7 @@ export class VolumeService {
         throw new InvalidArgument(`unknown mount type ${JSON.stringify((m as { type?: unknown }).type)}: volume, bind or tmpfs`, { field: 'type' });
       }
     }
-    return { mounts: out, ...(host !== undefined ? { host } : {}) };
+    return { mounts: out, ...(host !== undefined ? { host } : {}), copyUp };
   }
 
   /**
