@@ -59,7 +59,7 @@ import { BuildHost } from './images/build.js';
 import { MoveHost } from './move/move-host.js';
 import { CopyHost } from './copy/container-copy.js';
 import { ociMounts } from './volumes/container-mounts.js';
-import { copyUpIntoVolumes } from './volumes/copy-up.js';
+import { copyUpIntoVolumes, sweepCopyUpLeftovers } from './volumes/copy-up.js';
 import type { AttachRequest, AttachSession, EtcFiles, InstanceStats } from './drivers/instance-driver.js';
 import { readInstanceNetwork } from './network/endpoint-counters.js';
 import { removeStateFile, replaceStateFile } from '../core/state-files.js';
@@ -778,14 +778,24 @@ export class LocalAgent implements Agent {
     }
   }
 
+  private copyUpSwept: Promise<void> | undefined;
+  private copyUpDir(): string {
+    return join(this.options.containersDir, 'copy-up');
+  }
+  /** A crashed predecessor's copy-up mounts, gone once per process and before its first copy-up. */
+  private sweepCopyUp(): Promise<void> {
+    return (this.copyUpSwept ??= sweepCopyUpLeftovers(this.copyUpDir()));
+  }
+
   /** Volumes made for this container (copyUp): the image's files at their targets copied in, before its process exists (volumes/copy-up.ts). */
   private async copyUp(req: ContainerCreateRequest, rootfs: MountSpec[]): Promise<void> {
     const asked = (req.mounts ?? []).flatMap((m) => (m.type === 'volume' && m.copyUp ? [m] : []));
     if (!asked.length) return;
     const volumes = await Promise.all(asked.map(async (m) => ({ target: m.target, dir: (await this.volumeStore.ensureMounted(m.volumeId)).path })));
+    await this.sweepCopyUp();
     await copyUpIntoVolumes(rootfs, volumes, {
       // not docker cp's scratch directory: its sweep of leftovers would take a copy-up's mount from under it
-      scratchDir: join(this.options.containersDir, 'copy-up'),
+      scratchDir: this.copyUpDir(),
       room: () => this.diskSpace(),
       ...(this.options.layerMaxBytes ? { maxBytes: this.options.layerMaxBytes } : {}),
     });
@@ -1012,6 +1022,7 @@ export class LocalAgent implements Agent {
     await removeEarlierLeftovers(join(this.options.contentDir, 'ingest')); // a pull killed mid-blob
     for (const s of ['overlayfs', 'native']) await removeEarlierLeftovers(join(this.options.snapshotsDir, s), /^metadata\.json\..+\.tmp$/);
     await this.builder.sweepOnce(); // a build killed with its agent: its storage, mounts, cgroup (a no-op once a build ran)
+    await this.sweepCopyUp(); // a create killed mid copy-up: its read-only mount of the snapshot
     return this.network.reconcile(new Set(liveContainers), new Set(liveNetworks));
   }
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { copyUpIntoVolumes } from './copy-up.js';
+import { copyUpIntoVolumes, sweepCopyUpLeftovers } from './copy-up.js';
 
 const root = process.getuid?.() === 0;
 
@@ -84,6 +84,25 @@ test('copy-up: nothing mounted when every volume has files already', async () =>
     // a rootfs that cannot be mounted: reached only if a volume were empty
     await copyUpIntoVolumes([{ type: 'bind', source: path.join(f.base, 'does-not-exist'), options: ['rbind'] }], [{ target: '/srv', dir: full }], { scratchDir: f.scratch, room: f.room });
     assert.deepEqual(readdirSync(full), ['mine']);
+  } finally {
+    rmSync(f.base, { recursive: true, force: true });
+  }
+});
+
+test('copy-up: a crashed agent\'s leftover mount in the scratch directory is unmounted and removed; what was beneath it is untouched', { skip: root ? false : 'mounting needs root' }, async () => {
+  const f = fixture();
+  try {
+    const left = path.join(f.scratch, 'copy-up-0123456789ab');
+    mkdirSync(left, { recursive: true });
+    const { execFileSync } = await import('node:child_process');
+    execFileSync('mount', ['--bind', '-o', 'ro', f.rootfs, left]);
+    execFileSync('mount', ['-o', 'remount,bind,ro', left]);
+    mkdirSync(path.join(f.scratch, 'copy-up-plain'));
+    await sweepCopyUpLeftovers(f.scratch);
+    assert.deepEqual(readdirSync(f.scratch), [], 'both gone');
+    assert.ok(!readFileSync('/proc/self/mountinfo', 'utf8').includes(left), 'unmounted');
+    assert.equal(readFileSync(path.join(f.rootfs, 'srv', 'index.html'), 'utf8'), 'from the image\n', 'the tree beneath is untouched');
+    await sweepCopyUpLeftovers(path.join(f.base, 'missing')); // no scratch directory yet: nothing to do
   } finally {
     rmSync(f.base, { recursive: true, force: true });
   }

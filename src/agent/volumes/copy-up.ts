@@ -35,6 +35,19 @@ export interface CopyUpParts {
   maxBytes?: number;
 }
 
+/**
+ * Mount points a crashed agent left in the scratch directory: unmounted and removed (rmdir only:
+ * were an unmount to fail, the image's files beneath stay untouched). Run once per process,
+ * before its first copy-up (LocalAgent), so it never takes a mount from under one of its own.
+ */
+export async function sweepCopyUpLeftovers(scratchDir: string): Promise<void> {
+  const left = await readdir(scratchDir).catch(() => [] as string[]);
+  for (const d of left) {
+    const dir = path.join(scratchDir, d);
+    await unmountAll(dir).then(() => rmdir(dir)).catch((e: unknown) => log.warn('a copy-up mount point left by an earlier run stays', { dir, error: String(e) }));
+  }
+}
+
 /** Fill each volume (its directory on this host) with the image's files at its target, where it is empty. */
 export async function copyUpIntoVolumes(rootfs: readonly MountSpec[], volumes: ReadonlyArray<{ target: string; dir: string }>, parts: CopyUpParts): Promise<void> {
   const empty: Array<{ target: string; dir: string }> = [];
