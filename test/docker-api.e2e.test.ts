@@ -253,17 +253,20 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
   test('exec -it on a terminal: the command\'s tty sized as the client\'s (resize), typed input reaches it, its exit code is the CLI\'s', async () => {
     await ok(['run', '-d', '--name', 'term', IMAGE, 'sleep', '1000']);
     try {
-      // the CLI resizes just after the start (API 1.41 has no ConsoleSize): the command waits a moment for it
-      const r = await dockerOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'sleep 0.5; stty size; tty; echo ready; read line; echo "got:$line"; exit 6'], 33, 101, 'typed-in\r', /ready/);
+      // the CLI resizes just after the start (API 1.41 has no ConsoleSize): the command waits for it
+      // (up to 5 s: a loaded host is slow to deliver it; a resize that never comes shows as the wrong
+      // size). Each command sleeps a moment before it exits: script(1) may stop reading the terminal
+      // when its child ends, before the last lines are drained (seen once at load 9).
+      const r = await dockerOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'i=0; while [ "$(stty size)" != "33 101" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; stty size; tty; echo ready; read line; echo "got:$line"; sleep 0.3; exit 6'], 33, 101, 'typed-in\r', /ready/);
       assert.equal(r.code, 6, r.screen);
       assert.match(r.screen, /33 101\r+\n\/dev\/pts\/\d+\r+\nready\r+\n/, r.screen);
       assert.match(r.screen, /got:typed-in\r+\n/, r.screen);
       // an interactive shell: its prompt, a line typed, exit with a code
-      const sh = await dockerOnTerminal(['exec', '-it', 'term', 'sh'], 20, 60, 'echo $((6*7)); stty size; exit 9\r', /# /);
+      const sh = await dockerOnTerminal(['exec', '-it', 'term', 'sh'], 20, 60, 'echo $((6*7)); stty size; sleep 0.3; exit 9\r', /# /);
       assert.equal(sh.code, 9, sh.screen);
       assert.match(sh.screen, /\r+\n42\r+\n20 60\r+\n/, sh.screen);
       // the same through `nimbus exec -it` (the exec WebSocket over the daemon's socket): raw, sized, resized on SIGWINCH, its code
-      const n = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; echo "got:$line"; stty size; exit 5'], 31, 99, 'from-nimbus\r', /ready/);
+      const n = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; echo "got:$line"; stty size; sleep 0.3; exit 5'], 31, 99, 'from-nimbus\r', /ready/);
       assert.equal(n.code, 5, n.screen);
       assert.match(n.screen, /31 99\r+\nready\r+\n/, n.screen);
       assert.match(n.screen, /got:from-nimbus\r+\n/, n.screen);
@@ -273,7 +276,7 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
       assert.match(t.stdout, /^\/dev\/pts\/\d+\r+\n24 80\r+\n$/);
       assert.match((await d!.cli(['exec', '-i', 'term', 'true'])).stderr, /-i needs -t/);
       // the CLI's terminal resized under it (the kernel sends it SIGWINCH): the command's follows
-      const resized = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; until [ "$(stty size)" = "40 120" ]; do sleep 0.02; done; stty size'], 31, 99, '\r', /ready/, async (scriptPid) => {
+      const resized = await nimbusOnTerminal(['exec', '-it', 'term', 'sh', '-c', 'stty size; echo ready; read line; until [ "$(stty size)" = "40 120" ]; do sleep 0.02; done; stty size; sleep 0.3'], 31, 99, '\r', /ready/, async (scriptPid) => {
         const cli = (await run('pgrep', ['-P', String(scriptPid)])).stdout.trim().split('\n')[0]!;
         const tty = readlinkSync(`/proc/${cli}/fd/0`);
         assert.match(tty, /^\/dev\/pts\/\d+$/);
