@@ -17,6 +17,7 @@ import { InvalidArgument, Unavailable } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 import { inDockerWords, noSuchContainer } from './errors.js';
+import { sendTar } from './container-archive.js';
 
 /** dockerd's BoolValue: absent, "", "0", "false", "no", "none" are false. */
 const boolValue = (v: string | null) => v !== null && !['', '0', 'false', 'no', 'none'].includes(v.trim().toLowerCase());
@@ -62,16 +63,7 @@ async function commit(ctx: DockerContext) {
 async function exportContainer(ctx: DockerContext): Promise<typeof HANDLED> {
   const ref = ctx.params[0]!;
   const c = await inDockerWords(ctx.services.containers.get(ref, { projectId: ctx.project }), () => noSuchContainer(ref));
-  const bytes = await ctx.services.containers.exportFs(c.id);
-  ctx.res.writeHead(200, { 'content-type': 'application/x-tar' });
-  try {
-    await pipeline(bytes, ctx.res);
-  } catch {
-    // the 200 is out: cut the stream so the client sees a broken archive, not a short one
-    bytes.destroy();
-    ctx.res.destroy();
-  }
-  return HANDLED;
+  return sendTar(ctx, await ctx.services.containers.exportFs(c.id));
 }
 
 /** POST /images/create?fromSrc=…: docker import (images.ts routes fromSrc requests here). */

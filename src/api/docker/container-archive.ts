@@ -6,6 +6,7 @@
  * inside the container's rootfs, treating both as hostile (agent/copy/); this edge only speaks
  * Docker's words and streams.
  */
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InvalidArgument, NotFound } from '../../core/errors.js';
 import type { ContainerPathStat } from '../../agent/agent.js';
@@ -64,18 +65,22 @@ async function stat(ctx: DockerContext) {
   return { status: 200, headers: { [PATH_STAT_HEADER]: pathStatHeader(st) } };
 }
 
-async function read(ctx: DockerContext): Promise<typeof HANDLED> {
-  const { c, path, notThere } = await target(ctx);
-  const { stat: st, bytes } = await inDockerWords(ctx.services.containers.readArchive(c.id, path), notThere);
-  ctx.res.writeHead(200, { 'content-type': 'application/x-tar', [PATH_STAT_HEADER]: pathStatHeader(st) });
+/** A 200 with a tar body; a stream that fails after the 200 is cut, so the client sees a broken archive, not a short one. */
+export async function sendTar(ctx: DockerContext, bytes: Readable, headers: Record<string, string> = {}): Promise<typeof HANDLED> {
+  ctx.res.writeHead(200, { 'content-type': 'application/x-tar', ...headers });
   try {
     await pipeline(bytes, ctx.res);
   } catch {
-    // the 200 is out: cut the stream so the client sees a broken archive, not a short one
     bytes.destroy();
     ctx.res.destroy();
   }
   return HANDLED;
+}
+
+async function read(ctx: DockerContext): Promise<typeof HANDLED> {
+  const { c, path, notThere } = await target(ctx);
+  const { stat: st, bytes } = await inDockerWords(ctx.services.containers.readArchive(c.id, path), notThere);
+  return sendTar(ctx, bytes, { [PATH_STAT_HEADER]: pathStatHeader(st) });
 }
 
 async function write(ctx: DockerContext) {

@@ -6,7 +6,6 @@
 import { createWriteStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import { Unavailable } from '../../core/errors.js';
@@ -15,31 +14,13 @@ import { MAX_CHANGES, MAX_CHANGE_LENGTH } from '../../control/images/changes.js'
 import { route, stream } from '../route.js';
 import { IdParam, Image, Ref } from '../schemas.js';
 import { CONTAINER } from './containers.js';
+import { base64Frames } from './container-files.js';
 
 const Changes = Type.Array(Type.String({ maxLength: MAX_CHANGE_LENGTH }), {
   maxItems: MAX_CHANGES,
   description: 'Dockerfile instructions applied to the image config, as docker commit --change: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR, VOLUME, STOPSIGNAL',
 });
 
-/** The tar's bytes per frame (base64 makes a frame a third larger). */
-const CHUNK_BYTES = 48 * 1024;
-
-/** The tar in base64 chunks; the stream is destroyed when the client goes (the container is held until then). */
-async function* dataFrames(bytes: Readable): AsyncGenerator<unknown> {
-  try {
-    let pending: Buffer = Buffer.alloc(0);
-    for await (const chunk of bytes as AsyncIterable<Buffer>) {
-      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-      while (pending.length >= CHUNK_BYTES) {
-        yield { data: pending.subarray(0, CHUNK_BYTES).toString('base64') };
-        pending = pending.subarray(CHUNK_BYTES);
-      }
-    }
-    if (pending.length) yield { data: pending.toString('base64') };
-  } finally {
-    bytes.destroy();
-  }
-}
 
 export const commitRoutes = [
   route({
@@ -73,7 +54,7 @@ export const commitRoutes = [
     summary: "The container's whole filesystem as its processes see it (image layers and writable layer merged; mounts not included) as one tar, running or stopped (docker export): NDJSON frames {\"data\": base64 of the tar's next bytes}; a running container is frozen until the stream ends",
     params: IdParam, streams: 'ndjson',
     response: Type.Object({ data: Type.String({ contentEncoding: 'base64' }) }),
-    handler: async ({ params, services }) => stream('ndjson', dataFrames(await services.containers.exportFs(params.id))),
+    handler: async ({ params, services }) => stream('ndjson', base64Frames(await services.containers.exportFs(params.id))),
   }),
   route({
     method: 'POST', path: '/images/import-rootfs', operationId: 'importRootfs', tag: 'images', access: 'write',

@@ -33,10 +33,9 @@ function required(path: string | undefined): string {
 /** The tar's bytes per frame (base64 makes a frame a third larger). */
 const CHUNK_BYTES = 48 * 1024;
 
-/** The stat, then the tar in base64 chunks; the stream is destroyed when the client goes (the container is held until then). */
-async function* frames(stat: ContainerPathStat, bytes: Readable): AsyncGenerator<unknown> {
+/** A tar's bytes as base64 frames; the stream is destroyed when the client goes (what it holds is held until then). */
+export async function* base64Frames(bytes: Readable): AsyncGenerator<{ data: string }> {
   try {
-    yield { stat };
     let pending: Buffer = Buffer.alloc(0);
     for await (const chunk of bytes as AsyncIterable<Buffer>) {
       pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
@@ -49,6 +48,18 @@ async function* frames(stat: ContainerPathStat, bytes: Readable): AsyncGenerator
   } finally {
     bytes.destroy();
   }
+}
+
+/** The stat, then the tar in base64 frames (the container is held until the stream ends). */
+async function* frames(stat: ContainerPathStat, bytes: Readable): AsyncGenerator<unknown> {
+  let handedOver = false;
+  try {
+    yield { stat };
+    handedOver = true;
+  } finally {
+    if (!handedOver) bytes.destroy(); // the client went after the stat
+  }
+  yield* base64Frames(bytes);
 }
 
 export const containerFileRoutes = [
