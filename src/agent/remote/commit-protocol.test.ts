@@ -7,30 +7,17 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { hasCode } from '../../core/errors.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
 import type { CommitRequest } from '../agent.js';
-import { startAgentServer } from './agent-server.js';
-import { RemoteAgent } from './remote-agent.js';
+import { servedAgent } from './served-agent.js';
 import { AGENT_PROTOCOL_VERSION, COMMIT_SINCE, PATHS, PROTOCOL_HEADER } from './agent-protocol.js';
 
 const TOKEN = 'commit-protocol-token-0123456789';
 const CHAIN = `sha256:${'c'.repeat(64)}`;
 const PARENT = `sha256:${'a'.repeat(64)}`;
 
-async function served(t: TestContext, agent: FakeAgent, protocol?: { min: number; max: number }) {
-  const home = mkdtempSync(join(tmpdir(), 'nimbus-commit-proto-'));
-  t.after(() => rmSync(home, { recursive: true, force: true }));
-  const socket = join(home, 'agent.sock');
-  const server = await startAgentServer(agent, { token: TOKEN, socketPath: socket, ...(protocol ? { protocol } : {}) });
-  t.after(() => server.close());
-  const remote = new RemoteAgent({ name: agent.host.name, url: server.url, token: TOKEN });
-  t.after(() => remote.close());
-  return { remote, socket };
-}
+const served = (t: TestContext, agent: FakeAgent, protocol?: { min: number; max: number }) => servedAgent(t, agent, TOKEN, protocol);
 
 async function withContainer(name: string): Promise<FakeAgent> {
   const agent = new FakeAgent({ name });

@@ -7,29 +7,16 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { Conflict, hasCode } from '../../core/errors.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
-import { startAgentServer } from './agent-server.js';
-import { RemoteAgent } from './remote-agent.js';
+import { servedAgent } from './served-agent.js';
 import { IMAGE_CHAIN_HEADER, PATHS, PROTOCOL_HEADER } from './agent-protocol.js';
 
 const TOKEN = 'move-protocol-token-0123456789';
 const CHAIN = `sha256:${'c'.repeat(64)}`;
 
-async function served(t: TestContext, agent: FakeAgent, protocol?: { min: number; max: number }) {
-  const home = mkdtempSync(join(tmpdir(), 'nimbus-move-proto-'));
-  t.after(() => rmSync(home, { recursive: true, force: true }));
-  const socket = join(home, 'agent.sock');
-  const server = await startAgentServer(agent, { token: TOKEN, socketPath: socket, ...(protocol ? { protocol } : {}) });
-  t.after(() => server.close());
-  const remote = new RemoteAgent({ name: agent.host.name, url: server.url, token: TOKEN });
-  t.after(() => remote.close());
-  return { remote, socket };
-}
+const served = (t: TestContext, agent: FakeAgent, protocol?: { min: number; max: number }) => servedAgent(t, agent, TOKEN, protocol);
 
 test('a layer and a volume stream out of one agent and into another over the protocol', async (t) => {
   const src = new FakeAgent({ name: 'a' });
