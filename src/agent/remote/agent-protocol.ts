@@ -31,8 +31,10 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * destination's answer's `tls`, migrateVmOut's opts.tls: an older peer leaves them out and the
  * move goes plain). Bump the current one for any change a peer of the previous version would
  * misread; raise the minimum when support for an old one goes.
+ * 9: live container moves (LIVE_MOVE_METHODS below: checkpointContainer, exportCheckpoint,
+ * importCheckpoint, restoreContainer; the move route's 'checkpoint'; info's `liveMove`).
  */
-export const AGENT_PROTOCOL_VERSION = 8;
+export const AGENT_PROTOCOL_VERSION = 9;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -132,13 +134,25 @@ export const UNARY_METHODS = [
   'detachVmVolume',
   'resizeContainer',
   'containerPathStat',
+  // protocol 9: live container moves
+  'checkpointContainer',
+  'restoreContainer',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
 /** Carried by routes of their own (streams, callbacks). */
 export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob',
   'exportContainerLayer', 'importContainerLayer', 'exportVolume', 'importVolume', 'buildImage', 'attachContainer',
-  'readContainerArchive', 'writeContainerArchive', 'exportContainerLogs', 'importContainerLogs'] as const satisfies readonly (keyof Agent)[];
+  'readContainerArchive', 'writeContainerArchive', 'exportContainerLogs', 'importContainerLogs',
+  // protocol 9: live container moves
+  'exportCheckpoint', 'importCheckpoint'] as const satisfies readonly (keyof Agent)[];
+
+/** Protocol 9, live container moves (ContainerLiveMoveHost): kept apart from the rest of METHOD_SINCE. */
+export const LIVE_MOVE_PROTOCOL = 9;
+export const LIVE_MOVE_METHODS = ['checkpointContainer', 'exportCheckpoint', 'importCheckpoint', 'restoreContainer'] as const satisfies readonly (keyof Agent)[];
+function LIVE_MOVE_SINCE(): Partial<Record<keyof Agent, number>> {
+  return Object.fromEntries(LIVE_MOVE_METHODS.map((m) => [m, LIVE_MOVE_PROTOCOL]));
+}
 
 /** Methods a peer speaks only from some version on: a connection that agreed on an earlier one refuses them (Conflict), never sends them. */
 export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
@@ -178,6 +192,7 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   exportContainerLogs: 8,
   importContainerLogs: 8,
   setRoutedPeers: 8,
+  ...LIVE_MOVE_SINCE(),
 };
 
 /** What a method an older agent lacks is for, in the refusal. */
@@ -213,6 +228,10 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   writeContainerArchive: 'copy files into and out of containers',
   exportContainerLogs: "carry a container's log when it moves",
   importContainerLogs: "carry a container's log when it moves",
+  checkpointContainer: 'move containers live',
+  exportCheckpoint: 'move containers live',
+  importCheckpoint: 'move containers live',
+  restoreContainer: 'move containers live',
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */
@@ -303,7 +322,7 @@ export const PATHS = {
   /** GET: the blob's bytes; PUT: the request body into the content store (BLOB_SIZE_HEADER says how many). */
   blob: (digest: string) => `${AGENT_PATH_PREFIX}/blob/${encodeURIComponent(digest)}`,
   /** GET: a stopped container's writable layer or a volume's data as a tar; PUT: the body imported (protocol 6; a container's log, 'log': 8). */
-  move: (what: 'layer' | 'volume' | 'log', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
+  move: (what: 'layer' | 'volume' | 'log' | 'checkpoint', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
 } as const;
 
 /** Request header of a layer import: the image's chain id the writable layer goes on. */
