@@ -494,7 +494,8 @@ export class FakeAgent implements Agent {
   importContainerLogs(...args: Parameters<Agent['importContainerLogs']>): Promise<TreeImportResult> {
     return this.run('importContainerLogs', args, async () => {
       const c = this.container(args[0]);
-      if (c.state.status !== 'created') throw new Conflict(`container ${args[0]} is ${c.state.status}: a log is imported before its first start only`);
+      // as the real agent: before the first start, or once right after a live move's restore
+      if (c.state.status !== 'created' && !(c.state.status === 'running' && this.restored.delete(args[0]))) throw new Conflict(`container ${args[0]} is ${c.state.status}: a log is imported before its first start only`);
       const got = await fakeTree(args[1]);
       this.logFiles.set(args[0], got.data);
       return got.result;
@@ -504,6 +505,7 @@ export class FakeAgent implements Agent {
   // ---- ContainerLiveMoveHost (the checkpoint is the container's state, carried as bytes)
 
   readonly checkpoints = new Map<string, Buffer>();
+  private readonly restored = new Set<string>();
 
   checkpointContainer(...args: Parameters<Agent['checkpointContainer']>): Promise<{ bytes: number; ms: number }> {
     return this.run('checkpointContainer', args, async () => {
@@ -541,6 +543,7 @@ export class FakeAgent implements Agent {
       const state = JSON.parse(image.toString()) as RuntimeState;
       const had = this.containers.get(req.id);
       this.containers.set(req.id, { req, state, logs: had?.logs ?? [], endpoints: had?.endpoints ?? new Map() });
+      this.restored.add(req.id);
       return { ...state, warnings: [], runtime: req.runtime && req.runtime !== 'auto' ? req.runtime : 'runc' };
     });
   }
