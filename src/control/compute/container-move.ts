@@ -408,7 +408,8 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
           host: to,
           ...(created ? { runtime: created.runtime, warnings: created.warnings } : {}),
           ...(wasRunning
-            ? { status: 'running' as const, pid: state?.pid ?? null, startedAt: now, finishedAt: null, exitCode: null, oomKilled: false, stoppedByUser: c.stoppedByUser }
+            // live: the same processes, started when they were
+            ? { status: 'running' as const, pid: state?.pid ?? null, startedAt: live && c.startedAt ? c.startedAt : now, finishedAt: null, exitCode: null, oomKilled: false, stoppedByUser: c.stoppedByUser }
             : {}),
         });
       });

@@ -25,6 +25,16 @@ export async function externalNetnsLine(netnsPath: string): Promise<string> {
   return `external net[${st.ino}]:${EXTERNAL_NETNS_KEY}\n`;
 }
 
+/**
+ * The container's CRIU configuration for its checkpoint (runc passes no such option itself):
+ * connections a listener has not accepted yet are left behind (skip-in-flight; the client's
+ * handshake is retried and meets the restored listener), and the extra lines (the external
+ * network namespace).
+ */
+export function criuConfig(extra: string): string {
+  return `skip-in-flight\n${extra}`;
+}
+
 /** `runc checkpoint`'s arguments after the global ones (the container is dumped and then killed). */
 export function checkpointArgs(id: string, images: string, work: string): string[] {
   return ['checkpoint', '--image-path', images, '--work-path', work, id];

@@ -70,7 +70,7 @@ import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
-import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuLogErrors, externalNetnsLine, treeBytes } from './checkpoint.js';
+import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, treeBytes } from './checkpoint.js';
 import { runtimeMessage } from './oci-runtime.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
@@ -796,7 +796,7 @@ export class ContainerDriver implements InstanceDriver {
     const config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
     const netns = config.linux?.namespaces?.find((n) => n.type === 'network');
     // a namespace runc made (no path in config.json) is declared external through the CRIU config file
-    await writeFile(path.join(this.dir(id), 'criu.conf'), netns && !netns.path && opts.netnsPath ? await externalNetnsLine(opts.netnsPath) : '');
+    await writeFile(path.join(this.dir(id), 'criu.conf'), criuConfig(netns && !netns.path && opts.netnsPath ? await externalNetnsLine(opts.netnsPath) : ''));
     const images = this.checkpointImages(id);
     const work = path.join(path.dirname(images), 'work');
     await rm(path.dirname(images), { recursive: true, force: true });
