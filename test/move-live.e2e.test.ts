@@ -7,8 +7,9 @@
  * started once: a restart would log a second boot); the counter went on from where it was (never
  * back to 1); the pipe and the open file still carry its ticks; the listener answers, inside and
  * across the overlay; the source has nothing of it left (checkpoint images, runtime state,
- * cgroups, network namespace, mounts, criu). The refusals (crun, a terminal, a stopped container)
- * are plain errors naming the reason. Skipped where the kernel has no VXLAN.
+ * cgroups, network namespace, mounts, criu). CRIU's refusal of an established TCP connection fails
+ * the move and leaves the container running at the source, never restarted. The refusals (crun, a
+ * terminal, a created container) are plain errors naming the reason. Skipped where the kernel has no VXLAN.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -145,6 +146,24 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
     // its log: the one line it wrote, carried (the container wrote nothing since)
     assert.deepEqual((await cliOk(['logs', 'live'])).split('\n').filter(Boolean), ['up']);
     await cliOk(['rm', '-f', 'live', 'watcher']);
+  });
+
+  test('CRIU refuses an established TCP connection: the move fails naming it, the container runs on at the source, untouched', async () => {
+    // a connection within the container (both ends its own), held open
+    await cliOk(['run', '-d', '--name', 'talker', '--host', 'local', '--runtime', 'runc', '--network', 'span', image, 'sh', '-c',
+      'echo boot >> /boots; sleep 3600 | nc -l -p 9000 > /got & sleep 0.5; (while true; do echo tick; sleep 0.2; done) | nc 127.0.0.1 9000; sleep 3600']);
+    await waitFor('the connection to carry ticks', async () => (Number(await exec('talker', 'wc -l < /got 2>/dev/null || echo 0')) > 2 ? true : undefined), 20_000);
+    assert.equal((await inspect('talker')).status, 'running');
+    const r = await d!.cli(['move', 'talker', '--to', AGENT, '--live']);
+    assert.notEqual(r.code, 0, 'refused');
+    assert.match(r.stderr, /has established TCP connections: a live move carries listening sockets, not connections to peers/);
+    const after = await inspect('talker');
+    assert.deepEqual([after.host, after.status], ['local', 'running']);
+    const got = Number(await exec('talker', 'wc -l < /got'));
+    await waitFor('the connection to carry more ticks (the dump thawed it)', async () => (Number(await exec('talker', 'wc -l < /got')) > got ? true : undefined), 10_000);
+    assert.equal(await exec('talker', 'cat /boots'), 'boot', 'never restarted');
+    assert.ok(!existsSync(join(d!.home, 'checkpoints', after.id)), 'no images left');
+    await cliOk(['rm', '-f', 'talker']);
   });
 
   test('refusals name their reason: crun, a terminal, a container not running', async () => {
