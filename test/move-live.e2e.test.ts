@@ -167,6 +167,8 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
   });
 
   test('refusals name their reason: crun, a terminal, a container not running', async () => {
+    // both hosts say they move containers live, and with which CRIU
+    for (const h of ['local', AGENT]) assert.match(await cliOk(['host', 'show', h]), /Live moves: +yes \(criu 4\.\d/);
     // crun where this host has a usable one (Debian's has no CRIU)
     const crun = (await probeRuntime('crun')) === undefined;
     if (crun) await cliOk(['run', '-d', '--name', 'oncrun', '--host', 'local', '--runtime', 'crun', '--network', 'none', image, 'sleep', '600']);
