@@ -400,6 +400,19 @@ for (const step of ['importCheckpoint', 'restoreContainer', 'importContainerLogs
   });
 }
 
+test('a live move whose restore at the source fails too starts it afresh there (its processes lost), running', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'afresh', runtime: 'runc' });
+  w.b.failNext('restoreContainer', new Internal('restore at the destination: refused by the test'));
+  w.local.failNext('restoreContainer', new Internal('restore at the source: refused by the test'));
+  const starts = w.local.calls('startContainer').length;
+  await assert.rejects(w.containers.move(c.id, 'b', { live: true }), /at the destination: refused by the test/);
+  assert.equal(w.local.calls('startContainer').length, starts + 1, 'started again at the source');
+  const after = await w.containers.get(c.id);
+  assert.deepEqual([after.host, after.status], ['local', 'running']);
+  assert.equal(w.local.containers.get(c.id)?.state.status, 'running');
+});
+
 test('a live move CRIU refuses at the checkpoint leaves it running at the source, untouched', async (t) => {
   const w = await world(t);
   const c = await w.run({ name: 'connected', runtime: 'runc' });

@@ -469,7 +469,13 @@ async function rollBack(
       return false;
     })
     : false;
-  if (r.wasRunning && now && !restored && (now.status !== 'running' || r.done.checkpointed)) await deps.start(c.id).catch(warn('starting it again at the source'));
+  if (r.wasRunning && now && !restored && r.done.checkpointed) {
+    // its processes are lost: started afresh at the source (the record says running, so not through deps.start)
+    await deps.bounded(c.id, 'start at the source', deps.agentOn(from).startContainer(c.id)).then(async (st) => {
+      const rec = await deps.store.containers.update(c.id, { status: 'running', pid: st.pid ?? null, startedAt: new Date().toISOString(), finishedAt: null, exitCode: null });
+      deps.publish(rec, 'start', { pid: rec.pid });
+    }, warn('starting it again at the source'));
+  } else if (r.wasRunning && now && now.status !== 'running') await deps.start(c.id).catch(warn('starting it again at the source'));
   if (now) deps.publish(now, 'move-failed', { from, to, phase: r.failedIn, error: String(r.error) });
   log.warn('container move rolled back', { id: c.id, from, to, phase: r.failedIn, error: String(r.error) });
 }

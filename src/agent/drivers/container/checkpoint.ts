@@ -9,7 +9,7 @@
  * the container's own CRIU configuration file, which runc hands CRIU (the org.criu.config
  * annotation, set at create).
  */
-import { stat, readFile, readdir } from 'node:fs/promises';
+import { stat, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Conflict, Internal, type NimbusError } from '../../../core/errors.js';
 
@@ -33,6 +33,30 @@ export async function externalNetnsLine(netnsPath: string): Promise<string> {
  */
 export function criuConfig(extra: string): string {
   return `skip-in-flight\n${extra}`;
+}
+
+/**
+ * What the restore needs to know beside CRIU's images, written among them (CRIU reads only its
+ * own files there): whether the container came from the warm pool, whose stub's bind mounts are
+ * in its mount table and must be given again. Read as hostile input at the destination: only
+ * the known field, a boolean.
+ */
+export interface RestoreHints {
+  warmMounts?: boolean;
+}
+const HINTS_FILE = 'nimbus-restore.json';
+
+export async function writeRestoreHints(images: string, hints: RestoreHints): Promise<void> {
+  await writeFile(path.join(images, HINTS_FILE), JSON.stringify(hints));
+}
+
+export async function readRestoreHints(images: string): Promise<RestoreHints> {
+  try {
+    const parsed = JSON.parse(await readFile(path.join(images, HINTS_FILE), 'utf8')) as unknown;
+    return parsed && typeof parsed === 'object' && (parsed as RestoreHints).warmMounts === true ? { warmMounts: true } : {};
+  } catch {
+    return {};
+  }
 }
 
 /** `runc checkpoint`'s arguments after the global ones (the container is dumped and then killed). */

@@ -65,12 +65,12 @@ import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type O
 import { run } from '../../../core/exec.js';
 import { parentPid, processAlive } from '../../../core/proc.js';
 import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
-import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
+import { WARM_GO_FIFO, WARM_SCRIPT_DIR, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
-import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, treeBytes } from './checkpoint.js';
+import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
 import { runtimeMessage } from './oci-runtime.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
@@ -398,10 +398,18 @@ export class ContainerDriver implements InstanceDriver {
       if (!meta.checkpointed) throw new AlreadyExists(`container ${spec.id} already exists`, { id: spec.id });
       await this.delete(spec.id, { keepCheckpoint: true });
     }
-    return this.createWith(spec, { ...(opts.mounts?.length ? { mounts: opts.mounts } : {}), restore: { criu: opts.criu } });
+    // made from the warm pool: the stub's mounts are in its mount table, so the restore needs them too
+    const warm = (await readRestoreHints(this.checkpointImages(spec.id))).warmMounts === true;
+    let mounts = opts.mounts ?? [];
+    if (warm) {
+      const busybox = await findStaticBusybox();
+      if (!busybox) throw new Internal('this container came from a warm pool: its restore needs a static busybox on the host (Debian busybox-static)');
+      mounts = [...warmMounts(busybox, this.warmDir(spec.id)), ...mounts];
+    }
+    return this.createWith(spec, { ...(mounts.length ? { mounts } : {}), restore: { criu: opts.criu, warm } });
   }
 
-  private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean; restore?: { criu: string } } = {}): Promise<RuntimeState> {
+  private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean; restore?: { criu: string; warm?: boolean } } = {}): Promise<RuntimeState> {
     const id = spec.id;
     const dir = this.dir(id);
     if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
@@ -421,6 +429,8 @@ export class ContainerDriver implements InstanceDriver {
       await mkdir(rootfs, { recursive: true });
       await mkdir(path.join(dir, 'persist'));
       await mkdir(path.join(dir, 'sock'));
+      // a restored warm-pool container's stub directory: mounted again (its script was read long ago)
+      if (opts.restore?.warm) await mkdir(this.warmDir(id), { mode: 0o755 });
       if (opts.warm) {
         await mkdir(this.warmDir(id), { mode: 0o755 });
         // readable by the container's user (the stub may not be root), written only by us
@@ -495,7 +505,10 @@ export class ContainerDriver implements InstanceDriver {
       }
       return { status: 'created', pid: launched.pid };
     } catch (e) {
+      // a restore's own words are in CRIU's log, which goes with the container: said in the error
+      const criu = opts.restore ? await criuLogErrors(path.join(this.bundle(id), 'restore.log')) : [];
       await this.delete(id).catch((err: unknown) => log.error('cleanup after failed create', { id, error: err }));
+      if (criu.length) throw new Internal(`restore of container ${id.slice(0, 12)} failed: ${criu.join('; ')}`, { id, criu }, { cause: e });
       // the runtime refusing what the request asked for is the caller's error, with its message
       throw requestFault(e) ?? e;
     }
@@ -817,6 +830,7 @@ export class ContainerDriver implements InstanceDriver {
       throw checkpointFailure(id, runtimeMessage(r.stderr || r.stdout), errors);
     }
     const ms = Math.round(performance.now() - t0);
+    await writeRestoreHints(images, { warmMounts: config.mounts.some((m) => m.destination === WARM_SCRIPT_DIR) });
     this.rotation.stop(id);
     return { bytes: await treeBytes(images), ms };
   }
