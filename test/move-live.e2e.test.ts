@@ -170,6 +170,12 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
     assert.equal(await exec('heavy', 'nc 127.0.0.1 8080 </dev/null'), 'listening');
     assert.ok(!existsSync(join(d!.home, 'checkpoints', after.id)), 'its images gone once restored');
     await waitFor('host-b to drop the half-arrived copy', async () => (existsSync(join(b!.home, 'checkpoints', after.id)) || existsSync(join(b!.home, 'containers', after.id)) ? undefined : true), 20_000);
+    // lighter, it moves: restored at host-b (with the stub's mounts too, when it came from the warm pool)
+    await exec('heavy', 'rm /big');
+    const now = await num('heavy', 'cat /count');
+    await cliOk(['move', 'heavy', '--to', AGENT, '--live']);
+    assert.deepEqual([(await inspect('heavy')).host, await exec('heavy', 'cat /boots')], [AGENT, 'boot'], 'at host-b, started once');
+    assert.ok((await num('heavy', 'cat /count')) >= now, 'the counter went on');
     await cliOk(['rm', '-f', 'heavy']);
   });
 
