@@ -47,9 +47,9 @@ export async function criuCandidates(env: NodeJS.ProcessEnv = process.env): Prom
   return [...new Set(out)];
 }
 
-async function probeUncached(env: NodeJS.ProcessEnv): Promise<CriuProbe> {
+async function probeUncached(env: NodeJS.ProcessEnv, candidates?: string[]): Promise<CriuProbe> {
   const failures: string[] = [];
-  for (const p of await criuCandidates(env)) {
+  for (const p of candidates ?? (await criuCandidates(env))) {
     if (!(await executable(p))) {
       if (p === env.NIMBUS_CRIU) failures.push(`NIMBUS_CRIU=${p} is not an executable`);
       continue;
@@ -64,8 +64,8 @@ async function probeUncached(env: NodeJS.ProcessEnv): Promise<CriuProbe> {
 
 let cached: Promise<CriuProbe> | undefined;
 
-/** This host's CRIU, probed once (env: for tests). */
-export function probeCriu(env?: NodeJS.ProcessEnv): Promise<CriuProbe> {
-  if (env) return probeUncached(env);
+/** This host's CRIU, probed once (env, candidates: for tests). */
+export function probeCriu(env?: NodeJS.ProcessEnv, candidates?: string[]): Promise<CriuProbe> {
+  if (env) return probeUncached(env, candidates);
   return (cached ??= probeUncached(process.env));
 }
