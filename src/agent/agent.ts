@@ -246,6 +246,18 @@ export interface AgentInfo {
   removals?: ReaperStats;
   /** The accelerator new VMs get, and why; "undecided" until the first VM needs it (absent where the agent runs no VMs). */
   vm?: { accelerator: AcceleratorChoice['accel'] | 'undecided'; reason: string; decidedAt?: string };
+  /** Whether containers move live to or from this host (a CRIU that passes `criu check`), and why not. Protocol 9; absent from older agents. */
+  liveMove?: LiveMoveSupport;
+}
+
+/** A host's CRIU for live container moves. */
+export interface LiveMoveSupport {
+  usable: boolean;
+  /** The binary runc is given (NIMBUS_CRIU, Nimbus' build, the system's). */
+  criu?: string;
+  version?: string;
+  /** Why not: each candidate's `criu check` failure. */
+  reason?: string;
 }
 
 export interface GcResult {
@@ -561,6 +573,33 @@ export interface ContainerMoveHost {
   importContainerLogs(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
 }
 
+/** What a checkpoint wrote at the source. */
+export interface CheckpointResult {
+  /** Bytes of the CRIU images. */
+  bytes: number;
+  /** How long the dump took (the process frozen, then killed). */
+  ms: number;
+}
+
+/**
+ * A running container moved live (docs/overlay.md, "Moving containers"): checkpointed with runc
+ * and CRIU at the source, its images carried as a tar beside its writable layer, restored at the
+ * destination in a network namespace re-made with the same address and MAC. Protocol 9.
+ */
+export interface ContainerLiveMoveHost {
+  /** Source: the container's processes dumped into images and killed (its layer is then exportable). Conflict for what cannot be checkpointed. */
+  checkpointContainer(id: string): Promise<CheckpointResult>;
+  /** Source: a checkpoint's images as a tar; the reader consumes or destroys it. */
+  exportCheckpoint(id: string): Promise<Readable>;
+  /** Destination, before restoreContainer: the images, checked as hostile input (files only, within the host's memory). */
+  importCheckpoint(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
+  /**
+   * Destination (after importContainerLayer and importCheckpoint), or the source again (a rolled-back
+   * move, from the images it kept): the container made from req and restored, running.
+   */
+  restoreContainer(req: ContainerCreateRequest): Promise<RuntimeState & { warnings: string[]; runtime: string }>;
+}
+
 /** A path in a container as `docker cp` stats it (Docker's ContainerPathStat; mode is st_mode). */
 export interface ContainerPathStat {
   name: string;
@@ -622,6 +661,6 @@ export interface ContainerCommitHost {
 }
 
 /** Everything the control plane asks of a host: what LocalAgent and RemoteAgent implement. */
-export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost, ContainerCopyHost, ContainerCommitHost {
+export interface Agent extends HostInfoApi, ImageHost, ContainerHost, NetworkHost, VmHost, VmMigrationHost, VolumeHost, BlockVolumeHost, ContainerMoveHost, ContainerLiveMoveHost, ContainerCopyHost, ContainerCommitHost {
   close(): Promise<void>;
 }

@@ -57,6 +57,7 @@ import { VolumeStore } from './volumes/volume-store.js';
 import { BlockVolumeStore } from './volumes/block-volume-store.js';
 import { BuildHost } from './images/build.js';
 import { MoveHost } from './move/move-host.js';
+import { LiveMoveHost, liveMoveSupport } from './move/live-move-host.js';
 import { CopyHost } from './copy/container-copy.js';
 import { ociMounts } from './volumes/container-mounts.js';
 import { copyUpIntoVolumes, sweepCopyUpLeftovers } from './volumes/copy-up.js';
@@ -235,6 +236,7 @@ export class LocalAgent implements Agent {
       architecture: process.arch === 'x64' ? 'amd64' : process.arch,
       warmPool: this.warm.stats(),
       removals: this.reaper.stats(),
+      liveMove: await liveMoveSupport(),
       // never waits for (nor starts) the probe: a listing must not take a probe boot's 20 s
       vm: this.accelDecided
         ? { accelerator: this.accelDecided.accel, reason: this.accelDecided.reason, decidedAt: this.accelDecided.decidedAt }
@@ -1270,7 +1272,47 @@ export class LocalAgent implements Agent {
       })) as ContainerCreateRequest,
       ...(this.options.layerMaxBytes ? { layerMaxBytes: this.options.layerMaxBytes } : {}),
       logs: { export: (id) => this.containers.exportLogs(id), import: (id, bytes) => this.containers.importLogs(id, bytes) },
+      restored: this.restoredAwaitingLog,
     }));
+  }
+
+  // ------------------------------------------------- containers moved live (move/live-move-host.ts)
+
+  /** Restored here by a live move and running: their log from the source is still to come (importContainerLogs takes it once). */
+  private readonly restoredAwaitingLog = new Set<string>();
+  private liveMoverP: LiveMoveHost | undefined;
+  private get liveMover(): LiveMoveHost {
+    return (this.liveMoverP ??= new LiveMoveHost({
+      agentName: this.options.agentName,
+      containers: this.containers,
+      netnsOf: (id) => this.network.netnsOf(id),
+      plumbFresh: async (req) => {
+        if (req.network?.mode !== 'networks') return;
+        await this.network.attach({ containerId: req.id, endpoints: req.network.endpoints, ports: req.network.ports });
+      },
+      unplumb: (id) => this.network.release(id),
+      restoreSpec: async (req) => {
+        const mounts = await this.mountsFor(req);
+        return { spec: await this.specFor(req, await this.snapshotter.mounts(req.id)), mounts };
+      },
+      saveRequest: (req) => this.saveRequest(req),
+      warnings: (id) => this.containers.warnings(id),
+      runtimeOf: (id) => this.containers.runtimeOf(id),
+    }));
+  }
+  checkpointContainer(id: string) {
+    return this.copies.lifecycle(id, () => this.liveMover.checkpointContainer(id));
+  }
+  exportCheckpoint(id: string) {
+    return this.liveMover.exportCheckpoint(id);
+  }
+  importCheckpoint(id: string, bytes: AsyncIterable<Uint8Array>) {
+    return this.liveMover.importCheckpoint(id, bytes);
+  }
+  async restoreContainer(req: ContainerCreateRequest) {
+    const state = await this.warm.busy(() => this.liveMover.restoreContainer(req));
+    this.restoredAwaitingLog.add(req.id);
+    return state;
   }
   containerRequest(id: string) {
     return this.mover.containerRequest(id);

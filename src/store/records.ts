@@ -389,6 +389,8 @@ export interface HostFacts {
   accelerator?: string;
   /** Usable OCI runtimes. */
   runtimes: string[];
+  /** Whether containers move live to or from it (a working CRIU), and why not; absent: not reported (an agent before protocol 9). */
+  liveMove?: { usable: boolean; reason?: string; version?: string };
   architecture: string;
   hostname: string;
   kernel: string;

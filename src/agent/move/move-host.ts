@@ -39,6 +39,8 @@ export interface MoveHostParts {
     export(id: string): Promise<Readable>;
     import(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
   };
+  /** Containers a live move restored here, running, whose log is still to come (taken once). */
+  restored?: Set<string>;
 }
 
 /** Where an overlay snapshot's own files are. */
@@ -107,6 +109,8 @@ export class MoveHost implements ContainerMoveHost {
   async importContainerLogs(id: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult> {
     // made by createContainer, not started: nothing of its own in its log yet
     const state = await this.p.containerState(id);
+    // restored by a live move: running already, its own output after the generations placed before it
+    if (state.status === 'running' && this.p.restored?.delete(id)) return this.p.logs.import(id, bytes);
     if (state.status !== 'created') throw new Conflict(`container ${id.slice(0, 12)} is ${state.status} on host ${this.p.agentName}: a log is imported before its first start only`, { container: id });
     return this.p.logs.import(id, bytes);
   }

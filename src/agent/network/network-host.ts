@@ -52,8 +52,12 @@ export interface EndpointRequest {
 
 export interface AttachRequest {
   containerId: string;
-  /** A process inside the container's (not yet named) network namespace: its init after runtime create. */
-  pid: number;
+  /**
+   * A process inside the container's (not yet named) network namespace: its init after runtime
+   * create. Absent: a new namespace is made (a live move's destination: the container is
+   * restored into it).
+   */
+  pid?: number;
   endpoints: EndpointRequest[];
   /** Published on the first endpoint's address. */
   ports: PortMapping[];
@@ -448,7 +452,8 @@ export class NetworkHost {
         return i === 0 && reuse ? d.addressPlan(req.endpoints[i]!.network, spec) : d.attachPlan(req.endpoints[i]!.network, spec);
       });
       plumbed = true;
-      if (!ready) await kernel.applyPlan(kernel.mergePlans(plans, reuse ? [] : [['netns', 'attach', name, String(req.pid)]]));
+      const naming = req.pid === undefined ? ['netns', 'add', name] : ['netns', 'attach', name, String(req.pid)];
+      if (!ready) await kernel.applyPlan(kernel.mergePlans(plans, reuse ? [] : [naming]));
       await this.save('endpoints', req.containerId, file);
       this.pending.delete(req.containerId);
       this.containers.set(req.containerId, file);

@@ -29,9 +29,11 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * (setRoutedPeers); createContainer's ports with hostPort 0, the host choosing a free one and
  * answering it in `ports` (-P, -p PORT); buildImage's noCache (build --no-cache); live migrations over TLS (VmMigrationSpec.tls, the
  * destination's answer's `tls`, migrateVmOut's opts.tls: an older peer leaves them out and the
- * move goes plain). 9: commitContainer (docker commit, COMMIT_SINCE below) and the port ranges'
- * hostPortEnd and volume copy-up (PROTOCOL_9 below). Bump the current one for any change a peer
- * of the previous version would misread; raise the minimum when support for an old one goes.
+ * move goes plain). 9: commitContainer (docker commit, COMMIT_SINCE below), the port ranges'
+ * hostPortEnd and volume copy-up (PROTOCOL_9 below), and live container moves (LIVE_MOVE_METHODS
+ * below: checkpointContainer, exportCheckpoint, importCheckpoint, restoreContainer; the move
+ * route's 'checkpoint'; info's `liveMove`). Bump the current one for any change a peer of the
+ * previous version would misread; raise the minimum when support for an old one goes.
  */
 export const AGENT_PROTOCOL_VERSION = 9;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
@@ -135,13 +137,25 @@ export const UNARY_METHODS = [
   'containerPathStat',
   // protocol 9, docker commit
   'commitContainer',
+  // protocol 9: live container moves
+  'checkpointContainer',
+  'restoreContainer',
 ] as const satisfies readonly (keyof Agent)[];
 export type UnaryMethod = (typeof UNARY_METHODS)[number];
 
 /** Carried by routes of their own (streams, callbacks). */
 export const STREAM_METHODS = ['pullImage', 'containerLogs', 'vmLogs', 'openVmConsole', 'execInContainer', 'onVmExit', 'onContainerExit', 'readBlob', 'writeBlob',
   'exportContainerLayer', 'importContainerLayer', 'exportVolume', 'importVolume', 'buildImage', 'attachContainer',
-  'readContainerArchive', 'writeContainerArchive', 'exportContainerLogs', 'importContainerLogs'] as const satisfies readonly (keyof Agent)[];
+  'readContainerArchive', 'writeContainerArchive', 'exportContainerLogs', 'importContainerLogs',
+  // protocol 9: live container moves
+  'exportCheckpoint', 'importCheckpoint'] as const satisfies readonly (keyof Agent)[];
+
+/** Protocol 9, live container moves (ContainerLiveMoveHost): kept apart from the rest of METHOD_SINCE. */
+export const LIVE_MOVE_PROTOCOL = 9;
+export const LIVE_MOVE_METHODS = ['checkpointContainer', 'exportCheckpoint', 'importCheckpoint', 'restoreContainer'] as const satisfies readonly (keyof Agent)[];
+function LIVE_MOVE_SINCE(): Partial<Record<keyof Agent, number>> {
+  return Object.fromEntries(LIVE_MOVE_METHODS.map((m) => [m, LIVE_MOVE_PROTOCOL]));
+}
 
 /** Methods a peer speaks only from some version on: a connection that agreed on an earlier one refuses them (Conflict), never sends them. */
 export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
@@ -183,6 +197,7 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   setRoutedPeers: 8,
   // protocol 9, docker commit (kept apart: other protocol 9 additions merge beside it)
   commitContainer: 9,
+  ...LIVE_MOVE_SINCE(),
 };
 
 /** docker commit on the container's host (commitContainer): agents of 8 and older refuse it with a Conflict naming the protocol. */
@@ -222,6 +237,10 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   exportContainerLogs: "carry a container's log when it moves",
   importContainerLogs: "carry a container's log when it moves",
   commitContainer: 'commit a container to an image (docker commit)',
+  checkpointContainer: 'move containers live',
+  exportCheckpoint: 'move containers live',
+  importCheckpoint: 'move containers live',
+  restoreContainer: 'move containers live',
 };
 
 /** createContainer's `mounts` from this version on: an older agent would pass over them and run the container without. */
@@ -312,7 +331,7 @@ export const PATHS = {
   /** GET: the blob's bytes; PUT: the request body into the content store (BLOB_SIZE_HEADER says how many). */
   blob: (digest: string) => `${AGENT_PATH_PREFIX}/blob/${encodeURIComponent(digest)}`,
   /** GET: a stopped container's writable layer or a volume's data as a tar; PUT: the body imported (protocol 6; a container's log, 'log': 8). */
-  move: (what: 'layer' | 'volume' | 'log', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
+  move: (what: 'layer' | 'volume' | 'log' | 'checkpoint', id: string) => `${AGENT_PATH_PREFIX}/move/${what}/${encodeURIComponent(id)}`,
 } as const;
 
 /** Request header of a layer import: the image's chain id the writable layer goes on. */

@@ -197,6 +197,9 @@ export const ARG_SCHEMAS = {
   volumeUsage: [arg('id', Id)],
   reconcileVolumes: [arg('live', Type.Array(Str, { maxItems: 1_000_000 }))],
   containerRequest: [arg('id', Id)],
+  // protocol 9: live container moves
+  checkpointContainer: [arg('id', Id)],
+  restoreContainer: [arg('req', ContainerCreateRequest)],
   createBlockVolume: [arg('id', Id), arg('sizeBytes', Type.Integer({ minimum: 1 })), arg('opts', Type.Object({ fromSnapshot: Type.Optional(Id), shared: Type.Optional(Bool) }, { additionalProperties: false }))],
   removeBlockVolume: [arg('id', Id)],
   blockVolumeInfo: [arg('id', Id)],
@@ -274,6 +277,9 @@ export const STREAM_ARG_SCHEMAS = {
   importVolume: [arg('id', MoveId)],
   exportContainerLogs: [arg('id', MoveId)],
   importContainerLogs: [arg('id', MoveId)],
+  // protocol 9: live container moves
+  exportCheckpoint: [arg('id', MoveId)],
+  importCheckpoint: [arg('id', MoveId)],
   readContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath)],
   writeContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath), arg('opts', CopyOptions)],
 } as const satisfies Partial<Record<StreamMethod, readonly ArgSpec[]>>;

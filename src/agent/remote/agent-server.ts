@@ -493,7 +493,7 @@ async function route(agent: Agent, hub: EventHub, expected: Buffer, spoken: Prot
       checkSince(req.method === 'GET' ? 'readBlob' : 'writeBlob', version, req);
       return await (req.method === 'GET' ? serveReadBlob(agent, param, req, res) : serveWriteBlob(agent, param, req, res));
     }
-    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'move' && (arg === 'layer' || arg === 'volume' || arg === 'log') && extra.length === 1) {
+    if ((req.method === 'GET' || req.method === 'PUT') && kind === 'move' && (arg === 'layer' || arg === 'volume' || arg === 'log' || arg === 'checkpoint') && extra.length === 1) {
       checkSince(MOVE_METHODS[arg][req.method], version, req);
       return await serveMove(agent, req.method, arg, extra[0]!, req, res);
     }

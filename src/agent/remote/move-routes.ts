@@ -29,6 +29,8 @@ export const MOVE_METHODS = {
   layer: { GET: 'exportContainerLayer', PUT: 'importContainerLayer' },
   volume: { GET: 'exportVolume', PUT: 'importVolume' },
   log: { GET: 'exportContainerLogs', PUT: 'importContainerLogs' },
+  // protocol 9: a live move's checkpoint images
+  checkpoint: { GET: 'exportCheckpoint', PUT: 'importCheckpoint' },
 } as const satisfies Record<string, { GET: CheckedStreamMethod; PUT: CheckedStreamMethod }>;
 
 export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof typeof MOVE_METHODS, rawId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -51,7 +53,7 @@ export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof
   }
   if (method === 'GET') {
     req.resume();
-    const tar = what === 'layer' ? await agent.exportContainerLayer(id) : what === 'log' ? await agent.exportContainerLogs(id) : await agent.exportVolume(id);
+    const tar = await agent[MOVE_METHODS[what].GET](id);
     res.on('error', () => undefined);
     res.writeHead(200, { 'content-type': 'application/x-tar', 'cache-control': 'no-cache' });
     // a failure mid-way destroys the answer (no clean end): the reader cannot take a part for the whole
@@ -70,7 +72,7 @@ export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof
   });
   req.pipe(body);
   try {
-    const result = what === 'layer' ? await agent.importContainerLayer(id, chain!, body) : what === 'log' ? await agent.importContainerLogs(id, body) : await agent.importVolume(id, body);
+    const result = what === 'layer' ? await agent.importContainerLayer(id, chain!, body) : await agent[MOVE_METHODS[what].PUT as Exclude<(typeof MOVE_METHODS)[keyof typeof MOVE_METHODS]['PUT'], 'importContainerLayer'>](id, body);
     sendJson(res, { result });
   } finally {
     body.destroy();

@@ -631,14 +631,21 @@ export class RemoteAgent implements Agent {
   exportContainerLogs: Agent['exportContainerLogs'] = (id) => this.treeOut('exportContainerLogs', 'log', id);
   importContainerLogs: Agent['importContainerLogs'] = (id, bytes) => this.treeIn('importContainerLogs', 'log', id, bytes);
 
+  // ------------------------------------------- a live container move (protocol 9)
+
+  checkpointContainer: Agent['checkpointContainer'] = (...a) => this.call('checkpointContainer', a);
+  restoreContainer: Agent['restoreContainer'] = (...a) => this.call('restoreContainer', a);
+  exportCheckpoint: Agent['exportCheckpoint'] = (id) => this.treeOut('exportCheckpoint', 'checkpoint', id);
+  importCheckpoint: Agent['importCheckpoint'] = (id, bytes) => this.treeIn('importCheckpoint', 'checkpoint', id, bytes);
+
   /** The tar as the answer streams it (chunked; cut short, it errors). */
-  private async treeOut(method: 'exportContainerLayer' | 'exportVolume' | 'exportContainerLogs', what: 'layer' | 'volume' | 'log', id: string): Promise<IncomingMessage> {
+  private async treeOut(method: 'exportContainerLayer' | 'exportVolume' | 'exportContainerLogs' | 'exportCheckpoint', what: 'layer' | 'volume' | 'log' | 'checkpoint', id: string): Promise<IncomingMessage> {
     await this.requireVersionFor(method);
     return (await this.open('GET', PATHS.move(what, id))).response;
   }
 
   /** The tar streamed as the request body (as writeBlob sends); the answer says what was imported. */
-  private async treeIn(method: 'importContainerLayer' | 'importVolume' | 'importContainerLogs', what: 'layer' | 'volume' | 'log', id: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string> = {}): Promise<TreeImportResult> {
+  private async treeIn(method: 'importContainerLayer' | 'importVolume' | 'importContainerLogs' | 'importCheckpoint', what: 'layer' | 'volume' | 'log' | 'checkpoint', id: string, bytes: AsyncIterable<Uint8Array>, headers: Record<string, string> = {}): Promise<TreeImportResult> {
     await this.requireVersionFor(method);
     return this.putTar<TreeImportResult>(`${method} ${id}`, PATHS.move(what, id), bytes, headers);
   }

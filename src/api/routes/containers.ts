@@ -139,7 +139,7 @@ export const containerRoutes = [
     status: 202, params: IdParam,
     body: Type.Object({
       to: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'System administrators: the destination host (as --host on a create); absent: the scheduler picks another host' })),
-      live: Type.Optional(Type.Boolean({ description: 'Refused: live moves need CRIU, blocked on this kernel' })),
+      live: Type.Optional(Type.Boolean({ description: 'Live: checkpointed with CRIU at the source and restored at the destination, its processes continuing (runc containers, running, without a terminal; docs/overlay.md)' })),
     }, { additionalProperties: false }),
     response: Operation,
     handler: async ({ params, body, services, auth }) => {

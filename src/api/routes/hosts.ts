@@ -43,6 +43,11 @@ export const Host = Type.Object(
     diskBytes: Type.Optional(Type.Integer({ description: 'Size of the filesystem holding the agent\'s data' })),
     accelerator: Type.Optional(Type.String({ description: 'What its VMs run under (kvm, tcg, undecided)' })),
     runtimes: Type.Optional(Type.Array(Type.String(), { description: 'Usable OCI runtimes' })),
+    liveMove: Type.Optional(Type.Object({
+      usable: Type.Boolean(),
+      reason: Type.Optional(Type.String({ description: 'Why not: each CRIU candidate\'s `criu check` failure' })),
+      version: Type.Optional(Type.String({ description: 'The CRIU it uses' })),
+    }, { description: 'Whether containers move live (--live, CRIU) to or from it' })),
     lastSeenAt: Type.Optional(Type.String({ description: 'When the facts above were reported' })),
     vms: Type.Integer({ description: 'VMs recorded on it (for a non-administrator: those of the projects it can read)' }),
     containers: Type.Optional(Type.Integer({ description: 'Containers recorded on it (for a non-administrator: those of the projects it can read)' })),

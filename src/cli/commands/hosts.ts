@@ -65,6 +65,7 @@ export function hostText(h: HostRow, now = Date.now()): string {
     ['Allocated', h.allocated ? `${num(h.allocated.vcpus)} vCPUs, ${gib(h.allocated.memoryBytes)} memory, ${gib(h.allocated.diskBytes)} disk, ${h.allocated.instances} instance(s)` : '-'],
     ['Accelerator', h.accelerator ?? '-'],
     ['Runtimes', h.runtimes?.length ? h.runtimes.join(', ') : '-'],
+    ['Live moves', !h.liveMove ? '-' : h.liveMove.usable ? `yes (criu ${h.liveMove.version ?? '?'})` : `no: ${h.liveMove.reason ?? '?'}`],
     ['Containers', h.containers !== undefined ? String(h.containers) : '-'],
     ['VMs', String(h.vms)],
     ['Last seen', h.lastSeenAt ? `${h.lastSeenAt} (${ago(h.lastSeenAt, now)})` : 'never'],

@@ -23,6 +23,8 @@ export interface MoveResult {
   volumes: Array<{ name: string; bytes: number }>;
   /** Absent from a control plane before the log moved with containers. */
   log?: { bytes: number; files: number; skipped?: string };
+  /** Moved live (--live): the checkpoint's size and the dump's and restore's times. */
+  live?: { checkpointBytes: number; checkpointMs: number; restoreMs: number };
 }
 
 const kib = (n: number) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1024 * 1024)).toFixed(1)} MiB`);
@@ -31,7 +33,8 @@ const kib = (n: number) => (n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KiB` : `
 export function moveSummary(r: MoveResult): string {
   const vols = r.volumes.length ? `; volumes ${r.volumes.map((v) => `${v.name} ${kib(v.bytes)}`).join(', ')}` : '';
   const log = !r.log ? '' : r.log.skipped ? `; log left behind (${r.log.skipped})` : `; log ${kib(r.log.bytes)} (${r.log.files} file${r.log.files === 1 ? '' : 's'})`;
-  return `${r.name}: moved ${r.from} → ${r.to} in ${r.totalMs} ms${r.restarted ? ` (down ${r.downtimeMs} ms)` : ''}; writable layer ${kib(r.layer.bytes)}${vols}${log}\n`;
+  const live = r.live ? ` live: checkpoint ${kib(r.live.checkpointBytes)} in ${r.live.checkpointMs} ms, restored in ${r.live.restoreMs} ms;` : '';
+  return `${r.name}: moved ${r.from} → ${r.to} in ${r.totalMs} ms${r.restarted ? ` (down ${r.downtimeMs} ms)` : ''};${live} writable layer ${kib(r.layer.bytes)}${vols}${log}\n`;
 }
 
 interface EvacuateOperation extends OperationState {
@@ -46,15 +49,16 @@ function evacuationLines(p: EvacuateOperation['progress']): string[] {
 export const moveCommands: CommandSpec[] = [
   {
     name: 'move', usage: 'CONTAINER',
-    summary: 'Move a container to another host, cold: stopped, carried with its writable layer and volumes, started there again',
+    summary: 'Move a container to another host: cold (stopped, carried with its writable layer and volumes, started there again) or --live (CRIU)',
     minArgs: 1, maxArgs: 1,
     options: [
       { name: 'to', type: 'string', value: 'HOST', description: 'System administrators: the destination host (nimbus host ls); default: the scheduler picks another host' },
       {
         name: 'live', type: 'boolean',
-        description: 'Live move (refused here). A cold move stops the container, carries its writable layer and named volumes, creates it on the '
-          + 'destination with the same id, name, address and aliases and starts it again: its processes restart, its files stay. A live move would '
-          + 'keep the processes running (checkpointed and restored with CRIU), but CRIU is blocked on this kernel (criu 3.17 fails on kernel 6.18\'s vdso)',
+        description: 'Live move: its processes are checkpointed with CRIU at the source and restored at the destination with their memory, open files, '
+          + 'pipes and listening sockets, at the same address and MAC (a cold move stops it and starts it again there: its processes restart, its files stay). '
+          + 'Refused (with the reason) for a container not running, on crun, with a terminal or stdin, with established TCP connections, '
+          + 'or between hosts without a working CRIU (nimbus host ls; docs/overlay.md, "Moving containers")',
       },
       OUTPUT_OPTION,
     ],
@@ -74,7 +78,7 @@ export const moveCommands: CommandSpec[] = [
         if (line !== said) process.stderr.write(`${name}: ${line}\n`);
         said = line;
       };
-      if (talk) process.stderr.write(`moving ${name}${opts.to !== undefined ? ` to ${String(opts.to)}` : ''} (cold)...\n`);
+      if (talk) process.stderr.write(`moving ${name}${opts.to !== undefined ? ` to ${String(opts.to)}` : ''} (${opts.live ? 'live' : 'cold'})...\n`);
       while (op.status === 'running' || op.status === 'pending') {
         say(op);
         op = await client.json<MoveOperation>('GET', `/operations/${encodeURIComponent(op.id)}/wait?timeout=1`);

@@ -91,6 +91,8 @@ export interface AgentSummary {
   diskBytes?: number;
   accelerator?: string;
   runtimes?: string[];
+  /** Whether containers move live to or from it (CRIU), and why not (docs/overlay.md, "Moving containers live"). */
+  liveMove?: { usable: boolean; reason?: string; version?: string };
   /** When those facts were reported. */
   lastSeenAt?: string;
   vms: number;
@@ -167,6 +169,9 @@ export function factsOf(info: AgentInfo, seenAt: number): HostFacts {
     cpus: count(info.cpus), memoryBytes: count(info.memoryBytes), diskBytes: count(info.diskBytes),
     ...(typeof info.vm?.accelerator === 'string' ? { accelerator: info.vm.accelerator } : {}),
     runtimes: Array.isArray(info.runtimes) ? info.runtimes.filter((r) => r?.usable).map((r) => String(r.name)) : [],
+    ...(info.liveMove && typeof info.liveMove.usable === 'boolean'
+      ? { liveMove: { usable: info.liveMove.usable, ...(info.liveMove.reason ? { reason: String(info.liveMove.reason) } : {}), ...(info.liveMove.version ? { version: String(info.liveMove.version) } : {}) } }
+      : {}),
     // an agent from before it reported its architecture: assume this host's (a mixed cloud upgrades its agents)
     architecture: info.architecture ?? hostArchitecture(),
     hostname: String(info.hostname ?? ''), kernel: String(info.kernel ?? ''), seenAt,
@@ -712,7 +717,7 @@ export class AgentDirectory implements HostSource {
       ...(f
         ? {
             hostname: f.hostname, kernel: f.kernel, architecture: f.architecture, cpus: f.cpus, memoryBytes: f.memoryBytes, diskBytes: f.diskBytes,
-            ...(f.accelerator !== undefined ? { accelerator: f.accelerator } : {}), runtimes: f.runtimes, lastSeenAt: new Date(f.seenAt).toISOString(),
+            ...(f.accelerator !== undefined ? { accelerator: f.accelerator } : {}), runtimes: f.runtimes, ...(f.liveMove ? { liveMove: f.liveMove } : {}), lastSeenAt: new Date(f.seenAt).toISOString(),
           }
         : {}),
       vms: counts.vms,

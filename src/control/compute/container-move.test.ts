@@ -19,12 +19,13 @@ import { ImageService } from '../images/image-service.js';
 import { NetworkService } from '../networks/network-service.js';
 import { VolumeService } from '../volumes/volume-service.js';
 import { ContainerService } from './container-service.js';
-import { Internal, Unavailable, hasCode } from '../../core/errors.js';
+import { Conflict, Internal, Unavailable, hasCode } from '../../core/errors.js';
 import type { Agent } from '../../agent/agent.js';
 import { RecordingScheduler } from './test-scheduler.js';
 import type { HostAgents } from './hosts.js';
 import { FakeAgent, fakeImage } from '../testing/fake-agent.js';
 import { BEFORE_SWITCH, MOVE_TRANSITIONS, MoveMachine, carry, chooseDestination, moveRefusal, type MovePhase } from './container-move.js';
+import { liveHostRefusal, liveMoveRefusal } from './live-move-rules.js';
 import { PassThrough } from 'node:stream';
 import type { Explanation, Scheduler } from '../scheduler/types.js';
 import { evacuate } from './host-evacuate.js';
@@ -39,6 +40,7 @@ function overlayHost(name: string): FakeAgent {
   a.override('info', async () => ({
     name, hostname: name, cgroupLayout: 'v2', snapshotter: 'overlayfs', runtimes: [{ name: 'runc', usable: true, default: true }],
     snapshotters: [{ name: 'overlayfs', usable: true }], kernel: '6.1.0-fake', cpus: 4, memoryBytes: 8 * 1024 ** 3,
+    liveMove: { usable: true, criu: '/usr/local/lib/nimbus/criu/criu', version: '4.1.1' },
   }));
   a.override('pullImage', async (ref) => fakeImage(ref, { manifestDigest: DIGEST, chainId: DIGEST }));
   return a;
@@ -97,6 +99,15 @@ test('the state machine: transitions are checked, and only the phases before the
     m.to(p);
   }
   assert.equal(m.rollsBack, false, 'done does not roll back');
+  const live = new MoveMachine();
+  for (const p of ['claiming', 'preparing', 'checkpointing', 'copying-layer', 'copying-volumes', 'copying-checkpoint', 'restoring', 'copying-log', 'switching', 'cleaning', 'done'] as MovePhase[]) {
+    assert.equal(live.rollsBack, BEFORE_SWITCH.has(live.phase));
+    live.to(p);
+  }
+  const restored = new MoveMachine();
+  for (const p of ['claiming', 'preparing', 'checkpointing', 'copying-layer', 'copying-volumes', 'copying-checkpoint', 'restoring'] as MovePhase[]) restored.to(p);
+  assert.throws(() => restored.to('starting'), Internal, 'a restored container is not started');
+  assert.equal(restored.rollsBack, true, 'restored at the destination but not switched: rolls back');
   assert.throws(() => m.to('rolling-back'), (e: unknown) => hasCode(e, 'Internal'));
   const n = new MoveMachine();
   assert.throws(() => n.to('switching'), Internal, 'no switch before the copy');
@@ -201,7 +212,7 @@ test('refusals: host network, a shared namespace, a bind mount, paused, live, th
   const owner = await w.run({ name: 'owner' });
   await w.run({ name: 'sidecar', network: `container:${owner.name}` });
   assert.match(await why(owner), /sidecar share/);
-  await assert.rejects(w.containers.startMove(owner.id, { live: true }), /criu 3\.17 fails on kernel 6\.18/);
+  await assert.rejects(w.containers.startMove(owner.id, { live: true }), /sidecar share/, 'live or cold, what may not move may not move');
   await assert.rejects(w.containers.startMove('sidecar', { to: 'b' }), /shares the network namespace/);
   const plain = await w.run({ name: 'plain' });
   const sched = (explained: Explanation): Scheduler => ({ ...w.scheduler, explain: async () => explained, place: w.scheduler.place.bind(w.scheduler), release: async () => undefined, moveClaim: async () => undefined });
@@ -326,4 +337,101 @@ test('healing: a dead host\'s container with a restart policy is rebuilt elsewhe
   assert.deepEqual([w.local.containers.has(svc.id), w.local.containers.has(idle.id), w.local.containers.has(held.id)], [false, true, true], 'only the stale copy destroyed');
   assert.deepEqual(hostEvents, [{ host: 'local', action: 'fence', attributes: { containers: [svc.id], vms: [] } }]);
   assert.equal(w.b.containers.has(svc.id), true, 'the rebuilt one untouched');
+});
+
+// ---------------------------------------------------------------- live moves (CRIU)
+
+const record = (over: Omit<Partial<ContainerRecord>, 'config'> & { config?: Partial<ContainerRecord['config']> }): ContainerRecord => ({
+  id: 'x'.repeat(64), name: 'x', projectId: 'p1', imageDigest: DIGEST, status: 'running', runtime: 'runc', pid: 1, exitCode: null, oomKilled: false,
+  restartCount: 0, stoppedByUser: false, createdAt: '', startedAt: null, finishedAt: null, warnings: [], host: 'local',
+  ...over, config: { image: 'i', cmd: [], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, ...(over.config ?? {}) } as ContainerRecord['config'],
+});
+
+test('live refusals: the container (not running, crun, a terminal, stdin) and the hosts (protocol, CRIU), each naming its reason', () => {
+  assert.equal(liveMoveRefusal(record({})), undefined, 'a running runc container without a terminal may move live');
+  assert.match(String(liveMoveRefusal(record({ status: 'exited' }))), /is exited: only a running container moves live.*without --live/);
+  assert.match(String(liveMoveRefusal(record({ status: 'created' }))), /is created: only a running container/);
+  assert.match(String(liveMoveRefusal(record({ runtime: 'crun' }))), /runs on crun: only runc containers move live \(Debian builds crun without CRIU\)/);
+  assert.match(String(liveMoveRefusal(record({ config: { tty: true } }))), /has a terminal \(-t\)/);
+  assert.match(String(liveMoveRefusal(record({ config: { openStdin: true } }))), /has an open stdin \(-i\)/);
+  for (const r of [record({ status: 'exited' }), record({ runtime: 'crun' }), record({ config: { tty: true } })]) assert.ok(hasCode(liveMoveRefusal(r), 'Conflict'));
+  assert.equal(liveHostRefusal('b', 9, { liveMove: { usable: true } }), undefined);
+  assert.match(String(liveHostRefusal('b', 8, { liveMove: { usable: true } })), /host b's agent speaks protocol 8 and cannot move containers live \(checkpointContainer needs protocol 9\)/);
+  assert.match(String(liveHostRefusal('b', 9, {})), /host b does not say whether it can checkpoint containers/);
+  const check = 'criu check failed: vdso: Failed to fill self vdso symtable';
+  assert.match(String(liveHostRefusal('b', 9, { liveMove: { usable: false, reason: `/usr/sbin/criu (3.17.1): ${check}` } })), /host b cannot move containers live: \/usr\/sbin\/criu \(3\.17\.1\): criu check failed: vdso/);
+});
+
+test('a live move: checkpointed at the source (never stopped), the images carried, restored at the destination (never created or started)', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'live', runtime: 'runc' });
+  w.local.layers.set(c.id, Buffer.from('layer-bytes'));
+  w.local.logFiles.set(c.id, Buffer.from('log'));
+  const r = await w.containers.move(c.id, 'b', { live: true });
+  assert.deepEqual([r.from, r.to, r.restarted], ['local', 'b', true]);
+  assert.ok(r.live && r.live.checkpointBytes > 0, 'the report says what the checkpoint carried');
+  const atLocal = w.local.callNames();
+  assert.ok(atLocal.indexOf('checkpointContainer') < atLocal.indexOf('exportContainerLayer'), `the layer is read once the processes are dumped: ${atLocal.join(', ')}`);
+  assert.equal(w.local.calls('stopContainer').length, 0, 'not stopped');
+  const atB = w.b.callNames();
+  assert.ok(atB.indexOf('importCheckpoint') < atB.indexOf('restoreContainer') && atB.indexOf('restoreContainer') < atB.indexOf('importContainerLogs'), atB.join(', '));
+  assert.deepEqual([w.b.calls('createContainer').length, w.b.calls('startContainer').length], [0, 0], 'restored, not created and started');
+  const after = await w.containers.get(c.id);
+  assert.deepEqual([after.host, after.status], ['b', 'running']);
+  assert.equal(w.b.containers.get(c.id)?.state.status, 'running');
+  assert.equal(w.local.containers.has(c.id), false, 'nothing left at the source');
+});
+
+for (const step of ['importCheckpoint', 'restoreContainer', 'importContainerLogs'] as const) {
+  test(`a live move failing at the destination's ${step} rolls back: restored at the source from its checkpoint, nothing at the destination`, async (t) => {
+    const w = await world(t);
+    const c = await w.run({ name: `live-${step}`, runtime: 'runc' });
+    w.local.layers.set(c.id, Buffer.from('layer'));
+    w.b.failNext(step, new Internal(`${step}: refused by the test`));
+    const starts = w.local.calls('startContainer').length;
+    await assert.rejects(w.containers.move(c.id, 'b', { live: true }), /refused by the test/);
+    const after = await w.containers.get(c.id);
+    assert.deepEqual([after.host, after.status], ['local', 'running'], 'on the source, running');
+    assert.equal(w.local.calls('restoreContainer').length, 1, 'restored there from the images it kept (its processes go on)');
+    assert.equal(w.local.calls('startContainer').length, starts, 'not started afresh');
+    assert.equal(w.local.containers.get(c.id)?.state.status, 'running');
+    assert.equal(w.b.containers.has(c.id), false, 'nothing at the destination');
+    assert.equal(w.scheduler.claims.get(c.id), 'local', 'the claim back');
+  });
+}
+
+test('a live move whose restore at the source fails too starts it afresh there (its processes lost), running', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'afresh', runtime: 'runc' });
+  w.b.failNext('restoreContainer', new Internal('restore at the destination: refused by the test'));
+  w.local.failNext('restoreContainer', new Internal('restore at the source: refused by the test'));
+  const starts = w.local.calls('startContainer').length;
+  await assert.rejects(w.containers.move(c.id, 'b', { live: true }), /at the destination: refused by the test/);
+  assert.equal(w.local.calls('startContainer').length, starts + 1, 'started again at the source');
+  const after = await w.containers.get(c.id);
+  assert.deepEqual([after.host, after.status], ['local', 'running']);
+  assert.equal(w.local.containers.get(c.id)?.state.status, 'running');
+});
+
+test('a live move CRIU refuses at the checkpoint leaves it running at the source, untouched', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'connected', runtime: 'runc' });
+  const starts = w.local.calls('startContainer').length;
+  w.local.failNext('checkpointContainer', new Conflict('container connected has established TCP connections: a live move carries listening sockets, not connections to peers'));
+  await assert.rejects(w.containers.move(c.id, 'b', { live: true }), (e: unknown) => hasCode(e, 'Conflict') && /established TCP connections/.test(String(e)));
+  assert.deepEqual([(await w.containers.get(c.id)).host, (await w.containers.get(c.id)).status], ['local', 'running']);
+  assert.deepEqual([w.local.calls('restoreContainer').length, w.local.calls('startContainer').length, w.local.calls('stopContainer').length], [0, starts, 0], 'nothing to restore: it never stopped');
+});
+
+test('a live move to a host without a working CRIU, or of an older protocol, is refused before anything is touched', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'stays', runtime: 'runc' });
+  const info = await w.b.info();
+  w.b.override('info', async () => ({ ...info, liveMove: { usable: false, reason: '/usr/sbin/criu (3.17.1): criu check failed: vdso: Failed to fill self vdso symtable' } }));
+  await assert.rejects(w.containers.move(c.id, 'b', { live: true }), (e: unknown) => hasCode(e, 'Conflict') && /host b cannot move containers live: .*criu check failed: vdso/.test(String(e)));
+  w.b.override('info', async () => info);
+  Object.assign(w.b, { protocolVersion: async () => 8 });
+  await assert.rejects(w.containers.move(c.id, 'b', { live: true }), /protocol 8 and cannot move containers live/);
+  assert.deepEqual([w.local.calls('checkpointContainer').length, w.local.calls('stopContainer').length], [0, 0]);
+  assert.deepEqual([(await w.containers.get(c.id)).host, (await w.containers.get(c.id)).status], ['local', 'running']);
 });

@@ -32,16 +32,14 @@ import type { Scheduler } from '../scheduler/types.js';
 import type { OperationHandle, OperationService } from '../operations/operations.js';
 import type { ImageService } from '../images/image-service.js';
 import type { NetworkService } from '../networks/network-service.js';
+import { checkLiveHosts, liveMoveRefusal } from './live-move-rules.js';
 
 const log = logger('compute-move');
 
-/** Why a live move is refused, in the error and in docs/overlay.md. */
-export const LIVE_MOVE_REFUSAL =
-  'live moves (--live) need CRIU to checkpoint and restore the processes, and CRIU is blocked on this kernel: criu 3.17 fails on kernel 6.18\'s vdso; '
-  + 'move it cold (without --live): it is stopped, carried with its writable layer and volumes, and started again at the destination';
-
 export type MovePhase =
   | 'checking' | 'stopping' | 'claiming' | 'preparing' | 'copying-layer' | 'copying-volumes' | 'creating' | 'copying-log' | 'starting'
+  // a live move's own (--live): the checkpoint at the source instead of the stop, the restore at the destination instead of the create and start
+  | 'checkpointing' | 'copying-checkpoint' | 'restoring'
   | 'switching' | 'cleaning' | 'done' | 'rolling-back' | 'rolled-back';
 
 /** What may follow each phase. A failure anywhere before the switch leads to rolling-back; after it, the move is done. */
@@ -49,9 +47,14 @@ export const MOVE_TRANSITIONS: Readonly<Record<MovePhase, readonly MovePhase[]>>
   checking: ['stopping', 'claiming', 'rolling-back'],
   stopping: ['claiming', 'rolling-back'],
   claiming: ['preparing', 'rolling-back'],
-  preparing: ['copying-layer', 'rolling-back'],
+  preparing: ['copying-layer', 'checkpointing', 'rolling-back'],
+  // live: the processes dumped (and gone at the source) before the layer is read
+  checkpointing: ['copying-layer', 'rolling-back'],
   'copying-layer': ['copying-volumes', 'rolling-back'],
-  'copying-volumes': ['creating', 'rolling-back'],
+  'copying-volumes': ['creating', 'copying-checkpoint', 'rolling-back'],
+  'copying-checkpoint': ['restoring', 'rolling-back'],
+  // restored and running at the destination; its log follows
+  restoring: ['copying-log', 'rolling-back'],
   creating: ['copying-log', 'rolling-back'],
   // the log goes into the created container before its first start (conmon opened a new file at the create)
   'copying-log': ['starting', 'switching', 'rolling-back'],
@@ -64,7 +67,7 @@ export const MOVE_TRANSITIONS: Readonly<Record<MovePhase, readonly MovePhase[]>>
 };
 
 /** The phases before the switch: a failure in them rolls back to the source. */
-export const BEFORE_SWITCH: ReadonlySet<MovePhase> = new Set(['checking', 'stopping', 'claiming', 'preparing', 'copying-layer', 'copying-volumes', 'creating', 'copying-log', 'starting', 'switching']);
+export const BEFORE_SWITCH: ReadonlySet<MovePhase> = new Set(['checking', 'stopping', 'claiming', 'preparing', 'checkpointing', 'copying-layer', 'copying-volumes', 'copying-checkpoint', 'restoring', 'creating', 'copying-log', 'starting', 'switching']);
 
 /** The move's current phase, with the transitions checked (a wrong one is a bug: Internal). */
 export class MoveMachine {
@@ -92,7 +95,7 @@ export class MoveMachine {
 export interface MoveOptions {
   /** The destination; absent: the scheduler's choice among the other hosts. */
   to?: string;
-  /** Refused: live moves need CRIU (LIVE_MOVE_REFUSAL). */
+  /** Live (CRIU): checkpointed at the source, restored at the destination, its processes continuing (live-move-rules.ts says what is refused). */
   live?: boolean;
 }
 
@@ -104,8 +107,10 @@ export interface MoveReport {
   /** Whether it was running (and so was started at the destination). */
   restarted: boolean;
   totalMs: number;
-  /** From the stop at the source to the start at the destination (0 when it was not running). */
+  /** From the stop (live: the checkpoint) at the source to the start (live: the restore) at the destination; 0 when it was not running. */
   downtimeMs: number;
+  /** Moved live: the checkpoint's images (bytes carried, the dump's time) and the restore's time. */
+  live?: { checkpointBytes: number; checkpointMs: number; restoreMs: number };
   layer: { bytes: number; entries: number };
   volumes: Array<{ name: string; bytes: number; entries: number }>;
   /** Its log's generations carried (tar bytes, files); `skipped` says why none were (an agent older than protocol 8). */
@@ -267,16 +272,16 @@ export async function carry(out: Readable, into: (bytes: AsyncIterable<Uint8Arra
 
 /** Checked before an Operation starts (a container that cannot move is a plain error), then the move as `container.move`. */
 export async function startMove(deps: MoveDeps, c: ContainerRecord, opts: MoveOptions): Promise<OperationRecord> {
-  if (opts.live) throw new InvalidArgument(LIVE_MOVE_REFUSAL, { reason: 'criu' });
-  const refusal = await moveRefusal(deps, c);
+  const refusal = (await moveRefusal(deps, c)) ?? (opts.live ? liveMoveRefusal(c) : undefined);
   if (refusal) throw refusal;
   if (deps.hosts.isDown?.(c.host) || !deps.hosts.has(c.host)) throw new Unavailable(`container ${c.name}'s host ${c.host} does not answer: its layer cannot be read`, { host: c.host });
   const to = await chooseDestination(deps, c, opts.to);
-  return deps.operations.start('container.move', c.id, c.projectId, (op) => moveContainer(deps, c.id, to, op));
+  if (opts.live) await checkLiveHosts([{ name: c.host, agent: deps.agentOn(c.host) }, { name: to, agent: deps.agentOn(to) }]);
+  return deps.operations.start('container.move', c.id, c.projectId, (op) => moveContainer(deps, c.id, to, op, { live: opts.live === true }));
 }
 
 /** The move itself, under the container's lock (see the file comment). */
-export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<OperationHandle, 'progress'>): Promise<MoveReport> {
+export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<OperationHandle, 'progress'>, opts: { live?: boolean } = {}): Promise<MoveReport> {
   return deps.locked(id, async () => {
     const t0 = Date.now();
     const c = await deps.store.containers.get(id);
@@ -290,7 +295,8 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
     const m = new MoveMachine((phase) => report({ phase }));
     report({ phase: m.phase });
     // checked again under the lock: the container may have changed since the operation was asked for
-    const refusal = await moveRefusal(deps, c);
+    const live = opts.live === true;
+    const refusal = (await moveRefusal(deps, c)) ?? (live ? liveMoveRefusal(c) : undefined);
     if (refusal) throw refusal;
     if (to === from) throw new InvalidArgument(`container ${c.name} is on host ${to} already`);
     const src = deps.agentOn(from);
@@ -304,14 +310,15 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
       volumes.push(v);
     }
     const wasRunning = c.status === 'running';
-    const done = { claims: [] as string[], volumesMade: [] as string[], created: false, stoppedAt: 0 };
+    const done = { claims: [] as string[], volumesMade: [] as string[], created: false, stoppedAt: 0, checkpointed: undefined as ContainerCreateRequest | undefined };
     let result: MoveReport = { id, name: c.name, from, to, restarted: wasRunning, totalMs: 0, downtimeMs: 0, layer: { bytes: 0, entries: 0 }, volumes: [], log: { bytes: 0, files: 0 } };
     let state: (RuntimeState & { warnings?: string[]; runtime?: string }) | undefined;
     let created: { warnings: string[]; runtime: string } | undefined;
     try {
       await checkHosts(src, dst, { from, to });
+      if (live) await checkLiveHosts([{ name: from, agent: src }, { name: to, agent: dst }]);
       await deps.cancelRestart(id);
-      if (wasRunning) {
+      if (wasRunning && !live) {
         m.to('stopping');
         await deps.stop(id);
         done.stoppedAt = Date.now();
@@ -337,6 +344,15 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
       const leased = request.network?.mode === 'networks' ? await deps.networks.vmNicsFor(id, c.name, to) : [];
       const inRequest = new Set(request.network?.mode === 'networks' ? request.network.endpoints.map((e) => e.network.id) : []);
       const connected = leased.filter((e) => !inRequest.has(e.network.id));
+      let checkpoint: { bytes: number; ms: number } | undefined;
+      if (live) {
+        m.to('checkpointing');
+        done.stoppedAt = Date.now();
+        // a refusal (what CRIU cannot dump) leaves it running at the source: the rollback has nothing to restore
+        checkpoint = await deps.bounded(id, 'checkpoint', src.checkpointContainer(id));
+        done.checkpointed = saved;
+        report({ checkpointBytes: checkpoint.bytes, checkpointMs: checkpoint.ms });
+      }
       m.to('copying-layer');
       // from the first byte sent the destination may hold a layer for it (an answer lost on the way): a rollback removes it
       done.created = true;
@@ -353,9 +369,20 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
           (n) => report({ volume: v.name, volumeBytes: n }), `volume ${v.name}`);
         result.volumes.push({ name: v.name, bytes: got.bytes, entries: got.entries });
       }
-      m.to('creating');
-      const made = await deps.bounded(id, 'create', dst.createContainer(request));
-      created = { warnings: made.warnings, runtime: made.runtime };
+      if (live) {
+        m.to('copying-checkpoint');
+        await carry(await deps.bounded(id, 'checkpoint export', src.exportCheckpoint(id)), (bytes) => dst.importCheckpoint(id, bytes),
+          (n) => report({ checkpointBytesSent: n }), `the checkpoint of ${c.name}`);
+        m.to('restoring');
+        const t = Date.now();
+        state = await deps.bounded(id, 'restore', dst.restoreContainer(request));
+        created = { warnings: state.warnings ?? [], runtime: state.runtime ?? 'runc' };
+        result.live = { checkpointBytes: checkpoint!.bytes, checkpointMs: checkpoint!.ms, restoreMs: Date.now() - t };
+      } else {
+        m.to('creating');
+        const made = await deps.bounded(id, 'create', dst.createContainer(request));
+        created = { warnings: made.warnings, runtime: made.runtime };
+      }
       for (const e of connected) await deps.bounded(id, 'connect', dst.connectContainer(id, { ...e, dnsNames: names }));
       m.to('copying-log');
       const logRefusal = await logsTooOld(src, dst, { from, to });
@@ -368,7 +395,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
           (n) => report({ logBytes: n }), `the log of ${c.name}`);
         result.log = { bytes: got.bytes, files: got.entries };
       }
-      if (wasRunning) {
+      if (wasRunning && !live) {
         m.to('starting');
         state = await deps.bounded(id, 'start', dst.startContainer(id));
       }
@@ -381,7 +408,8 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
           host: to,
           ...(created ? { runtime: created.runtime, warnings: created.warnings } : {}),
           ...(wasRunning
-            ? { status: 'running' as const, pid: state?.pid ?? null, startedAt: now, finishedAt: null, exitCode: null, oomKilled: false, stoppedByUser: c.stoppedByUser }
+            // live: the same processes, started when they were
+            ? { status: 'running' as const, pid: state?.pid ?? null, startedAt: live && c.startedAt ? c.startedAt : now, finishedAt: null, exitCode: null, oomKilled: false, stoppedByUser: c.stoppedByUser }
             : {}),
         });
       });
@@ -412,7 +440,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
     m.to('done');
     result = { ...result, totalMs: Date.now() - t0 };
     report({ ...result, phase: 'done' });
-    log.info('container moved', { id, name: c.name, from, to, totalMs: result.totalMs, downtimeMs: result.downtimeMs, layerBytes: result.layer.bytes, logBytes: result.log.bytes });
+    log.info('container moved', { id, name: c.name, from, to, live, totalMs: result.totalMs, downtimeMs: result.downtimeMs, layerBytes: result.layer.bytes, logBytes: result.log.bytes });
     return result;
   });
 }
@@ -420,7 +448,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
 /** Back to the source: the destination's copy and volumes gone, the claims back, the container started again if it ran. */
 async function rollBack(
   deps: MoveDeps,
-  r: { c: ContainerRecord; from: string; to: string; wasRunning: boolean; done: { claims: string[]; volumesMade: string[]; created: boolean }; error: unknown; failedIn: MovePhase },
+  r: { c: ContainerRecord; from: string; to: string; wasRunning: boolean; done: { claims: string[]; volumesMade: string[]; created: boolean; checkpointed?: ContainerCreateRequest | undefined }; error: unknown; failedIn: MovePhase },
 ): Promise<void> {
   const { c, from, to } = r;
   const dst = deps.agentOn(to);
@@ -434,7 +462,20 @@ async function rollBack(
     log.error('move rollback: the record names another host than the source', { id: c.id, host: now.host, from });
     return;
   }
-  if (r.wasRunning && now && now.status !== 'running') await deps.start(c.id).catch(warn('starting it again at the source'));
+  // checkpointed (a live move): restored at the source from the images it kept, its processes continuing; else started afresh
+  const restored = r.done.checkpointed
+    ? await deps.bounded(c.id, 'restore at the source', deps.agentOn(from).restoreContainer(r.done.checkpointed)).then(() => true, (x: unknown) => {
+      warn('restoring it at the source')(x);
+      return false;
+    })
+    : false;
+  if (r.wasRunning && now && !restored && r.done.checkpointed) {
+    // its processes are lost: started afresh at the source (the record says running, so not through deps.start)
+    await deps.bounded(c.id, 'start at the source', deps.agentOn(from).startContainer(c.id)).then(async (st) => {
+      const rec = await deps.store.containers.update(c.id, { status: 'running', pid: st.pid ?? null, startedAt: new Date().toISOString(), finishedAt: null, exitCode: null });
+      deps.publish(rec, 'start', { pid: rec.pid });
+    }, warn('starting it again at the source'));
+  } else if (r.wasRunning && now && now.status !== 'running') await deps.start(c.id).catch(warn('starting it again at the source'));
   if (now) deps.publish(now, 'move-failed', { from, to, phase: r.failedIn, error: String(r.error) });
   log.warn('container move rolled back', { id: c.id, from, to, phase: r.failedIn, error: String(r.error) });
 }

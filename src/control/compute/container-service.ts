@@ -1100,9 +1100,9 @@ export class ContainerService {
   }
 
   /** The move itself, waited for (an evacuation, tests; the API starts an Operation). Without `to`: the scheduler's choice. */
-  async move(id: string, to?: string): Promise<MoveReport> {
+  async move(id: string, to?: string, opts: { live?: boolean } = {}): Promise<MoveReport> {
     const deps = this.moveDeps();
-    return moveContainer(deps, id, to ?? (await chooseDestination(deps, await this.get(id), undefined)));
+    return moveContainer(deps, id, to ?? (await chooseDestination(deps, await this.get(id), undefined)), undefined, opts);
   }
 
   /** What healing (healing.ts) needs of this service: what a move does, and the request rebuilt from a record. */

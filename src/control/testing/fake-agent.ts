@@ -52,6 +52,8 @@ export interface FakeAgentOptions {
   runtimes?: string[];
   /** The VM accelerator; absent: the host runs no VMs (info() has no vm section). */
   accelerator?: 'kvm' | 'tcg' | 'undecided';
+  /** Live moves (info().liveMove); absent: the section is left out, as an agent older than protocol 9 does. */
+  liveMove?: { usable: boolean; reason?: string };
 }
 
 interface FakeContainer {
@@ -68,7 +70,7 @@ interface FakeVm {
 
 export class FakeAgent implements Agent {
   /** What info() answers; a test may change it between calls. */
-  readonly host: Required<Omit<FakeAgentOptions, 'accelerator'>> & { accelerator?: FakeAgentOptions['accelerator'] };
+  readonly host: Required<Omit<FakeAgentOptions, 'accelerator' | 'liveMove'>> & Pick<FakeAgentOptions, 'accelerator' | 'liveMove'>;
   readonly containers = new Map<string, FakeContainer>();
   readonly vms = new Map<string, FakeVm>();
   readonly networks = new Map<string, NetworkSpec>();
@@ -103,6 +105,7 @@ export class FakeAgent implements Agent {
       name: o.name ?? 'local', hostname: o.hostname ?? `${o.name ?? 'local'}.test`, cpus: o.cpus ?? 4, memoryBytes: o.memoryBytes ?? 8 * 1024 ** 3,
       diskBytes: o.diskBytes ?? 100 * 1024 ** 3, architecture: o.architecture ?? 'amd64', kernel: o.kernel ?? '6.1.0-fake', runtimes: o.runtimes ?? ['runc'],
       ...(o.accelerator ? { accelerator: o.accelerator } : {}),
+      ...(o.liveMove ? { liveMove: o.liveMove } : {}),
     };
   }
 
@@ -202,6 +205,7 @@ export class FakeAgent implements Agent {
       snapshotters: [{ name: 'native', usable: true }], kernel: this.host.kernel,
       cpus: this.host.cpus, memoryBytes: this.host.memoryBytes, diskBytes: this.host.diskBytes, architecture: this.host.architecture,
       ...(this.host.accelerator ? { vm: { accelerator: this.host.accelerator, reason: 'fake' } } : {}),
+      ...(this.host.liveMove ? { liveMove: this.host.liveMove } : {}),
     }));
   }
 
@@ -506,10 +510,57 @@ export class FakeAgent implements Agent {
   importContainerLogs(...args: Parameters<Agent['importContainerLogs']>): Promise<TreeImportResult> {
     return this.run('importContainerLogs', args, async () => {
       const c = this.container(args[0]);
-      if (c.state.status !== 'created') throw new Conflict(`container ${args[0]} is ${c.state.status}: a log is imported before its first start only`);
+      // as the real agent: before the first start, or once right after a live move's restore
+      if (c.state.status !== 'created' && !(c.state.status === 'running' && this.restored.delete(args[0]))) throw new Conflict(`container ${args[0]} is ${c.state.status}: a log is imported before its first start only`);
       const got = await fakeTree(args[1]);
       this.logFiles.set(args[0], got.data);
       return got.result;
+    });
+  }
+
+  // ---- ContainerLiveMoveHost (the checkpoint is the container's state, carried as bytes)
+
+  readonly checkpoints = new Map<string, Buffer>();
+  private readonly restored = new Set<string>();
+
+  checkpointContainer(...args: Parameters<Agent['checkpointContainer']>): Promise<{ bytes: number; ms: number }> {
+    return this.run('checkpointContainer', args, async () => {
+      const c = this.container(args[0]);
+      if (c.state.status !== 'running') throw new Conflict(`container ${args[0]} is ${c.state.status}: only a running container is checkpointed`);
+      const image = Buffer.from(JSON.stringify(c.state));
+      this.checkpoints.set(args[0], image);
+      c.state = { status: 'unknown' };
+      return { bytes: image.length, ms: 1 };
+    });
+  }
+
+  exportCheckpoint(...args: Parameters<Agent['exportCheckpoint']>): Promise<Readable> {
+    return this.run('exportCheckpoint', args, async () => {
+      const image = this.checkpoints.get(args[0]);
+      if (!image) throw new NotFound(`no checkpoint of container ${args[0]}`);
+      return Readable.from([image]);
+    });
+  }
+
+  importCheckpoint(...args: Parameters<Agent['importCheckpoint']>): Promise<TreeImportResult> {
+    return this.run('importCheckpoint', args, async () => {
+      const got = await fakeTree(args[1]);
+      this.checkpoints.set(args[0], got.data);
+      return got.result;
+    });
+  }
+
+  restoreContainer(...args: Parameters<Agent['restoreContainer']>): Promise<RuntimeState & { warnings: string[]; runtime: string }> {
+    return this.run('restoreContainer', args, async () => {
+      const [req] = args;
+      const image = this.checkpoints.get(req.id);
+      if (!image) throw new NotFound(`no checkpoint of container ${req.id} on ${this.host.name}`);
+      this.checkpoints.delete(req.id);
+      const state = JSON.parse(image.toString()) as RuntimeState;
+      const had = this.containers.get(req.id);
+      this.containers.set(req.id, { req, state, logs: had?.logs ?? [], endpoints: had?.endpoints ?? new Map() });
+      this.restored.add(req.id);
+      return { ...state, warnings: [], runtime: req.runtime && req.runtime !== 'auto' ? req.runtime : 'runc' };
     });
   }
 

@@ -42,6 +42,8 @@ export interface ConmonOptions {
    * attached client leaves (Docker's StdinOnce), 'open' keeps it for the next (`--leave-stdin-open`).
    */
   stdin?: 'open' | 'once';
+  /** A checkpoint's images: conmon runs `<runtime> restore --detach --image-path` instead of create (a live move's destination). */
+  restore?: string;
 }
 
 /** conmon's command line (without the binary). */
@@ -66,6 +68,7 @@ export function conmonArgs(o: ConmonOptions): string[] {
   if (o.stdin) args.push('--stdin');
   if (o.stdin === 'open') args.push('--leave-stdin-open');
   for (const a of o.runtimeArgs) args.push('--runtime-arg', a);
+  if (o.restore) args.push('--restore', o.restore);
   return args;
 }
 
@@ -142,7 +145,7 @@ export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
     start.destroy();
     child.unref();
     if (result.data < 0) {
-      throw new Internal(`${o.runtimePath} create ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
+      throw new Internal(`${o.runtimePath} ${o.restore ? 'restore' : 'create'} ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
         id: o.id,
       });
     }

@@ -11,13 +11,15 @@
  *   <stateDir>/containers/<id>/exit.json          exit code + OOM verdict, once observed
  *   <stateDir>/containers/<id>/warm/entry         a warm container's start script (warm-start.ts)
  *   <stateDir>/containers/<id>/warm/go            the fifo its stub waits on until the container's start
+ *   <stateDir>/containers/<id>/criu.conf          CRIU's configuration for its checkpoint (checkpoint.ts)
+ *   <stateDir>/checkpoints/<id>/images/            a live move's checkpoint (out at the source, in at the destination)
  *   <stateDir>/exits/<id>                          conmon's exit file
  *   <stateDir>/runtime/<runc|crun>/                the runtime's --root
  */
 import { randomBytes } from 'node:crypto';
 import { close, constants as fsConstants, existsSync, open, watch, write, type FSWatcher } from 'node:fs';
 import { promisify } from 'node:util';
-import { access, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, hasCode } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
@@ -63,11 +65,13 @@ import { buildOciSpec, mergeEnv, readHardLimits, readUserDb, resolveUser, type O
 import { run } from '../../../core/exec.js';
 import { parentPid, processAlive } from '../../../core/proc.js';
 import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
-import { WARM_GO_FIFO, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
+import { WARM_GO_FIFO, WARM_SCRIPT_DIR, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
+import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
+import { runtimeMessage } from './oci-runtime.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
 const fsOpen = promisify(open);
@@ -101,6 +105,10 @@ interface ContainerMeta {
   warm?: boolean;
   /** The main process's stdin is open to attach (conmon -i). */
   stdin?: 'open' | 'once';
+  /** On a terminal (conmon -t). */
+  terminal?: boolean;
+  /** Checkpointed for a live move: its process is in the images, not running (state: unknown, no exit to record). */
+  checkpointed?: boolean;
 }
 
 interface ExitRecord {
@@ -169,6 +177,11 @@ export class ContainerDriver implements InstanceDriver {
   }
   private exitFile(id: string): string {
     return path.join(this.exitsDir, id);
+  }
+  /** A live move's checkpoint images (outside the container's directory: a restore in place re-makes that). */
+  checkpointImages(id: string): string {
+    if (!ID_RE.test(id)) throw new InvalidArgument(`invalid container id ${JSON.stringify(id)}`);
+    return path.join(this.stateDir, 'checkpoints', id, 'images');
   }
   private logPath(id: string): string {
     return path.join(this.dir(id), 'ctr.log');
@@ -373,7 +386,30 @@ export class ContainerDriver implements InstanceDriver {
     ]);
   }
 
-  private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean } = {}): Promise<RuntimeState> {
+  /**
+   * A container made from a checkpoint (a live move): as create, but conmon runs the runtime's
+   * restore from the images (checkpointImages(id)) with this CRIU, and it is running at once.
+   * Where a checkpointed copy of it is still here (a move rolled back), that copy's runtime
+   * state goes first.
+   */
+  async restore(spec: InstanceSpec, opts: { mounts?: OciMount[]; criu: string }): Promise<RuntimeState> {
+    if (await exists(this.dir(spec.id))) {
+      const meta = await this.meta(spec.id);
+      if (!meta.checkpointed) throw new AlreadyExists(`container ${spec.id} already exists`, { id: spec.id });
+      await this.delete(spec.id, { keepCheckpoint: true });
+    }
+    // made from the warm pool: the stub's mounts are in its mount table, so the restore needs them too
+    const warm = (await readRestoreHints(this.checkpointImages(spec.id))).warmMounts === true;
+    let mounts = opts.mounts ?? [];
+    if (warm) {
+      const busybox = await findStaticBusybox();
+      if (!busybox) throw new Internal('this container came from a warm pool: its restore needs a static busybox on the host (Debian busybox-static)');
+      mounts = [...warmMounts(busybox, this.warmDir(spec.id)), ...mounts];
+    }
+    return this.createWith(spec, { ...(mounts.length ? { mounts } : {}), restore: { criu: opts.criu, warm } });
+  }
+
+  private async createWith(spec: InstanceSpec, opts: { mounts?: OciMount[]; warm?: boolean; restore?: { criu: string; warm?: boolean } } = {}): Promise<RuntimeState> {
     const id = spec.id;
     const dir = this.dir(id);
     if (spec.rootfs.length === 0) throw new InvalidArgument('rootfs must hold at least one mount', { id });
@@ -393,6 +429,8 @@ export class ContainerDriver implements InstanceDriver {
       await mkdir(rootfs, { recursive: true });
       await mkdir(path.join(dir, 'persist'));
       await mkdir(path.join(dir, 'sock'));
+      // a restored warm-pool container's stub directory: mounted again (its script was read long ago)
+      if (opts.restore?.warm) await mkdir(this.warmDir(id), { mode: 0o755 });
       if (opts.warm) {
         await mkdir(this.warmDir(id), { mode: 0o755 });
         // readable by the container's user (the stub may not be root), written only by us
@@ -412,7 +450,9 @@ export class ContainerDriver implements InstanceDriver {
         userDb,
       }, { mounts: [...this.etcMounts(id), ...(opts.mounts ?? [])] });
       if (opts.warm) this.warmFacts.set(id, { config: comparableJson(config), userDb });
-      else this.checkProgram(id, config);
+      else if (!opts.restore) this.checkProgram(id, config);
+      // runc hands CRIU this file at a checkpoint (absent: ignored); see checkpoint.ts
+      if (runtimeName === 'runc') config.annotations = { ...config.annotations, [CRIU_CONFIG_ANNOTATION]: path.join(dir, 'criu.conf') };
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
       const meta: ContainerMeta = {
@@ -425,6 +465,7 @@ export class ContainerDriver implements InstanceDriver {
         warnings,
         ...(opts.warm ? { warm: true } : {}),
         ...(spec.process.stdin ? { stdin: spec.process.stdin } : {}),
+        ...(spec.process.terminal ? { terminal: true } : {}),
       };
       await this.saveMeta(meta);
       const rt = this.runtime(runtimeName, runtimePath);
@@ -438,7 +479,8 @@ export class ContainerDriver implements InstanceDriver {
         id,
         name: spec.name || id,
         runtimePath,
-        runtimeArgs: [`--root=${rt.root}`],
+        runtimeArgs: [`--root=${rt.root}`, ...(opts.restore ? [`--criu=${opts.restore.criu}`] : [])],
+        ...(opts.restore ? { restore: this.checkpointImages(id) } : {}),
         bundle: this.bundle(id),
         containerPidFile: path.join(dir, 'container.pid'),
         conmonPidFile: path.join(dir, 'conmon.pid'),
@@ -454,10 +496,19 @@ export class ContainerDriver implements InstanceDriver {
       meta.pid = launched.pid;
       // the runtime's start now, off the request path: the stub then waits on its go fifo
       if (opts.warm) await rt.start(id, launched.pid);
+      if (opts.restore) meta.startedAt = new Date().toISOString();
       await this.saveMeta(meta);
+      // restored: running already, its images no longer needed
+      if (opts.restore) {
+        await rm(path.dirname(this.checkpointImages(id)), { recursive: true, force: true });
+        return { status: 'running', pid: launched.pid, startedAt: meta.startedAt! };
+      }
       return { status: 'created', pid: launched.pid };
     } catch (e) {
+      // a restore's own words are in CRIU's log, which goes with the container: said in the error
+      const criu = opts.restore ? await criuLogErrors(path.join(this.bundle(id), 'restore.log')) : [];
       await this.delete(id).catch((err: unknown) => log.error('cleanup after failed create', { id, error: err }));
+      if (criu.length) throw new Internal(`restore of container ${id.slice(0, 12)} failed: ${criu.join('; ')}`, { id, criu }, { cause: e });
       // the runtime refusing what the request asked for is the caller's error, with its message
       throw requestFault(e) ?? e;
     }
@@ -601,6 +652,8 @@ export class ContainerDriver implements InstanceDriver {
       oomKilled: rec.oomKilled,
       finishedAt: rec.finishedAt,
     });
+    // dumped for a live move: conmon's exit file is the dump's kill, not an exit of the container
+    if (meta.checkpointed) return base;
     const rec = await this.exitRecord(id, meta);
     if (rec) return stopped(rec);
     const rt = this.runtime(meta.runtime, meta.runtimePath);
@@ -737,8 +790,55 @@ export class ContainerDriver implements InstanceDriver {
     return out;
   }
 
-  async delete(id: string): Promise<void> {
+  /**
+   * A live move's checkpoint: runc (with this CRIU) dumps the container's processes into
+   * checkpointImages(id) and kills them; its rootfs stays mounted (its layer is exported next)
+   * and its network namespace (netnsPath, named by the host) is left out of the images. On a
+   * failure CRIU leaves the processes running and nothing is recorded. Conflict for what this
+   * driver cannot checkpoint (crun: Debian builds it without CRIU; a terminal; a paused container).
+   */
+  async checkpoint(id: string, opts: { criu: string; netnsPath?: string }): Promise<{ bytes: number; ms: number }> {
+    const meta = await this.meta(id);
+    const short = id.slice(0, 12);
+    if (meta.runtime !== 'runc') throw new Conflict(`container ${short} runs on ${meta.runtime}, which cannot checkpoint here (Debian builds crun without CRIU): only runc containers (--runtime runc) move live`, { id, runtime: meta.runtime });
+    if (meta.terminal || meta.stdin) throw new Conflict(`container ${short} has a terminal or an open stdin: a checkpoint cannot carry its conmon's end of them; move it cold`, { id });
+    if (meta.warm || this.primed(id)) throw new Conflict(`container ${short} is a warm container not started yet: move it cold`, { id });
+    if (meta.checkpointed) throw new Conflict(`container ${short} is checkpointed already`, { id });
+    const st = await this.state(id);
+    if (st.status !== 'running') throw new Conflict(`container ${short} is ${st.status}: only a running container is checkpointed (a paused one: unpause it first)`, { id, status: st.status });
+    const config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
+    const netns = config.linux?.namespaces?.find((n) => n.type === 'network');
+    // a namespace runc made (no path in config.json) is declared external through the CRIU config file
+    await writeFile(path.join(this.dir(id), 'criu.conf'), criuConfig(netns && !netns.path && opts.netnsPath ? await externalNetnsLine(opts.netnsPath) : ''));
+    const images = this.checkpointImages(id);
+    const work = path.join(path.dirname(images), 'work');
+    await rm(path.dirname(images), { recursive: true, force: true });
+    await mkdir(images, { recursive: true, mode: 0o700 });
+    await mkdir(work, { recursive: true, mode: 0o700 });
+    const rt = this.runtime(meta.runtime, meta.runtimePath);
+    // marked first: the exit conmon records once the dump kills the process is not the container's
+    await this.saveMeta({ ...meta, checkpointed: true });
+    const t0 = performance.now();
+    const r = await run(meta.runtimePath, [...rt.globalArgs(), '--criu', opts.criu, ...checkpointArgs(id, images, work)], { timeoutMs: 120_000 });
+    if (r.code !== 0) {
+      const errors = await criuLogErrors(path.join(work, 'dump.log'));
+      // kept beside the container for whoever looks into it (the images go)
+      await copyFile(path.join(work, 'dump.log'), path.join(this.dir(id), 'checkpoint-failed.log')).catch(() => undefined);
+      // CRIU resumes what it froze on a failed dump: the container runs on as before
+      await this.saveMeta(meta);
+      await rm(path.dirname(images), { recursive: true, force: true });
+      throw checkpointFailure(id, runtimeMessage(r.stderr || r.stdout), errors);
+    }
+    const ms = Math.round(performance.now() - t0);
+    await writeRestoreHints(images, { warmMounts: config.mounts.some((m) => m.destination === WARM_SCRIPT_DIR) });
+    this.rotation.stop(id);
+    return { bytes: await treeBytes(images), ms };
+  }
+
+  /** keepCheckpoint: a restore in place follows (a rolled-back live move), from the images kept. */
+  async delete(id: string, opts: { keepCheckpoint?: boolean } = {}): Promise<void> {
     const dir = this.dir(id);
+    if (!opts.keepCheckpoint) await rm(path.dirname(this.checkpointImages(id)), { recursive: true, force: true });
     if (!(await exists(dir))) return;
     let meta: ContainerMeta | undefined;
     try {
