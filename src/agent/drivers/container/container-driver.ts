@@ -294,6 +294,11 @@ export class ContainerDriver implements InstanceDriver {
     );
   }
 
+  /** runc hands CRIU the container's own configuration file at a checkpoint (absent: ignored); see checkpoint.ts. */
+  private withCriuConfig(id: string, runtimeName: string, config: OciSpec): void {
+    if (runtimeName === 'runc') config.annotations = { ...config.annotations, [CRIU_CONFIG_ANNOTATION]: path.join(this.dir(id), 'criu.conf') };
+  }
+
   /**
    * Give a warm container its real configuration: its state when it was taken (the
    * script written, limits applied with `runc update`, config.json now the real one),
@@ -328,6 +333,7 @@ export class ContainerDriver implements InstanceDriver {
       log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });
       return undefined;
     }
+    this.withCriuConfig(id, meta.runtime, config); // as its runtime has it since the warm create
     // side by side: each can wait on the disk's journal in the thread pool
     await Promise.all([
       this.writeEtc(id, spec, { claim: true }),
@@ -451,8 +457,7 @@ export class ContainerDriver implements InstanceDriver {
       }, { mounts: [...this.etcMounts(id), ...(opts.mounts ?? [])] });
       if (opts.warm) this.warmFacts.set(id, { config: comparableJson(config), userDb });
       else if (!opts.restore) this.checkProgram(id, config);
-      // runc hands CRIU this file at a checkpoint (absent: ignored); see checkpoint.ts
-      if (runtimeName === 'runc') config.annotations = { ...config.annotations, [CRIU_CONFIG_ANNOTATION]: path.join(dir, 'criu.conf') };
+      this.withCriuConfig(id, runtimeName, config);
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(path.join(this.bundle(id), 'config.json'), JSON.stringify(config, null, 1));
       const meta: ContainerMeta = {
@@ -807,6 +812,8 @@ export class ContainerDriver implements InstanceDriver {
     const st = await this.state(id);
     if (st.status !== 'running') throw new Conflict(`container ${short} is ${st.status}: only a running container is checkpointed (a paused one: unpause it first)`, { id, status: st.status });
     const config = JSON.parse(await readFile(path.join(this.bundle(id), 'config.json'), 'utf8')) as OciSpec;
+    // made before live moves: runc would not hand CRIU our configuration, and CRIU would try to dump the veth
+    if (!config.annotations?.[CRIU_CONFIG_ANNOTATION]) throw new Conflict(`container ${short} was created by an agent before live moves (its runtime config names no CRIU configuration): move it cold`, { id });
     const netns = config.linux?.namespaces?.find((n) => n.type === 'network');
     // a namespace runc made (no path in config.json) is declared external through the CRIU config file
     await writeFile(path.join(this.dir(id), 'criu.conf'), criuConfig(netns && !netns.path && opts.netnsPath ? await externalNetnsLine(opts.netnsPath) : ''));
