@@ -245,8 +245,11 @@ if (runcReason) {
 
     test('a driver started again (a daemon restart) takes over rotation of a running container', async () => {
       const id = freshId('adopt');
-      const N = 100_000; // ~5 MB through 64 KiB files, 3 kept
-      await d.create(spec(id, ['sh', '-c', `sleep 1; seq 1 ${N}`], { log: { maxSizeBytes: 64 << 10, maxFiles: 3 } }));
+      // ~590 KB through 128 KiB files, 3 kept: four rotations, each of which the new driver must name
+      // (64 KiB files made nine at full speed, and a pass that fell behind on a loaded CI host cost a
+      // generation: architecture.md, "Logs" — a lag, not the adoption this checks)
+      const N = 100_000;
+      await d.create(spec(id, ['sh', '-c', `sleep 1; seq 1 ${N}`], { log: { maxSizeBytes: 128 << 10, maxFiles: 3 } }));
       d.close(); // its rotation worker goes with it
       const d2 = new ContainerDriver({ stateDir, runtime: 'runc', cgroupParent });
       d2.onExit(() => undefined); // as the agent: the exit watcher, which adopts rotation too
