@@ -13,7 +13,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -208,6 +208,46 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     }, 15_000);
     assert.equal((await taps()).length + (await taps(host2!.ns)).length, 0, 'no tap left on either host');
     assert.deepEqual([...qemuUnder(d!.home), ...qemuUnder(b!.home)], [], 'no QEMU left');
+  });
+  test('a VM with a block volume live-migrates with it: the data the volume held and every write the guest makes go on at the destination; the source\'s file is gone', async () => {
+    const guest = await buildTestGuest(GUEST_CACHE_DIR);
+    await cliOk(['volume', 'create', 'roam-vol', '--size', '32m', '--type', 'block', '--host', 'local']);
+    const volume = async () => (await d!.api<{ id: string; mountpoint: string; host?: string }>('GET', '/volumes/roam-vol')).body;
+    const before = await volume();
+    // data only the source's file has: written on the host before anything holds it
+    await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x4e 0 4096', before.mountpoint]);
+    // the guest (booted from kernel and initrd: the volume is its only disk, vda) writes a tick to
+    // sector 16 every 0.2 s, through the move
+    const workload = 'i=0; while :; do echo "tick-$i" | dd of=/dev/vda bs=512 seek=16 conv=fsync,notrunc 2>/dev/null; i=$((i+1)); sleep 0.2; done';
+    await cliOk(['vm', 'create', '--name', 'volvm', '--memory', '128m', '--agent', 'local', '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', workloadAppend(guest, workload)]);
+    try {
+      await cliOk(['vm', 'attach-volume', 'volvm', 'roam-vol']);
+      await cliOk(['vm', 'start', 'volvm']);
+      const tickIn = async (file: string, force: boolean) => {
+        const r = await run('qemu-io', [...(force ? ['-U'] : []), '-r', '-f', 'qcow2', '-c', 'read -v 8192 16', file]);
+        const hex = [...r.stdout.matchAll(/^[0-9a-f]+:\s+((?:[0-9a-f]{2}\s)+)/gm)].map((m) => m[1]!.trim().split(/\s+/).map((b) => String.fromCharCode(parseInt(b, 16))).join('')).join('');
+        return Number(/tick-(\d+)/.exec(hex)?.[1] ?? -1);
+      };
+      const ticked = await waitFor('the guest to write to its volume', async () => ((await tickIn(before.mountpoint, true)) >= 3 ? true : undefined), 90_000);
+      assert.ok(ticked);
+      const atMove = await tickIn(before.mountpoint, true);
+      const report = JSON.parse(await cliOk(['vm', 'migrate', 'volvm', '--to', AGENT, '-o', 'json'])) as Report & { volumeBytes?: Record<string, number> };
+      assert.equal(report.to, AGENT);
+      assert.ok((report.volumeBytes?.[before.id] ?? 0) >= 4096, `the volume's data crossed: ${JSON.stringify(report)}`);
+      const after = await volume();
+      assert.notEqual(after.mountpoint, before.mountpoint);
+      assert.ok(!existsSync(before.mountpoint), 'the source\'s file is gone');
+      assert.equal(qemuUnder(d!.home).length, 0, 'no QEMU left at the source');
+      await new Promise((r) => setTimeout(r, 1500)); // a few more ticks, at the destination
+      await cliOk(['vm', 'kill', 'volvm']);
+      await waitFor('the VM to stop', async () => ((JSON.parse(await cliOk(['vm', 'inspect', 'volvm'])) as Array<{ status: string }>)[0]!.status !== 'running' ? true : undefined), 30_000);
+      const atEnd = await tickIn(after.mountpoint, false);
+      assert.ok(atEnd > atMove + 2, `the guest wrote on at the destination: tick ${atMove} at the move, ${atEnd} at the end`);
+      assert.equal((await run('qemu-io', ['-r', '-f', 'qcow2', '-c', 'read -P 0x4e 0 4096', after.mountpoint])).code, 0, 'what the source\'s file held is in the destination\'s');
+    } finally {
+      await d!.cli(['vm', 'rm', '-f', 'volvm']);
+      await d!.cli(['volume', 'rm', 'roam-vol']);
+    }
   });
   test('host evacuate: host-b\'s running VM live-migrates to the embedded host and is reported; host-b is left disabled', async () => {
     const guest = await buildTestGuest(GUEST_CACHE_DIR);

@@ -187,6 +187,8 @@ export interface IncomingMigrationTarget {
   uri: string;
   /** The NBD export the disk is mirrored into, when the VM has a local disk. */
   nbd?: string;
+  /** The NBD export each attached block volume is mirrored into, by volume id (protocol 9: an older destination offers none, and the move is refused). */
+  nbdVolumes?: Record<string, string>;
   /** The streams are TLS: the destination's certificate name, which the source checks. Absent: plain. */
   tls?: string;
 }
@@ -196,6 +198,8 @@ export interface MigrateOutOptions {
   maxDowntimeMs: number;
   maxBandwidthBytes?: number;
   nbd?: string;
+  /** Where each attached block volume goes (the destination's exports, by volume id; protocol 9). */
+  nbdVolumes?: Record<string, string>;
   /** The destination's certificate name: send over TLS and check it (absent: plain, the destination asked for no TLS). */
   tls?: string;
 }
@@ -215,6 +219,8 @@ export interface OutgoingMigration {
   iterations: number;
   /** Disk bytes mirrored to the destination (0 without a local disk). */
   diskBytes?: number;
+  /** Bytes mirrored per attached block volume (absent without volumes). */
+  volumeBytes?: Record<string, number>;
   /** The RAM stream and the disk's went over TLS. */
   tls?: boolean;
   /** The console output the VM printed on this host and the ones before it, base64. */

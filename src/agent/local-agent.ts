@@ -1167,6 +1167,13 @@ export class LocalAgent implements Agent {
       if (typeof file === 'string') config[role] = await this.hostFiles.resolve(role, file);
     }
     const storage = spec.storage?.backing ? { ...spec.storage, backing: await this.hostFiles.resolve('disk', spec.storage.backing) } : spec.storage;
+    // its block volumes: this host's files of them (made empty by the control plane before; the
+    // source mirrors into them), never the source's paths
+    if (Array.isArray(config.blockVolumes) && config.blockVolumes.length) {
+      const asked = config.blockVolumes as Array<{ volumeId: string; readonly?: boolean; boot?: boolean; shared?: boolean }>;
+      if (asked.some((b) => b.shared)) throw new Conflict(`VM ${spec.id} has a shared volume attached: it cannot move`, { id: spec.id });
+      config.blockVolumes = await this.blockVolumePaths(asked.map((b) => ({ volumeId: b.volumeId, ...(b.readonly ? { readonly: true } : {}), ...(b.boot ? { boot: true } : {}) })));
+    }
     // its taps here before QEMU opens them: same names (from the VM's id) and MACs (from the addresses)
     if (spec.nics?.length) config.nics = await this.network.attachTaps(spec.id, spec.nics);
     try {

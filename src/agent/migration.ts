@@ -24,6 +24,8 @@ export interface MigrationReport {
   iterations: number;
   /** Disk bytes mirrored to the destination (a VM with a local disk; 0 otherwise). */
   diskBytes: number;
+  /** Bytes mirrored per attached block volume (absent without volumes). */
+  volumeBytes?: Record<string, number>;
   /** The limit QEMU planned the last pass against, as it reported it back (the request's when it did not). */
   maxDowntimeMs: number;
   /** RAM and disk went over TLS (agents with certificates from the agent CA); false: in clear. */
@@ -39,6 +41,7 @@ export function migrationReport(id: string, out: OutgoingMigration, resumedAt: n
     bytes: out.bytes,
     iterations: out.iterations,
     diskBytes: out.diskBytes ?? 0,
+    ...(out.volumeBytes ? { volumeBytes: out.volumeBytes } : {}),
     maxDowntimeMs: out.downtimeLimitMs ?? maxDowntimeMs,
     tls: out.tls ?? false,
   };
@@ -74,11 +77,11 @@ export async function migrateLive<F extends { resumedAt: number }>(
 ): Promise<{ report: MigrationReport; finished: F }> {
   const t0 = performance.now();
   const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-  const { uri, nbd, tls } = await destination.prepare(await source.spec());
+  const { uri, nbd, nbdVolumes, tls } = await destination.prepare(await source.spec());
   let out: OutgoingMigration;
   let finished: F;
   try {
-    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}), ...(tls ? { tls } : {}) });
+    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}), ...(nbdVolumes ? { nbdVolumes } : {}), ...(tls ? { tls } : {}) });
     finished = await destination.finish(out.consoleHistory);
   } catch (e) {
     await destination.abandon().catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id, error: String(x) }));

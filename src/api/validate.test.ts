@@ -50,6 +50,11 @@ test('JSON bodies are never converted', () => {
   assert.match(refused('pruneImages', 'request body', { all: 'true' }), /field "all"/);
   assert.match(refused('createContainer', 'request body', []), /must be a JSON object, got a list/);
   assert.match(refused('createContainer', 'request body', 'busybox'), /must be a JSON object, got a string/);
+  // a list where an object belongs, empty or not, at any depth (defaults made [] into {} once: the fuzz found it)
+  assert.match(refused('createNetwork', 'request body', { name: 'n', driver: 'route', labels: [] }), /field "labels": must be an object, got a list/);
+  assert.match(refused('createNetwork', 'request body', { name: 'n', labels: ['a'] }), /field "labels": must be an object, got a list/);
+  assert.match(refused('createContainer', 'request body', create({ labels: [] })), /field "labels": must be an object, got a list/);
+  assert.match(refused('setQuota', 'request body', { hard: [] }), /field "hard": must be an object, got a list/);
   // defaults still apply
   const out = check('createContainer', 'request body', create({})) as Record<string, unknown>;
   assert.deepEqual([out.env, out.labels, out.autoRemove, out.start], [[], {}, false, false]);

@@ -263,6 +263,34 @@ function describe(e: ValueError): string {
   }
 }
 
+/**
+ * The first field holding a JSON array where the schema wants an object (an Object or a Record),
+ * walking the value along the schema's properties, records and array items; undefined when none.
+ */
+function arrayForObject(schema: Schema, value: unknown, path: string): string | undefined {
+  if (value === null || typeof value !== 'object') return undefined;
+  if (Array.isArray(value)) {
+    if (schema.type === 'object') return path;
+    if (schema.type !== 'array' || !schema.items) return undefined;
+    for (let i = 0; i < value.length; i++) {
+      const found = arrayForObject(schema.items as Schema, value[i], path ? `${path}.${i}` : String(i));
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  if (schema.type !== 'object') return undefined;
+  const props = (schema.properties ?? {}) as Record<string, Schema>;
+  const patterns = Object.values((schema.patternProperties ?? {}) as Record<string, Schema>);
+  const extra = typeof schema.additionalProperties === 'object' ? (schema.additionalProperties as Schema) : undefined;
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+    const sub = props[k] ?? patterns[0] ?? extra;
+    if (!sub) continue;
+    const found = arrayForObject(sub, v, path ? `${path}.${k}` : k);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
 function fieldOf(path: string): string {
   return path.replace(/^\//, '').split('/').map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~')).join('.');
 }
@@ -321,6 +349,9 @@ export function checkOrThrow(check: TypeCheck<TSchema> | undefined, value: unkno
     }
     const deep = tooDeep(input);
     if (deep !== undefined) throw invalid(where, deep, `nested deeper than ${DEFAULT_LIMITS.maxDepth} levels`);
+    // before defaults: Value.Default makes an empty array where an object belongs into {} (the fuzz found `labels: []` taken)
+    const listed = arrayForObject(schema as Schema, input, '');
+    if (listed !== undefined) throw invalid(where, listed, 'must be an object, got a list');
   } else if (input && typeof input === 'object') {
     const props = ((schema as Schema).properties ?? {}) as Record<string, Schema>;
     const converted: Record<string, unknown> = { ...(input as Record<string, unknown>) };

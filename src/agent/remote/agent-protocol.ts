@@ -490,3 +490,17 @@ export function tooOldForCopyUp(version: number, host: string): NimbusError | un
     needs: VOLUME_COPY_UP_SINCE,
   });
 }
+
+/** A live migration that carries the VM's block volumes (nbdVolumes) from this version on: an older agent knows nothing of them. */
+export const VM_VOLUMES_MOVE_SINCE = 9;
+
+/** Refused before anything is touched when either end is older (undefined: it can). */
+export function tooOldForVolumeMigration(version: number, host: string): NimbusError | undefined {
+  if (version >= VM_VOLUMES_MOVE_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot carry a VM's block volumes in a live migration (needs protocol ${VM_VOLUMES_MOVE_SINCE}); detach them or upgrade it`, {
+    host,
+    method: 'migrateVmOut',
+    protocol: version,
+    needs: VM_VOLUMES_MOVE_SINCE,
+  });
+}

@@ -184,7 +184,7 @@ export const ARG_SCHEMAS = {
   listVms: [],
   vmMigrationSpec: [arg('id', Id)],
   prepareVmIncoming: [arg('spec', VmMigrationSpec)],
-  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), tls: Type.Optional(Str) }))],
+  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), nbdVolumes: Type.Optional(Type.Record(Str, Str, { maxProperties: 16 })), tls: Type.Optional(Str) }))],
   finishVmIncoming: [arg('id', Id), arg('consoleHistory', Str)],
   abandonVmIncoming: [arg('id', Id)],
   endVmMigration: [arg('id', Id), arg('outcome', Type.Union([Type.Literal('moved'), Type.Literal('resume')]))],

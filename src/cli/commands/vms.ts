@@ -38,15 +38,24 @@ export interface MigrationResult {
   iterations: number;
   /** Disk bytes mirrored (a VM with a local disk); absent from older daemons. */
   diskBytes?: number;
+  /** Bytes mirrored per block volume that moved with it (absent without volumes). */
+  volumeBytes?: Record<string, number>;
   maxDowntimeMs: number;
   /** The streams went over TLS; absent from older daemons. */
   tls?: boolean;
 }
 
+const volumesMoved = (v: Record<string, number> | undefined): string => {
+  const n = v ? Object.keys(v).length : 0;
+  if (!n) return '';
+  const mib = Object.values(v!).reduce((a, b) => a + b, 0) / (1024 * 1024);
+  return `; ${n} volume${n === 1 ? '' : 's'} ${mib.toFixed(1)} MiB`;
+};
+
 /** One line a person reads after a migration. */
 export function migrationSummary(name: string, r: MigrationResult): string {
   const mib = (r.bytes / (1024 * 1024)).toFixed(1);
-  return `${name}: migrated ${r.from} → ${r.to} in ${r.totalMs} ms; downtime ${r.downtimeMs} ms (QEMU: ${r.qemuDowntimeMs} ms, limit ${r.maxDowntimeMs} ms); ${mib} MiB in ${r.iterations} RAM pass${r.iterations === 1 ? '' : 'es'}${r.diskBytes ? `; disk ${(r.diskBytes / (1024 * 1024)).toFixed(1)} MiB` : ''}${r.tls === undefined ? '' : r.tls ? '; over TLS' : '; in clear'}\n`;
+  return `${name}: migrated ${r.from} → ${r.to} in ${r.totalMs} ms; downtime ${r.downtimeMs} ms (QEMU: ${r.qemuDowntimeMs} ms, limit ${r.maxDowntimeMs} ms); ${mib} MiB in ${r.iterations} RAM pass${r.iterations === 1 ? '' : 'es'}${r.diskBytes ? `; disk ${(r.diskBytes / (1024 * 1024)).toFixed(1)} MiB` : ''}${volumesMoved(r.volumeBytes)}${r.tls === undefined ? '' : r.tls ? '; over TLS' : '; in clear'}\n`;
 }
 
 interface Operation {

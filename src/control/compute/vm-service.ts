@@ -36,6 +36,7 @@ import type { Scheduler } from '../scheduler/types.js';
 import type { Readable } from 'node:stream';
 import { KeyedLock } from '../../core/keyed-lock.js';
 import type { VolumeRecord } from '../../store/repos/volumes.js';
+import { tooOldForVolumeMigration } from '../../agent/remote/agent-protocol.js';
 
 /** What VM creates need of block volumes (the volume service's; docs/volumes.md "Block volumes"). */
 export interface BootVolumes {
@@ -704,14 +705,41 @@ export class VmService {
   async startMigrate(idOrName: string, to: string, opts: { maxDowntimeMs?: number } = {}): Promise<OperationRecord> {
     const v = await this.get(idOrName);
     this.checkMigration(v, to, opts);
+    await this.movingVolumes(v, to);
     return this.operations.start('vm.migrate', v.id, v.projectId, () => this.migrate(v.id, to, opts));
+  }
+
+  /**
+   * The block volumes that move with the VM (their data mirrored like its root disk), or a
+   * Conflict saying why one cannot: a shared volume (other VMs may hold it on this host), one with
+   * snapshots (they and the clones made from them stay on the host: remove them first), both
+   * agents able to carry volumes (protocol 9).
+   */
+  private async movingVolumes(v: VmRecord, to: string): Promise<VolumeRecord[]> {
+    const attached = v.config.volumes ?? [];
+    if (!attached.length) return [];
+    const out: VolumeRecord[] = [];
+    for (const a of attached) {
+      const vol = await this.store.volumes.get(a.volumeId);
+      if (!vol) throw new Conflict(`cannot migrate VM ${v.name}: its volume ${a.volumeId} has no record`);
+      if (vol.shared) throw new Conflict(`cannot migrate VM ${v.name}: its volume ${vol.name} is shared (other VMs on host ${vol.host} may hold it); detach it first`, { volume: vol.name });
+      if (vol.host !== v.agent) throw new Conflict(`cannot migrate VM ${v.name}: its volume ${vol.name} is on host ${vol.host}, not the VM's ${v.agent}`, { volume: vol.name });
+      const snaps = await this.store.volumes.listSnapshots({ volumeId: vol.id });
+      if (snaps.length) throw new Conflict(`cannot migrate VM ${v.name}: its volume ${vol.name} has ${snaps.length} snapshot(s), which stay on host ${vol.host} with the clones made from them; remove them first`, { volume: vol.name });
+      out.push(vol);
+    }
+    for (const [agent, host] of [[this.agents.get(v.agent), v.agent], [this.agents.get(to), to]] as const) {
+      const version = await (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+      const refusal = version === undefined ? undefined : tooOldForVolumeMigration(version, host);
+      if (refusal) throw refusal;
+    }
+    return out;
   }
 
   private checkMigration(v: VmRecord, to: string, opts: { maxDowntimeMs?: number }): void {
     if (!this.agents.has(to)) throw new NotFound(`no such agent: ${to}`, { agent: to });
     if (to === v.agent) throw new InvalidArgument(`VM ${v.name} is on agent ${to} already`);
     if (v.status !== 'running') throw new Conflict(`cannot migrate VM ${v.name}: it is ${v.status}; only a running VM migrates live`);
-    if (v.config.volumes?.length) throw new Conflict(`cannot migrate VM ${v.name}: it has block volumes attached, and volumes stay on their host (detach them first; a boot volume keeps the VM where it is)`);
     if (v.config.networks?.length && !this.networks) throw new InvalidArgument(`cannot migrate VM ${v.name}: it has NICs and networks are not available here`);
     const d = opts.maxDowntimeMs;
     if (d !== undefined && (!Number.isInteger(d) || d < 1 || d > MAX_DOWNTIME_LIMIT_MS)) throw new InvalidArgument(`max downtime must be 1–${MAX_DOWNTIME_LIMIT_MS} ms, got ${d}`);
@@ -723,14 +751,30 @@ export class VmService {
     return this.locked(v.id, async () => {
       const cur = await this.current(v.id);
       this.checkMigration(cur, to, opts);
+      const volumes = await this.movingVolumes(cur, to);
       const from = cur.agent;
       const src = this.on(cur);
       const dst = this.agents.get(to);
       let next = cur;
+      // each volume's file at the destination, empty, of its size: the source mirrors into it
+      const made: string[] = [];
+      const dropMade = async () => {
+        for (const id of made) await dst.removeBlockVolume(id).catch((e: unknown) => log.warn('removing a volume a failed migration made failed', { id, agent: to, error: String(e) }));
+      };
       // the host files it boots from, as the destination has them (images carried there first); the record takes them when it moves
       let atDestination: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
       // the destination's capacity is claimed first (checked atomically by the scheduler); a failed move gives it back
       await this.scheduler.moveClaim(v.id, to);
+      try {
+        for (const vol of volumes) {
+          made.push(vol.id);
+          await dst.createBlockVolume(vol.id, vol.sizeBytes, {});
+        }
+      } catch (e) {
+        await dropMade();
+        await this.scheduler.moveClaim(v.id, from).catch((x: unknown) => log.warn('moving a claim back failed', { id: v.id, error: String(x) }));
+        throw e;
+      }
       const { report: moved } = await migrateLive(
         v.id,
         {
@@ -754,6 +798,8 @@ export class VmService {
           finish: async (h) => {
             const fin = await dst.finishVmIncoming(v.id, h);
             next = await this.store.vms.update(v.id, { agent: to, status: 'running', pid: fin.state.pid ?? null, ...(Object.keys(atDestination).length ? { config: { ...cur.config, ...atDestination } } : {}) });
+            // its volumes are the destination's now (their files there have every write the guest made)
+            for (const vol of volumes) await this.store.volumes.moveHost(vol.id, to);
             // the overlay's forwarding entries follow now: the guest answers at the destination already
             if (cur.config.networks?.length) this.networks?.endpointsMoved(v.id);
             return fin;
@@ -767,9 +813,14 @@ export class VmService {
       ).catch(async (e: unknown) => {
         // the guest goes on at the source (or, if the record moved, where it says): the claim follows the record
         const at = (await this.store.vms.get(v.id))?.agent ?? from;
-        if (at !== to) await this.scheduler.moveClaim(v.id, at).catch((x: unknown) => log.warn('moving a claim back failed', { id: v.id, error: String(x) }));
+        if (at !== to) {
+          await this.scheduler.moveClaim(v.id, at).catch((x: unknown) => log.warn('moving a claim back failed', { id: v.id, error: String(x) }));
+          await dropMade(); // the source's volumes are the ones the guest writes
+        }
         throw e;
       });
+      // the source's copies of its volumes go (its QEMU has let go); a failure leaves them to the host's reconcile
+      for (const vol of volumes) await src.removeBlockVolume(vol.id).catch((e: unknown) => log.warn('removing a moved volume at its old host failed', { id: vol.id, agent: from, error: String(e) }));
       const report = { ...moved, from, to };
       this.publish(next, 'migrate', { ...report });
       log.info('vm migrated', { ...report });

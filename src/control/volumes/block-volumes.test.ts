@@ -124,8 +124,7 @@ test('attach: one read-write holder unless shared, readers only without a writer
   await assert.rejects(volumes.block.createSnapshot(v, 'snap'), code('Conflict', /in use by running VM b/));
   await assert.rejects(volumes.remove('data', { canRead: () => true }), code('Conflict', /attached to VM b/));
   assert.deepEqual((await volumes.inspect(v)).attachedTo, [{ vm: 'b', readonly: false, boot: false }]);
-  // moves are refused while it holds a block volume
-  await assert.rejects(vms.startMigrate('b', 'b'), code('Conflict', /block volumes attached/));
+  // a running holder: its volume is carried by the move (the move itself: the next test)
   await volumes.block.detach(b, 'data');
   // readers share a volume nobody writes; then no writer may join
   await volumes.block.attach(a, 'data', { readonly: true });
@@ -186,4 +185,39 @@ test('an agent before protocol 7 is refused the block volume calls, clearly', ()
     assert.match(e.message, /host old-host's agent speaks protocol 6 and cannot hold block volumes for VMs \(.+ needs protocol 7\); upgrade it/);
   }
   assert.equal(tooOldFor('attachVmVolume', 7, 'new-host'), undefined);
+});
+
+test('a live migration carries the VM\'s block volumes: made at the destination, the record moved, the source\'s gone; shared volumes and volumes with snapshots refused with the reason', async (t) => {
+  const { store, volumes, vms, local, b, vm } = await setup(t);
+  const v = await volumes.create({ name: 'data', sizeBytes: 32 * MiB, type: 'block' }, 'p1');
+  const w = await vm('w');
+  await vms.start('w');
+  await volumes.block.attach(w, 'data');
+  // a snapshot stays on its host with the clones made from it: the move is refused, nothing made
+  await vms.stop('w');
+  const snap = await volumes.block.createSnapshot(v, 'before');
+  await vms.start('w');
+  await assert.rejects(vms.startMigrate('w', 'b'), code('Conflict', /volume data has 1 snapshot\(s\), which stay on host local/));
+  assert.equal(b.calls('createBlockVolume').length, 0, 'nothing made at the destination');
+  await volumes.block.removeSnapshot(snap);
+  // a shared volume: other VMs may hold it where it is
+  await volumes.create({ name: 'shared', sizeBytes: 32 * MiB, type: 'block', shared: true }, 'p1');
+  await volumes.block.attach(w, 'shared');
+  await assert.rejects(vms.startMigrate('w', 'b'), code('Conflict', /volume shared is shared/));
+  await volumes.block.detach(w, 'shared');
+  // carried: made empty of its size at the destination first, the record's host moved with the
+  // VM's, the source's file removed once the guest runs there
+  const report = await vms.migrate('w', 'b');
+  assert.equal(report.to, 'b');
+  assert.deepEqual(b.calls('createBlockVolume'), [[v.id, 32 * MiB, {}]]);
+  assert.equal((await store.volumes.get(v.id))?.host, 'b', 'the volume is host b\'s now');
+  assert.deepEqual(local.calls('removeBlockVolume').map((a) => a[0]), [v.id], 'the source\'s copy goes');
+  assert.equal((await vms.get('w')).agent, 'b');
+  // a move that fails at the destination leaves the volume where it was and removes what it made
+  local.failNext('prepareVmIncoming', new Error('no room'));
+  const back = await vms.migrate('w', 'local').catch((e: unknown) => e);
+  assert.ok(back instanceof Error, 'the move failed');
+  assert.equal((await store.volumes.get(v.id))?.host, 'b', 'the record stays');
+  assert.deepEqual(local.calls('createBlockVolume').at(-1), [v.id, 32 * MiB, {}]);
+  assert.deepEqual(local.calls('removeBlockVolume').map((a) => a[0]), [v.id, v.id], 'what the failed move made is gone');
 });

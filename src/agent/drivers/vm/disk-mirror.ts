@@ -1,9 +1,10 @@
 /**
- * A local root disk moving with its VM (live migration without shared storage), the way libvirt
- * does it with QEMU: the destination QEMU exports its fresh overlay over NBD, the source mirrors
- * its disk into that export (drive-mirror, write-blocking: once in sync every guest write reaches
- * both sides before it completes), RAM is migrated with pause-before-switchover, and in that
- * pause (guest stopped) the mirror is ended at a point-in-time copy before the switch-over. The
+ * Local disks moving with their VM (live migration without shared storage: its root disk and its
+ * attached block volumes), the way libvirt does it with QEMU, each disk on its own: the
+ * destination QEMU exports its fresh image over NBD, the source mirrors the disk into that export
+ * (blockdev-mirror, write-blocking: once in sync every guest write reaches both sides before it
+ * completes), RAM is migrated with pause-before-switchover, and in that pause (guest stopped)
+ * each mirror is ended at a point-in-time copy before the switch-over. The
  * destination's guest therefore never runs on a disk the source still writes. Between agents with
  * certificates the NBD connection is TLS (migration-tls.ts: the same credentials object as the
  * RAM stream; the export then refuses plain clients).
@@ -14,11 +15,6 @@ import { TLS_CREDS_ID } from './migration-tls.js';
 
 /** The block backend's name in qemuArgv (-drive id=root). */
 const ROOT_DRIVE = 'root';
-const EXPORT_ID = 'migrate-root';
-const EXPORT_NAME = 'root';
-const MIRROR_JOB = 'migrate-root';
-/** The source's NBD client node (the mirror's target). */
-const TARGET_NODE = 'migrate-target';
 
 type Qmp = Pick<QmpClient, 'execute'>;
 
@@ -37,91 +33,141 @@ interface BlockJob {
   error?: string;
 }
 
+/**
+ * One disk that moves with its VM: the root disk (the -drive backend "root") or a block volume
+ * (its blockdev node, docs/volumes.md). Each has its own export at the destination, its own
+ * mirror job and NBD client node at the source.
+ */
+export interface MovingDisk {
+  /** "root", or the block volume's id. */
+  key: string;
+  /** What QMP names it by at either end: the root's backend, a volume's node. */
+  device: string;
+  /** A volume's node is its own name; the root's node is looked up (block-export-add names nodes). */
+  node?: string;
+}
+
+export const ROOT_DISK: MovingDisk = { key: 'root', device: ROOT_DRIVE };
+export const volumeDisk = (volumeId: string, node: string): MovingDisk => ({ key: volumeId, device: node, node });
+
+const exportId = (d: MovingDisk) => (d.key === 'root' ? 'migrate-root' : `migrate-vol-${d.key}`);
+const exportName = (d: MovingDisk) => (d.key === 'root' ? 'root' : `vol-${d.key}`);
+const jobId = exportId;
+const targetNode = (d: MovingDisk) => (d.key === 'root' ? 'migrate-target' : `migrate-target-${d.key}`);
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The node a -drive backend sits on (block-export-add names nodes, not backends). */
-async function rootNode(c: Qmp): Promise<string> {
-  const node = (await c.execute<BlockInfo[]>('query-block')).find((b) => b.device === ROOT_DRIVE)?.inserted?.['node-name'];
-  if (!node) throw new NimbusError('Internal', 'the incoming VM has no root disk to export');
+/** The node a disk sits on (block-export-add names nodes, not backends). */
+async function nodeOf(c: Qmp, d: MovingDisk): Promise<string> {
+  if (d.node) return d.node;
+  const node = (await c.execute<BlockInfo[]>('query-block')).find((b) => b.device === d.device)?.inserted?.['node-name'];
+  if (!node) throw new NimbusError('Internal', `the incoming VM has no ${d.key} disk to export`);
   return node;
 }
 
 /**
- * Destination, while QEMU waits for the RAM stream: its overlay exported writable over NBD on
- * host (QEMU activates an image it exports, so the incoming side may be written before the
- * switch-over). Returns the URI the source mirrors into. `tls`: the credentials object is in
- * QEMU (migration-tls.ts) and the server takes TLS clients only.
+ * Destination, while QEMU waits for the RAM stream: each disk exported writable over NBD on host
+ * (QEMU activates an image it exports, so the incoming side may be written before the
+ * switch-over). Returns the URI the source mirrors into, per disk key. `tls`: the credentials
+ * object is in QEMU (migration-tls.ts) and the server takes TLS clients only.
  */
-export async function exportDiskForMigration(c: Qmp, host: string, port: number, tls = false): Promise<string> {
+export async function exportDisksForMigration(c: Qmp, host: string, port: number, disks: readonly MovingDisk[], tls = false): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  if (!disks.length) return out;
   await c.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tls ? { 'tls-creds': TLS_CREDS_ID } : {}) });
-  await c.execute('block-export-add', { type: 'nbd', id: EXPORT_ID, 'node-name': await rootNode(c), name: EXPORT_NAME, writable: true });
-  return `nbd://${host.includes(':') ? `[${host}]` : host}:${port}/${EXPORT_NAME}`;
+  for (const d of disks) {
+    await c.execute('block-export-add', { type: 'nbd', id: exportId(d), 'node-name': await nodeOf(c, d), name: exportName(d), writable: true });
+    out[d.key] = `nbd://${host.includes(':') ? `[${host}]` : host}:${port}/${exportName(d)}`;
+  }
+  return out;
 }
 
-/** Destination, once the guest runs here: the export and its server go (nobody else may write this disk). */
-export async function endDiskExport(c: Qmp): Promise<void> {
-  await c.execute('block-export-del', { id: EXPORT_ID }).catch(() => undefined);
+/** Destination, once the guest runs here: the exports and their server go (nobody else may write these disks). */
+export async function endDiskExports(c: Qmp, disks: readonly MovingDisk[]): Promise<void> {
+  if (!disks.length) return;
+  for (const d of disks) await c.execute('block-export-del', { id: exportId(d) }).catch(() => undefined);
   await c.execute('nbd-server-stop').catch(() => undefined);
 }
 
-async function mirrorJob(c: Qmp): Promise<BlockJob | undefined> {
-  return (await c.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+async function jobOf(c: Qmp, d: MovingDisk): Promise<BlockJob | undefined> {
+  return (await c.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === jobId(d));
+}
+
+/** A disk to mirror: where to (the destination's export) and whether every cluster goes. */
+export interface MirrorTarget {
+  disk: MovingDisk;
+  nbd: string;
+  /** The destination has no copy of the backing image (a template's clone, a volume): sync=full; otherwise only the overlay's own clusters (sync=top). */
+  wholeDisk: boolean;
 }
 
 /**
- * Source, before RAM moves: mirror the disk into the destination's export and wait until both
- * are in sync. `wholeDisk`: the destination has no copy of the backing image, so every cluster
- * goes (sync=full); otherwise only the overlay's own (sync=top). Pauses the outgoing migration
- * before its switch-over, so that finishMirror runs with the guest stopped. `tlsPeer`: the NBD
- * connection is TLS with the credentials object in QEMU, the server's certificate checked for
- * that name.
+ * Source, before RAM moves: mirror each disk into its export at the destination and wait until
+ * all are in sync. Pauses the outgoing migration before its switch-over, so that finishMirrors
+ * runs with the guest stopped. `tlsPeer`: the NBD connections are TLS with the credentials object
+ * in QEMU, the server's certificate checked for that name.
  */
-export async function startMirror(c: Qmp, nbd: string, opts: { wholeDisk: boolean; deadline: number; tlsPeer?: string }): Promise<void> {
+export async function startMirrors(c: Qmp, targets: readonly MirrorTarget[], opts: { deadline: number; tlsPeer?: string }): Promise<void> {
+  if (!targets.length) return;
   await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
-  // the target as a node of its own (drive-mirror's URI target has no place for TLS)
-  const u = new URL(nbd);
-  await c.execute('blockdev-add', {
-    driver: 'nbd', 'node-name': TARGET_NODE, export: decodeURIComponent(u.pathname.replace(/^\//, '')),
-    server: { type: 'inet', host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port },
-    ...(opts.tlsPeer ? { 'tls-creds': TLS_CREDS_ID, 'tls-hostname': opts.tlsPeer } : {}),
-  });
-  await c.execute('blockdev-mirror', {
-    device: ROOT_DRIVE, 'job-id': MIRROR_JOB, target: TARGET_NODE,
-    sync: opts.wholeDisk ? 'full' : 'top', 'copy-mode': 'write-blocking',
-  });
-  for (;;) {
-    const job = await mirrorJob(c);
-    if (!job) throw new NimbusError('Internal', 'the disk mirror ended before it was in sync (the destination went away?)');
-    if (job.error) throw new NimbusError('Internal', `the disk mirror failed: ${job.error}`);
-    if (job.ready) return;
-    if (Date.now() > opts.deadline) throw new NimbusError('Unavailable', `the disk mirror was not in sync in time (${job.offset} of ${job.len} bytes)`);
-    await sleep(10);
+  for (const t of targets) {
+    // the target as a node of its own (drive-mirror's URI target has no place for TLS)
+    const u = new URL(t.nbd);
+    await c.execute('blockdev-add', {
+      driver: 'nbd', 'node-name': targetNode(t.disk), export: decodeURIComponent(u.pathname.replace(/^\//, '')),
+      server: { type: 'inet', host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port },
+      ...(opts.tlsPeer ? { 'tls-creds': TLS_CREDS_ID, 'tls-hostname': opts.tlsPeer } : {}),
+    });
+    await c.execute('blockdev-mirror', {
+      device: t.disk.device, 'job-id': jobId(t.disk), target: targetNode(t.disk),
+      sync: t.wholeDisk ? 'full' : 'top', 'copy-mode': 'write-blocking',
+    });
+  }
+  for (const t of targets) {
+    for (;;) {
+      const job = await jobOf(c, t.disk);
+      if (!job) throw new NimbusError('Internal', `the ${t.disk.key} disk's mirror ended before it was in sync (the destination went away?)`);
+      if (job.error) throw new NimbusError('Internal', `the ${t.disk.key} disk's mirror failed: ${job.error}`);
+      if (job.ready) break;
+      if (Date.now() > opts.deadline) throw new NimbusError('Unavailable', `the ${t.disk.key} disk's mirror was not in sync in time (${job.offset} of ${job.len} bytes)`);
+      await sleep(10);
+    }
   }
 }
 
 /**
- * Source, in the pause before the switch-over (guest stopped): the mirror ends at a point-in-time
- * copy (block-job-cancel on a ready mirror completes it without pivoting), then the migration
- * goes on. Returns the bytes the mirror wrote.
+ * Source, in the pause before the switch-over (guest stopped): each mirror ends at a
+ * point-in-time copy (block-job-cancel on a ready mirror completes it without pivoting), then the
+ * migration goes on. Returns the bytes the mirrors wrote, per disk key.
  */
-export async function finishMirror(c: Qmp, deadline: number): Promise<number> {
-  const job = await mirrorJob(c);
-  if (!job) throw new NimbusError('Internal', 'the disk mirror is gone before the switch-over');
-  if (!job.ready) throw new Conflict('the disk mirror fell out of sync before the switch-over');
-  const bytes = job.offset;
-  await c.execute('block-job-cancel', { device: MIRROR_JOB });
-  while (await mirrorJob(c)) {
-    if (Date.now() > deadline) throw new NimbusError('Unavailable', 'the disk mirror did not end in time');
-    await sleep(2);
+export async function finishMirrors(c: Qmp, disks: readonly MovingDisk[], deadline: number): Promise<Record<string, number>> {
+  const bytes: Record<string, number> = {};
+  for (const d of disks) {
+    const job = await jobOf(c, d);
+    if (!job) throw new NimbusError('Internal', `the ${d.key} disk's mirror is gone before the switch-over`);
+    if (!job.ready) throw new Conflict(`the ${d.key} disk's mirror fell out of sync before the switch-over`);
+    bytes[d.key] = job.offset;
+    await c.execute('block-job-cancel', { device: jobId(d) });
+  }
+  for (const d of disks) {
+    while (await jobOf(c, d)) {
+      if (Date.now() > deadline) throw new NimbusError('Unavailable', `the ${d.key} disk's mirror did not end in time`);
+      await sleep(2);
+    }
   }
   await c.execute('migrate-continue', { state: 'pre-switchover' });
   return bytes;
 }
 
 /** Source, after a failure or a success alike: no mirror left running, and later migrations (a save) do not pause. */
-export async function clearMirror(c: Qmp): Promise<void> {
-  if (await mirrorJob(c).catch(() => undefined)) await c.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => undefined);
-  for (let i = 0; i < 500 && (await mirrorJob(c).catch(() => undefined)); i++) await sleep(10);
-  await c.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
+export async function clearMirrors(c: Qmp, disks: readonly MovingDisk[]): Promise<void> {
+  if (!disks.length) return;
+  for (const d of disks) {
+    if (await jobOf(c, d).catch(() => undefined)) await c.execute('block-job-cancel', { device: jobId(d), force: true }).catch(() => undefined);
+  }
+  for (const d of disks) {
+    for (let i = 0; i < 500 && (await jobOf(c, d).catch(() => undefined)); i++) await sleep(10);
+    await c.execute('blockdev-del', { 'node-name': targetNode(d) }).catch(() => undefined);
+  }
   await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: false }] }).catch(() => undefined);
 }

@@ -26,13 +26,13 @@ import { AlreadyExists, Conflict, InvalidArgument, NotFound, NimbusError } from 
 import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
-import { decodeExitStatus, qemuArgv, type Accelerator, type BlockVolumeConfig, type QemuConfig } from './qemu.js';
+import { blockVolumeNames, decodeExitStatus, qemuArgv, type Accelerator, type BlockVolumeConfig, type QemuConfig } from './qemu.js';
 import { blockChangeMode, plugBlockVolume, unplugBlockVolume, withoutVolume, withVolume } from './block-volumes.js';
 import { processAlive } from '../../../core/proc.js';
 import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
-import { clearMirror, endDiskExport, exportDiskForMigration, finishMirror, startMirror } from './disk-mirror.js';
+import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
 import { addTlsCreds, clearTls, useTlsForMigration, type MigrationTls } from './migration-tls.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
 import { LineCursor } from '../log-files.js';
@@ -905,7 +905,8 @@ export class VmDriver implements InstanceDriver {
   async migrationSpec(id: string): Promise<MigrationSpec> {
     const r = await this.load(id);
     if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
-    if (r.config.blockVolumes?.length) throw new Conflict(`VM ${id} has block volumes attached: volumes stay on their host, so it cannot migrate (detach them first)`, { id });
+    const shared = r.config.blockVolumes?.find((b) => b.shared);
+    if (shared) throw new Conflict(`VM ${id} has the shared volume ${shared.volumeId} attached: other VMs may hold it on this host, so it cannot move with this one (detach it first)`, { id });
     const { paths: _hostPaths, ...config } = r.config;
     const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}), ...(this.o.tls ? { tls: this.o.tls.name } : {}) };
     if (r.config.rootDisk) {
@@ -969,8 +970,9 @@ export class VmDriver implements InstanceDriver {
         await useTlsForMigration(events);
       }
       await events.execute('migrate-incoming', { uri });
-      const nbd = spec.storage ? await exportDiskForMigration(events, host, await freeTcpPort(host), !!tls) : undefined;
-      return { uri, ...(nbd ? { nbd } : {}), ...(tls ? { tls: tls.name } : {}) };
+      const exports = await exportDisksForMigration(events, host, await freeTcpPort(host), movingDisks(r.config), !!tls);
+      const { root: nbd, ...volumes } = exports;
+      return { uri, ...(nbd ? { nbd } : {}), ...(Object.keys(volumes).length ? { nbdVolumes: volumes } : {}), ...(tls ? { tls: tls.name } : {}) };
     } catch (e) {
       await this.abandonIncoming(spec.id);
       throw e;
@@ -987,6 +989,10 @@ export class VmDriver implements InstanceDriver {
       const r = await this.load(id);
       if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
       if (r.config.rootDisk && !opts.nbd) throw new Conflict(`VM ${id} has a local disk and the destination offers nothing to copy it into`, { id });
+      const lacking = r.config.blockVolumes?.find((b) => !opts.nbdVolumes?.[b.volumeId]);
+      if (lacking) throw new Conflict(`VM ${id} has volume ${lacking.volumeId} attached and the destination offers nothing to copy it into (an agent of protocol 8 or older: volumes stay)`, { id });
+      const disks = movingDisks(r.config);
+      const targets = disks.map((d) => ({ disk: d, nbd: d.key === 'root' ? opts.nbd! : opts.nbdVolumes![d.key]!, wholeDisk: d.key === 'root' ? !!r.template : true }));
       const tls = opts.tls ? this.o.tls : undefined;
       if (opts.tls && !tls) throw new Conflict(`the destination takes VM ${id} over TLS only and this agent has no certificate`, { id });
       if (!opts.tls) logInClear(id, /^tcp:\[?([^\]]*?)\]?:\d+$/.exec(uri)?.[1] ?? uri, 'the destination asked for no TLS');
@@ -997,6 +1003,7 @@ export class VmDriver implements InstanceDriver {
       let downtimeLimitMs: number | undefined;
       let info: QmpMigrateInfo | undefined;
       let diskBytes = 0;
+      let volumeBytes: Record<string, number> = {};
       let switched = false;
       try {
         await withQmp(p, async (c) => {
@@ -1011,8 +1018,8 @@ export class VmDriver implements InstanceDriver {
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
             // the limit as QEMU holds it, for the report: what was honoured, not what was asked
             downtimeLimitMs = (await c.execute<{ 'downtime-limit'?: number }>('query-migrate-parameters'))['downtime-limit'];
-            // the disk first, until both sides are in sync; it stays in sync while RAM moves
-            if (r.config.rootDisk) await startMirror(c, opts.nbd!, { wholeDisk: !!r.template, deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}) });
+            // the disks first, until both sides are in sync; they stay in sync while RAM moves
+            await startMirrors(c, targets, { deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}) });
             await c.execute('migrate', { uri });
             for (;;) {
               const m = await c.execute<QmpMigrateInfo>('query-migrate');
@@ -1020,21 +1027,23 @@ export class VmDriver implements InstanceDriver {
                 info = m;
                 break;
               }
-              // the guest is stopped here (only with a disk: pause-before-switchover): the disk's last writes go first
+              // the guest is stopped here (only with disks: pause-before-switchover): their last writes go first
               if (m.status === 'pre-switchover' && !switched) {
                 switched = true; // the state lingers a moment after migrate-continue
-                diskBytes = await finishMirror(c, deadline);
+                const { root, ...volumes } = await finishMirrors(c, disks, deadline);
+                diskBytes = root ?? 0;
+                volumeBytes = volumes;
               }
               if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `migration of ${id} failed: ${m['error-desc'] ?? m.status}`);
               if (Date.now() > deadline) throw new NimbusError('Unavailable', `migration of ${id} did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
               await sleep(5);
             }
           } catch (e) {
-            if (r.config.rootDisk) await c.execute('migrate_cancel').catch(() => undefined);
+            if (disks.length) await c.execute('migrate_cancel').catch(() => undefined);
             throw e;
           } finally {
             off();
-            if (r.config.rootDisk) await clearMirror(c);
+            await clearMirrors(c, disks);
             // after the mirror's NBD client, which holds the credentials
             if (tls) await clearTls(c);
           }
@@ -1053,6 +1062,7 @@ export class VmDriver implements InstanceDriver {
         bytes: info?.ram?.transferred ?? 0,
         iterations: info?.ram?.['dirty-sync-count'] ?? 0,
         diskBytes,
+        ...(Object.keys(volumeBytes).length ? { volumeBytes } : {}),
         tls: !!tls,
         consoleHistory: history.toString('base64'),
       };
@@ -1069,7 +1079,7 @@ export class VmDriver implements InstanceDriver {
       const ev = await incoming.resumed;
       const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
       const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
-      if (r.config.rootDisk) await endDiskExport(c);
+      await endDiskExports(c, movingDisks(r.config));
       // its next migration makes credentials of its own (as a source) and may go plain
       if (incoming.tls) await clearTls(c);
       // peers and switches learn where the guest is now (QEMU announces once by itself as well;
@@ -1169,6 +1179,11 @@ export async function pinVcpus(c: { execute<T>(cmd: string): Promise<T> }, pin: 
 
 /** What the destination needs to rebuild the VM (the source's record less its host paths). */
 export type MigrationSpec = VmMigrationSpec;
+
+/** The disks that move with a VM: its local root disk, then its block volumes (disk-mirror.ts). */
+function movingDisks(config: VmRecord['config']): MovingDisk[] {
+  return [...(config.rootDisk ? [ROOT_DISK] : []), ...(config.blockVolumes ?? []).map((b) => volumeDisk(b.volumeId, blockVolumeNames(b.volumeId).node))];
+}
 
 interface IncomingMigration {
   uri: string;
