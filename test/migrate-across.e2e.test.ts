@@ -209,7 +209,7 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     assert.equal((await taps()).length + (await taps(host2!.ns)).length, 0, 'no tap left on either host');
     assert.deepEqual([...qemuUnder(d!.home), ...qemuUnder(b!.home)], [], 'no QEMU left');
   });
-  test('a VM with a block volume live-migrates with it: the data the volume held and every write the guest makes go on at the destination; the source\'s file is gone', async () => {
+  test('a VM with a block volume live-migrates with it: the data the volume held and every write the guest makes go on at the destination; the source\'s file is gone', async (t) => {
     const guest = await buildTestGuest(GUEST_CACHE_DIR);
     await cliOk(['volume', 'create', 'roam-vol', '--size', '32m', '--type', 'block', '--host', 'local']);
     const volume = async () => (await d!.api<{ id: string; mountpoint: string; host?: string }>('GET', '/volumes/roam-vol')).body;
@@ -242,6 +242,7 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
       await cliOk(['vm', 'kill', 'volvm']);
       await waitFor('the VM to stop', async () => ((JSON.parse(await cliOk(['vm', 'inspect', 'volvm'])) as Array<{ status: string }>)[0]!.status !== 'running' ? true : undefined), 30_000);
       const atEnd = await tickIn(after.mountpoint, false);
+      t.diagnostic(`to ${AGENT}: ${JSON.stringify(report)}; the guest's ticks: ${atMove} at the move, ${atEnd} at the end`);
       assert.ok(atEnd > atMove + 2, `the guest wrote on at the destination: tick ${atMove} at the move, ${atEnd} at the end`);
       assert.equal((await run('qemu-io', ['-r', '-f', 'qcow2', '-c', 'read -P 0x4e 0 4096', after.mountpoint])).code, 0, 'what the source\'s file held is in the destination\'s');
     } finally {

@@ -763,16 +763,25 @@ export class VmService {
       };
       // the host files it boots from, as the destination has them (images carried there first); the record takes them when it moves
       let atDestination: Pick<VmConfig, 'disk' | 'kernel' | 'initrd'> = {};
-      // the destination's capacity is claimed first (checked atomically by the scheduler); a failed move gives it back
-      await this.scheduler.moveClaim(v.id, to);
+      // the destination's capacity is claimed first, the VM's and its volumes' (checked atomically by
+      // the scheduler, as a container move does); a failed move gives it back
+      const claims = [v.id, ...volumes.map((vol) => vol.id)];
+      const claimed: string[] = [];
+      const claimsBack = async (at: string) => {
+        for (const consumer of claimed) await this.scheduler.moveClaim(consumer, at).catch((x: unknown) => log.warn('moving a claim back failed', { id: consumer, error: String(x) }));
+      };
       try {
+        for (const consumer of claims) {
+          await this.scheduler.moveClaim(consumer, to);
+          claimed.push(consumer);
+        }
         for (const vol of volumes) {
           made.push(vol.id);
           await dst.createBlockVolume(vol.id, vol.sizeBytes, {});
         }
       } catch (e) {
         await dropMade();
-        await this.scheduler.moveClaim(v.id, from).catch((x: unknown) => log.warn('moving a claim back failed', { id: v.id, error: String(x) }));
+        await claimsBack(from);
         throw e;
       }
       const { report: moved } = await migrateLive(
@@ -814,7 +823,7 @@ export class VmService {
         // the guest goes on at the source (or, if the record moved, where it says): the claim follows the record
         const at = (await this.store.vms.get(v.id))?.agent ?? from;
         if (at !== to) {
-          await this.scheduler.moveClaim(v.id, at).catch((x: unknown) => log.warn('moving a claim back failed', { id: v.id, error: String(x) }));
+          await claimsBack(at);
           await dropMade(); // the source's volumes are the ones the guest writes
         }
         throw e;

@@ -51,7 +51,7 @@ async function setup(t: TestContext) {
   vms.bootVolumes = volumes.block;
   volumes.block.vmLock = (id, fn) => vms.lockedVm(id, fn);
   const vm = (name: string, projectId = 'p1', host = 'local') => vms.create({ name, kernel: '/boot/k', memoryMiB: 64, host }, projectId, { hostPaths: true });
-  return { store, quota, volumes, vms, local, b, vm };
+  return { store, quota, volumes, vms, local, b, vm, scheduler };
 }
 
 test('block volumes: charged like filesystem volumes; snapshots charge disk too; clones start from a snapshot on its host', async (t) => {
@@ -188,7 +188,7 @@ test('an agent before protocol 7 is refused the block volume calls, clearly', ()
 });
 
 test('a live migration carries the VM\'s block volumes: made at the destination, the record moved, the source\'s gone; shared volumes and volumes with snapshots refused with the reason', async (t) => {
-  const { store, volumes, vms, local, b, vm } = await setup(t);
+  const { store, volumes, vms, local, b, vm, scheduler } = await setup(t);
   const v = await volumes.create({ name: 'data', sizeBytes: 32 * MiB, type: 'block' }, 'p1');
   const w = await vm('w');
   await vms.start('w');
@@ -211,6 +211,7 @@ test('a live migration carries the VM\'s block volumes: made at the destination,
   assert.equal(report.to, 'b');
   assert.deepEqual(b.calls('createBlockVolume'), [[v.id, 32 * MiB, {}]]);
   assert.equal((await store.volumes.get(v.id))?.host, 'b', 'the volume is host b\'s now');
+  assert.deepEqual([scheduler.claims.get(w.id), scheduler.claims.get(v.id)], ['b', 'b'], 'the VM\'s claim and its volume\'s moved');
   assert.deepEqual(local.calls('removeBlockVolume').map((a) => a[0]), [v.id], 'the source\'s copy goes');
   assert.equal((await vms.get('w')).agent, 'b');
   // a move that fails at the destination leaves the volume where it was and removes what it made
@@ -218,6 +219,7 @@ test('a live migration carries the VM\'s block volumes: made at the destination,
   const back = await vms.migrate('w', 'local').catch((e: unknown) => e);
   assert.ok(back instanceof Error, 'the move failed');
   assert.equal((await store.volumes.get(v.id))?.host, 'b', 'the record stays');
+  assert.deepEqual([scheduler.claims.get(w.id), scheduler.claims.get(v.id)], ['b', 'b'], 'the claims are back where the VM runs');
   assert.deepEqual(local.calls('createBlockVolume').at(-1), [v.id, 32 * MiB, {}]);
   assert.deepEqual(local.calls('removeBlockVolume').map((a) => a[0]), [v.id, v.id], 'what the failed move made is gone');
 });

@@ -50,10 +50,12 @@ export interface MovingDisk {
 export const ROOT_DISK: MovingDisk = { key: 'root', device: ROOT_DRIVE };
 export const volumeDisk = (volumeId: string, node: string): MovingDisk => ({ key: volumeId, device: node, node });
 
-const exportId = (d: MovingDisk) => (d.key === 'root' ? 'migrate-root' : `migrate-vol-${d.key}`);
-const exportName = (d: MovingDisk) => (d.key === 'root' ? 'root' : `vol-${d.key}`);
+// QEMU's node names are at most 31 characters: a volume's are from the first 24 of its id (as its node's)
+const short = (d: MovingDisk) => d.key.slice(0, 24);
+const exportId = (d: MovingDisk) => (d.key === 'root' ? 'migrate-root' : `mx-${short(d)}`);
+const exportName = (d: MovingDisk) => (d.key === 'root' ? 'root' : `vol-${short(d)}`);
 const jobId = exportId;
-const targetNode = (d: MovingDisk) => (d.key === 'root' ? 'migrate-target' : `migrate-target-${d.key}`);
+const targetNode = (d: MovingDisk) => (d.key === 'root' ? 'migrate-target' : `mt-${short(d)}`);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
