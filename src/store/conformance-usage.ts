@@ -60,7 +60,13 @@ export function usageConformance(name: string, open: () => Promise<ConformanceTa
     assert.equal(await u.commit(T0 + 4000, cursorOf({ accountedUntil: T0 + 5000 }), [sliceOf()]), false);
     assert.equal((await u.query())[0]?.activeMs, 3000);
     assert.deepEqual((await u.cursors()).map((c) => [c.instanceId, c.closed]), [['i1', true]]);
-    await u.deleteCursor('i1');
+    // a pass walks the open ones; closed ones go once they are old enough
+    assert.ok(await u.commit(null, cursorOf({ instanceId: 'i2', accountedUntil: T0 }), []));
+    assert.deepEqual((await u.openCursors()).map((c) => c.instanceId), ['i2']);
+    assert.equal(await u.deleteClosedBefore(T0 + 4000), 0, 'accounted until T0 + 4000: not before it');
+    assert.equal(await u.deleteClosedBefore(T0 + 4001), 1);
+    assert.deepEqual((await u.cursors()).map((c) => c.instanceId), ['i2'], 'the open one stays');
+    await u.deleteCursor('i2');
     assert.deepEqual(await u.cursors(), []);
   });
 

@@ -234,7 +234,9 @@ export class MeteringService {
   /** One pass: every instance accounted up to the pass's start; cursors of instances gone closed or dropped. */
   async pass(): Promise<void> {
     const started = this.clock();
-    const cursors = await this.store.usage.cursors(); // before the instances: a cursor made after this has its instance listed
+    // open cursors only (a day of closed ones is kept, and a pass must not grow with it), read
+    // before the instances: a cursor made after this has its instance listed
+    const cursors = await this.store.usage.openCursors();
     const [containers, vms] = await Promise.all([this.store.containers.list(), this.store.vms.list()]);
     const ids = [...containers.map((c) => c.id), ...vms.map((v) => v.id)];
     const queue = [...ids];
@@ -247,11 +249,10 @@ export class MeteringService {
       }
     }));
     const live = new Set(ids);
+    await this.store.usage.deleteClosedBefore(started - CLOSED_CURSOR_RETENTION_MS);
     for (const c of cursors) {
       if (live.has(c.instanceId)) continue;
-      if (c.closed) {
-        if (c.accountedUntil < started - CLOSED_CURSOR_RETENTION_MS) await this.store.usage.deleteCursor(c.instanceId);
-      } else if (c.accountedUntil < started - 2 * this.intervalMs && !this.pending.has(c.instanceId)) {
+      if (c.accountedUntil < started - 2 * this.intervalMs && !this.pending.has(c.instanceId)) {
         // gone without a destroy this leader saw (relayed events are at most once): when it went is
         // unknown, so nothing more is charged (an under-count of at most about one interval)
         await this.enqueue(c.instanceId, () => this.closeInstance(c.instanceId, c.accountedUntil));

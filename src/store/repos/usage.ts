@@ -79,6 +79,10 @@ export interface UsageFilter {
 export interface UsageRepo {
   cursor(instanceId: string): Promise<UsageCursor | undefined>;
   cursors(): Promise<UsageCursor[]>;
+  /** The cursors not closed yet: what a sampling pass walks (closed ones wait for deleteClosedBefore). */
+  openCursors(): Promise<UsageCursor[]>;
+  /** Closed cursors accounted up to before `until` (epoch ms) go; returns how many. */
+  deleteClosedBefore(until: number): Promise<number>;
   /**
    * Move the cursor from `expectedUntil` (null: it has none yet) to `next` and add the slices, in
    * one transaction; false, with nothing written, when the cursor is not where expected (another
@@ -148,6 +152,14 @@ export class SqlUsageRepo implements UsageRepo {
 
   async cursors(): Promise<UsageCursor[]> {
     return (await this.db.all('SELECT * FROM usage_cursors ORDER BY instance_id')).map(cursor);
+  }
+
+  async openCursors(): Promise<UsageCursor[]> {
+    return (await this.db.all('SELECT * FROM usage_cursors WHERE closed = 0 ORDER BY instance_id')).map(cursor);
+  }
+
+  async deleteClosedBefore(until: number): Promise<number> {
+    return (await this.db.run('DELETE FROM usage_cursors WHERE closed = 1 AND accounted_until < ?', [until])).changes;
   }
 
   commit(expectedUntil: number | null, next: UsageCursor, slices: readonly UsageSlice[]): Promise<boolean> {
