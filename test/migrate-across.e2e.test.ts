@@ -260,6 +260,12 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     const hostB = async () => (await d!.api<{ disabled: boolean; disabledReason?: string }>('GET', `/hosts/${AGENT}`)).body;
     try {
       assert.equal(qemuOf(b!.home).length, 1, 'its QEMU on host-b');
+      // the dry run: the plan, nothing changed
+      const plan = await d!.cli(['host', 'evacuate', AGENT, '--dry-run']);
+      assert.equal(plan.code, 0, plan.stderr);
+      assert.match(plan.stdout, /vm evacvm: would move live → local/);
+      assert.equal((await hostB()).disabled, false, 'a dry run disables nothing');
+      assert.equal(qemuOf(b!.home).length, 1, 'and moves nothing');
       const r = await d!.cli(['host', 'evacuate', AGENT]);
       assert.equal(r.code, 0, `the evacuation succeeds: ${r.stderr}`);
       assert.match(r.stderr, /vm evacvm: moved → local/, 'the VM is reported moved');

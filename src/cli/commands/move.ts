@@ -37,13 +37,23 @@ export function moveSummary(r: MoveResult): string {
   return `${r.name}: moved ${r.from} → ${r.to} in ${r.totalMs} ms${r.restarted ? ` (down ${r.downtimeMs} ms)` : ''};${live} writable layer ${kib(r.layer.bytes)}${vols}${log}\n`;
 }
 
+interface EvacuatedInstance { kind: string; name: string; state: string; to?: string; mode?: string; reason?: string }
 interface EvacuateOperation extends OperationState {
-  progress: { instances?: Array<{ kind: string; name: string; state: string; to?: string; reason?: string }> } | null;
+  progress: { instances?: EvacuatedInstance[] } | null;
 }
 
 /** The instances of an evacuation, one line each. */
 function evacuationLines(p: EvacuateOperation['progress']): string[] {
-  return (p?.instances ?? []).map((i) => `${i.kind} ${i.name}: ${i.state}${i.to ? ` → ${i.to}` : ''}${i.reason ? ` (${i.reason})` : ''}`);
+  return (p?.instances ?? []).map((i) => `${i.kind} ${i.name}: ${i.state}${i.to ? ` → ${i.to}` : ''}${i.mode ? ` (${i.mode})` : ''}${i.reason ? ` (${i.reason})` : ''}`);
+}
+
+/** The plan of `host evacuate --dry-run`: what would go where and how, one line each. */
+export function evacuationPlanText(host: string, instances: EvacuatedInstance[]): string {
+  if (!instances.length) return `${host}: nothing to move\n`;
+  const lines = instances.map((i) => (i.state === 'skipped'
+    ? `${i.kind} ${i.name}: would stay (${i.reason ?? 'skipped'})`
+    : `${i.kind} ${i.name}: would move ${i.mode ?? ''} → ${i.to}${i.reason ? ` (${i.reason})` : ''}`));
+  return `${host}: the plan now (nothing changed; the host is not disabled, so a real evacuation may choose differently)\n${lines.map((l) => `  ${l}\n`).join('')}`;
 }
 
 export const moveCommands: CommandSpec[] = [
@@ -89,10 +99,18 @@ export const moveCommands: CommandSpec[] = [
   },
   {
     name: 'host evacuate', usage: 'HOST',
-    summary: 'Disable a host, live-migrate its running VMs and move its containers (cold) elsewhere, one at a time, reporting each',
-    minArgs: 1, maxArgs: 1, options: [OUTPUT_OPTION],
-    async run({ args, global }) {
+    summary: 'Disable a host, live-migrate its running VMs and move its containers (live with CRIU where they can, cold otherwise) elsewhere, one at a time, reporting each',
+    minArgs: 1, maxArgs: 1,
+    options: [
+      { name: 'dry-run', type: 'boolean', description: 'Show what would move where and how (live or cold, and why), changing nothing' },
+      OUTPUT_OPTION,
+    ],
+    async run({ args, opts, global }) {
       const client = clientOf(global);
+      if (opts['dry-run']) {
+        const plan = await client.json<{ host: string; instances: EvacuatedInstance[] }>('GET', `/hosts/${encodeURIComponent(args[0]!)}/evacuation-plan`);
+        return render(global, plan, (p) => evacuationPlanText(p.host, p.instances));
+      }
       let op = await client.json<EvacuateOperation>('POST', `/hosts/${encodeURIComponent(args[0]!)}/evacuate`, {});
       const talk = global.output !== 'json';
       const said = new Set<string>();

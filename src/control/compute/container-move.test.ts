@@ -28,7 +28,7 @@ import { BEFORE_SWITCH, MOVE_TRANSITIONS, MoveMachine, carry, chooseDestination,
 import { liveHostRefusal, liveMoveRefusal } from './live-move-rules.js';
 import { PassThrough } from 'node:stream';
 import type { Explanation, Scheduler } from '../scheduler/types.js';
-import { evacuate } from './host-evacuate.js';
+import { evacuate, evacuationPlan } from './host-evacuate.js';
 import { HealingService } from './healing.js';
 import { runAsActor } from '../events/actor.js';
 import type { ContainerRecord } from '../../store/records.js';
@@ -238,13 +238,24 @@ test('evacuate: the host disabled, its containers moved to the scheduler\'s choi
     vms: { migrate: async () => { throw new Error('no VM here'); } },
     disable: async (h: string) => void disabled.push(h),
   };
+  // the dry run: what would happen, nothing changed (not even disabled)
+  const plan = await evacuationPlan(deps as never, 'local');
+  assert.deepEqual(plan.instances.map((i) => [i.name, i.state, i.to ?? null, i.mode ?? null]).sort(), [['a', 'pending', 'b', 'live'], ['hn', 'skipped', null, null], ['idle', 'pending', 'b', 'cold']]);
+  assert.equal(plan.instances.find((i) => i.name === 'a')!.reason, undefined, 'a running runc container between hosts with CRIU: live');
+  assert.match(plan.instances.find((i) => i.name === 'idle')!.reason ?? '', /cold: container idle is created: only a running container moves live/, 'why not live, named');
+  assert.deepEqual(disabled, [], 'a dry run disables nothing');
+  assert.deepEqual([(await w.containers.get(a.id)).host], ['local'], 'and moves nothing');
+  await assert.rejects(evacuationPlan(deps as never, 'nowhere'), /no such host/);
+  // CRIU refuses a's checkpoint (an established connection): it rolls back at the source, then moves cold
+  w.local.failNext('checkpointContainer', new Conflict('container a has established TCP connections'));
   await assert.rejects(evacuate(deps as never, 'local', 'test', (p) => void seen.push(p)),
     (e: unknown) => hasCode(e, 'Conflict') && /1 of 3 instances did not leave host local: container hn \(skipped: .*host network/.test(String(e)));
   assert.deepEqual(disabled, ['local'], 'disabled first');
   assert.deepEqual([(await w.containers.get(a.id)).host, (await w.containers.get(a.id)).status], ['b', 'running']);
   assert.deepEqual([(await w.containers.get(idle.id)).host, (await w.containers.get(idle.id)).status], ['b', 'created']);
-  const last = seen.at(-1) as { instances: Array<{ name: string; state: string; to?: string }> };
-  assert.deepEqual(last.instances.map((i) => [i.name, i.state, i.to ?? null]).sort(), [['a', 'moved', 'b'], ['hn', 'skipped', null], ['idle', 'moved', 'b']]);
+  const last = seen.at(-1) as { instances: Array<{ name: string; state: string; to?: string; mode?: string; reason?: string }> };
+  assert.deepEqual(last.instances.map((i) => [i.name, i.state, i.to ?? null, i.mode ?? null]).sort(), [['a', 'moved', 'b', 'cold'], ['hn', 'skipped', null, null], ['idle', 'moved', 'b', 'cold']]);
+  assert.match(last.instances.find((i) => i.name === 'a')!.reason ?? '', /cold: the live move failed: .*established TCP connections/);
 });
 
 test('a tree that stops moving is given up (Unavailable), and its source stream destroyed', async () => {

@@ -30,6 +30,7 @@ import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
 import { agentMounts, mountsOf, type MountInput, type StoredMount, type VolumeService } from '../volumes/volume-service.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
 import { chooseDestination, moveContainer, startMove, type MoveDeps, type MoveOptions, type MoveReport } from './container-move.js';
+import { checkLiveHosts, liveMoveRefusal } from './live-move-rules.js';
 import type { HealDeps } from './healing.js';
 
 const log = logger('compute');
@@ -1103,6 +1104,37 @@ export class ContainerService {
   async move(id: string, to?: string, opts: { live?: boolean } = {}): Promise<MoveReport> {
     const deps = this.moveDeps();
     return moveContainer(deps, id, to ?? (await chooseDestination(deps, await this.get(id), undefined)), undefined, opts);
+  }
+
+  /**
+   * Where an evacuation would send it (the scheduler's pick) and whether live (CRIU) is possible
+   * there: the container's own rules and both hosts' (live-move-rules.ts); `notLive` says why not.
+   */
+  async planMove(id: string): Promise<{ to: string; live: boolean; notLive?: string }> {
+    const deps = this.moveDeps();
+    const c = await this.get(id);
+    const to = await chooseDestination(deps, c, undefined);
+    const refusal = liveMoveRefusal(c)
+      ?? (await checkLiveHosts([{ name: c.host, agent: this.agentOn(c.host) }, { name: to, agent: this.agentOn(to) }]).then(() => undefined, (e: unknown) => toNimbusError(e)));
+    return refusal ? { to, live: false, notLive: refusal.message } : { to, live: true };
+  }
+
+  /**
+   * An evacuation's move: live where possible, cold otherwise (issue 15). A live move CRIU refuses
+   * (an established connection) rolls back at the source, running; it then moves cold.
+   */
+  async moveForEvacuation(id: string): Promise<{ report: MoveReport; live: boolean; notLive?: string }> {
+    const plan = await this.planMove(id);
+    if (plan.live) {
+      try {
+        return { report: await this.move(id, plan.to, { live: true }), live: true };
+      } catch (e) {
+        const c = await this.store.containers.get(id);
+        if (!c || c.host === plan.to) throw e; // it is not at the source: nothing for a cold move to do
+        plan.notLive = `the live move failed: ${toNimbusError(e).message}`;
+      }
+    }
+    return { report: await this.move(id, plan.to), live: false, ...(plan.notLive ? { notLive: plan.notLive } : {}) };
   }
 
   /** What healing (healing.ts) needs of this service: what a move does, and the request rebuilt from a record. */

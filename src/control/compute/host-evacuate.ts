@@ -1,12 +1,14 @@
 /**
  * `nimbus host evacuate HOST` (docs/overlay.md, "Evacuating a host"): the host is disabled (no
- * new placements), then each of its running VMs live-migrates and each of its containers moves
- * cold (container-move.ts) to the host the scheduler picks among the others, one at a time (a
+ * new placements), then each of its running VMs live-migrates and each of its containers moves,
+ * live where it can (CRIU) and cold otherwise (container-move.ts), to the host the scheduler
+ * picks among the others, one at a time (a
  * move is disk and network heavy; two at once would only share them). An Operation
  * (host.evacuate) whose progress lists every instance with its state; instances that cannot
  * leave (a stopped VM: VMs move live only; a container refused by moveRefusal) are skipped with
  * the reason, and a failed move is reported and the others go on. The operation fails, naming
  * them, when any instance is still on the host at the end; it stays disabled either way.
+ * `--dry-run` (evacuationPlan) shows what it would do, changing nothing.
  */
 import { Conflict, NotFound, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
@@ -27,6 +29,8 @@ export interface EvacuatedInstance {
   name: string;
   state: 'pending' | 'moving' | 'moved' | 'skipped' | 'failed';
   to?: string;
+  /** How it moves (or would): a VM live; a container live (CRIU) or cold. */
+  mode?: 'live' | 'cold';
   reason?: string;
 }
 
@@ -35,7 +39,7 @@ export interface EvacuateDeps {
   hosts: HostAgents;
   scheduler: Pick<Scheduler, 'explain'>;
   operations: Pick<OperationService, 'start'>;
-  containers: Pick<ContainerService, 'move'>;
+  containers: Pick<ContainerService, 'moveForEvacuation' | 'planMove'>;
   vms: Pick<VmService, 'migrate'>;
   /** Whose the operation is (the default project: a host is nobody's). */
   projectId: string;
@@ -82,6 +86,7 @@ export async function evacuate(deps: EvacuateDeps, host: string, by: string, pro
           continue;
         }
         item.to = await vmDestination(deps, v, host);
+        item.mode = 'live';
         item.state = 'moving';
         report();
         await deps.vms.migrate(v.id, item.to);
@@ -98,7 +103,8 @@ export async function evacuate(deps: EvacuateDeps, host: string, by: string, pro
         }
         item.state = 'moving';
         report();
-        item.to = (await deps.containers.move(c.id)).to;
+        const moved = await deps.containers.moveForEvacuation(c.id);
+        Object.assign(item, { to: moved.report.to, mode: moved.live ? 'live' : 'cold', ...(moved.notLive ? { reason: `cold: ${moved.notLive}` } : {}) });
       }
       item.state = 'moved';
     } catch (e) {
@@ -114,4 +120,41 @@ export async function evacuate(deps: EvacuateDeps, host: string, by: string, pro
   }
   log.info('host evacuated', { host, instances: list.length });
   return { host, instances: list };
+}
+
+/**
+ * What an evacuation would do, changing nothing (`nimbus host evacuate HOST --dry-run`): each
+ * instance with the host the scheduler would pick now and how it would move, or why it would be
+ * skipped. The host is not disabled, so a real evacuation may pick differently.
+ */
+export async function evacuationPlan(deps: Pick<EvacuateDeps, 'store' | 'hosts' | 'scheduler' | 'containers'>, host: string): Promise<{ host: string; instances: EvacuatedInstance[] }> {
+  if (!deps.hosts.has(host)) throw new NotFound(`no such host: ${host}`, { host });
+  const out: EvacuatedInstance[] = [];
+  for (const v of (await deps.store.vms.list()).filter((x) => x.agent === host)) {
+    const item: EvacuatedInstance = { kind: 'vm', id: v.id, name: v.name, state: 'pending' };
+    if (v.status !== 'running') Object.assign(item, { state: 'skipped', reason: `the VM is ${v.status}: VMs move live only, while they run` });
+    else {
+      try {
+        Object.assign(item, { to: await vmDestination(deps, v, host), mode: 'live' });
+      } catch (e) {
+        Object.assign(item, { state: 'skipped', reason: toNimbusError(e).message });
+      }
+    }
+    out.push(item);
+  }
+  for (const c of await deps.store.containers.onHost(host)) {
+    const item: EvacuatedInstance = { kind: 'container', id: c.id, name: c.name, state: 'pending' };
+    const refusal = await moveRefusal(deps, c);
+    if (refusal) Object.assign(item, { state: 'skipped', reason: refusal.message });
+    else {
+      try {
+        const plan = await deps.containers.planMove(c.id);
+        Object.assign(item, { to: plan.to, mode: plan.live ? 'live' : 'cold', ...(plan.notLive ? { reason: `cold: ${plan.notLive}` } : {}) });
+      } catch (e) {
+        Object.assign(item, { state: 'skipped', reason: toNimbusError(e).message });
+      }
+    }
+    out.push(item);
+  }
+  return { host, instances: out };
 }
