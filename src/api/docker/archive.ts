@@ -12,13 +12,10 @@
  * import`: digests verified, layers unpacked by the hardened unpacker) and answers Docker's
  * `Loaded image: NAME` lines.
  */
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { Conflict, InvalidArgument } from '../../core/errors.js';
-import { newId } from '../../core/ids.js';
+import { withSpooledBody } from '../spooled-body.js';
 import type { ImageRecord } from '../../store/records.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 import { inDockerWords, noSuchImage } from './errors.js';
@@ -112,15 +109,7 @@ async function save(ctx: DockerContext): Promise<typeof HANDLED> {
 /** POST /images/load: the archive in the body. */
 async function load(ctx: DockerContext): Promise<typeof HANDLED> {
   const { services, project } = ctx;
-  await mkdir(services.options.tmpDir, { recursive: true });
-  const file = join(services.options.tmpDir, `docker-load-${newId().slice(0, 16)}.tar`);
-  let loaded: Awaited<ReturnType<typeof services.images.importArchive>>;
-  try {
-    await pipeline(ctx.req, createWriteStream(file, { mode: 0o600 }));
-    loaded = await services.images.importArchive(file, project);
-  } finally {
-    await rm(file, { force: true });
-  }
+  const loaded = await withSpooledBody(ctx.req, services.options.tmpDir, 'docker-load', '.tar', (file) => services.images.importArchive(file, project));
   ctx.res.writeHead(200, { 'content-type': 'application/json' });
   for (const { name, image } of loaded) {
     const line = name ? `Loaded image: ${familiarName(name)}\n` : `Loaded image ID: ${image.configDigest}\n`;

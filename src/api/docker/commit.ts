@@ -9,12 +9,8 @@
  * fromSrc URL is refused: nimbusd fetching an address a tenant chose, from inside the cloud's
  * network, is a server-side request forgery hole (docs/docker-api.md).
  */
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { InvalidArgument, Unavailable } from '../../core/errors.js';
-import { newId } from '../../core/ids.js';
+import { withSpooledBody } from '../spooled-body.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 import { inDockerWords, noSuchContainer } from './errors.js';
 import { sendTar } from './container-archive.js';
@@ -72,20 +68,11 @@ export async function importTarball(ctx: DockerContext): Promise<typeof HANDLED>
   if (query.get('fromSrc') !== '-') throw new InvalidArgument(FROM_URL_REFUSED);
   if (query.get('platform')) throw new InvalidArgument('docker import --platform is not supported by Nimbus yet: an import is for the host\'s own platform');
   const reference = referenceOf(query.get('repo'), query.get('tag'));
-  await mkdir(services.options.tmpDir, { recursive: true });
-  const file = join(services.options.tmpDir, `docker-import-${newId().slice(0, 16)}.tar`);
-  let id: string;
-  try {
-    await pipeline(ctx.req, createWriteStream(file, { mode: 0o600 }));
-    const img = await services.images.importRootfs(file, project, {
-      ...(reference ? { reference } : {}),
-      changes: query.getAll('changes'),
-      ...(query.get('message') ? { message: query.get('message')! } : {}),
-    });
-    id = img.digest;
-  } finally {
-    await rm(file, { force: true });
-  }
+  const { digest: id } = await withSpooledBody(ctx.req, services.options.tmpDir, 'docker-import', '.tar', (file) => services.images.importRootfs(file, project, {
+    ...(reference ? { reference } : {}),
+    changes: query.getAll('changes'),
+    ...(query.get('message') ? { message: query.get('message')! } : {}),
+  }));
   // dockerd's answer: a progress stream whose last status is the image's id (the CLI prints it)
   ctx.res.writeHead(200, { 'content-type': 'application/json' });
   ctx.res.end(`${JSON.stringify({ status: id })}\n`);

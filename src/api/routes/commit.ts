@@ -3,13 +3,9 @@
  * into an image (`nimbus commit`, `nimbus export`, `nimbus image import-rootfs`; the Docker API's
  * /commit, /containers/{id}/export and /images/create?fromSrc=- are the same services).
  */
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import { Unavailable } from '../../core/errors.js';
-import { newId } from '../../core/ids.js';
+import { withSpooledBody } from '../spooled-body.js';
 import { MAX_CHANGES, MAX_CHANGE_LENGTH } from '../../control/images/changes.js';
 import { route, stream } from '../route.js';
 import { IdParam, Image, Ref } from '../schemas.js';
@@ -66,20 +62,13 @@ export const commitRoutes = [
       message: Type.Optional(Type.String({ maxLength: 65536, description: 'The history comment (default "Imported from -")' })),
     }),
     rawBody: 'application/x-tar', response: Image, status: 201,
-    handler: async ({ query, services, req, auth }) => {
-      await mkdir(services.options.tmpDir, { recursive: true });
-      const file = join(services.options.tmpDir, `import-rootfs-${newId().slice(0, 16)}.tar`);
-      try {
-        await pipeline(req, createWriteStream(file, { mode: 0o600 }));
-        const img = await services.images.importRootfs(file, auth.project(), {
-          ...(query.reference ? { reference: query.reference } : {}),
-          ...(query.changes ? { changes: query.changes } : {}),
-          ...(query.message ? { message: query.message } : {}),
-        });
-        return { status: 201, body: img };
-      } finally {
-        await rm(file, { force: true });
-      }
-    },
+    handler: ({ query, services, req, auth }) => withSpooledBody(req, services.options.tmpDir, 'import-rootfs', '.tar', async (file) => {
+      const img = await services.images.importRootfs(file, auth.project(), {
+        ...(query.reference ? { reference: query.reference } : {}),
+        ...(query.changes ? { changes: query.changes } : {}),
+        ...(query.message ? { message: query.message } : {}),
+      });
+      return { status: 201, body: img };
+    }),
   }),
 ];

@@ -1,9 +1,5 @@
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
-import { newId } from '../../core/ids.js';
+import { withSpooledBody } from '../spooled-body.js';
 import { InvalidArgument } from '../../core/errors.js';
 import { route } from '../route.js';
 import { Empty } from '../schemas.js';
@@ -54,14 +50,10 @@ export const diskImageRoutes = [
     rawBody: 'application/octet-stream', response: DiskImage, status: 201,
     handler: async ({ services, req, auth, query }) => {
       if (!query.name) throw new InvalidArgument('a disk image needs a name (?name=)');
-      await mkdir(services.options.tmpDir, { recursive: true });
-      const file = join(services.options.tmpDir, `disk-${newId().slice(0, 16)}`);
-      try {
-        await pipeline(req, createWriteStream(file, { mode: 0o600 }));
-        return { status: 201, body: await services.disks.import(file, query.name, auth.project(), query.type) };
-      } finally {
-        await rm(file, { force: true });
-      }
+      const name = query.name;
+      return withSpooledBody(req, services.options.tmpDir, 'disk', '', async (file) => (
+        { status: 201, body: await services.disks.import(file, name, auth.project(), query.type) }
+      ));
     },
   }),
   route({

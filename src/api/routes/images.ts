@@ -1,9 +1,5 @@
-import { createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
-import { newId } from '../../core/ids.js';
+import { withSpooledBody } from '../spooled-body.js';
 import { route } from '../route.js';
 import { Image, Operation, Ref } from '../schemas.js';
 import { buildRoutes } from './builds.js';
@@ -49,16 +45,9 @@ export const imageRoutes = [
     auth: { role: 'member', project: 'query' },
     summary: 'Import an OCI image-layout tar or a `docker save` tar (request body is the tar)',
     rawBody: 'application/x-tar', response: Type.Array(Type.Object({ name: Type.Union([Type.String(), Type.Null()]), image: Image })), status: 201,
-    handler: async ({ services, req, auth }) => {
-      await mkdir(services.options.tmpDir, { recursive: true });
-      const file = join(services.options.tmpDir, `import-${newId().slice(0, 16)}.tar`);
-      try {
-        await pipeline(req, createWriteStream(file, { mode: 0o600 }));
-        return { status: 201, body: await services.images.importArchive(file, auth.project()) };
-      } finally {
-        await rm(file, { force: true });
-      }
-    },
+    handler: ({ services, req, auth }) => withSpooledBody(req, services.options.tmpDir, 'import', '.tar', async (file) => (
+      { status: 201, body: await services.images.importArchive(file, auth.project()) }
+    )),
   }),
   route({
     method: 'POST', path: '/images/prune', operationId: 'pruneImages', tag: 'images', access: 'write',
