@@ -504,3 +504,8 @@ export function tooOldForVolumeMigration(version: number, host: string): NimbusE
     needs: VM_VOLUMES_MOVE_SINCE,
   });
 }
+
+/** The protocol a host's agent speaks: a remote agent's, agreed at registration; undefined for the embedded agent (this process's own, always current). */
+export async function spokenProtocol(agent: Agent): Promise<number | undefined> {
+  return (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+}

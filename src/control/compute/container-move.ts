@@ -23,7 +23,7 @@ import { Conflict, DataLoss, Internal, InvalidArgument, NotFound, Unavailable } 
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest, TreeImportResult } from '../../agent/agent.js';
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
-import { tooOldFor } from '../../agent/remote/agent-protocol.js';
+import { spokenProtocol, tooOldFor } from '../../agent/remote/agent-protocol.js';
 import type { Store } from '../../store/store.js';
 import type { ContainerRecord, ImageRecord, OperationRecord } from '../../store/records.js';
 import type { VolumeRecord } from '../../store/repos/volumes.js';
@@ -213,7 +213,7 @@ export async function chooseDestination(deps: Pick<MoveDeps, 'hosts' | 'schedule
  */
 async function checkHosts(from: Agent, to: Agent, names: { from: string; to: string }): Promise<void> {
   for (const [agent, host, method] of [[from, names.from, 'exportContainerLayer'], [to, names.to, 'importContainerLayer']] as const) {
-    const version = await (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+    const version = await spokenProtocol(agent);
     const refusal = version === undefined ? undefined : tooOldFor(method, version, host);
     if (refusal) throw refusal;
     const info = await agent.info();
@@ -224,7 +224,7 @@ async function checkHosts(from: Agent, to: Agent, names: { from: string; to: str
 /** Why a container's log cannot travel between these agents (one older than protocol 8), or undefined when it can. */
 async function logsTooOld(from: Agent, to: Agent, names: { from: string; to: string }): Promise<string | undefined> {
   for (const [agent, host, method] of [[from, names.from, 'exportContainerLogs'], [to, names.to, 'importContainerLogs']] as const) {
-    const version = await (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+    const version = await spokenProtocol(agent);
     const refusal = version === undefined ? undefined : tooOldFor(method, version, host);
     if (refusal) return refusal.message;
   }

@@ -61,6 +61,11 @@ export async function vmDestination(deps: { scheduler: Pick<Scheduler, 'explain'
   return best.host;
 }
 
+/** Why an evacuation leaves a VM where it is (undefined: it moves): VMs move live only. */
+function vmStays(v: VmRecord): string | undefined {
+  return v.status === 'running' ? undefined : `the VM is ${v.status}: VMs move live only, while they run`;
+}
+
 export async function startEvacuate(deps: EvacuateDeps, host: string, by: string): Promise<OperationRecord> {
   if (!deps.hosts.has(host)) throw new NotFound(`no such host: ${host}`, { host });
   return deps.operations.start('host.evacuate', host, deps.projectId, (op) => evacuate(deps, host, by, (p) => op.progress(p)));
@@ -81,8 +86,9 @@ export async function evacuate(deps: EvacuateDeps, host: string, by: string, pro
     try {
       if (item.kind === 'vm') {
         const v = vms.find((x) => x.id === item.id)!;
-        if (v.status !== 'running') {
-          Object.assign(item, { state: 'skipped', reason: `the VM is ${v.status}: VMs move live only, while they run` });
+        const stays = vmStays(v);
+        if (stays) {
+          Object.assign(item, { state: 'skipped', reason: stays });
           continue;
         }
         item.to = await vmDestination(deps, v, host);
@@ -132,7 +138,8 @@ export async function evacuationPlan(deps: Pick<EvacuateDeps, 'store' | 'hosts' 
   const out: EvacuatedInstance[] = [];
   for (const v of (await deps.store.vms.list()).filter((x) => x.agent === host)) {
     const item: EvacuatedInstance = { kind: 'vm', id: v.id, name: v.name, state: 'pending' };
-    if (v.status !== 'running') Object.assign(item, { state: 'skipped', reason: `the VM is ${v.status}: VMs move live only, while they run` });
+    const stays = vmStays(v);
+    if (stays) Object.assign(item, { state: 'skipped', reason: stays });
     else {
       try {
         Object.assign(item, { to: await vmDestination(deps, v, host), mode: 'live' });

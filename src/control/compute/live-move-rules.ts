@@ -9,7 +9,7 @@
  */
 import { Conflict, type NimbusError } from '../../core/errors.js';
 import type { Agent, AgentInfo } from '../../agent/agent.js';
-import { LIVE_MOVE_PROTOCOL, tooOldFor } from '../../agent/remote/agent-protocol.js';
+import { LIVE_MOVE_PROTOCOL, spokenProtocol, tooOldFor } from '../../agent/remote/agent-protocol.js';
 import type { ContainerRecord } from '../../store/records.js';
 
 /** What a live move of this container refuses on its own account; undefined when it may move live. */
@@ -37,7 +37,7 @@ export function liveHostRefusal(host: string, version: number | undefined, info:
 /** Both hosts checked, the source first (each refusal names its host). */
 export async function checkLiveHosts(hosts: Array<{ name: string; agent: Agent }>): Promise<void> {
   for (const { name, agent } of hosts) {
-    const version = await (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+    const version = await spokenProtocol(agent);
     const refusal = liveHostRefusal(name, version, await agent.info());
     if (refusal) throw refusal;
   }

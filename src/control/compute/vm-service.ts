@@ -36,7 +36,7 @@ import type { Scheduler } from '../scheduler/types.js';
 import type { Readable } from 'node:stream';
 import { KeyedLock } from '../../core/keyed-lock.js';
 import type { VolumeRecord } from '../../store/repos/volumes.js';
-import { tooOldForVolumeMigration } from '../../agent/remote/agent-protocol.js';
+import { spokenProtocol, tooOldForVolumeMigration } from '../../agent/remote/agent-protocol.js';
 
 /** What VM creates need of block volumes (the volume service's; docs/volumes.md "Block volumes"). */
 export interface BootVolumes {
@@ -729,7 +729,7 @@ export class VmService {
       out.push(vol);
     }
     for (const [agent, host] of [[this.agents.get(v.agent), v.agent], [this.agents.get(to), to]] as const) {
-      const version = await (agent as Partial<{ protocolVersion(): Promise<number> }>).protocolVersion?.();
+      const version = await spokenProtocol(agent);
       const refusal = version === undefined ? undefined : tooOldForVolumeMigration(version, host);
       if (refusal) throw refusal;
     }
