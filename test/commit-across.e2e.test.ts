@@ -24,11 +24,7 @@ let b: NamespaceAgent | undefined;
 let images: TestImages;
 let work: string;
 
-async function cliOk(args: string[]): Promise<string> {
-  const r = await d!.cli(args);
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[]): Promise<string> => d!.cliOk(args);
 const inspect = async (name: string) => (JSON.parse(await cliOk(['inspect', name])) as Array<{ host: string; status: string }>)[0]!;
 
 before(async () => {

@@ -107,11 +107,7 @@ let relay: Awaited<ReturnType<typeof registryRelay>>;
 let b: ReturnType<typeof agentProcess>;
 let IMAGE: string;
 
-async function cliOk(args: string[]): Promise<string> {
-  const r = await d.cli(args);
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[]): Promise<string> => d.cliOk(args);
 const inspect = async (name: string): Promise<Container> => (JSON.parse(await cliOk(['inspect', name])) as Container[])[0]!;
 
 /** Containers left by a failed test removed, the agent stopped, its conmons and mounts cleaned; the mounts it had left. */

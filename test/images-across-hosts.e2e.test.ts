@@ -46,11 +46,7 @@ let b: NamespaceAgent | undefined;
 let images: TestImages;
 let work: string;
 
-async function cliOk(args: string[]): Promise<string> {
-  const r = await d!.cli(args);
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[]): Promise<string> => d!.cliOk(args);
 const inspect = async (name: string): Promise<Container> => (JSON.parse(await cliOk(['inspect', name])) as Container[])[0]!;
 
 before(async () => {

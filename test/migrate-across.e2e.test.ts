@@ -41,11 +41,7 @@ let host2: SecondHost | undefined;
 let b: NamespaceAgent | undefined;
 let work: string;
 
-async function cliOk(args: string[]): Promise<string> {
-  const r = await d!.cli(args);
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[]): Promise<string> => d!.cliOk(args);
 const netnsOf = (id: string) => {
   const name = readdirSync('/run/netns').find((n) => n.endsWith(`-${id}`));
   assert.ok(name, `the network namespace of ${id.slice(0, 12)}`);

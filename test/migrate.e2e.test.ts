@@ -46,11 +46,7 @@ let host2: SecondHost;
 let b: ReturnType<typeof agentProcess>;
 let guest: TestGuest;
 
-async function cliOk(args: string[], input?: string): Promise<string> {
-  const r = await d.cli(args, input !== undefined ? { input } : {});
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[], input?: string): Promise<string> => d.cliOk(args, input !== undefined ? { input } : {});
 const inspect = async (): Promise<Vm> => (JSON.parse(await cliOk(['vm', 'inspect', NAME])) as Vm[])[0]!;
 const agents = async (): Promise<AgentRow[]> => JSON.parse(await cliOk(['agent', 'ls', '-o', 'json'])) as AgentRow[];
 /** Seconds the guest has been up, from its own /proc/uptime over the console. */

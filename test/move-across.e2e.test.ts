@@ -41,11 +41,7 @@ let work: string;
 async function cli(args: string[]) {
   return d!.cli(args);
 }
-async function cliOk(args: string[]): Promise<string> {
-  const r = await cli(args);
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[]): Promise<string> => d!.cliOk(args);
 interface Endpoint { address: string; mac: string; gateway: string }
 const inspect = async (name: string) => (JSON.parse(await cliOk(['inspect', name])) as Array<{ id: string; host: string; status: string; network: { endpoints: Endpoint[] } }>)[0]!;
 const netnsOf = (id: string) => {

@@ -38,11 +38,7 @@ let host2: SecondHost | undefined;
 let b: NamespaceAgent | undefined;
 let work: string;
 
-async function cliOk(args: string[]): Promise<string> {
-  const r = await d!.cli(args);
-  assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+const cliOk = (args: string[]): Promise<string> => d!.cliOk(args);
 interface Endpoint { address: string; mac: string }
 const inspect = async (name: string) => (JSON.parse(await cliOk(['inspect', name])) as Array<{ id: string; host: string; status: string; network: { endpoints: Endpoint[] } }>)[0]!;
 const exec = async (name: string, script: string) => (await cliOk(['exec', name, 'sh', '-c', script])).trim();

@@ -3,6 +3,7 @@
  * a user would, so tests can also kill -9 it and start it again.
  */
 import { GUEST_HOST_DIRS_ENV } from '../../scripts/fixtures/guest.js';
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,6 +30,8 @@ export interface DaemonProcess {
   kill(signal: NodeJS.Signals): Promise<void>;
   api<T = unknown>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }>;
   cli(args: string[], opts?: { input?: string; env?: NodeJS.ProcessEnv }): Promise<{ code: number; stdout: string; stderr: string }>;
+  /** The CLI's stdout, after asserting it exited 0 (the message names the command and its stderr). */
+  cliOk(args: string[], opts?: { input?: string; env?: NodeJS.ProcessEnv }): Promise<string>;
   /** Force-remove every container, stop the daemon, check for leftover mounts, delete the home. */
   destroy(): Promise<void>;
 }
@@ -118,6 +121,11 @@ export async function startDaemonProcess(extraArgs: string[] = [], extraEnv: Rec
         timeoutMs: 120_000,
       });
       return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+    },
+    async cliOk(args, opts = {}) {
+      const r = await self.cli(args, opts);
+      assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
+      return r.stdout;
     },
     async destroy() {
       try {
