@@ -13,7 +13,9 @@
  * what a user of a running daemon sees. Both are cold for the content. Peer: `skopeo copy
  * docker://REF oci:DIR:tag --src-tls-verify=false` then `umoci unpack --image
  * DIR:tag BUNDLE`, a fresh DIR per run. Runs alternate between the two sides,
- * N each (env BENCH_PULL_RUNS, default 5) after one untimed warm-up each.
+ * N each (env BENCH_PULL_RUNS, default 5) after one untimed warm-up each, each run after a
+ * `sync` so that none writes back the dirty pages of the run before it (2,000 files created and
+ * removed by the other side cost the next one ~0.3 s here).
  * Run alone: node dist/bench/pull-unpack.js
  */
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -77,6 +79,11 @@ async function skopeoUmoci(ref: string): Promise<{ total: number; copy: number; 
   }
 }
 
+/** Each side starts with no dirty pages of the side before it (its writes and its removal's) still to write back. */
+async function settle(): Promise<void> {
+  await runOk('sync', []);
+}
+
 async function compare(env: BenchEnv, label: string, ref: string) {
   const nimbus: number[] = [];
   const live: number[] = [];
@@ -89,6 +96,7 @@ async function compare(env: BenchEnv, label: string, ref: string) {
   let peerErr: string | undefined;
   note(NAME, `${label} (${ref}): warm-up, then ${RUNS} runs per side, alternating`);
   for (let i = -1; i < RUNS; i++) {
+    await settle();
     if (!nimbusErr) {
       try {
         const t = await nimbusPull(env, ref);
@@ -97,6 +105,7 @@ async function compare(env: BenchEnv, label: string, ref: string) {
         nimbusErr = err(e).error;
       }
     }
+    await settle();
     if (!liveErr) {
       try {
         const t = await nimbusPullLive(liveDaemon, ref);
@@ -105,6 +114,7 @@ async function compare(env: BenchEnv, label: string, ref: string) {
         liveErr = err(e).error;
       }
     }
+    await settle();
     if (!peerErr) {
       try {
         const r = await skopeoUmoci(ref);

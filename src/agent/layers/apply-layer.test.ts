@@ -228,6 +228,85 @@ describe('applyLayer: content', () => {
   });
 });
 
+describe('applyLayer: small files written by the writer threads', () => {
+  // Small files are queued and created by worker threads (file-writer.ts); anything touching a
+  // queued path must wait for it. Each case puts the touching entry right behind many queued files.
+  const many = (dir: string, n = 300): E[] => Array.from({ length: n }, (_, i) => ({ name: `${dir}/f${i}`, content: `content ${i}`.repeat(1 + (i % 50)) }));
+
+  it('writes a many-file layer with every byte, mode, owner and mtime, in both modes', async () => {
+    for (const mode of ['overlay', 'native'] as const) {
+      const dir = await freshDir();
+      const mtime = new Date('2021-05-06T07:08:09Z');
+      const entries: E[] = Array.from({ length: 2000 }, (_, i) => ({ name: `d${Math.floor(i / 100)}/f${i}`, content: Buffer.alloc(100 + (i % 4000), i % 251), mode: 0o600 | (i % 2 ? 0o044 : 0), uid: i % 3, gid: i % 5, mtime }));
+      const r = await apply(dir, entries, { mode });
+      assert.equal(r.entries, 2000);
+      for (const i of [0, 1, 2, 999, 1998, 1999]) {
+        const p = path.join(dir, `d${Math.floor(i / 100)}/f${i}`);
+        assert.deepEqual(await readFile(p), Buffer.alloc(100 + (i % 4000), i % 251), `bytes of f${i}`);
+        const st = await lstat(p);
+        assert.equal(st.mode & 0o7777, 0o600 | (i % 2 ? 0o044 : 0), `mode of f${i}`);
+        assert.deepEqual([st.uid, st.gid], [i % 3, i % 5], `owner of f${i}`);
+        assert.equal(st.mtimeMs, mtime.getTime(), `mtime of f${i}`);
+      }
+      assert.equal((await readdir(path.join(dir, 'd19'))).length, 100);
+    }
+  });
+
+  it('an entry at a queued path, under it, linking to it or removing its directory waits for it', async () => {
+    const dir = await freshDir();
+    await apply(dir, [
+      ...many('a'),
+      { name: 'a/f299', content: 'replaced' }, // the same path again, right behind it
+      ...many('b'),
+      { name: 'b/f299', type: 'symlink', linkname: 'f0' },
+      ...many('c'),
+      { name: 'c/hard', type: 'link', linkname: 'c/f299' },
+      ...many('d'),
+      { name: 'd/f299', type: 'directory' },
+      { name: 'd/f299/inside', content: 'in a directory now' },
+    ], { mode: 'overlay' });
+    assert.equal(await readFile(path.join(dir, 'a/f299'), 'utf8'), 'replaced');
+    assert.equal(await readlink(path.join(dir, 'b/f299')), 'f0');
+    assert.equal((await lstat(path.join(dir, 'c/hard'))).ino, (await lstat(path.join(dir, 'c/f299'))).ino);
+    assert.equal(await readFile(path.join(dir, 'd/f299/inside'), 'utf8'), 'in a directory now');
+    assert.equal(await readFile(path.join(dir, 'd/f298'), 'utf8'), 'content 298'.repeat(1 + (298 % 50)));
+
+    // a queued file used as a parent is refused as before
+    await refused([...many('e'), { name: 'e/f299/x', content: 'x' }], /parent "e\/f299" is not a directory/);
+    // a directory replaced by a file while its files are queued; a whiteout and an opaque marker over queued files
+    const dir2 = await freshDir();
+    await apply(dir2, [...many('g'), { name: 'g', content: 'a file now' }, ...many('h'), { name: '.wh.h', content: '' }, ...many('o'), { name: 'o/.wh..wh..opq', content: '' }]);
+    assert.equal(await readFile(path.join(dir2, 'g'), 'utf8'), 'a file now');
+    // h was never an entry of its own (its files' parent, made on the way): the whiteout removes it, after its files were written
+    assert.equal(await exists(path.join(dir2, 'h')), false, 'the whiteout removed the whole tree, written first');
+    assert.equal((await readdir(path.join(dir2, 'o'))).length, 300, 'nor does an opaque marker');
+  });
+
+  it("a writer thread's error fails the layer, typed, and nothing is written after it returns", async (t) => {
+    const dir = await freshDir();
+    // a name the thread cannot create: the parent is made immutable after the extractor checked it
+    await mkdir(path.join(dir, 'locked'));
+    const chattr = spawnSync('chattr', ['+i', path.join(dir, 'locked')]);
+    if (chattr.status !== 0) {
+      t.skip(`chattr +i failed (${chattr.stderr}): nothing here provokes the error`);
+      return;
+    }
+    try {
+      await assert.rejects(apply(dir, [...many('free'), ...many('locked')]), (e: unknown) => {
+        assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+        assert.match((e as Error).message, /EPERM|operation not permitted/i);
+        return true;
+      });
+      const before = (await readdir(path.join(dir, 'free'))).length;
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal((await readdir(path.join(dir, 'free'))).length, before, 'nothing written once the layer failed');
+      assert.deepEqual(await readdir(path.join(dir, 'locked')), []);
+    } finally {
+      spawnSync('chattr', ['-i', path.join(dir, 'locked')]);
+    }
+  });
+});
+
 describe('applyLayer: whiteouts', () => {
   const lowerLayer: E[] = [
     { name: 'gone', content: 'g' },
