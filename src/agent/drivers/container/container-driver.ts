@@ -72,6 +72,7 @@ import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
 import { runtimeMessage } from './oci-runtime.js';
+import { FifoStock } from './fifo-stock.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
 const fsOpen = promisify(open);
@@ -149,12 +150,15 @@ export class ContainerDriver implements InstanceDriver {
   private readonly metas = new Map<string, ContainerMeta>();
   /** Log rotation of the containers whose conmon runs (container-logs.ts). */
   private readonly rotation = new LogRotation();
+  /** Go fifos for warm containers, made a batch at a time (fifo-stock.ts). */
+  private readonly fifos: FifoStock;
 
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
     this.defaultRuntime = opts.runtime ?? 'auto';
     this.cgroupParent = '/' + (opts.cgroupParent ?? DEFAULT_CGROUP_PARENT).replace(/^\/+|\/+$/g, '');
     this.conmonPathOpt = opts.conmonPath;
+    this.fifos = new FifoStock(path.join(this.stateDir, 'fifo-stock'));
   }
 
   // ------------------------------------------------------------ paths and helpers
@@ -440,8 +444,7 @@ export class ContainerDriver implements InstanceDriver {
       if (opts.warm) {
         await mkdir(this.warmDir(id), { mode: 0o755 });
         // readable by the container's user (the stub may not be root), written only by us
-        const fifo = await run('mkfifo', ['-m', '0644', path.join(this.warmDir(id), WARM_GO_FIFO)]);
-        if (fifo.code !== 0) throw new Internal(`mkfifo: ${fifo.stderr.trim()}`, { id });
+        await this.fifos.place(path.join(this.warmDir(id), WARM_GO_FIFO));
       }
       await mkdir(this.exitsDir, { recursive: true });
       await removeStateFile(this.exitFile(id));
@@ -973,6 +976,7 @@ export class ContainerDriver implements InstanceDriver {
     this.watcher?.close();
     this.watcher = undefined;
     this.rotation.close();
+    this.fifos.clear();
   }
 
   // ------------------------------------------------------------ log rotation (container-logs.ts)
