@@ -12,6 +12,7 @@ import { hasCode } from '../../core/errors.js';
 import { mountsUnder, unmountAll } from '../snapshots/mount.js';
 import { DiskSpace, statfsProbe, type SpaceProbe } from '../content/disk-space.js';
 import { applyLayer, normaliseEntryPath, type ApplyLayerOptions } from './apply-layer.js';
+import { liveFileWriters, setFileWriterIdleExit } from './file-writer.js';
 import { ImageBudget } from './unpack-limits.js';
 
 const TAR = 'application/vnd.oci.image.layer.v1.tar';
@@ -280,6 +281,21 @@ describe('applyLayer: small files written by the writer threads', () => {
     // h was never an entry of its own (its files' parent, made on the way): the whiteout removes it, after its files were written
     assert.equal(await exists(path.join(dir2, 'h')), false, 'the whiteout removed the whole tree, written first');
     assert.equal((await readdir(path.join(dir2, 'o'))).length, 300, 'nor does an opaque marker');
+  });
+
+  it('idle writer threads end, and the next layer starts new ones', async () => {
+    setFileWriterIdleExit(150);
+    try {
+      await apply(await freshDir(), many('x', 100));
+      assert.ok(liveFileWriters() > 0);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(liveFileWriters(), 0, 'idle threads ended');
+      const dir = await freshDir();
+      await apply(dir, many('y', 100));
+      assert.equal((await readdir(path.join(dir, 'y'))).length, 100);
+    } finally {
+      setFileWriterIdleExit(60_000);
+    }
   });
 
   it("a writer thread's error fails the layer, typed, and nothing is written after it returns", async (t) => {

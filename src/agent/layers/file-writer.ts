@@ -49,24 +49,40 @@ const BATCH_FILES = 64;
 const BATCH_BYTES = 1024 * 1024;
 /** Bytes queued or being written per layer before the extractor waits: memory stays bounded. */
 const MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+/** A thread with nothing to write for this long (ms) ends (each holds ~10 MiB: its own V8 heap); the next layer starts it again. */
+let idleExitMs = 60_000;
+
+/** Tests: how long an idle thread lives, and how many threads live now. */
+export function setFileWriterIdleExit(ms: number): void {
+  idleExitMs = ms;
+  for (const t of threads) t.rearm();
+}
+export function liveFileWriters(): number {
+  return threads.filter((t) => !t.broken).length;
+}
 
 class WriterThread {
   private readonly worker: Worker;
   private readonly waiting = new Map<number, { resolve: (r: FileBatchReply) => void; reject: (e: Error) => void }>();
   broken: Error | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
 
   constructor() {
     this.worker = new Worker(new URL('./file-writer-worker.js', import.meta.url));
     this.worker.on('message', (r: FileBatchReply) => {
       const w = this.waiting.get(r.id);
       this.waiting.delete(r.id);
-      if (this.waiting.size === 0) this.worker.unref();
+      if (this.waiting.size === 0) {
+        this.worker.unref();
+        this.rearm();
+      }
       w?.resolve(r);
     });
     this.worker.on('error', (e) => this.fail(e));
     this.worker.on('exit', (code) => this.fail(new Error(`file writer thread exited with code ${code}`)));
     // after the listeners (a 'message' listener refs the port again): referenced only while it has work
     this.worker.unref();
+    this.rearm();
   }
 
   get load(): number {
@@ -75,11 +91,26 @@ class WriterThread {
 
   send(batch: FileBatch): Promise<FileBatchReply> {
     if (this.broken) return Promise.reject(this.broken);
+    clearTimeout(this.idleTimer);
     return new Promise((resolve, reject) => {
       this.waiting.set(batch.id, { resolve, reject });
       if (this.waiting.size === 1) this.worker.ref();
       this.worker.postMessage(batch, [batch.data]);
     });
+  }
+
+  /** Count the idle time from now (no work left, or the limit changed). */
+  rearm(): void {
+    if (this.waiting.size > 0 || this.broken) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => this.retire(), idleExitMs).unref();
+  }
+
+  /** Idle for idleExitMs: end (the pool makes a new thread for the next batch). */
+  private retire(): void {
+    if (this.waiting.size > 0 || this.broken) return;
+    this.broken = new Error('file writer thread retired while idle');
+    void this.worker.terminate();
   }
 
   private fail(e: Error): void {
@@ -94,6 +125,7 @@ class WriterThread {
 const threads: WriterThread[] = [];
 let nextBatchId = 1;
 
+/** The least loaded thread. */
 function threadFor(): WriterThread {
   const want = Math.max(1, Math.min(4, availableParallelism()));
   for (let i = threads.length - 1; i >= 0; i--) if (threads[i]!.broken) threads.splice(i, 1);
@@ -120,6 +152,7 @@ export class SmallFileWriter {
   private rels: string[] = [];
   private bytes = 0;
   private scheduled = false;
+
   /** Relative paths queued or being written. */
   private readonly pending = new Set<string>();
   private readonly inFlight = new Set<Promise<void>>();
