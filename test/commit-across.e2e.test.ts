@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar, type TestImages } from '../scripts/fixtures/images.js';
 
@@ -45,8 +45,7 @@ describe('docker commit of a container on another host', { concurrency: false, t
   });
   after(async () => {
     try {
-      const list = await d?.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
-      for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+      await removeAllInstances(d);
     } finally {
       if (b) assert.deepEqual(await b.destroy(), [], 'no mounts left on the agent');
       await d?.destroy();

@@ -8,20 +8,19 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { run } from '../src/core/exec.js';
 import { makeTar } from '../scripts/fixtures/images.js';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
+import type { DaemonProcess } from './helpers/daemon-process.js';
+import { startDockerTenants, type DockerTenants } from './helpers/docker-tenants.js';
 import { DOCKER_CLI, dockerCli, type DockerCli } from './helpers/docker-cli.js';
 
-let d: DaemonProcess | undefined;
-let registry: TestRegistry | undefined;
+let env: DockerTenants | undefined;
+let d: DaemonProcess;
 let home: string;
 let IMAGE: string;
 /** The administrator in the default project, and the administrator acting in project "other". */
@@ -47,14 +46,8 @@ async function tarNames(file: string): Promise<string[]> {
 
 describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
   before(async () => {
-    home = mkdtempSync(join(tmpdir(), 'nimbus-docker-commit-'));
-    registry = await startTestRegistryWithImages();
-    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
-    d = await startDaemonProcess();
-    assert.equal((await d.api('POST', '/projects', { name: 'other' })).status, 201);
-    admin = dockerCli(`${d.home}/docker.sock`, join(home, 'admin'));
-    other = dockerCli(`${d.home}/docker.sock`, join(home, 'other'), { 'X-Nimbus-Project': 'other' });
-    await admin.ok(['pull', IMAGE]);
+    env = await startDockerTenants('nimbus-docker-commit-');
+    ({ d, home, image: IMAGE, admin, other } = env);
     // the container every test reads: changed as a tenant's would be, then left running
     await admin.ok(['run', '-d', '--name', 'box', '-e', 'FROM_RUN=1', IMAGE, 'sleep', '600']);
     await admin.ok(['exec', 'box', 'sh', '-c', [
@@ -64,14 +57,7 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
       'rm -rf /home && mkdir /home && echo fresh > /home/only.txt',
     ].join(' && ')]);
   });
-  after(async () => {
-    try {
-      await d?.destroy();
-    } finally {
-      await registry?.stop();
-      rmSync(home, { recursive: true, force: true });
-    }
-  }, { timeout: 60_000 });
+  after(() => env?.stop(), { timeout: 60_000 });
 
   test('docker commit: the writable layer (added, modified, deleted, a replaced directory) and --change, -m, -a; the new image runs', async () => {
     const id = (await admin.ok(['commit', '-c', 'CMD ["cat", "/added.txt"]', '-c', 'ENV COMMITTED=yes', '-c', 'LABEL stage=one', '-m', 'first commit', '-a', 'Tess Ter', 'box', 'committed:v1'])).trim();
@@ -140,7 +126,7 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     const gz = join(home, 'box.tar.gz');
     writeFileSync(gz, gzipSync(readFileSync(out)));
     const viaStdin = await run('sh', ['-c', `"${DOCKER_CLI}" import - imported:gz < "${gz}"`], {
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: join(home, 'admin'), DOCKER_HOST: `unix://${d!.home}/docker.sock`, DOCKER_CONFIG: join(home, 'admin') },
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: join(home, 'admin'), DOCKER_HOST: `unix://${d.home}/docker.sock`, DOCKER_CONFIG: join(home, 'admin') },
     });
     assert.equal(viaStdin.code, 0, viaStdin.stderr);
     assert.equal((await admin.ok(['run', '--rm', 'imported:gz', 'cat', '/added.txt'])).trim(), 'added');
@@ -148,7 +134,7 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
 
   test('nimbus commit, nimbus export and nimbus image import-rootfs do the same over the Nimbus API', async () => {
     const cli = async (args: string[]) => {
-      const r = await d!.cli(args);
+      const r = await d.cli(args);
       assert.equal(r.code, 0, `nimbus ${args.join(' ')}: ${r.stderr}`);
       return r.stdout;
     };
@@ -159,7 +145,7 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     assert.equal(inspect!.config.config.User, '1000');
     assert.equal(inspect!.config.author, 'cli');
     assert.equal(inspect!.config.comment, 'via nimbus');
-    const bad = await d!.cli(['commit', '-c', 'COPY a b', 'box']);
+    const bad = await d.cli(['commit', '-c', 'COPY a b', 'box']);
     assert.notEqual(bad.code, 0);
     assert.match(bad.stderr, /COPY is not a valid change command/);
 
@@ -170,7 +156,7 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     const imported = (await cli(['image', 'import-rootfs', '-c', 'CMD ["cat", "/added.txt"]', out, 'cli-imported:v1'])).trim();
     assert.match(imported, /^sha256:[0-9a-f]{64}$/);
     assert.equal((await admin.ok(['run', '--rm', 'cli-imported:v1'])).trim(), 'added');
-    const missing = await d!.cli(['export', 'nosuchbox', '-o', join(home, 'none.tar')]);
+    const missing = await d.cli(['export', 'nosuchbox', '-o', join(home, 'none.tar')]);
     assert.notEqual(missing.code, 0);
     assert.match(missing.stderr, /nosuchbox/);
   });
@@ -183,8 +169,8 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     assert.match(r.stderr, /escapes the layer root/);
     // the refused layer went with the collection after the refusal: no blob holds the tarball's bytes
     const layerHex = createHash('sha256').update(readFileSync(escape)).digest('hex');
-    assert.ok(!existsSync(join(d!.home, 'content', 'blobs', 'sha256', layerHex)), 'the refused layer is not kept');
-    assert.ok(!existsSync(join(d!.home, '..', 'escaped.txt')) && !existsSync(join(d!.home, 'escaped.txt')), 'nothing written outside');
+    assert.ok(!existsSync(join(d.home, 'content', 'blobs', 'sha256', layerHex)), 'the refused layer is not kept');
+    assert.ok(!existsSync(join(d.home, '..', 'escaped.txt')) && !existsSync(join(d.home, 'escaped.txt')), 'nothing written outside');
     const device = join(home, 'device.tar');
     writeFileSync(device, await tarOf([{ name: 'mem', type: 'character-device', devmajor: 1, devminor: 1 }]));
     const dev = await admin.run(['import', device, 'evil:v2']);
@@ -209,17 +195,17 @@ describe('docker commit, export and import against nimbusd', { skip: DOCKER_CLI 
     }
     assert.doesNotMatch(await other.ok(['images', '--format', '{{.Repository}}']), /stolen/);
 
-    assert.equal((await d!.api('POST', '/projects', { name: 'tenant' })).status, 201);
+    assert.equal((await d.api('POST', '/projects', { name: 'tenant' })).status, 201);
     for (const [user, role] of [['tina', 'member'], ['rita', 'reader']] as const) {
-      assert.equal((await d!.api('POST', '/users', { name: user, password: `${user}-password-1` })).status, 201);
-      assert.equal((await d!.api('PUT', `/projects/tenant/roles/${user}`, { role })).status, 200);
+      assert.equal((await d.api('POST', '/users', { name: user, password: `${user}-password-1` })).status, 201);
+      assert.equal((await d.api('PUT', `/projects/tenant/roles/${user}`, { role })).status, 200);
     }
     const as = async (user: string) => {
-      const login = await d!.api<{ token: string }>('POST', '/auth/login', { user, password: `${user}-password-1` });
+      const login = await d.api<{ token: string }>('POST', '/auth/login', { user, password: `${user}-password-1` });
       assert.equal(login.status, 201);
       const dir = join(home, user);
       mkdirSync(dir, { recursive: true });
-      return dockerCli(`${d!.home}/docker.sock`, dir, { 'X-Nimbus-Token': login.body.token, 'X-Nimbus-Project': 'tenant' });
+      return dockerCli(`${d.home}/docker.sock`, dir, { 'X-Nimbus-Token': login.body.token, 'X-Nimbus-Project': 'tenant' });
     };
     const tina = await as('tina');
     const rita = await as('rita');

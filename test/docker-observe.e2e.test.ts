@@ -5,16 +5,15 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { run } from '../src/core/exec.js';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
-import { DOCKER_CLI, dockerCli, rawDockerRequest, type DockerCli } from './helpers/docker-cli.js';
+import type { DaemonProcess } from './helpers/daemon-process.js';
+import { startDockerTenants, type DockerTenants } from './helpers/docker-tenants.js';
+import { DOCKER_CLI, rawDockerRequest, type DockerCli } from './helpers/docker-cli.js';
 
-let d: DaemonProcess | undefined;
-let registry: TestRegistry | undefined;
+let env: DockerTenants | undefined;
+let d: DaemonProcess;
 let home: string;
 let IMAGE: string;
 /** The administrator in the default project, and the administrator acting in project "other". */
@@ -23,24 +22,11 @@ let other: DockerCli;
 
 describe('docker events, stats, system df and prune against nimbusd', { skip: DOCKER_CLI ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 240_000 }, () => {
   before(async () => {
-    home = mkdtempSync(join(tmpdir(), 'nimbus-docker-observe-'));
-    registry = await startTestRegistryWithImages();
-    IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
-    d = await startDaemonProcess();
-    assert.equal((await d.api('POST', '/projects', { name: 'other' })).status, 201);
-    admin = dockerCli(`${d.home}/docker.sock`, join(home, 'admin'));
-    other = dockerCli(`${d.home}/docker.sock`, join(home, 'other'), { 'X-Nimbus-Project': 'other' });
-    await admin.ok(['pull', IMAGE]);
+    env = await startDockerTenants('nimbus-docker-observe-');
+    ({ d, home, image: IMAGE, admin, other } = env);
     await other.ok(['pull', IMAGE]);
   });
-  after(async () => {
-    try {
-      await d?.destroy();
-    } finally {
-      await registry?.stop();
-      rmSync(home, { recursive: true, force: true });
-    }
-  }, { timeout: 60_000 });
+  after(() => env?.stop(), { timeout: 60_000 });
 
   test('docker stats: a busy container\'s CPU share, memory and pids; --no-stream waits for a second sample', async () => {
     await admin.ok(['run', '-d', '--name', 'busy', '--memory', '64m', IMAGE, 'sh', '-c', 'while true; do :; done']);
@@ -56,7 +42,7 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     assert.ok(Number(pids) >= 1, line);
     assert.ok(took >= 900, `two samples a second apart (${took} ms)`);
     // streamed: the documents keep coming, each with the previous one as precpu
-    const stream = await rawDockerRequest(`${d!.home}/docker.sock`, 'GET', '/containers/busy/stats?stream=false&one-shot=true');
+    const stream = await rawDockerRequest(`${d.home}/docker.sock`, 'GET', '/containers/busy/stats?stream=false&one-shot=true');
     const doc = JSON.parse(stream.body) as { name: string; cpu_stats: { cpu_usage: { total_usage: number }; online_cpus: number }; precpu_stats: { system_cpu_usage: number } };
     assert.equal(doc.name, '/busy');
     assert.ok(doc.cpu_stats.cpu_usage.total_usage > 0 && doc.cpu_stats.online_cpus >= 1, stream.body);
@@ -148,7 +134,7 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     assert.match(taken.stderr, /already in use/);
     assert.equal((await admin.run(['rename', 'no-such', 'x'])).code !== 0, true);
     // the nimbus CLI, over the Nimbus API
-    const cli = await d!.cli(['rename', 'new-name', 'third-name']);
+    const cli = await d.cli(['rename', 'new-name', 'third-name']);
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(await resolve('third-name'), new RegExp(address.replaceAll('.', '\\.')));
     const events = (await admin.ok(['events', '--since', '0', '--until', String(Math.ceil(Date.now() / 1000) + 1), '--filter', 'event=rename', '--format', '{{.Actor.Attributes.oldName}}>{{.Actor.Attributes.name}}'])).trim().split('\n');
@@ -169,7 +155,7 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     assert.notEqual(bad.code, 0);
     assert.match(bad.stderr, /ps options are not supported/);
     assert.match((await other.run(['top', 'topped'])).stderr, /No such container: topped/);
-    const cli = await d!.cli(['top', 'topped']);
+    const cli = await d.cli(['top', 'topped']);
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(cli.stdout, /sleep 700/);
     await admin.ok(['rm', '-f', 'topped']);

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, mountsUnder, secondHost, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, removeAllInstances, mountsUnder, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { request } from 'node:http';
 
@@ -114,10 +114,7 @@ const inspect = async (name: string): Promise<Container> => (JSON.parse(await cl
 async function teardown(daemon: DaemonProcess | undefined, agent: ReturnType<typeof agentProcess> | undefined): Promise<string[]> {
   const leftMounts: string[] = [];
   try {
-    if (daemon) {
-      const list = await daemon.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
-      for (const c of list.body ?? []) await daemon.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
-    }
+    await removeAllInstances(daemon);
   } finally {
     if (agent) leftMounts.push(...(await agent.destroy()));
     await daemon?.destroy();

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
 import { buildTestGuest, READY_MARKER } from '../scripts/fixtures/guest.js';
@@ -67,10 +67,7 @@ describe('images carried to the host a container is placed on', { concurrency: f
   });
   after(async () => {
     try {
-      const list = await d?.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
-      for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
-      const vms = await d?.api<{ id: string }[]>('GET', '/vms?all=true').catch(() => ({ status: 0, body: [] }));
-      for (const v of vms?.body ?? []) await d!.api('DELETE', `/vms/${v.id}?force=true`).catch(() => undefined);
+      await removeAllInstances(d);
     } finally {
       const qemu = b ? qemuUnder(b.home) : [];
       for (const pid of qemu) process.kill(pid, 'SIGKILL');

@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { inNetns, vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { vxlanDeviceName } from '../src/agent/network/overlay.js';
@@ -82,8 +82,7 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
   });
   after(async () => {
     try {
-      const list = await d?.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
-      for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+      await removeAllInstances(d);
       for (const v of ['vdata', 'vbig']) await d?.cli(['volume', 'rm', '-f', v]).catch(() => undefined);
       await d?.cli(['network', 'rm', 'span']).catch(() => undefined);
     } finally {

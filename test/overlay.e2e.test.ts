@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { httpGetFromNetns, inNetns, serveHttp, vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { OVERLAY_MTU, vxlanDeviceName } from '../src/agent/network/overlay.js';
@@ -97,8 +97,7 @@ describe('networks across two hosts: over VXLAN, and routed', { concurrency: fal
   });
   after(async () => {
     try {
-      const list = await d?.api<{ id: string }[]>('GET', '/containers?all=true').catch(() => ({ status: 0, body: [] }));
-      for (const c of list?.body ?? []) await d!.api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+      await removeAllInstances(d);
       for (const n of ['span', 'other', 'routed', 'rother']) await d?.cli(['network', 'rm', n]).catch(() => undefined);
     } finally {
       if (b) {

@@ -140,12 +140,18 @@ export function agentInNamespace(controlPlaneSocket: string, host: SecondHost, j
  * networks, the agent (and what outlives it, and its table in its namespace), the daemon, the
  * namespace. Each part is skipped when it was never made.
  */
+/** Force-remove every VM and container the daemon knows, wherever placed (teardown: failures are ignored). */
+export async function removeAllInstances(d: DaemonProcess | undefined): Promise<void> {
+  if (!d) return;
+  for (const kind of ['/vms', '/containers']) {
+    const list = await d.api<{ id: string }[]>('GET', `${kind}?all=true`).catch(() => ({ status: 0, body: [] }));
+    for (const x of list.body ?? []) await d.api('DELETE', `${kind}/${x.id}?force=true`).catch(() => undefined);
+  }
+}
+
 export async function tearDownTwoHosts(d: DaemonProcess | undefined, b: NamespaceAgent | undefined, host2: SecondHost | undefined, networks: string[] = []): Promise<void> {
   if (d) {
-    for (const p of ['/vms?all=true', '/containers?all=true']) {
-      const list = await d.api<{ id: string }[]>('GET', p).catch(() => ({ status: 0, body: [] }));
-      for (const x of list.body ?? []) await d.api('DELETE', `${p.split('?')[0]}/${x.id}?force=true`).catch(() => undefined);
-    }
+    await removeAllInstances(d);
     for (const n of networks) await d.cli(['network', 'rm', n]).catch(() => undefined);
   }
   if (b) {
