@@ -6,17 +6,11 @@
  * filesystem, and each is renamed into place when a container needs one. The stock is removed
  * when the driver closes, and a stock a killed daemon left is removed by the next one's driver.
  */
-import { mkdirSync, rmSync } from 'node:fs';
-import { access, rename } from 'node:fs/promises';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../../core/errors.js';
 import { run } from '../../../core/exec.js';
-
-const exists = (p: string) =>
-  access(p).then(
-    () => true,
-    () => false,
-  );
 
 /** FIFOs made per `mkfifo` process. */
 const BATCH = 16;
@@ -44,7 +38,7 @@ export class FifoStock {
           return;
         } catch (e) {
           // another driver on this state dir (a daemon started again) removed the stock: make more
-          if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || (await exists(path.dirname(dest))) === false) throw e;
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !existsSync(path.dirname(dest))) throw e;
           this.stock = [];
           continue;
         }
