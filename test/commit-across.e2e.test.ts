@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
-import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { startAgentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar, type TestImages } from '../scripts/fixtures/images.js';
 
@@ -40,8 +40,7 @@ after(async () => {
 describe('docker commit of a container on another host', { concurrency: false, timeout: 300_000 }, () => {
   before(async () => {
     d = await startDaemonProcess();
-    b = agentInNamespace(d.socket, host2!, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), { homePrefix: 'nimbus-commit-agent' });
-    await b.start();
+    b = await startAgentInNamespace(d, host2!, { homePrefix: 'nimbus-commit-agent' });
   });
   after(async () => {
     try {

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { startAgentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
 import { buildTestGuest, READY_MARKER } from '../scripts/fixtures/guest.js';
@@ -62,8 +62,7 @@ after(async () => {
 describe('images carried to the host a container is placed on', { concurrency: false }, () => {
   before(async () => {
     d = await startDaemonProcess();
-    b = agentInNamespace(d.socket, host2!, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), { homePrefix: 'nimbus-carry-agent' });
-    await b.start();
+    b = await startAgentInNamespace(d, host2!, { homePrefix: 'nimbus-carry-agent' });
   });
   after(async () => {
     try {

@@ -20,7 +20,7 @@ import { spawn } from 'node:child_process';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { startAgentInNamespace, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { qemuUnder } from './helpers/qemu.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
@@ -91,10 +91,9 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     // that times out would cost the first VM made on each host 20 s here: docs/vms.md)
     const accel = { NIMBUS_VM_ACCEL: process.env.NIMBUS_VM_ACCEL ?? 'tcg' };
     d = await startDaemonProcess([], { ...GUEST_HOST_DIRS_ENV, ...accel, NIMBUS_MIGRATION_ADDRESS: host2.hostAddress, NIMBUS_HEAL_GRACE_MS: '1500' });
-    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), {
+    b = await startAgentInNamespace(d, host2, {
       homePrefix: 'nimbus-migrate-across-agent', env: { ...GUEST_HOST_DIRS_ENV, ...accel }, args: ['--migration-address', host2.agentAddress],
     });
-    await b.start();
   });
   after(async () => {
     try {

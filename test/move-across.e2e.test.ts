@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { inNetns, vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { startAgentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { vxlanDeviceName } from '../src/agent/network/overlay.js';
@@ -71,11 +71,10 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     host2 = await secondHost({ ns: 'mva', link: 'nmv' });
     // healing after 1.5 s of host-b down (the default 10 s would only slow the test)
     d = await startDaemonProcess([], { NIMBUS_HEAL_GRACE_MS: '1500' });
-    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), {
+    b = await startAgentInNamespace(d, host2, {
       // a small layer limit: a move of a bigger writable layer is refused by host-b's import
       homePrefix: 'nimbus-move-across-agent', env: { NIMBUS_CGROUP_PARENT: B_CGROUPS, NIMBUS_LAYER_MAX_BYTES: '8m' },
     });
-    await b.start();
     const archive = join(work, 'image.tar');
     await writeOciLayoutTar(await buildTestImages(), archive, '');
     image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, mountsUnder, secondHost, tearDownTwoHosts, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { startAgentInNamespace, mountsUnder, secondHost, tearDownTwoHosts, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { probeRuntime } from '../src/agent/drivers/container/oci-runtime.js';
 import { probeCriu } from '../src/agent/drivers/container/criu.js';
@@ -66,11 +66,10 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
     work = mkdtempSync(join(tmpdir(), 'nimbus-move-live-'));
     host2 = await secondHost({ ns: 'mvl', link: 'nml' });
     d = await startDaemonProcess([]);
-    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), {
+    b = await startAgentInNamespace(d, host2, {
       // a small layer limit: a live move of a bigger writable layer is refused by host-b's import, after the checkpoint
       homePrefix: 'nimbus-move-live-agent', env: { NIMBUS_CGROUP_PARENT: B_CGROUPS, NIMBUS_LAYER_MAX_BYTES: '8m' },
     });
-    await b.start();
     const archive = join(work, 'image.tar');
     await writeOciLayoutTar(await buildTestImages(), archive, '');
     image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { httpGetFromNetns, inNetns, serveHttp, vxlanMissing } from '../src/agent/network/network-test-env.js';
 import { run } from '../src/core/exec.js';
-import { agentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
+import { startAgentInNamespace, removeAllInstances, secondHost, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { OVERLAY_MTU, vxlanDeviceName } from '../src/agent/network/overlay.js';
@@ -89,8 +89,7 @@ describe('networks across two hosts: over VXLAN, and routed', { concurrency: fal
     work = mkdtempSync(join(tmpdir(), 'nimbus-overlay-e2e-'));
     host2 = await secondHost({ ns: 'ovl', link: 'nov' });
     d = await startDaemonProcess();
-    b = agentInNamespace(d.socket, host2, (await cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), { homePrefix: 'nimbus-overlay-agent' });
-    await b.start();
+    b = await startAgentInNamespace(d, host2, { homePrefix: 'nimbus-overlay-agent' });
     const archive = join(work, 'image.tar');
     await writeOciLayoutTar(await buildTestImages(), archive, '');
     image = /Loaded image ID: (sha256:[0-9a-f]{64})/.exec(await cliOk(['image', 'import', archive]))![1]!;

@@ -140,6 +140,18 @@ export function agentInNamespace(controlPlaneSocket: string, host: SecondHost, j
  * networks, the agent (and what outlives it, and its table in its namespace), the daemon, the
  * namespace. Each part is skipped when it was never made.
  */
+/** agentInNamespace joined with a fresh token from the daemon, and started (registered); destroyed again if it cannot start. */
+export async function startAgentInNamespace(d: DaemonProcess, host: SecondHost, o: NamespaceAgentOptions): Promise<NamespaceAgent> {
+  const b = agentInNamespace(d.socket, host, (await d.cliOk(['agent', 'join-token', '--ttl', '5m'])).trim(), o);
+  try {
+    await b.start();
+  } catch (e) {
+    await b.destroy().catch(() => undefined);
+    throw e;
+  }
+  return b;
+}
+
 /** Force-remove every VM and container the daemon knows, wherever placed (teardown: failures are ignored). */
 export async function removeAllInstances(d: DaemonProcess | undefined): Promise<void> {
   if (!d) return;
