@@ -8,33 +8,22 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { randomInt } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run } from '../src/core/exec.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { pushVolumeImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
-
-const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/local/bin/docker'].find((p) => p && existsSync(p));
+import { DOCKER_CLI, dockerCli, type DockerCli } from './helpers/docker-cli.js';
 
 let d: DaemonProcess | undefined;
 let registry: TestRegistry | undefined;
 let config: string;
 let IMAGE: string;
-
-async function docker(args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: config, DOCKER_HOST: `unix://${d!.home}/docker.sock`, DOCKER_CONFIG: join(config, 'docker') };
-  const r = await run(DOCKER!, args, { env, timeoutMs: 60_000, ...(input !== undefined ? { input } : {}) });
-  return { code: r.code, stdout: r.stdout, stderr: r.stderr };
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await docker(args);
-  assert.equal(r.code, 0, `docker ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
+let cli: DockerCli;
+const docker = (args: string[]) => cli.run(args);
+const ok = (args: string[]) => cli.ok(args);
 
 async function nimbus(args: string[], input?: string): Promise<string> {
   const r = await d!.cli(args, input !== undefined ? { input } : {});
@@ -85,13 +74,13 @@ async function portsOf(name: string): Promise<Array<[string, string, number]>> {
   }).sort((a, b) => a[0].localeCompare(b[0]));
 }
 
-describe('Docker compatibility: port ranges; nimbus run -i, rm -v, --volumes-from; VOLUME copy-up', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
+describe('Docker compatibility: port ranges; nimbus run -i, rm -v, --volumes-from; VOLUME copy-up', { skip: DOCKER_CLI ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 300_000 }, () => {
   before(async () => {
     config = mkdtempSync(join(tmpdir(), 'nimbus-compat-config-'));
-    mkdirSync(join(config, 'docker'));
     registry = await startTestRegistryWithImages();
     IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
     d = await startDaemonProcess();
+    cli = dockerCli(`${d.home}/docker.sock`, join(config, 'docker'));
     await ok(['pull', IMAGE]);
   });
   after(async () => {
