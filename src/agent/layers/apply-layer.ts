@@ -637,7 +637,7 @@ class Extractor {
   }
 
   private async whiteout(entry: string, comps: string[]): Promise<void> {
-    if (!this.smallFiles.idle) await this.smallFiles.flush(); // it may remove a tree with queued files
+    await this.smallFiles.flush(); // it may remove a tree with queued files
     const rel = comps.join('/');
     if (this.written.has(rel)) return; // whiteouts hide lower layers only
     const p = this.abs(comps);
@@ -652,7 +652,7 @@ class Extractor {
   }
 
   private async opaque(entry: string, dirComps: string[]): Promise<void> {
-    if (!this.smallFiles.idle) await this.smallFiles.flush();
+    await this.smallFiles.flush();
     const dirRel = dirComps.join('/');
     const p = this.abs(dirComps);
     if (dirComps.length > 0) {

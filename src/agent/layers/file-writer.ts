@@ -159,10 +159,6 @@ export class SmallFileWriter {
     return this.pending.has(rel);
   }
 
-  get idle(): boolean {
-    return this.pending.size === 0;
-  }
-
   /** Queue a file; waits while too many bytes are in flight; throws an earlier batch's error. */
   async add(rel: string, file: Omit<BatchFile, 'offset' | 'length'>, data: Buffer): Promise<void> {
     this.throwIfFailed();
