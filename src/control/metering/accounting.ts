@@ -200,7 +200,8 @@ export function account(
   if (cursor?.closed) return undefined;
   const net = netDelta(cursor, inst, reading);
   const from = cursor?.accountedUntil ?? inst.createdAt;
-  if (from >= now) return undefined;
+  const givenBack = overCounted(cursor, inst);
+  if (from >= now && givenBack.length === 0) return undefined;
   let activeStart = 0;
   let activeEnd = 0;
   if (inst.runStart !== null) {
@@ -219,16 +220,37 @@ export function account(
   if (((cpuNs ?? 0) > 0 || (net !== null && net.rxBytes + net.txBytes > 0)) && spans.length === 0) spans.push([Math.floor((now - 1) / USAGE_PERIOD_MS) * USAGE_PERIOD_MS, 0]);
   const heldMemoryBytes = size.memoryBytes > 0 ? size.memoryBytes : reading?.memoryBytes ?? cursor?.heldMemoryBytes ?? 0;
   const base = { instanceId: inst.id, projectId: inst.projectId, kind: inst.kind, name: inst.name };
+  const correction = cursor && givenBack.length
+    ? slicesOf(base, { millicpus: cursor.millicpus, memoryBytes: cursor.memoryBytes, diskBytes: cursor.diskBytes }, cursor.heldMemoryBytes, givenBack, null).map(negated)
+    : [];
   return {
     next: {
-      ...base, accountedUntil: now, active: inst.active,
+      ...base, accountedUntil: Math.max(from, now), active: inst.active,
       cpuNs: reading ? reading.cpuNs : sameRun ? cursor.cpuNs : null,
       cpuRun: reading ? inst.runId : sameRun ? cursor.cpuRun : null,
       millicpus: size.millicpus, memoryBytes: size.memoryBytes, heldMemoryBytes, diskBytes: size.diskBytes, closed: false,
       netBase: nextNetBase(cursor, inst, reading),
     },
-    slices: slicesOf(base, size, heldMemoryBytes, spans, cpuNs, net),
+    slices: [...correction, ...slicesOf(base, size, heldMemoryBytes, spans, cpuNs, net)],
   };
+}
+
+/**
+ * Time an accounting counted as active after the run had in fact ended: the instance exited,
+ * a pass read its record before the exit was stored and charged it up to the pass's start, and
+ * the record now says the run ended before that. The cursor still says active; the latest run
+ * began before the cursor and ended before it, so [end, cursor] was charged and is given back
+ * (slices with negative time, at the size it was charged with). Empty otherwise.
+ */
+function overCounted(cursor: UsageCursor | undefined, inst: MeteredInstance): Array<[number, number]> {
+  if (!cursor?.active || inst.active || inst.runStart === null || inst.runEnd === null) return [];
+  if (inst.runStart >= cursor.accountedUntil || inst.runEnd >= cursor.accountedUntil) return [];
+  return splitByPeriod(inst.runEnd, cursor.accountedUntil);
+}
+
+/** A slice given back: the time and what was held over it, negative; no CPU or bytes (counters do not over-count). */
+function negated(s: UsageSlice): UsageSlice {
+  return { ...s, activeMs: -s.activeMs, memoryMibMs: -s.memoryMibMs, diskMibMs: s.diskMibMs === null ? null : -s.diskMibMs, cpuNs: null, netRxBytes: null, netTxBytes: null };
 }
 
 /**

@@ -123,6 +123,37 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   assert.equal(c1?.instanceSeconds, 47);
 });
 
+test('a pass between the exit and its record charged past the end: the next accounting gives it back, once', async (t) => {
+  const { store, clock, events, meter } = await setup(t);
+  const m = meter(60_000);
+  const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 1, memoryBytes: GiB };
+  await store.containers.insert(container('c1', 'job', { projectId: 'p1', status: 'running', createdAt: iso(T0), startedAt: iso(T0), config: cfg }));
+  // it exits at +6.386 s; a pass at +6.406 s still reads "running" (the exit is stored later)
+  clock.now = T0 + 6406;
+  await m.pass();
+  assert.equal((await totals(store)).instances.find((i) => i.id === 'c1')?.instanceSeconds, 6.406, 'charged to the pass');
+  await store.containers.update('c1', { status: 'exited', finishedAt: iso(T0 + 6386) });
+  // the die event's accounting (or the next pass) sees the run ended before the cursor
+  m.start();
+  t.after(() => m.stop());
+  clock.now = T0 + 6500;
+  events.publish({ type: 'container', action: 'die', id: 'c1', projectId: 'p1' });
+  await waitUntil(async () => (await store.usage.cursor('c1'))?.accountedUntil === T0 + 6500);
+  await m.settle();
+  let c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 6.386, 'the 20 ms past the exit given back');
+  assert.equal(c1?.memoryGiBHours, 6.386 / 3600, 'and the memory held over them');
+  assert.equal((await store.usage.cursor('c1'))?.active, false);
+  // later passes and the destroy change nothing: given back once
+  clock.now = T0 + 70_000;
+  await m.pass();
+  await store.containers.delete('c1');
+  events.publish({ type: 'container', action: 'destroy', id: 'c1', projectId: 'p1' });
+  await waitUntil(async () => (await store.usage.cursor('c1'))?.closed === true);
+  c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 6.386);
+});
+
 test("a run --rm's start, die and destroy make one commit after the request; a restart inside the wait loses neither run", async (t) => {
   const { store, clock, events } = await setup(t);
   const m = new MeteringService(store, events, async () => undefined, { intervalMs: 60_000, eventDelayMs: 200, clock: () => clock.now });
@@ -207,6 +238,14 @@ test('accounting arithmetic: clipped to the cursor and now, CPU spread over hour
   // a counter that went down is a new counter (the run was replaced under the same start)
   const b = account(a?.next, inst, size, USAGE_PERIOD_MS + 2000, { cpuNs: 1e9, memoryBytes: 0 });
   assert.equal(b?.slices[0]?.cpuNs, 1e9);
+  // charged active to +1 h 2 s, the record then says the run ended at +1 h 0.5 s: 1.5 s given back at the charged size, once
+  const ended = { ...inst, active: false, runEnd: USAGE_PERIOD_MS + 500 };
+  const c = account(b?.next, ended, { ...size, millicpus: 2000 }, USAGE_PERIOD_MS + 3000, undefined);
+  assert.deepEqual(c?.slices.map((s) => [s.periodStart, s.millicpus, s.activeMs, s.cpuNs, s.diskMibMs]), [[USAGE_PERIOD_MS, 1000, -1500, null, -10 * 1024 * 1500]]);
+  assert.equal(c?.next.active, false);
+  assert.equal(account(c?.next, ended, size, USAGE_PERIOD_MS + 4000, undefined)?.slices.length ?? 0, 0, 'given back once');
+  // a run that ended after the cursor is not touched
+  assert.deepEqual(account(b?.next, { ...ended, runEnd: USAGE_PERIOD_MS + 2500 }, size, USAGE_PERIOD_MS + 3000, undefined)?.slices.map((s) => s.activeMs), [500]);
 });
 
 async function waitUntil(check: () => Promise<boolean>, ms = 5000): Promise<void> {
