@@ -8,6 +8,8 @@
  *   podman      podman run --rm --network none --runtime runc --ulimit … IMAGE true
  *               (private --root/--runroot/--tmpdir, image pulled from the loopback registry)
  *   runc        raw `runc run` on a prepared bundle, a new container id per run
+ *   crun        raw `crun run` on the same kind of bundle, where crun runs here (nimbusd's
+ *               default runtime then: auto picks it)
  * N runs each (env BENCH_RUNS, default 30), after one untimed warm-up, in two modes:
  *   isolated      an untimed pause (BENCH_GAP_MS, default 200 ms) before each run, so each
  *                 request meets an idle host: the latency a user sees
@@ -25,6 +27,7 @@ import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { cleanup } from './lib/cleanup.js';
 import { startPostgres } from '../scripts/fixtures/postgres.js';
 import { PODMAN_RUN_FLAGS, podmanStore, prepareRuncBundle } from './lib/peers.js';
+import { probeRuntime } from '../src/agent/drivers/container/oci-runtime.js';
 import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
 import { measure, ratio, summarize, type Summary } from './lib/stats.js';
 
@@ -73,7 +76,7 @@ async function sideNimbusPostgres(env: BenchEnv): Promise<Modes> {
   }
 }
 
-async function sideNimbus(env: BenchEnv): Promise<{ api: Modes; cli: Side; warmPool: unknown }> {
+async function sideNimbus(env: BenchEnv): Promise<{ api: Modes; cli: Side; warmPool: unknown; runtime: string }> {
   let d: BenchDaemon | undefined;
   try {
     d = await env.newDaemon();
@@ -85,13 +88,14 @@ async function sideNimbus(env: BenchEnv): Promise<{ api: Modes; cli: Side; warmP
       const r = await run(process.execPath, [CLI_MAIN, 'run', '--rm', env.busybox, 'true'], { env: cliEnv, timeoutMs: 60_000 });
       if (r.code !== 0) throw new Error(`nimbus run exit ${r.code}: ${r.stderr.trim()}`);
     })).isolated;
-    const warmPool = (await client.json<{ agent: { warmPool?: unknown } }>('GET', '/info')).agent.warmPool ?? null;
+    const info = (await client.json<{ agent: { warmPool?: unknown; runtimes?: { name: string; default?: boolean }[] } }>('GET', '/info')).agent;
+    const runtime = info.runtimes?.find((r) => r.default)?.name ?? '?';
     const left = await d.stop();
     if (left.length) note(NAME, `nimbusd left behind: ${left.join(', ')}`);
-    return { api, cli, warmPool };
+    return { api, cli, warmPool: info.warmPool ?? null, runtime };
   } catch (e) {
     await d?.stop().catch(() => undefined);
-    return { api: { isolated: err(e), backToBack: err(e) }, cli: err(e), warmPool: null };
+    return { api: { isolated: err(e), backToBack: err(e) }, cli: err(e), warmPool: null, runtime: '?' };
   }
 }
 
@@ -124,6 +128,10 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
   const nimbus = await sideNimbus(env);
   const onPostgres = await sideNimbusPostgres(env);
   const runcS = await sideRunc('runc');
+  // the daemon's default runtime where it runs here (auto): its raw figure beside runc's
+  const crunReason = await probeRuntime('crun');
+  const crunS: Modes | null = crunReason ? null : await sideRunc('crun');
+  if (crunReason) note(NAME, `raw crun not measured: ${crunReason}`);
   const { podman, podmanVersion } = await sidePodman(env.busybox);
   note(NAME, `node startup floor: ${Math.min(RUNS, 10)} runs of node -e ''`);
   const nodeStartup = summarize(await measure(Math.min(RUNS, 10), () => run(process.execPath, ['-e', ''])));
@@ -138,22 +146,30 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
     postgres_over_sqlite_p50: ratio(p(onPostgres.isolated, 'p50'), p(nimbus.api.isolated, 'p50')),
     postgres_over_runc_p50: ratio(p(onPostgres.isolated, 'p50'), p(runcS.isolated, 'p50')),
     backToBack_postgres_over_sqlite_p50: ratio(p(onPostgres.backToBack, 'p50'), p(nimbus.api.backToBack, 'p50')),
+    nimbusApi_over_crun_p50: crunS ? ratio(p(nimbus.api.isolated, 'p50'), p(crunS.isolated, 'p50')) : null,
+    backToBack_nimbusApi_over_crun_p50: crunS ? ratio(p(nimbus.api.backToBack, 'p50'), p(crunS.backToBack, 'p50')) : null,
   };
   const record = makeRecord(NAME, {
-    results: { runs: RUNS, gapMs: GAP_MS, image: env.busybox, unit: 'ms', nimbusApi: nimbus.api, nimbusApiPostgres: onPostgres, nimbusCli: nimbus.cli, nodeStartup, warmPool: nimbus.warmPool },
+    results: { runs: RUNS, gapMs: GAP_MS, image: env.busybox, unit: 'ms', nimbusApi: nimbus.api, nimbusApiPostgres: onPostgres, nimbusCli: nimbus.cli, nodeStartup, warmPool: nimbus.warmPool, daemonRuntime: nimbus.runtime },
     peers: {
       podman,
       podmanCommand: `podman run ${PODMAN_RUN_FLAGS.join(' ')} IMAGE true`,
       podmanVersion,
       runc: runcS,
       runcCommand: 'runc --root TMP run --bundle BUNDLE ID (busybox rootfs, /bin/true)',
+      crun: crunS ?? { error: crunReason ?? 'not measured' },
+      crunCommand: 'crun --root TMP run --bundle BUNDLE ID (the same bundle)',
     },
     ratios,
   });
   const row = (figure: string, k: 'p50' | 'p95', mode: keyof Modes, side: Side, r1: number | null, r2: number | null, noteText?: string): SummaryRow => ({
     bench: NAME, figure, unit: 'ms', nimbus: p(side, k),
-    peers: { podman: p(podman[mode], k), runc: p(runcS[mode], k) },
-    ratio: r1, note: [r2 !== null ? `/runc ${r2}×` : '', 'error' in side ? side.error.slice(0, 60) : '', noteText ?? ''].filter(Boolean).join('; '),
+    peers: { podman: p(podman[mode], k), runc: p(runcS[mode], k), ...(crunS ? { crun: p(crunS[mode], k) } : {}) },
+    ratio: r1,
+    note: [
+      r2 !== null ? `/runc ${r2}×` : '', crunS && 'p50' in side ? `/crun ${ratio(p(side, k), p(crunS[mode], k))}×` : '',
+      `nimbusd on ${nimbus.runtime}`, 'error' in side ? side.error.slice(0, 60) : '', noteText ?? '',
+    ].filter(Boolean).join('; '),
   });
   return {
     record,

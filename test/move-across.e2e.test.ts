@@ -219,7 +219,8 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
   });
 
   test('host evacuate: host-b disabled, its containers moved to the embedded host (live where they can), one that cannot move named', async () => {
-    await cliOk(['run', '-d', '--name', 'evac1', '--host', AGENT, '--network', 'none', image, ...SERVE]);
+    // runc: Debian builds crun (the default where it runs) without CRIU, so only runc containers move live
+    await cliOk(['run', '-d', '--name', 'evac1', '--host', AGENT, '--runtime', 'runc', '--network', 'none', image, ...SERVE]);
     await exec('evac1', 'echo evac > /etc/evac-marker');
     await cliOk(['create', '--name', 'evac2', '--host', AGENT, '--network', 'none', image, 'true']);
     await cliOk(['run', '-d', '--name', 'evac-hostnet', '--host', AGENT, '--network', 'host', image, ...SERVE]);

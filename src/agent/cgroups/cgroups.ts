@@ -190,6 +190,17 @@ export function readPseudoFile(file: string): string | undefined {
   }
 }
 
+/**
+ * On a hybrid host, the controllers its cgroup2 hierarchy offers (none elsewhere). crun 1.8.1
+ * refuses to run a container unless this is empty ("cgroups in hybrid mode not supported, drop
+ * all controllers from cgroupv2"); systemd's hybrid layout mounts every controller as v1, a host
+ * set up by hand may not (scripts/cgroup-hybrid mounts the rest).
+ */
+export function hybridCgroup2Controllers(layout: CgroupLayout): string[] {
+  if (layout.mode !== 'hybrid' || !layout.unified) return [];
+  return (readPseudoFile(path.join(layout.unified, 'cgroup.controllers')) ?? '').trim().split(/\s+/).filter(Boolean);
+}
+
 function unifiedHas(paths: CgroupPaths, controller: string): boolean {
   if (!paths.unified) return false;
   const c = readPseudoFile(path.join(paths.unified, 'cgroup.controllers'));

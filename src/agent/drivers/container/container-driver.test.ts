@@ -4,7 +4,7 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile, ac
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
-import { cgroupPaths, detectCgroupLayout, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { mountsUnder } from '../../snapshots/mount.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import {
@@ -18,7 +18,7 @@ import {
   sleep,
 } from '../instance-driver-conformance.js';
 import { ContainerDriver, containerDriverImplementation } from './container-driver.js';
-import { probeRuntime } from './oci-runtime.js';
+import { findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
 
 const APPLETS = ['sh', 'true', 'false', 'sleep', 'echo', 'cat', 'id', 'head', 'tr', 'ls', 'ps', 'kill', 'dd', 'seq', 'yes'];
 
@@ -64,7 +64,7 @@ interface Env {
   teardown(): Promise<void>;
 }
 
-async function makeEnv(label: string): Promise<Env> {
+async function makeEnv(label: string, runtime: RuntimeName = 'runc'): Promise<Env> {
   const base = await mkdtemp(path.join(tmpdir(), `nimbus-ctr-${label}-`));
   const stateDir = path.join(base, 'state');
   const rootfsDir = path.join(base, 'rootfs');
@@ -72,7 +72,7 @@ async function makeEnv(label: string): Promise<Env> {
   const cgroupParent = `/nimbus-test-${process.pid}-${label}`;
   const drivers: ContainerDriver[] = [];
   const newDriver = () => {
-    const d = new ContainerDriver({ stateDir, runtime: 'runc', cgroupParent });
+    const d = new ContainerDriver({ stateDir, runtime, cgroupParent });
     drivers.push(d);
     return d;
   };
@@ -92,9 +92,9 @@ async function makeEnv(label: string): Promise<Env> {
       for (const id of await d.list()) await d.delete(id).catch((e: unknown) => console.error('teardown delete', id, e));
       for (const x of drivers) x.close();
       // leftover runtime state (should be none)
-      await run('runc', ['--root', path.join(stateDir, 'runtime', 'runc'), 'list', '-q']).then(async (r) => {
+      await run(runtime, ['--root', path.join(stateDir, 'runtime', runtime), 'list', '-q']).then(async (r) => {
         for (const id of r.stdout.split('\n').filter(Boolean)) {
-          await run('runc', ['--root', path.join(stateDir, 'runtime', 'runc'), 'delete', '-f', id]);
+          await run(runtime, ['--root', path.join(stateDir, 'runtime', runtime), 'delete', '-f', id]);
         }
       });
       const layout = await detectCgroupLayout();
@@ -134,6 +134,16 @@ if (runcReason) {
     };
   });
 
+  // crun where it runs here (a hybrid host whose cgroup2 offers no controller: scripts/cgroup-hybrid)
+  const crunReason = await probeRuntime('crun');
+  if (crunReason) test('InstanceDriver conformance: container/crun', (t) => t.skip(crunReason));
+  else {
+    instanceDriverConformance('container/crun', async () => {
+      const env = await makeEnv('conf-crun', 'crun');
+      return { driver: env.driver, makeSpec: env.make, reopen: async () => env.newDriver(), teardown: env.teardown };
+    });
+  }
+
   describe('container driver specifics (runc)', () => {
     let env: Env;
     let d: ContainerDriver;
@@ -148,11 +158,10 @@ if (runcReason) {
     test('probes: runc usable; crun reported with the real reason when unusable; registry probe', async () => {
       assert.equal(await probeRuntime('runc'), undefined);
       const crun = await probeRuntime('crun');
-      const layout = await detectCgroupLayout();
-      if (layout.mode === 'hybrid') {
-        assert.ok(crun, 'crun must be unusable on a hybrid host');
+      if (hybridCgroup2Controllers(await detectCgroupLayout()).length > 0) {
+        assert.ok(crun, 'crun must be unusable on a hybrid host whose cgroup2 offers a controller');
         assert.match(crun, /hybrid/);
-      }
+      } else if (await findBinary('crun')) assert.equal(crun, undefined, 'crun runs where cgroup2 offers none');
       assert.equal(await containerDriverImplementation.probe({ stateDir: env.stateDir }), undefined);
     });
 

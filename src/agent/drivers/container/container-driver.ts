@@ -50,7 +50,6 @@ import {
   type RuntimeState,
 } from '../instance-driver.js';
 import { Readable, Writable } from 'node:stream';
-import type { IPty } from 'node-pty';
 import {
   isConmonFor,
   launchConmon,
@@ -67,7 +66,7 @@ import { parentPid, processAlive } from '../../../core/proc.js';
 import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_SCRIPT_DIR, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
-import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
+import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName, type TerminalExec } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
@@ -623,6 +622,9 @@ export class ContainerDriver implements InstanceDriver {
 
   async unpause(id: string): Promise<void> {
     const meta = await this.meta(id);
+    // runc refuses to resume a container that is not paused, crun 1.8.1 succeeds: one answer for both
+    const { status } = await this.state(id);
+    if (status !== 'paused') throw new Conflict(`container ${id.slice(0, 12)} is not paused (it is ${status})`, { id, status });
     await this.runtime(meta.runtime, meta.runtimePath).resume(id);
   }
 
@@ -728,14 +730,20 @@ export class ContainerDriver implements InstanceDriver {
       cwd: req.cwd ?? config.process.cwd,
       user: req.user ? resolveUser(req.user, await readUserDb(this.rootfs(id))).user : config.process.user,
     };
-    const processFile = path.join(this.dir(id), `exec-${randomBytes(6).toString('hex')}.json`);
+    const execName = `exec-${randomBytes(6).toString('hex')}`;
+    const processFile = path.join(this.dir(id), `${execName}.json`);
+    const pidFile = path.join(this.dir(id), `${execName}.pid`);
     await writeFile(processFile, JSON.stringify(proc));
     const runtime = this.runtime(meta.runtime, meta.runtimePath);
     if (req.tty) {
       try {
-        return terminalSession(await runtime.execTerminal(id, { processFile }, req.tty), () => void unlink(processFile).catch(() => undefined));
+        return terminalSession(await runtime.execTerminal(id, { processFile, pidFile }, req.tty), () => {
+          void unlink(processFile).catch(() => undefined);
+          void unlink(pidFile).catch(() => undefined);
+        });
       } catch (e) {
         await unlink(processFile).catch(() => undefined);
+        await unlink(pidFile).catch(() => undefined);
         throw e;
       }
     }
@@ -998,7 +1006,8 @@ export class ContainerDriver implements InstanceDriver {
  * terminal's, paused while the reader is behind; a reader that goes away hangs up (SIGHUP to
  * the runtime, which passes it to the command), as closing a terminal window does.
  */
-function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
+function terminalSession(terminal: TerminalExec, cleanup: () => void): ExecSession {
+  const { pty } = terminal;
   let exited = false;
   const stdout = new Readable({
     read: () => pty.resume(),
@@ -1021,6 +1030,7 @@ function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
     // node-pty reports the exit after the last output was read
     pty.onExit(({ exitCode, signal }) => {
       exited = true;
+      terminal.close();
       cleanup();
       if (!stdout.destroyed) stdout.push(null);
       resolve(signal ? 128 + signal : exitCode);
@@ -1042,7 +1052,7 @@ function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
     resize: (rows, cols) => {
       const bad = badTerminalSize(rows, cols);
       if (bad) throw new InvalidArgument(bad);
-      if (!exited) pty.resize(cols, rows);
+      if (!exited) terminal.resize(rows, cols);
     },
   };
 }

@@ -4,7 +4,7 @@ import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile, readFile } from 'node
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
-import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, releaseThroughExecFifo, runtimeMessage } from './oci-runtime.js';
 import { spawn } from 'node:child_process';
@@ -29,8 +29,9 @@ test('probes: runc works here; crun reports its real reason; auto choice', async
   assert.equal(runc, undefined, runc);
   const crun = await probeRuntime('crun');
   const layout = await detectCgroupLayout();
-  if (layout.mode === 'hybrid' && (await findBinary('crun'))) {
-    assert.match(crun ?? '', /crun cannot run a container here: .*hybrid/);
+  const offered = hybridCgroup2Controllers(layout);
+  if (offered.length > 0 && (await findBinary('crun'))) {
+    assert.match(crun ?? '', /crun cannot run a container here: .*hybrid.*scripts\/cgroup-hybrid/);
     assert.equal(await chooseRuntime('auto'), 'runc');
     await assert.rejects(chooseRuntime('crun'), (e) => hasCode(e, 'InvalidArgument'));
   } else {

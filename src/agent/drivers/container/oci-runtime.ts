@@ -12,11 +12,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, Unavailable, hasCode, type NimbusError } from '../../../core/errors.js';
-import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { processAlive } from '../../../core/proc.js';
 import { CommandRunner } from '../../command-runner.js';
 import { removeStateFile } from '../../../core/state-files.js';
+import { ProcessTerminalResizer } from './process-terminal.js';
 
 export type RuntimeName = 'runc' | 'crun';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
@@ -177,10 +178,25 @@ export class OciRuntime {
   async resume(id: string): Promise<void> {
     await this.call('resume', id, ['resume', id]);
   }
-  /** Change a container's memory/cpu/pids limits (LinuxResources JSON on stdin). */
+  /**
+   * Change a container's memory/cpu/pids limits (LinuxResources JSON). Passed as a file in the
+   * runtime's own state directory of the container (its delete removes it): crun reads `-` by
+   * opening /dev/stdin, which fails on the socket pair Node gives a child as its stdin.
+   */
   async update(id: string, resources: Record<string, unknown>): Promise<void> {
-    const r = await run(this.binary, [...this.globalArgs(), 'update', '--resources', '-', id], { input: JSON.stringify(resources), timeoutMs: 30_000 });
-    if (r.code !== 0) throw mapRuntimeError(this.name, 'update', id, r.stderr || r.stdout, r.code);
+    const file = path.join(this.root, id, 'nimbus-update.json');
+    try {
+      await writeFile(file, JSON.stringify(resources));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFound(`container ${id} not found`, { id });
+      throw e;
+    }
+    try {
+      const r = await run(this.binary, [...this.globalArgs(), 'update', '--resources', file, id], { timeoutMs: 30_000 });
+      if (r.code !== 0) throw mapRuntimeError(this.name, 'update', id, r.stderr || r.stdout, r.code);
+    } finally {
+      await rm(file, { force: true });
+    }
   }
   /** Through a long-lived host shell (no fork of nimbusd: ~1.6 ms of its event loop per delete here). */
   async delete(id: string, force = false): Promise<void> {
@@ -211,22 +227,42 @@ export class OciRuntime {
    * turns the SIGWINCH a resize of ours sends it into a resize of the container's
    * (docs/exec.md says why not a console socket).
    */
-  async execTerminal(id: string, opts: ExecOptions, size: { rows: number; cols: number }): Promise<IPty> {
-    const args = [...this.globalArgs(), 'exec', '--process', opts.processFile];
-    if (opts.pidFile) args.push('--pid-file', opts.pidFile);
-    args.push(id);
+  async execTerminal(id: string, opts: ExecOptions & { pidFile: string }, size: { rows: number; cols: number }): Promise<TerminalExec> {
+    const args = [...this.globalArgs(), 'exec', '--process', opts.processFile, '--pid-file', opts.pidFile, id];
     const pty = await loadNodePty();
+    let child: IPty;
     try {
       // encoding null: bytes both ways (the terminal's output need not be UTF-8 cut at chunk ends)
       // Our pty is made raw before the runtime runs: input written before the runtime makes it
       // raw itself would otherwise be echoed and held for a newline by our line discipline.
-      return pty.spawn('/bin/sh', ['-c', 'stty raw -echo && exec "$0" "$@"', this.binary, ...args], {
+      child = pty.spawn('/bin/sh', ['-c', 'stty raw -echo && exec "$0" "$@"', this.binary, ...args], {
         name: 'xterm', cols: size.cols, rows: size.rows, cwd: '/', env: process.env as Record<string, string>, encoding: null,
       });
     } catch (e) {
       throw new Internal(`${this.name} exec ${id} on a terminal: ${(e as Error).message}`, { id }, { cause: e });
     }
+    if (this.name === 'runc') return { pty: child, resize: (rows, cols) => child.resize(cols, rows), close: () => undefined };
+    // crun copies our pty's size once, at the start, and ignores SIGWINCH: the command's
+    // terminal is resized directly (process-terminal.ts), the asked size applied once it runs
+    const direct = new ProcessTerminalResizer(opts.pidFile);
+    direct.resize(size.rows, size.cols);
+    return {
+      pty: child,
+      resize: (rows, cols) => {
+        child.resize(cols, rows);
+        direct.resize(rows, cols);
+      },
+      close: () => direct.close(),
+    };
   }
+}
+
+/** A TTY exec's runtime on our pty, and how to resize the command's terminal. */
+export interface TerminalExec {
+  pty: IPty;
+  resize(rows: number, cols: number): void;
+  /** The exec ended. */
+  close(): void;
 }
 
 let nodePty: Promise<typeof import('node-pty')> | undefined;
@@ -342,7 +378,11 @@ async function probeUncached(name: RuntimeName, opts: ProbeOptions): Promise<str
     );
     await writeFile(path.join(dir, 'config.json'), JSON.stringify(config));
     const r = await run(binary, [...rt.globalArgs(), 'run', '--bundle', dir, id], { timeoutMs: 20_000 });
-    if (r.code !== 0) return `${name} cannot run a container here: ${runtimeMessage(r.stderr || r.stdout)}`;
+    if (r.code !== 0) {
+      const offered = hybridCgroup2Controllers(layout);
+      const hint = offered.length ? ` (cgroup2 offers ${offered.join(', ')} here: scripts/cgroup-hybrid mounts them as v1 hierarchies, as systemd's hybrid layout does)` : '';
+      return `${name} cannot run a container here: ${runtimeMessage(r.stderr || r.stdout)}${hint}`;
+    }
     return undefined;
   } catch (e) {
     return `${name} probe failed: ${(e as Error).message}`;
