@@ -6,7 +6,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -20,7 +20,7 @@ import { NimbusError } from '../../../core/errors.js';
 import type { Agent, ContainerCreateRequest } from '../../agent.js';
 import { startAgentServer } from '../../remote/agent-server.js';
 import { RemoteAgent } from '../../remote/remote-agent.js';
-import { TerminalReader, waitForSize } from './terminal-test-support.js';
+import { TerminalReader, makeTerminalRootfs, waitForSize } from './terminal-test-support.js';
 
 const runcReason = await probeRuntime('runc');
 
@@ -39,12 +39,7 @@ describe('attach to the main process (conmon -t / -i, runc)', { skip: runcReason
   before(async () => {
     base = await mkdtemp(path.join(tmpdir(), 'nimbus-attach-'));
     rootfs = path.join(base, 'rootfs');
-    await mkdir(path.join(rootfs, 'bin'), { recursive: true });
-    await mkdir(path.join(rootfs, 'etc'), { recursive: true });
-    await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-    for (const a of ['sh', 'sleep', 'stty', 'tty', 'cat', 'echo']) await symlink('busybox', path.join(rootfs, 'bin', a));
-    await writeFile(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-    await writeFile(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
+    await makeTerminalRootfs(rootfs);
     d = new ContainerDriver({ stateDir: path.join(base, 'state'), runtime: 'runc', cgroupParent });
   });
 

@@ -6,7 +6,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { detectCgroupLayout, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
@@ -22,7 +22,7 @@ import { RemoteAgent } from '../../remote/remote-agent.js';
 import { EXEC_HEADER, PATHS, PROTOCOL_HEADER } from '../../remote/agent-protocol.js';
 import http from 'node:http';
 
-import { TerminalReader, waitForSize } from './terminal-test-support.js';
+import { TerminalReader, makeTerminalRootfs, waitForSize } from './terminal-test-support.js';
 
 for (const runtime of RUNTIME_NAMES) {
   describe(`exec with a TTY (container driver, ${runtime})`, { skip: await probeRuntime(runtime) }, () => {
@@ -34,12 +34,7 @@ for (const runtime of RUNTIME_NAMES) {
     before(async () => {
       base = await mkdtemp(path.join(tmpdir(), 'nimbus-tty-'));
       const rootfs = path.join(base, 'rootfs');
-      await mkdir(path.join(rootfs, 'bin'), { recursive: true });
-      await mkdir(path.join(rootfs, 'etc'), { recursive: true });
-      await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-      for (const a of ['sh', 'sleep', 'stty', 'tty', 'cat', 'echo']) await symlink('busybox', path.join(rootfs, 'bin', a));
-      await writeFile(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-      await writeFile(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
+      await makeTerminalRootfs(rootfs);
       d = new ContainerDriver({ stateDir: path.join(base, 'state'), runtime, cgroupParent });
       id = freshId('tty');
       await d.create(bindRootfsSpec(rootfs, id, ['sleep', '600']));
