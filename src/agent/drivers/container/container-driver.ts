@@ -66,7 +66,7 @@ import { parentPid, processAlive } from '../../../core/proc.js';
 import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_SCRIPT_DIR, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
-import { OciRuntime, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName, type TerminalExec } from './oci-runtime.js';
+import { OciRuntime, RUNTIME_NAMES, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName, type TerminalExec } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
@@ -83,7 +83,7 @@ const log = logger('agent.drivers.container');
 export interface ContainerDriverOptions {
   /** Root of all of this driver's state (e.g. /var/lib/nimbus). */
   stateDir: string;
-  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (crun where it works, else runc). */
+  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (runc where it works, else crun: RUNTIME_NAMES says why). */
   runtime?: RuntimeName | 'auto';
   /** Parent cgroup (cgroupfs) for all containers. Default '/nimbus'. */
   cgroupParent?: string;
@@ -1076,7 +1076,7 @@ export const containerDriverImplementation: Implementation<InstanceDriver, Conta
     if (!(await findBinary('conmon'))) return 'conmon is not installed';
     if (ctx.runtime && ctx.runtime !== 'auto') return probeRuntime(ctx.runtime);
     const reasons: string[] = [];
-    for (const n of ['crun', 'runc'] as const) {
+    for (const n of RUNTIME_NAMES) {
       const r = await probeRuntime(n);
       if (r === undefined) return undefined;
       reasons.push(r);

@@ -20,7 +20,15 @@ import { removeStateFile } from '../../../core/state-files.js';
 import { ProcessTerminalResizer } from './process-terminal.js';
 
 export type RuntimeName = 'runc' | 'crun';
-export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
+/**
+ * In the order `auto` tries them. runc first: crun 1.8.1 (Debian's) is cheaper per container
+ * (docs/warm-start.md) but its foreground TTY exec, the only one Node can drive without receiving
+ * a file descriptor, is not sound: it ignores SIGWINCH, and output the command writes just before
+ * it exits is flushed through crun's error log (red, timestamped) instead of the terminal
+ * (`flush_fd_to_err`, src/libcrun/container.c). crun is used when asked (`--runtime crun`,
+ * `nimbusd --runtime crun`) and where runc is not usable.
+ */
+export const RUNTIME_NAMES: readonly RuntimeName[] = ['runc', 'crun'];
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
 
@@ -394,7 +402,7 @@ async function probeUncached(name: RuntimeName, opts: ProbeOptions): Promise<str
   }
 }
 
-/** The runtime to use: `preferred` if given (must be usable), else crun where it works, else runc. */
+/** The runtime to use: `preferred` if given (must be usable), else the first of RUNTIME_NAMES that works here. */
 export async function chooseRuntime(preferred?: RuntimeName | 'auto', opts: ProbeOptions = {}): Promise<RuntimeName> {
   if (preferred && preferred !== 'auto') {
     const reason = await probeRuntime(preferred, opts);

@@ -18,6 +18,9 @@
 import { readFile } from 'node:fs/promises';
 import { run } from '../../../core/exec.js';
 
+/** When the size is applied again after the first time (crun's own first size can land after ours). */
+const REASSERT_MS = [100, 500];
+
 const RESIZE_SCRIPT = String.raw`
 use strict; use warnings; use Fcntl;
 my ($pid, $rows, $cols) = @ARGV;
@@ -46,18 +49,25 @@ export async function resizeProcessTerminal(pid: number, rows: number, cols: num
  * The resizes of one exec, applied in order to the process the runtime names in its pid file
  * (written once the process exists: resizes asked before then wait for it, the latest wins).
  * Failures are dropped: a process that exited or closed its terminal has nothing to resize.
+ *
+ * crun writes the pid file before it sets the pty's first size (`consoleSize`, or its stdin's),
+ * so a resize applied at once can be overwritten by that first size (seen: `stty size` 24 80
+ * after a resize to 20x60 in one of three runs). The latest size is therefore applied again
+ * REASSERT_MS after the first one.
  */
 export class ProcessTerminalResizer {
   private wanted: { rows: number; cols: number } | undefined;
+  private latest: { rows: number; cols: number } | undefined;
   private draining = false;
   private pid: number | undefined;
   private closed = false;
+  private reassert: NodeJS.Timeout[] = [];
 
   constructor(private readonly pidFile: string, private readonly waitMs = 5000) {}
 
   resize(rows: number, cols: number): void {
     if (this.closed) return;
-    this.wanted = { rows, cols };
+    this.wanted = this.latest = { rows, cols };
     if (!this.draining) void this.drain();
   }
 
@@ -65,6 +75,7 @@ export class ProcessTerminalResizer {
   close(): void {
     this.closed = true;
     this.wanted = undefined;
+    for (const t of this.reassert) clearTimeout(t);
   }
 
   private async drain(): Promise<void> {
@@ -72,9 +83,15 @@ export class ProcessTerminalResizer {
     try {
       for (let size = this.wanted; size && !this.closed; size = this.wanted) {
         this.wanted = undefined;
+        const first = this.pid === undefined;
         const pid = await this.processId();
         if (pid === undefined) return;
         await resizeProcessTerminal(pid, size.rows, size.cols).catch(() => undefined);
+        if (first) {
+          this.reassert = REASSERT_MS.map((ms) => setTimeout(() => {
+            if (this.latest) this.resize(this.latest.rows, this.latest.cols);
+          }, ms).unref());
+        }
       }
     } finally {
       this.draining = false;
