@@ -207,8 +207,9 @@ export class ContainerService {
     return names.length ? names.join('/') : id;
   }
 
+  /** As Docker does: the container's labels, its image and name, then what the action adds (`docker events --filter label=…` matches them). */
   private publish(c: ContainerRecord, action: string, attributes: Record<string, unknown> = {}) {
-    this.events.publish({ type: 'container', action, id: c.id, projectId: c.projectId, attributes: { name: c.name, ...attributes } });
+    this.events.publish({ type: 'container', action, id: c.id, projectId: c.projectId, attributes: { ...c.config.labels, image: c.config.image, name: c.name, ...attributes } });
   }
 
   /**

@@ -50,6 +50,7 @@ import {
   type RuntimeState,
 } from '../instance-driver.js';
 import { Readable, Writable } from 'node:stream';
+import type { IPty } from 'node-pty';
 import {
   isConmonFor,
   launchConmon,
@@ -66,7 +67,8 @@ import { parentPid, processAlive } from '../../../core/proc.js';
 import { removeStateFile, replaceStateFile, writeStateFile } from '../../../core/state-files.js';
 import { WARM_GO_FIFO, WARM_SCRIPT_DIR, WARM_STUB_ARGS, comparableJson, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 import { findStaticBusybox } from './static-busybox.js';
-import { OciRuntime, RUNTIME_NAMES, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName, type TerminalExec } from './oci-runtime.js';
+import { execThroughConmon } from './conmon-exec.js';
+import { OciRuntime, RUNTIME_NAMES, chooseRuntime, findBinary, probeRuntime, requestFault, type RuntimeName } from './oci-runtime.js';
 import { checkExecutable } from './rootfs-lookup.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
@@ -83,7 +85,7 @@ const log = logger('agent.drivers.container');
 export interface ContainerDriverOptions {
   /** Root of all of this driver's state (e.g. /var/lib/nimbus). */
   stateDir: string;
-  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (runc where it works, else crun: RUNTIME_NAMES says why). */
+  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (crun where it works, else runc: RUNTIME_NAMES says why). */
   runtime?: RuntimeName | 'auto';
   /** Parent cgroup (cgroupfs) for all containers. Default '/nimbus'. */
   cgroupParent?: string;
@@ -732,18 +734,24 @@ export class ContainerDriver implements InstanceDriver {
     };
     const execName = `exec-${randomBytes(6).toString('hex')}`;
     const processFile = path.join(this.dir(id), `${execName}.json`);
-    const pidFile = path.join(this.dir(id), `${execName}.pid`);
     await writeFile(processFile, JSON.stringify(proc));
     const runtime = this.runtime(meta.runtime, meta.runtimePath);
+    if (req.tty && runtime.name !== 'runc') {
+      // crun's foreground terminal is not sound (conmon-exec.ts says why): conmon takes its console socket
+      try {
+        return await execThroughConmon({
+          conmonPath: await this.conmonPath(), runtimePath: runtime.binary, runtimeArgs: [`--root=${runtime.root}`],
+          containerId: id, execId: execName, dir: path.join(this.dir(id), execName), processFile,
+        });
+      } finally {
+        await unlink(processFile).catch(() => undefined);
+      }
+    }
     if (req.tty) {
       try {
-        return terminalSession(await runtime.execTerminal(id, { processFile, pidFile }, req.tty), () => {
-          void unlink(processFile).catch(() => undefined);
-          void unlink(pidFile).catch(() => undefined);
-        });
+        return terminalSession(await runtime.execTerminal(id, { processFile }, req.tty), () => void unlink(processFile).catch(() => undefined));
       } catch (e) {
         await unlink(processFile).catch(() => undefined);
-        await unlink(pidFile).catch(() => undefined);
         throw e;
       }
     }
@@ -1006,8 +1014,7 @@ export class ContainerDriver implements InstanceDriver {
  * terminal's, paused while the reader is behind; a reader that goes away hangs up (SIGHUP to
  * the runtime, which passes it to the command), as closing a terminal window does.
  */
-function terminalSession(terminal: TerminalExec, cleanup: () => void): ExecSession {
-  const { pty } = terminal;
+function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
   let exited = false;
   const stdout = new Readable({
     read: () => pty.resume(),
@@ -1030,7 +1037,6 @@ function terminalSession(terminal: TerminalExec, cleanup: () => void): ExecSessi
     // node-pty reports the exit after the last output was read
     pty.onExit(({ exitCode, signal }) => {
       exited = true;
-      terminal.close();
       cleanup();
       if (!stdout.destroyed) stdout.push(null);
       resolve(signal ? 128 + signal : exitCode);
@@ -1052,7 +1058,7 @@ function terminalSession(terminal: TerminalExec, cleanup: () => void): ExecSessi
     resize: (rows, cols) => {
       const bad = badTerminalSize(rows, cols);
       if (bad) throw new InvalidArgument(bad);
-      if (!exited) terminal.resize(rows, cols);
+      if (!exited) pty.resize(cols, rows);
     },
   };
 }

@@ -156,5 +156,16 @@ for (const runtime of RUNTIME_NAMES) {
       // SIGHUP: 128 + 1
       assert.equal(await x.exit, 129);
     });
+
+    test('what a command prints just before it exits reaches the terminal, every time (crun 1.8.1 in the foreground flushed it to its error log)', async () => {
+      for (let i = 0; i < 20; i++) {
+        const x = await d.exec(id, { args: ['sh', '-c', 'tty; exit 2'], tty: { rows: 24, cols: 80 } });
+        const chunks: Buffer[] = [];
+        x.stdout.on('data', (b: Buffer) => chunks.push(b));
+        assert.equal(await x.exit, 2);
+        await new Promise((r) => setImmediate(r));
+        assert.match(Buffer.concat(chunks).toString(), /^\/dev\/pts\/\d+\r+\n$/, `run ${i}`);
+      }
+    });
   });
 }
