@@ -185,7 +185,10 @@ describe('metering, metrics and events end to end', { concurrency: false }, () =
     });
     await new Promise((r) => setTimeout(r, 3 * INTERVAL_MS));
     const later = (await usage()).instances.find((x) => x.id === id)!;
-    assert.equal(later.instanceSeconds, inst.instanceSeconds, 'passes after the end add nothing');
+    // nothing added after the end; a pass that had charged past the exit before it was stored is
+    // given back by the next accounting (accounting.ts, overCounted), so the total may only come down to the run
+    assert.ok(later.instanceSeconds <= inst.instanceSeconds, `passes after the end add nothing: ${inst.instanceSeconds} then ${later.instanceSeconds}`);
+    assert.ok(Math.abs(later.instanceSeconds - ran) < 0.01, `the run: ${ran} s, metered ${later.instanceSeconds} s`);
     assert.equal(later.kind, 'container');
     assert.deepEqual(later.bySize.map((s) => [s.kind, s.cpus, s.memoryBytes]), [['container', 1, 64 * 1024 * 1024]]);
     // CPU-seconds: measured, at most what one CPU can do in the run (the last stretch before exit goes with the cgroup)
