@@ -22,7 +22,7 @@ export interface NimbusOptions {
   insecureRegistries: string[];
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
   snapshotter: 'auto' | 'overlayfs' | 'native';
-  /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (crun where its probe passes, else runc). */
+  /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (runc where its probe passes, else crun). */
   runtime: 'auto' | 'runc' | 'crun';
   /** Name of the embedded agent. Default "local". */
   agentName: string;

@@ -37,7 +37,7 @@ Options (environment variable in brackets):
   --insecure-registry H    allow plain HTTP to registry H (repeatable) [NIMBUS_INSECURE_REGISTRIES]
                            (loopback registries always work over plain HTTP)
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
-  --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: crun, else runc)
+  --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: runc, else crun)
   --vm-host-dir DIR        a host directory system administrators may boot VMs from by path
                            (--kernel/--initrd/--disk /path; repeatable) [NIMBUS_VM_HOST_DIRS,
                            colon-separated] (default none: kernels, initrds and disks come from

@@ -18,7 +18,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { Internal, InvalidArgument } from '../../../core/errors.js';
 import type { ExecSession } from '../instance-driver.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
@@ -172,10 +172,20 @@ export async function execThroughConmon(o: ConmonExecOptions): Promise<ExecSessi
     });
     const stderr = new Readable({ read() {} });
     stderr.push(null);
+    // a terminal has no end of file (^D is one): the end of our writer leaves conmon's input open
+    // (ended, the bridge's shutdown made conmon let go of the terminal: `stty` then failed, seen once in three)
+    const bridge = io.stdin;
+    const stdin = new Writable({
+      write: (chunk: Buffer, _enc, cb) => {
+        if (!bridge || bridge.destroyed || exited) return cb();
+        bridge.write(chunk, () => cb());
+      },
+      final: (cb) => cb(),
+    });
     return {
       stdout: io.stdout,
       stderr,
-      ...(io.stdin ? { stdin: io.stdin } : {}),
+      stdin,
       exit,
       resize: (rows, cols) => {
         const bad = badTerminalSize(rows, cols);

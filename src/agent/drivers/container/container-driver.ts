@@ -85,7 +85,7 @@ const log = logger('agent.drivers.container');
 export interface ContainerDriverOptions {
   /** Root of all of this driver's state (e.g. /var/lib/nimbus). */
   stateDir: string;
-  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (crun where it works, else runc: RUNTIME_NAMES says why). */
+  /** Default runtime; per-instance `spec.runtime` wins. Default 'auto' (runc where it works, else crun: RUNTIME_NAMES says why). */
   runtime?: RuntimeName | 'auto';
   /** Parent cgroup (cgroupfs) for all containers. Default '/nimbus'. */
   cgroupParent?: string;

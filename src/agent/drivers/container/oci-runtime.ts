@@ -20,12 +20,14 @@ import { removeStateFile } from '../../../core/state-files.js';
 
 export type RuntimeName = 'runc' | 'crun';
 /**
- * In the order `auto` tries them: crun first, ~15 ms of CPU cheaper per container than runc here
- * (docs/warm-start.md). Its TTY execs go through conmon's exec mode (conmon-exec.ts: crun's
- * foreground terminal is not sound); Debian builds it without CRIU, so a container that must
- * move live asks for runc (`--runtime runc`).
+ * In the order `auto` tries them: runc first. crun is ~15 ms of CPU cheaper per container here
+ * (docs/warm-start.md) and is used when asked (`--runtime crun`, `nimbusd --runtime crun`) or
+ * where runc is not usable, but its TTY execs are not yet sound enough to be the default: in the
+ * foreground crun 1.8.1 flushes a command's last output through its error log, and through
+ * conmon's exec mode (conmon-exec.ts) the docker CLI's `exec -it` cases failed 2 of 3 runs
+ * (docs/exec.md). Debian also builds crun without CRIU: only runc containers move live.
  */
-export const RUNTIME_NAMES: readonly RuntimeName[] = ['crun', 'runc'];
+export const RUNTIME_NAMES: readonly RuntimeName[] = ['runc', 'crun'];
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'paused' | 'stopped';
 
