@@ -122,7 +122,10 @@ async function measureSide(env: BenchEnv, name: SideName, round: number): Promis
   }
 }
 
-/** The exact median (summarize rounds to 0.1, too coarse for ratios near 1). */
+/**
+ * The median, the mean of the two middle values for an even count: summarize rounds to 0.1, too
+ * coarse for ratios near 1, and stats.ts's median is nearest-rank (with 4 rounds, the lower middle).
+ */
 function median(xs: number[]): number {
   const a = [...xs].sort((x, y) => x - y);
   const m = a.length >> 1;

@@ -197,14 +197,16 @@ export function readPseudoFile(file: string): string | undefined {
  * set up by hand may not (scripts/cgroup-hybrid mounts the rest).
  */
 export function hybridCgroup2Controllers(layout: CgroupLayout): string[] {
-  if (layout.mode !== 'hybrid' || !layout.unified) return [];
-  return (readPseudoFile(path.join(layout.unified, 'cgroup.controllers')) ?? '').trim().split(/\s+/).filter(Boolean);
+  return layout.mode === 'hybrid' && layout.unified ? controllersIn(layout.unified) : [];
+}
+
+/** The controllers a cgroup2 directory offers (its cgroup.controllers; none when unreadable). */
+function controllersIn(dir: string): string[] {
+  return (readPseudoFile(path.join(dir, 'cgroup.controllers')) ?? '').trim().split(/\s+/).filter(Boolean);
 }
 
 function unifiedHas(paths: CgroupPaths, controller: string): boolean {
-  if (!paths.unified) return false;
-  const c = readPseudoFile(path.join(paths.unified, 'cgroup.controllers'));
-  return c !== undefined && c.trim().split(/\s+/).includes(controller);
+  return paths.unified !== undefined && controllersIn(paths.unified).includes(controller);
 }
 
 /**

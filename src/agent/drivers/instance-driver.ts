@@ -4,6 +4,7 @@
  * and Nova's virt drivers. The agent calls it; the control plane never does.
  */
 import type { Readable, Writable } from 'node:stream';
+import { InvalidArgument } from '../../core/errors.js';
 import type { MountSpec } from '../snapshots/snapshotter.js';
 
 export interface ProcessSpec {
@@ -151,6 +152,15 @@ export interface AttachRequest {
 export function badTerminalSize(rows: unknown, cols: unknown): string | undefined {
   const ok = (n: unknown) => typeof n === 'number' && Number.isInteger(n) && n >= 1 && n <= MAX_TERMINAL_CELLS;
   return ok(rows) && ok(cols) ? undefined : `a terminal's rows and cols are integers from 1 to ${MAX_TERMINAL_CELLS} (got ${String(rows)}x${String(cols)})`;
+}
+
+/** An exec session's `resize`: the size checked (InvalidArgument), then handed to `apply`. */
+export function checkedResize(apply: (rows: number, cols: number) => void): (rows: number, cols: number) => void {
+  return (rows, cols) => {
+    const bad = badTerminalSize(rows, cols);
+    if (bad) throw new InvalidArgument(bad);
+    apply(rows, cols);
+  };
 }
 
 /** One network endpoint's counters, from the instance's side (its host end's rx is the instance's tx). */

@@ -20,7 +20,7 @@ import { drainedOrClosed } from '../../core/streams.js';
 import type { AddressProvider, Agent, AgentImage, BlobStream, PullOptions, PullProgress, TreeImportResult } from '../agent.js';
 import type { BuildProgress, BuildRequest } from '../agent.js';
 import type { ContainerArchiveResult, ContainerPathStat } from '../agent.js';
-import { badTerminalSize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type LogRecord } from '../drivers/instance-driver.js';
+import { checkedResize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type LogRecord } from '../drivers/instance-driver.js';
 import {
   BLOB_SIZE_HEADER,
   BUILD_HEADER,
@@ -797,11 +797,9 @@ export class RemoteAgent implements Agent {
       }
     })();
     exit.catch(() => undefined); // a caller reading only the outputs must not get an unhandled rejection
-    const resize = (rows: number, cols: number) => {
-      const bad = badTerminalSize(rows, cols);
-      if (bad) throw new InvalidArgument(bad);
+    const resize = checkedResize((rows, cols) => {
       if (!req.writableEnded && !req.destroyed) req.write(ndjsonLine({ resize: { rows, cols } } satisfies ExecInputFrame));
-    };
+    });
     return { stdout, stderr, ...(stdin ? { stdin } : {}), exit, ...(spec.tty ? { resize } : {}) };
   }
 

@@ -20,10 +20,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { Internal, InvalidArgument } from '../../../core/errors.js';
-import type { ExecSession } from '../instance-driver.js';
+import { checkedResize, type ExecSession } from '../instance-driver.js';
 import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 import { parseSyncMessage } from './conmon.js';
-import { badTerminalSize } from '../instance-driver.js';
 
 export interface ConmonExecOptions {
   conmonPath: string;
@@ -148,7 +147,7 @@ export async function execThroughConmon(o: ConmonExecOptions): Promise<ExecSessi
     }
     pid = first.data;
     const commandPid = pid;
-    (start as { destroy(): void }).destroy();
+    start.destroy();
     const exit = (async () => {
       const last = await sync.next();
       await io.exit; // the relay has ended: every byte of output is through
@@ -187,11 +186,9 @@ export async function execThroughConmon(o: ConmonExecOptions): Promise<ExecSessi
       stderr,
       stdin,
       exit,
-      resize: (rows, cols) => {
-        const bad = badTerminalSize(rows, cols);
-        if (bad) throw new InvalidArgument(bad);
+      resize: checkedResize((rows, cols) => {
         if (!exited) void resizeConmonTerminal(o.dir, o.execId, rows, cols).catch(() => undefined);
-      },
+      }),
     };
   } catch (e) {
     if (pid === undefined) {

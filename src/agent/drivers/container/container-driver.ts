@@ -39,6 +39,7 @@ import {
 import { isMounted, mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import {
   badTerminalSize,
+  checkedResize,
   type AttachRequest,
   type AttachSession,
   type ExecRequest,
@@ -1055,11 +1056,9 @@ function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
     stderr,
     stdin,
     exit,
-    resize: (rows, cols) => {
-      const bad = badTerminalSize(rows, cols);
-      if (bad) throw new InvalidArgument(bad);
+    resize: checkedResize((rows, cols) => {
       if (!exited) pty.resize(cols, rows);
-    },
+    }),
   };
 }
 

@@ -1,7 +1,7 @@
 /**
  * exec with a TTY through the container driver and each real runtime usable here (runc or crun
  * on a pty of node-pty): the command sees a terminal of the size asked, a resize reaches it
- * (runc's own SIGWINCH handling; crun's command resized directly, process-terminal.ts), input
+ * (runc's own SIGWINCH handling; crun's through conmon's exec mode, conmon-exec.ts), input
  * typed reaches it, and its exit code comes back.
  */
 import { after, before, describe, test } from 'node:test';
