@@ -32,11 +32,12 @@ function refusal(res: IncomingMessage): Promise<ApiError> {
     res.on('error', () => resolve(new ApiError(res.statusCode ?? 0, 'Unavailable', `the exec WebSocket was refused (HTTP ${res.statusCode})`)));
     res.on('end', () => {
       let message = text.trim() || `HTTP ${res.statusCode}`;
-      let code = 'InvalidArgument';
+      // the status's code unless the body names one (a proxy's refusal is not our JSON)
+      let code = ({ 401: 'Unauthenticated', 403: 'PermissionDenied', 404: 'NotFound', 409: 'Conflict' } as Record<number, string>)[res.statusCode ?? 0] ?? 'InvalidArgument';
       try {
         const e = (JSON.parse(text) as { error?: { message?: string; code?: string } }).error;
         message = e?.message ?? message;
-        code = e?.code ?? ({ 401: 'Unauthenticated', 403: 'PermissionDenied', 404: 'NotFound', 409: 'Conflict' } as Record<number, string>)[res.statusCode ?? 0] ?? code;
+        code = e?.code ?? code;
       } catch {
         /* not JSON: the text is all there is */
       }
@@ -57,8 +58,8 @@ export async function execOnTerminal(client: ApiClient, container: string, x: Te
   for (const e of x.env ?? []) q.append('env', e);
   if (x.workdir !== undefined) q.set('workdir', x.workdir);
   if (x.user !== undefined) q.set('user', x.user);
-  const ws = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/exec?${q.toString()}`, 'exec');
-  const code = await relayTerminal(ws, { input: true, what: 'exec' });
+  const socket = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/exec?${q.toString()}`, 'exec');
+  const code = await relayTerminal(socket, { input: true, what: 'exec' });
   return code === 'detached' ? 0 : code;
 }
 
@@ -73,24 +74,16 @@ export async function attachOnTerminal(client: ApiClient, container: string, opt
   if (opts.input && !process.stdin.isTTY) throw new ApiError(0, 'InvalidArgument', 'the input device is not a TTY: -it needs a terminal (leave out -i for the output alone)');
   const size = localTerminalSize();
   const q = new URLSearchParams({ rows: String(size.rows), cols: String(size.cols), stdin: String(opts.input) });
-  const ws = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/attach?${q.toString()}`, 'attach');
-  // what arrives while the start is asked (the prompt, at once) is kept for the relay, as is a close
-  const early: Array<[RawData, boolean]> = [];
-  const hold = (data: RawData, isBinary: boolean) => void early.push([data, isBinary]);
-  let closedEarly = false;
-  const markClosed = () => void (closedEarly = true);
-  ws.on('message', hold);
-  ws.once('close', markClosed);
+  const socket = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/attach?${q.toString()}`, 'attach');
+  // what arrives while the start is asked (the prompt, at once) stays held for the relay, as does a close
   try {
     await opts.afterOpen?.();
   } catch (e) {
-    ws.terminate();
+    socket.release();
+    socket.ws.terminate();
     throw e;
-  } finally {
-    ws.off('message', hold);
-    ws.off('close', markClosed);
   }
-  return relayTerminal(ws, { input: opts.input, what: 'attach', detachKeys: true, early, closedEarly });
+  return relayTerminal(socket, { input: opts.input, what: 'attach', detachKeys: true });
 }
 
 /**
@@ -100,15 +93,21 @@ export async function attachOnTerminal(client: ApiClient, container: string, opt
  * Resolves with the container's exit code.
  */
 export async function attachWithPipes(client: ApiClient, container: string, opts: { afterOpen?: () => Promise<void> }): Promise<number> {
-  const ws = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/attach?stdin=true`, 'attach');
+  const socket = await openTerminalSocket(client, `/containers/${encodeURIComponent(container)}/attach?stdin=true`, 'attach');
+  const ws = socket.ws;
   let result: { exitCode?: number; error?: { code?: string; message?: string } } | undefined;
   const onMessage = (data: RawData, isBinary: boolean) => {
     const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
     if (!isBinary) result = JSON.parse(bytes.toString('utf8')) as typeof result;
     else (bytes[0] === 2 ? process.stderr : process.stdout).write(bytes.subarray(1));
   };
-  ws.on('message', onMessage); // from the start: nothing printed while the start is asked is lost
-  const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+  const closed = new Promise<void>((resolve) => {
+    if (socket.closed) resolve();
+    else ws.once('close', () => resolve());
+  });
+  for (const [data, isBinary] of socket.early) onMessage(data, isBinary);
+  ws.on('message', onMessage);
+  socket.release();
   try {
     await opts.afterOpen?.();
   } catch (e) {
@@ -147,21 +146,59 @@ export async function attachWithPipes(client: ApiClient, container: string, opts
   throw new ApiError(0, result?.error?.code ?? 'Unavailable', result?.error?.message ?? 'the attach connection closed without an exit code');
 }
 
-async function openTerminalSocket(client: ApiClient, path: string, what: string): Promise<WebSocket> {
-  const ws: WebSocket = client.webSocket(path, EXEC_PROTOCOL);
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve());
-    ws.once('unexpected-response', (_req, res) => void refusal(res).then(reject));
-    ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `cannot reach nimbusd for the ${what}: ${e.message}`)));
-  });
-  return ws;
+/**
+ * An open terminal socket and what reached it before its reader took over. ws emits the first
+ * messages on the tick after 'open', before a caller awaiting the open runs: a server whose
+ * output is ready at the handshake (conmon's exec relay sends it at once) had its first message
+ * dropped, and a session waiting for a prompt sat silent. So messages and a close are held from
+ * the socket's creation until `release()`.
+ */
+export interface TerminalSocket {
+  ws: WebSocket;
+  early: Array<[RawData, boolean]>;
+  closed: boolean;
+  /** Stop holding: the caller's own listeners (registered in the same tick) take over. */
+  release(): void;
+}
+
+async function openTerminalSocket(client: ApiClient, path: string, what: string): Promise<TerminalSocket> {
+  return holdUntilRead(client.webSocket(path, EXEC_PROTOCOL), what);
+}
+
+/** Holds `ws`'s messages and close from now on; resolves once it is open (rejects with the server's refusal). */
+export async function holdUntilRead(ws: WebSocket, what: string): Promise<TerminalSocket> {
+  const socket: TerminalSocket = {
+    ws,
+    early: [],
+    closed: false,
+    release: () => {
+      ws.off('message', hold);
+      ws.off('close', markClosed);
+    },
+  };
+  const hold = (data: RawData, isBinary: boolean) => void socket.early.push([data, isBinary]);
+  const markClosed = () => void (socket.closed = true);
+  ws.on('message', hold);
+  ws.once('close', markClosed);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('unexpected-response', (_req, res) => void refusal(res).then(reject));
+      ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `cannot reach nimbusd for the ${what}: ${e.message}`)));
+    });
+  } catch (e) {
+    socket.release();
+    throw e;
+  }
+  return socket;
 }
 
 /** ctrl-p then ctrl-q: Docker's default detach keys. */
 const DETACH = [0x10, 0x11];
 
 /** This terminal to the socket and back until the server's last message; resolves with its exit code, or 'detached'. */
-async function relayTerminal(ws: WebSocket, opts: { input: boolean; what: string; detachKeys?: boolean; early?: Array<[RawData, boolean]>; closedEarly?: boolean }): Promise<number | 'detached'> {
+async function relayTerminal(socket: TerminalSocket, opts: { input: boolean; what: string; detachKeys?: boolean }): Promise<number | 'detached'> {
+  const ws = socket.ws;
   const stdin = process.stdin;
   let detached = false;
   let matched = 0;
@@ -215,8 +252,10 @@ async function relayTerminal(ws: WebSocket, opts: { input: boolean; what: string
         else if (detached) resolve('detached');
         else reject(new ApiError(0, result?.error?.code ?? 'Unavailable', result?.error?.message ?? `the ${opts.what} connection closed without an exit code`));
       };
-      for (const [data, isBinary] of opts.early ?? []) onMessage(data, isBinary);
-      if (opts.closedEarly) return onClose();
+      for (const [data, isBinary] of socket.early) onMessage(data, isBinary);
+      const closedEarly = socket.closed;
+      socket.release();
+      if (closedEarly) return onClose();
       ws.on('message', onMessage);
       ws.once('close', onClose);
       ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `the ${opts.what} connection failed: ${e.message}`)));
