@@ -18,6 +18,7 @@ import { InvalidArgument } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Store } from '../../store/store.js';
 import type { UsageCursor, UsageSlice } from '../../store/repos/usage.js';
+import type { ContainerRecord, VmRecord } from '../../store/records.js';
 import type { EventBus, NimbusEvent } from '../events/event-bus.js';
 import { account, close, meteredContainer, meteredVm, type CounterReading, type InstanceSize, type MeteredInstance } from './accounting.js';
 
@@ -170,13 +171,14 @@ export class MeteringService {
 
   /** The instance as it is at `now` (its record, size and, when asked, counters), kept for the pending commit. */
   private async snapshot(id: string, now: number, readCounters: boolean): Promise<void> {
-    const inst = await this.instance(id);
-    if (!inst) return;
+    const found = await this.instance(id);
+    if (!found) return;
+    const inst = found.inst;
     const read = inst.active && readCounters;
     const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
     if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
     else if (!inst.active || read) this.readings.delete(id);
-    this.edges(id).snapshots.push({ at: now, inst, size: await this.sizeOf(inst), reading });
+    this.edges(id).snapshots.push({ at: now, inst, size: await this.sizeOf(found), reading });
   }
 
   /**
@@ -263,41 +265,41 @@ export class MeteringService {
     this.stats.lastPassInstances = ids.length;
   }
 
-  private async instance(id: string): Promise<MeteredInstance | undefined> {
-    const c = await this.store.containers.get(id);
-    if (c) return meteredContainer(c);
-    const v = await this.store.vms.get(id);
-    return v ? meteredVm(v) : undefined;
+  /** The instance and the record it was read from (its size is read from the same record: one lookup, not two). */
+  private async instance(id: string): Promise<{ inst: MeteredInstance; container?: ContainerRecord; vm?: VmRecord } | undefined> {
+    const container = await this.store.containers.get(id);
+    if (container) return { inst: meteredContainer(container), container };
+    const vm = await this.store.vms.get(id);
+    return vm ? { inst: meteredVm(vm), vm } : undefined;
   }
 
   /** The claim the scheduler holds for it, else what its config asks; a VM's disk from its image when the claim has none. */
-  private async sizeOf(inst: MeteredInstance): Promise<InstanceSize> {
-    const claim = await this.store.placement.allocation(inst.id);
+  private async sizeOf(found: { inst: MeteredInstance; container?: ContainerRecord; vm?: VmRecord }): Promise<InstanceSize> {
+    const claim = await this.store.placement.allocation(found.inst.id);
     let size: InstanceSize | undefined = claim ? { millicpus: claim.millicpus, memoryBytes: claim.memoryBytes, diskBytes: claim.diskBytes > 0 ? claim.diskBytes : null } : undefined;
-    if (inst.kind === 'vm') {
-      const v = await this.store.vms.get(inst.id);
-      if (v) {
-        size ??= { millicpus: v.config.cpus * 1000, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: null };
-        if (size.diskBytes === null && v.config.diskImage) size.diskBytes = (await this.store.disks.get(v.projectId, v.config.diskImage.name))?.virtualSize ?? null;
-      }
+    const v = found.vm;
+    if (v) {
+      size ??= { millicpus: v.config.cpus * 1000, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: null };
+      if (size.diskBytes === null && v.config.diskImage) size.diskBytes = (await this.store.disks.get(v.projectId, v.config.diskImage.name))?.virtualSize ?? null;
     } else if (!size) {
-      const c = await this.store.containers.get(inst.id);
+      const c = found.container;
       size = { millicpus: Math.round((c?.config.cpus ?? 0) * 1000), memoryBytes: c?.config.memoryBytes ?? 0, diskBytes: null };
     }
-    return size ?? { millicpus: 0, memoryBytes: 0, diskBytes: null };
+    return size;
   }
 
   /** The instance's usage up to `now` (taken before its record is read: its transitions after now are clipped, not lost). */
   async accountInstance(id: string, now: number, opts: { readCounters?: boolean } = {}): Promise<void> {
-    const inst = await this.instance(id);
-    if (!inst) return;
+    const found = await this.instance(id);
+    if (!found) return;
+    const inst = found.inst;
     const cursor = await this.store.usage.cursor(id);
     if (cursor?.closed || (cursor && cursor.accountedUntil >= now)) return;
     const read = inst.active && (opts.readCounters ?? true);
     const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
     if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
     else if (!inst.active || read) this.readings.delete(id);
-    const outcome = account(cursor, inst, await this.sizeOf(inst), now, reading);
+    const outcome = account(cursor, inst, await this.sizeOf(found), now, reading);
     if (outcome) await this.commit(cursor, outcome.next, outcome.slices);
   }
 
