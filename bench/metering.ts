@@ -7,8 +7,8 @@
  * and a control run with metering off on both sides read 1.25x in the daemon's CPU per request.)
  *   off   NIMBUS_METERING_INTERVAL_MS=0: no sampler, no cursors (the API hook and event
  *         counters of /metrics still run: they are not optional)
- *   on    a sampler every BENCH_METERING_INTERVAL_MS (default 1000 ms, 60x the default rate,
- *         so that its cost shows if it has one; 60000 measures what users run)
+ *   on    a sampler every BENCH_METERING_INTERVAL_MS (default 60000 ms, the daemon's default:
+ *         what users run; 1000, 60x that, makes the sampler's own cost show)
  * Per round and side: BENCH_RUNS (default 30) `run --rm true` through the API, 200 ms apart
  * (as start-latency's isolated mode), then, once the daemon is settled (its warm pool refilled
  * to its target, no removal pending: both sides meet the same pool), a burst of BENCH_METERING_BURST (default 50)
@@ -32,7 +32,7 @@ const NAME = 'metering';
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 30));
 const BURST = Math.max(1, Number(process.env.BENCH_METERING_BURST ?? 50));
 const ROUNDS = Math.max(1, Number(process.env.BENCH_METERING_ROUNDS ?? 4));
-const INTERVAL_MS = Math.max(100, Number(process.env.BENCH_METERING_INTERVAL_MS ?? 1000));
+const INTERVAL_MS = Math.max(100, Number(process.env.BENCH_METERING_INTERVAL_MS ?? 60_000));
 /** BENCH_METERING_AA=1: the control run, metering off on both sides: the ratios it prints are this host's noise floor. */
 const AA = process.env.BENCH_METERING_AA === '1';
 const GAP_MS = 200;
