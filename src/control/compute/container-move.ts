@@ -472,7 +472,7 @@ async function rollBack(
   if (r.wasRunning && now && !restored && r.done.checkpointed) {
     // its processes are lost: started afresh at the source (the record says running, so not through deps.start)
     await deps.bounded(c.id, 'start at the source', deps.agentOn(from).startContainer(c.id)).then(async (st) => {
-      const rec = await deps.store.containers.update(c.id, { status: 'running', pid: st.pid ?? null, startedAt: new Date().toISOString(), finishedAt: null, exitCode: null });
+      const rec = await deps.store.containers.update(c.id, { status: 'running', pid: st.pid ?? null, startedAt: st.startedAt ?? new Date().toISOString(), finishedAt: null, exitCode: null });
       deps.publish(rec, 'start', { pid: rec.pid });
     }, warn('starting it again at the source'));
   } else if (r.wasRunning && now && now.status !== 'running') await deps.start(c.id).catch(warn('starting it again at the source'));

@@ -135,7 +135,7 @@ export function rebuildContainer(deps: HealDeps, id: string, to?: string): Promi
       const now = new Date().toISOString();
       const moved = await deps.store.containers.update(id, {
         host: dest, runtime: made.runtime, warnings: made.warnings,
-        status: 'running', pid: state.pid ?? null, startedAt: now, finishedAt: null, exitCode: null, oomKilled: false,
+        status: 'running', pid: state.pid ?? null, startedAt: state.startedAt ?? now, finishedAt: null, exitCode: null, oomKilled: false,
         restartCount: c.restartCount + 1,
       });
       deps.networks.endpointsMoved(id);
