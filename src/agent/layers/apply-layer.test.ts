@@ -12,6 +12,7 @@ import { hasCode } from '../../core/errors.js';
 import { mountsUnder, unmountAll } from '../snapshots/mount.js';
 import { DiskSpace, statfsProbe, type SpaceProbe } from '../content/disk-space.js';
 import { applyLayer, normaliseEntryPath, type ApplyLayerOptions } from './apply-layer.js';
+import { liveFileWriters, setFileWriterIdleExit } from './file-writer.js';
 import { ImageBudget } from './unpack-limits.js';
 
 const TAR = 'application/vnd.oci.image.layer.v1.tar';
@@ -228,8 +229,9 @@ describe('applyLayer: content', () => {
   });
 });
 
-describe('applyLayer: many small files', () => {
-  // Each case puts an entry that touches an earlier small file right behind many of them.
+describe('applyLayer: small files written by the writer threads', () => {
+  // Small files are queued and created by worker threads (file-writer.ts); anything touching a
+  // queued path must wait for it. Each case puts the touching entry right behind many queued files.
   const many = (dir: string, n = 300): E[] => Array.from({ length: n }, (_, i) => ({ name: `${dir}/f${i}`, content: `content ${i}`.repeat(1 + (i % 50)) }));
 
   it('writes a many-file layer with every byte, mode, owner and mtime, in both modes', async () => {
@@ -251,7 +253,7 @@ describe('applyLayer: many small files', () => {
     }
   });
 
-  it('an entry at an earlier file\'s path, under it, linking to it or removing its directory', async () => {
+  it('an entry at a queued path, under it, linking to it or removing its directory waits for it', async () => {
     const dir = await freshDir();
     await apply(dir, [
       ...many('a'),
@@ -270,20 +272,35 @@ describe('applyLayer: many small files', () => {
     assert.equal(await readFile(path.join(dir, 'd/f299/inside'), 'utf8'), 'in a directory now');
     assert.equal(await readFile(path.join(dir, 'd/f298'), 'utf8'), 'content 298'.repeat(1 + (298 % 50)));
 
-    // a file used as a parent is refused
+    // a queued file used as a parent is refused as before
     await refused([...many('e'), { name: 'e/f299/x', content: 'x' }], /parent "e\/f299" is not a directory/);
-    // a directory of many files replaced by a file; a whiteout and an opaque marker over many files
+    // a directory replaced by a file while its files are queued; a whiteout and an opaque marker over queued files
     const dir2 = await freshDir();
     await apply(dir2, [...many('g'), { name: 'g', content: 'a file now' }, ...many('h'), { name: '.wh.h', content: '' }, ...many('o'), { name: 'o/.wh..wh..opq', content: '' }]);
     assert.equal(await readFile(path.join(dir2, 'g'), 'utf8'), 'a file now');
-    // h was never an entry of its own (its files' parent, made on the way): the whiteout removes it
-    assert.equal(await exists(path.join(dir2, 'h')), false, 'the whiteout removed the whole tree');
+    // h was never an entry of its own (its files' parent, made on the way): the whiteout removes it, after its files were written
+    assert.equal(await exists(path.join(dir2, 'h')), false, 'the whiteout removed the whole tree, written first');
     assert.equal((await readdir(path.join(dir2, 'o'))).length, 300, 'nor does an opaque marker');
   });
 
-  it("a file that cannot be created fails the layer, typed, and nothing is written after it returns", async (t) => {
+  it('idle writer threads end, and the next layer starts new ones', async () => {
+    setFileWriterIdleExit(150);
+    try {
+      await apply(await freshDir(), many('x', 100));
+      assert.ok(liveFileWriters() > 0);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(liveFileWriters(), 0, 'idle threads ended');
+      const dir = await freshDir();
+      await apply(dir, many('y', 100));
+      assert.equal((await readdir(path.join(dir, 'y'))).length, 100);
+    } finally {
+      setFileWriterIdleExit(60_000);
+    }
+  });
+
+  it("a writer thread's error fails the layer, typed, and nothing is written after it returns", async (t) => {
     const dir = await freshDir();
-    // a name that cannot be created: its parent is immutable
+    // a name the thread cannot create: the parent is made immutable after the extractor checked it
     await mkdir(path.join(dir, 'locked'));
     const chattr = spawnSync('chattr', ['+i', path.join(dir, 'locked')]);
     if (chattr.status !== 0) {

@@ -22,7 +22,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, constants as FS, fchmodSync, fchownSync, futimesSync, openSync, writeSync } from 'node:fs';
+import { constants as FS } from 'node:fs';
 import { chmod, chown, lchown, link, lstat, lutimes, mkdir, open, readdir, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
@@ -34,15 +34,18 @@ import { InvalidArgument, NimbusError, ResourceExhausted, Unavailable } from '..
 import { run } from '../../core/exec.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
+import { SmallFileWriter } from './file-writer.js';
 import { DEFAULT_LAYER_MAX_BYTES, DEFAULT_LAYER_MAX_ENTRIES, formatBytes, type ImageBudget } from './unpack-limits.js';
 
 const log = logger('agent.layers.apply');
 
 /**
- * Files up to this size are written with synchronous calls once their body is in memory: five
- * thread-pool round trips each (open, write, chmod, utimes, close), one entry after another,
- * made an image of 2,000 small files latency-bound (1.7 s against umoci's 0.8 s here). Written
- * from the main thread a small file takes ~0.1 ms, and the event loop gets back between entries.
+ * Files up to this size are read into memory and created by the writer threads (file-writer.ts),
+ * in batches, with synchronous calls: five thread-pool round trips each (open, write, chmod,
+ * utimes, close), one entry after another, made an image of 2,000 small files latency-bound
+ * (1.7 s against umoci's 0.8 s here), and creating them on the main thread (~0.12 ms each, the
+ * kernel's inode creation) left that thread, which also parses, hashes and downloads, the pull's
+ * bottleneck.
  */
 const SMALL_FILE_BYTES = 64 * 1024;
 
@@ -346,6 +349,8 @@ class Extractor {
   unpackedBytes = 0;
   /** File bytes after which free space is asked again (0: before the first write). */
   private nextRoomCheck = 0;
+  /** Small files queued for the writer threads. */
+  private readonly smallFiles = new SmallFileWriter();
 
   constructor(
     private readonly root: string,
@@ -386,6 +391,7 @@ class Extractor {
    */
   private async roomFor(written: number): Promise<void> {
     if (!this.opts.room || written < this.nextRoomCheck) return;
+    await this.smallFiles.flush(); // free space is asked about bytes on the disk, not ones still queued
     const room = await this.opts.room.snapshotRoom(`layer ${this.layerName}`);
     this.nextRoomCheck = written + Math.min(ROOM_CHECK_MAX_BYTES, Math.max(ROOM_CHECK_MIN_BYTES, Math.floor(room / 2)));
   }
@@ -403,6 +409,7 @@ class Extractor {
     for (let i = 1; i < comps.length; i++) {
       const rel = comps.slice(0, i).join('/');
       if (this.verifiedDirs.has(rel)) continue;
+      if (this.smallFiles.has(rel)) await this.smallFiles.flush();
       const p = this.abs(comps.slice(0, i));
       const st = await lstatOrUndefined(p);
       if (st === undefined) {
@@ -421,6 +428,7 @@ class Extractor {
   /** Remove whatever is at p (never following it) unless it is a directory and keepDir is set. */
   private async clear(p: string, rel: string, keepDir: boolean): Promise<Stats | undefined> {
     if (!this.mayExist(rel)) return undefined;
+    if (this.smallFiles.has(rel)) await this.smallFiles.flush();
     const st = await lstatOrUndefined(p);
     if (st === undefined) return undefined;
     if (this.opts.noOverwriteDirNonDir && st.isDirectory() !== keepDir) {
@@ -428,6 +436,7 @@ class Extractor {
     }
     if (st.isDirectory()) {
       if (keepDir) return st;
+      await this.smallFiles.flush(); // files queued inside it are written before it goes
       await rm(p, { recursive: true, force: true });
       this.forgetDirs(rel);
       return undefined;
@@ -543,7 +552,9 @@ class Extractor {
     await this.clear(p, rel, false);
     if (size <= SMALL_FILE_BYTES) {
       await this.roomFor(this.unpackedBytes);
-      this.writeSmallFile(p, h, await smallBody(h.name, size, body));
+      const data = await smallBody(h.name, size, body);
+      const owner = this.needsChown(h);
+      await this.smallFiles.add(rel, { path: p, mode: this.mode(h, false), uid: owner ? (h.uid ?? 0) : -1, gid: owner ? (h.gid ?? 0) : -1, mtimeMs: h.mtime ? h.mtime.getTime() : null }, data);
     } else await this.writeLargeFile(p, h, body, before);
     this.written.add(rel);
     this.collectXattrs(p, rel, h);
@@ -569,20 +580,6 @@ class Extractor {
       if (h.mtime) await fh.utimes(h.mtime, h.mtime);
     } finally {
       await fh.close();
-    }
-  }
-
-  /** A small file whose body is in memory, created as file() does, with synchronous calls (SMALL_FILE_BYTES). */
-  private writeSmallFile(p: string, h: Header, data: Buffer): void {
-    const fd = openSync(p, FS.O_WRONLY | FS.O_CREAT | FS.O_EXCL | FS.O_NOFOLLOW, 0o600);
-    try {
-      let off = 0;
-      while (off < data.length) off += writeSync(fd, data, off);
-      if (this.needsChown(h)) fchownSync(fd, h.uid ?? 0, h.gid ?? 0); // before chmod: chown clears setuid bits
-      fchmodSync(fd, this.mode(h, false));
-      if (h.mtime) futimesSync(fd, h.mtime, h.mtime);
-    } finally {
-      closeSync(fd);
     }
   }
 
@@ -614,11 +611,13 @@ class Extractor {
     if (tcomps.length === 0) refuse(h.name, 'hard link to the layer root');
     if (!(await this.parents(h.name, tcomps, false))) refuse(h.name, `hard link target ${JSON.stringify(linkname)} does not exist`);
     const target = this.abs(tcomps);
+    if (this.smallFiles.has(tcomps.join('/'))) await this.smallFiles.flush();
     const tst = await lstatOrUndefined(target);
     if (tst === undefined) refuse(h.name, `hard link target ${JSON.stringify(linkname)} does not exist in this layer`);
     if (tst.isDirectory()) refuse(h.name, `hard link target ${JSON.stringify(linkname)} is a directory`);
     const p = this.abs(comps);
     await this.parents(h.name, comps, true);
+    if (this.smallFiles.has(rel)) await this.smallFiles.flush();
     const existing = await lstatOrUndefined(p);
     if (existing && existing.ino === tst.ino && existing.dev === tst.dev) return;
     await this.clear(p, rel, false);
@@ -638,6 +637,7 @@ class Extractor {
   }
 
   private async whiteout(entry: string, comps: string[]): Promise<void> {
+    await this.smallFiles.flush(); // it may remove a tree with queued files
     const rel = comps.join('/');
     if (this.written.has(rel)) return; // whiteouts hide lower layers only
     const p = this.abs(comps);
@@ -652,6 +652,7 @@ class Extractor {
   }
 
   private async opaque(entry: string, dirComps: string[]): Promise<void> {
+    await this.smallFiles.flush();
     const dirRel = dirComps.join('/');
     const p = this.abs(dirComps);
     if (dirComps.length > 0) {
@@ -673,8 +674,19 @@ class Extractor {
     this.xattrs.push({ abs: p, rel: entry, name: 'trusted.overlay.opaque', value: Buffer.from('y') });
   }
 
+  /** Every queued small file written; the first error a writer thread met is thrown. */
+  flushFiles(): Promise<void> {
+    return this.smallFiles.flush();
+  }
+
+  /** Queued files written or failed: nothing is still writing into the tree (never throws). */
+  settleFiles(): Promise<void> {
+    return this.smallFiles.settle();
+  }
+
   /** Deferred work: device nodes and xattrs in one batch, then fifo and directory metadata. */
   async finish(): Promise<void> {
+    await this.smallFiles.flush();
     await applySpecialOps(this.nodes, this.xattrs);
     for (const f of this.fifoFixups) {
       if (this.isRoot) await chown(f.abs, f.uid, f.gid);
@@ -763,6 +775,7 @@ export async function applyLayer(
         if (entries > limits.maxEntries) refuse(h.name, `more than ${limits.maxEntries} entries in layer ${opts.digest ?? ''}`.trimEnd());
         await ex.entry(h, entry);
       }
+      await ex.flushFiles(); // a writer thread's error is mapped below, as the extractor's own are
     } catch (e) {
       // a decompression or size-limit error surfaces as the iteration error or as feedError
       if (feedError instanceof NimbusError) throw feedError;
@@ -784,6 +797,7 @@ export async function applyLayer(
     }
     await ex.finish();
   } finally {
+    await ex.settleFiles(); // the caller removes a failed layer's directory: no write may still be under way
     zstd?.kill();
     if (!input.destroyed) input.destroy();
   }
