@@ -277,3 +277,28 @@ test('images: a VM from image-service images placed on host b gets them carried 
   assert.deepEqual([quota.holds(hostileId), scheduler.claims.has(hostileId), await store.vms.get(hostileId)], [false, false, undefined], 'no quota, claim or record');
   assert.deepEqual(b.agent.calls('createVm').map(([r]) => r.name), ['far', 'far2'], 'nothing made on b for the failed creates');
 });
+
+test('a VM exit reported by a host the VM is not recorded on (a migration\'s source) changes nothing; its own host\'s is recorded', async (t) => {
+  const asked: string[] = [];
+  const local = host('local', {});
+  const b = host('b', { m1: 'running' });
+  // each host answers for its own copy: local's is gone (the source after the move), b's runs until it stops
+  local.agent.override('vmState', async (id) => {
+    asked.push(`local/${id}`);
+    return { status: 'stopped', lifecycle: 'stopped' };
+  });
+  let bRuns = true;
+  b.agent.override('vmState', async (id) => {
+    asked.push(`b/${id}`);
+    return bRuns ? { status: 'running', pid: 100, lifecycle: 'running' } : { status: 'stopped', lifecycle: 'stopped' };
+  });
+  const { store, vms, record } = await setup(t, local, b);
+  await record('m1', 'b');
+  await vms.handleExit('m1', 'local');
+  assert.equal((await store.vms.get('m1'))?.status, 'running', 'the source\'s exit is not the VM\'s');
+  assert.deepEqual(asked, [], 'and no host is asked about it');
+  bRuns = false;
+  await vms.handleExit('m1', 'b');
+  assert.equal((await store.vms.get('m1'))?.status, 'stopped', 'its own host\'s exit is recorded');
+  assert.deepEqual(asked, ['b/m1']);
+});

@@ -118,8 +118,8 @@ export class VmService {
     /** Whether this process records VM exits (only the leading replica does; default always). */
     handlesExits: () => boolean = () => true,
   ) {
-    agents.onVmExit((_agent, id) => {
-      if (handlesExits()) void this.handleExit(id).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) }));
+    agents.onVmExit((agent, id) => {
+      if (handlesExits()) void this.handleExit(id, agent).catch((e: unknown) => log.warn('recording a VM exit failed', { id, error: String(e) }));
     });
   }
 
@@ -678,12 +678,15 @@ export class VmService {
   }
 
   /** The agent saw QEMU end (guest power-off, crash, kill from outside): record it. */
-  async handleExit(id: string): Promise<void> {
+  async handleExit(id: string, from?: string): Promise<void> {
     const cur = await this.store.vms.get(id);
     if (!cur || !isLive(cur.status)) return;
+    // a host the VM is not recorded on (the source of a migration, whose QEMU quits once the
+    // guest runs at the destination) reports its own copy's end, not the VM's
+    if (from !== undefined && from !== cur.agent) return;
     await this.locked(id, async () => {
       const now = await this.store.vms.get(id);
-      if (!now || !isLive(now.status)) return;
+      if (!now || !isLive(now.status) || (from !== undefined && from !== now.agent)) return;
       const state = await this.on(now).vmState(id);
       if (state.lifecycle === 'stopped') await this.recordStop(id, state);
     });
