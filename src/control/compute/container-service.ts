@@ -937,7 +937,7 @@ export class ContainerService {
       // an exit from a host the container has left (a move) is not its exit
       if (!now || now.status === 'removing' || now.host !== cur.host) return undefined;
       // An exit older than the last start may be the previous run's (a restart held the lock
-      // meanwhile): ask again. (A fast exit can also predate startedAt, which is written after.)
+      // meanwhile): ask again. (A fast exit's time, the exit file's mtime on the file system's coarse clock, can also read before startedAt.)
       if (now.status === 'running' && now.startedAt && state.finishedAt && state.finishedAt < now.startedAt) {
         const fresh = await this.bounded(id, 'state', agent.containerState(id));
         return fresh.status === 'stopped' ? this.recordExit(id, fresh) : undefined;

@@ -527,13 +527,14 @@ export class ContainerDriver implements InstanceDriver {
   async start(id: string): Promise<RuntimeState> {
     const meta = await this.meta(id);
     if (this.primed(id)) {
-      if (!(await this.releaseStub(id, meta))) {
+      const releasedAt = await this.releaseStub(id, meta);
+      if (releasedAt === undefined) {
         const rec = await this.exitRecord(id, meta);
         throw new Conflict(`container ${id} cannot start: its process ${rec ? `exited with ${rec.exitCode}` : 'is not waiting to start'}`, { id });
       }
       // Nothing written: the fifo's absence records the start (the control plane keeps the time),
       // and the stub, told to go only now, has no exit to look for yet.
-      return { status: 'running', startedAt: new Date().toISOString(), ...(meta.pid ? { pid: meta.pid } : {}) };
+      return { status: 'running', startedAt: releasedAt, ...(meta.pid ? { pid: meta.pid } : {}) };
     }
     await this.runtime(meta.runtime, meta.runtimePath).start(id, meta.pid);
     meta.startedAt = new Date().toISOString();
@@ -547,9 +548,11 @@ export class ContainerDriver implements InstanceDriver {
   /**
    * The go-ahead for a primed container's stub: one line into its go fifo. The open
    * succeeds only while the stub is blocked opening the other end (ENXIO otherwise), so
-   * a stub still on its way there is waited for, briefly; false if it never gets there.
+   * a stub still on its way there is waited for, briefly. Resolves with the time of the go-ahead
+   * (taken just before the line is written: the command's start, not our return after it, which a
+   * busy event loop can hold, and not after a fast command's exit), or undefined if it never gets there.
    */
-  private async releaseStub(id: string, meta: ContainerMeta, timeoutMs = 5000): Promise<boolean> {
+  private async releaseStub(id: string, meta: ContainerMeta, timeoutMs = 5000): Promise<string | undefined> {
     const fifo = this.goFifo(id);
     const deadline = performance.now() + timeoutMs;
     for (;;) {
@@ -559,8 +562,8 @@ export class ContainerDriver implements InstanceDriver {
         // the CPU from the thread that woke it, which should not be the event loop's in a burst.
         fd = await fsOpen(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENXIO' || performance.now() > deadline) return false;
-        if (await this.exitRecord(id, meta)) return false;
+        if ((e as NodeJS.ErrnoException).code !== 'ENXIO' || performance.now() > deadline) return undefined;
+        if (await this.exitRecord(id, meta)) return undefined;
         await sleep(2);
         continue;
       }
@@ -569,11 +572,12 @@ export class ContainerDriver implements InstanceDriver {
         // it twice; a crash before the line is written leaves a stub that reads end-of-file, finds
         // no fifo and exits 125. (An unlink can wait on the disk's journal, too.)
         await removeStateFile(fifo);
+        const at = new Date().toISOString();
         await fsWrite(fd, '\n');
+        return at;
       } finally {
         await fsClose(fd);
       }
-      return true;
     }
   }
 
