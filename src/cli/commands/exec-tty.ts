@@ -101,13 +101,7 @@ export async function attachWithPipes(client: ApiClient, container: string, opts
     if (!isBinary) result = JSON.parse(bytes.toString('utf8')) as typeof result;
     else (bytes[0] === 2 ? process.stderr : process.stdout).write(bytes.subarray(1));
   };
-  const closed = new Promise<void>((resolve) => {
-    if (socket.closed) resolve();
-    else ws.once('close', () => resolve());
-  });
-  for (const [data, isBinary] of socket.early) onMessage(data, isBinary);
-  ws.on('message', onMessage);
-  socket.release();
+  const closed = socket.handOver(onMessage) ? Promise.resolve() : new Promise<void>((resolve) => ws.once('close', () => resolve()));
   try {
     await opts.afterOpen?.();
   } catch (e) {
@@ -157,8 +151,10 @@ export interface TerminalSocket {
   ws: WebSocket;
   early: Array<[RawData, boolean]>;
   closed: boolean;
-  /** Stop holding: the caller's own listeners (registered in the same tick) take over. */
+  /** Stop holding (nobody will read it: the caller gives up on the socket). */
   release(): void;
+  /** The reader takes over: what was held is replayed to `onMessage`, which then hears the rest. True if the socket closed already. */
+  handOver(onMessage: (data: RawData, isBinary: boolean) => void): boolean;
 }
 
 async function openTerminalSocket(client: ApiClient, path: string, what: string): Promise<TerminalSocket> {
@@ -174,6 +170,12 @@ export async function holdUntilRead(ws: WebSocket, what: string): Promise<Termin
     release: () => {
       ws.off('message', hold);
       ws.off('close', markClosed);
+    },
+    handOver: (onMessage) => {
+      socket.release();
+      for (const [data, isBinary] of socket.early.splice(0)) onMessage(data, isBinary);
+      ws.on('message', onMessage);
+      return socket.closed;
     },
   };
   const hold = (data: RawData, isBinary: boolean) => void socket.early.push([data, isBinary]);
@@ -252,11 +254,7 @@ async function relayTerminal(socket: TerminalSocket, opts: { input: boolean; wha
         else if (detached) resolve('detached');
         else reject(new ApiError(0, result?.error?.code ?? 'Unavailable', result?.error?.message ?? `the ${opts.what} connection closed without an exit code`));
       };
-      for (const [data, isBinary] of socket.early) onMessage(data, isBinary);
-      const closedEarly = socket.closed;
-      socket.release();
-      if (closedEarly) return onClose();
-      ws.on('message', onMessage);
+      if (socket.handOver(onMessage)) return onClose();
       ws.once('close', onClose);
       ws.once('error', (e) => reject(new ApiError(0, 'Unavailable', `the ${opts.what} connection failed: ${e.message}`)));
     });

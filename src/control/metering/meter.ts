@@ -22,6 +22,9 @@ import type { ContainerRecord, VmRecord } from '../../store/records.js';
 import type { EventBus, NimbusEvent } from '../events/event-bus.js';
 import { account, close, meteredContainer, meteredVm, type CounterReading, type InstanceSize, type MeteredInstance } from './accounting.js';
 
+/** An instance as metering sees it, with the one record it was read from. */
+type FoundInstance = { inst: MeteredInstance } & ({ container: ContainerRecord; vm?: undefined } | { vm: VmRecord; container?: undefined });
+
 const log = logger('metering');
 
 export const DEFAULT_METERING_INTERVAL_MS = 60_000;
@@ -266,7 +269,7 @@ export class MeteringService {
   }
 
   /** The instance and the record it was read from (its size is read from the same record: one lookup, not two). */
-  private async instance(id: string): Promise<{ inst: MeteredInstance; container?: ContainerRecord; vm?: VmRecord } | undefined> {
+  private async instance(id: string): Promise<FoundInstance | undefined> {
     const container = await this.store.containers.get(id);
     if (container) return { inst: meteredContainer(container), container };
     const vm = await this.store.vms.get(id);
@@ -274,18 +277,17 @@ export class MeteringService {
   }
 
   /** The claim the scheduler holds for it, else what its config asks; a VM's disk from its image when the claim has none. */
-  private async sizeOf(found: { inst: MeteredInstance; container?: ContainerRecord; vm?: VmRecord }): Promise<InstanceSize> {
+  private async sizeOf(found: FoundInstance): Promise<InstanceSize> {
     const claim = await this.store.placement.allocation(found.inst.id);
     let size: InstanceSize | undefined = claim ? { millicpus: claim.millicpus, memoryBytes: claim.memoryBytes, diskBytes: claim.diskBytes > 0 ? claim.diskBytes : null } : undefined;
-    const v = found.vm;
-    if (v) {
+    if (found.vm) {
+      const v = found.vm;
       size ??= { millicpus: v.config.cpus * 1000, memoryBytes: v.config.memoryMiB * 1024 * 1024, diskBytes: null };
       if (size.diskBytes === null && v.config.diskImage) size.diskBytes = (await this.store.disks.get(v.projectId, v.config.diskImage.name))?.virtualSize ?? null;
-    } else if (!size) {
-      const c = found.container;
-      size = { millicpus: Math.round((c?.config.cpus ?? 0) * 1000), memoryBytes: c?.config.memoryBytes ?? 0, diskBytes: null };
+      return size;
     }
-    return size;
+    const c = found.container;
+    return size ?? { millicpus: Math.round((c.config.cpus ?? 0) * 1000), memoryBytes: c.config.memoryBytes ?? 0, diskBytes: null };
   }
 
   /** The instance's usage up to `now` (taken before its record is read: its transitions after now are clipped, not lost). */

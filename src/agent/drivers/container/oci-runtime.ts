@@ -22,10 +22,9 @@ export type RuntimeName = 'runc' | 'crun';
 /**
  * In the order `auto` tries them: runc first. crun is ~15 ms of CPU cheaper per container here
  * (docs/warm-start.md) and is used when asked (`--runtime crun`, `nimbusd --runtime crun`) or
- * where runc is not usable, but its TTY execs are not yet sound enough to be the default: in the
- * foreground crun 1.8.1 flushes a command's last output through its error log, and through
- * conmon's exec mode (conmon-exec.ts) the docker CLI's `exec -it` cases failed 2 of 3 runs
- * (docs/exec.md). Debian also builds crun without CRIU: only runc containers move live.
+ * where runc is not usable, but Debian builds it without CRIU (only runc containers move live),
+ * and crun sets a TTY exec's terminal size only after the command has started (a command asking
+ * at once can see 0x0; docs/exec.md). Its TTY execs go through conmon's exec mode (conmon-exec.ts).
  */
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['runc', 'crun'];
 
