@@ -9,6 +9,7 @@ import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } f
 import { join } from 'node:path';
 import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { Conflict, DataLoss, InvalidArgument, NotFound, ResourceExhausted, Unavailable, hasCode } from '../core/errors.js';
+import { deferredIterable } from '../core/streams.js';
 import { newId } from '../core/ids.js';
 import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
@@ -17,7 +18,7 @@ import type { LayerRecord } from '../store/records.js';
 import type { AdoptedDiskImage, Agent, AgentImage, AgentInfo, BlobStream, ContainerCreateRequest, DiskImageInfo, GcResult, PullOptions, PullProgress } from './agent.js';
 import type { ContentStore } from './content/content-store.js';
 import { LocalContentStore, assertDigest } from './content/local-content-store.js';
-import type { InstanceDriver, InstanceSpec, RuntimeState } from './drivers/instance-driver.js';
+import type { InstanceDriver, InstanceSpec, LogRecord, RuntimeState } from './drivers/instance-driver.js';
 import { ContainerDriver } from './drivers/container/container-driver.js';
 import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
 import { probeRuntime } from './drivers/container/oci-runtime.js';
@@ -923,8 +924,8 @@ export class LocalAgent implements Agent {
   async execInContainer(id: string, req: Parameters<InstanceDriver['exec']>[1]) {
     return (await this.driverOf(id)).exec(id, req);
   }
-  async *containerLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]) {
-    yield* (await this.driverOf(id)).logs(id, opts);
+  containerLogs(id: string, opts: Parameters<InstanceDriver['logs']>[1]): AsyncIterable<LogRecord> {
+    return deferredIterable(async () => (await this.driverOf(id)).logs(id, opts));
   }
   /** `ps -ef`'s columns for the container's cgroup's processes (runc containers; a secure one's run in its microVM). */
   async containerTop(id: string): Promise<ProcessTable> {

@@ -15,7 +15,7 @@ import {
   readJsonBody, serverOptions, type EdgeLimits,
 } from './edge.js';
 import { refuseHostPaths } from './host-paths.js';
-import { drainedOrClosed } from '../core/streams.js';
+import { writeLines } from '../core/streams.js';
 import { checkOrThrow } from './validate.js';
 import { runAsActor, SYSTEM_ACTOR } from '../control/events/actor.js';
 import { isTextBody } from './routes/metrics.js';
@@ -72,12 +72,9 @@ async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: 
     connection: 'keep-alive',
   });
   res.flushHeaders();
+  const format = kind === 'sse' ? (item: unknown) => `data: ${JSON.stringify(item)}\n\n` : (item: unknown) => JSON.stringify(item) + '\n';
   try {
-    for await (const item of source) {
-      if (signal.aborted || res.destroyed) break;
-      const line = kind === 'sse' ? `data: ${JSON.stringify(item)}\n\n` : JSON.stringify(item) + '\n';
-      if (!res.write(line)) await drainedOrClosed(res);
-    }
+    await writeLines(res, source[Symbol.asyncIterator](), format, { signal });
     res.end();
   } catch (e) {
     sendError(res, e, kind === 'sse');

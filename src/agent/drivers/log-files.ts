@@ -64,6 +64,12 @@ async function readFully(fh: FileHandle, buf: Buffer, n: number, pos: number): P
   }
 }
 
+/** A line without its newline; partial when it is a piece of one longer than the reader's limit. */
+export interface Line {
+  text: string;
+  partial?: true;
+}
+
 /**
  * Chunks to lines: the complete lines of each chunk (after what was left of the last), the piece
  * after the last newline kept (copied: the caller may reuse its chunk). A line longer than maxLine
@@ -79,8 +85,15 @@ export class LineSplitter {
   ) {}
 
   /** The lines this chunk completes; returns how many. */
-  *split(chunk: Buffer): Generator<{ text: string; partial?: true }, number> {
-    let count = 0;
+  *split(chunk: Buffer): Generator<Line, number> {
+    const lines = this.splitAll(chunk);
+    yield* lines;
+    return lines.length;
+  }
+
+  /** The lines this chunk completes, as one array (a reader of many lines takes them a chunk at a time). */
+  splitAll(chunk: Buffer): Line[] {
+    const lines: Line[] = [];
     let buf = chunk;
     if (this.pendingBuf) {
       buf = Buffer.concat([this.pendingBuf, chunk]);
@@ -90,20 +103,16 @@ export class LineSplitter {
     for (;;) {
       const nl = buf.indexOf(0x0a, start);
       if (nl < 0) break;
-      const text = buf.toString('utf8', start, nl);
+      lines.push({ text: buf.toString('utf8', start, nl) });
       start = nl + 1;
-      count++;
-      yield { text };
     }
     if (buf.length - start > this.maxLine) {
       if (this.label !== undefined) throw new DataLoss(`${this.label}: a line longer than ${this.maxLine} bytes; the log is corrupt`);
-      const text = buf.toString('utf8', start);
+      lines.push({ text: buf.toString('utf8', start), partial: true });
       start = buf.length;
-      count++;
-      yield { text, partial: true };
     }
     if (start < buf.length) this.pendingBuf = Buffer.from(buf.subarray(start));
-    return count;
+    return lines;
   }
 
   /** The piece after the last newline seen so far. */
@@ -146,14 +155,24 @@ export class LineCursor {
   }
 
   /** Lines (without the newline) from the position to the current end of file; returns how many. */
-  async *lines(): AsyncGenerator<{ text: string; partial?: true }, number> {
+  async *lines(): AsyncGenerator<Line, number> {
     let count = 0;
-    for (;;) {
-      const { bytesRead } = await this.fh.read(this.chunk, 0, CHUNK, this.pos);
-      if (bytesRead === 0) return count;
-      this.pos += bytesRead;
-      count += yield* this.splitter.split(this.chunk.subarray(0, bytesRead));
+    for (let lines; (lines = await this.nextLines()); ) {
+      count += lines.length;
+      for (const l of lines) yield l;
     }
+    return count;
+  }
+
+  /**
+   * The lines the next chunk completes (none when it completes none), or undefined at the
+   * current end of file: a reader of many lines takes them a chunk at a time.
+   */
+  async nextLines(): Promise<Line[] | undefined> {
+    const { bytesRead } = await this.fh.read(this.chunk, 0, CHUNK, this.pos);
+    if (bytesRead === 0) return undefined;
+    this.pos += bytesRead;
+    return this.splitter.splitAll(this.chunk.subarray(0, bytesRead));
   }
 
   /** The piece after the last newline read so far. */

@@ -16,7 +16,7 @@ import { pipeline } from 'node:stream/promises';
 import { Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
-import { drainedOrClosed } from '../../core/streams.js';
+import { drainedOrClosed, writeLines } from '../../core/streams.js';
 import type { Agent, PullOptions } from '../agent.js';
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import {
@@ -257,12 +257,7 @@ async function serveLogs(agent: Agent, kind: 'vm' | 'container', req: IncomingMe
     return;
   }
   startNdjson(res);
-  while (!next.done && !signal.aborted) {
-    if (!send(res, next.value)) await drainedOrClosed(res);
-    if (signal.aborted) break;
-    next = await it.next();
-  }
-  if (!next.done) await it.return?.(undefined);
+  await writeLines(res, it, ndjsonLine, { signal, first: next });
   if (!res.writableEnded) res.end();
 }
 

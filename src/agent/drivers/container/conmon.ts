@@ -201,10 +201,11 @@ export function parseK8sLogLine(line: string): LogRecord | undefined {
   if (stream !== 'stdout' && stream !== 'stderr') return undefined;
   const c = line.indexOf(' ', b + 1);
   const tag = c < 0 ? line.slice(b + 1) : line.slice(b + 1, c);
-  const flags = tag.split(':');
-  if (!flags.includes('F') && !flags.includes('P')) return undefined;
+  // conmon writes a bare F or P; other writers may add flags after a colon
+  const partial = tag === 'P' || (tag !== 'F' && tag.split(':').includes('P'));
+  if (!partial && tag !== 'F' && !tag.split(':').includes('F')) return undefined;
   const rec: LogRecord = { time: line.slice(0, a), stream, line: c < 0 ? '' : line.slice(c + 1) };
-  if (flags.includes('P')) rec.partial = true;
+  if (partial) rec.partial = true;
   return rec;
 }
 

@@ -75,6 +75,7 @@ import { attachConmon, resizeConmonTerminal } from './conmon-attach.js';
 import { CRIU_CONFIG_ANNOTATION, checkpointArgs, checkpointFailure, criuConfig, criuLogErrors, externalNetnsLine, readRestoreHints, treeBytes, writeRestoreHints } from './checkpoint.js';
 import { runtimeMessage } from './oci-runtime.js';
 import { FifoStock } from './fifo-stock.js';
+import { deferredIterable } from '../../../core/streams.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
 const fsOpen = promisify(open);
@@ -777,10 +778,10 @@ export class ContainerDriver implements InstanceDriver {
 
   logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
     const self = this;
-    return (async function* () {
+    return deferredIterable(async () => {
       const dir = self.dir(id);
       if (!(await exists(dir))) throw new NotFound(`container ${id} not found`, { id });
-      yield* readK8sLog(self.logPath(id), {
+      return readK8sLog(self.logPath(id), {
         ...opts,
         label: `log of container ${id}`,
         isExited: async () => (await exists(self.exitFile(id))) || !(await exists(dir)),
@@ -795,7 +796,7 @@ export class ContainerDriver implements InstanceDriver {
           };
         },
       });
-    })();
+    });
   }
 
   /** A stopped container's log generations as a tar, within its log limits (log-transfer.ts: a cold move carries them). */

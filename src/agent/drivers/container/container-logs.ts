@@ -233,15 +233,20 @@ class Cursor {
     return this.lines.ino;
   }
 
-  /** Records from the position to the current end of file (a last incomplete one waits for more). */
-  async *read(): AsyncGenerator<LogRecord, number> {
+  /**
+   * Records from the position to the current end of file (a last incomplete one waits for more),
+   * a chunk's at a time: one step per chunk, not per record, for a reader of many.
+   */
+  async *read(): AsyncGenerator<LogRecord[], number> {
     let count = 0;
-    for await (const l of this.lines.lines()) {
-      const rec = parseK8sLogLine(l.text);
-      if (rec) {
-        count++;
-        yield rec;
+    for (let lines; (lines = await this.lines.nextLines()); ) {
+      const records: LogRecord[] = [];
+      for (const l of lines) {
+        const rec = parseK8sLogLine(l.text);
+        if (rec) records.push(rec);
       }
+      count += records.length;
+      if (records.length) yield records;
     }
     return count;
   }
@@ -273,14 +278,15 @@ const newest = (gens: Generation[]) => gens.filter((g) => Number.isFinite(g.n)).
 export async function* readK8sLog(logPath: string, opts: FollowOptions = {}): AsyncGenerator<LogRecord> {
   const label = opts.label ?? 'log';
   try {
-    yield* readLog(logPath, opts, label);
+    for await (const records of readLog(logPath, opts, label)) for (const r of records) yield r;
   } catch (e) {
     if (isNimbusError(e)) throw e;
     throw new Internal(`reading the ${label} failed: ${errno(e) ?? (e as Error).message}`, undefined, { cause: e });
   }
 }
 
-async function* readLog(logPath: string, opts: FollowOptions, label: string): AsyncGenerator<LogRecord> {
+/** The records of readK8sLog, a chunk's at a time. */
+async function* readLog(logPath: string, opts: FollowOptions, label: string): AsyncGenerator<LogRecord[]> {
   let gens = await generations(logPath);
   const start = opts.tail !== undefined ? await tailStart(gens.map((g) => g.file), opts.tail) : { index: 0, offset: 0 };
   let cur: Cursor | undefined;
