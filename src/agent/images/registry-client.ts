@@ -1,5 +1,5 @@
 /**
- * An OCI distribution-spec (registry v2) client over fetch: manifests and blobs,
+ * An OCI distribution-spec (registry v2) client over node:http(s) (http-exchange.ts): manifests and blobs,
  * Bearer-token and Basic challenges, redirects, plain HTTP only for loopback
  * or explicitly insecure registries (as Docker does).
  *
@@ -27,6 +27,7 @@ import {
 import { isLoopbackRegistry } from '../../core/image-reference.js';
 import type { ContentInfo, ContentStore } from '../content/content-store.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
+import { exchange, type RegistryAnswer } from './http-exchange.js';
 
 export interface RegistryCredentials {
   username: string;
@@ -215,7 +216,7 @@ export class RegistryClient {
   }
 
   /** Answer a 401's challenge. Returns false when there is nothing (new) to try. */
-  private async authenticate(res: Response, what: string, tried: Set<string>): Promise<boolean> {
+  private async authenticate(res: RegistryAnswer, what: string, tried: Set<string>): Promise<boolean> {
     const challenges = parseChallenges(res.headers.get('www-authenticate') ?? '');
     const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
     if (bearer) {
@@ -322,18 +323,18 @@ export class RegistryClient {
   }
 
   /** One HTTP exchange with manual redirects: credentials never follow a redirect to another origin. */
-  private async send(url: string, method: 'GET' | 'HEAD', headers: Record<string, string>, what: string): Promise<Response> {
+  private async send(url: string, method: 'GET' | 'HEAD', headers: Record<string, string>, what: string): Promise<RegistryAnswer> {
     let current = url;
     let hdrs: Record<string, string> = { ...headers, ...(this.opts.userAgent ? { 'user-agent': this.opts.userAgent } : {}) };
     for (let hop = 0; ; hop++) {
-      let res: Response;
+      let res: RegistryAnswer;
       // A registry that accepts the connection and never answers must not hang a pull.
       const timeoutMs = this.opts.responseTimeoutMs ?? 30_000;
       const deadline = new AbortController();
       const timer = setTimeout(() => deadline.abort(), timeoutMs);
       try {
         const signal = this.opts.signal ? AbortSignal.any([this.opts.signal, deadline.signal]) : deadline.signal;
-        res = await fetch(current, { method, headers: hdrs, redirect: 'manual', signal });
+        res = await exchange(current, { method, headers: hdrs, signal });
       } catch (e) {
         if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
         if (deadline.signal.aborted) throw new Unavailable(`registry ${this.registry} did not answer ${what} within ${timeoutMs} ms`);
@@ -358,7 +359,7 @@ export class RegistryClient {
   }
 
   /** GET/HEAD under /v2/<repo>/, answering auth challenges. Non-2xx becomes a typed error. */
-  async request(method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}, what = path): Promise<Response> {
+  async request(method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}, what = path): Promise<RegistryAnswer> {
     const tried = new Set<string>();
     for (;;) {
       const res = await this.send(`${this.base}/${path}`, method, { ...headers, ...this.authHeader() }, this.where(what));
@@ -374,7 +375,7 @@ export class RegistryClient {
     }
   }
 
-  private async errorFor(res: Response, method: string, what: string): Promise<NimbusError> {
+  private async errorFor(res: RegistryAnswer, method: string, what: string): Promise<NimbusError> {
     const text = method === 'GET' ? await res.text().catch(() => '') : (await res.body?.cancel().catch(() => undefined), '');
     const ref = this.where(what);
     const detail = text ? `: ${text.slice(0, 200).trim()}` : '';
@@ -427,7 +428,7 @@ export class RegistryClient {
   }
 
   /** GET a blob (redirects to blob storage are followed). The caller must consume or cancel the body. */
-  async getBlob(digest: string): Promise<Response> {
+  async getBlob(digest: string): Promise<RegistryAnswer> {
     return this.request('GET', `blobs/${digest}`, {}, digest);
   }
 
