@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LINE_BATCH_CHARS, deferredIterable, writeLines } from './streams.js';
+import { LINE_BATCH_CHARS, STOP_WRITING, deferredIterable, writeBatched, writeLines } from './streams.js';
 
 /** A writable that records each write; `highWaterMark` small enough to push back when asked. */
 function sink(opts: { slow?: boolean; highWaterMark?: number } = {}) {
@@ -118,6 +118,28 @@ test('writeLines: a first result read by the caller is written first', async () 
   const first = await it.next();
   await writeLines(dest, it, (s) => s + '\n', { first });
   assert.equal(writes.join(''), '0\n1\n2\n');
+});
+
+test('writeBatched: bytes and text in one write, skipped items left out, a stop ends it and returns the source', async () => {
+  const chunks: Buffer[] = [];
+  const dest = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      chunks.push(chunk);
+      done();
+    },
+  });
+  let returned = false;
+  async function* items(): AsyncGenerator<number> {
+    try {
+      for (let i = 0; ; i++) yield i;
+    } finally {
+      returned = true;
+    }
+  }
+  await writeBatched(dest, items(), (i) => (i === 6 ? STOP_WRITING : i % 2 ? undefined : i === 4 ? Buffer.from([0xff, 0x00]) : `${i};`));
+  assert.deepEqual(Buffer.concat(chunks), Buffer.concat([Buffer.from('0;2;'), Buffer.from([0xff, 0x00])]));
+  assert.equal(chunks.length, 1, 'one write');
+  assert.ok(returned, 'stopped early: the source was returned');
 });
 
 test('deferredIterable: opens at the first next, is the opened source after, passes errors and return through', async () => {

@@ -40,6 +40,13 @@ function noSpace(e: unknown, digest: Digest): unknown {
   return new ResourceExhausted(`no space left in the content store for blob ${digest}`, { digest }, { cause: e });
 }
 
+/**
+ * A blob is read back (a layer unpacked from the store, a blob sent to another host) in 1 MiB
+ * reads, not createReadStream's 64 KiB: each read is a thread-pool round trip and a callback on
+ * the event loop.
+ */
+const READ_CHUNK_BYTES = 1024 * 1024;
+
 export class LocalContentStore implements ContentStore {
   constructor(private readonly root: string) {}
 
@@ -70,7 +77,7 @@ export class LocalContentStore implements ContentStore {
   openRead(digest: Digest): Readable {
     const p = this.blobPath(digest);
     if (!existsSync(p)) throw new NotFound(`blob ${digest} not in the content store`);
-    return createReadStream(p);
+    return createReadStream(p, { highWaterMark: READ_CHUNK_BYTES });
   }
 
   async ingest(expected: { digest: Digest; size?: number }, source: AsyncIterable<Uint8Array>): Promise<ContentInfo> {

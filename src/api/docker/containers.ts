@@ -3,7 +3,7 @@
  * start/stop/restart/kill/pause/unpause, remove, wait, logs (multiplexed framing) and attach
  * (a hijacked connection carrying the output of the run it was attached before).
  */
-import type { Duplex } from 'node:stream';
+import type { Duplex, Writable } from 'node:stream';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { Conflict, InvalidArgument, toNimbusError } from '../../core/errors.js';
 import { canonicalSignal } from '../../core/signals.js';
@@ -14,7 +14,7 @@ import type { ContainerRecord } from '../../store/records.js';
 import type { LogRecord } from '../../agent/drivers/instance-driver.js';
 import { ContainerCreate } from '../schemas.js';
 import { checkOrThrow, checkTotalLength } from '../validate.js';
-import { drainedOrClosed } from '../../core/streams.js';
+import { STOP_WRITING, writeBatched } from '../../core/streams.js';
 import { checkBody } from './schemas.js';
 import { anonymousMounts, containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, toContainerInput } from './mapping.js';
 import { parseVolumesFrom } from '../../core/volumes-from.js';
@@ -163,18 +163,27 @@ function unixSeconds(v: string | null, what: string): number | undefined {
   return Number(v) * 1000;
 }
 
-/** Log records as Docker's frames, or raw for a container with a terminal (the CLI reads Config.Tty to know which, as from dockerd). */
+/**
+ * Log records as Docker's frames, or raw for a container with a terminal (the CLI reads
+ * Config.Tty to know which, as from dockerd); many to a write, as the API's NDJSON streams.
+ */
 async function writeFrames(out: Duplex | DockerContext['res'], records: AsyncIterable<LogRecord>, opts: { stdout: boolean; stderr: boolean; timestamps: boolean; since?: number; until?: number; raw?: boolean }, signal: AbortSignal): Promise<void> {
-  for await (const r of records) {
-    if (signal.aborted) break;
-    if (r.stream === 'stdout' ? !opts.stdout : !opts.stderr) continue;
-    const t = Date.parse(r.time);
-    if (opts.since !== undefined && t < opts.since) continue;
-    if (opts.until !== undefined && t > opts.until) break;
-    // Docker's RFC 3339 with nanoseconds ends in Z; the log's own time says +00:00
-    const text = (opts.timestamps ? `${r.time.replace(/\+00:00$/, 'Z')} ` : '') + r.line + (r.partial ? '' : '\n');
-    if (!out.write(opts.raw ? Buffer.from(text) : frame(r.stream, Buffer.from(text)))) await drainedOrClosed(out as never);
-  }
+  await writeBatched(
+    out as Writable,
+    records[Symbol.asyncIterator](),
+    (r) => {
+      if (r.stream === 'stdout' ? !opts.stdout : !opts.stderr) return undefined;
+      if (opts.since !== undefined || opts.until !== undefined) {
+        const t = Date.parse(r.time);
+        if (opts.since !== undefined && t < opts.since) return undefined;
+        if (opts.until !== undefined && t > opts.until) return STOP_WRITING;
+      }
+      // Docker's RFC 3339 with nanoseconds ends in Z; the log's own time says +00:00
+      const text = (opts.timestamps ? `${r.time.replace(/\+00:00$/, 'Z')} ` : '') + r.line + (r.partial ? '' : '\n');
+      return opts.raw ? text : frame(r.stream, Buffer.from(text));
+    },
+    { signal },
+  );
 }
 
 async function logs(ctx: DockerContext): Promise<typeof HANDLED> {
