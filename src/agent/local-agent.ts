@@ -3,6 +3,7 @@
  * daemon. It owns the content store, the snapshotter and the instance drivers,
  * and turns control-plane requests into calls on them.
  */
+import { warmPullPath } from './images/pull-warmup.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
@@ -139,6 +140,8 @@ export class LocalAgent implements Agent {
   private readonly claimed = new Set<string>();
   /** Destroys removed containers' host state in the background (reaper.ts). */
   private readonly reaper: Reaper;
+  /** The pull path's one-off costs, paid as the agent starts (images/pull-warmup.ts); close() waits for it. */
+  private readonly pullWarmup: Promise<void>;
   /** Secure containers (runtime "vm"): made on first use (the accelerator probe costs seconds, once). */
   private secureP: Promise<SecureDriver> | undefined;
   private readonly vmExitListeners: ((id: string) => void)[] = [];
@@ -178,6 +181,7 @@ export class LocalAgent implements Agent {
       void this.secureDriver().catch((e: unknown) => log.error('secure containers unavailable', { error: String(e) }));
     }
     this.reaper = new Reaper((id) => this.destroyContainerState(id), (maxMs) => this.warm.quiet(maxMs));
+    this.pullWarmup = warmPullPath(options.tmpDir);
     containers.onExit((id) => {
       if (this.warm.has(id)) return this.warm.discard(id); // a warm stub died: not an instance
       if (this.reaper.has(id)) return; // removed already; its exit is nobody's news
@@ -1408,6 +1412,7 @@ export class LocalAgent implements Agent {
   }
 
   async close(): Promise<void> {
+    await this.pullWarmup; // its scratch directory goes before the daemon does
     await this.reaper.idle();
     await this.warm.close(); // warm containers' endpoints go with them: the network layer closes after
     await this.network.close();

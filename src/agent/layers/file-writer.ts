@@ -121,7 +121,7 @@ class WriterThread {
   }
 }
 
-/** The process's writer threads: one per CPU (at most 4), started at the first layer. */
+/** The process's writer threads: one per CPU (at most 4), started at the first layer or by warmFileWriters(). */
 const threads: WriterThread[] = [];
 let nextBatchId = 1;
 
@@ -133,6 +133,11 @@ function threadFor(): WriterThread {
   let best = threads[0]!;
   for (const t of threads) if (t.load < best.load) best = t;
   return best;
+}
+
+/** Start the writer threads ahead of the first pull (a thread takes tens of ms to load). */
+export function warmFileWriters(): void {
+  threadFor();
 }
 
 /** errno errors keep their code, so the extractor maps them as it maps its own (ENOSPC → ResourceExhausted). */
