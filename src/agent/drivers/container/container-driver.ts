@@ -777,22 +777,21 @@ export class ContainerDriver implements InstanceDriver {
   }
 
   logs(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): AsyncIterable<LogRecord> {
-    const self = this;
     return deferredIterable(async () => {
-      const dir = self.dir(id);
+      const dir = this.dir(id);
       if (!(await exists(dir))) throw new NotFound(`container ${id} not found`, { id });
-      return readK8sLog(self.logPath(id), {
+      return readK8sLog(this.logPath(id), {
         ...opts,
         label: `log of container ${id}`,
-        isExited: async () => (await exists(self.exitFile(id))) || !(await exists(dir)),
+        isExited: async () => (await exists(this.exitFile(id))) || !(await exists(dir)),
         onExit: (wake) => {
           const listener = (exited: string) => {
             if (exited === id) wake();
           };
-          self.listeners.push(listener);
+          this.listeners.push(listener);
           return () => {
-            const i = self.listeners.indexOf(listener);
-            if (i !== -1) self.listeners.splice(i, 1);
+            const i = this.listeners.indexOf(listener);
+            if (i !== -1) this.listeners.splice(i, 1);
           };
         },
       });
