@@ -9,9 +9,16 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 
+/**
+ * An idle kept-alive connection is closed after 4 s (or sooner if the registry's Keep-Alive hint
+ * says so), as undici's pool did: the longer one waits, the likelier the registry closed it as
+ * the next request is sent on it. (The timeout only ever ends sockets in the free pool.)
+ */
+const IDLE_SOCKET_MS = 4_000;
+
 const agents = {
-  http: new HttpAgent({ keepAlive: true }),
-  https: new HttpsAgent({ keepAlive: true }),
+  http: new HttpAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS }),
+  https: new HttpsAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS }),
 };
 
 /** A body: its chunks as they arrive; cancel drops the rest (and the connection). */
