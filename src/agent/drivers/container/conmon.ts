@@ -201,9 +201,10 @@ export function parseK8sLogLine(line: string): LogRecord | undefined {
   if (stream !== 'stdout' && stream !== 'stderr') return undefined;
   const c = line.indexOf(' ', b + 1);
   const tag = c < 0 ? line.slice(b + 1) : line.slice(b + 1, c);
-  // conmon writes a bare F or P; other writers may add flags after a colon
-  const partial = tag === 'P' || (tag !== 'F' && tag.split(':').includes('P'));
-  if (!partial && tag !== 'F' && !tag.split(':').includes('F')) return undefined;
+  // conmon writes a bare F or P (no split for those); other writers may add flags after a colon
+  const flags = tag === 'F' || tag === 'P' ? [tag] : tag.split(':');
+  const partial = flags.includes('P');
+  if (!partial && !flags.includes('F')) return undefined;
   const rec: LogRecord = { time: line.slice(0, a), stream, line: c < 0 ? '' : line.slice(c + 1) };
   if (partial) rec.partial = true;
   return rec;
