@@ -3,7 +3,8 @@
 // Files run in parallel processes; each test cleans up what it creates.
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 
 function walk(dir, out = []) {
   for (const name of readdirSync(dir)) {
@@ -28,5 +29,30 @@ if (!files.length) {
   process.exit(1);
 }
 const concurrency = process.env.NIMBUS_TEST_CONCURRENCY ?? '3';
-const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', `--test-concurrency=${concurrency}`, ...files], { stdio: 'inherit' });
-process.exit(r.status ?? 1);
+const child = spawn(process.execPath, ['--enable-source-maps', '--test', `--test-concurrency=${concurrency}`, ...files], { stdio: ['inherit', 'pipe', 'inherit'] });
+
+// The TAP stream passes through as it comes; each failing test's block ("not ok" and its YAML
+// diagnostics) is kept and printed again at the end, so a run's tail says what failed and why
+// even when only the tail of a long log is read.
+const failures = [];
+let open = null; // { indent, lines } while inside a failing test's block
+const MAX_BLOCK_LINES = 120;
+createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', (line) => {
+  process.stdout.write(line + '\n');
+  const failed = /^(\s*)not ok \d+ /.exec(line);
+  if (failed) {
+    open = { indent: failed[1], lines: [line] };
+    failures.push(open);
+    return;
+  }
+  if (!open) return;
+  if (open.lines.length < MAX_BLOCK_LINES) open.lines.push(line);
+  if (line === `${open.indent}  ...`) open = null;
+});
+child.on('close', (code, signal) => {
+  if (failures.length) {
+    console.log(`\n# ${failures.length} failing test block(s), again (a suite's block follows its failing tests):`);
+    for (const block of failures) console.log(block.lines.join('\n'));
+  }
+  process.exit(code ?? (signal ? 1 : 1));
+});
