@@ -62,10 +62,16 @@ async function nimbusPullLive(d: BenchDaemon, ref: string): Promise<number> {
   return t;
 }
 
-async function skopeoUmoci(ref: string): Promise<{ total: number; copy: number; unpack: number }> {
+/**
+ * The peer as users run it; with `spread`, its directory marked as nimbusd marks its snapshots'
+ * parent (`chattr +T`, src/agent/spread-directories.ts), so that the peer's figure beside it shows
+ * what of nimbusd's lead is ext4's inode placement on this host and what is the pull itself.
+ */
+async function skopeoUmoci(ref: string, spread = false): Promise<{ total: number; copy: number; unpack: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-umoci-'));
   const remove = cleanup.add(`umoci dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
   try {
+    if (spread) await runOk('chattr', ['+T', dir]);
     const layout = `${join(dir, 'layout')}:bench`;
     const t0 = now();
     await runOk('skopeo', ['--insecure-policy', 'copy', '-q', '--src-tls-verify=false', `docker://${ref}`, `oci:${layout}`], { timeoutMs: 300_000 });
@@ -94,6 +100,8 @@ async function compare(env: BenchEnv, label: string, ref: string) {
   const unpack: number[] = [];
   let nimbusErr: string | undefined;
   let peerErr: string | undefined;
+  const spreadPeer: number[] = [];
+  let spreadPeerErr: string | undefined;
   note(NAME, `${label} (${ref}): warm-up, then ${RUNS} runs per side, alternating`);
   for (let i = -1; i < RUNS; i++) {
     await settle();
@@ -123,15 +131,25 @@ async function compare(env: BenchEnv, label: string, ref: string) {
         peerErr = err(e).error;
       }
     }
+    await settle();
+    if (!spreadPeerErr) {
+      try {
+        const r = await skopeoUmoci(ref, true);
+        if (i >= 0) spreadPeer.push(r.total);
+      } catch (e) {
+        spreadPeerErr = err(e).error;
+      }
+    }
   }
   const left = await liveDaemon.stop();
   if (left.length) note(NAME, `nimbusd left behind: ${left.join(', ')}`);
   const n: Side = nimbusErr ? { error: nimbusErr } : summarize(nimbus);
   const l: Side = liveErr ? { error: liveErr } : summarize(live);
   const s: Side = peerErr ? { error: peerErr } : summarize(peer);
+  const sp: Side = spreadPeerErr ? { error: spreadPeerErr } : summarize(spreadPeer);
   return {
-    nimbus: n, nimbusRunningDaemon: l, peer: s, skopeoCopy: summarize(copy), umociUnpack: summarize(unpack),
-    ratio_p50: ratio(p50(n), p50(s)), ratioRunningDaemon_p50: ratio(p50(l), p50(s)),
+    nimbus: n, nimbusRunningDaemon: l, peer: s, skopeoCopy: summarize(copy), umociUnpack: summarize(unpack), spreadPeer: sp,
+    ratio_p50: ratio(p50(n), p50(s)), ratioRunningDaemon_p50: ratio(p50(l), p50(s)), ratioRunningDaemonSpreadPeer_p50: ratio(p50(l), p50(sp)),
   };
 }
 
@@ -158,10 +176,13 @@ export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
       skopeoUmoci: { test: test.peer, large: big.peer, ...(huge ? { huge: huge.peer } : {}) },
       skopeoCopy: { test: test.skopeoCopy, large: big.skopeoCopy, ...(huge ? { huge: huge.skopeoCopy } : {}) },
       umociUnpack: { test: test.umociUnpack, large: big.umociUnpack, ...(huge ? { huge: huge.umociUnpack } : {}) },
+      // the same in a directory marked chattr +T, as nimbusd marks its snapshots' parent
+      skopeoUmociSpreadDir: { test: test.spreadPeer, large: big.spreadPeer, ...(huge ? { huge: huge.spreadPeer } : {}) },
     },
     ratios: {
       test_nimbus_over_skopeoUmoci_p50: test.ratio_p50, large_nimbus_over_skopeoUmoci_p50: big.ratio_p50,
       test_runningDaemon_over_skopeoUmoci_p50: test.ratioRunningDaemon_p50, large_runningDaemon_over_skopeoUmoci_p50: big.ratioRunningDaemon_p50,
+      large_runningDaemon_over_skopeoUmociSpreadDir_p50: big.ratioRunningDaemonSpreadPeer_p50,
       ...(huge ? { huge_nimbus_over_skopeoUmoci_p50: huge.ratio_p50, huge_runningDaemon_over_skopeoUmoci_p50: huge.ratioRunningDaemon_p50 } : {}),
       // the first pull of a fresh daemon against a later one on a running daemon (goal ≤ 1.1)
       test_fresh_over_running_p50: ratio(p50(test.nimbus), p50(test.nimbusRunningDaemon)),
@@ -182,7 +203,7 @@ export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
       row('cold pull+unpack, test image (median)', test, `fresh daemon per pull; copy ${test.skopeoCopy.p50} + unpack ${test.umociUnpack.p50}`),
       row('cold pull+unpack, test image, running daemon', test, 'image removed and collected between pulls', true),
       row(`cold pull+unpack, ${large.compressedMiB} MiB image (median)`, big, `copy ${big.skopeoCopy.p50} + unpack ${big.umociUnpack.p50}; ${large.layers} layers, ${large.entries} entries`),
-      row(`cold pull+unpack, ${large.compressedMiB} MiB image, running daemon`, big, 'image removed and collected between pulls', true),
+      row(`cold pull+unpack, ${large.compressedMiB} MiB image, running daemon`, big, `image removed and collected between pulls; peer in a chattr +T dir ${p50(big.spreadPeer)} (${big.ratioRunningDaemonSpreadPeer_p50}×)`, true),
       ...(huge && hugeImage
         ? [
             row(`cold pull+unpack, ${hugeImage.compressedMiB} MiB image (median)`, huge, `copy ${huge.skopeoCopy.p50} + unpack ${huge.umociUnpack.p50}; ${hugeImage.layers} layers`),

@@ -4,6 +4,7 @@
  * and turns control-plane requests into calls on them.
  */
 import { warmPullPath } from './images/pull-warmup.js';
+import { spreadSubdirectories } from './spread-directories.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
@@ -182,6 +183,8 @@ export class LocalAgent implements Agent {
     }
     this.reaper = new Reaper((id) => this.destroyContainerState(id), (maxMs) => this.warm.quiet(maxMs));
     this.pullWarmup = warmPullPath(options.tmpDir);
+    // containers come and go: their directories spread over ext4's block groups (spread-directories.ts)
+    void mkdir(options.containersDir, { recursive: true, mode: 0o700 }).then(() => spreadSubdirectories(options.containersDir), () => false);
     containers.onExit((id) => {
       if (this.warm.has(id)) return this.warm.discard(id); // a warm stub died: not an instance
       if (this.reaper.has(id)) return; // removed already; its exit is nobody's news

@@ -22,6 +22,7 @@ import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { run } from '../../core/exec.js';
+import { spreadSubdirectories } from '../spread-directories.js';
 import { MOUNT_OPTIONS_MAX, compactOverlayOptions } from './mount.js';
 import type { MountSpec, SnapshotInfo, SnapshotKind, Snapshotter } from './snapshotter.js';
 
@@ -129,6 +130,7 @@ export abstract class DirSnapshotter implements Snapshotter {
   private async load(): Promise<MetadataFile> {
     if (this.meta) return this.meta;
     await mkdir(path.join(this.root, 'snapshots'), { recursive: true });
+    await spreadSubdirectories(path.join(this.root, 'snapshots'));
     let meta: MetadataFile;
     try {
       const parsed = JSON.parse(await readFile(this.metaPath, 'utf8')) as MetadataFile;
