@@ -12,7 +12,8 @@ export interface DaemonWithImage {
   stop(): Promise<void>;
 }
 
-export async function startDaemonWithImage(): Promise<DaemonWithImage> {
+/** `env`: added to the daemon's environment. */
+export async function startDaemonWithImage(env: Record<string, string> = {}): Promise<DaemonWithImage> {
   const registry = await startTestRegistryWithImages();
   const image = `${registry.host}/nimbus-test/busybox:latest`;
   let d: DaemonProcess | undefined;
@@ -21,7 +22,7 @@ export async function startDaemonWithImage(): Promise<DaemonWithImage> {
     await registry.stop();
   };
   try {
-    d = await startDaemonProcess();
+    d = await startDaemonProcess([], env);
     const r = await d.cli(['image', 'pull', image]);
     assert.equal(r.code, 0, r.stderr);
     return { d, registry, image, stop };
