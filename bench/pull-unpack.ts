@@ -62,16 +62,29 @@ async function nimbusPullLive(d: BenchDaemon, ref: string): Promise<number> {
   return t;
 }
 
+let spreadParentDir: Promise<string> | undefined;
+function spreadParent(): Promise<string> {
+  spreadParentDir ??= (async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bench-umoci-spread-'));
+    cleanup.add(`umoci parent dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
+    await runOk('chattr', ['+T', dir]);
+    return dir;
+  })();
+  return spreadParentDir;
+}
+
 /**
- * The peer as users run it; with `spread`, its directory marked as nimbusd marks its snapshots'
- * parent (`chattr +T`, src/agent/spread-directories.ts), so that the peer's figure beside it shows
- * what of nimbusd's lead is ext4's inode placement on this host and what is the pull itself.
+ * The peer as users run it; with `spread`, each run's directory made by a random name in a parent
+ * marked `chattr +T`, as nimbusd makes its snapshots (src/agent/spread-directories.ts), so that the
+ * figure beside it shows what of nimbusd's lead is ext4's inode placement on this host (an ext4
+ * without a journal scans the inodes freed in the last minute on every create) and what is the
+ * pull itself.
  */
 async function skopeoUmoci(ref: string, spread = false): Promise<{ total: number; copy: number; unpack: number }> {
-  const dir = mkdtempSync(join(tmpdir(), 'bench-umoci-'));
+  // each run's directory by a random name in the marked parent, as nimbusd makes its snapshots'
+  const dir = mkdtempSync(join(spread ? await spreadParent() : tmpdir(), 'bench-umoci-'));
   const remove = cleanup.add(`umoci dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
   try {
-    if (spread) await runOk('chattr', ['+T', dir]);
     const layout = `${join(dir, 'layout')}:bench`;
     const t0 = now();
     await runOk('skopeo', ['--insecure-policy', 'copy', '-q', '--src-tls-verify=false', `docker://${ref}`, `oci:${layout}`], { timeoutMs: 300_000 });
