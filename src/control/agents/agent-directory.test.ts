@@ -253,6 +253,27 @@ test('hosts: the embedded agent is a host with a row; facts are cached by the re
   assert.equal(listed?.state, 'up', 'a listing asks again: it answers now');
 });
 
+test('hosts: a placement right after open() waits for the first answer in flight instead of seeing the host unknown', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-dir-first-'));
+  const store = await openStore(join(dir, 'nimbus.db'));
+  const local = new FakeAgent({ name: 'local', cpus: 4, memoryBytes: 8 << 30, diskBytes: 100 << 30, runtimes: ['runc'] });
+  // its first answer takes a while (a loaded host, the agent's probes)
+  const slow = Object.create(local) as FakeAgent;
+  slow.info = async () => {
+    await new Promise((r) => setTimeout(r, 150));
+    return local.info();
+  };
+  const d = await AgentDirectory.open(store, slow, 'local', () => { throw new Error('no remote hosts here'); }, undefined, { refreshIntervalMs: 60_000 });
+  t.after(async () => {
+    await d.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const started = Date.now();
+  assert.deepEqual((await d.candidates()).map((h) => [h.name, h.state, h.cpus]), [['local', 'up', 4]]);
+  assert.ok(Date.now() - started >= 100, 'it waited for the answer');
+});
+
 test('hosts: a host not heard from since this process started is unknown once its stored facts are old, up while they are recent', async (t) => {
   const b = stubAgent('b');
   const { open, tick } = hostsSetup(t, { 'unix:/run/b.sock': b });

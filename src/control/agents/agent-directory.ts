@@ -279,8 +279,9 @@ export class AgentDirectory implements HostSource {
     await d.readRecords();
     const every = opts.refreshIntervalMs ?? HOST_REFRESH_INTERVAL_MS;
     if (every > 0) {
-      const tick = () => void d.refresh().catch((e: unknown) => log.warn('host refresh failed', { error: toNimbusError(e).message }));
-      tick();
+      const refresh = () => d.refresh().catch((e: unknown) => log.warn('host refresh failed', { error: toNimbusError(e).message }));
+      const tick = () => void refresh();
+      d.firstRefresh = refresh().finally(() => (d.firstRefresh = undefined));
       d.timer = setInterval(tick, every);
       d.timer.unref();
     }
@@ -314,6 +315,8 @@ export class AgentDirectory implements HostSource {
    * asked again, which calls it up. Changes of a connection that was replaced are ignored.
    */
   /** Listeners of hosts going down and coming up (this process's view). */
+  /** The refresh open() starts, until it ends: candidates() waits for it rather than call a host not heard from yet unknown. */
+  private firstRefresh: Promise<void> | undefined;
   private readonly stateListeners = new Set<(host: string, state: 'up' | 'down', reason?: string) => void>();
 
   /**
@@ -753,6 +756,10 @@ export class AgentDirectory implements HostSource {
    */
   async candidates(): Promise<HostCandidate[]> {
     await this.freshRecords();
+    // Hosts this process has not heard from yet while its first refresh (open()) is under way are
+    // waited for, not placed as "unknown": a VM created as the daemon reported ready was refused
+    // (507, "local: state unknown") while the embedded agent's first answer was on its way.
+    if (this.firstRefresh && this.hostNames().some((n) => !this.reach.has(n))) await this.firstRefresh;
     const memo = this.candidatesMemo;
     if (memo && this.now() - memo.at < CANDIDATES_MAX_AGE_MS) return memo.list;
     const list = this.hostNames().map((name): HostCandidate => {
