@@ -58,6 +58,18 @@ const STATEFUL = ['sh', '-c', [
 
 const num = async (name: string, script: string) => Number(/(\d+)\s*$/.exec(await exec(name, script))?.[1] ?? NaN);
 
+/**
+ * A counter file's number. The container's shell rewrites /count and /piped with `echo … > file`,
+ * which truncates before it writes: a read in between (or right after a restore that caught the
+ * shell between the two) finds the file empty. Read again until it holds a number (a CI run read
+ * an empty /count just after a rollback and failed "the counter went on").
+ */
+const whole = (name: string, file: string) =>
+  waitFor(`a number in ${name}:${file}`, async () => {
+    const n = await num(name, `cat ${file}`);
+    return Number.isNaN(n) ? undefined : n;
+  }, 5_000);
+
 interface LiveReport { from: string; to: string; totalMs: number; downtimeMs: number; live?: { checkpointBytes: number; checkpointMs: number; restoreMs: number } }
 
 describe('a container moves between hosts live (CRIU)', { skip, concurrency: false }, () => {
@@ -88,7 +100,7 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
   const snapshot = async () => ({
     // its own processes (not an exec's, nor the counter's sleep)
     pids: (await exec('live', 'ps -o pid,args | grep -e "nc -ll" -e "echo boot" | grep -v grep | sort -n')).split('\n').join('\n'),
-    count: await num('live', 'cat /count'),
+    count: await whole('live', '/count'),
     boots: await exec('live', 'cat /boots'),
   });
 
@@ -134,7 +146,7 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
     await waitFor('the counter to tick on', async () => ((await num('live', 'cat /count')) > after.count ? true : undefined), 10_000);
     assert.equal(after.pids.replace(/\s+/g, ' '), before.pids.replace(/\s+/g, ' '), 'the same processes, same pids');
     // the pipe and the open file carry the ticks still
-    const piped = await num('live', 'cat /piped');
+    const piped = await whole('live', '/piped');
     await waitFor('the pipe to carry a new tick', async () => ((await num('live', 'cat /piped')) > piped ? true : undefined), 10_000);
     const held = await num('live', 'tail -n 1 /held');
     await waitFor('the open file to take a new tick', async () => ((await num('live', 'tail -n 1 /held')) > held ? true : undefined), 10_000);
@@ -186,24 +198,24 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
     const before = await inspect('heavy');
     // after the first test the warm pool may hold a runc container: one made from it has the stub's mounts to restore too
     t.diagnostic(`made from the warm pool: ${(await exec('heavy', 'cat /proc/self/mountinfo')).includes(' /.nimbus/start ') ? 'yes' : 'no'}`);
-    const count = await num('heavy', 'cat /count');
+    const count = await whole('heavy', '/count');
     const r = await d!.cli(['move', 'heavy', '--to', AGENT, '--live']);
     assert.notEqual(r.code, 0, 'the move fails');
     assert.match(r.stderr, /limit/, `the destination's refusal is the error: ${r.stderr}`);
     const after = await inspect('heavy');
     assert.deepEqual([after.host, after.status, after.network.endpoints[0]!.address], ['local', 'running', before.network.endpoints[0]!.address], 'on the source, running, same address');
     assert.equal(await exec('heavy', 'cat /boots'), 'boot', 'restored from its checkpoint, not started again');
-    assert.ok((await num('heavy', 'cat /count')) >= count, 'the counter went on');
+    assert.ok((await whole('heavy', '/count')) >= count, 'the counter went on');
     await waitFor('the counter to tick on', async () => ((await num('heavy', 'cat /count')) > count + 1 ? true : undefined), 10_000);
     assert.equal(await exec('heavy', 'nc 127.0.0.1 8080 </dev/null'), 'listening');
     assert.ok(!existsSync(join(d!.home, 'checkpoints', after.id)), 'its images gone once restored');
     await waitFor('host-b to drop the half-arrived copy', async () => (existsSync(join(b!.home, 'checkpoints', after.id)) || existsSync(join(b!.home, 'containers', after.id)) ? undefined : true), 20_000);
     // lighter, it moves: restored at host-b (with the stub's mounts too, when it came from the warm pool)
     await exec('heavy', 'rm /big');
-    const now = await num('heavy', 'cat /count');
+    const now = await whole('heavy', '/count');
     await cliOk(['move', 'heavy', '--to', AGENT, '--live']);
     assert.deepEqual([(await inspect('heavy')).host, await exec('heavy', 'cat /boots')], [AGENT, 'boot'], 'at host-b, started once');
-    assert.ok((await num('heavy', 'cat /count')) >= now, 'the counter went on');
+    assert.ok((await whole('heavy', '/count')) >= now, 'the counter went on');
     await cliOk(['rm', '-f', 'heavy']);
   });
 
