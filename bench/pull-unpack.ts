@@ -81,7 +81,6 @@ function spreadParent(): Promise<string> {
  * pull itself.
  */
 async function skopeoUmoci(ref: string, spread = false): Promise<{ total: number; copy: number; unpack: number }> {
-  // each run's directory by a random name in the marked parent, as nimbusd makes its snapshots'
   const dir = mkdtempSync(join(spread ? await spreadParent() : tmpdir(), 'bench-umoci-'));
   const remove = cleanup.add(`umoci dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
   try {
@@ -189,7 +188,7 @@ export async function pullUnpack(env: BenchEnv): Promise<BenchOutcome> {
       skopeoUmoci: { test: test.peer, large: big.peer, ...(huge ? { huge: huge.peer } : {}) },
       skopeoCopy: { test: test.skopeoCopy, large: big.skopeoCopy, ...(huge ? { huge: huge.skopeoCopy } : {}) },
       umociUnpack: { test: test.umociUnpack, large: big.umociUnpack, ...(huge ? { huge: huge.umociUnpack } : {}) },
-      // the same in a directory marked chattr +T, as nimbusd marks its snapshots' parent
+      // the same, each run's directory made by a random name in a parent marked chattr +T (skopeoUmoci(ref, true))
       skopeoUmociSpreadDir: { test: test.spreadPeer, large: big.spreadPeer, ...(huge ? { huge: huge.spreadPeer } : {}) },
     },
     ratios: {

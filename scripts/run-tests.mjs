@@ -49,10 +49,10 @@ createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', (line) 
   if (open.lines.length < MAX_BLOCK_LINES) open.lines.push(line);
   if (line === `${open.indent}  ...`) open = null;
 });
-child.on('close', (code, signal) => {
+child.on('close', (code) => {
   if (failures.length) {
     console.log(`\n# ${failures.length} failing test block(s), again (a suite's block follows its failing tests):`);
     for (const block of failures) console.log(block.lines.join('\n'));
   }
-  process.exit(code ?? (signal ? 1 : 1));
+  process.exit(code ?? 1); // null: ended by a signal
 });

@@ -3,8 +3,6 @@
  * daemon. It owns the content store, the snapshotter and the instance drivers,
  * and turns control-plane requests into calls on them.
  */
-import { warmPullPath } from './images/pull-warmup.js';
-import { spreadSubdirectories } from './spread-directories.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import { availableParallelism, hostname, cpus as hostCpus, totalmem, release } from 'node:os';
@@ -28,6 +26,8 @@ import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } 
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './images/pull.js';
 import { LAYER_TYPES, isIndex, type ImageConfig, type ImageManifest } from './images/media-types.js';
 import { importImageArchive } from './images/import.js';
+import { warmPullPath } from './images/pull-warmup.js';
+import { spreadSubdirectories } from './spread-directories.js';
 import { LayerUnpacker } from './layers/layer-unpacker.js';
 import { ImageBudget } from './layers/unpack-limits.js';
 import { DiskSpace, statfsProbe } from './content/disk-space.js';

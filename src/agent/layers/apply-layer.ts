@@ -269,12 +269,12 @@ async function applySpecialOps(nodes: NodeOp[], xattrs: XattrOp[]): Promise<void
   }
 }
 
-// ---------------------------------------------------------------------------------------------
 /** Ask ahead for the helper programs a layer may need (each is probed once per process). */
 export async function probeLayerTools(): Promise<void> {
   await Promise.all([havePerl(), haveZstd()]);
 }
 
+// ---------------------------------------------------------------------------------------------
 // decompression
 
 let zstdOk: Promise<boolean> | undefined;

@@ -250,6 +250,8 @@ export class AgentDirectory implements HostSource {
   private candidatesMemo: { at: number; list: HostCandidate[] } | undefined;
   private readonly asking = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
+  /** The refresh open() starts, until it ends: candidates() waits for it rather than call a host not heard from yet unknown. */
+  private firstRefresh: Promise<void> | undefined;
   private readonly now: () => number;
   private readonly answerTimeoutMs: number;
   private readonly embedded: boolean;
@@ -315,8 +317,6 @@ export class AgentDirectory implements HostSource {
    * asked again, which calls it up. Changes of a connection that was replaced are ignored.
    */
   /** Listeners of hosts going down and coming up (this process's view). */
-  /** The refresh open() starts, until it ends: candidates() waits for it rather than call a host not heard from yet unknown. */
-  private firstRefresh: Promise<void> | undefined;
   private readonly stateListeners = new Set<(host: string, state: 'up' | 'down', reason?: string) => void>();
 
   /**
