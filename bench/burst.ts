@@ -18,7 +18,7 @@
 import { readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runtime.js';
+import { probeRuntime, releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runtime.js';
 import { prepareRuncBundle } from './lib/peers.js';
 import { run, runOk } from '../src/core/exec.js';
 import { parseProcStat } from '../src/core/proc.js';
@@ -192,6 +192,39 @@ export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoR
     await removePeerCgroups(prefix);
     await b.remove();
   }
+}
+
+/**
+ * The floor for a first burst: `n` concurrent `RUNTIME run --detach` of one prepared bundle
+ * (`sleep 3600`), timed until every one has returned (created and started), with nothing made
+ * ahead: no daemon, no network, no overlay mount, one shared read-only rootfs. A cold first burst
+ * through any engine driving this runtime cannot be faster than this on this host.
+ */
+export async function coldRuntimeBurst(runtime: 'runc' | 'crun', n: number): Promise<{ allRunningMs: number; hostCpuMsEach: number } | { error: string }> {
+  const b = await prepareRuncBundle(['/bin/sleep', '3600'], runtime);
+  const prefix = `burst-cold-${runtime}-${process.pid}-`;
+  const ids = Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+  try {
+    const host0 = hostBusyTicks();
+    const t0 = now();
+    await Promise.all(ids.map((id) => detachedRun(runtime, b.root, b.dir, id)));
+    const allRunningMs = Math.round(msSince(t0));
+    return { allRunningMs, hostCpuMsEach: round(((hostBusyTicks() - host0) * 10) / n) };
+  } catch (e) {
+    return { error: e instanceof Error ? e.message.slice(0, 300) : String(e) };
+  } finally {
+    for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map((id) => run(runtime, ['--root', b.root, 'delete', '-f', id])));
+    await removePeerCgroups(prefix);
+    await b.remove();
+  }
+}
+
+function detachedRun(runtime: string, root: string, bundle: string, id: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(runtime, ['--root', root, 'run', '--detach', '--bundle', bundle, id], { stdio: 'ignore' });
+    c.once('error', reject);
+    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${runtime} run --detach ${id}: exit ${code}`))));
+  });
 }
 
 /** `runc create` with no pipes: the container's init inherits runc's stdio, and a pipe we waited on would stay open. */
@@ -473,6 +506,10 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
     note(NAME, `peer: ${COUNT} pre-created raw runc containers started concurrently`);
     const peer = await runcBurst(COUNT);
     note(NAME, `peer: ${JSON.stringify(peer)}`);
+    note(NAME, `floor: ${COUNT} concurrent cold \`runc run --detach\` (and crun where it runs), nothing made ahead`);
+    const coldRunc = await coldRuntimeBurst('runc', COUNT);
+    const coldCrun = (await probeRuntime('crun')) ? null : await coldRuntimeBurst('crun', COUNT);
+    note(NAME, `floor: runc ${JSON.stringify(coldRunc)}, crun ${JSON.stringify(coldCrun)}`);
     const onPostgres = process.env.BENCH_BURST_POSTGRES === '0' ? null : await postgresSide(env);
     const pg = onPostgres && 'firstBurstMs' in onPostgres ? onPostgres : undefined;
 
@@ -517,12 +554,16 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       },
     };
     const peerOk = 'runcStartMs' in peer ? peer : undefined;
+    const coldRuncOk = 'allRunningMs' in coldRunc ? coldRunc : undefined;
+    const coldCrunOk = coldCrun && 'allRunningMs' in coldCrun ? coldCrun : undefined;
+    const coldPeers = { ...(coldRuncOk ? { runcCold: coldRuncOk.allRunningMs } : {}), ...(coldCrunOk ? { crunCold: coldCrunOk.allRunningMs } : {}) };
+    const coldNote = `; nothing made ahead, raw \`run --detach\` × ${COUNT} at once (the floor of any cold first burst): runc ${coldRuncOk ? `${coldRuncOk.allRunningMs} ms, ${coldRuncOk.hostCpuMsEach} ms of host CPU each` : 'failed'}${coldCrunOk ? `, crun ${coldCrunOk.allRunningMs} ms, ${coldCrunOk.hostCpuMsEach} ms each` : ''}`;
     const record = makeRecord(NAME, {
-      results, peers: { runc: peer },
+      results, peers: { runc: peer, runcCold: coldRunc, ...(coldCrun ? { crunCold: coldCrun } : {}) },
       ratios: {
         ...(peerOk ? {
           vsRuncStart: ratio(allRunningMs, peerOk.runcStartMs), vsFifoRelease: ratio(allRunningMs, peerOk.fifoReleaseMs),
-          firstVsRuncStart: ratio(firstMs, peerOk.runcStartMs), ...(repeatedMs !== null ? { repeatedVsRuncStart: ratio(repeatedMs, peerOk.runcStartMs) } : {}),
+          firstVsRuncStart: ratio(firstMs, peerOk.runcStartMs), ...(coldRuncOk ? { firstVsRuncCold: ratio(firstMs, coldRuncOk.allRunningMs) } : {}), ...(repeatedMs !== null ? { repeatedVsRuncStart: ratio(repeatedMs, peerOk.runcStartMs) } : {}),
         } : {}),
         ...(pg ? { postgresFirstOverEmbedded: ratio(pg.firstBurstMs, firstMs), ...(pg.repeatedBurstMs !== null && repeatedMs !== null ? { postgresRepeatedOverEmbedded: ratio(pg.repeatedBurstMs, repeatedMs) } : {}) } : {}),
       },
@@ -532,9 +573,9 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       summary: [
         {
           bench: NAME, figure: `${COUNT} concurrent starts → all running, first burst`, unit: 'ms', nimbus: Math.round(firstMs),
-          peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(firstMs, peerOk.runcStartMs) : null,
+          peers: { ...(peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}), ...coldPeers }, ratio: peerOk ? ratio(firstMs, peerOk.runcStartMs) : null,
           goal: `≤ ${GOAL_FIRST_MS} ms`, met: results.goals.firstMet,
-          note: `${CALLS === 1 ? 'one request each (run -d)' : 'create, then start'}; ${process.env.NIMBUS_WARM_POOL ? `NIMBUS_WARM_POOL=${process.env.NIMBUS_WARM_POOL}` : 'pool defaults'}, ${pools[0]?.ready ?? '?'} warm at the start; ${rounds[0]!.running}/${COUNT} running, ${rounds[0]!.errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU`,
+          note: `${CALLS === 1 ? 'one request each (run -d)' : 'create, then start'}; ${process.env.NIMBUS_WARM_POOL ? `NIMBUS_WARM_POOL=${process.env.NIMBUS_WARM_POOL}` : 'pool defaults'}, ${pools[0]?.ready ?? '?'} warm at the start; ${rounds[0]!.running}/${COUNT} running, ${rounds[0]!.errors.length} errors; raw runc pre-created: each container's own start ${peerOk?.containerCpuMsEach ?? '?'} ms CPU${coldNote}`,
         },
         ...(repeatedMs === null ? [] : [{
           bench: NAME, figure: `${COUNT} concurrent starts → all running, repeated burst`, unit: 'ms', nimbus: Math.round(repeatedMs),
