@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CommandRunner } from './command-runner.js';
@@ -61,4 +61,33 @@ test('command runner: the OCI runtimes by absolute path, nothing else by path', 
   assert.throws(() => r.run('/tmp/x y/runc', ['list']), /does not run/);
   const res = await r.run('/usr/sbin/runc', ['--root', root, 'list']);
   assert.equal(res.code, 0, res.output);
+});
+
+test('command runner: launch starts only a monitor by absolute path, its output appended to a file, fd 3 opened for it', async (t) => {
+  const r = new CommandRunner(1);
+  const dir = mkdtempSync(path.join(tmpdir(), 'nimbus-launch-'));
+  t.after(() => {
+    r.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const conmon = ['/usr/bin/conmon', '/usr/libexec/podman/conmon'].find((p) => existsSync(p));
+  const opts = { cwd: dir, env: { _OCI_SYNCPIPE: '3' }, stderrFile: path.join(dir, 'err'), fd3: path.join(dir, 'sync') };
+  assert.throws(() => r.launch('/bin/sh', ['-c', 'true'], opts), /does not launch \/bin\/sh/);
+  assert.throws(() => r.launch('conmon', ['--version'], opts), /does not launch/, 'only by the path the agent resolved');
+  assert.throws(() => r.launch('/usr/bin/conmon', ['$(id)'], opts), /does not launch/);
+  assert.throws(() => r.launch('/usr/bin/conmon', [], { ...opts, env: { 'A;B': '1' } }), /does not launch/);
+  assert.throws(() => r.launch('/usr/bin/conmon', [], { ...opts, env: { A: '$(id)' } }), /does not launch/);
+  assert.throws(() => r.launch('/usr/bin/conmon', [], { ...opts, fd3: `${dir}/a b` }), /does not launch/);
+  if (!conmon) return t.skip('no conmon here');
+  const ok = await r.launch(conmon, ['--version'], opts);
+  assert.equal(ok.code, 0, ok.output);
+  assert.equal(ok.output, '', 'its stdout went to the file, not to the runner');
+  assert.match(readFileSync(opts.stderrFile, 'utf8'), /conmon version/);
+  assert.ok(existsSync(opts.fd3), 'fd 3 was opened on the given path');
+  const bad = await r.launch(conmon, ['--no-such-option'], opts);
+  assert.notEqual(bad.code, 0);
+  assert.match(readFileSync(opts.stderrFile, 'utf8'), /conmon version[^]*Unknown option --no-such-option/, 'what it said appended to the file');
+  const noDir = await r.launch(conmon, ['--version'], { ...opts, cwd: path.join(dir, 'missing') });
+  assert.notEqual(noDir.code, 0);
+  assert.match(noDir.output, /can't cd|No such file/, "the shell's own complaint comes back as output");
 });

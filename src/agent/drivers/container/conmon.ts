@@ -10,8 +10,13 @@
  * `{"data": <pid>}` (or a negative data + "message" on failure) to the sync pipe.
  */
 import { spawn } from 'node:child_process';
+import { constants as fsConstants, openSync } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
 import { Internal } from '../../../core/errors.js';
+import { removeStateFile } from '../../../core/state-files.js';
+import { CommandRunner, launchable, type LaunchOptions } from '../../command-runner.js';
 import type { LogRecord } from '../instance-driver.js';
 
 export interface ConmonOptions {
@@ -44,6 +49,12 @@ export interface ConmonOptions {
   stdin?: 'open' | 'once';
   /** A checkpoint's images: conmon runs `<runtime> restore --detach --image-path` instead of create (a live move's destination). */
   restore?: string;
+  /**
+   * Makes a FIFO at the given path (the driver's stock, fifo-stock.ts). With it, conmon is started
+   * from a long-lived host shell and reports through that FIFO (launchFromShell); without it, or
+   * with arguments the shell does not take, nimbusd spawns conmon itself with pipes.
+   */
+  placeFifo?: (dest: string) => Promise<void>;
 }
 
 /** conmon's command line (without the binary). */
@@ -90,6 +101,98 @@ export function parseSyncMessage(text: string): { data: number; message?: string
 
 /** Launch conmon, let it run `runtime create`, and wait for the container pid. */
 export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
+  const result = o.placeFifo && o.stderrPath && launchable(o.conmonPath, conmonArgs(o), shellLaunch(o, o.stderrPath)) ? await launchFromShell(o, o.placeFifo, o.stderrPath) : await launchFromDaemon(o);
+  if (result.data < 0) {
+    throw new Internal(`${o.runtimePath} ${o.restore ? 'restore' : 'create'} ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
+      id: o.id,
+    });
+  }
+  const conmonPid = await readPidFile(o.conmonPidFile);
+  return { pid: result.data, conmonPid: conmonPid ?? -1 };
+}
+
+/**
+ * conmon's starts go through their own host shells, two at a time (creates run side by side). An
+ * idle shell does not hold nimbusd up, and one whose nimbusd is gone reads end-of-file and exits.
+ */
+let shells: CommandRunner | undefined;
+const conmonShells = () => (shells ??= new CommandRunner(2));
+
+function syncFifoPath(o: ConmonOptions): string {
+  return path.join(o.persistDir ?? o.bundle, 'conmon-sync');
+}
+
+function shellLaunch(o: ConmonOptions, stderrPath: string): LaunchOptions {
+  return { cwd: o.persistDir ?? o.bundle, env: { _OCI_SYNCPIPE: '3' }, stderrFile: stderrPath, fd3: syncFifoPath(o), timeoutMs: o.timeoutMs ?? 30_000 };
+}
+
+/**
+ * conmon started by a host shell (CommandRunner.launch), its sync pipe a FIFO: opened here for
+ * reading first (non-blocking: the shell's open for writing then succeeds at once), read through
+ * libuv (epoll reports nothing before a writer has opened it, and end-of-file once every writer
+ * has closed it: conmon died without a word). No start pipe: conmon goes on at once.
+ */
+async function launchFromShell(o: ConmonOptions, placeFifo: (dest: string) => Promise<void>, stderrPath: string): Promise<{ data: number; message?: string }> {
+  const fifo = syncFifoPath(o);
+  await placeFifo(fifo);
+  let pipe: net.Socket | undefined;
+  try {
+    pipe = new net.Socket({ fd: openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), readable: true, writable: false });
+    const message = readSyncMessage(pipe, o);
+    message.catch(() => undefined); // awaited below, after the shell's answer
+    const launched = await conmonShells().launch(o.conmonPath, conmonArgs(o), shellLaunch(o, stderrPath));
+    if (launched.code !== 0) {
+      const said = (await readFile(stderrPath, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('; ');
+      throw new Internal(`cannot run conmon for ${o.id}: exit ${launched.code}${launched.output.trim() ? `: ${launched.output.trim()}` : ''}${said ? ` (${said})` : ''}`);
+    }
+    return await message;
+  } finally {
+    // conmon ignores SIGPIPE: a later write to its end (an exit status) fails harmlessly
+    pipe?.destroy();
+    await removeStateFile(fifo);
+  }
+}
+
+/** The first line conmon writes to its sync pipe, parsed; rejects on end-of-file or the timeout. */
+function readSyncMessage(sync: NodeJS.ReadableStream, o: ConmonOptions, exited?: () => number | null | undefined): Promise<{ data: number; message?: string }> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => {
+      done();
+      reject(new Internal(`conmon for ${o.id} did not report a pid within ${o.timeoutMs ?? 30000} ms`));
+    }, o.timeoutMs ?? 30_000);
+    const done = () => {
+      clearTimeout(timer);
+      sync.removeAllListeners('data');
+      sync.removeAllListeners('end');
+      sync.removeAllListeners('close');
+    };
+    sync.on('data', (b: Buffer) => {
+      buf += b.toString();
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      done();
+      try {
+        resolve(parseSyncMessage(buf.slice(0, nl)));
+      } catch (e) {
+        reject(e);
+      }
+    });
+    sync.on('end', () => {
+      done();
+      reject(new Internal(`conmon for ${o.id} closed the sync pipe without a pid${exited ? ` (exit ${String(exited())})` : ''}`));
+    });
+    // our end closed first (the launch failed): nothing more will come, and the timer must not hold the process
+    sync.on('close', () => {
+      done();
+      reject(new Internal(`the sync pipe of conmon for ${o.id} was closed before it reported`));
+    });
+    sync.on('error', () => undefined);
+  });
+}
+
+/** conmon spawned by nimbusd with pipes for its sync (fd 3) and start (fd 4) messages. */
+async function launchFromDaemon(o: ConmonOptions): Promise<{ data: number; message?: string }> {
   const errFd = o.stderrPath ? await open(o.stderrPath, 'a') : undefined;
   try {
     const child = spawn(o.conmonPath, conmonArgs(o), {
@@ -102,55 +205,22 @@ export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
     });
     const sync = child.stdio[3] as NodeJS.ReadableStream & { destroy(): void };
     const start = child.stdio[4] as NodeJS.WritableStream & { destroy(): void };
-    const result = await new Promise<{ data: number; message?: string }>((resolve, reject) => {
-      let buf = '';
-      let exited: number | null | undefined;
-      const timer = setTimeout(() => {
-        done();
-        reject(new Internal(`conmon for ${o.id} did not report a pid within ${o.timeoutMs ?? 30000} ms`));
-      }, o.timeoutMs ?? 30_000);
-      const done = () => {
-        clearTimeout(timer);
-        sync.removeAllListeners('data');
-        sync.removeAllListeners('end');
-      };
-      sync.on('data', (b: Buffer) => {
-        buf += b.toString();
-        const nl = buf.indexOf('\n');
-        if (nl < 0) return;
-        done();
-        try {
-          resolve(parseSyncMessage(buf.slice(0, nl)));
-        } catch (e) {
-          reject(e);
-        }
-      });
-      sync.on('end', () => {
-        done();
-        reject(new Internal(`conmon for ${o.id} closed the sync pipe without a pid (exit ${String(exited)})`));
-      });
-      sync.on('error', () => undefined);
-      start.on('error', () => undefined);
-      child.on('exit', (code) => {
-        exited = code;
-      });
-      child.on('error', (e) => {
-        done();
-        reject(new Internal(`cannot run conmon: ${e.message}`, undefined, { cause: e }));
-      });
-      start.write(Buffer.from([0]));
+    let exited: number | null | undefined;
+    child.on('exit', (code) => {
+      exited = code;
     });
-    // Close our ends: conmon ignores SIGPIPE, so later writes (the exit status) fail harmlessly.
-    sync.destroy();
-    start.destroy();
-    child.unref();
-    if (result.data < 0) {
-      throw new Internal(`${o.runtimePath} ${o.restore ? 'restore' : 'create'} ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
-        id: o.id,
-      });
+    start.on('error', () => undefined);
+    try {
+      const message = readSyncMessage(sync, o, () => exited);
+      const failed = new Promise<never>((_, reject) => child.on('error', (e) => reject(new Internal(`cannot run conmon: ${e.message}`, undefined, { cause: e }))));
+      start.write(Buffer.from([0]));
+      return await Promise.race([message, failed]);
+    } finally {
+      // Close our ends: conmon ignores SIGPIPE, so later writes (the exit status) fail harmlessly.
+      sync.destroy();
+      start.destroy();
+      child.unref();
     }
-    const conmonPid = await readPidFile(o.conmonPidFile);
-    return { pid: result.data, conmonPid: conmonPid ?? -1 };
   } finally {
     await errFd?.close();
   }

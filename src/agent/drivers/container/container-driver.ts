@@ -155,6 +155,8 @@ export class ContainerDriver implements InstanceDriver {
   private readonly rotation = new LogRotation();
   /** Go fifos for warm containers, made a batch at a time (fifo-stock.ts). */
   private readonly fifos: FifoStock;
+  /** conmon's sync fifos (conmon.ts: conmon started from a host shell), only for nimbusd to read. */
+  private readonly syncFifos: FifoStock;
 
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
@@ -162,6 +164,7 @@ export class ContainerDriver implements InstanceDriver {
     this.cgroupParent = '/' + (opts.cgroupParent ?? DEFAULT_CGROUP_PARENT).replace(/^\/+|\/+$/g, '');
     this.conmonPathOpt = opts.conmonPath;
     this.fifos = new FifoStock(path.join(this.stateDir, 'fifo-stock'));
+    this.syncFifos = new FifoStock(path.join(this.stateDir, 'sync-fifo-stock'), '0600');
   }
 
   // ------------------------------------------------------------ paths and helpers
@@ -501,6 +504,7 @@ export class ContainerDriver implements InstanceDriver {
         socketDir: path.join(dir, 'sock'),
         persistDir: path.join(dir, 'persist'),
         stderrPath: path.join(dir, 'conmon.err'),
+        placeFifo: (dest) => this.syncFifos.place(dest),
         ...(spec.process.terminal ? { terminal: true } : {}),
         ...(spec.process.stdin ? { stdin: spec.process.stdin } : {}),
       });
@@ -998,6 +1002,7 @@ export class ContainerDriver implements InstanceDriver {
     this.watcher = undefined;
     this.rotation.close();
     this.fifos.clear();
+    this.syncFifos.clear();
   }
 
   // ------------------------------------------------------------ log rotation (container-logs.ts)

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
-import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, releaseThroughExecFifo, runtimeMessage } from './oci-runtime.js';
+import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, releaseThroughExecFifo, runtimeMessage, writeExecFifo } from './oci-runtime.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { run } from '../../../core/exec.js';
@@ -22,6 +22,7 @@ test('runtime messages and error mapping', () => {
   assert.equal(m('container with id exists: x'), 'AlreadyExists');
   assert.equal(m('something odd'), 'Internal');
   assert.equal(mapRuntimeError('crun', 'state', 'x', 'crun: error opening file `/r/x/status`: No such file or directory', 1).code, 'NotFound');
+  assert.equal(mapRuntimeError('crun', 'start', 'x', 'crun: cannot open `/r/x/exec.fifo`: No such file or directory', 1).code, 'Conflict', 'a started container');
 });
 
 test('probes: runc works here; crun reports its real reason; auto choice', async () => {
@@ -142,6 +143,69 @@ test('the exec fifo release: a waiting writer, a late one, none, a wrong answer'
   await w3;
 
   assert.equal(await releaseThroughExecFifo(path.join(dir, 'missing')), false);
+});
+
+test("crun's start through its exec fifo: a waiting reader gets one byte and the fifo goes; no reader, no fifo: false", async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-crunfifo-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const waiting = path.join(dir, 'waiting');
+  assert.equal((await run('mkfifo', [waiting])).code, 0);
+  // what crun's init does: read the fifo (its open blocks until a writer comes)
+  const reader = spawn('sh', ['-c', `od -An -tx1 -N1 '${waiting}' > '${dir}/got'`], { stdio: 'ignore' });
+  const exited = new Promise<number | null>((r) => reader.once('exit', r));
+  // the reader must hold its end before a non-blocking open for writing can succeed
+  for (let i = 0; i < 100 && !writeExecFifo(waiting); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(await exited, 0);
+  assert.equal((await readFile(path.join(dir, 'got'), 'utf8')).trim(), '00', 'one zero byte, as crun start writes');
+  assert.ok(!existsSync(waiting), 'the fifo is removed, as crun start does');
+
+  const nobody = path.join(dir, 'nobody');
+  assert.equal((await run('mkfifo', [nobody])).code, 0);
+  assert.equal(writeExecFifo(nobody), false, 'no reader (init gone): false, and the caller runs crun start');
+  assert.ok(existsSync(nobody), 'nothing touched');
+  assert.equal(writeExecFifo(path.join(dir, 'missing')), false);
+});
+
+test('crun lifecycle through the wrapper (no conmon): started through its exec fifo', async (t) => {
+  const bin = await findBinary('crun');
+  const reason = bin ? await probeRuntime('crun') : 'not installed';
+  if (reason) return t.skip(`crun does not run here: ${reason}`);
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ocirt-crun-'));
+  const id = `ocirt-crun-${process.pid}`;
+  const parent = `/nimbus-ocirt-crun-${process.pid}`;
+  const layout = await detectCgroupLayout();
+  const rt = new OciRuntime('crun', bin!, path.join(dir, 'state'));
+  try {
+    const rootfs = path.join(dir, 'rootfs');
+    await mkdir(path.join(rootfs, 'bin'), { recursive: true });
+    await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
+    await symlink('busybox', path.join(rootfs, 'bin/sleep'));
+    const { config } = buildOciSpec(
+      { id, name: id, rootfs: [], process: { args: ['sleep', '60'], env: [], cwd: '/', user: '' }, resources: {} },
+      { hardLimits: await readHardLimits(), cgroupsPath: `${parent}/${id}`, userDb: { passwd: [], group: [] } },
+    );
+    await writeFile(path.join(dir, 'config.json'), JSON.stringify(config));
+    await rt.create(id, dir, path.join(dir, 'pid'));
+    assert.equal((await rt.state(id)).status, 'created');
+    assert.ok(existsSync(path.join(dir, 'state', id, 'exec.fifo')), 'crun keeps its exec fifo where writeExecFifo looks');
+    await rt.start(id);
+    assert.ok(!existsSync(path.join(dir, 'state', id, 'exec.fifo')), 'started through the fifo, not by a crun process that would also remove it');
+    const st = await rt.state(id);
+    assert.equal(st.status, 'running');
+    const pid = Number((await readFile(path.join(dir, 'pid'), 'utf8')).trim());
+    assert.equal(st.pid, pid);
+    for (let i = 0; i < 100 && !(await readFile(`/proc/${pid}/cmdline`, 'utf8')).startsWith('sleep'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal((await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0')[0], 'sleep', 'the container runs its own program');
+    await assert.rejects(rt.start(id), (e) => hasCode(e, 'Conflict'), 'a second start is refused (crun start finds no fifo)');
+    await rt.kill(id, 'SIGKILL');
+    for (let i = 0; i < 100 && (await rt.state(id)).status !== 'stopped'; i++) await new Promise((r) => setTimeout(r, 20));
+    await rt.delete(id);
+  } finally {
+    await rt.delete(id, true).catch(() => undefined);
+    await removeCgroup(cgroupPaths(layout, `${parent}/${id}`)).catch(() => undefined);
+    await removeCgroupParentIfEmpty(layout, parent);
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test("requestFault: a create the request's own settings broke is InvalidArgument with the runtime's message; the host's failures stay Internal", async () => {

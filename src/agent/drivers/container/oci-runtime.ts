@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { IPty } from 'node-pty';
-import { constants as fsConstants, openSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, unlinkSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { access, constants, copyFile, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -83,6 +83,8 @@ export function mapRuntimeError(runtime: string, op: string, id: string, stderr:
   const msg = runtimeMessage(stderr);
   const details = { runtime, op, id, exitCode: code };
   const text = `${runtime} ${op} ${id}: ${msg}`;
+  // crun's start of a container started already: its exec fifo is gone (runc says "cannot start")
+  if (op === 'start' && /exec\.fifo`?: No such file/i.test(msg)) return new Conflict(`${runtime} start ${id}: the container is not in the created state`, details);
   if (/does not exist|not found|no such file or directory/i.test(msg) && !/exec:|executable file/i.test(msg)) {
     return new NotFound(text, details);
   }
@@ -165,6 +167,7 @@ export class OciRuntime {
   /** initPid: the container's `runc init`, if known; the in-process start then waits for it as long as it lives. */
   async start(id: string, initPid?: number): Promise<void> {
     if (this.name === 'runc' && (await releaseThroughExecFifo(path.join(this.root, id, EXEC_FIFO), initPid === undefined ? {} : { initPid }))) return;
+    if (this.name === 'crun' && writeExecFifo(path.join(this.root, id, EXEC_FIFO))) return;
     await this.call('start', id, ['start', id]);
   }
   async state(id: string): Promise<OciState> {
@@ -263,7 +266,7 @@ function loadNodePty(): Promise<typeof import('node-pty')> {
 
 // ------------------------------------------------------------------ start without a runc process
 
-/** runc's "created" container waits in `runc init`, blocked opening this fifo for writing. */
+/** runc's "created" container waits in `runc init`, blocked opening this fifo for writing; crun's, reading it. */
 const EXEC_FIFO = 'exec.fifo';
 
 /**
@@ -315,6 +318,33 @@ export async function releaseThroughExecFifo(fifo: string, opts: { initPid?: num
     return true;
   } finally {
     pipe.destroy();
+  }
+}
+
+/**
+ * Do what `crun start` does (crun 1.8, src/libcrun/status.c `libcrun_status_write_exec_fifo`): a
+ * created crun container's init waits reading its exec fifo; open the fifo for writing, remove it,
+ * write one byte. `crun start` then runs poststart hooks and waits on a notify socket, neither of
+ * which the driver configures. The open is non-blocking, so it succeeds only while init holds the
+ * other end (ENXIO once init is gone); anything unexpected returns false and the caller runs
+ * `crun start`, which reports the real error. Saves a crun process per start (~3 ms of the event
+ * loop for its spawn and ~4 ms of CPU for crun here).
+ */
+export function writeExecFifo(fifo: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(fifo, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+  } catch {
+    return false; // no fifo (not created, or started already) or no init reading it
+  }
+  try {
+    unlinkSync(fifo);
+    writeSync(fd, Buffer.from([0]));
+    return true;
+  } catch {
+    return false;
+  } finally {
+    closeSync(fd);
   }
 }
 
