@@ -8,8 +8,8 @@
  *   podman      podman run --rm --network none --runtime runc --ulimit … IMAGE true
  *               (private --root/--runroot/--tmpdir, image pulled from the loopback registry)
  *   runc        raw `runc run` on a prepared bundle, a new container id per run
- *   crun        raw `crun run` on the same kind of bundle, where crun runs here (nimbusd's
- *               default runtime then: auto picks it)
+ *   crun        raw `crun run` on the same kind of bundle, where crun runs here (the row
+ *               names the runtime nimbusd ran on: runc by default, auto's first choice)
  * N runs each (env BENCH_RUNS, default 30), after one untimed warm-up, in two modes:
  *   isolated      an untimed pause (BENCH_GAP_MS, default 200 ms) before each run, so each
  *                 request meets an idle host: the latency a user sees
@@ -128,7 +128,7 @@ export async function startLatency(env: BenchEnv): Promise<BenchOutcome> {
   const nimbus = await sideNimbus(env);
   const onPostgres = await sideNimbusPostgres(env);
   const runcS = await sideRunc('runc');
-  // the daemon's default runtime where it runs here (auto): its raw figure beside runc's
+  // crun where it runs here: its raw figure beside runc's (nimbusd on crun: NIMBUS_RUNTIME=crun)
   const crunReason = await probeRuntime('crun');
   const crunS: Modes | null = crunReason ? null : await sideRunc('crun');
   if (crunReason) note(NAME, `raw crun not measured: ${crunReason}`);

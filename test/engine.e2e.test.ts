@@ -74,6 +74,10 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.equal(r.code, 0, r.stderr);
     const id = r.stdout.trim();
     assert.match(id, /^[0-9a-f]{64}$/);
+    // info's default runtime is the one a container gets when it asks for none
+    const info = (await d.api('GET', '/info')).body as { agent: { runtimes: { name: string; default?: boolean }[] } };
+    const inspected = (await d.api('GET', '/containers/life')).body as { runtime: string };
+    assert.equal(info.agent.runtimes.find((x) => x.default)?.name, inspected.runtime);
     r = await d.cli(['ps', '-q']);
     assert.ok(r.stdout.includes(id.slice(0, 12)));
     r = await d.cli(['exec', 'life', 'sh', '-c', 'echo in-container; exit 5']);

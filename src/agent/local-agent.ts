@@ -21,7 +21,7 @@ import { LocalContentStore, assertDigest } from './content/local-content-store.j
 import type { InstanceDriver, InstanceSpec, LogRecord, RuntimeState } from './drivers/instance-driver.js';
 import { ContainerDriver } from './drivers/container/container-driver.js';
 import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
-import { probeRuntime } from './drivers/container/oci-runtime.js';
+import { RUNTIME_NAMES, probeRuntime } from './drivers/container/oci-runtime.js';
 import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './images/pull.js';
 import { LAYER_TYPES, isIndex, type ImageConfig, type ImageManifest } from './images/media-types.js';
@@ -206,7 +206,8 @@ export class LocalAgent implements Agent {
     const content = new LocalContentStore(options.contentDir);
     // NIMBUS_CGROUP_PARENT: hosts that share one cgroup tree (test hosts in network namespaces) keep apart
     const containers = new ContainerDriver({ stateDir: options.containersDir, runtime: options.runtime, cgroupParent: cgroupParent() });
-    const probes = await Promise.all((['crun', 'runc'] as const).map(async (name) => ({ name, reason: await probeRuntime(name) })));
+    // in the driver's order of preference (chooseRuntime): the default reported is the one containers get
+    const probes = await Promise.all(RUNTIME_NAMES.map(async (name) => ({ name, reason: await probeRuntime(name) })));
     const usable = probes.filter((p) => p.reason === undefined).map((p) => p.name);
     const chosen = options.runtime === 'auto' ? usable[0] : options.runtime;
     if (!chosen || !usable.includes(chosen)) {
