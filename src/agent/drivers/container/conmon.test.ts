@@ -1,10 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { appendFile, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { conmonArgs, parseK8sLog, parseK8sLogLine, parseSyncMessage, readExitFile } from './conmon.js';
+import { run } from '../../../core/exec.js';
+import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
+import { conmonArgs, launchConmon, parseK8sLog, parseK8sLogLine, parseSyncMessage, readExitFile } from './conmon.js';
 import { readK8sLog } from './container-logs.js';
+import { FifoStock } from './fifo-stock.js';
+import { findBinary } from './oci-runtime.js';
+import { buildOciSpec, readHardLimits } from './oci-spec.js';
 
 test('k8s-file lines', () => {
   assert.deepEqual(parseK8sLogLine('2026-11-22T09:06:41.245747670+00:00 stdout F hi there'), {
@@ -86,5 +92,55 @@ test('tail, follow until exited-and-drained, abort, exit file', async () => {
     assert.equal(await readExitFile(path.join(dir, 'absent')), undefined);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('conmon launched from a host shell (a FIFO for its sync pipe) and spawned by nimbusd (pipes): the same pid, the same failure', async (t) => {
+  const conmon = ['/usr/bin/conmon', '/usr/libexec/podman/conmon'].find((p) => existsSync(p));
+  const runc = await findBinary('runc');
+  if (!conmon || !runc) return t.skip('needs conmon and runc');
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-conmon-launch-'));
+  const layout = await detectCgroupLayout();
+  const parent = `/nimbus-conmon-launch-${process.pid}`;
+  const root = path.join(dir, 'runtime');
+  const ids: string[] = [];
+  const fifos = new FifoStock(path.join(dir, 'fifos'), '0600');
+  t.after(async () => {
+    for (const id of ids) await run(runc, ['--root', root, 'delete', '--force', id]);
+    for (const id of ids) await removeCgroup(cgroupPaths(layout, `${parent}/${id}`)).catch(() => undefined);
+    await removeCgroupParentIfEmpty(layout, parent);
+    fifos.clear();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const rootfs = path.join(dir, 'rootfs');
+  await mkdir(path.join(rootfs, 'bin'), { recursive: true });
+  await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
+  await symlink('busybox', path.join(rootfs, 'bin/sleep'));
+  const hardLimits = await readHardLimits();
+  const launch = async (id: string, args: string[], viaShell: boolean) => {
+    ids.push(id);
+    const bundle = path.join(dir, id);
+    await mkdir(path.join(bundle, 'persist'), { recursive: true });
+    await mkdir(path.join(bundle, 'sock'));
+    const { config } = buildOciSpec(
+      { id, name: id, rootfs: [], process: { args, env: ['PATH=/bin'], cwd: '/', user: '' }, resources: {} },
+      { hardLimits, cgroupsPath: `${parent}/${id}`, userDb: { passwd: [], group: [] } },
+    );
+    await writeFile(path.join(bundle, 'config.json'), JSON.stringify({ ...config, root: { path: rootfs, readonly: true } }));
+    return launchConmon({
+      conmonPath: conmon, id, name: id, runtimePath: runc, runtimeArgs: [`--root=${root}`], bundle,
+      containerPidFile: path.join(bundle, 'pid'), conmonPidFile: path.join(bundle, 'conmon.pid'), logPath: path.join(bundle, 'log'),
+      exitDir: dir, socketDir: path.join(bundle, 'sock'), persistDir: path.join(bundle, 'persist'), stderrPath: path.join(bundle, 'conmon.err'),
+      ...(viaShell ? { placeFifo: (dest: string) => fifos.place(dest) } : {}),
+    });
+  };
+  for (const viaShell of [true, false]) {
+    const how = viaShell ? 'shell' : 'spawn';
+    const ok = await launch(`launch-${how}-${process.pid}`, ['sleep', '60'], viaShell);
+    assert.ok(ok.pid > 0 && ok.conmonPid > 0, how);
+    assert.equal((await readFile(path.join(dir, `launch-${how}-${process.pid}`, 'pid'), 'utf8')).trim(), String(ok.pid), `${how}: the pid runc wrote`);
+    assert.match(await readFile(`/proc/${ok.conmonPid}/cmdline`, 'utf8'), /conmon/, `${how}: conmon runs on`);
+    assert.ok(!existsSync(path.join(dir, `launch-${how}-${process.pid}`, 'persist', 'conmon-sync')), `${how}: no sync fifo left`);
+    await assert.rejects(launch(`launch-${how}-bad-${process.pid}`, ['/no/such/program'], viaShell), /create launch-\S+ failed: .*no\/such\/program/, `${how}: runc's own words`);
   }
 });
