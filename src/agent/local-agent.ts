@@ -862,7 +862,8 @@ export class LocalAgent implements Agent {
    * by the container's removal, as the control plane does after a failed create.
    */
   private async createAndPlumb(req: ContainerCreateRequest, mounts: MountSpec[], extraMounts: OciMount[]): Promise<{ state: RuntimeState; ports: PortMapping[] | undefined }> {
-    const networked = req.network?.mode === 'networks' && !this.network.netnsOf(req.id);
+    // (no endpoints: the runtime makes the namespace and brings its loopback up, as before)
+    const networked = req.network?.mode === 'networks' && req.network.endpoints.length > 0 && !this.network.netnsOf(req.id);
     if (!networked) {
       const state = await this.containers.create(await this.specFor(req, mounts), { mounts: extraMounts });
       return { state, ports: await this.plumb(req, { pid: state.pid }) };
