@@ -28,7 +28,7 @@ import { logger } from '../../../core/log.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
 import { blockVolumeNames, decodeExitStatus, qemuArgv, type Accelerator, type BlockVolumeConfig, type QemuConfig } from './qemu.js';
 import { blockChangeMode, plugBlockVolume, unplugBlockVolume, withoutVolume, withVolume } from './block-volumes.js';
-import { processAlive } from '../../../core/proc.js';
+import { processAlive, procStat } from '../../../core/proc.js';
 import { instancePaths, launchQemu, readExitStatus, readPid, removeRunFiles, sleep, withQmp, type InstancePaths } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
@@ -215,7 +215,15 @@ export class VmDriver implements InstanceDriver {
       r.finishedAt = new Date().toISOString();
       if (r.killedBy === 'SIGKILL') r.exitCode = 137;
       else if (status !== undefined) r.exitCode = decodeExitStatus(status, r.config.debugExit);
-      else r.exitCode = 255; // supervisor gone too: status unknown
+      else {
+        r.exitCode = 255; // supervisor gone too: status unknown
+        // what /proc says of the QEMU now: a CI run under load saw migrated VMs recorded stopped at
+        // their destination (not reproduced), and this is the path that records an end unseen
+        const st = r.qemuPid ? procStat(r.qemuPid) : undefined;
+        log.warn('QEMU seen gone without an exit status: recorded stopped (255)', {
+          id: r.id, pid: r.qemuPid, procState: st?.state ?? 'gone', aliveNow: processAlive(r.qemuPid, p.qmpSocket), supervisorAlive: processAlive(r.supervisorPid),
+        });
+      }
       delete r.qemuPid;
       delete r.supervisorPid;
       // the exit status stays until the next launch: a second observer racing this one (an exit
