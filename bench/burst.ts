@@ -155,12 +155,10 @@ export async function runcBurst(n: number): Promise<{ runcStartMs: number; fifoR
   const idsOf = (phase: string) => Array.from({ length: n }, (_, i) => `${prefix}${phase}-${i}`);
   const createAll = async (ids: string[]) => {
     for (let i = 0; i < ids.length; i += 4) {
-      await Promise.all(ids.slice(i, i + 4).map((id) => runcCreate(b.root, b.dir, id)));
+      await Promise.all(ids.slice(i, i + 4).map((id) => runtimeWithoutPipes('runc', ['--root', b.root, 'create', '--bundle', b.dir, id])));
     }
   };
-  const deleteAll = async (ids: string[]) => {
-    for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map((id) => run('runc', ['--root', b.root, 'delete', '-f', id])));
-  };
+  const deleteAll = (ids: string[]) => deleteContainers('runc', b.root, ids);
   const startIds = idsOf('start');
   const ids = idsOf('fifo');
   try {
@@ -207,33 +205,30 @@ export async function coldRuntimeBurst(runtime: 'runc' | 'crun', n: number): Pro
   try {
     const host0 = hostBusyTicks();
     const t0 = now();
-    await Promise.all(ids.map((id) => detachedRun(runtime, b.root, b.dir, id)));
+    await Promise.all(ids.map((id) => runtimeWithoutPipes(runtime, ['--root', b.root, 'run', '--detach', '--bundle', b.dir, id])));
     const allRunningMs = Math.round(msSince(t0));
     return { allRunningMs, hostCpuMsEach: round(((hostBusyTicks() - host0) * 10) / n) };
   } catch (e) {
     return { error: e instanceof Error ? e.message.slice(0, 300) : String(e) };
   } finally {
-    for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map((id) => run(runtime, ['--root', b.root, 'delete', '-f', id])));
+    await deleteContainers(runtime, b.root, ids);
     await removePeerCgroups(prefix);
     await b.remove();
   }
 }
 
-function detachedRun(runtime: string, root: string, bundle: string, id: string): Promise<void> {
+/** A runtime's `create` or `run --detach` with no pipes: the container's init inherits the runtime's stdio, and a pipe we waited on would stay open. */
+function runtimeWithoutPipes(runtime: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const c = spawn(runtime, ['--root', root, 'run', '--detach', '--bundle', bundle, id], { stdio: 'ignore' });
+    const c = spawn(runtime, args, { stdio: 'ignore' });
     c.once('error', reject);
-    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${runtime} run --detach ${id}: exit ${code}`))));
+    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${runtime} ${args.slice(2).join(' ')}: exit ${code}`))));
   });
 }
 
-/** `runc create` with no pipes: the container's init inherits runc's stdio, and a pipe we waited on would stay open. */
-function runcCreate(root: string, bundle: string, id: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const c = spawn('runc', ['--root', root, 'create', '--bundle', bundle, id], { stdio: 'ignore' });
-    c.once('error', reject);
-    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`runc create ${id}: exit ${code}`))));
-  });
+/** `delete -f` of the peer's containers, eight at a time. */
+async function deleteContainers(runtime: string, root: string, ids: string[]): Promise<void> {
+  for (let i = 0; i < ids.length; i += 8) await Promise.all(ids.slice(i, i + 8).map((id) => run(runtime, ['--root', root, 'delete', '-f', id])));
 }
 
 /** CPU ticks (user + system) by pid of the processes in cgroups whose path mentions `tag`: the peer's containers (runc names a spec's cgroup after the container id). */

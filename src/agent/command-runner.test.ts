@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { CommandRunner } from './command-runner.js';
+import { findBinary } from './drivers/container/oci-runtime.js';
 
 test('command runner: output and exit status come back per request, in order, from a long-lived shell', async (t) => {
   const r = new CommandRunner(2);
@@ -70,7 +71,7 @@ test('command runner: launch starts only a monitor by absolute path, its output 
     r.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  const conmon = ['/usr/bin/conmon', '/usr/libexec/podman/conmon'].find((p) => existsSync(p));
+  const conmon = await findBinary('conmon');
   const opts = { cwd: dir, env: { _OCI_SYNCPIPE: '3' }, stderrFile: path.join(dir, 'err'), fd3: path.join(dir, 'sync') };
   assert.throws(() => r.launch('/bin/sh', ['-c', 'true'], opts), /does not launch \/bin\/sh/);
   assert.throws(() => r.launch('conmon', ['--version'], opts), /does not launch/, 'only by the path the agent resolved');

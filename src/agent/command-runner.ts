@@ -186,14 +186,17 @@ export class CommandRunner {
     const tag = randomBytes(6).toString('hex');
     const eof = `NIMBUS_EOF_${tag}`;
     if (input.split('\n').includes(eof)) throw new Internal('input contains the here-document delimiter');
-    const marker = `@@nimbus-${tag} `;
     const body = input.endsWith('\n') || input === '' ? input : `${input}\n`;
     // a working directory only for this command: a subshell, so the shell's own stays
     const command = cwd === undefined ? `${program} ${args.join(' ')}` : `(cd ${cwd} && exec ${program} ${args.join(' ')})`;
-    const script = `${command} 2>&1 <<'${eof}'\n${body}${eof}\necho "${marker}$?"\n`;
-    // the least busy shell: requests for different containers run side by side
+    return this.submit(tag, `${command} 2>&1 <<'${eof}'\n${body}${eof}`, opts.timeoutMs);
+  }
+
+  /** One command line to the least busy shell (requests for different containers run side by side), its status read back after a marker line. */
+  private submit(tag: string, command: string, timeoutMs: number | undefined): Promise<RunResult> {
+    const marker = `@@nimbus-${tag} `;
     const shell = this.shells.reduce((a, b) => (b.busy() < a.busy() ? b : a));
-    return shell.run(script, marker, opts.timeoutMs);
+    return shell.run(`${command}\necho "${marker}$?"\n`, marker, timeoutMs);
   }
 
   /** run() where the program and arguments allow it, else the program spawned directly (from this process); output as run()'s. */
@@ -214,12 +217,8 @@ export class CommandRunner {
    */
   launch(program: string, args: string[], o: LaunchOptions): Promise<RunResult> {
     if (!launchable(program, args, o)) throw new Internal(`the command runner does not launch ${program} with these arguments`);
-    const tag = randomBytes(6).toString('hex');
-    const marker = `@@nimbus-${tag} `;
     const env = Object.entries(o.env).map(([k, v]) => `${k}=${v}`).join(' ');
-    const script = `(cd ${o.cwd} && ${env} exec ${program} ${args.join(' ')} </dev/null >>${o.stderrFile} 2>&1 3>${o.fd3}) 2>&1\necho "${marker}$?"\n`;
-    const shell = this.shells.reduce((a, b) => (b.busy() < a.busy() ? b : a));
-    return shell.run(script, marker, o.timeoutMs);
+    return this.submit(randomBytes(6).toString('hex'), `(cd ${o.cwd} && ${env} exec ${program} ${args.join(' ')} </dev/null >>${o.stderrFile} 2>&1 3>${o.fd3}) 2>&1`, o.timeoutMs);
   }
 
   close(): void {

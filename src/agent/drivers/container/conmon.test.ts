@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { appendFile, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
@@ -11,6 +11,7 @@ import { readK8sLog } from './container-logs.js';
 import { FifoStock } from './fifo-stock.js';
 import { findBinary } from './oci-runtime.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
+import { makeBusyboxRootfs } from './rootfs-test-support.js';
 
 test('k8s-file lines', () => {
   assert.deepEqual(parseK8sLogLine('2026-11-22T09:06:41.245747670+00:00 stdout F hi there'), {
@@ -96,7 +97,7 @@ test('tail, follow until exited-and-drained, abort, exit file', async () => {
 });
 
 test('conmon launched from a host shell (a FIFO for its sync pipe) and spawned by nimbusd (pipes): the same pid, the same failure', async (t) => {
-  const conmon = ['/usr/bin/conmon', '/usr/libexec/podman/conmon'].find((p) => existsSync(p));
+  const conmon = await findBinary('conmon');
   const runc = await findBinary('runc');
   if (!conmon || !runc) return t.skip('needs conmon and runc');
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-conmon-launch-'));
@@ -113,9 +114,7 @@ test('conmon launched from a host shell (a FIFO for its sync pipe) and spawned b
     await rm(dir, { recursive: true, force: true });
   });
   const rootfs = path.join(dir, 'rootfs');
-  await mkdir(path.join(rootfs, 'bin'), { recursive: true });
-  await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-  await symlink('busybox', path.join(rootfs, 'bin/sleep'));
+  await makeBusyboxRootfs(rootfs, ['sleep']);
   const hardLimits = await readHardLimits();
   const launch = async (id: string, args: string[], viaShell: boolean) => {
     ids.push(id);

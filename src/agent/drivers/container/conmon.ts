@@ -101,7 +101,10 @@ export function parseSyncMessage(text: string): { data: number; message?: string
 
 /** Launch conmon, let it run `runtime create`, and wait for the container pid. */
 export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
-  const result = o.placeFifo && o.stderrPath && launchable(o.conmonPath, conmonArgs(o), shellLaunch(o, o.stderrPath)) ? await launchFromShell(o, o.placeFifo, o.stderrPath) : await launchFromDaemon(o);
+  const args = conmonArgs(o);
+  const { placeFifo, stderrPath } = o;
+  const shell = placeFifo && stderrPath ? shellLaunch(o, stderrPath) : undefined;
+  const result = placeFifo && shell && launchable(o.conmonPath, args, shell) ? await launchFromShell(o, args, shell, placeFifo) : await launchFromDaemon(o, args);
   if (result.data < 0) {
     throw new Internal(`${o.runtimePath} ${o.restore ? 'restore' : 'create'} ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
       id: o.id,
@@ -118,12 +121,10 @@ export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
 let shells: CommandRunner | undefined;
 const conmonShells = () => (shells ??= new CommandRunner(2));
 
-function syncFifoPath(o: ConmonOptions): string {
-  return path.join(o.persistDir ?? o.bundle, 'conmon-sync');
-}
-
+/** How the shell starts conmon: where it runs, its sync pipe a FIFO beside its other files. */
 function shellLaunch(o: ConmonOptions, stderrPath: string): LaunchOptions {
-  return { cwd: o.persistDir ?? o.bundle, env: { _OCI_SYNCPIPE: '3' }, stderrFile: stderrPath, fd3: syncFifoPath(o), timeoutMs: o.timeoutMs ?? 30_000 };
+  const cwd = o.persistDir ?? o.bundle;
+  return { cwd, env: { _OCI_SYNCPIPE: '3' }, stderrFile: stderrPath, fd3: path.join(cwd, 'conmon-sync'), timeoutMs: o.timeoutMs ?? 30_000 };
 }
 
 /**
@@ -132,17 +133,17 @@ function shellLaunch(o: ConmonOptions, stderrPath: string): LaunchOptions {
  * libuv (epoll reports nothing before a writer has opened it, and end-of-file once every writer
  * has closed it: conmon died without a word). No start pipe: conmon goes on at once.
  */
-async function launchFromShell(o: ConmonOptions, placeFifo: (dest: string) => Promise<void>, stderrPath: string): Promise<{ data: number; message?: string }> {
-  const fifo = syncFifoPath(o);
+async function launchFromShell(o: ConmonOptions, args: string[], shell: LaunchOptions, placeFifo: (dest: string) => Promise<void>): Promise<{ data: number; message?: string }> {
+  const fifo = shell.fd3;
   await placeFifo(fifo);
   let pipe: net.Socket | undefined;
   try {
     pipe = new net.Socket({ fd: openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), readable: true, writable: false });
     const message = readSyncMessage(pipe, o);
     message.catch(() => undefined); // awaited below, after the shell's answer
-    const launched = await conmonShells().launch(o.conmonPath, conmonArgs(o), shellLaunch(o, stderrPath));
+    const launched = await conmonShells().launch(o.conmonPath, args, shell);
     if (launched.code !== 0) {
-      const said = (await readFile(stderrPath, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('; ');
+      const said = (await readFile(shell.stderrFile, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('; ');
       throw new Internal(`cannot run conmon for ${o.id}: exit ${launched.code}${launched.output.trim() ? `: ${launched.output.trim()}` : ''}${said ? ` (${said})` : ''}`);
     }
     return await message;
@@ -192,10 +193,10 @@ function readSyncMessage(sync: NodeJS.ReadableStream, o: ConmonOptions, exited?:
 }
 
 /** conmon spawned by nimbusd with pipes for its sync (fd 3) and start (fd 4) messages. */
-async function launchFromDaemon(o: ConmonOptions): Promise<{ data: number; message?: string }> {
+async function launchFromDaemon(o: ConmonOptions, args: string[]): Promise<{ data: number; message?: string }> {
   const errFd = o.stderrPath ? await open(o.stderrPath, 'a') : undefined;
   try {
-    const child = spawn(o.conmonPath, conmonArgs(o), {
+    const child = spawn(o.conmonPath, args, {
       stdio: ['ignore', 'ignore', errFd ? errFd.fd : 'ignore', 'pipe', 'pipe'],
       detached: true,
       // conmon writes its `oom` marker into its working directory (as podman runs it, from the

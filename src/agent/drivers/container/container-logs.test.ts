@@ -2,7 +2,7 @@
 // streaming reader, against real conmon/runc; the reader's file logic also on synthetic files.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFile, copyFile, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, mkdtemp, readdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
@@ -14,6 +14,7 @@ import { bindRootfsSpec, freshId, waitStopped } from '../instance-driver-conform
 import { ContainerDriver } from './container-driver.js';
 import { readK8sLog, resolveLogLimits, rotateOnce } from './container-logs.js';
 import { probeRuntime } from './oci-runtime.js';
+import { makeBusyboxRootfs } from './rootfs-test-support.js';
 
 const rec = (s: string) => `2026-01-01T00:00:00.000000000+00:00 stdout F ${s}\n`;
 
@@ -101,14 +102,7 @@ describe('log files (synthetic generations)', () => {
 
 const runcReason = await probeRuntime('runc');
 
-async function busyboxRootfs(dir: string): Promise<void> {
-  await mkdir(path.join(dir, 'bin'), { recursive: true });
-  await mkdir(path.join(dir, 'etc'), { recursive: true });
-  await copyFile('/bin/busybox', path.join(dir, 'bin/busybox'));
-  for (const a of ['sh', 'yes', 'head', 'seq', 'sleep']) await symlink('busybox', path.join(dir, 'bin', a));
-  await writeFile(path.join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  await writeFile(path.join(dir, 'etc/group'), 'root:x:0:\n');
-}
+const busyboxRootfs = (dir: string) => makeBusyboxRootfs(dir, ['sh', 'yes', 'head', 'seq', 'sleep']);
 
 async function logFiles(d: ContainerDriver, id: string): Promise<{ count: number; bytes: number }> {
   const cdir = path.join(d.stateDir, 'containers', id);

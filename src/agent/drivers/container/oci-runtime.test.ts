@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile, readFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, releaseThroughExecFifo, runtimeMessage, writeExecFifo } from './oci-runtime.js';
+import { makeBusyboxRootfs } from './rootfs-test-support.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { run } from '../../../core/exec.js';
@@ -51,10 +52,7 @@ test('runc lifecycle through the wrapper (no conmon)', async () => {
   const layout = await detectCgroupLayout();
   const rt = new OciRuntime('runc', bin, path.join(dir, 'state'));
   try {
-    const rootfs = path.join(dir, 'rootfs');
-    await mkdir(path.join(rootfs, 'bin'), { recursive: true });
-    await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-    for (const a of ['sh', 'sleep', 'echo']) await symlink('busybox', path.join(rootfs, 'bin', a));
+    await makeBusyboxRootfs(path.join(dir, 'rootfs'), ['sh', 'sleep', 'echo']);
     const { config } = buildOciSpec(
       { id, name: id, rootfs: [], process: { args: ['sleep', '60'], env: [], cwd: '/', user: '' }, resources: {} },
       { hardLimits: await readHardLimits(), cgroupsPath: `${parent}/${id}`, userDb: { passwd: [], group: [] } },
@@ -176,10 +174,7 @@ test('crun lifecycle through the wrapper (no conmon): started through its exec f
   const layout = await detectCgroupLayout();
   const rt = new OciRuntime('crun', bin!, path.join(dir, 'state'));
   try {
-    const rootfs = path.join(dir, 'rootfs');
-    await mkdir(path.join(rootfs, 'bin'), { recursive: true });
-    await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-    await symlink('busybox', path.join(rootfs, 'bin/sleep'));
+    await makeBusyboxRootfs(path.join(dir, 'rootfs'), ['sleep']);
     const { config } = buildOciSpec(
       { id, name: id, rootfs: [], process: { args: ['sleep', '60'], env: [], cwd: '/', user: '' }, resources: {} },
       { hardLimits: await readHardLimits(), cgroupsPath: `${parent}/${id}`, userDb: { passwd: [], group: [] } },

@@ -1,16 +1,10 @@
 /** Test support for terminals (exec -t, attach to a process on one): what it printed, and waits for what it should print. */
 import type { Readable } from 'node:stream';
-import { copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { makeBusyboxRootfs } from './rootfs-test-support.js';
 
 /** A busybox rootfs at `rootfs` with what the terminal tests run (sh, stty, tty, …) and a root user. */
-export async function makeTerminalRootfs(rootfs: string): Promise<void> {
-  await mkdir(path.join(rootfs, 'bin'), { recursive: true });
-  await mkdir(path.join(rootfs, 'etc'), { recursive: true });
-  await copyFile('/bin/busybox', path.join(rootfs, 'bin/busybox'));
-  for (const a of ['sh', 'sleep', 'stty', 'tty', 'cat', 'echo']) await symlink('busybox', path.join(rootfs, 'bin', a));
-  await writeFile(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  await writeFile(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
+export function makeTerminalRootfs(rootfs: string): Promise<void> {
+  return makeBusyboxRootfs(rootfs, ['sh', 'sleep', 'stty', 'tty', 'cat', 'echo']);
 }
 
 /**
