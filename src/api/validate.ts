@@ -326,6 +326,15 @@ function strict(schema: TSchema, where: Where): Compiled {
   return c;
 }
 
+/**
+ * Compile a route part's hardened check before its first request needs it (the server does this
+ * for every route once it is up, a few at a time): the first request of each route otherwise paid
+ * the compile, ~1-3 ms of the event loop (a fresh daemon's first pull, docs/image-transfer.md).
+ */
+export function prepareCheck(check: TypeCheck<TSchema>, where: Where): void {
+  strict(check.Schema(), where);
+}
+
 function invalid(where: Where, field: string, what: string): Error {
   return new InvalidArgument(`invalid ${where}${field ? ` field "${field}"` : ''}: ${what}`, field ? { field } : undefined);
 }
