@@ -1,0 +1,346 @@
+/**
+ * Live migration of a VM, both sides. Five steps, each on one side, so that the two sides can
+ * be two agent processes (the control plane drives them over the agent protocol) or two
+ * drivers in one (VmDriver.migrateTo):
+ *   source: migrationSpec → destination: prepareIncoming → source: migrateOut
+ *   → destination: finishIncoming → source: endMigration('moved')
+ * On failure: destination abandonIncoming, source endMigration('resume').
+ * RAM goes by QMP migrate, disks by an NBD mirror (disk-mirror.ts), over TLS when both agents
+ * have a certificate (migration-tls.ts).
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { AlreadyExists, Conflict, InvalidArgument, NimbusError, NotFound } from '../../../core/errors.js';
+import { runOk } from '../../../core/exec.js';
+import { logger } from '../../../core/log.js';
+import { processAlive } from '../../../core/proc.js';
+import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
+import { consoleBytes, type ConsoleLogLimits } from './console-log.js';
+import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
+import { addTlsCreds, clearTls, useTlsForMigration, type MigrationTls } from './migration-tls.js';
+import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
+import { launchQemu, readPid, sleep, withQmp, type InstancePaths } from './qemu-process.js';
+import { QmpClient, type QmpEvent } from './qmp.js';
+import { pinVcpus } from './vcpu-pinning.js';
+import { consoleHistory } from './vm-console.js';
+import type { VmRecord, VmRecords } from './vm-record.js';
+import type { VmRunner } from './vm-runner.js';
+
+// the driver's name: its log lines read as they did before migration had a file of its own
+const log = logger('vm-driver');
+
+/** The most a live migration may take, disk mirror included, before it is called off and the guest goes on here. */
+const MIGRATION_TIMEOUT_MS = 300_000;
+
+/** What the destination needs to rebuild the VM (the source's record less its host paths). */
+export type MigrationSpec = VmMigrationSpec;
+
+/** What a migration needs of the driver's settings. */
+export interface MigrationOptions {
+  /** The QEMU binary the destination launches. */
+  readonly qemu: string;
+  /** The driver's options, read when a migration runs: this host's accelerator and certificate. */
+  readonly settings: { readonly accel: Accelerator; readonly tls?: MigrationTls };
+  readonly consoleLimits: ConsoleLogLimits;
+}
+
+export class VmMigration {
+  /** Incoming live migrations in flight here: a QMP session open from before the stream starts. */
+  private readonly incoming = new Map<string, IncomingMigration>();
+
+  constructor(
+    private readonly records: VmRecords,
+    /** The arriving VM's exit is watched from finishIncoming on; the departed one's no longer. */
+    private readonly exits: Pick<VmRunner, 'watch' | 'unwatch'>,
+    private readonly o: MigrationOptions,
+  ) {}
+
+  /**
+   * Source, step 1: what the destination needs. A local root disk goes with the VM (mirrored
+   * over NBD while RAM moves): the spec says its size and the base image under the overlay, so
+   * that the destination can make an overlay on its own copy of that base (a template's clone
+   * is backed by this host's template: its whole disk travels). NICs are the agent's (taps).
+   */
+  async migrationSpec(id: string): Promise<MigrationSpec> {
+    const r = await this.records.load(id);
+    if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+    const shared = r.config.blockVolumes?.find((b) => b.shared);
+    if (shared) throw new Conflict(`VM ${id} has the shared volume ${shared.volumeId} attached: other VMs may hold it on this host, so it cannot move with this one (detach it first)`, { id });
+    const { paths: _hostPaths, ...config } = r.config;
+    const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}), ...(this.o.settings.tls ? { tls: this.o.settings.tls.name } : {}) };
+    if (r.config.rootDisk) {
+      // -U: QEMU holds the image's lock while it runs; its header is all that is read
+      const info = JSON.parse(await runOk('qemu-img', ['info', '-U', '--output=json', r.config.rootDisk.path])) as { 'virtual-size': number; 'full-backing-filename'?: string; 'backing-filename-format'?: string };
+      const fmt = info['backing-filename-format'];
+      spec.storage = {
+        virtualSize: info['virtual-size'],
+        ...(!r.template && info['full-backing-filename'] && (fmt === 'raw' || fmt === 'qcow2') ? { backing: info['full-backing-filename'], backingFormat: fmt } : {}),
+      };
+    }
+    return spec;
+  }
+
+  /**
+   * Destination, step 2: a QEMU with the VM's devices, waiting for the stream on host:port,
+   * *not* started paused, so QEMU resumes the guest itself the moment the last pass is in
+   * (no QMP round trip inside the downtime). Over TLS when both agents have a certificate: QEMU
+   * listens only once the credentials are set (-incoming defer), so no plain stream is taken.
+   */
+  async prepareIncoming(spec: MigrationSpec, host: string): Promise<IncomingMigrationTarget> {
+    const p = this.records.paths(spec.id);
+    if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} already exists at the destination`, { id: spec.id });
+    const config = spec.config as unknown as VmRecord['config'];
+    if (config.accel !== this.o.settings.accel) {
+      throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.settings.accel}; a migration needs the same accelerator`, { id: spec.id });
+    }
+    await mkdir(p.dir, { recursive: true });
+    const tls = spec.tls && this.o.settings.tls ? this.o.settings.tls : undefined;
+    if (!tls) logInClear(spec.id, host, !this.o.settings.tls ? 'this agent has no certificate' : 'the source agent has no certificate');
+    const port = await freeTcpPort(host);
+    const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const r: VmRecord = {
+      id: spec.id, name: spec.name, createdAt: spec.createdAt, lifecycle: 'created',
+      config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
+    };
+    if (spec.pin) r.pin = spec.pin;
+    if (config.rootDisk && !spec.storage) throw new InvalidArgument(`VM ${spec.id} has a root disk but the migration says nothing of its storage`, { id: spec.id });
+    try {
+      await writeFile(p.consoleLog, '');
+      if (spec.storage) {
+        // an empty overlay of its own: on the same base (only the source overlay's clusters then
+        // travel), or standalone of the disk's size (all of it does)
+        const s = spec.storage;
+        await runOk('qemu-img', s.backing
+          ? ['create', '-q', '-f', 'qcow2', '-F', s.backingFormat ?? 'raw', '-b', path.resolve(s.backing), p.overlay]
+          : ['create', '-q', '-f', 'qcow2', p.overlay, String(s.virtualSize)]);
+        r.config.rootDisk = { path: p.overlay, format: 'qcow2' };
+      }
+      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer' }), p);
+      r.qemuPid = launched.qemuPid;
+      r.supervisorPid = launched.supervisorPid;
+      await this.records.save(r);
+      const events = await QmpClient.connect(p.qmpSocket, { timeoutMs: 5000 });
+      // listen before the stream starts: the guest may resume before anyone asks
+      const resumed = events.waitForEvent('RESUME', 300_000);
+      resumed.catch(() => undefined);
+      this.incoming.set(spec.id, { uri, events, resumed, tls: !!tls });
+      if (tls) {
+        await addTlsCreds(events, tls, 'server', migrationTlsDir(p));
+        await useTlsForMigration(events);
+      }
+      await events.execute('migrate-incoming', { uri });
+      const exports = await exportDisksForMigration(events, host, await freeTcpPort(host), movingDisks(r.config), !!tls);
+      const { root: nbd, ...volumes } = exports;
+      return { uri, ...(nbd ? { nbd } : {}), ...(Object.keys(volumes).length ? { nbdVolumes: volumes } : {}), ...(tls ? { tls: tls.name } : {}) };
+    } catch (e) {
+      await this.abandonIncoming(spec.id);
+      throw e;
+    }
+  }
+
+  /**
+   * Source, step 3: QMP migrate with the downtime limit and a high bandwidth cap (loopback);
+   * QEMU pre-copies RAM while the guest runs and stops it only for the final pass. On
+   * failure the guest goes on here.
+   */
+  migrateOut(id: string, uri: string, opts: MigrateOutOptions): Promise<OutgoingMigration> {
+    return this.records.locked(id, async () => {
+      const r = await this.records.load(id);
+      if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
+      if (r.config.rootDisk && !opts.nbd) throw new Conflict(`VM ${id} has a local disk and the destination offers nothing to copy it into`, { id });
+      const lacking = r.config.blockVolumes?.find((b) => !opts.nbdVolumes?.[b.volumeId]);
+      if (lacking) throw new Conflict(`VM ${id} has volume ${lacking.volumeId} attached and the destination offers nothing to copy it into (an agent of protocol 8 or older: volumes stay)`, { id });
+      const disks = movingDisks(r.config);
+      const targets = disks.map((d) => ({ disk: d, nbd: d.key === 'root' ? opts.nbd! : opts.nbdVolumes![d.key]!, wholeDisk: d.key === 'root' ? !!r.template : true }));
+      const tls = opts.tls ? this.o.settings.tls : undefined;
+      if (opts.tls && !tls) throw new Conflict(`the destination takes VM ${id} over TLS only and this agent has no certificate`, { id });
+      if (!opts.tls) logInClear(id, /^tcp:\[?([^\]]*?)\]?:\d+$/.exec(uri)?.[1] ?? uri, 'the destination asked for no TLS');
+      const p = this.records.paths(id);
+      const t0 = performance.now();
+      const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
+      let stoppedAt: number | undefined;
+      let downtimeLimitMs: number | undefined;
+      let info: QmpMigrateInfo | undefined;
+      let diskBytes = 0;
+      let volumeBytes: Record<string, number> = {};
+      let switched = false;
+      try {
+        await withQmp(p, async (c) => {
+          const off = c.onEvent((e) => {
+            if (e.event === 'STOP') stoppedAt = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+          });
+          try {
+            if (tls) {
+              await addTlsCreds(c, tls, 'client', migrationTlsDir(p));
+              await useTlsForMigration(c, opts.tls);
+            }
+            await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
+            // the limit as QEMU holds it, for the report: what was honoured, not what was asked
+            downtimeLimitMs = (await c.execute<{ 'downtime-limit'?: number }>('query-migrate-parameters'))['downtime-limit'];
+            // the disks first, until both sides are in sync; they stay in sync while RAM moves
+            await startMirrors(c, targets, { deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}) });
+            await c.execute('migrate', { uri });
+            for (;;) {
+              const m = await c.execute<QmpMigrateInfo>('query-migrate');
+              if (m.status === 'completed') {
+                info = m;
+                break;
+              }
+              // the guest is stopped here (only with disks: pause-before-switchover): their last writes go first
+              if (m.status === 'pre-switchover' && !switched) {
+                switched = true; // the state lingers a moment after migrate-continue
+                const { root, ...volumes } = await finishMirrors(c, disks, deadline);
+                diskBytes = root ?? 0;
+                volumeBytes = volumes;
+              }
+              if (m.status === 'failed' || m.status === 'cancelled') throw new NimbusError('Internal', `migration of ${id} failed: ${m['error-desc'] ?? m.status}`);
+              if (Date.now() > deadline) throw new NimbusError('Unavailable', `migration of ${id} did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
+              await sleep(5);
+            }
+          } catch (e) {
+            if (disks.length) await c.execute('migrate_cancel').catch(() => undefined);
+            throw e;
+          } finally {
+            off();
+            await clearMirrors(c, disks);
+            // after the mirror's NBD client, which holds the credentials
+            if (tls) await clearTls(c);
+          }
+        }, MIGRATION_TIMEOUT_MS + 5_000);
+      } catch (e) {
+        await this.resumeHere(id);
+        throw e;
+      }
+      // the console's history travels with the VM (complete now: the guest no longer runs here)
+      const history = await consoleBytes(p.consoleLog, this.o.consoleLimits, consoleHistory(p));
+      return {
+        ...(stoppedAt !== undefined ? { stoppedAt } : {}),
+        qemuDowntimeMs: info?.downtime ?? -1,
+        ...(downtimeLimitMs !== undefined ? { downtimeLimitMs } : {}),
+        totalMs: Math.round(performance.now() - t0),
+        bytes: info?.ram?.transferred ?? 0,
+        iterations: info?.ram?.['dirty-sync-count'] ?? 0,
+        diskBytes,
+        ...(Object.keys(volumeBytes).length ? { volumeBytes } : {}),
+        tls: !!tls,
+        consoleHistory: history.toString('base64'),
+      };
+    });
+  }
+
+  /** Destination, step 4: the guest resumed here; record it running and pin its vCPUs. */
+  async finishIncoming(id: string, history: string): Promise<{ resumedAt: number }> {
+    const incoming = this.incoming.get(id);
+    if (!incoming) throw new NotFound(`no incoming migration of VM ${id} here`, { id });
+    const p = this.records.paths(id);
+    const c = incoming.events;
+    try {
+      const ev = await incoming.resumed;
+      const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+      const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      await endDiskExports(c, movingDisks(r.config));
+      // its next migration makes credentials of its own (as a source) and may go plain
+      if (incoming.tls) await clearTls(c);
+      // peers and switches learn where the guest is now (QEMU announces once by itself as well;
+      // this round follows the host's taps being up, whatever the timing of the stream's end)
+      if (r.config.nics.length) await c.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch((e: unknown) => log.warn('announce-self failed', { id, error: String(e) }));
+      await writeFile(consoleHistory(p), Buffer.from(history, 'base64'));
+      r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
+      r.lifecycle = 'running';
+      r.startedAt = new Date().toISOString();
+      await this.records.save(r);
+      this.exits.watch(id);
+      return { resumedAt };
+    } finally {
+      this.incoming.delete(id);
+      c.close();
+    }
+  }
+
+  /** Destination, on failure: nothing of the half-arrived VM stays. */
+  async abandonIncoming(id: string): Promise<void> {
+    this.incoming.get(id)?.events.close();
+    this.incoming.delete(id);
+    const p = this.records.paths(id);
+    const pid = await readPid(p.pidFile).catch(() => undefined);
+    const supervisor = await readPid(p.supervisorPidFile).catch(() => undefined);
+    if (processAlive(pid, p.qmpSocket)) process.kill(pid!, 'SIGKILL');
+    for (let i = 0; i < 200 && processAlive(pid, p.qmpSocket); i++) await sleep(10);
+    // its supervisor records QEMU's end in this directory: a removal racing it fails with ENOTEMPTY
+    for (let i = 0; i < 100 && processAlive(supervisor); i++) await sleep(10);
+    await rm(p.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+  }
+
+  /**
+   * Source, step 5. 'moved': the source QEMU (left in postmigrate) quits and its directory
+   * goes, without calling it a stop. 'resume': the destination failed; the guest goes on here.
+   */
+  endMigration(id: string, outcome: 'moved' | 'resume'): Promise<void> {
+    return this.records.locked(id, async () => {
+      if (outcome === 'resume') return this.resumeHere(id);
+      const r = await this.records.load(id);
+      const p = this.records.paths(id);
+      this.exits.unwatch(id);
+      await withQmp(p, (c) => c.execute('quit')).catch(() => undefined);
+      for (let i = 0; i < 500 && processAlive(r.qemuPid, p.qmpSocket); i++) await sleep(10);
+      if (processAlive(r.qemuPid, p.qmpSocket)) process.kill(r.qemuPid!, 'SIGKILL');
+      for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
+      await rm(p.dir, { recursive: true, force: true });
+      log.info('vm migrated away', { id });
+    });
+  }
+
+  /** After a failed or abandoned migration the source QEMU may be paused or postmigrate: let the guest run. */
+  private async resumeHere(id: string): Promise<void> {
+    await withQmp(this.records.paths(id), async (c) => {
+      const st = await c.execute<{ status: string }>('query-status');
+      if (st.status !== 'running') await c.execute('cont');
+    }).catch((e: unknown) => log.warn('resuming a VM after a failed migration failed', { id, error: String(e) }));
+  }
+}
+
+/** The disks that move with a VM: its local root disk, then its block volumes (disk-mirror.ts). */
+function movingDisks(config: VmRecord['config']): MovingDisk[] {
+  return [...(config.rootDisk ? [ROOT_DISK] : []), ...(config.blockVolumes ?? []).map((b) => volumeDisk(b.volumeId, blockVolumeNames(b.volumeId).node))];
+}
+
+interface IncomingMigration {
+  uri: string;
+  /** A QMP session on the destination, open from before the stream starts. */
+  events: QmpClient;
+  resumed: Promise<QmpEvent>;
+  /** Its streams are TLS (the credentials object is in the QEMU until the guest runs here). */
+  tls: boolean;
+}
+
+interface QmpMigrateInfo {
+  status?: string;
+  'error-desc'?: string;
+  downtime?: number;
+  'total-time'?: number;
+  ram?: { transferred?: number; 'dirty-sync-count'?: number };
+}
+
+/** A TCP port free on host right now (the destination QEMU binds it a moment later). */
+async function freeTcpPort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Where QEMU reads the migration's TLS files, only while it makes the credentials object. */
+const migrationTlsDir = (p: InstancePaths) => path.join(p.dir, 'migrate-tls');
+
+/** A migration whose streams go plain: expected on one host (loopback), worth a warning across hosts. */
+function logInClear(id: string, host: string, reason: string): void {
+  const local = host === 'localhost' || host === '::1' || host.startsWith('127.');
+  log[local ? 'info' : 'warn']('live migration streams in clear (no TLS)', { id, host, reason });
+}
