@@ -17,7 +17,7 @@ import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import { processAlive } from '../../../core/proc.js';
 import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
-import { consoleBytes, type ConsoleLogLimits } from './console-log.js';
+import { consoleBytes, forgetConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
 import { addTlsCreds, clearTls, useTlsForMigration, type MigrationTls } from './migration-tls.js';
 import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
@@ -271,6 +271,7 @@ export class VmMigration {
     // its supervisor records QEMU's end in this directory: a removal racing it fails with ENOTEMPTY
     for (let i = 0; i < 100 && processAlive(supervisor); i++) await sleep(10);
     await rm(p.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+    forgetConsoleLog(p.consoleLog);
   }
 
   /**
@@ -288,6 +289,8 @@ export class VmMigration {
       if (processAlive(r.qemuPid, p.qmpSocket)) process.kill(r.qemuPid!, 'SIGKILL');
       for (let i = 0; i < 100 && processAlive(r.supervisorPid); i++) await sleep(10);
       await rm(p.dir, { recursive: true, force: true });
+      // its console log's in-memory state goes too, as delete's does (one entry a VM that left, kept for ever before)
+      forgetConsoleLog(p.consoleLog);
       log.info('vm migrated away', { id });
     });
   }
