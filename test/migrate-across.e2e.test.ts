@@ -51,9 +51,14 @@ const vmLogs = () => cliOk(['vm', 'logs', VM]);
 const taps = async (ns?: string) => (await run('ip', [...(ns ? ['-n', ns] : []), '-o', 'link', 'show'])).stdout.split('\n').filter((l) => /: vif[0-9a-f]{8}\.0[@:]/.test(l));
 
 /** A command in a container's network namespace, in the background; resolves with its output when it ends. */
+/** Processes of the tests' own (a failed test leaves them to the file's teardown: a stream client whose peer died waits for ever). */
+const spawned = new Set<ReturnType<typeof spawn>>();
+
 function background(netns: string, argv: string[]): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
     const c = spawn('nsenter', [`--net=${netns}`, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    spawned.add(c);
+    c.on('exit', () => spawned.delete(c));
     let out = '';
     c.stdout.on('data', (x: Buffer) => (out += x.toString()));
     c.stderr.on('data', (x: Buffer) => (out += x.toString()));
@@ -109,6 +114,7 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
       }
       await d?.cli(['network', 'rm', 'roam']).catch(() => undefined);
     } finally {
+      for (const c of spawned) c.kill('SIGKILL');
       const left = [...(d ? qemuUnder(d.home) : []), ...(b ? qemuUnder(b.home) : [])];
       for (const pid of left) process.kill(pid, 'SIGKILL');
       if (b) {
