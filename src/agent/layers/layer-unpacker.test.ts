@@ -12,7 +12,7 @@ import { gzipSync } from 'node:zlib';
 import { makeTar, sha256Digest, type TarEntry } from '../../../scripts/fixtures/images.js';
 import { DataLoss, hasCode } from '../../core/errors.js';
 import { LocalContentStore } from '../content/local-content-store.js';
-import { chainIds } from '../local-agent.js';
+import { chainIds } from '../images/image-host.js';
 import { mountAll, mountsUnder, unmountAll } from '../snapshots/mount.js';
 import { NativeSnapshotter } from '../snapshots/native.js';
 import { OverlaySnapshotter } from '../snapshots/overlayfs.js';

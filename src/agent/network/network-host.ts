@@ -27,6 +27,8 @@ import { NFT_TABLE, deleteTableScript, portElementsScript, renderRuleset, replac
 import { replaceStateFile } from '../../core/state-files.js';
 import { checkPeers, ensureVxlan, readVxlan, removeVxlan, setPeers, sourceAddressToward, vxlanDeviceName, type OverlayPeer } from './overlay.js';
 import { checkRoutedPeers, enableForwarding, setPeerRoutes, type RoutedPeer } from './routed-peers.js';
+import { readInstanceNetwork } from './endpoint-counters.js';
+import type { InstanceStats } from '../drivers/instance-driver.js';
 
 const log = logger('agent.network');
 /** Endpoints attached more recently than this are not judged by reconcile() (see attachedAt). */
@@ -221,6 +223,12 @@ export class NetworkHost {
 
   endpointsOf(containerId: string): EndpointSpec[] {
     return this.containers.get(containerId)?.endpoints ?? [];
+  }
+
+  /** Stats plus the counters of the instance's endpoints here (absent when it has none of its own). */
+  async withCounters(id: string, stats: InstanceStats): Promise<InstanceStats> {
+    const network = await readInstanceNetwork(this.endpointsOf(id).map((e) => e.hostIf));
+    return network ? { ...stats, network } : stats;
   }
 
   listNetworks(): NetworkSpec[] {

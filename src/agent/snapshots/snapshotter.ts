@@ -2,6 +2,8 @@
  * Snapshotter contract, modelled on containerd core/snapshots: it returns mount
  * specifications and never mounts anything itself (see mount.ts for that).
  */
+import { hasCode } from '../../core/errors.js';
+
 export interface MountSpec {
   type: string; // "overlay" | "bind"
   source: string;
@@ -41,4 +43,15 @@ export interface Snapshotter {
   list(): Promise<SnapshotInfo[]>;
   /** Bytes used by this snapshot's own layer. */
   usage(key: string): Promise<{ size: number; inodes: number }>;
+}
+
+/** Whether the snapshotter has a snapshot of this key (its stat's NotFound: no; any other error is thrown). */
+export async function snapshotExists(snapshotter: Snapshotter, key: string): Promise<boolean> {
+  try {
+    await snapshotter.stat(key);
+    return true;
+  } catch (e) {
+    if (hasCode(e, 'NotFound')) return false;
+    throw e;
+  }
 }

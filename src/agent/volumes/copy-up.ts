@@ -38,7 +38,7 @@ export interface CopyUpParts {
 /**
  * Mount points a crashed agent left in the scratch directory: unmounted and removed (rmdir only:
  * were an unmount to fail, the image's files beneath stay untouched). Run once per process,
- * before its first copy-up (LocalAgent), so it never takes a mount from under one of its own.
+ * before its first copy-up (LocalContainerHost), so it never takes a mount from under one of its own.
  */
 export async function sweepCopyUpLeftovers(scratchDir: string): Promise<void> {
   const left = await readdir(scratchDir).catch(() => [] as string[]);
