@@ -120,19 +120,17 @@ export class ApiServer {
     this.prepareChecks();
   }
 
-  /** The routes' hardened checks compiled ahead, a few routes per turn of the event loop (validate.ts prepareCheck). */
+  /**
+   * The routes' hardened checks compiled before the server listens (validate.ts prepareCheck):
+   * ~15 ms of start-up here for 142 checks. Compiled after it listened, a few per turn of the
+   * event loop, they took that CPU from the first requests a client sent as soon as it could.
+   */
   private prepareChecks(): void {
-    const parts = this.compiled.flatMap((c) => [
-      ...(c.params ? [[c.params, 'path parameter'] as const] : []),
-      ...(c.query ? [[c.query, 'query parameter'] as const] : []),
-      ...(c.body ? [[c.body, 'request body'] as const] : []),
-    ]);
-    let next = 0;
-    const some = () => {
-      for (const end = Math.min(parts.length, next + 8); next < end; next++) prepareCheck(parts[next]![0], parts[next]![1]);
-      if (next < parts.length) setImmediate(some).unref();
-    };
-    setImmediate(some).unref();
+    for (const c of this.compiled) {
+      if (c.params) prepareCheck(c.params, 'path parameter');
+      if (c.query) prepareCheck(c.query, 'query parameter');
+      if (c.body) prepareCheck(c.body, 'request body');
+    }
   }
 
   /** Requests from the unix socket (a caller without a token is the local administrator). */

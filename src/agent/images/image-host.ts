@@ -14,8 +14,10 @@ import type { CompiledOptions } from '../../core/config.js';
 import type { LayerRecord } from '../../store/records.js';
 import type { AdoptedDiskImage, AgentImage, BlobStream, BuildProgress, BuildRequest, CommitRequest, ContainerCommitHost, DiskImageInfo, GcResult, ImageHost, PullOptions, PullProgress, VmImageKind } from '../agent.js';
 import type { ContentStore } from '../content/content-store.js';
-import { assertDigest } from '../content/local-content-store.js';
-import type { DiskSpace } from '../content/disk-space.js';
+import { LocalContentStore, assertDigest } from '../content/local-content-store.js';
+import { DiskSpace } from '../content/disk-space.js';
+import { NativeSnapshotter } from '../snapshots/native.js';
+import { OverlaySnapshotter } from '../snapshots/overlayfs.js';
 import { snapshotExists, type Snapshotter } from '../snapshots/snapshotter.js';
 import { LayerUnpacker } from '../layers/layer-unpacker.js';
 import { ImageBudget } from '../layers/unpack-limits.js';
@@ -23,7 +25,7 @@ import { exportTree } from '../move/tree-tar.js';
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './pull.js';
 import { LAYER_TYPES, isIndex, type ImageConfig, type ImageManifest } from './media-types.js';
 import { importImageArchive } from './import.js';
-import { warmPullPath } from './pull-warmup.js';
+import { warmPullPath, type ScratchPuller } from './pull-warmup.js';
 import { BuildHost } from './build.js';
 import { checkCommitRequest, storeCommittedImage, writeLayerBlob } from './commit.js';
 import { inspectBootFile, inspectDiskImage } from './vm-image-files.js';
@@ -80,9 +82,29 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
   /** The pull path's one-off costs, paid as the agent starts (images/pull-warmup.ts); close() waits for it. */
   private readonly pullWarmup: Promise<void>;
 
-  constructor(private readonly p: ImageHostParts) {
-    this.pullWarmup = warmPullPath(p.options.tmpDir);
+  /** `warmUp: false`: no pull warm-up (the warm-up's own scratch host). */
+  constructor(private readonly p: ImageHostParts, opts: { warmUp?: boolean } = {}) {
+    this.pullWarmup = opts.warmUp === false ? Promise.resolve() : warmPullPath(p.options.tmpDir, this.scratchPuller).then(() => undefined);
   }
+
+  /**
+   * What the warm-up pulls with: an image host like this one (the same snapshotter) over a content
+   * store and snapshots of its own in the scratch directory, so the pull runs this file's code and
+   * what it calls, and nothing reaches this host's images.
+   */
+  private readonly scratchPuller: ScratchPuller = (dir) => {
+    const root = join(dir, 'snapshots');
+    const host = new LocalImageHost({
+      options: { ...this.p.options, home: dir, tmpDir: dir, containersDir: dir },
+      content: new LocalContentStore(join(dir, 'content')),
+      snapshotter: this.p.snapshotterName === 'overlayfs' ? new OverlaySnapshotter(root) : new NativeSnapshotter(root),
+      snapshotterName: this.p.snapshotterName,
+      room: () => new DiskSpace({ content: dir, snapshots: dir }),
+      releaseLayers: async () => undefined,
+      withWritableLayer: () => Promise.reject(new Conflict('the pull warm-up has no containers')),
+    }, { warmUp: false });
+    return { pull: (reference) => host.pullImage(reference, {}, () => undefined), close: () => host.close() };
+  };
 
   async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
     this.activePulls++;
