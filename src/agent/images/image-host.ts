@@ -26,6 +26,7 @@ import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from
 import { LAYER_TYPES, isIndex, type ImageConfig, type ImageManifest } from './media-types.js';
 import { importImageArchive } from './import.js';
 import { warmPullPath, type ScratchPuller } from './pull-warmup.js';
+import { CollectionGate } from './collection-gate.js';
 import { BuildHost } from './build.js';
 import { checkCommitRequest, storeCommittedImage, writeLayerBlob } from './commit.js';
 import { inspectBootFile, inspectDiskImage } from './vm-image-files.js';
@@ -58,6 +59,9 @@ interface ImageContent {
   reference?: string;
 }
 
+/** What garbage collection keeps (the images' documents and layer chains, and blobs named besides). */
+type GcKeep = Parameters<ImageHost['garbageCollect']>[0];
+
 /** What the image host is given by the agent that owns it. */
 export interface ImageHostParts {
   options: Pick<CompiledOptions, 'agentName' | 'home' | 'tmpDir' | 'containersDir' | 'imageMaxBytes' | 'layerMaxBytes'>;
@@ -75,8 +79,8 @@ export interface ImageHostParts {
 export class LocalImageHost implements ImageHost, ContainerCommitHost {
   /** Unpacks layers into snapshots (layer-unpacker.ts); made on first use. */
   private layersP: LayerUnpacker | undefined;
-  /** Pulls, imports, builds, blob writes, adoptions and commits in flight: while any is, garbage collection does nothing (they hold blobs and snapshots no image references yet). */
-  private activePulls = 0;
+  /** Pulls, imports, builds, blob writes, adoptions and commits against garbage collection (collection-gate.ts). */
+  private readonly gate = new CollectionGate();
   /** Blobs writeBlob stored and no adopt has used yet, with when: garbage collection leaves them alone for a while. */
   private readonly received = new Map<string, number>();
   /** The pull path's one-off costs, paid as the agent starts (images/pull-warmup.ts); close() waits for it. */
@@ -107,7 +111,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
   };
 
   async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
-    this.activePulls++;
+    const leave = await this.gate.enter();
     try {
       const layerState = new Map<string, PullProgress['layers'][number]>();
       const report = (phase: PullProgress['phase']) => {
@@ -167,12 +171,12 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       report('done');
       return img;
     } finally {
-      this.activePulls--;
+      leave();
     }
   }
 
   async importImages(archivePath: string): Promise<AgentImage[]> {
-    this.activePulls++;
+    const leave = await this.gate.enter();
     try {
       const found = await importImageArchive(archivePath, this.p.content, { room: this.p.room() });
       const out: AgentImage[] = [];
@@ -189,7 +193,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       }
       return out;
     } finally {
-      this.activePulls--;
+      leave();
     }
   }
 
@@ -209,11 +213,11 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
 
   async buildImage(req: BuildRequest, context: AsyncIterable<Uint8Array>, progress: (p: BuildProgress) => void, signal?: AbortSignal): Promise<AgentImage> {
     // garbage collection waits: the FROM images' blobs are linked out of the store while it runs
-    this.activePulls++;
+    const leave = await this.gate.enter();
     try {
       return await this.builder.build(req, context, progress, signal);
     } finally {
-      this.activePulls--;
+      leave();
     }
   }
 
@@ -307,19 +311,19 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       return existing; // the bytes are not read: the sender stops
     }
     // garbage collection skips while a write is in flight (it holds a blob no image references yet)
-    this.activePulls++;
+    const leave = await this.gate.enter();
     try {
       await this.p.room().ensureRoom({ content: size, snapshots: 0 }, `receiving blob ${digest}`);
       const stored = await this.p.content.ingest({ digest, size }, bytes);
       this.received.set(digest, Date.now());
       return stored;
     } finally {
-      this.activePulls--;
+      leave();
     }
   }
 
   async adoptImage(manifestDigest: string): Promise<AgentImage> {
-    this.activePulls++;
+    const leave = await this.gate.enter();
     try {
       const manifest = await this.storedJson<ImageManifest>(manifestDigest, MAX_MANIFEST_BYTES, 'manifest');
       const what = `image ${manifestDigest}`;
@@ -352,7 +356,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       for (const d of [manifestDigest, manifest.config.digest, ...manifest.layers.map((l) => l.digest)]) this.received.delete(d);
       return img;
     } finally {
-      this.activePulls--;
+      leave();
     }
   }
 
@@ -388,15 +392,21 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
     return doc as T;
   }
 
-  async garbageCollect(keep: { manifestDigests: string[]; indexDigests: string[]; chainIds: string[]; blobs?: string[] }): Promise<GcResult> {
-    const result: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
-    // A pull in flight holds blobs and snapshots no image references yet.
-    if (this.activePulls > 0) return result;
+  async garbageCollect(keep: GcKeep): Promise<GcResult> {
+    const nothing: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
+    // A pull in flight holds blobs and snapshots no image references yet: the next collection's.
+    if (this.gate.inFlight > 0) return nothing;
     // build cache stores go with the images they built (images/build-cache.ts)
     await this.builder.collectCache(new Set(keep.manifestDigests)).catch((e: unknown) => log.warn('gc: collecting the build cache failed', { error: String(e) }));
-    // Removed containers and warm ones hold their image's layers: let go of them first.
+    // Removed containers and warm ones hold their image's layers: let go of them first. (Not
+    // under the gate: it waits for the reaper, and pulls need not wait for that.)
     await this.p.releaseLayers(keep.chainIds);
+    // The sweep itself: not while work is in flight, and no work starts under it (collection-gate.ts).
+    return (await this.gate.collect(() => this.sweep(keep))) ?? nothing;
+  }
 
+  private async sweep(keep: GcKeep): Promise<GcResult> {
+    const result: GcResult = { blobsRemoved: 0, snapshotsRemoved: 0, bytesFreed: 0 };
     // Snapshots: keep image chains and their ancestors, and every container's writable layer.
     const snaps = await this.p.snapshotter.list();
     const byKey = new Map(snaps.map((s) => [s.key, s]));
@@ -464,7 +474,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       throw new Conflict(`host ${this.p.options.agentName} uses the native snapshotter: only containers on overlayfs can be committed`, { host: this.p.options.agentName });
     }
     // the blobs written below are no image's until adopted: a collection meanwhile must keep them
-    this.activePulls++;
+    const leave = await this.gate.enter();
     const dir = join(this.p.options.containersDir, 'commit');
     const file = join(dir, `${id.slice(0, 32)}-${randomBytes(4).toString('hex')}.tar.gz`);
     try {
@@ -481,7 +491,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       log.info('container committed', { container: id, manifest: manifestDigest, layerBytes: layer.size });
       return await this.adoptImage(manifestDigest);
     } finally {
-      this.activePulls--;
+      leave();
       await rm(file, { force: true });
     }
   }

@@ -85,8 +85,8 @@ async function sampleImage(): Promise<{ manifests: Map<string, { mediaType: stri
   return { manifests, blobs: new Map([[digestOf(config), config], [digestOf(layer), layer]]) };
 }
 
-/** The registry API's read side for that image only, on loopback (anything else: 404). */
-async function serveSample(): Promise<{ server: Server; host: string; requests: () => number }> {
+/** The registry API's read side for that image only, on loopback (anything else: 404); `reference` is the image's. */
+export async function serveSampleImage(): Promise<{ server: Server; host: string; reference: string; requests: () => number }> {
   const image = await sampleImage();
   let requests = 0;
   const server = createServer((req, res) => {
@@ -111,7 +111,8 @@ async function serveSample(): Promise<{ server: Server; host: string; requests: 
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
-  return { server, host: `127.0.0.1:${(server.address() as AddressInfo).port}`, requests: () => requests };
+  const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { server, host, reference: `${host}/${REPOSITORY}:${TAG}`, requests: () => requests };
 }
 
 async function warmPull(tmpDir: string, scratchPuller: ScratchPuller): Promise<void> {
@@ -119,13 +120,13 @@ async function warmPull(tmpDir: string, scratchPuller: ScratchPuller): Promise<v
     if (name.startsWith(SCRATCH_PREFIX)) await rm(path.join(tmpDir, name), { recursive: true, force: true });
   }
   const dir = await mkdtemp(path.join(tmpDir, SCRATCH_PREFIX));
-  const { server, host, requests } = await serveSample().catch(async (e: unknown) => {
+  const { server, reference, requests } = await serveSampleImage().catch(async (e: unknown) => {
     await rm(dir, { recursive: true, force: true });
     throw e;
   });
   const puller = scratchPuller(dir);
   try {
-    await puller.pull(`${host}/${REPOSITORY}:${TAG}`);
+    await puller.pull(reference);
     // the index, the manifest, the config and the layer: each through the registry client
     if (requests() < 4) throw new Error(`the sample image was pulled with ${requests()} requests`);
   } finally {
