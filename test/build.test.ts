@@ -196,7 +196,9 @@ describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'bu
     mkdirSync(cg, { recursive: true });
     const sleeper = spawn('/bin/sh', ['-c', `echo $$ > ${cg}/cgroup.procs && exec sleep 1000`], { stdio: 'ignore', detached: true });
     const exited = new Promise((r) => sleeper.once('exit', r));
+    let agent2: LocalAgent | undefined;
     t.after(async () => {
+      await agent2?.close(); // before its home goes: its warm-up writes there
       try {
         process.kill(sleeper.pid!, 'SIGKILL');
       } catch {
@@ -207,8 +209,7 @@ describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'bu
       rmSync(home2, { recursive: true, force: true });
     });
     for (let i = 0; i < 50 && !readFileSync(`${cg}/cgroup.procs`, 'utf8').trim(); i++) await new Promise((r) => setTimeout(r, 20));
-    const agent2 = await LocalAgent.create(compileOptions({ home: home2, warmPerImage: 0 }, {}));
-    t.after(() => agent2.close());
+    agent2 = await LocalAgent.create(compileOptions({ home: home2, warmPerImage: 0 }, {}));
     const base2 = await agent2.pullImage(baseRef, { insecureRegistries: [reg.host] }, () => undefined);
     const context = await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN true\n` }]);
     await agent2.buildImage(request({ baseImages: [{ name: baseRef, manifestDigest: base2.manifestDigest }] }), Readable.from([context]), () => undefined);

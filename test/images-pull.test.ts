@@ -207,10 +207,22 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
     return { manifest, config, layers: blobs };
   }
 
-  async function agentIn(t: { after(fn: () => unknown): void }, home: string, o: { layerMaxBytes?: number; imageMaxBytes?: number } = {}) {
+  /**
+   * Cleanups run last-added first, in one after-hook (node:test runs after-hooks in the order they
+   * were added): an agent is closed before its home goes (its pull warm-up writes there).
+   */
+  function cleanups(t: { after(fn: () => unknown): void }): (fn: () => unknown) => void {
+    const fns: Array<() => unknown> = [];
+    t.after(async () => {
+      for (const fn of fns.reverse()) await fn();
+    });
+    return (fn) => void fns.push(fn);
+  }
+
+  async function agentIn(defer: (fn: () => unknown) => void, home: string, o: { layerMaxBytes?: number; imageMaxBytes?: number } = {}) {
     const options = compileOptions({ home, warmPerImage: 0, snapshotter: 'overlayfs', ...o }, {});
     const agent = await LocalAgent.create(options);
-    t.after(() => agent.close());
+    defer(() => agent.close());
     return { agent, options };
   }
 
@@ -225,9 +237,10 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
   }
 
   test('a gzip bomb over the per-layer limit fails the pull (400, naming the layer and the limit) and leaves no snapshot; import too', async (t) => {
+    const defer = cleanups(t);
     const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
-    t.after(() => rmSync(home, { recursive: true, force: true }));
-    const { agent, options } = await agentIn(t, home, { layerMaxBytes: 4 * MiB });
+    defer(() => rmSync(home, { recursive: true, force: true }));
+    const { agent, options } = await agentIn(defer, home, { layerMaxBytes: 4 * MiB });
     const img = await pushLayers('nimbus-test/bomb', [Array.from({ length: 12 }, (_, i) => ({ name: `z/${i}`, size: MiB }))]);
     const layer = img.layers[0]!.digest;
     const limitError = (e: unknown) => {
@@ -241,8 +254,8 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
 
     // the same image as an OCI layout tar, imported into a fresh agent
     const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
-    t.after(() => rmSync(home2, { recursive: true, force: true }));
-    const second = await agentIn(t, home2, { layerMaxBytes: 4 * MiB });
+    defer(() => rmSync(home2, { recursive: true, force: true }));
+    const second = await agentIn(defer, home2, { layerMaxBytes: 4 * MiB });
     const archive = join(home2, 'bomb.tar');
     writeFileSync(archive, await makeTar([
       { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
@@ -254,9 +267,10 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
   });
 
   test('the per-image limit counts every layer of the image: the layer that crosses it is refused and removed', async (t) => {
+    const defer = cleanups(t);
     const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
-    t.after(() => rmSync(home, { recursive: true, force: true }));
-    const { agent, options } = await agentIn(t, home, { layerMaxBytes: 4 * MiB, imageMaxBytes: 5 * MiB });
+    defer(() => rmSync(home, { recursive: true, force: true }));
+    const { agent, options } = await agentIn(defer, home, { layerMaxBytes: 4 * MiB, imageMaxBytes: 5 * MiB });
     const img = await pushLayers('nimbus-test/two', [[{ name: 'a', size: 3 * MiB }], [{ name: 'b', size: 3 * MiB }]]);
     await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'InvalidArgument'), String(e));
@@ -272,21 +286,22 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
     assert.deepEqual(Object.values(meta.snapshots).map((s) => s.kind), snaps.map(() => 'committed'));
     // within the limit the same image pulls
     const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
-    t.after(() => rmSync(home2, { recursive: true, force: true }));
-    const roomy = await agentIn(t, home2, { layerMaxBytes: 4 * MiB, imageMaxBytes: 6 * MiB });
+    defer(() => rmSync(home2, { recursive: true, force: true }));
+    const roomy = await agentIn(defer, home2, { layerMaxBytes: 4 * MiB, imageMaxBytes: 6 * MiB });
     const pulled = await roomy.agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined);
     assert.equal(pulled.manifestDigest, img.manifest.digest);
   });
 
   test('on a small disk (a 48 MiB tmpfs home) a bomb within the limits stops at the free-space reserve, not at a full disk', async (t) => {
+    const defer = cleanups(t);
     const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-tmpfs-'));
     const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'nimbus-test', home]);
-    t.after(() => {
+    defer(() => {
       spawnSync('umount', ['-l', home]);
       rmSync(home, { recursive: true, force: true });
     });
     assert.equal(m.status, 0, `mount tmpfs: ${m.stderr}`);
-    const { agent, options } = await agentIn(t, home);
+    const { agent, options } = await agentIn(defer, home);
     const img = await pushLayers('nimbus-test/filler', [[...Array.from({ length: 30 }, (_, i) => ({ name: `s/${i}`, size: 512 * 1024 })), { name: 'big', size: 80 * MiB }]]);
     const free = () => {
       const s = statfsSync(home);

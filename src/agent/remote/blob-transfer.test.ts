@@ -38,15 +38,22 @@ interface Host {
 
 async function hostNamed(t: TestContext, name: string, protocol?: { min: number; max: number }): Promise<Host> {
   const home = mkdtempSync(join(tmpdir(), `nimbus-carry-${name}-`));
-  t.after(() => rmSync(home, { recursive: true, force: true }));
+  // one hook, in the reverse order of making (after-hooks run in the order they were added): the
+  // agent's background work (its pull warm-up writes under home/tmp) ends before its home goes
+  let local: LocalAgent | undefined;
+  let server: Awaited<ReturnType<typeof startAgentServer>> | undefined;
+  let remote: RemoteAgent | undefined;
+  t.after(async () => {
+    await remote?.close();
+    await server?.close();
+    await local?.close();
+    rmSync(home, { recursive: true, force: true });
+  });
   const options = compileOptions({ home, agentName: name, warmPerImage: 0, snapshotter: 'native' }, {});
-  const local = await LocalAgent.create(options);
-  t.after(() => local.close());
+  local = await LocalAgent.create(options);
   const socket = join(home, 'agent.sock');
-  const server = await startAgentServer(local, { token: TOKEN, socketPath: socket, ...(protocol ? { protocol } : {}) });
-  t.after(() => server.close());
-  const remote = new RemoteAgent({ name, url: server.url, token: TOKEN });
-  t.after(() => remote.close());
+  server = await startAgentServer(local, { token: TOKEN, socketPath: socket, ...(protocol ? { protocol } : {}) });
+  remote = new RemoteAgent({ name, url: server.url, token: TOKEN });
   return { name, local, remote, options, socket };
 }
 
