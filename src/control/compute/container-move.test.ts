@@ -20,7 +20,8 @@ import { NetworkService } from '../networks/network-service.js';
 import { VolumeService } from '../volumes/volume-service.js';
 import { ContainerService } from './container-service.js';
 import { Conflict, Internal, Unavailable, hasCode } from '../../core/errors.js';
-import type { Agent } from '../../agent/agent.js';
+import type { Agent, VmCreateRequest, VmHostState } from '../../agent/agent.js';
+import { KeyedLock } from '../../core/keyed-lock.js';
 import { RecordingScheduler } from './test-scheduler.js';
 import type { HostAgents } from './hosts.js';
 import { FakeAgent, fakeImage } from '../testing/fake-agent.js';
@@ -31,7 +32,7 @@ import type { Explanation, Scheduler } from '../scheduler/types.js';
 import { evacuate, evacuationPlan } from './host-evacuate.js';
 import { HealingService } from './healing.js';
 import { runAsActor } from '../events/actor.js';
-import type { ContainerRecord } from '../../store/records.js';
+import type { ContainerRecord, VmConfig } from '../../store/records.js';
 
 const DIGEST = `sha256:${'a'.repeat(64)}`;
 
@@ -445,4 +446,35 @@ test('a live move to a host without a working CRIU, or of an older protocol, is 
   await assert.rejects(w.containers.move(c.id, 'b', { live: true }), /protocol 8 and cannot move containers live/);
   assert.deepEqual([w.local.calls('checkpointContainer').length, w.local.calls('stopContainer').length], [0, 0]);
   assert.deepEqual([(await w.containers.get(c.id)).host, (await w.containers.get(c.id)).status], ['local', 'running']);
+});
+
+test('fencing judges each VM under its lock: the incoming copy of a migration in flight is not taken for a stale one', async (t) => {
+  const w = await world(t);
+  const at = new Date().toISOString();
+  // the fence reads only the record's host; the config is not looked at
+  await w.store.vms.insert({ id: 'vm1', name: 'roamer', projectId: 'p1', config: {} as VmConfig, status: 'running', pid: 1, exitCode: null, createdAt: at, startedAt: at, finishedAt: null, savedAt: null, agent: 'local' });
+  w.b.vms.set('vm1', { req: { id: 'vm1' } as VmCreateRequest, state: { lifecycle: 'running' } as VmHostState });
+  // a migration to b in flight holds the VM's lock: b has its incoming copy, the record names local until it ends
+  const lock = new KeyedLock();
+  let release!: () => void;
+  const migration = lock.run('vm1', async () => {
+    await new Promise<void>((r) => (release = r));
+    await w.store.vms.update('vm1', { agent: 'b' });
+  });
+  const healer = new HealingService({
+    ...w.containers.healDeps(),
+    vms: { rebuild: () => Promise.reject(new Error('not here')), lockedVm: (id, fn) => lock.run(id, fn) },
+  }, { publish: (e) => ({ ...e, seq: 0, time: '' }) }, { graceMs: 5000 });
+  const fencing = healer.fence('b', w.b);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.ok(w.b.vms.has('vm1'), 'the fence waits while the migration holds the VM');
+  release();
+  await Promise.all([migration, fencing]);
+  assert.ok(w.b.vms.has('vm1'), 'the incoming copy is the VM now: kept');
+  assert.equal(healer.stats.fenced, 0);
+  // a copy whose record names another host is stale, as before
+  await w.store.vms.update('vm1', { agent: 'local' });
+  await healer.fence('b', w.b);
+  assert.ok(!w.b.vms.has('vm1'), 'a stale copy destroyed');
+  assert.equal(healer.stats.fenced, 1);
 });

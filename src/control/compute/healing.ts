@@ -189,7 +189,7 @@ export class HealingService {
      * fenceWaits: true while a move, a migration or an evacuation is in flight anywhere (its
      * copies are not stale); vms: absent, VMs are neither rebuilt nor fenced.
      */
-    private readonly deps: HealDeps & { fenceWaits?(): Promise<boolean>; vms?: Pick<VmService, 'rebuild'> },
+    private readonly deps: HealDeps & { fenceWaits?(): Promise<boolean>; vms?: Pick<VmService, 'rebuild' | 'lockedVm'> },
     private readonly events: Pick<EventBus, 'publish'>,
     opts: HealingOptions = {},
   ) {
@@ -281,7 +281,7 @@ export class HealingService {
     }
   }
 
-  private async healVms(host: string, vms: Pick<VmService, 'rebuild'>): Promise<void> {
+  private async healVms(host: string, vms: Pick<VmService, 'rebuild' | 'lockedVm'>): Promise<void> {
     const onHost = (await this.deps.store.vms.list()).filter((v) => v.agent === host && v.config.ha && (v.status === 'running' || v.status === 'paused'));
     for (const v of onHost) {
       const last = this.lastAttempt.get(v.id);
@@ -341,7 +341,7 @@ export class HealingService {
       });
       if (gone) stale.push(id);
     }));
-    const staleVms = this.deps.vms ? await this.fenceVms(host, agent) : [];
+    const staleVms = this.deps.vms ? await this.fenceVms(host, agent, this.deps.vms) : [];
     if (staleVms === undefined) failed = true;
     if (stale.length || staleVms?.length) {
       this.stats.fenced += stale.length + (staleVms?.length ?? 0);
@@ -352,7 +352,7 @@ export class HealingService {
   }
 
   /** The host's VMs whose records are gone or name another host, killed and removed; undefined when it could not say. */
-  private async fenceVms(host: string, agent: Agent): Promise<string[] | undefined> {
+  private async fenceVms(host: string, agent: Agent, vms: Pick<VmService, 'lockedVm'>): Promise<string[] | undefined> {
     let held: string[];
     try {
       held = await withDeadline(agent.listVms(), LIST_DEADLINE_MS, `host ${host}'s VM list`);
@@ -362,15 +362,17 @@ export class HealingService {
     }
     const stale: string[] = [];
     for (const id of held) {
-      const v = await this.deps.store.vms.get(id);
-      if (v && v.agent === host) continue;
-      try {
+      // under the VM's lock, as containers are judged under theirs: a migration to this host holds
+      // it from before the incoming copy exists until the record names this host (the fence's
+      // check for operations in flight is made once, before the containers; a move begun since
+      // would otherwise see its incoming copy destroyed as stale)
+      await vms.lockedVm(id, async () => {
+        const v = await this.deps.store.vms.get(id);
+        if (v && v.agent === host) return;
         await withDeadline(agent.killVm(id, 'SIGKILL'), LIST_DEADLINE_MS, `fencing VM ${id}`).catch(() => undefined);
         await withDeadline(agent.removeVm(id), LIST_DEADLINE_MS, `fencing VM ${id}`);
         stale.push(id);
-      } catch (e) {
-        log.warn('fencing: removing a stale VM failed', { id, host, error: String(e) });
-      }
+      }).catch((e: unknown) => log.warn('fencing: removing a stale VM failed', { id, host, error: String(e) }));
     }
     return stale;
   }
