@@ -213,3 +213,13 @@ test('a VM that is not running does not migrate; nothing is left at the destinat
     await env.driver.delete(id);
   }
 });
+
+test('an incoming migration refused before it starts (a root disk and no storage named, another accelerator) leaves no directory at the destination', async () => {
+  const stateDir = path.join(env.base, 'agent-refusing');
+  const dest = new VmDriver({ stateDir, accel: env.accel.accel });
+  const id = freshId('vm');
+  const spec = { id, name: id, createdAt: new Date().toISOString(), config: { accel: env.accel.accel, rootDisk: { path: path.join(env.base, 'none.qcow2'), format: 'qcow2' } } };
+  await assert.rejects(dest.prepareIncoming(spec, '127.0.0.1'), (e) => hasCode(e, 'InvalidArgument'));
+  await assert.rejects(dest.prepareIncoming({ ...spec, config: { accel: env.accel.accel === 'kvm' ? 'tcg' : 'kvm' } }, '127.0.0.1'), (e) => hasCode(e, 'Conflict'));
+  assert.ok(!existsSync(path.join(stateDir, id)), 'no directory made for it');
+});

@@ -95,17 +95,18 @@ export class VmMigration {
     if (config.accel !== this.o.settings.accel) {
       throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.settings.accel}; a migration needs the same accelerator`, { id: spec.id });
     }
-    await mkdir(p.dir, { recursive: true });
-    const tls = spec.tls && this.o.settings.tls ? this.o.settings.tls : undefined;
-    if (!tls) logInClear(spec.id, host, !this.o.settings.tls ? 'this agent has no certificate' : 'the source agent has no certificate');
+    if (config.rootDisk && !spec.storage) throw new InvalidArgument(`VM ${spec.id} has a root disk but the migration says nothing of its storage`, { id: spec.id });
+    // checked and the port found before the directory is made: a refusal leaves nothing here
     const port = await freeTcpPort(host);
     const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const tls = spec.tls && this.o.settings.tls ? this.o.settings.tls : undefined;
+    if (!tls) logInClear(spec.id, host, !this.o.settings.tls ? 'this agent has no certificate' : 'the source agent has no certificate');
     const r: VmRecord = {
       id: spec.id, name: spec.name, createdAt: spec.createdAt, lifecycle: 'created',
       config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
     };
     if (spec.pin) r.pin = spec.pin;
-    if (config.rootDisk && !spec.storage) throw new InvalidArgument(`VM ${spec.id} has a root disk but the migration says nothing of its storage`, { id: spec.id });
+    await mkdir(p.dir, { recursive: true });
     try {
       await writeFile(p.consoleLog, '');
       if (spec.storage) {
