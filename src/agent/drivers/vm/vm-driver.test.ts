@@ -358,3 +358,18 @@ test('a SIGKILL cuts a graceful stop short: the guest ignores the power button, 
     await d.delete(id);
   }
 });
+
+test('two creates of one id at once: one VM, the other refused (AlreadyExists)', async () => {
+  const d = env.driver;
+  const id = freshId('vm');
+  const spec = env.makeSpec(id, []);
+  try {
+    const results = await Promise.allSettled([d.create(spec), d.create(spec)]);
+    assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
+    const refused = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')!;
+    assert.ok(hasCode(refused.reason, 'AlreadyExists'), String(refused.reason));
+    assert.equal((await d.state(id)).status, 'created');
+  } finally {
+    await d.delete(id).catch(() => undefined);
+  }
+});

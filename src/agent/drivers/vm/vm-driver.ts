@@ -119,7 +119,12 @@ export class VmDriver implements InstanceDriver {
       .catch(() => undefined);
   }
 
-  async create(spec: InstanceSpec): Promise<RuntimeState> {
+  /** Under the VM's lock: two creates of one id must not both pass the check for an existing record. */
+  create(spec: InstanceSpec): Promise<RuntimeState> {
+    return this.records.locked(spec.id, () => this.createNow(spec));
+  }
+
+  private async createNow(spec: InstanceSpec): Promise<RuntimeState> {
     const vm = spec.vm ?? {};
     const p = this.records.paths(spec.id);
     if (existsSync(p.record)) throw new AlreadyExists(`VM ${spec.id} exists`, { id: spec.id });

@@ -3,12 +3,15 @@
  * While it runs the change goes to QEMU over QMP (hot-plug, the balloon) and to the record;
  * while it is created or stopped only to the record, for the next start.
  */
+import { logger } from '../../../core/log.js';
 import { Conflict, InvalidArgument } from '../../../core/errors.js';
 import { blockChangeMode, plugBlockVolume, unplugBlockVolume, withoutVolume, withVolume } from './block-volumes.js';
 import type { BlockVolumeConfig } from './qemu.js';
 import { withQmp } from './qemu-process.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import { foldHotplug, vcpuCount, type VmRecord, type VmRecords } from './vm-record.js';
+
+const log = logger('vm-driver');
 
 export class VmHotplug {
   constructor(private readonly records: VmRecords) {}
@@ -92,6 +95,7 @@ export class VmHotplug {
     // has, and the next restore would not match its state. So vCPUs only come, while it runs.
     if (want < vcpuCount(r)) throw new Conflict(`VM ${id} has ${vcpuCount(r)} vCPUs: while it runs they can be added, not removed (stop it to go down)`, { id });
     const plugged = r.config.hotplugCpus ?? [];
+    let failed = false;
     await withQmp(this.records.paths(id), async (c) => {
       const slots = await c.execute<Array<{ type: string; 'qom-path'?: string; props: Record<string, number> }>>('query-hotpluggable-cpus');
       const free = slots.filter((x) => x['qom-path'] === undefined).reverse(); // QEMU lists the highest slot first
@@ -104,7 +108,14 @@ export class VmHotplug {
         r.config.hotplugCpus = plugged; // recorded as soon as QEMU has it (saved below, also on failure)
       }
       r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
-    }, 30_000).finally(() => this.records.save(r));
+    }, 30_000).catch((e: unknown) => {
+      failed = true;
+      throw e;
+    }).finally(() => this.records.save(r).catch((e: unknown) => {
+      // what QEMU has plugged is recorded also after a failure; a failed save must not hide its reason
+      if (!failed) throw e;
+      log.warn('recording the vCPUs a failed hot-plug left failed', { id, error: String(e) });
+    }));
   }
 
   /** What the guest has given back so far: QMP query-balloon's actual size, MiB (running VMs with a balloon). */

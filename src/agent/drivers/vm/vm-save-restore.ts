@@ -90,7 +90,12 @@ export class VmSaveRestore {
    * same devices and memory, its own sockets and console, a disk overlay backed
    * by the template's frozen overlay. It is left saved; restoreState() starts it.
    */
-  async createFromTemplate(templateId: string, id: string, name = id, over: { shares?: QemuConfig['shares'] } = {}): Promise<RuntimeState> {
+  /** Under the new VM's lock, as create is. */
+  createFromTemplate(templateId: string, id: string, name = id, over: { shares?: QemuConfig['shares'] } = {}): Promise<RuntimeState> {
+    return this.records.locked(id, () => this.cloneNow(templateId, id, name, over));
+  }
+
+  private async cloneNow(templateId: string, id: string, name: string, over: { shares?: QemuConfig['shares'] }): Promise<RuntimeState> {
     const t = await this.records.load(templateId);
     if (t.lifecycle !== 'saved' || t.template) throw new Conflict(`VM ${templateId} is not a saved VM that can serve as a template`, { id: templateId });
     if (t.config.blockVolumes?.length) throw new Conflict(`VM ${templateId} has block volumes attached: a clone would share its disks`, { id: templateId });
