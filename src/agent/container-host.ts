@@ -64,7 +64,7 @@ function warmTemplateOf(req: Omit<ContainerCreateRequest, 'id'>): WarmTemplate |
 
 /** What the container host is given by the agent that owns it. */
 export interface ContainerHostParts {
-  options: Pick<CompiledOptions, 'home' | 'containersDir' | 'layerMaxBytes' | 'warmPerImage' | 'warmImages' | 'warmBudgetBytes'>;
+  options: Pick<CompiledOptions, 'agentName' | 'home' | 'containersDir' | 'layerMaxBytes' | 'warmPerImage' | 'warmImages' | 'warmBudgetBytes'>;
   snapshotter: Snapshotter;
   containers: ContainerDriver;
   /** The host's container networking: namespaces, veths, DNS. */
@@ -392,6 +392,14 @@ export class LocalContainerHost implements ContainerHost {
     return { ...state, warnings: [], runtime: 'vm' };
   }
 
+  /** The request a container was created with, as saved on this host; NotFound naming the host when there is none. */
+  async savedRequest(id: string): Promise<ContainerCreateRequest> {
+    const text = await readFile(this.requestFile(id), 'utf8').catch(() => {
+      throw new NotFound(`no saved configuration for container ${id} on host ${this.p.options.agentName}`, { container: id });
+    });
+    return JSON.parse(text) as ContainerCreateRequest;
+  }
+
   async saveRequest(req: ContainerCreateRequest): Promise<void> {
     const file = this.requestFile(req.id);
     this.requestsDir ??= mkdir(join(this.p.options.containersDir, 'requests'), { recursive: true }).then(
@@ -420,9 +428,7 @@ export class LocalContainerHost implements ContainerHost {
     });
     if (st.status === 'stopped' || st.status === 'unknown') {
       // Start again after exit: a fresh runtime container on the same writable layer.
-      const req = JSON.parse(await readFile(this.requestFile(id), 'utf8').catch(() => {
-        throw new NotFound(`no saved configuration for container ${id}`);
-      })) as ContainerCreateRequest;
+      const req = await this.savedRequest(id);
       const extraMounts = await this.mountsFor(req);
       await this.p.containers.delete(id);
       const state = await this.p.containers.create(await this.specFor(req, await this.p.snapshotter.mounts(id)), { mounts: extraMounts });

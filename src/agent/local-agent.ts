@@ -5,10 +5,9 @@
  * hosts that do each job: images (images/image-host.ts), containers
  * (container-host.ts), VMs (vm-host.ts), volumes, moves and copies.
  */
-import { readFile } from 'node:fs/promises';
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
-import { InvalidArgument, NotFound, Unavailable } from '../core/errors.js';
+import { InvalidArgument, Unavailable } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { Agent, AgentInfo, BuildProgress, BuildRequest, CommitRequest, ContainerCreateRequest, HostVolumeInfo, MigrateOutOptions, PullOptions, PullProgress, VmCreateRequest, VmImageKind, VmMigrationSpec, AddressProvider } from './agent.js';
@@ -421,9 +420,7 @@ export class LocalAgent implements Agent {
       containerState: (id) => this.containerState(id), listContainers: () => this.listContainers(),
       snapshotExists: (key) => snapshotExists(this.snapshotter, key), volume: (id) => this.volumeStore.ensureMounted(id),
       room: () => this.diskSpace(),
-      savedRequest: async (id) => JSON.parse(await readFile(this.containerHost.requestFile(id), 'utf8').catch(() => {
-        throw new NotFound(`no saved configuration for container ${id} on host ${this.options.agentName}`, { container: id });
-      })) as ContainerCreateRequest,
+      savedRequest: (id) => this.containerHost.savedRequest(id),
       ...(this.options.layerMaxBytes ? { layerMaxBytes: this.options.layerMaxBytes } : {}),
       logs: { export: (id) => this.containers.exportLogs(id), import: (id, bytes) => this.containers.importLogs(id, bytes) },
       restored: this.restoredAwaitingLog,
@@ -502,10 +499,7 @@ export class LocalAgent implements Agent {
       freeze: (id) => this.containers.pause(id),
       thaw: (id) => this.containers.unpause(id),
       snapshotMounts: (id) => this.snapshotter.mounts(id),
-      saved: async (id) => {
-        const req = JSON.parse(await readFile(this.containerHost.requestFile(id), 'utf8')) as ContainerCreateRequest;
-        return { mountPoints: (req.mounts ?? []).map((m) => m.target) };
-      },
+      saved: async (id) => ({ mountPoints: ((await this.containerHost.savedRequest(id)).mounts ?? []).map((m) => m.target) }),
       scratchDir: join(this.options.containersDir, 'copy'),
       room: () => this.diskSpace(),
       ...(this.options.layerMaxBytes ? { maxBytes: this.options.layerMaxBytes } : {}),
