@@ -3,7 +3,8 @@
  * temp dirs, podman storage, runc containers, mounts) registers an undo step
  * here; steps run last-in first-out at the end, on failure, and on SIGINT/SIGTERM.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { run } from '../../src/core/exec.js';
 
 type Step = { what: string; fn: () => unknown };
@@ -123,4 +124,38 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+const CGROUP_ROOT = '/sys/fs/cgroup';
+
+/** A cgroup directory named `name` under each hierarchy's root (v1 controllers, named and unified hierarchies), or the v2 root's. */
+function cgroupsNamed(name: string): string[] {
+  const roots = [CGROUP_ROOT, ...readdirSync(CGROUP_ROOT, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => join(CGROUP_ROOT, d.name))];
+  return roots.map((r) => join(r, name)).filter((d) => existsSync(join(d, 'cgroup.procs')));
+}
+
+function removeCgroupTree(dir: string): void {
+  for (const c of readdirSync(dir, { withFileTypes: true })) if (c.isDirectory()) removeCgroupTree(join(dir, c.name));
+  rmdirSync(dir);
+}
+
+/**
+ * A peer's parent cgroup (podman's `libpod_parent`, dockerd's `docker`, with cgroupfs): the ones
+ * that did not exist when this was called are removed, empty, by the returned step (the peers
+ * themselves leave them in every hierarchy). What was there before is someone else's and stays.
+ */
+export function peerCgroupParent(name: string): () => void {
+  const before = new Set(cgroupsNamed(name));
+  return () => {
+    const left: string[] = [];
+    for (const dir of cgroupsNamed(name)) {
+      if (before.has(dir)) continue;
+      try {
+        removeCgroupTree(dir);
+      } catch (e) {
+        left.push(`${dir}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+      }
+    }
+    if (left.length) throw new Error(`cgroups left: ${left.join(', ')}`);
+  };
 }

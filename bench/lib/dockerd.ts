@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, runOk } from '../../src/core/exec.js';
 import { freeTestSubnet, gatewayOf, testDevice } from '../../src/agent/network/network-test-env.js';
-import { cleanup, pidsMatching, unmountUnder } from './cleanup.js';
+import { cleanup, peerCgroupParent, pidsMatching, unmountUnder } from './cleanup.js';
 import { captureOutput, terminate } from './daemon.js';
 import { podmanStore } from './peers.js';
 
@@ -60,6 +60,7 @@ export async function startDockerd(): Promise<DockerEndpoint> {
   writeFileSync(configFile, '{}');
   mkdirSync(join(dir, 'cli'), { recursive: true });
   let child: ChildProcess | undefined;
+  const cgroups = peerCgroupParent('docker');
   const remove = cleanup.add(`dockerd ${dir}`, async () => {
     if (child) await terminate(child, 30_000);
     // what a killed dockerd may leave: containerd shims under its exec root, mounts, the bridge
@@ -73,6 +74,7 @@ export async function startDockerd(): Promise<DockerEndpoint> {
     await unmountUnder(dir);
     await run('ip', ['link', 'del', bridge]).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
+    cgroups();
   });
   await runOk('ip', ['link', 'add', bridge, 'type', 'bridge']);
   await runOk('ip', ['addr', 'add', `${gatewayOf(subnet)}/24`, 'dev', bridge]);

@@ -9,7 +9,7 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run, runOk } from '../../src/core/exec.js';
-import { cleanup, pidsMatching, unmountUnder } from './cleanup.js';
+import { cleanup, peerCgroupParent, pidsMatching, unmountUnder } from './cleanup.js';
 
 /** Hard limits this process holds, from /proc/self/limits, keyed by RLIMIT_* name (Infinity = unlimited). */
 export function ownHardLimits(): Map<string, number> {
@@ -104,6 +104,7 @@ export function podmanStore(): PodmanStore {
   ];
   const args = (rest: string[]) => [...global, ...rest];
   const podman = (rest: string[]) => runOk('podman', args(rest), { timeoutMs: 300_000 });
+  const cgroups = peerCgroupParent('libpod_parent');
   const remove = cleanup.add(`podman store ${dir}`, async () => {
     // Not `podman system reset`: it would also drop network definitions shared with the user's podman.
     await run('podman', args(['rm', '--all', '--force', '--time', '0'])).catch(() => undefined);
@@ -117,6 +118,7 @@ export function podmanStore(): PodmanStore {
     }
     await unmountUnder(dir);
     rmSync(dir, { recursive: true, force: true });
+    cgroups();
   });
   return { dir, args, podman, remove };
 }
