@@ -1,7 +1,13 @@
+import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 
 /** "sha256:<64 hex>" — the only algorithm accepted for now. */
 export type Digest = string;
+
+/** The digest of bytes held in memory (a manifest, a config, a small blob). */
+export function digestOf(b: Buffer): Digest {
+  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
 
 export interface ContentInfo {
   digest: Digest;

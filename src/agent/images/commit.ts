@@ -15,6 +15,7 @@ import { DataLoss, InvalidArgument } from '../../core/errors.js';
 import type { CommitRequest } from '../agent.js';
 import type { ContentStore } from '../content/content-store.js';
 import { MT, type Descriptor, type ImageConfig, type ImageManifest } from './media-types.js';
+import { digestOf } from '../content/content-store.js';
 
 export interface LayerBlob {
   /** Where the compressed layer was written. */
@@ -52,7 +53,6 @@ async function* once(b: Buffer) {
   yield b;
 }
 
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** The image's config with the new layer: req's runtime config, author, created, a history entry, the diff_id appended. */
 export function committedConfig(parent: ImageConfig, diffId: string, req: CommitRequest, now: Date): Record<string, unknown> {
@@ -98,7 +98,7 @@ export async function storeCommittedImage(content: ContentStore, parentManifest:
   const stored = await content.ingest({ digest: layer.digest, size: layer.size }, createReadStream(layer.file) as AsyncIterable<Buffer>);
   if (stored.size !== layer.size) throw new DataLoss(`the committed layer is ${stored.size} bytes, ${layer.size} were written`);
   const configBody = Buffer.from(JSON.stringify(committedConfig(parentConfig, layer.diffId, req, now)));
-  const configDigest = sha256(configBody);
+  const configDigest = digestOf(configBody);
   await content.ingest({ digest: configDigest, size: configBody.length }, once(configBody));
   const newLayer: Descriptor = { mediaType: docker ? MT.dockerLayerGzip : MT.ociLayerGzip, digest: layer.digest, size: layer.size };
   const manifest: ImageManifest = {
@@ -108,7 +108,7 @@ export async function storeCommittedImage(content: ContentStore, parentManifest:
     layers: [...parentManifest.layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })), newLayer],
   };
   const body = Buffer.from(JSON.stringify(manifest));
-  const manifestDigest = sha256(body);
+  const manifestDigest = digestOf(body);
   await content.ingest({ digest: manifestDigest, size: body.length }, once(body));
   return { manifestDigest, configDigest };
 }

@@ -35,6 +35,7 @@ import {
   type ImageIndex,
   type ImageManifest,
 } from './media-types.js';
+import { digestOf } from '../content/content-store.js';
 
 export interface ImportedImage {
   /** From io.containerd.image.name / org.opencontainers.image.ref.name (OCI layout) or RepoTags (docker save). */
@@ -55,7 +56,6 @@ export interface ImportOptions {
 const MAX_MEMBER_JSON = 4 * 1024 * 1024;
 const MAX_LINK_HOPS = 16;
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 async function* once(b: Buffer) {
   yield b;
 }
@@ -313,7 +313,7 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
         layers,
       };
       const body = Buffer.from(JSON.stringify(manifest));
-      const manifestDigest = sha256(body);
+      const manifestDigest = digestOf(body);
       await store.ingest({ digest: manifestDigest, size: body.length }, once(body));
       const tags = e.RepoTags?.length ? e.RepoTags : [undefined];
       for (const name of tags) {

@@ -13,7 +13,6 @@
  * content store needs their sum and the snapshots at least as much again (a lower bound; the
  * unpack checks free space as it writes, see apply-layer.ts).
  */
-import { createHash } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { DataLoss, InvalidArgument, NimbusError, NotFound } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
@@ -33,6 +32,7 @@ import {
   type ImageManifest,
 } from './media-types.js';
 import { RegistryClient, type RegistryClientOptions } from './registry-client.js';
+import { digestOf } from '../content/content-store.js';
 
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 export const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
@@ -82,7 +82,6 @@ export interface PulledImage {
 }
 
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 async function* once(b: Buffer) {
   yield b;
@@ -112,7 +111,7 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   /** Fetch a manifest or index, check it, and store it under its digest. */
   const fetchDoc = async (reference: string, expect?: { digest: string; size?: number }) => {
     const m = await client.getManifest(reference, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES);
-    const digest = sha256(m.body);
+    const digest = digestOf(m.body);
     if (expect && digest !== expect.digest) {
       throw new DataLoss(`manifest ${parsed.registry}/${parsed.repository}@${expect.digest}: content digest is ${digest}; refusing it`);
     }
