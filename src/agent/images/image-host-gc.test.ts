@@ -7,10 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { DiskSpace } from '../content/disk-space.js';
-import { LocalContentStore } from '../content/local-content-store.js';
-import { NativeSnapshotter } from '../snapshots/native.js';
-import { LocalImageHost } from './image-host.js';
+import { testImageHost } from './image-host-test-support.js';
 import { serveSampleImage } from './pull-warmup.js';
 
 test('a pull sent during a garbage collection\'s sweep waits for it, and keeps every blob and snapshot it pulled', async () => {
@@ -21,26 +18,21 @@ test('a pull sent during a garbage collection\'s sweep waits for it, and keeps e
     const inCollection = new Promise<void>((r) => (entered = r));
     let collectionWaits!: () => void;
     const held = new Promise<void>((r) => (collectionWaits = r));
-    const content = new LocalContentStore(path.join(dir, 'content'));
-    const snapshotter = new NativeSnapshotter(path.join(dir, 'snapshots'));
     // the sweep's first look at the snapshots: held there until the pull has been sent
-    const list = snapshotter.list.bind(snapshotter);
-    let first = true;
-    snapshotter.list = async () => {
-      if (first) {
-        first = false;
-        entered();
-        await held;
-      }
-      return list();
-    };
-    const host = new LocalImageHost({
-      options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 1 << 30 },
-      content, snapshotter, snapshotterName: 'native',
-      room: () => new DiskSpace({ content: dir, snapshots: dir }),
-      releaseLayers: async () => undefined,
-      withWritableLayer: () => Promise.reject(new Error('none')),
-    }, { warmUp: false });
+    const { host, content, snapshotter } = testImageHost(dir, {
+      prepare: ({ snapshotter: s }) => {
+        const list = s.list.bind(s);
+        let first = true;
+        s.list = async () => {
+          if (first) {
+            first = false;
+            entered();
+            await held;
+          }
+          return list();
+        };
+      },
+    });
     const collected = host.garbageCollect({ manifestDigests: [], indexDigests: [], chainIds: [] });
     await inCollection;
     const pulled = host.pullImage(registry.reference, {}, () => undefined);
@@ -57,8 +49,7 @@ test('a pull sent during a garbage collection\'s sweep waits for it, and keeps e
     assert.ok(snaps.includes(image.chainId), `its snapshot is there: ${snaps.join(', ')}`);
     await host.close();
   } finally {
-    registry.server.closeAllConnections();
-    await new Promise<void>((r) => registry.server.close(() => r()));
+    await registry.close();
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -4,32 +4,14 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { AgentImage } from '../agent.js';
-import { DiskSpace } from '../content/disk-space.js';
-import { LocalContentStore } from '../content/local-content-store.js';
-import { NativeSnapshotter } from '../snapshots/native.js';
-import { LocalImageHost } from './image-host.js';
+import { testImageHost } from './image-host-test-support.js';
 import { warmPullPath, type ScratchPuller } from './pull-warmup.js';
-
-const options = { agentName: 'local', home: '/nonexistent', tmpDir: '/nonexistent', containersDir: '/nonexistent', imageMaxBytes: 1 << 30, layerMaxBytes: 1 << 30 };
-
-/** A real image host in dir (the native snapshotter: no mounts). */
-function imageHostIn(dir: string, warmUp: boolean): LocalImageHost {
-  return new LocalImageHost({
-    options: { ...options, home: dir, tmpDir: dir, containersDir: dir },
-    content: new LocalContentStore(path.join(dir, 'content')),
-    snapshotter: new NativeSnapshotter(path.join(dir, 'snapshots')),
-    snapshotterName: 'native',
-    room: () => new DiskSpace({ content: dir, snapshots: dir }),
-    releaseLayers: async () => undefined,
-    withWritableLayer: () => Promise.reject(new Error('none')),
-  }, { warmUp });
-}
 
 /** Pulls with a real image host on the scratch directory, keeping what it pulled. */
 function recordingPuller(pulled: AgentImage[], dirs: string[]): ScratchPuller {
   return (dir) => {
     dirs.push(dir);
-    const host = imageHostIn(dir, false);
+    const { host } = testImageHost(dir);
     return { pull: async (ref) => pulled.push(await host.pullImage(ref, {}, () => undefined)), close: () => host.close() };
   };
 }
@@ -76,7 +58,7 @@ describe('warmPullPath', () => {
   it('an image host warms its pull path as it is made, and close() waits for it: the scratch dir is gone', async () => {
     const tmp = await mkdtemp(path.join(tmpdir(), 'nimbus-warmup-'));
     try {
-      await imageHostIn(tmp, true).close();
+      await testImageHost(tmp, { warmUp: true }).host.close();
       assert.deepEqual((await readdir(tmp)).filter((n) => n.startsWith('.pull-warmup-')), []);
       // the host's own content store got nothing from it
       assert.deepEqual(await readdir(path.join(tmp, 'content')).catch(() => []), []);

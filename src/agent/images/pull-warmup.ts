@@ -11,9 +11,8 @@
  * dir, removed after (and swept at the next start if the daemon died in between). Nothing of it
  * reaches the host's images, the store or the events.
  */
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -22,6 +21,7 @@ import { logger } from '../../core/log.js';
 import { probeLayerTools } from '../layers/apply-layer.js';
 import { warmFileWriters } from '../layers/file-writer.js';
 import { MT } from './media-types.js';
+import { digestOf } from '../content/content-store.js';
 
 const log = logger('agent.images.warmup');
 const SCRATCH_PREFIX = '.pull-warmup-';
@@ -38,7 +38,6 @@ export interface WarmupStep {
   error?: string;
 }
 
-const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** A small uncompressed layer of the kinds of entries images have (a whiteout, links, a directory). */
 async function sampleLayerTar(): Promise<Buffer> {
@@ -63,48 +62,46 @@ async function sampleLayerTar(): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** The documents and blobs of a one-layer image behind an index, as a registry serves them. */
-async function sampleImage(): Promise<{ manifests: Map<string, { mediaType: string; body: Buffer }>; blobs: Map<string, Buffer> }> {
+interface Served {
+  mediaType: string;
+  body: Buffer;
+  digest: string;
+}
+
+const served = (mediaType: string, body: Buffer): Served => ({ mediaType, body, digest: digestOf(body) });
+
+/** The documents (by tag and by digest) and blobs of a one-layer image behind an index, as a registry serves them. */
+async function sampleImage(): Promise<{ manifests: Map<string, Served>; blobs: Map<string, Served> }> {
   const layerTar = await sampleLayerTar();
-  const layer = gzipSync(layerTar);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] }, rootfs: { type: 'layers', diff_ids: [digestOf(layerTar)] } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: MT.ociManifest,
-    config: { mediaType: MT.ociConfig, digest: digestOf(config), size: config.length },
-    layers: [{ mediaType: MT.ociLayerGzip, digest: digestOf(layer), size: layer.length }],
-  }));
-  const index = Buffer.from(JSON.stringify({
+  const layer = served(MT.ociLayerGzip, gzipSync(layerTar));
+  const config = served(MT.ociConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] }, rootfs: { type: 'layers', diff_ids: [digestOf(layerTar)] } })));
+  const descriptor = (x: Served) => ({ mediaType: x.mediaType, digest: x.digest, size: x.body.length });
+  const manifest = served(MT.ociManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociManifest, config: descriptor(config), layers: [descriptor(layer)] })));
+  const index = served(MT.ociIndex, Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: MT.ociIndex,
-    manifests: [{ mediaType: MT.ociManifest, digest: digestOf(manifest), size: manifest.length, platform: { os: 'linux', architecture: 'amd64' } }],
-  }));
-  const manifests = new Map([
-    [TAG, { mediaType: MT.ociIndex, body: index }],
-    [digestOf(index), { mediaType: MT.ociIndex, body: index }],
-    [digestOf(manifest), { mediaType: MT.ociManifest, body: manifest }],
-  ]);
-  return { manifests, blobs: new Map([[digestOf(config), config], [digestOf(layer), layer]]) };
+    manifests: [{ ...descriptor(manifest), platform: { os: 'linux', architecture: 'amd64' } }],
+  })));
+  return {
+    manifests: new Map([[TAG, index], [index.digest, index], [manifest.digest, manifest]]),
+    blobs: new Map([[config.digest, config], [layer.digest, layer]]),
+  };
 }
 
 /** The registry API's read side for that image only, on loopback (anything else: 404); `reference` is the image's. */
-export async function serveSampleImage(): Promise<{ server: Server; host: string; reference: string; requests: () => number }> {
+export async function serveSampleImage(): Promise<{ host: string; reference: string; requests: () => number; close(): Promise<void> }> {
   const image = await sampleImage();
   let requests = 0;
   const server = createServer((req, res) => {
     requests++;
     const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(req.url ?? '');
-    const doc = m && m[1] === REPOSITORY ? (m[2] === 'manifests' ? image.manifests.get(m[3]!) : undefined) : undefined;
-    const blob = m && m[1] === REPOSITORY && m[2] === 'blobs' ? image.blobs.get(m[3]!) : undefined;
-    const body = doc?.body ?? blob;
-    if (!body || (req.method !== 'GET' && req.method !== 'HEAD')) {
+    const found = m && m[1] === REPOSITORY ? (m[2] === 'manifests' ? image.manifests : image.blobs).get(m[3]!) : undefined;
+    if (!found || (req.method !== 'GET' && req.method !== 'HEAD')) {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"NOT_FOUND"}]}');
       return;
     }
-    res.writeHead(200, {
-      'content-type': doc?.mediaType ?? 'application/octet-stream',
-      'content-length': body.length,
-      'docker-content-digest': digestOf(body),
-    });
-    res.end(req.method === 'HEAD' ? undefined : body);
+    // blobs as registries send them; documents with their media type
+    res.writeHead(200, { 'content-type': m![2] === 'manifests' ? found.mediaType : 'application/octet-stream', 'content-length': found.body.length, 'docker-content-digest': found.digest });
+    res.end(req.method === 'HEAD' ? undefined : found.body);
   });
   server.keepAliveTimeout = 1000;
   await new Promise<void>((resolve, reject) => {
@@ -112,7 +109,11 @@ export async function serveSampleImage(): Promise<{ server: Server; host: string
     server.listen(0, '127.0.0.1', () => resolve());
   });
   const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { server, host, reference: `${host}/${REPOSITORY}:${TAG}`, requests: () => requests };
+  const close = () => {
+    server.closeAllConnections();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return { host, reference: `${host}/${REPOSITORY}:${TAG}`, requests: () => requests, close };
 }
 
 async function warmPull(tmpDir: string, scratchPuller: ScratchPuller): Promise<void> {
@@ -120,19 +121,18 @@ async function warmPull(tmpDir: string, scratchPuller: ScratchPuller): Promise<v
     if (name.startsWith(SCRATCH_PREFIX)) await rm(path.join(tmpDir, name), { recursive: true, force: true });
   }
   const dir = await mkdtemp(path.join(tmpDir, SCRATCH_PREFIX));
-  const { server, reference, requests } = await serveSampleImage().catch(async (e: unknown) => {
+  const registry = await serveSampleImage().catch(async (e: unknown) => {
     await rm(dir, { recursive: true, force: true });
     throw e;
   });
   const puller = scratchPuller(dir);
   try {
-    await puller.pull(reference);
+    await puller.pull(registry.reference);
     // the index, the manifest, the config and the layer: each through the registry client
-    if (requests() < 4) throw new Error(`the sample image was pulled with ${requests()} requests`);
+    if (registry.requests() < 4) throw new Error(`the sample image was pulled with ${registry.requests()} requests`);
   } finally {
     await puller.close().catch(() => undefined);
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await registry.close();
     await rm(dir, { recursive: true, force: true });
   }
 }
