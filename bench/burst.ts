@@ -23,7 +23,7 @@ import { prepareRuncBundle } from './lib/peers.js';
 import { run, runOk } from '../src/core/exec.js';
 import { parseProcStat } from '../src/core/proc.js';
 import { startPostgres } from '../scripts/fixtures/postgres.js';
-import { cleanup, mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
+import { cgroupsMatching, cleanup, mountsUnder, pidsMatching, rssKiB } from './lib/cleanup.js';
 import { nimbusRunRm, runtimeRoots, startBenchDaemon, type BenchDaemon, type UnixClient } from './lib/daemon.js';
 import { isMain, runStandalone, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome } from './lib/result.js';
@@ -250,13 +250,7 @@ function ticksSince(before: Map<number, number>, after: Map<number, number>): nu
 
 /** Kill what is left in cgroups named `prefix…` (every hierarchy mounted under /sys/fs/cgroup) and remove them. */
 async function removePeerCgroups(prefix: string): Promise<void> {
-  const dirs = readdirSync('/sys/fs/cgroup').flatMap((h) => {
-    try {
-      return readdirSync(path.join('/sys/fs/cgroup', h)).filter((e) => e.startsWith(prefix)).map((e) => path.join('/sys/fs/cgroup', h, e));
-    } catch {
-      return [];
-    }
-  });
+  const dirs = cgroupsMatching((name) => name.startsWith(prefix));
   for (let attempt = 0; attempt < 20 && dirs.length; attempt++) {
     for (const dir of [...dirs]) {
       try {

@@ -128,10 +128,22 @@ export function alive(pid: number): boolean {
 
 const CGROUP_ROOT = '/sys/fs/cgroup';
 
-/** A cgroup directory named `name` under each hierarchy's root (v1 controllers, named and unified hierarchies), or the v2 root's. */
-function cgroupsNamed(name: string): string[] {
+/**
+ * Cgroups directly under each hierarchy's root (v1 controllers, named and unified hierarchies, or a
+ * v2 root) whose names match: where peers and benches put theirs.
+ */
+export function cgroupsMatching(match: (name: string) => boolean): string[] {
   const roots = [CGROUP_ROOT, ...readdirSync(CGROUP_ROOT, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => join(CGROUP_ROOT, d.name))];
-  return roots.map((r) => join(r, name)).filter((d) => existsSync(join(d, 'cgroup.procs')));
+  return roots.flatMap((root) => {
+    try {
+      return readdirSync(root, { withFileTypes: true })
+        .filter((e) => e.isDirectory() && match(e.name))
+        .map((e) => join(root, e.name))
+        .filter((d) => existsSync(join(d, 'cgroup.procs')));
+    } catch {
+      return [];
+    }
+  });
 }
 
 function removeCgroupTree(dir: string): void {
@@ -145,10 +157,10 @@ function removeCgroupTree(dir: string): void {
  * themselves leave them in every hierarchy). What was there before is someone else's and stays.
  */
 export function peerCgroupParent(name: string): () => void {
-  const before = new Set(cgroupsNamed(name));
+  const before = new Set(cgroupsMatching((n) => n === name));
   return () => {
     const left: string[] = [];
-    for (const dir of cgroupsNamed(name)) {
+    for (const dir of cgroupsMatching((n) => n === name)) {
       if (before.has(dir)) continue;
       try {
         removeCgroupTree(dir);
