@@ -534,5 +534,3 @@ export class LocalAgent implements Agent {
 function cgroupParent(): string {
   return process.env.NIMBUS_CGROUP_PARENT || DEFAULT_CGROUP_PARENT;
 }
-
-/** Where a layer is written: the upper dir of an overlay, or the bind source. */
