@@ -7,7 +7,7 @@
  */
 import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
-import { InvalidArgument, Unavailable } from '../core/errors.js';
+import { Unavailable } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { Agent, AgentInfo, BuildProgress, BuildRequest, CommitRequest, ContainerCreateRequest, HostVolumeInfo, MigrateOutOptions, PullOptions, PullProgress, VmCreateRequest, VmImageKind, VmMigrationSpec, AddressProvider } from './agent.js';
@@ -19,8 +19,7 @@ import { RUNTIME_NAMES, probeRuntime } from './drivers/container/oci-runtime.js'
 import { DEFAULT_CGROUP_PARENT, detectCgroupLayout, removeCgroupParentIfEmpty } from './cgroups/cgroups.js';
 import { DiskSpace, statfsProbe } from './content/disk-space.js';
 import { snapshotExists, type Snapshotter } from './snapshots/snapshotter.js';
-import { OverlaySnapshotter, overlayfsSupported } from './snapshots/overlayfs.js';
-import { NativeSnapshotter } from './snapshots/native.js';
+import { chooseSnapshotter } from './snapshots/registry.js';
 import { removeEarlierLeftovers, removeInterruptedWrites } from './interrupted-writes.js';
 import { VmDriver } from './drivers/vm/vm-driver.js';
 import type { MigrationTls } from './drivers/vm/migration-tls.js';
@@ -55,7 +54,6 @@ export class LocalAgent implements Agent {
     private readonly options: CompiledOptions,
     private readonly content: ContentStore,
     private readonly snapshotter: Snapshotter,
-    private readonly snapshotterName: 'overlayfs' | 'native',
     private readonly containers: ContainerDriver,
     private readonly probes: { runtimes: AgentInfo['runtimes']; snapshotters: AgentInfo['snapshotters'] },
     vms: VmDriver,
@@ -76,7 +74,7 @@ export class LocalAgent implements Agent {
       lifecycle: (id, fn) => this.copies.lifecycle(id, fn),
     });
     this.imageHost = new LocalImageHost({
-      options, content: this.content, snapshotter, snapshotterName,
+      options, content: this.content, snapshotter,
       room: () => this.diskSpace(),
       releaseLayers: (keepChainIds) => this.containerHost.releaseLayers(keepChainIds),
       withWritableLayer: (id, pause, fn) => this.copies.withWritableLayer(id, pause, fn),
@@ -85,15 +83,7 @@ export class LocalAgent implements Agent {
 
   /** `migrationTls`: the agent's certificate from the agent CA, for live migrations over TLS (docs/security.md). */
   static async create(options: CompiledOptions, extra: { migrationTls?: MigrationTls } = {}): Promise<LocalAgent> {
-    const overlayReason = await overlayfsSupported(options.tmpDir);
-    let snapshotterName: 'overlayfs' | 'native';
-    if (options.snapshotter === 'overlayfs' && overlayReason) {
-      throw new InvalidArgument(`snapshotter overlayfs is not usable here: ${overlayReason}`);
-    }
-    snapshotterName = options.snapshotter === 'native' || overlayReason ? 'native' : 'overlayfs';
-    if (overlayReason && options.snapshotter === 'auto') log.warn('overlayfs unusable, using native snapshotter', { reason: overlayReason });
-    const root = join(options.snapshotsDir, snapshotterName);
-    const snapshotter: Snapshotter = snapshotterName === 'overlayfs' ? new OverlaySnapshotter(root) : new NativeSnapshotter(root);
+    const { snapshotter, probes: snapshotterProbes } = await chooseSnapshotter(options.snapshotter, { snapshotsDir: options.snapshotsDir, probeDir: options.tmpDir });
     const content = new LocalContentStore(options.contentDir);
     // NIMBUS_CGROUP_PARENT: hosts that share one cgroup tree (test hosts in network namespaces) keep apart
     const containers = new ContainerDriver({ stateDir: options.containersDir, runtime: options.runtime, cgroupParent: cgroupParent() });
@@ -112,12 +102,9 @@ export class LocalAgent implements Agent {
     }));
     // each create names its accelerator (vmAccelerator(), probed on first use); this default is never used
     const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: 'tcg', ...(extra.migrationTls ? { tls: extra.migrationTls } : {}) });
-    return new LocalAgent(options, content, snapshotter, snapshotterName, containers, {
+    return new LocalAgent(options, content, snapshotter, containers, {
       runtimes,
-      snapshotters: [
-        overlayReason ? { name: 'overlayfs', usable: false, reason: overlayReason } : { name: 'overlayfs', usable: true },
-        { name: 'native', usable: true },
-      ],
+      snapshotters: snapshotterProbes,
     }, vms);
   }
 
@@ -126,7 +113,7 @@ export class LocalAgent implements Agent {
       name: this.options.agentName,
       hostname: hostname(),
       cgroupLayout: (await detectCgroupLayout()).mode,
-      snapshotter: this.snapshotterName,
+      snapshotter: this.snapshotter.name,
       runtimes: this.probes.runtimes,
       snapshotters: this.probes.snapshotters,
       kernel: release(),
@@ -416,7 +403,7 @@ export class LocalAgent implements Agent {
   private moverP: MoveHost | undefined;
   private get mover(): MoveHost {
     return (this.moverP ??= new MoveHost({
-      agentName: this.options.agentName, snapshotter: this.snapshotter, snapshotterName: this.snapshotterName,
+      agentName: this.options.agentName, snapshotter: this.snapshotter,
       containerState: (id) => this.containerState(id), listContainers: () => this.listContainers(),
       snapshotExists: (key) => snapshotExists(this.snapshotter, key), volume: (id) => this.volumeStore.ensureMounted(id),
       room: () => this.diskSpace(),

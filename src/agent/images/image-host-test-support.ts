@@ -19,7 +19,7 @@ export function testImageHost(dir: string, o: { warmUp?: boolean; prepare?: (par
   o.prepare?.({ content, snapshotter });
   const host = new LocalImageHost({
     options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 1 << 30 },
-    content, snapshotter, snapshotterName: 'native',
+    content, snapshotter,
     room: () => new DiskSpace({ content: dir, snapshots: dir }),
     releaseLayers: async () => undefined,
     withWritableLayer: () => Promise.reject(new Error('no containers here')),

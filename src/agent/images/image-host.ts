@@ -16,8 +16,7 @@ import type { AdoptedDiskImage, AgentImage, BlobStream, BuildProgress, BuildRequ
 import type { ContentStore } from '../content/content-store.js';
 import { LocalContentStore, assertDigest } from '../content/local-content-store.js';
 import { DiskSpace } from '../content/disk-space.js';
-import { NativeSnapshotter } from '../snapshots/native.js';
-import { OverlaySnapshotter } from '../snapshots/overlayfs.js';
+import { snapshotterNamed } from '../snapshots/registry.js';
 import { snapshotExists, type Snapshotter } from '../snapshots/snapshotter.js';
 import { LayerUnpacker } from '../layers/layer-unpacker.js';
 import { ImageBudget } from '../layers/unpack-limits.js';
@@ -67,7 +66,6 @@ export interface ImageHostParts {
   options: Pick<CompiledOptions, 'agentName' | 'home' | 'tmpDir' | 'containersDir' | 'imageMaxBytes' | 'layerMaxBytes'>;
   content: ContentStore;
   snapshotter: Snapshotter;
-  snapshotterName: 'overlayfs' | 'native';
   /** Free space where images land (the content store, the snapshots): pulls and unpacks check it. */
   room(): DiskSpace;
   /** Removed and warm containers hold their image's layers: garbage collection has them let go first (but of the kept chains). */
@@ -97,12 +95,10 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
    * what it calls, and nothing reaches this host's images.
    */
   private readonly scratchPuller: ScratchPuller = (dir) => {
-    const root = join(dir, 'snapshots');
     const host = new LocalImageHost({
       options: { ...this.p.options, home: dir, tmpDir: dir, containersDir: dir },
       content: new LocalContentStore(join(dir, 'content')),
-      snapshotter: this.p.snapshotterName === 'overlayfs' ? new OverlaySnapshotter(root) : new NativeSnapshotter(root),
-      snapshotterName: this.p.snapshotterName,
+      snapshotter: snapshotterNamed(this.p.snapshotter.name, join(dir, 'snapshots')),
       room: () => new DiskSpace({ content: dir, snapshots: dir }),
       releaseLayers: async () => undefined,
       withWritableLayer: () => Promise.reject(new Conflict('the pull warm-up has no containers')),
@@ -204,7 +200,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
     // runc: crun refuses a hybrid cgroup layout; overlay storage where the host's snapshots are overlayfs
     return (this.builderP ??= new BuildHost({
       home: this.p.options.home,
-      storageDriver: this.p.snapshotterName === 'overlayfs' ? 'overlay' : 'vfs',
+      storageDriver: this.p.snapshotter.name === 'overlayfs' ? 'overlay' : 'vfs',
       content: this.p.content,
       importArchive: (path) => this.importImages(path),
       adoptImage: (digest) => this.adoptImage(digest),
@@ -470,7 +466,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
 
   async commitContainer(id: string, req: CommitRequest): Promise<AgentImage> {
     checkCommitRequest(req);
-    if (this.p.snapshotterName !== 'overlayfs') {
+    if (this.p.snapshotter.name !== 'overlayfs') {
       throw new Conflict(`host ${this.p.options.agentName} uses the native snapshotter: only containers on overlayfs can be committed`, { host: this.p.options.agentName });
     }
     // the blobs written below are no image's until adopted: a collection meanwhile must keep them

@@ -20,7 +20,6 @@ const log = logger('agent.move');
 export interface MoveHostParts {
   agentName: string;
   snapshotter: Snapshotter;
-  snapshotterName: 'overlayfs' | 'native';
   /** The runtime's state of a container; NotFound when the host has none. */
   containerState(id: string): Promise<RuntimeState>;
   /** Ids the host holds containers (or their writable layers) for. */
@@ -55,7 +54,7 @@ export class MoveHost implements ContainerMoveHost {
 
   /** Moves carry an overlay upper directory: a native snapshot is a whole copy of the image, not a layer. */
   private needOverlay(): void {
-    if (this.p.snapshotterName !== 'overlayfs') {
+    if (this.p.snapshotter.name !== 'overlayfs') {
       throw new Conflict(`host ${this.p.agentName} uses the native snapshotter: only containers on overlayfs move between hosts`, { host: this.p.agentName });
     }
   }

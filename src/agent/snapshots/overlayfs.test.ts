@@ -6,9 +6,7 @@ import { describe, it } from 'node:test';
 import { hasCode } from '../../core/errors.js';
 import { MAX_LAYERS, OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
 import { mountAll, mountsUnder, unmountAll } from './mount.js';
-import { snapshotterConformance } from './snapshotter-conformance.js';
-
-snapshotterConformance('overlayfs', async (root) => new OverlaySnapshotter(root));
+// the conformance suite runs over the registry (registry.test.ts)
 
 describe('overlayfs specifics', () => {
   it('overlayfsSupported really mounts and cleans up', async () => {
