@@ -124,6 +124,12 @@ export class VmRecordStore implements VmRecords {
         status = await readExitStatus(p);
       }
       status ??= await readExitStatus(p); // the supervisor may have written it just before exiting
+      if (status === undefined && processAlive(r.qemuPid, p.qmpSocket)) {
+        // no exit status, and QEMU answers a second look: the first was wrong (a read of its
+        // cmdline that failed). A running VM recorded stopped would be rebuilt elsewhere: a second copy.
+        log.warn('QEMU seen gone once but alive on a second look: left running', { id: r.id, pid: r.qemuPid });
+        return r;
+      }
       // someone else (saveState, another watcher) may have recorded the end already: theirs stands
       const now = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
       if (now.lifecycle !== r.lifecycle || now.qemuPid !== r.qemuPid) return now;
