@@ -235,35 +235,50 @@ export class VmMigration {
   async finishIncoming(id: string, history: string): Promise<{ resumedAt: number }> {
     const incoming = this.incoming.get(id);
     if (!incoming) throw new NotFound(`no incoming migration of VM ${id} here`, { id });
-    const p = this.records.paths(id);
     const c = incoming.events;
     try {
+      // waited for outside the lock: an abandon (which takes it) must be able to end the wait
       const ev = await incoming.resumed;
-      const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
-      const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
-      await endDiskExports(c, movingDisks(r.config));
-      // its next migration makes credentials of its own (as a source) and may go plain
-      if (incoming.tls) await clearTls(c);
-      // peers and switches learn where the guest is now (QEMU announces once by itself as well;
-      // this round follows the host's taps being up, whatever the timing of the stream's end)
-      if (r.config.nics.length) await c.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch((e: unknown) => log.warn('announce-self failed', { id, error: String(e) }));
-      await writeFile(consoleHistory(p), Buffer.from(history, 'base64'));
-      r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
-      r.lifecycle = 'running';
-      r.startedAt = new Date().toISOString();
-      await this.records.save(r);
-      this.exits.watch(id);
-      return { resumedAt };
+      return await this.records.locked(id, () => this.recordArrived(id, incoming, ev, history));
     } finally {
       this.incoming.delete(id);
       c.close();
     }
   }
 
+  private async recordArrived(id: string, incoming: IncomingMigration, ev: QmpEvent, history: string): Promise<{ resumedAt: number }> {
+    if (this.incoming.get(id) !== incoming) throw new Conflict(`the incoming migration of VM ${id} was abandoned`, { id });
+    incoming.recording = true;
+    const p = this.records.paths(id);
+    const c = incoming.events;
+    const resumedAt = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+    const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+    await endDiskExports(c, movingDisks(r.config));
+    // its next migration makes credentials of its own (as a source) and may go plain
+    if (incoming.tls) await clearTls(c);
+    // peers and switches learn where the guest is now (QEMU announces once by itself as well;
+    // this round follows the host's taps being up, whatever the timing of the stream's end)
+    if (r.config.nics.length) await c.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch((e: unknown) => log.warn('announce-self failed', { id, error: String(e) }));
+    await writeFile(consoleHistory(p), Buffer.from(history, 'base64'));
+    r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
+    r.lifecycle = 'running';
+    r.startedAt = new Date().toISOString();
+    await this.records.save(r);
+    this.exits.watch(id);
+    return { resumedAt };
+  }
+
   /** Destination, on failure: nothing of the half-arrived VM stays. */
   async abandonIncoming(id: string): Promise<void> {
-    this.incoming.get(id)?.events.close();
+    // ends a finishIncoming still waiting for the resume; one already recording the arrival
+    // holds the lock, and is removed after it rather than under it
+    const incoming = this.incoming.get(id);
+    if (incoming && !incoming.recording) incoming.events.close();
     this.incoming.delete(id);
+    await this.records.locked(id, () => this.removeArrival(id));
+  }
+
+  private async removeArrival(id: string): Promise<void> {
     const p = this.records.paths(id);
     const pid = await readPid(p.pidFile).catch(() => undefined);
     const supervisor = await readPid(p.supervisorPidFile).catch(() => undefined);
@@ -317,6 +332,8 @@ interface IncomingMigration {
   resumed: Promise<QmpEvent>;
   /** Its streams are TLS (the credentials object is in the QEMU until the guest runs here). */
   tls: boolean;
+  /** finishIncoming is recording the arrival (under the VM's lock): an abandon waits for it, then removes. */
+  recording?: boolean;
 }
 
 interface QmpMigrateInfo {

@@ -51,3 +51,30 @@ test('reconcile after a kill mid incoming migration: the half-arrived VM goes, a
     await source.delete(id).catch(() => undefined);
   }
 });
+
+test('an abandon while finishIncoming waits for the guest to resume ends the wait and removes the half-arrived VM', { timeout: 120_000 }, async () => {
+  const source = env.driver;
+  const destDir = path.join(env.base, 'agent-c');
+  await mkdir(destDir, { recursive: true });
+  const dest = new VmDriver({ stateDir: destDir, accel: env.accel.accel });
+  const id = freshId('vm');
+  try {
+    await source.create(env.makeSpec(id, ['sh', '-c', 'sleep 1000'], { resources: { memoryBytes: 128 << 20 } }));
+    await source.start(id);
+    await dest.prepareIncoming(await source.migrationSpec(id), '127.0.0.1');
+    // no stream ever comes: the finish waits for a resume that will not happen
+    const finishing = dest.finishIncoming(id, '');
+    const outcome = finishing.then(() => 'finished', (e: unknown) => `refused: ${(e as Error).message}`);
+    await new Promise((r) => setTimeout(r, 200));
+    await dest.abandonIncoming(id);
+    const settled = await Promise.race([outcome, new Promise((r) => setTimeout(() => r('still waiting'), 10_000))]);
+    assert.match(String(settled), /^refused/, 'the finish ends with the abandon');
+    assert.ok(!existsSync(path.join(destDir, id)), 'its directory is gone');
+    assert.deepEqual(await qemuPidsUnder(destDir), [], 'its QEMU is gone');
+    await assert.rejects(dest.finishIncoming(id, ''), /no incoming migration/);
+    assert.equal((await source.state(id)).status, 'running', 'the source guest goes on');
+  } finally {
+    await dest.abandonIncoming(id).catch(() => undefined);
+    await source.delete(id).catch(() => undefined);
+  }
+});
