@@ -4,6 +4,7 @@
  * the main one's terminal (through its conmon: conmon-attach.ts).
  */
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:os';
 import { unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -108,7 +109,8 @@ export class ContainerSessions {
       child.on('close', (code, signal) => {
         void unlink(processFile).catch(() => undefined);
         if (code !== null) resolve(code);
-        else resolve(128 + (signal ? (osSignals[signal] ?? 0) : 0));
+        // the runtime's own exit (runc exec passes its process's on); killed itself: 128 + the signal, as a shell says
+        else resolve(128 + (signal ? (constants.signals[signal] ?? 0) : 0));
       });
     });
     return { stdout: child.stdout!, stderr: child.stderr!, stdin: child.stdin!, exit };
@@ -167,7 +169,3 @@ function terminalSession(pty: IPty, cleanup: () => void): ExecSession {
   };
 }
 
-const osSignals: Record<string, number> = {
-  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9,
-  SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
-};
