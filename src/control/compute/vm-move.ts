@@ -211,6 +211,8 @@ export async function rebuildVm(deps: VmMoveDeps, id: string, to: string): Promi
     const why = vmRebuildRefusal(cur.config);
     if (why) throw new Conflict(`VM ${cur.name} cannot be rebuilt on another host: ${why}`);
     if (cur.status !== 'running' && cur.status !== 'paused') throw new Conflict(`VM ${cur.name} is ${cur.status}: only a running VM is rebuilt`);
+    // refused before the claim moves, as a migration refuses it (checkMigration)
+    if (cur.config.networks?.length && !deps.networks) throw new Conflict(`VM ${cur.name} cannot be rebuilt on another host: it has NICs and networks are not available here`);
     const dst = deps.agents.get(to);
     await deps.scheduler.moveClaim(id, to);
     let created = false;
