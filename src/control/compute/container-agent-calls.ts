@@ -1,0 +1,96 @@
+/**
+ * What a container's host agent serves directly, outside the lifecycle (no lock, no state
+ * change): logs, exec, attach and its terminal's size, top, stats, and docker cp and export.
+ * The control plane's part is the container's lookup and the checks of its state.
+ */
+import { Conflict, InvalidArgument } from '../../core/errors.js';
+import type { Agent, ContainerArchiveResult, ContainerPathStat, ProcessTable } from '../../agent/agent.js';
+import { badTerminalSize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type InstanceStats, type LogRecord } from '../../agent/drivers/instance-driver.js';
+import type { Readable } from 'node:stream';
+import type { ContainerRecord } from '../../store/records.js';
+
+export interface AgentCallDeps {
+  /** By id, name or unique id prefix (NotFound otherwise). */
+  get(idOrName: string): Promise<ContainerRecord>;
+  agentOf(c: { host: string }): Agent;
+  publish(c: ContainerRecord, action: string, attributes?: Record<string, unknown>): void;
+}
+
+export class ContainerAgentCalls {
+  constructor(private readonly deps: AgentCallDeps) {}
+
+  async logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): Promise<AsyncIterable<LogRecord>> {
+    const c = await this.deps.get(idOrName);
+    return this.deps.agentOf(c).containerLogs(c.id, opts);
+  }
+
+  async exec(idOrName: string, req: ExecRequest): Promise<ExecSession> {
+    const c = await this.deps.get(idOrName);
+    if (c.status !== 'running') throw new Conflict(`container ${c.name} is ${c.status}; exec needs it running`);
+    if (!req.args.length) throw new InvalidArgument('exec needs a command');
+    this.deps.publish(c, 'exec', { args: req.args, ...(req.tty ? { tty: true } : {}) });
+    return this.deps.agentOf(c).execInContainer(c.id, req);
+  }
+
+  /**
+   * Attach to its main process on its host: the output from now on and, with `stdin`, its input
+   * (Conflict when it was made without an open stdin). A created container can be attached before
+   * its start (docker run attaches first); an exited one has no process to attach to.
+   */
+  async attach(idOrName: string, req: AttachRequest): Promise<AttachSession> {
+    const c = await this.deps.get(idOrName);
+    if (req.stdin && !c.config.openStdin) throw new Conflict(`container ${c.name} was created without an open stdin (docker run -i)`);
+    if (c.status !== 'created' && c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is ${c.status}; attach needs it created or running`);
+    return this.deps.agentOf(c).attachContainer(c.id, req);
+  }
+
+  /** Its main process's terminal's new size (Conflict for a container without -t). */
+  async resize(idOrName: string, rows: number, cols: number): Promise<void> {
+    const c = await this.deps.get(idOrName);
+    if (!c.config.tty) throw new Conflict(`container ${c.name} has no terminal (docker run -t)`);
+    const bad = badTerminalSize(rows, cols);
+    if (bad) throw new InvalidArgument(bad);
+    if (c.status !== 'created' && c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is not running`);
+    await this.deps.agentOf(c).resizeContainer(c.id, rows, cols);
+  }
+
+  /** Its processes as `ps -ef` shows them, from its host (running or paused containers). */
+  async top(idOrName: string): Promise<ProcessTable> {
+    const c = await this.deps.get(idOrName);
+    if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is not running`);
+    return this.deps.agentOf(c).containerTop(c.id);
+  }
+
+  async stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {
+    const c = await this.deps.get(idOrName);
+    if (c.status !== 'running' && c.status !== 'paused') throw new Conflict(`container ${c.name} is ${c.status}; no stats`);
+    return { id: c.id, name: c.name, ...(await this.deps.agentOf(c).containerStats(c.id)) };
+  }
+
+  /** docker cp: a path's stat in the container, running or not, from its host (which resolves it inside the rootfs). */
+  async pathStat(idOrName: string, path: string): Promise<ContainerPathStat> {
+    const c = await this.deps.get(idOrName);
+    return this.deps.agentOf(c).containerPathStat(c.id, path);
+  }
+
+  /** docker cp out: the path as a tar stream and its stat; the caller consumes or destroys the stream. */
+  async readArchive(idOrName: string, path: string): Promise<{ stat: ContainerPathStat; bytes: Readable }> {
+    const c = await this.deps.get(idOrName);
+    return this.deps.agentOf(c).readContainerArchive(c.id, path);
+  }
+
+  /**
+   * docker export: the container's whole filesystem as its processes see it (its image's layers
+   * and its writable layer merged; what is mounted on it, volumes and the like, not) as one flat
+   * tar, running (frozen while its tree is walked) or stopped: docker cp's read of "/" on its host.
+   */
+  async exportFs(idOrName: string): Promise<Readable> {
+    return (await this.readArchive(idOrName, '/')).bytes;
+  }
+
+  /** docker cp in: the tar extracted under the directory path, into the container's writable layer. */
+  async writeArchive(idOrName: string, path: string, opts: { noOverwriteDirNonDir?: boolean; copyUIDGID?: boolean }, bytes: AsyncIterable<Uint8Array>): Promise<ContainerArchiveResult> {
+    const c = await this.deps.get(idOrName);
+    return this.deps.agentOf(c).writeContainerArchive(c.id, path, opts, bytes);
+  }
+}
