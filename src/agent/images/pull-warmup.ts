@@ -6,8 +6,8 @@
  * 2026-12-05): what a first pull pays is one-off, V8 compiling the pull path's code on its first
  * run (the registry client, the pull, the content store, the unpack, the snapshots), the probes
  * for perl and zstd (a process each) and the small-file writer threads. The agent pays it once as
- * it starts, in the background: a real pull of a tiny image that a loopback server of its own
- * serves, into a scratch image host (its own content store and snapshots) under the daemon's tmp
+ * it starts, in the background: a real pull of a small image (two layers, 1.5 MiB) that a
+ * loopback server of its own serves, into a scratch image host (its own content store and snapshots) under the daemon's tmp
  * dir, removed after (and swept at the next start if the daemon died in between). Nothing of it
  * reaches the host's images, the store or the events.
  */
@@ -39,27 +39,58 @@ export interface WarmupStep {
 }
 
 
-/** A small uncompressed layer of the kinds of entries images have (a whiteout, links, a directory). */
-async function sampleLayerTar(): Promise<Buffer> {
+/** A layer's tar from its entries (a body: file; none: as the header says). */
+async function layerTar(entries: Array<[Partial<tar.Header> & { name: string }, (string | Buffer)?]>): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   const done = (async () => {
     for await (const c of pack) chunks.push(c as Buffer);
   })();
-  const entry = (h: Partial<tar.Header> & { name: string }, body?: string) =>
-    new Promise<void>((resolve, reject) => {
+  for (const [h, body] of entries) {
+    await new Promise<void>((resolve, reject) => {
       const cb = (err?: Error | null) => (err ? reject(err) : resolve());
       if (body === undefined) pack.entry(h, cb);
       else pack.entry(h, body, cb);
     });
-  await entry({ name: 'etc/', type: 'directory', mode: 0o755 });
-  for (let i = 0; i < 8; i++) await entry({ name: `etc/file${i}`, mode: 0o644 }, `warm-up ${i}\n`);
-  await entry({ name: 'etc/link', type: 'symlink', linkname: 'file0' });
-  await entry({ name: 'etc/hard', type: 'link', linkname: 'etc/file1' });
-  await entry({ name: 'etc/.wh.gone', mode: 0o644 }, '');
+  }
   pack.finalize();
   await done;
   return Buffer.concat(chunks);
+}
+
+/**
+ * The layers of an image shaped as small real ones are: a gzip one with a program of a megabyte
+ * and more (so the body, its digest, zlib, the tar parser and the unpack's large-file path run
+ * through as many chunks as a real image's do: a one-file sample left a fresh daemon's first pull
+ * of the test image ~10 ms slower) and links to it, then an uncompressed one with a whiteout and
+ * an opaque directory. Deflate at level 0 (stored blocks): the same code runs on the pull's side,
+ * without ~30 ms of compressing at each start.
+ */
+async function sampleLayers(): Promise<Array<{ tar: Buffer; gzip: boolean }>> {
+  const program = Buffer.alloc(1536 * 1024);
+  for (let i = 0, x = 2463534242; i < program.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    program[i] = x & 0xff;
+  }
+  const first = await layerTar([
+    [{ name: 'bin/', type: 'directory', mode: 0o755 }],
+    [{ name: 'bin/program', mode: 0o755 }, program],
+    ...Array.from({ length: 300 }, (_, i): [Partial<tar.Header> & { name: string }] => [{ name: `bin/applet${i}`, type: 'symlink', linkname: 'program' }]),
+    [{ name: 'etc/', type: 'directory', mode: 0o755 }],
+    ...Array.from({ length: 8 }, (_, i): [Partial<tar.Header> & { name: string }, string] => [{ name: `etc/file${i}`, mode: 0o644 }, `warm-up ${i}\n`]),
+    [{ name: 'etc/hard', type: 'link', linkname: 'etc/file1' }],
+    [{ name: 'data/', type: 'directory', mode: 0o755 }],
+    [{ name: 'data/old', mode: 0o644 }, 'replaced\n'],
+  ]);
+  const second = await layerTar([
+    [{ name: 'etc/.wh.file7', mode: 0o644 }, ''],
+    [{ name: 'data/', type: 'directory', mode: 0o755 }],
+    [{ name: 'data/.wh..wh..opq', mode: 0o644 }, ''],
+    [{ name: 'data/new', mode: 0o644 }, 'new\n'],
+  ]);
+  return [{ tar: first, gzip: true }, { tar: second, gzip: false }];
 }
 
 interface Served {
@@ -72,18 +103,18 @@ const served = (mediaType: string, body: Buffer): Served => ({ mediaType, body, 
 
 /** The documents (by tag and by digest) and blobs of a one-layer image behind an index, as a registry serves them. */
 async function sampleImage(): Promise<{ manifests: Map<string, Served>; blobs: Map<string, Served> }> {
-  const layerTar = await sampleLayerTar();
-  const layer = served(MT.ociLayerGzip, gzipSync(layerTar));
-  const config = served(MT.ociConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] }, rootfs: { type: 'layers', diff_ids: [digestOf(layerTar)] } })));
+  const tars = await sampleLayers();
+  const layers = tars.map((l) => (l.gzip ? served(MT.ociLayerGzip, gzipSync(l.tar, { level: 0 })) : served(MT.ociLayer, l.tar)));
+  const config = served(MT.ociConfig, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['true'] }, rootfs: { type: 'layers', diff_ids: tars.map((l) => digestOf(l.tar)) } })));
   const descriptor = (x: Served) => ({ mediaType: x.mediaType, digest: x.digest, size: x.body.length });
-  const manifest = served(MT.ociManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociManifest, config: descriptor(config), layers: [descriptor(layer)] })));
+  const manifest = served(MT.ociManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MT.ociManifest, config: descriptor(config), layers: layers.map(descriptor) })));
   const index = served(MT.ociIndex, Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: MT.ociIndex,
     manifests: [{ ...descriptor(manifest), platform: { os: 'linux', architecture: 'amd64' } }],
   })));
   return {
     manifests: new Map([[TAG, index], [index.digest, index], [manifest.digest, manifest]]),
-    blobs: new Map([[config.digest, config], [layer.digest, layer]]),
+    blobs: new Map([[config.digest, config], ...layers.map((l): [string, Served] => [l.digest, l])]),
   };
 }
 
