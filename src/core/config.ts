@@ -97,7 +97,7 @@ export interface CompiledOptions extends Readonly<NimbusOptions> {
   readonly containersDir: string;
   /** One directory per VM (vm-driver.ts) and the accelerator choice. */
   readonly vmsDir: string;
-  /** Networks and endpoints this host laid out (agent/network/network-host.ts). */
+  /** Networks and endpoints this host laid out (agent/network/network-host.ts; the records: network-state.ts). */
   readonly networkDir: string;
   readonly tmpDir: string;
 }
