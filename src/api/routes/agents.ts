@@ -2,7 +2,7 @@ import { Type } from '@sinclair/typebox';
 import { route } from '../route.js';
 import { Conflict, Unauthenticated } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
-import { MAX_JOIN_TOKEN_TTL_MS } from '../../control/agents/agent-directory.js';
+import { MAX_JOIN_TOKEN_TTL_MS } from '../../control/agents/join-tokens.js';
 import { Host, hostCounts, refuseWhileInstances } from './hosts.js';
 
 const Protocol = Type.Object(

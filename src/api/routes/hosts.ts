@@ -9,8 +9,8 @@ import { route, type RequestAuth } from '../route.js';
 import { Conflict } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import type { Services } from '../../control/services.js';
-import type { HostCounts } from '../../control/agents/agent-directory.js';
-import { MAX_ALLOCATION_RATIO } from '../../control/agents/agent-directory.js';
+import type { HostCounts } from '../../control/agents/host-summary.js';
+import { MAX_ALLOCATION_RATIO } from '../../control/agents/host-settings.js';
 import { allocatedOn } from '../../control/scheduler/allocated.js';
 
 const Ratios = Type.Object({ cpu: Type.Number(), memory: Type.Number(), disk: Type.Number() });

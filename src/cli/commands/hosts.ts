@@ -2,7 +2,7 @@
 import { OUTPUT_OPTION, UsageError, type CommandSpec, type OptionValue } from '../args.js';
 import { ago, render, table } from '../output.js';
 import { clientOf, eachArg } from './shared.js';
-import type { HostSummary } from '../../control/agents/agent-directory.js';
+import type { HostSummary } from '../../control/agents/host-summary.js';
 
 export type HostRow = HostSummary;
 
