@@ -102,6 +102,9 @@ export async function admitAgent(req: AgentRegistration, deps: AdmissionDeps): P
     await probe.close().catch(() => undefined);
     throw e;
   }
-  if (!rec) throw new Unavailable(`agent ${req.name}: its row went away while it registered`);
+  if (!rec) {
+    await probe.close().catch(() => undefined);
+    throw new Unavailable(`agent ${req.name}: its row went away while it registered`);
+  }
   return { rec, info, probe };
 }
