@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -53,6 +53,41 @@ describe('VM record: QEMU seen gone', () => {
       assert.equal(seen.exitCode, 255);
       assert.equal(seen.qemuPid, undefined);
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+  it('an end seen outside any operation is written under the VM\'s lock, onto the record as the operation left it', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-vm-record-'));
+    const children: ChildProcess[] = [];
+    try {
+      const store = new VmRecordStore(dir);
+      const p = store.paths('vm3');
+      await mkdir(path.dirname(p.record), { recursive: true });
+      const gone = spawn('true', { stdio: 'ignore' });
+      await new Promise((r) => gone.once('exit', r));
+      // a supervisor that lives 0.4 s and writes no status: the observer waits for it meanwhile
+      const supervisor = spawn('sleep', ['0.4'], { stdio: 'ignore' });
+      children.push(supervisor);
+      await writeFile(p.record, JSON.stringify(record('vm3', gone.pid!, supervisor.pid!)));
+      const watcher = store.load('vm3'); // as the exit watcher does: no lock held
+      await new Promise((r) => setTimeout(r, 100));
+      // an operation changes the record meanwhile (a detach while the VM is being seen ending)
+      await store.locked('vm3', async () => {
+        const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+        r.config.memoryMiB = 128;
+        await store.save(r);
+      });
+      const seen = await watcher;
+      assert.equal(seen.lifecycle, 'stopped');
+      const onDisk = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      assert.equal(onDisk.lifecycle, 'stopped');
+      assert.equal(onDisk.config.memoryMiB, 128, 'the operation\'s change stays');
+      // and an observer inside the operation does not wait for the lock it holds
+      await writeFile(p.record, JSON.stringify(record('vm3', gone.pid!, gone.pid!)));
+      const inside = await store.locked('vm3', () => store.load('vm3'));
+      assert.equal(inside.lifecycle, 'stopped');
+    } finally {
+      for (const c of children) c.kill('SIGKILL');
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -4,6 +4,7 @@
  * happened outside the driver (QEMU exited), saves it atomically, and serialises the
  * operations on one VM (locked).
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -71,6 +72,8 @@ let recordWrites = 0;
 
 export class VmRecordStore implements VmRecords {
   private readonly locks = new KeyedLock();
+  /** The VMs whose lock this async context holds: an observer inside an operation writes at once. */
+  private readonly held = new AsyncLocalStorage<ReadonlySet<string>>();
 
   constructor(private readonly stateDir: string) {}
 
@@ -80,7 +83,12 @@ export class VmRecordStore implements VmRecords {
   }
 
   locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    return this.locks.run(id, fn);
+    return this.locks.run(id, () => this.held.run(new Set([...(this.held.getStore() ?? []), id]), fn));
+  }
+
+  /** fn under the VM's lock, taken unless this context holds it already (it is not reentrant). */
+  private underLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.held.getStore()?.has(id) ? fn() : this.locked(id, fn);
   }
 
   async load(id: string): Promise<VmRecord> {
@@ -130,29 +138,38 @@ export class VmRecordStore implements VmRecords {
         log.warn('QEMU seen gone once but alive on a second look: left running', { id: r.id, pid: r.qemuPid });
         return r;
       }
-      // someone else (saveState, another watcher) may have recorded the end already: theirs stands
-      const now = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
-      if (now.lifecycle !== r.lifecycle || now.qemuPid !== r.qemuPid) return now;
-      r.lifecycle = 'stopped';
-      r.finishedAt = new Date().toISOString();
-      if (r.killedBy === 'SIGKILL') r.exitCode = 137;
-      else if (status !== undefined) r.exitCode = decodeExitStatus(status, r.config.debugExit);
-      else {
-        r.exitCode = 255; // supervisor gone too: status unknown
-        // what /proc says of the QEMU now: a CI run under load saw migrated VMs recorded stopped at
-        // their destination (not reproduced), and this is the path that records an end unseen
-        const st = r.qemuPid ? procStat(r.qemuPid) : undefined;
-        log.warn('QEMU seen gone without an exit status: recorded stopped (255)', {
-          id: r.id, pid: r.qemuPid, procState: st?.state ?? 'gone', aliveNow: processAlive(r.qemuPid, p.qmpSocket), supervisorAlive: processAlive(r.supervisorPid),
-        });
-      }
-      delete r.qemuPid;
-      delete r.supervisorPid;
-      // the exit status stays until the next launch: a second observer racing this one (an exit
-      // watcher and a stop) must read the same status, not record 255 for a file removed under it
-      await removeRunFiles(p, { keepExitStatus: true });
-      await this.save(r);
+      // The end is written under the VM's lock: an observer outside any operation (the exit
+      // watcher) that wrote its copy of the record after an operation's save (a detach, a start)
+      // undid that operation's change: CI saw a volume detached while stopped come back at the start.
+      return this.underLock(r.id, () => this.recordEnd(r, p, status));
     }
+    return r;
+  }
+
+  /** QEMU's end folded into the record as it is now (under the lock: an operation's changes stay). */
+  private async recordEnd(seen: VmRecord, p: InstancePaths, status: number | undefined): Promise<VmRecord> {
+    // someone else (saveState, another watcher) may have recorded the end already: theirs stands
+    const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+    if (r.lifecycle !== seen.lifecycle || r.qemuPid !== seen.qemuPid) return r;
+    r.lifecycle = 'stopped';
+    r.finishedAt = new Date().toISOString();
+    if (r.killedBy === 'SIGKILL') r.exitCode = 137;
+    else if (status !== undefined) r.exitCode = decodeExitStatus(status, r.config.debugExit);
+    else {
+      r.exitCode = 255; // supervisor gone too: status unknown
+      // what /proc says of the QEMU now: a CI run under load saw migrated VMs recorded stopped at
+      // their destination (not reproduced), and this is the path that records an end unseen
+      const st = r.qemuPid ? procStat(r.qemuPid) : undefined;
+      log.warn('QEMU seen gone without an exit status: recorded stopped (255)', {
+        id: r.id, pid: r.qemuPid, procState: st?.state ?? 'gone', aliveNow: processAlive(r.qemuPid, p.qmpSocket), supervisorAlive: processAlive(r.supervisorPid),
+      });
+    }
+    delete r.qemuPid;
+    delete r.supervisorPid;
+    // the exit status stays until the next launch: a second observer racing this one (an exit
+    // watcher and a stop) must read the same status, not record 255 for a file removed under it
+    await removeRunFiles(p, { keepExitStatus: true });
+    await this.save(r);
     return r;
   }
 }
