@@ -7,8 +7,8 @@
  * run (the registry client, the pull, the content store, the unpack, the snapshots), the probes
  * for perl and zstd (a process each) and the small-file writer threads. The agent pays it once as
  * it starts, in the background: a real pull of a small image (two layers, 0.5 MiB) that a
- * loopback server of its own serves, into a scratch image host (its own content store and snapshots) under the daemon's tmp
- * dir, removed after (and swept at the next start if the daemon died in between). Nothing of it
+ * loopback server of its own serves, into a scratch image host (its own content store and
+ * snapshots) under the daemon's tmp dir, removed after (and swept at the next start if the daemon died in between). Nothing of it
  * reaches the host's images, the store or the events.
  */
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -39,8 +39,11 @@ export interface WarmupStep {
 }
 
 
+/** A tar entry: its header and, for a file, its body. */
+type Entry = [Partial<tar.Header> & { name: string }, (string | Buffer)?];
+
 /** A layer's tar from its entries (a body: file; none: as the header says). */
-async function layerTar(entries: Array<[Partial<tar.Header> & { name: string }, (string | Buffer)?]>): Promise<Buffer> {
+async function layerTar(entries: Entry[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   const done = (async () => {
@@ -78,9 +81,9 @@ async function sampleLayers(): Promise<Array<{ tar: Buffer; gzip: boolean }>> {
   const first = await layerTar([
     [{ name: 'bin/', type: 'directory', mode: 0o755 }],
     [{ name: 'bin/program', mode: 0o755 }, program],
-    ...Array.from({ length: 100 }, (_, i): [Partial<tar.Header> & { name: string }] => [{ name: `bin/applet${i}`, type: 'symlink', linkname: 'program' }]),
+    ...Array.from({ length: 100 }, (_, i): Entry => [{ name: `bin/applet${i}`, type: 'symlink', linkname: 'program' }]),
     [{ name: 'etc/', type: 'directory', mode: 0o755 }],
-    ...Array.from({ length: 8 }, (_, i): [Partial<tar.Header> & { name: string }, string] => [{ name: `etc/file${i}`, mode: 0o644 }, `warm-up ${i}\n`]),
+    ...Array.from({ length: 8 }, (_, i): Entry => [{ name: `etc/file${i}`, mode: 0o644 }, `warm-up ${i}\n`]),
     [{ name: 'etc/hard', type: 'link', linkname: 'etc/file1' }],
     [{ name: 'data/', type: 'directory', mode: 0o755 }],
     [{ name: 'data/old', mode: 0o644 }, 'replaced\n'],
@@ -102,7 +105,7 @@ interface Served {
 
 const served = (mediaType: string, body: Buffer): Served => ({ mediaType, body, digest: digestOf(body) });
 
-/** The documents (by tag and by digest) and blobs of a one-layer image behind an index, as a registry serves them. */
+/** The documents (by tag and by digest) and blobs of the sample image behind an index, as a registry serves them. */
 async function sampleImage(): Promise<{ manifests: Map<string, Served>; blobs: Map<string, Served> }> {
   const tars = await sampleLayers();
   const layers = tars.map((l) => (l.gzip ? served(MT.ociLayerGzip, gzipSync(l.tar, { level: 0 })) : served(MT.ociLayer, l.tar)));

@@ -5,6 +5,7 @@
  * the same kind elsewhere (the pull warm-up's scratch one) asks the registry by name.
  */
 import { join } from 'node:path';
+import type { CompiledOptions } from '../../core/config.js';
 import { Internal, InvalidArgument } from '../../core/errors.js';
 import { Registry, type ProbeResult } from '../../core/registry.js';
 import { logger } from '../../core/log.js';
@@ -13,9 +14,6 @@ import { OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
 import type { Snapshotter } from './snapshotter.js';
 
 const log = logger('agent.snapshots');
-
-export const SNAPSHOTTER_NAMES = ['overlayfs', 'native'] as const;
-export type SnapshotterName = (typeof SNAPSHOTTER_NAMES)[number];
 
 export interface SnapshotterContext {
   /** Where each snapshotter keeps its snapshots, under its own name. */
@@ -38,15 +36,15 @@ export function snapshotterNamed(name: string, snapshotsDir: string): Snapshotte
 
 /**
  * The snapshotter asked for, or with `auto` the first usable one in the registry's order of
- * preference (overlayfs, then native). Asking for one this host cannot run is refused with the
+ * preference (overlayfs, then native: the order they are registered in). Asking for one this host cannot run is refused with the
  * probe's reason, not silently replaced.
  */
-export async function chooseSnapshotter(asked: SnapshotterName | 'auto', ctx: SnapshotterContext): Promise<{ snapshotter: Snapshotter; probes: ProbeResult[] }> {
-  const probes = await snapshotters.probeAll(ctx);
-  const probe = (name: string) => probes.find((p) => p.name === name)!;
-  if (asked !== 'auto' && !probe(asked).usable) throw new InvalidArgument(`snapshotter ${asked} is not usable here: ${probe(asked).reason}`);
-  const name = asked !== 'auto' ? asked : SNAPSHOTTER_NAMES.find((n) => probe(n).usable)!;
-  const skipped = probes.filter((p) => !p.usable && asked === 'auto' && SNAPSHOTTER_NAMES.indexOf(p.name as SnapshotterName) < SNAPSHOTTER_NAMES.indexOf(name));
-  for (const p of skipped) log.warn(`${p.name} unusable, using the ${name} snapshotter`, { reason: p.reason });
-  return { snapshotter: snapshotterNamed(name, ctx.snapshotsDir), probes };
+export async function chooseSnapshotter(asked: CompiledOptions['snapshotter'], ctx: SnapshotterContext): Promise<{ snapshotter: Snapshotter; probes: ProbeResult[] }> {
+  const probes = await snapshotters.probeAll(ctx); // in the registry's order of preference
+  // native is always usable: auto always finds one
+  const chosen = probes.find((p) => (asked === 'auto' ? p.usable : p.name === asked))!;
+  if (!chosen.usable) throw new InvalidArgument(`snapshotter ${asked} is not usable here: ${chosen.reason}`);
+  // with auto, every one before the chosen was unusable
+  if (asked === 'auto') for (const p of probes.slice(0, probes.indexOf(chosen))) log.warn(`${p.name} unusable, using the ${chosen.name} snapshotter`, { reason: p.reason });
+  return { snapshotter: snapshotterNamed(chosen.name, ctx.snapshotsDir), probes };
 }

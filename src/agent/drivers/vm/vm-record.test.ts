@@ -12,15 +12,28 @@ const record = (id: string, qemuPid: number, supervisorPid: number): VmRecord =>
   config: { cpus: 1, memoryMiB: 64 } as VmRecord['config'],
 });
 
+/** A record store in a temporary directory, with the directory of VM `id` made. */
+async function storeWith(id: string): Promise<{ dir: string; store: VmRecordStore; p: ReturnType<VmRecordStore['paths']> }> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-vm-record-'));
+  const store = new VmRecordStore(dir);
+  const p = store.paths(id);
+  await mkdir(path.dirname(p.record), { recursive: true });
+  return { dir, store, p };
+}
+
+/** The pid of a process that has exited (and been reaped). */
+async function deadPid(): Promise<number> {
+  const gone = spawn('true', { stdio: 'ignore' });
+  await new Promise((r) => gone.once('exit', r));
+  return gone.pid!;
+}
+
 describe('VM record: QEMU seen gone', () => {
   it('a QEMU that answers a second look (no exit status written) stays running, not recorded stopped', async () => {
-    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-vm-record-'));
+    const id = 'vm1';
+    const { dir, store, p } = await storeWith(id);
     const children: ChildProcess[] = [];
     try {
-      const store = new VmRecordStore(dir);
-      const id = 'vm1';
-      const p = store.paths(id);
-      await mkdir(path.dirname(p.record), { recursive: true });
       // "QEMU": its command line holds the QMP socket's path (the liveness marker) only after
       // 0.2 s, so the first look finds it gone and the second, after the supervisor's wait, alive
       const [head, tail] = [p.qmpSocket.slice(0, -3), p.qmpSocket.slice(-3)];
@@ -40,14 +53,10 @@ describe('VM record: QEMU seen gone', () => {
   });
 
   it('a QEMU really gone without an exit status is recorded stopped with 255', async () => {
-    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-vm-record-'));
+    const { dir, store, p } = await storeWith('vm2');
     try {
-      const store = new VmRecordStore(dir);
-      const p = store.paths('vm2');
-      await mkdir(path.dirname(p.record), { recursive: true });
-      const gone = spawn('true', { stdio: 'ignore' });
-      await new Promise((r) => gone.once('exit', r));
-      await writeFile(p.record, JSON.stringify(record('vm2', gone.pid!, gone.pid!)));
+      const gone = await deadPid();
+      await writeFile(p.record, JSON.stringify(record('vm2', gone, gone)));
       const seen = await store.load('vm2');
       assert.equal(seen.lifecycle, 'stopped');
       assert.equal(seen.exitCode, 255);
@@ -56,19 +65,16 @@ describe('VM record: QEMU seen gone', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
   it('an end seen outside any operation is written under the VM\'s lock, onto the record as the operation left it', async () => {
-    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-vm-record-'));
+    const { dir, store, p } = await storeWith('vm3');
     const children: ChildProcess[] = [];
     try {
-      const store = new VmRecordStore(dir);
-      const p = store.paths('vm3');
-      await mkdir(path.dirname(p.record), { recursive: true });
-      const gone = spawn('true', { stdio: 'ignore' });
-      await new Promise((r) => gone.once('exit', r));
+      const gone = await deadPid();
       // a supervisor that lives 0.4 s and writes no status: the observer waits for it meanwhile
       const supervisor = spawn('sleep', ['0.4'], { stdio: 'ignore' });
       children.push(supervisor);
-      await writeFile(p.record, JSON.stringify(record('vm3', gone.pid!, supervisor.pid!)));
+      await writeFile(p.record, JSON.stringify(record('vm3', gone, supervisor.pid!)));
       const watcher = store.load('vm3'); // as the exit watcher does: no lock held
       await new Promise((r) => setTimeout(r, 100));
       // an operation changes the record meanwhile (a detach while the VM is being seen ending)
@@ -83,7 +89,7 @@ describe('VM record: QEMU seen gone', () => {
       assert.equal(onDisk.lifecycle, 'stopped');
       assert.equal(onDisk.config.memoryMiB, 128, 'the operation\'s change stays');
       // and an observer inside the operation does not wait for the lock it holds
-      await writeFile(p.record, JSON.stringify(record('vm3', gone.pid!, gone.pid!)));
+      await writeFile(p.record, JSON.stringify(record('vm3', gone, gone)));
       const inside = await store.locked('vm3', () => store.load('vm3'));
       assert.equal(inside.lifecycle, 'stopped');
     } finally {
