@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -183,7 +183,7 @@ describe('registry authentication (real htpasswd registry, token service in fron
   });
 });
 
-describe('unpack limits and disk space through the agent (real registry, LocalAgent, overlay snapshots)', () => {
+describe('hostile layers, unpack limits and disk space through the agent (real registry, LocalAgent, overlay snapshots)', () => {
   const MiB = 1024 ** 2;
   let reg: RegistryFixture | undefined;
   before(async () => {
@@ -195,7 +195,11 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
 
   /** An image of gzip layers (each a few KB of zeros expanding to its files' sizes), pushed as repo:latest. */
   async function pushLayers(repo: string, layers: { name: string; size: number }[][]) {
-    const raws = await Promise.all(layers.map((files) => makeTar(files.map((f) => ({ name: f.name, type: 'file' as const, content: Buffer.alloc(f.size) })))));
+    return pushTars(repo, await Promise.all(layers.map((files) => makeTar(files.map((f) => ({ name: f.name, type: 'file' as const, content: Buffer.alloc(f.size) }))))));
+  }
+
+  /** An image of these layer tars (gzip), pushed as repo:latest. */
+  async function pushTars(repo: string, raws: Buffer[]) {
     const blobs = raws.map((r) => blobOf(gzipSync(r, { level: 9 }), MEDIA.layerGzip));
     for (const b of blobs) assert.ok(b.size < 256 * 1024, `a small layer (${b.size} bytes)`);
     const config = blobOf(Buffer.from(JSON.stringify({
@@ -235,6 +239,28 @@ describe('unpack limits and disk space through the agent (real registry, LocalAg
     const ingest = join(options.contentDir, 'ingest');
     assert.deepEqual(existsSync(ingest) ? readdirSync(ingest) : [], [], 'no half-stored blob');
   }
+
+  test('a layer that replaces a directory by a symlink to a host path, after queuing the directory\'s mode and a whiteout in it, pulls without touching that path', async (t) => {
+    const defer = cleanups(t);
+    const home = mkdtempSync(join(tmpdir(), 'nimbus-hostile-'));
+    defer(() => rmSync(home, { recursive: true, force: true }));
+    const victim = mkdtempSync(join(tmpdir(), 'nimbus-victim-'));
+    defer(() => rmSync(victim, { recursive: true, force: true }));
+    chmodSync(victim, 0o700);
+    writeFileSync(join(victim, 'keep'), 'host');
+    const before = statSync(victim);
+    const { agent } = await agentIn(defer, home);
+    await pushTars('nimbus-test/swap', [await makeTar([
+      { name: 'd/', type: 'directory', mode: 0o777 }, // its mode and mtime are set once the layer is unpacked
+      { name: 'd/.wh.planted', type: 'file', content: '' }, // an overlay whiteout: a device node made then too
+      { name: 'd', type: 'symlink', linkname: victim },
+    ])]);
+    await agent.pullImage(`${reg!.host}/nimbus-test/swap:latest`, {}, () => undefined);
+    const after = statSync(victim);
+    assert.equal(after.mode & 0o7777, 0o700, 'the host directory keeps its mode');
+    assert.equal(after.mtimeMs, before.mtimeMs, 'and its mtime');
+    assert.deepEqual(readdirSync(victim), ['keep'], 'no node made in it');
+  });
 
   test('a gzip bomb over the per-layer limit fails the pull (400, naming the layer and the limit) and leaves no snapshot; import too', async (t) => {
     const defer = cleanups(t);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, statfs, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -495,6 +495,68 @@ describe('applyLayer: hostile layers', () => {
     await refused([{ name: 's', type: 'symlink', linkname: '' }], /"s".*empty/);
     assert.deepEqual(normaliseEntryPath('/a/./b//c/../d'), ['a', 'b', 'd']);
     assert.throws(() => normaliseEntryPath('a/../..'), /escapes/);
+  });
+
+  /** getfattr's dump of p's xattrs (every namespace; attr is installed by bootstrap). */
+  function xattrDump(p: string): string {
+    const g = spawnSync('getfattr', ['-h', '-d', '-m', '-', p]);
+    assert.equal(g.status, 0, `getfattr: ${g.stderr.toString()}`);
+    return g.stdout.toString();
+  }
+
+  for (const mode of ['overlay', 'native'] as const) {
+    it(`${mode}: what an entry queued for the end of the layer is dropped when a later entry replaces its path, never applied through the symlink that replaced it`, async () => {
+      const outer = await freshDir();
+      const dir = path.join(outer, 'root');
+      const outside = path.join(outer, 'outside');
+      await mkdir(dir);
+      await mkdir(outside, { mode: 0o700 });
+      await writeFile(path.join(outside, 'file'), 'original', { mode: 0o600 });
+      const then = new Date(1_600_000_000_000);
+      await utimes(outside, then, then);
+      const before = { dir: await stat(outside), file: await stat(path.join(outside, 'file')), xattrs: xattrDump(path.join(outside, 'file')) };
+      await apply(
+        dir,
+        [
+          { name: 'd/', type: 'directory', mode: 0o777, mtime: new Date(0) }, // its mode and mtime are set at the end
+          { name: 'a/', type: 'directory' },
+          { name: 'a/file', content: 'inner', pax: { 'SCHILY.xattr.user.pwned': 'yes' } }, // its xattr too
+          { name: 'a/p', type: 'fifo', mode: 0o666 }, // made at the end
+          ...(mode === 'overlay' ? [{ name: 'a/.wh.gone', content: '' }] : []), // a whiteout node, made at the end
+          { name: 'd', type: 'symlink', linkname: outside },
+          { name: 'a', type: 'symlink', linkname: outside },
+        ],
+        { mode },
+      );
+      assert.equal(await readlink(path.join(dir, 'd')), outside);
+      assert.equal(await readlink(path.join(dir, 'a')), outside);
+      const after = await stat(outside);
+      assert.equal(after.mode & 0o7777, 0o700, 'the directory the symlink names keeps its mode');
+      assert.equal(after.mtimeMs, before.dir.mtimeMs, 'and its mtime');
+      assert.deepEqual(await readdir(outside), ['file'], 'no fifo or whiteout made outside');
+      assert.equal((await stat(path.join(outside, 'file'))).mode & 0o7777, before.file.mode & 0o7777);
+      assert.equal(xattrDump(path.join(outside, 'file')), before.xattrs, 'no xattr set outside');
+      assert.doesNotMatch(xattrDump(path.join(outside, 'file')), /pwned/);
+    });
+  }
+
+  it('a path written again takes its last entry: a fifo or a whiteout superseded by a file, a directory named twice', async () => {
+    const dir = await freshDir();
+    await apply(
+      dir,
+      [
+        { name: 'p', type: 'fifo' },
+        { name: 'p', content: 'file now' },
+        { name: '.wh.x', content: '' },
+        { name: 'x', content: 'x is a file' },
+        { name: 'd/', type: 'directory', mode: 0o700 },
+        { name: 'd/', type: 'directory', mode: 0o751 },
+      ],
+      { mode: 'overlay' },
+    );
+    assert.equal(await readFile(path.join(dir, 'p'), 'utf8'), 'file now');
+    assert.equal(await readFile(path.join(dir, 'x'), 'utf8'), 'x is a file');
+    assert.equal((await stat(path.join(dir, 'd'))).mode & 0o7777, 0o751);
   });
 
   it('drops trusted.* xattrs from layers (overlay metadata cannot be injected)', async () => {

@@ -16,25 +16,28 @@
  * target's filesystem is checked as files are written, so a layer never fills the disk.
  *
  * Node has neither mknod(2) nor setxattr(2). Whiteouts, fifos and xattrs are
- * collected and applied at the end in one batch by a tiny perl helper calling the
- * syscalls directly (perl-base is Essential in Debian); without perl it falls back
- * to one `mknod`/`mkfifo`/`setfattr` process per node.
+ * collected and applied at the end in one batch (special-ops.ts), as are the modes and
+ * times of directories and fifos. A later entry may replace what an earlier one made
+ * (a directory by a symlink to a host path): an operation whose target was replaced
+ * since it was queued is dropped, and every deferred operation reaches its target
+ * without following a symlink, so a case the bookkeeping missed fails the layer
+ * rather than changing anything outside the root.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants as FS } from 'node:fs';
-import { chmod, chown, lchown, link, lstat, lutimes, mkdir, open, readdir, realpath, rm, symlink, unlink, utimes } from 'node:fs/promises';
+import { lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
 import { Duplex, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { InvalidArgument, NimbusError, ResourceExhausted, Unavailable } from '../../core/errors.js';
-import { run } from '../../core/exec.js';
+import { InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
 import { SmallFileWriter } from './file-writer.js';
+import { haveZstd, layerCompression, zstdDecompressor } from './layer-compression.js';
+import { applySpecialOps, probeSpecialOps, type NodeOp, type XattrOp } from './special-ops.js';
 import { DEFAULT_LAYER_MAX_BYTES, DEFAULT_LAYER_MAX_ENTRIES, formatBytes, type ImageBudget } from './unpack-limits.js';
 
 const log = logger('agent.layers.apply');
@@ -117,23 +120,8 @@ export const DEFAULT_LIMITS: Required<ApplyLayerLimits> = {
   maxPathLength: 4095,
 };
 
-export type LayerCompression = 'none' | 'gzip' | 'zstd';
-
-/** Compression of an OCI / Docker layer media type; InvalidArgument for anything else. */
-export function layerCompression(mediaType: string): LayerCompression {
-  const mt = mediaType.trim().toLowerCase();
-  if (/^application\/vnd\.oci\.image\.layer\.(nondistributable\.)?v1\.tar$/.test(mt)) return 'none';
-  if (/^application\/vnd\.oci\.image\.layer\.(nondistributable\.)?v1\.tar\+gzip$/.test(mt)) return 'gzip';
-  if (/^application\/vnd\.oci\.image\.layer\.(nondistributable\.)?v1\.tar\+zstd$/.test(mt)) return 'zstd';
-  if (/^application\/vnd\.docker\.image\.rootfs\.(foreign\.)?diff\.tar\.gzip$/.test(mt)) return 'gzip';
-  if (mt === 'application/vnd.docker.image.rootfs.diff.tar' || mt === 'application/x-tar') return 'none';
-  throw new InvalidArgument(`unsupported layer media type ${JSON.stringify(mediaType)}`, { mediaType });
-}
-
 const WH_PREFIX = '.wh.';
 const WH_OPAQUE = '.wh..wh..opq';
-const S_IFCHR = 0o020000;
-const S_IFIFO = 0o010000;
 
 function refuse(entry: string, reason: string): never {
   throw new InvalidArgument(`layer entry ${JSON.stringify(entry)}: ${reason}`, { entry, reason });
@@ -172,149 +160,37 @@ async function lstatOrUndefined(p: string): Promise<Stats | undefined> {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// mknod / setxattr helper
-
-interface NodeOp {
-  kind: 'whiteout' | 'fifo';
-  abs: string;
-  rel: string;
-  mode: number;
-}
-interface XattrOp {
-  abs: string;
-  rel: string;
-  name: string;
-  value: Buffer;
-}
-
-/** perl calls mknodat(2)/lsetxattr(2) directly; one process per layer. */
-const PERL_HELPER = String.raw`
-use strict; use warnings;
-my ($mknodat, $lsetxattr) = @ARGV;
-while (my $line = <STDIN>) {
-  chomp $line;
-  my @f = split / /, $line, -1;
-  my $op = shift @f;
-  my $r;
-  if ($op eq 'N') {
-    my $p = pack('H*', $f[0]);
-    $r = syscall($mknodat + 0, -100, $p, $f[1] + 0, 0);
-  } elsif ($op eq 'X') {
-    my ($p, $n, $v) = map { pack('H*', $_) } @f;
-    $r = syscall($lsetxattr + 0, $p, $n, $v, length($v) + 0, 0);
-  } else { die "bad op $op\n" }
-  if ($r != 0) { print STDERR "$line: $!\n"; exit 3; }
-}
-`;
-
-const SYSCALLS: Partial<Record<string, { mknodat: number; lsetxattr: number }>> = {
-  x64: { mknodat: 259, lsetxattr: 189 },
-  arm64: { mknodat: 33, lsetxattr: 6 },
-  riscv64: { mknodat: 33, lsetxattr: 6 },
-};
-
-let perlOk: Promise<boolean> | undefined;
-function havePerl(): Promise<boolean> {
-  perlOk ??= run('perl', ['-e', 'exit 0']).then(
-    (r) => r.code === 0 && SYSCALLS[process.arch] !== undefined,
-    () => false,
-  );
-  return perlOk;
-}
-
-async function programExists(file: string, args: string[]): Promise<boolean> {
-  try {
-    await run(file, args);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function applySpecialOps(nodes: NodeOp[], xattrs: XattrOp[]): Promise<void> {
-  if (nodes.length === 0 && xattrs.length === 0) return;
-  const hex = (s: string | Buffer) => Buffer.from(s).toString('hex');
-  if (await havePerl()) {
-    const sc = SYSCALLS[process.arch]!;
-    const lines = [
-      ...nodes.map((n) => `N ${hex(n.abs)} ${n.kind === 'whiteout' ? S_IFCHR : S_IFIFO | (n.mode & 0o777)}`),
-      ...xattrs.map((x) => `X ${hex(x.abs)} ${hex(x.name)} ${hex(x.value)}`),
-    ];
-    const r = await run('perl', ['-e', PERL_HELPER, String(sc.mknodat), String(sc.lsetxattr)], {
-      input: lines.join('\n') + '\n',
-    });
-    if (r.code !== 0) {
-      const bad = r.stderr.trim().split(' ')[1];
-      const which = [...nodes, ...xattrs].find((o) => bad !== undefined && hex(o.abs) === bad);
-      // stderr is "<op> <hex path> …: <errno text>": only the errno text, never the host path
-      const why = r.stderr.trim().split(': ').pop() ?? '';
-      throw new InvalidArgument(`layer entry ${JSON.stringify(which?.rel ?? '?')}: could not create node or xattr: ${why}`, { entry: which?.rel });
-    }
-    return;
-  }
-  for (const n of nodes) {
-    const r =
-      n.kind === 'whiteout'
-        ? await run('mknod', ['-m', '0', '--', n.abs, 'c', '0', '0'])
-        : await run('mkfifo', ['-m', (n.mode & 0o777).toString(8), '--', n.abs]);
-    if (r.code !== 0) refuse(n.rel, `could not create ${n.kind} (exit ${r.code})`); // its stderr names the host path
-  }
-  if (xattrs.length > 0 && !(await programExists('setfattr', ['--version']))) {
-    throw new Unavailable('applying xattrs (overlay opaque directories) needs perl or setfattr (Debian package attr)');
-  }
-  for (const x of xattrs) {
-    const r = await run('setfattr', ['-h', '-n', x.name, '-v', `0x${x.value.toString('hex')}`, '--', x.abs]);
-    if (r.code !== 0) refuse(x.rel, `could not set xattr ${x.name} (exit ${r.code})`);
-  }
-}
-
 /** Ask ahead for the helper programs a layer may need (each is probed once per process). */
 export async function probeLayerTools(): Promise<void> {
-  await Promise.all([havePerl(), haveZstd()]);
-}
-
-// ---------------------------------------------------------------------------------------------
-// decompression
-
-let zstdOk: Promise<boolean> | undefined;
-function haveZstd(): Promise<boolean> {
-  zstdOk ??= run('zstd', ['--version']).then(
-    (r) => r.code === 0,
-    () => false,
-  );
-  return zstdOk;
-}
-
-function zstdDecompressor(): { stream: Duplex; kill: () => void } {
-  const child = spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const err: Buffer[] = [];
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  child.stdin.on('error', () => undefined); // EPIPE when zstd dies: its exit status tells why
-  // the readable side ends only once zstd has exited, carrying its verdict
-  const reader = new Readable({
-    read() {
-      child.stdout.resume();
-    },
-  });
-  child.stdout.on('data', (b: Buffer) => {
-    if (!reader.push(b)) child.stdout.pause();
-  });
-  child.on('error', (e) => reader.destroy(e));
-  child.on('close', (code) => {
-    if (code === 0) reader.push(null);
-    else reader.destroy(new InvalidArgument(`zstd -dc failed (exit ${code}): ${Buffer.concat(err).toString().trim()}`));
-  });
-  return {
-    stream: Duplex.from({ writable: child.stdin, readable: reader }),
-    kill: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
-  };
+  await Promise.all([probeSpecialOps(), haveZstd()]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // extraction
+
+/** An operation queued for the end of the layer, stamped with when it was queued. */
+type Deferred<T> = T & { seq: number };
+
+/** Directory fixups in flight at the end of a layer (each a few thread-pool calls). */
+const FIXUPS_IN_FLIGHT = 8;
+
+/** fn over items, at most `limit` at a time; the first error is thrown once the others have settled. */
+async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (failure === undefined && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure) throw failure.error;
+}
 
 interface Header {
   name: string;
@@ -344,11 +220,18 @@ class Extractor {
   private readonly verifiedDirs = new Set<string>();
   /** Paths (relative) this layer has written: whiteouts only hide lower content. */
   private readonly written = new Set<string>();
-  readonly nodes: NodeOp[] = [];
-  readonly xattrs: XattrOp[] = [];
-  private readonly dirFixups: { abs: string; mode: number; mtime: Date | undefined }[] = [];
-  private readonly fifoFixups: { abs: string; mode: number; uid: number; gid: number; mtime: Date | undefined }[] =
-    [];
+  /**
+   * Deferred operations, each stamped with `seq` when queued. `replacedAt` holds, per relative
+   * path, the last `seq` at which whatever was there was removed or superseded by a later entry:
+   * an operation is applied only if neither its target nor any parent was replaced after it was
+   * queued (what it was for is gone, and the path may now be a symlink out of the root).
+   */
+  private seq = 0;
+  private readonly replacedAt = new Map<string, number>();
+  private readonly nodes: Deferred<NodeOp>[] = [];
+  private readonly xattrs: Deferred<XattrOp>[] = [];
+  private readonly dirFixups: Deferred<{ rel: string; mode: number; mtime: Date | undefined }>[] = [];
+  private readonly fifoFixups: Deferred<{ rel: string; mode: number; uid: number; gid: number; mtime: Date | undefined }>[] = [];
   private readonly isRoot = process.getuid?.() === 0;
   /** Regular-file bytes this layer has written or is about to write (the limits count these). */
   unpackedBytes = 0;
@@ -435,7 +318,10 @@ class Extractor {
     if (!this.mayExist(rel)) return undefined;
     if (this.smallFiles.has(rel)) await this.smallFiles.flush();
     const st = await lstatOrUndefined(p);
-    if (st === undefined) return undefined;
+    if (st === undefined) {
+      this.replaced(rel); // a node an earlier entry queued here (not made yet) is superseded
+      return undefined;
+    }
     if (this.opts.noOverwriteDirNonDir && st.isDirectory() !== keepDir) {
       refuse(rel, st.isDirectory() ? 'cannot overwrite a directory with a non-directory' : 'cannot overwrite a non-directory with a directory');
     }
@@ -444,10 +330,32 @@ class Extractor {
       await this.smallFiles.flush(); // files queued inside it are written before it goes
       await rm(p, { recursive: true, force: true });
       this.forgetDirs(rel);
+      this.replaced(rel);
       return undefined;
     }
     await unlink(p);
+    this.replaced(rel);
     return undefined;
+  }
+
+  /** Whatever an earlier entry made at rel (and under it) is gone: its deferred operations with it. */
+  private replaced(rel: string): void {
+    this.replacedAt.set(rel, ++this.seq);
+  }
+
+  private defer<T extends { rel: string }>(list: Deferred<T>[], op: T): void {
+    list.push({ ...op, seq: ++this.seq });
+  }
+
+  /** Still wanted: neither the target nor a parent of it was replaced after the operation was queued. */
+  private live(op: { rel: string; seq: number }): boolean {
+    for (let i = 0; i !== -1; ) {
+      const slash = op.rel.indexOf('/', i);
+      const p = slash === -1 ? op.rel : op.rel.slice(0, slash);
+      if ((this.replacedAt.get(p) ?? 0) > op.seq) return false;
+      i = slash === -1 ? -1 : slash + 1;
+    }
+    return true;
   }
 
   private forgetDirs(rel: string): void {
@@ -469,7 +377,7 @@ class Extractor {
     if (this.needsChown(h)) await lchown(p, h.uid ?? 0, h.gid ?? 0);
   }
 
-  private collectXattrs(abs: string, rel: string, h: Header): void {
+  private collectXattrs(rel: string, h: Header): void {
     if (this.opts.xattrs === false || !h.pax) return;
     for (const [k, v] of Object.entries(h.pax)) {
       if (!k.startsWith('SCHILY.xattr.')) continue;
@@ -483,7 +391,7 @@ class Extractor {
         log.warn('dropping xattr with a binary value', { entry: rel, name });
         continue;
       }
-      this.xattrs.push({ abs, rel, name, value: Buffer.from(v, 'utf8') });
+      this.defer(this.xattrs, { rel, entry: h.name, name, value: Buffer.from(v, 'utf8') });
     }
   }
 
@@ -542,8 +450,8 @@ class Extractor {
       this.written.add(rel);
     }
     await this.owner(p, h);
-    this.dirFixups.push({ abs: p, mode: this.mode(h, true), mtime: h.mtime });
-    this.collectXattrs(p, rel, h);
+    this.defer(this.dirFixups, { rel, mode: this.mode(h, true), mtime: h.mtime });
+    this.collectXattrs(rel, h);
   }
 
   private async file(h: Header, comps: string[], rel: string, body: Readable): Promise<void> {
@@ -562,7 +470,7 @@ class Extractor {
       await this.smallFiles.add(rel, { path: p, mode: this.mode(h, false), uid: owner ? (h.uid ?? 0) : -1, gid: owner ? (h.gid ?? 0) : -1, mtimeMs: h.mtime ? h.mtime.getTime() : null }, data);
     } else await this.writeLargeFile(p, h, body, before);
     this.written.add(rel);
-    this.collectXattrs(p, rel, h);
+    this.collectXattrs(rel, h);
   }
 
   /** `before`: the layer's file bytes before this file, for the free-space checks along the way. */
@@ -636,8 +544,8 @@ class Extractor {
     await this.parents(h.name, comps, true);
     await this.clear(p, rel, false);
     const mode = this.mode(h, false);
-    this.nodes.push({ kind: 'fifo', abs: p, rel, mode });
-    this.fifoFixups.push({ abs: p, mode, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: h.mtime });
+    this.defer(this.nodes, { kind: 'fifo', rel, entry: h.name, mode });
+    this.defer(this.fifoFixups, { rel, mode, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: h.mtime });
     this.written.add(rel);
   }
 
@@ -653,7 +561,8 @@ class Extractor {
     }
     await this.parents(entry, comps, true);
     await this.clear(p, rel, false);
-    this.nodes.push({ kind: 'whiteout', abs: p, rel: entry, mode: 0 });
+    this.defer(this.nodes, { kind: 'whiteout', rel, entry, mode: 0 });
+    this.written.add(rel); // a later entry at this path replaces the whiteout (clear() sees it)
   }
 
   private async opaque(entry: string, dirComps: string[]): Promise<void> {
@@ -673,10 +582,11 @@ class Extractor {
         if (this.written.has(rel)) continue;
         await rm(path.join(p, name), { recursive: true, force: true });
         this.forgetDirs(rel);
+        this.replaced(rel);
       }
       return;
     }
-    this.xattrs.push({ abs: p, rel: entry, name: 'trusted.overlay.opaque', value: Buffer.from('y') });
+    this.defer(this.xattrs, { rel: dirRel, entry, name: 'trusted.overlay.opaque', value: Buffer.from('y') });
   }
 
   /** Every queued small file written; the first error a writer thread met is thrown. */
@@ -692,16 +602,55 @@ class Extractor {
   /** Deferred work: device nodes and xattrs in one batch, then fifo and directory metadata. */
   async finish(): Promise<void> {
     await this.smallFiles.flush();
-    await applySpecialOps(this.nodes, this.xattrs);
-    for (const f of this.fifoFixups) {
-      if (this.isRoot) await chown(f.abs, f.uid, f.gid);
-      await chmod(f.abs, f.mode);
-      if (f.mtime) await utimes(f.abs, f.mtime, f.mtime);
+    const live = <T extends { rel: string; seq: number }>(ops: T[]) => ops.filter((o) => this.live(o));
+    await applySpecialOps(this.root, live(this.nodes), live(this.xattrs));
+    for (const f of live(this.fifoFixups)) {
+      await this.withMade(f.rel, 'fifo', async (fh) => {
+        if (this.isRoot) await fh.chown(f.uid, f.gid);
+        await fh.chmod(f.mode);
+        if (f.mtime) await fh.utimes(f.mtime, f.mtime);
+      });
     }
-    // directories last: creating their children changed their mtimes
-    for (const d of this.dirFixups.reverse()) {
-      await chmod(d.abs, d.mode);
-      if (d.mtime) await utimes(d.abs, d.mtime, d.mtime);
+    // Directories last, as creating their children changed their mtimes; the deepest first, so a
+    // parent's mode cannot lock its children out (one depth at a time, its directories together).
+    const last = new Map(live(this.dirFixups).map((d) => [d.rel, d])); // a directory named twice: its last entry
+    const byDepth = new Map<number, typeof this.dirFixups>();
+    for (const d of last.values()) {
+      const depth = d.rel === '' ? 0 : d.rel.split('/').length;
+      const group = byDepth.get(depth);
+      if (group) group.push(d);
+      else byDepth.set(depth, [d]);
+    }
+    for (const depth of [...byDepth.keys()].sort((a, b) => b - a)) {
+      await eachLimited(byDepth.get(depth)!, FIXUPS_IN_FLIGHT, (d) =>
+        this.withMade(d.rel, 'directory', async (fh) => {
+          await fh.chmod(d.mode);
+          if (d.mtime) await fh.utimes(d.mtime, d.mtime);
+        }),
+      );
+    }
+  }
+
+  /**
+   * fn on a descriptor of what this layer made at rel: opened without following a symlink at the
+   * end, and checked to be the path asked for (so no parent was a symlink either) and of its kind.
+   */
+  private async withMade(rel: string, kind: 'directory' | 'fifo', fn: (fh: FileHandle) => Promise<void>): Promise<void> {
+    const p = this.abs(rel === '' ? [] : rel.split('/'));
+    let fh: FileHandle;
+    try {
+      fh = await open(p, FS.O_RDONLY | FS.O_NOFOLLOW | (kind === 'directory' ? FS.O_DIRECTORY : FS.O_NONBLOCK));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOTDIR') refuse(rel, `is no longer a ${kind} of this layer; refusing to follow it`);
+      throw e;
+    }
+    try {
+      if ((await readlink(`/proc/self/fd/${fh.fd}`)) !== p) refuse(rel, 'a parent is not a directory of this layer; refusing to follow it');
+      if (kind === 'fifo' && !(await fh.stat()).isFIFO()) refuse(rel, 'is no longer a fifo of this layer');
+      await fn(fh);
+    } finally {
+      await fh.close();
     }
   }
 }
