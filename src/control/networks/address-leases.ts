@@ -60,15 +60,13 @@ export class AddressLeases {
     return (await this.store.containers.get(id)) !== undefined || (await this.store.vms.get(id)) !== undefined;
   }
 
-  /** The name of the container or VM of this id, if the store has one. */
-  async instanceName(id: string): Promise<string | undefined> {
-    return ((await this.store.containers.get(id)) ?? (await this.store.vms.get(id)))?.name;
-  }
-
-  /** Leases held by an instance the store knows (not by a warm container waiting to be claimed). */
-  async instanceLeases(networkId: string): Promise<NetworkLeaseRecord[]> {
-    const held: NetworkLeaseRecord[] = [];
-    for (const l of await this.store.networks.leases({ networkId })) if (await this.isInstance(l.instanceId)) held.push(l);
+  /** Leases held by an instance the store knows (not by a warm container waiting to be claimed), with its name. */
+  async instanceLeases(networkId: string): Promise<(NetworkLeaseRecord & { instanceName: string })[]> {
+    const held: (NetworkLeaseRecord & { instanceName: string })[] = [];
+    for (const l of await this.store.networks.leases({ networkId })) {
+      const instance = (await this.store.containers.get(l.instanceId)) ?? (await this.store.vms.get(l.instanceId));
+      if (instance) held.push({ ...l, instanceName: instance.name });
+    }
     return held;
   }
 

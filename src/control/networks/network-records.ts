@@ -57,7 +57,7 @@ export interface NetworkRecordsDeps {
   events: Pick<EventBus, 'publish'>;
   quota: NetworkQuota;
   hosts: Pick<NetworkHosts, 'localName' | 'get' | 'foreignSubnets'>;
-  leases: Pick<AddressLeases, 'instanceLeases' | 'instanceName'>;
+  leases: Pick<AddressLeases, 'instanceLeases'>;
   overlay: Pick<NetworkOverlay, 'forget'>;
   options: NetworkServiceOptions;
 }
@@ -169,8 +169,7 @@ export class NetworkRecords {
     const n = await this.get(idOrName, scope);
     const users = await this.d.leases.instanceLeases(n.id);
     if (users.length) {
-      const names: string[] = [];
-      for (const l of users) names.push((await this.d.leases.instanceName(l.instanceId)) ?? l.instanceId.slice(0, 12));
+      const names = users.map((l) => l.instanceName);
       throw new Conflict(`network ${n.name} is in use by ${users.length} instance(s): ${names.join(', ')}`, { instances: names });
     }
     // from every host it is laid out on; a host that fails keeps its row (and the network its record)

@@ -146,13 +146,12 @@ export class NetworkService {
    * Daemon start: every network is laid out on the host again if it lost it, endpoints of
    * containers that are gone are removed, networks the store no longer has are removed.
    */
-  async reconcile(): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number; leasesReleased: number }> {
+  async reconcile(): Promise<{ endpointsRemoved: number; networksRemoved: number; netnsRemoved: number; leasesReleased: number; unreachableHosts: string[] }> {
     // a lease whose instance is gone (a crash between the two deletes) is released
     const leasesReleased = await this.leases.releaseOrphans();
-    // each host its own networks and containers; one that does not answer is left as it is
+    // each host its own networks and containers; one that does not answer is left as it is (and named)
     const r = await this.hosts.reconcileAll();
-    const total = { endpointsRemoved: r.endpointsRemoved, networksRemoved: r.networksRemoved, netnsRemoved: r.netnsRemoved, leasesReleased, unreachableHosts: r.unreachableHosts };
-    return total;
+    return { endpointsRemoved: r.endpointsRemoved, networksRemoved: r.networksRemoved, netnsRemoved: r.netnsRemoved, leasesReleased, unreachableHosts: r.unreachableHosts };
   }
 
   /** One host: its networks laid out again if it lost them, endpoints of its containers that are gone removed, networks not its own removed. */
@@ -165,10 +164,7 @@ export class NetworkService {
 
   async view(n: NetworkRecord): Promise<NetworkView> {
     const containers: NetworkView['containers'] = [];
-    for (const l of await this.leases.instanceLeases(n.id)) {
-      const name = await this.leases.instanceName(l.instanceId);
-      containers.push({ id: l.instanceId, name: name ?? '', address: l.address, ifName: `eth${l.ifIndex}` });
-    }
+    for (const l of await this.leases.instanceLeases(n.id)) containers.push({ id: l.instanceId, name: l.instanceName, address: l.address, ifName: `eth${l.ifIndex}` });
     return { ...n, containers };
   }
 
