@@ -4,13 +4,15 @@
  * step writing a file, COPY of context files and a .dockerignore; the built image's layers hold
  * what they should and not the ignored file. A failing RUN step fails the build with its output
  * and leaves nothing behind (no build directory, mount, cgroup or buildah process). A hostile
- * context (a path out of it, a write through a symlink) is refused before buildah runs.
+ * context (a path out of it, a write through a symlink) is refused before buildah runs. Nothing a
+ * Dockerfile or a base image says mounts a host path into a RUN step: no RUN --mount (buildah 1.28
+ * finds its source on the host), no ONBUILD trigger with one.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -20,7 +22,7 @@ import { LocalAgent } from '../src/agent/local-agent.js';
 import { compileOptions } from '../src/core/config.js';
 import { hasCode } from '../src/core/errors.js';
 import type { AgentImage, BuildRequest } from '../src/agent/agent.js';
-import { makeTar } from '../scripts/fixtures/images.js';
+import { blobOf, makeTar, manifestOf, pushBlob, pushManifest, type TarEntry } from '../scripts/fixtures/images.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 
 const buildahHere = (() => {
@@ -250,4 +252,66 @@ describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'bu
     await assert.rejects(agent.buildImage(request(), Readable.from([remote]), () => undefined), (e: unknown) => hasCode(e, 'PermissionDenied') && /169\.254/.test(String(e)));
     assert.deepEqual(leftovers(home), []);
   });
+
+  /** An image of the registry fixture's busybox whose config says more (ONBUILD triggers, an environment), pulled onto the agent. */
+  const baseWith = async (repo: string, config: Record<string, unknown>, docker: boolean): Promise<BuildRequest['baseImages'][number]> => {
+    const amd = reg.images.amd64;
+    const cfg = JSON.parse(amd.config.data.toString()) as { config?: Record<string, unknown> };
+    cfg.config = { ...(cfg.config ?? {}), ...config };
+    const configBlob = blobOf(Buffer.from(JSON.stringify(cfg)), docker ? 'application/vnd.docker.container.image.v1+json' : amd.config.mediaType);
+    const layers = docker ? amd.layers.map((l) => ({ ...l, mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip' })) : amd.layers;
+    const manifest = docker
+      ? blobOf(Buffer.from(JSON.stringify({
+        schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+        config: { mediaType: configBlob.mediaType, digest: configBlob.digest, size: configBlob.size },
+        layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+      })), 'application/vnd.docker.distribution.manifest.v2+json')
+      : manifestOf(configBlob, layers);
+    for (const b of [configBlob, ...amd.layers]) await pushBlob(reg.host, repo, b);
+    await pushManifest(reg.host, repo, 'latest', manifest);
+    const name = `${reg.host}/${repo}:latest`;
+    const img = await agent.pullImage(name, { insecureRegistries: [reg.host] }, () => undefined);
+    return { name, manifestDigest: img.manifestDigest };
+  };
+
+  test('a RUN step reaches no host path: RUN --mount however spelt, and an ONBUILD trigger with one, are refused', async (t) => {
+    const hostDir = mkdtempSync(join(tmpdir(), 'nimbus-build-host-'));
+    t.after(() => rmSync(hostDir, { recursive: true, force: true }));
+    writeFileSync(join(hostDir, 'secret.txt'), 'HOST-FILE-7c1e\n');
+    // buildah 1.28 joins a cache mount's id onto a host directory as it is
+    const cacheId = `${'../'.repeat(16)}${hostDir.slice(1)}`;
+    const cases: [string, TarEntry[]][] = [
+      ['a bind of a context symlink', [
+        { name: 's', type: 'symlink', linkname: hostDir },
+        { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN --mount=type=bind,source=s,target=/m cat /m/secret.txt\n` },
+      ]],
+      ['a cache id out of the cache directory', [{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt\n` }]],
+      ['a bind of a symlink another stage made', [{
+        name: 'Dockerfile', type: 'file',
+        content: `FROM ${baseRef} AS s\nRUN ln -s ${hostDir} /l\nFROM ${baseRef}\nRUN --mount=type=bind,from=s,source=/l,target=/m cat /m/secret.txt\n`,
+      }]],
+      ['a flag split over a continuation', [{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN --mo\\\n# a comment\nunt=type=cache,id=${cacheId},target=/m cat /m/secret.txt\n` }]],
+      ['a flag split by the escape directive\'s character', [{ name: 'Dockerfile', type: 'file', content: `# escape=\`\nFROM ${baseRef}\nRUN \`\n  --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt\n` }]],
+      // buildah drops an ONBUILD line from an OCI-format stage (a warning) today; refused all the same
+      ['an ONBUILD trigger of an earlier stage', [{
+        name: 'Dockerfile', type: 'file',
+        content: `FROM ${baseRef} AS s\nONBUILD RUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt\nFROM s\nRUN true\n`,
+      }]],
+    ];
+    const refused = async (what: string, context: Buffer, req: BuildRequest) => {
+      const lines: string[] = [];
+      await assert.rejects(agent.buildImage(req, Readable.from([context]), (p) => lines.push(p.line)), (e: unknown) => {
+        assert.ok(hasCode(e, 'InvalidArgument'), `${what}: ${String(e)}`);
+        assert.match((e as Error).message, /RUN takes no flags/, what);
+        return true;
+      }, what);
+      assert.ok(!lines.some((l) => l.includes('HOST-FILE-7c1e')), `${what}: a RUN step read the host's file`);
+    };
+    for (const [what, entries] of cases) await refused(what, await makeTar(entries), request());
+    // a docker-format base image's ONBUILD trigger: buildah runs it as the build's first step
+    const base = await baseWith('nimbus-test/onbuild', { OnBuild: [`RUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt`] }, true);
+    await refused('a base image\'s ONBUILD trigger', await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${base.name}\nRUN true\n` }]), request({ baseImages: [base] }));
+    assert.deepEqual(leftovers(home), []);
+  });
+
 });

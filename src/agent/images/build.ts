@@ -28,7 +28,7 @@ import type { AgentImage, BuildProgress, BuildRequest } from '../agent.js';
 import type { ContentReader } from '../content/content-store.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty, type CgroupLayout } from '../cgroups/cgroups.js';
 import { DEFAULT_CONTEXT_LIMITS, contextPath, extractContext, type ContextLimits } from './build-context.js';
-import { MAX_DOCKERFILE_BYTES, remoteAddSources } from './dockerfile.js';
+import { MAX_DOCKERFILE_BYTES, remoteAddSources, runWithFlags } from './dockerfile.js';
 import { MT } from './media-types.js';
 
 const log = logger('build');
@@ -135,9 +135,13 @@ export class BuildHost {
       const ctxDir = join(dir, 'context');
       const got = await extractContext(context, ctxDir, this.o.contextLimits ?? DEFAULT_CONTEXT_LIMITS);
       await checkDockerfile(ctxDir, dockerfile);
+      // latin1: one character a byte, as buildah's parser reads it
+      const text = await readFile(join(ctxDir, dockerfile), 'latin1');
       // buildah fetches a remote ADD from the host's network: not for a build without one
-      const remote = remoteAddSources(await readFile(join(ctxDir, dockerfile), 'utf8'), req.buildArgs);
+      const remote = remoteAddSources(text, req.buildArgs);
       if (remote.length && req.network !== 'host') throw new PermissionDenied(`ADD ${remote[0]!.slice(0, 200)}: a remote source needs the host network`);
+      refuseRunFlags(runWithFlags(text), 'the Dockerfile');
+      for (const b of req.baseImages) refuseRunFlags(runWithFlags((await this.onBuildTriggers(b.manifestDigest)).join('\n')), `the ONBUILD triggers of ${b.name}`);
       progress({ line: `Sending build context to Nimbus: ${got.files} files, ${got.bytes} bytes` });
       const joins = await makeCgroup(layout, cg, req.resources);
       const network = req.network === 'host' ? 'host' : 'none';
@@ -319,6 +323,27 @@ export class BuildHost {
   }
 
   /**
+   * The ONBUILD triggers of a base image's config: buildah runs them (a docker-format image's, read from its
+   * config whatever the letter case of its keys, as Go's JSON decoder reads them), so every list under an
+   * "OnBuild" key anywhere in it counts.
+   */
+  private async onBuildTriggers(manifestDigest: string): Promise<string[]> {
+    const manifest = JSON.parse((await this.o.content.readBlob(manifestDigest)).toString('utf8')) as { config?: { digest?: unknown } };
+    if (typeof manifest.config?.digest !== 'string') throw new Internal(`image ${manifestDigest} on this host has no config`);
+    const found: string[] = [];
+    const walk = (v: unknown, depth: number): void => {
+      if (depth > 32 || typeof v !== 'object' || v === null) return;
+      for (const [k, x] of Object.entries(v)) {
+        // as bytes read as latin1, as the Dockerfile is (Go holds the decoded strings as UTF-8)
+        if (k.toLowerCase() === 'onbuild' && Array.isArray(x)) found.push(...x.map((t) => Buffer.from(String(t), 'utf8').toString('latin1')));
+        else walk(x, depth + 1);
+      }
+    };
+    walk(JSON.parse((await this.o.content.readBlob(manifest.config.digest)).toString('utf8')), 0);
+    return found;
+  }
+
+  /**
    * Everything the build made goes: mounts left under dir, dir, the cgroup; and buildah's containers
    * and images when its storage was the build's own (`ownStorage`: not a cache store other builds share).
    */
@@ -378,6 +403,11 @@ async function checkDockerfile(ctxDir: string, path: string): Promise<void> {
       if (st.size > MAX_DOCKERFILE_BYTES) throw new InvalidArgument(`the Dockerfile is larger than ${MAX_DOCKERFILE_BYTES} bytes`);
     }
   }
+}
+
+/** A RUN flag is a --mount, whose source buildah finds on the host (dockerfile.ts, runWithFlags). */
+function refuseRunFlags(found: string[], where: string): void {
+  if (found.length) throw new InvalidArgument(`${where}: ${found[0]!.slice(0, 200)}: RUN takes no flags here (a RUN --mount reaches host paths with this builder)`);
 }
 
 /** The build's cgroup in the cpu, memory and pids hierarchies, with its limits; the cgroup.procs files to join. */
