@@ -5,14 +5,16 @@
  * what they should and not the ignored file. A failing RUN step fails the build with its output
  * and leaves nothing behind (no build directory, mount, cgroup or buildah process). A hostile
  * context (a path out of it, a write through a symlink) is refused before buildah runs. Nothing a
- * Dockerfile or a base image says mounts a host path into a RUN step: no RUN --mount (buildah 1.28
- * finds its source on the host), no ONBUILD trigger with one.
+ * Dockerfile or a base image says reaches the host: no RUN --mount (buildah 1.28 finds its source on
+ * the host), no ONBUILD trigger with one, and nothing fetched from the host's network by a build
+ * without it.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -311,6 +313,34 @@ describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'bu
     // a docker-format base image's ONBUILD trigger: buildah runs it as the build's first step
     const base = await baseWith('nimbus-test/onbuild', { OnBuild: [`RUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt`] }, true);
     await refused('a base image\'s ONBUILD trigger', await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${base.name}\nRUN true\n` }]), request({ baseImages: [base] }));
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('a build without the network fetches nothing from the host\'s network, however its remote ADD is spelt', async (t) => {
+    let fetched = 0;
+    const server = createServer((_req, res) => {
+      fetched++;
+      res.end('HOST-NETWORK-5b2d\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    t.after(() => server.close());
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const base = await baseWith('nimbus-test/env', { Env: ['PATH=/bin', `U=${url}/from-the-base-image`] }, false);
+    const cases: [string, string, BuildRequest['baseImages'][number]?][] = [
+      ['split over a continuation', `FROM ${baseRef}\nADD http:/\\\n/${url.slice(7)}/continued /x\nRUN cat /x\n`],
+      ['an ENV of the legacy form', `FROM ${baseRef}\nENV U ${url}/legacy-env\nADD $U /x\nRUN cat /x\n`],
+      ['quoted', `FROM ${baseRef}\nADD "${url}/quoted" /x\nRUN cat /x\n`],
+      ['escaped', `FROM ${baseRef}\nADD http\\://${url.slice(7)}/escaped /x\nRUN cat /x\n`],
+      ['an ENV of the base image', `FROM ${base.name}\nADD $U /x\nRUN cat /x\n`, base],
+    ];
+    for (const [what, dockerfile, from] of cases) {
+      const lines: string[] = [];
+      const context = await makeTar([{ name: 'Dockerfile', type: 'file', content: dockerfile }]);
+      const got = await agent.buildImage(request(from ? { baseImages: [from] } : {}), Readable.from([context]), (p) => lines.push(p.line)).catch((e: unknown) => e);
+      assert.ok(got instanceof Error, `${what}: the build fetched its remote ADD`);
+      assert.ok(!lines.some((l) => l.includes('HOST-NETWORK-5b2d')), what);
+    }
+    assert.equal(fetched, 0, 'nothing reached the host\'s loopback');
     assert.deepEqual(leftovers(home), []);
   });
 

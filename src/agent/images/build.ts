@@ -137,7 +137,8 @@ export class BuildHost {
       await checkDockerfile(ctxDir, dockerfile);
       // latin1: one character a byte, as buildah's parser reads it
       const text = await readFile(join(ctxDir, dockerfile), 'latin1');
-      // buildah fetches a remote ADD from the host's network: not for a build without one
+      // buildah fetches a remote ADD from the host's network: not for a build without one (its own network
+      // namespace below is what stops it; this says why early)
       const remote = remoteAddSources(text, req.buildArgs);
       if (remote.length && req.network !== 'host') throw new PermissionDenied(`ADD ${remote[0]!.slice(0, 200)}: a remote source needs the host network`);
       refuseRunFlags(runWithFlags(text), 'the Dockerfile');
@@ -145,6 +146,9 @@ export class BuildHost {
       progress({ line: `Sending build context to Nimbus: ${got.files} files, ${got.bytes} bytes` });
       const joins = await makeCgroup(layout, cg, req.resources);
       const network = req.network === 'host' ? 'host' : 'none';
+      // without the host network buildah itself gets none either: a remote ADD however spelt (an ENV of
+      // the base image, quotes, escapes) cannot reach the host's network or what it routes to
+      const ownNetwork = network === 'none';
       if (this.o.cache !== false) {
         lease = await this.cache.acquire({ projectId: req.projectId, storageDriver: this.o.storageDriver, network, bases: req.baseImages });
         roots = { storage: lease.storage, runroot: lease.runroot };
@@ -152,7 +156,7 @@ export class BuildHost {
       const env = await this.environment(dir, roots);
       const run = async (args: string[], onLine?: (l: string) => void) => {
         try {
-          const r = await this.run(dir, roots, joins, env, args, signal, onLine);
+          const r = await this.run(dir, roots, joins, env, args, signal, onLine, ownNetwork);
           if (r.signal) dirty = true;
           return r;
         } catch (e) {
@@ -252,13 +256,17 @@ export class BuildHost {
     };
   }
 
-  /** buildah with our roots, started inside the build's cgroup (a shell joins it, then execs buildah). */
-  private run(dir: string, roots: Roots, cgroupProcs: string[], env: NodeJS.ProcessEnv, args: string[], signal: AbortSignal | undefined, onLine?: (l: string) => void): Promise<Ran> {
+  /**
+   * buildah with our roots, started inside the build's cgroup (a shell joins it, then execs buildah);
+   * with `ownNetwork`, in a network namespace of its own (nothing but a loopback that is down).
+   */
+  private run(dir: string, roots: Roots, cgroupProcs: string[], env: NodeJS.ProcessEnv, args: string[], signal: AbortSignal | undefined, onLine?: (l: string) => void, ownNetwork = false): Promise<Ran> {
     const globals = ['--root', roots.storage, '--runroot', roots.runroot, '--storage-driver', this.o.storageDriver];
+    const command = [...(ownNetwork ? ['unshare', '--net', '--'] : []), this.buildah, ...globals, ...args];
     const script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"';
     return new Promise<Ran>((resolve, reject) => {
       if (signal?.aborted) return reject(new Unavailable('the build was cancelled: its caller went away'));
-      const child = spawn('/bin/sh', ['-c', script, 'sh', String(cgroupProcs.length), ...cgroupProcs, this.buildah, ...globals, ...args], {
+      const child = spawn('/bin/sh', ['-c', script, 'sh', String(cgroupProcs.length), ...cgroupProcs, ...command], {
         cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
       });
       const t0 = Date.now();
