@@ -5,9 +5,9 @@
  * what they should and not the ignored file. A failing RUN step fails the build with its output
  * and leaves nothing behind (no build directory, mount, cgroup or buildah process). A hostile
  * context (a path out of it, a write through a symlink) is refused before buildah runs. Nothing a
- * Dockerfile or a base image says reaches the host: no RUN --mount (buildah 1.28 finds its source on
- * the host), no ONBUILD trigger with one, and nothing fetched from the host's network by a build
- * without it.
+ * Dockerfile, a context or a base image says reaches the host: no RUN --mount (buildah 1.28 finds its
+ * source on the host), no ONBUILD trigger with one, no Dockerfile through cpp, no ignore file read
+ * through a symlink, and nothing fetched from the host's network by a build without it.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -344,4 +344,33 @@ describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'bu
     assert.deepEqual(leftovers(home), []);
   });
 
+  test('buildah reads no host file through the Dockerfile\'s name or the ignore files: *.in (cpp) and symlinked ignore files are refused', async (t) => {
+    const hostDir = mkdtempSync(join(tmpdir(), 'nimbus-build-host-'));
+    t.after(() => rmSync(hostDir, { recursive: true, force: true }));
+    writeFileSync(join(hostDir, 'secret.txt'), 'HOST-FILE-7c1e\n');
+    const lines: string[] = [];
+    const cpp = await makeTar([{ name: 'Dockerfile.in', type: 'file', content: `FROM ${baseRef}\n#include "${hostDir}/secret.txt"\n` }]);
+    await assert.rejects(agent.buildImage(request({ dockerfile: 'Dockerfile.in' }), Readable.from([cpp]), (p) => lines.push(p.line)), (e: unknown) => {
+      assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+      assert.match((e as Error).message, /C preprocessor/);
+      assert.doesNotMatch((e as Error).message, /HOST-FILE-7c1e/);
+      return true;
+    });
+    assert.ok(!lines.some((l) => l.includes('HOST-FILE-7c1e')), 'cpp included the host\'s file');
+    // buildah reads the ignore file on the host: a file of the context named like a host file's line is left out
+    for (const ignore of ['.dockerignore', '.containerignore', 'Dockerfile.dockerignore']) {
+      const context = await makeTar([
+        { name: ignore, type: 'symlink', linkname: join(hostDir, 'secret.txt') },
+        { name: 'HOST-FILE-7c1e', type: 'file', content: 'x' },
+        { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nCOPY . /ctx/\n` },
+      ]);
+      const got = await agent.buildImage(request(), Readable.from([context]), () => undefined).catch((e: unknown) => e);
+      if (!(got instanceof Error)) {
+        const files = await imageFiles(agent, got as AgentImage);
+        assert.fail(`${ignore} as a symlink was taken (the host file ${files.has('ctx/HOST-FILE-7c1e') ? 'was not' : 'was'} read as ignore patterns)`);
+      }
+      assert.ok(hasCode(got, 'InvalidArgument') && /is a symlink/.test(got.message), `${ignore}: ${String(got)}`);
+    }
+    assert.deepEqual(leftovers(home), []);
+  });
 });

@@ -119,6 +119,8 @@ export class BuildHost {
     if (!ID_RE.test(req.id) || !ID_RE.test(req.projectId)) throw new InvalidArgument('build: malformed build or project id');
     const dockerfile = contextPath(req.dockerfile || 'Dockerfile');
     if (!dockerfile) throw new InvalidArgument(`the Dockerfile path ${JSON.stringify(req.dockerfile.slice(0, 200))} is outside the build context`);
+    // buildah runs a Dockerfile named *.in through cpp on the host first: an #include reads any host file
+    if (dockerfile.endsWith('.in')) throw new InvalidArgument(`the Dockerfile ${JSON.stringify(dockerfile.slice(0, 200))} ends in .in, which the builder would run through the C preprocessor; rename it`);
     const dir = join(this.o.home, 'builds', req.projectId, req.id);
     await this.sweepOnce();
     const layout = await detectCgroupLayout();
@@ -135,6 +137,7 @@ export class BuildHost {
       const ctxDir = join(dir, 'context');
       const got = await extractContext(context, ctxDir, this.o.contextLimits ?? DEFAULT_CONTEXT_LIMITS);
       await checkDockerfile(ctxDir, dockerfile);
+      await checkIgnoreFiles(ctxDir, dockerfile);
       // latin1: one character a byte, as buildah's parser reads it
       const text = await readFile(join(ctxDir, dockerfile), 'latin1');
       // buildah fetches a remote ADD from the host's network: not for a build without one (its own network
@@ -410,6 +413,14 @@ async function checkDockerfile(ctxDir: string, path: string): Promise<void> {
       if (!st.isFile()) throw new InvalidArgument(`the Dockerfile ${path} is not a file`);
       if (st.size > MAX_DOCKERFILE_BYTES) throw new InvalidArgument(`the Dockerfile is larger than ${MAX_DOCKERFILE_BYTES} bytes`);
     }
+  }
+}
+
+/** The ignore files buildah 1.28 reads (a Dockerfile's own first) may not be symlinks: it reads them on the host, following one. */
+async function checkIgnoreFiles(ctxDir: string, dockerfile: string): Promise<void> {
+  for (const name of [`${dockerfile}.containerignore`, `${dockerfile}.dockerignore`, '.containerignore', '.dockerignore']) {
+    const st = await lstat(join(ctxDir, name)).catch(() => undefined);
+    if (st?.isSymbolicLink()) throw new InvalidArgument(`${name} in the build context is a symlink; the builder would read what it points to on the host`);
   }
 }
 
