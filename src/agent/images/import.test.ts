@@ -163,3 +163,30 @@ test('an image the disk cannot hold is refused before its layers are stored (bot
   const [img] = await importImageArchive(oci, new LocalContentStore(join(dir, 'content-ok')), { room: roomy });
   assert.equal(img!.manifestDigest, images.amd64.manifest.digest);
 });
+
+test('blobs already stored are not opened: an archive naming one layer many times, or imported again, leaves no file open', async (t) => {
+  const dir = tmp(t);
+  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
+  const layerDigest = sha256Digest(layer);
+  const repeats = 200;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(repeats).fill(layerDigest) } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
+    layers: Array(repeats).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
+  }));
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length }] }));
+  const tarPath = join(dir, 'many.tar');
+  writeFileSync(tarPath, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: index },
+    ...[manifest, config, layer].map((b) => ({ name: `blobs/sha256/${sha256Digest(b).slice(7)}`, type: 'file' as const, content: b })),
+  ]));
+  const store = new LocalContentStore(join(dir, 'content'));
+  const open = () => readdirSync('/proc/self/fd').length;
+  const before = open();
+  await importImageArchive(tarPath, store);
+  await importImageArchive(tarPath, store);
+  await new Promise((r) => setTimeout(r, 100)); // a stream's close is asynchronous
+  assert.ok(open() <= before + 2, `${open() - before} more descriptors open after the imports (the code before kept one per blob found stored)`);
+});

@@ -35,7 +35,7 @@ import {
   type ImageIndex,
   type ImageManifest,
 } from './media-types.js';
-import { digestOf } from '../content/content-store.js';
+import { digestOf, fileBytes } from '../content/content-store.js';
 
 export interface ImportedImage {
   /** From io.containerd.image.name / org.opencontainers.image.ref.name (OCI layout) or RepoTags (docker save). */
@@ -215,7 +215,7 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
     if (!m) throw new DataLoss(`image archive is missing ${name}${expect ? ` (${expect.digest})` : ''}`);
     const digest = expect?.digest ?? (await hashFile(m)).digest;
     try {
-      return await store.ingest({ digest, size: expect?.size ?? m.size }, createReadStream(m.file) as AsyncIterable<Buffer>);
+      return await store.ingest({ digest, size: expect?.size ?? m.size }, fileBytes(m.file));
     } catch (e) {
       if (e instanceof DataLoss) throw new DataLoss(`${name} in the image archive: ${e.message}`, undefined, { cause: e });
       throw e;
