@@ -190,3 +190,51 @@ test('blobs already stored are not opened: an archive naming one layer many time
   await new Promise((r) => setTimeout(r, 100)); // a stream's close is asynchronous
   assert.ok(open() <= before + 2, `${open() - before} more descriptors open after the imports (the code before kept one per blob found stored)`);
 });
+
+test('an archive naming one manifest or one layer many times costs one image\'s work; more than 1000 images are refused', async (t) => {
+  const dir = tmp(t);
+  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
+  const layerDigest = sha256Digest(layer);
+  const L = 200;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(L).fill(layerDigest) } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
+    layers: Array(L).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
+  }));
+  const entry = (i: number) => ({ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': `x/many:${i}` } });
+  const layout = async (path: string, entries: number) => writeFileSync(path, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: Array.from({ length: entries }, (_, i) => entry(i)) }) },
+    ...[manifest, config, layer].map((b) => ({ name: `blobs/sha256/${sha256Digest(b).slice(7)}`, type: 'file' as const, content: b })),
+  ]));
+  const inner = new LocalContentStore(join(dir, 'content'));
+  let ingests = 0;
+  const store = Object.assign(Object.create(inner) as LocalContentStore, {
+    ingest: (...a: Parameters<LocalContentStore['ingest']>) => {
+      ingests++;
+      return inner.ingest(...a);
+    },
+  });
+  await layout(join(dir, 'oci.tar'), 100);
+  const out = await importImageArchive(join(dir, 'oci.tar'), store);
+  assert.equal(out.length, 100);
+  assert.equal(out[99]!.name, 'x/many:99');
+  assert.equal(out[99]!.layers.length, L);
+  assert.equal(ingests, 3, 'manifest, config and layer stored once each (the code before: once per mention)');
+
+  // docker save: one entry naming one layer L times
+  ingests = 0;
+  const cfgName = `${sha256Digest(config).slice(7)}.json`;
+  writeFileSync(join(dir, 'save.tar'), await makeTar([
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: cfgName, RepoTags: ['x/save:1'], Layers: Array(L).fill('l/layer.tar') }]) },
+    { name: cfgName, type: 'file', content: config },
+    { name: 'l/layer.tar', type: 'file', content: layer },
+  ]));
+  const saved = await importImageArchive(join(dir, 'save.tar'), store);
+  assert.equal(saved[0]!.layers.length, L);
+  assert.equal(ingests, 3, 'config, layer and the synthesised manifest stored once each');
+
+  await layout(join(dir, 'lots.tar'), 1001);
+  await assert.rejects(importImageArchive(join(dir, 'lots.tar'), store), { code: 'InvalidArgument', message: /more than 1000 images/ });
+});
