@@ -7,7 +7,8 @@
  *    the config's diff_ids and the file names that carry digests, and an OCI
  *    manifest is synthesised and stored.
  * Every blob goes through ContentStore.ingest, so every digest is verified and
- * nothing unverified becomes visible. Indexes are resolved to one platform
+ * nothing unverified becomes visible; a blob the store already holds (another
+ * tenant's, maybe) counts only when the archive's member hashes to it. Indexes are resolved to one platform
  * (linux/amd64 unless told otherwise).
  *
  * Errors name the archive's entries, never host paths (the archive is a tenant's upload, kept in
@@ -225,23 +226,42 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
     }
     await opts.room.ensureRoom(need, what);
   };
+  /** What this import stored or found stored, by member and the digest it was taken as: each once. */
   const ingested = new Map<string, ContentInfo>();
-  /** Ingest a member; with an expected digest (and size) the store verifies it, otherwise the digest is computed. */
+  /**
+   * Ingest a member; with an expected digest (and size) the store verifies it, otherwise the digest is computed.
+   * A blob already in the store is not read again by it, and proves nothing of this archive (it may be another
+   * tenant's): the member is then hashed, or naming a digest would be enough to take that image's content.
+   */
   const ingestFile = async (name: string, expect?: { digest: string; size?: number }) => {
     const m = members.get(name);
     if (!m) throw new DataLoss(`image archive is missing ${name}${expect ? ` (${expect.digest})` : ''}`);
     const digest = expect?.digest ?? (await hashFile(m)).digest;
     const size = expect?.size ?? m.size;
-    const known = ingested.get(digest);
+    const key = `${digest} ${name}`;
+    const known = ingested.get(key);
     if (known?.size === size) return known;
-    try {
-      const info = await store.ingest({ digest, size }, fileBytes(m.file));
-      ingested.set(digest, info);
-      return info;
-    } catch (e) {
-      if (e instanceof DataLoss) throw new DataLoss(`${name} in the image archive: ${e.message}`, undefined, { cause: e });
-      throw e;
+    let read = false;
+    async function* bytes() {
+      yield* fileBytes(m!.file);
+      read = true;
     }
+    const proven = async () => {
+      const got = (await hashFile(m)).digest;
+      if (got !== digest) throw new DataLoss(`${name} in the image archive: digest mismatch: expected ${digest}, got ${got}`);
+    };
+    let info: ContentInfo;
+    try {
+      info = await store.ingest({ digest, size }, bytes());
+    } catch (e) {
+      if (!(e instanceof DataLoss)) throw e;
+      // what the store says of a blob it holds (its size) is not told about a member that is not that blob
+      if (!read) await proven();
+      throw new DataLoss(`${name} in the image archive: ${e.message}`, undefined, { cause: e });
+    }
+    if (!read) await proven();
+    ingested.set(key, info);
+    return info;
   };
 
   const out: ImportedImage[] = [];
