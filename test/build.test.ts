@@ -4,13 +4,17 @@
  * step writing a file, COPY of context files and a .dockerignore; the built image's layers hold
  * what they should and not the ignored file. A failing RUN step fails the build with its output
  * and leaves nothing behind (no build directory, mount, cgroup or buildah process). A hostile
- * context (a path out of it, a write through a symlink) is refused before buildah runs.
+ * context (a path out of it, a write through a symlink) is refused before buildah runs. Nothing a
+ * Dockerfile, a context or a base image says reaches the host: no RUN --mount (buildah 1.28 finds its
+ * source on the host), no ONBUILD trigger with one, no Dockerfile through cpp, no ignore file read
+ * through a symlink, and nothing fetched from the host's network by a build without it.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -20,7 +24,7 @@ import { LocalAgent } from '../src/agent/local-agent.js';
 import { compileOptions } from '../src/core/config.js';
 import { hasCode } from '../src/core/errors.js';
 import type { AgentImage, BuildRequest } from '../src/agent/agent.js';
-import { makeTar } from '../scripts/fixtures/images.js';
+import { blobOf, makeTar, manifestOf, pushBlob, pushManifest, type TarEntry } from '../scripts/fixtures/images.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 
 const buildahHere = (() => {
@@ -248,6 +252,125 @@ describe('image builds on an agent (buildah)', { skip: buildahHere ? false : 'bu
     // buildah would fetch a remote ADD from the host's network, whatever the RUN steps get
     const remote = await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nARG U=http://169.254.169.254/latest\nADD $U /meta\n` }]);
     await assert.rejects(agent.buildImage(request(), Readable.from([remote]), () => undefined), (e: unknown) => hasCode(e, 'PermissionDenied') && /169\.254/.test(String(e)));
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  /** An image of the registry fixture's busybox whose config says more (ONBUILD triggers, an environment), pulled onto the agent. */
+  const baseWith = async (repo: string, config: Record<string, unknown>, docker: boolean): Promise<BuildRequest['baseImages'][number]> => {
+    const amd = reg.images.amd64;
+    const cfg = JSON.parse(amd.config.data.toString()) as { config?: Record<string, unknown> };
+    cfg.config = { ...(cfg.config ?? {}), ...config };
+    const configBlob = blobOf(Buffer.from(JSON.stringify(cfg)), docker ? 'application/vnd.docker.container.image.v1+json' : amd.config.mediaType);
+    const layers = docker ? amd.layers.map((l) => ({ ...l, mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip' })) : amd.layers;
+    const manifest = docker
+      ? blobOf(Buffer.from(JSON.stringify({
+        schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+        config: { mediaType: configBlob.mediaType, digest: configBlob.digest, size: configBlob.size },
+        layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+      })), 'application/vnd.docker.distribution.manifest.v2+json')
+      : manifestOf(configBlob, layers);
+    for (const b of [configBlob, ...amd.layers]) await pushBlob(reg.host, repo, b);
+    await pushManifest(reg.host, repo, 'latest', manifest);
+    const name = `${reg.host}/${repo}:latest`;
+    const img = await agent.pullImage(name, { insecureRegistries: [reg.host] }, () => undefined);
+    return { name, manifestDigest: img.manifestDigest };
+  };
+
+  test('a RUN step reaches no host path: RUN --mount however spelt, and an ONBUILD trigger with one, are refused', async (t) => {
+    const hostDir = mkdtempSync(join(tmpdir(), 'nimbus-build-host-'));
+    t.after(() => rmSync(hostDir, { recursive: true, force: true }));
+    writeFileSync(join(hostDir, 'secret.txt'), 'HOST-FILE-7c1e\n');
+    // buildah 1.28 joins a cache mount's id onto a host directory as it is
+    const cacheId = `${'../'.repeat(16)}${hostDir.slice(1)}`;
+    const cases: [string, TarEntry[]][] = [
+      ['a bind of a context symlink', [
+        { name: 's', type: 'symlink', linkname: hostDir },
+        { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN --mount=type=bind,source=s,target=/m cat /m/secret.txt\n` },
+      ]],
+      ['a cache id out of the cache directory', [{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt\n` }]],
+      ['a bind of a symlink another stage made', [{
+        name: 'Dockerfile', type: 'file',
+        content: `FROM ${baseRef} AS s\nRUN ln -s ${hostDir} /l\nFROM ${baseRef}\nRUN --mount=type=bind,from=s,source=/l,target=/m cat /m/secret.txt\n`,
+      }]],
+      ['a flag split over a continuation', [{ name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nRUN --mo\\\n# a comment\nunt=type=cache,id=${cacheId},target=/m cat /m/secret.txt\n` }]],
+      ['a flag split by the escape directive\'s character', [{ name: 'Dockerfile', type: 'file', content: `# escape=\`\nFROM ${baseRef}\nRUN \`\n  --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt\n` }]],
+      // buildah drops an ONBUILD line from an OCI-format stage (a warning) today; refused all the same
+      ['an ONBUILD trigger of an earlier stage', [{
+        name: 'Dockerfile', type: 'file',
+        content: `FROM ${baseRef} AS s\nONBUILD RUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt\nFROM s\nRUN true\n`,
+      }]],
+    ];
+    const refused = async (what: string, context: Buffer, req: BuildRequest) => {
+      const lines: string[] = [];
+      await assert.rejects(agent.buildImage(req, Readable.from([context]), (p) => lines.push(p.line)), (e: unknown) => {
+        assert.ok(hasCode(e, 'InvalidArgument'), `${what}: ${String(e)}`);
+        assert.match((e as Error).message, /RUN takes no flags/, what);
+        return true;
+      }, what);
+      assert.ok(!lines.some((l) => l.includes('HOST-FILE-7c1e')), `${what}: a RUN step read the host's file`);
+    };
+    for (const [what, entries] of cases) await refused(what, await makeTar(entries), request());
+    // a docker-format base image's ONBUILD trigger: buildah runs it as the build's first step
+    const base = await baseWith('nimbus-test/onbuild', { OnBuild: [`RUN --mount=type=cache,id=${cacheId},target=/m cat /m/secret.txt`] }, true);
+    await refused('a base image\'s ONBUILD trigger', await makeTar([{ name: 'Dockerfile', type: 'file', content: `FROM ${base.name}\nRUN true\n` }]), request({ baseImages: [base] }));
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('a build without the network fetches nothing from the host\'s network, however its remote ADD is spelt', async (t) => {
+    let fetched = 0;
+    const server = createServer((_req, res) => {
+      fetched++;
+      res.end('HOST-NETWORK-5b2d\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    t.after(() => server.close());
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const base = await baseWith('nimbus-test/env', { Env: ['PATH=/bin', `U=${url}/from-the-base-image`] }, false);
+    const cases: [string, string, BuildRequest['baseImages'][number]?][] = [
+      ['split over a continuation', `FROM ${baseRef}\nADD http:/\\\n/${url.slice(7)}/continued /x\nRUN cat /x\n`],
+      ['an ENV of the legacy form', `FROM ${baseRef}\nENV U ${url}/legacy-env\nADD $U /x\nRUN cat /x\n`],
+      ['quoted', `FROM ${baseRef}\nADD "${url}/quoted" /x\nRUN cat /x\n`],
+      ['escaped', `FROM ${baseRef}\nADD http\\://${url.slice(7)}/escaped /x\nRUN cat /x\n`],
+      ['an ENV of the base image', `FROM ${base.name}\nADD $U /x\nRUN cat /x\n`, base],
+    ];
+    for (const [what, dockerfile, from] of cases) {
+      const lines: string[] = [];
+      const context = await makeTar([{ name: 'Dockerfile', type: 'file', content: dockerfile }]);
+      const got = await agent.buildImage(request(from ? { baseImages: [from] } : {}), Readable.from([context]), (p) => lines.push(p.line)).catch((e: unknown) => e);
+      assert.ok(got instanceof Error, `${what}: the build fetched its remote ADD`);
+      assert.ok(!lines.some((l) => l.includes('HOST-NETWORK-5b2d')), what);
+    }
+    assert.equal(fetched, 0, 'nothing reached the host\'s loopback');
+    assert.deepEqual(leftovers(home), []);
+  });
+
+  test('buildah reads no host file through the Dockerfile\'s name or the ignore files: *.in (cpp) and symlinked ignore files are refused', async (t) => {
+    const hostDir = mkdtempSync(join(tmpdir(), 'nimbus-build-host-'));
+    t.after(() => rmSync(hostDir, { recursive: true, force: true }));
+    writeFileSync(join(hostDir, 'secret.txt'), 'HOST-FILE-7c1e\n');
+    const lines: string[] = [];
+    const cpp = await makeTar([{ name: 'Dockerfile.in', type: 'file', content: `FROM ${baseRef}\n#include "${hostDir}/secret.txt"\n` }]);
+    await assert.rejects(agent.buildImage(request({ dockerfile: 'Dockerfile.in' }), Readable.from([cpp]), (p) => lines.push(p.line)), (e: unknown) => {
+      assert.ok(hasCode(e, 'InvalidArgument'), String(e));
+      assert.match((e as Error).message, /C preprocessor/);
+      assert.doesNotMatch((e as Error).message, /HOST-FILE-7c1e/);
+      return true;
+    });
+    assert.ok(!lines.some((l) => l.includes('HOST-FILE-7c1e')), 'cpp included the host\'s file');
+    // buildah reads the ignore file on the host: a file of the context named like a host file's line is left out
+    for (const ignore of ['.dockerignore', '.containerignore', 'Dockerfile.dockerignore']) {
+      const context = await makeTar([
+        { name: ignore, type: 'symlink', linkname: join(hostDir, 'secret.txt') },
+        { name: 'HOST-FILE-7c1e', type: 'file', content: 'x' },
+        { name: 'Dockerfile', type: 'file', content: `FROM ${baseRef}\nCOPY . /ctx/\n` },
+      ]);
+      const got = await agent.buildImage(request(), Readable.from([context]), () => undefined).catch((e: unknown) => e);
+      if (!(got instanceof Error)) {
+        const files = await imageFiles(agent, got as AgentImage);
+        assert.fail(`${ignore} as a symlink was taken (the host file ${files.has('ctx/HOST-FILE-7c1e') ? 'was not' : 'was'} read as ignore patterns)`);
+      }
+      assert.ok(hasCode(got, 'InvalidArgument') && /is a symlink/.test(got.message), `${ignore}: ${String(got)}`);
+    }
     assert.deepEqual(leftovers(home), []);
   });
 });

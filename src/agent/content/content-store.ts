@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 
 /** "sha256:<64 hex>" — the only algorithm accepted for now. */
@@ -7,6 +8,16 @@ export type Digest = string;
 /** The digest of bytes held in memory (a manifest, a config, a small blob). */
 export function digestOf(b: Buffer): Digest {
   return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
+
+/**
+ * A file's bytes for ingest, opened at the first read. An ingest of a blob already stored stops its source
+ * unread, and a stream's iterator stopped before its first read does not close the stream: every such ingest
+ * of a createReadStream kept a file open (an import naming one layer thousands of times ran the agent out of
+ * descriptors, and the stream's EMFILE, with no listener, ended the process).
+ */
+export async function* fileBytes(path: string): AsyncGenerator<Buffer> {
+  yield* createReadStream(path) as AsyncIterable<Buffer>;
 }
 
 export interface ContentInfo {

@@ -70,3 +70,19 @@ test('refused: a name out of the context, a write through a symlink, twice the s
   await assert.rejects(extractContext(Readable.from([await tarOf(Array.from({ length: 11 }, (_, i) => ({ name: `f${i}`, content: '' })))]), dir(t), { maxBytes: 1000, maxEntries: 10 }), /more than 10 entries/);
   await assert.rejects(extractContext(Readable.from([Buffer.from('not a tar at all'.repeat(64))]), dir(t)), /not a valid tar/);
 });
+
+test('a system error while unpacking names the entry and its code, never the host path of the context', async (t) => {
+  const d = dir(t);
+  for (const entries of [
+    [{ name: 'a/', type: 'directory' }, { name: 'a', type: 'symlink', linkname: 'x' }],
+    [{ name: 'a/', type: 'directory' }, { name: 'a', content: 'x' }],
+    [{ name: 'x'.repeat(300), content: 'x' }],
+  ] as Entry[][]) {
+    await assert.rejects(extractContext(Readable.from([await tarOf(entries)]), join(d, String(entries.length))), (e: unknown) => {
+      assert.equal((e as { code?: string }).code, 'InvalidArgument', String(e));
+      assert.doesNotMatch((e as Error).message, new RegExp(d.split('/')[2]!), 'no host path');
+      assert.match((e as Error).message, /cannot be unpacked \((EEXIST|ENAMETOOLONG)\)/);
+      return true;
+    });
+  }
+});

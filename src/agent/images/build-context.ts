@@ -10,7 +10,7 @@ import { copyFile, mkdir, open, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';
 import tar from 'tar-stream';
-import { InvalidArgument, PayloadTooLarge } from '../../core/errors.js';
+import { InvalidArgument, PayloadTooLarge, ResourceExhausted } from '../../core/errors.js';
 
 export interface ContextLimits {
   /** The bytes of the files, all told. */
@@ -28,6 +28,17 @@ export function contextPath(name: string): string | undefined {
   if (n === '' || n === '.') return '';
   if (n.startsWith('/') || n === '..' || n.startsWith('../')) return undefined;
   return n;
+}
+
+/**
+ * A system error names the host path of the context (EEXIST for a directory named again as a link, a name
+ * too long): the tenant gets the entry and the error's code, never where the host keeps its context.
+ */
+function hostFailure(e: unknown, entry: string): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (typeof err?.syscall !== 'string') return e;
+  if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new ResourceExhausted('no space left on the host for the build context', undefined, { cause: e });
+  return new InvalidArgument(`build context: entry ${JSON.stringify(entry.slice(0, 200))} cannot be unpacked (${err.code ?? 'system error'})`, undefined, { cause: e });
 }
 
 export async function extractContext(source: AsyncIterable<Uint8Array>, dir: string, limits: ContextLimits = DEFAULT_CONTEXT_LIMITS): Promise<{ files: number; bytes: number }> {
@@ -113,8 +124,9 @@ export async function extractContext(source: AsyncIterable<Uint8Array>, dir: str
         stream.resume();
         await new Promise<void>((r) => stream.on('end', () => r()));
       })().then(() => next(), (e: unknown) => {
-        extract.destroy(e as Error);
-        reject(e);
+        const failed = hostFailure(e, header.name);
+        extract.destroy(failed as Error);
+        reject(failed);
       });
     });
     extract.on('finish', resolve);
@@ -126,7 +138,7 @@ export async function extractContext(source: AsyncIterable<Uint8Array>, dir: str
   try {
     await done;
   } catch (e) {
-    if (e instanceof InvalidArgument || e instanceof PayloadTooLarge) throw e;
+    if (e instanceof InvalidArgument || e instanceof PayloadTooLarge || e instanceof ResourceExhausted) throw e;
     throw new InvalidArgument(`the build context is not a valid tar archive: ${(e as Error).message}`, undefined, { cause: e });
   } finally {
     input.unpipe();

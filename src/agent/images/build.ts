@@ -28,7 +28,7 @@ import type { AgentImage, BuildProgress, BuildRequest } from '../agent.js';
 import type { ContentReader } from '../content/content-store.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroup, removeCgroupParentIfEmpty, type CgroupLayout } from '../cgroups/cgroups.js';
 import { DEFAULT_CONTEXT_LIMITS, contextPath, extractContext, type ContextLimits } from './build-context.js';
-import { MAX_DOCKERFILE_BYTES, remoteAddSources } from './dockerfile.js';
+import { MAX_DOCKERFILE_BYTES, remoteAddSources, runWithFlags } from './dockerfile.js';
 import { MT } from './media-types.js';
 
 const log = logger('build');
@@ -119,6 +119,8 @@ export class BuildHost {
     if (!ID_RE.test(req.id) || !ID_RE.test(req.projectId)) throw new InvalidArgument('build: malformed build or project id');
     const dockerfile = contextPath(req.dockerfile || 'Dockerfile');
     if (!dockerfile) throw new InvalidArgument(`the Dockerfile path ${JSON.stringify(req.dockerfile.slice(0, 200))} is outside the build context`);
+    // buildah runs a Dockerfile named *.in through cpp on the host first: an #include reads any host file
+    if (dockerfile.endsWith('.in')) throw new InvalidArgument(`the Dockerfile ${JSON.stringify(dockerfile.slice(0, 200))} ends in .in, which the builder would run through the C preprocessor; rename it`);
     const dir = join(this.o.home, 'builds', req.projectId, req.id);
     await this.sweepOnce();
     const layout = await detectCgroupLayout();
@@ -135,12 +137,21 @@ export class BuildHost {
       const ctxDir = join(dir, 'context');
       const got = await extractContext(context, ctxDir, this.o.contextLimits ?? DEFAULT_CONTEXT_LIMITS);
       await checkDockerfile(ctxDir, dockerfile);
-      // buildah fetches a remote ADD from the host's network: not for a build without one
-      const remote = remoteAddSources(await readFile(join(ctxDir, dockerfile), 'utf8'), req.buildArgs);
+      await checkIgnoreFiles(ctxDir, dockerfile);
+      // latin1: one character a byte, as buildah's parser reads it
+      const text = await readFile(join(ctxDir, dockerfile), 'latin1');
+      // buildah fetches a remote ADD from the host's network: not for a build without one (its own network
+      // namespace below is what stops it; this says why early)
+      const remote = remoteAddSources(text, req.buildArgs);
       if (remote.length && req.network !== 'host') throw new PermissionDenied(`ADD ${remote[0]!.slice(0, 200)}: a remote source needs the host network`);
+      refuseRunFlags(runWithFlags(text), 'the Dockerfile');
+      for (const b of req.baseImages) refuseRunFlags(runWithFlags((await this.onBuildTriggers(b.manifestDigest)).join('\n')), `the ONBUILD triggers of ${b.name}`);
       progress({ line: `Sending build context to Nimbus: ${got.files} files, ${got.bytes} bytes` });
       const joins = await makeCgroup(layout, cg, req.resources);
       const network = req.network === 'host' ? 'host' : 'none';
+      // without the host network buildah itself gets none either: a remote ADD however spelt (an ENV of
+      // the base image, quotes, escapes) cannot reach the host's network or what it routes to
+      const ownNetwork = network === 'none';
       if (this.o.cache !== false) {
         lease = await this.cache.acquire({ projectId: req.projectId, storageDriver: this.o.storageDriver, network, bases: req.baseImages });
         roots = { storage: lease.storage, runroot: lease.runroot };
@@ -148,7 +159,7 @@ export class BuildHost {
       const env = await this.environment(dir, roots);
       const run = async (args: string[], onLine?: (l: string) => void) => {
         try {
-          const r = await this.run(dir, roots, joins, env, args, signal, onLine);
+          const r = await this.run(dir, roots, joins, env, args, signal, onLine, ownNetwork);
           if (r.signal) dirty = true;
           return r;
         } catch (e) {
@@ -248,13 +259,17 @@ export class BuildHost {
     };
   }
 
-  /** buildah with our roots, started inside the build's cgroup (a shell joins it, then execs buildah). */
-  private run(dir: string, roots: Roots, cgroupProcs: string[], env: NodeJS.ProcessEnv, args: string[], signal: AbortSignal | undefined, onLine?: (l: string) => void): Promise<Ran> {
+  /**
+   * buildah with our roots, started inside the build's cgroup (a shell joins it, then execs buildah);
+   * with `ownNetwork`, in a network namespace of its own (nothing but a loopback that is down).
+   */
+  private run(dir: string, roots: Roots, cgroupProcs: string[], env: NodeJS.ProcessEnv, args: string[], signal: AbortSignal | undefined, onLine?: (l: string) => void, ownNetwork = false): Promise<Ran> {
     const globals = ['--root', roots.storage, '--runroot', roots.runroot, '--storage-driver', this.o.storageDriver];
+    const command = [...(ownNetwork ? ['unshare', '--net', '--'] : []), this.buildah, ...globals, ...args];
     const script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"';
     return new Promise<Ran>((resolve, reject) => {
       if (signal?.aborted) return reject(new Unavailable('the build was cancelled: its caller went away'));
-      const child = spawn('/bin/sh', ['-c', script, 'sh', String(cgroupProcs.length), ...cgroupProcs, this.buildah, ...globals, ...args], {
+      const child = spawn('/bin/sh', ['-c', script, 'sh', String(cgroupProcs.length), ...cgroupProcs, ...command], {
         cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
       });
       const t0 = Date.now();
@@ -319,6 +334,27 @@ export class BuildHost {
   }
 
   /**
+   * The ONBUILD triggers of a base image's config: buildah runs them (a docker-format image's, read from its
+   * config whatever the letter case of its keys, as Go's JSON decoder reads them), so every list under an
+   * "OnBuild" key anywhere in it counts.
+   */
+  private async onBuildTriggers(manifestDigest: string): Promise<string[]> {
+    const manifest = JSON.parse((await this.o.content.readBlob(manifestDigest)).toString('utf8')) as { config?: { digest?: unknown } };
+    if (typeof manifest.config?.digest !== 'string') throw new Internal(`image ${manifestDigest} on this host has no config`);
+    const found: string[] = [];
+    const walk = (v: unknown, depth: number): void => {
+      if (depth > 32 || typeof v !== 'object' || v === null) return;
+      for (const [k, x] of Object.entries(v)) {
+        // as bytes read as latin1, as the Dockerfile is (Go holds the decoded strings as UTF-8)
+        if (k.toLowerCase() === 'onbuild' && Array.isArray(x)) found.push(...x.map((t) => Buffer.from(String(t), 'utf8').toString('latin1')));
+        else walk(x, depth + 1);
+      }
+    };
+    walk(JSON.parse((await this.o.content.readBlob(manifest.config.digest)).toString('utf8')), 0);
+    return found;
+  }
+
+  /**
    * Everything the build made goes: mounts left under dir, dir, the cgroup; and buildah's containers
    * and images when its storage was the build's own (`ownStorage`: not a cache store other builds share).
    */
@@ -378,6 +414,19 @@ async function checkDockerfile(ctxDir: string, path: string): Promise<void> {
       if (st.size > MAX_DOCKERFILE_BYTES) throw new InvalidArgument(`the Dockerfile is larger than ${MAX_DOCKERFILE_BYTES} bytes`);
     }
   }
+}
+
+/** The ignore files buildah 1.28 reads (a Dockerfile's own first) may not be symlinks: it reads them on the host, following one. */
+async function checkIgnoreFiles(ctxDir: string, dockerfile: string): Promise<void> {
+  for (const name of [`${dockerfile}.containerignore`, `${dockerfile}.dockerignore`, '.containerignore', '.dockerignore']) {
+    const st = await lstat(join(ctxDir, name)).catch(() => undefined);
+    if (st?.isSymbolicLink()) throw new InvalidArgument(`${name} in the build context is a symlink; the builder would read what it points to on the host`);
+  }
+}
+
+/** A RUN flag is a --mount, whose source buildah finds on the host (dockerfile.ts, runWithFlags). */
+function refuseRunFlags(found: string[], where: string): void {
+  if (found.length) throw new InvalidArgument(`${where}: ${found[0]!.slice(0, 200)}: RUN takes no flags here (a RUN --mount reaches host paths with this builder)`);
 }
 
 /** The build's cgroup in the cpu, memory and pids hierarchies, with its limits; the cgroup.procs files to join. */

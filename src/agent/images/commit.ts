@@ -7,7 +7,7 @@
  * manifest as any image arriving on a host is (unpacked with the hardened unpacker).
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
@@ -15,7 +15,7 @@ import { DataLoss, InvalidArgument } from '../../core/errors.js';
 import type { CommitRequest } from '../agent.js';
 import type { ContentStore } from '../content/content-store.js';
 import { MT, type Descriptor, type ImageConfig, type ImageManifest } from './media-types.js';
-import { digestOf } from '../content/content-store.js';
+import { digestOf, fileBytes } from '../content/content-store.js';
 
 export interface LayerBlob {
   /** Where the compressed layer was written. */
@@ -95,7 +95,7 @@ export async function storeCommittedImage(content: ContentStore, parentManifest:
     throw new DataLoss(`image ${req.parentManifest}: its config lists ${rootfs.diff_ids.length} layers, its manifest ${parentManifest.layers.length}`);
   }
   const docker = parentManifest.mediaType === MT.dockerManifest;
-  const stored = await content.ingest({ digest: layer.digest, size: layer.size }, createReadStream(layer.file) as AsyncIterable<Buffer>);
+  const stored = await content.ingest({ digest: layer.digest, size: layer.size }, fileBytes(layer.file));
   if (stored.size !== layer.size) throw new DataLoss(`the committed layer is ${stored.size} bytes, ${layer.size} were written`);
   const configBody = Buffer.from(JSON.stringify(committedConfig(parentConfig, layer.diffId, req, now)));
   const configDigest = digestOf(configBody);

@@ -16,33 +16,64 @@ interface Instruction {
   rest: string;
 }
 
-/** Instructions with their continuation lines joined; comments, blank lines and parser directives dropped. */
-function instructions(text: string): Instruction[] {
+/**
+ * White space at the start of a line as Go's unicode.IsSpace sees it in UTF-8 (the text read as latin1,
+ * one character a byte): ASCII's, and the multi-byte encodings of the Unicode spaces.
+ */
+const GO_LEADING_SPACE = /^(?:[\t\n\v\f\r ]|\xC2[\x85\xA0]|\xE1\x9A\x80|\xE2\x80[\x80-\x8A\xA8\xA9\xAF]|\xE2\x81\x9F|\xE3\x80\x80)+/;
+const trimLeft = (s: string) => s.replace(GO_LEADING_SPACE, '');
+const dropComment = (s: string) => (s.startsWith('#') ? '' : s);
+
+/**
+ * The logical lines of a Dockerfile as buildah 1.28's parser (openshift/imagebuilder's copy of Docker's)
+ * assembles them, so that what Nimbus checks is what buildah runs: a line ending in the escape character
+ * (`\`, or `` ` `` after a leading `# escape=` directive) goes on with the next line and nothing put between
+ * them (`--mo\` then `unt=` is `--mount=`); comment and blank lines inside a continuation are dropped.
+ * Best given the text as latin1 (one character a byte), as Go's parser reads bytes.
+ */
+function logicalLines(text: string): string[] {
+  const lines = text.split('\n').map((l) => (l.endsWith('\r') ? l.slice(0, -1) : l));
+  if (lines.at(-1) === '') lines.pop();
+  if (lines.length) lines[0] = lines[0]!.replace(/^(?:\xEF\xBB\xBF|\uFEFF)/, '');
   let escape = '\\';
-  const lines = text.split(/\r?\n/);
-  // a parser directive (`# escape=`) may only open the file
-  for (const l of lines) {
-    const m = /^#\s*([a-zA-Z]+)\s*=\s*(\S+)\s*$/.exec(l);
-    if (!m) break;
-    if (m[1]!.toLowerCase() === 'escape' && (m[2] === '`' || m[2] === '\\')) escape = m[2];
-  }
-  const out: Instruction[] = [];
-  let cur = '';
-  for (const raw of lines) {
-    const line = raw.replace(/\s+$/, '');
-    if (cur === '' && /^\s*(#|$)/.test(line)) continue;
-    if (cur !== '' && /^\s*#/.test(line)) continue; // comment lines inside a continuation are dropped too
-    if (line.endsWith(escape)) {
-      cur += line.slice(0, -1) + ' ';
-      continue;
+  let directives = true;
+  const directive = (token: string) => {
+    if (!directives) return;
+    const m = /^#[ \t]*escape[ \t]*=[ \t]*([^\n])/i.exec(token);
+    if (!m) directives = false;
+    else if (m[1] === '`' || m[1] === '\\') escape = m[1];
+  };
+  /** The line without its continuation mark, or undefined when it ends the instruction. */
+  const continued = (l: string) => {
+    const mark = escape === '`' ? /`[ \t]*$/ : /\\[ \t]*$/;
+    return mark.test(l) ? l.replace(mark, '') : undefined;
+  };
+  const out: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const token = trimLeft(lines[i]!);
+    directive(token);
+    let line = dropComment(token);
+    let cont = continued(line);
+    if (cont === undefined && line === '') continue;
+    line = cont ?? line;
+    while (cont !== undefined && i + 1 < lines.length) {
+      const raw = lines[++i]!;
+      directive(raw);
+      const next = dropComment(raw);
+      if (dropComment(trimLeft(next)) === '') continue;
+      cont = continued(next);
+      line += cont ?? next;
     }
-    cur += line;
-    const m = /^\s*([A-Za-z]+)\s*(.*)$/.exec(cur);
-    if (m) out.push({ keyword: m[1]!.toUpperCase(), rest: m[2]!.trim() });
-    cur = '';
+    out.push(line);
   }
-  if (cur.trim()) {
-    const m = /^\s*([A-Za-z]+)\s*(.*)$/.exec(cur);
+  return out;
+}
+
+/** Instructions as buildah splits them: the keyword ends at ASCII white space (Go's tokenWhitespace). */
+function instructions(text: string): Instruction[] {
+  const out: Instruction[] = [];
+  for (const line of logicalLines(text)) {
+    const m = /^([^\t\v\f\r ]+)[\t\v\f\r ]*([^]*)$/.exec(trimLeft(line));
     if (m) out.push({ keyword: m[1]!.toUpperCase(), rest: m[2]!.trim() });
   }
   return out;
@@ -158,6 +189,26 @@ export function remoteAddSources(text: string, buildArgs: Readonly<Record<string
         if (/^[a-z][a-z0-9+.-]*:\/\//i.test(s) || /^git@/i.test(s)) out.push(s);
       }
     }
+  }
+  return out;
+}
+
+/** Does an instruction's text begin with a flag (Go's extractBuilderFlags: white space byte by byte, then `--`)? */
+const hasFlags = (rest: string) => /^[\t\n\v\f\r \x85\xA0]*--/.test(rest);
+
+/**
+ * The RUN instructions with flags, ONBUILD's included. buildah 1.28 takes one, --mount, and finds a mount's
+ * source on the host: a bind mount follows a symlink of the context or of another stage out of it, and a cache
+ * mount's id is joined onto a host directory unchecked (`id=../../..`), so a RUN step would get any host path,
+ * writable. Nimbus's builds take no RUN flag. Checked on the Dockerfile and on base images' ONBUILD triggers
+ * (buildah parses those, joined by newlines, as a Dockerfile of their own).
+ */
+export function runWithFlags(text: string): string[] {
+  const out: string[] = [];
+  for (const ins of instructions(text)) {
+    if (ins.keyword === 'RUN' && hasFlags(ins.rest)) out.push(`RUN ${ins.rest}`);
+    // a trigger is stored, and parsed again by the build that starts from the image (ONBUILD takes no flag of its own)
+    else if (ins.keyword === 'ONBUILD' && (hasFlags(ins.rest) || runWithFlags(ins.rest).length)) out.push(`ONBUILD ${ins.rest}`);
   }
   return out;
 }

@@ -13,7 +13,7 @@ import { logger } from '../../core/log.js';
 import type { CompiledOptions } from '../../core/config.js';
 import type { LayerRecord } from '../../store/records.js';
 import type { AdoptedDiskImage, AgentImage, BlobStream, BuildProgress, BuildRequest, CommitRequest, ContainerCommitHost, DiskImageInfo, GcResult, ImageHost, PullOptions, PullProgress, VmImageKind } from '../agent.js';
-import type { ContentStore } from '../content/content-store.js';
+import { fileBytes, type ContentStore } from '../content/content-store.js';
 import { LocalContentStore, assertDigest } from '../content/local-content-store.js';
 import { DiskSpace } from '../content/disk-space.js';
 import { snapshotterNamed } from '../snapshots/registry.js';
@@ -272,7 +272,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
     const hash = createHash('sha256');
     for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
     const digest = `sha256:${hash.digest('hex')}`;
-    const stored = await this.p.content.ingest({ digest, size: info.size }, createReadStream(file));
+    const stored = await this.p.content.ingest({ digest, size: info.size }, fileBytes(file));
     return { digest, size: stored.size, format: info.format, virtualSize: info.virtualSize };
   }
 

@@ -163,3 +163,135 @@ test('an image the disk cannot hold is refused before its layers are stored (bot
   const [img] = await importImageArchive(oci, new LocalContentStore(join(dir, 'content-ok')), { room: roomy });
   assert.equal(img!.manifestDigest, images.amd64.manifest.digest);
 });
+
+test('blobs already stored are not opened: an archive naming one layer many times, or imported again, leaves no file open', async (t) => {
+  const dir = tmp(t);
+  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
+  const layerDigest = sha256Digest(layer);
+  const repeats = 200;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(repeats).fill(layerDigest) } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
+    layers: Array(repeats).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
+  }));
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length }] }));
+  const tarPath = join(dir, 'many.tar');
+  writeFileSync(tarPath, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: index },
+    ...[manifest, config, layer].map((b) => ({ name: `blobs/sha256/${sha256Digest(b).slice(7)}`, type: 'file' as const, content: b })),
+  ]));
+  const store = new LocalContentStore(join(dir, 'content'));
+  const open = () => readdirSync('/proc/self/fd').length;
+  const before = open();
+  await importImageArchive(tarPath, store);
+  await importImageArchive(tarPath, store);
+  await new Promise((r) => setTimeout(r, 100)); // a stream's close is asynchronous
+  assert.ok(open() <= before + 2, `${open() - before} more descriptors open after the imports (the code before kept one per blob found stored)`);
+});
+
+test('an archive naming one manifest or one layer many times costs one image\'s work; more than 1000 images are refused', async (t) => {
+  const dir = tmp(t);
+  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
+  const layerDigest = sha256Digest(layer);
+  const L = 200;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(L).fill(layerDigest) } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
+    layers: Array(L).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
+  }));
+  const entry = (i: number) => ({ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': `x/many:${i}` } });
+  const layout = async (path: string, entries: number) => writeFileSync(path, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: Array.from({ length: entries }, (_, i) => entry(i)) }) },
+    ...[manifest, config, layer].map((b) => ({ name: `blobs/sha256/${sha256Digest(b).slice(7)}`, type: 'file' as const, content: b })),
+  ]));
+  const inner = new LocalContentStore(join(dir, 'content'));
+  let ingests = 0;
+  const store = Object.assign(Object.create(inner) as LocalContentStore, {
+    ingest: (...a: Parameters<LocalContentStore['ingest']>) => {
+      ingests++;
+      return inner.ingest(...a);
+    },
+  });
+  await layout(join(dir, 'oci.tar'), 100);
+  const out = await importImageArchive(join(dir, 'oci.tar'), store);
+  assert.equal(out.length, 100);
+  assert.equal(out[99]!.name, 'x/many:99');
+  assert.equal(out[99]!.layers.length, L);
+  assert.equal(ingests, 3, 'manifest, config and layer stored once each (the code before: once per mention)');
+
+  // docker save: one entry naming one layer L times
+  ingests = 0;
+  const cfgName = `${sha256Digest(config).slice(7)}.json`;
+  writeFileSync(join(dir, 'save.tar'), await makeTar([
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: cfgName, RepoTags: ['x/save:1'], Layers: Array(L).fill('l/layer.tar') }]) },
+    { name: cfgName, type: 'file', content: config },
+    { name: 'l/layer.tar', type: 'file', content: layer },
+  ]));
+  const saved = await importImageArchive(join(dir, 'save.tar'), store);
+  assert.equal(saved[0]!.layers.length, L);
+  assert.equal(ingests, 3, 'config, layer and the synthesised manifest stored once each');
+
+  await layout(join(dir, 'lots.tar'), 1001);
+  await assert.rejects(importImageArchive(join(dir, 'lots.tar'), store), { code: 'InvalidArgument', message: /more than 1000 images/ });
+});
+
+test('a blob already stored (another tenant\'s) is not taken by naming its digest: the archive\'s member must be its bytes', async (t) => {
+  const dir = tmp(t);
+  const images = await buildTestImages();
+  const store = new LocalContentStore(join(dir, 'content'));
+  await writeOciLayoutTar(images, join(dir, 'victim.tar'), 'docker.io/victim/private:1');
+  await importImageArchive(join(dir, 'victim.tar'), store);
+  const victim = images.amd64;
+
+  // the attacker's own one-layer image, its manifest padded to the victim's manifest's size and named by its digest
+  const layer = await makeTar([{ name: 'mine', type: 'file', content: 'x' }]);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256Digest(layer)] } }));
+  const own = JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
+    layers: [{ mediaType: MT.ociLayer, digest: sha256Digest(layer), size: layer.length }],
+  });
+  assert.ok(own.length <= victim.manifest.size);
+  const forged = Buffer.from(own.padEnd(victim.manifest.size, ' '));
+  const archive = async (path: string, desc: { digest: string; size: number }, blobs: [string, Buffer][]) => writeFileSync(path, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MT.ociManifest, ...desc }] }) },
+    ...blobs.map(([digest, b]) => ({ name: `blobs/sha256/${digest.slice(7)}`, type: 'file' as const, content: b })),
+  ]));
+  await archive(join(dir, 'manifest.tar'), { digest: victim.manifest.digest, size: victim.manifest.size }, [
+    [victim.manifest.digest, forged], [sha256Digest(config), config], [sha256Digest(layer), layer],
+  ]);
+  await assert.rejects(importImageArchive(join(dir, 'manifest.tar'), store), (e: unknown) => {
+    assert.ok(hasCode(e, 'DataLoss'), `the victim's image was taken by its digest: ${String(e)}`);
+    assert.match((e as Error).message, /digest mismatch/);
+    return true;
+  });
+
+  // a layer of the victim's named in the attacker's manifest, with other bytes of its size: the unpack would read the victim's
+  const theirs = victim.layers[0]!;
+  const config2 = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [victim.diffIds[0]] } }));
+  const manifest2 = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config2), size: config2.length },
+    layers: [{ mediaType: theirs.mediaType, digest: theirs.digest, size: theirs.size }],
+  }));
+  await archive(join(dir, 'layer.tar'), { digest: sha256Digest(manifest2), size: manifest2.length }, [
+    [sha256Digest(manifest2), manifest2], [sha256Digest(config2), config2], [theirs.digest, Buffer.alloc(theirs.size, 0x20)],
+  ]);
+  await assert.rejects(importImageArchive(join(dir, 'layer.tar'), store), (e: unknown) => {
+    assert.ok(hasCode(e, 'DataLoss'), `the victim's layer was taken by its digest: ${String(e)}`);
+    assert.doesNotMatch((e as Error).message, /stored/, 'nothing told of the stored blob');
+    return true;
+  });
+  // a wrong size claimed for it: the store's size is not told either
+  await archive(join(dir, 'size.tar'), { digest: victim.manifest.digest, size: victim.manifest.size + 1 }, [[victim.manifest.digest, Buffer.alloc(victim.manifest.size + 1, 0x20)]]);
+  await assert.rejects(importImageArchive(join(dir, 'size.tar'), store), (e: unknown) => {
+    assert.ok(hasCode(e, 'DataLoss'), String(e));
+    assert.doesNotMatch((e as Error).message, new RegExp(`stored ${victim.manifest.size}`));
+    return true;
+  });
+});

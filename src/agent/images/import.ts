@@ -7,7 +7,8 @@
  *    the config's diff_ids and the file names that carry digests, and an OCI
  *    manifest is synthesised and stored.
  * Every blob goes through ContentStore.ingest, so every digest is verified and
- * nothing unverified becomes visible. Indexes are resolved to one platform
+ * nothing unverified becomes visible; a blob the store already holds (another
+ * tenant's, maybe) counts only when the archive's member hashes to it. Indexes are resolved to one platform
  * (linux/amd64 unless told otherwise).
  *
  * Errors name the archive's entries, never host paths (the archive is a tenant's upload, kept in
@@ -21,7 +22,7 @@ import { join, posix } from 'node:path';
 import { tmpdir } from 'node:os';
 import tar from 'tar-stream';
 import { DataLoss, Internal, InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
-import type { ContentStore } from '../content/content-store.js';
+import type { ContentInfo, ContentStore } from '../content/content-store.js';
 import type { RoomCheck } from '../content/disk-space.js';
 import {
   MT,
@@ -35,7 +36,7 @@ import {
   type ImageIndex,
   type ImageManifest,
 } from './media-types.js';
-import { digestOf } from '../content/content-store.js';
+import { digestOf, fileBytes } from '../content/content-store.js';
 
 export interface ImportedImage {
   /** From io.containerd.image.name / org.opencontainers.image.ref.name (OCI layout) or RepoTags (docker save). */
@@ -54,6 +55,8 @@ export interface ImportOptions {
 }
 
 const MAX_MEMBER_JSON = 4 * 1024 * 1024;
+/** Images (names) one archive may hold: `docker save` of a whole host is far below it. */
+export const MAX_ARCHIVE_IMAGES = 1000;
 const MAX_LINK_HOPS = 16;
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 async function* once(b: Buffer) {
@@ -173,13 +176,21 @@ export async function importImageArchive(tarPath: string, store: ContentStore, o
 async function importMembers(tarPath: string, dir: string, store: ContentStore, opts: ImportOptions): Promise<ImportedImage[]> {
   const want = opts.platform ?? { os: 'linux', architecture: 'amd64' };
   const members = await unpackMembers(tarPath, dir);
-  const readJson = async <T>(name: string): Promise<T> => {
+  // An archive may name one document or blob any number of times (an index listing one manifest thousands of
+  // times, a manifest one layer): each is read, hashed and stored once, not once per mention.
+  const parsed = new Map<string, Promise<unknown>>();
+  const readJson = <T>(name: string): Promise<T> => {
+    let p = parsed.get(name);
+    if (!p) parsed.set(name, (p = parseMember(name)));
+    return p as Promise<T>;
+  };
+  const parseMember = async (name: string): Promise<unknown> => {
     const m = members.get(name);
     if (!m) throw new DataLoss(`image archive has no ${name}`);
     if (m.size > MAX_MEMBER_JSON) throw new InvalidArgument(`${name} in the image archive is larger than ${MAX_MEMBER_JSON} bytes`);
     const fh = await open(m.file, 'r');
     try {
-      return JSON.parse((await fh.readFile()).toString('utf8')) as T;
+      return JSON.parse((await fh.readFile()).toString('utf8')) as unknown;
     } catch (e) {
       if (e instanceof SyntaxError) throw new DataLoss(`${name} in the image archive is not valid JSON`);
       throw e;
@@ -187,7 +198,13 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
       await fh.close();
     }
   };
-  const hashFile = async (m: Member): Promise<{ digest: string; head: Buffer }> => {
+  const hashed = new Map<Member, Promise<{ digest: string; head: Buffer }>>();
+  const hashFile = (m: Member): Promise<{ digest: string; head: Buffer }> => {
+    let p = hashed.get(m);
+    if (!p) hashed.set(m, (p = hashMember(m)));
+    return p;
+  };
+  const hashMember = async (m: Member): Promise<{ digest: string; head: Buffer }> => {
     const h = createHash('sha256');
     let head: Buffer | undefined;
     for await (const c of createReadStream(m.file) as AsyncIterable<Buffer>) {
@@ -209,25 +226,63 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
     }
     await opts.room.ensureRoom(need, what);
   };
-  /** Ingest a member; with an expected digest (and size) the store verifies it, otherwise the digest is computed. */
+  /** What this import stored or found stored, by member and the digest it was taken as: each once. */
+  const ingested = new Map<string, ContentInfo>();
+  /**
+   * Ingest a member; with an expected digest (and size) the store verifies it, otherwise the digest is computed.
+   * A blob already in the store is not read again by it, and proves nothing of this archive (it may be another
+   * tenant's): the member is then hashed, or naming a digest would be enough to take that image's content.
+   */
   const ingestFile = async (name: string, expect?: { digest: string; size?: number }) => {
     const m = members.get(name);
     if (!m) throw new DataLoss(`image archive is missing ${name}${expect ? ` (${expect.digest})` : ''}`);
     const digest = expect?.digest ?? (await hashFile(m)).digest;
-    try {
-      return await store.ingest({ digest, size: expect?.size ?? m.size }, createReadStream(m.file) as AsyncIterable<Buffer>);
-    } catch (e) {
-      if (e instanceof DataLoss) throw new DataLoss(`${name} in the image archive: ${e.message}`, undefined, { cause: e });
-      throw e;
+    const size = expect?.size ?? m.size;
+    const key = `${digest} ${name}`;
+    const known = ingested.get(key);
+    if (known?.size === size) return known;
+    let read = false;
+    async function* bytes() {
+      yield* fileBytes(m!.file);
+      read = true;
     }
+    const proven = async () => {
+      const got = (await hashFile(m)).digest;
+      if (got !== digest) throw new DataLoss(`${name} in the image archive: digest mismatch: expected ${digest}, got ${got}`);
+    };
+    let info: ContentInfo;
+    try {
+      info = await store.ingest({ digest, size }, bytes());
+    } catch (e) {
+      if (!(e instanceof DataLoss)) throw e;
+      // what the store says of a blob it holds (its size) is not told about a member that is not that blob
+      if (!read) await proven();
+      throw new DataLoss(`${name} in the image archive: ${e.message}`, undefined, { cause: e });
+    }
+    if (!read) await proven();
+    ingested.set(key, info);
+    return info;
+  };
+
+  const out: ImportedImage[] = [];
+  const add = (img: ImportedImage) => {
+    if (out.length >= MAX_ARCHIVE_IMAGES) throw new InvalidArgument(`the image archive names more than ${MAX_ARCHIVE_IMAGES} images`);
+    out.push(img);
   };
 
   if (members.has('index.json') && (members.has('oci-layout') || !members.has('manifest.json'))) {
     const blobName = (d: string) => `blobs/${d.replace(':', '/')}`;
-    const out: ImportedImage[] = [];
     const index = await readJson<ImageIndex>('index.json');
     if (!Array.isArray(index.manifests)) throw new DataLoss('index.json in the image archive has no manifests list');
-    const visit = async (desc: Descriptor, name: string | undefined, depth: number): Promise<void> => {
+    type Resolved = Omit<ImportedImage, 'name'>;
+    const resolved = new Map<string, Promise<Resolved>>();
+    /** The image a descriptor leads to, once per digest. */
+    const resolve = (desc: Descriptor, name: string | undefined, depth: number): Promise<Resolved> => {
+      let p = resolved.get(desc.digest);
+      if (!p) resolved.set(desc.digest, (p = visit(desc, name, depth)));
+      return p;
+    };
+    const visit = async (desc: Descriptor, name: string | undefined, depth: number): Promise<Resolved> => {
       await ingestFile(blobName(desc.digest), desc);
       const doc = await readJson<ImageIndex | ImageManifest>(blobName(desc.digest));
       if (isIndex(desc.mediaType, doc)) {
@@ -239,7 +294,7 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
           throw new InvalidArgument(`image archive index ${desc.digest} has no ${platformString(want)} image (available: ${avail || 'none'})`);
         }
         checkDescriptor(match, `image archive index ${desc.digest}`);
-        return visit(match, name, depth + 1);
+        return resolve(match, name, depth + 1);
       }
       const manifest = doc as ImageManifest;
       if (!manifest.config || !Array.isArray(manifest.layers)) throw new DataLoss(`image archive manifest ${desc.digest} has no config or layers`);
@@ -253,13 +308,14 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
       if (Array.isArray(diffIds) && diffIds.length !== manifest.layers.length) {
         throw new DataLoss(`image archive manifest ${desc.digest}: config lists ${diffIds.length} diff_ids for ${manifest.layers.length} layers`);
       }
-      out.push({ ...(name ? { name } : {}), manifestDigest: desc.digest, manifest, configDigest: manifest.config.digest, config, layers: manifest.layers });
+      return { manifestDigest: desc.digest, manifest, configDigest: manifest.config.digest, config, layers: manifest.layers };
     };
     for (const [i, m] of index.manifests.entries()) {
       checkDescriptor(m, `index.json entry ${i}`);
       // A top-level entry for another platform is not this host's image.
       if (m.platform && !platformMatches(m.platform, want)) continue;
-      await visit(m, m.annotations?.['io.containerd.image.name'] ?? m.annotations?.['org.opencontainers.image.ref.name'], 0);
+      const name = m.annotations?.['io.containerd.image.name'] ?? m.annotations?.['org.opencontainers.image.ref.name'];
+      add({ ...(name ? { name } : {}), ...(await resolve(m, name, 0)) });
     }
     if (!out.length) throw new InvalidArgument(`image archive has no ${platformString(want)} image`);
     return out;
@@ -275,7 +331,6 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
       const hex = m?.[1] ?? m?.[2];
       return hex ? `sha256:${hex}` : undefined;
     };
-    const out: ImportedImage[] = [];
     for (const e of entries) {
       if (typeof e?.Config !== 'string' || !Array.isArray(e.Layers)) throw new DataLoss('manifest.json entry has no Config or Layers');
       const cfgMember = members.get(clean(e.Config));
@@ -317,7 +372,7 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
       await store.ingest({ digest: manifestDigest, size: body.length }, once(body));
       const tags = e.RepoTags?.length ? e.RepoTags : [undefined];
       for (const name of tags) {
-        out.push({ ...(name ? { name } : {}), manifestDigest, manifest, configDigest: cfg.digest, config, layers });
+        add({ ...(name ? { name } : {}), manifestDigest, manifest, configDigest: cfg.digest, config, layers });
       }
     }
     return out;

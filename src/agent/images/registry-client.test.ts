@@ -190,3 +190,47 @@ test('a registry that never answers, or stalls mid-blob, fails the request with 
   });
   assert.deepEqual(ingested, [100], 'the bytes that came were passed on');
 });
+
+test('a registry\'s small bodies are bounded: an endless error or token body, a manifest that never ends, fail fast without filling memory', async (t) => {
+  const held: ServerResponse[] = [];
+  const timers: NodeJS.Timeout[] = [];
+  /** 64 KiB every 2 ms for as long as the connection lasts. */
+  const endless = (res: ServerResponse) => {
+    const chunk = Buffer.alloc(64 * 1024, 0x41);
+    const timer = setInterval(() => (res.destroyed ? clearInterval(timer) : res.write(chunk)), 2);
+    timers.push(timer);
+  };
+  const srv = await serve((req, res, host) => {
+    const p = req.url!;
+    if (p.startsWith('/token')) return void (res.writeHead(200, { 'content-type': 'application/json' }), endless(res));
+    if (p.includes('/manifests/need-token')) {
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${host}/token",service="s"` });
+      return void res.end();
+    }
+    if (p.includes('/manifests/endless-404')) return void (res.writeHead(404, { 'content-type': 'application/json' }), endless(res));
+    res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
+    res.write('{"schemaVersion":');
+    held.push(res); // then nothing, ever
+  });
+  t.after(async () => {
+    for (const x of timers) clearInterval(x);
+    await srv.close();
+  });
+  const c = new RegistryClient(srv.host, 'a/b', { stallTimeoutMs: 500, tokenCache: new TokenCache() });
+  /** Settles within `ms`, or fails the test (the code before read these bodies to their end: never). */
+  const within = <T>(p: Promise<T>, ms = 5_000) => Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`still reading after ${ms} ms`)), ms).unref())]);
+  await assert.rejects(within(c.getManifest('endless-404')), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'NotFound', String(e));
+    return true;
+  });
+  await assert.rejects(within(c.getManifest('need-token')), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'InvalidArgument', String(e));
+    assert.match(e.message, /token service's answer .* is larger than 1048576 bytes/);
+    return true;
+  });
+  await assert.rejects(within(c.getManifest('stalls')), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'Unavailable', String(e));
+    assert.match(e.message, /manifest .*a\/b stalls did not arrive within 500 ms/);
+    return true;
+  });
+});

@@ -10,7 +10,9 @@
  * Unauthenticated. Tokens are cached per realm/service/scope/credentials in a
  * TokenCache (shared by default, so successive pulls reuse them until expiry).
  *
- * Every error names the registry and the repository + reference it was about.
+ * Every error names the registry and the repository + reference it was about. A registry is any host a
+ * tenant names: its small bodies (manifests, token answers, error texts) are read with a byte limit and a
+ * deadline, its blobs with a stall timeout.
  */
 import { createHash } from 'node:crypto';
 import type { Writable } from 'node:stream';
@@ -44,7 +46,10 @@ export interface RegistryClientOptions {
   userAgent?: string;
   /** How long to wait for a response's headers. Default 30 s. */
   responseTimeoutMs?: number;
-  /** How long a blob download may go without receiving a byte. Default 60 s. */
+  /**
+   * How long a blob download may go without receiving a byte, and how long a small body (a manifest, a
+   * token, an error's text) may take in all. Default 60 s.
+   */
   stallTimeoutMs?: number;
 }
 
@@ -71,6 +76,10 @@ const MAX_REDIRECTS = 5;
 /** The reason phrases dockerd's login messages carry (Go's http.StatusText). */
 const STATUS_TEXT: Record<number, string> = { 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 429: 'Too Many Requests', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable' };
 const DEFAULT_TOKEN_TTL_S = 60;
+/** A token service's answer larger than this is refused (real ones are a few KiB). */
+const MAX_TOKEN_BYTES = 1024 * 1024;
+/** Of an error's body, this much is read (its first 200 characters are told, and the error code looked for). */
+const ERROR_BODY_BYTES = 64 * 1024;
 
 /** Parse a WWW-Authenticate header into its challenges (RFC 7235: quoted or bare values, several challenges). */
 export function parseChallenges(header: string): Challenge[] {
@@ -262,7 +271,7 @@ export class RegistryClient {
     const basic = this.basicHeader();
     const res = await this.send(url.toString(), 'GET', basic ? { authorization: basic } : {}, `token for ${this.where(what)}`);
     if (!res.ok) {
-      const text = await res.text().catch(() => '');
+      const text = (await this.readSmall(res, ERROR_BODY_BYTES, `the token service's answer for ${this.where(what)}`, true).catch(() => Buffer.alloc(0))).toString('utf8');
       if (res.status === 401 || res.status === 403) {
         throw new Unauthenticated(
           `registry ${this.registry}: token service ${url.origin} refused ${this.opts.credentials ? `the credentials of ${this.opts.credentials.username}` : 'anonymous access'} for ${this.where(what)} (${res.status})${text ? `: ${text.slice(0, 200)}` : ''}`,
@@ -271,8 +280,9 @@ export class RegistryClient {
       throw new Unavailable(`registry ${this.registry}: token service ${url.origin} answered ${res.status} for ${this.where(what)}`);
     }
     let body: { token?: string; access_token?: string; expires_in?: number };
+    const raw = await this.readSmall(res, MAX_TOKEN_BYTES, `the token service's answer for ${this.where(what)}`);
     try {
-      body = (await res.json()) as typeof body;
+      body = JSON.parse(raw.toString('utf8')) as typeof body;
     } catch {
       throw new Unauthenticated(`registry ${this.registry}: token service ${url.origin} answered with invalid JSON for ${this.where(what)}`);
     }
@@ -376,7 +386,9 @@ export class RegistryClient {
   }
 
   private async errorFor(res: RegistryAnswer, method: string, what: string): Promise<NimbusError> {
-    const text = method === 'GET' ? await res.text().catch(() => '') : (await res.body?.cancel().catch(() => undefined), '');
+    const text = method === 'GET'
+      ? (await this.readSmall(res, ERROR_BODY_BYTES, `the error's text for ${this.where(what)}`, true).catch(() => Buffer.alloc(0))).toString('utf8')
+      : (await res.body?.cancel().catch(() => undefined), '');
     const ref = this.where(what);
     const detail = text ? `: ${text.slice(0, 200).trim()}` : '';
     if (res.status === 401) {
@@ -401,21 +413,10 @@ export class RegistryClient {
       await res.body?.cancel().catch(() => undefined);
       throw new InvalidArgument(`manifest ${this.where(reference)} is ${len} bytes; the limit is ${maxBytes}`);
     }
-    const parts: Buffer[] = [];
-    let total = 0;
-    try {
-      for await (const chunk of (res.body ?? []) as AsyncIterable<Uint8Array>) {
-        total += chunk.length;
-        if (total > maxBytes) throw new InvalidArgument(`manifest ${this.where(reference)} is larger than ${maxBytes} bytes`);
-        parts.push(Buffer.from(chunk));
-      }
-    } catch (e) {
-      if (e instanceof NimbusError) throw e;
-      throw this.streamError(e, reference);
-    }
+    const body = await this.readSmall(res, maxBytes, `manifest ${this.where(reference)}`);
     const mediaType = (res.headers.get('content-type') ?? '').split(';')[0]!.trim();
     const digest = res.headers.get('docker-content-digest') ?? undefined;
-    return { body: Buffer.concat(parts), mediaType, ...(digest ? { digest } : {}) };
+    return { body, mediaType, ...(digest ? { digest } : {}) };
   }
 
   /** HEAD a manifest: its digest (Docker-Content-Digest), media type and size without the body. */
@@ -441,6 +442,48 @@ export class RegistryClient {
       if (e instanceof NimbusError && e.code === 'NotFound') return false;
       throw e;
     }
+  }
+
+  /**
+   * A small body (a manifest, a token service's answer, an error's text) with a byte limit, all of it within the
+   * stall timeout: a registry (any host a tenant names) can neither fill the agent's memory with an endless body
+   * nor hold a pull by never finishing one. Past `maxBytes`, `truncate` keeps the first `maxBytes` (an error's
+   * text), else InvalidArgument. The rest of the body is dropped.
+   */
+  private async readSmall(res: RegistryAnswer, maxBytes: number, subject: string, truncate = false): Promise<Buffer> {
+    if (!res.body) return Buffer.alloc(0);
+    const stallMs = this.opts.stallTimeoutMs ?? 60_000;
+    const it = res.body[Symbol.asyncIterator]();
+    const parts: Buffer[] = [];
+    let total = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Unavailable(`registry ${this.registry}: ${subject} did not arrive within ${stallMs} ms`)), stallMs);
+    });
+    try {
+      for (;;) {
+        const next = it.next();
+        next.catch(() => undefined); // may settle after the deadline; nobody waits for it then
+        const r = await Promise.race([next, late]);
+        if (r.done) break;
+        total += r.value.length;
+        if (total > maxBytes) {
+          if (!truncate) throw new InvalidArgument(`${subject} is larger than ${maxBytes} bytes`);
+          parts.push(Buffer.from(r.value).subarray(0, r.value.length - (total - maxBytes)));
+          break;
+        }
+        parts.push(Buffer.from(r.value));
+      }
+    } catch (e) {
+      if (e instanceof NimbusError) throw e;
+      if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
+      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      throw new Unavailable(`registry ${this.registry}: connection lost while reading ${subject}: ${cause?.code ?? cause?.message ?? (e instanceof Error ? e.message : String(e))}`, undefined, { cause: e });
+    } finally {
+      clearTimeout(timer);
+      await res.body.cancel().catch(() => undefined);
+    }
+    return Buffer.concat(parts);
   }
 
   private streamError(e: unknown, what: string): NimbusError {
