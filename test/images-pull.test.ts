@@ -262,6 +262,29 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     assert.deepEqual(readdirSync(victim), ['keep'], 'no node made in it');
   });
 
+  test('a config naming the diff ids of another image, with layers of its own, does not get that image\'s snapshots', async (t) => {
+    const defer = cleanups(t);
+    const home = mkdtempSync(join(tmpdir(), 'nimbus-diffids-'));
+    defer(() => rmSync(home, { recursive: true, force: true }));
+    const { agent } = await agentIn(defer, home);
+    const secret = await makeTar([{ name: 'secret.txt', type: 'file', content: 'the victim\'s data' }]);
+    await pushTars('nimbus-test/victim', [secret]);
+    await agent.pullImage(`${reg!.host}/nimbus-test/victim:latest`, {}, () => undefined);
+    // the attacker's image: its own layer (any bytes), its own config claiming the victim's diff id
+    const mine = blobOf(gzipSync(await makeTar([{ name: 'nothing', type: 'file', content: '' }])), MEDIA.layerGzip);
+    const config = blobOf(Buffer.from(JSON.stringify({
+      architecture: 'amd64', os: 'linux', config: { Cmd: ['cat', '/secret.txt'] },
+      rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(secret).digest('hex')}`] },
+    })), MEDIA.config);
+    const manifest = manifestOf(config, [mine]);
+    await pushImage(reg!.host, 'nimbus-test/claim', 'latest', { manifest, blobs: [config, mine] });
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/claim:latest`, {}, () => undefined), (e: unknown) => {
+      assert.ok(hasCode(e, 'DataLoss'), String(e));
+      assert.match((e as Error).message, /does not match the config's diff id/);
+      return true;
+    });
+  });
+
   test('a gzip bomb over the per-layer limit fails the pull (400, naming the layer and the limit) and leaves no snapshot; import too', async (t) => {
     const defer = cleanups(t);
     const home = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));

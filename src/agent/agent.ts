@@ -48,6 +48,13 @@ export interface PullOptions {
   insecureRegistries?: string[];
   credentials?: { username: string; password: string };
   signal?: AbortSignal;
+  /**
+   * The configs and layers the pulling project holds already (the control plane's images of it):
+   * only these are taken from the host's store without a download. Any other blob the host has is
+   * fetched from the registry and checked, so that a digest alone never gets another project's
+   * content. Absent: none.
+   */
+  reusable?: string[];
 }
 
 /**

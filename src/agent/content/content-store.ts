@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
+import { DataLoss } from '../../core/errors.js';
 
 /** "sha256:<64 hex>" — the only algorithm accepted for now. */
 export type Digest = string;
@@ -41,6 +42,27 @@ export interface ContentIngester {
    */
   ingest(expected: { digest: Digest; size?: number }, source: AsyncIterable<Uint8Array>): Promise<ContentInfo>;
 }
+
+/**
+ * An ingester that keeps nothing: it reads the whole source and checks its size and digest
+ * (DataLoss otherwise). What a pull uses to make a registry prove it holds a blob the host already
+ * has, before the caller may use it (pull.ts, mayReuse).
+ */
+export const possessionCheck: ContentIngester = {
+  async ingest(expected, source) {
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const chunk of source) {
+      size += chunk.length;
+      if (expected.size !== undefined && size > expected.size) throw new DataLoss(`blob ${expected.digest}: more than the ${expected.size} bytes expected`);
+      hash.update(chunk);
+    }
+    const digest: Digest = `sha256:${hash.digest('hex')}`;
+    if (expected.size !== undefined && size !== expected.size) throw new DataLoss(`blob ${expected.digest}: ${size} bytes, ${expected.size} expected`);
+    if (digest !== expected.digest) throw new DataLoss(`blob ${expected.digest}: content digest is ${digest}`);
+    return { digest, size };
+  },
+};
 
 export interface ContentStore extends ContentReader, ContentIngester {
   delete(digest: Digest): Promise<void>;

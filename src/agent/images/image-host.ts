@@ -122,6 +122,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       report('resolving');
       // Unpack while downloading (layer-unpacker.ts): each layer from its bytes as they arrive, committed in order.
       const budget = new ImageBudget(this.p.options.imageMaxBytes);
+      const reusable = new Set(opts.reusable ?? []);
       const unpack = this.layers.forPull(budget);
       let unpacking: Promise<unknown> | undefined;
       const pulled = await pullImage(ref, {
@@ -130,6 +131,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
         insecureRegistries: opts.insecureRegistries ?? [],
         ...(opts.credentials ? { credentials: opts.credentials } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
+        mayReuse: (digest) => reusable.has(digest),
         onProgress: (ev) => {
           layerState.set(ev.digest, { digest: ev.digest, status: ev.status, bytesDone: ev.bytesDone, bytesTotal: ev.bytesTotal });
           report('downloading');

@@ -107,7 +107,7 @@ const layerData = (i: number, size = 50_000) => {
   return b;
 };
 
-test('pull by tag: index → linux/amd64; everything stored; progress and onLayerReady per layer; a second pull fetches nothing', async (t) => {
+test('pull by tag: index → linux/amd64; everything stored; progress and onLayerReady per layer; a second pull fetches nothing the caller may reuse, and checks the rest', async (t) => {
   const { reg, store } = setup(t);
   const amd = reg.image('app/x', [{ data: layerData(1) }, { data: layerData(2), mediaType: MT.ociLayer }, { data: layerData(3), mediaType: MT.ociLayerZstd }]);
   const arm = reg.image('app/x', [{ data: layerData(9) }], [], 'arm64');
@@ -152,9 +152,40 @@ test('pull by tag: index → linux/amd64; everything stored; progress and onLaye
 
   reg.blobGets = [];
   const again: LayerProgress[] = [];
-  await pullImage(`${reg.host}/app/x:latest`, { store, onProgress: (e) => again.push(e) });
+  const held = new Set([amd.config.digest, ...amd.layers.map((l) => l.digest)]);
+  await pullImage(`${reg.host}/app/x:latest`, { store, onProgress: (e) => again.push(e), mayReuse: (d) => held.has(d) });
   assert.deepEqual(reg.blobGets, [], 'nothing downloaded twice');
   assert.deepEqual(new Set(again.filter((e) => e.status !== 'waiting').map((e) => e.status)), new Set(['exists']));
+
+  // a caller that does not hold them (another project): the registry sends them again, checked, not stored twice
+  reg.blobGets = [];
+  const listed = (await store.list()).length;
+  await pullImage(`${reg.host}/app/x:latest`, { store, mayReuse: (d) => d === amd.layers[0]!.digest });
+  assert.deepEqual(reg.blobGets.sort(), [amd.config.digest, amd.layers[1]!.digest, amd.layers[2]!.digest].sort());
+  assert.equal((await store.list()).length, listed);
+});
+
+test('a blob the host holds is not taken by naming its digest: the registry must send it (a manifest of another\'s layers, served without them, fails)', async (t) => {
+  const { reg, store } = setup(t);
+  const victim = reg.image('victim/private', [{ data: layerData(21) }, { data: layerData(22) }], ['v1']);
+  await reg.start();
+  await pullImage(`${reg.host}/victim/private:v1`, { store });
+  // the attacker's registry: a manifest naming the victim's config and layers, whose bytes it does not have
+  for (const d of [victim.config, ...victim.layers]) reg.blobs.delete(d.digest);
+  reg.manifest('attacker/x', { schemaVersion: 2, mediaType: MT.ociManifest, config: victim.config, layers: victim.layers }, MT.ociManifest, ['latest']);
+  await assert.rejects(pullImage(`${reg.host}/attacker/x:latest`, { store }), (e: unknown) => {
+    assert.ok(hasCode(e, 'NotFound'), String(e));
+    assert.match((e as Error).message, new RegExp(victim.config.digest));
+    return true;
+  });
+  // naming only the layers, with a config of its own: the layers are asked for too
+  const own = reg.blob(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: victim.layers.map((l) => l.digest) } }), MT.ociConfig);
+  reg.manifest('attacker/y', { schemaVersion: 2, mediaType: MT.ociManifest, config: own, layers: victim.layers }, MT.ociManifest, ['latest']);
+  await assert.rejects(pullImage(`${reg.host}/attacker/y:latest`, { store }), (e: unknown) => {
+    assert.ok(hasCode(e, 'NotFound'), String(e));
+    assert.match((e as Error).message, /sha256:[0-9a-f]{64}/);
+    return true;
+  });
 });
 
 test('pull by digest verifies the manifest digest; platform missing lists what there is', async (t) => {
@@ -247,7 +278,7 @@ test('a disk without room refuses the pull before any blob is fetched (a real 16
   await store.ingest(img.layers[0]!, (async function* () {
     yield big;
   })());
-  const pulled = await pullImage(`${reg.host}/app/big`, { store, room });
+  const pulled = await pullImage(`${reg.host}/app/big`, { store, room, mayReuse: (d) => d === img.layers[0]!.digest });
   assert.equal(pulled.manifestDigest, img.manifest.digest);
   assert.deepEqual(reg.blobGets, [img.config.digest]);
 });

@@ -4,9 +4,12 @@
  * every document and blob by digest, and download layers in parallel.
  *
  * The index (if any), the manifest and the config are stored as blobs too, so
- * the content store alone can describe the image afterwards. Layers already
- * in the store are not fetched again. Decompression is not done here: layers
- * are stored as sent (gzip, zstd or plain tar), see layerCompression().
+ * the content store alone can describe the image afterwards. A config or layer
+ * already in the store is not fetched again when the caller may reuse it
+ * (mayReuse: its project holds it); otherwise the registry must send it and it is
+ * checked and dropped, so that naming a digest another project pulled is not
+ * enough to get its content. Decompression is not done here: layers are stored
+ * as sent (gzip, zstd or plain tar), see layerCompression().
  *
  * With a RoomCheck the pull is refused (ResourceExhausted) before the config and the layers
  * are fetched when the disk cannot hold them: the manifest gives compressed sizes only, so the
@@ -68,6 +71,11 @@ export interface PullOptions extends RegistryClientOptions {
    * a failed download destroys the stream with its error (see RegistryClient.pullBlob).
    */
   onLayerStream?: (index: number, layer: Descriptor) => Writable | undefined;
+  /**
+   * Whether a config or layer the store holds already may be used without fetching it (the
+   * caller's project holds it). Default: never; the registry must then send it (checked, dropped).
+   */
+  mayReuse?: (digest: string) => boolean;
 }
 
 export interface PulledImage {
@@ -173,8 +181,10 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
     await opts.room.ensureRoom(need, `pulling ${name}`);
   }
 
+  const mayReuse = opts.mayReuse ?? (() => false);
   // Config: small, needed first (its diff_ids let the caller plan unpacking).
   if (!(await store.info(manifest.config.digest))) await client.pullBlob(manifest.config, store);
+  else if (!mayReuse(manifest.config.digest)) await client.verifyBlob(manifest.config);
   let config: PulledImage['config'];
   try {
     config = JSON.parse((await store.readBlob(manifest.config.digest)).toString('utf8')) as PulledImage['config'];
@@ -201,20 +211,23 @@ export async function pullImage(ref: string, opts: PullOptions): Promise<PulledI
   const download = async (d: Descriptor, index: number) => {
     const progress = (bytesDone: number, status: LayerProgress['status']) =>
       opts.onProgress?.({ digest: d.digest, bytesTotal: d.size, bytesDone, status });
-    if (await store.info(d.digest)) {
-      progress(d.size, 'exists');
-      return;
-    }
-    progress(0, 'downloading');
     let last = 0;
-    const tee = failure ? undefined : opts.onLayerStream?.(index, d);
-    await client.pullBlob(d, store, (done, finished) => {
+    const onBytes = (done: number, finished: boolean) => {
       if (finished) progress(done, 'verifying');
       else if (done - last >= PROGRESS_STEP) {
         last = done;
         progress(done, 'downloading');
       }
-    }, tee);
+    };
+    if (await store.info(d.digest)) {
+      // on this host already, but not the caller's to take: the registry must show it holds it
+      if (!mayReuse(d.digest)) await client.verifyBlob(d, onBytes);
+      progress(d.size, 'exists');
+      return;
+    }
+    progress(0, 'downloading');
+    const tee = failure ? undefined : opts.onLayerStream?.(index, d);
+    await client.pullBlob(d, store, onBytes, tee);
     progress(d.size, 'done');
   };
 

@@ -27,7 +27,7 @@ import {
   Unavailable,
 } from '../../core/errors.js';
 import { isLoopbackRegistry } from '../../core/image-reference.js';
-import type { ContentInfo, ContentStore } from '../content/content-store.js';
+import { possessionCheck, type ContentInfo, type ContentIngester, type ContentStore } from '../content/content-store.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
 import { exchange, type RegistryAnswer } from './http-exchange.js';
 
@@ -518,9 +518,17 @@ export class RegistryClient {
     }
   }
 
+  /**
+   * Download a blob and check it, keeping nothing: the registry shows it holds what the host has
+   * already (content-store.ts, possessionCheck).
+   */
+  async verifyBlob(desc: { digest: string; size?: number }, onBytes?: (bytesDone: number, finished: boolean) => void): Promise<ContentInfo> {
+    return this.pullBlobInto(desc, possessionCheck, onBytes, undefined);
+  }
+
   private async pullBlobInto(
     desc: { digest: string; size?: number },
-    store: ContentStore,
+    store: ContentIngester,
     onBytes: ((bytesDone: number, finished: boolean) => void) | undefined,
     tee: Writable | undefined,
   ): Promise<ContentInfo> {

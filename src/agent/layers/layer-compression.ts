@@ -3,7 +3,10 @@
  * layers go through the zstd program (Node 20 has no zstd), probed once per process.
  */
 import { spawn } from 'node:child_process';
-import { Duplex, Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { Duplex, Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
 import { InvalidArgument } from '../../core/errors.js';
 import { run } from '../../core/exec.js';
 import { layerCompression as compressionOfLayerType, type LayerCompression } from '../images/media-types.js';
@@ -57,3 +60,27 @@ export function zstdDecompressor(): { stream: Duplex; kill: () => void } {
   };
 }
 
+
+/**
+ * A layer blob's diff id (the digest of its uncompressed tar), read through without unpacking: what
+ * says a blob is the layer a config names when its snapshot exists already (layer-unpacker.ts).
+ */
+export async function diffIdOf(source: Readable, mediaType: string): Promise<string> {
+  const compression = layerCompression(mediaType);
+  if (compression === 'zstd' && !(await haveZstd())) throw new InvalidArgument('zstd layers need the zstd program (Debian package zstd)', { mediaType });
+  const hash = createHash('sha256');
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      cb();
+    },
+  });
+  const zstd = compression === 'zstd' ? zstdDecompressor() : undefined;
+  try {
+    const stages: NodeJS.ReadWriteStream[] = compression === 'gzip' ? [createGunzip()] : zstd ? [zstd.stream] : [];
+    await pipeline([source, ...stages, sink] as unknown as NodeJS.ReadWriteStream[]);
+  } finally {
+    zstd?.kill();
+  }
+  return `sha256:${hash.digest('hex')}`;
+}

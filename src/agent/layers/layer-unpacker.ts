@@ -17,6 +17,7 @@ import type { ContentStore } from '../content/content-store.js';
 import type { UnpackRoom } from '../content/disk-space.js';
 import type { MountSpec, Snapshotter } from '../snapshots/snapshotter.js';
 import { applyLayer } from './apply-layer.js';
+import { diffIdOf } from './layer-compression.js';
 import type { ImageBudget } from './unpack-limits.js';
 
 const log = logger('agent.layers.unpack');
@@ -81,6 +82,8 @@ export function upperDir(mounts: MountSpec[]): string {
 export class LayerUnpacker {
   /** Serialises unpacking of one chain id so concurrent pulls share the work. */
   private readonly chainLocks = new Map<string, Promise<void>>();
+  /** Layer blobs whose diff id was computed here (a fact of their content): blob digest → diff id. */
+  private readonly diffIds = new Map<string, string>();
 
   constructor(private readonly opts: LayerUnpackerOptions) {}
 
@@ -125,6 +128,16 @@ export class LayerUnpacker {
     const sn = this.opts.snapshotter;
     if (await this.exists(chainId)) {
       streamed?.stream?.destroy(); // the download goes on into the content store alone
+      // The snapshot is there already, but this blob must still be the layer the config names:
+      // otherwise a config naming the diff ids of another project's image would get its files.
+      if (this.diffIds.get(layer.digest) !== diffId) {
+        await streamed?.ready;
+        const actual = await diffIdOf(this.opts.content.openRead(layer.digest), layer.mediaType).catch((e: unknown) => {
+          throw new DataLoss(`layer ${layer.digest} is not a valid ${layer.mediaType} blob: ${(e as Error).message}`, undefined, { cause: e });
+        });
+        this.diffIds.set(layer.digest, actual);
+        if (actual !== diffId) throw new DataLoss(`layer ${layer.digest}: uncompressed digest ${actual} does not match the config's diff id ${diffId}`);
+      }
       return;
     }
     if (streamed && !sn.parentIndependent) throw new InvalidArgument(`the ${sn.name} snapshotter cannot unpack layers apart`);
@@ -151,9 +164,13 @@ export class LayerUnpacker {
       if (streamed) {
         // the bytes just unpacked are the blob only once the content store verified its digest
         await streamed.ready;
+        this.diffIds.set(layer.digest, diffId);
         await streamed.parentCommitted;
         await sn.commit(chainId, key, parent !== undefined ? { parent } : {});
-      } else await sn.commit(chainId, key);
+      } else {
+        this.diffIds.set(layer.digest, diffId); // read from the content store: the blob itself
+        await sn.commit(chainId, key);
+      }
       log.debug('layer committed', { chainId });
     } catch (e) {
       streamed?.stream?.destroy();

@@ -52,6 +52,9 @@ const log = logger('agent-server');
 
 /** An events subscriber this far behind is cut off (it reconnects and re-checks every VM). */
 const MAX_EVENT_BACKLOG = 1024 * 1024;
+/** A pull's reusable blobs: a project's configs and layers (a generous bound on a hostile list). */
+const MAX_REUSABLE = 100_000;
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 /** Mutual TLS for a TCP listener: PEM texts. */
 export interface AgentServerTls {
@@ -265,6 +268,10 @@ async function servePull(agent: Agent, req: IncomingMessage, res: ServerResponse
   const body = await readJson(req);
   const ref = stringField(body, 'ref');
   const opts = (typeof body.opts === 'object' && body.opts !== null ? body.opts : {}) as PullOptions;
+  const reusable: unknown = opts.reusable;
+  if (reusable !== undefined && !(Array.isArray(reusable) && reusable.length <= MAX_REUSABLE && reusable.every((d) => typeof d === 'string' && DIGEST.test(d)))) {
+    throw new InvalidArgument(`pull: reusable must be a list of at most ${MAX_REUSABLE} sha256 digests`);
+  }
   const signal = clientGone(res);
   startNdjson(res);
   // errors from here on are in band: sendError writes the {"error":...} line

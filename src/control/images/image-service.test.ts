@@ -70,7 +70,7 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
     };
     await store.containers.insert(c);
   };
-  return { store, svc, load, container, collected, finished };
+  return { store, svc, load, container, collected, finished, agent };
 }
 
 test('import: references and tags per project; resolve by tag, digest, prefix and repo@index-digest, never across projects', async (t) => {
@@ -103,6 +103,17 @@ test('pull: the operation records the image and its tag; by digest, no tag', asy
   ]);
   assert.deepEqual((await svc.inspect('busybox', 'p1')).tags, ['docker.io/library/busybox:latest']);
   assert.deepEqual((await svc.inspect(`sha256:${hex('b')}`, 'p2')).tags, []);
+});
+
+test('pull: the agent may reuse only the configs and layers of the pulling project\'s own images (another project\'s are fetched and checked)', async (t) => {
+  const { svc, finished, agent } = await setup(t);
+  for (const project of ['p1', 'p1', 'p2']) {
+    await svc.pull('busybox', project);
+    await finished.at(-1);
+  }
+  const reusable = agent.calls('pullImage').map((c) => (c[1] as { reusable?: string[] }).reusable);
+  const held = [`sha256:${hex('c')}`, `sha256:${hex('d')}`];
+  assert.deepEqual(reusable, [[], held, []], 'p1 holds nothing, then its image\'s blobs; p2 holds nothing of it');
 });
 
 test('remove: untag first, refused while in use or ambiguous, the content goes with its last reference; GC keeps what is used', async (t) => {

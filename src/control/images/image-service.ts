@@ -101,7 +101,7 @@ export class ImageService {
     try {
       // the project's own credentials for that registry, as its pull on the first host had
       const credentials = await this.storedCredentials?.(img.projectId, parseReference(reference).registry);
-      pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}) }, () => undefined);
+      pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}), reusable: await this.heldBlobs(img.projectId) }, () => undefined);
     } catch (e) {
       const pullError = toNimbusError(e);
       // the registry may not have it (an archive's tag no registry serves), want credentials, or be out of reach: carried instead
@@ -322,6 +322,20 @@ export class ImageService {
     }
   }
 
+  /**
+   * The configs and layers of the project's images: what a pull for it may take from a host's store
+   * without the registry sending them again (PullOptions.reusable). A blob another project pulled
+   * is fetched and checked instead, so that knowing its digest is not enough to get it.
+   */
+  private async heldBlobs(projectId: string): Promise<string[]> {
+    const held = new Set<string>();
+    for (const img of await this.store.images.list(projectId)) {
+      held.add(img.configDigest);
+      for (const l of img.layers) held.add(l.digest);
+    }
+    return [...held];
+  }
+
   /** Starts a pull; returns the Operation. */
   async pull(ref: string, projectId: string, credentials?: { username: string; password: string }) {
     const parsed = parseReference(ref);
@@ -330,7 +344,8 @@ export class ImageService {
       const on = this.pullHost();
       // credentials the request brought win over the project's stored ones
       const creds = credentials ?? (await this.storedCredentials?.(projectId, parsed.registry));
-      const img = await on.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(creds ? { credentials: creds } : {}) }, (p: PullProgress) =>
+      const reusable = await this.heldBlobs(projectId);
+      const img = await on.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(creds ? { credentials: creds } : {}), reusable }, (p: PullProgress) =>
         op.progress(p as unknown as Record<string, unknown>),
       );
       // Pulled by digest: no tag to record; by tag: the tag now points here.
