@@ -28,7 +28,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { Conflict } from '../../core/errors.js';
+import { Conflict, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
 import { applyLayer } from '../layers/apply-layer.js';
@@ -51,10 +51,17 @@ export interface ExportTreeOptions {
   rootName?: string;
   /** Names that look like whiteouts: refused (default: the other end would read them as whiteouts) or kept as they are (docker cp's plain tar). */
   whiteoutNames?: 'refuse' | 'keep';
+  /**
+   * Most bytes of regular files the tar carries (a sparse file counts whole: the tar writes it
+   * out); past it the export ends with ResourceExhausted before that file is read.
+   */
+  maxBytes?: number;
 }
 
 /** Deepest entry the export takes (a host path's PATH_MAX): each directory on the way is held open. */
 const MAX_ENTRY_NAME_BYTES = 4096;
+
+const formatMiB = (n: number) => `${Math.round((n / 1024 / 1024) * 10) / 10} MiB`;
 
 /** An entry of a directory held open, reached through its descriptor: no symlink on the way is followed, and the last component is the caller's to follow or not. */
 const inDir = (dir: FileHandle, name: string) => `/proc/self/fd/${dir.fd}/${name}`;
@@ -103,6 +110,7 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
   void (async () => {
     const xattrs = await readTreeXattrs(root, XATTR_PATTERN);
     const links = new Map<string, string>();
+    let carried = 0;
     const skip = new Set(opts.skipAtRoot ?? []);
     const changed = (name: string) => new Conflict(`${JSON.stringify(name)} changed while the tree was read; try again with the container stopped or paused`, { entry: name });
     /** rel: the entry's path in the tree; at: how to reach it (root, or through its parent's descriptor); st: its lstat there. */
@@ -171,6 +179,11 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
           await file.close();
           await addEntry(pack, { ...fbase, type: 'link', linkname: first });
           return;
+        }
+        carried += fst.size;
+        if (opts.maxBytes !== undefined && carried > opts.maxBytes) {
+          await file.close();
+          throw new ResourceExhausted(`the tree's files take more than ${formatMiB(opts.maxBytes)} (at ${JSON.stringify(name)}; a sparse file counts whole)`, { entry: name, maxBytes: opts.maxBytes });
         }
         if (fst.nlink > 1) links.set(key, name);
         const pax = paxOf(xattrs.get(rel), name);
