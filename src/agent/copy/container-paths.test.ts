@@ -99,3 +99,25 @@ test('mounts are refused, also when a link leads into one; a stat of a link to o
     f.done();
   }
 });
+
+test('a name or a path too long for the host is refused without naming the host path', () => {
+  const f = fixture();
+  try {
+    // a whole path within 4096 bytes can still pass PATH_MAX once under the rootfs' own path on the host
+    writeFileSync(path.join(f.root, 'data', 'sub', 'f'), 'x');
+    let deep = '/data';
+    for (let i = 0; i < 19; i++) {
+      deep = `${deep}/${String(i).padStart(200, 'd')}`;
+      mkdirSync(path.join(f.root, deep), { recursive: true });
+    }
+    for (const [p, followLast] of [['/' + 'a'.repeat(300), false], ['/data/' + 'b'.repeat(256) + '/x', true], [`${deep}/x`.padEnd(4090, 'e'), false]] as const) {
+      assert.throws(() => resolveContainerPath(f.root, p, { ...opts, followLast }), (e: unknown) => {
+        assert.equal((e as { code?: string }).code, 'InvalidArgument', String(e));
+        assert.ok(!String((e as Error).message).includes(path.dirname(f.root)), `the message names the host path: ${String(e)}`);
+        return true;
+      });
+    }
+  } finally {
+    f.done();
+  }
+});

@@ -15,7 +15,7 @@
  */
 import { lstatSync, readlinkSync, type Stats } from 'node:fs';
 import path from 'node:path';
-import { InvalidArgument, NotFound } from '../../core/errors.js';
+import { Internal, InvalidArgument, NotFound, isNimbusError } from '../../core/errors.js';
 import { resolveInRoot } from '../drivers/container/rootfs-lookup.js';
 import type { ContainerPathStat } from '../agent.js';
 
@@ -62,11 +62,30 @@ function refuseMount(asked: string, mount: string): never {
 }
 
 /**
+ * A system call's error on the way, without the host path it names (the caller is a tenant): a name
+ * longer than 255 bytes, or a path under the rootfs' own longer than PATH_MAX, is theirs to fix.
+ */
+function withoutHostPath(p: string, e: unknown): unknown {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (isNimbusError(e) || typeof code !== 'string') return e;
+  if (code === 'ENAMETOOLONG') return new InvalidArgument(`${shown(p)}: a name in it, or the path under the container's root, is too long`, { path: p });
+  return new Internal(`resolving ${shown(p)} in the container failed (${code})`, { path: p });
+}
+
+/**
  * Resolve p in root (see the file comment). followLast: an extraction point (every symlink
  * followed); otherwise only a trailing '/' or '/.' follows the last one. NotFound when a
  * component is missing, InvalidArgument when one is not a directory or the path is on a mount.
  */
 export function resolveContainerPath(root: string, p: string, opts: { followLast: boolean; mountPoints: readonly string[] }): ResolvedPath {
+  try {
+    return resolveIn(root, p, opts);
+  } catch (e) {
+    throw withoutHostPath(p, e);
+  }
+}
+
+function resolveIn(root: string, p: string, opts: { followLast: boolean; mountPoints: readonly string[] }): ResolvedPath {
   const { abs, trailing } = cleanContainerPath(p);
   const mounts = opts.mountPoints.map((m) => path.posix.join('/', m));
   let met: string | undefined;
@@ -123,7 +142,14 @@ export function pathStat(root: string, r: ResolvedPath, mountPoints: readonly st
       t = undefined; // a loop, or a target on a mount: what the link says is still the answer
     }
     // a dangling link: where it points, as the container would look for it
-    linkTarget = t?.stat ? t.containerPath : path.posix.resolve(path.posix.dirname(r.containerPath), readlinkSync(r.hostPath));
+    const readlink = () => {
+      try {
+        return readlinkSync(r.hostPath);
+      } catch (e) {
+        throw withoutHostPath(r.containerPath, e);
+      }
+    };
+    linkTarget = t?.stat ? t.containerPath : path.posix.resolve(path.posix.dirname(r.containerPath), readlink());
   }
   return { name: r.name, size: st.size, mode: st.mode, mtime: st.mtime.toISOString(), linkTarget };
 }

@@ -7,16 +7,21 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { run } from '../../core/exec.js';
+import { hasCode } from '../../core/errors.js';
+import { DiskSpace } from '../content/disk-space.js';
 import { LocalContentStore } from '../content/local-content-store.js';
+import type { Snapshotter } from '../snapshots/snapshotter.js';
 import { exportTree } from '../move/tree-tar.js';
 import { committedConfig, storeCommittedImage, writeLayerBlob } from './commit.js';
+import { LocalImageHost } from './image-host.js';
 import { MT, type ImageManifest } from './media-types.js';
 
 const root = process.getuid?.() === 0;
@@ -113,5 +118,37 @@ describe('a container\'s writable layer as an image layer', { skip: !root && 'ne
     const ociManifest = JSON.parse((await content.readBlob(ociDigest)).toString()) as ImageManifest;
     assert.equal(ociManifest.layers[1]!.mediaType, MT.ociLayerGzip);
     assert.equal(ociManifest.config.mediaType, MT.ociConfig);
+  });
+
+  // a sparse file costs the tenant no disk (truncate -s 16T), and the tar writes out all of it: a
+  // commit read it whole (hours of gzip, a blob on the host's disk) before the layer limit said no
+  test('a writable layer past the host\'s layer limit is refused while it is read, not after', async () => {
+    const dir = join(base, 'limit');
+    const upper = join(dir, 'upper');
+    mkdirSync(upper, { recursive: true });
+    const sparse = await open(join(upper, 'sparse'), 'w');
+    await sparse.truncate(4 * 1024 ** 3);
+    await sparse.close();
+    const content = new LocalContentStore(join(dir, 'content'));
+    const put = async (doc: unknown) => {
+      const b = Buffer.from(JSON.stringify(doc));
+      await content.ingest({ digest: sha(b) as never, size: b.length }, Readable.from([b]));
+      return { digest: sha(b), size: b.length };
+    };
+    const config = await put({ architecture: process.arch === 'x64' ? 'amd64' : process.arch, os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, config: {} });
+    const manifest = await put({ schemaVersion: 2, mediaType: MT.ociManifest, config: { mediaType: MT.ociConfig, ...config }, layers: [] });
+    const host = new LocalImageHost({
+      options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 64 << 20 },
+      content,
+      snapshotter: { name: 'overlayfs' } as Snapshotter,
+      room: () => new DiskSpace({ content: dir, snapshots: dir }),
+      releaseLayers: async () => undefined,
+      withWritableLayer: (_id, _pause, fn) => fn(upper),
+    }, { warmUp: false });
+    const started = Date.now();
+    await assert.rejects(host.commitContainer('c1', { parentManifest: manifest.digest, config: {}, pause: false }),
+      (e: unknown) => hasCode(e, 'ResourceExhausted') && /64 MiB/.test(String(e)));
+    assert.ok(Date.now() - started < 5000, `refused after ${Date.now() - started} ms: the layer was read past the limit`);
+    assert.deepEqual(readdirSync(join(dir, 'commit')), [], 'no blob left behind');
   });
 });

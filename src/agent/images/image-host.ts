@@ -19,7 +19,7 @@ import { DiskSpace } from '../content/disk-space.js';
 import { snapshotterNamed } from '../snapshots/registry.js';
 import { snapshotExists, type Snapshotter } from '../snapshots/snapshotter.js';
 import { LayerUnpacker } from '../layers/layer-unpacker.js';
-import { ImageBudget } from '../layers/unpack-limits.js';
+import { DEFAULT_LAYER_MAX_BYTES, ImageBudget } from '../layers/unpack-limits.js';
 import { exportTree } from '../move/tree-tar.js';
 import { MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, checkDescriptor, pullImage } from './pull.js';
 import { LAYER_TYPES, isIndex, type ImageConfig, type ImageManifest } from './media-types.js';
@@ -483,7 +483,9 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       await (this.commitDirSwept ??= rm(dir, { recursive: true, force: true }).catch((e: unknown) => log.warn('clearing an earlier run\'s commit files failed', { dir, error: String(e) })));
       await mkdir(dir, { recursive: true, mode: 0o700 });
       // the layer is read (and the container frozen, when asked) only while the tar is written out
-      const layer = await this.p.withWritableLayer(id, req.pause, (upper) => writeLayerBlob(exportTree(upper, { kind: 'overlay' }), file));
+      // a layer the host would not adopt is not read past its limit (a sparse file is free to make, not to write out)
+      const maxBytes = this.p.options.layerMaxBytes ?? DEFAULT_LAYER_MAX_BYTES;
+      const layer = await this.p.withWritableLayer(id, req.pause, (upper) => writeLayerBlob(exportTree(upper, { kind: 'overlay', maxBytes }), file));
       await this.p.room().ensureRoom({ content: layer.size, snapshots: layer.size }, `committing container ${id.slice(0, 12)}`);
       const { manifestDigest } = await storeCommittedImage(this.p.content, parentManifest, parentConfig, layer, req);
       log.info('container committed', { container: id, manifest: manifestDigest, layerBytes: layer.size });

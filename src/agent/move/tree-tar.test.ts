@@ -6,14 +6,17 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync, chownSync, chmodSync, linkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { run } from '../../core/exec.js';
 import { hasCode } from '../../core/errors.js';
 import { exportTree, importTree } from './tree-tar.js';
+import { readTreeXattrs } from './tree-xattrs.js';
 
 const root = process.getuid?.() === 0;
 let base: string;
@@ -85,6 +88,122 @@ describe('a writable layer as a tar and back', { skip: !root && 'needs root (whi
     mkdirSync(src);
     writeFileSync(join(src, '.wh.mine'), 'a tenant file');
     await assert.rejects(collect(exportTree(src, { kind: 'plain' })), (e: unknown) => hasCode(e, 'Conflict') && /\.wh\.mine/.test(String(e)));
+  });
+});
+
+/** renameat2(2) by number (RENAME_EXCHANGE swaps two names in one step: neither is ever missing). */
+const RENAMEAT2: Partial<Record<string, number>> = { x64: 316, arm64: 276, riscv64: 276 };
+
+/** A process swapping the names a and b in dir as fast as it can (a tenant's process racing the export); it ends with this one. */
+function swapping(dir: string, a: string, b: string): { stop(): void } {
+  const p = spawn('perl', ['-e', `
+    chdir $ARGV[0] or die "chdir: $!"; my ($a, $b) = @ARGV[1, 2]; my $parent = getppid();
+    for (my $i = 0; ; $i++) { syscall(${RENAMEAT2[process.arch]}, -100, $a, -100, $b, 2) == 0 or die "renameat2: $!"; exit 0 if $i % 4096 == 0 && getppid() != $parent }`, dir, a, b], { stdio: 'ignore' });
+  return { stop: () => p.kill() };
+}
+
+describe('an exported tree is a tenant\'s, and may change while it is read', { skip: (!root && 'needs root') || (RENAMEAT2[process.arch] === undefined && 'renameat2 number unknown here') }, () => {
+  before(() => {
+    base = mkdtempSync(join(tmpdir(), 'nimbus-tree-export-'));
+  });
+  after(() => rmSync(base, { recursive: true, force: true }));
+
+  // commit --pause=false reads a running container's upper directory: its process can swap a
+  // directory for a symlink to a host path (an absolute one, which the host resolves from its own
+  // root) between the walk's look at it and its reads in it
+  test('a directory swapped for a symlink while the tree is read: nothing of the host\'s is read (contents, names, links, xattrs)', async () => {
+    const tree = join(base, 'upper');
+    const outside = join(base, 'elsewhere');
+    mkdirSync(join(tree, 'd'), { recursive: true });
+    writeFileSync(join(tree, 'd', 'mine'), 'tenant');
+    mkdirSync(join(outside, 'etc'), { recursive: true });
+    writeFileSync(join(outside, 'secret'), 'HOST SECRET');
+    writeFileSync(join(outside, 'etc', 'secret'), 'HOST SECRET');
+    symlinkSync('/host-target', join(outside, 'secret-link'));
+    assert.equal((await run('setfattr', ['-n', 'user.leak', '-v', 'HOST SECRET', join(outside, 'secret')])).code, 0);
+    symlinkSync(outside, join(tree, 'dl'));
+    const flipper = swapping(tree, 'd', 'dl');
+    const seen: string[] = [];
+    let runs = 0;
+    try {
+      const until = Date.now() + 2000;
+      while (Date.now() < until && !seen.length) {
+        runs++;
+        const ex = tar.extract();
+        ex.on('entry', (h, body, next) => {
+          const chunks: Buffer[] = [];
+          body.on('data', (c) => chunks.push(c as Buffer));
+          body.on('end', () => {
+            const what = `${h.name} ${h.linkname ?? ''} ${JSON.stringify(h.pax ?? {})} ${Buffer.concat(chunks).toString()}`;
+            if (/secret/i.test(what)) seen.push(what);
+            next();
+          });
+        });
+        // the walk may fail (a name went meanwhile): that is fine, a host file in the tar is not
+        await pipeline(exportTree(tree, { kind: 'overlay' }), ex).catch(() => undefined);
+      }
+    } finally {
+      flipper.stop();
+    }
+    assert.deepEqual(seen, [], `the export read host files through the swapped symlink (in ${runs} runs)`);
+    assert.ok(runs > 20, `the race was run (${runs} exports)`);
+  });
+
+  test('the xattr walk does not follow a directory swapped for a symlink either', async () => {
+    const tree = join(base, 'xattr-swap');
+    const outside = join(base, 'xattr-elsewhere');
+    mkdirSync(join(tree, 'd'), { recursive: true });
+    mkdirSync(outside);
+    writeFileSync(join(outside, 'secret'), 'x');
+    assert.equal((await run('setfattr', ['-n', 'user.leak', '-v', 'HOST SECRET', join(outside, 'secret')])).code, 0);
+    assert.equal((await run('setfattr', ['-n', 'user.leak', '-v', 'HOST SECRET', outside])).code, 0);
+    symlinkSync(outside, join(tree, 'dl'));
+    const flipper = swapping(tree, 'd', 'dl');
+    const seen: string[] = [];
+    try {
+      for (let i = 0; i < 300 && !seen.length; i++) {
+        for (const [rel, attrs] of await readTreeXattrs(tree, '^user\\.')) if (attrs.has('user.leak')) seen.push(rel);
+      }
+    } finally {
+      flipper.stop();
+    }
+    assert.deepEqual(seen, [], 'a host file\'s attributes were read through the swapped symlink');
+  });
+
+  test('a file swapped for a fifo while the tree is read: the export does not hang on it', async () => {
+    const tree = join(base, 'fifo-swap');
+    mkdirSync(tree);
+    for (let i = 0; i < 50; i++) writeFileSync(join(tree, `f${i}`), 'x');
+    assert.equal((await run('mkfifo', [join(tree, 'p')])).code, 0);
+    const flipper = swapping(tree, 'f25', 'p');
+    try {
+      const until = Date.now() + 1500;
+      while (Date.now() < until) {
+        const sink = new Writable({ write: (_c, _e, cb) => cb() });
+        const done = pipeline(exportTree(tree, { kind: 'plain' }), sink).catch(() => undefined);
+        let timer: NodeJS.Timeout | undefined;
+        const hung = await Promise.race([done.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), 3000)))]);
+        clearTimeout(timer);
+        assert.equal(hung, false, 'an export waited on a fifo opened for reading');
+      }
+    } finally {
+      flipper.stop();
+      // a reader the old walk left blocked in open(2) is let go
+      await run('perl', ['-MFcntl', '-e', 'for (@ARGV) { sysopen(my $f, $_, O_WRONLY | O_NONBLOCK) }', ...readdirSync(tree).map((n) => join(tree, n))]);
+    }
+  });
+
+  test('extended attributes are bounded: a tree that hangs too many on its files is refused, and the agent stays up', async () => {
+    const tree = join(base, 'many-xattrs');
+    mkdirSync(tree);
+    // 20,000 files with a 4,000-byte user.* attribute each (80 MB; ext4 shares the identical blocks)
+    const made = await run('perl', ['-e', `
+      my ($d, $n, $setxattr) = @ARGV; my $v = "a" x 4000; my $name = "user.big";
+      for my $i (1..$n) { my $p = "$d/f$i"; open(my $f, ">", $p) or die "$!"; close $f; syscall($setxattr + 0, $p, $name, $v, length($v), 0) == 0 or die "setxattr: $!" }`,
+      tree, '20000', String(process.arch === 'x64' ? 188 : 5)]);
+    assert.equal(made.code, 0, made.stderr);
+    await assert.rejects(pipeline(exportTree(tree, { kind: 'plain' }), new Writable({ write: (_c, _e, cb) => cb() })),
+      (e: unknown) => hasCode(e, 'ResourceExhausted') && /extended attributes/.test(String(e)));
   });
 });
 

@@ -11,22 +11,29 @@
  * like a whiteout would be read as one at the other end: the export refuses it rather than lose it.
  * Other device nodes and sockets are not content a tenant can recreate and are skipped.
  *
- * The export never follows a symlink (lstat, O_NOFOLLOW): the tree is a tenant's. The import is
- * hostile input: paths out of the target, devices, oversize trees and too many entries are refused
- * (apply-layer.ts); the caller passes the byte limit and the free-space check.
+ * The export never follows a symlink, at any depth: the tree is a tenant's, and may be changing
+ * while it is read (commit --pause=false reads a running container's layer), so a directory looked
+ * at may be a symlink to a host path by the time it is read. Each directory is held open
+ * (O_DIRECTORY|O_NOFOLLOW) and its entries are reached through that descriptor
+ * (/proc/self/fd/N/name: no path walk that a swapped symlink could redirect); files are opened
+ * O_NOFOLLOW|O_NONBLOCK (a file swapped for a fifo does not hang the read) and must still be
+ * regular files, their size taken from the descriptor and read no further. Extended attributes
+ * come from tree-xattrs.ts, walked the same way. The import is hostile input: paths out of the
+ * target, devices, oversize trees and too many entries are refused (apply-layer.ts); the caller
+ * passes the byte limit and the free-space check.
  */
 import { constants as FS, type Stats } from 'node:fs';
-import { lstat, open, readdir, readlink } from 'node:fs/promises';
+import { lstat, open, readdir, readlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { Conflict, Unavailable } from '../../core/errors.js';
-import { run } from '../../core/exec.js';
+import { Conflict, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
 import { applyLayer } from '../layers/apply-layer.js';
 import type { TreeImportResult } from '../agent.js';
+import { readTreeXattrs } from './tree-xattrs.js';
 
 const log = logger('agent.move');
 
@@ -44,48 +51,23 @@ export interface ExportTreeOptions {
   rootName?: string;
   /** Names that look like whiteouts: refused (default: the other end would read them as whiteouts) or kept as they are (docker cp's plain tar). */
   whiteoutNames?: 'refuse' | 'keep';
+  /**
+   * Most bytes of regular files the tar carries (a sparse file counts whole: the tar writes it
+   * out); past it the export ends with ResourceExhausted before that file is read.
+   */
+  maxBytes?: number;
 }
 
-/** getfattr's escapes (\ooo octal for bytes it will not print, \\ for a backslash) undone. */
-function unescapeGetfattr(s: string): string {
-  const bytes: number[] = [];
-  for (let i = 0; i < s.length; i++) {
-    if (s[i] === '\\' && /^[0-7]{3}$/.test(s.slice(i + 1, i + 4))) {
-      bytes.push(parseInt(s.slice(i + 1, i + 4), 8));
-      i += 3;
-    } else if (s[i] === '\\' && s[i + 1] === '\\') {
-      bytes.push(0x5c);
-      i += 1;
-    } else bytes.push(...Buffer.from(s[i]!, 'utf8'));
-  }
-  return Buffer.from(bytes).toString('utf8');
-}
+/** Deepest entry the export takes (a host path's PATH_MAX): each directory on the way is held open. */
+const MAX_ENTRY_NAME_BYTES = 4096;
 
-/** Every travelling xattr under root, by absolute path (one getfattr for the whole tree, symlinks not followed). */
-export async function readXattrs(root: string): Promise<Map<string, Map<string, Buffer>>> {
-  const r = await run('getfattr', ['-R', '-P', '--absolute-names', '-d', '-m', XATTR_PATTERN, '-e', 'hex', '--', root]).catch((e: unknown) => {
-    throw new Unavailable(`reading extended attributes needs getfattr (Debian package attr): ${String(e)}`);
-  });
-  // exit 1 with output: some file had none readable; only a silent failure is one
-  if (r.code !== 0 && !r.stdout.trim()) throw new Unavailable(`getfattr failed (exit ${r.code})`);
-  const out = new Map<string, Map<string, Buffer>>();
-  let file: string | undefined;
-  for (const line of r.stdout.split('\n')) {
-    if (line.startsWith('# file: ')) {
-      file = unescapeGetfattr(line.slice('# file: '.length));
-      continue;
-    }
-    const eq = line.indexOf('=');
-    if (!file || eq <= 0) continue;
-    const name = line.slice(0, eq);
-    const value = line.slice(eq + 1);
-    if (!value.startsWith('0x')) continue;
-    let attrs = out.get(file);
-    if (!attrs) out.set(file, (attrs = new Map()));
-    attrs.set(name, Buffer.from(value.slice(2), 'hex'));
-  }
-  return out;
-}
+const formatMiB = (n: number) => `${Math.round((n / 1024 / 1024) * 10) / 10} MiB`;
+
+/** An entry of a directory held open, reached through its descriptor: no symlink on the way is followed, and the last component is the caller's to follow or not. */
+const inDir = (dir: FileHandle, name: string) => `/proc/self/fd/${dir.fd}/${name}`;
+
+/** An open that found something other than what the walk had looked at (a symlink, a non-directory, a socket, nothing). */
+const replaced = (e: unknown) => ['ELOOP', 'ENOTDIR', 'ENOENT', 'ENXIO'].includes((e as NodeJS.ErrnoException).code ?? '');
 
 /** A text value survives the PAX header (apply-layer decodes it as UTF-8); a binary one would not. */
 function paxOf(attrs: Map<string, Buffer> | undefined, where: string): Record<string, string> | undefined {
@@ -126,26 +108,40 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
   const pack = tar.pack();
   const fail = (e: unknown) => pack.destroy(e instanceof Error ? e : new Error(String(e)));
   void (async () => {
-    const xattrs = await readXattrs(root);
+    const xattrs = await readTreeXattrs(root, XATTR_PATTERN);
     const links = new Map<string, string>();
+    let carried = 0;
     const skip = new Set(opts.skipAtRoot ?? []);
-    const walk = async (rel: string, st: Stats): Promise<void> => {
-      const abs = rel ? path.join(root, rel) : root;
+    const changed = (name: string) => new Conflict(`${JSON.stringify(name)} changed while the tree was read; try again with the container stopped or paused`, { entry: name });
+    /** rel: the entry's path in the tree; at: how to reach it (root, or through its parent's descriptor); st: its lstat there. */
+    const walk = async (rel: string, at: string, st: Stats): Promise<void> => {
       const name = opts.rootName === undefined ? rel || '.' : rel ? `${opts.rootName}/${rel}` : opts.rootName;
+      if (Buffer.byteLength(rel) >= MAX_ENTRY_NAME_BYTES) throw new Conflict(`an entry of the tree is nested deeper than ${MAX_ENTRY_NAME_BYTES} bytes of path`, { entry: name.slice(0, 200) });
       const base = { name, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtime };
       if (st.isDirectory()) {
-        const pax = paxOf(xattrs.get(abs), name);
-        await addEntry(pack, { ...base, name: `${name}/`, type: 'directory', ...(pax ? { pax } : {}) });
-        if (opts.kind === 'overlay' && xattrs.get(abs)?.get('trusted.overlay.opaque')?.toString() === 'y') {
-          await addEntry(pack, { name: rel ? `${rel}/${WH_OPAQUE}` : WH_OPAQUE, mode: 0, uid: 0, gid: 0, mtime: st.mtime, type: 'file', size: 0 });
-        }
-        for (const child of (await readdir(abs)).sort()) {
-          if (!rel && skip.has(child)) continue;
-          if (child.startsWith(WH_PREFIX) && opts.whiteoutNames !== 'keep') {
-            throw new Conflict(`${JSON.stringify(rel ? `${rel}/${child}` : child)} has a name an image layer reserves for whiteouts (.wh.*); rename it before moving or committing the container`, { entry: rel ? `${rel}/${child}` : child });
+        const dir = await open(at, FS.O_RDONLY | FS.O_DIRECTORY | FS.O_NOFOLLOW).catch((e: unknown) => {
+          throw replaced(e) ? changed(name) : e;
+        });
+        try {
+          const dst = await dir.stat(); // the directory opened, not the one looked at before
+          const pax = paxOf(xattrs.get(rel), name);
+          await addEntry(pack, { ...base, mode: dst.mode & 0o7777, uid: dst.uid, gid: dst.gid, mtime: dst.mtime, name: `${name}/`, type: 'directory', ...(pax ? { pax } : {}) });
+          if (opts.kind === 'overlay' && xattrs.get(rel)?.get('trusted.overlay.opaque')?.toString() === 'y') {
+            await addEntry(pack, { name: rel ? `${rel}/${WH_OPAQUE}` : WH_OPAQUE, mode: 0, uid: 0, gid: 0, mtime: dst.mtime, type: 'file', size: 0 });
           }
-          const childRel = rel ? `${rel}/${child}` : child;
-          await walk(childRel, await lstat(path.join(root, childRel)));
+          for (const child of (await readdir(`/proc/self/fd/${dir.fd}`)).sort()) {
+            if (!rel && skip.has(child)) continue;
+            if (child.startsWith(WH_PREFIX) && opts.whiteoutNames !== 'keep') {
+              throw new Conflict(`${JSON.stringify(rel ? `${rel}/${child}` : child)} has a name an image layer reserves for whiteouts (.wh.*); rename it before moving or committing the container`, { entry: rel ? `${rel}/${child}` : child });
+            }
+            const childRel = rel ? `${rel}/${child}` : child;
+            const cst = await lstat(inDir(dir, child)).catch((e: unknown) => {
+              throw replaced(e) ? changed(childRel) : e;
+            });
+            await walk(childRel, inDir(dir, child), cst);
+          }
+        } finally {
+          await dir.close();
         }
         return;
       }
@@ -157,7 +153,7 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
         return;
       }
       if (st.isSymbolicLink()) {
-        await addEntry(pack, { ...base, type: 'symlink', linkname: await readlink(abs) });
+        await addEntry(pack, { ...base, type: 'symlink', linkname: await readlink(at) });
         return;
       }
       if (st.isFIFO()) {
@@ -165,22 +161,46 @@ export function exportTree(root: string, opts: ExportTreeOptions): Readable {
         return;
       }
       if (st.isFile()) {
-        const key = `${st.dev}:${st.ino}`;
-        const first = st.nlink > 1 ? links.get(key) : undefined;
+        const file = await open(at, FS.O_RDONLY | FS.O_NOFOLLOW | FS.O_NONBLOCK).catch((e: unknown) => {
+          throw replaced(e) ? changed(name) : e;
+        });
+        let fst: Stats;
+        try {
+          fst = await file.stat();
+          if (!fst.isFile()) throw changed(name);
+        } catch (e) {
+          await file.close();
+          throw e;
+        }
+        const fbase = { ...base, mode: fst.mode & 0o7777, uid: fst.uid, gid: fst.gid, mtime: fst.mtime };
+        const key = `${fst.dev}:${fst.ino}`;
+        const first = fst.nlink > 1 ? links.get(key) : undefined;
         if (first !== undefined) {
-          await addEntry(pack, { ...base, type: 'link', linkname: first });
+          await file.close();
+          await addEntry(pack, { ...fbase, type: 'link', linkname: first });
           return;
         }
-        if (st.nlink > 1) links.set(key, name);
-        const pax = paxOf(xattrs.get(abs), name);
-        const body = (await open(abs, FS.O_RDONLY | FS.O_NOFOLLOW)).createReadStream();
-        await addEntry(pack, { ...base, type: 'file', size: st.size, ...(pax ? { pax } : {}) }, body);
+        carried += fst.size;
+        if (opts.maxBytes !== undefined && carried > opts.maxBytes) {
+          await file.close();
+          throw new ResourceExhausted(`the tree's files take more than ${formatMiB(opts.maxBytes)} (at ${JSON.stringify(name)}; a sparse file counts whole)`, { entry: name, maxBytes: opts.maxBytes });
+        }
+        if (fst.nlink > 1) links.set(key, name);
+        const pax = paxOf(xattrs.get(rel), name);
+        const header: TarHeader = { ...fbase, type: 'file', size: fst.size, ...(pax ? { pax } : {}) };
+        if (fst.size === 0) {
+          await file.close();
+          await addEntry(pack, header);
+          return;
+        }
+        // no further than the size the header gives: a file growing meanwhile is cut, not spilled into the next header
+        await addEntry(pack, header, file.createReadStream({ start: 0, end: fst.size - 1 }));
         return;
       }
       // block and other character devices, sockets: nothing a tenant can make or carry
       log.warn('an entry that cannot travel is left out', { entry: name, mode: st.mode.toString(8) });
     };
-    await walk('', await lstat(root));
+    await walk('', root, await lstat(root));
     pack.finalize();
   })().catch(fail);
   return pack as unknown as Readable;

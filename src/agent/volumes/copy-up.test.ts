@@ -107,3 +107,35 @@ test('copy-up: a crashed agent\'s leftover mount in the scratch directory is unm
     rmSync(f.base, { recursive: true, force: true });
   }
 });
+
+// a named volume is made by one create (the one that copies up) but may be mounted meanwhile by
+// another container of the project, already running: its process can replace a directory the
+// copy made with a symlink to a host path while the copy still writes under it
+test('copy-up: a running container sharing the volume swaps a directory for a symlink mid-copy: nothing is written outside the volume', { skip: root ? false : 'mounting needs root' }, async () => {
+  const f = fixture();
+  try {
+    const many = path.join(f.rootfs, 'data', 'x');
+    mkdirSync(path.join(many, 'sub'), { recursive: true });
+    for (let i = 0; i < 3000; i++) writeFileSync(path.join(many, i % 2 ? `f${i}` : path.join('sub', `f${i}`)), `file ${i}\n`);
+    const data = path.join(f.vol('shared'), '_data');
+    mkdirSync(data);
+    const outside = path.join(f.base, 'host-dir');
+    mkdirSync(outside);
+    const { spawn } = await import('node:child_process');
+    // the other container: as soon as x appears, it becomes a symlink to a host directory
+    const racer = spawn('perl', ['-e', `
+      my ($data, $outside) = @ARGV; my $parent = getppid();
+      until (-d "$data/x") { exit 0 if getppid() != $parent }
+      rename("$data/x", "$data/x.old") or die "rename: $!"; symlink($outside, "$data/x") or die "symlink: $!";`, data, outside], { stdio: 'ignore' });
+    const raced = new Promise<void>((r) => racer.once('exit', () => r()));
+    try {
+      await copyUpIntoVolumes([{ type: 'bind', source: f.rootfs, options: ['rbind'] }], [{ target: '/data', dir: data }], { scratchDir: f.scratch, room: f.room }).catch(() => undefined);
+    } finally {
+      racer.kill();
+      await raced;
+    }
+    assert.deepEqual(readdirSync(outside), [], 'the copy wrote through the swapped symlink into a host directory');
+  } finally {
+    rmSync(f.base, { recursive: true, force: true });
+  }
+});

@@ -11,9 +11,16 @@
  * parent that is a symlink, O_NOFOLLOW|O_EXCL, hard links inside it, device nodes passed over,
  * size limits and the disk's reserve), the volume's filesystem bounding it too (ENOSPC). Only an
  * empty volume is filled: one that has files already keeps them (Docker's rule).
+ *
+ * The volume is made by this create, but another of the project's containers may mount it by name
+ * meanwhile and be running: its process could replace a directory the copy made with a symlink to
+ * a host path while the copy still writes under it (apply-layer checks a path, then uses it). So
+ * the copy is unpacked beside the volume's directory, in its filesystem's root, which no container
+ * mounts (volume-store.ts: containers get mnt/_data), and each top-level entry goes into place
+ * whole by one rename, after which nothing here touches it.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rmdir } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, rename, rm, rmdir, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { hasCode } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
@@ -82,18 +89,32 @@ async function copyOne(root: string, v: { target: string; dir: string }, parts: 
     throw e;
   }
   const max = parts.maxBytes ?? DEFAULT_LAYER_MAX_BYTES;
-  const out = await applyLayer(v.dir, exportTree(source, { kind: 'plain', rootName: '.', whiteoutNames: 'keep' }), {
-    mediaType: 'application/x-tar',
-    mode: 'native',
-    whiteouts: 'literal',
-    // the image's own files: its setuid programs are as the image made them (dockerd copies them too)
-    allowSetuid: true,
-    devices: 'skip', // a volume is mounted nodev: a device node there would be of no use
-    fifos: 'allow',
-    xattrs: true,
-    digest: `the image's files at ${v.target.slice(0, 200)}`,
-    limits: { maxUnpackedBytes: max, maxEntryBytes: max },
-    room: parts.room(),
-  });
-  log.debug('volume filled from the image', { target: v.target, entries: out.entries, bytes: out.unpackedBytes });
+  // beside the volume's directory, on its filesystem (a rename moves it), where no container looks (see the file comment)
+  const staging = path.join(path.dirname(v.dir), `.copy-up-${randomBytes(6).toString('hex')}`);
+  await mkdir(staging, { mode: 0o700 });
+  try {
+    const out = await applyLayer(staging, exportTree(source, { kind: 'plain', rootName: '.', whiteoutNames: 'keep' }), {
+      mediaType: 'application/x-tar',
+      mode: 'native',
+      whiteouts: 'literal',
+      // the image's own files: its setuid programs are as the image made them (dockerd copies them too)
+      allowSetuid: true,
+      devices: 'skip', // a volume is mounted nodev: a device node there would be of no use
+      fifos: 'allow',
+      xattrs: true,
+      digest: `the image's files at ${v.target.slice(0, 200)}`,
+      limits: { maxUnpackedBytes: max, maxEntryBytes: max },
+      room: parts.room(),
+    });
+    const top = await lstat(staging);
+    // rename(2) does not follow the name it replaces; the volume's directory itself is not a container's to replace
+    for (const name of await readdir(staging)) await rename(path.join(staging, name), path.join(v.dir, name));
+    // the volume's root takes the directory's owner, mode and times (dockerd's copyOwnership)
+    await chown(v.dir, top.uid, top.gid);
+    await chmod(v.dir, top.mode & 0o7777);
+    await utimes(v.dir, top.atime, top.mtime);
+    log.debug('volume filled from the image', { target: v.target, entries: out.entries, bytes: out.unpackedBytes });
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
 }
