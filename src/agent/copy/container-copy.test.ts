@@ -7,7 +7,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { RuntimeState } from '../drivers/instance-driver.js';
-import { CopyHost } from './container-copy.js';
+import { ResourceExhausted, hasCode } from '../../core/errors.js';
+import { CopyHost, type CopyHostParts } from './container-copy.js';
 
 type Entry = { name: string; type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'block-device' | 'fifo'; linkname?: string; body?: string | Buffer; size?: number; mode?: number; uid?: number; gid?: number };
 
@@ -34,7 +35,7 @@ async function entriesOf(bytes: Readable): Promise<Array<{ name: string; type: s
 }
 
 /** A host whose container rootfs is a temp dir, beside a "host" directory an escape would reach. */
-function fixture(status: RuntimeState['status'] = 'running') {
+function fixture(status: RuntimeState['status'] = 'running', over: Partial<CopyHostParts> = {}) {
   const base = mkdtempSync(path.join(tmpdir(), 'nimbus-cp-'));
   const root = path.join(base, 'rootfs');
   const outside = path.join(base, 'outside');
@@ -57,6 +58,7 @@ function fixture(status: RuntimeState['status'] = 'running') {
     scratchDir: path.join(base, 'scratch'),
     room: () => ({ snapshotRoom: async () => 1024 ** 3 }),
     maxBytes: 1024 * 1024,
+    ...over,
   });
   return { base, root, outside, host, calls, done: () => rmSync(base, { recursive: true, force: true }) };
 }
@@ -135,7 +137,7 @@ test('noOverwriteDirNonDir, copyUIDGID, and .wh. names kept as names (a docker c
   }
 });
 
-test('read: a file or a directory as dockerd names it, its stat beside; lifecycle calls wait until the stream is done', async () => {
+test('read: a file or a directory as dockerd names it, its stat beside; the container is let go before the caller reads (a reader that stops reading holds nothing)', async () => {
   const f = fixture();
   try {
     const one = await f.host.read('c1', '/data/file');
@@ -143,21 +145,37 @@ test('read: a file or a directory as dockerd names it, its stat beside; lifecycl
     assert.deepEqual(await entriesOf(one.bytes), [{ name: 'file', type: 'file', body: 'inside\n' }]);
     const dir = await f.host.read('c1', '/data/');
     assert.equal(dir.stat.name, 'data');
+    // nothing read yet: the container is thawed already, and a start does not wait for the caller
+    assert.deepEqual(f.calls, ['freeze', 'thaw', 'freeze', 'thaw']);
     let started = false;
-    const start = f.host.lifecycle('c1', async () => {
+    await f.host.lifecycle('c1', async () => {
       started = true;
     });
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(started, false, 'a start waits for the copy in progress');
-    const names = (await entriesOf(dir.bytes)).map((e) => `${e.name} ${e.type}`);
-    await start;
     assert.equal(started, true);
+    assert.deepEqual(readdirSync(path.join(f.base, 'scratch')), [], 'the spool is unlinked while it is read');
+    const names = (await entriesOf(dir.bytes)).map((e) => `${e.name} ${e.type}`);
     assert.deepEqual(names.sort(), ['data/ directory', 'data/dir/ directory', 'data/file file', 'data/hostlink symlink', 'data/rootlink symlink']);
     // the link itself, never what it points to on the host
     const link = await f.host.read('c1', '/data/hostlink');
     assert.deepEqual((await entriesOf(link.bytes)).map((e) => e.type), ['symlink']);
     assert.equal(f.calls.filter((c) => c === 'freeze').length, f.calls.filter((c) => c === 'thaw').length);
     await assert.rejects(f.host.stat('c1', '/proc/1/environ'), /is on the mount/);
+  } finally {
+    f.done();
+  }
+});
+
+test('read: the spool stops at the disk\'s reserve, and the container is thawed', async () => {
+  const f = fixture('running', {
+    room: () => ({
+      snapshotRoom: async () => {
+        throw new ResourceExhausted('disk space for images fell to its reserve');
+      },
+    }),
+  });
+  try {
+    await assert.rejects(f.host.read('c1', '/data/'), (e: unknown) => hasCode(e, 'ResourceExhausted'));
+    assert.deepEqual(f.calls, ['freeze', 'thaw']);
   } finally {
     f.done();
   }

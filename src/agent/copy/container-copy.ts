@@ -14,14 +14,16 @@
  * entry limits, the disk's reserve). All of that checks a path, then uses it: a running container
  * could swap a checked directory for a symlink in between (CVE-2018-15664, dockerd's own). So a
  * running container is frozen (the runtime's pause) for as long as its tree is walked, and thawed
- * after; a copy holds off the container's start, stop, pause, unpause and removal until it ends
+ * after (a copy out is spooled to disk first: the caller's pace holds nothing); a copy holds off the container's start, stop, pause, unpause and removal until it ends
  * (dockerd holds its container lock likewise), and copies of one container take turns.
  * Secure containers (a microVM's disk) are refused.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
@@ -35,6 +37,9 @@ import type { ContainerArchiveResult, ContainerPathStat } from '../agent.js';
 import { pathStat, resolveContainerPath } from './container-paths.js';
 
 const log = logger('agent.copy');
+
+/** A copy out is spooled to disk; the disk's room is asked again after this many bytes. */
+const SPOOL_ROOM_CHECK_BYTES = 64 * 1024 ** 2;
 
 /** The mounts every container has besides its own (oci-spec.ts, and the /etc files the driver binds). */
 export const DEFAULT_MOUNT_POINTS = ['/proc', '/dev', '/sys', '/etc/hosts', '/etc/resolv.conf', '/etc/hostname'];
@@ -266,29 +271,52 @@ export class CopyHost {
     }
   }
 
-  /** The path as a tar (dockerd's: entries named from the path's last component) with its stat; the container stays held until the stream ends or is destroyed. */
+  /**
+   * The path as a tar (dockerd's: entries named from the path's last component) with its stat.
+   * The tar is spooled to an unlinked file of the host while the container is held (frozen when it
+   * runs, its start, stop and removal waiting), and the container is let go before the caller reads:
+   * streamed straight out, a caller that stopped reading (the reader role may copy) held a running
+   * container frozen for as long as its connection stayed open. The spool is bounded by the layer
+   * limit and by the disk's reserve.
+   */
   async read(id: string, p: string): Promise<{ stat: ContainerPathStat; bytes: Readable }> {
     const r = await this.open(id);
-    let tar: Readable;
     let stat: ContainerPathStat;
+    let spool: FileHandle | undefined;
     try {
       const resolved = resolveContainerPath(r.root, p, { followLast: false, mountPoints: r.mountPoints });
       stat = pathStat(r.root, resolved, r.mountPoints);
-      tar = exportTree(resolved.hostPath, { kind: 'plain', rootName: resolved.name === '/' ? '.' : resolved.name, whiteoutNames: 'keep' });
+      const tar = exportTree(resolved.hostPath, { kind: 'plain', rootName: resolved.name === '/' ? '.' : resolved.name, whiteoutNames: 'keep', maxBytes: this.p.maxBytes ?? DEFAULT_LAYER_MAX_BYTES });
+      await mkdir(this.p.scratchDir, { recursive: true });
+      const file = path.join(this.p.scratchDir, `read-${randomBytes(8).toString('hex')}.tar`);
+      try {
+        await pipeline(tar, this.roomChecked(id), createWriteStream(file, { flags: 'wx', mode: 0o600 }));
+        spool = await open(file, 'r');
+      } finally {
+        await rm(file, { force: true }); // the descriptor keeps it: nothing is left whatever becomes of the caller
+      }
     } catch (e) {
-      await r.close();
+      await spool?.close();
       throw e;
+    } finally {
+      await r.close();
     }
-    let closed = false;
-    const done = () => {
-      if (closed) return;
-      closed = true;
-      r.close().catch((e: unknown) => log.error('thawing a container after a copy failed', { container: id, error: String(e) }));
-    };
-    tar.once('close', done);
-    tar.once('error', done);
-    tar.once('end', done);
-    return { stat, bytes: tar };
+    return { stat, bytes: spool.createReadStream() };
+  }
+
+  /** Bytes passed through, the disk's room asked again every SPOOL_ROOM_CHECK_BYTES (ResourceExhausted at its reserve). */
+  private roomChecked(id: string): Transform {
+    const room = this.p.room();
+    let written = 0;
+    let nextCheck = 0;
+    return new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        written += chunk.length;
+        if (written < nextCheck) return cb(null, chunk);
+        nextCheck = written + SPOOL_ROOM_CHECK_BYTES;
+        room.snapshotRoom(`a copy out of container ${id.slice(0, 12)}`).then(() => cb(null, chunk), cb);
+      },
+    });
   }
 
   /** The tar extracted under the directory p (its last symlink followed, as dockerd does). */
