@@ -400,6 +400,18 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.ok((r.body as { deleted: string[] }).deleted.includes(a!.digest), `B prunes its own: ${r.text}`);
   });
 
+  test('a member cannot put a container on its host\'s network, nor into the namespace of one that is (403); an administrator can', async () => {
+    let r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, network: 'host', cmd: ['true'] } });
+    assert.equal(r.status, 403, r.text);
+    assert.match(r.text, /only a system administrator may put a container on its host's network/);
+    r = await call(sock(), 'POST', '/containers?project=A', { body: { image: fx.A.image, name: 'hostnet-A', network: 'host', cmd: ['sleep', '60'], start: true } });
+    assert.equal(r.status, 201, `the administrator: ${r.text}`);
+    const hostnet = (r.body as { id: string }).id;
+    r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, network: 'container:hostnet-A', cmd: ['true'] } });
+    assert.equal(r.status, 403, `joining it: ${r.text}`);
+    assert.equal((await call(sock(), 'DELETE', `/containers/${hostnet}?force=true`)).status, 204);
+  });
+
   test('container names are per project: the same name in A and B, each resolved in its caller\'s scope', async () => {
     let r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
     assert.equal(r.status, 201, r.text);

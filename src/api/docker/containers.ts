@@ -64,9 +64,10 @@ async function create(ctx: DockerContext) {
   const mounts = [...(config.mounts ?? []), ...from.mounts];
   mounts.push(...anonymousMounts(Object.keys(image.config.config?.Volumes ?? {}), mounts));
   if (mounts.length) config.mounts = mounts;
-  // host paths (-v /host:/p, --mount type=bind) are for system administrators only
+  // host paths (-v /host:/p, --mount type=bind) and the host's network are for system administrators only
   const r = await services.containers.requestCreate(config, project, { projectId: project }, {
     mayBindHostPaths: ctx.auth.principal?.systemAdmin === true,
+    mayUseHostNetwork: ctx.auth.principal?.systemAdmin === true,
     ...(from.host ? { placement: { host: from.host } } : {}),
   });
   // Docker's create has no 202: a create waiting for a reclaim is waited for

@@ -81,7 +81,7 @@ export const containerRoutes = [
       // runc takes the 31 standard names and numbers only (SIGRTMIN+3 → "37")
       if (input.stopSignal !== undefined) input.stopSignal = canonicalSignal(input.stopSignal);
       const r = await services.containers.requestCreate({ ...input, restart: input.restart ?? { name: 'no' } } as CreateContainerInput, auth.project(),
-        { canRead: auth.canRead, preferProjectId: auth.project() }, { start, placement, mayBindHostPaths: isSystemAdmin(auth) });
+        { canRead: auth.canRead, preferProjectId: auth.project() }, { start, placement, mayBindHostPaths: isSystemAdmin(auth), mayUseHostNetwork: isSystemAdmin(auth) });
       return 'container' in r ? { status: 201, body: r.container } : { status: 202, body: r.operation };
     },
   }),

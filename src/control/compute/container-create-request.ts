@@ -3,7 +3,7 @@
  * network and volumes resolved, and the agent's create request and the placement built from it.
  * Also the create request rebuilt from an existing record (a rebuild on another host).
  */
-import { Conflict, InvalidArgument, Unavailable } from '../../core/errors.js';
+import { Conflict, InvalidArgument, PermissionDenied, Unavailable } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
 import type { ContainerCreateRequest } from '../../agent/agent.js';
 import type { ProcessSpec } from '../../agent/drivers/instance-driver.js';
@@ -38,6 +38,12 @@ export interface CreateOptions {
   placement?: PlacementInput;
   /** The caller may bind host paths (a system administrator: the API edge decides). Default: no. */
   mayBindHostPaths?: boolean;
+  /**
+   * The caller may put the container on its host's network (a system administrator: the API edge
+   * decides). Default: no. There it sees and reaches every interface of the host, other projects'
+   * bridges and containers included, and with CAP_NET_RAW can read their traffic.
+   */
+  mayUseHostNetwork?: boolean;
 }
 
 export interface CreateRequestDeps {
@@ -108,6 +114,10 @@ export async function prepareCreate(
   }
   const config = { ...asked, ...(links.length ? { links } : {}) };
   const intent: NetworkIntent = await deps.networks.intent(config, projectId, { projectId });
+  const onHostNetwork = intent.mode === 'host' || (intent.mode === 'container' && intent.container.config.network === 'host');
+  if (onHostNetwork && !opts.mayUseHostNetwork) {
+    throw new PermissionDenied(`only a system administrator may put a container on its host's network (--network ${config.network ?? 'host'}): it would see every network of the host, other projects' included`);
+  }
   if (links.length && intent.mode !== 'networks') throw new InvalidArgument('--link needs a network (not none, host or container:)');
   const linkNetworks = intent.mode === 'networks' ? intent.networks : [];
   for (const l of links) {

@@ -88,7 +88,7 @@ async function world(t: { after(fn: () => Promise<void> | void): void }) {
   });
   const run = async (extra: Record<string, unknown> = {}, start = true) => containers.create(
     { image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra } as never,
-    'p1', { projectId: 'p1' }, { start, placement: { host: 'local' } },
+    'p1', { projectId: 'p1' }, { start, placement: { host: 'local' }, mayUseHostNetwork: true },
   );
   return { store, hosts, down, local, b, containers, volumes, networks, scheduler, quota, seen, run };
 }
