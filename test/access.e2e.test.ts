@@ -412,6 +412,18 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal((await call(sock(), 'DELETE', `/containers/${hostnet}?force=true`)).status, 204);
   });
 
+  test('a member cannot choose the host a VM migrates to (403, as a container move\'s --to), nor learn host names from the answers; an administrator can', async () => {
+    const host = ((await call(sock(), 'GET', `/vms/${fx.A.vm}`)).body as { agent: string }).agent;
+    for (const to of [host, 'no-such-host']) {
+      const r = await call(tcp(), 'POST', `/vms/${fx.A.vm}/migrate`, { token: tokens.alice!, body: { to } });
+      assert.equal(r.status, 403, `to ${to}: ${r.text}`);
+      assert.match(r.text, /only a system administrator may pin an instance to a host \(to\)/);
+    }
+    // the administrator passes the edge: the service's own checks answer (the VM is on that host already)
+    const r = await call(tcp(), 'POST', `/vms/${fx.A.vm}/migrate`, { token: tokens.admin!, body: { to: host } });
+    assert.equal(r.status, 400, r.text);
+  });
+
   test('container names are per project: the same name in A and B, each resolved in its caller\'s scope', async () => {
     let r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
     assert.equal(r.status, 201, r.text);

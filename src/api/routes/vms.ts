@@ -209,11 +209,15 @@ export const vmRoutes = [
       + 'returns an Operation (202) whose result reports the measured downtime, total time, bytes and RAM passes',
     status: 202, params: IdParam,
     body: Type.Object({
-      to: Type.String({ minLength: 1, description: 'The destination agent' }),
+      to: Type.String({ minLength: 1, description: 'System administrators only: the destination agent (choosing a host is pinning, as --host on a create)' }),
       maxDowntimeMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 60000, description: 'Longest pause QEMU may plan for the last pass (default 300, as QEMU)' })),
     }, { additionalProperties: false }),
     response: Operation,
-    handler: async ({ params, body, services }) => ({ status: 202, body: await services.vms.startMigrate(params.id, body.to, body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}) }),
+    handler: async ({ params, body, services, auth }) => {
+      // a named host skips the scheduler's filters (disabled, zone, constraints, groups), and its answers would tell host names
+      checkPinnedHost({ host: body.to }, isSystemAdmin(auth), 'to');
+      return { status: 202, body: await services.vms.startMigrate(params.id, body.to, body.maxDowntimeMs !== undefined ? { maxDowntimeMs: body.maxDowntimeMs } : {}) };
+    },
   }),
   route({
     method: 'POST', path: '/vms/{id}/console', operationId: 'vmConsole', tag: 'vms', access: 'write',
