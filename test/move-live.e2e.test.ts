@@ -97,9 +97,20 @@ describe('a container moves between hosts live (CRIU)', { skip, concurrency: fal
   });
 
   /** What the container's processes are, and where its counter is; asserted to have gone on after a move. */
+  /**
+   * Its own processes (not an exec's, nor the counter's sleep), as two looks 200 ms apart both see
+   * them: the loop forks a child for each `sleep`, which shows the shell's arguments until it execs
+   * (a CI run's look caught one).
+   */
+  const processes = async () => {
+    const look = async () => (await exec('live', 'ps -o pid,args | grep -e "nc -ll" -e "echo boot" | grep -v grep | sort -n')).split('\n');
+    const first = await look();
+    await new Promise((r) => setTimeout(r, 200));
+    const second = new Set(await look());
+    return first.filter((l) => second.has(l)).join('\n');
+  };
   const snapshot = async () => ({
-    // its own processes (not an exec's, nor the counter's sleep)
-    pids: (await exec('live', 'ps -o pid,args | grep -e "nc -ll" -e "echo boot" | grep -v grep | sort -n')).split('\n').join('\n'),
+    pids: await processes(),
     count: await whole('live', '/count'),
     boots: await exec('live', 'cat /boots'),
   });
