@@ -17,6 +17,29 @@ function tmp(t: { after(fn: () => unknown): void }) {
   return dir;
 }
 
+/** An OCI layout archive at path: index.json naming `manifests`, each blob under its digest. */
+async function writeOciLayout(path: string, manifests: object[], blobs: Array<[string, Buffer]>): Promise<void> {
+  writeFileSync(path, await makeTar([
+    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
+    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests }) },
+    ...blobs.map(([digest, b]) => ({ name: `blobs/sha256/${digest.slice(7)}`, type: 'file' as const, content: b })),
+  ]));
+}
+
+/** A one-file layer and a manifest (with its config) naming it `repeats` times, as a hostile archive may. */
+async function repeatedLayerImage(repeats: number) {
+  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
+  const layerDigest = sha256Digest(layer);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(repeats).fill(layerDigest) } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
+    layers: Array(repeats).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
+  }));
+  const blobs = [manifest, config, layer].map((b): [string, Buffer] => [sha256Digest(b), b]);
+  return { layer, config, manifest, blobs };
+}
+
 test('OCI image-layout tar: index resolved to linux/amd64, every blob stored, name from annotations', async (t) => {
   const dir = tmp(t);
   const images = await buildTestImages();
@@ -166,22 +189,9 @@ test('an image the disk cannot hold is refused before its layers are stored (bot
 
 test('blobs already stored are not opened: an archive naming one layer many times, or imported again, leaves no file open', async (t) => {
   const dir = tmp(t);
-  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
-  const layerDigest = sha256Digest(layer);
-  const repeats = 200;
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(repeats).fill(layerDigest) } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: MT.ociManifest,
-    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
-    layers: Array(repeats).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
-  }));
-  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length }] }));
+  const { manifest, blobs } = await repeatedLayerImage(200);
   const tarPath = join(dir, 'many.tar');
-  writeFileSync(tarPath, await makeTar([
-    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
-    { name: 'index.json', type: 'file', content: index },
-    ...[manifest, config, layer].map((b) => ({ name: `blobs/sha256/${sha256Digest(b).slice(7)}`, type: 'file' as const, content: b })),
-  ]));
+  await writeOciLayout(tarPath, [{ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length }], blobs);
   const store = new LocalContentStore(join(dir, 'content'));
   const open = () => readdirSync('/proc/self/fd').length;
   const before = open();
@@ -193,21 +203,10 @@ test('blobs already stored are not opened: an archive naming one layer many time
 
 test('an archive naming one manifest or one layer many times costs one image\'s work; more than 1000 images are refused', async (t) => {
   const dir = tmp(t);
-  const layer = await makeTar([{ name: 'a', type: 'file', content: 'x' }]);
-  const layerDigest = sha256Digest(layer);
   const L = 200;
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: Array(L).fill(layerDigest) } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: MT.ociManifest,
-    config: { mediaType: MT.ociConfig, digest: sha256Digest(config), size: config.length },
-    layers: Array(L).fill({ mediaType: MT.ociLayer, digest: layerDigest, size: layer.length }),
-  }));
+  const { layer, config, manifest, blobs } = await repeatedLayerImage(L);
   const entry = (i: number) => ({ mediaType: MT.ociManifest, digest: sha256Digest(manifest), size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': `x/many:${i}` } });
-  const layout = async (path: string, entries: number) => writeFileSync(path, await makeTar([
-    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
-    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: Array.from({ length: entries }, (_, i) => entry(i)) }) },
-    ...[manifest, config, layer].map((b) => ({ name: `blobs/sha256/${sha256Digest(b).slice(7)}`, type: 'file' as const, content: b })),
-  ]));
+  const layout = (path: string, entries: number) => writeOciLayout(path, Array.from({ length: entries }, (_, i) => entry(i)), blobs);
   const inner = new LocalContentStore(join(dir, 'content'));
   let ingests = 0;
   const store = Object.assign(Object.create(inner) as LocalContentStore, {
@@ -257,11 +256,7 @@ test('a blob already stored (another tenant\'s) is not taken by naming its diges
   });
   assert.ok(own.length <= victim.manifest.size);
   const forged = Buffer.from(own.padEnd(victim.manifest.size, ' '));
-  const archive = async (path: string, desc: { digest: string; size: number }, blobs: [string, Buffer][]) => writeFileSync(path, await makeTar([
-    { name: 'oci-layout', type: 'file', content: '{"imageLayoutVersion":"1.0.0"}' },
-    { name: 'index.json', type: 'file', content: JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MT.ociManifest, ...desc }] }) },
-    ...blobs.map(([digest, b]) => ({ name: `blobs/sha256/${digest.slice(7)}`, type: 'file' as const, content: b })),
-  ]));
+  const archive = (path: string, desc: { digest: string; size: number }, blobs: [string, Buffer][]) => writeOciLayout(path, [{ mediaType: MT.ociManifest, ...desc }], blobs);
   await archive(join(dir, 'manifest.tar'), { digest: victim.manifest.digest, size: victim.manifest.size }, [
     [victim.manifest.digest, forged], [sha256Digest(config), config], [sha256Digest(layer), layer],
   ]);
