@@ -13,6 +13,7 @@
  * daemon destroys them when it stops (and its reconciliation on start removes any a crash
  * left behind).
  */
+import { eachLimited } from '../core/each-limited.js';
 import { isNimbusError } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { NetworkSpec } from './network/network-driver.js';
@@ -489,12 +490,8 @@ export class WarmPool {
   }
 
   private async destroyAll(ids: string[]): Promise<void> {
-    const queue = [...ids];
-    const worker = async () => {
-      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
-        await this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }));
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(DESTROY_CONCURRENCY, queue.length) }, worker));
+    await eachLimited([...ids], DESTROY_CONCURRENCY, (id) =>
+      this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) })),
+    );
   }
 }

@@ -32,6 +32,7 @@ import { Duplex, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { eachLimited } from '../../core/each-limited.js';
 import { InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
@@ -173,24 +174,6 @@ type Deferred<T> = T & { seq: number };
 
 /** Directory fixups in flight at the end of a layer (each a few thread-pool calls). */
 const FIXUPS_IN_FLIGHT = 8;
-
-/** fn over items, at most `limit` at a time; the first error is thrown once the others have settled. */
-async function eachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async () => {
-    while (failure === undefined && next < items.length) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failure) throw failure.error;
-}
 
 interface Header {
   name: string;

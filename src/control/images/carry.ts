@@ -4,6 +4,7 @@
  * another's writeBlob, never held whole here and never touching either host's files. The
  * target verifies size and digest before a blob counts (docs/image-transfer.md).
  */
+import { eachLimited } from '../../core/each-limited.js';
 import type { ImageHost } from '../../agent/agent.js';
 import type { HostAgents } from '../compute/hosts.js';
 
@@ -27,25 +28,15 @@ export function sourcesFor(hosts: HostAgents, candidates: readonly string[], tar
  * the target was writing is dropped by it (a short or broken body fails its digest check).
  */
 export async function carryBlobs(source: Pick<ImageHost, 'readBlob'>, target: Pick<ImageHost, 'writeBlob'>, digests: readonly string[]): Promise<{ blobs: number; bytes: number }> {
-  const queue = [...digests];
-  let failure: { error: unknown } | undefined;
   let bytes = 0;
-  const worker = async () => {
-    for (let d = queue.shift(); d !== undefined && !failure; d = queue.shift()) {
-      try {
-        const blob = await source.readBlob(d);
-        try {
-          const written = await target.writeBlob(d, blob.size, blob.bytes);
-          bytes += written.size;
-        } finally {
-          blob.bytes.destroy(); // a refused write leaves the source's stream unread: let go of it
-        }
-      } catch (e) {
-        failure ??= { error: e };
-      }
+  await eachLimited([...digests], CARRY_CONCURRENCY, async (d) => {
+    const blob = await source.readBlob(d);
+    try {
+      const written = await target.writeBlob(d, blob.size, blob.bytes);
+      bytes += written.size;
+    } finally {
+      blob.bytes.destroy(); // a refused write leaves the source's stream unread: let go of it
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(CARRY_CONCURRENCY, queue.length) }, worker));
-  if (failure) throw failure.error;
+  });
   return { blobs: digests.length, bytes };
 }
