@@ -28,16 +28,15 @@ import { constants as FS } from 'node:fs';
 import { lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import path from 'node:path';
-import { Duplex, Readable, Transform } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { eachLimited } from '../../core/each-limited.js';
 import { InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { UnpackRoom } from '../content/disk-space.js';
 import { SmallFileWriter } from './file-writer.js';
-import { haveZstd, layerCompression, zstdDecompressor } from './layer-compression.js';
+import { checkDecompressor, decompressor, haveZstd, layerCompression } from './layer-compression.js';
 import { applySpecialOps, probeSpecialOps, type NodeOp, type XattrOp } from './special-ops.js';
 import { DEFAULT_LAYER_MAX_BYTES, DEFAULT_LAYER_MAX_ENTRIES, formatBytes, type ImageBudget } from './unpack-limits.js';
 
@@ -661,9 +660,7 @@ export async function applyLayer(
     maxEntries: given.maxEntries ?? DEFAULT_LIMITS.maxEntries,
     maxPathLength: given.maxPathLength ?? DEFAULT_LIMITS.maxPathLength,
   };
-  if (compression === 'zstd' && !(await haveZstd())) {
-    throw new InvalidArgument('zstd layers need the zstd program (Debian package zstd)', { mediaType: opts.mediaType });
-  }
+  await checkDecompressor(compression, opts.mediaType);
   const root = await realpath(targetDir);
   const rootSt = await lstat(root);
   if (!rootSt.isDirectory()) throw new InvalidArgument(`apply target ${targetDir} is not a directory`);
@@ -672,13 +669,7 @@ export async function applyLayer(
   // pipeline feeds it, and one emitted before the iterator is attached is lost (the layer hangs).
 
   const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
-  let zstd: ReturnType<typeof zstdDecompressor> | undefined;
-  const decompress: Duplex[] = [];
-  if (compression === 'gzip') decompress.push(createGunzip({ chunkSize: GUNZIP_CHUNK_BYTES }));
-  if (compression === 'zstd') {
-    zstd = zstdDecompressor();
-    decompress.push(zstd.stream);
-  }
+  const decompress = decompressor(compression, { chunkSize: GUNZIP_CHUNK_BYTES });
 
   const hash = createHash('sha256');
   let size = 0;
@@ -694,7 +685,7 @@ export async function applyLayer(
     },
   });
   const extract = tar.extract();
-  const streams = [input, ...decompress, counter, extract] as unknown as NodeJS.ReadWriteStream[];
+  const streams = [input, ...decompress.stages, counter, extract] as unknown as NodeJS.ReadWriteStream[];
   const feeding = pipeline(streams);
   let feedError: unknown;
   feeding.catch((e: unknown) => {
@@ -735,7 +726,7 @@ export async function applyLayer(
     await ex.finish();
   } finally {
     await ex.settleFiles(); // the caller removes a failed layer's directory: no write may still be under way
-    zstd?.kill();
+    decompress.kill();
     if (!input.destroyed) input.destroy();
   }
   return { diffId: `sha256:${hash.digest('hex')}`, size, entries, unpackedBytes: ex.unpackedBytes };

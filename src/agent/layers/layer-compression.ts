@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
+import { createGunzip, type ZlibOptions } from 'node:zlib';
 import { InvalidArgument } from '../../core/errors.js';
 import { run } from '../../core/exec.js';
 import { layerCompression as compressionOfLayerType, type LayerCompression } from '../images/media-types.js';
@@ -61,13 +61,28 @@ export function zstdDecompressor(): { stream: Duplex; kill: () => void } {
 }
 
 
+/** A zstd layer needs the zstd program: refused up front on a host without it. */
+export async function checkDecompressor(compression: LayerCompression, mediaType: string): Promise<void> {
+  if (compression === 'zstd' && !(await haveZstd())) throw new InvalidArgument('zstd layers need the zstd program (Debian package zstd)', { mediaType });
+}
+
+/** The stages that undo a layer's compression (none for a plain tar), and how to stop a zstd process early. */
+export function decompressor(compression: LayerCompression, gunzip: ZlibOptions = {}): { stages: Duplex[]; kill: () => void } {
+  if (compression === 'gzip') return { stages: [createGunzip(gunzip)], kill: () => undefined };
+  if (compression === 'zstd') {
+    const zstd = zstdDecompressor();
+    return { stages: [zstd.stream], kill: zstd.kill };
+  }
+  return { stages: [], kill: () => undefined };
+}
+
 /**
  * A layer blob's diff id (the digest of its uncompressed tar), read through without unpacking: what
  * says a blob is the layer a config names when its snapshot exists already (layer-unpacker.ts).
  */
 export async function diffIdOf(source: Readable, mediaType: string): Promise<string> {
   const compression = layerCompression(mediaType);
-  if (compression === 'zstd' && !(await haveZstd())) throw new InvalidArgument('zstd layers need the zstd program (Debian package zstd)', { mediaType });
+  await checkDecompressor(compression, mediaType);
   const hash = createHash('sha256');
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -75,12 +90,11 @@ export async function diffIdOf(source: Readable, mediaType: string): Promise<str
       cb();
     },
   });
-  const zstd = compression === 'zstd' ? zstdDecompressor() : undefined;
+  const { stages, kill } = decompressor(compression);
   try {
-    const stages: NodeJS.ReadWriteStream[] = compression === 'gzip' ? [createGunzip()] : zstd ? [zstd.stream] : [];
     await pipeline([source, ...stages, sink] as unknown as NodeJS.ReadWriteStream[]);
   } finally {
-    zstd?.kill();
+    kill();
   }
   return `sha256:${hash.digest('hex')}`;
 }
