@@ -476,9 +476,7 @@ export class RegistryClient {
       }
     } catch (e) {
       if (e instanceof NimbusError) throw e;
-      if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
-      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-      throw new Unavailable(`registry ${this.registry}: connection lost while reading ${subject}: ${cause?.code ?? cause?.message ?? (e instanceof Error ? e.message : String(e))}`, undefined, { cause: e });
+      throw this.streamError(e, subject);
     } finally {
       clearTimeout(timer);
       await res.body.cancel().catch(() => undefined);
@@ -486,11 +484,12 @@ export class RegistryClient {
     return Buffer.concat(parts);
   }
 
-  private streamError(e: unknown, what: string): NimbusError {
+  /** A connection that broke while `subject` was read (the caller's abort is thrown as it is). */
+  private streamError(e: unknown, subject: string): NimbusError {
     if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
     const cause = (e as { cause?: { code?: string; message?: string } }).cause;
     const why = cause?.code ?? cause?.message ?? (e instanceof Error ? e.message : String(e));
-    return new Unavailable(`registry ${this.registry}: connection lost while reading ${this.where(what)}: ${why}`, undefined, { cause: e });
+    return new Unavailable(`registry ${this.registry}: connection lost while reading ${subject}: ${why}`, undefined, { cause: e });
   }
 
   /**
@@ -562,7 +561,7 @@ export class RegistryClient {
         }
       } catch (e) {
         if (e instanceof NimbusError) throw e;
-        throw self.streamError(e, desc.digest);
+        throw self.streamError(e, self.where(desc.digest));
       }
       // the reader may finish while the store syncs and checks the digest
       if (tee && !tee.destroyed) tee.end();
