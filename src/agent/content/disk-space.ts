@@ -57,6 +57,36 @@ export interface UnpackRoom {
   snapshotRoom(what: string): Promise<number>;
 }
 
+/** Free space is asked again after at most this much written (less as the room left shrinks). */
+const ROOM_CHECK_MAX_BYTES = 64 * 1024 ** 2;
+const ROOM_CHECK_MIN_BYTES = 256 * 1024;
+
+/**
+ * When a writer asks an UnpackRoom again: once what it wrote passes the next check, which comes
+ * sooner the less room there is (half of it, between 256 KiB and 64 MiB), so the reserve is never
+ * written through.
+ */
+export class RoomPacer {
+  /** Bytes after which the room is asked again (0: before the first write). */
+  private next = 0;
+
+  constructor(
+    private readonly room: UnpackRoom,
+    private readonly what: string,
+  ) {}
+
+  /** Whether the room must be asked before the writer goes past `written` bytes in all. */
+  due(written: number): boolean {
+    return written >= this.next;
+  }
+
+  /** Ask it (ResourceExhausted at the reserve) and set when to ask next. */
+  async check(written: number): Promise<void> {
+    const room = await this.room.snapshotRoom(this.what);
+    this.next = written + Math.min(ROOM_CHECK_MAX_BYTES, Math.max(ROOM_CHECK_MIN_BYTES, Math.floor(room / 2)));
+  }
+}
+
 const mib = (n: number) => {
   const m = Math.max(0, n) / 1024 ** 2;
   return m >= 10 ? `${Math.floor(m)} MiB` : `${m.toFixed(1)} MiB`;

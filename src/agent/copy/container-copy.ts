@@ -26,7 +26,7 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import type { UnpackRoom } from '../content/disk-space.js';
+import { RoomPacer, type UnpackRoom } from '../content/disk-space.js';
 import type { RuntimeState } from '../drivers/instance-driver.js';
 import { applyLayer } from '../layers/apply-layer.js';
 import { DEFAULT_LAYER_MAX_BYTES } from '../layers/unpack-limits.js';
@@ -38,8 +38,6 @@ import { pathStat, resolveContainerPath } from './container-paths.js';
 
 const log = logger('agent.copy');
 
-/** A copy out is spooled to disk; the disk's room is asked again after this many bytes. */
-const SPOOL_ROOM_CHECK_BYTES = 64 * 1024 ** 2;
 
 /** The mounts every container has besides its own (oci-spec.ts, and the /etc files the driver binds). */
 export const DEFAULT_MOUNT_POINTS = ['/proc', '/dev', '/sys', '/etc/hosts', '/etc/resolv.conf', '/etc/hostname'];
@@ -304,17 +302,15 @@ export class CopyHost {
     return { stat, bytes: spool.createReadStream() };
   }
 
-  /** Bytes passed through, the disk's room asked again every SPOOL_ROOM_CHECK_BYTES (ResourceExhausted at its reserve). */
+  /** Bytes passed through, the disk's room asked again when due (RoomPacer: ResourceExhausted at its reserve). */
   private roomChecked(id: string): Transform {
-    const room = this.p.room();
+    const pacer = new RoomPacer(this.p.room(), `a copy out of container ${id.slice(0, 12)}`);
     let written = 0;
-    let nextCheck = 0;
     return new Transform({
       transform(chunk: Buffer, _enc, cb) {
         written += chunk.length;
-        if (written < nextCheck) return cb(null, chunk);
-        nextCheck = written + SPOOL_ROOM_CHECK_BYTES;
-        room.snapshotRoom(`a copy out of container ${id.slice(0, 12)}`).then(() => cb(null, chunk), cb);
+        if (!pacer.due(written)) return cb(null, chunk);
+        pacer.check(written).then(() => cb(null, chunk), cb);
       },
     });
   }

@@ -34,7 +34,7 @@ import tar from 'tar-stream';
 import { eachLimited } from '../../core/each-limited.js';
 import { InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import type { UnpackRoom } from '../content/disk-space.js';
+import { RoomPacer, type UnpackRoom } from '../content/disk-space.js';
 import { SmallFileWriter } from './file-writer.js';
 import { checkDecompressor, decompressor, haveZstd, layerCompression } from './layer-compression.js';
 import { applySpecialOps, probeSpecialOps, type NodeOp, type XattrOp } from './special-ops.js';
@@ -58,9 +58,6 @@ const SMALL_FILE_BYTES = 64 * 1024;
  */
 const GUNZIP_CHUNK_BYTES = 256 * 1024;
 
-/** Free space is asked again after at most this much file data (less as the room left shrinks). */
-const ROOM_CHECK_MAX_BYTES = 64 * 1024 ** 2;
-const ROOM_CHECK_MIN_BYTES = 256 * 1024;
 
 export interface ApplyLayerLimits {
   /** Sum of the sizes of the regular files the layer writes. Default 16 GiB (DEFAULT_LAYER_MAX_BYTES). */
@@ -217,8 +214,8 @@ class Extractor {
   private readonly isRoot = process.getuid?.() === 0;
   /** Regular-file bytes this layer has written or is about to write (the limits count these). */
   unpackedBytes = 0;
-  /** File bytes after which free space is asked again (0: before the first write). */
-  private nextRoomCheck = 0;
+  /** When free space is asked again (none without a room to ask). */
+  private readonly roomPacer: RoomPacer | undefined;
   /** Small files queued for the writer threads. */
   private readonly smallFiles = new SmallFileWriter();
 
@@ -232,7 +229,9 @@ class Extractor {
      * skipped for paths it has not (a third of the system calls on a many-file layer).
      */
     private readonly startedEmpty = false,
-  ) {}
+  ) {
+    this.roomPacer = opts.room ? new RoomPacer(opts.room, `layer ${this.layerName}`) : undefined;
+  }
 
   /** Whether p may already exist (always true unless the root started empty). */
   private mayExist(rel: string): boolean {
@@ -255,15 +254,11 @@ class Extractor {
     this.opts.imageBudget?.take(bytes, this.layerName);
   }
 
-  /**
-   * Before writing more file data: ask for the free space again once `written` passes the next
-   * check, which comes sooner the less room there is, so the reserve is never written through.
-   */
+  /** Before writing more file data: free space asked again when due (RoomPacer). */
   private async roomFor(written: number): Promise<void> {
-    if (!this.opts.room || written < this.nextRoomCheck) return;
+    if (!this.roomPacer?.due(written)) return;
     await this.smallFiles.flush(); // free space is asked about bytes on the disk, not ones still queued
-    const room = await this.opts.room.snapshotRoom(`layer ${this.layerName}`);
-    this.nextRoomCheck = written + Math.min(ROOM_CHECK_MAX_BYTES, Math.max(ROOM_CHECK_MIN_BYTES, Math.floor(room / 2)));
+    await this.roomPacer.check(written);
   }
 
   private abs(comps: string[]): string {
