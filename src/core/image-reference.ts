@@ -17,6 +17,11 @@ export interface ImageReference {
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[\w][\w.-]{0,127}$/;
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
+
+/** "sha256:<64 lowercase hex>", the only digest accepted anywhere (a digest becomes a blob's path). */
+export function isDigest(d: unknown): d is string {
+  return typeof d === 'string' && DIGEST.test(d);
+}
 const HOST = /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::\d{1,5})?$/;
 
 export function parseReference(input: string): ImageReference {

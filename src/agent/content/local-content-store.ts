@@ -13,13 +13,13 @@ import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promis
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { DataLoss, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
+import { isDigest } from '../../core/image-reference.js';
 import type { ContentInfo, ContentStore, Digest } from './content-store.js';
 
-const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 const WRITE_BATCH_BYTES = 1024 ** 2;
 
 export function assertDigest(d: string): void {
-  if (!DIGEST_RE.test(d)) throw new InvalidArgument(`invalid digest "${d}": expected sha256:<64 lowercase hex>`);
+  if (!isDigest(d)) throw new InvalidArgument(`invalid digest "${d}": expected sha256:<64 lowercase hex>`);
 }
 
 /** fsync a directory so a rename into it survives a crash (best effort: some filesystems refuse). */

@@ -22,6 +22,7 @@ import { join, posix } from 'node:path';
 import { tmpdir } from 'node:os';
 import tar from 'tar-stream';
 import { DataLoss, Internal, InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
+import { isDigest } from '../../core/image-reference.js';
 import type { ContentInfo, ContentStore } from '../content/content-store.js';
 import type { RoomCheck } from '../content/disk-space.js';
 import {
@@ -58,7 +59,6 @@ const MAX_MEMBER_JSON = 4 * 1024 * 1024;
 /** Images (names) one archive may hold: `docker save` of a whole host is far below it. */
 export const MAX_ARCHIVE_IMAGES = 1000;
 const MAX_LINK_HOPS = 16;
-const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 async function* once(b: Buffer) {
   yield b;
 }
@@ -154,7 +154,7 @@ async function unpackMembers(tarPath: string, dir: string): Promise<Map<string, 
 
 function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
   const x = d as Partial<Descriptor> | null;
-  if (!x || typeof x !== 'object' || typeof x.digest !== 'string' || !DIGEST_RE.test(x.digest)) {
+  if (!x || typeof x !== 'object' || !isDigest(x.digest)) {
     throw new InvalidArgument(`${what}: malformed or unsupported digest ${JSON.stringify(x?.digest)}`);
   }
   if (typeof x.size !== 'number' || !Number.isSafeInteger(x.size) || x.size < 0) throw new DataLoss(`${what}: descriptor ${x.digest} has no valid size`);

@@ -18,7 +18,7 @@
  */
 import type { Writable } from 'node:stream';
 import { DataLoss, InvalidArgument, NimbusError, NotFound } from '../../core/errors.js';
-import { parseReference } from '../../core/image-reference.js';
+import { isDigest, parseReference } from '../../core/image-reference.js';
 import type { ContentStore } from '../content/content-store.js';
 import type { RoomCheck } from '../content/disk-space.js';
 import {
@@ -89,7 +89,6 @@ export interface PulledImage {
   layers: Descriptor[];
 }
 
-const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
 async function* once(b: Buffer) {
   yield b;
@@ -99,7 +98,7 @@ async function* once(b: Buffer) {
 export function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
   const x = d as Partial<Descriptor> | null;
   if (!x || typeof x !== 'object') throw new DataLoss(`${what}: descriptor is not an object`);
-  if (typeof x.digest !== 'string' || !DIGEST_RE.test(x.digest)) {
+  if (!isDigest(x.digest)) {
     throw new InvalidArgument(`${what}: unsupported or malformed digest ${JSON.stringify(x.digest)} (only sha256 is accepted)`);
   }
   if (typeof x.size !== 'number' || !Number.isSafeInteger(x.size) || x.size < 0) throw new DataLoss(`${what}: descriptor ${x.digest} has no valid size`);

@@ -14,6 +14,7 @@ import { dirname } from 'node:path';
 import { PassThrough, finished, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Conflict, InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable, toNimbusError } from '../../core/errors.js';
+import { isDigest } from '../../core/image-reference.js';
 import { logger } from '../../core/log.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { drainedOrClosed, writeLines } from '../../core/streams.js';
@@ -54,7 +55,6 @@ const log = logger('agent-server');
 const MAX_EVENT_BACKLOG = 1024 * 1024;
 /** A pull's reusable blobs: a project's configs and layers (a generous bound on a hostile list). */
 const MAX_REUSABLE = 100_000;
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 /** Mutual TLS for a TCP listener: PEM texts. */
 export interface AgentServerTls {
@@ -269,7 +269,7 @@ async function servePull(agent: Agent, req: IncomingMessage, res: ServerResponse
   const ref = stringField(body, 'ref');
   const opts = (typeof body.opts === 'object' && body.opts !== null ? body.opts : {}) as PullOptions;
   const reusable: unknown = opts.reusable;
-  if (reusable !== undefined && !(Array.isArray(reusable) && reusable.length <= MAX_REUSABLE && reusable.every((d) => typeof d === 'string' && DIGEST.test(d)))) {
+  if (reusable !== undefined && !(Array.isArray(reusable) && reusable.length <= MAX_REUSABLE && reusable.every(isDigest))) {
     throw new InvalidArgument(`pull: reusable must be a list of at most ${MAX_REUSABLE} sha256 digests`);
   }
   const signal = clientGone(res);
