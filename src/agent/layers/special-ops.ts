@@ -18,6 +18,7 @@ import { lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidArgument, Unavailable } from '../../core/errors.js';
 import { run } from '../../core/exec.js';
+import { SYSCALLS } from '../syscalls.js';
 
 /** A node to create: an overlay whiteout (a 0:0 character device) or a fifo. */
 export interface NodeOp {
@@ -84,16 +85,10 @@ while (my $line = <STDIN>) {
 }
 `;
 
-const SYSCALLS: Partial<Record<string, { mknodat: number; openat: number; close: number; setxattr: number; lsetxattr: number }>> = {
-  x64: { mknodat: 259, openat: 257, close: 3, setxattr: 188, lsetxattr: 189 },
-  arm64: { mknodat: 33, openat: 56, close: 57, setxattr: 5, lsetxattr: 6 },
-  riscv64: { mknodat: 33, openat: 56, close: 57, setxattr: 5, lsetxattr: 6 },
-};
-
 let perlOk: Promise<boolean> | undefined;
 function havePerl(): Promise<boolean> {
   perlOk ??= run('perl', ['-MFcntl', '-e', 'exit 0']).then(
-    (r) => r.code === 0 && SYSCALLS[process.arch] !== undefined,
+    (r) => r.code === 0 && SYSCALLS !== undefined,
     () => false,
   );
   return perlOk;
@@ -129,7 +124,7 @@ function reasonOf(stderr: string): string {
 export async function applySpecialOps(root: string, nodes: NodeOp[], xattrs: XattrOp[]): Promise<void> {
   if (nodes.length === 0 && xattrs.length === 0) return;
   if (await havePerl()) {
-    const sc = SYSCALLS[process.arch]!;
+    const sc = SYSCALLS!;
     const lines = [
       ...nodes.map((n) => `N ${hex(n.rel)} ${n.kind === 'whiteout' ? S_IFCHR : S_IFIFO | (n.mode & 0o777)}`),
       ...xattrs.map((x) => `X ${hex(x.rel)} ${hex(x.name)} ${hex(x.value)}`),

@@ -17,6 +17,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { ResourceExhausted, Unavailable } from '../../core/errors.js';
+import { SYSCALLS } from '../syscalls.js';
 
 /** What the attributes a tree carries may take in memory (names, values, paths, ~256 B of bookkeeping each). */
 export const MAX_TREE_XATTR_BYTES = 64 * 1024 * 1024;
@@ -71,18 +72,12 @@ if (-d _) {
 }
 `;
 
-const SYSCALLS: Partial<Record<string, { openat: number; close: number; llistxattr: number; lgetxattr: number }>> = {
-  x64: { openat: 257, close: 3, llistxattr: 195, lgetxattr: 192 },
-  arm64: { openat: 56, close: 57, llistxattr: 12, lgetxattr: 9 },
-  riscv64: { openat: 56, close: 57, llistxattr: 12, lgetxattr: 9 },
-};
-
 /**
  * The attributes whose names match pattern (a regular expression) of every entry under root, by
  * path relative to root ('' for root itself). ResourceExhausted past MAX_TREE_XATTR_BYTES.
  */
 export async function readTreeXattrs(root: string, pattern: string, maxBytes = MAX_TREE_XATTR_BYTES): Promise<Map<string, Map<string, Buffer>>> {
-  const sc = SYSCALLS[process.arch];
+  const sc = SYSCALLS;
   if (!sc) throw new Unavailable(`reading a tree's extended attributes is not supported on ${process.arch}`);
   const child = spawn('perl', ['-e', HELPER, root, pattern, String(sc.openat), String(sc.close), String(sc.llistxattr), String(sc.lgetxattr)], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<{ code: number | null; error?: Error }>((resolve) => {
