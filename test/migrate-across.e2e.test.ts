@@ -15,7 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { vxlanMissing } from '../src/agent/network/network-test-env.js';
@@ -48,7 +48,9 @@ const netnsOf = (id: string) => {
   return `/run/netns/${name}`;
 };
 const vmLogs = () => cliOk(['vm', 'logs', VM]);
-const taps = async (ns?: string) => (await run('ip', [...(ns ? ['-n', ns] : []), '-o', 'link', 'show'])).stdout.split('\n').filter((l) => /: vif[0-9a-f]{8}\.0[@:]/.test(l));
+/** This VM's taps (vif + 8 of its id): other test files' VMs have taps in the host's namespace too (CI runs files side by side). */
+let vmId = '';
+const taps = async (ns?: string) => (await run('ip', [...(ns ? ['-n', ns] : []), '-o', 'link', 'show'])).stdout.split('\n').filter((l) => vmId && l.includes(`: vif${vmId.slice(0, 8)}.0`));
 
 /** A command in a container's network namespace, in the background; resolves with its output when it ends. */
 /** Processes of the tests' own (a failed test leaves them to the file's teardown: a stream client whose peer died waits for ever). */
@@ -86,6 +88,29 @@ let tries = 0;
     process.exit(1);
   });
 })();`;
+
+/**
+ * Where a ping toward the VM stops, for a failed wait's message: the VM's state and console tail,
+ * its tap's packet counters a second apart on the host it moved to (from the watcher; to the
+ * guest), and where that host's bridge and the watcher believe its MAC is.
+ */
+async function pathWords(ns: string | undefined): Promise<string> {
+  const words: string[] = [];
+  const vm = (JSON.parse(await cliOk(['vm', 'inspect', VM]).catch(() => '[]')) as Array<{ id?: string; host?: { argv?: string[]; qmpSocket?: string } }>)[0];
+  if (vm?.host) delete vm.host.argv;
+  words.push(`VM: ${JSON.stringify(vm)}; console tail: ${JSON.stringify((await vmLogs().catch(() => '')).slice(-300))}`);
+  const dir = vm?.host?.qmpSocket ? dirname(vm.host.qmpSocket) : undefined;
+  const tail = (f: string) => { try { return JSON.stringify(readFileSync(join(dir!, f), 'utf8').slice(-400)); } catch { return '(none)'; } };
+  if (dir) words.push(`QEMU's stderr: ${tail('qemu.log')}; its exit status: ${tail('exit-status')}`);
+  const mentions = [...(d?.output() ?? '').split('\n'), ...(b?.output() ?? '').split('\n')].filter((l) => vm?.id && l.includes(vm.id));
+  words.push(`logs naming it: ${mentions.slice(-12).join('\n')}`);
+  const counters = async () => (await run('ip', [...(ns ? ['-n', ns] : []), '-s', '-o', 'link', 'show'])).stdout.split('\n').filter((l) => vmId && l.includes(`: vif${vmId.slice(0, 8)}.0`)).map((l) => l.replace(/\s+/g, ' ').slice(-260));
+  const first = await counters();
+  await new Promise((r) => setTimeout(r, 1000));
+  words.push(`tap counters, 1 s apart: ${JSON.stringify(first)} then ${JSON.stringify(await counters())}`);
+  words.push(`bridge fdb: ${(await run('bridge', [...(ns ? ['-n', ns] : []), 'fdb', 'show'])).stdout.split('\n').filter((l) => !/permanent$|^33:33|^01:00/.test(l)).join(' | ')}`);
+  return words.join('\n');
+}
 
 /** The last warnings and errors of the control plane and host-b, for an assertion's message. */
 function sourceWords(): string {
@@ -149,6 +174,7 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
       + `echo "read back: $(dd if=/dev/vda bs=4096 count=1 2>/dev/null | head -c ${MARKER.length})"; sleep 1000`;
     await cliOk(['vm', 'run', '--name', VM, '--memory', '192m', '--agent', AGENT, '--network', 'roam', '--image', 'roam-disk',
       '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', workloadAppend(guest, workload)]);
+    vmId = (JSON.parse(await cliOk(['vm', 'inspect', VM])) as Array<{ id: string }>)[0]!.id;
     const net = await waitFor('the guest\'s NIC', async () => new RegExp(`${NET_MARKER} eth0 ([0-9.]+)/`).exec(await vmLogs())?.[1], 90_000);
     assert.equal((await taps(host2!.ns)).length, 1, `its tap on host-b: ${(await run('ip', ['-n', host2!.ns, '-o', 'link', 'show'])).stdout}`);
     assert.equal((await taps()).length, 0, 'none on the embedded host');
@@ -169,7 +195,8 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
         const report = JSON.parse(await cliOk(['vm', 'migrate', VM, '--to', to, '--max-downtime', '100', '-o', 'json'])) as Report;
         const done = Date.now();
         const before = lastSeq();
-        await waitFor(`pings to answer again after the move (last answered seq ${before})`, async () => (lastSeq() > before + 2 ? true : undefined), 20_000);
+        await waitFor(`pings to answer again after the move (last answered seq ${before})`, async () => (lastSeq() > before + 2 ? true : undefined), 20_000)
+          .catch(async (e: Error) => { throw new Error(`${e.message}\n${await pathWords(to === 'local' ? undefined : host2!.ns)}${sourceWords()}`); });
         const resumedMs = Date.now() - done;
         pings.kill('SIGINT');
         await ended;
@@ -196,7 +223,7 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
     t.diagnostic(`back to ${AGENT}: ${JSON.stringify(back.report)}; pings lost ${back.lost} of ${back.sent} (every 50 ms), answering again ${back.resumedMs} ms after the command returned`);
     assert.equal(back.report.tls, true);
     assert.equal((await taps(host2!.ns)).length, 1, 'its tap is on host-b again');
-    assert.equal((await taps()).length, 0);
+    assert.equal((await taps()).length, 0, `and gone from the embedded host${sourceWords()}`);
 
     const streamed = await stream;
     assert.equal(streamed.code, 0, `the TCP stream went on through both moves: ${streamed.out}`);
