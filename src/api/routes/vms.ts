@@ -5,7 +5,7 @@ import type { VmRecord, VmStatus } from '../../store/records.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import { HOST_PATH } from '../host-paths.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
-import { PermissionDenied } from '../../core/errors.js';
+import { messageFor, PermissionDenied } from '../../core/errors.js';
 
 /** A guest's memory: 1 TiB at most (a larger figure is a typo, and it is charged to the quota). */
 const MAX_VM_MEMORY_MIB = 1024 * 1024;
@@ -143,10 +143,14 @@ export const vmRoutes = [
     method: 'GET', path: '/vms/{id}', operationId: 'inspectVm', tag: 'vms', access: 'read',
     auth: { role: 'reader', project: VM },
     summary: 'Inspect a VM: its record and what its host knows (accelerator, QEMU argv, vCPU pinning, sockets)',
-    params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
+    params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down); the agent\'s address for system administrators only' })) })]),
     handler: async ({ params, services, auth }) => {
-      const v = await services.vms.inspect(params.id);
-      return { ...shown(services.vms.view(v), auth), network: { endpoints: await services.networks.endpointsOf(v.id) } };
+      const { hostError, ...v } = await services.vms.inspect(params.id);
+      return {
+        ...shown(services.vms.view(v), auth),
+        ...(hostError ? { hostError: messageFor(hostError, isSystemAdmin(auth)) } : {}),
+        network: { endpoints: await services.networks.endpointsOf(v.id) },
+      };
     },
   }),
   route({
