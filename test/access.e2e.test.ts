@@ -424,6 +424,23 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal(r.status, 400, r.text);
   });
 
+  test('a member cannot pin a VM\'s vCPUs to host CPUs (403, nothing made); its VM without pin is made as before; an administrator pins', async () => {
+    const configOf = (r: { body: unknown }) => (r.body as { config: { pin?: number[] } }).config;
+    let r = await call(tcp(), 'POST', '/vms', { token: tokens.alice!, body: { name: 'pinned-A', image: 'disk-A', cpus: 2, pin: [0] } });
+    assert.equal(r.status, 403, r.text);
+    assert.match(r.text, /only a system administrator may pin a VM's vCPUs to host CPUs \(pin\)/);
+    assert.equal((await call(sock(), 'GET', '/vms/pinned-A?project=A')).status, 404, 'nothing was made');
+    r = await call(tcp(), 'POST', '/vms', { token: tokens.alice!, body: { name: 'free-A', image: 'disk-A', cpus: 2 } });
+    assert.equal(r.status, 201, `without pin: ${r.text}`);
+    assert.equal(configOf(r).pin, undefined);
+    const free = (r.body as { id: string }).id;
+    r = await call(tcp(), 'POST', '/vms?project=A', { token: tokens.admin!, body: { name: 'pinned-A', image: 'disk-A', cpus: 2, pin: [0] } });
+    assert.equal(r.status, 201, `the administrator: ${r.text}`);
+    assert.deepEqual(configOf(r).pin, [0]);
+    const pinned = (r.body as { id: string }).id;
+    for (const id of [free, pinned]) assert.equal((await call(sock(), 'DELETE', `/vms/${id}`)).status, 204);
+  });
+
   test('container names are per project: the same name in A and B, each resolved in its caller\'s scope', async () => {
     let r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, name: 'web', cmd: ['true'] } });
     assert.equal(r.status, 201, r.text);

@@ -471,8 +471,12 @@ export interface VmHost {
 
 /** A remote host's link as its events stream sees it (RemoteAgent; not part of Agent: the embedded agent is this process, and a test double need not have one). */
 export interface LinkWatch {
-  /** Told once per change: lost at once on a reset, after three missed pings on silence (a host cut off or frozen). */
-  onLinkChange?(listener: (up: boolean, reason?: string) => void): void;
+  /**
+   * Told once per change: lost at once on a reset, after three missed pings on silence (a host
+   * cut off or frozen). `reason` names the host, not its address; `adminReason`, when it says
+   * more (the agent's URL), is for administrators and the log.
+   */
+  onLinkChange?(listener: (up: boolean, reason?: string, adminReason?: string) => void): void;
 }
 
 /** Live migration between agents (the control plane drives the steps; docs/vms.md). */

@@ -3,13 +3,14 @@ import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { TSchema } from '@sinclair/typebox';
-import { InvalidArgument, NotFound, toNimbusError, Unauthenticated } from '../core/errors.js';
+import { InvalidArgument, logMessage, messageFor, NotFound, toNimbusError, Unauthenticated } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { Services } from '../control/services.js';
 import { HTTP_STATUS } from '../core/http-status.js';
 import { isStreamBody, type Route, type RouteResult } from './route.js';
 import { jsonPayload } from './compression.js';
 import { authenticate, authorize, needsBody, type Transport } from './authz.js';
+import type { Principal } from '../control/identity/access.js';
 import {
   checkDeclaredLength, decodeComponent, DEFAULT_EDGE_LIMITS, hasUnreadBody, onClientError, parseQuery, parseTarget, presentBody,
   readJsonBody, serverOptions, type EdgeLimits,
@@ -46,26 +47,32 @@ function compilePath(path: string): { pattern: RegExp; paramNames: string[] } {
   return { pattern: new RegExp(`^${re}$`), paramNames };
 }
 
-export function sendError(res: ServerResponse, e: unknown, sse = false): void {
+/**
+ * The typed error as HTTP, mapped once. Its words as the caller may read them: what only a
+ * system administrator may see (an agent's address: NimbusError.adminMessage) goes to `admin`
+ * callers and the log, never to anyone else.
+ */
+export function sendError(res: ServerResponse, e: unknown, o: { sse?: boolean; admin?: boolean } = {}): void {
   const err = toNimbusError(e);
   const status = HTTP_STATUS[err.code];
-  if (status >= 500) log.error('request failed', { code: err.code, error: err.message });
+  if (status >= 500) log.error('request failed', { code: err.code, error: logMessage(err) });
+  const message = messageFor(err, o.admin === true);
   if (res.headersSent) {
     if (res.writableEnded) return; // the answer went out whole; nothing to take back
     // The status line is gone: say why in band, then abort the response so the client sees it
     // incomplete (no last chunk), never a clean 200 ending in an error.
-    const line = JSON.stringify({ error: { code: err.code, message: err.message } });
-    res.write(sse ? `event: error\ndata: ${line}\n\n` : line + '\n', () => res.destroy());
+    const line = JSON.stringify({ error: { code: err.code, message } });
+    res.write(o.sse ? `event: error\ndata: ${line}\n\n` : line + '\n', () => res.destroy());
     return;
   }
   // Answered before the body was read: close rather than read (or drain) what may be gigabytes.
   const close = hasUnreadBody(res.req);
   res.writeHead(status, { 'content-type': 'application/json', ...(close ? { connection: 'close' } : {}) });
-  res.end(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }));
+  res.end(JSON.stringify({ error: { code: err.code, message, ...(err.details ? { details: err.details } : {}) } }));
 }
 
 
-async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: AsyncIterable<unknown>, signal: AbortSignal) {
+async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: AsyncIterable<unknown>, signal: AbortSignal, admin: boolean) {
   res.writeHead(200, {
     'content-type': kind === 'sse' ? 'text/event-stream' : 'application/x-ndjson',
     'cache-control': 'no-cache',
@@ -77,7 +84,7 @@ async function writeStream(res: ServerResponse, kind: 'ndjson' | 'sse', source: 
     await writeLines(res, source[Symbol.asyncIterator](), format, { signal });
     res.end();
   } catch (e) {
-    sendError(res, e, kind === 'sse');
+    sendError(res, e, { sse: kind === 'sse', admin });
   }
 }
 
@@ -174,6 +181,8 @@ export class ApiServer {
     });
     // request metrics by the route's template, never the raw URL (bounded label values)
     let template: Route | undefined;
+    // who is calling, once known: an administrator's errors say everything (sendError)
+    let principal: Principal | undefined;
     const metrics = this.services.metrics;
     if (metrics) {
       const started = performance.now();
@@ -193,7 +202,6 @@ export class ApiServer {
       }
       // Who is calling before anything they sent is judged: without a token, a 401, never a 400.
       const isPublic = !!match.route.auth && 'public' in match.route.auth;
-      let principal;
       try {
         principal = await authenticate(req, transport, this.services);
       } catch (e) {
@@ -235,7 +243,7 @@ export class ApiServer {
       if (result.body instanceof Error) throw result.body; // an error is never a 2xx body
       if (isStreamBody(result.body)) {
         release(); // a follow or console lasts as long as it lasts: it does not hold an admission slot
-        await writeStream(res, result.body.kind, result.body.source, signal());
+        await writeStream(res, result.body.kind, result.body.source, signal(), principal?.systemAdmin === true);
         return;
       }
       const status = result.status ?? match.route.status ?? 200;
@@ -257,7 +265,7 @@ export class ApiServer {
       });
       res.end(payload.bytes);
     } catch (e) {
-      sendError(res, e);
+      sendError(res, e, { admin: principal?.systemAdmin === true });
     }
   }
 

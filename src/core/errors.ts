@@ -20,20 +20,37 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+export interface NimbusErrorOptions {
+  cause?: unknown;
+  /**
+   * The message as system administrators and the log see it, where it says more than any caller
+   * may be told (an agent's address): `message` is then the words without it.
+   */
+  adminMessage?: string;
+}
+
 export class NimbusError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown> | undefined;
-  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
-    super(message, options);
+  /** Private, so no JSON.stringify or spread of the error carries it to a tenant. */
+  readonly #adminMessage: string | undefined;
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: NimbusErrorOptions) {
+    super(message, options && 'cause' in options ? { cause: options.cause } : undefined);
     this.name = `${code}Error`;
     this.code = code;
     this.details = details;
+    this.#adminMessage = options?.adminMessage;
+  }
+
+  /** The message with what only administrators and the log may see (see NimbusErrorOptions); undefined when there is none. */
+  get adminMessage(): string | undefined {
+    return this.#adminMessage;
   }
 }
 
 const make = (code: ErrorCode) =>
   class extends NimbusError {
-    constructor(message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    constructor(message: string, details?: Record<string, unknown>, options?: NimbusErrorOptions) {
       super(code, message, details, options);
     }
   };
@@ -71,3 +88,15 @@ export function toNimbusError(e: unknown): NimbusError {
   const message = e instanceof Error ? e.message : String(e);
   return new NimbusError('Internal', message, undefined, { cause: e });
 }
+
+/**
+ * What a caller is told of an error: a system administrator the whole of it (an agent's address
+ * included), anyone else `message`, which never carries what only administrators may see.
+ */
+export function messageFor(e: unknown, admin: boolean): string {
+  const err = toNimbusError(e);
+  return (admin ? err.adminMessage : undefined) ?? err.message;
+}
+
+/** The error's words for the log: everything (the log is the operator's). */
+export const logMessage = (e: unknown): string => messageFor(e, true);

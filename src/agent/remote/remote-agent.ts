@@ -13,7 +13,7 @@ import https from 'node:https';
 import type { PeerCertificate } from 'node:tls';
 import { Duplex, PassThrough, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Conflict, InvalidArgument, NimbusError, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
@@ -132,6 +132,19 @@ function parseUrl(url: string): { target: Target; secure: boolean } {
   return { target: { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 443) }, secure: true };
 }
 
+/**
+ * A transport failure in words that name no address. Node's own errors do ("connect
+ * ECONNREFUSED 10.0.0.5:7001", "getaddrinfo ENOTFOUND agent-3.internal", a unix socket's path,
+ * a certificate's names): those are told by their system call and code alone; this file's own
+ * reasons (timeouts, a closed connection, an answer that is not JSON) name none and pass as they are.
+ */
+function withoutAddress(e: unknown): string {
+  if (!(e instanceof Error)) return 'the connection failed';
+  const { code, syscall } = e as NodeJS.ErrnoException;
+  if (typeof code !== 'string') return e.message;
+  return typeof syscall === 'string' ? `${syscall} ${code}` : code;
+}
+
 /** The agent's certificate must name the agent (its CN), whatever address it was reached at. */
 function namesAgent(name: string): (host: string, cert: PeerCertificate) => Error | undefined {
   return (_host, cert) =>
@@ -211,7 +224,7 @@ export class RemoteAgent implements Agent {
 
   private readonly vmExitListeners: Array<(id: string) => void> = [];
   private readonly containerExitListeners: Array<(id: string) => void> = [];
-  private readonly linkListeners: Array<(up: boolean, reason?: string) => void> = [];
+  private readonly linkListeners: Array<(up: boolean, reason?: string, adminReason?: string) => void> = [];
   /** What the link listeners were last told (each change is told once). */
   private linkUp: boolean | undefined;
   private eventsLoop: Promise<void> | undefined;
@@ -238,11 +251,15 @@ export class RemoteAgent implements Agent {
 
   // ---------------------------------------------------------------- transport
 
-  /** A transport failure, named after the agent (errors the agent sent pass through). */
+  /**
+   * A transport failure, named after the agent (errors the agent sent pass through). Tenants see
+   * it (their instance's host does not answer): its message names the host, never its address;
+   * the URL and the transport's own words are for administrators and the log (adminMessage).
+   */
   private unavailable(e: unknown): NimbusError {
     if (e instanceof NimbusError) return e;
     const reason = e instanceof Error ? e.message : String(e);
-    return new NimbusError('Unavailable', `agent ${this.name} at ${this.url}: ${reason}`, undefined, { cause: e });
+    return new NimbusError('Unavailable', `agent ${this.name}: ${withoutAddress(e)}`, undefined, { cause: e, adminMessage: `agent ${this.name} at ${this.url}: ${reason}` });
   }
 
   /** The protocol version to speak: the highest both sides speak, from the agent's hello. */
@@ -815,17 +832,17 @@ export class RemoteAgent implements Agent {
     this.startEvents();
   }
 
-  onLinkChange(listener: (up: boolean, reason?: string) => void): void {
+  onLinkChange(listener: (up: boolean, reason?: string, adminReason?: string) => void): void {
     this.linkListeners.push(listener);
     this.startEvents();
   }
 
-  private link(up: boolean, reason?: string): void {
+  private link(up: boolean, reason?: string, adminReason?: string): void {
     if (this.linkUp === up || this.closed) return;
     this.linkUp = up;
     for (const l of this.linkListeners) {
       try {
-        l(up, reason);
+        l(up, reason, adminReason);
       } catch (e) {
         log.warn('link listener failed', { agent: this.name, error: String(e) });
       }
@@ -867,7 +884,8 @@ export class RemoteAgent implements Agent {
         await this.readEvents(res, eventsIdleMs(await this.protocolVersion()));
       } catch (e) {
         if (this.closed) break;
-        this.link(false, toNimbusError(e).message);
+        const lost = this.unavailable(e);
+        this.link(false, e instanceof NimbusError ? e.message : withoutAddress(e), lost.adminMessage);
         if (connected) log.warn('agent events stream lost; reconnecting', { agent: this.name, error: String(e) });
         else log.debug('agent events stream unavailable', { agent: this.name, error: String(e) });
       } finally {

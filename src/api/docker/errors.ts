@@ -2,7 +2,7 @@
  * Errors as the docker CLI expects them: `{"message": "..."}` with Docker's status codes
  * (404 makes `docker run` pull and retry, 409 is a conflict, 400 a bad parameter).
  */
-import { NotFound, toNimbusError, type NimbusError } from '../../core/errors.js';
+import { messageFor, NotFound, toNimbusError, type NimbusError } from '../../core/errors.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 
 export interface DockerErrorBody {
@@ -16,9 +16,10 @@ export function dockerStatus(err: NimbusError): number {
   return HTTP_STATUS[err.code];
 }
 
-export function dockerError(e: unknown): { status: number; body: DockerErrorBody } {
+/** The error as Docker's body; what only a system administrator may read (an agent's address) for `admin` callers alone. */
+export function dockerError(e: unknown, admin = false): { status: number; body: DockerErrorBody } {
   const err = toNimbusError(e);
-  return { status: dockerStatus(err), body: { message: err.message } };
+  return { status: dockerStatus(err), body: { message: messageFor(err, admin) } };
 }
 
 /** The not-found errors in Docker's words (the CLI and scripts match on them). */

@@ -10,7 +10,7 @@ import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { dirname } from 'node:path';
 import { Type } from '@sinclair/typebox';
-import { InvalidArgument, NotFound, Unauthenticated } from '../../core/errors.js';
+import { InvalidArgument, logMessage, NotFound, Unauthenticated } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Services } from '../../control/services.js';
 import type { Principal } from '../../control/identity/access.js';
@@ -145,11 +145,14 @@ export class DockerApiServer {
   handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const ac = new AbortController();
     res.on('close', () => ac.abort());
+    // an administrator's errors say everything (sendDockerError)
+    let admin = false;
     try {
       log.debug('request', { method: req.method, url: req.url?.slice(0, 512) });
       res.setHeader('api-version', DOCKER_API_VERSION);
       res.setHeader('server', `Nimbus/${this.services.version} (linux)`);
       const { route, ctx } = await this.context(req, res, ac.signal);
+      admin = ctx.auth.principal?.systemAdmin === true;
       const out = await route.handler(ctx);
       if (out === HANDLED) return;
       const status = out.status ?? (out.json === undefined ? 204 : 200);
@@ -166,7 +169,7 @@ export class DockerApiServer {
       });
       res.end(req.method === 'HEAD' ? undefined : payload);
     } catch (e) {
-      sendDockerError(res, e);
+      sendDockerError(res, e, admin);
     }
   };
 
@@ -180,16 +183,18 @@ export class DockerApiServer {
       ac.abort();
     });
     socket.on('error', () => ac.abort());
+    let admin = false;
     try {
       if (head.length) socket.unshift(head);
       // a ServerResponse is made only so handlers share one context type; attach never writes through it
       const { route, ctx } = await this.context(req, undefined as unknown as ServerResponse, ac.signal);
+      admin = ctx.auth.principal?.systemAdmin === true;
       if (!route.upgrade) throw new InvalidArgument(`${route.name} cannot be upgraded`);
       await route.upgrade(ctx, socket);
       // ended by the handler; a client that never closes its side is not kept for ever
       setTimeout(() => socket.destroy(), HIJACK_LINGER_MS).unref();
     } catch (e) {
-      const { status, body } = dockerError(e);
+      const { status, body } = dockerError(e, admin);
       const payload = JSON.stringify(body);
       if (!socket.destroyed) socket.end(`HTTP/1.1 ${status} Error\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\nconnection: close\r\n\r\n${payload}`);
     }
@@ -237,9 +242,9 @@ export class DockerApiServer {
 }
 
 /** Docker's error body; once a stream has begun, an error line in Docker's stream format, then the end. */
-export function sendDockerError(res: ServerResponse, e: unknown): void {
-  const { status, body } = dockerError(e);
-  if (status >= 500) log.error('docker API request failed', { status, error: body.message });
+export function sendDockerError(res: ServerResponse, e: unknown, admin = false): void {
+  const { status, body } = dockerError(e, admin);
+  if (status >= 500) log.error('docker API request failed', { status, error: logMessage(e) });
   if (res.headersSent) {
     if (!res.writableEnded) res.end(JSON.stringify({ errorDetail: body, error: body.message }) + '\n');
     return;

@@ -3,7 +3,7 @@ import { route } from '../route.js';
 import { Conflict, Unauthenticated } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import { MAX_JOIN_TOKEN_TTL_MS } from '../../control/agents/join-tokens.js';
-import { Host, hostCounts, refuseWhileInstances } from './hosts.js';
+import { Host, hostCounts, hostViewer, refuseWhileInstances } from './hosts.js';
 
 const Protocol = Type.Object(
   { min: Type.Integer({ minimum: 1, maximum: 1_000_000 }), max: Type.Integer({ minimum: 1, maximum: 1_000_000 }) },
@@ -24,7 +24,7 @@ export const agentRoutes = [
     summary: 'The agents (hosts) of this control plane: the embedded one and the registered ones, with their state now (the same list as GET /hosts)',
     response: Type.Array(Host),
     // a tenant sees its own instances on each host, never the host-wide count
-    handler: async ({ services, auth }) => services.agents.list(await hostCounts(services, auth)),
+    handler: async ({ services, auth }) => services.agents.list(await hostCounts(services, auth), hostViewer(auth)),
   }),
   route({
     method: 'POST', path: '/agents', operationId: 'registerAgent', tag: 'agents', access: 'write', auth: { global: 'admin' },

@@ -9,7 +9,7 @@ import { route, type RequestAuth } from '../route.js';
 import { Conflict } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import type { Services } from '../../control/services.js';
-import type { HostCounts } from '../../control/agents/host-summary.js';
+import type { HostCounts, HostViewer } from '../../control/agents/host-summary.js';
 import { MAX_ALLOCATION_RATIO } from '../../control/agents/host-settings.js';
 import { allocatedOn } from '../../control/scheduler/allocated.js';
 
@@ -22,12 +22,12 @@ export const Host = Type.Object(
   {
     name: Type.String(),
     local: Type.Boolean({ description: 'The embedded agent, in the control plane\'s process' }),
-    url: Type.Optional(Type.String({ description: 'How the control plane reaches it (registered agents)' })),
+    url: Type.Optional(Type.String({ description: 'How the control plane reaches it (registered agents; system administrators only: an internal address)' })),
     registeredAt: Type.Optional(Type.String()),
     state: Type.Union([Type.Literal('up'), Type.Literal('down'), Type.Literal('unknown')], {
       description: 'Reachability: up (answered), down (does not answer: reason), unknown (not heard from since this control plane started and no recent facts)',
     }),
-    reason: Type.Optional(Type.String({ description: 'Why it is down or unknown' })),
+    reason: Type.Optional(Type.String({ description: 'Why it is down or unknown (the transport\'s own words, which name its address, for system administrators only)' })),
     zone: Type.String({ description: 'Availability zone' }),
     labels: Type.Record(Type.String(), Type.String()),
     disabled: Type.Boolean({ description: 'No new placements (an administrator\'s flag, beside the state)' }),
@@ -80,6 +80,9 @@ export async function hostCounts(services: Services, auth: RequestAuth): Promise
   };
 }
 
+/** Who a listing is for: how the hosts are reached (their URLs) is a system administrator's to see. */
+export const hostViewer = (auth: RequestAuth): HostViewer => ({ admin: auth.principal?.systemAdmin === true });
+
 /** Conflict while instances are recorded on the host, naming how many (its records must not be orphaned). */
 export async function refuseWhileInstances(services: Services, name: string): Promise<void> {
   const vms = await services.vms.countOn(name);
@@ -94,12 +97,12 @@ export const hostRoutes = [
     method: 'GET', path: '/hosts', operationId: 'listHosts', tag: 'hosts', access: 'read', auth: { authenticated: true },
     summary: 'The hosts (agents) with their state now, zone, labels, capacity, accelerator and runtimes',
     response: Type.Array(Host),
-    handler: async ({ services, auth }) => services.agents.list(await hostCounts(services, auth)),
+    handler: async ({ services, auth }) => services.agents.list(await hostCounts(services, auth), hostViewer(auth)),
   }),
   route({
     method: 'GET', path: '/hosts/{name}', operationId: 'getHost', tag: 'hosts', access: 'read', auth: { authenticated: true },
     summary: 'One host, asked now', params: NameParam, response: Host,
-    handler: async ({ params, services, auth }) => services.agents.show(params.name, await hostCounts(services, auth)),
+    handler: async ({ params, services, auth }) => services.agents.show(params.name, await hostCounts(services, auth), hostViewer(auth)),
   }),
   route({
     method: 'POST', path: '/hosts/{name}/disable', operationId: 'disableHost', tag: 'hosts', access: 'write', auth: { global: 'admin' },

@@ -5,6 +5,7 @@ import type { VmRecord, VmStatus } from '../../store/records.js';
 import type { VmInspect } from '../../agent/drivers/vm/vm-driver.js';
 import { HOST_PATH } from '../host-paths.js';
 import { MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
+import { messageFor, PermissionDenied } from '../../core/errors.js';
 
 /** A guest's memory: 1 TiB at most (a larger figure is a typo, and it is charged to the quota). */
 const MAX_VM_MEMORY_MIB = 1024 * 1024;
@@ -24,7 +25,7 @@ const VmCreate = Type.Object(
     initrd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, [HOST_PATH]: true, description: 'An initrd image (?type=initrd) by name, or, as for kernel, an allowed host path' })),
     append: Type.Optional(Type.String({ maxLength: 4096, description: 'Kernel command line' })),
     disk: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, [HOST_PATH]: true, description: 'System administrators only: a base disk file (raw or qcow2) in a directory the operator allowed; the VM gets a copy-on-write overlay of it. Everyone else names a disk image in image' })),
-    pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 4095 }), { maxItems: 64, description: 'Host CPUs: vCPU i runs on pin[i % length]' })),
+    pin: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 4095 }), { maxItems: 64, description: 'System administrators only (a member gets a 403): host CPUs, vCPU i running on pin[i % length]. The host\'s CPUs are shared by every tenant and the host\'s own services, so which ones a VM takes is the operator\'s choice; without it the host\'s scheduler spreads the vCPUs' })),
     image: Type.Optional(Type.String({ minLength: 1, description: 'A disk image of the image service (nimbus image import-disk): the root disk is a qcow2 overlay backed by it' })),
     bootVolume: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'A block volume of the project (name or id) to boot from: attached read-write as the boot disk; the VM runs on its host; removing the VM keeps the volume' })),
     ha: Type.Optional(Type.Boolean({ description: 'High availability: when its host dies while it runs, the VM is rebuilt on another host from its images (a fresh disk over its disk image: what the dead host held is not reachable) with the same addresses. Refused for a VM booting from host files or with block volumes' })),
@@ -65,6 +66,17 @@ const VM = {
 };
 
 const isSystemAdmin = (auth: RequestAuth) => auth.principal?.systemAdmin === true;
+
+/**
+ * Pinning vCPUs to host CPUs is an operator's act (OpenStack keeps it in administrators'
+ * flavors, hw:cpu_policy): the host's CPUs are every tenant's and its own services', and a
+ * member choosing them would put its vCPUs on the ones others were given or the host needs.
+ */
+function checkCpuPin(pin: number[] | undefined, isAdmin: boolean): void {
+  if (pin !== undefined && !isAdmin) {
+    throw new PermissionDenied('only a system administrator may pin a VM\'s vCPUs to host CPUs (pin): leave it out and the host\'s scheduler places them');
+  }
+}
 
 /** A VM record as the service shows it (its status "unknown" while its host is down), with the host's view when inspected. */
 type ShownVm = Omit<VmRecord, 'status'> & { status: VmStatus | 'unknown'; host?: VmInspect | null };
@@ -115,6 +127,7 @@ export const vmRoutes = [
     handler: async ({ body, services, auth }) => {
       checkPinnedHost({ ...(body.host !== undefined ? { host: body.host } : {}) }, isSystemAdmin(auth));
       checkPinnedHost({ ...(body.agent !== undefined ? { host: body.agent } : {}) }, isSystemAdmin(auth), 'agent');
+      checkCpuPin(body.pin, isSystemAdmin(auth));
       return shown(await services.vms.create(body, auth.project(), { hostPaths: isSystemAdmin(auth) }), auth);
     },
   }),
@@ -130,10 +143,14 @@ export const vmRoutes = [
     method: 'GET', path: '/vms/{id}', operationId: 'inspectVm', tag: 'vms', access: 'read',
     auth: { role: 'reader', project: VM },
     summary: 'Inspect a VM: its record and what its host knows (accelerator, QEMU argv, vCPU pinning, sockets)',
-    params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down)' })) })]),
+    params: IdParam, response: Type.Intersect([Vm, Type.Object({ host: Type.Unknown({ description: 'Host view; null when the host has no state for it or its agent does not answer' }), hostError: Type.Optional(Type.String({ description: 'Why the host view is missing (its agent is down); the agent\'s address for system administrators only' })) })]),
     handler: async ({ params, services, auth }) => {
-      const v = await services.vms.inspect(params.id);
-      return { ...shown(services.vms.view(v), auth), network: { endpoints: await services.networks.endpointsOf(v.id) } };
+      const { hostError, ...v } = await services.vms.inspect(params.id);
+      return {
+        ...shown(services.vms.view(v), auth),
+        ...(hostError ? { hostError: messageFor(hostError, isSystemAdmin(auth)) } : {}),
+        network: { endpoints: await services.networks.endpointsOf(v.id) },
+      };
     },
   }),
   route({

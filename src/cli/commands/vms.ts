@@ -90,7 +90,7 @@ const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'initrd', type: 'string', value: 'NAME', description: 'Initial ramdisk image for --kernel (image import-disk --type initrd), or an allowed host path' },
   { name: 'append', type: 'string', value: 'ARGS', description: 'Kernel command line for --kernel' },
   { name: 'disk', type: 'string', value: 'FILE', description: 'System administrators: boot from a host disk file (raw or qcow2) in a directory the operator allowed; the VM writes to its own overlay. Others use --image' },
-  { name: 'pin', type: 'string', value: 'CPULIST', description: 'Host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin)' },
+  { name: 'pin', type: 'string', value: 'CPULIST', description: 'System administrators only: host CPUs for the vCPU threads, e.g. 0-1 (vCPU i on the i-th, round robin); others leave the choice to the host' },
   { name: 'network', type: 'list', value: 'NET', description: 'A virtio-net NIC on this network (repeatable: eth0, eth1, ...); "bridge" is the project\'s default' },
   { name: 'image', type: 'string', value: 'NAME', description: 'Root disk: a copy-on-write overlay of this disk image (nimbus image import-disk)' },
   { name: 'boot-volume', type: 'string', value: 'VOLUME', description: 'Boot from this block volume (volume create --type block): attached read-write, kept when the VM is removed; the VM runs on its host' },

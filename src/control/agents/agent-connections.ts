@@ -22,8 +22,12 @@ export function remoteAgentConnector(ca: AgentCa | undefined): AgentConnector {
   return (rec) => new RemoteAgent({ name: rec.name, url: rec.url, token: rec.token, ...(ca ? { tls: ca.clientTls } : {}) });
 }
 
-/** Every method of an agent that could not even be connected to fails with the reason (so it is listed down, and can be removed). */
-function unconnectable(reason: string): Agent & { close(): Promise<void> } {
+/**
+ * Every method of an agent that could not even be connected to fails with the reason (so it is
+ * listed down, and can be removed): tenants are told that much; why, with its URL, is for
+ * administrators and the log.
+ */
+function unconnectable(name: string, reason: string): Agent & { close(): Promise<void> } {
   const quiet = new Set(['onVmExit', 'onContainerExit', 'setAddressProvider', 'close', 'claimWarmContainer']);
   return new Proxy({} as Agent & { close(): Promise<void> }, {
     get: (_t, prop) => {
@@ -31,7 +35,7 @@ function unconnectable(reason: string): Agent & { close(): Promise<void> } {
       if (typeof prop !== 'string' || prop === 'then' || prop === 'onLinkChange') return undefined;
       if (quiet.has(prop)) return async () => undefined;
       return async () => {
-        throw new Unavailable(reason);
+        throw new Unavailable(`agent ${name} cannot be connected to as registered: an administrator registers it again or removes it`, { agent: name }, { adminMessage: reason });
       };
     },
   });
@@ -137,7 +141,7 @@ export class AgentConnections {
       // a registration from before TLS (http://): kept, listed down with the reason, removable
       const reason = `agent ${rec.name} at ${rec.url}: ${toNimbusError(e).message}`;
       log.warn('a stored agent cannot be connected to', { agent: rec.name, url: rec.url, error: reason });
-      return unconnectable(reason);
+      return unconnectable(rec.name, reason);
     }
   }
 

@@ -77,9 +77,10 @@ test('agent directory: a registration is checked against the agent itself, store
   assert.throws(() => dir.get('nope'), { code: 'NotFound' });
 
   // the count comes from the store too: an asynchronous one is awaited
-  const listed = await dir.list(async (n) => (n === 'b' ? 2 : 0));
+  const listed = await dir.list(async (n) => (n === 'b' ? 2 : 0), { admin: true });
   assert.deepEqual(listed.map((a) => [a.name, a.local, a.state, a.vms, a.url]), [['local', true, 'up', 0, undefined], ['b', false, 'up', 2, 'unix:/run/b1.sock']]);
   assert.ok(!JSON.stringify(listed).includes(TOKEN), 'the token is never listed');
+  assert.deepEqual((await dir.list(() => 0)).map((a) => a.url), [undefined, undefined], 'its URL is an administrator\'s to see');
 
   const again = await open();
   assert.deepEqual(again.names(), ['local', 'b'], 'registrations survive a control-plane restart');
@@ -146,9 +147,14 @@ test('agent directory: a stored plain-HTTP registration is listed down with the 
   });
   await store.agents.put({ name: 'old', url: 'http://127.0.0.1:9', token: TOKEN, registeredAt: new Date().toISOString() });
   const d = await AgentDirectory.open(store, stubAgent('local').agent, 'local', remoteAgentConnector(undefined), undefined, { refreshIntervalMs: 0 });
-  const old = (await d.list(() => 0)).find((a) => a.name === 'old');
+  const old = (await d.list(() => 0, { admin: true })).find((a) => a.name === 'old');
   assert.equal(old?.state, 'down');
   assert.match(old?.reason ?? '', /over TLS only/);
+  // anyone else: that it cannot be connected to, not the URL it is stored with
+  const shown = (await d.list(() => 0)).find((a) => a.name === 'old');
+  assert.equal(shown?.state, 'down');
+  assert.match(shown?.reason ?? '', /^agent old cannot be connected to as registered/);
+  assert.ok(!JSON.stringify(shown).includes('127.0.0.1:9'), JSON.stringify(shown));
   await d.remove('old');
   assert.deepEqual(d.names(), ['local']);
   await d.close();

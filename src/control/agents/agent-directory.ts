@@ -33,7 +33,7 @@ import { JoinTokens } from './join-tokens.js';
 import { HostSettings, type HostSettingsChange } from './host-settings.js';
 import { HOST_ANSWER_TIMEOUT_MS, HostReachability } from './host-reach.js';
 import { factsOf, factsWorthStoring } from './host-facts.js';
-import { hostCandidate, hostSummary, tallyOn, type AgentSummary, type HostCounts, type HostTally } from './host-summary.js';
+import { ADMIN_VIEWER, hostCandidate, hostSummary, tallyOn, type AgentSummary, type HostCounts, type HostTally, type HostViewer } from './host-summary.js';
 
 const log = logger('agents');
 
@@ -258,18 +258,18 @@ export class AgentDirectory implements HostSource {
   /** No new placements on it (its instances stay); disabling a disabled host updates the reason. */
   async disable(name: string, o: { reason?: string; by: string }): Promise<AgentSummary> {
     await this.settings.disable(name, o);
-    return this.summary(name, { vms: 0 });
+    return this.summary(name, { vms: 0 }, ADMIN_VIEWER);
   }
 
   async enable(name: string): Promise<AgentSummary> {
     await this.settings.enable(name);
-    return this.summary(name, { vms: 0 });
+    return this.summary(name, { vms: 0 }, ADMIN_VIEWER);
   }
 
   /** Zone, labels set and unset, allocation ratios; checked first, applied in one transaction (no lost label). */
   async updateSettings(name: string, change: HostSettingsChange): Promise<AgentSummary> {
     await this.settings.update(name, change);
-    return this.summary(name, { vms: 0 });
+    return this.summary(name, { vms: 0 }, ADMIN_VIEWER);
   }
 
   /** NotFound unless the name is a host of this directory (or a row another replica made). */
@@ -322,26 +322,27 @@ export class AgentDirectory implements HostSource {
     }
   }
 
-  private summary(name: string, tally: HostTally): AgentSummary {
+  private summary(name: string, tally: HostTally, viewer: HostViewer): AgentSummary {
     const rec = this.records.get(name);
-    return hostSummary(name, rec, { local: name === this.localName, state: this.reach.stateOf(name, rec?.facts?.seenAt), tally });
+    return hostSummary(name, rec, { local: name === this.localName, state: this.reach.stateOf(name, rec?.facts?.seenAt), tally, admin: viewer.admin === true });
   }
 
   /**
    * Every host with its state now: each is asked first (a short timeout each: a down host does
    * not hold the listing up). `counts` as a function counts VMs only (the agents listing).
+   * How each host is reached only for an administrator `viewer` (host-summary.ts).
    */
-  async list(counts: HostCounts | HostCounts['vmsOn']): Promise<AgentSummary[]> {
+  async list(counts: HostCounts | HostCounts['vmsOn'], viewer: HostViewer = {}): Promise<AgentSummary[]> {
     const c: HostCounts = typeof counts === 'function' ? { vmsOn: counts } : counts;
     await this.refresh();
-    return Promise.all(this.hostNames().map(async (name) => this.summary(name, await tallyOn(c, name))));
+    return Promise.all(this.hostNames().map(async (name) => this.summary(name, await tallyOn(c, name), viewer)));
   }
 
   /** One host as the listing shows it (asked first). */
-  async show(name: string, counts: HostCounts): Promise<AgentSummary> {
+  async show(name: string, counts: HostCounts, viewer: HostViewer = {}): Promise<AgentSummary> {
     await this.requireHost(name);
     await this.refresh([name]);
-    return this.summary(name, await tallyOn(counts, name));
+    return this.summary(name, await tallyOn(counts, name), viewer);
   }
 
   /**

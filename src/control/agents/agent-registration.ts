@@ -4,7 +4,7 @@
  * gives, with the token it gave) before its row is stored. The checks of a name and of protocol
  * versions serve the join-token redemption too (join-tokens.ts).
  */
-import { Conflict, InvalidArgument, Unavailable, Unreachable, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, Unavailable, Unreachable, logMessage, toNimbusError } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
 import type { Agent, AgentInfo } from '../../agent/agent.js';
 import type { AgentRegistrationRecord, Store } from '../../store/store.js';
@@ -83,7 +83,8 @@ export async function admitAgent(req: AgentRegistration, deps: AdmissionDeps): P
     // the agent speaks no version of ours: its own words, naming both
     if (err.code === 'Conflict') throw err;
     // 502, not 503: the control plane is up; what the request named is not
-    throw new Unreachable(`agent ${req.name} at ${req.url} does not answer: ${err.message}`, { agent: req.name });
+    // the registrant named the URL; what the transport said of it (the address it resolved to) is an administrator's
+    throw new Unreachable(`agent ${req.name} at ${req.url} does not answer: ${err.message}`, { agent: req.name }, { adminMessage: `agent ${req.name} at ${req.url} does not answer: ${logMessage(err)}` });
   }
   if (info.name !== req.name) {
     await probe.close();

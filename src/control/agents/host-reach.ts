@@ -4,7 +4,7 @@
  * its events stream lost), unknown (not asked from here yet and no recent facts). A change of
  * state is told once to the listeners (the daemon's `host` events).
  */
-import { Unavailable, toNimbusError } from '../../core/errors.js';
+import { Unavailable, logMessage, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent, AgentInfo, LinkWatch } from '../../agent/agent.js';
 
@@ -19,8 +19,14 @@ export const HOST_UNKNOWN_AFTER_MS = 60_000;
 
 export type HostState = 'up' | 'down' | 'unknown';
 
-/** How this process last found a host: its state, why it is down, since when, answers missed in a row. */
-interface HostReach { state: 'up' | 'down'; reason?: string; at: number; misses?: number }
+/**
+ * How this process last found a host: its state, why it is down (in words anyone may read, and
+ * with its address for administrators when they say more), since when, answers missed in a row.
+ */
+interface HostReach { state: 'up' | 'down'; reason?: string; adminReason?: string; at: number; misses?: number }
+
+/** A host's state as it is shown; adminReason is for system administrators only (it names the host's address). */
+export interface HostStateNow { state: HostState; reason?: string; adminReason?: string }
 
 type StateListener = (host: string, state: 'up' | 'down', reason?: string) => void;
 
@@ -64,9 +70,9 @@ export class HostReachability {
   }
 
   /** The state now; `factsSeenAt` (the stored facts' time) stands in for a host not asked from here yet. */
-  stateOf(name: string, factsSeenAt: number | undefined): { state: HostState; reason?: string } {
+  stateOf(name: string, factsSeenAt: number | undefined): HostStateNow {
     const r = this.reach.get(name);
-    if (r) return r.reason !== undefined ? { state: r.state, reason: r.reason } : { state: r.state };
+    if (r) return { state: r.state, ...(r.reason !== undefined ? { reason: r.reason } : {}), ...(r.adminReason !== undefined ? { adminReason: r.adminReason } : {}) };
     // not asked yet from here: another replica's recent facts say it answers
     if (factsSeenAt !== undefined && this.deps.now() - factsSeenAt < HOST_UNKNOWN_AFTER_MS) return { state: 'up' };
     return { state: 'unknown', reason: factsSeenAt === undefined ? 'never heard from' : `not heard from since ${new Date(factsSeenAt).toISOString()}` };
@@ -92,7 +98,8 @@ export class HostReachability {
     try {
       answer = await withTimeout(info(), this.deps.answerTimeoutMs, `agent ${name} did not answer within ${this.deps.answerTimeoutMs / 1000} s`);
     } catch (e) {
-      const reason = toNimbusError(e).message;
+      const err = toNimbusError(e);
+      const reason = err.message;
       const prev = this.reach.get(name);
       // A slow answer is not a dead host: this process's own event loop may be what was busy
       // (a burst of placements). Down after TIMEOUTS_BEFORE_DOWN missed answers in a row; a
@@ -101,12 +108,12 @@ export class HostReachability {
       const misses = (prev?.misses ?? 0) + 1;
       if (timedOut && prev?.state === 'up' && misses < TIMEOUTS_BEFORE_DOWN) {
         this.set(name, { ...prev, misses });
-        log.info('host slow to answer', { host: name, reason, misses });
+        log.info('host slow to answer', { host: name, reason: logMessage(err), misses });
         return undefined;
       }
-      this.set(name, { state: 'down', reason, at: this.deps.now(), misses });
+      this.set(name, { state: 'down', reason, ...(err.adminMessage !== undefined ? { adminReason: err.adminMessage } : {}), at: this.deps.now(), misses });
       this.deps.dropCandidates();
-      if (before !== 'down') log.warn('host down', { host: name, reason });
+      if (before !== 'down') log.warn('host down', { host: name, reason: logMessage(err) });
       return undefined;
     }
     const at = this.deps.now();
@@ -122,7 +129,7 @@ export class HostReachability {
    * asked again, which calls it up. Changes of a connection that was replaced are ignored.
    */
   watchLink(name: string, a: Agent): void {
-    (a as Partial<LinkWatch>).onLinkChange?.((up, reason) => {
+    (a as Partial<LinkWatch>).onLinkChange?.((up, reason, adminReason) => {
       if (!this.deps.isCurrent(name, a)) return;
       if (up) {
         void this.deps.ask(name);
@@ -130,9 +137,10 @@ export class HostReachability {
       }
       const prev = this.reach.get(name);
       if (prev?.state === 'down') return;
-      this.set(name, { state: 'down', reason: `its events stream was lost: ${reason ?? 'no reason given'}`, at: this.deps.now(), misses: TIMEOUTS_BEFORE_DOWN });
+      const lost = (why: string | undefined) => `its events stream was lost: ${why ?? 'no reason given'}`;
+      this.set(name, { state: 'down', reason: lost(reason), ...(adminReason !== undefined ? { adminReason: lost(adminReason) } : {}), at: this.deps.now(), misses: TIMEOUTS_BEFORE_DOWN });
       this.deps.dropCandidates();
-      log.warn('host down', { host: name, reason });
+      log.warn('host down', { host: name, reason: adminReason ?? reason });
     });
   }
 

@@ -6,14 +6,15 @@ import type { AgentRecord, AllocationRatios } from '../../store/records.js';
 import { EMBEDDED_AGENT_URL } from '../../store/repos/agents.js';
 import type { HostCandidate } from '../scheduler/types.js';
 import { hostArchitecture } from './host-facts.js';
-import type { HostState } from './host-reach.js';
+import type { HostState, HostStateNow } from './host-reach.js';
 import { effectiveRatios } from './host-settings.js';
 
-/** A host as `GET /hosts` (and `GET /agents`) shows it (never its token). */
+/** A host as `GET /hosts` (and `GET /agents`) shows it (never its token; its URL to system administrators only). */
 export interface AgentSummary {
   name: string;
   /** The embedded agent, in the control plane's own process. */
   local: boolean;
+  /** How the control plane reaches it: shown to system administrators only (an internal address). */
   url?: string;
   registeredAt?: string;
   /** Reachability: up (answered the last ask), down (did not: reason), unknown (not asked yet, no recent facts). */
@@ -65,6 +66,12 @@ export interface HostCounts {
   allocatedOn?: (host: string) => HostAllocation | undefined | Promise<HostAllocation | undefined>;
 }
 
+/** Who a listing is for: a system administrator (`admin`) sees how each host is reached; anyone else, by default, does not. */
+export interface HostViewer { admin?: boolean }
+
+/** What an administrator's own route (disable, enable, settings) is answered as. */
+export const ADMIN_VIEWER: HostViewer = { admin: true };
+
 /** What a listing counts on one host. */
 export interface HostTally { vms: number; containers?: number; allocated?: HostAllocation }
 
@@ -74,15 +81,21 @@ export async function tallyOn(counts: HostCounts, name: string): Promise<HostTal
   return { vms, ...(containers !== undefined ? { containers } : {}), ...(allocated ? { allocated } : {}) };
 }
 
-/** The host as a listing shows it; `rec` absent: a host without a row yet. */
-export function hostSummary(name: string, rec: AgentRecord | undefined, o: { local: boolean; state: { state: HostState; reason?: string }; tally: HostTally }): AgentSummary {
+/**
+ * The host as a listing shows it; `rec` absent: a host without a row yet. How it is reached (its
+ * URL, the transport's own words when it is down) only when `admin`: to anyone else an agent's
+ * address is internal.
+ */
+export function hostSummary(name: string, rec: AgentRecord | undefined, o: { local: boolean; state: HostStateNow; tally: HostTally; admin: boolean }): AgentSummary {
   const f = rec?.facts;
   const remote = rec && rec.url !== EMBEDDED_AGENT_URL;
   const { tally } = o;
+  const reason = (o.admin ? o.state.adminReason : undefined) ?? o.state.reason;
   return {
     name, local: o.local,
-    ...(remote ? { url: rec.url, registeredAt: rec.registeredAt } : {}),
-    ...o.state,
+    ...(remote ? { ...(o.admin ? { url: rec.url } : {}), registeredAt: rec.registeredAt } : {}),
+    state: o.state.state,
+    ...(reason !== undefined ? { reason } : {}),
     zone: rec?.zone ?? 'default', labels: rec?.labels ?? {},
     disabled: !!rec?.disabled,
     ...(rec?.disabled ? { disabledReason: rec.disabled.reason, disabledAt: rec.disabled.at, disabledBy: rec.disabled.by } : {}),

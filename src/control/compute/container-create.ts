@@ -201,7 +201,7 @@ export class ContainerCreates {
       const err = toNimbusError(e);
       if (rec.config.autoRemove) await this.deps.remove(rec.id).catch(() => undefined);
       else await this.writeCreatePatch(rec.id, patch);
-      throw new NimbusError(err.code, err.message, { ...err.details, container: rec.id, removed: rec.config.autoRemove }, { cause: e });
+      throw new NimbusError(err.code, err.message, { ...err.details, container: rec.id, removed: rec.config.autoRemove }, { cause: e, ...(err.adminMessage !== undefined ? { adminMessage: err.adminMessage } : {}) });
     }
   }
 

@@ -8,7 +8,7 @@
  * (vm-save-restore.ts), moves to another host (vm-move.ts) and the reconcile
  * at daemon start (vm-reconcile.ts).
  */
-import { Conflict, InvalidArgument, NotFound, hasCode } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NotFound, hasCode, toNimbusError, type NimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { InstanceStats, LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Agent, VmHostState } from '../../agent/agent.js';
@@ -136,15 +136,18 @@ export class VmService {
     return pickInScope(await this.store.vms.withIdPrefix(idOrName), prefixScope, (v) => v.id, 'vm', idOrName);
   }
 
-  /** The record plus what the host knows (accelerator, QEMU argv, pinning, sockets). */
-  async inspect(idOrName: string): Promise<VmRecord & { host: VmInspect | null; hostError?: string }> {
+  /**
+   * The record plus what the host knows (accelerator, QEMU argv, pinning, sockets); `hostError`
+   * is why that is missing, whole: the caller shows it as its viewer may read it (messageFor).
+   */
+  async inspect(idOrName: string): Promise<VmRecord & { host: VmInspect | null; hostError?: NimbusError }> {
     const v = await this.get(idOrName);
-    let hostError: string | undefined;
+    let hostError: NimbusError | undefined;
     const host = await this.on(v).inspectVm(v.id).catch((e: unknown) => {
       if (hasCode(e, 'NotFound')) return null;
       // an agent that is down does not hide the record: the host's view is just missing
       if (hasCode(e, 'Unavailable')) {
-        hostError = (e as Error).message;
+        hostError = toNimbusError(e);
         return null;
       }
       throw e;

@@ -8,7 +8,7 @@
  * the operations of replicas that are gone (failInterrupted).
  */
 import { newId } from '../../core/ids.js';
-import { NotFound, toNimbusError } from '../../core/errors.js';
+import { NotFound, logMessage, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Store } from '../../store/store.js';
 import type { OperationRecord } from '../../store/records.js';
@@ -119,7 +119,8 @@ export class OperationService {
         return await this.finish(rec, { status: 'succeeded', result: result ?? null, progress: latest });
       } catch (e) {
         const err = toNimbusError(e);
-        log.warn('operation failed', { id: rec.id, kind, target, code: err.code, error: err.message });
+        log.warn('operation failed', { id: rec.id, kind, target, code: err.code, error: logMessage(err) });
+        // the project's members read the operation: the words any caller may see (an agent's address is in the log)
         return await this.finish(rec, { status: 'failed', error: { code: err.code, message: err.message }, progress: latest });
       }
     })();

@@ -1,0 +1,123 @@
+/**
+ * An agent's address is for system administrators: a member whose VM lives on a host that does
+ * not answer reads the host's name and why, never the URL it is reached at (nor the address or
+ * socket path the transport names). Over a real API server (TCP, bearer tokens), a real agent
+ * directory and VM service on a SQLite store, and a real RemoteAgent for host b at a unix socket
+ * nobody serves.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ApiServer } from '../server.js';
+import { hostRoutes } from './hosts.js';
+import { agentRoutes } from './agents.js';
+import { vmRoutes } from './vms.js';
+import { Unauthenticated } from '../../core/errors.js';
+import { openStore } from '../../store/open.js';
+import type { Services } from '../../control/services.js';
+import type { Principal } from '../../control/identity/access.js';
+import { AgentDirectory } from '../../control/agents/agent-directory.js';
+import { RemoteAgent } from '../../agent/remote/remote-agent.js';
+import { FakeAgent } from '../../control/testing/fake-agent.js';
+import { EventBus } from '../../control/events/event-bus.js';
+import { OperationService } from '../../control/operations/operations.js';
+import { QuotaService } from '../../control/quota/quota-service.js';
+import { VmService } from '../../control/compute/vm-service.js';
+import { RecordingScheduler } from '../../control/compute/test-scheduler.js';
+import { dockerError } from '../docker/errors.js';
+
+const admin: Principal = { userId: 'u0', name: 'root', systemAdmin: true, defaultProjectId: 'p1', via: 'apikey', tokenId: 't0' };
+const alice: Principal = { userId: 'u1', name: 'alice', systemAdmin: false, defaultProjectId: 'p1', via: 'apikey', tokenId: 't1' };
+
+test('an agent that does not answer: a member reads its host\'s name, never its address; an administrator reads both', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nimbus-agent-address-'));
+  // the agent's address as the control plane knows it: a unix socket path here (an https://HOST:PORT on TCP)
+  const socketPath = join(dir, 'agent-b-internal.sock');
+  const url = `unix:${socketPath}`;
+  const store = await openStore(join(dir, 'nimbus.db'));
+  let agents: AgentDirectory | undefined;
+  let server: ApiServer | undefined;
+  t.after(async () => {
+    await server?.close();
+    await agents?.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const now = new Date().toISOString();
+  await store.projects.insert({ id: 'p1', name: 'p1', parentId: null, createdAt: now });
+  await store.agents.put({ name: 'b', url, token: 't'.repeat(32), registeredAt: now });
+  agents = await AgentDirectory.open(store, new FakeAgent({ name: 'local' }), 'local', (rec) => new RemoteAgent({ name: rec.name, url: rec.url, token: rec.token }), undefined, { refreshIntervalMs: 0 });
+  const events = new EventBus();
+  const quota = await QuotaService.open(store);
+  await quota.ensureProject('p1', null);
+  const vms = new VmService(store, agents, events, quota, new OperationService(store, events), new RecordingScheduler(agents));
+  await store.vms.insert({
+    id: 'a'.repeat(32), name: 'web', projectId: 'p1', config: { cpus: 1, memoryMiB: 128 }, status: 'stopped', pid: null, exitCode: null,
+    createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent: 'b',
+  });
+  const services = {
+    store, agents, vms, defaultProjectId: 'p1',
+    networks: { endpointsOf: async () => [] },
+    identity: {
+      authenticate: (token: string) => {
+        if (token === 'admin') return admin;
+        if (token === 'alice') return alice;
+        throw new Unauthenticated('invalid token');
+      },
+      localAdmin: () => undefined,
+    },
+    access: { forPrincipal: async () => ({ roleOn: (id: string) => (id === 'p1' ? 'member' : undefined), canRead: (id: string) => id === 'p1' }) },
+  } as unknown as Services;
+  server = new ApiServer([...agentRoutes, ...hostRoutes, ...vmRoutes], services);
+  const port = await server.listenTcp('127.0.0.1', 0);
+  const call = (token: string, method: string, path: string, body?: unknown) =>
+    new Promise<{ status: number; text: string }>((ok, fail) => {
+      const payload = body === undefined ? undefined : JSON.stringify(body);
+      const req = request({ host: '127.0.0.1', port, method, path, headers: { authorization: `Bearer ${token}`, ...(payload ? { 'content-type': 'application/json' } : {}) } }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => ok({ status: res.statusCode ?? 0, text }));
+      });
+      req.on('error', fail);
+      req.end(payload);
+    });
+  /** Anything that gives the agent's address away: its URL, the socket's path or name. */
+  const leaks = (text: string) => text.includes(socketPath) || text.includes('agent-b-internal') || /unix:|https?:\/\//.test(text);
+
+  // the VM's inspect: the record, no host view, and why
+  let r = await call('alice', 'GET', '/vms/web');
+  assert.equal(r.status, 200, r.text);
+  assert.match(JSON.parse(r.text).hostError, /^agent b: connect ENOENT$/, r.text);
+  assert.ok(!leaks(r.text), `a member's inspect: ${r.text}`);
+  r = await call('admin', 'GET', '/vms/web');
+  assert.ok(JSON.parse(r.text).hostError.includes(url), `an administrator's inspect names the URL: ${r.text}`);
+
+  // an action on it: 503 naming the host
+  r = await call('alice', 'POST', '/vms/web/start');
+  assert.equal(r.status, 503, r.text);
+  assert.match(JSON.parse(r.text).error.message, /agent b/);
+  assert.ok(!leaks(r.text), `a member's error: ${r.text}`);
+  r = await call('admin', 'POST', '/vms/web/start');
+  assert.equal(r.status, 503, r.text);
+  assert.ok(r.text.includes(url), `an administrator's error names the URL: ${r.text}`);
+
+  // the hosts listing (GET /hosts, GET /hosts/b, GET /agents): its state and why, no URL
+  for (const path of ['/hosts', '/hosts/b', '/agents']) {
+    r = await call('alice', 'GET', path);
+    assert.equal(r.status, 200, r.text);
+    const b = [JSON.parse(r.text)].flat().find((h: { name: string }) => h.name === 'b');
+    assert.equal(b.state, 'down', r.text);
+    assert.ok(!leaks(r.text), `a member's ${path}: ${r.text}`);
+    r = await call('admin', 'GET', path);
+    const seen = [JSON.parse(r.text)].flat().find((h: { name: string }) => h.name === 'b');
+    assert.equal(seen.url, url, `an administrator's ${path}: ${r.text}`);
+    assert.ok(seen.reason.includes(socketPath), `an administrator reads the transport's own words: ${r.text}`);
+  }
+
+  // the Docker API's error body is the same words
+  const refused = await agents.get('b').info().catch((e: unknown) => e);
+  assert.ok(!leaks(dockerError(refused).body.message), dockerError(refused).body.message);
+});
