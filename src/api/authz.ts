@@ -54,24 +54,31 @@ interface Request {
 export async function authorize(route: Route, principal: Principal | undefined, services: Services, r: Request): Promise<RequestAuth> {
   const decl = route.auth ?? UNDECLARED;
   // a system administrator's role is everywhere: no grants to load
-  const access: PrincipalAccess | undefined = principal && !principal.systemAdmin ? await services.access?.forPrincipal(principal) : undefined;
-  const ctx = (projectId: string | undefined, resource?: RequestAuth['resource']): RequestAuth => ({
+  let now: { principal: Principal | undefined; access: PrincipalAccess | undefined } = {
+    principal,
+    access: principal && !principal.systemAdmin ? await services.access?.forPrincipal(principal) : undefined,
+  };
+  const ctx = (projectId: string | undefined, resource?: RequestAuth['resource'], checked?: RequestAuth['checked']): RequestAuth => ({
     principal,
     projectId,
     ...(resource ? { resource } : {}),
+    ...(checked ? { checked } : {}),
     project() {
       if (projectId === undefined) throw new Internal(`route ${route.operationId} has no project`);
       return projectId;
     },
-    roleOn: (id) => (principal?.systemAdmin ? 'admin' : access?.roleOn(id)),
-    canRead: (id) => !!principal && (principal.systemAdmin || !!access?.canRead(id)),
+    roleOn: (id) => (now.principal?.systemAdmin ? 'admin' : now.access?.roleOn(id)),
+    canRead: (id) => !!now.principal && (now.principal.systemAdmin || !!now.access?.canRead(id)),
+    renew(p, access) {
+      now = { principal: p, access };
+    },
   });
   if ('public' in decl) return ctx(undefined);
   if (!principal) throw new Unauthenticated('authentication required: log in (nimbus login) or send an API key as a bearer token');
   if ('authenticated' in decl) return ctx(undefined);
   if ('global' in decl) {
     if (!principal.systemAdmin) throw new PermissionDenied(`${route.operationId} needs a system administrator`);
-    return ctx(undefined);
+    return ctx(undefined, undefined, { projectId: null, role: 'admin' });
   }
   const a = ctx(undefined);
   const target = await resolveTarget(decl.project, principal, services, r, (id) => a.canRead(id));
@@ -83,7 +90,7 @@ export async function authorize(route: Route, principal: Principal | undefined, 
     const where = checkOn === null ? 'the system (root projects)' : `project "${await services.projects.path(checkOn)}"`;
     throw new PermissionDenied(`${route.operationId} needs the ${decl.role} role on ${where}${have ? `; you are ${have}` : ''}`);
   }
-  return ctx(target?.id, target?.resource);
+  return ctx(target?.id, target?.resource, { projectId: checkOn, role: decl.role });
 }
 
 /** undefined: every readable project (query-or-all without ?project=, query-list with ?project=*); null: a root (no parent) — system administrators only. */

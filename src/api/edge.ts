@@ -22,6 +22,8 @@ export interface EdgeLimits {
   maxInFlight: number;
   /** The listen backlog: connections the kernel queues while the event loop is busy. */
   backlog: number;
+  /** How often an open stream's caller is checked again: a revoked one's stream ends within this (open-streams.ts). */
+  accessRecheckMs: number;
 }
 
 export const DEFAULT_EDGE_LIMITS: Readonly<EdgeLimits> = {
@@ -32,6 +34,7 @@ export const DEFAULT_EDGE_LIMITS: Readonly<EdgeLimits> = {
   idleTimeoutMs: 60_000,
   maxInFlight: 512,
   backlog: 4096,
+  accessRecheckMs: 5_000,
 };
 
 /**

@@ -5,7 +5,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { Services } from '../control/services.js';
-import type { Principal } from '../control/identity/access.js';
+import type { Principal, PrincipalAccess } from '../control/identity/access.js';
 import type { Role } from '../store/records.js';
 import type { ProjectScope } from '../control/identity/scope.js';
 
@@ -51,10 +51,17 @@ export interface RequestAuth {
   projectId: string | undefined;
   /** For routes whose path names a resource: the parameter and the resource's global id it was resolved to. */
   resource?: { param: string; id: string };
+  /**
+   * The role the edge required and on which project (null: the system's, as for a global route or a
+   * root project); absent when the route needs none. A stream is held to it while it lasts (open-streams.ts).
+   */
+  checked?: { projectId: string | null; role: Role };
   /** projectId, or an error for routes that have none. */
   project(): string;
   roleOn(projectId: string): Role | undefined;
   canRead(projectId: string | null | undefined): boolean;
+  /** A stream's recheck: roleOn and canRead answer from the caller's access as it is now, not as it was at the open. */
+  renew(principal: Principal, access: PrincipalAccess | undefined): void;
 }
 
 /** A streamed response: newline-delimited JSON or server-sent events. */

@@ -24,6 +24,7 @@ import { DashboardFiles, isDashboardPath } from './dashboard/static.js';
 import { consoleUpgrade, refuse, type ConsoleUpgrades } from './dashboard/console-ws.js';
 import type { Duplex } from 'node:stream';
 import { execUpgrade, type ExecUpgrades } from './dashboard/exec-ws.js';
+import { OpenStreams } from './open-streams.js';
 
 const log = logger('api');
 
@@ -110,12 +111,15 @@ export class ApiServer {
   /** A container exec on a terminal (src/api/dashboard/exec-ws.ts), on TCP and on the unix socket (nimbus exec -it). */
   private readonly execTcp: ExecUpgrades;
   private readonly execUnix: ExecUpgrades;
+  /** Every stream and WebSocket open, held to its caller's access while it lasts. */
+  private readonly streams: OpenStreams;
 
   constructor(routes: Route[], private readonly services: Services, limits: Partial<EdgeLimits> = {}) {
     this.limits = { ...DEFAULT_EDGE_LIMITS, ...limits };
-    this.upgrades = consoleUpgrade(routes, services);
-    this.execTcp = execUpgrade(routes, services, 'tcp');
-    this.execUnix = execUpgrade(routes, services, 'unix');
+    this.streams = new OpenStreams(services, this.limits.accessRecheckMs);
+    this.upgrades = consoleUpgrade(routes, services, this.streams);
+    this.execTcp = execUpgrade(routes, services, 'tcp', this.streams);
+    this.execUnix = execUpgrade(routes, services, 'unix', this.streams);
     this.compiled = routes.map((route) => ({
       route,
       ...compilePath(route.path),
@@ -243,7 +247,15 @@ export class ApiServer {
       if (result.body instanceof Error) throw result.body; // an error is never a 2xx body
       if (isStreamBody(result.body)) {
         release(); // a follow or console lasts as long as it lasts: it does not hold an admission slot
-        await writeStream(res, result.body.kind, result.body.source, signal(), principal?.systemAdmin === true);
+        const sse = result.body.kind === 'sse';
+        const admin = principal?.systemAdmin === true;
+        // ...and only while its caller may: revoked, it ends with the reason in band
+        const letGo = this.streams.hold(auth, (reason) => sendError(res, reason, { sse, admin }));
+        try {
+          await writeStream(res, result.body.kind, result.body.source, signal(), admin);
+        } finally {
+          letGo();
+        }
         return;
       }
       const status = result.status ?? match.route.status ?? 200;
@@ -305,6 +317,7 @@ export class ApiServer {
   }
 
   async close(): Promise<void> {
+    this.streams.close();
     this.upgrades.close();
     this.execTcp.close();
     this.execUnix.close();

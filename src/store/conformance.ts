@@ -194,6 +194,8 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     await s.tokens.insert(session('s3', null));
     assert.deepEqual(await s.tokens.byHash('hk1'), key);
     assert.equal((await s.tokens.byHash('hs2'))?.expiresAt, 1_900_000_000_000, 'epoch ms round-trip as a number');
+    assert.deepEqual(await s.tokens.get('k1'), key);
+    assert.equal(await s.tokens.get('hk1'), undefined, 'by id, not by hash');
     assert.deepEqual((await s.tokens.list('u1', 'apikey')).map((k) => k.id), ['k0', 'k1']);
     assert.deepEqual((await s.tokens.list('u1', 'session')).map((k) => k.id), ['s1', 's2', 's3']);
     assert.equal(await s.tokens.deleteExpired(1_800_000_000_000), 1);
@@ -201,6 +203,7 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual((await s.tokens.list('u1', 'session')).map((k) => k.id), ['s2', 's3']);
     await s.tokens.delete('k0');
     assert.equal(await s.tokens.byHash('hk0'), undefined);
+    assert.equal(await s.tokens.get('k0'), undefined);
   });
 
   test(`${name}: roles: one grant per user and project, filters, revoke`, async (t) => {

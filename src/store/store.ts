@@ -61,6 +61,8 @@ export interface UserRepo {
 
 export interface TokenRepo {
   byHash(hash: string): Promise<TokenRecord | undefined>;
+  /** By id: whether the token a caller presented still stands (a long-lived stream's recheck). */
+  get(id: string): Promise<TokenRecord | undefined>;
   list(userId: string, kind: TokenRecord['kind']): Promise<TokenRecord[]>;
   insert(t: TokenRecord): Promise<void>;
   delete(id: string): Promise<void>;

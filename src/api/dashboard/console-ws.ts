@@ -7,19 +7,21 @@
  * second subprotocol, `nimbus-token.<token>` (never in the URL, which ends up in logs), and is
  * checked exactly as the route's declaration says (the edge's authenticate and authorize, with
  * vmConsole's auth: member on the VM's project). The server answers with `nimbus-console` only.
- * A cross-site page has no token, and the Origin must be this host's anyway.
+ * A cross-site page has no token, and the Origin must be this host's anyway. The caller is held to
+ * that role while the console is open (open-streams.ts): revoked, it closes with 1008 and the reason.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { PassThrough } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError } from '../../core/errors.js';
+import { InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError, type NimbusError } from '../../core/errors.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { logger } from '../../core/log.js';
 import type { Services } from '../../control/services.js';
 import { authenticate, authorize } from '../authz.js';
 import { decodeComponent, parseQuery } from '../edge.js';
 import type { Route } from '../route.js';
+import type { OpenStreams } from '../open-streams.js';
 
 const log = logger('api');
 
@@ -34,6 +36,20 @@ export function refuse(socket: Duplex, status: number, message: string): void {
   const body = JSON.stringify({ error: { message } });
   socket.end(`HTTP/1.1 ${status} ${status === 401 ? 'Unauthorized' : status === 403 ? 'Forbidden' : status === 404 ? 'Not Found' : 'Error'}\r\n` +
     `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+}
+
+/** A close frame's reason: at most 123 bytes (RFC 6455 5.5: a control frame's payload is 125, the code 2). */
+const MAX_CLOSE_REASON_BYTES = 123;
+
+/**
+ * Ends a WebSocket whose caller may no longer use it (open-streams.ts): 1008, policy violation,
+ * with the reason. The session behind it is the caller's to let go at once: the client's answering
+ * close, which would otherwise do it, may never come.
+ */
+export function closeRevoked(ws: WebSocket, reason: NimbusError): void {
+  let text = `${reason.code}: ${reason.message}`;
+  while (Buffer.byteLength(text) > MAX_CLOSE_REASON_BYTES) text = text.slice(0, -1);
+  if (ws.readyState === ws.OPEN) ws.close(1008, text);
 }
 
 /** The Origin a browser sends must name the host it connected to (no cross-site page drives a console). */
@@ -54,7 +70,7 @@ export interface ConsoleUpgrades {
   close(): void;
 }
 
-export function consoleUpgrade(routes: Route[], services: Services): ConsoleUpgrades {
+export function consoleUpgrade(routes: Route[], services: Services, streams: OpenStreams): ConsoleUpgrades {
   const route = routes.find((r) => r.operationId === 'vmConsole');
   const wss = new WebSocketServer({
     noServer: true,
@@ -87,13 +103,21 @@ export function consoleUpgrade(routes: Route[], services: Services): ConsoleUpgr
       wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
         upgraded = true;
         ws.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => {
+          if (ws.readyState !== ws.OPEN) return; // closing: nothing more reaches the guest
           input.write(Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data));
         });
         const hangUp = () => {
           ac.abort();
           input.end();
         };
-        ws.once('close', hangUp);
+        const letGo = streams.hold(auth, (reason) => {
+          closeRevoked(ws, reason);
+          hangUp();
+        });
+        ws.once('close', () => {
+          letGo();
+          hangUp();
+        });
         ws.once('error', hangUp);
         void (async () => {
           for await (const frame of output) {

@@ -16,7 +16,9 @@
  *
  * Authentication is the VM console's (console-ws.ts): a browser offers its token as a second
  * subprotocol `nimbus-token.<token>` (never in the URL); other clients may send Authorization.
- * The Origin, when a browser sends one, must be this host's.
+ * The Origin, when a browser sends one, must be this host's. While the session lasts its caller
+ * is held to the member role it opened with (open-streams.ts): revoked, the server's last message
+ * is `{"error":{…}}` and it closes with 1008.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -34,7 +36,8 @@ import { decodeComponent, parseQuery } from '../edge.js';
 import type { Route } from '../route.js';
 import { TerminalSize } from '../schemas.js';
 import { checkOrThrow, checkTotalLength } from '../validate.js';
-import { refuse, sameOrigin, TOKEN_PROTOCOL_PREFIX, type ConsoleUpgrades } from './console-ws.js';
+import type { OpenStreams } from '../open-streams.js';
+import { closeRevoked, refuse, sameOrigin, TOKEN_PROTOCOL_PREFIX, type ConsoleUpgrades } from './console-ws.js';
 
 const log = logger('api');
 
@@ -58,7 +61,7 @@ export interface ExecUpgrades extends ConsoleUpgrades {
   matches(req: IncomingMessage): boolean;
 }
 
-export function execUpgrade(routes: Route[], services: Services, transport: Transport): ExecUpgrades {
+export function execUpgrade(routes: Route[], services: Services, transport: Transport, streams: OpenStreams): ExecUpgrades {
   const declared = (operationId: string) => {
     const route = routes.find((r) => r.operationId === operationId);
     return {
@@ -115,6 +118,13 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       });
       wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
         upgraded = true;
+        // held to the caller's access while it lasts: revoked, the last message says why, and the command is hung up on at once
+        const letGo = streams.hold(auth, (reason) => {
+          if (ws.readyState === ws.OPEN) ws.send(JSON.stringify({ error: { code: reason.code, message: reason.message } }));
+          closeRevoked(ws, reason);
+          if (!session.stdout.readableEnded) session.stdout.destroy();
+        });
+        ws.once('close', letGo);
         bridge(ws, session, id, framed);
       });
     })().catch((e: unknown) => {
@@ -208,6 +218,7 @@ function bridge(ws: WebSocket, session: ExecSession, id: string, framed = false)
   if (!framed) session.stderr.resume(); // empty with a TTY
   session.stdin?.on('error', () => undefined);
   ws.on('message', (data: RawData, isBinary: boolean) => {
+    if (ws.readyState !== ws.OPEN) return; // closing (hung up, or access revoked): nothing more reaches the command
     const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
     if (isBinary) {
       session.stdin?.write(bytes);

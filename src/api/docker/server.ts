@@ -18,6 +18,7 @@ import { authenticate, authorize } from '../authz.js';
 import type { RequestAuth, Route, RouteAuth } from '../route.js';
 import { DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody, serverOptions } from '../edge.js';
 import { dockerError } from './errors.js';
+import { OpenStreams } from '../open-streams.js';
 
 const log = logger('docker-api');
 
@@ -91,8 +92,15 @@ export class DockerApiServer {
   private readonly limits = DEFAULT_EDGE_LIMITS;
   /** Upgraded connections (attach, exec) still open. */
   private readonly hijacked = new Set<Duplex>();
+  /**
+   * Every request in progress, held to its caller's access: one that lasts (events, logs -f, stats,
+   * an attach or exec) ends with its connection once the caller may no longer (open-streams.ts).
+   */
+  private readonly streams: OpenStreams;
 
-  constructor(private readonly routes: DockerRoute[], private readonly services: Services) {}
+  constructor(private readonly routes: DockerRoute[], private readonly services: Services) {
+    this.streams = new OpenStreams(services, this.limits.accessRecheckMs);
+  }
 
   /** Connections that came in over TCP: nobody on them is the local administrator. */
   private readonly tcpSockets = new WeakSet<object>();
@@ -147,12 +155,14 @@ export class DockerApiServer {
     res.on('close', () => ac.abort());
     // an administrator's errors say everything (sendDockerError)
     let admin = false;
+    let letGo: (() => void) | undefined;
     try {
       log.debug('request', { method: req.method, url: req.url?.slice(0, 512) });
       res.setHeader('api-version', DOCKER_API_VERSION);
       res.setHeader('server', `Nimbus/${this.services.version} (linux)`);
       const { route, ctx } = await this.context(req, res, ac.signal);
       admin = ctx.auth.principal?.systemAdmin === true;
+      letGo = this.streams.hold(ctx.auth, () => res.destroy());
       const out = await route.handler(ctx);
       if (out === HANDLED) return;
       const status = out.status ?? (out.json === undefined ? 204 : 200);
@@ -170,6 +180,8 @@ export class DockerApiServer {
       res.end(req.method === 'HEAD' ? undefined : payload);
     } catch (e) {
       sendDockerError(res, e, admin);
+    } finally {
+      letGo?.();
     }
   };
 
@@ -184,12 +196,14 @@ export class DockerApiServer {
     });
     socket.on('error', () => ac.abort());
     let admin = false;
+    let letGo: (() => void) | undefined;
     try {
       if (head.length) socket.unshift(head);
       // a ServerResponse is made only so handlers share one context type; attach never writes through it
       const { route, ctx } = await this.context(req, undefined as unknown as ServerResponse, ac.signal);
       admin = ctx.auth.principal?.systemAdmin === true;
       if (!route.upgrade) throw new InvalidArgument(`${route.name} cannot be upgraded`);
+      letGo = this.streams.hold(ctx.auth, () => socket.destroy());
       await route.upgrade(ctx, socket);
       // ended by the handler; a client that never closes its side is not kept for ever
       setTimeout(() => socket.destroy(), HIJACK_LINGER_MS).unref();
@@ -197,6 +211,8 @@ export class DockerApiServer {
       const { status, body } = dockerError(e, admin);
       const payload = JSON.stringify(body);
       if (!socket.destroyed) socket.end(`HTTP/1.1 ${status} Error\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(payload)}\r\nconnection: close\r\n\r\n${payload}`);
+    } finally {
+      letGo?.();
     }
   };
 
@@ -232,6 +248,7 @@ export class DockerApiServer {
   }
 
   async close(): Promise<void> {
+    this.streams.close();
     for (const socket of this.hijacked) socket.destroy();
     await Promise.all(this.servers.map((s) => new Promise<void>((r) => {
       s.close(() => r());

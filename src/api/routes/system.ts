@@ -101,7 +101,8 @@ export const systemRoutes = [
   }),
   route({
     method: 'GET', path: '/events', operationId: 'events', tag: 'system', access: 'read',
-    auth: { authenticated: true },
+    // with ?project= the stream is of that project: held to reading it while it lasts (open-streams.ts)
+    auth: { role: 'reader', project: 'query-or-all' },
     summary: 'Server-sent events of every state change, each with its project and actor; filtered by project (and its descendants), kind and instance', streams: 'sse',
     query: Type.Object({
       type: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
@@ -115,7 +116,7 @@ export const systemRoutes = [
     handler: async ({ query, services, signal, auth }) => {
       const list = (v: string | string[] | undefined) => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
       const types = [...list(query.type), ...list(query.kind)];
-      const projectIds = query.project ? await projectSubtree(services, query.project, (id) => auth.canRead(id)) : undefined;
+      const projectIds = auth.projectId ? await projectSubtree(services, auth.projectId) : undefined;
       const instance = query.instance === undefined ? undefined : await instanceId(services, query.instance, (id) => auth.canRead(id) && (!projectIds || projectIds.has(id)));
       return stream('sse', readable(auth, services.events.subscribe({
         ...(types.length ? { types } : {}),
@@ -155,10 +156,9 @@ export const systemRoutes = [
   }),
 ];
 
-/** The project (id, path or name, among those the caller can read) and its descendants. */
-async function projectSubtree(services: Services, ref: string, canRead: (id: string) => boolean): Promise<ReadonlySet<string>> {
-  const root = await services.projects.resolve(ref, canRead);
-  return new Set(subtree(await services.store.projects.list(), [root.id]).map((p) => p.id));
+/** The project (resolved and checked by the edge) and its descendants. */
+async function projectSubtree(services: Services, projectId: string): Promise<ReadonlySet<string>> {
+  return new Set(subtree(await services.store.projects.list(), [projectId]).map((p) => p.id));
 }
 
 /** The id of the one readable instance (container or VM) of that name, else the reference as given (an id, or a name not in use yet). */

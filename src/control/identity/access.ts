@@ -37,16 +37,19 @@ export class AccessControl {
    * One principal's access, loaded once for the many checks of one request, which are then
    * synchronous (filters and scopes call them per item). Queries: none for a system
    * administrator; the user's grants; and, only when there are grants, the project tree
-   * (one listing) to know what inherits them. The view is a snapshot: a long-lived caller
-   * (an event stream) takes a new one to see grants or projects made since.
+   * (one listing, or `tree` when the caller holds one) to know what inherits them. The view is a
+   * snapshot: a long-lived caller (an event stream) takes a new one to see grants or projects made since.
    */
-  async forPrincipal(p: Principal): Promise<PrincipalAccess> {
+  async forPrincipal(p: Principal, tree?: ReadonlyMap<string, string | null>): Promise<PrincipalAccess> {
     if (p.systemAdmin || !p.userId) return new PrincipalAccess(p, new Map(), new Map());
     const grants = new Map<string, Role>();
     for (const g of await this.store.roles.list({ userId: p.userId })) grants.set(g.projectId, g.role);
-    const parents = new Map<string, string | null>();
-    if (grants.size > 0) for (const rec of await this.store.projects.list()) parents.set(rec.id, rec.parentId);
-    return new PrincipalAccess(p, grants, parents);
+    return new PrincipalAccess(p, grants, grants.size > 0 ? tree ?? (await this.tree()) : new Map());
+  }
+
+  /** Each project's parent (null: a root), from one listing: what many forPrincipal calls at once can share. */
+  async tree(): Promise<ReadonlyMap<string, string | null>> {
+    return new Map((await this.store.projects.list()).map((rec) => [rec.id, rec.parentId]));
   }
 }
 

@@ -122,6 +122,21 @@ export class IdentityService {
     return { userId: u.id, name: u.name, systemAdmin: u.systemAdmin, defaultProjectId: u.defaultProjectId, via: t.kind, tokenId: t.id };
   }
 
+  /**
+   * The caller as the store has it now, for what outlives its request (a stream's recheck,
+   * src/api/open-streams.ts): Unauthenticated once the token it presented is revoked or expired,
+   * or its user removed. A socket caller without a token has nothing to revoke.
+   */
+  async current(p: Principal): Promise<Principal> {
+    if (p.via === 'socket') return p;
+    const t = p.tokenId ? await this.store.tokens.get(p.tokenId) : undefined;
+    if (!t || t.userId !== p.userId) throw new Unauthenticated(`the ${p.via === 'apikey' ? 'API key' : 'session'} was revoked; log in again`);
+    if (t.expiresAt !== null && t.expiresAt <= Date.now()) throw new Unauthenticated('token expired; log in again');
+    const u = await this.store.users.get(t.userId);
+    if (!u) throw new Unauthenticated(`user "${p.name}" was removed`);
+    return { ...p, name: u.name, systemAdmin: u.systemAdmin, defaultProjectId: u.defaultProjectId };
+  }
+
   /** A unix-socket caller without a token: the local administrator (Docker's model; the socket is root-only). */
   async localAdmin(defaultProjectId: string): Promise<Principal> {
     const u = await this.store.users.byName(ADMIN_USER);

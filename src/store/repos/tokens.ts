@@ -16,6 +16,10 @@ export class SqlTokenRepo implements TokenRepo {
     const r = await this.db.get('SELECT * FROM tokens WHERE hash = ?', [hash]);
     return r && token(r);
   }
+  async get(id: string) {
+    const r = await this.db.get('SELECT * FROM tokens WHERE id = ?', [id]);
+    return r && token(r);
+  }
   async list(userId: string, kind: TokenRecord['kind']) {
     return (await this.db.all('SELECT * FROM tokens WHERE user_id = ? AND kind = ? ORDER BY created_at, id', [userId, kind])).map(token);
   }
