@@ -399,7 +399,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
           if (!v) return undefined;
           s = await agents.get(v.agent).vmStats(v.id); // a protocol-4 agent refuses it: no reading (null)
         } else {
-          s = await containers.stats(i.id);
+          s = await containers.runCounters(i.id);
         }
         return { cpuNs: s.cpuUsageNs, memoryBytes: s.memoryBytes, ...(s.network ? { network: s.network } : {}) };
       }, { intervalMs: meteringIntervalMs });

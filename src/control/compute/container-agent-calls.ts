@@ -67,6 +67,15 @@ export class ContainerAgentCalls {
     return { id: c.id, name: c.name, ...(await this.deps.agentOf(c).containerStats(c.id)) };
   }
 
+  /**
+   * The counters of its current or, once it ended, its last run, as its host reads them (metering):
+   * an ended run's cgroup stays until removal, so its CPU up to the exit is still there.
+   */
+  async runCounters(id: string): Promise<InstanceStats> {
+    const c = await this.deps.get(id);
+    return this.deps.agentOf(c).containerStats(c.id);
+  }
+
   /** docker cp: a path's stat in the container, running or not, from its host (which resolves it inside the rootfs). */
   async pathStat(idOrName: string, path: string): Promise<ContainerPathStat> {
     const c = await this.deps.get(idOrName);

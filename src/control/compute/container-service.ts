@@ -268,6 +268,11 @@ export class ContainerService {
     return this.calls.stats(idOrName);
   }
 
+  /** Metering's counters: the current run's, or the last run's once it ended (container-agent-calls.ts). */
+  runCounters(id: string): Promise<InstanceStats> {
+    return this.calls.runCounters(id);
+  }
+
   pathStat(idOrName: string, path: string): Promise<ContainerPathStat> {
     return this.calls.pathStat(idOrName, path);
   }

@@ -201,7 +201,6 @@ export function account(
   const net = netDelta(cursor, inst, reading);
   const from = cursor?.accountedUntil ?? inst.createdAt;
   const givenBack = overCounted(cursor, inst);
-  if (from >= now && givenBack.length === 0) return undefined;
   let activeStart = 0;
   let activeEnd = 0;
   if (inst.runStart !== null) {
@@ -216,6 +215,9 @@ export function account(
   // a new run restarts the counter (a new cgroup): all of it is new
   let cpuNs: number | null = null;
   if (reading) cpuNs = sameRun && cursor.cpuNs !== null && reading.cpuNs >= cursor.cpuNs ? reading.cpuNs - cursor.cpuNs : reading.cpuNs;
+  // nothing new: no time past the cursor, nothing to give back, no counter moved (an ended run's
+  // last reading may come at the cursor's very instant: its CPU still counts)
+  if (from >= now && givenBack.length === 0 && !((cpuNs ?? 0) > 0) && !(net !== null && net.rxBytes + net.txBytes > 0)) return undefined;
   // CPU the counter shows beyond the active time (it ran past `now` before it was read) goes in now's period
   if (((cpuNs ?? 0) > 0 || (net !== null && net.rxBytes + net.txBytes > 0)) && spans.length === 0) spans.push([Math.floor((now - 1) / USAGE_PERIOD_MS) * USAGE_PERIOD_MS, 0]);
   const heldMemoryBytes = size.memoryBytes > 0 ? size.memoryBytes : reading?.memoryBytes ?? cursor?.heldMemoryBytes ?? 0;

@@ -29,8 +29,8 @@ async function setup(t: TestContext) {
   await store.projects.insert({ id: 'p3', name: 'other', parentId: null, createdAt: iso(T0) });
   const clock = { now: T0 };
   const events = new EventBus();
-  // one busy CPU per running container since its run began: the counter a cgroup would show
-  const counters: CounterSource = async (inst) => (inst.kind === 'vm' || inst.runStart === null ? undefined : { cpuNs: (clock.now - inst.runStart) * 1e6, memoryBytes: 100 * 1024 * 1024 });
+  // one busy CPU per container over its run, as its cgroup would show it (which stays after the exit, until removal)
+  const counters: CounterSource = async (inst) => (inst.kind === 'vm' || inst.runStart === null ? undefined : { cpuNs: ((inst.runEnd ?? clock.now) - inst.runStart) * 1e6, memoryBytes: 100 * 1024 * 1024 });
   const meter = (intervalMs = 1000) => new MeteringService(store, events, counters, { intervalMs, clock: () => clock.now });
   return { store, clock, events, meter };
 }
@@ -79,7 +79,7 @@ test('a container of 1 CPU running 20 s is 20 instance-seconds and 20 CPU-second
   assert.deepEqual(team.projects.map((p) => p.id), ['p2']);
 });
 
-test('a run ending between passes is charged to its end; a new run restarts the CPU counter; a destroy charges up to the event', async (t) => {
+test('a run ending between passes is charged to its end, its CPU to the exit (the ended run\'s counter, read once); a new run restarts the CPU counter; a destroy charges up to the event', async (t) => {
   const { store, clock, events, meter } = await setup(t);
   const m = meter(60_000);
   const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 0.5 };
@@ -92,7 +92,10 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   await m.pass();
   let c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
   assert.equal(c1?.instanceSeconds, 7);
-  assert.equal(c1?.cpuSeconds, 4, 'the CPU after the last reading went with the cgroup');
+  assert.equal(c1?.cpuSeconds, 7, 'the CPU after the last reading: the ended run\'s counter, read at the next pass');
+  clock.now = T0 + 35_000;
+  await m.pass();
+  assert.equal((await totals(store)).instances.find((i) => i.id === 'c1')?.cpuSeconds, 7, 'read once: a later pass adds nothing');
   // started again at +40 s: a new run (its counter from 0); the start event accounts its time at
   // once but does not read the new counter (near 0 at a start): the next pass reads all of it
   m.start();
@@ -103,12 +106,12 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   await waitUntil(async () => (await store.usage.cursor('c1'))?.accountedUntil === T0 + 50_000);
   c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
   assert.equal(c1?.instanceSeconds, 17);
-  assert.equal(c1?.cpuSeconds, 4, 'not read at the start event');
+  assert.equal(c1?.cpuSeconds, 7, 'not read at the start event');
   clock.now = T0 + 52_000;
   await m.pass();
   c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
   assert.equal(c1?.instanceSeconds, 19);
-  assert.equal(c1?.cpuSeconds, 16, "the new run's whole counter at the next pass");
+  assert.equal(c1?.cpuSeconds, 7 + 12, "the new run's whole counter at the next pass");
   assert.deepEqual(c1?.bySize, [{ kind: 'container', cpus: 0.5, memoryBytes: 0, instanceSeconds: 19 }]);
   assert.ok((c1?.memoryGiBHours ?? 0) > 0, 'no limit: the memory it used is charged');
   // removed while running: charged until the destroy, then nothing more
@@ -121,6 +124,40 @@ test('a run ending between passes is charged to its end; a new run restarts the 
   c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
   // +52 s to the destroy at +80 s (the event's time, capped at the meter's clock)
   assert.equal(c1?.instanceSeconds, 47);
+});
+
+test('a run shorter than the interval: its die event reads the ended run\'s counter (all its CPU, lost before); a restart before the read keeps that reading out', async (t) => {
+  const { store, clock, events } = await setup(t);
+  // the cgroup's counter: one busy CPU over the run; `restartBeforeRead` makes the record show a new run by the time it is read
+  let restartBeforeRead = false;
+  const counters: CounterSource = async (inst) => {
+    if (inst.runStart === null) return undefined;
+    if (restartBeforeRead) await store.containers.update(inst.id, { status: 'running', startedAt: iso(clock.now), finishedAt: null });
+    return { cpuNs: ((inst.runEnd ?? clock.now) - inst.runStart) * 1e6, memoryBytes: 0 };
+  };
+  const m = new MeteringService(store, events, counters, { intervalMs: 60_000, eventDelayMs: 50, clock: () => clock.now });
+  m.start();
+  t.after(() => m.stop());
+  await m.settle();
+  const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 1 };
+  const cpuOf = async (id: string) => (await totals(store)).instances.find((i) => i.id === id)?.cpuSeconds;
+  await store.containers.insert(container('j1', 'job', { projectId: 'p1', status: 'running', createdAt: iso(T0), startedAt: iso(T0), config: cfg }));
+  clock.now = T0;
+  events.publish({ type: 'container', action: 'start', id: 'j1', projectId: 'p1' });
+  await store.containers.update('j1', { status: 'exited', finishedAt: iso(T0 + 9000) });
+  clock.now = T0 + 9000;
+  events.publish({ type: 'container', action: 'die', id: 'j1', projectId: 'p1' });
+  await waitUntil(async () => (await store.usage.cursor('j1'))?.accountedUntil === T0 + 9000);
+  await m.settle();
+  assert.equal(await cpuOf('j1'), 9, 'its 9 s of CPU, no pass having read it while it ran');
+
+  await store.containers.insert(container('j2', 'job2', { projectId: 'p1', status: 'exited', createdAt: iso(T0), startedAt: iso(T0), finishedAt: iso(T0 + 5000), config: cfg }));
+  restartBeforeRead = true;
+  clock.now = T0 + 5000;
+  events.publish({ type: 'container', action: 'die', id: 'j2', projectId: 'p1' });
+  await waitUntil(async () => (await store.usage.cursor('j2'))?.accountedUntil === T0 + 5000);
+  await m.settle();
+  assert.equal(await cpuOf('j2'), null, 'a reading taken as a new run began is not the ended run\'s: left out');
 });
 
 test('a pass between the exit and its record charged past the end: the next accounting gives it back, once', async (t) => {

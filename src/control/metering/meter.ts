@@ -55,6 +55,12 @@ const ACCOUNT_ON = new Set(['start', 'restart', 'die', 'kill', 'stop', 'pause', 
  * exit it is gone; reading it there only cost the request path cgroup and sysfs reads.
  */
 const READ_COUNTERS_ON = new Set(['pause', 'unpause', 'resize', 'migrate']);
+/**
+ * After these the run has ended and its last counters are read once: a container's cgroup stays
+ * until removal, so the CPU it used since the last pass is still there (lost before: up to an
+ * interval's worth, all of it for a run shorter than one). A VM's QEMU is gone: no reading, as before.
+ */
+const READ_FINAL_COUNTERS_ON = new Set(['die']);
 
 export interface MeteringOptions {
   /** Between passes; default 60 s. */
@@ -80,8 +86,11 @@ interface PendingEdges {
   timer?: NodeJS.Timeout;
 }
 
-/** Where counters come from: a running instance's CPU, memory and network, or undefined (no counter, or no answer). */
+/** Where counters come from: an instance's CPU, memory and network (a running run's, or an ended run's last), or undefined (no counter, or no answer). */
 export type CounterSource = (inst: MeteredInstance) => Promise<CounterReading | undefined>;
+
+/** What an accounting edge reads: nothing, a running instance's counters, or an ended run's last. */
+type ReadCounters = 'no' | 'running' | 'ended';
 
 export interface MeteringStats {
   passes: number;
@@ -154,7 +163,7 @@ export class MeteringService {
         this.edges(e.id).goneAt = goneAt;
       });
     } else if (ACCOUNT_ON.has(e.action)) {
-      const read = READ_COUNTERS_ON.has(e.action);
+      const read: ReadCounters = READ_COUNTERS_ON.has(e.action) ? 'running' : READ_FINAL_COUNTERS_ON.has(e.action) ? 'ended' : 'no';
       // after the publisher's turn: an event is published inside a request, which should not
       // wait for the reads it caused (the time is taken when they run: a later edge, never lost)
       setImmediate(() => void this.enqueue(e.id, () => this.snapshot(e.id, this.clock(), read)));
@@ -173,15 +182,28 @@ export class MeteringService {
   }
 
   /** The instance as it is at `now` (its record, size and, when asked, counters), kept for the pending commit. */
-  private async snapshot(id: string, now: number, readCounters: boolean): Promise<void> {
+  private async snapshot(id: string, now: number, readCounters: ReadCounters): Promise<void> {
     const found = await this.instance(id);
     if (!found) return;
     const inst = found.inst;
-    const read = inst.active && readCounters;
-    const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
-    if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
-    else if (!inst.active || read) this.readings.delete(id);
+    const reading = await this.read(inst, readCounters === 'running' ? inst.active : readCounters === 'ended' && !inst.active);
     this.edges(id).snapshots.push({ at: now, inst, size: await this.sizeOf(found), reading });
+  }
+
+  /**
+   * The instance's counters when `wanted`: a running one's (kept for /metrics), or an ended run's
+   * last, kept only if the record still shows that run ended (a restart meanwhile made a new
+   * counter, which the run's next accounting reads as new).
+   */
+  private async read(inst: MeteredInstance, wanted: boolean): Promise<CounterReading | undefined> {
+    let reading = wanted ? await this.counters(inst).catch(() => undefined) : undefined;
+    if (reading && !inst.active) {
+      const now = (await this.instance(inst.id))?.inst;
+      if (!now || now.active || now.runId !== inst.runId) reading = undefined;
+    }
+    if (reading && inst.active) this.readings.set(inst.id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
+    else if (!inst.active || wanted) this.readings.delete(inst.id);
+    return reading;
   }
 
   /**
@@ -297,10 +319,10 @@ export class MeteringService {
     const inst = found.inst;
     const cursor = await this.store.usage.cursor(id);
     if (cursor?.closed || (cursor && cursor.accountedUntil >= now)) return;
-    const read = inst.active && (opts.readCounters ?? true);
-    const reading = read ? await this.counters(inst).catch(() => undefined) : undefined;
-    if (reading) this.readings.set(id, { ...reading, projectId: inst.projectId, name: inst.name, kind: inst.kind });
-    else if (!inst.active || read) this.readings.delete(id);
+    // a run that ended since this instance's accounting last saw it open (or before any): its last
+    // counters, once (its die event's edge reads them too; a second read adds nothing)
+    const endedUnread = !inst.active && inst.runId !== null && (cursor === undefined || cursor.active);
+    const reading = await this.read(inst, (opts.readCounters ?? true) && (inst.active || endedUnread));
     const outcome = account(cursor, inst, await this.sizeOf(found), now, reading);
     if (outcome) await this.commit(cursor, outcome.next, outcome.slices);
   }
