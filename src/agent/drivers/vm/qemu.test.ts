@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { hasCode } from '../../../core/errors.js';
-import { decodeExitStatus, parseCpuList, qemuArgv, type QemuConfig } from './qemu.js';
+import { decodeExitStatus, parseCpuList, qemuArgv, shutdownCauseIn, type QemuConfig } from './qemu.js';
 
 const base: QemuConfig = {
   name: 'vm1',
@@ -90,3 +90,15 @@ test('CPU lists', () => {
   assert.throws(() => parseCpuList('3-1'), (e) => hasCode(e, 'InvalidArgument'));
   assert.throws(() => parseCpuList('x'), (e) => hasCode(e, 'InvalidArgument'));
 });
+
+test('shutdown cause: the last shutdown request QEMU traced on its stderr, by name; none when it made none', () => {
+  assert.equal(shutdownCauseIn('qemu_system_powerdown_request \nqemu_system_shutdown_request reason=6\n'), 'guest-shutdown');
+  assert.equal(shutdownCauseIn('qemu_system_shutdown_request reason=7\nqemu_system_shutdown_request reason=2\n'), 'host-qmp-quit');
+  assert.equal(shutdownCauseIn('qemu_system_shutdown_request reason=8'), 'guest-panic');
+  assert.equal(shutdownCauseIn('qemu_system_shutdown_request reason=42'), 'cause 42');
+  assert.equal(shutdownCauseIn('qemu-system-x86_64: terminating on signal 15 from pid 1 (node)\n'), 'host-signal');
+  assert.equal(shutdownCauseIn('qemu-system-x86_64: ../softmmu/physmem.c:1: assertion failed\n'), undefined);
+  assert.equal(shutdownCauseIn(''), undefined);
+  assert.ok(qemuArgv(base).join(' ').includes('-d trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request'), 'QEMU is asked to say it');
+});
+

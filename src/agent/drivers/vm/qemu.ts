@@ -110,6 +110,26 @@ const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 /** QEMU's -opt value syntax: a comma inside a value is written twice. */
 const q = (v: string) => v.replace(/,/g, ',,');
 
+/** QEMU's trace events of a shutdown request (with its cause) and of a power button press. */
+const SHUTDOWN_TRACE = 'trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request';
+
+/** QEMU's ShutdownCause (qapi/run-state.json), in its order: the number its trace line gives. */
+const SHUTDOWN_CAUSES = ['none', 'host-error', 'host-qmp-quit', 'host-qmp-system-reset', 'host-signal', 'host-ui', 'guest-shutdown', 'guest-reset', 'guest-panic', 'subsystem-reset', 'snapshot-load'] as const;
+export type ShutdownCause = (typeof SHUTDOWN_CAUSES)[number] | `cause ${number}`;
+
+/**
+ * Why QEMU ended, from its stderr: the last shutdown request's cause (a signal's is not traced:
+ * QEMU's own "terminating on signal" line says it), undefined when it made none (it crashed or
+ * was SIGKILLed).
+ */
+export function shutdownCauseIn(stderr: string): ShutdownCause | undefined {
+  if (/: terminating on signal \d+/.test(stderr)) return 'host-signal';
+  const m = [...stderr.matchAll(/^qemu_system_shutdown_request reason=(\d+)$/gm)].at(-1);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  return SHUTDOWN_CAUSES[n] ?? `cause ${n}`;
+}
+
 export function qemuArgv(c: QemuConfig): string[] {
   if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
   if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 16) throw new InvalidArgument(`memory must be at least 16 MiB, got ${c.memoryMiB}`);
@@ -128,6 +148,9 @@ export function qemuArgv(c: QemuConfig): string[] {
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none',
     // a guest reboot ends the instance (restart policy belongs to the caller)
     '-no-reboot',
+    // QEMU says on its stderr (qemu.log) why it is ending and when a power button was pressed:
+    // the record keeps the cause (a guest's poweroff, reset or panic, or a host's quit or signal)
+    '-d', SHUTDOWN_TRACE,
     '-chardev', `socket,id=qmp,path=${q(c.paths.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=qmp,mode=control',
     '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,

@@ -336,6 +336,27 @@ test('vCPU hot-plug: a VM created with room for more grows while it runs (the gu
   }
 });
 
+test('why it ended, in QEMU\'s own word: a guest that powers off is guest-shutdown, a QEMU sent SIGTERM is host-signal', async () => {
+  const d = env.driver;
+  const off = freshId('vm');
+  const signalled = freshId('vm');
+  try {
+    await d.create(env.makeSpec(off, ['true'])); // its end: the init powers the guest off
+    await d.create(env.makeSpec(signalled, ['sh', '-c', 'echo up; sleep 1000']));
+    await d.start(off);
+    await d.start(signalled);
+    await waitStopped(d, off, 60_000);
+    assert.equal((await d.inspect(off)).endCause, 'guest-shutdown');
+    await waitForLog(d, signalled, /^up$/, 60_000);
+    await d.kill(signalled, 'SIGTERM');
+    await waitStopped(d, signalled, 30_000);
+    assert.equal((await d.inspect(signalled)).endCause, 'host-signal');
+  } finally {
+    await d.delete(off);
+    await d.delete(signalled);
+  }
+});
+
 test('a SIGKILL cuts a graceful stop short: the guest ignores the power button, kill answers at once (issue 13, finding 2)', async () => {
   const d = env.driver;
   const id = freshId('vm');
@@ -353,6 +374,7 @@ test('a SIGKILL cuts a graceful stop short: the guest ignores the power button, 
     assert.ok(killMs < 15_000, `kill waited ${killMs} ms behind a 600 s stop`);
     assert.equal((await stop).status, 'stopped', 'the stop ends with the kill');
     assert.equal((await d.inspect(id)).lifecycle, 'stopped');
+    assert.equal((await d.inspect(id)).endCause, undefined, 'a SIGKILLed QEMU requested no shutdown: no cause (its exit code says 137)');
     await assert.rejects(d.kill(id, 'SIGNOPE'), (e) => hasCode(e, 'InvalidArgument'));
   } finally {
     await d.delete(id);

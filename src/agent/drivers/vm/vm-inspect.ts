@@ -30,6 +30,8 @@ export interface VmInspect {
   rootDisk?: string;
   pinning: VcpuPinning[];
   savedState?: string;
+  /** Once it ended: QEMU's own word on why (guest-shutdown, guest-reset, host-signal, ...; vm-record.ts). */
+  endCause?: string;
   argv: string[];
 }
 
@@ -61,6 +63,7 @@ export class VmInspector {
     if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.qemuPid = r.qemuPid;
     if (r.config.rootDisk) out.rootDisk = r.config.rootDisk.path;
     if (r.lifecycle === 'saved') out.savedState = p.savedState;
+    if (r.lifecycle === 'stopped' && r.endCause) out.endCause = r.endCause;
     if (r.balloonMiB !== undefined && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.balloonMiB = r.balloonMiB;
     if (out.qemuPid !== undefined) {
       // QEMU's own word: "postmigrate" is a source whose guest went elsewhere (reconcile uses it)

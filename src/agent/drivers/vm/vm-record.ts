@@ -13,7 +13,7 @@ import { KeyedLock } from '../../../core/keyed-lock.js';
 import { logger } from '../../../core/log.js';
 import { processAlive, procStat } from '../../../core/proc.js';
 import type { RuntimeState } from '../instance-driver.js';
-import { decodeExitStatus, type QemuConfig } from './qemu.js';
+import { decodeExitStatus, shutdownCauseIn, type QemuConfig } from './qemu.js';
 import { instancePaths, readExitStatus, removeRunFiles, sleep, type InstancePaths } from './qemu-process.js';
 import type { VcpuPinning } from './vcpu-pinning.js';
 
@@ -49,6 +49,12 @@ export interface VmRecord {
   exitCode?: number;
   /** Set when the driver itself sent a signal, so the exit code says so. */
   killedBy?: string;
+  /**
+   * QEMU's own word on why its last run ended (qemu.ts, shutdownCauseIn): guest-shutdown,
+   * guest-reset (a reboot, a triple fault, a panic), host-qmp-quit, host-signal, ...; absent
+   * when it made no shutdown request (it crashed or was killed: the exit code says how).
+   */
+  endCause?: string;
   pinning?: VcpuPinning[];
   savedAt?: string;
   /** A VM made from a saved template: its state comes from the template's file, its disk is backed by the template's. */
@@ -164,6 +170,10 @@ export class VmRecordStore implements VmRecords {
         id: r.id, pid: r.qemuPid, procState: st?.state ?? 'gone', aliveNow: processAlive(r.qemuPid, p.qmpSocket), supervisorAlive: processAlive(r.supervisorPid),
       });
     }
+    const cause = shutdownCauseIn(await readFile(p.qemuLog, 'utf8').catch(() => ''));
+    if (cause) r.endCause = cause;
+    else delete r.endCause;
+    log.info('vm ended', { id: r.id, exitCode: r.exitCode, cause: cause ?? 'none requested' });
     delete r.qemuPid;
     delete r.supervisorPid;
     // the exit status stays until the next launch: a second observer racing this one (an exit
