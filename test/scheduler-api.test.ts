@@ -10,17 +10,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApiServer } from '../src/api/server.js';
 import { schedulerRoutes } from '../src/api/routes/scheduler.js';
-import { NotFound, Unauthenticated } from '../src/core/errors.js';
+import { NotFound } from '../src/core/errors.js';
 import { openStore } from '../src/store/open.js';
 import type { Services } from '../src/control/services.js';
-import type { Principal } from '../src/control/identity/access.js';
+import { adminAndAlice } from '../src/api/testing/principals.js';
 import { FilterScheduler } from '../src/control/scheduler/filter-scheduler.js';
 import type { HostCandidate } from '../src/control/scheduler/types.js';
 import { explanationText } from '../src/cli/commands/scheduler.js';
 
 const GiB = 1024 ** 3;
-const admin: Principal = { userId: 'u0', name: 'root', systemAdmin: true, defaultProjectId: 'p1', via: 'apikey', tokenId: 't0' };
-const alice: Principal = { userId: 'u1', name: 'alice', systemAdmin: false, defaultProjectId: 'p1', via: 'apikey', tokenId: 't1' };
 
 const host = (name: string, over: Partial<HostCandidate> = {}): HostCandidate => ({
   name, state: 'up', disabled: false, zone: 'z1', labels: {}, cpus: 4, memoryBytes: 4 * GiB, diskBytes: 0, runtimes: ['runc'], architecture: 'amd64', ...over,
@@ -47,15 +45,7 @@ async function api(t: TestContext) {
       },
       path: async (id: string) => id,
     },
-    identity: {
-      authenticate: (token: string) => {
-        if (token === 'admin') return admin;
-        if (token === 'alice') return alice;
-        throw new Unauthenticated('invalid token');
-      },
-      localAdmin: () => undefined,
-    },
-    access: { forPrincipal: async () => ({ roleOn: (id: string) => (id === 'p1' ? 'member' : undefined), canRead: (id: string) => id === 'p1' }) },
+    ...adminAndAlice,
   } as unknown as Services;
   server = new ApiServer(schedulerRoutes, services);
   const port = await server.listenTcp('127.0.0.1', 0);

@@ -15,10 +15,9 @@ import { ApiServer } from '../server.js';
 import { hostRoutes } from './hosts.js';
 import { agentRoutes } from './agents.js';
 import { vmRoutes } from './vms.js';
-import { Unauthenticated } from '../../core/errors.js';
 import { openStore } from '../../store/open.js';
 import type { Services } from '../../control/services.js';
-import type { Principal } from '../../control/identity/access.js';
+import { adminAndAlice } from '../testing/principals.js';
 import { AgentDirectory } from '../../control/agents/agent-directory.js';
 import { RemoteAgent } from '../../agent/remote/remote-agent.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
@@ -29,8 +28,6 @@ import { VmService } from '../../control/compute/vm-service.js';
 import { RecordingScheduler } from '../../control/compute/test-scheduler.js';
 import { dockerError } from '../docker/errors.js';
 
-const admin: Principal = { userId: 'u0', name: 'root', systemAdmin: true, defaultProjectId: 'p1', via: 'apikey', tokenId: 't0' };
-const alice: Principal = { userId: 'u1', name: 'alice', systemAdmin: false, defaultProjectId: 'p1', via: 'apikey', tokenId: 't1' };
 
 test('an agent that does not answer: a member reads its host\'s name, never its address; an administrator reads both', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-agent-address-'));
@@ -61,15 +58,7 @@ test('an agent that does not answer: a member reads its host\'s name, never its 
   const services = {
     store, agents, vms, defaultProjectId: 'p1',
     networks: { endpointsOf: async () => [] },
-    identity: {
-      authenticate: (token: string) => {
-        if (token === 'admin') return admin;
-        if (token === 'alice') return alice;
-        throw new Unauthenticated('invalid token');
-      },
-      localAdmin: () => undefined,
-    },
-    access: { forPrincipal: async () => ({ roleOn: (id: string) => (id === 'p1' ? 'member' : undefined), canRead: (id: string) => id === 'p1' }) },
+    ...adminAndAlice,
   } as unknown as Services;
   server = new ApiServer([...agentRoutes, ...hostRoutes, ...vmRoutes], services);
   const port = await server.listenTcp('127.0.0.1', 0);

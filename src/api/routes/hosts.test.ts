@@ -11,18 +11,15 @@ import { join } from 'node:path';
 import { ApiServer } from '../server.js';
 import { hostRoutes } from './hosts.js';
 import { agentRoutes } from './agents.js';
-import { Unauthenticated } from '../../core/errors.js';
 import { openStore } from '../../store/open.js';
 import type { Store } from '../../store/store.js';
 import type { Services } from '../../control/services.js';
-import type { Principal } from '../../control/identity/access.js';
+import { adminAndAlice } from '../testing/principals.js';
 import { AgentDirectory } from '../../control/agents/agent-directory.js';
 import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
 import { container, vm } from '../../store/conformance.js';
 
-const admin: Principal = { userId: 'u0', name: 'root', systemAdmin: true, defaultProjectId: 'p1', via: 'apikey', tokenId: 't0' };
-const alice: Principal = { userId: 'u1', name: 'alice', systemAdmin: false, defaultProjectId: 'p1', via: 'apikey', tokenId: 't1' };
 
 export async function hostApi(t: { after(fn: () => Promise<void>): void }) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-host-api-'));
@@ -45,15 +42,7 @@ export async function hostApi(t: { after(fn: () => Promise<void>): void }) {
   const services = {
     store, agents, defaultProjectId: 'p1',
     vms: { countOn: async (n: string) => (await store.vms.list()).filter((v) => v.agent === n).length },
-    identity: {
-      authenticate: (token: string) => {
-        if (token === 'admin') return admin;
-        if (token === 'alice') return alice;
-        throw new Unauthenticated('invalid token');
-      },
-      localAdmin: () => undefined,
-    },
-    access: { forPrincipal: async () => ({ roleOn: (id: string) => (id === 'p1' ? 'member' : undefined), canRead: (id: string) => id === 'p1' }) },
+    ...adminAndAlice,
   } as unknown as Services;
   server = new ApiServer([...agentRoutes, ...hostRoutes], services);
   const port = await server.listenTcp('127.0.0.1', 0);

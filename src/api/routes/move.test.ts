@@ -10,12 +10,10 @@ import { request } from 'node:http';
 import { ApiServer } from '../server.js';
 import { containerRoutes } from './containers.js';
 import { evacuateRoutes } from './evacuate.js';
-import { NotFound, Unauthenticated } from '../../core/errors.js';
+import { NotFound } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
-import type { Principal } from '../../control/identity/access.js';
+import { adminAndAlice } from '../testing/principals.js';
 
-const admin: Principal = { userId: 'u0', name: 'root', systemAdmin: true, defaultProjectId: 'p1', via: 'apikey', tokenId: 't0' };
-const alice: Principal = { userId: 'u1', name: 'alice', systemAdmin: false, defaultProjectId: 'p1', via: 'apikey', tokenId: 't1' };
 const OP = { id: 'op1', kind: 'container.move', projectId: 'p1', status: 'running', target: 'c1', progress: {}, result: null, error: null, createdAt: '', updatedAt: '', replica: 'r' };
 
 test('move: members move their containers; --to and evacuate are for system administrators', async (t) => {
@@ -33,15 +31,7 @@ test('move: members move their containers; --to and evacuate are for system admi
         return OP;
       },
     },
-    identity: {
-      authenticate: (token: string) => {
-        if (token === 'admin') return admin;
-        if (token === 'alice') return alice;
-        throw new Unauthenticated('invalid token');
-      },
-      localAdmin: () => undefined,
-    },
-    access: { forPrincipal: async () => ({ roleOn: (id: string) => (id === 'p1' ? 'member' : undefined), canRead: (id: string) => id === 'p1' }) },
+    ...adminAndAlice,
   } as unknown as Services;
   const server = new ApiServer([...containerRoutes, ...evacuateRoutes], services);
   t.after(() => server.close());
