@@ -4,7 +4,6 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +13,7 @@ import { NotFound } from '../src/core/errors.js';
 import { openStore } from '../src/store/open.js';
 import type { Services } from '../src/control/services.js';
 import { adminAndAlice } from '../src/api/testing/principals.js';
+import { bearerCall } from '../src/api/testing/bearer-call.js';
 import { FilterScheduler } from '../src/control/scheduler/filter-scheduler.js';
 import type { HostCandidate } from '../src/control/scheduler/types.js';
 import { explanationText } from '../src/cli/commands/scheduler.js';
@@ -49,17 +49,7 @@ async function api(t: TestContext) {
   } as unknown as Services;
   server = new ApiServer(schedulerRoutes, services);
   const port = await server.listenTcp('127.0.0.1', 0);
-  const call = (token: string, method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; body: any }>((ok, fail) => {
-      const payload = body === undefined ? undefined : JSON.stringify(body);
-      const req = request({ host: '127.0.0.1', port, method, path, headers: { authorization: `Bearer ${token}`, ...(payload ? { 'content-type': 'application/json' } : {}) } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => ok({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined }));
-      });
-      req.on('error', fail);
-      req.end(payload);
-    });
+  const call = bearerCall(port);
   return { store, scheduler, call };
 }
 

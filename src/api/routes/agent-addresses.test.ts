@@ -7,7 +7,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +17,7 @@ import { vmRoutes } from './vms.js';
 import { openStore } from '../../store/open.js';
 import type { Services } from '../../control/services.js';
 import { adminAndAlice } from '../testing/principals.js';
+import { bearerCall } from '../testing/bearer-call.js';
 import { AgentDirectory } from '../../control/agents/agent-directory.js';
 import { RemoteAgent } from '../../agent/remote/remote-agent.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
@@ -62,17 +62,7 @@ test('an agent that does not answer: a member reads its host\'s name, never its 
   } as unknown as Services;
   server = new ApiServer([...agentRoutes, ...hostRoutes, ...vmRoutes], services);
   const port = await server.listenTcp('127.0.0.1', 0);
-  const call = (token: string, method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; text: string }>((ok, fail) => {
-      const payload = body === undefined ? undefined : JSON.stringify(body);
-      const req = request({ host: '127.0.0.1', port, method, path, headers: { authorization: `Bearer ${token}`, ...(payload ? { 'content-type': 'application/json' } : {}) } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => ok({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', fail);
-      req.end(payload);
-    });
+  const call = bearerCall(port);
   /** Anything that gives the agent's address away: its URL, the socket's path or name. */
   const leaks = (text: string) => text.includes(socketPath) || text.includes('agent-b-internal') || /unix:|https?:\/\//.test(text);
 

@@ -4,7 +4,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import { openStore } from '../../store/open.js';
 import type { Store } from '../../store/store.js';
 import type { Services } from '../../control/services.js';
 import { adminAndAlice } from '../testing/principals.js';
+import { bearerCall } from '../testing/bearer-call.js';
 import { AgentDirectory } from '../../control/agents/agent-directory.js';
 import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
@@ -48,17 +48,7 @@ export async function hostApi(t: { after(fn: () => Promise<void>): void }) {
   const port = await server.listenTcp('127.0.0.1', 0);
   const sock = join(dir, 'api.sock');
   await server.listenUnix(sock);
-  const call = (token: string, method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; body: any }>((ok, fail) => {
-      const payload = body === undefined ? undefined : JSON.stringify(body);
-      const req = request({ host: '127.0.0.1', port, method, path, headers: { authorization: `Bearer ${token}`, ...(payload ? { 'content-type': 'application/json' } : {}) } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => ok({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : undefined }));
-      });
-      req.on('error', fail);
-      req.end(payload);
-    });
+  const call = bearerCall(port);
   return { store, agents, hosts, call, sock };
 }
 

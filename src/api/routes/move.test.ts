@@ -6,13 +6,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { ApiServer } from '../server.js';
 import { containerRoutes } from './containers.js';
 import { evacuateRoutes } from './evacuate.js';
 import { NotFound } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
 import { adminAndAlice } from '../testing/principals.js';
+import { bearerCall } from '../testing/bearer-call.js';
 
 const OP = { id: 'op1', kind: 'container.move', projectId: 'p1', status: 'running', target: 'c1', progress: {}, result: null, error: null, createdAt: '', updatedAt: '', replica: 'r' };
 
@@ -36,17 +36,7 @@ test('move: members move their containers; --to and evacuate are for system admi
   const server = new ApiServer([...containerRoutes, ...evacuateRoutes], services);
   t.after(() => server.close());
   const port = await server.listenTcp('127.0.0.1', 0);
-  const call = (token: string, method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; body: { error?: { message: string } } & Record<string, unknown> }>((ok, fail) => {
-      const payload = body === undefined ? undefined : JSON.stringify(body);
-      const req = request({ host: '127.0.0.1', port, method, path, headers: { authorization: `Bearer ${token}`, ...(payload ? { 'content-type': 'application/json' } : {}) } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => (text += c.toString()));
-        res.on('end', () => ok({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : {} }));
-      });
-      req.on('error', fail);
-      req.end(payload);
-    });
+  const call = bearerCall(port);
 
   let r = await call('alice', 'POST', '/containers/c1/move', {});
   assert.equal(r.status, 202, JSON.stringify(r.body));
