@@ -11,7 +11,8 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -410,6 +411,28 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     r = await call(tcp(), 'POST', '/containers', { token: tokens.alice!, body: { image: fx.A.image, network: 'container:hostnet-A', cmd: ['true'] } });
     assert.equal(r.status, 403, `joining it: ${r.text}`);
     assert.equal((await call(sock(), 'DELETE', `/containers/${hostnet}?force=true`)).status, 204);
+  });
+
+  test('a pull or a registry login naming a service on this host\'s loopback is refused (403), for members and administrators alike, and nothing reaches it', async (t) => {
+    let hits = 0;
+    const inner = createServer((_q, res) => {
+      hits++;
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="x"' }).end('internal');
+    });
+    await new Promise<void>((r) => inner.listen(0, '127.0.0.1', r));
+    t.after(() => new Promise<void>((r) => inner.close(() => r())));
+    const target = `127.0.0.1:${(inner.address() as AddressInfo).port}`;
+    for (const who of [{ token: tokens.alice! }, { token: tokens.admin! }]) {
+      const pull = await call(tcp(), 'POST', '/images/pull', { ...who, body: { reference: `${target}/x/y:latest` } });
+      assert.equal(pull.status, 202, pull.text);
+      const op = await call(tcp(), 'GET', `/operations/${(pull.body as { id: string }).id}/wait?timeout=30`, who);
+      const error = (op.body as { error?: { code?: string; message?: string } }).error;
+      assert.equal(error?.code, 'PermissionDenied', op.text);
+      assert.match(error?.message ?? '', /resolves to a loopback, link-local or other non-routable address; .*--allow-registry/);
+      const login = await call(tcp(), 'POST', '/registries', { ...who, body: { server: target, username: 'u', password: 'p' } });
+      assert.equal(login.status, 403, login.text);
+    }
+    assert.equal(hits, 0, 'the loopback service got no request');
   });
 
   test('a member cannot choose the host a VM migrates to (403, as a container move\'s --to), nor learn host names from the answers; an administrator can', async () => {

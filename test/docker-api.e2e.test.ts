@@ -15,7 +15,7 @@ import { run } from '../src/core/exec.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
 import { CLI_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { pushLabelledImage, startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
-import { FRONT_USER, authFront } from './helpers/registry-auth-front.js';
+import { FRONT_USER, authFront, type AuthFront } from './helpers/registry-auth-front.js';
 
 /** NIMBUS_DOCKER_CLI picks another client (a newer CLI negotiates down to 1.41). */
 const DOCKER = [process.env.NIMBUS_DOCKER_CLI ?? '', '/usr/bin/docker', '/usr/local/bin/docker'].find((p) => p && existsSync(p));
@@ -121,12 +121,17 @@ function rawJson(method: string, path: string, body: unknown): Promise<{ status:
   });
 }
 
+let loginFront: AuthFront | undefined;
+const loginPassword = `registry-pw-${process.pid}-${Date.now()}`;
+
 describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker CLI on this machine (apt-get install docker.io)', concurrency: false, timeout: 240_000 }, () => {
   before(async () => {
     config = mkdtempSync(join(tmpdir(), 'nimbus-docker-config-'));
     mkdirSync(join(config, 'admin'));
     registry = await startTestRegistryWithImages();
     IMAGE = `${registry.host}/nimbus-test/busybox:latest`;
+    // the login test's registry, in front of the real one: made before the daemon, whose administrator names it
+    loginFront = await authFront(registry.host, 'bearer', FRONT_USER, loginPassword);
     d = await startDaemonProcess(['--docker-tcp', '127.0.0.1:0']);
     dockerTcp = /nimbusd docker API: (tcp:\/\/127\.0\.0\.1:\d+)/.exec(d.output())?.[1];
     assert.ok(dockerTcp, `the daemon prints its Docker API's TCP address:\n${d.output()}`);
@@ -135,6 +140,7 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     try {
       await d?.destroy();
     } finally {
+      await loginFront?.close();
       await registry?.stop();
       rmSync(config, { recursive: true, force: true });
     }
@@ -618,10 +624,9 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     await okAs(asTina, ['-H', dockerTcp!, 'rm', '-f', 'over-tcp']);
   });
 
-  test('docker login keeps the credentials for the project: its pulls use them without X-Registry-Auth, another project\'s do not; wrong ones refused in dockerd\'s words; nimbus registry ls and logout', async (t) => {
-    const password = `registry-pw-${process.pid}-${Date.now()}`;
-    const front = await authFront(registry!.host, 'bearer', FRONT_USER, password);
-    t.after(() => front.close());
+  test('docker login keeps the credentials for the project: its pulls use them without X-Registry-Auth, another project\'s do not; wrong ones refused in dockerd\'s words; nimbus registry ls and logout', async () => {
+    const password = loginPassword;
+    const front = loginFront!;
     const image = `${front.host}/nimbus-test/busybox:single`;
     const loginConfig = join(config, 'login');
     const otherConfig = join(config, 'other-project');

@@ -24,7 +24,7 @@ import { TokenCache } from '../src/agent/images/registry-client.js';
 import {
   MEDIA, blobOf, buildTestImages, makeTar, manifestOf, pushImage, pushTestImages, writeDockerSaveTar, writeOciLayoutTar, type TestImages,
 } from '../scripts/fixtures/images.js';
-import { startRegistry, startTamperingProxy, startTokenAuthProxy, type RegistryFixture } from '../scripts/fixtures/registry.js';
+import { allowedForDaemons, startRegistry, startTamperingProxy, startTokenAuthProxy, type RegistryFixture } from '../scripts/fixtures/registry.js';
 
 const REPO = 'nimbus-test/busybox';
 
@@ -50,7 +50,7 @@ describe('pull from a real registry', () => {
     const { store } = tempStore(t);
     const events: LayerProgress[] = [];
     const ready: number[] = [];
-    const img = await pullImage(`${reg!.host}/${REPO}:latest`, { store, onProgress: (e) => events.push(e), onLayerReady: (i) => ready.push(i) });
+    const img = await pullImage(`${reg!.host}/${REPO}:latest`, { ...allowedForDaemons(), store, onProgress: (e) => events.push(e), onLayerReady: (i) => ready.push(i) });
     assert.equal(img.reference, `${reg!.host}/${REPO}:latest`);
     assert.equal(img.indexDigest, images.index.digest);
     assert.equal(img.manifestDigest, images.amd64.manifest.digest);
@@ -64,7 +64,7 @@ describe('pull from a real registry', () => {
     }
     for (const l of images.amd64.layers) assert.equal(events.filter((e) => e.digest === l.digest).at(-1)?.status, 'done');
 
-    const single = await pullImage(`${reg!.host}/${REPO}:single`, { store, onProgress: (e) => events.push(e) });
+    const single = await pullImage(`${reg!.host}/${REPO}:single`, { ...allowedForDaemons(), store, onProgress: (e) => events.push(e) });
     assert.equal(single.indexDigest, undefined);
     assert.equal(single.manifestDigest, images.amd64.manifest.digest);
     assert.equal(events.at(-1)?.status, 'exists');
@@ -72,23 +72,23 @@ describe('pull from a real registry', () => {
 
   test('by digest (manifest and index); arm64 by platform', async (t) => {
     const { store } = tempStore(t);
-    const byManifest = await pullImage(`${reg!.host}/${REPO}@${images.amd64.manifest.digest}`, { store });
+    const byManifest = await pullImage(`${reg!.host}/${REPO}@${images.amd64.manifest.digest}`, { ...allowedForDaemons(), store });
     assert.equal(byManifest.manifestDigest, images.amd64.manifest.digest);
-    const byIndex = await pullImage(`${reg!.host}/${REPO}@${images.index.digest}`, { store });
+    const byIndex = await pullImage(`${reg!.host}/${REPO}@${images.index.digest}`, { ...allowedForDaemons(), store });
     assert.equal(byIndex.indexDigest, images.index.digest);
-    const arm = await pullImage(`${reg!.host}/${REPO}:latest`, { store, platform: { os: 'linux', architecture: 'arm64' } });
+    const arm = await pullImage(`${reg!.host}/${REPO}:latest`, { ...allowedForDaemons(), store, platform: { os: 'linux', architecture: 'arm64' } });
     assert.equal(arm.manifestDigest, images.arm64.manifest.digest);
   });
 
   test('missing tag, repository and digest are NotFound naming registry and reference; unreachable is Unavailable', async (t) => {
     const { store } = tempStore(t);
-    await assert.rejects(pullImage(`${reg!.host}/${REPO}:nope`, { store }), { code: 'NotFound', message: new RegExp(`${reg!.host}/${REPO} nope`) });
-    await assert.rejects(pullImage(`${reg!.host}/no/such-repo:latest`, { store }), { code: 'NotFound', message: /no\/such-repo latest/ });
-    await assert.rejects(pullImage(`${reg!.host}/${REPO}@sha256:${'0'.repeat(64)}`, { store }), { code: 'NotFound' });
-    await assert.rejects(pullImage(`${reg!.host}/${REPO}:latest`, { store, platform: { os: 'linux', architecture: 's390x' } }), {
+    await assert.rejects(pullImage(`${reg!.host}/${REPO}:nope`, { ...allowedForDaemons(), store }), { code: 'NotFound', message: new RegExp(`${reg!.host}/${REPO} nope`) });
+    await assert.rejects(pullImage(`${reg!.host}/no/such-repo:latest`, { ...allowedForDaemons(), store }), { code: 'NotFound', message: /no\/such-repo latest/ });
+    await assert.rejects(pullImage(`${reg!.host}/${REPO}@sha256:${'0'.repeat(64)}`, { ...allowedForDaemons(), store }), { code: 'NotFound' });
+    await assert.rejects(pullImage(`${reg!.host}/${REPO}:latest`, { ...allowedForDaemons(), store, platform: { os: 'linux', architecture: 's390x' } }), {
       code: 'NotFound', message: /available: linux\/arm64, linux\/amd64/,
     });
-    await assert.rejects(pullImage('127.0.0.1:1/nothing/here:latest', { store }), { code: 'Unavailable', message: /127\.0\.0\.1:1/ });
+    await assert.rejects(pullImage('127.0.0.1:1/nothing/here:latest', { allowedRegistries: ['127.0.0.1:1'], store }), { code: 'Unavailable', message: /127\.0\.0\.1:1/ });
   });
 
   test('a blob corrupted in the registry storage is refused with DataLoss and leaves nothing behind', async (t) => {
@@ -103,7 +103,7 @@ describe('pull from a real registry', () => {
     bytes[bytes.length - 10] = bytes[bytes.length - 10]! ^ 0xff;
     writeFileSync(file, bytes);
 
-    await assert.rejects(pullImage(`${reg!.host}/nimbus-test/tampered:latest`, { store }), { code: 'DataLoss', message: new RegExp(`digest mismatch.*${layer.digest}`) });
+    await assert.rejects(pullImage(`${reg!.host}/nimbus-test/tampered:latest`, { ...allowedForDaemons(), store }), { code: 'DataLoss', message: new RegExp(`digest mismatch.*${layer.digest}`) });
     assert.equal(await store.info(layer.digest), undefined);
     assert.deepEqual(readdirSync(join(dir, 'ingest')), []);
   });
@@ -113,7 +113,7 @@ describe('pull from a real registry', () => {
     const target = images.amd64.layers[2]!.digest;
     const proxy = await startTamperingProxy(reg!.host, { digests: [target] });
     t.after(() => proxy.stop());
-    await assert.rejects(pullImage(`${proxy.host}/${REPO}:latest`, { store }), { code: 'DataLoss', message: new RegExp(target) });
+    await assert.rejects(pullImage(`${proxy.host}/${REPO}:latest`, { ...allowedForDaemons(), store }), { code: 'DataLoss', message: new RegExp(target) });
     assert.deepEqual(proxy.tampered, [target]);
     assert.equal(await store.info(target), undefined);
     assert.deepEqual(readdirSync(join(dir, 'ingest')), []);
@@ -126,7 +126,7 @@ describe('pull from a real registry', () => {
     const save = join(dir, 'save.tar');
     await writeOciLayoutTar(images, oci);
     await writeDockerSaveTar(images, save);
-    const pulled = await pullImage(`${reg!.host}/${REPO}:latest`, { store: new LocalContentStore(join(dir, 'pulled')) });
+    const pulled = await pullImage(`${reg!.host}/${REPO}:latest`, { ...allowedForDaemons(), store: new LocalContentStore(join(dir, 'pulled')) });
     const [fromOci] = await importImageArchive(oci, store);
     assert.equal(fromOci!.manifestDigest, pulled.manifestDigest);
     assert.equal(fromOci!.name, `docker.io/${REPO}:latest`);
@@ -150,9 +150,9 @@ describe('registry authentication (real htpasswd registry, token service in fron
   test('basic: refused without or with wrong credentials (Unauthenticated), pulled with the right ones', async (t) => {
     const { store } = tempStore(t);
     const ref = `${reg!.host}/${REPO}:latest`;
-    await assert.rejects(pullImage(ref, { store }), { code: 'Unauthenticated', message: new RegExp(reg!.host) });
-    await assert.rejects(pullImage(ref, { store, credentials: { username: 'alice', password: 'wrong' } }), { code: 'Unauthenticated', message: /alice/ });
-    const img = await pullImage(ref, { store, credentials: reg!.credentials! });
+    await assert.rejects(pullImage(ref, { ...allowedForDaemons(), store }), { code: 'Unauthenticated', message: new RegExp(reg!.host) });
+    await assert.rejects(pullImage(ref, { ...allowedForDaemons(), store, credentials: { username: 'alice', password: 'wrong' } }), { code: 'Unauthenticated', message: /alice/ });
+    const img = await pullImage(ref, { ...allowedForDaemons(), store, credentials: reg!.credentials! });
     assert.equal(img.layers.length, 3);
     for (const l of img.layers) assert.ok(await store.info(l.digest));
   });
@@ -163,13 +163,13 @@ describe('registry authentication (real htpasswd registry, token service in fron
     t.after(() => proxy.stop());
     const ref = `${proxy.host}/${REPO}:latest`;
     const tokenCache = new TokenCache();
-    await assert.rejects(pullImage(ref, { store, tokenCache }), { code: 'Unauthenticated', message: /anonymous/ });
-    await assert.rejects(pullImage(ref, { store, tokenCache, credentials: { username: 'bob', password: 'nope' } }), { code: 'Unauthenticated' });
-    const img = await pullImage(ref, { store, tokenCache, credentials: { username: 'bob', password: 'hunter2' } });
+    await assert.rejects(pullImage(ref, { ...allowedForDaemons(), store, tokenCache }), { code: 'Unauthenticated', message: /anonymous/ });
+    await assert.rejects(pullImage(ref, { ...allowedForDaemons(), store, tokenCache, credentials: { username: 'bob', password: 'nope' } }), { code: 'Unauthenticated' });
+    const img = await pullImage(ref, { ...allowedForDaemons(), store, tokenCache, credentials: { username: 'bob', password: 'hunter2' } });
     assert.equal(img.layers.length, 3);
     const granted = proxy.tokenRequests.filter((r) => r.granted);
     assert.deepEqual(granted, [{ scope: `repository:${REPO}:pull`, user: 'bob', granted: true }]);
-    await pullImage(`${proxy.host}/${REPO}:single`, { store, tokenCache, credentials: { username: 'bob', password: 'hunter2' } });
+    await pullImage(`${proxy.host}/${REPO}:single`, { ...allowedForDaemons(), store, tokenCache, credentials: { username: 'bob', password: 'hunter2' } });
     assert.equal(proxy.tokenRequests.filter((r) => r.granted).length, 1, 'token reused from the cache');
   });
 
@@ -177,7 +177,7 @@ describe('registry authentication (real htpasswd registry, token service in fron
     const { store } = tempStore(t);
     const proxy = await startTokenAuthProxy(reg!, { allowAnonymous: true });
     t.after(() => proxy.stop());
-    const img = await pullImage(`${proxy.host}/${REPO}:single`, { store, tokenCache: new TokenCache() });
+    const img = await pullImage(`${proxy.host}/${REPO}:single`, { ...allowedForDaemons(), store, tokenCache: new TokenCache() });
     assert.equal(img.layers.length, 3);
     assert.deepEqual(proxy.tokenRequests, [{ scope: `repository:${REPO}:pull`, granted: true }]);
   });
@@ -255,7 +255,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
       { name: 'd/.wh.planted', type: 'file', content: '' }, // an overlay whiteout: a device node made then too
       { name: 'd', type: 'symlink', linkname: victim },
     ])]);
-    await agent.pullImage(`${reg!.host}/nimbus-test/swap:latest`, {}, () => undefined);
+    await agent.pullImage(`${reg!.host}/nimbus-test/swap:latest`, allowedForDaemons(), () => undefined);
     const after = statSync(victim);
     assert.equal(after.mode & 0o7777, 0o700, 'the host directory keeps its mode');
     assert.equal(after.mtimeMs, before.mtimeMs, 'and its mtime');
@@ -269,7 +269,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     const { agent } = await agentIn(defer, home);
     const secret = await makeTar([{ name: 'secret.txt', type: 'file', content: 'the victim\'s data' }]);
     await pushTars('nimbus-test/victim', [secret]);
-    await agent.pullImage(`${reg!.host}/nimbus-test/victim:latest`, {}, () => undefined);
+    await agent.pullImage(`${reg!.host}/nimbus-test/victim:latest`, allowedForDaemons(), () => undefined);
     // the attacker's image: its own layer (any bytes), its own config claiming the victim's diff id
     const mine = blobOf(gzipSync(await makeTar([{ name: 'nothing', type: 'file', content: '' }])), MEDIA.layerGzip);
     const config = blobOf(Buffer.from(JSON.stringify({
@@ -278,7 +278,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     })), MEDIA.config);
     const manifest = manifestOf(config, [mine]);
     await pushImage(reg!.host, 'nimbus-test/claim', 'latest', { manifest, blobs: [config, mine] });
-    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/claim:latest`, {}, () => undefined), (e: unknown) => {
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/claim:latest`, allowedForDaemons(), () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'DataLoss'), String(e));
       assert.match((e as Error).message, /does not match the config's diff id/);
       return true;
@@ -298,7 +298,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
       assert.match((e as Error).message, new RegExp(`layer ${layer}: unpacks to more than the per-layer limit of 4 MiB`));
       return true;
     };
-    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/bomb:latest`, {}, () => undefined), limitError);
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/bomb:latest`, allowedForDaemons(), () => undefined), limitError);
     assertNothingLeft(options);
 
     // the same image as an OCI layout tar, imported into a fresh agent
@@ -321,7 +321,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     defer(() => rmSync(home, { recursive: true, force: true }));
     const { agent, options } = await agentIn(defer, home, { layerMaxBytes: 4 * MiB, imageMaxBytes: 5 * MiB });
     const img = await pushLayers('nimbus-test/two', [[{ name: 'a', size: 3 * MiB }], [{ name: 'b', size: 3 * MiB }]]);
-    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined), (e: unknown) => {
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, allowedForDaemons(), () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'InvalidArgument'), String(e));
       // layers unpack in parallel (docs/image-transfer.md): whichever of the two crosses the limit first is refused
       assert.match((e as Error).message, new RegExp(`layer (${img.layers[0]!.digest}|${img.layers[1]!.digest}): the image unpacks to more than the per-image limit of 5 MiB`));
@@ -337,7 +337,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));
     defer(() => rmSync(home2, { recursive: true, force: true }));
     const roomy = await agentIn(defer, home2, { layerMaxBytes: 4 * MiB, imageMaxBytes: 6 * MiB });
-    const pulled = await roomy.agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, {}, () => undefined);
+    const pulled = await roomy.agent.pullImage(`${reg!.host}/nimbus-test/two:latest`, allowedForDaemons(), () => undefined);
     assert.equal(pulled.manifestDigest, img.manifest.digest);
   });
 
@@ -356,7 +356,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
       const s = statfsSync(home);
       return s.bavail * s.bsize;
     };
-    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/filler:latest`, {}, () => undefined), (e: unknown) => {
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/filler:latest`, allowedForDaemons(), () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
       assert.equal(HTTP_STATUS[(e as NimbusError).code], 507);
       assert.match((e as Error).message, new RegExp(`reserve while unpacking layer ${img.layers[0]!.digest}`));
@@ -371,7 +371,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     const config = blobOf(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [noise.digest] } })), MEDIA.config);
     const manifest = manifestOf(config, [noise]);
     await pushImage(reg!.host, 'nimbus-test/noise', 'latest', { manifest, blobs: [config, noise] });
-    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/noise:latest`, {}, () => undefined), (e: unknown) => {
+    await assert.rejects(agent.pullImage(`${reg!.host}/nimbus-test/noise:latest`, allowedForDaemons(), () => undefined), (e: unknown) => {
       assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
       assert.match((e as Error).message, /^not enough disk space for pulling .*nimbus-test\/noise:latest: needs at least 60 MiB/);
       return true;

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalContentStore } from '../src/agent/content/local-content-store.js';
 import { pullImage } from '../src/agent/images/pull.js';
+import { allowedForDaemons } from '../scripts/fixtures/registry.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
 import { FRONT_PASS, FRONT_USER, authFront } from './helpers/registry-auth-front.js';
 import { RegistryClient } from '../src/agent/images/registry-client.js';
@@ -36,9 +37,9 @@ describe('registry authentication', () => {
       });
       const store = new LocalContentStore(dir);
       const ref = `${front.host}/nimbus-test/busybox:latest`;
-      await assert.rejects(pullImage(ref, { store }), { code: 'Unauthenticated' });
-      await assert.rejects(pullImage(ref, { store, credentials: { username: USER, password: 'wrong' } }), { code: 'Unauthenticated' });
-      const img = await pullImage(ref, { store, credentials: { username: USER, password: PASS } });
+      await assert.rejects(pullImage(ref, { ...allowedForDaemons(), store }), { code: 'Unauthenticated' });
+      await assert.rejects(pullImage(ref, { ...allowedForDaemons(), store, credentials: { username: USER, password: 'wrong' } }), { code: 'Unauthenticated' });
+      const img = await pullImage(ref, { ...allowedForDaemons(), store, credentials: { username: USER, password: PASS } });
       assert.equal(img.layers.length, 3);
       for (const l of img.layers) assert.ok(await store.info(l.digest), `layer ${l.digest} stored`);
       if (mode === 'bearer') assert.ok(front.scopes.includes('repository:nimbus-test/busybox:pull'), `token asked for the pull scope: ${front.scopes.join(', ')}`);
@@ -51,7 +52,7 @@ describe('registry authentication', () => {
       await fronts.bearer.close();
       await fronts.basic.close();
     });
-    const login = (host: string, password: string) => new RegistryClient(host, '', { credentials: { username: USER, password } }).checkLogin();
+    const login = (host: string, password: string) => new RegistryClient(host, '', { allowedRegistries: [...allowedForDaemons().allowedRegistries, '127.0.0.1:1'], credentials: { username: USER, password } }).checkLogin();
     await login(fronts.bearer.host, PASS);
     assert.deepEqual(fronts.bearer.scopes, [''], 'the token was asked for without a scope, as a login does');
     await assert.rejects(login(fronts.bearer.host, 'wrong'), { code: 'Unauthenticated', message: `Get "http://${fronts.bearer.host}/v2/": unauthorized: authentication required` });
@@ -66,10 +67,10 @@ describe('registry authentication', () => {
     const dir = mkdtempSync(join(tmpdir(), 'nimbus-auth-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const store = new LocalContentStore(dir);
-    await assert.rejects(pullImage(`${registry.host}/nimbus-test/busybox:nope`, { store }), { code: 'NotFound', message: /nimbus-test\/busybox nope/ });
-    await assert.rejects(pullImage(`${registry.host}/nimbus-test/busybox:latest`, { store, platform: { os: 'linux', architecture: 's390x' } }), {
+    await assert.rejects(pullImage(`${registry.host}/nimbus-test/busybox:nope`, { ...allowedForDaemons(), store }), { code: 'NotFound', message: /nimbus-test\/busybox nope/ });
+    await assert.rejects(pullImage(`${registry.host}/nimbus-test/busybox:latest`, { ...allowedForDaemons(), store, platform: { os: 'linux', architecture: 's390x' } }), {
       code: 'NotFound', message: /available: linux\/arm64, linux\/amd64/,
     });
-    await assert.rejects(pullImage(`127.0.0.1:1/nothing/here:latest`, { store }), { code: 'Unavailable' });
+    await assert.rejects(pullImage(`127.0.0.1:1/nothing/here:latest`, { allowedRegistries: ["127.0.0.1:1"], store }), { code: 'Unavailable' });
   });
 });

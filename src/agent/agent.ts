@@ -46,6 +46,8 @@ export interface PullProgress {
 
 export interface PullOptions {
   insecureRegistries?: string[];
+  /** Registries an administrator allows on this host's own, loopback or link-local addresses (registry-egress.ts). */
+  allowedRegistries?: string[];
   credentials?: { username: string; password: string };
   signal?: AbortSignal;
   /**

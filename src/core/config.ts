@@ -20,6 +20,12 @@ export interface NimbusOptions {
   dockerTcp?: string;
   /** Plain-HTTP registries other than loopback ones (which always work). Env NIMBUS_INSECURE_REGISTRIES, comma-separated. */
   insecureRegistries: string[];
+  /**
+   * Registries (HOST[:PORT]) pulls may reach on this host's own, loopback or link-local addresses,
+   * which are refused otherwise (agent/images/registry-egress.ts); insecure ones are allowed too.
+   * Env NIMBUS_ALLOWED_REGISTRIES, comma-separated.
+   */
+  allowedRegistries: string[];
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
   snapshotter: 'auto' | 'overlayfs' | 'native';
   /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (runc where its probe passes, else crun). */
@@ -133,6 +139,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     dockerSocket: overrides.dockerSocket ?? (env.NIMBUS_DOCKER_SOCKET || path.join(path.dirname(socket), 'docker.sock')),
     insecureRegistries:
       overrides.insecureRegistries ?? (env.NIMBUS_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+    allowedRegistries: overrides.allowedRegistries ?? (env.NIMBUS_ALLOWED_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
     agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
@@ -201,3 +208,7 @@ export function describeStore(location: string): string {
   // not new URL(): a unix-socket URL (postgres://user@/db?host=/run/postgresql) has no host, and URL refuses it
   return location.replace(/^(postgres(?:ql)?:\/\/[^:@/]*):[^@/]*@/, '$1:***@').replace(/([?&]password=)[^&]*/gi, '$1***');
 }
+
+/** The registries an administrator named: plain HTTP (insecure) and reachable on this host's own addresses (allowed). */
+export type NamedRegistries = Pick<NimbusOptions, 'insecureRegistries' | 'allowedRegistries'>;
+export const NO_NAMED_REGISTRIES: NamedRegistries = { insecureRegistries: [], allowedRegistries: [] };

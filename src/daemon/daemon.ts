@@ -235,10 +235,10 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   let meter: MeteringService | undefined;
   const metrics = new Metrics({ store, events, hosts: () => agents.candidates(), warmPool: async (name) => (await agents.get(name).info()).warmPool, meter: () => meter });
   undo.push(() => metrics.close());
-  const images = new ImageService(store, agent, events, operations, options.insecureRegistries);
+  const images = new ImageService(store, agent, events, operations, options);
   images.useHosts(hosts);
   // registry credentials per project (docker login), the passwords sealed under HOME/secrets.key
-  const registries = new RegistryCredentialService(store, new SecretBox(path.join(options.home, 'secrets.key'), store), events, options.insecureRegistries);
+  const registries = new RegistryCredentialService(store, new SecretBox(path.join(options.home, 'secrets.key'), store), events, options);
   images.useCredentials((projectId, registry) => registries.credentialsFor(projectId, registry));
   const scheduler = metrics.instrumentScheduler(new FilterScheduler(store, agents, { imageLocality: images.locality() }));
   // the ledger's committed audit entries become quota events (with the caller as actor) and counts

@@ -36,6 +36,9 @@ Options (environment variable in brackets):
                            it is served there, under /ui/ (docs/dashboard.md)
   --insecure-registry H    allow plain HTTP to registry H (repeatable) [NIMBUS_INSECURE_REGISTRIES]
                            (loopback registries always work over plain HTTP)
+  --allow-registry H       let pulls reach registry H on this host's own, loopback or link-local
+                           addresses, refused otherwise (repeatable; insecure ones are allowed too)
+                           [NIMBUS_ALLOWED_REGISTRIES]
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: runc, else crun)
   --vm-host-dir DIR        a host directory system administrators may boot VMs from by path
@@ -91,6 +94,9 @@ Options (environment variable in brackets):
   --underlay-ip IP         its IPv4 address for VXLAN between hosts (networks spanning hosts)
                            [NIMBUS_UNDERLAY_IP] (default: the address the control plane reaches it by)
   --vm-host-dir DIR        a host directory VMs may be booted from by path (repeatable) [NIMBUS_VM_HOST_DIRS]
+  --allow-registry H       let pulls on this host reach registry H on its own, loopback or link-local
+                           addresses, beside those the control plane names (repeatable)
+                           [NIMBUS_ALLOWED_REGISTRIES]
   --log-level LEVEL        debug | info | warn | error [NIMBUS_LOG_LEVEL]
   -h, --help               show this help
 
@@ -125,6 +131,7 @@ async function agentMain(argv: string[]): Promise<void> {
       'migration-address': { type: 'string' },
       'underlay-ip': { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
+      'allow-registry': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -148,6 +155,7 @@ async function agentMain(argv: string[]): Promise<void> {
     process.env.NIMBUS_UNDERLAY_IP = underlayIp;
   }
   const vmHostDirs = values['vm-host-dir'];
+  const allowedRegistries = values['allow-registry'];
   const running = await startAgentProcess({
     name,
     home: values.home ?? process.env.NIMBUS_HOME ?? '/var/lib/nimbus-agent',
@@ -156,7 +164,9 @@ async function agentMain(argv: string[]): Promise<void> {
     ...(advertise ? { advertise } : {}),
     ...(joinToken ? { joinToken } : {}),
     ...(process.env.NIMBUS_TOKEN ? { apiToken: process.env.NIMBUS_TOKEN } : {}),
-    ...(migrationAddress || vmHostDirs ? { overrides: { ...(migrationAddress ? { migrationAddress } : {}), ...(vmHostDirs ? { vmHostDirs } : {}) } } : {}),
+    ...(migrationAddress || vmHostDirs || allowedRegistries
+      ? { overrides: { ...(migrationAddress ? { migrationAddress } : {}), ...(vmHostDirs ? { vmHostDirs } : {}), ...(allowedRegistries ? { allowedRegistries } : {}) } }
+      : {}),
   });
   process.stdout.write(`nimbusd agent ${name} serving ${running.url}\n`);
   running.registered.then(
@@ -185,6 +195,7 @@ async function main(): Promise<void> {
       dashboard: { type: 'string' },
       store: { type: 'string' },
       'insecure-registry': { type: 'string', multiple: true },
+      'allow-registry': { type: 'string', multiple: true },
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
@@ -214,6 +225,7 @@ async function main(): Promise<void> {
     ...(values['docker-tcp'] ? { dockerTcp: values['docker-tcp'] } : {}),
     ...(values.store ? { store: values.store } : {}),
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
+    ...(values['allow-registry'] ? { allowedRegistries: values['allow-registry'] } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),

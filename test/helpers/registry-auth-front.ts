@@ -5,6 +5,7 @@
  * and the docker CLI's login test.
  */
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { allowForDaemons } from '../../scripts/fixtures/registry.js';
 
 export const FRONT_USER = 'alice';
 export const FRONT_PASS = 's3cret';
@@ -49,6 +50,7 @@ export async function authFront(registryHost: string, mode: 'bearer' | 'basic', 
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const addr = server.address();
   self = `127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+  allowForDaemons(self); // a registry's stand-in, named as the registry is
   return {
     host: self, scopes,
     close: () => new Promise((r) => {

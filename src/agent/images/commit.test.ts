@@ -138,7 +138,7 @@ describe('a container\'s writable layer as an image layer', { skip: !root && 'ne
     const config = await put({ architecture: process.arch === 'x64' ? 'amd64' : process.arch, os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, config: {} });
     const manifest = await put({ schemaVersion: 2, mediaType: MT.ociManifest, config: { mediaType: MT.ociConfig, ...config }, layers: [] });
     const host = new LocalImageHost({
-      options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 64 << 20 },
+      options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 64 << 20, allowedRegistries: [] },
       content,
       snapshotter: { name: 'overlayfs' } as Snapshotter,
       room: () => new DiskSpace({ content: dir, snapshots: dir }),

@@ -8,6 +8,7 @@
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { checkLiteralHost, guardedLookup } from './registry-egress.js';
 
 /**
  * An idle kept-alive connection is closed after 4 s (or sooner if the registry's Keep-Alive hint
@@ -16,9 +17,17 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
  */
 const IDLE_SOCKET_MS = 4_000;
 
+/**
+ * Guarded connections (registry-egress.ts) have agents of their own, whose sockets connect only
+ * to addresses the guard checked: a kept-alive socket to a registry an administrator named is
+ * never handed to a request the guard would have refused.
+ */
 const agents = {
-  http: new HttpAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS }),
-  https: new HttpsAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS }),
+  open: { http: new HttpAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS }), https: new HttpsAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS }) },
+  guarded: {
+    http: new HttpAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS, lookup: guardedLookup }),
+    https: new HttpsAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS, lookup: guardedLookup }),
+  },
 };
 
 /** A body: its chunks as they arrive; cancel drops the rest (and the connection). */
@@ -41,6 +50,8 @@ export interface ExchangeInit {
   headers: Record<string, string>;
   /** Aborts the exchange, also while its body is read. */
   signal?: AbortSignal;
+  /** Connect only where registry-egress.ts allows (an EgressRefused rejects, as the `cause`). */
+  guarded?: boolean;
 }
 
 /**
@@ -52,10 +63,20 @@ export function exchange(url: string, init: ExchangeInit): Promise<RegistryAnswe
   const target = new URL(url);
   const tls = target.protocol === 'https:';
   const send = tls ? httpsRequest : httpRequest;
+  const pool = init.guarded ? agents.guarded : agents.open;
   return new Promise((resolve, reject) => {
+    // an IP literal is connected to without a lookup: checked here
+    if (init.guarded) {
+      try {
+        checkLiteralHost(target.hostname);
+      } catch (e) {
+        reject(new Error(`request to ${target.origin} refused`, { cause: e }));
+        return;
+      }
+    }
     const req = send(
       target,
-      { method: init.method, headers: init.headers, agent: tls ? agents.https : agents.http, ...(init.signal ? { signal: init.signal } : {}) },
+      { method: init.method, headers: init.headers, agent: tls ? pool.https : pool.http, ...(init.signal ? { signal: init.signal } : {}) },
       (res) => resolve(answer(res, init.method)),
     );
     req.on('error', (e) => reject(new Error(`request to ${target.origin} failed`, { cause: e })));

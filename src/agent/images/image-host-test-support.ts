@@ -18,7 +18,7 @@ export function testImageHost(dir: string, o: { warmUp?: boolean; prepare?: (par
   const snapshotter = new NativeSnapshotter(path.join(dir, 'snapshots'));
   o.prepare?.({ content, snapshotter });
   const host = new LocalImageHost({
-    options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 1 << 30 },
+    options: { agentName: 'local', home: dir, tmpDir: dir, containersDir: dir, imageMaxBytes: 1 << 30, layerMaxBytes: 1 << 30, allowedRegistries: [] },
     content, snapshotter,
     room: () => new DiskSpace({ content: dir, snapshots: dir }),
     releaseLayers: async () => undefined,

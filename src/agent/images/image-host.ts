@@ -9,6 +9,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createReadStream } from 'node:fs';
 import { Conflict, DataLoss, InvalidArgument, NotFound, ResourceExhausted, hasCode } from '../../core/errors.js';
+import { parseReference } from '../../core/image-reference.js';
 import { logger } from '../../core/log.js';
 import type { CompiledOptions } from '../../core/config.js';
 import type { LayerRecord } from '../../store/records.js';
@@ -63,7 +64,7 @@ type GcKeep = Parameters<ImageHost['garbageCollect']>[0];
 
 /** What the image host is given by the agent that owns it. */
 export interface ImageHostParts {
-  options: Pick<CompiledOptions, 'agentName' | 'home' | 'tmpDir' | 'containersDir' | 'imageMaxBytes' | 'layerMaxBytes'>;
+  options: Pick<CompiledOptions, 'agentName' | 'home' | 'tmpDir' | 'containersDir' | 'imageMaxBytes' | 'layerMaxBytes' | 'allowedRegistries'>;
   content: ContentStore;
   snapshotter: Snapshotter;
   /** Free space where images land (the content store, the snapshots): pulls and unpacks check it. */
@@ -103,7 +104,8 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
       releaseLayers: async () => undefined,
       withWritableLayer: () => Promise.reject(new Conflict('the pull warm-up has no containers')),
     }, { warmUp: false });
-    return { pull: (reference) => host.pullImage(reference, {}, () => undefined), close: () => host.close() };
+    // its own loopback server, the only registry it pulls from: named, as an administrator names one
+    return { pull: (reference) => host.pullImage(reference, { allowedRegistries: [parseReference(reference).registry] }, () => undefined), close: () => host.close() };
   };
 
   async pullImage(ref: string, opts: PullOptions, progress: (p: PullProgress) => void): Promise<AgentImage> {
@@ -129,6 +131,8 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
         store: this.p.content,
         room: this.p.room(),
         insecureRegistries: opts.insecureRegistries ?? [],
+        // named by the control plane's administrator, or by this host's (nimbusd agent --allow-registry)
+        allowedRegistries: [...(opts.allowedRegistries ?? []), ...this.p.options.allowedRegistries],
         ...(opts.credentials ? { credentials: opts.credentials } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
         mayReuse: (digest) => reusable.has(digest),

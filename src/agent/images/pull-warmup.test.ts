@@ -12,7 +12,7 @@ function recordingPuller(pulled: AgentImage[], dirs: string[]): ScratchPuller {
   return (dir) => {
     dirs.push(dir);
     const { host } = testImageHost(dir);
-    return { pull: async (ref) => pulled.push(await host.pullImage(ref, {}, () => undefined)), close: () => host.close() };
+    return { pull: async (ref) => pulled.push(await host.pullImage(ref, { allowedRegistries: [ref.split('/')[0]!] }, () => undefined)), close: () => host.close() };
   };
 }
 

@@ -120,7 +120,7 @@ test('pull by tag: index → linux/amd64; everything stored; progress and onLaye
   const events: LayerProgress[] = [];
   const ready: number[] = [];
   let configSeen = false;
-  const img = await pullImage(`${reg.host}/app/x`, {
+  const img = await pullImage(`${reg.host}/app/x`, { allowedRegistries: [reg.host],
     store,
     onProgress: (e) => events.push(e),
     onConfig: (c, layers) => {
@@ -153,14 +153,14 @@ test('pull by tag: index → linux/amd64; everything stored; progress and onLaye
   reg.blobGets = [];
   const again: LayerProgress[] = [];
   const held = new Set([amd.config.digest, ...amd.layers.map((l) => l.digest)]);
-  await pullImage(`${reg.host}/app/x:latest`, { store, onProgress: (e) => again.push(e), mayReuse: (d) => held.has(d) });
+  await pullImage(`${reg.host}/app/x:latest`, { allowedRegistries: [reg.host], store, onProgress: (e) => again.push(e), mayReuse: (d) => held.has(d) });
   assert.deepEqual(reg.blobGets, [], 'nothing downloaded twice');
   assert.deepEqual(new Set(again.filter((e) => e.status !== 'waiting').map((e) => e.status)), new Set(['exists']));
 
   // a caller that does not hold them (another project): the registry sends them again, checked, not stored twice
   reg.blobGets = [];
   const listed = (await store.list()).length;
-  await pullImage(`${reg.host}/app/x:latest`, { store, mayReuse: (d) => d === amd.layers[0]!.digest });
+  await pullImage(`${reg.host}/app/x:latest`, { allowedRegistries: [reg.host], store, mayReuse: (d) => d === amd.layers[0]!.digest });
   assert.deepEqual(reg.blobGets.sort(), [amd.config.digest, amd.layers[1]!.digest, amd.layers[2]!.digest].sort());
   assert.equal((await store.list()).length, listed);
 });
@@ -169,11 +169,11 @@ test('a blob the host holds is not taken by naming its digest: the registry must
   const { reg, store } = setup(t);
   const victim = reg.image('victim/private', [{ data: layerData(21) }, { data: layerData(22) }], ['v1']);
   await reg.start();
-  await pullImage(`${reg.host}/victim/private:v1`, { store });
+  await pullImage(`${reg.host}/victim/private:v1`, { allowedRegistries: [reg.host], store });
   // the attacker's registry: a manifest naming the victim's config and layers, whose bytes it does not have
   for (const d of [victim.config, ...victim.layers]) reg.blobs.delete(d.digest);
   reg.manifest('attacker/x', { schemaVersion: 2, mediaType: MT.ociManifest, config: victim.config, layers: victim.layers }, MT.ociManifest, ['latest']);
-  await assert.rejects(pullImage(`${reg.host}/attacker/x:latest`, { store }), (e: unknown) => {
+  await assert.rejects(pullImage(`${reg.host}/attacker/x:latest`, { allowedRegistries: [reg.host], store }), (e: unknown) => {
     assert.ok(hasCode(e, 'NotFound'), String(e));
     assert.match((e as Error).message, new RegExp(victim.config.digest));
     return true;
@@ -181,7 +181,7 @@ test('a blob the host holds is not taken by naming its digest: the registry must
   // naming only the layers, with a config of its own: the layers are asked for too
   const own = reg.blob(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: victim.layers.map((l) => l.digest) } }), MT.ociConfig);
   reg.manifest('attacker/y', { schemaVersion: 2, mediaType: MT.ociManifest, config: own, layers: victim.layers }, MT.ociManifest, ['latest']);
-  await assert.rejects(pullImage(`${reg.host}/attacker/y:latest`, { store }), (e: unknown) => {
+  await assert.rejects(pullImage(`${reg.host}/attacker/y:latest`, { allowedRegistries: [reg.host], store }), (e: unknown) => {
     assert.ok(hasCode(e, 'NotFound'), String(e));
     assert.match((e as Error).message, /sha256:[0-9a-f]{64}/);
     return true;
@@ -197,14 +197,14 @@ test('pull by digest verifies the manifest digest; platform missing lists what t
   reg.manifests.set(`app/y|${liar}`, reg.manifests.get(`app/y|${img.manifest.digest}`)!);
   await reg.start();
 
-  const pulled = await pullImage(`${reg.host}/app/y@${img.manifest.digest}`, { store });
+  const pulled = await pullImage(`${reg.host}/app/y@${img.manifest.digest}`, { allowedRegistries: [reg.host], store });
   assert.equal(pulled.manifestDigest, img.manifest.digest);
   assert.equal(pulled.indexDigest, undefined);
   assert.equal(pulled.reference, `${reg.host}/app/y@${img.manifest.digest}`);
-  await assert.rejects(pullImage(`${reg.host}/app/y@${liar}`, { store }), { code: 'DataLoss', message: new RegExp(liar) });
+  await assert.rejects(pullImage(`${reg.host}/app/y@${liar}`, { allowedRegistries: [reg.host], store }), { code: 'DataLoss', message: new RegExp(liar) });
   assert.equal(await store.info(liar), undefined);
-  await assert.rejects(pullImage(`${reg.host}/app/y:armonly`, { store }), { code: 'NotFound', message: /no linux\/amd64 image \(available: linux\/arm64\/v8\)/ });
-  await assert.rejects(pullImage(`${reg.host}/app/y:nope`, { store }), { code: 'NotFound', message: /app\/y nope/ });
+  await assert.rejects(pullImage(`${reg.host}/app/y:armonly`, { allowedRegistries: [reg.host], store }), { code: 'NotFound', message: /no linux\/amd64 image \(available: linux\/arm64\/v8\)/ });
+  await assert.rejects(pullImage(`${reg.host}/app/y:nope`, { allowedRegistries: [reg.host], store }), { code: 'NotFound', message: /app\/y nope/ });
 });
 
 test('refused: schema 1, oversized manifest, unknown layer type, non-sha256 digest; tampered layer → DataLoss, nothing kept', async (t) => {
@@ -222,13 +222,13 @@ test('refused: schema 1, oversized manifest, unknown layer type, non-sha256 dige
   reg.override.set(good.layers[1]!.digest, bad);
   await reg.start();
 
-  await assert.rejects(pullImage(`${reg.host}/old/one`, { store }), { code: 'InvalidArgument', message: /schema 1/ });
-  await assert.rejects(pullImage(`${reg.host}/old/two`, { store }), { code: 'InvalidArgument', message: /schema 1/ });
-  await assert.rejects(pullImage(`${reg.host}/big/one`, { store }), { code: 'InvalidArgument', message: /4194304/ });
-  await assert.rejects(pullImage(`${reg.host}/weird/one`, { store }), { code: 'InvalidArgument', message: /unsupported layer media type application\/vnd\.example\.weird/ });
-  await assert.rejects(pullImage(`${reg.host}/weird/two`, { store }), { code: 'InvalidArgument', message: /sha512/ });
+  await assert.rejects(pullImage(`${reg.host}/old/one`, { allowedRegistries: [reg.host], store }), { code: 'InvalidArgument', message: /schema 1/ });
+  await assert.rejects(pullImage(`${reg.host}/old/two`, { allowedRegistries: [reg.host], store }), { code: 'InvalidArgument', message: /schema 1/ });
+  await assert.rejects(pullImage(`${reg.host}/big/one`, { allowedRegistries: [reg.host], store }), { code: 'InvalidArgument', message: /4194304/ });
+  await assert.rejects(pullImage(`${reg.host}/weird/one`, { allowedRegistries: [reg.host], store }), { code: 'InvalidArgument', message: /unsupported layer media type application\/vnd\.example\.weird/ });
+  await assert.rejects(pullImage(`${reg.host}/weird/two`, { allowedRegistries: [reg.host], store }), { code: 'InvalidArgument', message: /sha512/ });
 
-  await assert.rejects(pullImage(`${reg.host}/app/t`, { store }), (e: Error & { code?: string }) => {
+  await assert.rejects(pullImage(`${reg.host}/app/t`, { allowedRegistries: [reg.host], store }), (e: Error & { code?: string }) => {
     assert.equal(e.code, 'DataLoss');
     assert.match(e.message, /digest mismatch/);
     assert.match(e.message, new RegExp(good.layers[1]!.digest));
@@ -244,10 +244,10 @@ test('layers download in parallel up to the concurrency limit', async (t) => {
   reg.image('app/p', Array.from({ length: 6 }, (_, i) => ({ data: layerData(10 + i, 10_000) })), ['latest']);
   reg.blobDelayMs = 40;
   await reg.start();
-  await pullImage(`${reg.host}/app/p`, { store, concurrency: 3 });
+  await pullImage(`${reg.host}/app/p`, { allowedRegistries: [reg.host], store, concurrency: 3 });
   assert.equal(reg.maxInFlight, 3);
   reg.maxInFlight = 0;
-  await pullImage(`${reg.host}/app/p`, { store: new LocalContentStore(join(dir, 'second-store')), concurrency: 1 });
+  await pullImage(`${reg.host}/app/p`, { allowedRegistries: [reg.host], store: new LocalContentStore(join(dir, 'second-store')), concurrency: 1 });
   assert.equal(reg.maxInFlight, 1);
 });
 
@@ -266,7 +266,7 @@ test('a disk without room refuses the pull before any blob is fetched (a real 16
   await reg.start();
   const store = new LocalContentStore(join(mnt, 'content'));
   const room = new DiskSpace({ content: join(mnt, 'content'), snapshots: join(mnt, 'snapshots') });
-  await assert.rejects(pullImage(`${reg.host}/app/big`, { store, room }), (e: unknown) => {
+  await assert.rejects(pullImage(`${reg.host}/app/big`, { allowedRegistries: [reg.host], store, room }), (e: unknown) => {
     assert.ok(hasCode(e, 'ResourceExhausted'), String(e));
     assert.match((e as Error).message, new RegExp(`^not enough disk space for pulling ${reg.host}/app/big:latest: needs at least 18 MiB, 15 MiB free`));
     return true;
@@ -278,7 +278,7 @@ test('a disk without room refuses the pull before any blob is fetched (a real 16
   await store.ingest(img.layers[0]!, (async function* () {
     yield big;
   })());
-  const pulled = await pullImage(`${reg.host}/app/big`, { store, room, mayReuse: (d) => d === img.layers[0]!.digest });
+  const pulled = await pullImage(`${reg.host}/app/big`, { allowedRegistries: [reg.host], store, room, mayReuse: (d) => d === img.layers[0]!.digest });
   assert.equal(pulled.manifestDigest, img.manifest.digest);
   assert.deepEqual(reg.blobGets, [img.config.digest]);
 });
@@ -290,7 +290,7 @@ test('a failed unpack (the promise onConfig returns) aborts the downloads and fa
   const refused = new InvalidArgument('layer sha256:x: unpacks to more than the per-layer limit of 1 MiB');
   let started = 0;
   await assert.rejects(
-    pullImage(`${reg.host}/app/slow`, {
+    pullImage(`${reg.host}/app/slow`, { allowedRegistries: [reg.host],
       store,
       concurrency: 2,
       onConfig: () => {

@@ -75,16 +75,16 @@ test('bearer: token fetched once per scope and reused by later clients; credenti
   t.after(() => srv.close());
   const cache = new TokenCache();
   const credentials = { username: 'u', password: 'p' };
-  const a = new RegistryClient(srv.host, 'one/repo', { tokenCache: cache, credentials });
+  const a = new RegistryClient(srv.host, 'one/repo', { allowedRegistries: [srv.host], tokenCache: cache, credentials });
   assert.equal((await a.getManifest('latest')).body.toString(), '{"schemaVersion":2}');
   await a.getManifest('latest');
-  await new RegistryClient(srv.host, 'one/repo', { tokenCache: cache, credentials }).getManifest('v2');
+  await new RegistryClient(srv.host, 'one/repo', { allowedRegistries: [srv.host], tokenCache: cache, credentials }).getManifest('v2');
   assert.equal(tokenRequests.length, 1, 'one token for one scope');
   assert.equal(tokenRequests[0]!.auth, `Basic ${Buffer.from('u:p').toString('base64')}`);
-  await new RegistryClient(srv.host, 'other/repo', { tokenCache: cache, credentials }).getManifest('latest');
+  await new RegistryClient(srv.host, 'other/repo', { allowedRegistries: [srv.host], tokenCache: cache, credentials }).getManifest('latest');
   assert.deepEqual(tokenRequests.map((r) => r.scope), ['repository:one/repo:pull', 'repository:other/repo:pull']);
   // Different credentials never reuse another user's token.
-  await new RegistryClient(srv.host, 'one/repo', { tokenCache: cache, credentials: { username: 'v', password: 'q' } }).getManifest('latest');
+  await new RegistryClient(srv.host, 'one/repo', { allowedRegistries: [srv.host], tokenCache: cache, credentials: { username: 'v', password: 'q' } }).getManifest('latest');
   assert.equal(tokenRequests.length, 3);
   const head = await a.headManifest('latest');
   assert.equal(head.digest, 'sha256:' + '0'.repeat(64));
@@ -103,15 +103,15 @@ test('basic: no credentials → Unauthenticated naming the registry; wrong ones 
     res.end();
   });
   t.after(() => srv.close());
-  await assert.rejects(new RegistryClient(srv.host, 'a/b').getManifest('latest'), (e: Error & { code?: string }) => {
+  await assert.rejects(new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host] }).getManifest('latest'), (e: Error & { code?: string }) => {
     assert.equal(e.code, 'Unauthenticated');
     assert.match(e.message, new RegExp(`${srv.host.replace(/\./g, '\\.')}.*a/b latest`));
     return true;
   });
   seen = 0;
-  await assert.rejects(new RegistryClient(srv.host, 'a/b', { credentials: { username: 'u', password: 'x' } }).getManifest('latest'), { code: 'Unauthenticated' });
+  await assert.rejects(new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host], credentials: { username: 'u', password: 'x' } }).getManifest('latest'), { code: 'Unauthenticated' });
   assert.equal(seen, 2);
-  assert.equal((await new RegistryClient(srv.host, 'a/b', { credentials: { username: 'u', password: 'p' } }).getManifest('latest')).body.toString(), '{}');
+  assert.equal((await new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host], credentials: { username: 'u', password: 'p' } }).getManifest('latest')).body.toString(), '{}');
 });
 
 test('errors: 404 kinds, 5xx, 429, connection refused, oversized manifest; redirects drop credentials across origins', async (t) => {
@@ -146,15 +146,15 @@ test('errors: 404 kinds, 5xx, 429, connection refused, oversized manifest; redir
     await srv.close();
     await other.close();
   });
-  const c = new RegistryClient(srv.host, 'a/b');
+  const c = new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host] });
   await assert.rejects(c.getManifest('missing'), { code: 'NotFound', message: /a\/b missing.*manifest unknown/ });
-  await assert.rejects(new RegistryClient(srv.host, 'nosuch').getManifest('latest'), { code: 'NotFound', message: /unknown repository/ });
+  await assert.rejects(new RegistryClient(srv.host, 'nosuch', { allowedRegistries: [srv.host] }).getManifest('latest'), { code: 'NotFound', message: /unknown repository/ });
   await assert.rejects(c.getManifest('boom'), { code: 'Unavailable', message: /503/ });
   await assert.rejects(c.getManifest('slow'), { code: 'Unavailable', message: /429/ });
   await assert.rejects(c.getManifest('huge', undefined, 4096), { code: 'InvalidArgument', message: /larger than 4096/ });
-  await assert.rejects(new RegistryClient('127.0.0.1:1', 'x/y').getManifest('latest'), { code: 'Unavailable', message: /127\.0\.0\.1:1.*x\/y latest/ });
+  await assert.rejects(new RegistryClient('127.0.0.1:1', 'x/y', { allowedRegistries: ['127.0.0.1:1'] }).getManifest('latest'), { code: 'Unavailable', message: /127\.0\.0\.1:1.*x\/y latest/ });
 
-  const withCreds = new RegistryClient(srv.host, 'a/b', { credentials: { username: 'u', password: 'p' } });
+  const withCreds = new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host, other.host], credentials: { username: 'u', password: 'p' } });
   (withCreds as unknown as { basic: boolean }).basic = true; // as after a Basic challenge
   const res = await withCreds.getBlob('sha256:' + 'a'.repeat(64));
   assert.equal(await res.text(), 'blob-bytes');
@@ -170,7 +170,7 @@ test('a registry that never answers, or stalls mid-blob, fails the request with 
     held.push(res);
   });
   t.after(() => srv.close());
-  const c = new RegistryClient(srv.host, 'a/b', { responseTimeoutMs: 200, stallTimeoutMs: 200 });
+  const c = new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host], responseTimeoutMs: 200, stallTimeoutMs: 200 });
   await assert.rejects(c.getManifest('latest'), (e: Error & { code?: string }) => {
     assert.equal(e.code, 'Unavailable');
     assert.match(e.message, /did not answer .* within 200 ms/);
@@ -216,7 +216,7 @@ test('a registry\'s small bodies are bounded: an endless error or token body, a 
     for (const x of timers) clearInterval(x);
     await srv.close();
   });
-  const c = new RegistryClient(srv.host, 'a/b', { stallTimeoutMs: 500, tokenCache: new TokenCache() });
+  const c = new RegistryClient(srv.host, 'a/b', { allowedRegistries: [srv.host], stallTimeoutMs: 500, tokenCache: new TokenCache() });
   /** Settles within `ms`, or fails the test (the code before read these bodies to their end: never). */
   const within = <T>(p: Promise<T>, ms = 5_000) => Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`still reading after ${ms} ms`)), ms).unref())]);
   await assert.rejects(within(c.getManifest('endless-404')), (e: Error & { code?: string }) => {

@@ -30,6 +30,7 @@ import { isLoopbackRegistry } from '../../core/image-reference.js';
 import { possessionCheck, type ContentInfo, type ContentIngester, type ContentStore } from '../content/content-store.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
 import { exchange, type RegistryAnswer } from './http-exchange.js';
+import { EgressRefused, egressDenied, namedByAdministrator } from './registry-egress.js';
 
 export interface RegistryCredentials {
   username: string;
@@ -39,6 +40,12 @@ export interface RegistryCredentials {
 export interface RegistryClientOptions {
   /** Registries (host[:port]) reached over plain HTTP although not loopback. */
   insecureRegistries?: readonly string[];
+  /**
+   * Registries (host[:port]) an administrator allows on this host's own, loopback or link-local
+   * addresses (registry-egress.ts); the insecure ones are allowed too. Every other connection,
+   * redirects and token realms included, is refused there.
+   */
+  allowedRegistries?: readonly string[];
   credentials?: RegistryCredentials;
   signal?: AbortSignal;
   /** Where Bearer tokens are kept; defaults to one process-wide cache. */
@@ -344,9 +351,11 @@ export class RegistryClient {
       const timer = setTimeout(() => deadline.abort(), timeoutMs);
       try {
         const signal = this.opts.signal ? AbortSignal.any([this.opts.signal, deadline.signal]) : deadline.signal;
-        res = await exchange(current, { method, headers: hdrs, signal });
+        const named = [...(this.opts.allowedRegistries ?? []), ...(this.opts.insecureRegistries ?? [])];
+        res = await exchange(current, { method, headers: hdrs, signal, guarded: !namedByAdministrator(new URL(current).host, named) });
       } catch (e) {
         if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
+        if ((e as { cause?: unknown }).cause instanceof EgressRefused) throw egressDenied(this.registry, new URL(current).host, (e as { cause: EgressRefused }).cause);
         if (deadline.signal.aborted) throw new Unavailable(`registry ${this.registry} did not answer ${what} within ${timeoutMs} ms`);
         const cause = (e as { cause?: { code?: string; message?: string } }).cause;
         throw new Unavailable(`cannot reach registry ${this.registry} (${new URL(current).host}) for ${what}: ${cause?.code ?? cause?.message ?? String(e)}`, undefined, { cause: e });

@@ -53,6 +53,8 @@ const log = logger('agent-server');
 
 /** An events subscriber this far behind is cut off (it reconnects and re-checks every VM). */
 const MAX_EVENT_BACKLOG = 1024 * 1024;
+/** Registries an administrator named (insecure or allowed), as the control plane passes them. */
+const MAX_REGISTRY_NAMES = 256;
 /** A pull's reusable blobs: a project's configs and layers (a generous bound on a hostile list). */
 const MAX_REUSABLE = 100_000;
 
@@ -271,6 +273,12 @@ async function servePull(agent: Agent, req: IncomingMessage, res: ServerResponse
   const reusable: unknown = opts.reusable;
   if (reusable !== undefined && !(Array.isArray(reusable) && reusable.length <= MAX_REUSABLE && reusable.every(isDigest))) {
     throw new InvalidArgument(`pull: reusable must be a list of at most ${MAX_REUSABLE} sha256 digests`);
+  }
+  for (const k of ['insecureRegistries', 'allowedRegistries'] as const) {
+    const list: unknown = opts[k];
+    if (list !== undefined && !(Array.isArray(list) && list.length <= MAX_REGISTRY_NAMES && list.every((r) => typeof r === 'string' && r.length <= 255))) {
+      throw new InvalidArgument(`pull: ${k} must be a list of at most ${MAX_REGISTRY_NAMES} registry names`);
+    }
   }
   const signal = clientGone(res);
   startNdjson(res);

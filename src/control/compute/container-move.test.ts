@@ -70,7 +70,7 @@ async function world(t: { after(fn: () => Promise<void> | void): void }) {
   await quota.ensureProject('p1', null);
   const operations = new OperationService(store, events);
   const scheduler = new RecordingScheduler(hosts);
-  const images = new ImageService(store, local, events, operations, []);
+  const images = new ImageService(store, local, events, operations);
   images.useHosts(hosts);
   const networks = new NetworkService(store, local, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
   networks.useHosts(hosts);

@@ -58,7 +58,7 @@ async function wireContainerService(store: Store, agent: Agent, opts?: Construct
   const operations = new OperationService(store, events);
   const hosts = hostsOf(agent, others);
   const scheduler = new RecordingScheduler(hosts);
-  const images = new ImageService(store, agent, events, operations, []);
+  const images = new ImageService(store, agent, events, operations);
   images.useHosts(hosts);
   const networks = new NetworkService(store, agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
   networks.useHosts(hosts);

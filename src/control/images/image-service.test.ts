@@ -58,7 +58,7 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
       return { id: 'op1', kind, target, projectId };
     },
   } as unknown as OperationService;
-  const svc = new ImageService(store, agent, new EventBus(), operations, []);
+  const svc = new ImageService(store, agent, new EventBus(), operations);
   const load = async (imgs: AgentImage[], projectId: string) => {
     archive = imgs;
     return svc.importArchive('/archive.tar', projectId);

@@ -3,6 +3,7 @@
  * content shared host-wide. Bytes and snapshots live on the agent.
  */
 import { Conflict, InvalidArgument, NimbusError, Unavailable, hasCode, toNimbusError } from '../../core/errors.js';
+import { NO_NAMED_REGISTRIES, type NamedRegistries } from '../../core/config.js';
 import { logger } from '../../core/log.js';
 import { parseReference } from '../../core/image-reference.js';
 import type { Agent, AgentImage, PullProgress } from '../../agent/agent.js';
@@ -40,8 +41,13 @@ export class ImageService {
     private readonly agent: Agent,
     private readonly events: EventBus,
     private readonly operations: OperationService,
-    private readonly insecureRegistries: readonly string[],
+    private readonly registries: NamedRegistries = NO_NAMED_REGISTRIES,
   ) {}
+
+  /** What a pull is told of the registries an administrator named (copies: a host may keep them). */
+  private namedRegistries(): { insecureRegistries: string[]; allowedRegistries: string[] } {
+    return { insecureRegistries: [...this.registries.insecureRegistries], allowedRegistries: [...this.registries.allowedRegistries] };
+  }
 
   /** The hosts images may be carried to; unset: only the embedded agent (named 'local'). */
   private hosts: HostAgents | undefined;
@@ -101,7 +107,7 @@ export class ImageService {
     try {
       // the project's own credentials for that registry, as its pull on the first host had
       const credentials = await this.storedCredentials?.(img.projectId, parseReference(reference).registry);
-      pulled = await agent.pullImage(reference, { insecureRegistries: [...this.insecureRegistries], ...(credentials ? { credentials } : {}), reusable: await this.heldBlobs(img.projectId) }, () => undefined);
+      pulled = await agent.pullImage(reference, { ...this.namedRegistries(), ...(credentials ? { credentials } : {}), reusable: await this.heldBlobs(img.projectId) }, () => undefined);
     } catch (e) {
       const pullError = toNimbusError(e);
       // the registry may not have it (an archive's tag no registry serves), want credentials, or be out of reach: carried instead
@@ -345,7 +351,7 @@ export class ImageService {
       // credentials the request brought win over the project's stored ones
       const creds = credentials ?? (await this.storedCredentials?.(projectId, parsed.registry));
       const reusable = await this.heldBlobs(projectId);
-      const img = await on.agent.pullImage(name, { insecureRegistries: [...this.insecureRegistries], ...(creds ? { credentials: creds } : {}), reusable }, (p: PullProgress) =>
+      const img = await on.agent.pullImage(name, { ...this.namedRegistries(), ...(creds ? { credentials: creds } : {}), reusable }, (p: PullProgress) =>
         op.progress(p as unknown as Record<string, unknown>),
       );
       // Pulled by digest: no tag to record; by tag: the tag now points here.

@@ -27,7 +27,7 @@ async function setup(t: { after: (fn: () => Promise<void>) => void }) {
   const store = await opening;
   for (const id of ['p1', 'p2']) await store.projects.insert({ id, name: id, parentId: null, createdAt: new Date().toISOString() });
   const box = new SecretBox(join(dir, 'secrets.key'), store);
-  return { dir, store, box, registries: new RegistryCredentialService(store, box, new EventBus(), []) };
+  return { dir, store, box, registries: new RegistryCredentialService(store, box, new EventBus()) };
 }
 
 test('the server a login names is the registry as pulls name it', () => {
@@ -70,7 +70,7 @@ test("pulls use the project's stored credentials for that registry, a request's 
       return { id: 'op1', kind, target, projectId };
     },
   } as unknown as OperationService;
-  const images = new ImageService(store, local, new EventBus(), operations, []);
+  const images = new ImageService(store, local, new EventBus(), operations);
   images.useCredentials((p, r) => registries.credentialsFor(p, r));
   const now = new Date().toISOString();
   const put = async (projectId: string, server: string, username: string, password: string) =>

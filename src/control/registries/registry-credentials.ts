@@ -6,6 +6,7 @@
  * the server and the user name only; the password is never logged, served or put in an event.
  */
 import { InvalidArgument, NotFound, Unreachable, hasCode } from '../../core/errors.js';
+import { NO_NAMED_REGISTRIES, type NamedRegistries } from '../../core/config.js';
 import { logger } from '../../core/log.js';
 import { DEFAULT_REGISTRY } from '../../core/image-reference.js';
 import { RegistryClient, type RegistryCredentials } from '../../agent/images/registry-client.js';
@@ -46,7 +47,7 @@ export class RegistryCredentialService {
     private readonly store: Store,
     private readonly box: SecretBox,
     private readonly events: EventBus,
-    private readonly insecureRegistries: readonly string[],
+    private readonly registries: NamedRegistries = NO_NAMED_REGISTRIES,
   ) {}
 
   /**
@@ -60,7 +61,7 @@ export class RegistryCredentialService {
     if (!input.password) throw new InvalidArgument('a password is required');
     const credentials: RegistryCredentials = { username: input.username, password: input.password };
     try {
-      await new RegistryClient(server, '', { credentials, insecureRegistries: this.insecureRegistries, responseTimeoutMs: 15_000 }).checkLogin();
+      await new RegistryClient(server, '', { credentials, ...this.registries, responseTimeoutMs: 15_000 }).checkLogin();
     } catch (e) {
       // the registry the request named did not answer: 502 (as an agent URL that does not answer), not Nimbus unavailable
       if (hasCode(e, 'Unavailable')) throw new Unreachable((e as Error).message, { registry: server }, { cause: e });

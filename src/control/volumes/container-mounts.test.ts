@@ -73,7 +73,7 @@ async function setup(t: TestContext) {
   const events = new EventBus();
   const operations = new OperationService(store, events);
   const scheduler = new RecordingScheduler(hosts);
-  const images = new ImageService(store, a.agent, events, operations, []);
+  const images = new ImageService(store, a.agent, events, operations);
   images.useHosts(hosts);
   const networks = new NetworkService(store, a.agent, events, quota, { defaultProjectId: 'p1', bridge: 'nimbus0', bridgeSubnet: '10.88.0.0/16', subnetPool: '10.89.0.0/16' });
   networks.useHosts(hosts);
