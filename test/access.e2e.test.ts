@@ -435,6 +435,15 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal(hits, 0, 'the loopback service got no request');
   });
 
+  test('failed logins over TCP: after 5 for a user from one address, 429 with Retry-After, even with the right password; over the socket the user still logs in', async () => {
+    for (let i = 0; i < 5; i++) assert.equal((await call(tcp(), 'POST', '/auth/login', { body: { user: 'rita', password: 'not-it' } })).status, 401);
+    const held = await call(tcp(), 'POST', '/auth/login', { body: { user: 'rita', password: PASSWORD } });
+    assert.equal(held.status, 429, held.text);
+    assert.equal((held.body as { error: { code: string } }).error.code, 'TooManyRequests');
+    assert.ok(Number(held.headers['retry-after']) > 0, `retry-after: ${held.headers['retry-after']}`);
+    assert.equal((await call(sock(), 'POST', '/auth/login', { body: { user: 'rita', password: PASSWORD } })).status, 201);
+  });
+
   test('a member cannot choose the host a VM migrates to (403, as a container move\'s --to), nor learn host names from the answers; an administrator can', async () => {
     const host = ((await call(sock(), 'GET', `/vms/${fx.A.vm}`)).body as { agent: string }).agent;
     for (const to of [host, 'no-such-host']) {

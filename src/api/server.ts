@@ -68,7 +68,8 @@ export function sendError(res: ServerResponse, e: unknown, o: { sse?: boolean; a
   }
   // Answered before the body was read: close rather than read (or drain) what may be gigabytes.
   const close = hasUnreadBody(res.req);
-  res.writeHead(status, { 'content-type': 'application/json', ...(close ? { connection: 'close' } : {}) });
+  const retryAfter = err.code === 'TooManyRequests' ? err.details?.retryAfterSeconds : undefined;
+  res.writeHead(status, { 'content-type': 'application/json', ...(close ? { connection: 'close' } : {}), ...(typeof retryAfter === 'number' ? { 'retry-after': String(retryAfter) } : {}) });
   res.end(JSON.stringify({ error: { code: err.code, message, ...(err.details ? { details: err.details } : {}) } }));
 }
 

@@ -8,6 +8,7 @@ export const ERROR_CODES = [
   'AlreadyExists',
   'Conflict',
   'QuotaExceeded',
+  'TooManyRequests',
   'PayloadTooLarge',
   'HeadersTooLarge',
   'ResourceExhausted',
@@ -68,6 +69,8 @@ export const PayloadTooLarge = make('PayloadTooLarge');
 export const HeadersTooLarge = make('HeadersTooLarge');
 /** The host ran out of something no quota covers (disk space for images): 507. */
 export const ResourceExhausted = make('ResourceExhausted');
+/** Too many failed attempts from one source (a login, an agent's registration): details.retryAfterSeconds says when to try again. */
+export const TooManyRequests = make('TooManyRequests');
 export const Unauthenticated = make('Unauthenticated');
 export const PermissionDenied = make('PermissionDenied');
 export const Unavailable = make('Unavailable');

@@ -9,6 +9,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   AlreadyExists: 409,
   Conflict: 409,
   QuotaExceeded: 429,
+  TooManyRequests: 429,
   PayloadTooLarge: 413,
   HeadersTooLarge: 431,
   ResourceExhausted: 507,

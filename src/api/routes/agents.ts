@@ -68,10 +68,10 @@ export const agentRoutes = [
     status: 201,
     body: Registration,
     response: Registered,
-    handler: async ({ body, services }) => {
+    handler: async ({ body, services, req }) => {
       // the proof is the handshake: only the holder of the named agent's key can answer at the URL
       if (!body.url.startsWith('https://')) throw new Unauthenticated('only https:// agents register without a credential (use POST /agents)');
-      const rec = await services.agents.register(body);
+      const rec = await services.agents.registerOverTls(body, req.socket.remoteAddress ?? 'local');
       return { status: 201, body: { name: rec.name, url: rec.url, registeredAt: rec.registeredAt } };
     },
   }),

@@ -23,7 +23,7 @@ export const identityRoutes = [
       ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_TTL_SECONDS, description: 'Default 12 hours' })),
     }, { additionalProperties: false }),
     response: Type.Object({ token: Type.String(), expiresAt: Type.String(), user: User }),
-    handler: async ({ body, services }) => ({ status: 201, body: await services.identity.login(body.user, body.password, body.ttlSeconds) }),
+    handler: async ({ body, services, req }) => ({ status: 201, body: await services.identity.login(body.user, body.password, body.ttlSeconds, req.socket.remoteAddress ?? 'local') }),
   }),
   route({
     method: 'POST', path: '/auth/logout', operationId: 'logout', tag: 'identity', access: 'write', auth: { authenticated: true },

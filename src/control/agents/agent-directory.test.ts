@@ -138,6 +138,27 @@ test('agent directory: registrations carry protocol versions; TCP agents are TLS
   assert.deepEqual(dir.names(), ['local', 'b']);
 });
 
+test('agent directory: registrations without a credential are throttled per caller\'s address after 10 failures a minute (nothing dialled then); others still register', async (t) => {
+  const dialled: string[] = [];
+  const down = stubAgent(undefined);
+  down.agent.override('info', async () => {
+    dialled.push('down');
+    throw new Unavailable('connect ECONNREFUSED');
+  });
+  const dir = await setup(t, { 'unix:/run/down.sock': down, 'unix:/run/b.sock': stubAgent('b') })();
+  const probe = (source: string, url = 'unix:/run/down.sock', name = 'x') => dir.registerOverTls({ name, url, token: TOKEN, protocol: SPOKEN_PROTOCOL }, source);
+  for (let i = 0; i < 10; i++) await assert.rejects(probe('192.0.2.9'), { code: 'Unreachable' });
+  assert.equal(dialled.length, 10);
+  await assert.rejects(probe('192.0.2.9'), (e: Error & { code?: string; details?: { retryAfterSeconds?: number } }) => {
+    assert.equal(e.code, 'TooManyRequests');
+    assert.ok((e.details?.retryAfterSeconds ?? 0) > 0 && (e.details?.retryAfterSeconds ?? 0) <= 60);
+    return true;
+  });
+  assert.equal(dialled.length, 10, 'a throttled registration dials nothing');
+  await dir.registerOverTls({ name: 'b', url: 'unix:/run/b.sock', token: TOKEN, protocol: SPOKEN_PROTOCOL }, '192.0.2.10');
+  assert.deepEqual(dir.names(), ['local', 'b']);
+});
+
 test('agent directory: a stored plain-HTTP registration is listed down with the reason and can be removed', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-agents-'));
   const store = await openStore(join(dir, 'nimbus.db'));

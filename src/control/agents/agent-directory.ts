@@ -29,6 +29,7 @@ import type { AgentCa } from './agent-ca.js';
 import type { HostCandidate, HostSource } from '../scheduler/types.js';
 import { AgentConnections, type AgentConnector } from './agent-connections.js';
 import { admitAgent, type AgentRegistration } from './agent-registration.js';
+import { FailureThrottle } from '../../core/failure-throttle.js';
 import { JoinTokens } from './join-tokens.js';
 import { HostSettings, type HostSettingsChange } from './host-settings.js';
 import { HOST_ANSWER_TIMEOUT_MS, HostReachability } from './host-reach.js';
@@ -58,6 +59,8 @@ export interface AgentDirectoryOptions {
 }
 
 export class AgentDirectory implements HostSource {
+  /** Failed registrations over TLS per caller's address (registerOverTls). */
+  private readonly unprovenRegistrations = new FailureThrottle({ limit: 10, windowMs: 60_000 });
   private readonly connections: AgentConnections;
   private readonly reach: HostReachability;
   private readonly settings: HostSettings;
@@ -221,6 +224,21 @@ export class AgentDirectory implements HostSource {
     // exits it saw while it was away: every VM it has is re-checked
     for (const id of await probe.listVms().catch(() => [] as string[])) this.emitExit(rec.name, id);
     return rec;
+  }
+
+  /**
+   * A registration without a credential (POST /agents/tls: the proof is the mutual-TLS handshake
+   * with the URL it names). It makes this process dial whatever the caller names, so failures are
+   * throttled per caller's address (`source`): a port scan through it runs at 10 probes a minute.
+   */
+  async registerOverTls(req: AgentRegistration, source: string): Promise<AgentRecord> {
+    this.unprovenRegistrations.check(source, 'agent registration');
+    try {
+      return await this.register(req);
+    } catch (e) {
+      this.unprovenRegistrations.fail(source);
+      throw e;
+    }
   }
 
   /** A one-time join token (shown once: only its secret's hash is stored). */

@@ -10,6 +10,7 @@ import { isValidName, newId } from '../../core/ids.js';
 import type { Store } from '../../store/store.js';
 import type { TokenRecord, UserRecord } from '../../store/records.js';
 import type { Principal } from './access.js';
+import { FailureThrottle } from '../../core/failure-throttle.js';
 import { decoyHash, generatePassword, hashPassword, verifyPassword } from './passwords.js';
 
 export const ADMIN_USER = 'admin';
@@ -18,6 +19,9 @@ export const SESSION_TTL_SECONDS = 12 * 3600;
 export const MAX_TTL_SECONDS = 30 * 24 * 3600;
 const PREFIX = { session: 'nmbs_', apikey: 'nmbk_' } as const;
 const MIN_PASSWORD = 8;
+/** Failed logins: per user from one address, and per address over all users (a spray). */
+const LOGIN_FAILURES_PER_USER = { limit: 5, windowMs: 5 * 60_000 };
+const LOGIN_FAILURES_PER_SOURCE = { limit: 20, windowMs: 5 * 60_000 };
 
 export interface UserView {
   id: string;
@@ -36,6 +40,8 @@ export interface ApiKeyView {
 const hashSecret = (secret: string) => createHash('sha256').update(secret).digest('hex');
 
 export class IdentityService {
+  private readonly failedLogins = { byUser: new FailureThrottle(LOGIN_FAILURES_PER_USER), bySource: new FailureThrottle(LOGIN_FAILURES_PER_SOURCE) };
+
   constructor(private readonly store: Store) {}
 
   view(u: UserRecord): UserView {
@@ -91,13 +97,26 @@ export class IdentityService {
   }
 
   /** Password → session token. Unknown user and wrong password fail alike, in alike time. */
-  async login(name: string, password: string, ttlSeconds = SESSION_TTL_SECONDS): Promise<{ token: string; expiresAt: string; user: UserView }> {
+  /**
+   * `source`: the caller's address (the socket's peer). Failed logins are throttled per user from
+   * that address and per address (FailureThrottle): a throttled attempt is refused (429) before
+   * its password is even checked, so guessing costs the guesser time and nimbusd no scrypt.
+   */
+  async login(name: string, password: string, ttlSeconds = SESSION_TTL_SECONDS, source = 'local'): Promise<{ token: string; expiresAt: string; user: UserView }> {
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1 || ttlSeconds > MAX_TTL_SECONDS) {
       throw new InvalidArgument(`ttl must be between 1 and ${MAX_TTL_SECONDS} seconds`);
     }
+    const userKey = `${name}\0${source}`;
+    this.failedLogins.bySource.check(source, 'login');
+    this.failedLogins.byUser.check(userKey, `login as ${name}`);
     const u = await this.store.users.byName(name);
     const ok = await verifyPassword(password, u?.passwordHash ?? (await decoyHash()));
-    if (!u || !ok) throw new Unauthenticated('invalid user name or password');
+    if (!u || !ok) {
+      this.failedLogins.byUser.fail(userKey);
+      this.failedLogins.bySource.fail(source);
+      throw new Unauthenticated('invalid user name or password');
+    }
+    this.failedLogins.byUser.succeed(userKey);
     await this.store.tokens.deleteExpired(Date.now());
     const { secret, record } = this.mint(u.id, 'session', null, Date.now() + ttlSeconds * 1000);
     await this.store.tokens.insert(record);

@@ -34,6 +34,23 @@ test('passwords: scrypt with a salt per hash, verified only by the right passwor
   assert.equal(await verifyPassword('x', 'garbage'), false);
 });
 
+test('identity: failed logins are throttled per user and address (429 with when to retry, before the password is checked), and per address over all users', async (t) => {
+  const { identity } = await setup(t);
+  await identity.ensureAdmin('admin-password-1', 'default');
+  for (let i = 0; i < 5; i++) await assert.rejects(identity.login('admin', 'wrong', undefined, '192.0.2.1'), { code: 'Unauthenticated' });
+  // the right password too: a throttled attempt is not checked
+  await assert.rejects(identity.login('admin', 'admin-password-1', undefined, '192.0.2.1'), (e: Error & { code?: string; details?: { retryAfterSeconds?: number } }) => {
+    assert.equal(e.code, 'TooManyRequests');
+    assert.ok((e.details?.retryAfterSeconds ?? 0) > 0 && (e.details?.retryAfterSeconds ?? 0) <= 300, JSON.stringify(e.details));
+    return true;
+  });
+  // from another address the user is not locked out
+  assert.ok((await identity.login('admin', 'admin-password-1', undefined, '192.0.2.2')).token);
+  // a spray over many names from one address: 20 failures, then that address is held for every name
+  for (let i = 0; i < 20; i++) await assert.rejects(identity.login(`user${i}`, 'wrong', undefined, '192.0.2.3'), { code: 'Unauthenticated' });
+  await assert.rejects(identity.login('admin', 'admin-password-1', undefined, '192.0.2.3'), { code: 'TooManyRequests' });
+});
+
 test('identity: admin bootstrap, login, tokens stored hashed, expiry, logout, API keys', async (t) => {
   const { store, identity } = await setup(t);
   const first = await identity.ensureAdmin(undefined, 'default');
