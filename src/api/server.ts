@@ -5,6 +5,7 @@ import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import type { TSchema } from '@sinclair/typebox';
 import { InvalidArgument, logMessage, messageFor, NotFound, toNimbusError, Unauthenticated } from '../core/errors.js';
 import { logger } from '../core/log.js';
+import { redactHostPathsIn } from '../core/redaction.js';
 import type { Services } from '../control/services.js';
 import { HTTP_STATUS } from '../core/http-status.js';
 import { isStreamBody, type Route, type RouteResult } from './route.js';
@@ -50,8 +51,9 @@ function compilePath(path: string): { pattern: RegExp; paramNames: string[] } {
 
 /**
  * The typed error as HTTP, mapped once. Its words as the caller may read them: what only a
- * system administrator may see (an agent's address: NimbusError.adminMessage) goes to `admin`
- * callers and the log, never to anyone else.
+ * system administrator may see (an agent's address, a host path: NimbusError.adminMessage) goes
+ * to `admin` callers and the log, never to anyone else, whose message and details also pass the
+ * host-path net (core/redaction.ts).
  */
 export function sendError(res: ServerResponse, e: unknown, o: { sse?: boolean; admin?: boolean } = {}): void {
   const err = toNimbusError(e);
@@ -70,7 +72,9 @@ export function sendError(res: ServerResponse, e: unknown, o: { sse?: boolean; a
   const close = hasUnreadBody(res.req);
   const retryAfter = err.code === 'TooManyRequests' ? err.details?.retryAfterSeconds : undefined;
   res.writeHead(status, { 'content-type': 'application/json', ...(close ? { connection: 'close' } : {}), ...(typeof retryAfter === 'number' ? { 'retry-after': String(retryAfter) } : {}) });
-  res.end(JSON.stringify({ error: { code: err.code, message, ...(err.details ? { details: err.details } : {}) } }));
+  // details are the thrower's data (a mount's arguments, a directory): under the same net as the message
+  const details = err.details && (o.admin === true ? err.details : redactHostPathsIn(err.details));
+  res.end(JSON.stringify({ error: { code: err.code, message, ...(details ? { details } : {}) } }));
 }
 
 

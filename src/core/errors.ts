@@ -1,3 +1,5 @@
+import { redactHostPaths, systemErrorWithoutHostNames } from './redaction.js';
+
 /**
  * The fixed set of typed errors every layer throws. The API edge maps them to
  * HTTP exactly once (see src/core/http-status.ts, shared by the API and the agent protocol); nothing else picks status codes.
@@ -49,6 +51,11 @@ export class NimbusError extends Error {
   }
 }
 
+/** The options that keep `whole` for administrators and the log when `message` (what anyone reads) leaves some of it out. */
+export function wholeForAdmins(message: string, whole: string): NimbusErrorOptions {
+  return message === whole ? {} : { adminMessage: whole };
+}
+
 const make = (code: ErrorCode) =>
   class extends NimbusError {
     constructor(message: string, details?: Record<string, unknown>, options?: NimbusErrorOptions) {
@@ -85,20 +92,35 @@ export function hasCode(e: unknown, code: ErrorCode): boolean {
   return isNimbusError(e) && e.code === code;
 }
 
-/** Normalise anything thrown into a NimbusError without losing the cause. */
+/**
+ * Normalise anything thrown into a NimbusError without losing the cause. What was not thrown as
+ * one (Node's ENOENT naming '/var/lib/nimbus/…', a connection refused at an address) was written
+ * for no caller: its message without the host paths and address it names, the whole as adminMessage.
+ */
 export function toNimbusError(e: unknown): NimbusError {
   if (e instanceof NimbusError) return e;
-  const message = e instanceof Error ? e.message : String(e);
-  return new NimbusError('Internal', message, undefined, { cause: e });
+  const whole = e instanceof Error ? e.message : String(e);
+  const message = e instanceof Error ? systemErrorWithoutHostNames(e) : redactHostPaths(whole);
+  return new NimbusError('Internal', message, undefined, { cause: e, ...wholeForAdmins(message, whole) });
 }
 
 /**
  * What a caller is told of an error: a system administrator the whole of it (an agent's address
- * included), anyone else `message`, which never carries what only administrators may see.
+ * included), anyone else `message`, which never carries what only administrators may see; and,
+ * as a net under a message that does all the same, no path under this host's roots (redaction.ts).
  */
 export function messageFor(e: unknown, admin: boolean): string {
   const err = toNimbusError(e);
-  return (admin ? err.adminMessage : undefined) ?? err.message;
+  return admin ? (err.adminMessage ?? err.message) : redactHostPaths(err.message);
+}
+
+/**
+ * An error as String(e) shows it (`ConflictError: …`), in the words anyone may read: for what
+ * members read where no caller is at hand (an event's attributes, a record).
+ */
+export function textForAnyone(e: unknown): string {
+  const err = toNimbusError(e);
+  return `${err.name}: ${messageFor(err, false)}`;
 }
 
 /** The error's words for the log: everything (the log is the operator's). */

@@ -19,7 +19,8 @@ import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
 import { compileOptions, type CompiledOptions, type NimbusOptions } from '../core/config.js';
-import { InvalidArgument, Unauthenticated, toNimbusError } from '../core/errors.js';
+import { InvalidArgument, Unauthenticated, logMessage } from '../core/errors.js';
+import { addHostRoots } from '../core/redaction.js';
 import { logger } from '../core/log.js';
 import { certCommonName, certFingerprint, issuedBy, makeKeyAndCsr } from '../core/pki.js';
 import { LocalAgent } from '../agent/local-agent.js';
@@ -139,6 +140,8 @@ export async function startAgentProcess(o: AgentProcessOptions, deps: AgentProce
     mkdirSync(d, { recursive: true, mode: 0o711 });
   }
   const target = listenTarget(o.listen);
+  // its state directory and socket are the host's: what it answers the control plane names neither to members (core/redaction.ts)
+  addHostRoots([options.home, ...('socketPath' in target ? [target.socketPath] : [])]);
   const releaseLock = takePidLock(options.home, 'nimbusd agent');
   let stopping = false;
   let tls: AgentServerTls | undefined;
@@ -246,7 +249,7 @@ async function withRetry<T>(what: string, controlPlane: string, stopped: () => b
         log.error(`the control plane refused the ${what}`, { controlPlane, code: e.code, error: e.message });
         throw e;
       }
-      log.warn(`${what} failed; retrying`, { controlPlane, error: toNimbusError(e).message, retryMs: delay });
+      log.warn(`${what} failed; retrying`, { controlPlane, error: logMessage(e), retryMs: delay });
     }
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(delay * 2, 10_000);

@@ -10,6 +10,7 @@ import { compileOptions, describeStore, type CompiledOptions, type NimbusOptions
 import { newId } from '../core/ids.js';
 import { logger } from '../core/log.js';
 import { InvalidArgument, Unavailable } from '../core/errors.js';
+import { addHostRoots } from '../core/redaction.js';
 import type { Agent } from '../agent/agent.js';
 import type { InstanceStats } from '../agent/drivers/instance-driver.js';
 import { openStore } from '../store/open.js';
@@ -199,6 +200,8 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch
 async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptions, undo: Undo): Promise<RunningDaemon> {
   let state: DaemonState = 'starting';
   const options = compileOptions(overrides);
+  // its state directory and sockets are the host's: no member reads their paths (core/redaction.ts)
+  addHostRoots([options.home, options.socket, options.dockerSocket]);
   const noAgent = launch.noAgent ?? process.env.NIMBUS_NO_AGENT === '1';
   // without an embedded agent nothing runs here: no content store, snapshots or instance directories
   const dirs = noAgent ? [options.home, options.tmpDir] : [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir];

@@ -3,10 +3,11 @@
  * Unary methods are `POST /agent/v1/call/<method>` with `{"args":[...]}` (checked against
  * agent-schemas.ts before dispatch); the streaming ones (logs, pull, console, exec, exit
  * events) have routes of their own. Every request but the hello carries the protocol version
- * the two sides agreed on (PROTOCOL_HEADER). Errors travel as `{"error":{code,message,details?}}`
- * and come out of the client as the same NimbusError.
+ * the two sides agreed on (PROTOCOL_HEADER). Errors travel as `{"error":{code,message,details?,adminMessage?}}`
+ * and come out of the client as the same NimbusError (encodeError, decodeError).
  */
-import { Conflict, ERROR_CODES, NimbusError, toNimbusError, type ErrorCode } from '../../core/errors.js';
+import { Conflict, ERROR_CODES, NimbusError, toNimbusError, wholeForAdmins, type ErrorCode } from '../../core/errors.js';
+import { redactAbsolutePaths, redactHostPaths, redactHostPathsIn, redactStringsIn } from '../../core/redaction.js';
 import type { Agent } from '../agent.js';
 
 /** The URL layout's prefix (kept across protocol versions: the version travels in a header). */
@@ -32,10 +33,12 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * move goes plain). 9: commitContainer (docker commit, COMMIT_SINCE below), the port ranges'
  * hostPortEnd and volume copy-up (PROTOCOL_9 below), and live container moves (LIVE_MOVE_METHODS
  * below: checkpointContainer, exportCheckpoint, importCheckpoint, restoreContainer; the move
- * route's 'checkpoint'; info's `liveMove`). Bump the current one for any change a peer of the
+ * route's 'checkpoint'; info's `liveMove`). 10: an error's `message` is for anyone and its
+ * `adminMessage` for administrators and the log (host paths, runtime paths, addresses:
+ * ERRORS_SPLIT_SINCE below). Bump the current one for any change a peer of the
  * previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 9;
+export const AGENT_PROTOCOL_VERSION = 10;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -392,7 +395,8 @@ export const FAST_PING_SINCE = 5;
 export const NDJSON = 'application/x-ndjson';
 
 export interface WireError {
-  error: { code: ErrorCode; message: string; details?: Record<string, unknown> };
+  /** `message` and `details` are for anyone; `adminMessage` (protocol 10) is the whole, for administrators and the log. */
+  error: { code: ErrorCode; message: string; details?: Record<string, unknown>; adminMessage?: string };
 }
 
 export type AgentEvent = { kind: 'vm-exit'; id: string } | { kind: 'container-exit'; id: string } | { kind: 'ping' };
@@ -400,9 +404,22 @@ export type AgentEvent = { kind: 'vm-exit'; id: string } | { kind: 'container-ex
 /** One line of an exec response: stdout bytes, stderr bytes (base64), then the exit status or an error. */
 export type ExecFrame = { o: string } | { e: string } | { exit: number } | WireError;
 
+/**
+ * An error as it leaves the agent. Its message and details pass this host's net (what a member
+ * may read: no path under its roots, which the control plane does not know); the whole goes as
+ * `adminMessage`, which a control plane of protocol 9 or older leaves unread.
+ */
 export function encodeError(e: unknown): WireError {
   const err = toNimbusError(e);
-  return { error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } };
+  const message = redactHostPaths(err.message);
+  const adminMessage = err.adminMessage ?? (message === err.message ? undefined : err.message);
+  return {
+    error: {
+      code: err.code, message,
+      ...(err.details ? { details: redactHostPathsIn(err.details) } : {}),
+      ...(adminMessage !== undefined ? { adminMessage } : {}),
+    },
+  };
 }
 
 export function isWireError(v: unknown): v is WireError {
@@ -411,13 +428,31 @@ export function isWireError(v: unknown): v is WireError {
 
 const CODES = new Set<string>(ERROR_CODES);
 
-/** A wire error body back into a NimbusError; `fallback` (from the HTTP status) when the body is not one. */
-export function decodeError(body: unknown, fallback: ErrorCode = 'Internal'): NimbusError {
-  if (!isWireError(body) || body.error === null) return new NimbusError(fallback, typeof body === 'string' && body ? body : 'agent request failed');
-  const { code, message, details } = body.error as { code?: unknown; message?: unknown; details?: unknown };
+/** From this version an agent's error message is for anyone, and what only administrators may read travels as `adminMessage`. */
+export const ERRORS_SPLIT_SINCE = 10;
+
+/**
+ * A wire error body back into a NimbusError; `fallback` (from the HTTP status) when the body is
+ * not one. `version`: the one agreed with the agent that sent it (default: the current one). An
+ * agent of protocol 9 or older has one message for everyone, naming its host's paths as they
+ * come: the whole for administrators, and for the rest every absolute path out of it.
+ */
+export function decodeError(body: unknown, fallback: ErrorCode = 'Internal', version: number = AGENT_PROTOCOL_VERSION): NimbusError {
+  const split = version >= ERRORS_SPLIT_SINCE;
+  if (!isWireError(body) || body.error === null) {
+    const text = typeof body === 'string' && body ? body : 'agent request failed';
+    const safe = split ? text : redactAbsolutePaths(text);
+    return new NimbusError(fallback, safe, undefined, wholeForAdmins(safe, text));
+  }
+  const { code, message, details, adminMessage } = body.error as { code?: unknown; message?: unknown; details?: unknown; adminMessage?: unknown };
   const known: ErrorCode = typeof code === 'string' && CODES.has(code) ? (code as ErrorCode) : 'Internal';
   const detailsObj = typeof details === 'object' && details !== null && !Array.isArray(details) ? (details as Record<string, unknown>) : undefined;
-  return new NimbusError(known, typeof message === 'string' ? message : 'agent request failed', detailsObj);
+  const text = typeof message === 'string' ? message : 'agent request failed';
+  if (!split) {
+    const safe = redactAbsolutePaths(text);
+    return new NimbusError(known, safe, detailsObj && redactStringsIn(detailsObj, redactAbsolutePaths), wholeForAdmins(safe, text));
+  }
+  return new NimbusError(known, text, detailsObj, typeof adminMessage === 'string' ? { adminMessage } : {});
 }
 
 /**

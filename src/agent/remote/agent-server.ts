@@ -126,7 +126,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 function sendError(res: ServerResponse, e: unknown, route: string): void {
   const body = encodeError(e);
   const status = HTTP_STATUS[body.error.code];
-  if (status >= 500) log.error('agent request failed', { route, code: body.error.code, error: body.error.message });
+  if (status >= 500) log.error('agent request failed', { route, code: body.error.code, error: body.error.adminMessage ?? body.error.message });
   if (res.headersSent) {
     // mid-stream: in band, as the last record (a console's raw bytes have no band: it just ends)
     if (String(res.getHeader('content-type')) === NDJSON) send(res, body);

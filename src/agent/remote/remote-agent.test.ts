@@ -10,10 +10,12 @@ import https from 'node:https';
 import { Value } from '@sinclair/typebox/value';
 import type { TSchema } from '@sinclair/typebox';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Duplex, PassThrough, type Readable } from 'node:stream';
-import { Conflict, NimbusError, NotFound, hasCode } from '../../core/errors.js';
+import { Conflict, Internal, NimbusError, NotFound, hasCode } from '../../core/errors.js';
+import { addHostRoots } from '../../core/redaction.js';
 import type { Agent, AgentImage, PullOptions, PullProgress, VmCreateRequest } from '../agent.js';
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import { startAgentServer, type AgentServer, type AgentServerOptions, type AgentServerTls } from './agent-server.js';
@@ -326,6 +328,45 @@ test('typed errors keep their code, message and details; others become Internal'
   assert.equal(decodeError({ error: { code: 'Exploded', message: 'boom' } }).code, 'Internal');
   assert.equal(decodeError('Bad Gateway', 'Unavailable').code, 'Unavailable');
   assert.deepEqual(encodeArgs(['a', undefined, 1, undefined, undefined]), ['a', null, 1]);
+});
+
+test('host paths cross the protocol for administrators only: an fs error\'s path, an error\'s adminMessage; an agent of protocol 9 has every absolute path taken out', async (t) => {
+  const dir = tempDir(t);
+  addHostRoots([dir]); // the agent's state directory, as LocalAgent adds its home
+  const missing = path.join(dir, 'containers', 'c-1', 'config.json');
+  const { agent } = makeTarget();
+  Object.assign(agent, {
+    // Node's own error, as a driver's readFile throws it
+    startContainer: async () => readFile(missing),
+    // an error whose message says it all to anyone, and more to administrators
+    removeContainer: async (id: string) => {
+      throw new Conflict(`refusing to remove container ${id}: still mounted`, { id }, { adminMessage: `refusing to remove ${dir}/containers/${id}: still mounted: ${dir}/containers/${id}/rootfs` });
+    },
+    // a message that names a path under the agent's state directory all the same, and details too
+    pauseContainer: async (id: string) => {
+      throw new Internal(`umount ${dir}/containers/${id}/rootfs failed`, { target: `${dir}/containers/${id}/rootfs` });
+    },
+  });
+  const server = await serve(t, agent);
+  const c = await connect(t, server.url);
+  const hidden = (e: NimbusError, what: string) => {
+    assert.ok(!e.message.includes(dir) && !JSON.stringify(e.details ?? {}).includes(dir), `${what}: a member would read ${e.message} ${JSON.stringify(e.details)}`);
+    assert.ok(e.adminMessage?.includes(dir), `${what}: the administrator reads the path: ${String(e.adminMessage)}`);
+  };
+  let e = await rejectsWith(c.startContainer('c-1'), 'Internal', "ENOENT: no such file or directory, open '<host path>'");
+  hidden(e, 'an fs error');
+  assert.equal(e.adminMessage, `ENOENT: no such file or directory, open '${missing}'`);
+  e = await rejectsWith(c.removeContainer('c-1'), 'Conflict', 'refusing to remove container c-1: still mounted');
+  hidden(e, 'an adminMessage');
+  e = await rejectsWith(c.pauseContainer('c-1'), 'Internal', 'umount <host path> failed');
+  hidden(e, 'the net');
+  assert.deepEqual(e.details, { target: '<host path>' });
+  // a control plane of protocol 9 reads the one message; from an agent of protocol 9 every absolute path goes (its roots are unknown here)
+  const legacy = await connect(t, server.url, TOKEN, { protocol: { min: 2, max: 9 } });
+  e = await rejectsWith(legacy.pauseContainer('c-1'), 'Internal', 'umount <host path> failed');
+  assert.equal(decodeError({ error: { code: 'NotFound', message: 'stat /srv/agent-b/containers/c-2/rootfs: no such file', details: { at: '/srv/agent-b' } } }, 'Internal', 9).message, 'stat <host path>: no such file');
+  const old = decodeError({ error: { code: 'NotFound', message: 'stat /srv/agent-b/x: no such file', details: { at: '/srv/agent-b' }, adminMessage: 'not read at 9' } }, 'Internal', 9);
+  assert.deepEqual([old.message, old.details, old.adminMessage], ['stat <host path>: no such file', { at: '<host path>' }, 'stat /srv/agent-b/x: no such file']);
 });
 
 test('a wrong token is Unauthenticated; methods not on the list are NotFound', async (t) => {

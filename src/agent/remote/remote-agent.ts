@@ -13,7 +13,7 @@ import https from 'node:https';
 import type { PeerCertificate } from 'node:tls';
 import { Duplex, PassThrough, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Conflict, InvalidArgument, NimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, type ErrorCode } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { codeForStatus } from '../../core/http-status.js';
 import { drainedOrClosed } from '../../core/streams.js';
@@ -27,6 +27,7 @@ import {
   BUILD_PATH,
   IMAGE_CHAIN_HEADER,
   ATTACH_HEADER,
+  AGENT_PROTOCOL_VERSION,
   COPY_HEADER,
   COPY_STAT_HEADER,
   EXEC_HEADER,
@@ -221,6 +222,8 @@ export class RemoteAgent implements Agent {
   private readonly protocol: ProtocolRange;
   /** The version agreed with the agent (asked once; forgotten when the agent says it no longer speaks it). */
   private negotiated: Promise<number> | undefined;
+  /** The last version agreed, for the errors its answers carry (decodeError); before any: the current one. */
+  private agreed = AGENT_PROTOCOL_VERSION;
 
   private readonly vmExitListeners: Array<(id: string) => void> = [];
   private readonly containerExitListeners: Array<(id: string) => void> = [];
@@ -294,7 +297,13 @@ export class RemoteAgent implements Agent {
     }
     const theirs = body.protocol;
     if (!theirs || !Number.isInteger(theirs.min) || !Number.isInteger(theirs.max)) throw this.unavailable(new Error('hello: the answer names no protocol versions'));
-    return negotiateProtocol(this.protocol, theirs as ProtocolRange, { ours: 'this control plane', theirs: `agent ${this.name}` });
+    this.agreed = negotiateProtocol(this.protocol, theirs as ProtocolRange, { ours: 'this control plane', theirs: `agent ${this.name}` });
+    return this.agreed;
+  }
+
+  /** An error the agent sent, as the NimbusError it was, read at the version agreed (its adminMessage from protocol 10 on). */
+  private agentError(body: unknown, fallback?: ErrorCode): NimbusError {
+    return decodeError(body, fallback, this.agreed);
   }
 
   /** A request at the agreed version (agreed first if need be). */
@@ -338,7 +347,7 @@ export class RemoteAgent implements Agent {
             } catch {
               // not ours (a proxy?): the status and text are all there is
             }
-            const err = decodeError(body, codeForStatus(status));
+            const err = this.agentError(body, codeForStatus(status));
             // the agent was replaced by one of another version: agree again on the next request
             if (err.details?.reason === PROTOCOL_ERROR_REASON) this.negotiated = undefined;
             reject(err);
@@ -530,7 +539,7 @@ export class RemoteAgent implements Agent {
     }
     try {
       for await (const v of ndjsonRecords(res)) {
-        if (isWireError(v)) throw decodeError(v);
+        if (isWireError(v)) throw this.agentError(v);
         yield v as LogRecord;
       }
     } catch (e) {
@@ -559,7 +568,7 @@ export class RemoteAgent implements Agent {
   private async progressThenResult<P, R>(res: IncomingMessage, progress: (p: P) => void, what: string, signal: AbortSignal | undefined): Promise<R> {
     try {
       for await (const v of ndjsonRecords(res)) {
-        if (isWireError(v)) throw decodeError(v);
+        if (isWireError(v)) throw this.agentError(v);
         const line = v as { progress?: P; result?: R };
         if (line.progress) progress(line.progress);
         else if (line.result) return line.result;
@@ -798,7 +807,7 @@ export class RemoteAgent implements Agent {
           if ('o' in f) await writeTo(stdout, Buffer.from(f.o, 'base64'));
           else if ('e' in f) await writeTo(stderr, Buffer.from(f.e, 'base64'));
           else if ('exit' in f) return f.exit;
-          else if (isWireError(f)) throw decodeError(f);
+          else if (isWireError(f)) throw this.agentError(f);
         }
         throw new Error('the exec stream ended without an exit status');
       } catch (e) {

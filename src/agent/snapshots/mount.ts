@@ -6,7 +6,8 @@
 import { readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import { CommandRunner } from '../command-runner.js';
-import { Internal, InvalidArgument } from '../../core/errors.js';
+import { Internal, InvalidArgument, wholeForAdmins, type NimbusError } from '../../core/errors.js';
+import { redactAbsolutePaths } from '../../core/redaction.js';
 import { logger } from '../../core/log.js';
 import type { MountSpec } from './snapshotter.js';
 
@@ -128,14 +129,19 @@ function hostCommand(program: 'mount' | 'umount', args: string[], cwd?: string):
   return hostShells().runOrSpawn(program, args, cwd);
 }
 
+/**
+ * A failed mount or umount. Every path in its arguments and words is one of the host's (snapshot
+ * directories, a container's rootfs): anyone reads it with them replaced, administrators and the
+ * log read it whole (adminMessage).
+ */
+function mountFailure(whole: string): NimbusError {
+  const message = redactAbsolutePaths(whole);
+  return new Internal(message, undefined, wholeForAdmins(message, whole));
+}
+
 async function mountCmd(args: string[], cwd?: string): Promise<void> {
   const r = await hostCommand('mount', args, cwd);
-  if (r.code !== 0) {
-    throw new Internal(`mount ${args.join(' ')} failed (exit ${r.code}): ${r.output.trim()}`, {
-      args,
-      cwd,
-    });
-  }
+  if (r.code !== 0) throw mountFailure(`mount ${args.join(' ')}${cwd ? ` (in ${cwd})` : ''} failed (exit ${r.code}): ${r.output.trim()}`);
 }
 
 /** Mount one spec at target. */
@@ -216,7 +222,7 @@ export async function unmount(target: string, opts: { retries?: number } = {}): 
   log.warn('unmount busy; detaching lazily', { target, error: last });
   const r = await hostCommand('umount', ['-l', '--', target]);
   if (r.code !== 0 && (await isMounted(target))) {
-    throw new Internal(`umount ${target} failed: ${r.output.trim() || last}`, { target });
+    throw mountFailure(`umount ${target} failed: ${r.output.trim() || last}`);
   }
 }
 
@@ -228,5 +234,5 @@ export async function unmountAll(target: string): Promise<void> {
     if (next === undefined) return;
     await unmount(next);
   }
-  throw new Internal(`could not unmount everything at ${target}`, { target });
+  throw mountFailure(`could not unmount everything at ${target}`);
 }

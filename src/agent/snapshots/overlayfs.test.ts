@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { hasCode } from '../../core/errors.js';
+import { hasCode, type NimbusError } from '../../core/errors.js';
 import { MAX_LAYERS, OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
 import { mountAll, mountsUnder, unmountAll } from './mount.js';
 // the conformance suite runs over the registry (registry.test.ts)
@@ -40,6 +40,28 @@ describe('overlayfs specifics', () => {
       const lower = p?.options.find((o) => o.startsWith('lowerdir='));
       assert.equal(lower, `lowerdir=${dir}/snapshots/2/fs:${dir}/snapshots/1/fs`);
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a failed mount names no snapshot directory in its message (a member may read it); its adminMessage does', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-fail-'));
+    try {
+      const sn = new OverlaySnapshotter(dir);
+      await sn.prepare('a');
+      await sn.commit('A', 'a');
+      const mounts = await sn.prepare('p', 'A');
+      // its lower directory gone: the overlay mount fails
+      await rm(path.join(dir, 'snapshots', '1', 'fs'), { recursive: true });
+      const target = path.join(dir, 'mnt');
+      await mkdir(target);
+      const err = await mountAll(mounts, target).then(() => assert.fail('mounted'), (e: unknown) => e as NimbusError);
+      assert.ok(hasCode(err, 'Internal'), String(err));
+      assert.match(err.message, /^mount -t overlay .*failed \(exit \d+\)/);
+      assert.ok(!err.message.includes(dir) && !JSON.stringify(err.details ?? {}).includes(dir), `${err.message} ${JSON.stringify(err.details)}`);
+      assert.ok(err.adminMessage?.includes(`lowerdir=${dir}/snapshots/1/fs`), String(err.adminMessage));
+    } finally {
+      await unmountAll(path.join(dir, 'mnt'));
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -20,6 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, mkdtemp, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound } from '../../core/errors.js';
+import { addHostRoots } from '../../core/redaction.js';
 import { logger } from '../../core/log.js';
 import { run } from '../../core/exec.js';
 import { spreadSubdirectories } from '../spread-directories.js';
@@ -105,6 +106,8 @@ export abstract class DirSnapshotter implements Snapshotter {
     // ',' and ':' would break overlay option strings; keep the rule for every implementation.
     if (/[,:\n\\]/.test(abs)) throw new InvalidArgument(`snapshotter root must not contain , : \\ or newlines: ${abs}`);
     this.root = abs;
+    // its layers' and snapshots' directories are the host's: no member reads their paths (core/redaction.ts)
+    addHostRoots([abs]);
   }
 
   /** Fill a new snapshot's fs dir (overlay: nothing; native: copy of the parent). */
@@ -135,7 +138,7 @@ export abstract class DirSnapshotter implements Snapshotter {
     try {
       const parsed = JSON.parse(await readFile(this.metaPath, 'utf8')) as MetadataFile;
       if (parsed.version !== 1 || typeof parsed.nextId !== 'number' || typeof parsed.snapshots !== 'object') {
-        throw new Internal(`unrecognised snapshot metadata in ${this.metaPath}`);
+        throw new Internal('unrecognised snapshot metadata', undefined, { adminMessage: `unrecognised snapshot metadata in ${this.metaPath}` });
       }
       meta = parsed;
     } catch (e) {

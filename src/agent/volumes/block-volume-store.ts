@@ -20,7 +20,8 @@
 import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
+import { Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted, wholeForAdmins } from '../../core/errors.js';
+import { redactAbsolutePaths } from '../../core/redaction.js';
 import { run } from '../../core/exec.js';
 import { logger } from '../../core/log.js';
 import { replaceStateFile } from '../../core/state-files.js';
@@ -77,8 +78,11 @@ async function qemuImg(args: string[], what: string): Promise<string> {
   const r = await run('qemu-img', args, { timeoutMs: 600_000 });
   if (r.code === 0) return r.stdout;
   const msg = (r.stderr || r.stdout).trim();
-  if (/lock/i.test(msg)) throw new Conflict(`${what}: the disk is in use by a running VM (${msg.split('\n')[0]})`);
-  throw new Internal(`qemu-img ${args.join(' ')} failed (exit ${r.code}): ${msg}`);
+  // qemu-img's words name the volume's host files: its owner reads them without, administrators whole
+  const locked = /lock/i.test(msg);
+  const whole = locked ? `${what}: the disk is in use by a running VM (${msg.split('\n')[0]})` : `qemu-img ${args.join(' ')} failed (exit ${r.code}): ${msg}`;
+  const message = redactAbsolutePaths(whole);
+  throw new (locked ? Conflict : Internal)(message, undefined, wholeForAdmins(message, whole));
 }
 
 interface ImgInfo {

@@ -13,7 +13,8 @@
  */
 import { mkdir, open, readFile, readdir, realpath, rm, statfs } from 'node:fs/promises';
 import path from 'node:path';
-import { Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
+import { Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted, wholeForAdmins } from '../../core/errors.js';
+import { redactAbsolutePaths } from '../../core/redaction.js';
 import { run } from '../../core/exec.js';
 import { logger } from '../../core/log.js';
 import { replaceStateFile } from '../../core/state-files.js';
@@ -72,7 +73,12 @@ function checkId(id: string): void {
 
 async function sh(file: string, args: string[]): Promise<void> {
   const r = await run(file, args, { timeoutMs: 120_000 });
-  if (r.code !== 0) throw new Internal(`${file} ${args.join(' ')} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim()}`);
+  if (r.code !== 0) {
+    // a host tool on the volume's host files: the volume's owner reads it without their paths, administrators whole
+    const whole = `${file} ${args.join(' ')} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim()}`;
+    const message = redactAbsolutePaths(whole);
+    throw new Internal(message, undefined, wholeForAdmins(message, whole));
+  }
 }
 
 export class VolumeStore {

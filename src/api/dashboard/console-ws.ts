@@ -14,7 +14,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { PassThrough } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError, type NimbusError } from '../../core/errors.js';
+import { InvalidArgument, isNimbusError, messageFor, NotFound, PermissionDenied, toNimbusError, type NimbusError } from '../../core/errors.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { logger } from '../../core/log.js';
 import type { Services } from '../../control/services.js';
@@ -78,6 +78,8 @@ export function consoleUpgrade(routes: Route[], services: Services, streams: Ope
     handleProtocols: (protocols) => (protocols.has(CONSOLE_PROTOCOL) ? CONSOLE_PROTOCOL : false),
   });
   const handle = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // an administrator's errors say everything (messageFor); the caller is not known yet
+    let admin = false;
     void (async () => {
       const [path = '', search = ''] = (req.url ?? '/').split('?', 2);
       const m = PATH.exec(path);
@@ -88,6 +90,7 @@ export function consoleUpgrade(routes: Route[], services: Services, streams: Ope
       const token = offered.find((p) => p.startsWith(TOKEN_PROTOCOL_PREFIX))?.slice(TOKEN_PROTOCOL_PREFIX.length);
       if (token) req.headers.authorization = `Bearer ${token}`;
       const principal = await authenticate(req, 'tcp', services);
+      admin = principal?.systemAdmin === true;
       const rawParams = { id: decodeComponent(m[1]!, 'path parameter "id"') };
       const rawQuery = parseQuery(search);
       const auth = await authorize(route, principal, services, { params: rawParams, rawQuery, body: undefined });
@@ -130,7 +133,7 @@ export function consoleUpgrade(routes: Route[], services: Services, streams: Ope
     })().catch((e: unknown) => {
       const err = toNimbusError(e);
       if (!isNimbusError(e)) log.error('console WebSocket failed', { error: String(e) });
-      refuse(socket, HTTP_STATUS[err.code], err.message);
+      refuse(socket, HTTP_STATUS[err.code], messageFor(err, admin));
     });
   };
   return {

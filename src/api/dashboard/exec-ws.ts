@@ -25,7 +25,7 @@ import type { Duplex } from 'node:stream';
 import { Type } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import { Conflict, InvalidArgument, isNimbusError, NotFound, PermissionDenied, toNimbusError, Unauthenticated } from '../../core/errors.js';
+import { Conflict, InvalidArgument, isNimbusError, messageFor, NotFound, PermissionDenied, toNimbusError, Unauthenticated } from '../../core/errors.js';
 import { HTTP_STATUS } from '../../core/http-status.js';
 import { logger } from '../../core/log.js';
 import { MAX_ARGV_ENV_TOTAL } from '../../core/limits.js';
@@ -80,6 +80,8 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
   const pathOf = (req: IncomingMessage) => (req.url ?? '/').split('?', 1)[0]!;
 
   const handle = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // an administrator's errors say everything (messageFor); the caller is not known yet
+    let admin = false;
     void (async () => {
       const [path = '', search = ''] = (req.url ?? '/').split('?', 2);
       const attaching = ATTACH_WS_PATH.test(path);
@@ -93,6 +95,7 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
       if (token) req.headers.authorization = `Bearer ${token}`;
       const principal = await authenticate(req, transport, services);
       if (!principal) throw new Unauthenticated('authentication required: send a token (a browser: as the subprotocol nimbus-token.<token>)');
+      admin = principal.systemAdmin === true;
       const rawParams = { id: decodeComponent(m[1]!, 'path parameter "id"') };
       const rawQuery = parseQuery(search);
       const auth = await authorize(route, principal, services, { params: rawParams, rawQuery, body: undefined });
@@ -125,12 +128,12 @@ export function execUpgrade(routes: Route[], services: Services, transport: Tran
           if (!session.stdout.readableEnded) session.stdout.destroy();
         });
         ws.once('close', letGo);
-        bridge(ws, session, id, framed);
+        bridge(ws, session, id, framed, admin);
       });
     })().catch((e: unknown) => {
       const err = toNimbusError(e);
       if (!isNimbusError(e)) log.error('exec WebSocket failed', { error: String(e) });
-      refuse(socket, HTTP_STATUS[err.code], err.message);
+      refuse(socket, HTTP_STATUS[err.code], messageFor(err, admin));
     });
   };
   return {
@@ -194,7 +197,7 @@ async function attachSession(services: Services, id: string, q: { rows: number; 
  * The session's terminal to the WebSocket and back, until the command ends or the client goes.
  * `framed`: a process without a terminal, its stdout and stderr apart (STREAM_BYTE first).
  */
-function bridge(ws: WebSocket, session: ExecSession, id: string, framed = false): void {
+function bridge(ws: WebSocket, session: ExecSession, id: string, framed: boolean, admin: boolean): void {
   const out = session.stdout;
   if (framed) {
     session.stderr.on('data', (b: Buffer) => {
@@ -265,7 +268,7 @@ function bridge(ws: WebSocket, session: ExecSession, id: string, framed = false)
     (e: unknown) => {
       if (ws.readyState !== ws.OPEN) return;
       const err = toNimbusError(e);
-      ws.send(JSON.stringify({ error: { code: err.code, message: err.message } }));
+      ws.send(JSON.stringify({ error: { code: err.code, message: messageFor(err, admin) } }));
       ws.close(1011, 'exec failed');
     },
   );

@@ -18,7 +18,7 @@
  * the settings (host-settings.ts), reachability (host-reach.ts), facts (host-facts.ts) and how
  * a host is shown (host-summary.ts).
  */
-import { Conflict, NotFound, toNimbusError } from '../../core/errors.js';
+import { Conflict, NotFound, logMessage } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent, AgentInfo } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
@@ -127,7 +127,7 @@ export class AgentDirectory implements HostSource {
     await d.readRecords();
     const every = opts.refreshIntervalMs ?? HOST_REFRESH_INTERVAL_MS;
     if (every > 0) {
-      const refresh = () => d.refresh().catch((e: unknown) => log.warn('host refresh failed', { error: toNimbusError(e).message }));
+      const refresh = () => d.refresh().catch((e: unknown) => log.warn('host refresh failed', { error: logMessage(e) }));
       const tick = () => void refresh();
       d.firstRefresh = refresh().finally(() => (d.firstRefresh = undefined));
       d.timer = setInterval(tick, every);
@@ -309,7 +309,7 @@ export class AgentDirectory implements HostSource {
     try {
       await this.readRecords();
     } catch (e) {
-      log.warn('host rows could not be read', { error: toNimbusError(e).message });
+      log.warn('host rows could not be read', { error: logMessage(e) });
     }
     const hosts = this.hostNames();
     await Promise.all((names ?? hosts).filter((n) => hosts.includes(n)).map((n) => this.ask(n)));
@@ -336,7 +336,7 @@ export class AgentDirectory implements HostSource {
         this.candidatesMemo = undefined;
       }
     } catch (e) {
-      log.warn('host facts could not be stored', { host: name, error: toNimbusError(e).message });
+      log.warn('host facts could not be stored', { host: name, error: logMessage(e) });
     }
   }
 

@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openStore } from '../../store/open.js';
@@ -185,6 +186,20 @@ for (const step of ['importContainerLayer', 'importVolume', 'createContainer', '
     assert.ok(w.seen.some((e) => e.type === 'container' && e.id === c.id && e.action === 'move-failed'));
   });
 }
+
+test('a move that fails on a host error naming a host path: the container\'s event (its project reads it) names none', async (t) => {
+  const w = await world(t);
+  const c = await w.run({ name: 'pathless' });
+  w.local.layers.set(c.id, Buffer.from('layer'));
+  const missing = '/var/lib/nimbus-move-test/snapshots/12/fs';
+  // Node's own error, as an embedded agent's fs call throws it
+  w.b.failNext('importContainerLayer', await readFile(missing).then(() => assert.fail('read'), (e: unknown) => e as Error));
+  await assert.rejects(w.containers.move(c.id, 'b'));
+  const failed = w.seen.find((e) => e.type === 'container' && e.id === c.id && e.action === 'move-failed');
+  const error = String(failed?.attributes?.error);
+  assert.match(error, /ENOENT/);
+  assert.ok(!error.includes(missing), error);
+});
 
 test('bytes that arrive other than they left (DataLoss) roll back', async (t) => {
   const w = await world(t);

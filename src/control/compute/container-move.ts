@@ -19,7 +19,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { Conflict, DataLoss, Internal, InvalidArgument, NotFound, Unavailable } from '../../core/errors.js';
+import { Conflict, DataLoss, Internal, InvalidArgument, NotFound, Unavailable, logMessage, textForAnyone } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest, TreeImportResult } from '../../agent/agent.js';
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
@@ -476,7 +476,7 @@ async function rollBack(
       deps.publish(rec, 'start', { pid: rec.pid });
     }, warn('starting it again at the source'));
   } else if (r.wasRunning && now && now.status !== 'running') await deps.start(c.id).catch(warn('starting it again at the source'));
-  if (now) deps.publish(now, 'move-failed', { from, to, phase: r.failedIn, error: String(r.error) });
-  log.warn('container move rolled back', { id: c.id, from, to, phase: r.failedIn, error: String(r.error) });
+  if (now) deps.publish(now, 'move-failed', { from, to, phase: r.failedIn, error: textForAnyone(r.error) });
+  log.warn('container move rolled back', { id: c.id, from, to, phase: r.failedIn, error: logMessage(r.error) });
 }
 

@@ -21,7 +21,7 @@
  * the scheduler's claim moves to the new host with its capacity check; addresses are kept (the
  * leases are the record's), and the overlay's forwarding entries follow it.
  */
-import { Conflict } from '../../core/errors.js';
+import { Conflict, logMessage, textForAnyone } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
@@ -276,8 +276,8 @@ export class HealingService {
       } catch (e) {
         this.lastAttempt.set(c.id, this.clock());
         this.stats.failed++;
-        log.warn('rebuilding a container of a host that does not answer failed', { id: c.id, name: c.name, host, error: String(e) });
-        this.deps.publish(c, 'heal-failed', { host, error: String(e) });
+        log.warn('rebuilding a container of a host that does not answer failed', { id: c.id, name: c.name, host, error: logMessage(e) });
+        this.deps.publish(c, 'heal-failed', { host, error: textForAnyone(e) });
       }
     }
   }
@@ -305,8 +305,8 @@ export class HealingService {
       } catch (e) {
         this.lastAttempt.set(v.id, this.clock());
         this.stats.failed++;
-        log.warn('rebuilding an --ha VM of a host that does not answer failed', { id: v.id, name: v.name, host, error: String(e) });
-        vmEvent('heal-failed', { error: String(e) });
+        log.warn('rebuilding an --ha VM of a host that does not answer failed', { id: v.id, name: v.name, host, error: logMessage(e) });
+        vmEvent('heal-failed', { error: textForAnyone(e) });
       }
     }
   }

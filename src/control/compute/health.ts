@@ -10,6 +10,7 @@
  * shows. A probe over its timeout counts as failed (exit -1); its process is left to end by
  * itself (exec has no kill yet).
  */
+import { textForAnyone } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { ContainerHealth, ContainerRecord, HealthcheckConfig, HealthProbe } from '../../store/records.js';
 import type { Store } from '../../store/store.js';
@@ -142,7 +143,8 @@ export class HealthMonitor {
       output = exitCode === -1 ? `Health check exceeded timeout (${timeoutMs / 1000}s)` : Buffer.concat(chunks).toString('utf8');
     } catch (e) {
       exitCode = -1;
-      output = `the health check could not run: ${String(e)}`.slice(0, MAX_OUTPUT);
+      // the container's record (its project reads it): the words anyone may read
+      output = `the health check could not run: ${textForAnyone(e)}`.slice(0, MAX_OUTPUT);
     }
     if (this.runs.get(id) !== run) return; // stopped or restarted meanwhile: this run's probe no longer counts
     const probe: HealthProbe = { start: new Date(started).toISOString(), end: new Date(this.now()).toISOString(), exitCode, output };

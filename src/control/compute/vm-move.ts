@@ -6,7 +6,7 @@
  * failure; the boot images go to the destination first; the record names the destination only
  * once the VM runs there; quota is unchanged.
  */
-import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NotFound, textForAnyone } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { VmCreateRequest, VmHostState, VmMigrationSpec } from '../../agent/agent.js';
 import { migrateLive, type MigrationReport } from '../../agent/migration.js';
@@ -178,7 +178,8 @@ export async function migrateVm(deps: VmMoveDeps, idOrName: string, to: string, 
       },
       {
         ...(opts.maxDowntimeMs !== undefined ? { maxDowntimeMs: opts.maxDowntimeMs } : {}),
-        failed: (e) => deps.publish(cur, 'migrate-failed', { from, to, error: String(e) }),
+        // the VM's project reads its events: QEMU's words without the destination's address, no host path
+        failed: (e) => deps.publish(cur, 'migrate-failed', { from, to, error: textForAnyone(e) }),
       },
     ).catch(async (e: unknown) => {
       // the guest goes on at the source (or, if the record moved, where it says): the claim follows the record

@@ -2,7 +2,7 @@
  * Images as the control plane sees them: a project's references (and tags) to
  * content shared host-wide. Bytes and snapshots live on the agent.
  */
-import { Conflict, InvalidArgument, NimbusError, Unavailable, hasCode, toNimbusError } from '../../core/errors.js';
+import { Conflict, InvalidArgument, NimbusError, Unavailable, hasCode, logMessage, toNimbusError } from '../../core/errors.js';
 import { NO_NAMED_REGISTRIES, type NamedRegistries } from '../../core/config.js';
 import { logger } from '../../core/log.js';
 import { parseReference } from '../../core/image-reference.js';
@@ -157,7 +157,7 @@ export class ImageService {
         lastError = new NimbusError(err.code, `carrying image ${short} from host ${source} to host ${host}: ${err.message}`, { ...err.details, image: img.digest, source, host }, { cause: e });
         // the holder lost it or went away: another may have it; anything else (the target refused it) is final
         if (!(hasCode(e, 'NotFound') || hasCode(e, 'Unavailable'))) throw lastError;
-        log.warn('carrying an image failed; trying another holder', { image: img.digest, from: source, to: host, error: err.message });
+        log.warn('carrying an image failed; trying another holder', { image: img.digest, from: source, to: host, error: logMessage(err) });
       }
     }
     throw lastError!;

@@ -4,9 +4,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Conflict } from '../../core/errors.js';
 import { openStore } from '../../store/open.js';
 import type { OperationRepo, Store } from '../../store/store.js';
 import { EventBus } from '../events/event-bus.js';
@@ -171,4 +173,18 @@ test('operations: a wait on another replica\'s operation wakes on its end event,
   const t0 = Date.now();
   assert.equal((await b.wait(op3.id, 30_000, ac.signal)).status, 'running');
   assert.ok(Date.now() - t0 < 1_000);
+});
+
+test('operations: a failed operation\'s record (its project\'s members read it) names no host path; the error thrown keeps it for administrators', async (t) => {
+  const { ops } = await setup(t);
+  const missing = '/var/lib/nimbus-ops-test/images/upload-1/layer.tar';
+  // Node's own error through an agent call, and a typed error whose whole text is the administrators'
+  const op = await ops.start('test.work', 'target', 'p1', async () => readFile(missing));
+  const done = await ops.wait(op.id, 5000);
+  assert.equal(done.status, 'failed');
+  assert.equal(done.error?.message, "ENOENT: no such file or directory, open '<host path>'");
+  const op2 = await ops.start('test.work', 'target', 'p1', async () => {
+    throw new Conflict('refusing to remove container c1: still mounted', { id: 'c1' }, { adminMessage: 'refusing to remove /var/lib/nimbus/containers/c1: still mounted: /var/lib/nimbus/containers/c1/rootfs' });
+  });
+  assert.deepEqual((await ops.wait(op2.id, 5000)).error, { code: 'Conflict', message: 'refusing to remove container c1: still mounted' });
 });

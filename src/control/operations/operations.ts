@@ -8,7 +8,7 @@
  * the operations of replicas that are gone (failInterrupted).
  */
 import { newId } from '../../core/ids.js';
-import { NotFound, logMessage, toNimbusError } from '../../core/errors.js';
+import { NotFound, logMessage, messageFor, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Store } from '../../store/store.js';
 import type { OperationRecord } from '../../store/records.js';
@@ -120,8 +120,8 @@ export class OperationService {
       } catch (e) {
         const err = toNimbusError(e);
         log.warn('operation failed', { id: rec.id, kind, target, code: err.code, error: logMessage(err) });
-        // the project's members read the operation: the words any caller may see (an agent's address is in the log)
-        return await this.finish(rec, { status: 'failed', error: { code: err.code, message: err.message }, progress: latest });
+        // the project's members read the operation: the words any caller may see (an agent's address, a host path are in the log)
+        return await this.finish(rec, { status: 'failed', error: { code: err.code, message: messageFor(err, false) }, progress: latest });
       }
     })();
     this.done.set(rec.id, finished);

@@ -14,7 +14,8 @@ import { constants as fsConstants, openSync } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { Internal } from '../../../core/errors.js';
+import { Internal, wholeForAdmins } from '../../../core/errors.js';
+import { redactAbsolutePaths, redactHostPaths, systemErrorWithoutHostNames } from '../../../core/redaction.js';
 import { removeStateFile } from '../../../core/state-files.js';
 import { CommandRunner, launchable, type LaunchOptions } from '../../command-runner.js';
 import type { LogRecord } from '../instance-driver.js';
@@ -106,9 +107,11 @@ export async function launchConmon(o: ConmonOptions): Promise<ConmonLaunched> {
   const shell = placeFifo && stderrPath ? shellLaunch(o, stderrPath) : undefined;
   const result = placeFifo && shell && launchable(o.conmonPath, args, shell) ? await launchFromShell(o, args, shell, placeFifo) : await launchFromDaemon(o, args);
   if (result.data < 0) {
-    throw new Internal(`${o.runtimePath} ${o.restore ? 'restore' : 'create'} ${o.id} failed: ${(result.message ?? '').trim() || 'unknown error'}`, {
-      id: o.id,
-    });
+    // the container's owner reads it: the runtime by name and its words without this host's paths; all of it for administrators
+    const failed = `${o.restore ? 'restore' : 'create'} ${o.id} failed: `;
+    const said = (result.message ?? '').trim() || 'unknown error';
+    const message = `${path.basename(o.runtimePath)} ${failed}${redactHostPaths(said)}`;
+    throw new Internal(message, { id: o.id }, wholeForAdmins(message, `${o.runtimePath} ${failed}${said}`));
   }
   const conmonPid = await readPidFile(o.conmonPidFile);
   return { pid: result.data, conmonPid: conmonPid ?? -1 };
@@ -144,7 +147,10 @@ async function launchFromShell(o: ConmonOptions, args: string[], shell: LaunchOp
     const launched = await conmonShells().launch(o.conmonPath, args, shell);
     if (launched.code !== 0) {
       const said = (await readFile(shell.stderrFile, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join('; ');
-      throw new Internal(`cannot run conmon for ${o.id}: exit ${launched.code}${launched.output.trim() ? `: ${launched.output.trim()}` : ''}${said ? ` (${said})` : ''}`);
+      const whole = `cannot run conmon for ${o.id}: exit ${launched.code}${launched.output.trim() ? `: ${launched.output.trim()}` : ''}${said ? ` (${said})` : ''}`;
+      // conmon's and the shell's words are about this host: every path in them is one of its own
+      const message = redactAbsolutePaths(whole);
+      throw new Internal(message, { id: o.id }, wholeForAdmins(message, whole));
     }
     return await message;
   } finally {
@@ -213,7 +219,10 @@ async function launchFromDaemon(o: ConmonOptions, args: string[]): Promise<{ dat
     start.on('error', () => undefined);
     try {
       const message = readSyncMessage(sync, o, () => exited);
-      const failed = new Promise<never>((_, reject) => child.on('error', (e) => reject(new Internal(`cannot run conmon: ${e.message}`, undefined, { cause: e }))));
+      const failed = new Promise<never>((_, reject) => child.on('error', (e) => {
+        const message = `cannot run conmon: ${systemErrorWithoutHostNames(e)}`;
+        reject(new Internal(message, undefined, { cause: e, ...wholeForAdmins(message, `cannot run conmon: ${e.message}`) }));
+      }));
       start.write(Buffer.from([0]));
       return await Promise.race([message, failed]);
     } finally {

@@ -4,6 +4,7 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile, ac
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
+import { NimbusError } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { mountsUnder } from '../../snapshots/mount.js';
 import type { InstanceSpec } from '../instance-driver.js';
@@ -355,6 +356,38 @@ if (runcReason) {
         assert.equal(err.message, cold.message, 'the same answer on both paths');
       } finally {
         await d.delete(warm);
+      }
+    });
+
+    test('host paths stay out of an error\'s message (a member reads it), and in its adminMessage: a create the runtime fails, a removal refused while mounted', async () => {
+      const names = (e: NimbusError, what: string) => {
+        for (const hostName of [env.base, '/usr/', '/sbin/', '/bin/runc']) assert.ok(!e.message.includes(hostName), `${what}: the message names ${hostName}: ${e.message}`);
+        assert.ok(!JSON.stringify(e.details ?? {}).includes(env.base), `${what}: the details name a host path: ${JSON.stringify(e.details)}`);
+        assert.ok(e.adminMessage?.includes(env.base), `${what}: the adminMessage keeps the path: ${String(e.adminMessage)}`);
+      };
+      // the runtime fails the create: a bind mount whose source is missing on the host
+      const missing = path.join(env.stateDir, 'no-such-volume');
+      const failed = freshId('hostpath');
+      const err = await d.create(await env.make(failed, ['true']), { mounts: [{ destination: '/data', type: 'bind', source: missing, options: ['rbind'] }] })
+        .then(() => assert.fail('created'), (e: unknown) => e as NimbusError);
+      assert.ok(err instanceof NimbusError, String(err));
+      assert.match(err.adminMessage ?? '', /\/runc create/, 'the administrator reads the runtime\'s path');
+      assert.match(err.message, /^runc create /, err.message);
+      names(err, 'the failed create');
+      assert.ok(!(await d.list()).includes(failed), 'a failed create leaves nothing');
+      // a removal refused: something is still mounted in the container's directory
+      const id = freshId('stillmounted');
+      await d.create(await env.make(id, ['true']));
+      const extra = path.join(env.stateDir, 'containers', id, 'extra');
+      await mkdir(extra);
+      await run('mount', ['-t', 'tmpfs', 'tmpfs', extra]);
+      try {
+        const refused = await d.delete(id).then(() => assert.fail('removed'), (e: unknown) => e as NimbusError);
+        assert.match(refused.message, new RegExp(`refusing to remove container ${id}: still mounted`), refused.message);
+        names(refused, 'the refused removal');
+      } finally {
+        await run('umount', [extra]);
+        await d.delete(id);
       }
     });
 

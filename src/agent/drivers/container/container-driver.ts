@@ -15,6 +15,7 @@ import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import path from 'node:path';
 import { Conflict, Internal, hasCode } from '../../../core/errors.js';
+import { addHostRoots } from '../../../core/redaction.js';
 import type { Implementation } from '../../../core/registry.js';
 import { DEFAULT_CGROUP_PARENT, readFrozen, releaseCgroupMemory, removeCgroup, type CgroupPaths } from '../../cgroups/cgroups.js';
 import { isMounted, mountsUnder, unmountAll } from '../../snapshots/mount.js';
@@ -78,6 +79,8 @@ export class ContainerDriver implements InstanceDriver {
 
   constructor(opts: ContainerDriverOptions) {
     this.stateDir = path.resolve(opts.stateDir);
+    // its bundles, rootfs mounts and runtime state are the host's: no member reads their paths (core/redaction.ts)
+    addHostRoots([this.stateDir]);
     this.conmonPathOpt = opts.conmonPath;
     this.fifos = new FifoStock(path.join(this.stateDir, 'fifo-stock'));
     this.syncFifos = new FifoStock(path.join(this.stateDir, 'sync-fifo-stock'), '0600');
@@ -356,7 +359,7 @@ export class ContainerDriver implements InstanceDriver {
     if (meta) await removeCgroup(await this.cgroups.of(meta));
     await removeStateFile(store.exitFile(id));
     const left = await mountsUnder(dir);
-    if (left.length) throw new Internal(`refusing to remove ${dir}: still mounted: ${left.join(', ')}`, { id });
+    if (left.length) throw new Internal(`refusing to remove container ${id}: still mounted (${left.length} mount${left.length === 1 ? '' : 's'} in its directory)`, { id }, { adminMessage: `refusing to remove ${dir}: still mounted: ${left.join(', ')}` });
     await rm(dir, { recursive: true, force: true });
     this.exits.forget(id);
     this.warm.forget(id);

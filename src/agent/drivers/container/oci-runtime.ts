@@ -11,7 +11,8 @@ import { access, constants, copyFile, mkdir, mkdtemp, open, readFile, rm, symlin
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
-import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, Unavailable, hasCode, type NimbusError } from '../../../core/errors.js';
+import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, Unavailable, hasCode, wholeForAdmins, type NimbusError } from '../../../core/errors.js';
+import { redactAbsolutePaths, redactHostPaths } from '../../../core/redaction.js';
 import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { processAlive } from '../../../core/proc.js';
@@ -78,21 +79,23 @@ export function runtimeMessage(stderr: string): string {
   return msgs.join('; ') || stderr.trim();
 }
 
-/** Map a runtime failure to a typed error. */
+/** Map a runtime failure to a typed error: its words without this host's paths, all of them for administrators. */
 export function mapRuntimeError(runtime: string, op: string, id: string, stderr: string, code: number): NimbusError {
   const msg = runtimeMessage(stderr);
   const details = { runtime, op, id, exitCode: code };
-  const text = `${runtime} ${op} ${id}: ${msg}`;
+  const whole = `${runtime} ${op} ${id}: ${msg}`;
+  const text = redactHostPaths(whole);
+  const options = wholeForAdmins(text, whole);
   // crun's start of a container started already: its exec fifo is gone (runc says "cannot start")
-  if (op === 'start' && /exec\.fifo`?: No such file/i.test(msg)) return new Conflict(`${runtime} start ${id}: the container is not in the created state`, details);
+  if (op === 'start' && /exec\.fifo`?: No such file/i.test(msg)) return new Conflict(`${runtime} start ${id}: the container is not in the created state`, details, { adminMessage: whole });
   if (/does not exist|not found|no such file or directory/i.test(msg) && !/exec:|executable file/i.test(msg)) {
-    return new NotFound(text, details);
+    return new NotFound(text, details, options);
   }
-  if (/already exists|with id exists|exists already/i.test(msg)) return new AlreadyExists(text, details);
+  if (/already exists|with id exists|exists already/i.test(msg)) return new AlreadyExists(text, details, options);
   if (/not running|not paused|that has stopped|is not stopped|not stopped|cannot (start|pause|resume|kill|delete)|in state|is paused|already running|container is running|is already/i.test(msg)) {
-    return new Conflict(text, details);
+    return new Conflict(text, details, options);
   }
-  return new Internal(text, details);
+  return new Internal(text, details, options);
 }
 
 /**
@@ -105,9 +108,9 @@ const REQUEST_FAULT = /exec: "|executable file not found|exec format error|argum
 /** A runtime's create failure caused by the request, as InvalidArgument with the runtime's message; undefined for the rest. */
 export function requestFault(e: unknown): NimbusError | undefined {
   if (!hasCode(e, 'Internal')) return undefined;
-  const message = (e as Error).message;
+  const { message, details, adminMessage } = e as NimbusError;
   if (!REQUEST_FAULT.test(message)) return undefined;
-  return new InvalidArgument(message.replace(/^\S*\/(runc|crun) create \S+ failed: /, '$1: '), { ...(e as NimbusError).details }, { cause: e });
+  return new InvalidArgument(message.replace(/^(?:\S*\/)?(runc|crun) create \S+ failed: /, '$1: '), { ...details }, { cause: e, ...(adminMessage !== undefined ? { adminMessage } : {}) });
 }
 
 export interface ExecOptions {
@@ -249,7 +252,8 @@ export class OciRuntime {
         name: 'xterm', cols: size.cols, rows: size.rows, cwd: '/', env: process.env as Record<string, string>, encoding: null,
       });
     } catch (e) {
-      throw new Internal(`${this.name} exec ${id} on a terminal: ${(e as Error).message}`, { id }, { cause: e });
+      const message = `${this.name} exec ${id} on a terminal: ${redactAbsolutePaths((e as Error).message)}`;
+      throw new Internal(message, { id }, { cause: e, ...wholeForAdmins(message, `${this.name} exec ${id} on a terminal: ${(e as Error).message}`) });
     }
   }
 }
@@ -259,7 +263,10 @@ let nodePty: Promise<typeof import('node-pty')> | undefined;
 function loadNodePty(): Promise<typeof import('node-pty')> {
   nodePty ??= import('node-pty').catch((e: unknown) => {
     nodePty = undefined;
-    throw new Internal(`exec with a TTY needs the node-pty module, which does not load here (npm ci builds it): ${(e as Error).message}`, {}, { cause: e });
+    // the module's words name where Nimbus is installed: administrators read them
+    const why = 'exec with a TTY needs the node-pty module, which does not load here (npm ci builds it): ';
+    const message = why + redactAbsolutePaths((e as Error).message);
+    throw new Internal(message, {}, { cause: e, ...wholeForAdmins(message, why + (e as Error).message) });
   });
   return nodePty;
 }
@@ -313,7 +320,7 @@ export async function releaseThroughExecFifo(fifo: string, opts: { initPid?: num
       pipe.once('error', () => done(undefined));
     });
     if (got === undefined) return false;
-    if (got !== '0') throw new Internal(`runc init reported "${got}" through ${fifo}`);
+    if (got !== '0') throw new Internal(`runc init reported "${got}" through its exec fifo`, undefined, { adminMessage: `runc init reported "${got}" through ${fifo}` });
     await removeStateFile(fifo);
     return true;
   } finally {

@@ -246,7 +246,7 @@ export class SecureDriver implements InstanceDriver {
     await rm(path.join(this.rootfs(id), '.nimbus'), { recursive: true, force: true }).catch(() => undefined);
     await unmountAll(this.rootfs(id));
     const left = await mountsUnder(dir);
-    if (left.length) throw new Conflict(`refusing to remove ${dir}: still mounted: ${left.join(', ')}`, { id });
+    if (left.length) throw new Conflict(`refusing to remove container ${id}: still mounted (${left.length} mount${left.length === 1 ? '' : 's'} in its directory)`, { id }, { adminMessage: `refusing to remove ${dir}: still mounted: ${left.join(', ')}` });
     await rm(dir, { recursive: true, force: true });
   }
 

@@ -32,6 +32,7 @@ import { existsSync } from 'node:fs';
 import type net from 'node:net';
 import path from 'node:path';
 import { AlreadyExists, Conflict, InvalidArgument } from '../../../core/errors.js';
+import { addHostRoots } from '../../../core/redaction.js';
 import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
@@ -100,6 +101,8 @@ export class VmDriver implements InstanceDriver {
 
   constructor(private readonly o: VmDriverOptions) {
     this.qemu = o.qemuBinary ?? 'qemu-system-x86_64';
+    // its VMs' sockets, disks and records are the host's: no member reads their paths (core/redaction.ts)
+    addHostRoots([o.stateDir]);
     this.consoleLimits = checkConsoleLimits({ ...DEFAULT_CONSOLE_LIMITS, ...o.consoleLog });
     this.records = new VmRecordStore(o.stateDir);
     this.runner = new VmRunner(this.records, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o });

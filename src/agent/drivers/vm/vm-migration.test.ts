@@ -3,7 +3,9 @@
 // destination, nothing of the VM stays at the source, vCPU pinning is re-applied there,
 // and the report carries the measured downtime, bytes and passes. Drivers with certificates
 // from one CA migrate over TLS (the stream's first bytes are a TLS handshake, not QEMU's
-// "QEVM"); one with another CA, or a plain stream to one that asked for TLS, is refused.
+// "QEVM"); one with another CA, or a plain stream to one that asked for TLS, is refused. A
+// destination that does not answer fails the move with QEMU's words, its address in them for
+// administrators only (adminMessage).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -14,7 +16,7 @@ import type { MigrationTls } from './migration-tls.js';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { runOk } from '../../../core/exec.js';
 import path from 'node:path';
-import { hasCode } from '../../../core/errors.js';
+import { hasCode, type NimbusError } from '../../../core/errors.js';
 import { collectLogs, freshId, waitForLog } from '../instance-driver-conformance.js';
 import { makeVmEnv, type VmEnv } from './vm-test-env.js';
 import { VmDriver } from './vm-driver.js';
@@ -145,6 +147,19 @@ test('live migration to another driver: the guest goes on, the source is gone, t
       { spec: () => third.migrationSpec(id), send: (uri, o) => third.migrateOut(id, uri, { ...o, tls: undefined }), end: (outcome) => third.endMigration(id, outcome) },
       { prepare: (spec) => dest.prepareIncoming(spec, '127.0.0.1'), finish: (h) => dest.finishIncoming(id, h), abandon: () => dest.abandonIncoming(id) }), refused);
     assert.ok(!existsSync(path.join(otherState, id)));
+    // a destination that does not answer: QEMU's error names its address, which the VM's owner
+    // does not read (the message says "the destination"); administrators do (adminMessage)
+    const closed = await new Promise<number>((resolve) => {
+      const srv = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port } = srv.address() as net.AddressInfo;
+        srv.close(() => resolve(port));
+      });
+    });
+    const unanswered = await third.migrateOut(id, `tcp:127.0.0.1:${closed}`, { maxDowntimeMs: 300 }).then(() => assert.fail('migrated'), (e: unknown) => e as NimbusError);
+    t.diagnostic(`unanswered: ${unanswered.message} | ${String(unanswered.adminMessage)}`);
+    assert.match(unanswered.message, /migration of .* failed: .*the destination/);
+    assert.ok(!unanswered.message.includes(`127.0.0.1:${closed}`) && !unanswered.message.includes(String(closed)), unanswered.message);
+    assert.ok(unanswered.adminMessage?.includes(`127.0.0.1:${closed}`), String(unanswered.adminMessage));
     assert.equal((await third.state(id)).status, 'running', 'the guest goes on where it was');
     const last2 = ticks((await collectLogs(third, id)).map((r) => r.line)).at(-1)!;
     await waitForLog(third, id, new RegExp(`^tick ${last2 + 2}$`), 60_000);

@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { AlreadyExists, Conflict, InvalidArgument, NimbusError, NotFound } from '../../../core/errors.js';
+import { AlreadyExists, Conflict, InvalidArgument, NimbusError, NotFound, toNimbusError } from '../../../core/errors.js';
 import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import { processAlive } from '../../../core/proc.js';
@@ -212,7 +212,7 @@ export class VmMigration {
         }, MIGRATION_TIMEOUT_MS + 5_000);
       } catch (e) {
         await this.resumeHere(id);
-        throw e;
+        throw withoutDestination(e, [uri, opts.nbd, ...Object.values(opts.nbdVolumes ?? {})]);
       }
       // the console's history travels with the VM (complete now: the guest no longer runs here)
       const history = await consoleBytes(p.consoleLog, this.o.consoleLimits, consoleHistory(p));
@@ -342,6 +342,28 @@ interface QmpMigrateInfo {
   downtime?: number;
   'total-time'?: number;
   ram?: { transferred?: number; 'dirty-sync-count'?: number };
+}
+
+/**
+ * A failed outgoing migration's error without the destination's address, which QEMU's words
+ * name ("Failed to connect to '10.0.0.2:4444'"): the VM's owner reads "the destination" (an
+ * event, an operation), administrators and the log the whole (adminMessage).
+ */
+function withoutDestination(e: unknown, targets: ReadonlyArray<string | undefined>): unknown {
+  const addresses = new Set<string>();
+  for (const t of targets) {
+    if (!t) continue;
+    // tcp:HOST:PORT, tcp:[V6]:PORT, nbd://HOST:PORT/EXPORT
+    const m = /^(?:tcp:|nbd:\/\/)(\[([^\]]+)\]|[^:/]+):(\d+)/.exec(t);
+    if (!m) continue;
+    const host = m[2] ?? m[1]!;
+    for (const a of [t, `${m[1]}:${m[3]}`, `${host}:${m[3]}`, m[1]!, host]) addresses.add(a);
+  }
+  const err = toNimbusError(e);
+  let message = err.message;
+  for (const a of [...addresses].sort((x, y) => y.length - x.length)) message = message.split(a).join('the destination');
+  if (message === err.message) return e;
+  return new NimbusError(err.code, message, err.details, { cause: e, adminMessage: err.adminMessage ?? err.message });
 }
 
 /** A TCP port free on host right now (the destination QEMU binds it a moment later). */
