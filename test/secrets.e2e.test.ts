@@ -22,7 +22,8 @@ const secret = (prefix: string) => {
 
 before(async () => {
   process.env.NIMBUS_ADMIN_PASSWORD = secret('adminpw');
-  d = await startDaemonProcess(['--tcp', '127.0.0.1:0'], { NIMBUS_LOG_LEVEL: 'debug' });
+  // 127.0.0.1:1 is the registry that does not answer below: named, so the login tries it
+  d = await startDaemonProcess(['--tcp', '127.0.0.1:0', '--allow-registry', '127.0.0.1:1'], { NIMBUS_LOG_LEVEL: 'debug' });
   port = Number(/tcp:127\.0\.0\.1:(\d+)/.exec(d.output())![1]);
 });
 after(async () => {
