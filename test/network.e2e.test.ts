@@ -7,6 +7,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,6 +31,25 @@ async function httpGet(url: string): Promise<string> {
   const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
   return (await r.text()).trim();
 }
+
+/** python3 ARGV: IFACE GATEWAY_MAC DST PORT: one IPv4/UDP frame saying "crafted", sent raw (AF_PACKET) from the interface's own MAC and address. */
+const CRAFTED_UDP = `
+import fcntl, socket, struct, sys
+iface, mac, dst, port = sys.argv[1], bytes.fromhex(sys.argv[2].replace(':', '')), sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+src_mac = s.getsockname()[4]
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+src = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack('256s', iface.encode()))[20:24]
+payload = b'crafted'
+udp = struct.pack('!HHHH', 40000, port, 8 + len(payload), 0) + payload
+def csum(b):
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff); t += t >> 16
+    return ~t & 0xffff
+ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, socket.inet_aton(dst))
+ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+s.send(mac + src_mac + b'\\x08\\x00' + ip + udp)
+`;
 
 interface Inspect {
   id: string;
@@ -125,6 +145,33 @@ describe('container networking end to end', { concurrency: false }, () => {
     } finally {
       busy.close();
     }
+  });
+
+  test('an instance cannot reach the host\'s loopback with a crafted packet (route_localnet, CVE-2020-8558); the same packet to the gateway does arrive', async (t) => {
+    const id = await runD(['--name', 'prober', IMAGE, 'sleep', '300']);
+    const netns = `/run/netns/${d.network.NIMBUS_NFT_TABLE!}-${id}`;
+    const gateway = (await inspect('prober')).network.endpoints[0]!.gateway;
+    const gatewayMac = (await run('cat', [`/sys/class/net/${d.network.NIMBUS_BRIDGE!}/address`])).stdout.trim();
+    // what a container with CAP_NET_RAW (the default, as Docker's) can do: an IPv4/UDP frame of its own making, to the gateway's MAC
+    const craftAndSend = (dst: string, port: number) =>
+      run('nsenter', [`--net=${netns}`, 'python3', '-c', CRAFTED_UDP, 'eth0', gatewayMac, dst, String(port)]);
+    const received: string[] = [];
+    const listen = async (address: string) => {
+      const sock = createSocket('udp4');
+      sock.on('message', (m) => received.push(`${address}: ${m.toString()}`));
+      await new Promise<void>((r) => sock.bind(0, address, r));
+      t.after(() => sock.close());
+      return sock.address().port;
+    };
+    const loopbackPort = await listen('127.0.0.1');
+    const gatewayPort = await listen(gateway);
+    for (const [dst, port] of [['127.0.0.1', loopbackPort], [gateway, gatewayPort]] as const) {
+      const sent = await craftAndSend(dst, port);
+      assert.equal(sent.code, 0, sent.stderr);
+    }
+    await waitFor('the gateway\'s datagram', async () => (received.some((r) => r.startsWith(gateway)) ? true : undefined), 5_000);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(received, [`${gateway}: crafted`], 'the crafted packet reaches the gateway, never the host\'s loopback');
   });
 
   test('a user network: neighbours by name, strangers on another network cannot reach it', async () => {

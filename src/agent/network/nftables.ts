@@ -10,6 +10,8 @@
  *                      not a render of the table; a render writes the maps' elements whole
  *   postrouting (nat): masquerade what leaves a NAT network; loopback clients of a
  *                      published port appear as the gateway (so replies come back)
+ *   input (filter):   nothing from an instance to the host's loopback (below), no VXLAN from
+ *                     instances while the host carries overlays
  *   forward (filter): isolation — no traffic between two networks, none out of an
  *                     internal one, no source address a network does not own; a routed
  *                     network that spans hosts takes in from outside only its endpoints on
@@ -65,6 +67,14 @@ export function renderRuleset(input: RulesetInput, table = NFT_TABLE): string {
   const fwd: string[] = ['\t\tct state established,related accept'];
   const allSubnets = input.networks.map((n) => n.spec.subnet);
   const inputRules: string[] = [];
+  // route_localnet is on for every bridge and routed tap (a loopback client of a published port is
+  // DNATed out through them), and so the kernel would take a packet for 127.0.0.0/8 that an
+  // instance crafts (CAP_NET_RAW, a VM's root) as the host's own: UDP and TCP to services bound to
+  // loopback only (an agent, a migration's QEMU and NBD, a database). Kubernetes' CVE-2020-8558,
+  // closed as kube-proxy closed it: only the DNATed flows of those loopback clients come back in.
+  if (input.networks.length) {
+    inputRules.push(`\t\tiifname != "lo" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop comment "instances do not reach the host's loopback"`);
+  }
   if (input.overlay && allSubnets.length) {
     const vxlan = `ip saddr ${set(allSubnets)} udp dport ${VXLAN_PORT} drop comment "overlay: no VXLAN from instances"`;
     fwd.unshift(`\t\t${vxlan}`); // before the established accept: no state lets it through

@@ -86,7 +86,8 @@ test('nftables: DNAT per published port (map elements, added and deleted one tra
   assert.match(text, /ip saddr 10\.89\.1\.0\/24 ip daddr != 10\.89\.1\.0\/24 drop/);
   assert.match(text, /iifname "nrc0" ip saddr != 10\.89\.2\.0\/24 drop/);
   // established traffic is accepted before any drop
-  assert.ok(text.indexOf('ct state established,related accept') < text.indexOf(' drop'));
+  const forward = text.slice(text.indexOf('chain forward'));
+  assert.ok(forward.indexOf('ct state established,related accept') < forward.indexOf(' drop'));
 });
 
 test('/etc/hosts and resolv.conf: own address, extra hosts, the embedded DNS or --dns, the host resolvers otherwise', () => {
@@ -106,9 +107,9 @@ test('overlays: the MTU on the bridge, both veth ends and taps; VXLAN from insta
   assert.ok(lines(bridgeDriver.tapPlan(spanning, ep()).host).includes('link set nvcccccccccccc0 mtu 1450 master nimbus0 up'));
   const input = { networks: [{ spec: spanning, driver: bridgeDriver, endpoints: [ep()] }], ports: [] };
   const plain = renderRuleset(input);
-  assert.doesNotMatch(plain, /4789|chain input/, 'no overlay: no rule');
+  assert.doesNotMatch(plain, /4789/, 'no overlay: no rule');
   const text = renderRuleset({ ...input, overlay: true });
-  assert.match(text, /chain input \{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tip saddr 10\.88\.0\.0\/16 udp dport 4789 drop/);
+  assert.match(text, /chain input \{\n\t\ttype filter hook input priority filter; policy accept;\n.*\n\t\tip saddr 10\.88\.0\.0\/16 udp dport 4789 drop/);
   assert.ok(text.indexOf('udp dport 4789 drop', text.indexOf('chain forward')) < text.indexOf('ct state established,related accept'), 'before the established accept');
 });
 
@@ -123,4 +124,10 @@ test('a routed network across hosts: from outside the host only its remote endpo
   assert.match(renderRuleset({ networks: [{ spec: routed, driver: routeDriver, endpoints: [], routedPeers: ['10.89.2.7'] }], ports: [] }), /\t\tip daddr 10\.89\.2\.7 drop comment "routed: to other hosts/);
   // a routed network on one host only is as before
   assert.doesNotMatch(renderRuleset({ networks: [{ spec: routed, driver: routeDriver, endpoints: here }], ports: [] }), /other hosts/);
+});
+
+test('input: a packet for the host\'s loopback that comes in on any other interface is dropped unless it belongs to a DNATed flow (route_localnet, CVE-2020-8558); no network, no rule', () => {
+  const text = renderRuleset({ networks: [{ spec: net(), driver: bridgeDriver, endpoints: [ep()] }], ports: [] });
+  assert.match(text, /chain input \{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname != "lo" ip daddr 127\.0\.0\.0\/8 ct status & dnat == 0 drop comment "instances do not reach the host's loopback"\n/);
+  assert.doesNotMatch(renderRuleset({ networks: [], ports: [] }), /chain input/);
 });
