@@ -86,7 +86,10 @@ export class LocalAgent implements Agent {
     const { snapshotter, probes: snapshotterProbes } = await chooseSnapshotter(options.snapshotter, { snapshotsDir: options.snapshotsDir, probeDir: options.tmpDir });
     const content = new LocalContentStore(options.contentDir);
     // NIMBUS_CGROUP_PARENT: hosts that share one cgroup tree (test hosts in network namespaces) keep apart
-    const containers = new ContainerDriver({ stateDir: options.containersDir, runtime: options.runtime, cgroupParent: cgroupParent() });
+    const containers = new ContainerDriver({
+      stateDir: options.containersDir, runtime: options.runtime, cgroupParent: cgroupParent(),
+      ...(options.seccompProfile ? { seccompProfile: options.seccompProfile } : {}),
+    });
     // in the driver's order of preference (chooseRuntime): the default reported is the one containers get
     const probes = await Promise.all(RUNTIME_NAMES.map(async (name) => ({ name, reason: await probeRuntime(name) })));
     const usable = probes.filter((p) => p.reason === undefined).map((p) => p.name);

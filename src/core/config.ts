@@ -30,6 +30,11 @@ export interface NimbusOptions {
   snapshotter: 'auto' | 'overlayfs' | 'native';
   /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (runc where its probe passes, else crun). */
   runtime: 'auto' | 'runc' | 'crun';
+  /**
+   * The seccomp profile containers run under, in Docker's format (agent/drivers/container/seccomp.ts),
+   * or "unconfined". Env NIMBUS_SECCOMP_PROFILE. Default the host's /usr/share/containers/seccomp.json.
+   */
+  seccompProfile?: string;
   /** Name of the embedded agent. Default "local". */
   agentName: string;
   /**
@@ -142,6 +147,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     allowedRegistries: overrides.allowedRegistries ?? (env.NIMBUS_ALLOWED_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
+    ...((overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE) ? { seccompProfile: overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE } : {}),
     agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
     warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
     warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),

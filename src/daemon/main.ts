@@ -60,6 +60,9 @@ Environment only:
   NIMBUS_WARM_POOL, NIMBUS_WARM_IMAGES  containers created ahead of demand (at least 2 per image, 4 images)
   NIMBUS_WARM_BUDGET                    memory the pool may grow into after bursts (2% of the host's; 0: none)
   NIMBUS_VM_ACCEL                       auto | kvm | tcg
+  NIMBUS_SECCOMP_PROFILE                the seccomp profile containers run under, in Docker's format
+                                        (default /usr/share/containers/seccomp.json, tightened as
+                                        Docker's default is; "unconfined": none; docs/security.md)
   NIMBUS_UNDERLAY_IP                    the embedded host's address for VXLAN between hosts (user networks
                                         spanning hosts, docs/overlay.md); default: its source address toward
                                         the other hosts

@@ -20,6 +20,7 @@ import type { FifoStock } from './fifo-stock.js';
 import type { LogRotation } from './log-rotation.js';
 import { buildOciSpec, readHardLimits, readUserDb, type OciMount } from './oci-spec.js';
 import { chooseRuntime, findBinary, requestFault, type RuntimeName } from './oci-runtime.js';
+import type { SeccompFilter } from './seccomp.js';
 import { comparableJson } from './warm-start.js';
 import type { WarmContainers } from './warm-containers.js';
 
@@ -52,6 +53,8 @@ export interface ContainerCreatorDeps {
   delete(id: string): Promise<void>;
   /** The runtime when the spec names none. */
   defaultRuntime: RuntimeName | 'auto';
+  /** The seccomp filter containers get (seccomp.ts); undefined: unconfined. */
+  seccomp(): Promise<SeccompFilter | undefined>;
   /** Parent cgroup (cgroupfs) for all containers, with one leading slash. */
   cgroupParent: string;
 }
@@ -94,10 +97,12 @@ export class ContainerCreator {
 
       const cgroupsPath = `${this.d.cgroupParent}/${id}`;
       const userDb = await readUserDb(rootfs);
+      const seccomp = await this.d.seccomp();
       const { config, warnings } = buildOciSpec(spec, {
         hardLimits: await readHardLimits(),
         cgroupsPath,
         userDb,
+        ...(seccomp ? { seccomp } : {}),
       }, { mounts: [...etcMounts(dir), ...(opts.mounts ?? [])] });
       if (opts.warm) this.d.warm.remember(id, { config: comparableJson(config), userDb });
       else if (!opts.restore) checkProgram(rootfs, config);

@@ -21,7 +21,7 @@ import {
 import { ContainerDriver, containerDriverImplementation } from './container-driver.js';
 import { findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
 
-const APPLETS = ['sh', 'true', 'false', 'sleep', 'echo', 'cat', 'id', 'head', 'tr', 'ls', 'ps', 'kill', 'dd', 'seq', 'yes'];
+const APPLETS = ['sh', 'true', 'false', 'sleep', 'echo', 'cat', 'id', 'head', 'tr', 'ls', 'ps', 'kill', 'dd', 'seq', 'yes', 'unshare'];
 
 /** A rootfs directory with a static busybox, applet symlinks and a tiny user database. */
 export async function makeBusyboxRootfs(dir: string): Promise<void> {
@@ -182,6 +182,27 @@ if (runcReason) {
         assert.equal((await env.newDriver().state(id)).oomKilled, true);
       } finally {
         await d.delete(id);
+      }
+    });
+
+    test('seccomp: a container runs under the filter and cannot make a user namespace; a driver told "unconfined" runs it without', async () => {
+      const script = 'while read l; do case "$l" in Seccomp:*) echo "$l";; esac; done < /proc/self/status; unshare -U true 2>/dev/null && echo userns-made || echo userns-refused';
+      const unconfined = new ContainerDriver({ stateDir: env.stateDir, runtime: 'runc', cgroupParent: env.cgroupParent, seccompProfile: 'unconfined' });
+      try {
+        for (const [driver, seccomp, userns] of [[d, '2', 'userns-refused'], [unconfined, '0', 'userns-made']] as const) {
+          const id = freshId('seccomp');
+          await driver.create(await env.make(id, ['sh', '-c', script]));
+          try {
+            await driver.start(id);
+            const lines = (await waitForLog(driver, id, /userns-/)).map((r) => r.line);
+            assert.ok(lines.some((l) => new RegExp(`^Seccomp:\\s+${seccomp}$`).test(l)), `Seccomp ${seccomp}: ${lines.join(' | ')}`);
+            assert.ok(lines.includes(userns), lines.join(' | '));
+          } finally {
+            await driver.delete(id);
+          }
+        }
+      } finally {
+        unconfined.close();
       }
     });
 

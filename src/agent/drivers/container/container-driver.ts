@@ -43,6 +43,7 @@ import { ContainerCgroups } from './container-cgroups.js';
 import { ContainerExits, type ExitRecord } from './container-exits.js';
 import { ContainerCreator } from './container-create.js';
 import { WarmContainers } from './warm-containers.js';
+import { seccompLoader } from './seccomp.js';
 import { ContainerSessions } from './container-sessions.js';
 import { ContainerLiveMove } from './container-live-move.js';
 import { ContainerLogFiles } from './container-log-files.js';
@@ -56,6 +57,8 @@ export interface ContainerDriverOptions {
   cgroupParent?: string;
   /** conmon binary. Default: found in PATH. */
   conmonPath?: string;
+  /** The seccomp profile containers are confined by (seccomp.ts): a file in Docker's format, or `unconfined`. Default DEFAULT_SECCOMP_PROFILE. */
+  seccompProfile?: string;
 }
 
 export class ContainerDriver implements InstanceDriver {
@@ -91,7 +94,9 @@ export class ContainerDriver implements InstanceDriver {
     const conmonPath = () => this.conmonPath();
     // bound late: a warm create goes through the creator, which hands the warm containers what it built from
     const create: ContainerCreator['create'] = (spec, o) => this.creator.create(spec, o);
-    this.warm = new WarmContainers({ store, exits: this.exits, rotation: this.rotation, create });
+    // one filter for the create and a warm container's claim, which compares configs
+    const seccomp = seccompLoader(opts.seccompProfile);
+    this.warm = new WarmContainers({ store, exits: this.exits, rotation: this.rotation, create, seccomp });
     this.creator = new ContainerCreator({
       store,
       warm: this.warm,
@@ -101,6 +106,7 @@ export class ContainerDriver implements InstanceDriver {
       conmonPath,
       delete: (id) => this.delete(id),
       defaultRuntime: opts.runtime ?? 'auto',
+      seccomp,
       cgroupParent: '/' + (opts.cgroupParent ?? DEFAULT_CGROUP_PARENT).replace(/^\/+|\/+$/g, ''),
     });
     const state = (id: string) => this.state(id);

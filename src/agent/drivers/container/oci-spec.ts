@@ -12,6 +12,8 @@ import { lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidArgument } from '../../../core/errors.js';
 import type { InstanceSpec } from '../instance-driver.js';
+import type { OciSeccomp } from './seccomp.js';
+
 
 // ------------------------------------------------------------------ OCI types (the subset we write)
 
@@ -71,6 +73,7 @@ export interface OciSpec {
     cgroupsPath: string;
     maskedPaths: string[];
     readonlyPaths: string[];
+    seccomp?: OciSeccomp;
   };
 }
 
@@ -297,6 +300,8 @@ export interface HostFacts {
   cgroupsPath: string;
   /** The rootfs' user database (readUserDb); empty when the image has none. */
   userDb: UserDb;
+  /** The container's seccomp filter for its capabilities (seccomp.ts); absent: unconfined. */
+  seccomp?: (capabilities: readonly string[]) => OciSeccomp;
 }
 
 export interface BuildOptions {
@@ -390,6 +395,7 @@ export function buildOciSpec(spec: InstanceSpec, host: HostFacts, opts: BuildOpt
       cgroupsPath: host.cgroupsPath,
       maskedPaths: [...DEFAULT_MASKED_PATHS],
       readonlyPaths: [...DEFAULT_READONLY_PATHS],
+      ...(host.seccomp ? { seccomp: host.seccomp(caps) } : {}),
     },
   };
   if (spec.labels && Object.keys(spec.labels).length) config.annotations = { ...spec.labels };

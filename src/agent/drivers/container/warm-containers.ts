@@ -17,6 +17,7 @@ import { DEFAULT_LOG_LIMITS, resolveLogLimits, saveLogLimits } from './container
 import { sleep, type ContainerMeta, type ContainerStore } from './container-store.js';
 import type { LogRotation } from './log-rotation.js';
 import { buildOciSpec, readHardLimits, readUserDb, type OciSpec, type UserDb } from './oci-spec.js';
+import type { SeccompFilter } from './seccomp.js';
 import { findStaticBusybox } from './static-busybox.js';
 import { WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 
@@ -40,6 +41,8 @@ export interface WarmContainersDeps {
   rotation: Pick<LogRotation, 'setMaxFiles'>;
   /** The driver's create (container-create.ts). */
   create(spec: InstanceSpec, opts: CreateOptions): Promise<RuntimeState>;
+  /** The seccomp filter the create put in the bundle (seccomp.ts): a claim's config is compared with it in. */
+  seccomp(): Promise<SeccompFilter | undefined>;
 }
 
 export class WarmContainers {
@@ -96,9 +99,10 @@ export class WarmContainers {
       userDb: await readUserDb(store.rootfs(id)),
     };
     const warmConfig = facts.config;
+    const seccomp = await this.d.seccomp();
     const { config, warnings } = buildOciSpec(
       spec,
-      { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: facts.userDb },
+      { hardLimits: await readHardLimits(), cgroupsPath: meta.cgroupsPath, userDb: facts.userDb, ...(seccomp ? { seccomp } : {}) },
       { mounts: [...etcMounts(dir), ...warmMounts(busybox, store.warmDir(id))] },
     );
     // a program the image lacks is the caller's error here too, not an exit 127 after the start
