@@ -101,6 +101,9 @@ async function endWords(name: string): Promise<string> {
   const dir = vm?.host?.qmpSocket ? dirname(vm.host.qmpSocket) : undefined;
   const tail = (f: string) => { try { return JSON.stringify(readFileSync(join(dir!, f), 'utf8').slice(-400)); } catch { return '(none)'; } };
   if (dir) words.push(`QEMU's stderr: ${tail('qemu.log')}; its exit status: ${tail('exit-status')}`);
+  // the VM's files as they are (a stale one tells a story), and any process still naming the VM
+  if (dir) words.push(`files: ${(await run('ls', ['-la', '--time-style=+%T.%N', dir])).stdout.split('\n').slice(1).map((l) => l.replace(/\s+/g, ' ')).join(' | ')}`);
+  if (vm?.id) words.push(`processes naming it: ${(await run('ps', ['-eo', 'pid,ppid,stat,lstart,args'])).stdout.split('\n').filter((l) => l.includes(vm.id!)).map((l) => l.slice(0, 200)).join(' | ') || 'none'}`);
   // a QEMU that crashed (segfault, trap) or was killed for memory says so in the kernel's log
   words.push(`kernel: ${(await run('dmesg', [])).stdout.split('\n').filter((l) => /qemu|segfault|trap|killed process/i.test(l)).slice(-5).join(' | ')}`);
   const mentions = [...(d?.output() ?? '').split('\n'), ...(b?.output() ?? '').split('\n')].filter((l) => vm?.id && l.includes(vm.id));
@@ -301,8 +304,12 @@ describe('a VM with a NIC and a local disk live-migrates across hosts', { skip, 
   });
   test('host evacuate: host-b\'s running VM live-migrates to the embedded host and is reported; host-b is left disabled', async () => {
     const guest = await buildTestGuest(GUEST_CACHE_DIR);
-    // small, without NIC or disk: it need not finish booting to migrate
-    await cliOk(['vm', 'run', '--name', 'evacvm', '--memory', '128m', '--agent', AGENT, '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', workloadAppend(guest, 'sleep 1000')]);
+    // small, without NIC or disk, and booted before it moves: under TCG, QEMU 7.2 can leave a guest
+    // migrated during its boot panicking at the destination (a raw QEMU loop saw 1 in 30 under
+    // load: a double fault in the kernel's crypto self-tests; docs/vms.md), which CI met here as
+    // this VM "stopped" after a good move
+    await cliOk(['vm', 'run', '--name', 'evacvm', '--memory', '128m', '--agent', AGENT, '--kernel', guest.kernel, '--initrd', guest.initrd, '--append', workloadAppend(guest, 'echo booted; sleep 1000')]);
+    await waitFor('evacvm booted', async () => ((await cliOk(['vm', 'logs', 'evacvm']).catch(() => '')).includes('booted') ? true : undefined), 120_000);
     const inspectVm = async () => (JSON.parse(await cliOk(['vm', 'inspect', 'evacvm'])) as Array<{ id: string; agent: string; status: string }>)[0]!;
     const id = (await inspectVm()).id;
     const qemuOf = (home: string) => qemuUnder(home).filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(id));

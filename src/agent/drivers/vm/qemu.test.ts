@@ -99,6 +99,12 @@ test('shutdown cause: the last shutdown request QEMU traced on its stderr, by na
   assert.equal(shutdownCauseIn('qemu-system-x86_64: terminating on signal 15 from pid 1 (node)\n'), 'host-signal');
   assert.equal(shutdownCauseIn('qemu-system-x86_64: ../softmmu/physmem.c:1: assertion failed\n'), undefined);
   assert.equal(shutdownCauseIn(''), undefined);
-  assert.ok(qemuArgv(base).join(' ').includes('-d trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request'), 'QEMU is asked to say it');
+  // a guest that panicked (panic=-1) after a migration, as QEMU 7.2 wrote it: no request, the run state to shutdown
+  const reset = 'runstate_set current_run_state 1 (inmigrate) new_state 9 (running)\nrunstate_set current_run_state 9 (running) new_state 11 (shutdown)\n';
+  assert.equal(shutdownCauseIn(reset), 'guest-reset');
+  assert.equal(shutdownCauseIn(`${reset}qemu_system_shutdown_request reason=2\n`), 'host-qmp-quit', 'a request, when there is one, says it');
+  assert.equal(shutdownCauseIn('runstate_set current_run_state 6 (prelaunch) new_state 9 (running)\n'), undefined);
+  assert.ok(qemuArgv(base).join(' ').includes('-d trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request,trace:runstate_set'), 'QEMU is asked to say it');
+  assert.ok(qemuArgv(base).join(' ').includes('-sandbox on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny'), 'QEMU runs under its own seccomp filter');
 });
 

@@ -111,7 +111,9 @@ const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 const q = (v: string) => v.replace(/,/g, ',,');
 
 /** QEMU's trace events of a shutdown request (with its cause) and of a power button press. */
-const SHUTDOWN_TRACE = 'trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request';
+// runstate_set too: under -no-reboot a guest's reset (a triple fault, a panic with panic=-1)
+// ends QEMU (exit 0) with no shutdown request to trace, only its run state going to shutdown
+const SHUTDOWN_TRACE = 'trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request,trace:runstate_set';
 
 /** QEMU's ShutdownCause (qapi/run-state.json), in its order: the number its trace line gives. */
 const SHUTDOWN_CAUSES = ['none', 'host-error', 'host-qmp-quit', 'host-qmp-system-reset', 'host-signal', 'host-ui', 'guest-shutdown', 'guest-reset', 'guest-panic', 'subsystem-reset', 'snapshot-load'] as const;
@@ -119,16 +121,20 @@ export type ShutdownCause = (typeof SHUTDOWN_CAUSES)[number] | `cause ${number}`
 
 /**
  * Why QEMU ended, from its stderr: the last shutdown request's cause (a signal's is not traced:
- * QEMU's own "terminating on signal" line says it), undefined when it made none (it crashed or
- * was SIGKILLed).
+ * QEMU's own "terminating on signal" line says it); a run state gone to shutdown without a
+ * request is a guest's reset (under -no-reboot: a triple fault, or a kernel panic that reboots);
+ * undefined when there is neither (it crashed or was SIGKILLed).
  */
 export function shutdownCauseIn(stderr: string): ShutdownCause | undefined {
   if (/: terminating on signal \d+/.test(stderr)) return 'host-signal';
   const m = [...stderr.matchAll(/^qemu_system_shutdown_request reason=(\d+)$/gm)].at(-1);
-  if (!m) return undefined;
+  if (!m) return /^runstate_set .* new_state \d+ \(shutdown\)$/m.test(stderr) ? 'guest-reset' : undefined;
   const n = Number(m[1]);
   return SHUTDOWN_CAUSES[n] ?? `cause ${n}`;
 }
+
+/** `-sandbox`'s setting (see qemuArgv). */
+export const QEMU_SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny';
 
 export function qemuArgv(c: QemuConfig): string[] {
   if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
@@ -156,6 +162,10 @@ export function qemuArgv(c: QemuConfig): string[] {
     '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,
     '-serial', 'chardev:console',
     '-pidfile', c.paths.pidFile,
+    // QEMU's own seccomp filter: a guest that escapes into QEMU (root on the host) cannot reach
+    // obsolete syscalls, take or change privileges, or change scheduling and memory policy. Not
+    // spawn=deny: save and restore stream through `exec:cat`.
+    '-sandbox', QEMU_SANDBOX,
   ];
   if (c.debugExit) a.push('-device', 'isa-debug-exit,iobase=0xf4,iosize=0x01');
   if (c.balloon) a.push('-device', 'virtio-balloon-pci,id=balloon0');

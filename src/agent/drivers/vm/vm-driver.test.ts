@@ -336,17 +336,23 @@ test('vCPU hot-plug: a VM created with room for more grows while it runs (the gu
   }
 });
 
-test('why it ended, in QEMU\'s own word: a guest that powers off is guest-shutdown, a QEMU sent SIGTERM is host-signal', async () => {
+test('why it ended, in QEMU\'s own word: a guest that powers off is guest-shutdown, one whose kernel panics guest-reset, a QEMU sent SIGTERM host-signal', async () => {
   const d = env.driver;
   const off = freshId('vm');
   const signalled = freshId('vm');
+  const panicked = freshId('vm');
   try {
     await d.create(env.makeSpec(off, ['true'])); // its end: the init powers the guest off
     await d.create(env.makeSpec(signalled, ['sh', '-c', 'echo up; sleep 1000']));
+    // panic=-1 reboots at once, and -no-reboot ends QEMU with 0 and no shutdown request: its run state says it
+    await d.create(env.makeSpec(panicked, ['sh', '-c', 'echo c > /proc/sysrq-trigger']));
     await d.start(off);
     await d.start(signalled);
+    await d.start(panicked);
     await waitStopped(d, off, 60_000);
     assert.equal((await d.inspect(off)).endCause, 'guest-shutdown');
+    await waitStopped(d, panicked, 60_000);
+    assert.deepEqual([(await d.inspect(panicked)).endCause, (await d.state(panicked)).exitCode], ['guest-reset', 0]);
     await waitForLog(d, signalled, /^up$/, 60_000);
     await d.kill(signalled, 'SIGTERM');
     await waitStopped(d, signalled, 30_000);
@@ -354,6 +360,7 @@ test('why it ended, in QEMU\'s own word: a guest that powers off is guest-shutdo
   } finally {
     await d.delete(off);
     await d.delete(signalled);
+    await d.delete(panicked);
   }
 });
 
