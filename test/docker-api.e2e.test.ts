@@ -157,6 +157,7 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     assert.match((JSON.parse(tooNew.body) as { message: string }).message, /client version 1\.99 is too new/);
     assert.equal((await raw('GET', '/v1.40/version')).status, 200);
     const info = (await ok(['info', '--format', '{{.ServerVersion}} {{.OSType}} {{.Containers}}'])).trim();
+    assert.equal((await ok(['info', '--format', '{{json .SecurityOptions}}'])).trim(), '["name=seccomp,profile=default","name=no-new-privileges"]');
     assert.match(info, /^\S+ linux 0$/);
   });
 

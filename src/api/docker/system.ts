@@ -65,7 +65,13 @@ export const systemRoutes: DockerRoute[] = [
           DefaultRuntime: agent?.runtimes.find((r) => r.default)?.name ?? 'runc',
           Swarm: { NodeID: '', NodeAddr: '', LocalNodeState: 'inactive', ControlAvailable: false, Error: '', RemoteManagers: null },
           LiveRestoreEnabled: true, Isolation: '', InitBinary: '', ContainerdCommit: { ID: '', Expected: '' }, RuncCommit: { ID: '', Expected: '' }, InitCommit: { ID: '', Expected: '' },
-          SecurityOptions: [], Warnings: [],
+          // as dockerd says them: containers run under the seccomp filter (agent/drivers/container/seccomp.ts)
+          // unless the administrator turned it off, and always with no_new_privileges; a profile's path is the host's
+          SecurityOptions: [
+            ...(services.options.seccompProfile === 'unconfined' ? [] : [`name=seccomp,profile=${services.options.seccompProfile === undefined ? 'default' : admin ? services.options.seccompProfile : 'custom'}`]),
+            'name=no-new-privileges',
+          ],
+          Warnings: [],
         },
       };
     },
