@@ -20,6 +20,7 @@ import {
 } from '../instance-driver-conformance.js';
 import { ContainerDriver, containerDriverImplementation } from './container-driver.js';
 import { findBinary, probeRuntime, type RuntimeName } from './oci-runtime.js';
+import { DEFAULT_PIDS_LIMIT } from './oci-spec.js';
 
 const APPLETS = ['sh', 'true', 'false', 'sleep', 'echo', 'cat', 'id', 'head', 'tr', 'ls', 'ps', 'kill', 'dd', 'seq', 'yes', 'unshare'];
 
@@ -247,6 +248,15 @@ if (runcReason) {
       // delete removed the cgroup
       const layout = await detectCgroupLayout();
       for (const dir of cgroupPaths(layout, `${env.cgroupParent}/${id}`).all) await assert.rejects(access(dir));
+      // a container that names no limit gets the default one (a fork bomb stops at its own cgroup)
+      const open = freshId('pids');
+      await d.create(await env.make(open, ['sleep', '60']));
+      try {
+        await d.start(open);
+        assert.equal((await d.stats(open)).pidsLimit, DEFAULT_PIDS_LIMIT);
+      } finally {
+        await d.delete(open);
+      }
     });
 
     test('users: nobody and 1000:1000 resolved; exec as another user', async () => {

@@ -8,6 +8,7 @@ import { hasCode } from '../../../core/errors.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import {
   DEFAULT_CAPABILITIES,
+  DEFAULT_PIDS_LIMIT,
   buildOciSpec,
   clampRlimits,
   cpuQuota,
@@ -170,6 +171,9 @@ test('full spec: namespaces, mounts, caps, masks, resources, cgroups path', () =
   assert.ok(config.linux.readonlyPaths.includes('/proc/sys'));
   assert.deepEqual(config.linux.resources.memory, { limit: 16 << 20, swap: 16 << 20, disableOOMKiller: false });
   assert.deepEqual(config.linux.resources.cpu, { quota: 50000, period: 100000 });
+  assert.deepEqual(config.linux.resources.pids, { limit: 20 });
+  // no limit asked: the default, so a fork bomb stops at its own cgroup
+  assert.deepEqual(buildOciSpec(spec({}), host).config.linux.resources.pids, { limit: DEFAULT_PIDS_LIMIT });
   assert.deepEqual(config.linux.resources.pids, { limit: 20 });
   assert.deepEqual(config.linux.resources.devices, [{ allow: false, access: 'rwm' }]);
   assert.equal(config.linux.cgroupsPath, '/nimbus/abcdef0123456789');

@@ -82,6 +82,13 @@ export interface OciSpec {
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** Docker's default capability set (moby oci/caps/defaults.go). */
+/**
+ * A container's processes when its request names no limit: a tenant's fork bomb stops at its own
+ * cgroup instead of taking the host's pid space from every other tenant. podman's default is 2048
+ * (containers.conf `pids_limit`); Docker has none, as it serves one user.
+ */
+export const DEFAULT_PIDS_LIMIT = 4096;
+
 export const DEFAULT_CAPABILITIES = [
   'CAP_CHOWN',
   'CAP_DAC_OVERRIDE',
@@ -358,12 +365,10 @@ export function buildOciSpec(spec: InstanceSpec, host: HostFacts, opts: BuildOpt
     resources.memory = { limit: r.memoryBytes, swap: r.memoryBytes, disableOOMKiller: false };
   }
   if (r.cpus !== undefined) resources.cpu = cpuQuota(r.cpus);
-  if (r.pidsLimit !== undefined) {
-    if (!(r.pidsLimit > 0) || !Number.isInteger(r.pidsLimit)) {
-      throw new InvalidArgument(`pidsLimit must be a positive integer, got ${r.pidsLimit}`);
-    }
-    resources.pids = { limit: r.pidsLimit };
+  if (r.pidsLimit !== undefined && (!(r.pidsLimit > 0) || !Number.isInteger(r.pidsLimit))) {
+    throw new InvalidArgument(`pidsLimit must be a positive integer, got ${r.pidsLimit}`);
   }
+  resources.pids = { limit: r.pidsLimit ?? DEFAULT_PIDS_LIMIT };
 
   const namespaces: OciNamespace[] = [
     { type: 'pid' },

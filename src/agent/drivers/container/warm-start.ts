@@ -25,7 +25,7 @@
  * but cannot be executed (a bad ELF, a missing interpreter) still fails after the start with
  * exit 126/127 and a message in the logs.
  */
-import type { OciMount, OciSpec } from './oci-spec.js';
+import { DEFAULT_PIDS_LIMIT, type OciMount, type OciSpec } from './oci-spec.js';
 
 /** Where the stub lives inside a warm container. */
 export const WARM_DIR = '/.nimbus';
@@ -146,5 +146,7 @@ export function limitsOf(c: OciSpec): Record<string, unknown> | undefined {
   const res = c.linux.resources;
   const out: Record<string, unknown> = {};
   for (const k of ['memory', 'cpu', 'pids'] as const) if (res[k] !== undefined) out[k] = res[k];
+  // every warm container is made with the default pids limit: a request that names none needs no update
+  if (res.pids?.limit === DEFAULT_PIDS_LIMIT) delete out.pids;
   return Object.keys(out).length ? out : undefined;
 }
