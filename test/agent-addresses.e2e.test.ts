@@ -13,20 +13,10 @@ import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process
 import { call, type Reply } from './helpers/http.js';
 import { secondHost, startAgentInNamespace, tearDownTwoHosts, type NamespaceAgent, type SecondHost } from './helpers/second-host.js';
 import { waitFor } from './helpers/wait.js';
-import { buildTestImages, makeTar, type PlatformImage } from '../scripts/fixtures/images.js';
+import { memberAndAdmin, testImageTar } from './helpers/member-and-admin.js';
 
 const AGENT = 'host-b';
 const ADMIN_PASSWORD = 'agent-address-admin-pw';
-const PASSWORD = 'tenant-password-1';
-
-/** A `docker save` tar of the test image. */
-async function imageTar(img: PlatformImage): Promise<Buffer> {
-  return makeTar([
-    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: 'config.json', RepoTags: ['addr/box:v1'], Layers: img.rawLayers.map((_, i) => `l${i}/layer.tar`) }]) },
-    { name: 'config.json', type: 'file', content: img.config.data },
-    ...img.rawLayers.map((r, i) => ({ name: `l${i}/layer.tar`, type: 'file' as const, content: r })),
-  ]);
-}
 
 let d: DaemonProcess | undefined;
 let host2: SecondHost | undefined;
@@ -53,20 +43,13 @@ describe('an agent\'s address is for administrators', { concurrency: false }, ()
     delete process.env.NIMBUS_ADMIN_PASSWORD;
     port = Number(/tcp:127\.0\.0\.1:(\d+)/.exec(d.output())?.[1]);
     b = await startAgentInNamespace(d, host2!, { homePrefix: 'nimbus-addr-agent', name: AGENT });
-    assert.equal((await call(sock(), 'POST', '/projects', { body: { name: 'A' } })).status, 201);
-    assert.equal((await call(sock(), 'POST', '/users', { body: { name: 'alice', password: PASSWORD } })).status, 201);
-    assert.equal((await call(sock(), 'PUT', '/projects/A/roles/alice', { body: { role: 'member' } })).status, 200);
-    for (const [user, password] of [['alice', PASSWORD], ['admin', ADMIN_PASSWORD]] as const) {
-      const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password } });
-      assert.equal(r.status, 201, r.text);
-      tokens[user] = (r.body as { token: string }).token;
-    }
+    Object.assign(tokens, await memberAndAdmin(d, port, ADMIN_PASSWORD));
     // the member's instances, placed on host-b by the administrator (nothing is started)
     let r = await call(sock(), 'POST', '/disk-images?project=A&name=disk-A', { raw: Buffer.alloc(64 * 1024) });
     assert.equal(r.status, 201, r.text);
     r = await call(sock(), 'POST', '/vms?project=A', { body: { name: 'far-vm', image: 'disk-A', host: AGENT } });
     assert.equal(r.status, 201, r.text);
-    r = await call(sock(), 'POST', '/images/import?project=A', { raw: await imageTar((await buildTestImages()).amd64) });
+    r = await call(sock(), 'POST', '/images/import?project=A', { raw: await testImageTar('addr/box:v1') });
     assert.equal(r.status, 201, r.text);
     const image = (r.body as { image: { digest: string } }[])[0]!.image.digest;
     r = await call(sock(), 'POST', '/containers?project=A', { body: { name: 'far-box', image, host: AGENT, cmd: ['sleep', '600'] } });

@@ -14,19 +14,9 @@ import { run } from '../src/core/exec.js';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { call, type Reply } from './helpers/http.js';
 import { waitFor } from './helpers/wait.js';
-import { buildTestImages, makeTar, type PlatformImage } from '../scripts/fixtures/images.js';
+import { memberAndAdmin, testImageTar } from './helpers/member-and-admin.js';
 
 const ADMIN_PASSWORD = 'host-path-admin-pw';
-const PASSWORD = 'tenant-password-1';
-
-/** A `docker save` tar of the test image. */
-async function imageTar(img: PlatformImage): Promise<Buffer> {
-  return makeTar([
-    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: 'config.json', RepoTags: ['paths/box:v1'], Layers: img.rawLayers.map((_, i) => `l${i}/layer.tar`) }]) },
-    { name: 'config.json', type: 'file', content: img.config.data },
-    ...img.rawLayers.map((r, i) => ({ name: `l${i}/layer.tar`, type: 'file' as const, content: r })),
-  ]);
-}
 
 let d: DaemonProcess | undefined;
 /** The tmpfs the test mounts in the container's directory, unmounted however the test ends. */
@@ -42,22 +32,14 @@ describe('a host path is for administrators', { concurrency: false }, () => {
   let id: string;
   const tokens: Record<'alice' | 'admin', string> = { alice: '', admin: '' };
   const tcp = () => ({ port });
-  const sock = () => ({ socketPath: d!.socket });
 
   before(async () => {
     process.env.NIMBUS_ADMIN_PASSWORD = ADMIN_PASSWORD; // read by the daemon on first start
     d = await startDaemonProcess(['--tcp', '127.0.0.1:0']);
     delete process.env.NIMBUS_ADMIN_PASSWORD;
     port = Number(/tcp:127\.0\.0\.1:(\d+)/.exec(d.output())?.[1]);
-    assert.equal((await call(sock(), 'POST', '/projects', { body: { name: 'A' } })).status, 201);
-    assert.equal((await call(sock(), 'POST', '/users', { body: { name: 'alice', password: PASSWORD } })).status, 201);
-    assert.equal((await call(sock(), 'PUT', '/projects/A/roles/alice', { body: { role: 'member' } })).status, 200);
-    for (const [user, password] of [['alice', PASSWORD], ['admin', ADMIN_PASSWORD]] as const) {
-      const r = await call(tcp(), 'POST', '/auth/login', { body: { user, password } });
-      assert.equal(r.status, 201, r.text);
-      tokens[user] = (r.body as { token: string }).token;
-    }
-    let r = await call(tcp(), 'POST', '/images/import?project=A', { token: tokens.alice, raw: await imageTar((await buildTestImages()).amd64) });
+    Object.assign(tokens, await memberAndAdmin(d, port, ADMIN_PASSWORD));
+    let r = await call(tcp(), 'POST', '/images/import?project=A', { token: tokens.alice, raw: await testImageTar('paths/box:v1') });
     assert.equal(r.status, 201, r.text);
     const image = (r.body as { image: { digest: string } }[])[0]!.image.digest;
     r = await call(tcp(), 'POST', '/containers?project=A', { token: tokens.alice, body: { name: 'stuck-box', image, cmd: ['true'] } });

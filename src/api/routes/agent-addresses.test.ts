@@ -7,62 +7,30 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ApiServer } from '../server.js';
 import { hostRoutes } from './hosts.js';
 import { agentRoutes } from './agents.js';
 import { vmRoutes } from './vms.js';
-import { openStore } from '../../store/open.js';
-import type { Services } from '../../control/services.js';
-import { adminAndAlice } from '../testing/principals.js';
-import { bearerCall } from '../testing/bearer-call.js';
 import { AgentDirectory } from '../../control/agents/agent-directory.js';
+import { vmRouteFixture } from '../testing/vm-route-fixture.js';
 import { RemoteAgent } from '../../agent/remote/remote-agent.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
-import { EventBus } from '../../control/events/event-bus.js';
-import { OperationService } from '../../control/operations/operations.js';
-import { QuotaService } from '../../control/quota/quota-service.js';
-import { VmService } from '../../control/compute/vm-service.js';
-import { RecordingScheduler } from '../../control/compute/test-scheduler.js';
 import { dockerError } from '../docker/errors.js';
 
 
 test('an agent that does not answer: a member reads its host\'s name, never its address; an administrator reads both', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nimbus-agent-address-'));
   // the agent's address as the control plane knows it: a unix socket path here (an https://HOST:PORT on TCP)
-  const socketPath = join(dir, 'agent-b-internal.sock');
-  const url = `unix:${socketPath}`;
-  const store = await openStore(join(dir, 'nimbus.db'));
-  let agents: AgentDirectory | undefined;
-  let server: ApiServer | undefined;
-  t.after(async () => {
-    await server?.close();
-    await agents?.close();
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
+  let socketPath = '';
+  let url = '';
+  const { call, agents } = await vmRouteFixture(t, {
+    prefix: 'nimbus-agent-address-', agent: 'b', routes: [...agentRoutes, ...hostRoutes, ...vmRoutes],
+    prepare: async (store, dir, now) => {
+      socketPath = join(dir, 'agent-b-internal.sock');
+      url = `unix:${socketPath}`;
+      await store.agents.put({ name: 'b', url, token: 't'.repeat(32), registeredAt: now });
+    },
+    openAgents: (store) => AgentDirectory.open(store, new FakeAgent({ name: 'local' }), 'local', (rec) => new RemoteAgent({ name: rec.name, url: rec.url, token: rec.token }), undefined, { refreshIntervalMs: 0 }),
   });
-  const now = new Date().toISOString();
-  await store.projects.insert({ id: 'p1', name: 'p1', parentId: null, createdAt: now });
-  await store.agents.put({ name: 'b', url, token: 't'.repeat(32), registeredAt: now });
-  agents = await AgentDirectory.open(store, new FakeAgent({ name: 'local' }), 'local', (rec) => new RemoteAgent({ name: rec.name, url: rec.url, token: rec.token }), undefined, { refreshIntervalMs: 0 });
-  const events = new EventBus();
-  const quota = await QuotaService.open(store);
-  await quota.ensureProject('p1', null);
-  const vms = new VmService(store, agents, events, quota, new OperationService(store, events), new RecordingScheduler(agents));
-  await store.vms.insert({
-    id: 'a'.repeat(32), name: 'web', projectId: 'p1', config: { cpus: 1, memoryMiB: 128 }, status: 'stopped', pid: null, exitCode: null,
-    createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent: 'b',
-  });
-  const services = {
-    store, agents, vms, defaultProjectId: 'p1',
-    networks: { endpointsOf: async () => [] },
-    ...adminAndAlice,
-  } as unknown as Services;
-  server = new ApiServer([...agentRoutes, ...hostRoutes, ...vmRoutes], services);
-  const port = await server.listenTcp('127.0.0.1', 0);
-  const call = bearerCall(port);
   /** Anything that gives the agent's address away: its URL, the socket's path or name. */
   const leaks = (text: string) => text.includes(socketPath) || text.includes('agent-b-internal') || /unix:|https?:\/\//.test(text);
 

@@ -8,57 +8,26 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ApiServer } from '../server.js';
 import { vmRoutes } from './vms.js';
-import { openStore } from '../../store/open.js';
-import type { Services } from '../../control/services.js';
-import { adminAndAlice } from '../testing/principals.js';
-import { bearerCall } from '../testing/bearer-call.js';
 import { AgentDirectory } from '../../control/agents/agent-directory.js';
+import { vmRouteFixture } from '../testing/vm-route-fixture.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
-import { EventBus } from '../../control/events/event-bus.js';
-import { OperationService } from '../../control/operations/operations.js';
-import { QuotaService } from '../../control/quota/quota-service.js';
-import { VmService } from '../../control/compute/vm-service.js';
-import { RecordingScheduler } from '../../control/compute/test-scheduler.js';
 import { Conflict, Unavailable } from '../../core/errors.js';
 import { addHostRoots } from '../../core/redaction.js';
 import { dockerError } from '../docker/errors.js';
 
 test('a host\'s failure: a member reads what failed, never a host path; an administrator reads it whole', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nimbus-host-path-errors-'));
+  const host = new FakeAgent({ name: 'local' });
+  const { dir, call } = await vmRouteFixture(t, {
+    prefix: 'nimbus-host-path-errors-', agent: 'local', routes: vmRoutes,
+    openAgents: (store) => AgentDirectory.open(store, host, 'local', () => { throw new Error('no remote agents here'); }, undefined, { refreshIntervalMs: 0 }),
+  });
   // the daemon's state directory (as daemon.ts adds it; nothing is written there)
   const home = join(dir, 'home');
   addHostRoots([home]);
   const qmp = join(home, 'vms', 'instances', 'v1', 'qmp.sock');
-  const store = await openStore(join(dir, 'nimbus.db'));
-  let agents: AgentDirectory | undefined;
-  let server: ApiServer | undefined;
-  t.after(async () => {
-    await server?.close();
-    await agents?.close();
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const now = new Date().toISOString();
-  await store.projects.insert({ id: 'p1', name: 'p1', parentId: null, createdAt: now });
-  const host = new FakeAgent({ name: 'local' });
-  agents = await AgentDirectory.open(store, host, 'local', () => { throw new Error('no remote agents here'); }, undefined, { refreshIntervalMs: 0 });
-  const events = new EventBus();
-  const quota = await QuotaService.open(store);
-  await quota.ensureProject('p1', null);
-  const vms = new VmService(store, agents, events, quota, new OperationService(store, events), new RecordingScheduler(agents));
-  await store.vms.insert({
-    id: 'a'.repeat(32), name: 'web', projectId: 'p1', config: { cpus: 1, memoryMiB: 128 }, status: 'stopped', pid: null, exitCode: null,
-    createdAt: now, startedAt: null, finishedAt: null, savedAt: null, agent: 'local',
-  });
-  const services = { store, agents, vms, defaultProjectId: 'p1', networks: { endpointsOf: async () => [] }, ...adminAndAlice } as unknown as Services;
-  server = new ApiServer(vmRoutes, services);
-  const call = bearerCall(await server.listenTcp('127.0.0.1', 0));
 
   const enoent = await readFile(qmp).then(() => assert.fail('read'), (e: unknown) => e as Error);
   const failures: Array<[string, Error]> = [
