@@ -39,13 +39,15 @@ test("a spinning guest: the VM's cpuUsageNs is QEMU's CPU time and grows with it
     const a = await d.stats(id);
     const procA = await procCpuNs(pid);
     await sleep(1500);
+    const procB0 = await procCpuNs(pid);
     const b = await d.stats(id);
     const procB = await procCpuNs(pid);
     assert.ok(a.cpuUsageNs >= procA0 - 1e7 && a.cpuUsageNs <= procA + 1e7, `stats ${a.cpuUsageNs} vs /proc ${procA0}..${procA}`);
-    // a vCPU spinning for 1.5 s: most of a CPU (TCG spends more, KVM about one)
+    assert.ok(b.cpuUsageNs >= procB0 - 1e7 && b.cpuUsageNs <= procB + 1e7, `stats ${b.cpuUsageNs} vs /proc ${procB0}..${procB}`);
+    // a vCPU spinning for 1.5 s grows it by most of a CPU on a quiet host (an idle guest by
+    // ~0.05 s); the floor is lower because CI runs three files on two CPUs (0.68 s seen there)
     const grew = b.cpuUsageNs - a.cpuUsageNs;
-    assert.ok(grew >= 0.7e9, `CPU grew ${grew / 1e9} s in 1.5 s`);
-    assert.ok(b.cpuUsageNs <= procB, 'never ahead of the process');
+    assert.ok(grew >= 0.3e9, `CPU grew ${grew / 1e9} s in 1.5 s`);
     assert.ok(b.memoryBytes > 0 && b.memoryLimitBytes === 192 << 20, `memory ${b.memoryBytes} of ${b.memoryLimitBytes}`);
     await d.stop(id, 0);
     await assert.rejects(d.stats(id), (e) => hasCode(e, 'Conflict'), 'stopped: no counter');
