@@ -51,7 +51,8 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
 
   before(async () => {
     process.env.NIMBUS_ADMIN_PASSWORD = ADMIN_PASSWORD; // read by the daemon on first start
-    d = await startDaemonProcess(['--tcp', '127.0.0.1:0']);
+    // loopback as a trusted proxy: the throttle test names its callers with X-Forwarded-For
+    d = await startDaemonProcess(['--tcp', '127.0.0.1:0', '--trusted-proxy', '127.0.0.1']);
     const m = /tcp:127\.0\.0\.1:(\d+)/.exec(d.output());
     assert.ok(m, `ready line names the TCP port: ${d.output()}`);
     port = Number(m[1]);
@@ -435,12 +436,14 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal(hits, 0, 'the loopback service got no request');
   });
 
-  test('failed logins over TCP: after 5 for a user from one address, 429 with Retry-After, even with the right password; over the socket the user still logs in', async () => {
-    for (let i = 0; i < 5; i++) assert.equal((await call(tcp(), 'POST', '/auth/login', { body: { user: 'rita', password: 'not-it' } })).status, 401);
-    const held = await call(tcp(), 'POST', '/auth/login', { body: { user: 'rita', password: PASSWORD } });
+  test('failed logins over TCP: after 5 for a user from one caller, 429 with Retry-After, even with the right password; another caller behind the same trusted proxy, and the socket, still log in', async () => {
+    const from = (address: string) => ({ headers: { 'x-forwarded-for': address } });
+    for (let i = 0; i < 5; i++) assert.equal((await call(tcp(), 'POST', '/auth/login', { ...from('198.51.100.1'), body: { user: 'rita', password: 'not-it' } })).status, 401);
+    const held = await call(tcp(), 'POST', '/auth/login', { ...from('198.51.100.1'), body: { user: 'rita', password: PASSWORD } });
     assert.equal(held.status, 429, held.text);
     assert.equal((held.body as { error: { code: string } }).error.code, 'TooManyRequests');
     assert.ok(Number(held.headers['retry-after']) > 0, `retry-after: ${held.headers['retry-after']}`);
+    assert.equal((await call(tcp(), 'POST', '/auth/login', { ...from('198.51.100.2'), body: { user: 'rita', password: PASSWORD } })).status, 201, 'another caller through the proxy');
     assert.equal((await call(sock(), 'POST', '/auth/login', { body: { user: 'rita', password: PASSWORD } })).status, 201);
   });
 

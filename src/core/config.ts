@@ -26,6 +26,11 @@ export interface NimbusOptions {
    * Env NIMBUS_ALLOWED_REGISTRIES, comma-separated.
    */
   allowedRegistries: string[];
+  /**
+   * Proxies in front of the API whose X-Forwarded-For is believed for the caller's address (what
+   * failed logins are counted by: api/caller-address.ts). Env NIMBUS_TRUSTED_PROXIES, comma-separated.
+   */
+  trustedProxies: string[];
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
   snapshotter: 'auto' | 'overlayfs' | 'native';
   /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (runc where its probe passes, else crun). */
@@ -145,6 +150,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     insecureRegistries:
       overrides.insecureRegistries ?? (env.NIMBUS_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     allowedRegistries: overrides.allowedRegistries ?? (env.NIMBUS_ALLOWED_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+    trustedProxies: overrides.trustedProxies ?? (env.NIMBUS_TRUSTED_PROXIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
     ...((overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE) ? { seccompProfile: overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE } : {}),

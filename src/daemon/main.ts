@@ -39,6 +39,8 @@ Options (environment variable in brackets):
   --allow-registry H       let pulls reach registry H on this host's own, loopback or link-local
                            addresses, refused otherwise (repeatable; insecure ones are allowed too)
                            [NIMBUS_ALLOWED_REGISTRIES]
+  --trusted-proxy IP       a proxy in front of the API whose X-Forwarded-For names the caller
+                           (failed logins are counted per caller; repeatable) [NIMBUS_TRUSTED_PROXIES]
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: runc, else crun)
   --vm-host-dir DIR        a host directory system administrators may boot VMs from by path
@@ -199,6 +201,7 @@ async function main(): Promise<void> {
       store: { type: 'string' },
       'insecure-registry': { type: 'string', multiple: true },
       'allow-registry': { type: 'string', multiple: true },
+      'trusted-proxy': { type: 'string', multiple: true },
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
@@ -229,6 +232,7 @@ async function main(): Promise<void> {
     ...(values.store ? { store: values.store } : {}),
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
     ...(values['allow-registry'] ? { allowedRegistries: values['allow-registry'] } : {}),
+    ...(values['trusted-proxy'] ? { trustedProxies: values['trusted-proxy'] } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),

@@ -3,10 +3,10 @@ import { request, type IncomingHttpHeaders } from 'node:http';
 
 export interface Reply { status: number; body: unknown; text: string; headers: IncomingHttpHeaders }
 
-export function call(target: { port: number } | { socketPath: string }, method: string, path: string, opts: { token?: string; body?: unknown; raw?: Buffer } = {}): Promise<Reply> {
+export function call(target: { port: number } | { socketPath: string }, method: string, path: string, opts: { token?: string; body?: unknown; raw?: Buffer; headers?: Record<string, string> } = {}): Promise<Reply> {
   return new Promise((ok, fail) => {
     const payload = opts.raw ?? (opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body)));
-    const headers: Record<string, string | number> = {};
+    const headers: Record<string, string | number> = { ...opts.headers };
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
     if (payload) {
       headers['content-type'] = opts.raw ? 'application/x-tar' : 'application/json';

@@ -1,4 +1,5 @@
 import { Type } from '@sinclair/typebox';
+import { callerAddress } from '../caller-address.js';
 import { route } from '../route.js';
 import { Conflict, Unauthenticated } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
@@ -71,7 +72,7 @@ export const agentRoutes = [
     handler: async ({ body, services, req }) => {
       // the proof is the handshake: only the holder of the named agent's key can answer at the URL
       if (!body.url.startsWith('https://')) throw new Unauthenticated('only https:// agents register without a credential (use POST /agents)');
-      const rec = await services.agents.registerOverTls(body, req.socket.remoteAddress ?? 'local');
+      const rec = await services.agents.registerOverTls(body, callerAddress(req, services.options?.trustedProxies ?? []));
       return { status: 201, body: { name: rec.name, url: rec.url, registeredAt: rec.registeredAt } };
     },
   }),

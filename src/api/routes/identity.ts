@@ -1,4 +1,5 @@
 import { Type } from '@sinclair/typebox';
+import { callerAddress } from '../caller-address.js';
 import { route } from '../route.js';
 import { Empty, Name as NameField, ProjectRef } from '../schemas.js';
 import { MAX_TTL_SECONDS } from '../../control/identity/identity-service.js';
@@ -23,7 +24,7 @@ export const identityRoutes = [
       ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_TTL_SECONDS, description: 'Default 12 hours' })),
     }, { additionalProperties: false }),
     response: Type.Object({ token: Type.String(), expiresAt: Type.String(), user: User }),
-    handler: async ({ body, services, req }) => ({ status: 201, body: await services.identity.login(body.user, body.password, body.ttlSeconds, req.socket.remoteAddress ?? 'local') }),
+    handler: async ({ body, services, req }) => ({ status: 201, body: await services.identity.login(body.user, body.password, body.ttlSeconds, callerAddress(req, services.options?.trustedProxies ?? [])) }),
   }),
   route({
     method: 'POST', path: '/auth/logout', operationId: 'logout', tag: 'identity', access: 'write', auth: { authenticated: true },
