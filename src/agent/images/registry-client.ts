@@ -30,7 +30,7 @@ import { isLoopbackRegistry } from '../../core/image-reference.js';
 import { possessionCheck, type ContentInfo, type ContentIngester, type ContentStore } from '../content/content-store.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
 import { exchange, type RegistryAnswer } from './http-exchange.js';
-import { EgressRefused, egressDenied, namedByAdministrator } from './registry-egress.js';
+import { EgressRefused, egressDenied } from './registry-egress.js';
 
 export interface RegistryCredentials {
   username: string;
@@ -200,6 +200,8 @@ export class RegistryClient {
   private readonly cache: TokenCache;
   private bearerKey: string | undefined;
   private basic = false;
+  /** Registries (host[:port], as URL.host writes it) an administrator named: connected to without the egress guard. */
+  private readonly named: ReadonlySet<string>;
 
   constructor(
     readonly registry: string,
@@ -210,6 +212,7 @@ export class RegistryClient {
     const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
     this.base = `${plain ? 'http' : 'https'}://${host}/v2/${repository}`;
     this.cache = opts.tokenCache ?? defaultTokenCache;
+    this.named = new Set([...(opts.allowedRegistries ?? []), ...(opts.insecureRegistries ?? [])]);
   }
 
   private where(what: string): string {
@@ -344,6 +347,7 @@ export class RegistryClient {
     let current = url;
     let hdrs: Record<string, string> = { ...headers, ...(this.opts.userAgent ? { 'user-agent': this.opts.userAgent } : {}) };
     for (let hop = 0; ; hop++) {
+      const target = new URL(current);
       let res: RegistryAnswer;
       // A registry that accepts the connection and never answers must not hang a pull.
       const timeoutMs = this.opts.responseTimeoutMs ?? 30_000;
@@ -351,14 +355,13 @@ export class RegistryClient {
       const timer = setTimeout(() => deadline.abort(), timeoutMs);
       try {
         const signal = this.opts.signal ? AbortSignal.any([this.opts.signal, deadline.signal]) : deadline.signal;
-        const named = [...(this.opts.allowedRegistries ?? []), ...(this.opts.insecureRegistries ?? [])];
-        res = await exchange(current, { method, headers: hdrs, signal, guarded: !namedByAdministrator(new URL(current).host, named) });
+        res = await exchange(current, { method, headers: hdrs, signal, guarded: !this.named.has(target.host) });
       } catch (e) {
         if (this.opts.signal?.aborted) throw this.opts.signal.reason ?? e;
-        if ((e as { cause?: unknown }).cause instanceof EgressRefused) throw egressDenied(this.registry, new URL(current).host, (e as { cause: EgressRefused }).cause);
+        if ((e as { cause?: unknown }).cause instanceof EgressRefused) throw egressDenied(this.registry, target.host, (e as { cause: EgressRefused }).cause);
         if (deadline.signal.aborted) throw new Unavailable(`registry ${this.registry} did not answer ${what} within ${timeoutMs} ms`);
         const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-        throw new Unavailable(`cannot reach registry ${this.registry} (${new URL(current).host}) for ${what}: ${cause?.code ?? cause?.message ?? String(e)}`, undefined, { cause: e });
+        throw new Unavailable(`cannot reach registry ${this.registry} (${target.host}) for ${what}: ${cause?.code ?? cause?.message ?? String(e)}`, undefined, { cause: e });
       } finally {
         clearTimeout(timer);
       }
@@ -366,9 +369,9 @@ export class RegistryClient {
       if (![301, 302, 303, 307, 308].includes(res.status) || !loc) return res;
       await res.body?.cancel().catch(() => undefined);
       if (hop >= MAX_REDIRECTS) throw new Unavailable(`registry ${this.registry}: too many redirects for ${what}`);
-      const next = new URL(loc, current);
+      const next = new URL(loc, target);
       if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new Unavailable(`registry ${this.registry} redirected ${what} to ${next.protocol}`);
-      if (next.origin !== new URL(current).origin) {
+      if (next.origin !== target.origin) {
         const { authorization: _dropped, ...rest } = hdrs;
         void _dropped;
         hdrs = rest;

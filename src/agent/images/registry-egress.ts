@@ -80,11 +80,6 @@ export function guardedLookup(hostname: string, options: LookupOptions, callback
   });
 }
 
-/** Is this host[:port] one an administrator named (exempt from the guard)? `host` as URL.host has it. */
-export function namedByAdministrator(host: string, named: readonly string[]): boolean {
-  return named.includes(host);
-}
-
 /**
  * The refusal as the error a caller gets, naming `target` (the URL's host[:port]: the registry, a
  * redirect's or a token realm's); the address it resolved to is for administrators.
