@@ -140,20 +140,23 @@ export function warmBudget(v: string | number, hostBytes = totalmem()): number {
   throw new InvalidArgument(`warm pool budget must be bytes ("512m") or a share of memory up to 50% ("2%"), got "${v}"`);
 }
 
+/** An environment variable's list ("a,b" or "/a:/b"): its items trimmed, empty ones dropped. */
+const listIn = (value: string | undefined, separator = ','): string[] => (value ?? '').split(separator).map((s) => s.trim()).filter(Boolean);
+
 export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: NodeJS.ProcessEnv = process.env): CompiledOptions {
   const home = overrides.home ?? env.NIMBUS_HOME ?? '/var/lib/nimbus';
   const socket = overrides.socket ?? env.NIMBUS_SOCKET ?? '/run/nimbus/nimbus.sock';
+  const seccompProfile = overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE;
   const opts: NimbusOptions = {
     home,
     socket,
     dockerSocket: overrides.dockerSocket ?? (env.NIMBUS_DOCKER_SOCKET || path.join(path.dirname(socket), 'docker.sock')),
-    insecureRegistries:
-      overrides.insecureRegistries ?? (env.NIMBUS_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
-    allowedRegistries: overrides.allowedRegistries ?? (env.NIMBUS_ALLOWED_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
-    trustedProxies: overrides.trustedProxies ?? (env.NIMBUS_TRUSTED_PROXIES ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+    insecureRegistries: overrides.insecureRegistries ?? listIn(env.NIMBUS_INSECURE_REGISTRIES),
+    allowedRegistries: overrides.allowedRegistries ?? listIn(env.NIMBUS_ALLOWED_REGISTRIES),
+    trustedProxies: overrides.trustedProxies ?? listIn(env.NIMBUS_TRUSTED_PROXIES),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
-    ...((overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE) ? { seccompProfile: overrides.seccompProfile ?? env.NIMBUS_SECCOMP_PROFILE } : {}),
+    ...(seccompProfile ? { seccompProfile } : {}),
     agentName: overrides.agentName ?? env.NIMBUS_AGENT_NAME ?? 'local',
     warmPerImage: count('warm pool size', overrides.warmPerImage ?? env.NIMBUS_WARM_POOL ?? 2),
     warmImages: count('warm images', overrides.warmImages ?? env.NIMBUS_WARM_IMAGES ?? 4),
@@ -166,12 +169,12 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     subnetPool: overrides.subnetPool ?? env.NIMBUS_SUBNET_POOL ?? '10.89.0.0/16',
     nftTable: overrides.nftTable ?? env.NIMBUS_NFT_TABLE ?? 'nimbus',
     dnsPort: Number(overrides.dnsPort ?? env.NIMBUS_DNS_PORT ?? 53),
-    vmHostDirs: overrides.vmHostDirs ?? (env.NIMBUS_VM_HOST_DIRS ?? '').split(':').map((s) => s.trim()).filter(Boolean),
+    vmHostDirs: overrides.vmHostDirs ?? listIn(env.NIMBUS_VM_HOST_DIRS, ':'),
   };
   for (const d of opts.vmHostDirs) {
     if (!d.startsWith('/') || d === '/') throw new InvalidArgument(`a VM host directory must be an absolute path other than /, got "${d}"`);
   }
-  const upstreams = overrides.dnsUpstreams ?? (env.NIMBUS_DNS_UPSTREAMS !== undefined ? env.NIMBUS_DNS_UPSTREAMS.split(',').map((x) => x.trim()).filter(Boolean) : undefined);
+  const upstreams = overrides.dnsUpstreams ?? (env.NIMBUS_DNS_UPSTREAMS !== undefined ? listIn(env.NIMBUS_DNS_UPSTREAMS) : undefined);
   if (upstreams) opts.dnsUpstreams = upstreams;
   for (const [key, envName] of [['layerMaxBytes', 'NIMBUS_LAYER_MAX_BYTES'], ['imageMaxBytes', 'NIMBUS_IMAGE_MAX_BYTES']] as const) {
     const v = overrides[key] ?? env[envName];

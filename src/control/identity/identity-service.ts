@@ -98,7 +98,8 @@ export class IdentityService {
 
   /** Password → session token. Unknown user and wrong password fail alike, in alike time. */
   /**
-   * `source`: the caller's address (the socket's peer). Failed logins are throttled per user from
+   * `source`: the caller's address (api/caller-address.ts: the socket's peer, or behind a trusted
+   * proxy its X-Forwarded-For). Failed logins are throttled per user from
    * that address and per address (FailureThrottle): a throttled attempt is refused (429) before
    * its password is even checked, so guessing costs the guesser time and nimbusd no scrypt.
    */
