@@ -268,10 +268,18 @@ describe('container engine end to end', { concurrency: false }, () => {
 
   test('quota: container creates are admitted by the ledger, refused past the limit, released on rm, persisted across restarts', async () => {
     assert.equal((await d.api<C[]>('GET', '/containers?all=true')).body.length, 0, 'starts with no containers');
-    let r = await d.cli(['quota', 'set', 'default', '--instances', '2', '--memory', '256m']);
+    const inside = (name: string, cmd: string) => d.cliOk(['exec', name, 'sh', '-c', cmd]).then((o) => o.trim());
+    // memory unlimited: a container without --memory is best effort (no limit, the OOM killer's first pick)
+    assert.equal((await d.cliOk(['run', '--rm', IMAGE, 'cat', '/proc/1/oom_score_adj'])).trim(), '1000');
+    let r = await d.cli(['quota', 'set', 'default', '--instances', '2', '--memory', '1g']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal((await d.cli(['run', '-d', '--name', 'q1', '--memory', '64m', IMAGE, 'sleep', '600'])).code, 0);
     assert.equal((await d.cli(['run', '-d', '--name', 'q2', IMAGE, 'sleep', '600'])).code, 0);
+    // memory limited: one without --memory is given the default size, limited and charged
+    const q2 = (await d.api<C & { config: { memoryBytes?: number } }>('GET', '/containers/q2')).body;
+    assert.equal(q2.config.memoryBytes, 512 * 1024 * 1024, 'the default size, on the record');
+    assert.equal(Number(await inside('q2', 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max')), 512 * 1024 * 1024, 'and in its cgroup');
+    assert.deepEqual([await inside('q1', 'cat /proc/1/oom_score_adj'), await inside('q2', 'cat /proc/1/oom_score_adj')], ['0', '0'], 'sized: not best effort');
     r = await d.cli(['run', '-d', '--name', 'q3', IMAGE, 'sleep', '600']);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /QuotaExceeded: .*instances/);
@@ -282,7 +290,7 @@ describe('container engine end to end', { concurrency: false }, () => {
     type View = { resources: Record<string, { hard: number; used: number; free: number }> };
     let view = JSON.parse((await d.cli(['quota', 'show', '-o', 'json'])).stdout) as View;
     assert.deepEqual([view.resources.instances!.hard, view.resources.instances!.used, view.resources.instances!.free], [2, 2, 0]);
-    assert.equal(view.resources.memory!.used, 64);
+    assert.equal(view.resources.memory!.used, 64 + 512, 'the asked 64 MiB and the default 512');
 
     await d.kill('SIGKILL');
     await d.restart();
@@ -295,7 +303,7 @@ describe('container engine end to end', { concurrency: false }, () => {
     const audit = JSON.parse((await d.cli(['quota', 'audit', '-o', 'json'])).stdout) as { kind: string }[];
     for (const kind of ['admit', 'reject', 'release']) assert.ok(audit.some((e) => e.kind === kind), `audit has ${kind}`);
     assert.equal((await d.cli(['rm', '-f', 'q2', 'q3'])).code, 0);
-    assert.equal((await d.cli(['quota', 'set', 'default', '--instances', '100000', '--memory', '1000000'])).code, 0);
+    assert.equal((await d.cli(['quota', 'set', 'default', '--instances', '100000', '--memory', 'unlimited'])).code, 0);
   });
 
   test('reconciliation on start removes container state the store does not know', async () => {

@@ -37,8 +37,9 @@ describe('warm start', { concurrency: false }, () => {
   });
 
   test('a warm container runs the requested command, env, workdir, limits and hostname', async () => {
-    const first = await d.cli(['run', '--rm', IMAGE, 'true']);
-    assert.equal(first.code, 0, `first run: cold, makes the image hot: ${first.stderr}`);
+    // warm containers are made per memory size (a claim cannot change it): this size's first run is cold
+    const first = await d.cli(['run', '--rm', '--memory', '32m', IMAGE, 'true']);
+    assert.equal(first.code, 0, `first run: cold, makes the image hot at this size: ${first.stderr}`);
     const before = await warmReady();
     const r = await d.cli([
       'run', '--name', 'warm1', '--env', 'GREETING=hello world', '--workdir', '/srv/app', '--memory', '32m', '--pids-limit', '20', IMAGE,
@@ -58,7 +59,7 @@ describe('warm start', { concurrency: false }, () => {
   test('a warm container over its memory limit is OOM-killed: 137 and OOMKilled', async () => {
     await warmReady();
     const hits = (await warm()).hits;
-    const r = await d.cli(['run', '--name', 'warm-oom', '--memory', '16m', IMAGE, 'sh', '-c', 'x=a; while true; do x="$x$x"; done']);
+    const r = await d.cli(['run', '--name', 'warm-oom', '--memory', '32m', IMAGE, 'sh', '-c', 'x=a; while true; do x="$x$x"; done']);
     assert.equal(r.code, 137, r.stderr);
     assert.equal((await warm()).hits, hits + 1);
     const c = (await d.api<{ exitCode: number; oomKilled: boolean }>('GET', '/containers/warm-oom')).body;
@@ -68,7 +69,7 @@ describe('warm start', { concurrency: false }, () => {
 
   test('a missing command is refused at the claim as a cold create refuses it (400, no container), not an exit 127', async () => {
     const before = await warmReady();
-    const r = await d.cli(['run', '--name', 'nocmd', IMAGE, 'no-such-command']);
+    const r = await d.cli(['run', '--name', 'nocmd', '--memory', '32m', IMAGE, 'no-such-command']);
     assert.equal(r.code, 127, "the CLI's exit for a command not found (as docker run's)");
     assert.match(r.stderr, /InvalidArgument: cannot run "no-such-command": executable file not found in \$PATH/, 'the create refused it: no container ran');
     assert.equal((await warm()).hits, before.hits + 1, 'it took the warm path');

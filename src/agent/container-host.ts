@@ -59,7 +59,11 @@ function warmTemplateOf(req: Omit<ContainerCreateRequest, 'id'>): WarmTemplate |
   if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
   if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
   const network = req.network?.mode === 'networks' ? req.network.endpoints[0]?.network : undefined;
-  return { imageChainId: req.imageChainId, user: req.process.user, ...(req.runtime ? { runtime: req.runtime } : {}), ...(network ? { network } : {}) };
+  const memoryBytes = req.resources.memoryBytes;
+  return {
+    imageChainId: req.imageChainId, user: req.process.user,
+    ...(req.runtime ? { runtime: req.runtime } : {}), ...(network ? { network } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}),
+  };
 }
 
 /** What the container host is given by the agent that owns it. */
@@ -226,7 +230,7 @@ export class LocalContainerHost implements ContainerHost {
     const rootfs = await this.p.snapshotter.prepare(id, t.imageChainId);
     try {
       const state = await this.p.containers.createWarm({
-        id, name: `warm-${id.slice(0, 12)}`, rootfs, resources: {},
+        id, name: `warm-${id.slice(0, 12)}`, rootfs, resources: t.memoryBytes !== undefined ? { memoryBytes: t.memoryBytes } : {},
         process: { args: ['true'], env: [], cwd: '/', user: t.user },
         ...(t.runtime ? { runtime: t.runtime } : {}),
       });

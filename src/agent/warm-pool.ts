@@ -29,6 +29,8 @@ export interface WarmTemplate {
   runtime?: string;
   /** The network its interface is already on, without an address yet (absent: loopback only). */
   network?: NetworkSpec;
+  /** Its memory limit (absent: none, best effort): made with it, as a claim cannot add or remove one. */
+  memoryBytes?: number;
 }
 
 export interface WarmPoolOptions {
@@ -132,7 +134,7 @@ export function templateFault(e: unknown): boolean {
   return isNimbusError(e) && (e.code === 'InvalidArgument' || e.code === 'NotFound' || e.code === 'PermissionDenied');
 }
 
-export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '', t.network?.id ?? '']);
+export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '', t.network?.id ?? '', t.memoryBytes ?? 0]);
 
 export class WarmPool {
   private readonly ready = new Map<string, string[]>();

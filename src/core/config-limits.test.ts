@@ -16,6 +16,17 @@ test('image unpack limits: unset by default (the agent applies 16 GiB / 64 GiB),
   }
 });
 
+test('the container memory default: 512 MiB unless set; 0 turns it off; sizes below 6 MiB and non-sizes refused', () => {
+  const home = '/var/lib/nimbus-test';
+  assert.equal(compileOptions({ home }, {}).containerMemoryDefaultBytes, 512 * 1024 ** 2);
+  assert.equal(compileOptions({ home }, { NIMBUS_CONTAINER_MEMORY_DEFAULT: '1g' }).containerMemoryDefaultBytes, 1024 ** 3);
+  assert.equal(compileOptions({ home }, { NIMBUS_CONTAINER_MEMORY_DEFAULT: '0' }).containerMemoryDefaultBytes, 0);
+  assert.equal(compileOptions({ home, containerMemoryDefaultBytes: 64 * 1024 ** 2 }, { NIMBUS_CONTAINER_MEMORY_DEFAULT: '1g' }).containerMemoryDefaultBytes, 64 * 1024 ** 2);
+  for (const bad of ['1m', '-1', 'lots', '1.5g']) {
+    assert.throws(() => compileOptions({ home }, { NIMBUS_CONTAINER_MEMORY_DEFAULT: bad }), { code: 'InvalidArgument', message: /container memory default/ }, bad);
+  }
+});
+
 test('a PostgreSQL store location is shown without its password, a socket URL included', () => {
   assert.equal(describeStore('postgres://nimbus:s3cret@db.example:5432/nimbus'), 'postgres://nimbus:***@db.example:5432/nimbus');
   assert.equal(describeStore('postgresql://nimbus@/nimbus?host=/run/postgresql&password=s3cret&max=4'), 'postgresql://nimbus@/nimbus?host=/run/postgresql&password=***&max=4');

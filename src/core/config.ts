@@ -6,6 +6,7 @@
 import path from 'node:path';
 import { totalmem } from 'node:os';
 import { InvalidArgument } from './errors.js';
+import { MIN_MEMORY_BYTES } from './limits.js';
 
 export interface NimbusOptions {
   /** State directory (store, content, snapshots, containers). Env NIMBUS_HOME. Default /var/lib/nimbus. */
@@ -31,6 +32,14 @@ export interface NimbusOptions {
    * failed logins are counted by: api/caller-address.ts). Env NIMBUS_TRUSTED_PROXIES, comma-separated.
    */
   trustedProxies: string[];
+  /**
+   * The memory a container created without one is given (limited and charged) in a project whose
+   * memory quota is limited: what Kubernetes' LimitRange gives a namespace with a ResourceQuota.
+   * In an unlimited project such a container stays best effort (no limit, charged nothing, killed
+   * first when the host runs out). Env NIMBUS_CONTAINER_MEMORY_DEFAULT: bytes with a k/m/g suffix;
+   * 0: never (unsized containers charged nothing anywhere). Default 512 MiB (docs/identity.md).
+   */
+  containerMemoryDefaultBytes: number;
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
   snapshotter: 'auto' | 'overlayfs' | 'native';
   /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (runc where its probe passes, else crun). */
@@ -140,6 +149,21 @@ export function warmBudget(v: string | number, hostBytes = totalmem()): number {
   throw new InvalidArgument(`warm pool budget must be bytes ("512m") or a share of memory up to 50% ("2%"), got "${v}"`);
 }
 
+/** Bytes, with an optional k/m/g/t suffix (binary units). */
+export function byteSize(name: string, v: string | number): number {
+  if (typeof v === 'number') {
+    if (Number.isSafeInteger(v) && v >= 0) return v;
+    throw new InvalidArgument(`${name} must be a whole number of bytes, got ${v}`);
+  }
+  const m = /^(\d+)([kmgt]?)(?:i?b)?$/i.exec(v.trim());
+  const n = m ? Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase()) : NaN;
+  if (!Number.isSafeInteger(n)) throw new InvalidArgument(`${name} must be bytes with an optional k/m/g/t suffix ("512m"), got "${v}"`);
+  return n;
+}
+
+/** 512 MiB: Cloud Run's default size, and Kubernetes' LimitRange example's. */
+export const DEFAULT_CONTAINER_MEMORY_BYTES = 512 * 1024 * 1024;
+
 /** An environment variable's list ("a,b" or "/a:/b"): its items trimmed, empty ones dropped. */
 const listIn = (value: string | undefined, separator = ','): string[] => (value ?? '').split(separator).map((s) => s.trim()).filter(Boolean);
 
@@ -154,6 +178,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     insecureRegistries: overrides.insecureRegistries ?? listIn(env.NIMBUS_INSECURE_REGISTRIES),
     allowedRegistries: overrides.allowedRegistries ?? listIn(env.NIMBUS_ALLOWED_REGISTRIES),
     trustedProxies: overrides.trustedProxies ?? listIn(env.NIMBUS_TRUSTED_PROXIES),
+    containerMemoryDefaultBytes: byteSize('container memory default', overrides.containerMemoryDefaultBytes ?? (env.NIMBUS_CONTAINER_MEMORY_DEFAULT || DEFAULT_CONTAINER_MEMORY_BYTES)),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
     ...(seccompProfile ? { seccompProfile } : {}),
@@ -171,6 +196,9 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     dnsPort: Number(overrides.dnsPort ?? env.NIMBUS_DNS_PORT ?? 53),
     vmHostDirs: overrides.vmHostDirs ?? listIn(env.NIMBUS_VM_HOST_DIRS, ':'),
   };
+  if (opts.containerMemoryDefaultBytes > 0 && opts.containerMemoryDefaultBytes < MIN_MEMORY_BYTES) {
+    throw new InvalidArgument(`container memory default must be 0 (none) or at least 6 MiB, got ${opts.containerMemoryDefaultBytes} bytes`);
+  }
   for (const d of opts.vmHostDirs) {
     if (!d.startsWith('/') || d === '/') throw new InvalidArgument(`a VM host directory must be an absolute path other than /, got "${d}"`);
   }
@@ -179,9 +207,8 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
   for (const [key, envName] of [['layerMaxBytes', 'NIMBUS_LAYER_MAX_BYTES'], ['imageMaxBytes', 'NIMBUS_IMAGE_MAX_BYTES']] as const) {
     const v = overrides[key] ?? env[envName];
     if (v === undefined || v === '') continue;
-    const m = /^(\d+)([kmgt]?)$/i.exec(String(v));
-    const n = m ? Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase()) : NaN;
-    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgument(`${envName} must be a positive size in bytes (k/m/g/t suffix allowed), got "${v}"`);
+    const n = byteSize(envName, v);
+    if (n < 1) throw new InvalidArgument(`${envName} must be a positive size in bytes (k/m/g/t suffix allowed), got "${v}"`);
     opts[key] = n;
   }
   if (!/^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$/.test(opts.bridge)) throw new InvalidArgument(`bridge must be an interface name (≤ 15 characters), got "${opts.bridge}"`);

@@ -7,7 +7,7 @@ import { InvalidArgument, isNimbusError } from '../core/errors.js';
 import { startAgentProcess } from './agent-process.js';
 import { startDaemon } from './daemon.js';
 import { migrateStoreCommand } from './migrate-store.js';
-import { describeStore } from '../core/config.js';
+import { byteSize, describeStore } from '../core/config.js';
 
 /** The embedded default's local dashboard port (Proxmox VE's is 8006, Incus's 8443; this one is ours). */
 const DEFAULT_DASHBOARD = '127.0.0.1:8780';
@@ -41,6 +41,11 @@ Options (environment variable in brackets):
                            [NIMBUS_ALLOWED_REGISTRIES]
   --trusted-proxy IP       a proxy in front of the API whose X-Forwarded-For names the caller
                            (failed logins are counted per caller; repeatable) [NIMBUS_TRUSTED_PROXIES]
+  --container-memory-default SIZE
+                           what a container created without --memory is limited to and charged
+                           in a project whose memory quota is limited [NIMBUS_CONTAINER_MEMORY_DEFAULT]
+                           (default 512m; 0: never). Elsewhere it runs unlimited, charged nothing,
+                           and is the first the kernel kills when the host runs out of memory
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: runc, else crun)
   --vm-host-dir DIR        a host directory system administrators may boot VMs from by path
@@ -202,6 +207,7 @@ async function main(): Promise<void> {
       'insecure-registry': { type: 'string', multiple: true },
       'allow-registry': { type: 'string', multiple: true },
       'trusted-proxy': { type: 'string', multiple: true },
+      'container-memory-default': { type: 'string' },
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
@@ -233,6 +239,7 @@ async function main(): Promise<void> {
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
     ...(values['allow-registry'] ? { allowedRegistries: values['allow-registry'] } : {}),
     ...(values['trusted-proxy'] ? { trustedProxies: values['trusted-proxy'] } : {}),
+    ...(values['container-memory-default'] !== undefined ? { containerMemoryDefaultBytes: byteSize('--container-memory-default', values['container-memory-default']) } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),

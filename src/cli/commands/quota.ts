@@ -3,6 +3,7 @@ import { printJson, table } from '../output.js';
 import { clientOf } from './shared.js';
 import { currentProject } from './identity.js';
 
+const UNLIMITED = 2 ** 40;
 const RESOURCES = ['instances', 'cpus', 'memory', 'networks', 'volumes', 'disk'] as const;
 type Vector = Partial<Record<(typeof RESOURCES)[number], number>>;
 
@@ -19,7 +20,8 @@ function vectorOf(pairs: string[], what: string): Vector | undefined {
   }
   return v;
 }
-const memoryMiB = (s: string) => (/^\d+$/.test(s) ? Number(s) : Math.ceil(parseSize(s) / (1024 * 1024)));
+/** MiB from "512m" or plain MiB; "unlimited" as the ledger has it for a root nobody limited. */
+const memoryMiB = (s: string) => (s === 'unlimited' ? UNLIMITED : /^\d+$/.test(s) ? Number(s) : Math.ceil(parseSize(s) / (1024 * 1024)));
 function wholeNumber(s: string, what: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`${what} must be a whole number, got "${s}"`);
@@ -27,7 +29,6 @@ function wholeNumber(s: string, what: string): number {
 }
 
 interface Figures { hard: number; used: number; reserved: number; allocated: number; free: number; lent: number; borrowed: number; pool: number }
-const UNLIMITED = 2 ** 40;
 const fmt = (n: number, r: string) => (n >= UNLIMITED ? 'unlimited' : r === 'memory' || r === 'disk' ? `${n}MiB` : String(n));
 
 export const quotaCommands: CommandSpec[] = [
@@ -47,7 +48,7 @@ export const quotaCommands: CommandSpec[] = [
     options: [
       { name: 'instances', type: 'number', value: 'N', description: 'Hard limit on instances' },
       { name: 'cpus', type: 'number', value: 'N', description: 'Hard limit on CPUs' },
-      { name: 'memory', type: 'string', value: 'SIZE', description: 'Hard limit on memory (e.g. 8g; plain numbers are MiB)' },
+      { name: 'memory', type: 'string', value: 'SIZE', description: 'Hard limit on memory (e.g. 8g; plain numbers are MiB; "unlimited" on a root project). Where it is limited, a container created without --memory is given and charged nimbusd --container-memory-default (512m unless set)' },
       { name: 'networks', type: 'number', value: 'N', description: 'Hard limit on networks' },
       { name: 'volumes', type: 'number', value: 'N', description: 'Hard limit on named volumes' },
       { name: 'disk', type: 'string', value: 'SIZE', description: 'Hard limit on the size of named volumes together (e.g. 100g; plain numbers are MiB)' },

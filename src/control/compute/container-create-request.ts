@@ -5,6 +5,8 @@
  */
 import { Conflict, InvalidArgument, PermissionDenied, Unavailable } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
+import { MIN_MEMORY_BYTES } from '../../core/limits.js';
+import { secureGuestMemoryMiB } from '../../agent/drivers/secure/guest-memory.js';
 import type { ContainerCreateRequest } from '../../agent/agent.js';
 import type { ProcessSpec } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
@@ -18,6 +20,8 @@ import { checkHostname, checkIpv4, checkPorts, checkResources, checkStopTimeout 
 import { withGroupResolved, type PlacementInput } from './hosts.js';
 import { generateName } from './names.js';
 import { checkProcess, processSpecFor } from './process-spec.js';
+
+const MiB = 1024 * 1024;
 
 export interface CreateContainerInput extends Omit<ContainerConfig, 'mounts'> {
   name?: string;
@@ -54,6 +58,11 @@ export interface CreateRequestDeps {
   volumes(): VolumeService | undefined;
   /** A container by id or name in `scope` (a link's target). */
   get(idOrName: string, scope: ProjectScope): Promise<ContainerRecord>;
+  /**
+   * The memory a container created without a size is given in this project (limited and charged),
+   * or undefined: it runs best effort (docs/identity.md, "A container's memory").
+   */
+  defaultMemoryBytes?(projectId: string): number | undefined;
 }
 
 /** A create checked and resolved: what admission, placement and the record are made from. */
@@ -88,15 +97,16 @@ export async function prepareCreate(
   if (input.name && (await taken(input.name))) {
     throw new Conflict(`the container name "${input.name}" is already in use in this project`);
   }
-  if (input.memoryBytes !== undefined && input.memoryBytes < 6 * 1024 * 1024) {
+  if (input.memoryBytes !== undefined && input.memoryBytes < MIN_MEMORY_BYTES) {
     throw new InvalidArgument('memory limit must be at least 6 MiB');
   }
   checkResources(input);
+  const memoryBytes = memoryFor(input, deps.defaultMemoryBytes?.(projectId));
   if (input.stopTimeout !== undefined) checkStopTimeout(input.stopTimeout, 'stopTimeout');
   if (input.hostname !== undefined) checkHostname(input.hostname);
   if (input.ip !== undefined) checkIpv4(input.ip);
   for (const d of input.dns ?? []) checkIpv4(d, 'dns');
-  const { name: requestedName, mounts: mountInput, publishAll, ...asked } = input;
+  const { name: requestedName, mounts: mountInput, publishAll, ...asked } = { ...input, ...(memoryBytes !== undefined ? { memoryBytes } : {}) };
   if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
   // -P: every port the image exposes that the request does not publish, on a port its host
   // chooses; moot without a network of its own (none, host, container:), as dockerd passes over it
@@ -163,6 +173,16 @@ export async function prepareCreate(
     // the mounts resolved (volumes by id) are kept in the config: what a volume's in-use check reads
     config: { ...config, image: input.image, ...(mounts.length ? { mounts } : {}) },
   };
+}
+
+/**
+ * The memory a container is limited to and charged: what it asks; unasked, a secure container's
+ * guest memory (its microVM spends it either way) or the project's default (undefined: none,
+ * best effort).
+ */
+function memoryFor(input: Pick<CreateContainerInput, 'memoryBytes' | 'runtime'>, projectDefault: number | undefined): number | undefined {
+  if (input.runtime === 'vm') return secureGuestMemoryMiB(input.memoryBytes) * MiB;
+  return input.memoryBytes ?? projectDefault;
 }
 
 /** The main process a create asks for: the image's defaults under the config's, with its links' environment first. */

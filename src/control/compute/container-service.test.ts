@@ -94,10 +94,10 @@ async function setup(t: { after(fn: () => Promise<void>): void }, startFails: bo
     .override('stopContainer', async () => ({ status: 'stopped' }))
     .override('containerState', async () => ({ status: 'created' }));
   over(agent, calls);
-  const { containers } = await wireContainerService(store, agent, opts);
+  const { containers, quota } = await wireContainerService(store, agent, opts);
   const input = (extra: Record<string, unknown> = {}) =>
     ({ image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
-  return { store, containers, calls, input };
+  return { store, containers, calls, input, quota };
 }
 
 test('create with start: one call creates and starts it, and records it running', async (t) => {
@@ -111,6 +111,47 @@ test('create with start: one call creates and starts it, and records it running'
   assert.deepEqual((await containers.get('one')).warnings, ['nofile clamped']);
   const plain = await containers.create(input({ name: 'two' }), 'p1', { projectId: 'p1' });
   assert.deepEqual([plain.status, (await containers.get('two')).runtime, (await containers.get('two')).warnings], ['created', 'runc', ['nofile clamped']], 'a create alone writes them at once');
+});
+
+test('memory: unsized is best effort in an unlimited project, the default size (limited and charged) in a limited one, refused where none is left; a secure container is charged its guest', async (t) => {
+  const MiB = 1024 * 1024;
+  const projectUnder = async (id: string, hard: Record<string, number>) => {
+    await store.projects.insert({ id, name: id, parentId: 'p1', createdAt: new Date().toISOString() });
+    await quota.ensureProject(id, 'p1');
+    await quota.setLimits(id, { hard });
+  };
+  const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 512 * MiB });
+  const used = (p: string) => quota.show(p).resources.memory.used;
+  const root = await containers.create(input({ name: 'root-unsized' }), 'p1', { projectId: 'p1' });
+  assert.equal(root.config.memoryBytes, undefined, 'the unlimited root project: best effort, no size');
+  assert.equal(used('p1'), 0);
+
+  await projectUnder('team', { instances: 10, memory: 1024 });
+  const unsized = await containers.create(input({ name: 'team-unsized' }), 'team', { projectId: 'p1' });
+  assert.equal(unsized.config.memoryBytes, 512 * MiB, 'the default, in the record (and so to the agent, the scheduler and inspect)');
+  const sized = await containers.create(input({ name: 'team-sized', memoryBytes: 64 * MiB }), 'team', { projectId: 'p1' });
+  assert.equal(sized.config.memoryBytes, 64 * MiB, 'a size asked is kept');
+  assert.equal(used('team'), 512 + 64, 'both charged');
+  await assert.rejects(containers.create(input({ name: 'team-third' }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded' && /memory/.test(e.message), 'the default does not fit the 448 MiB left');
+
+  await projectUnder('nomem', { instances: 10 });
+  await assert.rejects(containers.create(input({ name: 'nomem-unsized' }), 'nomem', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded', 'a project given no memory runs no unsized container');
+
+  const secure = await containers.create(input({ name: 'secure', runtime: 'vm' }), 'p1', { projectId: 'p1' });
+  assert.equal(secure.config.memoryBytes, 256 * MiB, "a secure container without a size: its microVM's 256 MiB");
+  const tiny = await containers.create(input({ name: 'secure-tiny', runtime: 'vm', memoryBytes: 32 * MiB }), 'p1', { projectId: 'p1' });
+  assert.equal(tiny.config.memoryBytes, 128 * MiB, 'raised to the guest minimum it is given');
+  assert.equal(used('p1'), 256 + 128);
+});
+
+test('memory: with no default (0), an unsized container is charged nothing in a limited project either', async (t) => {
+  const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 0 });
+  await store.projects.insert({ id: 'team', name: 'team', parentId: 'p1', createdAt: new Date().toISOString() });
+  await quota.ensureProject('team', 'p1');
+  await quota.setLimits('team', { hard: { instances: 1 } });
+  const c = await containers.create(input({ name: 'unsized' }), 'team', { projectId: 'p1' });
+  assert.equal(c.config.memoryBytes, undefined);
+  assert.equal(quota.show('team').resources.memory.used, 0);
 });
 
 test('names: 120 creates at once without names all succeed with names of their own (a generated name is held until its record has it)', async (t) => {

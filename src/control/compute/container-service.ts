@@ -59,6 +59,11 @@ export interface ContainerServiceOptions {
    * host's exits; only the leader acts on them, so a container is restarted once). Default: always.
    */
   handlesExits?: () => boolean;
+  /**
+   * What a container created without a memory size is limited to and charged in a project whose
+   * memory is limited (NimbusOptions.containerMemoryDefaultBytes); absent or 0: nothing, anywhere.
+   */
+  memoryDefaultBytes?: number;
 }
 
 export class ContainerService {
@@ -108,8 +113,10 @@ export class ContainerService {
       handlesExits: opts.handlesExits,
     });
     this.lifecycle = new ContainerLifecycle({ ...shared, events, quota, networks, exits: this.exits });
+    const memoryDefault = opts.memoryDefaultBytes || undefined;
     this.creates = new ContainerCreates({
       ...shared, hosts, scheduler, images, networks, quota, operations,
+      defaultMemoryBytes: (projectId) => (memoryDefault !== undefined && quota.limitsMemory(projectId) ? memoryDefault : undefined),
       startLocked: (id, alsoWrite) => this.lifecycle.startLocked(id, false, alsoWrite),
     });
     this.calls = new ContainerAgentCalls(shared);

@@ -218,6 +218,11 @@ export class Ledger {
     return this.state.projects[id] !== undefined;
   }
 
+  /** A project's hard limit of one resource. */
+  hardLimit(id: string, r: Resource): number {
+    return this.project(id).hard[r];
+  }
+
   instance(id: string): InstanceState | undefined {
     const i = this.state.instances[id];
     return i === undefined ? undefined : structuredClone(i);

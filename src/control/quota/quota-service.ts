@@ -571,6 +571,14 @@ export class QuotaService {
     return this.current.explain({ instanceId: `explain-${Date.now()}`, project: projectId, resources }, Date.now());
   }
 
+  /**
+   * Whether the project's memory is limited (any project but an unlimited root: a child's hard limit
+   * is handed down within its parent's). From memory, as stale as reads are (QuotaServiceOptions).
+   */
+  limitsMemory(projectId: string): boolean {
+    return this.current.hasProject(projectId) && this.current.hardLimit(projectId, 'memory') < UNLIMITED;
+  }
+
   show(projectId: string): ProjectView {
     return this.current.show(projectId);
   }

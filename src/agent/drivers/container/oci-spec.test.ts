@@ -8,6 +8,7 @@ import { hasCode } from '../../../core/errors.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import {
   DEFAULT_CAPABILITIES,
+  BEST_EFFORT_OOM_SCORE_ADJ,
   DEFAULT_PIDS_LIMIT,
   buildOciSpec,
   clampRlimits,
@@ -175,6 +176,7 @@ test('full spec: namespaces, mounts, caps, masks, resources, cgroups path', () =
   // no limit asked: the default, so a fork bomb stops at its own cgroup
   assert.deepEqual(buildOciSpec(spec({}), host).config.linux.resources.pids, { limit: DEFAULT_PIDS_LIMIT });
   assert.deepEqual(config.linux.resources.pids, { limit: 20 });
+  assert.equal(config.process.oomScoreAdj, 0, 'sized: an OOM score of 0 set, not inherited from whoever launched it');
   assert.deepEqual(config.linux.resources.devices, [{ allow: false, access: 'rwm' }]);
   assert.equal(config.linux.cgroupsPath, '/nimbus/abcdef0123456789');
   assert.deepEqual(config.process.rlimits, [
@@ -196,6 +198,7 @@ test('netns path, no resources, warnings from clamping, bad input', () => {
   });
   assert.deepEqual(config.linux.namespaces.find((n) => n.type === 'network'), { type: 'network', path: '/var/run/netns/n1' });
   assert.equal(config.linux.resources.memory, undefined);
+  assert.equal(config.process.oomScoreAdj, BEST_EFFORT_OOM_SCORE_ADJ, 'no memory limit: best effort, the OOM killer\'s first pick');
   assert.equal(config.linux.resources.cpu, undefined);
   assert.equal(warnings.length, 1);
   assert.match(warnings[0]!, /RLIMIT_NOFILE/);

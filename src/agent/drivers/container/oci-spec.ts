@@ -43,6 +43,7 @@ export interface OciProcess {
   capabilities: OciCapabilities;
   rlimits: OciRlimit[];
   noNewPrivileges: boolean;
+  oomScoreAdj?: number;
 }
 export interface OciMount {
   destination: string;
@@ -88,6 +89,14 @@ export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
  * (containers.conf `pids_limit`); Docker has none, as it serves one user.
  */
 export const DEFAULT_PIDS_LIMIT = 4096;
+
+/**
+ * A container without a memory limit is best effort, as Kubernetes' QoS class of that name: the
+ * first the kernel's OOM killer picks when the host runs out (oom_score_adj 1000, kubelet's value),
+ * before sized containers, VMs and the daemon. Sized ones get 0 explicitly (not what the daemon
+ * that launched them has), as dockerd writes its default into every container's spec.
+ */
+export const BEST_EFFORT_OOM_SCORE_ADJ = 1000;
 
 export const DEFAULT_CAPABILITIES = [
   'CAP_CHOWN',
@@ -390,6 +399,7 @@ export function buildOciSpec(spec: InstanceSpec, host: HostFacts, opts: BuildOpt
       capabilities: { bounding: caps, effective: [...caps], permitted: [...caps] },
       rlimits: clamp.rlimits,
       noNewPrivileges: true,
+      oomScoreAdj: r.memoryBytes === undefined ? BEST_EFFORT_OOM_SCORE_ADJ : 0,
     },
     root: { path: opts.rootPath ?? 'rootfs', readonly: opts.readonlyRootfs ?? false },
     hostname,

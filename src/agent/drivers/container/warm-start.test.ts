@@ -20,11 +20,21 @@ const warm = buildOciSpec({ ...base, process: { ...base.process, args: WARM_STUB
 const wanted = (over: Partial<InstanceSpec> = {}, proc: Partial<InstanceSpec['process']> = {}) =>
   buildOciSpec({ ...base, ...over, process: { ...base.process, ...proc } }, host, { mounts }).config;
 
-test('a request differing only in command, env, cwd, limits and labels fits the warm container', () => {
-  const c = wanted({ resources: { memoryBytes: 64 << 20, cpus: 0.5, pidsLimit: 10 }, labels: { a: 'b' } }, { args: ['sh', '-c', 'x'], env: ['A=1'], cwd: '/srv' });
+test('a request differing only in command, env, cwd, cpu and pids limits and labels fits the warm container', () => {
+  const c = wanted({ resources: { cpus: 0.5, pidsLimit: 10 }, labels: { a: 'b' } }, { args: ['sh', '-c', 'x'], env: ['A=1'], cwd: '/srv' });
   assert.equal(warmCompatible(warm, c), true);
-  assert.deepEqual(limitsOf(c), { memory: { limit: 64 << 20, swap: 64 << 20, disableOOMKiller: false }, cpu: { quota: 50000, period: 100000 }, pids: { limit: 10 } });
+  assert.deepEqual(limitsOf(c), { cpu: { quota: 50000, period: 100000 }, pids: { limit: 10 } });
   assert.equal(limitsOf(wanted()), undefined, 'no limits, no runc update');
+});
+
+test('a warm container serves only its own memory size: made with it, as a claim cannot change it or its OOM score', () => {
+  const sized = (memoryBytes: number) => buildOciSpec({ ...base, resources: { memoryBytes }, process: { ...base.process, args: WARM_STUB_ARGS } }, host, { mounts }).config;
+  const c = wanted({ resources: { memoryBytes: 64 << 20, cpus: 0.5 } });
+  assert.equal(warmCompatible(warm, c), false, 'a best-effort warm container for a sized request');
+  assert.equal(warmCompatible(sized(64 << 20), wanted()), false, 'a sized warm container for a best-effort request');
+  assert.equal(warmCompatible(sized(128 << 20), c), false, 'another size');
+  assert.equal(warmCompatible(sized(64 << 20), c), true);
+  assert.deepEqual(limitsOf(c), { cpu: { quota: 50000, period: 100000 } }, 'the memory is not updated at the claim');
 });
 
 test('anything else differing sends the request down the cold path', () => {

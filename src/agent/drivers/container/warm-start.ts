@@ -129,9 +129,13 @@ export function warmScript(p: { args: string[]; env: string[]; cwd: string }): s
   return lines.join('\n');
 }
 
-/** A config as JSON with the parts a claim may change blanked (copied shallowly: every claim compares one). */
+/**
+ * A config as JSON with the parts a claim may change blanked (copied shallowly: every claim compares
+ * one). The memory limit is not one of them: warm containers are made per size (WarmTemplate), and
+ * whether a container has one sets its OOM score too (oci-spec.ts).
+ */
 export function comparableJson(c: OciSpec): string {
-  const { memory: _m, cpu: _c, pids: _p, ...resources } = c.linux.resources;
+  const { cpu: _c, pids: _p, ...resources } = c.linux.resources;
   const blank = { ...c, annotations: undefined, process: { ...c.process, args: [], env: [], cwd: '' }, linux: { ...c.linux, resources } };
   return JSON.stringify(blank);
 }
@@ -141,11 +145,11 @@ export function warmCompatible(warm: OciSpec | string, wanted: OciSpec): boolean
   return (typeof warm === 'string' ? warm : comparableJson(warm)) === comparableJson(wanted);
 }
 
-/** The memory/cpu/pids part of a config, for `runc update -r`; undefined when it sets none. */
+/** The cpu/pids part of a config, for `runc update -r` at a claim; undefined when it sets none (the memory is the warm container's already). */
 export function limitsOf(c: OciSpec): Record<string, unknown> | undefined {
   const res = c.linux.resources;
   const out: Record<string, unknown> = {};
-  for (const k of ['memory', 'cpu', 'pids'] as const) if (res[k] !== undefined) out[k] = res[k];
+  for (const k of ['cpu', 'pids'] as const) if (res[k] !== undefined) out[k] = res[k];
   // every warm container is made with the default pids limit: a request that names none needs no update
   if (res.pids?.limit === DEFAULT_PIDS_LIMIT) delete out.pids;
   return Object.keys(out).length ? out : undefined;

@@ -28,6 +28,7 @@ import { stubUnsuitable, warmScript } from '../container/warm-start.js';
 import type { Accelerator } from '../vm/qemu.js';
 import { VmDriver } from '../vm/vm-driver.js';
 import { ROOTFS_TAG, TEMPLATE_MARKER, buildSecureGuest, type SecureGuest } from './secure-guest.js';
+import { secureGuestMemoryMiB } from './guest-memory.js';
 
 const log = logger('agent.drivers.secure');
 const MiB = 1024 * 1024;
@@ -97,7 +98,7 @@ export class SecureDriver implements InstanceDriver {
       await writeFile(path.join(nimbus, 'busybox'), ''); // the guest binds its own busybox here
       await writeFile(path.join(nimbus, 'start', 'entry'), warmScript(config.process));
       await writeFile(path.join(nimbus, 'start', 'hostname'), `${config.hostname}\n`);
-      const memoryMiB = Math.max(128, Math.ceil((spec.resources.memoryBytes ?? (this.o.defaultMemoryMiB ?? 256) * MiB) / MiB));
+      const memoryMiB = secureGuestMemoryMiB(spec.resources.memoryBytes, this.o.defaultMemoryMiB);
       const share = [{ tag: ROOTFS_TAG, path: rootfs }];
       const template = this.o.templates === false ? undefined : await this.template(guest, memoryMiB, spec.resources.cpus);
       if (template) {
