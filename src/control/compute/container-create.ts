@@ -4,7 +4,7 @@
  * written and its host's container made (a warm one claimed where it can be), started too if
  * asked. A create that fails leaves nothing behind.
  */
-import { NimbusError, Unavailable, toNimbusError } from '../../core/errors.js';
+import { NimbusError, Unavailable, isNimbusError, toNimbusError } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
@@ -55,6 +55,13 @@ function chosenPorts(asked: readonly PortSpec[] | undefined, published: readonly
     const { hostPortEnd: _range, ...rest } = p; // the record keeps the port chosen: the container's across restarts
     return { ...rest, hostPort: published[i]!.hostPort };
   });
+}
+
+/** A refusal on memory for a size the container did not ask for says where the size came from. */
+function withDefaultMemoryHint(e: unknown, given: number | undefined): unknown {
+  if (given === undefined || !isNimbusError(e) || e.code !== 'QuotaExceeded' || e.details?.resource !== 'memory') return e;
+  const hint = `a container created without --memory is given ${Math.round(given / 2 ** 20)} MiB in a project whose memory is limited: ask for less with --memory, or for more memory quota`;
+  return new NimbusError(e.code, `${e.message} (${hint})`, e.details, { cause: e, ...(e.adminMessage !== undefined ? { adminMessage: `${e.adminMessage} (${hint})` } : {}) });
 }
 
 export class ContainerCreates {
@@ -135,7 +142,7 @@ export class ContainerCreates {
       admission = await this.deps.quota.admitContainerOrPlanReclaim(id, projectId, rec.config);
     } catch (e) {
       dropWarm();
-      throw e;
+      throw input.memoryBytes === undefined ? withDefaultMemoryHint(e, config.memoryBytes) : e;
     }
     if ('decision' in admission) return { container: await this.createAdmitted(rec, warmId, prepared, opts) };
 

@@ -132,7 +132,7 @@ test('memory: unsized is best effort in an unlimited project, the default size (
   const sized = await containers.create(input({ name: 'team-sized', memoryBytes: 64 * MiB }), 'team', { projectId: 'p1' });
   assert.equal(sized.config.memoryBytes, 64 * MiB, 'a size asked is kept');
   assert.equal(used('team'), 512 + 64, 'both charged');
-  await assert.rejects(containers.create(input({ name: 'team-third' }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded' && /memory/.test(e.message), 'the default does not fit the 448 MiB left');
+  await assert.rejects(containers.create(input({ name: 'team-third' }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded' && /memory: need 512.*without --memory is given 512 MiB/.test(e.message), 'the default does not fit the 448 MiB left, and the refusal says where the 512 came from');
 
   await projectUnder('nomem', { instances: 10 });
   await assert.rejects(containers.create(input({ name: 'nomem-unsized' }), 'nomem', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded', 'a project given no memory runs no unsized container');
