@@ -7,7 +7,10 @@
  */
 import { Conflict, InvalidArgument, NotFound } from '../../../core/errors.js';
 import { blockVolumeNames, type BlockVolumeConfig } from './qemu.js';
+import { open, type FileHandle } from 'node:fs/promises';
+import { runOk } from '../../../core/exec.js';
 import { withQmp, type InstancePaths } from './qemu-process.js';
+import { fdPlaceholder, handFdsToQemu } from './qmp-fds.js';
 
 /** How long a detach waits for the guest to let go of the disk (ACPI eject) before it is refused. */
 export const DETACH_TIMEOUT_MS = 60_000;
@@ -42,11 +45,40 @@ export function withoutVolume(list: readonly BlockVolumeConfig[] | undefined, vo
   return now.filter((x) => x.volumeId !== volumeId);
 }
 
-/** Hot-plug: the qcow2 as a block node, then a virtio-blk device on it (the guest sees a new vdX). */
+/**
+ * The volume's file and the files under it (a clone's or a snapshot's backing chain), top first,
+ * as qemu-img reads them (-U: another VM may hold a shared volume open).
+ */
+async function backingChain(file: string, format: 'qcow2' | 'raw'): Promise<Array<{ path: string; format: 'qcow2' | 'raw' }>> {
+  if (format === 'raw') return [{ path: file, format }];
+  const info = JSON.parse(await runOk('qemu-img', ['info', '--backing-chain', '-U', '--output=json', file])) as Array<{ filename: string; format: string }>;
+  return info.map((l, i) => {
+    if (l.format !== 'qcow2' && l.format !== 'raw') throw new InvalidArgument(`block volume ${i ? 'backing ' : ''}file is ${l.format}; qcow2 or raw expected`);
+    return { path: i === 0 ? file : l.filename, format: l.format };
+  });
+}
+
+/**
+ * Hot-plug: the volume as a block node, then a virtio-blk device on it (the guest sees a new vdX).
+ * QEMU may run as a user of its own (qemu-user.ts) that cannot open the files: they are opened
+ * here and handed over as descriptors (qmp-fds.ts), each backing file as a read-only node of its own.
+ */
 export async function plugBlockVolume(p: InstancePaths, b: BlockVolumeConfig): Promise<void> {
   const n = blockVolumeNames(b.volumeId);
+  const chain = await backingChain(b.path, b.format ?? 'qcow2');
+  const files: FileHandle[] = [];
+  try {
+    for (const [i, layer] of chain.entries()) files.push(await open(layer.path, i === 0 && !b.readonly ? 'r+' : 'r'));
+    let backing: Record<string, unknown> | undefined;
+    for (let i = chain.length - 1; i >= 1; i--) {
+      backing = { driver: chain[i]!.format, 'read-only': true, file: { driver: 'file', filename: fdPlaceholder(i) }, ...(backing ? { backing } : {}) };
+    }
+    const node = { driver: chain[0]!.format, 'node-name': n.node, 'read-only': b.readonly === true, file: { driver: 'file', filename: fdPlaceholder(0) }, ...(backing ? { backing } : {}) };
+    await handFdsToQemu(p.qmpSocket, { op: 'blockdev-add', node }, files.map((f) => f.fd));
+  } finally {
+    for (const f of files) await f.close();
+  }
   await withQmp(p, async (c) => {
-    await c.execute('blockdev-add', { driver: b.format ?? 'qcow2', 'node-name': n.node, 'read-only': b.readonly === true, file: { driver: 'file', filename: b.path } });
     try {
       await c.execute('device_add', { driver: 'virtio-blk-pci', id: n.device, drive: n.node, serial: n.serial, ...(b.shared ? { 'share-rw': true } : {}) });
     } catch (e) {

@@ -3,7 +3,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { runOk } from '../../../core/exec.js';
@@ -11,35 +10,36 @@ import { addTlsCreds, FFDHE2048_PEM, TLS_CREDS_ID, type MigrationTls } from './m
 
 const tls: MigrationTls = { name: 'host-a', ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM' };
 
-test('the credentials files are 0700/0600 while QEMU reads them and removed after, refused or not', async () => {
-  const base = await mkdtemp(path.join(tmpdir(), 'nimbus-migtls-'));
-  try {
-    const dir = path.join(base, 'vm', 'migrate-tls');
-    for (const endpoint of ['server', 'client'] as const) {
-      const seen: Record<string, number> = {};
-      let args: Record<string, unknown> | undefined;
-      const qmp = {
-        execute: async <T>(cmd: string, a?: Record<string, unknown>): Promise<T> => {
-          if (cmd === 'object-add') {
-            args = a;
-            seen['.'] = statSync(dir).mode & 0o777;
-            for (const f of readdirSync(dir)) seen[f] = statSync(path.join(dir, f)).mode & 0o777;
-          }
-          return undefined as T;
-        },
-      };
-      await addTlsCreds(qmp, tls, endpoint, dir);
-      const files = endpoint === 'server' ? ['ca-cert.pem', 'dh-params.pem', 'server-cert.pem', 'server-key.pem'] : ['ca-cert.pem', 'client-cert.pem', 'client-key.pem'];
-      assert.deepEqual(seen, { '.': 0o700, ...Object.fromEntries(files.map((f) => [f, 0o600])) });
-      assert.deepEqual(args, { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, endpoint, dir, 'verify-peer': true });
-      assert.ok(!existsSync(dir), 'removed once QEMU read it');
-    }
-    const refusing = { execute: async (cmd: string) => { if (cmd === 'object-add') throw new Error('refused'); } };
-    await assert.rejects(addTlsCreds(refusing as never, tls, 'server', dir), /refused/);
-    assert.ok(!existsSync(dir), 'removed when QEMU refused the object too');
-  } finally {
-    await rm(base, { recursive: true, force: true });
+test("the credentials files are 0700/0600 and the QEMU's user's while QEMU reads them, in the system's temporary directory, and removed after, refused or not", async () => {
+  const owner = { uid: 2_000_000_123, gid: 2_000_000_123 };
+  for (const endpoint of ['server', 'client'] as const) {
+    const seen: Record<string, string> = {};
+    let args: Record<string, unknown> | undefined;
+    const qmp = {
+      execute: async <T>(cmd: string, a?: Record<string, unknown>): Promise<T> => {
+        if (cmd === 'object-add') {
+          args = a;
+          const dir = String(a?.dir);
+          const st = (f: string) => statSync(path.join(dir, f));
+          seen['.'] = `${(st('').mode & 0o777).toString(8)} ${st('').uid}:${st('').gid}`;
+          for (const f of readdirSync(dir)) seen[f] = `${(st(f).mode & 0o777).toString(8)} ${st(f).uid}:${st(f).gid}`;
+        }
+        return undefined as T;
+      },
+    };
+    await addTlsCreds(qmp, tls, endpoint, owner);
+    const files = endpoint === 'server' ? ['ca-cert.pem', 'dh-params.pem', 'server-cert.pem', 'server-key.pem'] : ['ca-cert.pem', 'client-cert.pem', 'client-key.pem'];
+    const own = `${owner.uid}:${owner.gid}`;
+    assert.deepEqual(seen, { '.': `700 ${own}`, ...Object.fromEntries(files.map((f) => [f, `600 ${own}`])) }, 'readable by QEMU\'s user and root only');
+    const dir = String(args?.dir);
+    assert.equal(path.dirname(dir), tmpdir(), 'where any user may pass through to it');
+    assert.deepEqual(args, { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, endpoint, dir, 'verify-peer': true });
+    assert.ok(!existsSync(dir), 'removed once QEMU read it');
   }
+  let refusedDir = '';
+  const refusing = { execute: async (cmd: string, a?: Record<string, unknown>) => { if (cmd === 'object-add') { refusedDir = String(a?.dir); throw new Error('refused'); } } };
+  await assert.rejects(addTlsCreds(refusing as never, tls, 'server'), /refused/);
+  assert.ok(refusedDir && !existsSync(refusedDir), 'removed when QEMU refused the object too');
 });
 
 test('the DH parameters are RFC 7919 ffdhe2048 as OpenSSL prints them', async () => {

@@ -6,7 +6,8 @@
  * the destination's certificate name (tls-hostname). QEMU reads the files when the object is made,
  * so they live in a 0700 directory only for that moment.
  */
-import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { QmpClient } from './qmp.js';
 
@@ -41,18 +42,18 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 
 /**
  * The credentials object in QEMU, as `endpoint` (QEMU's file names: ca-cert.pem,
- * server-/client-cert.pem and -key.pem, a server's dh-params.pem), from files written to `dir`
- * and removed once QEMU read them.
+ * server-/client-cert.pem and -key.pem, a server's dh-params.pem), from files QEMU reads when the
+ * object is made: in a directory of the system's temporary one (which every user can pass
+ * through), 0700 and owned by the user QEMU runs as (`owner`: qemu-user.ts; root's when absent),
+ * removed once QEMU read them. No other user reads them meanwhile.
  */
-export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' | 'client', dir: string): Promise<void> {
-  await rm(dir, { recursive: true, force: true });
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await chmod(dir, 0o700);
+export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' | 'client', owner?: { uid: number; gid: number }): Promise<void> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-migrate-tls-'));
   try {
-    await writeFile(path.join(dir, 'ca-cert.pem'), tls.ca, { mode: 0o600 });
-    await writeFile(path.join(dir, `${endpoint}-cert.pem`), tls.cert, { mode: 0o600 });
-    await writeFile(path.join(dir, `${endpoint}-key.pem`), tls.key, { mode: 0o600 });
-    if (endpoint === 'server') await writeFile(path.join(dir, 'dh-params.pem'), FFDHE2048_PEM, { mode: 0o600 });
+    const files: Array<[string, string]> = [['ca-cert.pem', tls.ca], [`${endpoint}-cert.pem`, tls.cert], [`${endpoint}-key.pem`, tls.key]];
+    if (endpoint === 'server') files.push(['dh-params.pem', FFDHE2048_PEM]);
+    for (const [name, text] of files) await writeFile(path.join(dir, name), text, { mode: 0o600 });
+    if (owner) for (const f of ['', ...files.map(([name]) => name)]) await chown(path.join(dir, f), owner.uid, owner.gid);
     // one left by a migration its agent did not see to the end (QEMU refuses a second of the id)
     await c.execute('object-del', { id: TLS_CREDS_ID }).catch(() => undefined);
     await c.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, endpoint, dir, 'verify-peer': true });

@@ -10,9 +10,9 @@
  * client at a time, and a short session per operation (≈ 2 ms) lets an old and
  * a new driver instance, or a CLI tool, take turns.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type StdioOptions } from 'node:child_process';
 import { openSync, closeSync, existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../../core/errors.js';
 import { QmpClient } from './qmp.js';
@@ -49,6 +49,16 @@ export function instancePaths(dir: string): InstancePaths {
   };
 }
 
+/**
+ * A VM's directory is root's alone (0700): its QEMU, once it has dropped to a user of its own,
+ * opens nothing there (what it needs later comes as descriptors: qmp-fds.ts), and no other user
+ * reads its disks, saved state or console log. Directories made before this was so are closed at
+ * their next launch.
+ */
+export async function closeToOthers(dir: string): Promise<void> {
+  await chmod(dir, 0o700);
+}
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export async function readPid(file: string): Promise<number | undefined> {
@@ -82,23 +92,35 @@ export interface Launched {
   supervisorPid: number;
 }
 
-const SUPERVISOR = '"$0" "$@"; s=$?; echo $s > exit-status.tmp && mv exit-status.tmp exit-status';
+// QEMU in the background so that the shell can let go of the input (a saved state, unlinked once
+// restored: held open here, its blocks would stay allocated for the VM's life), then waited for
+const SUPERVISOR = '"$0" "$@" & exec 3<&-; wait $!; s=$?; echo $s > exit-status.tmp && mv exit-status.tmp exit-status';
+
+/** The descriptor QEMU reads a restore's saved state from (`-incoming fd:3`): launchQemu's `input`. */
+export const INPUT_FD = 3;
 
 /**
- * Start QEMU under its supervisor and wait until its QMP socket answers.
- * On failure nothing is left running and the error carries QEMU's stderr.
+ * Start QEMU under its supervisor and wait until its QMP socket answers. `input`: a file opened
+ * here (as root) for QEMU to read as its fd 3 (a saved state: QEMU may have dropped to a user of
+ * its own by the time it reads). On failure nothing is left running and the error carries QEMU's
+ * stderr.
  */
-export async function launchQemu(binary: string, argv: string[], p: InstancePaths, timeoutMs = 15_000): Promise<Launched> {
+export async function launchQemu(binary: string, argv: string[], p: InstancePaths, opts: { timeoutMs?: number; input?: string } = {}): Promise<Launched> {
+  const timeoutMs = opts.timeoutMs ?? 15_000;
   await removeRunFiles(p);
   const logFd = openSync(p.qemuLog, 'w');
+  let inputFd: number | undefined;
   let supervisorPid: number;
   try {
-    const child = spawn('/bin/sh', ['-c', SUPERVISOR, binary, ...argv], { cwd: p.dir, detached: true, stdio: ['ignore', logFd, logFd] });
+    if (opts.input !== undefined) inputFd = openSync(opts.input, 'r');
+    const stdio: StdioOptions = ['ignore', logFd, logFd, ...(inputFd !== undefined ? [inputFd] : [])];
+    const child = spawn('/bin/sh', ['-c', SUPERVISOR, binary, ...argv], { cwd: p.dir, detached: true, stdio });
     child.unref();
     if (!child.pid) throw new Internal(`cannot start ${binary}`);
     supervisorPid = child.pid;
   } finally {
     closeSync(logFd);
+    if (inputFd !== undefined) closeSync(inputFd);
   }
   const deadline = Date.now() + timeoutMs;
   const fail = async (why: string): Promise<never> => {

@@ -49,7 +49,7 @@ test('argv: overlay disk, NICs on taps, incoming migration, debug exit, comma es
     debugExit: true,
   });
   assert.deepEqual(after(a, '-name'), ['guest=a,,b']);
-  assert.deepEqual(after(a, '-drive'), ['if=none,id=root,file=/d/root.qcow2,format=qcow2,cache=writeback']);
+  assert.deepEqual(after(a, '-drive'), ['if=none,id=root,file=/d/root.qcow2,format=qcow2,cache=writeback,file.auto-read-only=off']);
   assert.deepEqual(after(a, '-netdev'), ['tap,id=net0,ifname=vif3.0,script=no,downscript=no', 'tap,id=net1,ifname=vif3.1,script=no,downscript=no']);
   assert.deepEqual(after(a, '-device'), [
     'isa-debug-exit,iobase=0xf4,iosize=0x01',
@@ -105,6 +105,16 @@ test('shutdown cause: the last shutdown request QEMU traced on its stderr, by na
   assert.equal(shutdownCauseIn(`${reset}qemu_system_shutdown_request reason=2\n`), 'host-qmp-quit', 'a request, when there is one, says it');
   assert.equal(shutdownCauseIn('runstate_set current_run_state 6 (prelaunch) new_state 9 (running)\n'), undefined);
   assert.ok(qemuArgv(base).join(' ').includes('-d trace:qemu_system_shutdown_request,trace:qemu_system_powerdown_request,trace:runstate_set'), 'QEMU is asked to say it');
-  assert.ok(qemuArgv(base).join(' ').includes('-sandbox on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny'), 'QEMU runs under its own seccomp filter');
+  assert.ok(qemuArgv(base).join(' ').includes('-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny'), 'QEMU runs under its own seccomp filter, spawning nothing');
+});
+
+test('runAs: QEMU drops to its own user (-runas uid:gid), allowed the one change of user it makes; never root, never with a 9p share', () => {
+  const runAs = { uid: 2_000_000_007, gid: 2_000_000_007 };
+  const argv = qemuArgv({ ...base, runAs }).join(' ');
+  assert.ok(argv.includes('-runas 2000000007:2000000007'));
+  assert.ok(argv.includes('-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny'), 'deny would kill it at its own change of user');
+  assert.ok(!qemuArgv(base).join(' ').includes('-runas'), 'absent: it stays root');
+  assert.throws(() => qemuArgv({ ...base, runAs: { uid: 0, gid: 0 } }), /other than root/);
+  assert.throws(() => qemuArgv({ ...base, runAs, shares: [{ tag: 'rootfs', path: '/x' }] }), /9p/);
 });
 

@@ -42,7 +42,7 @@ export interface QemuConfig {
   paths: QemuPaths;
   /** -S: vCPUs do not run until QMP cont (lets the driver pin vCPU threads first). */
   startPaused: boolean;
-  /** Restore: a migration stream source, e.g. "exec:cat /path/state". */
+  /** Restore: a migration stream source, "fd:3" (the saved state, opened for QEMU: launchQemu's input) or "defer". */
   incoming?: string;
   /** isa-debug-exit at port 0xf4: the guest's way to report an exit status. */
   debugExit: boolean;
@@ -59,6 +59,11 @@ export interface QemuConfig {
   hotplugCpus?: HotplugCpu[];
   /** Block volumes attached (docs/volumes.md "Block volumes"): -blockdev + virtio-blk, named so they can be unplugged. */
   blockVolumes?: BlockVolumeConfig[];
+  /**
+   * The user QEMU drops to once it has opened what this names (-runas; qemu-user.ts). Absent: it
+   * stays root (a 9p share in passthrough mode needs it). Chosen at each launch, never recorded.
+   */
+  runAs?: { uid: number; gid: number };
 }
 
 /** One block volume as a virtio-blk disk (block-volumes.ts plugs and unplugs them while the VM runs). */
@@ -133,8 +138,16 @@ export function shutdownCauseIn(stderr: string): ShutdownCause | undefined {
   return SHUTDOWN_CAUSES[n] ?? `cause ${n}`;
 }
 
-/** `-sandbox`'s setting (see qemuArgv). */
-export const QEMU_SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny';
+/**
+ * `-sandbox`'s setting, QEMU's own seccomp filter: no obsolete syscalls, no spawning (saves and
+ * restores take descriptors, not `exec:`), no changes of scheduling or memory policy. A QEMU that
+ * drops to a user of its own must change its uid once (elevateprivileges=deny would kill it at
+ * the change); after it there are no privileges to take (no capabilities, no_new_privs). One that
+ * stays root may not change users at all.
+ */
+export function qemuSandbox(dropsToUser: boolean): string {
+  return `on,obsolete=deny,elevateprivileges=${dropsToUser ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`;
+}
 
 export function qemuArgv(c: QemuConfig): string[] {
   if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
@@ -162,18 +175,24 @@ export function qemuArgv(c: QemuConfig): string[] {
     '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,
     '-serial', 'chardev:console',
     '-pidfile', c.paths.pidFile,
-    // QEMU's own seccomp filter: a guest that escapes into QEMU (root on the host) cannot reach
-    // obsolete syscalls, take or change privileges, or change scheduling and memory policy. Not
-    // spawn=deny: save and restore stream through `exec:cat`.
-    '-sandbox', QEMU_SANDBOX,
+    '-sandbox', qemuSandbox(c.runAs !== undefined),
   ];
+  if (c.runAs) {
+    const { uid, gid } = c.runAs;
+    if (!Number.isInteger(uid) || !Number.isInteger(gid) || uid <= 0 || gid <= 0) throw new InvalidArgument(`QEMU's user must be a uid:gid other than root's, got ${uid}:${gid}`);
+    if (c.shares?.length) throw new InvalidArgument("a VM with shared directories keeps QEMU as root (9p passthrough keeps the files' owners)");
+    a.push('-runas', `${uid}:${gid}`);
+  }
   if (c.debugExit) a.push('-device', 'isa-debug-exit,iobase=0xf4,iosize=0x01');
   if (c.balloon) a.push('-device', 'virtio-balloon-pci,id=balloon0');
   if (c.kernel) a.push('-kernel', c.kernel);
   if (c.initrd) a.push('-initrd', c.initrd);
   if (c.append) a.push('-append', c.append);
   if (c.rootDisk) {
-    a.push('-drive', `if=none,id=root,file=${q(c.rootDisk.path)},format=${c.rootDisk.format},cache=writeback`);
+    // file.auto-read-only=off: opened read-write at once, also under -incoming (where -drive would
+    // open it read-only and reopen it by path when the guest or an export writes: QEMU, by then
+    // its own user, may not; qemu-user.ts)
+    a.push('-drive', `if=none,id=root,file=${q(c.rootDisk.path)},format=${c.rootDisk.format},cache=writeback,file.auto-read-only=off`);
     // with -kernel the kernel loader owns boot index 0; the disk boots only without one
     a.push('-device', `virtio-blk-pci,drive=root${c.kernel ? '' : ',bootindex=0'}`);
   }

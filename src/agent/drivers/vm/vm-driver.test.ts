@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runOk } from '../../../core/exec.js';
@@ -13,6 +13,8 @@ import { hasCode } from '../../../core/errors.js';
 import { collectLogs, freshId, sleep, waitForLog, waitStopped } from '../instance-driver-conformance.js';
 import { READY_MARKER } from '../../../../scripts/fixtures/guest.js';
 import { makeVmEnv, type VmEnv } from './vm-test-env.js';
+import { instancePaths, withQmp } from './qemu-process.js';
+import { isQemuUid } from './qemu-user.js';
 
 let env: VmEnv;
 before(async () => {
@@ -23,6 +25,28 @@ after(async () => {
   await env?.teardown();
   assert.deepEqual(left, [], 'no QEMU outlives the tests');
 });
+
+/**
+ * Its QEMU runs as a user of its own (qemu-user.ts): not root, no capabilities, no_new_privs, its
+ * seccomp filter; its directory root's alone; and a file named to it over QMP stays closed to it.
+ */
+async function checkDeprivileged(id: string, ins: { qemuPid?: number; qemuUid?: number }): Promise<{ uid: number }> {
+  const status = await readFile(`/proc/${ins.qemuPid}/status`, 'utf8');
+  const field = (name: string) => new RegExp(`^${name}:\\s+(.*)$`, 'm').exec(status)?.[1]?.trim();
+  const uid = Number(field('Uid')!.split(/\s+/)[0]);
+  assert.ok(isQemuUid(uid), `QEMU's uid ${uid}`);
+  assert.deepEqual(field('Uid')!.split(/\s+/).map(Number), [uid, uid, uid, uid], 'real, effective, saved and filesystem uid alike');
+  assert.equal(ins.qemuUid, uid, 'inspect says which');
+  assert.equal(field('CapEff'), '0000000000000000');
+  assert.equal(field('CapPrm'), '0000000000000000');
+  assert.equal(field('NoNewPrivs'), '1');
+  assert.equal(field('Seccomp'), '2');
+  const dir = path.join(env.stateDir, id);
+  assert.equal((await stat(dir)).mode & 0o777, 0o700, "the VM's directory is root's alone");
+  const refused = await withQmp(instancePaths(dir), (c) => c.execute('blockdev-add', { driver: 'raw', 'node-name': 'probe', file: { driver: 'file', filename: path.join(dir, 'vm.json') } })).then(() => 'opened', (e: unknown) => String(e));
+  assert.match(refused, /Permission denied/, 'QEMU cannot open its own record by path');
+  return { uid };
+}
 
 const ticks = (lines: string[]) => lines.map((l) => /^tick (\d+)$/.exec(l)?.[1]).filter((x) => x !== undefined).map(Number);
 
@@ -46,6 +70,7 @@ test('save/restore: the guest continues where it was; vCPUs pinned before and af
       return ins;
     };
     const before = await checkPinning();
+    await checkDeprivileged(id, before);
     await waitForLog(d, id, /^tick 3$/, 60_000);
     const saved = await d.saveState(id);
     assert.ok(saved.bytes > 1 << 20, `state file ${saved.bytes} bytes`);
@@ -60,6 +85,7 @@ test('save/restore: the guest continues where it was; vCPUs pinned before and af
     t.diagnostic(`save ${saved.ms} ms (${(saved.bytes / 2 ** 20).toFixed(1)} MiB), restore ${restored.ms} ms, accel ${env.accel.accel}`);
     assert.equal((await d.state(id)).status, 'running');
     const afterIns = await checkPinning();
+    assert.equal((await checkDeprivileged(id, afterIns)).uid, before.qemuUid, 'restored: the same user, the state read from a descriptor');
     await assert.rejects(d.kill(id, 'SIGNOPE'), (e) => hasCode(e, 'InvalidArgument'));
     assert.notEqual(afterIns.qemuPid, before.qemuPid);
     await waitForLog(d, id, new RegExp(`^tick ${last + 3}$`), 60_000);

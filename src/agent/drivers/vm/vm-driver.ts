@@ -45,12 +45,13 @@ import type { MigrationTls } from './migration-tls.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
 import { checkConsoleLimits, DEFAULT_CONSOLE_LIMITS, forgetConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { assertTransition, foldHotplug, toState, VmRecordStore, type VmRecord } from './vm-record.js';
-import { VmRunner } from './vm-runner.js';
+import { VmRunner, qemuUserOf } from './vm-runner.js';
 import { VmConsole } from './vm-console.js';
 import { VmInspector, type VmInspect } from './vm-inspect.js';
 import { VmHotplug } from './vm-hotplug.js';
 import { VmSaveRestore } from './vm-save-restore.js';
 import { VmMigration, type MigrationSpec } from './vm-migration.js';
+import { QemuUsers, processUser } from './qemu-user.js';
 
 export type { MigrationReport } from '../../migration.js';
 // names importers have always taken from here
@@ -98,6 +99,8 @@ export class VmDriver implements InstanceDriver {
   private readonly hotplug: VmHotplug;
   private readonly saved: VmSaveRestore;
   private readonly migration: VmMigration;
+  /** The users its VMs' QEMUs drop to (qemu-user.ts). */
+  private readonly users = new QemuUsers();
 
   constructor(private readonly o: VmDriverOptions) {
     this.qemu = o.qemuBinary ?? 'qemu-system-x86_64';
@@ -105,18 +108,23 @@ export class VmDriver implements InstanceDriver {
     addHostRoots([o.stateDir]);
     this.consoleLimits = checkConsoleLimits({ ...DEFAULT_CONSOLE_LIMITS, ...o.consoleLog });
     this.records = new VmRecordStore(o.stateDir);
-    this.runner = new VmRunner(this.records, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o });
+    this.runner = new VmRunner(this.records, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
     this.console = new VmConsole(this.records, this.consoleLimits);
-    this.inspector = new VmInspector(this.records, this.qemu);
+    this.inspector = new VmInspector(this.records, this.qemu, (r) => qemuUserOf(this.users, r));
     this.hotplug = new VmHotplug(this.records);
     this.saved = new VmSaveRestore(this.records, this.runner);
-    this.migration = new VmMigration(this.records, this.runner, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o });
+    this.migration = new VmMigration(this.records, this.runner, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
     // A new driver over existing state: notice exits of VMs the old one started.
     void this.list()
       .then(async (ids) => {
         for (const id of ids) {
           const r = await this.records.load(id).catch(() => undefined);
-          if (r && (r.lifecycle === 'running' || r.lifecycle === 'paused')) this.runner.watch(id);
+          if (r && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
+            this.runner.watch(id);
+            // a QEMU it finds running keeps its user: no new launch of another VM takes it
+            const user = processUser(r.qemuPid);
+            if (user) this.users.adopt(id, user.uid);
+          }
         }
       })
       .catch(() => undefined);
@@ -152,7 +160,7 @@ export class VmDriver implements InstanceDriver {
     if (vm.disk) config.rootDisk = { path: p.overlay, format: 'qcow2' };
     if (vm.blockVolumes?.length) config.blockVolumes = vm.blockVolumes.reduce<BlockVolumeConfig[]>((l, b) => withVolume(l, b), []);
     qemuArgv({ ...config, startPaused: true }); // validate now, not at start
-    await mkdir(p.dir, { recursive: true });
+    await mkdir(p.dir, { recursive: true, mode: 0o700 });
     try {
       if (vm.disk) {
         const info = JSON.parse(await runOk('qemu-img', ['info', '--output=json', vm.disk])) as { format?: string };
@@ -301,6 +309,7 @@ export class VmDriver implements InstanceDriver {
         }
       }
       forgetConsoleLog(p.consoleLog);
+      this.users.release(id);
     });
   }
 

@@ -8,7 +8,10 @@ import type { InstanceStats } from '../instance-driver.js';
 import { qemuArgv, type Accelerator } from './qemu.js';
 import { withQmp } from './qemu-process.js';
 import type { VcpuPinning } from './vcpu-pinning.js';
-import { vcpuCount, type VmLifecycle, type VmRecords } from './vm-record.js';
+import { vcpuCount, type VmLifecycle, type VmRecord, type VmRecords } from './vm-record.js';
+import { processUser, type QemuUser } from './qemu-user.js';
+
+const withUser = (runAs: QemuUser | undefined) => (runAs ? { runAs } : {});
 
 export interface VmInspect {
   id: string;
@@ -33,6 +36,8 @@ export interface VmInspect {
   /** Once it ended: QEMU's own word on why (guest-shutdown, guest-reset, host-signal, ...; vm-record.ts). */
   endCause?: string;
   argv: string[];
+  /** The user its running QEMU runs as (qemu-user.ts; 0 for root). */
+  qemuUid?: number;
 }
 
 const CLK_TCK = 100; // Linux USER_HZ on x86-64
@@ -42,6 +47,8 @@ export class VmInspector {
     private readonly records: Pick<VmRecords, 'paths' | 'load'>,
     /** The QEMU binary, first in the argv inspect shows. */
     private readonly qemu: string,
+    /** The user its QEMU drops to at a launch (qemu-user.ts), in the argv too. */
+    private readonly userOf: (r: VmRecord) => QemuUser | undefined,
   ) {}
 
   async inspect(id: string): Promise<VmInspect> {
@@ -58,9 +65,13 @@ export class VmInspector {
       consoleSocket: p.consoleSocket,
       consoleLog: p.consoleLog,
       pinning: r.lifecycle === 'running' || r.lifecycle === 'paused' ? (r.pinning ?? []) : [],
-      argv: [this.qemu, ...qemuArgv({ ...r.config, startPaused: true })],
+      argv: [this.qemu, ...qemuArgv({ ...r.config, startPaused: true, ...withUser(this.userOf(r)) })],
     };
-    if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) out.qemuPid = r.qemuPid;
+    if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
+      out.qemuPid = r.qemuPid;
+      const user = processUser(r.qemuPid);
+      if (user) out.qemuUid = user.uid;
+    }
     if (r.config.rootDisk) out.rootDisk = r.config.rootDisk.path;
     if (r.lifecycle === 'saved') out.savedState = p.savedState;
     if (r.lifecycle === 'stopped' && r.endCause) out.endCause = r.endCause;

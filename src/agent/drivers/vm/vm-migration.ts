@@ -21,12 +21,13 @@ import { consoleBytes, forgetConsoleLog, type ConsoleLogLimits } from './console
 import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
 import { addTlsCreds, clearTls, useTlsForMigration, type MigrationTls } from './migration-tls.js';
 import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
-import { launchQemu, readPid, sleep, withQmp, type InstancePaths } from './qemu-process.js';
+import { launchQemu, readPid, sleep, withQmp } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import { consoleHistory } from './vm-console.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
-import type { VmRunner } from './vm-runner.js';
+import { qemuUserOf, type VmRunner } from './vm-runner.js';
+import { processUser, type QemuUsers } from './qemu-user.js';
 
 // the driver's name: its log lines read as they did before migration had a file of its own
 const log = logger('vm-driver');
@@ -44,6 +45,8 @@ export interface MigrationOptions {
   /** The driver's options, read when a migration runs: this host's accelerator and certificate. */
   readonly settings: { readonly accel: Accelerator; readonly tls?: MigrationTls };
   readonly consoleLimits: ConsoleLogLimits;
+  /** The users VMs' QEMUs drop to (qemu-user.ts). */
+  readonly users: QemuUsers;
 }
 
 export class VmMigration {
@@ -106,7 +109,7 @@ export class VmMigration {
       config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
     };
     if (spec.pin) r.pin = spec.pin;
-    await mkdir(p.dir, { recursive: true });
+    await mkdir(p.dir, { recursive: true, mode: 0o700 });
     try {
       await writeFile(p.consoleLog, '');
       if (spec.storage) {
@@ -118,7 +121,8 @@ export class VmMigration {
           : ['create', '-q', '-f', 'qcow2', p.overlay, String(s.virtualSize)]);
         r.config.rootDisk = { path: p.overlay, format: 'qcow2' };
       }
-      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer' }), p);
+      const runAs = qemuUserOf(this.o.users, r);
+      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...(runAs ? { runAs } : {}) }), p);
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
       await this.records.save(r);
@@ -128,7 +132,7 @@ export class VmMigration {
       resumed.catch(() => undefined);
       this.incoming.set(spec.id, { uri, events, resumed, tls: !!tls });
       if (tls) {
-        await addTlsCreds(events, tls, 'server', migrationTlsDir(p));
+        await addTlsCreds(events, tls, 'server', runAs);
         await useTlsForMigration(events);
       }
       await events.execute('migrate-incoming', { uri });
@@ -174,7 +178,7 @@ export class VmMigration {
           });
           try {
             if (tls) {
-              await addTlsCreds(c, tls, 'client', migrationTlsDir(p));
+              await addTlsCreds(c, tls, 'client', processUser(r.qemuPid));
               await useTlsForMigration(c, opts.tls);
             }
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
@@ -288,6 +292,7 @@ export class VmMigration {
     for (let i = 0; i < 100 && processAlive(supervisor); i++) await sleep(10);
     await rm(p.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
     forgetConsoleLog(p.consoleLog);
+    this.o.users.release(id);
   }
 
   /**
@@ -307,6 +312,7 @@ export class VmMigration {
       await rm(p.dir, { recursive: true, force: true });
       // its console log's in-memory state goes too, as delete's does (one entry a VM that left, kept for ever before)
       forgetConsoleLog(p.consoleLog);
+      this.o.users.release(id);
       log.info('vm migrated away', { id });
     });
   }
@@ -380,7 +386,6 @@ async function freeTcpPort(host: string): Promise<number> {
 }
 
 /** Where QEMU reads the migration's TLS files, only while it makes the credentials object. */
-const migrationTlsDir = (p: InstancePaths) => path.join(p.dir, 'migrate-tls');
 
 /** A migration whose streams go plain: expected on one host (loopback), worth a warning across hosts. */
 function logInClear(id: string, host: string, reason: string): void {

@@ -9,7 +9,8 @@ import { NimbusError } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { qemuArgv, type QemuConfig } from './qemu.js';
-import { launchQemu, removeRunFiles, sleep, withQmp } from './qemu-process.js';
+import { INPUT_FD, closeToOthers, launchQemu, removeRunFiles, sleep, withQmp } from './qemu-process.js';
+import type { QemuUser, QemuUsers } from './qemu-user.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
 
@@ -22,6 +23,13 @@ export interface VmRunnerOptions {
   readonly consoleLimits: ConsoleLogLimits;
   /** The driver's options, read at each watch: exitPollMs, consoleCheckMs (VmDriverOptions). */
   readonly settings: { readonly exitPollMs?: number; readonly consoleCheckMs?: number };
+  /** The users VMs' QEMUs drop to (qemu-user.ts). */
+  readonly users: QemuUsers;
+}
+
+/** The user a VM's QEMU drops to: its own, unless it shares directories over 9p (root keeps their owners). */
+export function qemuUserOf(users: QemuUsers, r: Pick<VmRecord, 'id' | 'config'>): QemuUser | undefined {
+  return r.config.shares?.length ? undefined : users.claim(r.id);
 }
 
 export class VmRunner {
@@ -39,14 +47,16 @@ export class VmRunner {
     this.exitListeners.push(listener);
   }
 
-  /** Launch QEMU paused, pin vCPUs, then let them run (after an incoming migration when restoring). */
-  async launch(r: VmRecord, incoming?: string): Promise<void> {
+  /** Launch QEMU paused, pin vCPUs, then let them run (after loading `restoreFrom`, a saved state, when restoring). */
+  async launch(r: VmRecord, restoreFrom?: string): Promise<void> {
     const p = this.records.paths(r.id);
-    const cfg: QemuConfig = { ...r.config, startPaused: true };
-    if (incoming) cfg.incoming = incoming;
+    const incoming = restoreFrom !== undefined;
+    const runAs = qemuUserOf(this.o.users, r);
+    const cfg: QemuConfig = { ...r.config, startPaused: true, ...(runAs ? { runAs } : {}), ...(incoming ? { incoming: `fd:${INPUT_FD}` } : {}) };
     const argv = qemuArgv(cfg);
     const t0 = Date.now();
-    const launched = await launchQemu(this.o.qemu, argv, p);
+    await closeToOthers(p.dir);
+    const launched = await launchQemu(this.o.qemu, argv, p, incoming ? { input: restoreFrom } : {});
     try {
       await withQmp(p, async (c) => {
         if (incoming) {

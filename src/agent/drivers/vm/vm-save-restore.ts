@@ -3,15 +3,19 @@
  * new VMs made from a saved one used as a template (createFromTemplate).
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, rm, stat, writeFile } from 'node:fs/promises';
 import { AlreadyExists, Conflict, NimbusError } from '../../../core/errors.js';
 import { runOk } from '../../../core/exec.js';
 import { processAlive } from '../../../core/proc.js';
 import type { RuntimeState } from '../instance-driver.js';
 import type { QemuConfig } from './qemu.js';
 import { removeRunFiles, sleep, withQmp } from './qemu-process.js';
+import { handFdsToQemu } from './qmp-fds.js';
 import { assertTransition, toState, type VmRecord, type VmRecords } from './vm-record.js';
 import type { VmRunner } from './vm-runner.js';
+
+/** The name QEMU holds a save's file descriptor under, until its `migrate fd:` takes it. */
+const SAVE_FD = 'nimbus-save';
 
 export class VmSaveRestore {
   constructor(
@@ -31,10 +35,20 @@ export class VmSaveRestore {
       const p = this.records.paths(id);
       const t0 = Date.now();
       await rm(p.savedState, { force: true });
+      // QEMU may not open the file itself (it may run as a user of its own): it gets a descriptor
+      const out = await open(p.savedState, 'w', 0o600);
+      try {
+        await handFdsToQemu(p.qmpSocket, { op: 'getfd', name: SAVE_FD }, [out.fd]);
+      } catch (e) {
+        await rm(p.savedState, { force: true });
+        throw e;
+      } finally {
+        await out.close();
+      }
       await withQmp(p, async (c) => {
         await c.execute('stop');
         try {
-          await c.execute('migrate', { uri: `exec:cat > '${p.savedState}'` });
+          await c.execute('migrate', { uri: `fd:${SAVE_FD}` });
           for (;;) {
             const m = await c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
             if (m.status === 'completed') break;
@@ -42,8 +56,9 @@ export class VmSaveRestore {
             await sleep(10);
           }
         } catch (e) {
-          // the guest goes on as it was; no half-written state file stays
+          // the guest goes on as it was; no half-written state file stays, nor QEMU's descriptor of it
           if (r.lifecycle === 'running') await c.execute('cont').catch(() => undefined);
+          await c.execute('closefd', { fdname: SAVE_FD }).catch(() => undefined);
           await rm(p.savedState, { force: true });
           throw e;
         }
@@ -76,9 +91,9 @@ export class VmSaveRestore {
       if (r.template && !existsSync(p.savedState)) {
         // first start of a VM made from a template: the template's state, the template stays saved
         // (once it has been saved on its own, its own state is the one to restore)
-        await this.runner.launch(r, `exec:cat '${this.records.paths(r.template).savedState}'`);
+        await this.runner.launch(r, this.records.paths(r.template).savedState);
       } else {
-        await this.runner.launch(r, `exec:cat '${p.savedState}'`);
+        await this.runner.launch(r, p.savedState);
         await rm(p.savedState, { force: true }); // the disk overlay has moved on; the image is stale now
       }
       return { ms: Date.now() - t0 };
@@ -101,7 +116,7 @@ export class VmSaveRestore {
     if (t.config.blockVolumes?.length) throw new Conflict(`VM ${templateId} has block volumes attached: a clone would share its disks`, { id: templateId });
     const p = this.records.paths(id);
     if (existsSync(p.record)) throw new AlreadyExists(`VM ${id} exists`, { id });
-    await mkdir(p.dir, { recursive: true });
+    await mkdir(p.dir, { recursive: true, mode: 0o700 });
     try {
       const config: VmRecord['config'] = {
         ...t.config,
