@@ -15,6 +15,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { prepareStateDirectories } from './state-dirs.js';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
@@ -136,9 +137,7 @@ export interface AgentProcessDeps {
 export async function startAgentProcess(o: AgentProcessOptions, deps: AgentProcessDeps = {}): Promise<RunningAgentProcess> {
   // no warm pool: warm containers lease addresses from the control plane in-process only
   const options = compileOptions({ warmPerImage: 0, ...o.overrides, home: o.home, agentName: o.name });
-  for (const d of [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir]) {
-    mkdirSync(d, { recursive: true, mode: 0o711 });
-  }
+  prepareStateDirectories(options, { runsInstances: true });
   const target = listenTarget(o.listen);
   // its state directory and socket are the host's: what it answers the control plane names neither to members (core/redaction.ts)
   addHostRoots([options.home, ...('socketPath' in target ? [target.socketPath] : [])]);

@@ -4,7 +4,8 @@
  *
  * Daemon states: starting → reconciling → serving → stopping → stopped.
  */
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { prepareStateDirectories } from './state-dirs.js';
 import path from 'node:path';
 import { compileOptions, describeStore, type CompiledOptions, type NimbusOptions } from '../core/config.js';
 import { newId } from '../core/ids.js';
@@ -204,8 +205,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   addHostRoots([options.home, options.socket, options.dockerSocket]);
   const noAgent = launch.noAgent ?? process.env.NIMBUS_NO_AGENT === '1';
   // without an embedded agent nothing runs here: no content store, snapshots or instance directories
-  const dirs = noAgent ? [options.home, options.tmpDir] : [options.home, options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.tmpDir];
-  for (const d of dirs) mkdirSync(d, { recursive: true, mode: 0o711 });
+  prepareStateDirectories(options, { runsInstances: !noAgent });
   const releaseLock = takePidLock(options.home);
   undo.push(releaseLock);
   const store = await openStore(options.storeLocation);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -183,4 +183,20 @@ test('sqlite store: close waits for a running transaction to commit', async (t) 
   const s2 = await openStore(join(dir, 'nimbus.db'));
   t.after(() => s2.close());
   assert.equal((await s2.agents.get('a'))?.url, 'u', 'committed before the close');
+});
+
+test("sqlite store: its files are root's alone (0600), a store an older daemon left readable included", async (t) => {
+  const { dir, remove } = tempDir();
+  t.after(remove);
+  const fresh = join(dir, 'fresh.db');
+  let store = await openStore(fresh);
+  await store.projects.insert({ id: 'p', name: 'p', parentId: null, createdAt: new Date().toISOString() });
+  for (const f of [fresh, `${fresh}-wal`, `${fresh}-shm`]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+  await store.close();
+  const old = join(dir, 'old.db');
+  new Database(old).close();
+  chmodSync(old, 0o644);
+  store = await openStore(old);
+  for (const f of [old, `${old}-wal`, `${old}-shm`]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+  await store.close();
 });

@@ -7,6 +7,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import Database from 'better-sqlite3';
+import { chmodSync, closeSync, openSync, statSync } from 'node:fs';
 import { ConstraintViolation, type Row, type SqlExecutor, type SqlValue } from './executor.js';
 
 interface TxContext {
@@ -16,12 +17,30 @@ interface TxContext {
 
 /** Opens the file with the pragmas the store relies on (WAL: readers in other processes do not block the writer). */
 export function openSqliteDatabase(file: string): Database.Database {
+  const onDisk = file !== ':memory:' && file !== '';
+  // the system of record (password and key hashes, sealed secrets, every tenant's records) is
+  // root's alone: made 0600 before SQLite opens it (its -wal and -shm then take that mode), and
+  // closed when an older daemon left it readable
+  if (onDisk) closeCurrentFiles(file);
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
+  if (onDisk) closeCurrentFiles(file);
   db.pragma('synchronous = NORMAL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
   return db;
+}
+
+/** The database file (made if missing) and its -wal and -shm if present: 0600. */
+function closeCurrentFiles(file: string): void {
+  closeSync(openSync(file, 'a', 0o600));
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    try {
+      if (statSync(f).mode & 0o077) chmodSync(f, 0o600);
+    } catch {
+      /* not there */
+    }
+  }
 }
 
 export class SqliteExecutor implements SqlExecutor {
