@@ -23,6 +23,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildTestGuest, READY_MARKER, GUEST_CACHE_DIR } from '../scripts/fixtures/guest.js';
 import { chooseAccelerator } from '../src/agent/drivers/vm/accel.js';
+import { QEMU_UID_BASE, QEMU_UID_COUNT } from '../src/agent/drivers/vm/qemu-user.js';
 import { qemuArgv, type QemuConfig } from '../src/agent/drivers/vm/qemu.js';
 import { VmDriver } from '../src/agent/drivers/vm/vm-driver.js';
 import { cleanup } from './lib/cleanup.js';
@@ -81,7 +82,7 @@ export async function vmBoot(): Promise<BenchOutcome> {
   let bareArgv: string[] = [];
   let driverArgv: string[] = [];
   /** An argv with its per-run paths and name made alike, and -S and the binary gone: what must be equal for the comparison to be fair. */
-  const machineOf = (argv: string[]) => argv.filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a) => a.replace(/\/[^,]*\/(qmp\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME'));
+  const machineOf = (argv: string[]) => argv.filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : a.replace(/\/[^,]*\/(qmp\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
   const bareBoot = async (): Promise<number> => {
     const dir = path.join(base, `bare-${n++}`);
     await mkdir(dir);
@@ -89,6 +90,8 @@ export async function vmBoot(): Promise<BenchOutcome> {
       name: 'bare', accel: accel.accel, cpus: 1, memoryMiB: 256, kernel: guest.kernel, initrd: guest.initrd, append: guest.append,
       // the driver's defaults for such a VM (a balloon, so that resize can shrink it): the same machine, checked below
       nics: [], debugExit: true, startPaused: false, balloon: true,
+      // as the driver's QEMU, dropped to a user of its own once it has opened its files (qemu-user.ts)
+      runAs: { uid: QEMU_UID_BASE + QEMU_UID_COUNT - 1, gid: QEMU_UID_BASE + QEMU_UID_COUNT - 1 },
       paths: { qmpSocket: `${dir}/qmp.sock`, consoleSocket: `${dir}/console.sock`, consoleLog: `${dir}/console.log`, pidFile: `${dir}/qemu.pid` },
     };
     bareArgv = qemuArgv(cfg);
