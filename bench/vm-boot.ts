@@ -82,7 +82,7 @@ export async function vmBoot(): Promise<BenchOutcome> {
   let bareArgv: string[] = [];
   let driverArgv: string[] = [];
   /** An argv with its per-run paths and name made alike, and -S and the binary gone: what must be equal for the comparison to be fair. */
-  const machineOf = (argv: string[]) => argv.filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : a.replace(/\/[^,]*\/(qmp\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
+  const machineOf = (argv: string[]) => argv.filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : all[i - 1] === '-chroot' ? 'JAIL' : a.replace(/\/[^,]*\/(qmp\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
   const bareBoot = async (): Promise<number> => {
     const dir = path.join(base, `bare-${n++}`);
     await mkdir(dir);
@@ -92,8 +92,10 @@ export async function vmBoot(): Promise<BenchOutcome> {
       nics: [], debugExit: true, startPaused: false, balloon: true,
       // as the driver's QEMU, dropped to a user of its own once it has opened its files (qemu-user.ts)
       runAs: { uid: QEMU_UID_BASE + QEMU_UID_COUNT - 1, gid: QEMU_UID_BASE + QEMU_UID_COUNT - 1 },
+      chroot: path.join(dir, 'jail'),
       paths: { qmpSocket: `${dir}/qmp.sock`, consoleSocket: `${dir}/console.sock`, consoleLog: `${dir}/console.log`, pidFile: `${dir}/qemu.pid` },
     };
+    await mkdir(cfg.chroot!, { mode: 0o711 });
     bareArgv = qemuArgv(cfg);
     if (driverArgv.length && JSON.stringify(machineOf(bareArgv)) !== JSON.stringify(machineOf(driverArgv))) {
       throw new Error(`bare QEMU would boot another machine than the driver's:\n  bare:   ${machineOf(bareArgv).join(' ')}\n  driver: ${machineOf(driverArgv).join(' ')}`);

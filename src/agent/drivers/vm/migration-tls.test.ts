@@ -2,7 +2,7 @@
 // made (also when QEMU refuses it), and the DH group the one OpenSSL names ffdhe2048.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { runOk } from '../../../core/exec.js';
@@ -27,7 +27,7 @@ test("the credentials files are 0700/0600 and the QEMU's user's while QEMU reads
         return undefined as T;
       },
     };
-    await addTlsCreds(qmp, tls, endpoint, owner);
+    await addTlsCreds(qmp, tls, endpoint, { owner });
     const files = endpoint === 'server' ? ['ca-cert.pem', 'dh-params.pem', 'server-cert.pem', 'server-key.pem'] : ['ca-cert.pem', 'client-cert.pem', 'client-key.pem'];
     const own = `${owner.uid}:${owner.gid}`;
     assert.deepEqual(seen, { '.': `700 ${own}`, ...Object.fromEntries(files.map((f) => [f, `600 ${own}`])) }, 'readable by QEMU\'s user and root only');
@@ -40,6 +40,26 @@ test("the credentials files are 0700/0600 and the QEMU's user's while QEMU reads
   const refusing = { execute: async (cmd: string, a?: Record<string, unknown>) => { if (cmd === 'object-add') { refusedDir = String(a?.dir); throw new Error('refused'); } } };
   await assert.rejects(addTlsCreds(refusing as never, tls, 'server'), /refused/);
   assert.ok(refusedDir && !existsSync(refusedDir), 'removed when QEMU refused the object too');
+});
+
+test('a QEMU in a chroot reads them inside it, named from its own root', async (t) => {
+  const root = mkdtempSync(path.join(tmpdir(), 'nimbus-jail-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  let seen = '';
+  let inside: string[] = [];
+  const qmp = {
+    execute: async <T>(cmd: string, a?: Record<string, unknown>): Promise<T> => {
+      if (cmd === 'object-add') {
+        seen = String(a?.dir);
+        inside = readdirSync(path.join(root, seen)).sort();
+      }
+      return undefined as T;
+    },
+  };
+  await addTlsCreds(qmp, tls, 'client', { root });
+  assert.match(seen, /^\/nimbus-migrate-tls-[^/]+$/, 'a path from the chroot\'s root');
+  assert.deepEqual(inside, ['ca-cert.pem', 'client-cert.pem', 'client-key.pem']);
+  assert.deepEqual(readdirSync(root), [], 'removed after');
 });
 
 test('the DH parameters are RFC 7919 ffdhe2048 as OpenSSL prints them', async () => {

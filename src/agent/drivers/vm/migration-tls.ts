@@ -40,15 +40,23 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 `;
 
+/** Where a QEMU can read files: as which user (absent: root) and under which root (its chroot; absent or "/": the host's). */
+export interface QemuView {
+  owner?: { uid: number; gid: number };
+  root?: string;
+}
+
 /**
  * The credentials object in QEMU, as `endpoint` (QEMU's file names: ca-cert.pem,
  * server-/client-cert.pem and -key.pem, a server's dh-params.pem), from files QEMU reads when the
- * object is made: in a directory of the system's temporary one (which every user can pass
- * through), 0700 and owned by the user QEMU runs as (`owner`: qemu-user.ts; root's when absent),
- * removed once QEMU read them. No other user reads them meanwhile.
+ * object is made: in a directory 0700 and owned by the user QEMU runs as (qemu-user.ts), inside its
+ * chroot when it has one, else in the system's temporary directory (which every user can pass
+ * through); removed once QEMU read them. No other user reads them meanwhile.
  */
-export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' | 'client', owner?: { uid: number; gid: number }): Promise<void> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-migrate-tls-'));
+export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' | 'client', view: QemuView = {}): Promise<void> {
+  const jailed = view.root !== undefined && view.root !== '/';
+  const dir = await mkdtemp(path.join(jailed ? view.root! : tmpdir(), 'nimbus-migrate-tls-'));
+  const { owner } = view;
   try {
     const files: Array<[string, string]> = [['ca-cert.pem', tls.ca], [`${endpoint}-cert.pem`, tls.cert], [`${endpoint}-key.pem`, tls.key]];
     if (endpoint === 'server') files.push(['dh-params.pem', FFDHE2048_PEM]);
@@ -56,7 +64,9 @@ export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' 
     if (owner) for (const f of ['', ...files.map(([name]) => name)]) await chown(path.join(dir, f), owner.uid, owner.gid);
     // one left by a migration its agent did not see to the end (QEMU refuses a second of the id)
     await c.execute('object-del', { id: TLS_CREDS_ID }).catch(() => undefined);
-    await c.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, endpoint, dir, 'verify-peer': true });
+    // the path as QEMU sees it: from its own root
+    const seen = jailed ? `/${path.relative(view.root!, dir)}` : dir;
+    await c.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, endpoint, dir: seen, 'verify-peer': true });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -7,11 +7,16 @@
  * directory is root's alone. A guest that escapes into its QEMU holds that user and nothing else:
  * no host file it could not already read, no other VM's disk, memory or process.
  *
+ * It also chroots into an empty directory as it drops (`-chroot`, the VM's `jail`), as
+ * Firecracker's jailer does: no file of the host is left to it, world-readable ones included.
+ *
  * Secure containers' microVMs stay root: their 9p share (security_model=passthrough) keeps the
  * container's owners and modes, which takes root (docs/security.md).
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
 
 /**
  * The users: 2,000,000,000 and the 2^24 after it, below 2^31 and above what hosts give people,
@@ -78,4 +83,46 @@ export function processUser(pid: number | undefined): QemuUser | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** How a VM's QEMU is confined at a launch: its own user and an empty root. */
+export interface QemuConfinement {
+  runAs?: QemuUser;
+  chroot?: string;
+}
+
+/** The empty directory a VM's QEMU chroots into (in the VM's directory, which only root passes: QEMU enters it as root). */
+export const jailDir = (vmDir: string) => path.join(vmDir, 'jail');
+
+/** A VM's confinement: a user of its own and its jail, unless it shares directories over 9p (root keeps their owners: none). */
+export function confinementOf(users: QemuUsers, r: { id: string; config: { shares?: readonly unknown[] } }, vmDir: string): QemuConfinement {
+  return r.config.shares?.length ? {} : { runAs: users.claim(r.id), chroot: jailDir(vmDir) };
+}
+
+/**
+ * Make the jail before a launch: empty (what a crashed migration left in it, credentials
+ * included, goes), root's, passable (QEMU's user must reach its own "/"), not listable.
+ */
+export async function prepareJail(c: QemuConfinement): Promise<void> {
+  if (c.chroot === undefined) return;
+  await rm(c.chroot, { recursive: true, force: true });
+  await mkdir(c.chroot, { recursive: true, mode: 0o711 });
+  await chmod(c.chroot, 0o711);
+}
+
+/** Where a running process's "/" is (its chroot; "/" when none), undefined when it is gone. */
+export function processRoot(pid: number | undefined): string | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    return readlinkSync(`/proc/${pid}/root`);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where a running QEMU reads files from: its user and its root (migration-tls.ts). */
+export function qemuView(pid: number | undefined): { owner?: QemuUser; root?: string } {
+  const owner = processUser(pid);
+  const root = processRoot(pid);
+  return { ...(owner ? { owner } : {}), ...(root ? { root } : {}) };
 }

@@ -116,5 +116,7 @@ test('runAs: QEMU drops to its own user (-runas uid:gid), allowed the one change
   assert.ok(!qemuArgv(base).join(' ').includes('-runas'), 'absent: it stays root');
   assert.throws(() => qemuArgv({ ...base, runAs: { uid: 0, gid: 0 } }), /other than root/);
   assert.throws(() => qemuArgv({ ...base, runAs, shares: [{ tag: 'rootfs', path: '/x' }] }), /9p/);
+  assert.ok(qemuArgv({ ...base, runAs, chroot: '/vms/x/jail' }).join(' ').includes('-runas 2000000007:2000000007 -chroot /vms/x/jail'), 'and into an empty root');
+  assert.throws(() => qemuArgv({ ...base, chroot: '/vms/x/jail' }), /user of its own/, 'root leaves a chroot at will');
 });
 

@@ -64,6 +64,11 @@ export interface QemuConfig {
    * stays root (a 9p share in passthrough mode needs it). Chosen at each launch, never recorded.
    */
   runAs?: { uid: number; gid: number };
+  /**
+   * With runAs: the empty directory QEMU chroots into as it drops (-chroot), so that it reaches no
+   * file of the host at all, world-readable ones included (Firecracker's jailer does the same).
+   */
+  chroot?: string;
 }
 
 /** One block volume as a virtio-blk disk (block-volumes.ts plugs and unplugs them while the VM runs). */
@@ -182,6 +187,9 @@ export function qemuArgv(c: QemuConfig): string[] {
     if (!Number.isInteger(uid) || !Number.isInteger(gid) || uid <= 0 || gid <= 0) throw new InvalidArgument(`QEMU's user must be a uid:gid other than root's, got ${uid}:${gid}`);
     if (c.shares?.length) throw new InvalidArgument("a VM with shared directories keeps QEMU as root (9p passthrough keeps the files' owners)");
     a.push('-runas', `${uid}:${gid}`);
+    if (c.chroot !== undefined) a.push('-chroot', c.chroot);
+  } else if (c.chroot !== undefined) {
+    throw new InvalidArgument('a chroot goes with a user of its own (runAs): root leaves a chroot at will');
   }
   if (c.debugExit) a.push('-device', 'isa-debug-exit,iobase=0xf4,iosize=0x01');
   if (c.balloon) a.push('-device', 'virtio-balloon-pci,id=balloon0');

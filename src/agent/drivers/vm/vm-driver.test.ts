@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runOk } from '../../../core/exec.js';
@@ -44,7 +44,10 @@ async function checkDeprivileged(id: string, ins: { qemuPid?: number; qemuUid?: 
   const dir = path.join(env.stateDir, id);
   assert.equal((await stat(dir)).mode & 0o777, 0o700, "the VM's directory is root's alone");
   const refused = await withQmp(instancePaths(dir), (c) => c.execute('blockdev-add', { driver: 'raw', 'node-name': 'probe', file: { driver: 'file', filename: path.join(dir, 'vm.json') } })).then(() => 'opened', (e: unknown) => String(e));
-  assert.match(refused, /Permission denied/, 'QEMU cannot open its own record by path');
+  assert.match(refused, /No such file|Permission denied/, 'QEMU cannot open its own record by path');
+  assert.equal(await readlink(`/proc/${ins.qemuPid}/root`), path.join(dir, 'jail'), 'chrooted into its empty jail');
+  const hostFile = await withQmp(instancePaths(dir), (c) => c.execute('blockdev-add', { driver: 'raw', 'node-name': 'probe', file: { driver: 'file', filename: '/etc/passwd' } })).then(() => 'opened', (e: unknown) => String(e));
+  assert.match(hostFile, /No such file/, "no file of the host, world-readable ones included, is there for it");
   return { uid };
 }
 

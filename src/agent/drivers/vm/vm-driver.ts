@@ -45,13 +45,13 @@ import type { MigrationTls } from './migration-tls.js';
 import { migrateLive, type MigrationReport } from '../../migration.js';
 import { checkConsoleLimits, DEFAULT_CONSOLE_LIMITS, forgetConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { assertTransition, foldHotplug, toState, VmRecordStore, type VmRecord } from './vm-record.js';
-import { VmRunner, qemuUserOf } from './vm-runner.js';
+import { VmRunner } from './vm-runner.js';
 import { VmConsole } from './vm-console.js';
 import { VmInspector, type VmInspect } from './vm-inspect.js';
 import { VmHotplug } from './vm-hotplug.js';
 import { VmSaveRestore } from './vm-save-restore.js';
 import { VmMigration, type MigrationSpec } from './vm-migration.js';
-import { QemuUsers, processUser } from './qemu-user.js';
+import { QemuUsers, confinementOf, processUser } from './qemu-user.js';
 
 export type { MigrationReport } from '../../migration.js';
 // names importers have always taken from here
@@ -110,7 +110,7 @@ export class VmDriver implements InstanceDriver {
     this.records = new VmRecordStore(o.stateDir);
     this.runner = new VmRunner(this.records, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
     this.console = new VmConsole(this.records, this.consoleLimits);
-    this.inspector = new VmInspector(this.records, this.qemu, (r) => qemuUserOf(this.users, r));
+    this.inspector = new VmInspector(this.records, this.qemu, (r) => confinementOf(this.users, r, this.records.paths(r.id).dir));
     this.hotplug = new VmHotplug(this.records);
     this.saved = new VmSaveRestore(this.records, this.runner);
     this.migration = new VmMigration(this.records, this.runner, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });

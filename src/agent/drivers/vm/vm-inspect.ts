@@ -9,9 +9,7 @@ import { qemuArgv, type Accelerator } from './qemu.js';
 import { withQmp } from './qemu-process.js';
 import type { VcpuPinning } from './vcpu-pinning.js';
 import { vcpuCount, type VmLifecycle, type VmRecord, type VmRecords } from './vm-record.js';
-import { processUser, type QemuUser } from './qemu-user.js';
-
-const withUser = (runAs: QemuUser | undefined) => (runAs ? { runAs } : {});
+import { processUser, type QemuConfinement } from './qemu-user.js';
 
 export interface VmInspect {
   id: string;
@@ -47,8 +45,8 @@ export class VmInspector {
     private readonly records: Pick<VmRecords, 'paths' | 'load'>,
     /** The QEMU binary, first in the argv inspect shows. */
     private readonly qemu: string,
-    /** The user its QEMU drops to at a launch (qemu-user.ts), in the argv too. */
-    private readonly userOf: (r: VmRecord) => QemuUser | undefined,
+    /** How its QEMU is confined at a launch (qemu-user.ts), in the argv too. */
+    private readonly confinementOf: (r: VmRecord) => QemuConfinement,
   ) {}
 
   async inspect(id: string): Promise<VmInspect> {
@@ -65,7 +63,7 @@ export class VmInspector {
       consoleSocket: p.consoleSocket,
       consoleLog: p.consoleLog,
       pinning: r.lifecycle === 'running' || r.lifecycle === 'paused' ? (r.pinning ?? []) : [],
-      argv: [this.qemu, ...qemuArgv({ ...r.config, startPaused: true, ...withUser(this.userOf(r)) })],
+      argv: [this.qemu, ...qemuArgv({ ...r.config, startPaused: true, ...this.confinementOf(r) })],
     };
     if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
       out.qemuPid = r.qemuPid;

@@ -26,8 +26,8 @@ import { QmpClient, type QmpEvent } from './qmp.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import { consoleHistory } from './vm-console.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
-import { qemuUserOf, type VmRunner } from './vm-runner.js';
-import { processUser, type QemuUsers } from './qemu-user.js';
+import type { VmRunner } from './vm-runner.js';
+import { confinementOf, prepareJail, qemuView, type QemuUsers } from './qemu-user.js';
 
 // the driver's name: its log lines read as they did before migration had a file of its own
 const log = logger('vm-driver');
@@ -121,8 +121,9 @@ export class VmMigration {
           : ['create', '-q', '-f', 'qcow2', p.overlay, String(s.virtualSize)]);
         r.config.rootDisk = { path: p.overlay, format: 'qcow2' };
       }
-      const runAs = qemuUserOf(this.o.users, r);
-      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...(runAs ? { runAs } : {}) }), p);
+      const confined = confinementOf(this.o.users, r, p.dir);
+      await prepareJail(confined);
+      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined }), p);
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
       await this.records.save(r);
@@ -132,7 +133,7 @@ export class VmMigration {
       resumed.catch(() => undefined);
       this.incoming.set(spec.id, { uri, events, resumed, tls: !!tls });
       if (tls) {
-        await addTlsCreds(events, tls, 'server', runAs);
+        await addTlsCreds(events, tls, 'server', qemuView(launched.qemuPid));
         await useTlsForMigration(events);
       }
       await events.execute('migrate-incoming', { uri });
@@ -178,7 +179,7 @@ export class VmMigration {
           });
           try {
             if (tls) {
-              await addTlsCreds(c, tls, 'client', processUser(r.qemuPid));
+              await addTlsCreds(c, tls, 'client', qemuView(r.qemuPid));
               await useTlsForMigration(c, opts.tls);
             }
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });

@@ -10,7 +10,7 @@ import { logger } from '../../../core/log.js';
 import { watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { qemuArgv, type QemuConfig } from './qemu.js';
 import { INPUT_FD, closeToOthers, launchQemu, removeRunFiles, sleep, withQmp } from './qemu-process.js';
-import type { QemuUser, QemuUsers } from './qemu-user.js';
+import { confinementOf, prepareJail, type QemuUsers } from './qemu-user.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
 
@@ -27,10 +27,6 @@ export interface VmRunnerOptions {
   readonly users: QemuUsers;
 }
 
-/** The user a VM's QEMU drops to: its own, unless it shares directories over 9p (root keeps their owners). */
-export function qemuUserOf(users: QemuUsers, r: Pick<VmRecord, 'id' | 'config'>): QemuUser | undefined {
-  return r.config.shares?.length ? undefined : users.claim(r.id);
-}
 
 export class VmRunner {
   private readonly exitListeners: Array<(id: string) => void> = [];
@@ -51,11 +47,12 @@ export class VmRunner {
   async launch(r: VmRecord, restoreFrom?: string): Promise<void> {
     const p = this.records.paths(r.id);
     const incoming = restoreFrom !== undefined;
-    const runAs = qemuUserOf(this.o.users, r);
-    const cfg: QemuConfig = { ...r.config, startPaused: true, ...(runAs ? { runAs } : {}), ...(incoming ? { incoming: `fd:${INPUT_FD}` } : {}) };
+    const confined = confinementOf(this.o.users, r, p.dir);
+    const cfg: QemuConfig = { ...r.config, startPaused: true, ...confined, ...(incoming ? { incoming: `fd:${INPUT_FD}` } : {}) };
     const argv = qemuArgv(cfg);
     const t0 = Date.now();
     await closeToOthers(p.dir);
+    await prepareJail(confined);
     const launched = await launchQemu(this.o.qemu, argv, p, incoming ? { input: restoreFrom } : {});
     try {
       await withQmp(p, async (c) => {
