@@ -282,6 +282,8 @@ describe('container engine end to end', { concurrency: false }, () => {
     // memory limited: one without --memory is given the default size, limited and charged
     const q2 = (await d.api<C & { config: { memoryBytes?: number } }>('GET', '/containers/q2')).body;
     assert.equal(q2.config.memoryBytes, 512 * 1024 * 1024, 'the default size, on the record');
+    assert.equal((await d.api<{ containers: { memoryDefaultBytes: number } }>('GET', '/info')).body.containers.memoryDefaultBytes, 512 * 1024 * 1024, 'info says it');
+    assert.match(await d.cliOk(['info']), /^Container memory default: 512 MiB where a project's memory is limited/m);
     assert.equal(Number(await inside('q2', 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max')), 512 * 1024 * 1024, 'and in its cgroup');
     assert.deepEqual([await inside('q1', 'cat /proc/1/oom_score_adj'), await inside('q2', 'cat /proc/1/oom_score_adj')], ['0', '0'], 'sized: not best effort');
     r = await d.cli(['run', '-d', '--name', 'q3', IMAGE, 'sleep', '600']);

@@ -21,6 +21,7 @@ import type {
 } from './drivers/instance-driver.js';
 import type { VmInspect, VmLifecycle } from './drivers/vm/vm-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
+import type { MigrationTls } from './drivers/vm/migration-tls.js';
 import type { EndpointSpec, NetworkSpec, PortMapping } from './network/network-driver.js';
 import type { OverlayPeer } from './network/overlay.js';
 import type { RoutedPeer } from './network/routed-peers.js';
@@ -189,6 +190,12 @@ export interface VmMigrationSpec {
   nics?: Array<{ network: NetworkSpec; address: string; dnsNames: string[] }>;
   /** The source agent's certificate name when it can send over TLS (protocol 8; docs/security.md, "Live migration"). */
   tls?: string;
+  /**
+   * The destination's certificate for this migration alone (protocol 11): minted by the control
+   * plane, short-lived and named `migration.AGENT`, so that QEMU never holds the agent's own key.
+   * Absent: the agent's own certificate. Never logged.
+   */
+  credentials?: MigrationTls;
 }
 
 /** Where the source sends a migration (the destination's answer to prepareVmIncoming). */
@@ -211,6 +218,8 @@ export interface MigrateOutOptions {
   nbdVolumes?: Record<string, string>;
   /** The destination's certificate name: send over TLS and check it (absent: plain, the destination asked for no TLS). */
   tls?: string;
+  /** The source's certificate for this migration alone (protocol 11; VmMigrationSpec.credentials). Never logged. */
+  credentials?: MigrationTls;
 }
 
 /** The source's half of a live migration, once the last pass is sent. */

@@ -261,6 +261,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   const vms = new VmService(store, vmHosts, events, quota, operations, scheduler, networks, disks, leads);
   // block volumes (docs/volumes.md): VMs boot from them; attachments take the VM's own lock
   vms.bootVolumes = volumes.block;
+  // each live migration gets certificates of its own: QEMU never holds an agent's key (docs/security.md)
+  vms.migrationCredentials = (agent) => agentCa.migrationCredentials(agent);
   volumes.block.vmLock = (id, fn) => vms.lockedVm(id, fn);
   // Reclaims evict borrowers' instances: containers are stopped (no restart policy brings them
   // back), VMs are saved rather than killed (restored later, the guest goes on where it was).

@@ -35,10 +35,14 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * below: checkpointContainer, exportCheckpoint, importCheckpoint, restoreContainer; the move
  * route's 'checkpoint'; info's `liveMove`). 10: an error's `message` is for anyone and its
  * `adminMessage` for administrators and the log (host paths, runtime paths, addresses:
- * ERRORS_SPLIT_SINCE below). Bump the current one for any change a peer of the
+ * ERRORS_SPLIT_SINCE below). 11: a live migration's own certificates, minted by the control plane
+ * (VmMigrationSpec.credentials, migrateVmOut's opts.credentials: MIGRATION_CREDENTIALS_SINCE; an
+ * older agent is sent neither and uses its own). Bump the current one for any change a peer of the
  * previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 10;
+export const AGENT_PROTOCOL_VERSION = 11;
+/** Live migrations take certificates minted for them (agent.ts: VmMigrationSpec.credentials). */
+export const MIGRATION_CREDENTIALS_SINCE = 11;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -52,6 +56,8 @@ export const SPOKEN_PROTOCOL: ProtocolRange = { min: MIN_AGENT_PROTOCOL_VERSION,
 
 /** The subject CN of the control plane's client certificate: the one caller a TLS agent takes (never an agent's name). */
 export const CONTROL_PLANE_CERT_NAME = 'nimbus-control-plane';
+/** What a live migration's own certificate for agent X is named: this, then X (never an agent's name itself). */
+export const MIGRATION_CERT_PREFIX = 'migration.';
 
 /** Marks the errors a version disagreement makes (a client drops what it negotiated on seeing one). */
 export const PROTOCOL_ERROR_REASON = 'agent-protocol';

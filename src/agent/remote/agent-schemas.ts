@@ -125,6 +125,8 @@ const VmCreateRequest = Obj({
   nics: Type.Optional(Type.Array(Attachment)),
   volumes: Type.Optional(Type.Array(Type.Object({ volumeId: Id, readonly: Type.Optional(Bool), boot: Type.Optional(Bool) }, { additionalProperties: false }), { maxItems: 16 })),
 });
+/** A migration's own certificate, minted by the control plane (protocol 11): PEM texts, the key never logged. */
+const MigrationCredentials = Obj({ name: Str, ca: Str, cert: Str, key: Str });
 const VmMigrationSpec = Obj({
   id: Id,
   name: Str,
@@ -134,6 +136,7 @@ const VmMigrationSpec = Obj({
   storage: Type.Optional(Obj({ virtualSize: Int, backing: Type.Optional(Str), backingFormat: Type.Optional(Type.Union([Type.Literal('raw'), Type.Literal('qcow2')])) })),
   nics: Type.Optional(Type.Array(Attachment)),
   tls: Type.Optional(Str),
+  credentials: Type.Optional(MigrationCredentials),
 });
 
 const VmImageKind = Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')]);
@@ -184,7 +187,7 @@ export const ARG_SCHEMAS = {
   listVms: [],
   vmMigrationSpec: [arg('id', Id)],
   prepareVmIncoming: [arg('spec', VmMigrationSpec)],
-  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), nbdVolumes: Type.Optional(Type.Record(Str, Str, { maxProperties: 16 })), tls: Type.Optional(Str) }))],
+  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), nbdVolumes: Type.Optional(Type.Record(Str, Str, { maxProperties: 16 })), tls: Type.Optional(Str), credentials: Type.Optional(MigrationCredentials) }))],
   finishVmIncoming: [arg('id', Id), arg('consoleHistory', Str)],
   abandonVmIncoming: [arg('id', Id)],
   endVmMigration: [arg('id', Id), arg('outcome', Type.Union([Type.Literal('moved'), Type.Literal('resume')]))],

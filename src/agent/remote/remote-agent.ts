@@ -49,6 +49,7 @@ import {
   ndjsonLine,
   tooOldFor,
   tooOldForTty,
+  MIGRATION_CREDENTIALS_SINCE,
   MIGRATION_WITH_STORAGE_SINCE,
   tooOldForMounts,
   tooOldForStdio, tooOldForChosenPorts, tooOldForPortRanges, tooOldForCopyUp,
@@ -489,11 +490,14 @@ export class RemoteAgent implements Agent {
   vmMigrationSpec: Agent['vmMigrationSpec'] = (...a) => this.call('vmMigrationSpec', a);
   prepareVmIncoming: Agent['prepareVmIncoming'] = async (spec) => {
     if (spec.storage || spec.nics?.length) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'take a live-migrating VM with a local disk or NICs');
-    return this.call('prepareVmIncoming', [spec]);
+    // an agent from before minted certificates is sent none: it uses its own, as it did
+    const { credentials, ...rest } = spec;
+    return this.call('prepareVmIncoming', [credentials && (await this.protocolVersion()) >= MIGRATION_CREDENTIALS_SINCE ? spec : rest]);
   };
   migrateVmOut: Agent['migrateVmOut'] = async (id, uri, opts) => {
     if (opts.nbd) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'send a VM\'s local disk in a live migration');
-    return this.call('migrateVmOut', [id, uri, opts]);
+    const { credentials, ...rest } = opts;
+    return this.call('migrateVmOut', [id, uri, credentials && (await this.protocolVersion()) >= MIGRATION_CREDENTIALS_SINCE ? opts : rest]);
   };
   finishVmIncoming: Agent['finishVmIncoming'] = (...a) => this.call('finishVmIncoming', a);
   abandonVmIncoming: Agent['abandonVmIncoming'] = (...a) => this.call('abandonVmIncoming', a);

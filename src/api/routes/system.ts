@@ -79,6 +79,8 @@ export const systemRoutes = [
           running: all.filter((c) => c.status === 'running').length,
           paused: all.filter((c) => c.status === 'paused').length,
           exited: all.filter((c) => c.status === 'exited').length,
+          // what one created without a memory size is given where its project's memory is limited (0: nothing)
+          memoryDefaultBytes: services.options.containerMemoryDefaultBytes,
         },
         vms: {
           total: vms.length,

@@ -69,6 +69,9 @@ export const systemCommands: CommandSpec[] = [
         `Server version: ${String(info.version)}`,
         `Home: ${String(info.home)}`,
         `Containers: ${info.containers.total} (running ${info.containers.running}, paused ${info.containers.paused}, exited ${info.containers.exited})`,
+        ...(info.containers.memoryDefaultBytes !== undefined
+          ? [`Container memory default: ${info.containers.memoryDefaultBytes ? `${Math.round(info.containers.memoryDefaultBytes / 2 ** 20)} MiB where a project's memory is limited; unlimited (best effort) elsewhere` : 'none (unsized containers are charged nothing)'}`]
+          : []),
         ...(vms ? [`VMs: ${vms.total} (running ${vms.running}, paused ${vms.paused}, saved ${vms.saved}, stopped ${vms.stopped})`] : []),
         `Images: ${String(info.images)}`,
         ...(a ? embeddedAgentLines(a) : ['Embedded agent: none (--no-agent; the hosts are `nimbus host ls`)']),

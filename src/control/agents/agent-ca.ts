@@ -11,7 +11,7 @@ import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { logger } from '../../core/log.js';
 import { certCommonName, certFingerprint, issueCertificate, issuedBy, makeCa, signCsr, type KeyAndCert } from '../../core/pki.js';
-import { CONTROL_PLANE_CERT_NAME } from '../../agent/remote/agent-protocol.js';
+import { CONTROL_PLANE_CERT_NAME, MIGRATION_CERT_PREFIX } from '../../agent/remote/agent-protocol.js';
 import type { RemoteAgentTls } from '../../agent/remote/remote-agent.js';
 import type { MigrationTls } from '../../agent/drivers/vm/migration-tls.js';
 import type { Store } from '../../store/store.js';
@@ -119,6 +119,17 @@ export class AgentCa {
   async embeddedAgentTls(name: string): Promise<MigrationTls> {
     const { key, cert } = await issueCertificate(this.ca, { commonName: name, usage: 'server', days: AGENT_CERT_DAYS });
     return { name, key, cert, ca: this.ca.cert };
+  }
+
+  /**
+   * A certificate for one live migration, for the agent of this name: a key of its own, a day's
+   * validity, named `migration.NAME` (MIGRATION_CERT_PREFIX), so that the QEMU that holds it during
+   * the move holds neither the agent's own key nor a name the control plane takes for the agent's.
+   */
+  async migrationCredentials(name: string): Promise<MigrationTls> {
+    const commonName = `${MIGRATION_CERT_PREFIX}${name}`;
+    const { key, cert } = await issueCertificate(this.ca, { commonName, usage: 'server', days: 1 });
+    return { name: commonName, key, cert, ca: this.ca.cert };
   }
 
   /** A server certificate for the agent of this name (the CSR proves its key; its subject is ignored). */

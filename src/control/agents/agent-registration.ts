@@ -9,7 +9,7 @@ import { isValidName } from '../../core/ids.js';
 import type { Agent, AgentInfo } from '../../agent/agent.js';
 import type { AgentRegistrationRecord, Store } from '../../store/store.js';
 import type { AgentRecord } from '../../store/records.js';
-import { CONTROL_PLANE_CERT_NAME, SPOKEN_PROTOCOL, negotiateProtocol, type ProtocolRange } from '../../agent/remote/agent-protocol.js';
+import { CONTROL_PLANE_CERT_NAME, MIGRATION_CERT_PREFIX, SPOKEN_PROTOCOL, negotiateProtocol, type ProtocolRange } from '../../agent/remote/agent-protocol.js';
 import type { AgentConnector } from './agent-connections.js';
 import { factsOf } from './host-facts.js';
 
@@ -21,11 +21,13 @@ export interface AgentRegistration {
   protocol?: ProtocolRange;
 }
 
-/** A name an agent may take: valid, and neither the embedded agent's nor the control plane's certificate name. */
+/** A name an agent may take: valid, and neither the embedded agent's nor the control plane's nor a migration's certificate name. */
 export function checkAgentName(name: string, localName: string): void {
   if (!isValidName(name)) throw new InvalidArgument(`invalid agent name "${name}"`);
   if (name === localName) throw new Conflict(`"${name}" is the embedded agent's name`);
   if (name === CONTROL_PLANE_CERT_NAME) throw new InvalidArgument(`"${name}" is the control plane's own certificate name`);
+  // a migration's certificate for agent X is named "migration.X": no agent may answer to such a name
+  if (name.startsWith(MIGRATION_CERT_PREFIX)) throw new InvalidArgument(`agent names do not begin with "${MIGRATION_CERT_PREFIX}" (live migrations' certificates are named so)`);
 }
 
 /** A refusal with both sides' versions; no call is made to an agent that speaks none of ours. */

@@ -6,6 +6,7 @@
  * failure; the boot images go to the destination first; the record names the destination only
  * once the VM runs there; quota is unchanged.
  */
+import type { MigrationTls } from '../../agent/drivers/vm/migration-tls.js';
 import { Conflict, InvalidArgument, NotFound, textForAnyone } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { VmCreateRequest, VmHostState, VmMigrationSpec } from '../../agent/agent.js';
@@ -55,6 +56,11 @@ export interface VmMoveDeps {
   /** Records it running with the host's state, and publishes `action`. */
   running(id: string, state: VmHostState, action: string, attributes?: Record<string, unknown>): Promise<VmRecord>;
   publish(v: VmRecord, action: string, attributes?: Record<string, unknown>): void;
+  /**
+   * A certificate for one migration, for one agent (short-lived, named `migration.AGENT`): QEMU
+   * holds it instead of the agent's own (docs/security.md). Absent: the agents use their own.
+   */
+  migrationCredentials?: ((agent: string) => Promise<MigrationTls>) | undefined;
 }
 
 /**
@@ -145,11 +151,18 @@ export async function migrateVm(deps: VmMoveDeps, idOrName: string, to: string, 
       await claimsBack(from);
       throw e;
     }
+    // both sides' certificates for this migration alone, when the source can send over TLS at all
+    // (an agent with no certificate of its own may not be of a protocol that takes minted ones)
+    let minted: { src: MigrationTls; dst: MigrationTls } | undefined;
     const { report: moved } = await migrateLive(
       v.id,
       {
-        spec: () => src.vmMigrationSpec(v.id),
-        send: (uri, o) => src.migrateVmOut(v.id, uri, o),
+        spec: async () => {
+          const spec = await src.vmMigrationSpec(v.id);
+          if (spec.tls && deps.migrationCredentials) minted = { src: await deps.migrationCredentials(from), dst: await deps.migrationCredentials(to) };
+          return spec;
+        },
+        send: (uri, o) => src.migrateVmOut(v.id, uri, minted && o.tls ? { ...o, credentials: minted.src } : o),
         // once the guest runs at the destination, a source that cannot let go is only logged
         end: (outcome) => src.endVmMigration(v.id, outcome).catch((e: unknown) => {
           if (outcome === 'resume') throw e;
@@ -160,7 +173,7 @@ export async function migrateVm(deps: VmMoveDeps, idOrName: string, to: string, 
         prepare: async (spec) => {
           const moving = await specAt(deps, cur, spec, to);
           atDestination = moving.paths;
-          return dst.prepareVmIncoming(moving.spec);
+          return dst.prepareVmIncoming(minted ? { ...moving.spec, credentials: minted.dst } : moving.spec);
         },
         // The guest runs at the destination now: the record says so before the source lets go.
         // (Here, not in migrateLive's synchronous `arrived`: the write is awaited, and if it fails

@@ -34,6 +34,7 @@ import type { HostAgents } from './hosts.js';
 import { assertVmTransition, isLive } from './vm-state.js';
 import { createVm, createVmFromTemplate, type BootVolumes, type CreateVmInput, type VmCreateDeps } from './vm-create.js';
 import { migrateVm, rebuildVm, startMigrate, type VmMoveDeps } from './vm-move.js';
+import type { MigrationTls } from '../../agent/drivers/vm/migration-tls.js';
 import { reconcileVms, type VmReconcileDeps, type VmReconcileReport } from './vm-reconcile.js';
 import { assertNotTemplate, restoreVm, saveVm, startRestore, startSave, type VmSaveRestoreDeps } from './vm-save-restore.js';
 
@@ -90,6 +91,8 @@ export class VmService {
 
   /** Block volumes (set by the daemon): VMs booted from a volume. */
   bootVolumes?: BootVolumes;
+  /** Mints a live migration's own certificate for an agent (the agent CA: docs/security.md); absent: agents use their own. */
+  migrationCredentials?: (agent: string) => Promise<MigrationTls>;
 
   private publish(v: VmRecord, action: string, attributes: Record<string, unknown> = {}) {
     this.events.publish({ type: 'vm', action, id: v.id, projectId: v.projectId, attributes: { name: v.name, ...attributes } });
@@ -109,6 +112,7 @@ export class VmService {
       networks: this.networks,
       disks: this.disks,
       bootVolumes: this.bootVolumes,
+      migrationCredentials: this.migrationCredentials,
       generatedNames: this.generatedNames,
       get: (idOrName) => this.get(idOrName),
       current: (id) => this.current(id),

@@ -896,11 +896,12 @@ export class FakeAgent implements Agent {
     });
   }
 
-  prepareVmIncoming(...args: Parameters<Agent['prepareVmIncoming']>): Promise<{ uri: string }> {
+  prepareVmIncoming(...args: Parameters<Agent['prepareVmIncoming']>): Promise<{ uri: string; tls?: string }> {
     return this.run('prepareVmIncoming', args, async () => {
       const [spec] = args;
       this.vms.set(spec.id, { req: spec.config as unknown as VmCreateRequest, state: { status: 'created', lifecycle: 'created' } });
-      return { uri: `tcp:${this.host.name}:49152` };
+      // as a real destination answers: over TLS with the certificate it was given, named so
+      return { uri: `tcp:${this.host.name}:49152`, ...(spec.tls && spec.credentials ? { tls: spec.credentials.name } : {}) };
     });
   }
 

@@ -223,3 +223,27 @@ test('a live migration carries the VM\'s block volumes: made at the destination,
   assert.deepEqual(local.calls('createBlockVolume').at(-1), [v.id, 32 * MiB, {}]);
   assert.deepEqual(local.calls('removeBlockVolume').map((a) => a[0]), [v.id, v.id], 'what the failed move made is gone');
 });
+
+test('a live migration gets certificates of its own, one per side, named migration.AGENT: neither agent hands QEMU its own key', async (t) => {
+  const { vms, local, b, vm } = await setup(t);
+  await vm('m');
+  await vms.start('m');
+  const minted: string[] = [];
+  vms.migrationCredentials = async (agent) => {
+    minted.push(agent);
+    return { name: `migration.${agent}`, ca: 'CA', cert: `CERT ${agent}`, key: `KEY ${agent}` };
+  };
+  // a source with no certificate of its own sends in clear as before: nothing is minted for it
+  await vms.migrate('m', 'b');
+  assert.deepEqual(minted, []);
+  assert.equal(b.calls('prepareVmIncoming').at(-1)?.[0].credentials, undefined);
+  // a source that can send over TLS: each side gets its own
+  const config = (b.calls('prepareVmIncoming').at(-1)![0] as { config: Record<string, unknown> }).config;
+  b.override('vmMigrationSpec', async (id) => ({ id, name: 'm', createdAt: new Date().toISOString(), config, tls: 'b' }));
+  await vms.migrate('m', 'local');
+  assert.deepEqual(minted, ['b', 'local']);
+  assert.equal(local.calls('prepareVmIncoming').at(-1)?.[0].credentials?.name, 'migration.local', "the destination's");
+  const out = b.calls('migrateVmOut').at(-1)!;
+  assert.equal(out[2].tls, 'migration.local', 'the source checks the name the destination answered');
+  assert.equal(out[2].credentials?.name, 'migration.b', "the source's own");
+});

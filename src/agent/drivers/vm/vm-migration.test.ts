@@ -171,6 +171,39 @@ test('live migration to another driver: the guest goes on, the source is gone, t
   }
 });
 
+test("a migration's own certificates (protocol 11): agents with none of their own move a guest over TLS with what the control plane minted, named for migrations only", async (t) => {
+  const ca = await makeCa('test agent CA for minted certificates');
+  const minted = async (agent: string): Promise<MigrationTls> => ({ name: `migration.${agent}`, ca: ca.cert, ...(await issueCertificate(ca, { commonName: `migration.${agent}`, usage: 'server', days: 1 })) });
+  const [credA, credB] = await Promise.all([minted('host-a'), minted('host-b')]);
+  const src = new VmDriver({ stateDir: path.join(env.base, 'agent-m1'), accel: env.accel.accel });
+  const dst = new VmDriver({ stateDir: path.join(env.base, 'agent-m2'), accel: env.accel.accel });
+  const id = freshId('vm');
+  try {
+    await src.create(env.makeSpec(id, ['sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done'], { resources: { memoryBytes: 160 << 20 } }));
+    await src.start(id);
+    await waitForLog(src, id, /^tick 2$/, 60_000);
+    let answered: string | undefined;
+    const { report } = await migrateLive(id,
+      { spec: () => src.migrationSpec(id), send: (uri, o) => src.migrateOut(id, uri, { ...o, credentials: credA }), end: (outcome) => src.endMigration(id, outcome) },
+      {
+        prepare: async (spec) => {
+          // the control plane says the source can send over TLS, and gives each side its certificate
+          const target = await dst.prepareIncoming({ ...spec, tls: credA.name, credentials: credB }, '127.0.0.1');
+          answered = target.tls;
+          return target;
+        },
+        finish: (h) => dst.finishIncoming(id, h),
+        abandon: () => dst.abandonIncoming(id),
+      });
+    t.diagnostic(JSON.stringify(report));
+    assert.equal(answered, 'migration.host-b', 'the destination answers the name of the certificate it was given');
+    assert.equal(report.tls, true, 'over TLS though neither driver has a certificate of its own');
+    assert.equal((await dst.state(id)).status, 'running');
+  } finally {
+    for (const d of [src, dst]) await d.delete(id).catch(() => undefined);
+  }
+});
+
 test('a VM with a local disk live-migrates with it: every write the guest made before, during and after the move is on the destination disk', async (t) => {
   // both with certificates: the disk's NBD connection is TLS too
   const src = new VmDriver({ stateDir: path.join(env.base, 'agent-e'), accel: env.accel.accel, tls: tlsA });

@@ -102,8 +102,10 @@ export class VmMigration {
     // checked and the port found before the directory is made: a refusal leaves nothing here
     const port = await freeTcpPort(host);
     const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
-    const tls = spec.tls && this.o.settings.tls ? this.o.settings.tls : undefined;
-    if (!tls) logInClear(spec.id, host, !this.o.settings.tls ? 'this agent has no certificate' : 'the source agent has no certificate');
+    // this migration's own certificate when the control plane minted one (QEMU never holds the agent's), else the agent's
+    const mine = spec.credentials ?? this.o.settings.tls;
+    const tls = spec.tls && mine ? mine : undefined;
+    if (!tls) logInClear(spec.id, host, !mine ? 'this agent has no certificate' : 'the source agent has no certificate');
     const r: VmRecord = {
       id: spec.id, name: spec.name, createdAt: spec.createdAt, lifecycle: 'created',
       config: { ...config, paths: { qmpSocket: p.qmpSocket, consoleSocket: p.consoleSocket, consoleLog: p.consoleLog, pidFile: p.pidFile } },
@@ -160,7 +162,7 @@ export class VmMigration {
       if (lacking) throw new Conflict(`VM ${id} has volume ${lacking.volumeId} attached and the destination offers nothing to copy it into (an agent of protocol 8 or older: volumes stay)`, { id });
       const disks = movingDisks(r.config);
       const targets = disks.map((d) => ({ disk: d, nbd: d.key === 'root' ? opts.nbd! : opts.nbdVolumes![d.key]!, wholeDisk: d.key === 'root' ? !!r.template : true }));
-      const tls = opts.tls ? this.o.settings.tls : undefined;
+      const tls = opts.tls ? (opts.credentials ?? this.o.settings.tls) : undefined;
       if (opts.tls && !tls) throw new Conflict(`the destination takes VM ${id} over TLS only and this agent has no certificate`, { id });
       if (!opts.tls) logInClear(id, /^tcp:\[?([^\]]*?)\]?:\d+$/.exec(uri)?.[1] ?? uri, 'the destination asked for no TLS');
       const p = this.records.paths(id);
