@@ -215,6 +215,16 @@ describe('the web dashboard in Chromium', { skip: existsSync(CHROMIUM) ? false :
       assert.match((await explanation.textContent()) ?? '', /memory/, 'the refusal names the resource');
       await page.getByLabel('Memory (MiB)').fill('128');
       await explanation.filter({ hasText: 'Quota: admitted' }).waitFor();
+      // the container form: a container without a size is given the default here (acme's memory is limited)
+      await page.goto(`${base}/ui/create`);
+      await page.getByRole('heading', { name: 'Create a container in acme' }).waitFor();
+      await page.locator('input[name="memory"][placeholder^="512"]').waitFor();
+      await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: admitted' }).waitFor();
+      assert.equal((await d!.api('PUT', '/quota/acme', { hard: { memory: 256 } })).status, 200);
+      await page.reload();
+      await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: would be refused' }).waitFor();
+      assert.match((await page.getByTestId('quota-explanation').textContent()) ?? '', /memory/, 'the default 512 MiB does not fit 256');
+      assert.equal((await d!.api('PUT', '/quota/acme', { hard: { memory: 512 } })).status, 200);
       await page.getByRole('link', { name: 'Quota' }).click();
       await page.getByRole('heading', { name: 'Quota of acme' }).waitFor();
       // an operator's view by its URL: the page says no, and the API narrows /operations to acme's anyway

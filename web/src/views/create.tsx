@@ -10,6 +10,9 @@ import { splitCommand } from '../format.js';
 
 interface ImageRow { id: string; tags: string[] }
 
+/** The ledger's hard limit of a project nobody limited (control/quota: UNLIMITED). */
+const UNLIMITED = 2 ** 40;
+
 export function CreateContainerView({ project, role, navigate }: { project: Project; role: string | undefined; navigate: (r: Route) => void }) {
   const [images, setImages] = useState<string[]>([]);
   const [image, setImage] = useState('');
@@ -29,10 +32,23 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
     }, () => undefined);
   }, [project.path]);
 
+  // what a container without a size is given here: the daemon's default where the project's
+  // memory is limited, else nothing (it runs unlimited, best effort): docs/identity.md
+  const [unsizedMiB, setUnsizedMiB] = useState(0);
+  useEffect(() => {
+    Promise.all([
+      call<{ containers: { memoryDefaultBytes?: number } }>('GET', '/info'),
+      call<{ resources: { memory?: { hard: number } } }>('GET', `/quota/${encodeURIComponent(project.path)}`),
+    ]).then(([info, quota]) => {
+      const limited = (quota.resources.memory?.hard ?? UNLIMITED) < UNLIMITED;
+      setUnsizedMiB(limited ? Math.round((info.containers.memoryDefaultBytes ?? 0) / 1048576) : 0);
+    }, () => setUnsizedMiB(0));
+  }, [project.path]);
+
   const cpuCount = cpus === '' ? undefined : Number(cpus);
   const memoryMiB = memory === '' ? undefined : Number(memory);
   // what the container would be charged: one instance, whole CPUs rounded up, memory in MiB
-  const explanation = useExplanation(project.path, { instances: 1, cpus: cpuCount ? Math.ceil(cpuCount) : 0, memory: memoryMiB ? Math.ceil(memoryMiB) : 0 });
+  const explanation = useExplanation(project.path, { instances: 1, cpus: cpuCount ? Math.ceil(cpuCount) : 0, memory: memoryMiB ? Math.ceil(memoryMiB) : unsizedMiB });
 
   if (!canWrite(role)) return <p>You have no role that may create instances in {project.path}.</p>;
 
@@ -63,7 +79,7 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
         <label>Name <input name="name" value={name} placeholder="generated when empty" onInput={(e) => setName((e.target as HTMLInputElement).value)} /></label>
         <label>Command <input name="command" value={command} placeholder="the image's when empty" onInput={(e) => setCommand((e.target as HTMLInputElement).value)} /></label>
         <label>CPUs <input name="cpus" type="number" min="0.01" step="0.01" value={cpus} placeholder="unlimited" onInput={(e) => setCpus((e.target as HTMLInputElement).value)} /></label>
-        <label>Memory (MiB) <input name="memory" type="number" min="6" step="1" value={memory} placeholder="unlimited" onInput={(e) => setMemory((e.target as HTMLInputElement).value)} /></label>
+        <label>Memory (MiB) <input name="memory" type="number" min="6" step="1" value={memory} placeholder={unsizedMiB ? `${unsizedMiB} (this project's default)` : 'unlimited'} onInput={(e) => setMemory((e.target as HTMLInputElement).value)} /></label>
         <ExplanationBox explanation={explanation} />
         {error ? <p role="alert" class="error">{error}</p> : null}
         <div class="buttons">
