@@ -304,12 +304,17 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.equal(view.resources.instances!.used, 2, 'the ledger survived a kill -9');
 
     assert.equal((await d.cli(['rm', '-f', 'q1'])).code, 0);
+    // the project's own default, as Kubernetes' LimitRange per namespace: 256 MiB here, not the daemon's 512
+    assert.equal((await d.cli(['quota', 'set', 'default', '--container-memory', '256m'])).code, 0);
+    assert.match(await d.cliOk(['quota', 'show']), /^a container without --memory: 256MiB \(set here\)$/m);
     r = await d.cli(['run', '-d', '--name', 'q3', IMAGE, 'sleep', '600']);
     assert.equal(r.code, 0, r.stderr);
+    assert.equal((await d.api<{ config: { memoryBytes?: number } }>('GET', '/containers/q3')).body.config.memoryBytes, 256 * 1024 * 1024);
     const audit = JSON.parse((await d.cli(['quota', 'audit', '-o', 'json'])).stdout) as { kind: string }[];
     for (const kind of ['admit', 'reject', 'release']) assert.ok(audit.some((e) => e.kind === kind), `audit has ${kind}`);
     assert.equal((await d.cli(['rm', '-f', 'q2', 'q3'])).code, 0);
-    assert.equal((await d.cli(['quota', 'set', 'default', '--instances', '100000', '--memory', 'unlimited'])).code, 0);
+    assert.equal((await d.cli(['quota', 'set', 'default', '--instances', '100000', '--memory', 'unlimited', '--container-memory', 'inherit'])).code, 0);
+    assert.match(await d.cliOk(['quota', 'show']), /^a container without --memory: unlimited, best effort$/m);
   });
 
   test('reconciliation on start removes container state the store does not know', async () => {

@@ -36,8 +36,9 @@ export interface NimbusOptions {
    * The memory a container created without one is given (limited and charged) in a project whose
    * memory quota is limited: what Kubernetes' LimitRange gives a namespace with a ResourceQuota.
    * In an unlimited project such a container stays best effort (no limit, charged nothing, killed
-   * first when the host runs out). Env NIMBUS_CONTAINER_MEMORY_DEFAULT: bytes with a k/m/g suffix;
-   * 0: never (unsized containers charged nothing anywhere). Default 512 MiB (docs/identity.md).
+   * first when the host runs out). A project's own default wins (quota: containerMemoryDefault).
+   * Env NIMBUS_CONTAINER_MEMORY_DEFAULT: bytes with a k/m/g suffix; 0: none unless a project sets
+   * one. Default 512 MiB (docs/identity.md).
    */
   containerMemoryDefaultBytes: number;
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */

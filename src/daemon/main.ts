@@ -43,8 +43,9 @@ Options (environment variable in brackets):
                            (failed logins are counted per caller; repeatable) [NIMBUS_TRUSTED_PROXIES]
   --container-memory-default SIZE
                            what a container created without --memory is limited to and charged
-                           in a project whose memory quota is limited [NIMBUS_CONTAINER_MEMORY_DEFAULT]
-                           (default 512m; 0: never). Elsewhere it runs unlimited, charged nothing,
+                           in a project whose memory quota is limited and that sets no default of
+                           its own (nimbus quota set P --container-memory) [NIMBUS_CONTAINER_MEMORY_DEFAULT]
+                           (default 512m; 0: none). Elsewhere it runs unlimited, charged nothing,
                            and is the first the kernel kills when the host runs out of memory
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: runc, else crun)

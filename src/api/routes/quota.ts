@@ -3,7 +3,7 @@ import { route, type RequestAuth } from '../route.js';
 import { paged, PageQuery } from '../paging.js';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
-import { MAX_QUOTA_VALUE, MAX_TIMER_MS } from '../../core/limits.js';
+import { MAX_MEMORY_BYTES, MAX_QUOTA_VALUE, MAX_TIMER_MS } from '../../core/limits.js';
 import { Name, ProjectRef } from '../schemas.js';
 
 const Amount = (description?: string) => Type.Integer({ minimum: 0, maximum: MAX_QUOTA_VALUE, ...(description ? { description } : {}) });
@@ -39,12 +39,18 @@ async function memberIds(services: Services, owner: string, weights: Record<stri
   return out;
 }
 
+/** A project's ledger view, and what a container created without a memory size is given there now (MiB; 0: none, best effort). */
+function quotaView(services: Services, projectId: string): Record<string, unknown> {
+  const daemonDefaultMiB = Math.ceil((services.options?.containerMemoryDefaultBytes ?? 0) / 2 ** 20);
+  return { ...services.quota.show(projectId), unsizedContainerMemory: services.quota.unsizedContainerMemory(projectId, daemonDefaultMiB) ?? 0 };
+}
+
 export const quotaRoutes = [
   route({
     method: 'GET', path: '/quota/{project}', operationId: 'showQuota', tag: 'quota', access: 'read',
     auth: { role: 'reader', project: PROJECT },
     summary: 'Per resource: hard, used, reserved, allocated, free, lent, borrowed, pool', params: ProjectParam, response: Figures,
-    handler: ({ services, auth }) => services.quota.show(auth.project()) as unknown as Record<string, unknown>,
+    handler: ({ services, auth }) => quotaView(services, auth.project()),
   }),
   route({
     method: 'PUT', path: '/quota/{project}', operationId: 'setQuota', tag: 'quota', access: 'write',
@@ -58,11 +64,17 @@ export const quotaRoutes = [
         lendingLimit: Type.Optional(Vector),
         borrowingLimit: Type.Optional(Vector),
         gracePeriodMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, description: 'At most 2^31-1 ms (about 24.8 days)' })),
+        containerMemoryDefault: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_MEMORY_BYTES / 2 ** 20 }), Type.Null()], {
+          description: "MiB a container created without a memory size is given here while the project's memory is limited (0: none, it runs best effort; null: its parent's, up to the daemon's default)",
+        })),
       },
       { additionalProperties: false },
     ),
     response: Figures,
-    handler: async ({ body, services, auth }) => (await services.quota.setLimits(auth.project(), body)) as unknown as Record<string, unknown>,
+    handler: async ({ body, services, auth }) => {
+      await services.quota.setLimits(auth.project(), body);
+      return quotaView(services, auth.project());
+    },
   }),
   route({
     method: 'POST', path: '/quota/{project}/explain', operationId: 'explainQuota', tag: 'quota', access: 'read',

@@ -22,6 +22,8 @@ function vectorOf(pairs: string[], what: string): Vector | undefined {
 }
 /** MiB from "512m" or plain MiB; "unlimited" as the ledger has it for a root nobody limited. */
 const memoryMiB = (s: string) => (s === 'unlimited' ? UNLIMITED : /^\d+$/.test(s) ? Number(s) : Math.ceil(parseSize(s) / (1024 * 1024)));
+/** --container-memory: MiB, 0 for none, null for "inherit". */
+const containerMemory = (s: string) => (s === 'inherit' ? null : s === '0' ? 0 : memoryMiB(s));
 function wholeNumber(s: string, what: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`${what} must be a whole number, got "${s}"`);
@@ -35,11 +37,15 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota show', usage: '[PROJECT]', summary: "A project's ledger: hard, used, reserved, allocated, free, lent, borrowed", maxArgs: 1, options: [],
     async run({ args, global }) {
-      const view = await clientOf(global).json<{ resources: Record<string, Figures> }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
+      const view = await clientOf(global).json<{ resources: Record<string, Figures>; containerMemoryDefault?: number | null; unsizedContainerMemory?: number }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
       if (global.output === 'json') return printJson(view), 0;
       const cols = ['hard', 'used', 'reserved', 'allocated', 'free', 'lent', 'borrowed', 'pool'] as const;
       const rows = Object.entries(view.resources).map(([r, f]) => [r, ...cols.map((c) => fmt(f[c], r))]);
       process.stdout.write(table(['RESOURCE', ...cols.map((c) => c.toUpperCase())], rows));
+      if (view.unsizedContainerMemory !== undefined) {
+        const own = view.containerMemoryDefault === null || view.containerMemoryDefault === undefined ? 'inherited' : 'set here';
+        process.stdout.write(`a container without --memory: ${view.unsizedContainerMemory ? `${view.unsizedContainerMemory}MiB (${own})` : 'unlimited, best effort'}\n`);
+      }
       return 0;
     },
   },
@@ -56,6 +62,7 @@ export const quotaCommands: CommandSpec[] = [
       { name: 'lendable', type: 'list', value: 'RES=N', description: 'How much idle capacity siblings may borrow' },
       { name: 'borrow-limit', type: 'list', value: 'RES=N', description: 'How much this project may borrow from siblings' },
       { name: 'grace', type: 'number', value: 'SECS', description: 'Grace period before reclaimed instances are evicted' },
+      { name: 'container-memory', type: 'string', value: 'SIZE', description: 'What a container created without --memory is given here while memory is limited (e.g. 256m; 0: none, best effort; "inherit": the parent\'s, up to the daemon\'s 512m)' },
     ],
     async run({ args, opts, global }) {
       const hard: Vector = {};
@@ -68,6 +75,7 @@ export const quotaCommands: CommandSpec[] = [
         ...(vectorOf(opts.lendable as string[], '--lendable') ? { lendingLimit: vectorOf(opts.lendable as string[], '--lendable') } : {}),
         ...(vectorOf(opts['borrow-limit'] as string[], '--borrow-limit') ? { borrowingLimit: vectorOf(opts['borrow-limit'] as string[], '--borrow-limit') } : {}),
         ...(opts.grace !== undefined ? { gracePeriodMs: wholeNumber(String(opts.grace), 'grace') * 1000 } : {}),
+        ...(opts['container-memory'] !== undefined ? { containerMemoryDefault: containerMemory(String(opts['container-memory'])) } : {}),
       };
       if (!Object.keys(body).length) throw new UsageError('nothing to change: give at least one limit');
       const view = await clientOf(global).json('PUT', `/quota/${encodeURIComponent(args[0]!)}`, body);

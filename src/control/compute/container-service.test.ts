@@ -144,6 +144,30 @@ test('memory: unsized is best effort in an unlimited project, the default size (
   assert.equal(used('p1'), 256 + 128);
 });
 
+test("memory: a project's own default (LimitRange per namespace) wins over the daemon's, is inherited below it, and 0 there means best effort", async (t) => {
+  const MiB = 1024 * 1024;
+  const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 512 * MiB });
+  const project = async (id: string, parent: string, hard: Record<string, number>) => {
+    await store.projects.insert({ id, name: id, parentId: parent, createdAt: new Date().toISOString() });
+    await quota.ensureProject(id, parent);
+    await quota.setLimits(id, { hard });
+  };
+  await project('team', 'p1', { instances: 20, memory: 4096 });
+  await quota.setLimits('team', { containerMemoryDefault: 128 });
+  await project('sub', 'team', { instances: 5, memory: 1024 });
+  await project('free', 'team', { instances: 5, memory: 512 });
+  await quota.setLimits('free', { containerMemoryDefault: 0 });
+  const unsized = async (p: string, name: string) => (await containers.create(input({ name }), p, { projectId: 'p1' })).config.memoryBytes;
+  assert.equal(await unsized('team', 't1'), 128 * MiB, "the project's own");
+  assert.equal(await unsized('sub', 's1'), 128 * MiB, "a child without one of its own takes its parent's");
+  assert.equal(await unsized('free', 'f1'), undefined, '0 set here: best effort, charged nothing');
+  assert.equal(quota.show('free').resources.memory.used, 0);
+  await quota.setLimits('team', { containerMemoryDefault: null });
+  assert.equal(await unsized('sub', 's2'), 512 * MiB, "null: the parent's again, up to the daemon's");
+  assert.deepEqual([quota.show('team').containerMemoryDefault, quota.show('free').containerMemoryDefault], [null, 0]);
+  await assert.rejects(quota.setLimits('team', { containerMemoryDefault: 3 }), (e: unknown) => isNimbusError(e) && e.code === 'InvalidArgument' && /at least 6 MiB/.test(e.message));
+});
+
 test('memory: with no default (0), an unsized container is charged nothing in a limited project either', async (t) => {
   const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 0 });
   await store.projects.insert({ id: 'team', name: 'team', parentId: 'p1', createdAt: new Date().toISOString() });

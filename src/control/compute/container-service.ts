@@ -51,6 +51,8 @@ const EVERYWHERE: ProjectScope = { canRead: () => true };
  */
 const AGENT_DEADLINE_MS = 120_000;
 
+const MiB = 1024 * 1024;
+
 export interface ContainerServiceOptions {
   /** Override AGENT_DEADLINE_MS (tests). */
   agentDeadlineMs?: number;
@@ -61,7 +63,8 @@ export interface ContainerServiceOptions {
   handlesExits?: () => boolean;
   /**
    * What a container created without a memory size is limited to and charged in a project whose
-   * memory is limited (NimbusOptions.containerMemoryDefaultBytes); absent or 0: nothing, anywhere.
+   * memory is limited and that sets no default of its own (NimbusOptions.containerMemoryDefaultBytes;
+   * QuotaService.unsizedContainerMemory); absent or 0: nothing unless a project sets one.
    */
   memoryDefaultBytes?: number;
 }
@@ -113,10 +116,13 @@ export class ContainerService {
       handlesExits: opts.handlesExits,
     });
     this.lifecycle = new ContainerLifecycle({ ...shared, events, quota, networks, exits: this.exits });
-    const memoryDefault = opts.memoryDefaultBytes || undefined;
+    const daemonDefaultMiB = Math.ceil((opts.memoryDefaultBytes ?? 0) / MiB);
     this.creates = new ContainerCreates({
       ...shared, hosts, scheduler, images, networks, quota, operations,
-      defaultMemoryBytes: (projectId) => (memoryDefault !== undefined && quota.limitsMemory(projectId) ? memoryDefault : undefined),
+      defaultMemoryBytes: (projectId) => {
+        const mib = quota.unsizedContainerMemory(projectId, daemonDefaultMiB);
+        return mib === undefined ? undefined : mib * MiB;
+      },
       startLocked: (id, alsoWrite) => this.lifecycle.startLocked(id, false, alsoWrite),
     });
     this.calls = new ContainerAgentCalls(shared);

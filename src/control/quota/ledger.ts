@@ -52,6 +52,8 @@ export interface LimitsPatch {
   lendingLimit?: PartialVec;
   borrowingLimit?: PartialVec;
   gracePeriodMs?: number;
+  /** MiB an unsized container is given here (ProjectState.containerMemoryDefault); null: its parent's again. */
+  containerMemoryDefault?: number | null;
 }
 
 export interface ResourceFigures {
@@ -83,6 +85,8 @@ export interface ProjectView {
   parent: string | null;
   children: string[];
   gracePeriodMs: number;
+  /** Its own setting (LimitsPatch.containerMemoryDefault); null: inherited. */
+  containerMemoryDefault: number | null;
   resources: Record<Resource, ResourceFigures>;
   pools: PoolView[];
   memberOf: string[];
@@ -223,6 +227,14 @@ export class Ledger {
     return this.project(id).hard[r];
   }
 
+  /** The nearest containerMemoryDefault set on the project or above it; undefined: none is. */
+  containerMemoryDefault(id: string): number | undefined {
+    for (let p: ProjectState | undefined = this.project(id); p; p = p.parent === null ? undefined : this.state.projects[p.parent]) {
+      if (p.containerMemoryDefault !== undefined) return p.containerMemoryDefault;
+    }
+    return undefined;
+  }
+
   instance(id: string): InstanceState | undefined {
     const i = this.state.instances[id];
     return i === undefined ? undefined : structuredClone(i);
@@ -275,6 +287,7 @@ export class Ledger {
       parent: p.parent,
       children: [...p.children],
       gracePeriodMs: p.gracePeriodMs,
+      containerMemoryDefault: p.containerMemoryDefault ?? null,
       resources,
       pools: p.pools.map((pid) => this.poolView(this.pool(pid))),
       memberOf: [...p.memberOf],
@@ -349,8 +362,9 @@ export class Ledger {
     });
   }
 
-  private checkLimits(p: ProjectState, patch: LimitsPatch): { hard: Vec; reserved: Vec; lendingLimit: Vec; borrowingLimit: Vec; gracePeriodMs: number } {
+  private checkLimits(p: ProjectState, patch: LimitsPatch): { hard: Vec; reserved: Vec; lendingLimit: Vec; borrowingLimit: Vec; gracePeriodMs: number; containerMemoryDefault: number | undefined } {
     const next = {
+      containerMemoryDefault: patch.containerMemoryDefault === undefined ? p.containerMemoryDefault : patch.containerMemoryDefault === null ? undefined : checkAmount('containerMemoryDefault', patch.containerMemoryDefault),
       hard: vec(patch.hard, 'hard', p.hard),
       reserved: vec(patch.reserved, 'reserved', p.reserved),
       lendingLimit: vec(patch.lendingLimit, 'lendingLimit', p.lendingLimit),
@@ -385,8 +399,14 @@ export class Ledger {
     p.lendingLimit = next.lendingLimit;
     p.borrowingLimit = next.borrowingLimit;
     p.gracePeriodMs = next.gracePeriodMs;
+    const defaultBefore = p.containerMemoryDefault ?? null;
+    if (next.containerMemoryDefault === undefined) delete p.containerMemoryDefault;
+    else p.containerMemoryDefault = next.containerMemoryDefault;
     emit('limits', p.id, 'limits set', {
-      data: { before, after: { hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs } },
+      data: {
+        before: { ...before, containerMemoryDefault: defaultBefore },
+        after: { hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs, containerMemoryDefault: p.containerMemoryDefault ?? null },
+      },
     });
   }
 

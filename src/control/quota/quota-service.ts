@@ -29,13 +29,16 @@ import { Ledger, type AdmitRequest, type Decision, type LimitsPatch, type Loan, 
 import type { AuditEntry, LedgerState, ReclaimOperation } from './state.js';
 import { RESOURCES, type PartialVec, type Vec } from './resources.js';
 import { fillMissingResources } from './upgrade.js';
-import { Conflict, QuotaExceeded, Unavailable } from '../../core/errors.js';
+import { Conflict, InvalidArgument, QuotaExceeded, Unavailable } from '../../core/errors.js';
+import { MIN_MEMORY_BYTES } from '../../core/limits.js';
 
 const log = logger('quota');
 
 /** Hard limit of a project nobody has limited: effectively unlimited, still an integer. */
 export const UNLIMITED = 2 ** 40;
 const MiB = 1024 * 1024;
+/** runc's smallest memory limit, in whole MiB. */
+const MIN_CONTAINER_MEMORY_MIB = Math.ceil(MIN_MEMORY_BYTES / MiB);
 /** How often a pending reclaim's waiter looks for a release made by another replica. */
 const WAITER_POLL_MS = 250;
 /** Default read staleness bound on a shared (PostgreSQL) store; 0 turns the poll off. */
@@ -572,18 +575,25 @@ export class QuotaService {
   }
 
   /**
-   * Whether the project's memory is limited (any project but an unlimited root: a child's hard limit
-   * is handed down within its parent's). From memory, as stale as reads are (QuotaServiceOptions).
+   * MiB a container created without a memory size is given (limited and charged) in the project:
+   * while its memory is limited (any project but an unlimited root: a child's hard limit is handed
+   * down within its parent's), the nearest containerMemoryDefault set on it or above it, else
+   * `daemonDefaultMiB`; undefined (best effort: unlimited, charged nothing) where memory is
+   * unlimited or the default found is 0. From memory, as stale as reads are (QuotaServiceOptions).
    */
-  limitsMemory(projectId: string): boolean {
-    return this.current.hasProject(projectId) && this.current.hardLimit(projectId, 'memory') < UNLIMITED;
+  unsizedContainerMemory(projectId: string, daemonDefaultMiB: number): number | undefined {
+    if (!this.current.hasProject(projectId) || this.current.hardLimit(projectId, 'memory') >= UNLIMITED) return undefined;
+    const mib = this.current.containerMemoryDefault(projectId) ?? daemonDefaultMiB;
+    return mib > 0 ? mib : undefined;
   }
 
   show(projectId: string): ProjectView {
     return this.current.show(projectId);
   }
 
-  setLimits(projectId: string, patch: LimitsPatch): Promise<ProjectView> {
+  async setLimits(projectId: string, patch: LimitsPatch): Promise<ProjectView> {
+    const d = patch.containerMemoryDefault;
+    if (typeof d === 'number' && d > 0 && d < MIN_CONTAINER_MEMORY_MIB) throw new InvalidArgument(`a container memory default is 0 (none: best effort) or at least ${MIN_CONTAINER_MEMORY_MIB} MiB, got ${d}`);
     return this.mutate((l) => l.setLimits(projectId, patch, Date.now()));
   }
 

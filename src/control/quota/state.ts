@@ -26,6 +26,12 @@ export interface ProjectState {
   borrowingLimit: Vec;
   /** How long a borrower's instance may keep running after a reclaim is planned. */
   gracePeriodMs: number;
+  /**
+   * MiB a container created without a memory size is given here while the project's memory is
+   * limited (0: none, it runs best effort); absent: its parent's, up to the daemon's default.
+   * Kubernetes' LimitRange default, per project.
+   */
+  containerMemoryDefault?: number;
   /** Σ demand of this project's own instances, whatever capacity backs them. */
   used: Vec;
   /** The part of `used` charged to this project's own hard limit. */

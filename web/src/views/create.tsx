@@ -10,8 +10,6 @@ import { splitCommand } from '../format.js';
 
 interface ImageRow { id: string; tags: string[] }
 
-/** The ledger's hard limit of a project nobody limited (control/quota: UNLIMITED). */
-const UNLIMITED = 2 ** 40;
 
 export function CreateContainerView({ project, role, navigate }: { project: Project; role: string | undefined; navigate: (r: Route) => void }) {
   const [images, setImages] = useState<string[]>([]);
@@ -32,17 +30,11 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
     }, () => undefined);
   }, [project.path]);
 
-  // what a container without a size is given here: the daemon's default where the project's
-  // memory is limited, else nothing (it runs unlimited, best effort): docs/identity.md
+  // what a container without a size is given here (the project's default, or the daemon's, where
+  // its memory is limited; 0: nothing, it runs unlimited, best effort): docs/identity.md
   const [unsizedMiB, setUnsizedMiB] = useState(0);
   useEffect(() => {
-    Promise.all([
-      call<{ containers: { memoryDefaultBytes?: number } }>('GET', '/info'),
-      call<{ resources: { memory?: { hard: number } } }>('GET', `/quota/${encodeURIComponent(project.path)}`),
-    ]).then(([info, quota]) => {
-      const limited = (quota.resources.memory?.hard ?? UNLIMITED) < UNLIMITED;
-      setUnsizedMiB(limited ? Math.round((info.containers.memoryDefaultBytes ?? 0) / 1048576) : 0);
-    }, () => setUnsizedMiB(0));
+    call<{ unsizedContainerMemory?: number }>('GET', `/quota/${encodeURIComponent(project.path)}`).then((v) => setUnsizedMiB(v.unsizedContainerMemory ?? 0), () => setUnsizedMiB(0));
   }, [project.path]);
 
   const cpuCount = cpus === '' ? undefined : Number(cpus);
