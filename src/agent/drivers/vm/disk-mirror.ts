@@ -11,7 +11,7 @@
  */
 import { Conflict, NimbusError } from '../../../core/errors.js';
 import type { QmpClient } from './qmp.js';
-import { TLS_CREDS_ID } from './migration-tls.js';
+import { TLS_AUTHZ_ID, TLS_CREDS_ID } from './migration-tls.js';
 
 /** The block backend's name in qemuArgv (-drive id=root). */
 const ROOT_DRIVE = 'root';
@@ -73,10 +73,11 @@ async function nodeOf(c: Qmp, d: MovingDisk): Promise<string> {
  * switch-over). Returns the URI the source mirrors into, per disk key. `tls`: the credentials
  * object is in QEMU (migration-tls.ts) and the server takes TLS clients only.
  */
-export async function exportDisksForMigration(c: Qmp, host: string, port: number, disks: readonly MovingDisk[], tls = false): Promise<Record<string, string>> {
+export async function exportDisksForMigration(c: Qmp, host: string, port: number, disks: readonly MovingDisk[], tls = false, pinned = false): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   if (!disks.length) return out;
-  await c.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tls ? { 'tls-creds': TLS_CREDS_ID } : {}) });
+  // `pinned`: only the source the migration takes (acceptOnlyFrom's list) may connect
+  await c.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tls ? { 'tls-creds': TLS_CREDS_ID, ...(pinned ? { 'tls-authz': TLS_AUTHZ_ID } : {}) } : {}) });
   for (const d of disks) {
     await c.execute('block-export-add', { type: 'nbd', id: exportId(d), 'node-name': await nodeOf(c, d), name: exportName(d), writable: true });
     out[d.key] = `nbd://${host.includes(':') ? `[${host}]` : host}:${port}/${exportName(d)}`;

@@ -10,6 +10,7 @@ import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { QmpClient } from './qmp.js';
+import { MIGRATION_CERT_PREFIX } from '../../remote/agent-protocol.js';
 
 /** An agent's TLS identity for migrations (PEM texts; the key is never logged). */
 export interface MigrationTls {
@@ -81,8 +82,26 @@ export async function useTlsForMigration(c: Qmp, peer?: string): Promise<void> {
   await c.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS_ID, ...(peer ? { 'tls-hostname': peer } : {}) });
 }
 
+/** The QOM id of the destination's list of the sources it takes (QEMU's authz-list, the migration's and the NBD server's tls-authz). */
+export const TLS_AUTHZ_ID = 'nimbus-migrate-authz';
+
+/** The certificate names a destination takes a migration from: the source agent's own, and the one the control plane mints for it. */
+export const sourceNames = (sourceAgent: string) => [sourceAgent, `${MIGRATION_CERT_PREFIX}${sourceAgent}`];
+
+/**
+ * Destination: take the stream only from a client certificate of one of these names (subject
+ * `CN=NAME`), not from any certificate of the CA: QEMU's authz-list as the migration's tls-authz
+ * (the disk's NBD server takes the same object).
+ */
+export async function acceptOnlyFrom(c: Qmp, names: readonly string[]): Promise<void> {
+  await c.execute('object-del', { id: TLS_AUTHZ_ID }).catch(() => undefined);
+  await c.execute('object-add', { 'qom-type': 'authz-list', id: TLS_AUTHZ_ID, policy: 'deny', rules: names.map((n) => ({ match: `CN=${n}`, policy: 'allow', format: 'exact' })) });
+  await c.execute('migrate-set-parameters', { 'tls-authz': TLS_AUTHZ_ID });
+}
+
 /** After a migration (either side): later ones (a save to a file) go plain again, and the object goes. */
 export async function clearTls(c: Qmp): Promise<void> {
-  await c.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' }).catch(() => undefined);
+  await c.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'tls-authz': '' }).catch(() => undefined);
   await c.execute('object-del', { id: TLS_CREDS_ID }).catch(() => undefined);
+  await c.execute('object-del', { id: TLS_AUTHZ_ID }).catch(() => undefined);
 }

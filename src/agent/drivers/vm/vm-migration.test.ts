@@ -199,6 +199,19 @@ test("a migration's own certificates (protocol 11): agents with none of their ow
     assert.equal(answered, 'migration.host-b', 'the destination answers the name of the certificate it was given');
     assert.equal(report.tls, true, 'over TLS though neither driver has a certificate of its own');
     assert.equal((await dst.state(id)).status, 'running');
+    // a destination takes the source it was told of, not any certificate of the CA: told host-z,
+    // it refuses host-b's (QEMU's tls-authz), and the guest goes on where it was
+    const third = new VmDriver({ stateDir: path.join(env.base, 'agent-m3'), accel: env.accel.accel });
+    const credC = await minted('host-c');
+    await assert.rejects(migrateLive(id,
+      { spec: () => dst.migrationSpec(id), send: (uri, o) => dst.migrateOut(id, uri, { ...o, credentials: credB }), end: (outcome) => dst.endMigration(id, outcome) },
+      { prepare: (spec) => third.prepareIncoming({ ...spec, tls: 'host-z', credentials: credC }, '127.0.0.1'), finish: (h) => third.finishIncoming(id, h), abandon: () => third.abandonIncoming(id) }),
+    (e: unknown) => {
+      t.diagnostic(`refused: ${String(e)}`);
+      return /migration of .* failed/.test(String(e));
+    });
+    assert.equal((await dst.state(id)).status, 'running', 'the guest goes on at its source');
+    assert.ok(!existsSync(path.join(env.base, 'agent-m3', id)), 'nothing left at the refusing destination');
   } finally {
     for (const d of [src, dst]) await d.delete(id).catch(() => undefined);
   }

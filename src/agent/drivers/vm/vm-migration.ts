@@ -19,7 +19,7 @@ import { processAlive } from '../../../core/proc.js';
 import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
 import { consoleBytes, forgetConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
-import { addTlsCreds, clearTls, useTlsForMigration, type MigrationTls } from './migration-tls.js';
+import { acceptOnlyFrom, addTlsCreds, clearTls, sourceNames, useTlsForMigration, type MigrationTls } from './migration-tls.js';
 import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
 import { launchQemu, readPid, sleep, withQmp } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
@@ -137,9 +137,11 @@ export class VmMigration {
       if (tls) {
         await addTlsCreds(events, tls, 'server', qemuView(launched.qemuPid));
         await useTlsForMigration(events);
+        // only from the source the control plane named, not from any certificate of the CA
+        if (spec.tls) await acceptOnlyFrom(events, sourceNames(spec.tls));
       }
       await events.execute('migrate-incoming', { uri });
-      const exports = await exportDisksForMigration(events, host, await freeTcpPort(host), movingDisks(r.config), !!tls);
+      const exports = await exportDisksForMigration(events, host, await freeTcpPort(host), movingDisks(r.config), !!tls, !!(tls && spec.tls));
       const { root: nbd, ...volumes } = exports;
       return { uri, ...(nbd ? { nbd } : {}), ...(Object.keys(volumes).length ? { nbdVolumes: volumes } : {}), ...(tls ? { tls: tls.name } : {}) };
     } catch (e) {
