@@ -14,9 +14,10 @@
  * container's owners and modes, which takes root (docs/security.md).
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, readlinkSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { Unavailable } from '../../../core/errors.js';
 
 /**
  * The users: 2,000,000,000 and the 2^24 after it, below 2^31 and above what hosts give people,
@@ -32,43 +33,150 @@ export interface QemuUser {
 
 export const isQemuUid = (uid: number) => Number.isInteger(uid) && uid >= QEMU_UID_BASE && uid < QEMU_UID_BASE + QEMU_UID_COUNT;
 
-/** The users of one driver's VMs: each VM keeps one while the driver runs, no two VMs share one. */
+/** Where the agents of a host note which VM holds which QEMU user (a tmpfs: gone at a reboot, as the QEMUs are). */
+export const QEMU_USERS_DIR = '/run/nimbus/qemu-users';
+
+export interface QemuUsersOptions {
+  /** The host-wide reservations (default QEMU_USERS_DIR); tests use their own. */
+  dir?: string;
+  /** The first user a VM tries, as an offset in the range (default: from its id's hash); tests force collisions with it. */
+  preferred?: (id: string) => number;
+}
+
+const fromId = (id: string) => createHash('sha256').update(id).digest().readUInt32BE(0) % QEMU_UID_COUNT;
+
+/** The uids processes run as now (/proc/PID is owned by its process's effective uid). */
+function uidsInUse(): Set<number> {
+  const out = new Set<number>();
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      out.add(statSync(`/proc/${p}`).uid);
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/**
+ * The users of one driver's VMs: a VM keeps its user while it may run, and no two VMs on the host
+ * hold one, whichever agent runs them: each user is reserved by a file in a host-wide directory
+ * (O_EXCL), taken over only when no process runs as it.
+ */
 export class QemuUsers {
   private readonly uidOf = new Map<string, number>();
   private readonly holder = new Map<number, string>();
+  private readonly dir: string;
+  private readonly preferred: (id: string) => number;
 
-  /** VM id's user: the same at every launch; derived from its id, the next free one when another VM here holds that. */
+  constructor(o: QemuUsersOptions = {}) {
+    this.dir = o.dir ?? QEMU_USERS_DIR;
+    this.preferred = o.preferred ?? fromId;
+  }
+
+  /** VM id's user, checked at each launch: the one it had while still its own, else the first free one from its id's. */
   claim(id: string): QemuUser {
-    let uid = this.uidOf.get(id);
-    if (uid === undefined) {
-      const start = createHash('sha256').update(id).digest().readUInt32BE(0) % QEMU_UID_COUNT;
-      for (let i = 0; ; i++) {
-        uid = QEMU_UID_BASE + ((start + i) % QEMU_UID_COUNT);
-        if (!this.holder.has(uid)) break;
-      }
+    const had = this.uidOf.get(id);
+    if (had !== undefined && this.reserve(had, id)) return { uid: had, gid: had };
+    if (had !== undefined) this.forget(id);
+    const start = this.preferred(id);
+    for (let i = 0; i < QEMU_UID_COUNT; i++) {
+      const uid = QEMU_UID_BASE + ((start + i) % QEMU_UID_COUNT);
+      if (this.holder.has(uid) || !this.reserve(uid, id)) continue;
       this.hold(id, uid);
+      return { uid, gid: uid };
     }
+    throw new Unavailable('every QEMU user of this host is taken');
+  }
+
+  /** The user VM id has, or would try first, without reserving anything (what inspect shows). */
+  peek(id: string): QemuUser {
+    const uid = this.uidOf.get(id) ?? QEMU_UID_BASE + this.preferred(id);
     return { uid, gid: uid };
   }
 
-  /** A QEMU found running at the driver's start keeps the user it runs as. */
+  /** A QEMU found running at the driver's start keeps the user it runs as (its reservation written again). */
   adopt(id: string, uid: number): void {
-    if (!isQemuUid(uid) || this.uidOf.get(id) === uid) return;
-    this.release(id);
-    this.hold(id, uid);
+    if (!isQemuUid(uid)) return;
+    if (this.uidOf.get(id) !== uid) {
+      this.forget(id);
+      this.hold(id, uid);
+    }
+    this.write(uid, id, 'w');
   }
 
   /** The VM is gone: its user may serve another. */
   release(id: string): void {
     const uid = this.uidOf.get(id);
     if (uid === undefined) return;
-    this.uidOf.delete(id);
-    if (this.holder.get(uid) === id) this.holder.delete(uid);
+    this.forget(id);
+    if (this.holderOnDisk(uid) === id) rmSync(this.file(uid), { force: true });
+  }
+
+  /** At the agent's start: reservations no process runs as and no VM of this driver holds go (a crash's, a test's). */
+  sweep(): number {
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch {
+      return 0;
+    }
+    const live = uidsInUse();
+    let removed = 0;
+    for (const n of names) {
+      const uid = Number(n);
+      if (!isQemuUid(uid) || live.has(uid) || this.holder.has(uid)) continue;
+      rmSync(this.file(uid), { force: true });
+      removed++;
+    }
+    return removed;
+  }
+
+  private file(uid: number): string {
+    return path.join(this.dir, String(uid));
+  }
+
+  private holderOnDisk(uid: number): string | undefined {
+    try {
+      return readFileSync(this.file(uid), 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+
+  private write(uid: number, id: string, flag: 'wx' | 'w'): boolean {
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    try {
+      writeFileSync(this.file(uid), id, { flag, mode: 0o600 });
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw e;
+    }
+  }
+
+  /** Whether `uid` is VM id's now: free and taken, already its own, or left by a VM that no process runs as (taken over). */
+  private reserve(uid: number, id: string): boolean {
+    if (this.write(uid, id, 'wx')) return true;
+    const holder = this.holderOnDisk(uid);
+    // its own (an earlier run of this driver, or the same VM on another agent of this host: a move between them)
+    if (holder === id) return true;
+    if (uidsInUse().has(uid)) return false;
+    // left behind (its VM gone, or not running now: it takes another at its next launch)
+    rmSync(this.file(uid), { force: true });
+    return this.write(uid, id, 'wx');
   }
 
   private hold(id: string, uid: number): void {
     this.uidOf.set(id, uid);
     this.holder.set(uid, id);
+  }
+
+  private forget(id: string): void {
+    const uid = this.uidOf.get(id);
+    this.uidOf.delete(id);
+    if (uid !== undefined && this.holder.get(uid) === id) this.holder.delete(uid);
   }
 }
 
@@ -94,9 +202,13 @@ export interface QemuConfinement {
 /** The empty directory a VM's QEMU chroots into (in the VM's directory, which only root passes: QEMU enters it as root). */
 export const jailDir = (vmDir: string) => path.join(vmDir, 'jail');
 
-/** A VM's confinement: a user of its own and its jail, unless it shares directories over 9p (root keeps their owners: none). */
-export function confinementOf(users: QemuUsers, r: { id: string; config: { shares?: readonly unknown[] } }, vmDir: string): QemuConfinement {
-  return r.config.shares?.length ? {} : { runAs: users.claim(r.id), chroot: jailDir(vmDir) };
+/**
+ * A VM's confinement: a user of its own and its jail, unless it shares directories over 9p (root
+ * keeps their owners: none). For a launch its user is reserved; to show it, only looked up.
+ */
+export function confinementOf(users: QemuUsers, r: { id: string; config: { shares?: readonly unknown[] } }, vmDir: string, use: 'launch' | 'show' = 'launch'): QemuConfinement {
+  if (r.config.shares?.length) return {};
+  return { runAs: use === 'launch' ? users.claim(r.id) : users.peek(r.id), chroot: jailDir(vmDir) };
 }
 
 /**

@@ -110,7 +110,7 @@ export class VmDriver implements InstanceDriver {
     this.records = new VmRecordStore(o.stateDir);
     this.runner = new VmRunner(this.records, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
     this.console = new VmConsole(this.records, this.consoleLimits);
-    this.inspector = new VmInspector(this.records, this.qemu, (r) => confinementOf(this.users, r, this.records.paths(r.id).dir));
+    this.inspector = new VmInspector(this.records, this.qemu, (r) => confinementOf(this.users, r, this.records.paths(r.id).dir, 'show'));
     this.hotplug = new VmHotplug(this.records);
     this.saved = new VmSaveRestore(this.records, this.runner);
     this.migration = new VmMigration(this.records, this.runner, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
@@ -364,7 +364,9 @@ export class VmDriver implements InstanceDriver {
       await rm(path.join(this.o.stateDir, d), { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
       removed.push(d);
     }
-    if (killed.length || removed.length) log.info('vm reconcile', { killed, removed });
+    // QEMU users reserved by VMs no process runs as any more (a crashed agent's) are free again
+    const freed = this.users.sweep();
+    if (killed.length || removed.length || freed) log.info('vm reconcile', { killed, removed, qemuUsersFreed: freed });
     return { killed, removed };
   }
 
