@@ -490,15 +490,18 @@ export class RemoteAgent implements Agent {
   vmMigrationSpec: Agent['vmMigrationSpec'] = (...a) => this.call('vmMigrationSpec', a);
   prepareVmIncoming: Agent['prepareVmIncoming'] = async (spec) => {
     if (spec.storage || spec.nics?.length) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'take a live-migrating VM with a local disk or NICs');
-    // an agent from before minted certificates is sent none: it uses its own, as it did
-    const { credentials, ...rest } = spec;
-    return this.call('prepareVmIncoming', [credentials && (await this.protocolVersion()) >= MIGRATION_CREDENTIALS_SINCE ? spec : rest]);
+    return this.call('prepareVmIncoming', [await this.credentialsIfTaken(spec)]);
   };
   migrateVmOut: Agent['migrateVmOut'] = async (id, uri, opts) => {
     if (opts.nbd) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'send a VM\'s local disk in a live migration');
-    const { credentials, ...rest } = opts;
-    return this.call('migrateVmOut', [id, uri, credentials && (await this.protocolVersion()) >= MIGRATION_CREDENTIALS_SINCE ? opts : rest]);
+    return this.call('migrateVmOut', [id, uri, await this.credentialsIfTaken(opts)]);
   };
+
+  /** A migration's argument as the agent takes it: one from before minted certificates is sent none (it uses its own, as it did). */
+  private async credentialsIfTaken<T extends { credentials?: unknown }>(arg: T): Promise<Omit<T, 'credentials'> | T> {
+    const { credentials, ...rest } = arg;
+    return credentials && (await this.protocolVersion()) >= MIGRATION_CREDENTIALS_SINCE ? arg : rest;
+  }
   finishVmIncoming: Agent['finishVmIncoming'] = (...a) => this.call('finishVmIncoming', a);
   abandonVmIncoming: Agent['abandonVmIncoming'] = (...a) => this.call('abandonVmIncoming', a);
   endVmMigration: Agent['endVmMigration'] = (...a) => this.call('endVmMigration', a);

@@ -41,8 +41,8 @@ async function memberIds(services: Services, owner: string, weights: Record<stri
 
 /** A project's ledger view, and what a container created without a memory size is given there now (MiB; 0: none, best effort). */
 function quotaView(services: Services, projectId: string): Record<string, unknown> {
-  const daemonDefaultMiB = Math.ceil((services.options?.containerMemoryDefaultBytes ?? 0) / 2 ** 20);
-  return { ...services.quota.show(projectId), unsizedContainerMemory: services.quota.unsizedContainerMemory(projectId, daemonDefaultMiB) ?? 0 };
+  const bytes = services.quota.unsizedContainerMemory(projectId, services.options?.containerMemoryDefaultBytes ?? 0) ?? 0;
+  return { ...services.quota.show(projectId), unsizedContainerMemory: bytes / 2 ** 20 };
 }
 
 export const quotaRoutes = [

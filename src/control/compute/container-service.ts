@@ -51,8 +51,6 @@ const EVERYWHERE: ProjectScope = { canRead: () => true };
  */
 const AGENT_DEADLINE_MS = 120_000;
 
-const MiB = 1024 * 1024;
-
 export interface ContainerServiceOptions {
   /** Override AGENT_DEADLINE_MS (tests). */
   agentDeadlineMs?: number;
@@ -116,13 +114,9 @@ export class ContainerService {
       handlesExits: opts.handlesExits,
     });
     this.lifecycle = new ContainerLifecycle({ ...shared, events, quota, networks, exits: this.exits });
-    const daemonDefaultMiB = Math.ceil((opts.memoryDefaultBytes ?? 0) / MiB);
     this.creates = new ContainerCreates({
       ...shared, hosts, scheduler, images, networks, quota, operations,
-      defaultMemoryBytes: (projectId) => {
-        const mib = quota.unsizedContainerMemory(projectId, daemonDefaultMiB);
-        return mib === undefined ? undefined : mib * MiB;
-      },
+      defaultMemoryBytes: (projectId) => quota.unsizedContainerMemory(projectId, opts.memoryDefaultBytes ?? 0),
       startLocked: (id, alsoWrite) => this.lifecycle.startLocked(id, false, alsoWrite),
     });
     this.calls = new ContainerAgentCalls(shared);

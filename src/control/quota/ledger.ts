@@ -393,21 +393,17 @@ export class Ledger {
   private applyLimits(p: ProjectState, next: ReturnType<Ledger['checkLimits']>, emit: Emit): void {
     const par = p.parent === null ? undefined : this.state.projects[p.parent];
     if (par !== undefined) for (const r of RESOURCES) par.allocated[r] += next.hard[r] - p.hard[r];
-    const before = { hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs };
+    // the audit entry's view of the settings, before and after
+    const settings = () => ({ hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs, containerMemoryDefault: p.containerMemoryDefault ?? null });
+    const before = settings();
     p.hard = next.hard;
     p.reserved = next.reserved;
     p.lendingLimit = next.lendingLimit;
     p.borrowingLimit = next.borrowingLimit;
     p.gracePeriodMs = next.gracePeriodMs;
-    const defaultBefore = p.containerMemoryDefault ?? null;
     if (next.containerMemoryDefault === undefined) delete p.containerMemoryDefault;
     else p.containerMemoryDefault = next.containerMemoryDefault;
-    emit('limits', p.id, 'limits set', {
-      data: {
-        before: { ...before, containerMemoryDefault: defaultBefore },
-        after: { hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs, containerMemoryDefault: p.containerMemoryDefault ?? null },
-      },
-    });
+    emit('limits', p.id, 'limits set', { data: { before, after: settings() } });
   }
 
   /** Change limits. A child's hard can only grow within its parent's free; nothing can drop below what is committed. */

@@ -575,16 +575,17 @@ export class QuotaService {
   }
 
   /**
-   * MiB a container created without a memory size is given (limited and charged) in the project:
-   * while its memory is limited (any project but an unlimited root: a child's hard limit is handed
-   * down within its parent's), the nearest containerMemoryDefault set on it or above it, else
-   * `daemonDefaultMiB`; undefined (best effort: unlimited, charged nothing) where memory is
-   * unlimited or the default found is 0. From memory, as stale as reads are (QuotaServiceOptions).
+   * Bytes a container created without a memory size is given (limited and charged) in the project,
+   * in whole MiB as the ledger counts: while its memory is limited (any project but an unlimited
+   * root: a child's hard limit is handed down within its parent's), the nearest
+   * containerMemoryDefault set on it or above it, else the daemon's (`daemonDefaultBytes`);
+   * undefined (best effort: unlimited, charged nothing) where memory is unlimited or the default
+   * found is 0. From memory, as stale as reads are (QuotaServiceOptions).
    */
-  unsizedContainerMemory(projectId: string, daemonDefaultMiB: number): number | undefined {
+  unsizedContainerMemory(projectId: string, daemonDefaultBytes: number): number | undefined {
     if (!this.current.hasProject(projectId) || this.current.hardLimit(projectId, 'memory') >= UNLIMITED) return undefined;
-    const mib = this.current.containerMemoryDefault(projectId) ?? daemonDefaultMiB;
-    return mib > 0 ? mib : undefined;
+    const mib = this.current.containerMemoryDefault(projectId) ?? Math.ceil(daemonDefaultBytes / MiB);
+    return mib > 0 ? mib * MiB : undefined;
   }
 
   show(projectId: string): ProjectView {

@@ -24,7 +24,6 @@ export function openSqliteDatabase(file: string): Database.Database {
   if (onDisk) closeCurrentFiles(file);
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
-  if (onDisk) closeCurrentFiles(file);
   db.pragma('synchronous = NORMAL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');

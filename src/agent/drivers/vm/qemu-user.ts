@@ -77,13 +77,16 @@ export class QemuUsers {
 
   /** VM id's user, checked at each launch: the one it had while still its own, else the first free one from its id's. */
   claim(id: string): QemuUser {
+    // /proc is read once a claim, and only if a reservation is found taken
+    let live: Set<number> | undefined;
+    const inUse = (uid: number) => (live ??= uidsInUse()).has(uid);
     const had = this.uidOf.get(id);
-    if (had !== undefined && this.reserve(had, id)) return { uid: had, gid: had };
+    if (had !== undefined && this.reserve(had, id, inUse)) return { uid: had, gid: had };
     if (had !== undefined) this.forget(id);
     const start = this.preferred(id);
     for (let i = 0; i < QEMU_UID_COUNT; i++) {
       const uid = QEMU_UID_BASE + ((start + i) % QEMU_UID_COUNT);
-      if (this.holder.has(uid) || !this.reserve(uid, id)) continue;
+      if (this.holder.has(uid) || !this.reserve(uid, id, inUse)) continue;
       this.hold(id, uid);
       return { uid, gid: uid };
     }
@@ -157,12 +160,12 @@ export class QemuUsers {
   }
 
   /** Whether `uid` is VM id's now: free and taken, already its own, or left by a VM that no process runs as (taken over). */
-  private reserve(uid: number, id: string): boolean {
+  private reserve(uid: number, id: string, inUse: (uid: number) => boolean): boolean {
     if (this.write(uid, id, 'wx')) return true;
     const holder = this.holderOnDisk(uid);
     // its own (an earlier run of this driver, or the same VM on another agent of this host: a move between them)
     if (holder === id) return true;
-    if (uidsInUse().has(uid)) return false;
+    if (inUse(uid)) return false;
     // left behind (its VM gone, or not running now: it takes another at its next launch)
     rmSync(this.file(uid), { force: true });
     return this.write(uid, id, 'wx');

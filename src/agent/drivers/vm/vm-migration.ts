@@ -390,8 +390,6 @@ async function freeTcpPort(host: string): Promise<number> {
   });
 }
 
-/** Where QEMU reads the migration's TLS files, only while it makes the credentials object. */
-
 /** A migration whose streams go plain: expected on one host (loopback), worth a warning across hosts. */
 function logInClear(id: string, host: string, reason: string): void {
   const local = host === 'localhost' || host === '::1' || host.startsWith('127.');

@@ -27,7 +27,6 @@ export interface VmRunnerOptions {
   readonly users: QemuUsers;
 }
 
-
 export class VmRunner {
   private readonly exitListeners: Array<(id: string) => void> = [];
   private readonly watchers = new Map<string, NodeJS.Timeout>();
