@@ -317,6 +317,51 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.match(await d.cliOk(['quota', 'show']), /^a container without --memory: unlimited, best effort$/m);
   });
 
+  test("storage: a container's writable layer holds its size and no more; in a project whose disk is limited one without --storage gets the default, charged", async () => {
+    const inside = (name: string, cmd: string) => d.cliOk(['exec', name, 'sh', '-c', cmd]).then((o) => o.trim());
+    // each sized layer's filesystem is a loop mount at its snapshot's directory; warm containers made for a sized template have theirs too
+    const sizedLayers = () => {
+      const meta = JSON.parse(readFile(join(d.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8')) as { snapshots: Record<string, { id: number; sizeBytes?: number }> };
+      const mounted = readFile('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => / \/dev\/loop\d+ /.test(l)).map((l) => l.split(' ')[4]);
+      const dirs = Object.entries(meta.snapshots).filter(([, r]) => r.sizeBytes !== undefined).map(([key, r]) => ({ key, dir: join(d.home, 'snapshots', 'overlayfs', 'snapshots', String(r.id)) }));
+      return { keys: dirs.map((x) => x.key), strays: mounted.filter((m) => m?.startsWith(join(d.home, 'snapshots')) && !dirs.some((x) => x.dir === m)) };
+    };
+    // asked for: 32 MiB, and a write of 64 fails as on a full disk
+    const out = await d.cliOk(['run', '--rm', '--storage', '32m', IMAGE, 'sh', '-c', 'df -m / | tail -1; dd if=/dev/zero of=/big bs=1M count=64 2>&1; echo rc=$?']);
+    assert.match(out, /No space left on device/, out);
+    assert.match(out, /rc=1/, out);
+    const total = Number(/^\S+\s+(\d+)/m.exec(out.split('\n')[0] ?? '')?.[1]);
+    assert.ok(total > 16 && total <= 32, `df sees a filesystem of its size: ${out.split('\n')[0]}`);
+    // an unlimited project: an unsized layer is unbounded, as under Docker (the host's filesystem)
+    const free = await d.cliOk(['run', '--rm', IMAGE, 'sh', '-c', 'df -m / | tail -1']);
+    assert.ok(Number(/^\S+\s+(\d+)/.exec(free.trim())?.[1]) > 10_000, free);
+    // disk limited: the default 1 GiB layer, charged; the next does not fit and the refusal says why
+    assert.equal((await d.cli(['quota', 'set', 'default', '--disk', '1500m'])).code, 0);
+    assert.match(await d.cliOk(['quota', 'show']), /^a container without --storage: a writable layer of 1024MiB, charged to disk$/m);
+    assert.equal((await d.cli(['run', '-d', '--name', 's1', IMAGE, 'sleep', '600'])).code, 0);
+    assert.equal((await d.api<{ config: { storageBytes?: number } }>('GET', '/containers/s1')).body.config.storageBytes, 1024 ** 3, 'on the record');
+    const s1 = Number(/^\S+\s+(\d+)/.exec(await inside('s1', 'df -m / | tail -1'))?.[1]);
+    assert.ok(s1 > 900 && s1 <= 1024, `s1's layer is a 1 GiB filesystem: ${s1} MiB`);
+    type View = { resources: Record<string, { used: number }> };
+    assert.equal((JSON.parse((await d.cli(['quota', 'show', '-o', 'json'])).stdout) as View).resources.disk!.used, 1024);
+    const r = await d.cli(['run', '-d', '--name', 's2', IMAGE, 'sleep', '600']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /QuotaExceeded: .*disk.*without --storage has a writable layer of 1024 MiB/);
+    assert.equal((await d.cli(['run', '-d', '--name', 's2', '--storage', '400m', IMAGE, 'sleep', '600'])).code, 0, 'a smaller one fits');
+    assert.match(await d.cliOk(['info']), /^Container storage default: a writable layer of 1024 MiB where a project's disk is limited/m);
+    const ids = await Promise.all(['s1', 's2'].map(async (n) => (await d.api<{ id: string }>('GET', `/containers/${n}`)).body.id));
+    assert.ok(ids.every((id) => sizedLayers().keys.includes(id)), 'both layers sized');
+    assert.equal((await d.cli(['rm', '-f', 's1', 's2'])).code, 0);
+    assert.equal((JSON.parse((await d.cli(['quota', 'show', '-o', 'json'])).stdout) as View).resources.disk!.used, 0, 'given back');
+    assert.equal((await d.cli(['quota', 'set', 'default', '--disk', 'unlimited'])).code, 0);
+    // the layers' filesystems go with their containers (the reaper's background removal)
+    await waitFor('sized layers unmounted', async () => {
+      const now = sizedLayers();
+      return ids.some((id) => now.keys.includes(id)) ? undefined : now;
+    });
+    assert.deepEqual(sizedLayers().strays, [], 'no loop mount without its sized snapshot');
+  });
+
   test('reconciliation on start removes container state the store does not know', async () => {
     const r = await d.cli(['run', '-d', '--name', 'orphan', IMAGE, 'sleep', '600']);
     assert.equal(r.code, 0, r.stderr);

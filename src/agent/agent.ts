@@ -129,6 +129,12 @@ export interface ContainerCreateRequest {
   log?: LogLimits;
   /** Volumes, host directories and tmpfs mounted into it (docs/volumes.md); absent: none. Protocol 5 and later. */
   mounts?: ContainerMount[];
+  /**
+   * What its writable layer may hold, in bytes (whole MiB, 16 MiB to 16 TiB): the layer gets a
+   * filesystem of that size of its own (snapshotter.ts PrepareOptions). Absent: unbounded.
+   * Protocol 12 (STORAGE_LIMITS_SINCE): an older agent would ignore it, so it is never sent one.
+   */
+  storageBytes?: number;
 }
 
 /**
@@ -141,6 +147,11 @@ export type ContainerMount =
   | { type: 'volume'; volumeId: string; target: string; readonly?: boolean; copyUp?: boolean }
   | { type: 'bind'; source: string; target: string; readonly?: boolean }
   | { type: 'tmpfs'; target: string; sizeBytes?: number; mode?: number };
+
+/** A moved container's writable layer at its destination: of the size it had (protocol 12). */
+export interface LayerImportOptions {
+  storageBytes?: number;
+}
 
 /** A named volume on its host (docs/volumes.md). */
 export interface HostVolumeInfo {
@@ -583,7 +594,7 @@ export interface ContainerMoveHost {
    * tar unpacked into it, checked as hostile input. Conflict when the host has id already; on
    * failure nothing of it stays.
    */
-  importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult>;
+  importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>, opts?: LayerImportOptions): Promise<TreeImportResult>;
   /** Source: a volume's data as a tar. The control plane makes sure no running container uses it. */
   exportVolume(id: string): Promise<Readable>;
   /** Destination: the tar into a volume createVolume has just made (empty), within its size. */

@@ -23,7 +23,7 @@ import type { OciMount } from './drivers/container/oci-spec.js';
 import { SecureDriver } from './drivers/secure/secure-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
 import type { DiskSpace } from './content/disk-space.js';
-import { snapshotExists, type MountSpec, type Snapshotter } from './snapshots/snapshotter.js';
+import { layerSize, snapshotExists, type MountSpec, type Snapshotter } from './snapshots/snapshotter.js';
 import type { NetworkHost } from './network/network-host.js';
 import { hostsFile, resolvConf } from './network/etc-files.js';
 import type { PortMapping } from './network/network-driver.js';
@@ -59,10 +59,12 @@ function warmTemplateOf(req: Omit<ContainerCreateRequest, 'id'>): WarmTemplate |
   if (req.log?.maxSizeBytes !== undefined && req.log.maxSizeBytes !== DEFAULT_LOG_LIMITS.maxSizeBytes) return undefined;
   if (req.network && req.network.mode !== 'networks' && req.network.mode !== 'none') return undefined;
   const network = req.network?.mode === 'networks' ? req.network.endpoints[0]?.network : undefined;
-  const memoryBytes = req.resources.memoryBytes;
+  const { memoryBytes } = req.resources;
+  const { storageBytes } = req;
   return {
     imageChainId: req.imageChainId, user: req.process.user,
     ...(req.runtime ? { runtime: req.runtime } : {}), ...(network ? { network } : {}), ...(memoryBytes !== undefined ? { memoryBytes } : {}),
+    ...(storageBytes !== undefined ? { storageBytes } : {}),
   };
 }
 
@@ -227,7 +229,7 @@ export class LocalContainerHost implements ContainerHost {
 
   private async createWarmContainer(t: WarmTemplate): Promise<string> {
     const id = newId();
-    const rootfs = await this.p.snapshotter.prepare(id, t.imageChainId);
+    const rootfs = await this.p.snapshotter.prepare(id, t.imageChainId, layerSize(t));
     try {
       const state = await this.p.containers.createWarm({
         id, name: `warm-${id.slice(0, 12)}`, rootfs, resources: t.memoryBytes !== undefined ? { memoryBytes: t.memoryBytes } : {},
@@ -346,7 +348,7 @@ export class LocalContainerHost implements ContainerHost {
     await this.saveRequest(req);
     let mounts: MountSpec[];
     try {
-      mounts = await this.p.snapshotter.prepare(req.id, req.imageChainId);
+      mounts = await this.p.snapshotter.prepare(req.id, req.imageChainId, layerSize(req));
     } catch (e) {
       if (!hasCode(e, 'AlreadyExists')) throw e;
       mounts = await this.p.snapshotter.mounts(req.id);
@@ -391,7 +393,7 @@ export class LocalContainerHost implements ContainerHost {
     }
     const secure = await this.secureDriver();
     await this.saveRequest(req);
-    const mounts = await this.p.snapshotter.prepare(req.id, req.imageChainId);
+    const mounts = await this.p.snapshotter.prepare(req.id, req.imageChainId, layerSize(req));
     const state = await secure.create(await this.specFor(req, mounts));
     return { ...state, warnings: [], runtime: 'vm' };
   }

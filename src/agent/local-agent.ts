@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Unavailable } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
-import type { Agent, AgentInfo, BuildProgress, BuildRequest, CommitRequest, ContainerCreateRequest, HostVolumeInfo, MigrateOutOptions, PullOptions, PullProgress, VmCreateRequest, VmImageKind, VmMigrationSpec, AddressProvider } from './agent.js';
+import type { Agent, AgentInfo, BuildProgress, BuildRequest, CommitRequest, ContainerCreateRequest, HostVolumeInfo, LayerImportOptions, MigrateOutOptions, PullOptions, PullProgress, VmCreateRequest, VmImageKind, VmMigrationSpec, AddressProvider } from './agent.js';
 import type { ContentStore } from './content/content-store.js';
 import { LocalContentStore } from './content/local-content-store.js';
 import type { AttachRequest, InstanceDriver } from './drivers/instance-driver.js';
@@ -461,8 +461,8 @@ export class LocalAgent implements Agent {
   exportContainerLayer(id: string) {
     return this.mover.exportContainerLayer(id);
   }
-  importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>) {
-    return this.mover.importContainerLayer(id, imageChainId, bytes);
+  importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>, opts?: LayerImportOptions) {
+    return this.mover.importContainerLayer(id, imageChainId, bytes, opts);
   }
   exportVolume(id: string) {
     return this.mover.exportVolume(id);

@@ -31,6 +31,8 @@ export interface WarmTemplate {
   network?: NetworkSpec;
   /** Its memory limit (absent: none, best effort): made with it, as a claim cannot add or remove one. */
   memoryBytes?: number;
+  /** Its writable layer's size (absent: unbounded): the layer is made with its own filesystem. */
+  storageBytes?: number;
 }
 
 export interface WarmPoolOptions {
@@ -134,7 +136,7 @@ export function templateFault(e: unknown): boolean {
   return isNimbusError(e) && (e.code === 'InvalidArgument' || e.code === 'NotFound' || e.code === 'PermissionDenied');
 }
 
-export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '', t.network?.id ?? '', t.memoryBytes ?? 0]);
+export const warmKey = (t: WarmTemplate) => JSON.stringify([t.imageChainId, t.user, t.runtime ?? '', t.network?.id ?? '', t.memoryBytes ?? 0, t.storageBytes ?? 0]);
 
 export class WarmPool {
   private readonly ready = new Map<string, string[]>();

@@ -3,7 +3,7 @@ import { Type, type TSchema } from '@sinclair/typebox';
 import { MAX_TERMINAL_CELLS } from '../agent/drivers/instance-driver.js';
 import type { ContainerConfig, ImageConfigDoc } from '../store/records.js';
 import {
-  MAX_ARG_LENGTH, MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_RESTART_RETRIES, MAX_STOP_TIMEOUT_SEC, MAX_UID, MIN_MEMORY_BYTES,
+  MAX_ARG_LENGTH, MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_STORAGE_BYTES, MIN_STORAGE_BYTES, MAX_RESTART_RETRIES, MAX_STOP_TIMEOUT_SEC, MAX_UID, MIN_MEMORY_BYTES,
 } from '../core/limits.js';
 import { MAX_SIGNAL_LENGTH } from '../core/signals.js';
 import { MAX_PUBLISHED_PORTS } from '../core/port-ranges.js';
@@ -207,6 +207,10 @@ export const ContainerCreate = Type.Object(
     memoryBytes: Type.Optional(Type.Integer({ minimum: MIN_MEMORY_BYTES, maximum: MAX_MEMORY_BYTES })),
     cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1024 })),
     pidsLimit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_PIDS_LIMIT })),
+    storageBytes: Type.Optional(Type.Integer({
+      minimum: MIN_STORAGE_BYTES, maximum: MAX_STORAGE_BYTES,
+      description: 'What the writable layer may hold (rounded up to whole MiB; charged to the disk quota): writes past it fail with "No space left on device". Absent: the daemon\'s default in a project whose disk quota is limited, else unbounded',
+    })),
     restart: Type.Optional(RestartPolicy),
     autoRemove: Type.Boolean({ default: false }),
     runtime: Type.Optional(Type.Union([Type.Literal('runc'), Type.Literal('crun'), Type.Literal('vm')], { description: 'runc or crun; vm runs the container in a microVM (secure container)' })),

@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { totalmem } from 'node:os';
 import { InvalidArgument } from './errors.js';
-import { MIN_MEMORY_BYTES } from './limits.js';
+import { MAX_STORAGE_BYTES, MIN_MEMORY_BYTES, MIN_STORAGE_BYTES } from './limits.js';
 
 export interface NimbusOptions {
   /** State directory (store, content, snapshots, containers). Env NIMBUS_HOME. Default /var/lib/nimbus. */
@@ -41,6 +41,14 @@ export interface NimbusOptions {
    * one. Default 512 MiB (docs/identity.md).
    */
   containerMemoryDefaultBytes: number;
+  /**
+   * What the writable layer of a container created without a storage size may hold, and is
+   * charged to the project's disk quota, in a project whose disk quota is limited (GKE Autopilot's
+   * default ephemeral storage). Elsewhere such a layer is unbounded, as under Docker. Env
+   * NIMBUS_CONTAINER_STORAGE_DEFAULT: bytes with a k/m/g suffix, rounded up to MiB; 0: unbounded
+   * everywhere. Default 1 GiB (docs/identity.md).
+   */
+  containerStorageDefaultBytes: number;
   /** "auto" | "overlayfs" | "native". Env NIMBUS_SNAPSHOTTER. Default auto (overlayfs where it mounts). */
   snapshotter: 'auto' | 'overlayfs' | 'native';
   /** "auto" | "runc" | "crun". Env NIMBUS_RUNTIME. Default auto (runc where its probe passes, else crun). */
@@ -164,6 +172,7 @@ export function byteSize(name: string, v: string | number): number {
 
 /** 512 MiB: Cloud Run's default size, and Kubernetes' LimitRange example's. */
 export const DEFAULT_CONTAINER_MEMORY_BYTES = 512 * 1024 * 1024;
+export const DEFAULT_CONTAINER_STORAGE_BYTES = 1024 * 1024 * 1024;
 
 /** An environment variable's list ("a,b" or "/a:/b"): its items trimmed, empty ones dropped. */
 const listIn = (value: string | undefined, separator = ','): string[] => (value ?? '').split(separator).map((s) => s.trim()).filter(Boolean);
@@ -180,6 +189,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     allowedRegistries: overrides.allowedRegistries ?? listIn(env.NIMBUS_ALLOWED_REGISTRIES),
     trustedProxies: overrides.trustedProxies ?? listIn(env.NIMBUS_TRUSTED_PROXIES),
     containerMemoryDefaultBytes: byteSize('container memory default', overrides.containerMemoryDefaultBytes ?? (env.NIMBUS_CONTAINER_MEMORY_DEFAULT || DEFAULT_CONTAINER_MEMORY_BYTES)),
+    containerStorageDefaultBytes: byteSize('container storage default', overrides.containerStorageDefaultBytes ?? (env.NIMBUS_CONTAINER_STORAGE_DEFAULT || DEFAULT_CONTAINER_STORAGE_BYTES)),
     snapshotter: oneOf('snapshotter', overrides.snapshotter ?? env.NIMBUS_SNAPSHOTTER ?? 'auto', ['auto', 'overlayfs', 'native'] as const),
     runtime: oneOf('runtime', overrides.runtime ?? env.NIMBUS_RUNTIME ?? 'auto', ['auto', 'runc', 'crun'] as const),
     ...(seccompProfile ? { seccompProfile } : {}),
@@ -199,6 +209,9 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
   };
   if (opts.containerMemoryDefaultBytes > 0 && opts.containerMemoryDefaultBytes < MIN_MEMORY_BYTES) {
     throw new InvalidArgument(`container memory default must be 0 (none) or at least 6 MiB, got ${opts.containerMemoryDefaultBytes} bytes`);
+  }
+  if (opts.containerStorageDefaultBytes > 0 && (opts.containerStorageDefaultBytes < MIN_STORAGE_BYTES || opts.containerStorageDefaultBytes > MAX_STORAGE_BYTES)) {
+    throw new InvalidArgument(`container storage default must be 0 (unbounded) or from 16 MiB to 16 TiB, got ${opts.containerStorageDefaultBytes} bytes`);
   }
   for (const d of opts.vmHostDirs) {
     if (!d.startsWith('/') || d === '/') throw new InvalidArgument(`a VM host directory must be an absolute path other than /, got "${d}"`);

@@ -10,6 +10,9 @@ export const MAX_STOP_TIMEOUT_SEC = 3600;
 /** A container's memory limit: runc refuses less than 6 MiB; more than 1 TiB is a typo, not a plan. */
 export const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
 export const MAX_MEMORY_BYTES = 1024 ** 4;
+/** A container's writable layer of its own size (a filesystem of its own): ext4's journal and metadata need 16 MiB; ext4 holds 16 TiB. */
+export const MIN_STORAGE_BYTES = 16 * 1024 * 1024;
+export const MAX_STORAGE_BYTES = 16 * 1024 ** 4;
 /** The kernel's PID_MAX_LIMIT: no pids.max above it means anything. */
 export const MAX_PIDS_LIMIT = 4_194_304;
 /** A restart policy's retries. */

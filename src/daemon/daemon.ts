@@ -252,7 +252,9 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   });
   networks.useHosts(hosts);
   agent.setAddressProvider(networks.addressProvider());
-  const containers = new ContainerService(store, hosts, scheduler, images, events, quota, operations, networks, { handlesExits: leads, memoryDefaultBytes: options.containerMemoryDefaultBytes });
+  const containers = new ContainerService(store, hosts, scheduler, images, events, quota, operations, networks, {
+    handlesExits: leads, memoryDefaultBytes: options.containerMemoryDefaultBytes, storageDefaultBytes: options.containerStorageDefaultBytes,
+  });
   const volumes = new VolumeService(store, hosts, scheduler, quota, events);
   containers.useVolumes(volumes);
   const disks = new DiskImageService(store, agent, events, () => images.collectGarbage());

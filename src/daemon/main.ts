@@ -47,6 +47,11 @@ Options (environment variable in brackets):
                            its own (nimbus quota set P --container-memory) [NIMBUS_CONTAINER_MEMORY_DEFAULT]
                            (default 512m; 0: none). Elsewhere it runs unlimited, charged nothing,
                            and is the first the kernel kills when the host runs out of memory
+  --container-storage-default SIZE
+                           what the writable layer of a container created without --storage may
+                           hold, and is charged to the disk quota, in a project whose disk quota
+                           is limited [NIMBUS_CONTAINER_STORAGE_DEFAULT] (default 1g; 0: none).
+                           Elsewhere the layer is unbounded, as under Docker
   --snapshotter NAME       auto | overlayfs | native [NIMBUS_SNAPSHOTTER] (default auto)
   --runtime NAME           auto | runc | crun [NIMBUS_RUNTIME] (default auto: runc, else crun)
   --vm-host-dir DIR        a host directory system administrators may boot VMs from by path
@@ -209,6 +214,7 @@ async function main(): Promise<void> {
       'allow-registry': { type: 'string', multiple: true },
       'trusted-proxy': { type: 'string', multiple: true },
       'container-memory-default': { type: 'string' },
+      'container-storage-default': { type: 'string' },
       snapshotter: { type: 'string' },
       runtime: { type: 'string' },
       'vm-host-dir': { type: 'string', multiple: true },
@@ -241,6 +247,7 @@ async function main(): Promise<void> {
     ...(values['allow-registry'] ? { allowedRegistries: values['allow-registry'] } : {}),
     ...(values['trusted-proxy'] ? { trustedProxies: values['trusted-proxy'] } : {}),
     ...(values['container-memory-default'] !== undefined ? { containerMemoryDefaultBytes: byteSize('--container-memory-default', values['container-memory-default']) } : {}),
+    ...(values['container-storage-default'] !== undefined ? { containerStorageDefaultBytes: byteSize('--container-storage-default', values['container-storage-default']) } : {}),
     ...(values.snapshotter ? { snapshotter: values.snapshotter as 'auto' } : {}),
     ...(values.runtime ? { runtime: values.runtime as 'auto' } : {}),
     ...(values['vm-host-dir'] ? { vmHostDirs: values['vm-host-dir'] } : {}),

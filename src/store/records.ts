@@ -151,6 +151,8 @@ export interface ContainerConfig {
   memoryBytes?: number;
   cpus?: number;
   pidsLimit?: number;
+  /** What its writable layer may hold (whole MiB; charged to the project's disk); absent: unbounded. */
+  storageBytes?: number;
   restart: { name: RestartPolicyName; maxRetries?: number };
   autoRemove: boolean;
   runtime?: string;

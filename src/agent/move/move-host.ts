@@ -8,10 +8,10 @@ import { readdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { Conflict, InvalidArgument, NotFound } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import type { ContainerCreateRequest, ContainerMoveHost, TreeImportResult } from '../agent.js';
+import type { ContainerCreateRequest, ContainerMoveHost, LayerImportOptions, TreeImportResult } from '../agent.js';
 import type { RuntimeState } from '../drivers/instance-driver.js';
 import type { UnpackRoom } from '../content/disk-space.js';
-import type { MountSpec, Snapshotter } from '../snapshots/snapshotter.js';
+import { layerSize, type MountSpec, type Snapshotter } from '../snapshots/snapshotter.js';
 import { DEFAULT_LAYER_MAX_BYTES } from '../layers/unpack-limits.js';
 import { exportTree, importTree } from './tree-tar.js';
 
@@ -83,13 +83,14 @@ export class MoveHost implements ContainerMoveHost {
     return exportTree(upper, { kind: 'overlay' });
   }
 
-  async importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>): Promise<TreeImportResult> {
+  async importContainerLayer(id: string, imageChainId: string, bytes: AsyncIterable<Uint8Array>, opts: LayerImportOptions = {}): Promise<TreeImportResult> {
     this.needOverlay();
     if (!(await this.p.snapshotExists(imageChainId))) throw new NotFound(`image layers ${imageChainId} are not on host ${this.p.agentName}`, { imageChainId });
     if ((await this.p.listContainers()).includes(id)) {
       throw new Conflict(`host ${this.p.agentName} has a container ${id.slice(0, 12)} already`, { container: id });
     }
-    const mounts = await this.p.snapshotter.prepare(id, imageChainId);
+    // sized as at its source: a layer that held more than that never fits (ENOSPC), and nothing stays
+    const mounts = await this.p.snapshotter.prepare(id, imageChainId, layerSize(opts));
     try {
       return await importTree(upperOf(mounts), bytes, {
         kind: 'overlay', maxBytes: this.p.layerMaxBytes ?? DEFAULT_LAYER_MAX_BYTES, room: this.p.room(), what: `the writable layer of container ${id.slice(0, 12)}`,

@@ -37,12 +37,17 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * `adminMessage` for administrators and the log (host paths, runtime paths, addresses:
  * ERRORS_SPLIT_SINCE below). 11: a live migration's own certificates, minted by the control plane
  * (VmMigrationSpec.credentials, migrateVmOut's opts.credentials: MIGRATION_CREDENTIALS_SINCE; an
- * older agent is sent neither and uses its own). Bump the current one for any change a peer of the
+ * older agent is sent neither and uses its own). 12: a container's writable layer of a size of its
+ * own (ContainerCreateRequest.storageBytes, importContainerLayer's opts in LAYER_SIZE_HEADER:
+ * STORAGE_LIMITS_SINCE; an older agent would ignore them, so a sized container is never placed on
+ * or moved to one). Bump the current one for any change a peer of the
  * previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 11;
+export const AGENT_PROTOCOL_VERSION = 12;
 /** Live migrations take certificates minted for them (agent.ts: VmMigrationSpec.credentials). */
 export const MIGRATION_CREDENTIALS_SINCE = 11;
+/** A container's writable layer may be sized (agent.ts: ContainerCreateRequest.storageBytes). */
+export const STORAGE_LIMITS_SINCE = 12;
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';
@@ -293,6 +298,14 @@ export function tooOldForStdio(version: number, host: string): NimbusError | und
   });
 }
 
+/** Protocol 12: a writable layer of a size of its own, which an older agent would ignore (the container's layer unbounded). */
+export function tooOldForStorageLimits(version: number, host: string, method: 'createContainer' | 'restoreContainer' | 'importContainerLayer'): NimbusError | undefined {
+  if (version >= STORAGE_LIMITS_SINCE) return undefined;
+  return new Conflict(`host ${host}'s agent speaks protocol ${version} and cannot bound a container's writable layer (a storage size needs protocol ${STORAGE_LIMITS_SINCE}); upgrade it`, {
+    host, method, protocol: version, needs: STORAGE_LIMITS_SINCE,
+  });
+}
+
 /** Protocol 5: a live migration that carries a disk or NICs (fields a peer of 4 would refuse or ignore). */
 export const MIGRATION_WITH_STORAGE_SINCE = 5;
 
@@ -345,6 +358,8 @@ export const PATHS = {
 
 /** Request header of a layer import: the image's chain id the writable layer goes on. */
 export const IMAGE_CHAIN_HEADER = 'x-nimbus-image-chain';
+/** A moved writable layer's size at its destination, in bytes (protocol 12; absent: unbounded). */
+export const LAYER_SIZE_HEADER = 'x-nimbus-layer-size';
 
 /** POST: an image build; the request body is the context tar, BUILD_HEADER the request; the answer NDJSON progress then the image (protocol 6). */
 export const BUILD_PATH = `${AGENT_PATH_PREFIX}/build`;

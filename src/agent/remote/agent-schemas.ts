@@ -13,6 +13,7 @@ import { InvalidArgument } from '../../core/errors.js';
 import type { Agent } from '../agent.js';
 import { UNARY_METHODS, type ExecInputFrame, type STREAM_METHODS, type UnaryMethod } from './agent-protocol.js';
 import { MAX_TERMINAL_CELLS, type AttachRequest, type ExecRequest } from '../drivers/instance-driver.js';
+import { MAX_LAYER_SIZE_BYTES, MIN_LAYER_SIZE_BYTES } from '../snapshots/snapshotter.js';
 
 export interface ArgSpec<S extends TSchema = TSchema> {
   name: string;
@@ -98,6 +99,8 @@ const ProcessSpec = Obj({
   stdin: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('once')])),
 });
 const ResourceLimits = Obj({ memoryBytes: Type.Optional(Num), cpus: Type.Optional(Num), pidsLimit: Type.Optional(Num) });
+/** A writable layer's size (protocol 12): whole MiB, as the snapshotter takes it. */
+const LayerSize = Type.Integer({ minimum: MIN_LAYER_SIZE_BYTES, maximum: MAX_LAYER_SIZE_BYTES, multipleOf: 1024 * 1024 });
 const ContainerCreateRequest = Obj({
   id: Id,
   name: Str,
@@ -110,6 +113,7 @@ const ContainerCreateRequest = Obj({
   labels: Type.Optional(Type.Record(Type.String(), Type.String())),
   log: Type.Optional(Obj({ maxSizeBytes: Type.Optional(Num), maxFiles: Type.Optional(Num) })),
   mounts: Type.Optional(Type.Array(ContainerMount, { maxItems: 256 })),
+  storageBytes: Type.Optional(LayerSize),
 });
 const VmCreateRequest = Obj({
   id: Id,
@@ -275,7 +279,7 @@ type StreamMethod = (typeof STREAM_METHODS)[number];
 /** The arguments other than the byte stream, in order. */
 export const STREAM_ARG_SCHEMAS = {
   exportContainerLayer: [arg('id', MoveId)],
-  importContainerLayer: [arg('id', MoveId), arg('imageChainId', ChainId)],
+  importContainerLayer: [arg('id', MoveId), arg('imageChainId', ChainId), opt('opts', Obj({ storageBytes: Type.Optional(LayerSize) }))],
   exportVolume: [arg('id', MoveId)],
   importVolume: [arg('id', MoveId)],
   exportContainerLogs: [arg('id', MoveId)],
@@ -287,9 +291,9 @@ export const STREAM_ARG_SCHEMAS = {
   writeContainerArchive: [arg('id', MoveId), arg('path', ContainerFilePath), arg('opts', CopyOptions)],
 } as const satisfies Partial<Record<StreamMethod, readonly ArgSpec[]>>;
 export type CheckedStreamMethod = keyof typeof STREAM_ARG_SCHEMAS;
-/** A streamed method's arguments but its byte stream (the last, for the imports). */
-type ScalarArgs<P extends unknown[]> = P extends [...infer H, AsyncIterable<Uint8Array>] ? H : P;
-type StreamMatches = { [M in CheckedStreamMethod]: StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]> extends ScalarArgs<Parameters<Agent[M]>> ? (ScalarArgs<Parameters<Agent[M]>> extends StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]> ? M : never) : never }[CheckedStreamMethod];
+/** A streamed method's arguments but its byte stream (an import's, before its options if it has any). */
+type ScalarArgs<P extends unknown[]> = P extends [infer H, ...infer R] ? (H extends AsyncIterable<Uint8Array> ? ScalarArgs<R> : [H, ...ScalarArgs<R>]) : P;
+type StreamMatches = { [M in CheckedStreamMethod]: StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]> extends ScalarArgs<Parameters<Agent[M]>> ? (Required<ScalarArgs<Parameters<Agent[M]>>> extends { [K in keyof StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]>]: Exclude<StaticArgs<(typeof STREAM_ARG_SCHEMAS)[M]>[K], undefined> } ? M : never) : never }[CheckedStreamMethod];
 const streamSchemasMatchTheMethods: Record<Exclude<CheckedStreamMethod, StreamMatches>, never> = {};
 void streamSchemasMatchTheMethods;
 

@@ -35,6 +35,10 @@ test('a layer and a volume stream out of one agent and into another over the pro
   assert.equal(r.bytes, big.length);
   assert.ok(dst.layers.get('c1')?.equals(big), 'the bytes arrived whole');
   assert.equal(dst.calls('importContainerLayer')[0]?.[1], CHAIN, 'the chain id travelled in its header');
+  assert.deepEqual(dst.calls('importContainerLayer')[0]?.[3], {}, 'no size: unbounded');
+  dst.layers.delete('c1');
+  await b.remote.importContainerLayer('c1', CHAIN, await a.remote.exportContainerLayer('c1'), { storageBytes: 64 << 20 });
+  assert.deepEqual(dst.calls('importContainerLayer')[1]?.[3], { storageBytes: 64 << 20 }, 'a sized layer keeps its size at the destination (its header)');
   await b.remote.importVolume('v1', await a.remote.exportVolume('v1'));
   assert.equal(dst.volumeData.get('v1')?.toString(), 'volume');
   // its log, into the container created at the destination (protocol 8)

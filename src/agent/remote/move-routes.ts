@@ -13,7 +13,8 @@ import { pipeline } from 'node:stream/promises';
 import { InvalidArgument, Unavailable } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent } from '../agent.js';
-import { IMAGE_CHAIN_HEADER } from './agent-protocol.js';
+import { IMAGE_CHAIN_HEADER, LAYER_SIZE_HEADER } from './agent-protocol.js';
+import type { LayerImportOptions } from '../agent.js';
 import { checkStreamArgs, type CheckedStreamMethod } from './agent-schemas.js';
 
 const log = logger('agent-server');
@@ -36,6 +37,7 @@ export const MOVE_METHODS = {
 export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof typeof MOVE_METHODS, rawId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
   let id: string;
   let chain: string | undefined;
+  let layer: LayerImportOptions = {};
   try {
     try {
       id = decodeURIComponent(rawId);
@@ -45,7 +47,12 @@ export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof
     if (method === 'PUT' && what === 'layer') {
       const h = req.headers[IMAGE_CHAIN_HEADER];
       chain = typeof h === 'string' ? h : undefined;
-      checkStreamArgs('importContainerLayer', [id, chain]);
+      const size = req.headers[LAYER_SIZE_HEADER];
+      if (typeof size === 'string') {
+        if (!/^\d{1,20}$/.test(size)) throw new InvalidArgument(`malformed ${LAYER_SIZE_HEADER}`);
+        layer = { storageBytes: Number(size) };
+      }
+      checkStreamArgs('importContainerLayer', [id, chain, layer]);
     } else checkStreamArgs(MOVE_METHODS[what][method], [id]);
   } catch (e) {
     req.resume();
@@ -72,7 +79,7 @@ export async function serveMove(agent: Agent, method: 'GET' | 'PUT', what: keyof
   });
   req.pipe(body);
   try {
-    const result = what === 'layer' ? await agent.importContainerLayer(id, chain!, body) : await agent[MOVE_METHODS[what].PUT as Exclude<(typeof MOVE_METHODS)[keyof typeof MOVE_METHODS]['PUT'], 'importContainerLayer'>](id, body);
+    const result = what === 'layer' ? await agent.importContainerLayer(id, chain!, body, layer) : await agent[MOVE_METHODS[what].PUT as Exclude<(typeof MOVE_METHODS)[keyof typeof MOVE_METHODS]['PUT'], 'importContainerLayer'>](id, body);
     sendJson(res, { result });
   } finally {
     body.destroy();

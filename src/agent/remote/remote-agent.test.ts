@@ -759,6 +759,26 @@ test('a host range to choose from (hostPortEnd) and a volume\'s copyUp are proto
   assert.equal(state.calls.length, calls + 1);
 });
 
+// ---- protocol 12 --------------------------------------------------------------------------------
+
+test("a writable layer's size is protocol 12: carried to an agent of 12, refused to one of 11 before it is called (it would make the layer unbounded)", async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const req = { id: 'c1', name: 'c', imageChainId: 'sha256:x', process: { args: ['true'], env: [], cwd: '/', user: '0' }, resources: {}, storageBytes: 64 * 1024 * 1024 };
+  await (await connect(t, server.url)).createContainer(req);
+  assert.equal((state.calls.at(-1)?.args[0] as { storageBytes: unknown }).storageBytes, 64 * 1024 * 1024, 'the size travels as given');
+  await rejectsWith((await connect(t, server.url)).createContainer({ ...req, storageBytes: 1000 }), 'InvalidArgument', /storageBytes/);
+  const old = await connect(t, server.url, TOKEN, { protocol: { min: 2, max: 11 } });
+  const calls = state.calls.length;
+  await rejectsWith(old.createContainer(req), 'Conflict', /speaks protocol 11 and cannot bound a container's writable layer \(a storage size needs protocol 12\)/);
+  await rejectsWith(old.restoreContainer(req), 'Conflict', /speaks protocol 11 and cannot bound/);
+  await rejectsWith(old.importContainerLayer('c1', 'sha256:x', (async function* () {})(), { storageBytes: req.storageBytes }), 'Conflict', /speaks protocol 11 and cannot bound/);
+  assert.equal(state.calls.length, calls, 'the old agent was not asked');
+  const { storageBytes: _sized, ...unsized } = req;
+  await old.createContainer(unsized);
+  assert.equal(state.calls.length, calls + 1, 'without a size, a container is what it was at 11');
+});
+
 // ---- mutual TLS --------------------------------------------------------------------------------
 
 test('over TCP the agent takes only the control plane\'s CA-signed certificate, and the control plane only the named agent\'s', async (t) => {

@@ -50,6 +50,8 @@ import {
   tooOldFor,
   tooOldForTty,
   MIGRATION_CREDENTIALS_SINCE,
+  LAYER_SIZE_HEADER,
+  tooOldForStorageLimits,
   MIGRATION_WITH_STORAGE_SINCE,
   tooOldForMounts,
   tooOldForStdio, tooOldForChosenPorts, tooOldForPortRanges, tooOldForCopyUp,
@@ -438,8 +440,16 @@ export class RemoteAgent implements Agent {
       const refusal = tooOldForStdio(await this.protocolVersion(), this.name);
       if (refusal) throw refusal;
     }
+    await this.refuseUnboundedLayer(req.storageBytes, 'createContainer');
     return this.call('createContainer', [req]);
   };
+
+  /** Before 12 the agent would pass over a writable layer's size and make it unbounded. */
+  private async refuseUnboundedLayer(storageBytes: number | undefined, method: 'createContainer' | 'restoreContainer' | 'importContainerLayer'): Promise<void> {
+    if (storageBytes === undefined) return;
+    const refusal = tooOldForStorageLimits(await this.protocolVersion(), this.name, method);
+    if (refusal) throw refusal;
+  }
   startContainer: Agent['startContainer'] = (...a) => this.call('startContainer', a);
   stopContainer: Agent['stopContainer'] = (...a) => this.call('stopContainer', a);
   killContainer: Agent['killContainer'] = (...a) => this.call('killContainer', a);
@@ -659,7 +669,12 @@ export class RemoteAgent implements Agent {
   containerRequest: Agent['containerRequest'] = (...a) => this.call('containerRequest', a);
   exportContainerLayer: Agent['exportContainerLayer'] = (id) => this.treeOut('exportContainerLayer', 'layer', id);
   exportVolume: Agent['exportVolume'] = (id) => this.treeOut('exportVolume', 'volume', id);
-  importContainerLayer: Agent['importContainerLayer'] = (id, imageChainId, bytes) => this.treeIn('importContainerLayer', 'layer', id, bytes, { [IMAGE_CHAIN_HEADER]: imageChainId });
+  importContainerLayer: Agent['importContainerLayer'] = async (id, imageChainId, bytes, opts = {}) => {
+    await this.refuseUnboundedLayer(opts.storageBytes, 'importContainerLayer');
+    const headers: Record<string, string> = { [IMAGE_CHAIN_HEADER]: imageChainId };
+    if (opts.storageBytes !== undefined) headers[LAYER_SIZE_HEADER] = String(opts.storageBytes);
+    return this.treeIn('importContainerLayer', 'layer', id, bytes, headers);
+  };
   importVolume: Agent['importVolume'] = (id, bytes) => this.treeIn('importVolume', 'volume', id, bytes);
   exportContainerLogs: Agent['exportContainerLogs'] = (id) => this.treeOut('exportContainerLogs', 'log', id);
   importContainerLogs: Agent['importContainerLogs'] = (id, bytes) => this.treeIn('importContainerLogs', 'log', id, bytes);
@@ -667,7 +682,10 @@ export class RemoteAgent implements Agent {
   // ------------------------------------------- a live container move (protocol 9)
 
   checkpointContainer: Agent['checkpointContainer'] = (...a) => this.call('checkpointContainer', a);
-  restoreContainer: Agent['restoreContainer'] = (...a) => this.call('restoreContainer', a);
+  restoreContainer: Agent['restoreContainer'] = async (req) => {
+    await this.refuseUnboundedLayer(req.storageBytes, 'restoreContainer');
+    return this.call('restoreContainer', [req]);
+  };
   exportCheckpoint: Agent['exportCheckpoint'] = (id) => this.treeOut('exportCheckpoint', 'checkpoint', id);
   importCheckpoint: Agent['importCheckpoint'] = (id, bytes) => this.treeIn('importCheckpoint', 'checkpoint', id, bytes);
 

@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { hasCode, type NimbusError } from '../../core/errors.js';
 import { MAX_LAYERS, OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
 import { mountAll, mountsUnder, unmountAll } from './mount.js';
+import { makeExt4Image, mountExt4Image } from './ext4-image.js';
+
+const MiB = 1024 * 1024;
 // the conformance suite runs over the registry (registry.test.ts)
 
 describe('overlayfs specifics', () => {
@@ -99,6 +102,48 @@ describe('overlayfs specifics', () => {
       });
     } finally {
       await unmountAll(path.join(dir, 'mnt'));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a sized snapshot is mounted again after a host restart; a create cut short leaves nothing after the next start', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-sized-'));
+    const target = path.join(dir, 'rootfs');
+    try {
+      const sn = new OverlaySnapshotter(path.join(dir, 'root'));
+      await sn.prepare('base-active');
+      await sn.commit('base', 'base-active');
+      await sn.prepare('kept', 'base', { sizeBytes: 16 * MiB });
+      await mkdir(target);
+      await mountAll(await sn.mounts('kept'), target);
+      await writeFile(path.join(target, 'mine'), 'written before the restart');
+      await unmountAll(target);
+      const snapshots = path.join(dir, 'root', 'snapshots');
+      const [kept] = await mountsUnder(snapshots);
+      assert.ok(kept, 'the sized snapshot has its own filesystem');
+      // a host restart: nothing is mounted any more
+      await unmountAll(kept);
+      // a create cut short once its filesystem was mounted, before its record was written
+      const orphan = path.join(snapshots, '9999');
+      await mkdir(orphan);
+      await makeExt4Image(path.join(dir, 'root', 'disks', '9999.ext4'), 16 * MiB, 'orphan');
+      await mountExt4Image(path.join(dir, 'root', 'disks', '9999.ext4'), orphan);
+      await writeFile(path.join(orphan, 'half'), 'x');
+
+      const again = new OverlaySnapshotter(path.join(dir, 'root'));
+      assert.equal((await again.stat('kept')).sizeBytes, 16 * MiB);
+      assert.deepEqual(await mountsUnder(snapshots), [kept], 'the kept one mounted again, the orphan gone');
+      await assert.rejects(stat(orphan), /ENOENT/);
+      assert.deepEqual(await readdir(path.join(dir, 'root', 'disks')), [`${path.basename(kept)}.ext4`]);
+      await mountAll(await again.mounts('kept'), target);
+      assert.equal(await readFile(path.join(target, 'mine'), 'utf8'), 'written before the restart');
+      await assert.rejects(writeFile(path.join(target, 'big'), Buffer.alloc(20 * MiB, 1)), /ENOSPC/);
+      await unmountAll(target);
+      await again.remove('kept');
+      assert.deepEqual(await mountsUnder(dir), []);
+      assert.deepEqual(await readdir(path.join(dir, 'root', 'disks')), []);
+    } finally {
+      for (const m of await mountsUnder(dir)) await unmountAll(m).catch(() => undefined);
       await rm(dir, { recursive: true, force: true });
     }
   });

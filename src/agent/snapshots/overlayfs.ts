@@ -4,6 +4,8 @@
  *   <root>/metadata.json        all snapshot records, replaced atomically (write+fsync+rename)
  *   <root>/snapshots/<n>/fs     the snapshot's own layer (upperdir when active)
  *   <root>/snapshots/<n>/work   overlay workdir
+ *   <root>/disks/<n>.ext4       a sized writable snapshot's own filesystem (prepare's sizeBytes),
+ *                               loop-mounted at snapshots/<n>: its fs and work are inside it
  *
  * Snapshots are stored under short numeric ids so lowerdir option strings stay
  * short. mount(2) takes its options in one page (4096 bytes); with a root of
@@ -24,8 +26,9 @@ import { addHostRoots } from '../../core/redaction.js';
 import { logger } from '../../core/log.js';
 import { run } from '../../core/exec.js';
 import { spreadSubdirectories } from '../spread-directories.js';
-import { MOUNT_OPTIONS_MAX, compactOverlayOptions } from './mount.js';
-import type { MountSpec, SnapshotInfo, SnapshotKind, Snapshotter } from './snapshotter.js';
+import { MOUNT_OPTIONS_MAX, compactOverlayOptions, readMountInfo, unmount } from './mount.js';
+import { makeExt4Image, mountExt4Image } from './ext4-image.js';
+import { MAX_LAYER_SIZE_BYTES, MIN_LAYER_SIZE_BYTES, type MountSpec, type PrepareOptions, type SnapshotInfo, type SnapshotKind, type Snapshotter } from './snapshotter.js';
 
 const log = logger('agent.snapshots');
 
@@ -37,6 +40,8 @@ export interface SnapshotRecord {
   kind: SnapshotKind;
   parent?: string;
   createdAt: string;
+  /** A sized snapshot: its directory is its own filesystem of this size (disks/<id>.ext4). */
+  sizeBytes?: number;
 }
 
 interface MetadataFile {
@@ -49,6 +54,14 @@ interface MetadataFile {
 function checkKey(key: unknown, what = 'key'): asserts key is string {
   if (typeof key !== 'string' || key.length === 0 || key.length > 1024 || key.includes('\0')) {
     throw new InvalidArgument(`invalid snapshot ${what}: must be 1..1024 characters without NUL`, { [what]: key });
+  }
+}
+
+const MiB = 1024 * 1024;
+
+function checkLayerSize(n: unknown): asserts n is number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n % MiB !== 0 || n < MIN_LAYER_SIZE_BYTES || n > MAX_LAYER_SIZE_BYTES) {
+    throw new InvalidArgument(`a writable layer's size must be a whole number of MiB from ${MIN_LAYER_SIZE_BYTES / MiB} MiB to 16 TiB, got ${String(n)}`, { sizeBytes: n });
   }
 }
 
@@ -126,6 +139,12 @@ export abstract class DirSnapshotter implements Snapshotter {
   protected workDir(id: number): string {
     return path.join(this.snapshotDir(id), 'work');
   }
+  private get disksDir(): string {
+    return path.join(this.root, 'disks');
+  }
+  protected diskImage(id: number): string {
+    return path.join(this.disksDir, `${id}.ext4`);
+  }
   private get metaPath(): string {
     return path.join(this.root, 'metadata.json');
   }
@@ -147,7 +166,24 @@ export abstract class DirSnapshotter implements Snapshotter {
     }
     this.meta = meta;
     await this.removeOrphans(meta);
+    await this.mountDisks(meta);
     return meta;
+  }
+
+  /** Sized snapshots' filesystems, mounted again where a host restart left them unmounted. */
+  private async mountDisks(meta: MetadataFile): Promise<void> {
+    const sized = Object.values(meta.snapshots).filter((r) => r.sizeBytes !== undefined);
+    if (!sized.length) return;
+    const mounted = new Set((await readMountInfo()).map((m) => m.mountPoint));
+    for (const r of sized) {
+      if (mounted.has(this.snapshotDir(r.id))) continue;
+      try {
+        await mountExt4Image(this.diskImage(r.id), this.snapshotDir(r.id));
+        log.info('mounted a sized snapshot again', { id: r.id });
+      } catch (e) {
+        log.error('a sized snapshot could not be mounted again', { id: r.id, error: String(e) });
+      }
+    }
   }
 
   /**
@@ -169,19 +205,45 @@ export abstract class DirSnapshotter implements Snapshotter {
     }
   }
 
-  /** Directories without a record are leftovers of a crash between the two steps (or of one before a rename). */
+  /**
+   * Directories without a record are leftovers of a crash between the two steps (or of one before a
+   * rename); a sized one's filesystem is unmounted first (never removed through), and images
+   * without a sized record go too.
+   */
   private async removeOrphans(meta: MetadataFile): Promise<void> {
     const known = new Set(Object.values(meta.snapshots).map((r) => String(r.id)));
+    const mounted = new Set((await readMountInfo()).map((m) => m.mountPoint));
     for (const name of await readdir(path.join(this.root, 'snapshots'))) {
       if (known.has(name)) continue;
       const dir = path.join(this.root, 'snapshots', name);
       try {
+        if (mounted.has(dir)) await unmount(dir);
         await rm(dir, { recursive: true, force: true });
         log.info('removed orphan snapshot directory', { dir });
       } catch (e) {
         log.warn('could not remove orphan snapshot directory', { dir, error: e });
       }
     }
+    const sized = new Set(Object.values(meta.snapshots).filter((r) => r.sizeBytes !== undefined).map((r) => `${r.id}.ext4`));
+    for (const name of await readdir(this.disksDir).catch(() => [] as string[])) {
+      if (sized.has(name)) continue;
+      await rm(path.join(this.disksDir, name), { force: true }).catch((e: unknown) => log.warn('could not remove an orphan snapshot image', { name, error: e }));
+      log.info('removed orphan snapshot image', { name });
+    }
+  }
+
+  /** A sized snapshot's filesystem at its directory: made, mounted, fs and work inside. */
+  private async makeDisk(id: number, sizeBytes: number): Promise<void> {
+    await mkdir(this.disksDir, { recursive: true, mode: 0o700 });
+    await rm(this.diskImage(id), { force: true }); // a crashed create's, if the metadata never had it
+    await makeExt4Image(this.diskImage(id), sizeBytes, `nimbus-layer-${id}`);
+    await mountExt4Image(this.diskImage(id), this.snapshotDir(id));
+  }
+
+  /** A sized snapshot's filesystem unmounted and its image removed; unsized, nothing. */
+  private async dropDisk(id: number): Promise<void> {
+    await unmount(this.snapshotDir(id));
+    await rm(this.diskImage(id), { force: true });
   }
 
   private async save(meta: MetadataFile): Promise<void> {
@@ -236,12 +298,14 @@ export abstract class DirSnapshotter implements Snapshotter {
   private info(key: string, rec: SnapshotRecord): SnapshotInfo {
     const i: SnapshotInfo = { key, kind: rec.kind, createdAt: rec.createdAt };
     if (rec.parent !== undefined) i.parent = rec.parent;
+    if (rec.sizeBytes !== undefined) i.sizeBytes = rec.sizeBytes;
     return i;
   }
 
-  private async create(kind: 'active' | 'view', key: string, parent: string | undefined): Promise<MountSpec[]> {
+  private async create(kind: 'active' | 'view', key: string, parent: string | undefined, sizeBytes?: number): Promise<MountSpec[]> {
     checkKey(key);
     if (parent !== undefined) checkKey(parent, 'parent');
+    if (sizeBytes !== undefined) checkLayerSize(sizeBytes);
     return this.lock.run(async () => {
       const meta = await this.load();
       if (this.has(meta, key)) throw new AlreadyExists(`snapshot ${JSON.stringify(key)} already exists`, { key });
@@ -257,12 +321,14 @@ export abstract class DirSnapshotter implements Snapshotter {
       }
       const rec: SnapshotRecord = { id: meta.nextId, kind, createdAt: new Date().toISOString() };
       if (parent !== undefined) rec.parent = parent;
+      if (sizeBytes !== undefined) rec.sizeBytes = sizeBytes;
       this.checkChain(chain, kind);
       const mounts = this.mountsOf(key, rec, chain);
       const dir = this.snapshotDir(rec.id);
       try {
         await rm(dir, { recursive: true, force: true });
         await this.makeSnapshotDir(dir);
+        if (sizeBytes !== undefined) await this.makeDisk(rec.id, sizeBytes);
         await mkdir(this.fsDir(rec.id), { mode: 0o755 });
         await mkdir(this.workDir(rec.id), { mode: 0o700 });
         await this.populate(this.fsDir(rec.id), chain[0] ? this.fsDir(chain[0].id) : undefined, kind);
@@ -271,6 +337,7 @@ export abstract class DirSnapshotter implements Snapshotter {
           m.nextId = rec.id + 1;
         });
       } catch (e) {
+        if (sizeBytes !== undefined) await this.dropDisk(rec.id).catch((x: unknown) => log.warn('a sized snapshot left behind; removed at next start', { key, error: String(x) }));
         await rm(dir, { recursive: true, force: true }).catch(() => undefined);
         throw e;
       }
@@ -278,8 +345,8 @@ export abstract class DirSnapshotter implements Snapshotter {
     });
   }
 
-  prepare(key: string, parent?: string): Promise<MountSpec[]> {
-    return this.create('active', key, parent);
+  prepare(key: string, parent?: string, opts: PrepareOptions = {}): Promise<MountSpec[]> {
+    return this.create('active', key, parent, opts.sizeBytes);
   }
 
   view(key: string, parent?: string): Promise<MountSpec[]> {
@@ -353,8 +420,16 @@ export abstract class DirSnapshotter implements Snapshotter {
       await this.mutate(meta, (m) => {
         delete m.snapshots[key];
       });
-      // rename first so a half-removed tree never looks like a live snapshot
       const dir = this.snapshotDir(rec.id);
+      if (rec.sizeBytes !== undefined) {
+        try {
+          await this.dropDisk(rec.id);
+        } catch (e) {
+          log.warn('a sized snapshot left mounted; removed at next start', { key, dir, error: e });
+          return;
+        }
+      }
+      // rename first so a half-removed tree never looks like a live snapshot
       const trash = path.join(this.root, 'snapshots', `rm-${rec.id}-${randomBytes(4).toString('hex')}`);
       try {
         await rename(dir, trash);

@@ -13,6 +13,8 @@ import { hasCode, type ErrorCode } from '../../core/errors.js';
 import { mountAll, mountsUnder, unmountAll } from './mount.js';
 import type { Snapshotter } from './snapshotter.js';
 
+const MiB = 1024 * 1024;
+
 export type MakeSnapshotter = (root: string) => Promise<Snapshotter>;
 
 interface Env {
@@ -67,6 +69,8 @@ async function withEnv(make: MakeSnapshotter, fn: (env: Env) => Promise<void>): 
   } finally {
     for (const t of targets.reverse()) await unmountAll(t).catch(() => undefined);
     const left = await mountsUnder(base);
+    // what a failed test left (a sized snapshot's filesystem) goes too, and is still reported
+    for (const m of left) await unmountAll(m).catch(() => undefined);
     await rm(base, { recursive: true, force: true }).catch(() => undefined);
     assert.deepEqual(left, [], `mounts left behind under ${base}`);
   }
@@ -80,6 +84,13 @@ async function rejectsWith(p: Promise<unknown>, code: ErrorCode): Promise<void> 
 }
 
 const read = (p: string) => readFile(p, 'utf8');
+
+/** Files below dir whose name matches. */
+async function filesUnder(dir: string, match: (name: string) => boolean): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile() && match(e.name)) out.push(e.name);
+  return out;
+}
 const exists = (p: string) =>
   lstat(p).then(
     () => true,
@@ -306,6 +317,37 @@ export function snapshotterConformance(name: string, makeSnapshotter: MakeSnapsh
       const grown = await sn.usage('act');
       assert.ok(grown.size >= empty.size + (256 << 10), `grown ${grown.size} vs ${empty.size}`);
       assert.equal(grown.inodes, empty.inodes + 3);
+    });
+
+    test('a sized snapshot holds its size and no more, and leaves nothing when removed', async ({ root, sn, mount, unmount, layer }) => {
+      await layer('base', undefined, { f: 'from the image' });
+      await sn.prepare('sized', 'base', { sizeBytes: 16 * MiB });
+      assert.equal((await sn.stat('sized')).sizeBytes, 16 * MiB);
+      const t = await mount('sized');
+      assert.equal(await read(path.join(t, 'f')), 'from the image');
+      await writeFile(path.join(t, 'fits'), Buffer.alloc(4 * MiB, 1));
+      await assert.rejects(writeFile(path.join(t, 'too-big'), Buffer.alloc(20 * MiB, 1)), /ENOSPC/);
+      await unlink(path.join(t, 'too-big')).catch(() => undefined);
+      // an unsized one beside it is not bounded by it
+      await sn.prepare('free', 'base');
+      const u = await mount('free');
+      await writeFile(path.join(u, 'big'), Buffer.alloc(20 * MiB, 1));
+      await unmount(u);
+      await unmount(t);
+      const used = await sn.usage('sized');
+      assert.ok(used.size >= 4 * MiB && used.size < 16 * MiB, `usage ${used.size}`);
+      await sn.remove('sized');
+      await sn.remove('free');
+      assert.deepEqual(await mountsUnder(root), []);
+      assert.deepEqual(await filesUnder(root, (n) => n.endsWith('.ext4')), [], 'no filesystem image left');
+    });
+
+    test('sizes that are not whole MiB from 16 MiB are refused', async ({ sn, layer }) => {
+      await layer('base', undefined, { f: '1' });
+      for (const sizeBytes of [0, 1000, 8 * MiB, 16 * MiB + 1, 1.5 * MiB, -MiB, 2 ** 60]) {
+        await rejectsWith(sn.prepare('k', 'base', { sizeBytes }), 'InvalidArgument');
+      }
+      assert.deepEqual((await sn.list()).map((i) => i.key), ['base']);
     });
 
     test('empty snapshots: prepare and view without parent', async ({ sn, mount, unmount }) => {

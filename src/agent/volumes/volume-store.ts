@@ -11,14 +11,13 @@
  * The control plane's store says which volumes exist; reconcile() is told that list on start and
  * mounts those present, removes the others (a volume whose create or remove was cut short).
  */
-import { mkdir, open, readFile, readdir, realpath, rm, statfs } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, statfs } from 'node:fs/promises';
 import path from 'node:path';
-import { Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted, wholeForAdmins } from '../../core/errors.js';
-import { redactAbsolutePaths } from '../../core/redaction.js';
-import { run } from '../../core/exec.js';
+import { Conflict, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import { replaceStateFile } from '../../core/state-files.js';
-import { isMounted, readMountInfo, unmount } from '../snapshots/mount.js';
+import { isMounted, unmount } from '../snapshots/mount.js';
+import { makeExt4Image, mountExt4Image } from '../snapshots/ext4-image.js';
 import { statfsProbe } from '../content/disk-space.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
 
@@ -69,16 +68,6 @@ export function checkVolumeSize(sizeBytes: number): void {
 
 function checkId(id: string): void {
   if (!ID.test(id)) throw new InvalidArgument(`invalid volume id ${JSON.stringify(id.slice(0, 80))}`);
-}
-
-async function sh(file: string, args: string[]): Promise<void> {
-  const r = await run(file, args, { timeoutMs: 120_000 });
-  if (r.code !== 0) {
-    // a host tool on the volume's host files: the volume's owner reads it without their paths, administrators whole
-    const whole = `${file} ${args.join(' ')} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim()}`;
-    const message = redactAbsolutePaths(whole);
-    throw new Internal(message, undefined, wholeForAdmins(message, whole));
-  }
 }
 
 export class VolumeStore {
@@ -132,16 +121,7 @@ export class VolumeStore {
       await rm(this.dir(id), { recursive: true, force: true }); // what a cut-short create left
       await mkdir(this.mnt(id), { recursive: true, mode: 0o700 });
       try {
-        // sparse: ftruncate allocates nothing; mkfs writes only its metadata
-        const f = await open(this.image(id), 'wx', 0o600);
-        try {
-          await f.truncate(sizeBytes);
-        } finally {
-          await f.close();
-        }
-        // no discard (it would write the whole image on some loop setups); no reserved blocks: a
-        // volume's size is all for its users, root or not; lazy init keeps create fast
-        await sh('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'nodiscard,lazy_itable_init=1,lazy_journal_init=1', '-L', `nimbus-${id.slice(0, 8)}`, this.image(id)]);
+        await makeExt4Image(this.image(id), sizeBytes, `nimbus-${id.slice(0, 8)}`);
         const m: Manifest = { id, sizeBytes, createdAt: new Date().toISOString() };
         const v = await this.mountLocked(id, m, true);
         // the manifest last: a volume without one is a cut-short create, removed by reconcile
@@ -158,26 +138,10 @@ export class VolumeStore {
     const mnt = this.mnt(id);
     if (!(await isMounted(mnt))) {
       await mkdir(mnt, { recursive: true, mode: 0o700 });
-      // nodev, nosuid: a tenant's files on it are never devices or setuid programs to the host
-      await sh('mount', ['-t', 'ext4', '-o', 'loop,nodev,nosuid', '--', this.image(id), mnt]);
-      await this.directIo(mnt);
+      await mountExt4Image(this.image(id), mnt);
     }
     if (fresh) await mkdir(this.dataPath(id), { mode: 0o755 });
     return { id, sizeBytes: m.sizeBytes, path: this.dataPath(id), mounted: true };
-  }
-
-  /**
-   * The loop device reads and writes the image with O_DIRECT: without it each block sits in the
-   * page cache twice (the volume's filesystem and the image file's), and sequential writes
-   * measured 1.5x slower than a plain directory; with it about 1.0x (docs/volumes.md). A host
-   * filesystem without O_DIRECT (tmpfs) keeps it buffered.
-   */
-  private async directIo(mnt: string): Promise<void> {
-    const real = await realpath(mnt);
-    const dev = (await readMountInfo()).find((m) => m.mountPoint === real)?.source;
-    if (!dev?.startsWith('/dev/loop')) return;
-    const r = await run('losetup', ['--direct-io=on', dev], { timeoutMs: 30_000 });
-    if (r.code !== 0) log.info('volume stays buffered (no direct I/O on this host filesystem)', { mnt, error: r.stderr.trim() });
   }
 
   /** The volume as it is here; NotFound when the host has none of that id. */

@@ -63,6 +63,15 @@ describe('Docker create body → Nimbus container input', () => {
     assert.equal(input.name, undefined);
   });
 
+  test('--storage-opt size=SIZE is the writable layer\'s size (binary units, as Docker reads them); any other option is refused; inspect says it back', () => {
+    const body = (StorageOpt: Record<string, string>) => checkBody('container', { Image: 'busybox', HostConfig: { StorageOpt } });
+    assert.equal(toContainerInput(body({ size: '10G' }), undefined).storageBytes, 10 * 1024 ** 3);
+    assert.equal(toContainerInput(body({ size: '512m' }), undefined).storageBytes, 512 * 1024 ** 2);
+    assert.equal(toContainerInput(checkBody('container', { Image: 'busybox' }), undefined).storageBytes, undefined);
+    assert.throws(() => toContainerInput(body({ size: 'lots' }), undefined), (e: unknown) => e instanceof InvalidArgument && /--storage-opt size/.test(e.message));
+    assert.throws(() => toContainerInput(body({ 'dm.basesize': '10G' }), undefined), (e: unknown) => e instanceof InvalidArgument && /only size/.test(e.message));
+  });
+
   test('-v, --mount and --tmpfs become the create\'s mounts, in that order', () => {
     const input = toContainerInput(checkBody('container', {
       Image: 'busybox',

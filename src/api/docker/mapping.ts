@@ -8,7 +8,7 @@ import type { ContainerRecord, ContainerStatus, HealthcheckConfig, NetworkRecord
 import type { DockerContainerCreate } from './schemas.js';
 import { humanDuration } from '../../core/human-duration.js';
 import { assertPublishCount, hostPortOf } from '../../core/port-ranges.js';
-import { dockerMountsOf, mountsOfHostConfig } from './volumes.js';
+import { dockerMountsOf, dockerSize, mountsOfHostConfig } from './volumes.js';
 import type { MountInput } from '../../control/volumes/volume-service.js';
 import { withExposedPorts } from '../../control/networks/publish-all.js';
 import { parseVolumesFrom } from '../../core/volumes-from.js';
@@ -35,8 +35,19 @@ const UNSUPPORTED_HOST: Array<[string, string]> = [
   ['CpuShares', '--cpu-shares'], ['CpusetCpus', '--cpuset-cpus'], ['CpusetMems', '--cpuset-mems'], ['CpuQuota', '--cpu-quota'], ['CpuPeriod', '--cpu-period'],
   ['MemoryReservation', '--memory-reservation'], ['KernelMemory', '--kernel-memory'], ['BlkioWeight', '--blkio-weight'], ['Ulimits', '--ulimit'],
   ['Sysctls', '--sysctl'], ['OomKillDisable', '--oom-kill-disable'], ['Init', '--init'], ['GroupAdd', '--group-add'], ['DnsOptions', '--dns-option'],
-  ['DnsSearch', '--dns-search'], ['DeviceRequests', '--gpus'], ['StorageOpt', '--storage-opt'], ['VolumeDriver', '--volume-driver'],
+  ['DnsSearch', '--dns-search'], ['DeviceRequests', '--gpus'], ['VolumeDriver', '--volume-driver'],
 ];
+
+/** --storage-opt size=SIZE, the writable layer's size (Docker's overlay2 on XFS with project quotas); no other option. */
+export function toStorageBytes(opts: Record<string, string> | undefined): number | undefined {
+  if (!opts) return undefined;
+  let size: number | undefined;
+  for (const [k, v] of Object.entries(opts)) {
+    if (k.toLowerCase() !== 'size') throw new InvalidArgument(`--storage-opt ${k} is not supported: only size`);
+    size = dockerSize(v, '--storage-opt size');
+  }
+  return size;
+}
 
 /** "name:alias" (or "name") of --link. */
 function parseLink(l: string): { container: string; alias: string } {
@@ -95,6 +106,7 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
   const ports = toPorts(host.PortBindings);
   const cpus = host.NanoCpus ? host.NanoCpus / 1e9 : undefined;
   const pids = host.PidsLimit && host.PidsLimit > 0 ? host.PidsLimit : undefined;
+  const storageBytes = toStorageBytes(host.StorageOpt);
   const links = (host.Links ?? []).map(parseLink);
   parseVolumesFrom(host.VolumesFrom); // checked here; resolved by the create (containers.ts), which reads the other containers
   const mounts = mountsOfHostConfig({ Binds: host.Binds, Mounts: host.Mounts, Tmpfs: host.Tmpfs });
@@ -116,6 +128,7 @@ export function toContainerInput(body: DockerContainerCreate, name: string | und
     ...(host.Memory ? { memoryBytes: host.Memory } : {}),
     ...(cpus !== undefined ? { cpus } : {}),
     ...(pids !== undefined ? { pidsLimit: pids } : {}),
+    ...(storageBytes !== undefined ? { storageBytes } : {}),
     restart,
     autoRemove: host.AutoRemove === true,
     ...(host.Runtime ? { runtime: host.Runtime as string } : {}),
@@ -285,6 +298,7 @@ export function containerInspect(c: ContainerLike, endpoints: EndpointLike[] = [
       Memory: c.config.memoryBytes ?? 0,
       NanoCpus: c.config.cpus ? Math.round(c.config.cpus * 1e9) : 0,
       PidsLimit: c.config.pidsLimit ?? null,
+      ...(c.config.storageBytes !== undefined ? { StorageOpt: { size: String(c.config.storageBytes) } } : {}),
       PortBindings: ports,
       LogConfig: { Type: 'json-file', Config: {} },
     },

@@ -30,6 +30,8 @@ export const DockerHostConfig = Type.Object({
   PublishAllPorts: Type.Optional(Type.Boolean()),
   // CONTAINER[:ro|rw]
   VolumesFrom: Type.Optional(StrList(64, 300)),
+  // --storage-opt size=10G: the writable layer's size (other keys are refused by toStorageBytes)
+  StorageOpt: Type.Optional(Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 64 }), { maxProperties: 16 })),
 }, { additionalProperties: true });
 
 export const DockerContainerCreate = Type.Object({

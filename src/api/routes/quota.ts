@@ -39,10 +39,14 @@ async function memberIds(services: Services, owner: string, weights: Record<stri
   return out;
 }
 
-/** A project's ledger view, and what a container created without a memory size is given there now (MiB; 0: none, best effort). */
+/**
+ * A project's ledger view, and what a container created without a memory size is given there now
+ * (MiB; 0: none, best effort) and what its writable layer may hold (MiB; 0: unbounded).
+ */
 function quotaView(services: Services, projectId: string): Record<string, unknown> {
   const bytes = services.quota.unsizedContainerMemory(projectId, services.options?.containerMemoryDefaultBytes ?? 0) ?? 0;
-  return { ...services.quota.show(projectId), unsizedContainerMemory: bytes / 2 ** 20 };
+  const layer = services.quota.unsizedContainerStorage(projectId, services.options?.containerStorageDefaultBytes ?? 0) ?? 0;
+  return { ...services.quota.show(projectId), unsizedContainerMemory: bytes / 2 ** 20, unsizedContainerStorage: layer / 2 ** 20 };
 }
 
 export const quotaRoutes = [

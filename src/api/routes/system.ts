@@ -81,6 +81,8 @@ export const systemRoutes = [
           exited: all.filter((c) => c.status === 'exited').length,
           // what one created without a memory size is given where its project's memory is limited (0: nothing)
           memoryDefaultBytes: services.options.containerMemoryDefaultBytes,
+          // what the writable layer of one created without a storage size may hold where its project's disk is limited (0: unbounded)
+          storageDefaultBytes: services.options.containerStorageDefaultBytes,
         },
         vms: {
           total: vms.length,

@@ -49,6 +49,7 @@ export const CREATE_OPTIONS: OptionSpec[] = [
   { name: 'user', short: 'u', type: 'string', value: 'USER', description: 'User name or uid[:gid]' },
   { name: 'entrypoint', type: 'string', value: 'CMD', description: "Override the image's entrypoint (\"\" clears it)" },
   { name: 'memory', short: 'm', type: 'string', value: 'SIZE', description: 'Memory limit (64m, 1g, 512k, bytes); exceeding it OOM-kills' },
+  { name: 'storage', type: 'string', value: 'SIZE', description: "What its writable layer may hold (16m to 16t; charged to the disk quota): writes past it fail with ENOSPC. Default: the daemon's (1g) in a project whose disk quota is limited, else unbounded" },
   { name: 'cpus', type: 'number', value: 'N', description: 'CPU limit in CPUs (e.g. 0.5)' },
   { name: 'pids-limit', type: 'number', integer: true, value: 'N', description: 'Maximum number of processes' },
   { name: 'restart', type: 'string', value: 'POLICY', description: 'Restart policy: no, on-failure[:N], always, unless-stopped', default: 'no' },
@@ -192,6 +193,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
   const cpus = opts.cpus as number | undefined;
   if (cpus !== undefined && !(cpus > 0)) throw new UsageError(`--cpus must be more than 0, got ${cpus}`);
   const memory = opts.memory === undefined ? undefined : parseSize(String(opts.memory));
+  const storage = opts.storage === undefined ? undefined : parseSize(String(opts.storage));
   const mounts = mountsFromFlags(opts);
   const volumesFrom = usage(() => parseVolumesFrom(list('volumes-from')));
   const healthcheck = healthcheckFromFlags(opts);
@@ -209,6 +211,7 @@ export function createBody(opts: CommandContext['opts'], args: string[], env: No
     ...(opts.user !== undefined ? { user: opts.user } : {}),
     ...(opts.entrypoint !== undefined ? { entrypoint: opts.entrypoint === '' ? [] : [String(opts.entrypoint)] } : {}),
     ...(memory !== undefined ? { memoryBytes: memory } : {}),
+    ...(storage !== undefined ? { storageBytes: storage } : {}),
     ...(cpus !== undefined ? { cpus } : {}),
     ...(opts['pids-limit'] !== undefined ? { pidsLimit: opts['pids-limit'] } : {}),
     restart: parseRestart(String(opts.restart ?? 'no')),

@@ -37,7 +37,7 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota show', usage: '[PROJECT]', summary: "A project's ledger: hard, used, reserved, allocated, free, lent, borrowed", maxArgs: 1, options: [],
     async run({ args, global }) {
-      const view = await clientOf(global).json<{ resources: Record<string, Figures>; containerMemoryDefault?: number | null; unsizedContainerMemory?: number }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
+      const view = await clientOf(global).json<{ resources: Record<string, Figures>; containerMemoryDefault?: number | null; unsizedContainerMemory?: number; unsizedContainerStorage?: number }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
       if (global.output === 'json') return printJson(view), 0;
       const cols = ['hard', 'used', 'reserved', 'allocated', 'free', 'lent', 'borrowed', 'pool'] as const;
       const rows = Object.entries(view.resources).map(([r, f]) => [r, ...cols.map((c) => fmt(f[c], r))]);
@@ -45,6 +45,9 @@ export const quotaCommands: CommandSpec[] = [
       if (view.unsizedContainerMemory !== undefined) {
         const own = view.containerMemoryDefault === null || view.containerMemoryDefault === undefined ? 'inherited' : 'set here';
         process.stdout.write(`a container without --memory: ${view.unsizedContainerMemory ? `${view.unsizedContainerMemory}MiB (${own})` : 'unlimited, best effort'}\n`);
+      }
+      if (view.unsizedContainerStorage !== undefined) {
+        process.stdout.write(`a container without --storage: ${view.unsizedContainerStorage ? `a writable layer of ${view.unsizedContainerStorage}MiB, charged to disk` : 'an unbounded writable layer'}\n`);
       }
       return 0;
     },
@@ -57,7 +60,7 @@ export const quotaCommands: CommandSpec[] = [
       { name: 'memory', type: 'string', value: 'SIZE', description: 'Hard limit on memory (e.g. 8g; plain numbers are MiB; "unlimited" on a root project). Where it is limited, a container created without --memory is given and charged nimbusd --container-memory-default (512m unless set)' },
       { name: 'networks', type: 'number', value: 'N', description: 'Hard limit on networks' },
       { name: 'volumes', type: 'number', value: 'N', description: 'Hard limit on named volumes' },
-      { name: 'disk', type: 'string', value: 'SIZE', description: 'Hard limit on the size of named volumes together (e.g. 100g; plain numbers are MiB)' },
+      { name: 'disk', type: 'string', value: 'SIZE', description: "Hard limit on the size of named volumes and containers' writable layers together (e.g. 100g; plain numbers are MiB; unlimited)" },
       { name: 'reserved', type: 'list', value: 'RES=N', description: 'Held for this project, never lent' },
       { name: 'lendable', type: 'list', value: 'RES=N', description: 'How much idle capacity siblings may borrow' },
       { name: 'borrow-limit', type: 'list', value: 'RES=N', description: 'How much this project may borrow from siblings' },

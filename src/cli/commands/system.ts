@@ -72,6 +72,9 @@ export const systemCommands: CommandSpec[] = [
         ...(info.containers.memoryDefaultBytes !== undefined
           ? [`Container memory default: ${info.containers.memoryDefaultBytes ? `${Math.round(info.containers.memoryDefaultBytes / 2 ** 20)} MiB where a project's memory is limited; unlimited (best effort) elsewhere` : 'none (unsized containers are charged nothing)'}`]
           : []),
+        ...(info.containers.storageDefaultBytes !== undefined
+          ? [`Container storage default: ${info.containers.storageDefaultBytes ? `a writable layer of ${Math.round(info.containers.storageDefaultBytes / 2 ** 20)} MiB where a project's disk is limited; unbounded elsewhere` : 'none (writable layers are unbounded unless sized)'}`]
+          : []),
         ...(vms ? [`VMs: ${vms.total} (running ${vms.running}, paused ${vms.paused}, saved ${vms.saved}, stopped ${vms.stopped})`] : []),
         `Images: ${String(info.images)}`,
         ...(a ? embeddedAgentLines(a) : ['Embedded agent: none (--no-agent; the hosts are `nimbus host ls`)']),

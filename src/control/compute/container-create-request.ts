@@ -63,6 +63,12 @@ export interface CreateRequestDeps {
    * or undefined: it runs best effort (docs/identity.md, "A container's memory").
    */
   defaultMemoryBytes?(projectId: string): number | undefined;
+  /**
+   * What the writable layer of a container created without a storage size may hold in this
+   * project (bounded and charged to its disk), or undefined: unbounded (docs/identity.md, "A
+   * container's writable layer").
+   */
+  defaultStorageBytes?(projectId: string): number | undefined;
 }
 
 /** A create checked and resolved: what admission, placement and the record are made from. */
@@ -102,11 +108,14 @@ export async function prepareCreate(
   }
   checkResources(input);
   const memoryBytes = memoryFor(input, deps.defaultMemoryBytes?.(projectId));
+  const storageBytes = input.storageBytes !== undefined ? wholeMiB(input.storageBytes) : deps.defaultStorageBytes?.(projectId);
   if (input.stopTimeout !== undefined) checkStopTimeout(input.stopTimeout, 'stopTimeout');
   if (input.hostname !== undefined) checkHostname(input.hostname);
   if (input.ip !== undefined) checkIpv4(input.ip);
   for (const d of input.dns ?? []) checkIpv4(d, 'dns');
-  const { name: requestedName, mounts: mountInput, publishAll, ...asked } = { ...input, ...(memoryBytes !== undefined ? { memoryBytes } : {}) };
+  const { name: requestedName, mounts: mountInput, publishAll, ...asked } = {
+    ...input, ...(memoryBytes !== undefined ? { memoryBytes } : {}), ...(storageBytes !== undefined ? { storageBytes } : {}),
+  };
   if (input.runtime === 'vm' && asked.network === undefined) asked.network = 'none'; // microVMs have no network yet
   // -P: every port the image exposes that the request does not publish, on a port its host
   // chooses; moot without a network of its own (none, host, container:), as dockerd passes over it
@@ -185,6 +194,11 @@ function memoryFor(input: Pick<CreateContainerInput, 'memoryBytes' | 'runtime'>,
   return input.memoryBytes ?? projectDefault;
 }
 
+/** A size rounded up to whole MiB, as the disk quota counts and the snapshotter makes filesystems. */
+function wholeMiB(bytes: number): number {
+  return Math.ceil(bytes / MiB) * MiB;
+}
+
 /** The main process a create asks for: the image's defaults under the config's, with its links' environment first. */
 async function processFor(
   deps: Pick<CreateRequestDeps, 'store' | 'networks'>, config: ContainerConfig, image: ImageRecord, name: string, linkNetworks: readonly NetworkRecord[],
@@ -213,6 +227,7 @@ function requestOf(
     network: intent.mode === 'networks' ? { mode: 'networks', endpoints: deps.networks.unleased(intent), ports: [], extraHosts: [], dns: [] } : intent.mode === 'container' ? { mode: 'container', container: intent.container.id } : { mode: intent.mode },
     // copyUp only in a create's own request: a rebuild elsewhere or a move carries the volume's data, not the image's
     ...(mounts.length ? { mounts: agentMounts(mounts, copyUp) } : {}),
+    ...(config.storageBytes !== undefined ? { storageBytes: config.storageBytes } : {}),
   };
 }
 

@@ -10,7 +10,7 @@ import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest } from '../../agent/agent.js';
 import type { PortMapping } from '../../agent/network/network-driver.js';
 import { hostChoosesPort } from '../../core/port-ranges.js';
-import type { ContainerRecord, ImageRecord, OperationRecord, PortSpec } from '../../store/records.js';
+import type { ContainerConfig, ContainerRecord, ImageRecord, OperationRecord, PortSpec } from '../../store/records.js';
 import type { ImageService } from '../images/image-service.js';
 import type { ProjectScope } from '../identity/scope.js';
 import type { NetworkIntent, NetworkService } from '../networks/network-service.js';
@@ -57,10 +57,19 @@ function chosenPorts(asked: readonly PortSpec[] | undefined, published: readonly
   });
 }
 
-/** A refusal on memory for a size the container did not ask for says where the size came from. */
-function withDefaultMemoryHint(e: unknown, given: number | undefined): unknown {
-  if (given === undefined || !isNimbusError(e) || e.code !== 'QuotaExceeded' || e.details?.resource !== 'memory') return e;
-  const hint = `a container created without --memory is given ${Math.round(given / 2 ** 20)} MiB in a project whose memory is limited: ask for less with --memory, or for more memory quota`;
+/**
+ * A refusal on memory or disk for a size the container did not ask for says where the size came
+ * from: the project's default memory, or its default writable layer.
+ */
+function withDefaultSizeHint(e: unknown, input: CreateContainerInput, config: ContainerConfig): unknown {
+  if (!isNimbusError(e) || e.code !== 'QuotaExceeded') return e;
+  const mib = (bytes: number) => `${Math.round(bytes / 2 ** 20)} MiB`;
+  let hint: string;
+  if (e.details?.resource === 'memory' && input.memoryBytes === undefined && config.memoryBytes !== undefined) {
+    hint = `a container created without --memory is given ${mib(config.memoryBytes)} in a project whose memory is limited: ask for less with --memory, or for more memory quota`;
+  } else if (e.details?.resource === 'disk' && input.storageBytes === undefined && config.storageBytes !== undefined) {
+    hint = `a container created without --storage has a writable layer of ${mib(config.storageBytes)}, charged to the disk quota, in a project whose disk is limited: ask for less with --storage, or for more disk quota`;
+  } else return e;
   return new NimbusError(e.code, `${e.message} (${hint})`, e.details, { cause: e, ...(e.adminMessage !== undefined ? { adminMessage: `${e.adminMessage} (${hint})` } : {}) });
 }
 
@@ -142,7 +151,7 @@ export class ContainerCreates {
       admission = await this.deps.quota.admitContainerOrPlanReclaim(id, projectId, rec.config);
     } catch (e) {
       dropWarm();
-      throw input.memoryBytes === undefined ? withDefaultMemoryHint(e, config.memoryBytes) : e;
+      throw withDefaultSizeHint(e, input, config);
     }
     if ('decision' in admission) return { container: await this.createAdmitted(rec, warmId, prepared, opts) };
 
@@ -224,7 +233,7 @@ export class ContainerCreates {
     const runtime = rec.config.runtime;
     const req: PlacementRequest = {
       consumerId: rec.id, projectId: rec.projectId, kind: runtime === 'vm' ? 'secure-container' : 'container',
-      vcpus: rec.config.cpus ?? 0, memoryBytes: rec.config.memoryBytes ?? 0, diskBytes: 0,
+      vcpus: rec.config.cpus ?? 0, memoryBytes: rec.config.memoryBytes ?? 0, diskBytes: rec.config.storageBytes ?? 0,
       ...(runtime && runtime !== 'vm' ? { runtime } : {}),
       ...(image.config.architecture ? { architecture: image.config.architecture } : {}),
       imageChainId: image.chainId,

@@ -5,7 +5,7 @@
  */
 import { InvalidArgument } from '../../core/errors.js';
 import { isHostname } from '../../core/hostname.js';
-import { MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_STOP_TIMEOUT_SEC } from '../../core/limits.js';
+import { MAX_MEMORY_BYTES, MAX_PIDS_LIMIT, MAX_STOP_TIMEOUT_SEC, MAX_STORAGE_BYTES, MIN_STORAGE_BYTES } from '../../core/limits.js';
 import { ipToInt } from '../../agent/network/network-driver.js';
 import { assertPublishCount } from '../../core/port-ranges.js';
 import type { PortSpec } from '../../store/records.js';
@@ -34,7 +34,7 @@ export function checkIpv4(ip: string, field = 'ip'): void {
 }
 
 /** Resource limits within their documented ranges (runc fails, or the quota overflows, past them). */
-export function checkResources(r: { memoryBytes?: number; pidsLimit?: number; cpus?: number }): void {
+export function checkResources(r: { memoryBytes?: number; pidsLimit?: number; cpus?: number; storageBytes?: number }): void {
   if (r.pidsLimit !== undefined && !(Number.isInteger(r.pidsLimit) && r.pidsLimit >= 1 && r.pidsLimit <= MAX_PIDS_LIMIT)) {
     throw new InvalidArgument(`pidsLimit must be a whole number from 1 to ${MAX_PIDS_LIMIT}, got ${String(r.pidsLimit)}`, { field: 'pidsLimit' });
   }
@@ -43,6 +43,9 @@ export function checkResources(r: { memoryBytes?: number; pidsLimit?: number; cp
   }
   if (r.cpus !== undefined && !(Number.isFinite(r.cpus) && r.cpus > 0)) {
     throw new InvalidArgument(`cpus must be more than 0, got ${String(r.cpus)}`, { field: 'cpus' });
+  }
+  if (r.storageBytes !== undefined && !(Number.isInteger(r.storageBytes) && r.storageBytes >= MIN_STORAGE_BYTES && r.storageBytes <= MAX_STORAGE_BYTES)) {
+    throw new InvalidArgument(`a writable layer's size (storage) must be from 16 MiB to 16 TiB, got ${String(r.storageBytes)} bytes`, { field: 'storageBytes' });
   }
 }
 

@@ -187,7 +187,7 @@ export async function chooseDestination(deps: Pick<MoveDeps, 'hosts' | 'schedule
   const runtime = c.config.runtime;
   const explained = await deps.scheduler.explain({
     consumerId: c.id, projectId: c.projectId, kind: 'container',
-    vcpus: c.config.cpus ?? 0, memoryBytes: c.config.memoryBytes ?? 0, diskBytes: volumeBytes.reduce((a, b) => a + b, 0),
+    vcpus: c.config.cpus ?? 0, memoryBytes: c.config.memoryBytes ?? 0, diskBytes: volumeBytes.reduce((a, b) => a + b, c.config.storageBytes ?? 0),
     ...(runtime && runtime !== 'auto' ? { runtime } : {}),
     ...(image?.config.architecture ? { architecture: image.config.architecture } : {}),
     ...(image ? { imageChainId: image.chainId } : {}),
@@ -356,7 +356,7 @@ export function moveContainer(deps: MoveDeps, id: string, to: string, op?: Pick<
       m.to('copying-layer');
       // from the first byte sent the destination may hold a layer for it (an answer lost on the way): a rollback removes it
       done.created = true;
-      const layer = await carry(await deps.bounded(id, 'layer export', src.exportContainerLayer(id)), (bytes) => dst.importContainerLayer(id, request.imageChainId, bytes),
+      const layer = await carry(await deps.bounded(id, 'layer export', src.exportContainerLayer(id)), (bytes) => dst.importContainerLayer(id, request.imageChainId, bytes, request.storageBytes !== undefined ? { storageBytes: request.storageBytes } : {}),
         (n) => report({ layerBytes: n }), `the writable layer of ${c.name}`);
       result.layer = { bytes: layer.bytes, entries: layer.entries };
       m.to('copying-volumes');

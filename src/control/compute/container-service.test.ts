@@ -178,6 +178,37 @@ test('memory: with no default (0), an unsized container is charged nothing in a 
   assert.equal(quota.show('team').resources.memory.used, 0);
 });
 
+test('storage: an unsized writable layer is unbounded in an unlimited project, the default (bounded and charged to disk) in a limited one; a size asked is rounded up to MiB and sent to the agent', async (t) => {
+  const MiB = 1024 * 1024;
+  const sent: Array<number | undefined> = [];
+  const { store, containers, input, quota } = await setup(t, false, (agent) => {
+    agent.override('createContainer', async (req) => {
+      sent.push(req.storageBytes);
+      return { status: 'created', warnings: [], runtime: 'runc' };
+    });
+  }, { storageDefaultBytes: 1024 * MiB });
+  const disk = (p: string) => quota.show(p).resources.disk.used;
+  const root = await containers.create(input({ name: 'root-unsized' }), 'p1', { projectId: 'p1' });
+  assert.equal(root.config.storageBytes, undefined, 'the unlimited root project: unbounded, as under Docker');
+  const rootSized = await containers.create(input({ name: 'root-sized', storageBytes: 100 * MiB + 1 }), 'p1', { projectId: 'p1' });
+  assert.equal(rootSized.config.storageBytes, 101 * MiB, 'rounded up to whole MiB');
+  assert.equal(disk('p1'), 101);
+
+  await store.projects.insert({ id: 'team', name: 'team', parentId: 'p1', createdAt: new Date().toISOString() });
+  await quota.ensureProject('team', 'p1');
+  await quota.setLimits('team', { hard: { instances: 10, disk: 1536 } });
+  const unsized = await containers.create(input({ name: 'team-unsized' }), 'team', { projectId: 'p1' });
+  assert.equal(unsized.config.storageBytes, 1024 * MiB, "the daemon's default, in the record");
+  const sized = await containers.create(input({ name: 'team-sized', storageBytes: 256 * MiB }), 'team', { projectId: 'p1' });
+  assert.equal(sized.config.storageBytes, 256 * MiB);
+  assert.equal(disk('team'), 1024 + 256, 'both charged to disk');
+  await assert.rejects(containers.create(input({ name: 'team-third' }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded' && /disk: need 1024.*without --storage has a writable layer of 1024 MiB/.test(e.message), 'the default does not fit the 256 MiB left, and the refusal says where the 1024 came from');
+  await assert.rejects(containers.create(input({ name: 'tiny', storageBytes: 8 * MiB }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'InvalidArgument' && /16 MiB/.test(e.message));
+  assert.deepEqual(sent, [undefined, 101 * MiB, 1024 * MiB, 256 * MiB], 'what each create asked its agent for');
+  await containers.remove(unsized.id, true);
+  assert.equal(disk('team'), 256, 'given back with the container');
+});
+
 test('names: 120 creates at once without names all succeed with names of their own (a generated name is held until its record has it)', async (t) => {
   const { containers, input } = await setup(t, false);
   const made = await Promise.allSettled(Array.from({ length: 120 }, () => containers.create(input(), 'p1', { projectId: 'p1' })));

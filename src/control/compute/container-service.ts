@@ -65,6 +65,12 @@ export interface ContainerServiceOptions {
    * QuotaService.unsizedContainerMemory); absent or 0: nothing unless a project sets one.
    */
   memoryDefaultBytes?: number;
+  /**
+   * What the writable layer of a container created without a storage size may hold, and is
+   * charged to the disk quota, in a project whose disk is limited (NimbusOptions.
+   * containerStorageDefaultBytes; QuotaService.unsizedContainerStorage); absent or 0: unbounded.
+   */
+  storageDefaultBytes?: number;
 }
 
 export class ContainerService {
@@ -117,6 +123,7 @@ export class ContainerService {
     this.creates = new ContainerCreates({
       ...shared, hosts, scheduler, images, networks, quota, operations,
       defaultMemoryBytes: (projectId) => quota.unsizedContainerMemory(projectId, opts.memoryDefaultBytes ?? 0),
+      defaultStorageBytes: (projectId) => quota.unsizedContainerStorage(projectId, opts.storageDefaultBytes ?? 0),
       startLocked: (id, alsoWrite) => this.lifecycle.startLocked(id, false, alsoWrite),
     });
     this.calls = new ContainerAgentCalls(shared);

@@ -60,12 +60,13 @@ export interface QuotaServiceOptions {
   replicaId?: string;
 }
 
-/** What a container is charged: one instance, whole CPUs rounded up, memory in MiB (0 when unlimited). */
-export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'memoryBytes'>): PartialVec {
+/** What a container is charged: one instance, whole CPUs rounded up, memory and its writable layer's size in MiB (0 when unlimited). */
+export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'memoryBytes' | 'storageBytes'>): PartialVec {
   return {
     instances: 1,
     cpus: c.cpus === undefined ? 0 : Math.ceil(c.cpus),
     memory: c.memoryBytes === undefined ? 0 : Math.ceil(c.memoryBytes / MiB),
+    ...(c.storageBytes !== undefined ? { disk: Math.ceil(c.storageBytes / MiB) } : {}),
   };
 }
 
@@ -585,6 +586,18 @@ export class QuotaService {
   unsizedContainerMemory(projectId: string, daemonDefaultBytes: number): number | undefined {
     if (!this.current.hasProject(projectId) || this.current.hardLimit(projectId, 'memory') >= UNLIMITED) return undefined;
     const mib = this.current.containerMemoryDefault(projectId) ?? Math.ceil(daemonDefaultBytes / MiB);
+    return mib > 0 ? mib * MiB : undefined;
+  }
+
+  /**
+   * Bytes the writable layer of a container created without a storage size may hold in the
+   * project (bounded, and charged to its disk): the daemon's `daemonDefaultBytes` while the
+   * project's disk is limited (any project but an unlimited root), whole MiB; undefined
+   * (unbounded, as under Docker) where disk is unlimited or the default is 0.
+   */
+  unsizedContainerStorage(projectId: string, daemonDefaultBytes: number): number | undefined {
+    if (!this.current.hasProject(projectId) || this.current.hardLimit(projectId, 'disk') >= UNLIMITED) return undefined;
+    const mib = Math.ceil(daemonDefaultBytes / MiB);
     return mib > 0 ? mib * MiB : undefined;
   }
 
