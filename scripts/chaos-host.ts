@@ -46,7 +46,7 @@ export interface Leak {
 const CGROUP_PARENT = 'nimbus';
 /** The snapshotters' directories and their own entries (not per snapshot). */
 const SNAPSHOTTERS = new Set(['overlayfs', 'native']);
-const SNAPSHOTTER_FILES = new Set(['snapshots', 'metadata.json']);
+const SNAPSHOTTER_FILES = new Set(['snapshots', 'metadata.json', 'disks']);
 const KEEP: Record<string, Set<string>> = { snapshots: SNAPSHOTTERS, 'snapshots/overlayfs': SNAPSHOTTER_FILES, 'snapshots/native': SNAPSHOTTER_FILES };
 
 /** Mount points of cgroup hierarchies (v1 controllers and the v2 unified one). */
@@ -265,11 +265,18 @@ export function homeFileLeaks(home: string): Leak[] {
   }
   for (const root of runtimeRoots(home)) for (const n of readdirSync(root.dir)) leaks.push({ kind: 'file', what: `${root.runtime} state ${join(root.dir, n)}` });
   // every image was removed: garbage collection leaves no blob, ingest or snapshot
-  for (const sub of ['content/ingest', 'content/blobs/sha256', 'snapshots', 'snapshots/overlayfs', 'snapshots/native', 'snapshots/overlayfs/snapshots', 'snapshots/native/snapshots']) {
+  // disks: sized writable layers' filesystem images (every one goes with its snapshot)
+  for (const sub of ['content/ingest', 'content/blobs/sha256', 'snapshots', 'snapshots/overlayfs', 'snapshots/native', 'snapshots/overlayfs/snapshots', 'snapshots/native/snapshots', 'snapshots/overlayfs/disks', 'snapshots/native/disks']) {
     const dir = join(home, sub);
     if (!existsSync(dir)) continue;
     const keep = KEEP[sub];
     for (const n of readdirSync(dir)) if (!keep?.has(n)) leaks.push({ kind: 'file', what: join(dir, n) });
+  }
+  // a loop device left attached to an image in the home (a sized layer's or a volume's) holds it even unlinked
+  for (const dev of existsSync('/sys/block') ? readdirSync('/sys/block').filter((n) => n.startsWith('loop')) : []) {
+    const backing = join('/sys/block', dev, 'loop', 'backing_file');
+    const file = existsSync(backing) ? readFileSync(backing, 'utf8').trim() : '';
+    if (file.startsWith(`${home}/`)) leaks.push({ kind: 'mount', what: `/dev/${dev} on ${file}` });
   }
   return leaks;
 }

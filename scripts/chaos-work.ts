@@ -66,7 +66,8 @@ const name = (p: string) => `${p}${(++seq).toString(36)}`;
 
 async function container(ctx: WorkContext, start: boolean, extra: Record<string, unknown> = {}): Promise<string | undefined> {
   const n = name('c');
-  const limits = ctx.rand() < 0.3 ? { memoryBytes: 64 * 1024 * 1024, cpus: 0.5 } : {};
+  // some with limits, among them a writable layer of its own size (a loop-mounted filesystem the reconcile must not leak)
+  const limits = ctx.rand() < 0.3 ? { memoryBytes: 64 * 1024 * 1024, cpus: 0.5, storageBytes: 32 * 1024 * 1024 } : {};
   const c = await call<{ id?: string }>(ctx, `create ${n}${start ? ' (start)' : ''}`, 'POST', '/containers', { image: ctx.image, name: n, cmd: ['sleep', '1000'], start, ...limits, ...extra });
   return c?.id;
 }

@@ -235,7 +235,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     assert.equal(r.status, 201, r.text);
     r = await call(tcp(), 'POST', '/projects', { ...olga, body: { name: 'sub', parent: 'org/team' } });
     assert.equal(r.status, 201, 'any depth');
-    r = await call(tcp(), 'PUT', '/quota/org%2Fteam', { ...olga, body: { hard: { instances: 1, memory: 512 } } }); // MiB: an unsized container is given the default 512
+    r = await call(tcp(), 'PUT', '/quota/org%2Fteam', { ...olga, body: { hard: { instances: 1, memory: 512, disk: 1024 } } }); // MiB: an unsized container is given the default 512, and a 1 GiB writable layer
     assert.equal(r.status, 200, r.text);
     r = await call(tcp(), 'PUT', '/quota/org', { ...olga, body: { hard: { instances: 100 } } });
     assert.equal(r.status, 403, 'a project\'s own admin does not set its limits');
@@ -266,10 +266,10 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     const olgaCli = (args: string[]) => d.cli(['--host', `tcp://127.0.0.1:${port}`, ...args], { env: { NIMBUS_TOKEN: tokens.olga! } });
     assert.equal((await olgaCli(['project', 'create', 'lender', '--parent', 'org'])).code, 0);
     assert.equal((await olgaCli(['project', 'create', 'borrower', '--parent', 'org'])).code, 0);
-    // memory too: a container without a size is given the default 512 MiB in a limited project
-    let c = await olgaCli(['quota', 'set', 'org/lender', '--instances', '2', '--memory', '1g', '--lendable', 'instances=1', '--lendable', 'memory=512m']);
+    // memory and disk too: a container without sizes is given the default 512 MiB and a 1 GiB writable layer in a limited project
+    let c = await olgaCli(['quota', 'set', 'org/lender', '--instances', '2', '--memory', '1g', '--disk', '2g', '--lendable', 'instances=1', '--lendable', 'memory=512m', '--lendable', 'disk=1g']);
     assert.equal(c.code, 0, c.stderr);
-    c = await olgaCli(['quota', 'set', 'org/borrower', '--borrow-limit', 'instances=1', '--borrow-limit', 'memory=512m']);
+    c = await olgaCli(['quota', 'set', 'org/borrower', '--borrow-limit', 'instances=1', '--borrow-limit', 'memory=512m', '--borrow-limit', 'disk=1g']);
     assert.equal(c.code, 0, c.stderr);
     r = await call(tcp(), 'POST', '/containers?project=org/borrower', { ...olga, body: { image, name: 'on-loan', cmd: ['true'] } });
     assert.equal(r.status, 201, `borrows the lender's idle instance: ${r.text}`);
@@ -277,7 +277,7 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     c = await olgaCli(['quota', 'loans', 'org/lender', '-o', 'json']);
     assert.equal(c.code, 0, c.stderr);
     const loans = JSON.parse(c.stdout) as { lenderPath: string; borrowerPath: string; resource: string; amount: number; instance: string }[];
-    assert.deepEqual(loans.map((l) => [l.lenderPath, l.borrowerPath, l.resource, l.amount, l.instance]).sort(), [['org/lender', 'org/borrower', 'instances', 1, onLoan], ['org/lender', 'org/borrower', 'memory', 512, onLoan]]);
+    assert.deepEqual(loans.map((l) => [l.lenderPath, l.borrowerPath, l.resource, l.amount, l.instance]).sort(), [['org/lender', 'org/borrower', 'disk', 1024, onLoan], ['org/lender', 'org/borrower', 'instances', 1, onLoan], ['org/lender', 'org/borrower', 'memory', 512, onLoan]]);
     c = await olgaCli(['quota', 'pool', 'create', 'org', 'shared', '--capacity', 'instances=4', '--member', 'lender=1', '--member', 'borrower=3']);
     assert.equal(c.code, 0, c.stderr);
     c = await olgaCli(['quota', 'pool', 'ls', 'org', '-o', 'json']);

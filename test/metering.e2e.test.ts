@@ -127,7 +127,7 @@ describe('metering, metrics and events end to end', { concurrency: false }, () =
     assert.equal((await call(sock(), 'POST', '/projects', { body: { name: 'team', parent: 'org' } })).status, 201);
     assert.equal((await call(sock(), 'POST', '/projects', { body: { name: 'other' } })).status, 201);
     // a child starts with nothing of its own: its parent gives it a share
-    const limits = await call(sock(), 'PUT', '/quota/org%2Fteam', { body: { hard: { instances: 100, cpus: 64, memory: 65536, networks: 10, volumes: 10 } } });
+    const limits = await call(sock(), 'PUT', '/quota/org%2Fteam', { body: { hard: { instances: 100, cpus: 64, memory: 65536, networks: 10, volumes: 10, disk: 65536 } } });
     assert.equal(limits.status, 200, limits.text);
     assert.equal((await call(sock(), 'POST', '/users', { body: { name: 'tina', password: PASSWORD } })).status, 201);
     assert.equal((await call(sock(), 'PUT', '/projects/other/roles/tina', { body: { role: 'member' } })).status, 200);

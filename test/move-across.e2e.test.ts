@@ -96,10 +96,19 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     }
   });
 
+  /** Loop mounts under a home's snapshots that no sized snapshot of its metadata owns (warm containers' are owned). */
+  const strayLayerMounts = (home: string) => {
+    const root = join(home, 'snapshots', 'overlayfs');
+    const meta = JSON.parse(readFileSync(join(root, 'metadata.json'), 'utf8')) as { snapshots: Record<string, { id: number; sizeBytes?: number }> };
+    const owned = new Set(Object.values(meta.snapshots).filter((r) => r.sizeBytes !== undefined).map((r) => join(root, 'snapshots', String(r.id))));
+    return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${root}/`) && !owned.has(m));
+  };
+
   test('its layer and volume go with it; same address; reached across the overlay; nothing left at the source', async (t) => {
     const spanId = (await cliOk(['network', 'create', 'span'])).trim();
     await cliOk(['run', '-d', '--name', 'watcher', '--host', 'local', '--network', 'span', image, 'sleep', '600']);
-    await cliOk(['run', '-d', '--name', 'mover', '--host', 'local', '--network', 'span', '--network-alias', 'roamer', '-v', 'vdata:/vol', image, ...LOGGED]);
+    // a writable layer of its own size (--storage): it keeps it on every host
+    await cliOk(['run', '-d', '--name', 'mover', '--host', 'local', '--network', 'span', '--network-alias', 'roamer', '-v', 'vdata:/vol', '--storage', '64m', image, ...LOGGED]);
     await logsUntil('mover', 'up 1');
     // the writable layer: a new file, one of the image's deleted (a whiteout), a directory replaced (opaque)
     await exec('mover', 'echo layer-file > /etc/moved-marker && rm /etc/nimbus-release && rm -rf /data/opaque && mkdir /data/opaque && echo new > /data/opaque/new.txt && echo volume-file > /vol/marker && chown 1000:1000 /vol/marker');
@@ -123,6 +132,9 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     assert.equal((await exec('mover', 'cat /etc/moved-marker')).trim(), 'layer-file', 'the writable layer\'s file');
     assert.equal((await exec('mover', 'cat /vol/marker; stat -c %u:%g /vol/marker')).trim(), 'volume-file\n1000:1000', 'the volume\'s file, its owner too');
     assert.equal((await exec('mover', 'test -e /etc/nimbus-release && echo present || echo gone')).trim(), 'gone', 'the whiteout kept the image\'s file deleted');
+    const layerMiB = async () => Number(/^\S+\s+(\d+)/.exec((await exec('mover', 'df -m / | tail -1')).trim())?.[1]);
+    const sized = await layerMiB();
+    assert.ok(sized > 32 && sized <= 64, `its layer is still a 64 MiB filesystem on host-b: ${sized} MiB`);
     assert.equal((await exec('mover', 'ls /data/opaque')).trim(), 'new.txt', 'the opaque directory hides the image\'s files');
     assert.match(await links(host2!.ns), new RegExp(`nv${before.id.slice(0, 12)}`), 'its veth on host-b');
 
@@ -171,6 +183,9 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     await waitFor('host-b to let go', async () => (readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? undefined : true), 20_000);
     assert.doesNotMatch(await links(host2!.ns), new RegExp(`nv${before.id.slice(0, 12)}`), 'no veth left on host-b');
     assert.ok(!existsSync(join(b!.home, 'volumes', volId)), 'no volume left on host-b');
+    assert.deepEqual(strayLayerMounts(b!.home), [], 'no layer filesystem left mounted on host-b without its snapshot');
+    const home64 = await layerMiB();
+    assert.ok(home64 > 32 && home64 <= 64, `and back home: ${home64} MiB`);
 
     await cliOk(['rm', '-f', 'mover', 'watcher']);
   });

@@ -31,9 +31,9 @@ test('a lender reclaims: the borrower\'s container is stopped after its grace pe
   for (const [name, parent] of [['org', undefined], ['lender', 'org'], ['borrower', 'org']] as const) {
     assert.equal((await d.api('POST', '/projects', { name, ...(parent ? { parent } : {}) })).status, 201);
   }
-  // memory in MiB: a container without a size is given the default 512 in these limited projects
-  assert.equal((await d.api('PUT', '/quota/org%2Flender', { hard: { instances: 1, memory: 512 }, lendingLimit: { instances: 1, memory: 512 } })).status, 200);
-  assert.equal((await d.api('PUT', '/quota/org%2Fborrower', { borrowingLimit: { instances: 1, memory: 512 }, gracePeriodMs: 300 })).status, 200);
+  // memory and disk in MiB: a container without sizes is given the default 512 and a 1 GiB writable layer in these limited projects
+  assert.equal((await d.api('PUT', '/quota/org%2Flender', { hard: { instances: 1, memory: 512, disk: 1024 }, lendingLimit: { instances: 1, memory: 512, disk: 1024 } })).status, 200);
+  assert.equal((await d.api('PUT', '/quota/org%2Fborrower', { borrowingLimit: { instances: 1, memory: 512, disk: 1024 }, gracePeriodMs: 300 })).status, 200);
   const { dockerSave } = await imageArchives(await buildTestImages(), dir);
   assert.equal((await call({ socketPath: d.socket }, 'POST', '/images/import?project=org', { raw: readFileSync(dockerSave) })).status, 201);
   const image = 'imported/saved:v1';
@@ -50,7 +50,7 @@ test('a lender reclaims: the borrower\'s container is stopped after its grace pe
   const borrowed = r.body.id;
   assert.equal((await d.api<{ status: string }>('POST', '/containers/borrowed/start')).body.status, 'running');
   const loans = await d.api<{ borrower: string; instance: string }[]>('GET', '/quota/org%2Flender/loans');
-  assert.deepEqual(loans.body.map((l) => [l.instance, (l as { resource?: string }).resource]).sort(), [[borrowed, 'instances'], [borrowed, 'memory']], 'running on the lender\'s instance and memory');
+  assert.deepEqual(loans.body.map((l) => [l.instance, (l as { resource?: string }).resource]).sort(), [[borrowed, 'disk'], [borrowed, 'instances'], [borrowed, 'memory']], 'running on the lender\'s instance, memory and disk');
 
   const plan = await d.api<{ admitted: boolean; reclaim?: { victims: { instance: string; action: string }[] } }>('POST', '/quota/org%2Flender/explain', { instances: 1 });
   assert.equal(plan.body.admitted, false);

@@ -34,7 +34,7 @@ interface Job {
 
 /** Only these programs, with arguments that need no quoting, ever reach the shell. */
 const SAFE_ARG = /^[A-Za-z0-9_.:/@%+=,-]+$/;
-const PROGRAMS = new Set(['ip', 'nft', 'mount', 'umount']);
+const PROGRAMS = new Set(['ip', 'nft', 'mount', 'umount', 'losetup', 'mkfs.ext4']);
 /** ...and the OCI runtimes, named by their absolute path (the agent's choice of binary). */
 const RUNTIMES = new Set(['runc', 'crun']);
 /** Monitors that daemonize, started by launch() (by absolute path too). */

@@ -125,7 +125,8 @@ let shells: CommandRunner | undefined;
 const hostShells = () => (shells ??= new CommandRunner(2));
 
 /** mount/umount through a host shell where the arguments allow it, else spawned directly; stdout and stderr together. */
-function hostCommand(program: 'mount' | 'umount', args: string[], cwd?: string): Promise<{ code: number; output: string }> {
+/** A mount-related host program from a long-lived host shell (no fork of the daemon), or spawned when its arguments need quoting. */
+export function hostCommand(program: 'mount' | 'umount' | 'losetup' | 'mkfs.ext4', args: string[], cwd?: string): Promise<{ code: number; output: string }> {
   return hostShells().runOrSpawn(program, args, cwd);
 }
 

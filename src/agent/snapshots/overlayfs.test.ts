@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { hasCode, type NimbusError } from '../../core/errors.js';
 import { MAX_LAYERS, OverlaySnapshotter, overlayfsSupported } from './overlayfs.js';
@@ -129,11 +131,15 @@ describe('overlayfs specifics', () => {
       await makeExt4Image(path.join(dir, 'root', 'disks', '9999.ext4'), 16 * MiB, 'orphan');
       await mountExt4Image(path.join(dir, 'root', 'disks', '9999.ext4'), orphan);
       await writeFile(path.join(orphan, 'half'), 'x');
+      // and one killed inside mount(8): its image attached to a loop device, mounted nowhere
+      await makeExt4Image(path.join(dir, 'root', 'disks', '9998.ext4'), 16 * MiB, 'stray');
+      const stray = execFileSync('losetup', ['-f', '--show', path.join(dir, 'root', 'disks', '9998.ext4')], { encoding: 'utf8' }).trim();
 
       const again = new OverlaySnapshotter(path.join(dir, 'root'));
       assert.equal((await again.stat('kept')).sizeBytes, 16 * MiB);
       assert.deepEqual(await mountsUnder(snapshots), [kept], 'the kept one mounted again, the orphan gone');
       await assert.rejects(stat(orphan), /ENOENT/);
+      assert.equal(existsSync(`/sys/block/${path.basename(stray)}/loop/backing_file`), false, 'the stray loop device detached');
       assert.deepEqual(await readdir(path.join(dir, 'root', 'disks')), [`${path.basename(kept)}.ext4`]);
       await mountAll(await again.mounts('kept'), target);
       assert.equal(await readFile(path.join(target, 'mine'), 'utf8'), 'written before the restart');

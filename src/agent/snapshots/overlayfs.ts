@@ -27,7 +27,7 @@ import { logger } from '../../core/log.js';
 import { run } from '../../core/exec.js';
 import { spreadSubdirectories } from '../spread-directories.js';
 import { MOUNT_OPTIONS_MAX, compactOverlayOptions, readMountInfo, unmount } from './mount.js';
-import { makeExt4Image, mountExt4Image } from './ext4-image.js';
+import { detachStrayLoops, makeExt4Image, mountExt4Image } from './ext4-image.js';
 import { MAX_LAYER_SIZE_BYTES, MIN_LAYER_SIZE_BYTES, type MountSpec, type PrepareOptions, type SnapshotInfo, type SnapshotKind, type Snapshotter } from './snapshotter.js';
 
 const log = logger('agent.snapshots');
@@ -224,6 +224,7 @@ export abstract class DirSnapshotter implements Snapshotter {
         log.warn('could not remove orphan snapshot directory', { dir, error: e });
       }
     }
+    for (const dev of await detachStrayLoops(this.disksDir)) log.info('detached a stray loop device of a snapshot image', { dev });
     const sized = new Set(Object.values(meta.snapshots).filter((r) => r.sizeBytes !== undefined).map((r) => `${r.id}.ext4`));
     for (const name of await readdir(this.disksDir).catch(() => [] as string[])) {
       if (sized.has(name)) continue;

@@ -309,7 +309,7 @@ export class MeteringService {
       return size;
     }
     const c = found.container;
-    return size ?? { millicpus: Math.round((c.config.cpus ?? 0) * 1000), memoryBytes: c.config.memoryBytes ?? 0, diskBytes: null };
+    return size ?? { millicpus: Math.round((c.config.cpus ?? 0) * 1000), memoryBytes: c.config.memoryBytes ?? 0, diskBytes: c.config.storageBytes ?? null };
   }
 
   /** The instance's usage up to `now` (taken before its record is read: its transitions after now are clipped, not lost). */
