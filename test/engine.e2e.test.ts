@@ -337,7 +337,7 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.ok(Number(/^\S+\s+(\d+)/.exec(free.trim())?.[1]) > 10_000, free);
     // disk limited: the default 1 GiB layer, charged; the next does not fit and the refusal says why
     assert.equal((await d.cli(['quota', 'set', 'default', '--disk', '1500m'])).code, 0);
-    assert.match(await d.cliOk(['quota', 'show']), /^a container without --storage: a writable layer of 1024MiB, charged to disk$/m);
+    assert.match(await d.cliOk(['quota', 'show']), /^a container without --storage: a writable layer of 1024MiB, charged to disk \(inherited\)$/m);
     assert.equal((await d.cli(['run', '-d', '--name', 's1', IMAGE, 'sleep', '600'])).code, 0);
     assert.equal((await d.api<{ config: { storageBytes?: number } }>('GET', '/containers/s1')).body.config.storageBytes, 1024 ** 3, 'on the record');
     const s1 = Number(/^\S+\s+(\d+)/.exec(await inside('s1', 'df -m / | tail -1'))?.[1]);
@@ -349,6 +349,13 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.match(r.stderr, /QuotaExceeded: .*disk.*without --storage has a writable layer of 1024 MiB/);
     assert.equal((await d.cli(['run', '-d', '--name', 's2', '--storage', '400m', IMAGE, 'sleep', '600'])).code, 0, 'a smaller one fits');
     assert.match(await d.cliOk(['info']), /^Container storage default: a writable layer of 1024 MiB where a project's disk is limited/m);
+    // the project's own default: 64 MiB here, not the daemon's 1 GiB
+    assert.equal((await d.cli(['quota', 'set', 'default', '--container-storage', '64m'])).code, 0);
+    assert.match(await d.cliOk(['quota', 'show']), /^a container without --storage: a writable layer of 64MiB, charged to disk \(set here\)$/m);
+    const small = await d.cliOk(['run', '--rm', IMAGE, 'sh', '-c', 'df -m / | tail -1']);
+    const smallMiB = Number(/^\S+\s+(\d+)/.exec(small.trim())?.[1]);
+    assert.ok(smallMiB > 32 && smallMiB <= 64, `the project's 64 MiB: ${small}`);
+    assert.equal((await d.cli(['quota', 'set', 'default', '--container-storage', 'inherit'])).code, 0);
     const ids = await Promise.all(['s1', 's2'].map(async (n) => (await d.api<{ id: string }>('GET', `/containers/${n}`)).body.id));
     assert.ok(ids.every((id) => sizedLayers().keys.includes(id)), 'both layers sized');
     assert.equal((await d.cli(['rm', '-f', 's1', 's2'])).code, 0);

@@ -3,7 +3,7 @@ import { route, type RequestAuth } from '../route.js';
 import { paged, PageQuery } from '../paging.js';
 import { InvalidArgument } from '../../core/errors.js';
 import type { Services } from '../../control/services.js';
-import { MAX_MEMORY_BYTES, MAX_QUOTA_VALUE, MAX_TIMER_MS } from '../../core/limits.js';
+import { MAX_MEMORY_BYTES, MAX_QUOTA_VALUE, MAX_STORAGE_BYTES, MAX_TIMER_MS } from '../../core/limits.js';
 import { Name, ProjectRef } from '../schemas.js';
 
 const Amount = (description?: string) => Type.Integer({ minimum: 0, maximum: MAX_QUOTA_VALUE, ...(description ? { description } : {}) });
@@ -70,6 +70,9 @@ export const quotaRoutes = [
         gracePeriodMs: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, description: 'At most 2^31-1 ms (about 24.8 days)' })),
         containerMemoryDefault: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_MEMORY_BYTES / 2 ** 20 }), Type.Null()], {
           description: "MiB a container created without a memory size is given here while the project's memory is limited (0: none, it runs best effort; null: its parent's, up to the daemon's default)",
+        })),
+        containerStorageDefault: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: MAX_STORAGE_BYTES / 2 ** 20 }), Type.Null()], {
+          description: "MiB the writable layer of a container created without a storage size may hold here while the project's disk is limited, charged to disk (0: none, unbounded; at least 16 otherwise; null: its parent's, up to the daemon's default)",
         })),
       },
       { additionalProperties: false },

@@ -23,7 +23,8 @@ function vectorOf(pairs: string[], what: string): Vector | undefined {
 /** MiB from "512m" or plain MiB; "unlimited" as the ledger has it for a root nobody limited. */
 const memoryMiB = (s: string) => (s === 'unlimited' ? UNLIMITED : /^\d+$/.test(s) ? Number(s) : Math.ceil(parseSize(s) / (1024 * 1024)));
 /** --container-memory: MiB, 0 for none, null for "inherit". */
-const containerMemory = (s: string) => (s === 'inherit' ? null : s === '0' ? 0 : memoryMiB(s));
+/** A per-project container default: a size (MiB), 0 (none) or "inherit" (null: the parent's). */
+const containerDefault = (s: string) => (s === 'inherit' ? null : s === '0' ? 0 : memoryMiB(s));
 function wholeNumber(s: string, what: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`${what} must be a whole number, got "${s}"`);
@@ -37,7 +38,7 @@ export const quotaCommands: CommandSpec[] = [
   {
     name: 'quota show', usage: '[PROJECT]', summary: "A project's ledger: hard, used, reserved, allocated, free, lent, borrowed", maxArgs: 1, options: [],
     async run({ args, global }) {
-      const view = await clientOf(global).json<{ resources: Record<string, Figures>; containerMemoryDefault?: number | null; unsizedContainerMemory?: number; unsizedContainerStorage?: number }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
+      const view = await clientOf(global).json<{ resources: Record<string, Figures>; containerMemoryDefault?: number | null; containerStorageDefault?: number | null; unsizedContainerMemory?: number; unsizedContainerStorage?: number }>('GET', `/quota/${encodeURIComponent(args[0] ?? (await currentProject(global)))}`);
       if (global.output === 'json') return printJson(view), 0;
       const cols = ['hard', 'used', 'reserved', 'allocated', 'free', 'lent', 'borrowed', 'pool'] as const;
       const rows = Object.entries(view.resources).map(([r, f]) => [r, ...cols.map((c) => fmt(f[c], r))]);
@@ -47,7 +48,8 @@ export const quotaCommands: CommandSpec[] = [
         process.stdout.write(`a container without --memory: ${view.unsizedContainerMemory ? `${view.unsizedContainerMemory}MiB (${own})` : 'unlimited, best effort'}\n`);
       }
       if (view.unsizedContainerStorage !== undefined) {
-        process.stdout.write(`a container without --storage: ${view.unsizedContainerStorage ? `a writable layer of ${view.unsizedContainerStorage}MiB, charged to disk` : 'an unbounded writable layer'}\n`);
+        const own = view.containerStorageDefault === null || view.containerStorageDefault === undefined ? 'inherited' : 'set here';
+        process.stdout.write(`a container without --storage: ${view.unsizedContainerStorage ? `a writable layer of ${view.unsizedContainerStorage}MiB, charged to disk (${own})` : 'an unbounded writable layer'}\n`);
       }
       return 0;
     },
@@ -66,6 +68,7 @@ export const quotaCommands: CommandSpec[] = [
       { name: 'borrow-limit', type: 'list', value: 'RES=N', description: 'How much this project may borrow from siblings' },
       { name: 'grace', type: 'number', value: 'SECS', description: 'Grace period before reclaimed instances are evicted' },
       { name: 'container-memory', type: 'string', value: 'SIZE', description: 'What a container created without --memory is given here while memory is limited (e.g. 256m; 0: none, best effort; "inherit": the parent\'s, up to the daemon\'s 512m)' },
+      { name: 'container-storage', type: 'string', value: 'SIZE', description: 'What the writable layer of a container created without --storage may hold here while disk is limited, charged to disk (e.g. 10g, at least 16m; 0: none, unbounded; "inherit": the parent\'s, up to the daemon\'s 1g)' },
     ],
     async run({ args, opts, global }) {
       const hard: Vector = {};
@@ -78,7 +81,8 @@ export const quotaCommands: CommandSpec[] = [
         ...(vectorOf(opts.lendable as string[], '--lendable') ? { lendingLimit: vectorOf(opts.lendable as string[], '--lendable') } : {}),
         ...(vectorOf(opts['borrow-limit'] as string[], '--borrow-limit') ? { borrowingLimit: vectorOf(opts['borrow-limit'] as string[], '--borrow-limit') } : {}),
         ...(opts.grace !== undefined ? { gracePeriodMs: wholeNumber(String(opts.grace), 'grace') * 1000 } : {}),
-        ...(opts['container-memory'] !== undefined ? { containerMemoryDefault: containerMemory(String(opts['container-memory'])) } : {}),
+        ...(opts['container-memory'] !== undefined ? { containerMemoryDefault: containerDefault(String(opts['container-memory'])) } : {}),
+        ...(opts['container-storage'] !== undefined ? { containerStorageDefault: containerDefault(String(opts['container-storage'])) } : {}),
       };
       if (!Object.keys(body).length) throw new UsageError('nothing to change: give at least one limit');
       const view = await clientOf(global).json('PUT', `/quota/${encodeURIComponent(args[0]!)}`, body);

@@ -209,6 +209,30 @@ test('storage: an unsized writable layer is unbounded in an unlimited project, t
   assert.equal(disk('team'), 256, 'given back with the container');
 });
 
+test("storage: a project's own default wins over the daemon's, is inherited below it, and 0 there means unbounded", async (t) => {
+  const MiB = 1024 * 1024;
+  const { store, containers, input, quota } = await setup(t, false, () => undefined, { storageDefaultBytes: 1024 * MiB });
+  const project = async (id: string, parent: string, hard: Record<string, number>) => {
+    await store.projects.insert({ id, name: id, parentId: parent, createdAt: new Date().toISOString() });
+    await quota.ensureProject(id, parent);
+    await quota.setLimits(id, { hard });
+  };
+  await project('team', 'p1', { instances: 20, disk: 100_000 });
+  await quota.setLimits('team', { containerStorageDefault: 10_240 });
+  await project('sub', 'team', { instances: 5, disk: 50_000 });
+  await project('free', 'team', { instances: 5, disk: 1024 });
+  await quota.setLimits('free', { containerStorageDefault: 0 });
+  const unsized = async (p: string, name: string) => (await containers.create(input({ name }), p, { projectId: 'p1' })).config.storageBytes;
+  assert.equal(await unsized('team', 't1'), 10 * 1024 * MiB, "the project's own");
+  assert.equal(await unsized('sub', 's1'), 10 * 1024 * MiB, "a child without one of its own takes its parent's");
+  assert.equal(await unsized('free', 'f1'), undefined, '0 set here: unbounded, charged nothing');
+  assert.equal(quota.show('free').resources.disk.used, 0);
+  await quota.setLimits('team', { containerStorageDefault: null });
+  assert.equal(await unsized('sub', 's2'), 1024 * MiB, "null: the parent's again, up to the daemon's");
+  assert.deepEqual([quota.show('team').containerStorageDefault, quota.show('free').containerStorageDefault], [null, 0]);
+  await assert.rejects(quota.setLimits('team', { containerStorageDefault: 8 }), (e: unknown) => isNimbusError(e) && e.code === 'InvalidArgument' && /16 MiB/.test(e.message));
+});
+
 test('names: 120 creates at once without names all succeed with names of their own (a generated name is held until its record has it)', async (t) => {
   const { containers, input } = await setup(t, false);
   const made = await Promise.allSettled(Array.from({ length: 120 }, () => containers.create(input(), 'p1', { projectId: 'p1' })));

@@ -54,6 +54,8 @@ export interface LimitsPatch {
   gracePeriodMs?: number;
   /** MiB an unsized container is given here (ProjectState.containerMemoryDefault); null: its parent's again. */
   containerMemoryDefault?: number | null;
+  /** MiB an unsized container's writable layer may hold here (ProjectState.containerStorageDefault); null: its parent's again. */
+  containerStorageDefault?: number | null;
 }
 
 export interface ResourceFigures {
@@ -87,6 +89,8 @@ export interface ProjectView {
   gracePeriodMs: number;
   /** Its own setting (LimitsPatch.containerMemoryDefault); null: inherited. */
   containerMemoryDefault: number | null;
+  /** Its own setting (LimitsPatch.containerStorageDefault); null: inherited. */
+  containerStorageDefault: number | null;
   resources: Record<Resource, ResourceFigures>;
   pools: PoolView[];
   memberOf: string[];
@@ -229,8 +233,17 @@ export class Ledger {
 
   /** The nearest containerMemoryDefault set on the project or above it; undefined: none is. */
   containerMemoryDefault(id: string): number | undefined {
+    return this.nearest(id, 'containerMemoryDefault');
+  }
+
+  /** The nearest containerStorageDefault set on the project or above it; undefined: none is. */
+  containerStorageDefault(id: string): number | undefined {
+    return this.nearest(id, 'containerStorageDefault');
+  }
+
+  private nearest(id: string, setting: 'containerMemoryDefault' | 'containerStorageDefault'): number | undefined {
     for (let p: ProjectState | undefined = this.project(id); p; p = p.parent === null ? undefined : this.state.projects[p.parent]) {
-      if (p.containerMemoryDefault !== undefined) return p.containerMemoryDefault;
+      if (p[setting] !== undefined) return p[setting];
     }
     return undefined;
   }
@@ -288,6 +301,7 @@ export class Ledger {
       children: [...p.children],
       gracePeriodMs: p.gracePeriodMs,
       containerMemoryDefault: p.containerMemoryDefault ?? null,
+      containerStorageDefault: p.containerStorageDefault ?? null,
       resources,
       pools: p.pools.map((pid) => this.poolView(this.pool(pid))),
       memberOf: [...p.memberOf],
@@ -362,9 +376,14 @@ export class Ledger {
     });
   }
 
-  private checkLimits(p: ProjectState, patch: LimitsPatch): { hard: Vec; reserved: Vec; lendingLimit: Vec; borrowingLimit: Vec; gracePeriodMs: number; containerMemoryDefault: number | undefined } {
+  private checkLimits(p: ProjectState, patch: LimitsPatch): { hard: Vec; reserved: Vec; lendingLimit: Vec; borrowingLimit: Vec; gracePeriodMs: number; containerMemoryDefault: number | undefined; containerStorageDefault: number | undefined } {
+    const setting = (name: 'containerMemoryDefault' | 'containerStorageDefault') => {
+      const v = patch[name];
+      return v === undefined ? p[name] : v === null ? undefined : checkAmount(name, v);
+    };
     const next = {
-      containerMemoryDefault: patch.containerMemoryDefault === undefined ? p.containerMemoryDefault : patch.containerMemoryDefault === null ? undefined : checkAmount('containerMemoryDefault', patch.containerMemoryDefault),
+      containerMemoryDefault: setting('containerMemoryDefault'),
+      containerStorageDefault: setting('containerStorageDefault'),
       hard: vec(patch.hard, 'hard', p.hard),
       reserved: vec(patch.reserved, 'reserved', p.reserved),
       lendingLimit: vec(patch.lendingLimit, 'lendingLimit', p.lendingLimit),
@@ -394,15 +413,18 @@ export class Ledger {
     const par = p.parent === null ? undefined : this.state.projects[p.parent];
     if (par !== undefined) for (const r of RESOURCES) par.allocated[r] += next.hard[r] - p.hard[r];
     // the audit entry's view of the settings, before and after
-    const settings = () => ({ hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs, containerMemoryDefault: p.containerMemoryDefault ?? null });
+    const settings = () => ({ hard: compact(p.hard), reserved: compact(p.reserved), lendingLimit: compact(p.lendingLimit), borrowingLimit: compact(p.borrowingLimit), gracePeriodMs: p.gracePeriodMs, containerMemoryDefault: p.containerMemoryDefault ?? null, containerStorageDefault: p.containerStorageDefault ?? null });
     const before = settings();
     p.hard = next.hard;
     p.reserved = next.reserved;
     p.lendingLimit = next.lendingLimit;
     p.borrowingLimit = next.borrowingLimit;
     p.gracePeriodMs = next.gracePeriodMs;
-    if (next.containerMemoryDefault === undefined) delete p.containerMemoryDefault;
-    else p.containerMemoryDefault = next.containerMemoryDefault;
+    for (const name of ['containerMemoryDefault', 'containerStorageDefault'] as const) {
+      const v = next[name];
+      if (v === undefined) delete p[name];
+      else p[name] = v;
+    }
     emit('limits', p.id, 'limits set', { data: { before, after: settings() } });
   }
 

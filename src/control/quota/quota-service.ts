@@ -30,7 +30,7 @@ import type { AuditEntry, LedgerState, ReclaimOperation } from './state.js';
 import { RESOURCES, type PartialVec, type Vec } from './resources.js';
 import { fillMissingResources } from './upgrade.js';
 import { Conflict, InvalidArgument, QuotaExceeded, Unavailable } from '../../core/errors.js';
-import { MIN_MEMORY_BYTES } from '../../core/limits.js';
+import { MAX_STORAGE_BYTES, MIN_MEMORY_BYTES, MIN_STORAGE_BYTES } from '../../core/limits.js';
 
 const log = logger('quota');
 
@@ -591,13 +591,14 @@ export class QuotaService {
 
   /**
    * Bytes the writable layer of a container created without a storage size may hold in the
-   * project (bounded, and charged to its disk): the daemon's `daemonDefaultBytes` while the
-   * project's disk is limited (any project but an unlimited root), whole MiB; undefined
-   * (unbounded, as under Docker) where disk is unlimited or the default is 0.
+   * project (bounded, and charged to its disk) while its disk is limited (any project but an
+   * unlimited root): the nearest containerStorageDefault set on it or above it, else the daemon's
+   * `daemonDefaultBytes`, whole MiB; undefined (unbounded, as under Docker) where disk is unlimited
+   * or the default found is 0.
    */
   unsizedContainerStorage(projectId: string, daemonDefaultBytes: number): number | undefined {
     if (!this.current.hasProject(projectId) || this.current.hardLimit(projectId, 'disk') >= UNLIMITED) return undefined;
-    const mib = Math.ceil(daemonDefaultBytes / MiB);
+    const mib = this.current.containerStorageDefault(projectId) ?? Math.ceil(daemonDefaultBytes / MiB);
     return mib > 0 ? mib * MiB : undefined;
   }
 
@@ -608,6 +609,10 @@ export class QuotaService {
   async setLimits(projectId: string, patch: LimitsPatch): Promise<ProjectView> {
     const d = patch.containerMemoryDefault;
     if (typeof d === 'number' && d > 0 && d < MIN_CONTAINER_MEMORY_MIB) throw new InvalidArgument(`a container memory default is 0 (none: best effort) or at least ${MIN_CONTAINER_MEMORY_MIB} MiB, got ${d}`);
+    const st = patch.containerStorageDefault;
+    if (typeof st === 'number' && st > 0 && (st < MIN_STORAGE_BYTES / MiB || st > MAX_STORAGE_BYTES / MiB)) {
+      throw new InvalidArgument(`a container storage default is 0 (none: unbounded) or from ${MIN_STORAGE_BYTES / MiB} MiB to 16 TiB, got ${st} MiB`);
+    }
     return this.mutate((l) => l.setLimits(projectId, patch, Date.now()));
   }
 

@@ -32,6 +32,11 @@ export interface ProjectState {
    * Kubernetes' LimitRange default, per project.
    */
   containerMemoryDefault?: number;
+  /**
+   * MiB the writable layer of a container created without a storage size may hold here while the
+   * project's disk is limited (0: none, unbounded); absent: its parent's, up to the daemon's default.
+   */
+  containerStorageDefault?: number;
   /** Σ demand of this project's own instances, whatever capacity backs them. */
   used: Vec;
   /** The part of `used` charged to this project's own hard limit. */
