@@ -225,6 +225,20 @@ describe('the web dashboard in Chromium', { skip: existsSync(CHROMIUM) ? false :
       await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: would be refused' }).waitFor();
       assert.match((await page.getByTestId('quota-explanation').textContent()) ?? '', /memory/, 'the default 512 MiB does not fit 256');
       assert.equal((await d!.api('PUT', '/quota/acme', { hard: { memory: 512 } })).status, 200);
+      // the writable layer the same way: unbounded while acme's disk is unlimited, the default 1 GiB once it is limited
+      await page.reload();
+      await page.locator('input[name="storage"][placeholder="unbounded"]').waitFor();
+      assert.equal((await d!.api('PUT', '/quota/acme', { hard: { disk: 2048 } })).status, 200);
+      await page.reload();
+      await page.locator('input[name="storage"][placeholder^="1024"]').waitFor();
+      await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: admitted' }).waitFor();
+      assert.equal((await d!.api('PUT', '/quota/acme', { hard: { disk: 512 } })).status, 200);
+      await page.reload();
+      await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: would be refused' }).waitFor();
+      assert.match((await page.getByTestId('quota-explanation').textContent()) ?? '', /disk/, 'the default 1 GiB layer does not fit 512 MiB');
+      await page.getByLabel('Writable layer (MiB)').fill('256');
+      await page.getByTestId('quota-explanation').filter({ hasText: 'Quota: admitted' }).waitFor();
+      assert.equal((await d!.api('PUT', '/quota/acme', { hard: { disk: 2 ** 40 } })).status, 200);
       await page.getByRole('link', { name: 'Quota' }).click();
       await page.getByRole('heading', { name: 'Quota of acme' }).waitFor();
       // an operator's view by its URL: the page says no, and the API narrows /operations to acme's anyway

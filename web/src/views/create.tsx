@@ -18,6 +18,7 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
   const [command, setCommand] = useState('');
   const [cpus, setCpus] = useState('');
   const [memory, setMemory] = useState('');
+  const [storage, setStorage] = useState('');
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
 
@@ -30,17 +31,27 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
     }, () => undefined);
   }, [project.path]);
 
-  // what a container without a size is given here (the project's default, or the daemon's, where
-  // its memory is limited; 0: nothing, it runs unlimited, best effort): docs/identity.md
+  // what a container without sizes is given here (the project's defaults, or the daemon's, where its
+  // memory or disk is limited; 0: nothing: memory unlimited and best effort, the layer unbounded): docs/identity.md
   const [unsizedMiB, setUnsizedMiB] = useState(0);
+  const [unsizedLayerMiB, setUnsizedLayerMiB] = useState(0);
   useEffect(() => {
-    call<{ unsizedContainerMemory?: number }>('GET', `/quota/${encodeURIComponent(project.path)}`).then((v) => setUnsizedMiB(v.unsizedContainerMemory ?? 0), () => setUnsizedMiB(0));
+    call<{ unsizedContainerMemory?: number; unsizedContainerStorage?: number }>('GET', `/quota/${encodeURIComponent(project.path)}`).then((v) => {
+      setUnsizedMiB(v.unsizedContainerMemory ?? 0);
+      setUnsizedLayerMiB(v.unsizedContainerStorage ?? 0);
+    }, () => {
+      setUnsizedMiB(0);
+      setUnsizedLayerMiB(0);
+    });
   }, [project.path]);
 
   const cpuCount = cpus === '' ? undefined : Number(cpus);
   const memoryMiB = memory === '' ? undefined : Number(memory);
-  // what the container would be charged: one instance, whole CPUs rounded up, memory in MiB
-  const explanation = useExplanation(project.path, { instances: 1, cpus: cpuCount ? Math.ceil(cpuCount) : 0, memory: memoryMiB ? Math.ceil(memoryMiB) : unsizedMiB });
+  const storageMiB = storage === '' ? undefined : Number(storage);
+  // what the container would be charged: one instance, whole CPUs rounded up, memory and its writable layer in MiB
+  const explanation = useExplanation(project.path, {
+    instances: 1, cpus: cpuCount ? Math.ceil(cpuCount) : 0, memory: memoryMiB ? Math.ceil(memoryMiB) : unsizedMiB, disk: storageMiB ? Math.ceil(storageMiB) : unsizedLayerMiB,
+  });
 
   if (!canWrite(role)) return <p>You have no role that may create instances in {project.path}.</p>;
 
@@ -58,6 +69,7 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
           ...(cmd.length ? { cmd } : {}),
           ...(cpuCount ? { cpus: cpuCount } : {}),
           ...(memoryMiB ? { memoryBytes: Math.round(memoryMiB * 1048576) } : {}),
+          ...(storageMiB ? { storageBytes: Math.ceil(storageMiB) * 1048576 } : {}),
         };
         call('POST', `/containers?${q(project.path)}`, body).then(() => navigate({ view: 'instances' }), (x: unknown) => {
           setError(x instanceof ApiError ? x.message : String(x));
@@ -72,6 +84,7 @@ export function CreateContainerView({ project, role, navigate }: { project: Proj
         <label>Command <input name="command" value={command} placeholder="the image's when empty" onInput={(e) => setCommand((e.target as HTMLInputElement).value)} /></label>
         <label>CPUs <input name="cpus" type="number" min="0.01" step="0.01" value={cpus} placeholder="unlimited" onInput={(e) => setCpus((e.target as HTMLInputElement).value)} /></label>
         <label>Memory (MiB) <input name="memory" type="number" min="6" step="1" value={memory} placeholder={unsizedMiB ? `${unsizedMiB} (this project's default)` : 'unlimited'} onInput={(e) => setMemory((e.target as HTMLInputElement).value)} /></label>
+        <label>Writable layer (MiB) <input name="storage" type="number" min="16" step="1" value={storage} placeholder={unsizedLayerMiB ? `${unsizedLayerMiB} (this project's default)` : 'unbounded'} onInput={(e) => setStorage((e.target as HTMLInputElement).value)} /></label>
         <ExplanationBox explanation={explanation} />
         {error ? <p role="alert" class="error">{error}</p> : null}
         <div class="buttons">

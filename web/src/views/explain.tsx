@@ -5,16 +5,16 @@
 import { useEffect, useState } from 'preact/hooks';
 import { call, messageOf, type Explanation } from '../api.js';
 
-export interface Demand { instances: number; cpus: number; memory: number }
+export interface Demand { instances: number; cpus: number; memory: number; disk?: number }
 
 export function useExplanation(projectPath: string, demand: Demand): Explanation | null {
   const [explanation, setExplanation] = useState<Explanation | null>(null);
-  const { instances, cpus, memory } = demand;
+  const { instances, cpus, memory, disk } = demand;
   useEffect(() => {
     const ac = new AbortController();
     // debounced: typing "1024" asks once, not four times
     const t = setTimeout(() => {
-      call<Explanation>('POST', `/quota/${encodeURIComponent(projectPath)}/explain`, { instances, cpus, memory }, ac.signal).then(setExplanation, (e: unknown) => {
+      call<Explanation>('POST', `/quota/${encodeURIComponent(projectPath)}/explain`, { instances, cpus, memory, ...(disk ? { disk } : {}) }, ac.signal).then(setExplanation, (e: unknown) => {
         if (!ac.signal.aborted) setExplanation({ admitted: false, reason: messageOf(e), decidedBy: { projectPath }, loans: [] });
       });
     }, 200);
@@ -22,7 +22,7 @@ export function useExplanation(projectPath: string, demand: Demand): Explanation
       clearTimeout(t);
       ac.abort();
     };
-  }, [projectPath, instances, cpus, memory]);
+  }, [projectPath, instances, cpus, memory, disk]);
   return explanation;
 }
 
