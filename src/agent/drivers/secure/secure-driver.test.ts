@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,6 +14,7 @@ import { applyLayer } from '../../layers/apply-layer.js';
 import { mountsUnder } from '../../snapshots/mount.js';
 import { collectLogs, freshId, waitForLog, waitStopped } from '../instance-driver-conformance.js';
 import { qemuPidsUnder, testAccelerator } from '../vm/vm-test-env.js';
+import { instancePaths, withQmp } from '../vm/qemu-process.js';
 import { SecureDriver } from './secure-driver.js';
 import { buildSecureGuest } from './secure-guest.js';
 import type { InstanceSpec } from '../instance-driver.js';
@@ -87,6 +88,41 @@ test('stop asks the guest: the workload gets TERM and its trap runs', async () =
     assert.equal(st.status, 'stopped');
     assert.equal(st.exitCode, 0);
     assert.ok((await collectLogs(driver, id)).some((r) => r.line === 'got term'));
+  } finally {
+    await driver.delete(id);
+  }
+});
+
+test("the microVM's QEMU, which stays root for 9p, runs in a jail: its own mount namespace holding only what it opens, 9p's capabilities and no others, no new privileges", async () => {
+  const id = freshId('sec');
+  const other = path.join(base, 'not-for-it');
+  await mkdir(other, { recursive: true });
+  try {
+    await driver.create(await specFor(id, ['sh', '-c', 'echo ready; while true; do sleep 0.2; done']));
+    await driver.start(id);
+    await waitForLog(driver, id, /^ready$/, 120_000);
+    const [pid] = await qemuPidsUnder(base);
+    assert.ok(pid, 'its QEMU runs');
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
+    assert.equal(field('Uid')?.split(/\s/)[0] ?? field('Uid'), '0', 'root, for 9p passthrough');
+    // chown 0, dac_override 1, dac_read_search 2, fowner 3, fsetid 4, setgid 6, setuid 7, mknod 27
+    assert.equal(field('CapBnd'), '00000000080000df', 'the bounding set: 9p\'s capabilities only');
+    assert.equal(field('CapEff'), '00000000080000df');
+    assert.equal(field('NoNewPrivs'), '1');
+    const root = `/proc/${pid}/root`;
+    assert.deepEqual((await readdir(root)).filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), [base.split('/')[1]!, 'dev', 'proc'].sort(), 'the host\'s programs, its own paths, a few devices and /proc/self/fd');
+    assert.deepEqual((await readdir(path.join(root, 'dev'))).filter((n) => n !== 'kvm').sort(), ['full', 'null', 'random', 'urandom', 'zero'], 'no disk, no kmsg, no mem (kvm where it is used)');
+    assert.equal(existsSync(path.join(root, 'etc/passwd')), false, 'no /etc');
+    assert.equal(existsSync(path.join(root, other)), false, 'nothing of the host beside its paths');
+    assert.equal(existsSync(path.join(root, image)), false, "not its rootfs' layers, only the rootfs it is given");
+    assert.deepEqual(await readdir(path.join(root, 'proc')), ['self'], 'of /proc, itself only');
+    await assert.rejects(writeFile(path.join(root, 'planted'), 'x'), /EROFS/, 'its root is read-only');
+    // asked over QMP to open a host file, it finds none
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    const dir = path.dirname(argv[argv.indexOf('-pidfile') + 1]!);
+    const opened = await withQmp(instancePaths(dir), (c) => c.execute('blockdev-add', { driver: 'raw', 'node-name': 'probe', file: { driver: 'file', filename: '/etc/passwd' } })).then(() => 'opened', (e: unknown) => String(e));
+    assert.match(opened, /No such file/);
   } finally {
     await driver.delete(id);
   }

@@ -10,6 +10,7 @@
  * client at a time, and a short session per operation (≈ 2 ms) lets an old and
  * a new driver instance, or a CLI tool, take turns.
  */
+import { jailedCommand, type ShareJail } from './share-jail.js';
 import { spawn, type StdioOptions } from 'node:child_process';
 import { openSync, closeSync, existsSync } from 'node:fs';
 import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
@@ -105,8 +106,10 @@ export const INPUT_FD = 3;
  * its own by the time it reads). On failure nothing is left running and the error carries QEMU's
  * stderr.
  */
-export async function launchQemu(binary: string, argv: string[], p: InstancePaths, opts: { timeoutMs?: number; input?: string } = {}): Promise<Launched> {
+export async function launchQemu(qemu: string, qemuArgs: string[], p: InstancePaths, opts: { timeoutMs?: number; input?: string; jail?: ShareJail } = {}): Promise<Launched> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
+  // a QEMU that stays root runs in its jail (share-jail.ts): the same process, exec after exec
+  const { binary, argv } = opts.jail ? jailedCommand(qemu, qemuArgs, opts.jail) : { binary: qemu, argv: qemuArgs };
   await removeRunFiles(p);
   const logFd = openSync(p.qemuLog, 'w');
   let inputFd: number | undefined;

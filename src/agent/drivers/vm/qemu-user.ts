@@ -13,6 +13,7 @@
  * Secure containers' microVMs stay root: their 9p share (security_model=passthrough) keeps the
  * container's owners and modes, which takes root (docs/security.md).
  */
+import { shareJailOf, type ShareJail } from './share-jail.js';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
@@ -200,6 +201,8 @@ export function processUser(pid: number | undefined): QemuUser | undefined {
 export interface QemuConfinement {
   runAs?: QemuUser;
   chroot?: string;
+  /** A QEMU that stays root (9p shares): its mount namespace and capability bounding set (share-jail.ts). */
+  jail?: ShareJail;
 }
 
 /** The empty directory a VM's QEMU chroots into (in the VM's directory, which only root passes: QEMU enters it as root). */
@@ -207,10 +210,11 @@ export const jailDir = (vmDir: string) => path.join(vmDir, 'jail');
 
 /**
  * A VM's confinement: a user of its own and its jail, unless it shares directories over 9p (root
- * keeps their owners: none). For a launch its user is reserved; to show it, only looked up.
+ * keeps their owners): then a mount namespace and a capability bounding set of their own
+ * (share-jail.ts). For a launch its user is reserved; to show it, only looked up.
  */
-export function confinementOf(users: QemuUsers, r: { id: string; config: { shares?: readonly unknown[] } }, vmDir: string, use: 'launch' | 'show' = 'launch'): QemuConfinement {
-  if (r.config.shares?.length) return {};
+export function confinementOf(users: QemuUsers, r: { id: string; config: Parameters<typeof shareJailOf>[0] }, vmDir: string, use: 'launch' | 'show' = 'launch'): QemuConfinement {
+  if (r.config.shares?.length) return { jail: shareJailOf(r.config, vmDir, jailDir(vmDir)) };
   return { runAs: use === 'launch' ? users.claim(r.id) : users.peek(r.id), chroot: jailDir(vmDir) };
 }
 
@@ -219,10 +223,11 @@ export function confinementOf(users: QemuUsers, r: { id: string; config: { share
  * included, goes), root's, passable (QEMU's user must reach its own "/"), not listable.
  */
 export async function prepareJail(c: QemuConfinement): Promise<void> {
-  if (c.chroot === undefined) return;
-  await rm(c.chroot, { recursive: true, force: true });
-  await mkdir(c.chroot, { recursive: true, mode: 0o711 });
-  await chmod(c.chroot, 0o711);
+  const dir = c.chroot ?? c.jail?.root;
+  if (dir === undefined) return;
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true, mode: 0o711 });
+  await chmod(dir, 0o711);
 }
 
 /** Where a running process's "/" is (its chroot; "/" when none), undefined when it is gone. */

@@ -19,7 +19,7 @@ export const fdPlaceholder = (n: number) => `nimbus-fd:${n}`;
 
 /** The system's python3 (a version manager's shim on PATH costs ~100 ms a run here), else PATH's. */
 let pythonPath: string | undefined;
-const python3 = () => (pythonPath ??= existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
+export const python3 = (): string => (pythonPath ??= existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
 
 export type QmpFdPlan = { op: 'getfd'; name: string } | { op: 'blockdev-add'; node: Record<string, unknown> };
 

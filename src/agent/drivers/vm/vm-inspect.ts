@@ -2,6 +2,7 @@
  * What a VM looks like now: inspect (its record, paths, argv, and QEMU's own run state while it
  * runs) and stats (QEMU's CPU time and resident memory from /proc).
  */
+import { jailedCommand } from './share-jail.js';
 import { readFile } from 'node:fs/promises';
 import { Conflict } from '../../../core/errors.js';
 import type { InstanceStats } from '../instance-driver.js';
@@ -63,7 +64,7 @@ export class VmInspector {
       consoleSocket: p.consoleSocket,
       consoleLog: p.consoleLog,
       pinning: r.lifecycle === 'running' || r.lifecycle === 'paused' ? (r.pinning ?? []) : [],
-      argv: [this.qemu, ...qemuArgv({ ...r.config, startPaused: true, ...this.confinementOf(r) })],
+      argv: launchArgv(this.qemu, r, this.confinementOf(r)),
     };
     if (r.qemuPid && (r.lifecycle === 'running' || r.lifecycle === 'paused')) {
       out.qemuPid = r.qemuPid;
@@ -98,4 +99,12 @@ export class VmInspector {
       time: new Date().toISOString(),
     };
   }
+}
+
+/** The command line a launch runs: QEMU's, in its jail when it stays root (share-jail.ts). */
+function launchArgv(qemu: string, r: VmRecord, confined: QemuConfinement): string[] {
+  const args = qemuArgv({ ...r.config, startPaused: true, ...confined });
+  if (!confined.jail) return [qemu, ...args];
+  const { binary, argv } = jailedCommand(qemu, args, confined.jail);
+  return [binary, ...argv];
 }

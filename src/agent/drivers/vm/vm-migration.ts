@@ -125,7 +125,7 @@ export class VmMigration {
       }
       const confined = confinementOf(this.o.users, r, p.dir);
       await prepareJail(confined);
-      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined }), p);
+      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined }), p, confined.jail ? { jail: confined.jail } : {});
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
       await this.records.save(r);

@@ -52,7 +52,7 @@ export class VmRunner {
     const t0 = Date.now();
     await closeToOthers(p.dir);
     await prepareJail(confined);
-    const launched = await launchQemu(this.o.qemu, argv, p, incoming ? { input: restoreFrom } : {});
+    const launched = await launchQemu(this.o.qemu, argv, p, { ...(incoming ? { input: restoreFrom } : {}), ...(confined.jail ? { jail: confined.jail } : {}) });
     try {
       await withQmp(p, async (c) => {
         if (incoming) {
