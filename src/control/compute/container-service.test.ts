@@ -205,6 +205,11 @@ test('storage: an unsized writable layer is unbounded in an unlimited project, t
   await assert.rejects(containers.create(input({ name: 'team-third' }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded' && /disk: need 1024.*without --storage has a writable layer of 1024 MiB/.test(e.message), 'the default does not fit the 256 MiB left, and the refusal says where the 1024 came from');
   await assert.rejects(containers.create(input({ name: 'tiny', storageBytes: 8 * MiB }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'InvalidArgument' && /16 MiB/.test(e.message));
   assert.deepEqual(sent, [undefined, 101 * MiB, 1024 * MiB, 256 * MiB], 'what each create asked its agent for');
+  // a log rotation keeping more than the default 10 MiB × 3 is charged to disk for the rest (Kubernetes counts logs in ephemeral storage)
+  const logged = await containers.create(input({ name: 'root-logs', log: { maxSizeBytes: 100 * MiB, maxFiles: 5 } }), 'p1', { projectId: 'p1' });
+  assert.equal(logged.config.storageBytes, undefined);
+  assert.equal(disk('p1'), 101 + 470, 'the 500 MiB its log may keep, less the 30 every container has');
+  await assert.rejects(containers.create(input({ name: 'team-logs', storageBytes: 16 * MiB, log: { maxSizeBytes: 1024 * MiB, maxFiles: 64 } }), 'team', { projectId: 'p1' }), (e: unknown) => isNimbusError(e) && e.code === 'QuotaExceeded' && /disk/.test(e.message), '64 GiB of log does not fit the project\'s disk');
   await containers.remove(unsized.id, true);
   assert.equal(disk('team'), 256, 'given back with the container');
 });

@@ -22,6 +22,7 @@
  * mutex, whose holder may be waiting for your transaction to end. Store work that must commit
  * with a ledger change goes in the `alsoInTransaction` hook (see ensureProject, deleteProject).
  */
+import { DEFAULT_LOG_LIMITS } from '../../agent/drivers/container/container-logs.js';
 import type { Store } from '../../store/store.js';
 import type { ContainerRecord } from '../../store/records.js';
 import { logger } from '../../core/log.js';
@@ -60,14 +61,29 @@ export interface QuotaServiceOptions {
   replicaId?: string;
 }
 
-/** What a container is charged: one instance, whole CPUs rounded up, memory and its writable layer's size in MiB (0 when unlimited). */
-export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'memoryBytes' | 'storageBytes'>): PartialVec {
+/**
+ * What a container is charged: one instance, whole CPUs rounded up, memory in MiB (0 when
+ * unlimited), and disk in MiB: its writable layer's size (0 when unbounded) and what its log may
+ * keep beyond the default rotation's (10 MiB × 3, which every container has: --log-opt max-size=1g
+ * max-file=64 would otherwise keep 64 GiB on its host uncharged; Kubernetes counts logs into
+ * ephemeral storage too).
+ */
+export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'memoryBytes' | 'storageBytes' | 'log'>): PartialVec {
+  const disk = (c.storageBytes === undefined ? 0 : Math.ceil(c.storageBytes / MiB)) + logBeyondDefaultMiB(c.log);
   return {
     instances: 1,
     cpus: c.cpus === undefined ? 0 : Math.ceil(c.cpus),
     memory: c.memoryBytes === undefined ? 0 : Math.ceil(c.memoryBytes / MiB),
-    ...(c.storageBytes !== undefined ? { disk: Math.ceil(c.storageBytes / MiB) } : {}),
+    ...(disk > 0 ? { disk } : {}),
   };
+}
+
+/** MiB a container's log rotation keeps beyond the default's (0 for the default or less). */
+export function logBeyondDefaultMiB(log: { maxSizeBytes?: number; maxFiles?: number } | undefined): number {
+  if (!log) return 0;
+  const keeps = (l: { maxSizeBytes: number; maxFiles: number }) => l.maxSizeBytes * l.maxFiles;
+  const asked = keeps({ ...DEFAULT_LOG_LIMITS, ...log });
+  return Math.max(0, Math.ceil((asked - keeps(DEFAULT_LOG_LIMITS)) / MiB));
 }
 
 const auditRow = (e: AuditEntry) => ({ seq: e.seq, project: e.project, json: JSON.stringify(e) });
