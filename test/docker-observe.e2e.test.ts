@@ -104,6 +104,14 @@ describe('docker events, stats, system df and prune against nimbusd', { skip: DO
     assert.match(df, /^Containers 2 1$/m);
     const verbose = await admin.ok(['system', 'df', '-v']);
     assert.match(verbose, /nimbus-test\/busybox/);
+    // writable layers measured on their host: 3 MiB written in alive's shows in ps -s and system df
+    await admin.ok(['exec', 'alive', 'dd', 'if=/dev/zero', 'of=/written', 'bs=1M', 'count=3']);
+    const sizes = Object.fromEntries((await admin.ok(['ps', '-a', '-s', '--format', '{{.Names}} {{.Size}}'])).trim().split('\n').map((l) => [l.slice(0, l.indexOf(' ')), l.slice(l.indexOf(' ') + 1)]));
+    assert.match(sizes.alive ?? '', /^3\.\d+MB \(virtual \d/, `ps -s: ${JSON.stringify(sizes)}`);
+    assert.match(sizes.keep ?? '', /^\d+(\.\d+)?[kK]?B \(virtual /, 'an unstarted one: almost nothing');
+    const dfRows = (await admin.ok(['system', 'df', '-v', '--format', '{{json .Containers}}'])).trim();
+    const dfContainers = JSON.parse(dfRows) as Array<{ Names: string; Size: string }>;
+    assert.match(dfContainers.find((c) => c.Names === 'alive')?.Size ?? '', /^3\.\d+MB$/, dfRows);
 
     // the image is in use: -a keeps it; once nothing uses it, it goes
     assert.doesNotMatch(await admin.ok(['image', 'prune', '-a', '-f']), /sha256/);

@@ -417,7 +417,19 @@ export interface ContainerHost {
    */
   removeContainer(id: string): Promise<void>;
   listContainers(): Promise<string[]>;
+  /**
+   * What each of these containers' writable layers holds on this host, as `du` counts it
+   * (allocated bytes, inodes; docker ps -s, system df's SizeRw). Containers the host does not
+   * have are left out. Protocol 13.
+   */
+  containerLayerUsage(ids: string[]): Promise<Record<string, LayerUsage>>;
   onContainerExit(listener: (id: string) => void): void;
+}
+
+/** A writable layer's usage (Agent.containerLayerUsage). */
+export interface LayerUsage {
+  bytes: number;
+  inodes: number;
 }
 
 /** Networks laid out by the agent; records and addresses belong to the control plane. */

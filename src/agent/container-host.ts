@@ -15,7 +15,7 @@ import { newId } from '../core/ids.js';
 import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
-import type { AddressProvider, ContainerCreateRequest, ContainerHost, ProcessTable } from './agent.js';
+import type { AddressProvider, ContainerCreateRequest, ContainerHost, LayerUsage, ProcessTable } from './agent.js';
 import type { AttachRequest, AttachSession, EtcFiles, InstanceDriver, InstanceSpec, LogRecord, RuntimeState } from './drivers/instance-driver.js';
 import type { ContainerDriver } from './drivers/container/container-driver.js';
 import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
@@ -505,6 +505,28 @@ export class LocalContainerHost implements ContainerHost {
     await this.p.network.release(id);
     await removeStateFile(this.requestFile(id));
     this.reaper.add(id);
+  }
+
+  /**
+   * What each container's writable layer holds (docker ps -s, system df), walked as `du` walks
+   * (snapshotter.ts usage: outside the snapshotter's lock), a few at a time; warm containers and
+   * ids this host does not have are left out.
+   */
+  async containerLayerUsage(ids: string[]): Promise<Record<string, LayerUsage>> {
+    const out: Record<string, LayerUsage> = {};
+    const queue = ids.filter((id) => !this.warm.has(id));
+    const worker = async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        try {
+          const u = await this.p.snapshotter.usage(id);
+          out[id] = { bytes: u.size, inodes: u.inodes };
+        } catch (e) {
+          if (!hasCode(e, 'NotFound')) log.warn('measuring a writable layer failed', { id, error: String(e) });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(4, queue.length) }, worker));
+    return out;
   }
 
   async listContainers(): Promise<string[]> {

@@ -223,6 +223,9 @@ export class LocalAgent implements Agent {
   removeContainer(id: string) {
     return this.containerHost.removeContainer(id);
   }
+  containerLayerUsage(ids: string[]) {
+    return this.containerHost.containerLayerUsage(ids);
+  }
   listContainers() {
     return this.containerHost.listContainers();
   }

@@ -40,10 +40,11 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * older agent is sent neither and uses its own). 12: a container's writable layer of a size of its
  * own (ContainerCreateRequest.storageBytes, importContainerLayer's opts in LAYER_SIZE_HEADER:
  * STORAGE_LIMITS_SINCE; an older agent would ignore them, so a sized container is never placed on
- * or moved to one). Bump the current one for any change a peer of the
+ * or moved to one). 13: containerLayerUsage (containers' writable layers measured: docker ps -s,
+ * system df). Bump the current one for any change a peer of the
  * previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 12;
+export const AGENT_PROTOCOL_VERSION = 13;
 /** Live migrations take certificates minted for them (agent.ts: VmMigrationSpec.credentials). */
 export const MIGRATION_CREDENTIALS_SINCE = 11;
 /** A container's writable layer may be sized (agent.ts: ContainerCreateRequest.storageBytes). */
@@ -99,6 +100,7 @@ export const UNARY_METHODS = [
   'containerTop',
   'removeContainer',
   'listContainers',
+  'containerLayerUsage',
   'ensureNetwork',
   'removeNetwork',
   'foreignSubnets',
@@ -212,6 +214,7 @@ export const METHOD_SINCE: Partial<Record<keyof Agent, number>> = {
   // protocol 9, docker commit (kept apart: other protocol 9 additions merge beside it)
   commitContainer: 9,
   ...LIVE_MOVE_SINCE(),
+  containerLayerUsage: 13,
 };
 
 /** docker commit on the container's host (commitContainer): agents of 8 and older refuse it with a Conflict naming the protocol. */
@@ -251,6 +254,7 @@ const WHAT_NEEDS_IT: Partial<Record<keyof Agent, string>> = {
   exportContainerLogs: "carry a container's log when it moves",
   importContainerLogs: "carry a container's log when it moves",
   commitContainer: 'commit a container to an image (docker commit)',
+  containerLayerUsage: "measure containers' writable layers (docker ps -s, system df)",
   checkpointContainer: 'move containers live',
   exportCheckpoint: 'move containers live',
   importCheckpoint: 'move containers live',

@@ -164,6 +164,7 @@ export const ARG_SCHEMAS = {
   resizeContainer: [arg('id', Id), arg('rows', Type.Integer({ minimum: 1, maximum: MAX_TERMINAL_CELLS })), arg('cols', Type.Integer({ minimum: 1, maximum: MAX_TERMINAL_CELLS }))],
   removeContainer: [arg('id', Id)],
   listContainers: [],
+  containerLayerUsage: [arg('ids', Type.Array(Id, { maxItems: 100_000 }))],
   ensureNetwork: [arg('spec', NetworkSpec)],
   removeNetwork: [arg('id', Id)],
   foreignSubnets: [],

@@ -460,6 +460,7 @@ export class RemoteAgent implements Agent {
   containerTop: Agent['containerTop'] = (...a) => this.call('containerTop', a);
   removeContainer: Agent['removeContainer'] = (...a) => this.call('removeContainer', a);
   listContainers: Agent['listContainers'] = (...a) => this.call('listContainers', a);
+  containerLayerUsage: Agent['containerLayerUsage'] = (...a) => this.call('containerLayerUsage', a);
   ensureNetwork: Agent['ensureNetwork'] = (...a) => this.call('ensureNetwork', a);
   removeNetwork: Agent['removeNetwork'] = (...a) => this.call('removeNetwork', a);
   foreignSubnets: Agent['foreignSubnets'] = (...a) => this.call('foreignSubnets', a);

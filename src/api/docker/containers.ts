@@ -84,7 +84,16 @@ async function list(ctx: DockerContext) {
   rows.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
   const limit = Number(query.get('limit') ?? -1);
   if (limit > 0) rows = rows.slice(0, limit);
-  return { json: rows.map((c) => containerSummary(c, now)) };
+  if (!flag(query, 'size')) return { json: rows.map((c) => containerSummary(c, now)) };
+  // ps -s: each writable layer measured on its host, and with its image's size (SizeRootFs)
+  const [usage, images] = await Promise.all([services.containers.layerUsage(rows), services.images.list(project)]);
+  const imageSize = new Map(images.map((i) => [i.digest, i.size]));
+  return {
+    json: rows.map((c) => {
+      const rw = usage.get(c.id)?.bytes ?? 0;
+      return { ...containerSummary(c, now), SizeRw: rw, SizeRootFs: rw + (imageSize.get(c.imageDigest) ?? 0) };
+    }),
+  };
 }
 
 /** 304 as dockerd answers a start of a running container or a stop of a stopped one. */

@@ -223,6 +223,9 @@ async function systemDf(ctx: DockerContext) {
   const now = Date.now();
   const used = new Map<string, number>();
   for (const c of containers) used.set(c.config.image, (used.get(c.config.image) ?? 0) + 1);
+  // each writable layer as its host measures it (one that did not answer: 0, as before)
+  const usage = await services.containers.layerUsage(containers);
+  const imageSize = new Map(images.map((i) => [i.digest, i.size]));
   return {
     json: {
       LayersSize: images.reduce((a, i) => a + i.size, 0),
@@ -230,7 +233,10 @@ async function systemDf(ctx: DockerContext) {
         Id: i.id, ParentId: '', RepoTags: i.tags.map(familiarName), RepoDigests: [], Created: Math.floor(Date.parse(i.createdAt) / 1000),
         Size: i.size, SharedSize: -1, VirtualSize: i.size, Labels: i.config.config?.Labels ?? {}, Containers: i.containers,
       })),
-      Containers: containers.map((c) => ({ ...containerSummary(services.containers.view(c), now), SizeRw: 0, SizeRootFs: 0 })),
+      Containers: containers.map((c) => {
+        const rw = usage.get(c.id)?.bytes ?? 0;
+        return { ...containerSummary(services.containers.view(c), now), SizeRw: rw, SizeRootFs: rw + (imageSize.get(c.imageDigest) ?? 0) };
+      }),
       Volumes: await Promise.all(volumes.map(async (v) => volumeDoc(await services.volumes.inspect(v).catch(() => v)))),
       BuildCache: [],
     },

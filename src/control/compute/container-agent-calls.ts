@@ -4,7 +4,9 @@
  * The control plane's part is the container's lookup and the checks of its state.
  */
 import { Conflict, InvalidArgument } from '../../core/errors.js';
-import type { Agent, ContainerArchiveResult, ContainerPathStat, ProcessTable } from '../../agent/agent.js';
+import type { Agent, ContainerArchiveResult, ContainerPathStat, LayerUsage, ProcessTable } from '../../agent/agent.js';
+import { logger } from '../../core/log.js';
+import { withDeadline } from './deadline.js';
 import { badTerminalSize, type AttachRequest, type AttachSession, type ExecRequest, type ExecSession, type InstanceStats, type LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Readable } from 'node:stream';
 import type { ContainerRecord } from '../../store/records.js';
@@ -16,8 +18,32 @@ export interface AgentCallDeps {
   publish(c: ContainerRecord, action: string, attributes?: Record<string, unknown>): void;
 }
 
+const log = logger('compute');
+/** How long one host may take to measure its containers' layers before they are shown unmeasured. */
+const LAYER_USAGE_DEADLINE_MS = 30_000;
+
 export class ContainerAgentCalls {
   constructor(private readonly deps: AgentCallDeps) {}
+
+  /**
+   * What these containers' writable layers hold (docker ps -s, system df), asked of each host at
+   * once. A host that is down, too old (protocol 12 and before) or slow leaves its containers out:
+   * they show as unmeasured rather than fail the listing.
+   */
+  async layerUsage(containers: readonly Pick<ContainerRecord, 'id' | 'host'>[]): Promise<Map<string, LayerUsage>> {
+    const byHost = new Map<string, string[]>();
+    for (const c of containers) byHost.set(c.host, [...(byHost.get(c.host) ?? []), c.id]);
+    const out = new Map<string, LayerUsage>();
+    await Promise.all([...byHost].map(async ([host, ids]) => {
+      try {
+        const usage = await withDeadline(this.deps.agentOf({ host }).containerLayerUsage(ids), LAYER_USAGE_DEADLINE_MS, `host ${host}'s layer usage`);
+        for (const [id, u] of Object.entries(usage)) out.set(id, u);
+      } catch (e) {
+        log.info('writable layers left unmeasured', { host, containers: ids.length, error: String(e) });
+      }
+    }));
+    return out;
+  }
 
   async logs(idOrName: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal }): Promise<AsyncIterable<LogRecord>> {
     const c = await this.deps.get(idOrName);

@@ -12,7 +12,7 @@
  */
 import { InvalidArgument, NotFound, toNimbusError } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import type { ContainerArchiveResult, ContainerCreateRequest, ContainerPathStat, ProcessTable } from '../../agent/agent.js';
+import type { ContainerArchiveResult, ContainerCreateRequest, ContainerPathStat, LayerUsage, ProcessTable } from '../../agent/agent.js';
 import type { Readable } from 'node:stream';
 import type { AttachRequest, AttachSession, ExecRequest, ExecSession, InstanceStats, LogRecord } from '../../agent/drivers/instance-driver.js';
 import type { Store } from '../../store/store.js';
@@ -276,6 +276,11 @@ export class ContainerService {
 
   top(idOrName: string): Promise<ProcessTable> {
     return this.calls.top(idOrName);
+  }
+
+  /** What these containers' writable layers hold, by id; those whose host did not answer are missing (container-agent-calls.ts). */
+  layerUsage(containers: readonly Pick<ContainerRecord, 'id' | 'host'>[]): Promise<Map<string, LayerUsage>> {
+    return this.calls.layerUsage(containers);
   }
 
   stats(idOrName: string): Promise<InstanceStats & { id: string; name: string }> {

@@ -671,6 +671,11 @@ export class FakeAgent implements Agent {
     return this.run('listContainers', [], async () => [...this.containers.keys()]);
   }
 
+  /** Each known container's layer: its bytes as the fake holds them (layers), one inode. */
+  containerLayerUsage(...args: Parameters<Agent['containerLayerUsage']>): ReturnType<Agent['containerLayerUsage']> {
+    return this.run('containerLayerUsage', args, async () => Object.fromEntries(args[0].filter((id) => this.containers.has(id)).map((id) => [id, { bytes: this.layers.get(id)?.length ?? 0, inodes: 1 }])));
+  }
+
   onContainerExit(...args: Parameters<Agent['onContainerExit']>): void {
     this.run('onContainerExit', args, () => void this.containerExits.push(args[0]));
   }
