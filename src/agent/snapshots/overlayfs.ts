@@ -19,9 +19,9 @@
  * which the native snapshotter reuses.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, open, readdir, readFile, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound } from '../../core/errors.js';
+import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { addHostRoots } from '../../core/redaction.js';
 import { logger } from '../../core/log.js';
 import { run } from '../../core/exec.js';
@@ -233,8 +233,17 @@ export abstract class DirSnapshotter implements Snapshotter {
     }
   }
 
-  /** A sized snapshot's filesystem at its directory: made, mounted, fs and work inside. */
+  /**
+   * A sized snapshot's filesystem at its directory: made, mounted, fs and work inside. Refused
+   * (ResourceExhausted) when the host's filesystem has not the room to fill it, as a volume is: the
+   * image is sparse, but a size that cannot be written on the day it is given is a promise not kept.
+   */
   private async makeDisk(id: number, sizeBytes: number): Promise<void> {
+    const free = await statfs(this.root);
+    const avail = free.bavail * free.bsize;
+    if (avail < sizeBytes) {
+      throw new ResourceExhausted(`this host has ${Math.floor(avail / MiB)} MiB free, not the ${sizeBytes / MiB} MiB of the writable layer asked for`, { availBytes: avail, sizeBytes });
+    }
     await mkdir(this.disksDir, { recursive: true, mode: 0o700 });
     await rm(this.diskImage(id), { force: true }); // a crashed create's, if the metadata never had it
     await makeExt4Image(this.diskImage(id), sizeBytes, `nimbus-layer-${id}`);

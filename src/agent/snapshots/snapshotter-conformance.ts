@@ -342,11 +342,14 @@ export function snapshotterConformance(name: string, makeSnapshotter: MakeSnapsh
       assert.deepEqual(await filesUnder(root, (n) => n.endsWith('.ext4')), [], 'no filesystem image left');
     });
 
-    test('sizes that are not whole MiB from 16 MiB are refused', async ({ sn, layer }) => {
+    test('sizes that are not whole MiB from 16 MiB are refused, and one the host cannot hold', async ({ root, sn, layer }) => {
       await layer('base', undefined, { f: '1' });
       for (const sizeBytes of [0, 1000, 8 * MiB, 16 * MiB + 1, 1.5 * MiB, -MiB, 2 ** 60]) {
         await rejectsWith(sn.prepare('k', 'base', { sizeBytes }), 'InvalidArgument');
       }
+      // a size the host's filesystem cannot hold today (16 TiB here) is refused, and leaves nothing
+      await rejectsWith(sn.prepare('k', 'base', { sizeBytes: 16 * 1024 * 1024 * MiB }), 'ResourceExhausted');
+      assert.deepEqual(await filesUnder(root, (n) => n.endsWith('.ext4')), []);
       assert.deepEqual((await sn.list()).map((i) => i.key), ['base']);
     });
 
