@@ -348,6 +348,15 @@ describe('container engine end to end', { concurrency: false }, () => {
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /QuotaExceeded: .*disk.*without --storage has a writable layer of 1024 MiB/);
     assert.equal((await d.cli(['run', '-d', '--name', 's2', '--storage', '400m', IMAGE, 'sleep', '600'])).code, 0, 'a smaller one fits');
+    // ps -s: what each layer holds, measured on its host, beside its size
+    await inside('s1', 'dd if=/dev/zero of=/two bs=1M count=2 2>/dev/null');
+    const listed = (await d.api<Array<{ name: string; sizeRw?: number }>>('GET', '/containers?size=true')).body;
+    const s1Rw = listed.find((c) => c.name === 's1')?.sizeRw ?? 0;
+    assert.ok(s1Rw >= 2 * 1024 * 1024 && s1Rw < 3 * 1024 * 1024, `s1's layer holds its 2 MiB: ${s1Rw}`);
+    assert.equal((await d.api<Array<{ sizeRw?: number }>>('GET', '/containers')).body[0]?.sizeRw, undefined, 'measured only when asked');
+    const ps = await d.cliOk(['ps', '-s']);
+    assert.match(ps, /s1\s+2\.\d\dMiB \/ 1\.00GiB$/m, ps);
+    assert.match(ps, /s2\s+\d+(\.\d+)?(B|KiB) \/ 400\.00MiB$/m, ps);
     assert.match(await d.cliOk(['info']), /^Container storage default: a writable layer of 1024 MiB where a project's disk is limited/m);
     // the project's own default: 64 MiB here, not the daemon's 1 GiB
     assert.equal((await d.cli(['quota', 'set', 'default', '--container-storage', '64m'])).code, 0);

@@ -67,7 +67,7 @@ export function paged<T, U = T>(
   show: (item: T) => U = (item) => item as unknown as U,
   /** Newest first (largest key first) rather than oldest first. */
   order: 'ascending' | 'descending' = 'ascending',
-): RouteResult<U[]> {
+): RouteResult<U[]> & { body: U[]; headers: Record<string, string> } {
   const headers: Record<string, string> = { 'x-total-count': String(items.length) };
   if (query.limit === undefined && query.after === undefined) return { body: items.map(show), headers };
   const sign = order === 'ascending' ? 1 : -1;

@@ -300,6 +300,7 @@ export const Container = Type.Object(
       endpoints: Type.Array(Type.Object({ network: Type.String(), networkId: Type.String(), address: Type.String(), gateway: Type.String(), prefix: Type.Integer(), mac: Type.String(), ifName: Type.String() })),
       ports: Type.Array(PortSpec),
     }, { description: 'Network settings (inspect only)' })),
+    sizeRw: Type.Optional(Type.Integer({ description: "Bytes its writable layer holds on its host, as du counts them (listings with size=true; absent: its host did not answer)" })),
   },
   { $id: 'Container' },
 );

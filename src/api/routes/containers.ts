@@ -53,12 +53,22 @@ export const containerRoutes = [
     method: 'GET', path: '/containers', operationId: 'listContainers', tag: 'containers', access: 'read',
     auth: { role: 'reader', project: 'query-list' },
     summary: 'List containers (running ones unless all=true); paged with limit and after (oldest first), the next page in the Link header',
-    query: Type.Object({ all: Type.Boolean({ default: false }), ...PageQuery }),
+    query: Type.Object({
+      all: Type.Boolean({ default: false }),
+      size: Type.Optional(Type.Boolean({ description: "Measure each listed container's writable layer on its host (sizeRw), as docker ps -s does" })),
+      ...PageQuery,
+    }),
     response: Type.Array(Container),
-    handler: async ({ query, services, auth, req }) => paged(
-      (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)),
-      (c) => [c.createdAt, c.id], query, req, (c) => services.containers.view(c),
-    ),
+    handler: async ({ query, services, auth, req }) => {
+      const page = paged(
+        (await services.containers.list({ all: query.all, ...(auth.projectId ? { projectId: auth.projectId } : {}) })).filter((c) => auth.canRead(c.projectId)),
+        (c) => [c.createdAt, c.id], query, req, (c) => services.containers.view(c),
+      );
+      if (query.size !== true) return page;
+      // the page's containers only, each host asked once
+      const usage = await services.containers.layerUsage(page.body);
+      return { ...page, body: page.body.map((c) => ({ ...c, ...(usage.has(c.id) ? { sizeRw: usage.get(c.id)!.bytes } : {}) })) };
+    },
   }),
   route({
     method: 'POST', path: '/containers', operationId: 'createContainer', tag: 'containers', access: 'write',

@@ -25,8 +25,10 @@ interface Container {
   createdAt: string;
   startedAt: string | null;
   finishedAt: string | null;
-  config: { image: string; cmd?: string[]; entrypoint?: string[]; tty?: boolean; openStdin?: boolean };
+  config: { image: string; cmd?: string[]; entrypoint?: string[]; tty?: boolean; openStdin?: boolean; storageBytes?: number };
   warnings?: string[];
+  /** ps -s: what its writable layer holds (absent: its host did not answer). */
+  sizeRw?: number;
 }
 
 interface WaitResult {
@@ -548,12 +550,13 @@ export const containerCommands: CommandSpec[] = [
       { name: 'all', short: 'a', type: 'boolean', description: 'Show all containers, not only running ones' },
       { name: 'quiet', short: 'q', type: 'boolean', description: 'Only print container ids' },
       { name: 'no-trunc', type: 'boolean', description: 'Do not shorten ids and commands' },
+      { name: 'size', short: 's', type: 'boolean', description: "Show what each container's writable layer holds (measured on its host)" },
       OUTPUT_OPTION,
     ],
     async run({ opts, global }) {
       const client = clientOf(global);
       const [containers, vms] = await Promise.all([
-        client.json<Container[]>('GET', `/containers?all=${Boolean(opts.all)}`),
+        client.json<Container[]>('GET', `/containers?all=${Boolean(opts.all)}${opts.size ? '&size=true' : ''}`),
         // a daemon without VMs (no /vms route) still lists its containers
         client.json<Vm[]>('GET', `/vms?all=${Boolean(opts.all)}`).catch((e: unknown) => {
           if (e instanceof ApiError && e.code === 'NotFound') return [] as Vm[];
@@ -568,13 +571,19 @@ export const containerCommands: CommandSpec[] = [
         process.stdout.write(list.map((c) => `${id(c.id)}\n`).join(''));
         return 0;
       }
+      // -s: the writable layer, and its limit where it has one (--storage)
+      const size = (c: Instance) => {
+        if (c.type === 'vm') return '';
+        const used = c.sizeRw === undefined ? '?' : humanMemory(c.sizeRw);
+        return c.config.storageBytes ? `${used} / ${humanMemory(c.config.storageBytes)}` : used;
+      };
       return render(global, list, (l) => table(
-        ['INSTANCE ID', 'TYPE', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'NAMES'],
+        ['INSTANCE ID', 'TYPE', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'NAMES', ...(opts.size ? ['SIZE'] : [])],
         l.map((c) => {
           const image = c.type === 'vm' ? vmImage(c) : c.config.image;
           const command = c.type === 'vm' ? (c.config.append ?? '') : commandOf(c);
           const status = c.type === 'vm' ? vmStatusText(c) : statusText(c);
-          return [id(c.id), c.type, full ? image : truncate(image, 40), JSON.stringify(full ? command : truncate(command, 20)), ago(c.createdAt), status, c.name];
+          return [id(c.id), c.type, full ? image : truncate(image, 40), JSON.stringify(full ? command : truncate(command, 20)), ago(c.createdAt), status, c.name, ...(opts.size ? [size(c)] : [])];
         }),
       ));
     },
