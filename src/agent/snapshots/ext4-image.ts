@@ -3,7 +3,7 @@
  * and a sized writable layer (overlayfs.ts). Writes past the size fail with ENOSPC, inodes are
  * bounded with it, and the file takes no host disk until written.
  */
-import { open, readdir, readFile } from 'node:fs/promises';
+import { open, readdir, readFile, realpath } from 'node:fs/promises';
 import { Internal, wholeForAdmins } from '../../core/errors.js';
 import { redactAbsolutePaths } from '../../core/redaction.js';
 import { run } from '../../core/exec.js';
@@ -79,7 +79,10 @@ async function attach(file: string, opts: string[]): Promise<string> {
  * mount(8), between its losetup and its mount, leaves (the device holds the image, unlinked or not).
  */
 export async function detachStrayLoops(dir: string): Promise<string[]> {
-  const prefix = `${dir.replace(/\/+$/, '')}/`;
+  // the kernel names a backing file by its real path
+  const real = await realpath(dir).catch(() => undefined);
+  if (real === undefined) return [];
+  const prefix = `${real}/`;
   const mounted = new Set((await readMountInfo()).map((m) => m.source));
   const detached: string[] = [];
   for (const dev of (await readdir('/sys/block').catch(() => [] as string[])).filter((n) => n.startsWith('loop'))) {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -108,10 +108,13 @@ describe('overlayfs specifics', () => {
     }
   });
 
-  it('a sized snapshot is mounted again after a host restart; a create cut short leaves nothing after the next start', async () => {
+  it('a sized snapshot is mounted again after a host restart, once, through a symlinked home too; a create cut short leaves nothing after the next start', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-sized-'));
     const target = path.join(dir, 'rootfs');
     try {
+      // the home reached through a symlink: mountinfo and the loop devices name real paths
+      await mkdir(path.join(dir, 'real-root'));
+      await symlink('real-root', path.join(dir, 'root'));
       const sn = new OverlaySnapshotter(path.join(dir, 'root'));
       await sn.prepare('base-active');
       await sn.commit('base', 'base-active');
@@ -138,6 +141,9 @@ describe('overlayfs specifics', () => {
       const again = new OverlaySnapshotter(path.join(dir, 'root'));
       assert.equal((await again.stat('kept')).sizeBytes, 16 * MiB);
       assert.deepEqual(await mountsUnder(snapshots), [kept], 'the kept one mounted again, the orphan gone');
+      const third = new OverlaySnapshotter(path.join(dir, 'root'));
+      await third.list();
+      assert.equal((await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.split(' ')[4] === kept).length, 1, 'not mounted twice by a later start');
       await assert.rejects(stat(orphan), /ENOENT/);
       assert.equal(existsSync(`/sys/block/${path.basename(stray)}/loop/backing_file`), false, 'the stray loop device detached');
       assert.deepEqual(await readdir(path.join(dir, 'root', 'disks')), [`${path.basename(kept)}.ext4`]);

@@ -19,7 +19,7 @@
  * which the native snapshotter reuses.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, open, readdir, readFile, rename, rm, statfs, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, open, readdir, readFile, realpath, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { addHostRoots } from '../../core/redaction.js';
@@ -170,13 +170,23 @@ export abstract class DirSnapshotter implements Snapshotter {
     return meta;
   }
 
+  /**
+   * The names of the snapshot directories something is mounted on (sized snapshots' filesystems),
+   * compared by their real path: mountinfo's are canonical, and a home reached through a symlink
+   * would otherwise never match (and be mounted twice).
+   */
+  private async mountedSnapshotDirs(): Promise<Set<string>> {
+    const dir = await realpath(path.join(this.root, 'snapshots'));
+    return new Set((await readMountInfo()).filter((m) => path.dirname(m.mountPoint) === dir).map((m) => path.basename(m.mountPoint)));
+  }
+
   /** Sized snapshots' filesystems, mounted again where a host restart left them unmounted. */
   private async mountDisks(meta: MetadataFile): Promise<void> {
     const sized = Object.values(meta.snapshots).filter((r) => r.sizeBytes !== undefined);
     if (!sized.length) return;
-    const mounted = new Set((await readMountInfo()).map((m) => m.mountPoint));
+    const mounted = await this.mountedSnapshotDirs();
     for (const r of sized) {
-      if (mounted.has(this.snapshotDir(r.id))) continue;
+      if (mounted.has(String(r.id))) continue;
       try {
         await mountExt4Image(this.diskImage(r.id), this.snapshotDir(r.id));
         log.info('mounted a sized snapshot again', { id: r.id });
@@ -212,12 +222,12 @@ export abstract class DirSnapshotter implements Snapshotter {
    */
   private async removeOrphans(meta: MetadataFile): Promise<void> {
     const known = new Set(Object.values(meta.snapshots).map((r) => String(r.id)));
-    const mounted = new Set((await readMountInfo()).map((m) => m.mountPoint));
+    const mounted = await this.mountedSnapshotDirs();
     for (const name of await readdir(path.join(this.root, 'snapshots'))) {
       if (known.has(name)) continue;
       const dir = path.join(this.root, 'snapshots', name);
       try {
-        if (mounted.has(dir)) await unmount(dir);
+        if (mounted.has(name)) await unmount(dir);
         await rm(dir, { recursive: true, force: true });
         log.info('removed orphan snapshot directory', { dir });
       } catch (e) {

@@ -94,11 +94,13 @@ for spec in specs:
         os.symlink(target, root + link)
         continue
     t = root + p
-    if os.path.isdir(p):
-        os.makedirs(t, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(t), exist_ok=True)
-        open(t, 'a').close()
+    # a path already there (under /usr, bound before it: a kernel in /usr/lib) is mounted over as it is
+    if not os.path.lexists(t):
+        if os.path.isdir(p):
+            os.makedirs(t)
+        else:
+            os.makedirs(os.path.dirname(t), exist_ok=True)
+            open(t, 'a').close()
     mount(p, t, None, BIND)
     if kind == 'ro':
         mount(None, t, None, REMOUNT | BIND | RDONLY)

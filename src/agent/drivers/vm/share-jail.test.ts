@@ -1,0 +1,60 @@
+// The jailer of a QEMU that stays root (share-jail.ts), run around a shell instead of QEMU: what
+// the jail holds, the capabilities and no_new_privs it leaves, and nothing left on the host after.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { mountsUnder } from '../../snapshots/mount.js';
+import { jailedCommand, shareJailOf } from './share-jail.js';
+
+test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else, read-only but for its writable paths; 9p capabilities only, no_new_privs', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-share-jail-'));
+  try {
+    const vmDir = path.join(dir, 'vm');
+    const share = path.join(dir, 'rootfs');
+    const secret = path.join(dir, 'not-given');
+    for (const d of [vmDir, share, secret]) await mkdir(d);
+    await writeFile(path.join(share, 'in-the-share'), 'shared');
+    await writeFile(path.join(secret, 'file'), 'secret');
+    // a kernel under /usr (as some distributions keep one): already there through /usr, mounted over as it is
+    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', nics: [], shares: [{ tag: 'r', path: share }] }, vmDir, path.join(vmDir, 'jail'));
+    await mkdir(jail.root);
+    const script = [
+      'ls -A / | tr "\\n" " "; echo',
+      'echo $(ls -A /proc) $(ls -A /proc/self)',
+      'cat "$1/in-the-share"; echo',
+      'test -e /etc/passwd && echo etc || echo no-etc',
+      'test -e "$2" && echo secret || echo no-secret',
+      'echo w > "$1/written" && echo share-writable',
+      '(echo x > /planted) 2>/dev/null && echo root-writable || echo root-read-only',
+      '(echo x > /usr/planted) 2>/dev/null && echo usr-writable || echo usr-read-only',
+      'sleep 1',
+    ].join('\n');
+    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret], jail);
+    const child = spawn(binary, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    // read while it sleeps: the shell is the jailer's process (exec after exec, the same pid)
+    let status = '';
+    for (let i = 0; i < 100 && !/share-writable/.test(out); i++) await new Promise((r) => setTimeout(r, 20));
+    status = await readFile(`/proc/${child.pid}/status`, 'utf8').catch(() => '');
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 0, err);
+    const lines = out.trim().split('\n');
+    assert.deepEqual(lines[0]!.trim().split(' ').filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), ['dev', 'proc', dir.split('/')[1]!].sort(), 'programs, devices, /proc, and the top of its own paths');
+    assert.equal(lines[1]!.trim(), 'self fd', 'of /proc, its own fd directory only');
+    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only']);
+    const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
+    assert.equal(field('CapBnd'), '00000000080000df', status);
+    assert.equal(field('CapEff'), '00000000080000df');
+    assert.equal(field('NoNewPrivs'), '1');
+    assert.equal(await readFile(path.join(share, 'written'), 'utf8'), 'w\n', 'the share is the host directory itself');
+    assert.deepEqual(await mountsUnder(dir), [], 'its mounts were its namespace\'s only');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
