@@ -224,6 +224,12 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     assert.equal(r.stdout, 'out\n');
     assert.match(r.stderr, /err/);
     assert.equal((await ok(['ps', '-a', '-q'])).trim(), '', 'the --rm container is gone');
+    // --storage-opt size: the writable layer a filesystem of its own; writing past it fails as on a full disk
+    const sized = await docker(['run', '--rm', '--storage-opt', 'size=32m', IMAGE, 'sh', '-c', 'df -m / | tail -1; dd if=/dev/zero of=/big bs=1M count=48']);
+    assert.notEqual(sized.code, 0);
+    assert.match(sized.stderr, /No space left on device/);
+    assert.ok(Number(/^\S+\s+(\d+)/.exec(sized.stdout.trim())?.[1]) <= 32, sized.stdout);
+    assert.match((await docker(['run', '--rm', '--storage-opt', 'dm.basesize=10G', IMAGE, 'true'])).stderr, /--storage-opt dm\.basesize is not supported: only size/);
     // without --rm: attach and wait (next-exit) before the start, the container stays
     const kept = await docker(['run', '--name', 'once', IMAGE, 'sh', '-c', 'echo kept; exit 5']);
     assert.equal(kept.code, 5, kept.stderr);
@@ -233,7 +239,8 @@ describe('the docker CLI against nimbusd', { skip: DOCKER ? false : 'no docker C
     await ok(['start', 'once']);
     assert.equal((await ok(['wait', 'once'])).trim(), '5');
     await ok(['rm', 'once']);
-    await ok(['run', '-d', '--name', 'busy', IMAGE, 'sleep', '1000']);
+    await ok(['run', '-d', '--name', 'busy', '--storage-opt', 'size=64m', IMAGE, 'sleep', '1000']);
+    assert.equal((await ok(['inspect', '-f', '{{.HostConfig.StorageOpt.size}}', 'busy'])).trim(), String(64 * 1024 * 1024), 'inspect says it back');
     // exec without a TTY: output framed, exit code, -e, -u, -w, -d
     const ex = await docker(['exec', '-e', 'X=1', '-u', '1000', '-w', '/tmp', 'busy', 'sh', '-c', 'echo $X $(id -u) $(pwd); echo e >&2; exit 4']);
     assert.equal(ex.code, 4, ex.stderr);
