@@ -8,7 +8,7 @@
  *   node dist/bench/run.js                          all
  *   node dist/bench/run.js start-latency burst      a selection
  * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
- * BENCH_NET_RUNS (network-start, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
+ * BENCH_NET_RUNS (network-start, default 30), BENCH_SIZED_RUNS (sized-layer, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
  * BENCH_SCHED_QUICK=1 or --quick (schedule-scale at 1/5 size),
  * BENCH_METERING_BURST / BENCH_METERING_ROUNDS / BENCH_METERING_INTERVAL_MS (metering: 50, 2, 1000 ms),
  * BENCH_VM_RUNS (vm-boot, default 5), BENCH_MIGRATIONS and BENCH_MAX_DOWNTIME_MS (vm-migrate, default 10 and 300), BENCH_NET_MIGRATIONS and BENCH_DISK_MIB (vm-migrate-net, default 6 and 32), BENCH_DASHBOARD_INSTANCES and BENCH_DASHBOARD_RUNS (dashboard, default 1,000 and 5), BENCH_DOCKER_RUNS (docker-run, default 20), BENCH_COMPOSE_ROUNDS (compose-up, default 3), BENCH_BUILD_RUNS (docker-build, default 5), BENCH_FIO_SIZE_MIB / BENCH_FIO_RUNTIME / BENCH_FIO_ROUNDS (volume-io, default 128 MiB, 3 s per phase, 2 rounds), BENCH_HEAL_CONTAINERS / BENCH_HEAL_GRACE_MS (heal, default 5 and the daemon's 10 s), BENCH_IPERF_SECONDS / BENCH_NET_ROUNDS (overlay-net, default 4 s and 3 rounds), BENCH_MOVE_ROUNDS (container-move, default 3), BENCH_RESULTS_DIR (default bench/results).
@@ -25,6 +25,7 @@ import { vmMigrateNet } from './vm-migrate-net.js';
 import { dashboard } from './dashboard.js';
 import { secureStart } from './secure-start.js';
 import { networkStart } from './network-start.js';
+import { sizedLayer } from './sized-layer.js';
 import { failover } from './failover.js';
 import { heal } from './heal.js';
 import { scheduleScale } from './schedule-scale.js';
@@ -39,6 +40,7 @@ import { containerMove } from './container-move.js';
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
   { name: 'network-start', fn: networkStart },
+  { name: 'sized-layer', fn: sizedLayer },
   { name: 'burst', fn: burst },
   { name: 'pull-unpack', fn: pullUnpack },
   { name: 'quota-admission', fn: quotaAdmission, needsEnv: false },
