@@ -4,22 +4,17 @@
  * bounded with it, and the file takes no host disk until written.
  */
 import { open, readdir, readFile, realpath } from 'node:fs/promises';
-import { Internal, wholeForAdmins } from '../../core/errors.js';
-import { redactAbsolutePaths } from '../../core/redaction.js';
+import { Internal } from '../../core/errors.js';
 import { run } from '../../core/exec.js';
 import { logger } from '../../core/log.js';
-import { hostCommand, readMountInfo } from './mount.js';
+import { hostCommand, mountFailure, readMountInfo } from './mount.js';
 
 const log = logger('agent.ext4-image');
 
-/** A host tool run on tenants' images: its words reach the tenant without host paths, administrators whole. */
+/** A host tool run on tenants' images: its words reach the tenant without host paths, administrators whole (mountFailure). */
 async function hostTool(program: 'mount' | 'losetup' | 'mkfs.ext4', args: string[]): Promise<string> {
   const r = await hostCommand(program, args);
-  if (r.code !== 0) {
-    const whole = `${program} ${args.join(' ')} failed (exit ${r.code}): ${r.output.trim()}`;
-    const message = redactAbsolutePaths(whole);
-    throw new Internal(message, undefined, wholeForAdmins(message, whole));
-  }
+  if (r.code !== 0) throw mountFailure(`${program} ${args.join(' ')} failed (exit ${r.code}): ${r.output.trim()}`);
   return r.output;
 }
 

@@ -131,11 +131,11 @@ export function hostCommand(program: 'mount' | 'umount' | 'losetup' | 'mkfs.ext4
 }
 
 /**
- * A failed mount or umount. Every path in its arguments and words is one of the host's (snapshot
- * directories, a container's rootfs): anyone reads it with them replaced, administrators and the
- * log read it whole (adminMessage).
+ * A failed mount, umount or other host tool on the agent's files (ext4-image.ts too). Every path in
+ * its arguments and words is one of the host's (snapshot directories, a container's rootfs, an
+ * image): anyone reads it with them replaced, administrators and the log read it whole (adminMessage).
  */
-function mountFailure(whole: string): NimbusError {
+export function mountFailure(whole: string): NimbusError {
   const message = redactAbsolutePaths(whole);
   return new Internal(message, undefined, wholeForAdmins(message, whole));
 }

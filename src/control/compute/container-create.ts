@@ -15,14 +15,13 @@ import type { ImageService } from '../images/image-service.js';
 import type { ProjectScope } from '../identity/scope.js';
 import type { NetworkIntent, NetworkService } from '../networks/network-service.js';
 import type { OperationService } from '../operations/operations.js';
-import { containerDemand, type QuotaService } from '../quota/quota-service.js';
+import { containerDiskBytes, type QuotaService } from '../quota/quota-service.js';
 import type { PlacementRequest, Scheduler } from '../scheduler/types.js';
 import { prepareCreate, type CreateContainerInput, type CreateOptions, type CreateRequestDeps, type PreparedCreate } from './container-create-request.js';
 import { placementFields, type HostAgents, type PlacementInput } from './hosts.js';
 import { generateName } from './names.js';
 
 const log = logger('compute');
-const MiB = 1024 * 1024;
 
 export interface CreateDeps extends CreateRequestDeps {
   hosts: HostAgents;
@@ -234,7 +233,7 @@ export class ContainerCreates {
     const runtime = rec.config.runtime;
     const req: PlacementRequest = {
       consumerId: rec.id, projectId: rec.projectId, kind: runtime === 'vm' ? 'secure-container' : 'container',
-      vcpus: rec.config.cpus ?? 0, memoryBytes: rec.config.memoryBytes ?? 0, diskBytes: (containerDemand(rec.config).disk ?? 0) * MiB,
+      vcpus: rec.config.cpus ?? 0, memoryBytes: rec.config.memoryBytes ?? 0, diskBytes: containerDiskBytes(rec.config),
       ...(runtime && runtime !== 'vm' ? { runtime } : {}),
       ...(image.config.architecture ? { architecture: image.config.architecture } : {}),
       imageChainId: image.chainId,

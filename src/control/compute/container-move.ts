@@ -22,7 +22,7 @@ import type { Readable } from 'node:stream';
 import { Conflict, DataLoss, Internal, InvalidArgument, NotFound, Unavailable, logMessage, textForAnyone } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest, TreeImportResult } from '../../agent/agent.js';
-import { containerDemand } from '../quota/quota-service.js';
+import { containerDiskBytes } from '../quota/quota-service.js';
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
 import { spokenProtocol, tooOldFor } from '../../agent/remote/agent-protocol.js';
 import type { Store } from '../../store/store.js';
@@ -188,7 +188,7 @@ export async function chooseDestination(deps: Pick<MoveDeps, 'hosts' | 'schedule
   const runtime = c.config.runtime;
   const explained = await deps.scheduler.explain({
     consumerId: c.id, projectId: c.projectId, kind: 'container',
-    vcpus: c.config.cpus ?? 0, memoryBytes: c.config.memoryBytes ?? 0, diskBytes: volumeBytes.reduce((a, b) => a + b, (containerDemand(c.config).disk ?? 0) * 1024 * 1024),
+    vcpus: c.config.cpus ?? 0, memoryBytes: c.config.memoryBytes ?? 0, diskBytes: volumeBytes.reduce((a, b) => a + b, containerDiskBytes(c.config)),
     ...(runtime && runtime !== 'auto' ? { runtime } : {}),
     ...(image?.config.architecture ? { architecture: image.config.architecture } : {}),
     ...(image ? { imageChainId: image.chainId } : {}),

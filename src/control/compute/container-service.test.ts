@@ -97,7 +97,13 @@ async function setup(t: { after(fn: () => Promise<void>): void }, startFails: bo
   const { containers, quota } = await wireContainerService(store, agent, opts);
   const input = (extra: Record<string, unknown> = {}) =>
     ({ image: 'example.test/busybox:latest', cmd: ['sleep', '60'], env: [], labels: {}, autoRemove: false, restart: { name: 'no' }, network: 'none', ...extra }) as never;
-  return { store, containers, calls, input, quota };
+  /** A child project of `parent` with these hard limits. */
+  const project = async (id: string, parent: string, hard: Record<string, number>) => {
+    await store.projects.insert({ id, name: id, parentId: parent, createdAt: new Date().toISOString() });
+    await quota.ensureProject(id, parent);
+    await quota.setLimits(id, { hard });
+  };
+  return { store, containers, calls, input, quota, project };
 }
 
 test('create with start: one call creates and starts it, and records it running', async (t) => {
@@ -115,12 +121,8 @@ test('create with start: one call creates and starts it, and records it running'
 
 test('memory: unsized is best effort in an unlimited project, the default size (limited and charged) in a limited one, refused where none is left; a secure container is charged its guest', async (t) => {
   const MiB = 1024 * 1024;
-  const projectUnder = async (id: string, hard: Record<string, number>) => {
-    await store.projects.insert({ id, name: id, parentId: 'p1', createdAt: new Date().toISOString() });
-    await quota.ensureProject(id, 'p1');
-    await quota.setLimits(id, { hard });
-  };
-  const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 512 * MiB });
+  const { containers, input, quota, project } = await setup(t, false, () => undefined, { memoryDefaultBytes: 512 * MiB });
+  const projectUnder = (id: string, hard: Record<string, number>) => project(id, 'p1', hard);
   const used = (p: string) => quota.show(p).resources.memory.used;
   const root = await containers.create(input({ name: 'root-unsized' }), 'p1', { projectId: 'p1' });
   assert.equal(root.config.memoryBytes, undefined, 'the unlimited root project: best effort, no size');
@@ -146,12 +148,7 @@ test('memory: unsized is best effort in an unlimited project, the default size (
 
 test("memory: a project's own default (LimitRange per namespace) wins over the daemon's, is inherited below it, and 0 there means best effort", async (t) => {
   const MiB = 1024 * 1024;
-  const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 512 * MiB });
-  const project = async (id: string, parent: string, hard: Record<string, number>) => {
-    await store.projects.insert({ id, name: id, parentId: parent, createdAt: new Date().toISOString() });
-    await quota.ensureProject(id, parent);
-    await quota.setLimits(id, { hard });
-  };
+  const { containers, input, quota, project } = await setup(t, false, () => undefined, { memoryDefaultBytes: 512 * MiB });
   await project('team', 'p1', { instances: 20, memory: 4096 });
   await quota.setLimits('team', { containerMemoryDefault: 128 });
   await project('sub', 'team', { instances: 5, memory: 1024 });
@@ -169,10 +166,8 @@ test("memory: a project's own default (LimitRange per namespace) wins over the d
 });
 
 test('memory: with no default (0), an unsized container is charged nothing in a limited project either', async (t) => {
-  const { store, containers, input, quota } = await setup(t, false, () => undefined, { memoryDefaultBytes: 0 });
-  await store.projects.insert({ id: 'team', name: 'team', parentId: 'p1', createdAt: new Date().toISOString() });
-  await quota.ensureProject('team', 'p1');
-  await quota.setLimits('team', { hard: { instances: 1 } });
+  const { containers, input, quota, project } = await setup(t, false, () => undefined, { memoryDefaultBytes: 0 });
+  await project('team', 'p1', { instances: 1 });
   const c = await containers.create(input({ name: 'unsized' }), 'team', { projectId: 'p1' });
   assert.equal(c.config.memoryBytes, undefined);
   assert.equal(quota.show('team').resources.memory.used, 0);
@@ -181,7 +176,7 @@ test('memory: with no default (0), an unsized container is charged nothing in a 
 test('storage: an unsized writable layer is unbounded in an unlimited project, the default (bounded and charged to disk) in a limited one; a size asked is rounded up to MiB and sent to the agent', async (t) => {
   const MiB = 1024 * 1024;
   const sent: Array<number | undefined> = [];
-  const { store, containers, input, quota } = await setup(t, false, (agent) => {
+  const { containers, input, quota, project } = await setup(t, false, (agent) => {
     agent.override('createContainer', async (req) => {
       sent.push(req.storageBytes);
       return { status: 'created', warnings: [], runtime: 'runc' };
@@ -194,9 +189,7 @@ test('storage: an unsized writable layer is unbounded in an unlimited project, t
   assert.equal(rootSized.config.storageBytes, 101 * MiB, 'rounded up to whole MiB');
   assert.equal(disk('p1'), 101);
 
-  await store.projects.insert({ id: 'team', name: 'team', parentId: 'p1', createdAt: new Date().toISOString() });
-  await quota.ensureProject('team', 'p1');
-  await quota.setLimits('team', { hard: { instances: 10, disk: 1536 } });
+  await project('team', 'p1', { instances: 10, disk: 1536 });
   const unsized = await containers.create(input({ name: 'team-unsized' }), 'team', { projectId: 'p1' });
   assert.equal(unsized.config.storageBytes, 1024 * MiB, "the daemon's default, in the record");
   const sized = await containers.create(input({ name: 'team-sized', storageBytes: 256 * MiB }), 'team', { projectId: 'p1' });
@@ -216,12 +209,7 @@ test('storage: an unsized writable layer is unbounded in an unlimited project, t
 
 test("storage: a project's own default wins over the daemon's, is inherited below it, and 0 there means unbounded", async (t) => {
   const MiB = 1024 * 1024;
-  const { store, containers, input, quota } = await setup(t, false, () => undefined, { storageDefaultBytes: 1024 * MiB });
-  const project = async (id: string, parent: string, hard: Record<string, number>) => {
-    await store.projects.insert({ id, name: id, parentId: parent, createdAt: new Date().toISOString() });
-    await quota.ensureProject(id, parent);
-    await quota.setLimits(id, { hard });
-  };
+  const { containers, input, quota, project } = await setup(t, false, () => undefined, { storageDefaultBytes: 1024 * MiB });
   await project('team', 'p1', { instances: 20, disk: 100_000 });
   await quota.setLimits('team', { containerStorageDefault: 10_240 });
   await project('sub', 'team', { instances: 5, disk: 50_000 });

@@ -78,6 +78,11 @@ export function containerDemand(c: Pick<ContainerRecord['config'], 'cpus' | 'mem
   };
 }
 
+/** The disk a container claims on its host at placement, in bytes: what the ledger charges it (its layer and its log beyond the default's). */
+export function containerDiskBytes(c: Parameters<typeof containerDemand>[0]): number {
+  return (containerDemand(c).disk ?? 0) * MiB;
+}
+
 /** MiB a container's log rotation keeps beyond the default's (0 for the default or less). */
 export function logBeyondDefaultMiB(log: { maxSizeBytes?: number; maxFiles?: number } | undefined): number {
   if (!log) return 0;

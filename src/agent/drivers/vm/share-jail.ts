@@ -122,8 +122,9 @@ ok(libc.prctl(38, 1, 0, 0, 0), 'no_new_privs')
 os.execvp(prog[0], prog)
 `;
 
-/** The command that runs `binary argv` in the jail: the jailer, then QEMU (one process, exec'd). */
-export function jailedCommand(binary: string, argv: readonly string[], jail: ShareJail): { binary: string; argv: string[] } {
+/** The command a launch runs: `binary argv` itself, or in the jail when there is one (the jailer, then QEMU: one process, exec'd). */
+export function jailedCommand(binary: string, argv: readonly string[], jail: ShareJail | undefined): { binary: string; argv: string[] } {
+  if (!jail) return { binary, argv: [...argv] };
   const links = SYSTEM_DIRS.filter((d) => existsSync(d) && lstatSync(d).isSymbolicLink()).map((d) => `ln:${d}=${readlinkSync(d)}`);
   const specs = [...links, ...jail.readonly.map((p) => `ro:${p}`), ...jail.writable.map((p) => `rw:${p}`), ...jail.devices.map((p) => `dev:${p}`)];
   return {

@@ -103,8 +103,6 @@ export class VmInspector {
 
 /** The command line a launch runs: QEMU's, in its jail when it stays root (share-jail.ts). */
 function launchArgv(qemu: string, r: VmRecord, confined: QemuConfinement): string[] {
-  const args = qemuArgv({ ...r.config, startPaused: true, ...confined });
-  if (!confined.jail) return [qemu, ...args];
-  const { binary, argv } = jailedCommand(qemu, args, confined.jail);
+  const { binary, argv } = jailedCommand(qemu, qemuArgv({ ...r.config, startPaused: true, ...confined }), confined.jail);
   return [binary, ...argv];
 }
