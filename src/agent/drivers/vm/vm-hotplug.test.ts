@@ -20,6 +20,7 @@ test('a vCPU hot-plug that fails reports its own reason, even when recording it 
     const records: VmRecords = {
       paths: () => p,
       locked: (_id, fn) => fn(),
+      outsideOperations: (fn) => fn(),
       load: async () => structuredClone(record),
       save: async () => {
         saves++;

@@ -97,4 +97,36 @@ describe('VM record: QEMU seen gone', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('a timer set inside an operation (the exit watcher, set by the start) takes the lock once that operation is over', async () => {
+    const { dir, store, p } = await storeWith('vm4');
+    const children: ChildProcess[] = [];
+    try {
+      const gone = await deadPid();
+      const supervisor = spawn('sleep', ['0.3'], { stdio: 'ignore' });
+      children.push(supervisor);
+      await writeFile(p.record, JSON.stringify(record('vm4', gone, supervisor.pid!)));
+      // the start: sets its watcher's timer and returns
+      let watcher: Promise<VmRecord> | undefined;
+      await store.locked('vm4', async () => {
+        setTimeout(() => { watcher = store.load('vm4'); }, 20);
+      });
+      // the next operation (a detach) reads the record before the watcher sees the end and saves
+      // after it would have written it: the end must come after the change, not under it
+      await store.locked('vm4', async () => {
+        const r = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+        await new Promise((res) => setTimeout(res, 700));
+        assert.ok(watcher, 'the watcher looked meanwhile');
+        r.config.memoryMiB = 128;
+        await store.save(r);
+      });
+      assert.equal((await watcher!).lifecycle, 'stopped');
+      const onDisk = JSON.parse(await readFile(p.record, 'utf8')) as VmRecord;
+      assert.equal(onDisk.lifecycle, 'stopped', 'the end is recorded');
+      assert.equal(onDisk.config.memoryMiB, 128, 'the operation\'s change stays');
+    } finally {
+      for (const c of children) c.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -69,6 +69,11 @@ export interface VmRecords {
   paths(id: string): InstancePaths;
   /** Serialise operations on one instance. */
   locked<T>(id: string, fn: () => Promise<T>): Promise<T>;
+  /**
+   * fn outside any operation's context: what it starts later (a timer's callbacks) is an
+   * observer that takes the VM's lock to write, whichever operation made it.
+   */
+  outsideOperations<T>(fn: () => T): T;
   /** The record with QEMU's exit folded in; NotFound without one. */
   load(id: string): Promise<VmRecord>;
   save(r: VmRecord): Promise<void>;
@@ -78,8 +83,16 @@ let recordWrites = 0;
 
 export class VmRecordStore implements VmRecords {
   private readonly locks = new KeyedLock();
-  /** The VMs whose lock this async context holds: an observer inside an operation writes at once. */
-  private readonly held = new AsyncLocalStorage<ReadonlySet<string>>();
+  /**
+   * Per VM, the token of the operation holding its lock now; and per async context, the tokens
+   * of the operations it runs in. An observer inside an operation writes at once; a continuation
+   * that outlives its operation (a timer it set, a promise it did not await) carries the old
+   * token, which no longer holds the lock, so it waits for it. (CI saw the exit watcher, whose
+   * timer is set inside the start's lock, write the end without the lock over a later detach:
+   * the volume came back at the next start.)
+   */
+  private readonly holders = new Map<string, symbol>();
+  private readonly held = new AsyncLocalStorage<ReadonlyMap<string, symbol>>();
 
   constructor(private readonly stateDir: string) {}
 
@@ -89,12 +102,25 @@ export class VmRecordStore implements VmRecords {
   }
 
   locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    return this.locks.run(id, () => this.held.run(new Set([...(this.held.getStore() ?? []), id]), fn));
+    return this.locks.run(id, async () => {
+      const token = Symbol(id);
+      this.holders.set(id, token);
+      try {
+        return await this.held.run(new Map([...(this.held.getStore() ?? []), [id, token]]), fn);
+      } finally {
+        if (this.holders.get(id) === token) this.holders.delete(id);
+      }
+    });
   }
 
-  /** fn under the VM's lock, taken unless this context holds it already (it is not reentrant). */
+  outsideOperations<T>(fn: () => T): T {
+    return this.held.exit(fn);
+  }
+
+  /** fn under the VM's lock, taken unless this context's operation holds it now (it is not reentrant). */
   private underLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    return this.held.getStore()?.has(id) ? fn() : this.locked(id, fn);
+    const mine = this.held.getStore()?.get(id);
+    return mine !== undefined && this.holders.get(id) === mine ? fn() : this.locked(id, fn);
   }
 
   async load(id: string): Promise<VmRecord> {

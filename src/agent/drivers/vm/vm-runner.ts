@@ -34,7 +34,7 @@ export class VmRunner {
   private readonly consoleWatchers = new Map<string, () => void>();
 
   constructor(
-    private readonly records: Pick<VmRecords, 'paths' | 'load' | 'save'>,
+    private readonly records: Pick<VmRecords, 'paths' | 'load' | 'save' | 'outsideOperations'>,
     private readonly o: VmRunnerOptions,
   ) {}
 
@@ -90,7 +90,9 @@ export class VmRunner {
   /** Notice the VM's exit (its record polled, so exits of VMs another driver started too) and cap its console log while it runs. */
   watch(id: string): void {
     if (this.watchers.has(id)) return;
-    const t = setInterval(() => {
+    // an observer, not part of the operation that launched the VM (start, restore): its writes
+    // take the VM's lock even while that operation still holds it
+    const t = this.records.outsideOperations(() => setInterval(() => {
       void this.records.load(id)
         .then((r) => {
           if (r.lifecycle === 'running' || r.lifecycle === 'paused') return;
@@ -98,7 +100,7 @@ export class VmRunner {
           if (r.lifecycle === 'stopped') for (const l of this.exitListeners) l(id);
         })
         .catch(() => this.unwatch(id));
-    }, this.o.settings.exitPollMs ?? 100);
+    }, this.o.settings.exitPollMs ?? 100));
     t.unref();
     this.watchers.set(id, t);
     const consoleLog = this.records.paths(id).consoleLog;
