@@ -43,11 +43,27 @@ async function loggedIn(user: string, password: string): Promise<{ context: Brow
     if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) problems.push(m.text());
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // what the login's own requests did, said when it does not get through (CI saw a reader's
+  // login not show whoami in 30 s once, with nothing else to go on)
+  const calls: string[] = [];
+  const started = Date.now();
+  const mark = (what: string) => calls.push(`${what} +${Date.now() - started} ms`);
+  page.on('requestfailed', (r) => mark(`${r.method()} ${new URL(r.url()).pathname} failed: ${r.failure()?.errorText ?? '?'}`));
+  page.on('response', (r) => {
+    if (/\/(auth|projects)/.test(r.url())) mark(`${r.request().method()} ${new URL(r.url()).pathname} ${r.status()}`);
+  });
   await page.goto(`${base}/ui/`);
   await page.getByLabel('User').fill(user);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Log in' }).click();
-  await page.getByTestId('whoami').waitFor();
+  try {
+    await page.getByTestId('whoami').waitFor();
+  } catch (e) {
+    const shown = await page.locator('body').innerText({ timeout: 1000 }).catch(() => '(unreadable)');
+    await context.close();
+    throw new Error(`${user}'s login did not get through (${(e as Error).message.split('\n')[0]}): requests ${JSON.stringify(calls)}, ` +
+      `page ${page.url()} shows ${JSON.stringify(shown.slice(0, 400))}, problems ${JSON.stringify(problems)}`);
+  }
   return { context, page, problems };
 }
 
