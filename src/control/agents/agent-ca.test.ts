@@ -10,13 +10,14 @@ import { certCommonName, issuedBy } from '../../core/pki.js';
 import { AgentCa } from './agent-ca.js';
 import { checkAgentName } from './agent-registration.js';
 
-test("a migration's certificate: the agent CA's, named migration.AGENT, a key of its own, valid a day", async (t) => {
+test("a migration's certificate: the agent CA's, named migration.AGENT.NONCE (this move's alone), a key of its own, valid a day", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-agentca-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const ca = await AgentCa.open(dir);
   const [a, b] = [await ca.migrationCredentials('host-b'), await ca.migrationCredentials('host-b')];
-  assert.equal(a.name, 'migration.host-b');
-  assert.equal(certCommonName(a.cert), 'migration.host-b', 'never the agent\'s own name, which the control plane takes for the agent');
+  assert.match(a.name, /^migration\.host-b\.[0-9a-f]{12}$/);
+  assert.equal(certCommonName(a.cert), a.name, 'never the agent\'s own name, which the control plane takes for the agent');
+  assert.notEqual(a.name, b.name, 'a name per migration: one taken from a QEMU names no later move');
   assert.ok(issuedBy(a.cert, ca.certificate));
   assert.equal(a.ca, ca.certificate);
   assert.notEqual(a.key, b.key, 'a key per migration');

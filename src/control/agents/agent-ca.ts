@@ -8,7 +8,7 @@
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import { logger } from '../../core/log.js';
 import { certCommonName, certFingerprint, issueCertificate, issuedBy, makeCa, signCsr, type KeyAndCert } from '../../core/pki.js';
 import { CONTROL_PLANE_CERT_NAME, MIGRATION_CERT_PREFIX } from '../../agent/remote/agent-protocol.js';
@@ -123,11 +123,14 @@ export class AgentCa {
 
   /**
    * A certificate for one live migration, for the agent of this name: a key of its own, a day's
-   * validity, named `migration.NAME` (MIGRATION_CERT_PREFIX), so that the QEMU that holds it during
-   * the move holds neither the agent's own key nor a name the control plane takes for the agent's.
+   * validity, named `migration.NAME.NONCE` (MIGRATION_CERT_PREFIX), so that the QEMU that holds it
+   * during the move holds neither the agent's own key nor a name the control plane takes for the
+   * agent's. The nonce makes the name this move's alone: the destination takes exactly it and the
+   * source checks exactly the destination's, so a certificate taken from a QEMU (a guest that
+   * escaped into it) is worth nothing to any later move, though it is valid for the rest of its day.
    */
   async migrationCredentials(name: string): Promise<MigrationTls> {
-    const commonName = `${MIGRATION_CERT_PREFIX}${name}`;
+    const commonName = `${MIGRATION_CERT_PREFIX}${name}.${randomBytes(6).toString('hex')}`;
     const { key, cert } = await issueCertificate(this.ca, { commonName, usage: 'server', days: 1 });
     return { name: commonName, key, cert, ca: this.ca.cert };
   }

@@ -159,8 +159,10 @@ export async function migrateVm(deps: VmMoveDeps, idOrName: string, to: string, 
       {
         spec: async () => {
           const spec = await src.vmMigrationSpec(v.id);
-          if (spec.tls && deps.migrationCredentials) minted = { src: await deps.migrationCredentials(from), dst: await deps.migrationCredentials(to) };
-          return spec;
+          if (!spec.tls || !deps.migrationCredentials) return spec;
+          minted = { src: await deps.migrationCredentials(from), dst: await deps.migrationCredentials(to) };
+          // the destination takes the source's certificate of this move, not any the source agent had
+          return { ...spec, tls: minted.src.name };
         },
         send: (uri, o) => src.migrateVmOut(v.id, uri, minted && o.tls ? { ...o, credentials: minted.src } : o),
         // once the guest runs at the destination, a source that cannot let go is only logged

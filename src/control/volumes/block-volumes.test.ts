@@ -224,14 +224,14 @@ test('a live migration carries the VM\'s block volumes: made at the destination,
   assert.deepEqual(local.calls('removeBlockVolume').map((a) => a[0]), [v.id, v.id], 'what the failed move made is gone');
 });
 
-test('a live migration gets certificates of its own, one per side, named migration.AGENT: neither agent hands QEMU its own key', async (t) => {
+test('a live migration gets certificates of its own, one per side, named for this move: neither agent hands QEMU its own key, and the destination takes exactly the source\'s', async (t) => {
   const { vms, local, b, vm } = await setup(t);
   await vm('m');
   await vms.start('m');
   const minted: string[] = [];
   vms.migrationCredentials = async (agent) => {
     minted.push(agent);
-    return { name: `migration.${agent}`, ca: 'CA', cert: `CERT ${agent}`, key: `KEY ${agent}` };
+    return { name: `migration.${agent}.${minted.length}`, ca: 'CA', cert: `CERT ${agent}`, key: `KEY ${agent}` };
   };
   // a source with no certificate of its own sends in clear as before: nothing is minted for it
   await vms.migrate('m', 'b');
@@ -242,8 +242,10 @@ test('a live migration gets certificates of its own, one per side, named migrati
   b.override('vmMigrationSpec', async (id) => ({ id, name: 'm', createdAt: new Date().toISOString(), config, tls: 'b' }));
   await vms.migrate('m', 'local');
   assert.deepEqual(minted, ['b', 'local']);
-  assert.equal(local.calls('prepareVmIncoming').at(-1)?.[0].credentials?.name, 'migration.local', "the destination's");
+  const prepared = local.calls('prepareVmIncoming').at(-1)![0];
+  assert.equal(prepared.credentials?.name, 'migration.local.2', "the destination's");
+  assert.equal(prepared.tls, 'migration.b.1', 'the destination is told to take the source\'s certificate of this move, not the agent\'s name');
   const out = b.calls('migrateVmOut').at(-1)!;
-  assert.equal(out[2].tls, 'migration.local', 'the source checks the name the destination answered');
-  assert.equal(out[2].credentials?.name, 'migration.b', "the source's own");
+  assert.equal(out[2].tls, 'migration.local.2', 'the source checks the name the destination answered');
+  assert.equal(out[2].credentials?.name, 'migration.b.1', "the source's own");
 });

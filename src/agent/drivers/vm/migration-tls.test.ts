@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { runOk } from '../../../core/exec.js';
-import { addTlsCreds, FFDHE2048_PEM, TLS_CREDS_ID, type MigrationTls } from './migration-tls.js';
+import { addTlsCreds, FFDHE2048_PEM, sourceNames, TLS_CREDS_ID, type MigrationTls } from './migration-tls.js';
 
 const tls: MigrationTls = { name: 'host-a', ca: 'CA PEM', cert: 'CERT PEM', key: 'KEY PEM' };
 
@@ -64,4 +64,10 @@ test('a QEMU in a chroot reads them inside it, named from its own root', async (
 
 test('the DH parameters are RFC 7919 ffdhe2048 as OpenSSL prints them', async () => {
   assert.equal(await runOk('openssl', ['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048']), FFDHE2048_PEM);
+});
+
+test('a destination takes exactly the certificate minted for this move; told an agent\'s name, that agent\'s own or the unnonced name of a control plane of before', () => {
+  assert.deepEqual(sourceNames('migration.host-a.0123456789ab'), ['migration.host-a.0123456789ab']);
+  assert.deepEqual(sourceNames('host-a'), ['host-a', 'migration.host-a']);
+  assert.ok(!sourceNames('migration.host-a.0123456789ab').includes('migration.host-a.ba9876543210'), 'not another move\'s');
 });

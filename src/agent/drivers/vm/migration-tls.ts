@@ -85,8 +85,13 @@ export async function useTlsForMigration(c: Qmp, peer?: string): Promise<void> {
 /** The QOM id of the destination's list of the sources it takes (QEMU's authz-list, the migration's and the NBD server's tls-authz). */
 export const TLS_AUTHZ_ID = 'nimbus-migrate-authz';
 
-/** The certificate names a destination takes a migration from: the source agent's own, and the one the control plane mints for it. */
-export const sourceNames = (sourceAgent: string) => [sourceAgent, `${MIGRATION_CERT_PREFIX}${sourceAgent}`];
+/**
+ * The certificate names a destination takes a migration from, given the source the control plane
+ * named: a certificate minted for this move (`migration.AGENT.NONCE`) exactly; an agent's name,
+ * that agent's own certificate or, from a control plane of before the nonce (which named the
+ * agent and minted `migration.AGENT`), that.
+ */
+export const sourceNames = (named: string): string[] => (named.startsWith(MIGRATION_CERT_PREFIX) ? [named] : [named, `${MIGRATION_CERT_PREFIX}${named}`]);
 
 /**
  * Destination: take the stream only from a client certificate of one of these names (subject

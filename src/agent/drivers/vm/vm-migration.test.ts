@@ -10,6 +10,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { issueCertificate, makeCa, type KeyAndCert } from '../../../core/pki.js';
 import { migrateLive } from '../../migration.js';
 import type { MigrationTls } from './migration-tls.js';
@@ -173,7 +174,11 @@ test('live migration to another driver: the guest goes on, the source is gone, t
 
 test("a migration's own certificates (protocol 11): agents with none of their own move a guest over TLS with what the control plane minted, named for migrations only", async (t) => {
   const ca = await makeCa('test agent CA for minted certificates');
-  const minted = async (agent: string): Promise<MigrationTls> => ({ name: `migration.${agent}`, ca: ca.cert, ...(await issueCertificate(ca, { commonName: `migration.${agent}`, usage: 'server', days: 1 })) });
+  // as the control plane mints them: a name for this move alone
+  const minted = async (agent: string): Promise<MigrationTls> => {
+    const name = `migration.${agent}.${randomBytes(6).toString('hex')}`;
+    return { name, ca: ca.cert, ...(await issueCertificate(ca, { commonName: name, usage: 'server', days: 1 })) };
+  };
   const [credA, credB] = await Promise.all([minted('host-a'), minted('host-b')]);
   const src = new VmDriver({ stateDir: path.join(env.base, 'agent-m1'), accel: env.accel.accel });
   const dst = new VmDriver({ stateDir: path.join(env.base, 'agent-m2'), accel: env.accel.accel });
@@ -196,16 +201,18 @@ test("a migration's own certificates (protocol 11): agents with none of their ow
         abandon: () => dst.abandonIncoming(id),
       });
     t.diagnostic(JSON.stringify(report));
-    assert.equal(answered, 'migration.host-b', 'the destination answers the name of the certificate it was given');
+    assert.equal(answered, credB.name, 'the destination answers the name of the certificate it was given');
     assert.equal(report.tls, true, 'over TLS though neither driver has a certificate of its own');
     assert.equal((await dst.state(id)).status, 'running');
-    // a destination takes the source it was told of, not any certificate of the CA: told host-z,
-    // it refuses host-b's (QEMU's tls-authz), and the guest goes on where it was
+    // a destination takes exactly the certificate of this move, not any of the CA nor one of the
+    // same agent from a move before (as one taken from a QEMU would be): told of host-b's
+    // certificate for this move, it refuses host-b's of the last one (QEMU's tls-authz), and the
+    // guest goes on where it was
     const third = new VmDriver({ stateDir: path.join(env.base, 'agent-m3'), accel: env.accel.accel });
-    const credC = await minted('host-c');
+    const [credC, credBNow] = await Promise.all([minted('host-c'), minted('host-b')]);
     await assert.rejects(migrateLive(id,
       { spec: () => dst.migrationSpec(id), send: (uri, o) => dst.migrateOut(id, uri, { ...o, credentials: credB }), end: (outcome) => dst.endMigration(id, outcome) },
-      { prepare: (spec) => third.prepareIncoming({ ...spec, tls: 'host-z', credentials: credC }, '127.0.0.1'), finish: (h) => third.finishIncoming(id, h), abandon: () => third.abandonIncoming(id) }),
+      { prepare: (spec) => third.prepareIncoming({ ...spec, tls: credBNow.name, credentials: credC }, '127.0.0.1'), finish: (h) => third.finishIncoming(id, h), abandon: () => third.abandonIncoming(id) }),
     (e: unknown) => {
       t.diagnostic(`refused: ${String(e)}`);
       return /migration of .* failed/.test(String(e));
