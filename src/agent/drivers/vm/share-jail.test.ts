@@ -9,7 +9,7 @@ import path from 'node:path';
 import { mountsUnder } from '../../snapshots/mount.js';
 import { jailedCommand, shareJailOf } from './share-jail.js';
 
-test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else, read-only but for its writable paths; 9p capabilities only, no_new_privs', async () => {
+test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else, read-only but for its writable paths, where a device node it makes does not open; 9p capabilities only, no_new_privs', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-share-jail-'));
   try {
     const vmDir = path.join(dir, 'vm');
@@ -30,9 +30,12 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
       'echo w > "$1/written" && echo share-writable',
       '(echo x > /planted) 2>/dev/null && echo root-writable || echo root-read-only',
       '(echo x > /usr/planted) 2>/dev/null && echo usr-writable || echo usr-read-only',
+      // a device node made where it may write (9p passthrough makes the guest's): made, but no use
+      // to it (the /dev/zero numbers; a disk's would be the host's disk)
+      'for d in "$1" "$3"; do mknod "$d/zero" c 1 5 && (head -c1 "$d/zero" >/dev/null 2>&1 && echo node-opened || echo node-refused); done',
       'sleep 1',
     ].join('\n');
-    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret], jail);
+    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret, vmDir], jail);
     const child = spawn(binary, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -47,7 +50,8 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     const lines = out.trim().split('\n');
     assert.deepEqual(lines[0]!.trim().split(' ').filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), ['dev', 'proc', dir.split('/')[1]!].sort(), 'programs, devices, /proc, and the top of its own paths');
     assert.equal(lines[1]!.trim(), 'self fd', 'of /proc, its own fd directory only');
-    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only']);
+    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'node-refused'],
+      'a device node it makes in the share or its directory does not open (nodev)');
     const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
     assert.equal(field('CapBnd'), '00000000080000df', status);
     assert.equal(field('CapEff'), '00000000080000df');

@@ -8,7 +8,9 @@
  *   what QEMU opens: the host's programs and libraries read-only (/usr, and /bin, /lib... as this
  *   host has them), its kernel and initrd read-only, its shares and the VM's own directory (QMP
  *   socket, pid file, console) writable, a handful of device nodes, and of /proc only its own
- *   /proc/self/fd (9p's xattr and chmod calls go through it). pivot_root, then the old root
+ *   /proc/self/fd (9p's xattr and chmod calls go through it). Every path but the device nodes is
+ *   nodev and nosuid: with mknod it can make a node (9p makes the guest's), but one of a disk's
+ *   numbers would not open. pivot_root, then the old root
  *   detached: no path leads back to the host's other files, the agent's home, other VMs, other
  *   containers' layers or other processes;
  * - a capability bounding set of the file capabilities 9p passthrough uses (chown, dac_override,
@@ -102,8 +104,12 @@ for spec in specs:
             os.makedirs(os.path.dirname(t), exist_ok=True)
             open(t, 'a').close()
     mount(p, t, None, BIND)
+    # nodev on all but the device nodes it is given: with CAP_MKNOD (9p makes the guest's nodes)
+    # a node it made where it writes, a disk's numbers, would open the host's disk
     if kind == 'ro':
-        mount(None, t, None, REMOUNT | BIND | RDONLY)
+        mount(None, t, None, REMOUNT | BIND | RDONLY | NOSUID | NODEV)
+    elif kind == 'rw':
+        mount(None, t, None, REMOUNT | BIND | NOSUID | NODEV)
 # of /proc, this process's own fd directory (its pid is QEMU's: exec keeps it): 9p goes through it
 os.makedirs(root + '/proc/self/fd')
 mount('/proc/%d/fd' % os.getpid(), root + '/proc/self/fd', None, BIND)
