@@ -49,7 +49,8 @@ export async function mountExt4Image(file: string, mnt: string): Promise<void> {
   try {
     dev = await attach(file, ['--direct-io=on']);
   } catch (e) {
-    log.info('image stays buffered (no direct I/O on this host filesystem)', { mnt, error: String(e) });
+    // most often a host filesystem without O_DIRECT (tmpfs); anything else, the buffered attach says again
+    log.info('a loop device with direct I/O could not be attached: trying a buffered one', { mnt, error: String(e) });
     dev = await attach(file, []);
   }
   try {
