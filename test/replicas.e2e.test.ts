@@ -18,8 +18,9 @@ import { request } from 'node:http';
 import pg from 'pg';
 import { clusterForTests } from '../scripts/fixtures/postgres.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
-import { agentProcess, clusterNetworkEnv, leaderOf, loginToken, startReplica, type AgentProcess, type Replica } from './helpers/replica-cluster.js';
+import { ADMIN_PASSWORD, agentProcess, clusterNetworkEnv, leaderOf, loginToken, startReplica, type AgentProcess, type Replica } from './helpers/replica-cluster.js';
 import { waitFor } from './helpers/wait.js';
+import { call } from './helpers/http.js';
 
 const HOST = 'host-r';
 const BURST = 40;
@@ -132,6 +133,29 @@ describe('two nimbusd replicas on one PostgreSQL, one agent', { concurrency: fal
       return true;
     });
     assert.deepEqual((await A!.replicas()).replicas.filter((r) => r.live).map((r) => r.pid).sort(), [A!.pid(), B!.pid()].sort(), 'it left no replica row');
+  });
+
+  test('failed logins count on both replicas together: five spread over A and B, and the sixth is refused (429) on either, before its password is checked', async () => {
+    const login = (r: Replica, password: string) => call({ port: r.port() }, 'POST', '/auth/login', { body: { user: 'admin', password } });
+    for (const r of [A!, B!, A!, B!, A!]) assert.equal((await login(r, 'wrong-password')).status, 401, `a wrong password on ${r.name}`);
+    for (const r of [B!, A!]) {
+      const refused = await login(r, ADMIN_PASSWORD);
+      assert.equal(refused.status, 429, `${r.name}: ${refused.status} ${refused.text}`);
+      assert.match(refused.text, /login as admin: too many failed attempts/);
+    }
+    // the store's rows: hashes of the keys, never the name or the address
+    const c = new pg.Client({ connectionString: db!.url });
+    await c.connect();
+    try {
+      const rows = await c.query<{ scope: string; key: string }>('SELECT scope, key FROM failed_attempts');
+      assert.deepEqual([...new Set(rows.rows.map((r) => r.scope))].sort(), ['login-source', 'login-user']);
+      assert.equal(rows.rows.filter((r) => r.scope === 'login-user').length, 5);
+      assert.ok(rows.rows.every((r) => !/admin|127\.0\.0\.1/.test(r.key)), JSON.stringify(rows.rows));
+      // the next tests log in as admin again: the throttle is not what they test
+      await c.query('DELETE FROM failed_attempts');
+    } finally {
+      await c.end();
+    }
   });
 
   test('a pull started on A is waited on through B; a container made through A is seen by B\'s events, inspected, logged and removed through B', async () => {

@@ -13,6 +13,7 @@ import type { Store } from './store.js';
 import { BASELINE_VERSION, MIGRATIONS } from './schema.js';
 import { placementConformance } from './conformance-placement.js';
 import { registryCredentialConformance } from './conformance-registry-credentials.js';
+import { failedAttemptConformance } from './conformance-failed-attempts.js';
 
 export interface ConformanceTarget {
   store: Store;
@@ -116,6 +117,7 @@ export async function assertInstanceNamesMigrated(s: Store): Promise<void> {
 export function storeConformance(name: string, open: () => Promise<ConformanceTarget>): void {
   placementConformance(name, open);
   registryCredentialConformance(name, open);
+  failedAttemptConformance(name, open);
   /** A store on an empty database, cleaned up after the test; reopen() is the target's (or fails the test). */
   async function setup(t: TestContext): Promise<{ s: Store; reopen: () => Promise<Store> }> {
     const target = await open();

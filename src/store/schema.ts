@@ -443,6 +443,17 @@ export const MIGRATIONS: readonly string[] = [
   // out), committed with the cursor: a restarted service or a new leader measures the next span
   // from them instead of leaving its bytes unmeasured (docs/metering.md)
   `ALTER TABLE usage_cursors ADD COLUMN net_base TEXT;`,
+  // failed logins and agent registrations, counted by every control-plane process together
+  // (repos/failed-attempts.ts): a row per failure (its own id: two in one millisecond are two),
+  // gone when it leaves its window
+  `CREATE TABLE failed_attempts (
+     id TEXT PRIMARY KEY,
+     scope TEXT NOT NULL,
+     key TEXT NOT NULL,
+     at INT64 NOT NULL
+   );
+   CREATE INDEX failed_attempts_lookup ON failed_attempts(scope, key, at);
+   CREATE INDEX failed_attempts_expiry ON failed_attempts(scope, at);`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

@@ -19,6 +19,7 @@ import { SqlSettingsRepo } from './repos/settings.js';
 import { SqlUsageRepo } from './repos/usage.js';
 import { SqlVolumeRepo } from './repos/volumes.js';
 import { SqlRegistryCredentialRepo } from './repos/registry-credentials.js';
+import { SqlFailedAttemptRepo } from './repos/failed-attempts.js';
 
 export class SqlStore implements Store {
   readonly kind: StoreKind;
@@ -39,6 +40,7 @@ export class SqlStore implements Store {
   readonly usage: SqlUsageRepo;
   readonly volumes: SqlVolumeRepo;
   readonly registryCredentials: SqlRegistryCredentialRepo;
+  readonly failedAttempts: SqlFailedAttemptRepo;
   private readonly quota: SqlQuotaRows;
 
   /** db: an executor on a migrated database (see openStore). */
@@ -61,6 +63,7 @@ export class SqlStore implements Store {
     this.usage = new SqlUsageRepo(db);
     this.volumes = new SqlVolumeRepo(db);
     this.registryCredentials = new SqlRegistryCredentialRepo(db);
+    this.failedAttempts = new SqlFailedAttemptRepo(db);
     this.quota = new SqlQuotaRows(db);
   }
 

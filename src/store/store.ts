@@ -37,6 +37,7 @@ import type { SettingsRepo } from './repos/settings.js';
 import type { UsageRepo } from './repos/usage.js';
 import type { VolumeRepo } from './repos/volumes.js';
 import type { RegistryCredentialRepo } from './repos/registry-credentials.js';
+import type { FailedAttemptRepo } from './repos/failed-attempts.js';
 
 export interface ProjectRepo {
   get(id: string): Promise<ProjectRecord | undefined>;
@@ -276,6 +277,7 @@ export interface Store {
   readonly volumes: VolumeRepo;
   /** Registry credentials per project, the passwords sealed (docs/registries.md). */
   readonly registryCredentials: RegistryCredentialRepo;
+  readonly failedAttempts: FailedAttemptRepo;
   /** Which implementation this is (for logs, /info and dialect-specific tests). */
   readonly kind: StoreKind;
   /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */

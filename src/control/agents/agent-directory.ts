@@ -30,6 +30,7 @@ import type { HostCandidate, HostSource } from '../scheduler/types.js';
 import { AgentConnections, type AgentConnector } from './agent-connections.js';
 import { admitAgent, type AgentRegistration } from './agent-registration.js';
 import { FailureThrottle } from '../../core/failure-throttle.js';
+import { sharedFailureLog } from '../identity/shared-failure-log.js';
 import { JoinTokens } from './join-tokens.js';
 import { HostSettings, type HostSettingsChange } from './host-settings.js';
 import { HOST_ANSWER_TIMEOUT_MS, HostReachability } from './host-reach.js';
@@ -59,8 +60,8 @@ export interface AgentDirectoryOptions {
 }
 
 export class AgentDirectory implements HostSource {
-  /** Failed registrations over TLS per caller's address (registerOverTls). */
-  private readonly unprovenRegistrations = new FailureThrottle({ limit: 10, windowMs: 60_000 });
+  /** Failed registrations over TLS per caller's address (registerOverTls), counted by every replica together. */
+  private readonly unprovenRegistrations: FailureThrottle;
   private readonly connections: AgentConnections;
   private readonly reach: HostReachability;
   private readonly settings: HostSettings;
@@ -96,6 +97,7 @@ export class AgentDirectory implements HostSource {
   ) {
     this.now = opts.now ?? Date.now;
     this.embedded = opts.embedded ?? true;
+    this.unprovenRegistrations = new FailureThrottle({ limit: 10, windowMs: 60_000 }, sharedFailureLog(store, 'agent-registration'), this.now);
     const dropCandidates = () => (this.candidatesMemo = undefined);
     this.reach = new HostReachability({
       now: this.now,
@@ -232,11 +234,12 @@ export class AgentDirectory implements HostSource {
    * throttled per caller's address (`source`): a port scan through it runs at 10 probes a minute.
    */
   async registerOverTls(req: AgentRegistration, source: string): Promise<AgentRecord> {
-    this.unprovenRegistrations.check(source, 'agent registration');
+    await this.unprovenRegistrations.check(source, 'agent registration');
     try {
       return await this.register(req);
     } catch (e) {
-      this.unprovenRegistrations.fail(source);
+      // the refusal stands whatever happens to its count
+      await this.unprovenRegistrations.fail(source).catch((fe: unknown) => log.warn('a failed agent registration could not be counted', { source, error: String(fe) }));
       throw e;
     }
   }

@@ -11,6 +11,7 @@ import type { Store } from '../../store/store.js';
 import type { TokenRecord, UserRecord } from '../../store/records.js';
 import type { Principal } from './access.js';
 import { FailureThrottle } from '../../core/failure-throttle.js';
+import { sharedFailureLog } from './shared-failure-log.js';
 import { decoyHash, generatePassword, hashPassword, verifyPassword } from './passwords.js';
 
 export const ADMIN_USER = 'admin';
@@ -40,9 +41,15 @@ export interface ApiKeyView {
 const hashSecret = (secret: string) => createHash('sha256').update(secret).digest('hex');
 
 export class IdentityService {
-  private readonly failedLogins = { byUser: new FailureThrottle(LOGIN_FAILURES_PER_USER), bySource: new FailureThrottle(LOGIN_FAILURES_PER_SOURCE) };
+  /** Counted in the store: every replica's answers count against one limit. */
+  private readonly failedLogins: { byUser: FailureThrottle; bySource: FailureThrottle };
 
-  constructor(private readonly store: Store) {}
+  constructor(private readonly store: Store) {
+    this.failedLogins = {
+      byUser: new FailureThrottle(LOGIN_FAILURES_PER_USER, sharedFailureLog(store, 'login-user')),
+      bySource: new FailureThrottle(LOGIN_FAILURES_PER_SOURCE, sharedFailureLog(store, 'login-source')),
+    };
+  }
 
   view(u: UserRecord): UserView {
     return { id: u.id, name: u.name, systemAdmin: u.systemAdmin, defaultProject: u.defaultProjectId, createdAt: u.createdAt };
@@ -108,16 +115,16 @@ export class IdentityService {
       throw new InvalidArgument(`ttl must be between 1 and ${MAX_TTL_SECONDS} seconds`);
     }
     const userKey = `${name}\0${source}`;
-    this.failedLogins.bySource.check(source, 'login');
-    this.failedLogins.byUser.check(userKey, `login as ${name}`);
+    await this.failedLogins.bySource.check(source, 'login');
+    await this.failedLogins.byUser.check(userKey, `login as ${name}`);
     const u = await this.store.users.byName(name);
     const ok = await verifyPassword(password, u?.passwordHash ?? (await decoyHash()));
     if (!u || !ok) {
-      this.failedLogins.byUser.fail(userKey);
-      this.failedLogins.bySource.fail(source);
+      await this.failedLogins.byUser.fail(userKey);
+      await this.failedLogins.bySource.fail(source);
       throw new Unauthenticated('invalid user name or password');
     }
-    this.failedLogins.byUser.succeed(userKey);
+    await this.failedLogins.byUser.succeed(userKey);
     await this.store.tokens.deleteExpired(Date.now());
     const { secret, record } = this.mint(u.id, 'session', null, Date.now() + ttlSeconds * 1000);
     await this.store.tokens.insert(record);
