@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -78,6 +78,30 @@ test('an OCI rootfs runs in a microVM restored from a saved template: env, workd
   assert.ok(!existsSync(path.join(base, 'state', id)), 'nothing left of it');
 });
 
+test('with the jail\'s five capabilities the guest\'s files keep the owners and modes it gives them (9p passthrough): on the host too', async () => {
+  const id = freshId('sec');
+  try {
+    const script = [
+      'echo data > /made && chown 1234:2345 /made && chmod 2751 /made',
+      'mkdir /closed && chmod 700 /closed && echo in > /closed/f && chown 1234 /closed',
+      'ln -s made /link && ln /made /hard',
+      'stat -c "%u:%g %a %h" /made; cat /closed/f',
+    ].join(' && ');
+    await driver.create(await specFor(id, ['sh', '-c', script]));
+    await driver.start(id);
+    const st = await waitStopped(driver, id, 120_000);
+    const lines = (await collectLogs(driver, id)).map((r) => r.line.trim()).filter(Boolean);
+    assert.equal(st.exitCode, 0, lines.join(' | '));
+    assert.deepEqual(lines.slice(-2), ['1234:2345 2751 2', 'in'], 'as the guest sees them');
+    const upper = path.join(base, `rw-${id}`, 'upper');
+    const made = await stat(path.join(upper, 'made'));
+    assert.deepEqual([made.uid, made.gid, (made.mode & 0o7777).toString(8), made.nlink], [1234, 2345, '2751', 2], 'as the host keeps them');
+    assert.equal((await stat(path.join(upper, 'closed'))).uid, 1234);
+  } finally {
+    await driver.delete(id);
+  }
+});
+
 test('stop asks the guest: the workload gets TERM and its trap runs', async () => {
   const id = freshId('sec');
   try {
@@ -106,9 +130,9 @@ test("the microVM's QEMU, which stays root for 9p, runs in a jail: its own mount
     const status = await readFile(`/proc/${pid}/status`, 'utf8');
     const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
     assert.equal(field('Uid')?.split(/\s/)[0] ?? field('Uid'), '0', 'root, for 9p passthrough');
-    // chown 0, dac_override 1, dac_read_search 2, fowner 3, fsetid 4, setgid 6, setuid 7, mknod 27
-    assert.equal(field('CapBnd'), '00000000080000df', 'the bounding set: 9p\'s capabilities only');
-    assert.equal(field('CapEff'), '00000000080000df');
+    // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27
+    assert.equal(field('CapBnd'), '000000000800001b', 'the bounding set: 9p\'s capabilities only');
+    assert.equal(field('CapEff'), '000000000800001b');
     assert.equal(field('NoNewPrivs'), '1');
     const root = `/proc/${pid}/root`;
     assert.deepEqual((await readdir(root)).filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), [base.split('/')[1]!, 'dev', 'proc'].sort(), 'the host\'s programs, its own paths, a few devices and /proc/self/fd');

@@ -9,6 +9,17 @@ import path from 'node:path';
 import { mountsUnder } from '../../snapshots/mount.js';
 import { jailedCommand, shareJailOf } from './share-jail.js';
 
+/** Opens argv[1] through its file handle (name_to_handle_at, then open_by_handle_at on its directory): prints handle-opened or handle-refused. */
+const OPEN_BY_HANDLE = [
+  'import ctypes, os, sys',
+  'libc = ctypes.CDLL(None, use_errno=True)',
+  'class Handle(ctypes.Structure): _fields_ = [("size", ctypes.c_uint), ("type", ctypes.c_int), ("f", ctypes.c_ubyte * 128)]',
+  'h = Handle(); h.size = 128; m = ctypes.c_int()',
+  'assert libc.name_to_handle_at(-100, sys.argv[1].encode(), ctypes.byref(h), ctypes.byref(m), 0) == 0, ctypes.get_errno()',
+  'd = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY)',
+  'print("handle-opened" if libc.open_by_handle_at(d, ctypes.byref(h), os.O_RDONLY) >= 0 else "handle-refused")',
+].join('\n');
+
 test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else, read-only but for its writable paths, where a device node it makes does not open; 9p capabilities only, no_new_privs', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-share-jail-'));
   try {
@@ -33,6 +44,9 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
       // a device node made where it may write (9p passthrough makes the guest's): made, but no use
       // to it (the /dev/zero numbers; a disk's would be the host's disk)
       'for d in "$1" "$3"; do mknod "$d/zero" c 1 5 && (head -c1 "$d/zero" >/dev/null 2>&1 && echo node-opened || echo node-refused); done',
+      // open_by_handle_at ("shocker"): with a handle, a file of the same filesystem opens from
+      // any descriptor on it, past the mount namespace; here a handle of its own share's file
+      `python3 -I -S -c '${OPEN_BY_HANDLE}' "$1/in-the-share"`,
       'sleep 1',
     ].join('\n');
     const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret, vmDir], jail);
@@ -50,11 +64,12 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     const lines = out.trim().split('\n');
     assert.deepEqual(lines[0]!.trim().split(' ').filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), ['dev', 'proc', dir.split('/')[1]!].sort(), 'programs, devices, /proc, and the top of its own paths');
     assert.equal(lines[1]!.trim(), 'self fd', 'of /proc, its own fd directory only');
-    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'node-refused'],
-      'a device node it makes in the share or its directory does not open (nodev)');
+    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'node-refused', 'handle-refused'],
+      'a device node it makes in the share or its directory does not open (nodev); no file opens by its handle');
     const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
-    assert.equal(field('CapBnd'), '00000000080000df', status);
-    assert.equal(field('CapEff'), '00000000080000df');
+    // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27
+    assert.equal(field('CapBnd'), '000000000800001b', status);
+    assert.equal(field('CapEff'), '000000000800001b');
     assert.equal(field('NoNewPrivs'), '1');
     assert.equal(await readFile(path.join(share, 'written'), 'utf8'), 'w\n', 'the share is the host directory itself');
     assert.deepEqual(await mountsUnder(dir), [], 'its mounts were its namespace\'s only');

@@ -14,9 +14,9 @@
  *   detached: no path leads back to the host's other files, the agent's home, other VMs, other
  *   containers' layers or other processes;
  * - a capability bounding set of the file capabilities 9p passthrough uses (chown, dac_override,
- *   dac_read_search, fowner, fsetid, mknod, setuid, setgid) and nothing else: no sys_admin (no
- *   mount, no namespace of its own to escape through), no sys_chroot, no sys_ptrace, no net_admin,
- *   no sys_module;
+ *   fowner, fsetid, mknod) and nothing else: no dac_read_search (open_by_handle_at reaches past
+ *   the mount namespace), no sys_admin (no mount, no namespace of its own to escape through), no
+ *   sys_chroot, no sys_ptrace, no net_admin, no sys_module;
  * - no_new_privs, and QEMU's own seccomp filter as before (-sandbox, elevateprivileges=deny).
  *
  * The jailer is one short python3 program (JAILER) that execs QEMU, so QEMU keeps the supervisor's
@@ -36,8 +36,14 @@ export interface ShareJail {
   devices: string[];
 }
 
-/** The capabilities 9p passthrough needs of a root QEMU (the set virtfs-proxy-helper keeps). */
-export const SHARE_JAIL_CAPS = ['chown', 'dac_override', 'dac_read_search', 'fowner', 'fsetid', 'mknod', 'setuid', 'setgid'] as const;
+/**
+ * The capabilities 9p passthrough needs of a root QEMU: virtfs-proxy-helper's set less three.
+ * dac_read_search: dac_override passes every permission check it would, and alone it grants
+ * open_by_handle_at, with which a file of the same filesystem opens from any descriptor on it,
+ * past the mount namespace (Docker's "shocker" escape): the jail would not hold. setuid and
+ * setgid: QEMU's -sandbox (elevateprivileges=deny) kills it at any such call anyway.
+ */
+export const SHARE_JAIL_CAPS = ['chown', 'dac_override', 'fowner', 'fsetid', 'mknod'] as const;
 
 /** The host's top-level program and library directories (merged /usr: symlinks, made again inside). */
 const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'];
@@ -59,7 +65,7 @@ export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 
 }
 
 /** Linux's capability numbers of SHARE_JAIL_CAPS (linux/capability.h). */
-const CAP_NUMBERS: Record<(typeof SHARE_JAIL_CAPS)[number], number> = { chown: 0, dac_override: 1, dac_read_search: 2, fowner: 3, fsetid: 4, setgid: 6, setuid: 7, mknod: 27 };
+const CAP_NUMBERS: Record<(typeof SHARE_JAIL_CAPS)[number], number> = { chown: 0, dac_override: 1, fowner: 3, fsetid: 4, mknod: 27 };
 
 /**
  * The jailer: one python3 process (-I -S, as qmp-fds.ts runs one) that makes the jail with the
