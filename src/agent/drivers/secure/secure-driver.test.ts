@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -102,6 +102,27 @@ test('with the jail\'s five capabilities the guest\'s files keep the owners and 
   }
 });
 
+test('the guest owns its rootfs: an exit status it makes a symlink to a host file is not read through (its number is not the exit code)', async () => {
+  const id = freshId('sec');
+  const hostFile = path.join(base, 'host-number');
+  await writeFile(hostFile, '42\n');
+  try {
+    // the link's target does not exist in the guest, so nimbus-init's own write of the status fails and the link stays
+    await driver.create(await specFor(id, ['sh', '-c', `rm -f /.nimbus/exit; ln -s ${hostFile} /.nimbus/exit; exit 3`]));
+    await driver.start(id);
+    const st = await waitStopped(driver, id, 120_000);
+    assert.equal((await lstat(path.join(base, `rw-${id}`, 'upper', '.nimbus', 'exit'))).isSymbolicLink(), true, 'the guest\'s symlink is there');
+    assert.notEqual(st.exitCode, 42, 'the host file was not read as the status');
+    assert.equal(st.exitCode, 255, 'no status came back');
+    // started again: the link goes, not the file it names
+    await driver.start(id);
+    await waitStopped(driver, id, 120_000);
+    assert.equal(await readFile(hostFile, 'utf8'), '42\n', 'the host file is untouched');
+  } finally {
+    await driver.delete(id);
+  }
+});
+
 test('stop asks the guest: the workload gets TERM and its trap runs', async () => {
   const id = freshId('sec');
   try {
@@ -144,7 +165,12 @@ test("the microVM's QEMU, which stays root for 9p, runs in a jail: its own mount
     await assert.rejects(writeFile(path.join(root, 'planted'), 'x'), /EROFS/, 'its root is read-only');
     // asked over QMP to open a host file, it finds none
     const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
-    const dir = path.dirname(argv[argv.indexOf('-pidfile') + 1]!);
+    // its run files are descriptors (the console log's fd set names the QMP socket), no pid file
+    assert.ok(!argv.includes('-pidfile'));
+    const qmpSocket = /opaque=(.*)$/.exec(argv[argv.indexOf('-add-fd') + 1]!)?.[1] ?? '';
+    const dir = path.dirname(qmpSocket);
+    assert.equal(existsSync(path.join(dir, 'vm.json')), true, `the VM's directory: ${dir}`);
+    assert.equal(existsSync(path.join(root, dir)), false, 'not in its jail: the agent uses its files by path');
     const opened = await withQmp(instancePaths(dir), (c) => c.execute('blockdev-add', { driver: 'raw', 'node-name': 'probe', file: { driver: 'file', filename: '/etc/passwd' } })).then(() => 'opened', (e: unknown) => String(e));
     assert.match(opened, /No such file/);
   } finally {

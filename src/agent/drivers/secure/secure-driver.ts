@@ -15,8 +15,8 @@
  * the console), the process runs as root in the guest (the VM is the boundary),
  * no exec yet (no guest agent), pause/unpause stop the vCPUs.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { mkdir, open, readFile, readdir, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable } from '../../../core/errors.js';
@@ -74,8 +74,39 @@ export class SecureDriver implements InstanceDriver {
   private vm(id: string): string {
     return `s${createHash('sha256').update(id).digest('hex').slice(0, 15)}`;
   }
-  private exitFile(id: string): string {
-    return path.join(this.rootfs(id), '.nimbus', 'exit');
+  /**
+   * fn with the path of the rootfs' `.nimbus/exit` through the descriptor of a `.nimbus` opened
+   * without following a symlink (`/proc/self/fd/N/exit`): the guest owns its rootfs, and either
+   * may be a symlink it made to a host path by now. Undefined when `.nimbus` is not a directory.
+   */
+  private async inGuestNimbusDir<T>(id: string, fn: (exitPath: string) => Promise<T>): Promise<T | undefined> {
+    let dir: FileHandle;
+    try {
+      dir = await open(path.join(this.rootfs(id), '.nimbus'), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    } catch {
+      return undefined;
+    }
+    try {
+      return await fn(`/proc/self/fd/${dir.fd}/exit`);
+    } finally {
+      await dir.close();
+    }
+  }
+
+  /** The workload's exit status as nimbus-init wrote it: a regular file, not a symlink, its first bytes only. */
+  private readGuestExit(id: string): Promise<string | undefined> {
+    return this.inGuestNimbusDir(id, async (exitPath) => {
+      const f = await open(exitPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => undefined);
+      if (!f) return undefined;
+      try {
+        if (!(await f.stat()).isFile()) return undefined;
+        const buf = Buffer.alloc(32);
+        const { bytesRead } = await f.read(buf, 0, buf.length, 0);
+        return buf.subarray(0, bytesRead).toString('utf8');
+      } finally {
+        await f.close();
+      }
+    });
   }
 
   async create(spec: InstanceSpec): Promise<RuntimeState> {
@@ -129,7 +160,8 @@ export class SecureDriver implements InstanceDriver {
   }
 
   async start(id: string): Promise<RuntimeState> {
-    await rm(this.exitFile(id), { force: true });
+    // the last run's status (the name itself if the guest made it a symlink, never what it points to)
+    await this.inGuestNimbusDir(id, (exitPath) => rm(exitPath, { force: true }));
     const template = await readFile(path.join(this.dir(id), 'template'), 'utf8').catch(() => undefined);
     if (!template) return this.vms.start(this.vm(id));
     // From the template: restore the booted guest (its rootfs share pointing here), then let it go on.
@@ -202,7 +234,7 @@ export class SecureDriver implements InstanceDriver {
     // made from a template and not started yet: a saved VM, a created container
     if (existsSync(path.join(this.dir(id), 'template')) && (await this.vms.inspect(this.vm(id))).lifecycle === 'saved') return { status: 'created' };
     // the workload's status came back through the share; without it the VM died under it
-    const text = await readFile(this.exitFile(id), 'utf8').catch(() => undefined);
+    const text = await this.readGuestExit(id);
     const code = text === undefined ? NaN : Number(text.trim());
     return { ...s, exitCode: Number.isInteger(code) ? code : s.exitCode ? s.exitCode : 255 };
   }

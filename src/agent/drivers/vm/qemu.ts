@@ -3,6 +3,7 @@
  * so every flag is unit-tested and the bench can replay the exact argv bare.
  */
 import { InvalidArgument } from '../../../core/errors.js';
+import { CONSOLE_LOG_FDSET, RUN_FDS, type ShareJail } from './share-jail.js';
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -69,6 +70,12 @@ export interface QemuConfig {
    * file of the host at all, world-readable ones included (Firecracker's jailer does the same).
    */
   chroot?: string;
+  /**
+   * Launched in a share jail (share-jail.ts), which does not hold the VM's directory: the QMP and
+   * console sockets and the console log come as descriptors the jailer made (RUN_FDS), and the
+   * jailer writes the pid file.
+   */
+  jail?: ShareJail;
 }
 
 /** One block volume as a virtio-blk disk (block-volumes.ts plugs and unplugs them while the VM runs). */
@@ -154,6 +161,28 @@ export function qemuSandbox(dropsToUser: boolean): string {
   return `on,obsolete=deny,elevateprivileges=${dropsToUser ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`;
 }
 
+/** QMP, the serial console and its log, the pid file: by path, or in a jail as the jailer's descriptors. */
+function runFileArgs(c: QemuConfig): string[] {
+  if (!c.jail) {
+    return [
+      '-chardev', `socket,id=qmp,path=${q(c.paths.qmpSocket)},server=on,wait=off`,
+      '-mon', 'chardev=qmp,mode=control',
+      '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,
+      '-serial', 'chardev:console',
+      '-pidfile', c.paths.pidFile,
+    ];
+  }
+  return [
+    // the fd set's opaque names the QMP socket: every liveness check looks for it in QEMU's
+    // command line (core/proc.ts processAlive), which a socket given as a descriptor does not carry
+    '-add-fd', `fd=${RUN_FDS.consoleLog},set=${CONSOLE_LOG_FDSET},opaque=${q(c.paths.qmpSocket)}`,
+    '-chardev', `socket,id=qmp,fd=${RUN_FDS.qmp},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `socket,id=console,fd=${RUN_FDS.console},server=on,wait=off,logfile=/dev/fdset/${CONSOLE_LOG_FDSET},logappend=on`,
+    '-serial', 'chardev:console',
+  ];
+}
+
 export function qemuArgv(c: QemuConfig): string[] {
   if (!Number.isInteger(c.cpus) || c.cpus < 1) throw new InvalidArgument(`cpus must be a positive integer, got ${c.cpus}`);
   if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 16) throw new InvalidArgument(`memory must be at least 16 MiB, got ${c.memoryMiB}`);
@@ -175,11 +204,7 @@ export function qemuArgv(c: QemuConfig): string[] {
     // QEMU says on its stderr (qemu.log) why it is ending and when a power button was pressed:
     // the record keeps the cause (a guest's poweroff, reset or panic, or a host's quit or signal)
     '-d', SHUTDOWN_TRACE,
-    '-chardev', `socket,id=qmp,path=${q(c.paths.qmpSocket)},server=on,wait=off`,
-    '-mon', 'chardev=qmp,mode=control',
-    '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,
-    '-serial', 'chardev:console',
-    '-pidfile', c.paths.pidFile,
+    ...runFileArgs(c),
     '-sandbox', qemuSandbox(c.runAs !== undefined),
   ];
   if (c.runAs) {

@@ -3,11 +3,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { mountsUnder } from '../../snapshots/mount.js';
 import { jailedCommand, shareJailOf } from './share-jail.js';
+import { instancePaths } from './qemu-process.js';
 
 /** Opens argv[1] through its file handle (name_to_handle_at, then open_by_handle_at on its directory): prints handle-opened or handle-refused. */
 const OPEN_BY_HANDLE = [
@@ -20,7 +21,7 @@ const OPEN_BY_HANDLE = [
   'print("handle-opened" if libc.open_by_handle_at(d, ctypes.byref(h), os.O_RDONLY) >= 0 else "handle-refused")',
 ].join('\n');
 
-test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else, read-only but for its writable paths, where a device node it makes does not open; 9p capabilities only, no_new_privs', async () => {
+test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else (not its VM\'s directory: its run files are descriptors), read-only but for its writable paths, where a device node it makes does not open; 9p capabilities only, no_new_privs', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-share-jail-'));
   try {
     const vmDir = path.join(dir, 'vm');
@@ -30,8 +31,11 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     await writeFile(path.join(share, 'in-the-share'), 'shared');
     await writeFile(path.join(secret, 'file'), 'secret');
     // a kernel under /usr (as some distributions keep one): already there through /usr, mounted over as it is
-    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', nics: [], shares: [{ tag: 'r', path: share }] }, vmDir, path.join(vmDir, 'jail'));
+    const run = instancePaths(vmDir);
+    const paths = { qmpSocket: run.qmpSocket, consoleSocket: run.consoleSocket, consoleLog: run.consoleLog, pidFile: run.pidFile };
+    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', nics: [], shares: [{ tag: 'r', path: share }], paths }, vmDir, path.join(vmDir, 'jail'));
     await mkdir(jail.root);
+    assert.throws(() => shareJailOf({ accel: 'tcg', nics: [], shares: [{ tag: 'r', path: dir }], paths }, vmDir, jail.root), /may not share .*VM's own directory/, 'nor a share that holds it');
     const script = [
       'ls -A / | tr "\\n" " "; echo',
       'echo $(ls -A /proc) $(ls -A /proc/self)',
@@ -43,7 +47,11 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
       '(echo x > /usr/planted) 2>/dev/null && echo usr-writable || echo usr-read-only',
       // a device node made where it may write (9p passthrough makes the guest's): made, but no use
       // to it (the /dev/zero numbers; a disk's would be the host's disk)
-      'for d in "$1" "$3"; do mknod "$d/zero" c 1 5 && (head -c1 "$d/zero" >/dev/null 2>&1 && echo node-opened || echo node-refused); done',
+      'mknod "$1/zero" c 1 5 && (head -c1 "$1/zero" >/dev/null 2>&1 && echo node-opened || echo node-refused)',
+      // not its VM's directory, whose files the agent and the supervisor use by path: its run
+      // files come as descriptors (10, 11: the listening sockets; 12: the console log)
+      'test -e "$3" && echo vm-dir || echo no-vm-dir',
+      'echo $(ls /proc/self/fd | grep -E "^1[0-2]$")',
       // open_by_handle_at ("shocker"): with a handle, a file of the same filesystem opens from
       // any descriptor on it, past the mount namespace; here a handle of its own share's file
       `python3 -I -S -c '${OPEN_BY_HANDLE}' "$1/in-the-share"`,
@@ -64,8 +72,12 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     const lines = out.trim().split('\n');
     assert.deepEqual(lines[0]!.trim().split(' ').filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), ['dev', 'proc', dir.split('/')[1]!].sort(), 'programs, devices, /proc, and the top of its own paths');
     assert.equal(lines[1]!.trim(), 'self fd', 'of /proc, its own fd directory only');
-    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'node-refused', 'handle-refused'],
-      'a device node it makes in the share or its directory does not open (nodev); no file opens by its handle');
+    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'no-vm-dir', '10 11 12', 'handle-refused'],
+      'a device node it makes in its share does not open (nodev); its VM\'s directory is not there, its run files are descriptors; no file opens by its handle');
+    // the run files, made by the jailer in the VM's directory before it left the host's tree
+    assert.ok((await lstat(run.qmpSocket)).isSocket() && (await lstat(run.consoleSocket)).isSocket(), 'the sockets');
+    assert.equal((await lstat(run.consoleLog)).mode & 0o777, 0o600, 'the console log');
+    assert.equal(Number((await readFile(run.pidFile, 'utf8')).trim()), child.pid, 'its pid, which exec keeps');
     const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
     // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27
     assert.equal(field('CapBnd'), '000000000800001b', status);

@@ -6,9 +6,14 @@
  *
  * - a mount namespace of its own whose root is an empty tmpfs (read-only once set up) holding only
  *   what QEMU opens: the host's programs and libraries read-only (/usr, and /bin, /lib... as this
- *   host has them), its kernel and initrd read-only, its shares and the VM's own directory (QMP
- *   socket, pid file, console) writable, a handful of device nodes, and of /proc only its own
- *   /proc/self/fd (9p's xattr and chmod calls go through it). Every path but the device nodes is
+ *   host has them), its kernel and initrd read-only, its shares writable, a handful of device
+ *   nodes, and of /proc only its own /proc/self/fd (9p's xattr and chmod calls go through it).
+ *   Not the VM's own directory: the agent and the supervisor use its files by path (the record,
+ *   the exit status, QEMU's log, the sockets), and root there could replace any of them with a
+ *   symlink to a host file or another VM's socket. The jailer makes what QEMU would have made in
+ *   it (the QMP and console sockets, listening; the console log, appended; the pid file) before
+ *   it leaves the host's tree, and QEMU gets the first three as descriptors (RUN_FDS), as libvirt
+ *   hands QEMU its monitor socket. Every path but the device nodes is
  *   nodev and nosuid: with mknod it can make a node (9p makes the guest's), but one of a disk's
  *   numbers would not open. pivot_root, then the old root
  *   detached: no path leads back to the host's other files, the agent's home, other VMs, other
@@ -24,17 +29,29 @@
  */
 import { existsSync, lstatSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
+import { InvalidArgument } from '../../../core/errors.js';
 import type { QemuConfig } from './qemu.js';
 import { python3 } from './qmp-fds.js';
 
-/** What the jail holds: paths bound at the same place inside it. */
+/** What the jail holds: paths bound at the same place inside it; and the run files made for QEMU outside it. */
 export interface ShareJail {
   /** The (empty) directory its tmpfs root is mounted on, in the namespace only. */
   root: string;
   readonly: string[];
   writable: string[];
   devices: string[];
+  /** Made by the jailer in the VM's directory, which the jail does not hold (RUN_FDS). */
+  runFiles: QemuConfig['paths'];
 }
+
+/**
+ * The descriptors a jailed QEMU gets its run files on: the QMP and console sockets, listening
+ * (`-chardev socket,fd=N,server=on`), and the console log, appended (an fd set,
+ * `logfile=/dev/fdset/N`). Above 3, a restore's saved state.
+ */
+export const RUN_FDS = { qmp: 10, console: 11, consoleLog: 12 } as const;
+/** The fd set the console log's descriptor is added to (`-add-fd`). */
+export const CONSOLE_LOG_FDSET = 1;
 
 /**
  * The capabilities 9p passthrough needs of a root QEMU: virtfs-proxy-helper's set less three.
@@ -52,16 +69,25 @@ const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx
  * The jail of a VM's QEMU: what its config names (kernel, initrd, disks, shares), its own
  * directory, and the devices its accelerator and NICs use.
  */
-export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 'rootDisk' | 'blockVolumes' | 'shares' | 'nics'>, vmDir: string, root: string): ShareJail {
+export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 'rootDisk' | 'blockVolumes' | 'shares' | 'nics' | 'paths'>, vmDir: string, root: string): ShareJail {
   const readonly = [
     ...SYSTEM_DIRS.filter((d) => existsSync(d) && !lstatSync(d).isSymbolicLink()),
     ...[c.kernel, c.initrd].filter((p): p is string => p !== undefined),
   ];
-  // disks by their directory: a qcow2's backing files are opened by the paths in its header
-  const disks = [...(c.rootDisk ? [c.rootDisk.path] : []), ...(c.blockVolumes ?? []).map((b) => b.path)].map((p) => path.dirname(p));
-  const writable = [vmDir, ...(c.shares ?? []).map((s) => s.path), ...disks];
+  // disks by their directory (a qcow2's backing files are opened by the paths in its header),
+  // but one in the VM's own directory by itself: the directory stays out (above)
+  const own = path.resolve(vmDir);
+  const disks = [...(c.rootDisk ? [c.rootDisk.path] : []), ...(c.blockVolumes ?? []).map((b) => b.path)]
+    .map((p) => path.resolve(p))
+    .map((p) => (path.dirname(p) === own ? p : path.dirname(p)));
+  const writable = [...(c.shares ?? []).map((s) => s.path), ...disks];
   const devices = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom', ...(c.accel === 'kvm' ? ['/dev/kvm'] : []), ...(c.nics.length ? ['/dev/net/tun'] : [])];
-  return { root, readonly: [...new Set(readonly)], writable: [...new Set(writable.map((p) => path.resolve(p)))], devices: devices.filter((d) => existsSync(d)) };
+  const leaked = writable.map((p) => path.resolve(p)).find((p) => own === p || own.startsWith(`${p}/`));
+  if (leaked) throw new InvalidArgument(`a jailed VM may not share ${leaked}: it holds the VM's own directory`);
+  return {
+    root, readonly: [...new Set(readonly)], writable: [...new Set(writable.map((p) => path.resolve(p)))], devices: devices.filter((d) => existsSync(d)),
+    runFiles: { qmpSocket: c.paths.qmpSocket, consoleSocket: c.paths.consoleSocket, consoleLog: c.paths.consoleLog, pidFile: c.paths.pidFile },
+  };
 }
 
 /** Linux's capability numbers of SHARE_JAIL_CAPS (linux/capability.h). */
@@ -70,12 +96,13 @@ const CAP_NUMBERS: Record<(typeof SHARE_JAIL_CAPS)[number], number> = { chown: 0
 /**
  * The jailer: one python3 process (-I -S, as qmp-fds.ts runs one) that makes the jail with the
  * syscalls themselves, then execs the program, so QEMU keeps its pid and descriptors. argv: the
- * capability numbers kept (comma-separated), the root, then KIND:PATH specs (ro, rw, dev; ln:LINK=TARGET for a symlinked top-level directory) up
- * to "--", then the program and its arguments. A first version ran util-linux's unshare, a shell
+ * capability numbers kept (comma-separated), the root, then KIND:PATH specs (ro, rw, dev;
+ * ln:LINK=TARGET for a symlinked top-level directory; listen:FD:PATH, append:FD:PATH and pid:PATH
+ * for the run files, made first, in the host's tree) up to "--", then the program and its arguments. A first version ran util-linux's unshare, a shell
  * script and setpriv: ~45 processes, +40 ms a secure start here; this is one.
  */
 const JAILER = String.raw`
-import ctypes, errno, os, platform, sys
+import ctypes, errno, os, platform, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 def ok(r, what):
@@ -92,6 +119,31 @@ keep = set(int(c) for c in args.pop(0).split(','))
 root = args.pop(0)
 sep = args.index('--')
 specs, prog = args[:sep], args[sep + 1:]
+# the run files, in the host's tree before it is left (the VM's directory is root's alone)
+keep_open = []
+for spec in specs:
+    kind, _, p = spec.partition(':')
+    if kind == 'listen':
+        fd, _, p = p.partition(':')
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        s.bind(p)
+        s.listen(16)
+        os.dup2(s.fileno(), int(fd))
+        keep_open.append(s)
+    elif kind == 'append':
+        fd, _, p = p.partition(':')
+        f = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.dup2(f, int(fd))
+        os.close(f)
+    elif kind == 'pid':
+        f = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.write(f, b'%d\n' % os.getpid())
+        os.close(f)
+specs = [s for s in specs if s.partition(':')[0] in ('ro', 'rw', 'dev', 'ln')]
 ok(libc.unshare(0x20000), 'unshare')
 mount(None, '/', None, REC | PRIVATE)
 mount('nimbus-jail', root, 'tmpfs', NOSUID | NODEV, 'mode=0755,size=1m')
@@ -138,7 +190,9 @@ os.execvp(prog[0], prog)
 export function jailedCommand(binary: string, argv: readonly string[], jail: ShareJail | undefined): { binary: string; argv: string[] } {
   if (!jail) return { binary, argv: [...argv] };
   const links = SYSTEM_DIRS.filter((d) => existsSync(d) && lstatSync(d).isSymbolicLink()).map((d) => `ln:${d}=${readlinkSync(d)}`);
-  const specs = [...links, ...jail.readonly.map((p) => `ro:${p}`), ...jail.writable.map((p) => `rw:${p}`), ...jail.devices.map((p) => `dev:${p}`)];
+  const run = jail.runFiles;
+  const made = [`listen:${RUN_FDS.qmp}:${run.qmpSocket}`, `listen:${RUN_FDS.console}:${run.consoleSocket}`, `append:${RUN_FDS.consoleLog}:${run.consoleLog}`, `pid:${run.pidFile}`];
+  const specs = [...made, ...links, ...jail.readonly.map((p) => `ro:${p}`), ...jail.writable.map((p) => `rw:${p}`), ...jail.devices.map((p) => `dev:${p}`)];
   return {
     binary: python3(),
     argv: ['-I', '-S', '-c', JAILER, SHARE_JAIL_CAPS.map((c) => CAP_NUMBERS[c]).join(','), jail.root, ...specs, '--', binary, ...argv],
