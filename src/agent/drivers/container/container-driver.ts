@@ -61,6 +61,9 @@ export interface ContainerDriverOptions {
   seccompProfile?: string;
 }
 
+/** How long a pause may take to settle (the freezer FREEZING until every task stops) before it is an error. */
+const PAUSE_SETTLE_MS = 10_000;
+
 export class ContainerDriver implements InstanceDriver {
   readonly type = 'container' as const;
   readonly stateDir: string;
@@ -228,7 +231,18 @@ export class ContainerDriver implements InstanceDriver {
 
   async pause(id: string): Promise<void> {
     const meta = await this.store.meta(id);
-    await this.store.runtime(meta).pause(id);
+    const rt = this.store.runtime(meta);
+    await rt.pause(id);
+    // runc returns once the freezer says FROZEN; crun 1.8.1 on a v1 freezer returns after asking,
+    // and its state reads running while the cgroup is still FREEZING (a loaded CI host saw it):
+    // paused means paused when this returns, as `docker pause` does
+    const deadline = Date.now() + PAUSE_SETTLE_MS;
+    for (;;) {
+      const { status } = await rt.state(id);
+      if (status === 'paused') return;
+      if (status !== 'running' || Date.now() > deadline) throw new Conflict(`container ${id.slice(0, 12)} did not pause (it is ${status})`, { id, status });
+      await sleep(10);
+    }
   }
 
   async unpause(id: string): Promise<void> {
