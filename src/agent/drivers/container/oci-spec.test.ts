@@ -208,7 +208,7 @@ test('netns path, no resources, warnings from clamping, bad input', () => {
   assert.throws(() => buildOciSpec(spec({ process: { args: ['x'], env: [], cwd: 'rel', user: '' } }), host));
 });
 
-test('impure helpers: readUserDb (refuses symlinks out of the rootfs), readHardLimits', async () => {
+test('impure helpers: readUserDb (refuses symlinks out of the rootfs, on the way too), readHardLimits', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ocispec-'));
   try {
     assert.deepEqual(await readUserDb(dir), { passwd: [], group: [] });
@@ -218,6 +218,14 @@ test('impure helpers: readUserDb (refuses symlinks out of the rootfs), readHardL
     const d = await readUserDb(dir);
     assert.equal(d.passwd.length, 4);
     assert.deepEqual(d.group, []);
+    // an image (or a workload, before an exec -u) whose /etc is a symlink to the host's: not read
+    const other = await mkdtemp(path.join(tmpdir(), 'nimbus-ocispec-'));
+    try {
+      await symlink('/etc', path.join(other, 'etc'));
+      assert.deepEqual(await readUserDb(other), { passwd: [], group: [] }, "the host's users are not the container's");
+    } finally {
+      await rm(other, { recursive: true, force: true });
+    }
     const l = await readHardLimits();
     assert.ok((l['RLIMIT_NOFILE'] ?? 0) > 0);
   } finally {

@@ -8,7 +8,8 @@
  * read-only paths, /dev as tmpfs (the runtime creates the standard devices).
  */
 import { readFileSync } from 'node:fs';
-import { lstat, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { readUnderRoot } from '../../../core/read-under-root.js';
 import path from 'node:path';
 import { InvalidArgument } from '../../../core/errors.js';
 import type { InstanceSpec } from '../instance-driver.js';
@@ -422,16 +423,13 @@ export function buildOciSpec(spec: InstanceSpec, host: HostFacts, opts: BuildOpt
 
 // ------------------------------------------------------------------ impure helpers
 
+/** The largest /etc/passwd or /etc/group read (LDAP dumps run to a few MiB); beyond it, as if there were none. */
+const USER_DB_MAX_BYTES = 16 * 1024 * 1024;
+
 async function readInRootfs(rootfs: string, rel: string): Promise<string | undefined> {
-  const file = path.join(rootfs, rel);
-  try {
-    // a symlink here would be resolved against the host, not the rootfs: refuse it
-    const st = await lstat(file);
-    if (!st.isFile()) return undefined;
-    return await readFile(file, 'utf8');
-  } catch {
-    return undefined;
-  }
+  // a symlink on the way (etc itself included) would be resolved against the host, not the
+  // rootfs: the image and the workload own it, so none is followed
+  return (await readUnderRoot(rootfs, rel, USER_DB_MAX_BYTES))?.toString('utf8');
 }
 
 /** Read and parse the rootfs' /etc/passwd and /etc/group (absent files → empty). */

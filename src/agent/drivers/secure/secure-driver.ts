@@ -21,6 +21,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
+import { readUnderRoot } from '../../../core/read-under-root.js';
 import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
 import { buildOciSpec, readHardLimits, readUserDb } from '../container/oci-spec.js';
@@ -93,20 +94,9 @@ export class SecureDriver implements InstanceDriver {
     }
   }
 
-  /** The workload's exit status as nimbus-init wrote it: a regular file, not a symlink, its first bytes only. */
-  private readGuestExit(id: string): Promise<string | undefined> {
-    return this.inGuestNimbusDir(id, async (exitPath) => {
-      const f = await open(exitPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => undefined);
-      if (!f) return undefined;
-      try {
-        if (!(await f.stat()).isFile()) return undefined;
-        const buf = Buffer.alloc(32);
-        const { bytesRead } = await f.read(buf, 0, buf.length, 0);
-        return buf.subarray(0, bytesRead).toString('utf8');
-      } finally {
-        await f.close();
-      }
-    });
+  /** The workload's exit status as nimbus-init wrote it: a regular file reached without a symlink, a few bytes. */
+  private async readGuestExit(id: string): Promise<string | undefined> {
+    return (await readUnderRoot(this.rootfs(id), '.nimbus/exit', 32))?.toString('utf8');
   }
 
   async create(spec: InstanceSpec): Promise<RuntimeState> {

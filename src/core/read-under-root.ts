@@ -1,0 +1,51 @@
+/**
+ * A file read from a tree someone else writes (a container's rootfs, which its workload and its
+ * image own; a secure container's, whose guest makes real symlinks on the host): every component
+ * below `root` is opened without following a symlink, each directory through the descriptor of
+ * the one before (`/proc/self/fd/N/name`), so a symlink anywhere on the way, or one swapped in
+ * meanwhile, never leads the reader into the host's tree. Only a regular file is read (a FIFO or
+ * a device would block or never end), and only up to a bound.
+ */
+import { constants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { InvalidArgument } from './errors.js';
+
+/** What the file holds, or undefined when there is no regular file there reachable without a symlink, or it is larger than maxBytes. */
+export async function readUnderRoot(root: string, rel: string, maxBytes: number): Promise<Buffer | undefined> {
+  const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.length === 0 || parts.includes('..')) throw new InvalidArgument(`not a path below the root: ${JSON.stringify(rel)}`);
+  let dir: FileHandle;
+  try {
+    dir = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch {
+    return undefined;
+  }
+  try {
+    for (const p of parts.slice(0, -1)) {
+      const next = await open(`/proc/self/fd/${dir.fd}/${p}`, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      await dir.close();
+      dir = next;
+    }
+    const f = await open(`/proc/self/fd/${dir.fd}/${parts.at(-1)!}`, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    try {
+      const st = await f.stat();
+      if (!st.isFile() || st.size > maxBytes) return undefined;
+      const buf = Buffer.alloc(Math.min(st.size, maxBytes));
+      let at = 0;
+      while (at < buf.length) {
+        const { bytesRead } = await f.read(buf, at, buf.length - at, at);
+        if (bytesRead === 0) break;
+        at += bytesRead;
+      }
+      return buf.subarray(0, at);
+    } finally {
+      await f.close();
+    }
+  } catch (e) {
+    // not there, a symlink (ELOOP), not a directory on the way
+    if (['ENOENT', 'ELOOP', 'ENOTDIR', 'EACCES'].includes((e as NodeJS.ErrnoException).code ?? '')) return undefined;
+    throw e;
+  } finally {
+    await dir.close();
+  }
+}
