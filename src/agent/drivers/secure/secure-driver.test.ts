@@ -15,6 +15,7 @@ import { mountsUnder } from '../../snapshots/mount.js';
 import { collectLogs, freshId, waitForLog, waitStopped } from '../instance-driver-conformance.js';
 import { qemuPidsUnder, testAccelerator } from '../vm/vm-test-env.js';
 import { instancePaths, withQmp } from '../vm/qemu-process.js';
+import { isQemuUid } from '../vm/qemu-user.js';
 import { SecureDriver } from './secure-driver.js';
 import { buildSecureGuest } from './secure-guest.js';
 import type { InstanceSpec } from '../instance-driver.js';
@@ -138,7 +139,7 @@ test('stop asks the guest: the workload gets TERM and its trap runs', async () =
   }
 });
 
-test("the microVM's QEMU, which stays root for 9p, runs in a jail: its own mount namespace holding only what it opens, 9p's capabilities and no others, no new privileges", async () => {
+test("the microVM's QEMU runs in a jail, as a user of its own with 9p's capabilities ambient and no others: its own mount namespace holding only what it opens, no new privileges", async () => {
   const id = freshId('sec');
   const other = path.join(base, 'not-for-it');
   await mkdir(other, { recursive: true });
@@ -150,9 +151,12 @@ test("the microVM's QEMU, which stays root for 9p, runs in a jail: its own mount
     assert.ok(pid, 'its QEMU runs');
     const status = await readFile(`/proc/${pid}/status`, 'utf8');
     const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
-    assert.equal(field('Uid')?.split(/\s/)[0] ?? field('Uid'), '0', 'root, for 9p passthrough');
-    // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27
+    const uid = Number(field('Uid'));
+    assert.ok(isQemuUid(uid), `a QEMU user of its own, not root: ${uid}`);
+    assert.deepEqual(status.match(/^Uid:\s+(.*)$/m)?.[1]?.split(/\s+/).map(Number), [uid, uid, uid, uid], 'real, effective, saved and file-system uid alike');
+    // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27: ambient, what 9p passthrough uses
     assert.equal(field('CapBnd'), '000000000800001b', 'the bounding set: 9p\'s capabilities only');
+    assert.equal(field('CapAmb'), '000000000800001b');
     assert.equal(field('CapEff'), '000000000800001b');
     assert.equal(field('NoNewPrivs'), '1');
     const root = `/proc/${pid}/root`;

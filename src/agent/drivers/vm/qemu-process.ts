@@ -108,7 +108,7 @@ export const INPUT_FD = 3;
  */
 export async function launchQemu(qemu: string, qemuArgs: string[], p: InstancePaths, opts: { timeoutMs?: number; input?: string; jail?: ShareJail } = {}): Promise<Launched> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
-  // a QEMU that stays root runs in its jail (share-jail.ts): the same process, exec after exec
+  // a QEMU that keeps file capabilities (9p shares) runs in its jail (share-jail.ts): the same process, exec after exec
   const { binary, argv } = jailedCommand(qemu, qemuArgs, opts.jail);
   await removeRunFiles(p);
   const logFd = openSync(p.qemuLog, 'w');

@@ -10,8 +10,9 @@
  * It also chroots into an empty directory as it drops (`-chroot`, the VM's `jail`), as
  * Firecracker's jailer does: no file of the host is left to it, world-readable ones included.
  *
- * Secure containers' microVMs stay root: their 9p share (security_model=passthrough) keeps the
- * container's owners and modes, which takes root (docs/security.md).
+ * Secure containers' microVMs keep five file capabilities: their 9p share (security_model=
+ * passthrough) keeps the container's owners and modes. They run as their own user too, in a
+ * mount namespace of their own, the capabilities ambient (share-jail.ts; docs/security.md).
  */
 import { shareJailOf, type ShareJail } from './share-jail.js';
 import { createHash } from 'node:crypto';
@@ -201,7 +202,7 @@ export function processUser(pid: number | undefined): QemuUser | undefined {
 export interface QemuConfinement {
   runAs?: QemuUser;
   chroot?: string;
-  /** A QEMU that stays root (9p shares): its mount namespace and capability bounding set (share-jail.ts). */
+  /** A QEMU that keeps file capabilities (9p shares): its mount namespace, its user and capabilities (share-jail.ts). */
   jail?: ShareJail;
 }
 
@@ -214,8 +215,9 @@ export const jailDir = (vmDir: string) => path.join(vmDir, 'jail');
  * (share-jail.ts). For a launch its user is reserved; to show it, only looked up.
  */
 export function confinementOf(users: QemuUsers, r: { id: string; config: Parameters<typeof shareJailOf>[0] }, vmDir: string, use: 'launch' | 'show' = 'launch'): QemuConfinement {
-  if (r.config.shares?.length) return { jail: shareJailOf(r.config, vmDir, jailDir(vmDir)) };
-  return { runAs: use === 'launch' ? users.claim(r.id) : users.peek(r.id), chroot: jailDir(vmDir) };
+  const user = use === 'launch' ? users.claim(r.id) : users.peek(r.id);
+  if (r.config.shares?.length) return { jail: shareJailOf(r.config, vmDir, jailDir(vmDir), user) };
+  return { runAs: user, chroot: jailDir(vmDir) };
 }
 
 /**

@@ -61,8 +61,9 @@ export interface QemuConfig {
   /** Block volumes attached (docs/volumes.md "Block volumes"): -blockdev + virtio-blk, named so they can be unplugged. */
   blockVolumes?: BlockVolumeConfig[];
   /**
-   * The user QEMU drops to once it has opened what this names (-runas; qemu-user.ts). Absent: it
-   * stays root (a 9p share in passthrough mode needs it). Chosen at each launch, never recorded.
+   * The user QEMU drops to once it has opened what this names (-runas; qemu-user.ts). Absent for a
+   * VM with 9p shares in passthrough mode: its jailer sets its user with the capabilities it keeps
+   * (`jail`). Chosen at each launch, never recorded.
    */
   runAs?: { uid: number; gid: number };
   /**
@@ -154,8 +155,8 @@ export function shutdownCauseIn(stderr: string): ShutdownCause | undefined {
  * `-sandbox`'s setting, QEMU's own seccomp filter: no obsolete syscalls, no spawning (saves and
  * restores take descriptors, not `exec:`), no changes of scheduling or memory policy. A QEMU that
  * drops to a user of its own must change its uid once (elevateprivileges=deny would kill it at
- * the change); after it there are no privileges to take (no capabilities, no_new_privs). One that
- * stays root may not change users at all.
+ * the change); after it there are no privileges to take (no capabilities, no_new_privs). One in a
+ * share jail, whose jailer set its user before the exec, may not change users at all.
  */
 export function qemuSandbox(dropsToUser: boolean): string {
   return `on,obsolete=deny,elevateprivileges=${dropsToUser ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`;

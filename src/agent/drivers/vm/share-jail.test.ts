@@ -1,4 +1,4 @@
-// The jailer of a QEMU that stays root (share-jail.ts), run around a shell instead of QEMU: what
+// The jailer of a QEMU that keeps file capabilities (share-jail.ts), run around a shell instead of QEMU: what
 // the jail holds, the capabilities and no_new_privs it leaves, and nothing left on the host after.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { mountsUnder } from '../../snapshots/mount.js';
 import { jailedCommand, shareJailOf } from './share-jail.js';
+import { QEMU_UID_BASE, QEMU_UID_COUNT } from './qemu-user.js';
 import { instancePaths } from './qemu-process.js';
 
 /** Opens argv[1] through its file handle (name_to_handle_at, then open_by_handle_at on its directory): prints handle-opened or handle-refused. */
@@ -21,7 +22,7 @@ const OPEN_BY_HANDLE = [
   'print("handle-opened" if libc.open_by_handle_at(d, ctypes.byref(h), os.O_RDONLY) >= 0 else "handle-refused")',
 ].join('\n');
 
-test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else (not its VM\'s directory: its run files are descriptors), read-only but for its writable paths, where a device node it makes does not open; 9p capabilities only, no_new_privs', async () => {
+test('the jail holds the host programs, the paths it is given and its own /proc/self/fd; nothing else (not its VM\'s directory: its run files are descriptors), read-only but for its writable paths, where a device node it makes does not open; a user of its own with 9p\'s capabilities only, no_new_privs', async () => {
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-share-jail-'));
   try {
     const vmDir = path.join(dir, 'vm');
@@ -33,7 +34,9 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     // a kernel under /usr (as some distributions keep one): already there through /usr, mounted over as it is
     const run = instancePaths(vmDir);
     const paths = { qmpSocket: run.qmpSocket, consoleSocket: run.consoleSocket, consoleLog: run.consoleLog, pidFile: run.pidFile };
-    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', nics: [], shares: [{ tag: 'r', path: share }], paths }, vmDir, path.join(vmDir, 'jail'));
+    // a user of its own, as the driver claims one (the last of the range: no VM of this host's holds it in a test)
+    const user = { uid: QEMU_UID_BASE + QEMU_UID_COUNT - 1, gid: QEMU_UID_BASE + QEMU_UID_COUNT - 1 };
+    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', nics: [], shares: [{ tag: 'r', path: share }], paths }, vmDir, path.join(vmDir, 'jail'), user);
     await mkdir(jail.root);
     assert.throws(() => shareJailOf({ accel: 'tcg', nics: [], shares: [{ tag: 'r', path: dir }], paths }, vmDir, jail.root), /may not share .*VM's own directory/, 'nor a share that holds it');
     const script = [
@@ -52,12 +55,14 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
       // files come as descriptors (10, 11: the listening sockets; 12: the console log)
       'test -e "$3" && echo vm-dir || echo no-vm-dir',
       'echo $(ls /proc/self/fd | grep -E "^1[0-2]$")',
+      // not root: no signal reaches a root process (this test's own, here), kill(-1) none
+      'kill -0 "$4" 2>/dev/null && echo kill-allowed || echo kill-refused',
       // open_by_handle_at ("shocker"): with a handle, a file of the same filesystem opens from
       // any descriptor on it, past the mount namespace; here a handle of its own share's file
       `python3 -I -S -c '${OPEN_BY_HANDLE}' "$1/in-the-share"`,
       'sleep 1',
     ].join('\n');
-    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret, vmDir], jail);
+    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret, vmDir, String(process.pid)], jail);
     const child = spawn(binary, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -72,15 +77,19 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     const lines = out.trim().split('\n');
     assert.deepEqual(lines[0]!.trim().split(' ').filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), ['dev', 'proc', dir.split('/')[1]!].sort(), 'programs, devices, /proc, and the top of its own paths');
     assert.equal(lines[1]!.trim(), 'self fd', 'of /proc, its own fd directory only');
-    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'no-vm-dir', '10 11 12', 'handle-refused'],
+    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'no-vm-dir', '10 11 12', 'kill-refused', 'handle-refused'],
       'a device node it makes in its share does not open (nodev); its VM\'s directory is not there, its run files are descriptors; no file opens by its handle');
     // the run files, made by the jailer in the VM's directory before it left the host's tree
     assert.ok((await lstat(run.qmpSocket)).isSocket() && (await lstat(run.consoleSocket)).isSocket(), 'the sockets');
     assert.equal((await lstat(run.consoleLog)).mode & 0o777, 0o600, 'the console log');
     assert.equal(Number((await readFile(run.pidFile, 'utf8')).trim()), child.pid, 'its pid, which exec keeps');
     const field = (f: string) => new RegExp(`^${f}:\\s+(\\S+)`, 'm').exec(status)?.[1];
-    // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27
+    // chown 0, dac_override 1, fowner 3, fsetid 4, mknod 27: ambient, so effective after the exec
+    assert.equal(field('Uid'), String(user.uid), status);
+    assert.equal(field('Gid'), String(user.gid));
+    assert.match(status, /^Groups:[ \t]*$/m, 'no supplementary group');
     assert.equal(field('CapBnd'), '000000000800001b', status);
+    assert.equal(field('CapAmb'), '000000000800001b');
     assert.equal(field('CapEff'), '000000000800001b');
     assert.equal(field('NoNewPrivs'), '1');
     assert.equal(await readFile(path.join(share, 'written'), 'utf8'), 'w\n', 'the share is the host directory itself');

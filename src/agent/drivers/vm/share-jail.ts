@@ -1,8 +1,8 @@
 /**
- * The jail of a QEMU that must stay root: a VM with 9p shares in passthrough mode (a secure
- * container's rootfs) keeps the files' owners, which takes root's file capabilities, so such a
- * QEMU cannot drop to a user of its own (qemu-user.ts). It is confined the way Firecracker's jailer
- * confines a VMM, short of the user:
+ * The jail of a QEMU that keeps file capabilities: a VM with 9p shares in passthrough mode (a
+ * secure container's rootfs) keeps the files' owners and modes, which takes root's file
+ * capabilities, so such a QEMU cannot drop to a plain user with -runas (qemu-user.ts). It is
+ * confined the way Firecracker's jailer confines a VMM:
  *
  * - a mount namespace of its own whose root is an empty tmpfs (read-only once set up) holding only
  *   what QEMU opens: the host's programs and libraries read-only (/usr, and /bin, /lib... as this
@@ -22,6 +22,9 @@
  *   fowner, fsetid, mknod) and nothing else: no dac_read_search (open_by_handle_at reaches past
  *   the mount namespace), no sys_admin (no mount, no namespace of its own to escape through), no
  *   sys_chroot, no sys_ptrace, no net_admin, no sys_module;
+ * - a user of its own (as every VM's QEMU: qemu-user.ts) holding those capabilities as ambient
+ *   ones, which the exec keeps effective: not root, so it signals no root process (kill(-1)
+ *   reached every one of them while it was uid 0) and owns no file of the host;
  * - no_new_privs, and QEMU's own seccomp filter as before (-sandbox, elevateprivileges=deny).
  *
  * The jailer is one short python3 program (JAILER) that execs QEMU, so QEMU keeps the supervisor's
@@ -42,6 +45,8 @@ export interface ShareJail {
   devices: string[];
   /** Made by the jailer in the VM's directory, which the jail does not hold (RUN_FDS). */
   runFiles: QemuConfig['paths'];
+  /** The user QEMU runs as, with the jail's capabilities ambient (qemu-user.ts); absent: root. */
+  user?: { uid: number; gid: number };
 }
 
 /**
@@ -69,7 +74,7 @@ const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx
  * The jail of a VM's QEMU: what its config names (kernel, initrd, disks, shares), its own
  * directory, and the devices its accelerator and NICs use.
  */
-export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 'rootDisk' | 'blockVolumes' | 'shares' | 'nics' | 'paths'>, vmDir: string, root: string): ShareJail {
+export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 'rootDisk' | 'blockVolumes' | 'shares' | 'nics' | 'paths'>, vmDir: string, root: string, user?: { uid: number; gid: number }): ShareJail {
   const readonly = [
     ...SYSTEM_DIRS.filter((d) => existsSync(d) && !lstatSync(d).isSymbolicLink()),
     ...[c.kernel, c.initrd].filter((p): p is string => p !== undefined),
@@ -87,6 +92,7 @@ export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 
   return {
     root, readonly: [...new Set(readonly)], writable: [...new Set(writable.map((p) => path.resolve(p)))], devices: devices.filter((d) => existsSync(d)),
     runFiles: { qmpSocket: c.paths.qmpSocket, consoleSocket: c.paths.consoleSocket, consoleLog: c.paths.consoleLog, pidFile: c.paths.pidFile },
+    ...(user ? { user } : {}),
   };
 }
 
@@ -143,6 +149,12 @@ for spec in specs:
         f = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         os.write(f, b'%d\n' % os.getpid())
         os.close(f)
+user = None
+for spec in specs:
+    kind, _, p = spec.partition(':')
+    if kind == 'user':
+        u, _, g = p.partition(':')
+        user = (int(u), int(g))
 specs = [s for s in specs if s.partition(':')[0] in ('ro', 'rw', 'dev', 'ln')]
 ok(libc.unshare(0x20000), 'unshare')
 mount(None, '/', None, REC | PRIVATE)
@@ -182,6 +194,20 @@ for cap in range(64):
         if ctypes.get_errno() == errno.EINVAL:
             break
         ok(-1, 'drop capability %d' % cap)
+# a user of its own, the kept capabilities ambient (they survive the exec as its effective set):
+# root it is not, so it signals no root process (kill(-1) included) and owns nothing of the host's
+if user:
+    uid, gid = user
+    ok(libc.prctl(8, 1, 0, 0, 0), 'keepcaps')
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    mask = sum(1 << c for c in keep)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+    data = (ctypes.c_uint32 * 6)(mask, mask, mask, 0, 0, 0)
+    ok(libc.syscall({'x86_64': 126, 'aarch64': 91}[platform.machine()], header, data), 'capset')
+    for c in keep:
+        ok(libc.prctl(47, 2, c, 0, 0), 'ambient capability %d' % c)
 ok(libc.prctl(38, 1, 0, 0, 0), 'no_new_privs')
 os.execvp(prog[0], prog)
 `;
@@ -192,6 +218,7 @@ export function jailedCommand(binary: string, argv: readonly string[], jail: Sha
   const links = SYSTEM_DIRS.filter((d) => existsSync(d) && lstatSync(d).isSymbolicLink()).map((d) => `ln:${d}=${readlinkSync(d)}`);
   const run = jail.runFiles;
   const made = [`listen:${RUN_FDS.qmp}:${run.qmpSocket}`, `listen:${RUN_FDS.console}:${run.consoleSocket}`, `append:${RUN_FDS.consoleLog}:${run.consoleLog}`, `pid:${run.pidFile}`];
+  if (jail.user) made.push(`user:${jail.user.uid}:${jail.user.gid}`);
   const specs = [...made, ...links, ...jail.readonly.map((p) => `ro:${p}`), ...jail.writable.map((p) => `rw:${p}`), ...jail.devices.map((p) => `dev:${p}`)];
   return {
     binary: python3(),

@@ -101,7 +101,7 @@ export class VmInspector {
   }
 }
 
-/** The command line a launch runs: QEMU's, in its jail when it stays root (share-jail.ts). */
+/** The command line a launch runs: QEMU's, in its jail when it keeps file capabilities (share-jail.ts). */
 function launchArgv(qemu: string, r: VmRecord, confined: QemuConfinement): string[] {
   const { binary, argv } = jailedCommand(qemu, qemuArgv({ ...r.config, startPaused: true, ...confined }), confined.jail);
   return [binary, ...argv];
