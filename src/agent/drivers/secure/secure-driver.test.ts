@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -158,6 +158,8 @@ test("the microVM's QEMU runs in a jail, as a user of its own with 9p's capabili
     assert.equal(field('CapBnd'), '000000000800001b', 'the bounding set: 9p\'s capabilities only');
     assert.equal(field('CapAmb'), '000000000800001b');
     assert.equal(field('CapEff'), '000000000800001b');
+    // no NIC: a network of its own (and System V IPC, mounts)
+    for (const ns of ['net', 'ipc', 'mnt']) assert.notEqual(await readlink(`/proc/${pid}/ns/${ns}`), await readlink(`/proc/self/ns/${ns}`), `its own ${ns} namespace`);
     assert.equal(field('NoNewPrivs'), '1');
     const root = `/proc/${pid}/root`;
     assert.deepEqual((await readdir(root)).filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), [base.split('/')[1]!, 'dev', 'proc'].sort(), 'the host\'s programs, its own paths, a few devices and /proc/self/fd');

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { mountsUnder } from '../../snapshots/mount.js';
@@ -72,6 +72,8 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     let status = '';
     for (let i = 0; i < 100 && !/share-writable/.test(out); i++) await new Promise((r) => setTimeout(r, 20));
     status = await readFile(`/proc/${child.pid}/status`, 'utf8').catch(() => '');
+    const jailedNs: Record<string, string> = {};
+    for (const ns of ['mnt', 'ipc', 'net']) jailedNs[ns] = await readlink(`/proc/${child.pid}/ns/${ns}`).catch(() => '');
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
     assert.equal(code, 0, err);
     const lines = out.trim().split('\n');
@@ -88,6 +90,11 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     assert.equal(field('Uid'), String(user.uid), status);
     assert.equal(field('Gid'), String(user.gid));
     assert.match(status, /^Groups:[ \t]*$/m, 'no supplementary group');
+    // namespaces of its own: mounts, System V IPC and, with no NIC, the network
+    for (const ns of ['mnt', 'ipc', 'net']) {
+      assert.match(jailedNs[ns] ?? '', new RegExp(`^${ns}:\\[\\d+\\]$`), `read while it ran: ${ns}`);
+      assert.notEqual(jailedNs[ns], await readlink(`/proc/self/ns/${ns}`), `its own ${ns} namespace`);
+    }
     assert.equal(field('CapBnd'), '000000000800001b', status);
     assert.equal(field('CapAmb'), '000000000800001b');
     assert.equal(field('CapEff'), '000000000800001b');

@@ -22,6 +22,8 @@
  *   fowner, fsetid, mknod) and nothing else: no dac_read_search (open_by_handle_at reaches past
  *   the mount namespace), no sys_admin (no mount, no namespace of its own to escape through), no
  *   sys_chroot, no sys_ptrace, no net_admin, no sys_module;
+ * - System V IPC of its own, and, without a NIC, a network namespace of its own (a loopback, down):
+ *   no service listening on the host's loopback or abstract sockets is one connect away;
  * - a user of its own (as every VM's QEMU: qemu-user.ts) holding those capabilities as ambient
  *   ones, which the exec keeps effective: not root, so it signals no root process (kill(-1)
  *   reached every one of them while it was uid 0) and owns no file of the host;
@@ -156,7 +158,12 @@ for spec in specs:
         u, _, g = p.partition(':')
         user = (int(u), int(g))
 specs = [s for s in specs if s.partition(':')[0] in ('ro', 'rw', 'dev', 'ln')]
-ok(libc.unshare(0x20000), 'unshare')
+# mounts and System V IPC of its own; and with no NIC (no tap to reach), a network of its own:
+# only a loopback, down, so no service of the host's is one connect away
+flags = 0x20000 | 0x08000000
+if 'dev:/dev/net/tun' not in specs:
+    flags |= 0x40000000
+ok(libc.unshare(flags), 'unshare')
 mount(None, '/', None, REC | PRIVATE)
 mount('nimbus-jail', root, 'tmpfs', NOSUID | NODEV, 'mode=0755,size=1m')
 for spec in specs:
