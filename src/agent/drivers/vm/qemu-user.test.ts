@@ -36,6 +36,23 @@ test('a VM keeps its user at every launch; no two VMs of a driver share one; a g
   assert.notEqual(again.claim(ids[4]!).uid, 0);
 });
 
+test('a driver that never claimed a VM (a new one after a restart) frees its user when the VM goes: by its first choice, or any reservation naming it', (t) => {
+  const dir = scratch(t);
+  const before = new QemuUsers({ dir });
+  const uid = before.claim(ids[9]!).uid;
+  new QemuUsers({ dir }).release(ids[9]!);
+  assert.ok(!readdirSync(dir).includes(String(uid)), 'its first choice, released');
+  // a VM that took another user than its first choice (that one was taken)
+  const taken = new QemuUsers({ dir, preferred: () => 7 });
+  const other = taken.claim('vm-x').uid;
+  const moved = taken.claim('vm-y').uid;
+  assert.notEqual(moved, other);
+  new QemuUsers({ dir, preferred: () => 7 }).release('vm-y');
+  assert.deepEqual(readdirSync(dir), [String(other)], "found by its reservation; the other VM's stays");
+  new QemuUsers({ dir }).release('vm-none'); // none: nothing happens
+  assert.deepEqual(readdirSync(dir), [String(other)]);
+});
+
 test("two agents of one host never give two running VMs one user: a reservation another VM's process runs as is skipped, one nobody runs as is taken over", async (t) => {
   const dir = scratch(t);
   const first = () => 42; // every VM tries the same user first

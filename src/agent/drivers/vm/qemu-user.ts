@@ -111,12 +111,26 @@ export class QemuUsers {
     this.write(uid, id, 'w');
   }
 
-  /** The VM is gone: its user may serve another. */
+  /** The VM is gone, or runs no QEMU (saved): its user may serve another. */
   release(id: string): void {
-    const uid = this.uidOf.get(id);
+    // a VM this instance never claimed (started by the driver before a restart, or another one's
+    // of this host) is found by its reservation: its id's first choice, else any that names it
+    const uid = this.uidOf.get(id) ?? this.reservedFor(id);
     if (uid === undefined) return;
     this.forget(id);
     if (this.holderOnDisk(uid) === id) rmSync(this.file(uid), { force: true });
+  }
+
+  private reservedFor(id: string): number | undefined {
+    const first = QEMU_UID_BASE + this.preferred(id);
+    if (this.holderOnDisk(first) === id) return first;
+    let names: string[];
+    try {
+      names = readdirSync(this.dir);
+    } catch {
+      return undefined;
+    }
+    return names.map(Number).find((uid) => isQemuUid(uid) && this.holderOnDisk(uid) === id);
   }
 
   /** At the agent's start: reservations no process runs as and no VM of this driver holds go (a crash's, a test's). */

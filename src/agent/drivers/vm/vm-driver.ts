@@ -112,7 +112,7 @@ export class VmDriver implements InstanceDriver {
     this.console = new VmConsole(this.records, this.consoleLimits);
     this.inspector = new VmInspector(this.records, this.qemu, (r) => confinementOf(this.users, r, this.records.paths(r.id).dir, 'show'));
     this.hotplug = new VmHotplug(this.records);
-    this.saved = new VmSaveRestore(this.records, this.runner);
+    this.saved = new VmSaveRestore(this.records, this.runner, this.users);
     this.migration = new VmMigration(this.records, this.runner, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
     // A new driver over existing state: notice exits of VMs the old one started.
     void this.list()

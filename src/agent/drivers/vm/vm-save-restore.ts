@@ -13,6 +13,7 @@ import { removeRunFiles, sleep, withQmp } from './qemu-process.js';
 import { handFdsToQemu } from './qmp-fds.js';
 import { assertTransition, toState, type VmRecord, type VmRecords } from './vm-record.js';
 import type { VmRunner } from './vm-runner.js';
+import type { QemuUsers } from './qemu-user.js';
 
 /** The name QEMU holds a save's file descriptor under, until its `migrate fd:` takes it. */
 const SAVE_FD = 'nimbus-save';
@@ -22,6 +23,8 @@ export class VmSaveRestore {
     private readonly records: VmRecords,
     /** Restore launches QEMU; a save stops watching for an exit that is not a stop. */
     private readonly runner: Pick<VmRunner, 'launch' | 'unwatch'>,
+    /** A saved VM runs no QEMU: its user goes back (a restore claims one again, the same while it is free). */
+    private readonly users: Pick<QemuUsers, 'release'>,
   ) {}
 
   /**
@@ -77,6 +80,7 @@ export class VmSaveRestore {
       delete r.supervisorPid;
       delete r.pinning;
       await this.records.save(r);
+      this.users.release(id);
       return { file: p.savedState, bytes: (await stat(p.savedState)).size, ms: Date.now() - t0 };
     });
   }
