@@ -6,11 +6,11 @@
  * Keys and PEM texts pass through a 0700 temporary directory removed at once.
  */
 import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { InvalidArgument } from './errors.js';
 import { runOk } from './exec.js';
+import { processTempDirSync } from './temp-dirs.js';
 
 export interface KeyAndCert {
   key: string;
@@ -28,7 +28,7 @@ function newKey(): string {
 
 /** Files in a private temporary directory for the length of fn. */
 async function withFiles<T>(files: Record<string, string>, fn: (p: (name: string) => string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(path.join(tmpdir(), 'nimbus-pki-'));
+  const dir = processTempDirSync('pki');
   try {
     for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text, { mode: 0o600 });
     return await fn((name) => path.join(dir, name));

@@ -15,7 +15,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { prepareStateDirectories } from './state-dirs.js';
+import { prepareStateDirectories, sweepTempDirs } from './state-dirs.js';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
@@ -142,6 +142,7 @@ export async function startAgentProcess(o: AgentProcessOptions, deps: AgentProce
   // its state directory and socket are the host's: what it answers the control plane names neither to members (core/redaction.ts)
   addHostRoots([options.home, ...('socketPath' in target ? [target.socketPath] : [])]);
   const releaseLock = takePidLock(options.home, 'nimbusd agent');
+  await sweepTempDirs();
   let stopping = false;
   let tls: AgentServerTls | undefined;
   try {

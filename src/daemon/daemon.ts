@@ -5,7 +5,7 @@
  * Daemon states: starting → reconciling → serving → stopping → stopped.
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { prepareStateDirectories } from './state-dirs.js';
+import { prepareStateDirectories, sweepTempDirs } from './state-dirs.js';
 import path from 'node:path';
 import { compileOptions, describeStore, type CompiledOptions, type NimbusOptions } from '../core/config.js';
 import { newId } from '../core/ids.js';
@@ -208,6 +208,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   prepareStateDirectories(options, { runsInstances: !noAgent });
   const releaseLock = takePidLock(options.home);
   undo.push(releaseLock);
+  await sweepTempDirs();
   const store = await openStore(options.storeLocation);
   undo.push(() => store.close());
   log.info('store open', { store: describeStore(options.storeLocation), kind: store.kind });

@@ -8,6 +8,10 @@
  */
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import type { CompiledOptions } from '../core/config.js';
+import { logger } from '../core/log.js';
+import { sweepDeadProcessTempDirs } from '../core/temp-dirs.js';
+
+const log = logger('nimbusd');
 
 /** Make `dir` if missing, and take from it every permission `closed` names (existing ones included). */
 function closedDirectory(dir: string, closed: number): void {
@@ -21,4 +25,13 @@ export function prepareStateDirectories(options: Pick<CompiledOptions, 'home' | 
   closedDirectory(options.home, 0o066);
   const data = opts.runsInstances ? [options.contentDir, options.snapshotsDir, options.containersDir, options.vmsDir, options.networkDir, options.tmpDir] : [options.tmpDir];
   for (const d of data) closedDirectory(d, 0o077);
+}
+
+/** What processes SIGKILLed inside their work left in the system's temporary directory (core/temp-dirs.ts). */
+export async function sweepTempDirs(): Promise<void> {
+  const removed = await sweepDeadProcessTempDirs().catch((e: unknown) => {
+    log.warn('removing what dead processes left in the temporary directory failed', { error: String(e) });
+    return [];
+  });
+  if (removed.length) log.info('removed what dead processes left in the temporary directory', { removed });
 }

@@ -17,9 +17,9 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { tmpdir } from 'node:os';
+import { processTempDir } from '../../core/temp-dirs.js';
 import tar from 'tar-stream';
 import { DataLoss, Internal, InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { isDigest } from '../../core/image-reference.js';
@@ -161,7 +161,7 @@ function checkDescriptor(d: unknown, what: string): asserts d is Descriptor {
 }
 
 export async function importImageArchive(tarPath: string, store: ContentStore, opts: ImportOptions = {}): Promise<ImportedImage[]> {
-  const dir = await mkdtemp(join(tmpdir(), 'nimbus-import-')).catch((e: unknown) => {
+  const dir = await processTempDir('import').catch((e: unknown) => {
     throw importFailure(e, 'preparing the import');
   });
   try {

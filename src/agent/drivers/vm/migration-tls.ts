@@ -6,7 +6,8 @@
  * the destination's certificate name (tls-hostname). QEMU reads the files when the object is made,
  * so they live in a 0700 directory only for that moment.
  */
-import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chown, rm, writeFile } from 'node:fs/promises';
+import { processTempDir } from '../../../core/temp-dirs.js';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { QmpClient } from './qmp.js';
@@ -56,7 +57,7 @@ export interface QemuView {
  */
 export async function addTlsCreds(c: Qmp, tls: MigrationTls, endpoint: 'server' | 'client', view: QemuView = {}): Promise<void> {
   const jailed = view.root !== undefined && view.root !== '/';
-  const dir = await mkdtemp(path.join(jailed ? view.root! : tmpdir(), 'nimbus-migrate-tls-'));
+  const dir = await processTempDir('migrate-tls', jailed ? view.root! : tmpdir());
   const { owner } = view;
   try {
     const files: Array<[string, string]> = [['ca-cert.pem', tls.ca], [`${endpoint}-cert.pem`, tls.cert], [`${endpoint}-key.pem`, tls.key]];
