@@ -30,6 +30,8 @@ export interface VmRunnerOptions {
 export class VmRunner {
   private readonly exitListeners: Array<(id: string) => void> = [];
   private readonly watchers = new Map<string, NodeJS.Timeout>();
+  /** VMs whose watcher's look is in flight. */
+  private readonly looking = new Set<string>();
   /** Per running VM: stops its console log's size check. */
   private readonly consoleWatchers = new Map<string, () => void>();
 
@@ -93,13 +95,18 @@ export class VmRunner {
     // an observer, not part of the operation that launched the VM (start, restore): its writes
     // take the VM's lock even while that operation still holds it
     const t = this.records.outsideOperations(() => setInterval(() => {
+      // one look at a time: a look that finds QEMU gone waits for its exit status (up to 5 s) and
+      // then for the VM's lock (an operation's length), and ticks do not pile up behind it
+      if (this.looking.has(id)) return;
+      this.looking.add(id);
       void this.records.load(id)
         .then((r) => {
           if (r.lifecycle === 'running' || r.lifecycle === 'paused') return;
           this.unwatch(id);
           if (r.lifecycle === 'stopped') for (const l of this.exitListeners) l(id);
         })
-        .catch(() => this.unwatch(id));
+        .catch(() => this.unwatch(id))
+        .finally(() => this.looking.delete(id));
     }, this.o.settings.exitPollMs ?? 100));
     t.unref();
     this.watchers.set(id, t);
