@@ -106,8 +106,9 @@ const CAP_NUMBERS: Record<(typeof SHARE_JAIL_CAPS)[number], number> = { chown: 0
  * syscalls themselves, then execs the program, so QEMU keeps its pid and descriptors. argv: the
  * capability numbers kept (comma-separated), the root, then KIND:PATH specs (ro, rw, dev;
  * ln:LINK=TARGET for a symlinked top-level directory; listen:FD:PATH, append:FD:PATH and pid:PATH
- * for the run files, made first, in the host's tree) up to "--", then the program and its arguments. A first version ran util-linux's unshare, a shell
- * script and setpriv: ~45 processes, +40 ms a secure start here; this is one.
+ * for the run files, made first, in the host's tree; user:UID:GID, the user it execs the program
+ * as) up to "--", then the program and its arguments. A first version ran util-linux's unshare, a
+ * shell script and setpriv: ~45 processes, +40 ms a secure start here; this is one.
  */
 const JAILER = String.raw`
 import ctypes, errno, os, platform, socket, sys
