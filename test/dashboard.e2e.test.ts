@@ -43,20 +43,24 @@ async function loggedIn(user: string, password: string): Promise<{ context: Brow
     if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) problems.push(m.text());
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  // what the login's own requests did, said when it does not get through (CI saw a reader's
-  // login not show whoami in 30 s once, with nothing else to go on)
+  // what the page's requests and console did, said when the login does not get through (CI saw
+  // a reader's login not show whoami in 30 s once, and an administrator's login page not show its
+  // form in 30 s once, with nothing else to go on)
   const calls: string[] = [];
   const started = Date.now();
   const mark = (what: string) => calls.push(`${what} +${Date.now() - started} ms`);
-  page.on('requestfailed', (r) => mark(`${r.method()} ${new URL(r.url()).pathname} failed: ${r.failure()?.errorText ?? '?'}`));
-  page.on('response', (r) => {
-    if (/\/(auth|projects)/.test(r.url())) mark(`${r.request().method()} ${new URL(r.url()).pathname} ${r.status()}`);
+  const where = (url: string) => new URL(url).pathname;
+  page.on('request', (r) => mark(`${r.method()} ${where(r.url())}`));
+  page.on('requestfailed', (r) => mark(`${r.method()} ${where(r.url())} failed: ${r.failure()?.errorText ?? '?'}`));
+  page.on('response', (r) => mark(`${r.request().method()} ${where(r.url())} ${r.status()}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') mark(`console: ${m.text().slice(0, 200)}`);
   });
-  await page.goto(`${base}/ui/`);
-  await page.getByLabel('User').fill(user);
-  await page.getByLabel('Password').fill(password);
-  await page.getByRole('button', { name: 'Log in' }).click();
   try {
+    await page.goto(`${base}/ui/`);
+    await page.getByLabel('User').fill(user);
+    await page.getByLabel('Password').fill(password);
+    await page.getByRole('button', { name: 'Log in' }).click();
     await page.getByTestId('whoami').waitFor();
   } catch (e) {
     const shown = await page.locator('body').innerText({ timeout: 1000 }).catch(() => '(unreadable)');
