@@ -12,6 +12,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { Conflict, InvalidArgument, NotFound, hasCode } from '../core/errors.js';
 import { deferredIterable } from '../core/streams.js';
 import { newId } from '../core/ids.js';
+import { eachLimited } from '../core/each-limited.js';
 import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
 import type { CompiledOptions } from '../core/config.js';
@@ -514,18 +515,14 @@ export class LocalContainerHost implements ContainerHost {
    */
   async containerLayerUsage(ids: string[]): Promise<Record<string, LayerUsage>> {
     const out: Record<string, LayerUsage> = {};
-    const queue = ids.filter((id) => !this.warm.has(id));
-    const worker = async () => {
-      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
-        try {
-          const u = await this.p.snapshotter.usage(id);
-          out[id] = { bytes: u.size, inodes: u.inodes };
-        } catch (e) {
-          if (!hasCode(e, 'NotFound')) log.warn('measuring a writable layer failed', { id, error: String(e) });
-        }
+    await eachLimited(ids.filter((id) => !this.warm.has(id)), 4, async (id) => {
+      try {
+        const u = await this.p.snapshotter.usage(id);
+        out[id] = { bytes: u.size, inodes: u.inodes };
+      } catch (e) {
+        if (!hasCode(e, 'NotFound')) log.warn('measuring a writable layer failed', { id, error: String(e) });
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(4, queue.length) }, worker));
+    });
     return out;
   }
 

@@ -3,10 +3,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { readUnderRoot } from './read-under-root.js';
+import { readUnderRoot, removeUnderRoot } from './read-under-root.js';
 
 test('readUnderRoot: a regular file below the root; nothing through a symlink anywhere on the way, nor a FIFO, nor more than the bound', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-read-under-root-'));
@@ -34,4 +34,22 @@ test('readUnderRoot: a regular file below the root; nothing through a symlink an
   assert.equal(await readUnderRoot(root, 'fifo', 1024), undefined);
   assert.equal(await readUnderRoot(root, 'etc', 1024), undefined);
   await assert.rejects(readUnderRoot(root, '../host/number', 1024), /not a path below the root/);
+});
+
+test('removeUnderRoot: the name itself (a symlink, not what it names); nothing through a symlinked directory; nothing there is no error', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-remove-under-root-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const root = path.join(dir, 'root');
+  const host = path.join(dir, 'host');
+  await mkdir(path.join(root, 'd'), { recursive: true });
+  await mkdir(host);
+  await writeFile(path.join(host, 'exit'), 'kept');
+  await symlink(path.join(host, 'exit'), path.join(root, 'd', 'exit'));
+  await removeUnderRoot(root, 'd/exit');
+  await assert.rejects(lstat(path.join(root, 'd', 'exit')), /ENOENT/, 'the link went');
+  assert.equal(await readFile(path.join(host, 'exit'), 'utf8'), 'kept', 'not what it named');
+  await symlink(host, path.join(root, 'linked'));
+  await removeUnderRoot(root, 'linked/exit');
+  assert.equal(await readFile(path.join(host, 'exit'), 'utf8'), 'kept', 'not through a symlinked directory');
+  await removeUnderRoot(root, 'd/none');
 });

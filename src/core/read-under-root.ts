@@ -7,11 +7,16 @@
  * a device would block or never end), and only up to a bound.
  */
 import { constants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { InvalidArgument } from './errors.js';
 
-/** What the file holds, or undefined when there is no regular file there reachable without a symlink, or it is larger than maxBytes. */
-export async function readUnderRoot(root: string, rel: string, maxBytes: number): Promise<Buffer | undefined> {
+/**
+ * fn with the path of `rel`'s last component through the descriptor of its directory, every
+ * directory from `root` down opened O_NOFOLLOW (`/proc/self/fd/N/name`); undefined when a
+ * directory on the way is not there, is a symlink or is not a directory (nor is fn's own such
+ * failure an error).
+ */
+async function atUnderRoot<T>(root: string, rel: string, fn: (path: string) => Promise<T | undefined>): Promise<T | undefined> {
   const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.length === 0 || parts.includes('..')) throw new InvalidArgument(`not a path below the root: ${JSON.stringify(rel)}`);
   let dir: FileHandle;
@@ -26,7 +31,20 @@ export async function readUnderRoot(root: string, rel: string, maxBytes: number)
       await dir.close();
       dir = next;
     }
-    const f = await open(`/proc/self/fd/${dir.fd}/${parts.at(-1)!}`, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    return await fn(`/proc/self/fd/${dir.fd}/${parts.at(-1)!}`);
+  } catch (e) {
+    // not there, a symlink (ELOOP), not a directory on the way
+    if (['ENOENT', 'ELOOP', 'ENOTDIR', 'EACCES'].includes((e as NodeJS.ErrnoException).code ?? '')) return undefined;
+    throw e;
+  } finally {
+    await dir.close();
+  }
+}
+
+/** What the file holds, or undefined when there is no regular file there reachable without a symlink, or it is larger than maxBytes. */
+export function readUnderRoot(root: string, rel: string, maxBytes: number): Promise<Buffer | undefined> {
+  return atUnderRoot(root, rel, async (file) => {
+    const f = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
       const st = await f.stat();
       if (!st.isFile() || st.size > maxBytes) return undefined;
@@ -41,11 +59,10 @@ export async function readUnderRoot(root: string, rel: string, maxBytes: number)
     } finally {
       await f.close();
     }
-  } catch (e) {
-    // not there, a symlink (ELOOP), not a directory on the way
-    if (['ENOENT', 'ELOOP', 'ENOTDIR', 'EACCES'].includes((e as NodeJS.ErrnoException).code ?? '')) return undefined;
-    throw e;
-  } finally {
-    await dir.close();
-  }
+  });
+}
+
+/** Remove the name itself (a symlink is removed, never what it points to), reached as readUnderRoot reaches it; nothing there is no error. */
+export async function removeUnderRoot(root: string, rel: string): Promise<void> {
+  await atUnderRoot(root, rel, (name) => rm(name, { force: true }));
 }

@@ -16,7 +16,7 @@ import { ContainerCreate } from '../schemas.js';
 import { checkOrThrow, checkTotalLength } from '../validate.js';
 import { STOP_WRITING, writeBatched } from '../../core/streams.js';
 import { checkBody } from './schemas.js';
-import { anonymousMounts, containerInspect, containerSummary, frame, matchesContainerFilters, parseFilters, toContainerInput } from './mapping.js';
+import { anonymousMounts, containerInspect, containerSummary, frame, layerSizes, matchesContainerFilters, parseFilters, toContainerInput } from './mapping.js';
 import { parseVolumesFrom } from '../../core/volumes-from.js';
 import { volumesFromMounts } from '../../control/volumes/volumes-from.js';
 import { inDockerWords, noSuchContainer, noSuchImage } from './errors.js';
@@ -88,12 +88,7 @@ async function list(ctx: DockerContext) {
   // ps -s: each writable layer measured on its host, and with its image's size (SizeRootFs)
   const [usage, images] = await Promise.all([services.containers.layerUsage(rows), services.images.list(project)]);
   const imageSize = new Map(images.map((i) => [i.digest, i.size]));
-  return {
-    json: rows.map((c) => {
-      const rw = usage.get(c.id)?.bytes ?? 0;
-      return { ...containerSummary(c, now), SizeRw: rw, SizeRootFs: rw + (imageSize.get(c.imageDigest) ?? 0) };
-    }),
-  };
+  return { json: rows.map((c) => ({ ...containerSummary(c, now), ...layerSizes(c, usage, imageSize) })) };
 }
 
 /** 304 as dockerd answers a start of a running container or a stop of a stopped one. */

@@ -232,6 +232,15 @@ function dockerPorts(ports: PortSpec[] | undefined): Array<{ IP?: string; Privat
   return (ports ?? []).map((p) => ({ IP: p.hostIp ?? '0.0.0.0', PrivatePort: p.containerPort, PublicPort: p.hostPort, Type: p.protocol }));
 }
 
+/**
+ * A container's SizeRw and SizeRootFs (ps -s, system df): its writable layer as its host measured
+ * it (0 when the host did not answer), and that with its image's size.
+ */
+export function layerSizes(c: Pick<ContainerRecord, 'id' | 'imageDigest'>, usage: ReadonlyMap<string, { bytes: number }>, imageSize: ReadonlyMap<string, number>): { SizeRw: number; SizeRootFs: number } {
+  const rw = usage.get(c.id)?.bytes ?? 0;
+  return { SizeRw: rw, SizeRootFs: rw + (imageSize.get(c.imageDigest) ?? 0) };
+}
+
 /** One row of GET /containers/json. */
 export function containerSummary(c: ContainerLike, now = Date.now()): Record<string, unknown> {
   return {

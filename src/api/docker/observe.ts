@@ -18,7 +18,7 @@ import type { ContainerRecord } from '../../store/records.js';
 import type { Services } from '../../control/services.js';
 import { HANDLED, type DockerContext, type DockerRoute } from './server.js';
 import { inDockerWords, noSuchContainer } from './errors.js';
-import { containerSummary, familiarName, parseFilters } from './mapping.js';
+import { containerSummary, familiarName, layerSizes, parseFilters } from './mapping.js';
 import { volumeDoc } from './volumes.js';
 
 const ID = '([^/]+)';
@@ -233,10 +233,7 @@ async function systemDf(ctx: DockerContext) {
         Id: i.id, ParentId: '', RepoTags: i.tags.map(familiarName), RepoDigests: [], Created: Math.floor(Date.parse(i.createdAt) / 1000),
         Size: i.size, SharedSize: -1, VirtualSize: i.size, Labels: i.config.config?.Labels ?? {}, Containers: i.containers,
       })),
-      Containers: containers.map((c) => {
-        const rw = usage.get(c.id)?.bytes ?? 0;
-        return { ...containerSummary(services.containers.view(c), now), SizeRw: rw, SizeRootFs: rw + (imageSize.get(c.imageDigest) ?? 0) };
-      }),
+      Containers: containers.map((c) => ({ ...containerSummary(services.containers.view(c), now), ...layerSizes(c, usage, imageSize) })),
       Volumes: await Promise.all(volumes.map(async (v) => volumeDoc(await services.volumes.inspect(v).catch(() => v)))),
       BuildCache: [],
     },

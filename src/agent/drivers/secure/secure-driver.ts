@@ -15,13 +15,13 @@
  * the console), the process runs as root in the guest (the VM is the boundary),
  * no exec yet (no guest agent), pause/unpause stop the vCPUs.
  */
-import { constants, existsSync } from 'node:fs';
-import { mkdir, open, readFile, readdir, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
-import { readUnderRoot } from '../../../core/read-under-root.js';
+import { readUnderRoot, removeUnderRoot } from '../../../core/read-under-root.js';
 import { mountAll, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import type { ExecRequest, ExecSession, InstanceDriver, InstanceSpec, InstanceStats, LogRecord, RuntimeState } from '../instance-driver.js';
 import { buildOciSpec, readHardLimits, readUserDb } from '../container/oci-spec.js';
@@ -75,25 +75,6 @@ export class SecureDriver implements InstanceDriver {
   private vm(id: string): string {
     return `s${createHash('sha256').update(id).digest('hex').slice(0, 15)}`;
   }
-  /**
-   * fn with the path of the rootfs' `.nimbus/exit` through the descriptor of a `.nimbus` opened
-   * without following a symlink (`/proc/self/fd/N/exit`): the guest owns its rootfs, and either
-   * may be a symlink it made to a host path by now. Undefined when `.nimbus` is not a directory.
-   */
-  private async inGuestNimbusDir<T>(id: string, fn: (exitPath: string) => Promise<T>): Promise<T | undefined> {
-    let dir: FileHandle;
-    try {
-      dir = await open(path.join(this.rootfs(id), '.nimbus'), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
-    } catch {
-      return undefined;
-    }
-    try {
-      return await fn(`/proc/self/fd/${dir.fd}/exit`);
-    } finally {
-      await dir.close();
-    }
-  }
-
   /** The workload's exit status as nimbus-init wrote it: a regular file reached without a symlink, a few bytes. */
   private async readGuestExit(id: string): Promise<string | undefined> {
     return (await readUnderRoot(this.rootfs(id), '.nimbus/exit', 32))?.toString('utf8');
@@ -151,7 +132,7 @@ export class SecureDriver implements InstanceDriver {
 
   async start(id: string): Promise<RuntimeState> {
     // the last run's status (the name itself if the guest made it a symlink, never what it points to)
-    await this.inGuestNimbusDir(id, (exitPath) => rm(exitPath, { force: true }));
+    await removeUnderRoot(this.rootfs(id), '.nimbus/exit');
     const template = await readFile(path.join(this.dir(id), 'template'), 'utf8').catch(() => undefined);
     if (!template) return this.vms.start(this.vm(id));
     // From the template: restore the booted guest (its rootfs share pointing here), then let it go on.

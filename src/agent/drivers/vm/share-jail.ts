@@ -73,8 +73,8 @@ export const SHARE_JAIL_CAPS = ['chown', 'dac_override', 'fowner', 'fsetid', 'mk
 const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'];
 
 /**
- * The jail of a VM's QEMU: what its config names (kernel, initrd, disks, shares), its own
- * directory, and the devices its accelerator and NICs use.
+ * The jail of a VM's QEMU: what its config names (kernel, initrd, disks, shares) and the devices
+ * its accelerator and NICs use, not its own directory (where the jailer makes its run files).
  */
 export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 'rootDisk' | 'blockVolumes' | 'shares' | 'nics' | 'paths'>, vmDir: string, root: string, user?: { uid: number; gid: number }): ShareJail {
   const readonly = [
@@ -87,12 +87,12 @@ export function shareJailOf(c: Pick<QemuConfig, 'accel' | 'kernel' | 'initrd' | 
   const disks = [...(c.rootDisk ? [c.rootDisk.path] : []), ...(c.blockVolumes ?? []).map((b) => b.path)]
     .map((p) => path.resolve(p))
     .map((p) => (path.dirname(p) === own ? p : path.dirname(p)));
-  const writable = [...(c.shares ?? []).map((s) => s.path), ...disks];
+  const writable = [...new Set([...(c.shares ?? []).map((s) => path.resolve(s.path)), ...disks])];
   const devices = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom', ...(c.accel === 'kvm' ? ['/dev/kvm'] : []), ...(c.nics.length ? ['/dev/net/tun'] : [])];
-  const leaked = writable.map((p) => path.resolve(p)).find((p) => own === p || own.startsWith(`${p}/`));
+  const leaked = writable.find((p) => own === p || own.startsWith(`${p}/`));
   if (leaked) throw new InvalidArgument(`a jailed VM may not share ${leaked}: it holds the VM's own directory`);
   return {
-    root, readonly: [...new Set(readonly)], writable: [...new Set(writable.map((p) => path.resolve(p)))], devices: devices.filter((d) => existsSync(d)),
+    root, readonly: [...new Set(readonly)], writable, devices: devices.filter((d) => existsSync(d)),
     runFiles: { qmpSocket: c.paths.qmpSocket, consoleSocket: c.paths.consoleSocket, consoleLog: c.paths.consoleLog, pidFile: c.paths.pidFile },
     ...(user ? { user } : {}),
   };
@@ -128,8 +128,9 @@ keep = set(int(c) for c in args.pop(0).split(','))
 root = args.pop(0)
 sep = args.index('--')
 specs, prog = args[:sep], args[sep + 1:]
-# the run files, in the host's tree before it is left (the VM's directory is root's alone)
+# the run files, in the host's tree before it is left (the VM's directory is root's alone); the user
 keep_open = []
+user = None
 for spec in specs:
     kind, _, p = spec.partition(':')
     if kind == 'listen':
@@ -152,10 +153,7 @@ for spec in specs:
         f = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         os.write(f, b'%d\n' % os.getpid())
         os.close(f)
-user = None
-for spec in specs:
-    kind, _, p = spec.partition(':')
-    if kind == 'user':
+    elif kind == 'user':
         u, _, g = p.partition(':')
         user = (int(u), int(g))
 specs = [s for s in specs if s.partition(':')[0] in ('ro', 'rw', 'dev', 'ln')]

@@ -28,6 +28,22 @@ async function deadPid(): Promise<number> {
   return gone.pid!;
 }
 
+/**
+ * VM `id` recorded running, its QEMU gone (a dead pid), its supervisor alive `seconds` more and
+ * writing no status: an observer that sees the end waits for the supervisor meanwhile.
+ */
+async function endingVm(id: string, seconds: number) {
+  const { dir, store, p } = await storeWith(id);
+  const gone = await deadPid();
+  const supervisor = spawn('sleep', [String(seconds)], { stdio: 'ignore' });
+  await writeFile(p.record, JSON.stringify(record(id, gone, supervisor.pid!)));
+  const cleanup = async () => {
+    supervisor.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  };
+  return { store, p, gone, cleanup };
+}
+
 describe('VM record: QEMU seen gone', () => {
   it('a QEMU that answers a second look (no exit status written) stays running, not recorded stopped', async () => {
     const id = 'vm1';
@@ -67,14 +83,9 @@ describe('VM record: QEMU seen gone', () => {
   });
 
   it('an end seen outside any operation is written under the VM\'s lock, onto the record as the operation left it', async () => {
-    const { dir, store, p } = await storeWith('vm3');
-    const children: ChildProcess[] = [];
+    // a supervisor that lives 0.4 s and writes no status: the observer waits for it meanwhile
+    const { store, p, gone, cleanup } = await endingVm('vm3', 0.4);
     try {
-      const gone = await deadPid();
-      // a supervisor that lives 0.4 s and writes no status: the observer waits for it meanwhile
-      const supervisor = spawn('sleep', ['0.4'], { stdio: 'ignore' });
-      children.push(supervisor);
-      await writeFile(p.record, JSON.stringify(record('vm3', gone, supervisor.pid!)));
       const watcher = store.load('vm3'); // as the exit watcher does: no lock held
       await new Promise((r) => setTimeout(r, 100));
       // an operation changes the record meanwhile (a detach while the VM is being seen ending)
@@ -93,19 +104,13 @@ describe('VM record: QEMU seen gone', () => {
       const inside = await store.locked('vm3', () => store.load('vm3'));
       assert.equal(inside.lifecycle, 'stopped');
     } finally {
-      for (const c of children) c.kill('SIGKILL');
-      await rm(dir, { recursive: true, force: true });
+      await cleanup();
     }
   });
 
   it('a timer set inside an operation (the exit watcher, set by the start) takes the lock once that operation is over', async () => {
-    const { dir, store, p } = await storeWith('vm4');
-    const children: ChildProcess[] = [];
+    const { store, p, cleanup } = await endingVm('vm4', 0.3);
     try {
-      const gone = await deadPid();
-      const supervisor = spawn('sleep', ['0.3'], { stdio: 'ignore' });
-      children.push(supervisor);
-      await writeFile(p.record, JSON.stringify(record('vm4', gone, supervisor.pid!)));
       // the start: sets its watcher's timer and returns
       let watcher: Promise<VmRecord> | undefined;
       await store.locked('vm4', async () => {
@@ -125,8 +130,7 @@ describe('VM record: QEMU seen gone', () => {
       assert.equal(onDisk.lifecycle, 'stopped', 'the end is recorded');
       assert.equal(onDisk.config.memoryMiB, 128, 'the operation\'s change stays');
     } finally {
-      for (const c of children) c.kill('SIGKILL');
-      await rm(dir, { recursive: true, force: true });
+      await cleanup();
     }
   });
 });
