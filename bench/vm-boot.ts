@@ -81,8 +81,12 @@ export async function vmBoot(): Promise<BenchOutcome> {
 
   let bareArgv: string[] = [];
   let driverArgv: string[] = [];
-  /** An argv with its per-run paths and name made alike, and -S and the binary gone: what must be equal for the comparison to be fair. */
-  const machineOf = (argv: string[]) => argv.filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : all[i - 1] === '-chroot' ? 'JAIL' : a.replace(/\/[^,]*\/(qmp\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
+  /**
+   * An argv with its per-run paths and name made alike, and -S, the binary and the driver's jailer
+   * (its argv up to "--": jailer.ts, part of the driver's cost) gone: what must be equal for the
+   * comparison to be fair.
+   */
+  const machineOf = (argv: string[]) => argv.slice(argv.indexOf('--') + 1).filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : all[i - 1] === '-chroot' ? 'JAIL' : a.replace(/\/[^,]*\/(qmp\.sock|qmp-fds\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
   const bareBoot = async (): Promise<number> => {
     const dir = path.join(base, `bare-${n++}`);
     await mkdir(dir);

@@ -17,7 +17,7 @@ import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
 import { agentInNamespace, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor as poll } from './helpers/wait.js';
-import { qemuUnder } from './helpers/qemu.js';
+import { qemuUnder, supervisorOf } from './helpers/qemu.js';
 import { call } from './helpers/http.js';
 
 const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
@@ -103,7 +103,10 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.equal(v.agent, AGENT);
     assert.equal(qemuUnder(b.home).length, 1);
     assert.equal(qemuUnder(d.home).length, 0);
-    assert.equal(netnsOf(qemuUnder(b.home)[0]!), host2.inode(), 'its QEMU runs in the second host\'s namespace');
+    // its QEMU's supervisor in the second host's network namespace, QEMU itself in one of its own (jailer.ts)
+    const qemu = qemuUnder(b.home)[0]!;
+    assert.equal(netnsOf(supervisorOf(qemu)), host2.inode(), 'its QEMU runs on the second host');
+    assert.notEqual(netnsOf(qemu), host2.inode(), 'in a network namespace of its own');
     await waitFor('the readiness marker through the agent protocol', async () => ((await cliOk(['vm', 'logs', NAME])).includes(READY_MARKER) ? true : undefined));
     assert.match(await cliOk(['console', NAME], 'echo on-host-b\n'), /on-host-b/);
     assert.match(await cliOk(['vm', 'ls']), new RegExp(`${NAME}\\s+Up .*\\s+${AGENT}\\s`));
@@ -134,7 +137,7 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.deepEqual([v.agent, v.status], ['local', 'running']);
     assert.equal(qemuUnder(b.home).length, 0, 'nothing of it stays at the source');
     assert.equal(qemuUnder(d.home).length, 1);
-    assert.equal(netnsOf(qemuUnder(d.home)[0]!), netnsOf(process.pid), 'it crossed the link into this host\'s namespace');
+    assert.equal(netnsOf(supervisorOf(qemuUnder(d.home)[0]!)), netnsOf(process.pid), 'it crossed the link into this host\'s namespace');
     assert.ok(!existsSync(join(b.home, 'vms', 'instances', v.id)), 'no state directory at the source');
     const after = await guestUptime();
     assert.ok(after > before, `the same guest goes on (uptime ${before} → ${after})`);

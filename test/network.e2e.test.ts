@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
 import { startTestRegistryWithImages, type TestRegistry } from './helpers/registry-images.js';
@@ -17,6 +17,7 @@ import { run } from '../src/core/exec.js';
 import { buildTestGuest, GUEST_CACHE_DIR, NET_MARKER } from '../scripts/fixtures/guest.js';
 import { freePort } from '../src/agent/network/network-test-env.js';
 import { waitFor } from './helpers/wait.js';
+import { qemuUnder } from './helpers/qemu.js';
 
 let registry: TestRegistry;
 let d: DaemonProcess;
@@ -300,6 +301,12 @@ describe('container networking end to end', { concurrency: false }, () => {
     const r = await d.cli(['run', '--rm', '--network', 'front', IMAGE, 'sh', '-c', `busybox nslookup netvm; ${FETCH(nic.address, 80)[2]}`]);
     assert.match(r.stdout, new RegExp(nic.address.replaceAll('.', '\\.')), 'the network DNS knows the VM');
     assert.match(r.stdout, /hello from the vm$/m, r.stdout + r.stderr);
+    // which its QEMU serves through the taps alone: a network namespace of its own holding only a
+    // loopback (jailer.ts), not the host's, where it could reach the host's services
+    const qemuPid = String(qemuUnder(`/${vm.id}/`)[0]);
+    assert.match(qemuPid, /^\d+$/, 'the QEMU of this VM');
+    assert.notEqual(readlinkSync(`/proc/${qemuPid}/ns/net`), readlinkSync('/proc/self/ns/net'), 'its own network namespace');
+    assert.deepEqual((await run('nsenter', ['-t', qemuPid, '-n', 'ip', '-o', 'link'])).stdout.trim().split('\n').map((l) => l.split(':')[1]?.trim()), ['lo'], 'no link but a loopback');
     // route mode: no bridge, no NAT; the host reaches the guest through the /32 route on its tap
     await waitFor('the guest configured its routed NIC', async () => ((await d.cli(['logs', 'netvm'])).stdout.includes(`${NET_MARKER} eth1 ${routedNic.address}/`) ? true : undefined), 60_000);
     assert.equal(await httpGet(`http://${routedNic.address}/`), 'hello from the vm');

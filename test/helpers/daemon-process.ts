@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'node:http';
 import { run } from '../../src/core/exec.js';
+import { qemuUnder } from './qemu.js';
 import { removeDaemonNetworks, testNetworkEnv } from '../../src/agent/network/network-test-env.js';
 
 const ROOT = resolve(import.meta.dirname, '../../..'); // dist/test/helpers → repo root
@@ -132,10 +133,20 @@ export async function startDaemonProcess(extraArgs: string[] = [], extraEnv: Rec
         if (child.exitCode === null && child.signalCode === null) {
           const list = await api<{ id: string }[]>('GET', '/containers?all=true&project=*').catch(() => ({ status: 0, body: [] }));
           for (const c of list.body ?? []) await api('DELETE', `/containers/${c.id}?force=true`).catch(() => undefined);
+          // VMs too: a test that failed before removing its own leaves a QEMU, which outlives nimbusd by design
+          const vms = await api<{ id: string }[]>('GET', '/vms?project=*').catch(() => ({ status: 0, body: [] }));
+          for (const v of Array.isArray(vms.body) ? vms.body : []) await api('DELETE', `/vms/${v.id}?force=true`).catch(() => undefined);
           await self.kill('SIGTERM');
         }
       } finally {
         // Whatever the daemon left (it should be nothing), do not leave it on the host.
+        for (const pid of qemuUnder(home)) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
         const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.startsWith(home));
         for (const m of mounts.reverse()) await run('umount', ['-l', m]);
         // a daemon that stopped cleanly leaves its networks (as docker leaves docker0) but no endpoint

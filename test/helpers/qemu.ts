@@ -14,3 +14,13 @@ export function qemuUnder(dir: string): number[] {
   }
   return out;
 }
+
+/**
+ * The process a QEMU runs under, its supervisor (qemu-process.ts): in the host's network
+ * namespace, where QEMU itself is not (it has one of its own: jailer.ts).
+ */
+export function supervisorOf(qemuPid: number): number {
+  const stat = readFileSync(`/proc/${qemuPid}/stat`, 'utf8');
+  // pid (comm) state ppid …: comm may hold spaces and parentheses, so read after the last ')'
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}

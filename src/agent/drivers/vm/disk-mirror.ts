@@ -12,6 +12,7 @@
 import { Conflict, NimbusError } from '../../../core/errors.js';
 import type { QmpClient } from './qmp.js';
 import { TLS_AUTHZ_ID, TLS_CREDS_ID } from './migration-tls.js';
+import { connectForQemu, listenForQemu } from './qemu-peer-sockets.js';
 
 /** The block backend's name in qemuArgv (-drive id=root). */
 const ROOT_DRIVE = 'root';
@@ -57,6 +58,9 @@ const exportName = (d: MovingDisk) => (d.key === 'root' ? 'root' : `vol-${short(
 const jobId = exportId;
 const targetNode = (d: MovingDisk) => (d.key === 'root' ? 'migrate-target' : `mt-${short(d)}`);
 
+/** The name the NBD server's listening socket is handed over under. */
+const NBD_LISTENER = 'nbd-listener';
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The node a disk sits on (block-export-add names nodes, not backends). */
@@ -73,11 +77,15 @@ async function nodeOf(c: Qmp, d: MovingDisk): Promise<string> {
  * switch-over). Returns the URI the source mirrors into, per disk key. `tls`: the credentials
  * object is in QEMU (migration-tls.ts) and the server takes TLS clients only.
  */
-export async function exportDisksForMigration(c: Qmp, host: string, port: number, disks: readonly MovingDisk[], tls = false, pinned = false): Promise<Record<string, string>> {
+export async function exportDisksForMigration(c: Qmp, qmpSocket: string, host: string, disks: readonly MovingDisk[], tls = false, pinned = false): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
   if (!disks.length) return out;
-  // `pinned`: only the source the migration takes (acceptOnlyFrom's list) may connect
-  await c.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tls ? { 'tls-creds': TLS_CREDS_ID, ...(pinned ? { 'tls-authz': TLS_AUTHZ_ID } : {}) } : {}) });
+  // `pinned`: only the source the migration takes (acceptOnlyFrom's list) may connect. The
+  // listening socket is the agent's, handed over: QEMU has no network of its own (jailer.ts)
+  const port = await listenForQemu(qmpSocket, host, NBD_LISTENER, {
+    execute: 'nbd-server-start',
+    arguments: { addr: { type: 'fd', data: { str: NBD_LISTENER } }, ...(tls ? { 'tls-creds': TLS_CREDS_ID, ...(pinned ? { 'tls-authz': TLS_AUTHZ_ID } : {}) } : {}) },
+  });
   for (const d of disks) {
     await c.execute('block-export-add', { type: 'nbd', id: exportId(d), 'node-name': await nodeOf(c, d), name: exportName(d), writable: true });
     out[d.key] = `nbd://${host.includes(':') ? `[${host}]` : host}:${port}/${exportName(d)}`;
@@ -110,17 +118,24 @@ export interface MirrorTarget {
  * runs with the guest stopped. `tlsPeer`: the NBD connections are TLS with the credentials object
  * in QEMU, the server's certificate checked for that name.
  */
-export async function startMirrors(c: Qmp, targets: readonly MirrorTarget[], opts: { deadline: number; tlsPeer?: string }): Promise<void> {
+export async function startMirrors(c: Qmp, targets: readonly MirrorTarget[], opts: { deadline: number; tlsPeer?: string; connectFor?: string }): Promise<void> {
   if (!targets.length) return;
   await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
   for (const t of targets) {
     // the target as a node of its own (drive-mirror's URI target has no place for TLS)
     const u = new URL(t.nbd);
-    await c.execute('blockdev-add', {
+    const host = u.hostname.replace(/^\[|\]$/g, '');
+    const node = {
       driver: 'nbd', 'node-name': targetNode(t.disk), export: decodeURIComponent(u.pathname.replace(/^\//, '')),
-      server: { type: 'inet', host: u.hostname.replace(/^\[|\]$/g, ''), port: u.port },
       ...(opts.tlsPeer ? { 'tls-creds': TLS_CREDS_ID, 'tls-hostname': opts.tlsPeer } : {}),
-    });
+    };
+    // `connectFor`: the QEMU (its QMP socket) takes the connection as a descriptor, made here (qemu-peer-sockets.ts)
+    if (opts.connectFor) {
+      const name = `nbd-${targetNode(t.disk)}`;
+      await connectForQemu(opts.connectFor, host, Number(u.port), name, { execute: 'blockdev-add', arguments: { ...node, server: { type: 'fd', str: name } } });
+    } else {
+      await c.execute('blockdev-add', { ...node, server: { type: 'inet', host, port: u.port } });
+    }
     await c.execute('blockdev-mirror', {
       device: t.disk.device, 'job-id': jobId(t.disk), target: targetNode(t.disk),
       sync: t.wholeDisk ? 'full' : 'top', 'copy-mode': 'write-blocking',

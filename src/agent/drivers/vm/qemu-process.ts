@@ -10,18 +10,21 @@
  * client at a time, and a short session per operation (≈ 2 ms) lets an old and
  * a new driver instance, or a CLI tool, take turns.
  */
-import { jailedCommand, type ShareJail } from './share-jail.js';
 import { spawn, type StdioOptions } from 'node:child_process';
 import { openSync, closeSync, existsSync } from 'node:fs';
 import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../../core/errors.js';
+import { jailedCommand, type LaunchJail } from './jailer.js';
+import { fdMonitorSocket } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { processAlive } from '../../../core/proc.js';
 
 export interface InstancePaths {
   dir: string;
   qmpSocket: string;
+  /** Its second QMP monitor, where descriptors are handed over (qemu.ts fdMonitorSocket). */
+  fdQmpSocket: string;
   consoleSocket: string;
   consoleLog: string;
   pidFile: string;
@@ -38,6 +41,7 @@ export function instancePaths(dir: string): InstancePaths {
   return {
     dir,
     qmpSocket: path.join(dir, 'qmp.sock'),
+    fdQmpSocket: fdMonitorSocket(path.join(dir, 'qmp.sock')),
     consoleSocket: path.join(dir, 'console.sock'),
     consoleLog: path.join(dir, 'console.log'),
     pidFile: path.join(dir, 'qemu.pid'),
@@ -83,7 +87,7 @@ export async function readExitStatus(p: InstancePaths): Promise<number | undefin
 
 /** Remove what one QEMU run leaves behind (sockets, pid and status files); keeps disk, console log and record. */
 export async function removeRunFiles(p: InstancePaths, opts: { keepExitStatus?: boolean } = {}): Promise<void> {
-  const files = [p.qmpSocket, p.consoleSocket, p.pidFile, p.supervisorPidFile];
+  const files = [p.qmpSocket, p.fdQmpSocket, p.consoleSocket, p.pidFile, p.supervisorPidFile];
   if (!opts.keepExitStatus) files.push(p.exitStatusFile, `${p.exitStatusFile}.tmp`);
   for (const f of files) await rm(f, { force: true });
 }
@@ -101,15 +105,15 @@ const SUPERVISOR = '"$0" "$@" & exec 3<&-; wait $!; s=$?; echo $s > exit-status.
 export const INPUT_FD = 3;
 
 /**
- * Start QEMU under its supervisor and wait until its QMP socket answers. `input`: a file opened
- * here (as root) for QEMU to read as its fd 3 (a saved state: QEMU may have dropped to a user of
- * its own by the time it reads). On failure nothing is left running and the error carries QEMU's
- * stderr.
+ * Start QEMU under its supervisor, through its jailer (jailer.ts: its taps, its namespaces, a share
+ * jail), and wait until its QMP socket answers. `input`: a file opened here (as root) for QEMU to
+ * read as its fd 3 (a saved state: QEMU may have dropped to a user of its own by the time it
+ * reads). On failure nothing is left running and the error carries QEMU's stderr.
  */
-export async function launchQemu(qemu: string, qemuArgs: string[], p: InstancePaths, opts: { timeoutMs?: number; input?: string; jail?: ShareJail } = {}): Promise<Launched> {
+export async function launchQemu(qemu: string, qemuArgs: string[], p: InstancePaths, launch: LaunchJail, opts: { timeoutMs?: number; input?: string } = {}): Promise<Launched> {
   const timeoutMs = opts.timeoutMs ?? 15_000;
-  // a QEMU that keeps file capabilities (9p shares) runs in its jail (share-jail.ts): the same process, exec after exec
-  const { binary, argv } = jailedCommand(qemu, qemuArgs, opts.jail);
+  // the jailer, then QEMU: the same process, exec after exec
+  const { binary, argv } = jailedCommand(qemu, qemuArgs, launch);
   await removeRunFiles(p);
   const logFd = openSync(p.qemuLog, 'w');
   let inputFd: number | undefined;

@@ -15,6 +15,7 @@
  * mount namespace of their own, the capabilities ambient (share-jail.ts; docs/security.md).
  */
 import { shareJailOf, type ShareJail } from './share-jail.js';
+import type { LaunchJail } from './jailer.js';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, rm } from 'node:fs/promises';
@@ -232,6 +233,11 @@ export function confinementOf(users: QemuUsers, r: { id: string; config: Paramet
   const user = use === 'launch' ? users.claim(r.id) : users.peek(r.id);
   if (r.config.shares?.length) return { jail: shareJailOf(r.config, vmDir, jailDir(vmDir), user) };
   return { runAs: user, chroot: jailDir(vmDir) };
+}
+
+/** What the jailer sets up around a VM's QEMU (jailer.ts): its taps, and its share jail if it has one. */
+export function launchJailOf(config: { nics: ReadonlyArray<{ tap: string }> }, c: QemuConfinement): LaunchJail {
+  return { taps: config.nics.map((n) => n.tap), ...(c.jail ? { share: c.jail } : {}) };
 }
 
 /**

@@ -27,9 +27,11 @@ test('argv: machine, accelerator, cpu model, size, monitor, console, kernel boot
   assert.deepEqual(after(a, '-m'), ['256M']);
   assert.deepEqual(after(a, '-chardev'), [
     'socket,id=qmp,path=/s/qmp.sock,server=on,wait=off',
+    // the second monitor, where descriptors are handed over (qmp-fds.ts)
+    'socket,id=qmpfds,path=/s/qmp-fds.sock,server=on,wait=off',
     'socket,id=console,path=/s/console.sock,server=on,wait=off,logfile=/s/console.log,logappend=on',
   ]);
-  assert.deepEqual(after(a, '-mon'), ['chardev=qmp,mode=control']);
+  assert.deepEqual(after(a, '-mon'), ['chardev=qmp,mode=control', 'chardev=qmpfds,mode=control']);
   assert.deepEqual(after(a, '-serial'), ['chardev:console']);
   assert.deepEqual(after(a, '-kernel'), ['/boot/vmlinuz']);
   assert.deepEqual(after(a, '-append'), ['console=ttyS0']);
@@ -50,7 +52,8 @@ test('argv: overlay disk, NICs on taps, incoming migration, debug exit, comma es
   });
   assert.deepEqual(after(a, '-name'), ['guest=a,,b']);
   assert.deepEqual(after(a, '-drive'), ['if=none,id=root,file=/d/root.qcow2,format=qcow2,cache=writeback,file.auto-read-only=off']);
-  assert.deepEqual(after(a, '-netdev'), ['tap,id=net0,ifname=vif3.0,script=no,downscript=no', 'tap,id=net1,ifname=vif3.1,script=no,downscript=no']);
+  // the taps are the jailer's descriptors, from TAP_FD_BASE (jailer.ts): QEMU has no network to find them in by name
+  assert.deepEqual(after(a, '-netdev'), ['tap,id=net0,fd=20', 'tap,id=net1,fd=21']);
   assert.deepEqual(after(a, '-device'), [
     'isa-debug-exit,iobase=0xf4,iosize=0x01',
     'virtio-blk-pci,drive=root',

@@ -3,11 +3,27 @@
  * so every flag is unit-tested and the bench can replay the exact argv bare.
  */
 import { InvalidArgument } from '../../../core/errors.js';
+import path from 'node:path';
 import { CONSOLE_LOG_FDSET, RUN_FDS, type ShareJail } from './share-jail.js';
 
 export type Accelerator = 'kvm' | 'tcg';
 
-/** One virtio-net NIC on a tap device. The networking layer creates the tap; this only attaches it. */
+/**
+ * The descriptor of a VM's first NIC's tap; the next ones follow. The jailer opens the taps (QEMU,
+ * in a network namespace of its own, could not find them by name: jailer.ts).
+ */
+export const TAP_FD_BASE = 20;
+/** The most NICs a VM has (their descriptors stay below the jailer's own). */
+export const MAX_NICS = 16;
+
+/**
+ * A QEMU's second QMP monitor, beside its QMP socket: descriptors are handed over on it, and the
+ * command that takes one runs in the same session (qmp-fds.ts), while an operation may hold the
+ * first for minutes (a migration). A descriptor handed over is the monitor's own.
+ */
+export const fdMonitorSocket = (qmpSocket: string) => path.join(path.dirname(qmpSocket), 'qmp-fds.sock');
+
+/** One virtio-net NIC on a tap device. The networking layer creates the tap; the jailer opens it (jailer.ts). */
 export interface NicConfig {
   /** Tap device name (≤ 15 chars), e.g. "vif3.0". */
   tap: string;
@@ -168,6 +184,8 @@ function runFileArgs(c: QemuConfig): string[] {
     return [
       '-chardev', `socket,id=qmp,path=${q(c.paths.qmpSocket)},server=on,wait=off`,
       '-mon', 'chardev=qmp,mode=control',
+      '-chardev', `socket,id=qmpfds,path=${q(fdMonitorSocket(c.paths.qmpSocket))},server=on,wait=off`,
+      '-mon', 'chardev=qmpfds,mode=control',
       '-chardev', `socket,id=console,path=${q(c.paths.consoleSocket)},server=on,wait=off,logfile=${q(c.paths.consoleLog)},logappend=on`,
       '-serial', 'chardev:console',
       '-pidfile', c.paths.pidFile,
@@ -179,6 +197,8 @@ function runFileArgs(c: QemuConfig): string[] {
     '-add-fd', `fd=${RUN_FDS.consoleLog},set=${CONSOLE_LOG_FDSET},opaque=${q(c.paths.qmpSocket)}`,
     '-chardev', `socket,id=qmp,fd=${RUN_FDS.qmp},server=on,wait=off`,
     '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `socket,id=qmpfds,fd=${RUN_FDS.fdQmp},server=on,wait=off`,
+    '-mon', 'chardev=qmpfds,mode=control',
     '-chardev', `socket,id=console,fd=${RUN_FDS.console},server=on,wait=off,logfile=/dev/fdset/${CONSOLE_LOG_FDSET},logappend=on`,
     '-serial', 'chardev:console',
   ];
@@ -231,10 +251,12 @@ export function qemuArgv(c: QemuConfig): string[] {
     a.push('-device', `virtio-blk-pci,drive=root${c.kernel ? '' : ',bootindex=0'}`);
   }
   for (const b of c.blockVolumes ?? []) a.push(...blockVolumeArgs(b, c.kernel !== undefined || c.rootDisk !== undefined));
+  if (c.nics.length > MAX_NICS) throw new InvalidArgument(`a VM has at most ${MAX_NICS} NICs, got ${c.nics.length}`);
   c.nics.forEach((n, i) => {
     if (!MAC.test(n.mac)) throw new InvalidArgument(`bad MAC "${n.mac}"`);
     if (!n.tap || n.tap.length > 15 || /[\s,/]/.test(n.tap)) throw new InvalidArgument(`bad tap device name "${n.tap}"`);
-    a.push('-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`);
+    // the jailer's descriptor: QEMU has no network in which to find the tap by name
+    a.push('-netdev', `tap,id=net${i},fd=${TAP_FD_BASE + i}`);
     if (n.mtu !== undefined && (!Number.isInteger(n.mtu) || n.mtu < 576 || n.mtu > 65535)) throw new InvalidArgument(`bad NIC MTU ${n.mtu}`);
     a.push('-device', `virtio-net-pci,netdev=net${i},mac=${n.mac}${n.mtu !== undefined ? `,host_mtu=${n.mtu}` : ''}`);
   });

@@ -5,13 +5,21 @@
  * descriptors, so a short python3 program does (python3's socket.send_fds), in a QMP session of
  * its own: the descriptors it is given as its fds 3, 4, …
  *
- * - getfd: one descriptor under a name, for a later session's `migrate fd:NAME` (a save).
+ * - getfd: one descriptor under a name, for a later session's `migrate fd:NAME` (a save); or with
+ *   `then`, the command that takes it in the same session (on the fd monitor, qemu.ts
+ *   fdMonitorSocket: a connection for a migration or a mirror, qemu-peer-sockets.ts). When that
+ *   command fails, the descriptor is closed in QEMU.
+ * - connect: a TCP connection made here to host:port, handed over under a name with the command
+ *   that takes it (a migration's stream, an NBD client).
+ * - listen: a TCP socket made here, bound to a free port of `host` and listening, handed over
+ *   under a name with the command that takes it (an NBD server); its port is returned.
  * - blockdev-add: a block node whose files are descriptors (an fdset each, "/dev/fdset/N"), added
  *   in the same session (QEMU frees an fdset nobody uses when its last monitor client goes), each
  *   fdset's own copy removed afterwards (the node keeps its duplicate).
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { Internal, NimbusError } from '../../../core/errors.js';
 
 /** A file the node opens: "nimbus-fd:N" stands for the Nth descriptor given (blockdev-add). */
@@ -21,7 +29,17 @@ export const fdPlaceholder = (n: number) => `nimbus-fd:${n}`;
 let pythonPath: string | undefined;
 export const python3 = (): string => (pythonPath ??= existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
 
-export type QmpFdPlan = { op: 'getfd'; name: string } | { op: 'blockdev-add'; node: Record<string, unknown> };
+/** A QMP command, run once the descriptor it names is QEMU's. */
+export interface QmpCommand {
+  execute: string;
+  arguments?: Record<string, unknown>;
+}
+
+export type QmpFdPlan =
+  | { op: 'getfd'; name: string; then?: QmpCommand }
+  | { op: 'connect'; host: string; port: number; name: string; then: QmpCommand }
+  | { op: 'listen'; host: string; name: string; then: QmpCommand }
+  | { op: 'blockdev-add'; node: Record<string, unknown> };
 
 const HELPER = String.raw`
 import json, socket, sys
@@ -55,8 +73,39 @@ def call(cmd, args=None, fd=None):
     return m['return']
 reply()
 call('qmp_capabilities')
+def handed(fd):
+    call('getfd', {'fdname': plan['name']}, fd)
+    then = plan.get('then')
+    if then:
+        try:
+            call(then['execute'], then.get('arguments'))
+        except SystemExit:
+            try:
+                call('closefd', {'fdname': plan['name']})
+            except SystemExit:
+                pass
+            raise
+out = {'ok': True}
 if plan['op'] == 'getfd':
-    call('getfd', {'fdname': plan['name']}, 3)
+    handed(3)
+elif plan['op'] == 'connect':
+    try:
+        c = socket.create_connection((plan['host'], plan['port']), timeout=10)
+    except OSError as e:
+        where = ('[%s]' if ':' in plan['host'] else '%s') % plan['host']
+        print(json.dumps({'error': {'desc': "Failed to connect to '%s:%d': %s" % (where, plan['port'], e.strerror or e)}, 'command': 'connect'}))
+        sys.exit(3)
+    c.settimeout(None)
+    handed(c.fileno())
+    c.close()
+elif plan['op'] == 'listen':
+    host = plan['host']
+    ls = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind((host, 0))
+    ls.listen(16)
+    out['port'] = ls.getsockname()[1]
+    handed(ls.fileno())
+    ls.close()
 else:
     sets = []
     def fill(v):
@@ -77,15 +126,15 @@ else:
                 call('remove-fd', {'fdset-id': r['fdset-id'], 'fd': r['fd']})
             except SystemExit:
                 pass
-print(json.dumps({'ok': True}))
+print(json.dumps(out))
 `;
 
 /**
- * Run `plan` on the QEMU behind `qmpSocket` with `fds` (open descriptors of this process, not
- * closed here). QEMU's refusal is an Internal error with its words (they name no host path:
- * the files are descriptors); no python3 is Unavailable.
+ * Run `plan` on the QEMU behind `qmpSocket` with `fds` (open descriptors or sockets of this
+ * process, not closed here). QEMU's refusal is an Internal error with its words (they name no
+ * host path: the files are descriptors); no python3 is Unavailable. Returns a listen's port.
  */
-export async function handFdsToQemu(qmpSocket: string, plan: QmpFdPlan, fds: readonly number[], timeoutMs = 30_000): Promise<void> {
+export async function handFdsToQemu(qmpSocket: string, plan: QmpFdPlan, fds: ReadonlyArray<number | Socket>, timeoutMs = 30_000): Promise<{ port?: number }> {
   // -I -S: no environment, user directory or site packages (10 ms here, and nothing else imported)
   const child = spawn(python3(), ['-I', '-S', '-c', HELPER, qmpSocket, JSON.stringify(plan)], { stdio: ['ignore', 'pipe', 'pipe', ...fds] });
   let out = '';
@@ -100,13 +149,16 @@ export async function handFdsToQemu(qmpSocket: string, plan: QmpFdPlan, fds: rea
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NimbusError('Unavailable', 'handing a file to QEMU needs python3 on this host (apt-get install python3)');
     throw e;
   }).finally(() => clearTimeout(timer));
-  if (code === 0) return;
   const last = out.trim().split('\n').pop() ?? '';
+  if (code === 0) return JSON.parse(last) as { port?: number };
   let reason = err.trim().split('\n').pop() ?? `exit ${code}`;
   try {
     const r = JSON.parse(last) as { error?: { desc?: string }; command?: string };
+    // the connection a connect makes never reached QEMU: its failure is the peer's, in QEMU's words
+    if (r.error?.desc && r.command === 'connect') throw new NimbusError('Unavailable', r.error.desc);
     if (r.error?.desc) reason = `${r.command ? `${r.command}: ` : ''}${r.error.desc}`;
-  } catch {
+  } catch (e) {
+    if (e instanceof NimbusError) throw e;
     /* not its JSON: python's own error */
   }
   throw new Internal(`QEMU did not take the file (${plan.op}): ${reason}`);

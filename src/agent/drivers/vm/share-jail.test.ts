@@ -7,7 +7,8 @@ import { lstat, mkdir, mkdtemp, readFile, readlink, rm, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { mountsUnder } from '../../snapshots/mount.js';
-import { jailedCommand, shareJailOf } from './share-jail.js';
+import { shareJailOf } from './share-jail.js';
+import { jailedCommand } from './jailer.js';
 import { QEMU_UID_BASE, QEMU_UID_COUNT } from './qemu-user.js';
 import { instancePaths } from './qemu-process.js';
 
@@ -36,9 +37,9 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     const paths = { qmpSocket: run.qmpSocket, consoleSocket: run.consoleSocket, consoleLog: run.consoleLog, pidFile: run.pidFile };
     // a user of its own, as the driver claims one (the last of the range: no VM of this host's holds it in a test)
     const user = { uid: QEMU_UID_BASE + QEMU_UID_COUNT - 1, gid: QEMU_UID_BASE + QEMU_UID_COUNT - 1 };
-    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', nics: [], shares: [{ tag: 'r', path: share }], paths }, vmDir, path.join(vmDir, 'jail'), user);
+    const jail = shareJailOf({ accel: 'tcg', kernel: '/usr/bin/env', shares: [{ tag: 'r', path: share }], paths }, vmDir, path.join(vmDir, 'jail'), user);
     await mkdir(jail.root);
-    assert.throws(() => shareJailOf({ accel: 'tcg', nics: [], shares: [{ tag: 'r', path: dir }], paths }, vmDir, jail.root), /may not share .*VM's own directory/, 'nor a share that holds it');
+    assert.throws(() => shareJailOf({ accel: 'tcg', shares: [{ tag: 'r', path: dir }], paths }, vmDir, jail.root), /may not share .*VM's own directory/, 'nor a share that holds it');
     const script = [
       'ls -A / | tr "\\n" " "; echo',
       'echo $(ls -A /proc) $(ls -A /proc/self)',
@@ -52,9 +53,9 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
       // to it (the /dev/zero numbers; a disk's would be the host's disk)
       'mknod "$1/zero" c 1 5 && (head -c1 "$1/zero" >/dev/null 2>&1 && echo node-opened || echo node-refused)',
       // not its VM's directory, whose files the agent and the supervisor use by path: its run
-      // files come as descriptors (10, 11: the listening sockets; 12: the console log)
+      // files come as descriptors (10, 11, 13: the listening sockets; 12: the console log)
       'test -e "$3" && echo vm-dir || echo no-vm-dir',
-      'echo $(ls /proc/self/fd | grep -E "^1[0-2]$")',
+      'echo $(ls /proc/self/fd | grep -E "^1[0-3]$")',
       // not root: no signal reaches a root process (this test's own, here), kill(-1) none
       'kill -0 "$4" 2>/dev/null && echo kill-allowed || echo kill-refused',
       // open_by_handle_at ("shocker"): with a handle, a file of the same filesystem opens from
@@ -62,7 +63,7 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
       `python3 -I -S -c '${OPEN_BY_HANDLE}' "$1/in-the-share"`,
       'sleep 1',
     ].join('\n');
-    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret, vmDir, String(process.pid)], jail);
+    const { binary, argv } = jailedCommand('/bin/sh', ['-c', script, 'jailed', share, secret, vmDir, String(process.pid)], { taps: [], share: jail });
     const child = spawn(binary, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -79,7 +80,7 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     const lines = out.trim().split('\n');
     assert.deepEqual(lines[0]!.trim().split(' ').filter((n) => !['bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr'].includes(n)).sort(), ['dev', 'proc', dir.split('/')[1]!].sort(), 'programs, devices, /proc, and the top of its own paths');
     assert.equal(lines[1]!.trim(), 'self fd', 'of /proc, its own fd directory only');
-    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'no-vm-dir', '10 11 12', 'kill-refused', 'handle-refused'],
+    assert.deepEqual(lines.slice(2), ['shared', 'no-etc', 'no-secret', 'share-writable', 'root-read-only', 'usr-read-only', 'node-refused', 'no-vm-dir', '10 11 12 13', 'kill-refused', 'handle-refused'],
       'a device node it makes in its share does not open (nodev); its VM\'s directory is not there, its run files are descriptors; no file opens by its handle');
     // the run files, made by the jailer in the VM's directory before it left the host's tree
     assert.ok((await lstat(run.qmpSocket)).isSocket() && (await lstat(run.consoleSocket)).isSocket(), 'the sockets');
@@ -90,7 +91,7 @@ test('the jail holds the host programs, the paths it is given and its own /proc/
     assert.equal(field('Uid'), String(user.uid), status);
     assert.equal(field('Gid'), String(user.gid));
     assert.match(status, /^Groups:[ \t]*$/m, 'no supplementary group');
-    // namespaces of its own: mounts, System V IPC and, with no NIC, the network
+    // namespaces of its own: mounts, System V IPC and the network (every VM's QEMU has the last two: jailer.ts)
     for (const ns of ['mnt', 'ipc', 'net']) {
       assert.match(jailedNs[ns] ?? '', new RegExp(`^${ns}:\\[\\d+\\]$`), `read while it ran: ${ns}`);
       assert.notEqual(jailedNs[ns], await readlink(`/proc/self/ns/${ns}`), `its own ${ns} namespace`);

@@ -2,7 +2,7 @@
  * What a VM looks like now: inspect (its record, paths, argv, and QEMU's own run state while it
  * runs) and stats (QEMU's CPU time and resident memory from /proc).
  */
-import { jailedCommand } from './share-jail.js';
+import { jailedCommand } from './jailer.js';
 import { readFile } from 'node:fs/promises';
 import { Conflict } from '../../../core/errors.js';
 import type { InstanceStats } from '../instance-driver.js';
@@ -10,7 +10,7 @@ import { qemuArgv, type Accelerator } from './qemu.js';
 import { withQmp } from './qemu-process.js';
 import type { VcpuPinning } from './vcpu-pinning.js';
 import { vcpuCount, type VmLifecycle, type VmRecord, type VmRecords } from './vm-record.js';
-import { processUser, type QemuConfinement } from './qemu-user.js';
+import { launchJailOf, processUser, type QemuConfinement } from './qemu-user.js';
 
 export interface VmInspect {
   id: string;
@@ -101,8 +101,8 @@ export class VmInspector {
   }
 }
 
-/** The command line a launch runs: QEMU's, in its jail when it keeps file capabilities (share-jail.ts). */
+/** The command line a launch runs: the jailer's, then QEMU's (jailer.ts). */
 function launchArgv(qemu: string, r: VmRecord, confined: QemuConfinement): string[] {
-  const { binary, argv } = jailedCommand(qemu, qemuArgv({ ...r.config, startPaused: true, ...confined }), confined.jail);
+  const { binary, argv } = jailedCommand(qemu, qemuArgv({ ...r.config, startPaused: true, ...confined }), launchJailOf(r.config, confined));
   return [binary, ...argv];
 }

@@ -6,11 +6,11 @@
  *   → destination: finishIncoming → source: endMigration('moved')
  * On failure: destination abandonIncoming, source endMigration('resume').
  * RAM goes by QMP migrate, disks by an NBD mirror (disk-mirror.ts), over TLS when both agents
- * have a certificate (migration-tls.ts).
+ * have a certificate (migration-tls.ts), on connections the agents make and hand to QEMU, which has
+ * no network (qemu-peer-sockets.ts).
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { AlreadyExists, Conflict, InvalidArgument, NimbusError, NotFound, toNimbusError } from '../../../core/errors.js';
 import { runOk } from '../../../core/exec.js';
@@ -23,11 +23,12 @@ import { acceptOnlyFrom, addTlsCreds, clearTls, sourceNames, useTlsForMigration,
 import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
 import { launchQemu, readPid, sleep, withQmp } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
+import { acceptOneForQemu, connectForQemu, takesDescriptors, tcpUriAddress, type OneConnection } from './qemu-peer-sockets.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import { consoleHistory } from './vm-console.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
 import type { VmRunner } from './vm-runner.js';
-import { confinementOf, prepareJail, qemuView, type QemuUsers } from './qemu-user.js';
+import { confinementOf, launchJailOf, prepareJail, qemuView, type QemuUsers } from './qemu-user.js';
 
 // the driver's name: its log lines read as they did before migration had a file of its own
 const log = logger('vm-driver');
@@ -86,10 +87,11 @@ export class VmMigration {
   }
 
   /**
-   * Destination, step 2: a QEMU with the VM's devices, waiting for the stream on host:port,
-   * *not* started paused, so QEMU resumes the guest itself the moment the last pass is in
-   * (no QMP round trip inside the downtime). Over TLS when both agents have a certificate: QEMU
-   * listens only once the credentials are set (-incoming defer), so no plain stream is taken.
+   * Destination, step 2: a QEMU with the VM's devices, waiting for the stream on host:port
+   * (the agent listens there and hands QEMU the connection: QEMU has no network), *not* started
+   * paused, so QEMU resumes the guest itself the moment the last pass is in (no QMP round trip
+   * inside the downtime). Over TLS when both agents have a certificate: the port opens only once
+   * the credentials are set (-incoming defer), so no plain stream is taken.
    */
   async prepareIncoming(spec: MigrationSpec, host: string): Promise<IncomingMigrationTarget> {
     const p = this.records.paths(spec.id);
@@ -99,9 +101,6 @@ export class VmMigration {
       throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.settings.accel}; a migration needs the same accelerator`, { id: spec.id });
     }
     if (config.rootDisk && !spec.storage) throw new InvalidArgument(`VM ${spec.id} has a root disk but the migration says nothing of its storage`, { id: spec.id });
-    // checked and the port found before the directory is made: a refusal leaves nothing here
-    const port = await freeTcpPort(host);
-    const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${port}`;
     // this migration's own certificate when the control plane minted one (QEMU never holds the agent's), else the agent's
     const mine = spec.credentials ?? this.o.settings.tls;
     const tls = spec.tls && mine ? mine : undefined;
@@ -125,7 +124,7 @@ export class VmMigration {
       }
       const confined = confinementOf(this.o.users, r, p.dir);
       await prepareJail(confined);
-      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined }), p, confined.jail ? { jail: confined.jail } : {});
+      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined }), p, launchJailOf(r.config, confined));
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
       await this.records.save(r);
@@ -133,15 +132,18 @@ export class VmMigration {
       // listen before the stream starts: the guest may resume before anyone asks
       const resumed = events.waitForEvent('RESUME', 300_000);
       resumed.catch(() => undefined);
-      this.incoming.set(spec.id, { uri, events, resumed, tls: !!tls });
+      const incoming: IncomingMigration = { events, resumed, tls: !!tls };
+      this.incoming.set(spec.id, incoming);
       if (tls) {
         await addTlsCreds(events, tls, 'server', qemuView(launched.qemuPid));
         await useTlsForMigration(events);
         // only from the source the control plane named, not from any certificate of the CA
         if (spec.tls) await acceptOnlyFrom(events, sourceNames(spec.tls));
       }
-      await events.execute('migrate-incoming', { uri });
-      const exports = await exportDisksForMigration(events, host, await freeTcpPort(host), movingDisks(r.config), !!tls, !!(tls && spec.tls));
+      // the agent takes the stream's connection and hands it to QEMU, which has no network (qemu-peer-sockets.ts)
+      incoming.stream = await acceptOneForQemu(p.qmpSocket, host, INCOMING_STREAM, { execute: 'migrate-incoming', arguments: { uri: `fd:${INCOMING_STREAM}` } }, { id: spec.id });
+      const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${incoming.stream.port}`;
+      const exports = await exportDisksForMigration(events, p.qmpSocket, host, movingDisks(r.config), !!tls, !!(tls && spec.tls));
       const { root: nbd, ...volumes } = exports;
       return { uri, ...(nbd ? { nbd } : {}), ...(Object.keys(volumes).length ? { nbdVolumes: volumes } : {}), ...(tls ? { tls: tls.name } : {}) };
     } catch (e) {
@@ -189,9 +191,18 @@ export class VmMigration {
             await c.execute('migrate-set-parameters', { 'downtime-limit': opts.maxDowntimeMs, 'max-bandwidth': opts.maxBandwidthBytes ?? 4 * 1024 ** 3 });
             // the limit as QEMU holds it, for the report: what was honoured, not what was asked
             downtimeLimitMs = (await c.execute<{ 'downtime-limit'?: number }>('query-migrate-parameters'))['downtime-limit'];
-            // the disks first, until both sides are in sync; they stay in sync while RAM moves
-            await startMirrors(c, targets, { deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}) });
-            await c.execute('migrate', { uri });
+            // the disks first, until both sides are in sync; they stay in sync while RAM moves.
+            // A QEMU without a network takes its connections from the agent (qemu-peer-sockets.ts)
+            const connectFor = takesDescriptors(p.qmpSocket) ? p.qmpSocket : undefined;
+            await startMirrors(c, targets, { deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}), ...(connectFor ? { connectFor } : {}) });
+            if (connectFor) {
+              const to = tcpUriAddress(uri);
+              await connectForQemu(connectFor, to.host, to.port, OUTGOING_STREAM, { execute: 'migrate', arguments: { uri: `fd:${OUTGOING_STREAM}` } }).catch((e: unknown) => {
+                throw new NimbusError('Internal', `migration of ${id} failed: ${toNimbusError(e).message}`, undefined, { cause: e });
+              });
+            } else {
+              await c.execute('migrate', { uri });
+            }
             for (;;) {
               const m = await c.execute<QmpMigrateInfo>('query-migrate');
               if (m.status === 'completed') {
@@ -251,6 +262,7 @@ export class VmMigration {
       return await this.records.locked(id, () => this.recordArrived(id, incoming, ev, history));
     } finally {
       this.incoming.delete(id);
+      incoming.stream?.close();
       c.close();
     }
   }
@@ -282,6 +294,7 @@ export class VmMigration {
     // ends a finishIncoming still waiting for the resume; one already recording the arrival
     // holds the lock, and is removed after it rather than under it
     const incoming = this.incoming.get(id);
+    incoming?.stream?.close();
     if (incoming && !incoming.recording) incoming.events.close();
     this.incoming.delete(id);
     await this.records.locked(id, () => this.removeArrival(id));
@@ -336,8 +349,13 @@ function movingDisks(config: VmRecord['config']): MovingDisk[] {
   return [...(config.rootDisk ? [ROOT_DISK] : []), ...(config.blockVolumes ?? []).map((b) => volumeDisk(b.volumeId, blockVolumeNames(b.volumeId).node))];
 }
 
+/** The names a migration's stream is handed to QEMU under (qemu-peer-sockets.ts). */
+const INCOMING_STREAM = 'migration-in';
+const OUTGOING_STREAM = 'migration-out';
+
 interface IncomingMigration {
-  uri: string;
+  /** The port the stream's connection is awaited on, until it came (or the migration is given up). */
+  stream?: OneConnection;
   /** A QMP session on the destination, open from before the stream starts. */
   events: QmpClient;
   resumed: Promise<QmpEvent>;
@@ -375,19 +393,6 @@ function withoutDestination(e: unknown, targets: ReadonlyArray<string | undefine
   for (const a of [...addresses].sort((x, y) => y.length - x.length)) message = message.split(a).join('the destination');
   if (message === err.message) return e;
   return new NimbusError(err.code, message, err.details, { cause: e, adminMessage: err.adminMessage ?? err.message });
-}
-
-/** A TCP port free on host right now (the destination QEMU binds it a moment later). */
-async function freeTcpPort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** A migration whose streams go plain: expected on one host (loopback), worth a warning across hosts. */

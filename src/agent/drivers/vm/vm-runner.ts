@@ -10,7 +10,7 @@ import { logger } from '../../../core/log.js';
 import { watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { qemuArgv, type QemuConfig } from './qemu.js';
 import { INPUT_FD, closeToOthers, launchQemu, removeRunFiles, sleep, withQmp } from './qemu-process.js';
-import { confinementOf, prepareJail, type QemuUsers } from './qemu-user.js';
+import { confinementOf, launchJailOf, prepareJail, type QemuUsers } from './qemu-user.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
 
@@ -54,7 +54,7 @@ export class VmRunner {
     const t0 = Date.now();
     await closeToOthers(p.dir);
     await prepareJail(confined);
-    const launched = await launchQemu(this.o.qemu, argv, p, { ...(incoming ? { input: restoreFrom } : {}), ...(confined.jail ? { jail: confined.jail } : {}) });
+    const launched = await launchQemu(this.o.qemu, argv, p, launchJailOf(r.config, confined), incoming ? { input: restoreFrom } : {});
     try {
       await withQmp(p, async (c) => {
         if (incoming) {
