@@ -169,11 +169,11 @@ async function migrateLoop(ctx: WorkContext): Promise<void> {
       const to = agents.find((a) => a !== at)!;
       const what = `vm migrate ${n} ${at} → ${to}`;
       const op = await call<Operation>(ctx, what, 'POST', `/vms/${id}/migrate`, { to });
-      if (!op?.id) throw new Error(`${what}: ${JSON.stringify(op)}`);
+      if (!op?.id) throw new Error(`${what}: ${JSON.stringify(op)}${await whyEnded(ctx, id)}`);
       for (let done = false; !done && !ctx.stopped(); ) {
         const o = await call<Operation>(ctx, `${what} (wait)`, 'GET', `/operations/${op.id}/wait?timeout=30`);
         done = o.status !== 'running' && o.status !== 'pending' && o.status !== 'queued';
-        if (done && o.status !== 'succeeded' && !ctx.stopped()) throw new Error(`${what}: ${o.status} ${JSON.stringify(o.error)}`);
+        if (done && o.status !== 'succeeded' && !ctx.stopped()) throw new Error(`${what}: ${o.status} ${JSON.stringify(o.error)}${await whyEnded(ctx, id)}`);
       }
       at = to;
       if (ctx.rand() < 0.15) break;
@@ -181,6 +181,16 @@ async function migrateLoop(ctx: WorkContext): Promise<void> {
     }
     if (!ctx.stopped()) await call(ctx, `vm rm -f ${n}`, 'DELETE', `/vms/${id}?force=true`);
   }
+}
+
+/**
+ * Why a VM a migration found stopped ended, as its host recorded it: a guest that reset right after
+ * arriving is the TCG migration's corruption (docs/vms.md "Left"), not the kill's doing.
+ */
+async function whyEnded(ctx: WorkContext, id: string): Promise<string> {
+  const v = await call<{ host?: { lifecycle?: string; endCause?: string }; exitCode?: number | null }>(ctx, `vm inspect ${id}`, 'GET', `/vms/${id}`).catch(() => undefined);
+  const h = v?.host;
+  return h?.lifecycle === 'stopped' ? ` (its host recorded it ended: ${h.endCause ?? 'no cause'}, exit ${v?.exitCode ?? '?'})` : '';
 }
 
 /** Runs the kind's loops (two at a time: concurrent requests are where the races are) until stopped. */
