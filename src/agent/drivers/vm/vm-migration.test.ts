@@ -81,7 +81,10 @@ test('live migration to another driver: the guest goes on, the source is gone, t
   try {
     await source.create(spec);
     await source.start(id);
-    await waitForLog(source, id, /^tick 2$/, 60_000);
+    // a guest settled past its boot: QEMU 7.2's TCG migration lost pages of guests moved in their
+    // first seconds, never of settled ones (docs/vms.md "Left", scripts/tcg-migration-repro.ts); CI
+    // saw this first move, made at tick 2, reset the guest once
+    await waitForLog(source, id, /^tick 10$/, 60_000);
     await assert.rejects(source.migrateTo(id, source), (e) => hasCode(e, 'InvalidArgument'), 'not to itself');
 
     const report = await source.migrateTo(id, dest, { maxDowntimeMs: 100 });
@@ -186,7 +189,7 @@ test("a migration's own certificates (protocol 11): agents with none of their ow
   try {
     await src.create(env.makeSpec(id, ['sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done'], { resources: { memoryBytes: 160 << 20 } }));
     await src.start(id);
-    await waitForLog(src, id, /^tick 2$/, 60_000);
+    await waitForLog(src, id, /^tick 10$/, 60_000); // past its boot, as above
     let answered: string | undefined;
     const { report } = await migrateLive(id,
       { spec: () => src.migrationSpec(id), send: (uri, o) => src.migrateOut(id, uri, { ...o, credentials: credA }), end: (outcome) => src.endMigration(id, outcome) },
