@@ -8,6 +8,7 @@
  */
 import { existsSync } from 'node:fs';
 import net from 'node:net';
+import { Internal, InvalidArgument } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { fdMonitorSocket } from './qemu.js';
 import { handFdsToQemu, type QmpCommand } from './qmp-fds.js';
@@ -25,7 +26,7 @@ export async function connectForQemu(qmpSocket: string, host: string, port: numb
 /** A socket listening on a free port of host, made here, for `then` (an NBD server). Returns the port. */
 export async function listenForQemu(qmpSocket: string, host: string, name: string, then: QmpCommand): Promise<number> {
   const { port } = await handFdsToQemu(fdMonitorSocket(qmpSocket), { op: 'listen', host, name, then }, []);
-  if (!port) throw new Error(`no port came back for ${name}`);
+  if (!port) throw new Internal(`no port came back for ${name}`);
   return port;
 }
 
@@ -53,7 +54,9 @@ export function acceptOneForQemu(qmpSocket: string, host: string, name: string, 
       .finally(() => socket.destroy());
   });
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    // before it listens, the caller's error; after, a failed accept (EMFILE) is logged, not thrown
+    // from an 'error' nobody listens to
+    server.on('error', (e) => (server.listening ? log.warn('the incoming migration\'s port failed', { ...context, error: String(e) }) : reject(e)));
     server.listen(0, host, () => {
       const a = server.address();
       resolve({ port: typeof a === 'object' && a ? a.port : 0, close: () => void (server.listening && server.close()) });
@@ -64,6 +67,6 @@ export function acceptOneForQemu(qmpSocket: string, host: string, name: string, 
 /** host and port of a migration URI, tcp:HOST:PORT or tcp:[V6]:PORT. */
 export function tcpUriAddress(uri: string): { host: string; port: number } {
   const m = /^tcp:(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(uri);
-  if (!m) throw new Error(`not a tcp:HOST:PORT migration URI: ${uri}`);
+  if (!m) throw new InvalidArgument(`not a tcp:HOST:PORT migration URI: ${uri}`);
   return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
 }
