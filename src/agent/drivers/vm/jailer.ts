@@ -22,8 +22,7 @@
  * processes, +40 ms a secure start here; this is one.
  */
 import { existsSync, lstatSync, readlinkSync } from 'node:fs';
-import { InvalidArgument } from '../../../core/errors.js';
-import { fdMonitorSocket, TAP_FD_BASE } from './qemu.js';
+import { assertTapName, fdMonitorSocket, TAP_FD_BASE } from './qemu.js';
 import { python3 } from './qmp-fds.js';
 import { RUN_FDS, SHARE_JAIL_CAPS, SYSTEM_DIRS, type ShareJail } from './share-jail.js';
 
@@ -173,11 +172,18 @@ os.execvp(prog[0], prog)
 /** The command a launch runs: the jailer (-I -S, as qmp-fds.ts runs python3), then `binary argv`, one process exec'd. */
 export function jailedCommand(binary: string, argv: readonly string[], launch: LaunchJail): { binary: string; argv: string[] } {
   const taps = launch.taps.map((name, i) => {
-    if (!name || name.length > 15 || /[\s,/:]/.test(name)) throw new InvalidArgument(`bad tap device name "${name}"`);
+    assertTapName(name);
     return `tap:${TAP_FD_BASE + i}:${name}`;
   });
   const jail = launch.share;
-  if (!jail) return { binary: python3(), argv: ['-I', '-S', '-c', JAILER, '-', '-', ...taps, '--', binary, ...argv] };
+  // without a share jail: the bounding set untouched ("-"), no root of its own ("-")
+  const caps = jail ? SHARE_JAIL_CAPS.map((c) => CAP_NUMBERS[c]).join(',') : '-';
+  const specs = [...taps, ...(jail ? shareJailSpecs(jail) : [])];
+  return { binary: python3(), argv: ['-I', '-S', '-c', JAILER, caps, jail?.root ?? '-', ...specs, '--', binary, ...argv] };
+}
+
+/** A share jail's specs: its run files and user, then what it binds. */
+function shareJailSpecs(jail: ShareJail): string[] {
   const links = SYSTEM_DIRS.filter((d) => existsSync(d) && lstatSync(d).isSymbolicLink()).map((d) => `ln:${d}=${readlinkSync(d)}`);
   const run = jail.runFiles;
   const made = [
@@ -185,9 +191,5 @@ export function jailedCommand(binary: string, argv: readonly string[], launch: L
     `append:${RUN_FDS.consoleLog}:${run.consoleLog}`, `pid:${run.pidFile}`,
   ];
   if (jail.user) made.push(`user:${jail.user.uid}:${jail.user.gid}`);
-  const specs = [...taps, ...made, ...links, ...jail.readonly.map((p) => `ro:${p}`), ...jail.writable.map((p) => `rw:${p}`), ...jail.devices.map((p) => `dev:${p}`)];
-  return {
-    binary: python3(),
-    argv: ['-I', '-S', '-c', JAILER, SHARE_JAIL_CAPS.map((c) => CAP_NUMBERS[c]).join(','), jail.root, ...specs, '--', binary, ...argv],
-  };
+  return [...made, ...links, ...jail.readonly.map((p) => `ro:${p}`), ...jail.writable.map((p) => `rw:${p}`), ...jail.devices.map((p) => `dev:${p}`)];
 }

@@ -23,6 +23,15 @@ export const MAX_NICS = 16;
  */
 export const fdMonitorSocket = (qmpSocket: string) => path.join(path.dirname(qmpSocket), 'qmp-fds.sock');
 
+/**
+ * A tap's name as Linux takes one (≤ 15 characters, no whitespace, '/' or ':') and as the argv and
+ * the jailer's specs carry it (no ','): checked where QEMU's command line is made and where the
+ * jailer is told to open it.
+ */
+export function assertTapName(tap: string): void {
+  if (!tap || tap.length > 15 || /[\s,/:]/.test(tap)) throw new InvalidArgument(`bad tap device name "${tap}"`);
+}
+
 /** One virtio-net NIC on a tap device. The networking layer creates the tap; the jailer opens it (jailer.ts). */
 export interface NicConfig {
   /** Tap device name (≤ 15 chars), e.g. "vif3.0". */
@@ -254,7 +263,7 @@ export function qemuArgv(c: QemuConfig): string[] {
   if (c.nics.length > MAX_NICS) throw new InvalidArgument(`a VM has at most ${MAX_NICS} NICs, got ${c.nics.length}`);
   c.nics.forEach((n, i) => {
     if (!MAC.test(n.mac)) throw new InvalidArgument(`bad MAC "${n.mac}"`);
-    if (!n.tap || n.tap.length > 15 || /[\s,/]/.test(n.tap)) throw new InvalidArgument(`bad tap device name "${n.tap}"`);
+    assertTapName(n.tap);
     // the jailer's descriptor: QEMU has no network in which to find the tap by name
     a.push('-netdev', `tap,id=net${i},fd=${TAP_FD_BASE + i}`);
     if (n.mtu !== undefined && (!Number.isInteger(n.mtu) || n.mtu < 576 || n.mtu > 65535)) throw new InvalidArgument(`bad NIC MTU ${n.mtu}`);
