@@ -8,7 +8,7 @@
  */
 import { existsSync } from 'node:fs';
 import net from 'node:net';
-import { Internal, InvalidArgument } from '../../../core/errors.js';
+import { Internal } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { fdMonitorSocket } from './qemu.js';
 import { handFdsToQemu, type QmpCommand } from './qmp-fds.js';
@@ -64,9 +64,8 @@ export function acceptOneForQemu(qmpSocket: string, host: string, name: string, 
   });
 }
 
-/** host and port of a migration URI, tcp:HOST:PORT or tcp:[V6]:PORT. */
-export function tcpUriAddress(uri: string): { host: string; port: number } {
+/** host and port of a migration URI, tcp:HOST:PORT or tcp:[V6]:PORT; undefined for another form. */
+export function tcpUriAddress(uri: string): { host: string; port: number } | undefined {
   const m = /^tcp:(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(uri);
-  if (!m) throw new InvalidArgument(`not a tcp:HOST:PORT migration URI: ${uri}`);
-  return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
+  return m ? { host: (m[1] ?? m[2])!, port: Number(m[3]) } : undefined;
 }

@@ -168,7 +168,7 @@ export class VmMigration {
       const targets = disks.map((d) => ({ disk: d, nbd: d.key === 'root' ? opts.nbd! : opts.nbdVolumes![d.key]!, wholeDisk: d.key === 'root' ? !!r.template : true }));
       const tls = opts.tls ? (opts.credentials ?? this.o.settings.tls) : undefined;
       if (opts.tls && !tls) throw new Conflict(`the destination takes VM ${id} over TLS only and this agent has no certificate`, { id });
-      if (!opts.tls) logInClear(id, /^tcp:\[?([^\]]*?)\]?:\d+$/.exec(uri)?.[1] ?? uri, 'the destination asked for no TLS');
+      if (!opts.tls) logInClear(id, tcpUriAddress(uri)?.host ?? uri, 'the destination asked for no TLS');
       const p = this.records.paths(id);
       const t0 = performance.now();
       const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
@@ -197,6 +197,7 @@ export class VmMigration {
             await startMirrors(c, targets, { deadline, ...(opts.tls ? { tlsPeer: opts.tls } : {}), ...(connectFor ? { connectFor } : {}) });
             if (connectFor) {
               const to = tcpUriAddress(uri);
+              if (!to) throw new InvalidArgument(`not a tcp:HOST:PORT migration URI: ${uri}`);
               await connectForQemu(connectFor, to.host, to.port, OUTGOING_STREAM, { execute: 'migrate', arguments: { uri: `fd:${OUTGOING_STREAM}` } }).catch((e: unknown) => {
                 throw new NimbusError('Internal', `migration of ${id} failed: ${toNimbusError(e).message}`, undefined, { cause: e });
               });
