@@ -4,12 +4,12 @@
  * services, carries that actor (EventBus.publish). Work no request started (exit monitors,
  * restart policies, the leader's reclaims) has none: its events say "system".
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { ContextSlot } from '../../core/async-context.js';
 
 /** The actor of events no request caused. */
 export const SYSTEM_ACTOR = 'system';
 
-const actors = new AsyncLocalStorage<string>();
+const actors = new ContextSlot<string>('actor');
 
 /** Runs fn (and everything it starts) as `actor`: a user's name, or "local-admin" for the socket's caller. */
 export function runAsActor<T>(actor: string, fn: () => T): T {
@@ -18,5 +18,5 @@ export function runAsActor<T>(actor: string, fn: () => T): T {
 
 /** The actor of the current async context, if a request started it. */
 export function currentActor(): string | undefined {
-  return actors.getStore();
+  return actors.get();
 }

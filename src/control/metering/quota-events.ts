@@ -10,7 +10,7 @@
  * entries are dropped. So an event is never published for an entry the store does not hold. Each
  * replica publishes the entries it wrote; the bus relays them to the others.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { ContextSlot } from '../../core/async-context.js';
 import { logger } from '../../core/log.js';
 import type { QuotaAuditRow, Store } from '../../store/store.js';
 import type { EventBus } from '../events/event-bus.js';
@@ -30,7 +30,7 @@ interface AuditEntryJson {
 
 /** The store with the quota service's committed audit entries handed to `committed` (in the writer's async context). */
 export function withQuotaEvents(store: Store, committed: (rows: readonly QuotaAuditRow[]) => void): Store {
-  const pending = new AsyncLocalStorage<QuotaAuditRow[]>();
+  const pending = new ContextSlot<QuotaAuditRow[]>('quota audit rows');
   const hand = (rows: readonly QuotaAuditRow[]) => {
     try {
       if (rows.length) committed(rows);
@@ -42,7 +42,7 @@ export function withQuotaEvents(store: Store, committed: (rows: readonly QuotaAu
     get(target, prop, receiver) {
       if (prop === 'transaction') {
         return async <T>(fn: () => Promise<T>): Promise<T> => {
-          if (pending.getStore()) return target.transaction(fn); // nested: the outer one hands them on
+          if (pending.get()) return target.transaction(fn); // nested: the outer one hands them on
           const rows: QuotaAuditRow[] = [];
           const out = await pending.run(rows, () => target.transaction(fn));
           hand(rows);
@@ -52,7 +52,7 @@ export function withQuotaEvents(store: Store, committed: (rows: readonly QuotaAu
       if (prop === 'appendQuotaAudit') {
         return async (rows: readonly QuotaAuditRow[]): Promise<void> => {
           await target.appendQuotaAudit(rows);
-          const collecting = pending.getStore();
+          const collecting = pending.get();
           if (collecting) collecting.push(...rows);
           else hand(rows); // outside a transaction: committed already
         };

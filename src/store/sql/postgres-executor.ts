@@ -13,7 +13,7 @@
  * unique violation the caller catches and answers, as IPAM does) rolls back alone instead of
  * aborting the whole transaction, as in SQLite.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { ContextSlot } from '../../core/async-context.js';
 import pg from 'pg';
 import { logger } from '../../core/log.js';
 import { BASELINE, BASELINE_VERSION, MIGRATIONS, SCHEMA_VERSION, ddl, newerThanCode } from '../schema.js';
@@ -112,7 +112,7 @@ export async function migratePostgres(pool: pg.Pool): Promise<void> {
 
 export class PostgresExecutor implements SqlExecutor {
   readonly dialect = 'postgres' as const;
-  private readonly context = new AsyncLocalStorage<TxContext>();
+  private readonly context = new ContextSlot<TxContext>('SQL transaction');
   /**
    * `?` SQL to `$n` SQL, converted once per text. Statements stay unnamed (not prepared per
    * connection): a prepared `SELECT *` fails ("cached plan must not change result type") once
@@ -139,7 +139,7 @@ export class PostgresExecutor implements SqlExecutor {
 
   private async query(sql: string, params: readonly SqlValue[]): Promise<pg.QueryResult<Row>> {
     const query = { text: this.text(sql), values: params.map((p) => (p === undefined ? null : p)) };
-    const tx = this.context.getStore();
+    const tx = this.context.get();
     try {
       if (!tx?.active) return await this.pool.query<Row>(query);
       const isWrite = /^\s*(INSERT|UPDATE|DELETE)\b/i.test(sql);
@@ -175,7 +175,7 @@ export class PostgresExecutor implements SqlExecutor {
   }
 
   async transaction<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.context.getStore()?.active) return fn();
+    if (this.context.get()?.active) return fn();
     const before = this.queue;
     let leave!: () => void;
     this.queue = new Promise((ok) => (leave = ok));
@@ -189,7 +189,7 @@ export class PostgresExecutor implements SqlExecutor {
   }
 
   async rowLockTransaction<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.context.getStore()?.active) return fn();
+    if (this.context.get()?.active) return fn();
     const running = (async () => this.runTransaction(await this.pool.connect(), fn, { storeLock: false }))();
     this.unqueued.add(running);
     try {

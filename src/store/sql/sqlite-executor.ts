@@ -5,7 +5,7 @@
  * anywhere else wait until it has ended (they must not land inside someone else's BEGIN…COMMIT);
  * transactions run one after the other, in the order they were asked for.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { ContextSlot } from '../../core/async-context.js';
 import Database from 'better-sqlite3';
 import { chmodSync, closeSync, openSync, statSync } from 'node:fs';
 import { ConstraintViolation, type Row, type SqlExecutor, type SqlValue } from './executor.js';
@@ -44,7 +44,7 @@ function closeCurrentFiles(file: string): void {
 
 export class SqliteExecutor implements SqlExecutor {
   readonly dialect = 'sqlite' as const;
-  private readonly context = new AsyncLocalStorage<TxContext>();
+  private readonly context = new ContextSlot<TxContext>('SQL transaction');
   /** Preparing a statement costs more than running a small query: keep them (bounded; the SQL texts are few). */
   private readonly statements = new Map<string, Database.Statement>();
   /** Settles when the running transaction ends; null when none runs. */
@@ -66,7 +66,7 @@ export class SqliteExecutor implements SqlExecutor {
 
   /** Waits while a transaction this call is not part of holds the connection. */
   private async turn(): Promise<void> {
-    if (this.context.getStore()?.active) return;
+    if (this.context.get()?.active) return;
     while (this.running !== null) await this.running;
   }
 
@@ -86,7 +86,7 @@ export class SqliteExecutor implements SqlExecutor {
   }
 
   async transaction<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.context.getStore()?.active) return fn();
+    if (this.context.get()?.active) return fn();
     const before = this.queue;
     let leave!: () => void;
     this.queue = new Promise((ok) => (leave = ok));

@@ -4,7 +4,7 @@
  * happened outside the driver (QEMU exited), saves it atomically, and serialises the
  * operations on one VM (locked).
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { ContextSlot } from '../../../core/async-context.js';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -92,7 +92,7 @@ export class VmRecordStore implements VmRecords {
    * the volume came back at the next start.)
    */
   private readonly holders = new Map<string, symbol>();
-  private readonly held = new AsyncLocalStorage<ReadonlyMap<string, symbol>>();
+  private readonly held = new ContextSlot<ReadonlyMap<string, symbol>>('VM operations held');
 
   constructor(private readonly stateDir: string) {}
 
@@ -106,7 +106,7 @@ export class VmRecordStore implements VmRecords {
       const token = Symbol(id);
       this.holders.set(id, token);
       try {
-        return await this.held.run(new Map([...(this.held.getStore() ?? []), [id, token]]), fn);
+        return await this.held.run(new Map([...(this.held.get() ?? []), [id, token]]), fn);
       } finally {
         if (this.holders.get(id) === token) this.holders.delete(id);
       }
@@ -119,7 +119,7 @@ export class VmRecordStore implements VmRecords {
 
   /** fn under the VM's lock, taken unless this context's operation holds it now (it is not reentrant). */
   private underLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const mine = this.held.getStore()?.get(id);
+    const mine = this.held.get()?.get(id);
     return mine !== undefined && this.holders.get(id) === mine ? fn() : this.locked(id, fn);
   }
 
