@@ -19,6 +19,7 @@ import type { ProjectService } from './identity/project-service.js';
 import type { Scheduler } from './scheduler/types.js';
 import type { Replica } from './leader/replica.js';
 import type { HostAgents } from './compute/hosts.js';
+import type { HostFence } from './compute/host-fence.js';
 import type { Metrics } from './metering/metrics.js';
 import type { VolumeService } from './volumes/volume-service.js';
 import type { RegistryCredentialService } from './registries/registry-credentials.js';
@@ -61,6 +62,8 @@ export interface Services {
   defaultProjectId: string;
   startedAt: string;
   version: string;
+  /** Destroys a host's stale copies before it is forgotten (DELETE /agents, /hosts); absent where services are assembled by hand (tests): forgotten without. */
+  fence?: HostFence;
   /** The Docker Engine API on TCP (nimbusd --docker-tcp), once it listens: tcp://HOST:PORT. */
   dockerTcpUrl?: string;
 }

@@ -31,6 +31,7 @@ import { BuildService } from '../control/images/build-service.js';
 import { ContainerService } from '../control/compute/container-service.js';
 import { HealthMonitor } from '../control/compute/health.js';
 import { HealingService, healGraceFromEnv } from '../control/compute/healing.js';
+import { HostFence } from '../control/compute/host-fence.js';
 import { VolumeService } from '../control/volumes/volume-service.js';
 import { NetworkService } from '../control/networks/network-service.js';
 import { DiskImageService } from '../control/images/disk-image-service.js';
@@ -282,12 +283,15 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
       'nimbusd: it is shown only this once; set NIMBUS_ADMIN_PASSWORD on first start to choose it\n');
   }
   const projects = new ProjectService(store, quota, defaultProjectId);
+  /** A move, a migration or an evacuation in flight anywhere: its copies are not stale (fencing waits). */
+  const fenceWaits = async () => (await store.operations.list(500)).some((op) => (op.status === 'running' || op.status === 'pending') && ['container.move', 'vm.migrate', 'host.evacuate'].includes(op.kind));
   const services: Services = {
     options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION, metrics,
     builds: new BuildService(images, operations, quota, options.tmpDir),
     commits: new CommitService(store, containers, images, hosts, events),
     registries,
+    fence: new HostFence({ ...containers.healDeps(), vms, fenceWaits }, events),
   };
 
   state = 'reconciling';
@@ -385,7 +389,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
         {
           ...containers.healDeps(),
           vms,
-          fenceWaits: async () => (await store.operations.list(500)).some((op) => (op.status === 'running' || op.status === 'pending') && ['container.move', 'vm.migrate', 'host.evacuate'].includes(op.kind)),
+          fenceWaits,
         },
         { publish: (e) => events.publish({ actor: SYSTEM_ACTOR, ...e }) },
         { graceMs: healGraceMs },

@@ -1,10 +1,10 @@
 import { Type } from '@sinclair/typebox';
 import { callerAddress } from '../caller-address.js';
 import { route } from '../route.js';
-import { Conflict, Unauthenticated } from '../../core/errors.js';
+import { Unauthenticated } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import { MAX_JOIN_TOKEN_TTL_MS } from '../../control/agents/join-tokens.js';
-import { Host, hostCounts, hostViewer, refuseWhileInstances } from './hosts.js';
+import { Host, forgetHost, hostCounts, hostViewer } from './hosts.js';
 
 const Protocol = Type.Object(
   { min: Type.Integer({ minimum: 1, maximum: 1_000_000 }), max: Type.Integer({ minimum: 1, maximum: 1_000_000 }) },
@@ -78,12 +78,10 @@ export const agentRoutes = [
   }),
   route({
     method: 'DELETE', path: '/agents/{name}', operationId: 'removeAgent', tag: 'agents', access: 'write', auth: { global: 'admin' },
-    summary: 'Forget a registered agent (refused while containers or VMs are recorded on it; as DELETE /hosts/{name})',
+    summary: 'Forget a registered agent (refused while containers or VMs are recorded on it; copies of instances recorded elsewhere are removed from it first; as DELETE /hosts/{name})',
     params: Type.Object({ name: Type.String() }), response: Empty,
     handler: async ({ params, services }) => {
-      if (params.name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
-      await refuseWhileInstances(services, params.name);
-      await services.agents.remove(params.name);
+      await forgetHost(services, params.name);
       return { status: 204 };
     },
   }),

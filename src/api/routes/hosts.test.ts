@@ -19,9 +19,12 @@ import { AgentDirectory } from '../../control/agents/agent-directory.js';
 import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
 import { container, vm } from '../../store/conformance.js';
+import { HostFence } from '../../control/compute/host-fence.js';
+import type { ContainerCreateRequest, VmCreateRequest, VmHostState } from '../../agent/agent.js';
+import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
 
 
-export async function hostApi(t: { after(fn: () => Promise<void>): void }) {
+export async function hostApi(t: { after(fn: () => Promise<void>): void }, opts: { fence?: { waits: () => boolean; down: Set<string>; published: unknown[] } } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-host-api-'));
   const stores: Store[] = [];
   let server: ApiServer | undefined;
@@ -44,6 +47,13 @@ export async function hostApi(t: { after(fn: () => Promise<void>): void }) {
     vms: { countOn: async (n: string) => (await store.vms.list()).filter((v) => v.agent === n).length },
     ...adminAndAlice,
   } as unknown as Services;
+  if (opts.fence) {
+    const f = opts.fence;
+    services.hosts = { localName: 'local', names: () => agents!.names(), has: (n) => agents!.names().includes(n), isDown: (n) => f.down.has(n), get: (n) => agents!.get(n) };
+    services.fence = new HostFence({
+      store, locked: (_id, fn) => fn(), bounded: (_id, _op, p) => p, fenceWaits: async () => f.waits(), vms: { lockedVm: (_id, fn) => fn() },
+    }, { publish: (e) => (f.published.push(e), { ...e, seq: 0, time: '' }) });
+  }
   server = new ApiServer([...agentRoutes, ...hostRoutes], services);
   const port = await server.listenTcp('127.0.0.1', 0);
   const sock = join(dir, 'api.sock');
@@ -118,4 +128,41 @@ test('host routes: listing for anyone (a member counts only its projects\' insta
   r = await call('admin', 'GET', '/hosts');
   assert.deepEqual(r.body.map((h: { name: string }) => h.name), ['local']);
   assert.equal(await store.agents.get('b'), undefined, 'its row and settings are gone');
+});
+
+test('forgetting a host that answers removes its stale copies first (a migration\'s source its agent never ended); one with a move in flight is refused; one that does not answer is forgotten as it is', async (t) => {
+  const fence = { waits: () => false, down: new Set<string>(), published: [] as unknown[] };
+  const { store, hosts, call, agents } = await hostApi(t, { fence });
+  const b = hosts.b;
+  // b holds a VM recorded on the embedded host (it migrated there; b's agent was killed before it
+  // removed its stopped copy) and a container no record names at all
+  await store.vms.insert(vm('e'.repeat(32), 'moved', { projectId: 'p1', agent: 'local' }));
+  b.vms.set('e'.repeat(32), { req: { id: 'e'.repeat(32) } as VmCreateRequest, state: { lifecycle: 'stopped' } as VmHostState });
+  b.containers.set('f'.repeat(64), { req: { id: 'f'.repeat(64) } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+
+  // a move in flight: its copies may be the move's own, so nothing is judged and the host stays
+  fence.waits = () => true;
+  let r = await call('admin', 'DELETE', '/agents/b');
+  assert.equal(r.status, 409);
+  assert.match(r.body.error.message, /host b still holds copies of instances that live elsewhere now/);
+  assert.ok(agents.names().includes('b'), 'still registered');
+  assert.ok(b.vms.has('e'.repeat(32)) && b.containers.has('f'.repeat(64)), 'nothing removed while a move is in flight');
+
+  fence.waits = () => false;
+  r = await call('admin', 'DELETE', '/agents/b');
+  assert.equal(r.status, 204);
+  assert.deepEqual([b.vms.size, b.containers.size], [0, 0], 'the stale copies are gone from the host');
+  assert.ok(!agents.names().includes('b'), 'and then the host is forgotten');
+  assert.deepEqual(fence.published.map((e) => (e as { action: string; attributes: unknown }).attributes), [{ containers: ['f'.repeat(64)], vms: ['e'.repeat(32)] }]);
+  assert.ok((await store.vms.get('e'.repeat(32))) !== undefined, 'the VM itself (on the embedded host) untouched');
+});
+
+test('forgetting a host that does not answer does not wait for it: its copies are fenced if its agent registers again', async (t) => {
+  const fence = { waits: () => false, down: new Set<string>(['b']), published: [] as unknown[] };
+  const { hosts, call, agents } = await hostApi(t, { fence });
+  hosts.b.containers.set('f'.repeat(64), { req: { id: 'f'.repeat(64) } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+  const r = await call('admin', 'DELETE', '/hosts/b');
+  assert.equal(r.status, 204);
+  assert.ok(!agents.names().includes('b'));
+  assert.equal(hosts.b.calls('listContainers').length, 0, 'the host was not asked');
 });

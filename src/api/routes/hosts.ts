@@ -84,12 +84,30 @@ export async function hostCounts(services: Services, auth: RequestAuth): Promise
 export const hostViewer = (auth: RequestAuth): HostViewer => ({ admin: auth.principal?.systemAdmin === true });
 
 /** Conflict while instances are recorded on the host, naming how many (its records must not be orphaned). */
-export async function refuseWhileInstances(services: Services, name: string): Promise<void> {
+async function refuseWhileInstances(services: Services, name: string): Promise<void> {
   const vms = await services.vms.countOn(name);
   const containers = (await services.store.containers.list()).filter((c) => c.host === name).length;
   if (vms || containers) {
     throw new Conflict(`host ${name} has ${containers} container(s) and ${vms} VM(s) recorded on it; remove or move them first`, { host: name, containers, vms });
   }
+}
+
+/**
+ * DELETE /agents/{name} and /hosts/{name}: refused while instances are recorded on the host; a
+ * host that answers is fenced first (host-fence.ts), so that no stale copy a move or a migration
+ * left there (its agent killed before it ended it) stays running with no record to manage it.
+ * A host that does not answer is forgotten as it is: an agent that registers again is fenced then.
+ */
+export async function forgetHost(services: Services, name: string): Promise<void> {
+  if (name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
+  await refuseWhileInstances(services, name);
+  if (services.fence && !services.hosts.isDown?.(name) && services.hosts.names().includes(name)) {
+    const fenced = await services.fence.fence(name, services.hosts.get(name));
+    if (!fenced.done) {
+      throw new Conflict(`host ${name} still holds copies of instances that live elsewhere now, and they could not all be removed yet (a move or migration in flight, or the host did not answer); try again in a moment`, { host: name });
+    }
+  }
+  await services.agents.remove(name);
 }
 
 export const hostRoutes = [
@@ -135,12 +153,10 @@ export const hostRoutes = [
   }),
   route({
     method: 'DELETE', path: '/hosts/{name}', operationId: 'removeHost', tag: 'hosts', access: 'write', auth: { global: 'admin' },
-    summary: 'Forget a registered host and its settings (refused while containers or VMs are recorded on it; the embedded host cannot be removed)',
+    summary: 'Forget a registered host and its settings (refused while containers or VMs are recorded on it; copies of instances recorded elsewhere are removed from it first; the embedded host cannot be removed)',
     params: NameParam, response: Empty,
     handler: async ({ params, services }) => {
-      if (params.name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
-      await refuseWhileInstances(services, params.name);
-      await services.agents.remove(params.name);
+      await forgetHost(services, params.name);
       return { status: 204 };
     },
   }),

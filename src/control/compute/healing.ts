@@ -36,7 +36,7 @@ import type { ImageService } from '../images/image-service.js';
 import type { NetworkService } from '../networks/network-service.js';
 import { chooseDestination, containerImage } from './container-move.js';
 import { vmDestination } from './host-evacuate.js';
-import { withDeadline } from './deadline.js';
+import { HostFence } from './host-fence.js';
 
 const log = logger('compute-heal');
 
@@ -44,8 +44,6 @@ const log = logger('compute-heal');
 export const DEFAULT_HEAL_GRACE_MS = 10_000;
 /** A container whose rebuild failed is tried again after this long while its host stays down. */
 const RETRY_MS = 30_000;
-/** A host that came back answers its container list within this, or is fenced at the next tick. */
-const LIST_DEADLINE_MS = 10_000;
 
 /** NIMBUS_HEAL_GRACE_MS: 0 turns healing off; default DEFAULT_HEAL_GRACE_MS. */
 export function healGraceFromEnv(env: NodeJS.ProcessEnv = process.env): number {
@@ -180,6 +178,7 @@ export class HealingService {
   private readonly downSince = new Map<string, number>();
   /** Hosts to fence once they answer: down since the service started, or seen with a new agent. */
   private readonly toFence = new Set<string>();
+  private readonly fencer: HostFence;
   /** The agent object each host had at the last tick: a new one is a new registration. */
   private readonly agents = new Map<string, Agent>();
   /** Per container, when its last rebuild attempt ended (failed or refused): not tried again before RETRY_MS. */
@@ -197,6 +196,7 @@ export class HealingService {
     this.graceMs = opts.graceMs ?? DEFAULT_HEAL_GRACE_MS;
     this.clock = opts.clock ?? Date.now;
     this.tickMs = opts.tickMs ?? 1000;
+    this.fencer = new HostFence(deps, events);
   }
 
   start(): void {
@@ -316,65 +316,8 @@ export class HealingService {
    * (false: it did not answer, or a move is in flight: tried again next tick).
    */
   async fence(host: string, agent: Agent): Promise<boolean> {
-    if (this.deps.fenceWaits && (await this.deps.fenceWaits())) return false;
-    let held: string[];
-    try {
-      held = await withDeadline(agent.listContainers(), LIST_DEADLINE_MS, `host ${host}'s container list`);
-    } catch (e) {
-      log.warn('fencing a host that came back: its container list failed', { host, error: String(e) });
-      return false;
-    }
-    const stale: string[] = [];
-    let failed = false;
-    await Promise.all(held.map(async (id) => {
-      // under the container's lock: a move or rebuild in this process is over before it is judged
-      const gone = await this.deps.locked(id, async () => {
-        const c = await this.deps.store.containers.get(id);
-        if (c && c.host === host) return false;
-        // killed first, as rm -f does: a removal of a running container would stop it gracefully
-        await this.deps.bounded(id, 'fencing kill', agent.killContainer(id, 'SIGKILL')).catch(() => undefined);
-        await this.deps.bounded(id, 'fencing removal', agent.removeContainer(id));
-        return true;
-      }).catch((e: unknown) => {
-        failed = true;
-        log.warn('fencing: removing a stale copy failed', { id, host, error: String(e) });
-        return false;
-      });
-      if (gone) stale.push(id);
-    }));
-    const staleVms = this.deps.vms ? await this.fenceVms(host, agent, this.deps.vms) : [];
-    if (staleVms === undefined) failed = true;
-    if (stale.length || staleVms?.length) {
-      this.stats.fenced += stale.length + (staleVms?.length ?? 0);
-      log.warn('fenced a host that came back: its copies of instances that live elsewhere now (or nowhere) destroyed', { host, containers: stale, vms: staleVms });
-      this.events.publish({ type: 'host', action: 'fence', id: host, attributes: { containers: stale, vms: staleVms ?? [] } });
-    }
-    return !failed;
-  }
-
-  /** The host's VMs whose records are gone or name another host, killed and removed; undefined when it could not say. */
-  private async fenceVms(host: string, agent: Agent, vms: Pick<VmService, 'lockedVm'>): Promise<string[] | undefined> {
-    let held: string[];
-    try {
-      held = await withDeadline(agent.listVms(), LIST_DEADLINE_MS, `host ${host}'s VM list`);
-    } catch (e) {
-      log.warn('fencing a host that came back: its VM list failed', { host, error: String(e) });
-      return undefined;
-    }
-    const stale: string[] = [];
-    for (const id of held) {
-      // under the VM's lock, as containers are judged under theirs: a migration to this host holds
-      // it from before the incoming copy exists until the record names this host (the fence's
-      // check for operations in flight is made once, before the containers; a move begun since
-      // would otherwise see its incoming copy destroyed as stale)
-      await vms.lockedVm(id, async () => {
-        const v = await this.deps.store.vms.get(id);
-        if (v && v.agent === host) return;
-        await withDeadline(agent.killVm(id, 'SIGKILL'), LIST_DEADLINE_MS, `fencing VM ${id}`).catch(() => undefined);
-        await withDeadline(agent.removeVm(id), LIST_DEADLINE_MS, `fencing VM ${id}`);
-        stale.push(id);
-      }).catch((e: unknown) => log.warn('fencing: removing a stale VM failed', { id, host, error: String(e) }));
-    }
-    return stale;
+    const r = await this.fencer.fence(host, agent);
+    this.stats.fenced += r.destroyed;
+    return r.done;
   }
 }
