@@ -24,7 +24,6 @@ import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
 import { launchQemu, readPid, sleep, withQmp } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import { acceptOneForQemu, connectForQemu, takesDescriptors, tcpUriAddress, type OneConnection } from './qemu-peer-sockets.js';
-import { migrationSettleWaitMs, tcgMigrationSettleMs } from './migration-settle.js';
 import { pinVcpus } from './vcpu-pinning.js';
 import { consoleHistory } from './vm-console.js';
 import type { VmRecord, VmRecords } from './vm-record.js';
@@ -69,16 +68,8 @@ export class VmMigration {
    * is backed by this host's template: its whole disk travels). NICs are the agent's (taps).
    */
   async migrationSpec(id: string): Promise<MigrationSpec> {
-    let r = await this.records.load(id);
+    const r = await this.records.load(id);
     if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
-    // before the destination prepares anything: nothing waits on this side's wait
-    const wait = migrationSettleWaitMs(r, Date.now(), tcgMigrationSettleMs());
-    if (wait > 0) {
-      log.info('a TCG guest settles before its live migration', { id, waitMs: wait });
-      await sleep(wait);
-      r = await this.records.load(id);
-      if (r.lifecycle !== 'running') throw new Conflict(`VM ${id} is ${r.lifecycle}; only a running VM migrates live`, { id });
-    }
     const shared = r.config.blockVolumes?.find((b) => b.shared);
     if (shared) throw new Conflict(`VM ${id} has the shared volume ${shared.volumeId} attached: other VMs may hold it on this host, so it cannot move with this one (detach it first)`, { id });
     const { paths: _hostPaths, ...config } = r.config;
@@ -294,7 +285,6 @@ export class VmMigration {
     r.pinning = r.pin?.length ? await pinVcpus(c, r.pin) : [];
     r.lifecycle = 'running';
     r.startedAt = new Date().toISOString();
-    r.arrivedAt = r.startedAt;
     await this.records.save(r);
     this.exits.watch(id);
     return { resumedAt };

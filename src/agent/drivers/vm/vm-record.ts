@@ -45,12 +45,6 @@ export interface VmRecord {
   qemuPid?: number;
   supervisorPid?: number;
   startedAt?: string;
-  /**
-   * Set (to startedAt) when the guest came here by live migration, so startedAt is its arrival,
-   * not its boot; a start here clears it. Such a guest booted at least the TCG settle ago
-   * (migration-settle.ts: its source waited it out).
-   */
-  arrivedAt?: string;
   finishedAt?: string;
   exitCode?: number;
   /** Set when the driver itself sent a signal, so the exit code says so. */

@@ -81,7 +81,6 @@ export class VmRunner {
     r.qemuPid = launched.qemuPid;
     r.supervisorPid = launched.supervisorPid;
     r.startedAt = new Date().toISOString();
-    delete r.arrivedAt;
     delete r.finishedAt;
     delete r.exitCode;
     delete r.killedBy;
