@@ -24,6 +24,7 @@ import path from 'node:path';
 import { buildTestGuest, READY_MARKER, GUEST_CACHE_DIR } from '../scripts/fixtures/guest.js';
 import { chooseAccelerator } from '../src/agent/drivers/vm/accel.js';
 import { QEMU_UID_BASE, QEMU_UID_COUNT } from '../src/agent/drivers/vm/qemu-user.js';
+import { qemuTakesRunWith } from '../src/agent/drivers/vm/qemu-version.js';
 import { qemuArgv, type QemuConfig } from '../src/agent/drivers/vm/qemu.js';
 import { VmDriver } from '../src/agent/drivers/vm/vm-driver.js';
 import { cleanup } from './lib/cleanup.js';
@@ -86,7 +87,7 @@ export async function vmBoot(): Promise<BenchOutcome> {
    * (its argv up to "--": jailer.ts, part of the driver's cost) gone: what must be equal for the
    * comparison to be fair.
    */
-  const machineOf = (argv: string[]) => argv.slice(argv.indexOf('--') + 1).filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : all[i - 1] === '-chroot' ? 'JAIL' : a.replace(/\/[^,]*\/(qmp\.sock|qmp-fds\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
+  const machineOf = (argv: string[]) => argv.slice(argv.indexOf('--') + 1).filter((a, i) => a !== '-S' && !(i === 0 && a.includes('qemu-system'))).map((a, i, all) => (all[i - 1] === '-runas' ? 'UID:GID' : all[i - 1] === '-chroot' ? 'JAIL' : all[i - 1] === '-run-with' ? 'USER,JAIL' : a.replace(/\/[^,]*\/(qmp\.sock|qmp-fds\.sock|console\.sock|console\.log|qemu\.pid)/g, '/$1').replace(/^guest=.*/, 'guest=NAME')));
   const bareBoot = async (): Promise<number> => {
     const dir = path.join(base, `bare-${n++}`);
     await mkdir(dir);
@@ -97,6 +98,7 @@ export async function vmBoot(): Promise<BenchOutcome> {
       // as the driver's QEMU, dropped to a user of its own once it has opened its files (qemu-user.ts)
       runAs: { uid: QEMU_UID_BASE + QEMU_UID_COUNT - 1, gid: QEMU_UID_BASE + QEMU_UID_COUNT - 1 },
       chroot: path.join(dir, 'jail'),
+      runWith: qemuTakesRunWith('qemu-system-x86_64'),
       paths: { qmpSocket: `${dir}/qmp.sock`, consoleSocket: `${dir}/console.sock`, consoleLog: `${dir}/console.log`, pidFile: `${dir}/qemu.pid` },
     };
     await mkdir(cfg.chroot!, { mode: 0o711 });

@@ -76,7 +76,9 @@ export async function signCsr(ca: KeyAndCert, csr: string, o: { commonName: stri
   }
   const ext = [
     'basicConstraints=critical,CA:FALSE',
-    'keyUsage=critical,digitalSignature,keyAgreement',
+    // keyEncipherment means nothing to an EC key, but QEMU 10 (not 7.2) refuses a server certificate
+    // whose critical keyUsage lacks it (crypto/tlscredsx509.c): a VM's migration over TLS
+    'keyUsage=critical,digitalSignature,keyEncipherment,keyAgreement',
     `extendedKeyUsage=${o.usage === 'server' ? 'serverAuth' : 'clientAuth'}`,
   ].join('\n');
   return withFiles({ 'ca.key': ca.key, 'ca.pem': ca.cert, 'req.csr': csr, 'ext.cnf': ext }, async (p) => {

@@ -121,5 +121,11 @@ test('runAs: QEMU drops to its own user (-runas uid:gid), allowed the one change
   assert.throws(() => qemuArgv({ ...base, runAs, shares: [{ tag: 'rootfs', path: '/x' }] }), /9p/);
   assert.ok(qemuArgv({ ...base, runAs, chroot: '/vms/x/jail' }).join(' ').includes('-runas 2000000007:2000000007 -chroot /vms/x/jail'), 'and into an empty root');
   assert.throws(() => qemuArgv({ ...base, chroot: '/vms/x/jail' }), /user of its own/, 'root leaves a chroot at will');
+  // QEMU 9.1 and later (10.0 has no -runas or -chroot): one -run-with, a comma in the path doubled
+  const runWith = qemuArgv({ ...base, runAs, chroot: '/vms/a,b/jail', runWith: true }).join(' ');
+  assert.ok(runWith.includes('-run-with user=2000000007:2000000007,chroot=/vms/a,,b/jail'), runWith);
+  assert.ok(!runWith.includes('-runas') && !runWith.includes('-chroot'));
+  assert.ok(qemuArgv({ ...base, runAs, runWith: true }).join(' ').includes('-run-with user=2000000007:2000000007 '), 'no chroot: the user alone');
+  assert.ok(!qemuArgv({ ...base, runWith: true }).join(' ').includes('-run-with'), 'no user: nothing to drop to');
 });
 

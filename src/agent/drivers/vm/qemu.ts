@@ -97,6 +97,11 @@ export interface QemuConfig {
    */
   chroot?: string;
   /**
+   * The binary takes `-run-with user=…,chroot=…` (QEMU 9.1 and later; 10.0 removed `-runas` and
+   * `-chroot`): qemu-version.ts, asked at each launch.
+   */
+  runWith?: boolean;
+  /**
    * Launched in a share jail (share-jail.ts), which does not hold the VM's directory: the QMP and
    * console sockets and the console log come as descriptors the jailer made (RUN_FDS), and the
    * jailer writes the pid file.
@@ -241,8 +246,11 @@ export function qemuArgv(c: QemuConfig): string[] {
     const { uid, gid } = c.runAs;
     if (!Number.isInteger(uid) || !Number.isInteger(gid) || uid <= 0 || gid <= 0) throw new InvalidArgument(`QEMU's user must be a uid:gid other than root's, got ${uid}:${gid}`);
     if (c.shares?.length) throw new InvalidArgument("a VM with shared directories keeps QEMU as root (9p passthrough keeps the files' owners)");
-    a.push('-runas', `${uid}:${gid}`);
-    if (c.chroot !== undefined) a.push('-chroot', c.chroot);
+    if (c.runWith) a.push('-run-with', `user=${uid}:${gid}${c.chroot !== undefined ? `,chroot=${q(c.chroot)}` : ''}`);
+    else {
+      a.push('-runas', `${uid}:${gid}`);
+      if (c.chroot !== undefined) a.push('-chroot', c.chroot);
+    }
   } else if (c.chroot !== undefined) {
     throw new InvalidArgument('a chroot goes with a user of its own (runAs): root leaves a chroot at will');
   }

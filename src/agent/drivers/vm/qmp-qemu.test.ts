@@ -19,7 +19,9 @@ test('real QEMU: negotiate, query, stop/cont with events, typed errors, quit clo
     for (let i = 0; i < 200 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
     c = await QmpClient.connect(sock);
     assert.ok((c.greeting?.version.qemu.major ?? 0) >= 6);
-    assert.deepEqual(await c.execute('query-status'), { status: 'prelaunch', singlestep: false, running: false });
+    // QEMU 8.0 dropped singlestep from the answer: compare what every version says
+    const st = await c.execute<{ status: string; running: boolean }>('query-status');
+    assert.deepEqual({ status: st.status, running: st.running }, { status: 'prelaunch', running: false });
     const resumed = c.waitForEvent('RESUME', 10_000);
     await c.execute('cont');
     await resumed;
