@@ -4,7 +4,8 @@ import { route } from '../route.js';
 import { Unauthenticated } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import { MAX_JOIN_TOKEN_TTL_MS } from '../../control/agents/join-tokens.js';
-import { Host, forgetHost, hostCounts, hostViewer } from './hosts.js';
+import { Host, hostCounts, hostViewer } from './hosts.js';
+import { forgetHost } from '../../control/compute/host-fence.js';
 
 const Protocol = Type.Object(
   { min: Type.Integer({ minimum: 1, maximum: 1_000_000 }), max: Type.Integer({ minimum: 1, maximum: 1_000_000 }) },

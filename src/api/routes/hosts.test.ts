@@ -20,6 +20,7 @@ import { SPOKEN_PROTOCOL } from '../../agent/remote/agent-protocol.js';
 import { FakeAgent } from '../../control/testing/fake-agent.js';
 import { container, vm } from '../../store/conformance.js';
 import { HostFence } from '../../control/compute/host-fence.js';
+import { NotFound } from '../../core/errors.js';
 import type { ContainerCreateRequest, VmCreateRequest, VmHostState } from '../../agent/agent.js';
 import type { RuntimeState } from '../../agent/drivers/instance-driver.js';
 
@@ -155,6 +156,16 @@ test('forgetting a host that answers removes its stale copies first (a migration
   assert.ok(!agents.names().includes('b'), 'and then the host is forgotten');
   assert.deepEqual(fence.published.map((e) => (e as { action: string; attributes: unknown }).attributes), [{ containers: ['f'.repeat(64)], vms: ['e'.repeat(32)] }]);
   assert.ok((await store.vms.get('e'.repeat(32))) !== undefined, 'the VM itself (on the embedded host) untouched');
+});
+
+test('a stale copy another fence removed first (the healer\'s, racing a forget) counts as removed', async (t) => {
+  const fence = { waits: () => false, down: new Set<string>(), published: [] as unknown[] };
+  const { hosts, call, agents } = await hostApi(t, { fence });
+  hosts.b.containers.set('f'.repeat(64), { req: { id: 'f'.repeat(64) } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+  hosts.b.failNext('removeContainer', new NotFound('no such container'));
+  const r = await call('admin', 'DELETE', '/agents/b');
+  assert.equal(r.status, 204, JSON.stringify(r.body));
+  assert.ok(!agents.names().includes('b'));
 });
 
 test('forgetting a host that does not answer does not wait for it: its copies are fenced if its agent registers again', async (t) => {

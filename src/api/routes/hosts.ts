@@ -6,12 +6,12 @@
  */
 import { Type } from '@sinclair/typebox';
 import { route, type RequestAuth } from '../route.js';
-import { Conflict } from '../../core/errors.js';
 import { Empty } from '../schemas.js';
 import type { Services } from '../../control/services.js';
 import type { HostCounts, HostViewer } from '../../control/agents/host-summary.js';
 import { MAX_ALLOCATION_RATIO } from '../../control/agents/host-settings.js';
 import { allocatedOn } from '../../control/scheduler/allocated.js';
+import { forgetHost } from '../../control/compute/host-fence.js';
 
 const Ratios = Type.Object({ cpu: Type.Number(), memory: Type.Number(), disk: Type.Number() });
 const Allocation = Type.Object({
@@ -82,33 +82,6 @@ export async function hostCounts(services: Services, auth: RequestAuth): Promise
 
 /** Who a listing is for: how the hosts are reached (their URLs) is a system administrator's to see. */
 export const hostViewer = (auth: RequestAuth): HostViewer => ({ admin: auth.principal?.systemAdmin === true });
-
-/** Conflict while instances are recorded on the host, naming how many (its records must not be orphaned). */
-async function refuseWhileInstances(services: Services, name: string): Promise<void> {
-  const vms = await services.vms.countOn(name);
-  const containers = (await services.store.containers.list()).filter((c) => c.host === name).length;
-  if (vms || containers) {
-    throw new Conflict(`host ${name} has ${containers} container(s) and ${vms} VM(s) recorded on it; remove or move them first`, { host: name, containers, vms });
-  }
-}
-
-/**
- * DELETE /agents/{name} and /hosts/{name}: refused while instances are recorded on the host; a
- * host that answers is fenced first (host-fence.ts), so that no stale copy a move or a migration
- * left there (its agent killed before it ended it) stays running with no record to manage it.
- * A host that does not answer is forgotten as it is: an agent that registers again is fenced then.
- */
-export async function forgetHost(services: Services, name: string): Promise<void> {
-  if (name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
-  await refuseWhileInstances(services, name);
-  if (services.fence && !services.hosts.isDown?.(name) && services.hosts.names().includes(name)) {
-    const fenced = await services.fence.fence(name, services.hosts.get(name));
-    if (!fenced.done) {
-      throw new Conflict(`host ${name} still holds copies of instances that live elsewhere now, and they could not all be removed yet (a move or migration in flight, or the host did not answer); try again in a moment`, { host: name });
-    }
-  }
-  await services.agents.remove(name);
-}
 
 export const hostRoutes = [
   route({

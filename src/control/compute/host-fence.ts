@@ -5,12 +5,14 @@
  * whose agent registered again; and forgetting a host (DELETE /agents/{name}, /hosts/{name}),
  * so that nothing is left running there that no record manages.
  */
+import { Conflict, hasCode } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { Agent } from '../../agent/agent.js';
 import type { EventBus } from '../events/event-bus.js';
 import type { VmService } from './vm-service.js';
 import type { HealDeps } from './healing.js';
 import { withDeadline } from './deadline.js';
+import type { Services } from '../services.js';
 
 const log = logger('compute-heal');
 
@@ -30,6 +32,10 @@ export interface FenceResult {
   /** Copies destroyed by this pass. */
   destroyed: number;
 }
+
+const ignoreNotFound = (e: unknown): void => {
+  if (!hasCode(e, 'NotFound')) throw e;
+};
 
 export class HostFence {
   constructor(
@@ -56,7 +62,8 @@ export class HostFence {
         if (c && c.host === host) return false;
         // killed first, as rm -f does: a removal of a running container would stop it gracefully
         await this.deps.bounded(id, 'fencing kill', agent.killContainer(id, 'SIGKILL')).catch(() => undefined);
-        await this.deps.bounded(id, 'fencing removal', agent.removeContainer(id));
+        // gone already (another fence of the same copy, the healer's and a forget's): what was asked
+        await this.deps.bounded(id, 'fencing removal', agent.removeContainer(id)).catch(ignoreNotFound);
         return true;
       }).catch((e: unknown) => {
         failed = true;
@@ -95,7 +102,7 @@ export class HostFence {
         const v = await this.deps.store.vms.get(id);
         if (v && v.agent === host) return;
         await withDeadline(agent.killVm(id, 'SIGKILL'), LIST_DEADLINE_MS, `fencing VM ${id}`).catch(() => undefined);
-        await withDeadline(agent.removeVm(id), LIST_DEADLINE_MS, `fencing VM ${id}`);
+        await withDeadline(agent.removeVm(id), LIST_DEADLINE_MS, `fencing VM ${id}`).catch(ignoreNotFound);
         stale.push(id);
       }).catch((e: unknown) => {
         failed = true;
@@ -104,4 +111,31 @@ export class HostFence {
     }
     return { stale, failed };
   }
+}
+
+/** Conflict while instances are recorded on the host, naming how many (its records must not be orphaned). */
+async function refuseWhileInstances(services: Pick<Services, 'vms' | 'store'>, name: string): Promise<void> {
+  const vms = await services.vms.countOn(name);
+  const containers = (await services.store.containers.list()).filter((c) => c.host === name).length;
+  if (vms || containers) {
+    throw new Conflict(`host ${name} has ${containers} container(s) and ${vms} VM(s) recorded on it; remove or move them first`, { host: name, containers, vms });
+  }
+}
+
+/**
+ * DELETE /agents/{name} and /hosts/{name}: refused while instances are recorded on the host; a
+ * host that answers is fenced first, so that no stale copy a move or a migration left there (its
+ * agent killed before it ended it) stays running with no record to manage it. A host that does
+ * not answer is forgotten as it is: an agent that registers again is fenced then.
+ */
+export async function forgetHost(services: Pick<Services, 'agents' | 'hosts' | 'vms' | 'store' | 'fence'>, name: string): Promise<void> {
+  if (name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
+  await refuseWhileInstances(services, name);
+  if (services.fence && !services.hosts.isDown?.(name) && services.hosts.names().includes(name)) {
+    const fenced = await services.fence.fence(name, services.hosts.get(name));
+    if (!fenced.done) {
+      throw new Conflict(`host ${name} still holds copies of instances that live elsewhere now, and they could not all be removed yet (a move or migration in flight, or the host did not answer); try again in a moment`, { host: name });
+    }
+  }
+  await services.agents.remove(name);
 }
