@@ -131,6 +131,11 @@ test('host routes: listing for anyone (a member counts only its projects\' insta
   assert.equal(await store.agents.get('b'), undefined, 'its row and settings are gone');
 });
 
+/** A running container on the fake host that no record names there (what a move or a rebuild can leave). */
+function holdStaleContainer(host: FakeAgent, id: string): void {
+  host.containers.set(id, { req: { id } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+}
+
 test('forgetting a host that answers removes its stale copies first (a migration\'s source its agent never ended); one with a move in flight is refused; one that does not answer is forgotten as it is', async (t) => {
   const fence = { waits: () => false, down: new Set<string>(), published: [] as unknown[] };
   const { store, hosts, call, agents } = await hostApi(t, { fence });
@@ -139,7 +144,7 @@ test('forgetting a host that answers removes its stale copies first (a migration
   // removed its stopped copy) and a container no record names at all
   await store.vms.insert(vm('e'.repeat(32), 'moved', { projectId: 'p1', agent: 'local' }));
   b.vms.set('e'.repeat(32), { req: { id: 'e'.repeat(32) } as VmCreateRequest, state: { lifecycle: 'stopped' } as VmHostState });
-  b.containers.set('f'.repeat(64), { req: { id: 'f'.repeat(64) } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+  holdStaleContainer(b, 'f'.repeat(64));
 
   // a move in flight: its copies may be the move's own, so nothing is judged and the host stays
   fence.waits = () => true;
@@ -161,7 +166,7 @@ test('forgetting a host that answers removes its stale copies first (a migration
 test('a stale copy another fence removed first (the healer\'s, racing a forget) counts as removed', async (t) => {
   const fence = { waits: () => false, down: new Set<string>(), published: [] as unknown[] };
   const { hosts, call, agents } = await hostApi(t, { fence });
-  hosts.b.containers.set('f'.repeat(64), { req: { id: 'f'.repeat(64) } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+  holdStaleContainer(hosts.b, 'f'.repeat(64));
   hosts.b.failNext('removeContainer', new NotFound('no such container'));
   const r = await call('admin', 'DELETE', '/agents/b');
   assert.equal(r.status, 204, JSON.stringify(r.body));
@@ -171,7 +176,7 @@ test('a stale copy another fence removed first (the healer\'s, racing a forget) 
 test('forgetting a host that does not answer does not wait for it: its copies are fenced if its agent registers again', async (t) => {
   const fence = { waits: () => false, down: new Set<string>(['b']), published: [] as unknown[] };
   const { hosts, call, agents } = await hostApi(t, { fence });
-  hosts.b.containers.set('f'.repeat(64), { req: { id: 'f'.repeat(64) } as ContainerCreateRequest, state: { status: 'running' } as RuntimeState, logs: [], endpoints: new Map() });
+  holdStaleContainer(hosts.b, 'f'.repeat(64));
   const r = await call('admin', 'DELETE', '/hosts/b');
   assert.equal(r.status, 204);
   assert.ok(!agents.names().includes('b'));

@@ -131,7 +131,7 @@ async function refuseWhileInstances(services: Pick<Services, 'vms' | 'store'>, n
 export async function forgetHost(services: Pick<Services, 'agents' | 'hosts' | 'vms' | 'store' | 'fence'>, name: string): Promise<void> {
   if (name === services.agents.localName) throw new Conflict('the embedded agent cannot be removed');
   await refuseWhileInstances(services, name);
-  if (services.fence && !services.hosts.isDown?.(name) && services.hosts.names().includes(name)) {
+  if (services.fence && !services.hosts.isDown?.(name) && services.hosts.has(name)) {
     const fenced = await services.fence.fence(name, services.hosts.get(name));
     if (!fenced.done) {
       throw new Conflict(`host ${name} still holds copies of instances that live elsewhere now, and they could not all be removed yet (a move or migration in flight, or the host did not answer); try again in a moment`, { host: name });

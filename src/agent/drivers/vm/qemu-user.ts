@@ -14,6 +14,7 @@
  * passthrough) keeps the container's owners and modes. They run as their own user too, in a
  * mount namespace of their own, the capabilities ambient (share-jail.ts; docs/security.md).
  */
+import { qemuTakesRunWith } from './qemu-version.js';
 import { shareJailOf, type ShareJail } from './share-jail.js';
 import type { LaunchJail } from './jailer.js';
 import { createHash } from 'node:crypto';
@@ -217,6 +218,8 @@ export function processUser(pid: number | undefined): QemuUser | undefined {
 export interface QemuConfinement {
   runAs?: QemuUser;
   chroot?: string;
+  /** With runAs: the binary drops with `-run-with` (qemu-version.ts), not `-runas`/`-chroot`. */
+  runWith?: boolean;
   /** A QEMU that keeps file capabilities (9p shares): its mount namespace, its user and capabilities (share-jail.ts). */
   jail?: ShareJail;
 }
@@ -227,12 +230,13 @@ export const jailDir = (vmDir: string) => path.join(vmDir, 'jail');
 /**
  * A VM's confinement: a user of its own and its jail, unless it shares directories over 9p (root
  * keeps their owners): then a mount namespace and a capability bounding set of their own
- * (share-jail.ts). For a launch its user is reserved; to show it, only looked up.
+ * (share-jail.ts). For a launch its user is reserved; to show it, only looked up. `qemu`, the
+ * binary, says how QEMU is told to drop.
  */
-export function confinementOf(users: QemuUsers, r: { id: string; config: Parameters<typeof shareJailOf>[0] }, vmDir: string, use: 'launch' | 'show' = 'launch'): QemuConfinement {
+export function confinementOf(users: QemuUsers, r: { id: string; config: Parameters<typeof shareJailOf>[0] }, vmDir: string, qemu: string, use: 'launch' | 'show' = 'launch'): QemuConfinement {
   const user = use === 'launch' ? users.claim(r.id) : users.peek(r.id);
   if (r.config.shares?.length) return { jail: shareJailOf(r.config, vmDir, jailDir(vmDir), user) };
-  return { runAs: user, chroot: jailDir(vmDir) };
+  return { runAs: user, chroot: jailDir(vmDir), runWith: qemuTakesRunWith(qemu) };
 }
 
 /** What the jailer sets up around a VM's QEMU (jailer.ts): its taps, and its share jail if it has one. */

@@ -98,7 +98,7 @@ export interface QemuConfig {
   chroot?: string;
   /**
    * The binary takes `-run-with user=…,chroot=…` (QEMU 9.1 and later; 10.0 removed `-runas` and
-   * `-chroot`): qemu-version.ts, asked at each launch.
+   * `-chroot`): set with runAs by the confinement (qemu-user.ts confinementOf).
    */
   runWith?: boolean;
   /**

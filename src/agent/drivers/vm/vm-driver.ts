@@ -110,7 +110,7 @@ export class VmDriver implements InstanceDriver {
     this.records = new VmRecordStore(o.stateDir);
     this.runner = new VmRunner(this.records, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });
     this.console = new VmConsole(this.records, this.consoleLimits);
-    this.inspector = new VmInspector(this.records, this.qemu, (r) => confinementOf(this.users, r, this.records.paths(r.id).dir, 'show'));
+    this.inspector = new VmInspector(this.records, this.qemu, (r) => confinementOf(this.users, r, this.records.paths(r.id).dir, this.qemu, 'show'));
     this.hotplug = new VmHotplug(this.records);
     this.saved = new VmSaveRestore(this.records, this.runner, this.users);
     this.migration = new VmMigration(this.records, this.runner, { qemu: this.qemu, consoleLimits: this.consoleLimits, settings: o, users: this.users });

@@ -7,7 +7,6 @@ import { readFile } from 'node:fs/promises';
 import { Conflict } from '../../../core/errors.js';
 import type { InstanceStats } from '../instance-driver.js';
 import { qemuArgv, type Accelerator } from './qemu.js';
-import { qemuTakesRunWith } from './qemu-version.js';
 import { withQmp } from './qemu-process.js';
 import type { VcpuPinning } from './vcpu-pinning.js';
 import { vcpuCount, type VmLifecycle, type VmRecord, type VmRecords } from './vm-record.js';
@@ -104,6 +103,6 @@ export class VmInspector {
 
 /** The command line a launch runs: the jailer's, then QEMU's (jailer.ts). */
 function launchArgv(qemu: string, r: VmRecord, confined: QemuConfinement): string[] {
-  const { binary, argv } = jailedCommand(qemu, qemuArgv({ ...r.config, startPaused: true, ...confined, runWith: qemuTakesRunWith(qemu) }), launchJailOf(r.config, confined));
+  const { binary, argv } = jailedCommand(qemu, qemuArgv({ ...r.config, startPaused: true, ...confined }), launchJailOf(r.config, confined));
   return [binary, ...argv];
 }

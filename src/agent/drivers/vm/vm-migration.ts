@@ -21,7 +21,6 @@ import { consoleBytes, forgetConsoleLog, type ConsoleLogLimits } from './console
 import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
 import { acceptOnlyFrom, addTlsCreds, clearTls, sourceNames, useTlsForMigration, type MigrationTls } from './migration-tls.js';
 import { blockVolumeNames, qemuArgv, type Accelerator } from './qemu.js';
-import { qemuTakesRunWith } from './qemu-version.js';
 import { launchQemu, readPid, sleep, withQmp } from './qemu-process.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import { acceptOneForQemu, connectForQemu, takesDescriptors, tcpUriAddress, type OneConnection } from './qemu-peer-sockets.js';
@@ -123,9 +122,9 @@ export class VmMigration {
           : ['create', '-q', '-f', 'qcow2', p.overlay, String(s.virtualSize)]);
         r.config.rootDisk = { path: p.overlay, format: 'qcow2' };
       }
-      const confined = confinementOf(this.o.users, r, p.dir);
+      const confined = confinementOf(this.o.users, r, p.dir, this.o.qemu);
       await prepareJail(confined);
-      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined, runWith: qemuTakesRunWith(this.o.qemu) }), p, launchJailOf(r.config, confined));
+      const launched = await launchQemu(this.o.qemu, qemuArgv({ ...r.config, startPaused: false, incoming: 'defer', ...confined }), p, launchJailOf(r.config, confined));
       r.qemuPid = launched.qemuPid;
       r.supervisorPid = launched.supervisorPid;
       await this.records.save(r);

@@ -9,7 +9,6 @@ import { NimbusError } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { watchConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { qemuArgv, type QemuConfig } from './qemu.js';
-import { qemuTakesRunWith } from './qemu-version.js';
 import { INPUT_FD, closeToOthers, launchQemu, removeRunFiles, sleep, withQmp } from './qemu-process.js';
 import { confinementOf, launchJailOf, prepareJail, type QemuUsers } from './qemu-user.js';
 import { pinVcpus } from './vcpu-pinning.js';
@@ -49,8 +48,8 @@ export class VmRunner {
   async launch(r: VmRecord, restoreFrom?: string): Promise<void> {
     const p = this.records.paths(r.id);
     const incoming = restoreFrom !== undefined;
-    const confined = confinementOf(this.o.users, r, p.dir);
-    const cfg: QemuConfig = { ...r.config, startPaused: true, ...confined, runWith: qemuTakesRunWith(this.o.qemu), ...(incoming ? { incoming: `fd:${INPUT_FD}` } : {}) };
+    const confined = confinementOf(this.o.users, r, p.dir, this.o.qemu);
+    const cfg: QemuConfig = { ...r.config, startPaused: true, ...confined, ...(incoming ? { incoming: `fd:${INPUT_FD}` } : {}) };
     const argv = qemuArgv(cfg);
     const t0 = Date.now();
     await closeToOthers(p.dir);
