@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { parseQemuVersion, qemuTakesRunWith, takesRunWithUser } from './qemu-version.js';
 
 test('the version line, and which versions take -run-with user= (9.1 on)', () => {
@@ -16,4 +19,26 @@ test('the host\'s QEMU is asked once; a binary that cannot say is taken for an o
   const line = execFileSync('qemu-system-x86_64', ['-version'], { encoding: 'utf8' });
   assert.equal(qemuTakesRunWith('qemu-system-x86_64'), takesRunWithUser(parseQemuVersion(line)), line);
   assert.equal(qemuTakesRunWith('/nonexistent/qemu-system-x86_64'), false);
+});
+
+test('a QEMU replaced under a running agent (an upgrade) is asked again', (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'qemu-version-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const binary = path.join(dir, 'qemu-system-x86_64');
+  // installed as package managers do: a new file renamed over the old one
+  const install = (version: string) => {
+    writeFileSync(`${binary}.new`, `#!/bin/sh\necho "QEMU emulator version ${version} (test)"\n`, { mode: 0o755 });
+    renameSync(`${binary}.new`, binary);
+  };
+  install('7.2.22');
+  assert.equal(qemuTakesRunWith(binary), false);
+  install('10.0.2');
+  assert.equal(qemuTakesRunWith(binary), true);
+  // through PATH as well
+  const before = process.env.PATH;
+  t.after(() => { process.env.PATH = before; });
+  process.env.PATH = `${dir}:${before ?? ''}`;
+  assert.equal(qemuTakesRunWith('qemu-system-x86_64'), true);
+  install('8.2.0');
+  assert.equal(qemuTakesRunWith('qemu-system-x86_64'), false);
 });
