@@ -96,3 +96,29 @@ test('content store: digests are validated everywhere; openRead streams; missing
   assert.deepEqual(Buffer.concat(got), data);
   assert.equal(cs.blobPath(d), join(root, 'blobs', 'sha256', d.slice(7)));
 });
+
+test('content store: blobs past a megabyte (hashed on the digest thread) are verified as strictly as small ones', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'nimbus-content-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const cs = new LocalContentStore(root);
+  const data = Buffer.alloc(5 * 1024 * 1024 + 123);
+  for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const d = digestOf(data);
+  assert.deepEqual(await cs.ingest({ digest: d, size: data.length }, chunks(data, 65536)), { digest: d, size: data.length });
+  assert.deepEqual(await cs.readBlob(d), data);
+  await cs.delete(d);
+
+  // one byte changed past the first megabytes: refused, nothing kept
+  const tampered = Buffer.from(data);
+  tampered.writeUInt8(tampered.readUInt8(3 * 1024 * 1024 + 17) ^ 1, 3 * 1024 * 1024 + 17);
+  await assert.rejects(cs.ingest({ digest: d, size: data.length }, chunks(tampered, 65536)), { code: 'DataLoss', message: /digest mismatch/ });
+  assert.equal(await cs.info(d), undefined);
+  // a source that fails after megabytes: nothing kept either
+  async function* broken() {
+    yield* chunks(data.subarray(0, 3 * 1024 * 1024), 65536);
+    throw new Error('connection reset');
+  }
+  await assert.rejects(cs.ingest({ digest: d }, broken()), /connection reset/);
+  assert.equal(await cs.info(d), undefined);
+  assert.deepEqual(readdirSync(join(root, 'ingest')), []);
+});

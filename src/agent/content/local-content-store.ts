@@ -7,13 +7,14 @@
  * file, and rename(2) atomically replaces one verified copy with another
  * identical one, so readers never see a partial blob.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { DataLoss, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { isDigest } from '../../core/image-reference.js';
+import { StreamDigest } from '../../core/stream-digest.js';
 import type { ContentInfo, ContentStore, Digest } from './content-store.js';
 
 const WRITE_BATCH_BYTES = 1024 ** 2;
@@ -98,7 +99,8 @@ export class LocalContentStore implements ContentStore {
     const fh = await open(tmp, 'wx', 0o644).catch((e: unknown) => {
       throw noSpace(e, expected.digest);
     });
-    const hash = createHash('sha256');
+    // hashed off the main thread once past a megabyte (core/stream-digest.ts)
+    const hash = new StreamDigest(expected.size);
     let size = 0;
     // chunks are gathered into one write of WRITE_BATCH_BYTES: a thread-pool round trip per 64 KiB
     // network chunk cost more of the event loop than the hashing
@@ -125,9 +127,10 @@ export class LocalContentStore implements ContentStore {
         pending.push(chunk);
         pendingBytes += chunk.length;
         if (pendingBytes >= WRITE_BATCH_BYTES) await flush();
+        if (hash.pending) await hash.drained();
       }
       await flush();
-      const actual = `sha256:${hash.digest('hex')}`;
+      const actual = await hash.digest();
       if (actual !== expected.digest) throw new DataLoss(`digest mismatch: expected ${expected.digest}, got ${actual}`);
       if (expected.size !== undefined && size !== expected.size) {
         throw new DataLoss(`blob ${expected.digest}: size mismatch: expected ${expected.size}, got ${size}`);
@@ -138,6 +141,7 @@ export class LocalContentStore implements ContentStore {
       await syncDir(join(this.root, 'blobs', 'sha256'));
       return { digest: expected.digest, size };
     } catch (e) {
+      hash.dispose();
       await fh.close().catch(() => undefined);
       await rm(tmp, { force: true });
       throw noSpace(e, expected.digest);

@@ -27,7 +27,7 @@ describe('warmPullPath', () => {
       const pulled: AgentImage[] = [];
       const dirs: string[] = [];
       const steps = await warmPullPath(tmp, recordingPuller(pulled, dirs));
-      assert.deepEqual(steps.map((s) => [s.step, s.ok, s.error]), [['probe layer tools', true, undefined], ['pull a sample image', true, undefined]]);
+      assert.deepEqual(steps.map((s) => [s.step, s.ok, s.error]), [['probe layer tools', true, undefined], ['hash on the digest thread', true, undefined], ['pull a sample image', true, undefined]]);
       assert.equal(pulled.length, 1, 'one pull');
       assert.match(pulled[0]!.reference ?? '', /^127\.0\.0\.1:\d+\/nimbus\/pull-warm-up:latest$/);
       assert.equal(pulled[0]!.layers.length, 2, 'its two layers unpacked (a gzip one, an uncompressed one)');
@@ -43,7 +43,7 @@ describe('warmPullPath', () => {
     const tmp = await mkdtemp(path.join(tmpdir(), 'nimbus-warmup-'));
     try {
       const steps = await warmPullPath(tmp, () => ({ pull: () => Promise.reject(new Error('no room')), close: async () => undefined }));
-      assert.deepEqual(steps.map((s) => [s.step, s.ok, s.error]), [['probe layer tools', true, undefined], ['pull a sample image', false, 'no room']]);
+      assert.deepEqual(steps.map((s) => [s.step, s.ok, s.error]), [['probe layer tools', true, undefined], ['hash on the digest thread', true, undefined], ['pull a sample image', false, 'no room']]);
       assert.deepEqual(await readdir(tmp), []);
     } finally {
       await rm(tmp, { recursive: true, force: true });

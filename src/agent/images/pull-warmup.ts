@@ -11,6 +11,7 @@
  * snapshots) under the daemon's tmp dir, removed after (and swept at the next start if the daemon died in between). Nothing of it
  * reaches the host's images, the store or the events.
  */
+import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +19,7 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { logger } from '../../core/log.js';
+import { StreamDigest } from '../../core/stream-digest.js';
 import { probeLayerTools } from '../layers/apply-layer.js';
 import { warmFileWriters } from '../layers/file-writer.js';
 import { MT } from './media-types.js';
@@ -172,12 +174,23 @@ async function warmPull(tmpDir: string, scratchPuller: ScratchPuller): Promise<v
   }
 }
 
+/** A stream long enough to be hashed on the digest thread (core/stream-digest.ts), checked. */
+async function warmDigests(): Promise<void> {
+  const zeros = Buffer.alloc(2 * 1024 * 1024);
+  const d = new StreamDigest();
+  for (let off = 0; off < zeros.length; off += 64 * 1024) d.update(zeros.subarray(off, off + 64 * 1024));
+  const got = await d.digest();
+  if (got !== `sha256:${createHash('sha256').update(zeros).digest('hex')}`) throw new Error(`the digest thread answered ${got} for 2 MiB of zeros`);
+}
+
 /** Warm the pull path (see above); never throws: a failed step only means a slower first pull. */
 export async function warmPullPath(tmpDir: string, scratchPuller: ScratchPuller): Promise<WarmupStep[]> {
   const t0 = performance.now();
   warmFileWriters();
   const steps: [string, () => Promise<void>][] = [
     ['probe layer tools', probeLayerTools],
+    // the sample's blobs are each under the megabyte a stream hashes on the main thread
+    ['hash on the digest thread', warmDigests],
     ['pull a sample image', () => warmPull(tmpDir, scratchPuller)],
   ];
   const out: WarmupStep[] = [];

@@ -172,6 +172,18 @@ describe('applyLayer: content', () => {
     assert.equal((await readFile(path.join(dir, 'a'), 'utf8')).length, 100_000);
   });
 
+  it('a layer of megabytes (its diff id hashed on the digest thread) has the diff id of its tar', async () => {
+    const big = Buffer.alloc(3 * 1024 * 1024 + 5);
+    for (let i = 0; i < big.length; i += 512) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    const buf = await makeTar([{ name: 'big', content: big }, { name: 'small', content: 's' }]);
+    const dir = await freshDir();
+    const gz = gzipSync(buf);
+    const r = await applyLayer(dir, Readable.from([gz.subarray(0, 100_000), gz.subarray(100_000)]), { mediaType: TGZ, mode: 'native' });
+    assert.equal(r.diffId, sha(buf));
+    assert.equal(r.size, buf.length);
+    assert.deepEqual(await readFile(path.join(dir, 'big')), big);
+  });
+
   it('zstd input works through the zstd program', async (t) => {
     if (spawnSync('zstd', ['--version']).status !== 0) {
       t.diagnostic('zstd not installed: checking the refusal instead');

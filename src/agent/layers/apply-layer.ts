@@ -23,7 +23,6 @@
  * without following a symlink, so a case the bookkeeping missed fails the layer
  * rather than changing anything outside the root.
  */
-import { createHash } from 'node:crypto';
 import { constants as FS } from 'node:fs';
 import { lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
@@ -34,6 +33,7 @@ import tar from 'tar-stream';
 import { eachLimited } from '../../core/each-limited.js';
 import { InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
+import { StreamDigest } from '../../core/stream-digest.js';
 import { RoomPacer, type UnpackRoom } from '../content/disk-space.js';
 import { SmallFileWriter } from './file-writer.js';
 import { checkDecompressor, decompressor, haveZstd, layerCompression } from './layer-compression.js';
@@ -666,7 +666,8 @@ export async function applyLayer(
   const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
   const decompress = decompressor(compression, { chunkSize: GUNZIP_CHUNK_BYTES });
 
-  const hash = createHash('sha256');
+  // the diff id, hashed off the main thread once past a megabyte (core/stream-digest.ts)
+  const hash = new StreamDigest();
   let size = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _enc, cb) {
@@ -675,8 +676,14 @@ export async function applyLayer(
         cb(new InvalidArgument(`layer is larger than the ${limits.maxTotalBytes}-byte limit (uncompressed)`));
         return;
       }
-      hash.update(chunk);
-      cb(null, chunk);
+      try {
+        hash.update(chunk);
+      } catch (e) {
+        cb(e as Error);
+        return;
+      }
+      if (hash.pending) hash.drained().then(() => cb(null, chunk), cb);
+      else cb(null, chunk);
     },
   });
   const extract = tar.extract();
@@ -689,6 +696,7 @@ export async function applyLayer(
 
   const ex = new Extractor(root, opts, limits, startedEmpty);
   let entries = 0;
+  let diffId: string;
   try {
     try {
       for await (const item of extract) {
@@ -719,10 +727,12 @@ export async function applyLayer(
       throw new InvalidArgument(`layer stream failed: ${(e as Error).message}`, undefined, { cause: e });
     }
     await ex.finish();
+    diffId = await hash.digest();
   } finally {
+    hash.dispose(); // a failed layer's bytes: the thread forgets them (nothing once digested)
     await ex.settleFiles(); // the caller removes a failed layer's directory: no write may still be under way
     decompress.kill();
     if (!input.destroyed) input.destroy();
   }
-  return { diffId: `sha256:${hash.digest('hex')}`, size, entries, unpackedBytes: ex.unpackedBytes };
+  return { diffId, size, entries, unpackedBytes: ex.unpackedBytes };
 }
