@@ -1,7 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { digestThreadAlive, killDigestThreadForTests, setDigestThreadIdleExit, StreamDigest } from './stream-digest.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { digestFile, digestThreadAlive, killDigestThreadForTests, setDigestThreadIdleExit, StreamDigest } from './stream-digest.js';
 
 const sha = (...parts: Uint8Array[]) => {
   const h = createHash('sha256');
@@ -94,4 +97,18 @@ test('an idle thread ends; a disposed stream does not keep it', async () => {
   } finally {
     setDigestThreadIdleExit(60_000);
   }
+});
+
+test("digestFile: a file's digest and size, its first bytes to the caller; a missing file is an error", async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'stream-digest-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  for (const length of [0, 10, 3 * 1024 * 1024 + 5]) {
+    const data = randomBytes(length);
+    const file = path.join(dir, `f${length}`);
+    writeFileSync(file, data);
+    let first: Buffer | undefined;
+    assert.deepEqual(await digestFile(file, (c) => (first = Buffer.from(c.subarray(0, 8)))), { digest: sha(data), size: length });
+    assert.deepEqual(first ?? Buffer.alloc(0), data.subarray(0, 8));
+  }
+  await assert.rejects(digestFile(path.join(dir, 'nope')), { code: 'ENOENT' });
 });

@@ -7,10 +7,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createReadStream } from 'node:fs';
 import { Conflict, DataLoss, InvalidArgument, NotFound, ResourceExhausted, hasCode } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
 import { logger } from '../../core/log.js';
+import { digestFile } from '../../core/stream-digest.js';
 import type { CompiledOptions } from '../../core/config.js';
 import type { LayerRecord } from '../../store/records.js';
 import type { AdoptedDiskImage, AgentImage, BlobStream, BuildProgress, BuildRequest, CommitRequest, ContainerCommitHost, DiskImageInfo, GcResult, ImageHost, PullOptions, PullProgress, VmImageKind } from '../agent.js';
@@ -275,9 +275,7 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
 
   async importDiskImage(file: string, kind: VmImageKind = 'disk'): Promise<DiskImageInfo> {
     const info = kind === 'disk' ? await inspectDiskImage(file) : await inspectBootFile(file, kind);
-    const hash = createHash('sha256');
-    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-    const digest = `sha256:${hash.digest('hex')}`;
+    const { digest } = await digestFile(file); // off the main thread: disk images are gigabytes
     const stored = await this.p.content.ingest({ digest, size: info.size }, fileBytes(file));
     return { digest, size: stored.size, format: info.format, virtualSize: info.virtualSize };
   }

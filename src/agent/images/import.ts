@@ -15,13 +15,13 @@
  * a host temp dir). With a RoomCheck an image is refused before its layers are stored when the
  * disk cannot hold them, as a pull is.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { processTempDir } from '../../core/temp-dirs.js';
 import tar from 'tar-stream';
 import { DataLoss, Internal, InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
+import { digestFile } from '../../core/stream-digest.js';
 import { isDigest } from '../../core/image-reference.js';
 import type { ContentInfo, ContentStore } from '../content/content-store.js';
 import type { RoomCheck } from '../content/disk-space.js';
@@ -205,13 +205,9 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
     return p;
   };
   const hashMember = async (m: Member): Promise<{ digest: string; head: Buffer }> => {
-    const h = createHash('sha256');
     let head: Buffer | undefined;
-    for await (const c of createReadStream(m.file) as AsyncIterable<Buffer>) {
-      head ??= c.subarray(0, 8);
-      h.update(c);
-    }
-    return { digest: `sha256:${h.digest('hex')}`, head: head ?? Buffer.alloc(0) };
+    const { digest } = await digestFile(m.file, (first: Buffer) => (head = Buffer.from(first.subarray(0, 8))));
+    return { digest, head: head ?? Buffer.alloc(0) };
   };
   /** Refuse an image whose blobs (those not stored yet) and unpacked layers cannot fit. */
   const ensureRoom = async (config: { digest?: string; size: number }, layers: { digest?: string; size: number }[], what: string) => {

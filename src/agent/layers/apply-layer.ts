@@ -726,8 +726,10 @@ export async function applyLayer(
       if (e instanceof NimbusError) throw e;
       throw new InvalidArgument(`layer stream failed: ${(e as Error).message}`, undefined, { cause: e });
     }
+    const digested = hash.digest(); // the thread's last batches, beside the directories' fixups
+    digested.catch(() => undefined); // awaited below; a failed finish() leaves it unread
     await ex.finish();
-    diffId = await hash.digest();
+    diffId = await digested;
   } finally {
     hash.dispose(); // a failed layer's bytes: the thread forgets them (nothing once digested)
     await ex.settleFiles(); // the caller removes a failed layer's directory: no write may still be under way

@@ -3,12 +3,12 @@
  * in the host's content store (shared, like layers), the name belongs to a project. A VM's root
  * disk is a qcow2 overlay backed by the blob, so many VMs share one base and none can change it.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Conflict, InvalidArgument, NimbusError, NotFound, Unavailable, hasCode, toNimbusError } from '../../core/errors.js';
 import { isValidName } from '../../core/ids.js';
 import { logger } from '../../core/log.js';
+import { digestFile } from '../../core/stream-digest.js';
 import type { Agent, DiskImageInfo, VmImageKind } from '../../agent/agent.js';
 import type { Store } from '../../store/store.js';
 import type { DiskImageRecord, VmRecord } from '../../store/records.js';
@@ -140,9 +140,7 @@ export class DiskImageService {
   private async uploadToHost(file: string, kind: VmImageKind, hosts: HostAgents): Promise<DiskImageInfo> {
     const host = hosts.names().find((n) => !hosts.isDown?.(n));
     if (host === undefined) throw new Unavailable('no registered host answers to take the image: register an agent first (nimbusd agent --join-token)');
-    const hash = createHash('sha256');
-    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-    const digest = `sha256:${hash.digest('hex')}`;
+    const { digest } = await digestFile(file); // off the main thread: disk images are gigabytes
     const { size } = await stat(file);
     const target = hosts.get(host);
     await target.writeBlob(digest, size, createReadStream(file));
