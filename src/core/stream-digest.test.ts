@@ -4,7 +4,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { digestFile, digestThreadAlive, killDigestThreadForTests, setDigestThreadIdleExit, StreamDigest } from './stream-digest.js';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { digestFile, digestPass, digestThreadAlive, killDigestThreadForTests, setDigestThreadIdleExit, StreamDigest } from './stream-digest.js';
 
 const sha = (...parts: Uint8Array[]) => {
   const h = createHash('sha256');
@@ -111,4 +113,21 @@ test("digestFile: a file's digest and size, its first bytes to the caller; a mis
     assert.deepEqual(first ?? Buffer.alloc(0), data.subarray(0, 8));
   }
   await assert.rejects(digestFile(path.join(dir, 'nope')), { code: 'ENOENT' });
+});
+
+test('digestPass: what goes through is passed on whole, hashed and counted; a failed stream is an error', async () => {
+  const data = randomBytes(2 * 1024 * 1024 + 333);
+  const pass = digestPass();
+  const got: Buffer[] = [];
+  const chunks = Array.from({ length: Math.ceil(data.length / 100_000) }, (_, i) => data.subarray(i * 100_000, (i + 1) * 100_000));
+  await pipeline(Readable.from(chunks), pass, new Writable({ write: (c: Buffer, _e, cb) => (got.push(c), cb()) }));
+  assert.deepEqual(Buffer.concat(got), data);
+  assert.equal(await pass.digest(), sha(data));
+  assert.equal(pass.bytes(), data.length);
+
+  async function* broken() {
+    yield data.subarray(0, 1_500_000);
+    throw new Error('source failed');
+  }
+  await assert.rejects(pipeline(Readable.from(broken()), digestPass(), new Writable({ write: (_c, _e, cb) => cb() })), /source failed/);
 });

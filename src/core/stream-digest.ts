@@ -21,6 +21,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { Transform } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { Internal } from './errors.js';
 import { logger } from './log.js';
@@ -353,4 +354,32 @@ export async function digestFile(file: string, onFirstChunk?: (chunk: Buffer) =>
   } finally {
     d.dispose();
   }
+}
+
+/**
+ * A pass-through that hashes what goes by (on the digest thread past its first megabyte) and
+ * counts it: "sha256:<hex>" once the stream has ended (a layer written by commit, a tarball
+ * imported).
+ */
+export function digestPass(): Transform & { digest(): Promise<string>; bytes(): number } {
+  const d = new StreamDigest();
+  let n = 0;
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      try {
+        d.update(chunk);
+      } catch (e) {
+        cb(e as Error);
+        return;
+      }
+      n += chunk.length;
+      if (d.pending) d.drained().then(() => cb(null, chunk), cb);
+      else cb(null, chunk);
+    },
+    destroy(err, cb) {
+      if (err) d.dispose(); // a failed stream: the thread forgets it
+      cb(err);
+    },
+  });
+  return Object.assign(t, { digest: () => d.digest(), bytes: () => n });
 }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { DataLoss } from '../../core/errors.js';
+import { StreamDigest } from '../../core/stream-digest.js';
 
 /** "sha256:<64 hex>" — the only algorithm accepted for now. */
 export type Digest = string;
@@ -50,14 +51,20 @@ export interface ContentIngester {
  */
 export const possessionCheck: ContentIngester = {
   async ingest(expected, source) {
-    const hash = createHash('sha256');
+    const hash = new StreamDigest(expected.size); // on the digest thread past a megabyte
     let size = 0;
-    for await (const chunk of source) {
-      size += chunk.length;
-      if (expected.size !== undefined && size > expected.size) throw new DataLoss(`blob ${expected.digest}: more than the ${expected.size} bytes expected`);
-      hash.update(chunk);
+    let digest: Digest;
+    try {
+      for await (const chunk of source) {
+        size += chunk.length;
+        if (expected.size !== undefined && size > expected.size) throw new DataLoss(`blob ${expected.digest}: more than the ${expected.size} bytes expected`);
+        hash.update(chunk);
+        if (hash.pending) await hash.drained();
+      }
+      digest = (await hash.digest()) as Digest;
+    } finally {
+      hash.dispose();
     }
-    const digest: Digest = `sha256:${hash.digest('hex')}`;
     if (expected.size !== undefined && size !== expected.size) throw new DataLoss(`blob ${expected.digest}: ${size} bytes, ${expected.size} expected`);
     if (digest !== expected.digest) throw new DataLoss(`blob ${expected.digest}: content digest is ${digest}`);
     return { digest, size };

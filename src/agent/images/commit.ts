@@ -6,12 +6,12 @@
  * (trusted.overlay.opaque=y) gets `.wh..wh..opq`), gzip-compressed; the caller then adopts the
  * manifest as any image arriving on a host is (unpacked with the hardened unpacker).
  */
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { DataLoss, InvalidArgument } from '../../core/errors.js';
+import { digestPass } from '../../core/stream-digest.js';
 import type { CommitRequest } from '../agent.js';
 import type { ContentStore } from '../content/content-store.js';
 import { MT, type Descriptor, type ImageConfig, type ImageManifest } from './media-types.js';
@@ -27,26 +27,13 @@ export interface LayerBlob {
   diffId: string;
 }
 
-/** A pass-through that hashes (sha256) and counts what goes by. */
-function hasher(): Transform & { digest(): string; bytes(): number } {
-  const h = createHash('sha256');
-  let n = 0;
-  const t = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      h.update(chunk);
-      n += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  return Object.assign(t, { digest: () => `sha256:${h.digest('hex')}`, bytes: () => n });
-}
-
 /** The tar stream gzip-compressed into file, with both digests. */
 export async function writeLayerBlob(tar: Readable, file: string): Promise<LayerBlob> {
-  const raw = hasher();
-  const packed = hasher();
+  // both digests on the digest thread: a committed layer can be gigabytes
+  const raw = digestPass();
+  const packed = digestPass();
   await pipeline(tar, raw, createGzip({ level: 6 }), packed, createWriteStream(file, { mode: 0o600 }));
-  return { file, digest: packed.digest(), size: packed.bytes(), diffId: raw.digest() };
+  return { file, digest: await packed.digest(), size: packed.bytes(), diffId: await raw.digest() };
 }
 
 async function* once(b: Buffer) {

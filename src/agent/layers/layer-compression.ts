@@ -7,7 +7,7 @@ import { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, type ZlibOptions } from 'node:zlib';
 import { InvalidArgument } from '../../core/errors.js';
-import { StreamDigest } from '../../core/stream-digest.js';
+import { digestPass } from '../../core/stream-digest.js';
 import { run } from '../../core/exec.js';
 import { layerCompression as compressionOfLayerType, type LayerCompression } from '../images/media-types.js';
 
@@ -83,25 +83,13 @@ export function decompressor(compression: LayerCompression, gunzip: ZlibOptions 
 export async function diffIdOf(source: Readable, mediaType: string): Promise<string> {
   const compression = layerCompression(mediaType);
   await checkDecompressor(compression, mediaType);
-  const hash = new StreamDigest(); // off the main thread past a megabyte
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      try {
-        hash.update(chunk);
-      } catch (e) {
-        cb(e as Error);
-        return;
-      }
-      if (hash.pending) hash.drained().then(() => cb(), cb);
-      else cb();
-    },
-  });
+  const hash = digestPass(); // off the main thread past a megabyte
+  const sink = new Writable({ write: (_chunk, _enc, cb) => cb() });
   const { stages, kill } = decompressor(compression);
   try {
-    await pipeline([source, ...stages, sink] as unknown as NodeJS.ReadWriteStream[]);
+    await pipeline([source, ...stages, hash, sink] as unknown as NodeJS.ReadWriteStream[]);
     return await hash.digest();
   } finally {
-    hash.dispose();
     kill();
   }
 }

@@ -17,9 +17,9 @@
  * scheduler's claims (the host's capacity) move to the destination first, atomically with its
  * capacity check, and back on a rollback.
  */
-import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { Conflict, DataLoss, Internal, InvalidArgument, NotFound, Unavailable, logMessage, textForAnyone } from '../../core/errors.js';
+import { StreamDigest } from '../../core/stream-digest.js';
 import { logger } from '../../core/log.js';
 import type { Agent, ContainerCreateRequest, TreeImportResult } from '../../agent/agent.js';
 import { containerDiskBytes } from '../quota/quota-service.js';
@@ -242,7 +242,7 @@ const TREE_IDLE_MS = 120_000;
  * idle for idleMs fails (Unavailable).
  */
 export async function carry(out: Readable, into: (bytes: AsyncIterable<Uint8Array>) => Promise<TreeImportResult>, onBytes: (n: number) => void, what: string, idleMs = TREE_IDLE_MS): Promise<TreeImportResult> {
-  const hash = createHash('sha256');
+  const hash = new StreamDigest(); // on the digest thread: a moved layer can be gigabytes
   let sent = 0;
   let timer: NodeJS.Timeout | undefined;
   const idle = new Promise<never>((_, reject) => {
@@ -255,17 +255,19 @@ export async function carry(out: Readable, into: (bytes: AsyncIterable<Uint8Arra
       sent += chunk.length;
       onBytes(sent);
       yield chunk;
+      if (hash.pending) await hash.drained();
     }
     timer?.refresh(); // all sent: the destination has as long again to answer
   }
   try {
     const got = await Promise.race([into(tapped()), idle]);
-    const digest = `sha256:${hash.digest('hex')}`;
+    const digest = await hash.digest();
     if (got.bytes !== sent || got.digest !== digest) {
       throw new DataLoss(`${what}: the destination received ${got.bytes} bytes (${got.digest}), ${sent} were sent (${digest})`);
     }
     return got;
   } finally {
+    hash.dispose();
     clearTimeout(timer);
     if (!out.destroyed) out.destroy();
   }

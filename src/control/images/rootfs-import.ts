@@ -8,11 +8,11 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { open, rm, stat } from 'node:fs/promises';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { InvalidArgument } from '../../core/errors.js';
+import { digestPass } from '../../core/stream-digest.js';
 import type { RuntimeConfig } from './changes.js';
 
 export interface RootfsImageOptions {
@@ -44,18 +44,6 @@ export async function sniffTarball(file: string): Promise<'gzip' | 'tar'> {
   return 'tar';
 }
 
-function sha256Pass(): Transform & { digest(): string; bytes(): number } {
-  const h = createHash('sha256');
-  let n = 0;
-  const t = new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      h.update(chunk);
-      n += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  return Object.assign(t, { digest: () => h.digest('hex'), bytes: () => n });
-}
 
 /** The image config of a one-layer image. */
 export function rootfsConfig(diffId: string, opts: RootfsImageOptions): Record<string, unknown> {
@@ -79,7 +67,7 @@ export async function rootfsArchive(upload: string, out: string, opts: RootfsIma
   const kind = await sniffTarball(upload);
   const layerFile = `${out}.layer`;
   try {
-    const hash = sha256Pass();
+    const hash = digestPass(); // the diff id, on the digest thread: a rootfs is often gigabytes
     try {
       const sink = createWriteStream(layerFile, { mode: 0o600 });
       if (kind === 'gzip') await pipeline(createReadStream(upload), createGunzip(), hash, sink);
@@ -88,7 +76,7 @@ export async function rootfsArchive(upload: string, out: string, opts: RootfsIma
       if ((e as NodeJS.ErrnoException).code?.startsWith('Z_')) throw new InvalidArgument(`the tarball's gzip stream is broken: ${(e as Error).message}`);
       throw e;
     }
-    const diffHex = hash.digest();
+    const diffHex = (await hash.digest()).slice('sha256:'.length);
     const config = Buffer.from(JSON.stringify(rootfsConfig(`sha256:${diffHex}`, opts)));
     const cfgHex = createHash('sha256').update(config).digest('hex');
     const manifest = Buffer.from(JSON.stringify([{ Config: `${cfgHex}.json`, RepoTags: null, Layers: [`${diffHex}/layer.tar`] }]));
