@@ -8,9 +8,8 @@
  * its largest single cost after the garbage collector (~0.7 ms per MiB here: ~280 ms of a 201 MiB
  * image's pull). Here the main thread copies each megabyte once into a slot of a ring shared with
  * the thread (a SharedArrayBuffer) and posts the slot's number; the thread hashes it and gives the
- * slot back. No buffer is allocated per batch: a megabyte allocated per batch, or carried to the
- * thread and back, counted as external memory each time and made V8 collect the main heap over and
- * over (a 201 MiB pull spent ~0.8 s more CPU in its collector's threads than the hashing saved).
+ * slot back. Nothing is allocated per batch (V8 counts every buffer as external memory, which
+ * paces its collections).
  *
  * What is hashed is exactly what update() was given, in order: a port delivers messages in the
  * order they were posted, a slot is reused only once the thread said it is done with it, and the
@@ -29,7 +28,7 @@ import { logger } from './log.js';
 const log = logger('core.stream-digest');
 
 /** One batch: a stream shorter than this stays on the main thread. */
-export const BATCH_BYTES = 1024 * 1024;
+const BATCH_BYTES = 1024 * 1024;
 /** Slots in the ring: the bytes handed over and not yet hashed, all streams together. */
 const SLOTS = 16;
 /** The thread ends after this long with no stream open (it holds ~10 MiB, and its ring). */
@@ -126,12 +125,18 @@ class DigestThread {
     this.idleTimer = setTimeout(() => {
       if (this.streams.size > 0 || this.broken) return;
       this.broken = new Error('digest thread retired while idle');
+      this.forget();
       void this.worker.terminate();
     }, idleExitMs).unref();
   }
 
   async terminate(): Promise<void> {
     await this.worker.terminate();
+  }
+
+  /** No longer the process's thread: its ring (16 MiB once used) goes with it. */
+  private forget(): void {
+    if (thread === this) thread = undefined;
   }
 
   private wakeSlotWaiters(): void {
@@ -145,6 +150,7 @@ class DigestThread {
     // never the stream's fault: a pull fails as the host's, not as a bad layer
     const e = new Internal(`the digest thread failed: ${cause.message}`, undefined, { cause });
     this.broken ??= e;
+    this.forget();
     for (const s of this.streams.values()) s.fail(e);
     this.streams.clear();
     this.wakeSlotWaiters();
@@ -155,7 +161,7 @@ let thread: DigestThread | undefined;
 let nextId = 1;
 
 function digestThread(): DigestThread {
-  if (!thread || thread.broken) thread = new DigestThread();
+  thread ??= new DigestThread();
   return thread;
 }
 
@@ -170,7 +176,7 @@ export function setDigestThreadIdleExit(ms: number): void {
   thread?.rearm();
 }
 export function digestThreadAlive(): boolean {
-  return !!thread && !thread.broken;
+  return thread !== undefined;
 }
 export async function killDigestThreadForTests(): Promise<void> {
   await thread?.terminate();
