@@ -165,11 +165,6 @@ function digestThread(): DigestThread {
   return thread;
 }
 
-/** Start the thread ahead of the first large stream (a thread takes tens of ms to load). */
-export function warmDigestThread(): void {
-  digestThread();
-}
-
 /** Tests: how long an idle thread lives; whether one is alive now; the thread dying as a crash would end it. */
 export function setDigestThreadIdleExit(ms: number): void {
   idleExitMs = ms;
@@ -233,7 +228,7 @@ export class StreamDigest {
 
   /** Every slot is with the thread. */
   get pending(): boolean {
-    return this.id !== undefined && !!this.owner && this.owner.full && !this.failure;
+    return this.owner !== undefined && this.owner.full && !this.failure;
   }
 
   /** Resolves once a slot is free (at once when one is); rejects if the thread failed. */

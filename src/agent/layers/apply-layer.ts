@@ -33,7 +33,7 @@ import tar from 'tar-stream';
 import { eachLimited } from '../../core/each-limited.js';
 import { InvalidArgument, NimbusError, ResourceExhausted } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
-import { StreamDigest } from '../../core/stream-digest.js';
+import { digestPass } from '../../core/stream-digest.js';
 import { RoomPacer, type UnpackRoom } from '../content/disk-space.js';
 import { SmallFileWriter } from './file-writer.js';
 import { checkDecompressor, decompressor, haveZstd, layerCompression } from './layer-compression.js';
@@ -666,8 +666,6 @@ export async function applyLayer(
   const input = source instanceof Readable ? source : Readable.from(source, { objectMode: false });
   const decompress = decompressor(compression, { chunkSize: GUNZIP_CHUNK_BYTES });
 
-  // the diff id, hashed off the main thread once past a megabyte (core/stream-digest.ts)
-  const hash = new StreamDigest();
   let size = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _enc, cb) {
@@ -676,18 +674,13 @@ export async function applyLayer(
         cb(new InvalidArgument(`layer is larger than the ${limits.maxTotalBytes}-byte limit (uncompressed)`));
         return;
       }
-      try {
-        hash.update(chunk);
-      } catch (e) {
-        cb(e as Error);
-        return;
-      }
-      if (hash.pending) hash.drained().then(() => cb(null, chunk), cb);
-      else cb(null, chunk);
+      cb(null, chunk);
     },
   });
+  // the diff id, hashed off the main thread once past a megabyte (core/stream-digest.ts)
+  const hash = digestPass();
   const extract = tar.extract();
-  const streams = [input, ...decompress.stages, counter, extract] as unknown as NodeJS.ReadWriteStream[];
+  const streams = [input, ...decompress.stages, counter, hash, extract] as unknown as NodeJS.ReadWriteStream[];
   const feeding = pipeline(streams);
   let feedError: unknown;
   feeding.catch((e: unknown) => {
@@ -731,7 +724,6 @@ export async function applyLayer(
     await ex.finish();
     diffId = await digested;
   } finally {
-    hash.dispose(); // a failed layer's bytes: the thread forgets them (nothing once digested)
     await ex.settleFiles(); // the caller removes a failed layer's directory: no write may still be under way
     decompress.kill();
     if (!input.destroyed) input.destroy();
