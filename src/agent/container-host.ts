@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { Conflict, InvalidArgument, NotFound, hasCode } from '../core/errors.js';
 import { deferredIterable } from '../core/streams.js';
-import { newId } from '../core/ids.js';
 import { eachLimited } from '../core/each-limited.js';
 import { run } from '../core/exec.js';
 import { logger } from '../core/log.js';
@@ -94,8 +93,8 @@ export class LocalContainerHost implements ContainerHost {
   private readonly warm: WarmPool;
   /** The directory of saved requests, made once. */
   private requestsDir: Promise<void> | undefined;
-  /** Warm containers handed out by claimWarmContainer and not yet given their request. */
-  private readonly claimed = new Set<string>();
+  /** Warm containers handed out by claimWarmContainer and not yet given their request: whether each was made (one may still be under way). */
+  private readonly claimed = new Map<string, Promise<boolean>>();
   /** Destroys removed containers' host state in the background (reaper.ts). */
   private readonly reaper: Reaper;
   /** Secure containers (runtime "vm"): made on first use (the accelerator probe costs seconds, once). */
@@ -105,7 +104,7 @@ export class LocalContainerHost implements ContainerHost {
 
   constructor(private readonly p: ContainerHostParts) {
     this.warm = new WarmPool(
-      { create: (t) => this.createWarmContainer(t), destroy: (id) => this.destroyContainerState(id), measure: (id) => this.warmContainerBytes(id) },
+      { create: (t, id) => this.createWarmContainer(t, id), destroy: (id) => this.destroyContainerState(id), measure: (id) => this.warmContainerBytes(id) },
       {
         perImage: p.options.warmPerImage, maxImages: p.options.warmImages, hostBusy: hostCpusBusy,
         // grown from demand within the budget, a batch per CPU at a time while the agent is quiet
@@ -216,7 +215,7 @@ export class LocalContainerHost implements ContainerHost {
   claimWarmContainer(req: Omit<ContainerCreateRequest, 'id'>): string | undefined {
     const t = warmTemplateOf(req);
     const id = t && this.warm.take(t);
-    if (id) this.claimed.add(id);
+    if (id) this.claimed.set(id, this.warm.made(id));
     return id;
   }
 
@@ -228,8 +227,7 @@ export class LocalContainerHost implements ContainerHost {
     return pss === undefined ? undefined : stats.memoryBytes + Number(pss) * 1024;
   }
 
-  private async createWarmContainer(t: WarmTemplate): Promise<string> {
-    const id = newId();
+  private async createWarmContainer(t: WarmTemplate, id: string): Promise<void> {
     const rootfs = await this.p.snapshotter.prepare(id, t.imageChainId, layerSize(t));
     try {
       const state = await this.p.containers.createWarm({
@@ -243,7 +241,6 @@ export class LocalContainerHost implements ContainerHost {
       await this.destroyContainerState(id).catch(() => undefined);
       throw e;
     }
-    return id;
   }
 
   private get secureDir(): string {
@@ -332,9 +329,11 @@ export class LocalContainerHost implements ContainerHost {
     if (req.runtime === 'vm') return this.createSecureContainer(req);
     // checked before anything is made: a forbidden bind or a missing volume leaves nothing behind
     const extraMounts = await this.mountsFor(req);
-    if (this.claimed.delete(req.id)) {
-      await this.saveRequest(req);
-      const state = await this.p.containers.claimWarm(await this.specFor(req, await this.p.snapshotter.mounts(req.id)));
+    const claimed = this.claimed.get(req.id);
+    if (claimed) {
+      this.claimed.delete(req.id);
+      // a warm container taken while it was being made is waited for; one that failed left nothing
+      const state = (await claimed) ? await this.saveRequest(req).then(async () => this.p.containers.claimWarm(await this.specFor(req, await this.p.snapshotter.mounts(req.id)))) : undefined;
       if (state) {
         const ports = await this.plumb(req, { pid: state.pid });
         this.neverStarted.add(req.id);
@@ -501,7 +500,9 @@ export class LocalContainerHost implements ContainerHost {
   private async removeContainerNow(id: string): Promise<void> {
     await this.p.lifecycle(id, async () => undefined); // a copy in progress ends before its rootfs goes
     this.neverStarted.delete(id);
+    const claimed = this.claimed.get(id);
     this.claimed.delete(id);
+    await claimed; // a warm container still being made is finished before the reaper destroys it
     // at once, not by the reaper: its published ports and names may be someone else's next
     await this.p.network.release(id);
     await removeStateFile(this.requestFile(id));

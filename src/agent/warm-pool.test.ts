@@ -5,8 +5,7 @@ import { WarmPool, addressShare, templateFault, type WarmTemplate } from './warm
 import { warmBudget } from '../core/config.js';
 
 /** Slots that record what the pool asks for (the pool's policy, without containers); bytes: what measure() says. */
-function recordingSlots(opts: { failFor?: string; failWith?: () => Error; bytes?: number; destroyMs?: number } = {}) {
-  let n = 0;
+function recordingSlots(opts: { failFor?: string; failWith?: () => Error; bytes?: number; destroyMs?: number; gate?: () => Promise<void> } = {}) {
   const live = new Set<string>();
   const created: WarmTemplate[] = [];
   const attempts: WarmTemplate[] = [];
@@ -15,16 +14,15 @@ function recordingSlots(opts: { failFor?: string; failWith?: () => Error; bytes?
   let destroying = 0;
   return {
     live, created, attempts, most,
-    async create(t: WarmTemplate) {
+    async create(t: WarmTemplate, id: string) {
       attempts.push(t);
       most.creating = Math.max(most.creating, ++creating);
       await new Promise((r) => setTimeout(r, 1));
+      await opts.gate?.();
       creating--;
       if (t.imageChainId === opts.failFor) throw (opts.failWith ?? (() => new Error('cannot create')))();
-      const id = `w${n++}`;
       live.add(id);
       created.push(t);
-      return id;
     },
     async destroy(id: string) {
       most.destroying = Math.max(most.destroying, ++destroying);
@@ -138,26 +136,95 @@ test('nothing is warmed while the agent is busy', async () => {
   await pool.close();
 });
 
-test('under sustained load only a template that requests found empty is topped up (after maxWaitMs)', async () => {
+test('under sustained load a take that empties a template replaces it at once; one that finds it empty is topped up after maxWaitMs', async () => {
   const slots = recordingSlots();
-  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 10, maxWaitMs: 30 });
+  const pool = new WarmPool(slots, { perImage: 2, maxImages: 4, quietMs: 10, maxWaitMs: 200 });
   pool.take(T('a'));
   await settle(pool, 2);
   let release!: () => void;
   const op = pool.busy(() => new Promise<void>((r) => (release = r)));
   assert.ok(pool.take(T('a')), 'one taken, one still ready');
-  await new Promise((r) => setTimeout(r, 120));
+  await new Promise((r) => setTimeout(r, 60));
   assert.equal(slots.created.length, 2, 'not topped up under load while one is ready');
   assert.ok(pool.take(T('a')), 'the last one taken: the template is empty');
-  await new Promise((r) => setTimeout(r, 120));
-  assert.equal(slots.created.length, 2, 'empty, but no request went cold: still waiting for quiet');
-  assert.equal(pool.take(T('a')), undefined, 'a request finds it empty');
-  for (let i = 0; i < 100 && slots.created.length < 3; i++) await new Promise((r) => setTimeout(r, 5));
-  assert.ok(slots.created.length >= 3, 'a template whose requests go cold is topped up under load');
+  for (let i = 0; i < 20 && slots.created.length < 3; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(slots.created.length, 3, 'its replacement is made at once, under load (well before maxWaitMs)');
+  assert.ok(pool.take(T('a')), 'and taken by the next request');
+  for (let i = 0; i < 20 && slots.created.length < 4; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(slots.created.length, 4);
+  const missed = pool.stats().misses;
+  await new Promise((r) => setTimeout(r, 30));
+  assert.ok(pool.take(T('a')), 'the one ready');
+  assert.ok(pool.take(T('a')), 'its replacement, still being made');
+  assert.ok(pool.take(T('a')), 'the next replacement, still being made');
+  assert.equal(pool.take(T('a')), undefined, 'two under way and both taken: this request goes cold');
+  assert.equal(pool.stats().misses, missed + 1);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(slots.created.length, 6, 'no third replacement: the miss waits (maxWaitMs) for quiet');
+  for (let i = 0; i < 100 && slots.created.length < 7; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(slots.created.length >= 7, 'a template whose requests go cold is topped up under load');
   release();
   await op;
   await settle(pool, 2);
   assert.equal(pool.stats().ready, 2);
+  await pool.close();
+});
+
+test('a request that finds the template empty while a warm container is being made is handed that one', async () => {
+  const gates: (() => void)[] = [];
+  const slots = recordingSlots({ gate: () => new Promise<void>((r) => gates.push(r)), failFor: 'bad' });
+  const pool = new WarmPool(slots, { perImage: 1, maxImages: 4, quietMs: 0 });
+  assert.equal(pool.take(T('a')), undefined, 'cold: the template becomes hot');
+  for (let i = 0; i < 100 && !gates.length; i++) await new Promise((r) => setTimeout(r, 2));
+  const id = pool.take(T('a'));
+  assert.ok(id, 'the container being made is handed out');
+  assert.equal(pool.has(id), false);
+  const made = pool.made(id);
+  let settled = false;
+  void made.then(() => (settled = true));
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(settled, false, 'made() waits for the create');
+  // its replacement started at once, beside it: two creates of the template under way, no more
+  for (let i = 0; i < 100 && gates.length < 2; i++) await new Promise((r) => setTimeout(r, 2));
+  assert.equal(gates.length, 2);
+  const second = pool.take(T('a'));
+  assert.ok(second && second !== id, 'the replacement is handed out too');
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(gates.length, 2, 'both under way are taken: at most two at once, a third request goes cold');
+  assert.equal(pool.take(T('a')), undefined);
+  gates.shift()!();
+  assert.equal(await made, true);
+  gates.shift()!();
+  assert.equal(await pool.made(second), true);
+  assert.ok(slots.live.has(id) && slots.live.has(second));
+  assert.equal(pool.stats().ready <= 1, true, 'handed-out containers never become ready ones');
+  const s = pool.stats();
+  assert.equal(s.handoffs, 2);
+  assert.equal(s.hits, 2);
+  // a create that fails: the request it was handed to learns it, and nothing is left
+  assert.equal(pool.take(T('bad')), undefined);
+  for (let i = 0; i < 100 && gates.length < 1; i++) await new Promise((r) => setTimeout(r, 2));
+  while (gates.length) gates.shift()!();
+  await pool.close();
+  assert.deepEqual([...slots.live].sort(), [id, second].sort(), 'close destroys what it holds, not what it handed out');
+});
+
+test('a handed-out create that fails says so through made()', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let fail = false;
+  const slots = recordingSlots({ gate: () => gate, failFor: 'a', failWith: () => new Error('EIO') });
+  // the first create (the template's first) succeeds or fails by `fail`: recordingSlots fails every create of 'a', so use its template through a wrapper
+  const wrapped = { ...slots, create: (t: WarmTemplate, id: string) => slots.create(fail ? t : { ...t, imageChainId: 'ok' }, id) };
+  const pool = new WarmPool(wrapped, { perImage: 1, maxImages: 4, quietMs: 0 });
+  fail = true;
+  assert.equal(pool.take(T('a')), undefined);
+  await new Promise((r) => setTimeout(r, 10));
+  const id = pool.take(T('a'));
+  assert.ok(id);
+  release();
+  assert.equal(await pool.made(id), false, 'the request makes its container cold');
+  assert.equal(slots.live.has(id), false);
   await pool.close();
 });
 

@@ -14,6 +14,7 @@
  * left behind).
  */
 import { eachLimited } from '../core/each-limited.js';
+import { newId } from '../core/ids.js';
 import { isNimbusError } from '../core/errors.js';
 import { logger } from '../core/log.js';
 import type { NetworkSpec } from './network/network-driver.js';
@@ -70,7 +71,8 @@ export interface WarmPoolOptions {
 
 /** How the pool makes and destroys its containers (the agent: snapshot + driver). */
 export interface WarmSlots {
-  create(t: WarmTemplate): Promise<string>;
+  /** Make a warm container under this id (the pool names it first: a request may take it while it is being made). */
+  create(t: WarmTemplate, id: string): Promise<void>;
   destroy(id: string): Promise<void>;
   /** The memory a ready warm container holds, in bytes (undefined: cannot tell). */
   measure?(id: string): Promise<number | undefined>;
@@ -82,6 +84,8 @@ export interface WarmPoolStats {
   ready: number;
   hotImages: number;
   hits: number;
+  /** Of the hits, those handed a warm container still being made (the request waits for it). */
+  handoffs?: number;
   misses: number;
   created: number;
   failed: number;
@@ -122,6 +126,19 @@ export function addressShare(t: WarmTemplate): number {
   return Math.floor(Math.max(0, 2 ** (32 - prefix) - 3) / 4); // less the network, gateway and broadcast addresses
 }
 
+/** Creates of one template under way at once outside quiet moments (see WarmPool.replace). */
+const REPLACING = 2;
+
+/** A warm container being made: a request may take it before it is ready (take, made). */
+interface InFlight {
+  id: string;
+  key: string;
+  /** Taken by a request: it becomes that request's container, not a ready one. */
+  claimed: boolean;
+  /** Whether it was made (false: failed, nothing left). */
+  result: Promise<boolean>;
+}
+
 /** Give up on a template after this many failed creates in a row (host errors: a template's own fault is not retried). */
 const MAX_FAILURES = 3;
 /** How long a template whose create was refused (its own fault) is not warmed again. */
@@ -147,15 +164,17 @@ export class WarmPool {
   private readonly refused = new Map<string, number>();
   /** Templates a request found empty since they were last topped up: requests are going cold. */
   private readonly starved = new Set<string>();
-  /** Creates under way, per template (a batch must not overshoot a target). */
-  private readonly pending = new Map<string, number>();
+  /** Creates under way, by id: a request may take one before it is done (take, handedOver). */
+  private readonly creating = new Map<string, InFlight>();
+  /** Creates started outside fill() (replacements of what requests took): waited for by close(). */
+  private readonly replacing = new Set<Promise<void>>();
   private readonly demand: WarmDemand;
   /** Measured memory of each ready warm container, and the running sum and count of every measurement. */
   private readonly entryBytes = new Map<string, number>();
   private readonly measured = { sum: 0, count: 0 };
   private filling: Promise<void> | undefined;
   private closed = false;
-  private readonly counters = { hits: 0, misses: 0, created: 0, failed: 0 };
+  private readonly counters = { hits: 0, handoffs: 0, misses: 0, created: 0, failed: 0 };
   private inFlight = 0;
   private lastActivity = 0;
   /** lastActivity when quiet() last waited for a busy host: one wait per quiet spell, not one per batch. */
@@ -177,9 +196,10 @@ export class WarmPool {
   }
 
   /**
-   * A ready warm container for this template, now reserved for the caller, or
-   * undefined. Either way the template becomes hot and the pool is topped up.
-   * Call done(t) when the create this take was for has finished.
+   * A warm container for this template, now reserved for the caller, or undefined: a ready one,
+   * else one still being made (the caller waits for it with made(): it was started before this
+   * request, so it is further along than a cold create would be). Either way the template becomes
+   * hot, and what was taken is replaced. Call done(t) when the create this take was for has finished.
    */
   take(t: WarmTemplate): string | undefined {
     if (this.opts.perImage <= 0 || this.closed) return undefined;
@@ -191,16 +211,33 @@ export class WarmPool {
     }
     this.touch(key, t);
     this.demand.begin(key);
-    const id = this.ready.get(key)?.shift();
+    let id = this.ready.get(key)?.shift();
     if (id) {
       this.counters.hits++;
       this.entryBytes.delete(id);
     } else {
-      this.counters.misses++;
-      this.starved.add(key);
+      id = this.unclaimed(key)?.id;
+      if (id) {
+        this.creating.get(id)!.claimed = true;
+        this.counters.hits++;
+        this.counters.handoffs++;
+      } else {
+        this.counters.misses++;
+        this.starved.add(key);
+      }
     }
+    if (id) this.replace(key, t);
     this.kick();
     return id;
+  }
+
+  /**
+   * Whether the warm container take() handed out exists: true at once for a ready one; for one
+   * still being made, once its create ends (false: it failed and left nothing, make the request
+   * cold). Ask right after take().
+   */
+  made(id: string): Promise<boolean> {
+    return this.creating.get(id)?.result ?? Promise.resolve(true);
   }
 
   /** The create a take(t) was for has finished (or failed): it no longer counts as demand in flight. */
@@ -268,7 +305,7 @@ export class WarmPool {
 
   /** Destroy warm containers of images not in keep (before garbage collection). */
   async retainOnly(keepChainIds: ReadonlySet<string>): Promise<void> {
-    await this.filling;
+    await this.settled();
     const doomed: string[] = [];
     for (const [key, t] of this.hot) {
       if (keepChainIds.has(t.imageChainId)) continue;
@@ -302,12 +339,18 @@ export class WarmPool {
   async close(): Promise<void> {
     this.closed = true;
     if (this.trimTimer) clearInterval(this.trimTimer);
-    await this.filling;
+    await this.settled();
     const all = [...this.ready.values()].flat();
     this.ready.clear();
     this.hot.clear();
     this.entryBytes.clear();
     await this.destroyAll(all);
+  }
+
+  /** Every create under way ended (fill()'s and replacements). */
+  private async settled(): Promise<void> {
+    await this.filling;
+    await Promise.all([...this.replacing]);
   }
 
   private isRefused(key: string): boolean {
@@ -344,6 +387,35 @@ export class WarmPool {
       if (oldest === undefined) break;
       void this.destroyAll(this.drop(oldest));
     }
+  }
+
+  /** A create of this template under way that no request took yet. */
+  private unclaimed(key: string): InFlight | undefined {
+    for (const c of this.creating.values()) if (c.key === key && !c.claimed) return c;
+    return undefined;
+  }
+
+  /** Creates of this template under way that no request took (they count toward its target). */
+  private unclaimedCount(key: string): number {
+    let n = 0;
+    for (const c of this.creating.values()) if (c.key === key && !c.claimed) n++;
+    return n;
+  }
+
+  /**
+   * A request took a warm container and left its template with none ready: make the next one now,
+   * not at the next quiet moment, so the request after it takes a container already under way
+   * (back to back, each create then overlaps the previous request's start, run and removal). At
+   * most REPLACING creates of a template at once (taken ones included): a burst past the pool
+   * stays cold, as a container made beside it would only take CPU from its requests.
+   */
+  private replace(key: string, t: WarmTemplate): void {
+    if (this.ready.get(key)?.length || this.unclaimed(key)) return;
+    let inFlight = 0;
+    for (const c of this.creating.values()) if (c.key === key) inFlight++;
+    if (inFlight >= REPLACING || (this.failures.get(key) ?? 0) >= MAX_FAILURES) return;
+    const p = this.createOne(key, t).finally(() => this.replacing.delete(p));
+    this.replacing.add(p);
   }
 
   private kick(): void {
@@ -394,7 +466,7 @@ export class WarmPool {
       let best: { key: string; t: WarmTemplate; deficit: number } | undefined;
       for (const [key, t] of this.hot) {
         if ((this.failures.get(key) ?? 0) >= MAX_FAILURES) continue;
-        const have = (this.ready.get(key)?.length ?? 0) + (this.pending.get(key) ?? 0) + (planned.get(key) ?? 0);
+        const have = (this.ready.get(key)?.length ?? 0) + this.unclaimedCount(key) + (planned.get(key) ?? 0);
         const deficit = (targets.get(key) ?? 0) - have;
         // the largest deficit first (equal targets: the fewest ready, as before); ties: least recently used
         if (deficit > 0 && (!best || deficit > best.deficit)) best = { key, t, deficit };
@@ -452,12 +524,18 @@ export class WarmPool {
   }
 
   private async createOne(key: string, t: WarmTemplate): Promise<void> {
-    this.pending.set(key, (this.pending.get(key) ?? 0) + 1);
+    const id = newId();
+    let settle!: (ok: boolean) => void;
+    const entry: InFlight = { id, key, claimed: false, result: new Promise<boolean>((r) => (settle = r)) };
+    this.creating.set(id, entry);
     try {
-      const id = await this.slots.create(t);
+      await this.slots.create(t, id);
       this.failures.delete(key);
-      this.starved.delete(key);
       this.counters.created++;
+      this.creating.delete(id);
+      settle(true);
+      if (entry.claimed) return; // a request took it while it was being made: the template is no fuller
+      this.starved.delete(key);
       if (this.closed || !this.hot.has(key)) {
         await this.slots.destroy(id);
         return;
@@ -467,6 +545,8 @@ export class WarmPool {
       this.ready.set(key, ids);
       await this.measure(id);
     } catch (e) {
+      this.creating.delete(id);
+      settle(false);
       this.counters.failed++;
       const error = e instanceof Error ? e.message : String(e);
       if (templateFault(e)) {
@@ -477,10 +557,6 @@ export class WarmPool {
       const n = (this.failures.get(key) ?? 0) + 1;
       this.failures.set(key, n);
       log.warn('cannot create a warm container', { image: t.imageChainId, attempt: n, error });
-    } finally {
-      const n = (this.pending.get(key) ?? 1) - 1;
-      if (n > 0) this.pending.set(key, n);
-      else this.pending.delete(key);
     }
   }
 

@@ -5,7 +5,7 @@ import { clientOf } from './shared.js';
 
 interface EmbeddedAgentInfo {
   runtimes: { name: string; usable: boolean; reason?: string; default?: boolean }[]; snapshotter: string; cgroupLayout: string; kernel: string; cpus: number; memoryBytes: number;
-  warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; misses: number; sizing?: { target: number; budgetBytes: number; usedBytes: number } };
+  warmPool?: { perImage: number; maxImages: number; ready: number; hotImages: number; hits: number; handoffs?: number; misses: number; sizing?: { target: number; budgetBytes: number; usedBytes: number } };
   vm?: { accelerator: string; reason: string };
 }
 
@@ -18,7 +18,7 @@ function embeddedAgentLines(a: EmbeddedAgentInfo): string[] {
     `Snapshotter: ${a.snapshotter}`,
     `Cgroups: ${a.cgroupLayout}`,
     `Runtimes: ${a.runtimes.map((r) => `${r.name}${r.default ? ' (default)' : ''}${r.usable ? '' : ` (unusable: ${r.reason})`}`).join(', ')}`,
-    `Warm pool: ${!w ? 'none' : w.perImage === 0 ? 'off' : `${w.ready} ready for ${w.hotImages} image(s), at least ${w.perImage} per image (hits ${w.hits}, misses ${w.misses})${w.sizing ? `; target ${w.sizing.target}, ${mib(w.sizing.usedBytes)} of a ${mib(w.sizing.budgetBytes)} budget` : ''}`}`,
+    `Warm pool: ${!w ? 'none' : w.perImage === 0 ? 'off' : `${w.ready} ready for ${w.hotImages} image(s), at least ${w.perImage} per image (hits ${w.hits}${w.handoffs ? `, ${w.handoffs} of them still being made` : ''}, misses ${w.misses})${w.sizing ? `; target ${w.sizing.target}, ${mib(w.sizing.usedBytes)} of a ${mib(w.sizing.budgetBytes)} budget` : ''}`}`,
     `Kernel: ${a.kernel}`,
     `CPUs: ${a.cpus}`,
     `Memory: ${(a.memoryBytes / 1024 ** 3).toFixed(1)} GiB`,
