@@ -10,7 +10,7 @@ import type { DaemonProcess } from './helpers/daemon-process.js';
 import { startDaemonWithImage, type DaemonWithImage } from './helpers/daemon-with-image.js';
 
 interface WarmStats {
-  perImage: number; ready: number; hotImages: number; hits: number; misses: number;
+  perImage: number; ready: number; hotImages: number; hits: number; handoffs?: number; misses: number;
   sizing: { target: number; peak: number; budgetBytes: number; entryBytes: number | null; usedBytes: number };
 }
 let d: DaemonProcess;
@@ -101,6 +101,24 @@ describe('warm start', { concurrency: false }, () => {
     assert.ok(entryBytes !== null && entryBytes > 64 * 1024 && entryBytes < 64 * 2 ** 20, `a warm container measured: ${entryBytes} bytes`);
     assert.ok(usedBytes >= entryBytes * full.ready * 0.5 && usedBytes <= budgetBytes, `${usedBytes} bytes in use, budget ${budgetBytes}`);
     for (const r of made) await d.api('DELETE', `/containers/${r.body.id}`);
+  });
+
+  test('creates one after another take the warm containers being made for them; each runs its own command', async () => {
+    const before = await warmReady();
+    // sequential creates: once the ready ones are taken, each take finds the replacement the one before started
+    const ids: string[] = [];
+    for (let i = 0; i < before.ready + 6; i++) {
+      const r = await d.api<{ id: string }>('POST', '/containers', { image: IMAGE, cmd: ['sh', '-c', `echo "handed ${i} $$"`], name: `seq${i}` });
+      assert.equal(r.status, 201, JSON.stringify(r.body));
+      ids.push(r.body.id);
+    }
+    const after = await warm();
+    assert.ok((after.handoffs ?? 0) > (before.handoffs ?? 0), `a create took a warm container still being made: ${JSON.stringify(after)}`);
+    assert.equal(after.misses, before.misses, 'none went cold');
+    for (const [i, id] of ids.entries()) {
+      assert.equal((await d.cli(['start', '-a', id])).stdout.trim(), `handed ${i} 1`, 'its own command, as pid 1');
+      assert.equal((await d.api('DELETE', `/containers/${id}`)).status, 204);
+    }
   });
 
   test('removing the image removes its warm containers; none are listed as containers', async () => {
