@@ -7,7 +7,7 @@
  * Ends with a human summary table (figures, peers, ratios, goals met or not).
  *   node dist/bench/run.js                          all
  *   node dist/bench/run.js start-latency burst      a selection
- * Environment: BENCH_RUNS (start-latency, default 30), BENCH_BURST (default 200),
+ * Environment: BENCH_RUNS (start-latency, default 30; BENCH_B2B_RUNS its back-to-back runs, default 100), BENCH_BURST (default 200),
  * BENCH_NET_RUNS (network-start, default 30), BENCH_SIZED_RUNS (sized-layer, default 30), BENCH_PULL_RUNS (default 5), BENCH_PULL_LAYERS / BENCH_PULL_LAYER_MIB (4 × 4 MiB),
  * BENCH_SCHED_QUICK=1 or --quick (schedule-scale at 1/5 size),
  * BENCH_METERING_BURST / BENCH_METERING_ROUNDS / BENCH_METERING_INTERVAL_MS (metering: 50, 2, 1000 ms),
