@@ -221,6 +221,29 @@ if (runcReason) {
       }
     });
 
+    test('a removal leaves nothing of the runtime: its state and its cgroups, for an exited container and a running one', async () => {
+      const root = path.join(env.stateDir, 'runtime', 'runc');
+      const layout = await detectCgroupLayout();
+      const exited = freshId('gone');
+      const running = freshId('live');
+      await d.create(await env.make(exited, ['true']));
+      await d.start(exited);
+      await waitStopped(d, exited);
+      await d.create(await env.make(running, ['sleep', '60']));
+      await d.start(running);
+      for (const id of [exited, running]) {
+        const { cgroupsPath } = JSON.parse(await readFile(path.join(env.stateDir, 'containers', id, 'meta.json'), 'utf8')) as { cgroupsPath: string };
+        const dirs = cgroupPaths(layout, cgroupsPath).all;
+        assert.ok(dirs.length > 0 && (await access(dirs[0]!).then(() => true, () => false)), `${id}: its cgroup exists before`);
+        assert.ok(await access(path.join(root, id, 'state.json')).then(() => true, () => false), `${id}: runc's state exists before`);
+        await d.delete(id);
+        assert.equal(await access(path.join(root, id)).then(() => true, () => false), false, `${id}: runc's state directory is gone`);
+        for (const dir of dirs) assert.equal(await access(dir).then(() => true, () => false), false, `${id}: ${dir} is gone`);
+      }
+      const listed = (await run('runc', ['--root', root, 'list', '-q'])).stdout.split('\n');
+      assert.ok(!listed.includes(exited) && !listed.includes(running), 'runc lists neither');
+    });
+
     test('pids limit is honoured; cpu quota is written to the cgroup', async () => {
       const id = freshId('pids');
       await d.create(

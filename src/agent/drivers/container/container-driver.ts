@@ -349,16 +349,22 @@ export class ContainerDriver implements InstanceDriver {
       // Empty the memory cgroup while it still exists (`runc delete` removes it): a removed
       // one with page cache still charged to it lingers in the kernel (cgroups.ts).
       const cgroups = await this.cgroups.of(meta);
-      if (await this.endInit(id, meta, cgroups, conmonPid)) await releaseCgroupMemory(cgroups);
-      try {
-        await rt.delete(id, true);
-      } catch (e) {
-        if (!hasCode(e, 'NotFound')) {
-          // e.g. a frozen container: thaw and retry once
-          await rt.resume(id).catch(() => undefined);
-          await rt.delete(id, true).catch((e2: unknown) => {
-            if (!hasCode(e2, 'NotFound')) throw e2;
-          });
+      const ended = await this.endInit(id, meta, cgroups, conmonPid);
+      if (ended) await releaseCgroupMemory(cgroups);
+      // nothing of it runs (its own pid namespace: oci-spec.ts): runc's state directory is all
+      // `runc delete` would remove besides the cgroups, which go below
+      const forgotten = ended && (await rt.forgetStopped(id));
+      if (!forgotten) {
+        try {
+          await rt.delete(id, true);
+        } catch (e) {
+          if (!hasCode(e, 'NotFound')) {
+            // e.g. a frozen container: thaw and retry once
+            await rt.resume(id).catch(() => undefined);
+            await rt.delete(id, true).catch((e2: unknown) => {
+              if (!hasCode(e2, 'NotFound')) throw e2;
+            });
+          }
         }
       }
     }
