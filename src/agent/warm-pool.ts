@@ -8,7 +8,9 @@
  * for each of the `maxImages` most recently used, and more for a template whose requests
  * came in bursts: as many as were in flight at once (warm-demand.ts), within a memory
  * budget measured per warm container, shrinking back when the demand is gone. It is topped
- * up in the background, a batch at a time when the agent is quiet. Warm containers are not
+ * up in the background, a batch at a time when the agent is quiet; what a request takes is
+ * replaced at once, and a request that finds none ready takes one still being made (back to
+ * back, each create overlaps the request before). Warm containers are not
  * instances: the store does not know them, they are not charged to any quota, and the
  * daemon destroys them when it stops (and its reconciliation on start removes any a crash
  * left behind).
@@ -164,7 +166,7 @@ export class WarmPool {
   private readonly refused = new Map<string, number>();
   /** Templates a request found empty since they were last topped up: requests are going cold. */
   private readonly starved = new Set<string>();
-  /** Creates under way, by id: a request may take one before it is done (take, handedOver). */
+  /** Creates under way, by id: a request may take one before it is done (take, made). */
   private readonly creating = new Map<string, InFlight>();
   /** Creates started outside fill() (replacements of what requests took): waited for by close(). */
   private readonly replacing = new Set<Promise<void>>();
@@ -496,8 +498,8 @@ export class WarmPool {
    * Top up in idle moments, a batch of fillConcurrency at a time. Under sustained load, only a
    * template whose requests found it empty is topped up anyway (after
    * maxWaitMs, one at a time): they are going cold. Otherwise a container built under load
-   * serves no request sooner and takes CPU from the ones in flight (a 200-container burst that
-   * emptied a pool of 200 lost ~0.5 s to it).
+   * takes CPU from the requests in flight (a 200-container burst that emptied a pool of 200 lost
+   * ~0.5 s to it). (The replacement of what a request took is not made here: replace().)
    */
   private async fill(): Promise<void> {
     const maxWaitMs = this.opts.maxWaitMs ?? 500;
