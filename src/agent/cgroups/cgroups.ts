@@ -373,6 +373,20 @@ export async function removeCgroupParentIfEmpty(layout: CgroupLayout, parent: st
   }
 }
 
+/**
+ * Whether the cgroup holds no process: its cgroup.procs read empty in every hierarchy it has
+ * (pseudo-files, read synchronously). false when a hierarchy's cannot be read (a cgroup never
+ * made, or gone): the caller cannot tell, and takes the careful way.
+ */
+export function cgroupEmpty(paths: CgroupPaths): boolean {
+  if (!paths.all.length) return false;
+  for (const d of paths.all) {
+    const procs = readPseudoFile(path.join(d, 'cgroup.procs'));
+    if (procs === undefined || procs.trim() !== '') return false;
+  }
+  return true;
+}
+
 /** True when any directory of the cgroup still exists. */
 export async function cgroupExists(paths: CgroupPaths): Promise<boolean> {
   for (const d of paths.all) {

@@ -244,6 +244,30 @@ if (runcReason) {
       assert.ok(!listed.includes(exited) && !listed.includes(running), 'runc lists neither');
     });
 
+    test('a created container whose meta never got its pid (a daemon killed during the create) is removed whole: its waiting init ended', async () => {
+      const own = await makeEnv('nopid'); // a driver of its own: the first one stops as a killed daemon would
+      try {
+        const root = path.join(own.stateDir, 'runtime', 'runc');
+        const layout = await detectCgroupLayout();
+        const id = freshId('nopid');
+        await own.driver.create(await own.make(id, ['true']));
+        own.driver.close();
+        const metaFile = path.join(own.stateDir, 'containers', id, 'meta.json');
+        const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { pid?: number; cgroupsPath: string };
+        const init = JSON.parse(await readFile(path.join(root, id, 'state.json'), 'utf8')) as { init_process_pid: number };
+        const alive = (pid: number) => access(`/proc/${pid}`).then(() => true, () => false);
+        assert.ok(init.init_process_pid > 0 && (await alive(init.init_process_pid)), 'its init waits to be started');
+        delete meta.pid;
+        await writeFile(metaFile, JSON.stringify(meta));
+        await own.newDriver().delete(id); // a daemon started again: the meta read from the file
+        assert.equal(await alive(init.init_process_pid), false, 'its init is gone');
+        assert.equal(await access(path.join(root, id)).then(() => true, () => false), false, "runc's state directory is gone");
+        for (const dir of cgroupPaths(layout, meta.cgroupsPath).all) assert.equal(await access(dir).then(() => true, () => false), false, `${dir} is gone`);
+      } finally {
+        await own.teardown();
+      }
+    });
+
     test('pids limit is honoured; cpu quota is written to the cgroup', async () => {
       const id = freshId('pids');
       await d.create(

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { Conflict, Internal, hasCode } from '../../../core/errors.js';
 import { addHostRoots } from '../../../core/redaction.js';
 import type { Implementation } from '../../../core/registry.js';
-import { DEFAULT_CGROUP_PARENT, readFrozen, releaseCgroupMemory, removeCgroup, type CgroupPaths } from '../../cgroups/cgroups.js';
+import { DEFAULT_CGROUP_PARENT, cgroupEmpty, readFrozen, releaseCgroupMemory, removeCgroup, type CgroupPaths } from '../../cgroups/cgroups.js';
 import { isMounted, mountsUnder, unmountAll } from '../../snapshots/mount.js';
 import type {
   AttachRequest,
@@ -351,9 +351,11 @@ export class ContainerDriver implements InstanceDriver {
       const cgroups = await this.cgroups.of(meta);
       const ended = await this.endInit(id, meta, cgroups, conmonPid);
       if (ended) await releaseCgroupMemory(cgroups);
-      // nothing of it runs (its own pid namespace: oci-spec.ts): runc's state directory is all
-      // `runc delete` would remove besides the cgroups, which go below
-      const forgotten = ended && (await rt.forgetStopped(id));
+      // nothing of it runs (its cgroups hold no process; its own pid namespace: oci-spec.ts):
+      // runc's state directory is all `runc delete` would remove besides the cgroups, which go
+      // below. Not on `ended` alone: a container a killed daemon's conmon went on to create has
+      // no pid in its meta, and its init waits in the cgroup.
+      const forgotten = ended && cgroupEmpty(cgroups) && (await rt.forgetStopped(id));
       if (!forgotten) {
         try {
           await rt.delete(id, true);

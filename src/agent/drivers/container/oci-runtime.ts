@@ -215,19 +215,21 @@ export class OciRuntime {
    * What `runc delete` does for a container whose processes are all gone, without a runc
    * process (~8.7 ms of CPU each here, every container's removal): runc 1.1's destroy() kills
    * what is left in the container's cgroups, removes them, removes its state directory and runs
-   * poststop hooks. The caller has seen every process gone (the container's own pid namespace:
-   * its init's death ended the rest) and removes the cgroups itself, and the driver's specs have
-   * no hooks (oci-spec.ts), so the state directory is what is left: removed here once its
-   * state.json names this container. false: not runc, or not the state expected (the caller
-   * runs `runc delete`, which says what is wrong). crun's delete is a C process of ~2 ms and
+   * poststop hooks. The caller has seen every process gone (its cgroups empty; the container's
+   * own pid namespace: its init's death ended the rest) and removes the cgroups itself, and the
+   * driver's specs have no hooks (oci-spec.ts), so the state directory is what is left: removed
+   * here once its state.json names this container and its init is not alive. false: not runc,
+   * or not that state (the caller runs `runc delete`, which ends what runs and says what is wrong). crun's delete is a C process of ~2 ms and
    * keeps its own.
    */
   async forgetStopped(id: string): Promise<boolean> {
     if (this.name !== 'runc' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id)) return false;
     const dir = path.join(this.root, id);
     try {
-      const state = JSON.parse(await readFile(path.join(dir, 'state.json'), 'utf8')) as { id?: unknown };
+      const state = JSON.parse(await readFile(path.join(dir, 'state.json'), 'utf8')) as { id?: unknown; init_process_pid?: unknown };
       if (state.id !== id) return false;
+      // its init still there (a pid reused since is taken for it too): `runc delete --force` ends it
+      if (typeof state.init_process_pid === 'number' && state.init_process_pid > 0 && processAlive(state.init_process_pid)) return false;
     } catch {
       return false;
     }
