@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile, access } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, rmdir, symlink, writeFile, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
@@ -110,8 +110,22 @@ async function makeEnv(label: string, runtime: RuntimeName = 'runc'): Promise<En
           await access(d2);
           leftCgroups.push(d2);
         } catch {
-          /* good */
+          continue; // good
         }
+        // a failed test's leftovers do not outlive it: processes still in a container's cgroup ended, the cgroups removed
+        for (const child of await readdir(d2, { withFileTypes: true }).catch(() => [])) {
+          if (!child.isDirectory()) continue;
+          const procs = await readFile(path.join(d2, child.name, 'cgroup.procs'), 'utf8').catch(() => '');
+          for (const pid of procs.split('\n').filter(Boolean)) {
+            try {
+              process.kill(Number(pid), 'SIGKILL');
+            } catch {
+              /* gone */
+            }
+          }
+          for (let i = 0; i < 50 && (await rmdir(path.join(d2, child.name)).then(() => false, () => true)); i++) await new Promise((r) => setTimeout(r, 20));
+        }
+        await rmdir(d2).catch(() => undefined);
       }
       if (mounts.length === 0) await rm(base, { recursive: true, force: true });
       assert.deepEqual(mounts, [], 'no mounts left under the temp dir');
