@@ -333,7 +333,11 @@ export class LocalContainerHost implements ContainerHost {
     if (claimed) {
       this.claimed.delete(req.id);
       // a warm container taken while it was being made is waited for; one that failed left nothing
-      const state = (await claimed) ? await this.saveRequest(req).then(async () => this.p.containers.claimWarm(await this.specFor(req, await this.p.snapshotter.mounts(req.id)))) : undefined;
+      let state: RuntimeState | undefined;
+      if (await claimed) {
+        await this.saveRequest(req);
+        state = await this.p.containers.claimWarm(await this.specFor(req, await this.p.snapshotter.mounts(req.id)));
+      }
       if (state) {
         const ports = await this.plumb(req, { pid: state.pid });
         this.neverStarted.add(req.id);

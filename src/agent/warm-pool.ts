@@ -218,9 +218,10 @@ export class WarmPool {
       this.counters.hits++;
       this.entryBytes.delete(id);
     } else {
-      id = this.unclaimed(key)?.id;
-      if (id) {
-        this.creating.get(id)!.claimed = true;
+      const building = this.underWay(key).find((c) => !c.claimed);
+      if (building) {
+        building.claimed = true;
+        id = building.id;
         this.counters.hits++;
         this.counters.handoffs++;
       } else {
@@ -391,17 +392,9 @@ export class WarmPool {
     }
   }
 
-  /** A create of this template under way that no request took yet. */
-  private unclaimed(key: string): InFlight | undefined {
-    for (const c of this.creating.values()) if (c.key === key && !c.claimed) return c;
-    return undefined;
-  }
-
-  /** Creates of this template under way that no request took (they count toward its target). */
-  private unclaimedCount(key: string): number {
-    let n = 0;
-    for (const c of this.creating.values()) if (c.key === key && !c.claimed) n++;
-    return n;
+  /** This template's creates under way, taken by requests or not (only the untaken count toward its target). */
+  private underWay(key: string): InFlight[] {
+    return [...this.creating.values()].filter((c) => c.key === key);
   }
 
   /**
@@ -412,10 +405,9 @@ export class WarmPool {
    * stays cold, as a container made beside it would only take CPU from its requests.
    */
   private replace(key: string, t: WarmTemplate): void {
-    if (this.ready.get(key)?.length || this.unclaimed(key)) return;
-    let inFlight = 0;
-    for (const c of this.creating.values()) if (c.key === key) inFlight++;
-    if (inFlight >= REPLACING || (this.failures.get(key) ?? 0) >= MAX_FAILURES) return;
+    const underWay = this.underWay(key);
+    if (this.ready.get(key)?.length || underWay.some((c) => !c.claimed)) return;
+    if (underWay.length >= REPLACING || (this.failures.get(key) ?? 0) >= MAX_FAILURES) return;
     const p = this.createOne(key, t).finally(() => this.replacing.delete(p));
     this.replacing.add(p);
   }
@@ -468,7 +460,7 @@ export class WarmPool {
       let best: { key: string; t: WarmTemplate; deficit: number } | undefined;
       for (const [key, t] of this.hot) {
         if ((this.failures.get(key) ?? 0) >= MAX_FAILURES) continue;
-        const have = (this.ready.get(key)?.length ?? 0) + this.unclaimedCount(key) + (planned.get(key) ?? 0);
+        const have = (this.ready.get(key)?.length ?? 0) + this.underWay(key).filter((c) => !c.claimed).length + (planned.get(key) ?? 0);
         const deficit = (targets.get(key) ?? 0) - have;
         // the largest deficit first (equal targets: the fewest ready, as before); ties: least recently used
         if (deficit > 0 && (!best || deficit > best.deficit)) best = { key, t, deficit };

@@ -44,7 +44,6 @@ export async function sniffTarball(file: string): Promise<'gzip' | 'tar'> {
   return 'tar';
 }
 
-
 /** The image config of a one-layer image. */
 export function rootfsConfig(diffId: string, opts: RootfsImageOptions): Record<string, unknown> {
   const created = (opts.now ?? new Date()).toISOString();

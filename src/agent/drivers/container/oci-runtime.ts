@@ -9,6 +9,7 @@ import { closeSync, constants as fsConstants, openSync, unlinkSync, writeSync } 
 import net from 'node:net';
 import { access, constants, copyFile, mkdir, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { processTempDir } from '../../../core/temp-dirs.js';
+import { isValidName } from '../../../core/ids.js';
 import path from 'node:path';
 import { run } from '../../../core/exec.js';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, Unavailable, hasCode, wholeForAdmins, type NimbusError } from '../../../core/errors.js';
@@ -210,7 +211,6 @@ export class OciRuntime {
       await rm(file, { force: true });
     }
   }
-  /** Through a long-lived host shell (no fork of nimbusd: ~1.6 ms of its event loop per delete here). */
   /**
    * What `runc delete` does for a container whose processes are all gone, without a runc
    * process (~8.7 ms of CPU each here, every container's removal): runc 1.1's destroy() kills
@@ -219,11 +219,11 @@ export class OciRuntime {
    * own pid namespace: its init's death ended the rest) and removes the cgroups itself, and the
    * driver's specs have no hooks (oci-spec.ts), so the state directory is what is left: removed
    * here once its state.json names this container and its init is not alive. false: not runc,
-   * or not that state (the caller runs `runc delete`, which ends what runs and says what is wrong). crun's delete is a C process of ~2 ms and
-   * keeps its own.
+   * or not that state (the caller runs `runc delete`, which ends what runs and says what is
+   * wrong). crun's delete is a C process of ~2 ms and keeps its own.
    */
   async forgetStopped(id: string): Promise<boolean> {
-    if (this.name !== 'runc' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id)) return false;
+    if (this.name !== 'runc' || !isValidName(id)) return false;
     const dir = path.join(this.root, id);
     try {
       const state = JSON.parse(await readFile(path.join(dir, 'state.json'), 'utf8')) as { id?: unknown; init_process_pid?: unknown };
@@ -237,6 +237,7 @@ export class OciRuntime {
     return true;
   }
 
+  /** Through a long-lived host shell (no fork of nimbusd: ~1.6 ms of its event loop per delete here). */
   async delete(id: string, force = false): Promise<void> {
     const args = [...this.globalArgs(), 'delete', ...(force ? ['--force'] : []), id];
     const r = await runtimeShells().runOrSpawn(this.binary, args, undefined, { timeoutMs: 30_000 });
