@@ -291,15 +291,11 @@ export async function readFrozen(paths: CgroupPaths): Promise<boolean | undefine
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Remove a cgroup directory and any child cgroups. rmdir first: a container's cgroup has no
+ * children, so one call per hierarchy usually does it (its readdir first doubled the calls).
+ */
 async function rmdirTree(dir: string): Promise<void> {
-  let entries: import('node:fs').Dirent[];
-  try {
-    entries = await readdir(dir, { withFileTypes: true });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw e;
-  }
-  for (const e of entries) if (e.isDirectory()) await rmdirTree(path.join(dir, e.name));
   for (let attempt = 0; ; attempt++) {
     try {
       await rmdir(dir);
@@ -307,12 +303,15 @@ async function rmdirTree(dir: string): Promise<void> {
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return;
-      // EBUSY: processes are still leaving the cgroup (just killed); give them a moment
-      if ((code === 'EBUSY' || code === 'ENOTEMPTY') && attempt < 20) {
-        await sleep(25);
+      if ((code !== 'EBUSY' && code !== 'ENOTEMPTY') || attempt >= 20) throw e;
+      // child cgroups: removed first, then again at once
+      const children = (await readdir(dir, { withFileTypes: true }).catch(() => [])).filter((d) => d.isDirectory());
+      if (children.length) {
+        for (const c of children) await rmdirTree(path.join(dir, c.name));
         continue;
       }
-      throw e;
+      // processes are still leaving the cgroup (just killed): give them a moment
+      await sleep(25);
     }
   }
 }

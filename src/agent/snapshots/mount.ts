@@ -3,8 +3,6 @@
  * util-linux `mount`/`umount` binaries, and reads /proc/self/mountinfo to know
  * what is mounted. Snapshotters never mount; this file is the only place that does.
  */
-import { readFile, realpath } from 'node:fs/promises';
-import path from 'node:path';
 import { CommandRunner } from '../command-runner.js';
 import { Internal, InvalidArgument, wholeForAdmins, type NimbusError } from '../../core/errors.js';
 import { redactAbsolutePaths } from '../../core/redaction.js';
@@ -19,70 +17,9 @@ export const MOUNT_OPTIONS_MAX = 4095;
 /** Options that only make sense on the bind step or the remount step, never passed to `-t`. */
 const BIND_FLAGS = new Set(['bind', 'rbind']);
 
-export interface MountInfoEntry {
-  mountId: number;
-  parentId: number;
-  root: string;
-  mountPoint: string;
-  options: string;
-  fsType: string;
-  source: string;
-  superOptions: string;
-}
+import { isMounted, mountsUnderSync } from '../../core/mount-table.js';
 
-/** Decode the octal escapes (\040 space, \011 tab, \012 newline, \134 backslash) used in mountinfo. */
-function unescapeMountInfo(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/** Parse /proc/self/mountinfo (see proc(5)). */
-export async function readMountInfo(): Promise<MountInfoEntry[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const out: MountInfoEntry[] = [];
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const left = line.slice(0, sep).split(' ');
-    const right = line.slice(sep + 3).split(' ');
-    out.push({
-      mountId: Number(left[0]),
-      parentId: Number(left[1]),
-      root: unescapeMountInfo(left[3] ?? ''),
-      mountPoint: unescapeMountInfo(left[4] ?? ''),
-      options: left[5] ?? '',
-      fsType: right[0] ?? '',
-      source: unescapeMountInfo(right[1] ?? ''),
-      superOptions: right[2] ?? '',
-    });
-  }
-  return out;
-}
-
-async function canonical(target: string): Promise<string | undefined> {
-  try {
-    return await realpath(target);
-  } catch {
-    return undefined;
-  }
-}
-
-/** True when something is mounted exactly at target (symlinks in target are resolved). */
-export async function isMounted(target: string): Promise<boolean> {
-  const t = await canonical(target);
-  if (t === undefined) return false;
-  return (await readMountInfo()).some((m) => m.mountPoint === t);
-}
-
-/** Every mount point at or below dir (deepest first), e.g. for test teardown checks. */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  const d = (await canonical(dir)) ?? path.resolve(dir);
-  const prefix = d.endsWith('/') ? d : d + '/';
-  const found = (await readMountInfo())
-    .map((m) => m.mountPoint)
-    .filter((p) => p === d || p.startsWith(prefix));
-  return [...new Set(found)].sort((a, b) => b.length - a.length);
-}
+export { readMountInfo, isMounted, mountsUnder, type MountInfoEntry } from '../../core/mount-table.js';
 
 function commonDirPrefix(paths: string[]): string {
   if (paths.length === 0) return '';
@@ -227,13 +164,23 @@ export async function unmount(target: string, opts: { retries?: number } = {}): 
   }
 }
 
-/** Unmount everything stacked at target (and below it, deepest first). Idempotent. */
+/**
+ * Unmount everything stacked at target (and below it, deepest first). Idempotent. The table is
+ * read once for what it lists, and again only after an unmount that did not go as asked.
+ */
 export async function unmountAll(target: string): Promise<void> {
-  for (let i = 0; i < 128; i++) {
-    const under = await mountsUnder(target);
-    const next = under[0];
-    if (next === undefined) return;
-    await unmount(next);
+  for (let round = 0; round < 128; round++) {
+    const listed = mountsUnderSync(target);
+    if (listed.length === 0) return;
+    let clean = true;
+    for (const m of listed) {
+      const r = await hostCommand('umount', ['--', m]);
+      if (r.code !== 0) {
+        clean = false;
+        await unmount(m); // its retries, and at last a lazy detach
+      }
+    }
+    if (clean) return;
   }
   throw mountFailure(`could not unmount everything at ${target}`);
 }

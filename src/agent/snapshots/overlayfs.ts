@@ -24,6 +24,7 @@ import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { addHostRoots } from '../../core/redaction.js';
 import { logger } from '../../core/log.js';
+import { removeTree } from '../../core/tree-removal.js';
 import { run } from '../../core/exec.js';
 import { spreadSubdirectories } from '../spread-directories.js';
 import { MOUNT_OPTIONS_MAX, compactOverlayOptions, readMountInfo, unmount } from './mount.js';
@@ -453,7 +454,7 @@ export abstract class DirSnapshotter implements Snapshotter {
       const trash = path.join(this.root, 'snapshots', `rm-${rec.id}-${randomBytes(4).toString('hex')}`);
       try {
         await rename(dir, trash);
-        await rm(trash, { recursive: true, force: true });
+        await removeTree(trash);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
           log.warn('snapshot directory left behind; removed at next start', { key, dir, error: e });

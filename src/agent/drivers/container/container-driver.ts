@@ -18,7 +18,8 @@ import { Conflict, Internal, hasCode } from '../../../core/errors.js';
 import { addHostRoots } from '../../../core/redaction.js';
 import type { Implementation } from '../../../core/registry.js';
 import { DEFAULT_CGROUP_PARENT, cgroupEmpty, readFrozen, releaseCgroupMemory, removeCgroup, type CgroupPaths } from '../../cgroups/cgroups.js';
-import { isMounted, mountsUnder, unmountAll } from '../../snapshots/mount.js';
+import { isMounted, unmountAll } from '../../snapshots/mount.js';
+import { removeTreeUnlessMounted } from '../../../core/tree-removal.js';
 import type {
   AttachRequest,
   AttachSession,
@@ -386,9 +387,8 @@ export class ContainerDriver implements InstanceDriver {
     await unmountAll(store.rootfs(id));
     if (meta) await removeCgroup(await this.cgroups.of(meta));
     await removeStateFile(store.exitFile(id));
-    const left = await mountsUnder(dir);
+    const left = await removeTreeUnlessMounted(dir);
     if (left.length) throw new Internal(`refusing to remove container ${id}: still mounted (${left.length} mount${left.length === 1 ? '' : 's'} in its directory)`, { id }, { adminMessage: `refusing to remove ${dir}: still mounted: ${left.join(', ')}` });
-    await rm(dir, { recursive: true, force: true });
     this.exits.forget(id);
     this.warm.forget(id);
     store.forget(id);

@@ -19,6 +19,7 @@ import { buildOciSpec, readHardLimits } from './oci-spec.js';
 import { processAlive } from '../../../core/proc.js';
 import { CommandRunner } from '../../command-runner.js';
 import { removeStateFile } from '../../../core/state-files.js';
+import { removeTree } from '../../../core/tree-removal.js';
 
 export type RuntimeName = 'runc' | 'crun';
 /**
@@ -233,7 +234,7 @@ export class OciRuntime {
     } catch {
       return false;
     }
-    await rm(dir, { recursive: true, force: true });
+    await removeTree(dir);
     return true;
   }
 
