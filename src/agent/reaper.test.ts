@@ -61,3 +61,29 @@ test('reaper: each destroy waits for the agent to be quiet first', async () => {
   assert.equal(destroyedBeforeQuiet, 0);
   assert.equal(reaper.stats().removed, 1);
 });
+
+test('reaper: a long queue is destroyed without waiting for quiet, the last few wait', async () => {
+  const waitedFor: number[] = [];
+  const order: string[] = [];
+  let n = 0;
+  const reaper = new Reaper(
+    async (id) => {
+      order.push(id);
+    },
+    async () => {
+      waitedFor.push(n);
+      await new Promise((r) => setTimeout(r, 50)); // never quiet: the full wait each time
+    },
+    50,
+    1,
+    3,
+  );
+  for (n = 0; n < 10; n++) reaper.add(`c${n}`);
+  const t0 = Date.now();
+  await reaper.idle();
+  assert.equal(order.length, 10);
+  // the first was taken as it came, nothing behind it yet: it waited; then 8, 7, ... 0 queued
+  // behind each, and only those with fewer than 3 behind them waited
+  assert.deepEqual(waitedFor, [0, 10, 10, 10], 'the first and the last three waited for quiet, the six between did not');
+  assert.ok(Date.now() - t0 < 400, `a queue of 10 took ${Date.now() - t0} ms: it waited for quiet each time`);
+});
