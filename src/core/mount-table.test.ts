@@ -37,3 +37,29 @@ test('mounts below a directory: escaped names decoded, deepest first, a stack li
     rmSync(base, { recursive: true, force: true });
   }
 });
+
+test('an overlay is mounted with its directories relative to their common parent, and its table line shows no host path', { skip: !isRoot && 'needs root to mount' }, async () => {
+  const { compactOverlayOptions, mountAll } = await import('../agent/snapshots/mount.js');
+  const base = mkdtempSync(path.join(tmpdir(), 'nimbus-mount-table-'));
+  const snaps = path.join(base, 'snapshots');
+  const target = path.join(base, 'rootfs');
+  try {
+    for (const d of ['1/fs', '2/fs', '7/fs', '7/work']) mkdirSync(path.join(snaps, d), { recursive: true });
+    mkdirSync(target);
+    const options = [`workdir=${snaps}/7/work`, `upperdir=${snaps}/7/fs`, `lowerdir=${snaps}/2/fs:${snaps}/1/fs`];
+    assert.deepEqual(compactOverlayOptions(options), { options: ['workdir=7/work', 'upperdir=7/fs', 'lowerdir=2/fs:1/fs'], cwd: snaps });
+    // not all under one parent, or a relative one already: left as they are
+    assert.deepEqual(compactOverlayOptions(['lowerdir=/a/x:/b/y', 'upperdir=/c/z']), { options: ['lowerdir=/a/x:/b/y', 'upperdir=/c/z'] });
+    assert.deepEqual(compactOverlayOptions(['lowerdir=x:/b/y']), { options: ['lowerdir=x:/b/y'] });
+    await mountAll([{ type: 'overlay', source: 'overlay', options }], target);
+    const line = readMountInfoSync().find((m) => m.mountPoint === target);
+    assert.ok(line, 'mounted');
+    assert.match(line.superOptions, /lowerdir=2\/fs:1\/fs/);
+    assert.ok(!line.superOptions.includes(snaps), line.superOptions);
+    await unmountAll(target);
+    assert.equal(await isMounted(target), false);
+  } finally {
+    spawnSync('umount', [target]);
+    rmSync(base, { recursive: true, force: true });
+  }
+});
