@@ -72,6 +72,41 @@ describe('overlayfs specifics', () => {
     }
   });
 
+  it('concurrent creates write their records together; a save that fails fails every record it held and leaves no directory', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-batch-'));
+    let pinned = false;
+    try {
+      const sn = new OverlaySnapshotter(dir);
+      await sn.prepare('a');
+      await sn.commit('A', 'a');
+      // twenty at once: each gets its own record and directory
+      const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
+      await Promise.all(keys.map((k) => sn.prepare(k, 'A')));
+      assert.deepEqual((await sn.list()).map((i) => i.key).sort(), ['A', ...keys].sort());
+      // the metadata cannot be written (its directory immutable): every create of the batch fails
+      try {
+        execFileSync('chattr', ['+i', dir]);
+        pinned = true;
+      } catch {
+        return; // no chattr, or a filesystem without the flag
+      }
+      const failed = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => sn.prepare(`f${i}`, 'A')));
+      execFileSync('chattr', ['-i', dir]);
+      pinned = false;
+      assert.ok(failed.every((r) => r.status === 'rejected'), 'a create reported done whose record was not written');
+      assert.deepEqual((await sn.list()).length, 21);
+      assert.deepEqual((await new OverlaySnapshotter(dir).list()).length, 21, 'what is on disk agrees');
+      const onDisk = (await readdir(path.join(dir, 'snapshots'))).length;
+      assert.equal(onDisk, 21, 'a failed create left its directory');
+      // and the snapshotter goes on
+      await sn.prepare('after', 'A');
+      assert.equal((await sn.list()).length, 22);
+    } finally {
+      if (pinned) execFileSync('chattr', ['-i', dir]);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it(`refuses chains longer than ${MAX_LAYERS} layers clearly`, async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-long-'));
     try {

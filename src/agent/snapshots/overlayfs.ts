@@ -104,9 +104,10 @@ export async function diskUsage(dir: string): Promise<{ size: number; inodes: nu
 
 /**
  * Common base: metadata kept by the snapshotter itself in one JSON file that is
- * replaced atomically, every operation serialised by an in-process lock, and
- * snapshot directories created before / removed after the metadata changes so a
- * crash leaves at most orphan directories, which the next start removes.
+ * replaced atomically, every read and change of it serialised by an in-process lock, and
+ * snapshot directories created before / removed after the metadata changes (outside the
+ * lock, under ids never given twice) so a crash leaves at most orphan directories, which
+ * the next start removes.
  */
 export abstract class DirSnapshotter implements Snapshotter {
   abstract readonly name: string;
@@ -114,6 +115,13 @@ export abstract class DirSnapshotter implements Snapshotter {
   readonly root: string;
   protected readonly lock = new Lock();
   private meta: MetadataFile | undefined;
+  /** Keys being created: their records are not written yet (create). */
+  private readonly creating = new Set<string>();
+  /** Ids handed to creates under way are below this one (the metadata's nextId follows when they are written). */
+  private reservedId = 0;
+  /** New snapshots' records waiting for the next write (record()). */
+  private readonly unwritten: Array<{ key: string; rec: SnapshotRecord; resolve(): void; reject(e: unknown): void }> = [];
+  private writingRecords: Promise<void> | undefined;
 
   constructor(root: string) {
     const abs = path.resolve(root);
@@ -323,47 +331,106 @@ export abstract class DirSnapshotter implements Snapshotter {
     return i;
   }
 
+  /**
+   * A new snapshot in three steps: its key and an id reserved under the lock; its directory made
+   * (and, for a native snapshot, its parent copied) outside it; its record written under the lock
+   * with those of other creates that came meanwhile (record()), once its parent is checked again.
+   * Under a first burst of 200 the whole create held the lock (~8 ms, 31 at p90, two fsyncs among
+   * it) and requests waited up to 4-6 s for it while the CPUs idled 14 % of the time.
+   */
   private async create(kind: 'active' | 'view', key: string, parent: string | undefined, sizeBytes?: number): Promise<MountSpec[]> {
     checkKey(key);
     if (parent !== undefined) checkKey(parent, 'parent');
     if (sizeBytes !== undefined) checkLayerSize(sizeBytes);
-    return this.lock.run(async () => {
+    const { rec, mounts, parentFs } = await this.lock.run(async () => {
       const meta = await this.load();
-      if (this.has(meta, key)) throw new AlreadyExists(`snapshot ${JSON.stringify(key)} already exists`, { key });
-      let chain: SnapshotRecord[] = [];
-      if (parent !== undefined) {
-        const p = this.get(meta, parent);
-        if (p.kind !== 'committed') {
-          throw new InvalidArgument(`parent ${JSON.stringify(parent)} is not a committed snapshot (${p.kind})`, {
-            parent,
-          });
-        }
-        chain = [p, ...this.chain(meta, p)];
-      }
-      const rec: SnapshotRecord = { id: meta.nextId, kind, createdAt: new Date().toISOString() };
+      if (this.has(meta, key) || this.creating.has(key)) throw new AlreadyExists(`snapshot ${JSON.stringify(key)} already exists`, { key });
+      const chain = this.chainFor(meta, parent);
+      this.checkChain(chain, kind);
+      const rec: SnapshotRecord = { id: Math.max(meta.nextId, this.reservedId), kind, createdAt: new Date().toISOString() };
       if (parent !== undefined) rec.parent = parent;
       if (sizeBytes !== undefined) rec.sizeBytes = sizeBytes;
-      this.checkChain(chain, kind);
-      const mounts = this.mountsOf(key, rec, chain);
-      const dir = this.snapshotDir(rec.id);
-      try {
-        await rm(dir, { recursive: true, force: true });
-        await this.makeSnapshotDir(dir);
-        if (sizeBytes !== undefined) await this.makeDisk(rec.id, sizeBytes);
-        await mkdir(this.fsDir(rec.id), { mode: 0o755 });
-        await mkdir(this.workDir(rec.id), { mode: 0o700 });
-        await this.populate(this.fsDir(rec.id), chain[0] ? this.fsDir(chain[0].id) : undefined, kind);
-        await this.mutate(meta, (m) => {
-          m.snapshots[key] = rec;
-          m.nextId = rec.id + 1;
-        });
-      } catch (e) {
-        if (sizeBytes !== undefined) await this.dropDisk(rec.id).catch((x: unknown) => log.warn('a sized snapshot left behind; removed at next start', { key, error: String(x) }));
-        await rm(dir, { recursive: true, force: true }).catch(() => undefined);
-        throw e;
-      }
-      return mounts;
+      this.reservedId = rec.id + 1;
+      this.creating.add(key);
+      return { rec, mounts: this.mountsOf(key, rec, chain), parentFs: chain[0] ? this.fsDir(chain[0].id) : undefined };
     });
+    const dir = this.snapshotDir(rec.id);
+    try {
+      await rm(dir, { recursive: true, force: true });
+      await this.makeSnapshotDir(dir);
+      if (sizeBytes !== undefined) await this.makeDisk(rec.id, sizeBytes);
+      await mkdir(this.fsDir(rec.id), { mode: 0o755 });
+      await mkdir(this.workDir(rec.id), { mode: 0o700 });
+      await this.populate(this.fsDir(rec.id), parentFs, kind);
+      await this.record(key, rec);
+    } catch (e) {
+      if (sizeBytes !== undefined) await this.dropDisk(rec.id).catch((x: unknown) => log.warn('a sized snapshot left behind; removed at next start', { key, error: String(x) }));
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      throw e;
+    } finally {
+      this.creating.delete(key);
+    }
+    return mounts;
+  }
+
+  /**
+   * Write a new snapshot's record. Records that come while the lock is held by another write
+   * are written together, in one save (two fsyncs): a first burst's creates queued one save each
+   * behind each other. A record whose parent was removed meanwhile (it had no child on record
+   * yet) is refused with its parent's NotFound; a failed save fails every record it held.
+   */
+  private record(key: string, rec: SnapshotRecord): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.unwritten.push({ key, rec, resolve, reject });
+      this.writeRecords();
+    });
+  }
+
+  private writeRecords(): void {
+    if (this.writingRecords) return;
+    this.writingRecords = this.lock
+      .run(async () => {
+        const batch = this.unwritten.splice(0);
+        try {
+          const meta = await this.load();
+          const kept = batch.filter((b) => {
+            try {
+              this.chainFor(meta, b.rec.parent);
+              return true;
+            } catch (e) {
+              b.reject(e);
+              return false;
+            }
+          });
+          if (kept.length) {
+            await this.mutate(meta, (m) => {
+              for (const b of kept) {
+                m.snapshots[b.key] = b.rec;
+                m.nextId = Math.max(m.nextId, b.rec.id + 1);
+              }
+            });
+          }
+          for (const b of kept) b.resolve();
+        } catch (e) {
+          for (const b of batch) b.reject(e); // a settled one stays as it was
+        }
+      })
+      .finally(() => {
+        this.writingRecords = undefined;
+        if (this.unwritten.length) this.writeRecords();
+      });
+  }
+
+  /** The committed parent's chain (top first), or none without a parent. */
+  private chainFor(meta: MetadataFile, parent: string | undefined): SnapshotRecord[] {
+    if (parent === undefined) return [];
+    const p = this.get(meta, parent);
+    if (p.kind !== 'committed') {
+      throw new InvalidArgument(`parent ${JSON.stringify(parent)} is not a committed snapshot (${p.kind})`, {
+        parent,
+      });
+    }
+    return [p, ...this.chain(meta, p)];
   }
 
   prepare(key: string, parent?: string, opts: PrepareOptions = {}): Promise<MountSpec[]> {
@@ -404,7 +471,7 @@ export abstract class DirSnapshotter implements Snapshotter {
           key,
         });
       }
-      if (this.has(meta, name)) throw new AlreadyExists(`snapshot ${JSON.stringify(name)} already exists`, { name });
+      if (this.has(meta, name) || this.creating.has(name)) throw new AlreadyExists(`snapshot ${JSON.stringify(name)} already exists`, { name });
       const committed: SnapshotRecord = { ...rec, kind: 'committed', createdAt: new Date().toISOString() };
       if (parent !== undefined) {
         if (rec.parent !== undefined) throw new InvalidArgument(`snapshot ${JSON.stringify(key)} already has a parent`, { key });
@@ -426,7 +493,7 @@ export abstract class DirSnapshotter implements Snapshotter {
 
   async remove(key: string): Promise<void> {
     checkKey(key);
-    return this.lock.run(async () => {
+    const gone = await this.lock.run(async () => {
       const meta = await this.load();
       const rec = this.get(meta, key);
       const children = Object.entries(meta.snapshots)
@@ -441,26 +508,28 @@ export abstract class DirSnapshotter implements Snapshotter {
       await this.mutate(meta, (m) => {
         delete m.snapshots[key];
       });
-      const dir = this.snapshotDir(rec.id);
-      if (rec.sizeBytes !== undefined) {
-        try {
-          await this.dropDisk(rec.id);
-        } catch (e) {
-          log.warn('a sized snapshot left mounted; removed at next start', { key, dir, error: e });
-          return;
-        }
-      }
-      // rename first so a half-removed tree never looks like a live snapshot
-      const trash = path.join(this.root, 'snapshots', `rm-${rec.id}-${randomBytes(4).toString('hex')}`);
-      try {
-        await rename(dir, trash);
-        await removeTree(trash);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
-          log.warn('snapshot directory left behind; removed at next start', { key, dir, error: e });
-        }
-      }
+      return rec;
     });
+    // its record is gone and ids are never given again: the directory is nobody's, outside the lock
+    const dir = this.snapshotDir(gone.id);
+    if (gone.sizeBytes !== undefined) {
+      try {
+        await this.dropDisk(gone.id);
+      } catch (e) {
+        log.warn('a sized snapshot left mounted; removed at next start', { key, dir, error: e });
+        return;
+      }
+    }
+    // rename first so a half-removed tree never looks like a live snapshot
+    const trash = path.join(this.root, 'snapshots', `rm-${gone.id}-${randomBytes(4).toString('hex')}`);
+    try {
+      await rename(dir, trash);
+      await removeTree(trash);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        log.warn('snapshot directory left behind; removed at next start', { key, dir, error: e });
+      }
+    }
   }
 
   async stat(key: string): Promise<SnapshotInfo> {

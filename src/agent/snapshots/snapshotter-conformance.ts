@@ -302,6 +302,33 @@ export function snapshotterConformance(name: string, makeSnapshotter: MakeSnapsh
       assert.equal((await again.list()).length, 1 + 8);
     });
 
+    test('a parent removed while its children are being made: either it stays with them, or they fail and leave no directory', async ({ sn, layer }) => {
+      for (let round = 0; round < 4; round++) {
+        await layer(`base${round}`, undefined, { f: String(round) });
+        const kids = Array.from({ length: 6 }, (_, i) => `kid${round}-${i}`);
+        const made = Promise.allSettled(kids.map((k) => sn.prepare(k, `base${round}`)));
+        await new Promise((r) => setTimeout(r, round)); // the removal lands at different points of their making
+        const removal = await Promise.allSettled([sn.remove(`base${round}`)]);
+        const results = await made;
+        const listed = new Map((await sn.list()).map((i) => [i.key, i]));
+        if (removal[0]!.status === 'fulfilled') {
+          assert.ok(results.every((r) => r.status === 'rejected'), 'a child was made on a parent that is gone');
+          assert.ok(!listed.has(`base${round}`));
+        } else {
+          assert.ok(listed.has(`base${round}`), 'the refused removal kept its parent');
+        }
+        for (const [i, r] of results.entries()) assert.equal(listed.has(kids[i]!), r.status === 'fulfilled');
+        for (const [i, r] of results.entries()) if (r.status === 'fulfilled') assert.equal(listed.get(kids[i]!)!.parent, `base${round}`);
+        for (const [i, r] of results.entries()) if (r.status === 'fulfilled') await sn.remove(kids[i]!);
+        if (listed.has(`base${round}`)) await sn.remove(`base${round}`);
+      }
+      // every directory left is one on record: none of a create that failed (a directory snapshotter's)
+      const own = (sn as { root?: unknown }).root;
+      const dirs = typeof own === 'string' ? await readdir(path.join(own, 'snapshots')) : [];
+      assert.deepEqual(dirs, [], `directories left: ${dirs.join(', ')}`);
+      assert.deepEqual(await sn.list(), []);
+    });
+
     test('usage counts the snapshot own layer', async ({ sn, mount, unmount, layer }) => {
       await layer('base', undefined, { big: 'x'.repeat(1 << 20) });
       const base = await sn.usage('base');
