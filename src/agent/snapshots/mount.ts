@@ -1,7 +1,7 @@
 /**
  * The thin executor for snapshotter MountSpecs: mounts and unmounts with the
- * util-linux `mount`/`umount` binaries, and reads /proc/self/mountinfo to know
- * what is mounted. Snapshotters never mount; this file is the only place that does.
+ * util-linux `mount`/`umount` binaries; what is mounted comes from the mount table
+ * (core/mount-table.ts). Snapshotters never mount; this file is the only place that does.
  */
 import { CommandRunner } from '../command-runner.js';
 import { Internal, InvalidArgument, wholeForAdmins, type NimbusError } from '../../core/errors.js';

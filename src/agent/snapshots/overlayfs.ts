@@ -115,8 +115,8 @@ export abstract class DirSnapshotter implements Snapshotter {
   readonly root: string;
   protected readonly lock = new Lock();
   private meta: MetadataFile | undefined;
-  /** Keys being created: their records are not written yet (create). */
-  private readonly creating = new Set<string>();
+  /** Keys being created, until their records are written or their creates fail (create). */
+  private readonly creating = new Map<string, Promise<void>>();
   /** Ids handed to creates under way are below this one (the metadata's nextId follows when they are written). */
   private reservedId = 0;
   /** New snapshots' records waiting for the next write (record()). */
@@ -336,24 +336,33 @@ export abstract class DirSnapshotter implements Snapshotter {
    * (and, for a native snapshot, its parent copied) outside it; its record written under the lock
    * with those of other creates that came meanwhile (record()), once its parent is checked again.
    * Under a first burst of 200 the whole create held the lock (~8 ms, 31 at p90, two fsyncs among
-   * it) and requests waited up to 4-6 s for it while the CPUs idled 14 % of the time.
+   * it) and every other snapshot operation waited up to 4-6 s for it.
    */
   private async create(kind: 'active' | 'view', key: string, parent: string | undefined, sizeBytes?: number): Promise<MountSpec[]> {
     checkKey(key);
     if (parent !== undefined) checkKey(parent, 'parent');
     if (sizeBytes !== undefined) checkLayerSize(sizeBytes);
-    const { rec, mounts, parentFs } = await this.lock.run(async () => {
-      const meta = await this.load();
-      if (this.has(meta, key) || this.creating.has(key)) throw new AlreadyExists(`snapshot ${JSON.stringify(key)} already exists`, { key });
-      const chain = this.chainFor(meta, parent);
-      this.checkChain(chain, kind);
-      const rec: SnapshotRecord = { id: Math.max(meta.nextId, this.reservedId), kind, createdAt: new Date().toISOString() };
-      if (parent !== undefined) rec.parent = parent;
-      if (sizeBytes !== undefined) rec.sizeBytes = sizeBytes;
-      this.reservedId = rec.id + 1;
-      this.creating.add(key);
-      return { rec, mounts: this.mountsOf(key, rec, chain), parentFs: chain[0] ? this.fsDir(chain[0].id) : undefined };
-    });
+    let done!: () => void;
+    let reserved: { rec: SnapshotRecord; mounts: MountSpec[]; parentFs: string | undefined } | undefined;
+    while (!reserved) {
+      // the same key being created: its outcome first, so a second create sees it exists (its
+      // caller then asks its mounts) or makes it itself, as when creates were serialised whole
+      await this.creating.get(key);
+      reserved = await this.lock.run(async () => {
+        const meta = await this.load();
+        if (this.has(meta, key)) throw new AlreadyExists(`snapshot ${JSON.stringify(key)} already exists`, { key });
+        if (this.creating.has(key)) return undefined; // taken since: wait for that one
+        const chain = this.chainFor(meta, parent);
+        this.checkChain(chain, kind);
+        const rec: SnapshotRecord = { id: Math.max(meta.nextId, this.reservedId), kind, createdAt: new Date().toISOString() };
+        if (parent !== undefined) rec.parent = parent;
+        if (sizeBytes !== undefined) rec.sizeBytes = sizeBytes;
+        this.reservedId = rec.id + 1;
+        this.creating.set(key, new Promise<void>((resolve) => (done = resolve)));
+        return { rec, mounts: this.mountsOf(key, rec, chain), parentFs: chain[0] ? this.fsDir(chain[0].id) : undefined };
+      });
+    }
+    const { rec, mounts, parentFs } = reserved;
     const dir = this.snapshotDir(rec.id);
     try {
       await rm(dir, { recursive: true, force: true });
@@ -369,6 +378,7 @@ export abstract class DirSnapshotter implements Snapshotter {
       throw e;
     } finally {
       this.creating.delete(key);
+      done();
     }
     return mounts;
   }

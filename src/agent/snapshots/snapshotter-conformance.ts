@@ -302,6 +302,20 @@ export function snapshotterConformance(name: string, makeSnapshotter: MakeSnapsh
       assert.equal((await again.list()).length, 1 + 8);
     });
 
+    test('a second create of a key being created fails AlreadyExists once the first is on record, whose mounts it can then ask', async ({ sn, layer }) => {
+      await layer('base', undefined, { f: '1' });
+      const first = sn.prepare('twice', 'base');
+      const second = sn.prepare('twice', 'base').then(
+        () => assert.fail('created twice'),
+        async (e: unknown) => {
+          assert.ok(hasCode(e, 'AlreadyExists'), String(e));
+          return sn.mounts('twice'); // as a cold create does after AlreadyExists
+        },
+      );
+      const [made, asked] = await Promise.all([first, second]);
+      assert.deepEqual(asked, made);
+    });
+
     test('a parent removed while its children are being made: either it stays with them, or they fail and leave no directory', async ({ sn, layer }) => {
       for (let round = 0; round < 4; round++) {
         await layer(`base${round}`, undefined, { f: String(round) });
