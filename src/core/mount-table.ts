@@ -100,6 +100,10 @@ export function mountsUnderSync(dir: string): string[] {
 }
 
 /** Every mount point at or below dir, deepest first, each once. */
-export async function mountsUnder(dir: string): Promise<string[]> {
+export function distinctMountsUnderSync(dir: string): string[] {
   return [...new Set(mountsUnderSync(dir))];
+}
+
+export async function mountsUnder(dir: string): Promise<string[]> {
+  return distinctMountsUnderSync(dir);
 }

@@ -4,7 +4,7 @@
  */
 import { rmSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
-import { mountsUnderSync } from './mount-table.js';
+import { distinctMountsUnderSync } from './mount-table.js';
 import type { RemovalReply, RemovalRequest } from './tree-removal.js';
 
 const port = parentPort;
@@ -13,7 +13,7 @@ if (!port) throw new Error('tree-removal-worker runs as a worker thread');
 port.on('message', (req: RemovalRequest) => {
   let reply: RemovalReply;
   try {
-    const mounted = req.unlessMounted ? mountsUnderSync(req.dir) : [];
+    const mounted = req.unlessMounted ? distinctMountsUnderSync(req.dir) : [];
     if (mounted.length === 0) rmSync(req.dir, { recursive: true, force: true });
     reply = { id: req.id, ...(mounted.length ? { mounted } : {}) };
   } catch (e) {
