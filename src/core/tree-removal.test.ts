@@ -73,3 +73,28 @@ test('a removal the thread cannot finish rejects with the error code', { skip: !
     rmSync(base, { recursive: true, force: true });
   }
 });
+
+test('the thread holds a process while a removal is pending, and not once it is idle', async () => {
+  const base = mkdtempSync(path.join(tmpdir(), 'nimbus-tree-removal-'));
+  try {
+    makeTree(path.join(base, 'tree'));
+    // The removal is not awaited: only the thread's own hold keeps the process until it is done;
+    // then the idle thread (it stays for a minute) must not keep the process alive.
+    const script = `
+      import { removeTree, startRemovalThread } from ${JSON.stringify(new URL('./tree-removal.js', import.meta.url).href)};
+      await startRemovalThread();
+      void removeTree(${JSON.stringify(path.join(base, 'tree'))}).then(() => console.log('removed'));
+    `;
+    const file = path.join(base, 'remove.mjs'); // a file, not -e: the thread would inherit --input-type
+    writeFileSync(file, script);
+    const t0 = Date.now();
+    const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 20_000 });
+    const ms = Date.now() - t0;
+    assert.equal(r.status, 0, `exit ${r.status} ${r.signal ?? ''}: ${r.stderr}`);
+    assert.equal(r.stdout.trim(), 'removed', 'the pending removal finished before the process ended');
+    assert.equal(existsSync(path.join(base, 'tree')), false);
+    assert.ok(ms < 10_000, `the process ended ${ms} ms after it started (the idle thread held it)`);
+  } finally {
+    rmSync(base, { recursive: true, force: true });
+  }
+});

@@ -58,6 +58,7 @@ class RemovalThread {
     const req: RemovalRequest = { id, dir, unlessMounted };
     return new Promise<string[]>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
+      if (this.pending.size === 1) this.worker!.ref(); // a process waiting on a removal stays until it is done
       this.worker!.postMessage(req);
     });
   }
@@ -70,8 +71,11 @@ class RemovalThread {
 
   private start(): void {
     if (this.worker) return;
+    // Held (ref'd) while it starts and while a removal is pending, let go between them: an idle
+    // thread must not keep a process that is otherwise done alive (a short-lived one waited out
+    // the idle minute). Let go only after the listeners are on: adding a 'message' listener holds
+    // a worker again.
     const w = new Worker(new URL('./tree-removal-worker.js', import.meta.url));
-    w.unref();
     this.worker = w;
     let started!: { resolve(): void; reject(e: Error): void };
     this.started = new Promise<void>((resolve, reject) => (started = { resolve, reject }));
@@ -80,11 +84,13 @@ class RemovalThread {
       if (m === 'ready') {
         this.ready = true;
         started.resolve();
+        if (this.pending.size === 0) w.unref();
         this.idleLater();
         return;
       }
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
+      if (this.pending.size === 0) w.unref();
       if (!p) return;
       if (m.error) p.reject(Object.assign(new Error(m.error.message), m.error.code ? { code: m.error.code } : {}));
       else p.resolve(m.mounted ?? []);

@@ -59,7 +59,6 @@ export class LogRotation {
   private spawn(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(new URL('./log-rotation-worker.js', import.meta.url));
-    w.unref();
     this.readyP = new Promise<void>((resolve) => {
       w.on('message', (r: { ready: true } | { id: string; error: string }) => {
         if ('ready' in r) resolve();
@@ -71,6 +70,9 @@ export class LogRotation {
         if (this.worker === w) this.worker = undefined; // the next start makes another
       });
     });
+    // Not unref'd: it holds the process until close(). (It never was: an unref() before the
+    // 'message' listener is undone by it.) Tests awaiting a container's exit rely on a hold, as
+    // the exit watcher is not persistent.
     this.worker = w;
     return w;
   }

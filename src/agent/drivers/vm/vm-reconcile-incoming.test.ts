@@ -67,7 +67,9 @@ test('an abandon while finishIncoming waits for the guest to resume ends the wai
     const outcome = finishing.then(() => 'finished', (e: unknown) => `refused: ${(e as Error).message}`);
     await new Promise((r) => setTimeout(r, 200));
     await dest.abandonIncoming(id);
-    const settled = await Promise.race([outcome, new Promise((r) => setTimeout(() => r('still waiting'), 10_000))]);
+    let timer: NodeJS.Timeout | undefined;
+    const settled = await Promise.race([outcome, new Promise((r) => (timer = setTimeout(() => r('still waiting'), 10_000)))]);
+    clearTimeout(timer); // else the file waits it out after its last test
     assert.match(String(settled), /^refused/, 'the finish ends with the abandon');
     assert.ok(!existsSync(path.join(destDir, id)), 'its directory is gone');
     assert.deepEqual(await qemuPidsUnder(destDir), [], 'its QEMU is gone');
