@@ -8,6 +8,8 @@ test('a live child, then its zombie, then nothing', async () => {
   const pid = child.pid!;
   try {
     assert.equal(processAlive(pid), true);
+    // spawn returns once the child is forked; it shows sleep's command line once it has exec'd
+    for (let i = 0; i < 400 && !processAlive(pid, 'sleep'); i++) await new Promise((r) => setTimeout(r, 5));
     assert.equal(processAlive(pid, 'sleep'), true);
     assert.equal(processAlive(pid, 'no-such-marker'), false, 'a pid reused by another program does not count');
     assert.equal(parentPid(pid), process.pid);

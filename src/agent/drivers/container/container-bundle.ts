@@ -7,6 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { writeStateFile } from '../../../core/state-files.js';
 import type { InstanceSpec } from '../instance-driver.js';
+import type { MountSpec } from '../../snapshots/snapshotter.js';
 import { CRIU_CONFIG_ANNOTATION } from './checkpoint.js';
 import type { OciMount, OciSpec } from './oci-spec.js';
 import { checkExecutable } from './rootfs-lookup.js';
@@ -39,8 +40,33 @@ export function withCriuConfig(dir: string, runtimeName: string, config: OciSpec
   if (runtimeName === 'runc') config.annotations = { ...config.annotations, [CRIU_CONFIG_ANNOTATION]: path.join(dir, 'criu.conf') };
 }
 
-/** The process's program must be in the rootfs (rootfs-lookup.ts); mounts over it are not looked into. */
-export function checkProgram(rootfs: string, config: OciSpec): void {
+/**
+ * The process's program must be in the rootfs (rootfs-lookup.ts); mounts over it are not looked into.
+ *
+ * A lookup found good is remembered by what decides it: the image's layers (the rootfs' lowerdir
+ * chain; a container's own upper layer is empty at its create and its claim), the program, PATH,
+ * the working directory and the mount points. Through overlayfs a PATH search is ~0.25 ms of the
+ * event loop: 5–6 % of a repeated burst of 200 warm claims of one image (bench log). Snapshot
+ * directories are numbered once per home and layers never change, so a chain's key is not reused
+ * for other content; a refusal is not remembered.
+ */
+export function checkProgram(rootfs: string, config: OciSpec, layers?: MountSpec[]): void {
   const over = config.mounts.map((m) => m.destination.replace(/\/+$/, ''));
+  const lower = layers && lowerChainOf(layers);
+  const key = lower && JSON.stringify([lower, config.process.args[0], config.process.env.filter((kv) => kv.startsWith('PATH=')).pop(), config.process.cwd, over]);
+  if (key && foundPrograms.has(key)) return;
   checkExecutable(rootfs, config.process, (p) => over.some((d) => p === d || p.startsWith(`${d}/`)));
+  if (!key) return;
+  if (foundPrograms.size >= FOUND_PROGRAMS_MAX) foundPrograms.clear();
+  foundPrograms.add(key);
+}
+
+const FOUND_PROGRAMS_MAX = 1024;
+const foundPrograms = new Set<string>();
+
+/** The read-only layers of a rootfs that is one overlay with a fresh upper layer; undefined for any other. */
+function lowerChainOf(rootfs: MountSpec[]): string | undefined {
+  const [only, ...rest] = rootfs;
+  if (!only || rest.length || only.type !== 'overlay' || !only.options?.some((o) => o.startsWith('upperdir='))) return undefined;
+  return only.options.find((o) => o.startsWith('lowerdir='));
 }

@@ -106,7 +106,7 @@ export class WarmContainers {
       { mounts: [...etcMounts(dir), ...warmMounts(busybox, store.warmDir(id))] },
     );
     // a program the image lacks is the caller's error here too, not an exit 127 after the start
-    checkProgram(store.rootfs(id), config);
+    checkProgram(store.rootfs(id), config, spec.rootfs);
     const unsuitable = stubUnsuitable(config.process);
     if (unsuitable || !warmCompatible(warmConfig, config)) {
       log.debug('warm container not usable for this request', { id, reason: unsuitable ?? 'config differs' });

@@ -45,6 +45,18 @@ test('anything else differing sends the request down the cold path', () => {
   assert.equal(warmCompatible(warm, buildOciSpec(base, host).config), false, 'no stub mounts');
 });
 
+test('the seccomp filter is compared by its content: another object with the same rules fits, other rules do not', () => {
+  const filter = (names: string[]) => ({ defaultAction: 'SCMP_ACT_ERRNO', architectures: ['SCMP_ARCH_X86_64'], syscalls: [{ names, action: 'SCMP_ACT_ALLOW' }] });
+  const filtered = (names: string[]): HostFacts => ({ ...host, seccomp: () => filter(names) }); // a new object at every call
+  const warmWith = (h: HostFacts) => buildOciSpec({ ...base, process: { ...base.process, args: WARM_STUB_ARGS } }, h, { mounts }).config;
+  const wantedWith = (h: HostFacts) => buildOciSpec(base, h, { mounts }).config;
+  const w = warmWith(filtered(['read', 'write']));
+  assert.equal(warmCompatible(w, wantedWith(filtered(['read', 'write']))), true, 'the same rules in another object');
+  assert.equal(warmCompatible(w, wantedWith(filtered(['read', 'write', 'ptrace']))), false, 'one more syscall allowed');
+  assert.equal(warmCompatible(w, wantedWith(host)), false, 'no filter');
+  assert.equal(warmCompatible(warmWith(host), wantedWith(filtered(['read']))), false, 'a filter where the warm one had none');
+});
+
 test('requests the stub cannot express are refused', () => {
   assert.equal(stubUnsuitable({ args: ['true'], env: ['A=1'], cwd: '/' }), undefined);
   assert.match(stubUnsuitable({ args: ['A=b'], env: [], cwd: '/' }) ?? '', /=/);

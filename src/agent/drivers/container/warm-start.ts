@@ -25,6 +25,7 @@
  * but cannot be executed (a bad ELF, a missing interpreter) still fails after the start with
  * exit 126/127 and a message in the logs.
  */
+import { createHash } from 'node:crypto';
 import { DEFAULT_PIDS_LIMIT, type OciMount, type OciSpec } from './oci-spec.js';
 
 /** Where the stub lives inside a warm container. */
@@ -136,8 +137,20 @@ export function warmScript(p: { args: string[]; env: string[]; cwd: string }): s
  */
 export function comparableJson(c: OciSpec): string {
   const { cpu: _c, pids: _p, ...resources } = c.linux.resources;
-  const blank = { ...c, annotations: undefined, process: { ...c.process, args: [], env: [], cwd: '' }, linux: { ...c.linux, resources } };
+  const seccomp = c.linux.seccomp && seccompDigest(c.linux.seccomp);
+  const blank = { ...c, annotations: undefined, process: { ...c.process, args: [], env: [], cwd: '' }, linux: { ...c.linux, resources, ...(seccomp ? { seccomp } : {}) } };
   return JSON.stringify(blank);
+}
+
+/**
+ * The seccomp filter by its digest: most of a config's JSON (~75 %) and one object per capability
+ * set (seccomp.ts folds them), so it is serialized once per object, not at every claim.
+ */
+const seccompDigests = new WeakMap<object, string>();
+function seccompDigest(filter: object): string {
+  let d = seccompDigests.get(filter);
+  if (d === undefined) seccompDigests.set(filter, (d = `sha256:${createHash('sha256').update(JSON.stringify(filter)).digest('hex')}`));
+  return d;
 }
 
 /** Whether a request's config can be served by a warm container created with `warm` (or its comparableJson). */
