@@ -20,6 +20,7 @@ import type { AddressProvider, ContainerCreateRequest, ContainerHost, LayerUsage
 import type { AttachRequest, AttachSession, EtcFiles, InstanceDriver, InstanceSpec, LogRecord, RuntimeState } from './drivers/instance-driver.js';
 import type { ContainerDriver } from './drivers/container/container-driver.js';
 import { DEFAULT_LOG_LIMITS } from './drivers/container/container-logs.js';
+import { isContainerId } from './drivers/container/container-store.js';
 import type { OciMount } from './drivers/container/oci-spec.js';
 import { SecureDriver } from './drivers/secure/secure-driver.js';
 import type { AcceleratorChoice } from './drivers/vm/accel.js';
@@ -275,7 +276,7 @@ export class LocalContainerHost implements ContainerHost {
 
   /** Runs in a microVM of its own (runtime "vm"). */
   isSecure(id: string): boolean {
-    return /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id) && existsSync(join(this.secureDir, id));
+    return isContainerId(id) && existsSync(join(this.secureDir, id));
   }
 
   /** The driver that runs this container: runc/crun, or a microVM for runtime "vm". */

@@ -492,6 +492,7 @@ if (runcReason) {
       if (lim === 'unlimited' || Number(lim) > 4000) {
         const r = await run('prlimit', [`--pid=${process.pid}`, '--nproc=4000:4000']);
         assert.equal(r.code, 0, r.stderr);
+        await new Promise((res) => setTimeout(res, 1100)); // the limits are read at most once a second (oci-spec.ts readHardLimits)
       }
       const id = freshId('rlim');
       await d.create(await env.make(id, ['sh', '-c', 'ulimit -u; ulimit -n']));

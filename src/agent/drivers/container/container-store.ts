@@ -17,6 +17,7 @@
 import { access, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidArgument, NotFound } from '../../../core/errors.js';
+import { isValidName } from '../../../core/ids.js';
 import { replaceStateFile } from '../../../core/state-files.js';
 import type { OciSpec } from './oci-spec.js';
 import { OciRuntime, type RuntimeName } from './oci-runtime.js';
@@ -42,10 +43,8 @@ export interface ContainerMeta {
   checkpointed?: boolean;
 }
 
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-
-/** Whether a name can be a container's id (and so a directory or exit file of one). */
-export const isContainerId = (name: string): boolean => ID_RE.test(name);
+/** Whether a name can be a container's id (and so a directory or exit file of one): the names' rule (core/ids.ts). */
+export const isContainerId = (name: string): boolean => isValidName(name);
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -63,7 +62,7 @@ export function writeJsonAtomic(file: string, value: unknown): Promise<void> {
 }
 
 function checkedId(id: string): string {
-  if (!ID_RE.test(id)) throw new InvalidArgument(`invalid container id ${JSON.stringify(id)}`);
+  if (!isContainerId(id)) throw new InvalidArgument(`invalid container id ${JSON.stringify(id)}`);
   return id;
 }
 
@@ -150,7 +149,7 @@ export class ContainerStore {
   async list(): Promise<string[]> {
     try {
       return (await readdir(this.containersDir, { withFileTypes: true }))
-        .filter((d) => d.isDirectory() && ID_RE.test(d.name))
+        .filter((d) => d.isDirectory() && isContainerId(d.name))
         .map((d) => d.name)
         .sort();
     } catch (e) {
