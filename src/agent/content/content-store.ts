@@ -72,6 +72,12 @@ export const possessionCheck: ContentIngester = {
 };
 
 export interface ContentStore extends ContentReader, ContentIngester {
+  /**
+   * Stream bytes in whose digest is not known yet (a local file being imported): stored under the
+   * digest they hash to, read once. An existing blob of that digest is kept and the copy dropped.
+   * With `size`, another length is DataLoss and nothing is stored.
+   */
+  ingestComputed(source: AsyncIterable<Uint8Array>, expected?: { size?: number }): Promise<ContentInfo>;
   delete(digest: Digest): Promise<void>;
   list(): Promise<ContentInfo[]>;
 }

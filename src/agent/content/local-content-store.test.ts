@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalContentStore } from './local-content-store.js';
@@ -121,4 +121,27 @@ test('content store: blobs past a megabyte (hashed on the digest thread) are ver
   await assert.rejects(cs.ingest({ digest: d }, broken()), /connection reset/);
   assert.equal(await cs.info(d), undefined);
   assert.deepEqual(readdirSync(join(root, 'ingest')), []);
+});
+
+test('content store: ingestComputed stores bytes under the digest they hash to, keeps an existing blob, checks a given size', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'nimbus-cs-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const cs = new LocalContentStore(root);
+  const data = Buffer.from('a disk image, say'.repeat(100_000)); // past a megabyte: hashed on the digest thread
+  const d = digestOf(data);
+  assert.deepEqual(await cs.ingestComputed(chunks(data, 65536)), { digest: d, size: data.length });
+  assert.ok((await cs.readBlob(d)).equals(data));
+  const inode = statSync(cs.blobPath(d)).ino;
+  assert.deepEqual(await cs.ingestComputed(chunks(data, 65536), { size: data.length }), { digest: d, size: data.length }, 'the same content again');
+  assert.equal(statSync(cs.blobPath(d)).ino, inode, 'the stored blob is kept, not replaced');
+  const other = Buffer.from('something else');
+  await assert.rejects(cs.ingestComputed(chunks(other), { size: other.length + 1 }), { code: 'DataLoss', message: /size mismatch/ });
+  await assert.rejects(cs.ingestComputed(chunks(other), { size: other.length - 1 }), { code: 'DataLoss', message: /more than the expected/ });
+  async function* broken(): AsyncGenerator<Buffer> {
+    yield other;
+    throw new Error('read failed');
+  }
+  await assert.rejects(cs.ingestComputed(broken()), /read failed/);
+  assert.equal(await cs.info(digestOf(other)), undefined, 'nothing stored for a refused or failed import');
+  assert.deepEqual(readdirSync(join(root, 'ingest')), [], 'no temp file left');
 });

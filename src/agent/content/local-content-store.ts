@@ -92,16 +92,39 @@ export class LocalContentStore implements ContentStore {
       await source[Symbol.asyncIterator]().return?.();
       return existing;
     }
+    return this.write(source, expected.digest, expected.size, (actual, size) => {
+      if (actual !== expected.digest) throw new DataLoss(`digest mismatch: expected ${expected.digest}, got ${actual}`);
+      if (expected.size !== undefined && size !== expected.size) {
+        throw new DataLoss(`blob ${expected.digest}: size mismatch: expected ${expected.size}, got ${size}`);
+      }
+    });
+  }
+
+  async ingestComputed(source: AsyncIterable<Uint8Array>, expected: { size?: number } = {}): Promise<ContentInfo> {
+    return this.write(source, undefined, expected.size, (actual, size) => {
+      if (expected.size !== undefined && size !== expected.size) throw new DataLoss(`blob ${actual}: size mismatch: expected ${expected.size}, got ${size}`);
+    });
+  }
+
+  /**
+   * Into a temp file while hashing, then verified (`check`), synced and renamed to the digest's
+   * path. `digest`: the one expected (named in errors); without it the blob takes the one computed.
+   */
+  private async write(
+    source: AsyncIterable<Uint8Array>, digest: Digest | undefined, size: number | undefined,
+    check: (actual: Digest, size: number) => void,
+  ): Promise<ContentInfo> {
+    const what = digest ?? 'being imported';
     const ingestDir = join(this.root, 'ingest');
     await mkdir(ingestDir, { recursive: true });
     await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
     const tmp = join(ingestDir, randomBytes(12).toString('hex'));
     const fh = await open(tmp, 'wx', 0o644).catch((e: unknown) => {
-      throw noSpace(e, expected.digest);
+      throw noSpace(e, what);
     });
     // hashed off the main thread once past a megabyte (core/stream-digest.ts)
-    const hash = new StreamDigest(expected.size);
-    let size = 0;
+    const hash = new StreamDigest(size);
+    let total = 0;
     // chunks are gathered into one write of WRITE_BATCH_BYTES: a thread-pool round trip per 64 KiB
     // network chunk cost more of the event loop than the hashing
     let pending: Uint8Array[] = [];
@@ -111,18 +134,16 @@ export class LocalContentStore implements ContentStore {
       pending = [];
       pendingBytes = 0;
       let written = 0;
-      const total = batch.reduce((a, c) => a + c.length, 0);
-      while (written < total) {
+      const sum = batch.reduce((a, c) => a + c.length, 0);
+      while (written < sum) {
         const r = await fh.writev(written === 0 ? batch : [Buffer.concat(batch).subarray(written)]);
         written += r.bytesWritten;
       }
     };
     try {
       for await (const chunk of source) {
-        size += chunk.length;
-        if (expected.size !== undefined && size > expected.size) {
-          throw new DataLoss(`blob ${expected.digest}: more than the expected ${expected.size} bytes`);
-        }
+        total += chunk.length;
+        if (size !== undefined && total > size) throw new DataLoss(`blob ${what}: more than the expected ${size} bytes`);
         hash.update(chunk);
         pending.push(chunk);
         pendingBytes += chunk.length;
@@ -130,21 +151,24 @@ export class LocalContentStore implements ContentStore {
         if (hash.pending) await hash.drained();
       }
       await flush();
-      const actual = await hash.digest();
-      if (actual !== expected.digest) throw new DataLoss(`digest mismatch: expected ${expected.digest}, got ${actual}`);
-      if (expected.size !== undefined && size !== expected.size) {
-        throw new DataLoss(`blob ${expected.digest}: size mismatch: expected ${expected.size}, got ${size}`);
+      const actual = (await hash.digest()) as Digest;
+      check(actual, total);
+      if (digest === undefined && (await this.info(actual))) {
+        // an import of content already here: the stored blob stays (blobs never change)
+        await fh.close();
+        await rm(tmp, { force: true });
+        return { digest: actual, size: total };
       }
       await fh.sync();
       await fh.close();
-      await rename(tmp, this.blobPath(expected.digest));
+      await rename(tmp, this.blobPath(actual));
       await syncDir(join(this.root, 'blobs', 'sha256'));
-      return { digest: expected.digest, size };
+      return { digest: actual, size: total };
     } catch (e) {
       hash.dispose();
       await fh.close().catch(() => undefined);
       await rm(tmp, { force: true });
-      throw noSpace(e, expected.digest);
+      throw noSpace(e, what);
     }
   }
 

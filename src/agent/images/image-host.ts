@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { Conflict, DataLoss, InvalidArgument, NotFound, ResourceExhausted, hasCode } from '../../core/errors.js';
 import { parseReference } from '../../core/image-reference.js';
 import { logger } from '../../core/log.js';
-import { digestFile } from '../../core/stream-digest.js';
 import type { CompiledOptions } from '../../core/config.js';
 import type { LayerRecord } from '../../store/records.js';
 import type { AdoptedDiskImage, AgentImage, BlobStream, BuildProgress, BuildRequest, CommitRequest, ContainerCommitHost, DiskImageInfo, GcResult, ImageHost, PullOptions, PullProgress, VmImageKind } from '../agent.js';
@@ -275,9 +274,9 @@ export class LocalImageHost implements ImageHost, ContainerCommitHost {
 
   async importDiskImage(file: string, kind: VmImageKind = 'disk'): Promise<DiskImageInfo> {
     const info = kind === 'disk' ? await inspectDiskImage(file) : await inspectBootFile(file, kind);
-    const { digest } = await digestFile(file); // off the main thread: disk images are gigabytes
-    const stored = await this.p.content.ingest({ digest, size: info.size }, fileBytes(file));
-    return { digest, size: stored.size, format: info.format, virtualSize: info.virtualSize };
+    // read once: hashed as it is copied in (disk images are gigabytes; a digest pass first read them twice)
+    const stored = await this.p.content.ingestComputed(fileBytes(file), { size: info.size }); // another size: the file changed meanwhile
+    return { digest: stored.digest, size: stored.size, format: info.format, virtualSize: info.virtualSize };
   }
 
   diskImagePath(digest: string): string {

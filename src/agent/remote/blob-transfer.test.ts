@@ -7,8 +7,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -235,6 +235,27 @@ test('VM images: a raw disk is adopted with its path on that host; a qcow2 with 
   // one imported on the host itself stays, whatever kind it was asked as
   await rejectsWith(b.remote.adoptDiskImage(imported.digest, 'kernel'), 'InvalidArgument', /not a kernel/);
   assert.deepEqual(await b.remote.missingBlobs([imported.digest]), []);
+});
+
+test('a VM image imported on a host is read once (hashed as it is copied in), and importing it again keeps the stored blob', { skip: spawnSync('qemu-img', ['--version']).status !== 0 && 'no qemu-img' }, async (t) => {
+  const a = await hostNamed(t, 'a');
+  const work = mkdtempSync(join(tmpdir(), 'nimbus-import-once-'));
+  t.after(() => rmSync(work, { recursive: true, force: true }));
+  const raw = join(work, 'root.raw');
+  const size = 64 * 1024 * 1024;
+  writeFileSync(raw, randomBytes(size));
+  // bytes this process read (all its threads; qemu-img's own read of the header is another process's)
+  const readBytes = () => Number(/^rchar: (\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'))?.[1]);
+  const before = readBytes();
+  const imported = await a.local.importDiskImage(raw, 'disk');
+  const read = readBytes() - before;
+  assert.equal(imported.size, size);
+  assert.equal(imported.digest, digestOf(readFileSync(raw)));
+  assert.ok(read < 1.5 * size, `the import read ${read} bytes of a ${size}-byte file`);
+  const inode = statSync(a.local.diskImagePath(imported.digest)).ino;
+  assert.deepEqual(await a.local.importDiskImage(raw, 'disk'), imported);
+  assert.equal(statSync(a.local.diskImagePath(imported.digest)).ino, inode, 'the stored blob is kept');
+  assert.deepEqual(ingestLeft(a), []);
 });
 
 test('protocol 2: the new methods fail with a Conflict naming the host and the versions, and are never sent', async (t) => {
