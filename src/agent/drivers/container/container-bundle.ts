@@ -43,12 +43,13 @@ export function withCriuConfig(dir: string, runtimeName: string, config: OciSpec
 /**
  * The process's program must be in the rootfs (rootfs-lookup.ts); mounts over it are not looked into.
  *
- * A lookup found good is remembered by what decides it: the image's layers (the rootfs' lowerdir
- * chain; a container's own upper layer is empty at its create and its claim), the program, PATH,
- * the working directory and the mount points. Through overlayfs a PATH search is ~0.25 ms of the
- * event loop: 5–6 % of a repeated burst of 200 warm claims of one image (bench log). Snapshot
- * directories are numbered once per home and layers never change, so a chain's key is not reused
- * for other content; a refusal is not remembered.
+ * `layers`, given only where the rootfs' own upper layer holds nothing but what runc made for its
+ * mount points (a warm container's at its claim; not a cold create, whose upper may be a moved
+ * container's): a lookup found good is then remembered by what decides it, the image's layers
+ * (the lowerdir chain), the program, PATH, the working directory and the mount points. Through
+ * overlayfs a PATH search is ~0.25 ms of the event loop: 5–6 % of a repeated burst of 200 warm
+ * claims of one image (bench log). Snapshot directories are numbered once per home and layers
+ * never change, so a chain's key is not reused for other content; a refusal is not remembered.
  */
 export function checkProgram(rootfs: string, config: OciSpec, layers?: MountSpec[]): void {
   const over = config.mounts.map((m) => m.destination.replace(/\/+$/, ''));

@@ -105,7 +105,7 @@ export class ContainerCreator {
         ...(seccomp ? { seccomp } : {}),
       }, { mounts: [...etcMounts(dir), ...(opts.mounts ?? [])] });
       if (opts.warm) this.d.warm.remember(id, { config: comparableJson(config), userDb });
-      else if (!opts.restore) checkProgram(rootfs, config, spec.rootfs);
+      else if (!opts.restore) checkProgram(rootfs, config); // its upper layer may be a moved container's: looked up every time
       withCriuConfig(dir, runtimeName, config);
       if (!opts.warm) for (const w of warnings) log.warn('bundle adjusted', { id, warning: w });
       await writeFile(store.configFile(id), JSON.stringify(config, null, 1));
