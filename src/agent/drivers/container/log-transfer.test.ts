@@ -10,6 +10,7 @@ import { mkdir, mkdtemp, open, readdir, rm, symlink, writeFile } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
 import tar from 'tar-stream';
 import { hasCode } from '../../../core/errors.js';
 import { prepareLogFiles, readK8sLog, rotateOnce } from './container-logs.js';
@@ -50,6 +51,31 @@ async function tarOf(entries: Array<{ header: EntryHeader; body?: string }>): Pr
   for await (const c of pack as AsyncIterable<Buffer>) chunks.push(c);
   return Buffer.concat(chunks);
 }
+
+test('the import\'s digest is the SHA-256 of the tar it was sent, past a megabyte too (hashed on the digest thread)', async () => {
+  const limits = { maxSizeBytes: 1024 * 1024, maxFiles: 3 };
+  const src = path.join(base, `big-src-${n++}`);
+  await mkdir(src);
+  const srcLog = path.join(src, 'ctr.log');
+  const block = (tag: string) => Array.from({ length: 9000 }, (_, i) => rec(`${tag} ${i} ${'x'.repeat(50)}`)).join(''); // ~0.9 MiB
+  await writeFile(`${srcLog}.1`, block('one'));
+  await writeFile(`${srcLog}.2`, block('two'));
+  await symlink('ctr.log.2', srcLog);
+  await symlink('ctr.log.3', `${srcLog}.tmp`);
+  const sent: Buffer[] = [];
+  for await (const c of await exportLogs(srcLog, limits)) sent.push(Buffer.from(c));
+  const bytes = Buffer.concat(sent);
+  assert.ok(bytes.length > 1024 * 1024, `${bytes.length} bytes of tar`);
+  const dst = await created();
+  try {
+    const r = await importLogs(dst.log, Readable.from(sent), limits, 'the big log');
+    assert.equal(r.bytes, bytes.length);
+    assert.equal(r.digest, `sha256:${createHash('sha256').update(bytes).digest('hex')}`);
+    assert.equal(r.entries, 2);
+  } finally {
+    await dst.conmon.close();
+  }
+});
 
 test('the newest generations travel, go before the file conmon writes, and the whole stays within max-file', async () => {
   const src = path.join(base, 'src');

@@ -27,9 +27,9 @@ import { link, lstat, open, readlink, rename, rm, symlink, unlink, type FileHand
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createHash } from 'node:crypto';
 import tar from 'tar-stream';
 import { Conflict, InvalidArgument, NimbusError } from '../../../core/errors.js';
+import { digestPass } from '../../../core/stream-digest.js';
 import type { LogLimits } from '../instance-driver.js';
 import type { TreeImportResult } from '../../agent.js';
 import { generations, MAX_RECORD, numberedRe } from './container-logs.js';
@@ -134,7 +134,6 @@ export async function importLogs(logPath: string, bytes: AsyncIterable<Uint8Arra
   const maxTarBytes = maxFiles * (maxFileBytes + TAR_OVERHEAD_PER_ENTRY) + TAR_END;
   const current = await currentGeneration(logPath, what);
 
-  const hash = createHash('sha256');
   let size = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _enc, cb) {
@@ -143,14 +142,14 @@ export async function importLogs(logPath: string, bytes: AsyncIterable<Uint8Arra
         cb(new InvalidArgument(`${what}: more than ${maxTarBytes} bytes of tar for ${maxFiles} file(s) of at most ${limits.maxSizeBytes} bytes (its log limits)`));
         return;
       }
-      hash.update(chunk);
       cb(null, chunk);
     },
   });
+  const hash = digestPass(); // on the digest thread past its first megabyte, as a layer's bytes are
   const input = Readable.from(bytes, { objectMode: false });
   const extract = tar.extract();
   // no await until the entries are iterated: one emitted before the iterator is attached is lost
-  const feeding = pipeline([input, counter, extract] as unknown as NodeJS.ReadWriteStream[]);
+  const feeding = pipeline([input, counter, hash, extract] as unknown as NodeJS.ReadWriteStream[]);
   let feedError: unknown;
   feeding.catch((e: unknown) => {
     feedError = e;
@@ -197,12 +196,14 @@ export async function importLogs(logPath: string, bytes: AsyncIterable<Uint8Arra
   } catch (e) {
     extract.destroy();
     await feeding.catch(() => undefined);
+    // a stream that ended before the failure still has the digest thread open for it: closed here
+    await hash.digest().catch(() => undefined);
     await Promise.all(staged.map((f) => rm(f, { force: true })));
     throw e;
   } finally {
     if (!input.destroyed) input.destroy();
   }
-  return { bytes: size, digest: `sha256:${hash.digest('hex')}`, entries: staged.length, unpackedBytes: unpacked };
+  return { bytes: size, digest: await hash.digest(), entries: staged.length, unpackedBytes: unpacked };
 }
 
 /** The generation conmon opened at the create, and the prepared one; Conflict when the log is not as the create left it (output written, or rotated). */
