@@ -92,28 +92,19 @@ export class LocalContentStore implements ContentStore {
       await source[Symbol.asyncIterator]().return?.();
       return existing;
     }
-    return this.write(source, expected.digest, expected.size, (actual, size) => {
-      if (actual !== expected.digest) throw new DataLoss(`digest mismatch: expected ${expected.digest}, got ${actual}`);
-      if (expected.size !== undefined && size !== expected.size) {
-        throw new DataLoss(`blob ${expected.digest}: size mismatch: expected ${expected.size}, got ${size}`);
-      }
-    });
+    return this.write(source, expected);
   }
 
   async ingestComputed(source: AsyncIterable<Uint8Array>, expected: { size?: number } = {}): Promise<ContentInfo> {
-    return this.write(source, undefined, expected.size, (actual, size) => {
-      if (expected.size !== undefined && size !== expected.size) throw new DataLoss(`blob ${actual}: size mismatch: expected ${expected.size}, got ${size}`);
-    });
+    return this.write(source, expected);
   }
 
   /**
-   * Into a temp file while hashing, then verified (`check`), synced and renamed to the digest's
-   * path. `digest`: the one expected (named in errors); without it the blob takes the one computed.
+   * Into a temp file while hashing, then checked against what was expected, synced and renamed to
+   * the digest's path. Without an expected digest the blob takes the one computed.
    */
-  private async write(
-    source: AsyncIterable<Uint8Array>, digest: Digest | undefined, size: number | undefined,
-    check: (actual: Digest, size: number) => void,
-  ): Promise<ContentInfo> {
+  private async write(source: AsyncIterable<Uint8Array>, expected: { digest?: Digest; size?: number }): Promise<ContentInfo> {
+    const { digest, size } = expected;
     const what = digest ?? 'being imported';
     const ingestDir = join(this.root, 'ingest');
     await mkdir(ingestDir, { recursive: true });
@@ -152,7 +143,8 @@ export class LocalContentStore implements ContentStore {
       }
       await flush();
       const actual = (await hash.digest()) as Digest;
-      check(actual, total);
+      if (digest !== undefined && actual !== digest) throw new DataLoss(`digest mismatch: expected ${digest}, got ${actual}`);
+      if (size !== undefined && total !== size) throw new DataLoss(`blob ${digest ?? actual}: size mismatch: expected ${size}, got ${total}`);
       if (digest === undefined && (await this.info(actual))) {
         // an import of content already here: the stored blob stays (blobs never change)
         await fh.close();

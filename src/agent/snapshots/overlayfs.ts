@@ -23,6 +23,7 @@ import { lstat, mkdir, mkdtemp, open, readdir, readFile, realpath, rename, rm, s
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { addHostRoots } from '../../core/redaction.js';
+import { Limiter } from '../../core/limiter.js';
 import { logger } from '../../core/log.js';
 import { removeTree } from '../../core/tree-removal.js';
 import { run } from '../../core/exec.js';
@@ -66,16 +67,6 @@ function checkLayerSize(n: unknown): asserts n is number {
   }
 }
 
-/** A mutex as a promise chain: one operation at a time within this process. */
-class Lock {
-  private tail: Promise<unknown> = Promise.resolve();
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.tail.then(fn, fn);
-    this.tail = next.catch(() => undefined);
-    return next;
-  }
-}
-
 /** Disk usage of a tree like `du`: allocated blocks, hard links counted once, never following symlinks. */
 export async function diskUsage(dir: string): Promise<{ size: number; inodes: number }> {
   const seen = new Set<string>();
@@ -113,7 +104,8 @@ export abstract class DirSnapshotter implements Snapshotter {
   abstract readonly name: string;
   abstract readonly parentIndependent: boolean;
   readonly root: string;
-  protected readonly lock = new Lock();
+  /** One read or change of the metadata at a time within this process. */
+  protected readonly lock = new Limiter(1);
   private meta: MetadataFile | undefined;
   /** Keys being created, until their records are written or their creates fail (create). */
   private readonly creating = new Map<string, Promise<void>>();

@@ -10,7 +10,7 @@ import type { InstanceSpec } from '../instance-driver.js';
 import type { MountSpec } from '../../snapshots/snapshotter.js';
 import { CRIU_CONFIG_ANNOTATION } from './checkpoint.js';
 import type { OciMount, OciSpec } from './oci-spec.js';
-import { checkExecutable } from './rootfs-lookup.js';
+import { checkExecutable, pathOf } from './rootfs-lookup.js';
 
 /** /etc/hosts, /etc/resolv.conf and /etc/hostname are the container's own files (in its directory, dir), bind-mounted (as Docker does). */
 export function etcMounts(dir: string): OciMount[] {
@@ -54,7 +54,7 @@ export function withCriuConfig(dir: string, runtimeName: string, config: OciSpec
 export function checkProgram(rootfs: string, config: OciSpec, layers?: MountSpec[]): void {
   const over = config.mounts.map((m) => m.destination.replace(/\/+$/, ''));
   const lower = layers && lowerChainOf(layers);
-  const key = lower && JSON.stringify([lower, config.process.args[0], config.process.env.filter((kv) => kv.startsWith('PATH=')).pop(), config.process.cwd, over]);
+  const key = lower && JSON.stringify([lower, config.process.args[0], pathOf(config.process.env), config.process.cwd, over]);
   if (key && foundPrograms.has(key)) return;
   checkExecutable(rootfs, config.process, (p) => over.some((d) => p === d || p.startsWith(`${d}/`)));
   if (!key) return;
@@ -68,6 +68,6 @@ const foundPrograms = new Set<string>();
 /** The read-only layers of a rootfs that is one overlay with a fresh upper layer; undefined for any other. */
 function lowerChainOf(rootfs: MountSpec[]): string | undefined {
   const [only, ...rest] = rootfs;
-  if (!only || rest.length || only.type !== 'overlay' || !only.options?.some((o) => o.startsWith('upperdir='))) return undefined;
+  if (!only || rest.length || only.type !== 'overlay' || !only.options.some((o) => o.startsWith('upperdir='))) return undefined;
   return only.options.find((o) => o.startsWith('lowerdir='));
 }

@@ -80,6 +80,9 @@ export function resolveInRoot(
   return { found: true, hostPath, mode: st.mode, isDirectory: st.isDirectory() };
 }
 
+/** The PATH a process gets: the last PATH= entry (later entries override earlier ones). */
+export const pathOf = (env: readonly string[]): string | undefined => env.filter((kv) => kv.startsWith('PATH=')).pop()?.slice(5);
+
 const shown = (s: string) => JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s);
 
 /**
@@ -107,8 +110,7 @@ export function checkExecutable(
     if (why) throw refuse(why);
     return;
   }
-  // the last PATH= entry is the one the process gets (later entries override earlier ones)
-  const pathVar = proc.env.filter((kv) => kv.startsWith('PATH=')).pop()?.slice(5) ?? '';
+  const pathVar = pathOf(proc.env) ?? '';
   const cache: LstatCache = new Map();
   for (const dir of pathVar.split(':')) {
     const d = dir === '' ? '.' : dir;
