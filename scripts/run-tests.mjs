@@ -78,6 +78,7 @@ function runFile(file) {
       wall[file] = Math.round(seconds * 10) / 10;
       const kept = [];
       let sawSummary = false;
+      let failedTests = 0;
       let open = null; // { indent, lines } while inside a failing test's block
       for (const line of Buffer.concat(out).toString('utf8').split('\n')) {
         const s = SUMMARY.exec(line);
@@ -90,6 +91,7 @@ function runFile(file) {
         kept.push(line);
         const failed = /^(\s*)not ok \d+ /.exec(line);
         if (failed) {
+          failedTests++;
           open = { indent: failed[1], lines: [`# in ${file}`, line] };
           failures.push(open);
           continue;
@@ -104,7 +106,7 @@ function runFile(file) {
       if (timedOut) why = `killed after ${fileTimeoutMs / 1000} s (NIMBUS_TEST_FILE_TIMEOUT_S)`;
       else if (code !== 0) why = signal ? `ended by ${signal}` : `exited ${code}`;
       // A file that failed outside any test (it crashed, hung or timed out) counts as one failure.
-      if (!ok && (timedOut || !sawSummary || !kept.some((l) => /^\s*not ok /.test(l)))) {
+      if (!ok && (timedOut || !sawSummary || failedTests === 0)) {
         totals.fail += 1;
         failures.push({ lines: [`# in ${file}`, `not ok - ${file}: ${why}`] });
       }
