@@ -27,6 +27,7 @@
  */
 import { createHash } from 'node:crypto';
 import { DEFAULT_PIDS_LIMIT, type OciMount, type OciSpec } from './oci-spec.js';
+import { pathOf } from './rootfs-lookup.js';
 
 /** Where the stub lives inside a warm container. */
 export const WARM_DIR = '/.nimbus';
@@ -105,7 +106,7 @@ export function warmScript(p: { args: string[]; env: string[]; cwd: string }): s
   if (argv0.includes('/')) {
     lines.push(`nimbus_prog=${shellQuote(argv0)}`);
   } else {
-    const path = p.env.find((kv) => kv.startsWith('PATH='))?.slice(5);
+    const path = pathOf(p.env);
     const name = shellQuote(argv0);
     const shown = printable(argv0).replace(/'/g, '?');
     lines.push(
