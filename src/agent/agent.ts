@@ -207,6 +207,13 @@ export interface VmMigrationSpec {
    * Absent: the agent's own certificate. Never logged.
    */
   credentials?: MigrationTls;
+  /**
+   * A one-time secret of this move (protocol 14; 64 hex digits), made by the source agent when its
+   * QEMU takes its connections from the agent: the destination hands QEMU only a connection that
+   * sends it first, and keeps listening past one that does not (a stranger who reached the port
+   * first no longer fails the move). Never logged.
+   */
+  streamToken?: string;
 }
 
 /** Where the source sends a migration (the destination's answer to prepareVmIncoming). */
@@ -218,6 +225,8 @@ export interface IncomingMigrationTarget {
   nbdVolumes?: Record<string, string>;
   /** The streams are TLS: the destination's certificate name, which the source checks. Absent: plain. */
   tls?: string;
+  /** The destination takes the stream only after the spec's streamToken (protocol 14): the source must send it first. */
+  checksStreamToken?: boolean;
 }
 
 /** How the source sends: the downtime limit, a bandwidth cap, and where the disk goes (the destination's NBD export, when the VM has a local disk). */
@@ -231,6 +240,8 @@ export interface MigrateOutOptions {
   tls?: string;
   /** The source's certificate for this migration alone (protocol 11; VmMigrationSpec.credentials). Never logged. */
   credentials?: MigrationTls;
+  /** Send this first on the stream's connection and wait for the destination's acceptance (VmMigrationSpec.streamToken, when the destination checks it). Never logged. */
+  streamToken?: string;
 }
 
 /** The source's half of a live migration, once the last pass is sent. */

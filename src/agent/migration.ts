@@ -77,11 +77,14 @@ export async function migrateLive<F extends { resumedAt: number }>(
 ): Promise<{ report: MigrationReport; finished: F }> {
   const t0 = performance.now();
   const maxDowntimeMs = opts.maxDowntimeMs ?? 300;
-  const { uri, nbd, nbdVolumes, tls } = await destination.prepare(await source.spec());
+  const spec = await source.spec();
+  const { uri, nbd, nbdVolumes, tls, checksStreamToken } = await destination.prepare(spec);
+  // the source proves the move is its own only to a destination that checks (an older one would hand the token to QEMU)
+  const streamToken = checksStreamToken ? spec.streamToken : undefined;
   let out: OutgoingMigration;
   let finished: F;
   try {
-    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}), ...(nbdVolumes ? { nbdVolumes } : {}), ...(tls ? { tls } : {}) });
+    out = await source.send(uri, { maxDowntimeMs, ...(opts.maxBandwidthBytes !== undefined ? { maxBandwidthBytes: opts.maxBandwidthBytes } : {}), ...(nbd ? { nbd } : {}), ...(nbdVolumes ? { nbdVolumes } : {}), ...(tls ? { tls } : {}), ...(streamToken ? { streamToken } : {}) });
     finished = await destination.finish(out.consoleHistory);
   } catch (e) {
     await destination.abandon().catch((x: unknown) => log.warn('cleaning up a failed incoming migration failed', { id, error: String(x) }));

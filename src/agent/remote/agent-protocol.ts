@@ -41,14 +41,27 @@ export const AGENT_PATH_PREFIX = '/agent/v1';
  * own (ContainerCreateRequest.storageBytes, importContainerLayer's opts in LAYER_SIZE_HEADER:
  * STORAGE_LIMITS_SINCE; an older agent would ignore them, so a sized container is never placed on
  * or moved to one). 13: containerLayerUsage (containers' writable layers measured: docker ps -s,
- * system df). Bump the current one for any change a peer of the
+ * system df). 14: a live migration's stream token (VmMigrationSpec.streamToken, the
+ * destination's answer's checksStreamToken, migrateVmOut's opts.streamToken: STREAM_TOKEN_SINCE;
+ * an older destination answers no checksStreamToken and the source sends none; a destination
+ * called at an older version drops the spec's, FIELDS_SINCE). Bump the current one for any change a peer of the
  * previous version would misread; raise the minimum when support for an old one goes.
  */
-export const AGENT_PROTOCOL_VERSION = 13;
+export const AGENT_PROTOCOL_VERSION = 14;
 /** Live migrations take certificates minted for them (agent.ts: VmMigrationSpec.credentials). */
 export const MIGRATION_CREDENTIALS_SINCE = 11;
 /** A container's writable layer may be sized (agent.ts: ContainerCreateRequest.storageBytes). */
 export const STORAGE_LIMITS_SINCE = 12;
+/** A live migration's stream opens with a one-time token (agent.ts: VmMigrationSpec.streamToken). */
+export const STREAM_TOKEN_SINCE = 14;
+/**
+ * Argument fields a caller of an older version cannot have meant, dropped from its requests: a
+ * control plane of protocol 13 passes a source's spec on whole, streamToken included, but would
+ * not tell the source to send it, and a destination waiting for it would fail every move.
+ */
+export const FIELDS_SINCE: Partial<Record<keyof Agent, ReadonlyArray<{ arg: number; field: string; since: number }>>> = {
+  prepareVmIncoming: [{ arg: 0, field: 'streamToken', since: STREAM_TOKEN_SINCE }],
+};
 export const MIN_AGENT_PROTOCOL_VERSION = 2;
 /** The negotiated version, on every request but the hello. */
 export const PROTOCOL_HEADER = 'x-nimbus-agent-protocol';

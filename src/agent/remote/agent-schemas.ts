@@ -131,6 +131,8 @@ const VmCreateRequest = Obj({
 });
 /** A migration's own certificate, minted by the control plane (protocol 11): PEM texts, the key never logged. */
 const MigrationCredentials = Obj({ name: Str, ca: Str, cert: Str, key: Str });
+/** A live migration's one-time stream token (protocol 14): 32 bytes as hex, never logged. */
+const StreamToken = Type.String({ pattern: '^[0-9a-f]{64}$' });
 const VmMigrationSpec = Obj({
   id: Id,
   name: Str,
@@ -141,6 +143,7 @@ const VmMigrationSpec = Obj({
   nics: Type.Optional(Type.Array(Attachment)),
   tls: Type.Optional(Str),
   credentials: Type.Optional(MigrationCredentials),
+  streamToken: Type.Optional(StreamToken),
 });
 
 const VmImageKind = Type.Union([Type.Literal('disk'), Type.Literal('kernel'), Type.Literal('initrd')]);
@@ -192,7 +195,7 @@ export const ARG_SCHEMAS = {
   listVms: [],
   vmMigrationSpec: [arg('id', Id)],
   prepareVmIncoming: [arg('spec', VmMigrationSpec)],
-  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), nbdVolumes: Type.Optional(Type.Record(Str, Str, { maxProperties: 16 })), tls: Type.Optional(Str), credentials: Type.Optional(MigrationCredentials) }))],
+  migrateVmOut: [arg('id', Id), arg('uri', Str), arg('opts', Obj({ maxDowntimeMs: Num, maxBandwidthBytes: Type.Optional(Num), nbd: Type.Optional(Str), nbdVolumes: Type.Optional(Type.Record(Str, Str, { maxProperties: 16 })), tls: Type.Optional(Str), credentials: Type.Optional(MigrationCredentials), streamToken: Type.Optional(StreamToken) }))],
   finishVmIncoming: [arg('id', Id), arg('consoleHistory', Str)],
   abandonVmIncoming: [arg('id', Id)],
   endVmMigration: [arg('id', Id), arg('outcome', Type.Union([Type.Literal('moved'), Type.Literal('resume')]))],

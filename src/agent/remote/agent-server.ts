@@ -27,6 +27,7 @@ import {
   EXEC_HEADER,
   EXEC_STDIN_HEADER,
   EXEC_TTY_SINCE,
+  FIELDS_SINCE,
   MAX_BODY_BYTES,
   NDJSON,
   PING_INTERVAL_MS,
@@ -226,6 +227,10 @@ async function serveCall(agent: Agent, method: string, version: number, req: Inc
   const args = decodeArgs(wire);
   // a malformed call stops here: the driver only ever sees arguments of the declared types
   checkArgs(method, args);
+  for (const f of FIELDS_SINCE[method] ?? []) {
+    const a = args[f.arg];
+    if (version < f.since && typeof a === 'object' && a !== null) delete (a as Record<string, unknown>)[f.field];
+  }
   const fn = agent[method] as ((...a: unknown[]) => Promise<unknown>) | undefined;
   if (typeof fn !== 'function') throw new NotFound(`this agent does not implement ${method}`);
   // answers are not checked: they come from the agent itself

@@ -109,6 +109,14 @@ function makeTarget(): { agent: Agent; state: TargetState } {
     async killVm(...args: unknown[]) {
       seen('killVm', args);
     },
+    async prepareVmIncoming(...args: unknown[]) {
+      seen('prepareVmIncoming', args);
+      return { uri: 'tcp:127.0.0.1:1' };
+    },
+    async migrateVmOut(...args: unknown[]) {
+      seen('migrateVmOut', args);
+      return { qemuDowntimeMs: 1, totalMs: 1, bytes: 0, iterations: 1, diskBytes: 0, tls: false, consoleHistory: '' };
+    },
     async createVolume(id: string, sizeBytes: number) {
       seen('createVolume', [id, sizeBytes]);
       return { id, sizeBytes, path: `/volumes/${id}/mnt/_data`, mounted: true };
@@ -777,6 +785,35 @@ test("a writable layer's size is protocol 12: carried to an agent of 12, refused
   const { storageBytes: _sized, ...unsized } = req;
   await old.createContainer(unsized);
   assert.equal(state.calls.length, calls + 1, 'without a size, a container is what it was at 11');
+});
+
+test("a live migration's stream token is protocol 14: carried to an agent of 14, not sent to one of 13, and dropped by an agent from a caller of 13", async (t) => {
+  const { agent, state } = makeTarget();
+  const server = await serve(t, agent);
+  const streamToken = 'ab'.repeat(32);
+  const spec = { id: 'vm-1', name: 'v', createdAt: '2026-12-07T00:00:00.000Z', config: {}, streamToken };
+  const arg = (method: string) => [...state.calls].reverse().find((c) => c.method === method)?.args as [Record<string, unknown>, ...unknown[]];
+  const current = await connect(t, server.url);
+  await current.prepareVmIncoming(spec);
+  assert.equal(arg('prepareVmIncoming')[0].streamToken, streamToken);
+  await current.migrateVmOut('vm-1', 'tcp:127.0.0.1:1', { maxDowntimeMs: 300, streamToken });
+  assert.equal((arg('migrateVmOut')[2] as { streamToken?: string }).streamToken, streamToken);
+  await rejectsWith(current.prepareVmIncoming({ ...spec, streamToken: 'not-hex' }), 'InvalidArgument', /streamToken/);
+
+  const old = await connect(t, server.url, TOKEN, { protocol: { min: 2, max: 13 } });
+  await old.prepareVmIncoming(spec);
+  assert.equal(arg('prepareVmIncoming')[0].streamToken, undefined, 'not sent to an agent of 13');
+  assert.equal(arg('prepareVmIncoming')[0].id, 'vm-1');
+  await old.migrateVmOut('vm-1', 'tcp:127.0.0.1:1', { maxDowntimeMs: 300, streamToken });
+  assert.equal((arg('migrateVmOut')[2] as { streamToken?: string }).streamToken, undefined);
+
+  // a control plane of 13 passes a source's spec on whole, token included, but would never tell
+  // the source to send it: the destination takes none from it (it would wait for one in vain)
+  const calls = state.calls.length;
+  const r = await raw(server.url, 'POST', PATHS.call('prepareVmIncoming'), { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', [PROTOCOL_HEADER]: '13' }, Buffer.from(JSON.stringify({ args: [spec] })));
+  assert.equal(r.status, 200, r.body);
+  assert.equal(state.calls.length, calls + 1);
+  assert.equal(arg('prepareVmIncoming')[0].streamToken, undefined, 'dropped from a request of 13');
 });
 
 // ---- mutual TLS --------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ import {
   tooOldFor,
   tooOldForTty,
   MIGRATION_CREDENTIALS_SINCE,
+  STREAM_TOKEN_SINCE,
   LAYER_SIZE_HEADER,
   tooOldForStorageLimits,
   MIGRATION_WITH_STORAGE_SINCE,
@@ -501,17 +502,26 @@ export class RemoteAgent implements Agent {
   vmMigrationSpec: Agent['vmMigrationSpec'] = (...a) => this.call('vmMigrationSpec', a);
   prepareVmIncoming: Agent['prepareVmIncoming'] = async (spec) => {
     if (spec.storage || spec.nics?.length) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'take a live-migrating VM with a local disk or NICs');
-    return this.call('prepareVmIncoming', [await this.credentialsIfTaken(spec)]);
+    return this.call('prepareVmIncoming', [await this.secretsIfTaken(spec)]);
   };
   migrateVmOut: Agent['migrateVmOut'] = async (id, uri, opts) => {
     if (opts.nbd) await this.requireProtocol(MIGRATION_WITH_STORAGE_SINCE, 'send a VM\'s local disk in a live migration');
-    return this.call('migrateVmOut', [id, uri, await this.credentialsIfTaken(opts)]);
+    return this.call('migrateVmOut', [id, uri, await this.secretsIfTaken(opts)]);
   };
 
-  /** A migration's argument as the agent takes it: one from before minted certificates is sent none (it uses its own, as it did). */
-  private async credentialsIfTaken<T extends { credentials?: unknown }>(arg: T): Promise<Omit<T, 'credentials'> | T> {
-    const { credentials, ...rest } = arg;
-    return credentials && (await this.protocolVersion()) >= MIGRATION_CREDENTIALS_SINCE ? arg : rest;
+  /**
+   * A migration's argument as the agent takes it: one from before minted certificates is sent
+   * none (it uses its own, as it did), one from before stream tokens no token (it would not check
+   * it, and says so by not answering checksStreamToken).
+   */
+  private async secretsIfTaken<T extends { credentials?: unknown; streamToken?: string }>(arg: T): Promise<Partial<T>> {
+    const version = await this.protocolVersion();
+    const { credentials, streamToken, ...rest } = arg;
+    return {
+      ...rest,
+      ...(credentials && version >= MIGRATION_CREDENTIALS_SINCE ? { credentials } : {}),
+      ...(streamToken && version >= STREAM_TOKEN_SINCE ? { streamToken } : {}),
+    } as Partial<T>;
   }
   finishVmIncoming: Agent['finishVmIncoming'] = (...a) => this.call('finishVmIncoming', a);
   abandonVmIncoming: Agent['abandonVmIncoming'] = (...a) => this.call('abandonVmIncoming', a);

@@ -7,7 +7,6 @@
  * older agent, still in the host's network) is reached as before, by address.
  */
 import { existsSync } from 'node:fs';
-import net from 'node:net';
 import { Internal } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { fdMonitorSocket } from './qemu.js';
@@ -18,9 +17,13 @@ const log = logger('vm-driver');
 /** Whether this QEMU takes its connections as descriptors (launched through the jailer), not by address. */
 export const takesDescriptors = (qmpSocket: string): boolean => existsSync(fdMonitorSocket(qmpSocket));
 
-/** A connection to host:port, made here, for `then` (which names it `name`). */
-export async function connectForQemu(qmpSocket: string, host: string, port: number, name: string, then: QmpCommand): Promise<void> {
-  await handFdsToQemu(fdMonitorSocket(qmpSocket), { op: 'connect', host, port, name, then }, []);
+/**
+ * A connection to host:port, made here, for `then` (which names it `name`). With `token` (a
+ * migration's, 64 hex digits) it is sent first, and QEMU gets the connection only once the peer
+ * accepted it (acceptOneForQemu).
+ */
+export async function connectForQemu(qmpSocket: string, host: string, port: number, name: string, then: QmpCommand, token?: string): Promise<void> {
+  await handFdsToQemu(fdMonitorSocket(qmpSocket), { op: 'connect', host, port, name, then, ...(token ? { token } : {}) }, []);
 }
 
 /** A socket listening on a free port of host, made here, for `then` (an NBD server). Returns the port. */
@@ -30,38 +33,55 @@ export async function listenForQemu(qmpSocket: string, host: string, name: strin
   return port;
 }
 
-/** A port QEMU's first connection arrives on; `close` stops waiting for it. */
+/** A port QEMU's connection arrives on; `close` stops waiting for it. */
 export interface OneConnection {
   port: number;
   close(): void;
 }
 
+/** How long a connection has to send a migration's token before it is closed (the source sends it at once). */
+export const TOKEN_WAIT_MS = 10_000;
+/** Connections being read for their token at once; the oldest is closed when another arrives. */
+export const MAX_PENDING = 64;
+
+export interface AcceptOptions {
+  /** What the log lines about this port say (the VM's id). */
+  context: Record<string, unknown>;
+  /** The move's token (64 hex digits): only a connection that sends it first is handed over. */
+  token?: string;
+  /** Default TOKEN_WAIT_MS. */
+  tokenWaitMs?: number;
+}
+
 /**
- * Accept the first connection to a free port of host, and hand it over with `then` (an incoming
- * migration's stream: QEMU's own listener took the first connection too). Not a byte is read here
- * (pauseOnConnect). Later connections find the port closed; a failed handover closes the
- * connection, and the source's migration fails on it.
+ * Listen on a free port of host and hand a connection over with `then` (an incoming migration's
+ * stream; qmp-fds.ts' accept). Without a token, the first connection (as QEMU's own listener
+ * took it). With one, the first that sends exactly those bytes: it is answered
+ * STREAM_TOKEN_ACCEPTED and handed over, and one that sends anything else or nothing in time is
+ * closed while the port keeps listening, so a stranger who reached it first (instances reach the
+ * host's addresses) no longer fails the move. Exactly the token's bytes are read: what follows
+ * is QEMU's. Refusals are logged with the peer's address. `close` (the move given up, or over)
+ * ends the wait; a failed handover closes the connection, and the source's migration fails on it.
  */
-export function acceptOneForQemu(qmpSocket: string, host: string, name: string, then: QmpCommand, context: Record<string, unknown>): Promise<OneConnection> {
-  const server = net.createServer({ pauseOnConnect: true });
-  let taken = false;
-  server.on('connection', (socket) => {
-    if (taken) return void socket.destroy();
-    taken = true;
-    server.close();
-    handFdsToQemu(fdMonitorSocket(qmpSocket), { op: 'getfd', name, then }, [socket])
-      .catch((e: unknown) => log.warn('handing an incoming connection to QEMU failed', { ...context, error: String(e) }))
-      .finally(() => socket.destroy());
+export async function acceptOneForQemu(qmpSocket: string, host: string, name: string, then: QmpCommand, o: AcceptOptions): Promise<OneConnection> {
+  const helper = new AbortController();
+  let listening: (port: number) => void = () => undefined;
+  const port = new Promise<number>((resolve) => (listening = resolve));
+  const plan = { op: 'accept' as const, host, name, then, ...(o.token ? { token: o.token } : {}), tokenWaitMs: o.tokenWaitMs ?? TOKEN_WAIT_MS, maxPending: MAX_PENDING };
+  const done = handFdsToQemu(fdMonitorSocket(qmpSocket), plan, [], {
+    signal: helper.signal,
+    news: (n) => {
+      if ('listening' in n) listening(n.listening);
+      else log.warn('a connection to an incoming migration\'s port was closed; still listening', { ...o.context, from: n.refused, why: n.why });
+    },
   });
-  return new Promise((resolve, reject) => {
-    // before it listens, the caller's error; after, a failed accept (EMFILE) is logged, not thrown
-    // from an 'error' nobody listens to
-    server.on('error', (e) => (server.listening ? log.warn('the incoming migration\'s port failed', { ...context, error: String(e) }) : reject(e)));
-    server.listen(0, host, () => {
-      const a = server.address();
-      resolve({ port: typeof a === 'object' && a ? a.port : 0, close: () => void (server.listening && server.close()) });
-    });
+  // before it listens, the caller's error (the address cannot be bound); after, a failed handover is logged
+  const first = await Promise.race([port, done.then(() => undefined)]);
+  if (first === undefined) throw new Internal(`no port came back for ${name}`);
+  done.catch((e: unknown) => {
+    if (!helper.signal.aborted) log.warn('handing an incoming connection to QEMU failed', { ...o.context, error: String(e) });
   });
+  return { port: first, close: () => helper.abort() };
 }
 
 /** host and port of a migration URI, tcp:HOST:PORT or tcp:[V6]:PORT; undefined for another form. */

@@ -10,9 +10,18 @@
  *   fdMonitorSocket: a connection for a migration or a mirror, qemu-peer-sockets.ts). When that
  *   command fails, the descriptor is closed in QEMU.
  * - connect: a TCP connection made here to host:port, handed over under a name with the command
- *   that takes it (a migration's stream, an NBD client).
+ *   that takes it (a migration's stream, an NBD client). With a token, it is sent first and the
+ *   connection handed over only once the peer accepted it with one byte (qemu-peer-sockets.ts
+ *   acceptOneForQemu). The plan travels on stdin, not in the command line others can read.
  * - listen: a TCP socket made here, bound to a free port of `host` and listening, handed over
  *   under a name with the command that takes it (an NBD server); its port is returned.
+ * - accept: a TCP socket made here listening on a free port of `host` (told as it listens), and
+ *   the connection it takes handed over under a name with the command that takes it (an incoming
+ *   migration's stream): the first, or with a token the first that sends exactly the token's
+ *   bytes (read without blocking among up to maxPending others, what follows left for QEMU),
+ *   answered STREAM_TOKEN_ACCEPTED; one that sends anything else, or nothing within
+ *   tokenWaitMs, is closed and told, and the oldest waiting goes when more arrive. QEMU's
+ *   monitor is opened only once the connection is chosen.
  * - blockdev-add: a block node whose files are descriptors (an fdset each, "/dev/fdset/N"), added
  *   in the same session (QEMU frees an fdset nobody uses when its last monitor client goes), each
  *   fdset's own copy removed afterwards (the node keeps its duplicate).
@@ -37,17 +46,19 @@ export interface QmpCommand {
 
 export type QmpFdPlan =
   | { op: 'getfd'; name: string; then?: QmpCommand }
-  | { op: 'connect'; host: string; port: number; name: string; then: QmpCommand }
+  | { op: 'connect'; host: string; port: number; name: string; then: QmpCommand; token?: string }
   | { op: 'listen'; host: string; name: string; then: QmpCommand }
+  | { op: 'accept'; host: string; name: string; then: QmpCommand; token?: string; tokenWaitMs: number; maxPending: number }
   | { op: 'blockdev-add'; node: Record<string, unknown> };
 
+/** The byte a destination answers a migration's token with when it is the one it waits for (the source then hands QEMU the connection). */
+export const STREAM_TOKEN_ACCEPTED = 0x01;
+
 const HELPER = String.raw`
-import json, socket, sys
-path, plan = sys.argv[1], json.loads(sys.argv[2])
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(30)
-s.connect(path)
-f = s.makefile('r')
+import json, os, socket, sys
+path, plan = sys.argv[1], json.loads(sys.stdin.readline())
+ACCEPTED = bytes([${STREAM_TOKEN_ACCEPTED}])
+s = f = None
 def reply():
     while True:
         line = f.readline()
@@ -71,8 +82,16 @@ def call(cmd, args=None, fd=None):
         print(json.dumps({'error': m['error'], 'command': cmd}))
         sys.exit(3)
     return m['return']
-reply()
-call('qmp_capabilities')
+def monitor():
+    # opened only when there is something to hand over: an accept waits minutes for its connection,
+    # and a QMP socket serves one client at a time
+    global s, f
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    f = s.makefile('r')
+    reply()
+    call('qmp_capabilities')
 def handed(fd):
     call('getfd', {'fdname': plan['name']}, fd)
     then = plan.get('then')
@@ -85,7 +104,87 @@ def handed(fd):
             except SystemExit:
                 pass
             raise
+def chosen_connection():
+    # the first connection, or with a token the first that sends exactly it (more stays for QEMU),
+    # read without blocking among the others; nothing else, or nothing in time, is closed
+    import hmac, selectors, time
+    host = plan['host']
+    ls = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind((host, 0))
+    ls.listen(64)
+    ls.setblocking(False)
+    print(json.dumps({'listening': ls.getsockname()[1]}), flush=True)
+    want = bytes.fromhex(plan['token']) if plan.get('token') else b''
+    sel = selectors.DefaultSelector()
+    sel.register(ls, selectors.EVENT_READ)
+    # stdin closes when the agent stops waiting (or dies): so does this
+    sel.register(0, selectors.EVENT_READ)
+    pending = {}
+    def refuse(c, why):
+        sel.unregister(c)
+        del pending[c]
+        try:
+            addr = c.getpeername()[0]
+        except OSError:
+            addr = None
+        c.close()
+        print(json.dumps({'refused': addr, 'why': why}), flush=True)
+    while True:
+        now = time.monotonic()
+        timeout = max(0, min(d for d, _ in pending.values()) - now) if pending else None
+        for key, _ in sel.select(timeout):
+            o = key.fileobj
+            if o == 0:
+                if not os.read(0, 64):
+                    sys.exit(5)
+            elif o is ls:
+                try:
+                    c, _ = ls.accept()
+                except OSError:
+                    continue
+                if not want:
+                    ls.close()
+                    return c
+                if len(pending) >= plan['maxPending']:
+                    refuse(min(pending, key=lambda k: pending[k][0]), 'too many connections waiting')
+                c.setblocking(False)
+                pending[c] = [now + plan['tokenWaitMs'] / 1000, b'']
+                sel.register(c, selectors.EVENT_READ)
+            elif o in pending:
+                st = pending[o]
+                try:
+                    b = o.recv(len(want) - len(st[1]))
+                except OSError:
+                    b = b''
+                if not b:
+                    refuse(o, 'closed before its token')
+                    continue
+                st[1] += b
+                if len(st[1]) < len(want):
+                    continue
+                if not hmac.compare_digest(st[1], want):
+                    refuse(o, 'another token')
+                    continue
+                sel.unregister(o)
+                del pending[o]
+                for c in list(pending):
+                    c.close()
+                ls.close()
+                o.setblocking(True)
+                o.sendall(ACCEPTED)
+                return o
+        now = time.monotonic()
+        for c in [c for c, (d, _) in pending.items() if d <= now]:
+            refuse(c, 'no token in time')
 out = {'ok': True}
+if plan['op'] == 'accept':
+    c = chosen_connection()
+    monitor()
+    handed(c.fileno())
+    c.close()
+    print(json.dumps(out))
+    sys.exit(0)
+monitor()
 if plan['op'] == 'getfd':
     handed(3)
 elif plan['op'] == 'connect':
@@ -95,6 +194,17 @@ elif plan['op'] == 'connect':
         where = ('[%s]' if ':' in plan['host'] else '%s') % plan['host']
         print(json.dumps({'error': {'desc': "Failed to connect to '%s:%d': %s" % (where, plan['port'], e.strerror or e)}, 'command': 'connect'}))
         sys.exit(3)
+    if plan.get('token'):
+        # the move's token, then one byte of acceptance (within create_connection's 10 s)
+        try:
+            c.sendall(bytes.fromhex(plan['token']))
+            ack = c.recv(1)
+        except OSError:
+            ack = None
+        if ack != ACCEPTED:
+            where = ('[%s]' if ':' in plan['host'] else '%s') % plan['host']
+            print(json.dumps({'error': {'desc': "'%s:%d' did not accept this migration's token" % (where, plan['port'])}, 'command': 'connect'}))
+            sys.exit(3)
     c.settimeout(None)
     handed(c.fileno())
     c.close()
@@ -129,26 +239,67 @@ else:
 print(json.dumps(out))
 `;
 
+/** What a helper says before it ends: an accept's port once it listens, each connection it refused. */
+export type HelperNews = { listening: number } | { refused: string | null; why: string };
+
 /**
  * Run `plan` on the QEMU behind `qmpSocket` with `fds` (open descriptors or sockets of this
  * process, not closed here). QEMU's refusal is an Internal error with its words (they name no
  * host path: the files are descriptors); no python3 is Unavailable. Returns a listen's port.
+ * The plan travels on stdin (a token in it is not for the command line others read). An accept
+ * runs until its connection is handed over or `signal` aborts it (no timeout: it waits as long as
+ * its migration may), and tells `news` its port and each connection it refused.
  */
-export async function handFdsToQemu(qmpSocket: string, plan: QmpFdPlan, fds: ReadonlyArray<number | Socket>, timeoutMs = 30_000): Promise<{ port?: number }> {
+export async function handFdsToQemu(
+  qmpSocket: string,
+  plan: QmpFdPlan,
+  fds: ReadonlyArray<number | Socket>,
+  o: { timeoutMs?: number; signal?: AbortSignal; news?: (n: HelperNews) => void } = {},
+): Promise<{ port?: number }> {
   // -I -S: no environment, user directory or site packages (10 ms here, and nothing else imported)
-  const child = spawn(python3(), ['-I', '-S', '-c', HELPER, qmpSocket, JSON.stringify(plan)], { stdio: ['ignore', 'pipe', 'pipe', ...fds] });
+  const child = spawn(python3(), ['-I', '-S', '-c', HELPER, qmpSocket], { stdio: ['pipe', 'pipe', 'pipe', ...fds] });
+  // a broken pipe (python gone before reading) shows as its exit below
+  child.stdin!.on('error', () => undefined);
+  // an accept's stdin stays open: its end tells the helper that nobody waits any more
+  child.stdin!.write(`${JSON.stringify(plan)}\n`);
+  if (plan.op !== 'accept') child.stdin!.end();
   let out = '';
   let err = '';
-  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  let told = 0;
+  child.stdout!.on('data', (b: Buffer) => {
+    out += b.toString();
+    if (!o.news) return;
+    for (let nl = out.indexOf('\n', told); nl >= 0; nl = out.indexOf('\n', told)) {
+      const line = out.slice(told, nl);
+      told = nl + 1;
+      try {
+        const n = JSON.parse(line) as Partial<{ listening: number; refused: string | null; why: string }>;
+        if (typeof n.listening === 'number') o.news({ listening: n.listening });
+        else if (typeof n.why === 'string') o.news({ refused: n.refused ?? null, why: n.why });
+      } catch {
+        /* the result, read below */
+      }
+    }
+  });
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const timer = plan.op === 'accept' ? undefined : setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 30_000);
+  const abort = () => {
+    child.stdin!.end();
+    child.kill('SIGKILL');
+  };
+  if (o.signal?.aborted) abort();
+  o.signal?.addEventListener('abort', abort, { once: true });
   const code = await new Promise<number | null>((ok, fail) => {
     child.once('error', fail);
     child.once('close', ok);
   }).catch((e: unknown) => {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new NimbusError('Unavailable', 'handing a file to QEMU needs python3 on this host (apt-get install python3)');
     throw e;
-  }).finally(() => clearTimeout(timer));
+  }).finally(() => {
+    clearTimeout(timer);
+    o.signal?.removeEventListener('abort', abort);
+    child.stdin!.end();
+  });
   const last = out.trim().split('\n').pop() ?? '';
   if (code === 0) return JSON.parse(last) as { port?: number };
   let reason = err.trim().split('\n').pop() ?? `exit ${code}`;

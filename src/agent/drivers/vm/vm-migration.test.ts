@@ -3,7 +3,8 @@
 // destination, nothing of the VM stays at the source, vCPU pinning is re-applied there,
 // and the report carries the measured downtime, bytes and passes. Drivers with certificates
 // from one CA migrate over TLS (the stream's first bytes are a TLS handshake, not QEMU's
-// "QEVM"); one with another CA, or a plain stream to one that asked for TLS, is refused. A
+// "QEVM", after the move's one-time token, which lets the destination pass over strangers who
+// reach its port first); one with another CA, or a plain stream to one that asked for TLS, is refused. A
 // destination that does not answer fails the move with QEMU's words, its address in them for
 // administrators only (adminMessage).
 import { after, before, test } from 'node:test';
@@ -110,17 +111,29 @@ test('live migration to another driver: the guest goes on, the source is gone, t
     const all = ticks((await collectLogs(dest, id)).map((r) => r.line));
     assert.deepEqual(all, all.map((_, i) => i), `one unbroken count across the move: ${all.join(' ')}`);
 
-    // on to a third agent of the same CA: over TLS, as the bytes on the wire show
+    // on to a third agent of the same CA: over TLS, as the bytes on the wire show, after the
+    // move's one-time token; strangers who reach the destination's port first do not fail it
     let relay: Awaited<ReturnType<typeof recordingRelay>> | undefined;
     let sent: Buffer = Buffer.alloc(0);
+    let streamToken: string | undefined;
+    const strangers: net.Socket[] = [];
     try {
       const { report: secure } = await migrateLive(id,
-        { spec: () => dest.migrationSpec(id), send: (uri, o) => dest.migrateOut(id, uri, o), end: (outcome) => dest.endMigration(id, outcome) },
+        { spec: async () => { const s = await dest.migrationSpec(id); streamToken = s.streamToken; return s; }, send: (uri, o) => dest.migrateOut(id, uri, o), end: (outcome) => dest.endMigration(id, outcome) },
         {
           prepare: async (spec) => {
             const target = await third.prepareIncoming(spec, '127.0.0.1');
+            assert.equal(target.checksStreamToken, true, 'the destination waits for the token');
+            const port = Number(/:(\d+)$/.exec(target.uri)![1]);
+            // a silent stranger and one with another token get there first
+            for (const bytes of [Buffer.alloc(0), randomBytes(32)]) {
+              const s = net.connect(port, '127.0.0.1', () => s.write(bytes));
+              s.on('error', () => undefined);
+              strangers.push(s);
+            }
+            await new Promise((r) => setTimeout(r, 100));
             // the stream through a relay that keeps its first bytes
-            relay = await recordingRelay(Number(/:(\d+)$/.exec(target.uri)![1]));
+            relay = await recordingRelay(port);
             return { ...target, uri: `tcp:127.0.0.1:${relay.port}` };
           },
           finish: (h) => third.finishIncoming(id, h),
@@ -131,10 +144,13 @@ test('live migration to another driver: the guest goes on, the source is gone, t
       assert.equal(secure.tls, true);
     } finally {
       relay?.close();
+      for (const s of strangers) s.destroy();
     }
-    assert.ok(sent.length > 5, 'the relay saw the stream');
-    assert.notEqual(sent.subarray(0, 4).toString('latin1'), 'QEVM', 'not QEMU\'s plain migration stream');
-    assert.deepEqual([...sent.subarray(0, 2)], [0x16, 0x03], `a TLS handshake record first: ${sent.subarray(0, 8).toString('hex')}`);
+    assert.match(streamToken ?? '', /^[0-9a-f]{64}$/, 'the source made a token');
+    assert.ok(sent.length > 37, 'the relay saw the stream');
+    assert.equal(sent.subarray(0, 32).toString('hex'), streamToken, 'the token first');
+    assert.notEqual(sent.subarray(32, 36).toString('latin1'), 'QEVM', 'not QEMU\'s plain migration stream');
+    assert.deepEqual([...sent.subarray(32, 34)], [0x16, 0x03], `a TLS handshake record after the token: ${sent.subarray(32, 40).toString('hex')}`);
     assert.equal((await third.state(id)).status, 'running');
     assert.ok(!existsSync(path.join(otherState, id)));
     assert.ok(!existsSync(path.join(env.base, 'agent-a', id, 'migrate-tls')), 'the TLS files are gone once QEMU read them');

@@ -9,6 +9,7 @@
  * have a certificate (migration-tls.ts), on connections the agents make and hand to QEMU, which has
  * no network (qemu-peer-sockets.ts).
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -74,6 +75,9 @@ export class VmMigration {
     if (shared) throw new Conflict(`VM ${id} has the shared volume ${shared.volumeId} attached: other VMs may hold it on this host, so it cannot move with this one (detach it first)`, { id });
     const { paths: _hostPaths, ...config } = r.config;
     const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}), ...(this.o.settings.tls ? { tls: this.o.settings.tls.name } : {}) };
+    // a one-time secret the stream's connection opens with, when the agent makes that connection
+    // (a QEMU launched by an older agent connects itself and could not send it)
+    if (takesDescriptors(this.records.paths(id).qmpSocket)) spec.streamToken = randomBytes(STREAM_TOKEN_BYTES).toString('hex');
     if (r.config.rootDisk) {
       // -U: QEMU holds the image's lock while it runs; its header is all that is read
       const info = JSON.parse(await runOk('qemu-img', ['info', '-U', '--output=json', r.config.rootDisk.path])) as { 'virtual-size': number; 'full-backing-filename'?: string; 'backing-filename-format'?: string };
@@ -101,6 +105,7 @@ export class VmMigration {
       throw new Conflict(`VM ${spec.id} runs under ${config.accel} and this host's VMs under ${this.o.settings.accel}; a migration needs the same accelerator`, { id: spec.id });
     }
     if (config.rootDisk && !spec.storage) throw new InvalidArgument(`VM ${spec.id} has a root disk but the migration says nothing of its storage`, { id: spec.id });
+    if (spec.streamToken !== undefined && !STREAM_TOKEN.test(spec.streamToken)) throw new InvalidArgument(`a migration's stream token is ${STREAM_TOKEN_BYTES * 2} hex digits`, { id: spec.id });
     // this migration's own certificate when the control plane minted one (QEMU never holds the agent's), else the agent's
     const mine = spec.credentials ?? this.o.settings.tls;
     const tls = spec.tls && mine ? mine : undefined;
@@ -141,11 +146,12 @@ export class VmMigration {
         if (spec.tls) await acceptOnlyFrom(events, sourceNames(spec.tls));
       }
       // the agent takes the stream's connection and hands it to QEMU, which has no network (qemu-peer-sockets.ts)
-      incoming.stream = await acceptOneForQemu(p.qmpSocket, host, INCOMING_STREAM, { execute: 'migrate-incoming', arguments: { uri: `fd:${INCOMING_STREAM}` } }, { id: spec.id });
+      // (only after the move's token when the source sent one: a stranger's connection does not fail it)
+      incoming.stream = await acceptOneForQemu(p.qmpSocket, host, INCOMING_STREAM, { execute: 'migrate-incoming', arguments: { uri: `fd:${INCOMING_STREAM}` } }, { context: { id: spec.id }, ...(spec.streamToken ? { token: spec.streamToken } : {}) });
       const uri = `tcp:${host.includes(':') ? `[${host}]` : host}:${incoming.stream.port}`;
       const exports = await exportDisksForMigration(events, p.qmpSocket, host, movingDisks(r.config), !!tls, !!(tls && spec.tls));
       const { root: nbd, ...volumes } = exports;
-      return { uri, ...(nbd ? { nbd } : {}), ...(Object.keys(volumes).length ? { nbdVolumes: volumes } : {}), ...(tls ? { tls: tls.name } : {}) };
+      return { uri, ...(nbd ? { nbd } : {}), ...(Object.keys(volumes).length ? { nbdVolumes: volumes } : {}), ...(tls ? { tls: tls.name } : {}), ...(spec.streamToken ? { checksStreamToken: true } : {}) };
     } catch (e) {
       await this.abandonIncoming(spec.id);
       throw e;
@@ -198,10 +204,11 @@ export class VmMigration {
             if (connectFor) {
               const to = tcpUriAddress(uri);
               if (!to) throw new InvalidArgument(`not a tcp:HOST:PORT migration URI: ${uri}`);
-              await connectForQemu(connectFor, to.host, to.port, OUTGOING_STREAM, { execute: 'migrate', arguments: { uri: `fd:${OUTGOING_STREAM}` } }).catch((e: unknown) => {
+              await connectForQemu(connectFor, to.host, to.port, OUTGOING_STREAM, { execute: 'migrate', arguments: { uri: `fd:${OUTGOING_STREAM}` } }, opts.streamToken).catch((e: unknown) => {
                 throw new NimbusError('Internal', `migration of ${id} failed: ${toNimbusError(e).message}`, undefined, { cause: e });
               });
             } else {
+              if (opts.streamToken) throw new Conflict(`VM ${id}'s QEMU connects by itself (launched by an older agent) and cannot send the stream's token the destination waits for`, { id });
               await c.execute('migrate', { uri });
             }
             for (;;) {
@@ -349,6 +356,10 @@ export class VmMigration {
 function movingDisks(config: VmRecord['config']): MovingDisk[] {
   return [...(config.rootDisk ? [ROOT_DISK] : []), ...(config.blockVolumes ?? []).map((b) => volumeDisk(b.volumeId, blockVolumeNames(b.volumeId).node))];
 }
+
+/** A migration's stream token: 32 random bytes, as hex on the wire (VmMigrationSpec.streamToken). */
+const STREAM_TOKEN_BYTES = 32;
+const STREAM_TOKEN = /^[0-9a-f]{64}$/;
 
 /** The names a migration's stream is handed to QEMU under (qemu-peer-sockets.ts). */
 const INCOMING_STREAM = 'migration-in';
