@@ -75,9 +75,11 @@ export interface ContentStore extends ContentReader, ContentIngester {
   /**
    * Stream bytes in whose digest is not known yet (a local file being imported): stored under the
    * digest they hash to, read once. An existing blob of that digest is kept and the copy dropped.
-   * With `size`, another length is DataLoss and nothing is stored.
+   * With `size`, another length is DataLoss and nothing is stored; `check` sees the digest before
+   * anything is stored, and what it throws leaves nothing stored either (an archive's promise of a
+   * digest the bytes do not keep).
    */
-  ingestComputed(source: AsyncIterable<Uint8Array>, expected?: { size?: number }): Promise<ContentInfo>;
+  ingestComputed(source: AsyncIterable<Uint8Array>, expected?: { size?: number; check?: (digest: Digest) => void }): Promise<ContentInfo>;
   delete(digest: Digest): Promise<void>;
   list(): Promise<ContentInfo[]>;
 }

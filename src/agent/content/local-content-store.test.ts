@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DataLoss } from '../../core/errors.js';
 import { LocalContentStore } from './local-content-store.js';
 
 const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -142,6 +143,13 @@ test('content store: ingestComputed stores bytes under the digest they hash to, 
     throw new Error('read failed');
   }
   await assert.rejects(cs.ingestComputed(broken()), /read failed/);
+  // the caller's check sees the digest first, and its refusal stores nothing
+  let checked: string | undefined;
+  await assert.rejects(cs.ingestComputed(chunks(other), { check: (digest) => {
+    checked = digest;
+    throw new DataLoss('not the promised digest');
+  } }), { code: 'DataLoss', message: /not the promised digest/ });
+  assert.equal(checked, digestOf(other));
   assert.equal(await cs.info(digestOf(other)), undefined, 'nothing stored for a refused or failed import');
   assert.deepEqual(readdirSync(join(root, 'ingest')), [], 'no temp file left');
 });

@@ -95,7 +95,7 @@ export class LocalContentStore implements ContentStore {
     return this.write(source, expected);
   }
 
-  async ingestComputed(source: AsyncIterable<Uint8Array>, expected: { size?: number } = {}): Promise<ContentInfo> {
+  async ingestComputed(source: AsyncIterable<Uint8Array>, expected: { size?: number; check?: (digest: Digest) => void } = {}): Promise<ContentInfo> {
     return this.write(source, expected);
   }
 
@@ -103,8 +103,8 @@ export class LocalContentStore implements ContentStore {
    * Into a temp file while hashing, then checked against what was expected, synced and renamed to
    * the digest's path. Without an expected digest the blob takes the one computed.
    */
-  private async write(source: AsyncIterable<Uint8Array>, expected: { digest?: Digest; size?: number }): Promise<ContentInfo> {
-    const { digest, size } = expected;
+  private async write(source: AsyncIterable<Uint8Array>, expected: { digest?: Digest; size?: number; check?: (digest: Digest) => void }): Promise<ContentInfo> {
+    const { digest, size, check } = expected;
     const what = digest ?? 'being imported';
     const ingestDir = join(this.root, 'ingest');
     await mkdir(ingestDir, { recursive: true });
@@ -145,6 +145,7 @@ export class LocalContentStore implements ContentStore {
       const actual = (await hash.digest()) as Digest;
       if (digest !== undefined && actual !== digest) throw new DataLoss(`digest mismatch: expected ${digest}, got ${actual}`);
       if (size !== undefined && total !== size) throw new DataLoss(`blob ${digest ?? actual}: size mismatch: expected ${size}, got ${total}`);
+      check?.(actual);
       if (digest === undefined && (await this.info(actual))) {
         // an import of content already here: the stored blob stays (blobs never change)
         await fh.close();

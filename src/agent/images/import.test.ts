@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { hasCode, type ErrorCode } from '../../core/errors.js';
 import { DiskSpace } from '../content/disk-space.js';
@@ -114,6 +115,19 @@ test('corrupt archives are refused: DataLoss, nothing of the bad blob stored; no
     { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: `${cfg.digest.slice(7)}.json`, RepoTags: ['x:y'], Layers: ['l0/layer.tar', 'l1/layer.tar', 'l2/layer.tar'] }]) },
   ]));
   await assert.rejects(importImageArchive(saveBad, store), { code: 'DataLoss', message: /diff_id/ });
+  assert.equal(await store.info(sha256Digest(Buffer.concat([images.amd64.rawLayers[2]!, Buffer.alloc(512)]))), undefined, 'the layer that broke its promise is not stored');
+  assert.deepEqual(readdirSync(join(dir, 'content', 'ingest')), []);
+  // a layer whose bytes are not what its blobs/sha256/<hex> name says
+  const nameBad = join(dir, 'name-bad.tar');
+  writeFileSync(nameBad, await makeTar([
+    { name: `${cfg.digest.slice(7)}.json`, type: 'file', content: cfg.data },
+    { name: `blobs/sha256/${'b'.repeat(64)}`, type: 'file', content: images.amd64.rawLayers[0]! },
+    ...images.amd64.rawLayers.slice(1).map((r, i) => ({ name: `l${i + 1}/layer.tar`, type: 'file' as const, content: r })),
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: `${cfg.digest.slice(7)}.json`, Layers: [`blobs/sha256/${'b'.repeat(64)}`, 'l1/layer.tar', 'l2/layer.tar'] }]) },
+  ]));
+  const fresh = new LocalContentStore(join(dir, 'content-fresh'));
+  await assert.rejects(importImageArchive(nameBad, fresh), { code: 'DataLoss', message: /digest mismatch: expected sha256:b{64}/ });
+  assert.equal(await fresh.info(images.amd64.diffIds[0]!), undefined, 'nothing of it stored');
 
   // A config whose content does not match its <hex>.json name.
   const cfgBad = join(dir, 'cfg-bad.tar');
@@ -187,6 +201,30 @@ test('an image the disk cannot hold is refused before its layers are stored (bot
   assert.equal(img!.manifestDigest, images.amd64.manifest.digest);
 });
 
+test('a docker save layer is read once into the store: hashed as it is copied, not hashed first and copied after', async (t) => {
+  const dir = tmp(t);
+  const layer = randomBytes(24 << 20);
+  const digest = sha256Digest(layer);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [digest] } }));
+  const cfgName = `${sha256Digest(config).slice(7)}.json`;
+  const tarPath = join(dir, 'big.tar');
+  writeFileSync(tarPath, await makeTar([
+    { name: 'manifest.json', type: 'file', content: JSON.stringify([{ Config: cfgName, RepoTags: ['x/big:1'], Layers: ['l/layer.tar'] }]) },
+    { name: cfgName, type: 'file', content: config },
+    { name: 'l/layer.tar', type: 'file', content: layer },
+  ]));
+  const store = new LocalContentStore(join(dir, 'content'));
+  const readBytes = () => Number(/^rchar: (\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'))?.[1]);
+  const before = readBytes();
+  const [img] = await importImageArchive(tarPath, store);
+  const read = readBytes() - before;
+  t.diagnostic(`read ${read} bytes for a ${layer.length}-byte layer`);
+  assert.equal(img!.layers[0]!.digest, digest);
+  assert.deepEqual(await store.readBlob(digest), layer);
+  // the archive once (its members taken out), then each member once: ~2× the layer (the code before: ~3×)
+  assert.ok(read < 2.5 * layer.length, `read ${read} bytes for a ${layer.length}-byte layer`);
+});
+
 test('blobs already stored are not opened: an archive naming one layer many times, or imported again, leaves no file open', async (t) => {
   const dir = tmp(t);
   const { manifest, blobs } = await repeatedLayerImage(200);
@@ -213,6 +251,10 @@ test('an archive naming one manifest or one layer many times costs one image\'s 
     ingest: (...a: Parameters<LocalContentStore['ingest']>) => {
       ingests++;
       return inner.ingest(...a);
+    },
+    ingestComputed: (...a: Parameters<LocalContentStore['ingestComputed']>) => {
+      ingests++;
+      return inner.ingestComputed(...a);
     },
   });
   await layout(join(dir, 'oci.tar'), 100);

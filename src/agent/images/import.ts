@@ -209,6 +209,31 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
     const { digest } = await digestFile(m.file, (first: Buffer) => (head = Buffer.from(first.subarray(0, 8))));
     return { digest, head: head ?? Buffer.alloc(0) };
   };
+  /**
+   * A member whose digest nothing promises, stored under the one its bytes hash to as they are
+   * copied (read once; its first bytes kept to tell its compression). `check` sees the digest
+   * and those bytes before anything is stored: what it throws leaves nothing. Once per member;
+   * a later use only checks.
+   */
+  const computed = new Map<Member, Promise<{ info: ContentInfo; head: Buffer }>>();
+  const storeComputed = async (m: Member, check: (digest: string, head: Buffer) => void): Promise<{ info: ContentInfo; head: Buffer }> => {
+    const known = computed.get(m);
+    if (known) {
+      const done = await known;
+      check(done.info.digest, done.head);
+      return done;
+    }
+    let head: Buffer | undefined;
+    async function* bytes() {
+      for await (const chunk of fileBytes(m.file)) {
+        head ??= Buffer.from(chunk.subarray(0, 8));
+        yield chunk;
+      }
+    }
+    const p = store.ingestComputed(bytes(), { size: m.size, check: (d) => check(d, head ?? Buffer.alloc(0)) }).then((info) => ({ info, head: head ?? Buffer.alloc(0) }));
+    computed.set(m, p);
+    return p;
+  };
   /** Refuse an image whose blobs (those not stored yet) and unpacked layers cannot fit. */
   const ensureRoom = async (config: { digest?: string; size: number }, layers: { digest?: string; size: number }[], what: string) => {
     if (!opts.room) return;
@@ -232,8 +257,9 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
   const ingestFile = async (name: string, expect?: { digest: string; size?: number }) => {
     const m = members.get(name);
     if (!m) throw new DataLoss(`image archive is missing ${name}${expect ? ` (${expect.digest})` : ''}`);
-    const digest = expect?.digest ?? (await hashFile(m)).digest;
-    const size = expect?.size ?? m.size;
+    if (!expect) return (await storeComputed(m, () => undefined)).info;
+    const { digest } = expect;
+    const size = expect.size ?? m.size;
     const key = `${digest} ${name}`;
     const known = ingested.get(key);
     if (known?.size === size) return known;
@@ -346,16 +372,16 @@ async function importMembers(tarPath: string, dir: string, store: ContentStore, 
         const name = clean(l);
         const m = members.get(name);
         if (!m) throw new DataLoss(`image archive is missing layer ${l}`);
-        const { digest, head } = await hashFile(m);
+        // what its name and the config promise is checked before it is stored
         const promised = digestFromName(name);
-        if (promised && promised !== digest) throw new DataLoss(`${l} in the image archive: digest mismatch: expected ${promised}, got ${digest}`);
-        const compression = sniffCompression(head);
         const diffId = diffIds?.[i];
-        if (compression === 'none' && diffId !== undefined && diffId !== digest) {
-          throw new DataLoss(`${l} in the image archive: digest mismatch: config diff_id is ${diffId}, layer is ${digest}`);
-        }
-        const info = await ingestFile(name, { digest, size: m.size });
-        layers.push({ mediaType: ociLayerType(compression), digest: info.digest, size: info.size });
+        const { info, head } = await storeComputed(m, (digest, first) => {
+          if (promised && promised !== digest) throw new DataLoss(`${l} in the image archive: digest mismatch: expected ${promised}, got ${digest}`);
+          if (sniffCompression(first) === 'none' && diffId !== undefined && diffId !== digest) {
+            throw new DataLoss(`${l} in the image archive: digest mismatch: config diff_id is ${diffId}, layer is ${digest}`);
+          }
+        });
+        layers.push({ mediaType: ociLayerType(sniffCompression(head)), digest: info.digest, size: info.size });
       }
       const manifest: ImageManifest = {
         schemaVersion: 2,
