@@ -160,6 +160,20 @@ test('with a token, strangers who reach the port first (silent, a wrong token, a
 
 test('a connection silent past the wait is closed and the port goes on listening; a flood of waiting connections does not keep the move\'s own out', async () => {
   const secret = token();
+  // what the agent logs of the closed connections: the first few one by one, then a count
+  const logged: Array<{ msg: string; why?: string; refused?: number; test?: number }> = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    for (const line of String(chunk).split('\n').filter(Boolean)) {
+      try {
+        const l = JSON.parse(line) as { msg: string; test?: number };
+        if (l.test === 2) logged.push(l);
+      } catch {
+        /* not a log line */
+      }
+    }
+    return (write as (...a: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stderr.write;
   const port = await acceptOneForQemu(qmpSocket, '127.0.0.1', 'migration-in', INCOMING, { context: { test: 2 }, token: secret, tokenWaitMs: 300 });
   try {
     const silent = await client(port.port);
@@ -175,7 +189,12 @@ test('a connection silent past the wait is closed and the port goes on listening
     assert.deepEqual([...source.received()], [0x01]);
     await Promise.all(flood.map((f) => f.ended));
     source.socket.destroy();
+    // the silent one and the 9 oldest of the flood pushed out by later arrivals: 5 lines, then the count
+    await until(() => logged.some((l) => l.refused !== undefined), 'the count of closed connections');
+    assert.deepEqual(logged.filter((l) => l.why).map((l) => l.why), ['no token in time', ...Array(4).fill('too many connections waiting')]);
+    assert.equal(logged.find((l) => l.refused !== undefined)?.refused, 10);
   } finally {
+    process.stderr.write = write;
     port.close();
   }
 });

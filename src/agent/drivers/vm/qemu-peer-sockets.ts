@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { Internal } from '../../../core/errors.js';
 import { logger } from '../../../core/log.js';
 import { fdMonitorSocket } from './qemu.js';
-import { handFdsToQemu, type QmpCommand } from './qmp-fds.js';
+import { handFdsToQemu, REFUSALS_TOLD, type QmpCommand } from './qmp-fds.js';
 
 const log = logger('vm-driver');
 
@@ -78,7 +78,9 @@ export async function acceptOneForQemu(qmpSocket: string, host: string, name: st
   // before it listens, the caller's error (the address cannot be bound); after, a failed handover is logged
   const first = await Promise.race([port, done.then(() => undefined)]);
   if (first === undefined) throw new Internal(`no port came back for ${name}`);
-  done.catch((e: unknown) => {
+  done.then((r) => {
+    if (r.refused && r.refused > REFUSALS_TOLD) log.warn('connections to an incoming migration\'s port were closed before its own came', { ...o.context, refused: r.refused });
+  }, (e: unknown) => {
     if (!helper.signal.aborted) log.warn('handing an incoming connection to QEMU failed', { ...o.context, error: String(e) });
   });
   return { port: first, close: () => helper.abort() };

@@ -20,8 +20,9 @@
  *   migration's stream): the first, or with a token the first that sends exactly the token's
  *   bytes (read without blocking among up to maxPending others, what follows left for QEMU),
  *   answered STREAM_TOKEN_ACCEPTED; one that sends anything else, or nothing within
- *   tokenWaitMs, is closed and told, and the oldest waiting goes when more arrive. QEMU's
- *   monitor is opened only once the connection is chosen.
+ *   tokenWaitMs, is closed and told (the first REFUSALS_TOLD; all are counted in the result's
+ *   `refused`), and the oldest waiting goes when more arrive. QEMU's monitor is opened only once
+ *   the connection is chosen.
  * - blockdev-add: a block node whose files are descriptors (an fdset each, "/dev/fdset/N"), added
  *   in the same session (QEMU frees an fdset nobody uses when its last monitor client goes), each
  *   fdset's own copy removed afterwards (the node keeps its duplicate).
@@ -53,11 +54,15 @@ export type QmpFdPlan =
 
 /** The byte a destination answers a migration's token with when it is the one it waits for (the source then hands QEMU the connection). */
 export const STREAM_TOKEN_ACCEPTED = 0x01;
+/** An accept tells this many refused connections one by one; it counts the rest in its result (`refused`). */
+export const REFUSALS_TOLD = 5;
 
 const HELPER = String.raw`
 import json, os, socket, sys
 path, plan = sys.argv[1], json.loads(sys.stdin.readline())
 ACCEPTED = bytes([${STREAM_TOKEN_ACCEPTED}])
+REFUSALS_TOLD = ${REFUSALS_TOLD}
+out = {'ok': True}
 s = f = None
 def reply():
     while True:
@@ -128,7 +133,10 @@ def chosen_connection():
         except OSError:
             addr = None
         c.close()
-        print(json.dumps({'refused': addr, 'why': why}), flush=True)
+        # the first few told one by one, the rest only counted: a flood of strangers is not a flood of log lines
+        out['refused'] = out.get('refused', 0) + 1
+        if out['refused'] <= REFUSALS_TOLD:
+            print(json.dumps({'refused': addr, 'why': why}), flush=True)
     while True:
         now = time.monotonic()
         timeout = max(0, min(d for d, _ in pending.values()) - now) if pending else None
@@ -176,7 +184,6 @@ def chosen_connection():
         now = time.monotonic()
         for c in [c for c, (d, _) in pending.items() if d <= now]:
             refuse(c, 'no token in time')
-out = {'ok': True}
 if plan['op'] == 'accept':
     c = chosen_connection()
     monitor()
@@ -255,7 +262,7 @@ export async function handFdsToQemu(
   plan: QmpFdPlan,
   fds: ReadonlyArray<number | Socket>,
   o: { timeoutMs?: number; signal?: AbortSignal; news?: (n: HelperNews) => void } = {},
-): Promise<{ port?: number }> {
+): Promise<{ port?: number; refused?: number }> {
   // -I -S: no environment, user directory or site packages (10 ms here, and nothing else imported)
   const child = spawn(python3(), ['-I', '-S', '-c', HELPER, qmpSocket], { stdio: ['pipe', 'pipe', 'pipe', ...fds] });
   // a broken pipe (python gone before reading) shows as its exit below
@@ -301,7 +308,7 @@ export async function handFdsToQemu(
     child.stdin!.end();
   });
   const last = out.trim().split('\n').pop() ?? '';
-  if (code === 0) return JSON.parse(last) as { port?: number };
+  if (code === 0) return JSON.parse(last) as { port?: number; refused?: number };
   let reason = err.trim().split('\n').pop() ?? `exit ${code}`;
   try {
     const r = JSON.parse(last) as { error?: { desc?: string }; command?: string };
