@@ -5,15 +5,20 @@
  * be by a link), which registers itself over the API. A VM runs on the second agent, is live-migrated
  * to the embedded one and back through the API and the CLI (downtime, total time, bytes and
  * passes reported; the guest never reboots and its console answers through the agent
- * protocol), survives kill -9 of the control plane and of the agent process, and leaves no
- * QEMU, no state and no registration behind.
+ * protocol), moves to and from a third agent on a unix socket (no certificate of its own) over TLS
+ * with certificates minted for each move, survives kill -9 of the control plane and of the agent
+ * process, and leaves no QEMU, no state and no registration behind.
  */
 import { GUEST_HOST_DIRS_ENV } from '../scripts/fixtures/guest.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { DAEMON_MAIN, startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.js';
+import { untilOutput } from '../scripts/fixtures/child-output.js';
+import { testNetworkEnv } from '../src/agent/network/network-test-env.js';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, type TestGuest } from '../scripts/fixtures/guest.js';
 import { agentInNamespace, secondHost, type SecondHost } from './helpers/second-host.js';
 import { waitFor as poll } from './helpers/wait.js';
@@ -23,6 +28,7 @@ import { call } from './helpers/http.js';
 const waitFor = <T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 90_000) => poll(what, fn, timeoutMs, 200);
 const NAME = 'mig-vm';
 const AGENT = 'host-b';
+const UNIX_AGENT = 'host-u';
 
 interface Vm { id: string; name: string; status: string; agent: string; exitCode: number | null; host: { qemuPid?: number } | null }
 interface AgentRow { name: string; local: boolean; state: string; url?: string; vms: number; reason?: string }
@@ -160,6 +166,38 @@ describe('live migration between two agents of one control plane', { concurrency
     assert.ok(next, `a next page: ${JSON.stringify(page1.headers)}`);
     const ops2 = (await call({ socketPath: d.socket }, 'GET', next)).body as Array<{ result: Report }>;
     assert.deepEqual([ops2[0]!.result.from, ops2[0]!.result.to, ops2[0]!.result.downtimeMs], [AGENT, 'local', r.downtimeMs]);
+  });
+
+  test('an agent on a unix socket holds no certificate: a move from it is TLS too, with certificates minted for the move (protocol 14)', async (t) => {
+    const home = mkdtempSync(join(tmpdir(), 'nimbus-unix-agent-'));
+    let out = '';
+    const child = spawn(process.execPath, ['--enable-source-maps', DAEMON_MAIN, 'agent', '--name', UNIX_AGENT, '--home', home, '--listen', `unix:${join(home, 'agent.sock')}`,
+      '--migration-address', host2.hostAddress, '--control-plane', `unix:${d.socket}`], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NIMBUS_LOG_LEVEL: 'warn', ...GUEST_HOST_DIRS_ENV, ...testNetworkEnv() } });
+    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+    try {
+      await untilOutput(child, 'registered with', 'the unix-socket agent did not register', () => out);
+      assert.match(await cliOk(['agent', 'ls']), new RegExp(`${UNIX_AGENT}\\s+up\\s+unix:`), 'reached over its socket, no certificate');
+      const there = JSON.parse(await cliOk(['vm', 'migrate', NAME, '--to', UNIX_AGENT, '-o', 'json'])) as Report;
+      t.diagnostic(`to the unix-socket agent: ${JSON.stringify(there)}`);
+      assert.deepEqual([there.from, there.to, there.tls], [AGENT, UNIX_AGENT, true]);
+      assert.equal(qemuUnder(home).length, 1);
+      // the source without a certificate: plain before protocol 14
+      const back = JSON.parse(await cliOk(['vm', 'migrate', NAME, '--to', AGENT, '-o', 'json'])) as Report;
+      t.diagnostic(`back: ${JSON.stringify(back)}`);
+      assert.deepEqual([back.from, back.to, back.tls], [UNIX_AGENT, AGENT, true], 'over TLS from an agent with no certificate of its own');
+      assert.deepEqual(qemuUnder(home), []);
+      assert.doesNotMatch(out, /streams in clear/, 'neither side logged a move in clear');
+      assert.match(await cliOk(['console', NAME], 'echo after-unix\n'), /after-unix/);
+    } finally {
+      // forgotten also when the test failed, so that the tests after it see the two agents they expect
+      await d.cli(['agent', 'rm', UNIX_AGENT]);
+      const exited = new Promise((r) => child.once('exit', r));
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await exited;
+      for (const pid of qemuUnder(home)) process.kill(pid, 'SIGKILL');
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 
   test('kill -9 of the control plane and of the agent: the VM keeps running and is found again', async () => {

@@ -202,6 +202,12 @@ export interface VmMigrationSpec {
   /** The source agent's certificate name when it can send over TLS (protocol 8; docs/security.md, "Live migration"). */
   tls?: string;
   /**
+   * The source takes a certificate minted for the move though it has none of its own (protocol
+   * 14: an agent on a unix socket): the control plane then mints both sides' and the move is TLS.
+   * An older source without a certificate sends in clear.
+   */
+  takesMintedCredentials?: boolean;
+  /**
    * The destination's certificate for this migration alone (protocol 11): minted by the control
    * plane, short-lived and named `migration.AGENT`, so that QEMU never holds the agent's own key.
    * Absent: the agent's own certificate. Never logged.

@@ -142,6 +142,7 @@ const VmMigrationSpec = Obj({
   storage: Type.Optional(Obj({ virtualSize: Int, backing: Type.Optional(Str), backingFormat: Type.Optional(Type.Union([Type.Literal('raw'), Type.Literal('qcow2')])) })),
   nics: Type.Optional(Type.Array(Attachment)),
   tls: Type.Optional(Str),
+  takesMintedCredentials: Type.Optional(Bool),
   credentials: Type.Optional(MigrationCredentials),
   streamToken: Type.Optional(StreamToken),
 });

@@ -151,15 +151,17 @@ export async function migrateVm(deps: VmMoveDeps, idOrName: string, to: string, 
       await claimsBack(from);
       throw e;
     }
-    // both sides' certificates for this migration alone, when the source can send over TLS at all
-    // (an agent with no certificate of its own may not be of a protocol that takes minted ones)
+    // both sides' certificates for this migration alone, when the source can send over TLS at all:
+    // it has a certificate of its own, or says it takes a minted one without (protocol 14: an agent
+    // on a unix socket; an older one without a certificate may not take minted ones, and sends in
+    // clear). A destination of protocol 10 or older is sent none and answers plain without one of its own.
     let minted: { src: MigrationTls; dst: MigrationTls } | undefined;
     const { report: moved } = await migrateLive(
       v.id,
       {
         spec: async () => {
           const spec = await src.vmMigrationSpec(v.id);
-          if (!spec.tls || !deps.migrationCredentials) return spec;
+          if ((!spec.tls && !spec.takesMintedCredentials) || !deps.migrationCredentials) return spec;
           minted = { src: await deps.migrationCredentials(from), dst: await deps.migrationCredentials(to) };
           // the destination takes the source's certificate of this move, not any the source agent had
           return { ...spec, tls: minted.src.name };

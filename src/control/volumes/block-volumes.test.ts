@@ -233,7 +233,8 @@ test('a live migration gets certificates of its own, one per side, named for thi
     minted.push(agent);
     return { name: `migration.${agent}.${minted.length}`, ca: 'CA', cert: `CERT ${agent}`, key: `KEY ${agent}` };
   };
-  // a source with no certificate of its own sends in clear as before: nothing is minted for it
+  // a source with no certificate of its own that says nothing of minted ones (older than protocol
+  // 14) sends in clear as before: nothing is minted for it
   await vms.migrate('m', 'b');
   assert.deepEqual(minted, []);
   assert.equal(b.calls('prepareVmIncoming').at(-1)?.[0].credentials, undefined);
@@ -248,4 +249,15 @@ test('a live migration gets certificates of its own, one per side, named for thi
   const out = b.calls('migrateVmOut').at(-1)!;
   assert.equal(out[2].tls, 'migration.local.2', 'the source checks the name the destination answered');
   assert.equal(out[2].credentials?.name, 'migration.b.1', "the source's own");
+  // a source with no certificate that takes a minted one (protocol 14: an agent on a unix socket):
+  // each side gets its own, and the move is TLS where it was in clear
+  local.override('vmMigrationSpec', async (id) => ({ id, name: 'm', createdAt: new Date().toISOString(), config, takesMintedCredentials: true }));
+  await vms.migrate('m', 'b');
+  assert.deepEqual(minted, ['b', 'local', 'local', 'b']);
+  const preparedB = b.calls('prepareVmIncoming').at(-1)![0];
+  assert.equal(preparedB.credentials?.name, 'migration.b.4');
+  assert.equal(preparedB.tls, 'migration.local.3');
+  const outLocal = local.calls('migrateVmOut').at(-1)!;
+  assert.equal(outLocal[2].tls, 'migration.b.4');
+  assert.equal(outLocal[2].credentials?.name, 'migration.local.3');
 });

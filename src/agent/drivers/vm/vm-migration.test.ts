@@ -119,7 +119,12 @@ test('live migration to another driver: the guest goes on, the source is gone, t
     const strangers: net.Socket[] = [];
     try {
       const { report: secure } = await migrateLive(id,
-        { spec: async () => { const s = await dest.migrationSpec(id); streamToken = s.streamToken; return s; }, send: (uri, o) => dest.migrateOut(id, uri, o), end: (outcome) => dest.endMigration(id, outcome) },
+        { spec: async () => {
+          const s = await dest.migrationSpec(id);
+          streamToken = s.streamToken;
+          assert.equal(s.takesMintedCredentials, undefined, 'a source with a certificate of its own names it instead');
+          return s;
+        }, send: (uri, o) => dest.migrateOut(id, uri, o), end: (outcome) => dest.endMigration(id, outcome) },
         {
           prepare: async (spec) => {
             const target = await third.prepareIncoming(spec, '127.0.0.1');
@@ -211,6 +216,7 @@ test("a migration's own certificates (protocol 11): agents with none of their ow
       { spec: () => src.migrationSpec(id), send: (uri, o) => src.migrateOut(id, uri, { ...o, credentials: credA }), end: (outcome) => src.endMigration(id, outcome) },
       {
         prepare: async (spec) => {
+          assert.equal(spec.takesMintedCredentials, true, 'a source without a certificate says it takes a minted one (protocol 14)');
           // the control plane says the source can send over TLS, and gives each side its certificate
           const target = await dst.prepareIncoming({ ...spec, tls: credA.name, credentials: credB }, '127.0.0.1');
           answered = target.tls;

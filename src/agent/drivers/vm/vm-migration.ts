@@ -74,7 +74,8 @@ export class VmMigration {
     const shared = r.config.blockVolumes?.find((b) => b.shared);
     if (shared) throw new Conflict(`VM ${id} has the shared volume ${shared.volumeId} attached: other VMs may hold it on this host, so it cannot move with this one (detach it first)`, { id });
     const { paths: _hostPaths, ...config } = r.config;
-    const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}), ...(this.o.settings.tls ? { tls: this.o.settings.tls.name } : {}) };
+    // without a certificate of its own it still sends over TLS with one minted for the move (protocol 14)
+    const spec: MigrationSpec = { id: r.id, name: r.name, createdAt: r.createdAt, config: config as Record<string, unknown>, ...(r.pin ? { pin: r.pin } : {}), ...(this.o.settings.tls ? { tls: this.o.settings.tls.name } : { takesMintedCredentials: true }) };
     // a one-time secret the stream's connection opens with, when the agent makes that connection
     // (a QEMU launched by an older agent connects itself and could not send it)
     if (takesDescriptors(this.records.paths(id).qmpSocket)) spec.streamToken = randomBytes(STREAM_TOKEN_BYTES).toString('hex');
