@@ -2,7 +2,9 @@
  * The HTTP edge: limits and the parsing of what a client sends before any route sees it.
  * A client's mistake here is always a 4xx (never a 500, a reset or a hang).
  */
-import type { IncomingMessage, ServerOptions } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import type { ServerTls } from '../core/server-tls.js';
 import type { Duplex } from 'node:stream';
 import type { TSchema } from '@sinclair/typebox';
 import { HeadersTooLarge, InvalidArgument, PayloadTooLarge } from '../core/errors.js';
@@ -50,6 +52,15 @@ export function serverOptions(l: EdgeLimits): ServerOptions {
     maxHeaderSize: l.maxHeaderBytes,
     connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(l.headersTimeoutMs / 4))),
   };
+}
+
+/**
+ * A TCP listener's server: HTTPS with `tls` (nimbusd --tls-cert), else HTTP; the same handler,
+ * limits and upgrade events either way (an HTTPS server is an HTTP server behind its handshake).
+ */
+export function createEdgeServer(l: EdgeLimits, handler: (req: IncomingMessage, res: ServerResponse) => void, tls?: ServerTls): Server {
+  if (!tls) return createServer(serverOptions(l), handler);
+  return createTlsServer({ ...serverOptions(l), cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, handler) as unknown as Server;
 }
 
 const REASON: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' };

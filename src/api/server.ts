@@ -1,4 +1,5 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { ServerTls } from '../core/server-tls.js';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
@@ -14,7 +15,7 @@ import { authenticate, authorize, needsBody, type Transport } from './authz.js';
 import type { Principal } from '../control/identity/access.js';
 import {
   checkDeclaredLength, decodeComponent, DEFAULT_EDGE_LIMITS, hasUnreadBody, onClientError, parseQuery, parseTarget, presentBody,
-  readJsonBody, serverOptions, type EdgeLimits,
+  readJsonBody, createEdgeServer, type EdgeLimits,
 } from './edge.js';
 import { refuseHostPaths } from './host-paths.js';
 import { writeLines } from '../core/streams.js';
@@ -286,8 +287,8 @@ export class ApiServer {
     }
   }
 
-  private createServer(handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>): Server {
-    const server = createServer(serverOptions(this.limits), handler);
+  private createServer(handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>, tls?: ServerTls): Server {
+    const server = createEdgeServer(this.limits, handler, tls);
     server.on('clientError', onClientError);
     return server;
   }
@@ -309,8 +310,9 @@ export class ApiServer {
     this.servers.push(server);
   }
 
-  async listenTcp(host: string, port: number): Promise<number> {
-    const server = this.createServer(this.handleTcp);
+  /** The API (and the dashboard) on TCP; HTTPS with `tls`. Returns the port it got. */
+  async listenTcp(host: string, port: number, tls?: ServerTls): Promise<number> {
+    const server = this.createServer(this.handleTcp, tls);
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => (this.execTcp.matches(req) ? this.execTcp : this.upgrades).handle(req, socket, head));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

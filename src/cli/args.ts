@@ -54,6 +54,8 @@ export interface CommandContext extends ParsedArgs {
 export interface GlobalOptions {
   socket?: string;
   host?: string;
+  /** --tls-ca FILE or NIMBUS_TLS_CA: a CA an https:// host's certificate may chain to (beside the system's). */
+  tlsCa?: string;
   /** --project P (before or after the command) or NIMBUS_PROJECT: the project every request acts on. */
   project?: string;
   output: 'table' | 'json';

@@ -77,7 +77,9 @@ export function topHelp(): string {
     '',
     'Global options:',
     '  --socket PATH          nimbusd unix socket (env NIMBUS_SOCKET; default /run/nimbus/nimbus.sock)',
-    '  -H, --host URL         nimbusd over TCP, tcp://HOST:PORT; several replicas comma-separated, tried in turn (env NIMBUS_HOST)',
+    '  -H, --host URL         nimbusd over TCP, tcp://HOST:PORT or https://HOST:PORT (nimbusd --tls-cert); several replicas',
+    '                         comma-separated, tried in turn (env NIMBUS_HOST)',
+    '  --tls-ca FILE          a CA (PEM) an https:// host\'s certificate may chain to, beside the system\'s (env NIMBUS_TLS_CA)',
     '  --project P            the project to act on: id, path (org/team) or name (env NIMBUS_PROJECT;',
     '                         default: your default project; * lists every project you can read)',
     '  -o, --output FORMAT    table or json, for listing and inspect commands (also --format)',
@@ -122,6 +124,7 @@ export async function main(argv: string[]): Promise<number> {
       };
       if (flag === '--socket') global.socket = value();
       else if (flag === '--host' || flag === '-H') global.host = value();
+      else if (flag === '--tls-ca') global.tlsCa = value();
       else if (flag === '--project') global.project = value();
       else if (flag === '--output' || flag === '-o' || flag === '--format') global.output = parseOutput(value());
       else if (flag === '--help' || flag === '-h') {

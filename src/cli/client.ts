@@ -10,7 +10,10 @@
  * connection broke after it was sent moves on only for GET and HEAD (a create is never sent
  * twice blindly). An HTTP answer, errors included, is an answer: it does not move on.
  */
+import { readFileSync } from 'node:fs';
 import { request, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { rootCertificates } from 'node:tls';
 import type { Readable } from 'node:stream';
 import { WebSocket } from 'ws';
 import { readStoredToken } from './credentials.js';
@@ -59,7 +62,8 @@ export function sseData(block: string): string | undefined {
   return data.length ? data.join('\n') : undefined;
 }
 
-type Target = { socketPath: string } | { host: string; port: number };
+/** A unix socket, or TCP (HTTPS when `tls`, its certificate checked against `ca` beside the system's CAs). */
+type Target = { socketPath: string } | { host: string; port: number; tls?: { ca?: Buffer } };
 
 export interface ClientOptions {
   socket?: string;
@@ -70,6 +74,8 @@ export interface ClientOptions {
   env?: NodeJS.ProcessEnv;
   /** With several endpoints, a TCP connection not made within this moves on (default 3,000 ms). */
   connectTimeoutMs?: number;
+  /** A CA file (PEM) https:// hosts' certificates may chain to, beside the system's (--tls-ca; env NIMBUS_TLS_CA). */
+  tlsCa?: string;
 }
 
 /** The request never reached a server: safe to send elsewhere, whatever the method. */
@@ -89,18 +95,33 @@ class MaybeDelivered extends Error {
 /** Per list of endpoints, the one that answered last in this process (every client of a CLI run shares it). */
 const lastAnswered = new Map<string, number>();
 
-function parseEndpoint(host: string): Target {
+function parseEndpoint(host: string, ca: Buffer | undefined): Target {
   if (host.startsWith('unix://')) return { socketPath: host.slice('unix://'.length) };
   let u: URL;
   try {
     u = new URL(/^[a-z]+:\/\//.test(host) ? host.replace(/^tcp:/, 'http:') : `http://${host}`);
   } catch {
-    throw new ApiError(0, 'InvalidArgument', `invalid host "${host}": use tcp://HOST:PORT or unix:///path`);
+    throw new ApiError(0, 'InvalidArgument', `invalid host "${host}": use tcp://HOST:PORT, https://HOST:PORT or unix:///path`);
   }
-  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 80) };
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ApiError(0, 'InvalidArgument', `invalid host "${host}": use tcp://HOST:PORT, https://HOST:PORT or unix:///path`);
+  const secure = u.protocol === 'https:';
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || (secure ? 443 : 80)), ...(secure ? { tls: ca ? { ca } : {} } : {}) };
 }
 
-const describeTarget = (t: Target): string => ('socketPath' in t ? t.socketPath : `tcp://${t.host}:${t.port}`);
+const describeTarget = (t: Target): string => ('socketPath' in t ? t.socketPath : `${t.tls ? 'https' : 'tcp'}://${t.host}:${t.port}`);
+
+/** The CA file's PEM, read once: an unreadable one is a usage error naming it. */
+function readCa(file: string | undefined): Buffer | undefined {
+  if (!file) return undefined;
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    throw new ApiError(0, 'InvalidArgument', `cannot read the CA file ${file} (--tls-ca, NIMBUS_TLS_CA): ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+}
+
+/** TLS errors that mean the server's certificate is not trusted or not for this name (not that the server is down). */
+const CERTIFICATE_ERRORS = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_UNTRUSTED', 'CERT_REJECTED']);
 
 export class ApiClient {
   private readonly targets: Target[];
@@ -117,7 +138,8 @@ export class ApiClient {
     // Precedence: --socket, --host, NIMBUS_SOCKET, NIMBUS_HOST, the default socket.
     const host = opts.socket ? undefined : (opts.host ?? (env.NIMBUS_SOCKET ? undefined : env.NIMBUS_HOST));
     const hosts = (host ?? '').split(',').map((h) => h.trim()).filter(Boolean);
-    this.targets = hosts.length ? hosts.map(parseEndpoint) : [{ socketPath: opts.socket ?? env.NIMBUS_SOCKET ?? DEFAULT_SOCKET }];
+    const ca = hosts.some((h) => h.startsWith('https://')) ? readCa(opts.tlsCa ?? (env.NIMBUS_TLS_CA || undefined)) : undefined;
+    this.targets = hosts.length ? hosts.map((h) => parseEndpoint(h, ca)) : [{ socketPath: opts.socket ?? env.NIMBUS_SOCKET ?? DEFAULT_SOCKET }];
     this.endpointsKey = this.targets.map(describeTarget).join(',');
   }
 
@@ -173,10 +195,14 @@ export class ApiClient {
       let connected = false;
       let connectTimer: NodeJS.Timeout | undefined;
       const onStreamError = (e: Error) => req.destroy(e);
-      const req = request({ ...target, method, path, headers, ...(signal ? { signal } : {}) }, (res) => {
+      const onResponse = (res: IncomingMessage) => {
         clearTimeout(connectTimer);
         resolve(res);
-      });
+      };
+      const where = 'socketPath' in target ? { socketPath: target.socketPath } : { host: target.host, port: target.port };
+      const req = 'tls' in target && target.tls
+        ? httpsRequest({ ...where, ...(target.tls.ca ? { ca: [...rootCertificates, target.tls.ca.toString()] } : {}), method, path, headers, ...(signal ? { signal } : {}) }, onResponse)
+        : request({ ...where, method, path, headers, ...(signal ? { signal } : {}) }, onResponse);
       const sendBody = () => {
         if (raw) {
           raw.stream.once('error', onStreamError);
@@ -203,6 +229,10 @@ export class ApiClient {
         clearTimeout(connectTimer);
         raw?.stream.off('error', onStreamError);
         if (signal?.aborted) reject(e);
+        else if (CERTIFICATE_ERRORS.has(e.code ?? '')) {
+          // not a server that is down: trying another would not help, and the message must say why
+          reject(new ApiError(0, 'Unavailable', `nimbusd at ${describeTarget(target)} presented a certificate this client does not trust (${e.code}: ${e.message}): give the CA that signed it with --tls-ca FILE or NIMBUS_TLS_CA`));
+        }
         else if (!connected) reject(new NotDelivered(e.code ?? e.message));
         else if (['ECONNRESET', 'EPIPE'].includes(e.code ?? '') || e.message === 'socket hang up') reject(new MaybeDelivered(e.code ?? e.message));
         else reject(e);
@@ -279,8 +309,9 @@ export class ApiClient {
   webSocket(path: string, protocol: string): WebSocket {
     const target = this.targets[lastAnswered.get(this.endpointsKey) ?? 0]!;
     if (this.project && !/[?&]project=/.test(path)) path += `${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(this.project)}`;
-    const url = 'socketPath' in target ? `ws+unix://${target.socketPath}:${path}` : `ws://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${path}`;
-    return new WebSocket(url, protocol, { headers: this.token ? { authorization: `Bearer ${this.token}` } : {}, handshakeTimeout: 10_000 });
+    const url = 'socketPath' in target ? `ws+unix://${target.socketPath}:${path}` : `${target.tls ? 'wss' : 'ws'}://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${path}`;
+    const ca = 'tls' in target && target.tls?.ca ? { ca: [...rootCertificates, target.tls.ca.toString()] } : {};
+    return new WebSocket(url, protocol, { headers: this.token ? { authorization: `Bearer ${this.token}` } : {}, handshakeTimeout: 10_000, ...ca });
   }
 
   async *ndjson<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): AsyncGenerator<T> {

@@ -66,4 +66,6 @@ export interface Services {
   fence?: HostFence;
   /** The Docker Engine API on TCP (nimbusd --docker-tcp), once it listens: tcp://HOST:PORT. */
   dockerTcpUrl?: string;
+  /** The Docker API's TCP listener is HTTPS (nimbusd --tls-cert): docker --tlsverify. */
+  dockerTcpTls?: boolean;
 }

@@ -19,6 +19,12 @@ export interface NimbusOptions {
   dockerSocket: string;
   /** Optional TCP listener "host:port" for the Docker Engine API (every request needs a token). Env NIMBUS_DOCKER_TCP. */
   dockerTcp?: string;
+  /**
+   * PEM certificate (its chain after it) and private key the TCP listeners (--tcp, --docker-tcp,
+   * the dashboard's) serve HTTPS with; both or neither. Env NIMBUS_TLS_CERT, NIMBUS_TLS_KEY.
+   */
+  tlsCert?: string;
+  tlsKey?: string;
   /** Plain-HTTP registries other than loopback ones (which always work). Env NIMBUS_INSECURE_REGISTRIES, comma-separated. */
   insecureRegistries: string[];
   /**
@@ -236,6 +242,10 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
     if (!/^[^:]+:\d+$/.test(value) && !/^\[[0-9a-f:]+\]:\d+$/i.test(value)) throw new InvalidArgument(`${key === 'tcp' ? 'tcp' : 'docker tcp'} must be host:port, got "${value}"`);
     opts[key] = value;
   }
+  for (const [key, value] of [['tlsCert', overrides.tlsCert ?? env.NIMBUS_TLS_CERT], ['tlsKey', overrides.tlsKey ?? env.NIMBUS_TLS_KEY]] as const) {
+    if (value) opts[key] = value;
+  }
+  if (!opts.tlsCert !== !opts.tlsKey) throw new InvalidArgument('--tls-cert and --tls-key go together: give the certificate (PEM, its chain after it) and its private key');
   if (!opts.dockerSocket.startsWith('/')) throw new InvalidArgument(`docker socket must be an absolute path, got "${opts.dockerSocket}"`);
   if (!home.startsWith('/')) throw new InvalidArgument(`home must be an absolute path, got "${home}"`);
   const store = overrides.store ?? (env.NIMBUS_STORE || undefined);

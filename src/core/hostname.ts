@@ -5,3 +5,9 @@ const LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 export function isHostname(s: string, maxLength = 253): boolean {
   return s.length > 0 && s.length <= maxLength && s.split('.').every((l) => LABEL.test(l));
 }
+
+/** A loopback name or address (localhost, 127.0.0.0/8, ::1), with or without a port or brackets. */
+export function isLoopbackHost(host: string): boolean {
+  const name = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return name === 'localhost' || name === '::1' || /^127\.\d+\.\d+\.\d+$/.test(name);
+}

@@ -1,5 +1,6 @@
 /** Image references, normalised as Docker does (docker.io, library/, :latest). */
 import { InvalidArgument } from './errors.js';
+import { isLoopbackHost } from './hostname.js';
 
 export const DEFAULT_REGISTRY = 'docker.io';
 
@@ -67,7 +68,4 @@ export function parseReference(input: string): ImageReference {
 }
 
 /** Registries reached over plain HTTP without configuration: loopback only, as Docker does. */
-export function isLoopbackRegistry(host: string): boolean {
-  const name = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return name === 'localhost' || name === '::1' || /^127\.\d+\.\d+\.\d+$/.test(name);
-}
+export const isLoopbackRegistry = (host: string): boolean => isLoopbackHost(host);

@@ -18,6 +18,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSy
 import { prepareStateDirectories, sweepTempDirs } from './state-dirs.js';
 import http from 'node:http';
 import https from 'node:https';
+import { rootCertificates } from 'node:tls';
 import path from 'node:path';
 import { compileOptions, type CompiledOptions, type NimbusOptions } from '../core/config.js';
 import { InvalidArgument, Unauthenticated, logMessage } from '../core/errors.js';
@@ -48,6 +49,8 @@ export interface AgentProcessOptions {
   advertise?: string;
   /** Credential for the control plane's API (an administrator's token or API key): unix-socket agents register with it. */
   apiToken?: string;
+  /** A CA (PEM) an https:// control plane's certificate may chain to, beside the system's (nimbusd --tls-cert's; --control-plane-ca). */
+  controlPlaneCa?: string;
   /** Daemon options the agent shares with nimbusd (network names, accelerator, ...). */
   overrides?: Partial<NimbusOptions>;
 }
@@ -105,7 +108,7 @@ async function agentCertificate(o: AgentProcessOptions, home: string, stopped: (
   if (!o.controlPlane) throw new InvalidArgument('a join token needs --control-plane');
   const { key, csr } = await makeKeyAndCsr(o.name);
   const answer = await withRetry('join', o.controlPlane, stopped, () =>
-    controlPlaneCall<{ certificate: string; caCertificate: string }>(o.controlPlane!, '/agents/join', { joinToken: o.joinToken, name: o.name, csr, protocol: SPOKEN_PROTOCOL }),
+    controlPlaneCall<{ certificate: string; caCertificate: string }>(o.controlPlane!, '/agents/join', { joinToken: o.joinToken, name: o.name, csr, protocol: SPOKEN_PROTOCOL }, undefined, o.controlPlaneCa),
   );
   // the token says which CA to expect: an answer with another one is not from our control plane
   if (certFingerprint(answer.caCertificate) !== token.caFingerprint) {
@@ -170,7 +173,7 @@ export async function startAgentProcess(o: AgentProcessOptions, deps: AgentProce
   log.info('agent serving', { name: o.name, url, home: options.home, tls: !!tls });
 
   const registered = o.controlPlane
-    ? register(o.controlPlane, { name: o.name, url, token, protocol: SPOKEN_PROTOCOL }, o.apiToken, () => stopping)
+    ? register(o.controlPlane, { name: o.name, url, token, protocol: SPOKEN_PROTOCOL }, o.apiToken, () => stopping, o.controlPlaneCa)
     : new Promise<void>(() => undefined);
   registered.catch(() => undefined);
   return {
@@ -193,12 +196,12 @@ export async function startAgentProcess(o: AgentProcessOptions, deps: AgentProce
  * One JSON request to the control plane's API (unix:/PATH, http:// or https://), with the
  * credential when given; an error status is an ApiError as the CLI's client makes them.
  */
-function controlPlaneCall<T>(controlPlane: string, apiPath: string, body: unknown, apiToken?: string): Promise<T> {
+function controlPlaneCall<T>(controlPlane: string, apiPath: string, body: unknown, apiToken?: string, ca?: string): Promise<T> {
   const payload = Buffer.from(JSON.stringify(body));
   const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': payload.length };
   if (apiToken) headers.authorization = `Bearer ${apiToken}`;
   let request: typeof http.request = http.request;
-  let target: { socketPath: string } | { host: string; port: number };
+  let target: { socketPath: string } | { host: string; port: number; ca?: string[] };
   if (controlPlane.startsWith('unix:')) target = { socketPath: controlPlane.slice('unix:'.length).replace(/^\/\/(?=\/)/, '') };
   else {
     let u: URL;
@@ -209,7 +212,7 @@ function controlPlaneCall<T>(controlPlane: string, apiPath: string, body: unknow
     }
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new InvalidArgument(`--control-plane must be unix:/PATH, http://HOST:PORT or https://HOST:PORT, got "${controlPlane}"`);
     if (u.protocol === 'https:') request = https.request;
-    target = { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || (u.protocol === 'https:' ? 443 : 80)) };
+    target = { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || (u.protocol === 'https:' ? 443 : 80)), ...(u.protocol === 'https:' && ca ? { ca: [...rootCertificates, ca] } : {}) };
   }
   return new Promise<T>((resolve, reject) => {
     const req = request({ ...target, method: 'POST', path: apiPath, headers, timeout: 60_000 }, (res) => {
@@ -266,8 +269,9 @@ async function register(
   body: { name: string; url: string; token: string; protocol: typeof SPOKEN_PROTOCOL },
   apiToken: string | undefined,
   stopped: () => boolean,
+  ca: string | undefined,
 ): Promise<void> {
   const apiPath = body.url.startsWith('https://') ? '/agents/tls' : '/agents';
-  await withRetry('registration', controlPlane, stopped, () => controlPlaneCall(controlPlane, apiPath, body, apiToken));
+  await withRetry('registration', controlPlane, stopped, () => controlPlaneCall(controlPlane, apiPath, body, apiToken, ca));
   log.info('registered with the control plane', { controlPlane, name: body.name });
 }

@@ -54,6 +54,8 @@ import { withoutEmbedded, type HostAgents } from '../control/compute/hosts.js';
 import { Metrics } from '../control/metering/metrics.js';
 import { MeteringService, meteringIntervalFromEnv } from '../control/metering/meter.js';
 import { quotaEventPublisher, withQuotaEvents } from '../control/metering/quota-events.js';
+import { loadServerTls, type ServerTls } from '../core/server-tls.js';
+import { isLoopbackHost } from '../core/hostname.js';
 
 const log = logger('nimbusd');
 export const VERSION = '0.1.0';
@@ -66,6 +68,8 @@ export interface RunningDaemon {
   readonly services: Services;
   state(): DaemonState;
   tcpPort?: number;
+  /** The TCP listeners serve HTTPS (--tls-cert/--tls-key). */
+  tls: boolean;
   /** The Docker Engine API on TCP (--docker-tcp), as tcp://HOST:PORT with the port it got. */
   dockerTcpUrl?: string;
   /** Where a browser finds the web dashboard (on the TCP listener, or the local dashboard port). */
@@ -153,14 +157,14 @@ function urlHost(host: string): string {
  * The local dashboard port: a port already taken is a warning, not a failed start (the
  * dashboard is a convenience; the API on the socket is what the daemon is for).
  */
-async function listenDashboard(api: ApiServer, where: string): Promise<string | undefined> {
+async function listenDashboard(api: ApiServer, where: string, tls: ServerTls | undefined): Promise<string | undefined> {
   const i = where.lastIndexOf(':');
   const host = where.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1';
   const port = Number(where.slice(i + 1));
   if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidArgument(`--dashboard must be HOST:PORT or off, got "${where}"`);
   try {
-    const bound = await api.listenTcp(host, port);
-    return `http://${urlHost(host)}:${bound}/ui/`;
+    const bound = await api.listenTcp(host, port, tls);
+    return `${tls ? 'https' : 'http'}://${urlHost(host)}:${bound}/ui/`;
   } catch (e) {
     log.warn('the dashboard port could not be opened; the dashboard is off', { address: where, error: String(e) });
     return undefined;
@@ -343,20 +347,27 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   await api.listenUnix(options.socket);
   // the Docker Engine API for the docker CLI, over the same services (docs/docker-api.md)
   const dockerSocket = options.dockerSocket;
-  const dockerTcp = options.dockerTcp ? splitHostPort(options.dockerTcp) : undefined;
+  // HTTPS on the TCP listeners with the administrator's certificate (read and checked once, here)
+  const tls = loadServerTls(options.tlsCert, options.tlsKey);
+  const dockerTcp = options.dockerTcp ? { ...splitHostPort(options.dockerTcp), ...(tls ? { tls } : {}) } : undefined;
   const { server: dockerApi, tcpPort: dockerTcpPort } = await startDockerApi(services, dockerSocket, dockerTcp);
   undo.push(() => dockerApi.close());
   const dockerTcpUrl = dockerTcp && dockerTcpPort !== undefined ? `tcp://${urlHost(dockerTcp.host)}:${dockerTcpPort}` : undefined;
-  if (dockerTcpUrl) services.dockerTcpUrl = dockerTcpUrl; // for GET /info and nimbus docker-env
+  if (dockerTcpUrl) {
+    services.dockerTcpUrl = dockerTcpUrl; // for GET /info and nimbus docker-env
+    if (tls) services.dockerTcpTls = true;
+  }
   let tcpPort: number | undefined;
   if (options.tcp) {
     const { host, port } = splitHostPort(options.tcp);
-    tcpPort = await api.listenTcp(host, port);
+    tcpPort = await api.listenTcp(host, port, tls);
+    if (!tls && !isLoopbackHost(host)) log.warn('the API is served on TCP without TLS: tokens and passwords cross the network in clear (nimbusd --tls-cert/--tls-key, or TLS in front)', { tcp: options.tcp });
   }
+  const scheme = tls ? 'https' : 'http';
   let dashboardUrl: string | undefined;
-  if (tcpPort !== undefined) dashboardUrl = `http://${urlHost(options.tcp!.slice(0, options.tcp!.lastIndexOf(':')))}:${tcpPort}/ui/`;
-  else if (launch.dashboard && launch.dashboard !== 'off') dashboardUrl = await listenDashboard(api, launch.dashboard);
-  if (tcpPort !== undefined) await replica.registry.setApiUrl(`tcp://${options.tcp!.slice(0, options.tcp!.lastIndexOf(':'))}:${tcpPort}`);
+  if (tcpPort !== undefined) dashboardUrl = `${scheme}://${urlHost(options.tcp!.slice(0, options.tcp!.lastIndexOf(':')))}:${tcpPort}/ui/`;
+  else if (launch.dashboard && launch.dashboard !== 'off') dashboardUrl = await listenDashboard(api, launch.dashboard, tls);
+  if (tcpPort !== undefined) await replica.registry.setApiUrl(`${tls ? 'https' : 'tcp'}://${options.tcp!.slice(0, options.tcp!.lastIndexOf(':'))}:${tcpPort}`);
   containers.watchHosts(); // exits from agents registered (again) from now on
   networks.watchHosts(); // and their networks and overlays laid out again
   volumes.watchHosts(); // and told which volumes they hold
@@ -431,13 +442,14 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     replica.whileLeader('replicas.settle', every('replicas.settle', 5_000, settle));
   }
   state = 'serving';
-  log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, home: options.home, version: VERSION });
+  log.info('nimbusd serving', { socket: options.socket, tcp: options.tcp, tls: !!tls, home: options.home, version: VERSION });
 
   return {
     options,
     services,
     state: () => state,
     ...(tcpPort !== undefined ? { tcpPort } : {}),
+    tls: !!tls,
     ...(dockerTcpUrl !== undefined ? { dockerTcpUrl } : {}),
     ...(dashboardUrl !== undefined ? { dashboardUrl } : {}),
     async stop() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** nimbusd entry point: flags → options → startDaemon; SIGTERM/SIGINT stop it cleanly. */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isIPv4 } from 'node:net';
 import { setLogLevel, type Level } from '../core/log.js';
@@ -25,11 +26,16 @@ Options (environment variable in brackets):
   --store LOCATION         the system of record [NIMBUS_STORE]: a path or sqlite:/PATH (the
                            embedded default, HOME/nimbus.db) or postgres://USER@HOST/DB
                            (PostgreSQL; a unix socket: postgres://USER@/DB?host=/run/postgresql)
-  --tcp HOST:PORT          also serve the API on TCP [NIMBUS_TCP] (every request needs a token or API key; use TLS in front)
+  --tcp HOST:PORT          also serve the API on TCP [NIMBUS_TCP] (every request needs a token or API key;
+                           HTTPS with --tls-cert/--tls-key, or TLS in front)
+  --tls-cert FILE          serve HTTPS on the TCP listeners (--tcp, --docker-tcp, --dashboard) with this
+                           PEM certificate, its chain after it [NIMBUS_TLS_CERT]; clients trust its CA
+                           (nimbus --tls-ca, docker --tlsverify --tlscacert)
+  --tls-key FILE           the certificate's private key (PEM) [NIMBUS_TLS_KEY]
   --docker-socket PATH     the Docker Engine API's unix socket [NIMBUS_DOCKER_SOCKET] (default docker.sock
                            beside --socket: /run/nimbus/docker.sock)
   --docker-tcp HOST:PORT   also serve the Docker Engine API on TCP [NIMBUS_DOCKER_TCP] (every request needs
-                           a token: nimbus docker-env; use TLS in front)
+                           a token: nimbus docker-env; HTTPS with --tls-cert, or TLS in front)
   --dashboard HOST:PORT    without --tcp, the web dashboard (and the API, tokens required) on a
                            local port of its own [NIMBUS_DASHBOARD] (default 127.0.0.1:8780 on
                            the default home, off with --home/NIMBUS_HOME; off: none). With --tcp
@@ -103,6 +109,8 @@ Options (environment variable in brackets):
                            http://HOST:PORT or https://HOST:PORT [NIMBUS_CONTROL_PLANE]
                            (unix-socket agents register with the credential in NIMBUS_TOKEN;
                            TCP agents need none once they hold a certificate)
+  --control-plane-ca FILE  a CA (PEM) an https:// control plane's certificate may chain to, beside the
+                           system's (the CA of nimbusd --tls-cert) [NIMBUS_CONTROL_PLANE_CA]
   --join-token TOKEN       a one-time token from the control plane (nimbus agent join-token):
                            redeemed on first start for the agent's certificate, kept in HOME/tls
                            [NIMBUS_AGENT_JOIN_TOKEN]
@@ -143,6 +151,7 @@ async function agentMain(argv: string[]): Promise<void> {
       listen: { type: 'string' },
       advertise: { type: 'string' },
       'control-plane': { type: 'string' },
+      'control-plane-ca': { type: 'string' },
       'join-token': { type: 'string' },
       'migration-address': { type: 'string' },
       'underlay-ip': { type: 'string' },
@@ -162,6 +171,15 @@ async function agentMain(argv: string[]): Promise<void> {
   if (!name) throw new InvalidArgument('nimbusd agent needs --name (see nimbusd agent --help)');
   const controlPlane = values['control-plane'] ?? process.env.NIMBUS_CONTROL_PLANE;
   const advertise = values.advertise;
+  const caFile = values['control-plane-ca'] ?? (process.env.NIMBUS_CONTROL_PLANE_CA || undefined);
+  let controlPlaneCa: string | undefined;
+  if (caFile) {
+    try {
+      controlPlaneCa = readFileSync(caFile, 'utf8');
+    } catch (e) {
+      throw new InvalidArgument(`cannot read --control-plane-ca ${caFile}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    }
+  }
   const joinToken = values['join-token'] ?? process.env.NIMBUS_AGENT_JOIN_TOKEN;
   const migrationAddress = values['migration-address'];
   const underlayIp = values['underlay-ip'];
@@ -180,6 +198,7 @@ async function agentMain(argv: string[]): Promise<void> {
     ...(advertise ? { advertise } : {}),
     ...(joinToken ? { joinToken } : {}),
     ...(process.env.NIMBUS_TOKEN ? { apiToken: process.env.NIMBUS_TOKEN } : {}),
+    ...(controlPlaneCa ? { controlPlaneCa } : {}),
     ...(migrationAddress || vmHostDirs || allowedRegistries
       ? { overrides: { ...(migrationAddress ? { migrationAddress } : {}), ...(vmHostDirs ? { vmHostDirs } : {}), ...(allowedRegistries ? { allowedRegistries } : {}) } }
       : {}),
@@ -208,6 +227,8 @@ async function main(): Promise<void> {
       tcp: { type: 'string' },
       'docker-socket': { type: 'string' },
       'docker-tcp': { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
       dashboard: { type: 'string' },
       store: { type: 'string' },
       'insecure-registry': { type: 'string', multiple: true },
@@ -242,6 +263,8 @@ async function main(): Promise<void> {
     ...(values.tcp ? { tcp: values.tcp } : {}),
     ...(values['docker-socket'] ? { dockerSocket: values['docker-socket'] } : {}),
     ...(values['docker-tcp'] ? { dockerTcp: values['docker-tcp'] } : {}),
+    ...(values['tls-cert'] ? { tlsCert: values['tls-cert'] } : {}),
+    ...(values['tls-key'] ? { tlsKey: values['tls-key'] } : {}),
     ...(values.store ? { store: values.store } : {}),
     ...(values['insecure-registry'] ? { insecureRegistries: values['insecure-registry'] } : {}),
     ...(values['allow-registry'] ? { allowedRegistries: values['allow-registry'] } : {}),

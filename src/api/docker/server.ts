@@ -5,7 +5,7 @@
  * caller's default, or X-Nimbus-Project), so a tenant's docker CLI sees its own project only.
  */
 import type { AddressInfo } from 'node:net';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { dirname } from 'node:path';
@@ -16,7 +16,8 @@ import type { Services } from '../../control/services.js';
 import type { Principal } from '../../control/identity/access.js';
 import { authenticate, authorize } from '../authz.js';
 import type { RequestAuth, Route, RouteAuth } from '../route.js';
-import { DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody, serverOptions } from '../edge.js';
+import { createEdgeServer, DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody } from '../edge.js';
+import type { ServerTls } from '../../core/server-tls.js';
 import { dockerError } from './errors.js';
 import { OpenStreams } from '../open-streams.js';
 
@@ -219,7 +220,7 @@ export class DockerApiServer {
   async listenUnix(socketPath: string): Promise<void> {
     mkdirSync(dirname(socketPath), { recursive: true });
     rmSync(socketPath, { force: true });
-    const server = createServer(serverOptions(this.limits), this.handle);
+    const server = createEdgeServer(this.limits, this.handle);
     server.on('clientError', onClientError);
     server.on('upgrade', this.handleUpgrade);
     await new Promise<void>((resolve, reject) => {
@@ -231,9 +232,9 @@ export class DockerApiServer {
     log.info('docker API serving', { socket: socketPath, apiVersion: DOCKER_API_VERSION });
   }
 
-  /** The same API on TCP, every request with a token (as the Nimbus API's TCP listener); the port it listens on. */
-  async listenTcp(host: string, port: number): Promise<number> {
-    const server = createServer(serverOptions(this.limits), this.handle);
+  /** The same API on TCP, every request with a token (as the Nimbus API's TCP listener), HTTPS with `tls`; the port it listens on. */
+  async listenTcp(host: string, port: number, tls?: ServerTls): Promise<number> {
+    const server = createEdgeServer(this.limits, this.handle, tls);
     server.on('connection', (socket) => this.tcpSockets.add(socket));
     server.on('clientError', onClientError);
     server.on('upgrade', this.handleUpgrade);
@@ -243,7 +244,7 @@ export class DockerApiServer {
     });
     this.servers.push(server);
     const bound = (server.address() as AddressInfo).port;
-    log.info('docker API serving', { tcp: `${host}:${bound}`, apiVersion: DOCKER_API_VERSION });
+    log.info('docker API serving', { tcp: `${host}:${bound}`, tls: !!tls, apiVersion: DOCKER_API_VERSION });
     return bound;
   }
 

@@ -72,7 +72,7 @@ export const systemRoutes = [
         startedAt: services.startedAt,
         ...(admin ? { home: services.options.home } : {}),
         // where the docker CLI reaches this daemon: the socket's path is the host's (administrators), TCP anyone's
-        dockerApi: { ...(admin ? { socket: services.options.dockerSocket } : {}), ...(services.dockerTcpUrl ? { tcp: services.dockerTcpUrl } : {}) },
+        dockerApi: { ...(admin ? { socket: services.options.dockerSocket } : {}), ...(services.dockerTcpUrl ? { tcp: services.dockerTcpUrl, ...(services.dockerTcpTls ? { tls: true } : {}) } : {}) },
         agent,
         containers: {
           total: all.length,

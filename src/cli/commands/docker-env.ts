@@ -13,6 +13,8 @@ interface WhoAmI { user: string; systemAdmin: boolean; via: string; defaultProje
 export interface DockerApiEndpoints {
   socket?: string;
   tcp?: string;
+  /** The TCP listener is HTTPS: the docker CLI verifies it (DOCKER_TLS_VERIFY) against the CA in DOCKER_CERT_PATH. */
+  tls?: boolean;
 }
 
 /** What to print: shell lines (exports and # comments). Exported for its test. */
@@ -20,7 +22,13 @@ export function dockerEnvLines(who: WhoAmI, api: DockerApiEndpoints, token: stri
   const lines: string[] = [];
   // on this host's socket, its unix socket (no token needed); else TCP, where a token is
   if (who.via === 'socket' && api.socket) lines.push(`export DOCKER_HOST=unix://${api.socket}`);
-  else if (api.tcp) lines.push(`export DOCKER_HOST=${api.tcp}`);
+  else if (api.tcp) {
+    lines.push(`export DOCKER_HOST=${api.tcp}`);
+    if (api.tls) {
+      lines.push('export DOCKER_TLS_VERIFY=1');
+      lines.push('# its certificate is checked against ca.pem in $DOCKER_CERT_PATH (default ~/.docker): the CA that signed nimbusd\'s --tls-cert');
+    }
+  }
   else if (api.socket) lines.push(`export DOCKER_HOST=unix://${api.socket}`);
   else lines.push('# the Docker API is served on a unix socket of the nimbusd host only (nimbusd --docker-tcp serves it on TCP): ask its administrator');
   const headerProject = project ?? who.defaultProject;
