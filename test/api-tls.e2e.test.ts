@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../src/core/exec.js';
@@ -103,6 +104,20 @@ describe('HTTPS on the TCP listeners', { concurrency: false, timeout: 300_000 },
     assert.equal(cat.stdout, 'through TLS\n');
   });
 
+  test('without a token, TCP over TLS is nobody: both APIs answer 401', async () => {
+    for (const [port, path] of [[apiPort, '/containers'], [dockerPort, '/v1.41/containers/json']] as const) {
+      const r = await new Promise<number>((resolve, reject) => {
+        const req = httpsRequest({ host: '127.0.0.1', port, path, ca: readFileSync(certs.ca) }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(r, 401, `${path} on port ${port}`);
+    }
+  });
+
   test('a plain HTTP client gets no answer from either listener', async () => {
     for (const port of [apiPort, dockerPort]) {
       const got = await plainHttp(port);
@@ -133,6 +148,11 @@ describe('HTTPS on the TCP listeners', { concurrency: false, timeout: 300_000 },
     assert.equal(ps.code, 0, ps.stderr);
     const clear = await docker(['-H', `tcp://127.0.0.1:${dockerPort}`, 'version', '--format', '{{.Server.APIVersion}}']);
     assert.notEqual(clear.code, 0, 'no answer in clear');
+    // over TLS as in clear, nobody on TCP is the local administrator: no token, no containers
+    writeFileSync(join(config, 'config.json'), '{}');
+    const anonymous = await docker(['--tlsverify', '--tlscacert', certs.ca, '-H', `tcp://127.0.0.1:${dockerPort}`, 'ps']);
+    assert.notEqual(anonymous.code, 0, `ps without a token over TLS: ${anonymous.stdout}`);
+    assert.match(anonymous.stderr, /token|authenticat|401/i);
   });
 
   test('nimbusd agent joins and registers over https:// with --control-plane-ca', async () => {

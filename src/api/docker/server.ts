@@ -103,14 +103,19 @@ export class DockerApiServer {
     this.streams = new OpenStreams(services, this.limits.accessRecheckMs);
   }
 
-  /** Connections that came in over TCP: nobody on them is the local administrator. */
-  private readonly tcpSockets = new WeakSet<object>();
+  /**
+   * Connections that came in on the unix socket, whose callers without a token are the local
+   * administrator; any other (TCP, plain or TLS) is nobody without one. Marked from the unix
+   * listener, not the TCP one: behind TLS a request's socket is the TLS socket, not the one
+   * 'connection' saw, and a TCP mark missed there made callers over HTTPS the administrator.
+   */
+  private readonly unixSockets = new WeakSet<object>();
 
   /** Who calls: X-Nimbus-Token (the docker CLI's HttpHeaders) or a bearer token; without one on the unix socket, the local administrator. */
   private async principal(req: IncomingMessage): Promise<Principal | undefined> {
     const token = header(req, 'x-nimbus-token');
     if (token) return this.services.identity.authenticate(token);
-    return authenticate(req, this.tcpSockets.has(req.socket) ? 'tcp' : 'unix', this.services);
+    return authenticate(req, this.unixSockets.has(req.socket) ? 'unix' : 'tcp', this.services);
   }
 
   private match(req: IncomingMessage): { route: DockerRoute; params: string[]; query: URLSearchParams } {
@@ -221,6 +226,7 @@ export class DockerApiServer {
     mkdirSync(dirname(socketPath), { recursive: true });
     rmSync(socketPath, { force: true });
     const server = createEdgeServer(this.limits, this.handle);
+    server.on('connection', (socket) => this.unixSockets.add(socket));
     server.on('clientError', onClientError);
     server.on('upgrade', this.handleUpgrade);
     await new Promise<void>((resolve, reject) => {
@@ -235,7 +241,6 @@ export class DockerApiServer {
   /** The same API on TCP, every request with a token (as the Nimbus API's TCP listener), HTTPS with `tls`; the port it listens on. */
   async listenTcp(host: string, port: number, tls?: ServerTls): Promise<number> {
     const server = createEdgeServer(this.limits, this.handle, tls);
-    server.on('connection', (socket) => this.tcpSockets.add(socket));
     server.on('clientError', onClientError);
     server.on('upgrade', this.handleUpgrade);
     await new Promise<void>((resolve, reject) => {
