@@ -4,13 +4,14 @@
  * refused with the reason without it; a container's stdin and output over wss://; a plain HTTP client gets no answer; the real docker CLI
  * with --tlsverify against the Docker API's listener, and not without TLS; `nimbus docker-env`
  * says DOCKER_TLS_VERIFY; a `nimbusd agent` joins and registers over https:// with
- * --control-plane-ca; a key of another certificate, or a certificate without its key, stops the
- * start with the reason.
+ * --control-plane-ca; SIGHUP serves a renewed certificate (and refuses a broken pair, keeping the
+ * old); a key of another certificate, or a certificate without its key, stops the start with the
+ * reason.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
@@ -174,6 +175,43 @@ describe('HTTPS on the TCP listeners', { concurrency: false, timeout: 300_000 },
       await d.cli(['agent', 'rm', 'tls-agent']);
       rmSync(home, { recursive: true, force: true });
     }
+  });
+
+  test('SIGHUP reads the certificate again: new connections get the renewed one; a pair that cannot serve is refused and the old one serves on', async () => {
+    const second = join(dir, 'second');
+    mkdirSync(second);
+    const renewed = await makeCertificates(second);
+    const env = { NIMBUS_TOKEN: token, NIMBUS_SOCKET: '', NIMBUS_HOST: `https://127.0.0.1:${apiPort}` };
+    const hup = async (said: RegExp) => {
+      const before = d.output().length;
+      d.child.kill('SIGHUP');
+      const end = Date.now() + 10_000;
+      while (!said.test(d.output().slice(before))) {
+        assert.ok(Date.now() < end, `no "${said}" after SIGHUP: ${d.output().slice(before)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    copyFileSync(renewed.cert, certs.cert);
+    copyFileSync(renewed.key, certs.key);
+    await hup(/TLS certificate reloaded on 2 listeners/);
+    assert.equal((await d.cli(['info'], { env: { ...env, NIMBUS_TLS_CA: renewed.ca } })).code, 0, 'the renewed certificate, by its own CA');
+    const old = await d.cli(['info'], { env: { ...env, NIMBUS_TLS_CA: certs.ca } });
+    assert.equal(old.code, 1);
+    assert.match(old.stderr, /does not trust/, 'the first CA no longer signs what is served');
+    const docker = await new Promise<number>((resolve, reject) => {
+      const req = httpsRequest({ host: '127.0.0.1', port: dockerPort, path: '/_ping', ca: readFileSync(renewed.ca) }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(docker, 200, 'the Docker API\'s listener took it too');
+    // a key of another certificate: refused, the renewed pair serves on
+    copyFileSync(certs.otherKey, certs.key);
+    await hup(/the TLS certificate was not reloaded, the old one serves on: .*cannot serve/);
+    assert.equal((await d.cli(['info'], { env: { ...env, NIMBUS_TLS_CA: renewed.ca } })).code, 0);
+    assert.equal(d.child.exitCode, null, 'still running');
   });
 
   test('a key of another certificate, or a certificate alone, stops the start with the reason', async () => {

@@ -3,7 +3,7 @@
  * A client's mistake here is always a 4xx (never a 500, a reset or a hang).
  */
 import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
-import { createServer as createTlsServer } from 'node:https';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:https';
 import type { ServerTls } from '../core/server-tls.js';
 import type { Duplex } from 'node:stream';
 import type { TSchema } from '@sinclair/typebox';
@@ -61,6 +61,11 @@ export function serverOptions(l: EdgeLimits): ServerOptions {
 export function createEdgeServer(l: EdgeLimits, handler: (req: IncomingMessage, res: ServerResponse) => void, tls?: ServerTls): Server {
   if (!tls) return createServer(serverOptions(l), handler);
   return createTlsServer({ ...serverOptions(l), cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, handler) as unknown as Server;
+}
+
+/** A new certificate for an HTTPS server made by createEdgeServer: connections from now on get it, open ones keep theirs. */
+export function replaceServerTls(server: Server, tls: ServerTls): void {
+  (server as unknown as TlsServer).setSecureContext({ cert: tls.cert, key: tls.key });
 }
 
 const REASON: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' };

@@ -15,7 +15,7 @@ import { authenticate, authorize, needsBody, type Transport } from './authz.js';
 import type { Principal } from '../control/identity/access.js';
 import {
   checkDeclaredLength, decodeComponent, DEFAULT_EDGE_LIMITS, hasUnreadBody, onClientError, parseQuery, parseTarget, presentBody,
-  readJsonBody, createEdgeServer, type EdgeLimits,
+  readJsonBody, createEdgeServer, replaceServerTls, type EdgeLimits,
 } from './edge.js';
 import { refuseHostPaths } from './host-paths.js';
 import { writeLines } from '../core/streams.js';
@@ -108,6 +108,8 @@ function sendBusy(res: ServerResponse): void {
 export class ApiServer {
   private readonly compiled: CompiledRoute[];
   private readonly servers: Server[] = [];
+  /** The listeners serving HTTPS (a new certificate goes to them: replaceTls). */
+  private readonly tlsServers: Server[] = [];
   private readonly limits: EdgeLimits;
   /** Requests admitted and not yet answered (streams leave once started). */
   private inFlight = 0;
@@ -319,8 +321,15 @@ export class ApiServer {
       server.listen({ port, host, backlog: this.limits.backlog }, () => resolve());
     });
     this.servers.push(server);
+    if (tls) this.tlsServers.push(server);
     const addr = server.address();
     return typeof addr === 'object' && addr ? addr.port : port;
+  }
+
+  /** A renewed certificate for the HTTPS listeners (nimbusd's SIGHUP); how many took it. */
+  replaceTls(tls: ServerTls): number {
+    for (const server of this.tlsServers) replaceServerTls(server, tls);
+    return this.tlsServers.length;
   }
 
   async close(): Promise<void> {

@@ -70,6 +70,12 @@ export interface RunningDaemon {
   tcpPort?: number;
   /** The TCP listeners serve HTTPS (--tls-cert/--tls-key). */
   tls: boolean;
+  /**
+   * Read --tls-cert/--tls-key again and serve the new pair on every HTTPS listener (SIGHUP: a
+   * renewed certificate without a restart; open connections keep theirs). A pair that cannot serve
+   * is refused with the reason and the old one stays. Returns how many listeners took it.
+   */
+  reloadTls(): number;
   /** The Docker Engine API on TCP (--docker-tcp), as tcp://HOST:PORT with the port it got. */
   dockerTcpUrl?: string;
   /** Where a browser finds the web dashboard (on the TCP listener, or the local dashboard port). */
@@ -450,6 +456,13 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     state: () => state,
     ...(tcpPort !== undefined ? { tcpPort } : {}),
     tls: !!tls,
+    reloadTls() {
+      if (!tls) throw new InvalidArgument('nimbusd serves no TLS (started without --tls-cert/--tls-key): nothing to reload');
+      const renewed = loadServerTls(options.tlsCert, options.tlsKey)!;
+      const listeners = api.replaceTls(renewed) + dockerApi.replaceTls(renewed);
+      log.info('TLS certificate reloaded', { cert: options.tlsCert, listeners });
+      return listeners;
+    },
     ...(dockerTcpUrl !== undefined ? { dockerTcpUrl } : {}),
     ...(dashboardUrl !== undefined ? { dashboardUrl } : {}),
     async stop() {

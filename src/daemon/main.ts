@@ -31,7 +31,8 @@ Options (environment variable in brackets):
   --tls-cert FILE          serve HTTPS on the TCP listeners (--tcp, --docker-tcp, --dashboard) with this
                            PEM certificate, its chain after it [NIMBUS_TLS_CERT]; clients trust its CA
                            (nimbus --tls-ca, docker --tlsverify --tlscacert)
-  --tls-key FILE           the certificate's private key (PEM) [NIMBUS_TLS_KEY]
+  --tls-key FILE           the certificate's private key (PEM) [NIMBUS_TLS_KEY]; both are read again
+                           on SIGHUP (a renewed certificate without a restart)
   --docker-socket PATH     the Docker Engine API's unix socket [NIMBUS_DOCKER_SOCKET] (default docker.sock
                            beside --socket: /run/nimbus/docker.sock)
   --docker-tcp HOST:PORT   also serve the Docker Engine API on TCP [NIMBUS_DOCKER_TCP] (every request needs
@@ -280,6 +281,17 @@ async function main(): Promise<void> {
   if (daemon.dockerTcpUrl) process.stdout.write(`nimbusd docker API: ${daemon.dockerTcpUrl} (DOCKER_HOST; tokens required: nimbus docker-env)\n`);
   process.stdout.write(`nimbusd ${daemon.services.version} ready: unix:${daemon.options.socket}${daemon.tcpPort ? ` tcp:${daemon.options.tcp!.slice(0, daemon.options.tcp!.lastIndexOf(':'))}:${daemon.tcpPort}` : ''} (home ${daemon.options.home}, store ${describeStore(daemon.options.storeLocation)})\n`);
   stopOnSignals('nimbusd', 'containers keep running', () => daemon.stop());
+  // SIGHUP: a renewed certificate, read again (a pair that cannot serve is refused, the old one kept)
+  if (daemon.tls) {
+    process.on('SIGHUP', () => {
+      try {
+        const n = daemon.reloadTls();
+        process.stderr.write(`nimbusd: SIGHUP: TLS certificate reloaded on ${n} listener${n === 1 ? '' : 's'}\n`);
+      } catch (e) {
+        process.stderr.write(`nimbusd: SIGHUP: the TLS certificate was not reloaded, the old one serves on: ${(e as Error).message}\n`);
+      }
+    });
+  }
 }
 
 main().catch((e: unknown) => {

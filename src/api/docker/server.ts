@@ -16,7 +16,7 @@ import type { Services } from '../../control/services.js';
 import type { Principal } from '../../control/identity/access.js';
 import { authenticate, authorize } from '../authz.js';
 import type { RequestAuth, Route, RouteAuth } from '../route.js';
-import { createEdgeServer, DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody } from '../edge.js';
+import { createEdgeServer, replaceServerTls, DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody } from '../edge.js';
 import type { ServerTls } from '../../core/server-tls.js';
 import { dockerError } from './errors.js';
 import { OpenStreams } from '../open-streams.js';
@@ -90,6 +90,8 @@ function header(req: IncomingMessage, name: string): string | undefined {
 
 export class DockerApiServer {
   private readonly servers: Server[] = [];
+  /** The TCP listener when it serves HTTPS (replaceTls). */
+  private readonly tlsServers: Server[] = [];
   private readonly limits = DEFAULT_EDGE_LIMITS;
   /** Upgraded connections (attach, exec) still open. */
   private readonly hijacked = new Set<Duplex>();
@@ -248,9 +250,16 @@ export class DockerApiServer {
       server.listen({ host, port, backlog: this.limits.backlog }, () => resolve());
     });
     this.servers.push(server);
+    if (tls) this.tlsServers.push(server);
     const bound = (server.address() as AddressInfo).port;
     log.info('docker API serving', { tcp: `${host}:${bound}`, tls: !!tls, apiVersion: DOCKER_API_VERSION });
     return bound;
+  }
+
+  /** A renewed certificate for the HTTPS listener (nimbusd's SIGHUP); how many took it. */
+  replaceTls(tls: ServerTls): number {
+    for (const server of this.tlsServers) replaceServerTls(server, tls);
+    return this.tlsServers.length;
   }
 
   async close(): Promise<void> {
