@@ -156,12 +156,15 @@ def chosen_connection():
                 if len(pending) >= plan['maxPending']:
                     refuse(min(pending, key=lambda k: pending[k][0]), 'too many connections waiting')
                 c.setblocking(False)
-                pending[c] = [now + plan['tokenWaitMs'] / 1000, b'']
+                # its wait from now, not from before select: the helper may have waited minutes for it
+                pending[c] = [time.monotonic() + plan['tokenWaitMs'] / 1000, b'']
                 sel.register(c, selectors.EVENT_READ)
             elif o in pending:
                 st = pending[o]
                 try:
                     b = o.recv(len(want) - len(st[1]))
+                except BlockingIOError:
+                    continue  # a wakeup with nothing to read: not a refusal
                 except OSError:
                     b = b''
                 if not b:
