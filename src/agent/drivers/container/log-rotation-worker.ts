@@ -19,11 +19,18 @@ if (!port) throw new Error('log-rotation-worker runs as a worker thread');
 // default priority, even at nice -10, lagged that far in 3 runs of 5 with 256 KiB files; as a
 // real-time thread (SCHED_FIFO 10) in none of 5. Its work per event is a few syscalls, so it
 // cannot hog a CPU (and the kernel's RT throttling bounds it anyway). Without the privilege: nice -10, or nothing.
+// What it got is told once ('ready'): a pass that lags on a loaded host loses log lines, and a
+// fallback the log does not mention was the first thing a lossy CI run could not tell.
+let priority = 'default';
 try {
   const tid = String(Number(readlinkSync('/proc/thread-self').split('/').pop()));
-  if (spawnSync('chrt', ['-f', '-p', '10', tid], { stdio: 'ignore' }).status !== 0) setPriority(Number(tid), -10);
-} catch {
-  /* not root, or no /proc */
+  if (spawnSync('chrt', ['-f', '-p', '10', tid], { stdio: 'ignore' }).status === 0) priority = 'SCHED_FIFO 10';
+  else {
+    setPriority(Number(tid), -10);
+    priority = 'nice -10 (chrt refused real-time)';
+  }
+} catch (e) {
+  priority = `default (${(e as NodeJS.ErrnoException).code ?? String(e)})`;
 }
 
 const watched = new Map<string, { logPath: string; maxFiles: number; watcher: FSWatcher | undefined }>();
@@ -78,4 +85,4 @@ port.on('message', (m: RotationMessage) => {
   }
 });
 
-port.postMessage({ ready: true });
+port.postMessage({ ready: true, priority });

@@ -60,9 +60,13 @@ export class LogRotation {
     if (this.worker) return this.worker;
     const w = new Worker(new URL('./log-rotation-worker.js', import.meta.url));
     this.readyP = new Promise<void>((resolve) => {
-      w.on('message', (r: { ready: true } | { id: string; error: string }) => {
-        if ('ready' in r) resolve();
-        else log.warn('log rotation failed', r);
+      w.on('message', (r: { ready: true; priority: string } | { id: string; error: string }) => {
+        if ('ready' in r) {
+          // not real-time: under load a pass may fall two generations behind a fast writer and lose one
+          if (r.priority === 'SCHED_FIFO 10') log.debug('log rotation worker ready', { priority: r.priority });
+          else log.warn('log rotation worker runs without real-time priority: a fast writer\'s rotations may outrun it on a loaded host, losing log generations', { priority: r.priority });
+          resolve();
+        } else log.warn('log rotation failed', r);
       });
       w.on('error', (e) => {
         log.error('log rotation worker failed', { error: e });
