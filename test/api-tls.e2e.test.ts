@@ -42,6 +42,18 @@ async function makeCertificates(dir: string): Promise<{ ca: string; cert: string
   return { ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key'), otherKey: f('ca.key') };
 }
 
+/** The status a GET of path on the HTTPS listener at port answers, its certificate checked against caFile. */
+function httpsStatus(port: number, path: string, caFile: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest({ host: '127.0.0.1', port, path, ca: readFileSync(caFile) }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** What a plain HTTP request to port gets: a status, or the error that ended it. */
 function plainHttp(port: number): Promise<string> {
   return new Promise((resolve) => {
@@ -107,15 +119,7 @@ describe('HTTPS on the TCP listeners', { concurrency: false, timeout: 300_000 },
 
   test('without a token, TCP over TLS is nobody: both APIs answer 401', async () => {
     for (const [port, path] of [[apiPort, '/containers'], [dockerPort, '/v1.41/containers/json']] as const) {
-      const r = await new Promise<number>((resolve, reject) => {
-        const req = httpsRequest({ host: '127.0.0.1', port, path, ca: readFileSync(certs.ca) }, (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        });
-        req.on('error', reject);
-        req.end();
-      });
-      assert.equal(r, 401, `${path} on port ${port}`);
+      assert.equal(await httpsStatus(port, path, certs.ca), 401, `${path} on port ${port}`);
     }
   });
 
@@ -198,14 +202,7 @@ describe('HTTPS on the TCP listeners', { concurrency: false, timeout: 300_000 },
     const old = await d.cli(['info'], { env: { ...env, NIMBUS_TLS_CA: certs.ca } });
     assert.equal(old.code, 1);
     assert.match(old.stderr, /does not trust/, 'the first CA no longer signs what is served');
-    const docker = await new Promise<number>((resolve, reject) => {
-      const req = httpsRequest({ host: '127.0.0.1', port: dockerPort, path: '/_ping', ca: readFileSync(renewed.ca) }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      });
-      req.on('error', reject);
-      req.end();
-    });
+    const docker = await httpsStatus(dockerPort, '/_ping', renewed.ca);
     assert.equal(docker, 200, 'the Docker API\'s listener took it too');
     // a key of another certificate: refused, the renewed pair serves on
     copyFileSync(certs.otherKey, certs.key);

@@ -222,6 +222,10 @@ export interface VmMigrationSpec {
   streamToken?: string;
 }
 
+/** A stream token's length in bytes, and its form on the wire (hex): the schema's and the driver's one rule. */
+export const STREAM_TOKEN_BYTES = 32;
+export const STREAM_TOKEN_PATTERN = `^[0-9a-f]{${STREAM_TOKEN_BYTES * 2}}$`;
+
 /** Where the source sends a migration (the destination's answer to prepareVmIncoming). */
 export interface IncomingMigrationTarget {
   uri: string;

@@ -55,17 +55,35 @@ export function serverOptions(l: EdgeLimits): ServerOptions {
 }
 
 /**
- * A TCP listener's server: HTTPS with `tls` (nimbusd --tls-cert), else HTTP; the same handler,
- * limits and upgrade events either way (an HTTPS server is an HTTP server behind its handshake).
+ * The certificate the HTTPS listeners serve (nimbusd --tls-cert), and the listeners serving it,
+ * whichever API they belong to: a renewed one goes to all of them at once (SIGHUP).
  */
-export function createEdgeServer(l: EdgeLimits, handler: (req: IncomingMessage, res: ServerResponse) => void, tls?: ServerTls): Server {
-  if (!tls) return createServer(serverOptions(l), handler);
-  return createTlsServer({ ...serverOptions(l), cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, handler) as unknown as Server;
+export class ServedCertificate {
+  private readonly servers: TlsServer[] = [];
+
+  constructor(private tls: ServerTls) {}
+
+  /** An HTTPS server of these limits serving the certificate. */
+  server(l: EdgeLimits, handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+    const server = createTlsServer({ ...serverOptions(l), cert: this.tls.cert, key: this.tls.key, minVersion: 'TLSv1.2' }, handler);
+    this.servers.push(server);
+    return server as unknown as Server;
+  }
+
+  /** A renewed certificate: connections from now on get it, open ones keep theirs. Returns how many listeners took it. */
+  replace(tls: ServerTls): number {
+    this.tls = tls;
+    for (const server of this.servers) server.setSecureContext({ cert: tls.cert, key: tls.key });
+    return this.servers.length;
+  }
 }
 
-/** A new certificate for an HTTPS server made by createEdgeServer: connections from now on get it, open ones keep theirs. */
-export function replaceServerTls(server: Server, tls: ServerTls): void {
-  (server as unknown as TlsServer).setSecureContext({ cert: tls.cert, key: tls.key });
+/**
+ * A TCP listener's server: HTTPS with `tls`, else HTTP; the same handler, limits and upgrade
+ * events either way (an HTTPS server is an HTTP server behind its handshake).
+ */
+export function createEdgeServer(l: EdgeLimits, handler: (req: IncomingMessage, res: ServerResponse) => void, tls?: ServedCertificate): Server {
+  return tls ? tls.server(l, handler) : createServer(serverOptions(l), handler);
 }
 
 const REASON: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' };

@@ -1,5 +1,4 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import type { ServerTls } from '../core/server-tls.js';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
@@ -15,7 +14,7 @@ import { authenticate, authorize, needsBody, type Transport } from './authz.js';
 import type { Principal } from '../control/identity/access.js';
 import {
   checkDeclaredLength, decodeComponent, DEFAULT_EDGE_LIMITS, hasUnreadBody, onClientError, parseQuery, parseTarget, presentBody,
-  readJsonBody, createEdgeServer, replaceServerTls, type EdgeLimits,
+  readJsonBody, createEdgeServer, type EdgeLimits, type ServedCertificate,
 } from './edge.js';
 import { refuseHostPaths } from './host-paths.js';
 import { writeLines } from '../core/streams.js';
@@ -108,8 +107,6 @@ function sendBusy(res: ServerResponse): void {
 export class ApiServer {
   private readonly compiled: CompiledRoute[];
   private readonly servers: Server[] = [];
-  /** The listeners serving HTTPS (a new certificate goes to them: replaceTls). */
-  private readonly tlsServers: Server[] = [];
   private readonly limits: EdgeLimits;
   /** Requests admitted and not yet answered (streams leave once started). */
   private inFlight = 0;
@@ -289,7 +286,7 @@ export class ApiServer {
     }
   }
 
-  private createServer(handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>, tls?: ServerTls): Server {
+  private createServer(handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>, tls?: ServedCertificate): Server {
     const server = createEdgeServer(this.limits, handler, tls);
     server.on('clientError', onClientError);
     return server;
@@ -313,7 +310,7 @@ export class ApiServer {
   }
 
   /** The API (and the dashboard) on TCP; HTTPS with `tls`. Returns the port it got. */
-  async listenTcp(host: string, port: number, tls?: ServerTls): Promise<number> {
+  async listenTcp(host: string, port: number, tls?: ServedCertificate): Promise<number> {
     const server = this.createServer(this.handleTcp, tls);
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => (this.execTcp.matches(req) ? this.execTcp : this.upgrades).handle(req, socket, head));
     await new Promise<void>((resolve, reject) => {
@@ -321,15 +318,8 @@ export class ApiServer {
       server.listen({ port, host, backlog: this.limits.backlog }, () => resolve());
     });
     this.servers.push(server);
-    if (tls) this.tlsServers.push(server);
     const addr = server.address();
     return typeof addr === 'object' && addr ? addr.port : port;
-  }
-
-  /** A renewed certificate for the HTTPS listeners (nimbusd's SIGHUP); how many took it. */
-  replaceTls(tls: ServerTls): number {
-    for (const server of this.tlsServers) replaceServerTls(server, tls);
-    return this.tlsServers.length;
   }
 
   async close(): Promise<void> {

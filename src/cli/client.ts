@@ -62,8 +62,8 @@ export function sseData(block: string): string | undefined {
   return data.length ? data.join('\n') : undefined;
 }
 
-/** A unix socket, or TCP (HTTPS when `tls`, its certificate checked against `ca` beside the system's CAs). */
-type Target = { socketPath: string } | { host: string; port: number; tls?: { ca?: Buffer } };
+/** A unix socket, or TCP (HTTPS when `tls`; `ca`: the system's CAs and the one given, absent: the system's alone). */
+type Target = { socketPath: string } | { host: string; port: number; tls?: { ca?: string[] } };
 
 export interface ClientOptions {
   socket?: string;
@@ -95,7 +95,7 @@ class MaybeDelivered extends Error {
 /** Per list of endpoints, the one that answered last in this process (every client of a CLI run shares it). */
 const lastAnswered = new Map<string, number>();
 
-function parseEndpoint(host: string, ca: Buffer | undefined): Target {
+function parseEndpoint(host: string, ca: string[] | undefined): Target {
   if (host.startsWith('unix://')) return { socketPath: host.slice('unix://'.length) };
   let u: URL;
   try {
@@ -110,11 +110,11 @@ function parseEndpoint(host: string, ca: Buffer | undefined): Target {
 
 const describeTarget = (t: Target): string => ('socketPath' in t ? t.socketPath : `${t.tls ? 'https' : 'tcp'}://${t.host}:${t.port}`);
 
-/** The CA file's PEM, read once: an unreadable one is a usage error naming it. */
-function readCa(file: string | undefined): Buffer | undefined {
+/** The CAs an https:// host may chain to: the system's and the file's (read once); an unreadable file is a usage error naming it. */
+function readCa(file: string | undefined): string[] | undefined {
   if (!file) return undefined;
   try {
-    return readFileSync(file);
+    return [...rootCertificates, readFileSync(file, 'utf8')];
   } catch (e) {
     throw new ApiError(0, 'InvalidArgument', `cannot read the CA file ${file} (--tls-ca, NIMBUS_TLS_CA): ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
   }
@@ -201,7 +201,7 @@ export class ApiClient {
       };
       const where = 'socketPath' in target ? { socketPath: target.socketPath } : { host: target.host, port: target.port };
       const req = 'tls' in target && target.tls
-        ? httpsRequest({ ...where, ...(target.tls.ca ? { ca: [...rootCertificates, target.tls.ca.toString()] } : {}), method, path, headers, ...(signal ? { signal } : {}) }, onResponse)
+        ? httpsRequest({ ...where, ...(target.tls.ca ? { ca: target.tls.ca } : {}), method, path, headers, ...(signal ? { signal } : {}) }, onResponse)
         : request({ ...where, method, path, headers, ...(signal ? { signal } : {}) }, onResponse);
       const sendBody = () => {
         if (raw) {
@@ -310,7 +310,7 @@ export class ApiClient {
     const target = this.targets[lastAnswered.get(this.endpointsKey) ?? 0]!;
     if (this.project && !/[?&]project=/.test(path)) path += `${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(this.project)}`;
     const url = 'socketPath' in target ? `ws+unix://${target.socketPath}:${path}` : `${target.tls ? 'wss' : 'ws'}://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}${path}`;
-    const ca = 'tls' in target && target.tls?.ca ? { ca: [...rootCertificates, target.tls.ca.toString()] } : {};
+    const ca = 'tls' in target && target.tls?.ca ? { ca: target.tls.ca } : {};
     return new WebSocket(url, protocol, { headers: this.token ? { authorization: `Bearer ${this.token}` } : {}, handshakeTimeout: 10_000, ...ca });
   }
 

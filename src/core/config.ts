@@ -7,6 +7,7 @@ import path from 'node:path';
 import { totalmem } from 'node:os';
 import { InvalidArgument } from './errors.js';
 import { MAX_STORAGE_BYTES, MIN_MEMORY_BYTES, MIN_STORAGE_BYTES } from './limits.js';
+import { checkTlsPair } from './server-tls.js';
 
 export interface NimbusOptions {
   /** State directory (store, content, snapshots, containers). Env NIMBUS_HOME. Default /var/lib/nimbus. */
@@ -245,7 +246,7 @@ export function compileOptions(overrides: Partial<NimbusOptions> = {}, env: Node
   for (const [key, value] of [['tlsCert', overrides.tlsCert ?? env.NIMBUS_TLS_CERT], ['tlsKey', overrides.tlsKey ?? env.NIMBUS_TLS_KEY]] as const) {
     if (value) opts[key] = value;
   }
-  if (!opts.tlsCert !== !opts.tlsKey) throw new InvalidArgument('--tls-cert and --tls-key go together: give the certificate (PEM, its chain after it) and its private key');
+  checkTlsPair(opts.tlsCert, opts.tlsKey);
   if (!opts.dockerSocket.startsWith('/')) throw new InvalidArgument(`docker socket must be an absolute path, got "${opts.dockerSocket}"`);
   if (!home.startsWith('/')) throw new InvalidArgument(`home must be an absolute path, got "${home}"`);
   const store = overrides.store ?? (env.NIMBUS_STORE || undefined);

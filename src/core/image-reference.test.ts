@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isLoopbackRegistry, parseReference } from './image-reference.js';
+import { isLoopbackHost } from './hostname.js';
+import { parseReference } from './image-reference.js';
 
 test('references normalise like Docker', () => {
   const cases: [string, string, string][] = [
@@ -29,9 +30,9 @@ test('bad references are InvalidArgument with the reason', () => {
 });
 
 test('loopback registries', () => {
-  assert.ok(isLoopbackRegistry('127.0.0.1:5000'));
-  assert.ok(isLoopbackRegistry('localhost:5000'));
-  assert.ok(isLoopbackRegistry('[::1]:5000'));
-  assert.ok(!isLoopbackRegistry('10.0.0.1:5000'));
-  assert.ok(!isLoopbackRegistry('registry.example.com'));
+  assert.ok(isLoopbackHost('127.0.0.1:5000'));
+  assert.ok(isLoopbackHost('localhost:5000'));
+  assert.ok(isLoopbackHost('[::1]:5000'));
+  assert.ok(!isLoopbackHost('10.0.0.1:5000'));
+  assert.ok(!isLoopbackHost('registry.example.com'));
 });

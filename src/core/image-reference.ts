@@ -1,6 +1,5 @@
 /** Image references, normalised as Docker does (docker.io, library/, :latest). */
 import { InvalidArgument } from './errors.js';
-import { isLoopbackHost } from './hostname.js';
 
 export const DEFAULT_REGISTRY = 'docker.io';
 
@@ -67,5 +66,3 @@ export function parseReference(input: string): ImageReference {
   };
 }
 
-/** Registries reached over plain HTTP without configuration: loopback only, as Docker does. */
-export const isLoopbackRegistry = (host: string): boolean => isLoopbackHost(host);

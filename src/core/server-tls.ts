@@ -13,10 +13,15 @@ export interface ServerTls {
   key: Buffer;
 }
 
+/** The certificate and its key are given together or not at all: one alone is InvalidArgument. */
+export function checkTlsPair(certFile: string | undefined, keyFile: string | undefined): void {
+  if (!certFile !== !keyFile) throw new InvalidArgument('--tls-cert and --tls-key go together: give the certificate (PEM, its chain after it) and its private key');
+}
+
 /** Both files or neither (plain HTTP); one alone, an unreadable file or a key of another certificate is InvalidArgument. */
 export function loadServerTls(certFile: string | undefined, keyFile: string | undefined): ServerTls | undefined {
-  if (!certFile && !keyFile) return undefined;
-  if (!certFile || !keyFile) throw new InvalidArgument('--tls-cert and --tls-key go together: give the certificate (PEM, its chain after it) and its private key');
+  checkTlsPair(certFile, keyFile);
+  if (!certFile || !keyFile) return undefined;
   const read = (file: string, what: string): Buffer => {
     try {
       return readFileSync(file);

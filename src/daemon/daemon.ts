@@ -54,7 +54,8 @@ import { withoutEmbedded, type HostAgents } from '../control/compute/hosts.js';
 import { Metrics } from '../control/metering/metrics.js';
 import { MeteringService, meteringIntervalFromEnv } from '../control/metering/meter.js';
 import { quotaEventPublisher, withQuotaEvents } from '../control/metering/quota-events.js';
-import { loadServerTls, type ServerTls } from '../core/server-tls.js';
+import { loadServerTls } from '../core/server-tls.js';
+import { ServedCertificate } from '../api/edge.js';
 import { isLoopbackHost } from '../core/hostname.js';
 
 const log = logger('nimbusd');
@@ -163,7 +164,7 @@ function urlHost(host: string): string {
  * The local dashboard port: a port already taken is a warning, not a failed start (the
  * dashboard is a convenience; the API on the socket is what the daemon is for).
  */
-async function listenDashboard(api: ApiServer, where: string, tls: ServerTls | undefined): Promise<string | undefined> {
+async function listenDashboard(api: ApiServer, where: string, tls: ServedCertificate | undefined): Promise<string | undefined> {
   const i = where.lastIndexOf(':');
   const host = where.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1';
   const port = Number(where.slice(i + 1));
@@ -354,7 +355,8 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   // the Docker Engine API for the docker CLI, over the same services (docs/docker-api.md)
   const dockerSocket = options.dockerSocket;
   // HTTPS on the TCP listeners with the administrator's certificate (read and checked once, here)
-  const tls = loadServerTls(options.tlsCert, options.tlsKey);
+  const pair = loadServerTls(options.tlsCert, options.tlsKey);
+  const tls = pair ? new ServedCertificate(pair) : undefined;
   const dockerTcp = options.dockerTcp ? { ...splitHostPort(options.dockerTcp), ...(tls ? { tls } : {}) } : undefined;
   const { server: dockerApi, tcpPort: dockerTcpPort } = await startDockerApi(services, dockerSocket, dockerTcp);
   undo.push(() => dockerApi.close());
@@ -458,8 +460,7 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     tls: !!tls,
     reloadTls() {
       if (!tls) throw new InvalidArgument('nimbusd serves no TLS (started without --tls-cert/--tls-key): nothing to reload');
-      const renewed = loadServerTls(options.tlsCert, options.tlsKey)!;
-      const listeners = api.replaceTls(renewed) + dockerApi.replaceTls(renewed);
+      const listeners = tls.replace(loadServerTls(options.tlsCert, options.tlsKey)!);
       log.info('TLS certificate reloaded', { cert: options.tlsCert, listeners });
       return listeners;
     },

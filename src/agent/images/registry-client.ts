@@ -26,7 +26,7 @@ import {
   Unauthenticated,
   Unavailable,
 } from '../../core/errors.js';
-import { isLoopbackRegistry } from '../../core/image-reference.js';
+import { isLoopbackHost } from '../../core/hostname.js';
 import { possessionCheck, type ContentInfo, type ContentIngester, type ContentStore } from '../content/content-store.js';
 import { MANIFEST_ACCEPT } from './media-types.js';
 import { exchange, type RegistryAnswer } from './http-exchange.js';
@@ -178,7 +178,8 @@ export const defaultTokenCache = new TokenCache();
 
 /** Does this registry get plain HTTP? Loopback always, others only when listed. */
 export function isPlainHttpRegistry(registry: string, insecure: readonly string[] = []): boolean {
-  return isLoopbackRegistry(registry) || insecure.includes(registry);
+  // plain HTTP without configuration: loopback only, as Docker does
+  return isLoopbackHost(registry) || insecure.includes(registry);
 }
 
 export interface ManifestResponse {

@@ -10,7 +10,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { InvalidArgument } from '../../core/errors.js';
-import type { Agent } from '../agent.js';
+import { STREAM_TOKEN_PATTERN, type Agent } from '../agent.js';
 import { UNARY_METHODS, type ExecInputFrame, type STREAM_METHODS, type UnaryMethod } from './agent-protocol.js';
 import { MAX_TERMINAL_CELLS, type AttachRequest, type ExecRequest } from '../drivers/instance-driver.js';
 import { MAX_LAYER_SIZE_BYTES, MIN_LAYER_SIZE_BYTES } from '../snapshots/snapshotter.js';
@@ -132,7 +132,7 @@ const VmCreateRequest = Obj({
 /** A migration's own certificate, minted by the control plane (protocol 11): PEM texts, the key never logged. */
 const MigrationCredentials = Obj({ name: Str, ca: Str, cert: Str, key: Str });
 /** A live migration's one-time stream token (protocol 14): 32 bytes as hex, never logged. */
-const StreamToken = Type.String({ pattern: '^[0-9a-f]{64}$' });
+const StreamToken = Type.String({ pattern: STREAM_TOKEN_PATTERN });
 const VmMigrationSpec = Obj({
   id: Id,
   name: Str,

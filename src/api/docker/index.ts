@@ -1,6 +1,6 @@
 /** The Docker Engine API's route table and its server, as nimbusd starts it beside the Nimbus API. */
 import type { Services } from '../../control/services.js';
-import type { ServerTls } from '../../core/server-tls.js';
+import type { ServedCertificate } from '../edge.js';
 import { logger } from '../../core/log.js';
 import { containerRoutes } from './containers.js';
 import { execRoutes } from './exec.js';
@@ -28,7 +28,7 @@ export function dockerRoutes(): DockerRoute[] {
  * that cannot be made (a home too long for a unix socket's 107 bytes, say) costs the Docker API,
  * not the daemon: it is logged and nimbusd serves on without it.
  */
-export async function startDockerApi(services: Services, socketPath: string, tcp?: { host: string; port: number; tls?: ServerTls }): Promise<{ server: DockerApiServer; tcpPort?: number }> {
+export async function startDockerApi(services: Services, socketPath: string, tcp?: { host: string; port: number; tls?: ServedCertificate }): Promise<{ server: DockerApiServer; tcpPort?: number }> {
   const server = new DockerApiServer(dockerRoutes(), services);
   try {
     await server.listenUnix(socketPath);

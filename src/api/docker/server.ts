@@ -16,8 +16,7 @@ import type { Services } from '../../control/services.js';
 import type { Principal } from '../../control/identity/access.js';
 import { authenticate, authorize } from '../authz.js';
 import type { RequestAuth, Route, RouteAuth } from '../route.js';
-import { createEdgeServer, replaceServerTls, DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody } from '../edge.js';
-import type { ServerTls } from '../../core/server-tls.js';
+import { createEdgeServer, DEFAULT_EDGE_LIMITS, decodeComponent, hasUnreadBody, onClientError, parseTarget, readJsonBody, type ServedCertificate } from '../edge.js';
 import { dockerError } from './errors.js';
 import { OpenStreams } from '../open-streams.js';
 
@@ -90,8 +89,6 @@ function header(req: IncomingMessage, name: string): string | undefined {
 
 export class DockerApiServer {
   private readonly servers: Server[] = [];
-  /** The TCP listener when it serves HTTPS (replaceTls). */
-  private readonly tlsServers: Server[] = [];
   private readonly limits = DEFAULT_EDGE_LIMITS;
   /** Upgraded connections (attach, exec) still open. */
   private readonly hijacked = new Set<Duplex>();
@@ -241,7 +238,7 @@ export class DockerApiServer {
   }
 
   /** The same API on TCP, every request with a token (as the Nimbus API's TCP listener), HTTPS with `tls`; the port it listens on. */
-  async listenTcp(host: string, port: number, tls?: ServerTls): Promise<number> {
+  async listenTcp(host: string, port: number, tls?: ServedCertificate): Promise<number> {
     const server = createEdgeServer(this.limits, this.handle, tls);
     server.on('clientError', onClientError);
     server.on('upgrade', this.handleUpgrade);
@@ -250,16 +247,9 @@ export class DockerApiServer {
       server.listen({ host, port, backlog: this.limits.backlog }, () => resolve());
     });
     this.servers.push(server);
-    if (tls) this.tlsServers.push(server);
     const bound = (server.address() as AddressInfo).port;
     log.info('docker API serving', { tcp: `${host}:${bound}`, tls: !!tls, apiVersion: DOCKER_API_VERSION });
     return bound;
-  }
-
-  /** A renewed certificate for the HTTPS listener (nimbusd's SIGHUP); how many took it. */
-  replaceTls(tls: ServerTls): number {
-    for (const server of this.tlsServers) replaceServerTls(server, tls);
-    return this.tlsServers.length;
   }
 
   async close(): Promise<void> {

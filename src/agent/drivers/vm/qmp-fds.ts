@@ -109,14 +109,17 @@ def handed(fd):
             except SystemExit:
                 pass
             raise
+def listener(host, backlog):
+    # a TCP socket listening on a free port of host (v4 or v6)
+    ls = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind((host, 0))
+    ls.listen(backlog)
+    return ls
 def chosen_connection():
     # the first connection, or with a token the first that sends exactly it (more stays for QEMU),
     # read without blocking among the others; nothing else, or nothing in time, is closed
     import hmac, selectors, time
-    host = plan['host']
-    ls = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
-    ls.bind((host, 0))
-    ls.listen(64)
+    ls = listener(plan['host'], 64)
     ls.setblocking(False)
     print(json.dumps({'listening': ls.getsockname()[1]}), flush=True)
     want = bytes.fromhex(plan['token']) if plan.get('token') else b''
@@ -198,11 +201,12 @@ monitor()
 if plan['op'] == 'getfd':
     handed(3)
 elif plan['op'] == 'connect':
+    # the peer as QEMU's own errors name it: HOST:PORT, [V6]:PORT
+    where = '%s:%d' % (('[%s]' if ':' in plan['host'] else '%s') % plan['host'], plan['port'])
     try:
         c = socket.create_connection((plan['host'], plan['port']), timeout=10)
     except OSError as e:
-        where = ('[%s]' if ':' in plan['host'] else '%s') % plan['host']
-        print(json.dumps({'error': {'desc': "Failed to connect to '%s:%d': %s" % (where, plan['port'], e.strerror or e)}, 'command': 'connect'}))
+        print(json.dumps({'error': {'desc': "Failed to connect to '%s': %s" % (where, e.strerror or e)}, 'command': 'connect'}))
         sys.exit(3)
     if plan.get('token'):
         # the move's token, then one byte of acceptance (within create_connection's 10 s)
@@ -212,17 +216,13 @@ elif plan['op'] == 'connect':
         except OSError:
             ack = None
         if ack != ACCEPTED:
-            where = ('[%s]' if ':' in plan['host'] else '%s') % plan['host']
-            print(json.dumps({'error': {'desc': "'%s:%d' did not accept this migration's token" % (where, plan['port'])}, 'command': 'connect'}))
+            print(json.dumps({'error': {'desc': "'%s' did not accept this migration's token" % where}, 'command': 'connect'}))
             sys.exit(3)
     c.settimeout(None)
     handed(c.fileno())
     c.close()
 elif plan['op'] == 'listen':
-    host = plan['host']
-    ls = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
-    ls.bind((host, 0))
-    ls.listen(16)
+    ls = listener(plan['host'], 16)
     out['port'] = ls.getsockname()[1]
     handed(ls.fileno())
     ls.close()

@@ -17,7 +17,7 @@ import { AlreadyExists, Conflict, InvalidArgument, NimbusError, NotFound, toNimb
 import { runOk } from '../../../core/exec.js';
 import { logger } from '../../../core/log.js';
 import { processAlive } from '../../../core/proc.js';
-import type { IncomingMigrationTarget, MigrateOutOptions, OutgoingMigration, VmMigrationSpec } from '../../agent.js';
+import { STREAM_TOKEN_BYTES, STREAM_TOKEN_PATTERN, type IncomingMigrationTarget, type MigrateOutOptions, type OutgoingMigration, type VmMigrationSpec } from '../../agent.js';
 import { consoleBytes, forgetConsoleLog, type ConsoleLogLimits } from './console-log.js';
 import { clearMirrors, endDiskExports, exportDisksForMigration, finishMirrors, ROOT_DISK, startMirrors, volumeDisk, type MovingDisk } from './disk-mirror.js';
 import { acceptOnlyFrom, addTlsCreds, clearTls, sourceNames, useTlsForMigration, type MigrationTls } from './migration-tls.js';
@@ -358,9 +358,8 @@ function movingDisks(config: VmRecord['config']): MovingDisk[] {
   return [...(config.rootDisk ? [ROOT_DISK] : []), ...(config.blockVolumes ?? []).map((b) => volumeDisk(b.volumeId, blockVolumeNames(b.volumeId).node))];
 }
 
-/** A migration's stream token: 32 random bytes, as hex on the wire (VmMigrationSpec.streamToken). */
-const STREAM_TOKEN_BYTES = 32;
-const STREAM_TOKEN = /^[0-9a-f]{64}$/;
+/** A migration's stream token as the wire has it (VmMigrationSpec.streamToken; the schema checks the same). */
+const STREAM_TOKEN = new RegExp(STREAM_TOKEN_PATTERN);
 
 /** The names a migration's stream is handed to QEMU under (qemu-peer-sockets.ts). */
 const INCOMING_STREAM = 'migration-in';
