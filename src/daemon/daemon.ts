@@ -213,6 +213,10 @@ export async function startDaemon(overrides: Partial<NimbusOptions> = {}, launch
 async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptions, undo: Undo): Promise<RunningDaemon> {
   let state: DaemonState = 'starting';
   const options = compileOptions(overrides);
+  // HTTPS on the TCP listeners with the administrator's certificate: read and checked first, so a
+  // pair that cannot serve stops the start before the store, the agent or any listener
+  const pair = loadServerTls(options.tlsCert, options.tlsKey);
+  const tls = pair ? new ServedCertificate(pair) : undefined;
   // its state directory and sockets are the host's: no member reads their paths (core/redaction.ts)
   addHostRoots([options.home, options.socket, options.dockerSocket]);
   const noAgent = launch.noAgent ?? process.env.NIMBUS_NO_AGENT === '1';
@@ -354,9 +358,6 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
   await api.listenUnix(options.socket);
   // the Docker Engine API for the docker CLI, over the same services (docs/docker-api.md)
   const dockerSocket = options.dockerSocket;
-  // HTTPS on the TCP listeners with the administrator's certificate (read and checked once, here)
-  const pair = loadServerTls(options.tlsCert, options.tlsKey);
-  const tls = pair ? new ServedCertificate(pair) : undefined;
   const dockerTcp = options.dockerTcp ? { ...splitHostPort(options.dockerTcp), ...(tls ? { tls } : {}) } : undefined;
   const { server: dockerApi, tcpPort: dockerTcpPort } = await startDockerApi(services, dockerSocket, dockerTcp);
   undo.push(() => dockerApi.close());
