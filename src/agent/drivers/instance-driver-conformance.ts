@@ -46,12 +46,15 @@ export async function collectLogs(driver: InstanceDriver, id: string, tail?: num
 }
 
 /** Poll the logs until some line matches (or time runs out). */
-export async function waitForLog(driver: InstanceDriver, id: string, re: RegExp, ms = 10_000): Promise<LogRecord[]> {
+export async function waitForLog(driver: InstanceDriver, id: string, re: RegExp, ms = 10_000, explain?: () => Promise<string>): Promise<LogRecord[]> {
   const deadline = Date.now() + ms;
   for (;;) {
     const recs = await collectLogs(driver, id);
     if (recs.some((r) => re.test(r.line))) return recs;
-    if (Date.now() > deadline) assert.fail(`no log line matching ${re} in ${JSON.stringify(recs.map((r) => r.line))}`);
+    if (Date.now() > deadline) {
+      const why = explain ? await explain().catch((e: unknown) => `(no explanation: ${String(e)})`) : '';
+      assert.fail(`no log line matching ${re} in ${JSON.stringify(recs.map((r) => r.line))}${why ? `; ${why}` : ''}`);
+    }
     await sleep(50);
   }
 }

@@ -1,14 +1,15 @@
 /**
- * The rotation worker (log-rotation.ts): watches each running container's directory and runs
- * rotateOnce after every change there. Its event loop does only this, so the daemon's own
+ * The rotation worker (log-rotation.ts): watches each running container's directory for the
+ * names conmon's rotations make (log-dir-events.ts) and runs rotateOnce after each. Its event loop does only this, so the daemon's own
  * work (a client reading 1 GB of logs, a burst of creates) does not delay a rotation.
  */
-import { readlinkSync, watch, type FSWatcher } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { rotateOnce } from './container-logs.js';
+import { LogDirEvents } from './log-dir-events.js';
 import type { RotationMessage } from './log-rotation.js';
 
 const port = parentPort;
@@ -17,8 +18,8 @@ if (!port) throw new Error('log-rotation-worker runs as a worker thread');
 // Scheduled ahead of the containers it rotates for: a pass lagging two generations behind a fast
 // writer loses one (container-logs.ts), and on a loaded host (2 cores, load 3) a worker at the
 // default priority, even at nice -10, lagged that far in 3 runs of 5 with 256 KiB files; as a
-// real-time thread (SCHED_FIFO 10) in none of 5. Its work per event is a few syscalls, so it
-// cannot hog a CPU (and the kernel's RT throttling bounds it anyway). Without the privilege: nice -10, or nothing.
+// real-time thread (SCHED_FIFO 10) in none of 5. It wakes once per rotation (not per write:
+// log-dir-events.ts) for a few syscalls, so it cannot hog a CPU (RT throttling bounds it anyway). Without the privilege: nice -10, or nothing.
 // What it got is told once ('ready'): a pass that lags on a loaded host loses log lines, and a
 // fallback the log does not mention was the first thing a lossy CI run could not tell.
 let priority = 'default';
@@ -33,7 +34,7 @@ try {
   priority = `default (${(e as NodeJS.ErrnoException).code ?? String(e)})`;
 }
 
-const watched = new Map<string, { logPath: string; maxFiles: number; watcher: FSWatcher | undefined }>();
+const watched = new Map<string, { logPath: string; maxFiles: number }>();
 
 function pass(id: string): void {
   const w = watched.get(id);
@@ -45,8 +46,14 @@ function pass(id: string): void {
   }
 }
 
+const events = new LogDirEvents({
+  changed: pass,
+  failed: (id, why) => port.postMessage({ id, error: `cannot watch: ${why}` }),
+  degraded: (why) => port.postMessage({ degraded: why }),
+});
+
 function stop(id: string): void {
-  watched.get(id)?.watcher?.close();
+  events.remove(id);
   watched.delete(id);
 }
 
@@ -54,18 +61,9 @@ port.on('message', (m: RotationMessage) => {
   switch (m.op) {
     case 'start': {
       stop(m.id);
-      const base = path.basename(m.logPath);
-      let watcher: FSWatcher | undefined;
-      try {
-        // renames and creations only: every write of conmon's is a 'change' here too
-        watcher = watch(path.dirname(m.logPath), { persistent: false }, (event, name) => {
-          if (event === 'rename' && typeof name === 'string' && name.startsWith(base)) pass(m.id);
-        });
-        watcher.on('error', () => undefined);
-      } catch (e) {
-        port.postMessage({ id: m.id, error: `cannot watch: ${String(e)}` });
-      }
-      watched.set(m.id, { logPath: m.logPath, maxFiles: m.maxFiles, watcher });
+      watched.set(m.id, { logPath: m.logPath, maxFiles: m.maxFiles });
+      // conmon's creations and its renames over the log (events say again once the watch is in place)
+      events.add(m.id, path.dirname(m.logPath), path.basename(m.logPath));
       pass(m.id);
       break;
     }
@@ -81,6 +79,10 @@ port.on('message', (m: RotationMessage) => {
       break;
     case 'stop':
       stop(m.id);
+      break;
+    case 'close':
+      // the helper reaped before this thread ends (a thread terminated first leaves it a zombie)
+      void events.close().then(() => process.exit(0));
       break;
   }
 });

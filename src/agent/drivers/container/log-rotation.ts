@@ -11,7 +11,8 @@ const log = logger('agent.drivers.container.logs');
 export type RotationMessage =
   | { op: 'start'; id: string; logPath: string; maxFiles: number }
   | { op: 'maxFiles'; id: string; maxFiles: number }
-  | { op: 'finish' | 'stop'; id: string };
+  | { op: 'finish' | 'stop'; id: string }
+  | { op: 'close' };
 
 export class LogRotation {
   private worker: Worker | undefined;
@@ -50,18 +51,25 @@ export class LogRotation {
     if (this.active.delete(id)) this.post({ op: 'stop', id });
   }
 
+  /** The worker ends its helper and itself; terminated if it has not within 5 s. */
   close(): void {
     this.active.clear();
-    void this.worker?.terminate();
+    const w = this.worker;
     this.worker = undefined;
+    if (!w) return;
+    w.postMessage({ op: 'close' } satisfies RotationMessage);
+    const overdue = setTimeout(() => void w.terminate(), 5_000);
+    overdue.unref();
+    w.once('exit', () => clearTimeout(overdue));
   }
 
   private spawn(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(new URL('./log-rotation-worker.js', import.meta.url));
     this.readyP = new Promise<void>((resolve) => {
-      w.on('message', (r: { ready: true; priority: string } | { id: string; error: string }) => {
-        if ('ready' in r) {
+      w.on('message', (r: { ready: true; priority: string } | { id: string; error: string } | { degraded: string }) => {
+        if ('degraded' in r) log.warn('log rotation watches with fs.watch, which wakes for every write of every container\'s log', { why: r.degraded });
+        else if ('ready' in r) {
           // not real-time: under load a pass may fall two generations behind a fast writer and lose one
           if (r.priority === 'SCHED_FIFO 10') log.debug('log rotation worker ready', { priority: r.priority });
           else log.warn('log rotation worker runs without real-time priority: a fast writer\'s rotations may outrun it on a loaded host, losing log generations', { priority: r.priority });

@@ -23,7 +23,7 @@
  */
 import { existsSync, lstatSync, readlinkSync } from 'node:fs';
 import { assertTapName, fdMonitorSocket, TAP_FD_BASE } from './qemu.js';
-import { python3 } from './qmp-fds.js';
+import { python3 } from '../../../core/python3.js';
 import { RUN_FDS, SHARE_JAIL_CAPS, SYSTEM_DIRS, type ShareJail } from './share-jail.js';
 
 /** What a launch sets up around QEMU: its NICs' taps (by name, in the order of its -netdev), and a share jail. */

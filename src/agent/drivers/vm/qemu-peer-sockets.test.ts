@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { hasCode } from '../../../core/errors.js';
 import { fdMonitorSocket } from './qemu.js';
 import { acceptOneForQemu, connectForQemu, MAX_PENDING } from './qemu-peer-sockets.js';
-import { python3 } from './qmp-fds.js';
+import { python3 } from '../../../core/python3.js';
 
 const FAKE_MONITOR = String.raw`
 import json, socket, sys

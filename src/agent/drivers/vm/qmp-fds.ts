@@ -28,16 +28,13 @@
  *   fdset's own copy removed afterwards (the node keeps its duplicate).
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { Internal, NimbusError } from '../../../core/errors.js';
+import { python3 } from '../../../core/python3.js';
 
 /** A file the node opens: "nimbus-fd:N" stands for the Nth descriptor given (blockdev-add). */
 export const fdPlaceholder = (n: number) => `nimbus-fd:${n}`;
 
-/** The system's python3 (a version manager's shim on PATH costs ~100 ms a run here), else PATH's. */
-let pythonPath: string | undefined;
-export const python3 = (): string => (pythonPath ??= existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
 
 /** A QMP command, run once the descriptor it names is QEMU's. */
 export interface QmpCommand {

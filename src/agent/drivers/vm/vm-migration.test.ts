@@ -20,7 +20,7 @@ import { runOk } from '../../../core/exec.js';
 import path from 'node:path';
 import { hasCode, type NimbusError } from '../../../core/errors.js';
 import { collectLogs, freshId, waitForLog } from '../instance-driver-conformance.js';
-import { makeVmEnv, type VmEnv } from './vm-test-env.js';
+import { explainGuest, makeVmEnv, type VmEnv } from './vm-test-env.js';
 import { VmDriver } from './vm-driver.js';
 
 let env: VmEnv;
@@ -85,7 +85,7 @@ test('live migration to another driver: the guest goes on, the source is gone, t
     // a guest settled past its boot: QEMU 7.2's TCG migration lost pages of guests moved in their
     // first seconds, never of settled ones (docs/vms.md "Left", scripts/tcg-migration-repro.ts); CI
     // saw this first move, made at tick 2, reset the guest once
-    await waitForLog(source, id, /^tick 10$/, 60_000);
+    await waitForLog(source, id, /^tick 10$/, 60_000, () => explainGuest(env.stateDir, id));
     await assert.rejects(source.migrateTo(id, source), (e) => hasCode(e, 'InvalidArgument'), 'not to itself');
 
     const report = await source.migrateTo(id, dest, { maxDowntimeMs: 100 });

@@ -4,11 +4,12 @@
  * directory, and a sweep that finds any QEMU left behind under it.
  */
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, workloadAppend, type TestGuest } from '../../../../scripts/fixtures/guest.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './accel.js';
+import { instancePaths, readPid } from './qemu-process.js';
 import { VmDriver } from './vm-driver.js';
 
 export const GUEST_CACHE = GUEST_CACHE_DIR;
@@ -54,6 +55,42 @@ export async function qemuPidsUnder(dir: string): Promise<number[]> {
     }
   }
   return out;
+}
+
+/** The tail of a file as text, or why there is none. */
+async function tailOf(file: string, bytes: number): Promise<string> {
+  try {
+    const b = await readFile(file);
+    return `${b.length} bytes${b.length ? `, ending ${JSON.stringify(b.subarray(Math.max(0, b.length - bytes)).toString('utf8'))}` : ''}`;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+}
+
+/**
+ * What a test that waited in vain for a guest's output can still tell: the console log and
+ * QEMU's stderr, and each QEMU thread's state, CPU time and last CPU (a vCPU that never ran
+ * differs from one that spun, and from a QEMU that is gone).
+ */
+export async function explainGuest(stateDir: string, id: string): Promise<string> {
+  const p = instancePaths(path.join(stateDir, id));
+  const parts = [`console.log: ${await tailOf(p.consoleLog, 400)}`, `qemu.log: ${await tailOf(p.qemuLog, 1000)}`, `load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`];
+  const pid = await readPid(p.pidFile).catch(() => undefined);
+  if (pid === undefined) return [...parts, 'no QEMU pid'].join('; ');
+  const threads: string[] = [];
+  for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    try {
+      const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
+      const cpuMs = ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in USER_HZ (100)
+      const allowed = /Cpus_allowed_list:\s*(\S+)/.exec(await readFile(`/proc/${pid}/task/${tid}/status`, 'utf8'))?.[1];
+      threads.push(`${comm} ${f[0]} ${cpuMs} ms cpu${f[36]} allowed ${allowed}`);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return [...parts, `QEMU ${pid}: ${threads.length ? threads.join(', ') : 'gone'}`].join('; ');
 }
 
 export async function makeVmEnv(label: string): Promise<VmEnv> {

@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { appendFileSync, closeSync, existsSync, openSync, writeSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LogDirEvents } from './log-dir-events.js';
+
+let base: string;
+before(async () => {
+  base = await mkdtemp(path.join(tmpdir(), 'nimbus-logdir-'));
+});
+after(async () => {
+  await rm(base, { recursive: true, force: true });
+});
+
+function recorder() {
+  const changed: string[] = [];
+  const failed: string[] = [];
+  const degraded: string[] = [];
+  const events = new LogDirEvents({
+    changed: (k) => changed.push(k),
+    failed: (k, why) => failed.push(`${k}: ${why}`),
+    degraded: (why) => degraded.push(why),
+  });
+  return { events, changed, failed, degraded };
+}
+
+async function until(what: string, ok: () => boolean, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+test("conmon's rotation (a created file renamed over the log) is told; writes, and names without the prefix, are not", async () => {
+  const dir = await mkdtemp(path.join(base, 'a-'));
+  const log = path.join(dir, 'ctr.log');
+  await writeFile(log, '');
+  const r = recorder();
+  try {
+    r.events.add('c1', dir, 'ctr.log');
+    await until('the watch in place', () => r.changed.length === 1);
+    // a fast writer: 20,000 appends, as conmon writes records; the helper does not even wake
+    const pid = r.events.helperPid()!;
+    const wakeups = async () => Number(/voluntary_ctxt_switches:\s*(\d+)/.exec(await readFile(`/proc/${pid}/status`, 'utf8'))![1]);
+    const before = await wakeups();
+    const fd = openSync(log, 'a');
+    for (let i = 0; i < 20_000; i++) writeSync(fd, `2026-12-07T00:00:00Z stdout F line ${i}\n`);
+    closeSync(fd);
+    await sleep(100);
+    assert.ok((await wakeups()) - before <= 3, `the helper woke ${(await wakeups()) - before} times for writes`);
+    await writeFile(path.join(dir, 'state.json.tmp'), '{}');
+    await rename(path.join(dir, 'state.json.tmp'), path.join(dir, 'state.json'));
+    await sleep(200);
+    assert.deepEqual(r.changed, ['c1'], 'no event for writes or other names');
+    // the rotation: conmon opens <log>.tmp (through our symlink: creates ctr.log.3) and renames it over the log
+    await symlink('ctr.log.3', `${log}.tmp`);
+    await until('the symlink told', () => r.changed.length === 2);
+    appendFileSync(`${log}.tmp`, 'x\n');
+    await rename(`${log}.tmp`, log);
+    await until('the rotation told', () => r.changed.length >= 3);
+    assert.ok(r.changed.every((k) => k === 'c1'));
+    assert.deepEqual([r.failed, r.degraded], [[], []]);
+    // removed: nothing more
+    r.events.remove('c1');
+    await sleep(50);
+    const seen = r.changed.length;
+    await writeFile(path.join(dir, 'ctr.log.9'), '');
+    await sleep(200);
+    assert.equal(r.changed.length, seen);
+    await r.events.close();
+    assert.ok(!existsSync(`/proc/${pid}`), 'the helper ended and was reaped');
+  } finally {
+    await r.events.close();
+  }
+});
+
+test('two keys in one directory each get their own names; a missing directory fails its key alone; a removed directory ends its watch', async () => {
+  const dir = await mkdtemp(path.join(base, 'b-'));
+  const r = recorder();
+  try {
+    r.events.add('one', dir, 'one.log');
+    r.events.add('two', dir, 'two.log');
+    r.events.add('none', path.join(dir, 'missing'), 'x.log');
+    await until('both watches and the failure', () => r.changed.length === 2 && r.failed.length === 1);
+    assert.match(r.failed[0]!, /^none: .*No such file/);
+    await writeFile(path.join(dir, 'two.log.1'), '');
+    await until('two told', () => r.changed.length === 3);
+    assert.equal(r.changed[2], 'two');
+    r.events.remove('two');
+    await writeFile(path.join(dir, 'one.log.1'), '');
+    await writeFile(path.join(dir, 'two.log.2'), '');
+    await until('one told', () => r.changed.length === 4);
+    await sleep(100);
+    assert.deepEqual(r.changed.slice(3), ['one'], 'the remaining key keeps the shared watch');
+    await rm(dir, { recursive: true });
+    const other = await mkdtemp(path.join(base, 'c-'));
+    r.events.add('three', other, 'ctr.log');
+    await until('a later watch still works', () => r.changed.at(-1) === 'three');
+    await writeFile(path.join(other, 'ctr.log.1'), '');
+    await until('three told', () => r.changed.filter((k) => k === 'three').length === 2);
+    assert.deepEqual(r.degraded, []);
+  } finally {
+    await r.events.close();
+  }
+});
+
+test('when the helper dies, fs.watch takes over every watched directory and says so', async () => {
+  const dir = await mkdtemp(path.join(base, 'd-'));
+  await mkdir(path.join(dir, 'sub'));
+  const r = recorder();
+  try {
+    r.events.add('k', dir, 'ctr.log');
+    await until('the watch in place', () => r.changed.length === 1);
+    const pid = r.events.helperPid();
+    assert.ok(pid, 'a helper runs');
+    process.kill(pid, 'SIGKILL');
+    await until('the fallback', () => r.degraded.length === 1);
+    assert.match(r.degraded[0]!, /SIGKILL/);
+    const n = r.changed.length;
+    await writeFile(path.join(dir, 'ctr.log.5'), '');
+    await until('told through fs.watch', () => r.changed.length > n);
+    assert.equal(r.events.helperPid(), undefined);
+  } finally {
+    await r.events.close();
+  }
+});
