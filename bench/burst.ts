@@ -83,6 +83,27 @@ function processTicks(pid: number, thread = ''): number {
   }
 }
 
+/** The daemon's threads' CPU ticks by thread name (the main thread, libuv's pool, V8's helpers, workers). */
+function ticksByThreadName(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const st = parseProcStat(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
+      const name = tid === String(pid) ? 'main' : st.comm;
+      out.set(name, (out.get(name) ?? 0) + st.cpuTicks);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return out;
+}
+
 /** Busy CPU time of the whole host (all CPUs, not idle or iowait), in clock ticks. */
 function hostBusyTicks(): number {
   const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
@@ -284,6 +305,8 @@ interface BurstRound {
   cpuMsPerContainer: { daemon: number; daemonMainThread: number; host: number; client: number };
   /** Host CPU (ms) in the round by command name, the top ones. */
   cpuByCommandMs: Record<string, number>;
+  /** The daemon's CPU (ms) in the round by thread name ("main": the event loop). */
+  daemonThreadsMs: Record<string, number>;
 }
 
 /** One burst: COUNT creates and starts at once, timed until all run (API) and all exec'd (/proc), with the CPU it took. */
@@ -297,6 +320,7 @@ async function oneBurst(d: BenchDaemon, image: string, roundNo: number): Promise
   const hostTicks0 = hostBusyTicks();
   const client0 = process.cpuUsage();
   const procs0 = ticksByPid();
+  const threads0 = ticksByThreadName(d.pid);
   const t0 = now();
   await Promise.all(Array.from({ length: COUNT }, async (_, i) => {
     const ti = now();
@@ -335,7 +359,8 @@ async function oneBurst(d: BenchDaemon, image: string, roundNo: number): Promise
     // this bench's own HTTP client and polling, part of the host figure
     client: round((((u) => u.user + u.system)(process.cpuUsage(client0)) / 1000) / COUNT, 2),
   };
-  return { ids, pids, errors, perContainer, running, allStartedMs, allRunningMs, allExecedMs, cpuMsPerContainer, cpuByCommandMs: cpuByCommand(procs0, ticksByPid()) };
+  const daemonThreadsMs = Object.fromEntries([...ticksByThreadName(d.pid)].map(([name, t]) => [name, (t - (threads0.get(name) ?? 0)) * 10] as const).filter(([, ms]) => ms > 0).sort((a, b) => b[1] - a[1]));
+  return { ids, pids, errors, perContainer, running, allStartedMs, allRunningMs, allExecedMs, cpuMsPerContainer, cpuByCommandMs: cpuByCommand(procs0, ticksByPid()), daemonThreadsMs };
 }
 
 /** Force-remove containers and wait until their host state is gone too. */
@@ -410,7 +435,7 @@ async function postgresSide(env: BenchEnv): Promise<PostgresSide | { error: stri
     const repeated = rounds.slice(1);
     return {
       firstBurstMs: Math.round(rounds[0]!.allRunningMs),
-      repeatedBurstMs: repeated.length ? Math.round(median(repeated.map((x) => x.allRunningMs))) : null,
+      repeatedBurstMs: repeated.length ? Math.round(Math.max(...repeated.map((x) => x.allRunningMs))) : null,
       rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), running: x.running, errors: x.errors.length })),
     };
   } catch (e) {
@@ -451,14 +476,15 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       note(NAME, `round ${r + 1}/${ROUNDS}: ${COUNT} concurrent create+start, ${CALLS === 1 ? 'one request each' : 'two requests each'} (sleep 3600); daemon RSS before ${rssBefore} KiB`);
       const one = await oneBurst(d, env.busybox, r);
       rounds.push(one);
-      note(NAME, `${one.running}/${COUNT} running after ${Math.round(one.allRunningMs)} ms, all ${one.pids.length} processes sleep after ${one.allExecedMs === null ? 'never' : Math.round(one.allExecedMs)} ms (${one.errors.length} errors); CPU per container: daemon ${one.cpuMsPerContainer.daemon} ms (main thread ${one.cpuMsPerContainer.daemonMainThread}), host ${one.cpuMsPerContainer.host} ms, of which this client ${one.cpuMsPerContainer.client} ms; by command (ms): ${JSON.stringify(one.cpuByCommandMs)}`);
+      note(NAME, `${one.running}/${COUNT} running after ${Math.round(one.allRunningMs)} ms, all ${one.pids.length} processes sleep after ${one.allExecedMs === null ? 'never' : Math.round(one.allExecedMs)} ms (${one.errors.length} errors); CPU per container: daemon ${one.cpuMsPerContainer.daemon} ms (main thread ${one.cpuMsPerContainer.daemonMainThread}), host ${one.cpuMsPerContainer.host} ms, of which this client ${one.cpuMsPerContainer.client} ms; by command (ms): ${JSON.stringify(one.cpuByCommandMs)}; the daemon's threads (ms): ${JSON.stringify(one.daemonThreadsMs)}`);
     }
     const last = rounds.at(-1)!;
     const { ids, errors, perContainer, running, allStartedMs } = last;
     const allRunningMs = median(rounds.map((x) => x.allRunningMs));
     const firstMs = rounds[0]!.allRunningMs;
     const repeated = rounds.slice(1);
-    const repeatedMs = repeated.length ? median(repeated.map((x) => x.allRunningMs)) : null;
+    // the goal holds for every repeated burst: the slowest round (a nearest-rank median of two rounds was the faster one)
+    const repeatedMs = repeated.length ? Math.max(...repeated.map((x) => x.allRunningMs)) : null;
     const execed = rounds.map((x) => x.allExecedMs).filter((x): x is number => x !== null);
     const allExecedMs = execed.length === rounds.length ? median(execed) : null;
     const cpuMsPerContainer = {
@@ -518,7 +544,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
       postgres: onPostgres,
       allExecedMs: allExecedMs === null ? null : Math.round(allExecedMs),
       cpuMsPerContainer,
-      rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), allExecedMs: x.allExecedMs === null ? null : Math.round(x.allExecedMs), errors: x.errors.length, cpuMsPerContainer: x.cpuMsPerContainer, cpuByCommandMs: x.cpuByCommandMs })),
+      rounds: rounds.map((x) => ({ allRunningMs: Math.round(x.allRunningMs), allExecedMs: x.allExecedMs === null ? null : Math.round(x.allExecedMs), errors: x.errors.length, cpuMsPerContainer: x.cpuMsPerContainer, cpuByCommandMs: x.cpuByCommandMs, daemonThreadsMs: x.daemonThreadsMs })),
       createStartPerContainerMs: summarize(perContainer),
       warmReadyAtStart: ready,
       removeAllMs: Math.round(removeAllMs),
@@ -570,7 +596,7 @@ export async function burst(env: BenchEnv): Promise<BenchOutcome> {
           bench: NAME, figure: `${COUNT} concurrent starts → all running, repeated burst`, unit: 'ms', nimbus: Math.round(repeatedMs),
           peers: peerOk ? { runcStart: peerOk.runcStartMs, fifoRelease: peerOk.fifoReleaseMs } : {}, ratio: peerOk ? ratio(repeatedMs, peerOk.runcStartMs) : null,
           goal: `≤ ${GOAL_REPEATED_MS} ms`, met: results.goals.repeatedMet,
-          note: `${repeated.length > 1 ? `median of ${repeated.length} rounds (${repeated.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}the pool grown from the first burst: ${pools.slice(1).map((p) => `${p.ready} warm (${p.fillMs} ms to fill)`).join(', ')}, ${Math.round((pools[1]?.sizing?.usedBytes ?? 0) / 2 ** 20)} MiB of a ${Math.round((pools[1]?.sizing?.budgetBytes ?? 0) / 2 ** 20)} MiB budget`,
+          note: `${repeated.length > 1 ? `the slowest of ${repeated.length} rounds (${repeated.map((x) => Math.round(x.allRunningMs)).join(', ')}); ` : ''}the pool grown from the first burst: ${pools.slice(1).map((p) => `${p.ready} warm (${p.fillMs} ms to fill)`).join(', ')}, ${Math.round((pools[1]?.sizing?.usedBytes ?? 0) / 2 ** 20)} MiB of a ${Math.round((pools[1]?.sizing?.budgetBytes ?? 0) / 2 ** 20)} MiB budget`,
         }]),
         ...(onPostgres === null ? [] : [{
           bench: NAME, figure: `the same on the PostgreSQL store, first / repeated burst`, unit: 'ms', nimbus: pg?.firstBurstMs ?? null,

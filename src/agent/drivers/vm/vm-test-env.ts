@@ -9,7 +9,7 @@ import path from 'node:path';
 import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, workloadAppend, type TestGuest } from '../../../../scripts/fixtures/guest.js';
 import type { InstanceSpec } from '../instance-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './accel.js';
-import { instancePaths, readPid } from './qemu-process.js';
+import { instancePaths, readPid, withQmp } from './qemu-process.js';
 import { VmDriver } from './vm-driver.js';
 
 export const GUEST_CACHE = GUEST_CACHE_DIR;
@@ -69,8 +69,8 @@ async function tailOf(file: string, bytes: number): Promise<string> {
 
 /**
  * What a test that waited in vain for a guest's output can still tell: the console log and
- * QEMU's stderr, and each QEMU thread's state, CPU time and last CPU (a vCPU that never ran
- * differs from one that spun, and from a QEMU that is gone).
+ * QEMU's stderr, QEMU's run state, and each QEMU thread's state, CPU time and last CPU (a vCPU
+ * that never ran differs from one that spun, and from a QEMU that is gone).
  */
 export async function explainGuest(stateDir: string, id: string): Promise<string> {
   const p = instancePaths(path.join(stateDir, id));
@@ -90,7 +90,9 @@ export async function explainGuest(stateDir: string, id: string): Promise<string
       /* the thread ended */
     }
   }
-  return [...parts, `QEMU ${pid}: ${threads.length ? threads.join(', ') : 'gone'}`].join('; ');
+  // QEMU's own view: a VM left paused (prelaunch, no cont) prints nothing either
+  const status = await withQmp(p, (c) => c.execute<{ status: string }>('query-status'), 2_000).then((s) => s.status, (e: unknown) => `no answer (${String(e)})`);
+  return [...parts, `QEMU ${pid} (${status}): ${threads.length ? threads.join(', ') : 'gone'}`].join('; ');
 }
 
 export async function makeVmEnv(label: string): Promise<VmEnv> {
