@@ -514,7 +514,7 @@ export async function migrateStore(options: MigrateStoreOptions): Promise<Migrat
       const stored = await sourceStore.loadQuotaState();
       if (stored !== undefined) {
         const raw = JSON.parse(stored) as Partial<LedgerState>;
-        if ((raw.audit?.length ?? 0) > 0 || Object.keys(raw.instances ?? {}).length > 0) {
+        if ((raw.audit?.length ?? 0) > 0 || Object.keys(raw.instances ?? {}).length > 0 || Object.keys(raw.projects ?? {}).length > 0) {
           throw new Conflict('the source\'s quota ledger is in a layout of before: start this nimbusd on the installation once (it moves it), stop it, then run migrate-store again');
         }
       }

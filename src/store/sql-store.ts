@@ -103,6 +103,18 @@ export class SqlStore implements Store {
   quotaInstanceIds() {
     return this.quota.instanceIds();
   }
+  loadQuotaProjects() {
+    return this.quota.loadProjects();
+  }
+  saveQuotaProjects(rows: readonly { id: string; json: string | null }[]) {
+    return this.quota.saveProjects(rows);
+  }
+  loadQuotaProjectsSince(version: number) {
+    return this.quota.loadProjectsSince(version);
+  }
+  quotaProjectIds() {
+    return this.quota.projectIds();
+  }
   close() {
     return this.db.close();
   }

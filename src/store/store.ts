@@ -282,13 +282,21 @@ export interface Store {
   readonly kind: StoreKind;
   /** Runs fn atomically (see above); a nested call joins the outer transaction. A throw rolls back. */
   transaction<T>(fn: () => Promise<T>): Promise<T>;
-  /** The quota ledger's state (JSON) without its instances: projects, pools, loans, operations. */
+  /** The quota ledger's state (JSON) without its projects and instances: pools, loans, operations, its sequence. */
   loadQuotaState(): Promise<string | undefined>;
   saveQuotaState(json: string): Promise<void>;
   /** The ledger's instances (JSON each), one row per instance. */
   loadQuotaInstances(): Promise<string[]>;
   /** Write changed instance rows; json null removes the row. Rows carry the state's current version: save the state first. */
   saveQuotaInstances(rows: readonly { id: string; json: string | null }[]): Promise<void>;
+  /** The ledger's projects (JSON each), one row per project: an admission writes the projects it touched, not all. */
+  loadQuotaProjects(): Promise<string[]>;
+  /** Write changed project rows; json null removes the row. Rows carry the state's current version: save the state first. */
+  saveQuotaProjects(rows: readonly { id: string; json: string | null }[]): Promise<void>;
+  /** Project rows written after the state's version `version`, and how many rows there are in all. */
+  loadQuotaProjectsSince(version: number): Promise<{ changed: string[]; count: number }>;
+  /** The ids of every project row. */
+  quotaProjectIds(): Promise<string[]>;
   /** Append audit entries of the ledger (idempotent by seq). */
   appendQuotaAudit(entries: readonly QuotaAuditRow[]): Promise<void>;
   /** Audit entries (JSON) after sinceSeq, of one project or all, at most limit (the newest), oldest first. */

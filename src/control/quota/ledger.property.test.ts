@@ -83,7 +83,9 @@ type Cmd =
   | { t: 'reclaim'; p: number; d: PartialVec; prio: number; vm: boolean }
   | { t: 'release'; i: number }
   | { t: 'tick'; dt: number; evict: boolean }
-  | { t: 'cancel'; i: number };
+  | { t: 'cancel'; i: number }
+  | { t: 'project'; p: number; hard: PartialVec }
+  | { t: 'unproject'; p: number };
 
 const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ t: fc.constant('limits' as const), p: fc.nat(), hard: vecArb, reserved: fc.record({ instances: fc.integer({ min: 0, max: 2 }) }, { requiredKeys: [] }), lend: vecArb, borrow: vecArb, grace: fc.integer({ min: 0, max: 50 }) }) },
@@ -94,13 +96,16 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ t: fc.constant('release' as const), i: fc.nat() }) },
   { weight: 3, arbitrary: fc.record({ t: fc.constant('tick' as const), dt: fc.integer({ min: 0, max: 60 }), evict: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('cancel' as const), i: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('project' as const), p: fc.nat(), hard: vecArb }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('unproject' as const), p: fc.nat() }) },
 );
 
 const EXPECTED = new Set(['InvalidArgument', 'NotFound', 'Conflict', 'QuotaExceeded']);
 
-/** The state with its instances in id order (rows come back in any order). */
-function sortedInstances(s: ReturnType<Ledger['snapshot']>): unknown {
-  return { ...s, instances: Object.fromEntries(Object.entries(s.instances).sort(([a], [b]) => a.localeCompare(b))) };
+/** The state with its projects and instances in id order (rows come back in any order). */
+function sortedRows(s: ReturnType<Ledger['snapshot']>): unknown {
+  const sorted = <T>(o: Record<string, T>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b)));
+  return { ...s, projects: sorted(s.projects), instances: sorted(s.instances) };
 }
 
 /** The state less its audit, read in place: a snapshot() clones the audit too, which grows with every step (most of this test's time). */
@@ -119,18 +124,22 @@ test('random trees and request sequences keep every ledger invariant after every
       let seq = 0;
       const ops: string[] = [];
       const pools: string[] = Object.keys(l.raw.pools);
-      // what a store keeping instances as rows holds, written from changes() after every step
+      // what a store keeping projects and instances as rows holds, written from changes() after every step
       const rows = new Map<string, string>();
+      const projectRows = new Map<string, string>();
       let core = '';
       const persist = () => {
         const ch = l.changes();
         core = ch.core;
-        for (const r of ch.instances) {
-          if (r.json === null) rows.delete(r.id);
-          else rows.set(r.id, r.json);
+        for (const [into, changed] of [[rows, ch.instances], [projectRows, ch.projects]] as const) {
+          for (const r of changed) {
+            if (r.json === null) into.delete(r.id);
+            else into.set(r.id, r.json);
+          }
         }
         l.markPersisted();
       };
+      let made = 0;
       persist();
       for (const c of cmds) {
         const before = withoutAudit(l);
@@ -183,6 +192,19 @@ test('random trees and request sequences keep every ledger invariant after every
             case 'cancel':
               if (ops.length > 0) l.cancelReclaim(ops[c.i % ops.length] ?? '', now);
               break;
+            case 'project': {
+              const id = `q${made++}`;
+              l.createProject(id, pick(c.p), { hard: c.hard }, now);
+              ids.push(id);
+              break;
+            }
+            case 'unproject': {
+              const id = pick(c.p);
+              if (id === 'p0') break;
+              l.deleteProject(id, now); // refused (Conflict) while it holds anything
+              ids.splice(ids.indexOf(id), 1);
+              break;
+            }
           }
         } catch (e) {
           if (!isNimbusError(e) || !EXPECTED.has(e.code)) throw e;
@@ -192,8 +214,10 @@ test('random trees and request sequences keep every ledger invariant after every
         assert.deepEqual(errs, [], `after ${JSON.stringify(c)}`);
         persist();
         const stored = JSON.parse(core) as ReturnType<Ledger['snapshot']>;
+        assert.deepEqual(stored.projects, {}, 'projects are rows of their own, not in the core');
         for (const [id, json] of rows) stored.instances[id] = JSON.parse(json) as (typeof stored.instances)[string];
-        assert.deepEqual(sortedInstances(stored), sortedInstances({ ...l.raw, audit: [] }), `the saved rows miss a change after ${JSON.stringify(c)}`);
+        for (const [id, json] of projectRows) stored.projects[id] = JSON.parse(json) as (typeof stored.projects)[string];
+        assert.deepEqual(sortedRows(stored), sortedRows({ ...l.raw, audit: [] }), `the saved rows miss a change after ${JSON.stringify(c)}`);
         // every pending reclaim still has a live victim or is waiting on capacity the plan promised
         for (const op of Object.values(l.raw.operations)) if (op.status !== 'pending') assert.ok(op.completedAt !== undefined);
       }

@@ -89,7 +89,7 @@ test('quota service: instances are saved as rows (the core does not grow with th
   await store.close();
 });
 
-test('quota service: a ledger saved whole (audit and instances in the state, as before their tables) is moved into its tables on open', async (t) => {
+test('quota service: a ledger saved whole (audit, projects and instances in the state, as before their tables) is moved into its tables on open', async (t) => {
   const old = await openStore(storeFile(t));
   t.after(() => old.close());
   const q0 = await QuotaService.open(old);
@@ -106,12 +106,47 @@ test('quota service: a ledger saved whole (audit and instances in the state, as 
   const q = await QuotaService.open(store);
   assert.deepEqual((await q.audit({})).map((e) => e.seq), whole.audit.map((e) => e.seq), 'the audit entries are in their table');
   assert.equal((await store.loadQuotaInstances()).length, 1, 'the instance is a row');
-  const core = JSON.parse((await store.loadQuotaState())!) as { audit: unknown[]; instances: object };
-  assert.deepEqual([core.audit, core.instances], [[], {}], 'neither is left in the state');
+  assert.deepEqual((await store.loadQuotaProjects()).map((j) => (JSON.parse(j) as { id: string }).id), ['p'], 'the project is a row');
+  const core = JSON.parse((await store.loadQuotaState())!) as { audit: unknown[]; instances: object; projects: object };
+  assert.deepEqual([core.audit, core.instances, core.projects], [[], {}, {}], 'none is left in the state');
   assert.equal(q.holds('c1'), true);
   assert.equal(q.show('p').resources.instances.used, 1);
   await q.admitContainer('c3', 'p', cfg);
   assert.ok((await q.audit({})).at(-1)!.seq > whole.audit.at(-1)!.seq, 'new entries follow the moved ones');
+});
+
+test('quota service: projects are rows too: with 1,000 projects an admission writes the few it touched, and the core stays small', async (t) => {
+  const file = storeFile(t);
+  const base = await openStore(file);
+  t.after(() => base.close());
+  const written: string[] = [];
+  const store = new Proxy(base, {
+    get(target, key) {
+      const v = Reflect.get(target, key, target) as unknown;
+      if (key !== 'saveQuotaProjects' || typeof v !== 'function') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      return (rows: { id: string }[]) => {
+        written.push(...rows.map((r) => r.id));
+        return (v as (r: unknown) => Promise<void>).call(target, rows);
+      };
+    },
+  });
+  const q = await QuotaService.open(store);
+  // a tree: a root and 1,000 projects under it, each given a share
+  await q.ensureProjects([{ id: 'root', parentId: null }, ...Array.from({ length: 1000 }, (_, i) => ({ id: `p${i}`, parentId: 'root' }))]);
+  assert.equal(written.length, 1001, 'the projects made are written once each');
+  await q.setLimits('p500', { hard: { instances: 2, cpus: 2, memory: 2 ** 30 } });
+  written.length = 0;
+  await q.admitContainer('c1', 'p500', { ...cfg, cpus: 1 });
+  assert.ok(written.includes('p500') && written.length <= 2, `an admission writes the projects it touched: ${written.join(', ')}`);
+  const core = (await base.loadQuotaState())!;
+  assert.ok(core.length < 4096, `the core holds no project (${core.length} bytes)`);
+  written.length = 0;
+  await q.release('c1', 'removed');
+  assert.ok(written.includes('p500') && written.length <= 2, `a release too: ${written.join(', ')}`);
+  const reopened = await QuotaService.open(base);
+  assert.equal(reopened.show('p500').resources.cpus?.used, 0);
+  assert.equal(Object.keys(reopened.ledger.snapshot().projects).length, 1001, 'every project read back from its row');
+  assert.deepEqual(checkInvariants(reopened.ledger.snapshot()), []);
 });
 
 test('quota service: 200 concurrent admissions against a limit of 100 admit exactly 100, and the store agrees after a reopen', async (t) => {
@@ -142,7 +177,7 @@ test('quota service: 200 concurrent admissions against a limit of 100 admit exac
   await store.close();
 });
 
-type QuotaWrite = 'saveQuotaStateIfVersion' | 'saveQuotaInstances' | 'appendQuotaAudit';
+type QuotaWrite = 'saveQuotaStateIfVersion' | 'saveQuotaProjects' | 'saveQuotaInstances' | 'appendQuotaAudit';
 
 /** The store, but the next write of a kind given to fail() throws (inside the transaction: it rolls back). */
 function flaky(store: Store): { store: Store; fail: (write: QuotaWrite) => void } {
@@ -186,6 +221,10 @@ test('quota service: a write that fails leaves the ledger (memory and store) as 
   fail('saveQuotaInstances');
   await assert.rejects(q.release('c1', 'removed'), /disk full/);
   assert.equal(q.holds('c1'), true, 'a release that was not stored is undone');
+  fail('saveQuotaProjects'); // the project's row holds the aggregates the admission changed
+  await assert.rejects(q.admitContainer('c2', 'p', cfg), /disk full/);
+  assert.equal(q.holds('c2'), false, 'an admission whose project row was not stored is undone');
+  assert.equal(q.show('p').resources.instances.used, 1);
 
   // what was lost is lost whole: c2 and a third still fit exactly the limit
   await q.admitContainer('c2', 'p', cfg);

@@ -145,19 +145,44 @@ async function loadState(store: Store): Promise<{ state: LedgerState | undefined
         await store.appendQuotaAudit(entries);
         await store.saveQuotaState(JSON.stringify(state));
       }
-      const inCore = Object.values(state.instances);
-      if (inCore.length > 0) {
-        // a store written before instances had their own rows: move them there (the state first: rows carry its version)
-        await store.saveQuotaState(JSON.stringify({ ...state, instances: {}, audit: [] }));
-        await store.saveQuotaInstances(inCore.map((i) => ({ id: i.id, json: JSON.stringify(i) })));
+      const instancesInCore = Object.values(state.instances);
+      const projectsInCore = Object.values(state.projects);
+      if (instancesInCore.length > 0 || projectsInCore.length > 0) {
+        // a store written before instances, or projects, had their own rows: move them there (the state first: rows carry its version)
+        await store.saveQuotaState(JSON.stringify({ ...state, projects: {}, instances: {}, audit: [] }));
+        await store.saveQuotaInstances(instancesInCore.map((i) => ({ id: i.id, json: JSON.stringify(i) })));
+        await store.saveQuotaProjects(projectsInCore.map((p) => ({ id: p.id, json: JSON.stringify(p) })));
       }
       for (const json of await store.loadQuotaInstances()) {
         const inst = JSON.parse(json) as LedgerState['instances'][string];
         state.instances[inst.id] = inst;
       }
+      for (const json of await store.loadQuotaProjects()) {
+        const p = JSON.parse(json) as LedgerState['projects'][string];
+        state.projects[p.id] = p;
+      }
     }
     return { state, version: await store.quotaLedgerVersion() };
   });
+}
+
+/**
+ * What brings rows (projects or instances) held at our version to the stored one: the rows written
+ * since, and the ids of all only when some were removed (rows unchanged since our version are
+ * ours already; the stored rows are those plus the changed ones, minus removed ones). Only reads:
+ * apply() changes `held` in place once every read of the catch-up is done.
+ */
+async function rowsToCatchUp<T extends { id: string }>(held: Record<string, T>, since: { changed: string[]; count: number }, ids: () => Promise<string[]>): Promise<{ apply(): Record<string, T> }> {
+  const updates = since.changed.map((json) => JSON.parse(json) as T);
+  const merged = Object.keys(held).length + updates.filter((u) => held[u.id] === undefined).length;
+  const kept = merged === since.count ? undefined : new Set(await ids());
+  return {
+    apply() {
+      for (const u of updates) held[u.id] = u;
+      if (kept) for (const id of Object.keys(held)) if (!kept.has(id)) delete held[id];
+      return held;
+    },
+  };
 }
 
 export class QuotaService {
@@ -251,22 +276,17 @@ export class QuotaService {
     if (stored === this.version) return false;
     const core = await this.store.loadQuotaState();
     const next = core === undefined ? undefined : (JSON.parse(core) as LedgerState);
-    if (next === undefined || stored < this.version || next.audit.length > 0 || Object.keys(next.instances).length > 0) {
+    if (next === undefined || stored < this.version || next.audit.length > 0 || Object.keys(next.instances).length > 0 || Object.keys(next.projects).length > 0) {
       // gone, gone back (a restored backup), or written in a layout of before: read it all
       await this.reload();
       return true;
     }
-    const { changed, count } = await this.store.loadQuotaInstancesSince(this.version);
-    const held = this.current.raw.instances;
-    const updates = changed.map((json) => JSON.parse(json) as LedgerState['instances'][string]);
-    // rows unchanged since our version are ours already; the stored rows are those plus the changed ones, minus removed ones
-    const merged = Object.keys(held).length + updates.filter((u) => held[u.id] === undefined).length;
-    const kept = merged === count ? undefined : new Set(await this.store.quotaInstanceIds());
-    // the old ledger is dropped here: its instance objects move over to the new one instead of being copied
-    const instances = held as LedgerState['instances'];
-    for (const u of updates) instances[u.id] = u;
-    if (kept) for (const id of Object.keys(instances)) if (!kept.has(id)) delete instances[id];
-    next.instances = instances;
+    const held = this.current.raw;
+    const instances = await rowsToCatchUp(held.instances as LedgerState['instances'], await this.store.loadQuotaInstancesSince(this.version), () => this.store.quotaInstanceIds());
+    const projects = await rowsToCatchUp(held.projects as LedgerState['projects'], await this.store.loadQuotaProjectsSince(this.version), () => this.store.quotaProjectIds());
+    // the old ledger is dropped here: its project and instance objects move over to the new one instead of being copied
+    next.instances = instances.apply();
+    next.projects = projects.apply();
     next.audit = [...this.current.raw.audit];
     this.pending.length = 0;
     this.current = this.makeLedger(next);
@@ -359,6 +379,7 @@ export class QuotaService {
     const changes = this.current.changes();
     const audit = this.pending.map(auditRow);
     if (!(await this.store.saveQuotaStateIfVersion(changes.core, this.version))) throw new LedgerMoved();
+    await this.store.saveQuotaProjects(changes.projects);
     await this.store.saveQuotaInstances(changes.instances);
     await this.store.appendQuotaAudit(audit);
   }

@@ -247,13 +247,25 @@ async function storeRows(s: Store): Promise<void> {
   assert.deepEqual({ ...since, changed: since.changed.sort() }, { changed: ['{"id":"i2","n":2}', '{"id":"i3"}'], count: 2 }, 'rows carry the version of the state written before them');
   assert.deepEqual(await s.loadQuotaInstancesSince(2), { changed: [], count: 2 });
   assert.deepEqual((await s.quotaInstanceIds()).sort(), ['i2', 'i3']);
+  // project rows: the same contract
+  await s.saveQuotaProjects([{ id: 'p1', json: '{"id":"p1"}' }, { id: 'p2', json: '{"id":"p2"}' }]);
+  await s.transaction(async () => {
+    await s.lockQuotaLedger();
+    assert.equal(await s.saveQuotaStateIfVersion('{"v":2.5}', 2), true);
+    await s.saveQuotaProjects([{ id: 'p2', json: '{"id":"p2","n":2}' }, { id: 'p3', json: '{"id":"p3"}' }, { id: 'p1', json: null }]);
+  });
+  const projectsSince = await s.loadQuotaProjectsSince(2);
+  assert.deepEqual({ ...projectsSince, changed: projectsSince.changed.sort() }, { changed: ['{"id":"p2","n":2}', '{"id":"p3"}'], count: 2 });
+  assert.deepEqual(await s.loadQuotaProjectsSince(3), { changed: [], count: 2 });
+  assert.deepEqual((await s.quotaProjectIds()).sort(), ['p2', 'p3']);
+  assert.deepEqual(await s.loadQuotaProjects(), ['{"id":"p2","n":2}', '{"id":"p3"}'], 'in id order');
   await s.saveQuotaState('{"v":3}');
-  assert.equal(await s.quotaLedgerVersion(), 3, 'an unconditional save counts a version too');
+  assert.equal(await s.quotaLedgerVersion(), 4, 'an unconditional save counts a version too');
   await assert.rejects(s.transaction(async () => {
-    assert.equal(await s.saveQuotaStateIfVersion('{"v":4}', 3), true);
+    assert.equal(await s.saveQuotaStateIfVersion('{"v":4}', 4), true);
     throw new Error('roll back');
   }), /roll back/);
-  assert.equal(await s.quotaLedgerVersion(), 3, 'a rolled back write is no version');
+  assert.equal(await s.quotaLedgerVersion(), 4, 'a rolled back write is no version');
 }
 
 test('sqlite, two replicas on one store: 1,000 concurrent admissions spread over both admit exactly 100; releases and limits are seen across', async (t) => {

@@ -9,11 +9,14 @@ import { str, type SqlExecutor, type SqlValue } from '../sql/executor.js';
 const LOCK_SPACE = 0x4e494d42;
 const QUOTA_LOCK = 0x51554f54;
 
+/** The ledger's tables of one row per instance or project (never a caller's string). */
+type RowTable = 'quota_instances' | 'quota_projects';
+
 /**
- * The quota ledger's rows: its state (one row), its instances (one row each) and its audit log
- * (append-only). quota_ledger.version counts the committed writes of the state; an instance row
- * carries the version of the state written with it (the state is written first), so a replica
- * at version v reads only the rows written after it.
+ * The quota ledger's rows: its state (one row), its projects and its instances (one row each) and
+ * its audit log (append-only). quota_ledger.version counts the committed writes of the state; a
+ * project or instance row carries the version of the state written with it (the state is written
+ * first), so a replica at version v reads only the rows written after it.
  */
 export class SqlQuotaRows {
   constructor(private readonly db: SqlExecutor) {}
@@ -52,26 +55,52 @@ export class SqlQuotaRows {
     // SQLite: the transaction's BEGIN IMMEDIATE already holds the database's only write lock
     if (this.db.dialect === 'postgres') await this.db.get('SELECT pg_advisory_xact_lock(?, ?)', [LOCK_SPACE, QUOTA_LOCK]);
   }
-  async loadInstances(): Promise<string[]> {
-    return (await this.db.all('SELECT state FROM quota_instances ORDER BY id')).map((r) => str(r.state));
+  loadInstances(): Promise<string[]> {
+    return this.loadRows('quota_instances');
   }
-  async loadInstancesSince(version: number): Promise<{ changed: string[]; count: number }> {
-    const changed = (await this.db.all('SELECT state FROM quota_instances WHERE version > ?', [version])).map((r) => str(r.state));
-    const count = Number((await this.db.get('SELECT COUNT(*) AS n FROM quota_instances'))?.n ?? 0);
+  loadInstancesSince(version: number): Promise<{ changed: string[]; count: number }> {
+    return this.rowsSince('quota_instances', version);
+  }
+  instanceIds(): Promise<string[]> {
+    return this.rowIds('quota_instances');
+  }
+  saveInstances(rows: readonly { id: string; json: string | null }[]): Promise<void> {
+    return this.saveRows('quota_instances', rows);
+  }
+  loadProjects(): Promise<string[]> {
+    return this.loadRows('quota_projects');
+  }
+  loadProjectsSince(version: number): Promise<{ changed: string[]; count: number }> {
+    return this.rowsSince('quota_projects', version);
+  }
+  projectIds(): Promise<string[]> {
+    return this.rowIds('quota_projects');
+  }
+  saveProjects(rows: readonly { id: string; json: string | null }[]): Promise<void> {
+    return this.saveRows('quota_projects', rows);
+  }
+
+  // The ledger's row tables (instances, projects) share one shape: id, state, the state's version written with it.
+  private async loadRows(table: RowTable): Promise<string[]> {
+    return (await this.db.all(`SELECT state FROM ${table} ORDER BY id`)).map((r) => str(r.state));
+  }
+  private async rowsSince(table: RowTable, version: number): Promise<{ changed: string[]; count: number }> {
+    const changed = (await this.db.all(`SELECT state FROM ${table} WHERE version > ?`, [version])).map((r) => str(r.state));
+    const count = Number((await this.db.get(`SELECT COUNT(*) AS n FROM ${table}`))?.n ?? 0);
     return { changed, count };
   }
-  async instanceIds(): Promise<string[]> {
-    return (await this.db.all('SELECT id FROM quota_instances')).map((r) => str(r.id));
+  private async rowIds(table: RowTable): Promise<string[]> {
+    return (await this.db.all(`SELECT id FROM ${table}`)).map((r) => str(r.id));
   }
-  async saveInstances(rows: readonly { id: string; json: string | null }[]): Promise<void> {
+  private async saveRows(table: RowTable, rows: readonly { id: string; json: string | null }[]): Promise<void> {
     if (rows.length === 0) return;
     // one transaction (or the caller's): all the rows or none, and one commit for many rows
     await this.db.transaction(async () => {
       for (const r of rows) {
-        if (r.json === null) await this.db.run('DELETE FROM quota_instances WHERE id = ?', [r.id]);
+        if (r.json === null) await this.db.run(`DELETE FROM ${table} WHERE id = ?`, [r.id]);
         else {
           await this.db.run(
-            `INSERT INTO quota_instances (id, state, version) VALUES (?, ?, COALESCE((SELECT version FROM quota_ledger WHERE id = 1), 0))
+            `INSERT INTO ${table} (id, state, version) VALUES (?, ?, COALESCE((SELECT version FROM quota_ledger WHERE id = 1), 0))
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, version = excluded.version`,
             [r.id, r.json],
           );
