@@ -101,7 +101,8 @@ async function setup(t: { after(fn: () => Promise<void>): void }) {
   const quota = await QuotaService.open(store);
   await quota.ensureProject('default', null);
   const identity = new IdentityService(store);
-  const projects = new ProjectService(store, quota, 'default');
+  const access = new AccessControl(store);
+  const projects = new ProjectService(store, quota, 'default', () => access.forgetTree());
   const events = new EventBus();
   // one VM, vm1 in project A, whose serial console sends a byte every 20 ms until it is let go
   const consoles: { input: Duplex; signal: AbortSignal }[] = [];
@@ -117,7 +118,7 @@ async function setup(t: { after(fn: () => Promise<void>): void }) {
       })();
     },
   };
-  const services = { store, quota, identity, projects, access: new AccessControl(store), events, vms, defaultProjectId: 'default' } as unknown as Services;
+  const services = { store, quota, identity, projects, access, events, vms, defaultProjectId: 'default' } as unknown as Services;
   const real = allRoutes().filter((r) => r.operationId === 'events' || r.operationId === 'vmConsole');
   const server = new ApiServer([...tickRoutes, ...real], services, { accessRecheckMs: PERIOD_MS });
   const port = await server.listenTcp('127.0.0.1', 0);

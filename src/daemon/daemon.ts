@@ -297,11 +297,12 @@ async function startSteps(overrides: Partial<NimbusOptions>, launch: LaunchOptio
     process.stderr.write(`nimbusd: created user "admin" with password ${admin.generatedPassword}\n` +
       'nimbusd: it is shown only this once; set NIMBUS_ADMIN_PASSWORD on first start to choose it\n');
   }
-  const projects = new ProjectService(store, quota, defaultProjectId);
+  const access = new AccessControl(store);
+  const projects = new ProjectService(store, quota, defaultProjectId, () => access.forgetTree());
   /** A move, a migration or an evacuation in flight anywhere: its copies are not stale (fencing waits). */
   const fenceWaits = async () => (await store.operations.list(500)).some((op) => (op.status === 'running' || op.status === 'pending') && ['container.move', 'vm.migrate', 'host.evacuate'].includes(op.kind));
   const services: Services = {
-    options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access: new AccessControl(store), defaultProjectId,
+    options, store, agent, agents, hosts, scheduler, replica, events, operations, images, disks, containers, networks, vms, volumes, quota, identity, projects, access, defaultProjectId,
     startedAt: new Date().toISOString(), version: VERSION, metrics,
     builds: new BuildService(images, operations, quota, options.tmpDir),
     commits: new CommitService(store, containers, images, hosts, events),

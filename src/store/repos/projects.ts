@@ -17,6 +17,9 @@ export class SqlProjectRepo implements ProjectRepo {
     const r = await this.db.get('SELECT * FROM projects WHERE name = ? ORDER BY parent_id IS NOT NULL, created_at, id LIMIT 1', [name]);
     return r && project(r);
   }
+  async named(name: string) {
+    return (await this.db.all('SELECT * FROM projects WHERE name = ? ORDER BY parent_id IS NOT NULL, created_at, id', [name])).map(project);
+  }
   async child(parentId: string | null, name: string) {
     const r = await this.db.get("SELECT * FROM projects WHERE COALESCE(parent_id, '') = ? AND name = ?", [parentId ?? '', name]);
     return r && project(r);
