@@ -424,9 +424,11 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
     await new Promise<void>((r) => inner.listen(0, '127.0.0.1', r));
     t.after(() => new Promise<void>((r) => inner.close(() => r())));
     const target = `127.0.0.1:${(inner.address() as AddressInfo).port}`;
+    const opIds: string[] = [];
     for (const who of [{ token: tokens.alice! }, { token: tokens.admin! }]) {
       const pull = await call(tcp(), 'POST', '/images/pull', { ...who, body: { reference: `${target}/x/y:latest` } });
       assert.equal(pull.status, 202, pull.text);
+      opIds.push((pull.body as { id: string }).id);
       const op = await call(tcp(), 'GET', `/operations/${(pull.body as { id: string }).id}/wait?timeout=30`, who);
       const error = (op.body as { error?: { code?: string; message?: string } }).error;
       assert.equal(error?.code, 'PermissionDenied', op.text);
@@ -435,6 +437,11 @@ describe('tenancy: every route enforces its declared access', { concurrency: fal
       assert.equal(login.status, 403, login.text);
     }
     assert.equal(hits, 0, 'the loopback service got no request');
+    // the operations list: a member's are the newest of the projects it reads (chosen in the query), never another's
+    const listed = ((await call(tcp(), 'GET', '/operations', { token: tokens.alice! })).body as { id: string }[]).map((o) => o.id);
+    assert.ok(listed.includes(opIds[0]!) && !listed.includes(opIds[1]!), JSON.stringify(listed));
+    const all = ((await call(tcp(), 'GET', '/operations', { token: tokens.admin! })).body as { id: string }[]).map((o) => o.id);
+    assert.ok(all.includes(opIds[0]!) && all.includes(opIds[1]!), 'the administrator reads both');
   });
 
   test('failed logins over TCP: after 5 for a user from one caller, 429 with Retry-After, even with the right password; another caller behind the same trusted proxy, and the socket, still log in', async () => {

@@ -69,6 +69,7 @@ export async function authorize(route: Route, principal: Principal | undefined, 
     },
     roleOn: (id) => (now.principal?.systemAdmin ? 'admin' : now.access?.roleOn(id)),
     canRead: (id) => !!now.principal && (now.principal.systemAdmin || !!now.access?.canRead(id)),
+    readableProjects: () => (!now.principal ? [] : now.principal.systemAdmin ? undefined : (now.access?.readableProjects() ?? [])),
     renew(p, access) {
       now = { principal: p, access };
     },

@@ -60,6 +60,8 @@ export interface RequestAuth {
   project(): string;
   roleOn(projectId: string): Role | undefined;
   canRead(projectId: string | null | undefined): boolean;
+  /** Every project the caller may read, for a query to filter by; undefined: all (a system administrator). */
+  readableProjects(): string[] | undefined;
   /** A stream's recheck: roleOn and canRead answer from the caller's access as it is now, not as it was at the open. */
   renew(principal: Principal, access: PrincipalAccess | undefined): void;
 }

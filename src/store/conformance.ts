@@ -502,6 +502,14 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual((await s.operations.list(10, { kind: 'vm.migrate' })).map((o) => o.id), ['o4'], 'of one kind');
     assert.deepEqual((await s.operations.list(10, { kind: op('x', '').kind })).map((o) => o.id), ['o3', 'o2', 'o1']);
     assert.equal(await s.operations.get('nope'), undefined);
+    // of some projects: the newest of theirs, though another project's are newer (and more than the limit)
+    for (let i = 0; i < 5; i++) await s.operations.insert({ ...op(`q${i}`, `2026-01-01T00:00:1${i}.000Z`), projectId: 'p2' });
+    assert.deepEqual((await s.operations.list(3)).map((o) => o.id), ['q4', 'q3', 'q2']);
+    assert.deepEqual((await s.operations.list(3, { projectIds: ['p1'] })).map((o) => o.id), ['o4', 'o3', 'o2'], 'not crowded out by p2');
+    assert.deepEqual((await s.operations.list(2, { projectIds: ['p1'], kind: 'vm.migrate' })).map((o) => o.id), ['o4']);
+    const many = [...Array.from({ length: 1200 }, (_, i) => `x${i}`), 'p1', 'p2'];
+    assert.deepEqual((await s.operations.list(4, { projectIds: many })).map((o) => o.id), ['q4', 'q3', 'q2', 'q1'], 'ids past one IN list');
+    assert.deepEqual((await s.operations.list(10, { projectIds: [] })).map((o) => o.id), []);
   });
 
   test(`${name}: operations: replicas register, beat and go; only the unfinished operations of replicas gone are failed, once`, async (t) => {

@@ -85,7 +85,7 @@ export class SqlStore implements Store {
   appendQuotaAudit(entries: readonly QuotaAuditRow[]) {
     return this.quota.appendAudit(entries);
   }
-  queryQuotaAudit(filter: { project?: string; sinceSeq?: number; limit: number }) {
+  queryQuotaAudit(filter: { project?: string; projects?: readonly string[]; sinceSeq?: number; limit: number }) {
     return this.quota.queryAudit(filter);
   }
   lockQuotaLedger() {

@@ -188,8 +188,8 @@ export interface JoinTokenRepo {
 /** Operations, and the control-plane processes (replicas) that run them. */
 export interface OperationRepo {
   get(id: string): Promise<OperationRecord | undefined>;
-  /** The newest first, at most `limit` (default 100), of one kind when `filter.kind` is given. */
-  list(limit?: number, filter?: { kind?: string }): Promise<OperationRecord[]>;
+  /** The newest first, at most limit (default 100): of one kind, of some projects only (the newest of those, not of all). */
+  list(limit?: number, filter?: { kind?: string; projectIds?: readonly string[] }): Promise<OperationRecord[]>;
   insert(op: OperationRecord): Promise<void>;
   update(id: string, patch: Partial<Omit<OperationRecord, 'id'>>): Promise<OperationRecord>;
   /**
@@ -303,8 +303,8 @@ export interface Store {
   quotaProjectIds(): Promise<string[]>;
   /** Append audit entries of the ledger (idempotent by seq). */
   appendQuotaAudit(entries: readonly QuotaAuditRow[]): Promise<void>;
-  /** Audit entries (JSON) after sinceSeq, of one project or all, at most limit (the newest), oldest first. */
-  queryQuotaAudit(filter: { project?: string; sinceSeq?: number; limit: number }): Promise<string[]>;
+  /** Audit entries (JSON) after sinceSeq, of one project, of some (`projects`) or of all, at most limit (the newest), oldest first. */
+  queryQuotaAudit(filter: { project?: string; projects?: readonly string[]; sinceSeq?: number; limit: number }): Promise<string[]>;
   /**
    * Inside a transaction: this transaction alone may read-then-write the ledger until it ends
    * (PostgreSQL: the ledger's advisory lock; SQLite: its BEGIN IMMEDIATE already is that).

@@ -20,6 +20,13 @@ const Vector = Type.Object(
   { additionalProperties: false },
 );
 const ProjectParam = Type.Object({ project: ProjectRef() });
+
+/** The audit the caller asked for: of one project, or of every project it may read (the newest of those, not everyone's filtered). */
+function auditScope(auth: RequestAuth): { project?: string; projects?: string[] } {
+  if (auth.projectId) return { project: auth.projectId };
+  const projects = auth.readableProjects();
+  return projects === undefined ? {} : { projects };
+}
 const Figures = Type.Record(Type.String(), Type.Unknown());
 
 /** The project named in the path (id, path or name), resolved and checked by the edge. */
@@ -97,9 +104,7 @@ export const quotaRoutes = [
     query: Type.Object({ project: Type.Optional(ProjectRef()), since: Type.Optional(Type.Integer({ minimum: 0 })), ...PageQuery }),
     response: Type.Array(Figures),
     handler: async ({ query, services, auth, req }) => paged(
-      (await services.quota
-        .audit({ ...(auth.projectId ? { project: auth.projectId } : {}), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) }))
-        .filter((e) => auth.canRead(e.project)),
+      (await services.quota.audit({ ...auditScope(auth), ...(query.since !== undefined ? { sinceSeq: query.since } : {}) })).filter((e) => auth.canRead(e.project)),
       (e) => [e.seq], query, req, (e) => e as unknown as Record<string, unknown>,
     ),
   }),

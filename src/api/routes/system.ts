@@ -9,6 +9,12 @@ import { subtree } from '../../control/metering/usage-report.js';
 import type { Services } from '../../control/services.js';
 
 /** Operation routes act on the operation's project. */
+/** The newest 1,000 operations the caller may read (of one kind): for a member, the newest of its projects', not everyone's filtered. */
+function operationsReadable(services: Services, auth: RequestAuth, kind: string | undefined) {
+  const projectIds = auth.readableProjects();
+  return services.operations.list({ limit: 1000, ...(kind !== undefined ? { kind } : {}), ...(projectIds !== undefined ? { projectIds } : {}) });
+}
+
 const OPERATION = {
   param: 'id', kind: 'operation',
   owner: async (s: Services, id: string) => {
@@ -139,7 +145,7 @@ export const systemRoutes = [
     response: Type.Array(Operation),
     query: Type.Object({ kind: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z][a-z0-9-]*(\\.[a-z][a-z0-9-]*)*$' })), ...PageQuery }),
     handler: async ({ services, auth, query, req }) => paged(
-      (await services.operations.list({ limit: 1000, ...(query.kind !== undefined ? { kind: query.kind } : {}) })).filter((o) => auth.canRead(o.projectId)),
+      (await operationsReadable(services, auth, query.kind)).filter((o) => auth.canRead(o.projectId)),
       (o) => [o.createdAt, o.id], query, req, (o) => o, 'descending',
     ),
   }),

@@ -104,4 +104,10 @@ export class PrincipalAccess {
     if (this.principal.systemAdmin) return true;
     return projectId !== null && projectId !== undefined && this.roleOn(projectId) !== undefined;
   }
+
+  /** Every project the principal may read; undefined: all of them (a system administrator). */
+  readableProjects(): string[] | undefined {
+    if (this.principal.systemAdmin) return undefined;
+    return [...this.parents.keys()].filter((id) => this.roleOn(id) !== undefined);
+  }
 }

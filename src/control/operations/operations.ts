@@ -163,9 +163,9 @@ export class OperationService {
     return op;
   }
 
-  /** The newest first: at most `limit` (default 100), of one kind when asked. */
-  list(opts: { kind?: string; limit?: number } = {}): Promise<OperationRecord[]> {
-    return this.store.operations.list(opts.limit, opts.kind !== undefined ? { kind: opts.kind } : {});
+  /** The newest first: at most `limit` (default 100), of one kind when asked, of some projects only when asked. */
+  list(opts: { kind?: string; limit?: number; projectIds?: readonly string[] } = {}): Promise<OperationRecord[]> {
+    return this.store.operations.list(opts.limit, { ...(opts.kind !== undefined ? { kind: opts.kind } : {}), ...(opts.projectIds !== undefined ? { projectIds: opts.projectIds } : {}) });
   }
 
   /**

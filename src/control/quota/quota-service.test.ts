@@ -149,6 +149,22 @@ test('quota service: projects are rows too: with 1,000 projects an admission wri
   assert.deepEqual(checkInvariants(reopened.ledger.snapshot()), []);
 });
 
+test('quota service: the audit of some projects is the newest of theirs, not of everyone\'s, oldest first', async (t) => {
+  const store = await openStore(storeFile(t));
+  t.after(() => store.close());
+  const q = await QuotaService.open(store);
+  await q.ensureProject('mine', null);
+  await q.ensureProject('busy', null);
+  for (let i = 0; i < 3; i++) await q.admitContainer(`m${i}`, 'mine', cfg);
+  for (let i = 0; i < 20; i++) await q.admitContainer(`b${i}`, 'busy', cfg);
+  assert.deepEqual((await q.audit({ limit: 5 })).map((e) => e.project), Array(5).fill('busy'), 'everyone\'s newest are busy\'s');
+  const mine = await q.audit({ projects: ['mine'], limit: 2 });
+  assert.deepEqual(mine.map((e) => e.instance), ['m1', 'm2'], 'the newest two of mine, oldest first');
+  const both = await q.audit({ projects: ['mine', 'busy', ...Array.from({ length: 700 }, (_, i) => `none${i}`)], limit: 3 });
+  assert.deepEqual(both.map((e) => e.instance), ['b17', 'b18', 'b19'], 'past one IN list, merged by seq');
+  assert.deepEqual(await q.audit({ projects: [], limit: 3 }), []);
+});
+
 test('quota service: 200 concurrent admissions against a limit of 100 admit exactly 100, and the store agrees after a reopen', async (t) => {
   const file = storeFile(t);
   let store = await openStore(file);

@@ -673,7 +673,7 @@ export class QuotaService {
   }
 
   /** Audit entries from the store, oldest first: the newest `limit` (default 10,000) after sinceSeq. */
-  async audit(filter: { project?: string; sinceSeq?: number; limit?: number }): Promise<AuditEntry[]> {
+  async audit(filter: { project?: string; projects?: readonly string[]; sinceSeq?: number; limit?: number }): Promise<AuditEntry[]> {
     const rows = await this.store.queryQuotaAudit({ ...filter, limit: filter.limit ?? 10_000 });
     return rows.map((j) => JSON.parse(j) as AuditEntry);
   }

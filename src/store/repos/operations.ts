@@ -2,6 +2,7 @@ import { NotFound } from '../../core/errors.js';
 import type { OperationRecord, ReplicaRecord } from '../records.js';
 import type { OperationRepo } from '../store.js';
 import { str, strOrNull, type Row, type SqlExecutor } from '../sql/executor.js';
+import { newestAmong } from './where.js';
 
 function operation(r: Row): OperationRecord {
   return {
@@ -38,11 +39,19 @@ export class SqlOperationRepo implements OperationRepo {
     const r = await this.db.get('SELECT * FROM operations WHERE id = ?', [id]);
     return r && operation(r);
   }
-  async list(limit = 100, filter: { kind?: string } = {}) {
-    if (filter.kind !== undefined) {
-      return (await this.db.all('SELECT * FROM operations WHERE kind = ? ORDER BY created_at DESC, id DESC LIMIT ?', [filter.kind, limit])).map(operation);
+  async list(limit = 100, filter: { kind?: string; projectIds?: readonly string[] } = {}) {
+    const kind = filter.kind !== undefined ? ['kind = ?'] : [];
+    const kindParam = filter.kind !== undefined ? [filter.kind] : [];
+    const newest = 'ORDER BY created_at DESC, id DESC LIMIT ?';
+    if (filter.projectIds !== undefined) {
+      // the newest of those projects: not the newest of all, filtered (other tenants' work would crowd them out)
+      return newestAmong(
+        filter.projectIds, limit,
+        async (list, ids) => (await this.db.all(`SELECT * FROM operations WHERE ${[...kind, `project_id IN (${list})`].join(' AND ')} ${newest}`, [...kindParam, ...ids, limit])).map(operation),
+        (a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1),
+      );
     }
-    return (await this.db.all('SELECT * FROM operations ORDER BY created_at DESC, id DESC LIMIT ?', [limit])).map(operation);
+    return (await this.db.all(`SELECT * FROM operations ${kind.length ? `WHERE ${kind[0]} ` : ''}${newest}`, [...kindParam, limit])).map(operation);
   }
   async insert(op: OperationRecord) {
     await this.db.run(

@@ -1,5 +1,6 @@
 import type { QuotaAuditRow } from '../store.js';
 import { str, type SqlExecutor, type SqlValue } from '../sql/executor.js';
+import { newestAmong } from './where.js';
 
 /**
  * The ledger's own PostgreSQL advisory lock (two-key form, in "NIMB"'s space like the executor's
@@ -114,7 +115,7 @@ export class SqlQuotaRows {
       for (const e of entries) await this.db.run('INSERT INTO quota_audit (seq, project, entry) VALUES (?, ?, ?) ON CONFLICT DO NOTHING', [e.seq, e.project, e.json]);
     });
   }
-  async queryAudit(filter: { project?: string; sinceSeq?: number; limit: number }): Promise<string[]> {
+  async queryAudit(filter: { project?: string; projects?: readonly string[]; sinceSeq?: number; limit: number }): Promise<string[]> {
     const where: string[] = ['seq > ?'];
     const params: SqlValue[] = [filter.sinceSeq ?? 0];
     if (filter.project !== undefined) {
@@ -122,10 +123,16 @@ export class SqlQuotaRows {
       params.push(filter.project);
     }
     // the newest `limit` entries, returned oldest first
-    const rows = await this.db.all(
-      `SELECT entry FROM (SELECT seq, entry FROM quota_audit WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq`,
-      [...params, filter.limit],
-    );
+    const newest = async (extra = '', extraParams: SqlValue[] = []) =>
+      await this.db.all(
+        `SELECT seq, entry FROM (SELECT seq, entry FROM quota_audit WHERE ${[...where, ...(extra ? [extra] : [])].join(' AND ')} ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq`,
+        [...params, ...extraParams, filter.limit],
+      );
+    const rows = filter.projects === undefined
+      ? await newest()
+      : // of those projects (the newest of theirs, not of everyone's, filtered)
+        (await newestAmong(filter.projects, filter.limit, (list, ids) => newest(`project IN (${list})`, ids), (a, b) => Number(b.seq) - Number(a.seq))).reverse();
     return rows.map((r) => str(r.entry));
   }
+
 }
