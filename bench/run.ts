@@ -36,6 +36,7 @@ import { dockerBuild } from './docker-build.js';
 import { volumeIo } from './volume-io.js';
 import { overlayNet } from './overlay-net.js';
 import { containerMove } from './container-move.js';
+import { tenantScale } from './tenant-scale.js';
 
 const ALL: BenchEntry[] = [
   { name: 'start-latency', fn: startLatency },
@@ -59,6 +60,7 @@ const ALL: BenchEntry[] = [
   { name: 'volume-io', fn: volumeIo },
   { name: 'overlay-net', fn: overlayNet },
   { name: 'container-move', fn: containerMove, needsEnv: false },
+  { name: 'tenant-scale', fn: tenantScale, needsEnv: false },
 ];
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('-'));
