@@ -106,6 +106,14 @@ test('article borrowing mode: T2 borrows T1’s idle 4 and gets all 12; T1 later
   for (const k of ['admit', 'reject', 'loan', 'return', 'reclaim-planned', 'reclaim-evicted', 'reclaim-done'] as const) assert.ok(kinds.has(k), k);
   assert.ok(l.auditLog().every((e) => e.reason.length > 0));
   ok(l);
+  // finished operations leave the state ten minutes after they completed (the audit keeps them)
+  l.release('t2-x', 30_100 + 599_999);
+  for (const o of ops) assert.equal(l.operation(o.operation?.id ?? '').status, 'done', 'still read within the retention');
+  l.release('t2-1', 30_100 + 600_001);
+  for (const o of ops) assert.throws(() => l.operation(o.operation?.id ?? ''), { code: 'NotFound' });
+  assert.deepEqual(l.raw.operations, {});
+  assert.ok(l.auditLog().some((e) => e.kind === 'reclaim-done' && e.operation === ops[0]!.operation!.id), 'the audit keeps their entries');
+  ok(l);
 });
 
 test('reclaim evicts lowest priority first, then newest', () => {

@@ -107,7 +107,14 @@ export interface LedgerOptions {
   onAudit?: (e: AuditEntry) => void;
   /** In-memory audit entries kept (oldest dropped first); default 100,000. */
   auditLimit?: number;
+  /**
+   * How long a finished reclaim operation stays in the state after it completed (its waiters read
+   * how it ended; the audit keeps its entries for good); default 10 minutes.
+   */
+  finishedOperationRetentionMs?: number;
 }
+
+const FINISHED_OPERATION_RETENTION_MS = 10 * 60_000;
 
 type Emit = (kind: AuditKind, project: string, reason: string, extra?: Partial<Pick<AuditEntry, 'instance' | 'operation' | 'data'>>) => void;
 
@@ -218,6 +225,7 @@ export class Ledger {
         }
         const limit = this.opts.auditLimit ?? 100_000;
         if (this.state.audit.length > limit + Math.max(1, limit >> 3)) this.state.audit.splice(0, this.state.audit.length - limit);
+        this.pruneFinishedOperations(at);
         return result;
       } finally {
         this.state.projects = projects;
@@ -746,6 +754,18 @@ export class Ledger {
   }
 
   /** Pending reclaims, FIFO: admit the ones that now fit; re-plan or fail the ones whose victims are all gone. */
+  /**
+   * Finished operations past their retention leave the state: each one stayed in the state's one
+   * row (written at every mutation) and in every completion pass's scan, so both grew with every
+   * reclaim ever made.
+   */
+  private pruneFinishedOperations(now: number): void {
+    const keep = this.opts.finishedOperationRetentionMs ?? FINISHED_OPERATION_RETENTION_MS;
+    for (const op of Object.values(this.state.operations)) {
+      if (op.status !== 'pending' && op.completedAt !== undefined && op.completedAt < now - keep) delete this.state.operations[op.id];
+    }
+  }
+
   private completeOperations(now: number, emit: Emit): void {
     const pending = Object.values(this.state.operations).filter((o) => o.status === 'pending');
     for (const op of pending) {
