@@ -72,7 +72,7 @@ describe('overlayfs specifics', () => {
     }
   });
 
-  it('concurrent creates write their records together; a save that fails fails every record it held and leaves no directory', async () => {
+  it('concurrent creates write their records together; a save that fails fails every record it held and leaves no directory, and a commit or remove it fails is undone', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ovl-batch-'));
     let pinned = false;
     try {
@@ -91,9 +91,15 @@ describe('overlayfs specifics', () => {
         return; // no chattr, or a filesystem without the flag
       }
       const failed = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => sn.prepare(`f${i}`, 'A')));
+      // a commit and a remove that cannot be saved are undone in memory too (changes are made in place)
+      await assert.rejects(sn.commit('K0', 'k0'));
+      await assert.rejects(sn.remove('k1'));
       execFileSync('chattr', ['-i', dir]);
       pinned = false;
       assert.ok(failed.every((r) => r.status === 'rejected'), 'a create reported done whose record was not written');
+      assert.equal((await sn.stat('k0')).kind, 'active', 'the commit that was not saved is undone');
+      await assert.rejects(sn.stat('K0'), (e: NimbusError) => hasCode(e, 'NotFound'));
+      assert.equal((await sn.stat('k1')).kind, 'active', 'the remove that was not saved is undone');
       assert.deepEqual((await sn.list()).length, 21);
       assert.deepEqual((await new OverlaySnapshotter(dir).list()).length, 21, 'what is on disk agrees');
       const onDisk = (await readdir(path.join(dir, 'snapshots'))).length;
