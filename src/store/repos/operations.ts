@@ -2,7 +2,7 @@ import { NotFound } from '../../core/errors.js';
 import type { OperationRecord, ReplicaRecord } from '../records.js';
 import type { OperationRepo } from '../store.js';
 import { str, strOrNull, type Row, type SqlExecutor } from '../sql/executor.js';
-import { newestAmong } from './where.js';
+import { oneOf } from './where.js';
 
 function operation(r: Row): OperationRecord {
   return {
@@ -45,11 +45,8 @@ export class SqlOperationRepo implements OperationRepo {
     const newest = 'ORDER BY created_at DESC, id DESC LIMIT ?';
     if (filter.projectIds !== undefined) {
       // the newest of those projects: not the newest of all, filtered (other tenants' work would crowd them out)
-      return newestAmong(
-        filter.projectIds, limit,
-        async (list, ids) => (await this.db.all(`SELECT * FROM operations WHERE ${[...kind, `project_id IN (${list})`].join(' AND ')} ${newest}`, [...kindParam, ...ids, limit])).map(operation),
-        (a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1),
-      );
+      const among = oneOf(this.db.dialect, 'project_id', filter.projectIds);
+      return (await this.db.all(`SELECT * FROM operations WHERE ${[...kind, among.sql].join(' AND ')} ${newest}`, [...kindParam, ...among.params, limit])).map(operation);
     }
     return (await this.db.all(`SELECT * FROM operations ${kind.length ? `WHERE ${kind[0]} ` : ''}${newest}`, [...kindParam, limit])).map(operation);
   }

@@ -1,6 +1,6 @@
 import type { QuotaAuditRow } from '../store.js';
 import { str, type SqlExecutor, type SqlValue } from '../sql/executor.js';
-import { newestAmong } from './where.js';
+import { oneOf } from './where.js';
 
 /**
  * The ledger's own PostgreSQL advisory lock (two-key form, in "NIMB"'s space like the executor's
@@ -122,16 +122,17 @@ export class SqlQuotaRows {
       where.push('project = ?');
       params.push(filter.project);
     }
+    if (filter.projects !== undefined) {
+      // of those projects: the newest of theirs, not of everyone's, filtered
+      const among = oneOf(this.db.dialect, 'project', filter.projects);
+      where.push(among.sql);
+      params.push(...among.params);
+    }
     // the newest `limit` entries, returned oldest first
-    const newest = async (extra = '', extraParams: SqlValue[] = []) =>
-      await this.db.all(
-        `SELECT seq, entry FROM (SELECT seq, entry FROM quota_audit WHERE ${[...where, ...(extra ? [extra] : [])].join(' AND ')} ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq`,
-        [...params, ...extraParams, filter.limit],
-      );
-    const rows = filter.projects === undefined
-      ? await newest()
-      : // of those projects (the newest of theirs, not of everyone's, filtered)
-        (await newestAmong(filter.projects, filter.limit, (list, ids) => newest(`project IN (${list})`, ids), (a, b) => Number(b.seq) - Number(a.seq))).reverse();
+    const rows = await this.db.all(
+      `SELECT entry FROM (SELECT seq, entry FROM quota_audit WHERE ${where.join(' AND ')} ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq`,
+      [...params, filter.limit],
+    );
     return rows.map((r) => str(r.entry));
   }
 

@@ -1,4 +1,4 @@
-import type { SqlValue } from '../sql/executor.js';
+import type { Dialect, SqlValue } from '../sql/executor.js';
 
 /**
  * A WHERE clause of the equality conditions given (undefined ones left out). Built rather than
@@ -16,24 +16,13 @@ export function where(conditions: readonly (readonly [column: string, value: Sql
   return { sql: parts.length ? `WHERE ${parts.join(' AND ')}` : '', params };
 }
 
-/** Ids per IN list: well under SQLite's 32,766 bound parameters and PostgreSQL's 65,535. */
-const IN_CHUNK = 500;
-
 /**
- * The rows of `ids` (a column's values, e.g. the projects a caller may read), newest first, at
- * most `limit`: one query per chunk of ids, each already ordered and limited, merged. `query`
- * gets the IN list's placeholders and its parameters; `newer` orders two rows newest first.
+ * `column` is one of `ids`, as one bound parameter whatever their number (a member may read
+ * thousands of projects): PostgreSQL's `= ANY(array)`, SQLite's `IN (json_each(array))`; both use
+ * the column's index.
  */
-export async function newestAmong<R>(
-  ids: readonly string[],
-  limit: number,
-  query: (placeholders: string, chunk: string[]) => Promise<R[]>,
-  newer: (a: R, b: R) => number,
-): Promise<R[]> {
-  const out: R[] = [];
-  for (let i = 0; i < ids.length; i += IN_CHUNK) {
-    const chunk = ids.slice(i, i + IN_CHUNK);
-    out.push(...(await query(chunk.map(() => '?').join(', '), chunk)));
-  }
-  return out.sort(newer).slice(0, limit);
+export function oneOf(dialect: Dialect, column: string, ids: readonly string[]): { sql: string; params: SqlValue[] } {
+  return dialect === 'postgres'
+    ? { sql: `${column} = ANY(?)`, params: [[...ids] as unknown as SqlValue] }
+    : { sql: `${column} IN (SELECT value FROM json_each(?))`, params: [JSON.stringify(ids)] };
 }
