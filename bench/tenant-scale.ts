@@ -22,7 +22,7 @@ import { AccessControl } from '../src/control/identity/access.js';
 import { AddressLeases } from '../src/control/networks/address-leases.js';
 import { isMain, runBenchmarks, type BenchEnv } from './lib/env.js';
 import { makeRecord, note, type BenchOutcome, type SummaryRow } from './lib/result.js';
-import { ratio, round } from './lib/stats.js';
+import { mean, measure, ratio, round } from './lib/stats.js';
 
 const NAME = 'tenant-scale';
 const GOAL_RATIO = 2;
@@ -38,12 +38,9 @@ async function withStore<T>(fn: (store: Store) => Promise<T>): Promise<T> {
   }
 }
 
-/** Mean ms of `fn` over `runs` runs after `warm` untimed ones. */
-async function meanMs(fn: (i: number) => Promise<unknown>, runs: number, warm = 10): Promise<number> {
-  for (let i = 0; i < warm; i++) await fn(-1 - i);
-  const t0 = performance.now();
-  for (let i = 0; i < runs; i++) await fn(i);
-  return round((performance.now() - t0) / runs, 3);
+/** Mean ms of `fn` over `runs` calls after `warmup` untimed ones. */
+async function meanMs(fn: (i: number) => Promise<unknown>, runs: number, warmup = 10): Promise<number> {
+  return round(mean(await measure(runs, fn, { warmup })), 3);
 }
 
 const NOW = () => new Date().toISOString();

@@ -34,8 +34,9 @@ test('a command name with spaces and parentheses is parsed from the last one', (
   assert.match(st.state, /^[RS]$/);
 });
 
-test('stat text: a command name with spaces and parentheses, state, parent and CPU ticks', () => {
+test('stat text: a command name with spaces and parentheses, state, parent, CPU ticks, last CPU and policy', () => {
   // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
-  const st = parseProcStat('4242 (we (i) rd) S 17 4242 4242 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 12345\n');
-  assert.deepEqual(st, { comm: 'we (i) rd', state: 'S', ppid: 17, cpuTicks: 12 });
+  // ... processor (field 39) rt_priority policy (field 41) ...
+  const st = parseProcStat('4242 (we (i) rd) S 17 4242 4242 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 12345 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 3 10 1 0 0 0\n');
+  assert.deepEqual(st, { comm: 'we (i) rd', state: 'S', ppid: 17, cpuTicks: 12, processor: 3, policy: 1 });
 });

@@ -11,6 +11,10 @@ export interface ProcStat {
   ppid: number;
   /** CPU time used, user + system, in clock ticks. */
   cpuTicks: number;
+  /** The CPU it last ran on. */
+  processor: number;
+  /** Its scheduling policy (0 normal, 1 SCHED_FIFO, 2 SCHED_RR, ...). */
+  policy: number;
 }
 
 /** The text of a /proc/PID/stat (or /proc/PID/task/TID/stat). */
@@ -18,7 +22,8 @@ export function parseProcStat(text: string): ProcStat {
   // the command name may hold spaces and parentheses: fields start after the last ')'
   const close = text.lastIndexOf(')');
   const f = text.slice(close + 2).split(' ');
-  return { comm: text.slice(text.indexOf('(') + 1, close), state: f[0] ?? '', ppid: Number(f[1]), cpuTicks: Number(f[11]) + Number(f[12]) };
+  // f[0] is field 3 of proc(5): processor is field 39, policy field 41
+  return { comm: text.slice(text.indexOf('(') + 1, close), state: f[0] ?? '', ppid: Number(f[1]), cpuTicks: Number(f[11]) + Number(f[12]), processor: Number(f[36]), policy: Number(f[38]) };
 }
 
 /** The state and parent of a process, from /proc/PID/stat; undefined once it is gone. */

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
 import { run } from '../../../core/exec.js';
+import { parseProcStat } from '../../../core/proc.js';
 import { cgroupPaths, detectCgroupLayout, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { mountsUnder } from '../../snapshots/mount.js';
 import type { InstanceSpec, LogRecord } from '../instance-driver.js';
@@ -119,21 +120,18 @@ async function logFiles(d: ContainerDriver, id: string): Promise<{ count: number
  * thread and the inotify helper it forked (log-dir-events.ts).
  */
 async function rotationCpuMs(): Promise<number> {
-  const ticks = (stat: string) => {
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3
-    return { cpu: (Number(f[11]) + Number(f[12])) * 10, ppid: Number(f[1]), policy: Number(f[38]), comm: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) };
-  };
-  let ms = 0;
+  const stat = (file: string) => readFile(file, 'utf8').then(parseProcStat, () => undefined); // undefined: gone meanwhile
+  let ticks = 0;
   for (const tid of await readdir('/proc/self/task')) {
-    const t = ticks(await readFile(`/proc/self/task/${tid}/stat`, 'utf8').catch(() => '() 0'));
-    if (t.policy === 1) ms += t.cpu; // SCHED_FIFO: the rotation worker
+    const t = await stat(`/proc/self/task/${tid}/stat`);
+    if (t?.policy === 1) ticks += t.cpuTicks; // SCHED_FIFO: the rotation worker
   }
   for (const pid of await readdir('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
-    const p = ticks(await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '() 0'));
-    if (p.ppid === process.pid && p.comm.startsWith('python3')) ms += p.cpu;
+    const p = await stat(`/proc/${pid}/stat`);
+    if (p?.ppid === process.pid && p.comm.startsWith('python3')) ticks += p.cpuTicks;
   }
-  return ms;
+  return ticks * 10; // USER_HZ (100)
 }
 
 /** Whole lines from records (conmon splits output at its 8 KiB reads into P ... F records). */

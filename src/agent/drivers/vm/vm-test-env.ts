@@ -10,6 +10,7 @@ import { buildTestGuest, GUEST_CACHE_DIR, READY_MARKER, workloadAppend, type Tes
 import type { InstanceSpec } from '../instance-driver.js';
 import { chooseAccelerator, type AcceleratorChoice } from './accel.js';
 import { instancePaths, readPid, withQmp } from './qemu-process.js';
+import { parseProcStat } from '../../../core/proc.js';
 import { VmDriver } from './vm-driver.js';
 
 export const GUEST_CACHE = GUEST_CACHE_DIR;
@@ -80,12 +81,9 @@ export async function explainGuest(stateDir: string, id: string): Promise<string
   const threads: string[] = [];
   for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
     try {
-      const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
-      const cpuMs = ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in USER_HZ (100)
+      const st = parseProcStat(await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8'));
       const allowed = /Cpus_allowed_list:\s*(\S+)/.exec(await readFile(`/proc/${pid}/task/${tid}/status`, 'utf8'))?.[1];
-      threads.push(`${comm} ${f[0]} ${cpuMs} ms cpu${f[36]} allowed ${allowed}`);
+      threads.push(`${st.comm} ${st.state} ${st.cpuTicks * 10} ms cpu${st.processor} allowed ${allowed}`); // ticks of USER_HZ (100)
     } catch {
       /* the thread ended */
     }
