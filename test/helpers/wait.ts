@@ -8,3 +8,8 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>,
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/** Poll a synchronous condition every 10 ms until it holds, or fail naming what was awaited. */
+export async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  await waitFor(what, async () => (cond() ? true : undefined), timeoutMs, 10);
+}

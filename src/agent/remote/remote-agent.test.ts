@@ -20,6 +20,7 @@ import type { Agent, AgentImage, PullOptions, PullProgress, VmCreateRequest } fr
 import type { ExecRequest, ExecSession, LogRecord } from '../drivers/instance-driver.js';
 import { startAgentServer, type AgentServer, type AgentServerOptions, type AgentServerTls } from './agent-server.js';
 import { RemoteAgent, type RemoteAgentTls } from './remote-agent.js';
+import { until as untilHolds } from '../../../test/helpers/wait.js';
 import {
   AGENT_PROTOCOL_VERSION, CONTROL_PLANE_CERT_NAME, MAX_BODY_BYTES, PATHS, PROTOCOL_HEADER, UNARY_METHODS, decodeError, encodeArgs,
 } from './agent-protocol.js';
@@ -258,13 +259,9 @@ async function text(r: Readable): Promise<string> {
   return s;
 }
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+
+/** Its waits are of 5 s. */
+const until = (cond: () => boolean) => untilHolds(cond, 'the condition', 5_000);
 
 /** A hand-made request, for what RemoteAgent would never send (at the current version unless headers say otherwise; TLS with the control plane's certificate unless tls says otherwise). */
 async function raw(url: string, method: string, reqPath: string, headers: Record<string, string>, body?: Buffer, tls?: Record<string, unknown>): Promise<{ status: number; body: string }> {

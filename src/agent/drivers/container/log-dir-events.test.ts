@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { until } from '../../../../test/helpers/wait.js';
 import { LogDirEvents } from './log-dir-events.js';
 
 let base: string;
@@ -27,13 +28,6 @@ function recorder() {
   return { events, changed, failed, degraded };
 }
 
-async function until(what: string, ok: () => boolean, ms = 5_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 test("conmon's rotation (a created file renamed over the log) is told; writes, and names without the prefix, are not", async () => {
   const dir = await mkdtemp(path.join(base, 'a-'));
@@ -42,7 +36,7 @@ test("conmon's rotation (a created file renamed over the log) is told; writes, a
   const r = recorder();
   try {
     r.events.add('c1', dir, 'ctr.log');
-    await until('the watch in place', () => r.changed.length === 1);
+    await until(() => r.changed.length === 1, 'the watch in place', 5_000);
     // a fast writer: 20,000 appends, as conmon writes records; the helper does not even wake
     const pid = r.events.helperPid()!;
     const wakeups = async () => Number(/voluntary_ctxt_switches:\s*(\d+)/.exec(await readFile(`/proc/${pid}/status`, 'utf8'))![1]);
@@ -58,10 +52,10 @@ test("conmon's rotation (a created file renamed over the log) is told; writes, a
     assert.deepEqual(r.changed, ['c1'], 'no event for writes or other names');
     // the rotation: conmon opens <log>.tmp (through our symlink: creates ctr.log.3) and renames it over the log
     await symlink('ctr.log.3', `${log}.tmp`);
-    await until('the symlink told', () => r.changed.length === 2);
+    await until(() => r.changed.length === 2, 'the symlink told', 5_000);
     appendFileSync(`${log}.tmp`, 'x\n');
     await rename(`${log}.tmp`, log);
-    await until('the rotation told', () => r.changed.length >= 3);
+    await until(() => r.changed.length >= 3, 'the rotation told', 5_000);
     assert.ok(r.changed.every((k) => k === 'c1'));
     assert.deepEqual([r.failed, r.degraded], [[], []]);
     // removed: nothing more
@@ -85,23 +79,23 @@ test('two keys in one directory each get their own names; a missing directory fa
     r.events.add('one', dir, 'one.log');
     r.events.add('two', dir, 'two.log');
     r.events.add('none', path.join(dir, 'missing'), 'x.log');
-    await until('both watches and the failure', () => r.changed.length === 2 && r.failed.length === 1);
+    await until(() => r.changed.length === 2 && r.failed.length === 1, 'both watches and the failure', 5_000);
     assert.match(r.failed[0]!, /^none: .*No such file/);
     await writeFile(path.join(dir, 'two.log.1'), '');
-    await until('two told', () => r.changed.length === 3);
+    await until(() => r.changed.length === 3, 'two told', 5_000);
     assert.equal(r.changed[2], 'two');
     r.events.remove('two');
     await writeFile(path.join(dir, 'one.log.1'), '');
     await writeFile(path.join(dir, 'two.log.2'), '');
-    await until('one told', () => r.changed.length === 4);
+    await until(() => r.changed.length === 4, 'one told', 5_000);
     await sleep(100);
     assert.deepEqual(r.changed.slice(3), ['one'], 'the remaining key keeps the shared watch');
     await rm(dir, { recursive: true });
     const other = await mkdtemp(path.join(base, 'c-'));
     r.events.add('three', other, 'ctr.log');
-    await until('a later watch still works', () => r.changed.at(-1) === 'three');
+    await until(() => r.changed.at(-1) === 'three', 'a later watch still works', 5_000);
     await writeFile(path.join(other, 'ctr.log.1'), '');
-    await until('three told', () => r.changed.filter((k) => k === 'three').length === 2);
+    await until(() => r.changed.filter((k) => k === 'three').length === 2, 'three told', 5_000);
     assert.deepEqual(r.degraded, []);
   } finally {
     await r.events.close();
@@ -114,15 +108,15 @@ test('when the helper dies, fs.watch takes over every watched directory and says
   const r = recorder();
   try {
     r.events.add('k', dir, 'ctr.log');
-    await until('the watch in place', () => r.changed.length === 1);
+    await until(() => r.changed.length === 1, 'the watch in place', 5_000);
     const pid = r.events.helperPid();
     assert.ok(pid, 'a helper runs');
     process.kill(pid, 'SIGKILL');
-    await until('the fallback', () => r.degraded.length === 1);
+    await until(() => r.degraded.length === 1, 'the fallback', 5_000);
     assert.match(r.degraded[0]!, /SIGKILL/);
     const n = r.changed.length;
     await writeFile(path.join(dir, 'ctr.log.5'), '');
-    await until('told through fs.watch', () => r.changed.length > n);
+    await until(() => r.changed.length > n, 'told through fs.watch', 5_000);
     assert.equal(r.events.helperPid(), undefined);
   } finally {
     await r.events.close();

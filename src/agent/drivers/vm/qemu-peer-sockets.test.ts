@@ -16,6 +16,7 @@ import { hasCode } from '../../../core/errors.js';
 import { fdMonitorSocket } from './qemu.js';
 import { acceptOneForQemu, connectForQemu, MAX_PENDING } from './qemu-peer-sockets.js';
 import { python3 } from '../../../core/python3.js';
+import { until } from '../../../../test/helpers/wait.js';
 
 const FAKE_MONITOR = String.raw`
 import json, socket, sys
@@ -116,13 +117,6 @@ const refusedConnection = (port: number) =>
     s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? String(e)));
   });
 
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`not in time: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 test('with a token, strangers who reach the port first (silent, a wrong token, a short one) are closed and the move\'s connection is handed over; no more than the token is read', async () => {
   const secret = token();
