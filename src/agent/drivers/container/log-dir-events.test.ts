@@ -35,6 +35,8 @@ test("conmon's rotation (a created file renamed over the log) is told; writes, a
   await writeFile(log, '');
   const r = recorder();
   try {
+    await r.events.ready(); // the helper holds its descriptor before any watch is asked for
+    assert.ok(r.events.helperPid(), 'a helper runs once ready');
     r.events.add('c1', dir, 'ctr.log');
     await until(() => r.changed.length === 1, 'the watch in place', 5_000);
     // a fast writer: 20,000 appends, as conmon writes records; the helper does not even wake

@@ -61,6 +61,7 @@ def command(m):
     by_wd.setdefault(wd, {})[key] = os.fsencode(m['prefix'])
     wd_of[key] = wd
     tell(['+' + key])   # in place: a pass now sees whatever came before it
+tell(['=ready'])   # watching can begin
 sel = selectors.DefaultSelector()
 sel.register(0, selectors.EVENT_READ, 'commands')
 sel.register(ino, selectors.EVENT_READ, 'events')
@@ -101,6 +102,8 @@ export class LogDirEvents {
   /** Set once the helper cannot serve: fs.watch from then on. */
   private fallback: Map<string, FSWatcher> | undefined;
   private closed = false;
+  private readyP: Promise<void> | undefined;
+  private isReady: (() => void) | undefined;
 
   constructor(private readonly sink: DirEventsSink) {}
 
@@ -117,6 +120,16 @@ export class LogDirEvents {
       this.fallback.get(key)?.close();
       this.fallback.delete(key);
     } else this.send({ op: 'remove', key });
+  }
+
+  /**
+   * Resolves once the helper holds its inotify descriptor (or fs.watch took over): a watch added
+   * before then waits for python3 to start (tens of ms, more on a loaded host), and a fast writer
+   * rotates several times meanwhile with no pass to name its generations.
+   */
+  ready(): Promise<void> {
+    this.start();
+    return this.readyP ?? Promise.resolve();
   }
 
   /** The helper's pid while it runs (tests). */
@@ -150,13 +163,15 @@ export class LogDirEvents {
     if (this.helper || this.fallback || this.closed) return this.helper;
     const child = spawn(python3(), ['-I', '-S', '-c', HELPER], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.helper = child;
+    this.readyP = new Promise<void>((resolve) => (this.isReady = resolve));
     child.stdin!.on('error', () => undefined); // its exit says why
     let partial = '';
     child.stdout!.setEncoding('utf8').on('data', (s: string) => {
       const lines = (partial + s).split('\n');
       partial = lines.pop()!;
       for (const l of lines) {
-        if (l.startsWith('+')) this.sink.changed(l.slice(1));
+        if (l === '=ready') this.isReady?.();
+        else if (l.startsWith('+')) this.sink.changed(l.slice(1));
         else if (l.startsWith('!')) {
           const space = l.indexOf(' ');
           this.sink.failed(l.slice(1, space), l.slice(space + 1));
@@ -172,12 +187,15 @@ export class LogDirEvents {
       this.sink.degraded(why);
       this.fallback = new Map();
       for (const key of this.watched.keys()) this.watchNode(key);
+      this.isReady?.(); // fs.watch arms at once
     };
     child.on('error', (e) => gone(`no python3 helper: ${(e as NodeJS.ErrnoException).code ?? String(e)}`));
     child.on('exit', (code, signal) => gone(`the inotify helper ended (${signal ?? `exit ${code}`}${err ? `: ${err.trim()}` : ''})`));
-    // never keeps the worker (and so the agent) alive
-    child.unref();
-    for (const s of [child.stdin, child.stdout, child.stderr]) (s as unknown as { unref?: () => void } | null)?.unref?.();
+    // never keeps the worker (and so the agent) alive, once it is ready (until then a ready() awaits it)
+    void this.readyP.then(() => {
+      child.unref();
+      for (const s of [child.stdin, child.stdout, child.stderr]) (s as unknown as { unref?: () => void } | null)?.unref?.();
+    });
     return child;
   }
 

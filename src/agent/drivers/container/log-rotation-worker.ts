@@ -87,4 +87,5 @@ port.on('message', (m: RotationMessage) => {
   }
 });
 
-port.postMessage({ ready: true, priority });
+// ready once the helper watches: the agent starts no conmon before (log-rotation.ts ready())
+void events.ready().then(() => port.postMessage({ ready: true, priority }));
