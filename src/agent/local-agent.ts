@@ -9,6 +9,7 @@ import { hostname, cpus as hostCpus, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { Unavailable } from '../core/errors.js';
 import { logger } from '../core/log.js';
+import { startStateFileThread } from '../core/state-files.js';
 import type { CompiledOptions } from '../core/config.js';
 import type { Agent, AgentInfo, BuildProgress, BuildRequest, CommitRequest, ContainerCreateRequest, HostVolumeInfo, LayerImportOptions, MigrateOutOptions, PullOptions, PullProgress, VmCreateRequest, VmImageKind, VmMigrationSpec, AddressProvider } from './agent.js';
 import type { ContentStore } from './content/content-store.js';
@@ -83,6 +84,8 @@ export class LocalAgent implements Agent {
 
   /** `migrationTls`: the agent's certificate from the agent CA, for live migrations over TLS (docs/security.md). */
   static async create(options: CompiledOptions, extra: { migrationTls?: MigrationTls } = {}): Promise<LocalAgent> {
+    // the thread the state files are written on (core/state-files.ts), started beside the probes: a first write would wait for it
+    const stateFiles = startStateFileThread().catch((e: unknown) => log.warn('state files are written through the thread pool: their thread did not start', { error: e }));
     const { snapshotter, probes: snapshotterProbes } = await chooseSnapshotter(options.snapshotter, { snapshotsDir: options.snapshotsDir, probeDir: options.tmpDir });
     const content = new LocalContentStore(options.contentDir);
     // NIMBUS_CGROUP_PARENT: hosts that share one cgroup tree (test hosts in network namespaces) keep apart
@@ -105,6 +108,7 @@ export class LocalAgent implements Agent {
     }));
     // each create names its accelerator (vmAccelerator(), probed on first use); this default is never used
     const vms = new VmDriver({ stateDir: join(options.vmsDir, 'instances'), accel: 'tcg', ...(extra.migrationTls ? { tls: extra.migrationTls } : {}) });
+    await stateFiles;
     return new LocalAgent(options, content, snapshotter, containers, {
       runtimes,
       snapshotters: snapshotterProbes,

@@ -1,30 +1,64 @@
 /**
  * The agent's small state files (metadata, saved requests, a container's /etc files and start
- * script: a few KB each).
+ * script: a few KB each), written on a thread of their own (file-thread.ts).
  *
- * Asynchronous on purpose. Written synchronously they cost less CPU when the disk is idle
- * (~130 µs for a write, rename and read here, against ~390 µs of CPU across threads through
- * fs.promises), but under a 200-container burst this host's ext4 took its journal's time over
- * every open(O_TRUNC) and rename: a profile had 45 % of the daemon's event loop blocked in them.
- * In the thread pool the same waits hold up a pool thread, not every request.
+ * History, measured on this host (bench log):
+ * - Written synchronously on the event loop they cost less CPU when the disk was idle (~130 µs
+ *   for a write, rename and read, against ~390 µs across threads through fs.promises), but under
+ *   a 200-container burst an ext4 with a journal held every open(O_TRUNC) and rename: a profile
+ *   had 45 % of the event loop blocked in them. Through fs.promises such waits hold a pool thread,
+ *   not every request; so they went asynchronous.
+ * - 2026-12-05: every file operation of the daemon made synchronous took ~7 % off a back-to-back
+ *   `run --rm` and 8–13 % off a cold first burst, and added ~8 % to a warm repeated burst.
+ * - 2026-12-07 (thirty-first session): this host's ext4 (no journal, mounted `discard`) makes a
+ *   file's blocks and inodes dear: overwriting a 2 KB file with O_TRUNC costs ~130 µs of CPU,
+ *   writing it in place ~20, creating a file ~480, a write and rename ~360. And each fs.promises
+ *   call is a hop through libuv's pool (a write was three: open, write, close), 130–220 µs of the
+ *   event loop for a write and rename with 50 writers at once. Now every operation here is one
+ *   request to the state-file thread, batched per turn of the event loop (8–65 µs of the event
+ *   loop for the same), and writeStateFile writes in place.
  *
- * Measured again on 2026-12-05, after the agent's directories were spread over ext4's block
- * groups (spread-directories.ts): through fs.promises a `stat` costs ~30 µs of CPU, a small read
- * ~140 µs; done directly, 3 and 6 µs. Every file operation of the daemon made synchronous took
- * ~7 % off a back-to-back `run --rm` and 8–13 % off a cold first burst of 200, and added ~8 % to a
- * warm repeated burst, whose event loop is its bottleneck. Only the reads, stats and removals made
- * synchronous (a container's ~230 operations through the pool down to ~60): no change measured
- * in either. The gain is the request path's writes, and so is the cost: kept asynchronous (bench log).
+ * Before the thread runs (its start, ~50 ms) a call waits for it rather than doing the work itself:
+ * two writes of one file must not pass each other. If it cannot start, fs.promises does the work.
  */
 import { rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { FileThread, type FileOp } from './file-thread.js';
 
-/** Replace a file's contents in place (truncated, not replaced: a bind mount of it keeps its inode). */
+const thread = new FileThread('state file');
+
+/** Start the state-file thread now (the agent at its start; otherwise the first write starts it and waits). */
+export function startStateFileThread(): Promise<void> {
+  return thread.whenRunning();
+}
+
+/** true: done on the thread; false: the thread could not run it (the caller does). */
+async function onThread(op: FileOp): Promise<boolean> {
+  if (!thread.running) {
+    try {
+      await thread.whenRunning();
+    } catch {
+      return false;
+    }
+  }
+  const asked = thread.ask(op);
+  if (!asked) return false;
+  await asked;
+  return true;
+}
+
+/**
+ * Replace a file's contents in place: written over from its start, then cut to the new length
+ * (not truncated first, not replaced: a bind mount of it keeps its inode). Not atomic: a reader
+ * at the same moment may see part of the new contents over the old.
+ */
 export async function writeStateFile(file: string, data: string, mode = 0o644): Promise<void> {
+  if (await onThread({ op: 'write', file, data, mode })) return;
   await writeFile(file, data, { mode });
 }
 
 /** Replace a file atomically: readers see the old contents or the new, never a part. */
 export async function replaceStateFile(file: string, data: string): Promise<void> {
+  if (await onThread({ op: 'replace', file, data, mode: 0o666 })) return;
   const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2, 8)}.tmp`;
   try {
     await writeFile(tmp, data);
@@ -35,12 +69,9 @@ export async function replaceStateFile(file: string, data: string): Promise<void
   }
 }
 
-/**
- * Remove a file if it is there. An unlink, not `rm(..., { force: true })`: fs.promises.rm goes
- * through rimraf, an lstat and a Stats object first (~0.2 ms of the event loop each in a
- * 200-container burst, for a file known not to be a directory).
- */
+/** Remove a file if it is there (an unlink: no lstat and Stats first, as fs.promises.rm makes). */
 export async function removeStateFile(file: string): Promise<void> {
+  if (await onThread({ op: 'unlink', file })) return;
   try {
     await unlink(file);
   } catch (e) {

@@ -19,7 +19,7 @@ import type { LogRotation } from './log-rotation.js';
 import { buildOciSpec, readHardLimits, readUserDb, type OciSpec, type UserDb } from './oci-spec.js';
 import type { SeccompFilter } from './seccomp.js';
 import { findStaticBusybox } from './static-busybox.js';
-import { WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
+import { WARM_ENTRY, WARM_STUB_ARGS, limitsOf, stubUnsuitable, warmCompatible, warmMounts, warmScript } from './warm-start.js';
 
 // the callback forms, promisified: lighter than FileHandle for one open, write and close
 const fsOpen = promisify(open);
@@ -116,7 +116,7 @@ export class WarmContainers {
     // side by side: each can wait on the disk's journal in the thread pool
     await Promise.all([
       writeEtc(dir, spec, { claim: true }),
-      writeStateFile(path.join(store.warmDir(id), 'entry'), warmScript(config.process)),
+      writeStateFile(path.join(store.warmDir(id), WARM_ENTRY), warmScript(config.process)),
       writeStateFile(store.configFile(id), JSON.stringify(config, null, 1)),
     ]);
     const limits = limitsOf(config);

@@ -33,7 +33,11 @@ import { pathOf } from './rootfs-lookup.js';
 export const WARM_DIR = '/.nimbus';
 export const WARM_BUSYBOX = `${WARM_DIR}/busybox`;
 export const WARM_SCRIPT_DIR = `${WARM_DIR}/start`;
-export const WARM_SCRIPT = `${WARM_SCRIPT_DIR}/entry`;
+/** The script's name in its directory. */
+export const WARM_ENTRY = 'entry';
+export const WARM_SCRIPT = `${WARM_SCRIPT_DIR}/${WARM_ENTRY}`;
+/** The script of a warm container not yet claimed (made with it, written over at the claim): a go without a claim ends the stub with 125. */
+export const UNCLAIMED_ENTRY = 'exit 125\n';
 
 /** The go fifo, in the script's directory: the stub blocks opening it until the container's start. */
 export const WARM_GO_FIFO = 'go';
