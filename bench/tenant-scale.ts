@@ -8,7 +8,8 @@
  *   access     a member's access for one request (AccessControl.forPrincipal: its grants and
  *              the project tree) with 100 and 10,000 projects: the same goal
  *   lease      one address leased on a network already holding 100 / 2,000 / 10,000 leases
- *              (first fit over the network's leased addresses: reported, it grows)
+ *              (next fit: one indexed query of the next 32 candidates; the first allocation of
+ *              a fresh process on a dense network reads its leased addresses once, untimed warm-up)
  *   operations the newest 1,000 of 100,000 operations, all and a member's (reported)
  * Run alone: node dist/bench/tenant-scale.js
  */
@@ -140,7 +141,7 @@ export async function tenantScale(_env: BenchEnv): Promise<BenchOutcome> {
   const summary: SummaryRow[] = [
     { bench: NAME, figure: 'quota step (admit or release), 10,000 projects', unit: 'ms', nimbus: quota[10_000]!, peers: { '100 projects': quota[100]!, '1,000': quota[1_000]! }, ratio: quotaRatio, goal: `≤ ${GOAL_RATIO}× at 100 projects`, met: quotaRatio !== null && quotaRatio <= GOAL_RATIO, note: 'SQLite; ratio over 100 projects' },
     { bench: NAME, figure: "a member's access for a request, 10,000 projects", unit: 'ms', nimbus: access[10_000]!, peers: { '100 projects': access[100]! }, ratio: accessRatio, goal: `≤ ${GOAL_RATIO}× at 100 projects`, met: accessRatio !== null && accessRatio <= GOAL_RATIO, note: 'grants + the project tree (listed once per 2 s, or when a project is made or removed here)' },
-    { bench: NAME, figure: 'an address leased, 10,000 leases on the network', unit: 'ms', nimbus: lease[10_000]!, peers: { '100 leases': lease[100]!, '2,000': lease[2_000]! }, ratio: ratio(lease[10_000]!, lease[100]!), note: 'first fit over the leased addresses: grows with them' },
+    { bench: NAME, figure: 'an address leased, 10,000 leases on the network', unit: 'ms', nimbus: lease[10_000]!, peers: { '100 leases': lease[100]!, '2,000': lease[2_000]! }, ratio: ratio(lease[10_000]!, lease[100]!), goal: `≤ ${GOAL_RATIO}× at 100 leases`, met: (ratio(lease[10_000]!, lease[100]!) ?? Infinity) <= GOAL_RATIO, note: 'next fit: the next 32 candidates in one indexed query (first fit read every lease: 13.6 ms at 10,000)' },
     { bench: NAME, figure: 'the newest 1,000 of 100,000 operations', unit: 'ms', nimbus: ops.all, peers: { 'a member\'s': ops.member }, ratio: null, note: 'indexed' },
   ];
   return {

@@ -590,6 +590,8 @@ export function storeConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual(brief(await s.networks.leases({ networkId: n1.id })), ['c1/1=10.1.0.3', 'c2/0=10.1.0.2']);
     assert.deepEqual(brief(await s.networks.leases({ instanceId: 'c1', networkId: n1.id })), ['c1/1=10.1.0.3']);
     assert.deepEqual((await s.networks.leasedAddresses(n1.id)).sort(), ['10.1.0.2', '10.1.0.3'], 'the addresses alone, of that network');
+    assert.deepEqual((await s.networks.leasedAmong(n1.id, ['10.1.0.1', '10.1.0.2', '10.1.0.3', '10.1.0.4', '10.2.0.2'])).sort(), ['10.1.0.2', '10.1.0.3'], 'of those asked, the leased ones of that network');
+    assert.deepEqual(await s.networks.leasedAmong(n1.id, []), []);
     assert.equal(await s.networks.release('c1', n1.id), 1);
     assert.equal(await s.networks.release('c1'), 1);
     assert.equal(await s.networks.release('c1'), 0);

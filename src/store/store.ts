@@ -238,6 +238,8 @@ export interface NetworkRepo {
   delete(id: string): Promise<void>;
   /** The addresses leased on a network, in no order (what an allocation needs, at a fraction of leases()' cost). */
   leasedAddresses(networkId: string): Promise<string[]>;
+  /** Which of these addresses are leased on the network, in no order (one indexed query: an allocation's candidates). */
+  leasedAmong(networkId: string, addresses: readonly string[]): Promise<string[]>;
   leases(filter: { networkId?: string; instanceId?: string }): Promise<NetworkLeaseRecord[]>;
   /** AlreadyExists when the address is leased already (the unique key is what keeps IPAM honest). */
   lease(l: NetworkLeaseRecord): Promise<void>;

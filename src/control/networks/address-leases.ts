@@ -2,6 +2,17 @@
  * The IPAM: addresses leased in the store, one per instance and network, never two for one
  * address (the store's key). Warm containers hold leases too, without an instance record:
  * they are not shown as a network's users and are released when they go.
+ *
+ * Addresses are given out in turn (next fit, as Docker's libnetwork allocates serially): each
+ * network's next candidate is kept in memory, the address after the last one leased here, and
+ * an allocation asks the store which of the next LEASE_CANDIDATES addresses are free (one
+ * indexed query), wrapping at the subnet's end. An address released is so not given again until
+ * the turn comes back to it (peers' neighbour caches and connection tracking forget it meanwhile),
+ * and an allocation costs the same whatever the network holds: first fit read every lease of the
+ * network, inside the write transaction every other write waits for (13.6 ms with 10,000 leases).
+ * When every candidate is taken (a full stretch, or a restart's first allocation on a busy
+ * network) it falls back to reading the network's leased addresses once. Another replica's
+ * allocations are seen by the query; only the turn is per process.
  */
 import { Conflict, InvalidArgument, hasCode } from '../../core/errors.js';
 import type { AddressProvider } from '../../agent/agent.js';
@@ -9,7 +20,13 @@ import { intToIp, ipToInt, parseCidr } from '../../agent/network/network-driver.
 import type { Store } from '../../store/store.js';
 import type { NetworkLeaseRecord, NetworkRecord } from '../../store/records.js';
 
+/** How many addresses an allocation asks the store about at once before it reads the whole network. */
+export const LEASE_CANDIDATES = 32;
+
 export class AddressLeases {
+  /** Per network: the next address (as an integer) to offer. */
+  private readonly next = new Map<string, number>();
+
   constructor(private readonly store: Store) {}
 
   /** A warm container's address leased ahead of demand is the container's now (unless --ip asks for another). */
@@ -85,18 +102,32 @@ export class AddressLeases {
         throw e;
       }
     }
-    // the addresses only: with 10,000 leases on a network, reading them as records (sorted) took
-    // 37 ms a lease here, inside the write transaction every other write waits for
-    const taken = new Set(await this.store.networks.leasedAddresses(n.id));
-    taken.add(n.gateway);
-    for (let a = c.network + 1; a < c.network + c.size - 1; a++) {
-      const address = intToIp(a);
-      if (taken.has(address)) continue;
-      const l = { networkId: n.id, address, instanceId, ifIndex, createdAt };
-      await this.store.networks.lease(l);
-      return l;
+    const first = c.network + 1;
+    const usable = c.size - 2; // neither the network's address nor its broadcast
+    if (usable < 1) throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
+    const from = this.next.get(n.id) ?? first;
+    const offset = from >= first && from < first + usable ? from - first : 0;
+    const candidates: string[] = [];
+    for (let i = 0; i < Math.min(LEASE_CANDIDATES, usable); i++) {
+      const address = intToIp(first + ((offset + i) % usable));
+      if (address !== n.gateway) candidates.push(address);
     }
-    throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
+    const leased = new Set(await this.store.networks.leasedAmong(n.id, candidates));
+    let address = candidates.find((a) => !leased.has(a));
+    if (address === undefined) {
+      // every candidate taken: the network's addresses once (its primary key's index alone), from the turn on
+      const taken = new Set(await this.store.networks.leasedAddresses(n.id));
+      taken.add(n.gateway);
+      for (let i = 0; i < usable && address === undefined; i++) {
+        const a = intToIp(first + ((offset + i) % usable));
+        if (!taken.has(a)) address = a;
+      }
+      if (address === undefined) throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
+    }
+    const l = { networkId: n.id, address, instanceId, ifIndex, createdAt };
+    await this.store.networks.lease(l);
+    this.next.set(n.id, ipToInt(address) + 1);
+    return l;
   }
 }
 

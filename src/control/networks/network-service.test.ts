@@ -116,6 +116,22 @@ test('IPAM: random leases and releases never hand out an address twice, nor the 
   );
 });
 
+test('IPAM: addresses go in turn (a released one waits for the turn to come back), wrapping at the subnet\'s end', async (t) => {
+  const { store, svc } = await setup(t);
+  const net = await svc.create({ name: 'turns', subnet: '10.78.0.0/26' }, 'pdef'); // .1 the gateway, .2-.62 usable
+  const addr = async (id: string) => (await svc.leaseVm(id, id, [net]))[0]!.address;
+  assert.deepEqual([await addr('a'), await addr('b'), await addr('c')], ['10.78.0.2', '10.78.0.3', '10.78.0.4']);
+  await store.networks.release('a');
+  assert.equal(await addr('d'), '10.78.0.5', 'not the address just released');
+  for (let i = 6; i <= 62; i++) await addr(`f${i}`); // to the subnet's last host address
+  assert.equal(await addr('e'), '10.78.0.2', 'the turn wraps to the one released');
+  await store.networks.release('c');
+  await store.networks.release('f40');
+  assert.equal(await addr('g'), '10.78.0.4', 'the next free one from the turn on');
+  assert.equal(await addr('h'), '10.78.0.40', 'past a full stretch (the whole network read once)');
+  await assert.rejects(addr('i'), /no free address left/);
+});
+
 test('remove: refused while an instance holds an address; a warm container\'s lease neither blocks nor outlives it', async (t) => {
   const { store, svc } = await setup(t);
   const net = await svc.create({ name: 'front', subnet: '10.66.0.0/24' }, 'pdef');

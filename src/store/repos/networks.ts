@@ -2,6 +2,7 @@ import { AlreadyExists } from '../../core/errors.js';
 import type { NetworkLeaseRecord, NetworkRecord } from '../records.js';
 import type { NetworkRepo } from '../store.js';
 import { isUniqueViolation, str, type Row, type SqlExecutor, type SqlValue } from '../sql/executor.js';
+import { oneOf } from './where.js';
 
 function network(r: Row): NetworkRecord {
   return {
@@ -91,6 +92,11 @@ export class SqlNetworkRepo implements NetworkRepo {
   async leasedAddresses(networkId: string) {
     // the primary key's index holds both columns: no table read, no sort, no record per row
     return (await this.db.all('SELECT address FROM network_leases WHERE network_id = ?', [networkId])).map((r) => str(r.address));
+  }
+  async leasedAmong(networkId: string, addresses: readonly string[]) {
+    if (!addresses.length) return [];
+    const among = oneOf(this.db.dialect, 'address', addresses);
+    return (await this.db.all(`SELECT address FROM network_leases WHERE network_id = ? AND ${among.sql}`, [networkId, ...among.params])).map((r) => str(r.address));
   }
   async lease(l: NetworkLeaseRecord) {
     try {
