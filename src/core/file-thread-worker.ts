@@ -41,7 +41,8 @@ function run(op: FileOp): FileOpReply {
       writeFileAt(op.file, op.data, constants.O_WRONLY | constants.O_CREAT, op.mode);
       return {};
     case 'replace': {
-      const tmp = `${op.file}.${process.pid}.${(tmpSeq++).toString(36)}.tmp`;
+      // the pid (interrupted-writes.ts removes a dead process's at the agent's start), a count and a few random characters: never an existing file
+      const tmp = `${op.file}.${process.pid}.${(tmpSeq++).toString(36)}${Math.random().toString(36).slice(2, 6)}.tmp`;
       try {
         writeFileAt(tmp, op.data, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, op.mode);
         renameSync(tmp, op.file);

@@ -21,7 +21,7 @@ import type { Store } from '../../store/store.js';
 import type { NetworkLeaseRecord, NetworkRecord } from '../../store/records.js';
 
 /** How many addresses an allocation asks the store about at once before it reads the whole network. */
-export const LEASE_CANDIDATES = 32;
+const LEASE_CANDIDATES = 32;
 
 export class AddressLeases {
   /** Per network: the next address (as an integer) to offer. */
