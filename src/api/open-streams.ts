@@ -14,7 +14,7 @@
  */
 import { hasCode, PermissionDenied, type NimbusError } from '../core/errors.js';
 import { logger } from '../core/log.js';
-import type { Principal, PrincipalAccess } from '../control/identity/access.js';
+import type { Principal, PrincipalAccess, ProjectTree } from '../control/identity/access.js';
 import { atLeast } from '../control/identity/roles.js';
 import type { Services } from '../control/services.js';
 import type { RequestAuth } from './route.js';
@@ -70,7 +70,7 @@ export class OpenStreams {
       else byToken.set(key, [h]);
     }
     // the project tree, listed once for the pass: the one read that grows with the cloud, not per token
-    let tree: Promise<ReadonlyMap<string, string | null>> | undefined;
+    let tree: Promise<ProjectTree> | undefined;
     const projects = () => (tree ??= this.services.access.tree());
     try {
       for (const streams of byToken.values()) await this.recheckToken(streams, projects);
@@ -83,7 +83,7 @@ export class OpenStreams {
   }
 
   /** The streams of one token: one read of the token, the user and the grants for them all. */
-  private async recheckToken(streams: Held[], projects: () => Promise<ReadonlyMap<string, string | null>>): Promise<void> {
+  private async recheckToken(streams: Held[], projects: () => Promise<ProjectTree>): Promise<void> {
     let now: Principal;
     let access: PrincipalAccess | undefined;
     try {

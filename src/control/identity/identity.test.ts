@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openStore } from '../../store/open.js';
 import { QuotaService } from '../quota/quota-service.js';
-import { AccessControl, type Principal } from './access.js';
+import { AccessControl, PrincipalAccess, ProjectTree, type Principal } from './access.js';
+import type { Role } from '../../store/records.js';
 import { IdentityService } from './identity-service.js';
 import { ProjectService } from './project-service.js';
 import { hashPassword, verifyPassword } from './passwords.js';
@@ -200,4 +201,25 @@ test('roles: granted on a project, inherited by descendants, never upwards or si
   const admin = await access.forPrincipal({ ...p, systemAdmin: true });
   assert.equal(admin.roleOn(b.id), 'admin', 'a system administrator holds admin everywhere');
   assert.equal(u.systemAdmin, false);
+});
+
+test('access: the readable projects are exactly those with a role (a grant on them or above), on random trees', async () => {
+  const fc = (await import('fast-check')).default;
+  await fc.assert(
+    fc.property(
+      fc.array(fc.nat(), { minLength: 1, maxLength: 40 }), // each project's parent: one made before it, or none
+      fc.array(fc.tuple(fc.nat(), fc.constantFrom<Role>('reader', 'member', 'admin')), { maxLength: 6 }),
+      (parentPicks, grantPicks) => {
+        const parents = new Map<string, string | null>();
+        parentPicks.forEach((pick, i) => parents.set(`p${i}`, i === 0 || pick % 3 === 0 ? null : `p${pick % i}`));
+        const grants = new Map<string, Role>(grantPicks.map(([n, role]) => [`p${n % (parentPicks.length + 2)}`, role])); // some on no project of the tree
+        const view = new PrincipalAccess({ userId: 'u', name: 'u', systemAdmin: false, defaultProjectId: null, via: 'session', tokenId: null }, grants, new ProjectTree(parents));
+        const byRole = [...parents.keys()].filter((id) => view.roleOn(id) !== undefined).sort();
+        const readable = view.readableProjects()!;
+        assert.deepEqual([...readable].sort(), byRole);
+        assert.equal(new Set(readable).size, readable.length, 'each once');
+      },
+    ),
+    { numRuns: 300, seed: 31 },
+  );
 });
