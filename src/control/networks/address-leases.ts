@@ -22,6 +22,8 @@ import type { NetworkLeaseRecord, NetworkRecord } from '../../store/records.js';
 
 /** How many addresses an allocation asks the store about at once before it reads the whole network. */
 const LEASE_CANDIDATES = 32;
+/** Networks whose turn is kept (a turn forgotten starts from the subnet's start again). */
+const MAX_TURNS_KEPT = 4096;
 
 export class AddressLeases {
   /** Per network: the next address (as an integer) to offer. */
@@ -126,6 +128,8 @@ export class AddressLeases {
     }
     const l = { networkId: n.id, address, instanceId, ifIndex, createdAt };
     await this.store.networks.lease(l);
+    // bounded: a removed network's turn is never asked again, and a forgotten one only starts over
+    if (this.next.size >= MAX_TURNS_KEPT && !this.next.has(n.id)) this.next.clear();
     this.next.set(n.id, ipToInt(address) + 1);
     return l;
   }
