@@ -14,7 +14,8 @@
  */
 import { hasCode, PermissionDenied, type NimbusError } from '../core/errors.js';
 import { logger } from '../core/log.js';
-import type { Principal, PrincipalAccess, ProjectTree } from '../control/identity/access.js';
+import type { Principal, PrincipalAccess } from '../control/identity/access.js';
+import type { ProjectTree } from '../control/identity/project-tree.js';
 import { atLeast } from '../control/identity/roles.js';
 import type { Services } from '../control/services.js';
 import type { RequestAuth } from './route.js';

@@ -6,6 +6,7 @@
 import type { Store } from '../../store/store.js';
 import type { Role } from '../../store/records.js';
 import { higher } from './roles.js';
+import { ProjectTree } from './project-tree.js';
 
 export interface Principal {
   /** null only for a socket caller when no admin user exists. */
@@ -26,42 +27,6 @@ export interface Principal {
  * removed one (which holds nothing): it never gives a role through a wrong parent.
  */
 const TREE_TTL_MS = 2_000;
-
-/** The projects' tree as one listing gave it: each project's parent, and (built on first use, kept with it) each one's children. */
-export class ProjectTree {
-  private children: Map<string, string[]> | undefined;
-
-  constructor(
-    /** Each project's parent (null: a root). */
-    readonly parents: ReadonlyMap<string, string | null>,
-  ) {}
-
-  static readonly empty = new ProjectTree(new Map());
-
-  /** The projects and every project below them, each once (those the tree does not hold left out). */
-  subtrees(roots: Iterable<string>): string[] {
-    if (!this.children) {
-      this.children = new Map();
-      for (const [id, parent] of this.parents) {
-        if (parent === null) continue;
-        const list = this.children.get(parent);
-        if (list) list.push(id);
-        else this.children.set(parent, [id]);
-      }
-    }
-    const out: string[] = [];
-    const seen = new Set<string>();
-    const todo = [...roots].filter((id) => this.parents.has(id));
-    while (todo.length) {
-      const id = todo.pop()!;
-      if (seen.has(id)) continue;
-      seen.add(id);
-      out.push(id);
-      for (const child of this.children.get(id) ?? []) todo.push(child);
-    }
-    return out;
-  }
-}
 
 export class AccessControl {
   /** The project tree every member's request needs: a listing of every project was 3.3 ms a request with 1,000 projects here, 24 ms with 10,000. */

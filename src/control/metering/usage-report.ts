@@ -7,6 +7,7 @@ import type { ProjectRecord } from '../../store/records.js';
 import type { UsageKind, UsageRow } from '../../store/repos/usage.js';
 import type { Store } from '../../store/store.js';
 import { USAGE_PERIOD_MS } from './accounting.js';
+import { ProjectTree } from '../identity/project-tree.js';
 
 const MiB_MS_PER_GiB_HOUR = 1024 * 3_600_000;
 
@@ -105,21 +106,8 @@ export const periodFloor = (at: number): number => Math.floor(at / USAGE_PERIOD_
 
 /** `roots` and every project under them (each once), parents before children. */
 export function subtree(all: readonly ProjectRecord[], roots: readonly string[]): ProjectRecord[] {
-  const children = new Map<string | null, ProjectRecord[]>();
-  for (const p of all) children.set(p.parentId, [...(children.get(p.parentId) ?? []), p]);
-  const out: ProjectRecord[] = [];
-  const seen = new Set<string>();
-  const walk = (p: ProjectRecord) => {
-    if (seen.has(p.id)) return;
-    seen.add(p.id);
-    out.push(p);
-    for (const c of children.get(p.id) ?? []) walk(c);
-  };
-  for (const id of roots) {
-    const p = all.find((x) => x.id === id);
-    if (p) walk(p);
-  }
-  return out;
+  const byId = new Map(all.map((p) => [p.id, p]));
+  return new ProjectTree(new Map(all.map((p) => [p.id, p.parentId]))).subtrees(roots).map((id) => byId.get(id)!);
 }
 
 /**

@@ -109,9 +109,11 @@ export class AddressLeases {
     if (usable < 1) throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
     const from = this.next.get(n.id) ?? first;
     const offset = from >= first && from < first + usable ? from - first : 0;
+    /** The i-th usable address from the turn on, wrapping at the subnet's end. */
+    const inTurn = (i: number) => intToIp(first + ((offset + i) % usable));
     const candidates: string[] = [];
     for (let i = 0; i < Math.min(LEASE_CANDIDATES, usable); i++) {
-      const address = intToIp(first + ((offset + i) % usable));
+      const address = inTurn(i);
       if (address !== n.gateway) candidates.push(address);
     }
     const leased = new Set(await this.store.networks.leasedAmong(n.id, candidates));
@@ -121,7 +123,7 @@ export class AddressLeases {
       const taken = new Set(await this.store.networks.leasedAddresses(n.id));
       taken.add(n.gateway);
       for (let i = 0; i < usable && address === undefined; i++) {
-        const a = intToIp(first + ((offset + i) % usable));
+        const a = inTurn(i);
         if (!taken.has(a)) address = a;
       }
       if (address === undefined) throw new Conflict(`network ${n.name} (${n.subnet}) has no free address left`);
