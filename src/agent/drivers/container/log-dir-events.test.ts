@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { appendFileSync, closeSync, existsSync, openSync, writeSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -15,6 +15,8 @@ before(async () => {
 after(async () => {
   await rm(base, { recursive: true, force: true });
 });
+
+const lstatOrUndefined = (p: string) => lstat(p).catch(() => undefined);
 
 function recorder() {
   const changed: string[] = [];
@@ -69,6 +71,62 @@ test("conmon's rotation (a created file renamed over the log) is told; writes, a
     assert.equal(r.changed.length, seen);
     await r.events.close();
     assert.ok(!existsSync(`/proc/${pid}`), 'the helper ended and was reaped');
+  } finally {
+    await r.events.close();
+  }
+});
+
+test("with prepareNext the helper makes the next generation's symlink the moment conmon renames over the log", async () => {
+  const dir = await mkdtemp(path.join(base, 'p-'));
+  const other = await mkdtemp(path.join(base, 'q-'));
+  const log = path.join(dir, 'ctr.log');
+  const r = recorder();
+  try {
+    await r.events.ready();
+    r.events.add('c1', dir, 'ctr.log', { prepareNext: true });
+    r.events.add('c2', other, 'ctr.log'); // not asked: only told
+    await until(() => r.changed.length === 2, 'the watches in place', 5_000);
+    // conmon's rotation through our symlink (ctr.log.tmp -> ctr.log.3): open creates .3, the rename moves the symlink
+    const rotate = async (d: string) => {
+      appendFileSync(path.join(d, 'ctr.log.tmp'), 'x\n');
+      await rename(path.join(d, 'ctr.log.tmp'), path.join(d, 'ctr.log'));
+    };
+    await symlink('ctr.log.1', log);
+    await symlink('ctr.log.3', `${log}.tmp`);
+    const told = r.changed.length;
+    await rotate(dir);
+    await until(() => r.changed.length > told, 'the rotation told', 5_000);
+    // prepared before the worker was told: no wait needed
+    assert.equal(await readlink(`${log}.tmp`), 'ctr.log.5');
+    assert.ok(!existsSync(path.join(dir, 'ctr.log.5')), 'a dangling symlink: conmon creates the file');
+    // a rotation without our symlink (a plain file renamed over): nothing prepared, the pass names it first
+    await rm(`${log}.tmp`);
+    await writeFile(`${log}.tmp`, 'plain\n');
+    const told2 = r.changed.length;
+    await rename(`${log}.tmp`, log);
+    await until(() => r.changed.length > told2, 'the plain rotation told', 5_000);
+    await sleep(50);
+    assert.ok(!existsSync(`${log}.tmp`) && !(await lstatOrUndefined(`${log}.tmp`)), 'no symlink next to a plain log');
+    // never a name that exists (conmon would truncate it)
+    await rm(log);
+    await symlink('ctr.log.7', log);
+    await writeFile(path.join(dir, 'ctr.log.9'), 'kept\n');
+    await symlink('ctr.log.7', `${log}.tmp`);
+    const told3 = r.changed.length;
+    await rename(`${log}.tmp`, log);
+    await until(() => r.changed.length > told3, 'told', 5_000);
+    await sleep(50);
+    assert.equal(await lstatOrUndefined(`${log}.tmp`), undefined, 'ctr.log.9 exists: left to the pass');
+    assert.equal(await readFile(path.join(dir, 'ctr.log.9'), 'utf8'), 'kept\n');
+    // a key added without the option is only told
+    await symlink('ctr.log.1', path.join(other, 'ctr.log'));
+    await symlink('ctr.log.3', path.join(other, 'ctr.log.tmp'));
+    const told4 = r.changed.length;
+    await rotate(other);
+    await until(() => r.changed.filter((k) => k === 'c2').length > 1 && r.changed.length > told4, 'c2 told', 5_000);
+    await sleep(50);
+    assert.equal(await lstatOrUndefined(path.join(other, 'ctr.log.tmp')), undefined);
+    assert.deepEqual([r.failed, r.degraded], [[], []]);
   } finally {
     await r.events.close();
   }

@@ -63,7 +63,7 @@ port.on('message', (m: RotationMessage) => {
       stop(m.id);
       watched.set(m.id, { logPath: m.logPath, maxFiles: m.maxFiles });
       // conmon's creations and its renames over the log (events say again once the watch is in place)
-      events.add(m.id, path.dirname(m.logPath), path.basename(m.logPath));
+      events.add(m.id, path.dirname(m.logPath), path.basename(m.logPath), { prepareNext: true });
       pass(m.id);
       break;
     }
