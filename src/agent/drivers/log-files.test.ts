@@ -24,6 +24,19 @@ test('tail across files, lines across chunk boundaries, long lines split or refu
     assert.deepEqual(await tailStart([a, b], 100), { index: 0, offset: 0 });
     assert.deepEqual(await tailStart([a, b], 0), { index: 1, offset: 10 });
     assert.deepEqual(await tailStart([a, path.join(dir, 'missing')], 1), { index: 0, offset: 8 });
+    // joined: one byte stream, "one two threefour five"
+    const joined = { joined: true };
+    assert.deepEqual(await tailStart([a, b], 1, joined), { index: 1, offset: 5 }); // "five"
+    assert.deepEqual(await tailStart([a, b], 2, joined), { index: 0, offset: 8 }); // "threefour"
+    assert.deepEqual(await tailStart([a, b], 3, joined), { index: 0, offset: 4 }); // "two"
+    assert.deepEqual(await tailStart([a, b], 100, joined), { index: 0, offset: 0 });
+    assert.deepEqual(await tailStart([a, b], 0, joined), { index: 1, offset: 10 });
+    const c1 = path.join(dir, 'c1');
+    const c2 = path.join(dir, 'c2');
+    await writeFile(c1, 'x\n');
+    await writeFile(c2, 'y\n');
+    assert.deepEqual(await tailStart([c1, c2, path.join(dir, 'missing')], 1, joined), { index: 0, offset: 2 }, '"y": from the end of the first file, where a newline starts it');
+    assert.deepEqual(await tailStart([c1, c2], 2, joined), { index: 0, offset: 0 });
 
     // lines longer than a chunk and a newline right at a chunk boundary
     const big = path.join(dir, 'big');

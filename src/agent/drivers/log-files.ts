@@ -19,12 +19,17 @@ export interface Position {
 /**
  * The start of the last `tail` lines of `files` read as one stream (oldest file first), found
  * by reading backwards in chunks from the newest. A file ending without a newline counts its
- * last piece as a line. Files that are gone are skipped.
+ * last piece as a line, unless `joined`: then the files are one byte stream whose lines may
+ * span files (a console log cut at any byte), and a file's start is a line's start only after a
+ * newline (the position may then be a file's end: readers go on to the next). Files that are
+ * gone are skipped.
  */
-export async function tailStart(files: readonly string[], tail: number): Promise<Position> {
+export async function tailStart(files: readonly string[], tail: number, opts: { joined?: boolean } = {}): Promise<Position> {
   if (files.length === 0) return { index: 0, offset: 0 };
   let need = tail;
   const chunk = Buffer.allocUnsafe(CHUNK);
+  /** joined: the stream's last byte is behind us (a newline there starts nothing, elsewhere it does) */
+  let pastStreamEnd = false;
   for (let i = files.length - 1; i >= 0; i--) {
     let fh: FileHandle;
     try {
@@ -42,12 +47,14 @@ export async function tailStart(files: readonly string[], tail: number): Promise
         pos -= n;
         await readFully(fh, chunk, n, pos);
         for (let j = n - 1; j >= 0; j--) {
-          // the newline ending the file's last line starts nothing
-          if (chunk[j] !== 0x0a || pos + j === size - 1) continue;
+          // the newline ending the file's (joined: the stream's) last line starts nothing
+          if (chunk[j] !== 0x0a || (pos + j === size - 1 && !pastStreamEnd)) continue;
           if (--need === 0) return { index: i, offset: pos + j + 1 };
         }
       }
-      if (size > 0 && --need === 0) return { index: i, offset: 0 }; // the file's first line
+      if (opts.joined) {
+        if (size > 0) pastStreamEnd = true;
+      } else if (size > 0 && --need === 0) return { index: i, offset: 0 }; // the file's first line
     } finally {
       await fh.close();
     }
@@ -119,6 +126,19 @@ export class LineSplitter {
   pending(): string {
     return this.pendingBuf?.toString('utf8') ?? '';
   }
+
+  /** Takes that piece, as bytes: the line goes on in another file (see carry). */
+  takePending(): Buffer | undefined {
+    const b = this.pendingBuf;
+    this.pendingBuf = undefined;
+    return b;
+  }
+
+  /** Before the first chunk: begin with the start of a line another splitter took (takePending), one stream across files. */
+  carry(start: Buffer | undefined): void {
+    if (this.pendingBuf) throw new Error('LineSplitter.carry() after a chunk');
+    if (start?.length) this.pendingBuf = Buffer.from(start);
+  }
 }
 
 /** One open file read forward: its complete lines, the piece after the last newline kept for later. */
@@ -178,6 +198,11 @@ export class LineCursor {
   /** The piece after the last newline read so far. */
   pending(): string {
     return this.splitter.pending();
+  }
+
+  /** Takes that piece, as bytes, to go on in another file's cursor. */
+  takePending(): Buffer | undefined {
+    return this.splitter.takePending();
   }
 
   close(): Promise<void> {

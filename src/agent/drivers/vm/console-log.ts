@@ -153,7 +153,8 @@ export async function consoleStart(
     const files = history ? [history, ...gens] : gens;
     // an unfinished last line is not one of the last N (it comes only when the console ends)
     const unfinished = tail > 0 && (await lastByteIsNotNewline(files));
-    const p = await tailStart(files, tail + (unfinished ? 1 : 0));
+    // one stream: a rotation copies at any byte, and a move can stop the guest inside a line
+    const p = await tailStart(files, tail + (unfinished ? 1 : 0), { joined: true });
     if (history && p.index === 0) return { history: p.offset, gen: oldest, offset: 0 };
     return { gen: oldest + p.index - (history ? 1 : 0), offset: p.offset };
   });
@@ -209,8 +210,11 @@ export class ConsoleCursor {
     private gen: number,
     private pos: number,
     maxLine: number,
+    /** The start of a line the output of the hosts the VM came from ended with (it goes on here). */
+    carried?: Buffer,
   ) {
     this.splitter = new LineSplitter(maxLine);
+    this.splitter.carry(carried);
   }
 
   /** The next chunk of the stream, or undefined at the live file's current end. Under the lock. */

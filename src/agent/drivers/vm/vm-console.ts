@@ -51,18 +51,21 @@ export class VmConsole {
     if (!existsSync(p.consoleLog)) throw new NotFound(`VM ${id} has no console log`, { id });
     const start = await consoleStart(p.consoleLog, this.limits, consoleHistory(p), opts.tail);
     const lineOpts = { maxLine: CONSOLE_MAX_LINE };
+    // One byte stream across hosts: a move's stop can fall between the bytes of a line (the UART
+    // sends a byte at a time), and the rest of that line is the first thing printed here.
+    let carried: Buffer | undefined;
     if (start.history !== undefined) {
       const history = await LineCursor.open(consoleHistory(p), start.history, lineOpts);
       if (history) {
         try {
           for await (const l of history.lines()) yield rec(l);
-          if (history.pending()) yield rec({ text: history.pending() }); // a line of its own: the guest moved on
+          carried = history.takePending();
         } finally {
           await history.close();
         }
       }
     }
-    const cur = new ConsoleCursor(p.consoleLog, this.limits, start.gen, start.offset, CONSOLE_MAX_LINE);
+    const cur = new ConsoleCursor(p.consoleLog, this.limits, start.gen, start.offset, CONSOLE_MAX_LINE, carried);
     try {
       for await (const l of cur.lines()) yield rec(l);
       if (!opts.follow) {
