@@ -6,7 +6,7 @@ import path from 'node:path';
 import { hasCode } from '../../../core/errors.js';
 import { cgroupPaths, detectCgroupLayout, hybridCgroup2Controllers, removeCgroup, removeCgroupParentIfEmpty } from '../../cgroups/cgroups.js';
 import { buildOciSpec, readHardLimits } from './oci-spec.js';
-import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, releaseThroughExecFifo, runtimeMessage, writeExecFifo } from './oci-runtime.js';
+import { OciRuntime, chooseRuntime, findBinary, mapRuntimeError, probeRuntime, readRuncStateHead, releaseThroughExecFifo, runtimeMessage, writeExecFifo } from './oci-runtime.js';
 import { makeBusyboxRootfs } from './rootfs-test-support.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -24,6 +24,23 @@ test('runtime messages and error mapping', () => {
   assert.equal(m('something odd'), 'Internal');
   assert.equal(mapRuntimeError('crun', 'state', 'x', 'crun: error opening file `/r/x/status`: No such file or directory', 1).code, 'NotFound');
   assert.equal(mapRuntimeError('crun', 'start', 'x', 'crun: cannot open `/r/x/exec.fifo`: No such file or directory', 1).code, 'Conflict', 'a started container');
+});
+
+test("runc's state head: the first two fields read from the start; any other start parsed whole", async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'nimbus-ocirt-head-'));
+  try {
+    const f = path.join(dir, 'state.json');
+    await writeFile(f, JSON.stringify({ id: 'c1', init_process_pid: 42, config: { big: 'x'.repeat(50_000) } }));
+    assert.deepEqual(await readRuncStateHead(f), { id: 'c1', init_process_pid: 42 });
+    const other = { created: 't', id: 'c2', init_process_pid: 7 }; // another order: the whole file
+    await writeFile(f, JSON.stringify(other));
+    assert.deepEqual(await readRuncStateHead(f), other);
+    await writeFile(f, '{"id":"c3","init_process_pid":');
+    await assert.rejects(readRuncStateHead(f), SyntaxError, 'a cut file is no state');
+    await assert.rejects(readRuncStateHead(path.join(dir, 'missing')), (e) => (e as NodeJS.ErrnoException).code === 'ENOENT');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('probes: runc works here; crun reports its real reason; auto choice', async () => {
@@ -67,6 +84,11 @@ test('runc lifecycle through the wrapper (no conmon)', async () => {
     const st = await rt.state(id);
     assert.equal(st.status, 'running');
     assert.equal(String(st.pid), (await readFile(path.join(dir, 'pid'), 'utf8')).trim());
+    // runc's own state.json begins with what forgetStopped reads (the head, not the ~34 KB whole)
+    const stateFile = path.join(dir, 'state', id, 'state.json');
+    const whole = JSON.parse(await readFile(stateFile, 'utf8')) as { id: string; init_process_pid: number };
+    assert.deepEqual(await readRuncStateHead(stateFile), { id, init_process_pid: st.pid });
+    assert.deepEqual([whole.id, whole.init_process_pid], [id, st.pid]);
     assert.deepEqual((await rt.list()).map((s) => s.id), [id]);
     await rt.pause(id);
     assert.equal((await rt.state(id)).status, 'paused');
