@@ -338,16 +338,17 @@ if (runcReason) {
         })();
         await d.start(id);
         await reader;
-        // what follow promises is what is on disk: a rotation pass that falls two generations
-        // behind conmon costs the generation it missed (docs/architecture.md), and a loaded CI
-        // host once lost one of ~40 to a writer this fast (194,862 lines of 200,000)
+        // what follow promises is what is on disk: a rotation that finds no symlink prepared and a
+        // pass two generations behind cost the generation missed (docs/architecture.md); loaded CI
+        // hosts lost one of ~40 (194,862 lines of 200,000) and once four, before the inotify
+        // helper prepared the symlinks itself. One generation (~5,000 lines) is allowed still.
         const onDisk: number[] = [];
         for await (const l of joined(d.logs(id, {}))) onDisk.push(Number(l));
         assert.ok(got.every((v, i) => i === 0 || v > got[i - 1]!), 'in order, no duplicates');
         assert.equal(got.length, onDisk.length, 'every line on disk was followed');
         assert.deepEqual(got, onDisk, 'the same lines as on disk');
         assert.equal(got.at(-1), N, 'to the last');
-        assert.ok(got.length >= N * 0.9, `${N - got.length} of ${N} lines lost: more than a few lagging rotation passes cost`);
+        assert.ok(got.length >= N - 6_000, `${N - got.length} of ${N} lines lost: more than one generation`);
         assert.ok((await logFiles(d, id)).count > 30, 'it did rotate');
       } finally {
         await d.delete(id);
