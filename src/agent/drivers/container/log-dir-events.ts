@@ -123,7 +123,7 @@ while True:
             else:
                 for key, prefix in by_wd.get(wd, {}).items():
                     if not name.startswith(prefix): continue
-                    if name == prefix and mask & IN_MOVED_TO and key in prepares: prepare(dirs[wd], prefix)
+                    if name == prefix and mask & IN_MOVED_TO and key in prepares and wd in dirs: prepare(dirs[wd], prefix)
                     keys.append(key)
         if keys: tell(list(dict.fromkeys(keys)))
 `;

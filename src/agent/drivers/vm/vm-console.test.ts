@@ -1,7 +1,7 @@
 // The console's output across a migration, read without a guest: the hosts before's output
 // (console.history) then this host's console.log, as one byte stream.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile, appendFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -23,7 +23,7 @@ async function moved(name: string, history: string | Buffer, live: string | Buff
   const dir = path.join(base, name);
   const p = instancePaths(dir);
   await rm(dir, { recursive: true, force: true });
-  await import('node:fs/promises').then((f) => f.mkdir(dir, { recursive: true }));
+  await mkdir(dir, { recursive: true });
   await writeFile(consoleHistory(p), history);
   await writeFile(p.consoleLog, live);
   const state = { lifecycle };
