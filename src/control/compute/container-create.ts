@@ -27,7 +27,7 @@ export interface CreateDeps extends CreateRequestDeps {
   hosts: HostAgents;
   scheduler: Pick<Scheduler, 'place' | 'release'>;
   images: Pick<ImageService, 'resolve' | 'ensureOnHost'>;
-  networks: CreateRequestDeps['networks'] & Pick<NetworkService, 'endpointsGone'>;
+  networks: CreateRequestDeps['networks'] & Pick<NetworkService, 'endpointsGone' | 'leaseInTransaction' | 'afterLease'>;
   quota: Pick<QuotaService, 'admitContainerOrPlanReclaim' | 'release'>;
   operations: Pick<OperationService, 'start'>;
   /** The agent of a host, its exits listened to (NotFound for a host the directory does not know). */
@@ -281,7 +281,12 @@ export class ContainerCreates {
     const id = rec.id;
     const agent = this.deps.agentOn(rec.host);
     try {
-      await store.containers.insert(rec);
+      // the record and its addresses in one transaction (one commit fewer a create; deleting the
+      // record deletes them; a failed lease leaves no record)
+      request.network = await store.transaction(async () => {
+        await store.containers.insert(rec);
+        return networks.leaseInTransaction(rec, intent);
+      });
     } catch (e) {
       await scheduler.release(id).catch((x: unknown) => log.warn('releasing a claim failed', { id, error: String(x) }));
       await quota.release(id, 'create failed');
@@ -289,8 +294,7 @@ export class ContainerCreates {
       throw e;
     }
     try {
-      // addresses are leased with the record in place (deleting the record deletes them)
-      request.network = await networks.lease(rec, intent);
+      await networks.afterLease(intent);
       const created = await agent.createContainer({ id, ...request });
       // ports asked as 0 (-P, -p PORT) are recorded as the host chose them: what ps, port and inspect show
       const chosen = chosenPorts(rec.config.ports, created.ports);

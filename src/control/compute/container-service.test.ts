@@ -469,6 +469,28 @@ test('hosts: a create that fails on its host leaves nothing: no record, claim, q
   assert.equal(other.scheduler.claims.size, 0);
 });
 
+test("a create whose address cannot be leased (its --ip taken) leaves nothing: no record, name, claim, quota hold or agent call", async (t) => {
+  const { store, local, input, containers, scheduler, quota, networks } = await twoHosts(t);
+  const front = await networks.create({ name: 'front' }, 'p1');
+  const ip = front.subnet.replace(/0\/\d+$/, '50');
+  const first = await containers.create(input({ name: 'first', network: 'front', ip }), 'p1', { projectId: 'p1' });
+  assert.deepEqual((await store.networks.leases({ instanceId: first.id })).map((l) => l.address), [ip]);
+  const made = local.calls('createContainer').length;
+  await assert.rejects(containers.create(input({ name: 'second', network: 'front', ip }), 'p1', { projectId: 'p1' }), { code: 'Conflict', message: new RegExp(`address ${ip.replaceAll('.', '\\.')} is already in use on front`) });
+  const failed = scheduler.asked.at(-1)!.consumerId;
+  assert.notEqual(failed, first.id);
+  assert.equal(quota.holds(failed), false, 'its quota released');
+  // the record and its lease were one transaction: the failed lease left no record behind
+  assert.equal(await store.containers.get(failed), undefined);
+  assert.deepEqual((await store.containers.list()).map((c) => c.name), ['first']);
+  assert.equal(local.calls('createContainer').length, made, 'nothing asked of the agent');
+  assert.deepEqual([...scheduler.claims.keys()], [first.id], "the failed create's claim released");
+  assert.equal((await store.networks.leases({ networkId: front.id })).length, 1);
+  const second = await containers.create(input({ name: 'second', network: 'front' }), 'p1', { projectId: 'p1' });
+  assert.equal(quota.holds(second.id), true);
+  assert.notEqual((await store.networks.leases({ instanceId: second.id }))[0]?.address, ip, 'the name is free again, with another address');
+});
+
 /** A store and three hosts (local, b, c) for the carry tests; the hosts marked down are cleared after. */
 async function threeHosts(t: { after(fn: () => Promise<void>): void }) {
   const dir = mkdtempSync(join(tmpdir(), 'nimbus-ctrsvc-carry-'));

@@ -263,10 +263,20 @@ export class NetworkService {
    * Deleting the record deletes its leases, so a failed create leaves none.
    */
   async lease(c: ContainerRecord, intent: NetworkIntent): Promise<ContainerNetworkRequest> {
+    const request = await this.store.transaction(() => this.leaseInTransaction(c, intent));
+    await this.afterLease(intent);
+    return request;
+  }
+
+  /**
+   * lease()'s store part, for a transaction of the caller's (a create's: the record's insert and
+   * its addresses in one); afterLease() follows once it has committed.
+   */
+  async leaseInTransaction(c: ContainerRecord, intent: NetworkIntent): Promise<ContainerNetworkRequest> {
     if (intent.mode === 'none' || intent.mode === 'host') return { mode: intent.mode };
     if (intent.mode === 'container') return { mode: 'container', container: intent.container.id };
     const networks = intent.networks;
-    const request = await this.store.transaction(async () => {
+    return this.store.transaction(async () => {
       const endpoints: Extract<ContainerNetworkRequest, { mode: 'networks' }>['endpoints'] = [];
       for (const [i, n] of networks.entries()) {
         const l = await this.leases.keepOrLease(n, c.id, i, i === 0 ? c.config.ip : undefined);
@@ -282,8 +292,11 @@ export class NetworkService {
         dns: c.config.dns ?? [],
       } satisfies ContainerNetworkRequest;
     });
-    await this.pushes.afterEndpoints(networks);
-    return request;
+  }
+
+  /** After the lease's transaction: other hosts learn the new endpoints (the overlay's entries). */
+  async afterLease(intent: NetworkIntent): Promise<void> {
+    if (intent.mode === 'networks') await this.pushes.afterEndpoints(intent.networks);
   }
 
   /** What --network means for a container of this project (checked before anything is made). */
