@@ -263,14 +263,14 @@ export class NetworkService {
    * Deleting the record deletes its leases, so a failed create leaves none.
    */
   async lease(c: ContainerRecord, intent: NetworkIntent): Promise<ContainerNetworkRequest> {
-    const request = await this.store.transaction(() => this.leaseInTransaction(c, intent));
+    const request = await this.leaseInTransaction(c, intent);
     await this.afterLease(intent);
     return request;
   }
 
   /**
-   * lease()'s store part, for a transaction of the caller's (a create's: the record's insert and
-   * its addresses in one); afterLease() follows once it has committed.
+   * lease()'s store part, in a transaction of its own or joining the caller's (a create's: the
+   * record's insert and its addresses in one); afterLease() follows once that has committed.
    */
   async leaseInTransaction(c: ContainerRecord, intent: NetworkIntent): Promise<ContainerNetworkRequest> {
     if (intent.mode === 'none' || intent.mode === 'host') return { mode: intent.mode };

@@ -33,7 +33,6 @@ export interface DirEventsSink {
 interface Watched {
   dir: string;
   prefix: string;
-  prepareNext: boolean;
 }
 
 const HELPER = String.raw`
@@ -44,14 +43,12 @@ ino = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
 if ino < 0:
     sys.stderr.write('inotify_init1: %s\n' % os.strerror(ctypes.get_errno()))
     sys.exit(2)
-by_wd = {}   # wd -> {key: prefix}
+by_wd = {}   # wd -> {key: (prefix, directory, prepare the next generation)}
 wd_of = {}   # key -> wd
 out = sys.stdout.buffer
 def tell(lines):
     out.write(''.join(l + '\n' for l in lines).encode())
     out.flush()
-dirs = {}    # wd -> directory
-prepares = set()   # keys whose next generation the helper prepares
 def prepare(d, base):
     # conmon has just renamed <base>.tmp (our symlink) over <base>: <base>.tmp -> <base>.(N+2)
     try:
@@ -67,14 +64,12 @@ def prepare(d, base):
     except OSError:
         pass   # conmon's own tmp, or the worker's pass made it first
 def forget(key):
-    prepares.discard(key)
     wd = wd_of.pop(key, None)
     if wd is None: return
     keys = by_wd.get(wd, {})
     keys.pop(key, None)
     if not keys:
         by_wd.pop(wd, None)
-        dirs.pop(wd, None)
         libc.inotify_rm_watch(ino, wd)
 def command(m):
     key = m['key']
@@ -84,10 +79,8 @@ def command(m):
     if wd < 0:
         tell(['!' + key + ' ' + os.strerror(ctypes.get_errno())])
         return
-    by_wd.setdefault(wd, {})[key] = os.fsencode(m['prefix'])
+    by_wd.setdefault(wd, {})[key] = (os.fsencode(m['prefix']), os.fsencode(m['dir']), bool(m.get('prepareNext')))
     wd_of[key] = wd
-    dirs[wd] = os.fsencode(m['dir'])
-    if m.get('prepareNext'): prepares.add(key)
     tell(['+' + key])   # in place: a pass now sees whatever came before it
 tell(['=ready'])   # watching can begin
 sel = selectors.DefaultSelector()
@@ -116,14 +109,12 @@ while True:
             if mask & IN_Q_OVERFLOW:
                 keys.extend(wd_of)
             elif mask & IN_IGNORED:   # the directory is gone
-                dirs.pop(wd, None)
                 for key in list(by_wd.pop(wd, {})):
                     wd_of.pop(key, None)
-                    prepares.discard(key)
             else:
-                for key, prefix in by_wd.get(wd, {}).items():
+                for key, (prefix, d, prepares) in by_wd.get(wd, {}).items():
                     if not name.startswith(prefix): continue
-                    if name == prefix and mask & IN_MOVED_TO and key in prepares and wd in dirs: prepare(dirs[wd], prefix)
+                    if prepares and name == prefix and mask & IN_MOVED_TO: prepare(d, prefix)
                     keys.append(key)
         if keys: tell(list(dict.fromkeys(keys)))
 `;
@@ -147,10 +138,9 @@ export class LogDirEvents {
    * where the worker's pass does it alone).
    */
   add(key: string, dir: string, prefix: string, opts: { prepareNext?: boolean } = {}): void {
-    const prepareNext = opts.prepareNext === true;
-    this.watched.set(key, { dir, prefix, prepareNext });
+    this.watched.set(key, { dir, prefix });
     if (this.fallback) this.watchNode(key);
-    else this.send({ op: 'add', key, dir, prefix, prepareNext });
+    else this.send({ op: 'add', key, dir, prefix, prepareNext: opts.prepareNext === true });
   }
 
   remove(key: string): void {
