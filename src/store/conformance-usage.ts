@@ -10,7 +10,7 @@ const T0 = Date.UTC(2026, 0, 1);
 const GiB = 1024 ** 3;
 
 const cursorOf = (over: Partial<UsageCursor> = {}): UsageCursor => ({
-  instanceId: 'i1', projectId: 'p1', kind: 'container', name: 'web', accountedUntil: T0, active: true, cpuNs: null, cpuRun: null,
+  instanceId: 'i1', projectId: 'p1', kind: 'container', name: 'web', accountedUntil: T0, active: true, cpuNs: null, cpuRun: null, seenRun: 'run-1',
   millicpus: 1000, memoryBytes: GiB, heldMemoryBytes: GiB, diskBytes: null, closed: false, netBase: null, ...over,
 });
 
@@ -45,6 +45,11 @@ export function usageConformance(name: string, open: () => Promise<ConformanceTa
     assert.deepEqual((await u.cursor('i1'))?.netBase, netBase);
     assert.ok(await u.commit(T0 + 1000, cursorOf({ accountedUntil: T0 + 1000, memoryBytes: 0, heldMemoryBytes: 3 * 1024 * GiB, diskBytes: 20 * GiB }), []));
     assert.equal((await u.cursor('i1'))?.netBase, null, 'an unknown baseline is null');
+    // the run it saw goes with it: none yet ('') and unknown (null) are kept apart
+    for (const seenRun of ['', null, 'run-1']) {
+      assert.ok(await u.commit(T0 + 1000, cursorOf({ accountedUntil: T0 + 1000, memoryBytes: 0, heldMemoryBytes: 3 * 1024 * GiB, diskBytes: 20 * GiB, seenRun }), []));
+      assert.equal((await u.cursor('i1'))?.seenRun, seenRun);
+    }
     const [row] = await u.query();
     assert.equal(row?.activeMs, 1000);
     assert.equal(row?.cpuNs, 5e8);

@@ -467,6 +467,10 @@ export const MIGRATIONS: readonly string[] = [
   `CREATE INDEX operations_newest ON operations(created_at, id);
    CREATE INDEX operations_kind_newest ON operations(kind, created_at, id);
    CREATE INDEX operations_project_newest ON operations(project_id, created_at, id);`,
+  // the latest run each usage cursor saw: a start stored after a pass read the record (its time
+  // is the host's, taken earlier) is charged from that start, not from the pass (metering/accounting.ts);
+  // NULL on the cursors kept from before: unknown, accounted as before
+  `ALTER TABLE usage_cursors ADD COLUMN seen_run TEXT;`,
 ];
 
 export const SCHEMA_VERSION = BASELINE_VERSION + MIGRATIONS.length;

@@ -201,13 +201,16 @@ export function account(
   const net = netDelta(cursor, inst, reading);
   const from = cursor?.accountedUntil ?? inst.createdAt;
   const givenBack = overCounted(cursor, inst);
+  // the view is never older than the cursor's (the service reads the cursor first), but its `now`
+  // may be (a pass's is taken at its start): the new position is the later of the two
+  const until = Math.max(from, now);
   let activeStart = 0;
   let activeEnd = 0;
   if (inst.runStart !== null) {
-    const runEnd = inst.active ? now : inst.runEnd;
+    const runEnd = inst.active ? until : inst.runEnd;
     if (runEnd !== null) {
-      activeStart = Math.max(inst.runStart, from);
-      activeEnd = Math.min(runEnd, now);
+      activeStart = unseenRun(cursor, inst) ? inst.runStart : Math.max(inst.runStart, from);
+      activeEnd = Math.min(runEnd, until);
     }
   }
   const spans = activeEnd > activeStart ? splitByPeriod(activeStart, activeEnd) : [];
@@ -217,7 +220,7 @@ export function account(
   if (reading) cpuNs = sameRun && cursor.cpuNs !== null && reading.cpuNs >= cursor.cpuNs ? reading.cpuNs - cursor.cpuNs : reading.cpuNs;
   // nothing new: no time past the cursor, nothing to give back, no counter moved (an ended run's
   // last reading may come at the cursor's very instant: its CPU still counts)
-  if (from >= now && givenBack.length === 0 && !((cpuNs ?? 0) > 0) && !(net !== null && net.rxBytes + net.txBytes > 0)) return undefined;
+  if (spans.length === 0 && from >= now && givenBack.length === 0 && !((cpuNs ?? 0) > 0) && !(net !== null && net.rxBytes + net.txBytes > 0)) return undefined;
   // CPU the counter shows beyond the active time (it ran past `now` before it was read) goes in now's period
   if (((cpuNs ?? 0) > 0 || (net !== null && net.rxBytes + net.txBytes > 0)) && spans.length === 0) spans.push([Math.floor((now - 1) / USAGE_PERIOD_MS) * USAGE_PERIOD_MS, 0]);
   const heldMemoryBytes = size.memoryBytes > 0 ? size.memoryBytes : reading?.memoryBytes ?? cursor?.heldMemoryBytes ?? 0;
@@ -227,7 +230,7 @@ export function account(
     : [];
   return {
     next: {
-      ...base, accountedUntil: Math.max(from, now), active: inst.active,
+      ...base, accountedUntil: until, active: inst.active, seenRun: inst.runId ?? '',
       cpuNs: reading ? reading.cpuNs : sameRun ? cursor.cpuNs : null,
       cpuRun: reading ? inst.runId : sameRun ? cursor.cpuRun : null,
       millicpus: size.millicpus, memoryBytes: size.memoryBytes, heldMemoryBytes, diskBytes: size.diskBytes, closed: false,
@@ -235,6 +238,18 @@ export function account(
     },
     slices: [...correction, ...slicesOf(base, size, heldMemoryBytes, spans, cpuNs, net)],
   };
+}
+
+/**
+ * A run the cursor's last accounting did not see, though it began before the cursor: its start
+ * was stored after that accounting read the record (the start's time is the host's, taken before
+ * the record is written; a pass in between reads "created" or the run before). Nothing of it was
+ * charged (the cursor is inactive, and an instance's runs do not overlap), so it is charged from
+ * its start. The mirror of overCounted, for a run's beginning. Unknown (a cursor kept from before
+ * seenRun was recorded): charged from the cursor, as before.
+ */
+function unseenRun(cursor: UsageCursor | undefined, inst: MeteredInstance): boolean {
+  return cursor !== undefined && !cursor.active && cursor.seenRun !== null && inst.runId !== null && inst.runId !== cursor.seenRun;
 }
 
 /**

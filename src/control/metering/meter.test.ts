@@ -191,6 +191,39 @@ test('a pass between the exit and its record charged past the end: the next acco
   assert.equal(c1?.instanceSeconds, 6.386);
 });
 
+test("a pass between the start and its record missed the run's first moments: the next accounting charges the run from its start (the host's time), once", async (t) => {
+  const { store, clock, meter } = await setup(t);
+  const m = meter(60_000);
+  const cfg = { image: 'busybox', env: [], restart: { name: 'no' as const }, autoRemove: false, labels: {}, cpus: 1, memoryBytes: GiB };
+  await store.containers.insert(container('c1', 'job', { projectId: 'p1', status: 'created', createdAt: iso(T0), config: cfg }));
+  // the agent starts it at +4.990 s (its startedAt); a pass at +5 s still reads "created" (the start is stored later)
+  clock.now = T0 + 5000;
+  await m.pass();
+  assert.equal((await store.usage.cursor('c1'))?.active, false);
+  await store.containers.update('c1', { status: 'running', startedAt: iso(T0 + 4990) });
+  clock.now = T0 + 15_000;
+  await m.pass();
+  let c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 10.01, 'from its start at +4.990 s, not from the pass that missed it');
+  assert.equal(c1?.memoryGiBHours, 10.01 / 3600);
+  // later passes go on from the cursor: the 10 ms are charged once
+  clock.now = T0 + 20_000;
+  await m.pass();
+  c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 15.01);
+  // it ends and starts again (a new run); a pass between the new start and its record misses it again: charged again from the start
+  await store.containers.update('c1', { status: 'exited', finishedAt: iso(T0 + 21_000) });
+  clock.now = T0 + 22_000;
+  await m.pass();
+  clock.now = T0 + 25_000;
+  await m.pass(); // still "exited": the new run (started at +24.980 s) is not stored yet
+  await store.containers.update('c1', { status: 'running', startedAt: iso(T0 + 24_980), finishedAt: null });
+  clock.now = T0 + 30_000;
+  await m.pass();
+  c1 = (await totals(store)).instances.find((i) => i.id === 'c1');
+  assert.equal(c1?.instanceSeconds, 21.03, 'the first run from +4.990 s to +21 s, the second from +24.980 s');
+});
+
 test("a run --rm's start, die and destroy make one commit after the request; a restart inside the wait loses neither run", async (t) => {
   const { store, clock, events } = await setup(t);
   const m = new MeteringService(store, events, async () => undefined, { intervalMs: 60_000, eventDelayMs: 200, clock: () => clock.now });

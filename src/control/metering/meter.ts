@@ -270,9 +270,12 @@ export class MeteringService {
     await Promise.all(Array.from({ length: Math.min(PASS_CONCURRENCY, queue.length) }, async () => {
       for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
         const instanceId = id;
-        // edges an event saw go first: the pass's reading of the record is later than theirs
-        if (this.pending.has(instanceId)) void this.enqueue(instanceId, () => this.commitEdges(instanceId));
-        await this.enqueue(instanceId, () => this.accountInstance(instanceId, started));
+        // edges an event saw go first, in the same turn of the chain: their records were read
+        // before the pass's (a snapshot taken while this was queued is folded too)
+        await this.enqueue(instanceId, async () => {
+          await this.commitEdges(instanceId);
+          await this.accountInstance(instanceId, started);
+        });
       }
     }));
     const live = new Set(ids);
@@ -314,11 +317,13 @@ export class MeteringService {
 
   /** The instance's usage up to `now` (taken before its record is read: its transitions after now are clipped, not lost). */
   async accountInstance(id: string, now: number, opts: { readCounters?: boolean } = {}): Promise<void> {
+    // the cursor before the record: whatever accounting moved the cursor read its record earlier,
+    // so this one's is never older (another process's commit after this read fails the compare-and-set)
+    const cursor = await this.store.usage.cursor(id);
+    if (cursor?.closed || (cursor && cursor.accountedUntil >= now)) return;
     const found = await this.instance(id);
     if (!found) return;
     const inst = found.inst;
-    const cursor = await this.store.usage.cursor(id);
-    if (cursor?.closed || (cursor && cursor.accountedUntil >= now)) return;
     // a run that ended since this instance's accounting last saw it open (or before any): its last
     // counters, once (its die event's edge reads them too; a second read adds nothing)
     const endedUnread = !inst.active && inst.runId !== null && (cursor === undefined || cursor.active);

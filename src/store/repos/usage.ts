@@ -23,6 +23,13 @@ export interface UsageCursor {
   /** The cumulative CPU counter at the last reading (ns), and the run (its start time) it belongs to: a new run restarts the counter. */
   cpuNs: number | null;
   cpuRun: string | null;
+  /**
+   * The latest run (its start as stored) an accounting of this cursor saw; '' when none had run
+   * yet; null when unknown (a cursor kept from before this was recorded). A run the cursor has not
+   * seen that began before accountedUntil was stored after that accounting read the record (the
+   * start's time is the host's, taken before the record is written): its start is charged then.
+   */
+  seenRun: string | null;
   /** Its size when last seen (the key of its usage rows), the memory it held (its limit, else what it used) and its disk (null: unknown): a destroy is charged with these. */
   millicpus: number;
   memoryBytes: number;
@@ -100,6 +107,7 @@ function cursor(r: Row): UsageCursor {
   return {
     instanceId: str(r.instance_id), projectId: str(r.project_id), kind: str(r.kind) as UsageKind, name: str(r.name),
     accountedUntil: num(r.accounted_until), active: num(r.active) === 1, cpuNs: numOrNull(r.cpu_ns), cpuRun: r.cpu_run === null || r.cpu_run === undefined ? null : str(r.cpu_run),
+    seenRun: r.seen_run === null || r.seen_run === undefined ? null : str(r.seen_run),
     millicpus: num(r.millicpus), memoryBytes: num(r.memory_bytes), heldMemoryBytes: num(r.held_memory_bytes), diskBytes: numOrNull(r.disk_bytes),
     closed: num(r.closed) === 1, netBase: netBaseOf(r.net_base),
   };
@@ -167,16 +175,16 @@ export class SqlUsageRepo implements UsageRepo {
       const values = [
         next.projectId, next.kind, next.name, next.accountedUntil, next.active ? 1 : 0, next.cpuNs, next.cpuRun,
         next.millicpus, next.memoryBytes, next.heldMemoryBytes, next.diskBytes, next.closed ? 1 : 0,
-        next.netBase === null ? null : JSON.stringify(next.netBase),
+        next.netBase === null ? null : JSON.stringify(next.netBase), next.seenRun,
       ];
       // the cursor first: when it lost the race nothing else has been written
       const moved = expectedUntil === null
         ? await this.db.run(
-          `INSERT INTO usage_cursors (project_id, kind, name, accounted_until, active, cpu_ns, cpu_run, millicpus, memory_bytes, held_memory_bytes, disk_bytes, closed, net_base, instance_id)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING`, [...values, next.instanceId])
+          `INSERT INTO usage_cursors (project_id, kind, name, accounted_until, active, cpu_ns, cpu_run, millicpus, memory_bytes, held_memory_bytes, disk_bytes, closed, net_base, seen_run, instance_id)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instance_id) DO NOTHING`, [...values, next.instanceId])
         : await this.db.run(
           `UPDATE usage_cursors SET project_id = ?, kind = ?, name = ?, accounted_until = ?, active = ?, cpu_ns = ?, cpu_run = ?,
-             millicpus = ?, memory_bytes = ?, held_memory_bytes = ?, disk_bytes = ?, closed = ?, net_base = ?
+             millicpus = ?, memory_bytes = ?, held_memory_bytes = ?, disk_bytes = ?, closed = ?, net_base = ?, seen_run = ?
            WHERE instance_id = ? AND accounted_until = ? AND closed = 0`, [...values, next.instanceId, expectedUntil]);
       if (moved.changes !== 1) return false;
       for (const s of slices) {
