@@ -13,9 +13,11 @@
  * Goals (from issue 18): all running within 2 s on the first burst and 1 s on a repeated one;
  * ≤ 1 MiB daemon memory per idle container. Then the same rounds again on a daemon whose store is
  * PostgreSQL, beside the embedded store's figures (issue 14; BENCH_BURST_POSTGRES=0 skips it).
+ * To profile a round: BENCH_DAEMON_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR" and
+ * BENCH_BURST_MARKS=FILE (each round's window, in the profiles' clock, appended to FILE).
  * Run alone: node dist/bench/burst.js
  */
-import { readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { appendFileSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { probeRuntime, releaseThroughExecFifo } from '../src/agent/drivers/container/oci-runtime.js';
@@ -322,6 +324,7 @@ async function oneBurst(d: BenchDaemon, image: string, roundNo: number): Promise
   const procs0 = ticksByPid();
   const threads0 = ticksByThreadName(d.pid);
   const t0 = now();
+  const mono0 = process.hrtime.bigint();
   await Promise.all(Array.from({ length: COUNT }, async (_, i) => {
     const ti = now();
     try {
@@ -350,6 +353,9 @@ async function oneBurst(d: BenchDaemon, image: string, roundNo: number): Promise
     running = await runningCount(d.client);
   }
   const allRunningMs = msSince(t0);
+  // the round's window on CLOCK_MONOTONIC in µs, the clock of V8's CPU profiles: a daemon run with
+  // BENCH_DAEMON_NODE_ARGS=--cpu-prof can have its samples cut to each round (BENCH_BURST_MARKS=<file>)
+  if (process.env.BENCH_BURST_MARKS) appendFileSync(process.env.BENCH_BURST_MARKS, JSON.stringify({ round: roundNo, startUs: Number(mono0 / 1000n), endUs: Number(process.hrtime.bigint() / 1000n) }) + '\n');
   const allExecedMs = await allExeced(pids, 'sleep', t0);
   // CPU spent from the first request until every process ran: the daemon's, and the host's in all
   const cpuMsPerContainer = {

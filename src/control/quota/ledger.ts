@@ -310,6 +310,11 @@ export class Ledger {
     return i === undefined ? undefined : structuredClone(i);
   }
 
+  /** Whether the instance holds quota here (instance() without its copy: a start asks this, and the copy was 2–3 % of a burst's event loop). */
+  holds(id: string): boolean {
+    return this.state.instances[id] !== undefined;
+  }
+
   operation(id: string): ReclaimOperation {
     const op = this.state.operations[id];
     if (op === undefined) throw new NotFound(`operation ${id} not found`, { operation: id });

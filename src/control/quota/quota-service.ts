@@ -540,7 +540,7 @@ export class QuotaService {
    * the stored ledger.
    */
   holds(id: string): boolean {
-    return this.current.instance(id) !== undefined;
+    return this.current.holds(id);
   }
 
   /**
@@ -554,7 +554,7 @@ export class QuotaService {
 
   /** In one step on the stored ledger: nothing if the instance holds quota already, else admit it or throw QuotaExceeded. */
   private async admitUnlessHeld(req: AdmitRequest): Promise<void> {
-    const d = await this.mutate((l) => (l.instance(req.instanceId) ? undefined : l.admit(this.owned(req), Date.now())));
+    const d = await this.mutate((l) => (l.holds(req.instanceId) ? undefined : l.admit(this.owned(req), Date.now())));
     if (d && !d.admitted) throw new QuotaExceeded(d.reason, { ...d.decidedBy, instance: d.instance });
   }
 
@@ -609,7 +609,7 @@ export class QuotaService {
   /** Give back what the instance holds (nothing happens when it holds nothing). */
   release(id: string, reason: string): Promise<void> {
     return this.mutate((l) => {
-      if (l.instance(id)) l.release(id, Date.now(), reason);
+      if (l.holds(id)) l.release(id, Date.now(), reason);
     });
   }
 
