@@ -1,6 +1,6 @@
 /**
  * Long-lived shells that run the agent's host commands for it: the network layer's
- * (ip, nft), the snapshotter's mounts (mount, umount), the OCI runtime's deletes and the
+ * (ip, nft), the snapshotter's mounts (mount, umount), the FIFO stocks' mkfifo, the OCI runtime's deletes and the
  * starts of conmon (launch()). Spawning from nimbusd costs
  * what forking a large process costs (~8-14 ms here, for /bin/true, on the event
  * loop); forking from a small shell that is already running costs a fraction of that
@@ -34,7 +34,7 @@ interface Job {
 
 /** Only these programs, with arguments that need no quoting, ever reach the shell. */
 const SAFE_ARG = /^[A-Za-z0-9_.:/@%+=,-]+$/;
-const PROGRAMS = new Set(['ip', 'nft', 'mount', 'umount', 'losetup', 'mkfs.ext4']);
+const PROGRAMS = new Set(['ip', 'nft', 'mount', 'umount', 'losetup', 'mkfs.ext4', 'mkfifo']);
 /** ...and the OCI runtimes, named by their absolute path (the agent's choice of binary). */
 const RUNTIMES = new Set(['runc', 'crun']);
 /** Monitors that daemonize, started by launch() (by absolute path too). */

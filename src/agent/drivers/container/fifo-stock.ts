@@ -5,12 +5,18 @@
  * directory entry, so a stock of them is made in a directory of the driver's own, on the same
  * filesystem, and each is renamed into place when a container needs one. The stock is removed
  * when the driver closes, and a stock a killed daemon left is removed by the next one's driver.
+ * The batch's `mkfifo` is forked by a long-lived shell (command-runner.ts), not by the daemon:
+ * spawned, a batch still held the event loop ~12 ms under back-to-back load (77 ms of a
+ * 100-request run's main thread, two stocks of 16).
  */
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../../core/errors.js';
-import { run } from '../../../core/exec.js';
+import { CommandRunner } from '../../command-runner.js';
+
+let shells: CommandRunner | undefined;
+const fifoShells = () => (shells ??= new CommandRunner(1));
 
 /** FIFOs made per `mkfifo` process. */
 const BATCH = 16;
@@ -59,10 +65,10 @@ export class FifoStock {
   private async make(): Promise<void> {
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     const names = Array.from({ length: BATCH }, () => path.join(this.dir, `${++this.seq}`));
-    const r = await run('mkfifo', ['-m', this.mode, '--', ...names]);
+    const r = await fifoShells().runOrSpawn('mkfifo', ['-m', this.mode, '--', ...names], undefined, { timeoutMs: 30_000 });
     if (r.code !== 0) {
       rmSync(this.dir, { recursive: true, force: true });
-      throw new Internal(`mkfifo: ${r.stderr.trim()}`);
+      throw new Internal(`mkfifo: ${r.output.trim()}`);
     }
     this.stock.push(...names);
   }
