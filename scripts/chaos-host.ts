@@ -46,7 +46,7 @@ export interface Leak {
 const CGROUP_PARENT = 'nimbus';
 /** The snapshotters' directories and their own entries (not per snapshot). */
 const SNAPSHOTTERS = new Set(['overlayfs', 'native']);
-const SNAPSHOTTER_FILES = new Set(['snapshots', 'metadata.json', 'disks']);
+const SNAPSHOTTER_FILES = new Set(['snapshots', 'metadata.json', 'metadata.journal', 'disks']);
 const KEEP: Record<string, Set<string>> = { snapshots: SNAPSHOTTERS, 'snapshots/overlayfs': SNAPSHOTTER_FILES, 'snapshots/native': SNAPSHOTTER_FILES };
 
 /** Mount points of cgroup hierarchies (v1 controllers and the v2 unified one). */

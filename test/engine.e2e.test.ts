@@ -12,6 +12,7 @@ import { mkdtempSync, rmSync, readFileSync as readFile } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { waitFor } from './helpers/wait.js';
+import { readSnapshotMetadataSync } from '../src/agent/snapshots/metadata-journal.js';
 
 let registry: TestRegistry;
 let d: DaemonProcess;
@@ -321,7 +322,7 @@ describe('container engine end to end', { concurrency: false }, () => {
     const inside = (name: string, cmd: string) => d.cliOk(['exec', name, 'sh', '-c', cmd]).then((o) => o.trim());
     // each sized layer's filesystem is a loop mount at its snapshot's directory; warm containers made for a sized template have theirs too
     const sizedLayers = () => {
-      const meta = JSON.parse(readFile(join(d.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8')) as { snapshots: Record<string, { id: number; sizeBytes?: number }> };
+      const meta = readSnapshotMetadataSync(join(d.home, 'snapshots', 'overlayfs'));
       const mounted = readFile('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => / \/dev\/loop\d+ /.test(l)).map((l) => l.split(' ')[4]);
       const dirs = Object.entries(meta.snapshots).filter(([, r]) => r.sizeBytes !== undefined).map(([key, r]) => ({ key, dir: join(d.home, 'snapshots', 'overlayfs', 'snapshots', String(r.id)) }));
       return { keys: dirs.map((x) => x.key), strays: mounted.filter((m) => m?.startsWith(join(d.home, 'snapshots')) && !dirs.some((x) => x.dir === m)) };

@@ -21,6 +21,7 @@ import { hasCode, type NimbusError } from '../src/core/errors.js';
 import { importImageArchive } from '../src/agent/images/import.js';
 import { pullImage, type LayerProgress } from '../src/agent/images/pull.js';
 import { TokenCache } from '../src/agent/images/registry-client.js';
+import { readSnapshotMetadataSync } from '../src/agent/snapshots/metadata-journal.js';
 import {
   MEDIA, blobOf, buildTestImages, makeTar, manifestOf, pushImage, pushTestImages, writeDockerSaveTar, writeOciLayoutTar, type TestImages,
 } from '../scripts/fixtures/images.js';
@@ -234,8 +235,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
   function assertNothingLeft(options: CompiledOptions) {
     const snaps = join(options.snapshotsDir, 'overlayfs', 'snapshots');
     assert.deepEqual(existsSync(snaps) ? readdirSync(snaps) : [], [], 'no snapshot directory left');
-    const meta = join(options.snapshotsDir, 'overlayfs', 'metadata.json');
-    if (existsSync(meta)) assert.deepEqual(JSON.parse(readFileSync(meta, 'utf8')).snapshots, {}, 'no snapshot record left');
+    assert.deepEqual(readSnapshotMetadataSync(join(options.snapshotsDir, 'overlayfs')).snapshots, {}, 'no snapshot record left');
     const ingest = join(options.contentDir, 'ingest');
     assert.deepEqual(existsSync(ingest) ? readdirSync(ingest) : [], [], 'no half-stored blob');
   }
@@ -331,7 +331,7 @@ describe('hostile layers, unpack limits and disk space through the agent (real r
     // race); nothing half-made: no extraction snapshot, no second layer
     const snaps = readdirSync(join(options.snapshotsDir, 'overlayfs', 'snapshots'));
     assert.ok(snaps.length <= 1, `at most one committed snapshot: ${snaps.join(', ')}`);
-    const meta = JSON.parse(readFileSync(join(options.snapshotsDir, 'overlayfs', 'metadata.json'), 'utf8')) as { snapshots: Record<string, { kind: string }> };
+    const meta = readSnapshotMetadataSync(join(options.snapshotsDir, 'overlayfs'));
     assert.deepEqual(Object.values(meta.snapshots).map((s) => s.kind), snaps.map(() => 'committed'));
     // within the limit the same image pulls
     const home2 = mkdtempSync(join(tmpdir(), 'nimbus-limits-'));

@@ -27,6 +27,7 @@ import { startAgentInNamespace, removeAllInstances, secondHost, type NamespaceAg
 import { waitFor } from './helpers/wait.js';
 import { buildTestImages, writeOciLayoutTar } from '../scripts/fixtures/images.js';
 import { vxlanDeviceName } from '../src/agent/network/overlay.js';
+import { readSnapshotMetadataSync } from '../src/agent/snapshots/metadata-journal.js';
 
 const AGENT = 'host-b';
 const skip = await vxlanMissing(`mva${process.pid}`);
@@ -96,10 +97,13 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     }
   });
 
+  /** Whether a home's snapshotter holds a record for the container (its snapshots' keys name it). */
+  const hasSnapshotOf = (home: string, id: string) => Object.keys(readSnapshotMetadataSync(join(home, 'snapshots', 'overlayfs')).snapshots).some((k) => k.includes(id));
+
   /** Loop mounts under a home's snapshots that no sized snapshot of its metadata owns (warm containers' are owned). */
   const strayLayerMounts = (home: string) => {
     const root = join(home, 'snapshots', 'overlayfs');
-    const meta = JSON.parse(readFileSync(join(root, 'metadata.json'), 'utf8')) as { snapshots: Record<string, { id: number; sizeBytes?: number }> };
+    const meta = readSnapshotMetadataSync(root);
     const owned = new Set(Object.values(meta.snapshots).filter((r) => r.sizeBytes !== undefined).map((r) => join(root, 'snapshots', String(r.id))));
     return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${root}/`) && !owned.has(m));
   };
@@ -149,8 +153,7 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
 
     // nothing of it left on the first host
     await waitFor('the source to let go', async () => {
-      const meta = readFileSync(join(d!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8');
-      return meta.includes(before.id) ? undefined : true;
+      return hasSnapshotOf(d!.home, before.id) ? undefined : true;
     }, 20_000);
     assert.ok(!existsSync(join(d!.home, 'containers', before.id)), 'no runtime state');
     assert.ok(!existsSync(join(d!.home, 'volumes', volId)), 'no volume directory');
@@ -180,7 +183,7 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     }, 20_000).catch((e: unknown) => {
       throw new Error(`${String(e)}: ${last}`);
     });
-    await waitFor('host-b to let go', async () => (readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? undefined : true), 20_000);
+    await waitFor('host-b to let go', async () => (hasSnapshotOf(b!.home, before.id) ? undefined : true), 20_000);
     assert.doesNotMatch(await links(host2!.ns), new RegExp(`nv${before.id.slice(0, 12)}`), 'no veth left on host-b');
     assert.ok(!existsSync(join(b!.home, 'volumes', volId)), 'no volume left on host-b');
     assert.deepEqual(strayLayerMounts(b!.home), [], 'no layer filesystem left mounted on host-b without its snapshot');
@@ -201,7 +204,7 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
     const after = await inspect('heavy');
     assert.deepEqual([after.host, after.status], ['local', 'running'], 'on the source, running again');
     assert.equal((await exec('heavy', 'cat /etc/marker /vol/marker; stat -c %s /big')).trim(), `kept\nvol\n${12 * 1048576}`, 'its files as they were');
-    await waitFor('host-b to drop the half-arrived copy', async () => (readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? undefined : true), 20_000);
+    await waitFor('host-b to drop the half-arrived copy', async () => (hasSnapshotOf(b!.home, before.id) ? undefined : true), 20_000);
     assert.ok(!existsSync(join(b!.home, 'volumes', (JSON.parse(await cliOk(['volume', 'inspect', 'vbig'])) as Array<{ id: string; host: string }>)[0]!.id)), 'no volume on host-b');
     assert.equal((JSON.parse(await cliOk(['volume', 'inspect', 'vbig'])) as Array<{ host: string }>)[0]!.host, 'local');
     await cliOk(['rm', '-f', 'heavy']);
@@ -280,7 +283,7 @@ describe('a container moves between hosts, cold', { skip, concurrency: false }, 
       assert.ok((await onB(before.id)).length > 0, 'the stale copy still runs on host-b while its agent is dead');
       await b!.start(); // back: its copy of healme is stale
       await waitFor('host-b to destroy its stale copy', async () => ((await onB(before.id)).length === 0
-        && !readFileSync(join(b!.home, 'snapshots', 'overlayfs', 'metadata.json'), 'utf8').includes(before.id) ? true : undefined), 30_000);
+        && !hasSnapshotOf(b!.home, before.id) ? true : undefined), 30_000);
       assert.ok((await onB(waitsId)).length > 0, 'its own container untouched');
       await waitFor('waits running on host-b again', async () => ((await inspect('waits')).status === 'running' ? true : undefined), 20_000);
       assert.deepEqual([(await inspect('healme')).host, (await inspect('healme')).status], ['local', 'running'], 'the rebuilt one runs on');

@@ -21,6 +21,7 @@ import { RemoteAgent } from './remote-agent.js';
 import { BLOB_SIZE_HEADER, PATHS, PROTOCOL_HEADER } from './agent-protocol.js';
 import { carryBlobs } from '../../control/images/carry.js';
 import { MEDIA, blobOf, buildTestImages, makeTar, manifestOf, writeOciLayoutTar, type TestImages } from '../../../scripts/fixtures/images.js';
+import { readSnapshotMetadataSync } from '../snapshots/metadata-journal.js';
 
 const TOKEN = 'blob-transfer-token-0123456789';
 const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -64,8 +65,7 @@ function ingestLeft(h: Host): string[] {
 }
 
 function snapshotKeys(h: Host): string[] {
-  const meta = join(h.options.snapshotsDir, 'native', 'metadata.json');
-  return existsSync(meta) ? Object.keys((JSON.parse(readFileSync(meta, 'utf8')) as { snapshots: Record<string, unknown> }).snapshots).sort() : [];
+  return Object.keys(readSnapshotMetadataSync(join(h.options.snapshotsDir, 'native')).snapshots).sort();
 }
 
 async function* chunksOf(b: Buffer, size = 64 * 1024): AsyncGenerator<Buffer> {

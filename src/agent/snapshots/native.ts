@@ -3,7 +3,7 @@
  * of its parent's tree, mounted with a bind mount. Works on any filesystem; costs
  * space and time per snapshot (reflinks make the copy cheap on btrfs/xfs).
  *
- *   <root>/metadata.json      shared format with the overlayfs snapshotter
+ *   <root>/metadata.json      shared format with the overlayfs snapshotter (and its journal)
  *   <root>/snapshots/<n>/fs   the snapshot's full tree
  *
  * Views are not copied: a view is a read-only bind of its (immutable, committed)

@@ -83,18 +83,19 @@ describe('overlayfs specifics', () => {
       const keys = Array.from({ length: 20 }, (_, i) => `k${i}`);
       await Promise.all(keys.map((k) => sn.prepare(k, 'A')));
       assert.deepEqual((await sn.list()).map((i) => i.key).sort(), ['A', ...keys].sort());
-      // the metadata cannot be written (its directory immutable): every create of the batch fails
+      // the metadata cannot be written (its directory and its journal immutable): every create of the batch fails
       try {
         execFileSync('chattr', ['+i', dir]);
         pinned = true;
       } catch {
         return; // no chattr, or a filesystem without the flag
       }
+      execFileSync('chattr', ['+i', path.join(dir, 'metadata.journal')]); // there since the first create
       const failed = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => sn.prepare(`f${i}`, 'A')));
       // a commit and a remove that cannot be saved are undone in memory too (changes are made in place)
       await assert.rejects(sn.commit('K0', 'k0'));
       await assert.rejects(sn.remove('k1'));
-      execFileSync('chattr', ['-i', dir]);
+      execFileSync('chattr', ['-i', dir, path.join(dir, 'metadata.journal')]);
       pinned = false;
       assert.ok(failed.every((r) => r.status === 'rejected'), 'a create reported done whose record was not written');
       assert.equal((await sn.stat('k0')).kind, 'active', 'the commit that was not saved is undone');
@@ -108,7 +109,7 @@ describe('overlayfs specifics', () => {
       await sn.prepare('after', 'A');
       assert.equal((await sn.list()).length, 22);
     } finally {
-      if (pinned) execFileSync('chattr', ['-i', dir]);
+      if (pinned) execFileSync('chattr', ['-i', dir, ...(existsSync(path.join(dir, 'metadata.journal')) ? [path.join(dir, 'metadata.journal')] : [])]);
       await rm(dir, { recursive: true, force: true });
     }
   });
