@@ -201,8 +201,9 @@ export function account(
   const net = netDelta(cursor, inst, reading);
   const from = cursor?.accountedUntil ?? inst.createdAt;
   const givenBack = overCounted(cursor, inst);
-  // the view is never older than the cursor's (the service reads the cursor first), but its `now`
-  // may be (a pass's is taken at its start): the new position is the later of the two
+  // the view is never older than the one that moved the cursor (the service commits views in the
+  // order it read them), but its `now` may be (a pass's is taken at its start): the new position
+  // is the later of the two
   const until = Math.max(from, now);
   let activeStart = 0;
   let activeEnd = 0;
