@@ -90,23 +90,21 @@ export function readSnapshotMetadataSync(root: string): MetadataFile {
     try {
       return readFileSync(file, 'utf8');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw e;
+      return absent(e);
     }
   };
   return parseBaseAndJournal(root, read(path.join(root, BASE)), read(path.join(root, JOURNAL)) ?? '').meta;
 }
 
 async function readBaseAndJournal(root: string): Promise<{ meta: MetadataFile; baseBytes: number; journaled: boolean }> {
-  const read = async (file: string): Promise<string | undefined> => {
-    try {
-      return await readFile(file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw e;
-    }
-  };
+  const read = (file: string): Promise<string | undefined> => readFile(file, 'utf8').catch(absent);
   return parseBaseAndJournal(root, await read(path.join(root, BASE)), (await read(path.join(root, JOURNAL))) ?? '');
+}
+
+/** A read's error: undefined for a file that is not there (no base or journal yet), thrown otherwise. */
+function absent(e: unknown): undefined {
+  if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+  throw e;
 }
 
 /** The base (undefined: none yet) with the journal's changes applied; an unfinished last line dropped, any other bad line refused. */

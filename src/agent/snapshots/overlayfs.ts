@@ -31,7 +31,7 @@ import { run } from '../../core/exec.js';
 import { spreadSubdirectories } from '../spread-directories.js';
 import { MOUNT_OPTIONS_MAX, compactOverlayOptions, readMountInfo, unmount } from './mount.js';
 import { detachStrayLoops, makeExt4Image, mountExt4Image } from './ext4-image.js';
-import { MetadataJournal, type MetadataChange, type MetadataFile, type SnapshotRecord } from './metadata-journal.js';
+import { MetadataJournal, applyChange, type MetadataChange, type MetadataFile, type SnapshotRecord } from './metadata-journal.js';
 import { MAX_LAYER_SIZE_BYTES, MIN_LAYER_SIZE_BYTES, type MountSpec, type PrepareOptions, type SnapshotInfo, type SnapshotKind, type Snapshotter } from './snapshotter.js';
 
 const log = logger('agent.snapshots');
@@ -252,22 +252,17 @@ export abstract class DirSnapshotter implements Snapshotter {
    */
   private async mutate(meta: MetadataFile, change: MetadataChange): Promise<void> {
     const nextId = meta.nextId;
-    const undo: Array<readonly [string, SnapshotRecord | undefined]> = [];
-    const prior = (k: string) => (Object.prototype.hasOwnProperty.call(meta.snapshots, k) ? meta.snapshots[k] : undefined);
-    for (const k of change.del ?? []) {
-      undo.push([k, prior(k)]);
-      delete meta.snapshots[k];
+    // each key the change touches, as it was before it
+    const before = new Map<string, SnapshotRecord | undefined>();
+    for (const k of [...(change.del ?? []), ...(change.set ?? []).map(([k]) => k)]) {
+      if (!before.has(k)) before.set(k, Object.prototype.hasOwnProperty.call(meta.snapshots, k) ? meta.snapshots[k] : undefined);
     }
-    for (const [k, rec] of change.set ?? []) {
-      undo.push([k, prior(k)]);
-      meta.snapshots[k] = rec;
-    }
-    if (change.nextId !== undefined) meta.nextId = Math.max(meta.nextId, change.nextId);
+    applyChange(meta, change);
     try {
       await this.journal.append(change, meta);
     } catch (e) {
       meta.nextId = nextId;
-      for (const [k, rec] of undo.reverse()) {
+      for (const [k, rec] of before) {
         if (rec === undefined) delete meta.snapshots[k];
         else meta.snapshots[k] = rec;
       }

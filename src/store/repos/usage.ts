@@ -5,7 +5,7 @@
  * in the same transaction, so a span is counted once whatever restarts, replicas or overlapping
  * passes do. Additive upserts are safe only behind that guard.
  */
-import { numOrNull, str, type Row, type SqlExecutor, type SqlValue } from '../sql/executor.js';
+import { numOrNull, str, strOrNull, type Row, type SqlExecutor, type SqlValue } from '../sql/executor.js';
 
 export type UsageKind = 'container' | 'vm' | 'secure';
 export const USAGE_KINDS: readonly UsageKind[] = ['container', 'vm', 'secure'];
@@ -106,8 +106,8 @@ const num = (v: unknown): number => Number(v);
 function cursor(r: Row): UsageCursor {
   return {
     instanceId: str(r.instance_id), projectId: str(r.project_id), kind: str(r.kind) as UsageKind, name: str(r.name),
-    accountedUntil: num(r.accounted_until), active: num(r.active) === 1, cpuNs: numOrNull(r.cpu_ns), cpuRun: r.cpu_run === null || r.cpu_run === undefined ? null : str(r.cpu_run),
-    seenRun: r.seen_run === null || r.seen_run === undefined ? null : str(r.seen_run),
+    accountedUntil: num(r.accounted_until), active: num(r.active) === 1, cpuNs: numOrNull(r.cpu_ns), cpuRun: strOrNull(r.cpu_run),
+    seenRun: strOrNull(r.seen_run),
     millicpus: num(r.millicpus), memoryBytes: num(r.memory_bytes), heldMemoryBytes: num(r.held_memory_bytes), diskBytes: numOrNull(r.disk_bytes),
     closed: num(r.closed) === 1, netBase: netBaseOf(r.net_base),
   };
