@@ -36,6 +36,7 @@ import { ociMounts } from './volumes/container-mounts.js';
 import { copyUpIntoVolumes, sweepCopyUpLeftovers } from './volumes/copy-up.js';
 import { removeStateFile, replaceStateFile } from '../core/state-files.js';
 import { procStat } from '../core/proc.js';
+import { readPseudoFile } from './cgroups/cgroups.js';
 
 const log = logger('agent');
 
@@ -233,7 +234,8 @@ export class LocalContainerHost implements ContainerHost {
   private async warmContainerBytes(id: string): Promise<number | undefined> {
     const [stats, pids] = await Promise.all([this.p.containers.stats(id), this.p.containers.processIds(id)]);
     const conmon = pids[0] === undefined ? undefined : procStat(pids[0])?.ppid;
-    const pss = conmon === undefined ? undefined : await readFile(`/proc/${conmon}/smaps_rollup`, 'utf8').then((t) => /^Pss:\s+(\d+) kB/m.exec(t)?.[1], () => undefined);
+    const rollup = conmon === undefined ? undefined : readPseudoFile(`/proc/${conmon}/smaps_rollup`);
+    const pss = rollup === undefined ? undefined : /^Pss:\s+(\d+) kB/m.exec(rollup)?.[1];
     return pss === undefined ? undefined : stats.memoryBytes + Number(pss) * 1024;
   }
 

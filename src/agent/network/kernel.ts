@@ -3,8 +3,8 @@
  * (one process per namespace per plan, not one per command), sysctl writes,
  * named network namespaces, and nftables transactions.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { readdir, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal } from '../../core/errors.js';
 import { CommandRunner } from '../command-runner.js';
@@ -36,7 +36,8 @@ async function ipBatch(lines: string[][], netns?: string, force = false): Promis
 }
 
 export async function writeSysctls(sysctls: Record<string, string> | undefined): Promise<void> {
-  for (const [key, value] of Object.entries(sysctls ?? {})) await writeFile(path.join('/proc/sys', key), value);
+  // procfs: written in this turn, no thread-pool round trip
+  for (const [key, value] of Object.entries(sysctls ?? {})) writeFileSync(path.join('/proc/sys', key), value);
 }
 
 export async function applyPlan(plan: IpPlan): Promise<void> {

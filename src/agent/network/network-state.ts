@@ -3,8 +3,8 @@
  * networks/<id>.json, endpoints/<instance id>.json, overlays/<network id>.json,
  * routes/<network id>.json. Read whole once, when the daemon starts; written as they change.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { replaceStateFile } from '../../core/state-files.js';
 
@@ -51,6 +51,6 @@ export class NetworkStateDir {
 
   async forget(kind: NetworkRecordKind, id: string): Promise<void> {
     this.onDisk.delete(`${kind}/${id}`);
-    await rm(path.join(this.stateDir, kind, `${id}.json`), { force: true });
+    rmSync(path.join(this.stateDir, kind, `${id}.json`), { force: true }); // one unlink: no thread-pool round trip
   }
 }

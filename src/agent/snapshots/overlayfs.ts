@@ -20,7 +20,8 @@
  * which the native snapshotter reuses.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, realpath, rename, rm, statfs, writeFile } from 'node:fs/promises';
+import { existsSync, mkdirSync, renameSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readdir, realpath, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AlreadyExists, Conflict, Internal, InvalidArgument, NotFound, ResourceExhausted } from '../../core/errors.js';
 import { addHostRoots } from '../../core/redaction.js';
@@ -184,9 +185,10 @@ export abstract class DirSnapshotter implements Snapshotter {
    */
   private async makeSnapshotDir(dir: string): Promise<void> {
     const made = path.join(this.root, 'snapshots', `.new-${randomBytes(6).toString('hex')}`);
-    await mkdir(made, { mode: 0o755 });
+    // in this turn: ~50-110 µs of CPU each here, a thread-pool round trip ~60 µs more
+    mkdirSync(made, { mode: 0o755 });
     try {
-      await rename(made, dir);
+      renameSync(made, dir);
     } catch (e) {
       await rm(made, { recursive: true, force: true }).catch(() => undefined);
       throw e;
@@ -334,11 +336,12 @@ export abstract class DirSnapshotter implements Snapshotter {
     const { rec, mounts, parentFs } = reserved;
     const dir = this.snapshotDir(rec.id);
     try {
-      await rm(dir, { recursive: true, force: true });
+      // a directory left by a crash under a reused id (looked for in this turn: it rarely is)
+      if (existsSync(dir)) await rm(dir, { recursive: true, force: true });
       await this.makeSnapshotDir(dir);
       if (sizeBytes !== undefined) await this.makeDisk(rec.id, sizeBytes);
-      await mkdir(this.fsDir(rec.id), { mode: 0o755 });
-      await mkdir(this.workDir(rec.id), { mode: 0o700 });
+      mkdirSync(this.fsDir(rec.id), { mode: 0o755 });
+      mkdirSync(this.workDir(rec.id), { mode: 0o700 });
       await this.populate(this.fsDir(rec.id), parentFs, kind);
       await this.record(key, rec);
     } catch (e) {
@@ -492,7 +495,7 @@ export abstract class DirSnapshotter implements Snapshotter {
     // rename first so a half-removed tree never looks like a live snapshot
     const trash = path.join(this.root, 'snapshots', `rm-${gone.id}-${randomBytes(4).toString('hex')}`);
     try {
-      await rename(dir, trash);
+      renameSync(dir, trash);
       await removeTree(trash);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {

@@ -3,7 +3,7 @@
  * create and again at a warm container's claim: its own /etc files and their mounts, the CRIU
  * configuration's annotation, and the check that its program is in the rootfs.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { writeStateFile } from '../../../core/state-files.js';
 import type { InstanceSpec } from '../instance-driver.js';
@@ -25,7 +25,7 @@ export function etcMounts(dir: string): OciMount[] {
  */
 export async function writeEtc(dir: string, spec: InstanceSpec, opts: { claim?: boolean } = {}): Promise<void> {
   const etcDir = path.join(dir, 'etc');
-  if (!opts.claim) await mkdir(etcDir, { recursive: true });
+  if (!opts.claim) mkdirSync(etcDir, { recursive: true }); // in this turn: no thread-pool round trip
   const hostname = spec.hostname ?? spec.id.slice(0, 12);
   const etc = spec.etc ?? { hosts: `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n`, resolvConf: '' };
   await Promise.all([

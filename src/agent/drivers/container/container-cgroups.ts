@@ -2,9 +2,8 @@
  * A container's cgroup as the driver reads it: its directories (the host's layout, detected
  * once), the pids in it and its usage. conmon and the runtime make and fill it; delete removes it.
  */
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { cgroupPaths, detectCgroupLayout, readCgroupStats, type CgroupLayout, type CgroupPaths } from '../../cgroups/cgroups.js';
+import { cgroupPaths, detectCgroupLayout, readCgroupStats, readPseudoFile, type CgroupLayout, type CgroupPaths } from '../../cgroups/cgroups.js';
 import type { InstanceStats } from '../instance-driver.js';
 import type { ContainerMeta, ContainerStore } from './container-store.js';
 
@@ -27,11 +26,9 @@ export class ContainerCgroups {
   async processIds(id: string): Promise<number[]> {
     const cg = await this.of(await this.store.meta(id));
     for (const dir of [cg.v1['pids'], cg.v1['memory'], cg.unified].filter((d): d is string => d !== undefined)) {
-      try {
-        return (await readFile(path.join(dir, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean).map(Number);
-      } catch {
-        /* not in this hierarchy: the next */
-      }
+      const procs = readPseudoFile(path.join(dir, 'cgroup.procs'));
+      if (procs !== undefined) return procs.split('\n').filter(Boolean).map(Number);
+      // not in this hierarchy: the next
     }
     return [];
   }

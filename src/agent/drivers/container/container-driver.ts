@@ -11,6 +11,7 @@
  * exec and attach (container-sessions.ts), logs (container-log-files.ts) and live moves
  * (container-live-move.ts).
  */
+import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import path from 'node:path';
@@ -336,7 +337,9 @@ export class ContainerDriver implements InstanceDriver {
   async delete(id: string, opts: { keepCheckpoint?: boolean } = {}): Promise<void> {
     const { store } = this;
     const dir = store.dir(id);
-    if (!opts.keepCheckpoint) await rm(path.dirname(store.checkpointImages(id)), { recursive: true, force: true });
+    // a live move's images are rare: looked for in this turn (an lstat), removed through the pool when there
+    const checkpoint = path.dirname(store.checkpointImages(id));
+    if (!opts.keepCheckpoint && existsSync(checkpoint)) await rm(checkpoint, { recursive: true, force: true });
     if (!(await exists(dir))) return;
     let meta: ContainerMeta | undefined;
     try {

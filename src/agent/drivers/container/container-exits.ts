@@ -3,8 +3,8 @@
  * each exit once (a watch on the exits directory), the exit record with its OOM verdict, and
  * the wait for an exit.
  */
-import { mkdir, readdir, readFile } from 'node:fs/promises';
-import { watch, type FSWatcher } from 'node:fs';
+import { mkdir, readdir } from 'node:fs/promises';
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import { logger } from '../../../core/log.js';
 import { processAlive } from '../../../core/proc.js';
@@ -92,7 +92,7 @@ export class ContainerExits {
   async record(id: string, meta: ContainerMeta): Promise<ExitRecord | undefined> {
     const recFile = path.join(this.store.dir(id), 'exit.json');
     try {
-      return JSON.parse(await readFile(recFile, 'utf8')) as ExitRecord;
+      return JSON.parse(readFileSync(recFile, 'utf8')) as ExitRecord; // a few µs: no thread-pool round trip
     } catch {
       /* not yet recorded */
     }

@@ -17,7 +17,7 @@
  * max-file, see rotateOnce). The symlinks live in the container's own 0700 directory.
  */
 import { linkSync, lstatSync, readdirSync, readlinkSync, statSync, symlinkSync, unlinkSync, watch, type FSWatcher } from 'node:fs';
-import { lstat, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Internal, InvalidArgument, isNimbusError } from '../../../core/errors.js';
 import { LineCursor, tailStart } from '../log-files.js';
@@ -64,13 +64,17 @@ export function numberedRe(base: string): RegExp {
   return new RegExp(`^${base.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.(\\d+)$`);
 }
 
-/** The log's generations, oldest first (one per inode). */
+/**
+ * The log's generations, oldest first (one per inode). Listed in the caller's turn: a readdir of
+ * the container's directory and an lstat or two take a few µs each, a thread-pool round trip ~50 µs
+ * of CPU here, and a log is read once or more per container.
+ */
 export async function generations(logPath: string): Promise<Generation[]> {
   const dir = path.dirname(logPath);
   const re = numberedRe(path.basename(logPath));
   let names: string[];
   try {
-    names = await readdir(dir);
+    names = readdirSync(dir);
   } catch (e) {
     if (errno(e) === 'ENOENT') return [];
     throw e;
@@ -83,14 +87,14 @@ export async function generations(logPath: string): Promise<Generation[]> {
   const out: Generation[] = [];
   for (const g of numbered) {
     try {
-      const st = await lstat(g.file);
+      const st = lstatSync(g.file);
       if (st.isFile()) out.push({ ...g, ino: st.ino }); // (a symlink here is a naming rotateOnce is undoing)
     } catch (e) {
       if (errno(e) !== 'ENOENT') throw e; // pruned meanwhile
     }
   }
   try {
-    const st = await lstat(logPath);
+    const st = lstatSync(logPath);
     if (st.isFile() && !out.some((g) => g.ino === st.ino)) out.push({ file: logPath, n: Infinity, ino: st.ino });
   } catch (e) {
     if (errno(e) !== 'ENOENT') throw e;
@@ -101,8 +105,8 @@ export async function generations(logPath: string): Promise<Generation[]> {
 /** Before conmon starts: its log and its rotation target are symlinks to the first two generations. */
 export async function prepareLogFiles(logPath: string): Promise<void> {
   const base = path.basename(logPath);
-  await symlink(`${base}.1`, logPath);
-  await symlink(`${base}.3`, `${logPath}.tmp`); // numbers go by two: rotateOnce
+  symlinkSync(`${base}.1`, logPath);
+  symlinkSync(`${base}.3`, `${logPath}.tmp`); // numbers go by two: rotateOnce
 }
 
 const LIMITS_FILE = 'log-limits.json';

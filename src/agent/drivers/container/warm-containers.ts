@@ -117,7 +117,7 @@ export class WarmContainers {
     await Promise.all([
       writeEtc(dir, spec, { claim: true }),
       writeStateFile(path.join(store.warmDir(id), WARM_ENTRY), warmScript(config.process)),
-      writeStateFile(store.configFile(id), JSON.stringify(config, null, 1)),
+      writeStateFile(store.configFile(id), JSON.stringify(config)),
     ]);
     const limits = limitsOf(config);
     if (limits) await store.runtime(meta).update(id, limits);
