@@ -63,6 +63,11 @@ export class FileThread {
     return this.ready && this.worker !== undefined;
   }
 
+  /** Nothing asked and unanswered: an operation done elsewhere now cannot pass one of this thread's. */
+  get idle(): boolean {
+    return this.pending.size === 0 && this.batch.length === 0;
+  }
+
   /** undefined: no thread running yet (one is started: the caller does the operation itself). */
   ask(op: FileOp): Promise<FileOpReply> | undefined {
     if (!this.running) {

@@ -17,12 +17,20 @@
  *   event loop for a write and rename with 50 writers at once. Now every operation here is one
  *   request to a state-file thread, batched per turn of the event loop (8–65 µs of the event
  *   loop for the same), and writeStateFile writes in place.
+ * - 2026-12-07 (thirty-fourth session): in a stream of requests the threads wait idle, and each
+ *   post woke one (164 µs of the event loop a post on average, 22 posts a back-to-back request),
+ *   then its reply woke the event loop. Up to INLINE_PER_WINDOW operations a window are now done
+ *   in the caller's turn while the file's thread has nothing unanswered; a burst's go to the
+ *   threads as before. Back to back (six pairs against the commit before): the daemon's CPU
+ *   42.1 against 52.8 ms a request, the host's 113.6 against 130.3, p50 64.0 against 74.4 ms; the
+ *   repeated burst of 200 the same (slowest rounds 981/895 against 935/887 ms).
  *
  * Before its thread runs (its start, ~50 ms) a call waits for it rather than doing the work itself:
  * two writes of one file must not pass each other (a file's operations all go to one thread, in
  * order). If it cannot start, fs.promises does the work.
  */
 import { rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { runFileOp } from './file-ops.js';
 import { FileThread, type FileOp } from './file-thread.js';
 
 /**
@@ -43,14 +51,48 @@ export async function startStateFileThread(): Promise<void> {
   await Promise.all(threads.map((t) => t.whenRunning()));
 }
 
-/** true: done on the file's thread; false: the thread could not run it (the caller does). */
+/**
+ * At most this many operations a window are done in the caller's turn, and only while the file's
+ * thread has nothing unanswered (so none passes one of its own). Handing one to a thread that
+ * waits idle costs here what doing it costs: the post wakes the thread and its reply wakes the
+ * event loop (a back-to-back `run --rm` posted 22 messages a request, 164 µs of the event loop
+ * each on average, measured in the daemon). A burst asks far more than this (a claim writes seven
+ * files), and past the budget its operations go to the threads, batched, as before; the budget
+ * bounds what the event loop spends on them (~16 × 20-360 µs a 20 ms window).
+ */
+const INLINE_PER_WINDOW = 16;
+const INLINE_WINDOW_MS = 20;
+const inline = { windowStart: -Infinity, used: 0 };
+/** Callers waiting for a thread to start, whose operation is not yet asked of it (none may be passed). */
+const awaitingStart = new Map<FileThread, number>();
+
+function inlineNow(thread: FileThread): boolean {
+  if (!thread.running || !thread.idle || (awaitingStart.get(thread) ?? 0) > 0) return false;
+  const now = performance.now();
+  if (now - inline.windowStart >= INLINE_WINDOW_MS) {
+    inline.windowStart = now;
+    inline.used = 0;
+  }
+  if (inline.used >= INLINE_PER_WINDOW) return false;
+  inline.used++;
+  return true;
+}
+
+/** true: done, here or on the file's thread; false: the thread could not run it (the caller does). */
 async function onThread(op: Exclude<FileOp, { op: 'removeTree' }>): Promise<boolean> {
   const thread = threadFor(op.file);
+  if (inlineNow(thread)) {
+    runFileOp(op);
+    return true;
+  }
   if (!thread.running) {
+    awaitingStart.set(thread, (awaitingStart.get(thread) ?? 0) + 1);
     try {
       await thread.whenRunning();
     } catch {
       return false;
+    } finally {
+      awaitingStart.set(thread, awaitingStart.get(thread)! - 1);
     }
   }
   const asked = thread.ask(op);
