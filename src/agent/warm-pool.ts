@@ -130,6 +130,8 @@ export function addressShare(t: WarmTemplate): number {
 
 /** Creates of one template under way at once outside quiet moments (see WarmPool.replace). */
 const REPLACING = 2;
+/** quiet() looks again at least this often with no event (a template's demand decays with time alone). */
+const QUIET_RECHECK_MS = 1000;
 
 /** A warm container being made: a request may take it before it is ready (take, made). */
 interface InFlight {
@@ -182,6 +184,8 @@ export class WarmPool {
   /** lastActivity when quiet() last waited for a busy host: one wait per quiet spell, not one per batch. */
   private hostWaitedFor: number | undefined;
   private readonly trimTimer: NodeJS.Timeout | undefined;
+  /** quiet()'s waits, ended early when something they look at changes (see changed()). */
+  private readonly waiting = new Set<() => void>();
 
   constructor(
     private readonly slots: WarmSlots,
@@ -231,6 +235,7 @@ export class WarmPool {
     }
     if (id) this.replace(key, t);
     this.kick();
+    this.changed();
     return id;
   }
 
@@ -259,6 +264,7 @@ export class WarmPool {
     } finally {
       this.inFlight--;
       this.lastActivity = performance.now();
+      if (this.inFlight === 0) this.changed();
     }
   }
 
@@ -283,8 +289,31 @@ export class WarmPool {
         calmSince = undefined;
       }
       if (now >= until && onlyIf()) return;
-      await new Promise((r) => setTimeout(r, calmSince !== undefined ? 20 : Math.max(5, Math.min(quietMs - idleFor, until - now))));
+      // Sleep until something can have changed: the quiet spell's end, maxMs, or an event (the last
+      // wrapped operation ending, a take, a create ending, a discard, close). It polled every 5 ms
+      // before: ~1 ms of the event loop a back-to-back request, in pick() and targets().
+      let waitMs = calmSince !== undefined ? 20 : this.inFlight === 0 ? quietMs - idleFor : Infinity;
+      if (now < until) waitMs = Math.min(waitMs, until - now);
+      await this.nextChange(Math.max(1, Math.min(waitMs, QUIET_RECHECK_MS)));
     }
+  }
+
+  /** Resolves at the next changed() or after ms. */
+  private nextChange(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiting.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiting.add(done);
+    });
+  }
+
+  /** What quiet() waits on changed: let its waits look again. */
+  private changed(): void {
+    for (const done of [...this.waiting]) done();
   }
 
   /** Whether id is a warm container still waiting in the pool. */
@@ -300,6 +329,7 @@ export class WarmPool {
       if (i >= 0) {
         ids.splice(i, 1);
         this.entryBytes.delete(id);
+        this.changed();
         void this.slots.destroy(id).catch((e: unknown) => log.warn('cannot destroy warm container', { id, error: String(e) }));
         this.kick();
       }
@@ -341,6 +371,7 @@ export class WarmPool {
   /** Stop topping up and destroy every warm container. */
   async close(): Promise<void> {
     this.closed = true;
+    this.changed();
     if (this.trimTimer) clearInterval(this.trimTimer);
     await this.settled();
     const all = [...this.ready.values()].flat();
@@ -537,11 +568,13 @@ export class WarmPool {
       const ids = this.ready.get(key) ?? [];
       ids.push(id);
       this.ready.set(key, ids);
+      this.changed();
       await this.measure(id);
     } catch (e) {
       this.creating.delete(id);
       settle(false);
       this.counters.failed++;
+      this.changed();
       const error = e instanceof Error ? e.message : String(e);
       if (templateFault(e)) {
         log.warn('warm template refused; not retried', { image: t.imageChainId, user: t.user, error });
