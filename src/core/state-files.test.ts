@@ -54,6 +54,27 @@ test('writes asked in one turn go in order: the last one asked is what the file 
   }
 });
 
+test("outside a burst a write is done in the caller's turn; past 16 a window the rest go to the thread, in order", async () => {
+  await startStateFileThread();
+  const dir = scratch();
+  const fresh = () => new Promise((r) => setTimeout(r, 25)); // a new 20 ms window
+  try {
+    const f = path.join(dir, 'x');
+    await fresh();
+    const one = writeStateFile(f, 'one');
+    assert.equal(readFileSync(f, 'utf8'), 'one', 'written before the call returned');
+    await one;
+    await fresh();
+    const all = Array.from({ length: 40 }, (_, i) => (i % 3 ? writeStateFile(f, `w${i}`) : replaceStateFile(f, `r${i}`)));
+    assert.equal(readFileSync(f, 'utf8'), 'r15', "the window's first 16 (0-15) done at once, the rest asked of the thread");
+    await Promise.all(all);
+    assert.equal(readFileSync(f, 'utf8'), 'r39', 'the last asked (39, a replacement) is what the file holds');
+    assert.deepEqual(readdirSync(dir), ['x'], 'no temporary file left');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('replaceStateFile replaces the file (a new inode, never a part of it) and leaves no temporary file, on failure too', async () => {
   const dir = scratch();
   try {
