@@ -30,7 +30,20 @@ import { RUN_FDS, SHARE_JAIL_CAPS, SYSTEM_DIRS, type ShareJail } from './share-j
 export interface LaunchJail {
   taps: readonly string[];
   share?: ShareJail;
+  /**
+   * QEMU drops to a user of its own itself (-runas / -run-with, qemu-user.ts): its bounding set is
+   * then cut to what that drop takes (DROP_CAPS), so that as root, before it, it holds nothing else.
+   */
+  dropsToUser?: boolean;
 }
+
+/**
+ * What a QEMU that drops to its own user needs as root before the drop: setgid and setgroups,
+ * setuid, chroot (CAP_SETGID 6, CAP_SETUID 7, CAP_SYS_CHROOT 18). It opens what its command line
+ * names as root, all of it root's own (the VM's directory, its jail) or world-readable (a kernel),
+ * so it needs no DAC override; its taps come as descriptors. After the drop it holds none.
+ */
+export const DROP_CAPS = [6, 7, 18] as const;
 
 /** Linux's capability numbers of SHARE_JAIL_CAPS (linux/capability.h). */
 const CAP_NUMBERS: Record<(typeof SHARE_JAIL_CAPS)[number], number> = { chown: 0, dac_override: 1, fowner: 3, fsetid: 4, mknod: 27 };
@@ -176,8 +189,9 @@ export function jailedCommand(binary: string, argv: readonly string[], launch: L
     return `tap:${TAP_FD_BASE + i}:${name}`;
   });
   const jail = launch.share;
-  // without a share jail: the bounding set untouched ("-"), no root of its own ("-")
-  const caps = jail ? SHARE_JAIL_CAPS.map((c) => CAP_NUMBERS[c]).join(',') : '-';
+  // a share jail: 9p's capabilities; a QEMU that drops to its user: what the drop takes; else the
+  // bounding set untouched ("-"). No root of its own ("-") without a share jail
+  const caps = jail ? SHARE_JAIL_CAPS.map((c) => CAP_NUMBERS[c]).join(',') : launch.dropsToUser ? DROP_CAPS.join(',') : '-';
   const specs = [...taps, ...(jail ? shareJailSpecs(jail) : [])];
   return { binary: python3(), argv: ['-I', '-S', '-c', JAILER, caps, jail?.root ?? '-', ...specs, '--', binary, ...argv] };
 }

@@ -241,7 +241,7 @@ export function confinementOf(users: QemuUsers, r: { id: string; config: Paramet
 
 /** What the jailer sets up around a VM's QEMU (jailer.ts): its taps, and its share jail if it has one. */
 export function launchJailOf(config: { nics: ReadonlyArray<{ tap: string }> }, c: QemuConfinement): LaunchJail {
-  return { taps: config.nics.map((n) => n.tap), ...(c.jail ? { share: c.jail } : {}) };
+  return { taps: config.nics.map((n) => n.tap), ...(c.jail ? { share: c.jail } : {}), ...(c.runAs ? { dropsToUser: true } : {}) };
 }
 
 /**

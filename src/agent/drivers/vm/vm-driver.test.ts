@@ -39,6 +39,8 @@ async function checkDeprivileged(id: string, ins: { qemuPid?: number; qemuUid?: 
   assert.equal(ins.qemuUid, uid, 'inspect says which');
   assert.equal(field('CapEff'), '0000000000000000');
   assert.equal(field('CapPrm'), '0000000000000000');
+  // as root, before its drop, it could hold only setgid, setuid and sys_chroot (jailer.ts DROP_CAPS)
+  assert.equal(field('CapBnd'), '00000000000400c0');
   assert.equal(field('NoNewPrivs'), '1');
   assert.equal(field('Seccomp'), '2');
   const dir = path.join(env.stateDir, id);
