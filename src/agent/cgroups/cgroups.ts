@@ -332,7 +332,7 @@ export async function releaseCgroupMemory(paths: CgroupPaths): Promise<boolean> 
       return true;
     }
     if (paths.unified && unifiedHas(paths, 'memory')) {
-      const current = Number((readPseudoFile(path.join(paths.unified, 'memory.current')))?.trim());
+      const current = Number(readPseudoFile(path.join(paths.unified, 'memory.current'))?.trim());
       if (!(current > 0)) return true;
       await writeFile(path.join(paths.unified, 'memory.reclaim'), String(current));
       return true;
