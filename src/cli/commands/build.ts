@@ -6,7 +6,8 @@
 import { lstatSync, readFileSync, readdirSync, readlinkSync, createReadStream, type Stats } from 'node:fs';
 import { join, posix, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
-import tar from 'tar-stream';
+import { createRequire } from 'node:module';
+import type TarStream from 'tar-stream';
 import { StepNumbering } from '../../core/build-output.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { clientOf, succeeded } from './shared.js';
@@ -77,6 +78,8 @@ export function contextTar(dir: string, dockerfile: string): Readable {
     /* none */
   }
   const always = new Set([dockerfile, '.dockerignore']);
+  // tar-stream takes ~15 ms to load here: only a build that packs a context pays it
+  const tar = createRequire(import.meta.url)('tar-stream') as typeof TarStream;
   const pack = tar.pack();
   const walk = async (rel: string): Promise<void> => {
     for (const name of readdirSync(join(dir, rel)).sort()) {
