@@ -120,6 +120,14 @@ test('projects: a tree of any depth, names unique among siblings, paths, rm refu
   assert.equal((await projects.resolve('org/team/team')).id, deep.id);
   assert.equal((await projects.resolve(leaf.id)).id, leaf.id);
   await assert.rejects(projects.resolve('team'), { code: 'InvalidArgument', message: /ambiguous: use its path \(org\/team, org\/team\/team\)|ambiguous: use its path \(org\/team\/team, org\/team\)/ });
+  // a root project of that name too: its path is the bare name, and names it (every listed path resolves)
+  const rootTeam = await projects.create('team', null);
+  assert.equal((await projects.resolve('team')).id, rootTeam.id, "the root project's path");
+  assert.equal((await projects.resolve('/team')).id, rootTeam.id);
+  assert.equal((await projects.resolve('org/team')).id, team.id);
+  await assert.rejects(projects.resolve('team', (id) => id !== rootTeam.id), { code: 'InvalidArgument', message: /ambiguous/ }, 'an invisible root is no candidate');
+  for (const p of await projects.list(() => true)) assert.equal((await projects.resolve(p.path)).id, p.id, `${p.path} names its project`);
+  await projects.remove(rootTeam.id);
   assert.equal((await projects.resolve('team', (id) => id === team.id)).id, team.id, 'only visible projects are candidates');
   await assert.rejects(projects.resolve('org', () => false), { code: 'NotFound' });
   await assert.rejects(projects.resolve('org/nope'), { code: 'NotFound' });

@@ -83,6 +83,11 @@ export class ProjectService {
     // the projects of that name only (every project listed was 3.3 ms a request with 1,000 of them)
     const matches = (await this.store.projects.named(ref)).filter((p) => visible(p.id));
     if (matches.length > 1) {
+      // a root project's path is its bare name: that path names it, as "org/team" names a nested
+      // one (before, a root "web" beside an "org/web" could not be named at all: its own path,
+      // which the listing shows, was refused as ambiguous)
+      const root = matches.find((p) => p.parentId === null);
+      if (root) return root;
       const paths = await Promise.all(matches.map((p) => this.path(p.id)));
       throw new InvalidArgument(`project name "${ref}" is ambiguous: use its path (${paths.join(', ')})`);
     }

@@ -42,17 +42,20 @@ export function noHostMessage(req: Pick<PlacementRequest, 'kind' | 'host'>, verd
 const REQUEST_FILTERS = new Set(['host', 'zone', 'constraints', 'architecture', 'runtime', 'accelerator']);
 
 /**
- * The error of a placement that fits nowhere: Conflict (409) when the request's own constraints
- * ruled out every host, ResourceExhausted (507) when any host was ruled out by its state or load.
+ * The error of a placement that fits nowhere: Conflict (409) when the request itself ruled out
+ * every host (its constraints, or a size more than the host holds in all, `beyond`: 222 vCPUs
+ * asked of 8-vCPU hosts waits for no capacity to free up), ResourceExhausted (507) when any host
+ * was ruled out by its state or load.
  */
-export function noHostError(req: PlacementRequest, verdicts: readonly HostVerdict[]): NimbusError {
+export function noHostError(req: PlacementRequest, verdicts: readonly HostVerdict[], beyond: ReadonlySet<string> = new Set()): NimbusError {
   const details = {
     consumer: req.consumerId,
     rejected: Object.fromEntries(rejectionCounts(verdicts)),
     hosts: verdicts.slice(0, VERDICTS_IN_DETAILS),
   };
-  const byRequestAlone = verdicts.length > 0 && verdicts.every((v) => v.rejectedBy !== undefined && REQUEST_FILTERS.has(v.rejectedBy.filter));
-  return byRequestAlone ? new Conflict(noHostMessage(req, verdicts), details) : new ResourceExhausted(noHostMessage(req, verdicts), details);
+  const byRequestAlone = verdicts.length > 0 && verdicts.every((v) => v.rejectedBy !== undefined && (REQUEST_FILTERS.has(v.rejectedBy.filter) || beyond.has(v.host)));
+  const larger = verdicts.length > 0 && verdicts.every((v) => beyond.has(v.host)) ? '; it asks for more than any host holds in all' : '';
+  return byRequestAlone ? new Conflict(noHostMessage(req, verdicts) + larger, details) : new ResourceExhausted(noHostMessage(req, verdicts), details);
 }
 
 /** What a project member sees: whether it fits, and how many hosts each filter rejected. */

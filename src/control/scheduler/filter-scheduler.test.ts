@@ -218,6 +218,7 @@ test('a subset of the hosts is weighed per placement, in turn; the host holding 
   // the image is on h37, outside the next scan's 4 hosts: it still wins
   const { sched: local } = await setup(t, hosts, { hostsToScore: () => 4, imageLocality: async () => new Set(['h37']) });
   assert.equal((await local.place(request({ imageChainId: 'sha256:img' }))).host, 'h37');
-  // nothing fits: the error still names every host (the full evaluation)
-  await rejectsWith(sched.place(request({ memoryBytes: 64 * GiB })), 'ResourceExhausted', /h00: memory .*and 28 more hosts \(memory: 28\)/s);
+  // nothing fits: the error still names every host (the full evaluation); more memory than any
+  // host has in all is the request's to change (409), not capacity to wait for (507)
+  await rejectsWith(sched.place(request({ memoryBytes: 64 * GiB })), 'Conflict', /h00: memory .*and 28 more hosts \(memory: 28\); it asks for more than any host holds in all$/s);
 });

@@ -10,7 +10,7 @@ import { InvalidArgument, NotFound, Unavailable } from '../../core/errors.js';
 import { logger } from '../../core/log.js';
 import type { HostLimits, HostUsageRecord, PlacementRepo, ServerGroupRecord } from '../../store/repos/placement.js';
 import type { Store } from '../../store/store.js';
-import { DEFAULT_FILTERS, firstRejection, passesAll, staticKey, type FilterInput, type HostFilter, type HostState, type Need } from './filters.js';
+import { DEFAULT_FILTERS, beyondCapacity, firstRejection, passesAll, staticKey, type FilterInput, type HostFilter, type HostState, type Need } from './filters.js';
 import { DEFAULT_MULTIPLIERS, DEFAULT_WEIGHERS, weigh, weighTotals, type WeigherMultipliers, type WeighInput } from './weighers.js';
 import { noHostError } from './explain.js';
 import type { Explanation, HostCandidate, HostSource, HostVerdict, ImageLocality, Placement, PlacementRequest, Scheduler } from './types.js';
@@ -91,6 +91,8 @@ interface Evaluation {
   verdicts: HostVerdict[];
   /** Hosts that passed, best first. */
   ranked: string[];
+  /** Hosts the request is larger than in all (beyondCapacity). */
+  beyond: Set<string>;
 }
 
 /** The usage rows as last read, with this process's claims since applied; read again once older than maxAgeMs. */
@@ -284,7 +286,10 @@ export class FilterScheduler implements Scheduler {
       const usage = await this.view.current(false);
       if (attempt === 0) await this.makeHostRows(candidates, usage);
       const best = this.choose(req, need, candidates, usage, ctx);
-      if (best === undefined) throw noHostError(req, this.evaluate(req, need, candidates, usage, ctx).verdicts);
+      if (best === undefined) {
+        const e = this.evaluate(req, need, candidates, usage, ctx);
+        throw noHostError(req, e.verdicts, e.beyond);
+      }
       const { host, limits } = best;
       this.view.apply(host, need, 1);
       let outcome;
@@ -561,6 +566,7 @@ export class FilterScheduler implements Scheduler {
       .map((h) => ({ name: h.candidate.name, weight: byHost.get(h.candidate.name)!.total }))
       .sort((a, b) => b.weight - a.weight || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
       .map((h) => h.name);
-    return { verdicts, ranked };
+    const beyond = new Set(states.filter((h) => beyondCapacity(need, h.limits)).map((h) => h.candidate.name));
+    return { verdicts, ranked, beyond };
   }
 }

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DEFAULT_FILTERS, acceleratorFilter, architectureFilter, constraintsFilter, cpuFilter, diskFilter, enabledFilter, firstRejection, formatBytes,
+  DEFAULT_FILTERS, acceleratorFilter, beyondCapacity, architectureFilter, constraintsFilter, cpuFilter, diskFilter, enabledFilter, firstRejection, formatBytes,
   instancesFilter, memoryFilter, pinnedHostFilter, runtimeFilter, serverGroupFilter, upFilter, zoneFilter, type FilterInput, type HostState,
 } from './filters.js';
 import {
@@ -184,6 +184,17 @@ test('explanations: each host and its filter, pinned requests name only the pin,
   const unsatisfiable = noHostError(request({ zone: 'nowhere' }), [{ host: 'h1', rejectedBy: { filter: 'zone', reason: 'zone is z1, not nowhere' } }, { host: 'h2', rejectedBy: { filter: 'runtime', reason: 'no crun' } }]);
   assert.equal(unsatisfiable.code, 'Conflict');
   assert.equal(noHostError(request(), [{ host: 'h1', rejectedBy: { filter: 'zone', reason: 'z' } }, { host: 'h2', rejectedBy: { filter: 'up', reason: 'down' } }]).code, 'ResourceExhausted', 'a host down: capacity may come back');
+  // more than a host holds in all (beyond): no capacity freed would help, on those hosts
+  const cpu = (host: string) => ({ host, rejectedBy: { filter: 'cpu', reason: 'cpu 8 vCPUs free of 222.18 needed' } });
+  const tooLarge = noHostError(request(), [cpu('h1'), cpu('h2')], new Set(['h1', 'h2']));
+  assert.equal(tooLarge.code, 'Conflict');
+  assert.match(tooLarge.message, /h2: cpu 8 vCPUs free of 222.18 needed; it asks for more than any host holds in all$/);
+  const mixed = noHostError(request({ zone: 'z1' }), [cpu('h1'), { host: 'h2', rejectedBy: { filter: 'zone', reason: 'zone is z2, not z1' } }], new Set(['h1']));
+  assert.equal(mixed.code, 'Conflict', 'one host too small, the other in another zone: the request rules both out');
+  assert.doesNotMatch(mixed.message, /more than any host/);
+  assert.equal(noHostError(request(), [cpu('h1'), cpu('h2')], new Set(['h1'])).code, 'ResourceExhausted', 'h2 could take it once it has room');
+  assert.equal(beyondCapacity({ millicpus: 8001, memoryBytes: 0, diskBytes: 0 }, { millicpus: 8000, memoryBytes: 1, diskBytes: 1 }), true);
+  assert.equal(beyondCapacity({ millicpus: 8000, memoryBytes: 1, diskBytes: 1 }, { millicpus: 8000, memoryBytes: 1, diskBytes: 1 }), false);
   assert.deepEqual(summarise({ hosts: [...verdicts, { host: 'h4', weight: 1 }], chosen: 'h4' }),
     { fits: true, hosts: 4, rejected: { enabled: 1, memory: 1, zone: 1 }, message: '4 hosts: 1 can take it, 1 rejected by enabled, 1 rejected by memory, 1 rejected by zone' });
   assert.equal(summarise({ hosts: [] }).message, '0 hosts');

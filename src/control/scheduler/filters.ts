@@ -148,6 +148,11 @@ export const instancesFilter = filter(
   (h) => `instances: holds ${h.usage.instances} of at most ${h.limits.instances}`,
 );
 
+/** Whether the request is more than the host holds in all, empty (its whole limits): no load or state would let it in. */
+export function beyondCapacity(need: Need, limits: HostLimits): boolean {
+  return need.millicpus > limits.millicpus || need.memoryBytes > limits.memoryBytes || need.diskBytes > limits.diskBytes;
+}
+
 export const cpuFilter = filter(
   'cpu',
   (h, { need }) => need.millicpus <= h.limits.millicpus - h.usage.millicpus,
