@@ -31,6 +31,9 @@ test('a program found is remembered for its layers, program, PATH and mount poin
     assert.throws(() => checkProgram(root, configFor([name])), /not found/);
     assert.throws(() => checkProgram(root, configFor([name]), [{ type: 'bind', source: root, options: ['bind', 'rw'] }]), /not found/);
     assert.throws(() => checkProgram(root, configFor([`/bin/${name}`]), layers(lower)), /no such file/, 'another program');
+    // a name longer than any file's (the API's fuzz sent one): not found, as runc says, not an ENAMETOOLONG
+    assert.throws(() => checkProgram(root, configFor(['a'.repeat(300)]), layers(lower)), (e: Error & { code?: string }) => e.code === 'InvalidArgument' && /executable file not found/.test(e.message));
+    assert.throws(() => checkProgram(root, configFor([`/bin/${'a'.repeat(300)}`]), layers(lower)), (e: Error & { code?: string }) => e.code === 'InvalidArgument');
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

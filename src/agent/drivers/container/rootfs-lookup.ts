@@ -27,7 +27,10 @@ function lstatIn(hostPath: string, cache: LstatCache): Stats | undefined {
   try {
     st = lstatSync(hostPath, { throwIfNoEntry: false }); // the common miss of a PATH search, without an Error's cost
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOTDIR') throw e;
+    // not there: a file on the way (ENOTDIR), or a name longer than a file's can be (as Go's
+    // exec.LookPath and the kernel's execve see it: not found, never the caller's 500)
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTDIR' && code !== 'ENAMETOOLONG') throw e;
   }
   cache.set(hostPath, st);
   return st;
