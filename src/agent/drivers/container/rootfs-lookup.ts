@@ -27,10 +27,7 @@ function lstatIn(hostPath: string, cache: LstatCache): Stats | undefined {
   try {
     st = lstatSync(hostPath, { throwIfNoEntry: false }); // the common miss of a PATH search, without an Error's cost
   } catch (e) {
-    // not there: a file on the way (ENOTDIR), or a name longer than a file's can be (as Go's
-    // exec.LookPath and the kernel's execve see it: not found, never the caller's 500)
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'ENOTDIR' && code !== 'ENAMETOOLONG') throw e;
+    if ((e as NodeJS.ErrnoException).code !== 'ENOTDIR') throw e;
   }
   cache.set(hostPath, st);
   return st;
@@ -107,9 +104,19 @@ export function checkExecutable(
     if ((r.mode & 0o111) === 0) return 'it is not executable (no x permission)';
     return undefined;
   };
+  // a name longer than a file's can be is not there, as Go's exec.LookPath and runc see it (the
+  // API's fuzz sent a ~300-character one: an ENAMETOOLONG here was a 500); copies keep the error
+  const lookUp = (p: string, cache?: LstatCache): InRoot => {
+    try {
+      return resolveInRoot(root, p, proc.cwd, opaque, cache);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENAMETOOLONG') return { found: false, reason: 'no such file (a name in its path is too long)' };
+      throw e;
+    }
+  };
   if (argv0 === '') throw refuse('no program given');
   if (argv0.includes('/')) {
-    const why = usable(resolveInRoot(root, argv0, proc.cwd, opaque));
+    const why = usable(lookUp(argv0));
     if (why) throw refuse(why);
     return;
   }
@@ -117,7 +124,7 @@ export function checkExecutable(
   const cache: LstatCache = new Map();
   for (const dir of pathVar.split(':')) {
     const d = dir === '' ? '.' : dir;
-    const r = resolveInRoot(root, `${d}/${argv0}`, proc.cwd, opaque, cache);
+    const r = lookUp(`${d}/${argv0}`, cache);
     if (r.found === 'unknown') return;
     if (!r.found || r.isDirectory || (r.mode & 0o111) === 0) continue;
     if (!d.startsWith('/')) throw refuse(`it is found only relative to the working directory (PATH entry ${shown(dir)})`);
